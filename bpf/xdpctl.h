@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Layout shared by the XDP program (bpf/xdpctl.bpf.c) and the control plane
+ * (src/server/dataplane/codec.ts). Every struct here is a map key or value:
+ * changing one changes the pinned maps' layout, so it is an upgrade that cannot
+ * reuse old pins. test/unit/codec-layout.test.ts compares the TypeScript codecs
+ * with the BTF of the compiled object and fails if the two drift.
+ *
+ * Byte order: addresses and ports are stored in network byte order (as they
+ * appear in the packet) so the datapath compares them without swapping;
+ * everything else is host order.
+ */
+#ifndef XDPCTL_H
+#define XDPCTL_H
+
+#include <linux/types.h>
+
+/* Slots in each rule's backend lookup table (a prime). The control plane fills
+ * it with weighted rendezvous hashing; the datapath indexes it with
+ * flow_hash % XDPCTL_RING_SIZE. */
+#define XDPCTL_RING_SIZE 257
+
+/* Default capacities; the loader may raise them (bpf_map__set_max_entries). */
+#define XDPCTL_MAX_LINKS 1024
+#define XDPCTL_MAX_RULE_SLOTS 8192 /* two per rule: live and its shadow */
+#define XDPCTL_MAX_MATCHES 16384
+#define XDPCTL_MAX_SRC_PREFIXES 65536
+#define XDPCTL_MAX_BACKENDS 65536
+#define XDPCTL_MAX_STATS_IDS 8192
+
+/* A ring slot with no backend. */
+#define XDPCTL_NO_BACKEND 0xffffffffu
+
+/* Address families, as in <sys/socket.h>. */
+#define XDPCTL_AF_INET 2
+#define XDPCTL_AF_INET6 10
+
+/*
+ * Key of the rule_match hash: what a packet must carry for a rule to apply.
+ * Looked up twice per packet, first with the packet's destination address and
+ * then with daddr all-zero ("any destination"). proto and family leave room
+ * for TCP and IPv6 without a new layout; daddr holds an IPv4 address in its
+ * first four bytes and zeros after.
+ */
+struct xdpctl_match_key {
+	__u32 ifindex; /* ingress interface */
+	__u16 dport;   /* destination port, network order */
+	__u8 proto;    /* IPPROTO_UDP (17); IPPROTO_TCP later */
+	__u8 family;   /* XDPCTL_AF_INET; XDPCTL_AF_INET6 later */
+	__u8 daddr[16];
+};
+
+/* rule_cfg.flags */
+#define XDPCTL_RULE_F_ACTIVE 0x1        /* slot holds a complete rule */
+#define XDPCTL_RULE_F_SRC_FILTER 0x2    /* only sources in src_allow match */
+#define XDPCTL_RULE_F_UDP_CSUM_ZERO 0x4 /* zero the UDP checksum (IPv4 only) */
+
+/* Value of rule_cfg (array indexed by rule slot). A rule change is written
+ * into a free slot (its shadow) and published by repointing rule_match, so a
+ * packet sees either the whole old rule or the whole new one. */
+struct xdpctl_rule {
+	__u32 flags;
+	__u32 stats_id; /* index into rule_stats; stable across rule updates */
+};
+
+/* Key of src_allow (LPM trie). prefixlen counts the 32 bits of slot plus the
+ * address bits, so a prefix only ever matches packets of its own rule slot. */
+struct xdpctl_src_key {
+	__u32 prefixlen;
+	__u32 slot;
+	__u8 addr[16];
+};
+
+/* Value of backends (array indexed by backend id, the values of rule_ring). */
+struct xdpctl_backend {
+	__u8 dmac[6];    /* backend's MAC */
+	__u8 smac[6];    /* egress interface's MAC */
+	__u32 ifindex;   /* egress interface; 0 = unused entry */
+	__u32 stats_id;  /* index into backend_stats; stable across updates */
+	__u8 family;     /* XDPCTL_AF_INET */
+	__u8 pad[3];
+	__u8 addr[16];   /* backend address, network order */
+};
+
+/* Per-CPU counters. */
+struct xdpctl_link_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct xdpctl_rule_stats {
+	__u64 matched;          /* packets that matched the rule's key */
+	__u64 matched_bytes;
+	__u64 redirected;       /* packets rewritten and redirected */
+	__u64 redirected_bytes;
+	__u64 filtered;         /* source not in the rule's prefixes: passed */
+	__u64 no_backend;       /* empty ring slot: dropped */
+};
+
+struct xdpctl_backend_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Index of the global stats array: verdicts first, then errors. */
+enum xdpctl_stat {
+	XDPCTL_STAT_ABORTED = 0, /* = XDP_ABORTED ... XDP_REDIRECT */
+	XDPCTL_STAT_DROP = 1,
+	XDPCTL_STAT_PASS = 2,
+	XDPCTL_STAT_TX = 3,
+	XDPCTL_STAT_REDIRECT = 4,
+	XDPCTL_STAT_ERR_TRUNCATED = 5,   /* headers shorter than they claim */
+	XDPCTL_STAT_ERR_FRAGMENT = 6,    /* IPv4 fragment of a matching flow: passed */
+	XDPCTL_STAT_ERR_NO_RULE = 7,     /* rule_match points at an inactive slot */
+	XDPCTL_STAT_ERR_NO_BACKEND = 8,  /* ring slot empty or backend unused */
+	XDPCTL_STAT_ERR_REDIRECT = 9,    /* bpf_redirect refused the target */
+	XDPCTL_STAT__MAX = 10,
+};
+
+#endif /* XDPCTL_H */

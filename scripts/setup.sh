@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, run by `npm test` (pretest)
+# and `npm start` (prestart). Quick when nothing is missing:
+#   1. Debian packages the datapath and the tests need (as root; else says what is missing);
+#   2. bpffs mounted at /sys/fs/bpf;
+#   3. npm ci when node_modules is missing or older than package-lock.json;
+#   4. the BPF objects built when older than their sources.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+need() { # need <package> <file-or-command>...
+  local pkg=$1
+  shift
+  for probe in "$@"; do
+    if [[ $probe == /* ]]; then [[ -e $probe ]] && return 0; else command -v "$probe" >/dev/null 2>&1 && return 0; fi
+  done
+  missing+=("$pkg")
+}
+need clang clang
+need llvm llvm-strip llvm-objdump
+need libbpf-dev /usr/include/bpf/bpf_helpers.h
+need libbpf1 /usr/lib/x86_64-linux-gnu/libbpf.so.1 /usr/lib/aarch64-linux-gnu/libbpf.so.1 /usr/lib64/libbpf.so.1
+need bpftool bpftool /usr/sbin/bpftool
+need iproute2 ip
+need ethtool ethtool /usr/sbin/ethtool /sbin/ethtool
+need iputils-ping ping
+need util-linux nsenter
+need gcc gcc # for the multiarch include directory
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
+  echo "setup: mounted bpffs at /sys/fs/bpf"
+fi
+
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+bash scripts/build-bpf.sh

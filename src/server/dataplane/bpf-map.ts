@@ -1,0 +1,267 @@
+/**
+ * A typed view of one BPF map through its file descriptor: get, put, delete,
+ * iterate, batch operations where the map type has them, and per-CPU values
+ * read with the buffer size the kernel expects (possible CPUs x value size
+ * rounded up to 8; a smaller buffer corrupts memory).
+ */
+import type { Codec } from './codec.js';
+import { KernelError } from './errors.js';
+import { check, closeFd, lib, MapBatchOpts, possibleCpus, sizeOf } from './libbpf.js';
+
+/** BPF map types we use (enum bpf_map_type). */
+export const MapType = {
+  HASH: 1,
+  ARRAY: 2,
+  PERCPU_HASH: 5,
+  PERCPU_ARRAY: 6,
+  LPM_TRIE: 11,
+  DEVMAP: 14,
+  DEVMAP_HASH: 25,
+} as const;
+
+/** Update flags. */
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+
+const ENOENT = 2;
+
+const PERCPU = new Set<number>([MapType.PERCPU_HASH, MapType.PERCPU_ARRAY]);
+const ARRAYS = new Set<number>([MapType.ARRAY, MapType.PERCPU_ARRAY]);
+// The kernel's batch operations exist for hash and array maps only: LPM
+// tries and devmaps answer ENOTSUPP (524), so we loop for them.
+const BATCH_UPDATE = new Set<number>([MapType.HASH, MapType.PERCPU_HASH, MapType.ARRAY, MapType.PERCPU_ARRAY]);
+const BATCH_DELETE = new Set<number>([MapType.HASH, MapType.PERCPU_HASH]);
+
+const batchOpts = { sz: sizeOf(MapBatchOpts), elem_flags: 0n, flags: 0n };
+
+/** What a map is, as the kernel reports it. */
+export interface MapInfo {
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
+
+/** A typed BPF map. */
+export class BpfMap<K, V> {
+  readonly perCpu: boolean;
+  private readonly stride: number;
+  private readonly cpus: number;
+  private readonly keyBuf: Buffer;
+  private readonly valBuf: Buffer;
+  private fdOrClosed: number;
+
+  constructor(
+    readonly info: MapInfo,
+    fd: number,
+    readonly key: Codec<K>,
+    readonly value: Codec<V>,
+    private readonly ownsFd = true,
+  ) {
+    if (info.keySize !== key.layout.size || info.valueSize !== value.layout.size) {
+      throw new KernelError(
+        `open map ${info.name}`,
+        22,
+        [],
+        `layout mismatch: kernel key/value ${info.keySize}/${info.valueSize} bytes, ` +
+          `codec ${key.layout.cName}/${value.layout.cName} ${key.layout.size}/${value.layout.size}`,
+      );
+    }
+    this.fdOrClosed = fd;
+    this.perCpu = PERCPU.has(info.type);
+    this.cpus = this.perCpu ? possibleCpus() : 1;
+    this.stride = this.perCpu ? (info.valueSize + 7) & ~7 : info.valueSize;
+    this.keyBuf = Buffer.alloc(info.keySize);
+    this.valBuf = Buffer.alloc(this.stride * this.cpus);
+  }
+
+  get name(): string {
+    return this.info.name;
+  }
+
+  /** The map's file descriptor (throws once closed). */
+  get fd(): number {
+    if (this.fdOrClosed < 0) throw new KernelError(`use map ${this.name}`, 9, [], 'map is closed');
+    return this.fdOrClosed;
+  }
+
+  /** Look a key up; undefined when absent. For per-CPU maps, the sum is not taken: use getPerCpu. */
+  get(k: K): V | undefined {
+    const per = this.lookupRaw(k);
+    return per === undefined ? undefined : this.value.decode(per.subarray(0, this.info.valueSize));
+  }
+
+  /** A per-CPU map's values, one per possible CPU. */
+  getPerCpu(k: K): V[] | undefined {
+    const raw = this.lookupRaw(k);
+    if (raw === undefined) return undefined;
+    return this.splitCpus(raw);
+  }
+
+  private lookupRaw(k: K): Buffer | undefined {
+    this.key.encode(k, this.keyBuf);
+    const r = lib.bpf_map_lookup_elem(this.fd, this.keyBuf, this.valBuf) as number;
+    if (r === -ENOENT) return undefined;
+    check(`look up in map ${this.name}`, r);
+    return this.valBuf;
+  }
+
+  private splitCpus(raw: Buffer, base = 0): V[] {
+    const out: V[] = [];
+    for (let c = 0; c < this.cpus; c++) {
+      const off = base + c * this.stride;
+      out.push(this.value.decode(raw.subarray(off, off + this.info.valueSize)));
+    }
+    return out;
+  }
+
+  /** Insert or replace (flags BPF_ANY/NOEXIST/EXIST). Per-CPU maps get the value on every CPU. */
+  put(k: K, v: V, flags = BPF_ANY): void {
+    this.key.encode(k, this.keyBuf);
+    this.encodeValue(v, this.valBuf, 0);
+    check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
+  }
+
+  private encodeValue(v: V, out: Buffer, base: number): void {
+    const one = this.value.encode(v);
+    for (let c = 0; c < this.cpus; c++) {
+      out.fill(0, base + c * this.stride, base + (c + 1) * this.stride);
+      one.copy(out, base + c * this.stride);
+    }
+  }
+
+  /** Delete a key; false when it was absent. Arrays cannot delete (EINVAL): use put. */
+  delete(k: K): boolean {
+    this.key.encode(k, this.keyBuf);
+    const r = lib.bpf_map_delete_elem(this.fd, this.keyBuf) as number;
+    if (r === -ENOENT) return false;
+    check(`delete from map ${this.name}`, r);
+    return true;
+  }
+
+  /** Every key, in the kernel's order. Safe against deletion of the current key. */
+  *keys(): Generator<K> {
+    if (ARRAYS.has(this.info.type)) {
+      for (let i = 0; i < this.info.maxEntries; i++) yield this.key.decode(Buffer.from(Uint32Array.of(i).buffer));
+      return;
+    }
+    let prev: Buffer | null = null;
+    const next = Buffer.alloc(this.info.keySize);
+    for (;;) {
+      const r = lib.bpf_map_get_next_key(this.fd, prev, next) as number;
+      if (r === -ENOENT) return;
+      check(`iterate map ${this.name}`, r);
+      prev = Buffer.from(next);
+      yield this.key.decode(prev);
+    }
+  }
+
+  /** Every entry (a snapshot read key by key; for per-CPU maps use entriesPerCpu). */
+  *entries(): Generator<[K, V]> {
+    for (const k of this.keys()) {
+      const v = this.get(k);
+      if (v !== undefined) yield [k, v];
+    }
+  }
+
+  /**
+   * Every entry with its per-CPU values, read with BPF_MAP_LOOKUP_BATCH when
+   * the map type has it (one syscall per chunk instead of two per key).
+   */
+  entriesPerCpu(chunk = 4096): [K, V[]][] {
+    if (!this.perCpu) throw new KernelError(`read map ${this.name}`, 22, [], 'not a per-CPU map');
+    const out: [K, V[]][] = [];
+    const n = Math.min(chunk, this.info.maxEntries);
+    const keys = Buffer.alloc(n * this.info.keySize);
+    const vals = Buffer.alloc(n * this.stride * this.cpus);
+    const cursorSize = Math.max(this.info.keySize, 4);
+    let inBatch: Buffer | null = null;
+    let outBatch = Buffer.alloc(cursorSize);
+    for (;;) {
+      const count = [n];
+      const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
+      if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
+      for (let i = 0; i < count[0]; i++) {
+        const k = this.key.decode(keys.subarray(i * this.info.keySize, (i + 1) * this.info.keySize));
+        out.push([k, this.splitCpus(vals, i * this.stride * this.cpus)]);
+      }
+      if (r === -ENOENT) return out;
+      inBatch = outBatch;
+      outBatch = Buffer.alloc(cursorSize);
+    }
+  }
+
+  /**
+   * Put many entries: one BPF_MAP_UPDATE_BATCH call per chunk where the map
+   * type supports it, otherwise one update each. Not atomic: on failure,
+   * entries before the failing one are written; the error says how many.
+   */
+  putMany(entries: readonly (readonly [K, V])[], flags = BPF_ANY): void {
+    if (entries.length === 0) return;
+    if (!BATCH_UPDATE.has(this.info.type)) {
+      for (const [k, v] of entries) this.put(k, v, flags);
+      return;
+    }
+    const ks = this.info.keySize;
+    const vs = this.stride * this.cpus;
+    const chunk = Math.min(entries.length, 8192);
+    const keys = Buffer.alloc(chunk * ks);
+    const vals = Buffer.alloc(chunk * vs);
+    for (let start = 0; start < entries.length; start += chunk) {
+      const part = entries.slice(start, start + chunk);
+      part.forEach(([k, v], i) => {
+        this.key.encode(k, keys.subarray(i * ks, (i + 1) * ks));
+        this.encodeValue(v, vals, i * vs);
+      });
+      const count = [part.length];
+      const opts = { ...batchOpts, elem_flags: BigInt(flags) };
+      const r = lib.bpf_map_update_batch(this.fd, keys, vals, count, opts) as number;
+      if (r < 0) check(`update map ${this.name} in batch (${start + count[0]} of ${entries.length} written)`, r);
+    }
+  }
+
+  /** Delete many keys (batch where supported); absent keys are ignored. */
+  deleteMany(keys: readonly K[]): void {
+    if (keys.length === 0) return;
+    if (!BATCH_DELETE.has(this.info.type)) {
+      for (const k of keys) this.delete(k);
+      return;
+    }
+    const ks = this.info.keySize;
+    const buf = Buffer.alloc(keys.length * ks);
+    keys.forEach((k, i) => this.key.encode(k, buf.subarray(i * ks, (i + 1) * ks)));
+    const count = [keys.length];
+    const r = lib.bpf_map_delete_batch(this.fd, buf, count, batchOpts) as number;
+    // The batch stops at the first absent key (ENOENT): finish one by one.
+    if (r === -ENOENT) {
+      for (const k of keys.slice(count[0])) this.delete(k);
+      return;
+    }
+    check(`delete from map ${this.name} in batch`, r);
+  }
+
+  /** Close the descriptor (idempotent). Pinned maps stay in the kernel. */
+  close(): void {
+    if (this.fdOrClosed >= 0 && this.ownsFd) closeFd(this.fdOrClosed);
+    this.fdOrClosed = -1;
+  }
+}
+
+const MAP_INFO_SIZE = 88; // struct bpf_map_info up to map_extra
+
+/** Ask the kernel what map a descriptor is. */
+export function mapInfo(fd: number, what: string): MapInfo {
+  const buf = Buffer.alloc(MAP_INFO_SIZE);
+  const len = [MAP_INFO_SIZE];
+  check(`get info of map ${what}`, lib.bpf_obj_get_info_by_fd(fd, buf, len) as number);
+  const nameEnd = buf.indexOf(0, 24);
+  return {
+    type: buf.readUInt32LE(0),
+    keySize: buf.readUInt32LE(8),
+    valueSize: buf.readUInt32LE(12),
+    maxEntries: buf.readUInt32LE(16),
+    name: buf.subarray(24, nameEnd < 0 || nameEnd > 40 ? 40 : nameEnd).toString(),
+  };
+}

@@ -1,0 +1,273 @@
+/**
+ * Encoders and decoders for every map key and value in bpf/xdpctl.h. Each
+ * layout lists its C struct name, size and field offsets; the unit test
+ * test/unit/codec-layout.test.ts compares them with the BTF of the compiled
+ * object, so the TypeScript and C views cannot drift apart silently.
+ *
+ * Multi-byte integers are host order (little-endian here: asserted below);
+ * ports and addresses are network order, as in the packet.
+ */
+import { endianness } from 'node:os';
+
+if (endianness() !== 'LE') throw new Error('xdpctl dataplane: only little-endian hosts are supported');
+
+/** Constants from bpf/xdpctl.h (checked at load against the object's maps). */
+export const RING_SIZE = 257;
+export const NO_BACKEND = 0xffffffff;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const IPPROTO_UDP = 17;
+export const IPPROTO_TCP = 6;
+
+export const RULE_F_ACTIVE = 0x1;
+export const RULE_F_SRC_FILTER = 0x2;
+export const RULE_F_UDP_CSUM_ZERO = 0x4;
+
+/** enum xdpctl_stat. */
+export const GlobalStat = {
+  ABORTED: 0,
+  DROP: 1,
+  PASS: 2,
+  TX: 3,
+  REDIRECT: 4,
+  ERR_TRUNCATED: 5,
+  ERR_FRAGMENT: 6,
+  ERR_NO_RULE: 7,
+  ERR_NO_BACKEND: 8,
+  ERR_REDIRECT: 9,
+} as const;
+export const GLOBAL_STAT_COUNT = 10;
+
+/** A C struct's layout: what the BTF test compares. */
+export interface Layout {
+  /** The struct's name in bpf/xdpctl.h. */
+  cName: string;
+  size: number;
+  /** Field name -> byte offset. */
+  fields: Record<string, number>;
+}
+
+/** A codec for one key or value type. */
+export interface Codec<T> {
+  readonly layout: Layout;
+  encode(value: T, out?: Buffer): Buffer;
+  decode(buf: Uint8Array): T;
+}
+
+function view(buf: Uint8Array): Buffer {
+  return Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+function bytesAt(buf: Uint8Array, off: number, len: number): Uint8Array {
+  return Uint8Array.from(buf.subarray(off, off + len));
+}
+
+function putBytes(out: Buffer, off: number, len: number, src: Uint8Array): void {
+  if (src.length > len) throw new RangeError(`value of ${src.length} bytes does not fit ${len}`);
+  out.fill(0, off, off + len);
+  out.set(src, off);
+}
+
+/** A plain __u32 key or value. */
+export const u32: Codec<number> = {
+  layout: { cName: '__u32', size: 4, fields: {} },
+  encode(v, out = Buffer.alloc(4)) {
+    out.writeUInt32LE(v >>> 0, 0);
+    return out;
+  },
+  decode: (b) => view(b).readUInt32LE(0),
+};
+
+/** A plain __u8 value. */
+export const u8: Codec<number> = {
+  layout: { cName: '__u8', size: 1, fields: {} },
+  encode(v, out = Buffer.alloc(1)) {
+    out[0] = v;
+    return out;
+  },
+  decode: (b) => b[0],
+};
+
+/** A plain __u64 counter. */
+export const u64: Codec<bigint> = {
+  layout: { cName: '__u64', size: 8, fields: {} },
+  encode(v, out = Buffer.alloc(8)) {
+    out.writeBigUInt64LE(v, 0);
+    return out;
+  },
+  decode: (b) => view(b).readBigUInt64LE(0),
+};
+
+/** struct xdpctl_match_key. */
+export interface MatchKey {
+  ifindex: number;
+  /** Host order; stored in network order. */
+  dport: number;
+  proto: number;
+  family: number;
+  /** 4 or 16 bytes; all-zero means any destination. */
+  daddr: Uint8Array;
+}
+
+export const matchKey: Codec<MatchKey> = {
+  layout: {
+    cName: 'xdpctl_match_key',
+    size: 24,
+    fields: { ifindex: 0, dport: 4, proto: 6, family: 7, daddr: 8 },
+  },
+  encode(k, out = Buffer.alloc(24)) {
+    out.writeUInt32LE(k.ifindex, 0);
+    out.writeUInt16BE(k.dport, 4);
+    out[6] = k.proto;
+    out[7] = k.family;
+    putBytes(out, 8, 16, k.daddr);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    const family = v[7];
+    return {
+      ifindex: v.readUInt32LE(0),
+      dport: v.readUInt16BE(4),
+      proto: v[6],
+      family,
+      daddr: bytesAt(v, 8, family === AF_INET ? 4 : 16),
+    };
+  },
+};
+
+/** struct xdpctl_rule. */
+export interface RuleEntry {
+  flags: number;
+  statsId: number;
+}
+
+export const ruleEntry: Codec<RuleEntry> = {
+  layout: { cName: 'xdpctl_rule', size: 8, fields: { flags: 0, stats_id: 4 } },
+  encode(r, out = Buffer.alloc(8)) {
+    out.writeUInt32LE(r.flags, 0);
+    out.writeUInt32LE(r.statsId, 4);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    return { flags: v.readUInt32LE(0), statsId: v.readUInt32LE(4) };
+  },
+};
+
+/** struct xdpctl_src_key: a source prefix of one rule slot. */
+export interface SrcKey {
+  slot: number;
+  /** Prefix length in address bits (0..32 for IPv4). */
+  length: number;
+  addr: Uint8Array;
+}
+
+export const srcKey: Codec<SrcKey> = {
+  layout: { cName: 'xdpctl_src_key', size: 24, fields: { prefixlen: 0, slot: 4, addr: 8 } },
+  encode(k, out = Buffer.alloc(24)) {
+    out.writeUInt32LE(32 + k.length, 0); // the slot's 32 bits are always part of the prefix
+    out.writeUInt32LE(k.slot, 4);
+    putBytes(out, 8, 16, k.addr);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    const length = v.readUInt32LE(0) - 32;
+    return { slot: v.readUInt32LE(4), length, addr: bytesAt(v, 8, length <= 32 ? 4 : 16) };
+  },
+};
+
+/** struct xdpctl_backend. */
+export interface BackendEntry {
+  dmac: Uint8Array;
+  smac: Uint8Array;
+  ifindex: number;
+  statsId: number;
+  family: number;
+  addr: Uint8Array;
+}
+
+export const backendEntry: Codec<BackendEntry> = {
+  layout: {
+    cName: 'xdpctl_backend',
+    size: 40,
+    fields: { dmac: 0, smac: 6, ifindex: 12, stats_id: 16, family: 20, pad: 21, addr: 24 },
+  },
+  encode(e, out = Buffer.alloc(40)) {
+    putBytes(out, 0, 6, e.dmac);
+    putBytes(out, 6, 6, e.smac);
+    out.writeUInt32LE(e.ifindex, 12);
+    out.writeUInt32LE(e.statsId, 16);
+    out[20] = e.family;
+    out.fill(0, 21, 24);
+    putBytes(out, 24, 16, e.addr);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    const family = v[20];
+    return {
+      dmac: bytesAt(v, 0, 6),
+      smac: bytesAt(v, 6, 6),
+      ifindex: v.readUInt32LE(12),
+      statsId: v.readUInt32LE(16),
+      family,
+      addr: bytesAt(v, 24, family === AF_INET6 ? 16 : 4),
+    };
+  },
+};
+
+/** A struct of __u64 counters, decoded to bigint fields. */
+function counters<K extends string>(
+  cName: string,
+  names: readonly K[],
+  cFields: readonly string[],
+): Codec<Record<K, bigint>> {
+  const size = names.length * 8;
+  return {
+    layout: { cName, size, fields: Object.fromEntries(cFields.map((f, i) => [f, i * 8])) },
+    encode(c, out = Buffer.alloc(size)) {
+      names.forEach((n, i) => out.writeBigUInt64LE(c[n], i * 8));
+      return out;
+    },
+    decode(b) {
+      const v = view(b);
+      return Object.fromEntries(names.map((n, i) => [n, v.readBigUInt64LE(i * 8)])) as Record<K, bigint>;
+    },
+  };
+}
+
+export type LinkStats = Record<'packets' | 'bytes', bigint>;
+export const linkStats = counters('xdpctl_link_stats', ['packets', 'bytes'] as const, ['packets', 'bytes']);
+
+export type RuleStats = Record<
+  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend',
+  bigint
+>;
+export const ruleStats = counters(
+  'xdpctl_rule_stats',
+  ['matched', 'matchedBytes', 'redirected', 'redirectedBytes', 'filtered', 'noBackend'] as const,
+  ['matched', 'matched_bytes', 'redirected', 'redirected_bytes', 'filtered', 'no_backend'],
+);
+
+export type BackendStats = Record<'packets' | 'bytes', bigint>;
+export const backendStats = counters('xdpctl_backend_stats', ['packets', 'bytes'] as const, ['packets', 'bytes']);
+
+/** Sum per-CPU copies of a counter struct field by field. */
+export function sumCounters<T extends Record<string, bigint>>(perCpu: readonly T[]): T {
+  const out = {} as Record<string, bigint>;
+  for (const c of perCpu) for (const [k, v] of Object.entries(c)) out[k] = (out[k] ?? 0n) + v;
+  return out as T;
+}
+
+/** Every codec with a C struct behind it, for the layout test. */
+export const STRUCT_LAYOUTS: readonly Layout[] = [
+  matchKey.layout,
+  ruleEntry.layout,
+  srcKey.layout,
+  backendEntry.layout,
+  linkStats.layout,
+  ruleStats.layout,
+  backendStats.layout,
+];

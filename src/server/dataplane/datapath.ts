@@ -1,0 +1,465 @@
+/**
+ * The loaded XDP datapath: the object (program + maps) opened from
+ * build/bpf/xdpctl.bpf.o, its pins under a bpffs directory, attachment to
+ * interfaces, and typed access to every map.
+ *
+ * Pins: maps live in <pinRoot>/maps/<name> (libbpf LIBBPF_PIN_BY_NAME: a
+ * pinned map with a compatible definition is reused at load, otherwise the
+ * load fails and says which map), the program in <pinRoot>/progs/xdpctl_main.
+ * Opening adopts what is pinned, so a restarted daemon continues with the
+ * same maps while the attached program keeps forwarding. If the freshly
+ * loaded program differs from the pinned one (an upgrade), attach() swaps it
+ * in on each interface with an atomic REPLACE, and the pin is updated.
+ */
+import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { silentLogger, type Logger } from '../log.js';
+import { BpfMap, mapInfo } from './bpf-map.js';
+import {
+  backendEntry,
+  backendStats,
+  linkStats,
+  matchKey,
+  RING_SIZE,
+  ruleEntry,
+  ruleStats,
+  srcKey,
+  u32,
+  u64,
+  u8,
+  type BackendEntry,
+  type BackendStats,
+  type LinkStats,
+  type MatchKey,
+  type RuleEntry,
+  type RuleStats,
+  type SrcKey,
+} from './codec.js';
+import { KernelError } from './errors.js';
+import {
+  captureLibbpfLog,
+  check,
+  clearErrno,
+  closeFd,
+  lib,
+  LIBBPF_DEBUG,
+  LIBBPF_WARN,
+  nullError,
+  ObjectOpenOpts,
+  sizeOf,
+  TestRunOpts,
+} from './libbpf.js';
+import { ifindexOf } from './netdev.js';
+import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
+
+/** The program's name in the object (and its pin). */
+export const PROGRAM_NAME = 'xdpctl_main';
+
+/** Map capacities, fixed when the maps are first created. */
+export interface Capacity {
+  links: number;
+  ruleSlots: number;
+  matches: number;
+  srcPrefixes: number;
+  backends: number;
+  statsIds: number;
+}
+
+/** Defaults match bpf/xdpctl.h. */
+export const DEFAULT_CAPACITY: Capacity = {
+  links: 1024,
+  ruleSlots: 8192,
+  matches: 16384,
+  srcPrefixes: 65536,
+  backends: 65536,
+  statsIds: 8192,
+};
+
+/** How to open the datapath. */
+export interface DatapathOptions {
+  /** The compiled object (build/bpf/xdpctl.bpf.o). */
+  objectPath: string;
+  /** bpffs directory for pins, e.g. /sys/fs/bpf/xdpctl. */
+  pinRoot: string;
+  capacity?: Partial<Capacity>;
+  log?: Logger;
+}
+
+/** The typed maps of the datapath. */
+export interface DatapathMaps {
+  xcLinks: BpfMap<number, number>;
+  xcStats: BpfMap<number, LinkStats>;
+  ruleMatch: BpfMap<MatchKey, number>;
+  ruleCfg: BpfMap<number, RuleEntry>;
+  ruleRing: BpfMap<number, number>;
+  srcAllow: BpfMap<SrcKey, number>;
+  backends: BpfMap<number, BackendEntry>;
+  ruleStats: BpfMap<number, RuleStats>;
+  backendStats: BpfMap<number, BackendStats>;
+  globalStats: BpfMap<number, bigint>;
+}
+
+const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Capacity | null] } = {
+  xcLinks: ['xc_links', u32, u32, 'links'],
+  xcStats: ['xc_stats', u32, linkStats, 'links'],
+  ruleMatch: ['rule_match', matchKey, u32, 'matches'],
+  ruleCfg: ['rule_cfg', u32, ruleEntry, 'ruleSlots'],
+  ruleRing: ['rule_ring', u32, u32, null], // ruleSlots * RING_SIZE
+  srcAllow: ['src_allow', srcKey, u8, 'srcPrefixes'],
+  backends: ['backends', u32, backendEntry, 'backends'],
+  ruleStats: ['rule_stats', u32, ruleStats, 'statsIds'],
+  backendStats: ['backend_stats', u32, backendStats, 'backends'],
+  globalStats: ['global_stats', u32, u64, null],
+};
+
+/** Maps pinned by this loader instead of libbpf. */
+const SELF_PINNED = ['xc_links'];
+
+/** The result of attaching to an interface. */
+export interface AttachResult extends XdpState {
+  ifindex: number;
+  requested: XdpMode;
+  /** An older xdpctl program was swapped out atomically. */
+  replaced: boolean;
+}
+
+/** The result of one BPF_PROG_TEST_RUN. */
+export interface TestRunResult {
+  /** XDP action returned (0 aborted, 1 drop, 2 pass, 3 tx, 4 redirect). */
+  action: number;
+  /** The frame after the program (not for live frames). */
+  data: Buffer;
+  /** Average ns per run as measured by the kernel. */
+  durationNs: number;
+}
+
+const PROG_INFO_SIZE = 256;
+
+interface ProgInfo {
+  id: number;
+  tag: string;
+  name: string;
+}
+
+function progInfo(fd: number, what: string): ProgInfo {
+  const buf = Buffer.alloc(PROG_INFO_SIZE);
+  const len = [PROG_INFO_SIZE];
+  check(`get info of program ${what}`, lib.bpf_obj_get_info_by_fd(fd, buf, len) as number);
+  const nameEnd = buf.indexOf(0, 64);
+  return {
+    id: buf.readUInt32LE(4),
+    tag: buf.subarray(8, 16).toString('hex'),
+    name: buf.subarray(64, nameEnd < 0 || nameEnd > 80 ? 80 : nameEnd).toString(),
+  };
+}
+
+/** The loaded datapath. Create with {@link XdpDatapath.open}; close() when done. */
+export class XdpDatapath {
+  /** Maps reused from existing pins (a restart or upgrade) rather than created. */
+  readonly adopted: boolean;
+  /** A pinned program existed and differed from the loaded one: attach() upgrades. */
+  readonly upgraded: boolean;
+  readonly maps: DatapathMaps;
+  readonly capacity: Capacity;
+  private obj: unknown;
+  private progFdValue: number;
+  private ownProgFd: number; // from bpf_obj_get of the pin, closed by us
+  private readonly progInfoValue: ProgInfo;
+  private readonly log: Logger;
+
+  private constructor(
+    readonly options: DatapathOptions,
+    init: {
+      obj: unknown;
+      maps: DatapathMaps;
+      progFd: number;
+      ownProgFd: number;
+      adopted: boolean;
+      upgraded: boolean;
+      capacity: Capacity;
+    },
+  ) {
+    this.obj = init.obj;
+    this.maps = init.maps;
+    this.progFdValue = init.progFd;
+    this.ownProgFd = init.ownProgFd;
+    this.adopted = init.adopted;
+    this.upgraded = init.upgraded;
+    this.capacity = init.capacity;
+    this.log = options.log ?? silentLogger;
+    this.progInfoValue = progInfo(this.progFdValue, PROGRAM_NAME);
+  }
+
+  /** Where the maps are pinned. */
+  static mapPinDir(pinRoot: string): string {
+    return join(pinRoot, 'maps');
+  }
+
+  /** Where the program is pinned. */
+  static progPinPath(pinRoot: string): string {
+    return join(pinRoot, 'progs', PROGRAM_NAME);
+  }
+
+  /**
+   * Open and load the object, reusing pinned maps and adopting the pinned
+   * program when it is the same code. libbpf's log, including the verifier's,
+   * goes to the logger and onto the error if the load fails.
+   */
+  static open(options: DatapathOptions): XdpDatapath {
+    const log = (options.log ?? silentLogger).child({ component: 'dataplane' });
+    const capacity = { ...DEFAULT_CAPACITY, ...options.capacity };
+    const mapDir = XdpDatapath.mapPinDir(options.pinRoot);
+    const progPin = XdpDatapath.progPinPath(options.pinRoot);
+    if (!existsSync(options.objectPath)) {
+      throw new KernelError(`open ${options.objectPath}`, 2, [], 'no such file (run npm run build:bpf)');
+    }
+    mkdirSync(mapDir, { recursive: true });
+    mkdirSync(join(options.pinRoot, 'progs'), { recursive: true });
+    const adopted = readdirSync(mapDir).length > 0;
+
+    const lines: string[] = [];
+    const stop = captureLibbpfLog((level, line) => {
+      if (level === LIBBPF_DEBUG) return;
+      lines.push(line);
+      (level === LIBBPF_WARN ? log.warn : log.debug).call(log, { libbpf: line }, 'libbpf');
+    });
+    let obj: unknown = null;
+    try {
+      clearErrno();
+      obj = lib.bpf_object__open_file(options.objectPath, {
+        sz: sizeOf(ObjectOpenOpts),
+        object_name: null,
+        relaxed_maps: false,
+        pin_root_path: mapDir,
+      });
+      if (!obj) throw nullError(`open ${options.objectPath}`, lines);
+      for (const [, [name, , , cap]] of Object.entries(MAP_DEFS)) {
+        const n = cap ? capacity[cap] : name === 'rule_ring' ? capacity.ruleSlots * RING_SIZE : 0;
+        if (n === 0) continue;
+        const m = lib.bpf_object__find_map_by_name(obj, name);
+        if (!m) throw new KernelError(`open map ${name}`, 2, lines, 'not in the object');
+        check(`size map ${name}`, lib.bpf_map__set_max_entries(m, n) as number);
+      }
+      // Maps that libbpf cannot pin for us (see xc_links in bpf/xdpctl.bpf.c).
+      for (const name of SELF_PINNED) {
+        const path = join(mapDir, name);
+        if (!existsSync(path)) continue;
+        const m = lib.bpf_object__find_map_by_name(obj, name);
+        const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+        const info = mapInfo(fd, name);
+        const want = {
+          type: lib.bpf_map__type(m) as number,
+          keySize: lib.bpf_map__key_size(m) as number,
+          valueSize: lib.bpf_map__value_size(m) as number,
+          maxEntries: lib.bpf_map__max_entries(m) as number,
+        };
+        if (
+          info.type !== want.type ||
+          info.keySize !== want.keySize ||
+          info.valueSize !== want.valueSize ||
+          info.maxEntries !== want.maxEntries
+        ) {
+          closeFd(fd);
+          throw new KernelError(
+            `load ${options.objectPath}`,
+            22,
+            lines,
+            `pinned map ${path} does not match the object (capacity or layout changed: unpin ${mapDir} or keep the old settings)`,
+          );
+        }
+        const r = lib.bpf_map__reuse_fd(m, fd) as number; // dups the fd
+        closeFd(fd);
+        check(`reuse pinned map ${path}`, r);
+      }
+      const ret = lib.bpf_object__load(obj) as number;
+      if (ret < 0) {
+        // Say the cause libbpf found, not just the errno: a map whose pinned
+        // definition differs, or the verifier's complaint (full log on the error).
+        const reuse = lines.find((l) => l.includes("couldn't reuse pinned map"));
+        const detail = reuse
+          ? `${reuse.replace(/^libbpf: /, '')} (capacity or layout changed: unpin ${mapDir} or keep the old settings)`
+          : undefined;
+        throw new KernelError(`load ${options.objectPath}`, -ret, lines, detail);
+      }
+
+      const maps = {} as Record<string, BpfMap<unknown, unknown>>;
+      for (const [key, [name, kc, vc]] of Object.entries(MAP_DEFS)) {
+        const m = lib.bpf_object__find_map_by_name(obj, name);
+        const fd = check(`open map ${name}`, lib.bpf_map__fd(m) as number);
+        // The object owns these fds: closing the object closes them.
+        maps[key] = new BpfMap(mapInfo(fd, name), fd, kc as never, vc as never, false);
+      }
+      for (const name of SELF_PINNED) {
+        const path = join(mapDir, name);
+        if (!existsSync(path)) {
+          const fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(obj, name)) as number;
+          check(`pin map at ${path}`, lib.bpf_obj_pin(fd, path) as number);
+        }
+      }
+      const typed = maps as unknown as DatapathMaps;
+      if (typed.ruleRing.info.maxEntries !== typed.ruleCfg.info.maxEntries * RING_SIZE) {
+        throw new KernelError(
+          'load datapath',
+          22,
+          lines,
+          `rule_ring holds ${typed.ruleRing.info.maxEntries} slots, expected rule_cfg's ${typed.ruleCfg.info.maxEntries} x ring ${RING_SIZE}`,
+        );
+      }
+
+      const prog = lib.bpf_object__find_program_by_name(obj, PROGRAM_NAME);
+      if (!prog) throw new KernelError(`find program ${PROGRAM_NAME}`, 2, lines, 'not in the object');
+      const newFd = check(`open program ${PROGRAM_NAME}`, lib.bpf_program__fd(prog) as number);
+      const fresh = progInfo(newFd, PROGRAM_NAME);
+      let progFd = newFd;
+      let ownProgFd = -1;
+      let upgraded = false;
+      if (existsSync(progPin)) {
+        const pinnedFd = check(`open pinned program ${progPin}`, lib.bpf_obj_get(progPin) as number);
+        const pinned = progInfo(pinnedFd, progPin);
+        if (pinned.tag === fresh.tag) {
+          progFd = pinnedFd; // same code: keep the program that is attached
+          ownProgFd = pinnedFd;
+          log.info({ progId: pinned.id, tag: pinned.tag }, 'adopted pinned program');
+        } else {
+          closeFd(pinnedFd);
+          unlinkSync(progPin);
+          check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
+          upgraded = true;
+          log.info(
+            { from: pinned.tag, to: fresh.tag, progId: fresh.id },
+            'program upgraded; interfaces will be swapped',
+          );
+        }
+      } else {
+        check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
+      }
+      log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
+      return new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+    } catch (e) {
+      if (obj) lib.bpf_object__close(obj);
+      throw e;
+    } finally {
+      stop();
+    }
+  }
+
+  /** The fd of the program that interfaces should run. */
+  get progFd(): number {
+    if (this.progFdValue < 0) throw new KernelError('use datapath', 9, [], 'datapath is closed');
+    return this.progFdValue;
+  }
+
+  /** The kernel's id of that program. */
+  get progId(): number {
+    return this.progInfoValue.id;
+  }
+
+  /** Whether a program id is one of ours (any version of xdpctl_main). */
+  isOurs(progId: number): boolean {
+    if (progId === this.progId) return true;
+    const fd = lib.bpf_prog_get_fd_by_id(progId) as number;
+    if (fd < 0) return false;
+    try {
+      return progInfo(fd, `id ${progId}`).name === PROGRAM_NAME;
+    } finally {
+      closeFd(fd);
+    }
+  }
+
+  /**
+   * Attach to an interface (idempotent). An older xdpctl program there is
+   * replaced atomically; a foreign program is never clobbered (EBUSY).
+   */
+  attach(ifname: string, mode: XdpMode): AttachResult {
+    const ifindex = ifindexOf(ifname);
+    const before = queryXdp(ifindex, ifname);
+    if (before.progId === this.progId && (mode === 'auto' || mode === before.mode)) {
+      return { ...before, ifindex, requested: mode, replaced: false };
+    }
+    const after = attachXdp(ifindex, ifname, this.progFd, mode, (id) => this.isOurs(id));
+    if (after.progId !== this.progId) {
+      throw new KernelError(`attach xdp to ${ifname}`, 5, [], `program id ${after.progId} is attached, not ours`);
+    }
+    const replaced = before.mode !== 'none' && before.progId !== this.progId;
+    this.log.info({ ifname, ifindex, requested: mode, effective: after.mode, replaced }, 'attached');
+    return { ...after, ifindex, requested: mode, replaced };
+  }
+
+  /** Detach our program from an interface; a foreign program is left alone. */
+  detach(ifname: string): void {
+    const ifindex = ifindexOf(ifname);
+    const state = queryXdp(ifindex, ifname);
+    if (state.mode === 'none') return;
+    if (!this.isOurs(state.progId)) {
+      throw new KernelError(`detach xdp from ${ifname}`, 16, [], `program id ${state.progId} is not ours`);
+    }
+    detachXdp(ifindex, ifname, state);
+    this.log.info({ ifname, ifindex }, 'detached');
+  }
+
+  /** What is attached to an interface now. */
+  state(ifname: string): XdpState & { ifindex: number; ours: boolean } {
+    const ifindex = ifindexOf(ifname);
+    const s = queryXdp(ifindex, ifname);
+    return { ...s, ifindex, ours: s.mode !== 'none' && this.isOurs(s.progId) };
+  }
+
+  /**
+   * Run the program once or `repeat` times on a frame (BPF_PROG_TEST_RUN),
+   * as if it arrived on `ingressIfindex`. Note the kernel runs repeats on the
+   * frame as the previous run left it.
+   */
+  testRun(frame: Uint8Array, ingressIfindex: number, repeat = 1, progFd = this.progFd): TestRunResult {
+    const ctx = Buffer.alloc(24); // struct xdp_md
+    ctx.writeUInt32LE(frame.length, 4); // data_end
+    ctx.writeUInt32LE(ingressIfindex, 12);
+    const out = Buffer.alloc(frame.length + 256);
+    const opts = {
+      sz: sizeOf(TestRunOpts),
+      data_in: Buffer.from(frame),
+      data_out: out,
+      data_size_in: frame.length,
+      data_size_out: out.length,
+      ctx_in: ctx,
+      ctx_out: null,
+      ctx_size_in: ctx.length,
+      ctx_size_out: 0,
+      retval: 0,
+      repeat,
+      duration: 0,
+      flags: 0,
+      cpu: 0,
+      batch_size: 0,
+    };
+    check('test-run xdp program', lib.bpf_prog_test_run_opts(progFd, opts) as number);
+    return { action: opts.retval, data: out.subarray(0, opts.data_size_out), durationNs: opts.duration };
+  }
+
+  /** Close our handles; pins, maps and attachments stay (idempotent). */
+  close(): void {
+    for (const m of Object.values(this.maps)) (m as BpfMap<unknown, unknown>).close();
+    if (this.ownProgFd >= 0) closeFd(this.ownProgFd);
+    this.ownProgFd = -1;
+    if (this.obj) lib.bpf_object__close(this.obj);
+    this.obj = null;
+    this.progFdValue = -1;
+  }
+
+  /**
+   * Remove every pin under pinRoot (after detaching from interfaces): the
+   * kernel frees maps and program once nothing references them.
+   */
+  static unpinAll(pinRoot: string): void {
+    const rm = (dir: string) => {
+      if (!existsSync(dir)) return;
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, e.name);
+        if (e.isDirectory()) rm(p);
+        else unlinkSync(p);
+      }
+      rmdirSync(dir);
+    };
+    rm(pinRoot);
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * The raw binding to the system's libbpf.so.1 (and the few libc calls we
+ * need), through koffi. This file declares C signatures and nothing else;
+ * callers turn every negative return into a KernelError through {@link check}.
+ * Only src/server/dataplane/ may import this module (and koffi).
+ *
+ * Conventions seen with libbpf 1.1 (see ../shared/KERNEL-NOTES.md): calls
+ * return 0 or -errno and set errno; pointer-returning calls give NULL and set
+ * errno; koffi returns pointers as opaque objects and NULL as null.
+ */
+import koffi, { type TypeObject } from 'koffi';
+
+import { KernelError } from './errors.js';
+
+const bpf = koffi.load('libbpf.so.1');
+const libc = koffi.load('libc.so.6');
+
+const bpfObject = koffi.opaque('bpf_object');
+const bpfProgram = koffi.opaque('bpf_program');
+const bpfMap = koffi.opaque('bpf_map');
+void bpfObject;
+void bpfProgram;
+void bpfMap;
+
+/** struct bpf_object_open_opts, truncated after pin_root_path (sz tells libbpf). */
+export const ObjectOpenOpts = koffi.struct('bpf_object_open_opts', {
+  sz: 'size_t',
+  object_name: 'const char *',
+  relaxed_maps: 'bool',
+  pin_root_path: 'const char *',
+});
+
+/** struct bpf_test_run_opts (libbpf 1.1). */
+export const TestRunOpts = koffi.struct('bpf_test_run_opts', {
+  sz: 'size_t',
+  data_in: 'void *',
+  data_out: 'void *',
+  data_size_in: 'uint32_t',
+  data_size_out: 'uint32_t',
+  ctx_in: 'void *',
+  ctx_out: 'void *',
+  ctx_size_in: 'uint32_t',
+  ctx_size_out: 'uint32_t',
+  retval: 'uint32_t',
+  repeat: 'int',
+  duration: 'uint32_t',
+  flags: 'uint32_t',
+  cpu: 'uint32_t',
+  batch_size: 'uint32_t',
+});
+
+/** struct bpf_xdp_query_opts. */
+export const XdpQueryOpts = koffi.struct('bpf_xdp_query_opts', {
+  sz: 'size_t',
+  prog_id: 'uint32_t',
+  drv_prog_id: 'uint32_t',
+  hw_prog_id: 'uint32_t',
+  skb_prog_id: 'uint32_t',
+  attach_mode: 'uint8_t',
+});
+
+/** struct bpf_xdp_attach_opts. */
+export const XdpAttachOpts = koffi.struct('bpf_xdp_attach_opts', {
+  sz: 'size_t',
+  old_prog_fd: 'int',
+});
+
+/** struct bpf_map_batch_opts. */
+export const MapBatchOpts = koffi.struct('bpf_map_batch_opts', {
+  sz: 'size_t',
+  elem_flags: 'uint64_t',
+  flags: 'uint64_t',
+});
+
+const PrintFn = koffi.proto('int libbpf_print_fn(int level, const char *fmt, void *ap)');
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- koffi functions are untyped */
+type Fn = (...args: any[]) => any;
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+/** The libbpf and libc functions we call. Opaque handles are `unknown`. */
+export const lib = {
+  // objects, programs, maps
+  bpf_object__open_file: bpf.func(
+    'bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)',
+  ) as Fn,
+  bpf_object__load: bpf.func('int bpf_object__load(bpf_object *obj)') as Fn,
+  bpf_object__close: bpf.func('void bpf_object__close(bpf_object *obj)') as Fn,
+  bpf_object__find_program_by_name: bpf.func(
+    'bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)',
+  ) as Fn,
+  bpf_object__find_map_by_name: bpf.func(
+    'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
+  ) as Fn,
+  bpf_object__next_map: bpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *map)') as Fn,
+  bpf_program__fd: bpf.func('int bpf_program__fd(bpf_program *prog)') as Fn,
+  bpf_map__fd: bpf.func('int bpf_map__fd(bpf_map *map)') as Fn,
+  bpf_map__name: bpf.func('const char *bpf_map__name(bpf_map *map)') as Fn,
+  bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)') as Fn,
+  bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(bpf_map *map)') as Fn,
+  bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(bpf_map *map)') as Fn,
+  bpf_map__max_entries: bpf.func('uint32_t bpf_map__max_entries(bpf_map *map)') as Fn,
+  bpf_map__set_max_entries: bpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)') as Fn,
+  bpf_map__reuse_fd: bpf.func('int bpf_map__reuse_fd(bpf_map *map, int fd)') as Fn,
+  bpf_map__is_pinned: bpf.func('bool bpf_map__is_pinned(bpf_map *map)') as Fn,
+  bpf_map__pin_path: bpf.func('const char *bpf_map__pin_path(bpf_map *map)') as Fn,
+  // low-level map operations on fds
+  bpf_map_update_elem: bpf.func(
+    'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',
+  ) as Fn,
+  bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)') as Fn,
+  bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)') as Fn,
+  bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)') as Fn,
+  bpf_map_update_batch: bpf.func(
+    'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ) as Fn,
+  bpf_map_delete_batch: bpf.func(
+    'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ) as Fn,
+  bpf_map_lookup_batch: bpf.func(
+    'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+  ) as Fn,
+  // objects by fd / id / pin
+  bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *path)') as Fn,
+  bpf_obj_get: bpf.func('int bpf_obj_get(const char *path)') as Fn,
+  bpf_obj_get_info_by_fd: bpf.func(
+    'int bpf_obj_get_info_by_fd(int fd, _Inout_ void *info, _Inout_ uint32_t *info_len)',
+  ) as Fn,
+  bpf_prog_get_fd_by_id: bpf.func('int bpf_prog_get_fd_by_id(uint32_t id)') as Fn,
+  // XDP
+  bpf_xdp_attach: bpf.func(
+    'int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const bpf_xdp_attach_opts *opts)',
+  ) as Fn,
+  bpf_xdp_detach: bpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const bpf_xdp_attach_opts *opts)') as Fn,
+  bpf_xdp_query: bpf.func('int bpf_xdp_query(int ifindex, int flags, _Inout_ bpf_xdp_query_opts *opts)') as Fn,
+  bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)') as Fn,
+  // misc
+  libbpf_num_possible_cpus: bpf.func('int libbpf_num_possible_cpus(void)') as Fn,
+  libbpf_set_print: bpf.func('void *libbpf_set_print(libbpf_print_fn *fn)') as Fn,
+  // libc
+  vsnprintf: libc.func('int vsnprintf(_Out_ uint8_t *buf, size_t n, const char *fmt, void *ap)') as Fn,
+  if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)') as Fn,
+  if_indextoname: libc.func('char *if_indextoname(unsigned int ifindex, _Out_ uint8_t *buf)') as Fn,
+  close: libc.func('int close(int fd)') as Fn,
+  setns: libc.func('int setns(int fd, int nstype)') as Fn,
+};
+
+/** The size of a koffi struct type. */
+export const sizeOf = (t: TypeObject): number => koffi.sizeof(t);
+
+/** The thread's errno after the last call. */
+export function lastErrno(): number {
+  return koffi.errno();
+}
+
+/** Clear errno before a call whose failure is reported only through errno. */
+export function clearErrno(): void {
+  koffi.errno(0);
+}
+
+/**
+ * Turn a libbpf return into a value or a KernelError. libbpf 1.x returns
+ * -errno; some calls return -1 and leave the cause in errno.
+ */
+export function check(op: string, ret: number, log?: readonly string[]): number {
+  if (ret >= 0) return ret;
+  const errno = ret === -1 ? koffi.errno() || 1 : -ret;
+  throw new KernelError(op, errno, log);
+}
+
+/** A NULL-returning call failed: build the error from errno. */
+export function nullError(op: string, log?: readonly string[]): KernelError {
+  return new KernelError(op, koffi.errno() || 22, log);
+}
+
+// ---- libbpf log capture -------------------------------------------------
+
+/** libbpf's log levels. */
+export const LIBBPF_WARN = 0;
+export const LIBBPF_INFO = 1;
+export const LIBBPF_DEBUG = 2;
+
+type PrintSink = (level: number, line: string) => void;
+const sinks = new Set<PrintSink>();
+let printInstalled = false;
+const printBuf = Buffer.alloc(8192);
+
+/**
+ * Route libbpf's log (including the verifier log on a failed load) to a sink
+ * for as long as the returned function is not called. libbpf has one global
+ * print callback; we install it once and fan out.
+ */
+export function captureLibbpfLog(sink: PrintSink): () => void {
+  if (!printInstalled) {
+    const cb = koffi.register((level: number, fmt: string, ap: unknown) => {
+      const n = lib.vsnprintf(printBuf, printBuf.length, fmt, ap) as number;
+      const text = printBuf.subarray(0, Math.max(0, Math.min(n, printBuf.length - 1))).toString();
+      for (const line of text.split('\n')) {
+        if (line.trim() === '') continue;
+        for (const s of sinks) s(level, line);
+      }
+      return 0;
+    }, koffi.pointer(PrintFn));
+    lib.libbpf_set_print(cb);
+    printInstalled = true;
+  }
+  sinks.add(sink);
+  return () => sinks.delete(sink);
+}
+
+let cpus = 0;
+/** Number of possible CPUs: the multiplier of per-CPU map values. */
+export function possibleCpus(): number {
+  if (cpus === 0) cpus = check('count possible cpus', lib.libbpf_num_possible_cpus() as number);
+  return cpus;
+}
+
+/** Close a file descriptor returned by the kernel. */
+export function closeFd(fd: number): void {
+  if (fd >= 0) lib.close(fd);
+}

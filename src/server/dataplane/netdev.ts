@@ -1,0 +1,162 @@
+/**
+ * Network devices as the datapath needs them: name <-> ifindex, MAC
+ * addresses, neighbour (ARP) lookups, and the veth precondition for native
+ * XDP redirects (../shared/KERNEL-NOTES.md trap 3): a frame redirected by
+ * native XDP into a veth is silently dropped unless the veth's peer has NAPI,
+ * i.e. an XDP program or GRO enabled. Reads use sysfs and iproute2's JSON
+ * output; nothing here changes a device except {@link ensureVethPeerNapi}.
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+
+import { KernelError } from './errors.js';
+import { lastErrno, lib } from './libbpf.js';
+
+const run = promisify(execFile);
+
+/** The ifindex of an interface in the daemon's namespace; throws ENODEV. */
+export function ifindexOf(name: string): number {
+  if (name.length === 0 || name.length > 15 || name.includes('/') || name.includes('\0')) {
+    throw new KernelError(`look up interface "${name}"`, 19, [], 'not a valid interface name');
+  }
+  const idx = lib.if_nametoindex(name) as number;
+  if (!idx) throw new KernelError(`look up interface ${name}`, lastErrno() || 19, [], 'no such interface');
+  return idx;
+}
+
+/** The name of an ifindex, or undefined if there is no such interface. */
+export function nameOf(ifindex: number): string | undefined {
+  const buf = Buffer.alloc(16);
+  const r = lib.if_indextoname(ifindex, buf) as unknown;
+  if (!r) return undefined;
+  const end = buf.indexOf(0);
+  return buf.subarray(0, end < 0 ? 16 : end).toString();
+}
+
+/** The MAC address of an interface, "aa:bb:cc:dd:ee:ff". */
+export function macOf(name: string): string {
+  ifindexOf(name); // validates the name, precise error
+  try {
+    return readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();
+  } catch {
+    throw new KernelError(`read MAC of ${name}`, 19, [], 'no such interface');
+  }
+}
+
+/** Whether an interface exists. */
+export function interfaceExists(name: string): boolean {
+  try {
+    ifindexOf(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Run an iproute2 command, optionally inside a named netns, and parse its JSON. */
+async function ipJson(args: string[], netns?: string): Promise<unknown> {
+  const argv = netns ? ['-n', netns, '-j', ...args] : ['-j', ...args];
+  const { stdout } = await run('ip', argv, { maxBuffer: 16 << 20 });
+  return stdout.trim() === '' ? [] : JSON.parse(stdout);
+}
+
+interface IpLink {
+  ifindex: number;
+  ifname: string;
+  address?: string;
+  operstate?: string;
+  flags?: string[];
+  link?: string;
+  link_index?: number;
+  link_netnsid?: number;
+  xdp?: unknown;
+  linkinfo?: { info_kind?: string };
+}
+
+/** `ip -d link show dev NAME` as an object. */
+async function linkDetails(name: string, netns?: string): Promise<IpLink> {
+  const links = (await ipJson(['-d', 'link', 'show', 'dev', name], netns)) as IpLink[];
+  if (!links[0]) throw new KernelError(`look up interface ${name}`, 19, [], 'no such interface');
+  return links[0];
+}
+
+/**
+ * The MAC of a neighbour (ARP/NDP entry) reachable through an interface, or
+ * undefined when the host has not resolved it (or it failed).
+ */
+export async function neighbourMac(ip: string, dev: string): Promise<string | undefined> {
+  const entries = (await ipJson(['neigh', 'show', 'to', ip, 'dev', dev])) as {
+    lladdr?: string;
+    state?: string[];
+  }[];
+  const e = entries.find((n) => n.lladdr && !(n.state ?? []).includes('FAILED'));
+  return e?.lladdr;
+}
+
+/** Where a veth's peer is and whether it can take native XDP redirects. */
+export interface VethPeerState {
+  /** The interface checked is a veth. */
+  veth: boolean;
+  /** Redirecting into the interface in native mode delivers (or it is not a veth). */
+  ok: boolean;
+  peer?: string;
+  /** Named network namespace of the peer; undefined when it is ours. */
+  netns?: string;
+  /** Why not ok, or what was done. */
+  detail?: string;
+  /** We enabled GRO on the peer to satisfy the precondition. */
+  fixed?: boolean;
+}
+
+/**
+ * Check, and if `fix` is set satisfy, the veth precondition for native XDP
+ * redirects into `name`: its peer must have an XDP program or GRO enabled
+ * (either gives it NAPI), and be up. A peer in an unnamed namespace cannot be
+ * inspected from here: that is reported as not ok, never assumed fine.
+ */
+export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<VethPeerState> {
+  const dev = await linkDetails(name);
+  if (dev.linkinfo?.info_kind !== 'veth') return { veth: false, ok: true };
+  let netns: string | undefined;
+  let peer: IpLink | undefined;
+  if (dev.link_netnsid === undefined) {
+    if (dev.link) peer = await linkDetails(dev.link);
+  } else {
+    const ids = (await ipJson(['netns', 'list-id'])) as { nsid: number; name?: string }[];
+    netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
+    if (netns === undefined) {
+      return {
+        veth: true,
+        ok: false,
+        detail:
+          `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}) that xdpctld ` +
+          `cannot inspect; enable GRO on it (ethtool -K <peer> gro on) or attach ${name}'s senders in generic mode`,
+      };
+    }
+    const all = (await ipJson(['-d', 'link', 'show'], netns)) as IpLink[];
+    peer = all.find((l) => l.ifindex === dev.link_index);
+  }
+  if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
+  const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
+  if (peer.xdp !== undefined) return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has XDP` };
+  const ethtool = (args: string[]) =>
+    netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  const { stdout } = await ethtool(['-k', peer.ifname]);
+  if (/^generic-receive-offload: on/m.test(stdout)) {
+    return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has GRO on` };
+  }
+  if (!fix) {
+    return {
+      veth: true,
+      ok: false,
+      peer: peer.ifname,
+      netns,
+      detail:
+        `native XDP redirects into ${name} would be dropped: its peer ${where} has neither an XDP program nor ` +
+        `GRO (ethtool -K ${peer.ifname} gro on)`,
+    };
+  }
+  await ethtool(['-K', peer.ifname, 'gro', 'on']);
+  return { veth: true, ok: true, peer: peer.ifname, netns, fixed: true, detail: `enabled GRO on ${where}` };
+}

@@ -1,0 +1,117 @@
+/**
+ * Attaching the XDP program to interfaces. We attach through netlink
+ * (bpf_xdp_attach), not bpf_link, on purpose:
+ *  - the attachment outlives the daemon with no pin to keep (a crashed or
+ *    upgraded daemon never takes the datapath down, and wiping bpffs does
+ *    not detach it);
+ *  - XDP_FLAGS_REPLACE with the old program's fd is a compare-and-swap, which
+ *    gives hitless program upgrades and detects a concurrent writer;
+ *  - `ip link` and other tools see and understand it.
+ * The price is that another tool could replace our program; every attach
+ * and every status read checks what is really attached (by program id).
+ */
+import { KernelError } from './errors.js';
+import { check, closeFd, lib, sizeOf, XdpAttachOpts, XdpQueryOpts } from './libbpf.js';
+
+/** XDP attach flags (linux/if_link.h). */
+export const XDP_FLAGS = {
+  UPDATE_IF_NOEXIST: 1,
+  SKB_MODE: 2,
+  DRV_MODE: 4,
+  HW_MODE: 8,
+  REPLACE: 16,
+} as const;
+
+/** The mode asked for. 'auto' tries native first, then generic. */
+export type XdpMode = 'native' | 'generic' | 'auto';
+/** The mode the kernel reports. */
+export type EffectiveMode = 'none' | 'native' | 'generic' | 'offload' | 'multi';
+
+const ATTACH_MODES: EffectiveMode[] = ['none', 'native', 'generic', 'offload', 'multi'];
+
+/** What is attached to an interface. */
+export interface XdpState {
+  mode: EffectiveMode;
+  /** Program id attached (the one for `mode`), 0 if none. */
+  progId: number;
+}
+
+/** Query what XDP program is attached to an ifindex. */
+export function queryXdp(ifindex: number, ifname: string): XdpState {
+  const opts = { sz: sizeOf(XdpQueryOpts), prog_id: 0, drv_prog_id: 0, hw_prog_id: 0, skb_prog_id: 0, attach_mode: 0 };
+  check(`query xdp on ${ifname}`, lib.bpf_xdp_query(ifindex, 0, opts) as number);
+  const mode = ATTACH_MODES[opts.attach_mode] ?? 'multi';
+  const progId = mode === 'native' ? opts.drv_prog_id : mode === 'generic' ? opts.skb_prog_id : opts.prog_id;
+  return { mode, progId };
+}
+
+function modeFlag(mode: 'native' | 'generic'): number {
+  return mode === 'native' ? XDP_FLAGS.DRV_MODE : XDP_FLAGS.SKB_MODE;
+}
+
+/**
+ * Attach `progFd` to an interface. If a program is already attached in the
+ * same mode and `replaceId` says it may be replaced, it is swapped atomically
+ * (REPLACE); otherwise the attach fails rather than clobber it. Returns the
+ * mode the kernel reports afterwards.
+ */
+export function attachXdp(
+  ifindex: number,
+  ifname: string,
+  progFd: number,
+  mode: XdpMode,
+  replaceable: (progId: number) => boolean,
+): XdpState {
+  const current = queryXdp(ifindex, ifname);
+  const want: ('native' | 'generic')[] = mode === 'auto' ? ['native', 'generic'] : [mode];
+  if (current.mode !== 'none') {
+    if (!replaceable(current.progId)) {
+      throw new KernelError(
+        `attach xdp to ${ifname}`,
+        16,
+        [],
+        `another XDP program (id ${current.progId}, ${current.mode} mode) is attached`,
+      );
+    }
+    const sameMode = want.find((m) => m === current.mode);
+    if (sameMode) {
+      replace(ifindex, ifname, progFd, sameMode, current.progId);
+      return queryXdp(ifindex, ifname);
+    }
+    // A mode change cannot be atomic: the kernel refuses two modes on one device.
+    detachXdp(ifindex, ifname, current);
+  }
+  let lastErr: KernelError | undefined;
+  for (const m of want) {
+    const ret = lib.bpf_xdp_attach(ifindex, progFd, modeFlag(m) | XDP_FLAGS.UPDATE_IF_NOEXIST, null) as number;
+    if (ret >= 0) return queryXdp(ifindex, ifname);
+    try {
+      check(`attach xdp to ${ifname} in ${m} mode`, ret);
+    } catch (e) {
+      lastErr = e as KernelError;
+      // Only fall back for "this driver cannot do native"; anything else is real.
+      if (!['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTSUPP'].includes(lastErr.code)) throw lastErr;
+    }
+  }
+  throw lastErr ?? new KernelError(`attach xdp to ${ifname}`, 22);
+}
+
+function replace(ifindex: number, ifname: string, progFd: number, mode: 'native' | 'generic', oldId: number): void {
+  const oldFd = check(`open xdp program ${oldId} on ${ifname}`, lib.bpf_prog_get_fd_by_id(oldId) as number);
+  try {
+    const opts = { sz: sizeOf(XdpAttachOpts), old_prog_fd: oldFd };
+    check(
+      `replace xdp program on ${ifname}`,
+      lib.bpf_xdp_attach(ifindex, progFd, modeFlag(mode) | XDP_FLAGS.REPLACE, opts) as number,
+    );
+  } finally {
+    closeFd(oldFd);
+  }
+}
+
+/** Detach whatever XDP program is attached (in the mode it is attached in). */
+export function detachXdp(ifindex: number, ifname: string, current = queryXdp(ifindex, ifname)): void {
+  if (current.mode === 'none') return;
+  const flags = current.mode === 'native' ? XDP_FLAGS.DRV_MODE : current.mode === 'generic' ? XDP_FLAGS.SKB_MODE : 0;
+  check(`detach xdp from ${ifname}`, lib.bpf_xdp_detach(ifindex, flags, null) as number);
+}

@@ -1,0 +1,131 @@
+/**
+ * Parsing and formatting of IP addresses, prefixes and MAC addresses. Pure
+ * functions with no I/O: shared by validation (core) and the map codecs
+ * (dataplane). Errors are plain messages; callers attach the field name.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+
+/** An address family the datapath knows. */
+export type Family = 4 | 6;
+
+/** A parsed IP address: family and its bytes in network order. */
+export interface IpBytes {
+  family: Family;
+  bytes: Uint8Array; // 4 or 16 bytes
+}
+
+/** Parse a dotted-quad or IPv6 address; throws with a reason. */
+export function parseIp(text: string): IpBytes {
+  if (isIPv4(text)) {
+    return { family: 4, bytes: Uint8Array.from(text.split('.').map(Number)) };
+  }
+  if (isIPv6(text)) return { family: 6, bytes: parseIpv6(text) };
+  throw new Error(`"${truncate(text)}" is not an IP address`);
+}
+
+function parseIpv6(text: string): Uint8Array {
+  let s = text;
+  const out = new Uint8Array(16);
+  // A trailing dotted quad (::ffff:1.2.3.4) becomes two groups.
+  const dotted = s.match(/(\d+\.\d+\.\d+\.\d+)$/);
+  if (dotted) {
+    const v4 = dotted[1].split('.').map(Number);
+    s = s.slice(0, -dotted[1].length) + `${((v4[0] << 8) | v4[1]).toString(16)}:${((v4[2] << 8) | v4[3]).toString(16)}`;
+  }
+  const [head, tail] = s.includes('::') ? s.split('::') : [s, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  groups.forEach((g, i) => {
+    const v = parseInt(g, 16);
+    out[i * 2] = v >> 8;
+    out[i * 2 + 1] = v & 0xff;
+  });
+  return out;
+}
+
+/** Format address bytes (4 or 16) as text. */
+export function formatIp(bytes: Uint8Array, family: Family = bytes.length === 4 ? 4 : 6): string {
+  if (family === 4) return Array.from(bytes.subarray(0, 4)).join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
+  // Compress the longest run of zero groups (RFC 5952).
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  if (best < 0) return groups.join(':');
+  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
+}
+
+/** A parsed prefix: network bytes (host bits cleared) and length. */
+export interface Prefix extends IpBytes {
+  length: number;
+}
+
+/**
+ * Parse "10.0.0.0/8", "192.168.1.10" (a /32) or an IPv6 prefix. Host bits must
+ * be zero, as a router would insist, so that "10.1.2.3/8" is not silently
+ * read as 10.0.0.0/8.
+ */
+export function parsePrefix(text: string): Prefix {
+  const slash = text.indexOf('/');
+  const ip = parseIp(slash < 0 ? text : text.slice(0, slash));
+  const max = ip.family === 4 ? 32 : 128;
+  let length = max;
+  if (slash >= 0) {
+    const lenText = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > max) {
+      throw new Error(`prefix length "${truncate(lenText)}" is not between 0 and ${max}`);
+    }
+    length = Number(lenText);
+  }
+  for (let bit = length; bit < max; bit++) {
+    if (ip.bytes[bit >> 3] & (0x80 >> (bit & 7))) {
+      throw new Error(`"${truncate(text)}" has host bits set (did you mean ${formatPrefix(mask(ip, length))}?)`);
+    }
+  }
+  return { ...ip, length };
+}
+
+function mask(ip: IpBytes, length: number): Prefix {
+  const bytes = Uint8Array.from(ip.bytes);
+  for (let bit = length; bit < bytes.length * 8; bit++) bytes[bit >> 3] &= ~(0x80 >> (bit & 7));
+  return { family: ip.family, bytes, length };
+}
+
+/** Format a prefix as "a.b.c.d/len". */
+export function formatPrefix(p: Prefix): string {
+  return `${formatIp(p.bytes, p.family)}/${p.length}`;
+}
+
+/** Parse a MAC address "02:42:ac:11:00:02" (also with '-'). */
+export function parseMac(text: string): Uint8Array {
+  const m =
+    /^([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})$/.exec(
+      text,
+    );
+  if (!m) throw new Error(`"${truncate(text)}" is not a MAC address (six hex pairs, e.g. 02:42:ac:11:00:02)`);
+  return Uint8Array.from(m.slice(1, 7).map((h) => parseInt(h, 16)));
+}
+
+/** Format 6 bytes as "aa:bb:cc:dd:ee:ff". */
+export function formatMac(bytes: Uint8Array): string {
+  return Array.from(bytes.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/** Shorten user input quoted in an error message. */
+export function truncate(text: string, max = 64): string {
+  return text.length <= max ? text : `${text.slice(0, max)}…(${text.length} chars)`;
+}
