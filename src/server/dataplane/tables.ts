@@ -1,0 +1,147 @@
+/**
+ * Writing the datapath's tables in an order that keeps every packet
+ * consistent. A rule lives in a "slot" (rule_cfg entry + its ring + its
+ * source prefixes + the backends its ring points to); match entries point at
+ * slots. A change is written into a free slot first (nothing points at it,
+ * so nothing sees it half-written), then published by repointing the match
+ * entries (one atomic hash update each), and only then is the old slot
+ * cleared. The transaction logic (which slot, rollback) lives in core/.
+ */
+import { BPF_ANY, BPF_NOEXIST } from './bpf-map.js';
+import {
+  NO_BACKEND,
+  RING_SIZE,
+  RULE_F_ACTIVE,
+  RULE_F_SRC_FILTER,
+  type BackendEntry,
+  type BackendStats,
+  type LinkStats,
+  type MatchKey,
+  type RuleStats,
+  type SrcKey,
+  sumCounters,
+} from './codec.js';
+import type { DatapathMaps } from './datapath.js';
+
+/** Everything a rule slot holds. */
+export interface RuleSlotContent {
+  slot: number;
+  statsId: number;
+  /** RULE_F_* flags other than ACTIVE (set by the writer). */
+  flags: number;
+  /** Source prefixes (empty: no filter). */
+  srcPrefixes: { length: number; addr: Uint8Array }[];
+  /** Backend id per ring slot (RING_SIZE entries, NO_BACKEND for none). */
+  ring: ArrayLike<number>;
+  /** Backend entries the ring refers to, by id. */
+  backends: [number, BackendEntry][];
+}
+
+/**
+ * Write a complete rule into an unpublished slot: backends, ring, prefixes,
+ * then the rule entry marked active last.
+ */
+export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
+  if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
+  maps.backends.putMany(c.backends);
+  const base = c.slot * RING_SIZE;
+  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, c.ring[i]] as const));
+  for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
+  maps.ruleCfg.put(c.slot, { flags: c.flags | RULE_F_ACTIVE | (c.srcPrefixes.length ? RULE_F_SRC_FILTER : 0), statsId: c.statsId });
+}
+
+/**
+ * Clear a slot no match entry points at any more: the rule entry first (so
+ * a packet still in flight with the old slot sees "no rule", never a
+ * half-cleared one), then ring, prefixes and backends.
+ */
+export function clearRuleSlot(
+  maps: DatapathMaps,
+  slot: number,
+  srcPrefixes: { length: number; addr: Uint8Array }[],
+  backendIds: number[],
+): void {
+  maps.ruleCfg.put(slot, { flags: 0, statsId: 0 });
+  const base = slot * RING_SIZE;
+  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, NO_BACKEND] as const));
+  for (const p of srcPrefixes) maps.srcAllow.delete({ slot, length: p.length, addr: p.addr } satisfies SrcKey);
+  const empty: BackendEntry = {
+    dmac: new Uint8Array(6),
+    smac: new Uint8Array(6),
+    ifindex: 0,
+    statsId: 0,
+    family: 0,
+    addr: new Uint8Array(4),
+  };
+  maps.backends.putMany(backendIds.map((id) => [id, empty] as const));
+}
+
+/** Point match keys at a slot (publish). */
+export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
+  for (const k of keys) maps.ruleMatch.put(k, slot, BPF_ANY);
+}
+
+/** Remove match keys (unpublish). */
+export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
+  for (const k of keys) maps.ruleMatch.delete(k);
+}
+
+/** Reset a stats id's counters (before reusing it for a new rule or backend). */
+export function resetRuleStats(maps: DatapathMaps, statsId: number): void {
+  maps.ruleStats.put(statsId, {
+    matched: 0n,
+    matchedBytes: 0n,
+    redirected: 0n,
+    redirectedBytes: 0n,
+    filtered: 0n,
+    noBackend: 0n,
+  });
+}
+
+export function resetBackendStats(maps: DatapathMaps, statsId: number): void {
+  maps.backendStats.put(statsId, { packets: 0n, bytes: 0n });
+}
+
+/**
+ * Connect one direction: frames arriving on `from` leave on `to`. The stats
+ * entry is created first (zeroed only if absent, so counters continue across
+ * a peer swap), then the devmap entry that makes it live.
+ */
+export function connectDirection(maps: DatapathMaps, from: number, to: number): void {
+  try {
+    maps.xcStats.put(from, { packets: 0n, bytes: 0n }, BPF_NOEXIST);
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'EEXIST') throw e;
+  }
+  maps.xcLinks.put(from, to);
+}
+
+/** Disconnect one direction (the counters stay until resetLinkStats). */
+export function disconnectDirection(maps: DatapathMaps, from: number): boolean {
+  return maps.xcLinks.delete(from);
+}
+
+/** Summed counters of one rule stats id. */
+export function ruleCounters(maps: DatapathMaps, statsId: number): RuleStats {
+  return sumCounters(maps.ruleStats.getPerCpu(statsId) ?? []);
+}
+
+/** Summed counters of one backend stats id. */
+export function backendCounters(maps: DatapathMaps, statsId: number): BackendStats {
+  return sumCounters(maps.backendStats.getPerCpu(statsId) ?? []);
+}
+
+/** Summed counters of one link direction (by ingress ifindex), if it exists. */
+export function linkCounters(maps: DatapathMaps, from: number): LinkStats | undefined {
+  const per = maps.xcStats.getPerCpu(from);
+  return per && sumCounters(per);
+}
+
+/** Global verdict/error counters, summed over CPUs, indexed by enum xdpctl_stat. */
+export function globalCounters(maps: DatapathMaps): bigint[] {
+  const out: bigint[] = [];
+  for (let i = 0; i < maps.globalStats.info.maxEntries; i++) {
+    out.push((maps.globalStats.getPerCpu(i) ?? []).reduce((a, b) => a + b, 0n));
+  }
+  return out;
+}

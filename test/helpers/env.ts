@@ -1,0 +1,55 @@
+/**
+ * Test environment helpers: root/kernel gating (a skip under CI=true is a
+ * failure), unique names, and running commands.
+ */
+import { execFileSync, type ExecFileSyncOptions } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type { TestContext } from 'node:test';
+
+export const ROOT = new URL('../..', import.meta.url).pathname;
+export const OBJECT = `${ROOT}build/bpf/xdpctl.bpf.o`;
+export const OBJECT_NEXT = `${ROOT}build/bpf/xdpctl-next.bpf.o`;
+
+/** Integration tests need root; under CI a missing precondition fails instead of skipping. */
+export function kernelTestsAvailable(): string | undefined {
+  if (process.getuid?.() !== 0) return 'integration tests need root (real XDP, namespaces)';
+  return undefined;
+}
+
+/** Options for describe()/it(): skip with a reason, except under CI where it throws. */
+export function kernelOnly(): { skip?: string } {
+  const why = kernelTestsAvailable();
+  if (why && process.env.CI === 'true') throw new Error(`CI=true and ${why}: refusing to skip`);
+  return why ? { skip: why } : {};
+}
+
+/** A short random id for names of this run (namespaces, veths, pins). */
+export function runId(): string {
+  return randomBytes(2).toString('hex');
+}
+
+/** Run a command and return its stdout; throws with stderr on failure. */
+export function sh(cmd: string, args: string[], opts: ExecFileSyncOptions = {}): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts }) as string;
+  } catch (e) {
+    const err = e as { stderr?: Buffer | string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')}: ${String(err.stderr ?? '').trim() || err.message}`);
+  }
+}
+
+/** Same, but never throws (for cleanup). */
+export function shQuiet(cmd: string, args: string[]): void {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+  } catch {
+    /* cleanup: best effort */
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Register cleanup that runs even when the test fails. */
+export function onCleanup(t: TestContext, fn: () => void | Promise<void>): void {
+  t.after(fn);
+}

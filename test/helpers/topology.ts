@@ -1,0 +1,88 @@
+/**
+ * Network topologies for integration tests: "hosts" are network namespaces
+ * whose eth0 is one end of a veth pair; the other end stays in the test's
+ * own namespace, where the XDP program is attached (as on a real host whose
+ * containers or VMs hang off veths/taps). Every name carries a per-run id so
+ * that a leftover never collides with the next run; destroy() removes it all
+ * and is safe to call twice.
+ */
+import { sh, shQuiet } from './env.js';
+
+export interface Host {
+  /** Role given by the test, e.g. "h1". */
+  role: string;
+  /** Network namespace name. */
+  netns: string;
+  /** The veth end in the test's namespace (where XDP runs). */
+  hostIf: string;
+  /** The address configured on eth0 in the namespace, if any. */
+  ip?: string;
+  /** MAC of eth0 in the namespace. */
+  mac: string;
+  /** MAC of the host-side end. */
+  hostMac: string;
+}
+
+export class Topology {
+  readonly hosts = new Map<string, Host>();
+  private destroyed = false;
+
+  constructor(readonly id: string) {}
+
+  /**
+   * Add a host: netns xdpt-<id>-<role>, veth x<id><role> (host side) <-> eth0.
+   * `cidr` like "198.18.0.1/24" goes on eth0.
+   */
+  addHost(role: string, cidr?: string): Host {
+    const netns = `xdpt-${this.id}-${role}`;
+    const hostIf = `x${this.id}${role}`;
+    if (hostIf.length > 15) throw new Error(`interface name ${hostIf} too long`);
+    sh('ip', ['netns', 'add', netns]);
+    const host: Host = { role, netns, hostIf, mac: '', hostMac: '' };
+    this.hosts.set(role, host);
+    sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
+    sh('ip', ['link', 'set', hostIf, 'up']);
+    // Whatever XDP passes to our stack must never be routed anywhere else.
+    sh('sysctl', ['-qw', `net.ipv4.conf.${hostIf}.forwarding=0`]);
+    sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+    sh('ip', ['-n', netns, 'link', 'set', 'eth0', 'up']);
+    if (cidr) {
+      sh('ip', ['-n', netns, 'addr', 'add', cidr, 'dev', 'eth0']);
+      host.ip = cidr.split('/')[0];
+    }
+    host.mac = JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', 'eth0']))[0].address;
+    host.hostMac = JSON.parse(sh('ip', ['-j', 'link', 'show', hostIf]))[0].address;
+    return host;
+  }
+
+  host(role: string): Host {
+    const h = this.hosts.get(role);
+    if (!h) throw new Error(`no host ${role}`);
+    return h;
+  }
+
+  /** Run a command inside a host's namespace (nsenter keeps our bpffs view). */
+  exec(role: string, cmd: string, args: string[]): string {
+    return sh('nsenter', [`--net=/run/netns/${this.host(role).netns}`, cmd, ...args]);
+  }
+
+  /**
+   * Route everything from a host to a gateway MAC without any address on
+   * our side: a static neighbour entry for a made-up gateway IP.
+   */
+  defaultRouteVia(role: string, gatewayIp: string, gatewayMac: string): void {
+    const { netns } = this.host(role);
+    sh('ip', ['-n', netns, 'neigh', 'replace', gatewayIp, 'lladdr', gatewayMac, 'dev', 'eth0', 'nud', 'permanent']);
+    sh('ip', ['-n', netns, 'route', 'replace', 'default', 'via', gatewayIp, 'dev', 'eth0', 'onlink']);
+  }
+
+  /** Delete everything this topology made (idempotent). */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const h of this.hosts.values()) {
+      shQuiet('ip', ['link', 'del', h.hostIf]);
+      shQuiet('ip', ['netns', 'del', h.netns]);
+    }
+  }
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+// UDP traffic for integration tests, run inside a namespace with nsenter.
+//   listen <ip> <port>          prints READY, counts datagrams until SIGTERM/SIGINT,
+//                               then prints a JSON summary and exits
+//   send <ip> <port> <count> [flows=1] [sportBase=40000] [perTick=10] [tickMs=10]
+//                               sends <count> datagrams round-robin over <flows>
+//                               source ports, <perTick> every <tickMs>; prints JSON
+// Payload: "xdpctl seq=<n> sport=<p> " + filler derived from seq, so the listener
+// can tell a datagram arrived intact.
+import dgram from 'node:dgram';
+
+const [mode, ip, portText, ...rest] = process.argv.slice(2);
+const port = Number(portText);
+const filler = (seq) => Buffer.from(Array.from({ length: 64 }, (_, i) => (seq * 31 + i * 7) & 0xff));
+
+function payload(seq, sport) {
+  return Buffer.concat([Buffer.from(`xdpctl seq=${seq} sport=${sport} `), filler(seq)]);
+}
+
+if (mode === 'listen') {
+  const sock = dgram.createSocket('udp4');
+  const seqs = new Set();
+  const bySport = {};
+  let count = 0;
+  let bad = 0;
+  let dup = 0;
+  sock.on('message', (msg, rinfo) => {
+    count++;
+    const m = /^xdpctl seq=(\d+) sport=(\d+) /.exec(msg.toString('latin1'));
+    if (!m) return void bad++;
+    const seq = Number(m[1]);
+    const head = Buffer.byteLength(m[0]);
+    if (!msg.subarray(head).equals(filler(seq)) || Number(m[2]) !== rinfo.port) return void bad++;
+    if (seqs.has(seq)) dup++;
+    seqs.add(seq);
+    bySport[rinfo.port] = (bySport[rinfo.port] ?? 0) + 1;
+  });
+  const finish = () => {
+    process.stdout.write(
+      JSON.stringify({ count, unique: seqs.size, bad, dup, bySport, seqs: [...seqs].sort((a, b) => a - b) }) + '\n',
+    );
+    sock.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', finish);
+  process.on('SIGINT', finish);
+  sock.bind(port, ip, () => process.stdout.write('READY\n'));
+} else if (mode === 'send') {
+  const [countText, flowsText = '1', baseText = '40000', perTickText = '10', tickText = '10'] = rest;
+  const count = Number(countText);
+  const flows = Number(flowsText);
+  const base = Number(baseText);
+  const perTick = Number(perTickText);
+  const tickMs = Number(tickText);
+  const socks = await Promise.all(
+    Array.from(
+      { length: flows },
+      (_, i) =>
+        new Promise((resolve, reject) => {
+          const s = dgram.createSocket('udp4');
+          s.once('error', reject);
+          s.bind(base + i, () => resolve(s));
+        }),
+    ),
+  );
+  let seq = 0;
+  let errors = 0;
+  const sendOne = () =>
+    new Promise((resolve) => {
+      const i = seq % flows;
+      socks[i].send(payload(seq, base + i), port, ip, (err) => {
+        if (err) errors++;
+        resolve();
+      });
+      seq++;
+    });
+  while (seq < count) {
+    const start = Date.now();
+    const batch = [];
+    for (let k = 0; k < perTick && seq < count; k++) batch.push(sendOne());
+    await Promise.all(batch);
+    const wait = tickMs - (Date.now() - start);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+  socks.forEach((s) => s.close());
+  process.stdout.write(JSON.stringify({ sent: count, errors }) + '\n');
+} else {
+  process.stderr.write('usage: udp-tool.mjs listen <ip> <port> | send <ip> <port> <count> [flows] [sportBase]\n');
+  process.exit(2);
+}

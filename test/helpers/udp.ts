@@ -1,0 +1,86 @@
+/** Drive test/helpers/udp-tool.mjs inside namespaces. */
+import { spawn, type ChildProcess } from 'node:child_process';
+
+const TOOL = new URL('./udp-tool.mjs', import.meta.url).pathname;
+
+export interface ListenSummary {
+  count: number;
+  unique: number;
+  bad: number;
+  dup: number;
+  bySport: Record<string, number>;
+  seqs: number[];
+}
+
+/** A UDP listener in a namespace; stop() returns what it received. */
+export class UdpListener {
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly out: Promise<string>,
+  ) {}
+
+  static async start(netns: string, ip: string, port: number): Promise<UdpListener> {
+    const child = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, TOOL, 'listen', ip, String(port)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let buf = '';
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const out = new Promise<string>((resolve, reject) => {
+      child.on('exit', (code) => (code === 0 ? resolve(buf) : reject(new Error(`listener exited ${code}: ${err}`))));
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (d) => {
+        buf += d;
+        if (buf.includes('READY\n')) resolve();
+      });
+      child.on('exit', () => reject(new Error(`listener in ${netns} failed: ${err}`)));
+    });
+    return new UdpListener(child, out);
+  }
+
+  async stop(): Promise<ListenSummary> {
+    this.child.kill('SIGTERM');
+    const text = await this.out;
+    return JSON.parse(text.slice(text.indexOf('READY\n') + 6)) as ListenSummary;
+  }
+
+  /** Kill without reading (cleanup). */
+  kill(): void {
+    if (this.child.exitCode === null) this.child.kill('SIGKILL');
+  }
+}
+
+/** Send datagrams from a namespace; resolves when all are sent. */
+export function sendUdp(
+  netns: string,
+  ip: string,
+  port: number,
+  count: number,
+  opts: { flows?: number; sportBase?: number; perTick?: number; tickMs?: number } = {},
+): { done: Promise<{ sent: number; errors: number }>; child: ChildProcess } {
+  const args = [
+    TOOL,
+    'send',
+    ip,
+    String(port),
+    String(count),
+    String(opts.flows ?? 1),
+    String(opts.sportBase ?? 40000),
+    String(opts.perTick ?? 10),
+    String(opts.tickMs ?? 10),
+  ];
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const done = new Promise<{ sent: number; errors: number }>((resolve, reject) => {
+    child.on('exit', (code) =>
+      code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`sender exited ${code}: ${err}`)),
+    );
+  });
+  return { done, child };
+}
