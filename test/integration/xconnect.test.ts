@@ -48,7 +48,10 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
           // Trap 3: native redirects into a veth need NAPI on its peer.
           const before = await ensureVethPeerNapi(h.hostIf, false);
           assert.equal(before.ok, false, 'a fresh veth peer has no NAPI: detected');
-          assert.match(before.detail!, /would be dropped: its peer eth0 in netns .* has neither an XDP program nor GRO/);
+          assert.match(
+            before.detail!,
+            /would be dropped: its peer eth0 in netns .* has neither an XDP program nor GRO/,
+          );
           const fixed = await ensureVethPeerNapi(h.hostIf, true);
           assert.deepEqual([fixed.ok, fixed.fixed], [true, true]);
         }

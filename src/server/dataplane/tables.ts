@@ -47,7 +47,10 @@ export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
   const base = c.slot * RING_SIZE;
   maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, c.ring[i]] as const));
   for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
-  maps.ruleCfg.put(c.slot, { flags: c.flags | RULE_F_ACTIVE | (c.srcPrefixes.length ? RULE_F_SRC_FILTER : 0), statsId: c.statsId });
+  maps.ruleCfg.put(c.slot, {
+    flags: c.flags | RULE_F_ACTIVE | (c.srcPrefixes.length ? RULE_F_SRC_FILTER : 0),
+    statsId: c.statsId,
+  });
 }
 
 /**

@@ -1,0 +1,68 @@
+/**
+ * The desired state the daemon owns, in plain data (no gRPC, no kernel
+ * types): what users asked for. Serializable as JSON for persistence.
+ */
+
+export type Protocol = 'udp';
+export type UdpChecksumMode = 'update' | 'zero';
+export type LinkDirection = 'both' | 'a-to-b';
+
+export interface BackendSpec {
+  ip: string;
+  /** Empty: resolve from the host's neighbour table. */
+  mac: string;
+  interface: string;
+  /** 0 drains. */
+  weight: number;
+}
+
+export interface RuleSpec {
+  name: string;
+  protocol: Protocol;
+  port: number;
+  /** Empty: any destination. */
+  destination: string;
+  /** Empty: any source. */
+  sourcePrefixes: string[];
+  ingressInterfaces: string[];
+  backends: BackendSpec[];
+  udpChecksum: UdpChecksumMode;
+  labels: Record<string, string>;
+}
+
+export interface RuleRecord extends RuleSpec {
+  generation: number;
+  createTime: number; // ms since epoch
+  updateTime: number;
+}
+
+export interface LinkSpec {
+  a: string;
+  b: string;
+  direction: LinkDirection;
+}
+
+/** The key of a link: its unordered pair of interfaces. */
+export function linkKey(l: { a: string; b: string }): string {
+  return l.a < l.b ? `${l.a}|${l.b}` : `${l.b}|${l.a}`;
+}
+
+/** Runtime status of one backend of a rule. */
+export interface BackendStatus {
+  ip: string;
+  interface: string;
+  mac: string;
+  resolved: boolean;
+  message: string;
+}
+
+export type RuleState = 'active' | 'degraded' | 'inactive';
+
+export interface RuleStatus {
+  state: RuleState;
+  message: string;
+  backends: BackendStatus[];
+  warnings: string[];
+}
+
+export type ChangeAction = 'create' | 'update' | 'delete' | 'unchanged';

@@ -1,0 +1,127 @@
+/**
+ * The real Dataplane for the core: XdpDatapath + tables + netdev behind the
+ * interface in core/dataplane.ts.
+ */
+import type {
+  CounterRead,
+  Dataplane,
+  InterfaceInfo,
+  RuleSlotWrite,
+  XdpModeName,
+  XdpStatus,
+} from '../core/dataplane.js';
+import { NO_BACKEND, RING_SIZE, sumCounters, type MatchKey } from './codec.js';
+import type { XdpDatapath } from './datapath.js';
+import { KernelError } from './errors.js';
+import { ensureVethPeerNapi, ifindexOf, macOf, neighbourMac } from './netdev.js';
+import * as tables from './tables.js';
+
+export class KernelDataplane implements Dataplane {
+  readonly ringSize = RING_SIZE;
+  readonly noBackend = NO_BACKEND;
+
+  constructor(readonly dp: XdpDatapath) {}
+
+  get capacity() {
+    return this.dp.capacity;
+  }
+
+  get progId(): number {
+    return this.dp.progId;
+  }
+
+  get pinRoot(): string {
+    return this.dp.options.pinRoot;
+  }
+
+  lookupInterface(name: string): InterfaceInfo | undefined {
+    try {
+      return { name, ifindex: ifindexOf(name), mac: macOf(name) };
+    } catch (e) {
+      if (e instanceof KernelError && e.kind === 'not-found') return undefined;
+      throw e;
+    }
+  }
+
+  neighbourMac(ip: string, iface: string): Promise<string | undefined> {
+    return neighbourMac(ip, iface);
+  }
+
+  attach(ifname: string, mode: XdpModeName): XdpStatus {
+    const r = this.dp.attach(ifname, mode);
+    return { mode: r.mode, progId: r.progId, ours: true };
+  }
+
+  detach(ifname: string): void {
+    this.dp.detach(ifname);
+  }
+
+  xdpStatus(ifname: string): XdpStatus | undefined {
+    try {
+      const s = this.dp.state(ifname);
+      return { mode: s.mode, progId: s.progId, ours: s.ours };
+    } catch (e) {
+      if (e instanceof KernelError && e.kind === 'not-found') return undefined;
+      throw e;
+    }
+  }
+
+  async redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }> {
+    const s = await ensureVethPeerNapi(ifname, fix);
+    return { ok: s.ok, detail: s.detail };
+  }
+
+  writeRuleSlot(c: RuleSlotWrite): void {
+    tables.writeRuleSlot(this.dp.maps, c);
+  }
+
+  clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void {
+    tables.clearRuleSlot(this.dp.maps, slot, srcPrefixes, backendIds);
+  }
+
+  putMatch(key: MatchKey, slot: number): void {
+    this.dp.maps.ruleMatch.put(key, slot);
+  }
+
+  deleteMatch(key: MatchKey): void {
+    this.dp.maps.ruleMatch.delete(key);
+  }
+
+  listMatches(): [MatchKey, number][] {
+    return [...this.dp.maps.ruleMatch.entries()];
+  }
+
+  resetRuleStats(statsId: number): void {
+    tables.resetRuleStats(this.dp.maps, statsId);
+  }
+
+  resetBackendStats(statsId: number): void {
+    tables.resetBackendStats(this.dp.maps, statsId);
+  }
+
+  connect(from: number, to: number): void {
+    tables.connectDirection(this.dp.maps, from, to);
+  }
+
+  disconnect(from: number): void {
+    tables.disconnectDirection(this.dp.maps, from);
+  }
+
+  listLinks(): [number, number][] {
+    return [...this.dp.maps.xcLinks.entries()];
+  }
+
+  resetLinkStats(from: number): void {
+    this.dp.maps.xcStats.delete(from);
+  }
+
+  readCounters(ruleStatsIds: number[], backendStatsIds: number[], linkFroms: number[]): CounterRead {
+    const m = this.dp.maps;
+    const rules = new Map(ruleStatsIds.map((id) => [id, sumCounters(m.ruleStats.getPerCpu(id) ?? [])]));
+    const backends = new Map(backendStatsIds.map((id) => [id, sumCounters(m.backendStats.getPerCpu(id) ?? [])]));
+    const links = new Map(
+      linkFroms.map((id) => [id, sumCounters(m.xcStats.getPerCpu(id) ?? [{ packets: 0n, bytes: 0n }])]),
+    );
+    return { rules, backends, links, global: tables.globalCounters(m) };
+  }
+}
