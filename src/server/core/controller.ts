@@ -302,7 +302,7 @@ export class Controller {
         claims.set(k, r.name);
       }
     }
-    throwIfInvalid(violations);
+    if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
     // Interfaces must exist.
     const plans: {
       name: string;

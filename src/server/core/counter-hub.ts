@@ -1,0 +1,99 @@
+/**
+ * Counter streaming without per-watcher kernel reads: one timer ticks every
+ * `baseMs`; on a tick where at least one watcher is due, the kernel is read
+ * once and every due watcher gets that same snapshot. Watchers with the same
+ * interval are due on the same ticks, so 1000 watchers at 1 s cost one read
+ * per second. A watcher keeps only the latest undelivered snapshot: a slow
+ * client skips snapshots instead of queueing them without bound.
+ */
+import type { CounterSnapshot } from './controller.js';
+
+interface Watcher {
+  every: number; // in ticks
+  pending?: CounterSnapshot;
+  wake?: () => void;
+}
+
+export class CounterHub {
+  /** Kernel reads done so far (for tests and metrics). */
+  reads = 0;
+  private readonly watchers = new Set<Watcher>();
+  private timer?: NodeJS.Timeout;
+  private tick = 0;
+  private latest?: CounterSnapshot;
+  private closed = false;
+
+  constructor(
+    private readonly read: () => CounterSnapshot,
+    readonly baseMs = 100,
+  ) {}
+
+  get watcherCount(): number {
+    return this.watchers.size;
+  }
+
+  /** A fresh snapshot for unary reads (shares a read made in the last tick). */
+  snapshot(): CounterSnapshot {
+    if (this.latest && Date.now() - this.latest.time < this.baseMs) return this.latest;
+    return this.readNow();
+  }
+
+  private readNow(): CounterSnapshot {
+    this.reads++;
+    this.latest = this.read();
+    return this.latest;
+  }
+
+  private onTick(): void {
+    this.tick++;
+    const due = [...this.watchers].filter((w) => this.tick % w.every === 0);
+    if (due.length === 0) return;
+    let snap: CounterSnapshot;
+    try {
+      snap = this.readNow();
+    } catch {
+      return; // a failed read skips this tick; the next one retries
+    }
+    for (const w of due) {
+      w.pending = snap;
+      w.wake?.();
+    }
+  }
+
+  /**
+   * Snapshots every `intervalMs` (rounded to the tick), the first at once,
+   * until `signal` aborts or the hub closes.
+   */
+  async *watch(intervalMs: number, signal: AbortSignal): AsyncGenerator<CounterSnapshot> {
+    const w: Watcher = { every: Math.max(1, Math.round(intervalMs / this.baseMs)) };
+    this.watchers.add(w);
+    this.timer ??= setInterval(() => this.onTick(), this.baseMs);
+    const onAbort = () => w.wake?.();
+    signal.addEventListener('abort', onAbort);
+    try {
+      yield this.snapshot();
+      while (!signal.aborted && !this.closed) {
+        if (!w.pending) await new Promise<void>((resolve) => (w.wake = resolve));
+        w.wake = undefined;
+        const snap = w.pending;
+        w.pending = undefined;
+        if (snap && !signal.aborted && !this.closed) yield snap;
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      this.watchers.delete(w);
+      if (this.watchers.size === 0 && this.timer) {
+        clearInterval(this.timer);
+        this.timer = undefined;
+      }
+    }
+  }
+
+  /** End every watch (shutdown). */
+  close(): void {
+    this.closed = true;
+    for (const w of this.watchers) w.wake?.();
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}

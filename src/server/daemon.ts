@@ -1,0 +1,196 @@
+/**
+ * Wiring of the daemon: datapath, controller, gRPC server (services, health,
+ * reflection, error mapping), listeners, and an orderly shutdown. Used by
+ * main.ts (the CLI) and by tests that start a daemon in-process.
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
+import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
+
+import { Controller } from './core/controller.js';
+import { CounterHub } from './core/counter-hub.js';
+import type { XdpModeName } from './core/dataplane.js';
+import { KernelDataplane } from './dataplane/adapter.js';
+import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
+import { silentLogger, type Logger } from './log.js';
+import { createReflection } from './reflection.js';
+import { counterService } from './services/counter-service.js';
+import { daemonService } from './services/daemon-service.js';
+import { interfaceService } from './services/interface-service.js';
+import { linkService } from './services/link-service.js';
+import { ruleService } from './services/rule-service.js';
+import { errorMiddleware } from './services/status.js';
+import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
+import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
+import { InterfaceServiceDefinition } from '../gen/xdpctl/v1/interface.js';
+import { LinkServiceDefinition } from '../gen/xdpctl/v1/link.js';
+import { RuleServiceDefinition } from '../gen/xdpctl/v1/rule.js';
+
+export const PACKAGE_ROOT = new URL('../../', import.meta.url).pathname;
+export const VERSION = (JSON.parse(readFileSync(`${PACKAGE_ROOT}package.json`, 'utf8')) as { version: string }).version;
+
+export interface DaemonOptions {
+  /** "host:port" or "unix:/path". */
+  listen: string[];
+  pinRoot: string;
+  objectPath: string;
+  descriptorPath: string;
+  mode: XdpModeName;
+  fixVethPeers: boolean;
+  cleanupOnExit: boolean;
+  capacity?: Partial<Capacity>;
+  log?: Logger;
+}
+
+export const DEFAULTS = {
+  listen: ['127.0.0.1:9091', 'unix:/run/xdpctl/xdpctl.sock'],
+  pinRoot: '/sys/fs/bpf/xdpctl',
+  objectPath: `${PACKAGE_ROOT}build/bpf/xdpctl.bpf.o`,
+  descriptorPath: `${PACKAGE_ROOT}build/descriptor.binpb`,
+  mode: 'auto' as XdpModeName,
+};
+
+export const SERVICE_NAMES = [
+  'xdpctl.v1.RuleService',
+  'xdpctl.v1.LinkService',
+  'xdpctl.v1.InterfaceService',
+  'xdpctl.v1.CounterService',
+  'xdpctl.v1.DaemonService',
+  'grpc.health.v1.Health',
+  'grpc.reflection.v1.ServerReflection',
+  'grpc.reflection.v1alpha.ServerReflection',
+];
+
+/** Map capacities for a number of rules (each rule may hold a shadow slot during a change). */
+export function capacityForRules(maxRules: number): Capacity {
+  return {
+    links: 1024,
+    ruleSlots: 2 * maxRules + 1,
+    statsIds: maxRules + 1,
+    matches: 4 * maxRules,
+    srcPrefixes: 16 * maxRules,
+    backends: 16 * maxRules + 1,
+  };
+}
+
+/** A running daemon. */
+export class Daemon {
+  readonly servers: Server[] = [];
+  /** Bound addresses, with the real port for ":0". */
+  readonly addresses: string[] = [];
+  private stopping?: Promise<void>;
+
+  private constructor(
+    readonly opts: DaemonOptions,
+    readonly datapath: XdpDatapath,
+    readonly controller: Controller,
+    readonly hub: CounterHub,
+    readonly health: HealthState,
+    private readonly log: Logger,
+    private ready: { value: boolean },
+  ) {}
+
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    const log = opts.log ?? silentLogger;
+    const datapath = XdpDatapath.open({
+      objectPath: opts.objectPath,
+      pinRoot: opts.pinRoot,
+      capacity: opts.capacity,
+      log,
+    });
+    const dp = new KernelDataplane(datapath);
+    const controller = new Controller(dp, { mode: opts.mode, fixVethPeers: opts.fixVethPeers, log });
+    const hub = new CounterHub(() => controller.readCounters());
+    const ready = { value: false };
+    const startedAt = Date.now();
+
+    // Until the datapath is reconciled, only health and reflection answer.
+    const gate: ServerMiddleware = async function* (call, context) {
+      if (!ready.value && call.method.path.startsWith('/xdpctl.')) {
+        throw new ServerError(Status.UNAVAILABLE, 'xdpctld is starting: the datapath is not reconciled yet');
+      }
+      return yield* call.next(call.request, context);
+    };
+    const health = HealthState();
+    health.setStatus('unhealthy');
+    if (!existsSync(opts.descriptorPath)) {
+      throw new Error(`descriptor set ${opts.descriptorPath} is missing (run npm run generate)`);
+    }
+    const reflection = createReflection(readFileSync(opts.descriptorPath), SERVICE_NAMES);
+    const services = {
+      rules: ruleService(controller),
+      links: linkService(controller),
+      interfaces: interfaceService(controller),
+      counters: counterService(hub),
+      daemon: daemonService(controller, dp, { version: VERSION, startedAt, serving: () => ready.value }),
+      health: HealthServiceImpl(health),
+    };
+    // nice-grpc binds one address per server: one server per listener, same services.
+    const makeServer = () => {
+      const server = createServer().use(errorMiddleware(log)).use(gate);
+      server.add(HealthDefinition, services.health);
+      server.add(reflection.v1.definition, reflection.v1.implementation);
+      server.add(reflection.v1alpha.definition, reflection.v1alpha.implementation);
+      server.add(RuleServiceDefinition, services.rules);
+      server.add(LinkServiceDefinition, services.links);
+      server.add(InterfaceServiceDefinition, services.interfaces);
+      server.add(CounterServiceDefinition, services.counters);
+      server.add(DaemonServiceDefinition, services.daemon);
+      return server;
+    };
+    const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
+
+    try {
+      for (const addr of opts.listen) {
+        const server = makeServer();
+        daemon.servers.push(server);
+        if (addr.startsWith('unix:')) {
+          const path = addr.slice(5);
+          mkdirSync(dirname(path), { recursive: true });
+          rmSync(path, { force: true }); // a stale socket from a previous run
+          await server.listen(addr);
+          daemon.addresses.push(addr);
+        } else {
+          const port = await server.listen(addr);
+          daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
+        }
+      }
+      controller.reconcile();
+    } catch (e) {
+      await Promise.all(daemon.servers.map((x) => x.shutdown()));
+      datapath.close();
+      throw e;
+    }
+    ready.value = true;
+    daemon.health.setStatus('healthy');
+    log.info({ addresses: daemon.addresses, progId: datapath.progId, adopted: datapath.adopted }, 'serving');
+    return daemon;
+  }
+
+  get serving(): boolean {
+    return this.ready.value;
+  }
+
+  /**
+   * Stop: NOT_SERVING, end watch streams, drain calls, then close handles.
+   * The datapath keeps forwarding unless cleanupOnExit.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.ready.value = false;
+      this.health.setStatus('unhealthy');
+      this.hub.close();
+      const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
+      await Promise.all(this.servers.map((x) => x.shutdown()));
+      clearTimeout(forced);
+      if (this.opts.cleanupOnExit) this.controller.detachAll();
+      this.datapath.close();
+      if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
+      for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
+    })();
+    return this.stopping;
+  }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+/**
+ * xdpctld: the daemon's command line. Everything else is in daemon.ts.
+ */
+import { Command, Option } from 'commander';
+import { pino } from 'pino';
+
+import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
+
+const program = new Command('xdpctld')
+  .description(
+    'gRPC control plane for the xdpctl XDP datapath: UDP redirect rules and interface cross-connects.\n' +
+      'Needs root (or CAP_BPF + CAP_NET_ADMIN) and bpffs mounted at /sys/fs/bpf.',
+  )
+  .version(VERSION)
+  .option('--listen <address...>', 'where to serve gRPC: host:port or unix:/path (repeatable)', DEFAULTS.listen)
+  .option('--pin-root <dir>', 'bpffs directory for pinned maps and program', DEFAULTS.pinRoot)
+  .option('--bpf-object <file>', 'compiled XDP object', DEFAULTS.objectPath)
+  .option('--descriptor <file>', 'FileDescriptorSet served by gRPC reflection', DEFAULTS.descriptorPath)
+  .addOption(
+    new Option('--xdp-mode <mode>', 'XDP attach mode; auto tries native, then generic')
+      .choices(['auto', 'native', 'generic'])
+      .default(DEFAULTS.mode),
+  )
+  .option(
+    '--no-fix-veth-peers',
+    'refuse native redirects into veths whose peer lacks NAPI, instead of enabling GRO on the peer',
+  )
+  .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
+  .option('--cleanup-on-exit', 'on SIGTERM/SIGINT detach from every interface and remove all pins', false)
+  .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
+  .addHelpText(
+    'after',
+    `
+Examples:
+  xdpctld                                   # 127.0.0.1:9091 and unix:/run/xdpctl/xdpctl.sock
+  xdpctld --listen unix:/tmp/x.sock --xdp-mode generic
+  xdpctld --cleanup-on-exit                 # leave no trace when stopped
+
+The datapath keeps forwarding while the daemon is stopped or restarting: the
+program stays attached and the maps stay pinned under --pin-root.`,
+  );
+
+program.parse();
+const o = program.opts<{
+  listen: string[];
+  pinRoot: string;
+  bpfObject: string;
+  descriptor: string;
+  xdpMode: 'auto' | 'native' | 'generic';
+  fixVethPeers: boolean;
+  cleanupOnExit: boolean;
+  maxRules: string;
+  logLevel: string;
+}>();
+const maxRules = Number(o.maxRules);
+if (!Number.isInteger(maxRules) || maxRules < 1 || maxRules > 1_000_000) {
+  process.stderr.write(`xdpctld: --max-rules must be an integer between 1 and 1000000, not "${o.maxRules}"\n`);
+  process.exit(2);
+}
+
+const log = pino({ level: o.logLevel, base: { service: 'xdpctld' } });
+
+try {
+  const daemon = await Daemon.start({
+    listen: o.listen,
+    pinRoot: o.pinRoot,
+    objectPath: o.bpfObject,
+    descriptorPath: o.descriptor,
+    mode: o.xdpMode,
+    fixVethPeers: o.fixVethPeers,
+    cleanupOnExit: o.cleanupOnExit,
+    capacity: capacityForRules(maxRules),
+    log,
+  });
+  // Tests and supervisors wait for this line.
+  process.stdout.write(`${JSON.stringify({ msg: 'ready', addresses: daemon.addresses })}\n`);
+  const stop = (signal: string) => {
+    log.info({ signal }, 'shutting down');
+    daemon.stop().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+} catch (err) {
+  log.error({ err }, 'start failed');
+  process.stderr.write(`xdpctld: ${(err as Error).message}\n`);
+  process.exit(1);
+}

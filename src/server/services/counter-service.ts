@@ -1,0 +1,139 @@
+/**
+ * CounterService: unary reads and WatchCounters streams, both from the
+ * CounterHub's shared kernel reads. Rates come from the deltas between the
+ * snapshots a given stream has seen.
+ */
+import type { ServiceImplementation } from 'nice-grpc';
+
+import type { CounterSnapshot } from '../core/controller.js';
+import type { CounterHub } from '../core/counter-hub.js';
+import { CoreError } from '../core/errors.js';
+import { GlobalStat } from '../dataplane/codec.js';
+import {
+  CounterKind,
+  type CounterFilter,
+  type Counters,
+  type CounterServiceDefinition,
+} from '../../gen/xdpctl/v1/counters.js';
+
+export const MIN_INTERVAL_MS = 100;
+export const MAX_INTERVAL_MS = 60_000;
+const DEFAULT_INTERVAL_MS = 1000;
+
+const VERDICTS = ['ABORTED', 'DROP', 'PASS', 'TX', 'REDIRECT'];
+const ERRORS = Object.entries(GlobalStat)
+  .filter(([k]) => k.startsWith('ERR_'))
+  .map(([k, v]) => [k.slice(4).toLowerCase(), v] as const);
+
+type Rates = { pps: number; bps: number };
+
+function rate(
+  cur: bigint,
+  curBytes: bigint,
+  prev: bigint | undefined,
+  prevBytes: bigint | undefined,
+  dt: number,
+): Rates | undefined {
+  if (prev === undefined || prevBytes === undefined || dt <= 0 || cur < prev) return undefined;
+  return { pps: Number(cur - prev) / dt, bps: (Number(curBytes - (prevBytes ?? 0n)) * 8) / dt };
+}
+
+/** Build the Counters message, filtered, with rates against `prev`. */
+export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined, prev?: CounterSnapshot): Counters {
+  const kinds = new Set(filter?.kinds ?? []);
+  const want = (k: CounterKind) => kinds.size === 0 || kinds.has(k);
+  const ruleOk = (name: string) => !filter?.rules.length || filter.rules.includes(name);
+  const ifOk = (a: string, b: string) =>
+    !filter?.interfaces.length || filter.interfaces.includes(a) || filter.interfaces.includes(b);
+  const dt = prev ? (s.time - prev.time) / 1000 : 0;
+  const prevRules = new Map(prev?.rules.map((r) => [r.name, r]));
+  const prevBackends = new Map(prev?.backends.map((b) => [`${b.rule}|${b.ip}|${b.interface}`, b]));
+  const prevLinks = new Map(prev?.links.map((l) => [l.from, l]));
+  return {
+    time: new Date(s.time),
+    rules: want(CounterKind.COUNTER_KIND_RULES)
+      ? s.rules
+          .filter((r) => ruleOk(r.name))
+          .map((r) => {
+            const p = prevRules.get(r.name);
+            return {
+              rule: r.name,
+              matchedPackets: Number(r.matched),
+              matchedBytes: Number(r.matchedBytes),
+              redirectedPackets: Number(r.redirected),
+              redirectedBytes: Number(r.redirectedBytes),
+              filteredPackets: Number(r.filtered),
+              noBackendPackets: Number(r.noBackend),
+              matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt),
+              redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt),
+            };
+          })
+      : [],
+    backends: want(CounterKind.COUNTER_KIND_BACKENDS)
+      ? s.backends
+          .filter((b) => ruleOk(b.rule))
+          .map((b) => {
+            const p = prevBackends.get(`${b.rule}|${b.ip}|${b.interface}`);
+            return {
+              rule: b.rule,
+              ip: b.ip,
+              interface: b.interface,
+              packets: Number(b.packets),
+              bytes: Number(b.bytes),
+              rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt),
+            };
+          })
+      : [],
+    links: want(CounterKind.COUNTER_KIND_LINKS)
+      ? s.links
+          .filter((l) => ifOk(l.from, l.to))
+          .map((l) => {
+            const p = prevLinks.get(l.from);
+            return {
+              fromInterface: l.from,
+              toInterface: l.to,
+              packets: Number(l.packets),
+              bytes: Number(l.bytes),
+              rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt),
+            };
+          })
+      : [],
+    global: want(CounterKind.COUNTER_KIND_GLOBAL)
+      ? {
+          verdicts: Object.fromEntries(VERDICTS.map((v, i) => [v.toLowerCase(), Number(s.global[i] ?? 0n)])),
+          errors: Object.fromEntries(ERRORS.map(([k, i]) => [k, Number(s.global[i] ?? 0n)])),
+        }
+      : undefined,
+  };
+}
+
+function validateFilter(f: CounterFilter | undefined, field: string): void {
+  for (const [i, k] of (f?.kinds ?? []).entries()) {
+    if (!Object.values(CounterKind).includes(k) || k === CounterKind.UNRECOGNIZED || k === 0) {
+      throw CoreError.invalid([{ field: `${field}.kinds[${i}]`, description: `unknown counter kind ${k}` }]);
+    }
+  }
+}
+
+export function counterService(hub: CounterHub): ServiceImplementation<typeof CounterServiceDefinition> {
+  return {
+    async getCounters(req) {
+      validateFilter(req.filter, 'filter');
+      return { counters: toCounters(hub.snapshot(), req.filter) };
+    },
+    async *watchCounters(req, context) {
+      validateFilter(req.filter, 'filter');
+      const ms = req.interval ? req.interval.seconds * 1000 + req.interval.nanos / 1e6 : DEFAULT_INTERVAL_MS;
+      if (!(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
+        throw CoreError.invalid([
+          { field: 'interval', description: `must be between ${MIN_INTERVAL_MS} ms and ${MAX_INTERVAL_MS / 1000} s` },
+        ]);
+      }
+      let prev: CounterSnapshot | undefined;
+      for await (const snap of hub.watch(ms, context.signal)) {
+        yield { counters: toCounters(snap, req.filter, prev) };
+        prev = snap;
+      }
+    },
+  };
+}

@@ -1,0 +1,34 @@
+/** LinkService: cross-connects. */
+import type { ServiceImplementation } from 'nice-grpc';
+
+import type { Controller } from '../core/controller.js';
+import { CoreError } from '../core/errors.js';
+import { linkKey } from '../core/model.js';
+import type { LinkServiceDefinition } from '../../gen/xdpctl/v1/link.js';
+import { CHANGE_ACTION, linkFromProto, linkToProto } from './convert.js';
+
+export function linkService(ctl: Controller): ServiceImplementation<typeof LinkServiceDefinition> {
+  const current = (spec: { a: string; b: string }) => ctl.listLinks().find((l) => linkKey(l) === linkKey(spec));
+  return {
+    async connect(req) {
+      if (!req.link) throw CoreError.invalid([{ field: 'link', description: 'is required' }]);
+      const spec = await ctl.connect(linkFromProto(req.link));
+      return { link: linkToProto(current(spec) ?? spec) };
+    },
+    async disconnect(req) {
+      await ctl.disconnect(req.a, req.b);
+      return {};
+    },
+    async listLinks() {
+      return { links: ctl.listLinks().map(linkToProto) };
+    },
+    async applyLinks(req) {
+      const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly);
+      return {
+        changes: changes.map((c) => ({ a: c.a, b: c.b, action: CHANGE_ACTION[c.action] })),
+        links: req.validateOnly ? [] : ctl.listLinks().map(linkToProto),
+        applied: !req.validateOnly,
+      };
+    },
+  };
+}

@@ -1,0 +1,119 @@
+/**
+ * A real xdpctld process for end-to-end tests, on a unique pin root and
+ * socket, with generated nice-grpc clients.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+
+import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { CounterServiceDefinition } from '../../src/gen/xdpctl/v1/counters.js';
+import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
+import { InterfaceServiceDefinition } from '../../src/gen/xdpctl/v1/interface.js';
+import { LinkServiceDefinition } from '../../src/gen/xdpctl/v1/link.js';
+import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
+import { ROOT, sh } from './env.js';
+
+export interface Clients {
+  rules: Client<typeof RuleServiceDefinition>;
+  links: Client<typeof LinkServiceDefinition>;
+  interfaces: Client<typeof InterfaceServiceDefinition>;
+  counters: Client<typeof CounterServiceDefinition>;
+  daemon: Client<typeof DaemonServiceDefinition>;
+  health: Client<typeof HealthDefinition>;
+}
+
+export class DaemonProcess {
+  private channels: Channel[] = [];
+  output = '';
+
+  private constructor(
+    readonly child: ChildProcess,
+    readonly pinRoot: string,
+    readonly tcp: string,
+    readonly unix: string,
+  ) {}
+
+  static async start(id: string, extra: string[] = []): Promise<DaemonProcess> {
+    const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+    const unix = `unix:/tmp/xdpctl-test-${id}.sock`;
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        `${ROOT}src/server/main.ts`,
+        '--listen',
+        '127.0.0.1:0',
+        unix,
+        '--pin-root',
+        pinRoot,
+        '--max-rules',
+        '16',
+        '--log-level',
+        'warn',
+        ...extra,
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stderr!.on('data', (d) => (out += d));
+    const addresses = await new Promise<string[]>((resolve, reject) => {
+      child.stdout!.on('data', (d) => {
+        out += d;
+        const line = out.split('\n').find((l) => l.includes('"msg":"ready"'));
+        if (line) resolve((JSON.parse(line) as { addresses: string[] }).addresses);
+      });
+      child.on('exit', (code) => reject(new Error(`xdpctld exited ${code}: ${out}`)));
+      setTimeout(() => reject(new Error(`xdpctld not ready after 20 s: ${out}`)), 20_000);
+    });
+    const d = new DaemonProcess(
+      child,
+      pinRoot,
+      addresses.find((a) => !a.startsWith('unix:'))!,
+      unix,
+    );
+    child.stdout!.on('data', (x) => (d.output += x));
+    child.stderr!.on('data', (x) => (d.output += x));
+    return d;
+  }
+
+  clients(address = this.tcp): Clients {
+    // nice-grpc's channel wants the absolute form unix:///path.
+    const ch = createChannel(address.replace(/^unix:(?!\/\/)/, 'unix://'));
+    this.channels.push(ch);
+    return {
+      rules: createClient(RuleServiceDefinition, ch),
+      links: createClient(LinkServiceDefinition, ch),
+      interfaces: createClient(InterfaceServiceDefinition, ch),
+      counters: createClient(CounterServiceDefinition, ch),
+      daemon: createClient(DaemonServiceDefinition, ch),
+      health: createClient(HealthDefinition, ch),
+    };
+  }
+
+  /** SIGTERM and wait for exit; returns the exit code. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode !== null) return this.child.exitCode;
+    const exited = new Promise<number | null>((r) => this.child.once('exit', (code) => r(code)));
+    this.child.kill(signal);
+    return exited;
+  }
+
+  /** Stop, close channels and remove the pins (test cleanup). */
+  async destroy(): Promise<void> {
+    this.channels.forEach((c) => c.close());
+    await this.stop('SIGKILL');
+    XdpDatapath.unpinAll(this.pinRoot);
+  }
+
+  /** Every map's content as bpftool shows it (counters excluded). */
+  dumpMaps(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const m of ['xc_links', 'rule_match', 'rule_cfg', 'rule_ring', 'src_allow', 'backends']) {
+      out[m] = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${this.pinRoot}/maps/${m}`]));
+    }
+    return out;
+  }
+}

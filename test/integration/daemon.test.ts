@@ -1,0 +1,400 @@
+/**
+ * End to end: a real xdpctld process driven through the generated client,
+ * with real packets in namespaces: both old demos, validation and error
+ * details, optimistic concurrency, atomicity (maps read back), counter
+ * streaming, consistent hashing, health.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { ClientError, Metadata, Status } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { decodeStatusDetails } from '../../src/server/services/status.js';
+import { BadRequest, ErrorInfo } from '../../src/gen/google/rpc/error_details.js';
+import { CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const PORT = 7999;
+
+/** Call and capture the gRPC error with its trailer. */
+async function fails(fn: (md: { onTrailer: (m: Metadata) => void }) => Promise<unknown>) {
+  let trailer: Metadata | undefined;
+  try {
+    await fn({ onTrailer: (m) => (trailer = m) });
+  } catch (e) {
+    assert.ok(e instanceof ClientError, `not a ClientError: ${e}`);
+    return { code: e.code, message: e.details, status: decodeStatusDetails(trailer) };
+  }
+  assert.fail('the call succeeded');
+}
+
+function badFields(status: ReturnType<typeof decodeStatusDetails>): string[] {
+  const d = status?.details.find((x) => x.typeUrl.endsWith('google.rpc.BadRequest'));
+  return d ? BadRequest.decode(d.value).fieldViolations.map((v) => v.field) : [];
+}
+
+function ping(topo: Topology, from: string, ip: string, count = 2): boolean {
+  try {
+    topo.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('xdpctld end to end', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host, b2: Host, b3: Host, h1: Host, h2: Host, h3: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.3.1/24');
+    b3 = topo.addHost('b3', '198.18.4.1/24');
+    h1 = topo.addHost('h1', '198.18.0.1/24');
+    h2 = topo.addHost('h2', '198.18.0.2/24');
+    h3 = topo.addHost('h3', '198.18.0.3/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+    d = await DaemonProcess.start(id);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+  });
+
+  const listen = async (h: Host) => {
+    const l = await UdpListener.start(h.netns, h.ip!, PORT);
+    listeners.push(l);
+    return l;
+  };
+  const backend = (h: Host, extra: Partial<{ mac: string; weight: number }> = {}) => ({
+    ip: h.ip!,
+    mac: h.mac,
+    interface: h.hostIf,
+    ...extra,
+  });
+  const rule = (name: string, backends: ReturnType<typeof backend>[], over: Partial<Rule> = {}): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [vm.hostIf],
+    backends,
+    udpChecksum: 0,
+    labels: {},
+    generation: 0,
+    ...over,
+  });
+
+  it('reports SERVING through gRPC health and its status', async () => {
+    const h = await c.health.check({ service: '' });
+    assert.equal(h.status, HealthCheckResponse_ServingStatus.SERVING);
+    const s = await c.daemon.getStatus({});
+    assert.equal(s.serving, true);
+    assert.ok(s.datapath!.programId > 0);
+    // The Unix socket serves the same API.
+    const u = d.clients(d.unix);
+    assert.equal((await u.daemon.getStatus({})).datapath!.programId, s.datapath!.programId);
+  });
+
+  it('UDP demo: a rule redirects port 7999 into the container; counters match what was sent', async () => {
+    // MAC omitted and no neighbour entry: the rule says so.
+    const created = await c.rules.createRule({ rule: rule('web', [backend(b1, { mac: '' })]) });
+    assert.equal(created.rule!.status!.state, RuleState.RULE_STATE_INACTIVE);
+    assert.match(created.rule!.status!.backendStatus[0].message, /no neighbour entry for 198\.18\.2\.1/);
+    assert.equal(created.rule!.generation, 1);
+
+    // Once the neighbour is known, an update resolves it.
+    sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
+    const updated = await c.rules.updateRule({
+      rule: rule('web', [backend(b1, { mac: '' })], { labels: { owner: 'e2e' } }),
+      expectedGeneration: 1,
+    });
+    assert.equal(updated.rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(updated.rule!.backends[0].mac, b1.mac, 'MAC resolved from the neighbour table');
+    assert.equal(updated.rule!.generation, 2);
+
+    const l = await listen(b1);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;
+    await sleep(100);
+    const got = await l.stop();
+    assert.equal(got.bad, 0);
+    assert.equal(got.unique, sent);
+    const { counters } = await c.counters.getCounters({ filter: { kinds: [], rules: ['web'], interfaces: [] } });
+    assert.equal(counters!.rules[0].redirectedPackets, sent);
+    assert.equal(counters!.backends[0].packets, sent);
+    assert.equal(counters!.backends[0].ip, b1.ip);
+  });
+
+  it('rejects a stale update with ABORTED and GENERATION_MISMATCH', async () => {
+    const f = await fails((o) => c.rules.updateRule({ rule: rule('web', [backend(b2)]), expectedGeneration: 1 }, o));
+    assert.equal(f.code, Status.ABORTED);
+    assert.match(f.message, /generation 2, not 1/);
+    const info = f.status!.details.find((x) => x.typeUrl.endsWith('ErrorInfo'))!;
+    assert.equal(ErrorInfo.decode(info.value).reason, 'GENERATION_MISMATCH');
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.backends[0].ip, b1.ip, 'unchanged');
+  });
+
+  it('validates every field and leaves the maps exactly as they were', async () => {
+    const before = d.dumpMaps();
+    const bad = rule('Bad_Name', [{ ip: '300.1.1.1', mac: '02:42:ac:11:00', interface: b1.hostIf, weight: 5000 }], {
+      match: { protocol: 0, port: 0, destination: 'nope', sourcePrefixes: ['10.0.0.0/33', '10.1.2.3/8'] },
+      ingressInterfaces: [],
+    });
+    const f = await fails((o) => c.rules.createRule({ rule: bad }, o));
+    assert.equal(f.code, Status.INVALID_ARGUMENT);
+    assert.deepEqual(badFields(f.status).sort(), [
+      'rule.backends[0].ip',
+      'rule.backends[0].mac',
+      'rule.backends[0].weight',
+      'rule.ingress_interfaces',
+      'rule.match.destination',
+      'rule.match.port',
+      'rule.match.source_prefixes[0]',
+      'rule.match.source_prefixes[1]',
+      'rule.name',
+    ]);
+    // Port 65536, an unknown enum value.
+    const g = await fails((o) =>
+      c.rules.createRule(
+        {
+          rule: rule('p', [backend(b1)], {
+            match: { protocol: 7 as Protocol, port: 65536, destination: '', sourcePrefixes: [] },
+          }),
+        },
+        o,
+      ),
+    );
+    assert.deepEqual(badFields(g.status).sort(), ['rule.match.port', 'rule.match.protocol']);
+    // Unknown interface: NOT_FOUND naming the field.
+    const u = await fails((o) =>
+      c.rules.createRule(
+        {
+          rule: rule('ghost', [{ ...backend(b1), interface: 'nosuchif0' }], {
+            match: { protocol: 1, port: 7000, destination: '', sourcePrefixes: [] },
+          }),
+        },
+        o,
+      ),
+    );
+    assert.equal(u.code, Status.NOT_FOUND);
+    assert.match(u.message, /rule\.backends\[0\]\.interface: interface "nosuchif0" does not exist/);
+    // Already exists; conflicting match with another rule.
+    assert.equal(
+      (await fails((o) => c.rules.createRule({ rule: rule('web', [backend(b1)]) }, o))).code,
+      Status.ALREADY_EXISTS,
+    );
+    const conflict = await fails((o) => c.rules.createRule({ rule: rule('web2', [backend(b2)]) }, o));
+    assert.equal(conflict.code, Status.FAILED_PRECONDITION);
+    assert.match(conflict.message, /both match UDP port 7999/);
+    // Table full: 17 rules where the daemon holds 16.
+    const many = Array.from({ length: 17 }, (_, i) =>
+      rule(`r${i}`, [backend(b1)], { match: { protocol: 1, port: 9000 + i, destination: '', sourcePrefixes: [] } }),
+    );
+    assert.equal(
+      (await fails((o) => c.rules.applyRules({ rules: many, validateOnly: false }, o))).code,
+      Status.RESOURCE_EXHAUSTED,
+    );
+    // Links: same interface twice, unknown interface.
+    const l = await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: h1.hostIf, direction: 0 } }, o));
+    assert.deepEqual(badFields(l.status), ['link.b']);
+    assert.equal(
+      (await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: 'nosuchif0', direction: 0 } }, o))).code,
+      Status.NOT_FOUND,
+    );
+
+    assert.deepEqual(d.dumpMaps(), before, 'no rejected request changed a map');
+    assert.deepEqual(
+      (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name),
+      ['web'],
+    );
+  });
+
+  it('ApplyRules: dry run reports, the real run replaces the set atomically', async () => {
+    const next = [
+      rule('web', [backend(b2)]),
+      rule('dns', [backend(b3)], { match: { protocol: 1, port: 5353, destination: '', sourcePrefixes: [] } }),
+    ];
+    const before = d.dumpMaps();
+    const dry = await c.rules.applyRules({ rules: next, validateOnly: true });
+    assert.equal(dry.applied, false);
+    assert.deepEqual(
+      dry.changes.map((x) => [x.name, x.action]),
+      [
+        ['dns', 1],
+        ['web', 2],
+      ],
+    );
+    assert.deepEqual(d.dumpMaps(), before, 'a dry run writes nothing');
+    const real = await c.rules.applyRules({ rules: next, validateOnly: false });
+    assert.equal(real.applied, true);
+    assert.deepEqual(
+      real.rules.map((r) => r.name),
+      ['dns', 'web'],
+    );
+    const l = await listen(b2);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 100).done;
+    await sleep(100);
+    assert.equal((await l.stop()).unique, sent, 'web now goes to b2');
+    // Back to web only (dns deleted).
+    const back = await c.rules.applyRules({ rules: [rule('web', [backend(b1)])], validateOnly: false });
+    assert.deepEqual(
+      back.changes.map((x) => [x.name, x.action]),
+      [
+        ['dns', 3],
+        ['web', 2],
+      ],
+    );
+  });
+
+  it('a failed change is undone: maps and attachments as before', async () => {
+    // b3's peer has GRO on now (fixed earlier); a veth whose peer lacks NAPI
+    // cannot take native redirects, and this daemon must refuse.
+    const x = topo.addHost('x', '198.18.5.1/24');
+    const before = d.dumpMaps();
+    const ifacesBefore = (await c.interfaces.listInterfaces({})).interfaces.map((i) => i.name);
+    const stopped = await d.stop();
+    assert.equal(stopped, 0);
+    d = await DaemonProcess.start(id, ['--no-fix-veth-peers']);
+    c = d.clients();
+    // (the restarted daemon started empty: the datapath state is re-applied first)
+    await c.rules.applyRules({ rules: [rule('web', [backend(b1)])], validateOnly: false });
+    const ref = d.dumpMaps();
+    const f = await fails((o) =>
+      c.rules.createRule({ rule: rule('newrule', [backend(x)], { ingressInterfaces: [h3.hostIf] }) }, o),
+    );
+    assert.equal(f.code, Status.FAILED_PRECONDITION);
+    assert.match(f.message, /would be dropped: its peer eth0 in netns .* has neither an XDP program nor GRO/);
+    assert.deepEqual(d.dumpMaps(), ref, 'maps unchanged after the undo');
+    assert.equal(JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', h3.hostIf]))[0].xdp, undefined, 'attach undone');
+    void before;
+    void ifacesBefore;
+    // Back to a daemon that satisfies the precondition itself.
+    assert.equal(await d.stop(), 0);
+    d = await DaemonProcess.start(id);
+    c = d.clients();
+    await c.rules.applyRules({ rules: [rule('web', [backend(b1)])], validateOnly: false });
+  });
+
+  it('streams counters that rise while traffic flows', async () => {
+    const ac = new AbortController();
+    const seen: number[] = [];
+    let lastPps = 0;
+    const watching = (async () => {
+      for await (const m of c.counters.watchCounters(
+        {
+          filter: { kinds: [CounterKind.COUNTER_KIND_RULES], rules: ['web'], interfaces: [] },
+          interval: { seconds: 0, nanos: 200e6 },
+        },
+        { signal: ac.signal },
+      )) {
+        const r = m.counters!.rules[0];
+        seen.push(r.redirectedPackets);
+        if (r.redirectedRates?.pps) lastPps = Math.max(lastPps, r.redirectedRates.pps);
+      }
+    })().catch((e) => {
+      if (!ac.signal.aborted) throw e;
+    });
+    await sleep(300);
+    const l = await listen(b1);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 400, { perTick: 10, tickMs: 10 }).done;
+    await sleep(500);
+    ac.abort();
+    await watching;
+    await l.stop();
+    assert.ok(seen.length >= 4, `${seen.length} messages`);
+    assert.ok(seen.at(-1)! - seen[0] === sent, `rose by ${seen.at(-1)! - seen[0]}, sent ${sent}`);
+    assert.ok(new Set(seen).size >= 3, 'several distinct values while traffic flowed');
+    assert.ok(lastPps > 0, 'rates derived from deltas');
+    // A bad interval is refused.
+    const f = await fails(async (o) => {
+      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0, nanos: 10e6 } }, o)) break;
+    });
+    assert.equal(f.code, Status.INVALID_ARGUMENT);
+  });
+
+  it('consistent hashing: removing a backend moves only its flows; weight 0 drains', async () => {
+    const flows = 48;
+    const run = async (backends: ReturnType<typeof backend>[], sportBase: number) => {
+      const gen = (await c.rules.getRule({ name: 'web' })).rule!.generation;
+      await c.rules.updateRule({ rule: rule('web', backends), expectedGeneration: gen });
+      const ls = await Promise.all([b1, b2, b3].map(listen));
+      const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, flows * 3, { flows, sportBase }).done;
+      await sleep(100);
+      const got = await Promise.all(ls.map((x) => x.stop()));
+      assert.equal(
+        got.reduce((n, g) => n + g.unique, 0),
+        sent,
+      );
+      const where = new Map<string, number>();
+      got.forEach((g, i) => Object.keys(g.bySport).forEach((p) => where.set(p, i)));
+      return where;
+    };
+    const all = await run([backend(b1), backend(b2), backend(b3)], 42000);
+    assert.equal(new Set(all.values()).size, 3, 'three backends in use');
+    const without2 = await run([backend(b1), backend(b3)], 42000);
+    let moved = 0;
+    for (const [sport, be] of all) {
+      if (be === 1) moved++;
+      else assert.equal(without2.get(sport), be, `flow ${sport} moved from backend ${be}`);
+    }
+    assert.ok(moved > 0);
+    const drained = await run([backend(b1), backend(b2), backend(b3, { weight: 0 })], 42000);
+    for (const [sport, be] of all) {
+      assert.notEqual(drained.get(sport), 2, 'no flow on the drained backend');
+      if (be !== 2) assert.equal(drained.get(sport), be, `flow ${sport} moved though its backend stayed`);
+    }
+  });
+
+  it('cross-connect demo through LinkService: connect, swap with ApplyLinks, counters', async () => {
+    assert.equal(ping(topo, 'h1', h2.ip!, 1), false);
+    const r = await c.links.connect({
+      link: { a: h1.hostIf, b: h2.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH },
+    });
+    assert.deepEqual([r.link!.status!.aToBActive, r.link!.status!.bToAActive], [true, true]);
+    assert.equal(ping(topo, 'h1', h2.ip!), true);
+    const dry = await c.links.applyLinks({ links: [{ a: h1.hostIf, b: h3.hostIf, direction: 0 }], validateOnly: true });
+    assert.deepEqual(dry.changes.map((x) => x.action).sort(), [1, 3]);
+    await c.links.applyLinks({ links: [{ a: h1.hostIf, b: h3.hostIf, direction: 0 }], validateOnly: false });
+    assert.equal(ping(topo, 'h1', h3.ip!), true, 'h1 reaches h3 after the swap');
+    assert.equal(ping(topo, 'h1', h2.ip!, 1), false, 'and no longer h2');
+    const { counters } = await c.counters.getCounters({
+      filter: { kinds: [CounterKind.COUNTER_KIND_LINKS], rules: [], interfaces: [] },
+    });
+    const fromH1 = counters!.links.find((x) => x.fromInterface === h1.hostIf)!;
+    assert.equal(fromH1.toInterface, h3.hostIf);
+    assert.ok(fromH1.packets >= 4, `h1 direction counted ${fromH1.packets}`);
+    const ifs = (await c.interfaces.listInterfaces({})).interfaces;
+    const i1 = ifs.find((i) => i.name === h1.hostIf)!;
+    assert.equal(i1.effectiveMode, 2 /* NATIVE */);
+    assert.ok(i1.programId > 0);
+    await c.links.disconnect({ a: h1.hostIf, b: h3.hostIf });
+    assert.deepEqual((await c.links.listLinks({})).links, []);
+  });
+
+  it('goes NOT_SERVING while shutting down', async () => {
+    const statuses: number[] = [];
+    const watch = (async () => {
+      for await (const m of c.health.watch({ service: '' })) statuses.push(m.status);
+    })().catch(() => undefined);
+    await sleep(200);
+    assert.equal(await d.stop(), 0);
+    await watch;
+    assert.deepEqual(statuses.slice(0, 2), [
+      HealthCheckResponse_ServingStatus.SERVING,
+      HealthCheckResponse_ServingStatus.NOT_SERVING,
+    ]);
+  });
+});
