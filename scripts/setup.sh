@@ -50,3 +50,10 @@ if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules
 fi
 
 bash scripts/build-bpf.sh
+
+# The FileDescriptorSet that gRPC reflection serves (buf build, imports included).
+if [[ ! -f build/descriptor.binpb ]] || [[ -n $(find proto buf.yaml -newer build/descriptor.binpb -print -quit) ]]; then
+  mkdir -p build
+  node_modules/.bin/buf build -o build/descriptor.binpb
+  echo "setup: build/descriptor.binpb"
+fi

@@ -201,8 +201,8 @@ export class Controller {
     };
     for (const r of rules.values()) for (const i of r.ingressInterfaces) add(i, `rule/${r.name}`);
     for (const l of links.values()) {
-      add(l.a, `link/${l.a}-${l.b}`);
-      if (l.direction === 'both') add(l.b, `link/${l.a}-${l.b}`);
+      add(l.a, `link/${l.a}:${l.b}`);
+      if (l.direction === 'both') add(l.b, `link/${l.a}:${l.b}`);
     }
     return out;
   }
@@ -588,7 +588,7 @@ export class Controller {
     return this.serial(async () => {
       throwIfInvalid(validateLink(link, 'link'));
       const existing = this.links.get(linkKey(link));
-      if (existing && existing.a === link.a && existing.direction === link.direction) return existing;
+      if (existing && sameLink(existing, link)) return existing;
       const next = new Map(this.links);
       next.set(linkKey(link), link);
       await this.applyLinkSet(next, 'link');
@@ -633,7 +633,7 @@ export class Controller {
         changes.push({
           a: l.a,
           b: l.b,
-          action: !cur ? 'create' : cur.a === l.a && cur.direction === l.direction ? 'unchanged' : 'update',
+          action: !cur ? 'create' : sameLink(cur, l) ? 'unchanged' : 'update',
         });
       }
       for (const [key, l] of this.links) if (!next.has(key)) changes.push({ a: l.a, b: l.b, action: 'delete' });
@@ -666,7 +666,7 @@ export class Controller {
       i++;
     }
     void i;
-    throwIfInvalid(violations);
+    if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
     const resolved = new Map<string, { from: number; to: number; toName: string }>();
     for (const [from, to] of dirs) {
       const a = this.dp.lookupInterface(from);
@@ -811,6 +811,12 @@ export class Controller {
     }
     this.attached.clear();
   }
+}
+
+/** Same link: for both directions the order of a and b carries no meaning. */
+function sameLink(x: LinkSpec, y: LinkSpec): boolean {
+  if (x.direction !== y.direction) return false;
+  return x.direction === 'both' ? linkKey(x) === linkKey(y) : x.a === y.a && x.b === y.b;
 }
 
 function throwIfInvalid(v: FieldViolation[]): void {

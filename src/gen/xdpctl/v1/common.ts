@@ -21,25 +21,24 @@ export const protobufFileName = "xdpctl/v1/common.proto";
  *     name the offending field by its proto path from the request message,
  *     with list indexes in brackets, e.g. `rule.backends[1].ip` or
  *     `rules[2].match.port`;
- *   - NOT_FOUND and ALREADY_EXISTS carry a google.rpc.ResourceInfo
- *     (resource_type "rule", "link" or "interface"; resource_name the key);
- *   - FAILED_PRECONDITION carries a google.rpc.PreconditionFailure (for
- *     example a conflict with another rule or link, named in `subject` as
- *     "rule/<name>" or "link/<a>:<b>");
+ *   - NOT_FOUND names the missing object in its message (for an interface,
+ *     with the request field, e.g. `rule.backends[0].interface: interface
+ *     "veth9" does not exist`);
+ *   - FAILED_PRECONDITION carries a google.rpc.PreconditionFailure (a
+ *     conflict with another rule or link, or a datapath precondition such as
+ *     a veth peer without NAPI for native XDP redirects);
  *   - ABORTED (a stale expected_generation) carries a google.rpc.ErrorInfo
- *     with reason "GENERATION_MISMATCH", domain "xdpctl", and the current
- *     generation in metadata["generation"].
- *   Every error may also carry a google.rpc.ErrorInfo with a stable,
- *   machine-readable `reason` (UPPER_SNAKE_CASE) in domain "xdpctl".
+ *     with reason "GENERATION_MISMATCH" and domain "xdpctl.io";
+ *   - RESOURCE_EXHAUSTED means a datapath table is full (the message says
+ *     which and how much room is left); nothing was changed.
  * * Fields documented as "Output only" are set by the server and ignored when
  *   sent by a client.
  * * IP addresses are written in their usual text form ("192.0.2.10"). The
  *   datapath currently handles IPv4 only; IPv6 values are rejected with
  *   INVALID_ARGUMENT.
  * * Interface names are Linux network device names ("eth0", "veth25"; at most
- *   15 bytes). Naming an interface that does not exist is not an error: the
- *   object is accepted, does not act on that interface and reports it in its
- *   status.
+ *   15 bytes). Naming an interface that does not exist fails with NOT_FOUND
+ *   and changes nothing.
  */
 
 /**

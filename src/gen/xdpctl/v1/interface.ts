@@ -150,10 +150,9 @@ export interface ManagedInterface {
   /** Whether the interface exists. */
   present: boolean;
   /**
-   * What names the interface, in ascending order: "rule/<name>" for a rule
-   * that has it as an ingress interface, "rule/<name>/backends" for a rule
-   * with a backend that egresses through it, and "link/<a>:<b>" for a link
-   * that has it as an endpoint.
+   * What needs the program on the interface, in ascending order:
+   * "rule/<name>" for a rule that has it as an ingress interface and
+   * "link/<a>:<b>" for a link that forwards from it.
    */
   usedBy: string[];
   /**

@@ -1082,9 +1082,9 @@ export const LinkChange: MessageFns<LinkChange> = {
  * A link is identified by its unordered pair of interfaces {a, b}: the link
  * a-b and the link b-a are the same link. An interface forwards to at most one
  * peer, so an interface that is a source of a link (a always, b too when the
- * direction is both) cannot be a source of another link; a write breaking this
- * fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure
- * naming the other link as "link/<a>:<b>"). For LINK_DIRECTION_BOTH the order
+ * direction is both) cannot be a source of another link; a Connect breaking
+ * this fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure),
+ * an ApplyLinks whose own links break it with INVALID_ARGUMENT. For LINK_DIRECTION_BOTH the order
  * of a and b carries no meaning: {a: eth0, b: tap0} and {a: tap0, b: eth0} are
  * the same link (ApplyLinks reports CHANGE_ACTION_UNCHANGED).
  *

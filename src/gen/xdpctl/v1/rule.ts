@@ -307,10 +307,7 @@ export interface RuleStatus {
   message: string;
   /** One entry per backend of the rule, in the order of Rule.backends. */
   backendStatus: BackendStatus[];
-  /**
-   * Human-readable problems that do not stop the rule entirely, e.g. an
-   * ingress interface that does not exist.
-   */
+  /** Human-readable problems that do not stop the rule entirely. */
   warnings: string[];
 }
 
@@ -2355,7 +2352,7 @@ export const RuleChange: MessageFns<RuleChange> = {
  * share an ingress interface, the protocol, the port and the destination
  * (empty counting as its own value); a write that would create a conflict
  * fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure
- * naming the other rule as "rule/<name>").
+ * whose description names both rules).
  *
  * A rule's datapath entries are replaced atomically: a packet sees either the
  * whole old rule or the whole new one.

@@ -1,0 +1,48 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { CounterSnapshot } from '../../src/server/core/controller.js';
+import { CounterHub } from '../../src/server/core/counter-hub.js';
+
+function fakeRead() {
+  let n = 0n;
+  return () =>
+    ({ time: Date.now(), rules: [], backends: [], links: [], global: [(n += 1n)] }) as unknown as CounterSnapshot;
+}
+
+describe('counter hub', () => {
+  it('shares one kernel read per tick among all watchers', async () => {
+    const hub = new CounterHub(fakeRead(), 20);
+    const ac = new AbortController();
+    const got = Array.from({ length: 50 }, () => [] as bigint[]);
+    const runs = got.map(async (out) => {
+      for await (const s of hub.watch(40, ac.signal)) out.push(s.global[0]);
+    });
+    await new Promise((r) => setTimeout(r, 330));
+    ac.abort();
+    await Promise.all(runs);
+    hub.close();
+    const delivered = got.reduce((n, g) => n + g.length, 0);
+    assert.ok(delivered >= 50 * 4, `delivered ${delivered}`);
+    // ~8 ticks due in 330 ms at 40 ms plus the first snapshot: far fewer than one read per watcher.
+    assert.ok(hub.reads <= 12, `${hub.reads} kernel reads for ${delivered} messages`);
+    // Every watcher saw the same snapshots (same reads).
+    assert.deepEqual(got[0].slice(1, 4), got[49].slice(1, 4));
+  });
+
+  it('gives a slow watcher the latest snapshot, not a backlog', async () => {
+    const hub = new CounterHub(fakeRead(), 10);
+    const ac = new AbortController();
+    const it = hub.watch(10, ac.signal)[Symbol.asyncIterator]();
+    const first = (await it.next()).value as CounterSnapshot;
+    await new Promise((r) => setTimeout(r, 150)); // ~15 ticks while we do not read
+    const second = (await it.next()).value as CounterSnapshot;
+    const third = (await it.next()).value as CounterSnapshot;
+    assert.ok(second.global[0] - first.global[0] >= 5n, 'skipped to a recent snapshot');
+    assert.ok(third.global[0] > second.global[0]);
+    ac.abort();
+    await it.return?.(undefined);
+    hub.close();
+    assert.equal(hub.watcherCount, 0);
+  });
+});
