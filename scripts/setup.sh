@@ -54,6 +54,6 @@ bash scripts/build-bpf.sh
 # The FileDescriptorSet that gRPC reflection serves (buf build, imports included).
 if [[ ! -f build/descriptor.binpb ]] || [[ -n $(find proto buf.yaml -newer build/descriptor.binpb -print -quit) ]]; then
   mkdir -p build
-  node_modules/.bin/buf build -o build/descriptor.binpb
+  bash scripts/buf.sh build -o build/descriptor.binpb
   echo "setup: build/descriptor.binpb"
 fi

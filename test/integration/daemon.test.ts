@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { ClientError, Metadata, Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { decodeStatusDetails } from '../../src/server/services/status.js';
 import { BadRequest, ErrorInfo } from '../../src/gen/google/rpc/error_details.js';
 import { CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
@@ -74,6 +75,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     listeners.forEach((l) => l.kill());
     await d?.destroy();
     topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`); // also when the daemon never started
   });
 
   const listen = async (h: Host) => {

@@ -20,10 +20,10 @@ function files(dir: string): string[] {
 
 describe('generated code', () => {
   it('matches the protos', () => {
-    execFileSync(join(ROOT, 'node_modules/.bin/buf'), ['lint'], { cwd: ROOT, stdio: 'pipe' });
+    execFileSync('bash', [join(ROOT, 'scripts/buf.sh'), 'lint'], { cwd: ROOT, stdio: 'pipe' });
     const out = mkdtempSync(join(tmpdir(), 'xdpctl-gen-'));
     try {
-      execFileSync(join(ROOT, 'node_modules/.bin/buf'), ['generate', '--output', out], { cwd: ROOT, stdio: 'pipe' });
+      execFileSync('bash', [join(ROOT, 'scripts/buf.sh'), 'generate', '--output', out], { cwd: ROOT, stdio: 'pipe' });
       const fresh = files(join(out, 'src/gen'))
         .map((f) => relative(join(out, 'src/gen'), f))
         .sort();
