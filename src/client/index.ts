@@ -1,0 +1,66 @@
+/**
+ * The typed client of xdpctld: one factory over the generated nice-grpc
+ * definitions. Imports nothing from src/server/.
+ */
+import { ChannelCredentials, createChannel, createClientFactory, type Channel, type Client } from 'nice-grpc';
+import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
+
+import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
+import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
+import { InterfaceServiceDefinition } from '../gen/xdpctl/v1/interface.js';
+import { LinkServiceDefinition } from '../gen/xdpctl/v1/link.js';
+import { RuleServiceDefinition } from '../gen/xdpctl/v1/rule.js';
+
+export { ChangeAction } from '../gen/xdpctl/v1/common.js';
+export { CounterKind, type CounterFilter, type Counters } from '../gen/xdpctl/v1/counters.js';
+export { EffectiveXdpMode, XdpMode, type ManagedInterface } from '../gen/xdpctl/v1/interface.js';
+export { LinkDirection, type Link } from '../gen/xdpctl/v1/link.js';
+export {
+  Protocol,
+  RuleState,
+  UdpChecksumMode,
+  type Backend,
+  type Rule,
+  type RuleMatch,
+} from '../gen/xdpctl/v1/rule.js';
+
+export const DEFAULT_SERVER = '127.0.0.1:9091';
+
+export interface ClientOptions {
+  /** "host:port" or "unix:/path" (default 127.0.0.1:9091). */
+  address?: string;
+  /** TLS: PEM CA to trust; with cert and key, mutual TLS. */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+}
+
+export interface XdpctlClient {
+  rules: Client<typeof RuleServiceDefinition>;
+  links: Client<typeof LinkServiceDefinition>;
+  interfaces: Client<typeof InterfaceServiceDefinition>;
+  counters: Client<typeof CounterServiceDefinition>;
+  daemon: Client<typeof DaemonServiceDefinition>;
+  channel: Channel;
+  close(): void;
+}
+
+/** Channel addresses as grpc-js wants them (unix:/path -> unix:///path). */
+export function channelAddress(address: string): string {
+  return address.replace(/^unix:(?!\/\/)/, 'unix://');
+}
+
+/** Create a client; per-call deadlines go in call options ({ deadline }). */
+export function createXdpctlClient(opts: ClientOptions = {}): XdpctlClient {
+  const address = channelAddress(opts.address ?? DEFAULT_SERVER);
+  const creds = opts.tls ? ChannelCredentials.createSsl(opts.tls.ca, opts.tls.key, opts.tls.cert) : undefined;
+  const channel = createChannel(address, creds);
+  const factory = createClientFactory().use(deadlineMiddleware);
+  return {
+    rules: factory.create(RuleServiceDefinition, channel),
+    links: factory.create(LinkServiceDefinition, channel),
+    interfaces: factory.create(InterfaceServiceDefinition, channel),
+    counters: factory.create(CounterServiceDefinition, channel),
+    daemon: factory.create(DaemonServiceDefinition, channel),
+    channel,
+    close: () => channel.close(),
+  };
+}
