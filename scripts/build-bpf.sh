@@ -20,3 +20,5 @@ build bpf/xdpctl.bpf.c build/bpf/xdpctl.bpf.o
 # The same program with a different instruction stream: tests and benchmarks
 # use it to exercise a hitless program upgrade with the maps reused.
 build bpf/xdpctl.bpf.c build/bpf/xdpctl-next.bpf.o -DXDPCTL_BUILD_MARK=2
+# Minimal programs: baselines for benchmarks, a foreign program for tests.
+build bpf/baseline.bpf.c build/bpf/baseline.bpf.o

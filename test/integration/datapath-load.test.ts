@@ -1,0 +1,80 @@
+/**
+ * Loading, adopting and attaching: typed errors with the operation, the
+ * errno name and libbpf's own log; attach modes reported as the kernel
+ * reports them; a foreign XDP program is never clobbered.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { KernelError } from '../../src/server/dataplane/errors.js';
+import { kernelOnly, OBJECT, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
+
+describe('datapath load and attach', kernelOnly(), () => {
+  const id = runId();
+  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  const otherRoot = `/sys/fs/bpf/xdpctl-test-${id}b`;
+  const ifA = `x${id}la`;
+  const ifB = `x${id}lb`;
+  const opened: XdpDatapath[] = [];
+  after(() => {
+    opened.forEach((d) => d.close());
+    shQuiet('ip', ['link', 'del', ifA]);
+    XdpDatapath.unpinAll(pinRoot);
+    XdpDatapath.unpinAll(otherRoot);
+  });
+
+  it("refuses pins of another capacity, with libbpf's reason and log", () => {
+    opened.push(XdpDatapath.open({ objectPath: OBJECT, pinRoot, capacity: { ruleSlots: 32 } }));
+    assert.throws(
+      () => XdpDatapath.open({ objectPath: OBJECT, pinRoot, capacity: { ruleSlots: 64 } }),
+      (e: unknown) => {
+        assert.ok(e instanceof KernelError);
+        assert.equal(e.code, 'EINVAL');
+        assert.match(e.message, /^load .*xdpctl\.bpf\.o: couldn't reuse pinned map .*rule_cfg.*parameter mismatch/);
+        assert.ok(
+          e.log.some((l) => l.includes('failed to load object')),
+          'libbpf log kept on the error',
+        );
+        return true;
+      },
+    );
+  });
+
+  it('reports a missing interface as ENODEV naming it', () => {
+    assert.throws(
+      () => opened[0].attach('nosuchif0', 'auto'),
+      (e: unknown) => {
+        assert.ok(e instanceof KernelError);
+        assert.equal(e.kind, 'not-found');
+        assert.match(e.message, /^look up interface nosuchif0: no such interface \(ENODEV\)$/);
+        return true;
+      },
+    );
+  });
+
+  it('attaches native, generic or auto and reports the effective mode; never clobbers a foreign program', () => {
+    sh('ip', ['link', 'add', ifA, 'type', 'veth', 'peer', 'name', ifB]);
+    const dp = opened[0];
+    assert.equal(dp.attach(ifA, 'generic').mode, 'generic');
+    assert.equal(dp.attach(ifA, 'generic').replaced, false, 'idempotent');
+    assert.equal(dp.attach(ifA, 'native').mode, 'native', 'mode change');
+    assert.equal(dp.attach(ifA, 'auto').mode, 'native', 'auto keeps what works');
+    dp.detach(ifA);
+    assert.equal(dp.state(ifA).mode, 'none');
+    // Another copy of xdpctl (e.g. an older version) counts as ours: upgraded.
+    const other = XdpDatapath.open({ objectPath: OBJECT, pinRoot: otherRoot });
+    opened.push(other);
+    sh('ip', ['link', 'set', 'dev', ifA, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(otherRoot)]);
+    assert.equal(dp.state(ifA).ours, true);
+    assert.equal(dp.attach(ifA, 'generic').replaced, true);
+    dp.detach(ifA);
+    // A foreign program is refused, not clobbered, and stays attached.
+    sh('ip', ['link', 'set', 'dev', ifA, 'xdpgeneric', 'obj', `${ROOT}build/bpf/baseline.bpf.o`, 'sec', 'xdp']);
+    const foreign = dp.state(ifA);
+    assert.equal(foreign.ours, false);
+    assert.throws(() => dp.attach(ifA, 'auto'), /another XDP program \(id \d+, generic mode\) is attached \(EBUSY\)/);
+    assert.equal(dp.state(ifA).progId, foreign.progId, 'foreign program untouched');
+    assert.throws(() => dp.detach(ifA), /is not ours/);
+  });
+});
