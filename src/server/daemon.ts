@@ -10,6 +10,7 @@ import { createServer, ServerError, Status, type Server, type ServerMiddleware }
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
 import { Controller } from './core/controller.js';
+import { StateStore, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
@@ -40,6 +41,8 @@ export interface DaemonOptions {
   mode: XdpModeName;
   fixVethPeers: boolean;
   cleanupOnExit: boolean;
+  /** Where the desired state persists (undefined: not persisted). */
+  stateDir?: string;
   capacity?: Partial<Capacity>;
   log?: Logger;
 }
@@ -50,6 +53,7 @@ export const DEFAULTS = {
   objectPath: `${PACKAGE_ROOT}build/bpf/xdpctl.bpf.o`,
   descriptorPath: `${PACKAGE_ROOT}build/descriptor.binpb`,
   mode: 'auto' as XdpModeName,
+  stateDir: '/var/lib/xdpctl',
 };
 
 export const SERVICE_NAMES = [
@@ -101,7 +105,20 @@ export class Daemon {
       log,
     });
     const dp = new KernelDataplane(datapath);
-    const controller = new Controller(dp, { mode: opts.mode, fixVethPeers: opts.fixVethPeers, log });
+    const store = opts.stateDir ? new StateStore(opts.stateDir) : undefined;
+    let stored: StoredState | undefined;
+    try {
+      stored = store?.load(); // a corrupt or newer file stops the start, untouched
+    } catch (e) {
+      datapath.close();
+      throw e;
+    }
+    const controller = new Controller(dp, {
+      mode: opts.mode,
+      fixVethPeers: opts.fixVethPeers,
+      log,
+      persist: store && ((s) => store.save(s)),
+    });
     const hub = new CounterHub(() => controller.readCounters());
     const ready = { value: false };
     const startedAt = Date.now();
@@ -157,7 +174,8 @@ export class Daemon {
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
         }
       }
-      controller.reconcile();
+      if (stored) await controller.restore(stored);
+      else controller.reconcile();
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       datapath.close();

@@ -26,6 +26,8 @@ const program = new Command('xdpctld')
     '--no-fix-veth-peers',
     'refuse native redirects into veths whose peer lacks NAPI, instead of enabling GRO on the peer',
   )
+  .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
+  .option('--no-state', 'do not persist the desired state (start empty every time)')
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
   .option('--cleanup-on-exit', 'on SIGTERM/SIGINT detach from every interface and remove all pins', false)
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
@@ -51,6 +53,8 @@ const o = program.opts<{
   fixVethPeers: boolean;
   cleanupOnExit: boolean;
   maxRules: string;
+  stateDir: string;
+  state: boolean;
   logLevel: string;
 }>();
 const maxRules = Number(o.maxRules);
@@ -71,6 +75,7 @@ try {
     fixVethPeers: o.fixVethPeers,
     cleanupOnExit: o.cleanupOnExit,
     capacity: capacityForRules(maxRules),
+    stateDir: o.state ? o.stateDir : undefined,
     log,
   });
   // Tests and supervisors wait for this line.

@@ -3,6 +3,7 @@
  * socket, with generated nice-grpc clients.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 
 import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
@@ -35,7 +36,7 @@ export class DaemonProcess {
     readonly unix: string,
   ) {}
 
-  static async start(id: string, extra: string[] = []): Promise<DaemonProcess> {
+  static async start(id: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
     const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
     const unix = `unix:/tmp/xdpctl-test-${id}.sock`;
     const child = spawn(
@@ -51,11 +52,13 @@ export class DaemonProcess {
         pinRoot,
         '--max-rules',
         '16',
+        '--state-dir',
+        `/tmp/xdpctl-test-${id}-state`,
         '--log-level',
         'warn',
         ...extra,
       ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     );
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
@@ -106,6 +109,11 @@ export class DaemonProcess {
     this.channels.forEach((c) => c.close());
     await this.stop('SIGKILL');
     XdpDatapath.unpinAll(this.pinRoot);
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+
+  get stateDir(): string {
+    return this.pinRoot.replace('/sys/fs/bpf/xdpctl-test-', '/tmp/xdpctl-test-') + '-state';
   }
 
   /** Every map's content as bpftool shows it (counters excluded). */

@@ -23,6 +23,7 @@ import {
   type RuleStatus,
 } from './model.js';
 import { fillRing } from './ring.js';
+import { STATE_VERSION, type StoredState } from './store.js';
 import { validateLink, validateRule } from './validate.js';
 
 const AF_INET = 2;
@@ -72,7 +73,7 @@ export interface ControllerOptions {
   fixVethPeers: boolean;
   log?: Logger;
   /** Called with the new desired state before a change is acknowledged. */
-  persist?: (state: DesiredState) => void | Promise<void>;
+  persist?: (state: StoredState) => void | Promise<void>;
   now?: () => number;
 }
 
@@ -169,6 +170,25 @@ export class Controller {
 
   desiredState(): DesiredState {
     return { rules: [...this.rules.values()], links: [...this.links.values()] };
+  }
+
+  /** The desired state with the kernel ids that keep counters across restarts. */
+  storedState(): StoredState {
+    return {
+      version: STATE_VERSION,
+      rules: [...this.rules.values()].map((r) => {
+        const k = this.ruleKernel.get(r.name);
+        return {
+          ...r,
+          kernel: k && {
+            slot: k.slot,
+            statsId: k.statsId,
+            backends: Object.fromEntries(k.backends),
+          },
+        };
+      }),
+      links: [...this.links.values()],
+    };
   }
 
   listInterfaces(): ManagedInterface[] {
@@ -367,7 +387,11 @@ export class Controller {
    * The transaction. `ops` with `next` create or replace a rule, without
    * delete it.
    */
-  private async applyRuleOps(ops: { name: string; next?: RuleSpec; field?: string }[], _what: string): Promise<void> {
+  private async applyRuleOps(
+    ops: { name: string; next?: RuleSpec; field?: string }[],
+    _what: string,
+    restoring = false,
+  ): Promise<void> {
     if (ops.length === 0) return;
     const { plans, after } = await this.planRules(ops);
     const undo: (() => void)[] = [];
@@ -553,9 +577,9 @@ export class Controller {
         this.ruleKernel.set(op.name, next);
         this.rules.set(op.name, {
           ...structuredClone(op.next),
-          generation: (cur?.generation ?? 0) + 1,
+          generation: restoring && cur ? cur.generation : (cur?.generation ?? 0) + 1,
           createTime: cur?.createTime ?? t,
-          updateTime: t,
+          updateTime: restoring && cur ? cur.updateTime : t,
         });
       } else {
         this.ruleKernel.delete(op.name);
@@ -563,7 +587,7 @@ export class Controller {
       }
     }
     this.releaseUnusedInterfaces();
-    await this.opts.persist?.(this.desiredState());
+    await this.opts.persist?.(this.storedState());
   }
 
   private releaseUnusedInterfaces(): void {
@@ -686,7 +710,11 @@ export class Controller {
     return resolved;
   }
 
-  private async applyLinkSet(next: Map<string, LinkSpec>, field: string): Promise<void> {
+  private applyLinkSet(next: Map<string, LinkSpec>, field: string): Promise<void> {
+    return this.applyLinkSetLocked(next, field);
+  }
+
+  private async applyLinkSetLocked(next: Map<string, LinkSpec>, field: string): Promise<void> {
     const want = this.planLinks(next, field);
     const cur = this.planLinksCurrent();
     const undo: (() => void)[] = [];
@@ -737,7 +765,7 @@ export class Controller {
     this.linkDirs.clear();
     for (const [from, d] of want) this.linkDirs.set(d.from, { from, to: d.toName });
     this.releaseUnusedInterfaces();
-    await this.opts.persist?.(this.desiredState());
+    await this.opts.persist?.(this.storedState());
   }
 
   private planLinksCurrent() {
@@ -750,6 +778,71 @@ export class Controller {
   }
 
   // ---- start-up ---------------------------------------------------------
+
+  /**
+   * Take over a stored desired state on start, with the datapath still
+   * forwarding the previous process's entries. Every id the kernel may still
+   * use is reserved first; each rule is then written into a fresh slot and
+   * published over the old one (packets move from the old complete rule to
+   * the new complete rule), and finally everything nobody wants is removed.
+   * Counters continue: the stored stats ids are reused.
+   */
+  restore(stored: StoredState): Promise<void> {
+    return this.serial(async () => {
+      const referenced = new Set(this.dp.listMatches().map(([, slot]) => slot));
+      // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
+      this.sweepSrcPrefixes(referenced);
+      const known = new Set<number>();
+      for (const r of stored.rules) {
+        const { kernel, ...record } = r;
+        this.rules.set(r.name, record);
+        if (!kernel) continue;
+        known.add(kernel.slot);
+        this.slots.take(kernel.slot);
+        this.ruleStatsIds.take(kernel.statsId);
+        for (const b of Object.values(kernel.backends)) {
+          this.backendIds.take(b.id);
+          this.backendStatsIds.take(b.statsId);
+        }
+        this.ruleKernel.set(r.name, {
+          slot: kernel.slot,
+          statsId: kernel.statsId,
+          matchKeys: [],
+          prefixes: r.sourcePrefixes.map((p) => {
+            const x = parsePrefix(p);
+            return { length: x.length, addr: x.bytes };
+          }),
+          backends: new Map(Object.entries(kernel.backends)),
+          status: { state: 'inactive', message: 'restoring', backends: [], warnings: [] },
+        });
+      }
+      // Slots in use that the state does not know (a crash after a kernel
+      // change and before it was saved): keep them and their backends until
+      // the switch is done.
+      const orphans = [...referenced].filter((s) => !known.has(s));
+      for (const slot of orphans) {
+        this.slots.take(slot);
+        for (const id of this.dp.readRing(slot)) if (id !== this.dp.noBackend) this.backendIds.take(id);
+      }
+      const ops = stored.rules.map((r) => {
+        const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
+        return { name: r.name, next: spec as RuleSpec };
+      });
+      await this.applyRuleOps(ops, 'restore', true);
+      await this.applyLinkSetLocked(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
+      this.reconcile();
+      for (const slot of orphans) {
+        this.dp.clearRuleSlot(slot, [], []);
+        this.slots.release(slot);
+      }
+      this.sweepSrcPrefixes(new Set([...this.ruleKernel.values()].map((k) => k.slot)));
+      this.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+    });
+  }
+
+  private sweepSrcPrefixes(live: Set<number>): void {
+    for (const k of this.dp.listSrcPrefixes()) if (!live.has(k.slot)) this.dp.deleteSrcPrefix(k);
+  }
 
   /**
    * Make the kernel match the (empty or restored) desired state: remove

@@ -4,7 +4,7 @@
  * that changes the kernel is a single, small step so that the core can undo
  * a failed transaction step by step.
  */
-import type { BackendEntry, BackendStats, LinkStats, MatchKey, RuleStats } from '../dataplane/codec.js';
+import type { BackendEntry, BackendStats, LinkStats, MatchKey, RuleStats, SrcKey } from '../dataplane/codec.js';
 
 export type XdpModeName = 'native' | 'generic' | 'auto';
 
@@ -63,6 +63,11 @@ export interface Dataplane {
   putMatch(key: MatchKey, slot: number): void;
   deleteMatch(key: MatchKey): void;
   listMatches(): [MatchKey, number][];
+  /** Source-prefix entries of every slot. */
+  listSrcPrefixes(): SrcKey[];
+  deleteSrcPrefix(key: SrcKey): void;
+  /** A slot's backend table (backend ids). */
+  readRing(slot: number): number[];
   resetRuleStats(statsId: number): void;
   resetBackendStats(statsId: number): void;
 

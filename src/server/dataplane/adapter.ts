@@ -10,11 +10,21 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
-import { NO_BACKEND, RING_SIZE, sumCounters, type MatchKey } from './codec.js';
+import { NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import { ensureVethPeerNapi, ifindexOf, macOf, neighbourMac } from './netdev.js';
 import * as tables from './tables.js';
+
+/**
+ * Failpoint for crash tests: XDPCTL_FAILPOINT_CRASH_AFTER_WRITES=N kills the
+ * process (SIGKILL, no clean-up) right after the N-th rule-table write.
+ */
+const crashAfter = Number(process.env.XDPCTL_FAILPOINT_CRASH_AFTER_WRITES ?? 0);
+let writes = 0;
+function wrote(): void {
+  if (crashAfter > 0 && ++writes >= crashAfter) process.kill(process.pid, 'SIGKILL');
+}
 
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
@@ -73,22 +83,40 @@ export class KernelDataplane implements Dataplane {
 
   writeRuleSlot(c: RuleSlotWrite): void {
     tables.writeRuleSlot(this.dp.maps, c);
+    wrote();
   }
 
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void {
     tables.clearRuleSlot(this.dp.maps, slot, srcPrefixes, backendIds);
+    wrote();
   }
 
   putMatch(key: MatchKey, slot: number): void {
     this.dp.maps.ruleMatch.put(key, slot);
+    wrote();
   }
 
   deleteMatch(key: MatchKey): void {
     this.dp.maps.ruleMatch.delete(key);
+    wrote();
   }
 
   listMatches(): [MatchKey, number][] {
     return [...this.dp.maps.ruleMatch.entries()];
+  }
+
+  listSrcPrefixes(): SrcKey[] {
+    return [...this.dp.maps.srcAllow.keys()];
+  }
+
+  deleteSrcPrefix(key: SrcKey): void {
+    this.dp.maps.srcAllow.delete(key);
+  }
+
+  readRing(slot: number): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < RING_SIZE; i++) out.push(this.dp.maps.ruleRing.get(slot * RING_SIZE + i) ?? NO_BACKEND);
+    return out;
   }
 
   resetRuleStats(statsId: number): void {
