@@ -110,6 +110,7 @@ export class DaemonProcess {
     await this.stop('SIGKILL');
     XdpDatapath.unpinAll(this.pinRoot);
     rmSync(this.stateDir, { recursive: true, force: true });
+    rmSync(this.unix.slice('unix:'.length), { force: true });
   }
 
   get stateDir(): string {

@@ -4,6 +4,7 @@
  * reports them; a foreign XDP program is never clobbered.
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -17,7 +18,10 @@ describe('datapath load and attach', kernelOnly(), () => {
   const ifA = `x${id}la`;
   const ifB = `x${id}lb`;
   const opened: XdpDatapath[] = [];
+  // iproute2 makes these when it loads an object; remove them if we caused it.
+  const ipDirs = ['ip', 'tc', 'xdp'].map((d) => `/sys/fs/bpf/${d}`).filter((d) => !existsSync(d));
   after(() => {
+    for (const d of ipDirs) shQuiet('rm', ['-rf', '--one-file-system', d]);
     opened.forEach((d) => d.close());
     shQuiet('ip', ['link', 'del', ifA]);
     XdpDatapath.unpinAll(pinRoot);
