@@ -9,6 +9,7 @@ import { dirname } from 'node:path';
 import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
+import { ConfigWatcher } from './config-watcher.js';
 import { Controller } from './core/controller.js';
 import { StateStore, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
@@ -41,6 +42,8 @@ export interface DaemonOptions {
   mode: XdpModeName;
   fixVethPeers: boolean;
   cleanupOnExit: boolean;
+  /** A YAML file that owns the desired state (config-file mode). */
+  configPath?: string;
   /** Where the desired state persists (undefined: not persisted). */
   stateDir?: string;
   capacity?: Partial<Capacity>;
@@ -82,6 +85,7 @@ export function capacityForRules(maxRules: number): Capacity {
 /** A running daemon. */
 export class Daemon {
   readonly servers: Server[] = [];
+  config?: ConfigWatcher;
   /** Bound addresses, with the real port for ":0". */
   readonly addresses: string[] = [];
   private stopping?: Promise<void>;
@@ -176,6 +180,10 @@ export class Daemon {
       }
       if (stored) await controller.restore(stored);
       else controller.reconcile();
+      if (opts.configPath) {
+        daemon.config = new ConfigWatcher(opts.configPath, controller, log);
+        await daemon.config.start();
+      }
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       datapath.close();
@@ -199,6 +207,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       this.ready.value = false;
       this.health.setStatus('unhealthy');
+      this.config?.close();
       this.hub.close();
       const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
       await Promise.all(this.servers.map((x) => x.shutdown()));

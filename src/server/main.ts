@@ -26,6 +26,10 @@ const program = new Command('xdpctld')
     '--no-fix-veth-peers',
     'refuse native redirects into veths whose peer lacks NAPI, instead of enabling GRO on the peer',
   )
+  .option(
+    '--config <file.yaml>',
+    'apply this YAML file (links and rules) and re-apply it on every change; API changes are then refused',
+  )
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
   .option('--no-state', 'do not persist the desired state (start empty every time)')
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
@@ -38,6 +42,7 @@ Examples:
   xdpctld                                   # 127.0.0.1:9091 and unix:/run/xdpctl/xdpctl.sock
   xdpctld --listen unix:/tmp/x.sock --xdp-mode generic
   xdpctld --cleanup-on-exit                 # leave no trace when stopped
+  xdpctld --config /etc/xdpctl/links.yaml   # the xdp-xconnect workflow: links: {eth0: tap0}
 
 The datapath keeps forwarding while the daemon is stopped or restarting: the
 program stays attached and the maps stay pinned under --pin-root.`,
@@ -55,6 +60,7 @@ const o = program.opts<{
   maxRules: string;
   stateDir: string;
   state: boolean;
+  config?: string;
   logLevel: string;
 }>();
 const maxRules = Number(o.maxRules);
@@ -76,6 +82,7 @@ try {
     cleanupOnExit: o.cleanupOnExit,
     capacity: capacityForRules(maxRules),
     stateDir: o.state ? o.stateDir : undefined,
+    configPath: o.config,
     log,
   });
   // Tests and supervisors wait for this line.

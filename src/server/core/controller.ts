@@ -117,6 +117,9 @@ export class Controller {
   /** Link direction counters by ingress ifindex -> names. */
   private readonly linkDirs = new Map<number, { from: string; to: string }>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** A config file that owns the desired state: API mutations are refused. */
+  private owner?: string;
+  private applyingConfig = false;
   private readonly log: Logger;
   private readonly now: () => number;
 
@@ -130,6 +133,37 @@ export class Controller {
     this.ruleStatsIds = new IdPool(1, dp.capacity.statsIds);
     this.backendIds = new IdPool(1, dp.capacity.backends);
     this.backendStatsIds = new IdPool(1, dp.capacity.backends);
+  }
+
+  /** Hand the desired state to a config file (xdpctld --config). */
+  setOwner(path: string | undefined): void {
+    this.owner = path;
+  }
+
+  private checkOwner(): void {
+    if (this.owner && !this.applyingConfig) {
+      throw new CoreError(
+        'precondition',
+        `the desired state is owned by the config file ${this.owner}: edit that file (xdpctld --config) instead`,
+      );
+    }
+  }
+
+  /**
+   * Apply a whole config file: both parts are checked (dry run) before
+   * either is applied, so an invalid file changes nothing.
+   */
+  async applyConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<{ rules: RuleChange[]; links: LinkChange[] }> {
+    this.applyingConfig = true;
+    try {
+      await this.applyRules(cfg.rules, true);
+      await this.applyLinks(cfg.links, true);
+      const rules = await this.applyRules(cfg.rules, false);
+      const links = await this.applyLinks(cfg.links, false);
+      return { rules, links };
+    } finally {
+      this.applyingConfig = false;
+    }
   }
 
   /** Run one change at a time. */
@@ -231,6 +265,7 @@ export class Controller {
 
   createRule(spec: RuleSpec): Promise<RuleView> {
     return this.serial(async () => {
+      this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
       if (this.rules.has(spec.name)) throw new CoreError('exists', `rule "${spec.name}" already exists`);
       await this.applyRuleOps([{ name: spec.name, next: spec }], 'rule');
@@ -240,6 +275,7 @@ export class Controller {
 
   updateRule(spec: RuleSpec, expectedGeneration: number): Promise<RuleView> {
     return this.serial(async () => {
+      this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
       const cur = this.rules.get(spec.name);
       if (!cur) throw new CoreError('not-found', `rule "${spec.name}" does not exist`);
@@ -251,6 +287,7 @@ export class Controller {
 
   deleteRule(name: string, expectedGeneration: number): Promise<void> {
     return this.serial(async () => {
+      this.checkOwner();
       const cur = this.rules.get(name);
       if (!cur) throw new CoreError('not-found', `rule "${name}" does not exist`);
       checkGeneration(cur, expectedGeneration);
@@ -261,6 +298,7 @@ export class Controller {
   /** Replace the whole rule set atomically (or only report the changes). */
   applyRules(specs: RuleSpec[], validateOnly: boolean): Promise<RuleChange[]> {
     return this.serial(async () => {
+      if (!validateOnly) this.checkOwner();
       const violations: FieldViolation[] = [];
       const seen = new Map<string, number>();
       specs.forEach((s, i) => {
@@ -610,6 +648,7 @@ export class Controller {
 
   connect(link: LinkSpec): Promise<LinkSpec> {
     return this.serial(async () => {
+      this.checkOwner();
       throwIfInvalid(validateLink(link, 'link'));
       const existing = this.links.get(linkKey(link));
       if (existing && sameLink(existing, link)) return existing;
@@ -622,6 +661,7 @@ export class Controller {
 
   disconnect(a: string, b: string): Promise<void> {
     return this.serial(async () => {
+      this.checkOwner();
       const key = linkKey({ a, b });
       if (!this.links.has(key)) throw new CoreError('not-found', `no link between ${a} and ${b}`);
       const next = new Map(this.links);
@@ -632,6 +672,7 @@ export class Controller {
 
   applyLinks(specs: LinkSpec[], validateOnly: boolean): Promise<LinkChange[]> {
     return this.serial(async () => {
+      if (!validateOnly) this.checkOwner();
       const violations: FieldViolation[] = [];
       const next = new Map<string, LinkSpec>();
       const usedIngress = new Map<string, number>();

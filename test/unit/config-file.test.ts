@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { ConfigError, parseConfig } from '../../src/server/core/config-file.js';
+
+describe('config file parsing', () => {
+  it('accepts the xdp-xconnect format as is', () => {
+    assert.deepEqual(parseConfig('links:\n  eth0: tap0\n  eth1: tap1\n'), {
+      links: [
+        { a: 'eth0', b: 'tap0', direction: 'both' },
+        { a: 'eth1', b: 'tap1', direction: 'both' },
+      ],
+      rules: [],
+    });
+  });
+
+  it('reads rules with defaults', () => {
+    const c = parseConfig(`
+rules:
+  - name: web
+    port: 7999
+    sources: 192.168.122.10
+    ingress: [eth0]
+    backends:
+      - {ip: 172.17.0.2, mac: "02:42:ac:11:00:02", interface: veth25}
+links:
+  - {a: eth0, b: tap0, direction: a-to-b}
+`);
+    assert.equal(c.rules[0].sourcePrefixes[0], '192.168.122.10');
+    assert.equal(c.rules[0].backends[0].weight, 1);
+    assert.equal(c.rules[0].udpChecksum, 'update');
+    assert.equal(c.links[0].direction, 'a-to-b');
+  });
+
+  it('reports every problem with its path', () => {
+    assert.throws(
+      () => parseConfig('rules:\n  - name: web\n    port: "x"\n    backends: [{ip: 1.2.3.4, iface: eth0}]\nextra: 1\n'),
+      (e: unknown) => {
+        assert.ok(e instanceof ConfigError);
+        assert.deepEqual(e.problems.map((p) => p.field).sort(), [
+          'extra',
+          'rules[0].backends[0].iface',
+          'rules[0].backends[0].interface',
+          'rules[0].port',
+        ]);
+        return true;
+      },
+    );
+  });
+
+  it('flags YAML syntax errors (half-written files) as such', () => {
+    assert.throws(
+      () => parseConfig('links:\n  eth0: [tap0\n'),
+      (e: unknown) => e instanceof ConfigError && e.syntax,
+    );
+    assert.throws(() => parseConfig('links:\n  eth0: tap0\n  eth0: tap1\n'), ConfigError);
+  });
+});
