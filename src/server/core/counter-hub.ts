@@ -28,6 +28,11 @@ export class CounterHub {
     readonly baseMs = 100,
   ) {}
 
+  /** Closed for shutdown: watches have ended. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   get watcherCount(): number {
     return this.watchers.size;
   }

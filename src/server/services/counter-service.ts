@@ -3,7 +3,7 @@
  * CounterHub's shared kernel reads. Rates come from the deltas between the
  * snapshots a given stream has seen.
  */
-import type { ServiceImplementation } from 'nice-grpc';
+import { ServerError, Status, type ServiceImplementation } from 'nice-grpc';
 
 import type { CounterSnapshot } from '../core/controller.js';
 import type { CounterHub } from '../core/counter-hub.js';
@@ -133,6 +133,10 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
       for await (const snap of hub.watch(ms, context.signal)) {
         yield { counters: toCounters(snap, req.filter, prev) };
         prev = snap;
+      }
+      // Ended by the daemon, not the client: say so, so that clients reconnect.
+      if (hub.isClosed && !context.signal.aborted) {
+        throw new ServerError(Status.UNAVAILABLE, 'xdpctld is shutting down; reconnect to watch again');
       }
     },
   };

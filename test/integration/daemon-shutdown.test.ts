@@ -1,0 +1,88 @@
+/**
+ * Shutdown: SIGTERM ends watch streams with UNAVAILABLE and leaves the
+ * datapath forwarding; --cleanup-on-exit detaches and unpins everything and
+ * leaves no trace in bpffs or the kernel (checked with bpftool).
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { ClientError, Status } from 'nice-grpc';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+describe('daemon shutdown', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let h1: Host, h2: Host, b1: Host;
+
+  before(() => {
+    h1 = topo.addHost('h1', '198.18.0.1/24');
+    h2 = topo.addHost('h2', '198.18.0.2/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+  });
+
+  const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
+
+  it('SIGTERM ends watches with UNAVAILABLE and leaves the datapath forwarding', async () => {
+    d = await DaemonProcess.start(id);
+    const c = d.clients();
+    await c.links.connect({ link: { a: h1.hostIf, b: h2.hostIf, direction: 0 } });
+    let ended: unknown;
+    const watch = (async () => {
+      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0, nanos: 100e6 } })) void _;
+    })().catch((e) => (ended = e));
+    await sleep(300);
+    assert.equal(await d.stop('SIGTERM'), 0);
+    await watch;
+    assert.ok(ended instanceof ClientError, `stream ended with ${ended}`);
+    assert.equal(ended.code, Status.UNAVAILABLE);
+    assert.ok(xdpOf(h1.hostIf), 'program still attached');
+    topo.exec('h1', 'ping', ['-c', '2', '-i', '0.2', '-W', '1', '-q', h2.ip!]); // still forwarding
+  });
+
+  it('--cleanup-on-exit leaves no trace', async () => {
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit']);
+    const c = d.clients();
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7999, destination: '', sourcePrefixes: ['10.0.0.0/8'] },
+        ingressInterfaces: [h1.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
+        udpChecksum: 0,
+        labels: {},
+        generation: 0,
+      },
+    });
+    const progId = (await c.daemon.getStatus({})).datapath!.programId;
+    const mapIds = ['rule_match', 'xc_links', 'rule_ring'].map(
+      (m) => JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', `${d!.pinRoot}/maps/${m}`])).id as number,
+    );
+    assert.equal(await d.stop('SIGTERM'), 0);
+    assert.equal(existsSync(d.pinRoot), false, 'pin directory removed');
+    for (const h of [h1, h2]) assert.equal(xdpOf(h.hostIf), undefined, `${h.hostIf} detached`);
+    // The kernel frees program and maps once nothing holds them (RCU: allow a moment).
+    let progs: { id: number }[] = [];
+    let maps: { id: number }[] = [];
+    for (let i = 0; i < 20; i++) {
+      progs = JSON.parse(sh('bpftool', ['-j', 'prog', 'show']));
+      maps = JSON.parse(sh('bpftool', ['-j', 'map', 'show']));
+      if (!progs.some((p) => p.id === progId) && !maps.some((m) => mapIds.includes(m.id))) break;
+      await sleep(100);
+    }
+    assert.equal(progs.some((p) => p.id === progId), false, `program ${progId} still loaded`);
+    assert.deepEqual(maps.filter((m) => mapIds.includes(m.id)), [], 'maps still in the kernel');
+    d = undefined;
+  });
+});
