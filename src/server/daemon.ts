@@ -59,6 +59,12 @@ export const DEFAULTS = {
   stateDir: '/var/lib/xdpctl',
 };
 
+/**
+ * Health service name that is NOT_SERVING while an interface the desired
+ * state needs is missing (the daemon itself keeps SERVING).
+ */
+export const DATAPATH_HEALTH = 'xdpctl.datapath';
+
 export const SERVICE_NAMES = [
   'xdpctl.v1.RuleService',
   'xdpctl.v1.LinkService',
@@ -191,9 +197,34 @@ export class Daemon {
     }
     ready.value = true;
     daemon.health.setStatus('healthy');
+    daemon.health.setStatus('healthy', DATAPATH_HEALTH);
+    daemon.startResync();
     log.info({ addresses: daemon.addresses, progId: datapath.progId, adopted: datapath.adopted }, 'serving');
     return daemon;
   }
+
+  private resyncTimer?: NodeJS.Timeout;
+
+  /** Every second: follow interfaces that disappear and come back. */
+  private startResync(): void {
+    let busy = false;
+    this.resyncTimer = setInterval(() => {
+      if (busy || !this.ready.value) return;
+      busy = true;
+      this.controller
+        .resync()
+        .then((missing) => {
+          this.missingInterfaces = missing;
+          this.health.setStatus(missing.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
+          if (missing.length) this.log.warn({ missing }, 'interfaces missing');
+        })
+        .catch((err) => this.log.error({ err }, 'interface resync failed'))
+        .finally(() => (busy = false));
+    }, 1000);
+  }
+
+  /** Interfaces the desired state names that do not exist now. */
+  missingInterfaces: string[] = [];
 
   get serving(): boolean {
     return this.ready.value;
@@ -206,7 +237,9 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.ready.value = false;
+      clearInterval(this.resyncTimer);
       this.health.setStatus('unhealthy');
+      this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       this.config?.close();
       this.hub.close();
       const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);

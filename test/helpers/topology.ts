@@ -55,6 +55,24 @@ export class Topology {
     return host;
   }
 
+  /** Delete a host's veth pair (the namespace stays). */
+  unplug(role: string): void {
+    sh('ip', ['link', 'del', this.host(role).hostIf]);
+  }
+
+  /** Plug it back: same names and address, new ifindexes and MACs. */
+  replug(role: string, cidr?: string): Host {
+    const h = this.host(role);
+    sh('ip', ['link', 'add', h.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.netns]);
+    sh('ip', ['link', 'set', h.hostIf, 'up']);
+    sh('sysctl', ['-qw', `net.ipv4.conf.${h.hostIf}.forwarding=0`]);
+    sh('ip', ['-n', h.netns, 'link', 'set', 'eth0', 'up']);
+    if (cidr) sh('ip', ['-n', h.netns, 'addr', 'add', cidr, 'dev', 'eth0']);
+    h.mac = JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0].address;
+    h.hostMac = JSON.parse(sh('ip', ['-j', 'link', 'show', h.hostIf]))[0].address;
+    return h;
+  }
+
   host(role: string): Host {
     const h = this.hosts.get(role);
     if (!h) throw new Error(`no host ${role}`);

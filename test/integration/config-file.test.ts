@@ -43,10 +43,10 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     rmSync(file, { force: true });
     rmSync(`${file}.tmp`, { force: true });
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
 
-  const links = async () =>
-    (await c.links.listLinks({})).links.map((l) => [l.a, l.b].sort().join('-')).sort();
+  const links = async () => (await c.links.listLinks({})).links.map((l) => [l.a, l.b].sort().join('-')).sort();
   async function until(want: string[]) {
     for (let i = 0; i < 50; i++) {
       if (JSON.stringify(await links()) === JSON.stringify(want)) return;

@@ -4,7 +4,7 @@
  * leaves no trace in bpffs or the kernel (checked with bpftool).
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, Status } from 'nice-grpc';
@@ -30,6 +30,7 @@ describe('daemon shutdown', kernelOnly(), () => {
     await d?.destroy();
     topo.destroy();
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
 
   const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
@@ -81,8 +82,16 @@ describe('daemon shutdown', kernelOnly(), () => {
       if (!progs.some((p) => p.id === progId) && !maps.some((m) => mapIds.includes(m.id))) break;
       await sleep(100);
     }
-    assert.equal(progs.some((p) => p.id === progId), false, `program ${progId} still loaded`);
-    assert.deepEqual(maps.filter((m) => mapIds.includes(m.id)), [], 'maps still in the kernel');
+    assert.equal(
+      progs.some((p) => p.id === progId),
+      false,
+      `program ${progId} still loaded`,
+    );
+    assert.deepEqual(
+      maps.filter((m) => mapIds.includes(m.id)),
+      [],
+      'maps still in the kernel',
+    );
     d = undefined;
   });
 });

@@ -5,6 +5,7 @@
  * streaming, consistent hashing, health.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, Metadata, Status } from 'nice-grpc';
@@ -75,7 +76,8 @@ describe('xdpctld end to end', kernelOnly(), () => {
     listeners.forEach((l) => l.kill());
     await d?.destroy();
     topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`); // also when the daemon never started
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true }); // also when the daemon never started
   });
 
   const listen = async (h: Host) => {

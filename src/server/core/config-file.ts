@@ -39,7 +39,17 @@ export class ConfigError extends Error {
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-const RULE_KEYS = new Set(['name', 'port', 'protocol', 'destination', 'sources', 'ingress', 'backends', 'udpChecksum', 'labels']);
+const RULE_KEYS = new Set([
+  'name',
+  'port',
+  'protocol',
+  'destination',
+  'sources',
+  'ingress',
+  'backends',
+  'udpChecksum',
+  'labels',
+]);
 const BACKEND_KEYS = new Set(['ip', 'mac', 'interface', 'weight']);
 
 /** Parse and check a config file's text. Throws ConfigError listing every problem. */
@@ -54,7 +64,8 @@ export function parseConfig(text: string): ConfigFile {
   const root: unknown = doc.toJS() ?? {};
   const problems: FieldViolation[] = [];
   const out: ConfigFile = { links: [], rules: [] };
-  if (!isObj(root)) throw new ConfigError([{ field: '', description: 'the file must be a mapping with links and/or rules' }]);
+  if (!isObj(root))
+    throw new ConfigError([{ field: '', description: 'the file must be a mapping with links and/or rules' }]);
   for (const k of Object.keys(root)) {
     if (k !== 'links' && k !== 'rules') problems.push({ field: k, description: 'unknown key (expected links, rules)' });
   }
@@ -98,7 +109,8 @@ export function parseConfig(text: string): ConfigFile {
     rules.forEach((r, i) => {
       const f = `rules[${i}]`;
       if (!isObj(r)) return void problems.push({ field: f, description: 'must be a mapping' });
-      for (const k of Object.keys(r)) if (!RULE_KEYS.has(k)) problems.push({ field: `${f}.${k}`, description: 'unknown key' });
+      for (const k of Object.keys(r))
+        if (!RULE_KEYS.has(k)) problems.push({ field: `${f}.${k}`, description: 'unknown key' });
       const port = r.port;
       if (typeof port !== 'number') problems.push({ field: `${f}.port`, description: 'is required (a number)' });
       const protocol = r.protocol ?? 'udp';
@@ -126,7 +138,8 @@ export function parseConfig(text: string): ConfigFile {
             problems.push({ field: bf, description: 'must be a mapping {ip, mac, interface, weight}' });
             return { ip: '', mac: '', interface: '', weight: 1 };
           }
-          for (const k of Object.keys(b)) if (!BACKEND_KEYS.has(k)) problems.push({ field: `${bf}.${k}`, description: 'unknown key' });
+          for (const k of Object.keys(b))
+            if (!BACKEND_KEYS.has(k)) problems.push({ field: `${bf}.${k}`, description: 'unknown key' });
           const weight = b.weight ?? 1;
           if (typeof weight !== 'number') problems.push({ field: `${bf}.weight`, description: 'must be a number' });
           return {

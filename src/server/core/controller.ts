@@ -38,6 +38,8 @@ interface RuleKernel {
   prefixes: { length: number; addr: Uint8Array }[];
   /** backend identity (ip@iface) -> kernel ids. */
   backends: Map<string, { id: number; statsId: number }>;
+  /** ifindex of every interface the rule was written with (ingress and egress). */
+  ifindexes: Map<string, number>;
   status: RuleStatus;
 }
 
@@ -153,7 +155,10 @@ export class Controller {
    * Apply a whole config file: both parts are checked (dry run) before
    * either is applied, so an invalid file changes nothing.
    */
-  async applyConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<{ rules: RuleChange[]; links: LinkChange[] }> {
+  async applyConfig(cfg: {
+    rules: RuleSpec[];
+    links: LinkSpec[];
+  }): Promise<{ rules: RuleChange[]; links: LinkChange[] }> {
     this.applyingConfig = true;
     try {
       await this.applyRules(cfg.rules, true);
@@ -553,6 +558,10 @@ export class Controller {
           matchKeys,
           prefixes,
           backends: backendIds,
+          ifindexes: new Map([
+            ...p.ingress.map((i) => [i.name, i.ifindex] as const),
+            ...p.backends.map((b) => [b.spec.interface, b.ifindex] as const),
+          ]),
           status: {
             state: live === 0 ? 'inactive' : unresolved ? 'degraded' : 'active',
             message:
@@ -854,6 +863,7 @@ export class Controller {
             return { length: x.length, addr: x.bytes };
           }),
           backends: new Map(Object.entries(kernel.backends)),
+          ifindexes: new Map(),
           status: { state: 'inactive', message: 'restoring', backends: [], warnings: [] },
         });
       }
@@ -865,12 +875,39 @@ export class Controller {
         this.slots.take(slot);
         for (const id of this.dp.readRing(slot)) if (id !== this.dp.noBackend) this.backendIds.take(id);
       }
-      const ops = stored.rules.map((r) => {
+      // Rules whose interfaces are gone wait (reported) until resync sees them back.
+      const ready = stored.rules.filter((r) =>
+        [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].every((i) => this.dp.lookupInterface(i)),
+      );
+      for (const r of stored.rules) {
+        if (ready.includes(r)) continue;
+        const k = this.ruleKernel.get(r.name);
+        const slot = k?.slot ?? this.slots.alloc();
+        this.ruleKernel.set(r.name, {
+          slot,
+          statsId: k?.statsId ?? this.ruleStatsIds.alloc(),
+          matchKeys: [],
+          prefixes: k?.prefixes ?? [],
+          backends: k?.backends ?? new Map(),
+          ifindexes: new Map(
+            [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].map((i) => [i, -1] as const),
+          ),
+          status: {
+            state: 'inactive',
+            message: 'waiting for its interfaces to exist',
+            backends: [],
+            warnings: [],
+          },
+        });
+      }
+      const ops = ready.map((r) => {
         const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
         return { name: r.name, next: spec as RuleSpec };
       });
       await this.applyRuleOps(ops, 'restore', true);
-      await this.applyLinkSetLocked(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
+      const linksReady = stored.links.every((l) => this.dp.lookupInterface(l.a) && this.dp.lookupInterface(l.b));
+      if (linksReady) await this.applyLinkSetLocked(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
+      else for (const l of stored.links) this.links.set(linkKey(l), l); // resync applies them when present
       this.reconcile();
       for (const slot of orphans) {
         this.dp.clearRuleSlot(slot, [], []);
@@ -878,6 +915,61 @@ export class Controller {
       }
       this.sweepSrcPrefixes(new Set([...this.ruleKernel.values()].map((k) => k.slot)));
       this.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+    });
+  }
+
+  /**
+   * Follow interface churn: interfaces that disappeared are reported in the
+   * status of what uses them; when one comes back (same name, new ifindex)
+   * the rules and links on it are written again and the program re-attached.
+   * Returns the names of missing interfaces.
+   */
+  resync(): Promise<string[]> {
+    return this.serial(async () => {
+      const missing = new Set<string>();
+      const now = (name: string) => {
+        const info = this.dp.lookupInterface(name);
+        if (!info) missing.add(name);
+        return info?.ifindex;
+      };
+      // Attachments die with their device: forget them so they are redone.
+      for (const [name, a] of this.attached) if (now(name) !== a.ifindex) this.attached.delete(name);
+      const ops: { name: string; next: RuleSpec }[] = [];
+      for (const [name, k] of this.ruleKernel) {
+        const gone = [...k.ifindexes.keys()].filter((i) => now(i) === undefined);
+        const warning = gone.length
+          ? `interface(s) ${gone.join(', ')} missing: the rule is written again when they return`
+          : undefined;
+        k.status.warnings = warning ? [warning] : [];
+        if (gone.length) continue;
+        if ([...k.ifindexes].some(([i, idx]) => now(i) !== idx)) {
+          const { generation: _g, createTime: _c, updateTime: _u, ...spec } = this.rules.get(name)!;
+          ops.push({ name, next: spec });
+        }
+      }
+      if (ops.length) {
+        this.log.info({ rules: ops.map((o) => o.name) }, 'interfaces changed: re-applying rules');
+        await this.applyRuleOps(ops, 'resync', true);
+      }
+      // Links: every wanted direction must be in the kernel under today's ifindexes.
+      const linkIfs = [...this.links.values()].flatMap((l) => [l.a, l.b]);
+      const stale = [...this.links.values()].some((l) =>
+        (l.direction === 'both'
+          ? [
+              [l.a, l.b],
+              [l.b, l.a],
+            ]
+          : [[l.a, l.b]]
+        ).some(([from, to]) => {
+          const idx = now(from);
+          return idx === undefined || this.linkDirs.get(idx)?.to !== to;
+        }),
+      );
+      if (stale && linkIfs.every((i) => now(i) !== undefined)) {
+        this.log.info({}, 'interfaces changed: re-applying links');
+        await this.applyLinkSetLocked(new Map(this.links), 'links');
+      }
+      return [...missing].sort();
     });
   }
 

@@ -1,0 +1,119 @@
+/**
+ * Interfaces that come and go: the VM's veth is deleted while a rule uses it
+ * (the daemon keeps serving and reports it), then created again with the
+ * same name and a new ifindex: the program is re-attached and the rule
+ * rewritten, and traffic flows again.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, runId, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const PORT = 7999;
+
+describe('interface churn', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    d = await DaemonProcess.start(id);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  const prepareVm = () => {
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+  };
+  async function delivered(): Promise<[number, number]> {
+    const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
+    listeners.push(l);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 200).done;
+    await sleep(100);
+    return [(await l.stop()).unique, sent];
+  }
+  async function until(what: string, ok: () => Promise<boolean>) {
+    for (let i = 0; i < 50; i++) {
+      if (await ok()) return;
+      await sleep(100);
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  }
+
+  it('reports a vanished interface, keeps serving, and re-applies when it returns', async () => {
+    prepareVm();
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
+        udpChecksum: 0,
+        labels: {},
+        generation: 0,
+      },
+    });
+    assert.deepEqual(await delivered(), [200, 200]);
+    const oldIndex = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!.ifindex;
+
+    topo.unplug('vm');
+    await until('the loss to be reported', async () => {
+      const i = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+      return !i.present;
+    });
+    const i = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+    assert.match(i.warnings.join(' '), /does not exist/);
+    await until(
+      'datapath health NOT_SERVING',
+      async () =>
+        (await c.health.check({ service: 'xdpctl.datapath' })).status === HealthCheckResponse_ServingStatus.NOT_SERVING,
+    );
+    assert.equal((await c.health.check({ service: '' })).status, HealthCheckResponse_ServingStatus.SERVING);
+    await until('the rule status', async () =>
+      (await c.rules.getRule({ name: 'web' })).rule!.status!.warnings.some((w) => w.includes(vm.hostIf)),
+    );
+
+    // A restart while the interface is gone: the daemon starts and waits for it.
+    assert.equal(await d.stop(), 0);
+    d = await DaemonProcess.start(id);
+    c = d.clients();
+    assert.match((await c.rules.getRule({ name: 'web' })).rule!.status!.message, /waiting for its interfaces/);
+
+    topo.replug('vm', '198.18.1.1/24');
+    prepareVm();
+    await until('re-attachment', async () => {
+      const x = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+      return x.present && x.programId > 0 && x.effectiveMode === 2;
+    });
+    const now = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+    assert.notEqual(now.ifindex, oldIndex, 'a new ifindex');
+    assert.deepEqual(await delivered(), [200, 200], 'traffic flows again');
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.generation, 1, 'same rule, not a new version');
+    await until(
+      'datapath health SERVING',
+      async () =>
+        (await c.health.check({ service: 'xdpctl.datapath' })).status === HealthCheckResponse_ServingStatus.SERVING,
+    );
+  });
+});
