@@ -30,7 +30,9 @@ export const protobufFileName = "xdpctl/v1/common.proto";
  *   - ABORTED (a stale expected_generation) carries a google.rpc.ErrorInfo
  *     with reason "GENERATION_MISMATCH" and domain "xdpctl.io";
  *   - RESOURCE_EXHAUSTED means a datapath table is full (the message says
- *     which and how much room is left); nothing was changed.
+ *     which and how much room is left); nothing was changed;
+ *   - when xdpctld runs with --config, the file owns the desired state and
+ *     every mutating call fails with FAILED_PRECONDITION (edit the file).
  * * Fields documented as "Output only" are set by the server and ignored when
  *   sent by a client.
  * * IP addresses are written in their usual text form ("192.0.2.10"). The
