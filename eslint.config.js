@@ -34,6 +34,18 @@ export default tseslint.config(
     rules: { 'no-restricted-imports': ['error', { paths: [koffi] }] },
   },
   {
+    files: ['src/shared/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [koffi, ...grpc],
+          patterns: [{ group: ['**/server/**'], message: 'Shared code imports nothing from src/server/.' }],
+        },
+      ],
+    },
+  },
+  {
     files: ['src/client/**/*.ts'],
     rules: {
       'no-restricted-imports': [

@@ -11,7 +11,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 
-import { ConfigError, parseConfig } from './core/config-file.js';
+import { ConfigError, parseConfig } from '../shared/config-file.js';
 import type { Controller } from './core/controller.js';
 import type { Logger } from './log.js';
 

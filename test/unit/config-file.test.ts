@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { ConfigError, parseConfig } from '../../src/server/core/config-file.js';
+import { ConfigError, parseConfig } from '../../src/shared/config-file.js';
 
 describe('config file parsing', () => {
   it('accepts the xdp-xconnect format as is', () => {

@@ -18,8 +18,30 @@
  */
 import { parseDocument } from 'yaml';
 
-import type { FieldViolation } from './errors.js';
-import type { LinkSpec, RuleSpec } from './model.js';
+// Shared by the daemon (--config) and the CLI (apply -f): no server imports.
+
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+export interface LinkSpec {
+  a: string;
+  b: string;
+  direction: 'both' | 'a-to-b';
+}
+
+export interface RuleSpec {
+  name: string;
+  protocol: 'udp';
+  port: number;
+  destination: string;
+  sourcePrefixes: string[];
+  ingressInterfaces: string[];
+  backends: { ip: string; mac: string; interface: string; weight: number }[];
+  udpChecksum: 'update' | 'zero';
+  labels: Record<string, string>;
+}
 
 export interface ConfigFile {
   links: LinkSpec[];
