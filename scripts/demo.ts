@@ -1,0 +1,264 @@
+#!/usr/bin/env node
+/**
+ * npm run demo: both old demos, driven with the xdpctl CLI against a daemon
+ * this script starts, on a topology of network namespaces it builds — and
+ * removes again, whatever happens. Run as root. `--quick` is the trimmed run
+ * the test suite uses (fewer packets, no pauses).
+ *
+ *   h1, h2, h3   hosts for the cross-connect demo (198.18.0.1-3)
+ *   vm           sends UDP to 198.18.9.9:7999, an address nobody has
+ *   web          the "container" listening on 198.18.2.1:7999
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { rmSync, writeFileSync } from 'node:fs';
+
+const ROOT = new URL('..', import.meta.url).pathname;
+const quick = process.argv.includes('--quick');
+const id = randomBytes(2).toString('hex');
+const sock = `/tmp/xdpctl-demo-${id}.sock`;
+const pinRoot = `/sys/fs/bpf/xdpctl-demo-${id}`;
+const stateDir = `/tmp/xdpctl-demo-${id}-state`;
+const linksFile = `/tmp/xdpctl-demo-${id}-links.yaml`;
+const env = { ...process.env, XDPCTL_SERVER: `unix:${sock}` };
+const made: { netns: string[]; links: string[] } = { netns: [], links: [] };
+let daemon: ChildProcess | undefined;
+
+const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+const say = (s: string) => console.log(`\n${bold(s)}`);
+const pause = (ms: number) => new Promise((r) => setTimeout(r, quick ? Math.min(ms, 100) : ms));
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Show and run a CLI command, like a person typing it. */
+function xdpctl(args: string[], expectFail = false): string {
+  console.log(`$ xdpctl ${args.join(' ')}`);
+  try {
+    const out = execFileSync(`${ROOT}bin/xdpctl`, args, { encoding: 'utf8', env, stdio: ['ignore', 'pipe', 'pipe'] });
+    process.stdout.write(out);
+    if (expectFail) throw new Error(`xdpctl ${args.join(' ')} was expected to fail`);
+    return out;
+  } catch (e) {
+    const err = e as { status?: number; stderr?: string };
+    if (!expectFail || err.status === undefined) throw e;
+    process.stdout.write(err.stderr ?? '');
+    console.log(`(exit code ${err.status})`);
+    return '';
+  }
+}
+
+function host(role: string, cidr: string) {
+  const netns = `xdpdemo-${id}-${role}`;
+  const hostIf = `xd${id}${role}`.slice(0, 15);
+  sh('ip', ['netns', 'add', netns]);
+  made.netns.push(netns);
+  sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
+  made.links.push(hostIf);
+  sh('ip', ['link', 'set', hostIf, 'up']);
+  sh('sysctl', ['-qw', `net.ipv4.conf.${hostIf}.forwarding=0`]);
+  sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  sh('ip', ['-n', netns, 'link', 'set', 'eth0', 'up']);
+  sh('ip', ['-n', netns, 'addr', 'add', cidr, 'dev', 'eth0']);
+  const mac = JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', 'eth0']))[0].address as string;
+  const hostMac = JSON.parse(sh('ip', ['-j', 'link', 'show', hostIf]))[0].address as string;
+  return { netns, hostIf, ip: cidr.split('/')[0], mac, hostMac };
+}
+
+function ping(from: { netns: string }, to: { ip: string }): boolean {
+  const args = [`--net=/run/netns/${from.netns}`, 'ping', '-c', '2', '-i', '0.2', '-W', '1', '-q', to.ip];
+  console.log(`$ ping ${to.ip}    # from ${from.netns}`);
+  try {
+    const out = sh('nsenter', args);
+    console.log(
+      `  ${out
+        .trim()
+        .split('\n')
+        .find((l) => l.includes('received'))}`,
+    );
+    return true;
+  } catch {
+    console.log('  no reply');
+    return false;
+  }
+}
+
+function expect(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`demo check failed: ${what}`);
+}
+
+async function startDaemon(): Promise<void> {
+  say('1. Start xdpctld (its own pins, socket and state, so it never touches a real one)');
+  console.log(`$ xdpctld --listen unix:${sock} --pin-root ${pinRoot} --state-dir ${stateDir} --cleanup-on-exit`);
+  daemon = spawn(
+    `${ROOT}bin/xdpctld`,
+    [
+      '--listen',
+      `unix:${sock}`,
+      '--pin-root',
+      pinRoot,
+      '--state-dir',
+      stateDir,
+      '--cleanup-on-exit',
+      '--log-level',
+      'warn',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    daemon!.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('"msg":"ready"')) resolve();
+    });
+    daemon!.once('exit', (code) => reject(new Error(`xdpctld exited with ${code}`)));
+  });
+  xdpctl(['status']);
+}
+
+async function crossConnect(): Promise<void> {
+  say('2. The cross-connect demo (replaces xdp-xconnect)');
+  const h1 = host('h1', '198.18.0.1/24');
+  const h2 = host('h2', '198.18.0.2/24');
+  const h3 = host('h3', '198.18.0.3/24');
+  console.log(`Three hosts hang off veths ${h1.hostIf}, ${h2.hostIf}, ${h3.hostIf}. Nothing connects them yet:`);
+  expect(!ping(h1, h2), 'h1 must not reach h2 before the link');
+  say('Connect h1 and h2: one devmap entry per direction, no bridge, no routing');
+  xdpctl(['links', 'connect', h1.hostIf, h2.hostIf]);
+  expect(ping(h1, h2), 'h1 reaches h2');
+  say('Swap the link to h3 with a file (the xdp-xconnect format, applied atomically)');
+  writeFileSync(linksFile, `links:\n  ${h1.hostIf}: ${h3.hostIf}\n`);
+  console.log(`$ cat ${linksFile}\n${`links:\n  ${h1.hostIf}: ${h3.hostIf}`}`);
+  xdpctl(['links', 'apply', '-f', linksFile, '--dry-run']);
+  xdpctl(['links', 'apply', '-f', linksFile]);
+  expect(ping(h1, h3), 'h1 reaches h3 after the swap');
+  expect(!ping(h1, h2), 'h1 no longer reaches h2');
+  xdpctl(['links', 'list']);
+  xdpctl(['interfaces', 'list']);
+}
+
+async function udpRedirect(): Promise<void> {
+  say('3. The UDP redirect demo (replaces the xdp-redirect POST /rules?sourceAddr=...)');
+  const vm = host('vm', '198.18.1.1/24');
+  const web = host('web', '198.18.2.1/24');
+  // The VM routes everything to our veth (a made-up gateway, resolved statically).
+  sh('ip', [
+    '-n',
+    vm.netns,
+    'neigh',
+    'replace',
+    '198.18.1.254',
+    'lladdr',
+    vm.hostMac,
+    'dev',
+    'eth0',
+    'nud',
+    'permanent',
+  ]);
+  sh('ip', ['-n', vm.netns, 'route', 'replace', 'default', 'via', '198.18.1.254', 'dev', 'eth0', 'onlink']);
+  // Locally generated UDP leaves a veth with a partial checksum; a real NIC never does that.
+  sh('nsenter', [`--net=/run/netns/${vm.netns}`, 'ethtool', '-K', 'eth0', 'tx', 'off']);
+  console.log('A "VM" will send UDP to 198.18.9.9:7999 — an address nobody has. Only XDP can deliver it.');
+  xdpctl([
+    'rules',
+    'add',
+    'web',
+    '--port',
+    '7999',
+    '--source',
+    vm.ip,
+    '--backend',
+    `${web.ip},${web.mac},${web.hostIf}`,
+    '--ingress',
+    vm.hostIf,
+  ]);
+  xdpctl(['rules', 'list']);
+  say('A mistake is caught before anything reaches the kernel:');
+  xdpctl(
+    ['rules', 'add', 'bad', '--port', '0', '--backend', `${web.ip},02:42:ac,${web.hostIf}`, '--ingress', vm.hostIf],
+    true,
+  );
+
+  const count = quick ? 200 : 3000;
+  say(`Listen in the container, send ${count} datagrams from the VM, and watch the counters rise`);
+  const tool = `${ROOT}test/helpers/udp-tool.mjs`;
+  const listener = spawn(
+    'nsenter',
+    [`--net=/run/netns/${web.netns}`, process.execPath, tool, 'listen', web.ip, '7999'],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  let got = '';
+  listener.stdout!.on('data', (d) => (got += d));
+  await new Promise<void>((r) => listener.stdout!.once('data', () => r()));
+  const sender = spawn(
+    'nsenter',
+    [
+      `--net=/run/netns/${vm.netns}`,
+      process.execPath,
+      tool,
+      'send',
+      '198.18.9.9',
+      '7999',
+      String(count),
+      '1',
+      '40000',
+      '10',
+      '10',
+    ],
+    { stdio: 'ignore' },
+  );
+  xdpctl(['watch', 'backends', '--interval', '500ms', '--count', quick ? '2' : '4']);
+  await new Promise((r) => sender.once('exit', r));
+  await pause(300);
+  listener.kill('SIGTERM');
+  await new Promise((r) => listener.once('exit', r));
+  const summary = JSON.parse(got.slice(got.indexOf('READY\n') + 6)) as { unique: number; bad: number };
+  console.log(`The container received ${summary.unique} of ${count} datagrams, ${summary.bad} damaged.`);
+  expect(summary.unique === count && summary.bad === 0, 'every datagram delivered intact');
+  xdpctl(['rules', 'get', 'web', '-o', 'yaml']);
+}
+
+async function cleanup(): Promise<void> {
+  say('4. Clean up: stop the daemon (--cleanup-on-exit detaches and unpins), remove the namespaces');
+  if (daemon && daemon.exitCode === null) {
+    daemon.kill('SIGTERM');
+    await new Promise((r) => daemon!.once('exit', r));
+  }
+  for (const l of made.links) {
+    try {
+      sh('ip', ['link', 'del', l]);
+    } catch {
+      /* already gone with its namespace */
+    }
+  }
+  for (const n of made.netns) {
+    try {
+      sh('ip', ['netns', 'del', n]);
+    } catch {
+      /* best effort */
+    }
+  }
+  rmSync(pinRoot, { recursive: true, force: true });
+  rmSync(stateDir, { recursive: true, force: true });
+  rmSync(linksFile, { force: true });
+  rmSync(sock, { force: true });
+  console.log(`removed ${made.netns.length} namespaces, ${made.links.length} veth pairs, pins and state`);
+}
+
+let failed = false;
+try {
+  if (process.getuid?.() !== 0) throw new Error('the demo needs root (XDP, namespaces)');
+  await startDaemon();
+  await crossConnect();
+  await udpRedirect();
+  say('Done. Both old tools, one daemon, one CLI.');
+} catch (e) {
+  failed = true;
+  console.error(`demo: ${(e as Error).message}`);
+} finally {
+  await cleanup();
+}
+process.exit(failed ? 1 : 0);
