@@ -3,7 +3,8 @@
  * definitions. Imports nothing from src/server/.
  */
 import { ChannelCredentials, createChannel, createClientFactory, type Channel, type Client } from 'nice-grpc';
-import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
+import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
+import { retryMiddleware, type RetryOptions } from 'nice-grpc-client-middleware-retry';
 
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
@@ -33,12 +34,15 @@ export interface ClientOptions {
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
 }
 
+/** Call options every method takes: { deadline }, and for reads { retry, retryMaxAttempts }. */
+export type XdpctlCallOptions = DeadlineOptions & RetryOptions;
+
 export interface XdpctlClient {
-  rules: Client<typeof RuleServiceDefinition>;
-  links: Client<typeof LinkServiceDefinition>;
-  interfaces: Client<typeof InterfaceServiceDefinition>;
-  counters: Client<typeof CounterServiceDefinition>;
-  daemon: Client<typeof DaemonServiceDefinition>;
+  rules: Client<typeof RuleServiceDefinition, XdpctlCallOptions>;
+  links: Client<typeof LinkServiceDefinition, XdpctlCallOptions>;
+  interfaces: Client<typeof InterfaceServiceDefinition, XdpctlCallOptions>;
+  counters: Client<typeof CounterServiceDefinition, XdpctlCallOptions>;
+  daemon: Client<typeof DaemonServiceDefinition, XdpctlCallOptions>;
   channel: Channel;
   close(): void;
 }
@@ -48,18 +52,25 @@ export function channelAddress(address: string): string {
   return address.replace(/^unix:(?!\/\/)/, 'unix://');
 }
 
-/** Create a client; per-call deadlines go in call options ({ deadline }). */
+/**
+ * Create a client. Per-call deadlines go in call options ({ deadline }).
+ * Reads marked NO_SIDE_EFFECTS in the protos (Get*, List*) are retried on
+ * transient failures (UNAVAILABLE and the like) by nice-grpc's retry
+ * middleware; mutations never are.
+ */
 export function createXdpctlClient(opts: ClientOptions = {}): XdpctlClient {
   const address = channelAddress(opts.address ?? DEFAULT_SERVER);
   const creds = opts.tls ? ChannelCredentials.createSsl(opts.tls.ca, opts.tls.key, opts.tls.cert) : undefined;
   const channel = createChannel(address, creds);
-  const factory = createClientFactory().use(deadlineMiddleware);
+  const factory = createClientFactory().use(deadlineMiddleware).use(retryMiddleware);
+  // Reads: up to 3 retries, backing off from 200 ms (applies only to NO_SIDE_EFFECTS methods).
+  const defaults = { '*': { retryMaxAttempts: 3, retryBaseDelayMs: 200, retryMaxDelayMs: 2000 } };
   return {
-    rules: factory.create(RuleServiceDefinition, channel),
-    links: factory.create(LinkServiceDefinition, channel),
-    interfaces: factory.create(InterfaceServiceDefinition, channel),
-    counters: factory.create(CounterServiceDefinition, channel),
-    daemon: factory.create(DaemonServiceDefinition, channel),
+    rules: factory.create(RuleServiceDefinition, channel, defaults),
+    links: factory.create(LinkServiceDefinition, channel, defaults),
+    interfaces: factory.create(InterfaceServiceDefinition, channel, defaults),
+    counters: factory.create(CounterServiceDefinition, channel, defaults),
+    daemon: factory.create(DaemonServiceDefinition, channel, defaults),
     channel,
     close: () => channel.close(),
   };

@@ -1753,7 +1753,7 @@ export const CounterServiceDefinition = {
       requestStream: false,
       responseType: GetCountersResponse as typeof GetCountersResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
     /**
      * Streams the counters: a first sample at once, then one every `interval`

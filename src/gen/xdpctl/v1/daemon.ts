@@ -395,7 +395,7 @@ export const DaemonServiceDefinition = {
       requestStream: false,
       responseType: GetStatusResponse as typeof GetStatusResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
   },
 } as const;

@@ -669,7 +669,7 @@ export const InterfaceServiceDefinition = {
       requestStream: false,
       responseType: ListInterfacesResponse as typeof ListInterfacesResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
     /**
      * Returns one managed interface. Fails with NOT_FOUND if no rule or link
@@ -681,7 +681,7 @@ export const InterfaceServiceDefinition = {
       requestStream: false,
       responseType: GetInterfaceResponse as typeof GetInterfaceResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
   },
 } as const;

@@ -1129,7 +1129,7 @@ export const LinkServiceDefinition = {
       requestStream: false,
       responseType: ListLinksResponse as typeof ListLinksResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
     /**
      * Declaratively sets the complete set of links: links in the request are

@@ -2381,7 +2381,7 @@ export const RuleServiceDefinition = {
       requestStream: false,
       responseType: GetRuleResponse as typeof GetRuleResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
     /** Lists rules in ascending order of name, page by page. */
     listRules: {
@@ -2390,7 +2390,7 @@ export const RuleServiceDefinition = {
       requestStream: false,
       responseType: ListRulesResponse as typeof ListRulesResponse,
       responseStream: false,
-      options: {},
+      options: { idempotencyLevel: "NO_SIDE_EFFECTS" },
     },
     /**
      * Replaces the specification of an existing rule (every input field of
