@@ -127,7 +127,8 @@ describe('xdpctld end to end', kernelOnly(), () => {
       expectedGeneration: 1,
     });
     assert.equal(updated.rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
-    assert.equal(updated.rule!.backends[0].mac, b1.mac, 'MAC resolved from the neighbour table');
+    assert.equal(updated.rule!.backends[0].mac, '', 'the MAC as specified (empty)');
+    assert.equal(updated.rule!.status!.backendStatus[0].mac, b1.mac, 'MAC resolved from the neighbour table');
     assert.equal(updated.rule!.generation, 2);
 
     const l = await listen(b1);

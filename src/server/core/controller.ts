@@ -660,7 +660,12 @@ export class Controller {
       this.checkOwner();
       throwIfInvalid(validateLink(link, 'link'));
       const existing = this.links.get(linkKey(link));
-      if (existing && sameLink(existing, link)) return existing;
+      if (existing) {
+        throw new CoreError(
+          'exists',
+          `${existing.a} and ${existing.b} are already linked (use ApplyLinks, or disconnect first, to change it)`,
+        );
+      }
       const next = new Map(this.links);
       next.set(linkKey(link), link);
       await this.applyLinkSet(next, 'link');

@@ -86,8 +86,6 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
     if (seenIngress.has(name)) out.push({ field, description: 'is listed twice' });
     seenIngress.add(name);
   });
-  if (r.backends.length === 0)
-    out.push({ field: `${prefix}.backends`, description: 'at least one backend is required' });
   if (r.backends.length > LIMITS.backendsPerRule) {
     out.push({ field: `${prefix}.backends`, description: `at most ${LIMITS.backendsPerRule}` });
   }

@@ -63,9 +63,9 @@ export function ruleToProto(r: RuleView): Rule {
       sourcePrefixes: r.sourcePrefixes,
     },
     ingressInterfaces: r.ingressInterfaces,
-    backends: r.backends.map((b, i) => ({
+    backends: r.backends.map((b) => ({
       ip: b.ip,
-      mac: b.mac || r.status.backends[i]?.mac || '',
+      mac: b.mac, // as specified; a resolved MAC is in status.backend_status
       interface: b.interface,
       weight: b.weight,
     })),

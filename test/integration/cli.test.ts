@@ -1,0 +1,306 @@
+/**
+ * The xdpctl command line end to end: the real bin/xdpctl launcher, spawned
+ * as a child process, against a real xdpctld on a namespace topology.
+ * Checks output formats, one-line errors and the exit codes derived from
+ * gRPC statuses (usage 2, INVALID_ARGUMENT 3, NOT_FOUND 4, ABORTED 7,
+ * UNAVAILABLE 10), both transports and the XDPCTL_SERVER variable.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, ROOT, runId } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+const BIN = `${ROOT}bin/xdpctl`;
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run bin/xdpctl; env adds to (or, with undefined, removes from) the environment. */
+function xdpctl(args: string[], env: Record<string, string | undefined> = {}, input?: string): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, args, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin.end(input ?? '');
+  });
+}
+
+/** A failure: the expected exit code, exactly one line on stderr, no stack trace. */
+function assertFails(r: Result, code: number, pattern?: RegExp): string {
+  assert.equal(r.code, code, `exit code (stderr: ${r.stderr}, stdout: ${r.stdout})`);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  const lines = r.stderr.split('\n').filter((l) => l !== '');
+  assert.equal(lines.length, 1, `one line on stderr: ${JSON.stringify(r.stderr)}`);
+  assert.match(lines[0], /^xdpctl: /);
+  if (pattern) assert.match(lines[0], pattern);
+  return lines[0];
+}
+
+function assertOk(r: Result): string {
+  assert.equal(r.code, 0, `exit code (stderr: ${r.stderr})`);
+  return r.stdout;
+}
+
+describe('xdpctl command line', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let vm: Host, b1: Host, h1: Host, h2: Host;
+  let dir = '';
+  /** xdpctl against this test's daemon (over TCP, through XDPCTL_SERVER). */
+  const cli = (...args: string[]) => xdpctl(args, { XDPCTL_SERVER: d.tcp });
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), `xdpctl-cli-${id}-`));
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    h1 = topo.addHost('h1', '198.18.0.1/24');
+    h2 = topo.addHost('h2', '198.18.0.2/24');
+    d = await DaemonProcess.start(id);
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('rules add takes the old one-liner and confirms in one line', async () => {
+    const out = assertOk(
+      await cli(
+        'rules',
+        'add',
+        'web',
+        '--port',
+        '7999',
+        '--source',
+        '192.168.122.10',
+        '--backend',
+        `${b1.ip},${b1.mac},${b1.hostIf}`,
+        '--ingress',
+        vm.hostIf,
+      ),
+    );
+    assert.equal(out.trim(), 'rule web created (generation 1)');
+  });
+
+  it('rules list prints a table, and JSON with enum names', async () => {
+    const table = assertOk(await cli('rules', 'list')).split('\n');
+    assert.match(table[0], /^NAME\s+PORT\s+DESTINATION\s+SOURCES\s+INGRESS\s+BACKENDS\s+STATE\s+GEN$/);
+    const row = table.find((l) => l.startsWith('web '));
+    assert.ok(row, `a row for web in:\n${table.join('\n')}`);
+    for (const cell of ['7999', '192.168.122.10', vm.hostIf, `${b1.ip}@${b1.hostIf}*1`, 'ACTIVE']) {
+      assert.ok(row.includes(cell), `${cell} in ${row}`);
+    }
+
+    // The global option before or after the subcommand.
+    for (const args of [
+      ['-o', 'json', 'rules', 'list'],
+      ['rules', 'list', '-o', 'json'],
+    ]) {
+      const json = JSON.parse(assertOk(await cli(...args))) as {
+        rules: { name: string; match: { port: number }; status: { state: string } }[];
+      };
+      const web = json.rules.find((r) => r.name === 'web');
+      assert.ok(web);
+      assert.equal(web.match.port, 7999);
+      assert.equal(web.status.state, 'RULE_STATE_ACTIVE');
+    }
+    const yaml = assertOk(await cli('-o', 'yaml', 'rules', 'get', 'web'));
+    assert.match(yaml, /state: RULE_STATE_ACTIVE/);
+  });
+
+  it('rules get of an unknown rule: exit 4, one line', async () => {
+    assertFails(await cli('rules', 'get', 'nope'), 4, /rule "nope" does not exist/);
+  });
+
+  it('an invalid rule: exit 3 naming every bad field', async () => {
+    const line = assertFails(
+      await cli(
+        'rules',
+        'add',
+        'bad',
+        '--port',
+        '0',
+        '--backend',
+        `${b1.ip},02:42:ac:11:00,${b1.hostIf}`,
+        '--ingress',
+        vm.hostIf,
+      ),
+      3,
+    );
+    assert.match(line, /rule\.match\.port: /);
+    assert.match(line, /rule\.backends\[0\]\.mac: /);
+    assert.match(line, /; /, 'violations joined by "; "');
+  });
+
+  it('an unknown interface: exit 4 naming it', async () => {
+    assertFails(
+      await cli('rules', 'add', 'ghost', '--port', '7000', '--backend', `${b1.ip},,nosuchif0`, '--ingress', vm.hostIf),
+      4,
+      /rule\.backends\[0\]\.interface: interface "nosuchif0" does not exist/,
+    );
+  });
+
+  it('bad flags are usage errors: exit 2, one line', async () => {
+    assertFails(await cli('rules', 'add', 'x', '--port'), 2, /--port/);
+    assertFails(await cli('rules', 'list', '--bogus'), 2, /unknown option '--bogus'/);
+    assertFails(
+      await cli('rules', 'add', 'x', '--port', '1', '--ingress', vm.hostIf, '--backend', '1.2.3.4,eth0'),
+      2,
+      /--backend/,
+    );
+    assertFails(await cli('rules', 'add', 'x', '--port', 'http', '--ingress', vm.hostIf), 2, /--port/);
+    assertFails(await cli('--timeout', 'soon', 'status'), 2, /--timeout/);
+    assertFails(await cli('-o', 'xml', 'status'), 2, /--output/);
+    assertFails(await cli('rules', 'frob'), 2, /unknown command 'frob'/);
+  });
+
+  it('an unreachable server: exit 10, says so plainly', async () => {
+    assertFails(
+      await cli('--server', '127.0.0.1:1', 'rules', 'list'),
+      10,
+      /^xdpctl: cannot reach xdpctld at 127\.0\.0\.1:1 \(connection refused\); is it running\? \(--server, XDPCTL_SERVER\)$/,
+    );
+    assertFails(await cli('status', '--server', `unix:${dir}/none.sock`), 10, /cannot reach xdpctld .*no such socket/);
+  });
+
+  it('rules update replaces given fields; a stale --generation is exit 7', async () => {
+    assert.match(
+      assertOk(await cli('rules', 'update', 'web', '--label', 'owner=cli')),
+      /rule web updated \(generation 2\)/,
+    );
+    assertFails(
+      await cli('rules', 'update', 'web', '--port', '7998', '--generation', '1'),
+      7,
+      /changed since you read it/,
+    );
+    const rule = JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'get', 'web'))) as {
+      rule: { match: { port: number; sourcePrefixes: string[] }; labels: Record<string, string>; generation: number };
+    };
+    assert.equal(rule.rule.match.port, 7999, 'the stale update changed nothing');
+    assert.deepEqual(rule.rule.match.sourcePrefixes, ['192.168.122.10'], 'fields not given are kept');
+    assert.deepEqual(rule.rule.labels, { owner: 'cli' });
+    assert.equal(rule.rule.generation, 2);
+  });
+
+  it('rules apply -f --dry-run prints the changes and applies nothing', async () => {
+    const file = join(dir, 'config.yaml');
+    writeFileSync(
+      file,
+      [
+        'links:',
+        `  ${h1.hostIf}: ${h2.hostIf}`,
+        'rules:',
+        '  - name: web',
+        '    port: 7999',
+        `    ingress: [${vm.hostIf}]`,
+        `    backends: [{ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}}]`,
+        '  - name: dns',
+        '    port: 53',
+        `    ingress: [${vm.hostIf}]`,
+        `    backends: [{ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}}]`,
+        '',
+      ].join('\n'),
+    );
+    const out = assertOk(await cli('rules', 'apply', '-f', file, '--dry-run'));
+    assert.match(out, /^NAME\s+ACTION$/m);
+    assert.match(out, /^dns\s+create$/m);
+    assert.match(out, /^web\s+update$/m);
+    assert.match(out, /dry run, nothing applied/);
+    const names = (JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'list'))) as { rules: { name: string }[] })
+      .rules;
+    assert.deepEqual(
+      names.map((r) => r.name),
+      ['web'],
+    );
+
+    const links = assertOk(await cli('links', 'apply', '-f', file, '--dry-run'));
+    assert.match(links, new RegExp(`^${h1.hostIf}\\s+${h2.hostIf}\\s+create$`, 'm'));
+
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'rules:\n  - name: x\n    prot: 7999\n');
+    assertFails(await cli('rules', 'apply', '-f', bad), 3, /rules\[0\]\.prot: unknown key; rules\[0\]\.port: /);
+    assertFails(await cli('rules', 'apply', '-f', join(dir, 'missing.yaml')), 1, /cannot read/);
+  });
+
+  it('links connect, then links list -o json', async () => {
+    assert.match(assertOk(await cli('links', 'connect', h1.hostIf, h2.hostIf)), /connected/);
+    const json = JSON.parse(assertOk(await cli('links', 'list', '-o', 'json'))) as {
+      links: { a: string; b: string; direction: string; status: { aToBActive?: boolean; bToAActive?: boolean } }[];
+    };
+    assert.equal(json.links.length, 1);
+    assert.deepEqual([json.links[0].a, json.links[0].b].sort(), [h1.hostIf, h2.hostIf].sort());
+    assert.equal(json.links[0].direction, 'LINK_DIRECTION_BOTH');
+    assert.equal(json.links[0].status.aToBActive, true);
+    assert.equal(json.links[0].status.bToAActive, true);
+    const table = assertOk(await cli('links', 'list'));
+    assert.match(table, new RegExp(`^${json.links[0].a}\\s+${json.links[0].b}\\s+both\\s+yes\\s+yes`, 'm'));
+  });
+
+  it('interfaces list shows the native attachment', async () => {
+    const out = assertOk(await cli('interfaces', 'list'));
+    assert.match(out, /^NAME\s+IFINDEX\s+REQUESTED\s+EFFECTIVE\s+PROGRAM\s+USED BY\s+WARNINGS$/m);
+    assert.match(out, new RegExp(`^${vm.hostIf}\\s+\\d+\\s+\\S+\\s+NATIVE\\s+\\d+\\s+rule/web`, 'm'));
+  });
+
+  it('watch --count 2 -o json prints two NDJSON lines', async () => {
+    const out = assertOk(await cli('watch', 'rules', '--count', '2', '--interval', '200ms', '-o', 'json'));
+    const lines = out.split('\n').filter((l) => l !== '');
+    assert.equal(lines.length, 2);
+    for (const l of lines) {
+      const msg = JSON.parse(l) as { counters: { rules: { rule: string }[]; links?: unknown } };
+      assert.ok(msg.counters.rules.some((r) => r.rule === 'web'));
+      assert.equal(msg.counters.links, undefined, 'only rule counters');
+    }
+  });
+
+  it('status reports SERVING', async () => {
+    const out = assertOk(await cli('status'));
+    assert.match(out, /^health:\s+SERVING$/m);
+    assert.match(out, /^serving:\s+yes$/m);
+    assert.match(out, /^program id:\s+\d+$/m);
+  });
+
+  it('works over the Unix socket, with --server or XDPCTL_SERVER', async () => {
+    assert.match(
+      assertOk(await xdpctl(['--server', d.unix, 'rules', 'list'], { XDPCTL_SERVER: undefined })),
+      /^web\s/m,
+    );
+    const out = assertOk(await xdpctl(['status'], { XDPCTL_SERVER: d.unix }));
+    assert.match(out, new RegExp(`^server:\\s+${d.unix}$`, 'm'));
+    assert.match(out, /^health:\s+SERVING$/m);
+  });
+
+  it('completion bash|zsh print a script', async () => {
+    const bash = assertOk(await cli('completion', 'bash'));
+    assert.match(bash, /complete -F _xdpctl xdpctl/);
+    assert.match(bash, /"rules add"\) words=".*--backend/);
+    assert.match(assertOk(await cli('completion', 'zsh')), /compdef _xdpctl xdpctl/);
+  });
+
+  it('rules delete: a stale --generation is exit 7, then it is gone', async () => {
+    assertFails(await cli('rules', 'delete', 'web', '--generation', '1'), 7);
+    assert.equal(assertOk(await cli('rules', 'delete', 'web')).trim(), 'rule web deleted');
+    assertFails(await cli('rules', 'get', 'web'), 4);
+  });
+});
