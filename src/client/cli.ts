@@ -495,6 +495,16 @@ export function describeClientError(
         exitCode,
       };
     case Status.UNAVAILABLE: {
+      if (/SSL routines|certificate|handshake/i.test(details)) {
+        const why = /alert certificate required/.test(details)
+          ? 'the server requires a client certificate (--tls-cert, --tls-key)'
+          : /certificate verify failed|self[- ]signed|unable to get (local )?issuer/i.test(details)
+            ? 'the server certificate is not trusted (--tls-ca)'
+            : /wrong version number|packet length too long|http request/i.test(details)
+              ? 'the server does not speak TLS on this port (drop --tls-*)'
+              : (/error:[0-9A-F]+:SSL routines:[^:]*:([^:]+)/.exec(details)?.[1] ?? 'handshake failed');
+        return { message: `TLS with xdpctld at ${server} failed: ${why}`, exitCode };
+      }
       const m = /\b(ECONNREFUSED|ENOENT|EACCES|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ENOTFOUND|EAI_AGAIN)\b/.exec(details);
       if (m || /No connection established|Failed to connect|Name resolution failed/i.test(details)) {
         const reason =

@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 
+import { ServerCredentials } from '@grpc/grpc-js';
 import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
@@ -42,6 +43,8 @@ export interface DaemonOptions {
   mode: XdpModeName;
   fixVethPeers: boolean;
   cleanupOnExit: boolean;
+  /** TLS for TCP listeners (PEM); with clientCa, clients must present a certificate it signed. */
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
   /** A YAML file that owns the desired state (config-file mode). */
   configPath?: string;
   /** Where the desired state persists (undefined: not persisted). */
@@ -180,7 +183,14 @@ export class Daemon {
           await server.listen(addr);
           daemon.addresses.push(addr);
         } else {
-          const port = await server.listen(addr);
+          const creds = opts.tls
+            ? ServerCredentials.createSsl(
+                opts.tls.clientCa ?? null,
+                [{ private_key: opts.tls.key, cert_chain: opts.tls.cert }],
+                opts.tls.clientCa !== undefined,
+              )
+            : undefined;
+          const port = await server.listen(addr, creds);
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
         }
       }

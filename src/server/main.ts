@@ -2,6 +2,8 @@
 /**
  * xdpctld: the daemon's command line. Everything else is in daemon.ts.
  */
+import { readFileSync } from 'node:fs';
+
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
 
@@ -30,6 +32,9 @@ const program = new Command('xdpctld')
     '--config <file.yaml>',
     'apply this YAML file (links and rules) and re-apply it on every change; API changes are then refused',
   )
+  .option('--tls-cert <file>', 'PEM certificate for TCP listeners (enables TLS)')
+  .option('--tls-key <file>', 'PEM private key for --tls-cert')
+  .option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)')
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
   .option('--no-state', 'do not persist the desired state (start empty every time)')
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
@@ -62,7 +67,14 @@ const o = program.opts<{
   state: boolean;
   config?: string;
   logLevel: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
 }>();
+if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
+  process.stderr.write('xdpctld: --tls-cert and --tls-key go together, and --tls-client-ca needs them\n');
+  process.exit(2);
+}
 const maxRules = Number(o.maxRules);
 if (!Number.isInteger(maxRules) || maxRules < 1 || maxRules > 1_000_000) {
   process.stderr.write(`xdpctld: --max-rules must be an integer between 1 and 1000000, not "${o.maxRules}"\n`);
@@ -83,6 +95,13 @@ try {
     capacity: capacityForRules(maxRules),
     stateDir: o.state ? o.stateDir : undefined,
     configPath: o.config,
+    tls: o.tlsCert
+      ? {
+          cert: readFileSync(o.tlsCert),
+          key: readFileSync(o.tlsKey!),
+          clientCa: o.tlsClientCa ? readFileSync(o.tlsClientCa) : undefined,
+        }
+      : undefined,
     log,
   });
   // Tests and supervisors wait for this line.
