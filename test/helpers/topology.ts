@@ -94,6 +94,27 @@ export class Topology {
     sh('ip', ['-n', netns, 'route', 'replace', 'default', 'via', gatewayIp, 'dev', 'eth0', 'onlink']);
   }
 
+  /** Ping from a host; true when replies came back. */
+  ping(from: string, ip: string, count = 2): boolean {
+    try {
+      this.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Make a host a UDP client that sends everything to our veth: a default
+   * route through a made-up gateway resolved to the veth's MAC, and TX
+   * checksum offload off (trap 4: a native redirect would otherwise carry a
+   * partial checksum; real NICs deliver complete ones).
+   */
+  routeToXdp(role: string): void {
+    this.defaultRouteVia(role, '198.18.1.254', this.host(role).hostMac);
+    this.exec(role, 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+  }
+
   /** Delete everything this topology made (idempotent). */
   destroy(): void {
     if (this.destroyed) return;

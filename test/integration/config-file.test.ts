@@ -15,15 +15,6 @@ import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
-function ping(topo: Topology, from: string, ip: string, count = 2): boolean {
-  try {
-    topo.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
   const id = runId();
   const topo = new Topology(id);
@@ -66,20 +57,20 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     d = await DaemonProcess.start(id, ['--config', file]);
     c = d.clients();
     await until([pair(h1, h2)]);
-    assert.equal(ping(topo, 'h1', h2.ip!), true, 'step 1: h1 -> h2');
+    assert.equal(topo.ping('h1', h2.ip!), true, 'step 1: h1 -> h2');
 
     saveByRename(`links:\n  ${h1.hostIf}: ${h3.hostIf}\n`);
     await until([pair(h1, h3)]);
-    assert.equal(ping(topo, 'h1', h3.ip!), true, 'step 2: h1 -> h3');
-    assert.equal(ping(topo, 'h1', h2.ip!, 1), false, 'step 2: not h2');
+    assert.equal(topo.ping('h1', h3.ip!), true, 'step 2: h1 -> h3');
+    assert.equal(topo.ping('h1', h2.ip!, 1), false, 'step 2: not h2');
 
     // Written in place, in two halves: the first half is not valid YAML.
     writeFileSync(file, `links:\n  ${h2.hostIf}: [`);
     await sleep(50);
     writeFileSync(file, `links:\n  ${h2.hostIf}: ${h3.hostIf}\n`);
     await until([pair(h2, h3)]);
-    assert.equal(ping(topo, 'h2', h3.ip!), true, 'step 3: h2 -> h3');
-    assert.equal(ping(topo, 'h1', h3.ip!, 1), false, 'step 3: not h1');
+    assert.equal(topo.ping('h2', h3.ip!), true, 'step 3: h2 -> h3');
+    assert.equal(topo.ping('h1', h3.ip!, 1), false, 'step 3: not h1');
     assert.doesNotMatch(d.output, /invalid config/, 'the half-written file caused no error');
 
     saveByRename(`links:\n  ${h1.hostIf}: nosuchif0\n`);
@@ -89,7 +80,7 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     await sleep(1200);
     assert.match(d.output, /invalid config .*; the last good configuration keeps running/);
     assert.deepEqual(await links(), [pair(h2, h3)]);
-    assert.equal(ping(topo, 'h2', h3.ip!), true, 'bad files: h2 -> h3 still');
+    assert.equal(topo.ping('h2', h3.ip!), true, 'bad files: h2 -> h3 still');
 
     // While a file owns the state, the API refuses changes.
     await assert.rejects(c.links.disconnect({ a: h2.hostIf, b: h3.hostIf }), (e: { code: number; details: string }) => {

@@ -31,8 +31,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
   before(async () => {
     vm = topo.addHost('vm', '198.18.1.1/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+    topo.routeToXdp('vm');
     d = await DaemonProcess.start(id);
     c = d.clients();
   });

@@ -42,15 +42,6 @@ function badFields(status: ReturnType<typeof decodeStatusDetails>): string[] {
   return d ? BadRequest.decode(d.value).fieldViolations.map((v) => v.field) : [];
 }
 
-function ping(topo: Topology, from: string, ip: string, count = 2): boolean {
-  try {
-    topo.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 describe('xdpctld end to end', kernelOnly(), () => {
   const id = runId();
   const topo = new Topology(id);
@@ -67,8 +58,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     h1 = topo.addHost('h1', '198.18.0.1/24');
     h2 = topo.addHost('h2', '198.18.0.2/24');
     h3 = topo.addHost('h3', '198.18.0.3/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+    topo.routeToXdp('vm');
     d = await DaemonProcess.start(id);
     c = d.clients();
   });
@@ -364,17 +354,17 @@ describe('xdpctld end to end', kernelOnly(), () => {
   });
 
   it('cross-connect demo through LinkService: connect, swap with ApplyLinks, counters', async () => {
-    assert.equal(ping(topo, 'h1', h2.ip!, 1), false);
+    assert.equal(topo.ping('h1', h2.ip!, 1), false);
     const r = await c.links.connect({
       link: { a: h1.hostIf, b: h2.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH },
     });
     assert.deepEqual([r.link!.status!.aToBActive, r.link!.status!.bToAActive], [true, true]);
-    assert.equal(ping(topo, 'h1', h2.ip!), true);
+    assert.equal(topo.ping('h1', h2.ip!), true);
     const dry = await c.links.applyLinks({ links: [{ a: h1.hostIf, b: h3.hostIf, direction: 0 }], validateOnly: true });
     assert.deepEqual(dry.changes.map((x) => x.action).sort(), [1, 3]);
     await c.links.applyLinks({ links: [{ a: h1.hostIf, b: h3.hostIf, direction: 0 }], validateOnly: false });
-    assert.equal(ping(topo, 'h1', h3.ip!), true, 'h1 reaches h3 after the swap');
-    assert.equal(ping(topo, 'h1', h2.ip!, 1), false, 'and no longer h2');
+    assert.equal(topo.ping('h1', h3.ip!), true, 'h1 reaches h3 after the swap');
+    assert.equal(topo.ping('h1', h2.ip!, 1), false, 'and no longer h2');
     const { counters } = await c.counters.getCounters({
       filter: { kinds: [CounterKind.COUNTER_KIND_LINKS], rules: [], interfaces: [] },
     });

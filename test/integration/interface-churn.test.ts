@@ -42,10 +42,7 @@ describe('interface churn', kernelOnly(), () => {
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
 
-  const prepareVm = () => {
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
-  };
+  const prepareVm = () => topo.routeToXdp('vm');
   async function delivered(): Promise<[number, number]> {
     const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
     listeners.push(l);

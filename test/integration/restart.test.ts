@@ -34,8 +34,7 @@ describe('restart and upgrade without loss', kernelOnly(), () => {
     vm = topo.addHost('vm', '198.18.1.1/24');
     c1 = topo.addHost('c1', '198.18.2.1/24');
     c2 = topo.addHost('c2', '198.18.3.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+    topo.routeToXdp('vm');
     for (const c of [c1, c2]) assert.ok((await ensureVethPeerNapi(c.hostIf, true)).ok);
   });
   after(() => {

@@ -33,11 +33,7 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       vm = topo.addHost('vm', '198.18.1.1/24');
       c1 = topo.addHost('c1', '198.18.2.1/24');
       c2 = topo.addHost('c2', '198.18.3.1/24');
-      topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-      // Trap 4: the VM's stack would leave UDP checksums partial for the NIC
-      // to finish; a native redirect skips that step. Real NICs deliver full
-      // checksums; so does a sender without TX offload.
-      topo.exec('vm', 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+      topo.routeToXdp('vm');
       dp = openDatapath(pinRoot);
       assert.equal(dp.attach(vm.hostIf, mode).mode, mode);
       if (mode === 'native') for (const c of [c1, c2]) assert.ok((await ensureVethPeerNapi(c.hostIf, true)).ok);

@@ -15,15 +15,6 @@ import { kernelOnly, runId } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
 import { Topology } from '../helpers/topology.js';
 
-function ping(topo: Topology, from: string, ip: string, count = 2): boolean {
-  try {
-    topo.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 for (const mode of ['native', 'generic'] as XdpMode[]) {
   describe(`cross-connect demo (${mode} mode)`, kernelOnly(), () => {
     const id = runId();
@@ -58,11 +49,11 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       }
       const [i1, i2, i3] = [h1, h2, h3].map((h) => ifindexOf(h.hostIf));
 
-      assert.equal(ping(topo, 'h1', h2.ip!, 1), false, 'not connected yet: no ping');
+      assert.equal(topo.ping('h1', h2.ip!, 1), false, 'not connected yet: no ping');
 
       connectDirection(dp.maps, i1, i2);
       connectDirection(dp.maps, i2, i1);
-      assert.equal(ping(topo, 'h1', h2.ip!), true, 'h1 -> h2 once connected');
+      assert.equal(topo.ping('h1', h2.ip!), true, 'h1 -> h2 once connected');
       const c12 = linkCounters(dp.maps, i1)!;
       const c21 = linkCounters(dp.maps, i2)!;
       assert.ok(c12.packets >= 2n && c21.packets >= 2n, `counters rose: ${c12.packets}/${c21.packets}`);
@@ -71,8 +62,8 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       connectDirection(dp.maps, i1, i3);
       disconnectDirection(dp.maps, i2);
       connectDirection(dp.maps, i3, i1);
-      assert.equal(ping(topo, 'h1', h3.ip!), true, 'h1 -> h3 after the swap');
-      assert.equal(ping(topo, 'h1', h2.ip!, 1), false, 'h1 -> h2 no longer');
+      assert.equal(topo.ping('h1', h3.ip!), true, 'h1 -> h3 after the swap');
+      assert.equal(topo.ping('h1', h2.ip!, 1), false, 'h1 -> h2 no longer');
       assert.ok(linkCounters(dp.maps, i3)!.packets >= 2n, 'h3 -> h1 counted');
       assert.ok(linkCounters(dp.maps, i1)!.packets > c12.packets, 'h1 direction kept counting across the swap');
     });

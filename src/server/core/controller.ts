@@ -592,13 +592,7 @@ export class Controller {
         }
       }
     } catch (e) {
-      for (const step of undo.reverse()) {
-        try {
-          step();
-        } catch (u) {
-          this.log.error({ err: u }, 'undo step failed');
-        }
-      }
+      this.undo(undo);
       throw e;
     }
     // 5. Commit: clear replaced slots, release their ids, record the state.
@@ -635,6 +629,17 @@ export class Controller {
     }
     this.releaseUnusedInterfaces();
     await this.opts.persist?.(this.storedState());
+  }
+
+  /** Run a failed transaction's undo steps, newest first; keep going past failures. */
+  private undo(steps: (() => void)[]): void {
+    for (const step of steps.reverse()) {
+      try {
+        step();
+      } catch (u) {
+        this.log.error({ err: u }, 'undo step failed');
+      }
+    }
   }
 
   private releaseUnusedInterfaces(): void {
@@ -806,13 +811,7 @@ export class Controller {
         undo.push(() => this.dp.connect(c.from, c.to));
       }
     } catch (e) {
-      for (const step of undo.reverse()) {
-        try {
-          step();
-        } catch (u) {
-          this.log.error({ err: u }, 'undo step failed');
-        }
-      }
+      this.undo(undo);
       throw e;
     }
     this.links.clear();
