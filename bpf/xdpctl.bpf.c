@@ -53,6 +53,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rule_match SEC(".maps");
 
+/* destination port (host order) -> how many match entries use it. A port
+ * no rule uses costs one inlined array lookup instead of two hash lookups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct xdpctl_port_use);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_ports SEC(".maps");
+
 /* rule slot -> rule. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -213,10 +223,11 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 	struct xdpctl_rule_stats *rs;
 	struct xdpctl_backend_stats *bs;
 	struct xdpctl_backend *be;
+	struct xdpctl_port_use *pu;
 	struct xdpctl_rule *rule;
 	struct udphdr *udp;
 	__u32 *slotp, slot, ring_idx, *be_id, old_daddr, new_daddr;
-	__u32 ihl = ip->ihl;
+	__u32 ihl = ip->ihl, port;
 
 	if (ihl < 5)
 		return verdict(XDP_PASS);
@@ -228,18 +239,25 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 		return verdict(XDP_PASS);
 	}
 
+	port = bpf_ntohs(udp->dest);
+	pu = bpf_map_lookup_elem(&rule_ports, &port);
+	if (!pu || (!pu->any && !pu->dst))
+		return verdict(XDP_PASS); /* no rule uses this port */
+
 	mk.ifindex = ctx->ingress_ifindex;
 	mk.dport = udp->dest;
 	mk.proto = IPPROTO_UDP;
 	mk.family = XDPCTL_AF_INET;
-	__builtin_memcpy(mk.daddr, &ip->daddr, 4);
-	slotp = bpf_map_lookup_elem(&rule_match, &mk);
-	if (!slotp) {
-		__builtin_memset(mk.daddr, 0, 4); /* then "any destination" */
+	slotp = NULL;
+	if (pu->dst) {
+		__builtin_memcpy(mk.daddr, &ip->daddr, 4);
 		slotp = bpf_map_lookup_elem(&rule_match, &mk);
-		if (!slotp)
-			return verdict(XDP_PASS);
+		__builtin_memset(mk.daddr, 0, 4);
 	}
+	if (!slotp && pu->any) /* then "any destination" */
+		slotp = bpf_map_lookup_elem(&rule_match, &mk);
+	if (!slotp)
+		return verdict(XDP_PASS);
 	slot = *slotp;
 	/* The array lookup bounds-checks slot against rule_cfg's size, which the
 	 * loader keeps at rule_ring's size / XDPCTL_RING_SIZE, so the ring index

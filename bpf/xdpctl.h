@@ -50,6 +50,14 @@ struct xdpctl_match_key {
 	__u8 daddr[16];
 };
 
+/* Value of rule_ports (array indexed by destination port, host order): how
+ * many rule_match entries use the port, so that the datapath looks up only
+ * what can exist (most packets: nothing at all). */
+struct xdpctl_port_use {
+	__u32 any; /* entries with daddr "any" */
+	__u32 dst; /* entries with a specific daddr */
+};
+
 /* rule_cfg.flags */
 #define XDPCTL_RULE_F_ACTIVE 0x1        /* slot holds a complete rule */
 #define XDPCTL_RULE_F_SRC_FILTER 0x2    /* only sources in src_allow match */

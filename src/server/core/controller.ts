@@ -843,6 +843,9 @@ export class Controller {
    */
   restore(stored: StoredState): Promise<void> {
     return this.serial(async () => {
+      // A program from an older layout may have left the port index empty:
+      // count first, so the datapath sees the existing entries before any attach.
+      this.dp.rebuildPortIndex();
       const referenced = new Set(this.dp.listMatches().map(([, slot]) => slot));
       // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
       this.sweepSrcPrefixes(referenced);
@@ -912,12 +915,13 @@ export class Controller {
       const linksReady = stored.links.every((l) => this.dp.lookupInterface(l.a) && this.dp.lookupInterface(l.b));
       if (linksReady) await this.applyLinkSetLocked(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
       else for (const l of stored.links) this.links.set(linkKey(l), l); // resync applies them when present
-      this.reconcile();
+      this.reconcileEntries();
       for (const slot of orphans) {
         this.dp.clearRuleSlot(slot, [], []);
         this.slots.release(slot);
       }
       this.sweepSrcPrefixes(new Set([...this.ruleKernel.values()].map((k) => k.slot)));
+      this.dp.rebuildPortIndex();
       this.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
     });
   }
@@ -986,6 +990,11 @@ export class Controller {
    * match entries and links nobody asked for.
    */
   reconcile(): void {
+    this.reconcileEntries();
+    this.dp.rebuildPortIndex();
+  }
+
+  private reconcileEntries(): void {
     const wanted = new Set<string>();
     for (const k of this.ruleKernel.values()) for (const m of k.matchKeys) wanted.add(matchId(m));
     for (const [k] of this.dp.listMatches()) if (!wanted.has(matchId(k))) this.dp.deleteMatch(k);

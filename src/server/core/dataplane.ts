@@ -63,6 +63,8 @@ export interface Dataplane {
   putMatch(key: MatchKey, slot: number): void;
   deleteMatch(key: MatchKey): void;
   listMatches(): [MatchKey, number][];
+  /** Recount the per-port index of match entries from the entries themselves. */
+  rebuildPortIndex(): void;
   /** Source-prefix entries of every slot. */
   listSrcPrefixes(): SrcKey[];
   deleteSrcPrefix(key: SrcKey): void;

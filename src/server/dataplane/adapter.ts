@@ -92,17 +92,21 @@ export class KernelDataplane implements Dataplane {
   }
 
   putMatch(key: MatchKey, slot: number): void {
-    this.dp.maps.ruleMatch.put(key, slot);
+    tables.publishMatches(this.dp.maps, [key], slot);
     wrote();
   }
 
   deleteMatch(key: MatchKey): void {
-    this.dp.maps.ruleMatch.delete(key);
+    tables.removeMatches(this.dp.maps, [key]);
     wrote();
   }
 
   listMatches(): [MatchKey, number][] {
     return [...this.dp.maps.ruleMatch.entries()];
+  }
+
+  rebuildPortIndex(): void {
+    tables.rebuildPortUse(this.dp.maps);
   }
 
   listSrcPrefixes(): SrcKey[] {

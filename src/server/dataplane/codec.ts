@@ -261,6 +261,25 @@ export function sumCounters<T extends Record<string, bigint>>(perCpu: readonly T
   return out as T;
 }
 
+/** struct xdpctl_port_use: match entries per destination port. */
+export interface PortUse {
+  any: number;
+  dst: number;
+}
+
+export const portUse: Codec<PortUse> = {
+  layout: { cName: 'xdpctl_port_use', size: 8, fields: { any: 0, dst: 4 } },
+  encode(p, out = Buffer.alloc(8)) {
+    out.writeUInt32LE(p.any, 0);
+    out.writeUInt32LE(p.dst, 4);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    return { any: v.readUInt32LE(0), dst: v.readUInt32LE(4) };
+  },
+};
+
 /** Every codec with a C struct behind it, for the layout test. */
 export const STRUCT_LAYOUTS: readonly Layout[] = [
   matchKey.layout,
@@ -270,4 +289,5 @@ export const STRUCT_LAYOUTS: readonly Layout[] = [
   linkStats.layout,
   ruleStats.layout,
   backendStats.layout,
+  portUse.layout,
 ];

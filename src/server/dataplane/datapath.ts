@@ -21,6 +21,7 @@ import {
   backendStats,
   linkStats,
   matchKey,
+  portUse,
   RING_SIZE,
   ruleEntry,
   ruleStats,
@@ -32,6 +33,7 @@ import {
   type BackendStats,
   type LinkStats,
   type MatchKey,
+  type PortUse,
   type RuleEntry,
   type RuleStats,
   type SrcKey,
@@ -91,6 +93,7 @@ export interface DatapathMaps {
   xcLinks: BpfMap<number, number>;
   xcStats: BpfMap<number, LinkStats>;
   ruleMatch: BpfMap<MatchKey, number>;
+  rulePorts: BpfMap<number, PortUse>;
   ruleCfg: BpfMap<number, RuleEntry>;
   ruleRing: BpfMap<number, number>;
   srcAllow: BpfMap<SrcKey, number>;
@@ -104,6 +107,7 @@ const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Ca
   xcLinks: ['xc_links', u32, u32, 'links'],
   xcStats: ['xc_stats', u32, linkStats, 'links'],
   ruleMatch: ['rule_match', matchKey, u32, 'matches'],
+  rulePorts: ['rule_ports', u32, portUse, null],
   ruleCfg: ['rule_cfg', u32, ruleEntry, 'ruleSlots'],
   ruleRing: ['rule_ring', u32, u32, null], // ruleSlots * RING_SIZE
   srcAllow: ['src_allow', srcKey, u8, 'srcPrefixes'],

@@ -79,14 +79,46 @@ export function clearRuleSlot(
   maps.backends.putMany(backendIds.map((id) => [id, empty] as const));
 }
 
-/** Point match keys at a slot (publish). */
-export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
-  for (const k of keys) maps.ruleMatch.put(k, slot, BPF_ANY);
+const anyDest = (k: MatchKey) => k.daddr.every((b) => b === 0);
+
+function countPort(maps: DatapathMaps, k: MatchKey, delta: number): void {
+  const cur = maps.rulePorts.get(k.dport) ?? { any: 0, dst: 0 };
+  if (anyDest(k)) cur.any = Math.max(0, cur.any + delta);
+  else cur.dst = Math.max(0, cur.dst + delta);
+  maps.rulePorts.put(k.dport, cur);
 }
 
-/** Remove match keys (unpublish). */
+/**
+ * Point match keys at a slot (publish). A new key is counted in rule_ports
+ * first, so the datapath looks it up as soon as it exists.
+ */
+export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
+  for (const k of keys) {
+    if (maps.ruleMatch.get(k) === undefined) countPort(maps, k, +1);
+    maps.ruleMatch.put(k, slot, BPF_ANY);
+  }
+}
+
+/** Remove match keys (unpublish); the port count drops after the entry is gone. */
 export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
-  for (const k of keys) maps.ruleMatch.delete(k);
+  for (const k of keys) if (maps.ruleMatch.delete(k)) countPort(maps, k, -1);
+}
+
+/**
+ * Recount rule_ports from rule_match (after a crash between the two writes a
+ * count may be high, which only costs a lookup; this makes it exact again).
+ */
+export function rebuildPortUse(maps: DatapathMaps): void {
+  const counts = new Map<number, { any: number; dst: number }>();
+  for (const k of maps.ruleMatch.keys()) {
+    const c = counts.get(k.dport) ?? { any: 0, dst: 0 };
+    if (anyDest(k)) c.any++;
+    else c.dst++;
+    counts.set(k.dport, c);
+  }
+  const entries: [number, { any: number; dst: number }][] = [];
+  for (let port = 0; port < 65536; port++) entries.push([port, counts.get(port) ?? { any: 0, dst: 0 }]);
+  maps.rulePorts.putMany(entries);
 }
 
 /** Reset a stats id's counters (before reusing it for a new rule or backend). */
