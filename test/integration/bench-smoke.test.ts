@@ -1,0 +1,43 @@
+/** The benchmark code in smoke mode (tiny counts), so that `npm run bench` cannot rot. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { describe, it } from 'node:test';
+
+import { kernelOnly, ROOT, runId } from '../helpers/env.js';
+
+describe('npm run bench -- --smoke', kernelOnly(), () => {
+  it('measures every datapath path next to its baseline', () => {
+    const out = `/tmp/xdpctl-bench-smoke-${runId()}.json`;
+    try {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', `${ROOT}bench/run.ts`, '--smoke', '--out', out], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const res = JSON.parse(readFileSync(out, 'utf8')) as {
+        datapath: { name: string; median: number; ratio?: number; baseline?: string }[];
+      };
+      const names = res.datapath.map((f) => f.name);
+      for (const want of [
+        'baseline: XDP_PASS program',
+        'baseline: minimal bpf_redirect_map',
+        'xdpctl: cross-connect hit',
+        'xdpctl: UDP rule hit, 1 backend',
+        'xdpctl: UDP rule hit, 16 backends',
+        'xdpctl: rule miss (UDP, other port)',
+        'xdpctl: non-IP (ARP)',
+        'xdpctl: UDP rule hit with 1000 rules installed',
+      ]) {
+        assert.ok(names.includes(want), `missing: ${want}`);
+      }
+      for (const f of res.datapath) {
+        assert.ok(f.median > 0, `${f.name}: ${f.median} ns`);
+        if (f.baseline) assert.ok(typeof f.ratio === 'number' && f.ratio > 0, f.name);
+      }
+    } finally {
+      rmSync(out, { force: true });
+    }
+  });
+});
