@@ -73,7 +73,7 @@ export function testRunTimed(
   ingressIfindex: number,
   repeat: number,
   live = false,
-): { nsPerRun: number; wallNs: number; action: number } {
+): { nsPerRun: number; wallNs: number; action: number; data: Buffer } {
   const ctx = Buffer.alloc(24);
   ctx.writeUInt32LE(frame.length, 4);
   ctx.writeUInt32LE(ingressIfindex, 12);
@@ -98,5 +98,10 @@ export function testRunTimed(
   const t0 = process.hrtime.bigint();
   check('test-run xdp program', lib.bpf_prog_test_run_opts(progFd, opts) as number);
   const wallNs = Number(process.hrtime.bigint() - t0);
-  return { nsPerRun: opts.duration, wallNs, action: opts.retval };
+  return {
+    nsPerRun: opts.duration,
+    wallNs,
+    action: opts.retval,
+    data: out ? out.subarray(0, opts.data_size_out) : Buffer.alloc(0),
+  };
 }

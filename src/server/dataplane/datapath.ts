@@ -16,6 +16,7 @@ import { join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { BpfMap, mapInfo } from './bpf-map.js';
+import { testRunTimed } from './bpf-object.js';
 import {
   backendEntry,
   backendStats,
@@ -50,7 +51,6 @@ import {
   nullError,
   ObjectOpenOpts,
   sizeOf,
-  TestRunOpts,
 } from './libbpf.js';
 import { ifindexOf } from './netdev.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
@@ -415,29 +415,8 @@ export class XdpDatapath {
    * frame as the previous run left it.
    */
   testRun(frame: Uint8Array, ingressIfindex: number, repeat = 1, progFd = this.progFd): TestRunResult {
-    const ctx = Buffer.alloc(24); // struct xdp_md
-    ctx.writeUInt32LE(frame.length, 4); // data_end
-    ctx.writeUInt32LE(ingressIfindex, 12);
-    const out = Buffer.alloc(frame.length + 256);
-    const opts = {
-      sz: sizeOf(TestRunOpts),
-      data_in: Buffer.from(frame),
-      data_out: out,
-      data_size_in: frame.length,
-      data_size_out: out.length,
-      ctx_in: ctx,
-      ctx_out: null,
-      ctx_size_in: ctx.length,
-      ctx_size_out: 0,
-      retval: 0,
-      repeat,
-      duration: 0,
-      flags: 0,
-      cpu: 0,
-      batch_size: 0,
-    };
-    check('test-run xdp program', lib.bpf_prog_test_run_opts(progFd, opts) as number);
-    return { action: opts.retval, data: out.subarray(0, opts.data_size_out), durationNs: opts.duration };
+    const r = testRunTimed(progFd, frame, ingressIfindex, repeat);
+    return { action: r.action, data: r.data, durationNs: r.nsPerRun };
   }
 
   /** Close our handles; pins, maps and attachments stay (idempotent). */
