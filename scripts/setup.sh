@@ -27,6 +27,9 @@ need ethtool ethtool /usr/sbin/ethtool /sbin/ethtool
 need iputils-ping ping
 need util-linux nsenter
 need gcc gcc # for the multiarch include directory
+need nftables nft /usr/sbin/nft # the Linux-stack baseline in npm run bench (DNAT)
+need iptables iptables /usr/sbin/iptables
+need libcap2-bin capsh /usr/sbin/capsh # least-privilege tests run the daemon with a reduced capability set
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
