@@ -1156,6 +1156,34 @@ File format (only "links:" is used; "links: []" removes every link):
       }),
     );
 
+  // --- health (for probes: exit 0 only when SERVING)
+  program
+    .command('health')
+    .description('gRPC health check; exits 0 when SERVING, 10 otherwise (for liveness/readiness probes)')
+    .option('--service <name>', 'health service: "" (the daemon) or xdpctl.datapath (its interfaces)', '')
+    .addHelpText(
+      'after',
+      examples('xdpctl --server unix:/run/xdpctl/xdpctl.sock health\nxdpctl health --service xdpctl.datapath'),
+    )
+    .action(
+      run(async (s, o, _args, flags) => {
+        const service = String(flags.service ?? '');
+        let status: string;
+        try {
+          const h = await s.health().check({ service }, s.call());
+          status = HEALTH[h.status] ?? String(h.status);
+        } catch (e) {
+          if (!(e instanceof ClientError) || e.code !== Status.NOT_FOUND) throw e;
+          status = 'SERVICE_UNKNOWN';
+        }
+        if (o.output !== 'table') printData(o.output, { service, status });
+        else print(status);
+        if (status !== 'SERVING') {
+          throw new CliError(`health of ${service === '' ? 'xdpctld' : `"${service}"`} is ${status}`, EXIT.UNAVAILABLE);
+        }
+      }),
+    );
+
   // --- completion
   program
     .command('completion')

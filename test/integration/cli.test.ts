@@ -281,6 +281,15 @@ describe('xdpctl command line', kernelOnly(), () => {
     assert.match(out, /^program id:\s+\d+$/m);
   });
 
+  it('health exits 0 when SERVING and non-zero otherwise (probe use)', async () => {
+    assert.equal(assertOk(await cli('health')).trim(), 'SERVING');
+    assert.equal(assertOk(await cli('health', '--service', 'xdpctl.datapath')).trim(), 'SERVING');
+    const unknown = await cli('health', '--service', 'nosuch');
+    assert.equal(assertFails(unknown, 10), 'xdpctl: health of "nosuch" is SERVICE_UNKNOWN');
+    assert.equal(unknown.stdout.trim(), 'SERVICE_UNKNOWN');
+    assertFails(await cli('--server', '127.0.0.1:1', 'health'), 10, /cannot reach xdpctld/);
+  });
+
   it('works over the Unix socket, with --server or XDPCTL_SERVER', async () => {
     assert.match(
       assertOk(await xdpctl(['--server', d.unix, 'rules', 'list'], { XDPCTL_SERVER: undefined })),
