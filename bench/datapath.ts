@@ -19,27 +19,46 @@ import { arpFrame, ipBytes, macBytes, udpFrame } from '../test/helpers/packets.j
 
 const ROOT = new URL('..', import.meta.url).pathname;
 
+/**
+ * One benchmark row, the shape every section of `npm run bench` returns
+ * (datapath, live frames, control plane): a median over runs with its spread,
+ * and optionally its baseline from the same run, the ratio to it, and a
+ * target on that ratio.
+ */
 export interface Figure {
   name: string;
-  /** Median ns per packet, and the spread over runs. */
+  /** Median over runs (in `unit`), and the spread over runs. */
   median: number;
   min: number;
   max: number;
   runs: number;
+  /** Repeats (or frames, operations) per run. */
   repeat: number;
+  /** Unit of median/min/max; 'ns/packet' when absent. */
+  unit?: string;
+  /** Which direction is good; 'lower' when absent (costs). Rates are 'higher'. */
+  better?: 'lower' | 'higher';
+  /** Name of the baseline figure (measured in the same run). */
   baseline?: string;
+  /** median / baseline's median. */
   ratio?: number;
+  /** Bound on the ratio: at most (better 'lower') or at least (better 'higher'). */
   target?: number;
   met?: boolean;
+  /** Live frames: the share of sent frames the receiver counted (median). */
+  delivered?: number;
 }
 
 export interface DatapathBenchOptions {
   repeat: number;
   runs: number;
   scaling: number[];
+  /** The xdpctl object to measure (default build/bpf/xdpctl.bpf.o): lets a variant be compared. */
+  objectPath?: string;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** The median (upper median for an even count). */
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function measure(name: string, progFd: number, frame: Buffer, ifindex: number, o: DatapathBenchOptions): Figure {
   testRunTimed(progFd, frame, ifindex, Math.min(o.repeat, 10_000)); // warm up
@@ -66,7 +85,7 @@ export function benchDatapath(o: DatapathBenchOptions): Figure[] {
   let base: BpfObject | undefined;
   try {
     dp = XdpDatapath.open({
-      objectPath: `${ROOT}build/bpf/xdpctl.bpf.o`,
+      objectPath: o.objectPath ?? `${ROOT}build/bpf/xdpctl.bpf.o`,
       pinRoot,
       capacity: { ruleSlots: 64, statsIds: 64, backends: 1024, matches: Math.max(16384, maxRules + 1024) },
     });
