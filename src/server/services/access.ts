@@ -1,0 +1,236 @@
+/**
+ * Access control and audit for every RPC, in two pieces:
+ *
+ * - {@link listenerCredentials}: a grpc-js interceptor, bound to one
+ *   listener's credentials so that it runs first on every call, works out the
+ *   caller's identity from what the transport proves (verified client
+ *   certificate, SO_PEERCRED on the Unix socket, the kernel's socket table for
+ *   loopback TCP) and hands it to the middleware in an internal metadata entry.
+ *   Whatever the client sent under that key is removed first, and the entry is
+ *   sealed with a per-process secret, so a client cannot claim an identity.
+ * - {@link accessMiddleware}: the nice-grpc middleware that checks the role the
+ *   method needs (auth/roles.ts), bounds watch streams per identity, and writes
+ *   one audit record for every mutation and every denial with the final gRPC
+ *   code. It wraps errorMiddleware so that it sees the mapped code.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+
+import {
+  experimental,
+  ServerCredentials,
+  ServerInterceptingCall,
+  type ServerInterceptingCallInterface,
+  type ServerInterceptor,
+} from '@grpc/grpc-js';
+import { ServerError, Status, type CallContext, type ServerMiddleware } from 'nice-grpc';
+
+import {
+  anonymous,
+  identityFromCertificate,
+  isLoopbackAddress,
+  localIdentity,
+  loopbackPeerUid,
+  type Identity,
+} from '../auth/identity.js';
+import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
+import { roleForMethod } from '../auth/roles.js';
+import { peerCred } from '../dataplane/peer-cred.js';
+import type { Logger } from '../log.js';
+
+/** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
+export const IDENTITY_KEY = 'x-xdpctl-identity';
+
+/** What a listener is: decides where identities come from. */
+export type ListenerKind = 'unix' | 'tcp';
+
+/** The secret that seals identity entries (one per process). */
+export const SEAL = randomBytes(24).toString('hex');
+
+function seal(id: Identity): string {
+  return `${SEAL}.${JSON.stringify(id)}`;
+}
+
+function unseal(value: unknown): Identity | undefined {
+  if (typeof value !== 'string' || value.length <= SEAL.length + 1) return undefined;
+  const a = Buffer.from(value.slice(0, SEAL.length));
+  if (a.length !== SEAL.length || !timingSafeEqual(a, Buffer.from(SEAL)) || value[SEAL.length] !== '.') {
+    return undefined;
+  }
+  return JSON.parse(value.slice(SEAL.length + 1)) as Identity;
+}
+
+/** The connected socket's fd under a call (grpc-js keeps the http2 stream on the innermost call). */
+function socketFd(call: ServerInterceptingCallInterface): number | undefined {
+  let c = call as unknown as { nextCall?: unknown; stream?: { session?: { socket?: { _handle?: { fd?: number } } } } };
+  while (c.nextCall) c = c.nextCall as typeof c;
+  const fd = c.stream?.session?.socket?._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/** The identity the transport proves for this call. */
+export function identify(kind: ListenerKind, call: ServerInterceptingCallInterface): Identity {
+  if (kind === 'unix') {
+    const fd = socketFd(call);
+    if (fd === undefined) return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
+    try {
+      const c = peerCred(fd);
+      return localIdentity('unix-socket', c.uid, c.gid, c.pid);
+    } catch (e) {
+      return anonymous('unix-socket', `peer credentials unavailable: ${(e as Error).message}`);
+    }
+  }
+  const auth = call.getAuthContext();
+  // grpc-js reports a certificate only on an authorized (CA-verified) TLS connection.
+  if (auth.sslPeerCertificate) return identityFromCertificate(auth.sslPeerCertificate);
+  const via = auth.transportSecurityType === 'ssl' ? 'tls' : 'plaintext';
+  const info = call.getConnectionInfo();
+  if (info.remoteAddress && isLoopbackAddress(info.remoteAddress) && info.remotePort && info.localAddress) {
+    const uid = loopbackPeerUid(info.remoteAddress, info.remotePort, info.localAddress, info.localPort ?? 0);
+    if (uid !== undefined) return localIdentity('loopback-tcp', uid);
+    return anonymous(via, 'loopback peer not found in the kernel socket table');
+  }
+  return anonymous(via, via === 'tls' ? 'no client certificate' : 'plaintext connection');
+}
+
+/** grpc-js interceptor: replace any client-sent identity entry with the proven one. */
+export function identityInterceptor(kind: ListenerKind): ServerInterceptor {
+  return (_method, call) =>
+    new ServerInterceptingCall(call, {
+      start(next) {
+        next({
+          onReceiveMetadata(md, nextMd) {
+            md.remove(IDENTITY_KEY);
+            md.set(IDENTITY_KEY, seal(identify(kind, call)));
+            nextMd(md);
+          },
+        });
+      },
+    });
+}
+
+/** A listener's credentials with the identity interceptor bound to them (it then runs before any other). */
+export function listenerCredentials(kind: ListenerKind, base: ServerCredentials): ServerCredentials {
+  return experimental.createServerCredentialsWithInterceptors(base, [identityInterceptor(kind)]);
+}
+
+const MAX_NAMES = 32;
+const MAX_NAME_LENGTH = 128;
+
+/** Names of the resources a mutation request touches, bounded for the log. */
+export function resourcesOf(path: string, req: unknown): { rules?: string[]; links?: string[] } | undefined {
+  if (typeof req !== 'object' || req === null) return undefined;
+  const r = req as {
+    name?: string;
+    rule?: { name?: string };
+    rules?: { name?: string }[];
+    link?: { a?: string; b?: string };
+    links?: { a?: string; b?: string }[];
+    a?: string;
+    b?: string;
+  };
+  const cut = (xs: (string | undefined)[]) => {
+    const out = xs.slice(0, MAX_NAMES).map((x) => String(x ?? '').slice(0, MAX_NAME_LENGTH));
+    if (xs.length > MAX_NAMES) out.push(`... ${xs.length - MAX_NAMES} more`);
+    return out;
+  };
+  const link = (l?: { a?: string; b?: string }) => `${l?.a ?? ''}-${l?.b ?? ''}`;
+  const method = path.slice(path.lastIndexOf('/') + 1);
+  switch (method) {
+    case 'CreateRule':
+    case 'UpdateRule':
+      return { rules: cut([r.rule?.name]) };
+    case 'DeleteRule':
+      return { rules: cut([r.name]) };
+    case 'ApplyRules':
+      return { rules: cut((r.rules ?? []).map((x) => x.name)) };
+    case 'Connect':
+      return { links: cut([link(r.link)]) };
+    case 'Disconnect':
+      return { links: cut([link(r)]) };
+    case 'ApplyLinks':
+      return { links: cut((r.links ?? []).map(link)) };
+    default:
+      return undefined;
+  }
+}
+
+export interface AccessOptions {
+  policy: Policy;
+  /** Where audit records go (one per mutation and per denial). */
+  audit: Logger;
+  /** Watch streams (server-streaming calls) one identity may hold open at once. */
+  maxWatchStreams: number;
+}
+
+function codeOf(err: unknown): Status {
+  if (err instanceof ServerError) return err.code;
+  if ((err as { name?: string } | null)?.name === 'AbortError') return Status.CANCELLED;
+  return Status.UNKNOWN;
+}
+
+const who = (id: Identity) => `${id.principal} (${id.via}${id.note ? `: ${id.note}` : ''})`;
+
+/** nice-grpc middleware: role check, per-identity watch bound, audit. */
+export function accessMiddleware(o: AccessOptions): ServerMiddleware {
+  const watching = new Map<string, number>();
+  return async function* access(call, context: CallContext) {
+    const start = performance.now();
+    const method = call.method.path;
+    const raw = context.metadata.get(IDENTITY_KEY);
+    context.metadata.delete(IDENTITY_KEY);
+    const identity = unseal(raw) ?? anonymous('plaintext', 'no transport identity on this listener');
+    const needed: Role = roleForMethod(method);
+    const mutation = needed === 'admin';
+    const resources = mutation && !call.requestStream ? resourcesOf(method, call.request) : undefined;
+    const record = (code: Status, extra: object = {}) => {
+      const fields = {
+        identity,
+        peer: context.peer,
+        method,
+        resources,
+        code: Status[code],
+        durationMs: Math.round((performance.now() - start) * 1000) / 1000,
+        ...extra,
+      };
+      if (code === Status.OK) o.audit.info(fields, 'audit');
+      else o.audit.warn(fields, 'audit');
+    };
+
+    const role = o.policy.roleOf(identity);
+    if (!roleSatisfies(role, needed)) {
+      record(Status.PERMISSION_DENIED, { denied: true, roleNeeded: needed, role: role ?? 'none' });
+      throw new ServerError(
+        Status.PERMISSION_DENIED,
+        `${method} needs the ${needed} role; ${who(identity)} has ${role ? `the ${role} role` : 'no role'}`,
+      );
+    }
+
+    let release: (() => void) | undefined;
+    if (call.responseStream && !call.requestStream) {
+      const open = watching.get(identity.principal) ?? 0;
+      if (open >= o.maxWatchStreams) {
+        record(Status.RESOURCE_EXHAUSTED, { denied: true, watchStreams: open });
+        throw new ServerError(
+          Status.RESOURCE_EXHAUSTED,
+          `${identity.principal} already has ${open} watch streams open (the limit per client is ${o.maxWatchStreams})`,
+        );
+      }
+      watching.set(identity.principal, open + 1);
+      release = () => {
+        const n = (watching.get(identity.principal) ?? 1) - 1;
+        if (n > 0) watching.set(identity.principal, n);
+        else watching.delete(identity.principal);
+      };
+    }
+    try {
+      const result = yield* call.next(call.request, context);
+      if (mutation) record(Status.OK);
+      return result;
+    } catch (err) {
+      if (mutation) record(codeOf(err));
+      throw err;
+    } finally {
+      release?.();
+    }
+  };
+}
