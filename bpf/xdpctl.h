@@ -28,6 +28,13 @@
 #define XDPCTL_MAX_BACKENDS 65536
 #define XDPCTL_MAX_STATS_IDS 8192
 
+/* Entries of if_flags: ifindexes below this have per-interface flags; a
+ * packet arriving on a larger ifindex takes every lookup (correct, slower). */
+#define XDPCTL_MAX_IFINDEX 65536
+
+/* if_flags values: what an ingress interface uses. */
+#define XDPCTL_IF_F_XCONNECT 0x1 /* has an xc_links entry */
+
 /* A ring slot with no backend. */
 #define XDPCTL_NO_BACKEND 0xffffffffu
 

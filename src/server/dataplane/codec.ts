@@ -19,6 +19,10 @@ export const AF_INET6 = 10;
 export const IPPROTO_UDP = 17;
 export const IPPROTO_TCP = 6;
 
+/** if_flags: entries (ifindexes below this have flags) and bits. */
+export const MAX_IFINDEX = 65536;
+export const IF_F_XCONNECT = 0x1;
+
 export const RULE_F_ACTIVE = 0x1;
 export const RULE_F_SRC_FILTER = 0x2;
 export const RULE_F_UDP_CSUM_ZERO = 0x4;

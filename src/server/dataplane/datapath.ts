@@ -90,6 +90,7 @@ export interface DatapathOptions {
 
 /** The typed maps of the datapath. */
 export interface DatapathMaps {
+  ifFlags: BpfMap<number, number>;
   xcLinks: BpfMap<number, number>;
   xcStats: BpfMap<number, LinkStats>;
   ruleMatch: BpfMap<MatchKey, number>;
@@ -104,6 +105,7 @@ export interface DatapathMaps {
 }
 
 const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Capacity | null] } = {
+  ifFlags: ['if_flags', u32, u32, null],
   xcLinks: ['xc_links', u32, u32, 'links'],
   xcStats: ['xc_stats', u32, linkStats, 'links'],
   ruleMatch: ['rule_match', matchKey, u32, 'matches'],

@@ -9,6 +9,8 @@
  */
 import { BPF_ANY, BPF_NOEXIST } from './bpf-map.js';
 import {
+  IF_F_XCONNECT,
+  MAX_IFINDEX,
   NO_BACKEND,
   RING_SIZE,
   RULE_F_ACTIVE,
@@ -106,9 +108,12 @@ export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
 
 /**
  * Recount rule_ports from rule_match (after a crash between the two writes a
- * count may be high, which only costs a lookup; this makes it exact again).
+ * count may be high, which only costs a lookup; this makes it exact again),
+ * and rewrite if_flags from xc_links (pins from before if_flags existed have
+ * links but no flags; a flag left by a crash only costs a lookup).
  */
 export function rebuildPortUse(maps: DatapathMaps): void {
+  rebuildIfFlags(maps);
   const counts = new Map<number, { any: number; dst: number }>();
   for (const k of maps.ruleMatch.keys()) {
     const c = counts.get(k.dport) ?? { any: 0, dst: 0 };
@@ -137,10 +142,27 @@ export function resetBackendStats(maps: DatapathMaps, statsId: number): void {
   maps.backendStats.put(statsId, { packets: 0n, bytes: 0n });
 }
 
+/** Set or clear if_flags bits of an interface (ifindexes past the array have none: all lookups). */
+function setIfFlag(maps: DatapathMaps, ifindex: number, bit: number, on: boolean): void {
+  if (ifindex >= maps.ifFlags.info.maxEntries) return;
+  const cur = maps.ifFlags.get(ifindex) ?? 0;
+  maps.ifFlags.put(ifindex, on ? cur | bit : cur & ~bit);
+}
+
+/** Rewrite if_flags from xc_links (every entry: it is an array). */
+export function rebuildIfFlags(maps: DatapathMaps): void {
+  const linked = new Set(maps.xcLinks.keys());
+  const n = Math.min(maps.ifFlags.info.maxEntries, MAX_IFINDEX);
+  const entries: [number, number][] = [];
+  for (let i = 0; i < n; i++) entries.push([i, linked.has(i) ? IF_F_XCONNECT : 0]);
+  maps.ifFlags.putMany(entries);
+}
+
 /**
  * Connect one direction: frames arriving on `from` leave on `to`. The stats
  * entry is created first (zeroed only if absent, so counters continue across
- * a peer swap), then the devmap entry that makes it live.
+ * a peer swap), then the interface's flag that makes the datapath look, then
+ * the devmap entry that makes it live.
  */
 export function connectDirection(maps: DatapathMaps, from: number, to: number): void {
   try {
@@ -148,12 +170,15 @@ export function connectDirection(maps: DatapathMaps, from: number, to: number): 
   } catch (e) {
     if ((e as { code?: string }).code !== 'EEXIST') throw e;
   }
+  setIfFlag(maps, from, IF_F_XCONNECT, true);
   maps.xcLinks.put(from, to);
 }
 
-/** Disconnect one direction (the counters stay until resetLinkStats). */
+/** Disconnect one direction (the counters stay until resetLinkStats); the flag goes after the entry. */
 export function disconnectDirection(maps: DatapathMaps, from: number): boolean {
-  return maps.xcLinks.delete(from);
+  const had = maps.xcLinks.delete(from);
+  setIfFlag(maps, from, IF_F_XCONNECT, false);
+  return had;
 }
 
 /** Summed counters of one rule stats id. */

@@ -1,0 +1,70 @@
+/**
+ * if_flags: the per-interface array that lets packets of interfaces without a
+ * cross-connect skip the devmap lookup. The flag must follow xc_links (set
+ * before the link, cleared after), and rebuilding the port index must restore
+ * it from xc_links, as for pins made before if_flags existed.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { IF_F_XCONNECT } from '../../src/server/dataplane/codec.js';
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ifindexOf, macOf } from '../../src/server/dataplane/netdev.js';
+import { connectDirection, disconnectDirection, rebuildPortUse } from '../../src/server/dataplane/tables.js';
+import { kernelOnly, runId, sh, shQuiet } from '../helpers/env.js';
+import { openDatapath } from '../helpers/fixture.js';
+import { udpFrame } from '../helpers/packets.js';
+
+const XDP_PASS = 2;
+const XDP_REDIRECT = 4;
+
+describe('if_flags follows the cross-connects', kernelOnly(), () => {
+  const id = runId();
+  const a = `xf${id}a`;
+  const b = `xf${id}b`;
+  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  let dp: XdpDatapath;
+  let ia: number;
+  let ib: number;
+
+  before(() => {
+    sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+    ia = ifindexOf(a);
+    ib = ifindexOf(b);
+    dp = openDatapath(pinRoot);
+  });
+  after(() => {
+    dp?.close();
+    XdpDatapath.unpinAll(pinRoot);
+    shQuiet('ip', ['link', 'del', a]);
+  });
+
+  const verdict = () =>
+    dp.testRun(
+      udpFrame({ dmac: macOf(a), smac: '02:00:00:00:00:01', sip: '198.18.1.1', dip: '198.18.9.9', sport: 1, dport: 9 }),
+      ia,
+    ).action;
+
+  it('connect sets the flag and the frame is redirected; disconnect clears it', () => {
+    assert.equal(dp.maps.ifFlags.get(ia), 0);
+    assert.equal(verdict(), XDP_PASS);
+    connectDirection(dp.maps, ia, ib);
+    assert.equal(dp.maps.ifFlags.get(ia), IF_F_XCONNECT);
+    assert.equal(verdict(), XDP_REDIRECT);
+    disconnectDirection(dp.maps, ia);
+    assert.equal(dp.maps.ifFlags.get(ia), 0);
+    assert.equal(verdict(), XDP_PASS);
+  });
+
+  it('a link without its flag (older pins) is passed until the index is rebuilt', () => {
+    connectDirection(dp.maps, ia, ib);
+    dp.maps.ifFlags.put(ia, 0); // as left by a version without if_flags
+    dp.maps.ifFlags.put(ib, IF_F_XCONNECT); // a stale flag: harmless
+    assert.equal(verdict(), XDP_PASS);
+    rebuildPortUse(dp.maps);
+    assert.equal(dp.maps.ifFlags.get(ia), IF_F_XCONNECT);
+    assert.equal(dp.maps.ifFlags.get(ib), 0);
+    assert.equal(verdict(), XDP_REDIRECT);
+    disconnectDirection(dp.maps, ia);
+  });
+});
