@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import { ServerCredentials } from '@grpc/grpc-js';
+import { metrics } from '@opentelemetry/api';
 import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
@@ -25,6 +26,8 @@ import { interfaceService } from './services/interface-service.js';
 import { linkService } from './services/link-service.js';
 import { ruleService } from './services/rule-service.js';
 import { errorMiddleware } from './services/status.js';
+import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
+import { telemetryMiddleware } from './telemetry/rpc.js';
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../gen/xdpctl/v1/interface.js';
@@ -51,6 +54,12 @@ export interface DaemonOptions {
   stateDir?: string;
   capacity?: Partial<Capacity>;
   log?: Logger;
+  /**
+   * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
+   * startTelemetry): the daemon shuts it down, flushing, when it stops.
+   * Without it, spans and metrics go to whatever the global API has.
+   */
+  telemetry?: { shutdown(): Promise<void> };
 }
 
 export const DEFAULTS = {
@@ -133,6 +142,8 @@ export class Daemon {
       persist: store && ((s) => store.save(s)),
     });
     const hub = new CounterHub(() => controller.readCounters());
+    // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
+    const unregisterMetrics = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub);
     const ready = { value: false };
     const startedAt = Date.now();
 
@@ -159,7 +170,8 @@ export class Daemon {
     };
     // nice-grpc binds one address per server: one server per listener, same services.
     const makeServer = () => {
-      const server = createServer().use(errorMiddleware(log)).use(gate);
+      // Telemetry first: the RPC span covers everything else the call does.
+      const server = createServer().use(telemetryMiddleware()).use(errorMiddleware(log)).use(gate);
       server.add(HealthDefinition, services.health);
       server.add(reflection.v1.definition, reflection.v1.implementation);
       server.add(reflection.v1alpha.definition, reflection.v1alpha.implementation);
@@ -171,6 +183,7 @@ export class Daemon {
       return server;
     };
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
+    daemon.unregisterMetrics = unregisterMetrics;
 
     try {
       for (const addr of opts.listen) {
@@ -202,6 +215,7 @@ export class Daemon {
       }
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
+      unregisterMetrics();
       datapath.close();
       throw e;
     }
@@ -214,6 +228,7 @@ export class Daemon {
   }
 
   private resyncTimer?: NodeJS.Timeout;
+  private unregisterMetrics?: () => void;
 
   /** Every second: follow interfaces that disappear and come back. */
   private startResync(): void {
@@ -259,7 +274,10 @@ export class Daemon {
       this.datapath.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
       for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
+      // Last: flush the spans of the calls just drained.
+      await this.opts.telemetry?.shutdown().catch((err) => this.log.warn({ err }, 'telemetry shutdown failed'));
     })();
     return this.stopping;
   }

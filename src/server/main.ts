@@ -8,6 +8,9 @@ import { Command, Option } from 'commander';
 import { pino } from 'pino';
 
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
+import { traceLogFields } from './telemetry/log-context.js';
+import { parsePrometheusAddress } from './telemetry/prometheus.js';
+import { startTelemetry } from './telemetry/sdk.js';
 
 const program = new Command('xdpctld')
   .description(
@@ -40,6 +43,11 @@ const program = new Command('xdpctld')
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
   .option('--cleanup-on-exit', 'on SIGTERM/SIGINT detach from every interface and remove all pins', false)
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
+  .option(
+    '--prometheus [host:port]',
+    'serve Prometheus metrics at http://host:port/metrics; without a value 127.0.0.1:9464 ' +
+      '(loopback: other hosts only if you give their address, e.g. 0.0.0.0:9464; port 0 picks one)',
+  )
   .addHelpText(
     'after',
     `
@@ -48,6 +56,16 @@ Examples:
   xdpctld --listen unix:/tmp/x.sock --xdp-mode generic
   xdpctld --cleanup-on-exit                 # leave no trace when stopped
   xdpctld --config /etc/xdpctl/links.yaml   # the xdp-xconnect workflow: links: {eth0: tap0}
+  xdpctld --prometheus                      # metrics at http://127.0.0.1:9464/metrics
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 xdpctld   # traces and metrics over OTLP
+
+Telemetry: nothing is exported unless asked. Traces go over OTLP when
+OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT)
+is set, metrics when OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or
+..._METRICS_ENDPOINT) is set; OTEL_EXPORTER_OTLP_PROTOCOL picks grpc,
+http/protobuf (default) or http/json, and the other standard OTEL_* variables
+apply. A client's W3C traceparent is honoured; logs are JSON lines on stdout
+with the trace_id and span_id of the RPC they belong to.
 
 The datapath keeps forwarding while the daemon is stopped or restarting: the
 program stays attached and the maps stay pinned under --pin-root.`,
@@ -70,6 +88,7 @@ const o = program.opts<{
   tlsCert?: string;
   tlsKey?: string;
   tlsClientCa?: string;
+  prometheus?: string | true;
 }>();
 if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
   process.stderr.write('xdpctld: --tls-cert and --tls-key go together, and --tls-client-ca needs them\n');
@@ -81,9 +100,20 @@ if (!Number.isInteger(maxRules) || maxRules < 1 || maxRules > 1_000_000) {
   process.exit(2);
 }
 
-const log = pino({ level: o.logLevel, base: { service: 'xdpctld' } });
+let prometheus;
+try {
+  prometheus = o.prometheus === undefined ? undefined : parsePrometheusAddress(o.prometheus);
+} catch (err) {
+  process.stderr.write(`xdpctld: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+
+// Every line carries the trace and span of the RPC it belongs to, if any.
+const log = pino({ level: o.logLevel, base: { service: 'xdpctld' }, mixin: traceLogFields });
 
 try {
+  // Before the server exists, so that every RPC is traced and measured.
+  const telemetry = await startTelemetry({ version: VERSION, prometheus, log });
   const daemon = await Daemon.start({
     listen: o.listen,
     pinRoot: o.pinRoot,
@@ -103,9 +133,12 @@ try {
         }
       : undefined,
     log,
+    telemetry,
   });
   // Tests and supervisors wait for this line.
-  process.stdout.write(`${JSON.stringify({ msg: 'ready', addresses: daemon.addresses })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ msg: 'ready', addresses: daemon.addresses, prometheus: telemetry.prometheus })}\n`,
+  );
   const stop = (signal: string) => {
     log.info({ signal }, 'shutting down');
     daemon.stop().then(

@@ -43,6 +43,15 @@ export class CounterHub {
     return this.readNow();
   }
 
+  /**
+   * The latest snapshot if it is at most `maxAgeMs` old, else a fresh read
+   * (for metric exports: while watches run, exports reuse their reads).
+   */
+  recent(maxAgeMs: number): CounterSnapshot {
+    if (this.latest && Date.now() - this.latest.time <= maxAgeMs) return this.latest;
+    return this.readNow();
+  }
+
   private readNow(): CounterSnapshot {
     this.reads++;
     this.latest = this.read();

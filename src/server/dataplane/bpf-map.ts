@@ -4,6 +4,7 @@
  * read with the buffer size the kernel expects (possible CPUs x value size
  * rounded up to 8; a smaller buffer corrupts memory).
  */
+import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import type { Codec } from './codec.js';
 import { KernelError } from './errors.js';
 import { check, closeFd, lib, MapBatchOpts, possibleCpus, sizeOf } from './libbpf.js';
@@ -119,6 +120,19 @@ export class BpfMap<K, V> {
 
   /** Insert or replace (flags BPF_ANY/NOEXIST/EXIST). Per-CPU maps get the value on every CPU. */
   put(k: K, v: V, flags = BPF_ANY): void {
+    dataplaneSpan(
+      'bpf.map.update',
+      () => this.spanAttrs('update', 1),
+      () => this.putOne(k, v, flags),
+    );
+  }
+
+  /** Attributes of a dataplane span on this map (see telemetry/span.ts). */
+  private spanAttrs(op: string, entries: number) {
+    return { [DP_ATTR.mapName]: this.name, [DP_ATTR.mapOp]: op, [DP_ATTR.entries]: entries };
+  }
+
+  private putOne(k: K, v: V, flags: number): void {
     this.key.encode(k, this.keyBuf);
     this.encodeValue(v, this.valBuf, 0);
     check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
@@ -134,6 +148,14 @@ export class BpfMap<K, V> {
 
   /** Delete a key; false when it was absent. Arrays cannot delete (EINVAL): use put. */
   delete(k: K): boolean {
+    return dataplaneSpan(
+      'bpf.map.delete',
+      () => this.spanAttrs('delete', 1),
+      () => this.deleteOne(k),
+    );
+  }
+
+  private deleteOne(k: K): boolean {
     this.key.encode(k, this.keyBuf);
     const r = lib.bpf_map_delete_elem(this.fd, this.keyBuf) as number;
     if (r === -ENOENT) return false;
@@ -200,8 +222,16 @@ export class BpfMap<K, V> {
    */
   putMany(entries: readonly (readonly [K, V])[], flags = BPF_ANY): void {
     if (entries.length === 0) return;
+    dataplaneSpan(
+      'bpf.map.batch_update',
+      () => this.spanAttrs('batch_update', entries.length),
+      () => this.putManyRaw(entries, flags),
+    );
+  }
+
+  private putManyRaw(entries: readonly (readonly [K, V])[], flags: number): void {
     if (!BATCH_UPDATE.has(this.info.type)) {
-      for (const [k, v] of entries) this.put(k, v, flags);
+      for (const [k, v] of entries) this.putOne(k, v, flags);
       return;
     }
     const ks = this.info.keySize;
@@ -225,8 +255,16 @@ export class BpfMap<K, V> {
   /** Delete many keys (batch where supported); absent keys are ignored. */
   deleteMany(keys: readonly K[]): void {
     if (keys.length === 0) return;
+    dataplaneSpan(
+      'bpf.map.batch_delete',
+      () => this.spanAttrs('batch_delete', keys.length),
+      () => this.deleteManyRaw(keys),
+    );
+  }
+
+  private deleteManyRaw(keys: readonly K[]): void {
     if (!BATCH_DELETE.has(this.info.type)) {
-      for (const k of keys) this.delete(k);
+      for (const k of keys) this.deleteOne(k);
       return;
     }
     const ks = this.info.keySize;
@@ -236,7 +274,7 @@ export class BpfMap<K, V> {
     const r = lib.bpf_map_delete_batch(this.fd, buf, count, batchOpts) as number;
     // The batch stops at the first absent key (ENOENT): finish one by one.
     if (r === -ENOENT) {
-      for (const k of keys.slice(count[0])) this.delete(k);
+      for (const k of keys.slice(count[0])) this.deleteOne(k);
       return;
     }
     check(`delete from map ${this.name} in batch`, r);

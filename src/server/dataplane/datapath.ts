@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:
 import { join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
+import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import { BpfMap, mapInfo } from './bpf-map.js';
 import { testRunTimed } from './bpf-object.js';
 import {
@@ -378,6 +379,18 @@ export class XdpDatapath {
    * replaced atomically; a foreign program is never clobbered (EBUSY).
    */
   attach(ifname: string, mode: XdpMode): AttachResult {
+    return dataplaneSpan(
+      'xdp.attach',
+      () => ({ [DP_ATTR.iface]: ifname, [DP_ATTR.modeRequested]: mode }),
+      (span) => {
+        const r = this.attachNow(ifname, mode);
+        span?.setAttribute(DP_ATTR.mode, r.mode);
+        return r;
+      },
+    );
+  }
+
+  private attachNow(ifname: string, mode: XdpMode): AttachResult {
     const ifindex = ifindexOf(ifname);
     const before = queryXdp(ifindex, ifname);
     if (before.progId === this.progId && (mode === 'auto' || mode === before.mode)) {
@@ -394,6 +407,14 @@ export class XdpDatapath {
 
   /** Detach our program from an interface; a foreign program is left alone. */
   detach(ifname: string): void {
+    dataplaneSpan(
+      'xdp.detach',
+      () => ({ [DP_ATTR.iface]: ifname }),
+      () => this.detachNow(ifname),
+    );
+  }
+
+  private detachNow(ifname: string): void {
     const ifindex = ifindexOf(ifname);
     const state = queryXdp(ifindex, ifname);
     if (state.mode === 'none') return;

@@ -1,0 +1,95 @@
+/**
+ * The opt-in Prometheus scrape endpoint: `GET /metrics` on an HTTP server we
+ * bind ourselves (loopback unless an address is given explicitly), served by
+ * @opentelemetry/exporter-prometheus's reader. We bind instead of letting the
+ * exporter do it so that port 0 works, the bound address is known, and a bind
+ * failure stops the start with a clear message instead of a background log.
+ */
+import { createServer, type Server } from 'node:http';
+import { isIP, type AddressInfo } from 'node:net';
+
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+
+/** Where `--prometheus` without a value listens. */
+export const PROMETHEUS_DEFAULT = { host: '127.0.0.1', port: 9464 } as const;
+
+/** A host and port to bind. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/**
+ * Parse the value of `--prometheus`: `true` (no value) is 127.0.0.1:9464;
+ * otherwise `host:port`, `[v6]:port` or a bare `port` (on 127.0.0.1). The
+ * host must be an IP address or `localhost`; port 0 picks a free port.
+ */
+export function parsePrometheusAddress(spec: string | true): HostPort {
+  if (spec === true) return { ...PROMETHEUS_DEFAULT };
+  const fail = (why: string): never => {
+    throw new Error(`--prometheus ${JSON.stringify(spec)}: ${why}`);
+  };
+  let host: string = PROMETHEUS_DEFAULT.host;
+  let portText = spec;
+  const v6 = /^\[([^\]]+)\]:(.*)$/.exec(spec);
+  if (v6) [, host, portText] = v6;
+  else if (spec.includes(':')) {
+    const i = spec.lastIndexOf(':');
+    host = spec.slice(0, i);
+    portText = spec.slice(i + 1);
+    if (host.includes(':')) fail('write IPv6 addresses in brackets, e.g. [::1]:9464');
+  }
+  if (host !== 'localhost' && isIP(host) === 0) fail(`"${host}" is not an IP address or localhost`);
+  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) fail(`port must be 0-65535, not "${portText}"`);
+  return { host, port: Number(portText) };
+}
+
+/** Whether an address only accepts connections from this host. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host) || /^::ffff:127\./i.test(host);
+}
+
+/** A bound scrape endpoint and the metric reader behind it. */
+export class PrometheusEndpoint {
+  private constructor(
+    /** Give this to the MeterProvider (NodeSDK metricReaders). */
+    readonly reader: PrometheusExporter,
+    private readonly server: Server,
+    /** The bound address, "host:port" ("[v6]:port"), with the real port for 0. */
+    readonly address: string,
+  ) {}
+
+  static async listen(at: HostPort): Promise<PrometheusEndpoint> {
+    const reader = new PrometheusExporter({ preventServerStart: true });
+    const server = createServer((req, res) => {
+      const path = (req.url ?? '').split('?')[0];
+      if (path !== '/metrics') {
+        res.statusCode = 404;
+        res.end('not found: metrics are at /metrics\n');
+      } else if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.statusCode = 405;
+        res.setHeader('allow', 'GET, HEAD');
+        res.end();
+      } else {
+        reader.getMetricsRequestHandler(req, res);
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(new Error(`listen for Prometheus on ${at.host}:${at.port}: ${(err as Error).message}`)),
+      );
+      server.listen({ host: at.host, port: at.port }, () => resolve());
+    });
+    const a = server.address() as AddressInfo;
+    const address = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+    return new PrometheusEndpoint(reader, server, address);
+  }
+
+  /** Stop serving (idempotent); the reader is shut down with the MeterProvider. */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.closeAllConnections();
+      this.server.close(() => resolve());
+    });
+  }
+}

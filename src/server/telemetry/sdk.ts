@@ -1,0 +1,186 @@
+/**
+ * Starting and stopping the OpenTelemetry SDK for xdpctld. Call startTelemetry
+ * before the gRPC server is made (main.ts does, before Daemon.start) and give
+ * the result to the daemon, which shuts it down (flushing spans and metrics)
+ * when it stops.
+ *
+ * What is exported is decided by the standard OTEL_* environment variables,
+ * through the SDK's own handling, plus `--prometheus`. Unlike the SDK's
+ * defaults, NOTHING is exported and no connection is ever made when none of
+ * them is set: the SDK would otherwise default to OTLP on localhost:4318.
+ *   traces:  on when OTEL_TRACES_EXPORTER is set (and not "none"), or when
+ *            OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is.
+ *   metrics: on when OTEL_METRICS_EXPORTER is set (and has no "none"), or when
+ *            OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+ *            is; and the Prometheus endpoint when asked for.
+ *   logs:    stay JSON lines on stdout (pino, with trace ids); no OTel log export.
+ * W3C trace context is always extracted from RPC metadata (OTEL_PROPAGATORS
+ * may change that), so logs carry a client's trace id even without export.
+ */
+import { diag, DiagLogLevel, type DiagLogger } from '@opentelemetry/api';
+import { getNumberFromEnv } from '@opentelemetry/core';
+import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  ConsoleMetricExporter,
+  PeriodicExportingMetricReader,
+  type IMetricReader,
+  type PushMetricExporter,
+} from '@opentelemetry/sdk-metrics';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import type { SpanProcessor } from '@opentelemetry/sdk-trace';
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
+
+import type { Logger } from '../log.js';
+import { isLoopback, PrometheusEndpoint, type HostPort } from './prometheus.js';
+
+/** The resource's service.name (OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES override it). */
+export const SERVICE_NAME = 'xdpctld';
+
+export interface TelemetryOptions {
+  /** service.version of the resource. */
+  version: string;
+  /** Serve Prometheus metrics here (`--prometheus`). */
+  prometheus?: HostPort;
+  /** Where the SDK's own warnings go (export failures); default: nowhere unless OTEL_LOG_LEVEL is set. */
+  log?: Logger;
+  /** Replace the environment's span export (tests: an in-memory exporter). */
+  spanProcessors?: SpanProcessor[];
+  /** Extra metric readers (tests). */
+  metricReaders?: IMetricReader[];
+}
+
+/** A started SDK. */
+export interface Telemetry {
+  /** Whether spans are exported (a TracerProvider is registered). */
+  readonly traces: boolean;
+  /** Whether metrics are collected by any reader. */
+  readonly metrics: boolean;
+  /** The Prometheus endpoint's bound address ("127.0.0.1:9464"), when on. */
+  readonly prometheus?: string;
+  /** Flush and stop everything (idempotent). */
+  shutdown(): Promise<void>;
+}
+
+const list = (v: string | undefined) =>
+  (v ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+/** Which signals the environment asks to export (see the module comment). */
+export function exportFromEnv(env: NodeJS.ProcessEnv): { traces: boolean; metrics: boolean } {
+  const traces = list(env.OTEL_TRACES_EXPORTER);
+  const metrics = list(env.OTEL_METRICS_EXPORTER);
+  return {
+    traces: traces.length
+      ? traces[0] !== 'none' // the SDK's rule: a leading "none" disables
+      : !!(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+    metrics: metrics.length
+      ? !metrics.includes('none')
+      : !!(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT),
+  };
+}
+
+/**
+ * The environment's metric readers when --prometheus is also given (the SDK
+ * reads the environment only when no reader is passed in). "prometheus" in
+ * OTEL_METRICS_EXPORTER is left to the flag.
+ */
+async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
+  const readers: IMetricReader[] = [];
+  const periodic = (exporter: PushMetricExporter) => {
+    const interval = getNumberFromEnv('OTEL_METRIC_EXPORT_INTERVAL') ?? 60_000;
+    const timeout = Math.min(getNumberFromEnv('OTEL_METRIC_EXPORT_TIMEOUT') ?? 30_000, interval);
+    return new PeriodicExportingMetricReader({
+      exporter,
+      exportIntervalMillis: interval,
+      exportTimeoutMillis: timeout,
+    });
+  };
+  const names = list(process.env.OTEL_METRICS_EXPORTER);
+  for (const name of names.length ? names : ['otlp']) {
+    if (name === 'otlp') {
+      const protocol = (
+        process.env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL ??
+        process.env.OTEL_EXPORTER_OTLP_PROTOCOL ??
+        'http/protobuf'
+      ).trim();
+      // The SDK's own exporter packages (dependencies of @opentelemetry/sdk-node), loaded only when used.
+      const { OTLPMetricExporter } =
+        protocol === 'grpc'
+          ? await import('@opentelemetry/exporter-metrics-otlp-grpc')
+          : protocol === 'http/json'
+            ? await import('@opentelemetry/exporter-metrics-otlp-http')
+            : await import('@opentelemetry/exporter-metrics-otlp-proto');
+      readers.push(periodic(new OTLPMetricExporter()));
+    } else if (name === 'console') {
+      readers.push(periodic(new ConsoleMetricExporter()));
+    } else if (name !== 'prometheus') {
+      log?.warn({ exporter: name }, 'OTEL_METRICS_EXPORTER: unsupported exporter ignored');
+    }
+  }
+  return readers;
+}
+
+/** Route the SDK's diagnostics (e.g. failed exports) to our log, at warn and above. */
+function diagToLog(log: Logger): DiagLogger {
+  const l = log.child({ component: 'otel' });
+  const out =
+    (level: 'error' | 'warn' | 'info' | 'debug') =>
+    (message: string, ...args: unknown[]) =>
+      l[level]({ args: args.length ? args.map(String) : undefined }, message);
+  return { error: out('error'), warn: out('warn'), info: out('info'), debug: out('debug'), verbose: out('debug') };
+}
+
+/** Start the SDK (see the module comment for what it exports). */
+export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
+  const want = exportFromEnv(process.env);
+  if (o.log && !process.env.OTEL_LOG_LEVEL) diag.setLogger(diagToLog(o.log), DiagLogLevel.WARN);
+
+  const prometheus = o.prometheus ? await PrometheusEndpoint.listen(o.prometheus) : undefined;
+  if (prometheus && o.log && !isLoopback(o.prometheus!.host)) {
+    o.log.warn(
+      { address: prometheus.address },
+      'Prometheus endpoint listens on a non-loopback address: anyone who can reach it reads rule and interface names',
+    );
+  }
+  let metricReaders: IMetricReader[] | undefined;
+  if (prometheus || o.metricReaders) {
+    metricReaders = [
+      ...(prometheus ? [prometheus.reader] : []),
+      ...(o.metricReaders ?? []),
+      ...(want.metrics ? await envMetricReaders(o.log) : []),
+    ];
+  } else {
+    metricReaders = want.metrics ? undefined : []; // undefined: the SDK reads OTEL_METRICS_EXPORTER
+  }
+  const spanProcessors = o.spanProcessors ?? (want.traces ? undefined : []); // undefined: OTEL_TRACES_EXPORTER
+
+  const sdk = new NodeSDK({
+    // service.name and version are the lowest priority: OTEL_SERVICE_NAME/OTEL_RESOURCE_ATTRIBUTES win.
+    resource: defaultResource().merge(
+      resourceFromAttributes({ [ATTR_SERVICE_NAME]: SERVICE_NAME, [ATTR_SERVICE_VERSION]: o.version }),
+    ),
+    spanProcessors,
+    metricReaders,
+    logRecordProcessors: [],
+  });
+  sdk.start();
+
+  let done: Promise<void> | undefined;
+  return {
+    traces: spanProcessors === undefined || spanProcessors.length > 0,
+    metrics: metricReaders === undefined || metricReaders.length > 0,
+    prometheus: prometheus?.address,
+    shutdown() {
+      done ??= (async () => {
+        try {
+          await sdk.shutdown();
+        } finally {
+          await prometheus?.close();
+        }
+      })();
+      return done;
+    },
+  };
+}

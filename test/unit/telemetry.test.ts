@@ -1,0 +1,354 @@
+/**
+ * Telemetry without root: the --prometheus address rules, which OTEL_*
+ * variables turn export on, the scrape endpoint, datapath metrics fed by the
+ * counter hub (one shared read however many watchers), and RPC spans,
+ * metrics and log trace ids through a real nice-grpc server on 127.0.0.1:0
+ * with the SDK started by startTelemetry (in-memory exporter).
+ */
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { Writable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+
+import { MeterProvider, MetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
+import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
+import { ClientError, createChannel, createClient, createServer, Metadata, Status, type Server } from 'nice-grpc';
+import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
+import { pino } from 'pino';
+
+import type { CounterSnapshot } from '../../src/server/core/controller.js';
+import { CounterHub } from '../../src/server/core/counter-hub.js';
+import { errorMiddleware } from '../../src/server/services/status.js';
+import { DATAPATH_METRICS, registerDatapathMetrics } from '../../src/server/telemetry/datapath-metrics.js';
+import { traceLogFields } from '../../src/server/telemetry/log-context.js';
+import { isLoopback, parsePrometheusAddress, PrometheusEndpoint } from '../../src/server/telemetry/prometheus.js';
+import { RPC_METRICS, telemetryMiddleware } from '../../src/server/telemetry/rpc.js';
+import { exportFromEnv, startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.js';
+
+/** A metric reader that collects when asked (what a Prometheus scrape does). */
+class PullReader extends MetricReader {
+  protected async onForceFlush(): Promise<void> {}
+  protected async onShutdown(): Promise<void> {}
+}
+
+/** Every data point of a metric: [attributes, value]. */
+function points(rm: ResourceMetrics, name: string): [Record<string, unknown>, unknown][] {
+  return rm.scopeMetrics
+    .flatMap((s) => s.metrics)
+    .filter((m) => m.descriptor.name === name)
+    .flatMap((m) =>
+      (m.dataPoints as { attributes: Record<string, unknown>; value: unknown }[]).map(
+        (p) => [p.attributes, p.value] as [Record<string, unknown>, unknown],
+      ),
+    );
+}
+
+/** Poll until `fn` returns something (spans end and export just after the response). */
+async function eventually<T>(fn: () => T | undefined, what: string, ms = 3000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function get(url: string, method = 'GET'): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('--prometheus address', () => {
+  it('defaults to loopback 127.0.0.1:9464 and takes host:port, [v6]:port or a bare port', () => {
+    assert.deepEqual(parsePrometheusAddress(true), { host: '127.0.0.1', port: 9464 });
+    assert.deepEqual(parsePrometheusAddress('9100'), { host: '127.0.0.1', port: 9100 });
+    assert.deepEqual(parsePrometheusAddress('0.0.0.0:9100'), { host: '0.0.0.0', port: 9100 });
+    assert.deepEqual(parsePrometheusAddress('[::1]:0'), { host: '::1', port: 0 });
+    assert.deepEqual(parsePrometheusAddress('localhost:1'), { host: 'localhost', port: 1 });
+  });
+
+  it('rejects what is not an address, naming the flag', () => {
+    for (const [bad, why] of [
+      ['::1:80', /brackets/],
+      ['example.com:80', /not an IP address/],
+      ['127.0.0.1:65536', /port must be 0-65535/],
+      ['127.0.0.1:', /port must be/],
+      ['abc', /port must be/],
+      ['10.0.0.1:-1', /port must be/],
+    ] as const) {
+      assert.throws(
+        () => parsePrometheusAddress(bad),
+        (e: Error) => e.message.startsWith('--prometheus') && why.test(e.message),
+        bad,
+      );
+    }
+  });
+
+  it('knows loopback from the rest', () => {
+    for (const h of ['127.0.0.1', '127.1.2.3', '::1', 'localhost', '::ffff:127.0.0.1']) assert.ok(isLoopback(h), h);
+    for (const h of ['0.0.0.0', '::', '10.0.0.1', '::ffff:10.0.0.1']) assert.ok(!isLoopback(h), h);
+  });
+});
+
+describe('which OTEL_* variables turn export on', () => {
+  it('nothing set: nothing exported (the SDK alone would default to OTLP)', () => {
+    assert.deepEqual(exportFromEnv({}), { traces: false, metrics: false });
+  });
+  it('an OTLP endpoint turns on traces and metrics; per-signal endpoints one each', () => {
+    assert.deepEqual(exportFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }), { traces: true, metrics: true });
+    assert.deepEqual(exportFromEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces' }), {
+      traces: true,
+      metrics: false,
+    });
+    assert.deepEqual(exportFromEnv({ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://c:4318/v1/metrics' }), {
+      traces: false,
+      metrics: true,
+    });
+  });
+  it('exporter lists win, and "none" switches a signal off', () => {
+    const env = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_TRACES_EXPORTER: 'none' };
+    assert.deepEqual(exportFromEnv(env), { traces: false, metrics: true });
+    assert.deepEqual(exportFromEnv({ OTEL_METRICS_EXPORTER: 'otlp,none' }), { traces: false, metrics: false });
+    assert.deepEqual(exportFromEnv({ OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'console' }), {
+      traces: true,
+      metrics: true,
+    });
+  });
+});
+
+describe('Prometheus endpoint', () => {
+  it('binds the address given (port 0: a free one), serves /metrics and nothing else', async () => {
+    const ep = await PrometheusEndpoint.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      assert.match(ep.address, /^127\.0\.0\.1:\d+$/);
+      assert.notEqual(ep.address, '127.0.0.1:0');
+      const provider = new MeterProvider({ readers: [ep.reader] });
+      provider.getMeter('t').createCounter('unit.test.things').add(3, { kind: 'x' });
+      const ok = await get(`http://${ep.address}/metrics`);
+      assert.equal(ok.status, 200);
+      assert.match(ok.body, /^unit_test_things_total\{kind="x".*\} 3$/m);
+      assert.equal((await get(`http://${ep.address}/`)).status, 404);
+      assert.equal((await get(`http://${ep.address}/metrics`, 'POST')).status, 405);
+      await provider.shutdown();
+    } finally {
+      await ep.close();
+    }
+  });
+
+  it('a port in use stops the start with the address in the message', async () => {
+    const a = await PrometheusEndpoint.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const [host, port] = [a.address.split(':')[0], Number(a.address.split(':')[1])];
+      await assert.rejects(
+        PrometheusEndpoint.listen({ host, port }),
+        new RegExp(`Prometheus on ${host}:${port}.*EADDRINUSE`),
+      );
+    } finally {
+      await a.close();
+    }
+  });
+});
+
+describe('datapath metrics', () => {
+  let n = 0n;
+  const snap = (): CounterSnapshot => {
+    n += 10n;
+    return {
+      time: Date.now(),
+      rules: [
+        {
+          name: 'web',
+          matched: n,
+          matchedBytes: n * 100n,
+          redirected: n - 1n,
+          redirectedBytes: 7n,
+          filtered: 1n,
+          noBackend: 0n,
+        },
+      ],
+      backends: [{ rule: 'web', ip: '10.0.0.2', interface: 'veth1', packets: n - 1n, bytes: 9n }],
+      links: [{ from: 'eth0', to: 'tap0', packets: 5n, bytes: 500n }],
+      global: [0n, 1n, 2n, 3n, n],
+    };
+  };
+
+  it('reports rule, backend, link and verdict counters from one hub read per collection', async () => {
+    const hub = new CounterHub(snap, 20);
+    const reader = new PullReader();
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub);
+    try {
+      const { resourceMetrics: rm } = await reader.collect();
+      assert.equal(hub.reads, 1, 'one kernel read for every instrument');
+      assert.deepEqual(
+        points(rm, DATAPATH_METRICS.rulePackets).map(([a, v]) => [a['xdpctl.outcome'], v]),
+        [
+          ['matched', 10],
+          ['redirected', 9],
+          ['filtered', 1],
+          ['no_backend', 0],
+        ],
+      );
+      assert.deepEqual(points(rm, DATAPATH_METRICS.ruleBytes)[0], [
+        { 'xdpctl.rule': 'web', 'xdpctl.outcome': 'matched' },
+        1000,
+      ]);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.backendPackets), [
+        [{ 'xdpctl.rule': 'web', 'xdpctl.backend.ip': '10.0.0.2', 'xdpctl.backend.interface': 'veth1' }, 9],
+      ]);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.linkBytes), [
+        [{ 'xdpctl.link.from': 'eth0', 'xdpctl.link.to': 'tap0' }, 500],
+      ]);
+      assert.deepEqual(
+        points(rm, DATAPATH_METRICS.verdictPackets).find(([a]) => a['xdpctl.verdict'] === 'redirect'),
+        [{ 'xdpctl.verdict': 'redirect' }, 10],
+      );
+      assert.deepEqual(points(rm, DATAPATH_METRICS.hubReads), [[{}, 1]]);
+    } finally {
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+
+  it('while watches run, collections reuse their reads: reads do not grow with watchers or exports', async () => {
+    const hub = new CounterHub(snap, 20);
+    const reader = new PullReader();
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub);
+    const ac = new AbortController();
+    try {
+      // 100 watchers at 200 ms: one shared read every 200 ms.
+      const watches = Array.from({ length: 100 }, async () => {
+        for await (const _ of hub.watch(200, ac.signal)) void _;
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      const before = hub.reads;
+      const t0 = Date.now();
+      // 20 exports, each further apart than the hub's tick: a per-export read would show.
+      for (let i = 0; i < 20; i++) {
+        await reader.collect();
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      const { resourceMetrics: rm } = await reader.collect();
+      const reads = hub.reads - before;
+      const ticks = Math.ceil((Date.now() - t0) / 200) + 1;
+      assert.ok(reads <= ticks, `21 exports and 100 watchers made ${reads} reads in ${ticks} watch ticks`);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.hubWatchers), [[{}, 100]]);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.hubReads), [[{}, hub.reads]]);
+      ac.abort();
+      await Promise.all(watches);
+    } finally {
+      ac.abort();
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+});
+
+describe('RPC telemetry through a real server', () => {
+  const spans = new InMemorySpanExporter();
+  const reader = new PullReader();
+  const lines: Record<string, unknown>[] = [];
+  let telemetry: Telemetry;
+  let server: Server;
+  let port: number;
+
+  before(async () => {
+    telemetry = await startTelemetry({
+      version: 'test',
+      spanProcessors: [new SimpleSpanProcessor({ exporter: spans })],
+      metricReaders: [reader],
+    });
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
+        done();
+      },
+    });
+    const log = pino({ mixin: traceLogFields }, sink);
+    const health = HealthState();
+    health.setStatus('healthy');
+    server = createServer()
+      .use(telemetryMiddleware())
+      .use(errorMiddleware(log))
+      .use(async function* logging(call, context) {
+        log.info({ method: call.method.path }, 'call');
+        return yield* call.next(call.request, context);
+      });
+    server.add(HealthDefinition, HealthServiceImpl(health));
+    port = await server.listen('127.0.0.1:0');
+  });
+  after(async () => {
+    await server?.shutdown();
+    await telemetry?.shutdown();
+  });
+
+  it('honours the client traceparent: the RPC span continues the client trace; logs carry it', async () => {
+    const ch = createChannel(`127.0.0.1:${port}`);
+    try {
+      const client = createClient(HealthDefinition, ch);
+      const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+      const parent = '00f067aa0ba902b7';
+      await client.check({ service: '' }, { metadata: Metadata({ traceparent: `00-${traceId}-${parent}-01` }) });
+      const span = await eventually(
+        () => spans.getFinishedSpans().find((s) => s.name === 'grpc.health.v1.Health/Check'),
+        'the RPC span',
+      );
+      assert.equal(span.spanContext().traceId, traceId);
+      assert.equal(span.parentSpanContext?.spanId, parent);
+      assert.equal(span.attributes['rpc.grpc.status_code'], Status.OK);
+      const line = lines.find((l) => l.msg === 'call');
+      assert.equal(line?.trace_id, traceId);
+      assert.equal(line?.span_id, span.spanContext().spanId);
+      assert.equal(line?.trace_flags, '01');
+      // Outside any RPC, no trace fields.
+      assert.deepEqual(traceLogFields(), {});
+    } finally {
+      ch.close();
+    }
+  });
+
+  it('measures duration by method and status, and counts errors by status', async () => {
+    const ch = createChannel(`127.0.0.1:${port}`);
+    try {
+      const client = createClient(HealthDefinition, ch);
+      await client.check({ service: '' });
+      const err = await client.check({ service: 'no.such.Service' }).catch((e: unknown) => e);
+      assert.ok(err instanceof ClientError && err.code === Status.NOT_FOUND, String(err));
+      const errSpan = await eventually(
+        () => spans.getFinishedSpans().find((s) => s.attributes['rpc.grpc.status_code'] === Status.NOT_FOUND),
+        'the failed call span with its status',
+      );
+      assert.match(errSpan.status.message ?? '', /NOT_FOUND/);
+      const { resourceMetrics: rm } = await reader.collect();
+      const durations = points(rm, RPC_METRICS.duration) as [Record<string, unknown>, { count: number; sum: number }][];
+      const byStatus = Object.fromEntries(durations.map(([a, v]) => [String(a['rpc.status_code']), v.count]));
+      assert.ok(byStatus.OK >= 1 && byStatus.NOT_FOUND === 1, JSON.stringify(byStatus));
+      assert.equal(durations[0][0]['rpc.method'], 'grpc.health.v1.Health/Check');
+      assert.equal(durations[0][0]['rpc.system.name'], 'grpc');
+      assert.deepEqual(points(rm, RPC_METRICS.errors), [
+        [
+          {
+            'rpc.system.name': 'grpc',
+            'rpc.method': 'grpc.health.v1.Health/Check',
+            'rpc.status_code': 'NOT_FOUND',
+            'error.type': 'NOT_FOUND',
+          },
+          1,
+        ],
+      ]);
+    } finally {
+      ch.close();
+    }
+  });
+});
