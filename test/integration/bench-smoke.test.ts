@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import { kernelOnly, ROOT, runId } from '../helpers/env.js';
 
 describe('npm run bench -- --smoke', kernelOnly(), () => {
-  it('measures every datapath path next to its baseline', () => {
+  it('measures every datapath path, live-frame rate and Linux-stack path next to its baseline', () => {
     const out = `/tmp/xdpctl-bench-smoke-${runId()}.json`;
     try {
       const r = spawnSync(process.execPath, ['--import', 'tsx', `${ROOT}bench/run.ts`, '--smoke', '--out', out], {
@@ -16,9 +16,8 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
         timeout: 120_000,
       });
       assert.equal(r.status, 0, r.stderr);
-      const res = JSON.parse(readFileSync(out, 'utf8')) as {
-        datapath: { name: string; median: number; ratio?: number; baseline?: string }[];
-      };
+      type Row = { name: string; median: number; ratio?: number; baseline?: string; delivered?: number };
+      const res = JSON.parse(readFileSync(out, 'utf8')) as { datapath: Row[]; live: Row[] };
       const names = res.datapath.map((f) => f.name);
       for (const want of [
         'baseline: XDP_PASS program',
@@ -34,6 +33,23 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
       }
       for (const f of res.datapath) {
         assert.ok(f.median > 0, `${f.name}: ${f.median} ns`);
+        if (f.baseline) assert.ok(typeof f.ratio === 'number' && f.ratio > 0, f.name);
+      }
+      const live = res.live.map((f) => f.name);
+      for (const want of [
+        'baseline: minimal bpf_redirect_map',
+        'xdpctl: cross-connect',
+        'xdpctl: UDP redirect',
+        'Linux stack: UDP, routing + nftables DNAT',
+        'Linux stack: cross-connect, tc mirred redirect',
+        'Linux stack: cross-connect, bridge',
+      ]) {
+        assert.ok(live.includes(want), `missing live: ${want}`);
+      }
+      for (const f of res.live) {
+        // Frames really arrived at the receiver, on every path (XDP and the stack).
+        assert.ok(f.median > 0, `${f.name}: ${f.median} Mpps`);
+        assert.ok((f.delivered ?? 0) > 0.5, `${f.name}: only ${f.delivered} of the frames delivered`);
         if (f.baseline) assert.ok(typeof f.ratio === 'number' && f.ratio > 0, f.name);
       }
     } finally {
