@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 
@@ -25,9 +26,14 @@ export interface Clients {
   health: Client<typeof HealthDefinition>;
 }
 
+/** The line xdpctld prints once it serves. */
+type ReadyLine = { addresses: string[]; prometheus?: string };
+
 export class DaemonProcess {
   private channels: Channel[] = [];
   output = '';
+  /** The Prometheus endpoint's bound address from the ready line (with --prometheus). */
+  prometheus?: string;
 
   private constructor(
     readonly child: ChildProcess,
@@ -62,11 +68,11 @@ export class DaemonProcess {
     );
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
-    const addresses = await new Promise<string[]>((resolve, reject) => {
+    const { addresses, prometheus } = await new Promise<ReadyLine>((resolve, reject) => {
       child.stdout!.on('data', (d) => {
         out += d;
         const line = out.split('\n').find((l) => l.includes('"msg":"ready"'));
-        if (line) resolve((JSON.parse(line) as { addresses: string[] }).addresses);
+        if (line) resolve(JSON.parse(line) as ReadyLine);
       });
       child.on('exit', (code) => reject(new Error(`xdpctld exited ${code}: ${out}`)));
       setTimeout(() => reject(new Error(`xdpctld not ready after 20 s: ${out}`)), 20_000);
@@ -77,14 +83,17 @@ export class DaemonProcess {
       addresses.find((a) => !a.startsWith('unix:'))!,
       unix,
     );
+    d.prometheus = prometheus;
+    d.output = out; // what it wrote up to "ready" (e.g. start-up warnings), then everything after
     child.stdout!.on('data', (x) => (d.output += x));
     child.stderr!.on('data', (x) => (d.output += x));
     return d;
   }
 
-  clients(address = this.tcp): Clients {
+  /** Clients on one channel; `credentials` for TLS (default: plaintext). */
+  clients(address = this.tcp, credentials?: ChannelCredentials): Clients {
     // nice-grpc's channel wants the absolute form unix:///path.
-    const ch = createChannel(address.replace(/^unix:(?!\/\/)/, 'unix://'));
+    const ch = createChannel(address.replace(/^unix:(?!\/\/)/, 'unix://'), credentials);
     this.channels.push(ch);
     return {
       rules: createClient(RuleServiceDefinition, ch),
