@@ -3,7 +3,7 @@
  * reflection, error mapping), listeners, and an orderly shutdown. Used by
  * main.ts (the CLI) and by tests that start a daemon in-process.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import { ServerCredentials } from '@grpc/grpc-js';
@@ -11,6 +11,14 @@ import { metrics } from '@opentelemetry/api';
 import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
+import { defaultAuthConfig, Policy, readUserDb, resolveGroup, type AuthConfig } from './auth/policy.js';
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_MAX_WATCH_STREAMS,
+  DEFAULT_SOCKET_MODE,
+  exposedPlaintext,
+  serverOptions,
+} from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
 import { Controller } from './core/controller.js';
 import { StateStore, type StoredState } from './core/store.js';
@@ -20,6 +28,7 @@ import { KernelDataplane } from './dataplane/adapter.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
+import { accessMiddleware, listenerCredentials } from './services/access.js';
 import { counterService } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
 import { interfaceService } from './services/interface-service.js';
@@ -54,6 +63,20 @@ export interface DaemonOptions {
   stateDir?: string;
   capacity?: Partial<Capacity>;
   log?: Logger;
+  /** Role allow-lists (--auth-config); undefined: the default policy (auth/policy.ts defaultAuthConfig). */
+  auth?: AuthConfig;
+  /** Serve plaintext on non-loopback TCP addresses; without it such a listener stops the start. */
+  insecure?: boolean;
+  /** Largest request message in bytes (default 4 MiB); larger ones are RESOURCE_EXHAUSTED. */
+  maxMessageBytes?: number;
+  /** Watch streams one client identity may hold open (default 256); more are RESOURCE_EXHAUSTED. */
+  maxWatchStreams?: number;
+  /** Mode of the Unix socket file (default 0o660). */
+  socketMode?: number;
+  /** Group (name or gid) of the Unix socket file; its members are read-only under the default policy. */
+  socketGroup?: string;
+  /** Where audit records go (default: log.child({audit: true})). */
+  audit?: Logger;
   /**
    * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
    * startTelemetry): the daemon shuts it down, flushing, when it stops.
@@ -120,6 +143,24 @@ export class Daemon {
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const log = opts.log ?? silentLogger;
+    const exposed = exposedPlaintext(opts.listen, opts.tls !== undefined);
+    if (exposed.length && !opts.insecure) {
+      throw new Error(
+        `refusing to serve plaintext gRPC on ${exposed.join(', ')}: anyone who can reach it could read and change ` +
+          "this host's forwarding. Give --tls-cert and --tls-key (and --tls-client-ca), listen on loopback, " +
+          'or pass --insecure to accept the risk',
+      );
+    }
+    const userDb = readUserDb();
+    const socketGid = opts.socketGroup === undefined ? undefined : resolveGroup(opts.socketGroup, userDb);
+    const policy = opts.auth
+      ? new Policy(opts.auth, userDb)
+      : new Policy(defaultAuthConfig({ selfUid: process.geteuid?.() ?? 0, socketGid }), userDb, true);
+    const access = accessMiddleware({
+      policy,
+      audit: opts.audit ?? log.child({ audit: true }),
+      maxWatchStreams: opts.maxWatchStreams ?? DEFAULT_MAX_WATCH_STREAMS,
+    });
     const datapath = XdpDatapath.open({
       objectPath: opts.objectPath,
       pinRoot: opts.pinRoot,
@@ -171,7 +212,12 @@ export class Daemon {
     // nice-grpc binds one address per server: one server per listener, same services.
     const makeServer = () => {
       // Telemetry first: the RPC span covers everything else the call does.
-      const server = createServer().use(telemetryMiddleware()).use(errorMiddleware(log)).use(gate);
+      // Then access: it sees every call's identity and, around errorMiddleware, its final code.
+      const server = createServer(serverOptions(opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES))
+        .use(telemetryMiddleware())
+        .use(access)
+        .use(errorMiddleware(log))
+        .use(gate);
       server.add(HealthDefinition, services.health);
       server.add(reflection.v1.definition, reflection.v1.implementation);
       server.add(reflection.v1alpha.definition, reflection.v1alpha.implementation);
@@ -193,7 +239,14 @@ export class Daemon {
           const path = addr.slice(5);
           mkdirSync(dirname(path), { recursive: true });
           rmSync(path, { force: true }); // a stale socket from a previous run
-          await server.listen(addr);
+          const umask = process.umask(0o177); // no window in which others may connect
+          try {
+            await server.listen(addr, listenerCredentials('unix', ServerCredentials.createInsecure()));
+          } finally {
+            process.umask(umask);
+          }
+          if (socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, socketGid);
+          chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
           daemon.addresses.push(addr);
         } else {
           const creds = opts.tls
@@ -202,8 +255,8 @@ export class Daemon {
                 [{ private_key: opts.tls.key, cert_chain: opts.tls.cert }],
                 opts.tls.clientCa !== undefined,
               )
-            : undefined;
-          const port = await server.listen(addr, creds);
+            : ServerCredentials.createInsecure();
+          const port = await server.listen(addr, listenerCredentials('tcp', creds));
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
         }
       }
@@ -224,6 +277,13 @@ export class Daemon {
     daemon.health.setStatus('healthy', DATAPATH_HEALTH);
     daemon.startResync();
     log.info({ addresses: daemon.addresses, progId: datapath.progId, adopted: datapath.adopted }, 'serving');
+    if (exposed.length) {
+      log.warn(
+        { insecure: true, addresses: exposed },
+        `INSECURE: plaintext gRPC on ${exposed.join(', ')} (--insecure): anyone on the network can reach this ` +
+          'daemon; callers there are anonymous and get only the roles the auth config grants "anonymous"',
+      );
+    }
     return daemon;
   }
 

@@ -7,6 +7,8 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
 
+import { AuthConfigError, loadAuthConfig, type AuthConfig } from './auth/policy.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode } from './auth/transport.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -38,6 +40,31 @@ const program = new Command('xdpctld')
   .option('--tls-cert <file>', 'PEM certificate for TCP listeners (enables TLS)')
   .option('--tls-key <file>', 'PEM private key for --tls-cert')
   .option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)')
+  .option(
+    '--auth-config <file.yaml>',
+    'who may read (readOnly) and change (admin): lists of spiffe://ID, x509-cn:NAME, unix-uid:N, ' +
+      'unix-user:NAME, unix-gid:N, unix-group:NAME, anonymous (see below)',
+  )
+  .option(
+    '--insecure',
+    'allow plaintext gRPC on non-loopback TCP addresses (refused otherwise); logs a warning at every start',
+    false,
+  )
+  .option(
+    '--socket-group <group>',
+    'group (name or gid) of the Unix socket file; its members may connect and, without --auth-config, read',
+  )
+  .option('--socket-mode <octal>', 'permissions of the Unix socket file', '660')
+  .option(
+    '--max-message-bytes <n>',
+    'largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED',
+    String(DEFAULT_MAX_MESSAGE_BYTES),
+  )
+  .option(
+    '--max-watch-streams <n>',
+    'watch streams (WatchCounters, health Watch) one client identity may hold open; more fail with RESOURCE_EXHAUSTED',
+    String(DEFAULT_MAX_WATCH_STREAMS),
+  )
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
   .option('--no-state', 'do not persist the desired state (start empty every time)')
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
@@ -58,6 +85,19 @@ Examples:
   xdpctld --config /etc/xdpctl/links.yaml   # the xdp-xconnect workflow: links: {eth0: tap0}
   xdpctld --prometheus                      # metrics at http://127.0.0.1:9464/metrics
   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 xdpctld   # traces and metrics over OTLP
+
+Access: every call has an identity: the SPIFFE ID of a verified client
+certificate (its URI SAN), else its subject CN (x509-cn:NAME); on the Unix
+socket and loopback TCP the caller's uid (unix-uid:N, from the kernel);
+otherwise anonymous. Roles: read-only (Get/List/Watch, status, reflection)
+and admin (every change); health checks need none. Without --auth-config,
+root and the daemon's own user are admin, --socket-group members and clients
+with a certificate from --tls-client-ca are read-only, everyone else has no
+role. With it, exactly the listed identities have roles:
+  admin: [unix-uid:0, "spiffe://example.org/ns/net/sa/controller"]
+  readOnly: ["spiffe://example.org/ns/monitoring/*", unix-group:xdpctl]
+Denials are PERMISSION_DENIED; every change and every denial is logged as an
+audit record ("audit":true, at any --log-level).
 
 Telemetry: nothing is exported unless asked. Traces go over OTLP when
 OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT)
@@ -89,6 +129,12 @@ const o = program.opts<{
   tlsKey?: string;
   tlsClientCa?: string;
   prometheus?: string | true;
+  authConfig?: string;
+  insecure: boolean;
+  socketGroup?: string;
+  socketMode: string;
+  maxMessageBytes: string;
+  maxWatchStreams: string;
 }>();
 if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
   process.stderr.write('xdpctld: --tls-cert and --tls-key go together, and --tls-client-ca needs them\n');
@@ -97,6 +143,30 @@ if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
 const maxRules = Number(o.maxRules);
 if (!Number.isInteger(maxRules) || maxRules < 1 || maxRules > 1_000_000) {
   process.stderr.write(`xdpctld: --max-rules must be an integer between 1 and 1000000, not "${o.maxRules}"\n`);
+  process.exit(2);
+}
+
+const intFlag = (flag: string, text: string, min: number, max: number): number => {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    process.stderr.write(`xdpctld: ${flag} must be an integer between ${min} and ${max}, not "${text}"\n`);
+    process.exit(2);
+  }
+  return n;
+};
+const maxMessageBytes = intFlag('--max-message-bytes', o.maxMessageBytes, 1024, 256 * 1024 * 1024);
+const maxWatchStreams = intFlag('--max-watch-streams', o.maxWatchStreams, 1, 100_000);
+const socketMode = parseSocketMode(o.socketMode);
+if (socketMode === undefined) {
+  process.stderr.write(`xdpctld: --socket-mode must be an octal mode such as 660, not "${o.socketMode}"\n`);
+  process.exit(2);
+}
+let auth: AuthConfig | undefined;
+try {
+  auth = o.authConfig === undefined ? undefined : loadAuthConfig(o.authConfig);
+} catch (err) {
+  if (!(err instanceof AuthConfigError)) throw err;
+  process.stderr.write(`xdpctld: --auth-config ${err.file}:\n${err.problems.map((p) => `  ${p}\n`).join('')}`);
   process.exit(2);
 }
 
@@ -134,6 +204,14 @@ try {
       : undefined,
     log,
     telemetry,
+    auth,
+    insecure: o.insecure,
+    maxMessageBytes,
+    maxWatchStreams,
+    socketMode,
+    socketGroup: o.socketGroup,
+    // Audit records are written whatever --log-level says.
+    audit: log.child({ audit: true }, { level: 'info' }),
   });
   // Tests and supervisors wait for this line.
   process.stdout.write(
