@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
 
+import { checkOwnCapabilities } from './auth/capabilities.js';
 import { AuthConfigError, loadAuthConfig, type AuthConfig } from './auth/policy.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode } from './auth/transport.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
@@ -180,6 +181,23 @@ try {
 
 // Every line carries the trace and span of the RPC it belongs to, if any.
 const log = pino({ level: o.logLevel, base: { service: 'xdpctld' }, mixin: traceLogFields });
+
+// Name a missing capability here rather than let the kernel answer EPERM.
+const caps = checkOwnCapabilities();
+if (caps.missing.length) {
+  process.stderr.write(
+    `xdpctld: missing capabilities: ${caps.missing.join(', ')}. Run as root or grant them ` +
+      '(systemd AmbientCapabilities, docker --cap-add, a Kubernetes securityContext)\n',
+  );
+  process.exit(1);
+}
+if (!caps.canEnterNetns) {
+  log.info(
+    { capability: 'CAP_SYS_ADMIN' },
+    'without CAP_SYS_ADMIN, veth peers in other network namespaces cannot be inspected: native redirects ' +
+      'into such veths are refused (generic mode and other devices are not affected)',
+  );
+}
 
 try {
   // Before the server exists, so that every RPC is traced and measured.

@@ -42,12 +42,19 @@ export class DaemonProcess {
     readonly unix: string,
   ) {}
 
-  static async start(id: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
+  /** `wrap`: a command that execs the daemon, e.g. ['setpriv', '--bounding-set', '-all,+bpf', '--']. */
+  static async start(
+    id: string,
+    extra: string[] = [],
+    env: NodeJS.ProcessEnv = {},
+    wrap: string[] = [],
+  ): Promise<DaemonProcess> {
     const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
     const unix = `unix:/tmp/xdpctl-test-${id}.sock`;
     const child = spawn(
-      process.execPath,
+      wrap[0] ?? process.execPath,
       [
+        ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
         '--import',
         'tsx',
         `${ROOT}src/server/main.ts`,
