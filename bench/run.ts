@@ -93,8 +93,9 @@ component removed at a time, same run, ns/packet): the \`rule_match\` hash looku
 \`xc_links\` devmap lookup ~10 (now skipped for interfaces without a cross-connect, through \`if_flags\`),
 flow hash ~5–8, the rewrite with both checksums ~10–15, \`bpf_redirect\` ~5–10, per-CPU counters ~1–3 each.
 With the hash lookup replaced by a constant the hit still costs ~1.7x the minimal redirect program, so the
-≤ 1.5x target is out of reach for any design that classifies with a hash lookup after the fixed
-per-packet cost of parsing and rewriting (see the issue's closing note).
+≤ 1.5x target is out of reach for this design; meeting it would need a classifier without the 24-byte
+hash lookup (e.g. an array indexed by ingress and port for rules without a destination) and fewer
+per-packet writes.
 `;
 }
 
@@ -126,6 +127,10 @@ ${figs
 What XDP buys over the Linux stack here: ${speedUps.join('; ')}.
 Per frame at these rates: minimal redirect ${base ? fmt(1000 / base.median, 0) : '?'} ns, of which the program is
 tens of ns (table above); the rest is the test run's page pool, the veth transmit and the receiver.
+The UDP redirect's live rate misses ≥ 0.9x: builds without its counters, without the rewrite or without the
+\`rule_match\` lookup did not move it beyond this machine's run-to-run noise (the baseline alone varied
+2.5–4.5 Mpps between runs). A lead not yet measured: it redirects with \`bpf_redirect(ifindex)\` (a
+netdev lookup per frame) where the cross-connect and the baseline use a devmap.
 `;
 }
 
