@@ -49,6 +49,15 @@ export function shQuiet(cmd: string, args: string[]): void {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Poll `cond` every 20 ms until it holds; throws `what` after `timeoutMs`. */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
 /** Register cleanup that runs even when the test fails. */
 export function onCleanup(t: TestContext, fn: () => void | Promise<void>): void {
   t.after(fn);

@@ -4,7 +4,7 @@
 //                               then prints a JSON summary and exits
 //   send <ip> <port> <count> [flows=1] [sportBase=40000] [perTick=10] [tickMs=10]
 //                               sends <count> datagrams round-robin over <flows>
-//                               source ports, <perTick> every <tickMs>; prints JSON
+//                               source ports, <perTick> every <tickMs> (SIGUSR1 stops it early); prints JSON
 // Payload: "xdpctl seq=<n> sport=<p> " + filler derived from seq, so the listener
 // can tell a datagram arrived intact.
 import dgram from 'node:dgram';
@@ -65,6 +65,8 @@ if (mode === 'listen') {
   );
   let seq = 0;
   let errors = 0;
+  let stopped = false; // SIGUSR1: stop early and report what was sent
+  process.on('SIGUSR1', () => (stopped = true));
   const sendOne = () =>
     new Promise((resolve) => {
       const i = seq % flows;
@@ -74,7 +76,7 @@ if (mode === 'listen') {
       });
       seq++;
     });
-  while (seq < count) {
+  while (seq < count && !stopped) {
     const start = Date.now();
     const batch = [];
     for (let k = 0; k < perTick && seq < count; k++) batch.push(sendOne());
@@ -83,7 +85,7 @@ if (mode === 'listen') {
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
   }
   socks.forEach((s) => s.close());
-  process.stdout.write(JSON.stringify({ sent: count, errors }) + '\n');
+  process.stdout.write(JSON.stringify({ sent: seq, errors }) + '\n');
 } else {
   process.stderr.write('usage: udp-tool.mjs listen <ip> <port> | send <ip> <port> <count> [flows] [sportBase]\n');
   process.exit(2);

@@ -58,7 +58,7 @@ export function sendUdp(
   port: number,
   count: number,
   opts: { flows?: number; sportBase?: number; perTick?: number; tickMs?: number } = {},
-): { done: Promise<{ sent: number; errors: number }>; child: ChildProcess } {
+): { done: Promise<{ sent: number; errors: number }>; child: ChildProcess; stop: () => void } {
   const args = [
     TOOL,
     'send',
@@ -82,5 +82,7 @@ export function sendUdp(
       code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`sender exited ${code}: ${err}`)),
     );
   });
-  return { done, child };
+  // Stop early (SIGUSR1): `done` then reports how many were really sent.
+  const stop = () => void child.kill('SIGUSR1');
+  return { done, child, stop };
 }

@@ -18,7 +18,10 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const PORT = 7999;
-const COUNT = 4000;
+/** Upper bound of one run's datagrams (the sender is stopped once the restart is over). */
+const MAX_COUNT = 40_000;
+/** Traffic before the restart and after the new daemon is ready. */
+const MARGIN_MS = 300;
 
 describe('daemon restarts without loss', kernelOnly(), () => {
   const id = runId();
@@ -57,12 +60,15 @@ describe('daemon restarts without loss', kernelOnly(), () => {
   async function acrossRestart(restart: () => Promise<void>) {
     const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
     listeners.push(l);
-    const sender = sendUdp(vm.netns, NOWHERE, PORT, COUNT, { perTick: 10, tickMs: 4 });
-    await sleep(300);
+    const sender = sendUdp(vm.netns, NOWHERE, PORT, MAX_COUNT, { perTick: 10, tickMs: 4 });
+    await sleep(MARGIN_MS);
     await restart();
-    // The traffic spanned the whole restart, restore included.
+    // The traffic spanned the whole restart, restore included, and goes on after it.
     assert.equal(sender.child.exitCode, null, 'sender still running when the new daemon was ready');
+    await sleep(MARGIN_MS);
+    sender.stop();
     const { sent } = await sender.done;
+    assert.ok(sent >= 500, `enough traffic across the restart (${sent})`);
     await sleep(150);
     const got = await l.stop();
     return { sent, delivered: got.unique, bad: got.bad };

@@ -13,14 +13,16 @@ import { after, before, describe, it } from 'node:test';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ensureVethPeerNapi } from '../../src/server/dataplane/netdev.js';
 import { backendCounters, clearRuleSlot, ruleCounters } from '../../src/server/dataplane/tables.js';
-import { kernelOnly, OBJECT_NEXT, ROOT, runId, sleep } from '../helpers/env.js';
+import { kernelOnly, OBJECT_NEXT, ROOT, runId, sleep, waitFor } from '../helpers/env.js';
 import { installRule, openDatapath, type TestRule } from '../helpers/fixture.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const PORT = 7999;
-const COUNT = 2000;
+/** Upper bound of one run's datagrams; the sender is stopped MARGIN_MS after the change. */
+const MAX_COUNT = 40_000;
+const MARGIN_MS = 300;
 
 describe('restart and upgrade without loss', kernelOnly(), () => {
   const id = runId();
@@ -65,7 +67,7 @@ describe('restart and upgrade without loss', kernelOnly(), () => {
     const first = child({ pinRoot, attach: [[vm.hostIf, 'native']], rule: rule(1, c1, 1) });
     const [l1, l2] = await Promise.all([c1, c2].map((c) => UdpListener.start(c.netns, c.ip!, PORT)));
     listeners.push(l1, l2);
-    const sender = sendUdp(vm.netns, NOWHERE, PORT, COUNT, { perTick: 10, tickMs: 5 });
+    const sender = sendUdp(vm.netns, NOWHERE, PORT, MAX_COUNT, { perTick: 10, tickMs: 5 });
     await sleep(300); // traffic is flowing through the program the exited process left
 
     const dp = openDatapath(pinRoot);
@@ -73,10 +75,14 @@ describe('restart and upgrade without loss', kernelOnly(), () => {
     assert.equal(dp.adopted, true, 'maps adopted from pins');
     assert.equal(dp.progId, first.progId, 'same program kept');
     assert.equal(dp.attach(vm.hostIf, 'native').replaced, false, 'attachment left as it was');
+    await waitFor(() => ruleCounters(dp.maps, 1).redirected > 0n, 'traffic through the adopted rule');
     // Move the rule to backend 2: write slot 2, repoint the match, clear slot 1.
     installRule(dp, rule(2, c2, 2));
     clearRuleSlot(dp.maps, 1, [], [1]);
 
+    assert.equal(sender.child.exitCode, null, 'traffic still flowing after the change');
+    await sleep(MARGIN_MS);
+    sender.stop();
     const { sent } = await sender.done;
     await sleep(200);
     const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
@@ -93,8 +99,8 @@ describe('restart and upgrade without loss', kernelOnly(), () => {
     const before = backendCounters(dp.maps, 2).packets;
     const [l2] = await Promise.all([UdpListener.start(c2.netns, c2.ip!, PORT)]);
     listeners.push(l2);
-    const sender = sendUdp(vm.netns, NOWHERE, PORT, COUNT, { perTick: 10, tickMs: 5 });
-    await sleep(300);
+    const sender = sendUdp(vm.netns, NOWHERE, PORT, MAX_COUNT, { perTick: 10, tickMs: 5 });
+    await waitFor(() => backendCounters(dp.maps, 2).packets > before, 'traffic through the old program');
 
     const next = openDatapath(pinRoot, OBJECT_NEXT);
     opened.push(next);
@@ -105,6 +111,9 @@ describe('restart and upgrade without loss', kernelOnly(), () => {
     assert.equal(r.replaced, true, 'swapped with XDP_FLAGS_REPLACE');
     assert.equal(next.state(vm.hostIf).progId, next.progId);
 
+    assert.equal(sender.child.exitCode, null, 'traffic still flowing after the swap');
+    await sleep(MARGIN_MS);
+    sender.stop();
     const { sent } = await sender.done;
     await sleep(200);
     const got = await l2.stop();
