@@ -16,7 +16,7 @@
  *       backends:
  *         - {ip: 172.17.0.2, mac: "02:42:ac:11:00:02", interface: veth25, weight: 1}
  */
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 
 // Shared by the daemon (--config) and the CLI (apply -f): no server imports.
 
@@ -48,13 +48,23 @@ export interface ConfigFile {
   rules: RuleSpec[];
 }
 
+const MESSAGE_PROBLEMS = 20;
+
+/** A key of the file quoted in a problem's path, shortened: keys can be megabytes long. */
+const shortKey = (k: string) => (k === '' ? '""' : k.length <= 64 ? k : `${k.slice(0, 64)}…(${k.length} chars)`);
+
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
   constructor(
     readonly problems: FieldViolation[],
     readonly syntax = false,
   ) {
-    super(problems.map((p) => (p.field ? `${p.field}: ${p.description}` : p.description)).join('; '));
+    // The message lists the first problems (a broken file can have thousands); `problems` has them all.
+    const shown = problems
+      .slice(0, MESSAGE_PROBLEMS)
+      .map((p) => (p.field ? `${p.field}: ${p.description}` : p.description));
+    if (problems.length > MESSAGE_PROBLEMS) shown.push(`and ${problems.length - MESSAGE_PROBLEMS} more`);
+    super(shown.join('; '));
   }
 }
 
@@ -74,22 +84,84 @@ const RULE_KEYS = new Set([
 ]);
 const BACKEND_KEYS = new Set(['ip', 'mac', 'interface', 'weight']);
 
+/** Deeper than any config file needs; far below what exhausts the parser's stack. */
+const MAX_DEPTH = 64;
+
+/**
+ * Where the nesting of a file first exceeds MAX_DEPTH, if it does. The YAML
+ * parser recurses once per level, and a file thousands of levels deep
+ * exhausts the stack, where V8 may abort the whole process (a fatal
+ * "RegExpCompiler allocation failed") instead of throwing: so depth is
+ * checked first, by a scan that over-estimates it (flow brackets, even
+ * quoted ones; indentation levels; "- " and "? " indicators opening a line).
+ */
+function tooDeep(text: string): { line: number; col: number } | undefined {
+  let flow = 0;
+  const indents: number[] = [];
+  let line = 1;
+  for (let i = 0; i < text.length;) {
+    const end = text.indexOf('\n', i) < 0 ? text.length : text.indexOf('\n', i);
+    let col = i;
+    while (col < end && (text[col] === ' ' || text[col] === '\t')) col++;
+    if (col < end && text[col] !== '#') {
+      const indent = col - i;
+      while (indents.length && indents[indents.length - 1] >= indent) indents.pop();
+      indents.push(indent);
+      let compact = 0;
+      while (col + 1 < end && (text[col] === '-' || text[col] === '?') && text[col + 1] === ' ') {
+        compact++;
+        col += 2;
+        while (col < end && text[col] === ' ') col++;
+      }
+      for (let j = col; j < end; j++) {
+        const c = text[j];
+        if (c === '[' || c === '{') flow++;
+        else if ((c === ']' || c === '}') && flow > 0) flow--;
+        if (flow + indents.length + compact > MAX_DEPTH) return { line, col: j - i + 1 };
+      }
+      if (indents.length + compact > MAX_DEPTH) return { line, col: col - i + 1 };
+    }
+    i = end + 1;
+    line++;
+  }
+  return undefined;
+}
+
 /** Parse and check a config file's text. Throws ConfigError listing every problem. */
 export function parseConfig(text: string): ConfigFile {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length) {
+  const deep = tooDeep(text);
+  if (deep) {
     throw new ConfigError(
-      doc.errors.map((e) => ({ field: `line ${e.linePos?.[0].line ?? '?'}`, description: e.message.split('\n')[0] })),
+      [{ field: `line ${deep.line}, column ${deep.col}`, description: `nested deeper than ${MAX_DEPTH} levels` }],
       true,
     );
   }
-  const root: unknown = doc.toJS() ?? {};
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter: lines });
+  if (doc.errors.length) {
+    throw new ConfigError(
+      doc.errors.map((e) => {
+        const at = lines.linePos(e.pos[0]);
+        return { field: `line ${at.line}, column ${at.col}`, description: e.message.split('\n')[0] };
+      }),
+      true,
+    );
+  }
+  let root: unknown;
+  try {
+    // Aliases that expand without bound (a "billion laughs" file) and nesting
+    // deeper than the stack are refused here, as problems of the file.
+    root = doc.toJS() ?? {};
+  } catch (e) {
+    throw new ConfigError([{ field: '', description: `cannot read the file: ${(e as Error).message}` }]);
+  }
   const problems: FieldViolation[] = [];
   const out: ConfigFile = { links: [], rules: [] };
   if (!isObj(root))
     throw new ConfigError([{ field: '', description: 'the file must be a mapping with links and/or rules' }]);
   for (const k of Object.keys(root)) {
-    if (k !== 'links' && k !== 'rules') problems.push({ field: k, description: 'unknown key (expected links, rules)' });
+    if (k !== 'links' && k !== 'rules')
+      problems.push({ field: shortKey(k), description: 'unknown key (expected links, rules)' });
   }
   const str = (v: unknown, field: string, optional = false): string => {
     if (v === undefined && optional) return '';
@@ -109,7 +181,8 @@ export function parseConfig(text: string): ConfigFile {
   const links = root.links;
   if (isObj(links)) {
     for (const [a, b] of Object.entries(links)) {
-      if (typeof b !== 'string') problems.push({ field: `links.${a}`, description: 'must name the peer interface' });
+      if (typeof b !== 'string')
+        problems.push({ field: `links.${shortKey(a)}`, description: 'must name the peer interface' });
       else out.links.push({ a, b, direction: 'both' });
     }
   } else if (Array.isArray(links)) {
@@ -132,7 +205,7 @@ export function parseConfig(text: string): ConfigFile {
       const f = `rules[${i}]`;
       if (!isObj(r)) return void problems.push({ field: f, description: 'must be a mapping' });
       for (const k of Object.keys(r))
-        if (!RULE_KEYS.has(k)) problems.push({ field: `${f}.${k}`, description: 'unknown key' });
+        if (!RULE_KEYS.has(k)) problems.push({ field: `${f}.${shortKey(k)}`, description: 'unknown key' });
       const port = r.port;
       if (typeof port !== 'number') problems.push({ field: `${f}.port`, description: 'is required (a number)' });
       const protocol = r.protocol ?? 'udp';
@@ -161,7 +234,7 @@ export function parseConfig(text: string): ConfigFile {
             return { ip: '', mac: '', interface: '', weight: 1 };
           }
           for (const k of Object.keys(b))
-            if (!BACKEND_KEYS.has(k)) problems.push({ field: `${bf}.${k}`, description: 'unknown key' });
+            if (!BACKEND_KEYS.has(k)) problems.push({ field: `${bf}.${shortKey(k)}`, description: 'unknown key' });
           const weight = b.weight ?? 1;
           if (typeof weight !== 'number') problems.push({ field: `${bf}.weight`, description: 'must be a number' });
           return {

@@ -18,8 +18,9 @@ export const LIMITS = {
 };
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-// Linux interface names: 1..15 bytes, no '/', ':', whitespace or NUL.
+// Linux interface names: 1..15 bytes (IFNAMSIZ - 1, in UTF-8: "é" is two), no '/', ':', whitespace or NUL.
 const IFNAME = /^[^/:\s\0]{1,15}$/;
+const IFNAME_BYTES = 15;
 
 export function validateName(name: string, field: string, out: FieldViolation[]): void {
   if (name === '') out.push({ field, description: 'is required' });
@@ -33,8 +34,8 @@ export function validateName(name: string, field: string, out: FieldViolation[])
 
 export function validateInterfaceName(name: string, field: string, out: FieldViolation[]): void {
   if (name === '') out.push({ field, description: 'is required' });
-  else if (!IFNAME.test(name) || name === '.' || name === '..') {
-    out.push({ field, description: 'is not a valid interface name (1-15 characters, no "/", ":" or spaces)' });
+  else if (!IFNAME.test(name) || Buffer.byteLength(name) > IFNAME_BYTES || name === '.' || name === '..') {
+    out.push({ field, description: 'is not a valid interface name (1-15 bytes, no "/", ":" or spaces)' });
   }
 }
 

@@ -7,13 +7,14 @@ import { ServerError, Status, type ServiceImplementation } from 'nice-grpc';
 
 import type { CounterSnapshot } from '../core/controller.js';
 import type { CounterHub } from '../core/counter-hub.js';
-import { CoreError } from '../core/errors.js';
+import { CoreError, type FieldViolation } from '../core/errors.js';
 import { GlobalStat } from '../dataplane/codec.js';
 import {
   CounterKind,
   type CounterFilter,
   type Counters,
   type CounterServiceDefinition,
+  type WatchCountersRequest,
 } from '../../gen/xdpctl/v1/counters.js';
 
 export const MIN_INTERVAL_MS = 100;
@@ -107,12 +108,34 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
   };
 }
 
-function validateFilter(f: CounterFilter | undefined, field: string): void {
+function filterViolations(f: CounterFilter | undefined, field: string, out: FieldViolation[]): void {
   for (const [i, k] of (f?.kinds ?? []).entries()) {
     if (!Object.values(CounterKind).includes(k) || k === CounterKind.UNRECOGNIZED || k === 0) {
-      throw CoreError.invalid([{ field: `${field}.kinds[${i}]`, description: `unknown counter kind ${k}` }]);
+      out.push({ field: `${field}.kinds[${i}]`, description: `unknown counter kind ${k}` });
     }
   }
+}
+
+function validateFilter(f: CounterFilter | undefined, field: string): void {
+  const v: FieldViolation[] = [];
+  filterViolations(f, field, v);
+  if (v.length) throw CoreError.invalid(v);
+}
+
+/** The watch interval in ms; every bad field of the request is reported together. */
+function watchInterval(req: WatchCountersRequest): number {
+  const v: FieldViolation[] = [];
+  filterViolations(req.filter, 'filter', v);
+  const d = req.interval;
+  // A Duration's nanos are within +-999,999,999 and have the sign of its seconds.
+  const wellFormed =
+    !d || (Math.abs(d.nanos) <= 999_999_999 && !(d.seconds > 0 && d.nanos < 0) && !(d.seconds < 0 && d.nanos > 0));
+  const ms = d ? d.seconds * 1000 + d.nanos / 1e6 : DEFAULT_INTERVAL_MS;
+  if (!wellFormed || !(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
+    v.push({ field: 'interval', description: `must be between ${MIN_INTERVAL_MS} ms and ${MAX_INTERVAL_MS / 1000} s` });
+  }
+  if (v.length) throw CoreError.invalid(v);
+  return ms;
 }
 
 export function counterService(hub: CounterHub): ServiceImplementation<typeof CounterServiceDefinition> {
@@ -122,13 +145,7 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
       return { counters: toCounters(hub.snapshot(), req.filter) };
     },
     async *watchCounters(req, context) {
-      validateFilter(req.filter, 'filter');
-      const ms = req.interval ? req.interval.seconds * 1000 + req.interval.nanos / 1e6 : DEFAULT_INTERVAL_MS;
-      if (!(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
-        throw CoreError.invalid([
-          { field: 'interval', description: `must be between ${MIN_INTERVAL_MS} ms and ${MAX_INTERVAL_MS / 1000} s` },
-        ]);
-      }
+      const ms = watchInterval(req);
       let prev: CounterSnapshot | undefined;
       for await (const snap of hub.watch(ms, context.signal)) {
         yield { counters: toCounters(snap, req.filter, prev) };

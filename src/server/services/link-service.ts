@@ -2,7 +2,8 @@
 import type { ServiceImplementation } from 'nice-grpc';
 
 import type { Controller } from '../core/controller.js';
-import { CoreError } from '../core/errors.js';
+import { CoreError, type FieldViolation } from '../core/errors.js';
+import { validateInterfaceName } from '../core/validate.js';
 import { linkKey } from '../core/model.js';
 import type { LinkServiceDefinition } from '../../gen/xdpctl/v1/link.js';
 import { CHANGE_ACTION, linkFromProto, linkToProto } from './convert.js';
@@ -16,6 +17,10 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
       return { link: linkToProto(current(spec) ?? spec) };
     },
     async disconnect(req) {
+      const v: FieldViolation[] = [];
+      validateInterfaceName(req.a, 'a', v);
+      validateInterfaceName(req.b, 'b', v);
+      if (v.length) throw CoreError.invalid(v);
       await ctl.disconnect(req.a, req.b);
       return {};
     },

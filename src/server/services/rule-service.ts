@@ -2,11 +2,19 @@
 import type { ServiceImplementation } from 'nice-grpc';
 
 import type { Controller } from '../core/controller.js';
-import { CoreError } from '../core/errors.js';
+import { CoreError, type FieldViolation } from '../core/errors.js';
+import { validateName } from '../core/validate.js';
 import type { RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 
 const DEFAULT_PAGE = 100;
+
+/** A name that no rule can have is a bad argument, not a miss (and is never echoed whole). */
+function checkName(name: string): void {
+  const v: FieldViolation[] = [];
+  validateName(name, 'name', v);
+  if (v.length) throw CoreError.invalid(v);
+}
 const MAX_PAGE = 1000;
 
 export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleServiceDefinition> {
@@ -16,6 +24,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       return { rule: ruleToProto(await ctl.createRule(ruleFromProto(req.rule))) };
     },
     async getRule(req) {
+      checkName(req.name);
       return { rule: ruleToProto(ctl.getRule(req.name)) };
     },
     async listRules(req) {
@@ -32,6 +41,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), req.expectedGeneration)) };
     },
     async deleteRule(req) {
+      checkName(req.name);
       await ctl.deleteRule(req.name, req.expectedGeneration);
       return {};
     },

@@ -30,13 +30,54 @@ export const STATUS_BY_KIND: Record<CoreErrorKind, Status> = {
 
 const DOMAIN = 'xdpctl.io';
 
+/**
+ * Bounds on what an error sends back. The message and the details travel in
+ * HTTP/2 trailers: a client's header list limit is small (tens of KiB), and
+ * trailers over it never arrive, so the call hangs until its deadline and the
+ * connection with it. Requests can make errors echo anything (a 3 MB name, a
+ * 1000-rule ApplyRules with four violations each), so every part is bounded.
+ */
+export const ERROR_LIMITS = { message: 1024, field: 256, description: 512, detailsBytes: 16 * 1024 };
+
+/** Cut text to `max` characters (never inside a surrogate pair), saying how long it was. */
+export function bound(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let end = max;
+  const c = text.charCodeAt(end - 1);
+  if (c >= 0xd800 && c <= 0xdbff) end--;
+  return `${text.slice(0, end)}…(${text.length} chars)`;
+}
+
+/** The violations that fit the details budget, each bounded. */
+function boundViolations(all: { field: string; description: string }[]): {
+  kept: { field: string; description: string }[];
+  omitted: number;
+} {
+  const kept: { field: string; description: string }[] = [];
+  let bytes = 0;
+  for (const v of all) {
+    const b = {
+      field: bound(v.field, ERROR_LIMITS.field),
+      description: bound(v.description, ERROR_LIMITS.description),
+    };
+    // Field and description in UTF-8 plus tags and lengths.
+    bytes += Buffer.byteLength(b.field) + Buffer.byteLength(b.description) + 12;
+    if (bytes > ERROR_LIMITS.detailsBytes) break;
+    kept.push(b);
+  }
+  return { kept, omitted: all.length - kept.length };
+}
+
 function any(typeUrl: string, value: Uint8Array): Any {
   return { typeUrl: `type.googleapis.com/${typeUrl}`, value };
 }
 
 /** Map an error to a ServerError plus the google.rpc.Status details. */
 export function toServerError(err: unknown): { error: ServerError; details?: Uint8Array; internal: boolean } {
-  if (err instanceof ServerError) return { error: err, internal: false };
+  if (err instanceof ServerError) {
+    const bounded = bound(err.details, ERROR_LIMITS.message);
+    return { error: bounded === err.details ? err : new ServerError(err.code, bounded), internal: false };
+  }
   let kind: CoreErrorKind;
   let message: string;
   let violations: { field: string; description: string }[] = [];
@@ -53,6 +94,11 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
   }
   const code = STATUS_BY_KIND[kind];
   if (code === Status.INTERNAL) message = 'internal error (see the daemon log)';
+  const { kept, omitted } = boundViolations(violations);
+  violations = kept;
+  if (omitted)
+    message = `${bound(message, ERROR_LIMITS.message)} [details list ${kept.length}, ${omitted} more omitted]`;
+  else message = bound(message, ERROR_LIMITS.message);
   const details: Any[] = [];
   if (code === Status.INVALID_ARGUMENT && violations.length) {
     details.push(any('google.rpc.BadRequest', BadRequest.encode({ fieldViolations: violations }).finish()));
