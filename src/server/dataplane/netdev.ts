@@ -134,7 +134,21 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
           `cannot inspect; enable GRO on it (ethtool -K <peer> gro on) or attach ${name}'s senders in generic mode`,
       };
     }
-    const all = (await ipJson(['-d', 'link', 'show'], netns)) as IpLink[];
+    let all: IpLink[];
+    try {
+      all = (await ipJson(['-d', 'link', 'show'], netns)) as IpLink[];
+    } catch (e) {
+      // Entering another network namespace (setns) takes CAP_SYS_ADMIN.
+      if (!/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
+      return {
+        veth: true,
+        ok: false,
+        netns,
+        detail:
+          `the peer of ${name} is in network namespace ${netns}, which xdpctld cannot enter without ` +
+          `CAP_SYS_ADMIN to check it; grant CAP_SYS_ADMIN, or use generic mode for ${name}'s senders`,
+      };
+    }
     peer = all.find((l) => l.ifindex === dev.link_index);
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
