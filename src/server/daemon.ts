@@ -29,6 +29,7 @@ import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
 import { accessMiddleware, listenerCredentials } from './services/access.js';
+import { reloadingServerCredentials, type TlsFiles } from './tls.js';
 import { counterService } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
 import { interfaceService } from './services/interface-service.js';
@@ -55,8 +56,11 @@ export interface DaemonOptions {
   mode: XdpModeName;
   fixVethPeers: boolean;
   cleanupOnExit: boolean;
-  /** TLS for TCP listeners (PEM); with clientCa, clients must present a certificate it signed. */
-  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
+  /**
+   * TLS for TCP listeners (PEM files, re-read when they change); with
+   * clientCaFile, clients must present a certificate it signed.
+   */
+  tls?: TlsFiles;
   /** A YAML file that owns the desired state (config-file mode). */
   configPath?: string;
   /** Where the desired state persists (undefined: not persisted). */
@@ -232,6 +236,7 @@ export class Daemon {
     daemon.unregisterMetrics = unregisterMetrics;
 
     try {
+      let tlsCreds: ServerCredentials | undefined; // one set for every TCP listener
       for (const addr of opts.listen) {
         const server = makeServer();
         daemon.servers.push(server);
@@ -249,13 +254,8 @@ export class Daemon {
           chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
           daemon.addresses.push(addr);
         } else {
-          const creds = opts.tls
-            ? ServerCredentials.createSsl(
-                opts.tls.clientCa ?? null,
-                [{ private_key: opts.tls.key, cert_chain: opts.tls.cert }],
-                opts.tls.clientCa !== undefined,
-              )
-            : ServerCredentials.createInsecure();
+          tlsCreds ??= opts.tls && reloadingServerCredentials(opts.tls, log).credentials;
+          const creds = tlsCreds ?? ServerCredentials.createInsecure();
           const port = await server.listen(addr, listenerCredentials('tcp', creds));
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
         }

@@ -2,7 +2,6 @@
 /**
  * xdpctld: the daemon's command line. Everything else is in daemon.ts.
  */
-import { readFileSync } from 'node:fs';
 
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
@@ -42,6 +41,11 @@ const program = new Command('xdpctld')
   .option('--tls-cert <file>', 'PEM certificate for TCP listeners (enables TLS)')
   .option('--tls-key <file>', 'PEM private key for --tls-cert')
   .option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)')
+  .option(
+    '--tls-refresh-seconds <n>',
+    're-read the TLS files this often; a new valid set (mesh rotation) is used for new connections',
+    '60',
+  )
   .option(
     '--auth-config <file.yaml>',
     'who may read (readOnly) and change (admin): lists of spiffe://ID, x509-cn:NAME, unix-uid:N, ' +
@@ -130,6 +134,7 @@ const o = program.opts<{
   tlsCert?: string;
   tlsKey?: string;
   tlsClientCa?: string;
+  tlsRefreshSeconds: string;
   prometheus?: string | true;
   authConfig?: string;
   insecure: boolean;
@@ -138,6 +143,13 @@ const o = program.opts<{
   maxMessageBytes: string;
   maxWatchStreams: string;
 }>();
+const refreshMs = Number(o.tlsRefreshSeconds) * 1000;
+if (!Number.isInteger(refreshMs) || refreshMs < 1000 || refreshMs > 86_400_000) {
+  process.stderr.write(
+    `xdpctld: --tls-refresh-seconds must be an integer from 1 to 86400, not "${o.tlsRefreshSeconds}"\n`,
+  );
+  process.exit(2);
+}
 if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
   process.stderr.write('xdpctld: --tls-cert and --tls-key go together, and --tls-client-ca needs them\n');
   process.exit(2);
@@ -214,13 +226,7 @@ try {
     capacity: capacityForRules(maxRules),
     stateDir: o.state ? o.stateDir : undefined,
     configPath: o.config,
-    tls: o.tlsCert
-      ? {
-          cert: readFileSync(o.tlsCert),
-          key: readFileSync(o.tlsKey!),
-          clientCa: o.tlsClientCa ? readFileSync(o.tlsClientCa) : undefined,
-        }
-      : undefined,
+    tls: o.tlsCert ? { certFile: o.tlsCert, keyFile: o.tlsKey!, clientCaFile: o.tlsClientCa, refreshMs } : undefined,
     log,
     telemetry,
     auth,

@@ -1,18 +1,20 @@
 /**
  * TLS and mutual TLS on the TCP listener, driven with the CLI's --tls-*
  * options: a client with a certificate from the configured CA gets in; one
- * without, or speaking plaintext, does not.
+ * without, or speaking plaintext, does not. Certificates rotated in place (as
+ * a mesh does) are picked up; a half-written rotation is not.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh } from '../helpers/env.js';
+import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
 
 describe('TLS and mTLS', kernelOnly(), () => {
   const id = runId();
@@ -38,6 +40,7 @@ describe('TLS and mTLS', kernelOnly(), () => {
     ]);
     for (const [name, ext] of [
       ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
+      ['rotated', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
       ['client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin'],
     ]) {
       sh('openssl', [
@@ -77,6 +80,8 @@ describe('TLS and mTLS', kernelOnly(), () => {
       f('server.key'),
       '--tls-client-ca',
       f('ca.pem'),
+      '--tls-refresh-seconds',
+      '1',
     ]);
   });
   after(async () => {
@@ -102,6 +107,46 @@ describe('TLS and mTLS', kernelOnly(), () => {
     assert.match(noCert.stderr, /TLS with xdpctld at .* failed: the server requires a client certificate/);
     const plain = cli(['status']);
     assert.notEqual(plain.status, 0);
+  });
+
+  /** The CN of the certificate the daemon presents to a new connection. */
+  const servedCn = () =>
+    new Promise<string>((resolve, reject) => {
+      const [host, port] = [
+        d!.tcp.slice(0, d!.tcp.lastIndexOf(':')),
+        Number(d!.tcp.slice(d!.tcp.lastIndexOf(':') + 1)),
+      ];
+      const s = connect({
+        host,
+        port,
+        ca: sh('cat', [f('ca.pem')]),
+        cert: sh('cat', [f('client.pem')]),
+        key: sh('cat', [f('client.key')]),
+        ALPNProtocols: ['h2'],
+        servername: 'localhost',
+      });
+      s.once('secureConnect', () => {
+        resolve(String(s.getPeerCertificate().subject.CN));
+        s.destroy();
+      });
+      s.once('error', reject);
+    });
+
+  it('follows certificates rotated in place, and keeps the last good set over a half-written one', async () => {
+    assert.equal(await servedCn(), 'server');
+    // Half-written rotation: the new certificate beside the old key.
+    copyFileSync(f('server.pem'), f('server.old.pem'));
+    copyFileSync(f('rotated.pem'), f('server.pem'));
+    await sleep(2500); // > 2 refresh periods
+    assert.equal(await servedCn(), 'server', 'a mismatched pair is not used');
+    assert.match(d!.output, /new TLS files rejected: keeping the certificate in use/);
+    // The key follows: the new pair is used for new connections.
+    copyFileSync(f('rotated.key'), f('server.key'));
+    const end = Date.now() + 5000;
+    while ((await servedCn()) !== 'rotated' && Date.now() < end) await sleep(200);
+    assert.equal(await servedCn(), 'rotated');
+    const r = cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.key'), 'status']);
+    assert.equal(r.status, 0, r.stderr);
   });
 
   it('keeps the Unix socket usable without TLS', () => {
