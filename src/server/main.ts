@@ -17,8 +17,8 @@ import { startTelemetry } from './telemetry/sdk.js';
 const program = new Command('xdpctld')
   .description(
     'gRPC control plane for the xdpctl XDP datapath: UDP redirect rules and interface cross-connects.\n' +
-      'Needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; CAP_SYS_ADMIN for native redirects into veths\n' +
-      'whose peer is in another network namespace) and bpffs mounted at /sys/fs/bpf.',
+      'Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (and CAP_SYS_ADMIN for native redirects into ' +
+      'veths whose peer is in another network namespace), and bpffs mounted at /sys/fs/bpf.',
   )
   .version(VERSION)
   .option('--listen <address...>', 'where to serve gRPC: host:port or unix:/path (repeatable)', DEFAULTS.listen)
