@@ -10,7 +10,7 @@
 import { formatMac, parseIp, parseMac, parsePrefix } from '../net/addr.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { BackendEntry, MatchKey } from '../dataplane/codec.js';
-import type { Dataplane, XdpModeName } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { IdPool } from './ids.js';
 import {
@@ -366,7 +366,13 @@ export class Controller {
       }
     }
     if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
-    // Interfaces must exist.
+    // Interfaces must exist. Each name is resolved once per transaction:
+    // 10 000 rules name the same few interfaces 50 000 times.
+    const interfaces = new Map<string, InterfaceInfo | undefined>();
+    const lookup = (name: string) => {
+      if (!interfaces.has(name)) interfaces.set(name, this.dp.lookupInterface(name));
+      return interfaces.get(name);
+    };
     const plans: {
       name: string;
       spec: RuleSpec;
@@ -378,7 +384,7 @@ export class Controller {
       if (!op.next) continue;
       const field = op.field ?? 'rule';
       const ingress = op.next.ingressInterfaces.map((name, i) => {
-        const info = this.dp.lookupInterface(name);
+        const info = lookup(name);
         if (!info) {
           throw new CoreError('not-found', `${field}.ingress_interfaces[${i}]: interface "${name}" does not exist`, [
             { field: `${field}.ingress_interfaces[${i}]`, description: `interface "${name}" does not exist` },
@@ -388,7 +394,7 @@ export class Controller {
       });
       const backends = [];
       for (const [i, b] of op.next.backends.entries()) {
-        const info = this.dp.lookupInterface(b.interface);
+        const info = lookup(b.interface);
         if (!info) {
           throw new CoreError(
             'not-found',
@@ -454,13 +460,23 @@ export class Controller {
           this.log.info({ ifname: i.name, mode: st.mode }, 'attached');
         }
       }
-      // 2. Native redirects into veths need NAPI on the peer.
+      // 2. Native redirects into veths need NAPI on the peer. Each interface
+      // is checked once per transaction (a check queries netlink or runs tools).
       const warningsByRule = new Map<string, string[]>();
+      const native = new Map<string, boolean>();
+      const peers = new Map<string, { ok: boolean; detail?: string }>();
       for (const p of plans) {
-        const native = p.ingress.some((i) => this.dp.xdpStatus(i.name)?.mode === 'native');
-        if (!native) continue;
+        const isNative = p.ingress.some((i) => {
+          if (!native.has(i.name)) native.set(i.name, this.dp.xdpStatus(i.name)?.mode === 'native');
+          return native.get(i.name);
+        });
+        if (!isNative) continue;
         for (const [bi, b] of p.backends.entries()) {
-          const r = await this.dp.redirectTarget(b.spec.interface, this.opts.fixVethPeers);
+          let r = peers.get(b.spec.interface);
+          if (!r) {
+            r = await this.dp.redirectTarget(b.spec.interface, this.opts.fixVethPeers);
+            peers.set(b.spec.interface, r);
+          }
           if (!r.ok) {
             throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
               { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
@@ -576,17 +592,22 @@ export class Controller {
         });
       }
       // 4. Publish: repoint match entries; remove the ones no longer wanted.
+      // A key may move between rules in one change (ApplyRules: "dns" takes
+      // the port "web" leaves): whoever held it before is what an undo
+      // restores, and a key another rule now claims is never removed.
+      const claimed = new Set([...newKernel.values()].flatMap((k) => k.matchKeys.map(matchId)));
+      const holder = new Map<string, number>();
+      for (const k of this.ruleKernel.values()) for (const m of k.matchKeys) holder.set(matchId(m), k.slot);
       for (const op of ops) {
         const old = this.ruleKernel.get(op.name);
         const next = newKernel.get(op.name);
-        const nextIds = new Set((next?.matchKeys ?? []).map(matchId));
         for (const k of next?.matchKeys ?? []) {
           this.dp.putMatch(k, next!.slot);
-          const prev = old?.matchKeys.find((o) => matchId(o) === matchId(k));
-          undo.push(() => (prev ? this.dp.putMatch(prev, old!.slot) : this.dp.deleteMatch(k)));
+          const prev = holder.get(matchId(k));
+          undo.push(() => (prev !== undefined ? this.dp.putMatch(k, prev) : this.dp.deleteMatch(k)));
         }
         for (const k of old?.matchKeys ?? []) {
-          if (nextIds.has(matchId(k))) continue;
+          if (claimed.has(matchId(k))) continue;
           this.dp.deleteMatch(k);
           undo.push(() => this.dp.putMatch(k, old!.slot));
         }
@@ -935,10 +956,13 @@ export class Controller {
   resync(): Promise<string[]> {
     return this.serial(async () => {
       const missing = new Set<string>();
+      // Once per name per pass: this runs every second, and every rule names its interfaces.
+      const seen = new Map<string, number | undefined>();
       const now = (name: string) => {
-        const info = this.dp.lookupInterface(name);
-        if (!info) missing.add(name);
-        return info?.ifindex;
+        if (!seen.has(name)) seen.set(name, this.dp.lookupInterface(name)?.ifindex);
+        const ifindex = seen.get(name);
+        if (ifindex === undefined) missing.add(name);
+        return ifindex;
       };
       // Attachments die with their device: forget them so they are redone.
       for (const [name, a] of this.attached) if (now(name) !== a.ifindex) this.attached.delete(name);
