@@ -1,0 +1,839 @@
+/**
+ * Control-plane benchmarks: a real xdpctld process (spawned like
+ * test/helpers/daemon.ts does, on its own pin root, socket and state dir,
+ * with real veths in namespaces made here and removed at the end), driven
+ * with generated nice-grpc clients, next to baselines measured in the same
+ * run:
+ *   1. one rule change end to end (call returns and the kernel map shows it),
+ *      over the Unix socket and TCP loopback, vs one raw map update through
+ *      koffi and through `bpftool map update`;
+ *   2. ApplyRules of 1 / 100 / 10 000 rules (4 backends each) until live,
+ *      vs the raw batch writes (putMany) of exactly the entries the daemon
+ *      writes;
+ *   3. 1 / 100 / 1 000 WatchCounters streams at 1 s with 1 000 rules: the
+ *      daemon's CPU and RSS (clients in a child process) and its kernel reads
+ *      per second (bpf() syscalls counted with strace);
+ *   4. start to SERVING with 10 000 rules to adopt, and RSS at rest, vs the
+ *      daemon with 0 rules.
+ * It never touches anything it did not make; everything is removed even on
+ * failure. XDPCTL_BENCH_CPU_PROF=<dir> runs the daemon under --cpu-prof.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+
+import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+
+import { fillRing } from '../src/server/core/ring.js';
+import { capacityForRules } from '../src/server/daemon.js';
+import { BpfMap, mapInfo } from '../src/server/dataplane/bpf-map.js';
+import {
+  AF_INET,
+  backendEntry,
+  IPPROTO_UDP,
+  matchKey,
+  NO_BACKEND,
+  RING_SIZE,
+  RULE_F_ACTIVE,
+  ruleEntry,
+  u32,
+  type BackendEntry,
+  type Codec,
+  type MatchKey,
+} from '../src/server/dataplane/codec.js';
+import { XdpDatapath } from '../src/server/dataplane/datapath.js';
+import { check, lib } from '../src/server/dataplane/libbpf.js';
+import { ifindexOf, macOf } from '../src/server/dataplane/netdev.js';
+import { ChangeAction } from '../src/gen/xdpctl/v1/common.js';
+import { CounterServiceDefinition } from '../src/gen/xdpctl/v1/counters.js';
+import { RuleServiceDefinition, type Rule } from '../src/gen/xdpctl/v1/rule.js';
+import { Topology } from '../test/helpers/topology.js';
+import type { Figure } from './datapath.js';
+
+const ROOT = new URL('..', import.meta.url).pathname;
+const SERVING = 1; // grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING
+const CLK_TCK = 100;
+const BACKENDS_PER_RULE = 4;
+
+/** A control-plane figure: a Figure with its unit, and targets that may be absolute. */
+export interface ControlFigure extends Figure {
+  unit: string;
+  /** How the target reads when it is not "ratio ≤ target" (e.g. "< 25% of a core"). */
+  targetText?: string;
+  note?: string;
+}
+
+export interface ControlBenchOptions {
+  smoke: boolean;
+  /** Run only these sections (default all): change, apply, watch, start. */
+  only?: string[];
+  /** Override the ApplyRules sizes (profiling). */
+  applySizes?: number[];
+}
+
+interface Counts {
+  runs: number;
+  changes: number;
+  rawChanges: number;
+  bpftoolChanges: number;
+  applySizes: number[];
+  applyRuns: number;
+  watchRules: number;
+  watchers: number[];
+  watchWarmMs: number;
+  watchWindowMs: number;
+  straceMs: number;
+  startRules: number;
+  startRuns: number;
+  restMs: number;
+}
+
+const FULL: Counts = {
+  runs: 5,
+  changes: 200,
+  rawChanges: 2000,
+  bpftoolChanges: 50,
+  applySizes: [1, 100, 10_000],
+  applyRuns: 5,
+  watchRules: 1000,
+  watchers: [1, 100, 1000],
+  watchWarmMs: 3000,
+  watchWindowMs: 5000,
+  straceMs: 4000,
+  startRules: 10_000,
+  startRuns: 3,
+  restMs: 3000,
+};
+
+const SMOKE: Counts = {
+  runs: 2,
+  changes: 10,
+  rawChanges: 50,
+  bpftoolChanges: 3,
+  applySizes: [1, 20],
+  applyRuns: 2,
+  watchRules: 20,
+  watchers: [1, 5],
+  watchWarmMs: 300,
+  watchWindowMs: 1000,
+  straceMs: 1100,
+  startRules: 20,
+  startRuns: 2,
+  restMs: 200,
+};
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const pct = (xs: number[], q: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+function figure(name: string, unit: string, xs: number[], repeat: number, extra: Partial<ControlFigure> = {}) {
+  return {
+    name,
+    unit,
+    median: median(xs),
+    min: Math.min(...xs),
+    max: Math.max(...xs),
+    runs: xs.length,
+    repeat,
+    ...extra,
+  } satisfies ControlFigure;
+}
+
+function versus(f: ControlFigure, base: ControlFigure, target?: number, note?: string): ControlFigure {
+  const ratio = f.median / base.median;
+  return {
+    ...f,
+    baseline: base.name,
+    ratio,
+    ...(target !== undefined && { target, met: ratio <= target }),
+    ...(note && { note }),
+  };
+}
+
+/** utime+stime (seconds) and RSS (MB) of a process. */
+function procUsage(pid: number): { cpu: number; rssMb: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields after "(comm)": index 0 is field 3 (state); utime is 14, stime 15.
+  const cpu = (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return { cpu, rssMb: rss ? Number(rss[1]) / 1024 : NaN };
+}
+
+/** Open one of a daemon's pinned maps from this process. */
+function openPinned<K, V>(pinRoot: string, name: string, k: Codec<K>, v: Codec<V>): BpfMap<K, V> {
+  const path = `${XdpDatapath.mapPinDir(pinRoot)}/${name}`;
+  const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+  return new BpfMap(mapInfo(fd, name), fd, k, v);
+}
+
+const rulesClient = (ch: Channel) => createClient(RuleServiceDefinition, ch);
+type RulesClient = Client<typeof RuleServiceDefinition>;
+
+/** A real xdpctld on its own pin root, Unix socket and state dir. */
+class BenchDaemon {
+  child?: ChildProcess;
+  tcp = '';
+  private channels: Channel[] = [];
+  private exited?: Promise<void>;
+
+  constructor(
+    readonly id: string,
+    readonly maxRules: number,
+  ) {}
+
+  get pinRoot(): string {
+    return `/sys/fs/bpf/xdpctl-cp-${this.id}`;
+  }
+  get stateDir(): string {
+    return `/tmp/xdpctl-cp-${this.id}-state`;
+  }
+  get unix(): string {
+    return `unix:/tmp/xdpctl-cp-${this.id}.sock`;
+  }
+  get pid(): number {
+    return this.child!.pid!;
+  }
+
+  /** Spawn; resolves with the time (ms, hrtime) the health check first said SERVING. */
+  async start(): Promise<number> {
+    const prof = process.env.XDPCTL_BENCH_CPU_PROF;
+    // A coarse interval: V8's SIGPROF during verification makes BPF_PROG_LOAD fail with EAGAIN.
+    const nodeArgs = prof ? ['--cpu-prof', '--cpu-prof-interval', '10000', '--cpu-prof-dir', prof] : [];
+    const child = spawn(
+      process.execPath,
+      [
+        ...nodeArgs,
+        '--import',
+        'tsx',
+        `${ROOT}src/server/main.ts`,
+        '--listen',
+        '127.0.0.1:0',
+        this.unix,
+        '--pin-root',
+        this.pinRoot,
+        '--max-rules',
+        String(this.maxRules),
+        '--state-dir',
+        this.stateDir,
+        '--log-level',
+        'warn',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    this.child = child;
+    this.exited = new Promise((r) => child.once('exit', () => r()));
+    let out = '';
+    child.stderr!.on('data', (d) => (out += d));
+    const ready = new Promise<string>((resolve, reject) => {
+      child.stdout!.on('data', (d) => {
+        out += d;
+        const line = out.split('\n').find((l) => l.includes('"msg":"ready"'));
+        if (line) resolve((JSON.parse(line) as { addresses: string[] }).addresses.find((a) => !a.startsWith('unix:'))!);
+      });
+      child.once('exit', (code) => reject(new Error(`xdpctld exited ${code}: ${out.slice(-2000)}`)));
+    });
+    ready.catch(() => undefined);
+    // The socket exists once the server listens (before the state is
+    // adopted); health says NOT_SERVING until the datapath is reconciled.
+    const sock = this.unix.slice('unix:'.length);
+    const deadline = nowMs() + 600_000;
+    while (!existsSync(sock)) {
+      if (child.exitCode !== null) await ready;
+      if (nowMs() > deadline) throw new Error(`xdpctld did not listen: ${out}`);
+      await sleep(2);
+    }
+    const ch = this.channel(this.unix);
+    const health = createClient(HealthDefinition, ch);
+    let serving = 0;
+    while (!serving) {
+      if (child.exitCode !== null) await ready;
+      if (nowMs() > deadline) throw new Error(`xdpctld not SERVING: ${out}`);
+      try {
+        if ((await health.check({ service: '' })).status === SERVING) serving = nowMs();
+      } catch {
+        /* not listening yet */
+      }
+      if (!serving) await sleep(5);
+    }
+    this.tcp = await ready;
+    return serving;
+  }
+
+  channel(address: string): Channel {
+    const ch = createChannel(address.replace(/^unix:(?!\/\/)/, 'unix://'), undefined, {
+      // ApplyRules answers with the whole rule set.
+      'grpc.max_receive_message_length': 256 << 20,
+      'grpc.max_send_message_length': 256 << 20,
+    });
+    this.channels.push(ch);
+    return ch;
+  }
+
+  /** SIGTERM and wait: the datapath and the state stay for the next start. */
+  async stop(): Promise<void> {
+    this.channels.forEach((c) => c.close());
+    this.channels = [];
+    if (this.child && this.child.exitCode === null) {
+      this.child.kill('SIGTERM');
+      await this.exited;
+    }
+  }
+
+  /** Stop (SIGTERM, so that a --cpu-prof profile is written; SIGKILL after 10 s), remove pins, state and socket. */
+  async destroy(): Promise<void> {
+    this.channels.forEach((c) => c.close());
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) {
+      const child = this.child;
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await this.exited;
+      clearTimeout(killer);
+    }
+    XdpDatapath.unpinAll(this.pinRoot);
+    rmSync(this.stateDir, { recursive: true, force: true });
+    rmSync(this.unix.slice('unix:'.length), { force: true });
+  }
+}
+
+/** The veths rules use: one ingress, four backends, each peer in its own namespace. */
+interface Net {
+  ingress: string;
+  ingressIndex: number;
+  backends: { name: string; index: number; mac: string }[];
+}
+
+function ruleSpec(net: Net, i: number, variant = 0): Rule {
+  return {
+    name: `r${i}`,
+    match: { protocol: 0, port: 10_000 + i, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [net.ingress],
+    backends: net.backends.map((b, k) => ({
+      ip: `10.${100 + k + 4 * variant}.${Math.floor(i / 250)}.${(i % 250) + 1}`,
+      mac: `02:00:00:00:0${k}:01`,
+      interface: b.name,
+    })),
+    udpChecksum: 0,
+    labels: {},
+    generation: 0,
+  };
+}
+
+const ruleSet = (net: Net, n: number, variant = 0) => Array.from({ length: n }, (_, i) => ruleSpec(net, i, variant));
+
+const ipBytes = (ip: string) => Uint8Array.from(ip.split('.').map(Number));
+const zero4 = () => new Uint8Array(4);
+const matchOf = (net: Net, port: number): MatchKey => ({
+  ifindex: net.ingressIndex,
+  dport: port,
+  proto: IPPROTO_UDP,
+  family: AF_INET,
+  daddr: zero4(),
+});
+
+/** The pinned maps the bench reads to see what is live. */
+class LiveView {
+  readonly match: BpfMap<MatchKey, number>;
+  readonly cfg;
+  readonly ring: BpfMap<number, number>;
+  readonly backends: BpfMap<number, BackendEntry>;
+
+  constructor(pinRoot: string) {
+    this.match = openPinned(pinRoot, 'rule_match', matchKey, u32);
+    this.cfg = openPinned(pinRoot, 'rule_cfg', u32, ruleEntry);
+    this.ring = openPinned(pinRoot, 'rule_ring', u32, u32);
+    this.backends = openPinned(pinRoot, 'backends', u32, backendEntry);
+  }
+
+  /** The backend address the first ring slot of the rule on `key` sends to, if the rule is live. */
+  firstBackend(key: MatchKey): Uint8Array | undefined {
+    const slot = this.match.get(key);
+    if (slot === undefined || !((this.cfg.get(slot)?.flags ?? 0) & RULE_F_ACTIVE)) return undefined;
+    const id = this.ring.get(slot * RING_SIZE);
+    if (id === undefined || id === NO_BACKEND) return undefined;
+    const b = this.backends.get(id);
+    return b && b.ifindex !== 0 ? b.addr : undefined;
+  }
+
+  close(): void {
+    for (const m of [this.match, this.cfg, this.ring, this.backends]) m.close();
+  }
+}
+
+const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) => !!a && a.every((x, i) => x === b[i]);
+
+/** The entries the daemon writes for a rule set (tables.ts: writeRuleSlot, publishMatches, stats resets). */
+function rawEntries(net: Net, specs: Rule[]) {
+  const backends: [number, BackendEntry][] = [];
+  const ring: [number, number][] = [];
+  const cfg: [number, { flags: number; statsId: number }][] = [];
+  const match: [MatchKey, number][] = [];
+  const ports: [number, { any: number; dst: number }][] = [];
+  const ruleStats: [number, Record<string, bigint>][] = [];
+  const backendStats: [number, { packets: bigint; bytes: bigint }][] = [];
+  let nextBackend = 1;
+  specs.forEach((r, i) => {
+    const slot = i + 1;
+    const members = r.backends.map((b, k) => {
+      const id = nextBackend++;
+      backends.push([
+        id,
+        {
+          dmac: Uint8Array.from(b.mac.split(':').map((x) => parseInt(x, 16))),
+          smac: Uint8Array.from(net.backends[k].mac.split(':').map((x) => parseInt(x, 16))),
+          ifindex: net.backends[k].index,
+          statsId: id,
+          family: AF_INET,
+          addr: ipBytes(b.ip),
+        },
+      ]);
+      backendStats.push([id, { packets: 0n, bytes: 0n }]);
+      return { key: `${b.ip}@${b.interface}`, weight: 1, value: id };
+    });
+    const filled = fillRing(members, RING_SIZE, NO_BACKEND);
+    for (let s = 0; s < RING_SIZE; s++) ring.push([slot * RING_SIZE + s, filled[s]]);
+    cfg.push([slot, { flags: RULE_F_ACTIVE, statsId: slot }]);
+    ruleStats.push([
+      slot,
+      { matched: 0n, matchedBytes: 0n, redirected: 0n, redirectedBytes: 0n, filtered: 0n, noBackend: 0n },
+    ]);
+    match.push([matchOf(net, r.match!.port), slot]);
+    ports.push([r.match!.port, { any: 1, dst: 0 }]);
+  });
+  return { backends, ring, cfg, match, ports, ruleStats, backendStats };
+}
+
+/** Write them with one putMany per map, in the daemon's order; returns ms. */
+function rawBatchWrite(dp: XdpDatapath, e: ReturnType<typeof rawEntries>): number {
+  const m = dp.maps;
+  const t0 = nowMs();
+  m.ruleStats.putMany(e.ruleStats as never);
+  m.backendStats.putMany(e.backendStats);
+  m.backends.putMany(e.backends);
+  m.ruleRing.putMany(e.ring);
+  m.ruleCfg.putMany(e.cfg);
+  m.rulePorts.putMany(e.ports);
+  m.ruleMatch.putMany(e.match);
+  return nowMs() - t0;
+}
+
+/** Count bpf() syscalls of a process over `ms` with strace -c. */
+async function countBpfCalls(pid: number, ms: number): Promise<number> {
+  const st = spawn('strace', ['-c', '-f', '-e', 'trace=bpf', '-p', String(pid)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  st.stderr.on('data', (d) => (err += d));
+  const done = new Promise<number | null>((r) => st.once('exit', (c) => r(c)));
+  await sleep(ms);
+  st.kill('SIGINT');
+  await done;
+  // "% time  seconds  usecs/call  calls  errors syscall" ... "... calls [errors] bpf"
+  const line = err.split('\n').find((l) => /\sbpf\s*$/.test(l));
+  if (!line) {
+    if (/attached/.test(err)) return 0; // attached; no bpf() at all, so no table
+    throw new Error(`strace gave no summary: ${err.slice(-500)}`);
+  }
+  const cols = line.trim().split(/\s+/);
+  return Number(cols[3]);
+}
+
+async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): Promise<ControlFigure[]> {
+  const view = new LiveView(d.pinRoot);
+  const key = matchOf(net, 9000);
+  const spec = (ip: string): Rule => ({
+    name: 'chg',
+    match: { protocol: 0, port: 9000, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [net.ingress],
+    backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
+    udpChecksum: 0,
+    labels: {},
+    generation: 0,
+  });
+  const ips = ['10.99.0.1', '10.99.0.2'];
+  let flip = 0;
+  const latency = async (rules: RulesClient): Promise<number> => {
+    flip ^= 1;
+    const want = ipBytes(ips[flip]);
+    const t0 = nowMs();
+    await rules.updateRule({ rule: spec(ips[flip]), expectedGeneration: 0 });
+    while (!sameBytes(view.firstBackend(key), want)) {
+      if (nowMs() - t0 > 10_000) throw new Error('rule change not visible in the kernel after 10 s');
+    }
+    return (nowMs() - t0) * 1000;
+  };
+  const out: ControlFigure[] = [];
+  try {
+    await rulesClient(d.channel(d.unix)).createRule({ rule: spec(ips[0]) });
+    const perTransport: Record<string, { p50: number[]; p99: number[] }> = {};
+    for (const [label, address] of [
+      ['Unix socket', d.unix],
+      ['TCP loopback', d.tcp],
+    ] as const) {
+      const rules = rulesClient(d.channel(address));
+      for (let i = 0; i < Math.min(20, n.changes); i++) await latency(rules); // warm up
+      const r = (perTransport[label] = { p50: [] as number[], p99: [] as number[] });
+      for (let run = 0; run < n.runs; run++) {
+        const xs: number[] = [];
+        for (let i = 0; i < n.changes; i++) xs.push(await latency(rules));
+        r.p50.push(pct(xs, 0.5));
+        r.p99.push(pct(xs, 0.99));
+      }
+    }
+    // Baselines: the same kind of entry (a backend moving to another address)
+    // written straight into a map of the same type and size.
+    const id = 7;
+    const entry = (ip: string): BackendEntry => ({
+      dmac: Uint8Array.of(2, 0, 0, 0, 0, 0x99),
+      smac: Uint8Array.from(net.backends[0].mac.split(':').map((x) => parseInt(x, 16))),
+      ifindex: net.backends[0].index,
+      statsId: id,
+      family: AF_INET,
+      addr: ipBytes(ip),
+    });
+    const entries = ips.map(entry);
+    const koffi = { p50: [] as number[], p99: [] as number[] };
+    const tool = { p50: [] as number[], p99: [] as number[] };
+    const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, '0'));
+    const toolArgs = ips.map((ip) => [
+      'map',
+      'update',
+      'pinned',
+      `${XdpDatapath.mapPinDir(raw.options.pinRoot)}/backends`,
+      'key',
+      'hex',
+      ...hex(u32.encode(id)),
+      'value',
+      'hex',
+      ...hex(backendEntry.encode(entry(ip))),
+    ]);
+    for (let i = 0; i < 100; i++) raw.maps.backends.put(id, entries[i & 1]); // warm up
+    for (let run = 0; run < n.runs; run++) {
+      const xs: number[] = [];
+      for (let i = 0; i < n.rawChanges; i++) {
+        const t0 = nowMs();
+        raw.maps.backends.put(id, entries[i & 1]);
+        xs.push((nowMs() - t0) * 1000);
+      }
+      koffi.p50.push(pct(xs, 0.5));
+      koffi.p99.push(pct(xs, 0.99));
+      const ys: number[] = [];
+      for (let i = 0; i < n.bpftoolChanges; i++) {
+        const t0 = nowMs();
+        execFileSync('bpftool', toolArgs[i & 1], { stdio: 'ignore' });
+        ys.push((nowMs() - t0) * 1000);
+      }
+      tool.p50.push(pct(ys, 0.5));
+      tool.p99.push(pct(ys, 0.99));
+    }
+    const got = raw.maps.backends.get(id);
+    if (!got || got.ifindex !== net.backends[0].index) throw new Error('raw baseline write did not land');
+    const kp50 = figure('baseline: one map update through koffi (BpfMap.put), p50', 'µs', koffi.p50, n.rawChanges);
+    const kp99 = figure('baseline: one map update through koffi (BpfMap.put), p99', 'µs', koffi.p99, n.rawChanges);
+    const tp50 = figure('baseline: bpftool map update, p50', 'µs', tool.p50, n.bpftoolChanges);
+    const tp99 = figure('baseline: bpftool map update, p99', 'µs', tool.p99, n.bpftoolChanges);
+    out.push(kp50, kp99, tp50, tp99);
+    for (const [label, r] of Object.entries(perTransport)) {
+      for (const [q, xs, kb, tb] of [
+        ['p50', r.p50, kp50, tp50],
+        ['p99', r.p99, kp99, tp99],
+      ] as const) {
+        const f = figure(
+          `UpdateRule end to end (call returns, kernel map shows it), ${label}, ${q}`,
+          'µs',
+          xs,
+          n.changes,
+        );
+        out.push(versus(f, kb, undefined, `${(f.median / tb.median).toFixed(2)}x bpftool's ${q}`));
+      }
+    }
+  } finally {
+    view.close();
+  }
+  return out;
+}
+
+async function section2(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): Promise<ControlFigure[]> {
+  const rules = rulesClient(d.channel(d.unix));
+  const view = new LiveView(d.pinRoot);
+  const out: ControlFigure[] = [];
+  // A rule that stays (unchanged) keeps the program attached to the ingress
+  // between runs, so that each run measures rule writes, not an XDP attach.
+  const keep: Rule = { ...ruleSpec(net, 0), name: 'keep', match: { ...ruleSpec(net, 0).match!, port: 9999 } };
+  try {
+    for (const size of n.applySizes) {
+      const xs: number[] = [];
+      const bs: number[] = [];
+      const rawE = rawEntries(net, ruleSet(net, size));
+      for (let run = 0; run < n.applyRuns; run++) {
+        await rules.applyRules({ rules: [keep] });
+        const variant = run % 2;
+        const set = ruleSet(net, size, variant);
+        const t0 = nowMs();
+        const res = await rules.applyRules({ rules: [keep, ...set] });
+        const t = nowMs() - t0;
+        const created = res.changes.filter((c) => c.action === ChangeAction.CHANGE_ACTION_CREATE).length;
+        if (!res.applied || created !== size) throw new Error(`ApplyRules(${size}) created ${created}`);
+        // Live: every match entry points at an active slot whose ring leads to this set's backend.
+        for (const r of set) {
+          const want = ipBytes(r.backends[0].ip);
+          const got = view.firstBackend(matchOf(net, r.match!.port));
+          if (!got || !r.backends.some((b) => sameBytes(got, ipBytes(b.ip)))) {
+            throw new Error(`rule ${r.name} is not live after ApplyRules returned (${want.join('.')})`);
+          }
+        }
+        xs.push(t);
+        raw.maps.ruleMatch.deleteMany(rawE.match.map(([k]) => k));
+        bs.push(rawBatchWrite(raw, rawE));
+      }
+      raw.maps.ruleMatch.deleteMany(rawE.match.map(([k]) => k));
+      const base = figure(`baseline: raw batch writes (putMany) of the same entries, ${size} rules`, 'ms', bs, 1);
+      const f = figure(`ApplyRules ${size} rules x ${BACKENDS_PER_RULE} backends, until live`, 'ms', xs, 1);
+      out.push(base, versus(f, base, size >= 10_000 ? 3 : undefined));
+    }
+  } finally {
+    view.close();
+  }
+  return out;
+}
+
+async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFigure[]> {
+  const rules = rulesClient(d.channel(d.unix));
+  await rules.applyRules({ rules: ruleSet(net, n.watchRules) });
+  // Sanity: the counter read covers these rules.
+  const counters = createClient(CounterServiceDefinition, d.channel(d.unix));
+  const snap = await counters.getCounters({});
+  if (snap.counters!.rules.length !== n.watchRules) throw new Error('counters do not cover the rules');
+  const perRead = n.watchRules * (1 + BACKENDS_PER_RULE) + snap.counters!.links.length;
+  const cpuWindow = async (): Promise<{ cpu: number; rss: number }> => {
+    const a = procUsage(d.pid);
+    const t0 = nowMs();
+    await sleep(n.watchWindowMs);
+    const b = procUsage(d.pid);
+    return { cpu: ((b.cpu - a.cpu) / ((nowMs() - t0) / 1000)) * 100, rss: b.rssMb };
+  };
+  const out: ControlFigure[] = [];
+  // Baseline: the same daemon with no stream.
+  await sleep(n.watchWarmMs);
+  const idle: { cpu: number; rss: number }[] = [];
+  for (let run = 0; run < n.runs && run < 3; run++) idle.push(await cpuWindow());
+  const idleCpu = figure(
+    'baseline: daemon idle (0 streams)',
+    '% of one core',
+    idle.map((x) => x.cpu),
+    n.watchWindowMs,
+  );
+  const idleRss = figure(
+    'baseline: daemon RSS idle (0 streams)',
+    'MB',
+    idle.map((x) => x.rss),
+    n.watchWindowMs,
+  );
+  const idleCalls = await countBpfCalls(d.pid, n.straceMs);
+  out.push(idleCpu, idleRss);
+  let oneReads: ControlFigure | undefined;
+  for (const w of n.watchers) {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', `${ROOT}bench/cp-watchers.ts`, d.unix, String(w), '1000'],
+      { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let err = '';
+    child.stderr.on('data', (x) => (err += x));
+    const lines: string[] = [];
+    let wake: (() => void) | undefined;
+    let buf = '';
+    child.stdout.on('data', (x) => {
+      buf += x;
+      const parts = buf.split('\n');
+      buf = parts.pop()!;
+      lines.push(...parts);
+      wake?.();
+    });
+    const nextLine = async (ms: number): Promise<Record<string, number>> => {
+      const t0 = nowMs();
+      while (lines.length === 0) {
+        if (child.exitCode !== null || nowMs() - t0 > ms) throw new Error(`watch client: ${err || 'no answer'}`);
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 100);
+        });
+      }
+      return JSON.parse(lines.shift()!) as Record<string, number>;
+    };
+    try {
+      await nextLine(120_000); // every stream has its first snapshot
+      await sleep(n.watchWarmMs);
+      const windows: { cpu: number; rss: number; msgs: number }[] = [];
+      for (let run = 0; run < Math.min(n.runs, 3); run++) {
+        child.stdin.write('stats\n');
+        const a = await nextLine(10_000);
+        const x = await cpuWindow();
+        child.stdin.write('stats\n');
+        const b = await nextLine(10_000);
+        windows.push({ ...x, msgs: (b.messages - a.messages) / (n.watchWindowMs / 1000) });
+      }
+      const calls = await countBpfCalls(d.pid, n.straceMs);
+      const readsPerS = (calls - idleCalls) / (n.straceMs / 1000) / perRead;
+      const label = `${w} WatchCounters stream${w > 1 ? 's' : ''} at 1 s, ${n.watchRules} rules`;
+      const msgs = median(windows.map((x) => x.msgs));
+      const cpu = figure(
+        `${label}: daemon CPU`,
+        '% of one core',
+        windows.map((x) => x.cpu),
+        n.watchWindowMs,
+        {
+          note: `${msgs.toFixed(0)} messages/s delivered`,
+        },
+      );
+      const cpuV = versus(cpu, idleCpu);
+      if (w === 1000 || (n.watchers.at(-1) === w && w < 1000)) {
+        cpuV.targetText = '< 25% of one core';
+        cpuV.met = cpu.median < 25;
+      }
+      out.push(cpuV);
+      out.push(
+        versus(
+          figure(
+            `${label}: daemon RSS`,
+            'MB',
+            windows.map((x) => x.rss),
+            n.watchWindowMs,
+          ),
+          idleRss,
+        ),
+      );
+      const reads = figure(`${label}: kernel counter reads`, 'reads/s', [readsPerS], n.straceMs, {
+        note: `${(calls / (n.straceMs / 1000)).toFixed(0)} bpf() calls/s (strace -c), ${perRead} per read, idle ${(idleCalls / (n.straceMs / 1000)).toFixed(0)}/s`,
+      });
+      if (!oneReads) {
+        oneReads = reads;
+        out.push(reads);
+      } else {
+        const v = versus(reads, oneReads, 1.2);
+        v.targetText = 'flat: ≤ 1.2x the 1-stream reads';
+        out.push(v);
+      }
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
+    }
+  }
+  return out;
+}
+
+async function section4(d: BenchDaemon, empty: BenchDaemon, net: Net, n: Counts): Promise<ControlFigure[]> {
+  const rules = rulesClient(d.channel(d.unix));
+  await rules.applyRules({ rules: ruleSet(net, n.startRules) });
+  const measure = async (x: BenchDaemon, count: number) => {
+    const ts: number[] = [];
+    const rss: number[] = [];
+    for (let run = 0; run < n.startRuns; run++) {
+      await x.stop();
+      const t0 = nowMs();
+      const serving = await x.start();
+      ts.push(serving - t0);
+      await sleep(n.restMs);
+      rss.push(procUsage(x.pid).rssMb);
+      const view = new LiveView(x.pinRoot);
+      try {
+        const live = [...view.match.keys()].length;
+        if (live !== count) throw new Error(`after restart ${live} match entries, not ${count}`);
+      } finally {
+        view.close();
+      }
+    }
+    return { ts, rss };
+  };
+  const e = await measure(empty, 0);
+  const f = await measure(d, n.startRules);
+  const baseT = figure('baseline: start to SERVING, 0 rules', 'ms', e.ts, 1);
+  const baseR = figure('baseline: RSS at rest, 0 rules', 'MB', e.rss, 1);
+  const t = versus(figure(`start to SERVING, ${n.startRules} rules to adopt`, 'ms', f.ts, 1), baseT);
+  const r = versus(figure(`RSS at rest, ${n.startRules} rules`, 'MB', f.rss, 1), baseR);
+  r.targetText = '< 150 MB';
+  r.met = r.median < 150;
+  return [baseT, t, baseR, r];
+}
+
+/** Run every control-plane benchmark; cleans up everything it made, even on failure. */
+export async function benchControl(opts: ControlBenchOptions): Promise<ControlFigure[]> {
+  const n = { ...(opts.smoke ? SMOKE : FULL) };
+  if (opts.applySizes) n.applySizes = opts.applySizes;
+  const id = randomBytes(2).toString('hex');
+  const maxRules = Math.max(...n.applySizes, n.startRules, n.watchRules) + 1;
+  const topo = new Topology(id);
+  const d = new BenchDaemon(`${id}`, maxRules);
+  const empty = new BenchDaemon(`${id}-0`, 16);
+  const rawPin = `/sys/fs/bpf/xdpctl-cp-${id}-raw`;
+  let raw: XdpDatapath | undefined;
+  try {
+    const ingress = topo.addHost('in');
+    const hosts = [0, 1, 2, 3].map((k) => topo.addHost(`b${k}`));
+    const net: Net = {
+      ingress: ingress.hostIf,
+      ingressIndex: ifindexOf(ingress.hostIf),
+      backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
+    };
+    raw = XdpDatapath.open({
+      objectPath: `${ROOT}build/bpf/xdpctl.bpf.o`,
+      pinRoot: rawPin,
+      capacity: capacityForRules(maxRules),
+    });
+    await d.start();
+    await empty.start();
+    const out: ControlFigure[] = [];
+    const want = (s: string) => !opts.only || opts.only.includes(s);
+    if (want('change')) out.push(...(await section1(d, net, raw, n)));
+    if (want('apply')) out.push(...(await section2(d, net, raw, n)));
+    if (want('watch')) out.push(...(await section3(d, net, n)));
+    if (want('start')) out.push(...(await section4(d, empty, net, n)));
+    return out;
+  } finally {
+    await d.destroy().catch(() => undefined);
+    await empty.destroy().catch(() => undefined);
+    raw?.close();
+    XdpDatapath.unpinAll(rawPin);
+    topo.destroy();
+  }
+}
+
+const fmt = (x: number | undefined) =>
+  x === undefined ? '' : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2);
+
+/** The BENCHMARKS.md section for these figures. */
+export function renderControl(figs: Figure[], smoke: boolean): string {
+  const c = smoke ? SMOKE : FULL;
+  const rows = (figs as ControlFigure[]).map((f) => {
+    const target =
+      f.targetText !== undefined
+        ? `${f.targetText}: ${f.met ? 'met' : '**missed**'}`
+        : f.target !== undefined
+          ? `≤ ${f.target}x: ${f.met ? 'met' : '**missed**'}`
+          : '';
+    return `| ${f.name} | ${fmt(f.median)} ${f.unit} | ${fmt(f.min)}–${fmt(f.max)} | ${f.runs} | ${f.baseline ?? ''} | ${f.ratio === undefined ? '' : `${fmt(f.ratio)}x`} | ${target} | ${f.note ?? ''} |`;
+  });
+  return `## Control plane (a real xdpctld, generated gRPC clients)
+
+Each figure is the median over runs with its range. Latencies: ${c.runs} runs of ${c.changes} UpdateRule calls
+(a rule's backend moves to another address; timed until the bench process reads the new backend through the
+pinned rule_match → rule_cfg → rule_ring → backends maps), p50 and p99 per run; baselines write the same kind
+of entry into a map of the same type and size (${c.rawChanges} koffi puts, ${c.bpftoolChanges} bpftool runs per run).
+ApplyRules: ${c.applyRuns} runs per size, each from an empty set; after the call returns every rule is checked live
+in the kernel maps (it always was at the first read); the baseline is one putMany per map of exactly the entries
+the daemon writes (rule and backend stats resets, backends, rings of ${RING_SIZE} slots, rule_cfg, rule_ports,
+rule_match). Streams: clients in a separate process; daemon CPU is utime+stime from /proc over ${c.watchWindowMs / 1000} s windows;
+kernel reads are bpf() syscalls counted with \`strace -c -f\` over ${c.straceMs / 1000} s, minus the idle daemon's, divided by the
+calls one read makes. Start: SIGTERM then a new process over the same pins and state dir, timed from spawn to
+the first SERVING health answer (Node start and TypeScript loading included).
+
+| figure | median | range | runs | baseline | ratio | target | note |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+${rows.join('\n')}
+`;
+}
