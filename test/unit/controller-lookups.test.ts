@@ -3,7 +3,7 @@
  * target, once per transaction and once per resync pass, however many rules
  * name it: 10 000 rules x 4 backends used to cost 50 000 interface lookups
  * and 40 000 veth-peer checks (each running `ip` and `ethtool`) per change,
- * and the same lookups every second in resync. A fake dataplane counts the
+ * and the same lookups every second in resync and at every start. A fake dataplane counts the
  * calls; what a fake models here (call counts) is all that is asserted.
  */
 import assert from 'node:assert/strict';
@@ -124,6 +124,20 @@ describe('controller: interface lookups and peer checks per transaction', () => 
     };
     assert.equal(await perPass(1000), await perPass(10));
     assert.ok((await perPass(1000)) <= 5);
+  });
+
+  it('do not grow with the number of rules when restoring a stored state', async () => {
+    const restoreCounting = async (n: number) => {
+      const stored = (await applyCounting(n)).c.storedState();
+      const dp = new CountingDataplane();
+      const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+      await c.restore(stored);
+      assert.equal(c.listRules().length, n);
+      return dp.calls;
+    };
+    const large = await restoreCounting(1000);
+    assert.deepEqual(large, await restoreCounting(10));
+    assert.ok(large.lookupInterface <= 10, `${large.lookupInterface} lookups for 5 interfaces`);
   });
 
   it('still names the first rule whose backend fails the peer check, and changes nothing', async () => {

@@ -904,11 +904,18 @@ export class Controller {
         for (const id of this.dp.readRing(slot)) if (id !== this.dp.noBackend) this.backendIds.take(id);
       }
       // Rules whose interfaces are gone wait (reported) until resync sees them back.
+      // Each interface is looked up once, however many rules name it.
+      const present = new Map<string, boolean>();
+      const exists = (i: string) => {
+        if (!present.has(i)) present.set(i, this.dp.lookupInterface(i) !== undefined);
+        return present.get(i)!;
+      };
       const ready = stored.rules.filter((r) =>
-        [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].every((i) => this.dp.lookupInterface(i)),
+        [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].every(exists),
       );
+      const isReady = new Set(ready);
       for (const r of stored.rules) {
-        if (ready.includes(r)) continue;
+        if (isReady.has(r)) continue;
         const k = this.ruleKernel.get(r.name);
         const slot = k?.slot ?? this.slots.alloc();
         this.ruleKernel.set(r.name, {
