@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * Only the control-plane benchmarks (for working on them and profiling):
- *   node --import tsx bench/cp-run.ts [--smoke] [--only change,apply,watch,start] [--sizes 1,100] [--out file.json]
+ *   node --import tsx bench/cp-run.ts [--smoke] [--only change,apply,watch,start] [--sizes 1,100] [--watchers 1,1000] [--out file.json]
  * `npm run bench` runs them with everything else.
  */
 import { writeFileSync } from 'node:fs';
@@ -14,6 +14,8 @@ const onlyArg = process.argv.indexOf('--only');
 const only = onlyArg > 0 ? process.argv[onlyArg + 1].split(',') : undefined;
 const sizesArg = process.argv.indexOf('--sizes');
 const applySizes = sizesArg > 0 ? process.argv[sizesArg + 1].split(',').map(Number) : undefined;
-const figs = await benchControl({ smoke, only, applySizes });
+const watchersArg = process.argv.indexOf('--watchers');
+const watchers = watchersArg > 0 ? process.argv[watchersArg + 1].split(',').map(Number) : undefined;
+const figs = await benchControl({ smoke, only, applySizes, watchers });
 if (outArg > 0) writeFileSync(process.argv[outArg + 1], JSON.stringify(figs, null, 1));
 process.stdout.write(renderControl(figs, smoke));
