@@ -121,7 +121,7 @@ const SMOKE: Counts = {
   watchWindowMs: 1000,
   straceMs: 1100,
   startRules: 20,
-  startRuns: 2,
+  startRuns: 1,
   restMs: 200,
 };
 

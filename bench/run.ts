@@ -13,6 +13,7 @@
 import { cpus, release } from 'node:os';
 import { writeFileSync } from 'node:fs';
 
+import { benchControl, renderControl } from './control.js';
 import { benchDatapath, type Figure } from './datapath.js';
 import { benchLive } from './live.js';
 
@@ -34,8 +35,8 @@ async function main(): Promise<void> {
   const live = benchLive(liveOpts);
 
   // ── Control plane (bench/control.ts): its call and its BENCHMARKS.md section go here.
-  const control: Figure[] = [];
-  const controlMd = '';
+  const control: Figure[] = await benchControl({ smoke });
+  const controlMd = renderControl(control, smoke);
   // ──
 
   const command = smoke ? 'npm run bench -- --smoke' : 'npm run bench';
