@@ -18,6 +18,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
+import { Client as RawClient, credentials, Metadata as GrpcMetadata } from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { ClientError, createChannel, createClient, Status, type Channel, type Metadata } from 'nice-grpc';
 
@@ -27,10 +28,19 @@ import { lib } from '../../src/server/dataplane/libbpf.js';
 import { decodeStatusDetails } from '../../src/server/services/status.js';
 import { BadRequest } from '../../src/gen/google/rpc/error_details.js';
 import { CounterServiceDefinition, type CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
-import { LinkDirection, LinkServiceDefinition, type Link } from '../../src/gen/xdpctl/v1/link.js';
+import {
+  ApplyLinksRequest,
+  ConnectRequest,
+  DisconnectRequest,
+  LinkDirection,
+  LinkServiceDefinition,
+  type Link,
+} from '../../src/gen/xdpctl/v1/link.js';
 import {
   ApplyRulesRequest,
   CreateRuleRequest,
+  DeleteRuleRequest,
+  GetRuleRequest,
   RuleServiceDefinition,
   UdpChecksumMode,
   UpdateRuleRequest,
@@ -667,6 +677,167 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
     await rules.applyRules({ rules: [], validateOnly: false });
     assert.equal([...daemon.datapath.maps.ruleMatch.keys()].length, 0);
     smallRef = small();
+  });
+
+  it('malformed, truncated and oversized protobuf bytes: precise codes, still serving, maps unchanged', async (t) => {
+    const raw = new RawClient(`unix:///tmp/xdpctl-test-${id}.sock`, credentials.createInsecure());
+    t.after(() => raw.close());
+    const identity = (b: Buffer) => b;
+    const send = (path: string, bytes: Uint8Array) =>
+      new Promise<{ code: Status; details: string }>((resolve) =>
+        raw.makeUnaryRequest(
+          path,
+          identity,
+          identity,
+          Buffer.from(bytes),
+          new GrpcMetadata(),
+          { deadline: Date.now() + 10_000 },
+          (err, _v) =>
+            resolve(err ? { code: err.code as Status, details: err.details } : { code: Status.OK, details: '' }),
+        ),
+      );
+    // Requests that are never accepted (unknown names and interfaces), to mutate into malformed bytes.
+    const [i0] = env.ifaces;
+    const rule: Rule = {
+      name: 'nope-x',
+      match: { protocol: 1, port: 7999, destination: '', sourcePrefixes: ['10.0.0.0/8'] },
+      ingressInterfaces: [env.missing[0]],
+      backends: [{ ip: '198.18.0.9', mac: '02:00:00:00:00:09', interface: i0, weight: 3 }],
+      udpChecksum: 1,
+      labels: { a: 'b' },
+      generation: 0,
+    };
+    const link = { a: env.missing[0], b: i0, direction: 1 };
+    type Codec = { decode(b: Uint8Array): unknown };
+    const methods: [string, Codec, Uint8Array, boolean][] = [
+      ['/xdpctl.v1.RuleService/CreateRule', CreateRuleRequest, CreateRuleRequest.encode({ rule }).finish(), true],
+      [
+        '/xdpctl.v1.RuleService/UpdateRule',
+        UpdateRuleRequest,
+        UpdateRuleRequest.encode({ rule, expectedGeneration: 3 }).finish(),
+        true,
+      ],
+      [
+        '/xdpctl.v1.RuleService/DeleteRule',
+        DeleteRuleRequest,
+        DeleteRuleRequest.encode({ name: 'nope-x', expectedGeneration: 1 }).finish(),
+        true,
+      ],
+      ['/xdpctl.v1.RuleService/GetRule', GetRuleRequest, GetRuleRequest.encode({ name: 'nope-x' }).finish(), false],
+      [
+        '/xdpctl.v1.RuleService/ApplyRules',
+        ApplyRulesRequest,
+        ApplyRulesRequest.encode({ rules: [rule, rule], validateOnly: false }).finish(),
+        true,
+      ],
+      ['/xdpctl.v1.LinkService/Connect', ConnectRequest, ConnectRequest.encode({ link }).finish(), true],
+      [
+        '/xdpctl.v1.LinkService/Disconnect',
+        DisconnectRequest,
+        DisconnectRequest.encode({ a: env.missing[1], b: i0 }).finish(),
+        true,
+      ],
+      [
+        '/xdpctl.v1.LinkService/ApplyLinks',
+        ApplyLinksRequest,
+        ApplyLinksRequest.encode({ links: [link], validateOnly: false }).finish(),
+        true,
+      ],
+    ];
+    const mutate = fc.oneof(
+      // random bytes
+      fc.uint8Array({ maxLength: 300 }).map((b) => () => b),
+      // a valid encoding cut short (truncated lengths and varints)
+      fc.nat().map((n) => (base: Uint8Array) => base.subarray(0, n % Math.max(base.length, 1))),
+      // one byte changed (wrong wire types, lengths, tags)
+      fc.tuple(fc.nat(), fc.nat(255)).map(([n, v]) => (base: Uint8Array) => {
+        const b = Uint8Array.from(base);
+        if (b.length) b[n % b.length] = v;
+        return b;
+      }),
+      // a field of the wrong wire type or an unknown field appended
+      fc
+        .tuple(fc.integer({ min: 1, max: 2000 }), fc.nat(7), fc.uint8Array({ maxLength: 12 }))
+        .map(([field, wire, tail]) => (base: Uint8Array) => {
+          const tag = [];
+          for (let v = (field << 3) | wire; ; v >>>= 7) {
+            if (v < 0x80) {
+              tag.push(v);
+              break;
+            }
+            tag.push((v & 0x7f) | 0x80);
+          }
+          return Uint8Array.from([...base, ...tag, ...tail]);
+        }),
+      // varints that never end
+      fc.integer({ min: 1, max: 12 }).map((n) => () => Uint8Array.from([0x08, ...Array<number>(n).fill(0xff)])),
+    );
+    const codes: Record<string, number> = {};
+    let sent = 0;
+    let skipped = 0;
+    await assertProperty(
+      fc.asyncProperty(fc.nat(methods.length - 1), mutate, async (m, f) => {
+        const [path, codec, base, mutation] = methods[m];
+        const bytes = f(base);
+        let decoded: unknown;
+        let decodes = true;
+        try {
+          decoded = codec.decode(bytes);
+        } catch {
+          decodes = false;
+        }
+        // An empty ApplyRules/ApplyLinks is a valid "remove everything": not hostile, skip it.
+        const d = decoded as { rules?: unknown[]; links?: unknown[]; validateOnly?: boolean } | undefined;
+        if (decodes && ((d?.rules && d.rules.length === 0) || (d?.links && d.links.length === 0)))
+          return void skipped++;
+        const w0 = writes;
+        const r = await send(path, bytes);
+        sent++;
+        codes[Status[r.code]] = (codes[Status[r.code]] ?? 0) + 1;
+        const ctx = `${path} ${Buffer.from(bytes).toString('hex').slice(0, 120)}: ${Status[r.code]} ${r.details.slice(0, 200)}`;
+        if (!decodes) {
+          assert.equal(r.code, Status.INTERNAL, ctx);
+          assert.match(r.details, /deserializ/i, ctx);
+        } else {
+          assert.ok(
+            ![Status.INTERNAL, Status.UNKNOWN, Status.CANCELLED, Status.DEADLINE_EXCEEDED].includes(r.code),
+            ctx,
+          );
+          if (mutation) assert.notEqual(r.code, Status.OK, `${ctx}: a mutated request was accepted`);
+        }
+        assert.ok(r.details.length <= 1200, `${ctx}: message bounded`);
+        assert.equal(writes, w0, `${ctx}: no kernel write`);
+        assert.deepEqual(changedMaps(smallRef, small()), [], `${ctx}: maps unchanged`);
+      }),
+      { numRuns: Number(process.env.HP_PROTO ?? 1500), endOnFailure: true },
+    );
+    // Oversized: over the receive limit is RESOURCE_EXHAUSTED before any decoding.
+    const before = full();
+    const big = await send('/xdpctl.v1.RuleService/CreateRule', new Uint8Array(5 << 20).fill(0x0a));
+    assert.equal(big.code, Status.RESOURCE_EXHAUSTED, big.details);
+    // Under the limit but a 3 MB name: INVALID_ARGUMENT naming the field, not an echo.
+    const name = CreateRuleRequest.encode({ rule: { ...rule, name: 'N'.repeat(3 << 20) } }).finish();
+    const named = await send('/xdpctl.v1.RuleService/CreateRule', name);
+    assert.equal(named.code, Status.INVALID_ARGUMENT, named.details);
+    assert.match(named.details, /^rule\.name: /);
+    assert.ok(named.details.length <= 1200, `bounded message (${named.details.length})`);
+    // 1000 empty rules: 4000 violations, a trailer that once never arrived.
+    const many = ApplyRulesRequest.encode({
+      rules: Array.from({ length: 1000 }, () => ({ ...rule, name: '' })),
+      validateOnly: false,
+    }).finish();
+    const manyRes = await send('/xdpctl.v1.RuleService/ApplyRules', many);
+    assert.equal(manyRes.code, Status.INVALID_ARGUMENT, manyRes.details);
+    assert.deepEqual(changedMaps(before, full()), [], 'maps byte-identical after all of it');
+    assert.equal(
+      (await rules.listRules({ pageSize: 0, pageToken: '' })).rules.length,
+      model.rules.size,
+      'still serving',
+    );
+    t.diagnostic(
+      `raw protobuf requests: ${sent + 3} (${skipped} empty Apply* decodes skipped); by code ${JSON.stringify(codes)}`,
+    );
+    stats.requests += sent + 3;
   });
 
   it('answers 10 000+ generated requests precisely; rejected ones change nothing', async (t) => {
