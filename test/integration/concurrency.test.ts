@@ -9,7 +9,7 @@
  * return near its baseline once the clients are gone.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, createChannel, createClient, Status, type Channel } from 'nice-grpc';
@@ -47,6 +47,7 @@ describe('concurrency soak', kernelOnly(), () => {
   const topo = new Topology(id);
   let d: DaemonProcess;
   let ifs: string[];
+  const snapDir = `/tmp/xdpctl-test-${id}-heap`;
   const channels: Channel[] = [];
   const channel = () => {
     // Own connection per client (grpc-js would otherwise share one per address).
@@ -61,7 +62,13 @@ describe('concurrency soak', kernelOnly(), () => {
       topo.exec(r, 'sysctl', ['-qw', 'net.ipv6.conf.all.disable_ipv6=1']);
     }
     ifs = ['i0', 'i1', 'i2', 'i3'].map((r) => topo.host(r).hostIf);
-    d = await DaemonProcess.start(id, ['--max-rules', '32', '--xdp-mode', 'generic']);
+    mkdirSync(snapDir, { recursive: true });
+    // SIGUSR2 makes the daemon write a heap snapshot, which runs a full GC first: the only way to
+    // ask another process to collect, so that "after" measures what is kept, not what V8 has not
+    // got round to freeing yet.
+    d = await DaemonProcess.start(id, ['--max-rules', '32', '--xdp-mode', 'generic'], {
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${snapDir}`,
+    });
   });
   after(async () => {
     channels.forEach((c) => c.close());
@@ -69,7 +76,26 @@ describe('concurrency soak', kernelOnly(), () => {
     topo.destroy();
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    rmSync(snapDir, { recursive: true, force: true });
   });
+
+  /** Make the daemon run a full GC (through a heap snapshot, then removed); its RSS after it settles. */
+  async function collectedRss(pid: number): Promise<number> {
+    const n = readdirSync(snapDir).length;
+    process.kill(pid, 'SIGUSR2');
+    let size = -1;
+    for (let i = 0; i < 200; i++) {
+      await sleep(250);
+      const files = readdirSync(snapDir);
+      if (files.length <= n) continue;
+      const now = statSync(`${snapDir}/${files[files.length - 1]}`).size;
+      if (now === size && now > 0) break;
+      size = now;
+    }
+    for (const f of readdirSync(snapDir)) rmSync(`${snapDir}/${f}`, { force: true });
+    await sleep(2000);
+    return rssKb(pid);
+  }
 
   it(`${MUTATORS} mutating clients and ${WATCHERS} watchers for ${SECONDS} s`, async (t) => {
     const pid = d.child.pid!;
@@ -224,8 +250,8 @@ describe('concurrency soak', kernelOnly(), () => {
     // Baseline: after a short round of the same load (code compiled, V8 heap and malloc arenas
     // grown to the working set) and a pause, so that "back to baseline" means "nothing kept".
     await round(Math.min(5, SECONDS));
-    await sleep(5000);
-    const baseline = rssKb(pid);
+    await sleep(2000);
+    const baseline = await collectedRss(pid);
 
     let peak = baseline;
     const health0: string[] = [];
@@ -280,17 +306,14 @@ describe('concurrency soak', kernelOnly(), () => {
     assert.equal(maps.xc_links.length, 2 * finalLinks.size, 'two devmap entries per link');
 
     // ---- memory back near the baseline (the round closed its connections) ----
-    let afterKb = rssKb(pid);
-    for (let i = 0; i < 40 && afterKb > baseline + 16 * 1024; i++) {
-      await sleep(500);
-      afterKb = rssKb(pid);
-    }
+    await sleep(2000);
+    const afterKb = await collectedRss(pid);
     const growth = peak - baseline;
-    // V8 and glibc keep some freed pages for reuse (V8 gives old-space pages back only after a
-    // major GC, which an idle process runs late): allow 32 MiB or a quarter of the growth under
-    // load, whichever is larger. A leak of anything per call or per watch message (tens of
-    // thousands of calls, hundreds of thousands of messages) would be far beyond that.
-    const tolerance = Math.max(32 * 1024, growth / 4);
+    // Both figures are after a full GC. glibc keeps some freed memory in its arenas for reuse
+    // and heap fragmentation varies: allow 16 MiB or a tenth of the growth under load, whichever
+    // is larger. A leak of anything per call or per watch message (over ten thousand calls,
+    // tens of thousands of messages) would be far beyond that.
+    const tolerance = Math.max(16 * 1024, growth / 10);
     t.diagnostic(
       `calls ${calls - callsBefore} in ${elapsed.toFixed(0)} s (+${callsBefore} in the warm-up round) (${JSON.stringify(codes)}); watch snapshots ${snapshots}; ` +
         `rules at the end ${final.size}, links ${finalLinks.size}; RSS baseline ${(baseline / 1024).toFixed(1)} MiB, ` +

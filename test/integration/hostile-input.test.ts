@@ -20,9 +20,12 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 
 import { Client as RawClient, credentials, Metadata as GrpcMetadata } from '@grpc/grpc-js';
 import fc from 'fast-check';
+import { stringify } from 'yaml';
 import { ClientError, createChannel, createClient, Status, type Channel, type Metadata } from 'nice-grpc';
 
+import { CoreError } from '../../src/server/core/errors.js';
 import { capacityForRules, Daemon, DEFAULTS } from '../../src/server/daemon.js';
+import { parseConfig } from '../../src/shared/config-file.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { lib } from '../../src/server/dataplane/libbpf.js';
 import { decodeStatusDetails } from '../../src/server/services/status.js';
@@ -854,5 +857,90 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
         `by kind ${JSON.stringify(stats.byKind)}; full map snapshots compared: ${fullChecks}; kernel writes: ${writes}`,
     );
     assert.ok(stats.requests >= 10_000);
+  });
+  it('config files through Controller.applyConfig: a rejected file changes nothing, a good one is the state', async (t) => {
+    const ifs = env.ifaces;
+    const file = fc
+      .record({
+        rules: fc.uniqueArray(fc.integer({ min: 0, max: 5 }), { maxLength: 4 }),
+        links: fc.shuffledSubarray([0, 1, 2, 3, 4, 5], { maxLength: 4 }),
+        breaker: fc.oneof(
+          { weight: 2, arbitrary: fc.constant('none') },
+          fc.constantFrom(
+            'unknown-iface',
+            'port-0',
+            'bad-name',
+            'prefix-33',
+            'mac-short',
+            'conflict',
+            'link-same',
+            'link-unknown',
+          ),
+        ),
+        pick: fc.nat(),
+      })
+      .map(({ rules: rs, links: ls, breaker, pick }) => {
+        // Rule k: ingress ifs[k], port 7500 + k (no conflicts), backend on the next interface.
+        const rules = rs.map((k) => ({
+          name: `cfg-${k}`,
+          port: 7500 + k,
+          sources: ['10.0.0.0/8'],
+          ingress: [ifs[k]],
+          backends: [
+            { ip: `198.18.7.${k + 1}`, mac: '02:00:00:00:00:07', interface: ifs[(k + 1) % ifs.length], weight: 5 },
+          ],
+        })) as Record<string, unknown>[];
+        const links: { a: string; b: string }[] = [];
+        for (let i = 0; i + 1 < ls.length; i += 2) links.push({ a: ifs[ls[i]], b: ifs[ls[i + 1]] });
+        const r = rules[pick % Math.max(rules.length, 1)];
+        const l = links[pick % Math.max(links.length, 1)];
+        let broken = breaker !== 'none';
+        if (breaker === 'unknown-iface' && r) r.ingress = [env.missing[0]];
+        else if (breaker === 'port-0' && r) r.port = 0;
+        else if (breaker === 'bad-name' && r) r.name = 'Bad_Name';
+        else if (breaker === 'prefix-33' && r) r.sources = ['10.0.0.0/33'];
+        else if (breaker === 'mac-short' && r) (r.backends as { mac: string }[])[0].mac = '02:00:00:00:07';
+        else if (breaker === 'conflict' && r) rules.push({ ...r, name: 'cfg-twin' });
+        else if (breaker === 'link-same' && l) l.b = l.a;
+        else if (breaker === 'link-unknown' && l) l.b = env.missing[1];
+        else broken = false;
+        return { text: stringify({ rules, links: links.map((x) => ({ ...x, direction: 'both' })) }), broken };
+      });
+    const outcomes: Record<string, number> = {};
+    let windowStart = full();
+    await assertProperty(
+      fc.asyncProperty(file, async ({ text, broken }) => {
+        const cfg = parseConfig(text); // every breaker here is semantic: the file parses
+        const before = JSON.stringify(daemon.controller.desiredState());
+        const w0 = writes;
+        let err: unknown;
+        try {
+          await daemon.controller.applyConfig(cfg);
+        } catch (e) {
+          err = e;
+        }
+        outcomes[err ? `rejected:${(err as CoreError).kind}` : 'applied'] =
+          (outcomes[err ? `rejected:${(err as CoreError).kind}` : 'applied'] ?? 0) + 1;
+        if (broken) {
+          assert.ok(err instanceof CoreError, `a broken file was applied or failed oddly: ${err}\n${text}`);
+          assert.equal(writes, w0, 'a rejected file wrote nothing');
+          assert.equal(JSON.stringify(daemon.controller.desiredState()), before, 'the last good state is kept');
+          assert.deepEqual(changedMaps(smallRef, small()), [], 'maps unchanged');
+        } else {
+          assert.equal(err, undefined, `a good file was rejected: ${err}\n${text}`);
+          const state = daemon.controller.desiredState();
+          assert.deepEqual(
+            state.rules.map((r) => [r.name, r.port]).sort(),
+            cfg.rules.map((r) => [r.name, r.port]).sort(),
+          );
+          assert.deepEqual(state.links.map((x) => linkKey(x)).sort(), cfg.links.map((x) => linkKey(x)).sort());
+          smallRef = small();
+          windowStart = full();
+        }
+      }),
+      { numRuns: Number(process.env.HP_CONFIGS ?? 200), endOnFailure: true },
+    );
+    assert.deepEqual(changedMaps(windowStart, full()), [], 'every map byte-identical since the last good file');
+    t.diagnostic(`config files applied through Controller.applyConfig: ${JSON.stringify(outcomes)}`);
   });
 });
