@@ -59,16 +59,40 @@ function unseal(value: unknown): Identity | undefined {
   return JSON.parse(value.slice(SEAL.length + 1)) as Identity;
 }
 
-/** The connected socket's fd under a call (grpc-js keeps the http2 stream on the innermost call). */
-function socketFd(call: ServerInterceptingCallInterface): number | undefined {
-  let c = call as unknown as { nextCall?: unknown; stream?: { session?: { socket?: { _handle?: { fd?: number } } } } };
+type Session = { socket?: { _handle?: { fd?: number } } };
+
+/** The call's HTTP/2 session (grpc-js keeps the http2 stream on the innermost call). */
+function sessionOf(call: ServerInterceptingCallInterface): Session | undefined {
+  let c = call as unknown as { nextCall?: unknown; stream?: { session?: Session } };
   while (c.nextCall) c = c.nextCall as typeof c;
-  const fd = c.stream?.session?.socket?._handle?.fd;
+  return c.stream?.session;
+}
+
+/** The connected socket's fd under a call. */
+function socketFd(call: ServerInterceptingCallInterface): number | undefined {
+  const fd = sessionOf(call)?.socket?._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** The identity the transport proves for this call. */
+/**
+ * Identities per connection: what the transport proves cannot change within
+ * one (peer credentials, the verified certificate, the loopback socket's
+ * owner), and the loopback lookup reads the kernel's socket table, which
+ * costs milliseconds: done once per connection, not once per call.
+ */
+const bySession = new WeakMap<Session, Identity>();
+
+/** The identity the transport proves for this call (computed once per connection). */
 export function identify(kind: ListenerKind, call: ServerInterceptingCallInterface): Identity {
+  const session = sessionOf(call);
+  const known = session && bySession.get(session);
+  if (known) return known;
+  const id = identifyUncached(kind, call);
+  if (session) bySession.set(session, id);
+  return id;
+}
+
+function identifyUncached(kind: ListenerKind, call: ServerInterceptingCallInterface): Identity {
   if (kind === 'unix') {
     const fd = socketFd(call);
     if (fd === undefined) return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
