@@ -30,7 +30,7 @@ import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
 import { accessMiddleware, listenerCredentials } from './services/access.js';
 import { reloadingServerCredentials, type TlsFiles } from './tls.js';
-import { counterService } from './services/counter-service.js';
+import { counterService, sharedEncoding } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
 import { interfaceService } from './services/interface-service.js';
 import { linkService } from './services/link-service.js';
@@ -205,6 +205,8 @@ export class Daemon {
       throw new Error(`descriptor set ${opts.descriptorPath} is missing (run npm run generate)`);
     }
     const reflection = createReflection(readFileSync(opts.descriptorPath), SERVICE_NAMES);
+    // WatchCounters responses are encoded once per message, shared by identical streams.
+    const counterDefinition = sharedEncoding(CounterServiceDefinition);
     const services = {
       rules: ruleService(controller),
       links: linkService(controller),
@@ -228,7 +230,7 @@ export class Daemon {
       server.add(RuleServiceDefinition, services.rules);
       server.add(LinkServiceDefinition, services.links);
       server.add(InterfaceServiceDefinition, services.interfaces);
-      server.add(CounterServiceDefinition, services.counters);
+      server.add(counterDefinition, services.counters);
       server.add(DaemonServiceDefinition, services.daemon);
       return server;
     };

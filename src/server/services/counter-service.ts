@@ -3,7 +3,7 @@
  * CounterHub's shared kernel reads. Rates come from the deltas between the
  * snapshots a given stream has seen.
  */
-import { ServerError, Status, type ServiceImplementation } from 'nice-grpc';
+import { ServerError, Status, type NormalizedServiceDefinition, type ServiceImplementation } from 'nice-grpc';
 
 import type { CounterSnapshot } from '../core/controller.js';
 import type { CounterHub } from '../core/counter-hub.js';
@@ -15,6 +15,7 @@ import {
   type Counters,
   type CounterServiceDefinition,
   type WatchCountersRequest,
+  type WatchCountersResponse,
 } from '../../gen/xdpctl/v1/counters.js';
 
 export const MIN_INTERVAL_MS = 100;
@@ -138,6 +139,90 @@ function watchInterval(req: WatchCountersRequest): number {
   return ms;
 }
 
+/**
+ * Watch responses shared between streams: every stream with the same filter
+ * that sees the same snapshot after the same previous one gets the same
+ * message object (the hub hands one snapshot object to all watchers of a
+ * tick), so a thousand identical watchers build it once, and
+ * {@link sharedEncoding} encodes it once.
+ */
+const responses = new WeakMap<CounterSnapshot, Map<string, WatchCountersResponse>>();
+
+function watchResponse(
+  snap: CounterSnapshot,
+  filter: CounterFilter | undefined,
+  filterKey: string,
+  prev: CounterSnapshot | undefined,
+): WatchCountersResponse {
+  let byKey = responses.get(snap);
+  if (!byKey) responses.set(snap, (byKey = new Map()));
+  const key = `${prev ? snapshotIds.get(prev) : '-'}|${filterKey}`;
+  let r = byKey.get(key);
+  if (!r) byKey.set(key, (r = { counters: toCounters(snap, filter, prev) }));
+  return r;
+}
+
+/** A stable id per snapshot object (for the cache key of the previous one). */
+const snapshotIds = new WeakMap<CounterSnapshot, number>();
+let nextSnapshotId = 0;
+const idOf = (s: CounterSnapshot) => {
+  let id = snapshotIds.get(s);
+  if (id === undefined) snapshotIds.set(s, (id = ++nextSnapshotId));
+  return id;
+};
+
+/**
+ * The CounterService definition with WatchCounters responses encoded once per
+ * message object (see {@link watchResponse}); the bytes live as long as the
+ * message does.
+ */
+export function sharedEncoding(
+  def: typeof CounterServiceDefinition,
+): NormalizedServiceDefinition<typeof CounterServiceDefinition> {
+  const methods = fromTsProto(def);
+  const encode = methods.watchCounters.responseSerialize;
+  const encoded = new WeakMap<object, Uint8Array>();
+  return {
+    ...methods,
+    watchCounters: {
+      ...methods.watchCounters,
+      responseSerialize(value) {
+        let bytes = encoded.get(value);
+        if (!bytes) encoded.set(value, (bytes = encode(value)));
+        return bytes;
+      },
+    },
+  };
+}
+
+type Codec = {
+  encode(v: unknown): { finish(): Uint8Array };
+  fromPartial(v: unknown): unknown;
+  decode(b: Uint8Array): unknown;
+};
+
+/** nice-grpc's own conversion of a ts-proto definition (what Server.add does with one). */
+function fromTsProto(
+  def: typeof CounterServiceDefinition,
+): NormalizedServiceDefinition<typeof CounterServiceDefinition> {
+  const out: Record<string, unknown> = {};
+  for (const [key, m] of Object.entries(def.methods)) {
+    const req = m.requestType as unknown as Codec;
+    const res = m.responseType as unknown as Codec;
+    out[key] = {
+      path: `/${def.fullName}/${m.name}`,
+      requestStream: m.requestStream,
+      responseStream: m.responseStream,
+      requestSerialize: (v: unknown) => req.encode(req.fromPartial(v)).finish(),
+      requestDeserialize: (b: Uint8Array) => req.decode(b),
+      responseSerialize: (v: unknown) => res.encode(res.fromPartial(v)).finish(),
+      responseDeserialize: (b: Uint8Array) => res.decode(b),
+      options: m.options,
+    };
+  }
+  return out as NormalizedServiceDefinition<typeof CounterServiceDefinition>;
+}
+
 export function counterService(hub: CounterHub): ServiceImplementation<typeof CounterServiceDefinition> {
   return {
     async getCounters(req) {
@@ -146,9 +231,11 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
     },
     async *watchCounters(req, context) {
       const ms = watchInterval(req);
+      const filterKey = JSON.stringify(req.filter ?? null);
       let prev: CounterSnapshot | undefined;
       for await (const snap of hub.watch(ms, context.signal)) {
-        yield { counters: toCounters(snap, req.filter, prev) };
+        idOf(snap);
+        yield watchResponse(snap, req.filter, filterKey, prev);
         prev = snap;
       }
       // Ended by the daemon, not the client: say so, so that clients reconnect.
