@@ -13,6 +13,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 
 import { XdpDatapath } from '../src/server/dataplane/datapath.js';
 import { median, type Figure } from './datapath.js';
@@ -58,6 +59,8 @@ export function benchLive(o: LiveBenchOptions): LiveBenchResult {
   const id = randomBytes(3).toString('hex');
   const netns = `xbench-${id}`;
   const pinRoot = `/sys/fs/bpf/xdpctl-bench-live-${id}`;
+  // tc (for the stack's baselines) creates its own bpffs directory on first use; remove it after if new.
+  const tcDirBefore = existsSync('/sys/fs/bpf/tc');
   execFileSync('ip', ['netns', 'add', netns]);
   try {
     const args: LiveWorkerArgs = { pinRoot, repeat: o.repeat, runs: o.runs, objectPath: o.objectPath };
@@ -95,5 +98,14 @@ export function benchLive(o: LiveBenchOptions): LiveBenchResult {
       /* already gone */
     }
     XdpDatapath.unpinAll(pinRoot);
+    if (!tcDirBefore) removeTcBpffsDir();
   }
+}
+
+/** Remove /sys/fs/bpf/{tc,ip,xdp} that tc made, if nothing is pinned in them. */
+function removeTcBpffsDir(): void {
+  const globals = '/sys/fs/bpf/tc/globals';
+  if (existsSync(globals) && readdirSync(globals).length > 0) return;
+  for (const link of ['/sys/fs/bpf/ip', '/sys/fs/bpf/xdp']) rmSync(link, { force: true });
+  rmSync('/sys/fs/bpf/tc', { recursive: true, force: true });
 }
