@@ -34,15 +34,23 @@ describe('counter hub', () => {
     const hub = new CounterHub(fakeRead(), 10);
     const ac = new AbortController();
     const it = hub.watch(10, ac.signal)[Symbol.asyncIterator]();
-    const first = (await it.next()).value as CounterSnapshot;
-    await new Promise((r) => setTimeout(r, 150)); // ~15 ticks while we do not read
-    const second = (await it.next()).value as CounterSnapshot;
-    const third = (await it.next()).value as CounterSnapshot;
-    assert.ok(second.global[0] - first.global[0] >= 5n, 'skipped to a recent snapshot');
-    assert.ok(third.global[0] > second.global[0]);
-    ac.abort();
-    await it.return?.(undefined);
-    hub.close();
-    assert.equal(hub.watcherCount, 0);
+    try {
+      const first = (await it.next()).value as CounterSnapshot;
+      const reads0 = hub.reads;
+      await new Promise((r) => setTimeout(r, 150)); // ~15 ticks while we do not read
+      // Nothing was read (nor kept) for a watcher that could not take it.
+      assert.equal(hub.reads, reads0, 'no kernel reads while the only watcher is not reading');
+      const asked = Date.now();
+      const second = (await it.next()).value as CounterSnapshot;
+      const third = (await it.next()).value as CounterSnapshot;
+      assert.ok(second.global[0] > first.global[0], 'a newer snapshot');
+      assert.ok(asked - second.time < hub.baseMs, `the latest one (${asked - second.time} ms old), not a backlog`);
+      assert.ok(third.global[0] > second.global[0]);
+      ac.abort();
+      await it.return?.(undefined);
+      assert.equal(hub.watcherCount, 0);
+    } finally {
+      hub.close();
+    }
   });
 });
