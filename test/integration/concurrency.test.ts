@@ -247,9 +247,11 @@ describe('concurrency soak', kernelOnly(), () => {
       mine.forEach((c) => c.close());
     }
 
-    // Baseline: after a short round of the same load (code compiled, V8 heap and malloc arenas
-    // grown to the working set) and a pause, so that "back to baseline" means "nothing kept".
-    await round(Math.min(5, SECONDS));
+    // Baseline: after a round of the same load long enough to reach steady state (code compiled
+    // and optimised, V8 heap and malloc arenas grown to the working set; 5 s was not: the baseline
+    // then missed up to ~10 MiB of one-time growth) and a pause, so that "back to baseline" means
+    // "nothing kept".
+    await round(Math.min(20, SECONDS));
     await sleep(2000);
     const baseline = await collectedRss(pid);
 
