@@ -59,8 +59,6 @@ export function benchLive(o: LiveBenchOptions): LiveBenchResult {
   const id = randomBytes(3).toString('hex');
   const netns = `xbench-${id}`;
   const pinRoot = `/sys/fs/bpf/xdpctl-bench-live-${id}`;
-  // tc (for the stack's baselines) creates its own bpffs directory on first use; remove it after if new.
-  const tcDirBefore = existsSync('/sys/fs/bpf/tc');
   execFileSync('ip', ['netns', 'add', netns]);
   try {
     const args: LiveWorkerArgs = { pinRoot, repeat: o.repeat, runs: o.runs, objectPath: o.objectPath };
@@ -98,7 +96,8 @@ export function benchLive(o: LiveBenchOptions): LiveBenchResult {
       /* already gone */
     }
     XdpDatapath.unpinAll(pinRoot);
-    if (!tcDirBefore) removeTcBpffsDir();
+    // tc (for the stack's baselines) makes its bpffs directory on first use: remove it when empty.
+    removeTcBpffsDir();
   }
 }
 

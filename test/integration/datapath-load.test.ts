@@ -4,7 +4,7 @@
  * reports them; a foreign XDP program is never clobbered.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -18,10 +18,13 @@ describe('datapath load and attach', kernelOnly(), () => {
   const ifA = `x${id}la`;
   const ifB = `x${id}lb`;
   const opened: XdpDatapath[] = [];
-  // iproute2 makes these when it loads an object; remove them if we caused it.
-  const ipDirs = ['ip', 'tc', 'xdp'].map((d) => `/sys/fs/bpf/${d}`).filter((d) => !existsSync(d));
+  // iproute2 makes these on first use; remove them when nothing is pinned in them (another test
+  // running at the same time may have made them: checking "did we make it" races).
   after(() => {
-    for (const d of ipDirs) shQuiet('rm', ['-rf', '--one-file-system', d]);
+    const globals = '/sys/fs/bpf/tc/globals';
+    if (!existsSync(globals) || readdirSync(globals).length === 0) {
+      for (const d of ['ip', 'xdp', 'tc']) shQuiet('rm', ['-rf', '--one-file-system', `/sys/fs/bpf/${d}`]);
+    }
     opened.forEach((d) => d.close());
     shQuiet('ip', ['link', 'del', ifA]);
     XdpDatapath.unpinAll(pinRoot);
