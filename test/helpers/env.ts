@@ -4,6 +4,7 @@
  */
 import { execFileSync, type ExecFileSyncOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
@@ -61,4 +62,14 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 15_
 /** Register cleanup that runs even when the test fails. */
 export function onCleanup(t: TestContext, fn: () => void | Promise<void>): void {
   t.after(fn);
+}
+
+/**
+ * iproute2 makes /sys/fs/bpf/{tc,ip,xdp} when it first loads an object; remove them when nothing is
+ * pinned in them (tests that run at the same time may have made them: "did we make it" races).
+ */
+export function removeIproute2BpffsDirs(): void {
+  const globals = '/sys/fs/bpf/tc/globals';
+  if (existsSync(globals) && readdirSync(globals).length > 0) return;
+  for (const d of ['ip', 'xdp', 'tc']) rmSync(`/sys/fs/bpf/${d}`, { recursive: true, force: true });
 }

@@ -4,12 +4,11 @@
  * reports them; a foreign XDP program is never clobbered.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { KernelError } from '../../src/server/dataplane/errors.js';
-import { kernelOnly, OBJECT, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
+import { kernelOnly, OBJECT, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
 
 describe('datapath load and attach', kernelOnly(), () => {
   const id = runId();
@@ -18,13 +17,8 @@ describe('datapath load and attach', kernelOnly(), () => {
   const ifA = `x${id}la`;
   const ifB = `x${id}lb`;
   const opened: XdpDatapath[] = [];
-  // iproute2 makes these on first use; remove them when nothing is pinned in them (another test
-  // running at the same time may have made them: checking "did we make it" races).
   after(() => {
-    const globals = '/sys/fs/bpf/tc/globals';
-    if (!existsSync(globals) || readdirSync(globals).length === 0) {
-      for (const d of ['ip', 'xdp', 'tc']) shQuiet('rm', ['-rf', '--one-file-system', `/sys/fs/bpf/${d}`]);
-    }
+    removeIproute2BpffsDirs(); // `ip link set ... obj` below makes them
     opened.forEach((d) => d.close());
     shQuiet('ip', ['link', 'del', ifA]);
     XdpDatapath.unpinAll(pinRoot);

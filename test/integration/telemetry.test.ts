@@ -30,7 +30,7 @@ import { startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.j
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { Protocol, RuleServiceDefinition, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -121,7 +121,10 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
     topo.routeToXdp('vm');
     sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
   });
-  after(() => topo.destroy());
+  after(() => {
+    topo.destroy();
+    removeIproute2BpffsDirs(); // `ip link set ... obj` below makes them
+  });
 
   const rule = (name: string, ingress: string, backend: Host): Rule => ({
     name,
