@@ -69,6 +69,9 @@ function host(role: string, cidr: string) {
 function ping(from: { netns: string }, to: { ip: string }): boolean {
   const args = [`--net=/run/netns/${from.netns}`, 'ping', '-c', '2', '-i', '0.2', '-W', '1', '-q', to.ip];
   console.log(`$ ping ${to.ip}    # from ${from.netns}`);
+  // Forget what an earlier ping learned or is still resolving: an ARP entry left INCOMPLETE by a ping
+  // before the link existed retries only once a second, which can miss this ping's short window.
+  sh('ip', ['-n', from.netns, 'neigh', 'flush', 'all']);
   try {
     const out = sh('nsenter', args);
     console.log(

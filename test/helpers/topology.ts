@@ -94,8 +94,13 @@ export class Topology {
     sh('ip', ['-n', netns, 'route', 'replace', 'default', 'via', gatewayIp, 'dev', 'eth0', 'onlink']);
   }
 
-  /** Ping from a host; true when replies came back. */
+  /**
+   * Ping from a host; true when replies came back. The host's learned neighbours are flushed first
+   * (static ones stay): an ARP entry that an earlier ping left INCOMPLETE retries only once a
+   * second, which can fall outside this ping's short window and make a working path look dead.
+   */
   ping(from: string, ip: string, count = 2): boolean {
+    sh('ip', ['-n', this.host(from).netns, 'neigh', 'flush', 'all']);
     try {
       this.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', '-q', ip]);
       return true;
