@@ -107,6 +107,10 @@ describe('interface churn', kernelOnly(), () => {
     assert.notEqual(now.ifindex, oldIndex, 'a new ifindex');
     assert.deepEqual(await delivered(), [200, 200], 'traffic flows again');
     assert.equal((await c.rules.getRule({ name: 'web' })).rule!.generation, 1, 'same rule, not a new version');
+    await until('the rule warning to clear', async () => {
+      const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+      return st.warnings.length === 0 && st.message.startsWith('forwarding');
+    });
     await until(
       'datapath health SERVING',
       async () =>

@@ -462,7 +462,6 @@ export class Controller {
       }
       // 2. Native redirects into veths need NAPI on the peer. Each interface
       // is checked once per transaction (a check queries netlink or runs tools).
-      const warningsByRule = new Map<string, string[]>();
       const native = new Map<string, boolean>();
       const peers = new Map<string, { ok: boolean; detail?: string }>();
       for (const p of plans) {
@@ -567,7 +566,6 @@ export class Controller {
         }));
         const unresolved = bstatus.filter((b) => !b.resolved).length;
         const live = members.filter((m) => m.weight > 0).length;
-        const warnings = warningsByRule.get(p.name) ?? [];
         newKernel.set(p.name, {
           slot,
           statsId,
@@ -587,7 +585,7 @@ export class Controller {
                   ? `${unresolved} backend(s) without a MAC address`
                   : `forwarding to ${live} backend(s)`,
             backends: bstatus,
-            warnings,
+            warnings: [],
           },
         });
       }
@@ -974,18 +972,30 @@ export class Controller {
       // Attachments die with their device: forget them so they are redone.
       for (const [name, a] of this.attached) if (now(name) !== a.ifindex) this.attached.delete(name);
       const ops: { name: string; next: RuleSpec }[] = [];
-      for (const [name, k] of this.ruleKernel) {
-        const gone = [...k.ifindexes.keys()].filter((i) => now(i) === undefined);
-        const warning = gone.length
-          ? `interface(s) ${gone.join(', ')} missing: the rule is written again when they return`
-          : undefined;
-        k.status.warnings = warning ? [warning] : [];
-        if (gone.length) continue;
-        if ([...k.ifindexes].some(([i, idx]) => now(i) !== idx)) {
+      // No allocation per rule when nothing changed (forEach, not for-of over
+      // entries): with 10 000 rules the arrays this pass used to build were
+      // ~15 MB of garbage every second.
+      const gone: string[] = [];
+      let moved = false;
+      const check = (idx: number, i: string) => {
+        const cur = now(i);
+        if (cur === undefined) gone.push(i);
+        else if (cur !== idx) moved = true;
+      };
+      this.ruleKernel.forEach((k, name) => {
+        gone.length = 0;
+        moved = false;
+        k.ifindexes.forEach(check);
+        if (gone.length) {
+          k.status.warnings = [`interface(s) ${gone.join(', ')} missing: the rule is written again when they return`];
+          return;
+        }
+        if (k.status.warnings.length) k.status.warnings = [];
+        if (moved) {
           const { generation: _g, createTime: _c, updateTime: _u, ...spec } = this.rules.get(name)!;
           ops.push({ name, next: spec });
         }
-      }
+      });
       if (ops.length) {
         this.log.info({ rules: ops.map((o) => o.name) }, 'interfaces changed: re-applying rules');
         await this.applyRuleOps(ops, 'resync', true);
