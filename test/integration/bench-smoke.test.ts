@@ -17,7 +17,7 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
       });
       assert.equal(r.status, 0, r.stderr);
       type Row = { name: string; median: number; ratio?: number; baseline?: string; delivered?: number };
-      const res = JSON.parse(readFileSync(out, 'utf8')) as { datapath: Row[]; live: Row[] };
+      const res = JSON.parse(readFileSync(out, 'utf8')) as { datapath: Row[]; live: Row[]; control: Row[] };
       const names = res.datapath.map((f) => f.name);
       for (const want of [
         'baseline: XDP_PASS program',
@@ -51,6 +51,25 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
         assert.ok(f.median > 0, `${f.name}: ${f.median} Mpps`);
         assert.ok((f.delivered ?? 0) > 0.5, `${f.name}: only ${f.delivered} of the frames delivered`);
         if (f.baseline) assert.ok(typeof f.ratio === 'number' && f.ratio > 0, f.name);
+      }
+      // The control plane: every section produced its rows, each with a measured value.
+      const control = res.control.map((f) => f.name);
+      for (const want of [
+        /^UpdateRule end to end .*, Unix socket, p50$/,
+        /^ApplyRules 20 rules x 4 backends, until live$/,
+        /^5 WatchCounters streams at 1 s, 20 rules: daemon CPU$/,
+        /^start to SERVING, 20 rules to adopt$/,
+        /^RSS at rest \(.* after SERVING\), 20 rules$/,
+      ]) {
+        assert.ok(
+          control.some((n) => want.test(n)),
+          `missing control row ${want}: ${control.join(' | ')}`,
+        );
+      }
+      for (const f of res.control) {
+        // An idle daemon's CPU can round to 0; latencies, rates and RSS cannot.
+        if (/CPU|idle \(0 streams\)$/.test(f.name)) assert.ok(f.median >= 0, `${f.name}: ${f.median}`);
+        else assert.ok(f.median > 0, `${f.name}: ${f.median}`);
       }
     } finally {
       rmSync(out, { force: true });
