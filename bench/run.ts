@@ -101,9 +101,12 @@ ${missText(figs)}
 `;
 }
 
+/** The median of the figure called `name`, if the run has it. */
+const medianOf = (figs: Figure[], name: string) => figs.find((f) => f.name === name)?.median;
+
 /** Why the rule miss lands where it does against XDP_PASS, from this run's figures. */
 function missText(figs: Figure[]): string {
-  const ns = (name: string) => figs.find((f) => f.name === name)?.median;
+  const ns = (name: string) => medianOf(figs, name);
   const pass = ns('baseline: XDP_PASS program');
   const miss = ns('xdpctl: rule miss (UDP, other port)');
   const arp = ns('xdpctl: non-IP (ARP)');
@@ -120,14 +123,14 @@ counts add up to the packets seen) or the \`if_flags\` lookup from the miss path
 function renderLive(figs: Figure[], perPacket: Figure[]): string {
   const byName = new Map(figs.map((f) => [f.name, f]));
   // The UDP path's extra cost per packet (test run) against the live per-frame time: the rate it predicts.
-  const cost = (name: string) => perPacket.find((f) => f.name === name)?.median;
-  const minNs = cost('baseline: minimal bpf_redirect_map');
-  const udpNs = cost('xdpctl: UDP rule hit, 1 backend');
+  const minNs = medianOf(perPacket, 'baseline: minimal bpf_redirect_map');
+  const udpNs = medianOf(perPacket, 'xdpctl: UDP rule hit, 1 backend');
   const udpLive = byName.get('xdpctl: UDP redirect');
   const speedUps = figs
     .filter((f) => f.name.startsWith('Linux stack') && f.ratio)
     .map((f) => `${f.name.replace('Linux stack: ', '')}: xdpctl delivers ${fmt(1 / f.ratio!, 1)}x as many`);
   const base = byName.get('baseline: minimal bpf_redirect_map');
+  const frameNs = base ? 1000 / base.median : undefined; // the minimal redirect's ns per live frame
   return `## Datapath: live frames delivered into a veth (BPF_F_TEST_XDP_LIVE_FRAMES, native mode)
 
 ${liveOpts.repeat.toLocaleString('en')} frames per test run, ${liveOpts.runs} runs per path, paths interleaved within each run.
@@ -148,18 +151,18 @@ ${figs
   .join('\n')}
 
 What XDP buys over the Linux stack here: ${speedUps.join('; ')}.
-Per frame at these rates: minimal redirect ${base ? fmt(1000 / base.median, 0) : '?'} ns, of which the program is
+Per frame at these rates: minimal redirect ${frameNs !== undefined ? fmt(frameNs, 0) : '?'} ns, of which the program is
 tens of ns (table above); the rest is the test run's page pool, the veth transmit and the receiver.
 The UDP redirect's live rate misses ≥ 0.9x: builds without its counters, without the rewrite or without the
 \`rule_match\` lookup did not move it beyond this machine's run-to-run noise (the baseline alone varied
 2.5–4.5 Mpps between runs). A build that redirects through a devmap (\`bpf_redirect_map\`, as the baseline does)
 instead of \`bpf_redirect(ifindex)\` did not either (same runs, 1 M frames × 5: 0.70x and 0.64x against 0.74x and
 0.66x). The gap is the program's own cost per frame: ${
-    base && minNs !== undefined && udpNs !== undefined
+    frameNs !== undefined && minNs !== undefined && udpNs !== undefined
       ? `in this run the UDP path costs ${fmt(udpNs - minNs, 0)} ns more than the minimal redirect (test run, ` +
-        `table above); added to the minimal redirect's ${fmt(1000 / base.median, 0)} ns per live frame that predicts ` +
-        `${fmt(1000 / base.median / (1000 / base.median + udpNs - minNs), 2)}x, measured ${fmt(udpLive?.ratio, 2)}x; 0.9x ` +
-        `needs the UDP path within ${fmt(1000 / base.median / 9, 0)} ns of the minimal redirect`
+        `table above); added to the minimal redirect's ${fmt(frameNs, 0)} ns per live frame that predicts ` +
+        `${fmt(frameNs / (frameNs + udpNs - minNs), 2)}x, measured ${fmt(udpLive?.ratio, 2)}x; 0.9x ` +
+        `needs the UDP path within ${fmt(frameNs / 9, 0)} ns of the minimal redirect`
       : 'see the per-packet table'
   }, the same work as its per-packet target.
 `;
