@@ -1,6 +1,9 @@
 // Lint rules, including the architecture's boundaries (HOUSE_STYLE.md):
 // only src/server/dataplane/ may import koffi; only services and server wiring
-// import nice-grpc / grpc-js; the client imports nothing from the server.
+// import nice-grpc / grpc-js; core/ owns its ports and imports nothing from
+// dataplane/ or services/; services/ import nothing from dataplane/ (the
+// wiring in src/server/*.ts connects them); the client imports nothing from
+// the server. test/unit/boundaries.test.ts proves each rule rejects a violation.
 import js from '@eslint/js';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
@@ -22,15 +25,63 @@ export default tseslint.config(
     },
   },
   {
-    files: ['src/server/core/**/*.ts', 'src/server/net/**/*.ts'],
+    files: ['src/server/core/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [koffi, ...grpc],
+          patterns: [
+            {
+              group: ['**/dataplane/**', '**/services/**'],
+              message:
+                'core/ owns its ports and error kinds (core/dataplane.ts, core/errors.ts): it imports nothing from dataplane/ or services/.',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ['src/server/net/**/*.ts'],
     rules: { 'no-restricted-imports': ['error', { paths: [koffi, ...grpc] }] },
   },
   {
     files: ['src/server/dataplane/**/*.ts'],
-    rules: { 'no-restricted-imports': ['error', { paths: grpc }] },
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: grpc,
+          patterns: [
+            {
+              group: ['**/services/**'],
+              message: 'dataplane/ implements core ports; it imports nothing from services/.',
+            },
+          ],
+        },
+      ],
+    },
   },
   {
-    files: ['src/server/services/**/*.ts', 'src/server/*.ts'],
+    files: ['src/server/services/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [koffi],
+          patterns: [
+            {
+              group: ['**/dataplane/**'],
+              message: 'services/ call the core; only the server wiring (src/server/*.ts) knows dataplane/.',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ['src/server/*.ts'],
     rules: { 'no-restricted-imports': ['error', { paths: [koffi] }] },
   },
   {

@@ -28,7 +28,8 @@ import { KernelDataplane } from './dataplane/adapter.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
-import { accessMiddleware, listenerCredentials } from './services/access.js';
+import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
+import { peerCred } from './dataplane/peer-cred.js';
 import { reloadingServerCredentials, type TlsFiles } from './tls.js';
 import { counterService, sharedEncoding } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
@@ -160,6 +161,7 @@ export class Daemon {
     const policy = opts.auth
       ? new Policy(opts.auth, userDb)
       : new Policy(defaultAuthConfig({ selfUid: process.geteuid?.() ?? 0, socketGid }), userDb, true);
+    usePeerCredentials(peerCred);
     const access = accessMiddleware({
       policy,
       audit: opts.audit ?? log.child({ audit: true }),

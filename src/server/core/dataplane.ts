@@ -1,10 +1,73 @@
 /**
- * What the core needs from the datapath. The real implementation is
- * dataplane/adapter.ts (koffi + libbpf); unit tests use a fake. Every method
- * that changes the kernel is a single, small step so that the core can undo
- * a failed transaction step by step.
+ * The port the core needs from the datapath, and the types that cross it.
+ * The core owns these: the real implementation (dataplane/adapter.ts, koffi +
+ * libbpf) implements them and encodes them into kernel bytes
+ * (dataplane/codec.ts); unit tests use a fake. Every method that changes the
+ * kernel is a single, small step so that the core can undo a failed
+ * transaction step by step. Nothing here imports from dataplane/.
  */
-import type { BackendEntry, BackendStats, LinkStats, MatchKey, RuleStats, SrcKey } from '../dataplane/codec.js';
+
+/** A match entry's key: (ingress ifindex, UDP destination port, protocol, destination address). */
+export interface MatchKey {
+  ifindex: number;
+  /** Host order. */
+  dport: number;
+  /** IP protocol number (17 = UDP). */
+  proto: number;
+  /** Address family (2 = AF_INET). */
+  family: number;
+  /** 4 or 16 bytes; all-zero means any destination. */
+  daddr: Uint8Array;
+}
+
+/** A source prefix allowed for one rule slot. */
+export interface SrcKey {
+  slot: number;
+  /** Prefix length in address bits (0..32 for IPv4). */
+  length: number;
+  addr: Uint8Array;
+}
+
+/** One backend as the datapath rewrites packets to it. */
+export interface BackendEntry {
+  /** Destination MAC (6 bytes). */
+  dmac: Uint8Array;
+  /** Source MAC (6 bytes): the egress interface's. */
+  smac: Uint8Array;
+  /** Egress ifindex. */
+  ifindex: number;
+  statsId: number;
+  family: number;
+  addr: Uint8Array;
+}
+
+/** Counters of one rule (packets and bytes, summed over CPUs). */
+export type RuleStats = Record<
+  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend',
+  bigint
+>;
+/** Counters of one backend. */
+export type BackendStats = Record<'packets' | 'bytes', bigint>;
+/** Counters of one cross-connect direction, by ingress ifindex. */
+export type LinkStats = Record<'packets' | 'bytes', bigint>;
+
+/**
+ * Index of each datapath-wide counter in {@link CounterRead.global}: the
+ * order of `enum xdpctl_global_stat` in bpf/xdpctl.h (a unit test compares it
+ * with the codec's copy).
+ */
+export const GlobalStat = {
+  ABORTED: 0,
+  DROP: 1,
+  PASS: 2,
+  TX: 3,
+  REDIRECT: 4,
+  ERR_TRUNCATED: 5,
+  ERR_FRAGMENT: 6,
+  ERR_NO_RULE: 7,
+  ERR_NO_BACKEND: 8,
+  ERR_REDIRECT: 9,
+} as const;
 
 export type XdpModeName = 'native' | 'generic' | 'auto';
 

@@ -3,9 +3,23 @@
  * one table (services/status.ts). Field violations name the request field
  * ("rules[2].backends[0].mac") so that the client can point at it.
  */
-import type { ErrorKind } from '../dataplane/errors.js';
+
+/**
+ * Broad kinds of failure that a port (the dataplane) reports; the single
+ * errno-to-kind table lives with the adapter (dataplane/errors.ts).
+ */
+export type ErrorKind =
+  'not-found' | 'exists' | 'busy' | 'invalid' | 'exhausted' | 'unsupported' | 'permission' | 'internal';
 
 export type CoreErrorKind = ErrorKind | 'conflict' | 'precondition';
+
+/**
+ * A failure raised behind a port (kernel, disk): the adapter's typed errors
+ * extend this, so services map them by kind without importing the adapter.
+ */
+export abstract class PortError extends Error {
+  abstract readonly kind: ErrorKind;
+}
 
 /** One bad field of a request. */
 export interface FieldViolation {

@@ -6,6 +6,10 @@
  */
 import { constants } from 'node:os';
 
+import { PortError, type ErrorKind } from '../core/errors.js';
+
+export type { ErrorKind } from '../core/errors.js';
+
 const ERRNO_NAMES = new Map<number, string>();
 for (const [name, value] of Object.entries(constants.errno)) {
   if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);
@@ -59,10 +63,6 @@ const DESCRIPTIONS: Record<string, string> = {
   ELOOP: 'too many levels of symbolic links',
 };
 
-/** Broad kinds of failure, used by the single errno-to-status mapping. */
-export type ErrorKind =
-  'not-found' | 'exists' | 'busy' | 'invalid' | 'exhausted' | 'unsupported' | 'permission' | 'internal';
-
 /** The kind of failure an errno stands for. */
 export function errnoKind(errno: number): ErrorKind {
   switch (errnoName(errno)) {
@@ -96,7 +96,7 @@ export function errnoKind(errno: number): ErrorKind {
 }
 
 /** A failed kernel or libbpf operation. */
-export class KernelError extends Error {
+export class KernelError extends PortError {
   override readonly name = 'KernelError';
   /** What was attempted, "verb object" ("update map rule_cfg"). */
   readonly op: string;

@@ -34,7 +34,6 @@ import {
 } from '../auth/identity.js';
 import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
 import { roleForMethod } from '../auth/roles.js';
-import { peerCred } from '../dataplane/peer-cred.js';
 import type { Logger } from '../log.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
@@ -57,6 +56,19 @@ function unseal(value: unknown): Identity | undefined {
     return undefined;
   }
   return JSON.parse(value.slice(SEAL.length + 1)) as Identity;
+}
+
+/** Reads a connected Unix socket's peer credentials (SO_PEERCRED); given by the server wiring. */
+export type PeerCredentialReader = (fd: number) => { uid: number; gid: number; pid: number };
+
+let peerCred: PeerCredentialReader | undefined;
+
+/**
+ * Set how Unix-socket peers are identified (the wiring passes
+ * dataplane/peer-cred.ts): services import nothing from dataplane/.
+ */
+export function usePeerCredentials(reader: PeerCredentialReader): void {
+  peerCred = reader;
 }
 
 type Session = { socket?: { _handle?: { fd?: number } } };
@@ -96,6 +108,7 @@ function identifyUncached(kind: ListenerKind, call: ServerInterceptingCallInterf
   if (kind === 'unix') {
     const fd = socketFd(call);
     if (fd === undefined) return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
+    if (!peerCred) return anonymous('unix-socket', 'peer credentials unavailable (no reader configured)');
     try {
       const c = peerCred(fd);
       return localIdentity('unix-socket', c.uid, c.gid, c.pid);

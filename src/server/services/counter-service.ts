@@ -8,7 +8,7 @@ import { ServerError, Status, type NormalizedServiceDefinition, type ServiceImpl
 import type { CounterSnapshot } from '../core/controller.js';
 import type { CounterHub } from '../core/counter-hub.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
-import { GlobalStat } from '../dataplane/codec.js';
+import { GlobalStat } from '../core/dataplane.js';
 import {
   CounterKind,
   type CounterFilter,

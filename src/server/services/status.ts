@@ -7,8 +7,7 @@
  */
 import { Metadata, ServerError, Status, type CallContext, type ServerMiddleware } from 'nice-grpc';
 
-import { CoreError, type CoreErrorKind } from '../core/errors.js';
-import { KernelError } from '../dataplane/errors.js';
+import { CoreError, PortError, type CoreErrorKind } from '../core/errors.js';
 import type { Logger } from '../log.js';
 import { Any } from '../../gen/google/protobuf/any.js';
 import { BadRequest, ErrorInfo, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
@@ -85,7 +84,7 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
     kind = err.kind;
     message = err.message;
     violations = err.violations;
-  } else if (err instanceof KernelError) {
+  } else if (err instanceof PortError) {
     kind = err.kind;
     message = err.message;
   } else {

@@ -1,0 +1,42 @@
+/**
+ * Fetch step: the facts a change needs from the host, read before planning
+ * so that the plan itself does no I/O. Interfaces are resolved once per
+ * name (10 000 rules name the same few interfaces 50 000 times); neighbour
+ * MACs once per (address, interface), only for backends given without a MAC.
+ */
+import type { Dataplane, InterfaceInfo } from './dataplane.js';
+import type { RuleSpec } from './model.js';
+
+/** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
+export interface Facts {
+  /** Interface name -> its ifindex and MAC, or undefined when it does not exist. */
+  interfaces: Map<string, InterfaceInfo | undefined>;
+  /** "ip@interface" -> the neighbour table's MAC, or undefined when it has none. */
+  neighbours: Map<string, string | undefined>;
+}
+
+export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
+
+/** An empty fact set (then filled by the fetch functions). */
+export function emptyFacts(): Facts {
+  return { interfaces: new Map(), neighbours: new Map() };
+}
+
+/** Resolve each named interface once into `facts`. */
+export function fetchInterfaces(dp: Dataplane, names: Iterable<string>, facts: Facts = emptyFacts()): Facts {
+  for (const name of names) if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
+  return facts;
+}
+
+/** Interfaces and neighbour MACs the given rule specs name. */
+export async function fetchRuleFacts(dp: Dataplane, specs: readonly RuleSpec[], facts = emptyFacts()): Promise<Facts> {
+  for (const s of specs) fetchInterfaces(dp, [...s.ingressInterfaces, ...s.backends.map((b) => b.interface)], facts);
+  for (const s of specs) {
+    for (const b of s.backends) {
+      if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;
+      const key = neighbourKey(b.ip, b.interface);
+      if (!facts.neighbours.has(key)) facts.neighbours.set(key, await dp.neighbourMac(b.ip, b.interface));
+    }
+  }
+  return facts;
+}

@@ -1,0 +1,176 @@
+/**
+ * Plan step for rules: from the current desired state, the requested
+ * operations and the facts fetched before (interfaces, neighbours), compute
+ * everything a transaction writes — or the error that refuses it — with no
+ * I/O. Checks: no two rules claim one (ingress, port, destination); every
+ * interface exists; the tables have room (rule slots, counters, backends,
+ * match entries) before anything is written. Deterministic, so it is
+ * unit-testable exhaustively.
+ */
+import { formatMac, parseIp, parseMac, parsePrefix } from '../net/addr.js';
+import type { MatchKey } from './dataplane.js';
+import { CoreError, type FieldViolation } from './errors.js';
+import { neighbourKey, type Facts } from './facts.js';
+import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
+import { backendStatus } from './rule-status.js';
+import { backendKey, type PrefixBytes } from './state.js';
+
+const AF_INET = 2;
+const IPPROTO_UDP = 17;
+/** Rule flag: zero the UDP checksum instead of updating it (bpf/xdpctl.h XDPCTL_RULE_F_UDP_CSUM_ZERO). */
+export const RULE_F_UDP_CSUM_ZERO = 0x4;
+
+/** One operation of a transaction: with `next`, create or replace the rule; without, delete it. */
+export interface RuleOp {
+  name: string;
+  next?: RuleSpec;
+  /** The request field the rule came from ("rules[3]"), for error messages. */
+  field?: string;
+}
+
+/** A backend as it will be written. */
+export interface PlannedBackend {
+  spec: BackendSpec;
+  /** backendKey(spec). */
+  key: string;
+  ifindex: number;
+  /** The egress interface's MAC. */
+  smac: string;
+  /** Destination MAC, canonical; '' when unresolved. */
+  mac: string;
+  resolved: boolean;
+  status: BackendStatus;
+}
+
+/** One rule as it will be written. */
+export interface RulePlan {
+  name: string;
+  spec: RuleSpec;
+  field: string;
+  ingress: { name: string; ifindex: number }[];
+  backends: PlannedBackend[];
+  prefixes: PrefixBytes[];
+  flags: number;
+  /** Match entries to publish (one per ingress interface). */
+  matchKeys: MatchKey[];
+  /** Every interface the rule is written with -> ifindex. */
+  ifindexes: Map<string, number>;
+}
+
+export interface RulesPlan {
+  plans: RulePlan[];
+  /** The rule set after the change (names -> the fields the checks need). */
+  after: Map<string, RuleSpec>;
+}
+
+export interface PlanRulesInput {
+  rules: ReadonlyMap<string, RuleRecord>;
+  ops: readonly RuleOp[];
+  facts: Facts;
+  /** Free ids now. */
+  free: { slots: number; ruleStatsIds: number; backendIds: number };
+  /** Capacity of the match table. */
+  matchCapacity: number;
+}
+
+/** Compute a rules transaction, or throw the CoreError that refuses it. */
+export function planRules({ rules, ops, facts, free, matchCapacity }: PlanRulesInput): RulesPlan {
+  // The rule set after the change, to check conflicts across rules.
+  const after = new Map<string, RuleSpec>(rules);
+  for (const op of ops) {
+    if (op.next) after.set(op.name, op.next);
+    else after.delete(op.name);
+  }
+  const fields = new Map(ops.map((o) => [o.name, o.field]));
+  const fieldOf = (name: string) => fields.get(name) ?? `rule(${name})`;
+  const violations: FieldViolation[] = [];
+  // Two rules must not claim the same (ingress, port, destination).
+  const claims = new Map<string, string>();
+  for (const r of after.values()) {
+    for (const i of r.ingressInterfaces) {
+      const k = `${i}|${r.port}|${r.destination}`;
+      const other = claims.get(k);
+      if (other && other !== r.name) {
+        violations.push({
+          field: `${fieldOf(r.name)}.match`,
+          description: `rule "${r.name}" and rule "${other}" both match UDP port ${r.port}${r.destination ? ` to ${r.destination}` : ''} on ${i}`,
+        });
+      }
+      claims.set(k, r.name);
+    }
+  }
+  if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
+  const plans: RulePlan[] = [];
+  for (const op of ops) {
+    if (op.next) plans.push(planRule(op.name, op.next, op.field ?? 'rule', facts));
+  }
+  // Capacity, before anything is written.
+  const needSlots = plans.length;
+  const needBackends = plans.reduce((n, p) => n + p.backends.length, 0);
+  const newRules = plans.filter((p) => !rules.has(p.name)).length;
+  let matchesAfter = 0;
+  for (const r of after.values()) matchesAfter += r.ingressInterfaces.length;
+  const full = (what: string, need: number, have: number) =>
+    new CoreError('exhausted', `${what} table full: the change needs ${need}, ${have} free`);
+  if (needSlots > free.slots) throw full('rule slot', needSlots, free.slots);
+  if (newRules > free.ruleStatsIds) throw full('rule counter', newRules, free.ruleStatsIds);
+  if (needBackends > free.backendIds) throw full('backend', needBackends, free.backendIds);
+  if (matchesAfter > matchCapacity) throw full('match', matchesAfter, matchCapacity);
+  return { plans, after };
+}
+
+function planRule(name: string, spec: RuleSpec, field: string, facts: Facts): RulePlan {
+  const ingress = spec.ingressInterfaces.map((iface, i) => {
+    const info = facts.interfaces.get(iface);
+    if (!info) {
+      throw new CoreError('not-found', `${field}.ingress_interfaces[${i}]: interface "${iface}" does not exist`, [
+        { field: `${field}.ingress_interfaces[${i}]`, description: `interface "${iface}" does not exist` },
+      ]);
+    }
+    return { name: iface, ifindex: info.ifindex };
+  });
+  const backends = spec.backends.map((b, i): PlannedBackend => {
+    const info = facts.interfaces.get(b.interface);
+    if (!info) {
+      throw new CoreError('not-found', `${field}.backends[${i}].interface: interface "${b.interface}" does not exist`, [
+        { field: `${field}.backends[${i}].interface`, description: `interface "${b.interface}" does not exist` },
+      ]);
+    }
+    const raw = b.mac === '' ? (facts.neighbours.get(neighbourKey(b.ip, b.interface)) ?? '') : b.mac;
+    const resolved = raw !== '';
+    const mac = raw && formatMac(parseMac(raw));
+    return {
+      spec: b,
+      key: backendKey(b),
+      ifindex: info.ifindex,
+      smac: info.mac,
+      mac,
+      resolved,
+      status: backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved }),
+    };
+  });
+  const daddr = spec.destination ? parseIp(spec.destination).bytes : new Uint8Array(4);
+  return {
+    name,
+    spec,
+    field,
+    ingress,
+    backends,
+    prefixes: spec.sourcePrefixes.map((s) => {
+      const x = parsePrefix(s);
+      return { length: x.length, addr: x.bytes };
+    }),
+    flags: spec.udpChecksum === 'zero' ? RULE_F_UDP_CSUM_ZERO : 0,
+    matchKeys: ingress.map((i) => ({
+      ifindex: i.ifindex,
+      dport: spec.port,
+      proto: IPPROTO_UDP,
+      family: AF_INET,
+      daddr,
+    })),
+    ifindexes: new Map([
+      ...ingress.map((i) => [i.name, i.ifindex] as const),
+      ...backends.map((b) => [b.spec.interface, b.ifindex] as const),
+    ]),
+  };
+}

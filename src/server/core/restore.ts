@@ -1,0 +1,123 @@
+/**
+ * Start-up: adopt a stored desired state with the datapath still forwarding
+ * the previous process's entries, and reconcile the kernel with it (remove
+ * match entries, source prefixes and links nobody wants).
+ */
+import { parsePrefix } from '../net/addr.js';
+import type { ExecContext } from './execute.js';
+import { fetchInterfaces } from './facts.js';
+import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
+import type { RuleOp } from './plan-rules.js';
+import { restoringStatus, waitingStatus } from './rule-status.js';
+import { matchId } from './state.js';
+import type { StoredState } from './store.js';
+
+/** The transactions restore and resync run (the controller's, inside its serial queue). */
+export interface Transactions {
+  applyRuleOps(ops: RuleOp[], restoring: boolean): Promise<void>;
+  applyLinkSet(next: Map<string, LinkSpec>, field: string): Promise<void>;
+}
+
+/**
+ * Take over a stored desired state. Every id the kernel may still use is
+ * reserved first; each rule is then written into a fresh slot and published
+ * over the old one (packets move from the old complete rule to the new
+ * complete rule), and finally everything nobody wants is removed. Counters
+ * continue: the stored stats ids are reused.
+ */
+export async function restore(ctx: ExecContext, tx: Transactions, stored: StoredState): Promise<void> {
+  const { dp, state } = ctx;
+  // A program from an older layout may have left the port index empty:
+  // count first, so the datapath sees the existing entries before any attach.
+  dp.rebuildPortIndex();
+  const referenced = new Set(dp.listMatches().map(([, slot]) => slot));
+  // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
+  sweepSrcPrefixes(ctx, referenced);
+  const known = new Set<number>();
+  for (const r of stored.rules) {
+    const { kernel, ...record } = r;
+    state.rules.set(r.name, record);
+    if (!kernel) continue;
+    known.add(kernel.slot);
+    state.slots.take(kernel.slot);
+    state.ruleStatsIds.take(kernel.statsId);
+    for (const b of Object.values(kernel.backends)) {
+      state.backendIds.take(b.id);
+      state.backendStatsIds.take(b.statsId);
+    }
+    state.ruleKernel.set(r.name, {
+      slot: kernel.slot,
+      statsId: kernel.statsId,
+      matchKeys: [],
+      prefixes: r.sourcePrefixes.map((p) => {
+        const x = parsePrefix(p);
+        return { length: x.length, addr: x.bytes };
+      }),
+      backends: new Map(Object.entries(kernel.backends)),
+      ifindexes: new Map(),
+      status: restoringStatus(),
+    });
+  }
+  // Slots in use that the state does not know (a crash after a kernel
+  // change and before it was saved): keep them and their backends until
+  // the switch is done.
+  const orphans = [...referenced].filter((s) => !known.has(s));
+  for (const slot of orphans) {
+    state.slots.take(slot);
+    for (const id of dp.readRing(slot)) if (id !== dp.noBackend) state.backendIds.take(id);
+  }
+  // Rules whose interfaces are gone wait (reported) until resync sees them back.
+  // Each interface is looked up once, however many rules name it.
+  const facts = fetchInterfaces(dp, [
+    ...stored.rules.flatMap((r) => [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)]),
+    ...stored.links.flatMap((l) => [l.a, l.b]),
+  ]);
+  const exists = (i: string) => facts.interfaces.get(i) !== undefined;
+  const ready = stored.rules.filter((r) =>
+    [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].every(exists),
+  );
+  const isReady = new Set(ready);
+  for (const r of stored.rules) {
+    if (isReady.has(r)) continue;
+    const k = state.ruleKernel.get(r.name);
+    const slot = k?.slot ?? state.slots.alloc();
+    state.ruleKernel.set(r.name, {
+      slot,
+      statsId: k?.statsId ?? state.ruleStatsIds.alloc(),
+      matchKeys: [],
+      prefixes: k?.prefixes ?? [],
+      backends: k?.backends ?? new Map(),
+      ifindexes: new Map([...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].map((i) => [i, -1] as const)),
+      status: waitingStatus(),
+    });
+  }
+  const ops = ready.map((r): RuleOp => {
+    const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
+    return { name: r.name, next: spec as RuleSpec };
+  });
+  await tx.applyRuleOps(ops, true);
+  const linksReady = stored.links.every((l) => exists(l.a) && exists(l.b));
+  if (linksReady) await tx.applyLinkSet(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
+  else for (const l of stored.links) state.links.set(linkKey(l), l); // resync applies them when present
+  reconcileEntries(ctx);
+  for (const slot of orphans) {
+    dp.clearRuleSlot(slot, [], []);
+    state.slots.release(slot);
+  }
+  sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
+  dp.rebuildPortIndex();
+  ctx.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+}
+
+/** Delete source-prefix entries of slots no rule holds. */
+export function sweepSrcPrefixes(ctx: ExecContext, live: Set<number>): void {
+  for (const k of ctx.dp.listSrcPrefixes()) if (!live.has(k.slot)) ctx.dp.deleteSrcPrefix(k);
+}
+
+/** Remove match entries and link directions the core does not hold. */
+export function reconcileEntries(ctx: ExecContext): void {
+  const wanted = new Set<string>();
+  for (const k of ctx.state.ruleKernel.values()) for (const m of k.matchKeys) wanted.add(matchId(m));
+  for (const [k] of ctx.dp.listMatches()) if (!wanted.has(matchId(k))) ctx.dp.deleteMatch(k);
+  for (const [from] of ctx.dp.listLinks()) if (!ctx.state.linkDirs.has(from)) ctx.dp.disconnect(from);
+}
