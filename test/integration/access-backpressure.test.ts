@@ -33,7 +33,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { WatchCountersRequest } from '../../src/gen/xdpctl/v1/counters.js';
 import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sleep } from '../helpers/env.js';
+import { kernelOnly, runId, sleep, waitFor } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 const STREAMS = 20;
@@ -57,6 +57,29 @@ async function hubReads(address: string): Promise<number> {
   const m = /^xdpctl_counter_hub_reads_total(?:\{[^}]*\})? (\S+)/m.exec(text);
   assert.ok(m, 'xdpctl_counter_hub_reads_total is exported');
   return Number(m[1]);
+}
+
+/**
+ * Wait (up to 60 s) until every stream has data buffered and received nothing more, and the hub made at
+ * most one read (a scrape's) per 1.2 s, twice in a row. Returns the time it took in ms.
+ */
+async function settle(reqs: http2.ClientHttp2Stream[], prometheus: string): Promise<number> {
+  const start = Date.now();
+  let quiet = 0;
+  let buffered = reqs.map((r) => r.readableLength);
+  let reads = await hubReads(prometheus);
+  while (quiet < 2) {
+    if (Date.now() - start > 60_000) {
+      throw new Error(`the ${reqs.length} non-reading streams did not block within 60 s (buffered ${buffered})`);
+    }
+    await sleep(1200);
+    const b = reqs.map((r) => r.readableLength);
+    const n = await hubReads(prometheus);
+    const still = b.every((x, i) => x > 0 && x === buffered[i]) && n - reads <= 1;
+    quiet = still ? quiet + 1 : 0;
+    [buffered, reads] = [b, n];
+  }
+  return Date.now() - start;
 }
 
 describe('watch streams and slow clients', kernelOnly(), () => {
@@ -127,7 +150,11 @@ describe('watch streams and slow clients', kernelOnly(), () => {
       reqs.push(req);
     }
 
-    await sleep(3000); // the windows and grpc-js's write buffers fill
+    // Wait until the streams are blocked, judged by what is observed, not by a fixed delay (on a
+    // loaded machine filling the windows and grpc-js's write buffers takes longer): every stream has
+    // received its first snapshots and then nothing more, and the hub's kernel reads have stopped
+    // (at most the scrape's own) over two consecutive 1.2 s checks.
+    const settled = await settle(reqs, d!.prometheus!);
     const pid = d!.child.pid!;
     const buffered0 = reqs.map((r) => r.readableLength);
     const reads0 = await hubReads(d!.prometheus!);
@@ -154,8 +181,12 @@ describe('watch streams and slow clients', kernelOnly(), () => {
         size = JSON.stringify(m).length;
       }
     })().catch(() => undefined);
-    await sleep(5000);
+    // The reader's snapshots: at 100 ms, 50 in 5 s on an idle machine; ask for 30 and give a loaded
+    // machine up to 15 s to deliver them (what must hold is that blocked streams do not starve it).
+    const readStart = Date.now();
+    await waitFor(() => reads >= 30, 'the reading watcher to get 30 snapshots', 15_000).catch(() => undefined);
     const readerGot = reads;
+    const readerMs = Date.now() - readStart;
     // All 20 streams are live on the daemon: with the reader, they use the identity's whole budget.
     const more = c.counters.watchCounters({})[Symbol.asyncIterator]();
     const extra = await more.next().then(
@@ -171,7 +202,7 @@ describe('watch streams and slow clients', kernelOnly(), () => {
         `${(rss[rss.length - 1] / 1024).toFixed(1)} MB, added ${addedMb.toFixed(1)} MB (bound ${MAX_ADDED_MB}); ` +
         `hub kernel reads ${reads1 - reads0}; buffered per stream ${Math.min(...buffered1)}-` +
         `${Math.max(...buffered1)} B, window left ${reqs[0].state.localWindowSize} B; ` +
-        `a reader then got ${readerGot} snapshots in 5 s (~${size} B as JSON)`,
+        `a reader then got ${readerGot} snapshots in ${readerMs} ms (~${size} B as JSON); blocked after ${settled} ms`,
     );
     // Only the two scrapes may read (the metrics reuse a snapshot up to 1 s old); 10 per second before the fix.
     assert.ok(reads1 - reads0 <= 2, `the hub read the kernel ${reads1 - reads0} times for watchers that cannot read`);
@@ -182,6 +213,6 @@ describe('watch streams and slow clients', kernelOnly(), () => {
       assert.equal(buffered1[i], b0, `stream ${i} received nothing more while not reading`);
       assert.equal(buffered2[i], b0, `stream ${i} received nothing more while another watcher read`);
     }
-    assert.ok(readerGot >= 30, `the reading watcher got ${readerGot} snapshots in 5 s`);
+    assert.ok(readerGot >= 30, `the reading watcher got ${readerGot} snapshots in ${readerMs} ms`);
   });
 });

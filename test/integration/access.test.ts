@@ -20,6 +20,7 @@ import { ClientError, Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { OtherUserRuntime } from '../helpers/other-user.js';
 import { Topology } from '../helpers/topology.js';
 
 const ADMIN = 'spiffe://example.org/ns/ops/sa/admin';
@@ -234,7 +235,7 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
     assert.equal(small.code, Status.INVALID_ARGUMENT, 'under the bound it reaches validation');
   });
 
-  it('identifies Unix socket peers by SO_PEERCRED; the socket is root:nogroup 0660', async () => {
+  it('identifies Unix socket peers by SO_PEERCRED; the socket is root:nogroup 0660', async (t) => {
     const sock = d!.unix.slice('unix:'.length);
     const st = statSync(sock);
     assert.equal(st.mode & 0o777, 0o660);
@@ -251,18 +252,11 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
     assert.ok(ident.pid === process.pid, `pid ${ident.pid} is this test process`);
 
     // An unprivileged user in the socket's group: may read, may not change.
+    // As uid 65534, from a copy it can read (the checkout may be in a 0700 directory).
+    const rt = OtherUserRuntime.create(['bin', 'src']);
+    t.after(() => rt.remove());
     const cli = (gid: string, args: string[]) =>
-      spawnSync(
-        'setpriv',
-        ['--reuid', '65534', '--regid', gid, '--clear-groups', `${ROOT}bin/xdpctl`].concat([
-          '--server',
-          d!.unix,
-          '--timeout',
-          '5s',
-          ...args,
-        ]),
-        { encoding: 'utf8' },
-      );
+      rt.run('bin/xdpctl', ['--server', d!.unix, '--timeout', '5s', ...args], 65534, gid);
     const read = cli('65534', ['links', 'list']);
     assert.equal(read.status, 0, read.stderr);
     const change = cli('65534', ['links', 'connect', 'lo', 'lo2']);
