@@ -113,14 +113,18 @@ export class OtherUserRuntime {
   }
 
   /**
-   * Run `bin` of the copy (e.g. 'bin/xdpctl') as `uid`:`gid` with no supplementary groups, with this
-   * copy's Node first on PATH.
+   * Run `bin` of the copy (e.g. 'bin/xdpctl') as `uid`:`gid` with no supplementary groups, in the
+   * copy's directory, with this copy's Node first on PATH.
    */
   run(bin: string, args: string[], uid = 65534, gid: number | string = 65534): SpawnSyncReturns<string> {
     return spawnSync(
       'setpriv',
       ['--reuid', String(uid), '--regid', String(gid), '--clear-groups', join(this.root, bin), ...args],
-      { encoding: 'utf8', env: { ...process.env, PATH: `${dirname(this.node)}:${process.env.PATH ?? ''}` } },
+      {
+        encoding: 'utf8',
+        cwd: this.root, // the test's working directory (the checkout) may be closed to that user
+        env: { ...process.env, PATH: `${dirname(this.node)}:${process.env.PATH ?? ''}` },
+      },
     );
   }
 }
