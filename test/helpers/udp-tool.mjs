@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // UDP traffic for integration tests, run inside a namespace with nsenter.
-//   listen <ip> <port>          prints READY, counts datagrams until SIGTERM/SIGINT,
-//                               then prints a JSON summary and exits
+//   listen <ip> <port>          prints READY, counts datagrams until SIGTERM/SIGINT and
+//                               its socket is drained, then prints a JSON summary and exits
 //   send <ip> <port> <count> [flows=1] [sportBase=40000] [perTick=10] [tickMs=10]
 //                               sends <count> datagrams round-robin over <flows>
 //                               source ports, <perTick> every <tickMs> (SIGUSR1 stops it early); prints JSON
@@ -35,6 +35,8 @@ if (mode === 'listen') {
     seqs.add(seq);
     bySport[rinfo.port] = (bySport[rinfo.port] ?? 0) + 1;
   });
+  let last = Date.now();
+  sock.on('message', () => (last = Date.now()));
   const finish = () => {
     process.stdout.write(
       JSON.stringify({ count, unique: seqs.size, bad, dup, bySport, seqs: [...seqs].sort((a, b) => a - b) }) + '\n',
@@ -42,8 +44,16 @@ if (mode === 'listen') {
     sock.close();
     process.exit(0);
   };
-  process.on('SIGTERM', finish);
-  process.on('SIGINT', finish);
+  // Stop only once the socket's queue is drained: on a loaded machine this process may lag behind the
+  // sender, and datagrams the kernel delivered but we have not read yet must still count. Drained means
+  // 200 ms without a datagram (the sender has stopped before we are told to stop), at most 10 s.
+  const drainThenFinish = () => {
+    const asked = Date.now();
+    const check = () => (Date.now() - last >= 200 || Date.now() - asked > 10_000 ? finish() : setTimeout(check, 50));
+    check();
+  };
+  process.on('SIGTERM', drainThenFinish);
+  process.on('SIGINT', drainThenFinish);
   sock.bind(port, ip, () => process.stdout.write('READY\n'));
 } else if (mode === 'send') {
   const [countText, flowsText = '1', baseText = '40000', perTickText = '10', tickText = '10'] = rest;
