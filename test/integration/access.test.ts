@@ -299,7 +299,10 @@ describe('plaintext beyond loopback', kernelOnly(), () => {
     const h = topo.addHost('c', '198.18.7.1/24');
     sh('ip', ['addr', 'add', '198.18.7.2/24', 'dev', h.hostIf]);
     d = await DaemonProcess.start(id, ['--listen', '198.18.7.2:0', '--insecure']);
-    assert.match(d.output, /"insecure":true.*INSECURE: plaintext gRPC on 198\.18\.7\.2:0 \(--insecure\)/);
+    // The warning and the ready line come on different pipes (stderr, stdout): the warning may arrive after.
+    const warned = /"insecure":true.*INSECURE: plaintext gRPC on 198\.18\.7\.2:0 \(--insecure\)/;
+    await waitFor('the INSECURE warning', () => (warned.test(d!.output) ? true : undefined)).catch(() => undefined);
+    assert.match(d.output, warned);
     const ready = d.output.split('\n').find((l) => l.includes('"msg":"ready"'))!;
     const addr = (JSON.parse(ready) as { addresses: string[] }).addresses.find((a) => a.startsWith('198.18.7.2:'))!;
     const remote = (args: string[]) =>
