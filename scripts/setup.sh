@@ -2,7 +2,7 @@
 # Idempotent set-up for a fresh Debian 12 machine, run by `npm test` (pretest)
 # and `npm start` (prestart). Quick when nothing is missing:
 #   1. Debian packages the datapath and the tests need (as root; else says what is missing);
-#   2. bpffs mounted at /sys/fs/bpf;
+#   2. bpffs mounted at /sys/fs/bpf (mode 0700);
 #   3. npm ci when node_modules is missing or older than package-lock.json;
 #   4. the BPF objects built when older than their sources.
 set -euo pipefail
@@ -42,9 +42,12 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Mode 0700 (systemd's default): only root may create pins. Where a bpffs is
+# already mounted open to everyone (1777), xdpctld's own check of its pin root
+# (owned by it, 0700) is what protects it; setup does not change a host's mount.
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
-  mount -t bpf bpf /sys/fs/bpf
-  echo "setup: mounted bpffs at /sys/fs/bpf"
+  mount -t bpf -o mode=0700 bpf /sys/fs/bpf
+  echo "setup: mounted bpffs at /sys/fs/bpf (mode 0700)"
 fi
 
 if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then

@@ -26,6 +26,7 @@ import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
+import { lockInstance, type HeldLock } from './dataplane/instance-lock.js';
 import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
@@ -167,12 +168,27 @@ export class Daemon {
       audit: opts.audit ?? log.child({ audit: true }),
       maxWatchStreams: opts.maxWatchStreams ?? DEFAULT_MAX_WATCH_STREAMS,
     });
-    const datapath = XdpDatapath.open({
-      objectPath: opts.objectPath,
+    // One daemon per datapath: before anything is read or written, lock the
+    // pin root, the state directory and every socket path (a second daemon
+    // stops here, naming the first).
+    const lock = lockInstance({
       pinRoot: opts.pinRoot,
-      capacity: opts.capacity,
-      log,
+      stateDir: opts.stateDir,
+      sockets: opts.listen.filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
+      listen: opts.listen,
     });
+    let datapath: XdpDatapath;
+    try {
+      datapath = XdpDatapath.open({
+        objectPath: opts.objectPath,
+        pinRoot: opts.pinRoot,
+        capacity: opts.capacity,
+        log,
+      });
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
     const dp = new KernelDataplane(datapath);
     const store = opts.stateDir ? new StateStore(opts.stateDir) : undefined;
     let stored: StoredState | undefined;
@@ -180,6 +196,7 @@ export class Daemon {
       stored = store?.load(); // a corrupt or newer file stops the start, untouched
     } catch (e) {
       datapath.close();
+      lock.release();
       throw e;
     }
     const controller = new Controller(dp, {
@@ -238,6 +255,7 @@ export class Daemon {
     };
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
     daemon.unregisterMetrics = unregisterMetrics;
+    daemon.lock = lock;
 
     try {
       let tlsCreds: ServerCredentials | undefined; // one set for every TCP listener
@@ -247,7 +265,7 @@ export class Daemon {
         if (addr.startsWith('unix:')) {
           const path = addr.slice(5);
           mkdirSync(dirname(path), { recursive: true });
-          rmSync(path, { force: true }); // a stale socket from a previous run
+          rmSync(path, { force: true }); // stale: we hold its lock, so no live daemon serves on it
           const umask = process.umask(0o177); // no window in which others may connect
           try {
             await server.listen(addr, listenerCredentials('unix', ServerCredentials.createInsecure()));
@@ -274,6 +292,8 @@ export class Daemon {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       unregisterMetrics();
       datapath.close();
+      for (const a of daemon.addresses) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      lock.release();
       throw e;
     }
     ready.value = true;
@@ -293,6 +313,8 @@ export class Daemon {
 
   private resyncTimer?: NodeJS.Timeout;
   private unregisterMetrics?: () => void;
+  /** The instance lock (pin root, state directory, sockets), released last at stop. */
+  private lock?: HeldLock;
 
   /** Every second: follow interfaces that disappear and come back. */
   private startResync(): void {
@@ -338,6 +360,7 @@ export class Daemon {
       this.datapath.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
       for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      this.lock?.release(); // after the socket files: only the holder removes them
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
       // Last: flush the spans of the calls just drained.

@@ -22,7 +22,12 @@ const program = new Command('xdpctld')
   )
   .version(VERSION)
   .option('--listen <address...>', 'where to serve gRPC: host:port or unix:/path (repeatable)', DEFAULTS.listen)
-  .option('--pin-root <dir>', 'bpffs directory for pinned maps and program', DEFAULTS.pinRoot)
+  .option(
+    '--pin-root <dir>',
+    'bpffs directory for pinned maps and program; created 0700, refused if another user owns it or others ' +
+      'may write it; one daemon per pin root, state dir and socket (a second one refuses to start)',
+    DEFAULTS.pinRoot,
+  )
   .option('--bpf-object <file>', 'compiled XDP object', DEFAULTS.objectPath)
   .option('--descriptor <file>', 'FileDescriptorSet served by gRPC reflection', DEFAULTS.descriptorPath)
   .addOption(

@@ -114,7 +114,7 @@ export class DaemonProcess {
 
   /** SIGTERM and wait for exit; returns the exit code. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
-    if (this.child.exitCode !== null) return this.child.exitCode;
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.child.exitCode;
     const exited = new Promise<number | null>((r) => this.child.once('exit', (code) => r(code)));
     this.child.kill(signal);
     return exited;
@@ -127,6 +127,7 @@ export class DaemonProcess {
     XdpDatapath.unpinAll(this.pinRoot);
     rmSync(this.stateDir, { recursive: true, force: true });
     rmSync(this.unix.slice('unix:'.length), { force: true });
+    rmSync(`${this.unix.slice('unix:'.length)}.lock`, { force: true }); // left by a killed daemon
   }
 
   get stateDir(): string {

@@ -53,6 +53,7 @@ import {
   ObjectOpenOpts,
   sizeOf,
 } from './libbpf.js';
+import { preparePinRoot } from './instance-lock.js';
 import { ifindexOf } from './netdev.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
 
@@ -221,8 +222,9 @@ export class XdpDatapath {
     if (!existsSync(options.objectPath)) {
       throw new KernelError(`open ${options.objectPath}`, 2, [], 'no such file (run npm run build:bpf)');
     }
-    mkdirSync(mapDir, { recursive: true });
-    mkdirSync(join(options.pinRoot, 'progs'), { recursive: true });
+    preparePinRoot(options.pinRoot); // 0700, on bpffs, ours alone
+    mkdirSync(mapDir, { recursive: true, mode: 0o700 });
+    mkdirSync(join(options.pinRoot, 'progs'), { recursive: true, mode: 0o700 });
     const adopted = readdirSync(mapDir).length > 0;
 
     const lines: string[] = [];

@@ -1,0 +1,311 @@
+/**
+ * One daemon per datapath: exclusive flock(2) locks on what a daemon owns —
+ * its bpffs pin root (the directory itself: bpffs holds no regular files),
+ * its state directory and each Unix socket path (a lock file beside each).
+ * The kernel drops a lock when its holder exits, however it exits, so a lock
+ * is never stale. A daemon that cannot take one refuses to start and names
+ * the holder: its pid and command line from /proc/locks and /proc (what the
+ * kernel says), and the start time and addresses it wrote into the lock file.
+ *
+ * Also the pin root's own checks (pins that only xdpctld controls): created
+ * 0700, on bpffs, owned by us, writable by nobody else.
+ *
+ * libc's flock through koffi (Node has no flock); this module touches no map.
+ */
+import {
+  closeSync,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statfsSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+  ftruncateSync,
+  constants as fsc,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
+
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+const flockFn = libc.func('int flock(int fd, int op)');
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+
+/** statfs f_type of bpffs (include/uapi/linux/magic.h BPF_FS_MAGIC). */
+export const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** What a lock holder wrote about itself into a lock file (JSON, one line). */
+export interface HolderInfo {
+  pid: number;
+  /** ISO 8601 start time of the holder. */
+  startedAt: string;
+  pinRoot?: string;
+  stateDir?: string;
+  listen?: string[];
+}
+
+/** A lock that another process holds; `message` names that process. */
+export class LockHeldError extends Error {
+  override readonly name = 'LockHeldError';
+  constructor(
+    readonly what: string,
+    readonly path: string,
+    readonly holder: { pid?: number; command?: string; info?: HolderInfo },
+  ) {
+    const who = [
+      holder.pid !== undefined ? `pid ${holder.pid}` : undefined,
+      holder.command ? `"${holder.command}"` : undefined,
+      holder.info?.startedAt ? `started ${holder.info.startedAt}` : undefined,
+      holder.info?.listen?.length ? `listening on ${holder.info.listen.join(', ')}` : undefined,
+    ].filter(Boolean);
+    super(
+      `${what} ${path} is in use by another xdpctld (${who.length ? who.join(', ') : 'holder unknown'}); ` +
+        'one daemon per datapath: stop that one, or give this one its own --pin-root, --state-dir and --listen',
+    );
+  }
+}
+
+/** A held lock; release() is idempotent. */
+export interface HeldLock {
+  readonly path: string;
+  release(): void;
+}
+
+/** Kernel view: the pid holding a FLOCK on (dev, ino), from /proc/locks. */
+function flockHolderPid(dev: number, ino: number): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "1: FLOCK  ADVISORY  WRITE 10919 00:28:227839 0 EOF"; dev is major:minor in hex.
+  const major = Number((BigInt(dev) >> 8n) & 0xfffn) | Number((BigInt(dev) >> 32n) & ~0xfffn);
+  const minor = Number(BigInt(dev) & 0xffn) | Number((BigInt(dev) >> 12n) & ~0xffn);
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'FLOCK' || f.length < 6) continue;
+    const [ma, mi, in_] = f[5].split(':');
+    if (parseInt(ma, 16) === major && parseInt(mi, 16) === minor && Number(in_) === ino) {
+      const pid = Number(f[4]);
+      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    }
+  }
+  return undefined;
+}
+
+function commandOf(pid: number): string | undefined {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    const s = argv.join(' ');
+    return s.length > 200 ? `${s.slice(0, 200)}…` : s;
+  } catch {
+    return undefined;
+  }
+}
+
+function tryFlock(fd: number): boolean {
+  for (;;) {
+    if (flockFn(fd, LOCK_EX | LOCK_NB) === 0) return true;
+    const errno = koffi.errno();
+    if (errno === EINTR) continue;
+    if (errno === EWOULDBLOCK) return false;
+    throw new Error(`flock fd ${fd}: errno ${errno}`);
+  }
+}
+
+function holderOf(path: string, fd: number, what: string, readInfo: boolean, shown = path): LockHeldError {
+  const st = fstatSync(fd);
+  const pid = flockHolderPid(st.dev, st.ino);
+  let info: HolderInfo | undefined;
+  if (readInfo) {
+    try {
+      info = JSON.parse(readFileSync(path, 'utf8')) as HolderInfo;
+    } catch {
+      info = undefined; // written a moment later, or not by xdpctld
+    }
+  }
+  return new LockHeldError(what, shown, { pid: pid ?? info?.pid, command: pid ? commandOf(pid) : undefined, info });
+}
+
+/**
+ * Take an exclusive lock on an existing directory (the pin root), or throw
+ * LockHeldError naming the holder. Nothing is created or removed.
+ */
+export function lockDirectory(path: string, what: string): HeldLock {
+  const fd = openSync(path, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  try {
+    if (!tryFlock(fd)) throw holderOf(path, fd, what, false);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  let open = true;
+  return {
+    path,
+    release() {
+      if (open) closeSync(fd);
+      open = false;
+    },
+  };
+}
+
+/**
+ * Take an exclusive lock on a lock file (created 0600 with its directory),
+ * write `info` into it, or throw LockHeldError naming the holder. release()
+ * removes the file while still holding the lock; a taker that locked the
+ * removed file finds the path gone or another inode and tries again.
+ */
+export function lockFile(path: string, what: string, info: HolderInfo, shown = path): HeldLock {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+  for (let attempt = 0; ; attempt++) {
+    const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+    try {
+      if (!tryFlock(fd)) throw holderOf(path, fd, what, true, shown);
+      let same = false;
+      try {
+        const a = fstatSync(fd);
+        const b = statSync(path);
+        same = a.ino === b.ino && a.dev === b.dev;
+      } catch {
+        same = false;
+      }
+      if (!same) {
+        if (attempt >= 10) throw new Error(`lock ${path}: the file keeps being replaced`);
+        closeSync(fd);
+        continue;
+      }
+      ftruncateSync(fd, 0);
+      writeSync(fd, `${JSON.stringify(info)}\n`, 0);
+    } catch (e) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed above
+      }
+      throw e;
+    }
+    let open = true;
+    return {
+      path,
+      release() {
+        if (!open) return;
+        open = false;
+        try {
+          unlinkSync(path); // still ours: we hold the lock
+        } catch {
+          // removed by hand: nothing to do
+        }
+        closeSync(fd);
+      },
+    };
+  }
+}
+
+/** The pin root is not safe to use; the message says why and what to do. */
+export class PinRootError extends Error {
+  override readonly name = 'PinRootError';
+}
+
+/**
+ * Make sure the pin root is a directory on bpffs that only we control:
+ * created 0700 if missing; refused when it is a symlink, not on bpffs, owned
+ * by another user, or writable by group or others (whoever can write there
+ * can rename our maps away and make the datapath use stale ones).
+ */
+export function preparePinRoot(pinRoot: string): void {
+  // The nearest existing ancestor tells which filesystem the pin root is on.
+  let parent = dirname(pinRoot);
+  while (parent !== dirname(parent)) {
+    try {
+      lstatSync(parent);
+      break;
+    } catch {
+      parent = dirname(parent);
+    }
+  }
+  let fsType: number;
+  try {
+    fsType = Number(statfsSync(parent).type);
+  } catch (e) {
+    throw new PinRootError(`pin root ${pinRoot}: ${parent} is not accessible (${(e as Error).message})`);
+  }
+  if (fsType !== BPF_FS_MAGIC) {
+    throw new PinRootError(
+      `pin root ${pinRoot} is not on a bpffs (${parent} is not one): mount one with ` +
+        '"mount -t bpf -o mode=0700 bpf /sys/fs/bpf" or choose a --pin-root under a bpffs',
+    );
+  }
+  try {
+    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new PinRootError(`create pin root ${pinRoot}: ${(e as Error).message}`);
+  }
+  const st = lstatSync(pinRoot);
+  if (!st.isDirectory()) {
+    throw new PinRootError(`pin root ${pinRoot} is not a directory${st.isSymbolicLink() ? ' (a symlink)' : ''}`);
+  }
+  const uid = process.geteuid?.() ?? 0;
+  if (st.uid !== uid) {
+    throw new PinRootError(
+      `pin root ${pinRoot} is owned by uid ${st.uid}, not by this daemon (uid ${uid}): whoever owns it can ` +
+        'swap the maps under the datapath. Remove it (after checking what it holds) or choose another --pin-root',
+    );
+  }
+  if ((st.mode & 0o022) !== 0) {
+    throw new PinRootError(
+      `pin root ${pinRoot} is writable by ${st.mode & 0o002 ? 'others' : 'its group'} (mode ` +
+        `${(st.mode & 0o7777).toString(8).padStart(4, '0')}): others could replace the pinned maps. ` +
+        `chmod 0700 ${pinRoot} or choose another --pin-root`,
+    );
+  }
+}
+
+/** What one daemon instance owns. */
+export interface InstanceResources {
+  pinRoot: string;
+  stateDir?: string;
+  /** Unix socket paths it serves on. */
+  sockets: string[];
+  listen: string[];
+}
+
+/**
+ * Check and lock everything one daemon owns, in a fixed order (pin root,
+ * state directory, sockets), before it touches any of it. On any failure
+ * the locks already taken are released and the error (LockHeldError,
+ * PinRootError) is thrown. The returned lock releases all, in reverse.
+ */
+export function lockInstance(r: InstanceResources): HeldLock {
+  const info: HolderInfo = {
+    pid: process.pid,
+    startedAt: new Date().toISOString(),
+    pinRoot: r.pinRoot,
+    stateDir: r.stateDir,
+    listen: r.listen,
+  };
+  const held: HeldLock[] = [];
+  const releaseAll = () => {
+    for (const l of held.splice(0).reverse()) l.release();
+  };
+  try {
+    preparePinRoot(r.pinRoot);
+    held.push(lockDirectory(r.pinRoot, 'pin root'));
+    if (r.stateDir !== undefined) {
+      mkdirSync(r.stateDir, { recursive: true, mode: 0o700 });
+      held.push(lockFile(join(r.stateDir, 'xdpctld.lock'), 'state directory', info, r.stateDir));
+    }
+    for (const s of r.sockets) held.push(lockFile(`${s}.lock`, 'socket', info, s));
+  } catch (e) {
+    releaseAll();
+    throw e;
+  }
+  return { path: r.pinRoot, release: releaseAll };
+}

@@ -1,0 +1,178 @@
+/**
+ * One daemon per datapath (issue 16, item 3) and pins that only xdpctld
+ * controls (item 4), with real daemons: a second xdpctld on the same pin
+ * root, state directory or socket path refuses to start and names the
+ * running one, which keeps forwarding, keeps its maps and stays reachable on
+ * its socket. A pin root that someone else owns or may write is refused; a
+ * new one is created 0700; setup mounts bpffs 0700.
+ */
+import assert from 'node:assert/strict';
+import { chmodSync, chownSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, ROOT, runId, sh } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+/** Start a daemon that must refuse; the error message it printed. */
+async function refused(id: string, extra: string[]): Promise<string> {
+  try {
+    const d = await DaemonProcess.start(id, extra);
+    await d.destroy();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  assert.fail(`a daemon started with ${extra.join(' ')}`);
+}
+
+function cleanupId(id: string): void {
+  XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+  rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  rmSync(`/tmp/xdpctl-test-${id}.sock`, { force: true });
+  rmSync(`/tmp/xdpctl-test-${id}.sock.lock`, { force: true });
+}
+
+describe('one daemon per datapath', kernelOnly(), () => {
+  const id = runId();
+  const other = `${id}b`;
+  const topo = new Topology(id);
+  let h1: Host, h2: Host;
+  let first: DaemonProcess | undefined;
+
+  before(async () => {
+    h1 = topo.addHost('h1', '198.18.6.1/24');
+    h2 = topo.addHost('h2', '198.18.6.2/24');
+    first = await DaemonProcess.start(id, ['--xdp-mode', 'generic']);
+    await first.clients().links.connect({ link: { a: h1.hostIf, b: h2.hostIf } });
+    assert.equal(topo.ping('h1', h2.ip!), true, 'the first daemon forwards');
+  });
+  after(async () => {
+    await first?.destroy();
+    topo.destroy();
+    cleanupId(id);
+    cleanupId(other);
+  });
+
+  const stillServing = async (d: DaemonProcess, maps: unknown) => {
+    assert.deepEqual(d.dumpMaps(), maps, "the first daemon's maps are untouched");
+    assert.equal(topo.ping('h1', h2.ip!), true, 'the first daemon still forwards');
+    const unix = d.clients(d.unix);
+    assert.equal((await unix.links.listLinks({})).links.length, 1, 'the first daemon answers on its socket');
+    assert.equal((await unix.health.check({ service: 'xdpctl.datapath' })).status, 1, 'SERVING');
+  };
+
+  it('refuses a second daemon on the same pin root, naming the first', async () => {
+    const maps = first!.dumpMaps();
+    const msg = await refused(other, ['--pin-root', first!.pinRoot]);
+    assert.match(
+      msg,
+      new RegExp(`pin root ${first!.pinRoot} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`),
+    );
+    assert.match(msg, /src\/server\/main\.ts/, "the message shows the holder's command line");
+    await stillServing(first!, maps);
+  });
+
+  it('refuses a second daemon on the same state directory, naming the first', async () => {
+    const maps = first!.dumpMaps();
+    const msg = await refused(other, ['--state-dir', first!.stateDir]);
+    assert.match(
+      msg,
+      new RegExp(`state directory ${first!.stateDir} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`),
+    );
+    assert.match(msg, /started \d{4}-\d\d-\d\dT/);
+    assert.match(msg, new RegExp(`listening on .*${first!.unix}`));
+    await stillServing(first!, maps);
+  });
+
+  it('refuses a second daemon on the same socket path and never unlinks a live socket', async () => {
+    const maps = first!.dumpMaps();
+    const socket = first!.unix.slice('unix:'.length);
+    const inode = statSync(socket).ino;
+    const msg = await refused(other, ['--listen', first!.unix]);
+    assert.match(msg, new RegExp(`socket ${socket} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`));
+    assert.equal(statSync(socket).ino, inode, "the socket file is the first daemon's, untouched");
+    await stillServing(first!, maps);
+  });
+
+  it('takes over once the first daemon is gone, even after SIGKILL (the kernel drops the locks)', async () => {
+    await first!.stop('SIGKILL');
+    const d = await DaemonProcess.start(id, ['--xdp-mode', 'generic']);
+    try {
+      assert.equal((await d.clients().links.listLinks({})).links.length, 1, 'the state was restored');
+      assert.equal(topo.ping('h1', h2.ip!), true);
+      // Its own lock files hold its pid.
+      assert.equal(existsSync(`${d.stateDir}/xdpctld.lock`), true);
+    } finally {
+      await d.stop();
+    }
+    assert.equal(existsSync(`${d.stateDir}/xdpctld.lock`), false, 'a clean stop removes its lock files');
+    assert.equal(existsSync(`${d.unix.slice(5)}.lock`), false);
+  });
+});
+
+describe('pins that only xdpctld controls', kernelOnly(), () => {
+  const id = runId();
+  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  after(() => cleanupId(id));
+
+  it('creates a new pin root 0700', async () => {
+    const d = await DaemonProcess.start(id);
+    try {
+      assert.equal(statSync(pinRoot).mode & 0o7777, 0o700);
+      assert.equal(statSync(`${pinRoot}/maps`).mode & 0o077, 0, 'maps/ is not open to others');
+    } finally {
+      await d.destroy();
+    }
+  });
+
+  it('refuses a pin root that an unprivileged user created first', async () => {
+    // /sys/fs/bpf may be 1777 (as setup used to mount it): anyone can make the directory first.
+    sh('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'mkdir', '-m', '0700', pinRoot]);
+    try {
+      const msg = await refused(id, []);
+      assert.match(msg, new RegExp(`pin root ${pinRoot} is owned by uid 65534, not by this daemon \\(uid 0\\)`));
+      assert.equal(existsSync(`${pinRoot}/maps`), false, 'nothing was pinned into it');
+    } finally {
+      rmSync(pinRoot, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a pin root that others may write', async () => {
+    mkdirSync(pinRoot);
+    chmodSync(pinRoot, 0o777);
+    chownSync(pinRoot, 0, 0);
+    try {
+      const msg = await refused(id, []);
+      assert.match(msg, new RegExp(`pin root ${pinRoot} is writable by others \\(mode 0777\\)`));
+      chmodSync(pinRoot, 0o770);
+      assert.match(await refused(id, []), /is writable by its group \(mode 0770\)/);
+    } finally {
+      rmSync(pinRoot, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a pin root outside bpffs', async () => {
+    const msg = await refused(id, ['--pin-root', `/tmp/xdpctl-test-${id}-pins`]);
+    assert.match(msg, /pin root \/tmp\/xdpctl-test-\w+-pins is not on a bpffs/);
+    assert.equal(existsSync(`/tmp/xdpctl-test-${id}-pins`), false);
+  });
+
+  it('setup mounts bpffs with mode 0700 where none is mounted', () => {
+    // In a private mount namespace, so the host's /sys/fs/bpf is not touched.
+    const mode = sh(
+      'unshare',
+      [
+        '--mount',
+        '--propagation',
+        'private',
+        'bash',
+        '-c',
+        'umount -l /sys/fs/bpf && bash scripts/setup.sh >/dev/null && stat -c %a /sys/fs/bpf && findmnt -no FSTYPE /sys/fs/bpf',
+      ],
+      { cwd: ROOT },
+    );
+    // bpffs always adds the sticky bit (kernel/bpf/inode.c bpf_fill_super).
+    assert.deepEqual(mode.trim().split('\n'), ['1700', 'bpf']);
+  });
+});
