@@ -5,13 +5,15 @@
  * are debounced, and a file that does not parse is read again once shortly
  * after (a half-written file is not an error yet); if it is still invalid,
  * or names an unknown interface, the problem is logged and the last good
- * configuration keeps running.
+ * configuration keeps running. So does an empty file (only blanks or
+ * comments: what an editor may leave for a moment); `links: {}` clears. Each
+ * applied configuration is logged whole, with what changed.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 
-import { ConfigError, parseConfig } from '../shared/config-file.js';
+import { ConfigError, isEmptyConfig, parseConfig } from '../shared/config-file.js';
 import type { Controller } from './core/controller.js';
 import type { Logger } from './log.js';
 
@@ -67,6 +69,12 @@ export class ConfigWatcher {
       return this.fail(`read ${this.status.path}: ${(e as Error).message}`);
     }
     if (text === this.status.applied) return;
+    if (isEmptyConfig(text)) {
+      if (!retried) return this.schedule(RETRY_MS, true);
+      return this.fail(
+        `config ${this.status.path} is empty (write "links: {}" to remove every link, "rules: []" every rule)`,
+      );
+    }
     let cfg;
     try {
       cfg = parseConfig(text);
@@ -82,8 +90,15 @@ export class ConfigWatcher {
       this.log.info(
         {
           config: this.status.path,
-          rules: changes.rules.filter((c) => c.action !== 'unchanged'),
-          links: changes.links.filter((c) => c.action !== 'unchanged'),
+          // The whole configuration now in force, then what this file changed.
+          configuration: {
+            links: cfg.links.map((l) => `${l.a} ${l.direction === 'both' ? '<->' : '->'} ${l.b}`),
+            rules: cfg.rules,
+          },
+          changes: {
+            rules: changes.rules.filter((c) => c.action !== 'unchanged'),
+            links: changes.links.filter((c) => c.action !== 'unchanged'),
+          },
         },
         'config applied',
       );

@@ -16,7 +16,7 @@
  *       backends:
  *         - {ip: 172.17.0.2, mac: "02:42:ac:11:00:02", interface: veth25, weight: 1}
  */
-import { LineCounter, parseDocument } from 'yaml';
+import { isScalar, LineCounter, parseDocument } from 'yaml';
 
 // Shared by the daemon (--config) and the CLI (apply -f): no server imports.
 
@@ -125,6 +125,20 @@ function tooDeep(text: string): { line: number; col: number } | undefined {
     line++;
   }
   return undefined;
+}
+
+/**
+ * Whether a file's text holds no configuration at all: empty, only blanks,
+ * comments, document markers or a bare null. xdpctld keeps the last good
+ * configuration for such a file (an editor may leave one for a moment, and
+ * xdp-xconnect kept its configuration too); `links: {}` removes every link.
+ */
+export function isEmptyConfig(text: string): boolean {
+  if (tooDeep(text)) return false;
+  const doc = parseDocument(text);
+  if (doc.errors.length) return false;
+  const c = doc.contents;
+  return c === null || (isScalar(c) && (c.value === null || c.value === ''));
 }
 
 /** Parse and check a config file's text. Throws ConfigError listing every problem. */

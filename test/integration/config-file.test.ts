@@ -5,6 +5,7 @@
  * half-written files are handled. Pings prove every step.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
@@ -12,7 +13,7 @@ import { Status } from 'nice-grpc';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sleep } from '../helpers/env.js';
+import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
@@ -88,5 +89,91 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
       assert.match(e.details, /owned by the config file/);
       return true;
     });
+  });
+});
+
+describe('config-file mode: an empty file keeps the last good configuration', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const file = `/tmp/xdpctl-test-${id}.yaml`;
+  let d: DaemonProcess | undefined;
+  let h1: Host, h2: Host;
+
+  before(() => {
+    h1 = topo.addHost('h1', '198.18.7.1/24');
+    h2 = topo.addHost('h2', '198.18.7.2/24');
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    rmSync(file, { force: true });
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  /** Ping h1 -> h2 `count` times at 100 ms in the background; resolves to the replies received. */
+  const pings = (count: number) =>
+    new Promise<number>((resolve) => {
+      execFile(
+        'ip',
+        ['netns', 'exec', h1.netns, 'ping', '-c', String(count), '-i', '0.1', '-W', '1', '-q', h2.ip!],
+        (_err, stdout) => resolve(Number(/(\d+) received/.exec(String(stdout))?.[1] ?? 0)),
+      );
+    });
+  const linkCount = async () => (await d!.clients().links.listLinks({})).links.length;
+  /** The "config applied" log records, parsed. */
+  const applied = () =>
+    d!.output
+      .split('\n')
+      .filter((l) => l.includes('"msg":"config applied"'))
+      .map((l) => JSON.parse(l) as { configuration: { links: string[]; rules: unknown[] } });
+
+  it('keeps forwarding through an empty or comment-only file; links: {} clears; the log shows the whole configuration', async () => {
+    writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n`);
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', '--xdp-mode', 'generic']);
+    assert.equal(await linkCount(), 1);
+    assert.equal(topo.ping('h1', h2.ip!), true, 'the file connects h1 and h2');
+    assert.deepEqual(applied().at(-1)?.configuration, { links: [`${h1.hostIf} <-> ${h2.hostIf}`], rules: [] });
+
+    // ": > file", as an editor may leave it for a moment, while traffic flows.
+    sh('ip', ['netns', 'exec', h1.netns, 'ping', '-c', '1', '-W', '1', h2.ip!]); // ARP resolved before counting
+    const during = pings(30);
+    await sleep(800);
+    writeFileSync(file, '');
+    const received = await during;
+    assert.equal(received, 30, `every ping through the empty file is answered (${received}/30)`);
+    await sleep(700); // past the debounce and the re-read
+    assert.match(
+      d.output,
+      /config \S+ is empty \(write \\"links: \{\}\\" to remove every link.*the last good configuration keeps running/,
+    );
+    assert.equal(await linkCount(), 1, 'the link stays');
+
+    writeFileSync(file, '# links are coming\n---\n');
+    await sleep(1200);
+    assert.equal(await linkCount(), 1, 'a comment-only file is empty too');
+    assert.equal(topo.ping('h1', h2.ip!), true);
+
+    const before = applied().length;
+    writeFileSync(file, 'links: {}\n');
+    for (let i = 0; i < 50 && (await linkCount()) !== 0; i++) await sleep(100);
+    assert.equal(await linkCount(), 0, 'an explicit links: {} removes every link');
+    assert.equal(topo.ping('h1', h2.ip!, 1), false, 'and traffic stops');
+    assert.equal(applied().length, before + 1);
+    assert.deepEqual(applied().at(-1)?.configuration, { links: [], rules: [] });
+
+    writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n`);
+    for (let i = 0; i < 50 && (await linkCount()) !== 1; i++) await sleep(100);
+    assert.equal(topo.ping('h1', h2.ip!), true, 'the link is back');
+  });
+
+  it('a restart with an empty file keeps the stored configuration', async () => {
+    await d!.stop();
+    writeFileSync(file, '');
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', '--xdp-mode', 'generic']);
+    await sleep(700);
+    assert.equal(await linkCount(), 1, 'the stored link is kept');
+    assert.equal(topo.ping('h1', h2.ip!), true);
+    assert.match(d.output, /is empty .*the last good configuration keeps running/);
   });
 });

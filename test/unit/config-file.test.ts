@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { ConfigError, parseConfig } from '../../src/shared/config-file.js';
+import { ConfigError, isEmptyConfig, parseConfig } from '../../src/shared/config-file.js';
 
 describe('config file parsing', () => {
   it('accepts the xdp-xconnect format as is', () => {
@@ -54,5 +54,16 @@ links:
       (e: unknown) => e instanceof ConfigError && e.syntax,
     );
     assert.throws(() => parseConfig('links:\n  eth0: tap0\n  eth0: tap1\n'), ConfigError);
+  });
+});
+
+describe('isEmptyConfig', () => {
+  it('is true only for a file that holds no configuration at all', () => {
+    for (const t of ['', '\n', '   \n\t\n', '# links: {eth0: tap0}\n', '---\n', '---\n# c\n...\n', '~\n', 'null\n']) {
+      assert.equal(isEmptyConfig(t), true, JSON.stringify(t));
+    }
+    for (const t of ['links: {}\n', 'rules: []\n', 'links:\n', '{}\n', 'links: {eth0: tap0}\n', 'links: [\n', '0\n']) {
+      assert.equal(isEmptyConfig(t), false, JSON.stringify(t));
+    }
   });
 });
