@@ -4,7 +4,7 @@
  * main.ts (the CLI) and by tests that start a daemon in-process.
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { ServerCredentials } from '@grpc/grpc-js';
 import { metrics } from '@opentelemetry/api';
@@ -189,7 +189,8 @@ export class Daemon {
       lock.release();
       throw e;
     }
-    const dp = new KernelDataplane(datapath);
+    // Device settings we change (GRO on veth peers) are recorded beside the state, for --cleanup-on-exit.
+    const dp = new KernelDataplane(datapath, undefined, opts.stateDir && join(opts.stateDir, 'host-changes.json'));
     const store = opts.stateDir ? new StateStore(opts.stateDir) : undefined;
     let stored: StoredState | undefined;
     try {
@@ -256,6 +257,7 @@ export class Daemon {
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
+    daemon.kernel = dp;
 
     try {
       let tlsCreds: ServerCredentials | undefined; // one set for every TCP listener
@@ -315,6 +317,7 @@ export class Daemon {
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
   private lock?: HeldLock;
+  private kernel?: KernelDataplane;
 
   /** Every second: follow interfaces that disappear and come back. */
   private startResync(): void {
@@ -356,7 +359,13 @@ export class Daemon {
       const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
       await Promise.all(this.servers.map((x) => x.shutdown()));
       clearTimeout(forced);
-      if (this.opts.cleanupOnExit) this.controller.detachAll();
+      if (this.opts.cleanupOnExit) {
+        this.controller.detachAll();
+        // Whatever the state lost track of too: every interface with our program, every setting we changed.
+        const r = await this.kernel!.cleanupHost();
+        if (r.failed.length) this.log.error({ failed: r.failed }, 'cleanup incomplete');
+        this.log.info({ detached: r.detached, restored: r.restored }, 'cleanup: host restored');
+      }
       this.datapath.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
       for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });

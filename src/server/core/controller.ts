@@ -191,12 +191,16 @@ export class Controller {
 
   listInterfaces(): ManagedInterface[] {
     const users = this.state.interfaceUsers();
-    return [...users.keys()].sort().map((name) => {
+    // Also what we attached and could not detach yet: nothing attached stays unlisted.
+    const names = new Set([...users.keys(), ...this.state.attached.keys()]);
+    return [...names].sort().map((name) => {
       const x = this.dp.xdpStatus(name);
       const info = this.dp.lookupInterface(name);
       const warnings: string[] = [];
       if (!info) warnings.push(`interface ${name} does not exist`);
       else if (x && x.mode !== 'none' && !x.ours) warnings.push(`a foreign XDP program (id ${x.progId}) is attached`);
+      const detachError = this.state.attached.get(name)?.detachError;
+      if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -204,7 +208,7 @@ export class Controller {
         requestedMode: this.opts.mode,
         effectiveMode: x?.mode ?? 'none',
         progId: x?.progId ?? 0,
-        usedBy: [...users.get(name)!].sort(),
+        usedBy: [...(users.get(name) ?? [])].sort(),
         warnings,
       };
     });
@@ -456,15 +460,26 @@ export class Controller {
     return { time: this.now(), rules, backends, links, global: read.global };
   }
 
-  /** Detach from every interface and forget (for --cleanup-on-exit). */
+  /**
+   * Detach from every interface and forget (for --cleanup-on-exit). A device
+   * whose upper device still has our program refuses (EEXIST): such ones are
+   * retried after the others, so uppers go first.
+   */
   detachAll(): void {
-    for (const name of this.state.attached.keys()) {
-      try {
-        this.dp.detach(name);
-      } catch (e) {
-        this.log.warn({ err: e, ifname: name }, 'detach failed');
+    const left = new Map([...this.state.attached.keys()].map((n) => [n, undefined as unknown]));
+    for (let progress = true; left.size && progress;) {
+      progress = false;
+      for (const name of left.keys()) {
+        try {
+          this.dp.detach(name);
+          left.delete(name);
+          progress = true;
+        } catch (e) {
+          left.set(name, e);
+        }
       }
     }
+    for (const [name, err] of left) this.log.warn({ err, ifname: name }, 'detach failed');
     this.state.attached.clear();
   }
 }

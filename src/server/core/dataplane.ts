@@ -117,6 +117,13 @@ export interface Dataplane {
   neighbourMac(ip: string, iface: string): Promise<string | undefined>;
   attach(ifname: string, mode: XdpModeName): XdpStatus;
   detach(ifname: string): void;
+  /**
+   * Devices directly below `ifname` (a bridge's ports, a bond's slaves). The
+   * kernel refuses any XDP change on a device while a device above it has a
+   * program (EEXIST), so ours goes from a lower device before it goes onto
+   * the upper one. Optional: without it no such ordering is done.
+   */
+  lowerDevices?(ifname: string): string[];
   xdpStatus(ifname: string): XdpStatus | undefined;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }>;

@@ -48,6 +48,7 @@ export async function executeRules(
     for (const p of plans) {
       for (const i of p.ingress) {
         if (state.attached.has(i.name)) continue;
+        vacateLowerDevices(ctx, undo, i.name, users);
         const st = dp.attach(i.name, ctx.mode);
         state.attached.set(i.name, { ifindex: i.ifindex, users: users.get(i.name) ?? new Set() });
         undo.push(() => {
@@ -219,8 +220,10 @@ export async function executeLinks(
   const undo = new UndoLog();
   const nextUsers = state.interfaceUsers(state.rules, next);
   try {
+    const usersAfter = state.interfaceUsers(state.rules, next);
     for (const [from, info] of want) {
       if (state.attached.has(from)) continue;
+      vacateLowerDevices(ctx, undo, from, usersAfter);
       dp.attach(from, ctx.mode);
       state.attached.set(from, { ifindex: info.from, users: nextUsers.get(from) ?? new Set() });
       undo.push(() => {
@@ -259,18 +262,55 @@ export async function executeLinks(
   releaseUnusedInterfaces(ctx);
 }
 
-/** Detach from interfaces no rule or link uses any more. */
+/**
+ * Before attaching to `upper`: detach ours from the devices below it that
+ * the new state no longer needs (a rule's ingress moving from a bridge port
+ * to the bridge). Once the upper device has a program the kernel refuses to
+ * detach from its lower devices (EEXIST), which would leave our program on
+ * the port. Undone (re-attached) if the transaction fails.
+ */
+function vacateLowerDevices(
+  ctx: ExecContext,
+  undo: UndoLog,
+  upper: string,
+  usersAfter: ReadonlyMap<string, Set<string>>,
+): void {
+  const { dp, state } = ctx;
+  for (const lower of dp.lowerDevices?.(upper) ?? []) {
+    const a = state.attached.get(lower);
+    if (!a || usersAfter.has(lower)) continue;
+    dp.detach(lower);
+    state.attached.delete(lower);
+    ctx.log.info({ ifname: lower, upper }, 'detached from a lower device before attaching to its upper device');
+    undo.push(() => {
+      dp.attach(lower, ctx.mode);
+      state.attached.set(lower, a);
+    });
+  }
+}
+
+/**
+ * Detach from interfaces no rule or link uses any more. A detach that fails
+ * keeps the attachment (listed by ListInterfaces with the reason, retried
+ * on the next pass, logged once per distinct error): nothing stays attached
+ * that the daemon does not show.
+ */
 export function releaseUnusedInterfaces(ctx: ExecContext): void {
   const users = ctx.state.interfaceUsers();
   for (const [name, a] of ctx.state.attached) {
     if (users.has(name)) {
       a.users = users.get(name)!;
+      a.detachError = undefined;
       continue;
     }
+    a.users = new Set();
     try {
       ctx.dp.detach(name);
     } catch (e) {
-      ctx.log.warn({ err: e, ifname: name }, 'detach failed');
+      const msg = (e as Error).message;
+      if (a.detachError !== msg) ctx.log.warn({ err: e, ifname: name }, 'detach failed; retried on the next pass');
+      a.detachError = msg;
+      continue;
     }
     ctx.state.attached.delete(name);
   }

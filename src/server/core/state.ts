@@ -32,6 +32,8 @@ export interface RuleKernel {
 export interface Attachment {
   ifindex: number;
   users: Set<string>;
+  /** Why the last detach (no users left) failed; the attachment stays listed and is retried. */
+  detachError?: string;
 }
 
 /** The identity of a backend within a rule: its address and egress interface. */

@@ -2,6 +2,8 @@
  * The real Dataplane for the core: XdpDatapath + tables + netdev behind the
  * interface in core/dataplane.ts.
  */
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+
 import type {
   CounterRead,
   Dataplane,
@@ -13,7 +15,15 @@ import type {
 import { NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
-import { ensureVethPeerNapi, ifindexOf, macOf, neighbourMac } from './netdev.js';
+import {
+  ensureVethPeerNapi,
+  ifindexOf,
+  lowerDevices,
+  macOf,
+  neighbourMac,
+  restoreGro,
+  type GroChange,
+} from './netdev.js';
 import * as tables from './tables.js';
 
 /**
@@ -41,10 +51,62 @@ export class KernelDataplane implements Dataplane {
    */
   private readonly peerOk = new Map<string, number>();
 
+  /**
+   * Device settings this daemon (or an earlier one with the same file)
+   * changed: GRO switched on on veth peers. Kept in `hostChangesFile` when
+   * given, so that --cleanup-on-exit can put them back after a restart too.
+   */
+  private readonly groChanges: GroChange[] = [];
+
   constructor(
     readonly dp: XdpDatapath,
     private readonly peerCheckTtlMs = PEER_CHECK_TTL_MS,
-  ) {}
+    private readonly hostChangesFile?: string,
+  ) {
+    if (hostChangesFile && existsSync(hostChangesFile)) {
+      try {
+        const saved = JSON.parse(readFileSync(hostChangesFile, 'utf8')) as { gro?: GroChange[] };
+        this.groChanges.push(...(saved.gro ?? []));
+      } catch {
+        // unreadable: nothing to restore from it (the file is rewritten on the next change)
+      }
+    }
+  }
+
+  private recordGro(c: GroChange): void {
+    if (this.groChanges.some((x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex)) return;
+    this.groChanges.push(c);
+    this.saveHostChanges();
+  }
+
+  private saveHostChanges(): void {
+    if (!this.hostChangesFile) return;
+    const tmp = `${this.hostChangesFile}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges })}\n`, { mode: 0o600 });
+    renameSync(tmp, this.hostChangesFile);
+  }
+
+  /**
+   * --cleanup-on-exit: detach our program from every interface (uppers
+   * before lowers) and put back every device setting we changed. Returns
+   * what could not be undone.
+   */
+  async cleanupHost(): Promise<{ detached: string[]; restored: string[]; failed: string[] }> {
+    const d = this.dp.detachEverywhere();
+    const restored: string[] = [];
+    const failed = d.failed.map((f) => `detach ${f.ifname}: ${f.error}`);
+    for (const c of this.groChanges.splice(0)) {
+      const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
+      try {
+        restored.push(`${where}: ${await restoreGro(c)}`);
+      } catch (e) {
+        failed.push(`restore GRO on ${where}: ${(e as Error).message}`);
+        this.groChanges.push(c);
+      }
+    }
+    this.saveHostChanges();
+    return { detached: d.detached, restored, failed };
+  }
 
   get capacity() {
     return this.dp.capacity;
@@ -80,6 +142,10 @@ export class KernelDataplane implements Dataplane {
     this.dp.detach(ifname);
   }
 
+  lowerDevices(ifname: string): string[] {
+    return lowerDevices(ifname);
+  }
+
   xdpStatus(ifname: string): XdpStatus | undefined {
     try {
       const s = this.dp.state(ifname);
@@ -99,6 +165,7 @@ export class KernelDataplane implements Dataplane {
     }
     if ((this.peerOk.get(key) ?? 0) > Date.now()) return { ok: true, detail: 'checked recently' };
     const s = await ensureVethPeerNapi(ifname, fix);
+    if (s.fixed && s.peer && s.peerIfindex) this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
     if (s.ok && key && this.peerCheckTtlMs > 0) this.peerOk.set(key, Date.now() + this.peerCheckTtlMs);
     else this.peerOk.delete(key);
     return { ok: s.ok, detail: s.detail };

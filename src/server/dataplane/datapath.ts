@@ -427,6 +427,47 @@ export class XdpDatapath {
     this.log.info({ ifname, ifindex }, 'detached');
   }
 
+  /**
+   * Detach this datapath's program (by program id) from every interface in
+   * our network namespace, whoever recorded the attachment: for
+   * --cleanup-on-exit, so that nothing we attached outlives us even when the
+   * desired state lost track of it. The kernel refuses to change a device's
+   * XDP while an upper device (a bridge over its port) has a program
+   * (EEXIST): such devices are retried after the others, so uppers go
+   * first. Programs of other tools and other xdpctl instances stay.
+   */
+  detachEverywhere(): { detached: string[]; failed: { ifname: string; error: string }[] } {
+    const ours = new Map<string, number>();
+    for (const ifname of readdirSync('/sys/class/net')) {
+      try {
+        const ifindex = ifindexOf(ifname);
+        const s = queryXdp(ifindex, ifname);
+        if (s.mode !== 'none' && s.progId === this.progId) ours.set(ifname, ifindex);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    const detached: string[] = [];
+    let errors = new Map<string, string>();
+    for (let progress = true; ours.size && progress;) {
+      progress = false;
+      errors = new Map();
+      for (const [ifname, ifindex] of ours) {
+        try {
+          const s = queryXdp(ifindex, ifname);
+          if (s.mode !== 'none' && s.progId === this.progId) detachXdp(ifindex, ifname, s);
+          ours.delete(ifname);
+          detached.push(ifname);
+          progress = true;
+          this.log.info({ ifname, ifindex }, 'detached');
+        } catch (e) {
+          errors.set(ifname, (e as Error).message);
+        }
+      }
+    }
+    return { detached, failed: [...errors].map(([ifname, error]) => ({ ifname, error })) };
+  }
+
   /** What is attached to an interface now. */
   state(ifname: string): XdpState & { ifindex: number; ours: boolean } {
     const ifindex = ifindexOf(ifname);

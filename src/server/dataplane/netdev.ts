@@ -4,10 +4,11 @@
  * XDP redirects (../shared/KERNEL-NOTES.md trap 3): a frame redirected by
  * native XDP into a veth is silently dropped unless the veth's peer has NAPI,
  * i.e. an XDP program or GRO enabled. Reads use sysfs and iproute2's JSON
- * output; nothing here changes a device except {@link ensureVethPeerNapi}.
+ * output; nothing here changes a device except {@link ensureVethPeerNapi} and
+ * {@link restoreGro}, which undoes it.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 
 import { KernelError } from './errors.js';
@@ -41,6 +42,17 @@ export function macOf(name: string): string {
     return readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();
   } catch {
     throw new KernelError(`read MAC of ${name}`, 19, [], 'no such interface');
+  }
+}
+
+/** Devices directly below an interface (sysfs lower_* links: a bridge's ports, a bond's slaves). */
+export function lowerDevices(name: string): string[] {
+  try {
+    return readdirSync(`/sys/class/net/${name}`)
+      .filter((e) => e.startsWith('lower_'))
+      .map((e) => e.slice('lower_'.length));
+  } catch {
+    return [];
   }
 }
 
@@ -107,6 +119,37 @@ export interface VethPeerState {
   detail?: string;
   /** We enabled GRO on the peer to satisfy the precondition. */
   fixed?: boolean;
+  /** The peer's ifindex (in its namespace). */
+  peerIfindex?: number;
+}
+
+/** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
+export interface GroChange {
+  /** The device, in `netns` (undefined: ours). */
+  ifname: string;
+  netns?: string;
+  ifindex: number;
+}
+
+/**
+ * Switch GRO back off on a device where we switched it on, if it is still
+ * the same device (name and ifindex) and GRO is still on. Returns what was
+ * done, for the log.
+ */
+export async function restoreGro(c: GroChange): Promise<string> {
+  let dev: IpLink;
+  try {
+    dev = await linkDetails(c.ifname, c.netns);
+  } catch {
+    return 'gone';
+  }
+  if (dev.ifindex !== c.ifindex) return 'replaced by another device';
+  const ethtool = (args: string[]) =>
+    c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  const { stdout } = await ethtool(['-k', c.ifname]);
+  if (!/^generic-receive-offload: on/m.test(stdout)) return 'already off';
+  await ethtool(['-K', c.ifname, 'gro', 'off']);
+  return 'GRO off again';
 }
 
 /**
@@ -172,5 +215,13 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     };
   }
   await ethtool(['-K', peer.ifname, 'gro', 'on']);
-  return { veth: true, ok: true, peer: peer.ifname, netns, fixed: true, detail: `enabled GRO on ${where}` };
+  return {
+    veth: true,
+    ok: true,
+    peer: peer.ifname,
+    netns,
+    fixed: true,
+    peerIfindex: peer.ifindex,
+    detail: `enabled GRO on ${where}`,
+  };
 }

@@ -1,0 +1,108 @@
+/**
+ * Attach and detach in a safe order, and --cleanup-on-exit leaves the host
+ * as it found it (issue 16, item 6). A rule's ingress moves from a bridge
+ * port to the bridge: the kernel refuses any XDP change on a port while its
+ * bridge has a program (EEXIST), so the port's program must go first, and
+ * cleanup must detach the bridge before the port. GRO that the daemon
+ * switched on (a veth peer without NAPI, for native redirects) is switched
+ * off again at cleanup. Real traffic before and after the move.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const PORT = 7999;
+const NOWHERE = '198.18.9.9';
+
+describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const bridge = `xb${id}`;
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let vm: Host, b1: Host;
+  const listeners: UdpListener[] = [];
+
+  before(() => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    sh('ip', ['link', 'set', vm.hostIf, 'master', bridge]);
+    sh('ip', ['link', 'set', bridge, 'up']);
+    // The sender's frames go to the port's MAC: the bridge delivers them to itself (a local fdb entry).
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', bridge]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
+  const gro = () => /^generic-receive-offload: (\w+)/m.exec(topo.exec('b1', 'ethtool', ['-k', 'eth0']))![1];
+  const rule = (ingress: string): Rule => ({
+    name: 'web',
+    match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [ingress],
+    backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0,
+  });
+  async function delivered(n: number): Promise<number> {
+    const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
+    listeners.push(l);
+    await sendUdp(vm.netns, NOWHERE, PORT, n).done;
+    await sleep(200);
+    return (await l.stop()).unique;
+  }
+
+  it('moves a rule from a bridge port to the bridge and cleans up everything at exit', async () => {
+    const groBefore = gro();
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule(vm.hostIf) });
+    assert.equal(xdpOf(vm.hostIf)?.mode, 1, 'native XDP on the port');
+    assert.equal(gro(), 'on', "the daemon switched GRO on on the backend veth's peer (NAPI for native redirects)");
+    assert.equal(await delivered(50), 50, 'the rule forwards from the port');
+
+    const cur = (await c.rules.getRule({ name: 'web' })).rule!;
+    await c.rules.updateRule({ rule: { ...rule(bridge), generation: cur.generation } });
+    assert.ok(xdpOf(bridge), 'the program is on the bridge');
+    assert.equal(xdpOf(vm.hostIf), undefined, 'and no longer on the port');
+    const names = (await c.interfaces.listInterfaces({})).interfaces.map((i) => i.name);
+    assert.deepEqual(names, [bridge], 'ListInterfaces shows exactly what is attached');
+    assert.equal(await delivered(50), 50, 'the rule forwards from the bridge');
+    assert.doesNotMatch(d.output, /detach failed/);
+
+    assert.equal(await d.stop('SIGTERM'), 0);
+    for (const ifname of [bridge, vm.hostIf, b1.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
+    assert.equal(gro(), groBefore, 'GRO is back as the daemon found it');
+    assert.doesNotMatch(d.output, /cleanup incomplete/);
+    d = undefined;
+  });
+
+  it('cleanup detaches the bridge before its port when both carry the program', async () => {
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--no-state', '--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule(vm.hostIf) });
+    await c.rules.createRule({
+      rule: { ...rule(bridge), name: 'web2', match: { ...rule(bridge).match!, port: PORT + 1 } },
+    });
+    assert.ok(xdpOf(vm.hostIf) && xdpOf(bridge), 'both attached');
+    assert.equal(await d.stop('SIGTERM'), 0);
+    for (const ifname of [bridge, vm.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
+    assert.doesNotMatch(d.output, /cleanup incomplete|detach failed/);
+    d = undefined;
+  });
+});
