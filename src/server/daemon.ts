@@ -27,6 +27,7 @@ import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { lockInstance, type HeldLock } from './dataplane/instance-lock.js';
+import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
@@ -319,23 +320,50 @@ export class Daemon {
   private lock?: HeldLock;
   private kernel?: KernelDataplane;
 
-  /** Every second: follow interfaces that disappear and come back. */
+  /**
+   * The reconciler's passes (core/resync.ts): every second, and at once when
+   * rtnetlink reports a link or neighbour change. The xdpctl.datapath health
+   * service is SERVING only while a pass finds nothing wrong; what it finds
+   * is logged when it changes, not every second.
+   */
   private startResync(): void {
     let busy = false;
-    this.resyncTimer = setInterval(() => {
-      if (busy || !this.ready.value) return;
+    let again = false;
+    let reported = '';
+    const pass = () => {
+      if (!this.ready.value) return;
+      if (busy) {
+        again = true;
+        return;
+      }
       busy = true;
       this.controller
         .resync()
         .then((missing) => {
           this.missingInterfaces = missing;
-          this.health.setStatus(missing.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
-          if (missing.length) this.log.warn({ missing }, 'interfaces missing');
+          const problems = this.controller.problems();
+          this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
+          const now = JSON.stringify(problems);
+          if (now !== reported) {
+            if (problems.length) this.log.warn({ missing, problems }, 'datapath not as desired');
+            else if (reported !== '') this.log.info({}, 'datapath as desired again');
+            reported = now;
+          }
         })
-        .catch((err) => this.log.error({ err }, 'interface resync failed'))
-        .finally(() => (busy = false));
-    }, 1000);
+        .catch((err) => this.log.error({ err }, 'resync failed'))
+        .finally(() => {
+          busy = false;
+          if (again) {
+            again = false;
+            setImmediate(pass);
+          }
+        });
+    };
+    this.resyncTimer = setInterval(pass, 1000);
+    this.monitor = new LinkMonitor(pass, this.log);
   }
+
+  private monitor?: LinkMonitor;
 
   /** Interfaces the desired state names that do not exist now. */
   missingInterfaces: string[] = [];
@@ -352,6 +380,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       this.ready.value = false;
       clearInterval(this.resyncTimer);
+      this.monitor?.close();
       this.health.setStatus('unhealthy');
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       this.config?.close();

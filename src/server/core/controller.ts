@@ -106,7 +106,7 @@ export class Controller {
     };
     this.tx = {
       applyRuleOps: (ops, restoring) => this.applyRuleOps(ops, restoring),
-      applyLinkSet: (next, field) => this.applyLinkSet(next, field),
+      applyLinkSet: (next, field, tolerant) => this.applyLinkSet(next, field, tolerant),
     };
   }
 
@@ -385,7 +385,7 @@ export class Controller {
   }
 
   /** One links transaction: fetch, plan, execute, persist. */
-  private async applyLinkSet(next: Map<string, LinkSpec>, field: string): Promise<void> {
+  private async applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant = false): Promise<void> {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     const want = planLinks(next, facts.interfaces, field);
     fetchInterfaces(
@@ -394,7 +394,7 @@ export class Controller {
       facts,
     );
     const cur = currentLinks(this.state.linkDirs, facts.interfaces);
-    await executeLinks(this.ctx, next, want, cur, field);
+    await executeLinks(this.ctx, next, want, cur, field, tolerant);
     await this.opts.persist?.(this.storedState());
   }
 
@@ -406,12 +406,22 @@ export class Controller {
   }
 
   /**
-   * Follow interface churn (resync.ts): rules and links on an interface that
-   * came back are written again. Returns the names of missing interfaces.
+   * One pass of the reconciler (resync.ts): repair what drifted, re-apply
+   * what the host changed, and report. Returns the names of missing
+   * interfaces; {@link problems} has everything the pass found wrong.
    */
-  resync(): Promise<string[]> {
-    return this.serial(() => resync(this.ctx, this.tx));
+  async resync(): Promise<string[]> {
+    const r = await this.serial(() => resync(this.ctx, this.tx));
+    this.lastProblems = r.problems;
+    return r.missing;
   }
+
+  /** What the last reconciler pass found wrong (empty: the datapath does what was asked). */
+  problems(): string[] {
+    return this.lastProblems;
+  }
+
+  private lastProblems: string[] = [];
 
   /**
    * Make the kernel match the (empty or restored) desired state: remove

@@ -77,6 +77,15 @@ export interface InterfaceInfo {
   mac: string;
 }
 
+/** What an egress interface can do now (sysfs: flags, carrier, mtu). */
+export interface LinkState {
+  /** Administratively up (IFF_UP). */
+  up: boolean;
+  /** Has carrier (a veth: its peer is up). */
+  carrier: boolean;
+  mtu: number;
+}
+
 export interface XdpStatus {
   mode: 'none' | 'native' | 'generic' | 'offload' | 'multi';
   progId: number;
@@ -124,6 +133,10 @@ export interface Dataplane {
    * the upper one. Optional: without it no such ordering is done.
    */
   lowerDevices?(ifname: string): string[];
+  /** Whether an interface can transmit now; undefined when it does not exist. Optional (fakes). */
+  linkState?(ifname: string): LinkState | undefined;
+  /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */
+  probeNeighbour?(ip: string, iface: string): void;
   xdpStatus(ifname: string): XdpStatus | undefined;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }>;

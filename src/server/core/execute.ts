@@ -49,13 +49,7 @@ export async function executeRules(
       for (const i of p.ingress) {
         if (state.attached.has(i.name)) continue;
         vacateLowerDevices(ctx, undo, i.name, users);
-        const st = dp.attach(i.name, ctx.mode);
-        state.attached.set(i.name, { ifindex: i.ifindex, users: users.get(i.name) ?? new Set() });
-        undo.push(() => {
-          state.attached.delete(i.name);
-          dp.detach(i.name);
-        });
-        ctx.log.info({ ifname: i.name, mode: st.mode }, 'attached');
+        attachOne(ctx, undo, i.name, i.ifindex, users.get(i.name) ?? new Set(), restoring);
       }
     }
     // 2. Native redirects into veths need NAPI on the peer. Each interface
@@ -107,7 +101,7 @@ export async function executeRules(
           dp.resetBackendStats(sid);
         }
         backendIds.set(b.key, { id, statsId: bStats });
-        if (!b.resolved) continue;
+        if (!b.receiving) continue; // out of the table: its flows go to the others
         entries.push([
           id,
           {
@@ -141,6 +135,7 @@ export async function executeRules(
         status: writtenRuleStatus(
           p.backends.map((b) => b.status),
           live,
+          p.backends.map((b) => b.spec.weight),
         ),
       });
     }
@@ -215,6 +210,7 @@ export async function executeLinks(
   want: ReadonlyMap<string, LinkDirection>,
   cur: ReadonlyMap<string, { from: number; to: number }>,
   field: string,
+  tolerant = false,
 ): Promise<void> {
   const { dp, state } = ctx;
   const undo = new UndoLog();
@@ -224,12 +220,7 @@ export async function executeLinks(
     for (const [from, info] of want) {
       if (state.attached.has(from)) continue;
       vacateLowerDevices(ctx, undo, from, usersAfter);
-      dp.attach(from, ctx.mode);
-      state.attached.set(from, { ifindex: info.from, users: nextUsers.get(from) ?? new Set() });
-      undo.push(() => {
-        state.attached.delete(from);
-        dp.detach(from);
-      });
+      attachOne(ctx, undo, from, info.from, nextUsers.get(from) ?? new Set(), tolerant);
     }
     for (const [from, d] of want) {
       if (dp.xdpStatus(from)?.mode !== 'native') continue;
@@ -260,6 +251,39 @@ export async function executeLinks(
   state.linkDirs.clear();
   for (const [from, d] of want) state.linkDirs.set(d.from, { from, to: d.toName });
   releaseUnusedInterfaces(ctx);
+}
+
+/**
+ * Attach our program to one interface within a transaction. The undo step
+ * detaches only what this attach put there: a program that was ours already
+ * (a restart adopting the datapath) stays, so a failed start never takes
+ * down a datapath that was forwarding. With `tolerant` (restore, resync),
+ * an interface that another XDP program occupies is recorded, not fatal:
+ * the rest is served and the status says why that interface is not.
+ */
+function attachOne(
+  ctx: ExecContext,
+  undo: UndoLog,
+  name: string,
+  ifindex: number,
+  users: Set<string>,
+  tolerant: boolean,
+): void {
+  const { dp, state } = ctx;
+  const before = dp.xdpStatus(name);
+  if (before && before.mode !== 'none' && !before.ours && tolerant) {
+    state.foreign.set(name, before.progId);
+    return;
+  }
+  const st = dp.attach(name, ctx.mode);
+  state.foreign.delete(name);
+  state.attached.set(name, { ifindex, users });
+  const wasOurs = !!before && before.mode !== 'none' && before.ours;
+  undo.push(() => {
+    state.attached.delete(name);
+    if (!wasOurs) dp.detach(name);
+  });
+  if (!wasOurs) ctx.log.info({ ifname: name, mode: st.mode }, 'attached');
 }
 
 /**

@@ -4,7 +4,7 @@
  * name (10 000 rules name the same few interfaces 50 000 times); neighbour
  * MACs once per (address, interface), only for backends given without a MAC.
  */
-import type { Dataplane, InterfaceInfo } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, LinkState } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 
 /** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
@@ -13,13 +13,15 @@ export interface Facts {
   interfaces: Map<string, InterfaceInfo | undefined>;
   /** "ip@interface" -> the neighbour table's MAC, or undefined when it has none. */
   neighbours: Map<string, string | undefined>;
+  /** Backend egress interface name -> whether it can transmit (absent: not known, taken as able). */
+  links: Map<string, LinkState | undefined>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
 
 /** An empty fact set (then filled by the fetch functions). */
 export function emptyFacts(): Facts {
-  return { interfaces: new Map(), neighbours: new Map() };
+  return { interfaces: new Map(), neighbours: new Map(), links: new Map() };
 }
 
 /** Resolve each named interface once into `facts`. */
@@ -33,6 +35,7 @@ export async function fetchRuleFacts(dp: Dataplane, specs: readonly RuleSpec[], 
   for (const s of specs) fetchInterfaces(dp, [...s.ingressInterfaces, ...s.backends.map((b) => b.interface)], facts);
   for (const s of specs) {
     for (const b of s.backends) {
+      if (dp.linkState && !facts.links.has(b.interface)) facts.links.set(b.interface, dp.linkState(b.interface));
       if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;
       const key = neighbourKey(b.ip, b.interface);
       if (!facts.neighbours.has(key)) facts.neighbours.set(key, await dp.neighbourMac(b.ip, b.interface));

@@ -53,10 +53,16 @@ export interface BackendStatus {
   interface: string;
   mac: string;
   resolved: boolean;
+  /**
+   * Whether it is in the rule's backend table now: MAC known and its egress
+   * interface able to transmit (up, carrier). Backends that cannot receive are
+   * taken out, so their flows move to the others, and put back on recovery.
+   */
+  receiving: boolean;
   message: string;
 }
 
-export type RuleState = 'active' | 'degraded' | 'inactive';
+export type RuleState = 'active' | 'degraded' | 'inactive' | 'failed';
 
 export interface RuleStatus {
   state: RuleState;

@@ -12,7 +12,7 @@ import type { MatchKey } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
-import { backendStatus } from './rule-status.js';
+import { backendStatus, egressProblem } from './rule-status.js';
 import { backendKey, type PrefixBytes } from './state.js';
 
 const AF_INET = 2;
@@ -26,6 +26,13 @@ export interface RuleOp {
   next?: RuleSpec;
   /** The request field the rule came from ("rules[3]"), for error messages. */
   field?: string;
+  /**
+   * Resync and restore: a missing interface does not refuse the rule. A
+   * missing ingress gets no match entry, a backend whose interface is missing
+   * stays out of the table; both are recorded with ifindex -1 so that the rule
+   * is written again when they return.
+   */
+  lenient?: boolean;
 }
 
 /** A backend as it will be written. */
@@ -39,6 +46,8 @@ export interface PlannedBackend {
   /** Destination MAC, canonical; '' when unresolved. */
   mac: string;
   resolved: boolean;
+  /** In the backend table: resolved and its egress can transmit. */
+  receiving: boolean;
   status: BackendStatus;
 }
 
@@ -102,7 +111,7 @@ export function planRules({ rules, ops, facts, free, matchCapacity }: PlanRulesI
   if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
   const plans: RulePlan[] = [];
   for (const op of ops) {
-    if (op.next) plans.push(planRule(op.name, op.next, op.field ?? 'rule', facts));
+    if (op.next) plans.push(planRule(op.name, op.next, op.field ?? 'rule', facts, op.lenient ?? false));
   }
   // Capacity, before anything is written.
   const needSlots = plans.length;
@@ -119,17 +128,39 @@ export function planRules({ rules, ops, facts, free, matchCapacity }: PlanRulesI
   return { plans, after };
 }
 
-function planRule(name: string, spec: RuleSpec, field: string, facts: Facts): RulePlan {
-  const ingress = spec.ingressInterfaces.map((iface, i) => {
+function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, lenient: boolean): RulePlan {
+  const absent = (iface: string) => lenient && !facts.interfaces.get(iface);
+  const ingress = spec.ingressInterfaces.flatMap((iface, i) => {
+    if (absent(iface)) return [];
     const info = facts.interfaces.get(iface);
     if (!info) {
       throw new CoreError('not-found', `${field}.ingress_interfaces[${i}]: interface "${iface}" does not exist`, [
         { field: `${field}.ingress_interfaces[${i}]`, description: `interface "${iface}" does not exist` },
       ]);
     }
-    return { name: iface, ifindex: info.ifindex };
+    return [{ name: iface, ifindex: info.ifindex }];
   });
   const backends = spec.backends.map((b, i): PlannedBackend => {
+    if (absent(b.interface)) {
+      const status = backendStatus({
+        ip: b.ip,
+        interface: b.interface,
+        givenMac: b.mac,
+        mac: b.mac,
+        resolved: b.mac !== '',
+        egress: `egress ${b.interface} does not exist`,
+      });
+      return {
+        spec: b,
+        key: backendKey(b),
+        ifindex: -1,
+        smac: '',
+        mac: b.mac,
+        resolved: false,
+        receiving: false,
+        status,
+      };
+    }
     const info = facts.interfaces.get(b.interface);
     if (!info) {
       throw new CoreError('not-found', `${field}.backends[${i}].interface: interface "${b.interface}" does not exist`, [
@@ -139,6 +170,8 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts): Ru
     const raw = b.mac === '' ? (facts.neighbours.get(neighbourKey(b.ip, b.interface)) ?? '') : b.mac;
     const resolved = raw !== '';
     const mac = raw && formatMac(parseMac(raw));
+    const egress = egressProblem(b.interface, facts.links.get(b.interface));
+    const status = backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved, egress });
     return {
       spec: b,
       key: backendKey(b),
@@ -146,7 +179,8 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts): Ru
       smac: info.mac,
       mac,
       resolved,
-      status: backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved }),
+      receiving: status.receiving,
+      status,
     };
   });
   const daddr = spec.destination ? parseIp(spec.destination).bytes : new Uint8Array(4);
@@ -169,6 +203,7 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts): Ru
       daddr,
     })),
     ifindexes: new Map([
+      ...spec.ingressInterfaces.map((i) => [i, -1] as const), // -1: missing now (lenient)
       ...ingress.map((i) => [i.name, i.ifindex] as const),
       ...backends.map((b) => [b.spec.interface, b.ifindex] as const),
     ]),

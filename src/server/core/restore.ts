@@ -8,14 +8,15 @@ import type { ExecContext } from './execute.js';
 import { fetchInterfaces } from './facts.js';
 import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
 import type { RuleOp } from './plan-rules.js';
-import { restoringStatus, waitingStatus } from './rule-status.js';
+import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
 import { matchId } from './state.js';
 import type { StoredState } from './store.js';
 
 /** The transactions restore and resync run (the controller's, inside its serial queue). */
 export interface Transactions {
   applyRuleOps(ops: RuleOp[], restoring: boolean): Promise<void>;
-  applyLinkSet(next: Map<string, LinkSpec>, field: string): Promise<void>;
+  /** `tolerant`: an interface another XDP program occupies is reported, not fatal (restore, resync). */
+  applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant?: boolean): Promise<void>;
 }
 
 /**
@@ -95,11 +96,20 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
     return { name: r.name, next: spec as RuleSpec };
   });
-  await tx.applyRuleOps(ops, true);
+  await applyEach(ctx, tx, ops);
   const linksReady = stored.links.every((l) => exists(l.a) && exists(l.b));
-  if (linksReady) await tx.applyLinkSet(new Map(stored.links.map((l) => [linkKey(l), l])), 'links');
-  else for (const l of stored.links) state.links.set(linkKey(l), l); // resync applies them when present
-  reconcileEntries(ctx);
+  let linksFailed = false;
+  if (linksReady) {
+    try {
+      await tx.applyLinkSet(new Map(stored.links.map((l) => [linkKey(l), l])), 'links', true);
+    } catch (e) {
+      // The cross-connects the datapath has keep forwarding; resync tries again.
+      linksFailed = true;
+      ctx.log.error({ err: e }, 'links not restored: the datapath keeps the directions it has');
+    }
+  }
+  if (!linksReady || linksFailed) for (const l of stored.links) state.links.set(linkKey(l), l);
+  reconcileEntries(ctx, linksFailed);
   for (const slot of orphans) {
     dp.clearRuleSlot(slot, [], []);
     state.slots.release(slot);
@@ -114,10 +124,58 @@ export function sweepSrcPrefixes(ctx: ExecContext, live: Set<number>): void {
   for (const k of ctx.dp.listSrcPrefixes()) if (!live.has(k.slot)) ctx.dp.deleteSrcPrefix(k);
 }
 
-/** Remove match entries and link directions the core does not hold. */
-export function reconcileEntries(ctx: ExecContext): void {
+/** Remove match entries and link directions the core does not hold (links: unless `keepLinks`). */
+export function reconcileEntries(ctx: ExecContext, keepLinks = false): void {
   const wanted = new Set<string>();
   for (const k of ctx.state.ruleKernel.values()) for (const m of k.matchKeys) wanted.add(matchId(m));
   for (const [k] of ctx.dp.listMatches()) if (!wanted.has(matchId(k))) ctx.dp.deleteMatch(k);
+  if (keepLinks) return;
   for (const [from] of ctx.dp.listLinks()) if (!ctx.state.linkDirs.has(from)) ctx.dp.disconnect(from);
+}
+
+/** How long a refused rule waits before resync tries it again. */
+export const FAILED_RETRY_MS = 10_000;
+
+/**
+ * Apply rule operations at start or resync so that one rule that cannot be
+ * applied never takes the others down: all together first (one
+ * transaction), and if that fails, one by one. A rule that still fails is
+ * marked FAILED with the reason and keeps the entries the datapath already
+ * had for it (its old slot stays published), so a start never removes a
+ * datapath that was forwarding; resync tries it again later.
+ */
+export async function applyEach(ctx: ExecContext, tx: Transactions, ops: RuleOp[]): Promise<void> {
+  if (ops.length === 0) return;
+  if (ops.length > 1) {
+    try {
+      await tx.applyRuleOps(ops, true);
+      for (const op of ops) ctx.state.failed.delete(op.name);
+      return;
+    } catch (e) {
+      ctx.log.warn({ err: e }, 'applying the rules together failed: applying them one by one');
+    }
+  }
+  for (const op of ops) {
+    try {
+      await tx.applyRuleOps([op], true);
+      ctx.state.failed.delete(op.name);
+    } catch (e) {
+      markFailed(ctx, op.name, (e as Error).message);
+    }
+  }
+}
+
+function markFailed(ctx: ExecContext, name: string, reason: string): void {
+  const { dp, state } = ctx;
+  const k = state.ruleKernel.get(name);
+  if (!k) return;
+  // Keep what the datapath has for it: the match entries that point at its slot.
+  if (k.matchKeys.length === 0) k.matchKeys = dp.listMatches().flatMap(([m, slot]) => (slot === k.slot ? [m] : []));
+  k.status = failedStatus(reason, k.matchKeys.length > 0);
+  k.written = undefined;
+  state.failed.set(name, ctx.now() + FAILED_RETRY_MS);
+  const key = `rule/${name}`;
+  const line = `failed|${reason}`;
+  if (state.logged.get(key) !== line) ctx.log.error({ rule: name, reason }, `rule ${name} FAILED: ${k.status.message}`);
+  state.logged.set(key, line);
 }

@@ -1,33 +1,130 @@
 /**
- * Interface churn: interfaces that disappeared are reported in the status of
- * what uses them; when one comes back (same name, new ifindex) the rules and
- * links on it are written again and the program re-attached. Runs every
- * second, so it allocates nothing per rule when nothing changed.
+ * The reconciler: level-triggered, it compares the desired state with what
+ * the host has now and converges, on every pass (every second, and at once
+ * when rtnetlink reports a link or neighbour change). It repairs what is
+ * safe to repair and reports what it cannot:
+ *  - our program on every interface that needs it: re-attached when someone
+ *    detached it; a foreign program is left alone and reported;
+ *  - interfaces that disappear and come back (same name, new ifindex): the
+ *    rules and links on them are written again;
+ *  - backends that cannot receive (egress down or without carrier, MAC not
+ *    resolved) are taken out of their rule's table and put back when they
+ *    recover; neighbour MACs are followed (and probed while unresolved);
+ *  - rules the datapath refused are tried again;
+ *  - every rule's status says what was observed (rule-status.ts), and each
+ *    transition is logged once.
+ * Allocates nothing per rule when nothing changed beyond the facts it reads.
  */
-import type { ExecContext } from './execute.js';
+import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
+import { fetchRuleFacts, neighbourKey } from './facts.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
-import type { Transactions } from './restore.js';
-import { missingInterfacesWarning } from './rule-status.js';
+import type { RuleOp } from './plan-rules.js';
+import { applyEach, type Transactions } from './restore.js';
+import { egressProblem, missingInterfacesWarning, observedRuleStatus } from './rule-status.js';
 
-/** One pass; returns the names of missing interfaces, sorted. */
-export async function resync(ctx: ExecContext, tx: Transactions): Promise<string[]> {
+/** What one pass found. */
+export interface ResyncResult {
+  /** Interfaces the desired state names that do not exist, sorted. */
+  missing: string[];
+  /**
+   * Everything that keeps the datapath from doing what was asked, one line
+   * each (missing interfaces, foreign programs, rules not ACTIVE): the
+   * xdpctl.datapath health service is NOT_SERVING while any is listed.
+   */
+  problems: string[];
+}
+
+const specOf = (r: { generation: number; createTime: number; updateTime: number } & RuleSpec): RuleSpec => {
+  const { generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
+  return spec;
+};
+
+/** One pass. */
+export async function resync(ctx: ExecContext, tx: Transactions): Promise<ResyncResult> {
   const { dp, state } = ctx;
   const missing = new Set<string>();
-  // Once per name per pass: every rule names its interfaces.
-  const seen = new Map<string, number | undefined>();
+  // The facts of this pass, each read once per name (every rule names its
+  // interfaces): interfaces, egress link states, neighbour MACs.
+  const specs: RuleSpec[] = [];
+  state.rules.forEach((r) => specs.push(r));
+  const facts = await fetchRuleFacts(dp, specs);
   const now = (name: string) => {
-    if (!seen.has(name)) seen.set(name, dp.lookupInterface(name)?.ifindex);
-    const ifindex = seen.get(name);
+    if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
+    const ifindex = facts.interfaces.get(name)?.ifindex;
     if (ifindex === undefined) missing.add(name);
     return ifindex;
   };
+  /** Log once per transition of `key` to `line`; `log` gets whether it had a state before. */
+  const transition = (key: string, line: string, log: (before: boolean) => void) => {
+    const before = state.logged.get(key);
+    if (before === line) return;
+    state.logged.set(key, line);
+    log(before !== undefined);
+  };
   // Attachments die with their device: forget them so they are redone.
   for (const [name, a] of state.attached) if (now(name) !== a.ifindex) state.attached.delete(name);
-  const ops: { name: string; next: RuleSpec }[] = [];
-  // No allocation per rule when nothing changed (forEach, not for-of over
-  // entries): with 10 000 rules the arrays this pass used to build were
-  // ~15 MB of garbage every second.
+
+  // 1. Our program on every interface that needs it, as the kernel reports it.
+  const ingressProblems = new Map<string, string>();
+  const users = state.interfaceUsers();
+  for (const name of users.keys()) {
+    const ifindex = now(name);
+    if (ifindex === undefined) {
+      ingressProblems.set(name, `interface ${name} does not exist`);
+      continue;
+    }
+    const x = dp.xdpStatus(name);
+    if (!x) continue;
+    if (x.mode !== 'none' && !x.ours) {
+      state.foreign.set(name, x.progId);
+      state.attached.delete(name);
+      const why = `another XDP program (id ${x.progId}, ${x.mode} mode) is attached to ${name}; it is left alone`;
+      ingressProblems.set(name, why);
+      transition(`if/${name}`, `foreign|${x.progId}`, () =>
+        ctx.log.warn({ ifname: name, progId: x.progId, users: [...users.get(name)!] }, why),
+      );
+      continue;
+    }
+    state.foreign.delete(name);
+    if (x.mode === 'none') {
+      // Someone detached it (ip link set dev X xdp off), a foreign program
+      // left, or the interface is new or back: put ours there.
+      const wasForeign = state.logged.get(`if/${name}`)?.startsWith('foreign|');
+      const detached = state.attached.has(name); // same ifindex as when we attached
+      try {
+        const st = dp.attach(name, ctx.mode);
+        state.attached.set(name, { ifindex, users: users.get(name)! });
+        if (detached) {
+          ctx.log.warn(
+            { ifname: name, mode: st.mode },
+            `our XDP program was detached from ${name} by someone else: re-attached`,
+          );
+        } else {
+          ctx.log.info(
+            { ifname: name, ifindex, mode: st.mode },
+            wasForeign
+              ? `the other XDP program left ${name}: ours is attached`
+              : `${name} is there (ifindex ${ifindex}): our XDP program is attached`,
+          );
+        }
+        transition(`if/${name}`, 'ok', () => undefined);
+      } catch (e) {
+        const why = `our XDP program is not attached to ${name} and re-attaching failed: ${(e as Error).message}`;
+        ingressProblems.set(name, why);
+        transition(`if/${name}`, `detached|${(e as Error).message}`, () => ctx.log.error({ ifname: name }, why));
+      }
+      continue;
+    }
+    if (!state.attached.has(name)) state.attached.set(name, { ifindex, users: users.get(name)! });
+    transition(`if/${name}`, 'ok', (before) => {
+      if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);
+    });
+  }
+
+  // 2. Rules whose interfaces moved or came back, whose backends changed
+  // (able to receive, MAC), or that the datapath refused and are due again.
+  const ops: RuleOp[] = [];
   const gone: string[] = [];
   let moved = false;
   const check = (idx: number, i: string) => {
@@ -35,24 +132,45 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<string
     if (cur === undefined) gone.push(i);
     else if (cur !== idx) moved = true;
   };
+  const t = ctx.now();
   state.ruleKernel.forEach((k, name) => {
+    const rule = state.rules.get(name)!;
+    const retry = state.failed.get(name);
+    if (retry !== undefined) {
+      if (retry <= t && [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)].every((i) => now(i))) {
+        ops.push({ name, next: specOf(rule), lenient: true });
+      }
+      return;
+    }
     gone.length = 0;
     moved = false;
     k.ifindexes.forEach(check);
-    if (gone.length) {
-      k.status.warnings = [missingInterfacesWarning(gone)];
-      return;
+    const written = k.written ?? k.status;
+    if (gone.length) written.warnings = [missingInterfacesWarning(gone)];
+    else if (written.warnings.length) written.warnings = [];
+    let changed = moved;
+    if (!changed) {
+      // Backends: does the table still hold exactly those that can receive, with today's MAC?
+      written.backends.forEach((b, i) => {
+        const spec = rule.backends[i];
+        if (!spec || changed) return;
+        const mac = spec.mac === '' ? (facts.neighbours.get(neighbourKey(spec.ip, spec.interface)) ?? '') : b.mac;
+        const resolved = mac !== '';
+        const receiving =
+          resolved &&
+          facts.interfaces.get(spec.interface) !== undefined &&
+          !egressProblem(spec.interface, facts.links.get(spec.interface));
+        if (receiving !== b.receiving || (resolved && mac.toLowerCase() !== b.mac.toLowerCase())) changed = true;
+        if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
+      });
     }
-    if (k.status.warnings.length) k.status.warnings = [];
-    if (moved) {
-      const { generation: _g, createTime: _c, updateTime: _u, ...spec } = state.rules.get(name)!;
-      ops.push({ name, next: spec });
-    }
+    if (changed) ops.push({ name, next: specOf(rule), lenient: true });
   });
   if (ops.length) {
-    ctx.log.info({ rules: ops.map((o) => o.name) }, 'interfaces changed: re-applying rules');
-    await tx.applyRuleOps(ops, true);
+    ctx.log.info({ rules: ops.map((o) => o.name) }, 'the host changed: re-applying rules');
+    await applyEach(ctx, tx, ops);
   }
+
   // Links: every wanted direction must be in the kernel under today's ifindexes.
   const links = [...state.links.values()];
   const stale = links.some((l) =>
@@ -63,7 +181,39 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<string
   );
   if (stale && links.every((l) => now(l.a) !== undefined && now(l.b) !== undefined)) {
     ctx.log.info({}, 'interfaces changed: re-applying links');
-    await tx.applyLinkSet(new Map(state.links), 'links');
+    try {
+      await tx.applyLinkSet(new Map(state.links), 'links', true);
+    } catch (e) {
+      transition('links', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, 'links not re-applied'));
+    }
   }
-  return [...missing].sort();
+
+  // What we attached and no one uses any more, if a detach failed before (logged once per error).
+  releaseUnusedInterfaces(ctx);
+
+  // 3. Status as observed, each transition logged once.
+  const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
+  for (const [name, progId] of state.foreign) {
+    if (users.has(name)) problems.push(`interface ${name}: another XDP program (id ${progId}) is attached`);
+  }
+  state.ruleKernel.forEach((k, name) => {
+    const rule = state.rules.get(name)!;
+    if (k.status.state !== 'failed') {
+      const written = k.written ?? k.status;
+      const observed = observedRuleStatus(written, rule.ingressInterfaces, ingressProblems);
+      k.written = observed === written ? undefined : written;
+      k.status = observed;
+    }
+    const s = k.status;
+    if (s.state !== 'active') problems.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
+    transition(`rule/${name}`, `${s.state}|${s.message}`, (before) => {
+      if (s.state === 'active' && !before) return; // the usual start: nothing to report
+      (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
+        ctx.log,
+        { rule: name, state: s.state.toUpperCase(), reason: s.message },
+        `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
+      );
+    });
+  });
+  return { missing: [...missing].sort(), problems };
 }

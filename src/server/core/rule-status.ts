@@ -3,7 +3,16 @@
  * observed (interfaces, neighbour entries, weights) and what resync sees.
  * Pure functions; no I/O.
  */
+import type { LinkState } from './dataplane.js';
 import type { BackendStatus, RuleStatus } from './model.js';
+
+/** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
+export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
+  if (!link) return undefined;
+  if (!link.up) return `egress ${iface} is down`;
+  if (!link.carrier) return `egress ${iface} has no carrier (a veth whose peer is down)`;
+  return undefined;
+}
 
 /** The status of one planned backend. */
 export function backendStatus(b: {
@@ -12,32 +21,80 @@ export function backendStatus(b: {
   givenMac: string;
   mac: string;
   resolved: boolean;
+  /** Why its egress cannot transmit, if it cannot. */
+  egress?: string;
 }): BackendStatus {
+  const receiving = b.resolved && !b.egress;
   return {
     ip: b.ip,
     interface: b.interface,
     mac: b.mac,
     resolved: b.resolved,
-    message: b.resolved
-      ? b.givenMac === ''
-        ? 'MAC resolved from the neighbour table'
-        : ''
-      : `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`,
+    receiving,
+    message: !b.resolved
+      ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
+      : b.egress
+        ? `${b.egress}: backend taken out of the table until it can receive`
+        : b.givenMac === ''
+          ? 'MAC resolved from the neighbour table'
+          : '',
   };
 }
 
-/** A written rule's status from its backends' statuses and how many can take traffic. */
-export function writtenRuleStatus(backends: BackendStatus[], live: number): RuleStatus {
-  const unresolved = backends.filter((b) => !b.resolved).length;
+/**
+ * A written rule's status from its backends' statuses and how many are in
+ * its table with a non-zero weight (proto RuleState: ACTIVE when every
+ * backend with a non-zero weight receives, DEGRADED when some cannot,
+ * INACTIVE when none can).
+ */
+export function writtenRuleStatus(backends: BackendStatus[], live: number, weights?: number[]): RuleStatus {
+  const out = backends.filter((b, i) => !b.receiving && (weights?.[i] ?? 1) > 0);
+  const why = out.map((b) => `${b.ip}@${b.interface}: ${b.message.split(':')[0]}`).join('; ');
   return {
-    state: live === 0 ? 'inactive' : unresolved ? 'degraded' : 'active',
+    state: live === 0 ? 'inactive' : out.length ? 'degraded' : 'active',
     message:
       live === 0
-        ? 'no backend can take traffic (all drained or unresolved): matching packets are dropped'
-        : unresolved
-          ? `${unresolved} backend(s) without a MAC address`
+        ? `no backend can take traffic (all drained or unable to receive${why ? `: ${why}` : ''}): matching packets are dropped`
+        : out.length
+          ? `forwarding to ${live} backend(s); ${out.length} cannot receive (${why})`
           : `forwarding to ${live} backend(s)`,
     backends,
+    warnings: [],
+  };
+}
+
+/**
+ * The status as observed now: the written status, lowered by what is wrong
+ * with the rule's ingress interfaces (missing, or a foreign XDP program in
+ * the place of ours). All ingress unusable: INACTIVE; some: DEGRADED.
+ */
+export function observedRuleStatus(written: RuleStatus, ingress: string[], problems: Map<string, string>): RuleStatus {
+  const bad = ingress.filter((i) => problems.has(i));
+  if (bad.length === 0 || written.state === 'failed') return written;
+  const why = bad.map((i) => problems.get(i)).join('; ');
+  if (written.state === 'inactive') return { ...written, warnings: [why] };
+  if (bad.length === ingress.length) {
+    return {
+      ...written,
+      state: 'inactive',
+      message: `not receiving on any ingress interface: ${why}`,
+      warnings: [why],
+    };
+  }
+  return {
+    ...written,
+    state: 'degraded',
+    message: `${written.message}; not receiving on ${bad.length} of ${ingress.length} ingress interface(s): ${why}`,
+    warnings: [why],
+  };
+}
+
+/** A rule the datapath refused at start or resync; its previous entries, if any, keep forwarding. */
+export function failedStatus(reason: string, keptOld: boolean): RuleStatus {
+  return {
+    state: 'failed',
+    message: `${reason}${keptOld ? '; the entries the datapath had for it keep forwarding' : ''}`,
+    backends: [],
     warnings: [],
   };
 }

@@ -25,7 +25,10 @@ export interface RuleKernel {
   backends: Map<string, { id: number; statsId: number }>;
   /** ifindex of every interface the rule was written with (ingress and egress); -1 while missing. */
   ifindexes: Map<string, number>;
+  /** As written by the last transaction; `status` is this lowered by what resync observes since. */
   status: RuleStatus;
+  /** The written status while `status` shows an observed problem (set by resync). */
+  written?: RuleStatus;
 }
 
 /** An interface the program is attached to by us, with who needs it. */
@@ -54,6 +57,12 @@ export class CoreState {
   readonly backendStatsIds: IdPool;
   /** Interfaces we attached, with who uses them. */
   readonly attached = new Map<string, Attachment>();
+  /** Interfaces we need that another XDP program occupies (name -> its program id): left alone, reported. */
+  readonly foreign = new Map<string, number>();
+  /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
+  readonly logged = new Map<string, string>();
+  /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
+  readonly failed = new Map<string, number>();
   /** Link directions in the kernel: ingress ifindex -> names. */
   readonly linkDirs = new Map<number, { from: string; to: string }>();
 

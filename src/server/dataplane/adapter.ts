@@ -8,6 +8,7 @@ import type {
   CounterRead,
   Dataplane,
   InterfaceInfo,
+  LinkState,
   RuleSlotWrite,
   XdpModeName,
   XdpStatus,
@@ -18,9 +19,11 @@ import { KernelError } from './errors.js';
 import {
   ensureVethPeerNapi,
   ifindexOf,
+  linkState,
   lowerDevices,
   macOf,
   neighbourMac,
+  probeNeighbour,
   restoreGro,
   type GroChange,
 } from './netdev.js';
@@ -144,6 +147,22 @@ export class KernelDataplane implements Dataplane {
 
   lowerDevices(ifname: string): string[] {
     return lowerDevices(ifname);
+  }
+
+  linkState(ifname: string): LinkState | undefined {
+    return linkState(ifname);
+  }
+
+  /** At most one probe per neighbour per second. */
+  private readonly probed = new Map<string, number>();
+
+  probeNeighbour(ip: string, iface: string): void {
+    const key = `${ip}@${iface}`;
+    const t = Date.now();
+    if ((this.probed.get(key) ?? 0) > t) return;
+    this.probed.set(key, t + 1000);
+    if (this.probed.size > 4096) this.probed.clear();
+    probeNeighbour(ip, iface);
   }
 
   xdpStatus(ifname: string): XdpStatus | undefined {

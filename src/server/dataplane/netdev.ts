@@ -56,6 +56,37 @@ export function lowerDevices(name: string): string[] {
   }
 }
 
+/** IFF_UP (linux/if.h). */
+const IFF_UP = 0x1;
+
+/** Up, carrier and MTU of an interface from sysfs; undefined when it does not exist. */
+export function linkState(name: string): { up: boolean; carrier: boolean; mtu: number } | undefined {
+  const dir = `/sys/class/net/${name}`;
+  try {
+    const flags = parseInt(readFileSync(`${dir}/flags`, 'utf8'), 16);
+    const mtu = Number(readFileSync(`${dir}/mtu`, 'utf8'));
+    let carrier = false;
+    try {
+      carrier = readFileSync(`${dir}/carrier`, 'utf8').trim() === '1';
+    } catch {
+      carrier = false; // EINVAL while the device is down
+    }
+    return { up: (flags & IFF_UP) !== 0, carrier, mtu };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Make the kernel resolve a neighbour: one ping bound to the interface sends
+ * an ARP request even when the interface has no address of its own (the
+ * ping itself may fail; the neighbour entry is what counts). Best effort,
+ * asynchronous, never throws.
+ */
+export function probeNeighbour(ip: string, dev: string): void {
+  execFile('ping', ['-c', '1', '-W', '1', '-q', '-I', dev, ip], () => undefined);
+}
+
 /** Whether an interface exists. */
 export function interfaceExists(name: string): boolean {
   try {

@@ -38,17 +38,25 @@ const RULE_STATE = {
   active: RuleState.RULE_STATE_ACTIVE,
   degraded: RuleState.RULE_STATE_DEGRADED,
   inactive: RuleState.RULE_STATE_INACTIVE,
+  failed: RuleState.RULE_STATE_FAILED,
 };
 
-function backendStatus(b: BackendStatus) {
-  return { ip: b.ip, interface: b.interface, mac: b.mac, resolved: b.resolved, active: b.resolved, message: b.message };
+function backendStatus(b: BackendStatus, weight: number) {
+  return {
+    ip: b.ip,
+    interface: b.interface,
+    mac: b.mac,
+    resolved: b.resolved,
+    active: b.receiving && weight > 0,
+    message: b.receiving && weight === 0 ? 'drained (weight 0)' : b.message,
+  };
 }
 
-function statusToProto(s: RuleStatus) {
+function statusToProto(s: RuleStatus, weights: number[]) {
   return {
     state: RULE_STATE[s.state],
     message: s.message,
-    backendStatus: s.backends.map(backendStatus),
+    backendStatus: s.backends.map((b, i) => backendStatus(b, weights[i] ?? 1)),
     warnings: s.warnings,
   };
 }
@@ -73,7 +81,10 @@ export function ruleToProto(r: RuleView): Rule {
       r.udpChecksum === 'zero' ? UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO : UdpChecksumMode.UDP_CHECKSUM_MODE_UPDATE,
     labels: r.labels,
     generation: r.generation,
-    status: statusToProto(r.status),
+    status: statusToProto(
+      r.status,
+      r.backends.map((b) => b.weight),
+    ),
     createTime: new Date(r.createTime),
     updateTime: new Date(r.updateTime),
   };

@@ -112,19 +112,23 @@ export enum RuleState {
    */
   RULE_STATE_ACTIVE = 1,
   /**
-   * RULE_STATE_DEGRADED - Forwarding, but not as specified: an ingress interface is missing or a
-   * backend with a non-zero weight is unresolved or its interface is missing
-   * (its flows go to the other backends). See warnings and backend_status.
+   * RULE_STATE_DEGRADED - Forwarding, but not as specified: an ingress interface is missing or
+   * runs another XDP program, or a backend with a non-zero weight is
+   * unresolved, its interface is missing, down or without carrier (its flows
+   * go to the other backends). See warnings and backend_status.
    */
   RULE_STATE_DEGRADED = 2,
   /**
-   * RULE_STATE_INACTIVE - Not forwarding anything: none of the ingress interfaces exists, or no
-   * backend can receive traffic (matching packets are then dropped).
+   * RULE_STATE_INACTIVE - Not forwarding anything: none of the ingress interfaces exists or runs
+   * our XDP program, or no backend can receive traffic (matching packets are
+   * then dropped).
    */
   RULE_STATE_INACTIVE = 3,
   /**
-   * RULE_STATE_FAILED - The datapath refused the rule (e.g. a map is full or the XDP program
-   * could not be attached); the message says why. The rule stays stored.
+   * RULE_STATE_FAILED - The datapath refused the rule (e.g. a map is full, the XDP program
+   * could not be attached, or a precondition of a native redirect cannot be
+   * checked); the message says why. The rule stays stored and is retried;
+   * entries the datapath already had for it keep forwarding.
    */
   RULE_STATE_FAILED = 4,
   UNRECOGNIZED = -1,
@@ -326,7 +330,9 @@ export interface BackendStatus {
   resolved: boolean;
   /**
    * Whether the backend receives traffic: resolved, its interface exists and
-   * its weight is not zero.
+   * can transmit (administratively up, with carrier), and its weight is not
+   * zero. A backend that cannot receive is out of the rule's backend table
+   * (its flows go to the others) until it recovers.
    */
   active: boolean;
   /** Why the backend is not active, if it is not; otherwise empty. */

@@ -1,0 +1,50 @@
+/**
+ * rtnetlink notifications as a trigger for the reconciler: `ip monitor link
+ * neigh` (iproute2) prints a line for every link change (up/down, carrier,
+ * rename, new/deleted device) and every neighbour change; each burst calls
+ * `onChange` once (debounced). The lines are not parsed: the reconciler is
+ * level-triggered and reads the facts itself, so a lost or merged event only
+ * delays it to the next periodic pass. close() ends the monitor (idempotent).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+
+import type { Logger } from '../log.js';
+
+export class LinkMonitor {
+  private child?: ChildProcess;
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(
+    private readonly onChange: () => void,
+    private readonly log: Logger,
+    private readonly debounceMs = 50,
+  ) {
+    this.start();
+  }
+
+  private start(): void {
+    if (this.closed) return;
+    const child = spawn('ip', ['monitor', 'link', 'neigh'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    this.child = child;
+    child.stdout!.on('data', () => {
+      if (this.timer) return;
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.onChange();
+      }, this.debounceMs);
+    });
+    child.on('error', (err) => this.log.warn({ err }, 'ip monitor failed: changes are seen by the periodic pass only'));
+    child.on('exit', (code, signal) => {
+      if (this.closed) return;
+      this.log.warn({ code, signal }, 'ip monitor exited: restarting it in 1 s');
+      setTimeout(() => this.start(), 1000).unref();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.child?.kill();
+  }
+}

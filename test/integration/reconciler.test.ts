@@ -1,0 +1,214 @@
+/**
+ * The reconciler (issue 16, items 1, 2 and 5), each example of the issue
+ * changing the host for real under a running daemon with traffic flowing:
+ * our program detached by another tool is re-attached (logged once); a
+ * backend whose egress goes down or loses carrier leaves the rule's table
+ * (its flows move to the others) and comes back; a MAC-less backend is
+ * resolved by probing and follows a MAC change within a second; a foreign
+ * program is kept and reported while everything else is served, also across
+ * a restart; a rule whose only ingress is deleted is INACTIVE, logged once.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+describe('reconciler: the datapath stays true to the desired state, and says so', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, vm2: Host, b1: Host, b2: Host, b3: Host;
+  const listeners: UdpListener[] = [];
+  const args = ['--log-level', 'info'];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    vm2 = topo.addHost('vm2', '198.18.3.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.2.2/24');
+    b3 = topo.addHost('b3', '198.18.2.3/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    topo.defaultRouteVia('vm2', '198.18.3.254', vm2.hostMac);
+    d = await DaemonProcess.start(id, args);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule('web', 7999, vm, [b1, b2]) });
+    await c.rules.createRule({ rule: rule('dns', 7998, vm2, [b1]) });
+  });
+  after(async () => {
+    if (process.env.XDPCTL_DEBUG_LOG) (await import('node:fs')).writeFileSync(process.env.XDPCTL_DEBUG_LOG, d.output);
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  function rule(name: string, port: number, from: Host, to: Host[], mac = true): Rule {
+    return {
+      name,
+      match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+      ingressInterfaces: [from.hostIf],
+      backends: to.map((b) => ({ ip: b.ip!, mac: mac ? b.mac : '', interface: b.hostIf, weight: 1 })),
+      udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+      labels: {},
+      generation: 0,
+    };
+  }
+  /** Send `n` datagrams over `flows` flows from `from` to `port`; what each backend received. */
+  async function send(from: Host, port: number, to: Host[], n = 200, flows = 1) {
+    const ls = await Promise.all(to.map((b) => UdpListener.start(b.netns, b.ip!, port)));
+    listeners.push(...ls);
+    const { sent } = await sendUdp(from.netns, NOWHERE, port, n, { flows }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
+  }
+  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 3000) {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      if (await ok()) return;
+      await sleep(50);
+    }
+    assert.fail(`not within ${ms} ms: ${what}`);
+  }
+  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const xdp = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
+  const progOn = (ifname: string): number => xdp(ifname)?.prog?.id ?? xdp(ifname)?.attached?.[0]?.prog?.id ?? 0;
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+
+  it('re-attaches our program when another tool detaches it, and logs it once', async () => {
+    const ours = (await c.daemon.getStatus({})).datapath!.programId;
+    assert.equal(progOn(vm.hostIf), ours);
+    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdp', 'off']);
+    await until('our program back on the interface', () => progOn(vm.hostIf) === ours, 2500);
+    const r = await send(vm, 7999, [b1, b2], 200, 50);
+    assert.equal(r.total, r.sent, `delivered ${r.total}/${r.sent} after the repair`);
+    await sleep(1500);
+    assert.equal(count(new RegExp(`detached from ${vm.hostIf} by someone else: re-attached`)), 1, 'logged once');
+    assert.equal((await status('web')).state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(await health(), SERVING);
+  });
+
+  it('takes a backend that cannot receive out of the table and puts it back', async () => {
+    for (const [what, down, up] of [
+      ['egress down', ['link', 'set', b2.hostIf, 'down'], ['link', 'set', b2.hostIf, 'up']],
+      ['no carrier', ['-n', b2.netns, 'link', 'set', 'eth0', 'down'], ['-n', b2.netns, 'link', 'set', 'eth0', 'up']],
+    ] as const) {
+      sh('ip', [...down]);
+      await until(`${what}: web DEGRADED`, async () => (await status('web')).state === RuleState.RULE_STATE_DEGRADED);
+      const st = await status('web');
+      assert.deepEqual(
+        st.backendStatus.map((b) => b.active),
+        [true, false],
+        `${what}: only b2 is out`,
+      );
+      assert.match(st.message, /forwarding to 1 backend\(s\); 1 cannot receive/);
+      assert.equal(await health(), NOT_SERVING);
+      const r = await send(vm, 7999, [b1], 200, 50);
+      assert.equal(r.total, r.sent, `${what}: every flow goes to b1 (${r.total}/${r.sent})`);
+
+      sh('ip', [...up]);
+      await until(`${what}: web ACTIVE again`, async () => (await status('web')).state === RuleState.RULE_STATE_ACTIVE);
+      const back = await send(vm, 7999, [b1, b2], 200, 50);
+      assert.equal(back.total, back.sent, `${what}: all delivered after recovery`);
+      assert.ok(back.got[1] > 0, `${what}: b2 gets flows again (${back.got})`);
+    }
+    assert.equal(count(/"msg":"rule web is DEGRADED/), 2, 'each transition logged once');
+    await until('health SERVING', async () => (await health()) === SERVING);
+  });
+
+  it('resolves a MAC-less backend by probing and follows its MAC change within a second', async () => {
+    sh('ip', ['neigh', 'flush', 'dev', b3.hostIf]);
+    await c.rules.createRule({ rule: rule('nb', 7997, vm2, [b3], false) });
+    await until('nb ACTIVE (neighbour probed)', async () => (await status('nb')).state === RuleState.RULE_STATE_ACTIVE);
+    assert.equal((await status('nb')).backendStatus[0].mac, b3.mac);
+    let r = await send(vm2, 7997, [b3], 10);
+    assert.equal(r.total, 10);
+
+    const newMac = '02:16:00:00:00:03';
+    sh('ip', ['-n', b3.netns, 'link', 'set', 'eth0', 'address', newMac]);
+    sh('ip', ['neigh', 'replace', b3.ip!, 'lladdr', newMac, 'dev', b3.hostIf]); // as an ARP update would
+    await sleep(1000);
+    assert.equal((await status('nb')).backendStatus[0].mac, newMac, 'the new MAC within 1 s');
+    r = await send(vm2, 7997, [b3], 10);
+    assert.equal(r.total, 10, `delivered ${r.total}/10 to the new MAC`);
+    assert.equal((await c.rules.getRule({ name: 'nb' })).rule!.generation, 1, 'the same rule, rewritten');
+    await c.rules.deleteRule({ name: 'nb', expectedGeneration: 0 });
+  });
+
+  it('keeps a foreign program, reports it, serves everything else, and starts again with it', async () => {
+    sh('ip', [
+      '-force',
+      'link',
+      'set',
+      'dev',
+      vm.hostIf,
+      'xdpdrv',
+      'obj',
+      `${ROOT}build/bpf/baseline.bpf.o`,
+      'sec',
+      'xdp',
+    ]);
+    const foreign = progOn(vm.hostIf);
+    await until('web INACTIVE', async () => (await status('web')).state === RuleState.RULE_STATE_INACTIVE);
+    assert.match((await status('web')).message, new RegExp(`another XDP program \\(id ${foreign}`));
+    const i = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+    assert.match(i.warnings.join(' '), /foreign XDP program/);
+    assert.equal(await health(), NOT_SERVING);
+    await sleep(1500);
+    assert.equal(progOn(vm.hostIf), foreign, 'the foreign program is left alone');
+    assert.equal(count(new RegExp(`"msg":"another XDP program \\(id ${foreign}`)), 1, 'logged once');
+    let r = await send(vm2, 7998, [b1]);
+    assert.equal(r.total, r.sent, 'the other rule keeps forwarding');
+
+    // A restart with the foreign program in place starts, and serves the rest.
+    assert.equal(await d.stop(), 0);
+    d = await DaemonProcess.start(id, args);
+    c = d.clients();
+    assert.equal(progOn(vm.hostIf), foreign);
+    await until(
+      'web INACTIVE after the restart',
+      async () => (await status('web')).state === RuleState.RULE_STATE_INACTIVE,
+    );
+    r = await send(vm2, 7998, [b1]);
+    assert.equal(r.total, r.sent, 'the other rule forwards after the restart');
+
+    // The foreign program goes: ours comes back.
+    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdp', 'off']);
+    await until('web ACTIVE', async () => (await status('web')).state === RuleState.RULE_STATE_ACTIVE);
+    r = await send(vm, 7999, [b1, b2], 200, 50);
+    assert.equal(r.total, r.sent, 'web forwards again');
+    await until('health SERVING', async () => (await health()) === SERVING);
+  });
+
+  it('a rule whose only ingress is deleted is INACTIVE, logged once', async () => {
+    topo.unplug('vm2');
+    await until('dns INACTIVE', async () => (await status('dns')).state === RuleState.RULE_STATE_INACTIVE);
+    await sleep(2500);
+    assert.equal(
+      count(/datapath not as desired/),
+      2,
+      'one report when it went (foreign program before), not every second',
+    );
+    assert.equal(count(/"msg":"rule dns is INACTIVE/), 1);
+    topo.replug('vm2', '198.18.3.1/24');
+    topo.defaultRouteVia('vm2', '198.18.3.254', topo.host('vm2').hostMac);
+    await until('dns ACTIVE', async () => (await status('dns')).state === RuleState.RULE_STATE_ACTIVE);
+    const r = await send(vm2, 7998, [b1]);
+    assert.equal(r.total, r.sent);
+  });
+});
