@@ -1,0 +1,106 @@
+/**
+ * One object that cannot be applied never takes the others down (issue 16,
+ * item 5): a daemon restarted with fewer privileges than one rule needs (a
+ * native redirect into a veth whose peer is in another network namespace
+ * needs CAP_SYS_ADMIN to be checked) starts, serves every other rule, marks
+ * that rule FAILED with the reason, and keeps the entries the datapath had
+ * for it: traffic that flowed while the daemon was stopped keeps flowing.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+
+describe('a rule that cannot be restored does not take the others down', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  // A backend veth whose peer is in our own namespace: checking it needs no CAP_SYS_ADMIN.
+  const local = `xo${id}a`;
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let vm: Host, vm2: Host, b: Host;
+  const listeners: UdpListener[] = [];
+
+  before(() => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    vm2 = topo.addHost('vm2', '198.18.3.1/24');
+    b = topo.addHost('b', '198.18.2.1/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    topo.defaultRouteVia('vm2', '198.18.3.254', vm2.hostMac);
+    sh('ip', ['link', 'add', local, 'type', 'veth', 'peer', 'name', `xo${id}b`]);
+    sh('ip', ['link', 'set', local, 'up']);
+    sh('ip', ['link', 'set', `xo${id}b`, 'up']);
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', local]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  const rule = (name: string, port: number, from: Host, ip: string, mac: string, iface: string): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [from.hostIf],
+    backends: [{ ip, mac, interface: iface, weight: 1 }],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0,
+  });
+  async function web(): Promise<number> {
+    const l = await UdpListener.start(b.netns, b.ip!, 7999);
+    listeners.push(l);
+    await sendUdp(vm.netns, NOWHERE, 7999, 50).done;
+    await sleep(150);
+    return (await l.stop()).unique;
+  }
+  const redirected = async (name: string) =>
+    (await c.counters.getCounters({})).counters!.rules.find((r) => r.rule === name)?.redirectedPackets ?? 0;
+
+  it('starts with fewer privileges, serves the rest, keeps the refused rule forwarding', async () => {
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule('web', 7999, vm, b.ip!, b.mac, b.hostIf) });
+    await c.rules.createRule({ rule: rule('other', 7998, vm2, '198.18.4.1', '02:00:00:00:00:01', local) });
+    assert.equal(await web(), 50, 'web forwards');
+    assert.equal(await d.stop(), 0);
+    assert.equal(await web(), 50, 'the datapath forwards while the daemon is stopped');
+
+    // Without CAP_SYS_ADMIN the veth peer of web's backend (in another netns) cannot be checked.
+    d = await DaemonProcess.start(id, ['--log-level', 'info'], {}, [
+      'setpriv',
+      '--bounding-set',
+      '-all,+bpf,+net_admin,+perfmon',
+      '--',
+    ]);
+    c = d.clients();
+    const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    assert.equal(st.state, RuleState.RULE_STATE_FAILED, st.message);
+    assert.match(st.message, /CAP_SYS_ADMIN/);
+    assert.match(st.message, /the entries the datapath had for it keep forwarding/);
+    assert.equal(await web(), 50, 'the refused rule keeps forwarding with its old entries');
+    assert.equal((await c.rules.getRule({ name: 'other' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    const before = Number(await redirected('other'));
+    await sendUdp(vm2.netns, NOWHERE, 7998, 20).done;
+    await sleep(150);
+    assert.equal(Number(await redirected('other')) - before, 20, 'the other rule is served');
+    await sleep(1200);
+    assert.equal(
+      (await c.health.check({ service: 'xdpctl.datapath' })).status,
+      HealthCheckResponse_ServingStatus.NOT_SERVING,
+    );
+    assert.match(d.output, /rule web FAILED/);
+  });
+});
