@@ -159,6 +159,8 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     for (let i = 0; i < 50 && (await linkCount()) !== 0; i++) await sleep(100);
     assert.equal(await linkCount(), 0, 'an explicit links: {} removes every link');
     assert.equal(topo.ping('h1', h2.ip!, 1), false, 'and traffic stops');
+    // The log line follows the change on the daemon's stdout: wait for it.
+    for (let i = 0; i < 50 && applied().length < before + 1; i++) await sleep(100);
     assert.equal(applied().length, before + 1);
     assert.deepEqual(applied().at(-1)?.configuration, { links: [], rules: [] });
 
