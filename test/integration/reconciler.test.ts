@@ -9,6 +9,7 @@
  * a restart; a rule whose only ingress is deleted is INACTIVE, logged once.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
@@ -47,7 +48,6 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     await c.rules.createRule({ rule: rule('dns', 7998, vm2, [b1]) });
   });
   after(async () => {
-    if (process.env.XDPCTL_DEBUG_LOG) (await import('node:fs')).writeFileSync(process.env.XDPCTL_DEBUG_LOG, d.output);
     listeners.forEach((l) => l.kill());
     await d?.destroy();
     topo.destroy();
@@ -210,5 +210,47 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     await until('dns ACTIVE', async () => (await status('dns')).state === RuleState.RULE_STATE_ACTIVE);
     const r = await send(vm2, 7998, [b1]);
     assert.equal(r.total, r.sent);
+  });
+  it('takes out a backend whose veth peer moved to an unnamed namespace (cannot be checked for NAPI)', async () => {
+    // b2's veth is recreated with its peer in a namespace that has no name: xdpctld cannot inspect it.
+    const ns = spawn('unshare', ['--net', 'sleep', '60'], { stdio: 'ignore' });
+    try {
+      await sleep(200);
+      topo.unplug('b2');
+      const peer = `xq${id}`;
+      sh('ip', ['link', 'add', b2.hostIf, 'type', 'veth', 'peer', 'name', peer, 'netns', String(ns.pid)]);
+      sh('nsenter', ['-t', String(ns.pid), '-n', 'ip', 'link', 'set', peer, 'up']);
+      sh('ip', ['link', 'set', b2.hostIf, 'up']);
+      await until(
+        'b2 reported as not checkable',
+        async () => /unnamed network namespace/.test((await status('web')).backendStatus[1]?.message ?? ''),
+        4000,
+      );
+      assert.equal((await status('web')).state, RuleState.RULE_STATE_DEGRADED);
+      const st = await status('web');
+      assert.deepEqual(
+        st.backendStatus.map((b) => b.active),
+        [true, false],
+      );
+      assert.match(st.backendStatus[1].message, /unnamed network namespace/);
+      const r = await send(vm, 7999, [b1], 200, 50);
+      assert.equal(r.total, r.sent, `every flow goes to b1 (${r.total}/${r.sent}), none black-holed`);
+    } finally {
+      ns.kill();
+    }
+    await until('the veth went with its namespace', () => !sh('ip', ['-br', 'link']).includes(`${b2.hostIf}@`), 4000);
+    const mac = b2.mac; // the rule names b2 by this MAC
+    topo.replug('b2', '198.18.2.2/24');
+    sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'address', mac]);
+    b2.mac = mac;
+    await until(
+      'web ACTIVE with b2 back',
+      async () => (await status('web')).state === RuleState.RULE_STATE_ACTIVE,
+      4000,
+    );
+    // b2's new veth settles (peer up, MAC set) a moment after the status turns: allow a few rounds.
+    let back = await send(vm, 7999, [b1, b2], 200, 50);
+    for (let i = 0; i < 3 && back.total !== back.sent; i++) back = await send(vm, 7999, [b1, b2], 200, 50);
+    assert.equal(back.total, back.sent, `all delivered once b2 is back (${back.got})`);
   });
 });

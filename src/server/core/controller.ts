@@ -11,7 +11,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { Dataplane, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { executeLinks, executeRules, type ExecContext } from './execute.js';
-import { fetchInterfaces, fetchRuleFacts } from './facts.js';
+import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import { linkKey, type ChangeAction, type LinkSpec, type RuleRecord, type RuleSpec, type RuleStatus } from './model.js';
 import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
 import { planRules, type RuleOp } from './plan-rules.js';
@@ -105,7 +105,7 @@ export class Controller {
       now: this.now,
     };
     this.tx = {
-      applyRuleOps: (ops, restoring) => this.applyRuleOps(ops, restoring),
+      applyRuleOps: (ops, restoring, napi) => this.applyRuleOps(ops, restoring, napi),
       applyLinkSet: (next, field, tolerant) => this.applyLinkSet(next, field, tolerant),
     };
   }
@@ -284,11 +284,12 @@ export class Controller {
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
-  private async planRuleOps(ops: RuleOp[]) {
+  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi']) {
     const facts = await fetchRuleFacts(
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
     );
+    if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
     return planRules({
       rules: this.state.rules,
       ops,
@@ -306,9 +307,9 @@ export class Controller {
    * One rules transaction: fetch, plan, execute, persist. `restoring` keeps
    * generations and update times (restore and resync rewrite, they do not change).
    */
-  private async applyRuleOps(ops: RuleOp[], restoring = false): Promise<void> {
+  private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
-    const plan = await this.planRuleOps(ops);
+    const plan = await this.planRuleOps(ops, napi);
     await executeRules(this.ctx, ops, plan, restoring);
     await this.opts.persist?.(this.storedState());
   }

@@ -63,6 +63,7 @@ export async function executeRules(
       });
       if (!isNative) continue;
       for (const [bi, b] of p.backends.entries()) {
+        if (!b.receiving) continue; // out of the table: nothing is redirected into it
         let r = peers.get(b.spec.interface);
         if (!r) {
           r = await dp.redirectTarget(b.spec.interface, ctx.fixVethPeers);

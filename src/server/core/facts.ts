@@ -15,13 +15,19 @@ export interface Facts {
   neighbours: Map<string, string | undefined>;
   /** Backend egress interface name -> whether it can transmit (absent: not known, taken as able). */
   links: Map<string, LinkState | undefined>;
+  /**
+   * Backend egress name -> whether native redirects into it are delivered
+   * (veth peer NAPI, KERNEL-NOTES trap 3) and why not. Filled by the
+   * reconciler for rules on native-mode ingress; absent: not checked.
+   */
+  napi: Map<string, { ok: boolean; detail?: string }>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
 
 /** An empty fact set (then filled by the fetch functions). */
 export function emptyFacts(): Facts {
-  return { interfaces: new Map(), neighbours: new Map(), links: new Map() };
+  return { interfaces: new Map(), neighbours: new Map(), links: new Map(), napi: new Map() };
 }
 
 /** Resolve each named interface once into `facts`. */

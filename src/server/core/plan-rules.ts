@@ -170,7 +170,9 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     const raw = b.mac === '' ? (facts.neighbours.get(neighbourKey(b.ip, b.interface)) ?? '') : b.mac;
     const resolved = raw !== '';
     const mac = raw && formatMac(parseMac(raw));
-    const egress = egressProblem(b.interface, facts.links.get(b.interface));
+    const napi = facts.napi.get(b.interface);
+    const egress =
+      egressProblem(b.interface, facts.links.get(b.interface)) ?? (napi && !napi.ok ? napi.detail : undefined);
     const status = backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved, egress });
     return {
       spec: b,

@@ -5,7 +5,7 @@
  */
 import { parsePrefix } from '../net/addr.js';
 import type { ExecContext } from './execute.js';
-import { fetchInterfaces } from './facts.js';
+import { fetchInterfaces, type Facts } from './facts.js';
 import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
 import type { RuleOp } from './plan-rules.js';
 import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
@@ -14,7 +14,8 @@ import type { StoredState } from './store.js';
 
 /** The transactions restore and resync run (the controller's, inside its serial queue). */
 export interface Transactions {
-  applyRuleOps(ops: RuleOp[], restoring: boolean): Promise<void>;
+  /** `napi`: veth-peer checks the reconciler made this pass (backends failing one stay out of the table). */
+  applyRuleOps(ops: RuleOp[], restoring: boolean, napi?: Facts['napi']): Promise<void>;
   /** `tolerant`: an interface another XDP program occupies is reported, not fatal (restore, resync). */
   applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant?: boolean): Promise<void>;
 }
@@ -144,11 +145,16 @@ export const FAILED_RETRY_MS = 10_000;
  * had for it (its old slot stays published), so a start never removes a
  * datapath that was forwarding; resync tries it again later.
  */
-export async function applyEach(ctx: ExecContext, tx: Transactions, ops: RuleOp[]): Promise<void> {
+export async function applyEach(
+  ctx: ExecContext,
+  tx: Transactions,
+  ops: RuleOp[],
+  napi?: Facts['napi'],
+): Promise<void> {
   if (ops.length === 0) return;
   if (ops.length > 1) {
     try {
-      await tx.applyRuleOps(ops, true);
+      await tx.applyRuleOps(ops, true, napi);
       for (const op of ops) ctx.state.failed.delete(op.name);
       return;
     } catch (e) {
@@ -157,7 +163,7 @@ export async function applyEach(ctx: ExecContext, tx: Transactions, ops: RuleOp[
   }
   for (const op of ops) {
     try {
-      await tx.applyRuleOps([op], true);
+      await tx.applyRuleOps([op], true, napi);
       ctx.state.failed.delete(op.name);
     } catch (e) {
       markFailed(ctx, op.name, (e as Error).message);

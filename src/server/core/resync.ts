@@ -67,6 +67,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
 
   // 1. Our program on every interface that needs it, as the kernel reports it.
   const ingressProblems = new Map<string, string>();
+  const native = new Set<string>();
   const users = state.interfaceUsers();
   for (const name of users.keys()) {
     const ifindex = now(name);
@@ -117,6 +118,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
       continue;
     }
     if (!state.attached.has(name)) state.attached.set(name, { ifindex, users: users.get(name)! });
+    if (x.mode === 'native') native.add(name);
     transition(`if/${name}`, 'ok', (before) => {
       if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);
     });
@@ -124,6 +126,20 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
 
   // 2. Rules whose interfaces moved or came back, whose backends changed
   // (able to receive, MAC), or that the datapath refused and are due again.
+  // Native redirects into a veth are dropped unless its peer has NAPI: check
+  // (and, with --fix-veth-peers, repair) each such egress once per pass
+  // (a passed check is trusted for the adapter's TTL).
+  for (const r of specs) {
+    if (!r.ingressInterfaces.some((i) => native.has(i))) continue;
+    for (const b of r.backends) {
+      if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
+      try {
+        facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
+      } catch (e) {
+        facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
+      }
+    }
+  }
   const ops: RuleOp[] = [];
   const gone: string[] = [];
   let moved = false;
@@ -159,7 +175,8 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
         const receiving =
           resolved &&
           facts.interfaces.get(spec.interface) !== undefined &&
-          !egressProblem(spec.interface, facts.links.get(spec.interface));
+          !egressProblem(spec.interface, facts.links.get(spec.interface)) &&
+          facts.napi.get(spec.interface)?.ok !== false;
         if (receiving !== b.receiving || (resolved && mac.toLowerCase() !== b.mac.toLowerCase())) changed = true;
         if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
       });
@@ -168,7 +185,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   });
   if (ops.length) {
     ctx.log.info({ rules: ops.map((o) => o.name) }, 'the host changed: re-applying rules');
-    await applyEach(ctx, tx, ops);
+    await applyEach(ctx, tx, ops, facts.napi);
   }
 
   // Links: every wanted direction must be in the kernel under today's ifindexes.
