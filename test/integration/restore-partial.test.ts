@@ -104,3 +104,64 @@ describe('a rule that cannot be restored does not take the others down', kernelO
     assert.match(d.output, /rule web FAILED/);
   });
 });
+
+describe('pins removed under a stopped daemon', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let vm: Host, b: Host;
+  const listeners: UdpListener[] = [];
+
+  before(() => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b = topo.addHost('b', '198.18.2.1/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  async function delivered(): Promise<number> {
+    const l = await UdpListener.start(b.netns, b.ip!, 7999);
+    listeners.push(l);
+    await sendUdp(vm.netns, NOWHERE, 7999, 50).done;
+    await sleep(150);
+    return (await l.stop()).unique;
+  }
+  const progOn = (ifname: string): number =>
+    JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp?.prog?.id ?? 0;
+
+  it('a restart after `rm -rf PIN/maps` runs a program on the new maps: changes take effect', async () => {
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    let c = d.clients();
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7999, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0,
+      },
+    });
+    assert.equal(await delivered(), 50);
+    const before = progOn(vm.hostIf);
+    assert.equal(await d.stop(), 0);
+    rmSync(`${d.pinRoot}/maps`, { recursive: true });
+
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+    assert.match(d.output, /the pinned program uses other maps than the pinned ones/);
+    const now = (await c.daemon.getStatus({})).datapath!.programId;
+    assert.notEqual(now, before, 'not the program on the old maps');
+    assert.equal(progOn(vm.hostIf), now, 'the interface runs the program on the new maps');
+    assert.equal(await delivered(), 50, 'the restored rule forwards through the new maps');
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0 });
+    assert.equal(await delivered(), 0, 'a delete takes effect');
+  });
+});

@@ -39,6 +39,8 @@ const batchOpts = { sz: sizeOf(MapBatchOpts), elem_flags: 0n, flags: 0n };
 /** What a map is, as the kernel reports it. */
 export interface MapInfo {
   name: string;
+  /** The kernel's id of the map. */
+  id?: number;
   type: number;
   keySize: number;
   valueSize: number;
@@ -297,6 +299,7 @@ export function mapInfo(fd: number, what: string): MapInfo {
   const nameEnd = buf.indexOf(0, 24);
   return {
     type: buf.readUInt32LE(0),
+    id: buf.readUInt32LE(4),
     keySize: buf.readUInt32LE(8),
     valueSize: buf.readUInt32LE(12),
     maxEntries: buf.readUInt32LE(16),

@@ -11,6 +11,7 @@
  * loaded program differs from the pinned one (an upgrade), attach() swaps it
  * in on each interface with an atomic REPLACE, and the pin is updated.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -56,6 +57,21 @@ import {
 import { preparePinRoot } from './instance-lock.js';
 import { ifindexOf } from './netdev.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
+
+/**
+ * The ids of the maps a pinned program uses (bpftool: bpf_prog_info's
+ * map_ids needs a user pointer, which is simpler from its JSON), or
+ * undefined when bpftool cannot say.
+ */
+function progMapIds(pin: string): number[] | undefined {
+  try {
+    const out = execFileSync('bpftool', ['-j', 'prog', 'show', 'pinned', pin], { encoding: 'utf8' });
+    const ids = (JSON.parse(out) as { map_ids?: number[] }).map_ids;
+    return Array.isArray(ids) ? ids : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The program's name in the object (and its pin). */
 export const PROGRAM_NAME = 'xdpctl_main';
@@ -326,7 +342,19 @@ export class XdpDatapath {
       if (existsSync(progPin)) {
         const pinnedFd = check(`open pinned program ${progPin}`, lib.bpf_obj_get(progPin) as number);
         const pinned = progInfo(pinnedFd, progPin);
-        if (pinned.tag === fresh.tag) {
+        // Same code is not enough: the pinned program must use exactly the
+        // pinned maps (compare map ids). Pins removed or replaced by hand
+        // leave a program that still uses the old, unpinned maps.
+        const ours = new Set(Object.values(typed).map((m) => (m as BpfMap<unknown, unknown>).info.id));
+        const used = progMapIds(progPin);
+        const stale = used !== undefined && used.some((id) => !ours.has(id));
+        if (stale) {
+          log.warn(
+            { progId: pinned.id, uses: used, pinnedMaps: [...ours] },
+            'the pinned program uses other maps than the pinned ones (pins removed or replaced?): it is replaced',
+          );
+        }
+        if (pinned.tag === fresh.tag && !stale) {
           progFd = pinnedFd; // same code: keep the program that is attached
           ownProgFd = pinnedFd;
           log.info({ progId: pinned.id, tag: pinned.tag }, 'adopted pinned program');
