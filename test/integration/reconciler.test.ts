@@ -16,6 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
@@ -117,6 +118,16 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
         `${what}: only b2 is out`,
       );
       assert.match(st.message, /forwarding to 1 backend\(s\); 1 cannot receive/);
+      const cond = (type: string) => st.conditions.find((x) => x.type === type)!;
+      assert.equal(cond('Ready').status, ConditionStatus.CONDITION_STATUS_FALSE);
+      assert.equal(cond('Ready').reason, 'Degraded');
+      assert.equal(cond('BackendsReceiving').reason, 'BackendsNotReceiving');
+      assert.match(cond('BackendsReceiving').message, new RegExp(b2.hostIf));
+      assert.equal(cond('ProgramAttached').status, ConditionStatus.CONDITION_STATUS_TRUE);
+      const t0 = cond('Ready').lastTransitionTime!.getTime();
+      await sleep(1100);
+      const again = (await status('web')).conditions.find((x) => x.type === 'Ready')!;
+      assert.equal(again.lastTransitionTime!.getTime(), t0, 'the transition time stays while the status does');
       assert.equal(await health(), NOT_SERVING);
       const r = await send(vm, 7999, [b1], 200, 50);
       assert.equal(r.total, r.sent, `${what}: every flow goes to b1 (${r.total}/${r.sent})`);
@@ -168,6 +179,12 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.match((await status('web')).message, new RegExp(`another XDP program \\(id ${foreign}`));
     const i = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
     assert.match(i.warnings.join(' '), /foreign XDP program/);
+    assert.deepEqual(
+      i.conditions.map((x) => [x.type, x.status, x.reason]),
+      [['ProgramAttached', ConditionStatus.CONDITION_STATUS_FALSE, 'ForeignProgram']],
+    );
+    const rc = (await status('web')).conditions.find((x) => x.type === 'ProgramAttached')!;
+    assert.deepEqual([rc.status, rc.reason], [ConditionStatus.CONDITION_STATUS_FALSE, 'ForeignProgram']);
     assert.equal(await health(), NOT_SERVING);
     await sleep(1500);
     assert.equal(progOn(vm.hostIf), foreign, 'the foreign program is left alone');

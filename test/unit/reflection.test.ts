@@ -3,8 +3,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { createFileRegistry, fromBinary, type DescMessage, type FileRegistry } from '@bufbuild/protobuf';
+import { create, createFileRegistry, fromBinary, type DescMessage, type FileRegistry } from '@bufbuild/protobuf';
 import {
+  FileDescriptorSetSchema,
   FileDescriptorProtoSchema,
   type DescriptorProto,
   type FileDescriptorProto,
@@ -85,11 +86,29 @@ function fileProtos(response: ServerReflectionResponse): FileDescriptorProto[] {
   return r.value.fileDescriptorProto.map((bytes) => fromBinary(FileDescriptorProtoSchema, bytes));
 }
 
-/** A registry over the answer: the first file resolving imports from the rest only. */
+/**
+ * A registry over the answer: every import must be resolved by the answer
+ * itself. Files go in dependency order (createFileRegistry(file, resolve)
+ * mis-orders a dependency shared by two imports, e.g. timestamp.proto
+ * imported by rule.proto and common.proto).
+ */
 function registryOf(files: FileDescriptorProto[]): FileRegistry {
   const byName = new Map(files.map((f) => [f.name, f]));
   assert.equal(byName.size, files.length, 'each file is sent once');
-  return createFileRegistry(files[0], (name) => byName.get(name));
+  const ordered: FileDescriptorProto[] = [];
+  const done = new Set<string>();
+  const visit = (f: FileDescriptorProto) => {
+    if (done.has(f.name)) return;
+    done.add(f.name);
+    for (const d of f.dependency) {
+      const dep = byName.get(d);
+      assert.ok(dep, `${d}, imported by ${f.name}, is in the answer`);
+      visit(dep);
+    }
+    ordered.push(f);
+  };
+  files.forEach(visit);
+  return createFileRegistry(create(FileDescriptorSetSchema, { file: ordered }));
 }
 
 /** Every message and enum declared in `files` (incl. nested and map entries), by full name. */

@@ -11,8 +11,17 @@ import { silentLogger, type Logger } from '../log.js';
 import type { Dataplane, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { executeLinks, executeRules, type ExecContext } from './execute.js';
+import { interfaceConditions, linkConditions, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
-import { linkKey, type ChangeAction, type LinkSpec, type RuleRecord, type RuleSpec, type RuleStatus } from './model.js';
+import {
+  linkKey,
+  type ChangeAction,
+  type Condition,
+  type LinkSpec,
+  type RuleRecord,
+  type RuleSpec,
+  type RuleStatus,
+} from './model.js';
 import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
 import { planRules, type RuleOp } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
@@ -45,6 +54,7 @@ export interface ManagedInterface {
   progId: number;
   usedBy: string[];
   warnings: string[];
+  conditions: Condition[];
 }
 
 export interface ControllerOptions {
@@ -156,27 +166,55 @@ export class Controller {
   getRule(name: string): RuleView {
     const r = this.state.rules.get(name);
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
-    return { ...r, status: this.state.ruleKernel.get(name)!.status };
+    const k = this.state.ruleKernel.get(name)!;
+    const conditions = this.state.conditions.set(
+      `rule/${name}`,
+      ruleConditions(
+        k.status,
+        r.backends.map((b) => b.weight),
+        k.ingressProblems ?? [],
+      ),
+      this.now(),
+    );
+    return { ...r, status: { ...k.status, conditions } };
   }
 
   listRules(): RuleView[] {
     return [...this.state.rules.keys()].sort().map((n) => this.getRule(n));
   }
 
-  listLinks(): (LinkSpec & { active: [boolean, boolean] })[] {
+  /**
+   * Links with what the kernel has: a direction is active when it is in the
+   * datapath and our program runs on its ingress side (not a foreign one).
+   */
+  listLinks(): (LinkSpec & { active: [boolean, boolean]; warnings: string[]; conditions: Condition[] })[] {
     const kernel = new Map(this.dp.listLinks());
     return [...this.state.links.values()]
       .sort((x, y) => linkKey(x).localeCompare(linkKey(y)))
       .map((l) => {
         const ia = this.dp.lookupInterface(l.a);
         const ib = this.dp.lookupInterface(l.b);
-        return {
-          ...l,
-          active: [
-            !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex,
-            l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex,
-          ],
-        };
+        const problems: string[] = [];
+        for (const [name, info] of [
+          [l.a, ia],
+          [l.b, ib],
+        ] as const) {
+          if (!info) problems.push(`interface ${name} does not exist`);
+          else if (this.state.foreign.has(name) && (name === l.a || l.direction === 'both')) {
+            problems.push(`another XDP program (id ${this.state.foreign.get(name)}) is attached to ${name}`);
+          }
+        }
+        const foreign = (n: string) => this.state.foreign.has(n);
+        const active: [boolean, boolean] = [
+          !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex && !foreign(l.a),
+          l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex && !foreign(l.b),
+        ];
+        const conditions = this.state.conditions.set(
+          `link/${linkKey(l)}`,
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems),
+          this.now(),
+        );
+        return { ...l, active, warnings: problems, conditions };
       });
   }
 
@@ -201,6 +239,19 @@ export class Controller {
       else if (x && x.mode !== 'none' && !x.ours) warnings.push(`a foreign XDP program (id ${x.progId}) is attached`);
       const detachError = this.state.attached.get(name)?.detachError;
       if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
+      const conditions = this.state.conditions.set(
+        `if/${name}`,
+        interfaceConditions({
+          name,
+          present: !!info,
+          effectiveMode: x?.mode ?? 'none',
+          ours: !!x?.ours,
+          progId: x?.progId ?? 0,
+          detachError,
+          used: users.has(name),
+        }),
+        this.now(),
+      );
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -210,6 +261,7 @@ export class Controller {
         progId: x?.progId ?? 0,
         usedBy: [...(users.get(name) ?? [])].sort(),
         warnings,
+        conditions,
       };
     });
   }

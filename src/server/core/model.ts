@@ -64,11 +64,25 @@ export interface BackendStatus {
 
 export type RuleState = 'active' | 'degraded' | 'inactive' | 'failed';
 
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
+/** An observed condition (Kubernetes metav1.Condition): see core/conditions.ts. */
+export interface Condition {
+  type: string;
+  status: ConditionStatus;
+  reason: string;
+  message: string;
+  /** ms since epoch. */
+  lastTransitionTime: number;
+}
+
 export interface RuleStatus {
   state: RuleState;
   message: string;
   backends: BackendStatus[];
   warnings: string[];
+  /** Set when read (Controller.getRule). */
+  conditions?: Condition[];
 }
 
 export type ChangeAction = 'create' | 'update' | 'delete' | 'unchanged';

@@ -215,6 +215,9 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   }
   state.ruleKernel.forEach((k, name) => {
     const rule = state.rules.get(name)!;
+    k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
+      ingressProblems.has(i) ? [ingressProblems.get(i)!] : [],
+    );
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
       const observed = observedRuleStatus(written, rule.ingressInterfaces, ingressProblems);

@@ -5,6 +5,7 @@
  * execute step is the only writer during a transaction.
  */
 import type { Dataplane, MatchKey } from './dataplane.js';
+import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
 import type { LinkSpec, RuleRecord, RuleStatus } from './model.js';
 import { STATE_VERSION, type StoredState } from './store.js';
@@ -29,6 +30,8 @@ export interface RuleKernel {
   status: RuleStatus;
   /** The written status while `status` shows an observed problem (set by resync). */
   written?: RuleStatus;
+  /** Problems of its ingress interfaces the last resync pass saw (missing, foreign program). */
+  ingressProblems?: string[];
 }
 
 /** An interface the program is attached to by us, with who needs it. */
@@ -63,6 +66,8 @@ export class CoreState {
   readonly logged = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
+  /** Conditions of rules, links and interfaces with their transition times. */
+  readonly conditions = new ConditionStore();
   /** Link directions in the kernel: ingress ifindex -> names. */
   readonly linkDirs = new Map<number, { from: string; to: string }>();
 

@@ -2,9 +2,9 @@
  * Conversions between the generated proto messages and the core model.
  * Unset enums and weights take their documented defaults here.
  */
-import type { BackendStatus, LinkSpec, RuleSpec, RuleStatus } from '../core/model.js';
+import type { BackendStatus, Condition, LinkSpec, RuleSpec, RuleStatus } from '../core/model.js';
 import type { ManagedInterface as CoreInterface, RuleView } from '../core/controller.js';
-import { ChangeAction } from '../../gen/xdpctl/v1/common.js';
+import { ChangeAction, ConditionStatus, type Condition as ProtoCondition } from '../../gen/xdpctl/v1/common.js';
 import { EffectiveXdpMode, XdpMode, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
 import { LinkDirection, type Link } from '../../gen/xdpctl/v1/link.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../gen/xdpctl/v1/rule.js';
@@ -52,12 +52,30 @@ function backendStatus(b: BackendStatus, weight: number) {
   };
 }
 
+const CONDITION_STATUS = {
+  True: ConditionStatus.CONDITION_STATUS_TRUE,
+  False: ConditionStatus.CONDITION_STATUS_FALSE,
+  Unknown: ConditionStatus.CONDITION_STATUS_UNKNOWN,
+};
+
+/** Conditions as the API shows them (Kubernetes metav1.Condition fields). */
+export function conditionsToProto(cs: Condition[] | undefined): ProtoCondition[] {
+  return (cs ?? []).map((c) => ({
+    type: c.type,
+    status: CONDITION_STATUS[c.status],
+    reason: c.reason,
+    message: c.message,
+    lastTransitionTime: new Date(c.lastTransitionTime),
+  }));
+}
+
 function statusToProto(s: RuleStatus, weights: number[]) {
   return {
     state: RULE_STATE[s.state],
     message: s.message,
     backendStatus: s.backends.map((b, i) => backendStatus(b, weights[i] ?? 1)),
     warnings: s.warnings,
+    conditions: conditionsToProto(s.conditions),
   };
 }
 
@@ -104,7 +122,9 @@ export function linkFromProto(l: Link | undefined): LinkSpec {
   };
 }
 
-export function linkToProto(l: LinkSpec & { active?: [boolean, boolean] }): Link {
+export function linkToProto(
+  l: LinkSpec & { active?: [boolean, boolean]; warnings?: string[]; conditions?: Condition[] },
+): Link {
   return {
     a: l.a,
     b: l.b,
@@ -112,7 +132,8 @@ export function linkToProto(l: LinkSpec & { active?: [boolean, boolean] }): Link
     status: {
       aToBActive: l.active?.[0] ?? false,
       bToAActive: l.active?.[1] ?? false,
-      warnings: [],
+      warnings: l.warnings ?? [],
+      conditions: conditionsToProto(l.conditions),
     },
   };
 }
@@ -143,5 +164,6 @@ export function interfaceToProto(i: CoreInterface): ManagedInterface {
     present: i.present,
     usedBy: i.usedBy,
     warnings: i.warnings,
+    conditions: conditionsToProto(i.conditions),
   };
 }

@@ -5,6 +5,8 @@
 // source: xdpctl/v1/common.proto
 
 /* eslint-disable */
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { Timestamp } from "../../google/protobuf/timestamp.js";
 
 export const protobufPackage = "xdpctl.v1";
 
@@ -104,4 +106,261 @@ export function changeActionToJSON(object: ChangeAction): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/** Whether a condition holds. */
+export enum ConditionStatus {
+  /** CONDITION_STATUS_UNSPECIFIED - Not set. */
+  CONDITION_STATUS_UNSPECIFIED = 0,
+  /** CONDITION_STATUS_TRUE - It holds. */
+  CONDITION_STATUS_TRUE = 1,
+  /** CONDITION_STATUS_FALSE - It does not hold; reason and message say why. */
+  CONDITION_STATUS_FALSE = 2,
+  /** CONDITION_STATUS_UNKNOWN - The daemon cannot tell. */
+  CONDITION_STATUS_UNKNOWN = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function conditionStatusFromJSON(object: any): ConditionStatus {
+  switch (object) {
+    case 0:
+    case "CONDITION_STATUS_UNSPECIFIED":
+      return ConditionStatus.CONDITION_STATUS_UNSPECIFIED;
+    case 1:
+    case "CONDITION_STATUS_TRUE":
+      return ConditionStatus.CONDITION_STATUS_TRUE;
+    case 2:
+    case "CONDITION_STATUS_FALSE":
+      return ConditionStatus.CONDITION_STATUS_FALSE;
+    case 3:
+    case "CONDITION_STATUS_UNKNOWN":
+      return ConditionStatus.CONDITION_STATUS_UNKNOWN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConditionStatus.UNRECOGNIZED;
+  }
+}
+
+export function conditionStatusToJSON(object: ConditionStatus): string {
+  switch (object) {
+    case ConditionStatus.CONDITION_STATUS_UNSPECIFIED:
+      return "CONDITION_STATUS_UNSPECIFIED";
+    case ConditionStatus.CONDITION_STATUS_TRUE:
+      return "CONDITION_STATUS_TRUE";
+    case ConditionStatus.CONDITION_STATUS_FALSE:
+      return "CONDITION_STATUS_FALSE";
+    case ConditionStatus.CONDITION_STATUS_UNKNOWN:
+      return "CONDITION_STATUS_UNKNOWN";
+    case ConditionStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * One observed condition of an object (rule, link, interface), in the
+ * Kubernetes convention (metav1.Condition): each type is present once, its
+ * status says whether it holds, and last_transition_time changes only when
+ * the status does. Conditions state what the daemon observed in the kernel,
+ * never what it intended.
+ */
+export interface Condition {
+  /**
+   * CamelCase name of the condition, e.g. "Ready", "ProgramAttached",
+   * "BackendsReceiving", "Active".
+   */
+  type: string;
+  /** Whether the condition holds. */
+  status: ConditionStatus;
+  /**
+   * CamelCase machine-readable cause of the status, e.g. "ForeignProgram",
+   * "InterfaceMissing", "BackendsNotReceiving".
+   */
+  reason: string;
+  /** Human-readable detail. */
+  message: string;
+  /** When the status last changed (as observed by this daemon). */
+  lastTransitionTime?: Date | undefined;
+}
+
+function createBaseCondition(): Condition {
+  return { type: "", status: 0, reason: "", message: "", lastTransitionTime: undefined };
+}
+
+export const Condition: MessageFns<Condition> = {
+  encode(message: Condition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(34).string(message.message);
+    }
+    if (message.lastTransitionTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastTransitionTime), writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Condition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCondition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastTransitionTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Condition {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      status: isSet(object.status) ? conditionStatusFromJSON(object.status) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      lastTransitionTime: isSet(object.lastTransitionTime)
+        ? fromJsonTimestamp(object.lastTransitionTime)
+        : isSet(object.last_transition_time)
+        ? fromJsonTimestamp(object.last_transition_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Condition): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.status !== 0) {
+      obj.status = conditionStatusToJSON(message.status);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.lastTransitionTime !== undefined) {
+      obj.lastTransitionTime = message.lastTransitionTime.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Condition>): Condition {
+    return Condition.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Condition>): Condition {
+    const message = createBaseCondition();
+    message.type = object.type ?? "";
+    message.status = object.status ?? 0;
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    message.lastTransitionTime = object.lastTransitionTime ?? undefined;
+    return message;
+  },
+};
+
+type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
+
+export type DeepPartial<T> = T extends Builtin ? T
+  : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
+  : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
+  : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
+  : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
+  : Partial<T>;
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
+
+function isSet(value: any): boolean {
+  return value !== null && value !== undefined;
+}
+
+export interface MessageFns<T> {
+  encode(message: T, writer?: BinaryWriter): BinaryWriter;
+  decode(input: BinaryReader | Uint8Array, length?: number): T;
+  fromJSON(object: any): T;
+  toJSON(message: T): unknown;
+  create(base?: DeepPartial<T>): T;
+  fromPartial(object: DeepPartial<T>): T;
 }

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
+import { Condition } from "./common.js";
 
 export const protobufPackage = "xdpctl.v1";
 
@@ -160,6 +161,12 @@ export interface ManagedInterface {
    * program (id 42) is attached" or "native mode unsupported, using generic".
    */
   warnings: string[];
+  /**
+   * Observed conditions: "ProgramAttached" (our XDP program runs on it; false
+   * with reason InterfaceMissing, ForeignProgram, NotAttached or
+   * DetachFailed).
+   */
+  conditions: Condition[];
 }
 
 /** Request of InterfaceService.ListInterfaces. */
@@ -194,6 +201,7 @@ function createBaseManagedInterface(): ManagedInterface {
     present: false,
     usedBy: [],
     warnings: [],
+    conditions: [],
   };
 }
 
@@ -222,6 +230,9 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     }
     for (const v of message.warnings) {
       writer.uint32(66).string(v!);
+    }
+    for (const v of message.conditions) {
+      Condition.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -303,6 +314,14 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
             message.warnings.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.conditions.push(Condition.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -341,6 +360,9 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
         ? object.used_by.map((e: any) => globalThis.String(e))
         : [],
       warnings: globalThis.Array.isArray(object?.warnings) ? object.warnings.map((e: any) => globalThis.String(e)) : [],
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => Condition.fromJSON(e))
+        : [],
     };
   },
 
@@ -370,6 +392,9 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     if (message.warnings?.length) {
       obj.warnings = message.warnings;
     }
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => Condition.toJSON(e));
+    }
     return obj;
   },
 
@@ -386,6 +411,7 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     message.present = object.present ?? false;
     message.usedBy = object.usedBy?.map((e) => e) || [];
     message.warnings = object.warnings?.map((e) => e) || [];
+    message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
     return message;
   },
 };

@@ -7,7 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
-import { ChangeAction, changeActionFromJSON, changeActionToJSON } from "./common.js";
+import { ChangeAction, changeActionFromJSON, changeActionToJSON, Condition } from "./common.js";
 
 export const protobufPackage = "xdpctl.v1";
 
@@ -90,6 +90,11 @@ export interface LinkStatus {
    * web on eth0 is shadowed by this link".
    */
   warnings: string[];
+  /**
+   * Observed conditions: "Active" (every direction is in the datapath and
+   * our program runs on each ingress side).
+   */
+  conditions: Condition[];
 }
 
 /** Request of LinkService.Connect. */
@@ -287,7 +292,7 @@ export const Link: MessageFns<Link> = {
 };
 
 function createBaseLinkStatus(): LinkStatus {
-  return { aToBActive: false, bToAActive: false, warnings: [] };
+  return { aToBActive: false, bToAActive: false, warnings: [], conditions: [] };
 }
 
 export const LinkStatus: MessageFns<LinkStatus> = {
@@ -300,6 +305,9 @@ export const LinkStatus: MessageFns<LinkStatus> = {
     }
     for (const v of message.warnings) {
       writer.uint32(26).string(v!);
+    }
+    for (const v of message.conditions) {
+      Condition.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -341,6 +349,14 @@ export const LinkStatus: MessageFns<LinkStatus> = {
             message.warnings.push(reader.string());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.conditions.push(Condition.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -366,6 +382,9 @@ export const LinkStatus: MessageFns<LinkStatus> = {
         ? globalThis.Boolean(object.b_to_a_active)
         : false,
       warnings: globalThis.Array.isArray(object?.warnings) ? object.warnings.map((e: any) => globalThis.String(e)) : [],
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => Condition.fromJSON(e))
+        : [],
     };
   },
 
@@ -380,6 +399,9 @@ export const LinkStatus: MessageFns<LinkStatus> = {
     if (message.warnings?.length) {
       obj.warnings = message.warnings;
     }
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => Condition.toJSON(e));
+    }
     return obj;
   },
 
@@ -391,6 +413,7 @@ export const LinkStatus: MessageFns<LinkStatus> = {
     message.aToBActive = object.aToBActive ?? false;
     message.bToAActive = object.bToAActive ?? false;
     message.warnings = object.warnings?.map((e) => e) || [];
+    message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
     return message;
   },
 };

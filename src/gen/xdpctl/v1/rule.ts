@@ -8,7 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
-import { ChangeAction, changeActionFromJSON, changeActionToJSON } from "./common.js";
+import { ChangeAction, changeActionFromJSON, changeActionToJSON, Condition } from "./common.js";
 
 export const protobufPackage = "xdpctl.v1";
 
@@ -313,6 +313,12 @@ export interface RuleStatus {
   backendStatus: BackendStatus[];
   /** Human-readable problems that do not stop the rule entirely. */
   warnings: string[];
+  /**
+   * Observed conditions: "Ready" (the state is ACTIVE), "ProgramAttached"
+   * (our XDP program runs on every ingress interface), "BackendsReceiving"
+   * (every backend with a non-zero weight is in the backend table).
+   */
+  conditions: Condition[];
 }
 
 /** Output only. The state of one backend of a rule. */
@@ -1058,7 +1064,7 @@ export const Backend: MessageFns<Backend> = {
 };
 
 function createBaseRuleStatus(): RuleStatus {
-  return { state: 0, message: "", backendStatus: [], warnings: [] };
+  return { state: 0, message: "", backendStatus: [], warnings: [], conditions: [] };
 }
 
 export const RuleStatus: MessageFns<RuleStatus> = {
@@ -1074,6 +1080,9 @@ export const RuleStatus: MessageFns<RuleStatus> = {
     }
     for (const v of message.warnings) {
       writer.uint32(34).string(v!);
+    }
+    for (const v of message.conditions) {
+      Condition.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1123,6 +1132,14 @@ export const RuleStatus: MessageFns<RuleStatus> = {
             message.warnings.push(reader.string());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.conditions.push(Condition.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1145,6 +1162,9 @@ export const RuleStatus: MessageFns<RuleStatus> = {
         ? object.backend_status.map((e: any) => BackendStatus.fromJSON(e))
         : [],
       warnings: globalThis.Array.isArray(object?.warnings) ? object.warnings.map((e: any) => globalThis.String(e)) : [],
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => Condition.fromJSON(e))
+        : [],
     };
   },
 
@@ -1162,6 +1182,9 @@ export const RuleStatus: MessageFns<RuleStatus> = {
     if (message.warnings?.length) {
       obj.warnings = message.warnings;
     }
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => Condition.toJSON(e));
+    }
     return obj;
   },
 
@@ -1174,6 +1197,7 @@ export const RuleStatus: MessageFns<RuleStatus> = {
     message.message = object.message ?? "";
     message.backendStatus = object.backendStatus?.map((e) => BackendStatus.fromPartial(e)) || [];
     message.warnings = object.warnings?.map((e) => e) || [];
+    message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
     return message;
   },
 };

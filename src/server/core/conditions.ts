@@ -1,0 +1,135 @@
+/**
+ * Per-object conditions in the Kubernetes convention (metav1.Condition):
+ * type, status, reason, message and the time the status last changed. The
+ * inputs come from what the reconciler and the transactions observed (rule
+ * status, ingress problems, attachments); this module only keeps the
+ * transition times. No I/O.
+ */
+import type { Condition, ConditionStatus } from './model.js';
+
+/** A condition without its time: what was observed now. */
+export interface ObservedCondition {
+  type: string;
+  status: ConditionStatus;
+  reason: string;
+  message: string;
+}
+
+/** Conditions of every object, by object key ("rule/web", "if/eth0", "link/a|b"), with their transition times. */
+export class ConditionStore {
+  private readonly byObject = new Map<string, Map<string, Condition>>();
+
+  /**
+   * The conditions of an object as observed now: a condition keeps its
+   * lastTransitionTime while its status stays the same.
+   */
+  set(key: string, observed: ObservedCondition[], now: number): Condition[] {
+    let cur = this.byObject.get(key);
+    if (!cur) this.byObject.set(key, (cur = new Map()));
+    return observed.map((o) => {
+      const prev = cur.get(o.type);
+      const c: Condition = {
+        ...o,
+        lastTransitionTime: prev && prev.status === o.status ? prev.lastTransitionTime : now,
+      };
+      cur.set(o.type, c);
+      return c;
+    });
+  }
+
+  /** Forget objects that no longer exist. */
+  retain(keys: Set<string>): void {
+    for (const k of this.byObject.keys()) if (!keys.has(k)) this.byObject.delete(k);
+  }
+}
+
+const cond = (type: string, ok: boolean, reason: string, message: string): ObservedCondition => ({
+  type,
+  status: ok ? 'True' : 'False',
+  reason,
+  message,
+});
+
+/** Reason code of an ingress problem text (resync.ts writes these texts). */
+export function ingressReason(problem: string): string {
+  if (/does not exist/.test(problem)) return 'InterfaceMissing';
+  if (/another XDP program/.test(problem)) return 'ForeignProgram';
+  return 'NotAttached';
+}
+
+/** A rule's conditions from its status and the problems of its ingress interfaces. */
+export function ruleConditions(
+  s: {
+    state: string;
+    message: string;
+    backends: { receiving: boolean; ip: string; interface: string; message: string }[];
+  },
+  weights: number[],
+  ingressProblems: string[],
+): ObservedCondition[] {
+  const out = s.backends.filter((b, i) => !b.receiving && (weights[i] ?? 1) > 0);
+  const failed = s.state === 'failed';
+  return [
+    cond(
+      'Ready',
+      s.state === 'active',
+      s.state === 'active' ? 'Active' : s.state[0].toUpperCase() + s.state.slice(1),
+      s.message,
+    ),
+    failed
+      ? { type: 'ProgramAttached', status: 'Unknown', reason: 'Failed', message: s.message }
+      : cond(
+          'ProgramAttached',
+          ingressProblems.length === 0,
+          ingressProblems.length ? ingressReason(ingressProblems[0]) : 'Attached',
+          ingressProblems.length ? ingressProblems.join('; ') : 'our XDP program runs on every ingress interface',
+        ),
+    failed
+      ? { type: 'BackendsReceiving', status: 'Unknown', reason: 'Failed', message: s.message }
+      : cond(
+          'BackendsReceiving',
+          out.length === 0,
+          out.length ? 'BackendsNotReceiving' : 'AllReceiving',
+          out.length
+            ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
+            : 'every backend with a non-zero weight is in the backend table',
+        ),
+  ];
+}
+
+/** An interface's ProgramAttached condition. */
+export function interfaceConditions(i: {
+  present: boolean;
+  name: string;
+  effectiveMode: string;
+  ours: boolean;
+  progId: number;
+  detachError?: string;
+  used: boolean;
+}): ObservedCondition[] {
+  if (!i.present) return [cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`)];
+  if (i.effectiveMode !== 'none' && !i.ours) {
+    return [
+      cond(
+        'ProgramAttached',
+        false,
+        'ForeignProgram',
+        `another XDP program (id ${i.progId}) is attached; it is left alone`,
+      ),
+    ];
+  }
+  if (!i.used && i.detachError) {
+    return [
+      cond('ProgramAttached', true, 'DetachFailed', `no longer used; detaching failed (retried): ${i.detachError}`),
+    ];
+  }
+  if (i.effectiveMode === 'none') return [cond('ProgramAttached', false, 'NotAttached', 'no XDP program is attached')];
+  return [cond('ProgramAttached', true, 'Attached', `our XDP program runs in ${i.effectiveMode} mode`)];
+}
+
+/** A link's Active condition. */
+export function linkConditions(active: boolean[], problems: string[]): ObservedCondition[] {
+  if (problems.length) return [cond('Active', false, ingressReason(problems[0]), problems.join('; '))];
+  if (active.every(Boolean)) return [cond('Active', true, 'Forwarding', 'every direction is in the datapath')];
+  return [cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet')];
+}
