@@ -82,6 +82,12 @@ export interface DaemonOptions {
   socketMode?: number;
   /** Group (name or gid) of the Unix socket file; its members are read-only under the default policy. */
   socketGroup?: string;
+  /**
+   * How often the reconciler runs a full pass besides the rtnetlink triggers
+   * (default 1000 ms); 0 turns both off (tests that measure the kernel writes
+   * of single requests, where a background repair would count).
+   */
+  resyncMs?: number;
   /** Where audit records go (default: log.child({audit: true})). */
   audit?: Logger;
   /**
@@ -359,7 +365,9 @@ export class Daemon {
           }
         });
     };
-    this.resyncTimer = setInterval(pass, 1000);
+    const every = this.opts.resyncMs ?? 1000;
+    if (every <= 0) return;
+    this.resyncTimer = setInterval(pass, every);
     this.monitor = new LinkMonitor(pass, this.log);
   }
 

@@ -243,7 +243,9 @@ try {
     // Audit records are written whatever --log-level says.
     audit: log.child({ audit: true }, { level: 'info' }),
   });
-  // Tests and supervisors wait for this line.
+  // Tests and supervisors wait for this line: after every start-up log line
+  // (pino writes asynchronously; without the flush a warning could follow it).
+  await new Promise<void>((resolve) => log.flush(() => resolve()));
   process.stdout.write(
     `${JSON.stringify({ msg: 'ready', addresses: daemon.addresses, prometheus: telemetry.prometheus })}\n`,
   );
