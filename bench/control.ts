@@ -22,7 +22,17 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fdatasyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 
 import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
@@ -68,7 +78,7 @@ export interface ControlFigure extends Figure {
 
 export interface ControlBenchOptions {
   smoke: boolean;
-  /** Run only these sections (default all): change, apply, watch, start. */
+  /** Run only these sections (default all): change, apply, watch, start, scale. */
   only?: string[];
   /** Override the ApplyRules sizes (profiling). */
   applySizes?: number[];
@@ -94,6 +104,10 @@ interface Counts {
   restMs: number;
   /** RSS at rest: long enough for V8's memory reducer to give the adoption's heap back (~20 s). */
   settleMs: number;
+  /** Rule counts of the cost-per-change rows (section 5). */
+  scaleSizes: number[];
+  /** UpdateRule calls (and fsyncs) per size. */
+  scaleChanges: number;
 }
 
 const FULL: Counts = {
@@ -112,6 +126,8 @@ const FULL: Counts = {
   startRuns: 3,
   restMs: 3000,
   settleMs: 30_000,
+  scaleSizes: [10, 1000, 10_000, 100_000],
+  scaleChanges: 100,
 };
 
 const SMOKE: Counts = {
@@ -130,6 +146,8 @@ const SMOKE: Counts = {
   startRuns: 1,
   restMs: 200,
   settleMs: 500,
+  scaleSizes: [10, 50],
+  scaleChanges: 5,
 };
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -239,6 +257,9 @@ class BenchDaemon {
         // One client identity (this process's uid) opens up to 1 000 streams.
         '--max-watch-streams',
         '5000',
+        // ApplyRules of 100 000 rules is ~25 MB.
+        '--max-message-bytes',
+        String(256 << 20),
         '--prometheus',
         '127.0.0.1:0',
       ],
@@ -284,6 +305,16 @@ class BenchDaemon {
     }
     this.tcp = await ready;
     return serving;
+  }
+
+  /** The daemon's longest event-loop delay (ms) since the previous call (xdpctl.eventloop.delay.max). */
+  async loopDelayMaxMs(): Promise<number> {
+    const a = this.prometheus ?? '';
+    const url = a.startsWith('http') ? a : `http://${a}/metrics`;
+    const text = await (await fetch(url)).text();
+    const m = /^xdpctl_eventloop_delay_max(?:_seconds)?(?:\{[^}]*\})? (\S+)/m.exec(text);
+    if (!m) throw new Error(`no xdpctl_eventloop_delay_max at ${url}`);
+    return Number(m[1]) * 1000;
   }
 
   /** The daemon's own count of counter-hub kernel reads (xdpctl.counter_hub.reads on --prometheus). */
@@ -833,6 +864,156 @@ async function section4(d: BenchDaemon, empty: BenchDaemon, net: Net, n: Counts)
   return [baseT, t, baseE, early, baseR, r];
 }
 
+/** A rule of the scale set: ports repeat every 50 000 rules with another destination. */
+function scaleSpec(net: Net, i: number, variant = 0): Rule {
+  const r = ruleSpec(net, i % 250, variant);
+  return {
+    ...r,
+    name: `s${i}`,
+    match: {
+      ...r.match!,
+      port: 10_000 + (i % 50_000),
+      destination: i < 50_000 ? '' : `198.51.100.${1 + Math.floor(i / 50_000)}`,
+    },
+    backends: r.backends.map((b, k) => ({
+      ...b,
+      ip: `10.${100 + k + 4 * variant}.${Math.floor(i / 250) % 250}.${(i % 250) + 1}`,
+    })),
+  };
+}
+
+/**
+ * Section 5, cost per change against the rule count: with 10 / 1 000 /
+ * 10 000 / 100 000 rules installed, UpdateRule p50 end to end (one rule's
+ * backend moves; timed until the kernel shows it) next to the p50 of one
+ * 4 KiB write + fdatasync in the same state directory (what a durable change
+ * must cost at least); while ApplyRules replaces 10 000 rules, GetRule and
+ * ListRules p99 from another connection and the daemon's longest event-loop
+ * delay (perf_hooks.monitorEventLoopDelay, read on --prometheus).
+ */
+async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[]> {
+  const d = new BenchDaemon(`${id}-s`, Math.max(...n.scaleSizes) + 2);
+  const out: ControlFigure[] = [];
+  try {
+    await d.start();
+    const rules = rulesClient(d.channel(d.unix));
+    const reader = rulesClient(d.channel(d.unix));
+    const view = new LiveView(d.pinRoot);
+    const key = matchOf(net, 9000);
+    const chg = (ip: string): Rule => ({
+      name: 'chg',
+      match: { protocol: 0, port: 9000, destination: '', sourcePrefixes: [] },
+      ingressInterfaces: [net.ingress],
+      backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
+      udpChecksum: 0,
+      labels: {},
+      generation: 0,
+    });
+    const ips = ['10.99.0.1', '10.99.0.2'];
+    let flip = 0;
+    const update = async (): Promise<number> => {
+      flip ^= 1;
+      const want = ipBytes(ips[flip]);
+      const t0 = nowMs();
+      await rules.updateRule({ rule: chg(ips[flip]), expectedGeneration: 0 });
+      while (!sameBytes(view.firstBackend(key), want)) {
+        if (nowMs() - t0 > 10_000) throw new Error('rule change not visible in the kernel after 10 s');
+      }
+      return (nowMs() - t0) * 1000;
+    };
+    const fsyncFile = `${d.stateDir}/fsync-baseline`;
+    const fsyncOnce = (): number => {
+      const fd = openSync(fsyncFile, 'w');
+      try {
+        const buf = Buffer.alloc(4096, 7);
+        const t0 = nowMs();
+        writeSync(fd, buf, 0, buf.length, 0);
+        fdatasyncSync(fd);
+        return (nowMs() - t0) * 1000;
+      } finally {
+        closeSync(fd);
+      }
+    };
+    let base: ControlFigure | undefined;
+    const readSize = n.scaleSizes.filter((s) => s <= 10_000).at(-1)!;
+    for (const size of n.scaleSizes) {
+      const set = (variant: number) => [
+        chg(ips[flip]),
+        ...Array.from({ length: size - 1 }, (_, i) => scaleSpec(net, i, variant)),
+      ];
+      if (size === readSize) {
+        // Install, then replace all of them while reading from another connection.
+        await rules.applyRules({ rules: set(0) });
+        await d.loopDelayMaxMs(); // resets the window
+        const lat: number[] = [];
+        let done = false;
+        const reads = (async () => {
+          let i = 0;
+          while (!done) {
+            const t0 = nowMs();
+            if (i++ % 2) await reader.getRule({ name: 'chg' });
+            else await reader.listRules({ pageSize: 100, pageToken: '' });
+            lat.push(nowMs() - t0);
+          }
+        })();
+        const t0 = nowMs();
+        await rules.applyRules({ rules: set(1) });
+        const applyMs = nowMs() - t0;
+        done = true;
+        await reads;
+        const loop = await d.loopDelayMaxMs();
+        const p99 = figure(
+          `GetRule/ListRules p99 while ApplyRules replaces ${size} rules (${Math.round(applyMs)} ms)`,
+          'ms',
+          [pct(lat, 0.99)],
+          lat.length,
+        );
+        p99.targetText = '≤ 50 ms';
+        p99.met = p99.median <= 50;
+        p99.note = `${lat.length} reads, p50 ${fmt(pct(lat, 0.5))} ms`;
+        const el = figure(`event-loop delay, longest, during that ApplyRules`, 'ms', [loop], 1);
+        el.targetText = '≤ 50 ms';
+        el.met = loop <= 50;
+        out.push(p99, el);
+      } else {
+        await rules.applyRules({ rules: set(0) });
+      }
+      for (let i = 0; i < Math.min(10, n.scaleChanges); i++) await update(); // warm up
+      const xs: number[] = [];
+      const fs: number[] = [];
+      for (let i = 0; i < n.scaleChanges; i++) {
+        xs.push(await update());
+        fs.push(fsyncOnce());
+      }
+      const f = figure(`UpdateRule p50 with ${size} rules installed`, 'µs', [pct(xs, 0.5)], n.scaleChanges, {
+        note: `p99 ${fmt(pct(xs, 0.99))} µs`,
+      });
+      const fsync = figure(
+        `baseline: 4 KiB write + fdatasync in the state dir, p50, with ${size} rules`,
+        'µs',
+        [pct(fs, 0.5)],
+        n.scaleChanges,
+      );
+      const vsFsync = f.median - fsync.median;
+      if (!base) {
+        base = f;
+        out.push(fsync, f);
+      } else {
+        const v = versus(f, base, size === 10_000 ? 1.3 : undefined);
+        out.push(fsync, v);
+      }
+      const over = figure(`UpdateRule p50 minus the fsync p50, ${size} rules`, 'µs', [vsFsync], n.scaleChanges);
+      over.targetText = '≤ 500 µs';
+      over.met = vsFsync <= 500;
+      out.push(over);
+    }
+    view.close();
+  } finally {
+    await d.destroy().catch(() => undefined);
+  }
+  return out;
+}
+
 /** Run every control-plane benchmark; cleans up everything it made, even on failure. */
 export async function benchControl(opts: ControlBenchOptions): Promise<ControlFigure[]> {
   const n = { ...(opts.smoke ? SMOKE : FULL) };
@@ -869,6 +1050,12 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
     if (want('watch')) parts[2] = await section3(d, net, n);
     if (want('apply')) parts[1] = await section2(d, net, raw, n);
     if (want('start')) parts[3] = await section4(d, empty, net, n);
+    if (want('scale')) {
+      // Its own daemon (maps for 100 000 rules): the others' are stopped first.
+      await d.stop();
+      await empty.stop();
+      parts[4] = await section5(id, net, n);
+    }
     for (const p of parts) if (p) out.push(...p);
     return out;
   } finally {
@@ -907,7 +1094,12 @@ the daemon writes (rule and backend stats resets, backends, rings of ${RING_SIZE
 rule_match). Streams: clients in a separate process; daemon CPU is utime+stime from /proc over ${c.watchWindowMs / 1000} s windows;
 kernel reads are bpf() syscalls counted with \`strace -c -f\` over ${c.straceMs / 1000} s, minus the idle daemon's, divided by the
 calls one read makes. Start: SIGTERM then a new process over the same pins and state dir, timed from spawn to
-the first SERVING health answer (Node start and TypeScript loading included).
+the first SERVING health answer (Node start and TypeScript loading included). Cost per change: one daemon with
+maps for ${Math.max(...c.scaleSizes)} rules; at each size (${c.scaleSizes.join(' / ')} rules installed by ApplyRules)
+${c.scaleChanges} UpdateRule calls timed as above, each followed by one 4 KiB write + fdatasync of a file in the same
+state directory (the baseline: a durable change costs at least one fsync); while ApplyRules replaces
+${c.scaleSizes.filter((s) => s <= 10_000).at(-1)} rules, GetRule and ListRules (100 per page) from another connection,
+and the daemon's longest event-loop delay from its \`xdpctl.eventloop.delay.max\` gauge.
 
 | figure | median | range | runs | baseline | ratio | target | note |
 | --- | --- | --- | --- | --- | --- | --- | --- |

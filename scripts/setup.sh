@@ -30,6 +30,7 @@ need gcc gcc # for the multiarch include directory
 need nftables nft /usr/sbin/nft # the Linux-stack baseline in npm run bench (DNAT)
 need iptables iptables /usr/sbin/iptables
 need libcap2-bin capsh /usr/sbin/capsh # least-privilege tests run the daemon with a reduced capability set
+need sqlite3 sqlite3 # inspect the state store (docs/state-store.md)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

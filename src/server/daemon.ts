@@ -3,7 +3,7 @@
  * reflection, error mapping), listeners, and an orderly shutdown. Used by
  * main.ts (the CLI) and by tests that start a daemon in-process.
  */
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 import { ServerCredentials } from '@grpc/grpc-js';
@@ -21,7 +21,7 @@ import {
 } from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
 import { Controller } from './core/controller.js';
-import { StateStore, type StoredState } from './core/store.js';
+import { StateStore, stateDbPath, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
@@ -40,6 +40,7 @@ import { linkService } from './services/link-service.js';
 import { ruleService } from './services/rule-service.js';
 import { errorMiddleware } from './services/status.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
+import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
@@ -68,6 +69,12 @@ export interface DaemonOptions {
   configPath?: string;
   /** Where the desired state persists (undefined: not persisted). */
   stateDir?: string;
+  /**
+   * Start even though the state store is missing while the pinned datapath
+   * still holds rules or links: clear them and detach the program
+   * (--reset-datapath). Without it such a start is refused.
+   */
+  resetDatapath?: boolean;
   capacity?: Partial<Capacity>;
   log?: Logger;
   /** Role allow-lists (--auth-config); undefined: the default policy (auth/policy.ts defaultAuthConfig). */
@@ -198,11 +205,23 @@ export class Daemon {
     }
     // Device settings we change (GRO on veth peers) are recorded beside the state, for --cleanup-on-exit.
     const dp = new KernelDataplane(datapath, undefined, opts.stateDir && join(opts.stateDir, 'host-changes.json'));
-    const store = opts.stateDir ? new StateStore(opts.stateDir) : undefined;
+    let store: StateStore | undefined;
     let stored: StoredState | undefined;
     try {
-      stored = store?.load(); // a corrupt or newer file stops the start, untouched
+      if (opts.stateDir) {
+        checkMissingStore(opts, dp, log);
+        store = StateStore.open(opts.stateDir); // a corrupt or newer store stops the start, untouched
+        stored = store.load();
+        if (store.problem) {
+          log.error(
+            { err: store.problem, path: store.path },
+            `the state store cannot persist: ${store.problem.message}. Serving reads and the adopted datapath; ` +
+              'every change is refused until the disk accepts writes again',
+          );
+        }
+      }
     } catch (e) {
+      store?.close();
       datapath.close();
       lock.release();
       throw e;
@@ -211,11 +230,16 @@ export class Daemon {
       mode: opts.mode,
       fixVethPeers: opts.fixVethPeers,
       log,
-      persist: store && ((s) => store.save(s)),
+      store,
     });
     const hub = new CounterHub(() => controller.readCounters());
     // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
-    const unregisterMetrics = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub);
+    const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub);
+    const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
+    const unregisterMetrics = () => {
+      unregisterDatapath();
+      unregisterLoop();
+    };
     const ready = { value: false };
     const startedAt = Date.now();
 
@@ -262,6 +286,7 @@ export class Daemon {
       return server;
     };
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
+    daemon.store = store;
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
     daemon.kernel = dp;
@@ -300,6 +325,7 @@ export class Daemon {
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       unregisterMetrics();
+      store?.close();
       datapath.close();
       for (const a of daemon.addresses) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
       lock.release();
@@ -320,6 +346,8 @@ export class Daemon {
     return daemon;
   }
 
+  /** The state store (undefined with --no-state). */
+  store?: StateStore;
   private resyncTimer?: NodeJS.Timeout;
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
@@ -404,6 +432,7 @@ export class Daemon {
         this.log.info({ detached: r.detached, restored: r.restored }, 'cleanup: host restored');
       }
       this.datapath.close();
+      this.store?.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
       for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
       this.lock?.release(); // after the socket files: only the holder removes them
@@ -413,5 +442,47 @@ export class Daemon {
       await this.opts.telemetry?.shutdown().catch((err) => this.log.warn({ err }, 'telemetry shutdown failed'));
     })();
     return this.stopping;
+  }
+}
+
+/**
+ * A state store that is missing while the pinned datapath still holds rules
+ * or links (deleted by hand, or a wrong --state-dir) is not a reason to wipe
+ * the datapath silently: refuse, unless --reset-datapath says to clear it;
+ * then also detach the program from every interface it is attached to here.
+ */
+function checkMissingStore(opts: DaemonOptions, dp: KernelDataplane, log: Logger): void {
+  if (!opts.stateDir || StateStore.exists(opts.stateDir)) return;
+  const matches = dp.listMatches().length;
+  const links = dp.listLinks().length;
+  if (matches === 0 && links === 0) return;
+  const what =
+    `the state store ${stateDbPath(opts.stateDir)} does not exist, but the pinned datapath under ` +
+    `${opts.pinRoot} still forwards ${matches} rule match entr${matches === 1 ? 'y' : 'ies'} and ${links} ` +
+    `link direction${links === 1 ? '' : 's'}`;
+  if (!opts.resetDatapath) {
+    throw new Error(
+      `${what}: refusing to start and wipe them. Put the state store back (or pass the right --state-dir), ` +
+        'or start once with --reset-datapath to clear the datapath and detach the program',
+    );
+  }
+  log.warn({ matches, links, pinRoot: opts.pinRoot }, `${what}: --reset-datapath: clearing them`);
+  let names: string[] = [];
+  try {
+    names = readdirSync('/sys/class/net');
+  } catch {
+    /* no sysfs: nothing to detach from */
+  }
+  for (const name of names) {
+    try {
+      // Only this datapath's program (by id): other xdpctld instances run the same code on other pin roots.
+      const x = dp.xdpStatus(name);
+      if (x?.ours && x.progId === dp.progId) {
+        dp.detach(name);
+        log.warn({ ifname: name }, '--reset-datapath: detached');
+      }
+    } catch (err) {
+      log.warn({ err, ifname: name }, '--reset-datapath: detach failed');
+    }
   }
 }

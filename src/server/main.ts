@@ -78,6 +78,12 @@ const program = new Command('xdpctld')
   )
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
   .option('--no-state', 'do not persist the desired state (start empty every time)')
+  .option(
+    '--reset-datapath',
+    'when the state store is missing but the pinned datapath still holds rules or links, clear them and ' +
+      'detach the program instead of refusing to start',
+    false,
+  )
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
   .option('--cleanup-on-exit', 'on SIGTERM/SIGINT detach from every interface and remove all pins', false)
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
@@ -134,6 +140,7 @@ const o = program.opts<{
   maxRules: string;
   stateDir: string;
   state: boolean;
+  resetDatapath: boolean;
   config?: string;
   logLevel: string;
   tlsCert?: string;
@@ -230,6 +237,7 @@ try {
     cleanupOnExit: o.cleanupOnExit,
     capacity: capacityForRules(maxRules),
     stateDir: o.state ? o.stateDir : undefined,
+    resetDatapath: o.resetDatapath,
     configPath: o.config,
     tls: o.tlsCert ? { certFile: o.tlsCert, keyFile: o.tlsKey!, clientCaFile: o.tlsClientCa, refreshMs } : undefined,
     log,

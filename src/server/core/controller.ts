@@ -10,7 +10,17 @@
 import { silentLogger, type Logger } from '../log.js';
 import type { Dataplane, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
-import { executeLinks, executeRules, type ExecContext } from './execute.js';
+import {
+  allocateRules,
+  finishLinks,
+  finishRules,
+  pacer,
+  ruleRows,
+  writeLinks,
+  writeRules,
+  type ExecContext,
+  type RuleAllocation,
+} from './execute.js';
 import { interfaceConditions, linkConditions, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
@@ -27,7 +37,8 @@ import { planRules, type RuleOp } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { backendKey, CoreState } from './state.js';
-import type { StoredState } from './store.js';
+import type { StatePort, StoredState, StoreTxn } from './store.js';
+import { UndoLog } from './undo-log.js';
 import { validateLink, validateRule } from './validate.js';
 
 export interface RuleView extends RuleRecord {
@@ -62,9 +73,22 @@ export interface ControllerOptions {
   /** Enable GRO on veth peers that need it for native redirects (else refuse). */
   fixVethPeers: boolean;
   log?: Logger;
-  /** Called with the new desired state before a change is acknowledged. */
-  persist?: (state: StoredState) => void | Promise<void>;
+  /**
+   * Where each change is made durable before it is acknowledged (one
+   * transaction per change); undefined: nothing persists (--no-state).
+   */
+  store?: StatePort;
   now?: () => number;
+}
+
+/** Per-call options of a mutation. */
+export interface MutationOptions {
+  /**
+   * Aborted when the caller cancels or its deadline passes. Checked once, when
+   * the change's turn comes: an aborted change is not started (CANCELLED,
+   * nothing applied); a started one always completes, whatever the signal.
+   */
+  signal?: AbortSignal;
 }
 
 export interface DesiredState {
@@ -154,9 +178,23 @@ export class Controller {
     }
   }
 
-  /** Run one change at a time. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
+  /**
+   * Run one change at a time. A change whose caller has gone (signal
+   * aborted) by the time its turn comes is not started.
+   */
+  private serial<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const go = () => {
+      if (signal?.aborted) {
+        return Promise.reject(
+          new CoreError(
+            'cancelled',
+            'the caller cancelled, or its deadline passed, before the change started: nothing was applied',
+          ),
+        );
+      }
+      return fn();
+    };
+    const run = this.queue.then(go, go);
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -268,17 +306,17 @@ export class Controller {
 
   // ---- rule mutations ---------------------------------------------------
 
-  createRule(spec: RuleSpec): Promise<RuleView> {
+  createRule(spec: RuleSpec, opts: MutationOptions = {}): Promise<RuleView> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
       if (this.state.rules.has(spec.name)) throw new CoreError('exists', `rule "${spec.name}" already exists`);
       await this.applyRuleOps([{ name: spec.name, next: spec }]);
       return this.getRule(spec.name);
-    });
+    }, opts.signal);
   }
 
-  updateRule(spec: RuleSpec, expectedGeneration: number): Promise<RuleView> {
+  updateRule(spec: RuleSpec, expectedGeneration: number, opts: MutationOptions = {}): Promise<RuleView> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
@@ -287,21 +325,21 @@ export class Controller {
       checkGeneration(cur, expectedGeneration);
       if (!sameSpec(cur, spec)) await this.applyRuleOps([{ name: spec.name, next: spec }]);
       return this.getRule(spec.name);
-    });
+    }, opts.signal);
   }
 
-  deleteRule(name: string, expectedGeneration: number): Promise<void> {
+  deleteRule(name: string, expectedGeneration: number, opts: MutationOptions = {}): Promise<void> {
     return this.serial(async () => {
       this.checkOwner();
       const cur = this.state.rules.get(name);
       if (!cur) throw new CoreError('not-found', `rule "${name}" does not exist`);
       checkGeneration(cur, expectedGeneration);
       await this.applyRuleOps([{ name }]);
-    });
+    }, opts.signal);
   }
 
   /** Replace the whole rule set atomically (or only report the changes). */
-  applyRules(specs: RuleSpec[], validateOnly: boolean): Promise<RuleChange[]> {
+  applyRules(specs: RuleSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<RuleChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
       const violations: FieldViolation[] = [];
@@ -332,7 +370,7 @@ export class Controller {
       if (validateOnly) await this.planRuleOps(ops);
       else await this.applyRuleOps(ops);
       return changes;
-    });
+    }, opts.signal);
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
@@ -351,24 +389,83 @@ export class Controller {
         ruleStatsIds: this.state.ruleStatsIds.available,
         backendIds: this.state.backendIds.available,
       },
-      matchCapacity: this.dp.capacity.matches,
+      claims: this.state.claims,
+      inUse: { matchIds: this.state.matchHolders, srcPrefixes: this.state.srcPrefixes },
+      capacity: this.dp.capacity,
     });
   }
 
   /**
-   * One rules transaction: fetch, plan, execute, persist. `restoring` keeps
-   * generations and update times (restore and resync rewrite, they do not change).
+   * One rules transaction, in this order: fetch the facts, plan (no I/O);
+   * take ids (memory); BEGIN and write the rows; write the kernel over an
+   * undo log; COMMIT; only then clear what the change replaced. A failure
+   * anywhere before COMMIT returns (or the failed COMMIT) undoes the kernel
+   * steps and rolls the rows back, so the kernel, the disk and this state
+   * stay as they were, and the error says which (store errors name the
+   * path). `restoring` (start-up, resync) rewrites rules without changing
+   * them: there a store that cannot persist is logged, not fatal, since what
+   * the clients were told is unchanged.
    */
   private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
     const plan = await this.planRuleOps(ops, napi);
-    await executeRules(this.ctx, ops, plan, restoring);
-    await this.opts.persist?.(this.storedState());
+    const undo = new UndoLog();
+    // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
+    const pace = pacer(10);
+    let txn: StoreTxn | undefined;
+    let alloc: RuleAllocation;
+    try {
+      alloc = allocateRules(this.ctx, ops, plan, restoring, undo);
+      txn = this.begin(restoring);
+      if (txn) {
+        const rows = ruleRows(ops, alloc);
+        for (const r of rows.put) {
+          txn.putRule(r);
+          await pace();
+        }
+        for (const n of rows.del) txn.deleteRule(n);
+      }
+      await writeRules(this.ctx, ops, plan, alloc, undo, pace, restoring);
+      this.commit(txn, restoring);
+    } catch (e) {
+      txn?.rollback();
+      undo.rollback(this.log);
+      throw e;
+    }
+    // Durable and in the kernel: from here nothing undoes the change.
+    await finishRules(this.ctx, ops, alloc, pace);
+  }
+
+  /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */
+  private begin(restoring: boolean): StoreTxn | undefined {
+    if (!this.opts.store) return undefined;
+    try {
+      return this.opts.store.begin();
+    } catch (e) {
+      if (!restoring) throw e;
+      this.log.error(
+        { err: e },
+        'the state store cannot persist: the kernel ids of rewritten rules were not saved (the desired state is unchanged)',
+      );
+      return undefined;
+    }
+  }
+
+  private commit(txn: StoreTxn | undefined, restoring: boolean): void {
+    try {
+      txn?.commit();
+    } catch (e) {
+      if (!restoring) throw e;
+      this.log.error(
+        { err: e },
+        'the state store cannot persist: the kernel ids of rewritten rules were not saved (the desired state is unchanged)',
+      );
+    }
   }
 
   // ---- links ------------------------------------------------------------
 
-  connect(link: LinkSpec): Promise<LinkSpec> {
+  connect(link: LinkSpec, opts: MutationOptions = {}): Promise<LinkSpec> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateLink(link, 'link'));
@@ -383,10 +480,10 @@ export class Controller {
       next.set(linkKey(link), link);
       await this.applyLinkSet(next, 'link');
       return link;
-    });
+    }, opts.signal);
   }
 
-  disconnect(a: string, b: string): Promise<void> {
+  disconnect(a: string, b: string, opts: MutationOptions = {}): Promise<void> {
     return this.serial(async () => {
       this.checkOwner();
       const key = linkKey({ a, b });
@@ -394,10 +491,10 @@ export class Controller {
       const next = new Map(this.state.links);
       next.delete(key);
       await this.applyLinkSet(next, 'link');
-    });
+    }, opts.signal);
   }
 
-  applyLinks(specs: LinkSpec[], validateOnly: boolean): Promise<LinkChange[]> {
+  applyLinks(specs: LinkSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<LinkChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
       const violations: FieldViolation[] = [];
@@ -434,10 +531,10 @@ export class Controller {
       if (validateOnly) planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
       else await this.applyLinkSet(next, 'links');
       return changes;
-    });
+    }, opts.signal);
   }
 
-  /** One links transaction: fetch, plan, execute, persist. */
+  /** One links transaction, ordered as {@link applyRuleOps}: rows, kernel over an undo log, COMMIT, finish. `tolerant` (restore, resync): a foreign program is recorded, not fatal, and a store that cannot persist is logged. */
   private async applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant = false): Promise<void> {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     const want = planLinks(next, facts.interfaces, field);
@@ -447,8 +544,22 @@ export class Controller {
       facts,
     );
     const cur = currentLinks(this.state.linkDirs, facts.interfaces);
-    await executeLinks(this.ctx, next, want, cur, field, tolerant);
-    await this.opts.persist?.(this.storedState());
+    const undo = new UndoLog();
+    let txn: StoreTxn | undefined;
+    try {
+      txn = this.begin(tolerant);
+      if (txn) {
+        for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
+        for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
+      }
+      await writeLinks(this.ctx, next, want, cur, field, undo, tolerant);
+      this.commit(txn, tolerant);
+    } catch (e) {
+      txn?.rollback();
+      undo.rollback(this.log);
+      throw e;
+    }
+    finishLinks(this.ctx, next, want);
   }
 
   // ---- start-up and interface churn -------------------------------------

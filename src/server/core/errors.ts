@@ -7,11 +7,20 @@
 /**
  * Broad kinds of failure that a port (the dataplane) reports; the single
  * errno-to-kind table lives with the adapter (dataplane/errors.ts).
+ * 'permission' is the daemon itself refused by the kernel (EPERM/EACCES: a
+ * capability it lacks), never the caller: services map it to
+ * FAILED_PRECONDITION naming the capability.
  */
 export type ErrorKind =
   'not-found' | 'exists' | 'busy' | 'invalid' | 'exhausted' | 'unsupported' | 'permission' | 'internal';
 
-export type CoreErrorKind = ErrorKind | 'conflict' | 'precondition';
+/**
+ * Kinds the core adds: a generation mismatch, a precondition not met, a
+ * dependency that cannot serve now (the state store's disk reported EIO),
+ * and a change not started because its caller had gone (cancelled, or its
+ * deadline passed while it waited).
+ */
+export type CoreErrorKind = ErrorKind | 'conflict' | 'precondition' | 'unavailable' | 'cancelled';
 
 /**
  * A failure raised behind a port (kernel, disk): the adapter's typed errors
@@ -19,6 +28,8 @@ export type CoreErrorKind = ErrorKind | 'conflict' | 'precondition';
  */
 export abstract class PortError extends Error {
   abstract readonly kind: ErrorKind;
+  /** What was attempted, "verb object" ("attach xdp to veth3", "update map rule_cfg"). */
+  abstract readonly op: string;
 }
 
 /** One bad field of a request. */

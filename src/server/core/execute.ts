@@ -9,13 +9,14 @@ import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
 import type { BackendEntry, Dataplane, XdpModeName } from './dataplane.js';
 import { CoreError } from './errors.js';
-import type { LinkSpec, RuleSpec } from './model.js';
+import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulesPlan } from './plan-rules.js';
 import { fillRing } from './ring.js';
 import { writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
-import { UndoLog } from './undo-log.js';
+import type { StoredRule } from './store.js';
+import type { UndoLog } from './undo-log.js';
 
 const AF_INET = 2;
 
@@ -29,223 +30,357 @@ export interface ExecContext {
   now: () => number;
 }
 
+/** Kernel ids and records a rules transaction takes, before anything is written. */
+export interface RuleAllocation {
+  /** Per planned rule: its new kernel record (ids, keys, status). */
+  kernel: Map<string, RuleKernel>;
+  /** Stats ids allocated fresh (their counters are zeroed before use). */
+  freshRuleStats: Set<number>;
+  freshBackendStats: Set<number>;
+  /** The rule records after the change (deleted rules absent). */
+  records: Map<string, RuleRecord>;
+}
+
 /**
- * Execute a rules plan. `restoring` keeps each rule's generation and update
- * time (a restart or resync rewrites, it does not change the rule).
+ * Phase 1 (memory only): take the ids a plan needs from the pools and
+ * compute the records the change leaves (generation +1, times), each take
+ * undone by `undo`. `restoring` keeps each rule's generation and update time
+ * (a restart or resync rewrites, it does not change the rule).
  */
-export async function executeRules(
+export function allocateRules(
   ctx: ExecContext,
   ops: readonly RuleOp[],
-  { plans, after }: RulesPlan,
+  { plans }: RulesPlan,
   restoring: boolean,
+  undo: UndoLog,
+): RuleAllocation {
+  const { state } = ctx;
+  const kernel = new Map<string, RuleKernel>();
+  const freshRuleStats = new Set<number>();
+  const freshBackendStats = new Set<number>();
+  for (const p of plans) {
+    const old = state.ruleKernel.get(p.name);
+    const slot = state.slots.alloc();
+    undo.push(() => state.slots.release(slot));
+    let statsId = old?.statsId;
+    if (statsId === undefined) {
+      const id = state.ruleStatsIds.alloc();
+      statsId = id;
+      freshRuleStats.add(id);
+      undo.push(() => state.ruleStatsIds.release(id));
+    }
+    const backends = new Map<string, { id: number; statsId: number }>();
+    for (const b of p.backends) {
+      const id = state.backendIds.alloc();
+      undo.push(() => state.backendIds.release(id));
+      let bStats = old?.backends.get(b.key)?.statsId;
+      if (bStats === undefined) {
+        const sid = state.backendStatsIds.alloc();
+        bStats = sid;
+        freshBackendStats.add(sid);
+        undo.push(() => state.backendStatsIds.release(sid));
+      }
+      backends.set(b.key, { id, statsId: bStats });
+    }
+    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
+    kernel.set(p.name, {
+      slot,
+      statsId,
+      matchKeys: p.matchKeys,
+      prefixes: p.prefixes,
+      backends,
+      ifindexes: p.ifindexes,
+      status: writtenRuleStatus(
+        p.backends.map((b) => b.status),
+        live,
+        p.backends.map((b) => b.spec.weight),
+      ),
+    });
+  }
+  const t = ctx.now();
+  const records = new Map<string, RuleRecord>();
+  for (const op of ops) {
+    if (!op.next) continue;
+    const cur = state.rules.get(op.name);
+    records.set(op.name, {
+      ...(structuredClone(op.next) as RuleSpec),
+      generation: restoring && cur ? cur.generation : (cur?.generation ?? 0) + 1,
+      createTime: cur?.createTime ?? t,
+      updateTime: restoring && cur ? cur.updateTime : t,
+    });
+  }
+  return { kernel, freshRuleStats, freshBackendStats, records };
+}
+
+/** The rows a rules transaction writes: each changed rule with its kernel ids, and the deleted names. */
+export function ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): { put: StoredRule[]; del: string[] } {
+  const put: StoredRule[] = [];
+  const del: string[] = [];
+  for (const op of ops) {
+    const rec = alloc.records.get(op.name);
+    const k = alloc.kernel.get(op.name);
+    if (!rec || !k) {
+      del.push(op.name);
+      continue;
+    }
+    put.push({ ...rec, kernel: { slot: k.slot, statsId: k.statsId, backends: Object.fromEntries(k.backends) } });
+  }
+  return { put, del };
+}
+
+/**
+ * Phase 2 (kernel, undoable): attach where needed, check native-redirect
+ * targets, write each rule into its fresh slot (unpublished), then publish by
+ * repointing match entries. Every step pushes its undo before or as it runs,
+ * so a write that fails half-way (a full LPM trie after some prefixes went
+ * in) is cleared too.
+ */
+export async function writeRules(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  { plans }: RulesPlan,
+  alloc: RuleAllocation,
+  undo: UndoLog,
+  pace: () => Promise<void> = async () => {},
+  restoring = false,
 ): Promise<void> {
   const { dp, state } = ctx;
-  const undo = new UndoLog();
-  const newKernel = new Map<string, RuleKernel>();
-  try {
-    // 1. The program on every ingress interface the new set needs.
-    const users = state.interfaceUsers(after, state.links);
-    for (const p of plans) {
-      for (const i of p.ingress) {
-        if (state.attached.has(i.name)) continue;
-        vacateLowerDevices(ctx, undo, i.name, users);
-        attachOne(ctx, undo, i.name, i.ifindex, users.get(i.name) ?? new Set(), restoring);
-      }
+  // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
+  const changing = new Set(ops.map((o) => o.name));
+  const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
+  /** Whether an interface still needs our program after this change. */
+  const usedAfter = (name: string) =>
+    planned.has(name) ||
+    [...(state.usersOf(name) ?? [])].some((u) => !u.startsWith('rule/') || !changing.has(u.slice(5)));
+  for (const p of plans) {
+    for (const i of p.ingress) {
+      if (state.attached.has(i.name)) continue;
+      vacateLowerDevices(ctx, undo, i.name, usedAfter);
+      attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
     }
-    // 2. Native redirects into veths need NAPI on the peer. Each interface
-    // is checked once per transaction (a check queries netlink or runs tools).
-    const native = new Map<string, boolean>();
-    const peers = new Map<string, { ok: boolean; detail?: string }>();
-    for (const p of plans) {
-      const isNative = p.ingress.some((i) => {
-        if (!native.has(i.name)) native.set(i.name, dp.xdpStatus(i.name)?.mode === 'native');
-        return native.get(i.name);
-      });
-      if (!isNative) continue;
-      for (const [bi, b] of p.backends.entries()) {
-        if (!b.receiving) continue; // out of the table: nothing is redirected into it
-        let r = peers.get(b.spec.interface);
-        if (!r) {
-          r = await dp.redirectTarget(b.spec.interface, ctx.fixVethPeers);
-          peers.set(b.spec.interface, r);
-        }
-        if (!r.ok) {
-          throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
-            { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
-          ]);
-        }
-      }
-    }
-    // 3. Write each new or changed rule into a fresh slot (unpublished).
-    for (const p of plans) {
-      const old = state.ruleKernel.get(p.name);
-      const slot = state.slots.alloc();
-      undo.push(() => state.slots.release(slot));
-      let statsId = old?.statsId;
-      if (statsId === undefined) {
-        const id = state.ruleStatsIds.alloc();
-        statsId = id;
-        undo.push(() => state.ruleStatsIds.release(id));
-        dp.resetRuleStats(id);
-      }
-      const backendIds = new Map<string, { id: number; statsId: number }>();
-      const entries: [number, BackendEntry][] = [];
-      const members: { key: string; weight: number; value: number }[] = [];
-      for (const b of p.backends) {
-        const id = state.backendIds.alloc();
-        undo.push(() => state.backendIds.release(id));
-        let bStats = old?.backends.get(b.key)?.statsId;
-        if (bStats === undefined) {
-          const sid = state.backendStatsIds.alloc();
-          bStats = sid;
-          undo.push(() => state.backendStatsIds.release(sid));
-          dp.resetBackendStats(sid);
-        }
-        backendIds.set(b.key, { id, statsId: bStats });
-        if (!b.receiving) continue; // out of the table: its flows go to the others
-        entries.push([
-          id,
-          {
-            dmac: parseMac(b.mac),
-            smac: parseMac(b.smac),
-            ifindex: b.ifindex,
-            statsId: bStats,
-            family: AF_INET,
-            addr: parseIp(b.spec.ip).bytes,
-          },
-        ]);
-        members.push({ key: b.key, weight: b.spec.weight, value: id });
-      }
-      const ring = fillRing(members, dp.ringSize, dp.noBackend);
-      dp.writeRuleSlot({ slot, statsId, flags: p.flags, srcPrefixes: p.prefixes, ring, backends: entries });
-      undo.push(() =>
-        dp.clearRuleSlot(
-          slot,
-          p.prefixes,
-          entries.map(([id]) => id),
-        ),
-      );
-      const live = members.filter((m) => m.weight > 0).length;
-      newKernel.set(p.name, {
-        slot,
-        statsId,
-        matchKeys: p.matchKeys,
-        prefixes: p.prefixes,
-        backends: backendIds,
-        ifindexes: p.ifindexes,
-        status: writtenRuleStatus(
-          p.backends.map((b) => b.status),
-          live,
-          p.backends.map((b) => b.spec.weight),
-        ),
-      });
-    }
-    // 4. Publish: repoint match entries; remove the ones no longer wanted.
-    // A key may move between rules in one change (ApplyRules: "dns" takes
-    // the port "web" leaves): whoever held it before is what an undo
-    // restores, and a key another rule now claims is never removed.
-    const claimed = new Set<string>();
-    for (const k of newKernel.values()) for (const m of k.matchKeys) claimed.add(matchId(m));
-    const holder = new Map<string, number>();
-    for (const k of state.ruleKernel.values()) for (const m of k.matchKeys) holder.set(matchId(m), k.slot);
-    for (const op of ops) {
-      const old = state.ruleKernel.get(op.name);
-      const next = newKernel.get(op.name);
-      for (const k of next?.matchKeys ?? []) {
-        dp.putMatch(k, next!.slot);
-        const prev = holder.get(matchId(k));
-        undo.push(() => (prev !== undefined ? dp.putMatch(k, prev) : dp.deleteMatch(k)));
-      }
-      for (const k of old?.matchKeys ?? []) {
-        if (claimed.has(matchId(k))) continue;
-        dp.deleteMatch(k);
-        undo.push(() => dp.putMatch(k, old!.slot));
-      }
-    }
-  } catch (e) {
-    undo.rollback(ctx.log);
-    throw e;
   }
-  // 5. Commit: clear replaced slots, release their ids, record the state.
-  const t = ctx.now();
+  // 2. Native redirects into veths need NAPI on the peer. Each interface
+  // is checked once per transaction (a check queries netlink or runs tools).
+  const native = new Map<string, boolean>();
+  const peers = new Map<string, { ok: boolean; detail?: string }>();
+  for (const p of plans) {
+    const isNative = p.ingress.some((i) => {
+      if (!native.has(i.name)) native.set(i.name, dp.xdpStatus(i.name)?.mode === 'native');
+      return native.get(i.name);
+    });
+    if (!isNative) continue;
+    for (const [bi, b] of p.backends.entries()) {
+      if (!b.receiving) continue; // out of the table: nothing is redirected into it
+      let r = peers.get(b.spec.interface);
+      if (!r) {
+        r = await dp.redirectTarget(b.spec.interface, ctx.fixVethPeers);
+        peers.set(b.spec.interface, r);
+      }
+      if (!r.ok) {
+        throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
+          { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
+        ]);
+      }
+    }
+  }
+  // 3. Write each new or changed rule into its fresh slot (unpublished).
+  for (const p of plans) {
+    const k = alloc.kernel.get(p.name)!;
+    if (alloc.freshRuleStats.has(k.statsId)) dp.resetRuleStats(k.statsId);
+    const entries: [number, BackendEntry][] = [];
+    const members: { key: string; weight: number; value: number }[] = [];
+    for (const b of p.backends) {
+      const ids = k.backends.get(b.key)!;
+      if (alloc.freshBackendStats.has(ids.statsId)) dp.resetBackendStats(ids.statsId);
+      if (!b.receiving) continue; // out of the table: its flows go to the others
+      entries.push([
+        ids.id,
+        {
+          dmac: parseMac(b.mac),
+          smac: parseMac(b.smac),
+          ifindex: b.ifindex,
+          statsId: ids.statsId,
+          family: AF_INET,
+          addr: parseIp(b.spec.ip).bytes,
+        },
+      ]);
+      members.push({ key: b.key, weight: b.spec.weight, value: ids.id });
+    }
+    const ring = fillRing(members, dp.ringSize, dp.noBackend);
+    // Before the write: a write that fails part-way leaves nothing behind.
+    undo.push(() =>
+      dp.clearRuleSlot(
+        k.slot,
+        p.prefixes,
+        entries.map(([id]) => id),
+      ),
+    );
+    dp.writeRuleSlot({
+      slot: k.slot,
+      statsId: k.statsId,
+      flags: p.flags,
+      srcPrefixes: p.prefixes,
+      ring,
+      backends: entries,
+    });
+    await pace();
+  }
+  // 4. Publish: repoint match entries; remove the ones no longer wanted.
+  // A key may move between rules in one change (ApplyRules: "dns" takes
+  // the port "web" leaves): whoever held it before is what an undo
+  // restores, and a key another rule now claims is never removed.
+  const claimed = new Set<string>();
+  for (const k of alloc.kernel.values()) for (const m of k.matchKeys) claimed.add(matchId(m));
+  const holder = state.matchHolders;
   for (const op of ops) {
     const old = state.ruleKernel.get(op.name);
-    const next = newKernel.get(op.name);
-    if (old) {
+    const next = alloc.kernel.get(op.name);
+    for (const k of next?.matchKeys ?? []) {
+      const prev = holder.get(matchId(k));
+      undo.push(() => (prev !== undefined ? dp.putMatch(k, prev) : dp.deleteMatch(k)));
+      dp.putMatch(k, next!.slot);
+    }
+    for (const k of old?.matchKeys ?? []) {
+      if (claimed.has(matchId(k))) continue;
+      undo.push(() => dp.putMatch(k, old!.slot));
+      dp.deleteMatch(k);
+    }
+  }
+}
+
+/**
+ * Phase 3, after the change is durable: clear the replaced slots, release
+ * their ids, and record the new state. Nothing here can make the change
+ * not have happened; a failed clear leaves an unreferenced slot that the
+ * next start sweeps.
+ */
+export async function finishRules(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  alloc: RuleAllocation,
+  pace: () => Promise<void> = async () => {},
+): Promise<void> {
+  const { dp, state } = ctx;
+  // The new state first, at once: reads between the clears below see it whole.
+  const replaced: [RuleKernel, RuleKernel | undefined][] = [];
+  for (const op of ops) {
+    const old = state.ruleKernel.get(op.name);
+    const next = alloc.kernel.get(op.name);
+    if (old) replaced.push([old, next]);
+    const rec = alloc.records.get(op.name);
+    if (next && rec) {
+      state.setRecord(op.name, rec);
+      state.setKernel(op.name, next);
+    } else {
+      state.deleteRule(op.name);
+    }
+  }
+  releaseUnusedInterfaces(ctx);
+  for (const [old, next] of replaced) {
+    let cleared = true;
+    try {
       dp.clearRuleSlot(
         old.slot,
         old.prefixes,
         [...old.backends.values()].map((b) => b.id),
       );
-      state.slots.release(old.slot);
-      for (const [key, b] of old.backends) {
-        state.backendIds.release(b.id);
-        if (!next?.backends.has(key)) state.backendStatsIds.release(b.statsId);
-      }
-      if (!next) state.ruleStatsIds.release(old.statsId);
+    } catch (e) {
+      // Nothing points at the slot any more, but it may still hold source
+      // prefixes: never hand it (or its backend ids) to another rule, whose
+      // filter those prefixes would widen. The next start sweeps it.
+      cleared = false;
+      ctx.log.warn({ err: e, slot: old.slot }, 'clearing a replaced rule slot failed: slot kept out of use');
     }
-    const cur = state.rules.get(op.name);
-    if (next && op.next) {
-      state.ruleKernel.set(op.name, next);
-      state.rules.set(op.name, {
-        ...(structuredClone(op.next) as RuleSpec),
-        generation: restoring && cur ? cur.generation : (cur?.generation ?? 0) + 1,
-        createTime: cur?.createTime ?? t,
-        updateTime: restoring && cur ? cur.updateTime : t,
-      });
-    } else {
-      state.ruleKernel.delete(op.name);
-      state.rules.delete(op.name);
+    if (cleared) state.slots.release(old.slot);
+    for (const [key, b] of old.backends) {
+      if (cleared) state.backendIds.release(b.id);
+      if (!next?.backends.has(key)) state.backendStatsIds.release(b.statsId);
     }
+    if (!next) state.ruleStatsIds.release(old.statsId);
+    await pace();
   }
-  releaseUnusedInterfaces(ctx);
 }
 
 /**
- * Execute a link set: attach where needed, check native-redirect targets,
- * then connect, repoint and disconnect directions; undone on any failure.
+ * A pacer for long transactions: awaiting it yields to the event loop (so
+ * that reads are answered) once `budgetMs` of work has passed since the last
+ * yield; otherwise it returns at once.
  */
-export async function executeLinks(
+export function pacer(budgetMs = 10): () => Promise<void> {
+  let last = performance.now();
+  return async () => {
+    if (performance.now() - last < budgetMs) return;
+    await new Promise((r) => setImmediate(r));
+    last = performance.now();
+  };
+}
+
+/**
+ * Links, phase 1 (kernel, undoable): attach where needed, check
+ * native-redirect targets, then connect, repoint and disconnect directions.
+ */
+export async function writeLinks(
   ctx: ExecContext,
   next: ReadonlyMap<string, LinkSpec>,
   want: ReadonlyMap<string, LinkDirection>,
   cur: ReadonlyMap<string, { from: number; to: number }>,
   field: string,
+  undo: UndoLog,
   tolerant = false,
 ): Promise<void> {
   const { dp, state } = ctx;
-  const undo = new UndoLog();
-  const nextUsers = state.interfaceUsers(state.rules, next);
-  try {
-    const usersAfter = state.interfaceUsers(state.rules, next);
-    for (const [from, info] of want) {
-      if (state.attached.has(from)) continue;
-      vacateLowerDevices(ctx, undo, from, usersAfter);
-      attachOne(ctx, undo, from, info.from, nextUsers.get(from) ?? new Set(), tolerant);
+  const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
+  for (const [from, info] of want) {
+    if (state.attached.has(from)) continue;
+    vacateLowerDevices(ctx, undo, from, usedAfter);
+    attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+  }
+  for (const [from, d] of want) {
+    if (dp.xdpStatus(from)?.mode !== 'native') continue;
+    const r = await dp.redirectTarget(d.toName, ctx.fixVethPeers);
+    if (!r.ok) {
+      throw new CoreError('precondition', `${field}: ${r.detail}`, [
+        { field, description: r.detail ?? 'precondition not met' },
+      ]);
     }
-    for (const [from, d] of want) {
-      if (dp.xdpStatus(from)?.mode !== 'native') continue;
-      const r = await dp.redirectTarget(d.toName, ctx.fixVethPeers);
-      if (!r.ok) {
-        throw new CoreError('precondition', `${field}: ${r.detail}`, [
-          { field, description: r.detail ?? 'precondition not met' },
-        ]);
-      }
+  }
+  for (const [from, d] of want) {
+    const c = cur.get(from);
+    if (c && c.to === d.to) continue;
+    undo.push(() => {
+      if (c) return dp.connect(c.from, c.to);
+      dp.disconnect(d.from);
+      dp.resetLinkStats(d.from); // the counters entry the connect created
+    });
+    dp.connect(d.from, d.to);
+  }
+  for (const [from, c] of cur) {
+    if (want.has(from)) continue;
+    undo.push(() => dp.connect(c.from, c.to));
+    dp.disconnect(c.from);
+  }
+}
+
+/**
+ * Links, phase 2, after the change is durable: record the new set, release
+ * the counters of directions that are gone (their xc_stats entries, so that
+ * a table of 1 024 ingress interfaces never fills with dead links), detach
+ * from interfaces nobody uses.
+ */
+export function finishLinks(
+  ctx: ExecContext,
+  next: ReadonlyMap<string, LinkSpec>,
+  want: ReadonlyMap<string, LinkDirection>,
+): void {
+  const { dp, state } = ctx;
+  const kept = new Set([...want.values()].map((d) => d.from));
+  for (const from of state.linkDirs.keys()) {
+    if (kept.has(from)) continue;
+    try {
+      dp.resetLinkStats(from);
+    } catch (e) {
+      ctx.log.warn({ err: e, ifindex: from }, 'releasing link counters failed');
     }
-    for (const [from, d] of want) {
-      const c = cur.get(from);
-      if (c && c.to === d.to) continue;
-      dp.connect(d.from, d.to);
-      undo.push(() => (c ? dp.connect(c.from, c.to) : dp.disconnect(d.from)));
-    }
-    for (const [from, c] of cur) {
-      if (want.has(from)) continue;
-      dp.disconnect(c.from);
-      undo.push(() => dp.connect(c.from, c.to));
-    }
-  } catch (e) {
-    undo.rollback(ctx.log);
-    throw e;
   }
   state.links.clear();
   for (const [k, l] of next) state.links.set(k, l);
@@ -298,12 +433,12 @@ function vacateLowerDevices(
   ctx: ExecContext,
   undo: UndoLog,
   upper: string,
-  usersAfter: ReadonlyMap<string, Set<string>>,
+  usedAfter: (name: string) => boolean,
 ): void {
   const { dp, state } = ctx;
   for (const lower of dp.lowerDevices?.(upper) ?? []) {
     const a = state.attached.get(lower);
-    if (!a || usersAfter.has(lower)) continue;
+    if (!a || usedAfter(lower)) continue;
     dp.detach(lower);
     state.attached.delete(lower);
     ctx.log.info({ ifname: lower, upper }, 'detached from a lower device before attaching to its upper device');
@@ -321,10 +456,10 @@ function vacateLowerDevices(
  * that the daemon does not show.
  */
 export function releaseUnusedInterfaces(ctx: ExecContext): void {
-  const users = ctx.state.interfaceUsers();
   for (const [name, a] of ctx.state.attached) {
-    if (users.has(name)) {
-      a.users = users.get(name)!;
+    const users = ctx.state.usersOf(name);
+    if (users) {
+      a.users = users;
       a.detachError = undefined;
       continue;
     }

@@ -13,7 +13,7 @@ import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
 import { backendStatus, egressProblem } from './rule-status.js';
-import { backendKey, type PrefixBytes } from './state.js';
+import { backendKey, claimKey, matchId, type PrefixBytes } from './state.js';
 
 const AF_INET = 2;
 const IPPROTO_UDP = 17;
@@ -68,44 +68,46 @@ export interface RulePlan {
 
 export interface RulesPlan {
   plans: RulePlan[];
-  /** The rule set after the change (names -> the fields the checks need). */
-  after: Map<string, RuleSpec>;
 }
 
 export interface PlanRulesInput {
   rules: ReadonlyMap<string, RuleRecord>;
   ops: readonly RuleOp[];
   facts: Facts;
+  /** claimKey (ingress, port, destination) -> the rule that claims it now. */
+  claims: ReadonlyMap<string, string>;
   /** Free ids now. */
   free: { slots: number; ruleStatsIds: number; backendIds: number };
-  /** Capacity of the match table. */
-  matchCapacity: number;
+  /** Entries in the kernel now: match keys (matchId -> slot) and source prefixes. */
+  inUse: { matchIds: ReadonlyMap<string, number>; srcPrefixes: number };
+  /** Capacity of the match table and of the source-prefix LPM trie. */
+  capacity: { matches: number; srcPrefixes: number };
 }
 
-/** Compute a rules transaction, or throw the CoreError that refuses it. */
-export function planRules({ rules, ops, facts, free, matchCapacity }: PlanRulesInput): RulesPlan {
-  // The rule set after the change, to check conflicts across rules.
-  const after = new Map<string, RuleSpec>(rules);
-  for (const op of ops) {
-    if (op.next) after.set(op.name, op.next);
-    else after.delete(op.name);
-  }
-  const fields = new Map(ops.map((o) => [o.name, o.field]));
-  const fieldOf = (name: string) => fields.get(name) ?? `rule(${name})`;
+/**
+ * Compute a rules transaction, or throw the CoreError that refuses it. The
+ * work is proportional to the operations, not to the rules there are: the
+ * checks read the state's indices.
+ */
+export function planRules({ rules, ops, facts, claims, free, inUse, capacity }: PlanRulesInput): RulesPlan {
+  // Two rules must not claim the same (ingress, port, destination) after the change.
+  const changing = new Set(ops.map((o) => o.name));
+  const newClaims = new Map<string, string>();
   const violations: FieldViolation[] = [];
-  // Two rules must not claim the same (ingress, port, destination).
-  const claims = new Map<string, string>();
-  for (const r of after.values()) {
+  for (const op of ops) {
+    const r = op.next;
+    if (!r) continue;
     for (const i of r.ingressInterfaces) {
-      const k = `${i}|${r.port}|${r.destination}`;
-      const other = claims.get(k);
-      if (other && other !== r.name) {
+      const k = claimKey(i, r.port, r.destination);
+      const held = claims.get(k);
+      const other = newClaims.get(k) ?? (held !== undefined && !changing.has(held) ? held : undefined);
+      if (other && other !== op.name) {
         violations.push({
-          field: `${fieldOf(r.name)}.match`,
-          description: `rule "${r.name}" and rule "${other}" both match UDP port ${r.port}${r.destination ? ` to ${r.destination}` : ''} on ${i}`,
+          field: `${op.field ?? `rule(${op.name})`}.match`,
+          description: `rule "${op.name}" and rule "${other}" both match UDP port ${r.port}${r.destination ? ` to ${r.destination}` : ''} on ${i}`,
         });
       }
-      claims.set(k, r.name);
+      newClaims.set(k, op.name);
     }
   }
   if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
@@ -113,19 +115,28 @@ export function planRules({ rules, ops, facts, free, matchCapacity }: PlanRulesI
   for (const op of ops) {
     if (op.next) plans.push(planRule(op.name, op.next, op.field ?? 'rule', facts, op.lenient ?? false));
   }
-  // Capacity, before anything is written.
+  // Capacity, before anything is written. New rules go into fresh slots while
+  // the slots they replace still hold theirs (shadow copies): the peak is
+  // what is in the kernel now plus everything the change writes.
   const needSlots = plans.length;
   const needBackends = plans.reduce((n, p) => n + p.backends.length, 0);
   const newRules = plans.filter((p) => !rules.has(p.name)).length;
-  let matchesAfter = 0;
-  for (const r of after.values()) matchesAfter += r.ingressInterfaces.length;
+  const needPrefixes = plans.reduce((n, p) => n + p.prefixes.length, 0);
+  const newKeys = new Set<string>();
+  for (const p of plans) for (const k of p.matchKeys) if (!inUse.matchIds.has(matchId(k))) newKeys.add(matchId(k));
+  const peakMatches = inUse.matchIds.size + newKeys.size;
   const full = (what: string, need: number, have: number) =>
     new CoreError('exhausted', `${what} table full: the change needs ${need}, ${have} free`);
   if (needSlots > free.slots) throw full('rule slot', needSlots, free.slots);
   if (newRules > free.ruleStatsIds) throw full('rule counter', newRules, free.ruleStatsIds);
   if (needBackends > free.backendIds) throw full('backend', needBackends, free.backendIds);
-  if (matchesAfter > matchCapacity) throw full('match', matchesAfter, matchCapacity);
-  return { plans, after };
+  if (peakMatches > capacity.matches) {
+    throw full('match', newKeys.size, Math.max(0, capacity.matches - inUse.matchIds.size));
+  }
+  if (inUse.srcPrefixes + needPrefixes > capacity.srcPrefixes) {
+    throw full('source prefix', needPrefixes, Math.max(0, capacity.srcPrefixes - inUse.srcPrefixes));
+  }
+  return { plans };
 }
 
 function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, lenient: boolean): RulePlan {

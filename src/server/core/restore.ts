@@ -38,7 +38,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   const known = new Set<number>();
   for (const r of stored.rules) {
     const { kernel, ...record } = r;
-    state.rules.set(r.name, record);
+    state.setRecord(r.name, record);
     if (!kernel) continue;
     known.add(kernel.slot);
     state.slots.take(kernel.slot);
@@ -47,7 +47,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       state.backendIds.take(b.id);
       state.backendStatsIds.take(b.statsId);
     }
-    state.ruleKernel.set(r.name, {
+    state.setKernel(r.name, {
       slot: kernel.slot,
       statsId: kernel.statsId,
       matchKeys: [],
@@ -66,7 +66,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   const orphans = [...referenced].filter((s) => !known.has(s));
   for (const slot of orphans) {
     state.slots.take(slot);
-    for (const id of dp.readRing(slot)) if (id !== dp.noBackend) state.backendIds.take(id);
+    for (const id of dp.readRing(slot)) if (id !== dp.noBackend && id !== 0) state.backendIds.take(id);
   }
   // Rules whose interfaces are gone wait (reported) until resync sees them back.
   // Each interface is looked up once, however many rules name it.
@@ -83,7 +83,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     if (isReady.has(r)) continue;
     const k = state.ruleKernel.get(r.name);
     const slot = k?.slot ?? state.slots.alloc();
-    state.ruleKernel.set(r.name, {
+    state.setKernel(r.name, {
       slot,
       statsId: k?.statsId ?? state.ruleStatsIds.alloc(),
       matchKeys: [],
@@ -97,7 +97,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
     return { name: r.name, next: spec as RuleSpec };
   });
-  await applyEach(ctx, tx, ops);
+  // Each rule is written into a fresh slot while its old slot still holds its
+  // source prefixes and backends: rewrite in groups that fit next to what is
+  // in the tables, so that a state that fits the tables always restores.
+  for (const group of fitting(ctx, ops)) await applyEach(ctx, tx, group);
   const linksReady = stored.links.every((l) => exists(l.a) && exists(l.b));
   let linksFailed = false;
   if (linksReady) {
@@ -118,6 +121,31 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
   dp.rebuildPortIndex();
   ctx.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+}
+
+/** Split ops into consecutive groups whose new entries fit beside the old ones (at least one op per group). */
+function* fitting(ctx: ExecContext, ops: RuleOp[]): Generator<RuleOp[]> {
+  const cap = ctx.dp.capacity;
+  let group: RuleOp[] = [];
+  let prefixes = 0;
+  let backends = 0;
+  for (const op of ops) {
+    const p = op.next?.sourcePrefixes.length ?? 0;
+    const b = op.next?.backends.length ?? 0;
+    const freePrefixes = cap.srcPrefixes - ctx.state.srcPrefixes;
+    const freeBackends = ctx.state.backendIds.available;
+    const freeSlots = ctx.state.slots.available;
+    if (group.length && (prefixes + p > freePrefixes || backends + b > freeBackends || group.length + 1 > freeSlots)) {
+      yield group;
+      group = [];
+      prefixes = 0;
+      backends = 0;
+    }
+    group.push(op);
+    prefixes += p;
+    backends += b;
+  }
+  if (group.length) yield group;
 }
 
 /** Delete source-prefix entries of slots no rule holds. */

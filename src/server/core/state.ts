@@ -50,9 +50,26 @@ export function matchId(k: MatchKey): string {
   return `${k.ifindex}|${k.dport}|${k.proto}|${Array.from(k.daddr).join('.')}`;
 }
 
+/** Every interface a rule names (ingress and backends), once each. */
+function recordInterfaces(rec: RuleRecord): Set<string> {
+  return new Set([...rec.ingressInterfaces, ...rec.backends.map((b) => b.interface)]);
+}
+
+/** The key two rules must not share: (ingress interface, UDP port, destination). */
+export const claimKey = (iface: string, port: number, destination: string) => `${iface}|${port}|${destination}`;
+
+/**
+ * The core's state, with indices kept up to date on every change so that a
+ * change costs the same with 10 or 100 000 rules: who claims each
+ * (ingress, port, destination), which slot holds each match key, how many
+ * source prefixes are in the kernel, which rules use each interface. Rules
+ * are only added, replaced and removed through {@link setRecord},
+ * {@link setKernel} and {@link deleteRule}.
+ */
 export class CoreState {
-  readonly rules = new Map<string, RuleRecord>();
-  readonly ruleKernel = new Map<string, RuleKernel>();
+  /** Read-only outside this class: use setRecord / setKernel / deleteRule. */
+  readonly rules: ReadonlyMap<string, RuleRecord> = new Map<string, RuleRecord>();
+  readonly ruleKernel: ReadonlyMap<string, RuleKernel> = new Map<string, RuleKernel>();
   readonly links = new Map<string, LinkSpec>();
   readonly slots: IdPool;
   readonly ruleStatsIds: IdPool;
@@ -70,6 +87,18 @@ export class CoreState {
   readonly conditions = new ConditionStore();
   /** Link directions in the kernel: ingress ifindex -> names. */
   readonly linkDirs = new Map<number, { from: string; to: string }>();
+  /** claimKey -> the rule that claims it. */
+  readonly claims = new Map<string, string>();
+  /** matchId -> the slot the kernel's match entry points at. */
+  readonly matchHolders = new Map<string, number>();
+  /** Source-prefix entries the rules hold in the kernel. */
+  srcPrefixes = 0;
+  /** Interface -> "rule/NAME" users (links are added on demand: they are few). */
+  private readonly ruleUsers = new Map<string, Set<string>>();
+  /** Interface -> names of the rules that name it (ingress or backend): what resync revisits when it changes. */
+  readonly ifaceRules = new Map<string, Set<string>>();
+  /** Interface -> the ifindex the last resync pass saw (undefined: missing); empty: revisit everything. */
+  readonly resyncSeen = new Map<string, number | undefined>();
 
   constructor(capacity: Dataplane['capacity']) {
     this.slots = new IdPool(1, capacity.ruleSlots);
@@ -78,20 +107,87 @@ export class CoreState {
     this.backendStatsIds = new IdPool(1, capacity.backends);
   }
 
-  /** Interfaces a desired state needs the program on, with their users ("rule/web", "link/a:b"). */
-  interfaceUsers(
-    rules: ReadonlyMap<string, { name: string; ingressInterfaces: string[] }> = this.rules,
-    links: ReadonlyMap<string, LinkSpec> = this.links,
-  ): Map<string, Set<string>> {
-    const out = new Map<string, Set<string>>();
-    const add = (name: string, user: string) => {
-      if (!out.has(name)) out.set(name, new Set());
-      out.get(name)!.add(user);
-    };
-    for (const r of rules.values()) for (const i of r.ingressInterfaces) add(i, `rule/${r.name}`);
+  /** Record what a rule is (its spec, generation, times), updating the claim and user indices. */
+  setRecord(name: string, rec: RuleRecord): void {
+    this.dropRecord(name);
+    (this.rules as Map<string, RuleRecord>).set(name, rec);
+    for (const i of recordInterfaces(rec)) {
+      let r = this.ifaceRules.get(i);
+      if (!r) this.ifaceRules.set(i, (r = new Set()));
+      r.add(name);
+    }
+    for (const i of rec.ingressInterfaces) {
+      this.claims.set(claimKey(i, rec.port, rec.destination), name);
+      let u = this.ruleUsers.get(i);
+      if (!u) this.ruleUsers.set(i, (u = new Set()));
+      u.add(`rule/${name}`);
+    }
+  }
+
+  /** Record the kernel resources a rule holds, updating the match and prefix indices. */
+  setKernel(name: string, k: RuleKernel): void {
+    this.dropKernel(name);
+    (this.ruleKernel as Map<string, RuleKernel>).set(name, k);
+    for (const m of k.matchKeys) this.matchHolders.set(matchId(m), k.slot);
+    this.srcPrefixes += k.prefixes.length;
+  }
+
+  /** Forget a rule. */
+  deleteRule(name: string): void {
+    this.dropRecord(name);
+    this.dropKernel(name);
+  }
+
+  private dropRecord(name: string): void {
+    const rec = this.rules.get(name);
+    if (!rec) return;
+    (this.rules as Map<string, RuleRecord>).delete(name);
+    for (const i of recordInterfaces(rec)) {
+      const r = this.ifaceRules.get(i);
+      r?.delete(name);
+      if (r?.size === 0) this.ifaceRules.delete(i);
+    }
+    for (const i of rec.ingressInterfaces) {
+      const k = claimKey(i, rec.port, rec.destination);
+      if (this.claims.get(k) === name) this.claims.delete(k);
+      const u = this.ruleUsers.get(i);
+      u?.delete(`rule/${name}`);
+      if (u?.size === 0) this.ruleUsers.delete(i);
+    }
+  }
+
+  private dropKernel(name: string): void {
+    const k = this.ruleKernel.get(name);
+    if (!k) return;
+    (this.ruleKernel as Map<string, RuleKernel>).delete(name);
+    for (const m of k.matchKeys) {
+      const id = matchId(m);
+      if (this.matchHolders.get(id) === k.slot) this.matchHolders.delete(id);
+    }
+    this.srcPrefixes -= k.prefixes.length;
+  }
+
+  /**
+   * Who uses an interface now ("rule/web", "link/a:b"), or undefined: from
+   * the rule index and the (few) links.
+   */
+  usersOf(iface: string, links: ReadonlyMap<string, LinkSpec> = this.links): Set<string> | undefined {
+    const out = new Set(this.ruleUsers.get(iface));
     for (const l of links.values()) {
-      add(l.a, `link/${l.a}:${l.b}`);
-      if (l.direction === 'both') add(l.b, `link/${l.a}:${l.b}`);
+      if (l.a === iface || (l.direction === 'both' && l.b === iface)) out.add(`link/${l.a}:${l.b}`);
+    }
+    return out.size ? out : undefined;
+  }
+
+  /** Every interface the desired state needs the program on, with its users. */
+  interfaceUsers(): Map<string, Set<string>> {
+    const out = new Map<string, Set<string>>();
+    for (const [i, u] of this.ruleUsers) out.set(i, new Set(u));
+    for (const l of this.links.values()) {
+      for (const i of l.direction === 'both' ? [l.a, l.b] : [l.a]) {
+        if (!out.has(i)) out.set(i, new Set());
+        out.get(i)!.add(`link/${l.a}:${l.b}`);
+      }
     }
     return out;
   }

@@ -1,16 +1,43 @@
 /**
- * Persistence of the desired state in a state directory (default
- * /var/lib/xdpctl): one JSON file, written atomically (temporary file, fsync,
- * rename, fsync of the directory) before a change is acknowledged. A file
- * that is corrupt or from a newer version is an error that names the file:
- * it is never silently discarded or overwritten.
+ * The desired state on disk: an SQLite database (better-sqlite3) in the state
+ * directory (default /var/lib/xdpctl/state.db), in WAL mode with
+ * synchronous=FULL, one row per rule and per link, one transaction per
+ * change. The schema is versioned (PRAGMA user_version) and migrated forward
+ * in a transaction; a database from a newer xdpctld is refused, never
+ * rewritten. An existing state.json (the format before) is imported once and
+ * renamed to state.json.imported. See docs/state-store.md.
+ *
+ * Every failure names the database path and says what the disk did
+ * (ENOSPC -> SQLITE_FULL, read-only, I/O error): {@link storeError}. When the
+ * database cannot be opened for writing at start (a full or read-only disk),
+ * it is read from a copy in memory and the store is not writable: reads and
+ * the adopted datapath keep working, and every change is refused until the
+ * disk is writable again (each change retries the open).
+ *
+ * This module does file I/O only; it knows nothing of the kernel or gRPC.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import {
+  accessSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statfsSync,
+  statSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 
-import { CoreError } from './errors.js';
-import type { LinkSpec, RuleRecord } from './model.js';
+import Database from 'better-sqlite3';
 
+import { CoreError, type CoreErrorKind } from './errors.js';
+import { linkKey, type LinkSpec, type RuleRecord, type RuleSpec } from './model.js';
+
+/** Version of the state.json format that is imported. */
 export const STATE_VERSION = 1;
 
 /** Kernel ids a rule held, kept so that a restart continues its counters. */
@@ -31,65 +58,421 @@ export interface StoredState {
   links: LinkSpec[];
 }
 
-export class StateStore {
-  readonly path: string;
+/**
+ * Schema migrations, in order: migration i brings user_version from i to
+ * i + 1. Append only; never edit a released one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE rules (
+     name        TEXT PRIMARY KEY,
+     -- the RuleSpec as JSON (protocol, port, destination, sourcePrefixes,
+     -- ingressInterfaces, backends, udpChecksum, labels)
+     spec        TEXT NOT NULL CHECK (json_valid(spec)),
+     generation  INTEGER NOT NULL,
+     create_time INTEGER NOT NULL, -- ms since the epoch
+     update_time INTEGER NOT NULL,
+     -- kernel ids kept across restarts: {"slot","statsId","backends":{"ip@iface":{"id","statsId"}}}
+     kernel      TEXT CHECK (kernel IS NULL OR json_valid(kernel))
+   ) STRICT;
+   CREATE TABLE links (
+     key       TEXT PRIMARY KEY, -- the unordered pair "a|b"
+     a         TEXT NOT NULL,
+     b         TEXT NOT NULL,
+     direction TEXT NOT NULL CHECK (direction IN ('both', 'a-to-b'))
+   ) STRICT;
+   CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;`,
+];
 
-  constructor(readonly dir: string) {
-    this.path = join(dir, 'state.json');
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** The database file in a state directory. */
+export const stateDbPath = (dir: string) => join(dir, 'state.db');
+/** The JSON file of earlier versions, imported once. */
+export const legacyJsonPath = (dir: string) => join(dir, 'state.json');
+
+/** One change's writes; nothing is durable until {@link StoreTxn.commit}. */
+export interface StoreTxn {
+  putRule(rule: StoredRule): void;
+  deleteRule(name: string): void;
+  putLink(link: LinkSpec): void;
+  deleteLink(key: string): void;
+  /** Make the change durable (fsync'd WAL); throws a CoreError naming the path when the disk refuses. */
+  commit(): void;
+  /** Forget the change (idempotent; a no-op after commit). */
+  rollback(): void;
+}
+
+/** What the core needs to persist changes (a fake in unit tests). */
+export interface StatePort {
+  /** The database path, for messages. */
+  readonly path: string;
+  /** Start a change: BEGIN IMMEDIATE. Throws a CoreError when the store cannot persist. */
+  begin(): StoreTxn;
+}
+
+const SQLITE_DETAIL: [RegExp, CoreErrorKind, string][] = [
+  [/^SQLITE_FULL/, 'exhausted', 'the disk is full (ENOSPC)'],
+  [/^SQLITE_IOERR_SHMSIZE/, 'exhausted', 'cannot grow the WAL index: the disk is full (ENOSPC)'],
+  [/^SQLITE_READONLY/, 'precondition', 'the database or its directory is read-only (EROFS)'],
+  [/^SQLITE_IOERR/, 'unavailable', 'the disk reported an I/O error (EIO)'],
+  [/^SQLITE_CANTOPEN/, 'unavailable', 'cannot open the database file'],
+  [/^SQLITE_BUSY/, 'busy', 'another process holds the write lock'],
+  [/^SQLITE_(CORRUPT|NOTADB)/, 'precondition', 'the database is corrupt'],
+];
+
+const ERRNO_DETAIL: Record<string, [CoreErrorKind, string]> = {
+  ENOSPC: ['exhausted', 'the disk is full (ENOSPC)'],
+  EDQUOT: ['exhausted', 'the disk quota is exhausted (EDQUOT)'],
+  EROFS: ['precondition', 'the file system is read-only (EROFS)'],
+  EACCES: ['precondition', 'permission denied (EACCES)'],
+  EPERM: ['precondition', 'operation not permitted (EPERM)'],
+  EIO: ['unavailable', 'the disk reported an I/O error (EIO)'],
+};
+
+/**
+ * A store failure as a CoreError that names the path: a full disk is
+ * RESOURCE_EXHAUSTED, a read-only one FAILED_PRECONDITION, an I/O error
+ * UNAVAILABLE (docs/state-store.md). `what` says what was attempted.
+ */
+export function storeError(e: unknown, path: string, what: string): CoreError {
+  if (e instanceof CoreError) return e;
+  const code = (e as { code?: string }).code ?? '';
+  const sqlite = SQLITE_DETAIL.find(([re]) => re.test(code));
+  let [kind, detail] = sqlite ? [sqlite[1], sqlite[2]] : (ERRNO_DETAIL[code] ?? ['unavailable', 'unexpected error']);
+  // SQLite reports a read-only or full file system it cannot open a file on
+  // as CANTOPEN or an I/O error: ask the file system what it is.
+  if (/^SQLITE_(CANTOPEN|IOERR)/.test(code)) {
+    const fs = diskState(dirname(path));
+    if (fs) [kind, detail] = fs;
+  }
+  return new CoreError(kind, `${what}: state store ${path}: ${detail} [${code || (e as Error).message}]`, [], {
+    cause: e,
+  });
+}
+
+/** What the file system holding `dir` says: read-only, or full; undefined when neither. */
+function diskState(dir: string): [CoreErrorKind, string] | undefined {
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EROFS') return ERRNO_DETAIL.EROFS;
+  }
+  try {
+    if (statfsSync(dir).bavail === 0) return ERRNO_DETAIL.ENOSPC;
+  } catch {
+    /* unknown */
+  }
+  return undefined;
+}
+
+/** Codes of a disk that refuses writes (as opposed to a database that is wrong). */
+const DISK_REFUSES = /^(SQLITE_(FULL|READONLY|IOERR|CANTOPEN)|ENOSPC|EDQUOT|EROFS|EIO|EACCES|EPERM)/;
+
+/**
+ * A read-only database in memory from a database file's bytes. The header's
+ * file-format bytes (offsets 18 and 19: 2 = WAL) are set to 1 (rollback
+ * journal): an in-memory database has no WAL to open.
+ */
+function inMemory(bytes: Buffer): Database.Database {
+  const b = Buffer.from(bytes);
+  if (b.length >= 20 && b[18] === 2) {
+    b[18] = 1;
+    b[19] = 1;
+  }
+  return new Database(b, { readonly: true });
+}
+
+function openDb(path: string, readonly: boolean): Database.Database {
+  const db = new Database(path, { readonly, fileMustExist: readonly, timeout: 100 });
+  try {
+    if (!readonly) {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+    }
+    return db;
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+}
+
+export class StateStore implements StatePort {
+  readonly path: string;
+  private db!: Database.Database;
+  private stmts!: ReturnType<StateStore['prepare']>;
+  /** Why the store cannot persist now (undefined: it can). */
+  problem?: CoreError;
+
+  private constructor(readonly dir: string) {
+    this.path = stateDbPath(dir);
   }
 
-  /** The stored state, or undefined when there is none yet. */
-  load(): StoredState | undefined {
-    let text: string;
+  /** Whether a state store (the database, or a state.json to import) exists in `dir`. */
+  static exists(dir: string): boolean {
+    return existsSync(stateDbPath(dir)) || existsSync(legacyJsonPath(dir));
+  }
+
+  /**
+   * Open (creating, migrating and importing state.json as needed). On a disk
+   * that refuses writes, opens a read-only copy in memory and sets `problem`.
+   * A corrupt database, one from a newer xdpctld, or a corrupt state.json
+   * stops the start: nothing is discarded or overwritten.
+   */
+  static open(dir: string): StateStore {
+    const s = new StateStore(dir);
+    let fresh = false;
     try {
-      text = readFileSync(this.path, 'utf8');
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      s.db = openDb(s.path, false);
+      fresh = (s.db.pragma('user_version', { simple: true }) as number) === 0;
+      s.migrate();
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new CoreError('internal', `read state ${this.path}: ${(e as Error).message}`);
+      s.db?.close();
+      const err = storeError(e, s.path, 'open for writing');
+      // The disk refuses writes: read what is there. Anything else (corrupt, newer) stops the start.
+      if (DISK_REFUSES.test((e as { code?: string }).code ?? '') && existsSync(s.path)) {
+        s.openReadOnly(err);
+        return s;
+      }
+      throw err;
     }
-    let state: StoredState;
-    try {
-      state = JSON.parse(text) as StoredState;
-    } catch (e) {
+    s.stmts = s.prepare();
+    if (fresh) s.importJson();
+    return s;
+  }
+
+  /** The database as it is on disk, read into memory (no -shm or -wal needs creating). */
+  private openReadOnly(problem: CoreError): void {
+    const wal = `${this.path}-wal`;
+    if (existsSync(wal) && statSync(wal).size > 0) {
+      // Committed changes may still be in the WAL only, and SQLite cannot open
+      // it here (no room for its index): replay a copy of both elsewhere.
+      const tmp = mkdtempSync(join(tmpdir(), 'xdpctl-state-'));
+      try {
+        copyFileSync(this.path, join(tmp, 'state.db'));
+        copyFileSync(wal, join(tmp, 'state.db-wal'));
+        const copy = new Database(join(tmp, 'state.db'));
+        copy.pragma('wal_checkpoint(TRUNCATE)');
+        this.db = inMemory(copy.serialize());
+        copy.close();
+      } catch (e) {
+        throw storeError(e, this.path, `read a copy (the disk refuses writes: ${problem.message})`);
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+    } else {
+      this.db = inMemory(readFileSync(this.path));
+    }
+    const v = this.db.pragma('user_version', { simple: true }) as number;
+    if (v !== SCHEMA_VERSION) {
       throw new CoreError(
         'precondition',
-        `state file ${this.path} is corrupt (${(e as Error).message}); it was left as it is: ` +
-          'fix or move it aside to start empty',
+        `state store ${this.path} is at schema ${v} (this xdpctld: ${SCHEMA_VERSION}) and the disk refuses writes (${problem.message})`,
       );
     }
-    if (typeof state !== 'object' || state === null || !Number.isInteger(state.version)) {
-      throw new CoreError('precondition', `state file ${this.path} has no version: not an xdpctl state file`);
-    }
-    if (state.version > STATE_VERSION) {
+    this.problem = problem;
+    this.stmts = this.prepare();
+  }
+
+  private migrate(): void {
+    const v = this.db.pragma('user_version', { simple: true }) as number;
+    if (v > SCHEMA_VERSION) {
       throw new CoreError(
         'precondition',
-        `state file ${this.path} is version ${state.version}, newer than this xdpctld (${STATE_VERSION}): ` +
+        `state store ${this.path} is at schema version ${v}, newer than this xdpctld (${SCHEMA_VERSION}): ` +
           'run the newer xdpctld, or move the file aside',
       );
     }
-    if (!Array.isArray(state.rules) || !Array.isArray(state.links)) {
-      throw new CoreError('precondition', `state file ${this.path} is corrupt (rules or links missing)`);
-    }
-    return state;
+    if (v === SCHEMA_VERSION) return;
+    this.db.transaction(() => {
+      for (let i = v; i < SCHEMA_VERSION; i++) this.db.exec(MIGRATIONS[i]);
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
   }
 
-  /** Write atomically: readers see the old file or the new one, never a mix. */
-  save(state: StoredState): void {
-    mkdirSync(this.dir, { recursive: true });
-    const tmp = `${this.path}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o600);
+  private prepare() {
+    return {
+      rules: this.db.prepare<
+        [],
+        {
+          name: string;
+          spec: string;
+          generation: number;
+          create_time: number;
+          update_time: number;
+          kernel: string | null;
+        }
+      >('SELECT name, spec, generation, create_time, update_time, kernel FROM rules ORDER BY name'),
+      links: this.db.prepare<[], { a: string; b: string; direction: LinkSpec['direction'] }>(
+        'SELECT a, b, direction FROM links ORDER BY key',
+      ),
+      putRule: this.db.prepare(
+        'INSERT OR REPLACE INTO rules (name, spec, generation, create_time, update_time, kernel) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      deleteRule: this.db.prepare('DELETE FROM rules WHERE name = ?'),
+      putLink: this.db.prepare('INSERT OR REPLACE INTO links (key, a, b, direction) VALUES (?, ?, ?, ?)'),
+      deleteLink: this.db.prepare('DELETE FROM links WHERE key = ?'),
+      meta: this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
+      putMeta: this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)'),
+    };
+  }
+
+  /**
+   * The one-time import of state.json into a new database (then renamed
+   * state.json.imported). A corrupt file stops the start and is left as it
+   * is, and so is the new, empty database: the next start imports again.
+   */
+  private importJson(): void {
+    const json = legacyJsonPath(this.dir);
+    if (!existsSync(json)) return;
+    let state: StoredState;
     try {
-      writeSync(fd, JSON.stringify(state, null, 1));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+      state = readLegacyJson(json);
+    } catch (e) {
+      this.db.close();
+      rmSync(this.path, { force: true });
+      rmSync(`${this.path}-wal`, { force: true });
+      rmSync(`${this.path}-shm`, { force: true });
+      throw e;
     }
-    renameSync(tmp, this.path);
-    const dfd = openSync(this.dir, 'r');
+    this.db.transaction(() => {
+      for (const r of state.rules) this.writeRule(r);
+      for (const l of state.links) this.stmts.putLink.run(linkKey(l), l.a, l.b, l.direction);
+      this.stmts.putMeta.run('imported_from', json);
+    })();
+    renameSync(json, `${json}.imported`);
+  }
+
+  private writeRule(r: StoredRule): void {
+    const { name, generation, createTime, updateTime, kernel, ...spec } = r;
+    this.stmts.putRule.run(
+      name,
+      JSON.stringify(spec),
+      generation,
+      createTime,
+      updateTime,
+      kernel ? JSON.stringify(kernel) : null,
+    );
+  }
+
+  /** The stored state (rules by name, links by key). */
+  load(): StoredState {
+    const rules = this.stmts.rules.all().map((row): StoredRule => {
+      const spec = JSON.parse(row.spec) as Omit<RuleSpec, 'name'>;
+      return {
+        name: row.name,
+        ...spec,
+        generation: row.generation,
+        createTime: row.create_time,
+        updateTime: row.update_time,
+        ...(row.kernel ? { kernel: JSON.parse(row.kernel) as RuleKernelIds } : {}),
+      };
+    });
+    const links = this.stmts.links.all().map((l) => ({ a: l.a, b: l.b, direction: l.direction }));
+    return { version: STATE_VERSION, rules, links };
+  }
+
+  /** Try to become writable again after a start on a disk that refused writes. */
+  private reopen(): void {
     try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
+      const db = openDb(this.path, false);
+      this.db.close();
+      this.db = db;
+      this.migrate();
+      this.stmts = this.prepare();
+      this.problem = undefined;
+    } catch (e) {
+      this.problem = storeError(e, this.path, 'open for writing');
     }
   }
+
+  begin(): StoreTxn {
+    if (this.problem) this.reopen();
+    if (this.problem) {
+      throw new CoreError(this.problem.kind, `cannot persist: ${this.problem.message}`, [], { cause: this.problem });
+    }
+    const db = this.db;
+    const path = this.path;
+    try {
+      db.exec('BEGIN IMMEDIATE');
+    } catch (e) {
+      throw storeError(e, path, 'begin a change');
+    }
+    let open = true;
+    const guard =
+      <A extends unknown[]>(what: string, f: (...a: A) => void) =>
+      (...a: A) => {
+        try {
+          f(...a);
+        } catch (e) {
+          throw storeError(e, path, what);
+        }
+      };
+    return {
+      putRule: guard('write a rule', (r: StoredRule) => this.writeRule(r)),
+      deleteRule: guard('delete a rule', (name: string) => void this.stmts.deleteRule.run(name)),
+      putLink: guard('write a link', (l: LinkSpec) => void this.stmts.putLink.run(linkKey(l), l.a, l.b, l.direction)),
+      deleteLink: guard('delete a link', (key: string) => void this.stmts.deleteLink.run(key)),
+      commit: () => {
+        if (!open) return;
+        try {
+          db.exec('COMMIT');
+          open = false;
+        } catch (e) {
+          // SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR); make sure.
+          if (db.inTransaction) {
+            try {
+              db.exec('ROLLBACK');
+            } catch {
+              /* the connection reports the first error */
+            }
+          }
+          open = false;
+          throw storeError(e, path, 'commit');
+        }
+      },
+      rollback: () => {
+        if (!open) return;
+        open = false;
+        if (db.inTransaction) db.exec('ROLLBACK');
+      },
+    };
+  }
+
+  /** PRAGMA synchronous of the connection (2 = FULL). */
+  synchronous(): number {
+    return this.db.pragma('synchronous', { simple: true }) as number;
+  }
+
+  /** Close the database (idempotent); a clean close checkpoints the WAL. */
+  close(): void {
+    if (this.db?.open) this.db.close();
+  }
+}
+
+/** Read a state.json of earlier versions (to import it); a corrupt one stops the start, untouched. */
+export function readLegacyJson(path: string): StoredState {
+  let state: StoredState;
+  try {
+    state = JSON.parse(readFileSync(path, 'utf8')) as StoredState;
+  } catch (e) {
+    throw new CoreError(
+      'precondition',
+      `state file ${path} is corrupt (${(e as Error).message}); it was left as it is: fix or move it aside to start empty`,
+    );
+  }
+  if (typeof state !== 'object' || state === null || !Number.isInteger(state.version)) {
+    throw new CoreError('precondition', `state file ${path} has no version: not an xdpctl state file`);
+  }
+  if (state.version > STATE_VERSION) {
+    throw new CoreError(
+      'precondition',
+      `state file ${path} is version ${state.version}, newer than this xdpctld (${STATE_VERSION}): ` +
+        'run the newer xdpctld, or move the file aside',
+    );
+  }
+  if (!Array.isArray(state.rules) || !Array.isArray(state.links)) {
+    throw new CoreError('precondition', `state file ${path} is corrupt (rules or links missing)`);
+  }
+  return state;
 }

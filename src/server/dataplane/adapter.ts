@@ -29,16 +29,6 @@ import {
 } from './netdev.js';
 import * as tables from './tables.js';
 
-/**
- * Failpoint for crash tests: XDPCTL_FAILPOINT_CRASH_AFTER_WRITES=N kills the
- * process (SIGKILL, no clean-up) right after the N-th rule-table write.
- */
-const crashAfter = Number(process.env.XDPCTL_FAILPOINT_CRASH_AFTER_WRITES ?? 0);
-let writes = 0;
-function wrote(): void {
-  if (crashAfter > 0 && ++writes >= crashAfter) process.kill(process.pid, 'SIGKILL');
-}
-
 /** How long a passed veth-peer check is trusted for the same interface (name and ifindex). */
 export const PEER_CHECK_TTL_MS = 10_000;
 
@@ -192,22 +182,18 @@ export class KernelDataplane implements Dataplane {
 
   writeRuleSlot(c: RuleSlotWrite): void {
     tables.writeRuleSlot(this.dp.maps, c);
-    wrote();
   }
 
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void {
     tables.clearRuleSlot(this.dp.maps, slot, srcPrefixes, backendIds);
-    wrote();
   }
 
   putMatch(key: MatchKey, slot: number): void {
     tables.publishMatches(this.dp.maps, [key], slot);
-    wrote();
   }
 
   deleteMatch(key: MatchKey): void {
     tables.removeMatches(this.dp.maps, [key]);
-    wrote();
   }
 
   listMatches(): [MatchKey, number][] {

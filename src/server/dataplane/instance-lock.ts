@@ -166,7 +166,27 @@ export function lockDirectory(path: string, what: string): HeldLock {
 export function lockFile(path: string, what: string, info: HolderInfo, shown = path): HeldLock {
   mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
   for (let attempt = 0; ; attempt++) {
-    const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+    let fd: number;
+    try {
+      fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
+    } catch (e) {
+      // A read-only file system (the state directory remounted ro): lock the
+      // directory itself, so that the daemon can still start and serve reads.
+      if ((e as NodeJS.ErrnoException).code !== 'EROFS') throw e;
+      const dfd = openSync(dirname(path), fsc.O_RDONLY | fsc.O_DIRECTORY);
+      if (!tryFlock(dfd)) {
+        closeSync(dfd);
+        throw new Error(`${what} ${shown} is locked by another xdpctld (read-only file system: holder not recorded)`);
+      }
+      let held = true;
+      return {
+        path,
+        release() {
+          if (held) closeSync(dfd);
+          held = false;
+        },
+      };
+    }
     try {
       if (!tryFlock(fd)) throw holderOf(path, fd, what, true, shown);
       let same = false;
@@ -182,8 +202,14 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
         closeSync(fd);
         continue;
       }
-      ftruncateSync(fd, 0);
-      writeSync(fd, `${JSON.stringify(info)}\n`, 0);
+      try {
+        ftruncateSync(fd, 0);
+        writeSync(fd, `${JSON.stringify(info)}\n`, 0);
+      } catch (e) {
+        // A full disk: the lock is held all the same; only the holder's details are missing.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOSPC' && code !== 'EDQUOT') throw e;
+      }
     } catch (e) {
       try {
         closeSync(fd);

@@ -11,7 +11,6 @@ import { BPF_ANY, BPF_NOEXIST } from './bpf-map.js';
 import {
   IF_F_XCONNECT,
   MAX_IFINDEX,
-  NO_BACKEND,
   RING_SIZE,
   RULE_F_ACTIVE,
   RULE_F_SRC_FILTER,
@@ -68,7 +67,11 @@ export function clearRuleSlot(
 ): void {
   maps.ruleCfg.put(slot, { flags: 0, statsId: 0 });
   const base = slot * RING_SIZE;
-  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, NO_BACKEND] as const));
+  // Back to the bytes of a never-used slot (zero: backend id 0 is never
+  // allocated and its entry stays empty, so the datapath drops as "no
+  // backend", as for NO_BACKEND): an undone change leaves every map exactly
+  // as it was (test/unit/rollback-property.test.ts).
+  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, 0] as const));
   for (const p of srcPrefixes) maps.srcAllow.delete({ slot, length: p.length, addr: p.addr } satisfies SrcKey);
   const empty: BackendEntry = {
     dmac: new Uint8Array(6),
@@ -96,14 +99,31 @@ function countPort(maps: DatapathMaps, k: MatchKey, delta: number): void {
  */
 export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
   for (const k of keys) {
-    if (maps.ruleMatch.get(k) === undefined) countPort(maps, k, +1);
-    maps.ruleMatch.put(k, slot, BPF_ANY);
+    const fresh = maps.ruleMatch.get(k) === undefined;
+    if (fresh) countPort(maps, k, +1);
+    try {
+      maps.ruleMatch.put(k, slot, BPF_ANY);
+    } catch (e) {
+      // One key is one step for the caller's undo log: take the count back.
+      if (fresh) countPort(maps, k, -1);
+      throw e;
+    }
   }
 }
 
 /** Remove match keys (unpublish); the port count drops after the entry is gone. */
 export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
-  for (const k of keys) if (maps.ruleMatch.delete(k)) countPort(maps, k, -1);
+  for (const k of keys) {
+    const slot = maps.ruleMatch.get(k);
+    if (slot === undefined || !maps.ruleMatch.delete(k)) continue;
+    try {
+      countPort(maps, k, -1);
+    } catch (e) {
+      // The count could not follow: put the entry back, so the step is all or nothing.
+      maps.ruleMatch.put(k, slot, BPF_ANY);
+      throw e;
+    }
+  }
 }
 
 /**

@@ -39,6 +39,9 @@ import type { Logger } from '../log.js';
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
 
+/** Internal metadata key carrying the call's deadline (ms since the epoch) from the interceptor to the middleware. */
+export const DEADLINE_KEY = 'x-xdpctl-deadline';
+
 /** What a listener is: decides where identities come from. */
 export type ListenerKind = 'unix' | 'tcp';
 
@@ -138,6 +141,11 @@ export function identityInterceptor(kind: ListenerKind): ServerInterceptor {
           onReceiveMetadata(md, nextMd) {
             md.remove(IDENTITY_KEY);
             md.set(IDENTITY_KEY, seal(identify(kind, call)));
+            // The call's deadline (grpc-js parsed grpc-timeout); nice-grpc does not expose it.
+            md.remove(DEADLINE_KEY);
+            const deadline = call.getDeadline();
+            const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+            if (Number.isFinite(ms)) md.set(DEADLINE_KEY, String(ms));
             nextMd(md);
           },
         });
@@ -259,12 +267,33 @@ export function accessMiddleware(o: AccessOptions): ServerMiddleware {
         else watching.delete(identity.principal);
       };
     }
+    // The handler's signal also aborts at the call's deadline: grpc-js ends a
+    // call whose deadline passed without a 'cancelled' event, so nice-grpc's
+    // signal alone would never say that the caller has gone.
+    const deadline = Number(context.metadata.get(DEADLINE_KEY) ?? NaN);
+    context.metadata.delete(DEADLINE_KEY);
+    let signal = context.signal;
+    if (Number.isFinite(deadline)) {
+      const left = deadline - Date.now();
+      signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(left) : AbortSignal.abort()]);
+    }
+    const ctx = signal === context.signal ? context : { ...context, signal };
     try {
-      const result = yield* call.next(call.request, context);
-      if (mutation) record(Status.OK);
+      const result = yield* call.next(call.request, ctx);
+      // A change that started completes even if its caller has gone meanwhile: say so.
+      if (mutation) {
+        const applied = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly !== true;
+        record(
+          Status.OK,
+          signal.aborted
+            ? { applied, callerGone: 'the caller cancelled or its deadline passed while the change ran' }
+            : { applied },
+        );
+      }
       return result;
     } catch (err) {
-      if (mutation) record(codeOf(err));
+      // A failed change never half-applies (core/controller.ts); CANCELLED: not started.
+      if (mutation) record(codeOf(err), { applied: false });
       throw err;
     } finally {
       release?.();

@@ -11,24 +11,24 @@ import { CHANGE_ACTION, linkFromProto, linkToProto } from './convert.js';
 export function linkService(ctl: Controller): ServiceImplementation<typeof LinkServiceDefinition> {
   const current = (spec: { a: string; b: string }) => ctl.listLinks().find((l) => linkKey(l) === linkKey(spec));
   return {
-    async connect(req) {
+    async connect(req, { signal }) {
       if (!req.link) throw CoreError.invalid([{ field: 'link', description: 'is required' }]);
-      const spec = await ctl.connect(linkFromProto(req.link));
+      const spec = await ctl.connect(linkFromProto(req.link), { signal });
       return { link: linkToProto(current(spec) ?? spec) };
     },
-    async disconnect(req) {
+    async disconnect(req, { signal }) {
       const v: FieldViolation[] = [];
       validateInterfaceName(req.a, 'a', v);
       validateInterfaceName(req.b, 'b', v);
       if (v.length) throw CoreError.invalid(v);
-      await ctl.disconnect(req.a, req.b);
+      await ctl.disconnect(req.a, req.b, { signal });
       return {};
     },
     async listLinks() {
       return { links: ctl.listLinks().map(linkToProto) };
     },
-    async applyLinks(req) {
-      const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly);
+    async applyLinks(req, { signal }) {
+      const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly, { signal });
       return {
         changes: changes.map((c) => ({ a: c.a, b: c.b, action: CHANGE_ACTION[c.action] })),
         links: req.validateOnly ? [] : ctl.listLinks().map(linkToProto),

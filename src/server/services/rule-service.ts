@@ -19,9 +19,9 @@ const MAX_PAGE = 1000;
 
 export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleServiceDefinition> {
   return {
-    async createRule(req) {
+    async createRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return { rule: ruleToProto(await ctl.createRule(ruleFromProto(req.rule))) };
+      return { rule: ruleToProto(await ctl.createRule(ruleFromProto(req.rule), { signal })) };
     },
     async getRule(req) {
       checkName(req.name);
@@ -36,17 +36,17 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       const more = start >= 0 && start + size < all.length;
       return { rules: page.map(ruleToProto), nextPageToken: more ? page[page.length - 1].name : '' };
     },
-    async updateRule(req) {
+    async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), req.expectedGeneration)) };
+      return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), req.expectedGeneration, { signal })) };
     },
-    async deleteRule(req) {
+    async deleteRule(req, { signal }) {
       checkName(req.name);
-      await ctl.deleteRule(req.name, req.expectedGeneration);
+      await ctl.deleteRule(req.name, req.expectedGeneration, { signal });
       return {};
     },
-    async applyRules(req) {
-      const changes = await ctl.applyRules(req.rules.map(ruleFromProto), req.validateOnly);
+    async applyRules(req, { signal }) {
+      const changes = await ctl.applyRules(req.rules.map(ruleFromProto), req.validateOnly, { signal });
       return {
         changes: changes.map((c) => ({ name: c.name, action: CHANGE_ACTION[c.action] })),
         rules: req.validateOnly ? [] : ctl.listRules().map(ruleToProto),

@@ -22,8 +22,11 @@ export const STATUS_BY_KIND: Record<CoreErrorKind, Status> = {
   invalid: Status.INVALID_ARGUMENT,
   exhausted: Status.RESOURCE_EXHAUSTED,
   unsupported: Status.UNIMPLEMENTED,
-  permission: Status.PERMISSION_DENIED,
+  // The daemon's own EPERM/EACCES: a capability it lacks, not the caller refused.
+  permission: Status.FAILED_PRECONDITION,
   conflict: Status.ABORTED,
+  unavailable: Status.UNAVAILABLE,
+  cancelled: Status.CANCELLED,
   internal: Status.INTERNAL,
 };
 
@@ -71,6 +74,17 @@ function any(typeUrl: string, value: Uint8Array): Any {
   return { typeUrl: `type.googleapis.com/${typeUrl}`, value };
 }
 
+/**
+ * The capability an operation the kernel refused needs (capabilities(7);
+ * BPF: CAP_BPF since Linux 5.8, CAP_SYS_ADMIN before; netlink link changes:
+ * CAP_NET_ADMIN; entering another network namespace: CAP_SYS_ADMIN).
+ */
+export function capabilityFor(op: string): string {
+  if (/^(attach|detach) xdp|netlink|link /.test(op)) return 'CAP_NET_ADMIN (attach/detach XDP through netlink)';
+  if (/namespace|setns/.test(op)) return 'CAP_SYS_ADMIN (enter a network namespace)';
+  return 'CAP_BPF (or CAP_SYS_ADMIN) for bpf() map and program operations';
+}
+
 /** Map an error to a ServerError plus the google.rpc.Status details. */
 export function toServerError(err: unknown): { error: ServerError; details?: Uint8Array; internal: boolean } {
   if (err instanceof ServerError) {
@@ -86,7 +100,7 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
     violations = err.violations;
   } else if (err instanceof PortError) {
     kind = err.kind;
-    message = err.message;
+    message = err.kind === 'permission' ? `${err.message}: xdpctld lacks ${capabilityFor(err.op)}` : err.message;
   } else {
     kind = 'internal';
     message = 'internal error';

@@ -1,0 +1,65 @@
+/**
+ * Link counters are released with their link: xc_stats entries (one per
+ * ingress interface, a table of --links entries) are deleted on disconnect
+ * and when a connect is undone, so connecting more distinct interfaces over
+ * time than the table holds never fails (it used to: RESOURCE_EXHAUSTED
+ * after 1 024). And the daemon's own EPERM/EACCES from the kernel is
+ * FAILED_PRECONDITION naming the capability it lacks, never
+ * PERMISSION_DENIED (which says the caller was refused).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { Status } from 'nice-grpc';
+
+import { Controller } from '../../src/server/core/controller.js';
+import { CoreError } from '../../src/server/core/errors.js';
+import { KernelError } from '../../src/server/dataplane/errors.js';
+import { STATUS_BY_KIND, toServerError } from '../../src/server/services/status.js';
+import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
+
+describe('link counters are released with their link', () => {
+  it('connects 4x as many distinct ingress interfaces over time as xc_stats holds', async () => {
+    const names = Array.from({ length: 4 * MODEL_CAPACITY.links }, (_, i) => `if${i}`);
+    const dp = new ModelDataplane(MODEL_CAPACITY, [...names, 'peer']);
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
+    for (const n of names) {
+      await c.connect({ a: n, b: 'peer', direction: 'a-to-b' });
+      assert.equal(dp.snapshot().xcStats.length, 1, `${n}: one counters entry while linked`);
+      await c.disconnect(n, 'peer');
+      assert.deepEqual(dp.snapshot().xcStats, [], `${n}: released with the link`);
+    }
+  });
+
+  it('an undone connect leaves no counters entry', async () => {
+    const dp = new ModelDataplane(MODEL_CAPACITY, ['a', 'b']);
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
+    const before = dp.snapshot();
+    dp.faults.failAt = dp.faults.writes + 4; // the devmap entry, after the counters and the flag
+    await assert.rejects(c.connect({ a: 'a', b: 'b', direction: 'both' }));
+    assert.deepEqual(dp.snapshot(), before);
+  });
+});
+
+describe("the daemon's own EPERM/EACCES", () => {
+  const cases: [string, number, RegExp][] = [
+    ['attach xdp to veth3', 1, /CAP_NET_ADMIN/],
+    ['update map rule_cfg', 1, /CAP_BPF/],
+    ['load program xdpctl_main', 13, /CAP_BPF/],
+  ];
+  for (const [op, errno, cap] of cases) {
+    it(`${op}: ${errno === 1 ? 'EPERM' : 'EACCES'} is FAILED_PRECONDITION naming ${cap.source}`, () => {
+      const { error } = toServerError(new KernelError(op, errno));
+      assert.equal(error.code, Status.FAILED_PRECONDITION);
+      assert.match(error.details, new RegExp(`^${op}: .* \\(E(PERM|ACCES)\\): xdpctld lacks `));
+      assert.match(error.details, cap);
+    });
+  }
+  it('no error kind maps to PERMISSION_DENIED (only the access layer refuses callers)', () => {
+    assert.ok(!Object.values(STATUS_BY_KIND).includes(Status.PERMISSION_DENIED));
+  });
+  it('store and cancellation kinds', () => {
+    assert.equal(toServerError(new CoreError('unavailable', 'x')).error.code, Status.UNAVAILABLE);
+    assert.equal(toServerError(new CoreError('cancelled', 'x')).error.code, Status.CANCELLED);
+  });
+});

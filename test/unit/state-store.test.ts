@@ -1,0 +1,169 @@
+/**
+ * The SQLite state store (core/store.ts) on a real file: WAL and
+ * synchronous=FULL, the schema version and its refusal of newer ones, one
+ * transaction per change (rollback leaves nothing), the one-time import of a
+ * state.json, and the error table that turns what the disk said into a kind
+ * and a message naming the path. Disk faults for real (full, read-only) are
+ * in test/integration/state-faults.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+
+import Database from 'better-sqlite3';
+
+import type { RuleSpec } from '../../src/server/core/model.js';
+import { SCHEMA_VERSION, StateStore, storeError, type StoredRule } from '../../src/server/core/store.js';
+
+const dirs: string[] = [];
+after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+function tmp(): string {
+  const d = mkdtempSync(join(tmpdir(), 'xdpctl-store-'));
+  dirs.push(d);
+  return join(d, 'state');
+}
+
+const spec = (name: string, port = 7999): RuleSpec => ({
+  name,
+  protocol: 'udp',
+  port,
+  destination: '',
+  sourcePrefixes: ['10.0.0.0/8'],
+  ingressInterfaces: ['eth0'],
+  backends: [{ ip: '10.1.0.2', mac: '02:00:00:00:00:02', interface: 'veth1', weight: 1 }],
+  udpChecksum: 'update',
+  labels: { team: 'net' },
+});
+const stored = (name: string, generation = 1): StoredRule => ({
+  ...spec(name),
+  generation,
+  createTime: 1000,
+  updateTime: 2000,
+  kernel: { slot: 3, statsId: 4, backends: { '10.1.0.2@veth1': { id: 5, statsId: 6 } } },
+});
+
+describe('state store (SQLite)', () => {
+  it('is WAL with synchronous=FULL, at the current schema version, and inspectable', () => {
+    const dir = tmp();
+    const s = StateStore.open(dir);
+    const t = s.begin();
+    t.putRule(stored('web'));
+    t.putLink({ a: 'eth0', b: 'tap0', direction: 'both' });
+    t.commit();
+    // Another connection (as the sqlite3 CLI would) sees the committed rows while the store is open.
+    const raw = new Database(s.path, { readonly: true });
+    assert.equal(raw.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal(raw.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    const row = raw.prepare("SELECT json_extract(spec, '$.port') AS port, generation FROM rules").get();
+    assert.deepEqual(row, { port: 7999, generation: 1 });
+    raw.close();
+    assert.equal(s.synchronous(), 2, 'synchronous = FULL');
+    s.close();
+    assert.deepEqual(StateStore.open(dir).load(), {
+      version: 1,
+      rules: [stored('web')],
+      links: [{ a: 'eth0', b: 'tap0', direction: 'both' }],
+    });
+  });
+
+  it('one transaction per change: a rollback leaves nothing, a delete removes one row', () => {
+    const dir = tmp();
+    const s = StateStore.open(dir);
+    let t = s.begin();
+    t.putRule(stored('a'));
+    t.putRule(stored('b'));
+    t.commit();
+    t = s.begin();
+    t.putRule(stored('c'));
+    t.deleteRule('a');
+    t.rollback();
+    assert.deepEqual(
+      s.load().rules.map((r) => r.name),
+      ['a', 'b'],
+    );
+    t = s.begin();
+    t.deleteRule('a');
+    t.commit();
+    t.rollback(); // no-op after commit
+    assert.deepEqual(
+      s.load().rules.map((r) => r.name),
+      ['b'],
+    );
+    s.close();
+  });
+
+  it('imports an existing state.json once, then renames it', () => {
+    const dir = tmp();
+    StateStore.open(dir).close(); // creates the directory
+    rmSync(join(dir, 'state.db'));
+    const json = { version: 1, rules: [stored('old', 7)], links: [{ a: 'x', b: 'y', direction: 'a-to-b' }] };
+    writeFileSync(join(dir, 'state.json'), JSON.stringify(json));
+    const s = StateStore.open(dir);
+    assert.deepEqual(s.load(), json);
+    assert.ok(!existsSync(join(dir, 'state.json')));
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'state.json.imported'), 'utf8')), json);
+    s.close();
+    // A state.json appearing later is not imported over the database.
+    writeFileSync(join(dir, 'state.json'), JSON.stringify({ version: 1, rules: [], links: [] }));
+    const again = StateStore.open(dir);
+    assert.deepEqual(
+      again.load().rules.map((r) => r.name),
+      ['old'],
+    );
+    again.close();
+  });
+
+  it('a corrupt state.json stops the start, left as it is, and nothing is created', () => {
+    const dir = tmp();
+    StateStore.open(dir).close();
+    rmSync(join(dir, 'state.db'));
+    writeFileSync(join(dir, 'state.json'), '{"version": 1, "rules": [');
+    assert.throws(() => StateStore.open(dir), /state file .*state\.json is corrupt/);
+    assert.equal(readFileSync(join(dir, 'state.json'), 'utf8'), '{"version": 1, "rules": [');
+    assert.ok(!existsSync(join(dir, 'state.db')));
+  });
+
+  it('refuses a database from a newer xdpctld, and a corrupt one, naming the path; both left as they are', () => {
+    const dir = tmp();
+    StateStore.open(dir).close();
+    const path = join(dir, 'state.db');
+    const raw = new Database(path);
+    raw.pragma('user_version = 42');
+    raw.close();
+    assert.throws(
+      () => StateStore.open(dir),
+      (e: Error & { kind: string }) => {
+        assert.match(e.message, /state\.db is at schema version 42, newer than this xdpctld/);
+        assert.equal(e.kind, 'precondition');
+        return true;
+      },
+    );
+    writeFileSync(path, 'x'.repeat(8192));
+    assert.throws(() => StateStore.open(dir), /state store .*state\.db: the database is corrupt/);
+    assert.equal(readFileSync(path, 'utf8'), 'x'.repeat(8192));
+  });
+
+  it('maps what the disk said to a kind and a message naming the path', () => {
+    const cases: [string, string, RegExp][] = [
+      ['SQLITE_FULL', 'exhausted', /disk is full \(ENOSPC\)/],
+      ['SQLITE_IOERR_SHMSIZE', 'exhausted', /disk is full/],
+      ['SQLITE_READONLY', 'precondition', /read-only \(EROFS\)/],
+      ['SQLITE_READONLY_DBMOVED', 'precondition', /read-only/],
+      ['SQLITE_IOERR_WRITE', 'unavailable', /I\/O error \(EIO\)/],
+      ['SQLITE_IOERR_FSYNC', 'unavailable', /I\/O error \(EIO\)/],
+      ['SQLITE_BUSY', 'busy', /write lock/],
+      ['ENOSPC', 'exhausted', /ENOSPC/],
+      ['EROFS', 'precondition', /EROFS/],
+      ['EIO', 'unavailable', /EIO/],
+    ];
+    for (const [code, kind, re] of cases) {
+      const e = storeError(Object.assign(new Error('x'), { code }), '/var/lib/xdpctl/state.db', 'commit');
+      assert.equal(e.kind, kind, code);
+      assert.match(e.message, re, code);
+      assert.match(e.message, /^commit: state store \/var\/lib\/xdpctl\/state\.db: /, code);
+      assert.ok(e.message.includes(code), code);
+    }
+  });
+});
