@@ -50,8 +50,21 @@ export interface ConfigFile {
 
 const MESSAGE_PROBLEMS = 20;
 
-/** A key of the file quoted in a problem's path, shortened: keys can be megabytes long. */
-const shortKey = (k: string) => (k === '' ? '""' : k.length <= 64 ? k : `${k.slice(0, 64)}…(${k.length} chars)`);
+/**
+ * A key as it appears in a problem's field path: as written when it is plain (no blank, control,
+ * format or quote character), JSON-quoted otherwise (`"\\r"`, `" x"`, `""`), so that a field path is
+ * printable and unambiguous; keys longer than 64 characters are cut, with their length.
+ */
+const shortKey = (k: string): string => {
+  const cut = k.length <= 64 ? k : k.slice(0, 64);
+  const shown = /^[^\s\p{C}"]+$/u.test(cut)
+    ? cut
+    : JSON.stringify(cut).replace(
+        /[\p{C}\p{Zl}\p{Zp}]/gu,
+        (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+      );
+  return k.length <= 64 ? shown : `${shown}…(${k.length} chars)`;
+};
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';

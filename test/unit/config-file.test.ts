@@ -48,6 +48,25 @@ links:
     );
   });
 
+  it('quotes a key that is not plain in a field path (blanks, control characters, quotes), so the path is printable', () => {
+    const field = (text: string) => {
+      try {
+        parseConfig(text);
+      } catch (e) {
+        assert.ok(e instanceof ConfigError);
+        return e.problems.map((p) => p.field);
+      }
+      assert.fail(`${JSON.stringify(text)} was accepted`);
+    };
+    // "?\r" was found by the property test: the key is a bare carriage return.
+    assert.deepEqual(field('?\r'), ['"\\r"']);
+    assert.deepEqual(field('" x": 1'), ['" x"']);
+    assert.deepEqual(field('"a\\u2028b": 1'), ['"a\\u2028b"']);
+    assert.deepEqual(field('? \n'), ['""']);
+    assert.deepEqual(field('links:\n  "e\\tth0": 1\n'), ['links."e\\tth0"']);
+    assert.deepEqual(field('weird-key: 1'), ['weird-key']);
+  });
+
   it('flags YAML syntax errors (half-written files) as such', () => {
     assert.throws(
       () => parseConfig('links:\n  eth0: [tap0\n'),
