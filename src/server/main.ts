@@ -85,7 +85,12 @@ const program = new Command('xdpctld')
     false,
   )
   .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
-  .option('--cleanup-on-exit', 'on SIGTERM/SIGINT detach from every interface and remove all pins', false)
+  .option(
+    '--cleanup-on-exit',
+    'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off where ' +
+      'xdpctld switched it on, and remove all pins',
+    false,
+  )
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
   .option(
     '--prometheus [host:port]',
@@ -125,7 +130,12 @@ apply. A client's W3C traceparent is honoured; logs are JSON lines on stdout
 with the trace_id and span_id of the RPC they belong to.
 
 The datapath keeps forwarding while the daemon is stopped or restarting: the
-program stays attached and the maps stay pinned under --pin-root.`,
+program stays attached and the maps stay pinned under --pin-root. While it
+runs, the daemon reconciles every second and on link/neighbour changes:
+it re-attaches its program if another tool detaches it, leaves a foreign
+program alone and reports it, and takes backends that cannot receive out of
+their rule until they recover (rule status, conditions, xdpctl.datapath
+health and the log say what it observed).`,
   );
 
 program.parse();
