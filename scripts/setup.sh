@@ -31,6 +31,9 @@ need nftables nft /usr/sbin/nft # the Linux-stack baseline in npm run bench (DNA
 need iptables iptables /usr/sbin/iptables
 need libcap2-bin capsh /usr/sbin/capsh # least-privilege tests run the daemon with a reduced capability set
 need sqlite3 sqlite3 # inspect the state store (docs/state-store.md)
+# The independent client (test/clients/reflection_client.py): gRPC's C core and protobuf, for Debian's python3.
+need python3-grpcio /usr/lib/python3/dist-packages/grpc/__init__.py
+need python3-protobuf /usr/lib/python3/dist-packages/google/protobuf/__init__.py
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -56,17 +56,25 @@ interface Index {
   extensions: Map<string, Map<number, string>>;
   /** Fully-qualified message names (extendable types). */
   messages: Set<string>;
+  /** Fully-qualified service names. */
+  services: Set<string>;
 }
 
 /**
  * Builds both reflection services over `descriptorSet` (a serialized
  * google.protobuf.FileDescriptorSet). `serviceNames` is what list_services
- * answers, in order (include the reflection services themselves and any
- * service, like grpc.health.v1.Health, whose descriptors are not in the set).
- * Throws if the set does not decode or a file imports one missing from it.
+ * answers, in order (include the reflection and health services themselves).
+ * Every listed service must be described by the set, so that a client that
+ * lists and then describes each one (`grpcurl describe`) never meets "symbol
+ * not found". Throws if the set does not decode, a file imports one missing
+ * from it, or a listed service is not in it.
  */
 export function createReflection(descriptorSet: Uint8Array, serviceNames: string[]): Reflection {
   const index = buildIndex(descriptorSet);
+  const undescribed = serviceNames.filter((name) => !index.services.has(name));
+  if (undescribed.length) {
+    throw new Error(`reflection: services listed but not in the descriptor set: ${undescribed.join(', ')}`);
+  }
   const services = serviceNames.map((name) => ({ name }));
   const answer = (request: V1Request): Answer => respond(index, services, request);
 
@@ -154,6 +162,7 @@ function buildIndex(descriptorSet: Uint8Array): Index {
     symbols: new Map(),
     extensions: new Map(),
     messages: new Set(),
+    services: new Set(),
   };
   for (const file of set.file) {
     if (index.bytes.has(file.name)) throw new Error(`reflection: duplicate file ${file.name} in descriptor set`);
@@ -208,6 +217,7 @@ function indexFile(index: Index, file: FileDescriptorProto): void {
   for (const s of file.service) {
     const name = scope(pkg, s.name);
     add(name);
+    index.services.add(name);
     for (const method of s.method) add(`${name}.${method.name}`);
   }
 }

@@ -34,6 +34,8 @@ export class DaemonProcess {
   output = '';
   /** The Prometheus endpoint's bound address from the ready line (with --prometheus). */
   prometheus?: string;
+  /** Every bound address from the ready line (TCP ones with their real port). */
+  addresses: string[] = [];
 
   private constructor(
     readonly child: ChildProcess,
@@ -91,6 +93,7 @@ export class DaemonProcess {
       unix,
     );
     d.prometheus = prometheus;
+    d.addresses = addresses;
     d.output = out; // what it wrote up to "ready" (e.g. start-up warnings), then everything after
     child.stdout!.on('data', (x) => (d.output += x));
     child.stderr!.on('data', (x) => (d.output += x));

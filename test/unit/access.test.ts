@@ -202,6 +202,56 @@ describe('identities', () => {
     }
   });
 
+  it('finds the uid whatever the client socket family: IPv6 socket to 127.0.0.1, IPv4 client of a [::] server', async () => {
+    const uid = process.getuid!();
+    // [server host, client's destination]: an AF_INET6 client of an IPv4 listener is listed in tcp6 as
+    // ::ffff:127.0.0.1 (gRPC's C core dials that way); a dual-stack server sees an IPv4 client as mapped.
+    for (const [host, dial] of [
+      ['127.0.0.1', '::ffff:127.0.0.1'],
+      ['::', '127.0.0.1'],
+      ['::', '::ffff:127.0.0.1'],
+      ['::1', '::1'],
+    ]) {
+      const server = net.createServer();
+      await new Promise<void>((r) => server.listen(0, host, r));
+      const port = (server.address() as net.AddressInfo).port;
+      const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+      const client = net.connect(port, dial);
+      const s = await accepted;
+      try {
+        const where = `${dial} -> ${host} (server sees ${s.remoteAddress} -> ${s.localAddress})`;
+        assert.equal(loopbackPeerUid(s.remoteAddress!, s.remotePort!, s.localAddress!, s.localPort!), uid, where);
+        assert.equal(loopbackPeerUid(s.remoteAddress!, s.remotePort! + 1, s.localAddress!, s.localPort!), undefined);
+      } finally {
+        client.destroy();
+        server.close();
+      }
+    }
+  });
+
+  it('reads IPv4-mapped client rows from /proc/net/tcp6 for an IPv4 server address', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'xdpctl-procnet-'));
+    try {
+      // Client ::ffff:127.0.0.1 port 40000 -> ::ffff:127.0.0.1 port 9091, uid 4321; tcp has only the server's row.
+      const mapped = '0000000000000000FFFF00000100007F';
+      writeFileSync(
+        join(dir, 'tcp'),
+        '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n' +
+          '   0: 0100007F:2383 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0\n',
+      );
+      writeFileSync(
+        join(dir, 'tcp6'),
+        '  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n' +
+          `   0: ${mapped}:9C40 ${mapped}:2383 01 00000000:00000000 00:00000000 00000000  4321        0 1 1 0\n`,
+      );
+      assert.equal(loopbackPeerUid('127.0.0.1', 40000, '127.0.0.1', 9091, dir), 4321);
+      assert.equal(loopbackPeerUid('::ffff:127.0.0.1', 40000, '::ffff:127.0.0.1', 9091, dir), 4321);
+      assert.equal(loopbackPeerUid('127.0.0.1', 40001, '127.0.0.1', 9091, dir), undefined);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reads /proc/net/tcp6 entries for IPv6 loopback', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xdpctl-procnet-'));
     try {

@@ -179,7 +179,7 @@ for (const version of ['v1', 'v1alpha'] as const) {
       );
     });
 
-    for (const service of XDPCTL_SERVICES) {
+    for (const service of SERVICES) {
       it(`describes ${service} completely from file_containing_symbol`, async () => {
         const response = await ask({ host: '', messageRequest: { $case: 'fileContainingSymbol', value: service } });
         const files = fileProtos(response);
@@ -289,6 +289,13 @@ for (const version of ['v1', 'v1alpha'] as const) {
         $case: 'allExtensionNumbersResponse',
         value: { baseTypeName: 'xdpctl.v1.Rule', extensionNumber: [] },
       });
+    });
+
+    it('refuses to list a service the descriptor set does not describe', () => {
+      assert.throws(
+        () => createReflection(readFileSync(DESCRIPTOR), [...SERVICES, 'grpc.health.v2.Nope']),
+        /services listed but not in the descriptor set: grpc\.health\.v2\.Nope/,
+      );
     });
 
     it('answers UNIMPLEMENTED to an empty request', async () => {

@@ -134,23 +134,44 @@ export function isLoopbackAddress(addr: string): boolean {
 }
 
 /** An address and port as /proc/net/tcp{,6} prints them: each 32-bit word in host (little-endian) order. */
-function procAddress(addr: string, port: number): { table: 'tcp' | 'tcp6'; text: string } {
-  const { family, bytes } = parseIp(addr);
+function procText(bytes: Uint8Array, port: number): string {
   let hex = '';
   for (let i = 0; i < bytes.length; i += 4) {
     for (let j = 3; j >= 0; j--) hex += bytes[i + j].toString(16).padStart(2, '0');
   }
-  return {
-    table: family === 4 ? 'tcp' : 'tcp6',
-    text: `${hex.toUpperCase()}:${port.toString(16).toUpperCase().padStart(4, '0')}`,
-  };
+  return `${hex.toUpperCase()}:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/**
+ * Where a socket bound to `addr:port` can appear: an IPv4 address in
+ * /proc/net/tcp, and also in /proc/net/tcp6 as `::ffff:a.b.c.d` (an AF_INET6
+ * socket talking IPv4, as gRPC's C core and many other clients dial
+ * 127.0.0.1); an IPv4-mapped address likewise in both; other IPv6 addresses
+ * (::1) in tcp6 only.
+ */
+function procForms(addr: string, port: number): { tcp?: string; tcp6?: string } {
+  const { family, bytes } = parseIp(addr);
+  let v4: Uint8Array | undefined;
+  if (family === 4) v4 = bytes;
+  else if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+    v4 = bytes.slice(12);
+  }
+  if (!v4) return { tcp6: procText(bytes, port) };
+  const mapped = new Uint8Array(16);
+  mapped[10] = mapped[11] = 0xff;
+  mapped.set(v4, 12);
+  return { tcp: procText(v4, port), tcp6: procText(mapped, port) };
 }
 
 /**
  * The uid owning the client end of a loopback TCP connection, from the
- * kernel's socket table (/proc/self/net/tcp, as identd does). The client's
- * socket is in the same network namespace (loopback never leaves it), and
- * its uid is set by the kernel when the socket is created.
+ * kernel's socket tables (/proc/self/net/tcp and tcp6, as identd does). The
+ * client's socket is in the same network namespace (loopback never leaves
+ * it), and its uid is set by the kernel when the socket is created. The
+ * client's socket family need not be the server's: an IPv4 connection may
+ * come from an AF_INET6 socket (listed in tcp6 with IPv4-mapped addresses),
+ * and a server on `[::]` sees IPv4 clients as `::ffff:127.0.0.1`; both tables
+ * are searched for the client's row (local = client, remote = server).
  */
 export function loopbackPeerUid(
   remoteAddress: string,
@@ -159,19 +180,23 @@ export function loopbackPeerUid(
   localPort: number,
   procNet = '/proc/self/net',
 ): number | undefined {
-  const client = procAddress(remoteAddress, remotePort);
-  const server = procAddress(localAddress, localPort);
-  if (client.table !== server.table) return undefined;
-  let text: string;
-  try {
-    text = readFileSync(`${procNet}/${client.table}`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-    if (f.length > 7 && f[1] === client.text && f[2] === server.text) return Number(f[7]);
+  const client = procForms(remoteAddress, remotePort);
+  const server = procForms(localAddress, localPort);
+  for (const table of ['tcp', 'tcp6'] as const) {
+    const c = client[table];
+    const s = server[table];
+    if (!c || !s) continue;
+    let text: string;
+    try {
+      text = readFileSync(`${procNet}/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      if (f.length > 7 && f[1] === c && f[2] === s) return Number(f[7]);
+    }
   }
   return undefined;
 }

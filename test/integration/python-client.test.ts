@@ -1,0 +1,114 @@
+/**
+ * An independent client against a real xdpctld: gRPC's C core (Debian's
+ * python3-grpcio) and python3-protobuf, driven by server reflection alone
+ * (test/clients/reflection_client.py: no generated stubs, no .proto files).
+ * What it sees is what grpcurl and any other reflection client see: every
+ * listed service resolves (v1 and v1alpha), unary calls, a stream, health.
+ * Over loopback TCP it dials 127.0.0.1 from an AF_INET6 socket (the kernel
+ * lists it in /proc/net/tcp6 as ::ffff:127.0.0.1) and must still be known by
+ * its uid, as on [::1] and on the Unix socket.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { SERVICE_NAMES } from '../../src/server/daemon.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, runId } from '../helpers/env.js';
+import { runPythonClient, type Step, type StepResult } from '../helpers/python-client.js';
+
+const SESSION: Step[] = [
+  { op: 'list', version: 'v1' },
+  { op: 'list', version: 'v1alpha' },
+  { op: 'describe_all', version: 'v1' },
+  { op: 'describe_all', version: 'v1alpha' },
+  { op: 'health', service: '' },
+  { op: 'health', service: 'xdpctl.datapath' },
+  { op: 'unary', method: 'xdpctl.v1.DaemonService/GetStatus' },
+  { op: 'unary', method: 'xdpctl.v1.RuleService/ListRules' },
+  { op: 'unary', method: 'xdpctl.v1.InterfaceService/ListInterfaces' },
+  // A change that validation refuses: INVALID_ARGUMENT (not PERMISSION_DENIED) proves the admin role.
+  { op: 'unary', method: 'xdpctl.v1.LinkService/Connect', request: { link: { a: '', b: 'x' } } },
+  { op: 'stream', method: 'xdpctl.v1.CounterService/WatchCounters', request: { interval: '0.5s' }, count: 2 },
+  { op: 'health_watch', service: '', count: 1 },
+];
+
+function byStep(results: StepResult[]): Map<number, StepResult> {
+  return new Map(results.map((r) => [r.step, r]));
+}
+
+function checkSession(results: StepResult[]): void {
+  const r = byStep(results);
+  for (const i of [0, 1]) {
+    assert.ok(r.get(i)!.ok, JSON.stringify(r.get(i)));
+    assert.deepEqual(r.get(i)!.services, SERVICE_NAMES);
+  }
+  for (const i of [2, 3]) {
+    const described = r.get(i)!.described;
+    assert.ok(r.get(i)!.ok, JSON.stringify(r.get(i)));
+    assert.deepEqual(Object.keys(described!).sort(), [...SERVICE_NAMES].sort(), 'every listed service resolves');
+    for (const [name, d] of Object.entries(described!)) assert.ok(d.methods.length > 0, name);
+    assert.equal(described!['grpc.health.v1.Health'].file, 'grpc/health/v1/health.proto');
+    assert.deepEqual(described!['grpc.health.v1.Health'].methods, [
+      'Check(grpc.health.v1.HealthCheckRequest) returns (grpc.health.v1.HealthCheckResponse)',
+      'Watch(grpc.health.v1.HealthCheckRequest) returns (stream grpc.health.v1.HealthCheckResponse)',
+    ]);
+  }
+  assert.deepEqual(r.get(4)!.response, { status: 'SERVING' });
+  assert.deepEqual(r.get(5)!.response, { status: 'SERVING' });
+  assert.ok(r.get(6)!.ok, JSON.stringify(r.get(6)));
+  assert.equal(typeof (r.get(6)!.response as { version?: string }).version, 'string');
+  assert.ok(r.get(7)!.ok, JSON.stringify(r.get(7)));
+  assert.ok(r.get(8)!.ok, JSON.stringify(r.get(8)));
+  assert.equal(r.get(9)!.code, 'INVALID_ARGUMENT', JSON.stringify(r.get(9)));
+  assert.match(r.get(9)!.details!, /link\.a/);
+  assert.ok(r.get(10)!.ok, JSON.stringify(r.get(10)));
+  assert.equal(r.get(10)!.messages!.length, 2);
+  assert.ok(r.get(11)!.ok, JSON.stringify(r.get(11)));
+  assert.deepEqual(r.get(11)!.messages, [{ status: 'SERVING' }]);
+}
+
+describe('independent client (python3-grpcio, reflection only)', kernelOnly(), () => {
+  const id = runId();
+  let d: DaemonProcess;
+
+  before(async () => {
+    d = await DaemonProcess.start(`py${id}`, ['--listen', '[::1]:0']);
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  const tcp4 = () => d.addresses.find((a) => a.startsWith('127.0.0.1:'))!;
+  const tcp6 = () => d.addresses.find((a) => a.startsWith('[::1]:'))!;
+
+  it('on the Unix socket: lists, describes every service (v1, v1alpha), calls, streams, health', async () => {
+    const run = await runPythonClient(d.unix, SESSION);
+    checkSession(run.results);
+  });
+
+  it('on 127.0.0.1 (an IPv6 socket, ::ffff:127.0.0.1) root is unix-uid:0 and admin, as on the Unix socket', async () => {
+    const run = await runPythonClient(tcp4(), SESSION);
+    checkSession(run.results);
+    assert.match(
+      d.output,
+      /"principal":"unix-uid:0","via":"loopback-tcp".*"method":"\/xdpctl\.v1\.LinkService\/Connect"/,
+    );
+  });
+
+  it('on [::1] root is unix-uid:0 and admin', async () => {
+    assert.ok(tcp6(), `no [::1] listener in ${d.addresses.join(', ')}`);
+    const run = await runPythonClient(tcp6(), SESSION);
+    checkSession(run.results);
+  });
+
+  it('another local user over 127.0.0.1 and [::1] is named by its uid (and has no role by default)', async () => {
+    for (const target of [tcp4(), tcp6()]) {
+      const run = await runPythonClient(target, [{ op: 'list' }], {
+        wrap: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'],
+      });
+      const [list] = run.results;
+      assert.equal(list.code, 'PERMISSION_DENIED', JSON.stringify(list));
+      assert.match(list.details!, /unix-uid:65534 \(loopback-tcp\) has no role/, target);
+    }
+  });
+});
