@@ -18,7 +18,13 @@ import YAML from 'yaml';
 import { BadRequest, PreconditionFailure } from '../gen/google/rpc/error_details.js';
 import { Status as RpcStatus } from '../gen/google/rpc/status.js';
 import { ChangeAction, changeActionToJSON } from '../gen/xdpctl/v1/common.js';
-import { CounterKind, WatchCountersResponse, type Counters, type Rates } from '../gen/xdpctl/v1/counters.js';
+import {
+  CounterKind,
+  GetCountersResponse,
+  WatchCountersResponse,
+  type Counters,
+  type Rates,
+} from '../gen/xdpctl/v1/counters.js';
 import { GetStatusResponse } from '../gen/xdpctl/v1/daemon.js';
 import {
   effectiveXdpModeToJSON,
@@ -32,8 +38,8 @@ import {
   ConnectResponse,
   DisconnectResponse,
   LinkDirection,
+  Link,
   ListLinksResponse,
-  type Link,
 } from '../gen/xdpctl/v1/link.js';
 import {
   ApplyRulesResponse,
@@ -45,9 +51,9 @@ import {
   ruleStateToJSON,
   UdpChecksumMode,
   udpChecksumModeToJSON,
+  Rule,
   UpdateRuleResponse,
   type Backend,
-  type Rule,
 } from '../gen/xdpctl/v1/rule.js';
 import { ConfigError, parseConfig, type ConfigFile } from '../shared/config-file.js';
 import { createXdpctlClient, DEFAULT_SERVER, type XdpctlClient } from './index.js';
@@ -240,6 +246,22 @@ function printData(format: OutputFormat, data: unknown): void {
   else print(JSON.stringify(data ?? {}, null, 2));
 }
 
+/**
+ * A list response as JSON/YAML with its list always present: proto3 JSON
+ * leaves an empty repeated field out, so an empty list would print `{}`;
+ * scripts get `{"rules": []}` / `rules: []` instead, like a full one.
+ */
+function printList(format: OutputFormat, key: string, data: unknown): void {
+  const obj = { ...(data as Record<string, unknown>) };
+  obj[key] ??= [];
+  printData(format, obj);
+}
+
+/** A table for people; an empty list prints nothing (not a lone header), so `| wc -l` counts rows. */
+function printTable(head: string[], rows: (string | number)[][]): void {
+  if (rows.length) print(renderTable(head, rows));
+}
+
 const strip = (name: string, prefix: string) => (name.startsWith(prefix) ? name.slice(prefix.length) : name);
 const ruleState = (r: Rule) => strip(ruleStateToJSON(r.status?.state ?? 0), 'RULE_STATE_');
 const action = (a: ChangeAction) => strip(changeActionToJSON(a), 'CHANGE_ACTION_').toLowerCase();
@@ -264,7 +286,15 @@ function ruleRow(r: Rule): (string | number)[] {
 
 const RULE_HEAD = ['NAME', 'PORT', 'DESTINATION', 'SOURCES', 'INGRESS', 'BACKENDS', 'STATE', 'GEN'];
 
-function ruleDetails(r: Rule): string {
+/** The counters of a GetCounters answer as JSON, lists always present. */
+function countersToJson(c: Counters | undefined): unknown {
+  const json = c
+    ? (GetCountersResponse.toJSON({ counters: c }) as { counters?: Record<string, unknown> }).counters
+    : {};
+  return { rules: [], backends: [], ...json };
+}
+
+function ruleDetails(r: Rule, counters?: Counters): string {
   const fields: [string, string | number][] = [
     ['name', r.name],
     ['port', `${r.match?.port ?? 0}/udp`],
@@ -284,11 +314,35 @@ function ruleDetails(r: Rule): string {
     ['updated', r.updateTime?.toISOString() ?? '-'],
   ];
   for (const w of r.status?.warnings ?? []) fields.push(['warning', w]);
+  const rc = counters?.rules.find((x) => x.rule === r.name);
+  if (rc) {
+    fields.push(
+      ['matched', `${rc.matchedPackets} packets, ${bytes(rc.matchedBytes)}`],
+      ['redirected', `${rc.redirectedPackets} packets, ${bytes(rc.redirectedBytes)}`],
+      ['filtered', `${rc.filteredPackets} packets (source not allowed)`],
+      ['no backend', `${rc.noBackendPackets} packets`],
+    );
+  } else {
+    fields.push(['counters', 'none (the rule has no counters in the datapath)']);
+  }
+  // Backend counters come in the rule's backend order (Counters.backends).
+  const bc = counters?.backends.filter((x) => x.rule === r.name) ?? [];
   const backends = renderTable(
-    ['BACKEND', 'IP', 'MAC', 'INTERFACE', 'WEIGHT', 'ACTIVE', 'MESSAGE'],
+    ['BACKEND', 'IP', 'MAC', 'INTERFACE', 'WEIGHT', 'ACTIVE', 'PACKETS', 'BYTES', 'MESSAGE'],
     r.backends.map((b, i) => {
       const s = r.status?.backendStatus[i];
-      return [i, b.ip, s?.mac || b.mac || '-', b.interface, b.weight ?? 1, yesNo(s?.active), s?.message || ''];
+      const c = bc[i]?.ip === b.ip && bc[i]?.interface === b.interface ? bc[i] : undefined;
+      return [
+        i,
+        b.ip,
+        s?.mac || b.mac || '-',
+        b.interface,
+        b.weight ?? 1,
+        yesNo(s?.active),
+        c ? String(c.packets) : '-',
+        c ? bytes(c.bytes) : '-',
+        s?.message || '',
+      ];
     }),
   );
   return `${renderFields(fields)}\n\n${r.backends.length ? backends : 'no backends'}`;
@@ -619,9 +673,69 @@ function linkFromSpec(l: ConfigFile['links'][number]): Link {
   };
 }
 
-/** Read and parse a config file; `section` must be present (an empty list deletes everything). */
-function loadConfig(file: string, section: 'rules' | 'links'): ConfigFile {
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Whether a file's `section` is in the API's JSON form (what `rules list` /
+ * `links list` print with -o yaml or -o json), rather than the config-file
+ * form: a rule with `match:`, a link whose direction is an enum name.
+ */
+function apiForm(root: unknown, section: 'rules' | 'links'): unknown[] | undefined {
+  if (!isObj(root) || !Array.isArray(root[section])) return undefined;
+  const list = root[section] as unknown[];
+  const api =
+    section === 'rules'
+      ? list.some((r) => isObj(r) && 'match' in r)
+      : list.some((l) => isObj(l) && ('status' in l || String(l.direction ?? '').startsWith('LINK_DIRECTION_')));
+  return api ? list : undefined;
+}
+
+/** A rule as the API prints it, output-only fields (generation, status, times) dropped. */
+function ruleFromApi(json: unknown): Rule {
+  const { name, match, ingressInterfaces, backends, udpChecksum, labels } = Rule.fromJSON(json);
+  return { name, match, ingressInterfaces, backends, udpChecksum, labels, generation: 0 };
+}
+
+/** A link as the API prints it, status dropped. */
+function linkFromApi(json: unknown): Link {
+  const { a, b, direction } = Link.fromJSON(json);
+  return { a, b, direction };
+}
+
+/**
+ * The rules of a file for rules apply: the config-file form (xdpctld
+ * --config) or the API form that `rules list -o yaml|json` prints, so that
+ * list -> edit -> apply round-trips. Validation is the server's.
+ */
+function loadRules(file: string): Rule[] {
   const text = readLocal(file, 'file').toString('utf8');
+  const api = apiForm(parseLoose(text), 'rules');
+  return api ? api.map(ruleFromApi) : loadConfig(file, 'rules', text).rules.map(ruleFromSpec);
+}
+
+/** The links of a file for links apply (config-file form or what `links list -o yaml|json` prints). */
+function loadLinks(file: string): Link[] {
+  const text = readLocal(file, 'file').toString('utf8');
+  const api = apiForm(parseLoose(text), 'links');
+  return api ? api.map(linkFromApi) : loadConfig(file, 'links', text).links.map(linkFromSpec);
+}
+
+/** YAML (JSON is YAML) without throwing: the strict parser reports problems. */
+function parseLoose(text: string): unknown {
+  try {
+    return YAML.parse(text, { maxAliasCount: 100 });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Read and parse a config file; `section` must be present (an empty list deletes everything). */
+function loadConfig(
+  file: string,
+  section: 'rules' | 'links',
+  text = readLocal(file, 'file').toString('utf8'),
+): ConfigFile {
   let cfg: ConfigFile;
   try {
     cfg = parseConfig(text);
@@ -773,22 +887,32 @@ export function buildProgram(version = '0.0.0'): Command {
           all.push(...page.rules);
           pageToken = page.nextPageToken;
         } while (pageToken);
-        if (o.output !== 'table')
-          return printData(o.output, ListRulesResponse.toJSON({ rules: all, nextPageToken: '' }));
-        print(renderTable(RULE_HEAD, all.map(ruleRow)));
+        if (o.output !== 'table') {
+          return printList(o.output, 'rules', ListRulesResponse.toJSON({ rules: all, nextPageToken: '' }));
+        }
+        printTable(RULE_HEAD, all.map(ruleRow));
       }),
     );
 
   rules
     .command('get')
-    .description('show one rule with its status')
+    .description("show one rule with its status and counters (the rule's and each backend's)")
     .argument('<name>', 'rule name')
     .addHelpText('after', examples('xdpctl rules get web\nxdpctl -o json rules get web'))
     .action(
       run(async (s, o, [name]) => {
         const res = await s.client.rules.getRule({ name }, s.call());
-        if (o.output !== 'table') return printData(o.output, GetRuleResponse.toJSON(res));
-        print(ruleDetails(res.rule!));
+        const { counters } = await s.client.counters.getCounters(
+          { filter: { kinds: [CounterKind.COUNTER_KIND_RULES, CounterKind.COUNTER_KIND_BACKENDS], rules: [name] } },
+          s.call(),
+        );
+        if (o.output !== 'table') {
+          return printData(o.output, {
+            ...(GetRuleResponse.toJSON(res) as object),
+            counters: countersToJson(counters),
+          });
+        }
+        print(ruleDetails(res.rule!, counters));
       }),
     );
 
@@ -884,7 +1008,12 @@ export function buildProgram(version = '0.0.0'): Command {
     .option('--dry-run', 'validate and show the changes without applying them')
     .addHelpText(
       'after',
-      `${examples('xdpctl rules apply -f xdpctl.yaml --dry-run\nxdpctl rules apply -f xdpctl.yaml')}
+      `${examples(
+        'xdpctl rules apply -f xdpctl.yaml --dry-run\nxdpctl rules apply -f xdpctl.yaml\n' +
+          'xdpctl -o yaml rules list > rules.yaml   # edit, then: xdpctl rules apply -f rules.yaml',
+      )}
+The output of "rules list -o yaml" (or -o json) is accepted as is: output-only
+fields (generation, status, times) are ignored.
 File format (only "rules:" is used; "rules: []" deletes every rule):
   rules:
     - name: web
@@ -897,17 +1026,14 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
     )
     .action(
       run(async (s, o, _args, f) => {
-        const cfg = loadConfig(f.file as string, 'rules');
         const res = await s.client.rules.applyRules(
-          { rules: cfg.rules.map(ruleFromSpec), validateOnly: Boolean(f.dryRun) },
+          { rules: loadRules(f.file as string), validateOnly: Boolean(f.dryRun) },
           s.call(),
         );
-        if (o.output !== 'table') return printData(o.output, ApplyRulesResponse.toJSON(res));
-        print(
-          renderTable(
-            ['NAME', 'ACTION'],
-            res.changes.map((c) => [c.name, action(c.action)]),
-          ),
+        if (o.output !== 'table') return printList(o.output, 'changes', ApplyRulesResponse.toJSON(res));
+        printTable(
+          ['NAME', 'ACTION'],
+          res.changes.map((c) => [c.name, action(c.action)]),
         );
         print(
           summary(
@@ -928,19 +1054,17 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
     .action(
       run(async (s, o) => {
         const res = await s.client.links.listLinks({}, s.call());
-        if (o.output !== 'table') return printData(o.output, ListLinksResponse.toJSON(res));
-        print(
-          renderTable(
-            ['A', 'B', 'DIRECTION', 'A→B', 'B→A', 'WARNINGS'],
-            res.links.map((l) => [
-              l.a,
-              l.b,
-              direction(l.direction),
-              yesNo(l.status?.aToBActive),
-              l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '-' : yesNo(l.status?.bToAActive),
-              l.status?.warnings.join('; ') ?? '',
-            ]),
-          ),
+        if (o.output !== 'table') return printList(o.output, 'links', ListLinksResponse.toJSON(res));
+        printTable(
+          ['A', 'B', 'DIRECTION', 'A→B', 'B→A', 'WARNINGS'],
+          res.links.map((l) => [
+            l.a,
+            l.b,
+            direction(l.direction),
+            yesNo(l.status?.aToBActive),
+            l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '-' : yesNo(l.status?.bToAActive),
+            l.status?.warnings.join('; ') ?? '',
+          ]),
         );
       }),
     );
@@ -987,6 +1111,7 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
     .addHelpText(
       'after',
       `${examples('xdpctl links apply -f xconnect.yaml --dry-run\nxdpctl links apply -f xconnect.yaml')}
+The output of "links list -o yaml" (or -o json) is accepted as is (status ignored).
 File format (only "links:" is used; "links: []" removes every link):
   links:
     eth0: tap0                        # both directions
@@ -996,17 +1121,14 @@ File format (only "links:" is used; "links: []" removes every link):
     )
     .action(
       run(async (s, o, _args, f) => {
-        const cfg = loadConfig(f.file as string, 'links');
         const res = await s.client.links.applyLinks(
-          { links: cfg.links.map(linkFromSpec), validateOnly: Boolean(f.dryRun) },
+          { links: loadLinks(f.file as string), validateOnly: Boolean(f.dryRun) },
           s.call(),
         );
-        if (o.output !== 'table') return printData(o.output, ApplyLinksResponse.toJSON(res));
-        print(
-          renderTable(
-            ['A', 'B', 'ACTION'],
-            res.changes.map((c) => [c.a, c.b, action(c.action)]),
-          ),
+        if (o.output !== 'table') return printList(o.output, 'changes', ApplyLinksResponse.toJSON(res));
+        printTable(
+          ['A', 'B', 'ACTION'],
+          res.changes.map((c) => [c.a, c.b, action(c.action)]),
         );
         print(
           summary(
@@ -1027,8 +1149,8 @@ File format (only "links:" is used; "links: []" removes every link):
     .action(
       run(async (s, o) => {
         const res = await s.client.interfaces.listInterfaces({}, s.call());
-        if (o.output !== 'table') return printData(o.output, ListInterfacesResponse.toJSON(res));
-        print(renderTable(INTERFACE_HEAD, res.interfaces.map(interfaceRow)));
+        if (o.output !== 'table') return printList(o.output, 'interfaces', ListInterfacesResponse.toJSON(res));
+        printTable(INTERFACE_HEAD, res.interfaces.map(interfaceRow));
       }),
     );
   interfaces
@@ -1339,8 +1461,26 @@ function packageVersion(): string {
   }
 }
 
+/**
+ * A reader that went away (`xdpctl watch | head -1`) is the normal end of a
+ * pipeline, not an error: exit 0 at once, without a stack trace, as
+ * coreutils do for their output.
+ */
+let epipeHandled = false;
+function exitQuietlyOnEpipe(): void {
+  if (epipeHandled) return;
+  epipeHandled = true;
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(EXIT.OK);
+      throw e;
+    });
+  }
+}
+
 /** Run the CLI; resolves to the exit code. Errors are printed as one line on stderr. */
 export async function main(argv: string[] = process.argv): Promise<number> {
+  exitQuietlyOnEpipe();
   const program = buildProgram(packageVersion());
   const debug = argv.includes('--debug');
   try {

@@ -1,5 +1,5 @@
 /**
- * The YAML configuration file (xdpctld --config, xdpctl apply -f): links and
+ * The YAML configuration file (xdpctld --config, xdpctl rules|links apply -f): links and
  * rules. Parsing is pure and strict: every problem is reported with its path
  * in the file, and nothing is applied unless the whole file is valid.
  *
@@ -18,7 +18,7 @@
  */
 import { isScalar, LineCounter, parseDocument } from 'yaml';
 
-// Shared by the daemon (--config) and the CLI (apply -f): no server imports.
+// Shared by the daemon (--config) and the CLI (rules|links apply -f): no server imports.
 
 export interface FieldViolation {
   field: string;

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,6 +16,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, ROOT, runId } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp } from '../helpers/udp.js';
 
 const BIN = `${ROOT}bin/xdpctl`;
 
@@ -74,6 +75,7 @@ describe('xdpctl command line', kernelOnly(), () => {
     b1 = topo.addHost('b1', '198.18.2.1/24');
     h1 = topo.addHost('h1', '198.18.0.1/24');
     h2 = topo.addHost('h2', '198.18.0.2/24');
+    topo.routeToXdp('vm');
     d = await DaemonProcess.start(id);
   });
   after(async () => {
@@ -127,6 +129,29 @@ describe('xdpctl command line', kernelOnly(), () => {
     }
     const yaml = assertOk(await cli('-o', 'yaml', 'rules', 'get', 'web'));
     assert.match(yaml, /state: RULE_STATE_ACTIVE/);
+  });
+
+  it("rules get shows the rule's counters and each backend's, as GetCounters counts them", async () => {
+    // web accepts only 192.168.122.10: datagrams from vm match its port and are filtered by source.
+    const { sent } = await sendUdp(vm.netns, '198.18.9.9', 7999, 5).done;
+    assert.equal(sent, 5);
+    const out = assertOk(await cli('rules', 'get', 'web'));
+    assert.match(out, /^matched:\s+5 packets, \d+ B$/m);
+    assert.match(out, /^redirected:\s+0 packets, 0 B$/m);
+    assert.match(out, /^filtered:\s+5 packets/m);
+    assert.match(out, /^BACKEND\s+IP\s+MAC\s+INTERFACE\s+WEIGHT\s+ACTIVE\s+PACKETS\s+BYTES\s+MESSAGE$/m);
+    assert.match(
+      out,
+      new RegExp(`^0\\s+${b1.ip!.replace(/\./g, '\\.')}\\s+\\S+\\s+${b1.hostIf}\\s+1\\s+yes\\s+0\\s+0 B`, 'm'),
+    );
+    const json = JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'get', 'web'))) as {
+      rule: { name: string };
+      counters: { rules: { rule: string; matchedPackets: unknown; filteredPackets: unknown }[]; backends: unknown[] };
+    };
+    assert.equal(json.rule.name, 'web');
+    assert.equal(String(json.counters.rules[0].matchedPackets), '5');
+    assert.equal(String(json.counters.rules[0].filteredPackets), '5');
+    assert.equal(json.counters.backends.length, 1);
   });
 
   it('rules get of an unknown rule: exit 4, one line', async () => {
@@ -243,6 +268,24 @@ describe('xdpctl command line', kernelOnly(), () => {
     assertFails(await cli('rules', 'apply', '-f', join(dir, 'missing.yaml')), 1, /cannot read/);
   });
 
+  it('rules list -o yaml (and -o json) is accepted by rules apply -f: list, edit, apply', async () => {
+    for (const format of ['yaml', 'json']) {
+      const file = join(dir, `listed.${format}`);
+      writeFileSync(file, assertOk(await cli('-o', format, 'rules', 'list')));
+      const same = assertOk(await cli('rules', 'apply', '-f', file));
+      assert.match(same, /^web\s+unchanged$/m, same);
+      assert.match(same, /applied: 0 created, 0 updated, 0 deleted, 1 unchanged/);
+    }
+    const file = join(dir, 'listed.yaml');
+    const edited = assertOk(await cli('-o', 'yaml', 'rules', 'list')).replace('port: 7999', 'port: 7997');
+    assert.match(edited, /port: 7997/);
+    writeFileSync(file, edited);
+    assert.match(assertOk(await cli('rules', 'apply', '-f', file)), /^web\s+update$/m);
+    assert.match(assertOk(await cli('rules', 'get', 'web')), /^port:\s+7997\/udp$/m);
+    writeFileSync(file, edited.replace('port: 7997', 'port: 7999'));
+    assert.match(assertOk(await cli('rules', 'apply', '-f', file)), /^web\s+update$/m);
+  });
+
   it('links connect, then links list -o json', async () => {
     assert.match(assertOk(await cli('links', 'connect', h1.hostIf, h2.hostIf)), /connected/);
     const json = JSON.parse(assertOk(await cli('links', 'list', '-o', 'json'))) as {
@@ -261,6 +304,28 @@ describe('xdpctl command line', kernelOnly(), () => {
     const out = assertOk(await cli('interfaces', 'list'));
     assert.match(out, /^NAME\s+IFINDEX\s+REQUESTED\s+EFFECTIVE\s+PROGRAM\s+USED BY\s+WARNINGS$/m);
     assert.match(out, new RegExp(`^${vm.hostIf}\\s+\\d+\\s+\\S+\\s+NATIVE\\s+\\d+\\s+rule/web`, 'm'));
+  });
+
+  it('watch | head -1: the closed pipe ends xdpctl with exit 0 and nothing on stderr (EPIPE)', async () => {
+    const r = await new Promise<Result>((resolve) => {
+      const child = spawn(
+        'bash',
+        [
+          '-c',
+          `"$0" watch --interval 100ms -o json 2>"$1" | head -1; echo "exit=\${PIPESTATUS[0]}"`,
+          BIN,
+          join(dir, 'epipe.err'),
+        ],
+        { env: { ...process.env, XDPCTL_SERVER: d.tcp }, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let stdout = '';
+      child.stdout.on('data', (x) => (stdout += x));
+      child.on('close', (code) => resolve({ code, stdout, stderr: readFileSync(join(dir, 'epipe.err'), 'utf8') }));
+    });
+    const [first, status] = r.stdout.trim().split('\n');
+    assert.ok((JSON.parse(first) as { counters?: unknown }).counters, first);
+    assert.equal(status, 'exit=0', `xdpctl's own exit status (stderr: ${r.stderr})`);
+    assert.equal(r.stderr, '', 'no stack trace, no message');
   });
 
   it('watch --count 2 -o json prints two NDJSON lines', async () => {
@@ -311,5 +376,21 @@ describe('xdpctl command line', kernelOnly(), () => {
     assertFails(await cli('rules', 'delete', 'web', '--generation', '1'), 7);
     assert.equal(assertOk(await cli('rules', 'delete', 'web')).trim(), 'rule web deleted');
     assertFails(await cli('rules', 'get', 'web'), 4);
+  });
+
+  it('empty lists: nothing in a table, [] in JSON and YAML, always ending in a newline', async () => {
+    assert.equal(
+      assertOk(await cli('links', 'disconnect', h1.hostIf, h2.hostIf)).trim(),
+      `link ${h1.hostIf} ${h2.hostIf} disconnected`,
+    );
+    for (const [noun, key] of [
+      ['rules', 'rules'],
+      ['links', 'links'],
+      ['interfaces', 'interfaces'],
+    ]) {
+      assert.equal(assertOk(await cli(noun, 'list')), '', `${noun} list: no header without rows`);
+      assert.equal(assertOk(await cli('-o', 'json', noun, 'list')), `{\n  "${key}": []\n}\n`);
+      assert.equal(assertOk(await cli('-o', 'yaml', noun, 'list')), `${key}: []\n`);
+    }
   });
 });
