@@ -382,7 +382,7 @@ function ruleSpec(net: Net, i: number, variant = 0): Rule {
     })),
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
   };
 }
 
@@ -515,7 +515,7 @@ async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
     backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
   const ips = ['10.99.0.1', '10.99.0.2'];
   let flip = 0;
@@ -523,7 +523,7 @@ async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
     flip ^= 1;
     const want = ipBytes(ips[flip]);
     const t0 = nowMs();
-    await rules.updateRule({ rule: spec(ips[flip]), expectedGeneration: 0 });
+    await rules.updateRule({ rule: spec(ips[flip]), expectedGeneration: 0n });
     while (!sameBytes(view.firstBackend(key), want)) {
       if (nowMs() - t0 > 10_000) throw new Error('rule change not visible in the kernel after 10 s');
     }

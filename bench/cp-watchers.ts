@@ -19,7 +19,7 @@ const streams = Number(nArg);
 const intervalMs = Number(intervalArg);
 const target = address.replace(/^unix:(?!\/\/)/, 'unix://');
 const request = WatchCountersRequest.encode({
-  interval: { seconds: Math.floor(intervalMs / 1000), nanos: (intervalMs % 1000) * 1e6 },
+  interval: { seconds: BigInt(Math.floor(intervalMs / 1000)), nanos: (intervalMs % 1000) * 1e6 },
 }).finish();
 
 const clients: Client[] = [];

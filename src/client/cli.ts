@@ -136,8 +136,12 @@ function parseUint(text: string, max = 0xffff_ffff): number {
   return Number(text);
 }
 
-function parseUint64(text: string): number {
-  return parseUint(text, Number.MAX_SAFE_INTEGER);
+/** A uint64 (a generation), exact: a bigint, as the generated types carry 64-bit integers. */
+function parseUint64(text: string): bigint {
+  if (!/^\d+$/.test(text) || BigInt(text) > 0xffff_ffff_ffff_ffffn) {
+    throw new InvalidArgumentError('expected a non-negative integer below 2^64.');
+  }
+  return BigInt(text);
 }
 
 function parsePositive(text: string): number {
@@ -215,8 +219,11 @@ const NO_BORDER = {
   middle: '   ',
 };
 
+/** A table cell; 64-bit counters stay bigints and print exactly. */
+type Cell = string | number | bigint;
+
 /** A borderless table (kubectl style) for people. */
-export function renderTable(head: string[], rows: (string | number)[][]): string {
+export function renderTable(head: string[], rows: Cell[][]): string {
   const t = new Table({
     head,
     chars: NO_BORDER,
@@ -231,7 +238,7 @@ export function renderTable(head: string[], rows: (string | number)[][]): string
 }
 
 /** Key/value lines ("name:   web"). */
-function renderFields(fields: [string, string | number][]): string {
+function renderFields(fields: [string, Cell][]): string {
   const w = Math.max(...fields.map(([k]) => k.length)) + 2;
   return fields.map(([k, v]) => `${`${k}:`.padEnd(w)}${v}`).join('\n');
 }
@@ -258,7 +265,7 @@ function printList(format: OutputFormat, key: string, data: unknown): void {
 }
 
 /** A table for people; an empty list prints nothing (not a lone header), so `| wc -l` counts rows. */
-function printTable(head: string[], rows: (string | number)[][]): void {
+function printTable(head: string[], rows: Cell[][]): void {
   if (rows.length) print(renderTable(head, rows));
 }
 
@@ -271,7 +278,7 @@ const yesNo = (b: boolean | undefined) => (b ? 'yes' : 'no');
 const orDash = (s: string | number | undefined) => (s === undefined || s === '' || s === 0 ? '-' : String(s));
 const backendText = (b: Backend) => `${b.ip}@${b.interface}*${b.weight ?? 1}`;
 
-function ruleRow(r: Rule): (string | number)[] {
+function ruleRow(r: Rule): Cell[] {
   return [
     r.name,
     r.match?.port ?? 0,
@@ -295,7 +302,7 @@ function countersToJson(c: Counters | undefined): unknown {
 }
 
 function ruleDetails(r: Rule, counters?: Counters): string {
-  const fields: [string, string | number][] = [
+  const fields: [string, Cell][] = [
     ['name', r.name],
     ['port', `${r.match?.port ?? 0}/udp`],
     ['destination', r.match?.destination || '* (any)'],
@@ -352,7 +359,7 @@ function linkName(l: { a: string; b: string; direction?: LinkDirection }): strin
   return `${l.a} ${l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '->' : '<->'} ${l.b}`;
 }
 
-function interfaceRow(i: ManagedInterface): (string | number)[] {
+function interfaceRow(i: ManagedInterface): Cell[] {
   return [
     i.name,
     i.present ? i.ifindex : '-',
@@ -377,14 +384,17 @@ function si(n: number, unit = ''): string {
   return unit ? `${v} ${steps[i]}${unit}` : `${v}${steps[i]}`;
 }
 
-function bytes(n: number): string {
-  const steps = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+/** A byte count for people: exact below 1 KiB, else scaled to one decimal (KiB ... EiB). */
+function bytes(count: bigint | number): string {
+  if (BigInt(count) < 1024n) return `${count} B`;
+  const steps = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+  let n = Number(count);
   let i = 0;
   while (n >= 1024 && i < steps.length - 1) {
     n /= 1024;
     i++;
   }
-  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${steps[i]}`;
+  return `${n.toFixed(1)} ${steps[i]}`;
 }
 
 const pps = (r: Rates | undefined) => (r ? si(r.pps) : '-');
@@ -433,7 +443,7 @@ function countersText(c: Counters, header: string): string {
     );
   }
   if (c.global) {
-    const kv = (m: Record<string, number>) =>
+    const kv = (m: Record<string, bigint>) =>
       Object.entries(m)
         .map(([k, v]) => `${k}=${v}`)
         .join(' ') || '-';
@@ -626,7 +636,7 @@ function ruleFromFlags(name: string, f: RuleFlags): Rule {
     backends: f.backend ?? [],
     udpChecksum: f.udpChecksum ? CHECKSUM[f.udpChecksum] : UdpChecksumMode.UDP_CHECKSUM_MODE_UNSPECIFIED,
     labels: f.label ?? {},
-    generation: 0,
+    generation: 0n,
   };
 }
 
@@ -644,7 +654,7 @@ function ruleWithFlags(cur: Rule, f: RuleFlags): Rule {
     backends: f.backend ?? cur.backends,
     udpChecksum: f.udpChecksum ? CHECKSUM[f.udpChecksum] : cur.udpChecksum,
     labels: f.label ?? cur.labels,
-    generation: 0,
+    generation: 0n,
   };
 }
 
@@ -661,7 +671,7 @@ function ruleFromSpec(r: ConfigFile['rules'][number]): Rule {
     backends: r.backends.map((b) => ({ ip: b.ip, mac: b.mac, interface: b.interface, weight: b.weight })),
     udpChecksum: CHECKSUM[r.udpChecksum],
     labels: r.labels,
-    generation: 0,
+    generation: 0n,
   };
 }
 
@@ -694,7 +704,7 @@ function apiForm(root: unknown, section: 'rules' | 'links'): unknown[] | undefin
 /** A rule as the API prints it, output-only fields (generation, status, times) dropped. */
 function ruleFromApi(json: unknown): Rule {
   const { name, match, ingressInterfaces, backends, udpChecksum, labels } = Rule.fromJSON(json);
-  return { name, match, ingressInterfaces, backends, udpChecksum, labels, generation: 0 };
+  return { name, match, ingressInterfaces, backends, udpChecksum, labels, generation: 0n };
 }
 
 /** A link as the API prints it, status dropped. */
@@ -990,7 +1000,7 @@ export function buildProgram(version = '0.0.0'): Command {
     .action(
       run(async (s, o, [name], f) => {
         const res = await s.client.rules.deleteRule(
-          { name, expectedGeneration: (f.generation as number | undefined) ?? 0 },
+          { name, expectedGeneration: (f.generation as bigint | undefined) ?? 0n },
           s.call(),
         );
         if (o.output !== 'table') return printData(o.output, DeleteRuleResponse.toJSON(res));
@@ -1212,7 +1222,7 @@ File format (only "links:" is used; "links: []" removes every link):
           const stream = s.client.counters.watchCounters(
             {
               filter: { kinds, rules: (f.rule as string[]) ?? [], interfaces: (f.interface as string[]) ?? [] },
-              interval: { seconds: Math.floor(interval / 1000), nanos: (interval % 1000) * 1_000_000 },
+              interval: { seconds: BigInt(Math.floor(interval / 1000)), nanos: (interval % 1000) * 1_000_000 },
             },
             { signal: ac.signal, onTrailer: (md: Metadata) => (s.trailer = md) },
           );
@@ -1272,7 +1282,7 @@ File format (only "links:" is used; "links: []" removes every link):
             ['rules', d?.ruleCount ?? 0],
             ['links', d?.linkCount ?? 0],
             ['interfaces', d?.interfaceCount ?? 0],
-            ['uptime', res.uptime ? formatDuration(res.uptime.seconds) : '-'],
+            ['uptime', res.uptime ? formatDuration(Number(res.uptime.seconds)) : '-'],
           ]),
         );
       }),

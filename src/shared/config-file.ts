@@ -81,6 +81,11 @@ export class ConfigError extends Error {
   }
 }
 
+/** A MAC in the one form the daemon stores and echoes (lower case, colons); other text unchanged. */
+function canonicalMac(text: string): string {
+  return /^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$/i.test(text) ? text.toLowerCase().replace(/-/g, ':') : text;
+}
+
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -266,7 +271,7 @@ export function parseConfig(text: string): ConfigFile {
           if (typeof weight !== 'number') problems.push({ field: `${bf}.weight`, description: 'must be a number' });
           return {
             ip: str(b.ip, `${bf}.ip`),
-            mac: str(b.mac, `${bf}.mac`, true),
+            mac: canonicalMac(str(b.mac, `${bf}.mac`, true)),
             interface: str(b.interface, `${bf}.interface`),
             weight: typeof weight === 'number' ? weight : 1,
           };

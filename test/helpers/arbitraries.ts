@@ -146,7 +146,7 @@ export function validRule(env: Env, name?: string): fc.Arbitrary<Rule> {
       backends,
       udpChecksum: r.udpChecksum,
       labels: { ...r.labels },
-      generation: 0,
+      generation: 0n,
     }));
 }
 
@@ -340,17 +340,17 @@ export function breakLink(env: Env, p: string, applying: boolean): fc.Arbitrary<
 }
 
 /** Durations for WatchCounters.interval: [value, valid]. */
-export const INTERVALS: [{ seconds: number; nanos: number } | undefined, boolean][] = [
+export const INTERVALS: [{ seconds: bigint; nanos: number } | undefined, boolean][] = [
   [undefined, true],
-  [{ seconds: 0, nanos: 100e6 }, true],
-  [{ seconds: 0, nanos: 250e6 }, true],
-  [{ seconds: 60, nanos: 0 }, true],
-  [{ seconds: 0, nanos: 0 }, false],
-  [{ seconds: 0, nanos: 50e6 }, false],
-  [{ seconds: 61, nanos: 0 }, false],
-  [{ seconds: -1, nanos: 0 }, false],
-  [{ seconds: 0, nanos: -200e6 }, false],
-  [{ seconds: 1, nanos: -500e6 }, false],
-  [{ seconds: 0, nanos: 2e9 }, false],
-  [{ seconds: 100000, nanos: 0 }, false],
+  [{ seconds: 0n, nanos: 100e6 }, true],
+  [{ seconds: 0n, nanos: 250e6 }, true],
+  [{ seconds: 60n, nanos: 0 }, true],
+  [{ seconds: 0n, nanos: 0 }, false],
+  [{ seconds: 0n, nanos: 50e6 }, false],
+  [{ seconds: 61n, nanos: 0 }, false],
+  [{ seconds: -1n, nanos: 0 }, false],
+  [{ seconds: 0n, nanos: -200e6 }, false],
+  [{ seconds: 1n, nanos: -500e6 }, false],
+  [{ seconds: 0n, nanos: 2e9 }, false],
+  [{ seconds: 100000n, nanos: 0 }, false],
 ];

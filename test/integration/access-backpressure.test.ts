@@ -30,7 +30,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { WatchCountersRequest } from '../../src/gen/xdpctl/v1/counters.js';
+import { WatchCountersRequest, WatchCountersResponse } from '../../src/gen/xdpctl/v1/counters.js';
 import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, runId, sleep, waitFor } from '../helpers/env.js';
@@ -124,7 +124,7 @@ describe('watch streams and slow clients', kernelOnly(), () => {
       })),
       udpChecksum: 0,
       labels: {},
-      generation: 0,
+      generation: 0n,
     }));
     const c = d!.clients();
     await c.rules.applyRules({ rules, validateOnly: false });
@@ -133,7 +133,7 @@ describe('watch streams and slow clients', kernelOnly(), () => {
     for (let i = 0; i < STREAMS; i++) {
       // Every rule, plus a name of its own: full-size snapshots, not shared with any other stream.
       const body = WatchCountersRequest.encode({
-        interval: { seconds: 0, nanos: 100_000_000 },
+        interval: { seconds: 0n, nanos: 100_000_000 },
         filter: { kinds: [], interfaces: [], rules: [...rules.map((r) => r.name), `only-stream-${i}`] },
       }).finish();
       const s = http2.connect(`http://${d!.tcp}`);
@@ -174,11 +174,11 @@ describe('watch streams and slow clients', kernelOnly(), () => {
     let size = 0;
     const reader = (async () => {
       for await (const m of c.counters.watchCounters(
-        { interval: { seconds: 0, nanos: 100_000_000 } },
+        { interval: { seconds: 0n, nanos: 100_000_000 } },
         { signal: ac.signal },
       )) {
         reads++;
-        size = JSON.stringify(m).length;
+        size = JSON.stringify(WatchCountersResponse.toJSON(m)).length;
       }
     })().catch(() => undefined);
     // The reader's snapshots: at 100 ms, 50 in 5 s on an idle machine; ask for 30 and give a loaded

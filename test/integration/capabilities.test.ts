@@ -74,7 +74,7 @@ describe('least privilege', kernelOnly(), () => {
     backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
   const forwards = async (d: DaemonProcess) => {
     const l = await UdpListener.start(b.netns, b.ip!, PORT);
@@ -85,7 +85,7 @@ describe('least privilege', kernelOnly(), () => {
       assert.equal(got.bad, 0);
       assert.equal(got.unique, sent, `${got.unique} of ${sent} arrived`);
       const { counters } = await d.clients(d.unix).counters.getCounters({});
-      assert.equal(counters!.backends[0].packets, sent);
+      assert.equal(counters!.backends[0].packets, BigInt(sent));
     } finally {
       l.kill();
     }

@@ -225,7 +225,7 @@ describe('xdpctl command line', kernelOnly(), () => {
     assert.equal(rule.rule.match.port, 7999, 'the stale update changed nothing');
     assert.deepEqual(rule.rule.match.sourcePrefixes, ['192.168.122.10'], 'fields not given are kept');
     assert.deepEqual(rule.rule.labels, { owner: 'cli' });
-    assert.equal(rule.rule.generation, 2);
+    assert.equal(rule.rule.generation, '2', 'uint64 as a JSON string (proto3 JSON)');
   });
 
   it('rules apply -f --dry-run prints the changes and applies nothing', async () => {

@@ -126,7 +126,7 @@ describe('concurrency soak', kernelOnly(), () => {
       backends: [{ ip: `198.18.9.${k + 1}`, mac: '02:00:00:00:00:01', interface: ifs[(k + 1) % 4], weight }],
       udpChecksum: 0,
       labels: { op },
-      generation: 0,
+      generation: 0n,
     });
     // Links: two disjoint pairs, and two that conflict with both of them.
     const pairs: [string, string][] = [
@@ -177,9 +177,9 @@ describe('concurrency soak', kernelOnly(), () => {
           const spec = ruleOf(k, op, false, 1 + (seq % 100));
           await attempt('create', async () => {
             const res = await rules.createRule({ rule: spec });
-            accepted.set(op, { gen: res.rule!.generation, spec });
+            accepted.set(op, { gen: Number(res.rule!.generation), spec });
             inc(creates, name);
-            known.set(name, res.rule!.generation);
+            known.set(name, Number(res.rule!.generation));
           });
         } else if (r < 0.6) {
           // Conditional on what this client saw last (often stale by now), sometimes deliberately off.
@@ -187,19 +187,19 @@ describe('concurrency soak', kernelOnly(), () => {
           const eg = Math.random() < 0.15 ? g + 1 : g;
           const spec = ruleOf(k, op, Math.random() < 0.2, 1 + (seq % 100));
           const code = await attempt('update', async () => {
-            const res = await rules.updateRule({ rule: spec, expectedGeneration: eg });
-            accepted.set(op, { gen: res.rule!.generation, spec });
+            const res = await rules.updateRule({ rule: spec, expectedGeneration: BigInt(eg) });
+            accepted.set(op, { gen: Number(res.rule!.generation), spec });
             inc(updates, name);
-            known.set(name, res.rule!.generation);
+            known.set(name, Number(res.rule!.generation));
           });
           if (code === Status.ABORTED || code === Status.NOT_FOUND) {
-            await attempt('get', async () => known.set(name, (await rules.getRule({ name })).rule!.generation));
+            await attempt('get', async () => known.set(name, Number((await rules.getRule({ name })).rule!.generation)));
           }
         } else if (r < 0.75) {
           const g = known.get(name);
           if (g === undefined) continue;
           await attempt('delete', async () => {
-            await rules.deleteRule({ name, expectedGeneration: g });
+            await rules.deleteRule({ name, expectedGeneration: BigInt(g) });
             deletes.set(name, [...(deletes.get(name) ?? []), g]);
             known.delete(name);
           });
@@ -231,7 +231,7 @@ describe('concurrency soak', kernelOnly(), () => {
       const counters = createClient(CounterServiceDefinition, ch);
       try {
         for await (const m of counters.watchCounters(
-          { interval: { seconds: 0, nanos: 100e6 }, filter: undefined },
+          { interval: { seconds: 0n, nanos: 100e6 }, filter: undefined },
           { signal },
         )) {
           if (m.counters) snapshots++;
@@ -298,12 +298,12 @@ describe('concurrency soak', kernelOnly(), () => {
       assert.equal(c - dels.length, r ? 1 : 0, `${name}: ${c} creates and ${dels.length} deletes accepted`);
       // Every accepted update moved some lifetime one generation on: deleted lifetimes
       // ended at their delete's expected generation, the live one at its generation.
-      const bumps = dels.reduce((n, g) => n + g - 1, 0) + (r ? r.generation - 1 : 0);
+      const bumps = dels.reduce((n, g) => n + g - 1, 0) + (r ? Number(r.generation) - 1 : 0);
       assert.equal(bumps, updates.get(name) ?? 0, `${name}: every accepted update and nothing else`);
       if (!r) continue;
       const last = accepted.get(r.labels.op);
       assert.ok(last, `${name}: the rule is a change the daemon accepted (${r.labels.op})`);
-      assert.equal(r.generation, last.gen, `${name}: at the generation its last change got`);
+      assert.equal(Number(r.generation), last.gen, `${name}: at the generation its last change got`);
       assert.equal(r.match!.port, last.spec.match!.port);
       assert.deepEqual(r.ingressInterfaces, last.spec.ingressInterfaces);
       assert.equal(r.backends[0].weight, last.spec.backends[0].weight);

@@ -55,7 +55,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
 
   /** Traffic through a daemon restart done by `restart`; returns delivered/sent. */
@@ -88,10 +88,10 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     assert.equal(r.bad, 0);
     assert.equal(r.delivered, r.sent);
     const web = (await c.rules.getRule({ name: 'web' })).rule!;
-    assert.equal(web.generation, 1, 'the stored rule, not a new one');
+    assert.equal(web.generation, 1n, 'the stored rule, not a new one');
     assert.equal((await c.daemon.getStatus({})).datapath!.programId, progId, 'same program kept attached');
     const { counters } = await c.counters.getCounters({});
-    assert.equal(counters!.backends[0].packets, r.sent, 'counters span both daemons');
+    assert.equal(counters!.backends[0].packets, BigInt(r.sent), 'counters span both daemons');
   });
 
   it('normal restart (SIGTERM): none lost', async (t) => {

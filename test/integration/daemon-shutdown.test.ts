@@ -41,7 +41,7 @@ describe('daemon shutdown', kernelOnly(), () => {
     await c.links.connect({ link: { a: h1.hostIf, b: h2.hostIf, direction: 0 } });
     let ended: unknown;
     const watch = (async () => {
-      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0, nanos: 100e6 } })) void _;
+      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0n, nanos: 100e6 } })) void _;
     })().catch((e) => (ended = e));
     await sleep(300);
     assert.equal(await d.stop('SIGTERM'), 0);

@@ -88,7 +88,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     backends,
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
     ...over,
   });
 
@@ -108,18 +108,18 @@ describe('xdpctld end to end', kernelOnly(), () => {
     const created = await c.rules.createRule({ rule: rule('web', [backend(b1, { mac: '' })]) });
     assert.equal(created.rule!.status!.state, RuleState.RULE_STATE_INACTIVE);
     assert.match(created.rule!.status!.backendStatus[0].message, /no neighbour entry for 198\.18\.2\.1/);
-    assert.equal(created.rule!.generation, 1);
+    assert.equal(created.rule!.generation, 1n);
 
     // Once the neighbour is known, an update resolves it.
     sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
     const updated = await c.rules.updateRule({
       rule: rule('web', [backend(b1, { mac: '' })], { labels: { owner: 'e2e' } }),
-      expectedGeneration: 1,
+      expectedGeneration: 1n,
     });
     assert.equal(updated.rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
     assert.equal(updated.rule!.backends[0].mac, '', 'the MAC as specified (empty)');
     assert.equal(updated.rule!.status!.backendStatus[0].mac, b1.mac, 'MAC resolved from the neighbour table');
-    assert.equal(updated.rule!.generation, 2);
+    assert.equal(updated.rule!.generation, 2n);
 
     const l = await listen(b1);
     const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;
@@ -128,13 +128,13 @@ describe('xdpctld end to end', kernelOnly(), () => {
     assert.equal(got.bad, 0);
     assert.equal(got.unique, sent);
     const { counters } = await c.counters.getCounters({ filter: { kinds: [], rules: ['web'], interfaces: [] } });
-    assert.equal(counters!.rules[0].redirectedPackets, sent);
-    assert.equal(counters!.backends[0].packets, sent);
+    assert.equal(counters!.rules[0].redirectedPackets, BigInt(sent));
+    assert.equal(counters!.backends[0].packets, BigInt(sent));
     assert.equal(counters!.backends[0].ip, b1.ip);
   });
 
   it('rejects a stale update with ABORTED and GENERATION_MISMATCH', async () => {
-    const f = await fails((o) => c.rules.updateRule({ rule: rule('web', [backend(b2)]), expectedGeneration: 1 }, o));
+    const f = await fails((o) => c.rules.updateRule({ rule: rule('web', [backend(b2)]), expectedGeneration: 1n }, o));
     assert.equal(f.code, Status.ABORTED);
     assert.match(f.message, /generation 2, not 1/);
     const info = f.status!.details.find((x) => x.typeUrl.endsWith('ErrorInfo'))!;
@@ -291,12 +291,12 @@ describe('xdpctld end to end', kernelOnly(), () => {
       for await (const m of c.counters.watchCounters(
         {
           filter: { kinds: [CounterKind.COUNTER_KIND_RULES], rules: ['web'], interfaces: [] },
-          interval: { seconds: 0, nanos: 200e6 },
+          interval: { seconds: 0n, nanos: 200e6 },
         },
         { signal: ac.signal },
       )) {
         const r = m.counters!.rules[0];
-        seen.push(r.redirectedPackets);
+        seen.push(Number(r.redirectedPackets));
         if (r.redirectedRates?.pps) lastPps = Math.max(lastPps, r.redirectedRates.pps);
       }
     })().catch((e) => {
@@ -315,7 +315,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     assert.ok(lastPps > 0, 'rates derived from deltas');
     // A bad interval is refused.
     const f = await fails(async (o) => {
-      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0, nanos: 10e6 } }, o)) break;
+      for await (const _ of c.counters.watchCounters({ interval: { seconds: 0n, nanos: 10e6 } }, o)) break;
     });
     assert.equal(f.code, Status.INVALID_ARGUMENT);
   });
@@ -377,6 +377,51 @@ describe('xdpctld end to end', kernelOnly(), () => {
     assert.ok(i1.programId > 0);
     await c.links.disconnect({ a: h1.hostIf, b: h3.hostIf });
     assert.deepEqual((await c.links.listLinks({})).links, []);
+  });
+
+  it('a MAC given in upper case (or with dashes) is stored and echoed in one canonical form', async () => {
+    const upper = b1.mac.toUpperCase().replace(/:/g, '-');
+    const created = await c.rules.createRule({
+      rule: rule('macs', [{ ip: b1.ip!, mac: upper, interface: b1.hostIf }], {
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7123, destination: '', sourcePrefixes: [] },
+      }),
+    });
+    try {
+      assert.equal(created.rule!.backends[0].mac, b1.mac.toLowerCase());
+      assert.equal((await c.rules.getRule({ name: 'macs' })).rule!.backends[0].mac, b1.mac.toLowerCase());
+      const listed = (await c.rules.listRules({})).rules.find((r) => r.name === 'macs')!;
+      assert.equal(listed.backends[0].mac, b1.mac.toLowerCase());
+      assert.equal(listed.status!.backendStatus[0].mac, b1.mac.toLowerCase());
+      // The same MAC in another spelling is the same rule: nothing to update.
+      const same = await c.rules.updateRule({
+        rule: rule('macs', [{ ip: b1.ip!, mac: b1.mac.toUpperCase(), interface: b1.hostIf }], {
+          match: { protocol: Protocol.PROTOCOL_UDP, port: 7123, destination: '', sourcePrefixes: [] },
+        }),
+      });
+      assert.equal(same.rule!.generation, 1n, 'no new generation for a different spelling');
+    } finally {
+      await c.rules.deleteRule({ name: 'macs' });
+    }
+  });
+
+  it('ApplyLinks reports its changes in ascending order of (a, b) (a ring of one-way links)', async () => {
+    const [x, y, z] = [h1.hostIf, h2.hostIf, h3.hostIf].sort();
+    const res = await c.links.applyLinks({
+      links: [
+        { a: z, b: x, direction: LinkDirection.LINK_DIRECTION_A_TO_B },
+        { a: x, b: y, direction: LinkDirection.LINK_DIRECTION_A_TO_B },
+        { a: y, b: z, direction: LinkDirection.LINK_DIRECTION_A_TO_B },
+      ],
+      validateOnly: true,
+    });
+    assert.deepEqual(
+      res.changes.map((ch) => [ch.a, ch.b]),
+      [
+        [x, y],
+        [y, z],
+        [z, x],
+      ],
+    );
   });
 
   it('goes NOT_SERVING while shutting down', async () => {

@@ -168,7 +168,8 @@ const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 /** The encoded size of a request, computed only when it may be near the limit. */
 function sizeOf(encode: () => Uint8Array, req: unknown): (() => number) | undefined {
-  return JSON.stringify(req).length > MAX_MESSAGE_BYTES / 2 ? () => encode().length : undefined;
+  const text = JSON.stringify(req, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+  return text.length > MAX_MESSAGE_BYTES / 2 ? () => encode().length : undefined;
 }
 
 // ---- the test --------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
   async function checkModel(ctx: string) {
     const got = (await rules.listRules({ pageSize: 1000, pageToken: '' })).rules;
     assert.deepEqual(
-      got.map((r) => ({ rule: norm(r), generation: r.generation })),
+      got.map((r) => ({ rule: norm(r), generation: Number(r.generation) })),
       [...model.rules.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([, r]) => r),
       `${ctx}: ListRules is the model`,
     );
@@ -375,7 +376,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
         const generation = (cur?.generation ?? 0) + 1;
         const got = (res as { rule: Rule }).rule;
         assert.deepEqual(norm(got), n, 'the response is the rule as asked');
-        assert.equal(got.generation, generation);
+        assert.equal(got.generation, BigInt(generation));
         model.rules.set(n.name, { rule: n, generation });
         return true;
       },
@@ -457,8 +458,8 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
             return check(
               'UpdateRule',
               expectRuleChange(r, broken, false, eg),
-              (o) => rules.updateRule({ rule: r, expectedGeneration: eg }, o),
-              sizeOf(() => UpdateRuleRequest.encode({ rule: r, expectedGeneration: eg }).finish(), r),
+              (o) => rules.updateRule({ rule: r, expectedGeneration: BigInt(eg) }, o),
+              sizeOf(() => UpdateRuleRequest.encode({ rule: r, expectedGeneration: BigInt(eg) }).finish(), r),
             );
           }
           if (req.kind === 'delete') {
@@ -473,7 +474,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
                 : eg !== 0 && eg !== cur.generation
                   ? { code: Status.ABORTED }
                   : { code: Status.OK, apply: () => model.rules.delete(name) };
-            return check('DeleteRule', want, (o) => rules.deleteRule({ name, expectedGeneration: eg }, o));
+            return check('DeleteRule', want, (o) => rules.deleteRule({ name, expectedGeneration: BigInt(eg) }, o));
           }
           // ApplyRules: the whole set.
           const { rs, validateOnly, pick, dupName, brk } = req as Extract<typeof req, { kind: 'apply' }>;
@@ -674,7 +675,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
       backends: [{ ip: '198.18.1.9', mac: '02:00:00:00:00:09', interface: i1 }],
       udpChecksum: 0,
       labels: {},
-      generation: 0,
+      generation: 0n,
     });
     await rules.createRule({ rule: r('web', 7100) });
     await rules.applyRules({ rules: [r('dns', 7100), r('web', 7101)], validateOnly: false });
@@ -711,7 +712,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
       backends: [{ ip: '198.18.0.9', mac: '02:00:00:00:00:09', interface: i0, weight: 3 }],
       udpChecksum: 1,
       labels: { a: 'b' },
-      generation: 0,
+      generation: 0n,
     };
     const link = { a: env.missing[0], b: i0, direction: 1 };
     type Codec = { decode(b: Uint8Array): unknown };
@@ -720,13 +721,13 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
       [
         '/xdpctl.v1.RuleService/UpdateRule',
         UpdateRuleRequest,
-        UpdateRuleRequest.encode({ rule, expectedGeneration: 3 }).finish(),
+        UpdateRuleRequest.encode({ rule, expectedGeneration: 3n }).finish(),
         true,
       ],
       [
         '/xdpctl.v1.RuleService/DeleteRule',
         DeleteRuleRequest,
-        DeleteRuleRequest.encode({ name: 'nope-x', expectedGeneration: 1 }).finish(),
+        DeleteRuleRequest.encode({ name: 'nope-x', expectedGeneration: 1n }).finish(),
         true,
       ],
       ['/xdpctl.v1.RuleService/GetRule', GetRuleRequest, GetRuleRequest.encode({ name: 'nope-x' }).finish(), false],

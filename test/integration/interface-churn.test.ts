@@ -106,7 +106,7 @@ describe('interface churn', kernelOnly(), () => {
     const now = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
     assert.notEqual(now.ifindex, oldIndex, 'a new ifindex');
     assert.deepEqual(await delivered(), [200, 200], 'traffic flows again');
-    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.generation, 1, 'same rule, not a new version');
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.generation, 1n, 'same rule, not a new version');
     await until('the rule warning to clear', async () => {
       const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
       return st.warnings.length === 0 && st.message.startsWith('forwarding');

@@ -101,6 +101,26 @@ describe('independent client (python3-grpcio, reflection only)', kernelOnly(), (
     checkSession(run.results);
   });
 
+  it('ListRules: a page_token the server did not issue is INVALID_ARGUMENT naming page_token', async () => {
+    const bad = [
+      'garbage',
+      Buffer.from('after:').toString('base64url'),
+      Buffer.from('after:Not_A_Name').toString('base64url'),
+    ];
+    const run = await runPythonClient(
+      d.unix,
+      bad.map((pageToken) => ({
+        op: 'unary' as const,
+        method: 'xdpctl.v1.RuleService/ListRules',
+        request: { pageToken },
+      })),
+    );
+    for (const [i, r] of run.results.entries()) {
+      assert.equal(r.code, 'INVALID_ARGUMENT', `${bad[i]}: ${JSON.stringify(r)}`);
+      assert.match(r.details!, /page_token/);
+    }
+  });
+
   it('another local user over 127.0.0.1 and [::1] is named by its uid (and has no role by default)', async () => {
     for (const target of [tcp4(), tcp6()]) {
       const run = await runPythonClient(target, [{ op: 'list' }], {

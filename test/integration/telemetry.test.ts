@@ -133,7 +133,7 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
     backends: [{ ip: backend.ip!, mac: backend.mac, interface: backend.hostIf, weight: 1 }],
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
 
   describe('in-process: traces and logs', () => {

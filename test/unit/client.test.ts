@@ -18,7 +18,7 @@ describe('client library', () => {
     async getRule(req) {
       if (++calls.getRule < 3) throw new ServerError(Status.UNAVAILABLE, 'try again');
       return {
-        rule: { name: req.name, backends: [], ingressInterfaces: [], labels: {}, generation: 7, udpChecksum: 0 },
+        rule: { name: req.name, backends: [], ingressInterfaces: [], labels: {}, generation: 7n, udpChecksum: 0 },
       };
     },
     async createRule() {
@@ -48,7 +48,7 @@ describe('client library', () => {
     const c = createXdpctlClient({ address: `127.0.0.1:${port}` });
     try {
       const r = await c.rules.getRule({ name: 'web' });
-      assert.equal(r.rule!.generation, 7);
+      assert.equal(r.rule!.generation, 7n);
       assert.equal(calls.getRule, 3, 'two retries');
       await assert.rejects(c.rules.createRule({}), /UNAVAILABLE/);
       assert.equal(calls.createRule, 1, 'no retry of a mutation');

@@ -14,6 +14,16 @@ describe('config file parsing', () => {
     });
   });
 
+  it('stores a MAC in the canonical form the API echoes (lower case, colons)', () => {
+    const c = parseConfig(
+      'rules:\n  - name: web\n    port: 7999\n    ingress: [eth0]\n    backends:\n' +
+        '      - {ip: 172.17.0.2, mac: "02-42-AC-11-00-02", interface: veth25}\n' +
+        '      - {ip: 172.17.0.3, mac: "not a mac", interface: veth25}\n',
+    );
+    assert.equal(c.rules[0].backends[0].mac, '02:42:ac:11:00:02');
+    assert.equal(c.rules[0].backends[1].mac, 'not a mac', 'left for validation to name');
+  });
+
   it('reads rules with defaults', () => {
     const c = parseConfig(`
 rules:

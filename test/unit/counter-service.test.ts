@@ -38,7 +38,7 @@ async function take(hub: CounterHub, req: Partial<WatchCountersRequest>, count: 
   const svc = counterService(hub);
   const ac = new AbortController();
   const out: WatchCountersResponse[] = [];
-  const request = { filter: undefined, interval: { seconds: 0, nanos: 100_000_000 }, ...req } as WatchCountersRequest;
+  const request = { filter: undefined, interval: { seconds: 0n, nanos: 100_000_000 }, ...req } as WatchCountersRequest;
   const context = { signal: ac.signal } as Parameters<typeof svc.watchCounters>[1];
   for await (const r of svc.watchCounters(request, context)) {
     out.push(r as WatchCountersResponse);

@@ -140,6 +140,22 @@ export class BpfMap<K, V> {
     check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
   }
 
+  /**
+   * Set a per-CPU map's values one by one (values[c] on possible CPU c; CPUs
+   * beyond the list get zeros). For tests and tools that need a sum no single
+   * value gives, such as a counter spread over CPUs.
+   */
+  putPerCpu(k: K, values: readonly V[], flags = BPF_ANY): void {
+    if (!this.perCpu) throw new KernelError(`update map ${this.name}`, 22, [], 'not a per-CPU map');
+    if (values.length > this.cpus) {
+      throw new KernelError(`update map ${this.name}`, 22, [], `${values.length} values for ${this.cpus} CPUs`);
+    }
+    this.key.encode(k, this.keyBuf);
+    this.valBuf.fill(0);
+    values.forEach((v, c) => this.value.encode(v).copy(this.valBuf, c * this.stride));
+    check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
+  }
+
   private encodeValue(v: V, out: Buffer, base: number): void {
     const one = this.value.encode(v);
     for (let c = 0; c < this.cpus; c++) {
@@ -305,4 +321,15 @@ export function mapInfo(fd: number, what: string): MapInfo {
     maxEntries: buf.readUInt32LE(16),
     name: buf.subarray(24, nameEnd < 0 || nameEnd > 40 ? 40 : nameEnd).toString(),
   };
+}
+
+/** Open a pinned map by its bpffs path (the caller closes it). Throws if its layout is not the codecs'. */
+export function openPinnedMap<K, V>(path: string, key: Codec<K>, value: Codec<V>): BpfMap<K, V> {
+  const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+  try {
+    return new BpfMap(mapInfo(fd, path), fd, key, value);
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
 }

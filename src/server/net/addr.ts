@@ -120,6 +120,19 @@ export function parseMac(text: string): Uint8Array {
   return Uint8Array.from(m.slice(1, 7).map((h) => parseInt(h, 16)));
 }
 
+/**
+ * The one form a MAC address is stored and echoed in: lower-case hex pairs
+ * separated by colons ("02:42:ac:11:00:02"), whatever case or separator was
+ * given. Text that is not a MAC is returned unchanged, for validation to name.
+ */
+export function canonicalMac(text: string): string {
+  try {
+    return formatMac(parseMac(text));
+  } catch {
+    return text;
+  }
+}
+
 /** Format 6 bytes as "aa:bb:cc:dd:ee:ff". */
 export function formatMac(bytes: Uint8Array): string {
   return Array.from(bytes.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');

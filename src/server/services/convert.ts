@@ -4,6 +4,7 @@
  */
 import type { BackendStatus, Condition, LinkSpec, RuleSpec, RuleStatus } from '../core/model.js';
 import type { ManagedInterface as CoreInterface, RuleView } from '../core/controller.js';
+import { canonicalMac } from '../net/addr.js';
 import { ChangeAction, ConditionStatus, type Condition as ProtoCondition } from '../../gen/xdpctl/v1/common.js';
 import { EffectiveXdpMode, XdpMode, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
 import { LinkDirection, type Link } from '../../gen/xdpctl/v1/link.js';
@@ -20,7 +21,7 @@ export function ruleFromProto(r: Rule | undefined): RuleSpec {
     ingressInterfaces: [...(r?.ingressInterfaces ?? [])],
     backends: (r?.backends ?? []).map((b) => ({
       ip: b.ip,
-      mac: b.mac,
+      mac: canonicalMac(b.mac),
       interface: b.interface,
       weight: b.weight ?? 1,
     })),
@@ -98,7 +99,7 @@ export function ruleToProto(r: RuleView): Rule {
     udpChecksum:
       r.udpChecksum === 'zero' ? UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO : UdpChecksumMode.UDP_CHECKSUM_MODE_UPDATE,
     labels: r.labels,
-    generation: r.generation,
+    generation: BigInt(r.generation),
     status: statusToProto(
       r.status,
       r.backends.map((b) => b.weight),

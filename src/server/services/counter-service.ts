@@ -60,12 +60,12 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
             const p = prevRules.get(r.name);
             return {
               rule: r.name,
-              matchedPackets: Number(r.matched),
-              matchedBytes: Number(r.matchedBytes),
-              redirectedPackets: Number(r.redirected),
-              redirectedBytes: Number(r.redirectedBytes),
-              filteredPackets: Number(r.filtered),
-              noBackendPackets: Number(r.noBackend),
+              matchedPackets: r.matched,
+              matchedBytes: r.matchedBytes,
+              redirectedPackets: r.redirected,
+              redirectedBytes: r.redirectedBytes,
+              filteredPackets: r.filtered,
+              noBackendPackets: r.noBackend,
               matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt),
               redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt),
             };
@@ -80,8 +80,8 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
               rule: b.rule,
               ip: b.ip,
               interface: b.interface,
-              packets: Number(b.packets),
-              bytes: Number(b.bytes),
+              packets: b.packets,
+              bytes: b.bytes,
               rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt),
             };
           })
@@ -94,16 +94,16 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
             return {
               fromInterface: l.from,
               toInterface: l.to,
-              packets: Number(l.packets),
-              bytes: Number(l.bytes),
+              packets: l.packets,
+              bytes: l.bytes,
               rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt),
             };
           })
       : [],
     global: want(CounterKind.COUNTER_KIND_GLOBAL)
       ? {
-          verdicts: Object.fromEntries(VERDICTS.map((v, i) => [v.toLowerCase(), Number(s.global[i] ?? 0n)])),
-          errors: Object.fromEntries(ERRORS.map(([k, i]) => [k, Number(s.global[i] ?? 0n)])),
+          verdicts: Object.fromEntries(VERDICTS.map((v, i) => [v.toLowerCase(), s.global[i] ?? 0n])),
+          errors: Object.fromEntries(ERRORS.map(([k, i]) => [k, s.global[i] ?? 0n])),
         }
       : undefined,
   };
@@ -130,8 +130,8 @@ function watchInterval(req: WatchCountersRequest): number {
   const d = req.interval;
   // A Duration's nanos are within +-999,999,999 and have the sign of its seconds.
   const wellFormed =
-    !d || (Math.abs(d.nanos) <= 999_999_999 && !(d.seconds > 0 && d.nanos < 0) && !(d.seconds < 0 && d.nanos > 0));
-  const ms = d ? d.seconds * 1000 + d.nanos / 1e6 : DEFAULT_INTERVAL_MS;
+    !d || (Math.abs(d.nanos) <= 999_999_999 && !(d.seconds > 0n && d.nanos < 0) && !(d.seconds < 0n && d.nanos > 0));
+  const ms = d ? Number(d.seconds) * 1000 + d.nanos / 1e6 : DEFAULT_INTERVAL_MS;
   if (!wellFormed || !(ms >= MIN_INTERVAL_MS && ms <= MAX_INTERVAL_MS)) {
     v.push({ field: 'interval', description: `must be between ${MIN_INTERVAL_MS} ms and ${MAX_INTERVAL_MS / 1000} s` });
   }

@@ -24,7 +24,7 @@ export function daemonService(
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
         },
-        uptime: { seconds: Math.floor(up / 1000), nanos: (up % 1000) * 1e6 },
+        uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
       };
     },
   };

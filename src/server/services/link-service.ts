@@ -25,15 +25,25 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
       return {};
     },
     async listLinks() {
-      return { links: ctl.listLinks().map(linkToProto) };
+      return { links: byAB(ctl.listLinks()).map(linkToProto) };
     },
     async applyLinks(req, { signal }) {
       const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly, { signal });
       return {
-        changes: changes.map((c) => ({ a: c.a, b: c.b, action: CHANGE_ACTION[c.action] })),
-        links: req.validateOnly ? [] : ctl.listLinks().map(linkToProto),
+        changes: byAB(changes).map((c) => ({ a: c.a, b: c.b, action: CHANGE_ACTION[c.action] })),
+        links: req.validateOnly ? [] : byAB(ctl.listLinks()).map(linkToProto),
         applied: !req.validateOnly,
       };
     },
   };
+}
+
+/** Code-unit order (what "ascending" means for interface names; localeCompare would not be stable across locales). */
+function cmp(x: string, y: string): number {
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/** In ascending order of (a, b), as the API documents for links and link changes. */
+function byAB<T extends { a: string; b: string }>(xs: T[]): T[] {
+  return [...xs].sort((x, y) => (x.a === y.a ? cmp(x.b, y.b) : cmp(x.a, y.a)));
 }

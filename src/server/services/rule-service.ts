@@ -17,6 +17,31 @@ function checkName(name: string): void {
 }
 const MAX_PAGE = 1000;
 
+const TOKEN_PREFIX = 'after:';
+
+/** An opaque page token: the last name of the page, base64url-encoded. */
+function pageToken(lastName: string): string {
+  return Buffer.from(TOKEN_PREFIX + lastName).toString('base64url');
+}
+
+/**
+ * The name a page token continues after. A token this server did not issue
+ * (not canonical base64url, no prefix, or not a rule name) is INVALID_ARGUMENT
+ * on page_token, as the API documents, instead of a silently empty page.
+ */
+function pageTokenName(token: string): string {
+  const text = Buffer.from(token, 'base64url').toString('utf8');
+  const name = text.startsWith(TOKEN_PREFIX) ? text.slice(TOKEN_PREFIX.length) : undefined;
+  const v: FieldViolation[] = [];
+  if (name !== undefined && pageToken(name) === token) validateName(name, 'page_token', v);
+  if (name === undefined || pageToken(name) !== token || v.length) {
+    throw CoreError.invalid([
+      { field: 'page_token', description: 'is not a next_page_token this server returned (use "" for the first page)' },
+    ]);
+  }
+  return name;
+}
+
 export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleServiceDefinition> {
   return {
     async createRule(req, { signal }) {
@@ -29,20 +54,21 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     },
     async listRules(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : Math.min(req.pageSize, MAX_PAGE);
+      const after = req.pageToken ? pageTokenName(req.pageToken) : undefined;
       const all = ctl.listRules();
-      // Page tokens are the last name returned: stable under concurrent changes.
-      const start = req.pageToken ? all.findIndex((r) => r.name > req.pageToken) : 0;
+      // A page starts after the last name of the previous one: stable under concurrent changes.
+      const start = after === undefined ? 0 : all.findIndex((r) => r.name > after);
       const page = start < 0 ? [] : all.slice(start, start + size);
       const more = start >= 0 && start + size < all.length;
-      return { rules: page.map(ruleToProto), nextPageToken: more ? page[page.length - 1].name : '' };
+      return { rules: page.map(ruleToProto), nextPageToken: more ? pageToken(page[page.length - 1].name) : '' };
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), req.expectedGeneration, { signal })) };
+      return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), generationOf(req.expectedGeneration), { signal })) };
     },
     async deleteRule(req, { signal }) {
       checkName(req.name);
-      await ctl.deleteRule(req.name, req.expectedGeneration, { signal });
+      await ctl.deleteRule(req.name, generationOf(req.expectedGeneration), { signal });
       return {};
     },
     async applyRules(req, { signal }) {
@@ -54,4 +80,13 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       };
     },
   };
+}
+
+/**
+ * A uint64 expected_generation as the core's number. Generations count
+ * changes from 1 and never approach 2^53; a larger value cannot equal one, and
+ * rounding keeps it above every real generation, so the call fails ABORTED.
+ */
+function generationOf(g: bigint): number {
+  return g > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(g);
 }

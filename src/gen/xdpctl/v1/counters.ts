@@ -166,20 +166,20 @@ export interface RuleCounters {
    * Packets that matched the rule's interface, protocol, port and
    * destination.
    */
-  matchedPackets: number;
+  matchedPackets: bigint;
   /** Bytes of the matched packets. */
-  matchedBytes: number;
+  matchedBytes: bigint;
   /** Packets rewritten and redirected to a backend. */
-  redirectedPackets: number;
+  redirectedPackets: bigint;
   /** Bytes of the redirected packets. */
-  redirectedBytes: number;
+  redirectedBytes: bigint;
   /**
    * Matched packets whose source is not in the rule's source prefixes: passed
    * to the host unchanged.
    */
-  filteredPackets: number;
+  filteredPackets: bigint;
   /** Matched packets dropped because no backend could take them. */
-  noBackendPackets: number;
+  noBackendPackets: bigint;
   /**
    * Rates of matched_packets and matched_bytes; unset when there is no
    * previous sample.
@@ -203,9 +203,9 @@ export interface BackendCounters {
   /** The backend's egress interface. */
   interface: string;
   /** Packets redirected to the backend. */
-  packets: number;
+  packets: bigint;
   /** Bytes redirected to the backend. */
-  bytes: number;
+  bytes: bigint;
   /** Rates of packets and bytes; unset when there is no previous sample. */
   rates?: Rates | undefined;
 }
@@ -217,9 +217,9 @@ export interface LinkCounters {
   /** Interface the frames were redirected out of. */
   toInterface: string;
   /** Frames redirected. */
-  packets: number;
+  packets: bigint;
   /** Bytes redirected. */
-  bytes: number;
+  bytes: bigint;
   /** Rates of packets and bytes; unset when there is no previous sample. */
   rates?: Rates | undefined;
 }
@@ -230,24 +230,24 @@ export interface GlobalCounters {
    * Packets by XDP verdict. Keys: "aborted", "drop", "pass", "tx",
    * "redirect".
    */
-  verdicts: { [key: string]: number };
+  verdicts: { [key: string]: bigint };
   /**
    * Packets by datapath error. Keys: "truncated" (headers shorter than they
    * claim), "fragment" (IPv4 fragment of a matching flow, passed),
    * "no_rule" (stale match entry), "no_backend" (empty backend slot,
    * dropped), "redirect" (the kernel refused the redirect).
    */
-  errors: { [key: string]: number };
+  errors: { [key: string]: bigint };
 }
 
 export interface GlobalCounters_VerdictsEntry {
   key: string;
-  value: number;
+  value: bigint;
 }
 
 export interface GlobalCounters_ErrorsEntry {
   key: string;
-  value: number;
+  value: bigint;
 }
 
 function createBaseGetCountersRequest(): GetCountersRequest {
@@ -888,12 +888,12 @@ export const Rates: MessageFns<Rates> = {
 function createBaseRuleCounters(): RuleCounters {
   return {
     rule: "",
-    matchedPackets: 0,
-    matchedBytes: 0,
-    redirectedPackets: 0,
-    redirectedBytes: 0,
-    filteredPackets: 0,
-    noBackendPackets: 0,
+    matchedPackets: 0n,
+    matchedBytes: 0n,
+    redirectedPackets: 0n,
+    redirectedBytes: 0n,
+    filteredPackets: 0n,
+    noBackendPackets: 0n,
     matchedRates: undefined,
     redirectedRates: undefined,
   };
@@ -904,22 +904,40 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     if (message.rule !== "") {
       writer.uint32(10).string(message.rule);
     }
-    if (message.matchedPackets !== 0) {
+    if (message.matchedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.matchedPackets) !== message.matchedPackets) {
+        throw new globalThis.Error("value provided for field message.matchedPackets of type uint64 too large");
+      }
       writer.uint32(16).uint64(message.matchedPackets);
     }
-    if (message.matchedBytes !== 0) {
+    if (message.matchedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.matchedBytes) !== message.matchedBytes) {
+        throw new globalThis.Error("value provided for field message.matchedBytes of type uint64 too large");
+      }
       writer.uint32(24).uint64(message.matchedBytes);
     }
-    if (message.redirectedPackets !== 0) {
+    if (message.redirectedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.redirectedPackets) !== message.redirectedPackets) {
+        throw new globalThis.Error("value provided for field message.redirectedPackets of type uint64 too large");
+      }
       writer.uint32(32).uint64(message.redirectedPackets);
     }
-    if (message.redirectedBytes !== 0) {
+    if (message.redirectedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.redirectedBytes) !== message.redirectedBytes) {
+        throw new globalThis.Error("value provided for field message.redirectedBytes of type uint64 too large");
+      }
       writer.uint32(40).uint64(message.redirectedBytes);
     }
-    if (message.filteredPackets !== 0) {
+    if (message.filteredPackets !== 0n) {
+      if (BigInt.asUintN(64, message.filteredPackets) !== message.filteredPackets) {
+        throw new globalThis.Error("value provided for field message.filteredPackets of type uint64 too large");
+      }
       writer.uint32(48).uint64(message.filteredPackets);
     }
-    if (message.noBackendPackets !== 0) {
+    if (message.noBackendPackets !== 0n) {
+      if (BigInt.asUintN(64, message.noBackendPackets) !== message.noBackendPackets) {
+        throw new globalThis.Error("value provided for field message.noBackendPackets of type uint64 too large");
+      }
       writer.uint32(56).uint64(message.noBackendPackets);
     }
     if (message.matchedRates !== undefined) {
@@ -957,7 +975,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.matchedPackets = longToNumber(reader.uint64());
+            message.matchedPackets = reader.uint64() as bigint;
             continue;
           }
           case 3: {
@@ -965,7 +983,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.matchedBytes = longToNumber(reader.uint64());
+            message.matchedBytes = reader.uint64() as bigint;
             continue;
           }
           case 4: {
@@ -973,7 +991,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.redirectedPackets = longToNumber(reader.uint64());
+            message.redirectedPackets = reader.uint64() as bigint;
             continue;
           }
           case 5: {
@@ -981,7 +999,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.redirectedBytes = longToNumber(reader.uint64());
+            message.redirectedBytes = reader.uint64() as bigint;
             continue;
           }
           case 6: {
@@ -989,7 +1007,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.filteredPackets = longToNumber(reader.uint64());
+            message.filteredPackets = reader.uint64() as bigint;
             continue;
           }
           case 7: {
@@ -997,7 +1015,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
               break;
             }
 
-            message.noBackendPackets = longToNumber(reader.uint64());
+            message.noBackendPackets = reader.uint64() as bigint;
             continue;
           }
           case 8: {
@@ -1032,35 +1050,35 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     return {
       rule: isSet(object.rule) ? globalThis.String(object.rule) : "",
       matchedPackets: isSet(object.matchedPackets)
-        ? globalThis.Number(object.matchedPackets)
+        ? BigInt(object.matchedPackets)
         : isSet(object.matched_packets)
-        ? globalThis.Number(object.matched_packets)
-        : 0,
+        ? BigInt(object.matched_packets)
+        : 0n,
       matchedBytes: isSet(object.matchedBytes)
-        ? globalThis.Number(object.matchedBytes)
+        ? BigInt(object.matchedBytes)
         : isSet(object.matched_bytes)
-        ? globalThis.Number(object.matched_bytes)
-        : 0,
+        ? BigInt(object.matched_bytes)
+        : 0n,
       redirectedPackets: isSet(object.redirectedPackets)
-        ? globalThis.Number(object.redirectedPackets)
+        ? BigInt(object.redirectedPackets)
         : isSet(object.redirected_packets)
-        ? globalThis.Number(object.redirected_packets)
-        : 0,
+        ? BigInt(object.redirected_packets)
+        : 0n,
       redirectedBytes: isSet(object.redirectedBytes)
-        ? globalThis.Number(object.redirectedBytes)
+        ? BigInt(object.redirectedBytes)
         : isSet(object.redirected_bytes)
-        ? globalThis.Number(object.redirected_bytes)
-        : 0,
+        ? BigInt(object.redirected_bytes)
+        : 0n,
       filteredPackets: isSet(object.filteredPackets)
-        ? globalThis.Number(object.filteredPackets)
+        ? BigInt(object.filteredPackets)
         : isSet(object.filtered_packets)
-        ? globalThis.Number(object.filtered_packets)
-        : 0,
+        ? BigInt(object.filtered_packets)
+        : 0n,
       noBackendPackets: isSet(object.noBackendPackets)
-        ? globalThis.Number(object.noBackendPackets)
+        ? BigInt(object.noBackendPackets)
         : isSet(object.no_backend_packets)
-        ? globalThis.Number(object.no_backend_packets)
-        : 0,
+        ? BigInt(object.no_backend_packets)
+        : 0n,
       matchedRates: isSet(object.matchedRates)
         ? Rates.fromJSON(object.matchedRates)
         : isSet(object.matched_rates)
@@ -1079,23 +1097,23 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     if (message.rule !== "") {
       obj.rule = message.rule;
     }
-    if (message.matchedPackets !== 0) {
-      obj.matchedPackets = Math.round(message.matchedPackets);
+    if (message.matchedPackets !== 0n) {
+      obj.matchedPackets = message.matchedPackets.toString();
     }
-    if (message.matchedBytes !== 0) {
-      obj.matchedBytes = Math.round(message.matchedBytes);
+    if (message.matchedBytes !== 0n) {
+      obj.matchedBytes = message.matchedBytes.toString();
     }
-    if (message.redirectedPackets !== 0) {
-      obj.redirectedPackets = Math.round(message.redirectedPackets);
+    if (message.redirectedPackets !== 0n) {
+      obj.redirectedPackets = message.redirectedPackets.toString();
     }
-    if (message.redirectedBytes !== 0) {
-      obj.redirectedBytes = Math.round(message.redirectedBytes);
+    if (message.redirectedBytes !== 0n) {
+      obj.redirectedBytes = message.redirectedBytes.toString();
     }
-    if (message.filteredPackets !== 0) {
-      obj.filteredPackets = Math.round(message.filteredPackets);
+    if (message.filteredPackets !== 0n) {
+      obj.filteredPackets = message.filteredPackets.toString();
     }
-    if (message.noBackendPackets !== 0) {
-      obj.noBackendPackets = Math.round(message.noBackendPackets);
+    if (message.noBackendPackets !== 0n) {
+      obj.noBackendPackets = message.noBackendPackets.toString();
     }
     if (message.matchedRates !== undefined) {
       obj.matchedRates = Rates.toJSON(message.matchedRates);
@@ -1112,12 +1130,24 @@ export const RuleCounters: MessageFns<RuleCounters> = {
   fromPartial(object: DeepPartial<RuleCounters>): RuleCounters {
     const message = createBaseRuleCounters();
     message.rule = object.rule ?? "";
-    message.matchedPackets = object.matchedPackets ?? 0;
-    message.matchedBytes = object.matchedBytes ?? 0;
-    message.redirectedPackets = object.redirectedPackets ?? 0;
-    message.redirectedBytes = object.redirectedBytes ?? 0;
-    message.filteredPackets = object.filteredPackets ?? 0;
-    message.noBackendPackets = object.noBackendPackets ?? 0;
+    message.matchedPackets = (object.matchedPackets !== undefined && object.matchedPackets !== null)
+      ? BigInt(object.matchedPackets)
+      : 0n;
+    message.matchedBytes = (object.matchedBytes !== undefined && object.matchedBytes !== null)
+      ? BigInt(object.matchedBytes)
+      : 0n;
+    message.redirectedPackets = (object.redirectedPackets !== undefined && object.redirectedPackets !== null)
+      ? BigInt(object.redirectedPackets)
+      : 0n;
+    message.redirectedBytes = (object.redirectedBytes !== undefined && object.redirectedBytes !== null)
+      ? BigInt(object.redirectedBytes)
+      : 0n;
+    message.filteredPackets = (object.filteredPackets !== undefined && object.filteredPackets !== null)
+      ? BigInt(object.filteredPackets)
+      : 0n;
+    message.noBackendPackets = (object.noBackendPackets !== undefined && object.noBackendPackets !== null)
+      ? BigInt(object.noBackendPackets)
+      : 0n;
     message.matchedRates = (object.matchedRates !== undefined && object.matchedRates !== null)
       ? Rates.fromPartial(object.matchedRates)
       : undefined;
@@ -1129,7 +1159,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
 };
 
 function createBaseBackendCounters(): BackendCounters {
-  return { rule: "", ip: "", interface: "", packets: 0, bytes: 0, rates: undefined };
+  return { rule: "", ip: "", interface: "", packets: 0n, bytes: 0n, rates: undefined };
 }
 
 export const BackendCounters: MessageFns<BackendCounters> = {
@@ -1143,10 +1173,16 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     if (message.interface !== "") {
       writer.uint32(26).string(message.interface);
     }
-    if (message.packets !== 0) {
+    if (message.packets !== 0n) {
+      if (BigInt.asUintN(64, message.packets) !== message.packets) {
+        throw new globalThis.Error("value provided for field message.packets of type uint64 too large");
+      }
       writer.uint32(32).uint64(message.packets);
     }
-    if (message.bytes !== 0) {
+    if (message.bytes !== 0n) {
+      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
+        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+      }
       writer.uint32(40).uint64(message.bytes);
     }
     if (message.rates !== undefined) {
@@ -1197,7 +1233,7 @@ export const BackendCounters: MessageFns<BackendCounters> = {
               break;
             }
 
-            message.packets = longToNumber(reader.uint64());
+            message.packets = reader.uint64() as bigint;
             continue;
           }
           case 5: {
@@ -1205,7 +1241,7 @@ export const BackendCounters: MessageFns<BackendCounters> = {
               break;
             }
 
-            message.bytes = longToNumber(reader.uint64());
+            message.bytes = reader.uint64() as bigint;
             continue;
           }
           case 6: {
@@ -1233,8 +1269,8 @@ export const BackendCounters: MessageFns<BackendCounters> = {
       rule: isSet(object.rule) ? globalThis.String(object.rule) : "",
       ip: isSet(object.ip) ? globalThis.String(object.ip) : "",
       interface: isSet(object.interface) ? globalThis.String(object.interface) : "",
-      packets: isSet(object.packets) ? globalThis.Number(object.packets) : 0,
-      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
+      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
       rates: isSet(object.rates) ? Rates.fromJSON(object.rates) : undefined,
     };
   },
@@ -1250,11 +1286,11 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     if (message.interface !== "") {
       obj.interface = message.interface;
     }
-    if (message.packets !== 0) {
-      obj.packets = Math.round(message.packets);
+    if (message.packets !== 0n) {
+      obj.packets = message.packets.toString();
     }
-    if (message.bytes !== 0) {
-      obj.bytes = Math.round(message.bytes);
+    if (message.bytes !== 0n) {
+      obj.bytes = message.bytes.toString();
     }
     if (message.rates !== undefined) {
       obj.rates = Rates.toJSON(message.rates);
@@ -1270,15 +1306,15 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     message.rule = object.rule ?? "";
     message.ip = object.ip ?? "";
     message.interface = object.interface ?? "";
-    message.packets = object.packets ?? 0;
-    message.bytes = object.bytes ?? 0;
+    message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
+    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     message.rates = (object.rates !== undefined && object.rates !== null) ? Rates.fromPartial(object.rates) : undefined;
     return message;
   },
 };
 
 function createBaseLinkCounters(): LinkCounters {
-  return { fromInterface: "", toInterface: "", packets: 0, bytes: 0, rates: undefined };
+  return { fromInterface: "", toInterface: "", packets: 0n, bytes: 0n, rates: undefined };
 }
 
 export const LinkCounters: MessageFns<LinkCounters> = {
@@ -1289,10 +1325,16 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     if (message.toInterface !== "") {
       writer.uint32(18).string(message.toInterface);
     }
-    if (message.packets !== 0) {
+    if (message.packets !== 0n) {
+      if (BigInt.asUintN(64, message.packets) !== message.packets) {
+        throw new globalThis.Error("value provided for field message.packets of type uint64 too large");
+      }
       writer.uint32(24).uint64(message.packets);
     }
-    if (message.bytes !== 0) {
+    if (message.bytes !== 0n) {
+      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
+        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+      }
       writer.uint32(32).uint64(message.bytes);
     }
     if (message.rates !== undefined) {
@@ -1335,7 +1377,7 @@ export const LinkCounters: MessageFns<LinkCounters> = {
               break;
             }
 
-            message.packets = longToNumber(reader.uint64());
+            message.packets = reader.uint64() as bigint;
             continue;
           }
           case 4: {
@@ -1343,7 +1385,7 @@ export const LinkCounters: MessageFns<LinkCounters> = {
               break;
             }
 
-            message.bytes = longToNumber(reader.uint64());
+            message.bytes = reader.uint64() as bigint;
             continue;
           }
           case 5: {
@@ -1378,8 +1420,8 @@ export const LinkCounters: MessageFns<LinkCounters> = {
         : isSet(object.to_interface)
         ? globalThis.String(object.to_interface)
         : "",
-      packets: isSet(object.packets) ? globalThis.Number(object.packets) : 0,
-      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
+      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
       rates: isSet(object.rates) ? Rates.fromJSON(object.rates) : undefined,
     };
   },
@@ -1392,11 +1434,11 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     if (message.toInterface !== "") {
       obj.toInterface = message.toInterface;
     }
-    if (message.packets !== 0) {
-      obj.packets = Math.round(message.packets);
+    if (message.packets !== 0n) {
+      obj.packets = message.packets.toString();
     }
-    if (message.bytes !== 0) {
-      obj.bytes = Math.round(message.bytes);
+    if (message.bytes !== 0n) {
+      obj.bytes = message.bytes.toString();
     }
     if (message.rates !== undefined) {
       obj.rates = Rates.toJSON(message.rates);
@@ -1411,8 +1453,8 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     const message = createBaseLinkCounters();
     message.fromInterface = object.fromInterface ?? "";
     message.toInterface = object.toInterface ?? "";
-    message.packets = object.packets ?? 0;
-    message.bytes = object.bytes ?? 0;
+    message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
+    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     message.rates = (object.rates !== undefined && object.rates !== null) ? Rates.fromPartial(object.rates) : undefined;
     return message;
   },
@@ -1424,10 +1466,10 @@ function createBaseGlobalCounters(): GlobalCounters {
 
 export const GlobalCounters: MessageFns<GlobalCounters> = {
   encode(message: GlobalCounters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    globalThis.Object.entries(message.verdicts).forEach(([key, value]: [string, number]) => {
+    globalThis.Object.entries(message.verdicts).forEach(([key, value]: [string, bigint]) => {
       GlobalCounters_VerdictsEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
     });
-    globalThis.Object.entries(message.errors).forEach(([key, value]: [string, number]) => {
+    globalThis.Object.entries(message.errors).forEach(([key, value]: [string, bigint]) => {
       GlobalCounters_ErrorsEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
     });
     return writer;
@@ -1484,9 +1526,9 @@ export const GlobalCounters: MessageFns<GlobalCounters> = {
     return {
       verdicts: isObject(object.verdicts)
         ? (globalThis.Object.entries(object.verdicts) as [string, any][]).reduce(
-          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
             globalThis.Object.defineProperty(acc, key, {
-              value: globalThis.Number(value),
+              value: BigInt(value as string | number | bigint | boolean),
               enumerable: true,
               configurable: true,
               writable: true,
@@ -1498,9 +1540,9 @@ export const GlobalCounters: MessageFns<GlobalCounters> = {
         : {},
       errors: isObject(object.errors)
         ? (globalThis.Object.entries(object.errors) as [string, any][]).reduce(
-          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
             globalThis.Object.defineProperty(acc, key, {
-              value: globalThis.Number(value),
+              value: BigInt(value as string | number | bigint | boolean),
               enumerable: true,
               configurable: true,
               writable: true,
@@ -1516,20 +1558,20 @@ export const GlobalCounters: MessageFns<GlobalCounters> = {
   toJSON(message: GlobalCounters): unknown {
     const obj: any = {};
     if (message.verdicts) {
-      const entries = globalThis.Object.entries(message.verdicts) as [string, number][];
+      const entries = globalThis.Object.entries(message.verdicts) as [string, bigint][];
       if (entries.length > 0) {
         obj.verdicts = {};
         entries.forEach(([k, v]) => {
-          obj.verdicts[k] = Math.round(v);
+          obj.verdicts[k] = v.toString();
         });
       }
     }
     if (message.errors) {
-      const entries = globalThis.Object.entries(message.errors) as [string, number][];
+      const entries = globalThis.Object.entries(message.errors) as [string, bigint][];
       if (entries.length > 0) {
         obj.errors = {};
         entries.forEach(([k, v]) => {
-          obj.errors[k] = Math.round(v);
+          obj.errors[k] = v.toString();
         });
       }
     }
@@ -1541,19 +1583,19 @@ export const GlobalCounters: MessageFns<GlobalCounters> = {
   },
   fromPartial(object: DeepPartial<GlobalCounters>): GlobalCounters {
     const message = createBaseGlobalCounters();
-    message.verdicts = (globalThis.Object.entries(object.verdicts ?? {}) as [string, number][]).reduce(
-      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+    message.verdicts = (globalThis.Object.entries(object.verdicts ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
         if (value !== undefined) {
-          acc[key] = globalThis.Number(value);
+          acc[key] = BigInt(value as string | number | bigint | boolean);
         }
         return acc;
       },
       {},
     );
-    message.errors = (globalThis.Object.entries(object.errors ?? {}) as [string, number][]).reduce(
-      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+    message.errors = (globalThis.Object.entries(object.errors ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
         if (value !== undefined) {
-          acc[key] = globalThis.Number(value);
+          acc[key] = BigInt(value as string | number | bigint | boolean);
         }
         return acc;
       },
@@ -1564,7 +1606,7 @@ export const GlobalCounters: MessageFns<GlobalCounters> = {
 };
 
 function createBaseGlobalCounters_VerdictsEntry(): GlobalCounters_VerdictsEntry {
-  return { key: "", value: 0 };
+  return { key: "", value: 0n };
 }
 
 export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEntry> = {
@@ -1572,7 +1614,10 @@ export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEnt
     if (message.key !== "") {
       writer.uint32(10).string(message.key);
     }
-    if (message.value !== 0) {
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
       writer.uint32(16).uint64(message.value);
     }
     return writer;
@@ -1604,7 +1649,7 @@ export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEnt
               break;
             }
 
-            message.value = longToNumber(reader.uint64());
+            message.value = reader.uint64() as bigint;
             continue;
           }
         }
@@ -1622,7 +1667,7 @@ export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEnt
   fromJSON(object: any): GlobalCounters_VerdictsEntry {
     return {
       key: isSet(object.key) ? globalThis.String(object.key) : "",
-      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
     };
   },
 
@@ -1631,8 +1676,8 @@ export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEnt
     if (message.key !== "") {
       obj.key = message.key;
     }
-    if (message.value !== 0) {
-      obj.value = Math.round(message.value);
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
     }
     return obj;
   },
@@ -1643,13 +1688,13 @@ export const GlobalCounters_VerdictsEntry: MessageFns<GlobalCounters_VerdictsEnt
   fromPartial(object: DeepPartial<GlobalCounters_VerdictsEntry>): GlobalCounters_VerdictsEntry {
     const message = createBaseGlobalCounters_VerdictsEntry();
     message.key = object.key ?? "";
-    message.value = object.value ?? 0;
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
     return message;
   },
 };
 
 function createBaseGlobalCounters_ErrorsEntry(): GlobalCounters_ErrorsEntry {
-  return { key: "", value: 0 };
+  return { key: "", value: 0n };
 }
 
 export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> = {
@@ -1657,7 +1702,10 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
     if (message.key !== "") {
       writer.uint32(10).string(message.key);
     }
-    if (message.value !== 0) {
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
       writer.uint32(16).uint64(message.value);
     }
     return writer;
@@ -1689,7 +1737,7 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
               break;
             }
 
-            message.value = longToNumber(reader.uint64());
+            message.value = reader.uint64() as bigint;
             continue;
           }
         }
@@ -1707,7 +1755,7 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
   fromJSON(object: any): GlobalCounters_ErrorsEntry {
     return {
       key: isSet(object.key) ? globalThis.String(object.key) : "",
-      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
     };
   },
 
@@ -1716,8 +1764,8 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
     if (message.key !== "") {
       obj.key = message.key;
     }
-    if (message.value !== 0) {
-      obj.value = Math.round(message.value);
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
     }
     return obj;
   },
@@ -1728,7 +1776,7 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
   fromPartial(object: DeepPartial<GlobalCounters_ErrorsEntry>): GlobalCounters_ErrorsEntry {
     const message = createBaseGlobalCounters_ErrorsEntry();
     message.key = object.key ?? "";
-    message.value = object.value ?? 0;
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
     return message;
   },
 };
@@ -1806,23 +1854,23 @@ function floatToJson(value: number | null | undefined): number | string | null |
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
-type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
+type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
-export type DeepPartial<T> = T extends Builtin ? T
-  : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
+export type DeepPartial<T> = T extends bigint ? string | number | bigint
+  : T extends Builtin ? T : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
   : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
 
 function toTimestamp(date: Date): Timestamp {
-  const seconds = Math.trunc(date.getTime() / 1_000);
+  const seconds = BigInt(Math.trunc(date.getTime() / 1_000));
   const nanos = (date.getTime() % 1_000) * 1_000_000;
   return { seconds, nanos };
 }
 
 function fromTimestamp(t: Timestamp): Date {
-  let millis = (t.seconds || 0) * 1_000;
+  let millis = (globalThis.Number(t.seconds.toString()) || 0) * 1_000;
   millis += (t.nanos || 0) / 1_000_000;
   return new globalThis.Date(millis);
 }
@@ -1835,17 +1883,6 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
-}
-
-function longToNumber(int64: { toString(): string }): number {
-  const num = globalThis.Number(int64.toString());
-  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
-  }
-  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
-  }
-  return num;
 }
 
 function isObject(value: any): boolean {

@@ -226,7 +226,7 @@ export interface Rule {
    * changes do not count). Pass it back as `expected_generation` for
    * optimistic concurrency.
    */
-  generation: number;
+  generation: bigint;
   /** Output only. How the rule is doing in the datapath. */
   status?:
     | RuleStatus
@@ -406,7 +406,7 @@ export interface UpdateRuleRequest {
    * equals this value; otherwise it fails with ABORTED. 0 updates
    * unconditionally.
    */
-  expectedGeneration: number;
+  expectedGeneration: bigint;
 }
 
 /** Response of RuleService.UpdateRule. */
@@ -424,7 +424,7 @@ export interface DeleteRuleRequest {
    * this value; otherwise the call fails with ABORTED. 0 deletes
    * unconditionally.
    */
-  expectedGeneration: number;
+  expectedGeneration: bigint;
 }
 
 /** Response of RuleService.DeleteRule. */
@@ -474,7 +474,7 @@ function createBaseRule(): Rule {
     backends: [],
     udpChecksum: 0,
     labels: {},
-    generation: 0,
+    generation: 0n,
     status: undefined,
     createTime: undefined,
     updateTime: undefined,
@@ -501,7 +501,10 @@ export const Rule: MessageFns<Rule> = {
     globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
       Rule_LabelsEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
     });
-    if (message.generation !== 0) {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
       writer.uint32(56).uint64(message.generation);
     }
     if (message.status !== undefined) {
@@ -585,7 +588,7 @@ export const Rule: MessageFns<Rule> = {
               break;
             }
 
-            message.generation = longToNumber(reader.uint64());
+            message.generation = reader.uint64() as bigint;
             continue;
           }
           case 8: {
@@ -653,7 +656,7 @@ export const Rule: MessageFns<Rule> = {
           {},
         )
         : {},
-      generation: isSet(object.generation) ? globalThis.Number(object.generation) : 0,
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
       status: isSet(object.status) ? RuleStatus.fromJSON(object.status) : undefined,
       createTime: isSet(object.createTime)
         ? fromJsonTimestamp(object.createTime)
@@ -694,8 +697,8 @@ export const Rule: MessageFns<Rule> = {
         });
       }
     }
-    if (message.generation !== 0) {
-      obj.generation = Math.round(message.generation);
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
     }
     if (message.status !== undefined) {
       obj.status = RuleStatus.toJSON(message.status);
@@ -730,7 +733,9 @@ export const Rule: MessageFns<Rule> = {
       },
       {},
     );
-    message.generation = object.generation ?? 0;
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
     message.status = (object.status !== undefined && object.status !== null)
       ? RuleStatus.fromPartial(object.status)
       : undefined;
@@ -1802,7 +1807,7 @@ export const ListRulesResponse: MessageFns<ListRulesResponse> = {
 };
 
 function createBaseUpdateRuleRequest(): UpdateRuleRequest {
-  return { rule: undefined, expectedGeneration: 0 };
+  return { rule: undefined, expectedGeneration: 0n };
 }
 
 export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
@@ -1810,7 +1815,10 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
     if (message.rule !== undefined) {
       Rule.encode(message.rule, writer.uint32(10).fork()).join();
     }
-    if (message.expectedGeneration !== 0) {
+    if (message.expectedGeneration !== 0n) {
+      if (BigInt.asUintN(64, message.expectedGeneration) !== message.expectedGeneration) {
+        throw new globalThis.Error("value provided for field message.expectedGeneration of type uint64 too large");
+      }
       writer.uint32(16).uint64(message.expectedGeneration);
     }
     return writer;
@@ -1842,7 +1850,7 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
               break;
             }
 
-            message.expectedGeneration = longToNumber(reader.uint64());
+            message.expectedGeneration = reader.uint64() as bigint;
             continue;
           }
         }
@@ -1861,10 +1869,10 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
     return {
       rule: isSet(object.rule) ? Rule.fromJSON(object.rule) : undefined,
       expectedGeneration: isSet(object.expectedGeneration)
-        ? globalThis.Number(object.expectedGeneration)
+        ? BigInt(object.expectedGeneration)
         : isSet(object.expected_generation)
-        ? globalThis.Number(object.expected_generation)
-        : 0,
+        ? BigInt(object.expected_generation)
+        : 0n,
     };
   },
 
@@ -1873,8 +1881,8 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
     if (message.rule !== undefined) {
       obj.rule = Rule.toJSON(message.rule);
     }
-    if (message.expectedGeneration !== 0) {
-      obj.expectedGeneration = Math.round(message.expectedGeneration);
+    if (message.expectedGeneration !== 0n) {
+      obj.expectedGeneration = message.expectedGeneration.toString();
     }
     return obj;
   },
@@ -1885,7 +1893,9 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
   fromPartial(object: DeepPartial<UpdateRuleRequest>): UpdateRuleRequest {
     const message = createBaseUpdateRuleRequest();
     message.rule = (object.rule !== undefined && object.rule !== null) ? Rule.fromPartial(object.rule) : undefined;
-    message.expectedGeneration = object.expectedGeneration ?? 0;
+    message.expectedGeneration = (object.expectedGeneration !== undefined && object.expectedGeneration !== null)
+      ? BigInt(object.expectedGeneration)
+      : 0n;
     return message;
   },
 };
@@ -1958,7 +1968,7 @@ export const UpdateRuleResponse: MessageFns<UpdateRuleResponse> = {
 };
 
 function createBaseDeleteRuleRequest(): DeleteRuleRequest {
-  return { name: "", expectedGeneration: 0 };
+  return { name: "", expectedGeneration: 0n };
 }
 
 export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
@@ -1966,7 +1976,10 @@ export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
     }
-    if (message.expectedGeneration !== 0) {
+    if (message.expectedGeneration !== 0n) {
+      if (BigInt.asUintN(64, message.expectedGeneration) !== message.expectedGeneration) {
+        throw new globalThis.Error("value provided for field message.expectedGeneration of type uint64 too large");
+      }
       writer.uint32(16).uint64(message.expectedGeneration);
     }
     return writer;
@@ -1998,7 +2011,7 @@ export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
               break;
             }
 
-            message.expectedGeneration = longToNumber(reader.uint64());
+            message.expectedGeneration = reader.uint64() as bigint;
             continue;
           }
         }
@@ -2017,10 +2030,10 @@ export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       expectedGeneration: isSet(object.expectedGeneration)
-        ? globalThis.Number(object.expectedGeneration)
+        ? BigInt(object.expectedGeneration)
         : isSet(object.expected_generation)
-        ? globalThis.Number(object.expected_generation)
-        : 0,
+        ? BigInt(object.expected_generation)
+        : 0n,
     };
   },
 
@@ -2029,8 +2042,8 @@ export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
     if (message.name !== "") {
       obj.name = message.name;
     }
-    if (message.expectedGeneration !== 0) {
-      obj.expectedGeneration = Math.round(message.expectedGeneration);
+    if (message.expectedGeneration !== 0n) {
+      obj.expectedGeneration = message.expectedGeneration.toString();
     }
     return obj;
   },
@@ -2041,7 +2054,9 @@ export const DeleteRuleRequest: MessageFns<DeleteRuleRequest> = {
   fromPartial(object: DeepPartial<DeleteRuleRequest>): DeleteRuleRequest {
     const message = createBaseDeleteRuleRequest();
     message.name = object.name ?? "";
-    message.expectedGeneration = object.expectedGeneration ?? 0;
+    message.expectedGeneration = (object.expectedGeneration !== undefined && object.expectedGeneration !== null)
+      ? BigInt(object.expectedGeneration)
+      : 0n;
     return message;
   },
 };
@@ -2560,23 +2575,23 @@ export interface RuleServiceClient<CallOptionsExt = {}> {
   ): Promise<ApplyRulesResponse>;
 }
 
-type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
+type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
-export type DeepPartial<T> = T extends Builtin ? T
-  : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
+export type DeepPartial<T> = T extends bigint ? string | number | bigint
+  : T extends Builtin ? T : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
   : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
 
 function toTimestamp(date: Date): Timestamp {
-  const seconds = Math.trunc(date.getTime() / 1_000);
+  const seconds = BigInt(Math.trunc(date.getTime() / 1_000));
   const nanos = (date.getTime() % 1_000) * 1_000_000;
   return { seconds, nanos };
 }
 
 function fromTimestamp(t: Timestamp): Date {
-  let millis = (t.seconds || 0) * 1_000;
+  let millis = (globalThis.Number(t.seconds.toString()) || 0) * 1_000;
   millis += (t.nanos || 0) / 1_000_000;
   return new globalThis.Date(millis);
 }
@@ -2589,17 +2604,6 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
-}
-
-function longToNumber(int64: { toString(): string }): number {
-  const num = globalThis.Number(int64.toString());
-  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
-  }
-  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
-  }
-  return num;
 }
 
 function isObject(value: any): boolean {
