@@ -39,6 +39,7 @@ import { interfaceService } from './services/interface-service.js';
 import { linkService } from './services/link-service.js';
 import { ruleService } from './services/rule-service.js';
 import { errorMiddleware } from './services/status.js';
+import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
@@ -250,6 +251,8 @@ export class Daemon {
       }
       return yield* call.next(call.request, context);
     };
+    // Ends health Watch streams at shutdown (UNAVAILABLE) instead of letting them hold it up.
+    const terminator = createTerminator();
     const health = HealthState();
     health.setStatus('unhealthy');
     if (!existsSync(opts.descriptorPath)) {
@@ -274,7 +277,8 @@ export class Daemon {
         .use(telemetryMiddleware())
         .use(access)
         .use(errorMiddleware(log))
-        .use(gate);
+        .use(gate)
+        .use(terminator.middleware);
       server.add(HealthDefinition, services.health);
       server.add(reflection.v1.definition, reflection.v1.implementation);
       server.add(reflection.v1alpha.definition, reflection.v1alpha.implementation);
@@ -287,6 +291,7 @@ export class Daemon {
     };
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
     daemon.store = store;
+    daemon.terminator = terminator;
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
     daemon.kernel = dp;
@@ -349,6 +354,7 @@ export class Daemon {
   /** The state store (undefined with --no-state). */
   store?: StateStore;
   private resyncTimer?: NodeJS.Timeout;
+  private terminator?: Terminator;
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
   private lock?: HeldLock;
@@ -420,7 +426,8 @@ export class Daemon {
       this.health.setStatus('unhealthy');
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       this.config?.close();
-      this.hub.close();
+      this.hub.close(); // WatchCounters streams end with UNAVAILABLE
+      this.terminator?.terminate(); // health Watch streams too, after their NOT_SERVING
       const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
       await Promise.all(this.servers.map((x) => x.shutdown()));
       clearTimeout(forced);

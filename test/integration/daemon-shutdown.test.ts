@@ -52,6 +52,41 @@ describe('daemon shutdown', kernelOnly(), () => {
     topo.exec('h1', 'ping', ['-c', '2', '-i', '0.2', '-W', '1', '-q', h2.ip!]); // still forwarding
   });
 
+  it('SIGTERM ends health Watch streams (TCP and Unix) with UNAVAILABLE within 1 s, logging no internal error', async () => {
+    d = await DaemonProcess.start(id);
+    const cancelled = new AbortController();
+    const watches = [d.clients(d.tcp), d.clients(d.unix)].flatMap((c, i) => {
+      // A stream the client cancels itself before the shutdown: no "internal error" for it either.
+      const gone = (async () => {
+        for await (const _ of c.counters.watchCounters({}, { signal: cancelled.signal })) void _;
+      })().catch(() => undefined);
+      const statuses: number[] = [];
+      let endedAt = 0;
+      const health = (async () => {
+        for await (const m of c.health.watch({ service: '' })) statuses.push(m.status);
+      })().then(
+        () => ((endedAt = Date.now()), 'ended OK'),
+        (e: unknown) => ((endedAt = Date.now()), e),
+      );
+      return [{ transport: i === 0 ? 'tcp' : 'unix', statuses, health, gone, endedAt: () => endedAt }];
+    });
+    await sleep(300);
+    cancelled.abort();
+    await sleep(300);
+    const t0 = Date.now();
+    const exited = d.stop('SIGTERM');
+    for (const w of watches) {
+      const ended = await w.health;
+      assert.ok(ended instanceof ClientError, `${w.transport}: health Watch ended with ${String(ended)}`);
+      assert.equal(ended.code, Status.UNAVAILABLE, `${w.transport}: ${ended.message}`);
+      assert.ok(w.endedAt() - t0 < 1000, `${w.transport}: ended ${w.endedAt() - t0} ms after SIGTERM`);
+      assert.deepEqual(w.statuses, [1 /* SERVING */, 2 /* NOT_SERVING */], w.transport);
+      await w.gone;
+    }
+    assert.equal(await exited, 0);
+    assert.doesNotMatch(d.output, /internal error|AbortError/);
+  });
+
   it('--cleanup-on-exit leaves no trace', async () => {
     d = await DaemonProcess.start(id, ['--cleanup-on-exit']);
     const c = d.clients();

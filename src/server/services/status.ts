@@ -148,6 +148,8 @@ export function errorMiddleware(log: Logger): ServerMiddleware {
     try {
       return yield* call.next(call.request, context);
     } catch (err) {
+      // The client cancelled (or the server force-closed the call): nobody is there to answer.
+      if (context.signal.aborted && (err as { name?: string } | null)?.name === 'AbortError') throw err;
       const { error, details, internal } = toServerError(err);
       if (internal) log.error({ err, method: call.method.path }, 'internal error');
       if (details) context.trailer.set('grpc-status-details-bin', details);
