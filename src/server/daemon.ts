@@ -25,6 +25,7 @@ import { StateStore, stateDbPath, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
+import { assertOnBpffs } from './dataplane/bpffs.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { lockInstance, type HeldLock } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
@@ -183,6 +184,7 @@ export class Daemon {
       audit: opts.audit ?? log.child({ audit: true }),
       maxWatchStreams: opts.maxWatchStreams ?? DEFAULT_MAX_WATCH_STREAMS,
     });
+    assertOnBpffs(opts.pinRoot); // before anything is locked or loaded
     // One daemon per datapath: before anything is read or written, lock the
     // pin root, the state directory and every socket path (a second daemon
     // stops here, naming the first).

@@ -3,13 +3,20 @@
  * addresses, neighbour (ARP) lookups, and the veth precondition for native
  * XDP redirects (../shared/KERNEL-NOTES.md trap 3): a frame redirected by
  * native XDP into a veth is silently dropped unless the veth's peer has NAPI,
- * i.e. an XDP program or GRO enabled. Reads use sysfs and iproute2's JSON
- * output; nothing here changes a device except {@link ensureVethPeerNapi} and
- * {@link restoreGro}, which undoes it.
+ * i.e. an XDP program or GRO enabled. Interface facts (ifindex, MAC, MTU,
+ * flags, carrier) come from ioctls on a socket of the daemon's own network
+ * namespace, never from /sys: under `nsenter --net=/run/netns/X` the sysfs
+ * mounted at /sys still belongs to the namespace that mounted it, and would
+ * give another namespace's interfaces and MACs (lowerDevices still reads
+ * sysfs). Neighbours come from iproute2's JSON output (run in the same
+ * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
+ * and {@link restoreGro}, which undoes it.
  */
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
+
+import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
 import { lastErrno, lib } from './libbpf.js';
@@ -35,13 +42,65 @@ export function nameOf(ifindex: number): string | undefined {
   return buf.subarray(0, end < 0 ? 16 : end).toString();
 }
 
-/** The MAC address of an interface, "aa:bb:cc:dd:ee:ff". */
-export function macOf(name: string): string {
+const libc = koffi.load('libc.so.6');
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
+const closeFn = libc.func('int close(int fd)');
+
+// <linux/sockios.h>, <bits/socket.h>: the same on x86-64 and arm64.
+const AF_INET = 2;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const SIOCGIFFLAGS = 0x8913;
+const SIOCGIFMTU = 0x8921;
+const SIOCGIFHWADDR = 0x8927;
+const SIOCGIFINDEX = 0x8933;
+/** sizeof(struct ifreq): IFNAMSIZ (16) + the 24-byte union. */
+const IFREQ_SIZE = 40;
+
+/** What the kernel says about one interface of the daemon's network namespace. */
+export interface InterfaceFacts {
+  ifindex: number;
+  /** "aa:bb:cc:dd:ee:ff" (all zeros for devices without an Ethernet address, e.g. lo). */
+  mac: string;
+  /** Link type of the hardware address (ARPHRD_*: 1 Ethernet, 772 loopback). */
+  hwType: number;
+  mtu: number;
+  /** IFF_* flags (IFF_UP = 0x1, IFF_RUNNING = 0x40, ...). */
+  flags: number;
+}
+
+/**
+ * Index, MAC, MTU and flags of `name`, by SIOCGIF* ioctls on a socket created
+ * here, so in the daemon's own network namespace (netdevice(7)). Throws
+ * KernelError ENODEV for a missing interface.
+ */
+export function interfaceFacts(name: string): InterfaceFacts {
   ifindexOf(name); // validates the name, precise error
+  const fd = socketFn(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new KernelError(`open a socket to read ${name}`, lastErrno() || 24, [], 'socket failed');
   try {
-    return readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();
-  } catch {
-    throw new KernelError(`read MAC of ${name}`, 19, [], 'no such interface');
+    const ifr = Buffer.alloc(IFREQ_SIZE);
+    const ask = (request: number, what: string) => {
+      ifr.fill(0);
+      ifr.write(name, 0, 15, 'utf8');
+      if ((ioctlFn(fd, request, 'uint8_t *', ifr) as number) < 0) {
+        const errno = lastErrno() || 19;
+        throw new KernelError(`read ${what} of ${name}`, errno, [], errno === 19 ? 'no such interface' : 'ioctl failed');
+      }
+    };
+    ask(SIOCGIFINDEX, 'ifindex');
+    const ifindex = ifr.readInt32LE(16);
+    ask(SIOCGIFHWADDR, 'hardware address');
+    const hwType = ifr.readUInt16LE(16);
+    const mac = Array.from(ifr.subarray(18, 24), (b) => b.toString(16).padStart(2, '0')).join(':');
+    ask(SIOCGIFMTU, 'MTU');
+    const mtu = ifr.readInt32LE(16);
+    ask(SIOCGIFFLAGS, 'flags');
+    const flags = ifr.readUInt16LE(16);
+    return { ifindex, mac, hwType, mtu, flags };
+  } finally {
+    closeFn(fd);
   }
 }
 
@@ -56,22 +115,15 @@ export function lowerDevices(name: string): string[] {
   }
 }
 
-/** IFF_UP (linux/if.h). */
+/** IFF_UP and IFF_RUNNING (linux/if.h; RUNNING: operationally up, i.e. carrier, RFC 2863). */
 const IFF_UP = 0x1;
+const IFF_RUNNING = 0x40;
 
-/** Up, carrier and MTU of an interface from sysfs; undefined when it does not exist. */
+/** Up, carrier and MTU of an interface of the daemon's namespace (ioctls); undefined when it does not exist. */
 export function linkState(name: string): { up: boolean; carrier: boolean; mtu: number } | undefined {
-  const dir = `/sys/class/net/${name}`;
   try {
-    const flags = parseInt(readFileSync(`${dir}/flags`, 'utf8'), 16);
-    const mtu = Number(readFileSync(`${dir}/mtu`, 'utf8'));
-    let carrier = false;
-    try {
-      carrier = readFileSync(`${dir}/carrier`, 'utf8').trim() === '1';
-    } catch {
-      carrier = false; // EINVAL while the device is down
-    }
-    return { up: (flags & IFF_UP) !== 0, carrier, mtu };
+    const f = interfaceFacts(name);
+    return { up: (f.flags & IFF_UP) !== 0, carrier: (f.flags & IFF_RUNNING) !== 0, mtu: f.mtu };
   } catch {
     return undefined;
   }
@@ -85,6 +137,11 @@ export function linkState(name: string): { up: boolean; carrier: boolean; mtu: n
  */
 export function probeNeighbour(ip: string, dev: string): void {
   execFile('ping', ['-c', '1', '-W', '1', '-q', '-I', dev, ip], () => undefined);
+}
+
+/** The MAC address of an interface, "aa:bb:cc:dd:ee:ff" (from its own network namespace). */
+export function macOf(name: string): string {
+  return interfaceFacts(name).mac;
 }
 
 /** Whether an interface exists. */
