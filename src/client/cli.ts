@@ -57,6 +57,7 @@ import {
 } from '../gen/xdpctl/v1/rule.js';
 import { ConfigError, parseConfig, type ConfigFile } from '../shared/config-file.js';
 import { createXdpctlClient, DEFAULT_SERVER, type XdpctlClient } from './index.js';
+import { diagnoseTls } from './tls-diagnose.js';
 
 // ---------------------------------------------------------------------------
 // Exit codes
@@ -1510,6 +1511,11 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     if (e instanceof ClientError) {
       const server = current?.opts.server ?? DEFAULT_SERVER;
       ({ message, exitCode } = describeClientError(e, server, current?.trailer, current?.opts.timeout));
+      // grpc-js says "Failed to connect" or "ECONNRESET" for a refused TLS handshake: ask TLS itself.
+      if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld/.test(message) && current) {
+        const why = await diagnoseTls(server, loadTls(current.opts)).catch(() => undefined);
+        if (why) message = why;
+      }
     } else if (e instanceof CliError) {
       message = e.message;
       exitCode = e.exitCode;

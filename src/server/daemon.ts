@@ -33,7 +33,7 @@ import { silentLogger, type Logger } from './log.js';
 import { createReflection } from './reflection.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
 import { peerCred } from './dataplane/peer-cred.js';
-import { reloadingServerCredentials, type TlsFiles } from './tls.js';
+import { logRefusedHandshakes, reloadingServerCredentials, type TlsFiles } from './tls.js';
 import { counterService, sharedEncoding } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
 import { interfaceService } from './services/interface-service.js';
@@ -317,6 +317,7 @@ export class Daemon {
           chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
           daemon.addresses.push(addr);
         } else {
+          if (opts.tls && !tlsCreds) logRefusedHandshakes(log);
           tlsCreds ??= opts.tls && reloadingServerCredentials(opts.tls, log).credentials;
           const creds = tlsCreds ?? ServerCredentials.createInsecure();
           const port = await server.listen(addr, listenerCredentials('tcp', creds));

@@ -11,8 +11,10 @@
  * down. Files are read and checked once synchronously at start, so a wrong
  * path or a broken pair stops the start with a precise message.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createSecureContext } from 'node:tls';
+import http2 from 'node:http2';
+import { createSecureContext, type TLSSocket } from 'node:tls';
 
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
 
@@ -35,13 +37,30 @@ export class TlsFilesError extends Error {
   override readonly name = 'TlsFilesError';
 }
 
-function check(cert: Buffer, key: Buffer, ca?: Buffer): string | undefined {
+/**
+ * Why a certificate, key and CA cannot serve now, or undefined: they must
+ * form a secure context, and the certificate (the first of the chain) must be
+ * within its validity period: an expired or not-yet-valid one would make
+ * every client's handshake fail (RFC 5280 4.1.2.5).
+ */
+export function check(cert: Buffer, key: Buffer, ca?: Buffer, now = Date.now()): string | undefined {
   try {
     createSecureContext({ cert, key, ca });
-    return undefined;
   } catch (e) {
     return (e as Error).message;
   }
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(cert);
+  } catch (e) {
+    return `certificate does not parse: ${(e as Error).message}`;
+  }
+  const from = Date.parse(leaf.validFrom);
+  const to = Date.parse(leaf.validTo);
+  if (now > to)
+    return `certificate expired on ${new Date(to).toISOString()} (valid from ${new Date(from).toISOString()})`;
+  if (now < from) return `certificate is not valid before ${new Date(from).toISOString()}`;
+  return undefined;
 }
 
 /**
@@ -167,4 +186,100 @@ export function reloadingServerCredentials(
     ca !== undefined,
   );
   return { credentials, provider };
+}
+
+/** At most this many refused handshakes are logged per reason and window; the rest are counted. */
+export const HANDSHAKE_LOG_BURST = 5;
+export const HANDSHAKE_LOG_WINDOW_MS = 10_000;
+
+/**
+ * A refused TLS handshake's reason in a few words: the client certificate's
+ * verification result (`authorizationError`, an OpenSSL X509_V_ERR name) when
+ * there is one, else from OpenSSL's message.
+ */
+export function handshakeReason(err: Error & { code?: string; reason?: string }, authorizationError?: string): string {
+  switch (authorizationError) {
+    case undefined:
+    case null:
+      break;
+    case 'CERT_HAS_EXPIRED':
+      return 'the client certificate has expired';
+    case 'CERT_NOT_YET_VALID':
+      return 'the client certificate is not yet valid';
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'CERT_SIGNATURE_FAILURE':
+      return `the client certificate is not signed by --tls-client-ca (${authorizationError})`;
+    default:
+      return `the client certificate was refused (${authorizationError})`;
+  }
+  const m = err.message;
+  if (/wrong version number|http request|packet length too long|unknown protocol/i.test(m)) {
+    return 'the client does not speak TLS (plaintext gRPC to a TLS port)';
+  }
+  if (/peer did not return a certificate|certificate required/i.test(m)) return 'the client sent no certificate';
+  if (/certificate has expired|certificate expired/i.test(m)) return 'the client certificate has expired';
+  if (/certificate is not yet valid/i.test(m)) return 'the client certificate is not yet valid';
+  if (/unknown ca|unable to get local issuer|self[- ]signed|certificate verify failed|unable to verify/i.test(m)) {
+    return 'the client certificate is not signed by --tls-client-ca';
+  }
+  if (/ECONNRESET|socket hang up|timed out/i.test(m)) return 'the client went away during the handshake';
+  return err.reason ?? err.code ?? m;
+}
+
+let handshakeLog: ((err: Error, socket: TLSSocket) => void) | undefined;
+
+/**
+ * Log every refused TLS handshake on the TCP listeners (peer, reason) at a
+ * bounded rate: at most HANDSHAKE_LOG_BURST lines per reason per HANDSHAKE_LOG_WINDOW_MS,
+ * then one line with the number left out. grpc-js creates its TLS servers
+ * inside and offers no hook for their 'tlsClientError' event, so
+ * http2.createSecureServer is wrapped (once per process) to add the listener;
+ * the servers are otherwise exactly what grpc-js asked for.
+ */
+export function logRefusedHandshakes(log: Logger): void {
+  let windowStart = 0;
+  // Per reason, so that a flood of one kind (plaintext probes) does not hide another (a bad certificate).
+  const logged = new Map<string, number>();
+  let suppressed = 0;
+  handshakeLog = (err, socket) => {
+    const now = Date.now();
+    if (now - windowStart >= HANDSHAKE_LOG_WINDOW_MS) {
+      if (suppressed) {
+        log.warn(
+          { suppressed, windowMs: HANDSHAKE_LOG_WINDOW_MS },
+          `${suppressed} more refused TLS handshakes not logged`,
+        );
+      }
+      windowStart = now;
+      logged.clear();
+      suppressed = 0;
+    }
+    const authError = socket.authorizationError as unknown as string | undefined; // an X509_V_ERR name, typed as Error
+    const reason = handshakeReason(err, authError ?? undefined);
+    const n = logged.get(reason) ?? 0;
+    if (n >= HANDSHAKE_LOG_BURST) {
+      suppressed++;
+      return;
+    }
+    logged.set(reason, n + 1);
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unknown';
+    log.warn({ peer, reason, err: err.message.trim() }, 'TLS handshake refused');
+  };
+  const wrapped = http2 as typeof http2 & { xdpctlWrapped?: boolean };
+  if (wrapped.xdpctlWrapped) return;
+  wrapped.xdpctlWrapped = true;
+  const create = http2.createSecureServer;
+  http2.createSecureServer = ((...args: Parameters<typeof create>) => {
+    const server = create(...args);
+    // A socket refused for its certificate is destroyed before 'tlsClientError', and its peer address
+    // with it; reading remoteAddress during the handshake ('keylog' is the one event that gives the
+    // socket then) makes Node keep it. The key log line itself is ignored.
+    server.on('keylog', (_line: Buffer, socket: TLSSocket) => void socket.remoteAddress);
+    server.on('tlsClientError', (err: Error, socket: TLSSocket) => handshakeLog?.(err, socket));
+    return server;
+  }) as typeof create;
 }

@@ -7,12 +7,14 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { HANDSHAKE_LOG_BURST, HANDSHAKE_LOG_WINDOW_MS } from '../../src/server/tls.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
 
@@ -38,10 +40,29 @@ describe('TLS and mTLS', kernelOnly(), () => {
       f('ca.pem'),
       ...subj('test-ca'),
     ]);
-    for (const [name, ext] of [
-      ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
-      ['rotated', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
-      ['client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin'],
+    // A second CA, unknown to the daemon.
+    sh('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-keyout',
+      f('other-ca.key'),
+      '-out',
+      f('other-ca.pem'),
+      ...subj('other-ca'),
+    ]);
+    // [name, extensions, issuing CA, validity in days: -1 gives a certificate that expired yesterday]
+    for (const [name, ext, ca, days] of [
+      ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '1'],
+      ['rotated', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '1'],
+      ['expired-server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '-1'],
+      ['client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', '1'],
+      ['expired-client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', '-1'],
+      ['stranger', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'other-ca', '1'],
     ]) {
       sh('openssl', [
         'req',
@@ -61,12 +82,12 @@ describe('TLS and mTLS', kernelOnly(), () => {
         '-in',
         f(`${name}.csr`),
         '-CA',
-        f('ca.pem'),
+        f(`${ca}.pem`),
         '-CAkey',
-        f('ca.key'),
+        f(`${ca}.key`),
         '-CAcreateserial',
         '-days',
-        '1',
+        days,
         '-out',
         f(`${name}.pem`),
         '-extfile',
@@ -86,8 +107,10 @@ describe('TLS and mTLS', kernelOnly(), () => {
   });
   after(async () => {
     await d?.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    for (const x of [id, `${id}x`]) {
+      XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${x}`);
+      rmSync(`/tmp/xdpctl-test-${x}-state`, { recursive: true, force: true });
+    }
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -147,6 +170,120 @@ describe('TLS and mTLS', kernelOnly(), () => {
     assert.equal(await servedCn(), 'rotated');
     const r = cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.key'), 'status']);
     assert.equal(r.status, 0, r.stderr);
+  });
+
+  it('a rotation to an expired certificate is refused: the last good set keeps serving, with a warning', async () => {
+    const before = await servedCn();
+    copyFileSync(f('expired-server.pem'), f('server.pem'));
+    copyFileSync(f('expired-server.key'), f('server.key'));
+    await sleep(2500); // > 2 refresh periods
+    assert.equal(await servedCn(), before, 'the expired certificate is not served');
+    assert.match(
+      d!.output,
+      /"err":"certificate expired on [^"]*".*"msg":"new TLS files rejected: keeping the certificate in use"/,
+    );
+    const r = cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.key'), 'status']);
+    assert.equal(r.status, 0, r.stderr);
+  });
+
+  it('the CLI names the TLS problem, and the daemon logs each refused handshake with peer and reason', async () => {
+    await sleep(HANDSHAKE_LOG_WINDOW_MS); // a fresh log window: earlier tests' refusals do not count
+    const oneLine = (r: ReturnType<typeof cli>) => {
+      assert.equal(r.status, 10, `exit code (stderr: ${r.stderr})`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      return r.stderr.trim();
+    };
+    const from = d!.output.length;
+    assert.match(
+      oneLine(cli(['status'])),
+      /^xdpctl: xdpctld at 127\.0\.0\.1:\d+ speaks TLS and this client plaintext: give --tls-ca/,
+    );
+    assert.match(
+      oneLine(
+        cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('stranger.pem'), '--tls-key', f('stranger.key'), 'status']),
+      ),
+      /TLS with xdpctld at .* failed: .*refusing the client certificate \(--tls-cert\): it is not signed by a CA the server trusts/,
+    );
+    assert.match(
+      oneLine(
+        cli([
+          '--tls-ca',
+          f('ca.pem'),
+          '--tls-cert',
+          f('expired-client.pem'),
+          '--tls-key',
+          f('expired-client.key'),
+          'status',
+        ]),
+      ),
+      /TLS with xdpctld at .* failed: the client certificate \(--tls-cert\) expired on \d{4}-/,
+    );
+    assert.match(
+      oneLine(
+        cli(['--tls-ca', f('other-ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.key'), 'status']),
+      ),
+      /the server certificate is not trusted \(--tls-ca\)/,
+    );
+    await sleep(300); // spawnSync blocked this process: let the daemon's log lines in
+    const refused = (reason: RegExp) =>
+      d!.output
+        .slice(from)
+        .split('\n')
+        .filter((l) => l.includes('"msg":"TLS handshake refused"') && reason.test(l));
+    const peer = /"peer":"127\.0\.0\.1:\d+"/;
+    for (const reason of [/does not speak TLS/, /not signed by --tls-client-ca/]) {
+      const lines = refused(reason);
+      assert.ok(lines.length >= 1, `a log line for ${reason} in:\n${d!.output.slice(from)}`);
+      assert.match(lines[0], peer);
+    }
+    // The expired client certificate was caught by the CLI itself; offered anyway, the daemon names it.
+    await new Promise<void>((resolve) => {
+      const port = Number(d!.tcp.slice(d!.tcp.lastIndexOf(':') + 1));
+      const s = connect({
+        host: '127.0.0.1',
+        port,
+        ca: sh('cat', [f('ca.pem')]),
+        cert: sh('cat', [f('expired-client.pem')]),
+        key: sh('cat', [f('expired-client.key')]),
+        ALPNProtocols: ['h2'],
+        servername: 'localhost',
+      });
+      s.on('error', () => undefined);
+      s.once('close', () => resolve());
+    });
+    await sleep(200);
+    assert.match(refused(/the client certificate has expired/)[0] ?? '', peer);
+  });
+
+  it('refused handshakes are logged at a bounded rate', async () => {
+    await sleep(HANDSHAKE_LOG_WINDOW_MS); // a fresh window
+    const from = d!.output.length;
+    const port = Number(d!.tcp.slice(d!.tcp.lastIndexOf(':') + 1));
+    // 30 plaintext HTTP/2 prefaces to the TLS port.
+    await Promise.all(
+      Array.from(
+        { length: 30 },
+        () =>
+          new Promise<void>((resolve) => {
+            const s = netConnect(port, '127.0.0.1', () => s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+            s.on('error', () => resolve());
+            s.on('close', () => resolve());
+          }),
+      ),
+    );
+    await sleep(300);
+    const lines = d!.output
+      .slice(from)
+      .split('\n')
+      .filter((l) => l.includes('"msg":"TLS handshake refused"'));
+    assert.equal(lines.length, HANDSHAKE_LOG_BURST, `${lines.length} lines for 30 refused handshakes`);
+  });
+
+  it('an expired certificate of its own stops the start, saying so', async () => {
+    await assert.rejects(
+      DaemonProcess.start(`${id}x`, ['--tls-cert', f('expired-server.pem'), '--tls-key', f('expired-server.key')]),
+      /exited 1: .*expired-server\.pem .*certificate expired on \d{4}-/s,
+    );
   });
 
   it('keeps the Unix socket usable without TLS', () => {

@@ -86,7 +86,12 @@ export function interfaceFacts(name: string): InterfaceFacts {
       ifr.write(name, 0, 15, 'utf8');
       if ((ioctlFn(fd, request, 'uint8_t *', ifr) as number) < 0) {
         const errno = lastErrno() || 19;
-        throw new KernelError(`read ${what} of ${name}`, errno, [], errno === 19 ? 'no such interface' : 'ioctl failed');
+        throw new KernelError(
+          `read ${what} of ${name}`,
+          errno,
+          [],
+          errno === 19 ? 'no such interface' : 'ioctl failed',
+        );
       }
     };
     ask(SIOCGIFINDEX, 'ifindex');
