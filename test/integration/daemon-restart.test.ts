@@ -113,9 +113,12 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     });
     t.diagnostic(`upgrade: sent ${r.sent}, delivered ${r.delivered}`);
     assert.equal(r.delivered, r.sent);
-    const ifs = (await c.interfaces.listInterfaces({})).interfaces;
-    assert.notEqual(ifs[0].programId, before, 'new program attached');
-    assert.equal(ifs[0].programId, (await c.daemon.getStatus({})).datapath!.programId);
+    // The rule's ingress interface (backend interfaces are listed too, as egress, without the program).
+    const ingress = (await c.interfaces.listInterfaces({})).interfaces.find((i) =>
+      i.usedBy.some((u) => !u.endsWith('/egress')),
+    )!;
+    assert.notEqual(ingress.programId, before, 'new program attached');
+    assert.equal(ingress.programId, (await c.daemon.getStatus({})).datapath!.programId);
   });
 
   it('kill -9 at any point of a large ApplyRules: after restart the old or the new rule set, whole, and the kernel agrees', async () => {

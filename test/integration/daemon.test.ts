@@ -404,6 +404,56 @@ describe('xdpctld end to end', kernelOnly(), () => {
     }
   });
 
+  it('interfaces used only as a backend egress are listed by ListInterfaces and found by GetInterface', async () => {
+    const egress = topo.addHost('e', '198.18.6.1/24');
+    await c.rules.createRule({
+      rule: rule('egress', [backend(egress)], {
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7124, destination: '', sourcePrefixes: [] },
+      }),
+    });
+    try {
+      const listed = (await c.interfaces.listInterfaces({})).interfaces.find((i) => i.name === egress.hostIf);
+      assert.ok(listed, `${egress.hostIf} in ListInterfaces`);
+      assert.deepEqual(listed.usedBy, ['rule/egress/egress']);
+      assert.equal(listed.present, true);
+      assert.equal(listed.ifindex, JSON.parse(sh('ip', ['-j', 'link', 'show', egress.hostIf]))[0].ifindex);
+      const got = (await c.interfaces.getInterface({ name: egress.hostIf })).interface!;
+      assert.deepEqual(got, listed);
+    } finally {
+      await c.rules.deleteRule({ name: 'egress' });
+    }
+    const f = await fails((o) => c.interfaces.getInterface({ name: egress.hostIf }, o));
+    assert.equal(f.code, Status.NOT_FOUND, 'no longer named by anything');
+  });
+
+  it("a link that shadows a rule on its interface says so in LinkStatus.warnings, and the rule's status too", async () => {
+    await c.rules.createRule({
+      rule: rule('shadowed', [backend(b1)], {
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7125, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [h1.hostIf],
+      }),
+    });
+    try {
+      assert.deepEqual((await c.rules.getRule({ name: 'shadowed' })).rule!.status!.warnings, []);
+      await c.links.connect({ link: { a: h2.hostIf, b: h1.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH } });
+      const warning = new RegExp(`^rule shadowed on ${h1.hostIf} is shadowed by link ${h2.hostIf}:${h1.hostIf}`);
+      const link = (await c.links.listLinks({})).links.find((l) => l.a === h2.hostIf)!;
+      assert.equal(link.status!.bToAActive, true);
+      assert.equal(link.status!.warnings.length, 1, JSON.stringify(link.status));
+      assert.match(link.status!.warnings[0], warning);
+      const ruleWarnings = (await c.rules.getRule({ name: 'shadowed' })).rule!.status!.warnings;
+      assert.equal(ruleWarnings.length, 1, JSON.stringify(ruleWarnings));
+      assert.match(ruleWarnings[0], warning);
+      const listed = (await c.rules.listRules({})).rules.find((r) => r.name === 'shadowed')!;
+      assert.deepEqual(listed.status!.warnings, ruleWarnings);
+      await c.links.disconnect({ a: h2.hostIf, b: h1.hostIf });
+      assert.deepEqual((await c.rules.getRule({ name: 'shadowed' })).rule!.status!.warnings, []);
+    } finally {
+      await c.links.disconnect({ a: h2.hostIf, b: h1.hostIf }).catch(() => undefined);
+      await c.rules.deleteRule({ name: 'shadowed' });
+    }
+  });
+
   it('ApplyLinks reports its changes in ascending order of (a, b) (a ring of one-way links)', async () => {
     const [x, y, z] = [h1.hostIf, h2.hostIf, h3.hostIf].sort();
     const res = await c.links.applyLinks({

@@ -37,6 +37,37 @@ describe('counter hub', () => {
     assert.deepEqual(got[0].slice(1, 4), got[49].slice(1, 4));
   });
 
+  it('keeps each watcher to its interval (within 10 %) whenever it joins', async () => {
+    const hub = new CounterHub(fakeRead(), 10);
+    const ac = new AbortController();
+    const interval = 300;
+    const gaps: number[][] = [];
+    const watch = async () => {
+      const at: number[] = [];
+      for await (const _ of hub.watch(interval, ac.signal)) {
+        void _;
+        at.push(performance.now());
+        if (at.length === 3) break;
+      }
+      gaps.push([at[1] - at[0], at[2] - at[1]]);
+    };
+    // Joins at different phases of the hub's ticks (the second one used to get its next snapshot early).
+    const runs = [
+      watch(),
+      new Promise((r) => setTimeout(r, 170)).then(watch),
+      new Promise((r) => setTimeout(r, 230)).then(watch),
+    ];
+    await Promise.all(runs);
+    ac.abort();
+    hub.close();
+    for (const [g1, g2] of gaps) {
+      assert.ok(g1 >= interval * 0.9 - hub.baseMs, `first gap ${g1.toFixed(0)} ms for a ${interval} ms interval`);
+      assert.ok(g2 >= interval - hub.baseMs, `second gap ${g2.toFixed(0)} ms`);
+      // Late is the loaded machine's timers (the hub's ticks, not its schedule): only gross lateness fails.
+      assert.ok(g1 <= interval * 2 && g2 <= interval * 2, `gaps ${g1.toFixed(0)}, ${g2.toFixed(0)} ms`);
+    }
+  });
+
   it('gives a slow watcher the latest snapshot, not a backlog', async () => {
     const hub = new CounterHub(fakeRead(), 10);
     const ac = new AbortController();

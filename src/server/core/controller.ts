@@ -201,7 +201,7 @@ export class Controller {
 
   // ---- reads ------------------------------------------------------------
 
-  getRule(name: string): RuleView {
+  getRule(name: string, shadows = this.activeLinkSources()): RuleView {
     const r = this.state.rules.get(name);
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
     const k = this.state.ruleKernel.get(name)!;
@@ -214,11 +214,18 @@ export class Controller {
       ),
       this.now(),
     );
-    return { ...r, status: { ...k.status, conditions } };
+    // A link forwarding from one of its ingress interfaces takes every frame there first.
+    const shadowed = r.ingressInterfaces.flatMap((i) => {
+      const l = shadows.get(i);
+      return l ? [shadowWarning(r.name, i, l)] : [];
+    });
+    const warnings = shadowed.length ? [...k.status.warnings, ...shadowed] : k.status.warnings;
+    return { ...r, status: { ...k.status, warnings, conditions } };
   }
 
   listRules(): RuleView[] {
-    return [...this.state.rules.keys()].sort().map((n) => this.getRule(n));
+    const shadows = this.activeLinkSources();
+    return [...this.state.rules.keys()].sort().map((n) => this.getRule(n, shadows));
   }
 
   /**
@@ -252,8 +259,39 @@ export class Controller {
           linkConditions(l.direction === 'both' ? active : [active[0]], problems),
           this.now(),
         );
-        return { ...l, active, warnings: problems, conditions };
+        // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
+        // active source of this link never sees a frame there.
+        const sources = [...(active[0] ? [l.a] : []), ...(active[1] ? [l.b] : [])];
+        const shadows: string[] = [];
+        for (const r of [...this.state.rules.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
+          for (const i of r.ingressInterfaces) if (sources.includes(i)) shadows.push(shadowWarning(r.name, i, l));
+        }
+        return { ...l, active, warnings: [...problems, ...shadows], conditions };
       });
+  }
+
+  /** Whether each direction of a link is in the kernel's devmap now (a -> b, b -> a). */
+  private linkActive(l: LinkSpec, kernel: Map<number, number>): [boolean, boolean] {
+    const ia = this.dp.lookupInterface(l.a);
+    const ib = this.dp.lookupInterface(l.b);
+    const foreign = (n: string) => this.state.foreign.has(n);
+    return [
+      !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex && !foreign(l.a),
+      l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex && !foreign(l.b),
+    ];
+  }
+
+  /** Interfaces that a link forwards from in the kernel now, with their link. */
+  private activeLinkSources(): Map<string, LinkSpec> {
+    const out = new Map<string, LinkSpec>();
+    if (this.state.links.size === 0) return out;
+    const kernel = new Map(this.dp.listLinks());
+    for (const l of this.state.links.values()) {
+      const [ab, ba] = this.linkActive(l, kernel);
+      if (ab) out.set(l.a, l);
+      if (ba) out.set(l.b, l);
+    }
+    return out;
   }
 
   desiredState(): DesiredState {
@@ -265,8 +303,23 @@ export class Controller {
     return this.state.stored();
   }
 
+  /**
+   * Every interface a rule or link names: the ones that need the program
+   * (ingress, link sources) and the ones only used as egress (a backend's
+   * interface, the far end of a one-way link), as the InterfaceService
+   * contract says. Egress uses are listed as "<user>/egress".
+   */
   listInterfaces(): ManagedInterface[] {
-    const users = this.state.interfaceUsers();
+    const programUsers = this.state.interfaceUsers(); // what needs the program on an interface
+    const users = new Map([...programUsers].map(([k, v]) => [k, new Set(v)]));
+    const add = (name: string, user: string) => {
+      if (!users.has(name)) users.set(name, new Set());
+      users.get(name)!.add(user);
+    };
+    for (const r of this.state.rules.values()) for (const b of r.backends) add(b.interface, `rule/${r.name}/egress`);
+    for (const l of this.state.links.values()) {
+      if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
+    }
     // Also what we attached and could not detach yet: nothing attached stays unlisted.
     const names = new Set([...users.keys(), ...this.state.attached.keys()]);
     return [...names].sort().map((name) => {
@@ -286,7 +339,7 @@ export class Controller {
           ours: !!x?.ours,
           progId: x?.progId ?? 0,
           detachError,
-          used: users.has(name),
+          used: programUsers.has(name), // egress-only interfaces need no program
         }),
         this.now(),
       );
@@ -469,6 +522,7 @@ export class Controller {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateLink(link, 'link'));
+      this.requireInterfaces([[link, 'link']]);
       const existing = this.state.links.get(linkKey(link));
       if (existing) {
         throw new CoreError(
@@ -516,6 +570,7 @@ export class Controller {
         }
       });
       throwIfInvalid(violations);
+      this.requireInterfaces(specs.map((l, i) => [l, `links[${i}]`]));
       const changes: LinkChange[] = [];
       for (const [key, l] of next) {
         const cur = this.state.links.get(key);
@@ -532,6 +587,29 @@ export class Controller {
       else await this.applyLinkSet(next, 'links');
       return changes;
     }, opts.signal);
+  }
+
+  /**
+   * NOT_FOUND naming each end (`link.a`, `links[2].b`) that is not an
+   * interface of this namespace, before anything about the other end (its
+   * links, its state) is considered.
+   */
+  private requireInterfaces(links: [LinkSpec, string][]): void {
+    const facts = fetchInterfaces(
+      this.dp,
+      links.flatMap(([l]) => [l.a, l.b]),
+    );
+    const missing: FieldViolation[] = [];
+    for (const [l, field] of links) {
+      for (const end of ['a', 'b'] as const) {
+        if (!facts.interfaces.get(l[end])) {
+          missing.push({ field: `${field}.${end}`, description: `interface "${l[end]}" does not exist` });
+        }
+      }
+    }
+    if (missing.length) {
+      throw new CoreError('not-found', missing.map((v) => `${v.field}: ${v.description}`).join('; '), missing);
+    }
   }
 
   /** One links transaction, ordered as {@link applyRuleOps}: rows, kernel over an undo log, COMMIT, finish. `tolerant` (restore, resync): a foreign program is recorded, not fatal, and a store that cannot persist is logged. */
@@ -691,4 +769,9 @@ const SPEC_KEYS: (keyof RuleSpec)[] = [
 
 function sameSpec(a: RuleSpec, b: RuleSpec): boolean {
   return SPEC_KEYS.every((k) => JSON.stringify(a[k]) === JSON.stringify(b[k]));
+}
+
+/** The warning a shadowed rule and the link shadowing it both carry. */
+function shadowWarning(rule: string, iface: string, l: LinkSpec): string {
+  return `rule ${rule} on ${iface} is shadowed by link ${l.a}:${l.b}: frames arriving on ${iface} are cross-connected before rules are matched`;
 }

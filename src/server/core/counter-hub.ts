@@ -1,9 +1,10 @@
 /**
  * Counter streaming without per-watcher kernel reads: one timer ticks every
  * `baseMs`; on a tick where at least one watcher is due, the kernel is read
- * once and every due watcher gets that same snapshot. Watchers with the same
- * interval are due on the same ticks, so 1000 watchers at 1 s cost one read
- * per second. A slow client skips snapshots instead of queueing them: a
+ * once and every due watcher gets that same snapshot. A watcher gets its
+ * first snapshot at once and then one every interval (the first gap may be
+ * up to a tenth shorter): watchers of one interval fall on at most ten
+ * phases of it, so 1000 watchers at 1 s cost at most ten reads per second. A slow client skips snapshots instead of queueing them: a
  * watcher that is not waiting when it is due (its stream is blocked on
  * flow control) is only marked due, and gets the latest snapshot when it asks
  * again. No read is made, and nothing is kept, for watchers that cannot take
@@ -15,6 +16,8 @@ import type { CounterSnapshot } from './controller.js';
 
 interface Watcher {
   every: number; // in ticks
+  /** A tick on which it is due; it is due every `every` ticks from there. */
+  phase: number;
   /** Set while the watcher waits for its next snapshot. */
   wake?: () => void;
   /** Handed over with wake(). */
@@ -80,7 +83,7 @@ export class CounterHub {
     this.tick++;
     const due: Watcher[] = [];
     for (const w of this.watchers) {
-      if (this.tick % w.every !== 0) continue;
+      if ((this.tick - w.phase) % w.every !== 0) continue;
       if (w.wake) due.push(w);
       else w.missed = true; // still busy with (or blocked on) the previous one
     }
@@ -102,7 +105,13 @@ export class CounterHub {
    * until `signal` aborts or the hub closes.
    */
   async *watch(intervalMs: number, signal: AbortSignal): AsyncGenerator<CounterSnapshot> {
-    const w: Watcher = { every: Math.max(1, Math.round(intervalMs / this.baseMs)) };
+    const every = Math.max(1, Math.round(intervalMs / this.baseMs));
+    // The second snapshot comes one interval after the first (at once), within 10 %: the first due
+    // tick is start + every, rounded down to a multiple of a tenth of the interval, so that watchers
+    // of one interval fall on at most ten phases and still share their reads.
+    const q = Math.max(1, Math.floor(every / 10));
+    const first = this.tick + every;
+    const w: Watcher = { every, phase: first - (first % q) };
     this.watchers.add(w);
     this.timer ??= setInterval(() => this.onTick(), this.baseMs);
     const onAbort = () => w.wake?.();

@@ -151,9 +151,11 @@ export interface ManagedInterface {
   /** Whether the interface exists. */
   present: boolean;
   /**
-   * What needs the program on the interface, in ascending order:
-   * "rule/<name>" for a rule that has it as an ingress interface and
-   * "link/<a>:<b>" for a link that forwards from it.
+   * What names the interface, in ascending order: "rule/<name>" for a rule
+   * that has it as an ingress interface and "link/<a>:<b>" for a link that
+   * forwards from it (these need the program on it); "rule/<name>/egress" for
+   * a rule with a backend behind it and "link/<a>:<b>/egress" for a one-way
+   * link into it (these do not).
    */
   usedBy: string[];
   /**
