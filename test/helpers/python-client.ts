@@ -51,8 +51,10 @@ export async function runPythonClient(
 ): Promise<PythonRun> {
   const wrap = opts.wrap ?? [];
   const argv = ['-', target, JSON.stringify(steps), ...(opts.args ?? [])];
+  // cwd "/": the checkout may be closed (0700) to the uid the client runs as.
   const child = spawn(wrap[0] ?? PYTHON, [...(wrap.length ? [...wrap.slice(1), PYTHON] : []), ...argv], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    cwd: '/',
   });
   child.stdin.end(readFileSync(SCRIPT));
   let out = '';
