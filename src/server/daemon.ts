@@ -20,6 +20,7 @@ import {
   serverOptions,
 } from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
+import { DEFAULT_CONNECTION_LIMITS, guardConnections, type ConnectionLimits } from './connection-guard.js';
 import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
@@ -87,6 +88,8 @@ export interface DaemonOptions {
   maxMessageBytes?: number;
   /** Watch streams one client identity may hold open (default 256); more are RESOURCE_EXHAUSTED. */
   maxWatchStreams?: number;
+  /** Preface timeout and connection bounds per peer and per listener (connection-guard.ts defaults). */
+  connectionLimits?: ConnectionLimits;
   /** Mode of the Unix socket file (default 0o660). */
   socketMode?: number;
   /** Group (name or gid) of the Unix socket file; its members are read-only under the default policy. */
@@ -298,6 +301,7 @@ export class Daemon {
     daemon.lock = lock;
     daemon.kernel = dp;
 
+    guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
     try {
       let tlsCreds: ServerCredentials | undefined; // one set for every TCP listener
       for (const addr of opts.listen) {

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { checkOwnCapabilities } from './auth/capabilities.js';
 import { AuthConfigError, loadAuthConfig, type AuthConfig } from './auth/policy.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode } from './auth/transport.js';
+import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -75,6 +76,21 @@ const program = new Command('xdpctld')
     '--max-watch-streams <n>',
     'watch streams (WatchCounters, health Watch) one client identity may hold open; more fail with RESOURCE_EXHAUSTED',
     String(DEFAULT_MAX_WATCH_STREAMS),
+  )
+  .option(
+    '--max-connections <n>',
+    'connections a TCP listener holds at most; more are closed at once (the Unix socket is not bounded)',
+    String(DEFAULT_CONNECTION_LIMITS.maxConnections),
+  )
+  .option(
+    '--max-connections-per-peer <n>',
+    'connections one peer address may hold on a TCP listener',
+    String(DEFAULT_CONNECTION_LIMITS.maxPerPeer),
+  )
+  .option(
+    '--preface-timeout-seconds <n>',
+    'a connection that has not finished its TLS handshake and sent its HTTP/2 preface by then is closed',
+    String(DEFAULT_CONNECTION_LIMITS.prefaceTimeoutMs / 1000),
   )
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
   .option('--no-state', 'do not persist the desired state (start empty every time)')
@@ -164,6 +180,9 @@ const o = program.opts<{
   socketMode: string;
   maxMessageBytes: string;
   maxWatchStreams: string;
+  maxConnections: string;
+  maxConnectionsPerPeer: string;
+  prefaceTimeoutSeconds: string;
 }>();
 const refreshMs = Number(o.tlsRefreshSeconds) * 1000;
 if (!Number.isInteger(refreshMs) || refreshMs < 1000 || refreshMs > 86_400_000) {
@@ -192,6 +211,11 @@ const intFlag = (flag: string, text: string, min: number, max: number): number =
 };
 const maxMessageBytes = intFlag('--max-message-bytes', o.maxMessageBytes, 1024, 256 * 1024 * 1024);
 const maxWatchStreams = intFlag('--max-watch-streams', o.maxWatchStreams, 1, 100_000);
+const connectionLimits = {
+  maxConnections: intFlag('--max-connections', o.maxConnections, 1, 1_000_000),
+  maxPerPeer: intFlag('--max-connections-per-peer', o.maxConnectionsPerPeer, 1, 1_000_000),
+  prefaceTimeoutMs: intFlag('--preface-timeout-seconds', o.prefaceTimeoutSeconds, 1, 3600) * 1000,
+};
 const socketMode = parseSocketMode(o.socketMode);
 if (socketMode === undefined) {
   process.stderr.write(`xdpctld: --socket-mode must be an octal mode such as 660, not "${o.socketMode}"\n`);
@@ -256,6 +280,7 @@ try {
     insecure: o.insecure,
     maxMessageBytes,
     maxWatchStreams,
+    connectionLimits,
     socketMode,
     socketGroup: o.socketGroup,
     // Audit records are written whatever --log-level says.
