@@ -4,7 +4,7 @@ import type { ServiceImplementation } from 'nice-grpc';
 import type { Controller } from '../core/controller.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
 import { validateName } from '../core/validate.js';
-import type { RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
+import { Rule, type RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 
 const DEFAULT_PAGE = 100;
@@ -16,6 +16,8 @@ function checkName(name: string): void {
   if (v.length) throw CoreError.invalid(v);
 }
 const MAX_PAGE = 1000;
+/** Encoded rules per response at most (half the 4 MiB default receive limit of gRPC clients). */
+export const MAX_PAGE_BYTES = 2 * 1024 * 1024;
 
 const TOKEN_PREFIX = 'after:';
 
@@ -58,9 +60,19 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       const all = ctl.listRules();
       // A page starts after the last name of the previous one: stable under concurrent changes.
       const start = after === undefined ? 0 : all.findIndex((r) => r.name > after);
-      const page = start < 0 ? [] : all.slice(start, start + size);
-      const more = start >= 0 && start + size < all.length;
-      return { rules: page.map(ruleToProto), nextPageToken: more ? pageToken(page[page.length - 1].name) : '' };
+      const candidates = start < 0 ? [] : all.slice(start, start + size).map(ruleToProto);
+      // At most page_size rules and MAX_PAGE_BYTES encoded (at least one rule), so that no page
+      // exceeds a default client's 4 MiB receive limit whatever the rules hold.
+      const rules: Rule[] = [];
+      let bytes = 0;
+      for (const r of candidates) {
+        const n = Rule.encode(r).finish().length + 8; // + field tag and length
+        if (rules.length > 0 && bytes + n > MAX_PAGE_BYTES) break;
+        rules.push(r);
+        bytes += n;
+      }
+      const more = start >= 0 && start + rules.length < all.length;
+      return { rules, nextPageToken: more ? pageToken(rules[rules.length - 1].name) : '' };
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
@@ -73,10 +85,16 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     },
     async applyRules(req, { signal }) {
       const changes = await ctl.applyRules(req.rules.map(ruleFromProto), req.validateOnly, { signal });
+      const rules = req.validateOnly ? [] : ctl.listRules().map(ruleToProto);
+      // The whole set only when it fits a default client's limit with room to spare: an applied
+      // change must not reach the client as "Received message larger than max" (RESOURCE_EXHAUSTED).
+      const bytes = rules.reduce((n, r) => n + Rule.encode(r).finish().length + 8, 0);
+      const omitted = bytes > MAX_PAGE_BYTES;
       return {
         changes: changes.map((c) => ({ name: c.name, action: CHANGE_ACTION[c.action] })),
-        rules: req.validateOnly ? [] : ctl.listRules().map(ruleToProto),
+        rules: omitted ? [] : rules,
         applied: !req.validateOnly,
+        rulesOmitted: omitted,
       };
     },
   };

@@ -373,7 +373,9 @@ export interface GetRuleResponse {
 export interface ListRulesRequest {
   /**
    * Maximum number of rules to return. 0 means the server default (100);
-   * values above 1000 are treated as 1000.
+   * values above 1000 are treated as 1000. A page also stops before it would
+   * exceed 2 MiB encoded (it holds at least one rule), so a page may hold
+   * fewer rules than asked while next_page_token says there are more.
    */
   pageSize: number;
   /**
@@ -451,11 +453,17 @@ export interface ApplyRulesResponse {
   changes: RuleChange[];
   /**
    * The resulting set of rules as stored, in ascending order of name. Empty
-   * when validate_only was set.
+   * when validate_only was set, or when the set is too large for one response
+   * (over 2 MiB encoded; then rules_omitted is true: read it with ListRules).
    */
   rules: Rule[];
   /** True if the set was applied; false when validate_only was set. */
   applied: boolean;
+  /**
+   * True when `rules` was left empty because the set is too large for one
+   * response; ListRules pages through it.
+   */
+  rulesOmitted: boolean;
 }
 
 /** What ApplyRules does to one rule. */
@@ -2203,7 +2211,7 @@ export const ApplyRulesRequest: MessageFns<ApplyRulesRequest> = {
 };
 
 function createBaseApplyRulesResponse(): ApplyRulesResponse {
-  return { changes: [], rules: [], applied: false };
+  return { changes: [], rules: [], applied: false, rulesOmitted: false };
 }
 
 export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
@@ -2216,6 +2224,9 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
     }
     if (message.applied !== false) {
       writer.uint32(24).bool(message.applied);
+    }
+    if (message.rulesOmitted !== false) {
+      writer.uint32(32).bool(message.rulesOmitted);
     }
     return writer;
   },
@@ -2257,6 +2268,14 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
             message.applied = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rulesOmitted = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2274,6 +2293,11 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
       changes: globalThis.Array.isArray(object?.changes) ? object.changes.map((e: any) => RuleChange.fromJSON(e)) : [],
       rules: globalThis.Array.isArray(object?.rules) ? object.rules.map((e: any) => Rule.fromJSON(e)) : [],
       applied: isSet(object.applied) ? globalThis.Boolean(object.applied) : false,
+      rulesOmitted: isSet(object.rulesOmitted)
+        ? globalThis.Boolean(object.rulesOmitted)
+        : isSet(object.rules_omitted)
+        ? globalThis.Boolean(object.rules_omitted)
+        : false,
     };
   },
 
@@ -2288,6 +2312,9 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
     if (message.applied !== false) {
       obj.applied = message.applied;
     }
+    if (message.rulesOmitted !== false) {
+      obj.rulesOmitted = message.rulesOmitted;
+    }
     return obj;
   },
 
@@ -2299,6 +2326,7 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
     message.changes = object.changes?.map((e) => RuleChange.fromPartial(e)) || [];
     message.rules = object.rules?.map((e) => Rule.fromPartial(e)) || [];
     message.applied = object.applied ?? false;
+    message.rulesOmitted = object.rulesOmitted ?? false;
     return message;
   },
 };
