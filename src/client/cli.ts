@@ -294,10 +294,22 @@ function ruleRow(r: Rule): Cell[] {
 
 const RULE_HEAD = ['NAME', 'PORT', 'DESTINATION', 'SOURCES', 'INGRESS', 'BACKENDS', 'STATE', 'GEN'];
 
+/** Two parts of one sample as one (WatchCounters sends a large sample in parts, global with the first). */
+function mergeCounters(a: Counters, b: Counters): Counters {
+  return {
+    time: a.time,
+    rules: [...a.rules, ...b.rules],
+    backends: [...a.backends, ...b.backends],
+    links: [...a.links, ...b.links],
+    global: a.global ?? b.global,
+  };
+}
+
 /** The counters of a GetCounters answer as JSON, lists always present. */
 function countersToJson(c: Counters | undefined): unknown {
   const json = c
-    ? (GetCountersResponse.toJSON({ counters: c }) as { counters?: Record<string, unknown> }).counters
+    ? (GetCountersResponse.toJSON({ counters: c, nextPageToken: '' }) as { counters?: Record<string, unknown> })
+        .counters
     : {};
   return { rules: [], backends: [], ...json };
 }
@@ -1227,7 +1239,13 @@ File format (only "links:" is used; "links: []" removes every link):
             },
             { signal: ac.signal, onTrailer: (md: Metadata) => (s.trailer = md) },
           );
-          for await (const msg of stream) {
+          // A sample too large for one message comes in parts (continued): print it whole.
+          let parts: Counters | undefined;
+          for await (const part of stream) {
+            parts = parts ? mergeCounters(parts, part.counters!) : part.counters!;
+            if (part.continued) continue;
+            const msg: WatchCountersResponse = { counters: parts, continued: false };
+            parts = undefined;
             if (live) {
               const when = msg.counters?.time?.toLocaleTimeString() ?? '';
               const head = `xdpctl watch ${kind ?? 'all'}: ${o.server}, every ${interval}ms, ${when} (Ctrl-C to stop)`;

@@ -146,20 +146,74 @@ function watchInterval(req: WatchCountersRequest): number {
  * tick), so a thousand identical watchers build it once, and
  * {@link sharedEncoding} encodes it once.
  */
-const responses = new WeakMap<CounterSnapshot, Map<string, WatchCountersResponse>>();
+const responses = new WeakMap<CounterSnapshot, Map<string, WatchCountersResponse[]>>();
 
 function watchResponse(
   snap: CounterSnapshot,
   filter: CounterFilter | undefined,
   filterKey: string,
   prev: CounterSnapshot | undefined,
-): WatchCountersResponse {
+): WatchCountersResponse[] {
   let byKey = responses.get(snap);
   if (!byKey) responses.set(snap, (byKey = new Map()));
   const key = `${prev ? snapshotIds.get(prev) : '-'}|${filterKey}`;
   let r = byKey.get(key);
-  if (!r) byKey.set(key, (r = { counters: toCounters(snap, filter, prev) }));
+  if (!r) {
+    const parts = splitCounters(toCounters(snap, filter, prev));
+    byKey.set(key, (r = parts.map((counters, i) => ({ counters, continued: i < parts.length - 1 }))));
+  }
   return r;
+}
+
+/**
+ * Rule, backend and link entries per message at most. An entry encodes to
+ * under ~200 bytes (names of up to 63 characters, an IPv6 address, two
+ * counters and two rates), so a message stays near 1.5 MB, well under a
+ * client's default 4 MiB receive limit.
+ */
+export const MAX_COUNTER_ENTRIES = 8000;
+
+/** One sample as messages of at most `max` entries; the global counters go with the first. */
+export function splitCounters(c: Counters, max = MAX_COUNTER_ENTRIES, from = 0): Counters[] {
+  const total = c.rules.length + c.backends.length + c.links.length;
+  if (from === 0 && total <= max) return [c];
+  const parts: Counters[] = [];
+  for (let at = from; at < total || parts.length === 0; at += max) {
+    parts.push(sliceCounters(c, at, at + max, at === 0));
+  }
+  return parts;
+}
+
+/** Entries [start, end) of rules ++ backends ++ links. */
+function sliceCounters(c: Counters, start: number, end: number, withGlobal: boolean): Counters {
+  const nr = c.rules.length;
+  const nb = c.backends.length;
+  const part = (xs: unknown[], offset: number) => xs.slice(Math.max(0, start - offset), Math.max(0, end - offset));
+  return {
+    time: c.time,
+    rules: part(c.rules, 0) as Counters['rules'],
+    backends: part(c.backends, nr) as Counters['backends'],
+    links: part(c.links, nr + nb) as Counters['links'],
+    global: withGlobal ? c.global : undefined,
+  };
+}
+
+const PAGE_PREFIX = 'entries:';
+
+/** The entry offset a GetCounters page token continues at; INVALID_ARGUMENT for one this server did not issue. */
+function counterPageOffset(token: string): number {
+  const text = Buffer.from(token, 'base64url').toString('utf8');
+  const n = text.startsWith(PAGE_PREFIX) ? Number(text.slice(PAGE_PREFIX.length)) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0 || counterPageToken(n) !== token) {
+    throw CoreError.invalid([
+      { field: 'page_token', description: 'is not a next_page_token this server returned (use "" for the first page)' },
+    ]);
+  }
+  return n;
+}
+
+function counterPageToken(offset: number): string {
+  return Buffer.from(`${PAGE_PREFIX}${offset}`).toString('base64url');
 }
 
 /** A stable id per snapshot object (for the cache key of the previous one). */
@@ -227,7 +281,13 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
   return {
     async getCounters(req) {
       validateFilter(req.filter, 'filter');
-      return { counters: toCounters(hub.snapshot(), req.filter) };
+      const from = req.pageToken ? counterPageOffset(req.pageToken) : 0;
+      const all = toCounters(hub.snapshot(), req.filter);
+      const total = all.rules.length + all.backends.length + all.links.length;
+      const counters =
+        from === 0 && total <= MAX_COUNTER_ENTRIES ? all : splitCounters(all, MAX_COUNTER_ENTRIES, from)[0];
+      const next = from + MAX_COUNTER_ENTRIES;
+      return { counters, nextPageToken: next < total ? counterPageToken(next) : '' };
     },
     async *watchCounters(req, context) {
       const ms = watchInterval(req);
@@ -235,7 +295,7 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
       let prev: CounterSnapshot | undefined;
       for await (const snap of hub.watch(ms, context.signal)) {
         idOf(snap);
-        yield watchResponse(snap, req.filter, filterKey, prev);
+        for (const part of watchResponse(snap, req.filter, filterKey, prev)) yield part;
         prev = snap;
       }
       // Ended by the daemon, not the client: say so, so that clients reconnect.

@@ -76,13 +76,29 @@ export function counterKindToJSON(object: CounterKind): string {
 /** Request of CounterService.GetCounters. */
 export interface GetCountersRequest {
   /** Which counters to return; unset returns all. */
-  filter?: CounterFilter | undefined;
+  filter?:
+    | CounterFilter
+    | undefined;
+  /**
+   * Empty for the first page; otherwise the next_page_token of the previous
+   * response (with the same filter). Each page is read from the kernel when
+   * it is asked for. An invalid token fails with INVALID_ARGUMENT.
+   */
+  pageToken: string;
 }
 
 /** Response of CounterService.GetCounters. */
 export interface GetCountersResponse {
-  /** The counters. */
-  counters?: Counters | undefined;
+  /**
+   * The counters. At most 8000 rule, backend and link entries together (about
+   * 1.5 MB), so that no response exceeds a client's default 4 MiB limit;
+   * global counters come with the first page.
+   */
+  counters?:
+    | Counters
+    | undefined;
+  /** Token for the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 /** Request of CounterService.WatchCounters. */
@@ -100,8 +116,17 @@ export interface WatchCountersRequest {
 
 /** One message of CounterService.WatchCounters. */
 export interface WatchCountersResponse {
-  /** The counters. */
-  counters?: Counters | undefined;
+  /**
+   * The counters. A sample of more than 8000 rule, backend and link entries
+   * together is sent as several messages with the same counters.time (global
+   * counters in the first), so that none exceeds a client's default 4 MiB
+   * limit.
+   */
+  counters?:
+    | Counters
+    | undefined;
+  /** True when the next message carries more of the same sample. */
+  continued: boolean;
 }
 
 /**
@@ -251,13 +276,16 @@ export interface GlobalCounters_ErrorsEntry {
 }
 
 function createBaseGetCountersRequest(): GetCountersRequest {
-  return { filter: undefined };
+  return { filter: undefined, pageToken: "" };
 }
 
 export const GetCountersRequest: MessageFns<GetCountersRequest> = {
   encode(message: GetCountersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.filter !== undefined) {
       CounterFilter.encode(message.filter, writer.uint32(10).fork()).join();
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
     }
     return writer;
   },
@@ -283,6 +311,14 @@ export const GetCountersRequest: MessageFns<GetCountersRequest> = {
             message.filter = CounterFilter.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -296,13 +332,23 @@ export const GetCountersRequest: MessageFns<GetCountersRequest> = {
   },
 
   fromJSON(object: any): GetCountersRequest {
-    return { filter: isSet(object.filter) ? CounterFilter.fromJSON(object.filter) : undefined };
+    return {
+      filter: isSet(object.filter) ? CounterFilter.fromJSON(object.filter) : undefined,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
   toJSON(message: GetCountersRequest): unknown {
     const obj: any = {};
     if (message.filter !== undefined) {
       obj.filter = CounterFilter.toJSON(message.filter);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -315,18 +361,22 @@ export const GetCountersRequest: MessageFns<GetCountersRequest> = {
     message.filter = (object.filter !== undefined && object.filter !== null)
       ? CounterFilter.fromPartial(object.filter)
       : undefined;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseGetCountersResponse(): GetCountersResponse {
-  return { counters: undefined };
+  return { counters: undefined, nextPageToken: "" };
 }
 
 export const GetCountersResponse: MessageFns<GetCountersResponse> = {
   encode(message: GetCountersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.counters !== undefined) {
       Counters.encode(message.counters, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -352,6 +402,14 @@ export const GetCountersResponse: MessageFns<GetCountersResponse> = {
             message.counters = Counters.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -365,13 +423,23 @@ export const GetCountersResponse: MessageFns<GetCountersResponse> = {
   },
 
   fromJSON(object: any): GetCountersResponse {
-    return { counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined };
+    return {
+      counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined,
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
   },
 
   toJSON(message: GetCountersResponse): unknown {
     const obj: any = {};
     if (message.counters !== undefined) {
       obj.counters = Counters.toJSON(message.counters);
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -384,6 +452,7 @@ export const GetCountersResponse: MessageFns<GetCountersResponse> = {
     message.counters = (object.counters !== undefined && object.counters !== null)
       ? Counters.fromPartial(object.counters)
       : undefined;
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -478,13 +547,16 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
 };
 
 function createBaseWatchCountersResponse(): WatchCountersResponse {
-  return { counters: undefined };
+  return { counters: undefined, continued: false };
 }
 
 export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
   encode(message: WatchCountersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.counters !== undefined) {
       Counters.encode(message.counters, writer.uint32(10).fork()).join();
+    }
+    if (message.continued !== false) {
+      writer.uint32(16).bool(message.continued);
     }
     return writer;
   },
@@ -510,6 +582,14 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
             message.counters = Counters.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.continued = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -523,13 +603,19 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
   },
 
   fromJSON(object: any): WatchCountersResponse {
-    return { counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined };
+    return {
+      counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined,
+      continued: isSet(object.continued) ? globalThis.Boolean(object.continued) : false,
+    };
   },
 
   toJSON(message: WatchCountersResponse): unknown {
     const obj: any = {};
     if (message.counters !== undefined) {
       obj.counters = Counters.toJSON(message.counters);
+    }
+    if (message.continued !== false) {
+      obj.continued = message.continued;
     }
     return obj;
   },
@@ -542,6 +628,7 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
     message.counters = (object.counters !== undefined && object.counters !== null)
       ? Counters.fromPartial(object.counters)
       : undefined;
+    message.continued = object.continued ?? false;
     return message;
   },
 };
