@@ -307,9 +307,10 @@ export function breakLink(env: Env, p: string, applying: boolean): fc.Arbitrary<
     .chain((g) => fc.tuple(fc.constant(g), fc.nat(), fc.constantFrom(...env.missing), fc.nat()))
     .map(([g, k, missing, u]) => (l: Link): Broken => {
       if (g === 'unknown') {
+        // NOT_FOUND names the end: link.a / links[2].b.
         if (u % 2) l.a = missing;
         else l.b = missing;
-        return { fields: [], unknown: p };
+        return { fields: [], unknown: `${p}.${u % 2 ? 'a' : 'b'}` };
       }
       const fields: string[] = [];
       const groups = g.includes('same') ? g.filter((x) => x !== 'a' && x !== 'b') : g;

@@ -583,10 +583,11 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
             }
             const m: ModelLink = { a: l.a, b: l.b, direction: dirOf(l.direction) };
             let want: Expect;
+            // An unknown interface is NOT_FOUND naming link.a or link.b, whatever the other end's state.
             if (broken.fields.length) want = { code: Status.INVALID_ARGUMENT, fields: broken.fields };
+            else if (broken.unknown) want = { code: Status.NOT_FOUND, field: broken.unknown };
             else if (model.links.has(linkKey(m))) want = { code: Status.ALREADY_EXISTS };
             else if (Model.linkConflicts([...model.links.values(), m])) want = { code: Status.FAILED_PRECONDITION };
-            else if (broken.unknown) want = { code: Status.NOT_FOUND, field: 'link' };
             else want = { code: Status.OK, apply: () => (model.links.set(linkKey(m), m), true) };
             return check('Connect', want, (o) => links.connect({ link: l }, o));
           }
@@ -610,7 +611,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
           const want: Expect = broken.fields.length
             ? { code: Status.INVALID_ARGUMENT, fields: broken.fields }
             : broken.unknown
-              ? { code: Status.NOT_FOUND, field: 'links' }
+              ? { code: Status.NOT_FOUND, field: broken.unknown }
               : {
                   code: Status.OK,
                   apply: () => {
