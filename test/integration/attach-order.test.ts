@@ -57,7 +57,7 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
     udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
   async function delivered(n: number): Promise<number> {
     const l = await UdpListener.start(b1.netns, b1.ip!, PORT);

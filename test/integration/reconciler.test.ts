@@ -65,7 +65,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       backends: to.map((b) => ({ ip: b.ip!, mac: mac ? b.mac : '', interface: b.hostIf, weight: 1 })),
       udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
       labels: {},
-      generation: 0,
+      generation: 0n,
     };
   }
   /** Send `n` datagrams over `flows` flows from `from` to `port`; what each backend received. */
@@ -157,7 +157,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.equal((await status('nb')).backendStatus[0].mac, newMac, 'the new MAC within 1 s');
     r = await send(vm2, 7997, [b3], 10);
     assert.equal(r.total, 10, `delivered ${r.total}/10 to the new MAC`);
-    assert.equal((await c.rules.getRule({ name: 'nb' })).rule!.generation, 1, 'the same rule, rewritten');
+    assert.equal((await c.rules.getRule({ name: 'nb' })).rule!.generation, 1n, 'the same rule, rewritten');
     await c.rules.deleteRule({ name: 'nb', expectedGeneration: 0 });
   });
 

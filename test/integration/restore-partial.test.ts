@@ -57,7 +57,7 @@ describe('a rule that cannot be restored does not take the others down', kernelO
     backends: [{ ip, mac, interface: iface, weight: 1 }],
     udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
     labels: {},
-    generation: 0,
+    generation: 0n,
   });
   async function web(): Promise<number> {
     const l = await UdpListener.start(b.netns, b.ip!, 7999);

@@ -41,7 +41,7 @@ function bigRules(): RuleView[] {
         backends: backends.map((b) => ({ ...b, resolved: true, message: '' })),
         warnings: [],
       },
-    } as RuleView;
+    } as unknown as RuleView;
   }).sort((a, b) => (a.name < b.name ? -1 : 1));
 }
 
