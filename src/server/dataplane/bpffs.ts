@@ -26,8 +26,8 @@ export function assertOnBpffs(pinRoot: string): void {
   const type = statfsSync(dir).type;
   if (type === BPF_FS_MAGIC) return;
   throw new Error(
-    `${dir} is not a BPF filesystem (statfs type 0x${type.toString(16)}, bpffs is 0x${BPF_FS_MAGIC.toString(16)}), ` +
-      `so --pin-root ${pinRoot} cannot hold pinned maps. Mount bpffs (mount -t bpf bpf /sys/fs/bpf), give a ` +
+    `pin root ${pinRoot} is not on a bpffs: ${dir} is not a BPF filesystem (statfs type 0x${type.toString(16)}, ` +
+      `bpffs is 0x${BPF_FS_MAGIC.toString(16)}), so it cannot hold pinned maps. Mount bpffs (mount -t bpf bpf /sys/fs/bpf), give a ` +
       "container the host's /sys/fs/bpf, or choose a --pin-root on bpffs. For one network namespace, start " +
       'xdpctld with nsenter --net=/run/netns/NAME rather than ip netns exec, which remounts /sys without bpffs',
   );
