@@ -907,7 +907,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
       backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
       udpChecksum: 0,
       labels: {},
-      generation: 0,
+      generation: 0n,
     });
     const ips = ['10.99.0.1', '10.99.0.2'];
     let flip = 0;

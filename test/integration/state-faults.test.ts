@@ -47,7 +47,7 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
     backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
     udpChecksum: 0,
     labels,
-    generation: 0,
+    generation: 0n,
   });
   /** Fill the tmpfs until it answers ENOSPC. */
   const fill = () => {
@@ -127,7 +127,7 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
       });
       // Deleting the rule itself: undone when COMMIT fails (docs/state-store.md).
       await rejects(
-        c.rules.deleteRule({ name: 'web', expectedGeneration: 0 }),
+        c.rules.deleteRule({ name: 'web', expectedGeneration: 0n }),
         Status.RESOURCE_EXHAUSTED,
         /disk is full/,
       );
@@ -181,7 +181,7 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
       unfill();
     }
     await c.rules.createRule({ rule: rule('web2', PORT + 1) });
-    await c.rules.deleteRule({ name: 'web2', expectedGeneration: 0 });
+    await c.rules.deleteRule({ name: 'web2', expectedGeneration: 0n });
     assert.deepEqual(await names(), ['web']);
   });
 
@@ -194,7 +194,7 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
         assert.match(d!.output, /the state store cannot persist/);
         const maps = d!.dumpMaps();
         await rejects(
-          c.rules.deleteRule({ name: 'web', expectedGeneration: 0 }),
+          c.rules.deleteRule({ name: 'web', expectedGeneration: 0n }),
           Status.FAILED_PRECONDITION,
           /read-only/,
         );

@@ -40,7 +40,7 @@ const rule = (name: string, port: number): Rule => ({
   backends: [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: 'b0', weight: 1 }],
   udpChecksum: 0,
   labels: {},
-  generation: 0,
+  generation: 0n,
 });
 
 describe('deadlines and cancellation of changes', () => {

@@ -50,7 +50,7 @@ describe('responses within the client limit', () => {
   const ctl = { listRules: () => rules, applyRules: async () => [] } as unknown as Controller;
   const svc = ruleService(ctl) as unknown as {
     listRules(req: { pageSize: number; pageToken: string }): Promise<ListRulesResponse>;
-    applyRules(req: { rules: []; validateOnly: boolean }): Promise<ApplyRulesResponse>;
+    applyRules(req: { rules: []; validateOnly: boolean }, ctx: { signal: AbortSignal }): Promise<ApplyRulesResponse>;
   };
 
   it('ListRules pages stay under 2 MiB encoded and together hold every rule in order', async () => {
@@ -73,7 +73,7 @@ describe('responses within the client limit', () => {
   });
 
   it('ApplyRules leaves the rule set out when it would not fit, and says so', async () => {
-    const res = await svc.applyRules({ rules: [], validateOnly: false });
+    const res = await svc.applyRules({ rules: [], validateOnly: false }, { signal: new AbortController().signal });
     assert.equal(res.rulesOmitted, true);
     assert.deepEqual(res.rules, []);
     assert.ok(ApplyRulesResponse.encode(res).finish().length < CLIENT_LIMIT);

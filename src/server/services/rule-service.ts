@@ -76,7 +76,11 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return { rule: ruleToProto(await ctl.updateRule(ruleFromProto(req.rule), generationOf(req.expectedGeneration), { signal })) };
+      return {
+        rule: ruleToProto(
+          await ctl.updateRule(ruleFromProto(req.rule), generationOf(req.expectedGeneration), { signal }),
+        ),
+      };
     },
     async deleteRule(req, { signal }) {
       checkName(req.name);
