@@ -56,7 +56,14 @@ import {
   type Backend,
 } from '../gen/xdpctl/v1/rule.js';
 import { ConfigError, parseConfig, type ConfigFile } from '../shared/config-file.js';
-import { createXdpctlClient, DEFAULT_SERVER, type XdpctlClient } from './index.js';
+import {
+  createXdpctlClient,
+  DEFAULT_SERVER,
+  getAllCounters,
+  listAllRules,
+  watchCounterSamples,
+  type XdpctlClient,
+} from './index.js';
 import { diagnoseTls } from './tls-diagnose.js';
 
 // ---------------------------------------------------------------------------
@@ -295,16 +302,6 @@ function ruleRow(r: Rule): Cell[] {
 const RULE_HEAD = ['NAME', 'PORT', 'DESTINATION', 'SOURCES', 'INGRESS', 'BACKENDS', 'STATE', 'GEN'];
 
 /** Two parts of one sample as one (WatchCounters sends a large sample in parts, global with the first). */
-function mergeCounters(a: Counters, b: Counters): Counters {
-  return {
-    time: a.time,
-    rules: [...a.rules, ...b.rules],
-    backends: [...a.backends, ...b.backends],
-    links: [...a.links, ...b.links],
-    global: a.global ?? b.global,
-  };
-}
-
 /** The counters of a GetCounters answer as JSON, lists always present. */
 function countersToJson(c: Counters | undefined): unknown {
   const json = c
@@ -903,13 +900,7 @@ export function buildProgram(version = '0.0.0'): Command {
     .addHelpText('after', examples('xdpctl rules list\nxdpctl -o yaml rules list'))
     .action(
       run(async (s, o) => {
-        const all: Rule[] = [];
-        let pageToken = '';
-        do {
-          const page = await s.client.rules.listRules({ pageSize: 1000, pageToken }, s.call());
-          all.push(...page.rules);
-          pageToken = page.nextPageToken;
-        } while (pageToken);
+        const all = await listAllRules(s.client.rules, s.call());
         if (o.output !== 'table') {
           return printList(o.output, 'rules', ListRulesResponse.toJSON({ rules: all, nextPageToken: '' }));
         }
@@ -925,8 +916,9 @@ export function buildProgram(version = '0.0.0'): Command {
     .action(
       run(async (s, o, [name]) => {
         const res = await s.client.rules.getRule({ name }, s.call());
-        const { counters } = await s.client.counters.getCounters(
-          { filter: { kinds: [CounterKind.COUNTER_KIND_RULES, CounterKind.COUNTER_KIND_BACKENDS], rules: [name] } },
+        const counters = await getAllCounters(
+          s.client.counters,
+          { kinds: [CounterKind.COUNTER_KIND_RULES, CounterKind.COUNTER_KIND_BACKENDS], rules: [name] },
           s.call(),
         );
         if (o.output !== 'table') {
@@ -1232,20 +1224,17 @@ File format (only "links:" is used; "links: []" removes every link):
         process.once('SIGTERM', stop);
         let n = 0;
         try {
-          const stream = s.client.counters.watchCounters(
+          const stream = watchCounterSamples(
+            s.client.counters,
             {
               filter: { kinds, rules: (f.rule as string[]) ?? [], interfaces: (f.interface as string[]) ?? [] },
               interval: { seconds: BigInt(Math.floor(interval / 1000)), nanos: (interval % 1000) * 1_000_000 },
             },
             { signal: ac.signal, onTrailer: (md: Metadata) => (s.trailer = md) },
           );
-          // A sample too large for one message comes in parts (continued): print it whole.
-          let parts: Counters | undefined;
-          for await (const part of stream) {
-            parts = parts ? mergeCounters(parts, part.counters!) : part.counters!;
-            if (part.continued) continue;
-            const msg: WatchCountersResponse = { counters: parts, continued: false };
-            parts = undefined;
+          // A sample too large for one message comes in parts (continued): each is printed whole.
+          for await (const sample of stream) {
+            const msg: WatchCountersResponse = { counters: sample, continued: false };
             if (live) {
               const when = msg.counters?.time?.toLocaleTimeString() ?? '';
               const head = `xdpctl watch ${kind ?? 'all'}: ${o.server}, every ${interval}ms, ${when} (Ctrl-C to stop)`;
@@ -1556,12 +1545,23 @@ function isMain(): boolean {
   }
 }
 
+/**
+ * Exit once stdout and stderr have written everything: to a pipe they are
+ * asynchronous, and process.exit() would cut a long output (a 5 MB
+ * `-o json rules list` ended after 219 264 bytes).
+ */
+function exitAfterFlush(code: number): void {
+  let pending = 2;
+  const done = () => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}
+
 if (isMain()) {
-  main().then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      process.stderr.write(`xdpctl: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(EXIT.LOCAL);
-    },
-  );
+  main().then(exitAfterFlush, (e: unknown) => {
+    process.stderr.write(`xdpctl: ${e instanceof Error ? e.message : String(e)}\n`);
+    exitAfterFlush(EXIT.LOCAL);
+  });
 }

@@ -25,6 +25,15 @@ export {
   type RuleMatch,
 } from '../gen/xdpctl/v1/rule.js';
 
+export {
+  getAllCounters,
+  listAllRules,
+  mergeCounters,
+  watchCounterSamples,
+  type CounterReader,
+  type RulePager,
+} from './pages.js';
+
 export const DEFAULT_SERVER = '127.0.0.1:9091';
 
 export interface ClientOptions {

@@ -18,9 +18,18 @@ STEPS_JSON is a JSON list of steps, each an object with "op":
                                                      then every method's input and output resolved
   {"op": "unary", "method": "pkg.Svc/Method", "request": {...}, "timeout": 10}
   {"op": "stream", "method": ..., "request": {...}, "count": N, "timeout": 10}
+  {"op": "pages", "method": ..., "request": {...}, "tally": {"rules": "name"}}
+                                                     a paged List/Get: calls again with pageToken =
+                                                     the last nextPageToken until it is empty
   {"op": "health", "service": ""}                    grpc.health.v1.Health/Check
   {"op": "health_watch", "service": "", "count": N, "timeout": 10}
-A request is proto3 JSON (json_format), as grpcurl takes it.
+A request is proto3 JSON (json_format), as grpcurl takes it. The channel has gRPC's
+defaults (a 4 MiB receive limit). With "tally" (a map from a repeated field's path, e.g.
+"counters.backends", to a field of its elements, e.g. "rule"), a pages or stream step
+does not return the messages but, per page or message, its encoded size and how many
+elements each path held ("parts"), and per path how many elements had each value of
+the field ("tally"; for a stream, per whole sample: the parts up to one whose
+"continued" is false; "count" then counts whole samples).
 
 Output: one JSON line per step on stdout, {"step": i, "op": ..., "ok": true, ...}
 or {"ok": false, "code": "PERMISSION_DENIED", "details": "..."}; a stream step
@@ -176,6 +185,25 @@ def to_json(msg):
     return json_format.MessageToDict(msg, preserving_proto_field_name=False)
 
 
+def _path(msg, path):
+    for name in path.split(".")[:-1]:
+        msg = getattr(msg, name)
+    return getattr(msg, path.split(".")[-1])
+
+
+def _part(msg, tally, into):
+    """Size and element counts of one message; its elements tallied into `into`."""
+    counts = {}
+    for path, key in tally.items():
+        items = _path(msg, path)
+        counts[path] = len(items)
+        seen = into.setdefault(path, {})
+        for item in items:
+            k = str(getattr(item, key))
+            seen[k] = seen.get(k, 0) + 1
+    return {"bytes": msg.ByteSize(), "counts": counts}
+
+
 def error_result(e):
     if isinstance(e, ReflectionError):
         return {"ok": False, "code": e.code_name, "details": str(e), "reflection": True}
@@ -216,6 +244,49 @@ def run_step(client, step, log):
         out = to_json(response)
         log(f"  -> {json.dumps(out)[:400]}")
         return {"ok": True, "response": out}
+    if op == "pages":
+        _, req, call = client._callable(step["method"], "unary_unary")
+        body = dict(step.get("request", {}))
+        tally, parts, token = step.get("tally", {}), [], ""
+        seen = {}
+        log(f"pages {step['method']} {json.dumps(body)[:200]}")
+        while True:
+            body["pageToken"] = token
+            response = call(json_format.ParseDict(body, req()), timeout=timeout)
+            parts.append(_part(response, tally, seen))
+            token = response.next_page_token
+            log(f"  page {len(parts)}: {parts[-1]['bytes']} bytes {json.dumps(parts[-1]['counts'])}")
+            if not token:
+                break
+        return {"ok": True, "parts": parts, "tally": seen}
+    if op == "stream" and "tally" in step:
+        _, req, call = client._callable(step["method"], "unary_stream")
+        body = step.get("request", {})
+        tally, count = step["tally"], step.get("count", 1)
+        log(f"stream {step['method']} {json.dumps(body)} (first {count} whole samples)")
+        start = time.monotonic()
+        parts, samples, seen = [], [], {}
+        responses = call(json_format.ParseDict(body, req()), timeout=timeout)
+        try:
+            for msg in responses:
+                part = _part(msg, tally, seen)
+                part.update(continued=msg.continued, time=to_json(msg.counters).get("time"),
+                            at=round(time.monotonic() - start, 4))
+                parts.append(part)
+                log(f"  +{part['at']:.3f}s {part['bytes']} bytes {json.dumps(part['counts'])}"
+                    f"{' (continued)' if msg.continued else ''}")
+                if not msg.continued:
+                    samples.append(seen)
+                    seen = {}
+                    if len(samples) >= count:
+                        break
+        except grpc.RpcError as e:
+            r = error_result(e)
+            r.update(parts=parts, samples=samples)
+            log(f"  ended {r['code']}: {r['details']}")
+            return r
+        responses.cancel()
+        return {"ok": True, "parts": parts, "samples": samples}
     if op in ("stream", "health_watch"):
         method = step.get("method", "grpc.health.v1.Health/Watch")
         body = step.get("request", {"service": step.get("service", "")})

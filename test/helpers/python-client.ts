@@ -15,7 +15,15 @@ const SCRIPT = `${ROOT}test/clients/reflection_client.py`;
 export type Step =
   | { op: 'list' | 'describe_all'; version?: 'v1' | 'v1alpha' }
   | { op: 'unary'; method: string; request?: unknown; timeout?: number }
-  | { op: 'stream'; method: string; request?: unknown; count?: number; timeout?: number }
+  | {
+      op: 'stream';
+      method: string;
+      request?: unknown;
+      count?: number;
+      timeout?: number;
+      tally?: Record<string, string>;
+    }
+  | { op: 'pages'; method: string; request?: unknown; timeout?: number; tally?: Record<string, string> }
   | { op: 'health'; service?: string }
   | { op: 'health_watch'; service?: string; count?: number; timeout?: number };
 
@@ -29,6 +37,12 @@ export interface StepResult {
   described?: Record<string, { file: string; methods: string[] }>;
   response?: Record<string, unknown>;
   messages?: Record<string, unknown>[];
+  /** With tally: each page or stream message's encoded size and element counts per path. */
+  parts?: { bytes: number; counts: Record<string, number>; continued?: boolean; time?: string; at?: number }[];
+  /** With tally (pages): per path, how many elements had each value of the tallied field. */
+  tally?: Record<string, Record<string, number>>;
+  /** With tally (stream): the same per whole sample. */
+  samples?: Record<string, Record<string, number>>[];
   /** Seconds from the call's start at which each stream message arrived. */
   at?: number[];
   endedAt?: number;

@@ -1,0 +1,102 @@
+/**
+ * Whole collections from the paged and split responses of xdpctld.
+ *
+ * No response of the daemon exceeds a default gRPC client's 4 MiB receive
+ * limit (grpc-js, gRPC's C core and Go all default to 4 MiB): ListRules stops a
+ * page before 2 MiB encoded, GetCounters pages at 8000 entries, WatchCounters
+ * sends a larger sample as several messages marked `continued`. These helpers
+ * read every page (or every part) so that a caller sees the whole collection,
+ * whatever page sizes the server chooses.
+ */
+import type { CallOptions } from 'nice-grpc';
+
+import type { CounterFilter, Counters, GetCountersResponse, WatchCountersResponse } from '../gen/xdpctl/v1/counters.js';
+import type { Duration } from '../gen/google/protobuf/duration.js';
+import type { ListRulesResponse, Rule } from '../gen/xdpctl/v1/rule.js';
+
+/** The ListRules method of a RuleService client (any nice-grpc client of it). */
+export interface RulePager {
+  listRules(req: { pageSize?: number; pageToken?: string }, opts?: CallOptions): Promise<ListRulesResponse>;
+}
+
+/** The GetCounters/WatchCounters methods of a CounterService client. */
+export interface CounterReader {
+  getCounters(
+    req: { filter?: Partial<CounterFilter>; pageToken?: string },
+    opts?: CallOptions,
+  ): Promise<GetCountersResponse>;
+  watchCounters(
+    req: { filter?: Partial<CounterFilter>; interval?: Duration },
+    opts?: CallOptions,
+  ): AsyncIterable<WatchCountersResponse>;
+}
+
+/**
+ * Every rule, in name order, reading ListRules page after page until
+ * next_page_token is empty. Each page is a separate call: a rule created or
+ * deleted meanwhile may or may not appear (pages continue after the last name
+ * returned, so none is returned twice).
+ */
+export async function listAllRules(client: RulePager, opts: CallOptions = {}): Promise<Rule[]> {
+  const all: Rule[] = [];
+  let pageToken = '';
+  do {
+    const page = await client.listRules({ pageSize: 1000, pageToken }, opts);
+    all.push(...page.rules);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return all;
+}
+
+/** Two parts of one sample as one (global counters and time from the first part that has them). */
+export function mergeCounters(a: Counters, b: Counters): Counters {
+  return {
+    time: a.time ?? b.time,
+    rules: [...a.rules, ...b.rules],
+    backends: [...a.backends, ...b.backends],
+    links: [...a.links, ...b.links],
+    global: a.global ?? b.global,
+  };
+}
+
+/**
+ * All counters that `filter` selects, reading GetCounters page after page.
+ * Each page is read from the kernel when it is asked for, so the pages of one
+ * answer may be a few milliseconds apart (`time` is the first page's).
+ */
+export async function getAllCounters(
+  client: CounterReader,
+  filter?: Partial<CounterFilter>,
+  opts: CallOptions = {},
+): Promise<Counters> {
+  let all: Counters | undefined;
+  let pageToken = '';
+  do {
+    const page = await client.getCounters({ filter, pageToken }, opts);
+    const c = page.counters ?? { rules: [], backends: [], links: [] };
+    all = all ? mergeCounters(all, c) : c;
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return all;
+}
+
+/**
+ * WatchCounters with each sample whole: the parts of a sample sent as several
+ * messages (`continued`) are joined before the sample is yielded. Ends when
+ * the stream ends; cancel with `opts.signal`.
+ */
+export async function* watchCounterSamples(
+  client: CounterReader,
+  req: { filter?: Partial<CounterFilter>; interval?: Duration },
+  opts: CallOptions = {},
+): AsyncGenerator<Counters> {
+  let parts: Counters | undefined;
+  for await (const part of client.watchCounters(req, opts)) {
+    const c = part.counters ?? { rules: [], backends: [], links: [] };
+    parts = parts ? mergeCounters(parts, c) : c;
+    if (part.continued) continue;
+    const sample = parts;
+    parts = undefined;
+    yield sample;
+  }
+}
