@@ -367,6 +367,8 @@ class BenchDaemon {
 interface Net {
   ingress: string;
   ingressIndex: number;
+  /** The namespace of the ingress veth's peer (where the watch section's traffic comes from). */
+  ingressNetns: string;
   backends: { name: string; index: number; mac: string }[];
 }
 
@@ -672,6 +674,51 @@ async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFig
   const snap = await counters.getCounters({});
   if (snap.counters!.rules.length !== n.watchRules) throw new Error('counters do not cover the rules');
   const perRead = n.watchRules * (1 + BACKENDS_PER_RULE) + snap.counters!.links.length;
+  // Traffic while the streams run, so that counters move as on a busy host: each second one datagram to
+  // each of a tenth of the rules, a different tenth every second (real frames through the XDP program).
+  const traffic = startRuleTraffic(net, n.watchRules, Math.max(1, Math.round(n.watchRules / 10)));
+  try {
+    return await watchRows(d, n, perRead);
+  } finally {
+    traffic.kill('SIGTERM');
+    await new Promise((r) => (traffic.exitCode !== null ? r(null) : traffic.once('exit', r)));
+  }
+}
+
+/**
+ * A sender in the ingress namespace: every second one UDP datagram to each of
+ * `perSecond` rule ports (10 000 + i), rotating through `rules` rules.
+ */
+function startRuleTraffic(net: Net, rules: number, perSecond: number): ChildProcess {
+  execFileSync('ip', ['-n', net.ingressNetns, 'addr', 'replace', '198.18.77.1/24', 'dev', 'eth0']);
+  execFileSync('ip', [
+    '-n',
+    net.ingressNetns,
+    'neigh',
+    'replace',
+    '198.18.77.2',
+    'lladdr',
+    '02:00:00:00:77:02',
+    'dev',
+    'eth0',
+  ]);
+  const script = [
+    'import socket, sys, time',
+    'n, k = int(sys.argv[1]), int(sys.argv[2])',
+    's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+    't = 0',
+    'while True:',
+    '    for j in range(k):',
+    "        s.sendto(b'x' * 64, ('198.18.77.2', 10000 + (t * k + j) % n))",
+    '    t += 1',
+    '    time.sleep(1)',
+  ].join('\n');
+  return spawn('ip', ['netns', 'exec', net.ingressNetns, 'python3', '-c', script, String(rules), String(perSecond)], {
+    stdio: 'ignore',
+  });
+}
+
+async function watchRows(d: BenchDaemon, n: Counts, perRead: number): Promise<ControlFigure[]> {
   const cpuWindow = async (): Promise<{ cpu: number; rss: number; reads: number }> => {
     const r0 = await d.hubReads();
     const a = procUsage(d.pid);
@@ -702,10 +749,23 @@ async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFig
   const idleCalls = await countBpfCalls(d.pid, n.straceMs);
   out.push(idleCpu, idleRss);
   let oneReads: ControlFigure | undefined;
-  for (const w of n.watchers) {
+  // Complete samples for every number of streams, then the most streams asking for changes only.
+  const modes: [number, boolean][] = [
+    ...n.watchers.map((w): [number, boolean] => [w, false]),
+    [n.watchers.at(-1)!, true],
+  ];
+  for (const [w, changesOnly] of modes) {
     const child = spawn(
       process.execPath,
-      ['--import', 'tsx', `${ROOT}bench/cp-watchers.ts`, d.unix, String(w), '1000'],
+      [
+        '--import',
+        'tsx',
+        `${ROOT}bench/cp-watchers.ts`,
+        d.unix,
+        String(w),
+        '1000',
+        ...(changesOnly ? ['changes'] : []),
+      ],
       { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
     );
     let err = '';
@@ -745,7 +805,7 @@ async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFig
         windows.push({ ...x, msgs: (b.messages - a.messages) / secs, mb: (b.bytes - a.bytes) / secs / 1e6 });
       }
       const calls = await countBpfCalls(d.pid, n.straceMs);
-      const label = `${w} WatchCounters stream${w > 1 ? 's' : ''} at 1 s, ${n.watchRules} rules`;
+      const label = `${w} WatchCounters stream${w > 1 ? 's' : ''}${changesOnly ? ' (changes_only)' : ''} at 1 s, ${n.watchRules} rules`;
       const msgs = median(windows.map((x) => x.msgs));
       const cpu = figure(
         `${label}: daemon CPU`,
@@ -754,8 +814,9 @@ async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFig
         n.watchWindowMs,
         {
           note:
-            `${msgs.toFixed(0)} messages/s (${median(windows.map((x) => x.mb)).toFixed(1)} MB/s) delivered, ` +
-            `${w} expected`,
+            `${msgs.toFixed(0)} messages/s (${median(windows.map((x) => x.mb)).toFixed(1)} MB/s, ` +
+            `${((median(windows.map((x) => x.mb)) * 1e3) / Math.max(1, msgs)).toFixed(1)} KB each) delivered, ` +
+            `${w} expected; counters of a tenth of the rules move each second`,
         },
       );
       // A ratio to an idle daemon near 0% says nothing: then only name the baseline.
@@ -1032,6 +1093,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
     const net: Net = {
       ingress: ingress.hostIf,
       ingressIndex: ifindexOf(ingress.hostIf),
+      ingressNetns: ingress.netns,
       backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
     };
     raw = XdpDatapath.open({

@@ -4,7 +4,9 @@
  * decoded), so that the daemon's CPU can be measured apart from its clients'.
  * Streams are spread over one connection per 100 streams.
  *
- *   node --import tsx bench/cp-watchers.ts <address> <streams> <interval-ms>
+ *   node --import tsx bench/cp-watchers.ts <address> <streams> <interval-ms> [changes]
+ *
+ * With "changes" the streams ask for changes-only samples (changes_only).
  *
  * Prints {"ready":true} once every stream has received its first message;
  * each line "stats" on stdin answers {"messages":n,"bytes":b}. Exits on
@@ -14,12 +16,13 @@ import { Client, credentials, Metadata, type ClientReadableStream } from '@grpc/
 
 import { WatchCountersRequest } from '../src/gen/xdpctl/v1/counters.js';
 
-const [address, nArg, intervalArg] = process.argv.slice(2);
+const [address, nArg, intervalArg, mode] = process.argv.slice(2);
 const streams = Number(nArg);
 const intervalMs = Number(intervalArg);
 const target = address.replace(/^unix:(?!\/\/)/, 'unix://');
 const request = WatchCountersRequest.encode({
   interval: { seconds: BigInt(Math.floor(intervalMs / 1000)), nanos: (intervalMs % 1000) * 1e6 },
+  changesOnly: mode === 'changes',
 }).finish();
 
 const clients: Client[] = [];

@@ -1234,7 +1234,7 @@ File format (only "links:" is used; "links: []" removes every link):
           );
           // A sample too large for one message comes in parts (continued): each is printed whole.
           for await (const sample of stream) {
-            const msg: WatchCountersResponse = { counters: sample, continued: false };
+            const msg: WatchCountersResponse = { counters: sample, continued: false, changesOnly: false };
             if (live) {
               const when = msg.counters?.time?.toLocaleTimeString() ?? '';
               const head = `xdpctl watch ${kind ?? 'all'}: ${o.server}, every ${interval}ms, ${when} (Ctrl-C to stop)`;

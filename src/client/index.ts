@@ -26,6 +26,7 @@ export {
 } from '../gen/xdpctl/v1/rule.js';
 
 export {
+  applyChanges,
   getAllCounters,
   listAllRules,
   mergeCounters,

@@ -26,7 +26,7 @@ export interface CounterReader {
     opts?: CallOptions,
   ): Promise<GetCountersResponse>;
   watchCounters(
-    req: { filter?: Partial<CounterFilter>; interval?: Duration },
+    req: { filter?: Partial<CounterFilter>; interval?: Duration; changesOnly?: boolean },
     opts?: CallOptions,
   ): AsyncIterable<WatchCountersResponse>;
 }
@@ -80,23 +80,48 @@ export async function getAllCounters(
   return all;
 }
 
+const ZERO = { pps: 0, bps: 0 };
+
+/**
+ * A complete sample from the one held and a changes-only sample after it
+ * (WatchCountersResponse.changes_only): entries in `changes` replace theirs,
+ * every other entry keeps its counters with rates of 0, and the global
+ * counters are kept unless `changes` has them.
+ */
+export function applyChanges(held: Counters, changes: Counters): Counters {
+  const rules = new Map(changes.rules.map((r) => [r.rule, r]));
+  const backends = new Map(changes.backends.map((b) => [`${b.rule}|${b.ip}|${b.interface}`, b]));
+  const links = new Map(changes.links.map((l) => [`${l.fromInterface}|${l.toInterface}`, l]));
+  return {
+    time: changes.time,
+    rules: held.rules.map((r) => rules.get(r.rule) ?? { ...r, matchedRates: ZERO, redirectedRates: ZERO }),
+    backends: held.backends.map((b) => backends.get(`${b.rule}|${b.ip}|${b.interface}`) ?? { ...b, rates: ZERO }),
+    links: held.links.map((l) => links.get(`${l.fromInterface}|${l.toInterface}`) ?? { ...l, rates: ZERO }),
+    global: changes.global ?? held.global,
+  };
+}
+
 /**
  * WatchCounters with each sample whole: the parts of a sample sent as several
- * messages (`continued`) are joined before the sample is yielded. Ends when
- * the stream ends; cancel with `opts.signal`.
+ * messages (`continued`) are joined, and with `changesOnly` each changes-only
+ * sample is applied to the last complete one ({@link applyChanges}), so that
+ * every sample yielded is complete. Ends when the stream ends; cancel with
+ * `opts.signal`.
  */
 export async function* watchCounterSamples(
   client: CounterReader,
-  req: { filter?: Partial<CounterFilter>; interval?: Duration },
+  req: { filter?: Partial<CounterFilter>; interval?: Duration; changesOnly?: boolean },
   opts: CallOptions = {},
 ): AsyncGenerator<Counters> {
   let parts: Counters | undefined;
+  let held: Counters | undefined;
   for await (const part of client.watchCounters(req, opts)) {
     const c = part.counters ?? { rules: [], backends: [], links: [] };
     parts = parts ? mergeCounters(parts, c) : c;
     if (part.continued) continue;
-    const sample = parts;
+    const sample = part.changesOnly && held ? applyChanges(held, parts) : parts;
     parts = undefined;
+    held = sample;
     yield sample;
   }
 }

@@ -135,6 +135,7 @@ describe('watch streams and slow clients', kernelOnly(), () => {
       const body = WatchCountersRequest.encode({
         interval: { seconds: 0n, nanos: 100_000_000 },
         filter: { kinds: [], interfaces: [], rules: [...rules.map((r) => r.name), `only-stream-${i}`] },
+        changesOnly: false,
       }).finish();
       const s = http2.connect(`http://${d!.tcp}`);
       sessions.push(s);

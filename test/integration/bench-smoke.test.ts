@@ -58,6 +58,7 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
         /^UpdateRule end to end .*, Unix socket, p50$/,
         /^ApplyRules 20 rules x 4 backends, until live$/,
         /^5 WatchCounters streams at 1 s, 20 rules: daemon CPU$/,
+        /^5 WatchCounters streams \(changes_only\) at 1 s, 20 rules: daemon CPU$/,
         /^start to SERVING, 20 rules to adopt$/,
         /^RSS at rest \(.* after SERVING\), 20 rules$/,
         /^UpdateRule p50 with 50 rules installed$/,

@@ -160,7 +160,106 @@ function watchResponse(
   let r = byKey.get(key);
   if (!r) {
     const parts = splitCounters(toCounters(snap, filter, prev));
-    byKey.set(key, (r = parts.map((counters, i) => ({ counters, continued: i < parts.length - 1 }))));
+    byKey.set(
+      key,
+      (r = parts.map((counters, i) => ({ counters, continued: i < parts.length - 1, changesOnly: false }))),
+    );
+  }
+  return r;
+}
+
+/** What identifies a rule, backend or link entry across samples. */
+const backendKey = (b: { rule: string; ip: string; interface: string }) => `${b.rule}|${b.ip}|${b.interface}`;
+const linkKey = (l: { from: string; to: string }) => `${l.from}|${l.to}`;
+
+/** The entries a snapshot holds, as one string (once per snapshot object): equal strings, equal sets. */
+const shapes = new WeakMap<CounterSnapshot, string>();
+function shapeOf(s: CounterSnapshot): string {
+  let shape = shapes.get(s);
+  if (shape === undefined) {
+    shape = [
+      s.rules.map((r) => r.name).join('\n'),
+      s.backends.map(backendKey).join('\n'),
+      s.links.map(linkKey).join('\n'),
+    ].join('\0');
+    shapes.set(s, shape);
+  }
+  return shape;
+}
+
+type RuleEntry = CounterSnapshot['rules'][number];
+type PairEntry = { packets: bigint; bytes: bigint };
+const sameRule = (a: RuleEntry, b: RuleEntry) =>
+  a.matched === b.matched &&
+  a.matchedBytes === b.matchedBytes &&
+  a.redirected === b.redirected &&
+  a.redirectedBytes === b.redirectedBytes &&
+  a.filtered === b.filtered &&
+  a.noBackend === b.noBackend;
+const samePair = (a: PairEntry, b: PairEntry) => a.packets === b.packets && a.bytes === b.bytes;
+
+/**
+ * Keys of the entries a changes-only sample carries: those whose counters
+ * changed from `prev` to `snap`, or from `before` to `prev` (their rates were
+ * not 0 in the previous sample and are now). An entry left out thus has the
+ * counters of the previous sample and rates of 0, as the proto documents.
+ */
+function changedKeys(
+  snap: CounterSnapshot,
+  prev: CounterSnapshot,
+  before: CounterSnapshot | undefined,
+): { rules: Set<string>; backends: Set<string>; links: Set<string> } {
+  const changed = <T>(cur: T[], key: (x: T) => string, same: (a: T, b: T) => boolean, p: T[], b?: T[]) => {
+    const pm = new Map(p.map((x) => [key(x), x]));
+    const bm = b ? new Map(b.map((x) => [key(x), x])) : undefined;
+    const out = new Set<string>();
+    for (const x of cur) {
+      const k = key(x);
+      const px = pm.get(k);
+      const bx = bm?.get(k);
+      if (!px || !same(x, px) || (bx && !same(px, bx))) out.add(k);
+    }
+    return out;
+  };
+  return {
+    rules: changed(snap.rules, (r) => r.name, sameRule, prev.rules, before?.rules),
+    backends: changed(snap.backends, backendKey, samePair, prev.backends, before?.backends),
+    links: changed(snap.links, linkKey, samePair, prev.links, before?.links),
+  };
+}
+
+/**
+ * A changes-only sample of `snap` after `prev` (and `before` it), shared like
+ * {@link watchResponse}: the entries of {@link changedKeys}, the global
+ * counters when one of them changed.
+ */
+function changesResponse(
+  snap: CounterSnapshot,
+  filter: CounterFilter | undefined,
+  filterKey: string,
+  prev: CounterSnapshot,
+  before: CounterSnapshot | undefined,
+): WatchCountersResponse[] {
+  let byKey = responses.get(snap);
+  if (!byKey) responses.set(snap, (byKey = new Map()));
+  const key = `${snapshotIds.get(prev)}|${before ? snapshotIds.get(before) : '-'}|changes|${filterKey}`;
+  let r = byKey.get(key);
+  if (!r) {
+    const full = toCounters(snap, filter, prev);
+    const keys = changedKeys(snap, prev, before);
+    const globalChanged = snap.global.length !== prev.global.length || snap.global.some((v, i) => v !== prev.global[i]);
+    const changes: Counters = {
+      time: full.time,
+      rules: full.rules.filter((x) => keys.rules.has(x.rule)),
+      backends: full.backends.filter((x) => keys.backends.has(backendKey(x))),
+      links: full.links.filter((x) => keys.links.has(linkKey({ from: x.fromInterface, to: x.toInterface }))),
+      global: globalChanged ? full.global : undefined,
+    };
+    const parts = splitCounters(changes);
+    byKey.set(
+      key,
+      (r = parts.map((counters, i) => ({ counters, continued: i < parts.length - 1, changesOnly: true }))),
+    );
   }
   return r;
 }
@@ -293,9 +392,16 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
       const ms = watchInterval(req);
       const filterKey = JSON.stringify(req.filter ?? null);
       let prev: CounterSnapshot | undefined;
+      let before: CounterSnapshot | undefined;
       for await (const snap of hub.watch(ms, context.signal)) {
         idOf(snap);
-        for (const part of watchResponse(snap, req.filter, filterKey, prev)) yield part;
+        // Changes only when asked for, after a first complete sample, and while the set of entries stays.
+        const parts =
+          req.changesOnly && prev && shapeOf(prev) === shapeOf(snap)
+            ? changesResponse(snap, req.filter, filterKey, prev, before)
+            : watchResponse(snap, req.filter, filterKey, prev);
+        for (const part of parts) yield part;
+        before = prev;
         prev = snap;
       }
       // Ended by the daemon, not the client: say so, so that clients reconnect.

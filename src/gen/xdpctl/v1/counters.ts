@@ -111,7 +111,20 @@ export interface WatchCountersRequest {
    * Time between samples, from 100ms to 60s; unset means 1s. Values out of
    * range fail with INVALID_ARGUMENT.
    */
-  interval?: Duration | undefined;
+  interval?:
+    | Duration
+    | undefined;
+  /**
+   * When true, a sample carries only the entries that changed since the
+   * stream's previous sample (WatchCountersResponse.changes_only says which
+   * samples do): on a busy host most counters stand still between samples,
+   * and a thousand watchers of every counter then cost a fraction of the
+   * complete samples. The first sample of a stream is complete, so a client
+   * that reconnects starts again from a complete one; so is a sample whose
+   * set of rules, backends or links differs from the previous one. A complete
+   * sample at any time: GetCounters. Default false: every sample complete.
+   */
+  changesOnly: boolean;
 }
 
 /** One message of CounterService.WatchCounters. */
@@ -127,6 +140,17 @@ export interface WatchCountersResponse {
     | undefined;
   /** True when the next message carries more of the same sample. */
   continued: boolean;
+  /**
+   * True when this sample (with its continued parts) carries only the
+   * entries that changed since the stream's previous sample: a rule, backend
+   * or link entry is included when its counters changed or its rates did
+   * (they fall to 0 the sample after its counters stop); the global counters
+   * are set only when one of them changed. An entry that is not included has
+   * the counters it had in the previous sample and rates of 0. False: the
+   * sample is complete and replaces what the client holds. Only with
+   * WatchCountersRequest.changes_only.
+   */
+  changesOnly: boolean;
 }
 
 /**
@@ -458,7 +482,7 @@ export const GetCountersResponse: MessageFns<GetCountersResponse> = {
 };
 
 function createBaseWatchCountersRequest(): WatchCountersRequest {
-  return { filter: undefined, interval: undefined };
+  return { filter: undefined, interval: undefined, changesOnly: false };
 }
 
 export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
@@ -468,6 +492,9 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
     }
     if (message.interval !== undefined) {
       Duration.encode(message.interval, writer.uint32(18).fork()).join();
+    }
+    if (message.changesOnly !== false) {
+      writer.uint32(24).bool(message.changesOnly);
     }
     return writer;
   },
@@ -501,6 +528,14 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
             message.interval = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.changesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -517,6 +552,11 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
     return {
       filter: isSet(object.filter) ? CounterFilter.fromJSON(object.filter) : undefined,
       interval: isSet(object.interval) ? Duration.fromJSON(object.interval) : undefined,
+      changesOnly: isSet(object.changesOnly)
+        ? globalThis.Boolean(object.changesOnly)
+        : isSet(object.changes_only)
+        ? globalThis.Boolean(object.changes_only)
+        : false,
     };
   },
 
@@ -527,6 +567,9 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
     }
     if (message.interval !== undefined) {
       obj.interval = Duration.toJSON(message.interval);
+    }
+    if (message.changesOnly !== false) {
+      obj.changesOnly = message.changesOnly;
     }
     return obj;
   },
@@ -542,12 +585,13 @@ export const WatchCountersRequest: MessageFns<WatchCountersRequest> = {
     message.interval = (object.interval !== undefined && object.interval !== null)
       ? Duration.fromPartial(object.interval)
       : undefined;
+    message.changesOnly = object.changesOnly ?? false;
     return message;
   },
 };
 
 function createBaseWatchCountersResponse(): WatchCountersResponse {
-  return { counters: undefined, continued: false };
+  return { counters: undefined, continued: false, changesOnly: false };
 }
 
 export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
@@ -557,6 +601,9 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
     }
     if (message.continued !== false) {
       writer.uint32(16).bool(message.continued);
+    }
+    if (message.changesOnly !== false) {
+      writer.uint32(24).bool(message.changesOnly);
     }
     return writer;
   },
@@ -590,6 +637,14 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
             message.continued = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.changesOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -606,6 +661,11 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
     return {
       counters: isSet(object.counters) ? Counters.fromJSON(object.counters) : undefined,
       continued: isSet(object.continued) ? globalThis.Boolean(object.continued) : false,
+      changesOnly: isSet(object.changesOnly)
+        ? globalThis.Boolean(object.changesOnly)
+        : isSet(object.changes_only)
+        ? globalThis.Boolean(object.changes_only)
+        : false,
     };
   },
 
@@ -616,6 +676,9 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
     }
     if (message.continued !== false) {
       obj.continued = message.continued;
+    }
+    if (message.changesOnly !== false) {
+      obj.changesOnly = message.changesOnly;
     }
     return obj;
   },
@@ -629,6 +692,7 @@ export const WatchCountersResponse: MessageFns<WatchCountersResponse> = {
       ? Counters.fromPartial(object.counters)
       : undefined;
     message.continued = object.continued ?? false;
+    message.changesOnly = object.changesOnly ?? false;
     return message;
   },
 };
