@@ -1,23 +1,24 @@
 /**
  * Counter streaming without per-watcher kernel reads: one timer ticks every
- * `baseMs`; on a tick where at least one watcher is due, the kernel is read
- * once and every due watcher gets that same snapshot. A watcher gets its
- * first snapshot at once and then one every interval (the first gap may be
- * up to a tenth shorter): watchers of one interval fall on at most ten
- * phases of it, so 1000 watchers at 1 s cost at most ten reads per second. A slow client skips snapshots instead of queueing them: a
- * watcher that is not waiting when it is due (its stream is blocked on
- * flow control) is only marked due, and gets the latest snapshot when it asks
- * again. No read is made, and nothing is kept, for watchers that cannot take
- * it: reading on every tick for blocked watchers turned each tick's snapshot
- * into old-space garbage (V8 pretenures these allocations), ~1-2 MB/s of RSS
- * until the next full GC.
+ * `baseMs`, by the clock (a late tick does not delay the next); on a tick
+ * where at least one watcher is due, the kernel is read once and every due
+ * watcher gets that same snapshot. A watcher gets its first snapshot at once
+ * and then one every interval (the first gap may be up to a tenth shorter):
+ * watchers of one interval fall on at most ten phases of it, so 1000 watchers
+ * at 1 s cost at most ten reads per second. A slow client skips snapshots
+ * instead of queueing them: a watcher that is not waiting when it is due (its
+ * stream is blocked on flow control) is only marked due, and gets the latest
+ * snapshot when it asks again. No read is made, and nothing is kept, for
+ * watchers that cannot take it: reading on every tick for blocked watchers
+ * turned each tick's snapshot into old-space garbage (V8 pretenures these
+ * allocations), ~1-2 MB/s of RSS until the next full GC.
  */
 import type { CounterSnapshot } from './controller.js';
 
 interface Watcher {
   every: number; // in ticks
-  /** A tick on which it is due; it is due every `every` ticks from there. */
-  phase: number;
+  /** The next tick on which it is due; then every `every` ticks. */
+  nextDue: number;
   /** Set while the watcher waits for its next snapshot. */
   wake?: () => void;
   /** Handed over with wake(). */
@@ -32,6 +33,8 @@ export class CounterHub {
   private readonly watchers = new Set<Watcher>();
   private timer?: NodeJS.Timeout;
   private tick = 0;
+  /** When tick 0 was, by the clock: tick n is due at t0 + n * baseMs. */
+  private t0 = 0;
   private latest?: CounterSnapshot;
   private closed = false;
 
@@ -79,11 +82,25 @@ export class CounterHub {
     return this.latest;
   }
 
+  /**
+   * The next tick at its time by the clock, not `baseMs` after the last one
+   * ran: a timer that fires late (a busy event loop) must not make every
+   * later sample late too (1 000 streams once got 980 samples a second).
+   */
+  private schedule(): void {
+    const at = this.t0 + (this.tick + 1) * this.baseMs;
+    this.timer = setTimeout(() => this.onTick(), Math.max(0, at - Date.now()));
+  }
+
   private onTick(): void {
-    this.tick++;
+    // The tick the clock is at; a tick more than a whole period late is skipped (its watchers are due now).
+    this.tick = Math.max(this.tick + 1, Math.floor((Date.now() - this.t0) / this.baseMs));
+    if (this.watchers.size > 0) this.schedule();
+    else this.timer = undefined;
     const due: Watcher[] = [];
     for (const w of this.watchers) {
-      if ((this.tick - w.phase) % w.every !== 0) continue;
+      if (w.nextDue > this.tick) continue;
+      while (w.nextDue <= this.tick) w.nextDue += w.every;
       if (w.wake) due.push(w);
       else w.missed = true; // still busy with (or blocked on) the previous one
     }
@@ -110,10 +127,13 @@ export class CounterHub {
     // tick is start + every, rounded down to a multiple of a tenth of the interval, so that watchers
     // of one interval fall on at most ten phases and still share their reads.
     const q = Math.max(1, Math.floor(every / 10));
+    if (!this.timer) {
+      this.t0 = Date.now() - this.tick * this.baseMs; // the ticks go on from now
+      this.schedule();
+    }
     const first = this.tick + every;
-    const w: Watcher = { every, phase: first - (first % q) };
+    const w: Watcher = { every, nextDue: first - (first % q) };
     this.watchers.add(w);
-    this.timer ??= setInterval(() => this.onTick(), this.baseMs);
     const onAbort = () => w.wake?.();
     signal.addEventListener('abort', onAbort);
     try {
@@ -138,7 +158,7 @@ export class CounterHub {
       signal.removeEventListener('abort', onAbort);
       this.watchers.delete(w);
       if (this.watchers.size === 0 && this.timer) {
-        clearInterval(this.timer);
+        clearTimeout(this.timer);
         this.timer = undefined;
       }
     }
@@ -148,7 +168,7 @@ export class CounterHub {
   close(): void {
     this.closed = true;
     for (const w of this.watchers) w.wake?.();
-    if (this.timer) clearInterval(this.timer);
+    if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
   }
 }
