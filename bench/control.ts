@@ -84,6 +84,8 @@ export interface ControlBenchOptions {
   applySizes?: number[];
   /** Override the numbers of WatchCounters streams (profiling). */
   watchers?: number[];
+  /** Override the rule counts of the scale section (profiling). */
+  scaleSizes?: number[];
 }
 
 interface Counts {
@@ -1080,6 +1082,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
   const n = { ...(opts.smoke ? SMOKE : FULL) };
   if (opts.applySizes) n.applySizes = opts.applySizes;
   if (opts.watchers) n.watchers = opts.watchers;
+  if (opts.scaleSizes) n.scaleSizes = opts.scaleSizes;
   const id = randomBytes(2).toString('hex');
   const maxRules = Math.max(...n.applySizes, n.startRules, n.watchRules) + 1;
   const topo = new Topology(id);

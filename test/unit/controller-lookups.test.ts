@@ -159,3 +159,44 @@ describe('controller: interface lookups and peer checks per transaction', () => 
     assert.ok(dp.calls.redirectTarget <= 4);
   });
 });
+
+describe('controller: rule pages', () => {
+  it('pages through every rule in name order, a page at a time, across changes between pages', async () => {
+    const { c } = await applyCounting(300);
+    const all = c.listRules().map((r) => r.name);
+    assert.deepEqual(all, [...all].sort(), 'listRules is in code-unit order');
+    const seen: string[] = [];
+    let after: string | undefined;
+    for (let pages = 0; ; pages++) {
+      assert.ok(pages < 100, 'paging ends');
+      const { rules, more } = c.rulePage(after, 37);
+      assert.ok(rules.length <= 37);
+      seen.push(...rules.map((r) => r.name));
+      if (!more) break;
+      after = rules.at(-1)!.name;
+    }
+    assert.deepEqual(seen, all);
+    // A rule created behind the cursor is not seen again, one ahead of it is; a deleted one is skipped.
+    const first = c.rulePage(undefined, 10);
+    await c.createRule({ ...rule(1000), name: 'a-before' });
+    await c.createRule({ ...rule(1001), name: 'r15a' });
+    assert.ok(first.rules.at(-1)!.name < 'r200');
+    await c.deleteRule('r200', 0);
+    const rest: string[] = [];
+    after = first.rules.at(-1)!.name;
+    for (;;) {
+      const { rules, more } = c.rulePage(after, 50);
+      rest.push(...rules.map((r) => r.name));
+      if (!more) break;
+      after = rules.at(-1)!.name;
+    }
+    const names = c.listRules().map((r) => r.name);
+    assert.deepEqual(
+      rest,
+      names.filter((n) => n > first.rules.at(-1)!.name),
+    );
+    assert.ok(rest.includes('r15a') && !rest.includes('a-before') && !rest.includes('r200'));
+    assert.deepEqual(c.rulePage('zzz', 5), { rules: [], more: false });
+    assert.deepEqual(c.rulePage(undefined, 0).rules, []);
+  });
+});

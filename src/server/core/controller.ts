@@ -33,7 +33,7 @@ import {
   type RuleStatus,
 } from './model.js';
 import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
-import { planRules, type RuleOp } from './plan-rules.js';
+import { planRulesPaced, type RuleOp } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { backendKey, CoreState } from './state.js';
@@ -229,6 +229,30 @@ export class Controller {
   }
 
   /**
+   * One page of rules in name order (code units): at most `limit` rules whose
+   * names sort after `after` ('' or undefined: from the first), and whether
+   * more follow. Costs the page's size, not the number of rules.
+   */
+  rulePage(after: string | undefined, limit: number): { rules: RuleView[]; more: boolean } {
+    const names = this.state.ruleNames();
+    let lo = 0;
+    if (after) {
+      // First name > after (binary search).
+      let hi = names.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (names[mid] <= after) lo = mid + 1;
+        else hi = mid;
+      }
+    }
+    const end = Math.min(names.length, lo + Math.max(0, limit));
+    const shadows = this.activeLinkSources();
+    const rules: RuleView[] = [];
+    for (let i = lo; i < end; i++) rules.push(this.getRule(names[i], shadows));
+    return { rules, more: end < names.length };
+  }
+
+  /**
    * Links with what the kernel has: a direction is active when it is in the
    * datapath and our program runs on its ingress side (not a foreign one).
    */
@@ -395,24 +419,28 @@ export class Controller {
   applyRules(specs: RuleSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<RuleChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
+      // A 10 000-rule set takes long to check and compare: yield to the event loop every 10 ms of it.
+      const pace = pacer(10);
       const violations: FieldViolation[] = [];
       const seen = new Map<string, number>();
-      specs.forEach((s, i) => {
+      for (const [i, s] of specs.entries()) {
         validateRule(s, `rules[${i}]`, violations);
         if (seen.has(s.name)) {
           violations.push({ field: `rules[${i}].name`, description: `duplicates rules[${seen.get(s.name)}].name` });
         }
         seen.set(s.name, i);
-      });
+        await pace();
+      }
       throwIfInvalid(violations);
       const changes: RuleChange[] = [];
       const ops: RuleOp[] = [];
-      specs.forEach((s, i) => {
+      for (const [i, s] of specs.entries()) {
         const cur = this.state.rules.get(s.name);
         const action: ChangeAction = !cur ? 'create' : sameSpec(cur, s) ? 'unchanged' : 'update';
         changes.push({ name: s.name, action });
         if (action !== 'unchanged') ops.push({ name: s.name, next: s, field: `rules[${i}]` });
-      });
+        await pace();
+      }
       for (const name of this.state.rules.keys()) {
         if (!seen.has(name)) {
           changes.push({ name, action: 'delete' });
@@ -427,25 +455,30 @@ export class Controller {
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
-  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi']) {
+  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi'], pace = pacer(10)) {
     const facts = await fetchRuleFacts(
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
+      undefined,
+      pace,
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
-    return planRules({
-      rules: this.state.rules,
-      ops,
-      facts,
-      free: {
-        slots: this.state.slots.available,
-        ruleStatsIds: this.state.ruleStatsIds.available,
-        backendIds: this.state.backendIds.available,
+    return planRulesPaced(
+      {
+        rules: this.state.rules,
+        ops,
+        facts,
+        free: {
+          slots: this.state.slots.available,
+          ruleStatsIds: this.state.ruleStatsIds.available,
+          backendIds: this.state.backendIds.available,
+        },
+        claims: this.state.claims,
+        inUse: { matchIds: this.state.matchHolders, srcPrefixes: this.state.srcPrefixes },
+        capacity: this.dp.capacity,
       },
-      claims: this.state.claims,
-      inUse: { matchIds: this.state.matchHolders, srcPrefixes: this.state.srcPrefixes },
-      capacity: this.dp.capacity,
-    });
+      pace,
+    );
   }
 
   /**
@@ -461,14 +494,14 @@ export class Controller {
    */
   private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
-    const plan = await this.planRuleOps(ops, napi);
-    const undo = new UndoLog();
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
     const pace = pacer(10);
+    const plan = await this.planRuleOps(ops, napi, pace);
+    const undo = new UndoLog();
     let txn: StoreTxn | undefined;
     let alloc: RuleAllocation;
     try {
-      alloc = allocateRules(this.ctx, ops, plan, restoring, undo);
+      alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
       txn = this.begin(restoring);
       if (txn) {
         const rows = ruleRows(ops, alloc);

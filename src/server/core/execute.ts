@@ -47,13 +47,14 @@ export interface RuleAllocation {
  * undone by `undo`. `restoring` keeps each rule's generation and update time
  * (a restart or resync rewrites, it does not change the rule).
  */
-export function allocateRules(
+export async function allocateRules(
   ctx: ExecContext,
   ops: readonly RuleOp[],
   { plans }: RulesPlan,
   restoring: boolean,
   undo: UndoLog,
-): RuleAllocation {
+  pace: () => Promise<void> = async () => {},
+): Promise<RuleAllocation> {
   const { state } = ctx;
   const kernel = new Map<string, RuleKernel>();
   const freshRuleStats = new Set<number>();
@@ -96,6 +97,7 @@ export function allocateRules(
         p.backends.map((b) => b.spec.weight),
       ),
     });
+    await pace();
   }
   const t = ctx.now();
   const records = new Map<string, RuleRecord>();
@@ -108,6 +110,7 @@ export function allocateRules(
       createTime: cur?.createTime ?? t,
       updateTime: restoring && cur ? cur.updateTime : t,
     });
+    await pace();
   }
   return { kernel, freshRuleStats, freshBackendStats, records };
 }

@@ -36,10 +36,21 @@ export function fetchInterfaces(dp: Dataplane, names: Iterable<string>, facts: F
   return facts;
 }
 
-/** Interfaces and neighbour MACs the given rule specs name. */
-export async function fetchRuleFacts(dp: Dataplane, specs: readonly RuleSpec[], facts = emptyFacts()): Promise<Facts> {
+/**
+ * Interfaces and neighbour MACs the given rule specs name. `pace` (a pacer:
+ * yields to the event loop once its time budget is spent) is awaited every
+ * 256 specs: 10 000 rules are read without holding the event loop.
+ */
+export async function fetchRuleFacts(
+  dp: Dataplane,
+  specs: readonly RuleSpec[],
+  facts = emptyFacts(),
+  pace?: () => Promise<void>,
+): Promise<Facts> {
+  let n = 0;
   for (const s of specs) fetchInterfaces(dp, [...s.ingressInterfaces, ...s.backends.map((b) => b.interface)], facts);
   for (const s of specs) {
+    if (pace && (++n & 255) === 0) await pace();
     for (const b of s.backends) {
       if (dp.linkState && !facts.links.has(b.interface)) facts.links.set(b.interface, dp.linkState(b.interface));
       if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;

@@ -89,8 +89,36 @@ export interface PlanRulesInput {
  * work is proportional to the operations, not to the rules there are: the
  * checks read the state's indices.
  */
-export function planRules({ rules, ops, facts, claims, free, inUse, capacity }: PlanRulesInput): RulesPlan {
-  // Two rules must not claim the same (ingress, port, destination) after the change.
+export function planRules(input: PlanRulesInput): RulesPlan {
+  checkClaims(input);
+  const plans: RulePlan[] = [];
+  for (const op of input.ops) if (op.next) plans.push(planOp(op, input.facts));
+  checkCapacity(input, plans);
+  return { plans };
+}
+
+/**
+ * {@link planRules} for large changes: the same plan, computed in steps that
+ * await `pace` (a {@link pacer} from execute.ts) between rules, so that a
+ * 10 000-rule plan does not hold the event loop (reads are answered meanwhile
+ * from the state before the change, which planning does not touch).
+ */
+export async function planRulesPaced(input: PlanRulesInput, pace: () => Promise<void>): Promise<RulesPlan> {
+  checkClaims(input);
+  const plans: RulePlan[] = [];
+  for (const op of input.ops) {
+    if (op.next) plans.push(planOp(op, input.facts));
+    await pace();
+  }
+  checkCapacity(input, plans);
+  return { plans };
+}
+
+const planOp = (op: RuleOp, facts: Facts): RulePlan =>
+  planRule(op.name, op.next!, op.field ?? 'rule', facts, op.lenient ?? false);
+
+/** Two rules must not claim the same (ingress, port, destination) after the change: PRECONDITION otherwise. */
+function checkClaims({ ops, claims }: PlanRulesInput): void {
   const changing = new Set(ops.map((o) => o.name));
   const newClaims = new Map<string, string>();
   const violations: FieldViolation[] = [];
@@ -111,10 +139,10 @@ export function planRules({ rules, ops, facts, claims, free, inUse, capacity }: 
     }
   }
   if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
-  const plans: RulePlan[] = [];
-  for (const op of ops) {
-    if (op.next) plans.push(planRule(op.name, op.next, op.field ?? 'rule', facts, op.lenient ?? false));
-  }
+}
+
+/** Capacity, before anything is written: EXHAUSTED naming the full table otherwise. */
+function checkCapacity({ rules, free, inUse, capacity }: PlanRulesInput, plans: RulePlan[]): void {
   // Capacity, before anything is written. New rules go into fresh slots while
   // the slots they replace still hold theirs (shadow copies): the peak is
   // what is in the kernel now plus everything the change writes.
@@ -136,7 +164,6 @@ export function planRules({ rules, ops, facts, claims, free, inUse, capacity }: 
   if (inUse.srcPrefixes + needPrefixes > capacity.srcPrefixes) {
     throw full('source prefix', needPrefixes, Math.max(0, capacity.srcPrefixes - inUse.srcPrefixes));
   }
-  return { plans };
 }
 
 function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, lenient: boolean): RulePlan {

@@ -15,7 +15,7 @@
  *    transition is logged once.
  * Allocates nothing per rule when nothing changed beyond the facts it reads.
  */
-import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
+import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { fetchRuleFacts, neighbourKey } from './facts.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
@@ -48,7 +48,11 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   // interfaces): interfaces, egress link states, neighbour MACs.
   const specs: RuleSpec[] = [];
   state.rules.forEach((r) => specs.push(r));
-  const facts = await fetchRuleFacts(dp, specs);
+  // With 10 000 rules a pass is long: it yields to the event loop every 10 ms (checked every
+  // 256 rules), so reads are answered meanwhile. Writes wait: a pass runs in the write queue.
+  const pace = pacer(10);
+  let n = 0;
+  const facts = await fetchRuleFacts(dp, specs, undefined, pace);
   const now = (name: string) => {
     if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
     const ifindex = facts.interfaces.get(name)?.ifindex;
@@ -149,14 +153,16 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     else if (cur !== idx) moved = true;
   };
   const t = ctx.now();
-  state.ruleKernel.forEach((k, name) => {
+  for (const name of state.ruleKernel.keys()) {
+    if ((++n & 255) === 0) await pace();
+    const k = state.ruleKernel.get(name)!;
     const rule = state.rules.get(name)!;
     const retry = state.failed.get(name);
     if (retry !== undefined) {
       if (retry <= t && [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)].every((i) => now(i))) {
         ops.push({ name, next: specOf(rule), lenient: true });
       }
-      return;
+      continue;
     }
     gone.length = 0;
     moved = false;
@@ -182,7 +188,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
       });
     }
     if (changed) ops.push({ name, next: specOf(rule), lenient: true });
-  });
+  }
   if (ops.length) {
     ctx.log.info({ rules: ops.map((o) => o.name) }, 'the host changed: re-applying rules');
     await applyEach(ctx, tx, ops, facts.napi);
@@ -213,7 +219,9 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) problems.push(`interface ${name}: another XDP program (id ${progId}) is attached`);
   }
-  state.ruleKernel.forEach((k, name) => {
+  for (const name of state.ruleKernel.keys()) {
+    if ((++n & 255) === 0) await pace();
+    const k = state.ruleKernel.get(name)!;
     const rule = state.rules.get(name)!;
     k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
       ingressProblems.has(i) ? [ingressProblems.get(i)!] : [],
@@ -234,6 +242,6 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
         `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
       );
     });
-  });
+  }
   return { missing: [...missing].sort(), problems };
 }

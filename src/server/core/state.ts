@@ -107,8 +107,21 @@ export class CoreState {
     this.backendStatsIds = new IdPool(1, capacity.backends);
   }
 
+  /** Rule names in code-unit order, kept until the set of names changes (see {@link ruleNames}). */
+  private sortedNames?: string[];
+
+  /**
+   * Every rule's name in code-unit order (what page tokens compare), sorted
+   * once per change of the set of names: a page of ListRules costs its size,
+   * not the rule count.
+   */
+  ruleNames(): readonly string[] {
+    return (this.sortedNames ??= [...this.rules.keys()].sort());
+  }
+
   /** Record what a rule is (its spec, generation, times), updating the claim and user indices. */
   setRecord(name: string, rec: RuleRecord): void {
+    if (!this.rules.has(name)) this.sortedNames = undefined;
     this.dropRecord(name);
     (this.rules as Map<string, RuleRecord>).set(name, rec);
     for (const i of recordInterfaces(rec)) {
@@ -142,6 +155,7 @@ export class CoreState {
     const rec = this.rules.get(name);
     if (!rec) return;
     (this.rules as Map<string, RuleRecord>).delete(name);
+    this.sortedNames = undefined;
     for (const i of recordInterfaces(rec)) {
       const r = this.ifaceRules.get(i);
       r?.delete(name);

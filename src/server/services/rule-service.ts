@@ -57,10 +57,10 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     async listRules(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : Math.min(req.pageSize, MAX_PAGE);
       const after = req.pageToken ? pageTokenName(req.pageToken) : undefined;
-      const all = ctl.listRules();
       // A page starts after the last name of the previous one: stable under concurrent changes.
-      const start = after === undefined ? 0 : all.findIndex((r) => r.name > after);
-      const candidates = start < 0 ? [] : all.slice(start, start + size).map(ruleToProto);
+      // It costs its size, not the rule count.
+      const page = ctl.rulePage(after, size);
+      const candidates = page.rules.map(ruleToProto);
       // At most page_size rules and MAX_PAGE_BYTES encoded (at least one rule), so that no page
       // exceeds a default client's 4 MiB receive limit whatever the rules hold.
       const rules: Rule[] = [];
@@ -71,8 +71,8 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         rules.push(r);
         bytes += n;
       }
-      const more = start >= 0 && start + rules.length < all.length;
-      return { rules, nextPageToken: more ? pageToken(rules[rules.length - 1].name) : '' };
+      const more = page.more || rules.length < candidates.length;
+      return { rules, nextPageToken: more && rules.length ? pageToken(rules[rules.length - 1].name) : '' };
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
