@@ -47,7 +47,13 @@ function bigRules(): RuleView[] {
 
 describe('responses within the client limit', () => {
   const rules = bigRules();
-  const ctl = { listRules: () => rules, applyRules: async () => [] } as unknown as Controller;
+  // Pages as Controller.rulePage makes them: the first names after the token, in code-unit order.
+  const rulePage = (after: string | undefined, limit: number) => {
+    const start = after === undefined ? 0 : rules.findIndex((r) => r.name > after);
+    const page = start < 0 ? [] : rules.slice(start, start + limit);
+    return { rules: page, more: start >= 0 && start + limit < rules.length };
+  };
+  const ctl = { listRules: () => rules, rulePage, applyRules: async () => [] } as unknown as Controller;
   const svc = ruleService(ctl) as unknown as {
     listRules(req: { pageSize: number; pageToken: string }): Promise<ListRulesResponse>;
     applyRules(req: { rules: []; validateOnly: boolean }, ctx: { signal: AbortSignal }): Promise<ApplyRulesResponse>;
