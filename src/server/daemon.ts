@@ -44,6 +44,7 @@ import { errorMiddleware } from './services/status.js';
 import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
+import { registerStateMetrics } from './telemetry/state-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
@@ -242,7 +243,9 @@ export class Daemon {
     // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
     const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub);
     const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
+    const unregisterState = registerStateMetrics(metrics.getMeter('xdpctld', VERSION), controller);
     const unregisterMetrics = () => {
+      unregisterState();
       unregisterDatapath();
       unregisterLoop();
     };

@@ -5,8 +5,9 @@
  *    dataplane children (map name, operation, entries; XDP attach), a failing
  *    dataplane operation carries its errno, and the RPC's log lines carry the
  *    trace id;
- *  - xdpctld processes: the Prometheus endpoint shows RPC metrics and the
- *    counters of a rule moving with real UDP traffic; `--prometheus` alone
+ *  - xdpctld processes: the Prometheus endpoint shows RPC metrics, the
+ *    counters of a rule moving with real UDP traffic, and rules by state and
+ *    the datapath's problems following an egress that goes down and up; `--prometheus` alone
  *    binds 127.0.0.1:9464 only; OTLP/HTTP export (JSON, and protobuf next to
  *    --prometheus) reaches a local receiver; with no OTEL_* variable nothing
  *    is sent to the default OTLP port.
@@ -28,7 +29,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { traceLogFields } from '../../src/server/telemetry/log-context.js';
 import { startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
-import { Protocol, RuleServiceDefinition, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleServiceDefinition, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
@@ -335,6 +336,46 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
       );
       assert.equal(sample(text, 'xdpctl_rpc_server_errors_total', { ...create, rpc_status_code: 'OK' }), undefined);
       assert.match(text, /^target_info\{.*service_name="xdpctld".*\} 1$/m);
+    });
+
+    it('Prometheus: rules by state and the datapath problems follow what the reconciler observes', async () => {
+      // Its own backend host: its egress goes down and up here.
+      const b3 = topo.addHost('b3', '198.18.4.1/24');
+      const d = await start('s', ['--prometheus', '127.0.0.1:0']);
+      const url = `http://${d.prometheus}/metrics`;
+      const c = d.clients();
+      await c.rules.createRule({ rule: rule('st', vm.hostIf, b3) });
+      const state = (text: string, s: string) => sample(text, 'xdpctl_rules', { xdpctl_rule_state: s });
+      const scrape = async (want: (t: string) => boolean, what: string): Promise<string> => {
+        const end = Date.now() + 10_000;
+        for (;;) {
+          const t = await httpGet(url);
+          if (want(t)) return t;
+          if (Date.now() > end) {
+            const seen = t.split('\n').filter((l) => /^xdpctl_(rules|datapath_problems)/.test(l));
+            assert.fail(`timed out waiting for ${what}; last scrape:\n${seen.join('\n')}`);
+          }
+          await sleep(200);
+        }
+      };
+      let t = await scrape((x) => state(x, 'active') === 1, 'the rule ACTIVE in xdpctl_rules');
+      for (const s of ['degraded', 'inactive', 'failed']) assert.equal(state(t, s), 0, `${s} is reported as 0`);
+      assert.equal(sample(t, 'xdpctl_datapath_problems'), 0);
+
+      // Its only backend's egress goes down: the reconciler takes it out, the rule is INACTIVE.
+      sh('ip', ['link', 'set', b3.hostIf, 'down']);
+      t = await scrape((x) => state(x, 'inactive') === 1, 'the rule INACTIVE in xdpctl_rules');
+      assert.equal(state(t, 'active'), 0);
+      assert.ok(sample(t, 'xdpctl_datapath_problems')! >= 1, 'the problem is counted');
+      const got = await c.rules.getRule({ name: 'st' });
+      assert.equal(got.rule?.status?.state, RuleState.RULE_STATE_INACTIVE, 'the API says the same');
+
+      sh('ip', ['link', 'set', b3.hostIf, 'up']);
+      t = await scrape(
+        (x) => state(x, 'active') === 1 && sample(x, 'xdpctl_datapath_problems') === 0,
+        'the rule ACTIVE again and no problem',
+      );
+      assert.equal(state(t, 'inactive'), 0);
     });
 
     it('--prometheus alone listens on 127.0.0.1:9464 and on no other address', async () => {

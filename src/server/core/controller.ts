@@ -30,6 +30,7 @@ import {
   type LinkSpec,
   type RuleRecord,
   type RuleSpec,
+  type RuleState,
   type RuleStatus,
 } from './model.js';
 import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
@@ -694,6 +695,13 @@ export class Controller {
   /** What the last reconciler pass found wrong (empty: the datapath does what was asked). */
   problems(): string[] {
     return this.lastProblems;
+  }
+
+  /** How many rules are in each state now (their status as last written or observed). */
+  ruleStates(): Record<RuleState, number> {
+    const out: Record<RuleState, number> = { active: 0, degraded: 0, inactive: 0, failed: 0 };
+    for (const k of this.state.ruleKernel.values()) out[k.status.state]++;
+    return out;
   }
 
   private lastProblems: string[] = [];

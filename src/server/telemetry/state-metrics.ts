@@ -1,0 +1,57 @@
+/**
+ * What the reconciler observed, as OpenTelemetry gauges (issue 16: health,
+ * metrics and logs carry the same facts):
+ *  - `xdpctl.rules`: rules by state (`xdpctl.rule.state`: active, degraded,
+ *    inactive, failed; every state is reported, 0 included, so that an alert
+ *    on `degraded > 0` sees the fall back to 0);
+ *  - `xdpctl.datapath.problems`: the problems that keep the `xdpctl.datapath`
+ *    health service NOT_SERVING (missing interfaces, foreign programs, rules
+ *    not ACTIVE), as of the reconciler's last pass; 0 when it serves.
+ * Both are read from the core at collection time: no per-rule state here.
+ */
+import type { Meter } from '@opentelemetry/api';
+
+import type { RuleState } from '../core/model.js';
+
+export const STATE_METRICS = {
+  rules: 'xdpctl.rules',
+  problems: 'xdpctl.datapath.problems',
+} as const;
+
+/** The attribute naming a rule state on `xdpctl.rules`. */
+export const RULE_STATE_ATTR = 'xdpctl.rule.state';
+
+/** Every state a rule can be in (model.ts RuleState; the proto's RuleStatus.State). */
+export const RULE_STATES: readonly RuleState[] = ['active', 'degraded', 'inactive', 'failed'];
+
+/** Where the gauges read from (the controller). */
+export interface StateSource {
+  /** Rules per state now. */
+  ruleStates(): Record<RuleState, number>;
+  /** The reconciler's last list of problems (empty: the datapath is as desired). */
+  problems(): readonly string[];
+}
+
+/** Register the gauges; returns a function that unregisters them (daemon stop). */
+export function registerStateMetrics(meter: Meter, source: StateSource): () => void {
+  const rules = meter.createObservableGauge(STATE_METRICS.rules, {
+    description: 'Rules by state (active, degraded, inactive, failed) as the reconciler observed them',
+    unit: '{rule}',
+  });
+  const problems = meter.createObservableGauge(STATE_METRICS.problems, {
+    description:
+      'Problems keeping the xdpctl.datapath health service NOT_SERVING (missing interfaces, foreign programs, rules not ACTIVE); 0: as desired',
+    unit: '{problem}',
+  });
+  const observeRules = (r: { observe(v: number, a?: Record<string, string>): void }) => {
+    const counts = source.ruleStates();
+    for (const s of RULE_STATES) r.observe(counts[s] ?? 0, { [RULE_STATE_ATTR]: s });
+  };
+  const observeProblems = (r: { observe(v: number): void }) => r.observe(source.problems().length);
+  rules.addCallback(observeRules);
+  problems.addCallback(observeProblems);
+  return () => {
+    rules.removeCallback(observeRules);
+    problems.removeCallback(observeProblems);
+  };
+}
