@@ -337,6 +337,9 @@ export class Daemon {
         daemon.config = new ConfigWatcher(opts.configPath, controller, log);
         await daemon.config.start();
       }
+      // Pinned maps of another capacity or layout: the new maps now hold the
+      // rules and links; switch every interface to the new program.
+      if (datapath.migrating) datapath.finishMigration();
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       unregisterMetrics();

@@ -100,7 +100,11 @@ const program = new Command('xdpctld')
       'detach the program instead of refusing to start',
     false,
   )
-  .option('--max-rules <n>', 'capacity of the rule tables (fixed when the maps are first pinned)', '4096')
+  .option(
+    '--max-rules <n>',
+    'capacity of the rule tables; a different value than the pinned maps have migrates them at start (new maps, rules rewritten, program swapped without a gap)',
+    '4096',
+  )
   .option(
     '--cleanup-on-exit',
     'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off where ' +

@@ -36,10 +36,16 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
   sweepSrcPrefixes(ctx, referenced);
   const known = new Set<number>();
+  const cap = dp.capacity;
+  // Ids a smaller capacity no longer has (a --max-rules migration): the rule gets fresh ids.
+  const fits = (k: NonNullable<StoredState['rules'][number]['kernel']>) =>
+    k.slot < cap.ruleSlots &&
+    k.statsId < cap.statsIds &&
+    Object.values(k.backends).every((b) => b.id < cap.backends && b.statsId < cap.backends);
   for (const r of stored.rules) {
     const { kernel, ...record } = r;
     state.setRecord(r.name, record);
-    if (!kernel) continue;
+    if (!kernel || !fits(kernel)) continue;
     known.add(kernel.slot);
     state.slots.take(kernel.slot);
     state.ruleStatsIds.take(kernel.statsId);

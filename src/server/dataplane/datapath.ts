@@ -12,12 +12,12 @@
  * in on each interface with an atomic REPLACE, and the pin is updated.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
-import { BpfMap, mapInfo } from './bpf-map.js';
+import { BpfMap, mapInfo, type MapInfo } from './bpf-map.js';
 import { testRunTimed } from './bpf-object.js';
 import {
   backendEntry,
@@ -52,6 +52,7 @@ import {
   LIBBPF_WARN,
   nullError,
   ObjectOpenOpts,
+  possibleCpus,
   sizeOf,
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
@@ -178,6 +179,231 @@ function progInfo(fd: number, what: string): ProgInfo {
   };
 }
 
+/** A migration to new maps in progress (see {@link XdpDatapath.open}). */
+interface Migration {
+  /** What differs, one line per map ("rule_cfg: max_entries 17 -> 65"). */
+  changes: string[];
+  /** The counters copied from the old maps at open. */
+  copied?: CounterCopy;
+  /** Interfaces that run the old program, with the mode asked for: switched at finishMigration(). */
+  pending: Map<string, XdpMode>;
+}
+
+/** Open the object with its maps pinned under `pinDir`, sized for `capacity` (not loaded). */
+function openObject(objectPath: string, pinDir: string, capacity: Capacity, lines: string[]): unknown {
+  clearErrno();
+  const obj = lib.bpf_object__open_file(objectPath, {
+    sz: sizeOf(ObjectOpenOpts),
+    object_name: null,
+    relaxed_maps: false,
+    pin_root_path: pinDir,
+  });
+  if (!obj) throw nullError(`open ${objectPath}`, lines);
+  try {
+    for (const [, [name, , , cap]] of Object.entries(MAP_DEFS)) {
+      const n = cap ? capacity[cap] : name === 'rule_ring' ? capacity.ruleSlots * RING_SIZE : 0;
+      if (n === 0) continue;
+      const m = lib.bpf_object__find_map_by_name(obj, name);
+      if (!m) throw new KernelError(`open map ${name}`, 2, lines, 'not in the object');
+      check(`size map ${name}`, lib.bpf_map__set_max_entries(m, n) as number);
+    }
+  } catch (e) {
+    lib.bpf_object__close(obj);
+    throw e;
+  }
+  return obj;
+}
+
+/** The object's maps, by name (an opened object: definitions, no fds yet). */
+function objectMaps(obj: unknown): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  for (let m = lib.bpf_object__next_map(obj, null); m; m = lib.bpf_object__next_map(obj, m)) {
+    out.set(lib.bpf_map__name(m) as string, m);
+  }
+  return out;
+}
+
+/**
+ * How the maps pinned in `pinDir` differ from the object's definitions (type,
+ * key and value size, max_entries), one line per differing map; maps with no
+ * pin (new in this object) are not differences: libbpf creates them.
+ */
+function layoutChanges(obj: unknown, pinDir: string): string[] {
+  const out: string[] = [];
+  for (const [name, m] of objectMaps(obj)) {
+    if (name.startsWith('.')) continue; // .rodata/.bss: not pinned
+    const path = join(pinDir, name);
+    if (!existsSync(path)) continue;
+    const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+    let info: MapInfo;
+    try {
+      info = mapInfo(fd, name);
+    } finally {
+      closeFd(fd);
+    }
+    const want = {
+      type: lib.bpf_map__type(m) as number,
+      key_size: lib.bpf_map__key_size(m) as number,
+      value_size: lib.bpf_map__value_size(m) as number,
+      max_entries: lib.bpf_map__max_entries(m) as number,
+    };
+    const have = { type: info.type, key_size: info.keySize, value_size: info.valueSize, max_entries: info.maxEntries };
+    const diff = (Object.keys(want) as (keyof typeof want)[])
+      .filter((k) => want[k] !== have[k])
+      .map((k) => `${k} ${have[k]} -> ${want[k]}`);
+    if (diff.length) out.push(`${name}: ${diff.join(', ')}`);
+  }
+  return out;
+}
+
+/** Per-CPU counter maps whose entries are carried over by a migration (same value layout only). */
+const COUNTER_MAPS = ['rule_stats', 'backend_stats', 'xc_stats', 'global_stats'];
+const BPF_MAP_TYPE_HASH = 1;
+const BPF_MAP_TYPE_ARRAY = 2;
+const BPF_MAP_TYPE_PERCPU_HASH = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+/** Map types whose values are one per possible CPU (each rounded up to 8 bytes). */
+const PER_CPU = new Set([BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY]);
+const ARRAYS = new Set([BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY]);
+const HASHES = new Set([BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_HASH]);
+
+/** The u32 keys of a map: 0..n-1 for an array, the keys present for a hash. */
+function counterKeys(fd: number, type: number, n: number): number[] {
+  if (ARRAYS.has(type)) return Array.from({ length: n }, (_, i) => i);
+  const keys: number[] = [];
+  const cur = Buffer.alloc(4);
+  const next = Buffer.alloc(4);
+  let first = true;
+  while ((lib.bpf_map_get_next_key(fd, first ? null : cur, next) as number) === 0) {
+    keys.push(next.readUInt32LE(0));
+    next.copy(cur);
+    first = false;
+  }
+  return keys;
+}
+
+/** Counters read from the old maps: map name -> id -> the raw per-CPU value (u64 fields). */
+type CounterCopy = Map<string, Map<number, Buffer>>;
+
+/** The counter maps both the old pins and the object have with the same layout, with the ids both hold. */
+function counterPairs(obj: unknown, oldDir: string, log: Logger) {
+  const maps = objectMaps(obj);
+  const out: { name: string; oldFd: number; newFd: number; n: number; size: number; type: number }[] = [];
+  for (const name of COUNTER_MAPS) {
+    const m = maps.get(name);
+    const path = join(oldDir, name);
+    if (!m || !existsSync(path)) continue;
+    const oldFd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+    const old = mapInfo(oldFd, name);
+    const valueSize = lib.bpf_map__value_size(m) as number;
+    const type = lib.bpf_map__type(m) as number;
+    const known = ARRAYS.has(type) || HASHES.has(type);
+    if (!known || old.type !== type || old.valueSize !== valueSize || old.keySize !== 4 || valueSize % 8 !== 0) {
+      closeFd(oldFd);
+      log.warn({ map: name }, `counters of ${name} not carried over: its value layout changed (they restart at 0)`);
+      continue;
+    }
+    const cpus = PER_CPU.has(type) ? possibleCpus() : 1;
+    out.push({
+      name,
+      oldFd,
+      newFd: check(`open map ${name}`, lib.bpf_map__fd(m) as number),
+      n: Math.min(old.maxEntries, lib.bpf_map__max_entries(m) as number),
+      size: valueSize * cpus, // valueSize is a multiple of 8 (checked above)
+      type,
+    });
+  }
+  return out;
+}
+
+/**
+ * Migration, at open: copy the counters of the maps pinned in `oldDir` into
+ * the object's new maps, for every id both hold (a smaller capacity drops
+ * the ids above it; the core gives those rules fresh ids). A map whose value
+ * layout changed is not copied (its counters restart at 0; logged). Returns
+ * what was copied, so that finishMigration() can add what the old program
+ * counted after this copy.
+ */
+function copyCounters(obj: unknown, oldDir: string, log: Logger): CounterCopy {
+  const copy: CounterCopy = new Map();
+  for (const p of counterPairs(obj, oldDir, log)) {
+    const ids = new Map<number, Buffer>();
+    try {
+      const key = Buffer.alloc(4);
+      for (const i of counterKeys(p.oldFd, p.type, p.n)) {
+        if (ids.size >= p.n) break; // a smaller hash holds fewer
+        const value = Buffer.alloc(p.size);
+        key.writeUInt32LE(i);
+        if ((lib.bpf_map_lookup_elem(p.oldFd, key, value) as number) < 0) continue;
+        if (value.every((b) => b === 0)) continue; // new maps start at zero
+        check(`copy ${p.name}[${i}]`, lib.bpf_map_update_elem(p.newFd, key, value, 0) as number);
+        ids.set(i, value);
+      }
+    } finally {
+      closeFd(p.oldFd);
+    }
+    copy.set(p.name, ids);
+  }
+  return copy;
+}
+
+/**
+ * Migration, after the switch: add to the new maps what the old program
+ * counted since copyCounters (it forwarded until the switch). The old
+ * counters are read until two reads agree (the old program has stopped
+ * running on every CPU). A packet the new program counts during the few
+ * microseconds of one entry's read-add-write can be missed (per-CPU values
+ * are written whole from user space).
+ */
+function addCounterDeltas(obj: unknown, oldDir: string, copied: CounterCopy, log: Logger): number {
+  let added = 0;
+  for (const p of counterPairs(obj, oldDir, log)) {
+    try {
+      const before = copied.get(p.name) ?? new Map<number, Buffer>();
+      const key = Buffer.alloc(4);
+      const read = () => {
+        const out = new Map<number, Buffer>();
+        for (const i of counterKeys(p.oldFd, p.type, p.n)) {
+          const v = Buffer.alloc(p.size);
+          key.writeUInt32LE(i);
+          if ((lib.bpf_map_lookup_elem(p.oldFd, key, v) as number) === 0) out.set(i, v);
+        }
+        return out;
+      };
+      let last = read();
+      for (let tries = 0; tries < 50; tries++) {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+        const again = read();
+        const same = [...again].every(([i, v]) => last.get(i)?.equals(v));
+        last = again;
+        if (same) break;
+      }
+      for (const [i, v] of last) {
+        const was = before.get(i);
+        if (was?.equals(v) || (!was && v.every((b) => b === 0))) continue;
+        const now = Buffer.alloc(p.size);
+        key.writeUInt32LE(i);
+        if ((lib.bpf_map_lookup_elem(p.newFd, key, now) as number) < 0) now.fill(0); // a hash entry not there yet
+        for (let off = 0; off < p.size; off += 8) {
+          const delta = v.readBigUInt64LE(off) - (was ? was.readBigUInt64LE(off) : 0n);
+          now.writeBigUInt64LE(now.readBigUInt64LE(off) + delta, off);
+        }
+        check(`update ${p.name}[${i}]`, lib.bpf_map_update_elem(p.newFd, key, now, 0) as number);
+        added++;
+      }
+    } finally {
+      closeFd(p.oldFd);
+    }
+  }
+  return added;
+}
+
+/** Remove a directory of pins (the maps live on while a program or fd holds them). */
+function removePinDir(dir: string): void {
+  for (const f of readdirSync(dir)) unlinkSync(join(dir, f));
+  rmdirSync(dir);
+}
+
 /** The loaded datapath. Create with {@link XdpDatapath.open}; close() when done. */
 export class XdpDatapath {
   /** Maps reused from existing pins (a restart or upgrade) rather than created. */
@@ -191,6 +417,8 @@ export class XdpDatapath {
   private ownProgFd: number; // from bpf_obj_get of the pin, closed by us
   private readonly progInfoValue: ProgInfo;
   private readonly log: Logger;
+  /** Set while pinned maps of another capacity or layout are being migrated (until finishMigration). */
+  private migration?: Migration;
 
   private constructor(
     readonly options: DatapathOptions,
@@ -220,6 +448,11 @@ export class XdpDatapath {
     return join(pinRoot, 'maps');
   }
 
+  /** Where a migration pins the new maps until it switches (then they move to maps/). */
+  static nextMapPinDir(pinRoot: string): string {
+    return join(pinRoot, 'maps_next'); // bpffs refuses names with a dot
+  }
+
   /** Where the program is pinned. */
   static progPinPath(pinRoot: string): string {
     return join(pinRoot, 'progs', PROGRAM_NAME);
@@ -242,6 +475,10 @@ export class XdpDatapath {
     mkdirSync(mapDir, { recursive: true, mode: 0o700 });
     mkdirSync(join(options.pinRoot, 'progs'), { recursive: true, mode: 0o700 });
     const adopted = readdirSync(mapDir).length > 0;
+    const nextDir = XdpDatapath.nextMapPinDir(options.pinRoot);
+    // A migration that did not finish (the daemon stopped before the switch): the
+    // pins in maps/ are still the ones in use; start it again from them.
+    if (existsSync(nextDir)) removePinDir(nextDir);
 
     const lines: string[] = [];
     const stop = captureLibbpfLog((level, line) => {
@@ -250,25 +487,32 @@ export class XdpDatapath {
       (level === LIBBPF_WARN ? log.warn : log.debug).call(log, { libbpf: line }, 'libbpf');
     });
     let obj: unknown = null;
+    let migration: Migration | undefined;
     try {
-      clearErrno();
-      obj = lib.bpf_object__open_file(options.objectPath, {
-        sz: sizeOf(ObjectOpenOpts),
-        object_name: null,
-        relaxed_maps: false,
-        pin_root_path: mapDir,
-      });
-      if (!obj) throw nullError(`open ${options.objectPath}`, lines);
-      for (const [, [name, , , cap]] of Object.entries(MAP_DEFS)) {
-        const n = cap ? capacity[cap] : name === 'rule_ring' ? capacity.ruleSlots * RING_SIZE : 0;
-        if (n === 0) continue;
-        const m = lib.bpf_object__find_map_by_name(obj, name);
-        if (!m) throw new KernelError(`open map ${name}`, 2, lines, 'not in the object');
-        check(`size map ${name}`, lib.bpf_map__set_max_entries(m, n) as number);
+      obj = openObject(options.objectPath, mapDir, capacity, lines);
+      // Pinned maps whose definition differs from the object's (--max-rules or
+      // another map layout): migrate instead of refusing to start. New maps are
+      // created and pinned under maps_next, the counters copied, the rules
+      // written there by restore while the old program keeps forwarding with
+      // the old maps; finishMigration() then swaps the program on every
+      // interface (XDP_FLAGS_REPLACE) and moves the new pins into maps/.
+      const changes = adopted ? layoutChanges(obj, mapDir) : [];
+      let pinDir = mapDir;
+      if (changes.length) {
+        lib.bpf_object__close(obj);
+        obj = null;
+        mkdirSync(nextDir, { recursive: true, mode: 0o700 });
+        obj = openObject(options.objectPath, nextDir, capacity, lines);
+        pinDir = nextDir;
+        migration = { changes, pending: new Map() };
+        log.warn(
+          { changes },
+          'the pinned maps have another capacity or layout: migrating to new maps (the old ones forward until the switch)',
+        );
       }
       // Maps that libbpf cannot pin for us (see xc_links in bpf/xdpctl.bpf.c).
       for (const name of SELF_PINNED) {
-        const path = join(mapDir, name);
+        const path = join(pinDir, name);
         if (!existsSync(path)) continue;
         const m = lib.bpf_object__find_map_by_name(obj, name);
         const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
@@ -290,7 +534,7 @@ export class XdpDatapath {
             `load ${options.objectPath}`,
             22,
             lines,
-            `pinned map ${path} does not match the object (capacity or layout changed: unpin ${mapDir} or keep the old settings)`,
+            `pinned map ${path} does not match the object (a difference the migration does not cover, e.g. map flags: report it; unpinning ${mapDir} starts empty)`,
           );
         }
         const r = lib.bpf_map__reuse_fd(m, fd) as number; // dups the fd
@@ -303,7 +547,7 @@ export class XdpDatapath {
         // definition differs, or the verifier's complaint (full log on the error).
         const reuse = lines.find((l) => l.includes("couldn't reuse pinned map"));
         const detail = reuse
-          ? `${reuse.replace(/^libbpf: /, '')} (capacity or layout changed: unpin ${mapDir} or keep the old settings)`
+          ? `${reuse.replace(/^libbpf: /, '')} (a difference the migration does not cover, e.g. map flags: report it; unpinning ${mapDir} starts empty)`
           : undefined;
         throw new KernelError(`load ${options.objectPath}`, -ret, lines, detail);
       }
@@ -316,7 +560,7 @@ export class XdpDatapath {
         maps[key] = new BpfMap(mapInfo(fd, name), fd, kc as never, vc as never, false);
       }
       for (const name of SELF_PINNED) {
-        const path = join(mapDir, name);
+        const path = join(pinDir, name);
         if (!existsSync(path)) {
           const fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(obj, name)) as number;
           check(`pin map at ${path}`, lib.bpf_obj_pin(fd, path) as number);
@@ -339,7 +583,11 @@ export class XdpDatapath {
       let progFd = newFd;
       let ownProgFd = -1;
       let upgraded = false;
-      if (existsSync(progPin)) {
+      if (migration) {
+        // Counters go on: copy them from the old maps (ids the new capacity holds).
+        migration.copied = copyCounters(obj, mapDir, log);
+        upgraded = true; // the program pin moves at finishMigration()
+      } else if (existsSync(progPin)) {
         const pinnedFd = check(`open pinned program ${progPin}`, lib.bpf_obj_get(progPin) as number);
         const pinned = progInfo(pinnedFd, progPin);
         // Same code is not enough: the pinned program must use exactly the
@@ -372,7 +620,9 @@ export class XdpDatapath {
         check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
       }
       log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
-      return new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+      const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+      dp.migration = migration;
+      return dp;
     } catch (e) {
       if (obj) lib.bpf_object__close(obj);
       throw e;
@@ -426,6 +676,11 @@ export class XdpDatapath {
     if (before.progId === this.progId && (mode === 'auto' || mode === before.mode)) {
       return { ...before, ifindex, requested: mode, replaced: false };
     }
+    if (this.migration && before.progId !== 0 && this.isOurs(before.progId)) {
+      // The old program forwards with the old maps until the new ones hold every rule.
+      this.migration.pending.set(ifname, mode);
+      return { ...before, ifindex, requested: mode, replaced: false };
+    }
     const after = attachXdp(ifindex, ifname, this.progFd, mode, (id) => this.isOurs(id));
     if (after.progId !== this.progId) {
       throw new KernelError(`attach xdp to ${ifname}`, 5, [], `program id ${after.progId} is attached, not ours`);
@@ -433,6 +688,65 @@ export class XdpDatapath {
     const replaced = before.mode !== 'none' && before.progId !== this.progId;
     this.log.info({ ifname, ifindex, requested: mode, effective: after.mode, replaced }, 'attached');
     return { ...after, ifindex, requested: mode, replaced };
+  }
+
+  /** Whether a migration to new maps waits for finishMigration(); what differs. */
+  get migrating(): string[] | undefined {
+    return this.migration?.changes;
+  }
+
+  /**
+   * End a migration (no-op without one), once the new maps hold what the
+   * datapath must do (the daemon calls it after restoring its rules): swap
+   * the program on every interface that runs the old one (XDP_FLAGS_REPLACE:
+   * no moment without a program), then move the new pins into maps/ and pin
+   * the new program. The old maps are freed when the old program is.
+   * Returns the interfaces switched.
+   */
+  finishMigration(): string[] {
+    const m = this.migration;
+    if (!m) return [];
+    this.migration = undefined;
+    const switched: string[] = [];
+    for (const [ifname, mode] of m.pending) {
+      try {
+        this.attach(ifname, mode);
+        switched.push(ifname);
+      } catch (e) {
+        this.log.error({ err: e, ifname }, `${ifname} still runs the old program: switching it failed`);
+      }
+    }
+    const mapDir = XdpDatapath.mapPinDir(this.options.pinRoot);
+    const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
+    let countersAdded = 0;
+    try {
+      countersAdded = addCounterDeltas(this.obj, mapDir, m.copied ?? new Map(), this.log);
+    } catch (e) {
+      this.log.warn({ err: e }, 'what the old program counted during the migration was not added');
+    }
+    try {
+      const moved = new Set(readdirSync(nextDir));
+      for (const f of readdirSync(mapDir)) if (!moved.has(f)) unlinkSync(join(mapDir, f)); // maps the object dropped
+      for (const f of moved) renameSync(join(nextDir, f), join(mapDir, f)); // replaces the old pin
+      rmdirSync(nextDir);
+      const progPin = XdpDatapath.progPinPath(this.options.pinRoot);
+      if (existsSync(progPin)) unlinkSync(progPin);
+      check(`pin program at ${progPin}`, lib.bpf_obj_pin(this.progFd, progPin) as number);
+    } catch (e) {
+      // The interfaces run the new program; only the pins are behind: the next start migrates again.
+      this.log.error({ err: e, mapDir, nextDir }, 'the new maps could not be pinned in place of the old ones');
+    }
+    this.log.info(
+      {
+        changes: m.changes,
+        countersCopied: Object.fromEntries([...(m.copied ?? [])].map(([k, v]) => [k, v.size])),
+        countersAdded,
+        switched,
+        progId: this.progId,
+      },
+      'migrated to the new maps: every interface runs the new program',
+    );
+    return switched;
   }
 
   /** Detach our program from an interface; a foreign program is left alone. */
