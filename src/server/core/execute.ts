@@ -91,11 +91,14 @@ export async function allocateRules(
       prefixes: p.prefixes,
       backends,
       ifindexes: p.ifindexes,
-      status: writtenRuleStatus(
-        p.backends.map((b) => b.status),
-        live,
-        p.backends.map((b) => b.spec.weight),
-      ),
+      status: {
+        ...writtenRuleStatus(
+          p.backends.map((b) => b.status),
+          live,
+          p.backends.map((b) => b.spec.weight),
+        ),
+        warnings: [...p.warnings],
+      },
     });
     await pace();
   }

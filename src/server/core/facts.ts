@@ -13,7 +13,7 @@ export interface Facts {
   interfaces: Map<string, InterfaceInfo | undefined>;
   /** "ip@interface" -> the neighbour table's MAC, or undefined when it has none. */
   neighbours: Map<string, string | undefined>;
-  /** Backend egress interface name -> whether it can transmit (absent: not known, taken as able). */
+  /** Backend egress and ingress interface name -> its state (up, carrier, MTU); absent: not known (egress taken as able). */
   links: Map<string, LinkState | undefined>;
   /**
    * Backend egress name -> whether native redirects into it are delivered
@@ -51,6 +51,8 @@ export async function fetchRuleFacts(
   for (const s of specs) fetchInterfaces(dp, [...s.ingressInterfaces, ...s.backends.map((b) => b.interface)], facts);
   for (const s of specs) {
     if (pace && (++n & 255) === 0) await pace();
+    // Ingress link states too: their MTU against the backends' (rule-status mtuWarnings).
+    if (dp.linkState) for (const i of s.ingressInterfaces) if (!facts.links.has(i)) facts.links.set(i, dp.linkState(i));
     for (const b of s.backends) {
       if (dp.linkState && !facts.links.has(b.interface)) facts.links.set(b.interface, dp.linkState(b.interface));
       if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;

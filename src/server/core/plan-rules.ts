@@ -12,7 +12,7 @@ import type { MatchKey } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
-import { backendStatus, egressProblem } from './rule-status.js';
+import { backendStatus, egressProblem, mtuWarnings } from './rule-status.js';
 import { backendKey, claimKey, matchId, type PrefixBytes } from './state.js';
 
 const AF_INET = 2;
@@ -64,6 +64,8 @@ export interface RulePlan {
   matchKeys: MatchKey[];
   /** Every interface the rule is written with -> ifindex. */
   ifindexes: Map<string, number>;
+  /** What the rule's status warns about from the facts (rule-status mtuWarnings). */
+  warnings: readonly string[];
 }
 
 export interface RulesPlan {
@@ -224,12 +226,18 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     };
   });
   const daddr = spec.destination ? parseIp(spec.destination).bytes : new Uint8Array(4);
+  const warnings = mtuWarnings(
+    ingress.map((i) => i.name),
+    backends.filter((b) => b.receiving).map((b) => b.spec),
+    (i) => facts.links.get(i)?.mtu,
+  );
   return {
     name,
     spec,
     field,
     ingress,
     backends,
+    warnings,
     prefixes: spec.sourcePrefixes.map((s) => {
       const x = parsePrefix(s);
       return { length: x.length, addr: x.bytes };

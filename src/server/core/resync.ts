@@ -21,7 +21,7 @@ import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
-import { egressProblem, missingInterfacesWarning, observedRuleStatus } from './rule-status.js';
+import { egressProblem, missingInterfacesWarning, mtuWarnings, observedRuleStatus } from './rule-status.js';
 
 /** What one pass found. */
 export interface ResyncResult {
@@ -153,6 +153,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     else if (cur !== idx) moved = true;
   };
   const t = ctx.now();
+  const mtuOf = (i: string) => facts.links.get(i)?.mtu;
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 255) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -168,8 +169,13 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     moved = false;
     k.ifindexes.forEach(check);
     const written = k.written ?? k.status;
-    if (gone.length) written.warnings = [missingInterfacesWarning(gone)];
-    else if (written.warnings.length) written.warnings = [];
+    // Backends in the table whose egress MTU is below an ingress's (each pass: MTUs change).
+    const mtu = mtuWarnings(rule.ingressInterfaces, written.backends, mtuOf);
+    if (gone.length) written.warnings = [missingInterfacesWarning(gone), ...mtu];
+    else if (mtu.length) {
+      if (written.warnings.length !== mtu.length || written.warnings.some((w, i) => w !== mtu[i]))
+        written.warnings = [...mtu];
+    } else if (written.warnings.length) written.warnings = [];
     let changed = moved;
     if (!changed) {
       // Backends: does the table still hold exactly those that can receive, with today's MAC?

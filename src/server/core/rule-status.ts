@@ -72,20 +72,20 @@ export function observedRuleStatus(written: RuleStatus, ingress: string[], probl
   const bad = ingress.filter((i) => problems.has(i));
   if (bad.length === 0 || written.state === 'failed') return written;
   const why = bad.map((i) => problems.get(i)).join('; ');
-  if (written.state === 'inactive') return { ...written, warnings: [why] };
+  if (written.state === 'inactive') return { ...written, warnings: [why, ...written.warnings] };
   if (bad.length === ingress.length) {
     return {
       ...written,
       state: 'inactive',
       message: `not receiving on any ingress interface: ${why}`,
-      warnings: [why],
+      warnings: [why, ...written.warnings],
     };
   }
   return {
     ...written,
     state: 'degraded',
     message: `${written.message}; not receiving on ${bad.length} of ${ingress.length} ingress interface(s): ${why}`,
-    warnings: [why],
+    warnings: [why, ...written.warnings],
   };
 }
 
@@ -112,4 +112,39 @@ export function waitingStatus(): RuleStatus {
 /** The warning a rule carries while interfaces it was written with are gone. */
 export function missingInterfacesWarning(gone: readonly string[]): string {
   return `interface(s) ${gone.join(', ')} missing: the rule is written again when they return`;
+}
+
+const NO_WARNINGS: readonly string[] = Object.freeze([]);
+
+/**
+ * Backends whose egress MTU is smaller than an ingress interface's: a frame
+ * the ingress accepts may be too large for that egress, and the kernel drops
+ * it on redirect (XDP redirects do not fragment: xdp_ok_fwd_dev() refuses a
+ * frame longer than the device's MTU plus its link-layer header, EMSGSIZE).
+ * One warning per such backend; a shared empty list when there is none.
+ * `mtu` gives an interface's MTU as observed (undefined: not known);
+ * backends out of the table (`receiving: false`) are skipped.
+ */
+export function mtuWarnings(
+  ingress: readonly string[],
+  backends: readonly { ip: string; interface: string; receiving?: boolean }[],
+  mtu: (iface: string) => number | undefined,
+): readonly string[] {
+  let largest = 0;
+  let from = '';
+  for (const i of ingress) {
+    const m = mtu(i) ?? 0;
+    if (m > largest) [largest, from] = [m, i];
+  }
+  let out: string[] | undefined;
+  for (const b of backends) {
+    if (b.receiving === false) continue; // out of the table: nothing is redirected to it
+    const m = mtu(b.interface);
+    if (m === undefined || m >= largest) continue;
+    (out ??= []).push(
+      `backend ${b.ip}: egress ${b.interface} has MTU ${m}, ingress ${from} ${largest}: ` +
+        `datagrams to it whose IP packet exceeds ${m} bytes are dropped (XDP redirects do not fragment)`,
+    );
+  }
+  return out ?? NO_WARNINGS;
 }
