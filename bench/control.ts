@@ -509,9 +509,13 @@ async function countBpfCalls(pid: number, ms: number): Promise<number> {
   return Number(cols[3]);
 }
 
-async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): Promise<ControlFigure[]> {
-  const view = new LiveView(d.pinRoot);
-  const key = matchOf(net, 9000);
+/**
+ * The change both latency sections time: rule "chg" (UDP 9000 on the
+ * ingress) moves its one backend between two addresses; `update` sends the
+ * UpdateRule and returns the µs until the kernel's maps show the new backend
+ * (read through the pinned maps, `key` being the rule's match key).
+ */
+function changeProbe(net: Net, view: LiveView, key: ReturnType<typeof matchOf>) {
   const spec = (ip: string): Rule => ({
     name: 'chg',
     match: { protocol: 0, port: 9000, destination: '', sourcePrefixes: [] },
@@ -523,7 +527,7 @@ async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
   });
   const ips = ['10.99.0.1', '10.99.0.2'];
   let flip = 0;
-  const latency = async (rules: RulesClient): Promise<number> => {
+  const update = async (rules: RulesClient): Promise<number> => {
     flip ^= 1;
     const want = ipBytes(ips[flip]);
     const t0 = nowMs();
@@ -533,6 +537,15 @@ async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
     }
     return (nowMs() - t0) * 1000;
   };
+  /** Which of `ips` the rule has now. */
+  const current = () => flip;
+  return { spec, ips, update, current };
+}
+
+async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): Promise<ControlFigure[]> {
+  const view = new LiveView(d.pinRoot);
+  const key = matchOf(net, 9000);
+  const { spec, ips, update: latency } = changeProbe(net, view, key);
   const out: ControlFigure[] = [];
   try {
     await rulesClient(d.channel(d.unix)).createRule({ rule: spec(ips[0]) });
@@ -963,27 +976,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
     const reader = rulesClient(d.channel(d.unix));
     const view = new LiveView(d.pinRoot);
     const key = matchOf(net, 9000);
-    const chg = (ip: string): Rule => ({
-      name: 'chg',
-      match: { protocol: 0, port: 9000, destination: '', sourcePrefixes: [] },
-      ingressInterfaces: [net.ingress],
-      backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
-      udpChecksum: 0,
-      labels: {},
-      generation: 0n,
-    });
-    const ips = ['10.99.0.1', '10.99.0.2'];
-    let flip = 0;
-    const update = async (): Promise<number> => {
-      flip ^= 1;
-      const want = ipBytes(ips[flip]);
-      const t0 = nowMs();
-      await rules.updateRule({ rule: chg(ips[flip]), expectedGeneration: 0 });
-      while (!sameBytes(view.firstBackend(key), want)) {
-        if (nowMs() - t0 > 10_000) throw new Error('rule change not visible in the kernel after 10 s');
-      }
-      return (nowMs() - t0) * 1000;
-    };
+    const { spec: chg, ips, update, current } = changeProbe(net, view, key);
     const fsyncFile = `${d.stateDir}/fsync-baseline`;
     const fsyncOnce = (): number => {
       const fd = openSync(fsyncFile, 'w');
@@ -1001,7 +994,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
     const readSize = n.scaleSizes.filter((s) => s <= 10_000).at(-1)!;
     for (const size of n.scaleSizes) {
       const set = (variant: number) => [
-        chg(ips[flip]),
+        chg(ips[current()]),
         ...Array.from({ length: size - 1 }, (_, i) => scaleSpec(net, i, variant)),
       ];
       if (size === readSize) {
@@ -1041,11 +1034,11 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
       } else {
         await rules.applyRules({ rules: set(0) });
       }
-      for (let i = 0; i < Math.min(10, n.scaleChanges); i++) await update(); // warm up
+      for (let i = 0; i < Math.min(10, n.scaleChanges); i++) await update(rules); // warm up
       const xs: number[] = [];
       const fs: number[] = [];
       for (let i = 0; i < n.scaleChanges; i++) {
-        xs.push(await update());
+        xs.push(await update(rules));
         fs.push(fsyncOnce());
       }
       const f = figure(`UpdateRule p50 with ${size} rules installed`, 'µs', [pct(xs, 0.5)], n.scaleChanges, {
