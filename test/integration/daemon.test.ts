@@ -16,6 +16,7 @@ import { decodeStatusDetails } from '../../src/server/services/status.js';
 import { BadRequest, ErrorInfo } from '../../src/gen/google/rpc/error_details.js';
 import { CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
@@ -441,13 +442,20 @@ describe('xdpctld end to end', kernelOnly(), () => {
       assert.equal(link.status!.bToAActive, true);
       assert.equal(link.status!.warnings.length, 1, JSON.stringify(link.status));
       assert.match(link.status!.warnings[0], warning);
-      const ruleWarnings = (await c.rules.getRule({ name: 'shadowed' })).rule!.status!.warnings;
+      const shadowedStatus = (await c.rules.getRule({ name: 'shadowed' })).rule!.status!;
+      const ruleWarnings = shadowedStatus.warnings;
       assert.equal(ruleWarnings.length, 1, JSON.stringify(ruleWarnings));
       assert.match(ruleWarnings[0], warning);
+      // Its only ingress is cross-connected before rules are matched: it forwards nothing.
+      assert.equal(shadowedStatus.state, RuleState.RULE_STATE_INACTIVE, shadowedStatus.message);
+      assert.match(shadowedStatus.message, /cross-connected by a link/);
+      const ready = shadowedStatus.conditions.find((x) => x.type === 'Ready')!;
+      assert.equal(ready.status, ConditionStatus.CONDITION_STATUS_FALSE);
       const listed = (await c.rules.listRules({})).rules.find((r) => r.name === 'shadowed')!;
       assert.deepEqual(listed.status!.warnings, ruleWarnings);
       await c.links.disconnect({ a: h2.hostIf, b: h1.hostIf });
       assert.deepEqual((await c.rules.getRule({ name: 'shadowed' })).rule!.status!.warnings, []);
+      assert.equal((await c.rules.getRule({ name: 'shadowed' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
     } finally {
       await c.links.disconnect({ a: h2.hostIf, b: h1.hostIf }).catch(() => undefined);
       await c.rules.deleteRule({ name: 'shadowed' });

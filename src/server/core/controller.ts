@@ -206,22 +206,17 @@ export class Controller {
     const r = this.state.rules.get(name);
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
     const k = this.state.ruleKernel.get(name)!;
+    const status = shadowedStatus(r, k.status, shadows);
     const conditions = this.state.conditions.set(
       `rule/${name}`,
       ruleConditions(
-        k.status,
+        status,
         r.backends.map((b) => b.weight),
         k.ingressProblems ?? [],
       ),
       this.now(),
     );
-    // A link forwarding from one of its ingress interfaces takes every frame there first.
-    const shadowed = r.ingressInterfaces.flatMap((i) => {
-      const l = shadows.get(i);
-      return l ? [shadowWarning(r.name, i, l)] : [];
-    });
-    const warnings = shadowed.length ? [...k.status.warnings, ...shadowed] : k.status.warnings;
-    return { ...r, status: { ...k.status, warnings, conditions } };
+    return { ...r, status: { ...status, conditions } };
   }
 
   listRules(): RuleView[] {
@@ -700,7 +695,11 @@ export class Controller {
   /** How many rules are in each state now (their status as last written or observed). */
   ruleStates(): Record<RuleState, number> {
     const out: Record<RuleState, number> = { active: 0, degraded: 0, inactive: 0, failed: 0 };
-    for (const k of this.state.ruleKernel.values()) out[k.status.state]++;
+    const shadows = this.activeLinkSources();
+    for (const [name, k] of this.state.ruleKernel) {
+      const r = this.state.rules.get(name);
+      out[(r && shadows.size ? shadowedStatus(r, k.status, shadows) : k.status).state]++;
+    }
     return out;
   }
 
@@ -810,6 +809,35 @@ const SPEC_KEYS: (keyof RuleSpec)[] = [
 
 function sameSpec(a: RuleSpec, b: RuleSpec): boolean {
   return SPEC_KEYS.every((k) => JSON.stringify(a[k]) === JSON.stringify(b[k]));
+}
+
+/**
+ * A rule's status with the links that shadow it: a link forwarding from an
+ * ingress interface takes every frame there before rules are matched
+ * (bpf/xdpctl.bpf.c: cross-connect first), so the rule matches nothing on
+ * it. Every ingress shadowed: INACTIVE; some: DEGRADED; each with a warning.
+ */
+function shadowedStatus(r: RuleSpec, status: RuleStatus, shadows: Map<string, LinkSpec>): RuleStatus {
+  if (shadows.size === 0) return status;
+  const shadowed = r.ingressInterfaces.filter((i) => shadows.has(i));
+  if (shadowed.length === 0) return status;
+  const warnings = [...status.warnings, ...shadowed.map((i) => shadowWarning(r.name, i, shadows.get(i)!))];
+  if (status.state === 'failed' || status.state === 'inactive') return { ...status, warnings };
+  const links = shadowed.map((i) => `${i} (link ${shadows.get(i)!.a}:${shadows.get(i)!.b})`).join(', ');
+  if (shadowed.length === r.ingressInterfaces.length) {
+    return {
+      ...status,
+      state: 'inactive',
+      message: `not receiving on any ingress interface: cross-connected by a link before rules are matched: ${links}`,
+      warnings,
+    };
+  }
+  return {
+    ...status,
+    state: 'degraded',
+    message: `${status.message}; ${shadowed.length} of ${r.ingressInterfaces.length} ingress interface(s) cross-connected by a link before rules are matched: ${links}`,
+    warnings,
+  };
 }
 
 /** The warning a shadowed rule and the link shadowing it both carry. */

@@ -112,16 +112,18 @@ export enum RuleState {
    */
   RULE_STATE_ACTIVE = 1,
   /**
-   * RULE_STATE_DEGRADED - Forwarding, but not as specified: an ingress interface is missing or
-   * runs another XDP program, or a backend with a non-zero weight is
+   * RULE_STATE_DEGRADED - Forwarding, but not as specified: an ingress interface is missing,
+   * runs another XDP program or is cross-connected by a link (links are
+   * matched first), or a backend with a non-zero weight is
    * unresolved, its interface is missing, down or without carrier (its flows
    * go to the other backends). See warnings and backend_status.
    */
   RULE_STATE_DEGRADED = 2,
   /**
-   * RULE_STATE_INACTIVE - Not forwarding anything: none of the ingress interfaces exists or runs
-   * our XDP program, or no backend can receive traffic (matching packets are
-   * then dropped).
+   * RULE_STATE_INACTIVE - Not forwarding anything: none of the ingress interfaces exists, runs
+   * our XDP program and is free of links (a link's source is cross-connected
+   * before rules are matched), or no backend can receive traffic (matching
+   * packets are then dropped).
    */
   RULE_STATE_INACTIVE = 3,
   /**
