@@ -1,9 +1,10 @@
 /**
- * Loading, adopting and attaching: typed errors with the operation, the
- * errno name and libbpf's own log; attach modes reported as the kernel
+ * Loading, adopting, migrating pins of another capacity and attaching: typed
+ * errors with the operation, the errno name and libbpf's own log; attach modes reported as the kernel
  * reports them; a foreign XDP program is never clobbered.
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -14,6 +15,7 @@ describe('datapath load and attach', kernelOnly(), () => {
   const id = runId();
   const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
   const otherRoot = `/sys/fs/bpf/xdpctl-test-${id}b`;
+  const migrateRoot = `/sys/fs/bpf/xdpctl-test-${id}m`;
   const ifA = `x${id}la`;
   const ifB = `x${id}lb`;
   const opened: XdpDatapath[] = [];
@@ -23,23 +25,38 @@ describe('datapath load and attach', kernelOnly(), () => {
     shQuiet('ip', ['link', 'del', ifA]);
     XdpDatapath.unpinAll(pinRoot);
     XdpDatapath.unpinAll(otherRoot);
+    XdpDatapath.unpinAll(migrateRoot);
   });
 
-  it("refuses pins of another capacity, with libbpf's reason and log", () => {
+  it('migrates pins of another capacity instead of refusing them: new maps beside, swapped in at the end', () => {
     opened.push(XdpDatapath.open({ objectPath: OBJECT, pinRoot, capacity: { ruleSlots: 32 } }));
-    assert.throws(
-      () => XdpDatapath.open({ objectPath: OBJECT, pinRoot, capacity: { ruleSlots: 64 } }),
-      (e: unknown) => {
-        assert.ok(e instanceof KernelError);
-        assert.equal(e.code, 'EINVAL');
-        assert.match(e.message, /^load .*xdpctl\.bpf\.o: couldn't reuse pinned map .*rule_cfg.*parameter mismatch/);
-        assert.ok(
-          e.log.some((l) => l.includes('failed to load object')),
-          'libbpf log kept on the error',
-        );
-        return true;
-      },
-    );
+    const first = XdpDatapath.open({ objectPath: OBJECT, pinRoot: migrateRoot, capacity: { ruleSlots: 32 } });
+    assert.equal(first.migrating, undefined, 'nothing pinned before: nothing to migrate');
+    first.close();
+    const maxEntries = (path: string) =>
+      (JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', path])) as { max_entries: number }).max_entries;
+    const before = maxEntries(`${migrateRoot}/maps/rule_cfg`);
+    const dp = XdpDatapath.open({ objectPath: OBJECT, pinRoot: migrateRoot, capacity: { ruleSlots: 64 } });
+    try {
+      assert.ok(
+        dp.migrating?.some((c) => /^rule_cfg: max_entries \d+ -> \d+$/.test(c)),
+        String(dp.migrating),
+      );
+      assert.equal(dp.maps.ruleCfg.info.maxEntries > before, true, 'the new maps have the new capacity');
+      assert.equal(maxEntries(`${migrateRoot}/maps/rule_cfg`), before, 'the old pins stay until the switch');
+      assert.equal(maxEntries(`${migrateRoot}/maps_next/rule_cfg`), dp.maps.ruleCfg.info.maxEntries);
+      assert.deepEqual(dp.finishMigration(), [], 'no interface ran the old program');
+      assert.equal(dp.migrating, undefined);
+      assert.equal(maxEntries(`${migrateRoot}/maps/rule_cfg`), dp.maps.ruleCfg.info.maxEntries, 'new pins in place');
+      assert.ok(!existsSync(`${migrateRoot}/maps_next`));
+    } finally {
+      dp.close();
+    }
+    // And the next start adopts them as they are.
+    const again = XdpDatapath.open({ objectPath: OBJECT, pinRoot: migrateRoot, capacity: { ruleSlots: 64 } });
+    assert.equal(again.migrating, undefined);
+    assert.equal(again.adopted, true);
+    again.close();
   });
 
   it('reports a missing interface as ENODEV naming it', () => {
