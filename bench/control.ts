@@ -441,7 +441,7 @@ function rawEntries(net: Net, specs: Rule[]) {
   const match: [MatchKey, number][] = [];
   const ports: [number, { any: number; dst: number }][] = [];
   const ruleStats: [number, Record<string, bigint>][] = [];
-  const backendStats: [number, { packets: bigint; bytes: bigint }][] = [];
+  const backendStats: [number, { packets: bigint; bytes: bigint; redirectErrors: bigint }][] = [];
   let nextBackend = 1;
   specs.forEach((r, i) => {
     const slot = i + 1;
@@ -458,7 +458,7 @@ function rawEntries(net: Net, specs: Rule[]) {
           addr: ipBytes(b.ip),
         },
       ]);
-      backendStats.push([id, { packets: 0n, bytes: 0n }]);
+      backendStats.push([id, { packets: 0n, bytes: 0n, redirectErrors: 0n }]);
       return { key: `${b.ip}@${b.interface}`, weight: 1, value: id };
     });
     const filled = fillRing(members, RING_SIZE, NO_BACKEND);
@@ -466,7 +466,15 @@ function rawEntries(net: Net, specs: Rule[]) {
     cfg.push([slot, { flags: RULE_F_ACTIVE, statsId: slot }]);
     ruleStats.push([
       slot,
-      { matched: 0n, matchedBytes: 0n, redirected: 0n, redirectedBytes: 0n, filtered: 0n, noBackend: 0n },
+      {
+        matched: 0n,
+        matchedBytes: 0n,
+        redirected: 0n,
+        redirectedBytes: 0n,
+        filtered: 0n,
+        noBackend: 0n,
+        redirectErrors: 0n,
+      },
     ]);
     match.push([matchOf(net, r.match!.port), slot]);
     ports.push([r.match!.port, { any: 1, dst: 0 }]);

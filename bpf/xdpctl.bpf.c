@@ -15,6 +15,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -132,6 +133,51 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } backend_stats SEC(".maps");
 
+/* Fragments of datagrams whose first fragment was redirected: non-first
+ * fragments carry no UDP header, so they follow their first fragment to the
+ * same backend (Cilium tracks them the same way). LRU: entries of datagrams
+ * that finished are evicted by newer ones; nothing needs to delete them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct xdpctl_frag_key);
+	__type(value, struct xdpctl_frag_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} frag_track SEC(".maps");
+
+/* Scratch for frame_sum(): bpf_xdp_load_bytes copies 512-byte chunks of a
+ * (possibly multi-buffer) frame here; 4 spare bytes for the zero padding of
+ * the last chunk. Per-CPU: one program run per CPU at a time. */
+struct csum_chunk {
+	__u8 b[516];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct csum_chunk);
+} csum_buf SEC(".maps");
+
+/* The frame this CPU redirected last, and the frames queued per egress since
+ * the kernel last flushed them: see struct xdpctl_redir_q in xdpctl.h. Read
+ * and corrected by the tracepoint programs of bpf/xdpctl-trace.bpf.c. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpctl_redir_last);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} redir_last SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPCTL_REDIR_TRACK);
+	__type(key, __u32);
+	__type(value, struct xdpctl_redir_q);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} redir_track SEC(".maps");
+
 /* enum xdpctl_stat -> packets. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -157,12 +203,132 @@ static __always_inline int verdict(int action)
 	return action;
 }
 
-/* Fold a 32-bit one's-complement sum into 16 bits. */
-static __always_inline __u16 csum_fold(__u32 sum)
+/*
+ * Remember a redirect for the tracepoint programs (xdpctl.h, struct
+ * xdpctl_redir_q). Native mode only queues: generic mode transmits at once
+ * and reports failures through xdp_redirect_err alone.
+ */
+static __always_inline void track_redirect(__u32 kind, __u32 id, __u32 id2, __u64 len, __u32 egress,
+					   int generic)
+{
+	__u32 zero = 0, slot;
+	struct xdpctl_redir_last *l = bpf_map_lookup_elem(&redir_last, &zero);
+	struct xdpctl_redir_q *q;
+
+	if (!l)
+		return;
+	l->e.kind = kind;
+	l->e.id = id;
+	l->e.id2 = id2;
+	l->e.len = len;
+	l->egress = egress;
+	l->queued = 0;
+	if (!egress || generic)
+		return;
+	slot = egress % XDPCTL_REDIR_TRACK;
+	q = bpf_map_lookup_elem(&redir_track, &slot);
+	if (!q)
+		return;
+	if (q->ifindex != egress) {
+		q->ifindex = egress;
+		q->count = 0;
+	}
+	{
+		__u32 c = q->count;
+
+		if (c <= XDPCTL_BULK) {
+			q->q[c] = l->e;
+			l->queued = 1;
+		}
+		q->count = c + 1;
+	}
+}
+
+/* Fold a 32-bit one's-complement sum into 16 bits (not inverted). For a
+ * non-zero sum the result is 1..0xffff, the kernel's canonical form. */
+static __always_inline __u16 csum_fold_raw(__u32 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
+	return (__u16)sum;
+}
+
+/* Fold and invert: the value a checksum field holds. */
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	return (__u16)~csum_fold_raw(sum);
+}
+
+/* One's-complement addition of 32-bit partial sums (end-around carry). */
+static __always_inline __u32 csum_add(__u32 a, __u32 b)
+{
+	__u32 r = a + b;
+
+	return r + (r < b);
+}
+
+/* RFC 1624 eqn. 3 for a 16-bit field changed from m to m'. */
+static __always_inline __u16 csum_replace2(__u16 check, __u16 from, __u16 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~from;
+	sum += to;
+	return csum_fold(sum);
+}
+
+/*
+ * The UDP pseudo-header sum (RFC 768) of an IPv4 datagram, unfolded. Raw
+ * (network order) words throughout: the one's-complement sum is byte-order
+ * independent as long as every word is read the same way.
+ */
+static __always_inline __u32 pseudo_sum(__u32 saddr, __u32 daddr, __u16 udp_len_raw)
+{
+	return (saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16) +
+	       bpf_htons(IPPROTO_UDP) + udp_len_raw;
+}
+
+/*
+ * One's-complement sum of `len` bytes of the frame from offset `off`, folded
+ * to 16 bits (not inverted), or -1 if the bytes cannot be read. Works on
+ * multi-buffer frames (bpf_xdp_load_bytes), in 512-byte chunks: the most
+ * bpf_csum_diff() sums at once. Every chunk but the last is 512 bytes, so all
+ * start at even offsets and the 16-bit words line up; an odd tail is padded
+ * with a zero byte, as RFC 768 pads. A global function: verified once on its
+ * own, which keeps the loop out of every caller's state space.
+ */
+__attribute__((noinline)) int frame_sum(struct xdp_md *ctx, __u32 off32, __u32 len32)
+{
+	__u64 off = off32, len = len32;
+	__u32 zero = 0, i;
+	struct csum_chunk *buf = bpf_map_lookup_elem(&csum_buf, &zero);
+	__s64 sum = 0;
+
+	if (!buf || !ctx)
+		return -1;
+	for (i = 0; i < 128; i++) { /* up to 64 KiB: any IPv4 datagram */
+		__u64 n = len > 512 ? 512 : len;
+
+		/* Make the verifier see the bound on the register passed below. */
+		asm volatile("" : "+r"(n));
+		if (n == 0)
+			break;
+		if (n > 512)
+			return -1;
+		if (bpf_xdp_load_bytes(ctx, off, buf->b, n) < 0)
+			return -1;
+		buf->b[n] = 0;
+		buf->b[n + 1] = 0;
+		buf->b[n + 2] = 0;
+		sum = bpf_csum_diff(NULL, 0, (__be32 *)buf->b, (n + 3) & ~3u, (__wsum)sum);
+		if (sum < 0)
+			return -1;
+		off += n;
+		len -= n;
+	}
+	if (len)
+		return -1;
+	return csum_fold_raw((__u32)sum);
 }
 
 /*
@@ -210,145 +376,279 @@ static __always_inline __u32 flow_hash(__u32 saddr, __u32 daddr, __u16 sport, __
 	return h;
 }
 
+/*
+ * A cross-connected frame leaves as the bytes it arrived with. In native
+ * mode that is wrong for one kind of frame: TCP or UDP from a local socket
+ * behind a veth or tap with TX checksum offload (the default), whose
+ * checksum is partial (CHECKSUM_PARTIAL, KERNEL-NOTES trap 4) and which no
+ * device completes after the redirect. Complete such checksums here, as the
+ * sender's NIC would have on a wire (in generic mode the skb stays
+ * CHECKSUM_PARTIAL and the kernel completes it). A partial field holds the
+ * folded pseudo-header sum; a complete checksum with that value (1 in
+ * 65 536) is left alone once the full sum shows it is valid. Fragments are
+ * never partial (the kernel completes checksums before fragmenting).
+ * Returns 0, or -1 if the frame cannot be read.
+ */
+__attribute__((noinline)) int complete_partial_csum(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 pseudo, l4_off, l4_len, csum_off;
+	__u16 *field, c;
+	__u8 proto;
+	int s;
+
+	if (!ctx || (void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		__u32 hl;
+
+		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+			return 0;
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return 0;
+		proto = ip->protocol;
+		hl = ip->ihl * 4;
+		if (bpf_ntohs(ip->tot_len) <= hl)
+			return 0;
+		l4_len = bpf_ntohs(ip->tot_len) - hl;
+		l4_off = sizeof(*eth) + hl;
+		pseudo = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
+			 (ip->daddr >> 16);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		__u16 *a;
+		int i;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		proto = ip6->nexthdr; /* extension headers: left alone */
+		l4_len = bpf_ntohs(ip6->payload_len);
+		l4_off = sizeof(*eth) + sizeof(*ip6);
+		a = (__u16 *)&ip6->saddr;
+		pseudo = 0;
+#pragma unroll
+		for (i = 0; i < 16; i++) /* source and destination: 32 bytes */
+			pseudo += a[i];
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_UDP)
+		csum_off = 6;
+	else if (proto == IPPROTO_TCP)
+		csum_off = 16;
+	else
+		return 0;
+	if (l4_len < csum_off + 2 || l4_off > 14 + 60)
+		return 0;
+	/* Pseudo-header: addresses, protocol, L4 length (RFC 768/793/8200). */
+	pseudo += bpf_htons(proto) + bpf_htons(l4_len & 0xffff) + bpf_htons(l4_len >> 16);
+	field = data + l4_off + csum_off;
+	if ((void *)(field + 1) > data_end)
+		return 0;
+	if (*field != csum_fold_raw(pseudo) || (proto == IPPROTO_UDP && !*field))
+		return 0;
+	s = frame_sum(ctx, l4_off, l4_len);
+	if (s < 0)
+		return -1;
+	if (csum_fold_raw(csum_add(s, pseudo)) == 0xffff)
+		return 0; /* complete after all */
+	/* Re-derive the pointer: the verifier forgets packet bounds across
+	 * the call. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (l4_off > 14 + 60)
+		return 0;
+	field = data + l4_off + csum_off;
+	if ((void *)(field + 1) > data_end)
+		return 0;
+	c = csum_fold(csum_add(csum_add(s, (__u16)~*field), pseudo));
+	*field = (proto == IPPROTO_UDP && !c) ? 0xffff : c;
+	return 0;
+}
+
 /* Cross-connect: returns XDP_REDIRECT if the ingress is connected, else
- * XDP_PASS (the low bits of bpf_redirect_map's flags are its miss action;
- * 0 would mean XDP_ABORTED). */
-static __always_inline int xconnect(struct xdp_md *ctx, __u64 len)
+ * XDP_PASS (the low bits of bpf_redirect_map's flags are its miss action; 0
+ * would mean XDP_ABORTED). An interface connected to itself (xdp-xconnect's
+ * reflector) is a devmap entry pointing at itself: the frame goes back out
+ * of the interface it came in on. Not XDP_TX: on a veth in native mode
+ * (kernel 6.18) XDP_TX frames were counted as sent and never arrived at the
+ * peer, while a redirect to the same device arrives, in both modes. */
+static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags, int has_flags)
 {
 	__u32 in = ctx->ingress_ifindex;
-	__u32 *flags = bpf_map_lookup_elem(&if_flags, &in);
 	struct xdpctl_link_stats *st;
+	__u64 len;
 	long act;
 
 	/* No entry (ifindex too large for the array): look in xc_links. */
-	if (flags && !(*flags & XDPCTL_IF_F_XCONNECT))
+	if (has_flags && !(flags & XDPCTL_IF_F_XCONNECT))
 		return XDP_PASS;
 	act = bpf_redirect_map(&xc_links, in, XDP_PASS);
 	if (act != XDP_REDIRECT)
 		return XDP_PASS;
+	len = bpf_xdp_get_buff_len(ctx);
 	st = bpf_map_lookup_elem(&xc_stats, &in);
 	if (st) {
 		st->packets++;
 		st->bytes += len;
 	}
-	return XDP_REDIRECT;
+	/* The egress is in the devmap, not known here: only a failure the
+	 * kernel reports at once (xdp_redirect_err) is attributed to the link. */
+	track_redirect(XDPCTL_REDIR_LINK, in, 0, len, 0, 0);
+	return act;
 }
 
-static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *data_end,
-					 struct iphdr *ip, __u64 len)
+/* Look up the rule for (ingress, port, daddr): returns its slot and entry, or
+ * NULL. The source filter is part of the match: a packet from a source the
+ * exact-destination rule does not allow falls to the any-destination rule. */
+static __always_inline struct xdpctl_rule *find_rule(struct xdp_md *ctx, struct iphdr *ip,
+						     __u16 dport_raw, __u32 *slot_out)
 {
 	struct xdpctl_match_key mk = {};
 	struct xdpctl_rule_stats *rs;
-	struct xdpctl_backend_stats *bs;
-	struct xdpctl_backend *be;
 	struct xdpctl_port_use *pu;
 	struct xdpctl_rule *rule;
-	struct udphdr *udp;
-	__u32 *slotp, slot, ring_idx, *be_id, old_daddr, new_daddr;
-	__u32 ihl = ip->ihl, port;
+	__u32 port = bpf_ntohs(dport_raw), *slotp;
+	int pass;
 
-	if (ihl < 5)
-		return verdict(XDP_PASS);
-	/* Variable-length header: the verifier needs the explicit bound on ihl
-	 * (4 bits, so <= 60 bytes) and the check against data_end below. */
-	udp = (void *)ip + ihl * 4;
-	if ((void *)(udp + 1) > data_end) {
-		count(XDPCTL_STAT_ERR_TRUNCATED);
-		return verdict(XDP_PASS);
-	}
-
-	port = bpf_ntohs(udp->dest);
 	pu = bpf_map_lookup_elem(&rule_ports, &port);
 	if (!pu || (!pu->any && !pu->dst))
-		return verdict(XDP_PASS); /* no rule uses this port */
+		return NULL; /* no rule uses this port */
 
 	mk.ifindex = ctx->ingress_ifindex;
-	mk.dport = udp->dest;
+	mk.dport = dport_raw;
 	mk.proto = IPPROTO_UDP;
 	mk.family = XDPCTL_AF_INET;
-	slotp = NULL;
-	if (pu->dst) {
-		__builtin_memcpy(mk.daddr, &ip->daddr, 4);
-		slotp = bpf_map_lookup_elem(&rule_match, &mk);
-		__builtin_memset(mk.daddr, 0, 4);
-	}
-	if (!slotp && pu->any) /* then "any destination" */
-		slotp = bpf_map_lookup_elem(&rule_match, &mk);
-	if (!slotp)
-		return verdict(XDP_PASS);
-	slot = *slotp;
-	/* The array lookup bounds-checks slot against rule_cfg's size, which the
-	 * loader keeps at rule_ring's size / XDPCTL_RING_SIZE, so the ring index
-	 * below cannot overflow into another rule's table. */
-	rule = bpf_map_lookup_elem(&rule_cfg, &slot);
-	if (!rule || !(rule->flags & XDPCTL_RULE_F_ACTIVE)) {
-		count(XDPCTL_STAT_ERR_NO_RULE);
-		return verdict(XDP_PASS);
-	}
-	rs = bpf_map_lookup_elem(&rule_stats, &rule->stats_id);
-	if (rs) {
-		rs->matched++;
-		rs->matched_bytes += len;
-	}
-
-	/* A fragment carries no UDP header (or only the first does): rewriting
-	 * the first alone would break reassembly, so leave them to the stack. */
-	if (ip->frag_off & bpf_htons(0x3fff)) {
-		count(XDPCTL_STAT_ERR_FRAGMENT);
-		return verdict(XDP_PASS);
-	}
-
-	if (rule->flags & XDPCTL_RULE_F_SRC_FILTER) {
-		struct xdpctl_src_key sk = {
-			.prefixlen = 32 + 32,
-			.slot = slot,
-		};
-
-		__builtin_memcpy(sk.addr, &ip->saddr, 4);
-		if (!bpf_map_lookup_elem(&src_allow, &sk)) {
-			if (rs)
-				rs->filtered++;
-			return verdict(XDP_PASS);
+	/* Pass 0: exact destination; pass 1: any destination. */
+	for (pass = 0; pass < 2; pass++) {
+		if (pass == 0) {
+			if (!pu->dst)
+				continue;
+			__builtin_memcpy(mk.daddr, &ip->daddr, 4);
+		} else {
+			if (!pu->any)
+				break;
+			__builtin_memset(mk.daddr, 0, 4);
 		}
-	}
+		slotp = bpf_map_lookup_elem(&rule_match, &mk);
+		if (!slotp)
+			continue;
+		*slot_out = *slotp;
+		/* The array lookup bounds-checks the slot against rule_cfg's
+		 * size, which the loader keeps at rule_ring's size /
+		 * XDPCTL_RING_SIZE, so the ring index cannot overflow into
+		 * another rule's table. */
+		rule = bpf_map_lookup_elem(&rule_cfg, slot_out);
+		if (!rule || !(rule->flags & XDPCTL_RULE_F_ACTIVE)) {
+			count(XDPCTL_STAT_ERR_NO_RULE);
+			continue;
+		}
+		if (rule->flags & XDPCTL_RULE_F_SRC_FILTER) {
+			struct xdpctl_src_key sk = {
+				.prefixlen = 32 + 32,
+				.slot = *slot_out,
+			};
 
-	ring_idx = slot * XDPCTL_RING_SIZE +
-		   flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP) %
-			   XDPCTL_RING_SIZE;
-	be_id = bpf_map_lookup_elem(&rule_ring, &ring_idx);
-	be = be_id ? bpf_map_lookup_elem(&backends, be_id) : NULL;
-	if (!be || !be->ifindex) {
-		if (rs)
-			rs->no_backend++;
-		count(XDPCTL_STAT_ERR_NO_BACKEND);
-		return verdict(XDP_DROP);
+			__builtin_memcpy(sk.addr, &ip->saddr, 4);
+			if (!bpf_map_lookup_elem(&src_allow, &sk)) {
+				rs = bpf_map_lookup_elem(&rule_stats, &rule->stats_id);
+				if (rs)
+					rs->filtered++;
+				continue;
+			}
+		}
+		return rule;
 	}
+	return NULL;
+}
 
-	/* Rewrite: L2 addresses, then the destination address and the two
-	 * checksums that cover it (the IPv4 header's, and UDP's through its
-	 * pseudo-header). */
-	__builtin_memcpy(&new_daddr, be->addr, 4);
-	old_daddr = ip->daddr;
+/* Rewrite the IPv4 header for the backend: destination address and TTL, with
+ * the header checksum updated incrementally (RFC 1624; the header was
+ * verified, so its checksum is complete). Then the L2 addresses. */
+static __always_inline void rewrite_ip(void *data, struct iphdr *ip, struct xdpctl_backend *be,
+				       __u32 new_daddr)
+{
+	__u16 old_ttl_word = *(__u16 *)&ip->ttl, new_ttl_word;
+
+	ip->ttl--;
+	new_ttl_word = *(__u16 *)&ip->ttl;
+	ip->check = csum_replace4(ip->check, ip->daddr, new_daddr);
+	ip->check = csum_replace2(ip->check, old_ttl_word, new_ttl_word);
 	ip->daddr = new_daddr;
-	ip->check = csum_replace4(ip->check, old_daddr, new_daddr);
-	if (rule->flags & XDPCTL_RULE_F_UDP_CSUM_ZERO) {
-		/* Legal for IPv4 (RFC 768) and robust against senders whose
-		 * checksum was still partial (offloaded) when XDP saw it. */
-		udp->check = 0;
-	} else if (udp->check) {
-		/* 0 means "no checksum": keep it; a computed 0 is sent as
-		 * 0xffff, its one's-complement twin (RFC 768). */
-		__u16 c = csum_replace4(udp->check, old_daddr, new_daddr);
-
-		udp->check = c ? c : 0xffff;
-	}
 	__builtin_memcpy(((struct ethhdr *)data)->h_dest, be->dmac, ETH_ALEN);
 	__builtin_memcpy(((struct ethhdr *)data)->h_source, be->smac, ETH_ALEN);
+}
+
+/*
+ * The UDP checksum after the destination changes from old_daddr to
+ * new_daddr. Three kinds of sender reach us:
+ *  - a complete checksum (remote senders, NICs, fragments: the kernel
+ *    completes it before fragmenting): RFC 1624 incremental update, which
+ *    also keeps a damaged datagram damaged for the receiver to see;
+ *  - a partial one (CHECKSUM_PARTIAL, KERNEL-NOTES trap 4: a local socket
+ *    behind a veth or tap with tx checksum offload, the default): the field
+ *    holds only the folded pseudo-header sum. In native mode the frame leaves
+ *    as bytes and nobody completes it, so we compute it in full; in generic
+ *    mode the skb stays CHECKSUM_PARTIAL and whoever transmits it completes
+ *    it, so the field must become the new pseudo-header sum (what the
+ *    kernel's inet_proto_csum_replace4 does for such an skb);
+ *  - none (0): stays 0.
+ * A partial field is recognised by its value (the pseudo-header sum); 1 in
+ * 65 536 complete checksums has that value too, so the full sum decides.
+ */
+static __always_inline void update_udp_csum(struct xdp_md *ctx, struct iphdr *ip, struct udphdr *udp,
+					    __u32 old_daddr, __u32 new_daddr, __u32 rule_flags,
+					    __u32 if_flags, int first_fragment)
+{
+	__u16 ulen = udp->len;
+	__u32 l4_off = (void *)udp - (void *)(long)ctx->data;
+	__u16 c;
+	int s;
+
+	if (rule_flags & XDPCTL_RULE_F_UDP_CSUM_ZERO) {
+		/* Legal for IPv4 (RFC 768). */
+		udp->check = 0;
+		return;
+	}
+	if (!udp->check)
+		return; /* "no checksum" */
+	if (first_fragment ||
+	    udp->check != csum_fold_raw(pseudo_sum(ip->saddr, old_daddr, ulen)))
+		goto incremental;
+	s = frame_sum(ctx, l4_off, bpf_ntohs(ulen));
+	if (s >= 0 && csum_fold_raw(csum_add(s, pseudo_sum(ip->saddr, old_daddr, ulen))) == 0xffff)
+		goto incremental; /* a complete checksum that looks partial */
+	if (if_flags & XDPCTL_IF_F_GENERIC) {
+		udp->check = csum_fold_raw(pseudo_sum(ip->saddr, new_daddr, ulen));
+		return;
+	}
+	if (s < 0)
+		goto incremental; /* cannot read it: leave it to the receiver */
+	/* Complete it: the sum with the field as it is (the old pseudo-header
+	 * sum) minus that field, plus the new pseudo-header. */
+	c = csum_fold(csum_add(csum_add(s, (__u16)~udp->check), pseudo_sum(ip->saddr, new_daddr, ulen)));
+	udp->check = c ? c : 0xffff;
+	return;
+incremental:
+	c = csum_replace4(udp->check, old_daddr, new_daddr);
+	/* a computed 0 is sent as 0xffff, its one's-complement twin (RFC 768) */
+	udp->check = c ? c : 0xffff;
+}
+
+/* Count a redirect and hand the frame to the kernel. */
+static __always_inline int do_redirect(struct xdpctl_backend *be, struct xdpctl_rule_stats *rs,
+				       __u32 rule_stats_id, __u64 len, int generic)
+{
+	struct xdpctl_backend_stats *bs;
 
 	if (bpf_redirect(be->ifindex, 0) != XDP_REDIRECT) {
 		count(XDPCTL_STAT_ERR_REDIRECT);
 		return verdict(XDP_ABORTED);
 	}
+	track_redirect(XDPCTL_REDIR_RULE, rule_stats_id, be->stats_id, len, be->ifindex, generic);
 	if (rs) {
 		rs->redirected++;
 		rs->redirected_bytes += len;
@@ -361,14 +661,199 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 	return verdict(XDP_REDIRECT);
 }
 
-SEC("xdp")
+/*
+ * What a router checks before forwarding (RFC 1812), on a packet we are about
+ * to redirect; false: pass it to the stack, counted. Options (5.2.4) take a
+ * router's slow path: the stack's. The header checksum is verified (5.2.2):
+ * ten words. TTL <= 1 is not forwarded (5.3.1); the stack answers with ICMP
+ * time exceeded.
+ */
+static __always_inline int router_checks(struct iphdr *ip)
+{
+	__u16 *w = (void *)ip;
+	__u32 sum = 0;
+	int i;
+
+	if (ip->ihl != 5) {
+		count(XDPCTL_STAT_ERR_IP_OPTIONS);
+		return 0;
+	}
+#pragma unroll
+	for (i = 0; i < 10; i++)
+		sum += w[i];
+	if (csum_fold_raw(sum) != 0xffff) {
+		count(XDPCTL_STAT_ERR_MALFORMED);
+		return 0;
+	}
+	if (ip->ttl <= 1) {
+		count(XDPCTL_STAT_ERR_TTL);
+		return 0;
+	}
+	return 1;
+}
+
+/* A non-first fragment: no UDP header, so never parsed for ports; it follows
+ * its first fragment if that one was redirected, else the stack gets it. */
+static __always_inline int follow_fragment(struct xdp_md *ctx, void *data, struct iphdr *ip, int generic)
+{
+	struct xdpctl_frag_key fk = {
+		.saddr = ip->saddr,
+		.daddr = ip->daddr,
+		.id = ip->id,
+		.proto = ip->protocol,
+	};
+	struct xdpctl_frag_val *fv = bpf_map_lookup_elem(&frag_track, &fk);
+	struct xdpctl_rule_stats *rs;
+	struct xdpctl_backend *be;
+	__u32 new_daddr;
+	__u64 len;
+
+	if (!fv) {
+		count(XDPCTL_STAT_ERR_FRAGMENT);
+		return verdict(XDP_PASS);
+	}
+	len = bpf_xdp_get_buff_len(ctx);
+	if (!router_checks(ip))
+		return verdict(XDP_PASS);
+	be = bpf_map_lookup_elem(&backends, &fv->backend_id);
+	rs = bpf_map_lookup_elem(&rule_stats, &fv->rule_stats_id);
+	if (rs) {
+		rs->matched++;
+		rs->matched_bytes += len;
+	}
+	if (!be || !be->ifindex) {
+		if (rs)
+			rs->no_backend++;
+		count(XDPCTL_STAT_ERR_NO_BACKEND);
+		return verdict(XDP_DROP);
+	}
+	__builtin_memcpy(&new_daddr, be->addr, 4);
+	rewrite_ip(data, ip, be, new_daddr);
+	return do_redirect(be, rs, fv->rule_stats_id, len, generic);
+}
+
+static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *data_end,
+					 struct iphdr *ip, __u32 if_flags)
+{
+	struct xdpctl_rule_stats *rs;
+	struct xdpctl_backend *be;
+	struct xdpctl_rule *rule;
+	struct udphdr *udp;
+	__u32 slot, ring_idx, *be_id, old_daddr, new_daddr, ip_len, l3_len;
+	__u64 len;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	int first_fragment;
+
+	/* RFC 1812 5.2.2 (and what Linux's ip_rcv_core checks): version 4, a
+	 * header of at least 20 bytes, a total length that covers the header
+	 * and fits in the frame. Anything else is the stack's to drop. */
+	if (ip->version != 4 || ip->ihl < 5) {
+		count(XDPCTL_STAT_ERR_MALFORMED);
+		return verdict(XDP_PASS);
+	}
+	ip_len = bpf_ntohs(ip->tot_len);
+	/* The first buffer usually holds the whole frame; the helper that
+	 * counts every buffer (multi-buffer frames) only runs when it does not. */
+	l3_len = data_end - (void *)ip;
+	if (ip_len > l3_len)
+		l3_len = bpf_xdp_get_buff_len(ctx) - sizeof(struct ethhdr);
+	if (ip_len > l3_len) {
+		count(XDPCTL_STAT_ERR_TRUNCATED);
+		return verdict(XDP_PASS);
+	}
+	if (ip_len < ip->ihl * 4) {
+		count(XDPCTL_STAT_ERR_MALFORMED);
+		return verdict(XDP_PASS);
+	}
+
+	if (frag & 0x1fff)
+		return follow_fragment(ctx, data, ip, !!(if_flags & XDPCTL_IF_F_GENERIC)); /* non-first */
+	first_fragment = !!(frag & 0x2000); /* MF set, offset 0 */
+
+	/* Variable-length header: the verifier needs the explicit bound on ihl
+	 * (4 bits, so <= 60 bytes) and the check against data_end below. */
+	udp = (void *)ip + ip->ihl * 4;
+	if ((void *)(udp + 1) > data_end) {
+		count(XDPCTL_STAT_ERR_TRUNCATED);
+		return verdict(XDP_PASS);
+	}
+	rule = find_rule(ctx, ip, udp->dest, &slot);
+	if (!rule)
+		return verdict(XDP_PASS);
+
+	/* The UDP length must agree with the IP length (RFC 768/1122): equal
+	 * for a whole datagram, larger than this fragment's part for a first
+	 * fragment. Linux would trim a shorter one; a forwarder must not guess. */
+	if (first_fragment ? bpf_ntohs(udp->len) <= ip_len - ip->ihl * 4
+			   : bpf_ntohs(udp->len) != ip_len - ip->ihl * 4) {
+		count(XDPCTL_STAT_ERR_MALFORMED);
+		return verdict(XDP_PASS);
+	}
+	if (!router_checks(ip))
+		return verdict(XDP_PASS);
+	len = bpf_xdp_get_buff_len(ctx);
+	rs = bpf_map_lookup_elem(&rule_stats, &rule->stats_id);
+	if (rs) {
+		rs->matched++;
+		rs->matched_bytes += len;
+	}
+	ring_idx = slot * XDPCTL_RING_SIZE +
+		   flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP) %
+			   XDPCTL_RING_SIZE;
+	be_id = bpf_map_lookup_elem(&rule_ring, &ring_idx);
+	be = be_id ? bpf_map_lookup_elem(&backends, be_id) : NULL;
+	if (!be || !be->ifindex) {
+		if (rs)
+			rs->no_backend++;
+		count(XDPCTL_STAT_ERR_NO_BACKEND);
+		return verdict(XDP_DROP);
+	}
+	if (first_fragment) {
+		/* The rest of the datagram follows this fragment. */
+		struct xdpctl_frag_key fk = {
+			.saddr = ip->saddr,
+			.daddr = ip->daddr,
+			.id = ip->id,
+			.proto = ip->protocol,
+		};
+		struct xdpctl_frag_val fv = {
+			.backend_id = *be_id,
+			.rule_stats_id = rule->stats_id,
+		};
+
+		bpf_map_update_elem(&frag_track, &fk, &fv, BPF_ANY);
+	}
+
+	/* Rewrite: the UDP checksum (it covers the destination through its
+	 * pseudo-header), then the IPv4 header and L2 addresses. */
+	__builtin_memcpy(&new_daddr, be->addr, 4);
+	old_daddr = ip->daddr;
+	update_udp_csum(ctx, ip, udp, old_daddr, new_daddr, rule->flags, if_flags, first_fragment);
+	/* update_udp_csum may call a helper that invalidates packet pointers
+	 * in the verifier's view: re-derive them. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > data_end)
+		return verdict(XDP_ABORTED);
+	rewrite_ip(data, ip, be, new_daddr);
+	return do_redirect(be, rs, rule->stats_id, len, !!(if_flags & XDPCTL_IF_F_GENERIC));
+}
+
+/* Multi-buffer (xdp.frags): attaches natively to interfaces whose MTU is
+ * larger than a page (jumbo frames); ctx->data..data_end is then only the
+ * first buffer, which holds every header we read, and lengths come from
+ * bpf_xdp_get_buff_len(). */
+SEC("xdp.frags")
 int xdpctl_main(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u64 len = data_end - data;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
+	__u32 in = ctx->ingress_ifindex, flags = 0;
+	__u32 *fp = bpf_map_lookup_elem(&if_flags, &in);
+	int act;
 
 #ifdef XDPCTL_BUILD_MARK
 	/* Only changes the instruction stream (and so the program tag): lets the
@@ -377,8 +862,14 @@ int xdpctl_main(struct xdp_md *ctx)
 
 	asm volatile("" : "+r"(mark));
 #endif
-	if (xconnect(ctx, len) == XDP_REDIRECT)
-		return verdict(XDP_REDIRECT);
+	if (fp)
+		flags = *fp;
+	act = xconnect(ctx, flags, fp != NULL);
+	if (act != XDP_PASS) {
+		if (!(flags & XDPCTL_IF_F_GENERIC))
+			complete_partial_csum(ctx);
+		return verdict(act);
+	}
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(XDP_PASS);
@@ -391,7 +882,7 @@ int xdpctl_main(struct xdp_md *ctx)
 	}
 	if (ip->protocol != IPPROTO_UDP)
 		return verdict(XDP_PASS);
-	return udp_redirect(ctx, data, data_end, ip, len);
+	return udp_redirect(ctx, data, data_end, ip, flags);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -15,10 +15,12 @@
 
 #include <linux/types.h>
 
-/* Slots in each rule's backend lookup table (a prime). The control plane fills
- * it with weighted rendezvous hashing; the datapath indexes it with
- * flow_hash % XDPCTL_RING_SIZE. */
-#define XDPCTL_RING_SIZE 257
+/* Slots in each rule's backend lookup table (a prime, as Maglev's). The control
+ * plane gives each backend a share proportional to its weight to within one
+ * slot (src/server/core/ring.ts); the datapath indexes it with
+ * flow_hash % XDPCTL_RING_SIZE. Memory: 1031 x 4 B = 4 KiB per rule slot, two
+ * slots per rule (live and shadow): 8 KiB per rule. */
+#define XDPCTL_RING_SIZE 1031
 
 /* Default capacities; the loader may raise them (bpf_map__set_max_entries). */
 #define XDPCTL_MAX_LINKS 1024
@@ -34,6 +36,7 @@
 
 /* if_flags values: what an ingress interface uses. */
 #define XDPCTL_IF_F_XCONNECT 0x1 /* has an xc_links entry */
+#define XDPCTL_IF_F_GENERIC 0x4  /* our program runs in generic (skb) mode here */
 
 /* A ring slot with no backend. */
 #define XDPCTL_NO_BACKEND 0xffffffffu
@@ -99,8 +102,9 @@ struct xdpctl_backend {
 
 /* Per-CPU counters. */
 struct xdpctl_link_stats {
-	__u64 packets;
+	__u64 packets;         /* frames redirected and accepted by the kernel */
 	__u64 bytes;
+	__u64 redirect_errors; /* redirected, then dropped by the kernel (tracepoints) */
 };
 
 struct xdpctl_rule_stats {
@@ -110,11 +114,13 @@ struct xdpctl_rule_stats {
 	__u64 redirected_bytes;
 	__u64 filtered;         /* source not in the rule's prefixes: passed */
 	__u64 no_backend;       /* empty ring slot: dropped */
+	__u64 redirect_errors;  /* redirected, then dropped by the kernel (tracepoints) */
 };
 
 struct xdpctl_backend_stats {
-	__u64 packets;
+	__u64 packets;          /* redirected and accepted by the kernel */
 	__u64 bytes;
+	__u64 redirect_errors;  /* redirected, then dropped by the kernel (tracepoints) */
 };
 
 /* Index of the global stats array: verdicts first, then errors. */
@@ -125,11 +131,77 @@ enum xdpctl_stat {
 	XDPCTL_STAT_TX = 3,
 	XDPCTL_STAT_REDIRECT = 4,
 	XDPCTL_STAT_ERR_TRUNCATED = 5,   /* headers shorter than they claim */
-	XDPCTL_STAT_ERR_FRAGMENT = 6,    /* IPv4 fragment of a matching flow: passed */
+	XDPCTL_STAT_ERR_FRAGMENT = 6,    /* non-first fragment with no tracked first: passed */
 	XDPCTL_STAT_ERR_NO_RULE = 7,     /* rule_match points at an inactive slot */
 	XDPCTL_STAT_ERR_NO_BACKEND = 8,  /* ring slot empty or backend unused */
 	XDPCTL_STAT_ERR_REDIRECT = 9,    /* bpf_redirect refused the target */
-	XDPCTL_STAT__MAX = 10,
+	XDPCTL_STAT_ERR_MALFORMED = 10,  /* IPv4/UDP header invalid (RFC 1812 5.2.2): passed */
+	XDPCTL_STAT_ERR_TTL = 11,        /* TTL <= 1 on a matched packet: passed (stack sends ICMP) */
+	XDPCTL_STAT_ERR_IP_OPTIONS = 12, /* matched packet with IP options: passed */
+	XDPCTL_STAT_ERR_XMIT = 13,       /* redirected, then dropped by the kernel (tracepoints) */
+	XDPCTL_STAT__MAX = 14,
+};
+
+/*
+ * Key of frag_track (LRU hash): an IPv4 datagram being fragmented, as RFC 791
+ * identifies it for reassembly (source, destination, protocol, id) -- the
+ * key Cilium's IPV4_FRAG_DATAGRAMS_MAP uses. Network order, as in the packet.
+ */
+struct xdpctl_frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Value of frag_track: where the datagram's first fragment went, so that
+ * the rest follow it (they carry no ports to hash). */
+struct xdpctl_frag_val {
+	__u32 backend_id;    /* index into backends */
+	__u32 rule_stats_id; /* index into rule_stats */
+};
+
+/*
+ * What the XDP program redirected, so that bpf/xdpctl-trace.bpf.c can take a
+ * frame the kernel dropped afterwards back out of "redirected" and count it
+ * as an error of the same rule, backend or link. The kernel reports two kinds
+ * of failure, both on the CPU that ran the program:
+ *  - xdp:xdp_redirect_err, right after the program returned (egress down,
+ *    MTU too small, no XDP transmit): the frame is `last`;
+ *  - xdp:xdp_devmap_xmit at the end of the NAPI poll, when the egress driver
+ *    took only `sent` of the queued frames (e.g. a veth peer without NAPI):
+ *    the dropped ones are the last `drops` of that egress's queue, which the
+ *    program mirrors in `q` (the kernel queues at most 16 per CPU and egress,
+ *    DEV_MAP_BULK_SIZE, and flushes when full).
+ * Value of redir_track (per-CPU array indexed by egress ifindex % 1024; the
+ * ifindex is kept to detect two egresses sharing an entry).
+ */
+#define XDPCTL_REDIR_TRACK 1024
+#define XDPCTL_BULK 16
+#define XDPCTL_REDIR_RULE 1 /* id: rule stats id, id2: backend stats id */
+#define XDPCTL_REDIR_LINK 2 /* id: ingress ifindex (xc_stats key) */
+
+struct xdpctl_redir_ent {
+	__u32 kind;
+	__u32 id;
+	__u32 id2;
+	__u32 len;
+};
+
+/* Value of redir_last (per-CPU, one entry): the frame the program just redirected. */
+struct xdpctl_redir_last {
+	struct xdpctl_redir_ent e;
+	__u32 egress; /* ifindex, 0 when the program does not know it (devmap) */
+	__u32 queued; /* mirrored in redir_track[egress] */
+};
+
+struct xdpctl_redir_q {
+	__u32 ifindex; /* egress this entry mirrors; 0: unused */
+	__u32 count;   /* frames queued since the last flush */
+	/* One more than the kernel queues: the frame that makes it flush is
+	 * queued after the flush (bq_enqueue). */
+	struct xdpctl_redir_ent q[XDPCTL_BULK + 1];
 };
 
 #endif /* XDPCTL_H */

@@ -22,3 +22,7 @@ build bpf/xdpctl.bpf.c build/bpf/xdpctl.bpf.o
 build bpf/xdpctl.bpf.c build/bpf/xdpctl-next.bpf.o -DXDPCTL_BUILD_MARK=2
 # Minimal programs: baselines for benchmarks, a foreign program for tests.
 build bpf/baseline.bpf.c build/bpf/baseline.bpf.o
+# A tc program for tests: pushes a VLAN tag the way a VLAN device does (test/integration/vlan.test.ts).
+build bpf/test-vlan.bpf.c build/bpf/test-vlan.bpf.o
+# Tracepoint programs that count redirects the kernel dropped after XDP (loaded with the datapath).
+build bpf/xdpctl-trace.bpf.c build/bpf/xdpctl-trace.bpf.o

@@ -160,8 +160,6 @@ async function udpRedirect(): Promise<void> {
     'permanent',
   ]);
   sh('ip', ['-n', vm.netns, 'route', 'replace', 'default', 'via', '198.18.1.254', 'dev', 'eth0', 'onlink']);
-  // Locally generated UDP leaves a veth with a partial checksum; a real NIC never does that.
-  sh('nsenter', [`--net=/run/netns/${vm.netns}`, 'ethtool', '-K', 'eth0', 'tx', 'off']);
   console.log('A "VM" will send UDP to 198.18.9.9:7999 — an address nobody has. Only XDP can deliver it.');
   xdpctl([
     'rules',

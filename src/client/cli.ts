@@ -415,7 +415,7 @@ function countersText(c: Counters, header: string): string {
   if (c.rules.length) {
     parts.push(
       renderTable(
-        ['RULE', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECTED', 'FILTERED', 'NO BACKEND'],
+        ['RULE', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECTED', 'FILTERED', 'NO BACKEND', 'REDIRECT ERRORS'],
         c.rules.map((r) => [
           r.rule,
           r.matchedPackets,
@@ -425,6 +425,7 @@ function countersText(c: Counters, header: string): string {
           r.redirectedPackets,
           r.filteredPackets,
           r.noBackendPackets,
+          r.redirectErrorPackets,
         ]),
       ),
     );
@@ -432,7 +433,7 @@ function countersText(c: Counters, header: string): string {
   if (c.backends.length) {
     parts.push(
       renderTable(
-        ['RULE', 'BACKEND', 'PACKETS', 'BYTES', 'PPS', 'BPS'],
+        ['RULE', 'BACKEND', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECT ERRORS'],
         c.backends.map((b) => [
           b.rule,
           `${b.ip}@${b.interface}`,
@@ -440,6 +441,7 @@ function countersText(c: Counters, header: string): string {
           bytes(b.bytes),
           pps(b.rates),
           bps(b.rates),
+          b.redirectErrorPackets,
         ]),
       ),
     );
@@ -447,8 +449,16 @@ function countersText(c: Counters, header: string): string {
   if (c.links.length) {
     parts.push(
       renderTable(
-        ['FROM', 'TO', 'PACKETS', 'BYTES', 'PPS', 'BPS'],
-        c.links.map((l) => [l.fromInterface, l.toInterface, l.packets, bytes(l.bytes), pps(l.rates), bps(l.rates)]),
+        ['FROM', 'TO', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECT ERRORS'],
+        c.links.map((l) => [
+          l.fromInterface,
+          l.toInterface,
+          l.packets,
+          bytes(l.bytes),
+          pps(l.rates),
+          bps(l.rates),
+          l.redirectErrorPackets,
+        ]),
       ),
     );
   }

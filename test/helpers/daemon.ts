@@ -141,7 +141,9 @@ export class DaemonProcess {
   dumpMaps(): Record<string, unknown> {
     const out: Record<string, unknown> = {};
     for (const m of ['xc_links', 'rule_match', 'rule_cfg', 'rule_ring', 'src_allow', 'backends']) {
-      out[m] = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${this.pinRoot}/maps/${m}`]));
+      out[m] = JSON.parse(
+        sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${this.pinRoot}/maps/${m}`], { maxBuffer: 1 << 28 }),
+      );
     }
     return out;
   }

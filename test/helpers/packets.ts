@@ -38,6 +38,15 @@ export interface UdpFrameSpec {
   noUdpChecksum?: boolean;
   /** Set IPv4 flags/fragment offset (host order 16 bits). */
   fragOff?: number;
+  /**
+   * Leave the UDP checksum as a sender with TX checksum offload does
+   * (CHECKSUM_PARTIAL): only the folded pseudo-header sum, not inverted.
+   */
+  partialUdpChecksum?: boolean;
+  /** IPv4 TTL (default 64). */
+  ttl?: number;
+  /** IPv4 identification (default 0x1234). */
+  id?: number;
 }
 
 /** An Ethernet + IPv4 (IHL 5) + UDP frame with correct checksums. */
@@ -50,9 +59,9 @@ export function udpFrame(s: UdpFrameSpec): Buffer {
   b.writeUInt16BE(0x0800, 12);
   b[14] = 0x45;
   b.writeUInt16BE(20 + udpLen, 16);
-  b.writeUInt16BE(0x1234, 18);
+  b.writeUInt16BE(s.id ?? 0x1234, 18);
   b.writeUInt16BE(s.fragOff ?? 0x4000, 20); // DF
-  b[22] = 64;
+  b[22] = s.ttl ?? 64;
   b[23] = 17;
   ipBytes(s.sip).copy(b, 26);
   ipBytes(s.dip).copy(b, 30);
@@ -61,7 +70,9 @@ export function udpFrame(s: UdpFrameSpec): Buffer {
   b.writeUInt16BE(s.dport, 36);
   b.writeUInt16BE(udpLen, 38);
   payload.copy(b, 42);
-  if (!s.noUdpChecksum) {
+  if (s.partialUdpChecksum) {
+    b.writeUInt16BE(pseudoHeader(b, 34, udpLen), 40);
+  } else if (!s.noUdpChecksum) {
     const c = ~csum16(b.subarray(34), pseudoHeader(b, 34, udpLen)) & 0xffff;
     b.writeUInt16BE(c || 0xffff, 40);
   }
@@ -83,6 +94,18 @@ export function arpFrame(smac: string, sip: string, tip: string): Buffer {
   ipBytes(sip).copy(b, 28);
   ipBytes(tip).copy(b, 38);
   return b;
+}
+
+/** Recompute the IPv4 header checksum (IHL 5) after a test edits the header. */
+export function fixIpChecksum(b: Buffer): Buffer {
+  b.writeUInt16BE(0, 24);
+  b.writeUInt16BE(~csum16(b.subarray(14, 34)) & 0xffff, 24);
+  return b;
+}
+
+/** The folded UDP pseudo-header sum of a frame (what a partial checksum field holds). */
+export function udpPseudoSum(b: Buffer): number {
+  return pseudoHeader(b, 34, b.readUInt16BE(38));
 }
 
 /** Verify both checksums of an IPv4/UDP frame from scratch. */

@@ -80,8 +80,9 @@ export class Topology {
   }
 
   /** Run a command inside a host's namespace (nsenter keeps our bpffs view). */
-  exec(role: string, cmd: string, args: string[]): string {
-    return sh('nsenter', [`--net=/run/netns/${this.host(role).netns}`, cmd, ...args]);
+  exec(role: string, cmd: string, args: string[], opts: { input?: Uint8Array } = {}): string {
+    const stdio = opts.input ? { stdio: ['pipe', 'pipe', 'pipe'] as ('pipe' | 'ignore')[], input: opts.input } : {};
+    return sh('nsenter', [`--net=/run/netns/${this.host(role).netns}`, cmd, ...args], stdio);
   }
 
   /**
@@ -111,13 +112,22 @@ export class Topology {
 
   /**
    * Make a host a UDP client that sends everything to our veth: a default
-   * route through a made-up gateway resolved to the veth's MAC, and TX
-   * checksum offload off (trap 4: a native redirect would otherwise carry a
-   * partial checksum; real NICs deliver complete ones).
+   * route through a made-up gateway resolved to the veth's MAC. Offloads stay
+   * as a new veth has them (TX checksum offload on: its datagrams carry partial
+   * checksums, KERNEL-NOTES trap 4), which the product must handle.
    */
   routeToXdp(role: string): void {
     this.defaultRouteVia(role, '198.18.1.254', this.host(role).hostMac);
-    this.exec(role, 'ethtool', ['-K', 'eth0', 'tx', 'off']);
+  }
+
+  /** A counter of a host's /proc/net/snmp, e.g. ("Udp", "InCsumErrors"). */
+  snmp(role: string, group: string, name: string): number {
+    const lines = this.exec(role, 'cat', ['/proc/net/snmp'])
+      .split('\n')
+      .filter((l) => l.startsWith(`${group}:`));
+    const names = lines[0].split(/\s+/);
+    const values = lines[1].split(/\s+/);
+    return Number(values[names.indexOf(name)]);
   }
 
   /** Delete everything this topology made (idempotent). */

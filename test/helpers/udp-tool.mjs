@@ -2,8 +2,8 @@
 // UDP traffic for integration tests, run inside a namespace with nsenter.
 //   listen <ip> <port>          prints READY, counts datagrams until SIGTERM/SIGINT and
 //                               its socket is drained, then prints a JSON summary and exits
-//   send <ip> <port> <count> [flows=1] [sportBase=40000] [perTick=10] [tickMs=10]
-//                               sends <count> datagrams round-robin over <flows>
+//   send <ip> <port> <count> [flows=1] [sportBase=40000] [perTick=10] [tickMs=10] [size=0]
+//                               sends <count> datagrams (of at least <size> bytes) round-robin over <flows>
 //                               source ports, <perTick> every <tickMs> (SIGUSR1 stops it early); prints JSON
 // Payload: "xdpctl seq=<n> sport=<p> " + filler derived from seq, so the listener
 // can tell a datagram arrived intact.
@@ -11,10 +11,11 @@ import dgram from 'node:dgram';
 
 const [mode, ip, portText, ...rest] = process.argv.slice(2);
 const port = Number(portText);
-const filler = (seq) => Buffer.from(Array.from({ length: 64 }, (_, i) => (seq * 31 + i * 7) & 0xff));
+const filler = (seq, length = 64) => Buffer.from(Array.from({ length }, (_, i) => (seq * 31 + i * 7) & 0xff));
 
-function payload(seq, sport) {
-  return Buffer.concat([Buffer.from(`xdpctl seq=${seq} sport=${sport} `), filler(seq)]);
+function payload(seq, sport, size = 0) {
+  const head = Buffer.from(`xdpctl seq=${seq} sport=${sport} `);
+  return Buffer.concat([head, filler(seq, Math.max(64, size - head.length))]);
 }
 
 if (mode === 'listen') {
@@ -30,7 +31,7 @@ if (mode === 'listen') {
     if (!m) return void bad++;
     const seq = Number(m[1]);
     const head = Buffer.byteLength(m[0]);
-    if (!msg.subarray(head).equals(filler(seq)) || Number(m[2]) !== rinfo.port) return void bad++;
+    if (!msg.subarray(head).equals(filler(seq, msg.length - head)) || Number(m[2]) !== rinfo.port) return void bad++;
     if (seqs.has(seq)) dup++;
     seqs.add(seq);
     bySport[rinfo.port] = (bySport[rinfo.port] ?? 0) + 1;
@@ -56,7 +57,8 @@ if (mode === 'listen') {
   process.on('SIGINT', drainThenFinish);
   sock.bind(port, ip, () => process.stdout.write('READY\n'));
 } else if (mode === 'send') {
-  const [countText, flowsText = '1', baseText = '40000', perTickText = '10', tickText = '10'] = rest;
+  const [countText, flowsText = '1', baseText = '40000', perTickText = '10', tickText = '10', sizeText = '0'] = rest;
+  const size = Number(sizeText);
   const count = Number(countText);
   const flows = Number(flowsText);
   const base = Number(baseText);
@@ -80,7 +82,7 @@ if (mode === 'listen') {
   const sendOne = () =>
     new Promise((resolve) => {
       const i = seq % flows;
-      socks[i].send(payload(seq, base + i), port, ip, (err) => {
+      socks[i].send(payload(seq, base + i, size), port, ip, (err) => {
         if (err) errors++;
         resolve();
       });

@@ -57,7 +57,7 @@ export function sendUdp(
   ip: string,
   port: number,
   count: number,
-  opts: { flows?: number; sportBase?: number; perTick?: number; tickMs?: number } = {},
+  opts: { flows?: number; sportBase?: number; perTick?: number; tickMs?: number; size?: number } = {},
 ): { done: Promise<{ sent: number; errors: number }>; child: ChildProcess; stop: () => void } {
   const args = [
     TOOL,
@@ -69,6 +69,7 @@ export function sendUdp(
     String(opts.sportBase ?? 40000),
     String(opts.perTick ?? 10),
     String(opts.tickMs ?? 10),
+    String(opts.size ?? 0),
   ];
   const child = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -316,7 +316,9 @@ describe('concurrency soak', kernelOnly(), () => {
     }
     // And the kernel holds exactly that.
     const dump = (m: string) =>
-      JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${d.pinRoot}/maps/${m}`])) as unknown[];
+      JSON.parse(
+        sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${d.pinRoot}/maps/${m}`], { maxBuffer: 1 << 28 }),
+      ) as unknown[];
     const maps = { rule_match: dump('rule_match'), xc_links: dump('xc_links') };
     assert.equal(maps.rule_match.length, final.size, 'one match entry per rule');
     assert.equal(maps.xc_links.length, 2 * finalLinks.size, 'two devmap entries per link');

@@ -88,11 +88,16 @@ describe('64-bit counters end to end', kernelOnly(), () => {
         redirectedBytes: share(U64_MAX, 2n ** 63n),
         filtered: 0n,
         noBackend: 0n,
+        redirectErrors: 0n,
       })),
     );
     bs.putPerCpu(
       backendId,
-      spread<BackendStats>((share) => ({ packets: share(P53_1, 2n ** 53n), bytes: share(U64_MAX, 2n ** 63n) })),
+      spread<BackendStats>((share) => ({
+        packets: share(P53_1, 2n ** 53n),
+        bytes: share(U64_MAX, 2n ** 63n),
+        redirectErrors: 0n,
+      })),
     );
 
     // Unary reads share a snapshot read within the hub's tick: wait until one shows the new values.

@@ -99,6 +99,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     const s = await c.daemon.getStatus({});
     assert.equal(s.serving, true);
     assert.ok(s.datapath!.programId > 0);
+    assert.deepEqual(s.datapath!.warnings, [], 'everything observed (the tracepoint programs are attached)');
     // The Unix socket serves the same API.
     const u = d.clients(d.unix);
     assert.equal((await u.daemon.getStatus({})).datapath!.programId, s.datapath!.programId);
@@ -203,8 +204,9 @@ describe('xdpctld end to end', kernelOnly(), () => {
       (await fails((o) => c.rules.applyRules({ rules: many, validateOnly: false }, o))).code,
       Status.RESOURCE_EXHAUSTED,
     );
-    // Links: same interface twice, unknown interface.
-    const l = await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: h1.hostIf, direction: 0 } }, o));
+    // Links: no second interface, unknown interface. (An interface linked
+    // to itself is valid: a reflector.)
+    const l = await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: '', direction: 0 } }, o));
     assert.deepEqual(badFields(l.status), ['link.b']);
     assert.equal(
       (await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: 'nosuchif0', direction: 0 } }, o))).code,
@@ -321,7 +323,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     assert.equal(f.code, Status.INVALID_ARGUMENT);
   });
 
-  it('consistent hashing: removing a backend moves only its flows; weight 0 drains', async () => {
+  it('consistent hashing: removing a backend moves only its flows, adding one moves flows only to it; weight 0 drains', async () => {
     const flows = 48;
     const run = async (backends: ReturnType<typeof backend>[], sportBase: number) => {
       const gen = (await c.rules.getRule({ name: 'web' })).rule!.generation;
@@ -347,8 +349,19 @@ describe('xdpctld end to end', kernelOnly(), () => {
       else assert.equal(without2.get(sport), be, `flow ${sport} moved from backend ${be}`);
     }
     assert.ok(moved > 0);
+    // Adding a backend back moves flows only onto it (the table is updated
+    // from the current one: shares within one slot, nothing else reshuffled).
+    const back = await run([backend(b1), backend(b2), backend(b3)], 42000);
+    let taken = 0;
+    for (const [sport, be] of without2) {
+      if (back.get(sport) !== be) {
+        assert.equal(back.get(sport), 1, `flow ${sport} moved from backend ${be} to another old backend`);
+        taken++;
+      }
+    }
+    assert.ok(taken > 0, 'the returning backend takes flows');
     const drained = await run([backend(b1), backend(b2), backend(b3, { weight: 0 })], 42000);
-    for (const [sport, be] of all) {
+    for (const [sport, be] of back) {
       assert.notEqual(drained.get(sport), 2, 'no flow on the drained backend');
       if (be !== 2) assert.equal(drained.get(sport), be, `flow ${sport} moved though its backend stayed`);
     }

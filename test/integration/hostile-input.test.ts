@@ -906,8 +906,10 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
         else if (breaker === 'prefix-33' && r) r.sources = ['10.0.0.0/33'];
         else if (breaker === 'mac-short' && r) (r.backends as { mac: string }[])[0].mac = '02:00:00:00:07';
         else if (breaker === 'conflict' && r) rules.push({ ...r, name: 'cfg-twin' });
-        else if (breaker === 'link-same' && l) l.b = l.a;
-        else if (breaker === 'link-unknown' && l) l.b = env.missing[1];
+        else if (breaker === 'link-same' && l) {
+          l.b = l.a; // a link of an interface to itself is valid (a reflector): the file must apply
+          broken = false;
+        } else if (breaker === 'link-unknown' && l) l.b = env.missing[1];
         else broken = false;
         return { text: stringify({ rules, links: links.map((x) => ({ ...x, direction: 'both' })) }), broken };
       });

@@ -5,6 +5,7 @@
  * backend address checks every payload.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -27,6 +28,7 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
     let dp: XdpDatapath;
     let vm: Host, c1: Host, c2: Host;
     const listeners: UdpListener[] = [];
+    const procs: ChildProcess[] = [];
     let slot = 0;
 
     before(async () => {
@@ -40,6 +42,7 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
     });
     after(() => {
       listeners.forEach((l) => l.kill());
+      procs.forEach((p) => p.exitCode === null && p.kill('SIGKILL'));
       dp?.close();
       topo.destroy();
       XdpDatapath.unpinAll(pinRoot);
@@ -62,9 +65,11 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       });
       try {
         const l = await listen(c1);
+        const csumErrors = topo.snmp('c1', 'Udp', 'InCsumErrors');
         const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;
         await new Promise((r) => setTimeout(r, 100));
         const got = await l.stop();
+        assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), csumErrors, 'no UDP checksum errors at the backend');
         assert.equal(got.bad, 0, 'no damaged payloads');
         assert.equal(got.unique, sent, `received ${got.unique} of ${sent}`);
         const be = backendCounters(dp.maps, 1);
@@ -72,6 +77,96 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
         const rs = ruleCounters(dp.maps, slot);
         assert.equal(rs.redirected, BigInt(sent));
         assert.equal(be.bytes, rs.redirectedBytes);
+      } finally {
+        removeMatches(dp.maps, keys);
+      }
+    });
+
+    it('delivers datagrams of a plain socket (python socket.sendto, default TX checksum offload)', async () => {
+      // The sender's eth0 keeps the offloads a new veth has: its datagrams
+      // leave with a partial checksum (CHECKSUM_PARTIAL).
+      assert.match(topo.exec('vm', 'ethtool', ['-k', 'eth0']), /tx-checksumming: on/);
+      slot++;
+      const keys = installRule(dp, {
+        slot,
+        statsId: slot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        backends: [{ id: 6, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+      });
+      try {
+        const got = new Promise<string>((resolve, reject) => {
+          const py = [
+            'import socket,sys',
+            's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
+            `s.bind(("${c1.ip}",${PORT}))`,
+            's.settimeout(5)',
+            'print("READY",flush=True)',
+            'n=0',
+            'try:',
+            '  while n<20:',
+            '    d,a=s.recvfrom(2000)',
+            '    n+=1 if d==b"hello %d" % n else 1000',
+            'except socket.timeout: pass',
+            'print(n,flush=True)',
+          ].join('\n');
+          const child = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', py]);
+          let out = '';
+          child.stdout.on('data', (d) => {
+            out += d;
+            if (out === 'READY\n') resolve('');
+          });
+          child.on('exit', () => (out.startsWith('READY') ? (received = out.split('\n')[1]) : reject(new Error(out))));
+          procs.push(child);
+        });
+        let received = '';
+        await got;
+        const errors = topo.snmp('c1', 'Udp', 'InCsumErrors');
+        topo.exec('vm', 'python3', [
+          '-c',
+          [
+            'import socket,time',
+            's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
+            'for i in range(20):',
+            `  s.sendto(b"hello %d" % i, ("${NOWHERE}", ${PORT})); time.sleep(0.01)`,
+          ].join('\n'),
+        ]);
+        await new Promise<void>((r) => procs[procs.length - 1].on('exit', () => r()));
+        assert.equal(received, '20', 'the application read all 20 datagrams, in order');
+        assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), errors, 'UdpInCsumErrors unchanged');
+        assert.equal(ruleCounters(dp.maps, slot).redirected, 20n);
+      } finally {
+        removeMatches(dp.maps, keys);
+      }
+    });
+
+    it('reassembles datagrams sent in 3 fragments at one backend', async () => {
+      slot++;
+      const keys = installRule(dp, {
+        slot,
+        statsId: slot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        backends: [
+          { id: 7, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf },
+          { id: 8, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf },
+        ],
+      });
+      try {
+        const [l1, l2] = await Promise.all([listen(c1), listen(c2)]);
+        // 3 000-byte datagrams over the 1500-byte MTU: fragments of 1480, 1480, 48 bytes.
+        const flows = 8;
+        const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, flows * 5, { flows, sportBase: 42000, size: 3000 })
+          .done;
+        await new Promise((r) => setTimeout(r, 200));
+        const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
+        assert.equal(g1.bad + g2.bad, 0, 'every datagram intact');
+        assert.equal(g1.unique + g2.unique, sent, `all ${sent} datagrams reassembled at a backend`);
+        assert.ok(g1.count > 0 && g2.count > 0, `both backends used: ${g1.count}/${g2.count}`);
+        const rs = ruleCounters(dp.maps, slot);
+        assert.equal(rs.redirected, BigInt(sent * 3), 'every fragment counted');
+        assert.equal(backendCounters(dp.maps, 7).packets + backendCounters(dp.maps, 8).packets, BigInt(sent * 3));
+        assert.equal(backendCounters(dp.maps, 7).packets, BigInt(g1.count * 3));
       } finally {
         removeMatches(dp.maps, keys);
       }

@@ -90,7 +90,15 @@ describe('codecs round-trip', () => {
     assert.deepEqual(codec.backendEntry.decode(codec.backendEntry.encode(e)), e);
   });
   it('counters and per-CPU sums', () => {
-    const c = { matched: 1n, matchedBytes: 2n, redirected: 3n, redirectedBytes: 4n, filtered: 5n, noBackend: 6n };
+    const c = {
+      matched: 1n,
+      matchedBytes: 2n,
+      redirected: 3n,
+      redirectedBytes: 4n,
+      filtered: 5n,
+      noBackend: 6n,
+      redirectErrors: 7n,
+    };
     assert.deepEqual(codec.ruleStats.decode(codec.ruleStats.encode(c)), c);
     assert.deepEqual(codec.sumCounters([c, c]), {
       matched: 2n,
@@ -99,6 +107,7 @@ describe('codecs round-trip', () => {
       redirectedBytes: 8n,
       filtered: 10n,
       noBackend: 12n,
+      redirectErrors: 14n,
     });
   });
 });

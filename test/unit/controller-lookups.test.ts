@@ -14,11 +14,12 @@ import type { CounterRead, Dataplane, InterfaceInfo, XdpStatus } from '../../src
 import type { RuleSpec } from '../../src/server/core/model.js';
 
 class CountingDataplane implements Dataplane {
-  readonly ringSize = 257;
+  readonly ringSize = 1031;
   readonly noBackend = 0xffffffff;
   readonly capacity = { ruleSlots: 4001, matches: 8000, srcPrefixes: 100, backends: 20000, statsIds: 2001, links: 16 };
   readonly progId = 1;
   readonly pinRoot = '/nowhere';
+  readonly warnings = [];
   calls = { lookupInterface: 0, xdpStatus: 0, redirectTarget: 0 };
   /** Interfaces whose peer check fails. */
   badPeers = new Set<string>();

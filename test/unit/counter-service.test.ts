@@ -25,6 +25,7 @@ function fakeRead() {
           redirectedBytes: n * 100n,
           filtered: 0n,
           noBackend: 0n,
+          redirectErrors: 0n,
         },
       ],
       backends: [],

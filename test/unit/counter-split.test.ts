@@ -24,6 +24,7 @@ function bigSnapshot(): CounterSnapshot {
     redirectedBytes: big,
     filtered: big,
     noBackend: big,
+    redirectErrors: big,
   }));
   const backends = rules.flatMap((r, i) =>
     Array.from({ length: 64 }, (_, b) => ({
@@ -32,6 +33,7 @@ function bigSnapshot(): CounterSnapshot {
       interface: `veth${b}`.padEnd(15, 'v'),
       packets: big,
       bytes: big,
+      redirectErrors: big,
     })),
   );
   return { time: Date.now(), rules, backends, links: [], global: Array.from({ length: 10 }, () => big) };

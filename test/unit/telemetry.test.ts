@@ -172,10 +172,11 @@ describe('datapath metrics', () => {
           redirectedBytes: 7n,
           filtered: 1n,
           noBackend: 0n,
+          redirectErrors: 0n,
         },
       ],
-      backends: [{ rule: 'web', ip: '10.0.0.2', interface: 'veth1', packets: n - 1n, bytes: 9n }],
-      links: [{ from: 'eth0', to: 'tap0', packets: 5n, bytes: 500n }],
+      backends: [{ rule: 'web', ip: '10.0.0.2', interface: 'veth1', packets: n - 1n, bytes: 9n, redirectErrors: 0n }],
+      links: [{ from: 'eth0', to: 'tap0', packets: 5n, bytes: 500n, redirectErrors: 0n }],
       global: [0n, 1n, 2n, 3n, n],
     };
   };

@@ -107,9 +107,17 @@ export interface CounterSnapshot {
     redirectedBytes: bigint;
     filtered: bigint;
     noBackend: bigint;
+    redirectErrors: bigint;
   }[];
-  backends: { rule: string; ip: string; interface: string; packets: bigint; bytes: bigint }[];
-  links: { from: string; to: string; packets: bigint; bytes: bigint }[];
+  backends: {
+    rule: string;
+    ip: string;
+    interface: string;
+    packets: bigint;
+    bytes: bigint;
+    redirectErrors: bigint;
+  }[];
+  links: { from: string; to: string; packets: bigint; bytes: bigint; redirectErrors: bigint }[];
   global: bigint[];
 }
 
@@ -363,6 +371,7 @@ export class Controller {
         }),
         this.now(),
       );
+      if (x?.warnings) warnings.push(...x.warnings);
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -588,7 +597,8 @@ export class Controller {
         const key = linkKey(l);
         if (next.has(key)) violations.push({ field: `links[${i}]`, description: `${l.a}-${l.b} is listed twice` });
         next.set(key, l);
-        for (const from of l.direction === 'both' ? [l.a, l.b] : [l.a]) {
+        // A link of an interface to itself (a reflector) has one ingress.
+        for (const from of new Set(l.direction === 'both' ? [l.a, l.b] : [l.a])) {
           if (usedIngress.has(from)) {
             violations.push({
               field: `links[${i}]`,
@@ -725,7 +735,15 @@ export class Controller {
       for (const b of k.backends.values()) backendIds.push(b.statsId);
     }
     const read = this.dp.readCounters(ruleIds, backendIds, [...this.state.linkDirs.keys()]);
-    const zero = { matched: 0n, matchedBytes: 0n, redirected: 0n, redirectedBytes: 0n, filtered: 0n, noBackend: 0n };
+    const zero = {
+      matched: 0n,
+      matchedBytes: 0n,
+      redirected: 0n,
+      redirectedBytes: 0n,
+      filtered: 0n,
+      noBackend: 0n,
+      redirectErrors: 0n,
+    };
     const rules: CounterSnapshot['rules'] = [];
     const backends: CounterSnapshot['backends'] = [];
     for (const name of [...this.state.ruleKernel.keys()].sort()) {
@@ -741,12 +759,19 @@ export class Controller {
           interface: b.interface,
           packets: c?.packets ?? 0n,
           bytes: c?.bytes ?? 0n,
+          redirectErrors: c?.redirectErrors ?? 0n,
         });
       }
     }
     const links = [...this.state.linkDirs.entries()].map(([ifindex, d]) => {
       const c = read.links.get(ifindex);
-      return { from: d.from, to: d.to, packets: c?.packets ?? 0n, bytes: c?.bytes ?? 0n };
+      return {
+        from: d.from,
+        to: d.to,
+        packets: c?.packets ?? 0n,
+        bytes: c?.bytes ?? 0n,
+        redirectErrors: c?.redirectErrors ?? 0n,
+      };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));
     return { time: this.now(), rules, backends, links, global: read.global };

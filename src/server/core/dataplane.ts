@@ -43,13 +43,13 @@ export interface BackendEntry {
 
 /** Counters of one rule (packets and bytes, summed over CPUs). */
 export type RuleStats = Record<
-  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend',
+  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend' | 'redirectErrors',
   bigint
 >;
 /** Counters of one backend. */
-export type BackendStats = Record<'packets' | 'bytes', bigint>;
+export type BackendStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
 /** Counters of one cross-connect direction, by ingress ifindex. */
-export type LinkStats = Record<'packets' | 'bytes', bigint>;
+export type LinkStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
 
 /**
  * Index of each datapath-wide counter in {@link CounterRead.global}: the
@@ -67,6 +67,10 @@ export const GlobalStat = {
   ERR_NO_RULE: 7,
   ERR_NO_BACKEND: 8,
   ERR_REDIRECT: 9,
+  ERR_MALFORMED: 10,
+  ERR_TTL: 11,
+  ERR_IP_OPTIONS: 12,
+  ERR_XMIT: 13,
 } as const;
 
 export type XdpModeName = 'native' | 'generic' | 'auto';
@@ -90,6 +94,8 @@ export interface XdpStatus {
   mode: 'none' | 'native' | 'generic' | 'offload' | 'multi';
   progId: number;
   ours: boolean;
+  /** Why the mode differs from the one asked for (e.g. "native XDP refused (...); running in generic mode"). */
+  warnings?: string[];
 }
 
 export interface RuleSlotWrite {
@@ -120,6 +126,8 @@ export interface Dataplane {
     links: number;
   };
   readonly progId: number;
+  /** What the datapath cannot observe (e.g. the tracepoint programs did not attach); empty when all is. */
+  readonly warnings: readonly string[];
   readonly pinRoot: string;
 
   lookupInterface(name: string): InterfaceInfo | undefined;

@@ -212,7 +212,15 @@ export async function writeRules(
       ]);
       members.push({ key: b.key, weight: b.spec.weight, value: ids.id });
     }
-    const ring = fillRing(members, dp.ringSize, dp.noBackend);
+    // Start from the rule's current table, so that only the slots of
+    // backends that left (or whose share shrank) change hands.
+    const old = ctx.state.ruleKernel.get(p.name);
+    let previous: (string | undefined)[] | undefined;
+    if (old) {
+      const keyOf = new Map([...old.backends].map(([key, v]) => [v.id, key]));
+      previous = dp.readRing(old.slot).map((id) => keyOf.get(id));
+    }
+    const ring = fillRing(members, dp.ringSize, dp.noBackend, previous);
     // Before the write: a write that fails part-way leaves nothing behind.
     undo.push(() =>
       dp.clearRuleSlot(

@@ -1,14 +1,27 @@
 /**
- * Filling a rule's backend lookup table (the "ring" the datapath indexes with
- * flow_hash % size). Maglev-style in shape, filled with weighted rendezvous
- * (highest random weight) hashing: each slot goes to the backend with the
- * highest score weight / -ln(u), where u is a hash of (backend identity,
- * slot) mapped into (0, 1). This gives, exactly rather than approximately:
- *  - removing (or draining) a backend moves only the slots it held: every
- *    other slot keeps its winner, so flows on other backends stay put;
- *  - weight 0 means no slots at all (drain);
- *  - each backend's expected share is proportional to its weight.
- * Deterministic: the same members give the same table on every host and run.
+ * Filling a rule's backend lookup table (the table the datapath indexes with
+ * flow_hash % size, XDPCTL_RING_SIZE = 1031 slots). Like Maglev (Eisenbud et
+ * al., NSDI 2016), every backend gets a share of the slots proportional to
+ * its weight to within one slot; unlike Maglev's from-scratch population,
+ * the table is updated from the previous one, so that removing or draining a
+ * backend moves exactly the slots it held and nothing else.
+ *
+ * Shares (quotas): backend i with weight w_i of W in total should hold
+ * e_i = size * w_i / W slots; it holds floor(e_i) or ceil(e_i), and at least
+ * one slot when the table has room for one per backend (so weights up to
+ * 1030:1 never starve a backend). With 64 equal backends that is 16 or 17 of
+ * 1031 slots each: within -0.7 % / +5.5 % of a fair share.
+ *
+ * Which slots: each (backend, slot) pair has a rendezvous (highest random
+ * weight) score w / -ln(u), u a hash of (backend identity, slot) in (0, 1).
+ * A fresh table starts from each slot's best-scoring backend; an update
+ * starts from the previous table with departed backends' slots freed. Then
+ * a backend above its quota gives up its lowest-scoring slots, and free slots
+ * go, in slot order, to the best-scoring backend still below its quota. When
+ * a backend leaves, every other backend's quota can only grow, so nobody
+ * gives up a slot: only the departed backend's slots change hands.
+ * Deterministic: the same members and previous table give the same table on
+ * every host and run.
  */
 
 /** One candidate for the table. */
@@ -39,30 +52,95 @@ function seedOf(key: string): number {
   return fmix32(h);
 }
 
+/** Quotas: [lo, hi] slots per member (see the module comment). */
+function quotas(weights: readonly number[], size: number): { lo: number[]; hi: number[] } {
+  const total = weights.reduce((a, b) => a + b, 0);
+  const exact = weights.map((w) => (size * w) / total);
+  let lo = exact.map(Math.floor);
+  let hi = exact.map((e) => Math.ceil(e));
+  if (weights.length <= size && lo.reduce((a, b) => a + Math.max(1, b), 0) <= size) {
+    lo = lo.map((x) => Math.max(1, x));
+    hi = hi.map((x) => Math.max(1, x));
+  }
+  return { lo, hi };
+}
+
 /**
- * Fill a table of `size` slots. Slots are `empty` when no member has a
- * positive weight.
+ * Fill a table of `size` slots. `previous` gives, per slot, the key of the
+ * member that held it (undefined: free); omit it for a fresh table. Slots are
+ * `empty` when no member has a positive weight.
  */
-export function fillRing<T>(members: readonly RingMember<T>[], size: number, empty: T): T[] {
-  const live = members.filter((m) => m.weight > 0);
-  const seeds = live.map((m) => seedOf(m.key));
+export function fillRing<T>(
+  members: readonly RingMember<T>[],
+  size: number,
+  empty: T,
+  previous?: readonly (string | undefined)[],
+): T[] {
+  const byKey = new Map<string, RingMember<T>>();
+  for (const m of members) if (m.weight > 0 && !byKey.has(m.key)) byKey.set(m.key, m);
+  const live = [...byKey.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const table: T[] = new Array<T>(size).fill(empty);
   if (live.length === 0) return table;
-  for (let slot = 0; slot < size; slot++) {
-    const salt = fmix32(Math.imul(slot + 1, 0x9e3779b1));
-    let best = -1;
-    let bestScore = -Infinity;
-    for (let i = 0; i < live.length; i++) {
-      const h = fmix32(seeds[i] ^ salt);
-      const u = (h + 0.5) / 4294967296; // in (0, 1)
-      const score = live[i].weight / -Math.log(u);
-      // Ties (practically impossible) break on the key so the result is total.
-      if (score > bestScore || (score === bestScore && live[i].key < live[best].key)) {
-        best = i;
-        bestScore = score;
+  const n = live.length;
+  const seeds = live.map((m) => seedOf(m.key));
+  const salts = Array.from({ length: size }, (_, s) => fmix32(Math.imul(s + 1, 0x9e3779b1)));
+  const score = (i: number, s: number) => {
+    const u = (fmix32(seeds[i] ^ salts[s]) + 0.5) / 4294967296; // in (0, 1)
+    return live[i].weight / -Math.log(u);
+  };
+  const best = (s: number, ok: (i: number) => boolean) => {
+    let b = -1;
+    let bs = -Infinity;
+    for (let i = 0; i < n; i++) {
+      if (!ok(i)) continue;
+      const x = score(i, s);
+      if (x > bs) {
+        b = i;
+        bs = x;
       }
     }
-    table[slot] = live[best].value;
+    return b;
+  };
+
+  const index = new Map(live.map((m, i) => [m.key, i]));
+  const owner = new Int32Array(size).fill(-1);
+  for (let s = 0; s < size; s++) {
+    owner[s] = previous ? (index.get(previous[s] ?? '') ?? -1) : best(s, () => true);
   }
+  const { lo, hi } = quotas(
+    live.map((m) => m.weight),
+    size,
+  );
+  const held: number[][] = Array.from({ length: n }, () => []);
+  for (let s = 0; s < size; s++) if (owner[s] >= 0) held[owner[s]].push(s);
+
+  // Give up the lowest-scoring slots: above hi always; above lo while the
+  // quotas below lo could not otherwise be met (sum of max(held, lo) > size).
+  const release = (i: number, keep: number) => {
+    if (held[i].length <= keep) return;
+    const ranked = held[i].map((s) => [score(i, s), s] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+    for (const [, s] of ranked.slice(keep)) owner[s] = -1;
+    held[i] = ranked.slice(0, keep).map(([, s]) => s);
+  };
+  for (let i = 0; i < n; i++) release(i, hi[i]);
+  let need = 0;
+  for (let i = 0; i < n; i++) need += Math.max(held[i].length, lo[i]);
+  for (let i = 0; i < n && need > size; i++) {
+    const give = Math.min(held[i].length - lo[i], need - size);
+    if (give > 0) {
+      release(i, held[i].length - give);
+      need -= give;
+    }
+  }
+
+  // Free slots, in slot order: to the best-scoring member below lo, else below hi.
+  for (let s = 0; s < size; s++) {
+    if (owner[s] >= 0) continue;
+    let i = best(s, (j) => held[j].length < lo[j]);
+    if (i < 0) i = best(s, (j) => held[j].length < hi[j]);
+    owner[s] = i;
+    held[i].push(s);
+  }
+  for (let s = 0; s < size; s++) table[s] = live[owner[s]].value;
   return table;
 }

@@ -127,7 +127,6 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
 export function validateLink(l: LinkSpec, prefix: string, out: FieldViolation[] = []): FieldViolation[] {
   validateInterfaceName(l.a, `${prefix}.a`, out);
   validateInterfaceName(l.b, `${prefix}.b`, out);
-  if (l.a !== '' && l.a === l.b) out.push({ field: `${prefix}.b`, description: 'must differ from a' });
   if (l.direction !== 'both' && l.direction !== 'a-to-b') {
     out.push({ field: `${prefix}.direction`, description: 'must be BOTH or A_TO_B' });
   }

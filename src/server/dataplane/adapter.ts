@@ -35,6 +35,11 @@ export const PEER_CHECK_TTL_MS = 10_000;
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
   readonly noBackend = NO_BACKEND;
+
+  /** What the datapath cannot observe (the tracepoint programs did not attach). */
+  get warnings(): readonly string[] {
+    return this.dp.traceWarning ? [this.dp.traceWarning] : [];
+  }
   /**
    * Passed veth-peer checks: "name#ifindex" -> until when. The check runs
    * `ip` and `ethtool` (~5 ms each); without this, a rule change paid it for
@@ -126,9 +131,15 @@ export class KernelDataplane implements Dataplane {
     return neighbourMac(ip, iface);
   }
 
+  /** Why an interface runs in another mode than asked, by name#ifindex (from the last attach). */
+  private readonly attachWarnings = new Map<string, string[]>();
+
   attach(ifname: string, mode: XdpModeName): XdpStatus {
     const r = this.dp.attach(ifname, mode);
-    return { mode: r.mode, progId: r.progId, ours: true };
+    const key = `${ifname}#${r.ifindex}`;
+    if (r.warnings.length) this.attachWarnings.set(key, r.warnings);
+    else if (r.mode === mode || r.mode === 'native') this.attachWarnings.delete(key);
+    return { mode: r.mode, progId: r.progId, ours: true, warnings: this.attachWarnings.get(key) ?? [] };
   }
 
   detach(ifname: string): void {
@@ -158,7 +169,8 @@ export class KernelDataplane implements Dataplane {
   xdpStatus(ifname: string): XdpStatus | undefined {
     try {
       const s = this.dp.state(ifname);
-      return { mode: s.mode, progId: s.progId, ours: s.ours };
+      const w = s.ours && s.mode === 'generic' ? this.attachWarnings.get(`${ifname}#${s.ifindex}`) : undefined;
+      return { mode: s.mode, progId: s.progId, ours: s.ours, warnings: w ?? [] };
     } catch (e) {
       if (e instanceof KernelError && e.kind === 'not-found') return undefined;
       throw e;
@@ -247,7 +259,10 @@ export class KernelDataplane implements Dataplane {
     const rules = new Map(ruleStatsIds.map((id) => [id, sumCounters(m.ruleStats.getPerCpu(id) ?? [])]));
     const backends = new Map(backendStatsIds.map((id) => [id, sumCounters(m.backendStats.getPerCpu(id) ?? [])]));
     const links = new Map(
-      linkFroms.map((id) => [id, sumCounters(m.xcStats.getPerCpu(id) ?? [{ packets: 0n, bytes: 0n }])]),
+      linkFroms.map((id) => [
+        id,
+        sumCounters(m.xcStats.getPerCpu(id) ?? [{ packets: 0n, bytes: 0n, redirectErrors: 0n }]),
+      ]),
     );
     return { rules, backends, links, global: tables.globalCounters(m) };
   }

@@ -12,7 +12,7 @@ import { endianness } from 'node:os';
 if (endianness() !== 'LE') throw new Error('xdpctl dataplane: only little-endian hosts are supported');
 
 /** Constants from bpf/xdpctl.h (checked at load against the object's maps). */
-export const RING_SIZE = 257;
+export const RING_SIZE = 1031;
 export const NO_BACKEND = 0xffffffff;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -22,6 +22,8 @@ export const IPPROTO_TCP = 6;
 /** if_flags: entries (ifindexes below this have flags) and bits. */
 export const MAX_IFINDEX = 65536;
 export const IF_F_XCONNECT = 0x1;
+/** Our program runs in generic (skb) mode on this interface (UDP checksum handling differs). */
+export const IF_F_GENERIC = 0x4;
 
 export const RULE_F_ACTIVE = 0x1;
 export const RULE_F_SRC_FILTER = 0x2;
@@ -39,8 +41,12 @@ export const GlobalStat = {
   ERR_NO_RULE: 7,
   ERR_NO_BACKEND: 8,
   ERR_REDIRECT: 9,
+  ERR_MALFORMED: 10,
+  ERR_TTL: 11,
+  ERR_IP_OPTIONS: 12,
+  ERR_XMIT: 13,
 } as const;
-export const GLOBAL_STAT_COUNT = 10;
+export const GLOBAL_STAT_COUNT = 14;
 
 /** A C struct's layout: what the BTF test compares. */
 export interface Layout {
@@ -242,21 +248,29 @@ function counters<K extends string>(
   };
 }
 
-export type LinkStats = Record<'packets' | 'bytes', bigint>;
-export const linkStats = counters('xdpctl_link_stats', ['packets', 'bytes'] as const, ['packets', 'bytes']);
+export type LinkStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
+export const linkStats = counters('xdpctl_link_stats', ['packets', 'bytes', 'redirectErrors'] as const, [
+  'packets',
+  'bytes',
+  'redirect_errors',
+]);
 
 export type RuleStats = Record<
-  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend',
+  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend' | 'redirectErrors',
   bigint
 >;
 export const ruleStats = counters(
   'xdpctl_rule_stats',
-  ['matched', 'matchedBytes', 'redirected', 'redirectedBytes', 'filtered', 'noBackend'] as const,
-  ['matched', 'matched_bytes', 'redirected', 'redirected_bytes', 'filtered', 'no_backend'],
+  ['matched', 'matchedBytes', 'redirected', 'redirectedBytes', 'filtered', 'noBackend', 'redirectErrors'] as const,
+  ['matched', 'matched_bytes', 'redirected', 'redirected_bytes', 'filtered', 'no_backend', 'redirect_errors'],
 );
 
-export type BackendStats = Record<'packets' | 'bytes', bigint>;
-export const backendStats = counters('xdpctl_backend_stats', ['packets', 'bytes'] as const, ['packets', 'bytes']);
+export type BackendStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
+export const backendStats = counters('xdpctl_backend_stats', ['packets', 'bytes', 'redirectErrors'] as const, [
+  'packets',
+  'bytes',
+  'redirect_errors',
+]);
 
 /** Sum per-CPU copies of a counter struct field by field. */
 export function sumCounters<T extends Record<string, bigint>>(perCpu: readonly T[]): T {
@@ -284,6 +298,18 @@ export const portUse: Codec<PortUse> = {
   },
 };
 
+/** struct xdpctl_frag_key / xdpctl_frag_val: fragment tracking (read by tests only). */
+export const fragKeyLayout: Layout = {
+  cName: 'xdpctl_frag_key',
+  size: 12,
+  fields: { saddr: 0, daddr: 4, id: 8, proto: 10, pad: 11 },
+};
+export const fragValLayout: Layout = {
+  cName: 'xdpctl_frag_val',
+  size: 8,
+  fields: { backend_id: 0, rule_stats_id: 4 },
+};
+
 /** Every codec with a C struct behind it, for the layout test. */
 export const STRUCT_LAYOUTS: readonly Layout[] = [
   matchKey.layout,
@@ -294,4 +320,6 @@ export const STRUCT_LAYOUTS: readonly Layout[] = [
   ruleStats.layout,
   backendStats.layout,
   portUse.layout,
+  fragKeyLayout,
+  fragValLayout,
 ];

@@ -13,7 +13,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
@@ -56,7 +56,8 @@ import {
   sizeOf,
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
-import { ifindexOf } from './netdev.js';
+import { ifindexOf, prepareIngressSync } from './netdev.js';
+import { setGenericMode } from './tables.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
 
 /**
@@ -103,6 +104,8 @@ export interface DatapathOptions {
   objectPath: string;
   /** bpffs directory for pins, e.g. /sys/fs/bpf/xdpctl. */
   pinRoot: string;
+  /** The tracepoint object (default: xdpctl-trace.bpf.o beside objectPath). */
+  traceObjectPath?: string;
   capacity?: Partial<Capacity>;
   log?: Logger;
 }
@@ -144,6 +147,8 @@ const SELF_PINNED = ['xc_links'];
 /** The result of attaching to an interface. */
 export interface AttachResult extends XdpState {
   ifindex: number;
+  /** Why the effective mode is not the one asked for (e.g. native refused, generic used). */
+  warnings: string[];
   requested: XdpMode;
   /** An older xdpctl program was swapped out atomically. */
   replaced: boolean;
@@ -413,6 +418,10 @@ export class XdpDatapath {
   readonly maps: DatapathMaps;
   readonly capacity: Capacity;
   private obj: unknown;
+  private traceObj: unknown = null;
+  private traceLinks: unknown[] = [];
+  /** Why failed redirects are not counted (the tracepoint programs did not load or attach), if so. */
+  traceWarning?: string;
   private progFdValue: number;
   private ownProgFd: number; // from bpf_obj_get of the pin, closed by us
   private readonly progInfoValue: ProgInfo;
@@ -622,6 +631,8 @@ export class XdpDatapath {
       log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
       const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
       dp.migration = migration;
+      // The tracepoint programs count into the maps the new program uses (pinDir while migrating).
+      dp.startTrace(capacity, pinDir, log);
       return dp;
     } catch (e) {
       if (obj) lib.bpf_object__close(obj);
@@ -674,19 +685,30 @@ export class XdpDatapath {
     const ifindex = ifindexOf(ifname);
     const before = queryXdp(ifindex, ifname);
     if (before.progId === this.progId && (mode === 'auto' || mode === before.mode)) {
-      return { ...before, ifindex, requested: mode, replaced: false };
+      setGenericMode(this.maps, ifindex, before.mode === 'generic');
+      return { ...before, ifindex, requested: mode, replaced: false, warnings: [] };
     }
     if (this.migration && before.progId !== 0 && this.isOurs(before.progId)) {
       // The old program forwards with the old maps until the new ones hold every rule.
       this.migration.pending.set(ifname, mode);
-      return { ...before, ifindex, requested: mode, replaced: false };
+      return { ...before, ifindex, requested: mode, replaced: false, warnings: [] };
     }
+    // The datapath's UDP checksum handling depends on the mode: say "generic"
+    // before a generic attach, so no packet runs with the native assumption.
+    if (mode === 'generic') setGenericMode(this.maps, ifindex, true);
     const after = attachXdp(ifindex, ifname, this.progFd, mode, (id) => this.isOurs(id));
+    setGenericMode(this.maps, ifindex, after.mode === 'generic');
     if (after.progId !== this.progId) {
       throw new KernelError(`attach xdp to ${ifname}`, 5, [], `program id ${after.progId} is attached, not ours`);
     }
     const replaced = before.mode !== 'none' && before.progId !== this.progId;
-    this.log.info({ ifname, ifindex, requested: mode, effective: after.mode, replaced }, 'attached');
+    const prep = prepareIngressSync(ifname, after.mode === 'generic');
+    after.warnings.push(...prep.problems);
+    if (prep.done.length) this.log.info({ ifname, done: prep.done }, 'offloads set for XDP');
+    this.log.info(
+      { ifname, ifindex, requested: mode, effective: after.mode, replaced, warnings: after.warnings },
+      'attached',
+    );
     return { ...after, ifindex, requested: mode, replaced };
   }
 
@@ -766,6 +788,7 @@ export class XdpDatapath {
       throw new KernelError(`detach xdp from ${ifname}`, 16, [], `program id ${state.progId} is not ours`);
     }
     detachXdp(ifindex, ifname, state);
+    setGenericMode(this.maps, ifindex, false);
     this.log.info({ ifname, ifindex }, 'detached');
   }
 
@@ -828,7 +851,73 @@ export class XdpDatapath {
   }
 
   /** Close our handles; pins, maps and attachments stay (idempotent). */
+  /**
+   * Load bpf/xdpctl-trace.bpf.c next to the object and attach its tracepoint
+   * programs (xdp:xdp_redirect_err, xdp:xdp_devmap_xmit), sharing the pinned
+   * maps: they move frames the kernel dropped after a redirect out of
+   * "redirected" into "redirect_errors". Their links are pinned under
+   * <pinRoot>/links, so counting goes on while the daemon is down; a new
+   * daemon replaces them. A failure here is not fatal: the datapath works,
+   * and traceWarning says that failed redirects are not counted.
+   */
+  private startTrace(capacity: Capacity, mapDir: string, log: Logger): void {
+    const path = this.options.traceObjectPath ?? join(dirname(this.options.objectPath), 'xdpctl-trace.bpf.o');
+    const linkDir = join(this.options.pinRoot, 'links');
+    const lines: string[] = [];
+    const stop = captureLibbpfLog((level, line) => {
+      if (level !== LIBBPF_DEBUG) lines.push(line);
+    });
+    try {
+      if (!existsSync(path)) throw new KernelError(`open ${path}`, 2, [], 'no such file (run npm run build:bpf)');
+      clearErrno();
+      const obj = lib.bpf_object__open_file(path, {
+        sz: sizeOf(ObjectOpenOpts),
+        object_name: null,
+        relaxed_maps: false,
+        pin_root_path: mapDir,
+      });
+      if (!obj) throw nullError(`open ${path}`, lines);
+      this.traceObj = obj;
+      const sizes: Record<string, number> = {
+        xc_stats: capacity.links,
+        rule_stats: capacity.statsIds,
+        backend_stats: capacity.backends,
+      };
+      for (const [name, n] of Object.entries(sizes)) {
+        const m = lib.bpf_object__find_map_by_name(obj, name);
+        if (m) check(`size map ${name}`, lib.bpf_map__set_max_entries(m, n) as number);
+      }
+      check(`load ${path}`, lib.bpf_object__load(obj) as number, lines);
+      const cfg = lib.bpf_object__find_map_by_name(obj, 'trace_cfg');
+      const cfgFd = check('open map trace_cfg', lib.bpf_map__fd(cfg) as number);
+      check('write trace_cfg', lib.bpf_map_update_elem(cfgFd, u32.encode(0), u32.encode(this.progId), 0) as number);
+      mkdirSync(linkDir, { recursive: true });
+      for (const name of ['xdpctl_redirect_err', 'xdpctl_devmap_xmit']) {
+        const prog = lib.bpf_object__find_program_by_name(obj, name);
+        if (!prog) throw new KernelError(`find program ${name}`, 2, lines, 'not in the object');
+        clearErrno();
+        const link = lib.bpf_program__attach(prog);
+        if (!link) throw nullError(`attach ${name}`, lines);
+        this.traceLinks.push(link);
+        // Replace the previous daemon's link: unpinning it detaches it.
+        const pin = join(linkDir, name);
+        if (existsSync(pin)) unlinkSync(pin);
+        check(`pin link ${name} at ${pin}`, lib.bpf_link__pin(link, pin) as number);
+      }
+    } catch (e) {
+      this.traceWarning = `failed redirects are not counted: ${(e as Error).message}`;
+      log.warn({ err: (e as Error).message, libbpf: lines.slice(-5) }, 'tracepoint programs not attached');
+    } finally {
+      stop();
+    }
+  }
+
   close(): void {
+    // Closing the links' fds leaves them attached through their pins.
+    for (const l of this.traceLinks) lib.bpf_link__destroy(l);
+    this.traceLinks = [];
+    if (this.traceObj) lib.bpf_object__close(this.traceObj);
+    this.traceObj = null;
     for (const m of Object.values(this.maps)) (m as BpfMap<unknown, unknown>).close();
     if (this.ownProgFd >= 0) closeFd(this.ownProgFd);
     this.ownProgFd = -1;

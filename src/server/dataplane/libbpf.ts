@@ -18,8 +18,10 @@ const libc = koffi.load('libc.so.6');
 const bpfObject = koffi.opaque('bpf_object');
 const bpfProgram = koffi.opaque('bpf_program');
 const bpfMap = koffi.opaque('bpf_map');
+const bpfLink = koffi.opaque('bpf_link');
 void bpfObject;
 void bpfProgram;
+void bpfLink;
 void bpfMap;
 
 /** struct bpf_object_open_opts, truncated after pin_root_path (sz tells libbpf). */
@@ -94,6 +96,9 @@ export const lib = {
   ) as Fn,
   bpf_object__next_map: bpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *map)') as Fn,
   bpf_program__fd: bpf.func('int bpf_program__fd(bpf_program *prog)') as Fn,
+  bpf_program__attach: bpf.func('bpf_link *bpf_program__attach(bpf_program *prog)') as Fn,
+  bpf_link__pin: bpf.func('int bpf_link__pin(bpf_link *link, const char *path)') as Fn,
+  bpf_link__destroy: bpf.func('int bpf_link__destroy(bpf_link *link)') as Fn,
   bpf_map__fd: bpf.func('int bpf_map__fd(bpf_map *map)') as Fn,
   bpf_map__name: bpf.func('const char *bpf_map__name(bpf_map *map)') as Fn,
   bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)') as Fn,

@@ -12,7 +12,7 @@
  * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
  * and {@link restoreGro}, which undoes it.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
 
@@ -317,4 +317,117 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     peerIfindex: peer.ifindex,
     detail: `enabled GRO on ${where}`,
   };
+}
+
+/** `ethtool -k` display names -> the names `ethtool -K` takes. */
+const SET_NAME: Record<string, string> = {
+  'tcp-segmentation-offload': 'tso',
+  'generic-segmentation-offload': 'gso',
+  'tx-vlan-offload': 'txvlan',
+  'rx-vlan-offload': 'rxvlan',
+};
+
+/**
+ * Offload settings an XDP ingress needs so that XDP sees and handles frames
+ * as they are (run on every attach; `generic`: the program runs in generic mode):
+ *  - VLAN tags in the frame, not as metadata. A device with rx VLAN offload
+ *    (or, for a veth, a peer with tx VLAN offload) hands the stack the 802.1Q
+ *    tag beside the frame; XDP then sees an untagged frame, would match it
+ *    as untagged and, in native mode, drop the tag when it redirects. The XDP
+ *    RX metadata kfunc that reads it needs a device-bound program, which we do
+ *    not load (it oopsed kernel 6.18 on veth removal). So: rx-vlan offload off
+ *    on the device, or tx-vlan offload off on a veth's peer (its stack then
+ *    puts the tag in the frame before sending).
+ *  - Generic mode cannot redirect a GSO packet: the kernel checks the whole
+ *    skb's length against the egress MTU (xdp_ok_fwd_dev) and drops it. A
+ *    veth peer with TSO/GSO on (the default) sends such packets, and every TCP
+ *    stream from it would stall. In native mode the kernel turns the peer's
+ *    software GSO off by itself (veth_fix_features); in generic mode we do.
+ * Returns what was done and, when something could not be done, why (said in
+ * the interface status).
+ */
+export function prepareIngressSync(name: string, generic: boolean): { done: string[]; problems: string[] } {
+  const done: string[] = [];
+  const problems: string[] = [];
+  const ip = (args: string[], netns?: string) =>
+    JSON.parse(
+      execFileSync('ip', [...(netns ? ['-n', netns] : []), '-j', ...args], { encoding: 'utf8' }) || '[]',
+    ) as IpLink[];
+  const ethtool = (dev: string, netns: string | undefined, args: string[]) => {
+    const argv = ['-K', dev, ...args];
+    if (netns) execFileSync('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...argv], { stdio: 'pipe' });
+    else execFileSync('ethtool', argv, { stdio: 'pipe' });
+  };
+  const features = (dev: string, netns?: string) =>
+    netns
+      ? execFileSync('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', '-k', dev], { encoding: 'utf8' })
+      : execFileSync('ethtool', ['-k', dev], { encoding: 'utf8' });
+  /** Turn features off where they are on and not fixed. */
+  const turnOff = (dev: string, netns: string | undefined, names: string[], why: string) => {
+    const where = netns ? `${dev} in netns ${netns}` : dev;
+    let text: string;
+    try {
+      text = features(dev, netns);
+    } catch (e) {
+      problems.push(`cannot read the offloads of ${where}: ${(e as Error).message}`);
+      return;
+    }
+    const on = names.filter((n) => new RegExp(`^${n}: on(?! \\[fixed\\])`, 'm').test(text));
+    const fixed = names.filter((n) => new RegExp(`^${n}: on \\[fixed\\]`, 'm').test(text));
+    if (fixed.length) problems.push(`${fixed.join(', ')} cannot be turned off on ${where}: ${why}`);
+    if (!on.length) return;
+    try {
+      ethtool(
+        dev,
+        netns,
+        on.flatMap((n) => [SET_NAME[n] ?? n, 'off']),
+      );
+      done.push(`turned ${on.join(', ')} off on ${where}`);
+    } catch (e) {
+      problems.push(`turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`);
+    }
+  };
+  const vlanWhy = 'VLAN tags delivered as metadata look untagged to XDP here';
+  const gsoWhy = 'generic XDP cannot redirect GSO packets (TCP from it would stall)';
+  const dev = ip(['-d', 'link', 'show', 'dev', name])[0];
+  if (!dev) return { done, problems: [`interface ${name} not found`] };
+  if (dev.linkinfo?.info_kind !== 'veth') {
+    turnOff(name, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
+    return { done, problems };
+  }
+  let netns: string | undefined;
+  let peer: IpLink | undefined;
+  if (dev.link_netnsid === undefined) {
+    peer = dev.link ? ip(['-d', 'link', 'show', 'dev', dev.link])[0] : undefined;
+  } else {
+    const ids = JSON.parse(execFileSync('ip', ['-j', 'netns', 'list-id'], { encoding: 'utf8' }) || '[]') as {
+      nsid: number;
+      name?: string;
+    }[];
+    netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
+    if (netns === undefined) {
+      problems.push(
+        `the peer of ${name} is in an unnamed network namespace: turn tx-vlan-offload off on it (${vlanWhy})` +
+          (generic ? ` and TSO/GSO (${gsoWhy})` : ''),
+      );
+      return { done, problems };
+    }
+    try {
+      peer = ip(['-d', 'link', 'show'], netns).find((l) => l.ifindex === dev.link_index);
+    } catch (e) {
+      problems.push(`cannot enter network namespace ${netns} to prepare the peer of ${name}: ${(e as Error).message}`);
+      return { done, problems };
+    }
+  }
+  if (!peer) return { done, problems: [`the peer of ${name} was not found`] };
+  turnOff(peer.ifname, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
+  if (generic) {
+    turnOff(
+      peer.ifname,
+      netns,
+      ['tcp-segmentation-offload', 'generic-segmentation-offload', 'tx-udp-segmentation'],
+      gsoWhy,
+    );
+  }
+  return { done, problems };
 }

@@ -9,6 +9,7 @@
  */
 import { BPF_ANY, BPF_NOEXIST } from './bpf-map.js';
 import {
+  IF_F_GENERIC,
   IF_F_XCONNECT,
   MAX_IFINDEX,
   RING_SIZE,
@@ -155,15 +156,16 @@ export function resetRuleStats(maps: DatapathMaps, statsId: number): void {
     redirectedBytes: 0n,
     filtered: 0n,
     noBackend: 0n,
+    redirectErrors: 0n,
   });
 }
 
 export function resetBackendStats(maps: DatapathMaps, statsId: number): void {
-  maps.backendStats.put(statsId, { packets: 0n, bytes: 0n });
+  maps.backendStats.put(statsId, { packets: 0n, bytes: 0n, redirectErrors: 0n });
 }
 
 /** Set or clear if_flags bits of an interface (ifindexes past the array have none: all lookups). */
-function setIfFlag(maps: DatapathMaps, ifindex: number, bit: number, on: boolean): void {
+export function setIfFlag(maps: DatapathMaps, ifindex: number, bit: number, on: boolean): void {
   if (ifindex >= maps.ifFlags.info.maxEntries) return;
   const cur = maps.ifFlags.get(ifindex) ?? 0;
   maps.ifFlags.put(ifindex, on ? cur | bit : cur & ~bit);
@@ -188,7 +190,7 @@ export function rebuildIfFlags(maps: DatapathMaps): void {
  */
 export function connectDirection(maps: DatapathMaps, from: number, to: number): void {
   try {
-    maps.xcStats.put(from, { packets: 0n, bytes: 0n }, BPF_NOEXIST);
+    maps.xcStats.put(from, { packets: 0n, bytes: 0n, redirectErrors: 0n }, BPF_NOEXIST);
   } catch (e) {
     if ((e as { code?: string }).code !== 'EEXIST') throw e;
   }
@@ -201,6 +203,15 @@ export function disconnectDirection(maps: DatapathMaps, from: number): boolean {
   const had = maps.xcLinks.delete(from);
   setIfFlag(maps, from, IF_F_XCONNECT, false);
   return had;
+}
+
+/**
+ * Record the XDP mode our program runs in on an ingress interface: in generic
+ * mode the datapath keeps a partial (offloaded) UDP checksum partial, in
+ * native mode it completes it (see update_udp_csum in bpf/xdpctl.bpf.c).
+ */
+export function setGenericMode(maps: DatapathMaps, ifindex: number, generic: boolean): void {
+  setIfFlag(maps, ifindex, IF_F_GENERIC, generic);
 }
 
 /** Summed counters of one rule stats id. */

@@ -61,7 +61,7 @@ export function attachXdp(
   progFd: number,
   mode: XdpMode,
   replaceable: (progId: number) => boolean,
-): XdpState {
+): XdpState & { warnings: string[] } {
   const current = queryXdp(ifindex, ifname);
   const want: ('native' | 'generic')[] = mode === 'auto' ? ['native', 'generic'] : [mode];
   if (current.mode !== 'none') {
@@ -76,21 +76,26 @@ export function attachXdp(
     const sameMode = want.find((m) => m === current.mode);
     if (sameMode) {
       replace(ifindex, ifname, progFd, sameMode, current.progId);
-      return queryXdp(ifindex, ifname);
+      return { ...queryXdp(ifindex, ifname), warnings: [] };
     }
     // A mode change cannot be atomic: the kernel refuses two modes on one device.
     detachXdp(ifindex, ifname, current);
   }
   let lastErr: KernelError | undefined;
+  const warnings: string[] = [];
   for (const m of want) {
     const ret = lib.bpf_xdp_attach(ifindex, progFd, modeFlag(m) | XDP_FLAGS.UPDATE_IF_NOEXIST, null) as number;
-    if (ret >= 0) return queryXdp(ifindex, ifname);
+    if (ret >= 0) return { ...queryXdp(ifindex, ifname), warnings };
     try {
       check(`attach xdp to ${ifname} in ${m} mode`, ret);
     } catch (e) {
       lastErr = e as KernelError;
-      // Only fall back for "this driver cannot do native"; anything else is real.
-      if (!['EOPNOTSUPP', 'ENOTSUP', 'EINVAL', 'ENOTSUPP'].includes(lastErr.code)) throw lastErr;
+      // 'auto': any refusal of native mode (no driver support, EINVAL for
+      // an unsupported config, ERANGE for an MTU the driver cannot map, ...)
+      // falls back to generic, which every device supports; the reason is kept
+      // as a warning. A device that is busy (another program) is not a refusal.
+      if (mode !== 'auto' || m !== 'native' || lastErr.code === 'EBUSY' || lastErr.code === 'EEXIST') throw lastErr;
+      warnings.push(`native XDP refused (${lastErr.message}); running in generic mode`);
     }
   }
   throw lastErr ?? new KernelError(`attach xdp to ${ifname}`, 22);

@@ -66,6 +66,7 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
               redirectedBytes: r.redirectedBytes,
               filteredPackets: r.filtered,
               noBackendPackets: r.noBackend,
+              redirectErrorPackets: r.redirectErrors,
               matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt),
               redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt),
             };
@@ -83,6 +84,7 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
               packets: b.packets,
               bytes: b.bytes,
               rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt),
+              redirectErrorPackets: b.redirectErrors,
             };
           })
       : [],
@@ -97,6 +99,7 @@ export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined
               packets: l.packets,
               bytes: l.bytes,
               rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt),
+              redirectErrorPackets: l.redirectErrors,
             };
           })
       : [],

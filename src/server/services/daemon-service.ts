@@ -23,6 +23,7 @@ export function daemonService(
           ruleCount: state.rules.length,
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
+          warnings: [...dp.warnings],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
       };

@@ -212,19 +212,26 @@ export interface RuleCounters {
   /** Name of the rule. */
   rule: string;
   /**
-   * Packets that matched the rule's interface, protocol, port and
-   * destination.
+   * Packets the rule applied to: its interface, protocol, port and
+   * destination matched and its source filter (if any) allowed the source.
+   * Every IPv4 fragment of a datagram counts (non-first fragments follow
+   * their first fragment's rule and backend).
    */
   matchedPackets: bigint;
   /** Bytes of the matched packets. */
   matchedBytes: bigint;
-  /** Packets rewritten and redirected to a backend. */
+  /**
+   * Packets rewritten and redirected to a backend, and accepted by the
+   * kernel (see redirect_error_packets).
+   */
   redirectedPackets: bigint;
   /** Bytes of the redirected packets. */
   redirectedBytes: bigint;
   /**
-   * Matched packets whose source is not in the rule's source prefixes: passed
-   * to the host unchanged.
+   * Packets whose interface, port and destination matched but whose source is
+   * not in the rule's source prefixes. They fall to the any-destination rule
+   * of the same port if there is one (and count there), else are passed to
+   * the host unchanged.
    */
   filteredPackets: bigint;
   /** Matched packets dropped because no backend could take them. */
@@ -240,7 +247,18 @@ export interface RuleCounters {
    * Rates of redirected_packets and redirected_bytes; unset when there is no
    * previous sample.
    */
-  redirectedRates?: Rates | undefined;
+  redirectedRates?:
+    | Rates
+    | undefined;
+  /**
+   * Packets the rule redirected that the kernel then dropped (egress down or
+   * without carrier, MTU smaller than the frame, an egress without XDP
+   * transmit such as a bridge, a veth whose peer has no NAPI). Observed with
+   * the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints; such
+   * packets are not in redirected_packets. Zero while the tracepoint programs
+   * are not attached (the daemon's log and status say so).
+   */
+  redirectErrorPackets: bigint;
 }
 
 /** Counters of one backend of a rule: the packets redirected to it. */
@@ -251,12 +269,19 @@ export interface BackendCounters {
   ip: string;
   /** The backend's egress interface. */
   interface: string;
-  /** Packets redirected to the backend. */
+  /** Packets redirected to the backend and accepted by the kernel. */
   packets: bigint;
   /** Bytes redirected to the backend. */
   bytes: bigint;
   /** Rates of packets and bytes; unset when there is no previous sample. */
-  rates?: Rates | undefined;
+  rates?:
+    | Rates
+    | undefined;
+  /**
+   * Packets redirected to the backend that the kernel then dropped (see
+   * RuleCounters.redirect_error_packets); not in packets.
+   */
+  redirectErrorPackets: bigint;
 }
 
 /** Counters of one direction of a link. */
@@ -265,12 +290,21 @@ export interface LinkCounters {
   fromInterface: string;
   /** Interface the frames were redirected out of. */
   toInterface: string;
-  /** Frames redirected. */
+  /** Frames redirected and accepted by the kernel. */
   packets: bigint;
   /** Bytes redirected. */
   bytes: bigint;
   /** Rates of packets and bytes; unset when there is no previous sample. */
-  rates?: Rates | undefined;
+  rates?:
+    | Rates
+    | undefined;
+  /**
+   * Frames redirected that the kernel dropped at once (egress down, MTU too
+   * small, no XDP transmit: xdp:xdp_redirect_err); not in packets. Drops at
+   * the egress driver's transmit (xdp:xdp_devmap_xmit) cannot be told apart
+   * per link and count only in GlobalCounters.errors["xmit"].
+   */
+  redirectErrorPackets: bigint;
 }
 
 /** Counters of the XDP program as a whole, over every interface. */
@@ -281,10 +315,18 @@ export interface GlobalCounters {
    */
   verdicts: { [key: string]: bigint };
   /**
-   * Packets by datapath error. Keys: "truncated" (headers shorter than they
-   * claim), "fragment" (IPv4 fragment of a matching flow, passed),
-   * "no_rule" (stale match entry), "no_backend" (empty backend slot,
-   * dropped), "redirect" (the kernel refused the redirect).
+   * Packets by datapath error. Keys: "truncated" (IPv4 total length larger
+   * than the frame, or headers shorter than they claim: passed), "fragment"
+   * (non-first IPv4 fragment whose first fragment was not redirected here:
+   * passed), "no_rule" (stale match entry), "no_backend" (empty backend
+   * slot, dropped), "redirect" (bpf_redirect refused the target),
+   * "malformed" (IPv4 version not 4, IHL < 5, total length shorter than the
+   * header, bad header checksum, or UDP length disagreeing with the IP
+   * length: passed; RFC 1812 5.2.2), "ttl" (TTL <= 1 on a packet to
+   * redirect: passed, the host answers ICMP time exceeded; RFC 1812 5.3.1),
+   * "ip_options" (a packet to redirect carries IP options: passed),
+   * "xmit" (frames redirected that the kernel then dropped, from the
+   * xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints).
    */
   errors: { [key: string]: bigint };
 }
@@ -1047,6 +1089,7 @@ function createBaseRuleCounters(): RuleCounters {
     noBackendPackets: 0n,
     matchedRates: undefined,
     redirectedRates: undefined,
+    redirectErrorPackets: 0n,
   };
 }
 
@@ -1096,6 +1139,12 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     }
     if (message.redirectedRates !== undefined) {
       Rates.encode(message.redirectedRates, writer.uint32(74).fork()).join();
+    }
+    if (message.redirectErrorPackets !== 0n) {
+      if (BigInt.asUintN(64, message.redirectErrorPackets) !== message.redirectErrorPackets) {
+        throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.redirectErrorPackets);
     }
     return writer;
   },
@@ -1185,6 +1234,14 @@ export const RuleCounters: MessageFns<RuleCounters> = {
             message.redirectedRates = Rates.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.redirectErrorPackets = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1240,6 +1297,11 @@ export const RuleCounters: MessageFns<RuleCounters> = {
         : isSet(object.redirected_rates)
         ? Rates.fromJSON(object.redirected_rates)
         : undefined,
+      redirectErrorPackets: isSet(object.redirectErrorPackets)
+        ? BigInt(object.redirectErrorPackets)
+        : isSet(object.redirect_error_packets)
+        ? BigInt(object.redirect_error_packets)
+        : 0n,
     };
   },
 
@@ -1271,6 +1333,9 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     }
     if (message.redirectedRates !== undefined) {
       obj.redirectedRates = Rates.toJSON(message.redirectedRates);
+    }
+    if (message.redirectErrorPackets !== 0n) {
+      obj.redirectErrorPackets = message.redirectErrorPackets.toString();
     }
     return obj;
   },
@@ -1305,12 +1370,15 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     message.redirectedRates = (object.redirectedRates !== undefined && object.redirectedRates !== null)
       ? Rates.fromPartial(object.redirectedRates)
       : undefined;
+    message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
+      ? BigInt(object.redirectErrorPackets)
+      : 0n;
     return message;
   },
 };
 
 function createBaseBackendCounters(): BackendCounters {
-  return { rule: "", ip: "", interface: "", packets: 0n, bytes: 0n, rates: undefined };
+  return { rule: "", ip: "", interface: "", packets: 0n, bytes: 0n, rates: undefined, redirectErrorPackets: 0n };
 }
 
 export const BackendCounters: MessageFns<BackendCounters> = {
@@ -1338,6 +1406,12 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     }
     if (message.rates !== undefined) {
       Rates.encode(message.rates, writer.uint32(50).fork()).join();
+    }
+    if (message.redirectErrorPackets !== 0n) {
+      if (BigInt.asUintN(64, message.redirectErrorPackets) !== message.redirectErrorPackets) {
+        throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.redirectErrorPackets);
     }
     return writer;
   },
@@ -1403,6 +1477,14 @@ export const BackendCounters: MessageFns<BackendCounters> = {
             message.rates = Rates.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.redirectErrorPackets = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1423,6 +1505,11 @@ export const BackendCounters: MessageFns<BackendCounters> = {
       packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
       bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
       rates: isSet(object.rates) ? Rates.fromJSON(object.rates) : undefined,
+      redirectErrorPackets: isSet(object.redirectErrorPackets)
+        ? BigInt(object.redirectErrorPackets)
+        : isSet(object.redirect_error_packets)
+        ? BigInt(object.redirect_error_packets)
+        : 0n,
     };
   },
 
@@ -1446,6 +1533,9 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     if (message.rates !== undefined) {
       obj.rates = Rates.toJSON(message.rates);
     }
+    if (message.redirectErrorPackets !== 0n) {
+      obj.redirectErrorPackets = message.redirectErrorPackets.toString();
+    }
     return obj;
   },
 
@@ -1460,12 +1550,15 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
     message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     message.rates = (object.rates !== undefined && object.rates !== null) ? Rates.fromPartial(object.rates) : undefined;
+    message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
+      ? BigInt(object.redirectErrorPackets)
+      : 0n;
     return message;
   },
 };
 
 function createBaseLinkCounters(): LinkCounters {
-  return { fromInterface: "", toInterface: "", packets: 0n, bytes: 0n, rates: undefined };
+  return { fromInterface: "", toInterface: "", packets: 0n, bytes: 0n, rates: undefined, redirectErrorPackets: 0n };
 }
 
 export const LinkCounters: MessageFns<LinkCounters> = {
@@ -1490,6 +1583,12 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     }
     if (message.rates !== undefined) {
       Rates.encode(message.rates, writer.uint32(42).fork()).join();
+    }
+    if (message.redirectErrorPackets !== 0n) {
+      if (BigInt.asUintN(64, message.redirectErrorPackets) !== message.redirectErrorPackets) {
+        throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.redirectErrorPackets);
     }
     return writer;
   },
@@ -1547,6 +1646,14 @@ export const LinkCounters: MessageFns<LinkCounters> = {
             message.rates = Rates.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.redirectErrorPackets = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1574,6 +1681,11 @@ export const LinkCounters: MessageFns<LinkCounters> = {
       packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
       bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
       rates: isSet(object.rates) ? Rates.fromJSON(object.rates) : undefined,
+      redirectErrorPackets: isSet(object.redirectErrorPackets)
+        ? BigInt(object.redirectErrorPackets)
+        : isSet(object.redirect_error_packets)
+        ? BigInt(object.redirect_error_packets)
+        : 0n,
     };
   },
 
@@ -1594,6 +1706,9 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     if (message.rates !== undefined) {
       obj.rates = Rates.toJSON(message.rates);
     }
+    if (message.redirectErrorPackets !== 0n) {
+      obj.redirectErrorPackets = message.redirectErrorPackets.toString();
+    }
     return obj;
   },
 
@@ -1607,6 +1722,9 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
     message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     message.rates = (object.rates !== undefined && object.rates !== null) ? Rates.fromPartial(object.rates) : undefined;
+    message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
+      ? BigInt(object.redirectErrorPackets)
+      : 0n;
     return message;
   },
 };

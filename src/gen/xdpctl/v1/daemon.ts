@@ -51,6 +51,13 @@ export interface DatapathStatus {
   linkCount: number;
   /** Number of managed interfaces (see InterfaceService). */
   interfaceCount: number;
+  /**
+   * What the datapath cannot observe, e.g. "failed redirects are not counted:
+   * ..." when the tracepoint programs that count redirects the kernel drops
+   * did not load or attach (then redirect_error_packets stay 0 and
+   * redirected counters include such packets). Empty when all is observed.
+   */
+  warnings: string[];
 }
 
 function createBaseGetStatusRequest(): GetStatusRequest {
@@ -227,7 +234,7 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
 };
 
 function createBaseDatapathStatus(): DatapathStatus {
-  return { programId: 0, pinPath: "", ruleCount: 0, linkCount: 0, interfaceCount: 0 };
+  return { programId: 0, pinPath: "", ruleCount: 0, linkCount: 0, interfaceCount: 0, warnings: [] };
 }
 
 export const DatapathStatus: MessageFns<DatapathStatus> = {
@@ -246,6 +253,9 @@ export const DatapathStatus: MessageFns<DatapathStatus> = {
     }
     if (message.interfaceCount !== 0) {
       writer.uint32(40).uint32(message.interfaceCount);
+    }
+    for (const v of message.warnings) {
+      writer.uint32(50).string(v!);
     }
     return writer;
   },
@@ -303,6 +313,14 @@ export const DatapathStatus: MessageFns<DatapathStatus> = {
             message.interfaceCount = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.warnings.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -342,6 +360,9 @@ export const DatapathStatus: MessageFns<DatapathStatus> = {
         : isSet(object.interface_count)
         ? globalThis.Number(object.interface_count)
         : 0,
+      warnings: globalThis.Array.isArray(object?.warnings)
+        ? object.warnings.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -362,6 +383,9 @@ export const DatapathStatus: MessageFns<DatapathStatus> = {
     if (message.interfaceCount !== 0) {
       obj.interfaceCount = Math.round(message.interfaceCount);
     }
+    if (message.warnings?.length) {
+      obj.warnings = message.warnings;
+    }
     return obj;
   },
 
@@ -375,6 +399,7 @@ export const DatapathStatus: MessageFns<DatapathStatus> = {
     message.ruleCount = object.ruleCount ?? 0;
     message.linkCount = object.linkCount ?? 0;
     message.interfaceCount = object.interfaceCount ?? 0;
+    message.warnings = object.warnings?.map((e) => e) || [];
     return message;
   },
 };

@@ -204,8 +204,11 @@ export interface Rule {
   /**
    * Where matching packets go. Each flow (source and destination address and
    * port) is sent to one backend, chosen by a hash of the flow among the
-   * backends with a non-zero weight, in proportion to the weights; adding,
-   * removing or draining one backend only moves the flows of that backend.
+   * backends with a non-zero weight, in proportion to the weights (each holds
+   * its weight's share of the rule's 1031-slot lookup table to within one
+   * slot, and at least one slot: ratios up to 1030:1 never starve a
+   * backend); removing or draining one backend moves only its flows, and
+   * adding one moves flows only onto it.
    * Backends are identified within the rule by (ip, interface), which must be
    * unique. May be empty or all drained: matching packets are then dropped
    * (counted as no_backend).
