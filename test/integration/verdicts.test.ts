@@ -100,7 +100,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       assert.equal(rs.matched, 1n);
       assert.equal(rs.redirected, 1n);
       assert.equal(rs.redirectedBytes, BigInt(input.length));
-      assert.deepEqual(backendCounters(dp.maps, 1), { packets: 1n, bytes: BigInt(input.length) });
+      assert.deepEqual(backendCounters(dp.maps, 1), { packets: 1n, bytes: BigInt(input.length), redirectErrors: 0n });
     } finally {
       removeMatches(dp.maps, keys);
     }
@@ -463,7 +463,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       const r = dp.testRun(input, inIdx);
       assert.equal(r.action, XDP.REDIRECT);
       assert.deepEqual(r.data, input);
-      assert.deepEqual(linkCounters(dp.maps, inIdx), { packets: 1n, bytes: BigInt(input.length) });
+      assert.deepEqual(linkCounters(dp.maps, inIdx), { packets: 1n, bytes: BigInt(input.length), redirectErrors: 0n });
     } finally {
       disconnectDirection(dp.maps, inIdx);
       dp.maps.xcStats.delete(inIdx);
@@ -572,7 +572,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       const r = dp.testRun(input, inIdx);
       assert.equal(r.action, XDP.REDIRECT);
       assert.deepEqual(r.data, input, 'cross-connect forwards the frame unchanged');
-      assert.deepEqual(linkCounters(dp.maps, inIdx), { packets: 1n, bytes: BigInt(input.length) });
+      assert.deepEqual(linkCounters(dp.maps, inIdx), { packets: 1n, bytes: BigInt(input.length), redirectErrors: 0n });
       assert.equal(ruleCounters(dp.maps, 12).matched, 0n, 'the rule never saw it');
     } finally {
       disconnectDirection(dp.maps, inIdx);
