@@ -157,6 +157,9 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct csum_chunk);
+	/* Pinned like every map, so that a restarted daemon's object has the
+	 * same maps as the attached program and adopts it. */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } csum_buf SEC(".maps");
 
 /* The frame this CPU redirected last, and the frames queued per egress since
