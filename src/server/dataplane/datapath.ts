@@ -602,7 +602,11 @@ export class XdpDatapath {
         // Same code is not enough: the pinned program must use exactly the
         // pinned maps (compare map ids). Pins removed or replaced by hand
         // leave a program that still uses the old, unpinned maps.
-        const ours = new Set(Object.values(typed).map((m) => (m as BpfMap<unknown, unknown>).info.id));
+        // Every map of the object, not only the typed ones (frag_track, csum_buf, redir_*).
+        const ours = new Set<number>();
+        for (let m = lib.bpf_object__next_map(obj, null); m; m = lib.bpf_object__next_map(obj, m)) {
+          ours.add(mapInfo(lib.bpf_map__fd(m) as number, lib.bpf_map__name(m) as string).id);
+        }
         const used = progMapIds(progPin);
         const stale = used !== undefined && used.some((id) => !ours.has(id));
         if (stale) {
