@@ -605,7 +605,7 @@ export class XdpDatapath {
         // Every map of the object, not only the typed ones (frag_track, csum_buf, redir_*).
         const ours = new Set<number>();
         for (let m = lib.bpf_object__next_map(obj, null); m; m = lib.bpf_object__next_map(obj, m)) {
-          ours.add(mapInfo(lib.bpf_map__fd(m) as number, lib.bpf_map__name(m) as string).id);
+          ours.add(mapInfo(lib.bpf_map__fd(m) as number, lib.bpf_map__name(m) as string).id ?? 0);
         }
         const used = progMapIds(progPin);
         const stale = used !== undefined && used.some((id) => !ours.has(id));
