@@ -35,9 +35,9 @@ import {
   RING_SIZE,
   type Codec,
 } from '../../src/server/dataplane/codec.js';
-import type { Capacity, DatapathMaps, XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import type { AttachResult, Capacity, DatapathMaps, XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { KernelError } from '../../src/server/dataplane/errors.js';
-import type { InterfaceInfo, XdpModeName, XdpStatus } from '../../src/server/core/dataplane.js';
+import { GlobalStat, type InterfaceInfo, type XdpModeName, type XdpStatus } from '../../src/server/core/dataplane.js';
 
 const ENOENT = 2;
 const EINVAL = 22;
@@ -192,12 +192,22 @@ export const MODEL_CAPACITY: Capacity = {
   backends: 129,
 };
 
-/** Just enough of XdpDatapath for the adapter: maps, capacity, attachments. */
-class ModelDatapath {
+/**
+ * Just enough of XdpDatapath for the adapter: maps, capacity, attachments.
+ * Typed against XdpDatapath (the adapter receives it through a cast), so a
+ * change of the real datapath's shape fails the type check here instead of
+ * surfacing as an undefined field at run time.
+ */
+class ModelDatapath implements Pick<
+  XdpDatapath,
+  'maps' | 'progId' | 'capacity' | 'attach' | 'detach' | 'state' | 'traceWarning'
+> {
   readonly maps: DatapathMaps;
   readonly progId = 42;
   readonly options = { pinRoot: '/model' };
   readonly attached = new Map<string, 'native' | 'generic'>();
+  /** The tracepoint programs are modelled as attached: nothing unobserved. */
+  readonly traceWarning: string | undefined = undefined;
 
   constructor(
     readonly capacity: Capacity,
@@ -218,24 +228,25 @@ class ModelDatapath {
       backends: m('backends', 'array', capacity.backends, u32, backendEntry),
       ruleStats: m('rule_stats', 'array', capacity.statsIds, u32, ruleStats, true),
       backendStats: m('backend_stats', 'array', capacity.backends, u32, backendStats, true),
-      globalStats: m('global_stats', 'array', 10, u32, u64, true),
+      globalStats: m('global_stats', 'array', Math.max(...Object.values(GlobalStat)) + 1, u32, u64, true),
     } as unknown as DatapathMaps;
   }
 
-  attach(ifname: string, mode: XdpModeName) {
+  attach(ifname: string, mode: XdpModeName): AttachResult {
     if (this.faults.crashed) throw new Crash('the process is dead');
     const info = this.ifs.get(ifname);
     if (!info) throw new KernelError(`attach xdp to ${ifname}`, 19);
     const eff = mode === 'generic' ? 'generic' : 'native';
+    const replaced = false;
     this.attached.set(ifname, eff);
-    return { mode: eff, progId: this.progId, ifindex: info.ifindex, requested: mode };
+    return { mode: eff, progId: this.progId, ifindex: info.ifindex, requested: mode, replaced, warnings: [] };
   }
 
   detach(ifname: string): void {
     this.attached.delete(ifname);
   }
 
-  state(ifname: string) {
+  state(ifname: string): ReturnType<XdpDatapath['state']> {
     const info = this.ifs.get(ifname);
     if (!info) throw new KernelError(`query xdp on ${ifname}`, 19);
     const mode = this.attached.get(ifname);

@@ -80,7 +80,13 @@ describe('deadlines and cancellation of changes', () => {
       let open!: () => void;
       dp.gate = new Promise((r) => (open = r));
       const first = rules.createRule({ rule: rule('first', 7000) });
-      while (dp.entered === 0) await new Promise((r) => setTimeout(r, 5));
+      // A first change that fails before it reaches the gate fails the test here, not by hanging it.
+      let failed: unknown;
+      first.catch((e: unknown) => (failed = e ?? new Error('rejected')));
+      while (dp.entered === 0) {
+        if (failed !== undefined) throw failed;
+        await new Promise((r) => setTimeout(r, 5));
+      }
       const maps = dp.snapshot();
       const late = await rules.createRule({ rule: rule('late', 7001) }, { deadline: new Date(Date.now() + 100) }).then(
         () => undefined,
@@ -122,7 +128,12 @@ describe('deadlines and cancellation of changes', () => {
         () => undefined,
         (e: unknown) => e,
       );
-      while (dp.entered === entered) await new Promise((r) => setTimeout(r, 5));
+      let settled = false;
+      void during.then(() => (settled = true));
+      while (dp.entered === entered) {
+        if (settled) assert.fail(`the change ended before it reached the dataplane: ${String(await during)}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
       const err = await during;
       assert.ok(err instanceof ClientError);
       assert.equal(err.code, Status.DEADLINE_EXCEEDED);
