@@ -10,7 +10,8 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ensureVethPeerNapi } from '../../src/server/dataplane/netdev.js';
-import { backendCounters, removeMatches, ruleCounters } from '../../src/server/dataplane/tables.js';
+import { GlobalStat } from '../../src/server/dataplane/codec.js';
+import { backendCounters, globalCounters, removeMatches, ruleCounters } from '../../src/server/dataplane/tables.js';
 import type { XdpMode } from '../../src/server/dataplane/xdp.js';
 import { kernelOnly, runId } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
@@ -200,6 +201,142 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
         assert.equal(backendCounters(dp.maps, 2).packets, BigInt(g1.count));
         assert.equal(backendCounters(dp.maps, 3).packets, BigInt(g2.count));
       } finally {
+        removeMatches(dp.maps, keys);
+      }
+    });
+
+    it("a source filter is part of the match: a packet the exact rule's filter rejects goes to the any-destination rule", async () => {
+      // Issue 13's example: rule "dst" (destination 198.18.9.9, source
+      // 10.50.7.0/24) and rule "any" (same port, no destination); the VM
+      // (198.18.1.1) sends to 198.18.9.9.
+      slot++;
+      const anySlot = slot;
+      const anyKeys = installRule(dp, {
+        slot: anySlot,
+        statsId: anySlot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        backends: [{ id: 20, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+      });
+      slot++;
+      const dstSlot = slot;
+      const dstKeys = installRule(dp, {
+        slot: dstSlot,
+        statsId: dstSlot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        daddr: NOWHERE,
+        sources: [{ length: 24, addr: '10.50.7.0' }],
+        backends: [{ id: 21, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf }],
+      });
+      try {
+        assert.equal(vm.ip, '198.18.1.1');
+        const [l1, l2] = await Promise.all([listen(c1), listen(c2)]);
+        const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 40).done;
+        await new Promise((r) => setTimeout(r, 100));
+        const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
+        assert.equal(g1.bad, 0);
+        assert.equal(g1.unique, sent, `"any" rule's backend received ${g1.unique} of ${sent}`);
+        assert.equal(g2.count, 0, `"dst" rule's backend received nothing`);
+        assert.equal(ruleCounters(dp.maps, anySlot).redirected, BigInt(sent));
+        const dst = ruleCounters(dp.maps, dstSlot);
+        assert.equal(dst.redirected, 0n);
+        assert.equal(dst.matched, 0n, 'the rejected source did not match "dst"');
+        assert.equal(dst.filtered, BigInt(sent), '"dst" says it filtered them');
+      } finally {
+        removeMatches(dp.maps, [...dstKeys, ...anyKeys]);
+      }
+    });
+
+    it('forwards only what a router would: TTL decremented; TTL <= 1 and malformed headers go to the stack, counted', async () => {
+      slot++;
+      const keys = installRule(dp, {
+        slot,
+        statsId: slot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        backends: [{ id: 22, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+      });
+      // The receiver reports each datagram's payload and the TTL it arrived with (IP_RECVTTL).
+      const rxPy = [
+        'import socket, select',
+        's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+        `s.bind(("${c1.ip}", ${PORT}))`,
+        's.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL (Linux; Python has no name for it)',
+        'print("READY", flush=True)',
+        'while select.select([s], [], [], 1.5)[0]:',
+        '    d, anc, _, _ = s.recvmsg(2048, 64)',
+        '    ttl = [int.from_bytes(v[:4], "little") for l, t, v in anc if (l, t) == (socket.IPPROTO_IP, socket.IP_TTL)]',
+        '    print(d.decode().rstrip("."), ttl[0] if ttl else -1, flush=True)',
+      ].join('\n');
+      // Crafted frames from the VM's eth0 (AF_PACKET), to the rule's address
+      // and port, each case 5 times with its name as the payload.
+      const txPy = `import socket, struct
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def frame(name, ttl=64, ver=4, ip_extra=0, udp_extra=0, cut=0):
+    payload = name.encode().ljust(32, b".")  # 74-byte frames: above the 60-byte minimum, never padded
+    udp = struct.pack("!HHHH", 40000, ${PORT}, 8 + len(payload) + udp_extra, 0) + payload
+    src, dst = socket.inet_aton("${vm.ip}"), socket.inet_aton("${NOWHERE}")
+    ph = src + dst + struct.pack("!BBH", 0, 17, len(udp))
+    u = udp + (b"\\0" if len(udp) % 2 else b"")
+    c = csum(ph + u) if udp_extra == 0 else 0
+    udp = udp[:6] + struct.pack("!H", c or 0xffff) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", (ver << 4) | 5, 0, 20 + len(udp) + ip_extra, 7, 0, ttl, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    f = bytes.fromhex("${vm.hostMac.replace(/:/g, '')}") + bytes.fromhex("${vm.mac.replace(/:/g, '')}") + b"\\x08\\x00" + ip + udp
+    return f[:len(f) - cut]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for i in range(5):
+    s.send(frame("ok-%d" % i))
+    s.send(frame("ttl2-%d" % i, ttl=2))
+    s.send(frame("ttl1-%d" % i, ttl=1))
+    s.send(frame("ttl0-%d" % i, ttl=0))
+    s.send(frame("iplen-%d" % i, ip_extra=4))
+    s.send(frame("udplen-%d" % i, udp_extra=2))
+    s.send(frame("udpshort-%d" % i, udp_extra=-2))
+    s.send(frame("version-%d" % i, ver=6))
+`;
+      const rx = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', rxPy]);
+      procs.push(rx);
+      let out = '';
+      rx.stdout.on('data', (d) => (out += d));
+      rx.stderr.on('data', (d) => (out += d));
+      const exited = new Promise<void>((r) => rx.on('exit', () => r()));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
+          rx.on('exit', () => (clearInterval(t), reject(new Error(out))));
+        });
+        const before = globalCounters(dp.maps);
+        topo.exec('vm', 'python3', ['-c', txPy]);
+        await exited;
+        const got = out
+          .trim()
+          .split('\n')
+          .slice(1)
+          .map((l) => l.split(' '));
+        const after = globalCounters(dp.maps);
+        const delta = (i: number) => after[i] - before[i];
+        assert.deepEqual(
+          got.map(([name]) => name.replace(/-\d+$/, '')).sort(),
+          [...Array(5).fill('ok'), ...Array(5).fill('ttl2')],
+          `only the well-formed datagrams with TTL > 1 arrive: ${out}`,
+        );
+        for (const [name, ttl] of got) {
+          assert.equal(Number(ttl), name.startsWith('ok') ? 63 : 1, `${name}: TTL decremented by one`);
+        }
+        assert.equal(delta(GlobalStat.ERR_TTL), 10n, 'TTL 1 and 0: counted as ttl');
+        assert.equal(delta(GlobalStat.ERR_TRUNCATED), 5n, 'IP total length > frame: truncated');
+        assert.equal(delta(GlobalStat.ERR_MALFORMED), 15n, 'UDP length != IP payload, version 6: malformed');
+        const rs = ruleCounters(dp.maps, slot);
+        assert.equal(rs.redirected, 10n, 'only the forwarded ones counted as redirected');
+        assert.equal(rs.matched, 10n);
+      } finally {
+        if (rx.exitCode === null) rx.kill('SIGKILL');
         removeMatches(dp.maps, keys);
       }
     });
