@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -21,7 +22,11 @@ import {
   ruleCounters,
 } from '../../src/server/dataplane/tables.js';
 import { attachXdp, detachXdp } from '../../src/server/dataplane/xdp.js';
-import { kernelOnly, ROOT, runId, sh } from '../helpers/env.js';
+import { EffectiveXdpMode } from '../../src/gen/xdpctl/v1/interface.js';
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
@@ -164,5 +169,89 @@ describe('jumbo frames (MTU 9000)', kernelOnly(), () => {
       detachXdp(ifindex, a.hostIf);
       obj.close();
     }
+  });
+});
+
+describe('jumbo frames through the daemon (--xdp-mode auto)', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const bridge = `x${id}br`;
+  let d: DaemonProcess | undefined;
+  let a: Host, b: Host, vm: Host, c: Host;
+  const listeners: UdpListener[] = [];
+  const procs: ChildProcess[] = [];
+
+  before(() => {
+    a = jumbo(topo, 'a', '198.18.20.1/24');
+    b = jumbo(topo, 'b', '198.18.20.2/24');
+    vm = jumbo(topo, 'vm', '198.18.1.1/24');
+    c = jumbo(topo, 'c', '198.18.2.1/24');
+    topo.routeToXdp('vm');
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    procs.forEach((p) => p.exitCode === null && p.kill('SIGKILL'));
+    await d?.destroy();
+    topo.destroy();
+    shQuiet('ip', ['link', 'del', bridge]);
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  it('a link and a rule on MTU 9000 veths are accepted, run natively and carry 9014-byte frames', async () => {
+    d = await DaemonProcess.start(id, ['--xdp-mode', 'auto']);
+    const cl = d.clients();
+    // Issue 13's example: this was INVALID_ARGUMENT "result out of range (ERANGE)".
+    await cl.links.connect({ link: { a: a.hostIf, b: b.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH } });
+    await cl.rules.createRule({
+      rule: {
+        name: 'jumbo',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: c.ip!, mac: c.mac, interface: c.hostIf, weight: 1 }],
+        udpChecksum: 0,
+        labels: {},
+        generation: 0,
+      },
+    });
+    for (const h of [a, b, vm]) {
+      const i = (await cl.interfaces.getInterface({ name: h.hostIf })).interface!;
+      assert.equal(i.effectiveMode, EffectiveXdpMode.EFFECTIVE_XDP_MODE_NATIVE, `${h.hostIf} native`);
+      assert.deepEqual(i.warnings, [], `${h.hostIf}: no warnings`);
+    }
+
+    const l = await UdpListener.start(c.netns, c.ip!, PORT);
+    listeners.push(l);
+    const errors = topo.snmp('c', 'Udp', 'InCsumErrors');
+    const { sent } = await sendUdp(vm.netns, '198.18.9.9', PORT, 20, { size: PAYLOAD, perTick: 1, tickMs: 10 }).done;
+    await new Promise((r) => setTimeout(r, 200));
+    const got = await l.stop();
+    assert.equal(got.bad, 0, 'every payload intact');
+    assert.equal(got.unique, sent, `${got.unique} of ${sent} 9014-byte frames arrived`);
+    assert.equal(topo.snmp('c', 'Udp', 'InCsumErrors'), errors, 'no checksum errors');
+
+    const rx = spawn('nsenter', [`--net=/run/netns/${b.netns}`, 'python3', '-c', RAW_RX]);
+    procs.push(rx);
+    let out = '';
+    rx.stdout.on('data', (x) => (out += x));
+    rx.stderr.on('data', (x) => (out += x));
+    const exited = new Promise<void>((resolve) => rx.on('exit', () => resolve()));
+    await new Promise<void>((resolve, reject) => {
+      const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
+      rx.on('exit', () => (clearInterval(t), reject(new Error(out))));
+    });
+    topo.exec('a', 'python3', ['-c', RAW_TX]);
+    await exited;
+    assert.match(out, /RECEIVED 5 IDENTICAL 5/, out);
+  });
+
+  it('auto falls back to generic where native is refused, and the interface status says why', async () => {
+    const cl = d!.clients();
+    // A bridge has no native XDP: the kernel refuses (EOPNOTSUPP).
+    await cl.links.connect({ link: { a: bridge, b: bridge, direction: LinkDirection.LINK_DIRECTION_BOTH } });
+    const i = (await cl.interfaces.getInterface({ name: bridge })).interface!;
+    assert.equal(i.effectiveMode, EffectiveXdpMode.EFFECTIVE_XDP_MODE_GENERIC);
+    assert.match(i.warnings.join(' '), /native XDP refused .*; running in generic mode/);
   });
 });

@@ -63,9 +63,13 @@ export function linkDirectionToJSON(object: LinkDirection): string {
 
 /** A cross-connect between two interfaces. */
 export interface Link {
-  /** First interface, e.g. "eth0". Required; differs from b. */
+  /** First interface, e.g. "eth0". Required. */
   a: string;
-  /** Second interface, e.g. "tap0". Required; differs from a. */
+  /**
+   * Second interface, e.g. "tap0". Required. It may be a itself: a link of an
+   * interface to itself reflects every frame it receives back out of it
+   * (xdp-xconnect's reflector).
+   */
   b: string;
   /**
    * Which way frames are forwarded. LINK_DIRECTION_UNSPECIFIED means
