@@ -173,6 +173,187 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       }
     });
 
+    it('follows the first fragment: 3 000-byte datagrams sent as 1200-byte fragments reassemble at ONE backend; a stray fragment matches nothing', async () => {
+      slot++;
+      const keys = installRule(dp, {
+        slot,
+        statsId: slot,
+        ingress: [vm.hostIf],
+        port: PORT,
+        backends: [
+          { id: 23, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf },
+          { id: 24, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf },
+        ],
+      });
+      const DATAGRAMS = 12;
+      // Datagram i: 3 000 bytes, (i * 13 + k) & 255, from source port 43000 + i.
+      const body = `def body(i): return bytes((i * 13 + k) & 255 for k in range(3000))`;
+      const rxPy = (ip: string) =>
+        [
+          'import socket, select',
+          body,
+          's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+          `s.bind(("${ip}", ${PORT}))`,
+          'print("READY", flush=True)',
+          'while select.select([s], [], [], 1.5)[0]:',
+          '    d, a = s.recvfrom(65536)',
+          '    i = a[1] - 43000',
+          '    print("OK" if d == body(i) else "BAD", i, len(d), flush=True)',
+        ].join('\n');
+      // Fragments crafted on the VM's eth0 (AF_PACKET): offsets 0, 1200, 2400
+      // (payload bytes 1200, 1200, 608 of the 3 008-byte UDP datagram).
+      const txPy = `import socket, struct
+${body}
+def csum(b):
+    if len(b) % 2: b += b"\\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+src, dst = socket.inet_aton("${vm.ip}"), socket.inet_aton("${NOWHERE}")
+eth = bytes.fromhex("${vm.hostMac.replace(/:/g, '')}") + bytes.fromhex("${vm.mac.replace(/:/g, '')}") + b"\\x08\\x00"
+def ip(ident, off, mf, part):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(part), ident, (0x2000 if mf else 0) | (off // 8), 64, 17, 0, src, dst)
+    return eth + h[:10] + struct.pack("!H", csum(h)) + h[12:] + part
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for i in range(${DATAGRAMS}):
+    data = body(i)
+    udp = struct.pack("!HHHH", 43000 + i, ${PORT}, 8 + len(data), 0) + data
+    c = csum(src + dst + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xffff
+    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+    for off in (0, 1200, 2400):
+        s.send(ip(0x5000 + i, off, off < 2400, udp[off:off + 1200]))
+# A stray non-first fragment (its first was never sent) whose payload bytes 2-3 are the rule's port.
+s.send(ip(0x6000, 1200, False, struct.pack("!HHHH", ${PORT}, ${PORT}, 16, 0) + b"x" * 8))
+`;
+      const rxs = [c1, c2].map((h) => {
+        const p = spawn('nsenter', [`--net=/run/netns/${h.netns}`, 'python3', '-c', rxPy(h.ip!)]);
+        procs.push(p);
+        const r = { out: '', exited: new Promise<void>((res) => p.on('exit', () => res())) };
+        p.stdout.on('data', (x) => (r.out += x));
+        p.stderr.on('data', (x) => (r.out += x));
+        return { p, r };
+      });
+      try {
+        for (const { p, r } of rxs) {
+          await new Promise<void>((resolve, reject) => {
+            const t = setInterval(() => r.out.includes('READY') && (clearInterval(t), resolve()), 20);
+            p.on('exit', () => (clearInterval(t), reject(new Error(r.out))));
+          });
+        }
+        const before = globalCounters(dp.maps);
+        topo.exec('vm', 'python3', ['-c', txPy]);
+        await Promise.all(rxs.map(({ r }) => r.exited));
+        const lines = rxs.map(({ r }) => r.out.trim().split('\n').slice(1).filter(Boolean));
+        const all = lines.flat();
+        assert.ok(
+          all.every((l) => l.startsWith('OK ') && l.endsWith(' 3000')),
+          `every datagram whole: ${all.join('; ')}`,
+        );
+        assert.equal(new Set(all).size, DATAGRAMS, `all ${DATAGRAMS} reassembled, each once: ${all.join('; ')}`);
+        assert.ok(
+          lines[0].length > 0 && lines[1].length > 0,
+          `both backends used: ${lines[0].length}/${lines[1].length}`,
+        );
+        const rs = ruleCounters(dp.maps, slot);
+        assert.equal(rs.matched, BigInt(3 * DATAGRAMS), 'every fragment counted, the stray one not');
+        assert.equal(rs.redirected, BigInt(3 * DATAGRAMS));
+        assert.equal(backendCounters(dp.maps, 23).packets, BigInt(3 * lines[0].length), 'c1: 3 fragments per datagram');
+        assert.equal(backendCounters(dp.maps, 24).packets, BigInt(3 * lines[1].length), 'c2: 3 fragments per datagram');
+        const after = globalCounters(dp.maps);
+        assert.equal(after[GlobalStat.ERR_FRAGMENT] - before[GlobalStat.ERR_FRAGMENT], 1n, 'the stray fragment');
+      } finally {
+        rxs.forEach(({ p }) => p.exitCode === null && p.kill('SIGKILL'));
+        removeMatches(dp.maps, keys);
+      }
+    });
+
+    it('delivers datagrams a VM writes into a tap with a partial checksum (virtio-net NEEDS_CSUM)', async () => {
+      // A tap whose "VM" is this python process: it writes frames with a
+      // virtio-net header asking for checksum offload (VIRTIO_NET_HDR_F_NEEDS_CSUM,
+      // the UDP field holding only the pseudo-header sum), as a guest's virtio
+      // driver does with default offloads.
+      const tap = `x${id}tp`;
+      const N = 20;
+      const tapPy = `import fcntl, os, socket, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"${tap}", 0x0002 | 0x1000 | 0x4000))  # TUNSETIFF: TAP, NO_PI, VNET_HDR
+os.system("ip link set ${tap} up")
+print("READY", flush=True)
+sys.stdin.readline()
+def fold(s):
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
+src, dst = socket.inet_aton("198.18.7.1"), socket.inet_aton("${NOWHERE}")
+for i in range(${N}):
+    payload = b"tap %d" % i
+    ulen = 8 + len(payload)
+    pseudo = fold(sum(struct.unpack("!4H", src + dst)) + 17 + ulen)
+    udp = struct.pack("!HHHH", 40000 + i, ${PORT}, ulen, pseudo) + payload
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, i, 0, 64, 17, 0, src, dst)
+    h = h[:10] + struct.pack("!H", ~fold(sum(struct.unpack("!10H", h))) & 0xffff) + h[12:]
+    eth = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x07\\x01" + b"\\x08\\x00"
+    vnet = struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 6)  # NEEDS_CSUM, csum_start 34, csum_offset 6
+    os.write(fd, vnet + eth + h + udp)
+print("SENT", flush=True)
+sys.stdin.readline()
+`;
+      const vmProc = spawn('python3', ['-c', tapPy], { stdio: ['pipe', 'pipe', 'pipe'] });
+      procs.push(vmProc);
+      let vmOut = '';
+      vmProc.stdout.on('data', (x) => (vmOut += x));
+      vmProc.stderr.on('data', (x) => (vmOut += x));
+      const waitFor = (what: string) =>
+        new Promise<void>((resolve, reject) => {
+          const t = setInterval(() => vmOut.includes(what) && (clearInterval(t), resolve()), 20);
+          vmProc.on('exit', () => (clearInterval(t), reject(new Error(`tap process exited: ${vmOut}`))));
+        });
+      let keys: ReturnType<typeof installRule> = [];
+      try {
+        await waitFor('READY');
+        assert.equal(dp.attach(tap, mode).mode, mode);
+        slot++;
+        keys = installRule(dp, {
+          slot,
+          statsId: slot,
+          ingress: [tap],
+          port: PORT,
+          backends: [{ id: 25, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+        });
+        const rxPy = [
+          'import socket, select',
+          's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+          `s.bind(("${c1.ip}", ${PORT}))`,
+          'print("READY", flush=True)',
+          'got = set()',
+          'while select.select([s], [], [], 1.5)[0]:',
+          '    got.add(s.recv(2048))',
+          `print(sum(1 for i in range(${N}) if b"tap %d" % i in got), len(got), flush=True)`,
+        ].join('\n');
+        const rx = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', rxPy]);
+        procs.push(rx);
+        let out = '';
+        rx.stdout.on('data', (x) => (out += x));
+        rx.stderr.on('data', (x) => (out += x));
+        const exited = new Promise<void>((r) => rx.on('exit', () => r()));
+        await new Promise<void>((resolve, reject) => {
+          const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
+          rx.on('exit', () => (clearInterval(t), reject(new Error(out))));
+        });
+        const errors = topo.snmp('c1', 'Udp', 'InCsumErrors');
+        vmProc.stdin.write('go\n');
+        await waitFor('SENT');
+        await exited;
+        assert.equal(out.trim().split('\n').pop(), `${N} ${N}`, `the application read all ${N}: ${out}`);
+        assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), errors, 'UdpInCsumErrors unchanged');
+        assert.equal(ruleCounters(dp.maps, slot).redirected, BigInt(N));
+      } finally {
+        removeMatches(dp.maps, keys);
+        vmProc.stdin.end(); // the tap goes with its file descriptor
+        if (vmProc.exitCode === null) await new Promise((r) => vmProc.on('exit', r));
+      }
+    });
+
     it('spreads flows over two backends and keeps each flow on one', async () => {
       slot++;
       const keys = installRule(dp, {
