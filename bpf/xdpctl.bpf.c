@@ -665,11 +665,27 @@ static __always_inline int do_redirect(struct xdpctl_backend *be, struct xdpctl_
 }
 
 /*
+ * An address a router does not forward from (as a source) or to (as a
+ * destination), RFC 1812 5.3.7 and 5.3.5.1: network 0 (0.0.0.0/8), loopback
+ * (127.0.0.0/8), multicast (224.0.0.0/4) and class E (240.0.0.0/4, with the
+ * limited broadcast 255.255.255.255). A rule for "any destination" must not
+ * take a broadcast or a multicast datagram to its port (DHCP, mDNS, ...)
+ * away from the host: the stack gets those.
+ */
+static __always_inline int martian(__be32 addr)
+{
+	__u8 first = *(__u8 *)&addr; /* network byte order: the first octet */
+
+	return first == 0 || first == 127 || first >= 224;
+}
+
+/*
  * What a router checks before forwarding (RFC 1812), on a packet we are about
  * to redirect; false: pass it to the stack, counted. Options (5.2.4) take a
  * router's slow path: the stack's. The header checksum is verified (5.2.2):
- * ten words. TTL <= 1 is not forwarded (5.3.1); the stack answers with ICMP
- * time exceeded.
+ * ten words. Martian sources and destinations are not forwarded (5.3.7).
+ * TTL <= 1 is not forwarded (5.3.1); the stack answers with ICMP time
+ * exceeded when the host forwards.
  */
 static __always_inline int router_checks(struct iphdr *ip)
 {
@@ -686,6 +702,10 @@ static __always_inline int router_checks(struct iphdr *ip)
 		sum += w[i];
 	if (csum_fold_raw(sum) != 0xffff) {
 		count(XDPCTL_STAT_ERR_MALFORMED);
+		return 0;
+	}
+	if (martian(ip->saddr) || martian(ip->daddr)) {
+		count(XDPCTL_STAT_ERR_MARTIAN);
 		return 0;
 	}
 	if (ip->ttl <= 1) {

@@ -139,7 +139,8 @@ enum xdpctl_stat {
 	XDPCTL_STAT_ERR_TTL = 11,        /* TTL <= 1 on a matched packet: passed (stack sends ICMP) */
 	XDPCTL_STAT_ERR_IP_OPTIONS = 12, /* matched packet with IP options: passed */
 	XDPCTL_STAT_ERR_XMIT = 13,       /* redirected, then dropped by the kernel (tracepoints) */
-	XDPCTL_STAT__MAX = 14,
+	XDPCTL_STAT_ERR_MARTIAN = 14,    /* martian source or non-unicast destination (RFC 1812 5.3.7): passed */
+	XDPCTL_STAT__MAX = 15,
 };
 
 /*

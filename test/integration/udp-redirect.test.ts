@@ -429,7 +429,7 @@ sys.stdin.readline()
       }
     });
 
-    it('forwards only what a router would: TTL decremented; TTL <= 1 and malformed headers go to the stack, counted', async () => {
+    it('forwards only what a router would: TTL decremented; TTL <= 1, malformed headers and martian addresses go to the stack, counted', async () => {
       slot++;
       const keys = installRule(dp, {
         slot,
@@ -457,10 +457,10 @@ def csum(b):
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     while s >> 16: s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
-def frame(name, ttl=64, ver=4, ip_extra=0, udp_extra=0, cut=0):
+def frame(name, ttl=64, ver=4, ip_extra=0, udp_extra=0, cut=0, sip="${vm.ip}", dip="${NOWHERE}"):
     payload = name.encode().ljust(32, b".")  # 74-byte frames: above the 60-byte minimum, never padded
     udp = struct.pack("!HHHH", 40000, ${PORT}, 8 + len(payload) + udp_extra, 0) + payload
-    src, dst = socket.inet_aton("${vm.ip}"), socket.inet_aton("${NOWHERE}")
+    src, dst = socket.inet_aton(sip), socket.inet_aton(dip)
     ph = src + dst + struct.pack("!BBH", 0, 17, len(udp))
     u = udp + (b"\\0" if len(udp) % 2 else b"")
     c = csum(ph + u) if udp_extra == 0 else 0
@@ -480,6 +480,9 @@ for i in range(5):
     s.send(frame("udplen-%d" % i, udp_extra=2))
     s.send(frame("udpshort-%d" % i, udp_extra=-2))
     s.send(frame("version-%d" % i, ver=6))
+    s.send(frame("loopback-%d" % i, sip="127.0.0.1"))
+    s.send(frame("bcast-%d" % i, dip="255.255.255.255"))
+    s.send(frame("mcast-%d" % i, dip="224.0.0.251"))
 `;
       const rx = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', rxPy]);
       procs.push(rx);
@@ -513,6 +516,7 @@ for i in range(5):
         assert.equal(delta(GlobalStat.ERR_TTL), 10n, 'TTL 1 and 0: counted as ttl');
         assert.equal(delta(GlobalStat.ERR_TRUNCATED), 5n, 'IP total length > frame: truncated');
         assert.equal(delta(GlobalStat.ERR_MALFORMED), 15n, 'UDP length != IP payload, version 6: malformed');
+        assert.equal(delta(GlobalStat.ERR_MARTIAN), 15n, 'loopback source, broadcast and multicast destinations');
         const rs = ruleCounters(dp.maps, slot);
         assert.equal(rs.redirected, 10n, 'only the forwarded ones counted as redirected');
         assert.equal(rs.matched, 10n);

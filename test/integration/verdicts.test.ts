@@ -147,9 +147,13 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       backends: [{ id: 4, ip: '255.255.0.0', mac: BE1.mac, iface: outIf }],
     });
     try {
+      // First octets stay unicast (1-223, not 127): martian addresses are passed
+      // (RFC 1812 5.3.7, tested below); the backend's 255.255.0.0 keeps the
+      // all-ones and all-zeros words in the rewrite.
+      const unicast = (x: number) => (x % 222) + ((x % 222) + 1 >= 127 ? 2 : 1);
       for (let i = 0; i < 300; i++) {
-        const sip = `${(i * 37) & 255}.${(i * 11) & 255}.${i & 255}.${(i * 101) & 255}`;
-        const dip = `${255 - (i & 255)}.${(i * 13) & 255}.0.${i & 255}`;
+        const sip = `${unicast(i * 37)}.${(i * 11) & 255}.${i & 255}.${(i * 101) & 255}`;
+        const dip = `${unicast(221 - (i % 222))}.${(i * 13) & 255}.0.${i & 255}`;
         const r = dp.testRun(frame({ sip, dip, sport: 1 + i * 211, payload: Buffer.alloc(i % 37, i) }), inIdx);
         assert.equal(r.action, XDP.REDIRECT);
         const cs = checksums(r.data);
@@ -420,6 +424,13 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
     cases.push(['bad header checksum', edit((b) => (b[24] ^= 0x01), false), GlobalStat.ERR_MALFORMED]);
     cases.push(['TTL 1', frame({ ttl: 1 }), GlobalStat.ERR_TTL]);
     cases.push(['TTL 0', frame({ ttl: 0 }), GlobalStat.ERR_TTL]);
+    // Martian addresses (RFC 1812 5.3.7, 5.3.5.1); the rule has no destination, so it matches them all.
+    for (const sip of ['0.0.0.0', '0.1.2.3', '127.0.0.1', '224.0.0.1', '239.255.255.255', '240.0.0.1']) {
+      cases.push([`source ${sip}`, frame({ sip }), GlobalStat.ERR_MARTIAN]);
+    }
+    for (const dip of ['255.255.255.255', '224.0.0.251', '239.255.255.250', '240.0.0.1', '127.0.0.1', '0.0.0.0']) {
+      cases.push([`destination ${dip}`, frame({ dip }), GlobalStat.ERR_MARTIAN]);
+    }
     {
       // IHL 6 with a 4-byte NOP/EOL option.
       const f = frame();
@@ -450,6 +461,15 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       assert.equal(r.action, XDP.REDIRECT);
       assert.equal(r.data[22], 1);
       assert.ok(checksums(r.data).ipOk);
+      // The unicast neighbours of the martian ranges are forwarded.
+      for (const [sip, dip] of [
+        ['1.0.0.1', '126.255.255.255'],
+        ['126.255.255.255', '128.0.0.1'],
+        ['223.255.255.255', '223.255.255.254'],
+      ]) {
+        assert.equal(dp.testRun(frame({ sip, dip }), inIdx).action, XDP.REDIRECT, `${sip} -> ${dip}`);
+      }
+      assert.equal(ruleCounters(dp.maps, 16).redirected, 4n);
     } finally {
       removeMatches(dp.maps, keys);
     }

@@ -71,6 +71,7 @@ export const GlobalStat = {
   ERR_TTL: 11,
   ERR_IP_OPTIONS: 12,
   ERR_XMIT: 13,
+  ERR_MARTIAN: 14,
 } as const;
 
 export type XdpModeName = 'native' | 'generic' | 'auto';

@@ -45,8 +45,9 @@ export const GlobalStat = {
   ERR_TTL: 11,
   ERR_IP_OPTIONS: 12,
   ERR_XMIT: 13,
+  ERR_MARTIAN: 14,
 } as const;
-export const GLOBAL_STAT_COUNT = 14;
+export const GLOBAL_STAT_COUNT = 15;
 
 /** A C struct's layout: what the BTF test compares. */
 export interface Layout {

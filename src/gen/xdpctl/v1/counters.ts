@@ -323,10 +323,13 @@ export interface GlobalCounters {
    * "malformed" (IPv4 version not 4, IHL < 5, total length shorter than the
    * header, bad header checksum, or UDP length disagreeing with the IP
    * length: passed; RFC 1812 5.2.2), "ttl" (TTL <= 1 on a packet to
-   * redirect: passed, the host answers ICMP time exceeded; RFC 1812 5.3.1),
+   * redirect: passed, a forwarding host answers ICMP time exceeded; RFC
+   * 1812 5.3.1),
    * "ip_options" (a packet to redirect carries IP options: passed),
    * "xmit" (frames redirected that the kernel then dropped, from the
-   * xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints).
+   * xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints), "martian"
+   * (a packet to redirect from or to 0.0.0.0/8, 127.0.0.0/8, multicast or
+   * class E, the limited broadcast included: passed; RFC 1812 5.3.7).
    */
   errors: { [key: string]: bigint };
 }
