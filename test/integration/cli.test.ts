@@ -132,11 +132,12 @@ describe('xdpctl command line', kernelOnly(), () => {
   });
 
   it("rules get shows the rule's counters and each backend's, as GetCounters counts them", async () => {
-    // web accepts only 192.168.122.10: datagrams from vm match its port and are filtered by source.
+    // web accepts only 192.168.122.10: datagrams from vm reach its port and are filtered by source. The
+    // source filter is part of the match (counters.proto): they are counted filtered, not matched.
     const { sent } = await sendUdp(vm.netns, '198.18.9.9', 7999, 5).done;
     assert.equal(sent, 5);
     const out = assertOk(await cli('rules', 'get', 'web'));
-    assert.match(out, /^matched:\s+5 packets, \d+ B$/m);
+    assert.match(out, /^matched:\s+0 packets, 0 B$/m);
     assert.match(out, /^redirected:\s+0 packets, 0 B$/m);
     assert.match(out, /^filtered:\s+5 packets/m);
     assert.match(out, /^BACKEND\s+IP\s+MAC\s+INTERFACE\s+WEIGHT\s+ACTIVE\s+PACKETS\s+BYTES\s+MESSAGE$/m);
@@ -149,7 +150,7 @@ describe('xdpctl command line', kernelOnly(), () => {
       counters: { rules: { rule: string; matchedPackets: unknown; filteredPackets: unknown }[]; backends: unknown[] };
     };
     assert.equal(json.rule.name, 'web');
-    assert.equal(String(json.counters.rules[0].matchedPackets), '5');
+    assert.equal(String(json.counters.rules[0].matchedPackets ?? 0), '0', 'zero (proto3 JSON omits it)');
     assert.equal(String(json.counters.rules[0].filteredPackets), '5');
     assert.equal(json.counters.backends.length, 1);
   });
