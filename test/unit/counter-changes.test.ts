@@ -44,7 +44,7 @@ function scriptedRead(seed: number, quiet = false) {
   let names = Array.from({ length: 40 }, (_, i) => `rule-${String(i).padStart(2, '0')}`);
   const ruleC = new Map<string, bigint[]>();
   const backC = new Map<string, bigint[]>();
-  const linkC = [0n, 0n, 0n].map(() => [0n, 0n]);
+  const linkC = [0n, 0n, 0n].map(() => [0n, 0n, 0n]);
   let global = Array.from({ length: 14 }, () => 0n);
   let reads = 0;
   let last = 0;
@@ -58,8 +58,8 @@ function scriptedRead(seed: number, quiet = false) {
       names = [...names.filter((n) => n !== names[3]), `rule-new-${reads}`].sort();
     }
     for (const n of names) {
-      if (!ruleC.has(n)) ruleC.set(n, [0n, 0n, 0n, 0n, 0n, 0n]);
-      for (let b = 0; b < 4; b++) if (!backC.has(`${n}|${b}`)) backC.set(`${n}|${b}`, [0n, 0n]);
+      if (!ruleC.has(n)) ruleC.set(n, [0n, 0n, 0n, 0n, 0n, 0n, 0n]);
+      for (let b = 0; b < 4; b++) if (!backC.has(`${n}|${b}`)) backC.set(`${n}|${b}`, [0n, 0n, 0n]);
       const change = step === 6 || ([1, 2, 3, 4, 10, 11].includes(step) && rnd() < 0.1);
       if (change) {
         ruleC.set(n, bump(ruleC.get(n)!, BigInt(1 + Math.floor(rnd() * 100))));
@@ -67,27 +67,40 @@ function scriptedRead(seed: number, quiet = false) {
         backC.set(`${n}|${b}`, bump(backC.get(`${n}|${b}`)!, 7n));
       }
       if (step === 8 && n === names[5]) {
-        ruleC.set(n, [0n, 0n, 0n, 0n, 0n, 0n]);
-        backC.set(`${n}|0`, [0n, 0n]);
+        ruleC.set(n, [0n, 0n, 0n, 0n, 0n, 0n, 0n]);
+        backC.set(`${n}|0`, [0n, 0n, 0n]);
+      }
+      if (step === 11 && n === names[7]) {
+        // Only redirect errors: frames the kernel dropped after the redirect.
+        const [p, by, e] = backC.get(`${n}|1`)!;
+        backC.set(`${n}|1`, [p, by, e + 1n]);
       }
     }
     if (step === 6 || step === 2) linkC[1] = bump(linkC[1], 3n);
+    if (step === 11) linkC[2] = [linkC[2][0], linkC[2][1], linkC[2][2] + 1n];
     if (step === 9 || step === 6) global = global.map((g, i) => (i === 2 ? g + 1n : g));
     const time = Math.max(Date.now(), last + 1);
     last = time;
     const snap: CounterSnapshot = {
       time,
       rules: names.map((name) => {
-        const [matched, matchedBytes, redirected, redirectedBytes, filtered, noBackend] = ruleC.get(name)!;
-        return { name, matched, matchedBytes, redirected, redirectedBytes, filtered, noBackend };
+        const [matched, matchedBytes, redirected, redirectedBytes, filtered, noBackend, redirectErrors] =
+          ruleC.get(name)!;
+        return { name, matched, matchedBytes, redirected, redirectedBytes, filtered, noBackend, redirectErrors };
       }),
       backends: names.flatMap((rule) =>
         [0, 1, 2, 3].map((b) => {
-          const [packets, bytes] = backC.get(`${rule}|${b}`)!;
-          return { rule, ip: `10.0.${b}.1`, interface: `veth${b}`, packets, bytes };
+          const [packets, bytes, redirectErrors] = backC.get(`${rule}|${b}`)!;
+          return { rule, ip: `10.0.${b}.1`, interface: `veth${b}`, packets, bytes, redirectErrors };
         }),
       ),
-      links: linkC.map(([packets, bytes], i) => ({ from: `a${i}`, to: `b${i}`, packets, bytes })),
+      links: linkC.map(([packets, bytes, redirectErrors], i) => ({
+        from: `a${i}`,
+        to: `b${i}`,
+        packets,
+        bytes,
+        redirectErrors,
+      })),
       global: [...global],
     };
     byTime.set(time, snap);

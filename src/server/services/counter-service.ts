@@ -191,15 +191,17 @@ function shapeOf(s: CounterSnapshot): string {
 }
 
 type RuleEntry = CounterSnapshot['rules'][number];
-type PairEntry = { packets: bigint; bytes: bigint };
+type PairEntry = { packets: bigint; bytes: bigint; redirectErrors: bigint };
 const sameRule = (a: RuleEntry, b: RuleEntry) =>
   a.matched === b.matched &&
   a.matchedBytes === b.matchedBytes &&
   a.redirected === b.redirected &&
   a.redirectedBytes === b.redirectedBytes &&
   a.filtered === b.filtered &&
-  a.noBackend === b.noBackend;
-const samePair = (a: PairEntry, b: PairEntry) => a.packets === b.packets && a.bytes === b.bytes;
+  a.noBackend === b.noBackend &&
+  a.redirectErrors === b.redirectErrors;
+const samePair = (a: PairEntry, b: PairEntry) =>
+  a.packets === b.packets && a.bytes === b.bytes && a.redirectErrors === b.redirectErrors;
 
 /**
  * Keys of the entries a changes-only sample carries: those whose counters
