@@ -439,7 +439,7 @@ function rawEntries(net: Net, specs: Rule[]) {
   const ring: [number, number][] = [];
   const cfg: [number, { flags: number; statsId: number }][] = [];
   const match: [MatchKey, number][] = [];
-  const ports: [number, { any: number; dst: number }][] = [];
+  const ports: [number, { any: number; dst: number; xorIfindex: number; xorSlot: number }][] = [];
   const ruleStats: [number, Record<string, bigint>][] = [];
   const backendStats: [number, { packets: bigint; bytes: bigint; redirectErrors: bigint }][] = [];
   let nextBackend = 1;
@@ -476,8 +476,9 @@ function rawEntries(net: Net, specs: Rule[]) {
         redirectErrors: 0n,
       },
     ]);
-    match.push([matchOf(net, r.match!.port), slot]);
-    ports.push([r.match!.port, { any: 1, dst: 0 }]);
+    const key = matchOf(net, r.match!.port);
+    match.push([key, slot]);
+    ports.push([r.match!.port, { any: 1, dst: 0, xorIfindex: key.ifindex, xorSlot: slot }]);
   });
   return { backends, ring, cfg, match, ports, ruleStats, backendStats };
 }

@@ -514,12 +514,15 @@ static __always_inline struct xdpctl_rule *find_rule(struct xdp_md *ctx, struct 
 	struct xdpctl_rule_stats *rs;
 	struct xdpctl_port_use *pu;
 	struct xdpctl_rule *rule;
-	__u32 port = bpf_ntohs(dport_raw), *slotp;
+	__u32 port = bpf_ntohs(dport_raw), *slotp, one_slot;
+	__u64 fold;
 	int pass;
 
 	pu = bpf_map_lookup_elem(&rule_ports, &port);
 	if (!pu || (!pu->any && !pu->dst))
 		return NULL; /* no rule uses this port */
+	fold = pu->any_fold;
+	asm volatile("" : "+r"(fold)); /* one load: count, ifindex and slot of one write */
 
 	mk.ifindex = ctx->ingress_ifindex;
 	mk.dport = dport_raw;
@@ -534,11 +537,20 @@ static __always_inline struct xdpctl_rule *find_rule(struct xdp_md *ctx, struct 
 		} else {
 			if (!pu->any)
 				break;
+			if ((fold >> 56) == 1) {
+				/* The port's one any-destination entry: no hash lookup. */
+				if ((__u32)fold != mk.ifindex)
+					break;
+				one_slot = (fold >> 32) & XDPCTL_FOLD_SLOT_MASK;
+				slotp = &one_slot;
+				goto found;
+			}
 			__builtin_memset(mk.daddr, 0, 4);
 		}
 		slotp = bpf_map_lookup_elem(&rule_match, &mk);
 		if (!slotp)
 			continue;
+found:
 		*slot_out = *slotp;
 		/* The array lookup bounds-checks the slot against rule_cfg's
 		 * size, which the loader keeps at rule_ring's size /

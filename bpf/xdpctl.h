@@ -62,11 +62,21 @@ struct xdpctl_match_key {
 
 /* Value of rule_ports (array indexed by destination port, host order): how
  * many rule_match entries use the port, so that the datapath looks up only
- * what can exist (most packets: nothing at all). */
+ * what can exist (most packets: nothing at all); and the port's
+ * any-destination entries folded into one word, which names the entry itself
+ * when there is exactly one (the common case: then no rule_match lookup). */
 struct xdpctl_port_use {
 	__u32 any; /* entries with daddr "any" */
 	__u32 dst; /* entries with a specific daddr */
+	/* Over the port's any-destination entries: bits 0-31 the XOR of their
+	 * ingress ifindexes, 32-55 the XOR of their slots, 56-63 their number
+	 * (saturating at 255). With exactly one entry, the XORs are that entry.
+	 * A function of the entries alone (not of their history), so an undone
+	 * change leaves it as it was; one 64-bit field, read with one load, so
+	 * count, ifindex and slot come from the same write. */
+	__u64 any_fold;
 };
+#define XDPCTL_FOLD_SLOT_MASK 0xffffffULL
 
 /* rule_cfg.flags */
 #define XDPCTL_RULE_F_ACTIVE 0x1        /* slot holds a complete rule */

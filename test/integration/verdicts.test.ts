@@ -475,6 +475,45 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
     }
   });
 
+  it('a rule matches only on its ingress interfaces, whether its port has one entry (no hash lookup) or several', () => {
+    const outIdx = ifindexOf(outIf);
+    const keys = installRule(dp, {
+      slot: 19,
+      statsId: 19,
+      ingress: [inIf],
+      port: 7999,
+      backends: [{ id: 19, ...BE1, iface: outIf }],
+    });
+    let other: ReturnType<typeof installRule> = [];
+    const to = (r: { data: Buffer }) => [...r.data.subarray(30, 34)].join('.');
+    try {
+      // The port's one entry: rule_ports names it.
+      const input = frame();
+      const miss = dp.testRun(input, outIdx);
+      assert.equal(miss.action, XDP.PASS, 'another ingress');
+      assert.deepEqual(miss.data, input);
+      assert.equal(to(dp.testRun(frame(), inIdx)), BE1.ip);
+      // Two entries on the port: rule_match decides.
+      other = installRule(dp, {
+        slot: 20,
+        statsId: 20,
+        ingress: [outIf],
+        port: 7999,
+        backends: [{ id: 20, ...BE2, iface: inIf }],
+      });
+      assert.equal(to(dp.testRun(frame(), outIdx)), BE2.ip);
+      assert.equal(to(dp.testRun(frame(), inIdx)), BE1.ip);
+      // One again (the other one's): named again.
+      removeMatches(dp.maps, keys);
+      assert.equal(dp.testRun(frame(), inIdx).action, XDP.PASS);
+      assert.equal(to(dp.testRun(frame(), outIdx)), BE2.ip);
+      assert.equal(ruleCounters(dp.maps, 19).redirected, 2n);
+      assert.equal(ruleCounters(dp.maps, 20).redirected, 2n);
+    } finally {
+      removeMatches(dp.maps, [...keys, ...other]);
+    }
+  });
+
   it('reflects frames of an interface cross-connected to itself (redirect to the ingress)', () => {
     dp.maps.xcStats.delete(inIdx); // counters of an earlier test's link
     connectDirection(dp.maps, inIdx, inIdx);

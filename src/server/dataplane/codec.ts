@@ -280,22 +280,40 @@ export function sumCounters<T extends Record<string, bigint>>(perCpu: readonly T
   return out as T;
 }
 
-/** struct xdpctl_port_use: match entries per destination port. */
+/**
+ * struct xdpctl_port_use: match entries per destination port, and the XOR of
+ * the any-destination entries' ingress ifindexes and slots (`xorIfindex`,
+ * `xorSlot`: the entry itself when `any` is 1; absent means 0). Encoded as
+ * the C struct's `any_fold` word, whose top byte is min(any, 255).
+ */
 export interface PortUse {
   any: number;
   dst: number;
+  xorIfindex?: number;
+  xorSlot?: number;
 }
 
+/** Bits of a slot in any_fold (XDPCTL_FOLD_SLOT_MASK): slots must stay below 2^24. */
+export const FOLD_SLOT_BITS = 24;
+
 export const portUse: Codec<PortUse> = {
-  layout: { cName: 'xdpctl_port_use', size: 8, fields: { any: 0, dst: 4 } },
-  encode(p, out = Buffer.alloc(8)) {
+  layout: { cName: 'xdpctl_port_use', size: 16, fields: { any: 0, dst: 4, any_fold: 8 } },
+  encode(p, out = Buffer.alloc(16)) {
     out.writeUInt32LE(p.any, 0);
     out.writeUInt32LE(p.dst, 4);
+    // any_fold, little-endian: ifindex XOR in bytes 8-11, slot XOR in 12-14, count in 15.
+    out.writeUInt32LE((p.xorIfindex ?? 0) >>> 0, 8);
+    out.writeUInt32LE((((p.xorSlot ?? 0) & 0xffffff) | (Math.min(p.any, 255) << 24)) >>> 0, 12);
     return out;
   },
   decode(b) {
     const v = view(b);
-    return { any: v.readUInt32LE(0), dst: v.readUInt32LE(4) };
+    const r: PortUse = { any: v.readUInt32LE(0), dst: v.readUInt32LE(4) };
+    const x = v.readUInt32LE(8);
+    const s = v.readUInt32LE(12) & 0xffffff;
+    if (x) r.xorIfindex = x;
+    if (s) r.xorSlot = s;
+    return r;
   },
 };
 

@@ -18,7 +18,9 @@ import {
   type BackendEntry,
   type BackendStats,
   type LinkStats,
+  FOLD_SLOT_BITS,
   type MatchKey,
+  type PortUse,
   type RuleStats,
   type SrcKey,
   sumCounters,
@@ -87,38 +89,63 @@ export function clearRuleSlot(
 
 const anyDest = (k: MatchKey) => k.daddr.every((b) => b === 0);
 
-function countPort(maps: DatapathMaps, k: MatchKey, delta: number): void {
-  const cur = maps.rulePorts.get(k.dport) ?? { any: 0, dst: 0 };
-  if (anyDest(k)) cur.any = Math.max(0, cur.any + delta);
-  else cur.dst = Math.max(0, cur.dst + delta);
-  maps.rulePorts.put(k.dport, cur);
+/** A rule_ports value with one entry (k at slot) added (+1) or taken out (-1); XOR is its own inverse. */
+function withEntry(p: PortUse, k: MatchKey, slot: number, delta: 1 | -1): PortUse {
+  if (!anyDest(k)) return { ...p, dst: Math.max(0, p.dst + delta) };
+  return {
+    any: Math.max(0, p.any + delta),
+    dst: p.dst,
+    xorIfindex: ((p.xorIfindex ?? 0) ^ k.ifindex) >>> 0,
+    xorSlot: ((p.xorSlot ?? 0) ^ slot) & 0xffffff,
+  };
+}
+
+const portOf = (maps: DatapathMaps, port: number): PortUse => maps.rulePorts.get(port) ?? { any: 0, dst: 0 };
+
+function checkSlot(slot: number): void {
+  if (slot >= 2 ** FOLD_SLOT_BITS) throw new RangeError(`rule slot ${slot} does not fit rule_ports' any_fold`);
 }
 
 /**
- * Point match keys at a slot (publish). A new key is counted in rule_ports
- * first, so the datapath looks it up as soon as it exists.
+ * Point match keys at a slot (publish). A new key is counted (and folded) in
+ * rule_ports first, so the datapath looks it up as soon as it exists; a key
+ * that moves to another slot is refolded after the move. Each key is one
+ * all-or-nothing step for the caller's undo log.
  */
 export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
+  checkSlot(slot);
   for (const k of keys) {
-    const fresh = maps.ruleMatch.get(k) === undefined;
-    if (fresh) countPort(maps, k, +1);
-    try {
+    const old = maps.ruleMatch.get(k);
+    if (old === slot) continue;
+    const before = portOf(maps, k.dport);
+    if (old === undefined) {
+      maps.rulePorts.put(k.dport, withEntry(before, k, slot, +1));
+      try {
+        maps.ruleMatch.put(k, slot, BPF_ANY);
+      } catch (e) {
+        maps.rulePorts.put(k.dport, before);
+        throw e;
+      }
+    } else {
       maps.ruleMatch.put(k, slot, BPF_ANY);
-    } catch (e) {
-      // One key is one step for the caller's undo log: take the count back.
-      if (fresh) countPort(maps, k, -1);
-      throw e;
+      if (!anyDest(k)) continue;
+      try {
+        maps.rulePorts.put(k.dport, withEntry(withEntry(before, k, old, -1), k, slot, +1));
+      } catch (e) {
+        maps.ruleMatch.put(k, old, BPF_ANY);
+        throw e;
+      }
     }
   }
 }
 
-/** Remove match keys (unpublish); the port count drops after the entry is gone. */
+/** Remove match keys (unpublish); the port count and fold drop after the entry is gone. */
 export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
   for (const k of keys) {
     const slot = maps.ruleMatch.get(k);
     if (slot === undefined || !maps.ruleMatch.delete(k)) continue;
     try {
-      countPort(maps, k, -1);
+      maps.rulePorts.put(k.dport, withEntry(portOf(maps, k.dport), k, slot, -1));
     } catch (e) {
       // The count could not follow: put the entry back, so the step is all or nothing.
       maps.ruleMatch.put(k, slot, BPF_ANY);
@@ -128,21 +155,18 @@ export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
 }
 
 /**
- * Recount rule_ports from rule_match (after a crash between the two writes a
- * count may be high, which only costs a lookup; this makes it exact again),
+ * Recount (and refold) rule_ports from rule_match (after a crash between the
+ * two writes a count may be high; this makes it exact again),
  * and set the if_flags of every xc_links entry (pins from before if_flags
  * existed have links but no flags; a flag left by a crash only costs a lookup).
  */
 export function rebuildPortUse(maps: DatapathMaps): void {
   rebuildIfFlags(maps);
-  const counts = new Map<number, { any: number; dst: number }>();
-  for (const k of maps.ruleMatch.keys()) {
-    const c = counts.get(k.dport) ?? { any: 0, dst: 0 };
-    if (anyDest(k)) c.any++;
-    else c.dst++;
-    counts.set(k.dport, c);
+  const counts = new Map<number, PortUse>();
+  for (const [k, slot] of maps.ruleMatch.entries()) {
+    counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
-  const entries: [number, { any: number; dst: number }][] = [];
+  const entries: [number, PortUse][] = [];
   for (let port = 0; port < 65536; port++) entries.push([port, counts.get(port) ?? { any: 0, dst: 0 }]);
   maps.rulePorts.putMany(entries);
 }
