@@ -69,7 +69,9 @@ class CountingDataplane implements Dataplane {
   }
   resetRuleStats(): void {}
   resetBackendStats(): void {}
-  connect(): void {}
+  connect(): boolean {
+    return true;
+  }
   disconnect(): void {}
   listLinks(): [number, number][] {
     return [];

@@ -39,6 +39,40 @@ describe('link counters are released with their link', () => {
     await assert.rejects(c.connect({ a: 'a', b: 'b', direction: 'both' }));
     assert.deepEqual(dp.snapshot(), before);
   });
+
+  it('a counters entry left by a failed release survives a connect undone at any write', async () => {
+    const dp = new ModelDataplane(MODEL_CAPACITY, ['a', 'b']);
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
+    await c.connect({ a: 'a', b: 'b', direction: 'a-to-b' });
+    // A disconnect whose last write, the release of the counters, fails: the
+    // change stands (it is durable) and the entry stays. The first fault
+    // position at which the disconnect succeeds is that write.
+    for (let n = 1; ; n++) {
+      assert.ok(n < 20, 'the disconnect succeeds once the fault is past its writes');
+      dp.faults.failAt = dp.faults.writes + n;
+      const ok = await c.disconnect('a', 'b').then(
+        () => true,
+        () => false,
+      );
+      dp.faults.failAt = 0;
+      if (ok) break;
+    }
+    assert.equal(dp.snapshot().xcStats.length, 1, 'the counters entry whose release failed');
+    const before = dp.snapshot();
+    // A connect of the same ingress, failed at each of its writes in turn:
+    // the undo takes back what it wrote, not the entry that was there.
+    for (let n = 1; ; n++) {
+      assert.ok(n < 20, 'the connect succeeds once the fault is past its writes');
+      dp.faults.failAt = dp.faults.writes + n;
+      const ok = await c.connect({ a: 'a', b: 'b', direction: 'a-to-b' }).then(
+        () => true,
+        () => false,
+      );
+      dp.faults.failAt = 0;
+      if (ok) break;
+      assert.deepEqual(dp.snapshot(), before, `fault at write ${n} of the connect: every map as before`);
+    }
+  });
 });
 
 describe("the daemon's own EPERM/EACCES", () => {

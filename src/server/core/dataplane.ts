@@ -165,7 +165,8 @@ export interface Dataplane {
   resetRuleStats(statsId: number): void;
   resetBackendStats(statsId: number): void;
 
-  connect(from: number, to: number): void;
+  /** Connect a direction; true when it created the direction's counters entry (none was left from before). */
+  connect(from: number, to: number): boolean;
   disconnect(from: number): void;
   listLinks(): [number, number][];
   resetLinkStats(from: number): void;

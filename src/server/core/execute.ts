@@ -361,16 +361,19 @@ export async function writeLinks(
   for (const [from, d] of want) {
     const c = cur.get(from);
     if (c && c.to === d.to) continue;
+    let created = false;
     undo.push(() => {
-      if (c) return dp.connect(c.from, c.to);
+      if (c) return void dp.connect(c.from, c.to);
       dp.disconnect(d.from);
-      dp.resetLinkStats(d.from); // the counters entry the connect created
+      // Only the counters entry this connect created: one left from before
+      // (a release that failed after an earlier change) stays as it was.
+      if (created) dp.resetLinkStats(d.from);
     });
-    dp.connect(d.from, d.to);
+    created = dp.connect(d.from, d.to);
   }
   for (const [from, c] of cur) {
     if (want.has(from)) continue;
-    undo.push(() => dp.connect(c.from, c.to));
+    undo.push(() => void dp.connect(c.from, c.to));
     dp.disconnect(c.from);
   }
 }

@@ -238,8 +238,8 @@ export class KernelDataplane implements Dataplane {
     tables.resetBackendStats(this.dp.maps, statsId);
   }
 
-  connect(from: number, to: number): void {
-    tables.connectDirection(this.dp.maps, from, to);
+  connect(from: number, to: number): boolean {
+    return tables.connectDirection(this.dp.maps, from, to);
   }
 
   disconnect(from: number): void {

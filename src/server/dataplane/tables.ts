@@ -210,16 +210,27 @@ export function rebuildIfFlags(maps: DatapathMaps): void {
  * Connect one direction: frames arriving on `from` leave on `to`. The stats
  * entry is created first (zeroed only if absent, so counters continue across
  * a peer swap), then the interface's flag that makes the datapath look, then
- * the devmap entry that makes it live.
+ * the devmap entry that makes it live. Returns whether it created the stats
+ * entry (an undo deletes only what it created).
  */
-export function connectDirection(maps: DatapathMaps, from: number, to: number): void {
+export function connectDirection(maps: DatapathMaps, from: number, to: number): boolean {
+  let created = true;
   try {
     maps.xcStats.put(from, { packets: 0n, bytes: 0n, redirectErrors: 0n }, BPF_NOEXIST);
   } catch (e) {
     if ((e as { code?: string }).code !== 'EEXIST') throw e;
+    created = false;
   }
-  setIfFlag(maps, from, IF_F_XCONNECT, true);
-  maps.xcLinks.put(from, to);
+  try {
+    setIfFlag(maps, from, IF_F_XCONNECT, true);
+    maps.xcLinks.put(from, to);
+  } catch (e) {
+    // All or nothing: the caller's undo takes back the flag and the entry,
+    // but only knows about the stats entry once this returned.
+    if (created) maps.xcStats.delete(from);
+    throw e;
+  }
+  return created;
 }
 
 /** Disconnect one direction (the counters stay until resetLinkStats); the flag goes after the entry. */
