@@ -190,7 +190,16 @@ function main(): void {
     // wrote into them. Paths with two frames use the same template slot, so
     // they must not share a round: each stack path sets its own before it runs.
     const feed = base.progFd('base_feed');
+    const feedThen = base.progFd('base_feed_then');
     const feedFd = base.mapFd('feed_tmpl');
+    // base_feed_then restores the headers, then runs the xdpctl program (whose
+    // rewrite, TTL included, a recycled page would otherwise inject again).
+    {
+      const k = Buffer.alloc(4);
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(dp.progFd, 0);
+      check('update map feed_next', lib.bpf_map_update_elem(base.mapFd('feed_next'), k, v, 0) as number);
+    }
     const setFeed = (f: Buffer) => {
       const k = Buffer.alloc(4);
       check('update map feed_tmpl', lib.bpf_map_update_elem(feedFd, k, f.subarray(0, 42), 0) as number);
@@ -203,7 +212,7 @@ function main(): void {
         ingress: idx.xc0,
       },
       { name: 'xdpctl: cross-connect', prog: dp.progFd, frame: passing, ingress: idx.xc0 },
-      { name: 'xdpctl: UDP redirect', prog: dp.progFd, frame: toRouter, ingress: idx.in0 },
+      { name: 'xdpctl: UDP redirect', prog: feedThen, frame: toRouter, ingress: idx.in0 },
       { name: 'Linux stack: UDP, routing + nftables DNAT', prog: feed, frame: toRouter, ingress: idx.in0 },
       { name: 'Linux stack: cross-connect, tc mirred redirect', prog: feed, frame: passing, ingress: idx.xc0 },
       { name: 'Linux stack: cross-connect, bridge', prog: feed, frame: passing, ingress: idx.bx0 },
@@ -223,7 +232,7 @@ function main(): void {
     };
     // Warm-up: conntrack entry, neighbour, bridge FDB, page pools.
     for (const p of paths) {
-      if (p.prog === feed) setFeed(p.frame);
+      if (p.prog === feed || p.prog === feedThen) setFeed(p.frame);
       testRunTimed(p.prog, p.frame, p.ingress, Math.min(args.repeat, 10_000), true);
     }
     drained();
@@ -231,7 +240,7 @@ function main(): void {
       // Rotate the order so that no path always runs first (or last) in a round.
       for (let k = 0; k < paths.length; k++) {
         const p = paths[(k + run) % paths.length];
-        if (p.prog === feed) setFeed(p.frame);
+        if (p.prog === feed || p.prog === feedThen) setFeed(p.frame);
         const before = drained();
         const r = testRunTimed(p.prog, p.frame, p.ingress, args.repeat, true);
         const delivered = Number(drained() - before);

@@ -98,4 +98,34 @@ int base_feed(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* The program base_feed_then runs after restoring the headers (key 0): the
+ * xdpctl program in the live UDP benchmark, whose rewrite (TTL, destination,
+ * MACs) would otherwise be what a recycled page injects next time; with TTL
+ * decremented on every pass, a page's frame stops being forwarded after 63
+ * uses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} feed_next SEC(".maps");
+
+/* Multi-buffer like the xdpctl program, so that it may tail-call it. */
+SEC("xdp.frags")
+int base_feed_then(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 key = 0;
+	struct feed_hdr *t;
+
+	if (data + FEED_HDR_LEN > data_end)
+		return XDP_PASS;
+	t = bpf_map_lookup_elem(&feed_tmpl, &key);
+	if (t)
+		__builtin_memcpy(data, t->b, FEED_HDR_LEN);
+	bpf_tail_call(ctx, &feed_next, 0);
+	return XDP_ABORTED;
+}
+
 char _license[] SEC("license") = "GPL";
