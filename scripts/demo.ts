@@ -36,7 +36,11 @@ function sh(cmd: string, args: string[]): string {
 function xdpctl(args: string[], expectFail = false): string {
   console.log(`$ xdpctl ${args.join(' ')}`);
   try {
-    const out = execFileSync(`${ROOT}bin/xdpctl`, args, { encoding: 'utf8', env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = execFileSync(`${ROOT}dist/client/cli.js`, args, {
+      encoding: 'utf8',
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     process.stdout.write(out);
     if (expectFail) throw new Error(`xdpctl ${args.join(' ')} was expected to fail`);
     return out;
@@ -95,7 +99,7 @@ async function startDaemon(): Promise<void> {
   say('1. Start xdpctld (its own pins, socket and state, so it never touches a real one)');
   console.log(`$ xdpctld --listen unix:${sock} --pin-root ${pinRoot} --state-dir ${stateDir} --cleanup-on-exit`);
   daemon = spawn(
-    `${ROOT}bin/xdpctld`,
+    `${ROOT}dist/server/main.js`,
     [
       '--listen',
       `unix:${sock}`,

@@ -1,7 +1,12 @@
 #!/usr/bin/env node
-// Runs every test/**/*.test.ts with Node's own test runner (TypeScript through
-// tsx). Unit tests need no root; integration tests need root and a real kernel
-// and, under CI=true, fail instead of skipping. Args narrow the set:
+// Runs every test/**/*.test.ts with Node's own test runner (test files are
+// TypeScript, loaded through tsx; the programs they start run from dist/).
+// Unit tests need no root; integration tests need root and a real kernel
+// and, under CI=true, fail instead of skipping. It runs on the project's Node
+// (re-executing itself through scripts/with-node when this one is older than
+// package.json's engines) and compiles src/ to dist/ first (tsc -b,
+// incremental), so it needs `npm run setup` (or one `npm test`) once. Args
+// narrow the set:
 //   node scripts/run-tests.mjs unit        only test/unit
 //   node scripts/run-tests.mjs test/integration/xconnect.test.ts
 //   node scripts/run-tests.mjs --cpu-hog access-backpressure   (the files under a CPU hog)
@@ -9,13 +14,36 @@
 // beside a busy child process that keeps one core at 100 %: the suite must
 // pass on a loaded machine, and this keeps that true.
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Test files that CI runs with another core busy (they wait on conditions, not on timing). */
 const UNDER_LOAD = ['test/integration/access-backpressure.test.ts'];
 
 const root = new URL('..', import.meta.url).pathname;
+
+// The project's Node: engines' minimum, else re-run through scripts/with-node (the pinned version).
+const min = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).engines.node.replace(/^>=/, '');
+const older = (a, b) => {
+  const [x, y] = [a, b].map((v) => v.split('.').map(Number));
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i] < y[i];
+  return false;
+};
+if (older(process.versions.node, min)) {
+  const r = spawnSync(join(root, 'scripts/with-node'), ['node', ...process.argv.slice(1)], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
+// dist/ up to date with src/ (what the tests' daemons and CLIs run).
+const tsc = spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-b', 'tsconfig.build.json'], {
+  stdio: 'inherit',
+  cwd: root,
+});
+if (tsc.status !== 0) {
+  console.error('run-tests: tsc -b tsconfig.build.json failed');
+  process.exit(1);
+}
+chmodSync(join(root, 'dist/server/main.js'), 0o755);
+chmodSync(join(root, 'dist/client/cli.js'), 0o755);
 function find(dir) {
   return readdirSync(dir).flatMap((e) => {
     const p = join(dir, e);

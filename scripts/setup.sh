@@ -3,8 +3,12 @@
 # and `npm start` (prestart). Quick when nothing is missing:
 #   1. Debian packages the datapath and the tests need (as root; else says what is missing);
 #   2. bpffs mounted at /sys/fs/bpf (mode 0700);
-#   3. npm ci when node_modules is missing or older than package-lock.json;
-#   4. the BPF objects built when older than their sources.
+#   3. a Node that package.json's engines accept: the system's, else the version in .node-version
+#      fetched from the npm registry (scripts/node-runtime.sh); everything below runs on it;
+#   4. npm ci when node_modules is missing, older than package-lock.json, or was installed for another
+#      Node version or ABI (native addons are built for one);
+#   5. the BPF objects built when older than their sources, the reflection descriptor, and the
+#      TypeScript compiled to dist/ (tsc -b: incremental, quick when nothing changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,9 +58,16 @@ if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
   echo "setup: mounted bpffs at /sys/fs/bpf (mode 0700)"
 fi
 
-if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  echo "setup: npm ci"
+prefix=$(bash scripts/node-runtime.sh)
+if [[ -n $prefix ]]; then
+  export PATH="$prefix/bin:$PATH" npm_config_nodedir="$prefix"
+fi
+stamp="node $(node -p 'process.version + " abi " + process.versions.modules + " " + process.arch')"
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ||
+  $(cat node_modules/.xdpctl-node 2>/dev/null) != "$stamp" ]]; then
+  echo "setup: npm ci ($stamp)"
   npm ci --no-audit --no-fund --loglevel=error
+  echo "$stamp" >node_modules/.xdpctl-node
 fi
 
 bash scripts/build-bpf.sh
@@ -67,3 +78,7 @@ if [[ ! -f build/descriptor.binpb ]] || [[ -n $(find proto buf.yaml -newer build
   bash scripts/buf.sh build -o build/descriptor.binpb
   echo "setup: build/descriptor.binpb"
 fi
+
+# The compiled JavaScript that the daemon, the CLI and the client run from.
+npx tsc -b tsconfig.build.json
+chmod +x dist/server/main.js dist/client/cli.js

@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 /**
  * xdpctl: the command-line client of xdpctld. A thin layer over the gRPC API
  * (src/client/index.ts): it parses its own flags, sends requests and prints

@@ -15,7 +15,7 @@ import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../../src/gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { ROOT, sh } from './env.js';
+import { DAEMON, ROOT, sh } from './env.js';
 
 export interface Clients {
   rules: Client<typeof RuleServiceDefinition>;
@@ -44,12 +44,16 @@ export class DaemonProcess {
     readonly unix: string,
   ) {}
 
-  /** `wrap`: a command that execs the daemon, e.g. ['setpriv', '--bounding-set', '-all,+bpf', '--']. */
+  /**
+   * `wrap`: a command that execs the daemon, e.g. ['setpriv', '--bounding-set', '-all,+bpf', '--'];
+   * `main`: the daemon's script (default this checkout's dist/server/main.js; e.g. an installed package's).
+   */
   static async start(
     id: string,
     extra: string[] = [],
     env: NodeJS.ProcessEnv = {},
     wrap: string[] = [],
+    main = DAEMON,
   ): Promise<DaemonProcess> {
     const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
     const unix = `unix:/tmp/xdpctl-test-${id}.sock`;
@@ -57,9 +61,7 @@ export class DaemonProcess {
       wrap[0] ?? process.execPath,
       [
         ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
-        '--import',
-        'tsx',
-        `${ROOT}src/server/main.ts`,
+        main,
         '--listen',
         '127.0.0.1:0',
         unix,

@@ -8,6 +8,9 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
+/** The compiled daemon and CLI (tsc -b tsconfig.build.json; scripts/run-tests.mjs builds them first). */
+export const DAEMON = `${ROOT}dist/server/main.js`;
+export const CLI = `${ROOT}dist/client/cli.js`;
 export const OBJECT = `${ROOT}build/bpf/xdpctl.bpf.o`;
 export const OBJECT_NEXT = `${ROOT}build/bpf/xdpctl-next.bpf.o`;
 

@@ -19,7 +19,7 @@ import { ClientError, Status } from 'nice-grpc';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
 import { OtherUserRuntime } from '../helpers/other-user.js';
 import { Topology } from '../helpers/topology.js';
 
@@ -253,10 +253,10 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
 
     // An unprivileged user in the socket's group: may read, may not change.
     // As uid 65534, from a copy it can read (the checkout may be in a 0700 directory).
-    const rt = OtherUserRuntime.create(['bin', 'src']);
+    const rt = OtherUserRuntime.create(['dist']);
     t.after(() => rt.remove());
     const cli = (gid: string, args: string[]) =>
-      rt.run('bin/xdpctl', ['--server', d!.unix, '--timeout', '5s', ...args], 65534, gid);
+      rt.run('dist/client/cli.js', ['--server', d!.unix, '--timeout', '5s', ...args], 65534, gid);
     const read = cli('65534', ['links', 'list']);
     assert.equal(read.status, 0, read.stderr);
     const change = cli('65534', ['links', 'connect', 'lo', 'lo2']);
@@ -306,13 +306,9 @@ describe('plaintext beyond loopback', kernelOnly(), () => {
     const ready = d.output.split('\n').find((l) => l.includes('"msg":"ready"'))!;
     const addr = (JSON.parse(ready) as { addresses: string[] }).addresses.find((a) => a.startsWith('198.18.7.2:'))!;
     const remote = (args: string[]) =>
-      spawnSync(
-        'nsenter',
-        [`--net=/run/netns/${h.netns}`, `${ROOT}bin/xdpctl`, '--server', addr, '--timeout', '5s', ...args],
-        {
-          encoding: 'utf8',
-        },
-      );
+      spawnSync('nsenter', [`--net=/run/netns/${h.netns}`, CLI, '--server', addr, '--timeout', '5s', ...args], {
+        encoding: 'utf8',
+      });
     const list = remote(['links', 'list']);
     assert.notEqual(list.status, 0);
     assert.match(

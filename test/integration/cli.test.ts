@@ -1,5 +1,5 @@
 /**
- * The xdpctl command line end to end: the real bin/xdpctl launcher, spawned
+ * The xdpctl command line end to end: the real compiled CLI (dist/client/cli.js, run through its shebang), spawned
  * as a child process, against a real xdpctld on a namespace topology.
  * Checks output formats, one-line errors and the exit codes derived from
  * gRPC statuses (usage 2, INVALID_ARGUMENT 3, NOT_FOUND 4, ABORTED 7,
@@ -14,11 +14,11 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId } from '../helpers/env.js';
+import { CLI, kernelOnly, runId } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp } from '../helpers/udp.js';
 
-const BIN = `${ROOT}bin/xdpctl`;
+const BIN = CLI;
 
 interface Result {
   code: number | null;
@@ -26,7 +26,7 @@ interface Result {
   stderr: string;
 }
 
-/** Run bin/xdpctl; env adds to (or, with undefined, removes from) the environment. */
+/** Run the CLI; env adds to (or, with undefined, removes from) the environment. */
 function xdpctl(args: string[], env: Record<string, string | undefined> = {}, input?: string): Promise<Result> {
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, args, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });

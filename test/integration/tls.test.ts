@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { HANDSHAKE_LOG_BURST, HANDSHAKE_LOG_WINDOW_MS } from '../../src/server/tls.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
 
 describe('TLS and mTLS', kernelOnly(), () => {
   const id = runId();
@@ -115,7 +115,7 @@ describe('TLS and mTLS', kernelOnly(), () => {
   });
 
   const cli = (args: string[]) =>
-    spawnSync(`${ROOT}bin/xdpctl`, ['--server', d!.tcp, '--timeout', '3s', ...args], { encoding: 'utf8' });
+    spawnSync(CLI, ['--server', d!.tcp, '--timeout', '3s', ...args], { encoding: 'utf8' });
 
   it('accepts a client certificate from the CA', () => {
     const r = cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.key'), 'status']);
@@ -287,7 +287,7 @@ describe('TLS and mTLS', kernelOnly(), () => {
   });
 
   it('keeps the Unix socket usable without TLS', () => {
-    const r = spawnSync(`${ROOT}bin/xdpctl`, ['--server', d!.unix, 'status'], { encoding: 'utf8' });
+    const r = spawnSync(CLI, ['--server', d!.unix, 'status'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
   });
 });

@@ -30,13 +30,14 @@ const parse = (p: string) => {
 const CAPS = missingCapabilities(0n).map((m) => /^CAP_(\w+)/.exec(m)![1]);
 
 function helpFlags(args: string[]): Set<string> {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', ...args, '--help'], { cwd: ROOT, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...args, '--help'], { cwd: ROOT, encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   return new Set([...r.stdout.matchAll(/(?:^|\s|,)(--[a-z][a-z0-9-]*)/g)].map((m) => m[1]));
 }
-const daemonFlags = helpFlags(['src/server/main.ts']);
-const cliFlags = helpFlags(['src/client/cli.ts']);
-const cliHealthFlags = helpFlags(['src/client/cli.ts', 'health']);
+// The compiled programs, as the image and a package install run them (scripts/run-tests.mjs builds dist/).
+const daemonFlags = helpFlags(['dist/server/main.js']);
+const cliFlags = helpFlags(['dist/client/cli.js']);
+const cliHealthFlags = helpFlags(['dist/client/cli.js', 'health']);
 
 /** The value after a flag in an argv. */
 const flagValue = (argv: string[], flag: string) => {
@@ -130,8 +131,13 @@ describe('deployment files', () => {
     const df = read('Dockerfile');
     assert.match(df, /bash scripts\/build-bpf\.sh/);
     assert.match(df, /scripts\/buf\.sh build -o build\/descriptor\.binpb/);
-    assert.match(df, /^ENTRYPOINT \["xdpctld"\]$/m);
-    assert.ok(existsSync(`${ROOT}bin/xdpctld`) && existsSync(`${ROOT}bin/xdpctl`));
+    // Compiled JavaScript on the official Node image of the pinned version (.node-version).
+    const pin = read('.node-version').trim();
+    const froms = [...df.matchAll(/^FROM (\S+)/gm)].map((m) => m[1]);
+    assert.ok(froms.length > 0 && froms.every((f) => f === `node:${pin}-bookworm-slim`), `FROM node:${pin}: ${froms}`);
+    assert.match(df, /^ENTRYPOINT \["node", "\/opt\/xdpctl\/dist\/server\/main\.js"\]$/m);
+    assert.doesNotMatch(df, /tsx/);
+    assert.ok(existsSync(`${ROOT}dist/server/main.js`) && existsSync(`${ROOT}dist/client/cli.js`));
     const hc = /^\s+CMD (\[.*\])$/m.exec(df.slice(df.indexOf('HEALTHCHECK')));
     assert.ok(hc, 'HEALTHCHECK CMD');
     assertHealthProbe(JSON.parse(hc[1]) as string[], 'Dockerfile HEALTHCHECK');
@@ -139,7 +145,7 @@ describe('deployment files', () => {
     assert.ok(cmd);
     assertDaemonArgs(JSON.parse(cmd[1]) as string[], 'Dockerfile CMD');
     for (const m of df.matchAll(/^COPY --from=build \/src\/(\S+)/gm)) {
-      assert.ok(existsSync(`${ROOT}${m[1]}`) || m[1] === 'node_modules' || m[1] === 'build', `COPY ${m[1]}`);
+      assert.ok(existsSync(`${ROOT}${m[1]}`) || m[1] === 'node_modules', `COPY ${m[1]}`);
     }
   });
 
