@@ -3,7 +3,8 @@
 # fetched by scripts/buf.sh; a tool, not a dependency) and the TypeScript (tsc -> dist/), then keeps only
 # production dependencies; the runtime stage holds Node, libbpf.so.1 (loaded through koffi),
 # iproute2/ethtool (interface queries, the veth GRO fix-up) and what running needs: dist/, the BPF
-# object, the descriptor and node_modules. It runs `node dist/server/main.js` (no TypeScript loader).
+# object, the descriptor and node_modules. It runs `node dist/server/main.js` (no TypeScript loader) with
+# the V8 flags of that file's shebang (a unit test keeps them equal).
 # Run it with host networking, bpffs mounted and CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (see
 # docker-compose.yml and deploy/kubernetes/xdpctld.yaml); it does not need --privileged.
 FROM node:24.22.3-bookworm-slim AS build
@@ -31,5 +32,5 @@ RUN ln -s /opt/xdpctl/dist/client/cli.js /usr/local/bin/xdpctl \
 # The probe talks to the Unix socket, which needs no TLS and no network.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
   CMD ["xdpctl", "--server", "unix:/run/xdpctl/xdpctl.sock", "--timeout", "3s", "health"]
-ENTRYPOINT ["node", "/opt/xdpctl/dist/server/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "/opt/xdpctl/dist/server/main.js"]
 CMD ["--listen", "127.0.0.1:9091", "unix:/run/xdpctl/xdpctl.sock"]

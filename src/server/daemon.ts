@@ -31,7 +31,7 @@ import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import { lockInstance, type HeldLock } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
-import { createReflection } from './reflection.js';
+import { lazyReflection } from './reflection-lazy.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
 import { peerCred } from './dataplane/peer-cred.js';
 import { logRefusedHandshakes, reloadingServerCredentials, type TlsFiles } from './tls.js';
@@ -266,7 +266,8 @@ export class Daemon {
     if (!existsSync(opts.descriptorPath)) {
       throw new Error(`descriptor set ${opts.descriptorPath} is missing (run npm run generate)`);
     }
-    const reflection = createReflection(readFileSync(opts.descriptorPath), SERVICE_NAMES);
+    const descriptorPath = opts.descriptorPath;
+    const reflection = lazyReflection(() => readFileSync(descriptorPath), SERVICE_NAMES);
     // WatchCounters responses are encoded once per message, shared by identical streams.
     const counterDefinition = sharedEncoding(CounterServiceDefinition);
     const services = {

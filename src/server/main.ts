@@ -1,6 +1,11 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 /**
  * xdpctld: the daemon's command line. Everything else is in daemon.ts.
+ *
+ * The shebang's V8 flag is the daemon's memory setting wherever it runs (the Dockerfile's ENTRYPOINT,
+ * `npm start` and the bench pass the same, read from this line): young-generation semi-spaces of 2 MB
+ * instead of V8's 16 MB keep ~30 MB less resident at rest (measured: 122 -> 95 MB with 0 rules, 30 s
+ * after SERVING) for a control plane whose allocations are small and short-lived.
  */
 
 import { Command, Option } from 'commander';

@@ -15,7 +15,7 @@ import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../../src/gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { DAEMON, ROOT, sh } from './env.js';
+import { DAEMON, DAEMON_NODE_FLAGS, ROOT, sh } from './env.js';
 
 export interface Clients {
   rules: Client<typeof RuleServiceDefinition>;
@@ -61,6 +61,7 @@ export class DaemonProcess {
       wrap[0] ?? process.execPath,
       [
         ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
+        ...DAEMON_NODE_FLAGS,
         main,
         '--listen',
         '127.0.0.1:0',

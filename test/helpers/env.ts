@@ -4,13 +4,18 @@
  */
 import { execFileSync, type ExecFileSyncOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
 /** The compiled daemon and CLI (tsc -b tsconfig.build.json; scripts/run-tests.mjs builds them first). */
 export const DAEMON = `${ROOT}dist/server/main.js`;
 export const CLI = `${ROOT}dist/client/cli.js`;
+/** The Node flags the daemon runs with everywhere: those of its shebang (`#!/usr/bin/env -S node FLAGS`). */
+export const DAEMON_NODE_FLAGS = readFileSync(`${ROOT}src/server/main.ts`, 'utf8')
+  .split('\n')[0]
+  .split(/\s+/)
+  .filter((w) => w.startsWith('--'));
 export const OBJECT = `${ROOT}build/bpf/xdpctl.bpf.o`;
 export const OBJECT_NEXT = `${ROOT}build/bpf/xdpctl-next.bpf.o`;
 

@@ -64,6 +64,9 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
         /^UpdateRule p50 with 50 rules installed$/,
         /^GetRule\/ListRules p99 while ApplyRules replaces 50 rules/,
         /^event-loop delay, longest, during that ApplyRules$/,
+        /^baseline: start to SERVING, 0 rules, src\/ through tsx \(as before\)$/,
+        /^start to SERVING, 0 rules \(compiled dist\/\)$/,
+        /^RSS at rest \(.* after SERVING\), 0 rules \(dist\/\)$/,
       ]) {
         assert.ok(
           control.some((n) => want.test(n)),

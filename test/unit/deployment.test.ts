@@ -135,7 +135,11 @@ describe('deployment files', () => {
     const pin = read('.node-version').trim();
     const froms = [...df.matchAll(/^FROM (\S+)/gm)].map((m) => m[1]);
     assert.ok(froms.length > 0 && froms.every((f) => f === `node:${pin}-bookworm-slim`), `FROM node:${pin}: ${froms}`);
-    assert.match(df, /^ENTRYPOINT \["node", "\/opt\/xdpctl\/dist\/server\/main\.js"\]$/m);
+    const entry = /^ENTRYPOINT (\[.*\])$/m.exec(df);
+    assert.ok(entry, 'ENTRYPOINT');
+    const shebang = read('src/server/main.ts').split('\n')[0];
+    const flags = shebang.split(/\s+/).filter((w) => w.startsWith('--'));
+    assert.deepEqual(JSON.parse(entry[1]), ['node', ...flags, '/opt/xdpctl/dist/server/main.js'], shebang);
     assert.doesNotMatch(df, /tsx/);
     assert.ok(existsSync(`${ROOT}dist/server/main.js`) && existsSync(`${ROOT}dist/client/cli.js`));
     const hc = /^\s+CMD (\[.*\])$/m.exec(df.slice(df.indexOf('HEALTHCHECK')));

@@ -4,11 +4,12 @@
  * @opentelemetry/exporter-prometheus's reader. We bind instead of letting the
  * exporter do it so that port 0 works, the bound address is known, and a bind
  * failure stops the start with a clear message instead of a background log.
+ * The exporter is imported when the endpoint is made, not when this module loads.
  */
 import { createServer, type Server } from 'node:http';
 import { isIP, type AddressInfo } from 'node:net';
 
-import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 
 /** Where `--prometheus` without a value listens. */
 export const PROMETHEUS_DEFAULT = { host: '127.0.0.1', port: 9464 } as const;
@@ -60,6 +61,8 @@ export class PrometheusEndpoint {
   ) {}
 
   static async listen(at: HostPort): Promise<PrometheusEndpoint> {
+    // Loaded only with --prometheus: the exporter and the metrics SDK cost start time and memory.
+    const { PrometheusExporter } = await import('@opentelemetry/exporter-prometheus');
     const reader = new PrometheusExporter({ preventServerStart: true });
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];

@@ -16,19 +16,15 @@
  *   logs:    stay JSON lines on stdout (pino, with trace ids); no OTel log export.
  * W3C trace context is always extracted from RPC metadata (OTEL_PROPAGATORS
  * may change that), so logs carry a client's trace id even without export.
+ *
+ * The SDK's packages are imported only when something is exported: with no
+ * OTEL_* export, no --prometheus and no OTEL_PROPAGATORS, only a context
+ * manager and the W3C propagators (what trace ids in logs need) are set up.
+ * The SDK and its exporters take ~40 MB and a large share of the start time.
  */
-import { diag, DiagLogLevel, type DiagLogger } from '@opentelemetry/api';
-import { getNumberFromEnv } from '@opentelemetry/core';
-import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
-import {
-  ConsoleMetricExporter,
-  PeriodicExportingMetricReader,
-  type IMetricReader,
-  type PushMetricExporter,
-} from '@opentelemetry/sdk-metrics';
-import { NodeSDK } from '@opentelemetry/sdk-node';
+import { context, diag, DiagLogLevel, propagation, type DiagLogger } from '@opentelemetry/api';
+import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace';
-import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
 
 import type { Logger } from '../log.js';
 import { isLoopback, PrometheusEndpoint, type HostPort } from './prometheus.js';
@@ -88,6 +84,8 @@ export function exportFromEnv(env: NodeJS.ProcessEnv): { traces: boolean; metric
  */
 async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
   const readers: IMetricReader[] = [];
+  const { getNumberFromEnv } = await import('@opentelemetry/core');
+  const { ConsoleMetricExporter, PeriodicExportingMetricReader } = await import('@opentelemetry/sdk-metrics');
   const periodic = (exporter: PushMetricExporter) => {
     const interval = getNumberFromEnv('OTEL_METRIC_EXPORT_INTERVAL') ?? 60_000;
     const timeout = Math.min(getNumberFromEnv('OTEL_METRIC_EXPORT_TIMEOUT') ?? 30_000, interval);
@@ -156,6 +154,15 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
   }
   const spanProcessors = o.spanProcessors ?? (want.traces ? undefined : []); // undefined: OTEL_TRACES_EXPORTER
 
+  if (metricReaders?.length === 0 && spanProcessors?.length === 0 && !process.env.OTEL_PROPAGATORS) {
+    return propagationOnly();
+  }
+  const [{ NodeSDK }, { defaultResource, resourceFromAttributes }, { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION }] =
+    await Promise.all([
+      import('@opentelemetry/sdk-node'),
+      import('@opentelemetry/resources'),
+      import('@opentelemetry/semantic-conventions'),
+    ]);
   const sdk = new NodeSDK({
     // service.name and version are the lowest priority: OTEL_SERVICE_NAME/OTEL_RESOURCE_ATTRIBUTES win.
     resource: defaultResource().merge(
@@ -181,6 +188,35 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
         }
       })();
       return done;
+    },
+  };
+}
+
+/**
+ * Nothing exported: what the SDK would register for context alone, the AsyncLocalStorage context manager
+ * and the W3C trace-context and baggage propagators (the SDK's defaults), so that a client's trace id
+ * still reaches the logs. Spans stay non-recording (the API's no-op tracer keeps the parent's context).
+ */
+async function propagationOnly(): Promise<Telemetry> {
+  const [
+    { AsyncLocalStorageContextManager },
+    { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator },
+  ] = await Promise.all([import('@opentelemetry/context-async-hooks'), import('@opentelemetry/core')]);
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(
+    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+  );
+  let done = false;
+  return {
+    traces: false,
+    metrics: false,
+    shutdown() {
+      if (!done) {
+        done = true;
+        context.disable();
+        propagation.disable();
+      }
+      return Promise.resolve();
     },
   };
 }
