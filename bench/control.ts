@@ -222,7 +222,7 @@ class BenchDaemon {
      * (the start baseline); otherwise dist/server/main.js as the package, the image and `npm start` run it.
      * `defaults`: no --prometheus (the daemon on its defaults, for the start and RSS rows).
      */
-    readonly how: { tsx?: boolean; defaults?: boolean } = {},
+    public how: { tsx?: boolean; defaults?: boolean } = {},
   ) {}
 
   get pinRoot(): string {
@@ -920,6 +920,8 @@ async function section4(
 ): Promise<ControlFigure[]> {
   const rules = rulesClient(d.channel(d.unix));
   await rules.applyRules({ rules: ruleSet(net, n.startRules) });
+  // The last section: from here on d restarts on its defaults too (no --prometheus), like the 0-rule daemons.
+  d.how = { ...d.how, defaults: true };
   const measure = async (x: BenchDaemon, count: number) => {
     const ts: number[] = [];
     const early: number[] = [];
