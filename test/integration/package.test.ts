@@ -44,9 +44,10 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
     // npm pack runs prepack (setup: compile, BPF objects, descriptor) and lists what it packed.
     const packed = run('npm', ['pack', '--json', '--pack-destination', dir, '--loglevel=error'], ROOT);
     assert.equal(packed.status, 0, packed.err);
-    const info = (
-      JSON.parse(packed.out.slice(packed.out.indexOf('['))) as { filename: string; files: { path: string }[] }[]
-    )[0];
+    // The JSON array npm prints after whatever prepack printed: from a line "[" to the last line "]".
+    const start = packed.out.search(/^\[$/m);
+    const json = packed.out.slice(start, packed.out.lastIndexOf('\n]') + 2);
+    const info = (JSON.parse(json) as { filename: string; files: { path: string }[] }[])[0];
     tarball = join(dir, info.filename);
     files = info.files.map((f) => f.path);
     execFileSync('mkdir', ['-p', app]);
