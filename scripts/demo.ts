@@ -2,8 +2,9 @@
 /**
  * npm run demo: both old demos, driven with the xdpctl CLI against a daemon
  * this script starts, on a topology of network namespaces it builds — and
- * removes again, whatever happens. Run as root. `--quick` is the trimmed run
- * the test suite uses (fewer packets, no pauses).
+ * removes again, whatever happens (an error, Ctrl-C or SIGTERM). Run as root.
+ * `--quick` is the trimmed run the test suite uses (fewer packets, no pauses);
+ * `--help` prints the usage and does nothing else (`npm run demo -- --help`).
  *
  *   h1, h2, h3   hosts for the cross-connect demo (198.18.0.1-3)
  *   vm           sends UDP to 198.18.9.9:7999, an address nobody has
@@ -14,7 +15,27 @@ import { randomBytes } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
 
 const ROOT = new URL('..', import.meta.url).pathname;
-const quick = process.argv.includes('--quick');
+const USAGE = `Usage: npm run demo [-- --quick]
+
+As root: starts its own xdpctld (own pins, socket and state), builds network namespaces, walks through
+both old demos with the xdpctl CLI (cross-connect ping swapping between hosts; UDP to port 7999
+redirected into a "container" with counters) and removes everything it made, also on Ctrl-C.
+
+Options:
+  --quick     fewer packets, no pauses (what the test suite runs)
+  -h, --help  print this help and exit
+`;
+const args = process.argv.slice(2);
+if (args.includes('--help') || args.includes('-h')) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+const unknown = args.filter((a) => a !== '--quick');
+if (unknown.length) {
+  process.stderr.write(`demo: unknown argument ${unknown[0]}\n${USAGE}`);
+  process.exit(2);
+}
+const quick = args.includes('--quick');
 const id = randomBytes(2).toString('hex');
 const sock = `/tmp/xdpctl-demo-${id}.sock`;
 const pinRoot = `/sys/fs/bpf/xdpctl-demo-${id}`;
@@ -23,17 +44,24 @@ const linksFile = `/tmp/xdpctl-demo-${id}-links.yaml`;
 const env = { ...process.env, XDPCTL_SERVER: `unix:${sock}` };
 const made: { netns: string[]; links: string[] } = { netns: [], links: [] };
 let daemon: ChildProcess | undefined;
+/** Traffic tools started in the namespaces: killed by clean-up if still running. */
+const tools: ChildProcess[] = [];
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const say = (s: string) => console.log(`\n${bold(s)}`);
 const pause = (ms: number) => new Promise((r) => setTimeout(r, quick ? Math.min(ms, 100) : ms));
 
+/** Set by Ctrl-C/SIGTERM: every later step throws, so the demo goes straight to clean-up. */
+let interrupted: NodeJS.Signals | undefined;
+
 function sh(cmd: string, args: string[]): string {
+  if (interrupted) throw new Error(`interrupted (${interrupted})`);
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 /** Show and run a CLI command, like a person typing it. */
 function xdpctl(args: string[], expectFail = false): string {
+  if (interrupted) throw new Error(`interrupted (${interrupted})`);
   console.log(`$ xdpctl ${args.join(' ')}`);
   try {
     const out = execFileSync(`${ROOT}dist/client/cli.js`, args, {
@@ -56,10 +84,10 @@ function xdpctl(args: string[], expectFail = false): string {
 function host(role: string, cidr: string) {
   const netns = `xdpdemo-${id}-${role}`;
   const hostIf = `xd${id}${role}`.slice(0, 15);
+  made.netns.push(netns); // recorded first: an interruption right after creation still removes it
   sh('ip', ['netns', 'add', netns]);
-  made.netns.push(netns);
-  sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
   made.links.push(hostIf);
+  sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
   sh('ip', ['link', 'set', hostIf, 'up']);
   sh('sysctl', ['-qw', `net.ipv4.conf.${hostIf}.forwarding=0`]);
   sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
@@ -195,9 +223,11 @@ async function udpRedirect(): Promise<void> {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   );
+  tools.push(listener);
   let got = '';
   listener.stdout!.on('data', (d) => (got += d));
   await new Promise<void>((r) => listener.stdout!.once('data', () => r()));
+  if (interrupted) throw new Error(`interrupted (${interrupted})`);
   const sender = spawn(
     'nsenter',
     [
@@ -215,6 +245,7 @@ async function udpRedirect(): Promise<void> {
     ],
     { stdio: 'ignore' },
   );
+  tools.push(sender);
   xdpctl(['watch', 'backends', '--interval', '500ms', '--count', quick ? '2' : '4']);
   await new Promise((r) => sender.once('exit', r));
   await pause(300);
@@ -226,22 +257,31 @@ async function udpRedirect(): Promise<void> {
   xdpctl(['rules', 'get', 'web', '-o', 'yaml']);
 }
 
-async function cleanup(): Promise<void> {
+let cleaning: Promise<void> | undefined;
+/** Remove everything the demo made; once, whoever asks first (the end of the run or a signal). */
+function cleanup(): Promise<void> {
+  cleaning ??= removeAll();
+  return cleaning;
+}
+
+async function removeAll(): Promise<void> {
   say('4. Clean up: stop the daemon (--cleanup-on-exit detaches and unpins), remove the namespaces');
+  for (const t of tools) if (t.exitCode === null && t.signalCode === null) t.kill('SIGKILL');
   if (daemon && daemon.exitCode === null) {
     daemon.kill('SIGTERM');
     await new Promise((r) => daemon!.once('exit', r));
   }
+  const run = (cmd: string, a: string[]) => execFileSync(cmd, a, { stdio: 'ignore' });
   for (const l of made.links) {
     try {
-      sh('ip', ['link', 'del', l]);
+      run('ip', ['link', 'del', l]);
     } catch {
       /* already gone with its namespace */
     }
   }
   for (const n of made.netns) {
     try {
-      sh('ip', ['netns', 'del', n]);
+      run('ip', ['netns', 'del', n]);
     } catch {
       /* best effort */
     }
@@ -251,6 +291,20 @@ async function cleanup(): Promise<void> {
   rmSync(linksFile, { force: true });
   rmSync(sock, { force: true });
   console.log(`removed ${made.netns.length} namespaces, ${made.links.length} veth pairs, pins and state`);
+}
+
+// Ctrl-C or SIGTERM: clean up, then exit 128+signal. Commands already running get the same signal from
+// the terminal (same process group) and fail; the steps after them throw.
+for (const [sig, code] of [
+  ['SIGINT', 130],
+  ['SIGTERM', 143],
+] as const) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = sig;
+    console.error(`\ndemo: ${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(code));
+  });
 }
 
 let failed = false;
@@ -266,4 +320,4 @@ try {
 } finally {
   await cleanup();
 }
-process.exit(failed ? 1 : 0);
+process.exit(interrupted === 'SIGINT' ? 130 : interrupted === 'SIGTERM' ? 143 : failed ? 1 : 0);
