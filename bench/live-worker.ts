@@ -3,7 +3,7 @@
  * namespace (started by bench/live.ts through `nsenter --net=...`, which keeps
  * bpffs; `ip netns exec` would hide it), because BPF_PROG_TEST_RUN with live
  * frames takes the ingress ifindex from the caller's namespace
- * (KERNEL-NOTES trap 9). Everything it creates (veths, bridge, nftables
+ * (docs/kernel-notes.md, trap 9). Everything it creates (veths, bridge, nftables
  * table, tc filter, sysctls) lives in that namespace and goes with it; the
  * parent deletes the namespace and the pins whatever happens here.
  *
@@ -16,7 +16,7 @@
  *
  * The sink is one XDP program (base_sink: count IPv4 UDP, drop) attached
  * natively to out1 and ob1, so every path is counted by the same receiver
- * and the veths have NAPI (KERNEL-NOTES trap 3). Prints one JSON object.
+ * and the veths have NAPI (docs/kernel-notes.md, trap 3). Prints one JSON object.
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';

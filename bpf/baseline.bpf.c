@@ -41,7 +41,7 @@ struct {
 } sink_rx SEC(".maps");
 
 /* Count and drop: attached natively to the veth the benchmarked path sends
- * into, so the peer has NAPI (KERNEL-NOTES trap 3) and the count is what was
+ * into, so the peer has NAPI (docs/kernel-notes.md, trap 3) and the count is what was
  * really delivered. Keep it after base_pass: `ip link ... sec xdp` loads the
  * section's first program. */
 SEC("xdp")

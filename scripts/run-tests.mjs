@@ -44,6 +44,7 @@ if (tsc.status !== 0) {
 }
 chmodSync(join(root, 'dist/server/main.js'), 0o755);
 chmodSync(join(root, 'dist/client/cli.js'), 0o755);
+chmodSync(join(root, 'dist/client/health-probe.js'), 0o755);
 function find(dir) {
   return readdirSync(dir).flatMap((e) => {
     const p = join(dir, e);

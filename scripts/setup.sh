@@ -81,4 +81,4 @@ fi
 
 # The compiled JavaScript that the daemon, the CLI and the client run from.
 npx tsc -b tsconfig.build.json
-chmod +x dist/server/main.js dist/client/cli.js
+chmod +x dist/server/main.js dist/client/cli.js dist/client/health-probe.js

@@ -46,7 +46,8 @@ export class DaemonProcess {
 
   /**
    * `wrap`: a command that execs the daemon, e.g. ['setpriv', '--bounding-set', '-all,+bpf', '--'];
-   * `main`: the daemon's script (default this checkout's dist/server/main.js; e.g. an installed package's).
+   * `main`: the daemon's script (default this checkout's dist/server/main.js; e.g. an installed package's);
+   * `node`: the Node binary that runs it (e.g. a copy with file capabilities for a non-root uid).
    */
   static async start(
     id: string,
@@ -54,13 +55,14 @@ export class DaemonProcess {
     env: NodeJS.ProcessEnv = {},
     wrap: string[] = [],
     main = DAEMON,
+    node = process.execPath,
   ): Promise<DaemonProcess> {
     const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
     const unix = `unix:/tmp/xdpctl-test-${id}.sock`;
     const child = spawn(
-      wrap[0] ?? process.execPath,
+      wrap[0] ?? node,
       [
-        ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
+        ...(wrap.length ? [...wrap.slice(1), node] : []),
         ...DAEMON_NODE_FLAGS,
         main,
         '--listen',

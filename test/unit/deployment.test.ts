@@ -36,8 +36,20 @@ function helpFlags(args: string[]): Set<string> {
 }
 // The compiled programs, as the image and a package install run them (scripts/run-tests.mjs builds dist/).
 const daemonFlags = helpFlags(['dist/server/main.js']);
-const cliFlags = helpFlags(['dist/client/cli.js']);
-const cliHealthFlags = helpFlags(['dist/client/cli.js', 'health']);
+const probeFlags = helpFlags(['dist/client/health-probe.js']);
+
+/** The uid the image runs as (USER in the Dockerfile): every deployment file must agree. */
+const IMAGE_UID = 10001;
+
+/** OTLP's well-known ports and the protocol each carries (OpenTelemetry protocol exporter spec). */
+function assertOtlpProtocol(env: Record<string, string>, where: string) {
+  const endpoint = env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  if (!endpoint) return;
+  const port = new URL(endpoint).port;
+  const protocol = env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf'; // the SDK's default
+  if (port === '4317') assert.equal(protocol, 'grpc', `${where}: port 4317 is OTLP/gRPC`);
+  if (port === '4318') assert.notEqual(protocol, 'grpc', `${where}: port 4318 is OTLP/HTTP`);
+}
 
 /** The value after a flag in an argv. */
 const flagValue = (argv: string[], flag: string) => {
@@ -52,10 +64,12 @@ function assertDaemonArgs(argv: string[], where: string) {
 }
 
 function assertHealthProbe(argv: string[], where: string) {
-  assert.equal(argv[0], 'xdpctl', `${where}: the probe runs the CLI`);
-  assert.ok(argv.includes('health'), `${where}: the probe runs "xdpctl health"`);
+  // The light probe (node:http2 only), not the CLI: probes run every few seconds on every node.
+  assert.equal(argv[0], 'xdpctl-health', `${where}: the probe runs xdpctl-health`);
+  const pkg = JSON.parse(read('package.json')) as { bin: Record<string, string> };
+  assert.equal(pkg.bin['xdpctl-health'], 'dist/client/health-probe.js');
   for (const f of argv.filter((a) => a.startsWith('--'))) {
-    assert.ok(cliFlags.has(f) || cliHealthFlags.has(f), `${where}: xdpctl has no flag ${f}`);
+    assert.ok(probeFlags.has(f), `${where}: xdpctl-health has no flag ${f}`);
   }
   assert.equal(flagValue(argv, '--server'), 'unix:/run/xdpctl/xdpctl.sock', `${where}: probe through the socket`);
 }
@@ -63,10 +77,22 @@ function assertHealthProbe(argv: string[], where: string) {
 describe('deployment files', () => {
   it('docker-compose.yml: xdpctld on the host network with the documented capabilities, not privileged', () => {
     const [compose] = parse('docker-compose.yml');
-    assert.deepEqual(Object.keys(compose.services).sort(), ['otel-collector', 'prometheus', 'xdpctld']);
+    assert.deepEqual(Object.keys(compose.services).sort(), ['otel-collector', 'prometheus', 'xdpctld', 'xdpctld-init']);
     const d = compose.services.xdpctld;
     assert.equal(d.network_mode, 'host');
     assert.notEqual(d.privileged, true);
+    // Not root: the image's uid; file capabilities need no-new-privileges off; bpf() allowed by seccomp.
+    assert.equal(d.user, `${IMAGE_UID}:${IMAGE_UID}`);
+    assert.ok(!(d.security_opt ?? []).some((o: string) => /no-new-privileges(:true)?$/.test(o)));
+    assert.ok((d.security_opt ?? []).includes('seccomp=unconfined'), 'a seccomp profile that allows bpf()');
+    assertOtlpProtocol(d.environment, 'compose xdpctld');
+    // The init step owns the daemon's directories for it, and runs first.
+    const init = compose.services['xdpctld-init'];
+    assert.equal(d.depends_on['xdpctld-init'].condition, 'service_completed_successfully');
+    const initCmd = (init.command as string[]).join(' ');
+    for (const dir of ['/sys/fs/bpf/xdpctl', flagValue(d.command, '--state-dir')!, '/run/xdpctl']) {
+      assert.ok(initCmd.includes(dir) && initCmd.includes(`chown -R ${IMAGE_UID}:${IMAGE_UID}`), `init owns ${dir}`);
+    }
     assert.deepEqual(d.cap_drop, ['ALL']);
     assert.deepEqual([...d.cap_add].sort(), [...CAPS].sort());
     assertDaemonArgs(d.command, 'compose xdpctld.command');
@@ -139,7 +165,21 @@ describe('deployment files', () => {
     assert.ok(entry, 'ENTRYPOINT');
     const shebang = read('src/server/main.ts').split('\n')[0];
     const flags = shebang.split(/\s+/).filter((w) => w.startsWith('--'));
-    assert.deepEqual(JSON.parse(entry[1]), ['node', ...flags, '/opt/xdpctl/dist/server/main.js'], shebang);
+    // xdpctld-node: a copy of node with the daemon's file capabilities, run as the non-root USER.
+    assert.deepEqual(JSON.parse(entry[1]), ['xdpctld-node', ...flags, '/opt/xdpctl/dist/server/main.js'], shebang);
+    assert.match(df, /cp \/usr\/local\/bin\/node \/usr\/local\/bin\/xdpctld-node/);
+    assert.match(df, /setcap cap_bpf,cap_net_admin,cap_perfmon\+ep \/usr\/local\/bin\/xdpctld-node/);
+    assert.match(df, /find \/ -xdev -type f -perm \/6000 -exec chmod a-s/, 'no setuid files (file caps need NNP off)');
+    assert.match(df, new RegExp(`^USER ${IMAGE_UID}:${IMAGE_UID}$`, 'm'));
+    // No buf binary (or any dev or optional dependency) in the image.
+    assert.match(df, /npm prune --omit=dev --omit=optional/);
+    const pkgJson = JSON.parse(read('package.json')) as Record<string, Record<string, string> | undefined>;
+    for (const field of ['dependencies', 'optionalDependencies']) {
+      assert.ok(
+        !Object.keys(pkgJson[field] ?? {}).some((n) => n.startsWith('@bufbuild/buf')),
+        `buf is not in ${field}`,
+      );
+    }
     assert.doesNotMatch(df, /tsx/);
     assert.ok(existsSync(`${ROOT}dist/server/main.js`) && existsSync(`${ROOT}dist/client/cli.js`));
     const hc = /^\s+CMD (\[.*\])$/m.exec(df.slice(df.indexOf('HEALTHCHECK')));
@@ -167,6 +207,28 @@ describe('deployment files', () => {
     assertDaemonArgs(c.args, 'DaemonSet args');
     const sc = c.securityContext;
     assert.equal(sc.privileged, false);
+    assert.equal(sc.runAsNonRoot, true);
+    assert.equal(sc.runAsUser, IMAGE_UID);
+    assert.equal(sc.allowPrivilegeEscalation, true, 'file capabilities need no_new_privs off');
+    // The namespace declares the Pod Security level this pod needs (hostNetwork, hostPath, capabilities).
+    const ns = docs.find((x) => x.kind === 'Namespace')!;
+    assert.equal(ns.metadata.labels['pod-security.kubernetes.io/enforce'], 'privileged');
+    assert.equal(pod.securityContext.seccompProfile.type, 'Unconfined', 'bpf() allowed');
+    // An init container owns the directories for the non-root daemon.
+    const init = pod.initContainers.find((x: { name: string }) => x.name === 'own-dirs');
+    assert.ok(init, 'init container own-dirs');
+    assert.deepEqual(init.securityContext.capabilities.add.sort(), ['CHOWN', 'FOWNER']);
+    const initCmd = (init.command as string[]).join(' ');
+    for (const dir of ['/sys/fs/bpf/xdpctl', flagValue(c.args, '--state-dir')!, '/run/xdpctl']) {
+      assert.ok(initCmd.includes(dir) && initCmd.includes(`chown -R ${IMAGE_UID}:${IMAGE_UID}`), `init owns ${dir}`);
+    }
+    // OTLP: the protocol that the endpoint's port speaks.
+    assertOtlpProtocol(
+      Object.fromEntries((c.env as { name: string; value?: string }[]).map((e) => [e.name, e.value ?? ''])),
+      'DaemonSet',
+    );
+    // Probes: the light probe; the startup probe's timeout covers a start under load (the default is 1 s).
+    assert.ok(c.startupProbe.timeoutSeconds >= 5, 'startup probe timeout');
     assert.deepEqual(sc.capabilities.drop, ['ALL']);
     assert.deepEqual([...sc.capabilities.add].sort(), [...CAPS].sort());
     for (const p of ['startupProbe', 'livenessProbe', 'readinessProbe']) assertHealthProbe(c[p].exec.command, p);

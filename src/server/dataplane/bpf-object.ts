@@ -100,7 +100,8 @@ export function testRunTimed(
   let t0 = process.hrtime.bigint();
   let rc = lib.bpf_prog_test_run_opts(progFd, opts) as number;
   // A repeated run stops with -EINTR when a signal is pending (kernel bpf_test_timer_continue(); e.g.
-  // SIGCHLD from a child process that exited): nothing was wrong with the program, run it again.
+  // SIGCHLD from a child process that exited): nothing was wrong with the program, run it again
+  // (docs/kernel-notes.md, trap 9).
   for (let retry = 0; rc === -constants.errno.EINTR && retry < 5; retry++) {
     t0 = process.hrtime.bigint();
     rc = lib.bpf_prog_test_run_opts(progFd, opts) as number;

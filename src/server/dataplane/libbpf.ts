@@ -4,7 +4,7 @@
  * callers turn every negative return into a KernelError through {@link check}.
  * Only src/server/dataplane/ may import this module (and koffi).
  *
- * Conventions seen with libbpf 1.1 (see ../shared/KERNEL-NOTES.md): calls
+ * Conventions seen with libbpf 1.1 (docs/kernel-notes.md, koffi and libbpf): calls
  * return 0 or -errno and set errno; pointer-returning calls give NULL and set
  * errno; koffi returns pointers as opaque objects and NULL as null.
  */

@@ -1,7 +1,7 @@
 /**
  * Network devices as the datapath needs them: name <-> ifindex, MAC
  * addresses, neighbour (ARP) lookups, and the veth precondition for native
- * XDP redirects (../shared/KERNEL-NOTES.md trap 3): a frame redirected by
+ * XDP redirects (docs/kernel-notes.md, trap 3): a frame redirected by
  * native XDP into a veth is silently dropped unless the veth's peer has NAPI,
  * i.e. an XDP program or GRO enabled. Interface facts (ifindex, MAC, MTU,
  * flags, carrier) come from ioctls on a socket of the daemon's own network
