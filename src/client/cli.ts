@@ -13,7 +13,7 @@ import Table from 'cli-table3';
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ClientError, createClientFactory, Status, type Metadata } from 'nice-grpc';
 import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
-import { HealthDefinition } from 'nice-grpc-server-health';
+import { HealthCheckDefinition } from './health.js';
 import YAML from 'yaml';
 
 import { BadRequest, PreconditionFailure } from '../gen/google/rpc/error_details.js';
@@ -503,7 +503,7 @@ class Session {
   }
 
   health() {
-    return createClientFactory().use(deadlineMiddleware).create(HealthDefinition, this.client.channel);
+    return createClientFactory().use(deadlineMiddleware).create(HealthCheckDefinition, this.client.channel);
   }
 
   close(): void {

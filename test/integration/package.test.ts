@@ -142,6 +142,50 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
     assert.equal(typeof state, 'number');
   });
 
+  it("the light client (@xdpctl/client) installs without the daemon's dependencies and lists rules", () => {
+    assert.ok(d, 'the daemon of the previous test');
+    const client = join(dir, 'client');
+    execFileSync('mkdir', ['-p', client]);
+    const packed = run('npm', ['pack', './packages/client', '--pack-destination', dir, '--loglevel=error'], ROOT);
+    assert.equal(packed.status, 0, packed.err);
+    const tgz = join(dir, packed.out.trim().split('\n').at(-1)!);
+    writeFileSync(join(client, 'package.json'), JSON.stringify({ name: 'light', private: true, type: 'module' }));
+    const inst = run('npm', ['install', tgz, '--no-audit', '--no-fund', '--loglevel=warn'], client);
+    assert.equal(inst.status, 0, inst.err);
+    assert.doesNotMatch(inst.err, /EBADENGINE/);
+    const lock = JSON.parse(readFileSync(join(client, 'node_modules/.package-lock.json'), 'utf8')) as {
+      packages: Record<string, unknown>;
+    };
+    const names = Object.keys(lock.packages).map((p) => p.replace(/^.*node_modules\//, ''));
+    const heavy = names.filter((n) =>
+      /^(koffi|typescript|tsx|esbuild|@esbuild\/.*|@opentelemetry\/sdk-.*|@opentelemetry\/exporter-.*|@bufbuild\/buf.*|pino)$/.test(
+        n,
+      ),
+    );
+    assert.deepEqual(heavy, [], 'no koffi, OpenTelemetry SDK, compiler or logger');
+    const size = execFileSync('du', ['-sb', join(client, 'node_modules')], { encoding: 'utf8' }).split('\t')[0];
+    console.log(
+      `install of @xdpctl/client: ${names.length} packages, ${(Number(size) / 1e6).toFixed(1)} MB in node_modules`,
+    );
+    const help = run('npx', ['--no-install', 'xdpctl', '--help'], client);
+    assert.equal(help.status, 0, help.err);
+    writeFileSync(
+      join(client, 'list.mjs'),
+      [
+        "import { createXdpctlClient } from '@xdpctl/client';",
+        'const c = createXdpctlClient({ address: process.argv[2] });',
+        'const { rules } = await c.rules.listRules({});',
+        'console.log(JSON.stringify(rules.map((r) => r.name)));',
+        'c.close();',
+      ].join('\n'),
+    );
+    const r = run(process.execPath, ['list.mjs', d!.unix], client);
+    assert.equal(r.status, 0, r.err);
+    assert.deepEqual(JSON.parse(r.out), ['from-the-package']);
+    const health = run('npx', ['--no-install', 'xdpctl', '--server', d!.unix, 'health'], client);
+    assert.equal(health.status, 0, health.err);
+  });
+
   it('tsc --noEmit type-checks a TypeScript consumer against the shipped declarations', () => {
     writeFileSync(
       join(app, 'tsconfig.json'),
