@@ -15,7 +15,7 @@ const grpc = ['nice-grpc', 'nice-grpc-common', '@grpc/grpc-js'].map((name) => ({
 }));
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'build/', 'dist/', 'src/gen/', 'coverage/'] },
+  { ignores: ['node_modules/', 'build/', 'dist/', 'packages/*/dist/', 'src/gen/', 'coverage/'] },
   js.configs.recommended,
   { languageOptions: { globals: globals.node } },
   ...tseslint.configs.recommended,
