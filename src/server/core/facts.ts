@@ -17,7 +17,7 @@ export interface Facts {
   links: Map<string, LinkState | undefined>;
   /**
    * Backend egress name -> whether native redirects into it are delivered
-   * (veth peer NAPI, KERNEL-NOTES trap 3) and why not. Filled by the
+   * (veth peer NAPI, docs/kernel-notes.md, trap 3) and why not. Filled by the
    * reconciler for rules on native-mode ingress; absent: not checked.
    */
   napi: Map<string, { ok: boolean; detail?: string }>;
