@@ -69,7 +69,7 @@ describe('one daemon per datapath', kernelOnly(), () => {
       msg,
       new RegExp(`pin root ${first!.pinRoot} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`),
     );
-    assert.match(msg, /src\/server\/main\.ts/, "the message shows the holder's command line");
+    assert.match(msg, /dist\/server\/main\.js/, "the message shows the holder's command line (the compiled daemon)");
     await stillServing(first!, maps);
   });
 
