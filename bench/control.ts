@@ -920,7 +920,7 @@ async function section4(
 ): Promise<ControlFigure[]> {
   const rules = rulesClient(d.channel(d.unix));
   await rules.applyRules({ rules: ruleSet(net, n.startRules) });
-  // The last section: from here on d restarts on its defaults too (no --prometheus), like the 0-rule daemons.
+  // From here on d restarts on its defaults too (no --prometheus), like the 0-rule daemons (section 5 has its own).
   d.how = { ...d.how, defaults: true };
   const measure = async (x: BenchDaemon, count: number) => {
     const ts: number[] = [];

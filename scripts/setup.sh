@@ -5,8 +5,8 @@
 #   2. bpffs mounted at /sys/fs/bpf (mode 0700);
 #   3. a Node that package.json's engines accept: the system's, else the version in .node-version
 #      fetched from the npm registry (scripts/node-runtime.sh); everything below runs on it;
-#   4. npm ci when node_modules is missing, older than package-lock.json, or was installed for another
-#      Node version or ABI (native addons are built for one);
+#   4. npm ci when node_modules is missing, was installed from another package-lock.json, or for another
+#      Node version or ABI (native addons such as better-sqlite3 are built for one);
 #   5. the BPF objects built when older than their sources, the reflection descriptor, and the
 #      TypeScript compiled to dist/ (tsc -b: incremental, quick when nothing changed).
 set -euo pipefail
@@ -62,9 +62,10 @@ prefix=$(bash scripts/node-runtime.sh)
 if [[ -n $prefix ]]; then
   export PATH="$prefix/bin:$PATH" npm_config_nodedir="$prefix"
 fi
-stamp="node $(node -p 'process.version + " abi " + process.versions.modules + " " + process.arch')"
-if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ||
-  $(cat node_modules/.xdpctl-node 2>/dev/null) != "$stamp" ]]; then
+# The stamp names the Node, its ABI and the lock file's content (not its mtime: `npm install
+# --package-lock-only` rewrites node_modules/.package-lock.json without installing anything).
+stamp="node $(node -p 'process.version + " abi " + process.versions.modules + " " + process.arch') lock $(sha256sum package-lock.json | cut -c1-16)"
+if [[ ! -f node_modules/.package-lock.json || $(cat node_modules/.xdpctl-node 2>/dev/null) != "$stamp" ]]; then
   echo "setup: npm ci ($stamp)"
   npm ci --no-audit --no-fund --loglevel=error
   echo "$stamp" >node_modules/.xdpctl-node
