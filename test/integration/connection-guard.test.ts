@@ -12,7 +12,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sleep } from '../helpers/env.js';
+import { CLI, kernelOnly, ROOT, runId, sleep } from '../helpers/env.js';
 import { PYTHON } from '../helpers/python-client.js';
 
 const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
@@ -55,7 +55,7 @@ describe('connection bounds (local denial of service)', kernelOnly(), () => {
     // Mid-flood: the daemon holds at most 60 of them, and the admin gets in over the Unix socket.
     const held = fds(pid) - fdsBefore;
     assert.ok(held <= 60 + 5, `the daemon holds ${held} more descriptors during the flood (bound 60)`);
-    const admin = spawnSync(`${ROOT}bin/xdpctl`, ['--server', d.unix, '--timeout', '5s', 'status'], {
+    const admin = spawnSync(CLI, ['--server', d.unix, '--timeout', '5s', 'status'], {
       encoding: 'utf8',
     });
     assert.equal(admin.status, 0, admin.stderr);
@@ -75,7 +75,7 @@ describe('connection bounds (local denial of service)', kernelOnly(), () => {
     assert.ok(fds(pid) - fdsBefore <= 3, `descriptors back: ${fdsBefore} -> ${fds(pid)}`);
     assert.ok(rssMb(pid) - rssBefore < 64, `RSS ${rssBefore.toFixed(0)} -> ${rssMb(pid).toFixed(0)} MB`);
     // And the TCP listener serves again.
-    const tcp = spawnSync(`${ROOT}bin/xdpctl`, ['--server', d.tcp, '--timeout', '5s', 'status'], { encoding: 'utf8' });
+    const tcp = spawnSync(CLI, ['--server', d.tcp, '--timeout', '5s', 'status'], { encoding: 'utf8' });
     assert.equal(tcp.status, 0, tcp.stderr);
   });
 });

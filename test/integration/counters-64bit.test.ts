@@ -15,7 +15,7 @@ import { backendStats, ruleStats, u32, type BackendStats, type RuleStats } from 
 import { possibleCpus } from '../../src/server/dataplane/libbpf.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sleep } from '../helpers/env.js';
+import { CLI, kernelOnly, runId, sleep } from '../helpers/env.js';
 import { runPythonClient } from '../helpers/python-client.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp } from '../helpers/udp.js';
@@ -132,7 +132,7 @@ describe('64-bit counters end to end', kernelOnly(), () => {
 
     // The CLI prints them digit for digit, in every format.
     const cli = (...args: string[]) =>
-      spawnSync(`${ROOT}bin/xdpctl`, ['--server', d.unix, ...args], { encoding: 'utf8', timeout: 30_000 });
+      spawnSync(CLI, ['--server', d.unix, ...args], { encoding: 'utf8', timeout: 30_000 });
     const get = cli('rules', 'get', 'big');
     assert.equal(get.status, 0, get.stderr);
     assert.match(get.stdout, /^matched:\s+9007199254740993 packets, 16\.0 EiB$/m);

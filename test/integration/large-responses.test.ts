@@ -21,7 +21,7 @@ import { getAllCounters, listAllRules, watchCounterSamples } from '../../src/cli
 import { CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
 import { ApplyRulesResponse } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId } from '../helpers/env.js';
+import { CLI, kernelOnly, runId } from '../helpers/env.js';
 import { runPythonClient } from '../helpers/python-client.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
@@ -38,7 +38,7 @@ interface Result {
 
 function xdpctl(args: string[]): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(`${ROOT}bin/xdpctl`, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
