@@ -38,6 +38,7 @@ need sqlite3 sqlite3 # inspect the state store (docs/state-store.md)
 # The independent client (test/clients/reflection_client.py): gRPC's C core and protobuf, for Debian's python3.
 need python3-grpcio /usr/lib/python3/dist-packages/grpc/__init__.py
 need python3-protobuf /usr/lib/python3/dist-packages/google/protobuf/__init__.py
+need curl curl # the HTTP/JSON listener's test drives it with curl
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { ServerCredentials } from '@grpc/grpc-js';
 import { metrics } from '@opentelemetry/api';
 import { createServer, ServerError, Status, type Server, type ServerMiddleware } from 'nice-grpc';
+import { composeServerMiddleware } from 'nice-grpc-common';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
 import { defaultAuthConfig, Policy, readUserDb, resolveGroup, type AuthConfig } from './auth/policy.js';
@@ -21,6 +22,7 @@ import {
 } from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
 import { DEFAULT_CONNECTION_LIMITS, guardConnections, type ConnectionLimits } from './connection-guard.js';
+import type { HttpJsonListener } from './http-json.js';
 import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
@@ -58,6 +60,11 @@ export const VERSION = (JSON.parse(readFileSync(`${PACKAGE_ROOT}package.json`, '
 export interface DaemonOptions {
   /** "host:port" or "unix:/path". */
   listen: string[];
+  /**
+   * Where to serve every unary RPC as HTTP/JSON too (the Connect protocol, http-json.ts): "host:port"
+   * or "unix:/path"; none by default. Same TLS, identities, roles, validation and errors as gRPC.
+   */
+  httpListen?: string[];
   pinRoot: string;
   objectPath: string;
   descriptorPath: string;
@@ -155,6 +162,9 @@ export class Daemon {
   config?: ConfigWatcher;
   /** Bound addresses, with the real port for ":0". */
   readonly addresses: string[] = [];
+  /** HTTP/JSON listeners (--http-listen) and their bound addresses. */
+  readonly http: HttpJsonListener[] = [];
+  readonly httpAddresses: string[] = [];
   private stopping?: Promise<void>;
 
   private constructor(
@@ -169,10 +179,17 @@ export class Daemon {
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const log = opts.log ?? silentLogger;
-    const exposed = exposedPlaintext(opts.listen, opts.tls !== undefined);
+    const httpListen = opts.httpListen ?? [];
+    const exposedGrpc = exposedPlaintext(opts.listen, opts.tls !== undefined);
+    const exposedHttp = exposedPlaintext(httpListen, opts.tls !== undefined);
+    const exposed = [...exposedGrpc, ...exposedHttp];
+    const exposedText = [
+      ...(exposedGrpc.length ? [`gRPC on ${exposedGrpc.join(', ')}`] : []),
+      ...(exposedHttp.length ? [`HTTP/JSON on ${exposedHttp.join(', ')}`] : []),
+    ].join(' and ');
     if (exposed.length && !opts.insecure) {
       throw new Error(
-        `refusing to serve plaintext gRPC on ${exposed.join(', ')}: anyone who can reach it could read and change ` +
+        `refusing to serve plaintext ${exposedText}: anyone who can reach it could read and change ` +
           "this host's forwarding. Give --tls-cert and --tls-key (and --tls-client-ca), listen on loopback, " +
           'or pass --insecure to accept the risk',
       );
@@ -195,8 +212,8 @@ export class Daemon {
     const lock = lockInstance({
       pinRoot: opts.pinRoot,
       stateDir: opts.stateDir,
-      sockets: opts.listen.filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
-      listen: opts.listen,
+      sockets: [...opts.listen, ...httpListen].filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
+      listen: [...opts.listen, ...httpListen],
     });
     let datapath: XdpDatapath;
     try {
@@ -306,8 +323,10 @@ export class Daemon {
     daemon.kernel = dp;
 
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
+    // One TLS set (files, checks, rotation) for every TCP listener, gRPC and HTTP/JSON.
+    let tlsSet: ReturnType<typeof reloadingServerCredentials> | undefined;
+    const tlsOf = () => (tlsSet ??= opts.tls && reloadingServerCredentials(opts.tls, log));
     try {
-      let tlsCreds: ServerCredentials | undefined; // one set for every TCP listener
       for (const addr of opts.listen) {
         const server = makeServer();
         daemon.servers.push(server);
@@ -325,11 +344,39 @@ export class Daemon {
           chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
           daemon.addresses.push(addr);
         } else {
-          if (opts.tls && !tlsCreds) logRefusedHandshakes(log);
-          tlsCreds ??= opts.tls && reloadingServerCredentials(opts.tls, log).credentials;
-          const creds = tlsCreds ?? ServerCredentials.createInsecure();
+          if (opts.tls && !tlsSet) logRefusedHandshakes(log);
+          const creds = tlsOf()?.credentials ?? ServerCredentials.createInsecure();
           const port = await server.listen(addr, listenerCredentials('tcp', creds));
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
+        }
+      }
+      if (httpListen.length) {
+        // Loaded only when asked for: a daemon without --http-listen pays nothing for it.
+        const { startHttpJson, unaryMethods } = await import('./http-json.js');
+        const methods = unaryMethods(
+          [
+            { definition: RuleServiceDefinition, implementation: services.rules },
+            { definition: LinkServiceDefinition, implementation: services.links },
+            { definition: InterfaceServiceDefinition, implementation: services.interfaces },
+            { definition: CounterServiceDefinition, implementation: services.counters },
+            { definition: DaemonServiceDefinition, implementation: services.daemon },
+          ],
+          [telemetryMiddleware(), access, errorMiddleware(log), gate].reduce((a, b) => composeServerMiddleware(a, b)),
+        );
+        const descriptor = readFileSync(descriptorPath);
+        for (const addr of httpListen) {
+          const l = await startHttpJson({
+            listen: addr,
+            descriptor,
+            methods,
+            tls: addr.startsWith('unix:') ? undefined : tlsOf()?.material,
+            maxMessageBytes: opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+            socketMode: opts.socketMode ?? DEFAULT_SOCKET_MODE,
+            socketGid,
+            log,
+          });
+          daemon.http.push(l);
+          daemon.httpAddresses.push(l.address);
         }
       }
       if (stored) await controller.restore(stored);
@@ -343,10 +390,12 @@ export class Daemon {
       if (datapath.migrating) datapath.finishMigration();
     } catch (e) {
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
+      await Promise.all(daemon.http.map((x) => x.close()));
       unregisterMetrics();
       store?.close();
       datapath.close();
-      for (const a of daemon.addresses) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      for (const a of [...daemon.addresses, ...httpListen])
+        if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
       lock.release();
       throw e;
     }
@@ -354,11 +403,19 @@ export class Daemon {
     daemon.health.setStatus('healthy');
     daemon.health.setStatus('healthy', DATAPATH_HEALTH);
     daemon.startResync();
-    log.info({ addresses: daemon.addresses, progId: datapath.progId, adopted: datapath.adopted }, 'serving');
+    log.info(
+      {
+        addresses: daemon.addresses,
+        httpAddresses: daemon.httpAddresses,
+        progId: datapath.progId,
+        adopted: datapath.adopted,
+      },
+      'serving',
+    );
     if (exposed.length) {
       log.warn(
         { insecure: true, addresses: exposed },
-        `INSECURE: plaintext gRPC on ${exposed.join(', ')} (--insecure): anyone on the network can reach this ` +
+        `INSECURE: plaintext ${exposedText} (--insecure): anyone on the network can reach this ` +
           'daemon; callers there are anonymous and get only the roles the auth config grants "anonymous"',
       );
     }
@@ -443,7 +500,7 @@ export class Daemon {
       this.hub.close(); // WatchCounters streams end with UNAVAILABLE
       this.terminator?.terminate(); // health Watch streams too, after their NOT_SERVING
       const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
-      await Promise.all(this.servers.map((x) => x.shutdown()));
+      await Promise.all([...this.servers.map((x) => x.shutdown()), ...this.http.map((x) => x.close())]);
       clearTimeout(forced);
       if (this.opts.cleanupOnExit) {
         this.controller.detachAll();
@@ -455,7 +512,9 @@ export class Daemon {
       this.datapath.close();
       this.store?.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
-      for (const a of this.opts.listen) if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      for (const a of [...this.opts.listen, ...(this.opts.httpListen ?? [])]) {
+        if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      }
       this.lock?.release(); // after the socket files: only the holder removes them
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');

@@ -29,6 +29,12 @@ const program = new Command('xdpctld')
   .version(VERSION)
   .option('--listen <address...>', 'where to serve gRPC: host:port or unix:/path (repeatable)', DEFAULTS.listen)
   .option(
+    '--http-listen <address...>',
+    'also serve every unary RPC as HTTP/JSON (the Connect protocol: POST /xdpctl.v1.RuleService/ListRules ' +
+      'with a JSON body) on host:port or unix:/path (repeatable; none by default); same TLS, identities, ' +
+      'roles and errors as gRPC',
+  )
+  .option(
     '--pin-root <dir>',
     'bpffs directory for pinned maps and program; created 0700, refused if another user owns it or others ' +
       'may write it; one daemon per pin root, state dir and socket (a second one refuses to start)',
@@ -64,7 +70,8 @@ const program = new Command('xdpctld')
   )
   .option(
     '--insecure',
-    'allow plaintext gRPC on non-loopback TCP addresses (refused otherwise); logs a warning at every start',
+    'allow plaintext gRPC and HTTP/JSON on non-loopback TCP addresses (refused otherwise); logs a warning at ' +
+      'every start',
     false,
   )
   .option(
@@ -131,6 +138,7 @@ Examples:
   xdpctld --cleanup-on-exit                 # leave no trace when stopped
   xdpctld --config /etc/xdpctl/links.yaml   # the xdp-xconnect workflow: links: {eth0: tap0}
   xdpctld --prometheus                      # metrics at http://127.0.0.1:9464/metrics
+  xdpctld --http-listen 127.0.0.1:9092      # curl too (see HTTP/JSON below)
   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 xdpctld   # traces and metrics over OTLP
 
 Access: every call has an identity: the SPIFFE ID of a verified client
@@ -145,6 +153,13 @@ role. With it, exactly the listed identities have roles:
   readOnly: ["spiffe://example.org/ns/monitoring/*", unix-group:xdpctl]
 Denials are PERMISSION_DENIED; every change and every denial is logged as an
 audit record ("audit":true, at any --log-level).
+
+HTTP/JSON (--http-listen): every unary RPC at POST /<service>/<method> with
+Content-Type: application/json, the request in the proto3 JSON mapping; Get
+and List methods also answer GET ...?encoding=json&message=<JSON>. Errors are
+Connect errors: {"code":"invalid_argument","message":...,"details":[...]},
+each detail with its JSON under "debug". For example:
+  curl -sS --json '{}' http://127.0.0.1:9092/xdpctl.v1.RuleService/ListRules
 
 Telemetry: nothing is exported unless asked. Traces go over OTLP when
 OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT)
@@ -166,6 +181,7 @@ health and the log say what it observed).`,
 program.parse();
 const o = program.opts<{
   listen: string[];
+  httpListen?: string[];
   pinRoot: string;
   bpfObject: string;
   descriptor: string;
@@ -272,6 +288,7 @@ try {
   const telemetry = await startTelemetry({ version: VERSION, prometheus, log });
   const daemon = await Daemon.start({
     listen: o.listen,
+    httpListen: o.httpListen,
     pinRoot: o.pinRoot,
     objectPath: o.bpfObject,
     descriptorPath: o.descriptor,
@@ -299,7 +316,12 @@ try {
   // (pino writes asynchronously; without the flush a warning could follow it).
   await new Promise<void>((resolve) => log.flush(() => resolve()));
   process.stdout.write(
-    `${JSON.stringify({ msg: 'ready', addresses: daemon.addresses, prometheus: telemetry.prometheus })}\n`,
+    `${JSON.stringify({
+      msg: 'ready',
+      addresses: daemon.addresses,
+      ...(daemon.httpAddresses.length ? { http: daemon.httpAddresses } : {}),
+      prometheus: telemetry.prometheus,
+    })}\n`,
   );
   const stop = (signal: string) => {
     log.info({ signal }, 'shutting down');

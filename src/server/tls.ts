@@ -133,6 +133,13 @@ class CheckedProvider implements experimental.CertificateProvider {
     this.watching = want;
   }
 
+  currentIdentity(): experimental.IdentityCertificateUpdate {
+    return this.identity;
+  }
+  currentCa(): experimental.CaCertificateUpdate | undefined {
+    return this.ca;
+  }
+
   addIdentityCertificateListener(l: IdentityListener): void {
     this.identityListeners.add(l);
     this.watch();
@@ -153,11 +160,62 @@ class CheckedProvider implements experimental.CertificateProvider {
   }
 }
 
+/**
+ * The current checked set as Node's TLS options take it, for listeners that are not grpc-js (the
+ * HTTP/JSON listener, http-json.ts): the same files, checks and rotations as the gRPC listeners.
+ */
+export interface TlsMaterial {
+  current(): { cert: Buffer; key: Buffer; ca?: Buffer };
+  /** Client certificates signed by the client CA are required (mutual TLS). */
+  requireClientCert: boolean;
+  /** Called with every new valid set; returns the unsubscribe function. */
+  onUpdate(listener: (set: { cert: Buffer; key: Buffer; ca?: Buffer }) => void): () => void;
+}
+
+function materialOf(provider: CheckedProvider, mutual: boolean): TlsMaterial {
+  let cert: Buffer;
+  let key: Buffer;
+  let ca: Buffer | undefined;
+  const listeners = new Set<(set: { cert: Buffer; key: Buffer; ca?: Buffer }) => void>();
+  // The provider announces identity, then CA, for one rotation (both already checked together).
+  const onIdentity: IdentityListener = (u) => {
+    if (!u) return;
+    cert = u.certificate;
+    key = u.privateKey;
+    if (!mutual) for (const l of listeners) l({ cert, key });
+  };
+  const onCa: CaListener = (u) => {
+    if (!u) return;
+    ca = u.caCertificate;
+    for (const l of listeners) l({ cert, key, ca });
+  };
+  ({ certificate: cert, privateKey: key } = provider.currentIdentity());
+  ca = provider.currentCa()?.caCertificate;
+  return {
+    current: () => ({ cert, key, ...(ca ? { ca } : {}) }),
+    requireClientCert: mutual,
+    onUpdate(l) {
+      if (listeners.size === 0) {
+        provider.addIdentityCertificateListener(onIdentity);
+        if (mutual) provider.addCaCertificateListener(onCa);
+      }
+      listeners.add(l);
+      return () => {
+        listeners.delete(l);
+        if (listeners.size === 0) {
+          provider.removeIdentityCertificateListener(onIdentity);
+          if (mutual) provider.removeCaCertificateListener(onCa);
+        }
+      };
+    },
+  };
+}
+
 /** Server credentials for TCP listeners that reload rotated certificates. */
 export function reloadingServerCredentials(
   files: TlsFiles,
   log: Logger,
-): { credentials: ServerCredentials; provider: { rotations: number } } {
+): { credentials: ServerCredentials; provider: { rotations: number }; material: TlsMaterial } {
   const read = (what: string, file: string) => {
     try {
       return readFileSync(file);
@@ -185,7 +243,7 @@ export function reloadingServerCredentials(
     ca ? provider : null,
     ca !== undefined,
   );
-  return { credentials, provider };
+  return { credentials, provider, material: materialOf(provider, ca !== undefined) };
 }
 
 /** At most this many refused handshakes are logged per reason and window; the rest are counted. */

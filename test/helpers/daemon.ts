@@ -27,7 +27,7 @@ export interface Clients {
 }
 
 /** The line xdpctld prints once it serves. */
-type ReadyLine = { addresses: string[]; prometheus?: string };
+type ReadyLine = { addresses: string[]; http?: string[]; prometheus?: string };
 
 export class DaemonProcess {
   private channels: Channel[] = [];
@@ -36,6 +36,8 @@ export class DaemonProcess {
   prometheus?: string;
   /** Every bound address from the ready line (TCP ones with their real port). */
   addresses: string[] = [];
+  /** The HTTP/JSON listeners' bound addresses from the ready line (with --http-listen). */
+  http: string[] = [];
 
   private constructor(
     readonly child: ChildProcess,
@@ -82,7 +84,7 @@ export class DaemonProcess {
     );
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
-    const { addresses, prometheus } = await new Promise<ReadyLine>((resolve, reject) => {
+    const { addresses, http, prometheus } = await new Promise<ReadyLine>((resolve, reject) => {
       child.stdout!.on('data', (d) => {
         out += d;
         const line = out.split('\n').find((l) => l.includes('"msg":"ready"'));
@@ -99,6 +101,7 @@ export class DaemonProcess {
     );
     d.prometheus = prometheus;
     d.addresses = addresses;
+    d.http = http ?? [];
     d.output = out; // what it wrote up to "ready" (e.g. start-up warnings), then everything after
     child.stdout!.on('data', (x) => (d.output += x));
     child.stderr!.on('data', (x) => (d.output += x));

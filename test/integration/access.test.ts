@@ -21,47 +21,12 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
 import { OtherUserRuntime } from '../helpers/other-user.js';
+import { makePki } from '../helpers/pki.js';
 import { Topology } from '../helpers/topology.js';
 
 const ADMIN = 'spiffe://example.org/ns/ops/sa/admin';
 const READER = 'spiffe://example.org/ns/mon/sa/grafana';
 const STRANGER = 'spiffe://example.org/ns/web/sa/frontend';
-
-/** A CA and certificates made with openssl: name -> [subject CN, SAN extension or ""]. */
-function makePki(dir: string, certs: Record<string, [string, string]>): void {
-  const f = (n: string) => join(dir, n);
-  sh(
-    'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-keyout', f('ca.key')].concat([
-      '-out',
-      f('ca.pem'),
-      '-subj',
-      '/CN=test-ca',
-    ]),
-  );
-  for (const [name, [cn, san]] of Object.entries(certs)) {
-    sh(
-      'openssl',
-      ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`)].concat([
-        '-subj',
-        `/CN=${cn}`,
-      ]),
-    );
-    writeFileSync(f(`${name}.ext`), san ? `subjectAltName=${san}\n` : 'basicConstraints=CA:FALSE\n');
-    sh(
-      'openssl',
-      ['x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key')].concat([
-        '-CAcreateserial',
-        '-days',
-        '1',
-        '-out',
-        f(`${name}.pem`),
-        '-extfile',
-        f(`${name}.ext`),
-      ]),
-    );
-  }
-}
 
 async function code(p: Promise<unknown>): Promise<{ code: Status; details: string }> {
   try {

@@ -14,6 +14,8 @@
  *   code. It wraps errorMiddleware so that it sees the mapped code.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 
 import {
   experimental,
@@ -47,6 +49,11 @@ export type ListenerKind = 'unix' | 'tcp';
 
 /** The secret that seals identity entries (one per process). */
 export const SEAL = randomBytes(24).toString('hex');
+
+/** The sealed form of an identity for the IDENTITY_KEY entry (listeners that are not grpc-js: http-json.ts). */
+export function sealIdentity(id: Identity): string {
+  return seal(id);
+}
 
 function seal(id: Identity): string {
   return `${SEAL}.${JSON.stringify(id)}`;
@@ -126,6 +133,50 @@ function identifyUncached(kind: ListenerKind, call: ServerInterceptingCallInterf
   const info = call.getConnectionInfo();
   if (info.remoteAddress && isLoopbackAddress(info.remoteAddress) && info.remotePort && info.localAddress) {
     const uid = loopbackPeerUid(info.remoteAddress, info.remotePort, info.localAddress, info.localPort ?? 0);
+    if (uid !== undefined) return localIdentity('loopback-tcp', uid);
+    return anonymous(via, 'loopback peer not found in the kernel socket table');
+  }
+  return anonymous(via, via === 'tls' ? 'no client certificate' : 'plaintext connection');
+}
+
+const bySocket = new WeakMap<Socket, Identity>();
+
+/**
+ * The identity a plain Node socket proves (the HTTP/JSON listener, http-json.ts), from the same
+ * sources as {@link identify}: SO_PEERCRED on a Unix socket, the verified client certificate on TLS,
+ * the kernel's socket table for loopback TCP; else anonymous. Once per connection.
+ */
+export function identifySocket(kind: ListenerKind, socket: Socket): Identity {
+  const known = bySocket.get(socket);
+  if (known) return known;
+  const id = identifySocketUncached(kind, socket);
+  bySocket.set(socket, id);
+  return id;
+}
+
+function identifySocketUncached(kind: ListenerKind, socket: Socket): Identity {
+  if (kind === 'unix') {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0)
+      return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
+    if (!peerCred) return anonymous('unix-socket', 'peer credentials unavailable (no reader configured)');
+    try {
+      const c = peerCred(fd);
+      return localIdentity('unix-socket', c.uid, c.gid, c.pid);
+    } catch (e) {
+      return anonymous('unix-socket', `peer credentials unavailable: ${(e as Error).message}`);
+    }
+  }
+  const tls = (socket as TLSSocket).encrypted === true ? (socket as TLSSocket) : undefined;
+  // Only a certificate the client CA verified counts (as grpc-js reports one only then).
+  if (tls?.authorized) {
+    const cert = tls.getPeerCertificate();
+    if (cert && Object.keys(cert).length) return identityFromCertificate(cert);
+  }
+  const via = tls ? 'tls' : 'plaintext';
+  const { remoteAddress, remotePort, localAddress, localPort } = socket;
+  if (remoteAddress && isLoopbackAddress(remoteAddress) && remotePort && localAddress) {
+    const uid = loopbackPeerUid(remoteAddress, remotePort, localAddress, localPort ?? 0);
     if (uid !== undefined) return localIdentity('loopback-tcp', uid);
     return anonymous(via, 'loopback peer not found in the kernel socket table');
   }

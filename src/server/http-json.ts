@@ -1,0 +1,271 @@
+/**
+ * HTTP/JSON for every unary RPC, on an opt-in listener (`--http-listen`): the Connect protocol's
+ * unary form (https://connectrpc.com/docs/protocol), served by @connectrpc/connect-node. A call is
+ * `POST /<package.Service>/<Method>` with `Content-Type: application/json` and the request message in
+ * the proto3 JSON mapping as the body; methods marked `idempotency_level = NO_SIDE_EFFECTS` (Get/List)
+ * also answer `GET /<package.Service>/<Method>?encoding=json&message=<url-encoded JSON>`. The reply is
+ * the response message as JSON with status 200, or a Connect error:
+ * `{"code": "invalid_argument", "message": "...", "details": [{"type": "google.rpc.BadRequest",
+ * "value": "<base64>", "debug": {"fieldViolations": [...]}}]}` with the HTTP status the protocol maps
+ * the code to (400, 403, 404, 409, 412, 429, 500, 503, ...). Why Connect and not `google.api.http`
+ * transcoding: no well-kept Node library transcodes google.api.http (grpc-gateway is Go, Envoy's
+ * transcoder C++), while Connect is a specified protocol with a maintained Node server that reads the
+ * service descriptors we already ship (build/descriptor.binpb), so no REST paths are written twice.
+ *
+ * Every call runs through the same chain as on the gRPC listeners (telemetry, access: identity, role
+ * and audit; error mapping; the start gate) into the same service implementations, so validation,
+ * roles, audit records and error details are those of gRPC by construction. The caller's identity
+ * comes from the connection exactly as on gRPC (services/access.ts identifySocket): SO_PEERCRED on a
+ * Unix socket (`curl --unix-socket`), the verified client certificate with the daemon's TLS files
+ * (the same certificate, key, client CA and rotation as the gRPC TCP listeners), the kernel's socket
+ * table on loopback TCP; anything else is anonymous. Streaming methods (WatchCounters) and the
+ * grpc.health.v1 service (probes use gRPC: xdpctl-health) are not served here.
+ */
+import { once } from 'node:events';
+import { chmodSync, chownSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import { dirname } from 'node:path';
+
+import {
+  createFileRegistry,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethodUnary,
+  type FileRegistry,
+  type Message,
+} from '@bufbuild/protobuf';
+import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
+import { Code, ConnectError, createContextKey, createContextValues, type HandlerContext } from '@connectrpc/connect';
+import { connectNodeAdapter } from '@connectrpc/connect-node';
+import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
+
+import type { Identity } from './auth/identity.js';
+import type { Logger } from './log.js';
+import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
+import type { TlsMaterial } from './tls.js';
+import { Status as RpcStatus } from '../gen/google/rpc/status.js';
+
+/** A ts-proto message codec (the generated `X.encode/decode`). */
+interface Codec {
+  encode(message: unknown): { finish(): Uint8Array };
+  decode(bytes: Uint8Array): unknown;
+}
+
+/** A nice-grpc service definition (generated `XServiceDefinition`) and its implementation. */
+export interface ServedService {
+  definition: {
+    fullName: string;
+    methods: Record<
+      string,
+      {
+        name: string;
+        requestType: unknown;
+        responseType: unknown;
+        requestStream: boolean;
+        responseStream: boolean;
+        options: object;
+      }
+    >;
+  };
+  implementation: object;
+}
+
+/** One unary method: decode, run the middleware chain and the handler, encode. */
+interface UnaryMethod {
+  path: string;
+  requestType: Codec;
+  responseType: Codec;
+  run(request: unknown, context: CallContext): Promise<unknown>;
+}
+
+/**
+ * Every unary method of `services` behind `middleware` (the gRPC listeners' chain), called the way
+ * nice-grpc calls a unary handler (handleUnaryCall.js): the middleware's generator must return, not yield.
+ */
+export function unaryMethods(services: ServedService[], middleware: ServerMiddleware): Map<string, UnaryMethod> {
+  const out = new Map<string, UnaryMethod>();
+  for (const { definition, implementation } of services) {
+    for (const [key, m] of Object.entries(definition.methods)) {
+      if (m.requestStream || m.responseStream) continue;
+      const path = `/${definition.fullName}/${m.name}`;
+      const impl = (implementation as Record<string, (req: unknown, ctx: CallContext) => Promise<unknown>>)[key];
+      const method = { path, requestStream: false, responseStream: false, options: m.options };
+      // eslint-disable-next-line require-yield -- a unary handler returns its one message (nice-grpc's form)
+      async function* handler(request: unknown, context: CallContext) {
+        return await impl.call(implementation, request, context);
+      }
+      out.set(path, {
+        path,
+        requestType: m.requestType as Codec,
+        responseType: m.responseType as Codec,
+        async run(request, context) {
+          const it = middleware(
+            { method, requestStream: false, request, responseStream: false, next: handler } as never,
+            context,
+          )[Symbol.asyncIterator]();
+          let r = await it.next();
+          while (!r.done) r = await it.throw(new Error(`${path}: a middleware yielded in a unary call`));
+          return r.value;
+        },
+      });
+    }
+  }
+  return out;
+}
+
+export interface HttpJsonOptions {
+  /** "host:port" or "unix:/path". */
+  listen: string;
+  /** The FileDescriptorSet (build/descriptor.binpb) with the services and google.rpc error details. */
+  descriptor: Uint8Array;
+  methods: Map<string, UnaryMethod>;
+  /** TLS for a TCP listener: the gRPC listeners' files and rotation. */
+  tls?: TlsMaterial;
+  /** Largest request body in bytes (the gRPC listeners' --max-message-bytes). */
+  maxMessageBytes: number;
+  socketMode: number;
+  socketGid?: number;
+  log: Logger;
+}
+
+const kIdentity = createContextKey<Identity | undefined>(undefined, { description: 'caller identity' });
+const kPeer = createContextKey<string>('', { description: 'peer address' });
+
+/** nice-grpc's Status and Connect's Code share the gRPC numbering (1 CANCELLED ... 16 UNAUTHENTICATED). */
+function connectError(err: unknown, trailer: Metadata, registry: FileRegistry): ConnectError {
+  if (!(err instanceof ServerError)) {
+    const aborted = (err as { name?: string } | null)?.name === 'AbortError';
+    return new ConnectError(aborted ? 'cancelled' : 'internal error', aborted ? Code.Canceled : Code.Unknown);
+  }
+  const details: { desc: DescMessage; value: never }[] = [];
+  const raw = trailer.get('grpc-status-details-bin');
+  if (raw instanceof Uint8Array) {
+    for (const any of RpcStatus.decode(raw).details) {
+      const desc = registry.getMessage(any.typeUrl.slice(any.typeUrl.lastIndexOf('/') + 1));
+      if (desc) details.push({ desc, value: fromBinary(desc, any.value) as never });
+    }
+  }
+  return new ConnectError(err.details, err.code as number as Code, undefined, details);
+}
+
+function peerOf(kind: ListenerKind, socket: Socket, listen: string): string {
+  if (kind === 'unix') return listen;
+  const a = socket.remoteAddress ?? '';
+  return a.includes(':') ? `ipv6:[${a}]:${socket.remotePort}` : `ipv4:${a}:${socket.remotePort}`;
+}
+
+/** A running HTTP/JSON listener. */
+export interface HttpJsonListener {
+  /** The bound address: "host:port" with the real port for ":0", or "unix:/path". */
+  address: string;
+  close(): Promise<void>;
+}
+
+/** Serve `methods` as HTTP/JSON on `o.listen` (HTTP/1.1; HTTPS when `o.tls`). */
+export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListener> {
+  const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, o.descriptor));
+  const kind: ListenerKind = o.listen.startsWith('unix:') ? 'unix' : 'tcp';
+  const rpcs: DescMethodUnary[] = [];
+  for (const path of o.methods.keys()) {
+    const [service, name] = path.slice(1).split('/');
+    const method = registry.getService(service)?.methods.find((m) => m.name === name);
+    if (method?.methodKind !== 'unary')
+      throw new Error(`HTTP/JSON: ${path} is not a unary method in the descriptor set`);
+    rpcs.push(method as DescMethodUnary);
+  }
+  const handler = connectNodeAdapter({
+    // Only the Connect protocol here: gRPC has its own listeners.
+    connect: true,
+    grpc: false,
+    grpcWeb: false,
+    readMaxBytes: o.maxMessageBytes,
+    // A misspelt field is an error naming it, not a silently ignored part of the request.
+    jsonOptions: { ignoreUnknownFields: false },
+    contextValues: (req) => {
+      const socket = (req as IncomingMessage).socket;
+      return createContextValues()
+        .set(kIdentity, identifySocket(kind, socket))
+        .set(kPeer, peerOf(kind, socket, o.listen));
+    },
+    routes(router) {
+      for (const desc of rpcs) {
+        const m = o.methods.get(`/${desc.parent.typeName}/${desc.name}`)!;
+        router.rpc(desc, async (req: Message, ctx: HandlerContext) => {
+          const metadata = Metadata();
+          const identity = ctx.values.get(kIdentity);
+          if (identity) metadata.set(IDENTITY_KEY, sealIdentity(identity));
+          const timeout = ctx.timeoutMs();
+          if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(Date.now() + timeout));
+          const trailer = Metadata();
+          const context: CallContext = {
+            metadata,
+            peer: ctx.values.get(kPeer),
+            header: Metadata(),
+            sendHeader() {},
+            trailer,
+            signal: ctx.signal,
+          };
+          let response: unknown;
+          try {
+            response = await m.run(m.requestType.decode(toBinary(desc.input, req)), context);
+          } catch (err) {
+            throw connectError(err, trailer, registry);
+          }
+          return fromBinary(desc.output, m.responseType.encode(response).finish());
+        });
+      }
+    },
+  });
+
+  let server: HttpServer | HttpsServer;
+  if (o.tls) {
+    const tls = o.tls;
+    const s = createHttpsServer(
+      { ...tls.current(), requestCert: tls.requireClientCert, rejectUnauthorized: tls.requireClientCert },
+      handler,
+    );
+    // A rotated set (already checked by tls.ts) applies to new connections, as on the gRPC listeners.
+    const off = tls.onUpdate((files) => s.setSecureContext({ ...files }));
+    s.on('close', off);
+    server = s;
+  } else {
+    server = createHttpServer(handler);
+  }
+  let address: string;
+  if (kind === 'unix') {
+    const path = o.listen.slice(5);
+    mkdirSync(dirname(path), { recursive: true });
+    rmSync(path, { force: true }); // stale: the daemon holds its lock
+    const umask = process.umask(0o177); // no window in which others may connect
+    try {
+      server.listen(path);
+      await once(server, 'listening');
+    } finally {
+      process.umask(umask);
+    }
+    if (o.socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, o.socketGid);
+    chmodSync(path, o.socketMode);
+    address = o.listen;
+  } else {
+    const i = o.listen.lastIndexOf(':');
+    const host = o.listen.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+    server.listen(Number(o.listen.slice(i + 1)), host);
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    address = `${o.listen.slice(0, i)}:${port}`;
+  }
+  o.log.info({ address, tls: o.tls !== undefined }, 'HTTP/JSON (Connect protocol) listening');
+  return {
+    address,
+    async close() {
+      const closed = once(server, 'close');
+      server.close();
+      server.closeAllConnections();
+      await closed;
+      if (kind === 'unix') rmSync(o.listen.slice(5), { force: true });
+    },
+  };
+}

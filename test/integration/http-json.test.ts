@@ -1,0 +1,327 @@
+/**
+ * HTTP/JSON (--http-listen, the Connect protocol's unary form) driven with curl, the tool the old
+ * redirector's users had: changes and reads land as over gRPC; errors carry the same code, message
+ * and field violations (google.rpc.BadRequest, its JSON under "debug"); identities come from the
+ * connection (loopback TCP and Unix socket peers by uid, mTLS clients by certificate) with the same
+ * roles and audit records; bodies over --max-message-bytes are refused; plaintext on a non-loopback
+ * address is refused without --insecure.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { ClientError, Metadata } from 'nice-grpc';
+
+import { BadRequest } from '../../src/gen/google/rpc/error_details.js';
+import { Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { decodeStatusDetails } from '../../src/server/services/status.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, ROOT, runId, sleep } from '../helpers/env.js';
+import { makePki } from '../helpers/pki.js';
+import { Topology } from '../helpers/topology.js';
+
+type Reply = { status: number; body: Record<string, unknown>; exit: number; stderr: string };
+
+/** curl, as root or as another user; the HTTP status and the JSON body. */
+function curl(args: string[], user?: string): Reply {
+  const cmd = [...(user ? ['runuser', '-u', user, '--'] : []), 'curl', '-sS', '-w', '\n%{http_code}', ...args];
+  const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 15_000 });
+  const out = r.stdout ?? '';
+  const cut = out.lastIndexOf('\n');
+  const text = out.slice(0, cut);
+  let body: Record<string, unknown> = {};
+  try {
+    body = text ? (JSON.parse(text) as Record<string, unknown>) : {};
+  } catch {
+    body = { raw: text };
+  }
+  return { status: Number(out.slice(cut + 1)), body, exit: r.status ?? -1, stderr: r.stderr ?? '' };
+}
+
+type Violation = { field: string; description: string };
+const violationsOf = (body: Record<string, unknown>): Violation[] =>
+  ((body.details as { type: string; debug?: { fieldViolations?: Violation[] } }[] | undefined) ?? [])
+    .filter((x) => x.type === 'google.rpc.BadRequest')
+    .flatMap((x) => x.debug?.fieldViolations ?? []);
+
+function auditRecords(d: DaemonProcess): Record<string, unknown>[] {
+  return d.output
+    .split('\n')
+    .filter((l) => l.startsWith('{') && l.includes('"audit":true'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function audited(d: DaemonProcess, match: (r: Record<string, unknown>) => boolean, what: string) {
+  const end = Date.now() + 5000;
+  for (;;) {
+    const r = auditRecords(d).find(match);
+    if (r) return r;
+    if (Date.now() > end) throw new Error(`no audit record of ${what}`);
+    await sleep(50);
+  }
+}
+
+describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const httpSock = `/tmp/xdpctl-test-${id}-http.sock`;
+  let d: DaemonProcess;
+  let grpc: Clients;
+  let base: string;
+
+  before(async () => {
+    topo.addHost('in');
+    topo.addHost('be', '198.18.7.2/24');
+    d = await DaemonProcess.start(id, [
+      '--http-listen',
+      '127.0.0.1:0',
+      `unix:${httpSock}`,
+      // Others may connect to the sockets; what they may do is the roles' business.
+      '--socket-mode',
+      '666',
+      '--max-message-bytes',
+      '65536',
+      '--log-level',
+      'info',
+    ]);
+    grpc = d.clients();
+    base = `http://${d.http.find((a) => !a.startsWith('unix:'))}`;
+  });
+  after(async () => {
+    await d?.destroy();
+    rmSync(httpSock, { force: true });
+    rmSync(`${httpSock}.lock`, { force: true });
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+  });
+
+  const rule = (name: string, over: Record<string, unknown> = {}) => ({
+    name,
+    match: { protocol: 'PROTOCOL_UDP', port: 7999, sourcePrefixes: ['192.0.2.0/24'] },
+    ingressInterfaces: [topo.host('in').hostIf],
+    backends: [{ ip: '198.18.7.2', mac: topo.host('be').mac, interface: topo.host('be').hostIf }],
+    ...over,
+  });
+  const post = (method: string, body: unknown, extra: string[] = [], user?: string) =>
+    curl(['--json', JSON.stringify(body), ...extra, `${base}/xdpctl.v1.${method}`], user);
+
+  it('creates, reads (POST and GET), lists and deletes a rule; gRPC sees the same rule', async () => {
+    const created = post('RuleService/CreateRule', { rule: rule('web') });
+    assert.equal(created.status, 200, JSON.stringify(created));
+    const r = created.body.rule as { name: string; generation: string; status: { state: string } };
+    assert.equal(r.name, 'web');
+    assert.equal(r.status.state, 'RULE_STATE_ACTIVE', JSON.stringify(r.status));
+    // Over gRPC: the same rule, in the same proto3 JSON mapping.
+    const viaGrpc = Rule.toJSON((await grpc.rules.getRule({ name: 'web' })).rule!);
+    const viaGet = curl([
+      '-G',
+      `${base}/xdpctl.v1.RuleService/GetRule`,
+      '-d',
+      'encoding=json',
+      '--data-urlencode',
+      'message={"name":"web"}',
+    ]);
+    assert.equal(viaGet.status, 200);
+    const norm = (x: unknown) => JSON.parse(JSON.stringify(x, (_k, v) => (typeof v === 'number' ? String(v) : v)));
+    // Conditions carry their last transition time, which both show alike; numbers compared as text (int64 is a string in JSON).
+    assert.deepEqual(norm(viaGet.body.rule), norm(viaGrpc));
+    const list = post('RuleService/ListRules', {});
+    assert.deepEqual(
+      (list.body.rules as { name: string }[]).map((x) => x.name),
+      ['web'],
+    );
+    // The Unix socket serves the same (curl --unix-socket).
+    const u = curl(['--unix-socket', httpSock, '--json', '{}', 'http://xdpctld/xdpctl.v1.RuleService/ListRules']);
+    assert.equal(u.status, 200);
+    assert.deepEqual(u.body, list.body);
+    const del = post('RuleService/DeleteRule', { name: 'web' });
+    assert.equal(del.status, 200);
+    assert.deepEqual(del.body, {});
+    assert.deepEqual((await grpc.rules.listRules({})).rules, []);
+  });
+
+  it('bad input: the code, message and field violations that gRPC gives, and nothing applied', async () => {
+    const bad = rule('bad', {
+      match: { protocol: 'PROTOCOL_UDP', port: 70000 },
+      backends: [{ ip: '198.18.7.300', mac: 'zz', interface: topo.host('be').hostIf }],
+    });
+    const h = post('RuleService/CreateRule', { rule: bad });
+    assert.equal(h.status, 400);
+    assert.equal(h.body.code, 'invalid_argument');
+    let trailer: Metadata | undefined;
+    const g = await grpc.rules
+      .createRule({ rule: Rule.fromJSON(bad) }, { onTrailer: (m) => (trailer = m) })
+      .then(() => assert.fail('gRPC accepted it'))
+      .catch((e: unknown) => e as ClientError);
+    assert.equal(h.body.message, g.details);
+    const grpcViolations = BadRequest.decode(
+      decodeStatusDetails(trailer)!.details.find((x) => x.typeUrl.endsWith('google.rpc.BadRequest'))!.value,
+    ).fieldViolations;
+    assert.deepEqual(violationsOf(h.body), grpcViolations);
+    assert.deepEqual(
+      violationsOf(h.body).map((v) => v.field),
+      ['rule.match.port', 'rule.backends[0].ip', 'rule.backends[0].mac'].filter((f) =>
+        grpcViolations.some((v) => v.field === f),
+      ),
+    );
+    assert.ok(violationsOf(h.body).some((v) => v.field === 'rule.match.port'));
+    assert.deepEqual((await grpc.rules.listRules({})).rules, [], 'nothing applied');
+
+    // A misspelt field (the old API's "sourceAddr") is named, not ignored.
+    const typo = post('RuleService/CreateRule', { rule: { ...rule('typo'), sourceAddr: '192.0.2.1' } });
+    assert.equal(typo.status, 400);
+    assert.equal(typo.body.code, 'invalid_argument');
+    assert.match(String(typo.body.message), /sourceAddr/);
+    // Not found, with the gRPC message.
+    const missing = post('RuleService/GetRule', { name: 'nope' });
+    assert.equal(missing.status, 404);
+    assert.equal(missing.body.code, 'not_found');
+    // Bodies over --max-message-bytes (64 KiB) are refused before any handler.
+    const big = post('RuleService/CreateRule', { rule: rule('big', { labels: { k: 'x'.repeat(70_000) } }) });
+    assert.equal(big.body.code, 'resource_exhausted', JSON.stringify(big.body));
+    assert.deepEqual((await grpc.rules.listRules({})).rules, []);
+  });
+
+  it('identifies callers from the connection: roles and audit as on gRPC', async () => {
+    // Root over loopback TCP: admin, audited with its uid from the kernel's socket table.
+    assert.equal(post('RuleService/CreateRule', { rule: rule('audited') }).status, 200);
+    const rec = await audited(
+      d,
+      (r) => r.method === '/xdpctl.v1.RuleService/CreateRule' && r.code === 'OK',
+      'the CreateRule',
+    );
+    assert.deepEqual(rec.identity, { kind: 'unix', principal: 'unix-uid:0', via: 'loopback-tcp', uid: 0 });
+    assert.equal(rec.applied, true);
+    // nobody over loopback TCP and over the Unix socket: no role (the default policy), denied.
+    const tcp = post('RuleService/ListRules', {}, [], 'nobody');
+    assert.equal(tcp.status, 403, JSON.stringify(tcp));
+    assert.equal(tcp.body.code, 'permission_denied');
+    assert.equal(
+      tcp.body.message,
+      '/xdpctl.v1.RuleService/ListRules needs the read-only role; unix-uid:65534 (loopback-tcp) has no role',
+    );
+    const unix = curl(
+      [
+        '--unix-socket',
+        httpSock,
+        '--json',
+        JSON.stringify({ name: 'audited' }),
+        'http://x/xdpctl.v1.RuleService/DeleteRule',
+      ],
+      'nobody',
+    );
+    assert.equal(unix.status, 403, JSON.stringify(unix));
+    assert.match(
+      String(unix.body.message),
+      /DeleteRule needs the admin role; unix-uid:65534 \(unix-socket\) has no role/,
+    );
+    const denial = await audited(
+      d,
+      (r) => r.method === '/xdpctl.v1.RuleService/DeleteRule' && r.code === 'PERMISSION_DENIED',
+      'the denied DeleteRule',
+    );
+    assert.equal((denial.identity as { via: string; uid: number }).via, 'unix-socket');
+    assert.equal((denial.identity as { via: string; uid: number }).uid, 65534);
+    assert.deepEqual(denial.resources, { rules: ['audited'] });
+    assert.equal((await grpc.rules.getRule({ name: 'audited' })).rule!.name, 'audited', 'still there');
+    await grpc.rules.deleteRule({ name: 'audited' });
+  });
+});
+
+describe('HTTP/JSON over mutual TLS (the gRPC listeners’ files)', kernelOnly(), () => {
+  const id = runId();
+  const dir = mkdtempSync(join(tmpdir(), 'xdpctl-http-'));
+  const f = (n: string) => join(dir, n);
+  let d: DaemonProcess;
+  let base: string;
+
+  before(async () => {
+    makePki(dir, {
+      server: ['server', 'IP:127.0.0.1,DNS:localhost'],
+      ops: ['ops', 'URI:spiffe://example.org/ns/ops/sa/admin'],
+      viewer: ['viewer', ''],
+    });
+    writeFileSync(f('auth.yaml'), 'admin:\n  - spiffe://example.org/ns/ops/sa/admin\nreadOnly:\n  - x509-cn:viewer\n');
+    d = await DaemonProcess.start(id, [
+      '--tls-cert',
+      f('server.pem'),
+      '--tls-key',
+      f('server.key'),
+      '--tls-client-ca',
+      f('ca.pem'),
+      '--auth-config',
+      f('auth.yaml'),
+      '--http-listen',
+      '127.0.0.1:0',
+    ]);
+    base = `https://${d.http[0]}`;
+  });
+  after(async () => {
+    await d?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const as = (who: string, method: string, body: unknown) =>
+    curl([
+      '--cacert',
+      f('ca.pem'),
+      '--cert',
+      f(`${who}.pem`),
+      '--key',
+      f(`${who}.key`),
+      '--json',
+      JSON.stringify(body),
+      `${base}/xdpctl.v1.${method}`,
+    ]);
+
+  it('a client certificate is the identity; without one, or in plaintext, no call is served', async () => {
+    const status = as('ops', 'DaemonService/GetStatus', {});
+    assert.equal(status.status, 200, JSON.stringify(status));
+    assert.equal(status.body.serving, true);
+    const change = as('viewer', 'LinkService/Connect', { link: { a: 'lo', b: 'lo' } });
+    assert.equal(change.status, 403);
+    assert.equal(
+      change.body.message,
+      '/xdpctl.v1.LinkService/Connect needs the admin role; x509-cn:viewer (mtls) has the read-only role',
+    );
+    assert.equal(as('viewer', 'LinkService/ListLinks', {}).status, 200);
+    const anon = curl(['--cacert', f('ca.pem'), '--json', '{}', `${base}/xdpctl.v1.LinkService/ListLinks`]);
+    assert.notEqual(anon.exit, 0, 'the handshake needs a client certificate');
+    assert.notEqual(anon.status, 200);
+    const plain = curl(['--json', '{}', `${base.replace('https:', 'http:')}/xdpctl.v1.LinkService/ListLinks`]);
+    assert.notEqual(plain.status, 200);
+  });
+});
+
+describe('HTTP/JSON is opt-in and guarded', kernelOnly(), () => {
+  it('refuses plaintext HTTP/JSON on a non-loopback address without --insecure', async () => {
+    const id = runId();
+    const child = spawn(
+      process.execPath,
+      [
+        ...DAEMON_NODE_FLAGS,
+        DAEMON,
+        '--listen',
+        `unix:/tmp/xdpctl-test-${id}.sock`,
+        '--http-listen',
+        '0.0.0.0:0',
+        '--pin-root',
+        `/sys/fs/bpf/xdpctl-test-${id}`,
+        '--no-state',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let err = '';
+    child.stderr.on('data', (x) => (err += x));
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}.sock`, { force: true });
+    assert.equal(code, 1);
+    assert.match(err, /refusing to serve plaintext HTTP\/JSON on 0\.0\.0\.0:0: .*or pass --insecure/);
+  });
+});
