@@ -369,7 +369,7 @@ describe('xdpctl command line', kernelOnly(), () => {
   it('completion bash|zsh print a script', async () => {
     const bash = assertOk(await cli('completion', 'bash'));
     assert.match(bash, /complete -F _xdpctl xdpctl/);
-    assert.match(bash, /"rules add"\) words=".*--backend/);
+    assert.match(bash, /"rules add"\) COMPREPLY=.*--backend/);
     assert.match(assertOk(await cli('completion', 'zsh')), /compdef _xdpctl xdpctl/);
   });
 

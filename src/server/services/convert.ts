@@ -1,39 +1,29 @@
 /**
- * Conversions between the generated proto messages and the core model.
- * Unset enums and weights take their documented defaults here.
+ * Conversions between the generated proto messages and the core model: the
+ * specs through shared/proto-convert.ts (the one conversion, the CLI's too),
+ * plus the output-only fields (status, conditions, times) here.
  */
 import type { BackendStatus, Condition, LinkSpec, RuleSpec, RuleStatus } from '../core/model.js';
 import type { ManagedInterface as CoreInterface, RuleView } from '../core/controller.js';
 import { canonicalMac } from '../net/addr.js';
 import { ChangeAction, ConditionStatus, type Condition as ProtoCondition } from '../../gen/xdpctl/v1/common.js';
 import { EffectiveXdpMode, XdpMode, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
-import { LinkDirection, type Link } from '../../gen/xdpctl/v1/link.js';
-import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../gen/xdpctl/v1/rule.js';
+import type { Link } from '../../gen/xdpctl/v1/link.js';
+import { RuleState, type Rule } from '../../gen/xdpctl/v1/rule.js';
+import { linkSpecFromProto, linkSpecToProto, ruleSpecFromProto, ruleSpecToProto } from '../../shared/proto-convert.js';
 
+/**
+ * A client's Rule as the core's spec (shared/proto-convert.ts: the one conversion, also the CLI's),
+ * with each backend's MAC in the canonical form the daemon stores and compares ("aa:bb:..."; text
+ * that is no MAC is left for validation to name).
+ */
 export function ruleFromProto(r: Rule | undefined): RuleSpec {
-  const m = r?.match;
-  return {
-    name: r?.name ?? '',
-    protocol: m?.protocol === Protocol.PROTOCOL_UDP || !m?.protocol ? 'udp' : (String(m.protocol) as 'udp'),
-    port: m?.port ?? 0,
-    destination: m?.destination ?? '',
-    sourcePrefixes: [...(m?.sourcePrefixes ?? [])],
-    ingressInterfaces: [...(r?.ingressInterfaces ?? [])],
-    backends: (r?.backends ?? []).map((b) => ({
-      ip: b.ip,
-      mac: canonicalMac(b.mac),
-      interface: b.interface,
-      weight: b.weight ?? 1,
-    })),
-    udpChecksum:
-      !r?.udpChecksum || r.udpChecksum === UdpChecksumMode.UDP_CHECKSUM_MODE_UPDATE
-        ? 'update'
-        : r.udpChecksum === UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO
-          ? 'zero'
-          : (String(r.udpChecksum) as 'update'),
-    labels: { ...(r?.labels ?? {}) },
-  };
+  const spec = ruleSpecFromProto(r);
+  return { ...spec, backends: spec.backends.map((b) => ({ ...b, mac: canonicalMac(b.mac) })) };
 }
+
+/** A client's Link as the core's spec. */
+export const linkFromProto: (l: Link | undefined) => LinkSpec = linkSpecFromProto;
 
 const RULE_STATE = {
   active: RuleState.RULE_STATE_ACTIVE,
@@ -82,23 +72,7 @@ function statusToProto(s: RuleStatus, weights: number[]) {
 
 export function ruleToProto(r: RuleView): Rule {
   return {
-    name: r.name,
-    match: {
-      protocol: Protocol.PROTOCOL_UDP,
-      port: r.port,
-      destination: r.destination,
-      sourcePrefixes: r.sourcePrefixes,
-    },
-    ingressInterfaces: r.ingressInterfaces,
-    backends: r.backends.map((b) => ({
-      ip: b.ip,
-      mac: b.mac, // as specified; a resolved MAC is in status.backend_status
-      interface: b.interface,
-      weight: b.weight,
-    })),
-    udpChecksum:
-      r.udpChecksum === 'zero' ? UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO : UdpChecksumMode.UDP_CHECKSUM_MODE_UPDATE,
-    labels: r.labels,
+    ...ruleSpecToProto(r), // a backend's MAC as specified; a resolved MAC is in status.backend_status
     generation: BigInt(r.generation),
     status: statusToProto(
       r.status,
@@ -109,27 +83,11 @@ export function ruleToProto(r: RuleView): Rule {
   };
 }
 
-export function linkFromProto(l: Link | undefined): LinkSpec {
-  const d = l?.direction ?? LinkDirection.LINK_DIRECTION_UNSPECIFIED;
-  return {
-    a: l?.a ?? '',
-    b: l?.b ?? '',
-    direction:
-      d === LinkDirection.LINK_DIRECTION_A_TO_B
-        ? 'a-to-b'
-        : d === LinkDirection.LINK_DIRECTION_BOTH || d === LinkDirection.LINK_DIRECTION_UNSPECIFIED
-          ? 'both'
-          : (String(d) as 'both'),
-  };
-}
-
 export function linkToProto(
   l: LinkSpec & { active?: [boolean, boolean]; warnings?: string[]; conditions?: Condition[] },
 ): Link {
   return {
-    a: l.a,
-    b: l.b,
-    direction: l.direction === 'a-to-b' ? LinkDirection.LINK_DIRECTION_A_TO_B : LinkDirection.LINK_DIRECTION_BOTH,
+    ...linkSpecToProto(l),
     status: {
       aToBActive: l.active?.[0] ?? false,
       bToAActive: l.active?.[1] ?? false,

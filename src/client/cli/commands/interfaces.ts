@@ -1,0 +1,35 @@
+/** `xdpctl interfaces` (`if`): list, get. */
+import type { Command } from 'commander';
+
+import { GetInterfaceResponse, ListInterfacesResponse } from '../../../gen/xdpctl/v1/interface.js';
+import { examples } from '../flags.js';
+import { INTERFACE_HEAD, interfaceRow, print, printData, printList, printTable, renderTable } from '../output.js';
+import { run } from '../session.js';
+
+export function registerInterfaces(program: Command): void {
+  const interfaces = program.command('interfaces').alias('if').description('show the interfaces xdpctld manages');
+  interfaces
+    .command('list')
+    .alias('ls')
+    .description('list the managed interfaces and their XDP program')
+    .addHelpText('after', examples('xdpctl interfaces list'))
+    .action(
+      run(async (s, o) => {
+        const res = await s.client.interfaces.listInterfaces({}, s.call());
+        if (o.output !== 'table') return printList(o.output, 'interfaces', ListInterfacesResponse.toJSON(res));
+        printTable(INTERFACE_HEAD, res.interfaces.map(interfaceRow));
+      }),
+    );
+  interfaces
+    .command('get')
+    .description('show one managed interface')
+    .argument('<name>', 'interface name')
+    .addHelpText('after', examples('xdpctl interfaces get eth0'))
+    .action(
+      run(async (s, o, [name]) => {
+        const res = await s.client.interfaces.getInterface({ name }, s.call());
+        if (o.output !== 'table') return printData(o.output, GetInterfaceResponse.toJSON(res));
+        print(renderTable(INTERFACE_HEAD, [interfaceRow(res.interface!)]));
+      }),
+    );
+}

@@ -1,0 +1,308 @@
+/**
+ * What the CLI prints: borderless tables and key/value lines for people, JSON or YAML (the generated
+ * toJSON forms) for scripts, and the formatting of rules, links, interfaces and counters.
+ */
+import Table from 'cli-table3';
+import YAML from 'yaml';
+
+import { ChangeAction, changeActionToJSON } from '../../gen/xdpctl/v1/common.js';
+import { GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
+import { effectiveXdpModeToJSON, xdpModeToJSON, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
+import { LinkDirection } from '../../gen/xdpctl/v1/link.js';
+import { ruleStateToJSON, udpChecksumModeToJSON, type Backend, type Rule } from '../../gen/xdpctl/v1/rule.js';
+
+export type OutputFormat = 'table' | 'json' | 'yaml';
+
+export const NO_BORDER = {
+  top: '',
+  'top-mid': '',
+  'top-left': '',
+  'top-right': '',
+  bottom: '',
+  'bottom-mid': '',
+  'bottom-left': '',
+  'bottom-right': '',
+  left: '',
+  'left-mid': '',
+  mid: '',
+  'mid-mid': '',
+  right: '',
+  'right-mid': '',
+  middle: '   ',
+};
+
+/** A table cell; 64-bit counters stay bigints and print exactly. */
+export type Cell = string | number | bigint;
+
+/** A borderless table (kubectl style) for people. */
+export function renderTable(head: string[], rows: Cell[][]): string {
+  const t = new Table({
+    head,
+    chars: NO_BORDER,
+    style: { head: [], border: [], 'padding-left': 0, 'padding-right': 0 },
+  });
+  t.push(...rows.map((r) => r.map(String)));
+  return t
+    .toString()
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .join('\n');
+}
+
+/** Key/value lines ("name:   web"). */
+export function renderFields(fields: [string, Cell][]): string {
+  const w = Math.max(...fields.map(([k]) => k.length)) + 2;
+  return fields.map(([k, v]) => `${`${k}:`.padEnd(w)}${v}`).join('\n');
+}
+
+export function print(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+/** JSON or YAML of a response (already converted with its generated toJSON). */
+export function printData(format: OutputFormat, data: unknown): void {
+  if (format === 'yaml') print(YAML.stringify(data ?? {}));
+  else print(JSON.stringify(data ?? {}, null, 2));
+}
+
+/**
+ * A list response as JSON/YAML with its list always present: proto3 JSON
+ * leaves an empty repeated field out, so an empty list would print `{}`;
+ * scripts get `{"rules": []}` / `rules: []` instead, like a full one.
+ */
+export function printList(format: OutputFormat, key: string, data: unknown): void {
+  const obj = { ...(data as Record<string, unknown>) };
+  obj[key] ??= [];
+  printData(format, obj);
+}
+
+/** A table for people; an empty list prints nothing (not a lone header), so `| wc -l` counts rows. */
+export function printTable(head: string[], rows: Cell[][]): void {
+  if (rows.length) print(renderTable(head, rows));
+}
+
+export const strip = (name: string, prefix: string) => (name.startsWith(prefix) ? name.slice(prefix.length) : name);
+export const ruleState = (r: Rule) => strip(ruleStateToJSON(r.status?.state ?? 0), 'RULE_STATE_');
+export const action = (a: ChangeAction) => strip(changeActionToJSON(a), 'CHANGE_ACTION_').toLowerCase();
+export const direction = (d: LinkDirection) =>
+  d === LinkDirection.LINK_DIRECTION_A_TO_B ? 'a-to-b' : d === LinkDirection.LINK_DIRECTION_BOTH ? 'both' : '-';
+export const yesNo = (b: boolean | undefined) => (b ? 'yes' : 'no');
+export const orDash = (s: string | number | undefined) => (s === undefined || s === '' || s === 0 ? '-' : String(s));
+export const backendText = (b: Backend) => `${b.ip}@${b.interface}*${b.weight ?? 1}`;
+
+export function ruleRow(r: Rule): Cell[] {
+  return [
+    r.name,
+    r.match?.port ?? 0,
+    r.match?.destination || '*',
+    r.match?.sourcePrefixes.length ? r.match.sourcePrefixes.join(',') : '*',
+    r.ingressInterfaces.join(','),
+    r.backends.length ? r.backends.map(backendText).join(', ') : '-',
+    ruleState(r),
+    r.generation,
+  ];
+}
+
+export const RULE_HEAD = ['NAME', 'PORT', 'DESTINATION', 'SOURCES', 'INGRESS', 'BACKENDS', 'STATE', 'GEN'];
+
+/** Two parts of one sample as one (WatchCounters sends a large sample in parts, global with the first). */
+/** The counters of a GetCounters answer as JSON, lists always present. */
+export function countersToJson(c: Counters | undefined): unknown {
+  const json = c
+    ? (GetCountersResponse.toJSON({ counters: c, nextPageToken: '' }) as { counters?: Record<string, unknown> })
+        .counters
+    : {};
+  return { rules: [], backends: [], ...json };
+}
+
+export function ruleDetails(r: Rule, counters?: Counters): string {
+  const fields: [string, Cell][] = [
+    ['name', r.name],
+    ['port', `${r.match?.port ?? 0}/udp`],
+    ['destination', r.match?.destination || '* (any)'],
+    ['sources', r.match?.sourcePrefixes.length ? r.match.sourcePrefixes.join(', ') : '* (any)'],
+    ['ingress', r.ingressInterfaces.join(', ')],
+    ['udp checksum', strip(udpChecksumModeToJSON(r.udpChecksum), 'UDP_CHECKSUM_MODE_').toLowerCase()],
+    [
+      'labels',
+      Object.entries(r.labels)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(', ') || '-',
+    ],
+    ['generation', r.generation],
+    ['state', ruleState(r) + (r.status?.message ? ` (${r.status.message})` : '')],
+    ['created', r.createTime?.toISOString() ?? '-'],
+    ['updated', r.updateTime?.toISOString() ?? '-'],
+  ];
+  for (const w of r.status?.warnings ?? []) fields.push(['warning', w]);
+  const rc = counters?.rules.find((x) => x.rule === r.name);
+  if (rc) {
+    fields.push(
+      ['matched', `${rc.matchedPackets} packets, ${bytes(rc.matchedBytes)}`],
+      ['redirected', `${rc.redirectedPackets} packets, ${bytes(rc.redirectedBytes)}`],
+      ['filtered', `${rc.filteredPackets} packets (source not allowed)`],
+      ['no backend', `${rc.noBackendPackets} packets`],
+    );
+  } else {
+    fields.push(['counters', 'none (the rule has no counters in the datapath)']);
+  }
+  // Backend counters come in the rule's backend order (Counters.backends).
+  const bc = counters?.backends.filter((x) => x.rule === r.name) ?? [];
+  const backends = renderTable(
+    ['BACKEND', 'IP', 'MAC', 'INTERFACE', 'WEIGHT', 'ACTIVE', 'PACKETS', 'BYTES', 'MESSAGE'],
+    r.backends.map((b, i) => {
+      const s = r.status?.backendStatus[i];
+      const c = bc[i]?.ip === b.ip && bc[i]?.interface === b.interface ? bc[i] : undefined;
+      return [
+        i,
+        b.ip,
+        s?.mac || b.mac || '-',
+        b.interface,
+        b.weight ?? 1,
+        yesNo(s?.active),
+        c ? String(c.packets) : '-',
+        c ? bytes(c.bytes) : '-',
+        s?.message || '',
+      ];
+    }),
+  );
+  return `${renderFields(fields)}\n\n${r.backends.length ? backends : 'no backends'}`;
+}
+
+export function linkName(l: { a: string; b: string; direction?: LinkDirection }): string {
+  return `${l.a} ${l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '->' : '<->'} ${l.b}`;
+}
+
+export function interfaceRow(i: ManagedInterface): Cell[] {
+  return [
+    i.name,
+    i.present ? i.ifindex : '-',
+    strip(xdpModeToJSON(i.requestedMode), 'XDP_MODE_'),
+    strip(effectiveXdpModeToJSON(i.effectiveMode), 'EFFECTIVE_XDP_MODE_'),
+    orDash(i.programId),
+    i.usedBy.join(',') || '-',
+    i.warnings.join('; '),
+  ];
+}
+
+export const INTERFACE_HEAD = ['NAME', 'IFINDEX', 'REQUESTED', 'EFFECTIVE', 'PROGRAM', 'USED BY', 'WARNINGS'];
+
+export function si(n: number, unit = ''): string {
+  const steps = ['', 'k', 'M', 'G', 'T'];
+  let i = 0;
+  while (Math.abs(n) >= 1000 && i < steps.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  const v = i === 0 ? String(Math.round(n)) : n.toFixed(n < 10 ? 2 : 1);
+  return unit ? `${v} ${steps[i]}${unit}` : `${v}${steps[i]}`;
+}
+
+/** A byte count for people: exact below 1 KiB, else scaled to one decimal (KiB ... EiB). */
+export function bytes(count: bigint | number): string {
+  if (BigInt(count) < 1024n) return `${count} B`;
+  const steps = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+  let n = Number(count);
+  let i = 0;
+  while (n >= 1024 && i < steps.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(1)} ${steps[i]}`;
+}
+
+export const pps = (r: Rates | undefined) => (r ? si(r.pps) : '-');
+export const bps = (r: Rates | undefined) => (r ? si(r.bps, 'b/s') : '-');
+
+export function countersText(c: Counters, header: string): string {
+  const parts = [header];
+  if (c.rules.length) {
+    parts.push(
+      renderTable(
+        ['RULE', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECTED', 'FILTERED', 'NO BACKEND', 'REDIRECT ERRORS'],
+        c.rules.map((r) => [
+          r.rule,
+          r.matchedPackets,
+          bytes(r.matchedBytes),
+          pps(r.matchedRates),
+          bps(r.matchedRates),
+          r.redirectedPackets,
+          r.filteredPackets,
+          r.noBackendPackets,
+          r.redirectErrorPackets,
+        ]),
+      ),
+    );
+  }
+  if (c.backends.length) {
+    parts.push(
+      renderTable(
+        ['RULE', 'BACKEND', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECT ERRORS'],
+        c.backends.map((b) => [
+          b.rule,
+          `${b.ip}@${b.interface}`,
+          b.packets,
+          bytes(b.bytes),
+          pps(b.rates),
+          bps(b.rates),
+          b.redirectErrorPackets,
+        ]),
+      ),
+    );
+  }
+  if (c.links.length) {
+    parts.push(
+      renderTable(
+        ['FROM', 'TO', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECT ERRORS'],
+        c.links.map((l) => [
+          l.fromInterface,
+          l.toInterface,
+          l.packets,
+          bytes(l.bytes),
+          pps(l.rates),
+          bps(l.rates),
+          l.redirectErrorPackets,
+        ]),
+      ),
+    );
+  }
+  if (c.global) {
+    const kv = (m: Record<string, bigint>) =>
+      Object.entries(m)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || '-';
+    parts.push(`verdicts: ${kv(c.global.verdicts)}\nerrors:   ${kv(c.global.errors)}`);
+  }
+  if (parts.length === 1) parts.push('(no counters match)');
+  return parts.join('\n\n');
+}
+
+export function formatDuration(seconds: number): string {
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const parts = [d && `${d}d`, h && `${h}h`, m && `${m}m`, `${s % 60}s`].filter(Boolean);
+  return parts.join('');
+}
+
+export function summary(actions: ChangeAction[], applied: boolean): string {
+  const n = (a: ChangeAction) => actions.filter((x) => x === a).length;
+  const [c, u, d, same] = [
+    n(ChangeAction.CHANGE_ACTION_CREATE),
+    n(ChangeAction.CHANGE_ACTION_UPDATE),
+    n(ChangeAction.CHANGE_ACTION_DELETE),
+    n(ChangeAction.CHANGE_ACTION_UNCHANGED),
+  ];
+  return applied
+    ? `applied: ${c} created, ${u} updated, ${d} deleted, ${same} unchanged`
+    : `dry run, nothing applied: ${c} to create, ${u} to update, ${d} to delete, ${same} unchanged`;
+}
+
+export const HEALTH: Record<number, string> = { 0: 'UNKNOWN', 1: 'SERVING', 2: 'NOT_SERVING', 3: 'SERVICE_UNKNOWN' };
+
+export function stateNote(r: Rule): string {
+  const state = ruleState(r);
+  if (state === 'ACTIVE') return '';
+  return `, state ${state}${r.status?.message ? `: ${r.status.message}` : ''}`;
+}

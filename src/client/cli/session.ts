@@ -1,0 +1,189 @@
+/**
+ * One CLI invocation: the global options, the connection they describe, the call options (the
+ * --timeout deadline, the trailer for error details), the files a command reads, and `run`, which
+ * wraps a command's action so that its session is always closed and a failed call becomes a
+ * one-line CliError with its exit code.
+ */
+import { readFileSync } from 'node:fs';
+
+import type { Command } from 'commander';
+import { ClientError, createClientFactory, Status, type Metadata } from 'nice-grpc';
+import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
+import YAML from 'yaml';
+
+import { Link } from '../../gen/xdpctl/v1/link.js';
+import { Rule } from '../../gen/xdpctl/v1/rule.js';
+import { ConfigError, parseConfig, type ConfigFile } from '../../shared/config-file.js';
+import { linkSpecToProto, ruleSpecToProto } from '../../shared/proto-convert.js';
+import { HealthCheckDefinition } from '../health.js';
+import { createXdpctlClient, type XdpctlClient } from '../index.js';
+import { diagnoseTls } from '../tls-diagnose.js';
+import { CliError, describeClientError, EXIT } from './errors.js';
+import type { OutputFormat } from './output.js';
+
+export interface GlobalOptions {
+  server: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  output: OutputFormat;
+  timeout: number;
+  debug?: boolean;
+}
+
+/** One CLI invocation's connection and call options. */
+export class Session {
+  readonly client: XdpctlClient;
+  /** Trailer of the last call (for google.rpc.Status details). */
+  trailer: Metadata | undefined;
+
+  constructor(readonly opts: GlobalOptions) {
+    const tls = loadTls(opts);
+    this.client = createXdpctlClient({ address: opts.server, tls });
+  }
+
+  /** Options for a unary call: the --timeout deadline and the trailer. */
+  call(): { deadline: Date; onTrailer: (md: Metadata) => void } {
+    return { deadline: new Date(Date.now() + this.opts.timeout), onTrailer: (md) => (this.trailer = md) };
+  }
+
+  health() {
+    return createClientFactory().use(deadlineMiddleware).create(HealthCheckDefinition, this.client.channel);
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+export function readLocal(file: string, what: string): Buffer {
+  try {
+    return file === '-' ? readFileSync(0) : readFileSync(file);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new CliError(`cannot read ${what} ${file}: ${err.code ?? err.message}`, EXIT.LOCAL);
+  }
+}
+
+export function loadTls(o: GlobalOptions): { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined {
+  if (!o.tlsCa && !o.tlsCert && !o.tlsKey) return undefined;
+  if (!o.tlsCert !== !o.tlsKey) throw new CliError('--tls-cert and --tls-key go together', EXIT.USAGE);
+  return {
+    ca: o.tlsCa ? readLocal(o.tlsCa, '--tls-ca') : undefined,
+    cert: o.tlsCert ? readLocal(o.tlsCert, '--tls-cert') : undefined,
+    key: o.tlsKey ? readLocal(o.tlsKey, '--tls-key') : undefined,
+  };
+}
+
+export type Obj = Record<string, unknown>;
+export const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Whether a file's `section` is in the API's JSON form (what `rules list` /
+ * `links list` print with -o yaml or -o json), rather than the config-file
+ * form: a rule with `match:`, a link whose direction is an enum name.
+ */
+export function apiForm(root: unknown, section: 'rules' | 'links'): unknown[] | undefined {
+  if (!isObj(root) || !Array.isArray(root[section])) return undefined;
+  const list = root[section] as unknown[];
+  const api =
+    section === 'rules'
+      ? list.some((r) => isObj(r) && 'match' in r)
+      : list.some((l) => isObj(l) && ('status' in l || String(l.direction ?? '').startsWith('LINK_DIRECTION_')));
+  return api ? list : undefined;
+}
+
+/** A rule as the API prints it, output-only fields (generation, status, times) dropped. */
+export function ruleFromApi(json: unknown): Rule {
+  const { name, match, ingressInterfaces, backends, udpChecksum, labels } = Rule.fromJSON(json);
+  return { name, match, ingressInterfaces, backends, udpChecksum, labels, generation: 0n };
+}
+
+/** A link as the API prints it, status dropped. */
+export function linkFromApi(json: unknown): Link {
+  const { a, b, direction } = Link.fromJSON(json);
+  return { a, b, direction };
+}
+
+/**
+ * The rules of a file for rules apply: the config-file form (xdpctld
+ * --config) or the API form that `rules list -o yaml|json` prints, so that
+ * list -> edit -> apply round-trips. Validation is the server's.
+ */
+export function loadRules(file: string): Rule[] {
+  const text = readLocal(file, 'file').toString('utf8');
+  const api = apiForm(parseLoose(text), 'rules');
+  return api ? api.map(ruleFromApi) : loadConfig(file, 'rules', text).rules.map(ruleSpecToProto);
+}
+
+/** The links of a file for links apply (config-file form or what `links list -o yaml|json` prints). */
+export function loadLinks(file: string): Link[] {
+  const text = readLocal(file, 'file').toString('utf8');
+  const api = apiForm(parseLoose(text), 'links');
+  return api ? api.map(linkFromApi) : loadConfig(file, 'links', text).links.map(linkSpecToProto);
+}
+
+/** YAML (JSON is YAML) without throwing: the strict parser reports problems. */
+export function parseLoose(text: string): unknown {
+  try {
+    return YAML.parse(text, { maxAliasCount: 100 });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Read and parse a config file; `section` must be present (an empty list deletes everything). */
+export function loadConfig(
+  file: string,
+  section: 'rules' | 'links',
+  text = readLocal(file, 'file').toString('utf8'),
+): ConfigFile {
+  let cfg: ConfigFile;
+  try {
+    cfg = parseConfig(text);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new CliError(`${file}: ${e.message}`, EXIT.INVALID);
+    throw e;
+  }
+  const root: unknown = YAML.parse(text);
+  if (typeof root !== 'object' || root === null || !(section in root)) {
+    throw new CliError(
+      `${file} has no "${section}:" section; nothing to apply (write "${section}: []" to delete every ${section.slice(0, -1)})`,
+      EXIT.INVALID,
+    );
+  }
+  return cfg;
+}
+
+export type Action = (s: Session, o: GlobalOptions, args: string[], flags: Record<string, unknown>) => Promise<void>;
+
+/**
+ * Wrap an action: open a session with the global options and always close it. A failed call leaves
+ * as a CliError with its one-line message and exit code (describeClientError, with the session's
+ * server, trailer and deadline; a refused TLS handshake asked of TLS itself), the ClientError as its
+ * cause. No module-level state: each action has its own session.
+ */
+export function run(fn: Action) {
+  return async (...params: unknown[]): Promise<void> => {
+    const cmd = params[params.length - 1] as Command;
+    const flags = params[params.length - 2] as Record<string, unknown>;
+    const args = params.slice(0, -2).map((a) => a as string);
+    const o = cmd.optsWithGlobals<GlobalOptions>();
+    const s = new Session(o);
+    try {
+      await fn(s, o, args, flags);
+    } catch (e) {
+      if (!(e instanceof ClientError)) throw e;
+      const described = describeClientError(e, o.server, s.trailer, o.timeout);
+      let message = described.message;
+      // grpc-js says "Failed to connect" or "ECONNRESET" for a refused TLS handshake: ask TLS itself.
+      if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld/.test(message)) {
+        const why = await diagnoseTls(o.server, loadTls(o)).catch(() => undefined);
+        if (why) message = why;
+      }
+      throw new CliError(message, described.exitCode, { cause: e });
+    } finally {
+      s.close();
+    }
+  };
+}
