@@ -18,7 +18,7 @@
  * wrapped once per process to set them on the servers grpc-js creates.
  */
 import http2 from 'node:http2';
-import type { Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 
 import { peerCred } from './dataplane/peer-cred.js';
 import type { Logger } from './log.js';
@@ -96,13 +96,18 @@ export function guardConnections(limits: ConnectionLimits, log: Logger): void {
     )) as typeof createSecure;
 }
 
-function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S): S {
+/**
+ * The per-peer and per-listener connection bounds (and a bounded log of listener errors) on any TCP
+ * server; grpc-js's servers get them through guardConnections, the HTTP/JSON listener's HTTP/1.1
+ * server (http-json.ts) directly. No-op before guardConnections set the limits.
+ */
+export function limitConnections<S extends Server>(server: S): S {
   const g = current;
   if (!g) return server;
   const { limits, note } = g;
   const perPeer = new Map<string, number>();
   let total = 0;
-  // 'connection' comes before grpc-js's own listeners: a refused socket never becomes a session.
+  // 'connection' comes before the server's own listeners: a refused socket never becomes a session.
   server.prependListener('connection', (socket: Socket) => {
     if (!socket.remoteAddress) return; // the Unix socket: not bounded (see above)
     const key = peerKey(socket);
@@ -134,6 +139,22 @@ function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S)
       else perPeer.delete(key);
     });
   });
+  server.on('error', (err: NodeJS.ErrnoException) => {
+    note(err.code ?? 'error', { err: err.message, code: err.code }, `listener error: ${err.message}`);
+  });
+  return server;
+}
+
+/** The limits guardConnections set (undefined before). */
+export function connectionLimits(): ConnectionLimits | undefined {
+  return current?.limits;
+}
+
+function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S): S {
+  const g = current;
+  if (!g) return server;
+  const { limits, note } = g;
+  limitConnections(server);
   server.on('session', (session: http2.ServerHttp2Session) => {
     const timer = setTimeout(() => {
       const peer = session.socket ? peerKey(session.socket as Socket) : 'unknown';
@@ -147,9 +168,6 @@ function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S)
     timer.unref();
     session.once('remoteSettings', () => clearTimeout(timer));
     session.once('close', () => clearTimeout(timer));
-  });
-  server.on('error', (err: NodeJS.ErrnoException) => {
-    note(err.code ?? 'error', { err: err.message, code: err.code }, `listener error: ${err.message}`);
   });
   return server;
 }

@@ -326,6 +326,8 @@ export class Daemon {
     // One TLS set (files, checks, rotation) for every TCP listener, gRPC and HTTP/JSON.
     let tlsSet: ReturnType<typeof reloadingServerCredentials> | undefined;
     const tlsOf = () => (tlsSet ??= opts.tls && reloadingServerCredentials(opts.tls, log));
+    // Refused handshakes on every TLS listener (gRPC and HTTP/JSON) are logged at a bounded rate.
+    if (opts.tls) logRefusedHandshakes(log);
     try {
       for (const addr of opts.listen) {
         const server = makeServer();
@@ -344,7 +346,6 @@ export class Daemon {
           chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
           daemon.addresses.push(addr);
         } else {
-          if (opts.tls && !tlsSet) logRefusedHandshakes(log);
           const creds = tlsOf()?.credentials ?? ServerCredentials.createInsecure();
           const port = await server.listen(addr, listenerCredentials('tcp', creds));
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));

@@ -24,7 +24,8 @@
 import { once } from 'node:events';
 import { chmodSync, chownSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+// The module object, not a named import: connection-guard.ts and tls.ts wrap http2.createSecureServer.
+import http2, { type Http2SecureServer } from 'node:http2';
 import type { Socket } from 'node:net';
 import { dirname } from 'node:path';
 
@@ -43,6 +44,7 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
 
 import type { Identity } from './auth/identity.js';
+import { connectionLimits, limitConnections } from './connection-guard.js';
 import type { Logger } from './log.js';
 import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
 import type { TlsMaterial } from './tls.js';
@@ -154,7 +156,8 @@ function connectError(err: unknown, trailer: Metadata, registry: FileRegistry): 
 function peerOf(kind: ListenerKind, socket: Socket, listen: string): string {
   if (kind === 'unix') return listen;
   const a = socket.remoteAddress ?? '';
-  return a.includes(':') ? `ipv6:[${a}]:${socket.remotePort}` : `ipv4:${a}:${socket.remotePort}`;
+  // As grpc-js writes a peer: "127.0.0.1:40312", "[::1]:40312".
+  return a.includes(':') ? `[${a}]:${socket.remotePort}` : `${a}:${socket.remotePort}`;
 }
 
 /** A running HTTP/JSON listener. */
@@ -164,7 +167,7 @@ export interface HttpJsonListener {
   close(): Promise<void>;
 }
 
-/** Serve `methods` as HTTP/JSON on `o.listen` (HTTP/1.1; HTTPS when `o.tls`). */
+/** Serve `methods` as HTTP/JSON on `o.listen` (HTTP/1.1; with `o.tls` HTTPS, HTTP/1.1 or HTTP/2). */
 export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListener> {
   const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, o.descriptor));
   const kind: ListenerKind = o.listen.startsWith('unix:') ? 'unix' : 'tcp';
@@ -220,11 +223,19 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     },
   });
 
-  let server: HttpServer | HttpsServer;
+  let server: HttpServer | Http2SecureServer;
   if (o.tls) {
     const tls = o.tls;
-    const s = createHttpsServer(
-      { ...tls.current(), requestCert: tls.requireClientCert, rejectUnauthorized: tls.requireClientCert },
+    // HTTP/1.1 (curl's default) and HTTP/2 over TLS. Made by http2.createSecureServer, as grpc-js makes
+    // its TLS servers: the connection bounds, handshake timeout and refused-handshake log
+    // (connection-guard.ts, tls.ts) apply to it in the same way.
+    const s = http2.createSecureServer(
+      {
+        ...tls.current(),
+        allowHTTP1: true,
+        requestCert: tls.requireClientCert,
+        rejectUnauthorized: tls.requireClientCert,
+      },
       handler,
     );
     // A rotated set (already checked by tls.ts) applies to new connections, as on the gRPC listeners.
@@ -232,8 +243,17 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     s.on('close', off);
     server = s;
   } else {
-    server = createHttpServer(handler);
+    server = limitConnections(createHttpServer(handler));
+    // A connection that sends no complete request head in time is closed (as grpc-js's preface timeout).
+    const limits = connectionLimits();
+    if (limits) server.headersTimeout = limits.prefaceTimeoutMs;
   }
+  // Every open connection, closed at close() (server.close() only stops accepting new ones).
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
   let address: string;
   if (kind === 'unix') {
     const path = o.listen.slice(5);
@@ -263,7 +283,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     async close() {
       const closed = once(server, 'close');
       server.close();
-      server.closeAllConnections();
+      for (const socket of sockets) socket.destroy(); // keep-alive connections and HTTP/2 sessions
       await closed;
       if (kind === 'unix') rmSync(o.listen.slice(5), { force: true });
     },

@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -85,6 +86,8 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
       '666',
       '--max-message-bytes',
       '65536',
+      '--max-connections-per-peer',
+      '4',
       '--log-level',
       'info',
     ]);
@@ -231,6 +234,32 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.equal((await grpc.rules.getRule({ name: 'audited' })).rule!.name, 'audited', 'still there');
     await grpc.rules.deleteRule({ name: 'audited' });
   });
+  it("the TCP listeners' connection bounds hold here too: a fifth connection from one peer is refused", async () => {
+    const [host, port] = [base.slice(7, base.lastIndexOf(':')), Number(base.slice(base.lastIndexOf(':') + 1))];
+    const idle = await Promise.all(
+      [0, 1, 2, 3].map(
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const s = connect(port, host, () => resolve(s));
+            s.on('error', reject);
+          }),
+      ),
+    );
+    try {
+      await sleep(200);
+      const refused = post('DaemonService/GetStatus', {});
+      assert.notEqual(refused.status, 200, JSON.stringify(refused));
+      const end = Date.now() + 5000;
+      while (!/connection refused: 127\.0\.0\.1 already has 4 connections/.test(d.output) && Date.now() < end) {
+        await sleep(50);
+      }
+      assert.match(d.output, /connection refused: 127\.0\.0\.1 already has 4 connections/);
+    } finally {
+      idle.forEach((s) => s.destroy());
+    }
+    await sleep(200);
+    assert.equal(post('DaemonService/GetStatus', {}).status, 200, 'served again once they closed');
+  });
 });
 
 describe('HTTP/JSON over mutual TLS (the gRPC listeners’ files)', kernelOnly(), () => {
@@ -292,6 +321,10 @@ describe('HTTP/JSON over mutual TLS (the gRPC listeners’ files)', kernelOnly()
     assert.equal(as('viewer', 'LinkService/ListLinks', {}).status, 200);
     const anon = curl(['--cacert', f('ca.pem'), '--json', '{}', `${base}/xdpctl.v1.LinkService/ListLinks`]);
     assert.notEqual(anon.exit, 0, 'the handshake needs a client certificate');
+    // Logged as on the gRPC listeners (tls.ts: bounded, with the reason).
+    const end = Date.now() + 5000;
+    while (!/TLS handshake refused/.test(d.output) && Date.now() < end) await sleep(50);
+    assert.match(d.output, /"reason":"the client sent no certificate".*TLS handshake refused/);
     assert.notEqual(anon.status, 200);
     const plain = curl(['--json', '{}', `${base.replace('https:', 'http:')}/xdpctl.v1.LinkService/ListLinks`]);
     assert.notEqual(plain.status, 200);
