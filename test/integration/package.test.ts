@@ -22,11 +22,16 @@ import { Topology } from '../helpers/topology.js';
 
 const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { name: string; version: string };
 
-function run(cmd: string, args: string[], cwd: string): { status: number | null; out: string; err: string } {
+function run(
+  cmd: string,
+  args: string[],
+  cwd: string,
+  env: NodeJS.ProcessEnv = {},
+): { status: number | null; out: string; err: string } {
   const r = spawnSync(cmd, args, {
     cwd,
     encoding: 'utf8',
-    env: { ...process.env, npm_config_update_notifier: 'false' },
+    env: { ...process.env, npm_config_update_notifier: 'false', ...env },
   });
   return { status: r.status, out: r.stdout, err: r.stderr };
 }
@@ -78,10 +83,22 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
   });
 
   it('installs with no engine warning; its bins run from dist/', () => {
+    // better-sqlite3's install script fetches a prebuilt binary for this Node (prebuild-install) from its
+    // GitHub releases, which this lab cannot reach; it would then compile SQLite from source, ~2
+    // CPU-minutes (setup's `npm ci` on every fresh clone proves that path). prebuild-install's own
+    // local-prebuilds directory stands in for the download here: the binary setup built for this Node,
+    // packed under the release asset's name (prebuild-install util.js: {name}-v{version}-node-v{abi}-...).
+    const sqlite = `${ROOT}node_modules/better-sqlite3`;
+    const version = (JSON.parse(readFileSync(`${sqlite}/package.json`, 'utf8')) as { version: string }).version;
+    const prebuilds = join(dir, 'prebuilds');
+    execFileSync('mkdir', ['-p', prebuilds]);
+    const asset = `better-sqlite3-v${version}-node-v${process.versions.modules}-${process.platform}-${process.arch}.tar.gz`;
+    execFileSync('tar', ['-czf', join(prebuilds, asset), '-C', sqlite, 'build/Release/better_sqlite3.node']);
     const inst = run(
       'npm',
       ['install', tarball, '@types/node@24', 'typescript@5.9', '--no-audit', '--no-fund', '--loglevel=warn'],
       app,
+      { npm_config_better_sqlite3_local_prebuilds: prebuilds },
     );
     assert.equal(inst.status, 0, inst.err);
     assert.doesNotMatch(inst.err, /EBADENGINE/);
