@@ -1,6 +1,6 @@
 /**
  * Running this package's programs as another user (e.g. `nobody`, uid 65534) from a checkout that
- * user cannot read: a clone in a private directory (mode 0700, as /root is) makes `${ROOT}bin/xdpctl`
+ * user cannot read: a clone in a private directory (mode 0700, as /root is) makes `${ROOT}dist/client/cli.js`
  * unreachable for any other uid (exit 126). A test that needs another uid copies what it runs into a
  * fresh world-readable directory made with mkdtemp, and removes it afterwards.
  *
@@ -113,7 +113,7 @@ export class OtherUserRuntime {
   }
 
   /**
-   * Run `bin` of the copy (e.g. 'bin/xdpctl') as `uid`:`gid` with no supplementary groups, in the
+   * Run `bin` of the copy (e.g. 'dist/client/cli.js') as `uid`:`gid` with no supplementary groups, in the
    * copy's directory, with this copy's Node first on PATH.
    */
   run(bin: string, args: string[], uid = 65534, gid: number | string = 65534): SpawnSyncReturns<string> {
