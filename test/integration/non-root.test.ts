@@ -90,7 +90,7 @@ describe('non-root daemon with file capabilities', kernelOnly(), () => {
       const got = await l.stop();
       assert.equal(got.unique, sent, `${got.unique} of ${sent} arrived`);
       const { counters } = await c.counters.getCounters({});
-      assert.equal(counters!.backends[0].packets, sent);
+      assert.equal(counters!.backends[0].packets, BigInt(sent)); // uint64: a bigint (forceLong=bigint)
     } finally {
       l.kill();
     }
