@@ -8,6 +8,7 @@
 // Payload: "xdpctl seq=<n> sport=<p> " + filler derived from seq, so the listener
 // can tell a datagram arrived intact.
 import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
 
 const [mode, ip, portText, ...rest] = process.argv.slice(2);
 const port = Number(portText);
@@ -18,7 +19,17 @@ function payload(seq, sport, size = 0) {
   return Buffer.concat([head, filler(seq, Math.max(64, size - head.length))]);
 }
 
+/** This namespace's UDP RcvbufErrors (/proc/net/snmp): datagrams that reached a socket whose buffer was full. */
+function rcvbufErrors() {
+  const lines = readFileSync('/proc/net/snmp', 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('Udp: '));
+  const names = lines[0].split(/\s+/);
+  return Number(lines[1].split(/\s+/)[names.indexOf('RcvbufErrors')]);
+}
+
 if (mode === 'listen') {
+  const overflowAtStart = rcvbufErrors();
   const sock = dgram.createSocket('udp4');
   const seqs = new Set();
   const bySport = {};
@@ -40,7 +51,15 @@ if (mode === 'listen') {
   sock.on('message', () => (last = Date.now()));
   const finish = () => {
     process.stdout.write(
-      JSON.stringify({ count, unique: seqs.size, bad, dup, bySport, seqs: [...seqs].sort((a, b) => a - b) }) + '\n',
+      JSON.stringify({
+        count,
+        unique: seqs.size,
+        bad,
+        dup,
+        bySport,
+        seqs: [...seqs].sort((a, b) => a - b),
+        overflow: rcvbufErrors() - overflowAtStart,
+      }) + '\n',
     );
     sock.close();
     process.exit(0);

@@ -10,6 +10,13 @@ export interface ListenSummary {
   dup: number;
   bySport: Record<string, number>;
   seqs: number[];
+  /**
+   * Datagrams the kernel delivered to the listener's namespace but dropped
+   * because the listener's socket buffer was full (UDP RcvbufErrors there,
+   * while it listened): the datapath delivered them; a starved listener
+   * did not read them in time (a loaded machine).
+   */
+  overflow: number;
 }
 
 /** A UDP listener in a namespace; stop() returns what it received. */

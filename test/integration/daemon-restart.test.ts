@@ -73,7 +73,9 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     assert.ok(sent >= 500, `enough traffic across the restart (${sent})`);
     await sleep(150);
     const got = await l.stop();
-    return { sent, delivered: got.unique, bad: got.bad };
+    // Delivered: read by the listener, or reached its socket when its buffer was full (a starved
+    // listener on a loaded machine drops those itself: not the datapath's loss).
+    return { sent, delivered: got.unique + got.overflow, read: got.unique, overflow: got.overflow, bad: got.bad };
   }
 
   it('kill -9 and restart: none lost, state adopted, counters continue', async (t) => {
@@ -84,7 +86,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       d = await DaemonProcess.start(id);
       c = d.clients();
     });
-    t.diagnostic(`kill -9: sent ${r.sent}, delivered ${r.delivered}`);
+    t.diagnostic(`kill -9: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.bad, 0);
     assert.equal(r.delivered, r.sent);
     const web = (await c.rules.getRule({ name: 'web' })).rule!;
@@ -100,7 +102,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       d = await DaemonProcess.start(id);
       c = d.clients();
     });
-    t.diagnostic(`SIGTERM: sent ${r.sent}, delivered ${r.delivered}`);
+    t.diagnostic(`SIGTERM: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.delivered, r.sent);
   });
 
@@ -111,7 +113,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       d = await DaemonProcess.start(id, ['--bpf-object', `${ROOT}build/bpf/xdpctl-next.bpf.o`]);
       c = d.clients();
     });
-    t.diagnostic(`upgrade: sent ${r.sent}, delivered ${r.delivered}`);
+    t.diagnostic(`upgrade: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.delivered, r.sent);
     // The rule's ingress interface (backend interfaces are listed too, as egress, without the program).
     const ingress = (await c.interfaces.listInterfaces({})).interfaces.find((i) =>
@@ -142,7 +144,9 @@ describe('daemon restarts without loss', kernelOnly(), () => {
         d = await DaemonProcess.start(id, ['--max-rules', maxRules]);
         c = d.clients();
       });
-      t.diagnostic(`${what} to --max-rules ${maxRules}: sent ${r.sent}, delivered ${r.delivered}`);
+      t.diagnostic(
+        `${what} to --max-rules ${maxRules}: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} of them to a full socket buffer)`,
+      );
       assert.equal(r.bad, 0);
       assert.equal(r.delivered, r.sent, `${what}: none lost`);
       assert.match(d!.output, /migrating to new maps/, 'the log says why the maps changed');
