@@ -102,7 +102,7 @@ export function benchDatapath(o: DatapathBenchOptions): Figure[] {
         sport: 40000,
         dport,
         // A rule hit decrements TTL, and test runs repeat on the rewritten
-        // frame (KERNEL-NOTES trap 9): TTL 255 and at most 250 repeats keep
+        // frame (docs/kernel-notes.md, trap 9): TTL 255 and at most 250 repeats keep
         // every run a rule hit (at TTL <= 1 the datapath passes to the stack).
         ttl: 255,
       });
@@ -148,8 +148,8 @@ export function benchDatapath(o: DatapathBenchOptions): Figure[] {
     out.push(versus(measure('xdpctl: UDP rule hit, 16 backends', prog, frame(8000), inIdx, hits), redirect, 1.5));
     // A sender with TX checksum offload (a local socket behind a veth): the
     // UDP checksum is partial and the datapath computes it in full. Each
-    // test run repeats on the frame the previous run rewrote (KERNEL-NOTES
-    // trap 9); from the second run on the checksum is complete, so this
+    // test run repeats on the frame the previous run rewrote
+    // (docs/kernel-notes.md, trap 9); from the second run on the checksum is complete, so this
     // figure is the first run's cost only with repeat 1.
     const oneRun = { ...o, repeat: 1, runs: Math.max(o.runs, 51) };
     const big = (partialUdpChecksum: boolean) =>

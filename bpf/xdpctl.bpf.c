@@ -383,7 +383,7 @@ static __always_inline __u32 flow_hash(__u32 saddr, __u32 daddr, __u16 sport, __
  * A cross-connected frame leaves as the bytes it arrived with. In native
  * mode that is wrong for one kind of frame: TCP or UDP from a local socket
  * behind a veth or tap with TX checksum offload (the default), whose
- * checksum is partial (CHECKSUM_PARTIAL, KERNEL-NOTES trap 4) and which no
+ * checksum is partial (CHECKSUM_PARTIAL, docs/kernel-notes.md, trap 4) and which no
  * device completes after the redirect. Complete such checksums here, as the
  * sender's NIC would have on a wire (in generic mode the skb stays
  * CHECKSUM_PARTIAL and the kernel completes it). A partial field holds the
@@ -603,7 +603,7 @@ static __always_inline void rewrite_ip(void *data, struct iphdr *ip, struct xdpc
  *  - a complete checksum (remote senders, NICs, fragments: the kernel
  *    completes it before fragmenting): RFC 1624 incremental update, which
  *    also keeps a damaged datagram damaged for the receiver to see;
- *  - a partial one (CHECKSUM_PARTIAL, KERNEL-NOTES trap 4: a local socket
+ *  - a partial one (CHECKSUM_PARTIAL, docs/kernel-notes.md, trap 4: a local socket
  *    behind a veth or tap with tx checksum offload, the default): the field
  *    holds only the folded pseudo-header sum. In native mode the frame leaves
  *    as bytes and nobody completes it, so we compute it in full; in generic

@@ -114,7 +114,7 @@ export class Topology {
    * Make a host a UDP client that sends everything to our veth: a default
    * route through a made-up gateway resolved to the veth's MAC. Offloads stay
    * as a new veth has them (TX checksum offload on: its datagrams carry partial
-   * checksums, KERNEL-NOTES trap 4), which the product must handle.
+   * checksums, docs/kernel-notes.md, trap 4), which the product must handle.
    */
   routeToXdp(role: string): void {
     this.defaultRouteVia(role, '198.18.1.254', this.host(role).hostMac);
