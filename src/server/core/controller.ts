@@ -689,7 +689,7 @@ export class Controller {
   /**
    * One pass of the reconciler (resync.ts): repair what drifted, re-apply
    * what the host changed, and report. Returns the names of missing
-   * interfaces; {@link problems} has everything the pass found wrong.
+   * interfaces; {@link problems} has what it found wrong, with the rules not ACTIVE.
    */
   async resync(): Promise<string[]> {
     const r = await this.serial(() => resync(this.ctx, this.tx));
@@ -697,20 +697,34 @@ export class Controller {
     return r.missing;
   }
 
-  /** What the last reconciler pass found wrong (empty: the datapath does what was asked). */
+  /**
+   * What is wrong now (empty: the datapath does what was asked): what the last reconciler pass found
+   * on the host (missing interfaces, foreign programs), then every rule that is not ACTIVE, from the
+   * same statuses as {@link ruleStates} at the moment of the call, so that health, metrics and the API
+   * never disagree about a rule (a status written between two passes counts at once).
+   */
   problems(): string[] {
-    return this.lastProblems;
+    const out = [...this.lastProblems];
+    this.forEachRuleStatus((name, s) => {
+      if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
+    });
+    return out;
   }
 
   /** How many rules are in each state now (their status as last written or observed). */
   ruleStates(): Record<RuleState, number> {
     const out: Record<RuleState, number> = { active: 0, degraded: 0, inactive: 0, failed: 0 };
+    this.forEachRuleStatus((_, s) => out[s.state]++);
+    return out;
+  }
+
+  /** Each rule's status as the API shows it (a link on an ingress shadows the rule). */
+  private forEachRuleStatus(fn: (name: string, s: RuleStatus) => void): void {
     const shadows = this.activeLinkSources();
     for (const [name, k] of this.state.ruleKernel) {
       const r = this.state.rules.get(name);
-      out[(r && shadows.size ? shadowedStatus(r, k.status, shadows) : k.status).state]++;
+      fn(name, r && shadows.size ? shadowedStatus(r, k.status, shadows) : k.status);
     }
-    return out;
   }
 
   private lastProblems: string[] = [];

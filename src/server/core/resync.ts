@@ -28,9 +28,10 @@ export interface ResyncResult {
   /** Interfaces the desired state names that do not exist, sorted. */
   missing: string[];
   /**
-   * Everything that keeps the datapath from doing what was asked, one line
-   * each (missing interfaces, foreign programs, rules not ACTIVE): the
-   * xdpctl.datapath health service is NOT_SERVING while any is listed.
+   * What the pass found wrong on the host, one line each (missing
+   * interfaces, foreign programs). Rules not ACTIVE are added from their
+   * statuses at read time by Controller.problems(): the xdpctl.datapath
+   * health service is NOT_SERVING while any is listed.
    */
   problems: string[];
 }
@@ -239,7 +240,6 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
       k.status = observed;
     }
     const s = k.status;
-    if (s.state !== 'active') problems.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
     transition(`rule/${name}`, `${s.state}|${s.message}`, (before) => {
       if (s.state === 'active' && !before) return; // the usual start: nothing to report
       (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
