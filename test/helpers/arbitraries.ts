@@ -74,6 +74,13 @@ export const BAD_IPS: Text[] = [
   ' 10.0.0.1',
   '010.0.0.1',
   long(100_000, '9'),
+  // Well formed, but no unicast host (RFC 1812 5.3.7): the datapath never redirects to or from them.
+  '0.0.0.0',
+  '127.0.0.1',
+  '224.0.0.251',
+  '239.255.255.250',
+  '255.255.255.255',
+  '240.0.0.1',
 ];
 export const BAD_PREFIXES: Text[] = [
   '10.0.0.0/33',
@@ -95,6 +102,13 @@ export const BAD_MACS: Text[] = [
   '0242ac110002',
   '02:42:ac:11:00:2',
   '02.42.ac.11.00.02',
+  // Well formed, but no backend's own address: broadcast, group (multicast: I/G bit set), all zero.
+  'ff:ff:ff:ff:ff:ff',
+  'FF-FF-FF-FF-FF-FF',
+  '01:00:5e:00:00:fb',
+  '33:33:00:00:00:01',
+  '03:00:00:00:00:01',
+  '00:00:00:00:00:00',
   long(MEGA, 'f'),
 ];
 // (A negative port or weight is the same uint32 on the wire as 2^32 - 1; the client refuses to encode it.)
@@ -106,8 +120,10 @@ const VALID_PREFIXES = ['10.0.0.0/8', '192.168.1.0/24', '172.16.5.4/32', '0.0.0.
 export const PORTS = [7000, 7001, 7002];
 export const DESTINATIONS = ['', '10.9.0.1'];
 
+/** A unicast MAC (I/G bit clear, not all zero): what a backend needs. */
 const mac = fc
   .uint8Array({ minLength: 6, maxLength: 6 })
+  .map((b) => b.map((x, i) => (i === 0 ? x & 0xfe : i === 5 && b.every((y, j) => j === 5 || y === 0) ? x | 1 : x)))
   .map((b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':'));
 
 /** A valid backend on one of the real interfaces (distinct IPs are chosen by the rule). */
@@ -234,9 +250,10 @@ const RULE_BREAKERS: Record<string, RuleBreaker[]> = {
   udpChecksum: [(r, p, k) => ((r.udpChecksum = at(BAD_ENUMS, k)), [`${p}.udp_checksum`])],
   labels: [
     (r, p) => ((r.labels = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, 'v']))), [`${p}.labels`]),
-    (r, p) => ((r.labels = { ...r.labels, '': 'v' }), [`${p}.labels`]),
-    (r, p) => ((r.labels = { ...r.labels, ['k'.repeat(257)]: 'v' }), [`${p}.labels`]),
-    (r, p) => ((r.labels = { ...r.labels, big: 'v'.repeat(257) }), [`${p}.labels`]),
+    // A bad entry is named by its key, JSON-quoted, a long one cut at 64 characters.
+    (r, p) => ((r.labels = { ...r.labels, '': 'v' }), [`${p}.labels[""]`]),
+    (r, p) => ((r.labels = { ...r.labels, ['k'.repeat(257)]: 'v' }), [`${p}.labels["${'k'.repeat(64)}…(257 chars)"]`]),
+    (r, p) => ((r.labels = { ...r.labels, 'Bad Key': 'v'.repeat(257) }), [`${p}.labels["Bad Key"]`]),
   ],
 };
 const GROUPS = Object.keys(RULE_BREAKERS);

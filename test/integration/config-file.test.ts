@@ -77,6 +77,23 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     saveByRename(`links:\n  ${h1.hostIf}: nosuchif0\n`);
     await sleep(1200);
     assert.match(d.output, /interface \\?"nosuchif0\\?" does not exist; the last good configuration keeps running/);
+    // A rule whose third backend has the broadcast MAC: refused naming the field, as over gRPC.
+    saveByRename(
+      `links:\n  ${h2.hostIf}: ${h3.hostIf}\nrules:\n  - name: web\n    port: 7999\n    ingress: [${h1.hostIf}]\n` +
+        `    backends:\n` +
+        [1, 2, 3]
+          .map(
+            (i) =>
+              `      - {ip: 198.18.0.${10 + i}, mac: "${i === 3 ? 'ff:ff:ff:ff:ff:ff' : `02:00:00:00:00:0${i}`}", interface: ${h2.hostIf}}\n`,
+          )
+          .join(''),
+    );
+    await sleep(1200);
+    assert.match(
+      d.output,
+      /not applied: rules\[0\]\.backends\[2\]\.mac: .*broadcast.*the last good configuration keeps running/,
+    );
+    assert.deepEqual((await c.rules.listRules({})).rules, [], 'nothing of the file applied');
     saveByRename(`links: {${h1.hostIf}: \n`);
     await sleep(1200);
     assert.match(d.output, /invalid config .*; the last good configuration keeps running/);

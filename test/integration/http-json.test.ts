@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { ClientError, Metadata } from 'nice-grpc';
+import { ClientError, Metadata, Status } from 'nice-grpc';
 
 import { BadRequest } from '../../src/gen/google/rpc/error_details.js';
 import { Rule } from '../../src/gen/xdpctl/v1/rule.js';
@@ -175,11 +175,61 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.ok(violationsOf(h.body).some((v) => v.field === 'rule.match.port'));
     assert.deepEqual((await grpc.rules.listRules({})).rules, [], 'nothing applied');
 
+    // Well formed but unusable: a broadcast, a multicast and an all-zero backend MAC, a multicast
+    // backend address, a bad label named by its key; the same fields through both protocols.
+    const be = topo.host('be');
+    const unusable = rule('unusable', {
+      backends: [
+        { ip: '198.18.7.2', mac: be.mac, interface: be.hostIf },
+        { ip: '198.18.7.3', mac: '00:00:00:00:00:00', interface: be.hostIf },
+        { ip: '198.18.7.4', mac: 'FF:FF:FF:FF:FF:FF', interface: be.hostIf },
+        { ip: '198.18.7.5', mac: '01:00:5e:00:00:fb', interface: be.hostIf },
+        { ip: '224.0.0.251', mac: be.mac, interface: be.hostIf },
+      ],
+      labels: { owner: 'me', 'Bad Key': 'v'.repeat(300) },
+    });
+    const want = [
+      'rule.backends[1].mac',
+      'rule.backends[2].mac',
+      'rule.backends[3].mac',
+      'rule.backends[4].ip',
+      'rule.labels["Bad Key"]',
+    ];
+    const hu = post('RuleService/CreateRule', { rule: unusable });
+    assert.equal(hu.status, 400, JSON.stringify(hu.body));
+    assert.deepEqual(
+      violationsOf(hu.body)
+        .map((v) => v.field)
+        .sort(),
+      want,
+    );
+    const gu = await grpc.rules
+      .createRule({ rule: Rule.fromJSON(unusable) }, { onTrailer: (m) => (trailer = m) })
+      .then(() => assert.fail('gRPC accepted it'))
+      .catch((e: unknown) => e as ClientError);
+    assert.equal(gu.code, Status.INVALID_ARGUMENT);
+    assert.deepEqual(
+      BadRequest.decode(
+        decodeStatusDetails(trailer)!.details.find((x) => x.typeUrl.endsWith('google.rpc.BadRequest'))!.value,
+      )
+        .fieldViolations.map((v) => v.field)
+        .sort(),
+      want,
+    );
+    assert.deepEqual((await grpc.rules.listRules({})).rules, [], 'nothing applied');
+
     // A misspelt field (the old API's "sourceAddr") is named, not ignored.
     const typo = post('RuleService/CreateRule', { rule: { ...rule('typo'), sourceAddr: '192.0.2.1' } });
     assert.equal(typo.status, 400);
     assert.equal(typo.body.code, 'invalid_argument');
     assert.match(String(typo.body.message), /sourceAddr/);
+    // An interface name no interface can have is a bad argument naming the field, not a miss.
+    const badIf = post('InterfaceService/GetInterface', { name: 'a/b'.repeat(100) });
+    assert.equal(badIf.status, 400, JSON.stringify(badIf.body));
+    assert.deepEqual(
+      violationsOf(badIf.body).map((v) => v.field),
+      ['name'],
+    );
     // Not found, with the gRPC message.
     const missing = post('RuleService/GetRule', { name: 'nope' });
     assert.equal(missing.status, 404);

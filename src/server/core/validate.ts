@@ -3,7 +3,7 @@
  * kernel. Pure: returns the list of violations (empty when valid), each
  * naming the field path as the request spells it.
  */
-import { parseIp, parseMac, parsePrefix } from '../net/addr.js';
+import { martianIpv4, nonUnicastMac, parseIp, parseMac, parsePrefix, truncate } from '../net/addr.js';
 import type { FieldViolation } from './errors.js';
 import type { LinkSpec, RuleSpec } from './model.js';
 
@@ -58,8 +58,13 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
   }
   if (r.destination !== '') {
     if (check(() => parseIp(r.destination), `${prefix}.match.destination`, out)) {
-      if (parseIp(r.destination).family !== 4) {
+      const ip = parseIp(r.destination);
+      const martian = ip.family === 4 ? martianIpv4(ip.bytes) : undefined;
+      if (ip.family !== 4) {
         out.push({ field: `${prefix}.match.destination`, description: 'only IPv4 is supported by the datapath yet' });
+      } else if (martian) {
+        // The datapath passes such packets to the stack (RFC 1812 5.3.7): the rule would never match.
+        out.push({ field: `${prefix}.match.destination`, description: `${martian}: no packet to it is redirected` });
       }
     }
   }
@@ -94,10 +99,16 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
   r.backends.forEach((b, i) => {
     const f = `${prefix}.backends[${i}]`;
     if (b.ip === '') out.push({ field: `${f}.ip`, description: 'is required' });
-    else if (check(() => parseIp(b.ip), `${f}.ip`, out) && parseIp(b.ip).family !== 4) {
-      out.push({ field: `${f}.ip`, description: 'only IPv4 is supported by the datapath yet' });
+    else if (check(() => parseIp(b.ip), `${f}.ip`, out)) {
+      const ip = parseIp(b.ip);
+      const martian = ip.family === 4 ? martianIpv4(ip.bytes) : undefined;
+      if (ip.family !== 4) out.push({ field: `${f}.ip`, description: 'only IPv4 is supported by the datapath yet' });
+      else if (martian) out.push({ field: `${f}.ip`, description: martian });
     }
-    if (b.mac !== '') check(() => parseMac(b.mac), `${f}.mac`, out);
+    if (b.mac !== '' && check(() => parseMac(b.mac), `${f}.mac`, out)) {
+      const why = nonUnicastMac(parseMac(b.mac));
+      if (why) out.push({ field: `${f}.mac`, description: `"${truncate(b.mac)}" ${why}` });
+    }
     validateInterfaceName(b.interface, `${f}.interface`, out);
     if (!Number.isInteger(b.weight) || b.weight < 0 || b.weight > LIMITS.weightMax) {
       out.push({ field: `${f}.weight`, description: `must be between 0 and ${LIMITS.weightMax}` });
@@ -111,14 +122,20 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
   }
   const labels = Object.entries(r.labels);
   if (labels.length > LIMITS.labels) out.push({ field: `${prefix}.labels`, description: `at most ${LIMITS.labels}` });
+  let reported = 0;
   for (const [k, v] of labels) {
-    if (k === '' || k.length > LIMITS.labelLength || v.length > LIMITS.labelLength) {
-      out.push({
-        field: `${prefix}.labels`,
-        description: `keys 1-${LIMITS.labelLength} and values up to ${LIMITS.labelLength} characters`,
-      });
-      break;
+    if (k !== '' && k.length <= LIMITS.labelLength && v.length <= LIMITS.labelLength) continue;
+    // The entry is named by its key, JSON-quoted (truncated when long): rule.labels["Bad Key"].
+    const field = `${prefix}.labels[${JSON.stringify(truncate(k))}]`;
+    if (k === '') out.push({ field, description: 'a label key must not be empty' });
+    else if (k.length > LIMITS.labelLength) {
+      out.push({ field, description: `key is ${k.length} characters, at most ${LIMITS.labelLength}` });
     }
+    if (v.length > LIMITS.labelLength) {
+      out.push({ field, description: `value is ${v.length} characters, at most ${LIMITS.labelLength}` });
+    }
+    // Bounded: a request with thousands of bad labels gets the first few named, not a huge error.
+    if (++reported === 8) break;
   }
   return out;
 }

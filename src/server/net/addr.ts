@@ -121,6 +121,38 @@ export function parseMac(text: string): Uint8Array {
 }
 
 /**
+ * Why a MAC address cannot be a unicast frame's destination, or undefined when
+ * it can: the all-zero address (no station has it; IEEE 802-2014 8.2), the
+ * broadcast address ff:ff:ff:ff:ff:ff, or a group (multicast) address, whose
+ * first octet has its least significant bit (the I/G bit) set (IEEE 802-2014
+ * 8.2.2; e.g. 01:00:5e:... for IPv4 multicast, RFC 1112 6.4, and 33:33:...
+ * for IPv6, RFC 2464 7).
+ */
+export function nonUnicastMac(bytes: Uint8Array): string | undefined {
+  if (bytes.every((b) => b === 0)) return 'is the all-zero MAC address, which no station has';
+  if (bytes.every((b) => b === 0xff)) return 'is the broadcast MAC address; a backend needs its own unicast MAC';
+  if (bytes[0] & 1) return 'is a multicast (group) MAC address (I/G bit set); a backend needs its own unicast MAC';
+  return undefined;
+}
+
+/**
+ * Why an IPv4 address is not a unicast host address a router forwards to, or
+ * undefined: 0.0.0.0/8 ("this network"), 127.0.0.0/8 (loopback), 224.0.0.0/4
+ * (multicast) and 240.0.0.0/4 (reserved, with the limited broadcast
+ * 255.255.255.255): RFC 1812 5.3.7's martian addresses, which the datapath
+ * never redirects (bpf/xdpctl.bpf.c martian()).
+ */
+export function martianIpv4(bytes: Uint8Array): string | undefined {
+  const first = bytes[0];
+  if (first === 0) return 'is in 0.0.0.0/8 ("this network", RFC 1812 5.3.7), not a host address';
+  if (first === 127) return 'is a loopback address (127.0.0.0/8, RFC 1812 5.3.7)';
+  if (first >= 224 && first < 240)
+    return 'is a multicast address (224.0.0.0/4, RFC 1812 5.3.7), not a unicast host address';
+  if (first >= 240) return 'is a reserved or broadcast address (240.0.0.0/4, RFC 1812 5.3.7), not a host address';
+  return undefined;
+}
+
+/**
  * The one form a MAC address is stored and echoed in: lower-case hex pairs
  * separated by colons ("02:42:ac:11:00:02"), whatever case or separator was
  * given. Text that is not a MAC is returned unchanged, for validation to name.

@@ -701,7 +701,8 @@ export const InterfaceServiceDefinition = {
     },
     /**
      * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-     * names it.
+     * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+     * that name (1 to 15 bytes, no '/', ':' or whitespace).
      */
     getInterface: {
       name: "GetInterface",
@@ -722,7 +723,8 @@ export interface InterfaceServiceImplementation<CallContextExt = {}> {
   ): Promise<DeepPartial<ListInterfacesResponse>>;
   /**
    * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-   * names it.
+   * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+   * that name (1 to 15 bytes, no '/', ':' or whitespace).
    */
   getInterface(
     request: GetInterfaceRequest,
@@ -738,7 +740,8 @@ export interface InterfaceServiceClient<CallOptionsExt = {}> {
   ): Promise<ListInterfacesResponse>;
   /**
    * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-   * names it.
+   * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+   * that name (1 to 15 bytes, no '/', ':' or whitespace).
    */
   getInterface(
     request: DeepPartial<GetInterfaceRequest>,

@@ -222,7 +222,10 @@ export interface Rule {
   udpChecksum: UdpChecksumMode;
   /**
    * Free-form key/value metadata for clients and operators (owner, ticket...).
-   * Not interpreted by the server; a change counts as an update.
+   * Not interpreted by the server; a change counts as an update. At most 32
+   * labels (else INVALID_ARGUMENT on rule.labels); keys 1 to 256 characters,
+   * values at most 256: a bad entry fails with INVALID_ARGUMENT naming its
+   * key, JSON-quoted (cut at 64 characters), e.g. rule.labels["Bad Key"].
    */
   labels: { [key: string]: string };
   /**
@@ -267,7 +270,10 @@ export interface RuleMatch {
   /**
    * Destination IP address the packet must be sent to, e.g. "192.0.2.1".
    * Empty matches any destination. A packet that matches both a rule with
-   * this address and one without goes to the rule with the address.
+   * this address and one without goes to the rule with the address. IPv4
+   * only; a unicast host address: 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 and
+   * 240.0.0.0/4 (RFC 1812 5.3.7's martians, which the datapath passes to the
+   * host) fail with INVALID_ARGUMENT on rule.match.destination.
    */
   destination: string;
   /**
@@ -285,14 +291,22 @@ export interface RuleMatch {
 export interface Backend {
   /**
    * The backend's IP address, e.g. "10.0.0.2": the packet's destination
-   * address is rewritten to it. Required.
+   * address is rewritten to it. Required. IPv4 only; a unicast host address:
+   * 0.0.0.0/8, 127.0.0.0/8, multicast 224.0.0.0/4 and 240.0.0.0/4 (the
+   * limited broadcast included; RFC 1812 5.3.7) fail with INVALID_ARGUMENT
+   * naming the field, e.g. rule.backends[2].ip.
    */
   ip: string;
   /**
-   * The backend's MAC address ("02:00:00:00:00:02"), written as the frame's
-   * destination MAC. Empty: looked up in the host's neighbour table for `ip`
-   * on `interface`; until an entry exists the backend is unresolved and gets
-   * no traffic (see RuleStatus.backend_status).
+   * The backend's MAC address ("02:00:00:00:00:02"; ':' or '-' separated,
+   * any case; stored and echoed in lower case with ':'), written as the
+   * frame's destination MAC. Must be a unicast address: the all-zero
+   * address, the broadcast ff:ff:ff:ff:ff:ff and group (multicast) addresses,
+   * whose first octet has its lowest bit set (IEEE 802 I/G bit, e.g.
+   * 01:00:5e:..., 33:33:...), fail with INVALID_ARGUMENT naming the field,
+   * e.g. rule.backends[2].mac. Empty: looked up in the host's neighbour table
+   * for `ip` on `interface`; until an entry exists the backend is unresolved
+   * and gets no traffic (see RuleStatus.backend_status).
    */
   mac: string;
   /**
