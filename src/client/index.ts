@@ -28,10 +28,14 @@ export {
 export {
   applyChanges,
   getAllCounters,
+  listAllInterfaces,
+  listAllLinks,
   listAllRules,
   mergeCounters,
   watchCounterSamples,
   type CounterReader,
+  type InterfacePager,
+  type LinkPager,
   type RulePager,
 } from './pages.js';
 

@@ -2,8 +2,9 @@
  * Whole collections from the paged and split responses of xdpctld.
  *
  * No response of the daemon exceeds a default gRPC client's 4 MiB receive
- * limit (grpc-js, gRPC's C core and Go all default to 4 MiB): ListRules stops a
- * page before 2 MiB encoded, GetCounters pages at 8000 entries, WatchCounters
+ * limit (grpc-js, gRPC's C core and Go all default to 4 MiB): ListRules,
+ * ListInterfaces and ListLinks stop a page before 2 MiB encoded, GetCounters
+ * pages at 8000 entries, WatchCounters
  * sends a larger sample as several messages marked `continued`. These helpers
  * read every page (or every part) so that a caller sees the whole collection,
  * whatever page sizes the server chooses.
@@ -12,11 +13,23 @@ import type { CallOptions } from 'nice-grpc';
 
 import type { CounterFilter, Counters, GetCountersResponse, WatchCountersResponse } from '../gen/xdpctl/v1/counters.js';
 import type { Duration } from '../gen/google/protobuf/duration.js';
+import type { ListInterfacesResponse, ManagedInterface } from '../gen/xdpctl/v1/interface.js';
+import type { Link, ListLinksResponse } from '../gen/xdpctl/v1/link.js';
 import type { ListRulesResponse, Rule } from '../gen/xdpctl/v1/rule.js';
 
 /** The ListRules method of a RuleService client (any nice-grpc client of it). */
 export interface RulePager {
   listRules(req: { pageSize?: number; pageToken?: string }, opts?: CallOptions): Promise<ListRulesResponse>;
+}
+
+/** The ListInterfaces method of an InterfaceService client. */
+export interface InterfacePager {
+  listInterfaces(req: { pageSize?: number; pageToken?: string }, opts?: CallOptions): Promise<ListInterfacesResponse>;
+}
+
+/** The ListLinks method of a LinkService client. */
+export interface LinkPager {
+  listLinks(req: { pageSize?: number; pageToken?: string }, opts?: CallOptions): Promise<ListLinksResponse>;
 }
 
 /** The GetCounters/WatchCounters methods of a CounterService client. */
@@ -43,6 +56,36 @@ export async function listAllRules(client: RulePager, opts: CallOptions = {}): P
   do {
     const page = await client.listRules({ pageSize: 1000, pageToken }, opts);
     all.push(...page.rules);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return all;
+}
+
+/**
+ * Every managed interface, in name order, reading ListInterfaces page after
+ * page until next_page_token is empty (as {@link listAllRules}).
+ */
+export async function listAllInterfaces(client: InterfacePager, opts: CallOptions = {}): Promise<ManagedInterface[]> {
+  const all: ManagedInterface[] = [];
+  let pageToken = '';
+  do {
+    const page = await client.listInterfaces({ pageSize: 1000, pageToken }, opts);
+    all.push(...page.interfaces);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return all;
+}
+
+/**
+ * Every link, in (a, b) order, reading ListLinks page after page until
+ * next_page_token is empty (as {@link listAllRules}).
+ */
+export async function listAllLinks(client: LinkPager, opts: CallOptions = {}): Promise<Link[]> {
+  const all: Link[] = [];
+  let pageToken = '';
+  do {
+    const page = await client.listLinks({ pageSize: 1000, pageToken }, opts);
+    all.push(...page.links);
     pageToken = page.nextPageToken;
   } while (pageToken);
   return all;

@@ -294,6 +294,14 @@ export class Controller {
         for (const r of [...this.state.rules.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
           for (const i of r.ingressInterfaces) if (sources.includes(i)) shadows.push(shadowWarning(r.name, i, l));
         }
+        // Named one by one up to a bound, so that a link's message stays small however many rules it shadows.
+        if (shadows.length > MAX_SHADOW_WARNINGS) {
+          const more = shadows.length - MAX_SHADOW_WARNINGS;
+          shadows.length = MAX_SHADOW_WARNINGS;
+          shadows.push(
+            `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
+          );
+        }
         return { ...l, active, warnings: [...problems, ...shadows], conditions };
       });
   }
@@ -880,6 +888,9 @@ function shadowedStatus(r: RuleSpec, status: RuleStatus, shadows: Map<string, Li
 }
 
 /** The warning a shadowed rule and the link shadowing it both carry. */
+/** Shadowed rules a link's warnings name one by one (link.proto LinkStatus.warnings); one more counts the rest. */
+const MAX_SHADOW_WARNINGS = 16;
+
 function shadowWarning(rule: string, iface: string, l: LinkSpec): string {
   return `rule ${rule} on ${iface} is shadowed by link ${l.a}:${l.b}: frames arriving on ${iface} are cross-connected before rules are matched`;
 }

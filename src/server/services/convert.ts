@@ -124,5 +124,6 @@ export function interfaceToProto(i: CoreInterface): ManagedInterface {
     usedBy: i.usedBy,
     warnings: i.warnings,
     conditions: conditionsToProto(i.conditions),
+    usedByOmitted: 0,
   };
 }

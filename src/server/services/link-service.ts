@@ -5,8 +5,19 @@ import type { Controller } from '../core/controller.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
 import { validateInterfaceName } from '../core/validate.js';
 import { linkKey } from '../core/model.js';
-import type { LinkServiceDefinition } from '../../gen/xdpctl/v1/link.js';
+import { Link, type LinkServiceDefinition } from '../../gen/xdpctl/v1/link.js';
 import { CHANGE_ACTION, linkFromProto, linkToProto } from './convert.js';
+import { MAX_PAGE_BYTES, pageTokenKey, takePage } from './paging.js';
+
+/** A link's place in (a, b) order as one string: interface names hold no NUL, which sorts first. */
+const abKey = (l: { a: string; b: string }) => `${l.a}\0${l.b}`;
+const isAbKey = (key: string) => {
+  const [a, b, more] = key.split('\0');
+  const v: FieldViolation[] = [];
+  validateInterfaceName(a, 'a', v);
+  validateInterfaceName(b ?? '', 'b', v);
+  return more === undefined && v.length === 0;
+};
 
 export function linkService(ctl: Controller): ServiceImplementation<typeof LinkServiceDefinition> {
   const current = (spec: { a: string; b: string }) => ctl.listLinks().find((l) => linkKey(l) === linkKey(spec));
@@ -24,15 +35,27 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
       await ctl.disconnect(req.a, req.b, { signal });
       return {};
     },
-    async listLinks() {
-      return { links: byAB(ctl.listLinks()).map(linkToProto) };
+    async listLinks(req) {
+      const after = req.pageToken ? pageTokenKey('link', req.pageToken, isAbKey) : undefined;
+      const { items, next } = takePage(byAB(ctl.listLinks()).map(linkToProto), {
+        kind: 'link',
+        key: abKey,
+        bytes: (l) => Link.encode(l).finish().length,
+        pageSize: req.pageSize,
+        after,
+      });
+      return { links: items, nextPageToken: next };
     },
     async applyLinks(req, { signal }) {
       const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly, { signal });
+      const links = req.validateOnly ? [] : byAB(ctl.listLinks()).map(linkToProto);
+      // The whole set only when it fits a default client's limit with room to spare (as ApplyRules).
+      const omitted = links.reduce((n, l) => n + Link.encode(l).finish().length + 8, 0) > MAX_PAGE_BYTES;
       return {
         changes: byAB(changes).map((c) => ({ a: c.a, b: c.b, action: CHANGE_ACTION[c.action] })),
-        links: req.validateOnly ? [] : byAB(ctl.listLinks()).map(linkToProto),
+        links: omitted ? [] : links,
         applied: !req.validateOnly,
+        linksOmitted: omitted,
       };
     },
   };

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 
 import { GetInterfaceResponse, ListInterfacesResponse } from '../../../gen/xdpctl/v1/interface.js';
+import { listAllInterfaces } from '../../index.js';
 import { examples } from '../flags.js';
 import { INTERFACE_HEAD, interfaceRow, print, printData, printList, printTable, renderTable } from '../output.js';
 import { run } from '../session.js';
@@ -15,9 +16,15 @@ export function registerInterfaces(program: Command): void {
     .addHelpText('after', examples('xdpctl interfaces list'))
     .action(
       run(async (s, o) => {
-        const res = await s.client.interfaces.listInterfaces({}, s.call());
-        if (o.output !== 'table') return printList(o.output, 'interfaces', ListInterfacesResponse.toJSON(res));
-        printTable(INTERFACE_HEAD, res.interfaces.map(interfaceRow));
+        const all = await listAllInterfaces(s.client.interfaces, s.call());
+        if (o.output !== 'table') {
+          return printList(
+            o.output,
+            'interfaces',
+            ListInterfacesResponse.toJSON({ interfaces: all, nextPageToken: '' }),
+          );
+        }
+        printTable(INTERFACE_HEAD, all.map(interfaceRow));
       }),
     );
   interfaces

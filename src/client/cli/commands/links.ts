@@ -8,6 +8,7 @@ import {
   LinkDirection,
   ListLinksResponse,
 } from '../../../gen/xdpctl/v1/link.js';
+import { listAllLinks } from '../../index.js';
 import { examples } from '../flags.js';
 import { action, direction, linkName, print, printData, printList, printTable, summary, yesNo } from '../output.js';
 import { loadLinks, run } from '../session.js';
@@ -21,11 +22,13 @@ export function registerLinks(program: Command): void {
     .addHelpText('after', examples('xdpctl links list\nxdpctl -o json links list'))
     .action(
       run(async (s, o) => {
-        const res = await s.client.links.listLinks({}, s.call());
-        if (o.output !== 'table') return printList(o.output, 'links', ListLinksResponse.toJSON(res));
+        const all = await listAllLinks(s.client.links, s.call());
+        if (o.output !== 'table') {
+          return printList(o.output, 'links', ListLinksResponse.toJSON({ links: all, nextPageToken: '' }));
+        }
         printTable(
           ['A', 'B', 'DIRECTION', 'A→B', 'B→A', 'WARNINGS'],
-          res.links.map((l) => [
+          all.map((l) => [
             l.a,
             l.b,
             direction(l.direction),

@@ -156,6 +156,9 @@ export interface ManagedInterface {
    * forwards from it (these need the program on it); "rule/<name>/egress" for
    * a rule with a backend behind it and "link/<a>:<b>/egress" for a one-way
    * link into it (these do not).
+   * At most 1 MiB of entries are listed (about 14 000 "rule/<name>/egress"
+   * entries with 63-character names); the rest are counted in
+   * used_by_omitted (read the rules with ListRules).
    */
   usedBy: string[];
   /**
@@ -169,16 +172,40 @@ export interface ManagedInterface {
    * DetachFailed).
    */
   conditions: Condition[];
+  /**
+   * How many entries of used_by were left out to keep the message within
+   * 1 MiB; 0 when used_by is complete.
+   */
+  usedByOmitted: number;
 }
 
 /** Request of InterfaceService.ListInterfaces. */
 export interface ListInterfacesRequest {
+  /**
+   * Maximum number of interfaces to return; 0 means up to 1000, and values
+   * above 1000 are treated as 1000. A page also stops before it would exceed
+   * 2 MiB encoded (it holds at least one interface), so a page may hold fewer
+   * interfaces than asked while next_page_token says there are more.
+   */
+  pageSize: number;
+  /**
+   * Empty for the first page; otherwise the next_page_token of the previous
+   * response. A token this server did not return fails with INVALID_ARGUMENT
+   * on page_token.
+   */
+  pageToken: string;
 }
 
 /** Response of InterfaceService.ListInterfaces. */
 export interface ListInterfacesResponse {
-  /** The managed interfaces, in ascending order of name. */
+  /** The managed interfaces of this page, in ascending order of name. */
   interfaces: ManagedInterface[];
+  /**
+   * Token for the next page; empty on the last page. Pages continue after
+   * the last name returned: an interface that comes or goes between pages
+   * may or may not be listed, none is listed twice.
+   */
+  nextPageToken: string;
 }
 
 /** Request of InterfaceService.GetInterface. */
@@ -204,6 +231,7 @@ function createBaseManagedInterface(): ManagedInterface {
     usedBy: [],
     warnings: [],
     conditions: [],
+    usedByOmitted: 0,
   };
 }
 
@@ -235,6 +263,9 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     }
     for (const v of message.conditions) {
       Condition.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.usedByOmitted !== 0) {
+      writer.uint32(80).uint32(message.usedByOmitted);
     }
     return writer;
   },
@@ -324,6 +355,14 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
             message.conditions.push(Condition.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.usedByOmitted = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -365,6 +404,11 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
       conditions: globalThis.Array.isArray(object?.conditions)
         ? object.conditions.map((e: any) => Condition.fromJSON(e))
         : [],
+      usedByOmitted: isSet(object.usedByOmitted)
+        ? globalThis.Number(object.usedByOmitted)
+        : isSet(object.used_by_omitted)
+        ? globalThis.Number(object.used_by_omitted)
+        : 0,
     };
   },
 
@@ -397,6 +441,9 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     if (message.conditions?.length) {
       obj.conditions = message.conditions.map((e) => Condition.toJSON(e));
     }
+    if (message.usedByOmitted !== 0) {
+      obj.usedByOmitted = Math.round(message.usedByOmitted);
+    }
     return obj;
   },
 
@@ -414,16 +461,23 @@ export const ManagedInterface: MessageFns<ManagedInterface> = {
     message.usedBy = object.usedBy?.map((e) => e) || [];
     message.warnings = object.warnings?.map((e) => e) || [];
     message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
+    message.usedByOmitted = object.usedByOmitted ?? 0;
     return message;
   },
 };
 
 function createBaseListInterfacesRequest(): ListInterfacesRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListInterfacesRequest: MessageFns<ListInterfacesRequest> = {
-  encode(_: ListInterfacesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListInterfacesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -440,6 +494,22 @@ export const ListInterfacesRequest: MessageFns<ListInterfacesRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -452,32 +522,54 @@ export const ListInterfacesRequest: MessageFns<ListInterfacesRequest> = {
     }
   },
 
-  fromJSON(_: any): ListInterfacesRequest {
-    return {};
+  fromJSON(object: any): ListInterfacesRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListInterfacesRequest): unknown {
+  toJSON(message: ListInterfacesRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListInterfacesRequest>): ListInterfacesRequest {
     return ListInterfacesRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListInterfacesRequest>): ListInterfacesRequest {
+  fromPartial(object: DeepPartial<ListInterfacesRequest>): ListInterfacesRequest {
     const message = createBaseListInterfacesRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListInterfacesResponse(): ListInterfacesResponse {
-  return { interfaces: [] };
+  return { interfaces: [], nextPageToken: "" };
 }
 
 export const ListInterfacesResponse: MessageFns<ListInterfacesResponse> = {
   encode(message: ListInterfacesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.interfaces) {
       ManagedInterface.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -503,6 +595,14 @@ export const ListInterfacesResponse: MessageFns<ListInterfacesResponse> = {
             message.interfaces.push(ManagedInterface.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -520,6 +620,11 @@ export const ListInterfacesResponse: MessageFns<ListInterfacesResponse> = {
       interfaces: globalThis.Array.isArray(object?.interfaces)
         ? object.interfaces.map((e: any) => ManagedInterface.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -527,6 +632,9 @@ export const ListInterfacesResponse: MessageFns<ListInterfacesResponse> = {
     const obj: any = {};
     if (message.interfaces?.length) {
       obj.interfaces = message.interfaces.map((e) => ManagedInterface.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -537,6 +645,7 @@ export const ListInterfacesResponse: MessageFns<ListInterfacesResponse> = {
   fromPartial(object: DeepPartial<ListInterfacesResponse>): ListInterfacesResponse {
     const message = createBaseListInterfacesResponse();
     message.interfaces = object.interfaces?.map((e) => ManagedInterface.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -690,7 +799,12 @@ export const InterfaceServiceDefinition = {
   name: "InterfaceService",
   fullName: "xdpctl.v1.InterfaceService",
   methods: {
-    /** Lists the managed interfaces, in ascending order of name. */
+    /**
+     * Lists the managed interfaces in ascending order of name, page by page:
+     * a response stops before it would exceed 2 MiB encoded, half the 4 MiB
+     * receive limit of default gRPC clients (grpc-js, C core, Go), so a client
+     * reads next_page_token until it is empty.
+     */
     listInterfaces: {
       name: "ListInterfaces",
       requestType: ListInterfacesRequest as typeof ListInterfacesRequest,
@@ -716,7 +830,12 @@ export const InterfaceServiceDefinition = {
 } as const;
 
 export interface InterfaceServiceImplementation<CallContextExt = {}> {
-  /** Lists the managed interfaces, in ascending order of name. */
+  /**
+   * Lists the managed interfaces in ascending order of name, page by page:
+   * a response stops before it would exceed 2 MiB encoded, half the 4 MiB
+   * receive limit of default gRPC clients (grpc-js, C core, Go), so a client
+   * reads next_page_token until it is empty.
+   */
   listInterfaces(
     request: ListInterfacesRequest,
     context: CallContext & CallContextExt,
@@ -733,7 +852,12 @@ export interface InterfaceServiceImplementation<CallContextExt = {}> {
 }
 
 export interface InterfaceServiceClient<CallOptionsExt = {}> {
-  /** Lists the managed interfaces, in ascending order of name. */
+  /**
+   * Lists the managed interfaces in ascending order of name, page by page:
+   * a response stops before it would exceed 2 MiB encoded, half the 4 MiB
+   * receive limit of default gRPC clients (grpc-js, C core, Go), so a client
+   * reads next_page_token until it is empty.
+   */
   listInterfaces(
     request: DeepPartial<ListInterfacesRequest>,
     options?: CallOptions & CallOptionsExt,

@@ -91,7 +91,9 @@ export interface LinkStatus {
   bToAActive: boolean;
   /**
    * Human-readable problems, e.g. "interface tap0 does not exist" or "rule
-   * web on eth0 is shadowed by this link".
+   * web on eth0 is shadowed by this link". At most 16 shadowed rules are
+   * named one by one; a last warning counts the others (each such rule's own
+   * status says so too).
    */
   warnings: string[];
   /**
@@ -127,12 +129,29 @@ export interface DisconnectResponse {
 
 /** Request of LinkService.ListLinks. */
 export interface ListLinksRequest {
+  /**
+   * Maximum number of links to return; 0 means up to 1000, and values above
+   * 1000 are treated as 1000. A page also stops before it would exceed 2 MiB
+   * encoded (it holds at least one link).
+   */
+  pageSize: number;
+  /**
+   * Empty for the first page; otherwise the next_page_token of the previous
+   * response. A token this server did not return fails with INVALID_ARGUMENT
+   * on page_token.
+   */
+  pageToken: string;
 }
 
 /** Response of LinkService.ListLinks. */
 export interface ListLinksResponse {
-  /** All links, in ascending order of (a, b). */
+  /** The links of this page, in ascending order of (a, b). */
   links: Link[];
+  /**
+   * Token for the next page; empty on the last page. Pages continue after
+   * the last (a, b) returned.
+   */
+  nextPageToken: string;
 }
 
 /** Request of LinkService.ApplyLinks. */
@@ -156,11 +175,14 @@ export interface ApplyLinksResponse {
   changes: LinkChange[];
   /**
    * The resulting set of links as stored, in ascending order of (a, b). Empty
-   * when validate_only was set.
+   * when validate_only was set, or when the set is too large for one response
+   * (over 2 MiB encoded; then links_omitted is true: read it with ListLinks).
    */
   links: Link[];
   /** True if the set was applied; false when validate_only was set. */
   applied: boolean;
+  /** True when `links` was left empty because the set exceeds 2 MiB encoded. */
+  linksOmitted: boolean;
 }
 
 /** What ApplyLinks does to one link. */
@@ -694,11 +716,17 @@ export const DisconnectResponse: MessageFns<DisconnectResponse> = {
 };
 
 function createBaseListLinksRequest(): ListLinksRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListLinksRequest: MessageFns<ListLinksRequest> = {
-  encode(_: ListLinksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListLinksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -715,6 +743,22 @@ export const ListLinksRequest: MessageFns<ListLinksRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -727,32 +771,54 @@ export const ListLinksRequest: MessageFns<ListLinksRequest> = {
     }
   },
 
-  fromJSON(_: any): ListLinksRequest {
-    return {};
+  fromJSON(object: any): ListLinksRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListLinksRequest): unknown {
+  toJSON(message: ListLinksRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListLinksRequest>): ListLinksRequest {
     return ListLinksRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListLinksRequest>): ListLinksRequest {
+  fromPartial(object: DeepPartial<ListLinksRequest>): ListLinksRequest {
     const message = createBaseListLinksRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListLinksResponse(): ListLinksResponse {
-  return { links: [] };
+  return { links: [], nextPageToken: "" };
 }
 
 export const ListLinksResponse: MessageFns<ListLinksResponse> = {
   encode(message: ListLinksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.links) {
       Link.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -778,6 +844,14 @@ export const ListLinksResponse: MessageFns<ListLinksResponse> = {
             message.links.push(Link.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -791,13 +865,23 @@ export const ListLinksResponse: MessageFns<ListLinksResponse> = {
   },
 
   fromJSON(object: any): ListLinksResponse {
-    return { links: globalThis.Array.isArray(object?.links) ? object.links.map((e: any) => Link.fromJSON(e)) : [] };
+    return {
+      links: globalThis.Array.isArray(object?.links) ? object.links.map((e: any) => Link.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
   },
 
   toJSON(message: ListLinksResponse): unknown {
     const obj: any = {};
     if (message.links?.length) {
       obj.links = message.links.map((e) => Link.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -808,6 +892,7 @@ export const ListLinksResponse: MessageFns<ListLinksResponse> = {
   fromPartial(object: DeepPartial<ListLinksResponse>): ListLinksResponse {
     const message = createBaseListLinksResponse();
     message.links = object.links?.map((e) => Link.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -902,7 +987,7 @@ export const ApplyLinksRequest: MessageFns<ApplyLinksRequest> = {
 };
 
 function createBaseApplyLinksResponse(): ApplyLinksResponse {
-  return { changes: [], links: [], applied: false };
+  return { changes: [], links: [], applied: false, linksOmitted: false };
 }
 
 export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
@@ -915,6 +1000,9 @@ export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
     }
     if (message.applied !== false) {
       writer.uint32(24).bool(message.applied);
+    }
+    if (message.linksOmitted !== false) {
+      writer.uint32(32).bool(message.linksOmitted);
     }
     return writer;
   },
@@ -956,6 +1044,14 @@ export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
             message.applied = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.linksOmitted = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -973,6 +1069,11 @@ export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
       changes: globalThis.Array.isArray(object?.changes) ? object.changes.map((e: any) => LinkChange.fromJSON(e)) : [],
       links: globalThis.Array.isArray(object?.links) ? object.links.map((e: any) => Link.fromJSON(e)) : [],
       applied: isSet(object.applied) ? globalThis.Boolean(object.applied) : false,
+      linksOmitted: isSet(object.linksOmitted)
+        ? globalThis.Boolean(object.linksOmitted)
+        : isSet(object.links_omitted)
+        ? globalThis.Boolean(object.links_omitted)
+        : false,
     };
   },
 
@@ -987,6 +1088,9 @@ export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
     if (message.applied !== false) {
       obj.applied = message.applied;
     }
+    if (message.linksOmitted !== false) {
+      obj.linksOmitted = message.linksOmitted;
+    }
     return obj;
   },
 
@@ -998,6 +1102,7 @@ export const ApplyLinksResponse: MessageFns<ApplyLinksResponse> = {
     message.changes = object.changes?.map((e) => LinkChange.fromPartial(e)) || [];
     message.links = object.links?.map((e) => Link.fromPartial(e)) || [];
     message.applied = object.applied ?? false;
+    message.linksOmitted = object.linksOmitted ?? false;
     return message;
   },
 };
@@ -1149,7 +1254,12 @@ export const LinkServiceDefinition = {
       responseStream: false,
       options: {},
     },
-    /** Lists all links, in ascending order of (a, b). */
+    /**
+     * Lists the links in ascending order of (a, b), page by page: a response
+     * stops before it would exceed 2 MiB encoded, half the 4 MiB receive limit
+     * of default gRPC clients, so a client reads next_page_token until it is
+     * empty.
+     */
     listLinks: {
       name: "ListLinks",
       requestType: ListLinksRequest as typeof ListLinksRequest,
@@ -1191,7 +1301,12 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
     request: DisconnectRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<DisconnectResponse>>;
-  /** Lists all links, in ascending order of (a, b). */
+  /**
+   * Lists the links in ascending order of (a, b), page by page: a response
+   * stops before it would exceed 2 MiB encoded, half the 4 MiB receive limit
+   * of default gRPC clients, so a client reads next_page_token until it is
+   * empty.
+   */
   listLinks(request: ListLinksRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ListLinksResponse>>;
   /**
    * Declaratively sets the complete set of links: links in the request are
@@ -1221,7 +1336,12 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<DisconnectRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<DisconnectResponse>;
-  /** Lists all links, in ascending order of (a, b). */
+  /**
+   * Lists the links in ascending order of (a, b), page by page: a response
+   * stops before it would exceed 2 MiB encoded, half the 4 MiB receive limit
+   * of default gRPC clients, so a client reads next_page_token until it is
+   * empty.
+   */
   listLinks(request: DeepPartial<ListLinksRequest>, options?: CallOptions & CallOptionsExt): Promise<ListLinksResponse>;
   /**
    * Declaratively sets the complete set of links: links in the request are
