@@ -78,6 +78,23 @@ function peerKey(socket: Socket): string {
 
 let current: { limits: ConnectionLimits; note: ReturnType<typeof boundedLog> } | undefined;
 
+/** Every open connection of the guarded gRPC servers (TCP and Unix), for destroyConnections. */
+const open = new Set<Socket>();
+
+/**
+ * Destroy every open connection of the guarded gRPC servers, whatever state
+ * its HTTP/2 session is in; returns how many. The last step of a shutdown:
+ * grpc-js's forceShutdown destroys sessions, but a session whose writes are
+ * stalled (a client that stopped reading: SIGSTOP, a full TCP window) closes
+ * its socket only once those writes finish, which may be never.
+ */
+export function destroyConnections(): number {
+  const n = open.size;
+  for (const socket of open) socket.destroy();
+  open.clear();
+  return n;
+}
+
 /** Apply `limits` to every HTTP/2 server grpc-js creates from now on (call before listening). */
 export function guardConnections(limits: ConnectionLimits, log: Logger): void {
   current = { limits, note: boundedLog(log) };
@@ -155,6 +172,10 @@ function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S)
   if (!g) return server;
   const { limits, note } = g;
   limitConnections(server);
+  server.on('connection', (socket: Socket) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  });
   server.on('session', (session: http2.ServerHttp2Session) => {
     const timer = setTimeout(() => {
       const peer = session.socket ? peerKey(session.socket as Socket) : 'unknown';

@@ -21,7 +21,12 @@ import {
   serverOptions,
 } from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
-import { DEFAULT_CONNECTION_LIMITS, guardConnections, type ConnectionLimits } from './connection-guard.js';
+import {
+  DEFAULT_CONNECTION_LIMITS,
+  destroyConnections,
+  guardConnections,
+  type ConnectionLimits,
+} from './connection-guard.js';
 import type { HttpJsonListener } from './http-json.js';
 import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, type StoredState } from './core/store.js';
@@ -143,6 +148,11 @@ export const SERVICE_NAMES = [
   'grpc.reflection.v1.ServerReflection',
   'grpc.reflection.v1alpha.ServerReflection',
 ];
+
+/** How long a shutdown lets calls finish before it closes every connection. */
+export const SHUTDOWN_GRACE_MS = 5000;
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Map capacities for a number of rules (each rule may hold a shadow slot during a change). */
 export function capacityForRules(maxRules: number): Capacity {
@@ -500,8 +510,22 @@ export class Daemon {
       this.config?.close();
       this.hub.close(); // WatchCounters streams end with UNAVAILABLE
       this.terminator?.terminate(); // health Watch streams too, after their NOT_SERVING
-      const forced = setTimeout(() => this.servers.forEach((x) => x.forceShutdown()), 5000);
-      await Promise.all([...this.servers.map((x) => x.shutdown()), ...this.http.map((x) => x.close())]);
+      // Calls get SHUTDOWN_GRACE_MS to finish; then every connection is closed, whatever its client does
+      // (one that stopped reading would otherwise hold its session, and the exit, open indefinitely).
+      const drained = Promise.all([...this.servers.map((x) => x.shutdown()), ...this.http.map((x) => x.close())]);
+      let forced: NodeJS.Timeout | undefined;
+      const force = new Promise<void>((resolve) => {
+        forced = setTimeout(() => {
+          this.servers.forEach((x) => x.forceShutdown());
+          const closed = destroyConnections();
+          this.log.warn(
+            { connections: closed, graceMs: SHUTDOWN_GRACE_MS },
+            'shutdown: calls still open after the grace period; connections closed',
+          );
+          resolve();
+        }, SHUTDOWN_GRACE_MS);
+      });
+      await Promise.race([drained, force.then(() => Promise.race([drained, delay(1000)]))]);
       clearTimeout(forced);
       if (this.opts.cleanupOnExit) {
         this.controller.detachAll();

@@ -4,7 +4,8 @@
  * leaves no trace in bpffs or the kernel (checked with bpftool).
  */
 import assert from 'node:assert/strict';
-import { existsSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, Status } from 'nice-grpc';
@@ -12,7 +13,8 @@ import { ClientError, Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
+import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { PYTHON } from '../helpers/python-client.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 describe('daemon shutdown', kernelOnly(), () => {
@@ -128,5 +130,70 @@ describe('daemon shutdown', kernelOnly(), () => {
       'maps still in the kernel',
     );
     d = undefined;
+  });
+
+  it('SIGTERM with WatchCounters readers stopped by SIGSTOP (TCP and Unix): the daemon exits within its 5 s bound', async (t) => {
+    d = await DaemonProcess.start(id, ['--max-rules', '64']);
+    const c = d.clients();
+    // Samples of ~40 KB (48 rules x 16 backends), every 100 ms: a reader that stops reading fills its
+    // HTTP/2 window and socket buffers within seconds, and the daemon's writes to it stall.
+    await c.rules.applyRules({
+      rules: Array.from({ length: 48 }, (_, r) => ({
+        name: `stall-${r}`,
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 9000 + r, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [h1.hostIf],
+        backends: Array.from({ length: 16 }, (_, b) => ({
+          ip: `10.77.${r}.${b + 1}`,
+          mac: `02:00:00:77:${r.toString(16).padStart(2, '0')}:${(b + 1).toString(16).padStart(2, '0')}`,
+          interface: b1.hostIf,
+        })),
+        udpChecksum: 0,
+        labels: {},
+        generation: 0n,
+      })),
+      validateOnly: false,
+    });
+    const readers = [d.tcp, d.unix].map((target) => {
+      const steps = [
+        {
+          op: 'stream',
+          method: 'xdpctl.v1.CounterService/WatchCounters',
+          request: { interval: '0.1s' },
+          tally: { 'counters.backends': 'rule' },
+          count: 1e6,
+          timeout: 600,
+        },
+      ];
+      const child = spawn(PYTHON, ['-', target, JSON.stringify(steps)], {
+        stdio: ['pipe', 'ignore', 'pipe'],
+        cwd: '/',
+      });
+      child.stdin.end(readFileSync(`${ROOT}test/clients/reflection_client.py`));
+      let err = '';
+      child.stderr.on('data', (x) => (err += x));
+      return { target, child, log: () => err };
+    });
+    try {
+      // Streaming: each reader has logged a few samples.
+      for (let i = 0; i < 200 && !readers.every((r) => (r.log().match(/ bytes /g) ?? []).length >= 3); i++)
+        await sleep(100);
+      for (const r of readers) assert.ok((r.log().match(/ bytes /g) ?? []).length >= 3, `${r.target}: ${r.log()}`);
+      for (const r of readers) r.child.kill('SIGSTOP');
+      await sleep(3000); // their windows and buffers fill; the daemon's writes stall
+      const t0 = Date.now();
+      // (Bounded here so that a regression fails this test instead of hanging the suite.)
+      const code = await Promise.race([d.stop('SIGTERM'), sleep(30_000).then(() => 'still running after 30 s')]);
+      const took = Date.now() - t0;
+      t.diagnostic(`exit ${code} ${took} ms after SIGTERM with two stopped readers`);
+      assert.equal(code, 0, d.output.slice(-3000));
+      // The drain waits 5 s for calls to finish, then every connection is closed, whatever its client does.
+      assert.ok(took < 7500, `the daemon took ${took} ms to exit`);
+    } finally {
+      for (const r of readers) {
+        r.child.kill('SIGKILL');
+        r.child.kill('SIGCONT');
+      }
+      await d.destroy();
+    }
   });
 });
