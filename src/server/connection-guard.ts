@@ -6,8 +6,9 @@
  * - a connection must send its HTTP/2 preface and SETTINGS within
  *   `prefaceTimeoutMs` (a TLS one must also finish its handshake in that
  *   time: tls.Server's handshakeTimeout, 120 s by default), or it is closed;
- * - on a TCP listener, one peer address may hold at most `maxPerPeer`
- *   connections and the listener at most `maxConnections` (the Unix socket is
+ * - on a TCP listener, one peer may hold at most `maxPerPeer` connections
+ *   (a remote peer per address, a loopback peer per uid: see
+ *   limitConnections) and the listener at most `maxConnections` (the Unix socket is
  *   only open to its owner and group, by its file mode, and is the admin's
  *   way in: it is not bounded, so that nothing on TCP can take it away);
  * - refusals and accept failures (EMFILE) are logged, at most 5 lines per
@@ -20,8 +21,10 @@
 import http2 from 'node:http2';
 import type { Server, Socket } from 'node:net';
 
+import { isLoopbackAddress, loopbackPeerUids } from './auth/identity.js';
 import { peerCred } from './dataplane/peer-cred.js';
 import type { Logger } from './log.js';
+import { formatPeer } from './net/addr.js';
 
 export interface ConnectionLimits {
   prefaceTimeoutMs: number;
@@ -62,10 +65,9 @@ function boundedLog(log: Logger): (kind: string, fields: object, msg: string) =>
   };
 }
 
-/** The peer of a connection: the remote address on TCP, `uid:N` on a Unix socket (SO_PEERCRED). */
-function peerKey(socket: Socket): string {
-  if (socket.remoteAddress) return socket.remoteAddress.replace(/^::ffff:/, '');
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+/** The peer of a Unix-socket connection, for the log: `uid:N` (SO_PEERCRED), else "unknown". */
+function unixPeer(socket: Socket | undefined): string {
+  const fd = (socket as unknown as { _handle?: { fd?: number } } | undefined)?._handle?.fd;
   if (typeof fd === 'number' && fd >= 0) {
     try {
       return `uid:${peerCred(fd).uid}`;
@@ -117,6 +119,14 @@ export function guardConnections(limits: ConnectionLimits, log: Logger): void {
  * The per-peer and per-listener connection bounds (and a bounded log of listener errors) on any TCP
  * server; grpc-js's servers get them through guardConnections, the HTTP/JSON listener's HTTP/1.1
  * server (http-json.ts) directly. No-op before guardConnections set the limits.
+ *
+ * The peer a bound counts is the remote address, except on loopback, where every local user shares
+ * 127.0.0.1 (and ::1): there it is the uid owning the client's socket (the kernel's socket table, as
+ * the daemon identifies loopback callers), so that one unprivileged user who fills its quota leaves
+ * everyone else theirs. The table is read at most every RESOLVE_INTERVAL_MS, once for all the
+ * connections accepted meanwhile (reading it costs ~15 ms with a thousand sockets: once per
+ * connection, a flood would stall the event loop); until then a connection counts only against the
+ * listener.
  */
 export function limitConnections<S extends Server>(server: S): S {
   const g = current;
@@ -124,42 +134,85 @@ export function limitConnections<S extends Server>(server: S): S {
   const { limits, note } = g;
   const perPeer = new Map<string, number>();
   let total = 0;
-  // 'connection' comes before the server's own listeners: a refused socket never becomes a session.
-  server.prependListener('connection', (socket: Socket) => {
-    if (!socket.remoteAddress) return; // the Unix socket: not bounded (see above)
-    const key = peerKey(socket);
+  let pending: Socket[] = [];
+
+  /** Count `socket` against `key`, or refuse it when `key` holds its quota. */
+  const admit = (socket: Socket, key: string, label: string) => {
     const n = perPeer.get(key) ?? 0;
-    if (total >= limits.maxConnections) {
-      note(
-        'max',
-        { peer: key, limit: limits.maxConnections },
-        `connection refused: the listener holds its maximum of ${limits.maxConnections} connections`,
-      );
-      socket.destroy();
-      return;
-    }
     if (n >= limits.maxPerPeer) {
       note(
         'per-peer',
-        { peer: key, limit: limits.maxPerPeer },
-        `connection refused: ${key} already has ${n} connections`,
+        { peer: formatPeer(socket.remoteAddress ?? '', socket.remotePort), bound: key, limit: limits.maxPerPeer },
+        `connection refused: ${label} already has ${n} connections`,
       );
       socket.destroy();
       return;
     }
     perPeer.set(key, n + 1);
-    total++;
     socket.once('close', () => {
-      total--;
       const left = (perPeer.get(key) ?? 1) - 1;
       if (left > 0) perPeer.set(key, left);
       else perPeer.delete(key);
     });
+  };
+
+  let lastRead = 0;
+  const resolveLoopback = () => {
+    lastRead = Date.now();
+    const batch = pending.filter((s) => !s.destroyed && s.remoteAddress && s.localAddress);
+    pending = [];
+    const uids = loopbackPeerUids(
+      batch.map((s) => ({
+        remoteAddress: s.remoteAddress!,
+        remotePort: s.remotePort ?? 0,
+        localAddress: s.localAddress!,
+        localPort: s.localPort ?? 0,
+      })),
+    );
+    batch.forEach((socket, i) => {
+      const uid = uids[i];
+      if (uid !== undefined) admit(socket, `uid:${uid}`, `uid ${uid} (loopback)`);
+      else {
+        const addr = addressKey(socket.remoteAddress!);
+        admit(socket, addr, addr); // not in the table (a race with its close): by address
+      }
+    });
+  };
+
+  // 'connection' comes before the server's own listeners: a refused socket never becomes a session.
+  server.prependListener('connection', (socket: Socket) => {
+    if (!socket.remoteAddress) return; // the Unix socket: not bounded (see above)
+    if (total >= limits.maxConnections) {
+      note(
+        'max',
+        { peer: formatPeer(socket.remoteAddress, socket.remotePort), limit: limits.maxConnections },
+        `connection refused: the listener holds its maximum of ${limits.maxConnections} connections`,
+      );
+      socket.destroy();
+      return;
+    }
+    total++;
+    socket.once('close', () => total--);
+    const addr = addressKey(socket.remoteAddress);
+    if (isLoopbackAddress(addr)) {
+      if (pending.length === 0) setTimeout(resolveLoopback, Math.max(0, lastRead + RESOLVE_INTERVAL_MS - Date.now()));
+      pending.push(socket);
+      return;
+    }
+    admit(socket, addr, addr);
   });
   server.on('error', (err: NodeJS.ErrnoException) => {
     note(err.code ?? 'error', { err: err.message, code: err.code }, `listener error: ${err.message}`);
   });
   return server;
+}
+
+/** How often a flood of loopback connections makes the daemon read the kernel's socket tables, at most. */
+const RESOLVE_INTERVAL_MS = 100;
+
+/** The remote address a bound counts: IPv4-mapped IPv6 as the IPv4 address it is. */
+function addressKey(remoteAddress: string): string {
+  return remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
 }
 
 /** The limits guardConnections set (undefined before). */
@@ -178,7 +231,8 @@ function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S)
   });
   server.on('session', (session: http2.ServerHttp2Session) => {
     const timer = setTimeout(() => {
-      const peer = session.socket ? peerKey(session.socket as Socket) : 'unknown';
+      const socket = session.socket as Socket | undefined;
+      const peer = socket?.remoteAddress ? formatPeer(socket.remoteAddress, socket.remotePort) : unixPeer(socket);
       note(
         'preface',
         { peer, timeoutMs: limits.prefaceTimeoutMs },

@@ -96,7 +96,8 @@ const program = new Command('xdpctld')
   )
   .option(
     '--max-connections-per-peer <n>',
-    'connections one peer address may hold on a TCP listener',
+    'connections one peer may hold on a TCP listener: a remote peer per address, a loopback peer per uid ' +
+      '(so one local user cannot take 127.0.0.1 from the others)',
     String(DEFAULT_CONNECTION_LIMITS.maxPerPeer),
   )
   .option(

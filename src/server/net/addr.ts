@@ -170,6 +170,31 @@ export function formatMac(bytes: Uint8Array): string {
   return Array.from(bytes.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
+/**
+ * A transport peer as every log line writes it: "192.0.2.1:80" for IPv4 and
+ * "[2001:db8::1]:80" for IPv6, the address in brackets as RFC 5952 section 6
+ * recommends (an IPv4-mapped peer stays "[::ffff:127.0.0.1]:80", as the
+ * kernel reports it, RFC 5952 section 5); without a port the bare address.
+ */
+export function formatPeer(address: string, port?: number): string {
+  const host = isIPv6(address) ? `[${address}]` : address;
+  return port === undefined || port === 0 ? address : `${host}:${port}`;
+}
+
+/**
+ * grpc-js's peer text ("::1:40312": IPv6 without brackets; "127.0.0.1:40312")
+ * in the form of {@link formatPeer}; anything else (a Unix socket's path,
+ * "unknown", an already bracketed address) unchanged.
+ */
+export function normalizePeer(text: string): string {
+  if (text.startsWith('[')) return text;
+  const i = text.lastIndexOf(':');
+  const host = text.slice(0, i);
+  const port = text.slice(i + 1);
+  if (i < 0 || !/^\d{1,5}$/.test(port) || !isIPv6(host)) return text;
+  return formatPeer(host, Number(port));
+}
+
 /** Shorten user input quoted in an error message. */
 export function truncate(text: string, max = 64): string {
   return text.length <= max ? text : `${text.slice(0, max)}…(${text.length} chars)`;
