@@ -21,8 +21,8 @@
 import http2 from 'node:http2';
 import type { Server, Socket } from 'node:net';
 
-import { isLoopbackAddress, loopbackPeerUids } from './auth/identity.js';
-import { peerCred } from './dataplane/peer-cred.js';
+import { isLoopbackAddress } from './auth/identity.js';
+import { peerCred, tcpSocketUid } from './dataplane/peer-cred.js';
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
 
@@ -123,10 +123,9 @@ export function guardConnections(limits: ConnectionLimits, log: Logger): void {
  * The peer a bound counts is the remote address, except on loopback, where every local user shares
  * 127.0.0.1 (and ::1): there it is the uid owning the client's socket (the kernel's socket table, as
  * the daemon identifies loopback callers), so that one unprivileged user who fills its quota leaves
- * everyone else theirs. The table is read at most every RESOLVE_INTERVAL_MS, once for all the
- * connections accepted meanwhile (reading it costs ~15 ms with a thousand sockets: once per
- * connection, a flood would stall the event loop); until then a connection counts only against the
- * listener.
+ * everyone else theirs. The uid is one NETLINK_SOCK_DIAG lookup (dataplane/peer-cred.ts; ~0.1 ms,
+ * whatever the number of sockets: reading /proc/net/tcp instead costs ~15 ms with a thousand and
+ * stalled the event loop under a flood), so a connection is refused before it is served.
  */
 export function limitConnections<S extends Server>(server: S): S {
   const g = current;
@@ -134,7 +133,6 @@ export function limitConnections<S extends Server>(server: S): S {
   const { limits, note } = g;
   const perPeer = new Map<string, number>();
   let total = 0;
-  let pending: Socket[] = [];
 
   /** Count `socket` against `key`, or refuse it when `key` holds its quota. */
   const admit = (socket: Socket, key: string, label: string) => {
@@ -156,29 +154,6 @@ export function limitConnections<S extends Server>(server: S): S {
     });
   };
 
-  let lastRead = 0;
-  const resolveLoopback = () => {
-    lastRead = Date.now();
-    const batch = pending.filter((s) => !s.destroyed && s.remoteAddress && s.localAddress);
-    pending = [];
-    const uids = loopbackPeerUids(
-      batch.map((s) => ({
-        remoteAddress: s.remoteAddress!,
-        remotePort: s.remotePort ?? 0,
-        localAddress: s.localAddress!,
-        localPort: s.localPort ?? 0,
-      })),
-    );
-    batch.forEach((socket, i) => {
-      const uid = uids[i];
-      if (uid !== undefined) admit(socket, `uid:${uid}`, `uid ${uid} (loopback)`);
-      else {
-        const addr = addressKey(socket.remoteAddress!);
-        admit(socket, addr, addr); // not in the table (a race with its close): by address
-      }
-    });
-  };
-
   // 'connection' comes before the server's own listeners: a refused socket never becomes a session.
   server.prependListener('connection', (socket: Socket) => {
     if (!socket.remoteAddress) return; // the Unix socket: not bounded (see above)
@@ -194,21 +169,21 @@ export function limitConnections<S extends Server>(server: S): S {
     total++;
     socket.once('close', () => total--);
     const addr = addressKey(socket.remoteAddress);
-    if (isLoopbackAddress(addr)) {
-      if (pending.length === 0) setTimeout(resolveLoopback, Math.max(0, lastRead + RESOLVE_INTERVAL_MS - Date.now()));
-      pending.push(socket);
-      return;
-    }
-    admit(socket, addr, addr);
+    // On loopback the client's socket is in our network namespace: its owner's uid is one lookup away.
+    const uid = isLoopbackAddress(addr)
+      ? tcpSocketUid(
+          { address: socket.remoteAddress, port: socket.remotePort ?? 0 },
+          { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
+        )
+      : undefined;
+    if (uid !== undefined) admit(socket, `uid:${uid}`, `uid ${uid} (loopback)`);
+    else admit(socket, addr, addr);
   });
   server.on('error', (err: NodeJS.ErrnoException) => {
     note(err.code ?? 'error', { err: err.message, code: err.code }, `listener error: ${err.message}`);
   });
   return server;
 }
-
-/** How often a flood of loopback connections makes the daemon read the kernel's socket tables, at most. */
-const RESOLVE_INTERVAL_MS = 100;
 
 /** The remote address a bound counts: IPv4-mapped IPv6 as the IPv4 address it is. */
 function addressKey(remoteAddress: string): string {

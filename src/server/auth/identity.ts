@@ -163,47 +163,6 @@ function procForms(addr: string, port: number): { tcp?: string; tcp6?: string } 
   return { tcp: procText(v4, port), tcp6: procText(mapped, port) };
 }
 
-/** The two ends of a TCP connection as the server sees them. */
-export interface TcpEnds {
-  remoteAddress: string;
-  remotePort: number;
-  localAddress: string;
-  localPort: number;
-}
-
-/**
- * The uid owning the client end of each of `conns` (loopback TCP
- * connections, see {@link loopbackPeerUid}), reading each socket table once
- * for all of them: what bounding connections per uid needs when thousands
- * arrive at once. undefined where a connection is not (or no longer) listed.
- */
-export function loopbackPeerUids(conns: TcpEnds[], procNet = '/proc/self/net'): (number | undefined)[] {
-  const rows = new Map<string, number>();
-  for (const table of ['tcp', 'tcp6'] as const) {
-    let text: string;
-    try {
-      text = readFileSync(`${procNet}/${table}`, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n')) {
-      const f = line.trim().split(/\s+/);
-      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-      if (f.length > 7) rows.set(`${table} ${f[1]} ${f[2]}`, Number(f[7]));
-    }
-  }
-  return conns.map((c) => {
-    const client = procForms(c.remoteAddress, c.remotePort);
-    const server = procForms(c.localAddress, c.localPort);
-    for (const table of ['tcp', 'tcp6'] as const) {
-      const [from, to] = [client[table], server[table]];
-      const uid = from && to ? rows.get(`${table} ${from} ${to}`) : undefined;
-      if (uid !== undefined) return uid;
-    }
-    return undefined;
-  });
-}
-
 /**
  * The uid owning the client end of a loopback TCP connection, from the
  * kernel's socket tables (/proc/self/net/tcp and tcp6, as identd does). The
