@@ -46,6 +46,7 @@ import { Metadata, ServerError, type CallContext, type ServerMiddleware } from '
 import type { Identity } from './auth/identity.js';
 import { connectionLimits, limitConnections } from './connection-guard.js';
 import type { Logger } from './log.js';
+import { formatPeer } from './net/addr.js';
 import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
 import type { TlsMaterial } from './tls.js';
 import { Status as RpcStatus } from '../gen/google/rpc/status.js';
@@ -155,9 +156,8 @@ function connectError(err: unknown, trailer: Metadata, registry: FileRegistry): 
 
 function peerOf(kind: ListenerKind, socket: Socket, listen: string): string {
   if (kind === 'unix') return listen;
-  const a = socket.remoteAddress ?? '';
-  // As grpc-js writes a peer: "127.0.0.1:40312", "[::1]:40312".
-  return a.includes(':') ? `[${a}]:${socket.remotePort}` : `${a}:${socket.remotePort}`;
+  // As every log line writes a peer: "127.0.0.1:40312", "[::1]:40312" (RFC 5952 section 6).
+  return formatPeer(socket.remoteAddress ?? '', socket.remotePort);
 }
 
 /** A running HTTP/JSON listener. */

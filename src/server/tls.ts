@@ -19,6 +19,7 @@ import { createSecureContext, type TLSSocket } from 'node:tls';
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
 
 import type { Logger } from './log.js';
+import { formatPeer } from './net/addr.js';
 
 export interface TlsFiles {
   certFile: string;
@@ -324,7 +325,7 @@ export function logRefusedHandshakes(log: Logger): void {
       return;
     }
     logged.set(reason, n + 1);
-    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unknown';
+    const peer = socket.remoteAddress ? formatPeer(socket.remoteAddress, socket.remotePort) : 'unknown';
     log.warn({ peer, reason, err: err.message.trim() }, 'TLS handshake refused');
   };
   const wrapped = http2 as typeof http2 & { xdpctlWrapped?: boolean };

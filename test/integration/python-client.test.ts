@@ -163,5 +163,23 @@ describe('independent client (python3-grpcio, reflection only)', kernelOnly(), (
       assert.equal(list.code, 'PERMISSION_DENIED', JSON.stringify(list));
       assert.match(list.details!, /unix-uid:65534 \(loopback-tcp\) has no role/, target);
     }
+    // Their audit records name the peer alike: "127.0.0.1:port" and "[::1]:port" (RFC 5952 section 6),
+    // never grpc-js's bare "::1:port".
+    const denials = d.output
+      .split('\n')
+      .filter((l) => l.includes('"audit":true') && l.includes('unix-uid:65534'))
+      .map((l) => (JSON.parse(l) as { peer: string }).peer);
+    assert.ok(
+      denials.some((p) => /^127\.0\.0\.1:\d+$/.test(p)),
+      JSON.stringify(denials),
+    );
+    assert.ok(
+      denials.some((p) => /^\[::1\]:\d+$/.test(p)),
+      JSON.stringify(denials),
+    );
+    assert.ok(
+      denials.every((p) => /^(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:.]+\]):\d+$/.test(p)),
+      JSON.stringify(denials),
+    );
   });
 });

@@ -1,7 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { formatIp, formatMac, formatPrefix, parseIp, parseMac, parsePrefix } from '../../src/server/net/addr.js';
+import {
+  formatIp,
+  formatMac,
+  formatPeer,
+  formatPrefix,
+  normalizePeer,
+  parseIp,
+  parseMac,
+  parsePrefix,
+} from '../../src/server/net/addr.js';
 
 describe('address parsing', () => {
   it('parses and formats IPv4 and IPv6', () => {
@@ -28,5 +37,21 @@ describe('address parsing', () => {
     assert.equal(formatMac(parseMac('02-42-ac-11-00-02')), '02:42:ac:11:00:02');
     assert.throws(() => parseMac('02:42:ac:11:00'), /not a MAC address/);
     assert.throws(() => parseMac('02:42:ac:11:00:02:03'), /not a MAC address/);
+  });
+});
+
+describe('peers in log lines (RFC 5952 section 6)', () => {
+  it('writes IPv4 as addr:port and IPv6 in brackets, grpc-js peers included', () => {
+    assert.equal(formatPeer('127.0.0.1', 40312), '127.0.0.1:40312');
+    assert.equal(formatPeer('::1', 40312), '[::1]:40312');
+    assert.equal(formatPeer('::ffff:127.0.0.1', 5), '[::ffff:127.0.0.1]:5');
+    assert.equal(formatPeer('2001:db8::1'), '2001:db8::1');
+    assert.equal(normalizePeer('::1:40312'), '[::1]:40312');
+    assert.equal(normalizePeer('::ffff:127.0.0.1:40312'), '[::ffff:127.0.0.1]:40312');
+    assert.equal(normalizePeer('2001:db8::1:80'), '[2001:db8::1]:80');
+    assert.equal(normalizePeer('127.0.0.1:40312'), '127.0.0.1:40312');
+    assert.equal(normalizePeer('[::1]:40312'), '[::1]:40312');
+    assert.equal(normalizePeer('unknown'), 'unknown');
+    assert.equal(normalizePeer('unix:/run/xdpctl/xdpctl.sock'), 'unix:/run/xdpctl/xdpctl.sock');
   });
 });

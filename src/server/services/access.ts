@@ -37,6 +37,7 @@ import {
 import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
 import { roleForMethod } from '../auth/roles.js';
 import type { Logger } from '../log.js';
+import { normalizePeer } from '../net/addr.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
@@ -281,7 +282,7 @@ export function accessMiddleware(o: AccessOptions): ServerMiddleware {
     const record = (code: Status, extra: object = {}) => {
       const fields = {
         identity,
-        peer: context.peer,
+        peer: normalizePeer(context.peer), // grpc-js writes "::1:5555"; every log line: [::1]:5555
         method,
         resources,
         code: Status[code],
