@@ -11,7 +11,7 @@
  * down. Files are read and checked once synchronously at start, so a wrong
  * path or a broken pair stops the start with a precise message.
  */
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { createSecureContext, type TLSSocket } from 'node:tls';
@@ -101,25 +101,58 @@ class CheckedProvider implements experimental.CertificateProvider {
     const { identity, ca } = this.pending;
     this.pending = {};
     if (!identity || (this.files.clientCaFile && !ca)) {
-      this.log.warn({ cert: this.files.certFile }, 'TLS files unreadable: keeping the certificate in use');
+      this.observe('unreadable', 'warn', {}, 'TLS files unreadable: keeping the certificate in use');
       return;
     }
     const same =
       identity.certificate.equals(this.identity.certificate) &&
       identity.privateKey.equals(this.identity.privateKey) &&
       (!ca || (this.ca !== undefined && ca.caCertificate.equals(this.ca.caCertificate)));
-    if (same) return;
+    if (same) {
+      // The files hold the set in use; that set may have expired meanwhile (no file changed).
+      const stale = check(this.identity.certificate, this.identity.privateKey, this.ca?.caCertificate);
+      if (stale) {
+        this.observe(
+          `in use, ${stale}`,
+          'warn',
+          { err: stale },
+          'the TLS certificate in use is no longer valid: new clients refuse it until the files are rotated',
+        );
+      } else this.observe('in use', 'info', {}, 'TLS files hold the certificate in use');
+      return;
+    }
     const bad = check(identity.certificate, identity.privateKey, ca?.caCertificate);
     if (bad) {
-      this.log.warn({ cert: this.files.certFile, err: bad }, 'new TLS files rejected: keeping the certificate in use');
+      // Named by the content and the reason: the same rejected files are logged once, not at every poll.
+      const digest = createHash('sha256').update(identity.certificate).update(identity.privateKey);
+      if (ca) digest.update(ca.caCertificate);
+      this.observe(
+        `rejected ${digest.digest('hex')} ${bad}`,
+        'warn',
+        { err: bad },
+        'new TLS files rejected: keeping the certificate in use',
+      );
       return;
     }
     this.identity = identity;
     if (ca) this.ca = ca;
     this.rotations++;
-    this.log.info({ cert: this.files.certFile, rotations: this.rotations }, 'TLS certificate reloaded');
+    this.observe('in use', 'info', { rotations: this.rotations }, 'TLS certificate reloaded', true);
     for (const l of this.identityListeners) l(this.identity);
     if (this.ca) for (const l of this.caListeners) l(this.ca);
+  }
+
+  /**
+   * What the last poll of the files found, as a state: each line is logged at a transition only
+   * (the watcher reads the files at every refresh: a rejected set used to be logged at every poll).
+   */
+  private filesState = 'in use';
+
+  private observe(state: string, level: 'info' | 'warn', fields: object, msg: string, always = false): void {
+    const changed = state !== this.filesState;
+    this.filesState = state;
+    // Back to the set in use after a problem is a transition too; "in use" at start is not news.
+    if (changed || always) this.log[level]({ cert: this.files.certFile, ...fields }, msg);
   }
 
   private watch(): void {
