@@ -273,10 +273,19 @@ export const backendStats = counters('xdpctl_backend_stats', ['packets', 'bytes'
   'redirect_errors',
 ]);
 
-/** Sum per-CPU copies of a counter struct field by field. */
+/**
+ * Sum per-CPU copies of a counter struct field by field, modulo 2^64: the
+ * counter the API reports is a uint64 that wraps to 0 after 2^64 - 1, as each
+ * per-CPU __u64 in the kernel does and as SNMP's Counter64 is defined to
+ * (RFC 2578 section 7.1.10: "when it reaches a maximum value of 2^64-1, it
+ * wraps around and starts increasing again from zero"). Monitoring reads a
+ * decrease as a wrap or reset: SNMP managers per RFC 2578, Prometheus's
+ * rate() and increase() (which adjust for "breaks in monotonicity"). A sum is
+ * never an error (it used to fail the whole read with INTERNAL).
+ */
 export function sumCounters<T extends Record<string, bigint>>(perCpu: readonly T[]): T {
   const out = {} as Record<string, bigint>;
-  for (const c of perCpu) for (const [k, v] of Object.entries(c)) out[k] = (out[k] ?? 0n) + v;
+  for (const c of perCpu) for (const [k, v] of Object.entries(c)) out[k] = BigInt.asUintN(64, (out[k] ?? 0n) + v);
   return out as T;
 }
 

@@ -391,7 +391,8 @@ function addCounterDeltas(obj: unknown, oldDir: string, copied: CounterCopy, log
         if ((lib.bpf_map_lookup_elem(p.newFd, key, now) as number) < 0) now.fill(0); // a hash entry not there yet
         for (let off = 0; off < p.size; off += 8) {
           const delta = v.readBigUInt64LE(off) - (was ? was.readBigUInt64LE(off) : 0n);
-          now.writeBigUInt64LE(now.readBigUInt64LE(off) + delta, off);
+          // u64 arithmetic, as the kernel's counters wrap (a sum past 2^64 - 1 would not encode).
+          now.writeBigUInt64LE(BigInt.asUintN(64, now.readBigUInt64LE(off) + delta), off);
         }
         check(`update ${p.name}[${i}]`, lib.bpf_map_update_elem(p.newFd, key, now, 0) as number);
         added++;

@@ -265,11 +265,11 @@ export function linkCounters(maps: DatapathMaps, from: number): LinkStats | unde
   return per && sumCounters(per);
 }
 
-/** Global verdict/error counters, summed over CPUs, indexed by enum xdpctl_stat. */
+/** Global verdict/error counters, summed over CPUs modulo 2^64 (see sumCounters), indexed by enum xdpctl_stat. */
 export function globalCounters(maps: DatapathMaps): bigint[] {
   const out: bigint[] = [];
   for (let i = 0; i < maps.globalStats.info.maxEntries; i++) {
-    out.push((maps.globalStats.getPerCpu(i) ?? []).reduce((a, b) => a + b, 0n));
+    out.push((maps.globalStats.getPerCpu(i) ?? []).reduce((a, b) => BigInt.asUintN(64, a + b), 0n));
   }
   return out;
 }

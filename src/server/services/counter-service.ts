@@ -36,8 +36,10 @@ function rate(
   prevBytes: bigint | undefined,
   dt: number,
 ): Rates | undefined {
-  if (prev === undefined || prevBytes === undefined || dt <= 0 || cur < prev) return undefined;
-  return { pps: Number(cur - prev) / dt, bps: (Number(curBytes - (prevBytes ?? 0n)) * 8) / dt };
+  // A counter that went down wrapped past 2^64 - 1 or was reset: no rate for this interval (as
+  // Prometheus's rate() treats a decrease), never a negative one.
+  if (prev === undefined || prevBytes === undefined || dt <= 0 || cur < prev || curBytes < prevBytes) return undefined;
+  return { pps: Number(cur - prev) / dt, bps: (Number(curBytes - prevBytes) * 8) / dt };
 }
 
 /** Build the Counters message, filtered, with rates against `prev`. */
