@@ -43,6 +43,48 @@ export const protobufFileName = "xdpctl/v1/common.proto";
  * * Interface names are Linux network device names ("eth0", "veth25"; at most
  *   15 bytes). Naming an interface that does not exist fails with NOT_FOUND
  *   and changes nothing.
+ *
+ * Limits a client can hit, with the error each gives (the defaults; the
+ * xdpctld flag that sets one is named). Nothing is changed when one is hit.
+ *
+ * * Per request: a message over --max-message-bytes (4 MiB) fails with
+ *   RESOURCE_EXHAUSTED before it is parsed. 1000 rules of 64 backends do not
+ *   fit one ApplyRules request: apply fewer, or create the rest one by one.
+ * * Per rule (INVALID_ARGUMENT naming the field): name 1 to 63 characters;
+ *   port 1 to 65535; at most 64 ingress_interfaces, 64 backends and 256
+ *   match.source_prefixes; weight 0 to 1000; at most 32 labels, keys 1 to 256
+ *   characters and values up to 256 (a bad entry is named by its key,
+ *   rule.labels["Bad Key"]).
+ * * Datapath tables, over all rules (RESOURCE_EXHAUSTED "<table> table full:
+ *   the change needs N, M free"), with N = --max-rules (4096): N rules ("rule
+ *   counter"); 2N + 1 rule slots ("rule slot": a changed rule is written into
+ *   a fresh slot beside the one it replaces, so one change may touch at most
+ *   N + 1 rules when the table is full); 16N backends ("backend") and 16N
+ *   source prefixes ("source prefix"), counting the copies a change writes
+ *   beside those it replaces; 4N match entries ("match": one per rule and
+ *   ingress interface, for its port and destination).
+ * * Links: 1024 forwarding sources (a two-way link uses two):
+ *   RESOURCE_EXHAUSTED beyond.
+ * * Watch streams (WatchCounters, health Watch): --max-watch-streams (256)
+ *   open at once per client identity; more fail with RESOURCE_EXHAUSTED.
+ *   WatchCounters.interval is 100 ms to 60 s (INVALID_ARGUMENT on interval).
+ * * Connections (TCP listeners): --max-connections-per-peer (256) per peer,
+ *   counted per uid for loopback peers and per address for remote ones, and
+ *   --max-connections (4096) per listener; a connection beyond, or one that
+ *   has not sent its HTTP/2 preface within --preface-timeout-seconds (10), is
+ *   closed at once (the client sees UNAVAILABLE). The Unix socket is not
+ *   bounded.
+ * * Responses: none exceeds 4 MiB, the default receive limit of gRPC clients.
+ *   ListRules, ListInterfaces and ListLinks return pages of at most 1000
+ *   items and 2 MiB (read next_page_token until it is empty; an invalid token
+ *   is INVALID_ARGUMENT on page_token); GetCounters pages hold at most 8000
+ *   entries; a WatchCounters sample of more than 8000 entries comes as
+ *   several messages (`continued`); ApplyRules and ApplyLinks leave out a
+ *   resulting set over 2 MiB (rules_omitted, links_omitted); a managed
+ *   interface lists 1 MiB of used_by (used_by_omitted counts the rest); a
+ *   link names at most 16 shadowed rules in its warnings.
+ * * Counters are uint64 summed over CPUs modulo 2^64: they wrap to 0 after
+ *   2^64 - 1, as SNMP's Counter64 does (RFC 2578 section 7.1.10).
  */
 
 /**

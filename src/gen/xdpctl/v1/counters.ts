@@ -197,8 +197,8 @@ export interface Counters {
 
 /**
  * Per-second rates over the interval between the previous sample of the
- * stream and this one. A counter that went down (its object was re-created)
- * gives a rate of 0.
+ * stream and this one. A counter that went down (its object was re-created,
+ * or it wrapped past 2^64 - 1) gives a rate of 0.
  */
 export interface Rates {
   /** Packets per second. */
@@ -2059,7 +2059,10 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
  * Counters are cumulative and only go up while their object exists; they
  * survive rule and link updates but start again from zero when the object is
  * deleted and re-created. Byte counts are frame lengths as seen by XDP (from
- * the Ethernet header, without the FCS).
+ * the Ethernet header, without the FCS). Each counter is a uint64: the sum of
+ * the kernel's per-CPU __u64 counters modulo 2^64, so it wraps to 0 after
+ * 2^64 - 1 as SNMP's Counter64 does (RFC 2578 section 7.1.10); a monitoring
+ * system reads the decrease as a wrap or reset (Prometheus's rate() does).
  */
 export type CounterServiceDefinition = typeof CounterServiceDefinition;
 export const CounterServiceDefinition = {

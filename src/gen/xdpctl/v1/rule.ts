@@ -196,7 +196,9 @@ export interface Rule {
     | undefined;
   /**
    * The interfaces on which the rule looks at incoming packets; the XDP
-   * program is attached to each of them. At least one; no duplicates. An
+   * program is attached to each of them. At least one, at most 64 (each is
+   * one entry of the match table, of 4 x --max-rules entries in all:
+   * RESOURCE_EXHAUSTED "match table full" beyond); no duplicates. An
    * interface that is also the source of a link (see LinkService) never
    * reaches the rules: cross-connected traffic is redirected first.
    */
@@ -210,8 +212,10 @@ export interface Rule {
    * backend); removing or draining one backend moves only its flows, and
    * adding one moves flows only onto it.
    * Backends are identified within the rule by (ip, interface), which must be
-   * unique. May be empty or all drained: matching packets are then dropped
-   * (counted as no_backend).
+   * unique. At most 64 (INVALID_ARGUMENT on rule.backends), and 16 x
+   * --max-rules over all rules (RESOURCE_EXHAUSTED "backend table full").
+   * May be empty or all drained: matching packets are then dropped (counted
+   * as no_backend).
    */
   backends: Backend[];
   /**
@@ -282,7 +286,9 @@ export interface RuleMatch {
    * bits past the prefix length must be zero; no duplicates. Empty matches any
    * source. A packet that matches the protocol, port and destination but comes
    * from elsewhere is passed to the host unchanged (counted as filtered). This
-   * is the `sourceAddr` of the former XDP UDP redirector.
+   * is the `sourceAddr` of the former XDP UDP redirector. At most 256
+   * (INVALID_ARGUMENT on rule.match.source_prefixes), and 16 x --max-rules
+   * over all rules (RESOURCE_EXHAUSTED "source prefix table full").
    */
   sourcePrefixes: string[];
 }
