@@ -121,6 +121,22 @@ describe('independent client (python3-grpcio, reflection only)', kernelOnly(), (
     }
   });
 
+  it('an ApplyRules with hundreds of bad fields reaches a default Python client as INVALID_ARGUMENT (its details within the metadata limit)', async () => {
+    const rules = Array.from({ length: 250 }, (_, i) => ({
+      name: `Bad_${i}`,
+      match: { port: 70000 + i },
+      ingressInterfaces: ['a/b'],
+      backends: [{ ip: '224.0.0.1', mac: 'ff:ff:ff:ff:ff:ff', interface: 'x:y' }],
+      labels: { ['k'.repeat(257)]: 'v' },
+    }));
+    const run = await runPythonClient(d.unix, [
+      { op: 'unary', method: 'xdpctl.v1.RuleService/ApplyRules', request: { rules, validateOnly: true } },
+    ]);
+    const [r] = run.results;
+    assert.equal(r.code, 'INVALID_ARGUMENT', JSON.stringify(r).slice(0, 1000));
+    assert.match(r.details!, /^rules\[0\]\.name: /);
+  });
+
   it('Connect with an unknown interface is NOT_FOUND naming link.a or link.b (ApplyLinks: links[i].a/b)', async () => {
     const ghost = `ghost${id}`;
     const run = await runPythonClient(d.unix, [

@@ -68,6 +68,23 @@ describe('error statuses are bounded (property-based)', () => {
     );
   });
 
+  it("keeps the whole error within gRPC's C-core 8 KiB metadata limit, whatever the message's characters", () => {
+    const violations = Array.from({ length: 2000 }, (_, i) => ({
+      field: `rules[${i}].name`,
+      description: '😀'.repeat(200),
+    }));
+    for (const text of ['😀'.repeat(5000), 'é'.repeat(5000), '%'.repeat(5000), 'a b'.repeat(5000)]) {
+      const { error, details } = toServerError(new CoreError('invalid', text, violations));
+      // grpc-message percent-encodes bytes outside 0x20-0x7e and '%'; the details travel in base64.
+      const message = [...Buffer.from(error.details)].reduce(
+        (n, b) => n + (b >= 0x20 && b <= 0x7e && b !== 0x25 ? 1 : 3),
+        0,
+      );
+      const total = message + Math.ceil(details!.length / 3) * 4;
+      assert.ok(total < 7 * 1024, `${text.slice(0, 4)}: message ${message} + details ${details!.length} (base64)`);
+    }
+  });
+
   it('never cuts a surrogate pair', () => {
     const err = new CoreError('not-found', `${'a'.repeat(ERROR_LIMITS.message - 1)}😀 tail`);
     const m = toServerError(err).error.details;

@@ -34,12 +34,40 @@ const DOMAIN = 'xdpctl.io';
 
 /**
  * Bounds on what an error sends back. The message and the details travel in
- * HTTP/2 trailers: a client's header list limit is small (tens of KiB), and
- * trailers over it never arrive, so the call hangs until its deadline and the
- * connection with it. Requests can make errors echo anything (a 3 MB name, a
- * 1000-rule ApplyRules with four violations each), so every part is bounded.
+ * HTTP/2 trailers (the initial headers of a trailers-only response), and a
+ * client's metadata limit is small: gRPC's C core (Python grpcio, C++, Ruby...)
+ * refuses more than 8 KiB by default (GRPC_ARG_MAX_METADATA_SIZE) and reports
+ * RESOURCE_EXHAUSTED "received initial metadata size exceeds limit" instead of
+ * the error; a larger limit elsewhere (grpc-js: 16 KiB) is no excuse. Requests
+ * can make errors echo anything (a 3 MB name, a 250-rule ApplyRules with
+ * seven violations each), so every part is bounded: the message to 1024
+ * characters and 1.5 KiB percent-encoded (grpc-message; the details repeat
+ * it), the violations to 2 KiB, so that the details are at most ~3.6 KiB
+ * (4.8 KiB in base64) and everything with the other headers under 7 KiB.
  */
-export const ERROR_LIMITS = { message: 1024, field: 256, description: 512, detailsBytes: 16 * 1024 };
+export const ERROR_LIMITS = {
+  message: 1024,
+  messageEncoded: 1536,
+  field: 256,
+  description: 512,
+  detailsBytes: 2 * 1024,
+};
+
+/** `text` cut (as {@link bound}) until grpc-message's percent-encoding of it is at most `maxEncoded` bytes. */
+export function boundEncoded(text: string, max: number, maxEncoded: number): string {
+  let out = bound(text, max);
+  for (let n = Math.min(text.length, max); encodedLength(out) > maxEncoded && n > 16; n = Math.floor(n * 0.75)) {
+    out = bound(text, n);
+  }
+  return out;
+}
+
+/** Bytes of `text` as grpc-message carries it: UTF-8, with bytes outside 0x20-0x7e and '%' as %XX. */
+function encodedLength(text: string): number {
+  let n = 0;
+  for (const b of Buffer.from(text)) n += b >= 0x20 && b <= 0x7e && b !== 0x25 ? 1 : 3;
+  return n;
+}
 
 /** Cut text to `max` characters (never inside a surrogate pair), saying how long it was. */
 export function bound(text: string, max: number): string {
@@ -88,7 +116,7 @@ export function capabilityFor(op: string): string {
 /** Map an error to a ServerError plus the google.rpc.Status details. */
 export function toServerError(err: unknown): { error: ServerError; details?: Uint8Array; internal: boolean } {
   if (err instanceof ServerError) {
-    const bounded = bound(err.details, ERROR_LIMITS.message);
+    const bounded = boundEncoded(err.details, ERROR_LIMITS.message, ERROR_LIMITS.messageEncoded);
     return { error: bounded === err.details ? err : new ServerError(err.code, bounded), internal: false };
   }
   let kind: CoreErrorKind;
@@ -109,9 +137,8 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
   if (code === Status.INTERNAL) message = 'internal error (see the daemon log)';
   const { kept, omitted } = boundViolations(violations);
   violations = kept;
-  if (omitted)
-    message = `${bound(message, ERROR_LIMITS.message)} [details list ${kept.length}, ${omitted} more omitted]`;
-  else message = bound(message, ERROR_LIMITS.message);
+  const m = boundEncoded(message, ERROR_LIMITS.message, ERROR_LIMITS.messageEncoded);
+  message = omitted ? `${m} [details list ${kept.length}, ${omitted} more omitted]` : m;
   const details: Any[] = [];
   if (code === Status.INVALID_ARGUMENT && violations.length) {
     details.push(any('google.rpc.BadRequest', BadRequest.encode({ fieldViolations: violations }).finish()));
