@@ -137,6 +137,25 @@ describe('independent client (python3-grpcio, reflection only)', kernelOnly(), (
     assert.match(r.details!, /^rules\[0\]\.name: /);
   });
 
+  it('a backend whose egress has no Ethernet address (lo) is INVALID_ARGUMENT naming rule.backends[0].interface', async () => {
+    const backends = [
+      { ip: '192.0.2.1', mac: '02:00:00:00:00:01', interface: 'lo' },
+      { ip: '192.0.2.2', mac: '02:00:00:00:00:02', interface: 'lo' },
+    ];
+    const run = await runPythonClient(d.unix, [
+      {
+        op: 'unary',
+        method: 'xdpctl.v1.RuleService/CreateRule',
+        request: { rule: { name: 'no-ether', match: { port: 7999 }, ingressInterfaces: ['lo'], backends } },
+      },
+      { op: 'unary', method: 'xdpctl.v1.RuleService/ListRules', request: {} },
+    ]);
+    const [create, list] = run.results;
+    assert.equal(create.code, 'INVALID_ARGUMENT', JSON.stringify(create));
+    assert.match(create.details!, /^rule\.backends\[0\]\.interface: interface "lo" has no Ethernet address/);
+    assert.deepEqual((list.response as { rules?: unknown[] }).rules ?? [], [], 'nothing applied');
+  });
+
   it('Connect with an unknown interface is NOT_FOUND naming link.a or link.b (ApplyLinks: links[i].a/b)', async () => {
     const ghost = `ghost${id}`;
     const run = await runPythonClient(d.unix, [

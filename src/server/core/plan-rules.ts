@@ -207,6 +207,14 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
         { field: `${field}.backends[${i}].interface`, description: `interface "${b.interface}" does not exist` },
       ]);
     }
+    // The egress's own MAC becomes the frame's source: a device without an Ethernet address (lo, a
+    // tun or WireGuard device: all zeros) cannot send the rewritten Ethernet frame.
+    if (/^(00:){5}00$/.test(info.mac)) {
+      const description = `interface "${b.interface}" has no Ethernet address (its MAC is ${info.mac}): a rewritten frame cannot leave through it`;
+      throw new CoreError('invalid', `${field}.backends[${i}].interface: ${description}`, [
+        { field: `${field}.backends[${i}].interface`, description },
+      ]);
+    }
     const raw = b.mac === '' ? (facts.neighbours.get(neighbourKey(b.ip, b.interface)) ?? '') : b.mac;
     const resolved = raw !== '';
     const mac = raw && formatMac(parseMac(raw));

@@ -317,7 +317,9 @@ export interface Backend {
   mac: string;
   /**
    * The egress interface the rewritten frame is sent out of, e.g. "veth25".
-   * Its MAC becomes the frame's source MAC. Required.
+   * Its MAC becomes the frame's source MAC. Required. An interface without
+   * an Ethernet address (lo, a tun or WireGuard device: MAC all zeros) fails
+   * with INVALID_ARGUMENT naming the field, e.g. rule.backends[0].interface.
    */
   interface: string;
   /**
