@@ -40,7 +40,7 @@ import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
-import { peerCred } from './dataplane/peer-cred.js';
+import { peerCred, tcpSocketUid } from './dataplane/peer-cred.js';
 import { logRefusedHandshakes, reloadingServerCredentials, type TlsFiles } from './tls.js';
 import { counterService, sharedEncoding } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
@@ -209,7 +209,7 @@ export class Daemon {
     const policy = opts.auth
       ? new Policy(opts.auth, userDb)
       : new Policy(defaultAuthConfig({ selfUid: process.geteuid?.() ?? 0, socketGid }), userDb, true);
-    usePeerCredentials(peerCred);
+    usePeerCredentials(peerCred, tcpSocketUid);
     const access = accessMiddleware({
       policy,
       audit: opts.audit ?? log.child({ audit: true }),

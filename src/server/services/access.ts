@@ -78,8 +78,31 @@ let peerCred: PeerCredentialReader | undefined;
  * Set how Unix-socket peers are identified (the wiring passes
  * dataplane/peer-cred.ts): services import nothing from dataplane/.
  */
-export function usePeerCredentials(reader: PeerCredentialReader): void {
+export function usePeerCredentials(reader: PeerCredentialReader, tcpUid?: LoopbackUidReader): void {
   peerCred = reader;
+  loopbackUid = tcpUid;
+}
+
+/**
+ * The uid owning the TCP socket with local end `local` and remote end
+ * `remote` in our network namespace (dataplane/peer-cred.ts tcpSocketUid:
+ * one NETLINK_SOCK_DIAG lookup); given by the wiring.
+ */
+export type LoopbackUidReader = (
+  local: { address: string; port: number },
+  remote: { address: string; port: number },
+) => number | undefined;
+
+let loopbackUid: LoopbackUidReader | undefined;
+
+/**
+ * The uid of a loopback client: one sock_diag lookup of the client's socket when the wiring gave the
+ * reader (~0.1 ms), else the kernel's socket tables (/proc/net/tcp: ~15 ms with a thousand sockets, which
+ * a local user churning connections would make the daemon pay again and again).
+ */
+function loopbackClientUid(remoteAddress: string, remotePort: number, localAddress: string, localPort: number) {
+  if (!loopbackUid) return loopbackPeerUid(remoteAddress, remotePort, localAddress, localPort);
+  return loopbackUid({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
 }
 
 type Session = { socket?: { _handle?: { fd?: number } } };
@@ -133,7 +156,7 @@ function identifyUncached(kind: ListenerKind, call: ServerInterceptingCallInterf
   const via = auth.transportSecurityType === 'ssl' ? 'tls' : 'plaintext';
   const info = call.getConnectionInfo();
   if (info.remoteAddress && isLoopbackAddress(info.remoteAddress) && info.remotePort && info.localAddress) {
-    const uid = loopbackPeerUid(info.remoteAddress, info.remotePort, info.localAddress, info.localPort ?? 0);
+    const uid = loopbackClientUid(info.remoteAddress, info.remotePort, info.localAddress, info.localPort ?? 0);
     if (uid !== undefined) return localIdentity('loopback-tcp', uid);
     return anonymous(via, 'loopback peer not found in the kernel socket table');
   }
@@ -177,7 +200,7 @@ function identifySocketUncached(kind: ListenerKind, socket: Socket): Identity {
   const via = tls ? 'tls' : 'plaintext';
   const { remoteAddress, remotePort, localAddress, localPort } = socket;
   if (remoteAddress && isLoopbackAddress(remoteAddress) && remotePort && localAddress) {
-    const uid = loopbackPeerUid(remoteAddress, remotePort, localAddress, localPort ?? 0);
+    const uid = loopbackClientUid(remoteAddress, remotePort, localAddress, localPort ?? 0);
     if (uid !== undefined) return localIdentity('loopback-tcp', uid);
     return anonymous(via, 'loopback peer not found in the kernel socket table');
   }
