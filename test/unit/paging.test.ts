@@ -14,7 +14,6 @@ import type { CallContext } from 'nice-grpc';
 
 import type { Controller, ManagedInterface as CoreInterface } from '../../src/server/core/controller.js';
 import { CoreError } from '../../src/server/core/errors.js';
-import type { LinkSpec } from '../../src/server/core/model.js';
 import { GetInterfaceResponse, ListInterfacesResponse } from '../../src/gen/xdpctl/v1/interface.js';
 import { ApplyLinksResponse, ListLinksResponse } from '../../src/gen/xdpctl/v1/link.js';
 import { interfaceService } from '../../src/server/services/interface-service.js';
