@@ -186,8 +186,9 @@ describe('daemon shutdown', kernelOnly(), () => {
       const took = Date.now() - t0;
       t.diagnostic(`exit ${code} ${took} ms after SIGTERM with two stopped readers`);
       assert.equal(code, 0, d.output.slice(-3000));
-      // The drain waits 5 s for calls to finish, then every connection is closed, whatever its client does.
-      assert.ok(took < 7500, `the daemon took ${took} ms to exit`);
+      // The drain waits 5 s for calls to finish, then every connection is closed, whatever its client does
+      // (at most 1 s more for the drain, then the exit itself; a loaded machine gets room, not 30 s).
+      assert.ok(took < 8500, `the daemon took ${took} ms to exit`);
     } finally {
       for (const r of readers) {
         r.child.kill('SIGKILL');
