@@ -151,6 +151,8 @@ export const SERVICE_NAMES = [
 
 /** How long a shutdown lets calls finish before it closes every connection. */
 export const SHUTDOWN_GRACE_MS = 5000;
+/** How long a shutdown waits for the last telemetry export (spans of the calls just drained). */
+export const TELEMETRY_FLUSH_MS = 2000;
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -544,7 +546,17 @@ export class Daemon {
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
       // Last: flush the spans of the calls just drained.
-      await this.opts.telemetry?.shutdown().catch((err) => this.log.warn({ err }, 'telemetry shutdown failed'));
+      // Bounded: an OTLP collector that never answers would hold the exit for the exporters' timeout (10 s).
+      const flushed = this.opts.telemetry?.shutdown().then(
+        () => true,
+        (err) => (this.log.warn({ err }, 'telemetry shutdown failed'), true),
+      );
+      if (flushed && !(await Promise.race([flushed, delay(TELEMETRY_FLUSH_MS).then(() => false)]))) {
+        this.log.warn(
+          { timeoutMs: TELEMETRY_FLUSH_MS },
+          `telemetry not flushed within ${TELEMETRY_FLUSH_MS} ms: exiting`,
+        );
+      }
     })();
     return this.stopping;
   }

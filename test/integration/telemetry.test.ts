@@ -14,7 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type Server as HttpServer } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
@@ -453,6 +453,33 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
       );
       await eventually(() => r.requests.some((x) => x.path === '/v1/traces'), 'protobuf spans');
       assert.match(await httpGet(`http://${d.prometheus}/metrics`), /rpc_server_call_duration_count\{/);
+    });
+
+    it('a stalled OTLP collector does not hold the exit: the last flush at SIGTERM is bounded', async (t) => {
+      // A collector that accepts connections and never answers (a stopped or wedged process).
+      const held: Socket[] = [];
+      const stalled = createNetServer((s) => void held.push(s));
+      await new Promise<void>((r) => stalled.listen(0, '127.0.0.1', () => r()));
+      try {
+        const port = (stalled.address() as { port: number }).port;
+        const d = await start('w', [], {
+          OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+          OTEL_BSP_SCHEDULE_DELAY: '60000', // spans wait for the shutdown's flush
+          OTEL_METRIC_EXPORT_INTERVAL: '60000',
+        });
+        await d.clients().daemon.getStatus({});
+        const t0 = Date.now();
+        const code = await Promise.race([d.stop(), sleep(30_000).then(() => 'still running after 30 s')]);
+        const took = Date.now() - t0;
+        t.diagnostic(`exit ${code} ${took} ms after SIGTERM, the collector never answering`);
+        assert.equal(code, 0, d.output.slice(-2000));
+        // The exporters' own timeout is 10 s (OTEL_EXPORTER_OTLP_TIMEOUT); the daemon waits 2 s for them.
+        assert.ok(took < 6000, `the daemon took ${took} ms to exit`);
+        assert.match(d.output, /telemetry not flushed within 2000 ms/);
+      } finally {
+        held.forEach((s) => s.destroy());
+        stalled.close();
+      }
     });
 
     it('with no OTEL_* variable, nothing is sent to the default OTLP endpoint, even at shutdown', async () => {
