@@ -268,7 +268,7 @@ export class ModelDataplane extends KernelDataplane {
       ifs.set(n, { name: n, ifindex: i + 2, mac: `02:00:00:00:00:${(i + 2).toString(16).padStart(2, '0')}` }),
     );
     const model = new ModelDatapath(capacity, faults, ifs);
-    super(model as unknown as XdpDatapath, 0);
+    super(model as unknown as XdpDatapath);
     this.faults = faults;
     this.model = model;
     for (const [k, v] of ifs) this.ifs.set(k, v);

@@ -28,9 +28,7 @@ import {
   type GroChange,
 } from './netdev.js';
 import * as tables from './tables.js';
-
-/** How long a passed veth-peer check is trusted for the same interface (name and ifindex). */
-export const PEER_CHECK_TTL_MS = 10_000;
+import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
@@ -41,15 +39,6 @@ export class KernelDataplane implements Dataplane {
     return this.dp.traceWarning ? [this.dp.traceWarning] : [];
   }
   /**
-   * Passed veth-peer checks: "name#ifindex" -> until when. The check runs
-   * `ip` and `ethtool` (~5 ms each); without this, a rule change paid it for
-   * every backend, and ApplyRules of 10 000 rules x 4 backends ran 160 000
-   * processes. A recreated interface has a new ifindex and is checked again;
-   * a failed check is never cached.
-   */
-  private readonly peerOk = new Map<string, number>();
-
-  /**
    * Device settings this daemon (or an earlier one with the same file)
    * changed: GRO switched on on veth peers. Kept in `hostChangesFile` when
    * given, so that --cleanup-on-exit can put them back after a restart too.
@@ -58,7 +47,6 @@ export class KernelDataplane implements Dataplane {
 
   constructor(
     readonly dp: XdpDatapath,
-    private readonly peerCheckTtlMs = PEER_CHECK_TTL_MS,
     private readonly hostChangesFile?: string,
   ) {
     if (hostChangesFile && existsSync(hostChangesFile)) {
@@ -177,19 +165,48 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
+  /**
+   * Whether frames redirected into `ifname` by native XDP are transmitted.
+   * The kernel's word decides: the device's xdp-features must carry NDO_XMIT
+   * (xdp-features.ts), which a bridge (or any device without ndo_xdp_xmit)
+   * never has and a veth has only while its peer has NAPI. A veth without it
+   * is repaired when `fix` is set (GRO switched on on its peer, recorded for
+   * --cleanup-on-exit). One netlink request when the answer is yes; the peer
+   * tools run only when it is no. On kernels without xdp-features (before
+   * 6.3) the veth peer check alone answers.
+   */
   async redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }> {
-    let key = '';
+    let features: bigint | undefined;
     try {
-      key = `${ifname}#${ifindexOf(ifname)}`;
+      features = xdpFeatures(ifindexOf(ifname));
     } catch {
-      /* no such interface: the check below says so */
+      /* no such interface, or no answer: the check below says why */
     }
-    if ((this.peerOk.get(key) ?? 0) > Date.now()) return { ok: true, detail: 'checked recently' };
+    if (features !== undefined && (features & XDP_ACT['ndo-xmit']) !== 0n) {
+      return { ok: true, detail: `${ifname} transmits native XDP redirects (xdp-features ndo-xmit)` };
+    }
     const s = await ensureVethPeerNapi(ifname, fix);
     if (s.fixed && s.peer && s.peerIfindex) this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
-    if (s.ok && key && this.peerCheckTtlMs > 0) this.peerOk.set(key, Date.now() + this.peerCheckTtlMs);
-    else this.peerOk.delete(key);
-    return { ok: s.ok, detail: s.detail };
+    if (features === undefined || (!s.ok && s.veth)) return { ok: s.ok, detail: s.detail };
+    const have = `xdp-features: ${xdpActNames(features).join(', ') || 'none'}`;
+    if (!s.veth) {
+      return {
+        ok: false,
+        detail:
+          `${ifname} (${s.kind ?? 'device'}) cannot transmit native XDP redirects: the kernel reports no ` +
+          `ndo_xdp_xmit for it (${have}), so every frame redirected to it from a native-mode ingress is ` +
+          `dropped; use a veth or tap egress, or generic mode on the ingress`,
+      };
+    }
+    // The peer looks fine to the tools (or was just fixed): the kernel must agree.
+    const now = xdpFeatures(ifindexOf(ifname)) ?? 0n;
+    if ((now & XDP_ACT['ndo-xmit']) !== 0n) return { ok: true, detail: s.detail };
+    return {
+      ok: false,
+      detail:
+        `native XDP redirects into ${ifname} would be dropped: the kernel reports no ndo_xdp_xmit for it ` +
+        `(${have}; its peer ${s.peer ?? '?'} needs a native-mode XDP program or GRO)`,
+    };
   }
 
   writeRuleSlot(c: RuleSlotWrite): void {

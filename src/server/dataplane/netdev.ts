@@ -199,6 +199,17 @@ export async function neighbourMac(ip: string, dev: string): Promise<string | un
   return e?.lladdr;
 }
 
+/**
+ * Whether `ip -d -j link`'s xdp object shows a native-mode (driver) program:
+ * mode XDP_ATTACHED_DRV (1), or XDP_ATTACHED_MULTI (4) with a driver entry (uapi if_link.h).
+ */
+function nativeXdp(xdp: unknown): boolean {
+  const x = xdp as { mode?: number; attached?: { mode?: number }[] } | undefined;
+  if (!x) return false;
+  if (x.mode === 1) return true;
+  return x.mode === 4 && (x.attached ?? []).some((a) => a.mode === 1);
+}
+
 /** Where a veth's peer is and whether it can take native XDP redirects. */
 export interface VethPeerState {
   /** The interface checked is a veth. */
@@ -210,6 +221,8 @@ export interface VethPeerState {
   netns?: string;
   /** Why not ok, or what was done. */
   detail?: string;
+  /** The checked interface's kind (`ip -d link` info_kind: "bridge", "veth", ...), when it has one. */
+  kind?: string;
   /** We enabled GRO on the peer to satisfy the precondition. */
   fixed?: boolean;
   /** The peer's ifindex (in its namespace). */
@@ -253,7 +266,7 @@ export async function restoreGro(c: GroChange): Promise<string> {
  */
 export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<VethPeerState> {
   const dev = await linkDetails(name);
-  if (dev.linkinfo?.info_kind !== 'veth') return { veth: false, ok: true };
+  if (dev.linkinfo?.info_kind !== 'veth') return { veth: false, ok: true, kind: dev.linkinfo?.info_kind };
   let netns: string | undefined;
   let peer: IpLink | undefined;
   if (dev.link_netnsid === undefined) {
@@ -289,7 +302,8 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
   const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
-  if (peer.xdp !== undefined) return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has XDP` };
+  // Only a native-mode program gives the peer NAPI; a generic-mode one does not (veth_xdp_set).
+  if (nativeXdp(peer.xdp)) return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has native XDP` };
   const ethtool = (args: string[]) =>
     netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
   const { stdout } = await ethtool(['-k', peer.ifname]);
@@ -304,7 +318,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       netns,
       detail:
         `native XDP redirects into ${name} would be dropped: its peer ${where} has neither an XDP program nor ` +
-        `GRO (ethtool -K ${peer.ifname} gro on)`,
+        `GRO (a generic-mode program gives it no NAPI; ethtool -K ${peer.ifname} gro on)`,
     };
   }
   await ethtool(['-K', peer.ifname, 'gro', 'on']);

@@ -1,0 +1,202 @@
+/**
+ * Backends whose egress cannot receive native XDP redirects (issue 16, item
+ * 1: "able to receive native redirects: veth peer NAPI, no bridge without XDP
+ * transmit"), with a running daemon on a native-mode ingress and real
+ * traffic. The kernel says which devices can transmit redirected frames: a
+ * device's xdp-features (netdev netlink family) carry NDO_XMIT only when its
+ * driver has ndo_xdp_xmit and, for a veth, its peer has NAPI (a native XDP
+ * program or GRO; a generic-mode program on the peer does not count). A bridge
+ * never has it. Such a backend is refused at write (FAILED_PRECONDITION naming
+ * the field), and when the host changes under a running rule it is taken out
+ * of the rule's table (its flows move to the others), reported on the rule
+ * (status, BackendsReceiving condition, health, one log line) and put back
+ * when the egress can receive again.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { Status } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+describe('reconciler: backends whose egress cannot receive native redirects', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const bridge = `x${id}br`;
+  const port5 = `x${id}p5`;
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host, b5: Host, b6: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b5 = topo.addHost('b5', '198.18.2.5/24');
+    b6 = topo.addHost('b6', '198.18.2.6/24');
+    topo.routeToXdp('vm');
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', bridge]);
+    shQuiet('ip', ['link', 'del', port5]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const rule = (name: string, port: number, to: { ip: string; mac: string; iface: string }[]): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [vm.hostIf],
+    backends: to.map((b) => ({ ip: b.ip, mac: b.mac, interface: b.iface, weight: 1 })),
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+  const be = (h: Host, iface = h.hostIf) => ({ ip: h.ip!, mac: h.mac, iface });
+  /** Send `n` datagrams over `flows` flows from vm to `port`; what each backend received. */
+  async function send(port: number, to: Host[], n = 200, flows = 50) {
+    const ls = await Promise.all(to.map((b) => UdpListener.start(b.netns, b.ip!, port)));
+    listeners.push(...ls);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
+  }
+  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 5000) {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      if (await ok()) return;
+      await sleep(50);
+    }
+    assert.fail(`not within ${ms} ms: ${what}`);
+  }
+  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  const cond = (st: Awaited<ReturnType<typeof status>>, type: string) => st.conditions.find((x) => x.type === type)!;
+
+  /** b5 behind a bridge named like its old veth: bridge <- port veth -> eth0 in b5's namespace. */
+  function bridgeB5(name: string, mac: string) {
+    sh('ip', ['link', 'add', name, 'type', 'bridge']);
+    sh('ip', ['link', 'add', port5, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b5.netns]);
+    sh('ip', ['-n', b5.netns, 'link', 'set', 'eth0', 'address', mac]);
+    sh('ip', ['-n', b5.netns, 'addr', 'add', `${b5.ip}/24`, 'dev', 'eth0']);
+    sh('ip', ['-n', b5.netns, 'link', 'set', 'eth0', 'up']);
+    sh('ip', ['link', 'set', port5, 'master', name]);
+    sh('ip', ['link', 'set', port5, 'up']);
+    sh('ip', ['link', 'set', name, 'up']);
+  }
+
+  it('a bridge given as a backend egress is refused at write, naming the field', async () => {
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    sh('ip', ['link', 'set', bridge, 'up']);
+    try {
+      await assert.rejects(
+        c.rules.createRule({ rule: rule('br', 7801, [be(b1), be(b5, bridge)]) }),
+        (e: { code: Status; message: string }) => {
+          assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
+          assert.match(e.message, /rule\.backends\[1\]\.interface/);
+          assert.match(e.message, new RegExp(`${bridge}.*(bridge|ndo_xdp_xmit)`));
+          return true;
+        },
+      );
+      await assert.rejects(c.rules.getRule({ name: 'br' }), (e: { code: Status }) => e.code === Status.NOT_FOUND);
+    } finally {
+      sh('ip', ['link', 'del', bridge]);
+    }
+  });
+
+  it('an egress that becomes a bridge under a running rule leaves the table, reported once, and comes back', async () => {
+    const mac5 = b5.mac; // the rule names b5 by this MAC
+    await c.rules.createRule({ rule: rule('web', 7802, [be(b1), be(b5)]) });
+    assert.equal((await status('web')).state, RuleState.RULE_STATE_ACTIVE);
+    let r = await send(7802, [b1, b5]);
+    assert.equal(r.total, r.sent, `all delivered at first (${r.got})`);
+    assert.ok(r.got[1] > 0, 'b5 has flows');
+
+    // The operator re-plumbs b5 behind a bridge that takes its old interface name.
+    topo.unplug('b5');
+    bridgeB5(b5.hostIf, mac5);
+    // (A pass may see the moment between: b5's interface missing, its own transition.)
+    await until('web DEGRADED: b5 behind a bridge', async () =>
+      /ndo_xdp_xmit/.test((await status('web')).backendStatus[1]?.message ?? ''),
+    );
+    const st = await status('web');
+    assert.deepEqual(
+      st.backendStatus.map((b) => b.active),
+      [true, false],
+    );
+    assert.match(st.backendStatus[1].message, /ndo_xdp_xmit/);
+    assert.match(st.backendStatus[1].message, /bridge/);
+    assert.equal(cond(st, 'Ready').reason, 'Degraded');
+    assert.equal(cond(st, 'BackendsReceiving').status, ConditionStatus.CONDITION_STATUS_FALSE);
+    assert.equal(cond(st, 'BackendsReceiving').reason, 'BackendsNotReceiving');
+    assert.match(cond(st, 'BackendsReceiving').message, new RegExp(`${b5.hostIf}: .*bridge`));
+    assert.equal(await health(), NOT_SERVING);
+    r = await send(7802, [b1, b5]);
+    assert.equal(r.total, r.sent, `every flow moved to b1, none black-holed (${r.got})`);
+    assert.equal(r.got[1], 0);
+    await sleep(1500);
+    assert.equal(
+      count(/"msg":"rule web is DEGRADED.*\(bridge\) cannot transmit native XDP redirects/),
+      1,
+      'the transition logged once',
+    );
+
+    // Back on a veth: b5 returns to the table and gets flows again.
+    sh('ip', ['link', 'del', b5.hostIf]);
+    sh('ip', ['link', 'del', port5]);
+    topo.replug('b5', `${b5.ip}/24`);
+    sh('ip', ['-n', b5.netns, 'link', 'set', 'eth0', 'address', mac5]);
+    b5.mac = mac5;
+    await until('web ACTIVE', async () => (await status('web')).state === RuleState.RULE_STATE_ACTIVE);
+    r = await send(7802, [b1, b5]);
+    for (let i = 0; i < 3 && r.total !== r.sent; i++) r = await send(7802, [b1, b5]);
+    assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    assert.ok(r.got[1] > 0, `b5 gets flows again (${r.got})`);
+    assert.equal(count(/"msg":"rule web is ACTIVE/), 1, 'recovery logged once');
+    await until('health SERVING', async () => (await health()) === SERVING);
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+  });
+
+  it('a veth peer that loses NAPI (GRO off, or only a generic-mode program) is repaired (--fix-veth-peers, the default)', async () => {
+    await c.rules.createRule({ rule: rule('napi', 7803, [be(b1), be(b6)]) });
+    assert.equal((await status('napi')).state, RuleState.RULE_STATE_ACTIVE);
+    let r = await send(7803, [b1, b6]);
+    assert.equal(r.total, r.sent, `all delivered at first (${r.got})`);
+    const gro = () => /^generic-receive-offload: on/m.test(topo.exec('b6', 'ethtool', ['-k', 'eth0']));
+    for (const [what, lose] of [
+      ['GRO off', 'ethtool -K eth0 gro off'],
+      [
+        'GRO off and a generic-mode program',
+        `ethtool -K eth0 gro off && ip link set eth0 xdpgeneric obj ${ROOT}build/bpf/baseline.bpf.o sec xdp`,
+      ],
+    ] as const) {
+      topo.exec('b6', 'sh', ['-c', lose]);
+      await until(`${what}: GRO on again`, gro, 3000);
+      r = await send(7803, [b1, b6]);
+      assert.equal(r.total, r.sent, `${what}: all delivered (${r.got})`);
+      assert.ok(r.got[1] > 0, `${what}: b6 keeps its flows`);
+      assert.equal((await status('napi')).state, RuleState.RULE_STATE_ACTIVE);
+    }
+    shQuiet('ip', ['-n', b6.netns, 'link', 'set', 'eth0', 'xdpgeneric', 'off']);
+    await c.rules.deleteRule({ name: 'napi', expectedGeneration: 0n });
+  });
+});

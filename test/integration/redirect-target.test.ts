@@ -1,0 +1,98 @@
+/**
+ * KernelDataplane.redirectTarget, the "able to receive native redirects"
+ * check of every backend egress and link target, against real devices: the
+ * kernel's xdp-features (NDO_XMIT) decide, so a bridge is refused, a veth
+ * whose peer lost GRO is refused at once (a passed check is not trusted for
+ * a while, as it was), a generic-mode program on the peer does not count
+ * (it gives the peer no NAPI), and a peer in a namespace xdpctld cannot enter
+ * is accepted when the kernel says it can receive. Real veths and a bridge.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
+
+import { KernelDataplane } from '../../src/server/dataplane/adapter.js';
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ifindexOf } from '../../src/server/dataplane/netdev.js';
+import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
+import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { openDatapath } from '../helpers/fixture.js';
+import { Topology } from '../helpers/topology.js';
+
+describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  const bridge = `x${id}br`;
+  const lone = `x${id}u`;
+  let dp: XdpDatapath;
+  let kd: KernelDataplane;
+  const peer = (args: string[]) => topo.exec('c', 'sh', ['-c', args.join(' ')]);
+  const ndoXmit = (ifname: string) => ((xdpFeatures(ifindexOf(ifname)) ?? 0n) & XDP_ACT['ndo-xmit']) !== 0n;
+
+  before(() => {
+    topo.addHost('c');
+    dp = openDatapath(pinRoot);
+    kd = new KernelDataplane(dp);
+  });
+  after(() => {
+    dp?.close();
+    shQuiet('ip', ['link', 'del', bridge]);
+    shQuiet('ip', ['link', 'del', lone]);
+    topo.destroy();
+    XdpDatapath.unpinAll(pinRoot);
+  });
+
+  it('a veth: its peer GRO or native program decides, checked every time', async () => {
+    const ifname = topo.host('c').hostIf;
+    peer(['ethtool -K eth0 gro off']);
+    assert.equal(ndoXmit(ifname), false, 'the kernel: no ndo-xmit while the peer has no NAPI');
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, false, 'a failed check');
+    assert.equal((await kd.redirectTarget(ifname, true)).ok, true, 'fixed: GRO on');
+    assert.equal(ndoXmit(ifname), true, 'the kernel agrees');
+    peer(['ethtool -K eth0 gro off']);
+    const r = await kd.redirectTarget(ifname, false);
+    assert.equal(r.ok, false, 'GRO off again: refused at once, not trusted from the last pass');
+    assert.match(r.detail!, /has neither an XDP program nor GRO/);
+
+    // A generic-mode program gives the peer no NAPI: still refused, and fixed by GRO.
+    peer([`ip link set eth0 xdpgeneric obj ${ROOT}build/bpf/baseline.bpf.o sec xdp`]);
+    assert.equal(ndoXmit(ifname), false);
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, false, 'a generic-mode program on the peer');
+    assert.equal((await kd.redirectTarget(ifname, true)).ok, true, 'fixed with GRO');
+    peer(['ip link set eth0 xdpgeneric off', '&&', 'ethtool -K eth0 gro off']);
+    // A native-mode program does.
+    peer([`ip link set eth0 xdpdrv obj ${ROOT}build/bpf/baseline.bpf.o sec xdp`]);
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, true, 'a native-mode program on the peer');
+    peer(['ip link set eth0 xdpdrv off']);
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, false, 'and not once it is gone');
+  });
+
+  it('a bridge never can, fixed or not', async () => {
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    sh('ip', ['link', 'set', bridge, 'up']);
+    for (const fix of [false, true]) {
+      const r = await kd.redirectTarget(bridge, fix);
+      assert.equal(r.ok, false);
+      assert.match(r.detail!, new RegExp(`${bridge} \\(bridge\\) cannot transmit native XDP redirects`));
+      assert.match(r.detail!, /no ndo_xdp_xmit/);
+    }
+  });
+
+  it('a veth whose peer is in a namespace xdpctld cannot name: the kernel still knows', async () => {
+    const ns = spawn('unshare', ['--net', 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      await sleep(200);
+      sh('ip', ['link', 'add', lone, 'type', 'veth', 'peer', 'name', 'eth9', 'netns', String(ns.pid)]);
+      sh('ip', ['link', 'set', lone, 'up']);
+      sh('nsenter', ['-t', String(ns.pid), '-n', 'ip', 'link', 'set', 'eth9', 'up']);
+      const no = await kd.redirectTarget(lone, true);
+      assert.equal(no.ok, false, 'no NAPI on the peer');
+      assert.match(no.detail!, /unnamed network namespace/);
+      sh('nsenter', ['-t', String(ns.pid), '-n', 'ethtool', '-K', 'eth9', 'gro', 'on']);
+      assert.equal((await kd.redirectTarget(lone, false)).ok, true, 'GRO on there: the kernel says it can receive');
+    } finally {
+      ns.kill();
+    }
+  });
+});
