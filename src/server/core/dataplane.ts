@@ -146,6 +146,8 @@ export interface Dataplane {
   linkState?(ifname: string): LinkState | undefined;
   /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */
   probeNeighbour?(ip: string, iface: string): void;
+  /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
+  nameOf?(ifindex: number): string | undefined;
   xdpStatus(ifname: string): XdpStatus | undefined;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }>;

@@ -67,13 +67,34 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     state.logged.set(key, line);
     log(before !== undefined);
   };
-  // Attachments die with their device: forget them so they are redone.
-  for (const [name, a] of state.attached) if (now(name) !== a.ifindex) state.attached.delete(name);
+  const users = state.interfaceUsers();
+  // Attachments die with their device: forget them so they are redone. A
+  // device that is still there under another name (renamed) is not ours to
+  // manage any more: rules and links name interfaces, so its old name is
+  // missing and our program leaves the renamed device (nothing stays
+  // attached that ListInterfaces does not show). Logged once per rename.
+  for (const [name, a] of state.attached) {
+    if (now(name) === a.ifindex) continue;
+    state.attached.delete(name);
+    const renamed = dp.nameOf?.(a.ifindex);
+    if (renamed === undefined || renamed === name || users.has(renamed)) continue;
+    try {
+      dp.detach(renamed);
+      ctx.log.warn(
+        { ifname: name, renamed, ifindex: a.ifindex },
+        `${name} was renamed to ${renamed}: our XDP program is detached from it (rules and links name ${name}, which is missing now)`,
+      );
+    } catch (e) {
+      ctx.log.error(
+        { ifname: name, renamed, ifindex: a.ifindex, err: e },
+        `${name} was renamed to ${renamed}; detaching our XDP program from it failed: ${(e as Error).message}`,
+      );
+    }
+  }
 
   // 1. Our program on every interface that needs it, as the kernel reports it.
   const ingressProblems = new Map<string, string>();
   const native = new Set<string>();
-  const users = state.interfaceUsers();
   for (const name of users.keys()) {
     const ifindex = now(name);
     if (ifindex === undefined) {

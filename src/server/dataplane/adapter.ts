@@ -22,6 +22,7 @@ import {
   linkState,
   lowerDevices,
   macOf,
+  nameOf,
   neighbourMac,
   probeNeighbour,
   restoreGro,
@@ -136,6 +137,10 @@ export class KernelDataplane implements Dataplane {
 
   lowerDevices(ifname: string): string[] {
     return lowerDevices(ifname);
+  }
+
+  nameOf(ifindex: number): string | undefined {
+    return nameOf(ifindex);
   }
 
   linkState(ifname: string): LinkState | undefined {

@@ -1,0 +1,169 @@
+/**
+ * Interface renames under a running daemon (issue 16: "renaming an interface
+ * logs 'interfaces missing' every second forever"). Rules and links name
+ * interfaces: a renamed interface is missing under its old name, and the
+ * device under its new name is not ours to manage. So, with traffic flowing:
+ *  - a rule's only ingress renamed: the rule is INACTIVE (ProgramAttached
+ *    False, InterfaceMissing), health NOT_SERVING, our program leaves the
+ *    renamed device (nothing attached that ListInterfaces does not show), and
+ *    each of these is logged once, not every second;
+ *  - a backend's egress renamed: the backend leaves the rule's table (its
+ *    flows move to the others), the rule is DEGRADED, logged once;
+ *  - renamed back (same device, same ifindex): everything as before, the
+ *    recovery logged once.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+describe('interface renames: a renamed interface is missing under its old name, reported once', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host, b2: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.2.2/24');
+    topo.routeToXdp('vm');
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule('web', 7901) });
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    // A renamed veth would escape topo.destroy(): put the names back first.
+    for (const h of [vm, b1, b2]) if (h) rename(`${h.hostIf}r`, h.hostIf, true);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  function rule(name: string, port: number): Rule {
+    return {
+      name,
+      match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+      ingressInterfaces: [vm.hostIf],
+      backends: [b1, b2].map((b) => ({ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 })),
+      udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+      labels: {},
+      generation: 0n,
+    };
+  }
+  /** `ip link set dev FROM name TO` (a rename takes the device down; it is brought up again). */
+  function rename(from: string, to: string, quiet = false) {
+    try {
+      sh('ip', ['link', 'set', 'dev', from, 'down']);
+      sh('ip', ['link', 'set', 'dev', from, 'name', to]);
+      sh('ip', ['link', 'set', 'dev', to, 'up']);
+    } catch (e) {
+      if (!quiet) throw e;
+    }
+  }
+  async function send(port: number, n = 200, flows = 50) {
+    const ls = await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, port)));
+    listeners.push(...ls);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
+  }
+  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 5000) {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      if (await ok()) return;
+      await sleep(50);
+    }
+    assert.fail(`not within ${ms} ms: ${what}`);
+  }
+  const status = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  const cond = (st: Awaited<ReturnType<typeof status>>, type: string) => st.conditions.find((x) => x.type === type)!;
+  const xdpOn = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp !== undefined;
+
+  it("a rule's ingress renamed and renamed back", async () => {
+    let r = await send(7901);
+    assert.equal(r.total, r.sent, `all delivered at first (${r.got})`);
+    const renamed = `${vm.hostIf}r`;
+    rename(vm.hostIf, renamed);
+    await until('web INACTIVE', async () => (await status()).state === RuleState.RULE_STATE_INACTIVE);
+    const st = await status();
+    assert.match(st.message, new RegExp(`interface ${vm.hostIf} does not exist`));
+    assert.deepEqual(
+      [cond(st, 'ProgramAttached').status, cond(st, 'ProgramAttached').reason],
+      [ConditionStatus.CONDITION_STATUS_FALSE, 'InterfaceMissing'],
+    );
+    const i = (await c.interfaces.getInterface({ name: vm.hostIf })).interface!;
+    assert.equal(i.conditions[0]?.reason, 'InterfaceMissing');
+    assert.equal(await health(), NOT_SERVING);
+    await until('our program off the renamed device', () => !xdpOn(renamed), 3000);
+    assert.ok(
+      !(await c.interfaces.listInterfaces({})).interfaces.some((x) => x.name === renamed),
+      'the renamed device is not listed',
+    );
+    r = await send(7901);
+    assert.equal(r.total, 0, `the status says INACTIVE: nothing is redirected (${r.got})`);
+    await sleep(2500); // passes every second: no more lines
+    assert.equal(count(new RegExp(`"msg":"${vm.hostIf} was renamed to ${renamed}`)), 1, 'the rename logged once');
+    assert.equal(count(/"msg":"rule web is INACTIVE/), 1, 'the rule transition logged once');
+    assert.equal(count(/"msg":"datapath not as desired"/), 1, 'the health transition logged once');
+
+    rename(renamed, vm.hostIf);
+    await until('web ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE);
+    assert.ok(xdpOn(vm.hostIf), 'our program is back');
+    r = await send(7901);
+    assert.equal(r.total, r.sent, `all delivered again (${r.got})`);
+    await until('health SERVING', async () => (await health()) === SERVING);
+    await sleep(1500);
+    assert.equal(count(/"msg":"rule web is ACTIVE/), 1, 'the recovery logged once');
+    assert.equal(count(/"msg":"datapath as desired again"/), 1);
+  });
+
+  it("a backend's egress renamed and renamed back", async () => {
+    const renamed = `${b2.hostIf}r`;
+    const lines = count(/"msg":"datapath not as desired"/);
+    rename(b2.hostIf, renamed);
+    await until('web DEGRADED', async () => (await status()).state === RuleState.RULE_STATE_DEGRADED);
+    const st = await status();
+    assert.deepEqual(
+      st.backendStatus.map((b) => b.active),
+      [true, false],
+    );
+    assert.match(st.backendStatus[1].message, new RegExp(`egress ${b2.hostIf} does not exist`));
+    assert.equal(cond(st, 'BackendsReceiving').status, ConditionStatus.CONDITION_STATUS_FALSE);
+    assert.equal(await health(), NOT_SERVING);
+    let r = await send(7901);
+    assert.equal(r.total, r.sent, `every flow moved to b1 (${r.got})`);
+    assert.equal(r.got[1], 0);
+    await sleep(2500);
+    assert.equal(count(/"msg":"rule web is DEGRADED/), 1, 'logged once');
+    assert.equal(count(/"msg":"datapath not as desired"/), lines + 1, 'the health transition logged once');
+
+    rename(renamed, b2.hostIf);
+    await until('web ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE);
+    r = await send(7901);
+    assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    assert.ok(r.got[1] > 0, 'b2 gets flows again');
+    await until('health SERVING', async () => (await health()) === SERVING);
+    assert.equal(count(/"msg":"rule web is ACTIVE/), 2, 'the recovery logged once');
+  });
+});
