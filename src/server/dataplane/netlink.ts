@@ -1,0 +1,94 @@
+/**
+ * One netlink request and its one reply, through libc (koffi) on a socket
+ * of the daemon's own network namespace: what xdp-features.ts (generic
+ * netlink) and xdp.ts (rtnetlink) need without a dump of every device.
+ * A socket per request (a few microseconds); nothing here keeps state.
+ */
+import koffi from 'koffi';
+
+import { KernelError } from './errors.js';
+import { lastErrno } from './libbpf.js';
+
+const libc = koffi.load('libc.so.6');
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
+const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
+const closeFn = libc.func('int close(int fd)');
+
+// <linux/netlink.h>
+const AF_NETLINK = 16;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+/** Netlink protocol families used here. */
+export const NETLINK_ROUTE = 0;
+export const NETLINK_GENERIC = 16;
+const NLM_F_REQUEST = 1;
+const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+
+let seq = 0;
+
+/** A netlink attribute (struct nlattr + payload, padded to 4 bytes). */
+export function nlAttr(type: number, payload: Buffer): Buffer {
+  const len = 4 + payload.length;
+  const b = Buffer.alloc((len + 3) & ~3);
+  b.writeUInt16LE(len, 0);
+  b.writeUInt16LE(type, 2);
+  payload.copy(b, 4);
+  return b;
+}
+
+/** Attributes from `from` to the end of `buf`, by type (NLA_F_NESTED and NLA_F_NET_BYTEORDER masked off). */
+export function nlAttrs(buf: Buffer, from = 0): Map<number, Buffer> {
+  const out = new Map<number, Buffer>();
+  for (let i = from; i + 4 <= buf.length;) {
+    const len = buf.readUInt16LE(i);
+    if (len < 4) break;
+    out.set(buf.readUInt16LE(i + 2) & 0x3fff, buf.subarray(i + 4, i + len));
+    i += (len + 3) & ~3;
+  }
+  return out;
+}
+
+/**
+ * Send one request (`header` is the family header: genlmsghdr, ifinfomsg,
+ * ...; then `attrs`) and return the reply's payload after the nlmsghdr;
+ * undefined when the kernel answers ENOENT or ENODEV (no such family or
+ * device). Throws KernelError on any other error. The reply of a request
+ * without NLM_F_DUMP is queued before send() returns: recv does not wait.
+ */
+export function nlRequest(
+  protocol: number,
+  type: number,
+  header: Buffer,
+  attrs: Buffer,
+  what: string,
+): Buffer | undefined {
+  const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
+  if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
+  try {
+    const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
+    msg.writeUInt32LE(msg.length, 0);
+    msg.writeUInt16LE(type, 4);
+    msg.writeUInt16LE(NLM_F_REQUEST, 6);
+    msg.writeUInt32LE(++seq, 8);
+    if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
+      throw new KernelError(what, lastErrno() || 5, [], 'netlink send failed');
+    }
+    const buf = Buffer.alloc(32 << 10);
+    const n = Number(recvFn(fd, buf, buf.length, 0));
+    if (n < 16) throw new KernelError(what, lastErrno() || 5, [], 'netlink recv failed');
+    const len = Math.min(buf.readUInt32LE(0), n);
+    const t = buf.readUInt16LE(4);
+    if (t === NLMSG_ERROR) {
+      const err = -buf.readInt32LE(16);
+      if (err === 0) return Buffer.alloc(0);
+      if (err === 2 || err === 19) return undefined; // ENOENT, ENODEV
+      throw new KernelError(what, err, [], 'netlink error');
+    }
+    if (t === NLMSG_DONE) return undefined;
+    return buf.subarray(16, len);
+  } finally {
+    closeFn(fd);
+  }
+}
