@@ -50,7 +50,8 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   const specs: RuleSpec[] = [];
   state.rules.forEach((r) => specs.push(r));
   // With 10 000 rules a pass is long: it yields to the event loop every 10 ms (checked every
-  // 256 rules), so reads are answered meanwhile. Writes wait: a pass runs in the write queue.
+  // 16 rules: a rule may have 64 backends), so reads are answered meanwhile. Writes wait: a
+  // pass runs in the write queue.
   const pace = pacer(10);
   let n = 0;
   const facts = await fetchRuleFacts(dp, specs, undefined, pace);
@@ -177,7 +178,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   const t = ctx.now();
   const mtuOf = (i: string) => facts.links.get(i)?.mtu;
   for (const name of state.ruleKernel.keys()) {
-    if ((++n & 255) === 0) await pace();
+    if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
     const rule = state.rules.get(name)!;
     const retry = state.failed.get(name);
@@ -248,7 +249,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     if (users.has(name)) problems.push(`interface ${name}: another XDP program (id ${progId}) is attached`);
   }
   for (const name of state.ruleKernel.keys()) {
-    if ((++n & 255) === 0) await pace();
+    if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
     const rule = state.rules.get(name)!;
     k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
