@@ -218,6 +218,21 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
     }
     if (changed) ops.push({ name, next: specOf(rule), lenient: true });
   }
+  // A backend egress that appeared since the facts were read (recreated during this pass) is
+  // checked too: the plan reads interfaces again, and an egress it finds unchecked would fail
+  // the write (precondition, rule FAILED for a retry period) instead of staying out of the table.
+  for (const op of ops) {
+    const rule = state.rules.get(op.name)!;
+    if (!rule.ingressInterfaces.some((i) => native.has(i))) continue;
+    for (const b of rule.backends) {
+      if (facts.napi.has(b.interface) || !dp.lookupInterface(b.interface)) continue;
+      try {
+        facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
+      } catch (e) {
+        facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
+      }
+    }
+  }
   if (ops.length) {
     ctx.log.info({ rules: ops.map((o) => o.name) }, 'the host changed: re-applying rules');
     await applyEach(ctx, tx, ops, facts.napi);
