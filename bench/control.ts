@@ -202,11 +202,11 @@ function openPinned<K, V>(pinRoot: string, name: string, k: Codec<K>, v: Codec<V
   return new BpfMap(mapInfo(fd, name), fd, k, v);
 }
 
-const rulesClient = (ch: Channel) => createClient(RuleServiceDefinition, ch);
+export const rulesClient = (ch: Channel) => createClient(RuleServiceDefinition, ch);
 type RulesClient = Client<typeof RuleServiceDefinition>;
 
 /** A real xdpctld on its own pin root, Unix socket and state dir. */
-class BenchDaemon {
+export class BenchDaemon {
   child?: ChildProcess;
   tcp = '';
   /** The --prometheus endpoint's address. */
@@ -370,7 +370,7 @@ class BenchDaemon {
 }
 
 /** The veths rules use: one ingress, four backends, each peer in its own namespace. */
-interface Net {
+export interface Net {
   ingress: string;
   ingressIndex: number;
   /** The namespace of the ingress veth's peer (where the watch section's traffic comes from). */
@@ -394,7 +394,8 @@ function ruleSpec(net: Net, i: number, variant = 0): Rule {
   };
 }
 
-const ruleSet = (net: Net, n: number, variant = 0) => Array.from({ length: n }, (_, i) => ruleSpec(net, i, variant));
+export const ruleSet = (net: Net, n: number, variant = 0) =>
+  Array.from({ length: n }, (_, i) => ruleSpec(net, i, variant));
 
 const ipBytes = (ip: string) => Uint8Array.from(ip.split('.').map(Number));
 const zero4 = () => new Uint8Array(4);
@@ -440,7 +441,7 @@ const sameBytes = (a: Uint8Array | undefined, b: Uint8Array) => !!a && a.every((
 /** The entries the daemon writes for a rule set (tables.ts: writeRuleSlot, publishMatches, stats resets). */
 function rawEntries(net: Net, specs: Rule[]) {
   const backends: [number, BackendEntry][] = [];
-  const ring: [number, number][] = [];
+  const ring: [number, ArrayLike<number>][] = [];
   const cfg: [number, { flags: number; statsId: number }][] = [];
   const match: [MatchKey, number][] = [];
   const ports: [number, { any: number; dst: number; xorIfindex: number; xorSlot: number }][] = [];
@@ -466,7 +467,7 @@ function rawEntries(net: Net, specs: Rule[]) {
       return { key: `${b.ip}@${b.interface}`, weight: 1, value: id };
     });
     const filled = fillRing(members, RING_SIZE, NO_BACKEND);
-    for (let s = 0; s < RING_SIZE; s++) ring.push([slot * RING_SIZE + s, filled[s]]);
+    ring.push([slot * RING_SIZE, filled]);
     cfg.push([slot, { flags: RULE_F_ACTIVE, statsId: slot }]);
     ruleStats.push([
       slot,
@@ -487,14 +488,15 @@ function rawEntries(net: Net, specs: Rule[]) {
   return { backends, ring, cfg, match, ports, ruleStats, backendStats };
 }
 
-/** Write them with one putMany per map, in the daemon's order; returns ms. */
+/** Write them with one putMany per map (rule_ring: through memory), in the daemon's order; returns ms. */
 function rawBatchWrite(dp: XdpDatapath, e: ReturnType<typeof rawEntries>): number {
   const m = dp.maps;
   const t0 = nowMs();
   m.ruleStats.putMany(e.ruleStats as never);
   m.backendStats.putMany(e.backendStats);
   m.backends.putMany(e.backends);
-  m.ruleRing.putMany(e.ring);
+  // rule_ring is mmapable: a slot's table is written through memory, as the daemon writes it.
+  for (const [base, ids] of e.ring) m.ruleRing.putRangeU32(base, ids);
   m.ruleCfg.putMany(e.cfg);
   m.rulePorts.putMany(e.ports);
   m.ruleMatch.putMany(e.match);
@@ -971,7 +973,7 @@ async function section4(
 }
 
 /** A rule of the scale set: ports repeat every 50 000 rules with another destination. */
-function scaleSpec(net: Net, i: number, variant = 0): Rule {
+export function scaleSpec(net: Net, i: number, variant = 0): Rule {
   const r = ruleSpec(net, i % 250, variant);
   return {
     ...r,

@@ -171,6 +171,17 @@ export class ModelMap<K, V> {
     }
   }
 
+  /** Not modelled as mapped memory: the range calls below go entry by entry (each write counted). */
+  readonly mmapable = false;
+
+  getRangeU32(start: number, count: number): Uint32Array {
+    return Uint32Array.from({ length: count }, (_, i) => this.get((start + i) as K) as number);
+  }
+
+  putRangeU32(start: number, values: ArrayLike<number>): void {
+    for (let i = 0; i < values.length; i++) this.put((start + i) as K, values[i] as V);
+  }
+
   entriesPerCpu(): [K, V[]][] {
     return [...this.entries()].map(([k, v]) => [k, [v]]);
   }

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { KernelError } from '../../src/server/dataplane/errors.js';
 import { kernelOnly, OBJECT, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
 
@@ -57,6 +58,62 @@ describe('datapath load and attach', kernelOnly(), () => {
     assert.equal(again.migrating, undefined);
     assert.equal(again.adopted, true);
     again.close();
+  });
+
+  it('reads and writes rule_ring through memory (BPF_F_MMAPABLE); pins from before the flag are migrated', () => {
+    const root = `${migrateRoot}r`;
+    try {
+      // Pins as a daemon from before the flag left them: rule_ring the same shape, without BPF_F_MMAPABLE.
+      const first = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root, capacity: { ruleSlots: 8 } });
+      const entries = first.maps.ruleRing.info.maxEntries;
+      assert.equal(first.maps.ruleRing.mmapable, true);
+      first.close();
+      const ring = `${root}/maps/rule_ring`;
+      sh('rm', ['-f', ring]);
+      sh('bpftool', [
+        'map',
+        'create',
+        ring,
+        'type',
+        'array',
+        'key',
+        '4',
+        'value',
+        '4',
+        'entries',
+        String(entries),
+        'name',
+        'rule_ring',
+      ]);
+      const dp = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root, capacity: { ruleSlots: 8 } });
+      try {
+        assert.deepEqual(dp.migrating, ['rule_ring: mmapable 0 -> 1024']);
+        const m = dp.maps.ruleRing;
+        assert.equal(m.mmapable, true);
+        // Memory and the syscalls see the same values, across page boundaries (1031 x 8 bytes per slot).
+        const base = 3 * RING_SIZE + 5;
+        const values = Uint32Array.from({ length: 2 * RING_SIZE }, (_, i) => (i * 2654435761) >>> 0);
+        m.putRangeU32(base, values);
+        for (const i of [0, 1, 511, 512, 1030, 1031, 2 * RING_SIZE - 1])
+          assert.equal(m.get(base + i), values[i], `key ${base + i}`);
+        assert.equal(m.get(base - 1), 0, 'the key before the range is untouched');
+        assert.equal(m.get(base + values.length), 0, 'the key after the range is untouched');
+        m.put(base + 7, 424242);
+        const back = m.getRangeU32(base, values.length);
+        assert.equal(back[7], 424242);
+        assert.deepEqual([...back.subarray(8)], [...values.subarray(8)]);
+        assert.throws(() => m.getRangeU32(entries - 2, 3), /E2BIG/);
+        dp.finishMigration();
+      } finally {
+        dp.close();
+      }
+      const again = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root, capacity: { ruleSlots: 8 } });
+      assert.equal(again.migrating, undefined, 'the migrated pins are adopted as they are');
+      assert.equal(again.maps.ruleRing.mmapable, true);
+      again.close();
+    } finally {
+      XdpDatapath.unpinAll(root);
+    }
   });
 
   it('reports a missing interface as ENODEV naming it', () => {

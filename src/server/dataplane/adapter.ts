@@ -247,9 +247,7 @@ export class KernelDataplane implements Dataplane {
   }
 
   readRing(slot: number): number[] {
-    const out: number[] = [];
-    for (let i = 0; i < RING_SIZE; i++) out.push(this.dp.maps.ruleRing.get(slot * RING_SIZE + i) ?? NO_BACKEND);
-    return out;
+    return Array.from(this.dp.maps.ruleRing.getRangeU32(slot * RING_SIZE, RING_SIZE));
   }
 
   resetRuleStats(statsId: number): void {

@@ -7,7 +7,7 @@
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import type { Codec } from './codec.js';
 import { KernelError } from './errors.js';
-import { check, closeFd, lib, MapBatchOpts, possibleCpus, sizeOf } from './libbpf.js';
+import { check, closeFd, lib, MapBatchOpts, PAGE_SIZE, possibleCpus, sizeOf, withMappedMap } from './libbpf.js';
 
 /** BPF map types we use (enum bpf_map_type). */
 export const MapType = {
@@ -24,6 +24,9 @@ export const MapType = {
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
+
+/** Map flag: an array whose values user space can mmap (include/uapi/linux/bpf.h). */
+export const BPF_F_MMAPABLE = 1 << 10;
 
 const ENOENT = 2;
 
@@ -45,6 +48,8 @@ export interface MapInfo {
   keySize: number;
   valueSize: number;
   maxEntries: number;
+  /** map_flags (BPF_F_*). */
+  flags?: number;
 }
 
 /** A typed BPF map. */
@@ -298,6 +303,101 @@ export class BpfMap<K, V> {
     check(`delete from map ${this.name} in batch`, r);
   }
 
+  /**
+   * Whether the values are reachable through memory: a BPF_F_MMAPABLE array,
+   * whose value i the kernel keeps at byte i * round_up(value size, 8).
+   */
+  get mmapable(): boolean {
+    return this.info.type === MapType.ARRAY && ((this.info.flags ?? 0) & BPF_F_MMAPABLE) !== 0;
+  }
+
+  /** Map the pages that hold values start..start+count-1 and run fn with each value's byte offset. */
+  private mapped<T>(start: number, count: number, fn: (mem: Buffer, at: (i: number) => number) => T): T {
+    const elem = (this.info.valueSize + 7) & ~7;
+    const from = Math.floor((start * elem) / PAGE_SIZE) * PAGE_SIZE;
+    const to = Math.ceil(((start + count) * elem) / PAGE_SIZE) * PAGE_SIZE;
+    const delta = start * elem - from;
+    return withMappedMap(this.fd, from, to - from, (mem) => fn(mem, (i) => delta + i * elem), this.name);
+  }
+
+  private checkRange(start: number, count: number, op: string): void {
+    if (this.info.type !== MapType.ARRAY || start < 0 || start + count > this.info.maxEntries) {
+      throw new KernelError(
+        `${op} map ${this.name}`,
+        7,
+        [],
+        `keys ${start}..${start + count - 1} of an array of ${this.info.maxEntries}`,
+      );
+    }
+  }
+
+  /**
+   * The u32 values of keys start..start+count-1 of an array of u32: read from
+   * memory when the map is mmapable (80 MB of rings in ~50 ms), otherwise
+   * with BPF_MAP_LOOKUP_BATCH (~0.5 µs a value on this kernel).
+   */
+  getRangeU32(start: number, count: number): Uint32Array {
+    this.checkRange(start, count, 'read');
+    if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
+    const out = new Uint32Array(count);
+    if (count === 0) return out;
+    if (this.mmapable) {
+      this.mapped(start, count, (mem, at) => {
+        for (let i = 0; i < count; i++) out[i] = mem.readUInt32LE(at(i));
+      });
+      return out;
+    }
+    const keys = Buffer.alloc(count * 4);
+    const vals = Buffer.alloc(count * 4);
+    let done = 0;
+    // in_batch is the key before the first one wanted (a fresh walk from key 0 when start is 0).
+    let inBatch: Buffer | null = start > 0 ? Buffer.from(Uint32Array.of(start - 1).buffer) : null;
+    while (done < count) {
+      const n = [count - done];
+      const outBatch = Buffer.alloc(4);
+      const r = lib.bpf_map_lookup_batch(
+        this.fd,
+        inBatch,
+        outBatch,
+        keys.subarray(done * 4),
+        vals.subarray(done * 4),
+        n,
+        batchOpts,
+      ) as number;
+      if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
+      done += n[0];
+      if (r === -ENOENT || n[0] === 0) break;
+      inBatch = outBatch;
+    }
+    for (let i = 0; i < done; i++) out[i] = vals.readUInt32LE(i * 4);
+    return out;
+  }
+
+  /**
+   * Write u32 values at keys start..start+values.length-1 of an array of
+   * u32: aligned 4-byte stores into the mapped pages when the map is mmapable
+   * (each one atomic for the XDP program, as an update is), otherwise one
+   * BPF_MAP_UPDATE_BATCH.
+   */
+  putRangeU32(start: number, values: ArrayLike<number>): void {
+    const count = values.length;
+    this.checkRange(start, count, 'update');
+    if (count === 0) return;
+    if (this.info.valueSize !== 4) throw new KernelError(`update map ${this.name}`, 22, [], 'values are not u32');
+    if (!this.mmapable) {
+      this.putMany(Array.from({ length: count }, (_, i) => [start + i, values[i]] as unknown as [K, V]));
+      return;
+    }
+    dataplaneSpan(
+      'bpf.map.mmap_update',
+      () => this.spanAttrs('mmap_update', count),
+      () =>
+        this.mapped(start, count, (mem, at) => {
+          for (let i = 0; i < count; i++) mem.writeUInt32LE(values[i] >>> 0, at(i));
+        }),
+    );
+  }
+
   /** Close the descriptor (idempotent). Pinned maps stay in the kernel. */
   close(): void {
     if (this.fdOrClosed >= 0 && this.ownsFd) closeFd(this.fdOrClosed);
@@ -319,6 +419,7 @@ export function mapInfo(fd: number, what: string): MapInfo {
     keySize: buf.readUInt32LE(8),
     valueSize: buf.readUInt32LE(12),
     maxEntries: buf.readUInt32LE(16),
+    flags: buf.readUInt32LE(20),
     name: buf.subarray(24, nameEnd < 0 || nameEnd > 40 ? 40 : nameEnd).toString(),
   };
 }

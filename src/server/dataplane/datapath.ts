@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
-import { BpfMap, mapInfo, type MapInfo } from './bpf-map.js';
+import { BPF_F_MMAPABLE, BpfMap, mapInfo, type MapInfo } from './bpf-map.js';
 import { testRunTimed } from './bpf-object.js';
 import {
   backendEntry,
@@ -246,13 +246,22 @@ function layoutChanges(obj: unknown, pinDir: string): string[] {
     } finally {
       closeFd(fd);
     }
+    // Of the flags, only BPF_F_MMAPABLE (rule_ring) is compared: the kernel adds others to some maps
+    // (BPF_F_RDONLY_PROG to devmaps), which would read as a change on every start.
     const want = {
       type: lib.bpf_map__type(m) as number,
       key_size: lib.bpf_map__key_size(m) as number,
       value_size: lib.bpf_map__value_size(m) as number,
       max_entries: lib.bpf_map__max_entries(m) as number,
+      mmapable: (lib.bpf_map__map_flags(m) as number) & BPF_F_MMAPABLE,
     };
-    const have = { type: info.type, key_size: info.keySize, value_size: info.valueSize, max_entries: info.maxEntries };
+    const have = {
+      type: info.type,
+      key_size: info.keySize,
+      value_size: info.valueSize,
+      max_entries: info.maxEntries,
+      mmapable: (info.flags ?? 0) & BPF_F_MMAPABLE,
+    };
     const diff = (Object.keys(want) as (keyof typeof want)[])
       .filter((k) => want[k] !== have[k])
       .map((k) => `${k} ${have[k]} -> ${want[k]}`);

@@ -105,6 +105,7 @@ export const lib = {
   bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(bpf_map *map)') as Fn,
   bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(bpf_map *map)') as Fn,
   bpf_map__max_entries: bpf.func('uint32_t bpf_map__max_entries(bpf_map *map)') as Fn,
+  bpf_map__map_flags: bpf.func('uint32_t bpf_map__map_flags(bpf_map *map)') as Fn,
   bpf_map__set_max_entries: bpf.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t n)') as Fn,
   bpf_map__reuse_fd: bpf.func('int bpf_map__reuse_fd(bpf_map *map, int fd)') as Fn,
   bpf_map__is_pinned: bpf.func('bool bpf_map__is_pinned(bpf_map *map)') as Fn,
@@ -147,6 +148,9 @@ export const lib = {
   if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)') as Fn,
   if_indextoname: libc.func('char *if_indextoname(unsigned int ifindex, _Out_ uint8_t *buf)') as Fn,
   close: libc.func('int close(int fd)') as Fn,
+  // BPF_F_MMAPABLE array maps (the kernel maps the array's pages; MAP_FAILED is (void *)-1)
+  mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)') as Fn,
+  munmap: libc.func('int munmap(void *addr, size_t len)') as Fn,
   setns: libc.func('int setns(int fd, int nstype)') as Fn,
 };
 
@@ -219,6 +223,34 @@ export function possibleCpus(): number {
   if (cpus === 0) cpus = check('count possible cpus', lib.libbpf_num_possible_cpus() as number);
   return cpus;
 }
+
+/**
+ * Map `len` bytes of a BPF_F_MMAPABLE array map from byte `offset` (a
+ * multiple of the page size), shared and writable, run `fn` over them and
+ * unmap, even when `fn` throws. The Buffer is only valid inside `fn`: it
+ * points at the kernel's pages, which the XDP program reads concurrently
+ * (4-byte stores are atomic on every architecture the kernel maps this on).
+ * The mapping is transient on purpose: a mapped page counts in the process's
+ * RSS, and the rings of 10 000 rules are 80 MB.
+ */
+export function withMappedMap<T>(fd: number, offset: number, len: number, fn: (mem: Buffer) => T, what: string): T {
+  const PROT_READ_WRITE = 3;
+  const MAP_SHARED = 1;
+  const addr: unknown = lib.mmap(null, len, PROT_READ_WRITE, MAP_SHARED, fd, offset);
+  if (addr === null || koffi.address(addr) === MAP_FAILED) {
+    throw new KernelError(`map ${what} into memory`, koffi.errno() || 22);
+  }
+  try {
+    return fn(Buffer.from(koffi.view(addr, len)));
+  } finally {
+    lib.munmap(addr, len);
+  }
+}
+
+const MAP_FAILED = 0xffffffffffffffffn;
+
+/** The page size mappings are aligned to. */
+export const PAGE_SIZE = 4096;
 
 /** Close a file descriptor returned by the kernel. */
 export function closeFd(fd: number): void {

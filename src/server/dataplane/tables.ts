@@ -49,7 +49,7 @@ export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
   if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
   maps.backends.putMany(c.backends);
   const base = c.slot * RING_SIZE;
-  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, c.ring[i]] as const));
+  maps.ruleRing.putRangeU32(base, c.ring);
   for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
   maps.ruleCfg.put(c.slot, {
     flags: c.flags | RULE_F_ACTIVE | (c.srcPrefixes.length ? RULE_F_SRC_FILTER : 0),
@@ -74,7 +74,7 @@ export function clearRuleSlot(
   // allocated and its entry stays empty, so the datapath drops as "no
   // backend", as for NO_BACKEND): an undone change leaves every map exactly
   // as it was (test/unit/rollback-property.test.ts).
-  maps.ruleRing.putMany(Array.from({ length: RING_SIZE }, (_, i) => [base + i, 0] as const));
+  maps.ruleRing.putRangeU32(base, new Uint32Array(RING_SIZE));
   for (const p of srcPrefixes) maps.srcAllow.delete({ slot, length: p.length, addr: p.addr } satisfies SrcKey);
   const empty: BackendEntry = {
     dmac: new Uint8Array(6),
