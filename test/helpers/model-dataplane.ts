@@ -178,6 +178,14 @@ export class ModelMap<K, V> {
     return Uint32Array.from({ length: count }, (_, i) => this.get((start + i) as K) as number);
   }
 
+  getRange(start: number, count: number): V[] {
+    return Array.from({ length: count }, (_, i) => this.get((start + i) as K) as V);
+  }
+
+  visitRangesU32(ranges: readonly [number, number][], visit: (i: number, values: Uint32Array) => void): void {
+    ranges.forEach(([start, count], i) => visit(i, this.getRangeU32(start, count)));
+  }
+
   putRangeU32(start: number, values: ArrayLike<number>): void {
     for (let i = 0; i < values.length; i++) this.put((start + i) as K, values[i] as V);
   }

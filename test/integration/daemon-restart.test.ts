@@ -11,9 +11,21 @@ import { after, before, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
+import {
+  backendEntry,
+  matchKey,
+  portUse,
+  RING_SIZE,
+  ruleEntry,
+  srcKey,
+  u32,
+  u8,
+} from '../../src/server/dataplane/codec.js';
+import { XdpDatapath, type DatapathMaps } from '../../src/server/dataplane/datapath.js';
 import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { mapSnapshotter } from '../helpers/map-snapshot.js';
 import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
@@ -104,6 +116,61 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     });
     t.diagnostic(`SIGTERM: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.delivered, r.sent);
+  });
+
+  it('a restart adopts the rules in place: intact maps are not rewritten, a tampered entry is repaired alone', async () => {
+    const two = { ...rule('adopt', PORT + 1, b1), sourcePrefixes: [] };
+    two.backends = [...two.backends, { ip: '198.18.2.77', mac: '02:00:00:00:77:77', interface: b1.hostIf }];
+    await c.rules.createRule({ rule: two });
+    assert.equal(await d!.stop('SIGTERM'), 0);
+    const dir = XdpDatapath.mapPinDir(`/sys/fs/bpf/xdpctl-test-${id}`);
+    const maps = {
+      backends: openPinnedMap(`${dir}/backends`, u32, backendEntry),
+      ruleRing: openPinnedMap(`${dir}/rule_ring`, u32, u32),
+      ruleCfg: openPinnedMap(`${dir}/rule_cfg`, u32, ruleEntry),
+      ruleMatch: openPinnedMap(`${dir}/rule_match`, matchKey, u32),
+      rulePorts: openPinnedMap(`${dir}/rule_ports`, u32, portUse),
+      srcAllow: openPinnedMap(`${dir}/src_allow`, srcKey, u8),
+    };
+    try {
+      // Every entry a rule needs (counters aside: they count whatever the host sends).
+      const snapshot = mapSnapshotter(maps as unknown as DatapathMaps);
+      const intact = snapshot();
+      const restart = async () => {
+        d = await DaemonProcess.start(id);
+        c = d.clients();
+        assert.equal((await c.rules.getRule({ name: 'adopt' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+        assert.equal(await d.stop('SIGTERM'), 0);
+      };
+      await restart();
+      assert.deepEqual(snapshot(), intact, 'a restart over intact maps leaves every entry as it was');
+      assert.doesNotMatch(d!.output, /differed from the stored state/);
+      // Tamper with one backend entry of the rule (its address), as another tool might.
+      const key = {
+        ifindex: Number(readFileSync(`/sys/class/net/${vm.hostIf}/ifindex`, 'utf8')),
+        dport: PORT + 1,
+        proto: 17,
+        family: 2,
+        daddr: new Uint8Array(4),
+      };
+      const slot = maps.ruleMatch.get(key)!;
+      const backendId = maps.ruleRing.getRangeU32(slot * RING_SIZE, 1)[0];
+      const entry = maps.backends.get(backendId)!;
+      maps.backends.put(backendId, { ...entry, addr: Uint8Array.of(203, 0, 113, 9) });
+      assert.notDeepEqual(snapshot(), intact);
+      await restart();
+      assert.deepEqual(snapshot(), intact, 'the tampered entry repaired, nothing else changed');
+      const line = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
+      assert.ok(line, d!.output);
+      const logged = JSON.parse(line) as { repaired: string[]; count: number };
+      assert.deepEqual(logged.repaired, [`rule adopt: backends[${backendId}]`], 'exactly that entry was written');
+      assert.equal(logged.count, 1);
+    } finally {
+      Object.values(maps).forEach((m) => m.close());
+      d = await DaemonProcess.start(id);
+      c = d.clients();
+      await c.rules.deleteRule({ name: 'adopt', expectedGeneration: 0n });
+    }
   });
 
   it('upgrade replacing the XDP program (maps reused): none lost', async (t) => {

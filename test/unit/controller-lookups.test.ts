@@ -10,7 +10,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
-import type { CounterRead, Dataplane, InterfaceInfo, XdpStatus } from '../../src/server/core/dataplane.js';
+import type {
+  BackendEntry,
+  CounterRead,
+  Dataplane,
+  InterfaceInfo,
+  RuleSlotState,
+  XdpStatus,
+} from '../../src/server/core/dataplane.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 
 class CountingDataplane implements Dataplane {
@@ -67,6 +74,18 @@ class CountingDataplane implements Dataplane {
   readRing(): number[] {
     return [];
   }
+  readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void {
+    for (const slot of slots) {
+      visit(slot, { flags: 0, active: false, srcFilter: false, statsId: 0, ring: new Uint32Array(this.ringSize) });
+    }
+  }
+  readBackends(): Map<number, BackendEntry> {
+    return new Map();
+  }
+  writeBackends(): void {}
+  writeRing(): void {}
+  writeRuleCfg(): void {}
+  putSrcPrefix(): void {}
   resetRuleStats(): void {}
   resetBackendStats(): void {}
   connect(): boolean {

@@ -11,10 +11,12 @@ import { silentLogger, type Logger } from '../log.js';
 import type { Dataplane, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import {
+  adoptRules,
   allocateRules,
   finishLinks,
   finishRules,
   pacer,
+  releaseUnusedInterfaces,
   ruleRows,
   writeLinks,
   writeRules,
@@ -34,7 +36,7 @@ import {
   type RuleStatus,
 } from './model.js';
 import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
-import { planRulesPaced, type RuleOp } from './plan-rules.js';
+import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { backendKey, CoreState } from './state.js';
@@ -149,6 +151,7 @@ export class Controller {
     };
     this.tx = {
       applyRuleOps: (ops, restoring, napi) => this.applyRuleOps(ops, restoring, napi),
+      adoptRuleOps: (ops) => this.adoptRuleOps(ops),
       applyLinkSet: (next, field, tolerant) => this.applyLinkSet(next, field, tolerant),
     };
   }
@@ -533,6 +536,61 @@ export class Controller {
     }
     // Durable and in the kernel: from here nothing undoes the change.
     await finishRules(this.ctx, ops, alloc, pace);
+  }
+
+  /**
+   * Start-up: adopt rules whose stored kernel ids restore reserved, in place
+   * (execute.ts adoptRules: compare every entry with the desired state, write
+   * only the differences). Nothing is stored: ids and records are unchanged.
+   * Returns the operations that could not be adopted (a plan refused, a
+   * backend without stored ids, a failed attach or peer check), for the
+   * rewrite path.
+   */
+  private async adoptRuleOps(ops: RuleOp[]): Promise<RuleOp[]> {
+    if (ops.length === 0) return [];
+    const facts = await fetchRuleFacts(
+      this.dp,
+      ops.flatMap((o) => (o.next ? [o.next] : [])),
+    );
+    const plans: RulePlan[] = [];
+    const adopted: RuleOp[] = [];
+    const rest: RuleOp[] = [];
+    for (const op of ops) {
+      const k = this.state.ruleKernel.get(op.name);
+      let p: RulePlan | undefined;
+      try {
+        p = op.next && planOne(op, facts);
+      } catch {
+        p = undefined; // the rewrite path reports it
+      }
+      if (!p || !k || p.backends.some((b) => !k.backends.has(b.key))) rest.push(op);
+      else {
+        plans.push(p);
+        adopted.push(op);
+      }
+    }
+    const undo = new UndoLog();
+    let r: Awaited<ReturnType<typeof adoptRules>>;
+    try {
+      r = await adoptRules(this.ctx, adopted, plans, undo);
+    } catch (e) {
+      undo.rollback(this.log);
+      this.log.warn({ err: e }, 'adopting the rules in place failed: rewriting them');
+      return ops;
+    }
+    for (const [name, k] of r.kernel) {
+      this.state.setKernel(name, k);
+      this.state.failed.delete(name);
+    }
+    releaseUnusedInterfaces(this.ctx);
+    if (r.repaired.length) {
+      this.log.warn(
+        { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+        'adopted rules: kernel entries that differed from the stored state were rewritten',
+      );
+    }
+    this.log.info({ adopted: r.kernel.size, repaired: r.repaired.length }, 'rules adopted in place');
+    return rest;
   }
 
   /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */

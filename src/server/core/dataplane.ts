@@ -108,6 +108,19 @@ export interface RuleSlotWrite {
   backends: [number, BackendEntry][];
 }
 
+/** A rule slot as the kernel holds it now ({@link Dataplane.readRuleSlots}). */
+export interface RuleSlotState {
+  /** RULE_F_* flags other than ACTIVE and SRC_FILTER (the ones {@link RuleSlotWrite} takes). */
+  flags: number;
+  /** The ACTIVE flag: the datapath uses the slot. */
+  active: boolean;
+  /** The SRC_FILTER flag: the datapath checks source prefixes. */
+  srcFilter: boolean;
+  statsId: number;
+  /** Backend id per table slot (ringSize entries). */
+  ring: Uint32Array;
+}
+
 export interface CounterRead {
   rules: Map<number, RuleStats>;
   backends: Map<number, BackendStats>;
@@ -164,6 +177,24 @@ export interface Dataplane {
   deleteSrcPrefix(key: SrcKey): void;
   /** A slot's backend table (backend ids). */
   readRing(slot: number): number[];
+  /**
+   * Read many slots at once (a start adopting 10 000 rules): `visit` gets
+   * each slot's state; its `ring` is a scratch array, overwritten for the
+   * next slot.
+   */
+  readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void;
+  /** The backend entries of these ids as the kernel holds them (an unused id reads as all zeros). */
+  readBackends(ids: readonly number[]): Map<number, BackendEntry>;
+  /**
+   * Repair steps for a published slot (adoption at start: only the entries
+   * that differ from the desired state are written). Each is one step.
+   */
+  writeBackends(entries: [number, BackendEntry][]): void;
+  /** Write table slots start..start+ids.length-1 of a rule slot's backend table. */
+  writeRing(slot: number, start: number, ids: ArrayLike<number>): void;
+  /** Write a slot's rule entry (ACTIVE set; SRC_FILTER as given). */
+  writeRuleCfg(slot: number, flags: number, statsId: number, srcFilter: boolean): void;
+  putSrcPrefix(key: SrcKey): void;
   resetRuleStats(statsId: number): void;
   resetBackendStats(statsId: number): void;
 

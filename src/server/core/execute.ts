@@ -7,12 +7,12 @@
  */
 import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
-import type { BackendEntry, Dataplane, XdpModeName } from './dataplane.js';
+import type { BackendEntry, Dataplane, SrcKey, XdpModeName } from './dataplane.js';
 import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
-import type { RuleOp, RulesPlan } from './plan-rules.js';
-import { fillRing } from './ring.js';
+import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
+import { fillRing, ringHolds } from './ring.js';
 import { writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
@@ -135,20 +135,17 @@ export function ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): { put: 
 }
 
 /**
- * Phase 2 (kernel, undoable): attach where needed, check native-redirect
- * targets, write each rule into its fresh slot (unpublished), then publish by
- * repointing match entries. Every step pushes its undo before or as it runs,
- * so a write that fails half-way (a full LPM trie after some prefixes went
- * in) is cleared too.
+ * Steps 1 and 2 of writing rules (also run when a start adopts them):
+ * our program on every ingress interface the plans need, and the veth
+ * precondition of native redirects into their backends (throws naming the
+ * first backend that fails it).
  */
-export async function writeRules(
+async function prepareIngress(
   ctx: ExecContext,
   ops: readonly RuleOp[],
-  { plans }: RulesPlan,
-  alloc: RuleAllocation,
+  plans: readonly RulePlan[],
   undo: UndoLog,
-  pace: () => Promise<void> = async () => {},
-  restoring = false,
+  restoring: boolean,
 ): Promise<void> {
   const { dp, state } = ctx;
   // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
@@ -190,6 +187,26 @@ export async function writeRules(
       }
     }
   }
+}
+
+/**
+ * Phase 2 (kernel, undoable): attach where needed, check native-redirect
+ * targets, write each rule into its fresh slot (unpublished), then publish by
+ * repointing match entries. Every step pushes its undo before or as it runs,
+ * so a write that fails half-way (a full LPM trie after some prefixes went
+ * in) is cleared too.
+ */
+export async function writeRules(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  { plans }: RulesPlan,
+  alloc: RuleAllocation,
+  undo: UndoLog,
+  pace: () => Promise<void> = async () => {},
+  restoring = false,
+): Promise<void> {
+  await prepareIngress(ctx, ops, plans, undo, restoring);
+  const { dp, state } = ctx;
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
@@ -200,17 +217,7 @@ export async function writeRules(
       const ids = k.backends.get(b.key)!;
       if (alloc.freshBackendStats.has(ids.statsId)) dp.resetBackendStats(ids.statsId);
       if (!b.receiving) continue; // out of the table: its flows go to the others
-      entries.push([
-        ids.id,
-        {
-          dmac: parseMac(b.mac),
-          smac: parseMac(b.smac),
-          ifindex: b.ifindex,
-          statsId: ids.statsId,
-          family: AF_INET,
-          addr: parseIp(b.spec.ip).bytes,
-        },
-      ]);
+      entries.push([ids.id, backendOf(b, ids.statsId)]);
       members.push({ key: b.key, weight: b.spec.weight, value: ids.id });
     }
     // Start from the rule's current table, so that only the slots of
@@ -517,4 +524,180 @@ export function releaseUnusedInterfaces(ctx: ExecContext): void {
     }
     ctx.state.attached.delete(name);
   }
+}
+
+/**
+ * A start adopting rules the datapath already holds, in place: the slots,
+ * counters and backend ids stored with each rule (restore reserved them) are
+ * kept, every entry the rule needs is read back from the kernel (rule entry,
+ * backend table, backend entries, source prefixes, match entries) and
+ * compared with what writing the rule would put there, and only the entries
+ * that differ are written — each write moves one entry to its desired value,
+ * so a packet sees either what the kernel had or the repaired entry. A
+ * table whose shares still hold is kept slot for slot ({@link ringHolds});
+ * one that does not is refilled from itself ({@link fillRing}, minimal
+ * disruption) and only the span of slots that changed is written.
+ *
+ * Returns each rule's kernel record and what was repaired ("rule web:
+ * backends[7]"). Attachments are undone through `undo` on failure; repairs
+ * are not (they only move entries towards the desired state).
+ */
+export async function adoptRules(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  plans: readonly RulePlan[],
+  undo: UndoLog,
+): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[] }> {
+  await prepareIngress(ctx, ops, plans, undo, true);
+  const { dp, state } = ctx;
+  const stored = (p: RulePlan) => state.ruleKernel.get(p.name)!;
+  const repaired: string[] = [];
+  // What the kernel holds: match entries and source prefixes (one walk each), backend entries (one read).
+  const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
+  const prefixes = new Map<number, SrcKey[]>();
+  for (const k of dp.listSrcPrefixes()) {
+    let l = prefixes.get(k.slot);
+    if (!l) prefixes.set(k.slot, (l = []));
+    l.push(k);
+  }
+  const have = dp.readBackends(plans.flatMap((p) => [...stored(p).backends.values()].map((b) => b.id)));
+  const backendWrites: [number, BackendEntry][] = [];
+  const backendClears: [number, BackendEntry][] = [];
+  for (const p of plans) {
+    const k = stored(p);
+    for (const b of p.backends) {
+      const id = k.backends.get(b.key)!.id;
+      const want = b.receiving ? backendOf(b, k.backends.get(b.key)!.statsId) : EMPTY_BACKEND;
+      if (sameBackend(have.get(id) ?? EMPTY_BACKEND, want)) continue;
+      (b.receiving ? backendWrites : backendClears).push([id, want]);
+      repaired.push(`rule ${p.name}: backends[${id}]`);
+    }
+  }
+  // Rule entries and backend tables: one read of every slot.
+  const bySlot = new Map(plans.map((p) => [stored(p).slot, p]));
+  const ringWrites: [slot: number, start: number, ids: number[]][] = [];
+  const cfgWrites: RulePlan[] = [];
+  dp.readRuleSlots([...bySlot.keys()], (slot, now) => {
+    const p = bySlot.get(slot)!;
+    const k = stored(p);
+    const members = p.backends
+      .filter((b) => b.receiving)
+      .map((b) => ({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id }));
+    if (!ringHolds(members, dp.ringSize, dp.noBackend, now.ring)) {
+      const keyOf = new Map([...k.backends].map(([key, v]) => [v.id, key]));
+      const want = fillRing(
+        members,
+        dp.ringSize,
+        dp.noBackend,
+        Array.from(now.ring, (id) => keyOf.get(id)),
+      );
+      let lo = -1;
+      let hi = -1;
+      for (let s = 0; s < want.length; s++) {
+        if (want[s] === now.ring[s]) continue;
+        if (lo < 0) lo = s;
+        hi = s;
+      }
+      if (lo >= 0) {
+        ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
+        repaired.push(`rule ${p.name}: rule_ring[${slot}][${lo}..${hi}]`);
+      }
+    }
+    const srcFilter = p.prefixes.length > 0;
+    if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
+      cfgWrites.push(p);
+      repaired.push(`rule ${p.name}: rule_cfg[${slot}]`);
+    }
+  });
+  // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
+  const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
+  const addPrefixes: SrcKey[] = [];
+  const delPrefixes: SrcKey[] = [];
+  for (const p of plans) {
+    const slot = stored(p).slot;
+    const now = prefixes.get(slot) ?? [];
+    const nowIds = new Set(now.map(prefixId));
+    const wantIds = new Set(p.prefixes.map(prefixId));
+    const add = p.prefixes.filter((x) => !nowIds.has(prefixId(x))).map((x) => ({ slot, ...x }));
+    const del = now.filter((x) => !wantIds.has(prefixId(x)));
+    addPrefixes.push(...add);
+    delPrefixes.push(...del);
+    if (add.length + del.length)
+      repaired.push(`rule ${p.name}: src_allow of slot ${slot} (+${add.length} -${del.length})`);
+  }
+  // Write: what packets will be sent to first, then the tables, the entries, and last what is published.
+  dp.writeBackends(backendWrites);
+  for (const x of addPrefixes) dp.putSrcPrefix(x);
+  for (const [slot, start, ids] of ringWrites) dp.writeRing(slot, start, ids);
+  for (const p of cfgWrites) {
+    const k = stored(p);
+    dp.writeRuleCfg(k.slot, p.flags, k.statsId, p.prefixes.length > 0);
+  }
+  for (const x of delPrefixes) dp.deleteSrcPrefix(x);
+  dp.writeBackends(backendClears);
+  for (const p of plans) {
+    const slot = stored(p).slot;
+    for (const m of p.matchKeys) {
+      if (matches.get(matchId(m)) === slot) continue;
+      dp.putMatch(m, slot);
+      repaired.push(`rule ${p.name}: rule_match ${matchId(m)}`);
+    }
+  }
+  const kernel = new Map<string, RuleKernel>();
+  for (const p of plans) {
+    const k = stored(p);
+    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
+    kernel.set(p.name, {
+      slot: k.slot,
+      statsId: k.statsId,
+      matchKeys: p.matchKeys,
+      prefixes: p.prefixes,
+      backends: k.backends,
+      ifindexes: p.ifindexes,
+      status: {
+        ...writtenRuleStatus(
+          p.backends.map((b) => b.status),
+          live,
+          p.backends.map((b) => b.spec.weight),
+        ),
+        warnings: [...p.warnings],
+      },
+    });
+  }
+  return { kernel, repaired };
+}
+
+/** The entry of an unused backend id (what clearRuleSlot leaves). */
+const EMPTY_BACKEND: BackendEntry = {
+  dmac: new Uint8Array(6),
+  smac: new Uint8Array(6),
+  ifindex: 0,
+  statsId: 0,
+  family: 0,
+  addr: new Uint8Array(4),
+};
+
+/** A planned backend as the datapath stores it. */
+function backendOf(b: RulePlan['backends'][number], statsId: number): BackendEntry {
+  return {
+    dmac: parseMac(b.mac),
+    smac: parseMac(b.smac),
+    ifindex: b.ifindex,
+    statsId,
+    family: AF_INET,
+    addr: parseIp(b.spec.ip).bytes,
+  };
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+function sameBackend(a: BackendEntry, b: BackendEntry): boolean {
+  return (
+    a.ifindex === b.ifindex &&
+    a.statsId === b.statsId &&
+    a.family === b.family &&
+    sameBytes(a.dmac, b.dmac) &&
+    sameBytes(a.smac, b.smac) &&
+    sameBytes(a.addr, b.addr)
+  );
 }

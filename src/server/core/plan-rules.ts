@@ -116,6 +116,13 @@ export async function planRulesPaced(input: PlanRulesInput, pace: () => Promise<
   return { plans };
 }
 
+/**
+ * One rule's plan with no claim or capacity check: a start adopting rules
+ * in place (restore.ts) writes no new slot, and the stored state's claims
+ * are its own. Throws the CoreError that refuses the rule.
+ */
+export const planOne = (op: RuleOp, facts: Facts): RulePlan => planOp(op, facts);
+
 const planOp = (op: RuleOp, facts: Facts): RulePlan =>
   planRule(op.name, op.next!, op.field ?? 'rule', facts, op.lenient ?? false);
 

@@ -16,6 +16,8 @@ import type { StoredState } from './store.js';
 export interface Transactions {
   /** `napi`: veth-peer checks the reconciler made this pass (backends failing one stay out of the table). */
   applyRuleOps(ops: RuleOp[], restoring: boolean, napi?: Facts['napi']): Promise<void>;
+  /** Adopt rules in place (start-up); returns the ops that could not be adopted. */
+  adoptRuleOps(ops: RuleOp[]): Promise<RuleOp[]>;
   /** `tolerant`: an interface another XDP program occupies is reported, not fatal (restore, resync). */
   applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant?: boolean): Promise<void>;
 }
@@ -99,10 +101,15 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       status: waitingStatus(),
     });
   }
-  const ops = ready.map((r): RuleOp => {
+  const opOf = (r: StoredState['rules'][number]): RuleOp => {
     const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
     return { name: r.name, next: spec as RuleSpec };
-  });
+  };
+  // Rules whose stored slot the kernel may still hold are adopted in place:
+  // every entry compared with the desired state, only differences written.
+  const inPlace = ready.filter((r) => r.kernel && fits(r.kernel) && known.has(r.kernel.slot));
+  const isInPlace = new Set(inPlace);
+  const ops = [...(await tx.adoptRuleOps(inPlace.map(opOf))), ...ready.filter((r) => !isInPlace.has(r)).map(opOf)];
   // Each rule is written into a fresh slot while its old slot still holds its
   // source prefixes and backends: rewrite in groups that fit next to what is
   // in the tables, so that a state that fits the tables always restores.

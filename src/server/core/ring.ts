@@ -144,3 +144,35 @@ export function fillRing<T>(
   for (let s = 0; s < size; s++) table[s] = live[owner[s]].value;
   return table;
 }
+
+/**
+ * Whether `table` is a table {@link fillRing} leaves as it is when given it
+ * as the previous one: every slot holds a member with a positive weight (all
+ * `empty` when there is none) and each member holds between its quotas. A
+ * start adopting a rule's table from the kernel checks this in O(size)
+ * instead of refilling it; members' values must be distinct.
+ */
+export function ringHolds<T>(members: readonly RingMember<T>[], size: number, empty: T, table: ArrayLike<T>): boolean {
+  if (table.length !== size) return false;
+  const byKey = new Map<string, RingMember<T>>();
+  for (const m of members) if (m.weight > 0 && !byKey.has(m.key)) byKey.set(m.key, m);
+  const live = [...byKey.values()];
+  if (live.length === 0) {
+    for (let s = 0; s < size; s++) if (table[s] !== empty) return false;
+    return true;
+  }
+  const index = new Map<T, number>();
+  live.forEach((m, i) => index.set(m.value, i));
+  if (index.size !== live.length) return false;
+  const held = new Array<number>(live.length).fill(0);
+  for (let s = 0; s < size; s++) {
+    const i = index.get(table[s]);
+    if (i === undefined) return false;
+    held[i]++;
+  }
+  const { lo, hi } = quotas(
+    live.map((m) => m.weight),
+    size,
+  );
+  return held.every((h, i) => h >= lo[i] && h <= hi[i]);
+}

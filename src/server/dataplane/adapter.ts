@@ -5,10 +5,12 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 
 import type {
+  BackendEntry,
   CounterRead,
   Dataplane,
   InterfaceInfo,
   LinkState,
+  RuleSlotState,
   RuleSlotWrite,
   XdpModeName,
   XdpStatus,
@@ -248,6 +250,40 @@ export class KernelDataplane implements Dataplane {
 
   readRing(slot: number): number[] {
     return Array.from(this.dp.maps.ruleRing.getRangeU32(slot * RING_SIZE, RING_SIZE));
+  }
+
+  readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void {
+    tables.readRuleSlots(this.dp.maps, slots, visit);
+  }
+
+  readBackends(ids: readonly number[]): Map<number, BackendEntry> {
+    const out = new Map<number, BackendEntry>();
+    if (ids.length === 0) return out;
+    // One batch read of the whole array beats a lookup each once more than a few are wanted.
+    const all = ids.length > 64 ? this.dp.maps.backends.getRange(0, this.dp.maps.backends.info.maxEntries) : undefined;
+    for (const id of ids) {
+      const e = all ? all[id] : this.dp.maps.backends.get(id);
+      if (e) out.set(id, e);
+    }
+    return out;
+  }
+
+  writeBackends(entries: [number, BackendEntry][]): void {
+    this.dp.maps.backends.putMany(entries);
+  }
+
+  writeRing(slot: number, start: number, ids: ArrayLike<number>): void {
+    if (start < 0 || start + ids.length > RING_SIZE)
+      throw new RangeError(`ring slots ${start}+${ids.length} of ${RING_SIZE}`);
+    this.dp.maps.ruleRing.putRangeU32(slot * RING_SIZE + start, ids);
+  }
+
+  writeRuleCfg(slot: number, flags: number, statsId: number, srcFilter: boolean): void {
+    tables.writeRuleCfg(this.dp.maps, slot, flags, statsId, srcFilter);
+  }
+
+  putSrcPrefix(key: SrcKey): void {
+    this.dp.maps.srcAllow.put(key, 1);
   }
 
   resetRuleStats(statsId: number): void {

@@ -332,25 +332,26 @@ export class BpfMap<K, V> {
   }
 
   /**
-   * The u32 values of keys start..start+count-1 of an array of u32: read from
-   * memory when the map is mmapable (80 MB of rings in ~50 ms), otherwise
-   * with BPF_MAP_LOOKUP_BATCH (~0.5 µs a value on this kernel).
+   * The raw values of keys start..start+count-1 of an array (not per-CPU),
+   * packed at the value size: copied from memory when the map is mmapable
+   * (80 MB of rings in ~50 ms), otherwise read with BPF_MAP_LOOKUP_BATCH
+   * (~0.5 µs a value on kernel 6.18, still far below a lookup each).
    */
-  getRangeU32(start: number, count: number): Uint32Array {
+  getRangeRaw(start: number, count: number): Buffer {
     this.checkRange(start, count, 'read');
-    if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
-    const out = new Uint32Array(count);
+    const vs = this.info.valueSize;
+    const out = Buffer.alloc(count * vs);
     if (count === 0) return out;
+    if (this.perCpu) throw new KernelError(`read map ${this.name}`, 22, [], 'a per-CPU map');
     if (this.mmapable) {
       this.mapped(start, count, (mem, at) => {
-        for (let i = 0; i < count; i++) out[i] = mem.readUInt32LE(at(i));
+        for (let i = 0; i < count; i++) mem.copy(out, i * vs, at(i), at(i) + vs);
       });
       return out;
     }
     const keys = Buffer.alloc(count * 4);
-    const vals = Buffer.alloc(count * 4);
     let done = 0;
-    // in_batch is the key before the first one wanted (a fresh walk from key 0 when start is 0).
+    // in_batch is the key before the first one wanted (a walk from key 0 when start is 0).
     let inBatch: Buffer | null = start > 0 ? Buffer.from(Uint32Array.of(start - 1).buffer) : null;
     while (done < count) {
       const n = [count - done];
@@ -360,7 +361,7 @@ export class BpfMap<K, V> {
         inBatch,
         outBatch,
         keys.subarray(done * 4),
-        vals.subarray(done * 4),
+        out.subarray(done * vs),
         n,
         batchOpts,
       ) as number;
@@ -369,8 +370,56 @@ export class BpfMap<K, V> {
       if (r === -ENOENT || n[0] === 0) break;
       inBatch = outBatch;
     }
-    for (let i = 0; i < done; i++) out[i] = vals.readUInt32LE(i * 4);
     return out;
+  }
+
+  /** The values of keys start..start+count-1 of an array, decoded (see {@link getRangeRaw}). */
+  getRange(start: number, count: number): V[] {
+    const raw = this.getRangeRaw(start, count);
+    const vs = this.info.valueSize;
+    return Array.from({ length: count }, (_, i) => this.value.decode(raw.subarray(i * vs, (i + 1) * vs)));
+  }
+
+  /** The u32 values of keys start..start+count-1 of an array of u32 (see {@link getRangeRaw}). */
+  getRangeU32(start: number, count: number): Uint32Array {
+    if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
+    const raw = this.getRangeRaw(start, count);
+    const out = new Uint32Array(count);
+    for (let i = 0; i < count; i++) out[i] = raw.readUInt32LE(i * 4);
+    return out;
+  }
+
+  /**
+   * Visit the u32 values of many ranges of an array of u32 with one mapping
+   * of the pages from the first to the last (mmapable maps; otherwise one
+   * batch read per range). `visit` gets a scratch array that is overwritten
+   * for the next range: copy what must outlive the call.
+   */
+  visitRangesU32(
+    ranges: readonly [start: number, count: number][],
+    visit: (i: number, values: Uint32Array) => void,
+  ): void {
+    if (ranges.length === 0) return;
+    if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
+    if (!this.mmapable) {
+      ranges.forEach(([start, count], i) => visit(i, this.getRangeU32(start, count)));
+      return;
+    }
+    let lo = Infinity;
+    let hi = 0;
+    for (const [start, count] of ranges) {
+      this.checkRange(start, count, 'read');
+      lo = Math.min(lo, start);
+      hi = Math.max(hi, start + count);
+    }
+    const scratch = new Uint32Array(Math.max(...ranges.map(([, c]) => c)));
+    this.mapped(lo, hi - lo, (mem, at) => {
+      ranges.forEach(([start, count], i) => {
+        const view = scratch.subarray(0, count);
+        for (let j = 0; j < count; j++) view[j] = mem.readUInt32LE(at(start - lo + j));
+        visit(i, view);
+      });
+    });
   }
 
   /**

@@ -20,6 +20,7 @@ import {
   type LinkStats,
   FOLD_SLOT_BITS,
   type MatchKey,
+  portUse,
   type PortUse,
   type RuleStats,
   type SrcKey,
@@ -51,10 +52,44 @@ export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
   const base = c.slot * RING_SIZE;
   maps.ruleRing.putRangeU32(base, c.ring);
   for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
-  maps.ruleCfg.put(c.slot, {
-    flags: c.flags | RULE_F_ACTIVE | (c.srcPrefixes.length ? RULE_F_SRC_FILTER : 0),
-    statsId: c.statsId,
-  });
+  writeRuleCfg(maps, c.slot, c.flags, c.statsId, c.srcPrefixes.length > 0);
+}
+
+/** A slot's rule entry, marked active (RULE_F_SRC_FILTER when it has source prefixes). */
+export function writeRuleCfg(
+  maps: DatapathMaps,
+  slot: number,
+  flags: number,
+  statsId: number,
+  srcFilter: boolean,
+): void {
+  maps.ruleCfg.put(slot, { flags: flags | RULE_F_ACTIVE | (srcFilter ? RULE_F_SRC_FILTER : 0), statsId });
+}
+
+/** Read slots' rule entries and backend tables (one mapping of rule_ring for all of them). */
+export function readRuleSlots(
+  maps: DatapathMaps,
+  slots: readonly number[],
+  visit: (
+    slot: number,
+    s: { flags: number; active: boolean; srcFilter: boolean; statsId: number; ring: Uint32Array },
+  ) => void,
+): void {
+  if (slots.length === 0) return;
+  const cfg = maps.ruleCfg.getRange(0, maps.ruleCfg.info.maxEntries);
+  maps.ruleRing.visitRangesU32(
+    slots.map((s) => [s * RING_SIZE, RING_SIZE] as [number, number]),
+    (i, ring) => {
+      const e = cfg[slots[i]] ?? { flags: 0, statsId: 0 };
+      visit(slots[i], {
+        flags: e.flags & ~(RULE_F_ACTIVE | RULE_F_SRC_FILTER),
+        active: (e.flags & RULE_F_ACTIVE) !== 0,
+        srcFilter: (e.flags & RULE_F_SRC_FILTER) !== 0,
+        statsId: e.statsId,
+        ring,
+      });
+    },
+  );
 }
 
 /**
@@ -166,8 +201,15 @@ export function rebuildPortUse(maps: DatapathMaps): void {
   for (const [k, slot] of maps.ruleMatch.entries()) {
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
+  // Only the entries that differ are written (a start over an intact datapath writes none).
+  const now = maps.rulePorts.getRange(0, 65536);
+  const a = Buffer.alloc(portUse.layout.size);
+  const b = Buffer.alloc(portUse.layout.size);
   const entries: [number, PortUse][] = [];
-  for (let port = 0; port < 65536; port++) entries.push([port, counts.get(port) ?? { any: 0, dst: 0 }]);
+  for (let port = 0; port < 65536; port++) {
+    const want = counts.get(port) ?? { any: 0, dst: 0 };
+    if (!portUse.encode(now[port], a).equals(portUse.encode(want, b))) entries.push([port, want]);
+  }
   maps.rulePorts.putMany(entries);
 }
 
