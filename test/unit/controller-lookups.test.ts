@@ -182,6 +182,28 @@ describe('controller: interface lookups and peer checks per transaction', () => 
   });
 });
 
+describe('controller: a change never waits behind a reconciler pass', () => {
+  it('a pass that has written nothing gives its turn to a waiting change, and still completes', async () => {
+    const { c } = await applyCounting(2000);
+    const done: string[] = [];
+    const pass = c.resync().then(() => done.push('pass'));
+    const change = c.updateRule({ ...rule(7), port: 40_007 }, 0).then(() => done.push('change'));
+    await Promise.all([pass, change]);
+    assert.deepEqual(done, ['change', 'pass']);
+    assert.equal(c.getRule('r7').port, 40_007);
+  });
+
+  it('passes are not starved by a steady stream of changes (at most 3 give their turn in a row)', async () => {
+    const { c } = await applyCounting(2000);
+    let passed = false;
+    const pass = c.resync().then(() => (passed = true));
+    let changes = 0;
+    while (!passed && changes < 50) await c.updateRule({ ...rule(7), port: 41_000 + changes++ }, 0);
+    await pass;
+    assert.ok(changes <= 4, `the pass completed after ${changes} changes`);
+  });
+});
+
 describe('controller: rule pages', () => {
   it('pages through every rule in name order, a page at a time, across changes between pages', async () => {
     const { c } = await applyCounting(300);

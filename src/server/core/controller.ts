@@ -150,9 +150,18 @@ export class Controller {
       now: this.now,
     };
     this.tx = {
-      applyRuleOps: (ops, restoring, napi) => this.applyRuleOps(ops, restoring, napi),
-      adoptRuleOps: (ops) => this.adoptRuleOps(ops),
-      applyLinkSet: (next, field, tolerant) => this.applyLinkSet(next, field, tolerant),
+      applyRuleOps: (ops, restoring, napi) => {
+        this.passWrote = true;
+        return this.applyRuleOps(ops, restoring, napi);
+      },
+      adoptRuleOps: (ops) => {
+        this.passWrote = true;
+        return this.adoptRuleOps(ops);
+      },
+      applyLinkSet: (next, field, tolerant) => {
+        this.passWrote = true;
+        return this.applyLinkSet(next, field, tolerant);
+      },
     };
   }
 
@@ -194,8 +203,10 @@ export class Controller {
    * Run one change at a time. A change whose caller has gone (signal
    * aborted) by the time its turn comes is not started.
    */
-  private serial<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  private serial<T>(fn: () => Promise<T>, signal?: AbortSignal, background = false): Promise<T> {
+    if (!background) this.changesWaiting++;
     const go = () => {
+      if (!background) this.changesWaiting--;
       if (signal?.aborted) {
         return Promise.reject(
           new CoreError(
@@ -749,7 +760,7 @@ export class Controller {
 
   /** Take over a stored desired state on start (restore.ts). */
   restore(stored: StoredState): Promise<void> {
-    return this.serial(() => restore(this.ctx, this.tx, stored));
+    return this.serial(() => restore(this.ctx, this.tx, stored), undefined, true);
   }
 
   /**
@@ -758,9 +769,31 @@ export class Controller {
    * interfaces; {@link problems} has what it found wrong, with the rules not ACTIVE.
    */
   async resync(): Promise<string[]> {
-    const r = await this.serial(() => resync(this.ctx, this.tx));
-    this.lastProblems = r.problems;
-    return r.missing;
+    // A pass holds the write queue; with 10 000 rules it is long. Until it has
+    // written something it gives its turn to a change that is waiting (ends and
+    // queues again behind it), at most PREEMPTIONS times in a row, so that
+    // changes never wait for a pass and passes still complete under steady load.
+    for (let preempted = 0; ; preempted++) {
+      try {
+        const r = await this.serial(
+          () => {
+            this.passWrote = false;
+            const pace = pacer(10);
+            const preemptible = preempted < PREEMPTIONS;
+            return resync(this.ctx, this.tx, async () => {
+              if (preemptible && !this.passWrote && this.changesWaiting > 0) throw new Preempted();
+              await pace();
+            });
+          },
+          undefined,
+          true,
+        );
+        this.lastProblems = r.problems;
+        return r.missing;
+      } catch (e) {
+        if (!(e instanceof Preempted)) throw e;
+      }
+    }
   }
 
   /**
@@ -794,6 +827,10 @@ export class Controller {
   }
 
   private lastProblems: string[] = [];
+  /** Changes (API calls, config) queued and not yet started. */
+  private changesWaiting = 0;
+  /** Whether the running restore or reconciler pass has started a transaction. */
+  private passWrote = false;
 
   /**
    * Make the kernel match the (empty or restored) desired state: remove
@@ -880,6 +917,12 @@ export class Controller {
     this.state.attached.clear();
   }
 }
+
+/** How many reconciler passes in a row may give their turn to waiting changes. */
+const PREEMPTIONS = 3;
+
+/** A reconciler pass that gave its turn to a waiting change before writing anything. */
+class Preempted extends Error {}
 
 /** Same link: for both directions the order of a and b carries no meaning. */
 function sameLink(x: LinkSpec, y: LinkSpec): boolean {

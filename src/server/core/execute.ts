@@ -169,7 +169,9 @@ async function prepareIngress(
   for (const p of plans) {
     await pace();
     const isNative = p.ingress.some((i) => {
-      if (!native.has(i.name)) native.set(i.name, dp.xdpStatus(i.name)?.mode === 'native');
+      // The mode seen at the attach or the reconciler's last pass; netlink only for an unknown one.
+      const mode = () => state.attached.get(i.name)?.mode ?? dp.xdpStatus(i.name)?.mode;
+      if (!native.has(i.name)) native.set(i.name, mode() === 'native');
       return native.get(i.name);
     });
     if (!isNative) continue;
@@ -463,7 +465,7 @@ function attachOne(
   }
   const st = dp.attach(name, ctx.mode);
   state.foreign.delete(name);
-  state.attached.set(name, { ifindex, users });
+  state.attached.set(name, { ifindex, users, mode: st.mode });
   const wasOurs = !!before && before.mode !== 'none' && before.ours;
   undo.push(() => {
     state.attached.delete(name);

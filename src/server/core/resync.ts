@@ -42,7 +42,7 @@ const specOf = (r: { generation: number; createTime: number; updateTime: number 
 };
 
 /** One pass. */
-export async function resync(ctx: ExecContext, tx: Transactions): Promise<ResyncResult> {
+export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10)): Promise<ResyncResult> {
   const { dp, state } = ctx;
   const missing = new Set<string>();
   // The facts of this pass, each read once per name (every rule names its
@@ -51,8 +51,8 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
   state.rules.forEach((r) => specs.push(r));
   // With 10 000 rules a pass is long: it yields to the event loop every 10 ms (checked every
   // 16 rules: a rule may have 64 backends), so reads are answered meanwhile. Writes wait: a
-  // pass runs in the write queue.
-  const pace = pacer(10);
+  // pass runs in the write queue (the controller's `pace` ends a pass that has written nothing
+  // yet when a change is waiting).
   let n = 0;
   const facts = await fetchRuleFacts(dp, specs, undefined, pace);
   const now = (name: string) => {
@@ -122,7 +122,7 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
       const detached = state.attached.has(name); // same ifindex as when we attached
       try {
         const st = dp.attach(name, ctx.mode);
-        state.attached.set(name, { ifindex, users: users.get(name)! });
+        state.attached.set(name, { ifindex, users: users.get(name)!, mode: st.mode });
         if (detached) {
           ctx.log.warn(
             { ifname: name, mode: st.mode },
@@ -144,7 +144,9 @@ export async function resync(ctx: ExecContext, tx: Transactions): Promise<Resync
       }
       continue;
     }
-    if (!state.attached.has(name)) state.attached.set(name, { ifindex, users: users.get(name)! });
+    const a = state.attached.get(name);
+    if (a) a.mode = x.mode;
+    else state.attached.set(name, { ifindex, users: users.get(name)!, mode: x.mode });
     if (x.mode === 'native') native.add(name);
     transition(`if/${name}`, 'ok', (before) => {
       if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);

@@ -4,7 +4,7 @@
  * ids, attachments, link directions). Plain data and id pools, no I/O; the
  * execute step is the only writer during a transaction.
  */
-import type { Dataplane, MatchKey } from './dataplane.js';
+import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
 import type { LinkSpec, RuleRecord, RuleStatus } from './model.js';
@@ -40,6 +40,12 @@ export interface Attachment {
   users: Set<string>;
   /** Why the last detach (no users left) failed; the attachment stays listed and is retried. */
   detachError?: string;
+  /**
+   * The XDP mode the kernel reported at the attach or at the reconciler's
+   * last pass (which runs on every rtnetlink link event and every second):
+   * a change reads it here instead of querying netlink.
+   */
+  mode?: XdpStatus['mode'];
 }
 
 /** The identity of a backend within a rule: its address and egress interface. */
