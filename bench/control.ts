@@ -87,6 +87,8 @@ export interface ControlBenchOptions {
   watchers?: number[];
   /** Override the rule counts of the scale section (profiling). */
   scaleSizes?: number[];
+  /** Override the number of restarts the start section times (profiling). */
+  startRuns?: number;
 }
 
 interface Counts {
@@ -1108,6 +1110,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
   if (opts.applySizes) n.applySizes = opts.applySizes;
   if (opts.watchers) n.watchers = opts.watchers;
   if (opts.scaleSizes) n.scaleSizes = opts.scaleSizes;
+  if (opts.startRuns) n.startRuns = opts.startRuns;
   const id = randomBytes(2).toString('hex');
   const maxRules = Math.max(...n.applySizes, n.startRules, n.watchRules) + 1;
   const topo = new Topology(id);

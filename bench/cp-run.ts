@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * Only the control-plane benchmarks (for working on them and profiling):
- *   node --import tsx bench/cp-run.ts [--smoke] [--only change,apply,watch,start] [--sizes 1,100] [--watchers 1,1000] [--out file.json]
+ *   node --import tsx bench/cp-run.ts [--smoke] [--only change,apply,watch,start,scale] [--sizes 1,100] [--watchers 1,1000]
+ *     [--scale-sizes 10,10000] [--start-runs 1] [--out file.json]
  * `npm run bench` runs them with everything else.
  */
 import { writeFileSync } from 'node:fs';
@@ -16,6 +17,10 @@ const sizesArg = process.argv.indexOf('--sizes');
 const applySizes = sizesArg > 0 ? process.argv[sizesArg + 1].split(',').map(Number) : undefined;
 const watchersArg = process.argv.indexOf('--watchers');
 const watchers = watchersArg > 0 ? process.argv[watchersArg + 1].split(',').map(Number) : undefined;
-const figs = await benchControl({ smoke, only, applySizes, watchers });
+const scaleArg = process.argv.indexOf('--scale-sizes');
+const scaleSizes = scaleArg > 0 ? process.argv[scaleArg + 1].split(',').map(Number) : undefined;
+const startRunsArg = process.argv.indexOf('--start-runs');
+const startRuns = startRunsArg > 0 ? Number(process.argv[startRunsArg + 1]) : undefined;
+const figs = await benchControl({ smoke, only, applySizes, watchers, scaleSizes, startRuns });
 if (outArg > 0) writeFileSync(process.argv[outArg + 1], JSON.stringify(figs, null, 1));
 process.stdout.write(renderControl(figs, smoke));

@@ -317,7 +317,17 @@ export class BpfMap<K, V> {
     const from = Math.floor((start * elem) / PAGE_SIZE) * PAGE_SIZE;
     const to = Math.ceil(((start + count) * elem) / PAGE_SIZE) * PAGE_SIZE;
     const delta = start * elem - from;
-    return withMappedMap(this.fd, from, to - from, (mem) => fn(mem, (i) => delta + i * elem), this.name);
+    return withMappedMap(this.fd, from, to - from, (ab) => fn(Buffer.from(ab), (i) => delta + i * elem), this.name);
+  }
+
+  /**
+   * {@link mapped} for arrays of u32: `u32[at + i * 2]` is value start + i
+   * (each value takes 8 bytes; host byte order, as the kernel stores it).
+   */
+  private mappedU32<T>(start: number, count: number, fn: (u32: Uint32Array, at: number) => T): T {
+    const from = Math.floor((start * 8) / PAGE_SIZE) * PAGE_SIZE;
+    const to = Math.ceil(((start + count) * 8) / PAGE_SIZE) * PAGE_SIZE;
+    return withMappedMap(this.fd, from, to - from, (ab) => fn(new Uint32Array(ab), (start * 8 - from) / 4), this.name);
   }
 
   private checkRange(start: number, count: number, op: string): void {
@@ -383,6 +393,14 @@ export class BpfMap<K, V> {
   /** The u32 values of keys start..start+count-1 of an array of u32 (see {@link getRangeRaw}). */
   getRangeU32(start: number, count: number): Uint32Array {
     if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
+    if (this.mmapable && count > 0) {
+      this.checkRange(start, count, 'read');
+      const out = new Uint32Array(count);
+      this.mappedU32(start, count, (u32, at) => {
+        for (let i = 0; i < count; i++) out[i] = u32[at + 2 * i];
+      });
+      return out;
+    }
     const raw = this.getRangeRaw(start, count);
     const out = new Uint32Array(count);
     for (let i = 0; i < count; i++) out[i] = raw.readUInt32LE(i * 4);
@@ -413,10 +431,11 @@ export class BpfMap<K, V> {
       hi = Math.max(hi, start + count);
     }
     const scratch = new Uint32Array(Math.max(...ranges.map(([, c]) => c)));
-    this.mapped(lo, hi - lo, (mem, at) => {
+    this.mappedU32(lo, hi - lo, (u32, at) => {
       ranges.forEach(([start, count], i) => {
         const view = scratch.subarray(0, count);
-        for (let j = 0; j < count; j++) view[j] = mem.readUInt32LE(at(start - lo + j));
+        const base = at + 2 * (start - lo);
+        for (let j = 0; j < count; j++) view[j] = u32[base + 2 * j];
         visit(i, view);
       });
     });
@@ -441,8 +460,8 @@ export class BpfMap<K, V> {
       'bpf.map.mmap_update',
       () => this.spanAttrs('mmap_update', count),
       () =>
-        this.mapped(start, count, (mem, at) => {
-          for (let i = 0; i < count; i++) mem.writeUInt32LE(values[i] >>> 0, at(i));
+        this.mappedU32(start, count, (u32, at) => {
+          for (let i = 0; i < count; i++) u32[at + 2 * i] = values[i];
         }),
     );
   }

@@ -227,13 +227,19 @@ export function possibleCpus(): number {
 /**
  * Map `len` bytes of a BPF_F_MMAPABLE array map from byte `offset` (a
  * multiple of the page size), shared and writable, run `fn` over them and
- * unmap, even when `fn` throws. The Buffer is only valid inside `fn`: it
+ * unmap, even when `fn` throws. The memory is only valid inside `fn`: it
  * points at the kernel's pages, which the XDP program reads concurrently
  * (4-byte stores are atomic on every architecture the kernel maps this on).
  * The mapping is transient on purpose: a mapped page counts in the process's
  * RSS, and the rings of 10 000 rules are 80 MB.
  */
-export function withMappedMap<T>(fd: number, offset: number, len: number, fn: (mem: Buffer) => T, what: string): T {
+export function withMappedMap<T>(
+  fd: number,
+  offset: number,
+  len: number,
+  fn: (mem: ArrayBuffer) => T,
+  what: string,
+): T {
   const PROT_READ_WRITE = 3;
   const MAP_SHARED = 1;
   const addr: unknown = lib.mmap(null, len, PROT_READ_WRITE, MAP_SHARED, fd, offset);
@@ -241,7 +247,7 @@ export function withMappedMap<T>(fd: number, offset: number, len: number, fn: (m
     throw new KernelError(`map ${what} into memory`, koffi.errno() || 22);
   }
   try {
-    return fn(Buffer.from(koffi.view(addr, len)));
+    return fn(koffi.view(addr, len));
   } finally {
     lib.munmap(addr, len);
   }
