@@ -204,6 +204,35 @@ describe('controller: a change never waits behind a reconciler pass', () => {
   });
 });
 
+describe('controller: a large change swaps the state at once', () => {
+  it('reads during a 1 500-rule ApplyRules see the set before or after it, whole; the indices hold after', async () => {
+    const { c } = await applyCounting(1500);
+    const seen = new Set<string>();
+    let done = false;
+    const reads = (async () => {
+      while (!done) {
+        const ports = new Set(c.listRules().map((r) => Math.floor(r.port / 10_000)));
+        seen.add([...ports].sort().join(','));
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    await c.applyRules(
+      Array.from({ length: 1500 }, (_, i) => ({ ...rule(i), port: 30_000 + i })),
+      false,
+    );
+    done = true;
+    await reads;
+    assert.ok(seen.size >= 1 && [...seen].every((s) => s === '1' || s === '3'), [...seen].join(' | '));
+    // The claim index moved with the rules: the old port is free, the new one taken.
+    await c.createRule({ ...rule(5000), name: 'x', port: 10_001 });
+    await assert.rejects(c.createRule({ ...rule(5001), name: 'y', port: 30_002 }), /both match UDP port 30002/);
+    assert.deepEqual(
+      c.rulePage(undefined, 3).rules.map((r) => r.name),
+      ['r0', 'r1', 'r10'],
+    );
+  });
+});
+
 describe('controller: rule pages', () => {
   it('pages through every rule in name order, a page at a time, across changes between pages', async () => {
     const { c } = await applyCounting(300);

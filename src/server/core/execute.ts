@@ -146,8 +146,10 @@ async function prepareIngress(
   plans: readonly RulePlan[],
   undo: UndoLog,
   restoring: boolean,
+  pace: () => Promise<void> = async () => {},
 ): Promise<void> {
   const { dp, state } = ctx;
+  let n = 0;
   // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
   const changing = new Set(ops.map((o) => o.name));
   const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
@@ -207,7 +209,7 @@ export async function writeRules(
   pace: () => Promise<void> = async () => {},
   restoring = false,
 ): Promise<void> {
-  await prepareIngress(ctx, ops, plans, undo, restoring);
+  await prepareIngress(ctx, ops, plans, undo, restoring, pace);
   const { dp, state } = ctx;
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
@@ -289,17 +291,24 @@ export async function finishRules(
   const { dp, state } = ctx;
   // The new state first, at once: reads between the clears below see it whole.
   const replaced: [RuleKernel, RuleKernel | undefined][] = [];
+  const set: [string, RuleRecord, RuleKernel][] = [];
+  const del: string[] = [];
   for (const op of ops) {
     const old = state.ruleKernel.get(op.name);
     const next = alloc.kernel.get(op.name);
     if (old) replaced.push([old, next]);
     const rec = alloc.records.get(op.name);
-    if (next && rec) {
-      state.setRecord(op.name, rec);
-      state.setKernel(op.name, next);
-    } else {
-      state.deleteRule(op.name);
+    if (next && rec) set.push([op.name, rec, next]);
+    else del.push(op.name);
+  }
+  if (ops.length >= BULK_SWAP) {
+    await state.replaceMany(set, del, pace); // built beside, swapped at once
+  } else {
+    for (const [name, rec, next] of set) {
+      state.setRecord(name, rec);
+      state.setKernel(name, next);
     }
+    for (const name of del) state.deleteRule(name);
   }
   releaseUnusedInterfaces(ctx);
   for (const [old, next] of replaced) {
@@ -348,6 +357,9 @@ function turnElapsed(): number {
   }
   return now - turnStart;
 }
+
+/** From how many changed rules a transaction rebuilds the state beside and swaps it (CoreState.replaceMany). */
+const BULK_SWAP = 1024;
 
 /**
  * A pacer for long transactions: awaiting it yields to the event loop (so

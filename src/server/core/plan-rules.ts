@@ -92,10 +92,10 @@ export interface PlanRulesInput {
  * checks read the state's indices.
  */
 export function planRules(input: PlanRulesInput): RulesPlan {
-  checkClaims(input);
+  for (const _ of checkClaims(input));
   const plans: RulePlan[] = [];
   for (const op of input.ops) if (op.next) plans.push(planOp(op, input.facts));
-  checkCapacity(input, plans);
+  for (const _ of checkCapacity(input, plans));
   return { plans };
 }
 
@@ -106,13 +106,13 @@ export function planRules(input: PlanRulesInput): RulesPlan {
  * from the state before the change, which planning does not touch).
  */
 export async function planRulesPaced(input: PlanRulesInput, pace: () => Promise<void>): Promise<RulesPlan> {
-  checkClaims(input);
+  for (const _ of checkClaims(input)) await pace();
   const plans: RulePlan[] = [];
   for (const op of input.ops) {
     if (op.next) plans.push(planOp(op, input.facts));
     await pace();
   }
-  checkCapacity(input, plans);
+  for (const _ of checkCapacity(input, plans)) await pace();
   return { plans };
 }
 
@@ -126,8 +126,13 @@ export const planOne = (op: RuleOp, facts: Facts): RulePlan => planOp(op, facts)
 const planOp = (op: RuleOp, facts: Facts): RulePlan =>
   planRule(op.name, op.next!, op.field ?? 'rule', facts, op.lenient ?? false);
 
-/** Two rules must not claim the same (ingress, port, destination) after the change: PRECONDITION otherwise. */
-function checkClaims({ ops, claims }: PlanRulesInput): void {
+/**
+ * Two rules must not claim the same (ingress, port, destination) after the
+ * change: PRECONDITION otherwise. The checks below are generators that yield
+ * every 256 rules, so that a paced caller lets the event loop run between.
+ */
+function* checkClaims({ ops, claims }: PlanRulesInput): Generator<void> {
+  let n = 0;
   const changing = new Set(ops.map((o) => o.name));
   const newClaims = new Map<string, string>();
   const violations: FieldViolation[] = [];
@@ -146,12 +151,13 @@ function checkClaims({ ops, claims }: PlanRulesInput): void {
       }
       newClaims.set(k, op.name);
     }
+    if ((++n & 255) === 0) yield;
   }
   if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
 }
 
 /** Capacity, before anything is written: EXHAUSTED naming the full table otherwise. */
-function checkCapacity({ rules, free, inUse, capacity }: PlanRulesInput, plans: RulePlan[]): void {
+function* checkCapacity({ rules, free, inUse, capacity }: PlanRulesInput, plans: RulePlan[]): Generator<void> {
   // Capacity, before anything is written. New rules go into fresh slots while
   // the slots they replace still hold theirs (shadow copies): the peak is
   // what is in the kernel now plus everything the change writes.
@@ -160,7 +166,11 @@ function checkCapacity({ rules, free, inUse, capacity }: PlanRulesInput, plans: 
   const newRules = plans.filter((p) => !rules.has(p.name)).length;
   const needPrefixes = plans.reduce((n, p) => n + p.prefixes.length, 0);
   const newKeys = new Set<string>();
-  for (const p of plans) for (const k of p.matchKeys) if (!inUse.matchIds.has(matchId(k))) newKeys.add(matchId(k));
+  let n = 0;
+  for (const p of plans) {
+    for (const k of p.matchKeys) if (!inUse.matchIds.has(matchId(k))) newKeys.add(matchId(k));
+    if ((++n & 255) === 0) yield;
+  }
   const peakMatches = inUse.matchIds.size + newKeys.size;
   const full = (what: string, need: number, have: number) =>
     new CoreError('exhausted', `${what} table full: the change needs ${need}, ${have} free`);
