@@ -190,6 +190,10 @@ export class ModelMap<K, V> {
     for (let i = 0; i < values.length; i++) this.put((start + i) as K, values[i] as V);
   }
 
+  entriesBatch(): [K, V][] {
+    return [...this.entries()];
+  }
+
   entriesPerCpu(): [K, V[]][] {
     return [...this.entries()].map(([k, v]) => [k, [v]]);
   }

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 
 import fc from 'fast-check';
 
-import { fillRing, type RingMember } from '../../src/server/core/ring.js';
+import { fillRing, ringHolds, type RingMember } from '../../src/server/core/ring.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { ringIndex } from '../../src/server/dataplane/flow-hash.js';
 
@@ -154,6 +154,38 @@ describe('ring filling (weighted shares, minimal disruption)', () => {
         },
       ),
       { numRuns: 60 },
+    );
+  });
+
+  it('ringHolds: every table fillRing makes holds, is left as it is when refilled from itself, and a broken one does not', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 1, maxLength: 12 }),
+        fc.nat(),
+        (weights, at) => {
+          const m = members(weights.map((w, i): [string, number] => [`10.0.0.${i}@e`, w]));
+          const t = fillRing(m, RING_SIZE, '');
+          assert.ok(ringHolds(m, RING_SIZE, '', t));
+          assert.deepEqual(fillRing(m, RING_SIZE, '', t), t, 'refilled from itself: unchanged');
+          const broken = [...t];
+          broken[at % RING_SIZE] = 'stranger';
+          assert.equal(ringHolds(m, RING_SIZE, '', broken), false, 'a slot holding no member');
+          if (m.filter((x) => x.weight > 0).length >= 2) {
+            // Move every slot of one member to another: shares broken.
+            const [a, b] = m.filter((x) => x.weight > 0).map((x) => x.key);
+            assert.equal(
+              ringHolds(
+                m,
+                RING_SIZE,
+                '',
+                t.map((v) => (v === a ? b : v)),
+              ),
+              false,
+            );
+          }
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 

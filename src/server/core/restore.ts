@@ -132,7 +132,8 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     state.slots.release(slot);
   }
   sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
-  dp.rebuildPortIndex();
+  // No second recount of the port index: it was made exact before anything else, and every match entry
+  // written or removed since went through putMatch/deleteMatch, which keep it exact.
   ctx.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
 }
 

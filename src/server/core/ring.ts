@@ -161,13 +161,18 @@ export function ringHolds<T>(members: readonly RingMember<T>[], size: number, em
     for (let s = 0; s < size; s++) if (table[s] !== empty) return false;
     return true;
   }
-  const index = new Map<T, number>();
-  live.forEach((m, i) => index.set(m.value, i));
-  if (index.size !== live.length) return false;
+  const values = live.map((m) => m.value);
+  if (new Set(values).size !== values.length) return false;
   const held = new Array<number>(live.length).fill(0);
+  // A linear search from the previous slot's member: rules have a few backends, and 10 000 tables are
+  // checked at every start (10 million slots).
+  let i = 0;
   for (let s = 0; s < size; s++) {
-    const i = index.get(table[s]);
-    if (i === undefined) return false;
+    const v = table[s];
+    if (values[i] !== v) {
+      i = values.indexOf(v);
+      if (i < 0) return false;
+    }
     held[i]++;
   }
   const { lo, hi } = quotas(

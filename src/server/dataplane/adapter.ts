@@ -233,7 +233,7 @@ export class KernelDataplane implements Dataplane {
   }
 
   listMatches(): [MatchKey, number][] {
-    return [...this.dp.maps.ruleMatch.entries()];
+    return this.dp.maps.ruleMatch.entriesBatch();
   }
 
   rebuildPortIndex(): void {

@@ -198,7 +198,7 @@ export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
 export function rebuildPortUse(maps: DatapathMaps): void {
   rebuildIfFlags(maps);
   const counts = new Map<number, PortUse>();
-  for (const [k, slot] of maps.ruleMatch.entries()) {
+  for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
   // Only the entries that differ are written (a start over an intact datapath writes none).
