@@ -16,7 +16,7 @@ let tracer: Tracer | undefined;
 export const DP_ATTR = {
   /** The BPF map's kernel name ("rule_cfg"). */
   mapName: 'bpf.map.name',
-  /** update | delete | batch_update | batch_delete. */
+  /** update | delete | batch_update | batch_delete | mmap_update (stores into a BPF_F_MMAPABLE array's mapped pages). */
   mapOp: 'bpf.map.operation',
   /** Number of entries the operation writes or deletes. */
   entries: 'bpf.map.entries',
