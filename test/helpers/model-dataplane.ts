@@ -178,6 +178,12 @@ export class ModelMap<K, V> {
     return Uint32Array.from({ length: count }, (_, i) => this.get((start + i) as K) as number);
   }
 
+  getRangeRaw(start: number, count: number): Buffer {
+    return Buffer.concat(
+      Array.from({ length: count }, (_, i) => this.entries_.get(this.hex((start + i) as K)) ?? this.zero()),
+    );
+  }
+
   getRange(start: number, count: number): V[] {
     return Array.from({ length: count }, (_, i) => this.get((start + i) as K) as V);
   }

@@ -79,8 +79,8 @@ class CountingDataplane implements Dataplane {
       visit(slot, { flags: 0, active: false, srcFilter: false, statsId: 0, ring: new Uint32Array(this.ringSize) });
     }
   }
-  readBackends(): Map<number, BackendEntry> {
-    return new Map();
+  differingBackends(want: readonly [number, BackendEntry][]): number[] {
+    return want.map(([id]) => id);
   }
   writeBackends(): void {}
   writeRing(): void {}

@@ -183,8 +183,8 @@ export interface Dataplane {
    * next slot.
    */
   readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void;
-  /** The backend entries of these ids as the kernel holds them (an unused id reads as all zeros). */
-  readBackends(ids: readonly number[]): Map<number, BackendEntry>;
+  /** Of these backend entries, the ids whose entry the kernel holds differently (an unused id holds all zeros). */
+  differingBackends(want: readonly [number, BackendEntry][]): number[];
   /**
    * Repair steps for a published slot (adoption at start: only the entries
    * that differ from the desired state are written). Each is one step.

@@ -149,7 +149,6 @@ async function prepareIngress(
   pace: () => Promise<void> = async () => {},
 ): Promise<void> {
   const { dp, state } = ctx;
-  let n = 0;
   // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
   const changing = new Set(ops.map((o) => o.name));
   const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
@@ -167,23 +166,27 @@ async function prepareIngress(
   // 2. Native redirects into veths need NAPI on the peer. Each interface
   // is checked once per transaction (a check queries netlink or runs tools).
   const native = new Map<string, boolean>();
-  const peers = new Map<string, { ok: boolean; detail?: string }>();
-  for (const p of plans) {
-    await pace();
-    const isNative = p.ingress.some((i) => {
+  const isNative = (p: RulePlan) =>
+    p.ingress.some((i) => {
       // The mode seen at the attach or the reconciler's last pass; netlink only for an unknown one.
-      const mode = () => state.attached.get(i.name)?.mode ?? dp.xdpStatus(i.name)?.mode;
-      if (!native.has(i.name)) native.set(i.name, mode() === 'native');
+      if (!native.has(i.name))
+        native.set(i.name, (state.attached.get(i.name)?.mode ?? dp.xdpStatus(i.name)?.mode) === 'native');
       return native.get(i.name);
     });
-    if (!isNative) continue;
+  // The backend interfaces to check, each checked once and all at once (a check may run ip and ethtool).
+  const need = new Set<string>();
+  for (const p of plans) {
+    await pace();
+    if (isNative(p)) for (const b of p.backends) if (b.receiving) need.add(b.spec.interface);
+  }
+  const names = [...need];
+  const checked = await Promise.all(names.map((name) => dp.redirectTarget(name, ctx.fixVethPeers)));
+  const peers = new Map(names.map((name, i) => [name, checked[i]]));
+  for (const p of plans) {
+    if (!isNative(p)) continue;
     for (const [bi, b] of p.backends.entries()) {
       if (!b.receiving) continue; // out of the table: nothing is redirected into it
-      let r = peers.get(b.spec.interface);
-      if (!r) {
-        r = await dp.redirectTarget(b.spec.interface, ctx.fixVethPeers);
-        peers.set(b.spec.interface, r);
-      }
+      const r = peers.get(b.spec.interface)!;
       if (!r.ok) {
         throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
           { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
@@ -573,19 +576,22 @@ export async function adoptRules(
     if (!l) prefixes.set(k.slot, (l = []));
     l.push(k);
   }
-  const have = dp.readBackends(plans.flatMap((p) => [...stored(p).backends.values()].map((b) => b.id)));
-  const backendWrites: [number, BackendEntry][] = [];
-  const backendClears: [number, BackendEntry][] = [];
+  const wanted: [number, BackendEntry][] = [];
+  const receiving = new Set<number>();
+  const ruleOf = new Map<number, string>();
   for (const p of plans) {
     const k = stored(p);
     for (const b of p.backends) {
-      const id = k.backends.get(b.key)!.id;
-      const want = b.receiving ? backendOf(b, k.backends.get(b.key)!.statsId) : EMPTY_BACKEND;
-      if (sameBackend(have.get(id) ?? EMPTY_BACKEND, want)) continue;
-      (b.receiving ? backendWrites : backendClears).push([id, want]);
-      repaired.push(`rule ${p.name}: backends[${id}]`);
+      const ids = k.backends.get(b.key)!;
+      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId) : EMPTY_BACKEND]);
+      if (b.receiving) receiving.add(ids.id);
+      ruleOf.set(ids.id, p.name);
     }
   }
+  const differ = new Set(dp.differingBackends(wanted));
+  const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
+  const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
+  for (const id of differ) repaired.push(`rule ${ruleOf.get(id)}: backends[${id}]`);
   // Rule entries and backend tables: one read of every slot.
   const bySlot = new Map(plans.map((p) => [stored(p).slot, p]));
   const ringWrites: [slot: number, start: number, ids: number[]][] = [];
@@ -700,17 +706,4 @@ function backendOf(b: RulePlan['backends'][number], statsId: number): BackendEnt
     family: AF_INET,
     addr: parseIp(b.spec.ip).bytes,
   };
-}
-
-const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
-
-function sameBackend(a: BackendEntry, b: BackendEntry): boolean {
-  return (
-    a.ifindex === b.ifindex &&
-    a.statsId === b.statsId &&
-    a.family === b.family &&
-    sameBytes(a.dmac, b.dmac) &&
-    sameBytes(a.smac, b.smac) &&
-    sameBytes(a.addr, b.addr)
-  );
 }

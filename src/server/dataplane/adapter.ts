@@ -15,7 +15,7 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
-import { NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
+import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import {
@@ -256,14 +256,23 @@ export class KernelDataplane implements Dataplane {
     tables.readRuleSlots(this.dp.maps, slots, visit);
   }
 
-  readBackends(ids: readonly number[]): Map<number, BackendEntry> {
-    const out = new Map<number, BackendEntry>();
-    if (ids.length === 0) return out;
-    // One batch read of the whole array beats a lookup each once more than a few are wanted.
-    const all = ids.length > 64 ? this.dp.maps.backends.getRange(0, this.dp.maps.backends.info.maxEntries) : undefined;
-    for (const id of ids) {
-      const e = all ? all[id] : this.dp.maps.backends.get(id);
-      if (e) out.set(id, e);
+  differingBackends(want: readonly [number, BackendEntry][]): number[] {
+    if (want.length === 0) return [];
+    const m = this.dp.maps.backends;
+    let lo = Infinity;
+    let hi = 0;
+    for (const [id] of want) {
+      lo = Math.min(lo, id);
+      hi = Math.max(hi, id);
+    }
+    // The raw bytes of the ids' range in one batch read, compared with each entry encoded (no decoding).
+    const vs = backendEntry.layout.size;
+    const raw = m.getRangeRaw(lo, hi - lo + 1);
+    const buf = Buffer.alloc(vs);
+    const out: number[] = [];
+    for (const [id, e] of want) {
+      backendEntry.encode(e, buf);
+      if (!buf.equals(raw.subarray((id - lo) * vs, (id - lo + 1) * vs))) out.push(id);
     }
     return out;
   }

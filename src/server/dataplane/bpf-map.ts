@@ -7,7 +7,23 @@
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import type { Codec } from './codec.js';
 import { KernelError } from './errors.js';
-import { check, closeFd, lib, MapBatchOpts, PAGE_SIZE, possibleCpus, sizeOf, withMappedMap } from './libbpf.js';
+import {
+  check,
+  closeFd,
+  lib,
+  mapPages,
+  MapBatchOpts,
+  PAGE_SIZE,
+  possibleCpus,
+  sizeOf,
+  unmapPages,
+  withMappedMap,
+  type Mapping,
+} from './libbpf.js';
+
+/** Bytes of an mmapable array kept mapped per window, and how many windows stay mapped (LRU). */
+const WINDOW = 16 * PAGE_SIZE;
+const WINDOWS = 16;
 
 /** BPF map types we use (enum bpf_map_type). */
 export const MapType = {
@@ -358,10 +374,32 @@ export class BpfMap<K, V> {
    * (each value takes 8 bytes; host byte order, as the kernel stores it).
    */
   private mappedU32<T>(start: number, count: number, fn: (u32: Uint32Array, at: number) => T): T {
+    // A range inside one window (a rule's table: 8 KiB) uses a mapping kept from before: an mmap and
+    // munmap per change cost ~50 us each time (the munmap flushes the TLBs of Node's other threads).
+    const win = Math.floor((start * 8) / WINDOW) * WINDOW;
+    const mapLen = Math.ceil((this.info.maxEntries * 8) / PAGE_SIZE) * PAGE_SIZE;
+    const len = Math.min(WINDOW, mapLen - win);
+    if ((start + count) * 8 <= win + len) {
+      let w = this.windows.get(win);
+      if (w)
+        this.windows.delete(win); // most recent last
+      else w = { m: mapPages(this.fd, win, len, this.name), u32: undefined as unknown as Uint32Array };
+      w.u32 ??= new Uint32Array(w.m.mem);
+      this.windows.set(win, w);
+      if (this.windows.size > WINDOWS) {
+        const [oldest, o] = this.windows.entries().next().value!;
+        this.windows.delete(oldest);
+        unmapPages(o.m);
+      }
+      return fn(w.u32, (start * 8 - win) / 4);
+    }
     const from = Math.floor((start * 8) / PAGE_SIZE) * PAGE_SIZE;
     const to = Math.ceil(((start + count) * 8) / PAGE_SIZE) * PAGE_SIZE;
     return withMappedMap(this.fd, from, to - from, (ab) => fn(new Uint32Array(ab), (start * 8 - from) / 4), this.name);
   }
+
+  /** Windows of an mmapable array kept mapped (byte offset -> mapping), oldest first. */
+  private readonly windows = new Map<number, { m: Mapping; u32: Uint32Array }>();
 
   private checkRange(start: number, count: number, op: string): void {
     if (this.info.type !== MapType.ARRAY || start < 0 || start + count > this.info.maxEntries) {
@@ -501,6 +539,8 @@ export class BpfMap<K, V> {
 
   /** Close the descriptor (idempotent). Pinned maps stay in the kernel. */
   close(): void {
+    for (const w of this.windows.values()) unmapPages(w.m);
+    this.windows.clear();
     if (this.fdOrClosed >= 0 && this.ownsFd) closeFd(this.fdOrClosed);
     this.fdOrClosed = -1;
   }

@@ -255,6 +255,27 @@ export function withMappedMap<T>(
 
 const MAP_FAILED = 0xffffffffffffffffn;
 
+/** A mapping kept open ({@link mapPages}); valid until {@link unmapPages}. */
+export interface Mapping {
+  addr: unknown;
+  len: number;
+  mem: ArrayBuffer;
+}
+
+/** Map `len` bytes of a BPF_F_MMAPABLE array map from byte `offset` and keep them mapped. */
+export function mapPages(fd: number, offset: number, len: number, what: string): Mapping {
+  const addr: unknown = lib.mmap(null, len, 3 /* PROT_READ|PROT_WRITE */, 1 /* MAP_SHARED */, fd, offset);
+  if (addr === null || koffi.address(addr) === MAP_FAILED) {
+    throw new KernelError(`map ${what} into memory`, koffi.errno() || 22);
+  }
+  return { addr, len, mem: koffi.view(addr, len) };
+}
+
+/** Unmap a {@link mapPages} mapping (its memory must not be used after). */
+export function unmapPages(m: Mapping): void {
+  lib.munmap(m.addr, m.len);
+}
+
 /** The page size mappings are aligned to. */
 export const PAGE_SIZE = 4096;
 

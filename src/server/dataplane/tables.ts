@@ -76,11 +76,17 @@ export function readRuleSlots(
   ) => void,
 ): void {
   if (slots.length === 0) return;
-  const cfg = maps.ruleCfg.getRange(0, maps.ruleCfg.info.maxEntries);
+  let lo = Infinity;
+  let hi = 0;
+  for (const s of slots) {
+    lo = Math.min(lo, s);
+    hi = Math.max(hi, s);
+  }
+  const cfg = maps.ruleCfg.getRange(lo, hi - lo + 1);
   maps.ruleRing.visitRangesU32(
     slots.map((s) => [s * RING_SIZE, RING_SIZE] as [number, number]),
     (i, ring) => {
-      const e = cfg[slots[i]] ?? { flags: 0, statsId: 0 };
+      const e = cfg[slots[i] - lo] ?? { flags: 0, statsId: 0 };
       visit(slots[i], {
         flags: e.flags & ~(RULE_F_ACTIVE | RULE_F_SRC_FILTER),
         active: (e.flags & RULE_F_ACTIVE) !== 0,
