@@ -13,7 +13,7 @@
  * rule, backend or link into "redirect_errors", from what xdpctl_main
  * recorded (redir_last, redir_tracks: see bpf/xdpctl.h), and count them in
  * global_stats[XDPCTL_STAT_ERR_XMIT]. The maps are the pinned maps of
- * bpf/xdpctl.bpf.c (same definitions, reused by name).
+ * bpf/xdpctl.bpf.c (one definition in bpf/xdpctl-maps.h, reused by name).
  *
  * tp_btf programs: the arguments are typed kernel pointers; the structs below
  * name only the fields we read, and CO-RE (preserve_access_index) finds their
@@ -24,6 +24,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "xdpctl.h"
+#include "xdpctl-maps.h"
 
 struct net_device {
 	int ifindex;
@@ -36,55 +37,6 @@ struct bpf_prog_aux {
 struct bpf_prog {
 	struct bpf_prog_aux *aux;
 } __attribute__((preserve_access_index));
-
-/* Same definitions as in bpf/xdpctl.bpf.c (the loader sets the same sizes). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, XDPCTL_MAX_LINKS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_link_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} xc_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_MAX_STATS_IDS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_rule_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} rule_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_backend_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} backend_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_STAT__MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} global_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct xdpctl_redir_last);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} redir_last SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_REDIR_TRACK);
-	__type(key, __u32);
-	__type(value, struct xdpctl_redir_q);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} redir_track SEC(".maps");
 
 static __always_inline void count_xmit(__u64 n)
 {

@@ -21,6 +21,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "xdpctl.h"
+#include "xdpctl-maps.h"
 
 /* Cross-connect: key ingress ifindex, value egress ifindex (bpf_devmap_val's
  * first field). DEVMAP_HASH, not DEVMAP, so ifindexes need not be small.
@@ -46,16 +47,6 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } if_flags SEC(".maps");
-
-/* Per link direction: key ingress ifindex. User space creates the entry with
- * the link; the datapath only counts into entries that exist. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, XDPCTL_MAX_LINKS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_link_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} xc_stats SEC(".maps");
 
 /* (ingress, proto, port, [daddr]) -> rule slot. */
 struct {
@@ -120,24 +111,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } backends SEC(".maps");
 
-/* Counters are per-CPU so that the datapath increments without atomics; user
- * space sums the CPUs' copies. Stats ids are stable across rule updates. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_MAX_STATS_IDS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_rule_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} rule_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct xdpctl_backend_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} backend_stats SEC(".maps");
-
 /* Fragments of datagrams whose first fragment was redirected: non-first
  * fragments carry no UDP header, so they follow their first fragment to the
  * same backend (Cilium tracks them the same way). LRU: entries of datagrams
@@ -166,34 +139,6 @@ struct {
 	 * same maps as the attached program and adopts it. */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } csum_buf SEC(".maps");
-
-/* The frame this CPU redirected last, and the frames queued per egress since
- * the kernel last flushed them: see struct xdpctl_redir_q in xdpctl.h. Read
- * and corrected by the tracepoint programs of bpf/xdpctl-trace.bpf.c. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct xdpctl_redir_last);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} redir_last SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_REDIR_TRACK);
-	__type(key, __u32);
-	__type(value, struct xdpctl_redir_q);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} redir_track SEC(".maps");
-
-/* enum xdpctl_stat -> packets. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPCTL_STAT__MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} global_stats SEC(".maps");
 
 static __always_inline void count(__u32 stat)
 {

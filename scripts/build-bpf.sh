@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the XDP objects into build/bpf/ when older than their sources.
+# Build the XDP objects into build/bpf/ when older than their source, a header in bpf/ or this script.
 # -O2 is required by the verifier-friendly code clang emits; -g adds the BTF
 # that libbpf needs for BTF-defined maps and that the layout test reads.
 set -euo pipefail
@@ -11,7 +11,9 @@ CFLAGS=(-O2 -g -Wall -Werror -target bpf "-I/usr/include/$multiarch" -Ibpf)
 build() { # build <source> <output> [extra flags...]
   local src=$1 out=$2
   shift 2
-  if [[ ! -f $out || $src -nt $out || bpf/xdpctl.h -nt $out || $0 -nt $out ]]; then
+  local stale=0 dep
+  for dep in "$src" bpf/*.h "$0"; do [[ $dep -nt $out ]] && stale=1; done
+  if [[ ! -f $out || $stale == 1 ]]; then
     clang "${CFLAGS[@]}" "$@" -c "$src" -o "$out"
     echo "build-bpf: $out"
   fi
