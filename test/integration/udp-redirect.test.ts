@@ -14,9 +14,9 @@ import { GlobalStat } from '../../src/server/dataplane/codec.js';
 import { backendCounters, globalCounters, removeMatches, ruleCounters } from '../../src/server/dataplane/tables.js';
 import type { XdpMode } from '../../src/server/dataplane/xdp.js';
 import { kernelOnly, runId } from '../helpers/env.js';
-import { installRule, openDatapath } from '../helpers/fixture.js';
+import { installRule, openDatapath, type TestRule } from '../helpers/fixture.js';
 import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { sendUdp, UdpListener, type ListenSummary } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9'; // no host has it: only XDP can deliver
 const PORT = 7999;
@@ -55,122 +55,145 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       return l;
     };
 
-    it('delivers every payload intact to one backend, counted exactly', async () => {
+    /**
+     * Installs a rule in the next slot (stats id = slot) on the VM's interface to PORT, with the
+     * given backends, sources or destination; runs `body` with the slot, then removes the rule's
+     * match entries whatever happened.
+     */
+    async function withRule(
+      spec: Omit<TestRule, 'slot' | 'statsId' | 'ingress' | 'port'>,
+      body: (slot: number) => Promise<void>,
+    ) {
       slot++;
-      const keys = installRule(dp, {
-        slot,
-        statsId: slot,
-        ingress: [vm.hostIf],
-        port: PORT,
-        backends: [{ id: 1, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
-      });
+      const keys = installRule(dp, { slot, statsId: slot, ingress: [vm.hostIf], port: PORT, ...spec });
       try {
-        const l = await listen(c1);
-        const csumErrors = topo.snmp('c1', 'Udp', 'InCsumErrors');
-        const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;
-        await new Promise((r) => setTimeout(r, 100));
-        const got = await l.stop();
-        assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), csumErrors, 'no UDP checksum errors at the backend');
-        assert.equal(got.bad, 0, 'no damaged payloads');
-        assert.equal(got.unique, sent, `received ${got.unique} of ${sent}`);
-        const be = backendCounters(dp.maps, 1);
-        assert.equal(be.packets, BigInt(sent), 'per-backend packets = sent');
-        const rs = ruleCounters(dp.maps, slot);
-        assert.equal(rs.redirected, BigInt(sent));
-        assert.equal(be.bytes, rs.redirectedBytes);
+        await body(slot);
       } finally {
         removeMatches(dp.maps, keys);
       }
+    }
+
+    /**
+     * Installs a rule on the VM's interface to PORT with two backends, c1 (backend id `idA`) and
+     * c2 (`idB`), sends `perFlow` datagrams on each of `flows` flows (source ports from `sportBase`,
+     * payloads of `size` bytes), and checks what holds for every such run: each datagram arrived
+     * once and intact, and both backends got some. Returns what each backend's listener got, and
+     * the slot, so that the caller can check counters; the rule's match entries are removed after.
+     */
+    async function spreadOverTwo(
+      [idA, idB]: [number, number],
+      flows: number,
+      perFlow: number,
+      opts: { sportBase: number; size?: number },
+      check: (g1: ListenSummary, g2: ListenSummary, sent: number, slot: number) => void,
+    ) {
+      await withRule(
+        {
+          backends: [
+            { id: idA, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf },
+            { id: idB, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf },
+          ],
+        },
+        async (slot) => {
+          const [l1, l2] = await Promise.all([listen(c1), listen(c2)]);
+          const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, flows * perFlow, { flows, ...opts }).done;
+          await new Promise((r) => setTimeout(r, 200));
+          const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
+          assert.equal(g1.bad + g2.bad, 0, 'every datagram intact');
+          assert.equal(g1.unique + g2.unique, sent, `all ${sent} datagrams arrived once at a backend`);
+          assert.ok(g1.count > 0 && g2.count > 0, `both backends used: ${g1.count}/${g2.count}`);
+          check(g1, g2, sent, slot);
+        },
+      );
+    }
+
+    it('delivers every payload intact to one backend, counted exactly', async () => {
+      await withRule(
+        {
+          backends: [{ id: 1, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+        },
+        async (slot) => {
+          const l = await listen(c1);
+          const csumErrors = topo.snmp('c1', 'Udp', 'InCsumErrors');
+          const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;
+          await new Promise((r) => setTimeout(r, 100));
+          const got = await l.stop();
+          assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), csumErrors, 'no UDP checksum errors at the backend');
+          assert.equal(got.bad, 0, 'no damaged payloads');
+          assert.equal(got.unique, sent, `received ${got.unique} of ${sent}`);
+          const be = backendCounters(dp.maps, 1);
+          assert.equal(be.packets, BigInt(sent), 'per-backend packets = sent');
+          const rs = ruleCounters(dp.maps, slot);
+          assert.equal(rs.redirected, BigInt(sent));
+          assert.equal(be.bytes, rs.redirectedBytes);
+        },
+      );
     });
 
     it('delivers datagrams of a plain socket (python socket.sendto, default TX checksum offload)', async () => {
       // The sender's eth0 keeps the offloads a new veth has: its datagrams
       // leave with a partial checksum (CHECKSUM_PARTIAL).
       assert.match(topo.exec('vm', 'ethtool', ['-k', 'eth0']), /tx-checksumming: on/);
-      slot++;
-      const keys = installRule(dp, {
-        slot,
-        statsId: slot,
-        ingress: [vm.hostIf],
-        port: PORT,
-        backends: [{ id: 6, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
-      });
-      try {
-        const got = new Promise<string>((resolve, reject) => {
-          const py = [
-            'import socket,sys',
-            's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
-            `s.bind(("${c1.ip}",${PORT}))`,
-            's.settimeout(5)',
-            'print("READY",flush=True)',
-            'n=0',
-            'try:',
-            '  while n<20:',
-            '    d,a=s.recvfrom(2000)',
-            '    n+=1 if d==b"hello %d" % n else 1000',
-            'except socket.timeout: pass',
-            'print(n,flush=True)',
-          ].join('\n');
-          const child = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', py]);
-          let out = '';
-          child.stdout.on('data', (d) => {
-            out += d;
-            if (out === 'READY\n') resolve('');
+      await withRule(
+        {
+          backends: [{ id: 6, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf }],
+        },
+        async (slot) => {
+          const got = new Promise<string>((resolve, reject) => {
+            const py = [
+              'import socket,sys',
+              's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
+              `s.bind(("${c1.ip}",${PORT}))`,
+              's.settimeout(5)',
+              'print("READY",flush=True)',
+              'n=0',
+              'try:',
+              '  while n<20:',
+              '    d,a=s.recvfrom(2000)',
+              '    n+=1 if d==b"hello %d" % n else 1000',
+              'except socket.timeout: pass',
+              'print(n,flush=True)',
+            ].join('\n');
+            const child = spawn('nsenter', [`--net=/run/netns/${c1.netns}`, 'python3', '-c', py]);
+            let out = '';
+            child.stdout.on('data', (d) => {
+              out += d;
+              if (out === 'READY\n') resolve('');
+            });
+            child.on('exit', () =>
+              out.startsWith('READY') ? (received = out.split('\n')[1]) : reject(new Error(out)),
+            );
+            procs.push(child);
           });
-          child.on('exit', () => (out.startsWith('READY') ? (received = out.split('\n')[1]) : reject(new Error(out))));
-          procs.push(child);
-        });
-        let received = '';
-        await got;
-        const errors = topo.snmp('c1', 'Udp', 'InCsumErrors');
-        topo.exec('vm', 'python3', [
-          '-c',
-          [
-            'import socket,time',
-            's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
-            'for i in range(20):',
-            `  s.sendto(b"hello %d" % i, ("${NOWHERE}", ${PORT})); time.sleep(0.01)`,
-          ].join('\n'),
-        ]);
-        await new Promise<void>((r) => procs[procs.length - 1].on('exit', () => r()));
-        assert.equal(received, '20', 'the application read all 20 datagrams, in order');
-        assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), errors, 'UdpInCsumErrors unchanged');
-        assert.equal(ruleCounters(dp.maps, slot).redirected, 20n);
-      } finally {
-        removeMatches(dp.maps, keys);
-      }
+          let received = '';
+          await got;
+          const errors = topo.snmp('c1', 'Udp', 'InCsumErrors');
+          topo.exec('vm', 'python3', [
+            '-c',
+            [
+              'import socket,time',
+              's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
+              'for i in range(20):',
+              `  s.sendto(b"hello %d" % i, ("${NOWHERE}", ${PORT})); time.sleep(0.01)`,
+            ].join('\n'),
+          ]);
+          await new Promise<void>((r) => procs[procs.length - 1].on('exit', () => r()));
+          assert.equal(received, '20', 'the application read all 20 datagrams, in order');
+          assert.equal(topo.snmp('c1', 'Udp', 'InCsumErrors'), errors, 'UdpInCsumErrors unchanged');
+          assert.equal(ruleCounters(dp.maps, slot).redirected, 20n);
+        },
+      );
     });
 
     it('reassembles datagrams sent in 3 fragments at one backend', async () => {
-      slot++;
-      const keys = installRule(dp, {
-        slot,
-        statsId: slot,
-        ingress: [vm.hostIf],
-        port: PORT,
-        backends: [
-          { id: 7, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf },
-          { id: 8, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf },
-        ],
-      });
-      try {
-        const [l1, l2] = await Promise.all([listen(c1), listen(c2)]);
-        // 3 000-byte datagrams over the 1500-byte MTU: fragments of 1480, 1480, 48 bytes.
-        const flows = 32; // all on one of two backends: 2^-31 (with 8 flows it was ~1 %, the table depends on the run)
-        const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, flows * 5, { flows, sportBase: 42000, size: 3000 })
-          .done;
-        await new Promise((r) => setTimeout(r, 200));
-        const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
-        assert.equal(g1.bad + g2.bad, 0, 'every datagram intact');
-        assert.equal(g1.unique + g2.unique, sent, `all ${sent} datagrams reassembled at a backend`);
-        assert.ok(g1.count > 0 && g2.count > 0, `both backends used: ${g1.count}/${g2.count}`);
+      // 3 000-byte datagrams over the 1500-byte MTU: fragments of 1480, 1480, 48 bytes. 32 flows:
+      // all on one of two backends has odds 2^-31 (with 8 flows it was ~1 %; the table depends on the run).
+      await spreadOverTwo([7, 8], 32, 5, { sportBase: 42000, size: 3000 }, (g1, g2, sent, slot) => {
         const rs = ruleCounters(dp.maps, slot);
         assert.equal(rs.redirected, BigInt(sent * 3), 'every fragment counted');
         assert.equal(backendCounters(dp.maps, 7).packets + backendCounters(dp.maps, 8).packets, BigInt(sent * 3));
         assert.equal(backendCounters(dp.maps, 7).packets, BigInt(g1.count * 3));
-      } finally {
-        removeMatches(dp.maps, keys);
-      }
+      });
     });
 
     it('follows the first fragment: 3 000-byte datagrams sent as 1200-byte fragments reassemble at ONE backend; a stray fragment matches nothing', async () => {
@@ -355,35 +378,15 @@ sys.stdin.readline()
     });
 
     it('spreads flows over two backends and keeps each flow on one', async () => {
-      slot++;
-      const keys = installRule(dp, {
-        slot,
-        statsId: slot,
-        ingress: [vm.hostIf],
-        port: PORT,
-        backends: [
-          { id: 2, ip: c1.ip!, mac: c1.mac, iface: c1.hostIf },
-          { id: 3, ip: c2.ip!, mac: c2.mac, iface: c2.hostIf },
-        ],
-      });
-      try {
-        const [l1, l2] = await Promise.all([listen(c1), listen(c2)]);
-        const flows = 32;
-        const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, flows * 10, { flows, sportBase: 41000 }).done;
-        await new Promise((r) => setTimeout(r, 100));
-        const [g1, g2] = await Promise.all([l1.stop(), l2.stop()]);
-        assert.equal(g1.bad + g2.bad, 0);
-        assert.equal(g1.unique + g2.unique, sent, 'every datagram arrived once');
-        assert.ok(g1.count > 0 && g2.count > 0, `both backends used: ${g1.count}/${g2.count}`);
+      const flows = 32;
+      await spreadOverTwo([2, 3], flows, 10, { sportBase: 41000 }, (g1, g2) => {
         for (const sport of Object.keys(g1.bySport)) {
           assert.equal(g2.bySport[sport], undefined, `flow from port ${sport} split over two backends`);
         }
         assert.equal(Object.keys(g1.bySport).length + Object.keys(g2.bySport).length, flows);
         assert.equal(backendCounters(dp.maps, 2).packets, BigInt(g1.count));
         assert.equal(backendCounters(dp.maps, 3).packets, BigInt(g2.count));
-      } finally {
-        removeMatches(dp.maps, keys);
-      }
+      });
     });
 
     it("a source filter is part of the match: a packet the exact rule's filter rejects goes to the any-destination rule", async () => {
