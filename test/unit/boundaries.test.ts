@@ -2,16 +2,12 @@
  * The lint config holds the architecture's dependency direction
  * (HOUSE_STYLE.md): each rule is shown to reject a violating import at the
  * place it guards, and to accept the allowed direction, so a config edit that
- * drops a boundary fails here. Also: the core's own copy of the global
- * counter indices agrees with the codec's (the bytes' owner).
+ * drops a boundary fails here.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { ESLint } from 'eslint';
-
-import { GlobalStat } from '../../src/server/core/dataplane.js';
-import * as codec from '../../src/server/dataplane/codec.js';
 
 const root = new URL('../..', import.meta.url).pathname;
 const eslint = new ESLint({ cwd: root });
@@ -56,10 +52,4 @@ describe('lint: dependency boundaries', () => {
       assert.deepEqual(await restricted(file, `${code}\nexport {};\n`), []);
     });
   }
-});
-
-describe('core port constants', () => {
-  it("GlobalStat (core) is the codec's enum xdpctl_stat order", () => {
-    assert.deepEqual({ ...GlobalStat }, { ...codec.GlobalStat });
-  });
 });

@@ -53,8 +53,8 @@ export type LinkStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
 
 /**
  * Index of each datapath-wide counter in {@link CounterRead.global}: the
- * order of `enum xdpctl_global_stat` in bpf/xdpctl.h (a unit test compares it
- * with the codec's copy).
+ * order of `enum xdpctl_stat` in bpf/xdpctl.h (test/unit/codec-layout.test.ts
+ * compares it with the compiled object's BTF; dataplane/codec.ts re-exports it).
  */
 export const GlobalStat = {
   ABORTED: 0,

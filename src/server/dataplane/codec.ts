@@ -9,6 +9,8 @@
  */
 import { endianness } from 'node:os';
 
+import { GlobalStat } from '../core/dataplane.js';
+
 if (endianness() !== 'LE') throw new Error('xdpctl dataplane: only little-endian hosts are supported');
 
 /** Constants from bpf/xdpctl.h (checked at load against the object's maps). */
@@ -29,25 +31,10 @@ export const RULE_F_ACTIVE = 0x1;
 export const RULE_F_SRC_FILTER = 0x2;
 export const RULE_F_UDP_CSUM_ZERO = 0x4;
 
-/** enum xdpctl_stat. */
-export const GlobalStat = {
-  ABORTED: 0,
-  DROP: 1,
-  PASS: 2,
-  TX: 3,
-  REDIRECT: 4,
-  ERR_TRUNCATED: 5,
-  ERR_FRAGMENT: 6,
-  ERR_NO_RULE: 7,
-  ERR_NO_BACKEND: 8,
-  ERR_REDIRECT: 9,
-  ERR_MALFORMED: 10,
-  ERR_TTL: 11,
-  ERR_IP_OPTIONS: 12,
-  ERR_XMIT: 13,
-  ERR_MARTIAN: 14,
-} as const;
-export const GLOBAL_STAT_COUNT = 15;
+/** enum xdpctl_stat: the core's port type (the dataplane implements the core's ports), checked
+ * against the compiled object's BTF by test/unit/codec-layout.test.ts. */
+export { GlobalStat } from '../core/dataplane.js';
+export const GLOBAL_STAT_COUNT = Object.keys(GlobalStat).length;
 
 /** A C struct's layout: what the BTF test compares. */
 export interface Layout {
