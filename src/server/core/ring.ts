@@ -33,7 +33,8 @@ export interface RingMember<T> {
   value: T;
 }
 
-function fmix32(h: number): number {
+/** MurmurHash3's 32-bit finalizer (fmix32, Austin Appleby's SMHasher): full avalanche of a u32. */
+export function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

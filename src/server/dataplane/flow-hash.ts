@@ -3,6 +3,7 @@
  * so that tests and tools can predict which ring slot a flow lands in. A
  * BPF_PROG_TEST_RUN test checks that both agree.
  */
+import { fmix32 } from '../core/ring.js';
 import { RING_SIZE } from './codec.js';
 
 function mix(h: number, k: number): number {
@@ -31,12 +32,7 @@ export function flowHash(saddr: Uint8Array, daddr: Uint8Array, sport: number, dp
   h = mix(h, le32(daddr));
   h = mix(h, ((portAsLoaded(sport) << 16) | portAsLoaded(dport)) >>> 0);
   h = mix(h, proto);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h);
 }
 
 /** The ring slot (0..RING_SIZE-1) a flow selects. */
