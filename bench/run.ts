@@ -3,7 +3,9 @@
  * npm run bench: run the benchmarks and write bench/results.json and
  * BENCHMARKS.md. `--smoke` runs tiny versions of every section and writes only
  * the JSON given by --out (the test suite uses it so that the benchmark code
- * cannot rot).
+ * cannot rot). BENCHMARKS.md's generated tables come first; everything from
+ * the marker line of bench/hand-written.ts on (analysis, history, experiments written by hand) is
+ * kept as it is when the file is rewritten.
  *
  * Sections, each returning rows in the shared {@link Figure} shape:
  *   datapath  per-packet cost through BPF_PROG_TEST_RUN   (bench/datapath.ts)
@@ -11,10 +13,11 @@
  *   control   the control plane                            (bench/control.ts)
  */
 import { cpus, release } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 
 import { benchControl, renderControl } from './control.js';
 import { benchDatapath, type Figure } from './datapath.js';
+import { handWritten } from './hand-written.js';
 import { benchLive } from './live.js';
 
 export type { Figure };
@@ -58,12 +61,15 @@ async function main(): Promise<void> {
 Measured ${started.toISOString().slice(0, 10)} on kernel ${result.kernel}, ${result.cpus} CPUs (${result.cpuModel}),
 with \`${command}\` (as root). Every figure is the median of several runs with its range; baselines are
 measured in the same run, and ratios are against them (these machines are noisy: compare ratios, not
-absolute numbers across runs).
+absolute numbers across runs). The tables are rewritten by every run; the analysis sections after them
+(what was tried, history, next steps) are written by hand and kept.
 
 ${renderDatapath(datapath)}
 ${renderLive(live.figures, datapath)}
 ${controlMd}`;
-  if (!smoke) writeFileSync(`${ROOT}BENCHMARKS.md`, md);
+  const mdPath = `${ROOT}BENCHMARKS.md`;
+  const kept = handWritten(existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : '');
+  if (!smoke) writeFileSync(mdPath, kept ? `${md.trimEnd()}\n\n${kept}` : md);
   process.stdout.write(md);
 }
 
