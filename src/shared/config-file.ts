@@ -16,7 +16,7 @@
  *       backends:
  *         - {ip: 172.17.0.2, mac: "02:42:ac:11:00:02", interface: veth25, weight: 1}
  */
-import { isScalar, LineCounter, parseDocument } from 'yaml';
+import { yaml } from './yaml-lazy.js';
 
 // Shared by the daemon (--config) and the CLI (rules|links apply -f): no server imports.
 
@@ -153,10 +153,10 @@ function tooDeep(text: string): { line: number; col: number } | undefined {
  */
 export function isEmptyConfig(text: string): boolean {
   if (tooDeep(text)) return false;
-  const doc = parseDocument(text);
+  const doc = yaml().parseDocument(text);
   if (doc.errors.length) return false;
   const c = doc.contents;
-  return c === null || (isScalar(c) && (c.value === null || c.value === ''));
+  return c === null || (yaml().isScalar(c) && (c.value === null || c.value === ''));
 }
 
 /** Parse and check a config file's text. Throws ConfigError listing every problem. */
@@ -168,6 +168,7 @@ export function parseConfig(text: string): ConfigFile {
       true,
     );
   }
+  const { LineCounter, parseDocument } = yaml();
   const lines = new LineCounter();
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter: lines });
   if (doc.errors.length) {

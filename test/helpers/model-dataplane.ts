@@ -155,6 +155,22 @@ export class ModelMap<K, V> {
     for (const k of keys) this.delete(k);
   }
 
+  /** As BpfMap.syncArray: read everything, write (as one batch, write by write) only what differs. */
+  syncArray(want: (index: number) => V | undefined): number {
+    if (this.kind !== 'array') throw new KernelError(`sync map ${this.name}`, EINVAL);
+    this.live();
+    const changed: [K, V][] = [];
+    for (let i = 0; i < this.info.maxEntries; i++) {
+      const k = this.key.decode(u32.encode(i));
+      const v = want(i);
+      const expect = v === undefined ? this.zero() : this.value.encode(v);
+      const have = this.entries_.get(this.hex(k)) ?? this.zero();
+      if (!have.equals(expect)) changed.push([k, v ?? this.value.decode(this.zero())]);
+    }
+    this.putMany(changed);
+    return changed.length;
+  }
+
   *keys(): Generator<K> {
     this.live();
     if (this.kind === 'array') {

@@ -4,7 +4,7 @@
  * reports them; a foreign XDP program is never clobbered.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -111,9 +111,78 @@ describe('datapath load and attach', kernelOnly(), () => {
       assert.equal(again.migrating, undefined, 'the migrated pins are adopted as they are');
       assert.equal(again.maps.ruleRing.mmapable, true);
       again.close();
+  it('adopts the pinned program without loading it again when it was loaded from the same object; loads when anything differs', () => {
+    const root = `/sys/fs/bpf/xdpctl-test-${id}f`;
+    const progs = `${root}/progs`;
+    const loadedPins = () => readdirSync(progs).filter((f) => f.startsWith('loaded_'));
+    try {
+      const first = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root });
+      const progId = first.progId;
+      assert.equal(first.loadedAtOpen, true, 'nothing pinned: loaded');
+      first.close();
+      assert.equal(loadedPins().length, 1, 'the program is pinned under its load fingerprint too');
+
+      const second = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root });
+      assert.equal(second.loadedAtOpen, false, 'same object, same maps: adopted without a load');
+      assert.equal(second.progId, progId);
+      assert.equal(second.adopted, true);
+      assert.equal(second.upgraded, false);
+      second.close();
+
+      // The fingerprint pin gone (pins edited by hand): load, compare tags, adopt, pin it again.
+      rmSync(`${progs}/${loadedPins()[0]}`);
+      const third = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root });
+      assert.equal(third.loadedAtOpen, true, 'no fingerprint pin: loaded and compared');
+      assert.equal(third.progId, progId, 'same code: the pinned program is kept');
+      third.close();
+      assert.equal(loadedPins().length, 1);
+
+      // The fingerprint pin names another program than progs/xdpctl_main: load.
+      const fp = loadedPins()[0];
+      rmSync(`${progs}/${fp}`);
+      sh('bpftool', ['prog', 'load', `${ROOT}/build/bpf/baseline.bpf.o`, `${progs}/${fp}`]);
+      const fourth = XdpDatapath.open({ objectPath: OBJECT, pinRoot: root });
+      assert.equal(fourth.loadedAtOpen, true, 'the fingerprint pin is another program: loaded');
+      assert.equal(fourth.progId, progId);
+      fourth.close();
+
+      // Another object (another build): loaded, and the interfaces would be upgraded.
+      const next = XdpDatapath.open({ objectPath: `${ROOT}/build/bpf/xdpctl-next.bpf.o`, pinRoot: root });
+      assert.equal(next.loadedAtOpen, true);
+      assert.equal(next.upgraded, true);
+      assert.notEqual(next.progId, progId);
+      next.close();
+      assert.equal(loadedPins().length, 1, 'one fingerprint pin: the new load replaced the old');
+      const back = XdpDatapath.open({ objectPath: `${ROOT}/build/bpf/xdpctl-next.bpf.o`, pinRoot: root });
+      assert.equal(back.loadedAtOpen, false);
+      back.close();
     } finally {
       XdpDatapath.unpinAll(root);
     }
+  });
+
+  it('syncArray reads an array map and writes only the entries that differ (rule_ports at start)', () => {
+    const ports = opened[0].maps.rulePorts;
+    assert.equal(
+      ports.syncArray(() => undefined),
+      0,
+      'all zero as wanted: nothing written',
+    );
+    ports.put(4242, { any: 3, dst: 1 });
+    ports.put(7, { any: 1, dst: 0, xorIfindex: 9, xorSlot: 2 });
+    const want = (port: number) => (port === 7 ? { any: 1, dst: 0, xorIfindex: 9, xorSlot: 2 } : undefined);
+    assert.equal(ports.syncArray(want), 1, 'only the stray count of port 4242 is written');
+    assert.deepEqual(ports.get(4242), { any: 0, dst: 0 });
+    assert.deepEqual(ports.get(7), { any: 1, dst: 0, xorIfindex: 9, xorSlot: 2 });
+    assert.equal(
+      ports.syncArray(() => undefined),
+      1,
+      'port 7 cleared',
+    );
+    assert.equal(
+      ports.syncArray(() => undefined),
+      0,
+    );
   });
 
   it('reports a missing interface as ENODEV naming it', () => {

@@ -20,7 +20,7 @@
  */
 import { readFileSync } from 'node:fs';
 
-import { parseDocument } from 'yaml';
+import { yaml } from '../../shared/yaml-lazy.js';
 
 import { spiffeIdProblem, type Identity } from './identity.js';
 
@@ -157,7 +157,7 @@ export function parseGrant(entry: unknown, db: UserDb): Grant | string {
 
 /** Parse and validate the text of an auth file; throws AuthConfigError listing every problem. */
 export function parseAuthConfig(text: string, file: string, db: UserDb): AuthConfig {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = yaml().parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length)
     throw new AuthConfigError(
       file,

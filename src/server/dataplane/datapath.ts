@@ -10,9 +10,14 @@
  * same maps while the attached program keeps forwarding. If the freshly
  * loaded program differs from the pinned one (an upgrade), attach() swaps it
  * in on each interface with an atomic REPLACE, and the pin is updated.
+ * Beside it, <pinRoot>/progs/loaded_<fingerprint> pins the same program under
+ * the fingerprint of what it was loaded from (object file and libbpf): a start
+ * that finds both pins naming one program, using exactly the pinned maps,
+ * adopts it without loading and verifying the same code again.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
@@ -182,6 +187,62 @@ function progInfo(fd: number, what: string): ProgInfo {
     tag: buf.subarray(8, 16).toString('hex'),
     name: buf.subarray(64, nameEnd < 0 || nameEnd > 80 ? 80 : nameEnd).toString(),
   };
+}
+
+/** The prefix of the program's second pin, named by the fingerprint of what it was loaded from. */
+const LOADED_PREFIX = 'loaded_';
+
+/**
+ * What a loaded xdpctl_main depends on besides the kernel (a pin does not outlive a boot): the object
+ * file's bytes and the libbpf that relocated it. 16 hex digits of their SHA-256.
+ */
+function loadFingerprint(objectPath: string): string {
+  return createHash('sha256')
+    .update(readFileSync(objectPath))
+    .update(`\0${PROGRAM_NAME}\0libbpf ${String(lib.libbpf_version_string())}`)
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** The kernel id of a pinned program, or undefined when the pin is missing or not a program. */
+function pinnedProgId(pin: string): number | undefined {
+  if (!existsSync(pin)) return undefined;
+  const fd = lib.bpf_obj_get(pin) as number;
+  if (fd < 0) return undefined;
+  try {
+    return progInfo(fd, pin).id;
+  } catch {
+    return undefined;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** Ids of the maps pinned in `dir` under the object's map names (undefined entries skipped). */
+function pinnedMapIds(obj: unknown, dir: string): Set<number> {
+  const ids = new Set<number>();
+  for (const [name] of objectMaps(obj)) {
+    const path = join(dir, name);
+    if (name.startsWith('.') || !existsSync(path)) continue;
+    const fd = lib.bpf_obj_get(path) as number;
+    if (fd < 0) continue;
+    try {
+      const id = mapInfo(fd, name).id;
+      if (id !== undefined) ids.add(id);
+    } finally {
+      closeFd(fd);
+    }
+  }
+  return ids;
+}
+
+/** Pin `fd` as the program loaded from `fingerprint`, replacing the pins of other loads. */
+function pinLoaded(progsDir: string, fingerprint: string, fd: number): void {
+  for (const f of readdirSync(progsDir)) if (f.startsWith(LOADED_PREFIX)) unlinkSync(join(progsDir, f));
+  check(
+    `pin program at ${join(progsDir, LOADED_PREFIX + fingerprint)}`,
+    lib.bpf_obj_pin(fd, join(progsDir, LOADED_PREFIX + fingerprint)) as number,
+  );
 }
 
 /** A migration to new maps in progress (see {@link XdpDatapath.open}). */
@@ -425,6 +486,11 @@ export class XdpDatapath {
   readonly adopted: boolean;
   /** A pinned program existed and differed from the loaded one: attach() upgrades. */
   readonly upgraded: boolean;
+  /**
+   * Whether open() loaded (and the kernel verified) the program: false when it adopted the pinned
+   * program by its load fingerprint (same object file and libbpf, same maps) without loading it again.
+   */
+  loadedAtOpen = true;
   readonly maps: DatapathMaps;
   readonly capacity: Capacity;
   private obj: unknown;
@@ -560,6 +626,20 @@ export class XdpDatapath {
         closeFd(fd);
         check(`reuse pinned map ${path}`, r);
       }
+      // The pinned program was loaded from this very object by this libbpf (its fingerprint pin names
+      // the same program) and uses exactly the pinned maps: adopt it without verifying it again.
+      const progsDir = join(options.pinRoot, 'progs');
+      const fingerprint = loadFingerprint(options.objectPath);
+      const pinnedId = migration ? undefined : pinnedProgId(progPin);
+      let skipLoad = false;
+      if (pinnedId !== undefined && pinnedProgId(join(progsDir, LOADED_PREFIX + fingerprint)) === pinnedId) {
+        const used = progMapIds(progPin);
+        const pinnedMaps = pinnedMapIds(obj, mapDir);
+        skipLoad = used !== undefined && used.every((id) => pinnedMaps.has(id));
+      }
+      const progHandle = lib.bpf_object__find_program_by_name(obj, PROGRAM_NAME);
+      if (!progHandle) throw new KernelError(`find program ${PROGRAM_NAME}`, 2, lines, 'not in the object');
+      if (skipLoad) check(`skip loading ${PROGRAM_NAME}`, lib.bpf_program__set_autoload(progHandle, false) as number);
       const ret = lib.bpf_object__load(obj) as number;
       if (ret < 0) {
         // Say the cause libbpf found, not just the errno: a map whose pinned
@@ -595,13 +675,34 @@ export class XdpDatapath {
         );
       }
 
-      const prog = lib.bpf_object__find_program_by_name(obj, PROGRAM_NAME);
-      if (!prog) throw new KernelError(`find program ${PROGRAM_NAME}`, 2, lines, 'not in the object');
-      const newFd = check(`open program ${PROGRAM_NAME}`, lib.bpf_program__fd(prog) as number);
-      const fresh = progInfo(newFd, PROGRAM_NAME);
-      let progFd = newFd;
+      let progFd = -1;
       let ownProgFd = -1;
       let upgraded = false;
+      if (skipLoad) {
+        progFd = ownProgFd = check(`open pinned program ${progPin}`, lib.bpf_obj_get(progPin) as number);
+        const pinned = progInfo(progFd, progPin);
+        if (pinned.id !== pinnedId) {
+          closeFd(progFd);
+          throw new KernelError(
+            `adopt ${progPin}`,
+            16,
+            lines,
+            'the pinned program changed during the start; start again',
+          );
+        }
+        log.info(
+          { progId: pinned.id, tag: pinned.tag, fingerprint },
+          'adopted pinned program (loaded from this object before)',
+        );
+        log.info({ adopted, pinRoot: options.pinRoot }, 'adopted pinned maps');
+        const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+        dp.loadedAtOpen = false;
+        dp.startTrace(capacity, mapDir, log);
+        return dp;
+      }
+      const newFd = check(`open program ${PROGRAM_NAME}`, lib.bpf_program__fd(progHandle) as number);
+      const fresh = progInfo(newFd, PROGRAM_NAME);
+      progFd = newFd;
       if (migration) {
         // Counters go on: copy them from the old maps (ids the new capacity holds).
         migration.copied = copyCounters(obj, mapDir, log);
@@ -628,11 +729,13 @@ export class XdpDatapath {
         if (pinned.tag === fresh.tag && !stale) {
           progFd = pinnedFd; // same code: keep the program that is attached
           ownProgFd = pinnedFd;
+          pinLoaded(progsDir, fingerprint, pinnedFd);
           log.info({ progId: pinned.id, tag: pinned.tag }, 'adopted pinned program');
         } else {
           closeFd(pinnedFd);
           unlinkSync(progPin);
           check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
+          pinLoaded(progsDir, fingerprint, newFd);
           upgraded = true;
           log.info(
             { from: pinned.tag, to: fresh.tag, progId: fresh.id },
@@ -641,6 +744,7 @@ export class XdpDatapath {
         }
       } else {
         check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
+        pinLoaded(progsDir, fingerprint, newFd);
       }
       log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
       const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
@@ -768,6 +872,7 @@ export class XdpDatapath {
       const progPin = XdpDatapath.progPinPath(this.options.pinRoot);
       if (existsSync(progPin)) unlinkSync(progPin);
       check(`pin program at ${progPin}`, lib.bpf_obj_pin(this.progFd, progPin) as number);
+      pinLoaded(dirname(progPin), loadFingerprint(this.options.objectPath), this.progFd);
     } catch (e) {
       // The interfaces run the new program; only the pins are behind: the next start migrates again.
       this.log.error({ err: e, mapDir, nextDir }, 'the new maps could not be pinned in place of the old ones');

@@ -96,6 +96,8 @@ export const lib = {
   ) as Fn,
   bpf_object__next_map: bpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *map)') as Fn,
   bpf_program__fd: bpf.func('int bpf_program__fd(bpf_program *prog)') as Fn,
+  bpf_program__set_autoload: bpf.func('int bpf_program__set_autoload(bpf_program *prog, bool autoload)') as Fn,
+  libbpf_version_string: bpf.func('const char *libbpf_version_string(void)') as Fn,
   bpf_program__attach: bpf.func('bpf_link *bpf_program__attach(bpf_program *prog)') as Fn,
   bpf_link__pin: bpf.func('int bpf_link__pin(bpf_link *link, const char *path)') as Fn,
   bpf_link__destroy: bpf.func('int bpf_link__destroy(bpf_link *link)') as Fn,

@@ -207,16 +207,8 @@ export function rebuildPortUse(maps: DatapathMaps): void {
   for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
-  // Only the entries that differ are written (a start over an intact datapath writes none).
-  const now = maps.rulePorts.getRange(0, 65536);
-  const a = Buffer.alloc(portUse.layout.size);
-  const b = Buffer.alloc(portUse.layout.size);
-  const entries: [number, PortUse][] = [];
-  for (let port = 0; port < 65536; port++) {
-    const want = counts.get(port) ?? { any: 0, dst: 0 };
-    if (!portUse.encode(now[port], a).equals(portUse.encode(want, b))) entries.push([port, want]);
-  }
-  maps.rulePorts.putMany(entries);
+  // Read, compare, write only what differs (a start with the index right writes nothing).
+  maps.rulePorts.syncArray((port) => counts.get(port));
 }
 
 /** Reset a stats id's counters (before reusing it for a new rule or backend). */
