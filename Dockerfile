@@ -1,9 +1,11 @@
 # xdpctld image, on the official Node image of the version in .node-version (keep them equal; a unit
 # test checks). Two stages: the build stage compiles the XDP object, the reflection descriptor (buf,
 # fetched by scripts/buf.sh; a tool, not a dependency, so no buf binary reaches the image) and the
-# TypeScript (tsc -> dist/), then keeps only production dependencies (no dev, no optional); the runtime
-# stage holds Node, libbpf.so.1 (loaded through koffi), iproute2/ethtool (interface queries, the veth GRO
-# fix-up) and what running needs: dist/, the BPF object, the descriptor and node_modules.
+# TypeScript (tsc -> dist/), then keeps only production dependencies (no dev). Install scripts run: the
+# native addons must be built or fetched (better-sqlite3's binary; koffi's comes in its platform package,
+# an optional dependency, so optional ones are kept). The runtime stage holds Node, libbpf.so.1 (loaded
+# through koffi), iproute2/ethtool (interface queries, the veth GRO fix-up) and what running needs: dist/,
+# the BPF objects (the XDP program and the tracepoint programs), the descriptor and node_modules.
 #
 # It runs `node dist/server/main.js` (no TypeScript loader) with the V8 flags of that file's shebang (a
 # unit test keeps them equal), as uid 10001, not root: a copy of the Node binary, xdpctld-node, carries
@@ -13,16 +15,16 @@
 # xdpctl-health, runs on the plain node binary with no capabilities. See docs/deployment.md for the
 # directories the daemon must own, and for the seccomp profile (bpf() must be allowed).
 FROM node:24.22.3-bookworm-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends clang llvm libbpf-dev gcc libc6-dev openssl \
+RUN apt-get update && apt-get install -y --no-install-recommends clang llvm libbpf-dev gcc g++ make python3 libc6-dev openssl \
       && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund --ignore-scripts
+RUN npm ci --no-audit --no-fund
 COPY . .
 RUN bash scripts/build-bpf.sh && mkdir -p build && bash scripts/buf.sh build -o build/descriptor.binpb \
       && npx tsc -b tsconfig.build.json \
       && chmod +x dist/server/main.js dist/client/cli.js dist/client/health-probe.js \
-      && npm prune --omit=dev --omit=optional --no-audit --no-fund
+      && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:24.22.3-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libbpf1 iproute2 ethtool libcap2-bin \
@@ -36,7 +38,7 @@ WORKDIR /opt/xdpctl
 COPY --from=build /src/package.json /src/package-lock.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-COPY --from=build /src/build/bpf/xdpctl.bpf.o ./build/bpf/xdpctl.bpf.o
+COPY --from=build /src/build/bpf/xdpctl.bpf.o /src/build/bpf/xdpctl-trace.bpf.o ./build/bpf/
 COPY --from=build /src/build/descriptor.binpb ./build/descriptor.binpb
 RUN ln -s /opt/xdpctl/dist/client/cli.js /usr/local/bin/xdpctl \
       && ln -s /opt/xdpctl/dist/client/health-probe.js /usr/local/bin/xdpctl-health

@@ -13,8 +13,9 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-const ROOT = new URL('..', import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const USAGE = `Usage: npm run demo [-- --quick]
 
 As root: starts its own xdpctld (own pins, socket and state), builds network namespaces, walks through

@@ -16,11 +16,12 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** Test files that CI runs with another core busy (they wait on conditions, not on timing). */
 const UNDER_LOAD = ['test/integration/access-backpressure.test.ts'];
 
-const root = new URL('..', import.meta.url).pathname;
+const root = fileURLToPath(new URL('..', import.meta.url));
 
 // The project's Node: engines' minimum, else re-run through scripts/with-node (the pinned version).
 const min = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).engines.node.replace(/^>=/, '');

@@ -5,6 +5,7 @@
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { ServerCredentials } from '@grpc/grpc-js';
 import { metrics } from '@opentelemetry/api';
@@ -59,7 +60,7 @@ import { InterfaceServiceDefinition } from '../gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../gen/xdpctl/v1/rule.js';
 
-export const PACKAGE_ROOT = new URL('../../', import.meta.url).pathname;
+export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const VERSION = (JSON.parse(readFileSync(`${PACKAGE_ROOT}package.json`, 'utf8')) as { version: string }).version;
 
 export interface DaemonOptions {

@@ -23,10 +23,15 @@
  */
 import { once } from 'node:events';
 import { chmodSync, chownSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
 // The module object, not a named import: connection-guard.ts and tls.ts wrap http2.createSecureServer.
 import http2, { type Http2SecureServer } from 'node:http2';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 
 import {
@@ -167,6 +172,32 @@ export interface HttpJsonListener {
   close(): Promise<void>;
 }
 
+/**
+ * Why a request that a web page could have made is refused, or undefined. The listener is for curl and
+ * programs: on loopback a caller's identity is its uid, so a page in a browser of a uid with a role must
+ * not be able to call it (cross-site requests, or DNS rebinding, where the page's own name resolves to
+ * 127.0.0.1 and its requests carry no Origin). So: an `Origin` or `Sec-Fetch-Site` header (only browsers
+ * send them) is refused, and on a loopback TCP listener the Host must name a loopback address or
+ * `localhost` (RFC 6761 section 6.3).
+ */
+export function browserRefusal(headers: IncomingMessage['headers'], loopbackTcp: boolean): string | undefined {
+  if (headers.origin !== undefined || headers['sec-fetch-site'] !== undefined) {
+    return 'requests from web pages (Origin or Sec-Fetch-Site header) are refused: this listener is for curl and programs';
+  }
+  if (!loopbackTcp) return undefined;
+  const host = String(headers.host ?? headers[':authority'] ?? '');
+  const name = host
+    .replace(/:\d+$/, '')
+    .replace(/^\[(.*)\]$/, '$1')
+    .toLowerCase();
+  const loopbackName =
+    name === 'localhost' ||
+    name.endsWith('.localhost') ||
+    (isIP(name) === 4 && name.startsWith('127.')) ||
+    (isIP(name) === 6 && /^(0*:)*:?0*1$/.test(name));
+  return loopbackName ? undefined : `Host "${host}" is not a loopback name: refused (DNS rebinding?)`;
+}
+
 /** Serve `methods` as HTTP/JSON on `o.listen` (HTTP/1.1; with `o.tls` HTTPS, HTTP/1.1 or HTTP/2). */
 export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListener> {
   const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, o.descriptor));
@@ -223,6 +254,14 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     },
   });
 
+  const loopbackTcp = kind === 'tcp' && isLoopbackListen(o.listen);
+  const guarded = (req: IncomingMessage, res: ServerResponse) => {
+    const refusal = browserRefusal(req.headers, loopbackTcp);
+    if (refusal === undefined) return handler(req, res);
+    res.writeHead(403, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ code: 'permission_denied', message: refusal }));
+  };
+
   let server: HttpServer | Http2SecureServer;
   if (o.tls) {
     const tls = o.tls;
@@ -236,14 +275,14 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
         requestCert: tls.requireClientCert,
         rejectUnauthorized: tls.requireClientCert,
       },
-      handler,
+      guarded as never,
     );
     // A rotated set (already checked by tls.ts) applies to new connections, as on the gRPC listeners.
     const off = tls.onUpdate((files) => s.setSecureContext({ ...files }));
     s.on('close', off);
     server = s;
   } else {
-    server = limitConnections(createHttpServer(handler));
+    server = limitConnections(createHttpServer(guarded));
     // A connection that sends no complete request head in time is closed (as grpc-js's preface timeout).
     const limits = connectionLimits();
     if (limits) server.headersTimeout = limits.prefaceTimeoutMs;
@@ -288,4 +327,10 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
       if (kind === 'unix') rmSync(o.listen.slice(5), { force: true });
     },
   };
+}
+
+/** Whether a host:port listen address is a loopback address (127/8, ::1 or localhost). */
+function isLoopbackListen(listen: string): boolean {
+  const host = listen.slice(0, listen.lastIndexOf(':'));
+  return browserRefusal({ host }, true) === undefined;
 }

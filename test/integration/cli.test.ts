@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { CLI, kernelOnly, runId } from '../helpers/env.js';
+import { CLI, kernelOnly, OBJECT, runId } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp } from '../helpers/udp.js';
 
@@ -345,6 +345,21 @@ describe('xdpctl command line', kernelOnly(), () => {
     assert.match(out, /^health:\s+SERVING$/m);
     assert.match(out, /^serving:\s+yes$/m);
     assert.match(out, /^program id:\s+\d+$/m);
+  });
+
+  it('status shows what the datapath cannot do: a daemon without its tracepoint object says failed redirects are not counted', async () => {
+    // The XDP object alone in a directory (as a package that did not ship xdpctl-trace.bpf.o).
+    const dir = mkdtempSync(join(tmpdir(), 'xdpctl-test-obj-'));
+    writeFileSync(join(dir, 'xdpctl.bpf.o'), readFileSync(OBJECT));
+    const w = await DaemonProcess.start(`${id}w`, ['--bpf-object', join(dir, 'xdpctl.bpf.o')]);
+    try {
+      const out = assertOk(await xdpctl(['status'], { XDPCTL_SERVER: w.unix }));
+      assert.match(out, /^warning:\s+failed redirects are not counted: .*xdpctl-trace\.bpf\.o/m, out);
+      assert.doesNotMatch(assertOk(await cli('status')), /^warning:/m, 'the full install has no warning');
+    } finally {
+      await w.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('health exits 0 when SERVING and non-zero otherwise (probe use)', async () => {

@@ -148,6 +148,20 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.deepEqual((await grpc.rules.listRules({})).rules, []);
   });
 
+  it('refuses what a web page could send: an Origin header, or a Host that is not loopback (DNS rebinding)', () => {
+    const list = `${base}/xdpctl.v1.RuleService/ListRules`;
+    assert.equal(curl(['--json', '{}', list]).status, 200, 'curl as it is');
+    const fromPage = curl(['--json', '{}', '-H', 'Origin: http://attacker.example', list]);
+    assert.equal(fromPage.status, 403);
+    assert.equal(fromPage.body.code, 'permission_denied');
+    assert.match(String(fromPage.body.message), /web pages/);
+    const rebound = curl(['--json', '{}', '-H', `Host: attacker.example:${new URL(base).port}`, list]);
+    assert.equal(rebound.status, 403);
+    assert.match(String(rebound.body.message), /not a loopback name/);
+    const viaGet = curl(['-G', list, '-d', 'encoding=json', '-d', 'message={}', '-H', 'Sec-Fetch-Site: same-origin']);
+    assert.equal(viaGet.status, 403, 'a same-origin GET from a page carries Sec-Fetch-Site');
+  });
+
   it('bad input: the code, message and field violations that gRPC gives, and nothing applied', async () => {
     const bad = rule('bad', {
       match: { protocol: 'PROTOCOL_UDP', port: 70000 },

@@ -72,6 +72,7 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
       'dist/client/index.js',
       'dist/client/index.d.ts',
       'build/bpf/xdpctl.bpf.o',
+      'build/bpf/xdpctl-trace.bpf.o',
       'build/descriptor.binpb',
     ]) {
       assert.ok(files.includes(f), `the tarball has ${f}`);

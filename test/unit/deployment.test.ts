@@ -171,8 +171,11 @@ describe('deployment files', () => {
     assert.match(df, /setcap cap_bpf,cap_net_admin,cap_perfmon\+ep \/usr\/local\/bin\/xdpctld-node/);
     assert.match(df, /find \/ -xdev -type f -perm \/6000 -exec chmod a-s/, 'no setuid files (file caps need NNP off)');
     assert.match(df, new RegExp(`^USER ${IMAGE_UID}:${IMAGE_UID}$`, 'm'));
-    // No buf binary (or any dev or optional dependency) in the image.
-    assert.match(df, /npm prune --omit=dev --omit=optional/);
+    // No buf binary or dev dependency in the image; optional dependencies stay (koffi's native binary is
+    // its optional platform package), and install scripts run (better-sqlite3 builds or fetches its addon).
+    assert.match(df, /npm prune --omit=dev /);
+    assert.doesNotMatch(df, /--omit=optional/, "koffi's binary is an optional dependency");
+    assert.doesNotMatch(df, /--ignore-scripts/, "better-sqlite3's addon comes from its install script");
     const pkgJson = JSON.parse(read('package.json')) as Record<string, Record<string, string> | undefined>;
     for (const field of ['dependencies', 'optionalDependencies']) {
       assert.ok(
@@ -188,8 +191,13 @@ describe('deployment files', () => {
     const cmd = /^CMD (\[.*\])$/m.exec(df);
     assert.ok(cmd);
     assertDaemonArgs(JSON.parse(cmd[1]) as string[], 'Dockerfile CMD');
-    for (const m of df.matchAll(/^COPY --from=build \/src\/(\S+)/gm)) {
-      assert.ok(existsSync(`${ROOT}${m[1]}`) || m[1] === 'node_modules', `COPY ${m[1]}`);
+    const copied = [...df.matchAll(/^COPY --from=build (.+) \S+$/gm)].flatMap((m) =>
+      m[1].split(/\s+/).map((src) => src.replace(/^\/src\//, '')),
+    );
+    for (const f of copied) assert.ok(existsSync(`${ROOT}${f}`) || f === 'node_modules', `COPY ${f}`);
+    // Everything the package ships for running (the BPF objects, the descriptor) is in the image too.
+    for (const f of (pkgJson.files as unknown as string[]).filter((x) => x.startsWith('build/'))) {
+      assert.ok(copied.includes(f), `the image copies ${f}`);
     }
   });
 

@@ -44,6 +44,8 @@ export function registerStatus(program: Command): void {
             ['links', d?.linkCount ?? 0],
             ['interfaces', d?.interfaceCount ?? 0],
             ['uptime', res.uptime ? formatDuration(Number(res.uptime.seconds)) : '-'],
+            // What the datapath cannot do (e.g. failed redirects not counted): one line each.
+            ...(d?.warnings ?? []).map((w): [string, string] => ['warning', w]),
           ]),
         );
       }),
