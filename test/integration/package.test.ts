@@ -74,6 +74,7 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
       'build/bpf/xdpctl.bpf.o',
       'build/bpf/xdpctl-trace.bpf.o',
       'build/descriptor.binpb',
+      'LICENSE',
     ]) {
       assert.ok(files.includes(f), `the tarball has ${f}`);
     }
