@@ -265,7 +265,14 @@ try {
 }
 
 // Every line carries the trace and span of the RPC it belongs to, if any.
-const log = pino({ level: o.logLevel, base: { service: 'xdpctld' }, mixin: traceLogFields });
+// Synchronous writes to stdout: each line is out before the next statement runs, so the 'ready' line
+// below follows every start-up line (with pino's default asynchronous destination, flush() returned at once
+// while lines were still queued, and 'ready' came before 'restored' and 'serving'), and nothing logged is
+// lost if the process dies. A control plane logs a few lines a second; the cost does not matter.
+const log = pino(
+  { level: o.logLevel, base: { service: 'xdpctld' }, mixin: traceLogFields },
+  pino.destination({ dest: 1, sync: true }),
+);
 
 // Name a missing capability here rather than let the kernel answer EPERM.
 const caps = checkOwnCapabilities();
@@ -313,9 +320,7 @@ try {
     // Audit records are written whatever --log-level says.
     audit: log.child({ audit: true }, { level: 'info' }),
   });
-  // Tests and supervisors wait for this line: after every start-up log line
-  // (pino writes asynchronously; without the flush a warning could follow it).
-  await new Promise<void>((resolve) => log.flush(() => resolve()));
+  // Tests and supervisors wait for this line: after every start-up log line (the log writes synchronously).
   process.stdout.write(
     `${JSON.stringify({
       msg: 'ready',

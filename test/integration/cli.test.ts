@@ -353,6 +353,9 @@ describe('xdpctl command line', kernelOnly(), () => {
     writeFileSync(join(dir, 'xdpctl.bpf.o'), readFileSync(OBJECT));
     const w = await DaemonProcess.start(`${id}w`, ['--bpf-object', join(dir, 'xdpctl.bpf.o')]);
     try {
+      // The start-up warning is logged before the "ready" line that supervisors wait for.
+      const warned = w.output.indexOf('tracepoint programs not attached');
+      assert.ok(warned >= 0 && warned < w.output.indexOf('"msg":"ready"'), w.output);
       const out = assertOk(await xdpctl(['status'], { XDPCTL_SERVER: w.unix }));
       assert.match(out, /^warning:\s+failed redirects are not counted: .*xdpctl-trace\.bpf\.o/m, out);
       assert.doesNotMatch(assertOk(await cli('status')), /^warning:/m, 'the full install has no warning');

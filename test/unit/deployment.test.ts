@@ -288,6 +288,11 @@ describe('deployment files', () => {
       auth.admin.some((g) => g.type === 'spiffe'),
       'admins are mesh identities (SPIFFE IDs)',
     );
+    // `kubectl exec ... xdpctl` runs as the image's user: it must be able to administer the daemon.
+    assert.ok(
+      auth.admin.some((g) => g.type === 'unix-uid' && g.uid === IMAGE_UID),
+      `unix-uid:${IMAGE_UID} (the image's user) is admin`,
+    );
     assert.equal(mountOf.get(authPath.slice(0, authPath.lastIndexOf('/'))), 'auth');
   });
 });
