@@ -221,6 +221,31 @@ if (!!o.tlsCert !== !!o.tlsKey || (o.tlsClientCa && !o.tlsCert)) {
   process.stderr.write('xdpctld: --tls-cert and --tls-key go together, and --tls-client-ca needs them\n');
   process.exit(2);
 }
+/**
+ * Why a listen address is not one we can serve on, or undefined: `unix:` and an absolute path, or
+ * host:port with a literal or name for host ([...] around IPv6) and a port from 0 to 65535.
+ */
+function listenProblem(a: string): string | undefined {
+  if (a.startsWith('unix:')) {
+    return a.length > 5 && a[5] === '/' ? undefined : 'a Unix socket is unix: and an absolute path (unix:/run/x.sock)';
+  }
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):(\d{1,5})$/.exec(a);
+  if (!m) return 'expected host:port (127.0.0.1:9091, [::1]:9091) or unix:/path';
+  if (Number(m[2]) > 65535) return `port ${m[2]} is over 65535`;
+  return undefined;
+}
+for (const [flag, list] of [
+  ['--listen', o.listen],
+  ['--http-listen', o.httpListen ?? []],
+] as const) {
+  for (const a of list) {
+    const problem = listenProblem(a);
+    if (problem) {
+      process.stderr.write(`xdpctld: ${flag} "${a}": ${problem}\n`);
+      process.exit(2);
+    }
+  }
+}
 const maxRules = Number(o.maxRules);
 if (!Number.isInteger(maxRules) || maxRules < 1 || maxRules > 1_000_000) {
   process.stderr.write(`xdpctld: --max-rules must be an integer between 1 and 1000000, not "${o.maxRules}"\n`);
