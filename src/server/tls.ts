@@ -41,8 +41,9 @@ export class TlsFilesError extends Error {
 /**
  * Why a certificate, key and CA cannot serve now, or undefined: they must
  * form a secure context, and the certificate (the first of the chain) must be
- * within its validity period: an expired or not-yet-valid one would make
- * every client's handshake fail (RFC 5280 4.1.2.5).
+ * within its validity period and, if it has an extended key usage, allow
+ * serverAuth: otherwise every client's handshake fails (RFC 5280 4.1.2.5,
+ * 4.2.1.12).
  */
 export function check(cert: Buffer, key: Buffer, ca?: Buffer, now = Date.now()): string | undefined {
   try {
@@ -61,8 +62,23 @@ export function check(cert: Buffer, key: Buffer, ca?: Buffer, now = Date.now()):
   if (now > to)
     return `certificate expired on ${new Date(to).toISOString()} (valid from ${new Date(from).toISOString()})`;
   if (now < from) return `certificate is not valid before ${new Date(from).toISOString()}`;
+  // Extended key usage (RFC 5280 4.2.1.12): when present, it must allow TLS server authentication, or
+  // every client refuses the handshake ("unsuitable certificate purpose").
+  const eku = leaf.keyUsage; // Node: the extended key usage OIDs, undefined when the extension is absent
+  if (eku && !eku.includes(SERVER_AUTH) && !eku.includes(ANY_EXTENDED_KEY_USAGE)) {
+    return `certificate's extended key usage (${eku.map((o) => EKU_NAMES[o] ?? o).join(', ')}) does not allow TLS server authentication (serverAuth, RFC 5280 4.2.1.12)`;
+  }
   return undefined;
 }
+
+const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
+const ANY_EXTENDED_KEY_USAGE = '2.5.29.37.0';
+const EKU_NAMES: Record<string, string> = {
+  [SERVER_AUTH]: 'serverAuth',
+  '1.3.6.1.5.5.7.3.2': 'clientAuth',
+  '1.3.6.1.5.5.7.3.3': 'codeSigning',
+  '1.3.6.1.5.5.7.3.4': 'emailProtection',
+};
 
 /**
  * A CertificateProvider that forwards the file watcher's updates only when
