@@ -289,9 +289,19 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
   }
   // Every open connection, closed at close() (server.close() only stops accepting new ones).
   const sockets = new Set<Socket>();
+  // A plaintext TCP connection that sends nothing within the preface timeout is closed, as on the gRPC
+  // listeners (Node's headersTimeout only starts with a request's first byte: silent connections stayed
+  // open). With TLS the handshake timeout of tls.ts applies (the TLS layer reads the socket's handle, not
+  // its 'data' events, so this timer could not tell a live connection from a silent one).
+  const silentMs = kind === 'tcp' && !o.tls ? connectionLimits()?.prefaceTimeoutMs : undefined;
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
+    if (silentMs === undefined) return;
+    const timer = setTimeout(() => socket.destroy(), silentMs);
+    timer.unref();
+    socket.once('data', () => clearTimeout(timer));
+    socket.once('close', () => clearTimeout(timer));
   });
   let address: string;
   if (kind === 'unix') {

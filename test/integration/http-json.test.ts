@@ -88,6 +88,8 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
       '65536',
       '--max-connections-per-peer',
       '4',
+      '--preface-timeout-seconds',
+      '3',
       '--log-level',
       'info',
     ]);
@@ -146,6 +148,23 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.equal(del.status, 200);
     assert.deepEqual(del.body, {});
     assert.deepEqual((await grpc.rules.listRules({})).rules, []);
+  });
+
+  it('closes a TCP connection that sends nothing within the preface timeout, as the gRPC listeners do', async () => {
+    const u = new URL(base);
+    const started = Date.now();
+    const socket = connect(Number(u.port), u.hostname);
+    const closed = await new Promise<number>((resolve, reject) => {
+      const guard = setTimeout(() => reject(new Error('still open after 15 s')), 15_000);
+      socket.on('close', () => (clearTimeout(guard), resolve(Date.now() - started)));
+      socket.on('error', () => {});
+    });
+    assert.ok(closed >= 2500, `closed after ${closed} ms, not before the 3 s timeout`);
+    assert.equal(
+      curl(['--json', '{}', `${base}/xdpctl.v1.RuleService/ListRules`]).status,
+      200,
+      'talking clients still served',
+    );
   });
 
   it('refuses what a web page could send: an Origin header, or a Host that is not loopback (DNS rebinding)', () => {
