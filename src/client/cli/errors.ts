@@ -110,6 +110,20 @@ export function describeClientError(
       const extra = precondition.filter((p) => !details.includes(p.replace(/^[^:]*: /, '')));
       return { message: [details, ...extra].join('; '), exitCode };
     }
+    case Status.RESOURCE_EXHAUSTED: {
+      // The daemon refused the request's size (grpc-js: "Received message larger than max (N vs M)").
+      const m = /larger than max \((\d+) vs\.? (\d+)\)/.exec(details);
+      if (m) {
+        const mb = (n: string) => `${(Number(n) / 1048576).toFixed(1)} MiB`;
+        return {
+          message:
+            `the request is ${mb(m[1])}, over xdpctld's limit of ${mb(m[2])} (its --max-message-bytes): ` +
+            'raise that limit, or send the change in parts (rules create/update/delete)',
+          exitCode,
+        };
+      }
+      return { message: details, exitCode };
+    }
     case Status.ABORTED:
       return {
         message: /changed since you read it/.test(details)
