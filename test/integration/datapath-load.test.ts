@@ -111,6 +111,11 @@ describe('datapath load and attach', kernelOnly(), () => {
       assert.equal(again.migrating, undefined, 'the migrated pins are adopted as they are');
       assert.equal(again.maps.ruleRing.mmapable, true);
       again.close();
+    } finally {
+      XdpDatapath.unpinAll(root);
+    }
+  });
+
   it('adopts the pinned program without loading it again when it was loaded from the same object; loads when anything differs', () => {
     const root = `/sys/fs/bpf/xdpctl-test-${id}f`;
     const progs = `${root}/progs`;

@@ -20,7 +20,6 @@ import {
   type LinkStats,
   FOLD_SLOT_BITS,
   type MatchKey,
-  portUse,
   type PortUse,
   type RuleStats,
   type SrcKey,
