@@ -3,7 +3,18 @@
  * reflection, error mapping), listeners, and an orderly shutdown. Used by
  * main.ts (the CLI) and by tests that start a daemon in-process.
  */
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import {
+  accessSync,
+  chmodSync,
+  chownSync,
+  constants as fsConstants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+} from 'node:fs';
+import { createServer as createNetServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -19,6 +30,7 @@ import {
   DEFAULT_MAX_WATCH_STREAMS,
   DEFAULT_SOCKET_MODE,
   exposedPlaintext,
+  listenHost,
   serverOptions,
 } from './auth/transport.js';
 import { ConfigWatcher } from './config-watcher.js';
@@ -218,26 +230,54 @@ export class Daemon {
       audit: opts.audit ?? log.child({ audit: true }),
       maxWatchStreams: opts.maxWatchStreams ?? DEFAULT_MAX_WATCH_STREAMS,
     });
+    // Every configuration input is checked before the kernel is touched: a start refused for its
+    // configuration (an expired or unreadable certificate, a missing file, an address it cannot listen
+    // on) leaves no pin, program or tracepoint link behind.
+    // One TLS set (files, checks, rotation) for every TCP listener, gRPC and HTTP/JSON.
+    const tlsSet = opts.tls && reloadingServerCredentials(opts.tls, log);
+    if (!existsSync(opts.descriptorPath)) {
+      throw new Error(`descriptor set ${opts.descriptorPath} is missing (run npm run generate)`);
+    }
+    if (!existsSync(opts.objectPath)) {
+      throw new Error(`open ${opts.objectPath}: no such file (run npm run build:bpf)`);
+    }
+    const listeners = [
+      ...opts.listen.map((a) => ['--listen', a] as const),
+      ...httpListen.map((a) => ['--http-listen', a] as const),
+    ];
+    await probeListeners(listeners.filter(([, a]) => a.startsWith('unix:'))); // their directories
     assertOnBpffs(opts.pinRoot); // before anything is locked or loaded
+    // What a refused start must put back: a pin root that was absent or empty is removed or emptied again.
+    const pinRootBefore = pinRootState(opts.pinRoot);
     // One daemon per datapath: before anything is read or written, lock the
     // pin root, the state directory and every socket path (a second daemon
     // stops here, naming the first).
-    const lock = lockInstance({
-      pinRoot: opts.pinRoot,
-      stateDir: opts.stateDir,
-      sockets: [...opts.listen, ...httpListen].filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
-      listen: [...opts.listen, ...httpListen],
-    });
+    let lock: HeldLock;
+    try {
+      lock = lockInstance({
+        pinRoot: opts.pinRoot,
+        stateDir: opts.stateDir,
+        sockets: [...opts.listen, ...httpListen].filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
+        listen: [...opts.listen, ...httpListen],
+      });
+    } catch (e) {
+      restorePinRoot(opts.pinRoot, pinRootBefore); // created by preparePinRoot before a later lock failed
+      throw e;
+    }
     let datapath: XdpDatapath;
     try {
+      // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
+      await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
         pinRoot: opts.pinRoot,
         capacity: opts.capacity,
         log,
+        deferTrace: true, // attached once the start commits (below)
       });
     } catch (e) {
       lock.release();
+      restorePinRoot(opts.pinRoot, pinRootBefore);
       throw e;
     }
     // Device settings we change (GRO on veth peers) are recorded beside the state, for --cleanup-on-exit.
@@ -260,6 +300,7 @@ export class Daemon {
     } catch (e) {
       store?.close();
       datapath.close();
+      restorePinRoot(opts.pinRoot, pinRootBefore);
       lock.release();
       throw e;
     }
@@ -293,9 +334,6 @@ export class Daemon {
     const terminator = createTerminator();
     const health = HealthState();
     health.setStatus('unhealthy');
-    if (!existsSync(opts.descriptorPath)) {
-      throw new Error(`descriptor set ${opts.descriptorPath} is missing (run npm run generate)`);
-    }
     const descriptorPath = opts.descriptorPath;
     const reflection = lazyReflection(() => readFileSync(descriptorPath), SERVICE_NAMES);
     // WatchCounters responses are encoded once per message, shared by identical streams.
@@ -336,9 +374,7 @@ export class Daemon {
     daemon.kernel = dp;
 
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
-    // One TLS set (files, checks, rotation) for every TCP listener, gRPC and HTTP/JSON.
-    let tlsSet: ReturnType<typeof reloadingServerCredentials> | undefined;
-    const tlsOf = () => (tlsSet ??= opts.tls && reloadingServerCredentials(opts.tls, log));
+    const tlsOf = () => tlsSet;
     // Refused handshakes on every TLS listener (gRPC and HTTP/JSON) are logged at a bounded rate.
     if (opts.tls) logRefusedHandshakes(log);
     try {
@@ -403,16 +439,28 @@ export class Daemon {
       // rules and links; switch every interface to the new program.
       if (datapath.migrating) datapath.finishMigration();
     } catch (e) {
+      daemon.config?.close();
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       await Promise.all(daemon.http.map((x) => x.close()));
       unregisterMetrics();
+      if (pinRootBefore !== 'in use') {
+        // A fresh pin root: nothing of this start may stay (attachments, GRO it switched on, pins).
+        const r = await dp.cleanupHost().catch((err: Error) => ({ failed: [err.message], detached: [] }));
+        if (r.failed.length) log.error({ failed: r.failed }, 'refused start: host not fully restored');
+      } else if (datapath.migrating) {
+        // The old maps in maps/ still serve; the next start migrates again from them.
+        XdpDatapath.removeNextMaps(opts.pinRoot);
+      }
       store?.close();
       datapath.close();
+      restorePinRoot(opts.pinRoot, pinRootBefore);
       for (const a of [...daemon.addresses, ...httpListen])
         if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
       lock.release();
       throw e;
     }
+    // Committed: the tracepoint programs replace the previous daemon's (failed redirects are counted).
+    datapath.startTracing();
     ready.value = true;
     daemon.health.setStatus('healthy');
     daemon.health.setStatus('healthy', DATAPATH_HEALTH);
@@ -560,6 +608,57 @@ export class Daemon {
       }
     })();
     return this.stopping;
+  }
+}
+
+/** A pin root before a start: absent, an empty directory, or holding pins (a previous daemon's). */
+type PinRootState = 'absent' | 'empty' | 'in use';
+
+function pinRootState(pinRoot: string): PinRootState {
+  try {
+    return readdirSync(pinRoot).length === 0 ? 'empty' : 'in use';
+  } catch {
+    return 'absent';
+  }
+}
+
+/**
+ * Put a pin root back as a refused start found it: absent or empty again (every pin this start made
+ * goes, and with the last reference to them the kernel frees the maps, the program and the tracepoint
+ * links). A pin root that held pins is left to them.
+ */
+function restorePinRoot(pinRoot: string, before: PinRootState): void {
+  if (before === 'in use' || !existsSync(pinRoot)) return;
+  XdpDatapath.unpinAll(pinRoot);
+  if (before === 'empty') mkdirSync(pinRoot, { mode: 0o700 });
+}
+
+/**
+ * Bind each listen address once and close it again, before the kernel is touched: an address that is
+ * not this host's, a name that does not resolve, a port in use or a socket directory that cannot be
+ * made is refused here, naming the flag and the address.
+ */
+async function probeListeners(list: readonly (readonly [string, string])[]): Promise<void> {
+  for (const [flag, addr] of list) {
+    try {
+      if (addr.startsWith('unix:')) {
+        const dir = dirname(addr.slice(5));
+        mkdirSync(dir, { recursive: true });
+        accessSync(dir, fsConstants.W_OK);
+        continue;
+      }
+      const host = listenHost(addr);
+      const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
+      const server = createNetServer();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host, port, exclusive: true }, () => resolve());
+      });
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new Error(`${flag} ${addr}: cannot listen there (${err.code ?? err.message})`);
+    }
   }
 }
 

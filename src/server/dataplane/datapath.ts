@@ -113,6 +113,12 @@ export interface DatapathOptions {
   traceObjectPath?: string;
   capacity?: Partial<Capacity>;
   log?: Logger;
+  /**
+   * Do not load and attach the tracepoint programs at open: the caller calls startTracing() once its
+   * start has committed (the daemon: after every listener is bound), so that a start refused later leaves
+   * the previous daemon's tracepoint links in place (open() replaces them otherwise).
+   */
+  deferTrace?: boolean;
 }
 
 /** The typed maps of the datapath. */
@@ -697,7 +703,7 @@ export class XdpDatapath {
         log.info({ adopted, pinRoot: options.pinRoot }, 'adopted pinned maps');
         const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
         dp.loadedAtOpen = false;
-        dp.startTrace(capacity, mapDir, log);
+        if (!options.deferTrace) dp.startTrace(capacity, mapDir, log);
         return dp;
       }
       const newFd = check(`open program ${PROGRAM_NAME}`, lib.bpf_program__fd(progHandle) as number);
@@ -750,7 +756,7 @@ export class XdpDatapath {
       const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
       dp.migration = migration;
       // The tracepoint programs count into the maps the new program uses (pinDir while migrating).
-      dp.startTrace(capacity, pinDir, log);
+      if (!options.deferTrace) dp.startTrace(capacity, pinDir, log);
       return dp;
     } catch (e) {
       if (obj) lib.bpf_object__close(obj);
@@ -969,7 +975,17 @@ export class XdpDatapath {
     return { action: r.action, data: r.data, durationNs: r.nsPerRun };
   }
 
-  /** Close our handles; pins, maps and attachments stay (idempotent). */
+  /**
+   * The tracepoint programs of an open() with deferTrace (no-op if they run already): into the maps the
+   * program uses now (maps_next while a migration or its pin move is unfinished).
+   */
+  startTracing(): void {
+    if (this.traceObj) return;
+    const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
+    const dir = existsSync(nextDir) ? nextDir : XdpDatapath.mapPinDir(this.options.pinRoot);
+    this.startTrace(this.capacity, dir, this.log.child({ component: 'dataplane' }));
+  }
+
   /**
    * Load bpf/xdpctl-trace.bpf.c next to the object and attach its tracepoint
    * programs (xdp:xdp_redirect_err, xdp:xdp_devmap_xmit), sharing the pinned
@@ -1031,6 +1047,7 @@ export class XdpDatapath {
     }
   }
 
+  /** Close our handles; pins, maps and attachments stay (idempotent). */
   close(): void {
     // Closing the links' fds leaves them attached through their pins.
     for (const l of this.traceLinks) lib.bpf_link__destroy(l);
@@ -1043,6 +1060,12 @@ export class XdpDatapath {
     if (this.obj) lib.bpf_object__close(this.obj);
     this.obj = null;
     this.progFdValue = -1;
+  }
+
+  /** Remove the pins of an unfinished migration (maps_next): the maps in maps/ stay in use. */
+  static removeNextMaps(pinRoot: string): void {
+    const dir = XdpDatapath.nextMapPinDir(pinRoot);
+    if (existsSync(dir)) removePinDir(dir);
   }
 
   /**
