@@ -101,22 +101,23 @@ describe('independent client (python3-grpcio, reflection only)', kernelOnly(), (
     checkSession(run.results);
   });
 
-  it('ListRules: a page_token the server did not issue is INVALID_ARGUMENT naming page_token', async () => {
-    const bad = [
-      'garbage',
-      Buffer.from('after:').toString('base64url'),
-      Buffer.from('after:Not_A_Name').toString('base64url'),
+  it('every paged call: a page_token the server did not issue (crafted ones included) is INVALID_ARGUMENT naming page_token', async () => {
+    const b64 = (text: string) => Buffer.from(text).toString('base64url');
+    // Garbage, and tokens crafted in the shapes earlier versions issued unsigned (after:NAME, if:NAME, ...).
+    const bad: [string, string][] = [
+      ...['garbage', b64('after:'), b64('after:Not_A_Name'), b64('after:zzz'), b64('rule:zzz')].map(
+        (t) => ['xdpctl.v1.RuleService/ListRules', t] as [string, string],
+      ),
+      ['xdpctl.v1.LinkService/ListLinks', b64('link:zzz')],
+      ['xdpctl.v1.InterfaceService/ListInterfaces', b64('if:zzz')],
+      ['xdpctl.v1.CounterService/GetCounters', b64('entries:8000')],
     ];
     const run = await runPythonClient(
       d.unix,
-      bad.map((pageToken) => ({
-        op: 'unary' as const,
-        method: 'xdpctl.v1.RuleService/ListRules',
-        request: { pageToken },
-      })),
+      bad.map(([method, pageToken]) => ({ op: 'unary' as const, method, request: { pageToken } })),
     );
     for (const [i, r] of run.results.entries()) {
-      assert.equal(r.code, 'INVALID_ARGUMENT', `${bad[i]}: ${JSON.stringify(r)}`);
+      assert.equal(r.code, 'INVALID_ARGUMENT', `${bad[i].join(' ')}: ${JSON.stringify(r)}`);
       assert.match(r.details!, /page_token/);
     }
   });

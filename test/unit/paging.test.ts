@@ -18,7 +18,10 @@ import { GetInterfaceResponse, ListInterfacesResponse } from '../../src/gen/xdpc
 import { ApplyLinksResponse, ListLinksResponse } from '../../src/gen/xdpctl/v1/link.js';
 import { interfaceService } from '../../src/server/services/interface-service.js';
 import { linkService } from '../../src/server/services/link-service.js';
-import { capStrings, MAX_PAGE_BYTES, pageToken, takePage } from '../../src/server/services/paging.js';
+import { capStrings, MAX_PAGE_BYTES, pageToken, pageTokenKey, takePage } from '../../src/server/services/paging.js';
+import { counterService } from '../../src/server/services/counter-service.js';
+import { ruleService } from '../../src/server/services/rule-service.js';
+import type { CounterHub } from '../../src/server/core/counter-hub.js';
 
 const LIMIT = 4 * 1024 * 1024;
 const ctx = { signal: new AbortController().signal } as CallContext;
@@ -39,7 +42,7 @@ describe('paging', () => {
     const seen = [...first.items];
     let next = first.next;
     while (next) {
-      const after = Buffer.from(next, 'base64url').toString().slice(2);
+      const after = pageTokenKey('t', next, () => true);
       const page = takePage(items, { ...opts, pageSize: 7, after });
       assert.ok(page.items.length <= 7 && page.items.length > 0);
       seen.push(...page.items);
@@ -142,5 +145,50 @@ describe('paging', () => {
     const big = GetInterfaceResponse.fromPartial(await svc.getInterface({ name: 'big' }, ctx));
     assert.equal(big.interface!.usedBy.length + big.interface!.usedByOmitted, 20_000);
     await assert.rejects(svc.listInterfaces({ pageSize: 0, pageToken: pageToken('if', 'a/b') }, ctx), invalidToken);
+  });
+
+  it('page tokens are authenticated: a crafted, altered or unsigned token is INVALID_ARGUMENT on every paged call', async () => {
+    const unsigned = (text: string) => Buffer.from(text).toString('base64url');
+    const tamper = (token: string) => {
+      const raw = Buffer.from(token, 'base64url');
+      raw[raw.length - 1] ^= 1; // the content changes, the HMAC does not
+      return raw.toString('base64url');
+    };
+    const ctl = {
+      listLinks: () => [],
+      listInterfaces: () => [],
+      rulePage: () => ({ rules: [], more: false }),
+    } as unknown as Controller;
+    const hub = {
+      snapshot: () => ({ time: 0, rules: [], backends: [], links: [], global: undefined }),
+    } as unknown as CounterHub;
+    const links = linkService(ctl);
+    const ifs = interfaceService(ctl);
+    const rs = ruleService(ctl);
+    const cs = counterService(hub);
+    const calls: [string, (pageToken: string) => Promise<unknown>, string[]][] = [
+      ['ListRules', (t) => rs.listRules({ pageSize: 0, pageToken: t }, ctx), ['after:zzz', 'after:r1', 'rule:r1']],
+      ['ListLinks', (t) => links.listLinks({ pageSize: 0, pageToken: t }, ctx), ['link:a\0b', 'link:zzz']],
+      ['ListInterfaces', (t) => ifs.listInterfaces({ pageSize: 0, pageToken: t }, ctx), ['if:eth0', 'if:zzz']],
+      ['GetCounters', (t) => cs.getCounters({ pageToken: t }, ctx), ['entries:8000', 'entries:1']],
+    ];
+    for (const [what, call, crafted] of calls) {
+      for (const text of crafted) {
+        await assert.rejects(call(unsigned(text)), invalidToken, `${what}: unsigned ${text}`);
+      }
+      // Tokens of the right shape this process signed, but altered, of another collection, or not canonical.
+      const kind = { ListRules: 'rule', ListLinks: 'link', ListInterfaces: 'if', GetCounters: 'entries' }[what]!;
+      const genuine = pageToken(kind, kind === 'entries' ? '8000' : 'r1');
+      await assert.rejects(call(tamper(genuine)), invalidToken, `${what}: altered`);
+      await assert.rejects(call(genuine.slice(0, -2)), invalidToken, `${what}: truncated`);
+      await assert.rejects(call(`${genuine}=`), invalidToken, `${what}: not canonical`);
+      await assert.rejects(call(pageToken(kind === 'if' ? 'link' : 'if', 'r1')), invalidToken, `${what}: other kind`);
+    }
+    // A genuine token is accepted (the key it carries comes back).
+    assert.equal(
+      pageTokenKey('rule', pageToken('rule', 'r1'), () => true),
+      'r1',
+    );
+    await rs.listRules({ pageSize: 0, pageToken: pageToken('rule', 'r1') }, ctx);
   });
 });

@@ -17,6 +17,7 @@ import {
   type WatchCountersRequest,
   type WatchCountersResponse,
 } from '../../gen/xdpctl/v1/counters.js';
+import { pageToken, pageTokenKey } from './paging.js';
 
 export const MIN_INTERVAL_MS = 100;
 export const MAX_INTERVAL_MS = 60_000;
@@ -304,22 +305,13 @@ function sliceCounters(c: Counters, start: number, end: number, withGlobal: bool
   };
 }
 
-const PAGE_PREFIX = 'entries:';
-
-/** The entry offset a GetCounters page token continues at; INVALID_ARGUMENT for one this server did not issue. */
+/** The entry offset a GetCounters page token continues at (paging.ts: INVALID_ARGUMENT for any other token). */
 function counterPageOffset(token: string): number {
-  const text = Buffer.from(token, 'base64url').toString('utf8');
-  const n = text.startsWith(PAGE_PREFIX) ? Number(text.slice(PAGE_PREFIX.length)) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0 || counterPageToken(n) !== token) {
-    throw CoreError.invalid([
-      { field: 'page_token', description: 'is not a next_page_token this server returned (use "" for the first page)' },
-    ]);
-  }
-  return n;
+  return Number(pageTokenKey('entries', token, (n) => /^[1-9][0-9]{0,14}$/.test(n)));
 }
 
 function counterPageToken(offset: number): string {
-  return Buffer.from(`${PAGE_PREFIX}${offset}`).toString('base64url');
+  return pageToken('entries', String(offset));
 }
 
 /** A stable id per snapshot object (for the cache key of the previous one). */

@@ -3,9 +3,15 @@
  * receive limit (grpc-js, gRPC's C core and Go all default to 4 MiB): a page
  * holds at most page_size items and stops before MAX_PAGE_BYTES encoded (at
  * least one item), and continues after the key of its last item. Page tokens
- * are opaque to clients, and one this server did not issue is
- * INVALID_ARGUMENT on page_token (AIP-158). Pure: no I/O, no core state.
+ * are opaque to clients and authenticated: each carries an HMAC-SHA256 (RFC
+ * 2104) of its content under a key drawn at random when the process starts,
+ * so a token this server did not issue, a crafted one included, is
+ * INVALID_ARGUMENT on page_token (AIP-158), and so is one issued by an
+ * earlier daemon process (a client starts again from the first page).
+ * No I/O, no core state.
  */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+
 import { CoreError } from '../core/errors.js';
 
 /** Encoded bytes a page holds at most: half a default client's 4 MiB limit, room for headers and growth. */
@@ -13,25 +19,50 @@ export const MAX_PAGE_BYTES = 2 * 1024 * 1024;
 /** page_size 0 means this many; larger values are treated as it. */
 export const MAX_PAGE_ITEMS = 1000;
 
-/** A token continuing after `key` in the collection `kind`: base64url of "kind:key". */
+/** This process's token key: tokens do not outlive it, and nobody else can make one. */
+const TOKEN_KEY = randomBytes(32);
+/** Bytes of the HMAC a token carries (128 bits: RFC 2104 section 5 allows truncation to half or more). */
+const MAC_BYTES = 16;
+
+const mac = (payload: Buffer) => createHmac('sha256', TOKEN_KEY).update(payload).digest().subarray(0, MAC_BYTES);
+
+/**
+ * A token continuing after `key` in the collection `kind`: base64url of the
+ * HMAC of "kind:key" followed by "kind:key".
+ */
 export function pageToken(kind: string, key: string): string {
-  return Buffer.from(`${kind}:${key}`).toString('base64url');
+  const payload = Buffer.from(`${kind}:${key}`);
+  return Buffer.concat([mac(payload), payload]).toString('base64url');
 }
 
 /**
  * The key a token of `kind` continues after; `valid` checks the key is one
- * the collection can hold. A token that is not canonical base64url, of
- * another kind or holding an impossible key fails INVALID_ARGUMENT.
+ * the collection can hold. A token that is not canonical base64url, whose
+ * HMAC does not verify (not issued by this process), of another kind or
+ * holding an impossible key fails INVALID_ARGUMENT on page_token.
  */
 export function pageTokenKey(kind: string, token: string, valid: (key: string) => boolean): string {
-  const text = Buffer.from(token, 'base64url').toString('utf8');
+  const raw = Buffer.from(token, 'base64url');
+  const payload = raw.subarray(MAC_BYTES);
+  const text = payload.toString('utf8');
   const key = text.startsWith(`${kind}:`) ? text.slice(kind.length + 1) : undefined;
-  if (key === undefined || pageToken(kind, key) !== token || !valid(key)) {
+  const ok =
+    raw.length > MAC_BYTES &&
+    raw.toString('base64url') === token &&
+    timingSafeEqual(raw.subarray(0, MAC_BYTES), mac(payload)) &&
+    key !== undefined &&
+    Buffer.from(text).equals(payload) &&
+    valid(key);
+  if (!ok) {
     throw CoreError.invalid([
-      { field: 'page_token', description: 'is not a next_page_token this server returned (use "" for the first page)' },
+      {
+        field: 'page_token',
+        description:
+          'is not a next_page_token this daemon process returned (use "" for the first page; tokens do not survive a restart)',
+      },
     ]);
   }
-  return key;
+  return key!;
 }
 
 /**

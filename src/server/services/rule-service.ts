@@ -7,6 +7,7 @@ import type { RuleSpec } from '../core/model.js';
 import { validateName } from '../core/validate.js';
 import { Rule, type RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
+import { pageToken, pageTokenKey } from './paging.js';
 
 const DEFAULT_PAGE = 100;
 
@@ -20,29 +21,13 @@ const MAX_PAGE = 1000;
 /** Encoded rules per response at most (half the 4 MiB default receive limit of gRPC clients). */
 export const MAX_PAGE_BYTES = 2 * 1024 * 1024;
 
-const TOKEN_PREFIX = 'after:';
-
-/** An opaque page token: the last name of the page, base64url-encoded. */
-function pageToken(lastName: string): string {
-  return Buffer.from(TOKEN_PREFIX + lastName).toString('base64url');
-}
-
-/**
- * The name a page token continues after. A token this server did not issue
- * (not canonical base64url, no prefix, or not a rule name) is INVALID_ARGUMENT
- * on page_token, as the API documents, instead of a silently empty page.
- */
+/** The name a ListRules page token continues after (paging.ts: INVALID_ARGUMENT for any other token). */
 function pageTokenName(token: string): string {
-  const text = Buffer.from(token, 'base64url').toString('utf8');
-  const name = text.startsWith(TOKEN_PREFIX) ? text.slice(TOKEN_PREFIX.length) : undefined;
-  const v: FieldViolation[] = [];
-  if (name !== undefined && pageToken(name) === token) validateName(name, 'page_token', v);
-  if (name === undefined || pageToken(name) !== token || v.length) {
-    throw CoreError.invalid([
-      { field: 'page_token', description: 'is not a next_page_token this server returned (use "" for the first page)' },
-    ]);
-  }
-  return name;
+  return pageTokenKey('rule', token, (name) => {
+    const v: FieldViolation[] = [];
+    validateName(name, 'page_token', v);
+    return v.length === 0;
+  });
 }
 
 export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleServiceDefinition> {
@@ -73,7 +58,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         bytes += n;
       }
       const more = page.more || rules.length < candidates.length;
-      return { rules, nextPageToken: more && rules.length ? pageToken(rules[rules.length - 1].name) : '' };
+      return { rules, nextPageToken: more && rules.length ? pageToken('rule', rules[rules.length - 1].name) : '' };
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);

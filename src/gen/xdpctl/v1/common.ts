@@ -76,8 +76,11 @@ export const protobufFileName = "xdpctl/v1/common.proto";
  *   bounded.
  * * Responses: none exceeds 4 MiB, the default receive limit of gRPC clients.
  *   ListRules, ListInterfaces and ListLinks return pages of at most 1000
- *   items and 2 MiB (read next_page_token until it is empty; an invalid token
- *   is INVALID_ARGUMENT on page_token); GetCounters pages hold at most 8000
+ *   items and 2 MiB (read next_page_token until it is empty; page tokens are
+ *   opaque and signed by the daemon process that issued them: any other
+ *   token, a crafted one or one from before a restart, is INVALID_ARGUMENT
+ *   on page_token, and the client starts again from the first page);
+ *   GetCounters pages hold at most 8000
  *   entries; a WatchCounters sample of more than 8000 entries comes as
  *   several messages (`continued`); ApplyRules and ApplyLinks leave out a
  *   resulting set over 2 MiB (rules_omitted, links_omitted); a managed

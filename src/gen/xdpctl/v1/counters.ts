@@ -82,7 +82,9 @@ export interface GetCountersRequest {
   /**
    * Empty for the first page; otherwise the next_page_token of the previous
    * response (with the same filter). Each page is read from the kernel when
-   * it is asked for. An invalid token fails with INVALID_ARGUMENT.
+   * it is asked for. Tokens are opaque and signed by the daemon process
+   * that issued them: any other token (crafted, altered, or from before a
+   * restart) fails with INVALID_ARGUMENT on page_token.
    */
   pageToken: string;
 }

@@ -190,8 +190,9 @@ export interface ListInterfacesRequest {
   pageSize: number;
   /**
    * Empty for the first page; otherwise the next_page_token of the previous
-   * response. A token this server did not return fails with INVALID_ARGUMENT
-   * on page_token.
+   * response. Tokens are opaque and signed by the daemon process that
+   * issued them: any other token (crafted, altered, or from before a
+   * restart) fails with INVALID_ARGUMENT on page_token.
    */
   pageToken: string;
 }

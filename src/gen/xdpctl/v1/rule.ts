@@ -407,8 +407,9 @@ export interface ListRulesRequest {
   pageSize: number;
   /**
    * Empty for the first page; otherwise the next_page_token of the previous
-   * response (with the same page_size). An invalid token fails with
-   * INVALID_ARGUMENT.
+   * response (with the same page_size). Tokens are opaque and signed by
+   * the daemon process that issued them: any other token (crafted, altered,
+   * or from before a restart) fails with INVALID_ARGUMENT on page_token.
    */
   pageToken: string;
 }
