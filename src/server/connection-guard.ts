@@ -65,17 +65,33 @@ function boundedLog(log: Logger): (kind: string, fields: object, msg: string) =>
   };
 }
 
-/** The peer of a Unix-socket connection, for the log: `uid:N` (SO_PEERCRED), else "unknown". */
+/**
+ * Log that a connection was closed because it sent nothing in time (the HTTP/JSON listener's silent
+ * connections; grpc-js's get the preface timeout below), naming its peer, within the same bound as
+ * every other refusal. No-op before guardConnections.
+ */
+export function noteSilentClose(socket: Socket, what: string): void {
+  const g = current;
+  if (!g) return;
+  g.note('preface', { peer: socketPeer(socket), timeoutMs: g.limits.prefaceTimeoutMs }, `connection closed: ${what}`);
+}
+
+/** A connection's peer for the log: addr:port on TCP, `uid:N` of the Unix socket's peer (SO_PEERCRED). */
+export function socketPeer(socket: Socket | undefined): string {
+  return socket?.remoteAddress ? formatPeer(socket.remoteAddress, socket.remotePort) : unixPeer(socket);
+}
+
+/** The peer of a Unix-socket connection, for the log: `uid:N` (SO_PEERCRED), else why it is not known. */
 function unixPeer(socket: Socket | undefined): string {
   const fd = (socket as unknown as { _handle?: { fd?: number } } | undefined)?._handle?.fd;
   if (typeof fd === 'number' && fd >= 0) {
     try {
       return `uid:${peerCred(fd).uid}`;
-    } catch {
-      /* fall through */
+    } catch (e) {
+      return `unix socket, uid unknown (${(e as Error).message})`;
     }
   }
-  return 'unknown';
+  return 'unix socket, uid unknown (connection already closed)';
 }
 
 let current: { limits: ConnectionLimits; note: ReturnType<typeof boundedLog> } | undefined;
@@ -206,8 +222,7 @@ function guard<S extends http2.Http2Server | http2.Http2SecureServer>(server: S)
   });
   server.on('session', (session: http2.ServerHttp2Session) => {
     const timer = setTimeout(() => {
-      const socket = session.socket as Socket | undefined;
-      const peer = socket?.remoteAddress ? formatPeer(socket.remoteAddress, socket.remotePort) : unixPeer(socket);
+      const peer = socketPeer(session.socket as Socket | undefined); // still open: the timer closes it
       note(
         'preface',
         { peer, timeoutMs: limits.prefaceTimeoutMs },

@@ -49,7 +49,7 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
 
 import type { Identity } from './auth/identity.js';
-import { connectionLimits, limitConnections } from './connection-guard.js';
+import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
 import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
@@ -293,12 +293,16 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
   // listeners (Node's headersTimeout only starts with a request's first byte: silent connections stayed
   // open). With TLS the handshake timeout of tls.ts applies (the TLS layer reads the socket's handle, not
   // its 'data' events, so this timer could not tell a live connection from a silent one).
-  const silentMs = kind === 'tcp' && !o.tls ? connectionLimits()?.prefaceTimeoutMs : undefined;
+  // The Unix socket too, as grpc-js's preface timeout does there. Each close is logged with its peer.
+  const silentMs = kind === 'unix' || !o.tls ? connectionLimits()?.prefaceTimeoutMs : undefined;
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     if (silentMs === undefined) return;
-    const timer = setTimeout(() => socket.destroy(), silentMs);
+    const timer = setTimeout(() => {
+      noteSilentClose(socket, 'no HTTP request in time (HTTP/JSON)');
+      socket.destroy();
+    }, silentMs);
     timer.unref();
     socket.once('data', () => clearTimeout(timer));
     socket.once('close', () => clearTimeout(timer));

@@ -14,6 +14,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import { createSecureContext, type TLSSocket } from 'node:tls';
 
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
@@ -326,7 +327,7 @@ export function handshakeReason(err: Error & { code?: string; reason?: string },
   }
   const m = err.message;
   if (/wrong version number|http request|packet length too long|unknown protocol/i.test(m)) {
-    return 'the client does not speak TLS (plaintext gRPC to a TLS port)';
+    return 'the client does not speak TLS (plaintext to a TLS port)';
   }
   if (/peer did not return a certificate|certificate required/i.test(m)) return 'the client sent no certificate';
   if (/certificate has expired|certificate expired/i.test(m)) return 'the client certificate has expired';
@@ -334,11 +335,28 @@ export function handshakeReason(err: Error & { code?: string; reason?: string },
   if (/unknown ca|unable to get local issuer|self[- ]signed|certificate verify failed|unable to verify/i.test(m)) {
     return 'the client certificate is not signed by --tls-client-ca';
   }
+  if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || /handshake timeout/i.test(m)) {
+    return 'no TLS handshake within --preface-timeout-seconds';
+  }
   if (/ECONNRESET|socket hang up|timed out/i.test(m)) return 'the client went away during the handshake';
   return err.reason ?? err.code ?? m;
 }
 
 let handshakeLog: ((err: Error, socket: TLSSocket) => void) | undefined;
+
+/**
+ * The peer of each TCP connection of a TLS server, written down when it is accepted: a socket refused
+ * in or after its handshake (a timeout, a reset, a refused certificate) has lost its address by the time
+ * 'tlsClientError' is emitted, and the TLS socket names the accepted one as its `_parent`.
+ */
+const acceptedPeers = new WeakMap<object, string>();
+
+/** A TLS socket's peer as every log line writes it (addr:port), from the socket or from its accept. */
+export function tlsPeer(socket: TLSSocket): string {
+  if (socket.remoteAddress) return formatPeer(socket.remoteAddress, socket.remotePort);
+  const parent = (socket as unknown as { _parent?: object | null })._parent;
+  return (parent && acceptedPeers.get(parent)) ?? acceptedPeers.get(socket) ?? 'unknown (address not recorded)';
+}
 
 /**
  * Log every refused TLS handshake on the TCP listeners (peer, reason) at a
@@ -374,8 +392,7 @@ export function logRefusedHandshakes(log: Logger): void {
       return;
     }
     logged.set(reason, n + 1);
-    const peer = socket.remoteAddress ? formatPeer(socket.remoteAddress, socket.remotePort) : 'unknown';
-    log.warn({ peer, reason, err: err.message.trim() }, 'TLS handshake refused');
+    log.warn({ peer: tlsPeer(socket), reason, err: err.message.trim() }, 'TLS handshake refused');
   };
   const wrapped = http2 as typeof http2 & { xdpctlWrapped?: boolean };
   if (wrapped.xdpctlWrapped) return;
@@ -383,10 +400,10 @@ export function logRefusedHandshakes(log: Logger): void {
   const create = http2.createSecureServer;
   http2.createSecureServer = ((...args: Parameters<typeof create>) => {
     const server = create(...args);
-    // A socket refused for its certificate is destroyed before 'tlsClientError', and its peer address
-    // with it; reading remoteAddress during the handshake ('keylog' is the one event that gives the
-    // socket then) makes Node keep it. The key log line itself is ignored.
-    server.on('keylog', (_line: Buffer, socket: TLSSocket) => void socket.remoteAddress);
+    // The peer as accepted, before TLS: the refused socket has lost it by 'tlsClientError'.
+    server.prependListener('connection', (raw: Socket) => {
+      if (raw.remoteAddress) acceptedPeers.set(raw, formatPeer(raw.remoteAddress, raw.remotePort));
+    });
     server.on('tlsClientError', (err: Error, socket: TLSSocket) => handshakeLog?.(err, socket));
     return server;
   }) as typeof create;

@@ -291,6 +291,119 @@ describe('TLS and mTLS', kernelOnly(), () => {
     );
   });
 
+  it('every refused handshake and silent connection is logged naming its peer (addr:port, or the Unix peer uid)', async () => {
+    // A daemon of its own (server.pem holds the expired certificate of the test above; rotated.pem is
+    // valid): a 1 s preface timeout, gRPC and HTTP/JSON on TLS (mutual) and on Unix sockets.
+    const p = await DaemonProcess.start(`${id}p`, [
+      '--tls-cert',
+      f('rotated.pem'),
+      '--tls-key',
+      f('rotated.key'),
+      '--tls-client-ca',
+      f('ca.pem'),
+      '--preface-timeout-seconds',
+      '1',
+      '--http-listen',
+      '127.0.0.1:0',
+      `unix:/tmp/xdpctl-test-${id}p-http.sock`,
+    ]);
+    try {
+      const portOf = (a: string) => Number(a.slice(a.lastIndexOf(':') + 1));
+      /** Connect, do `act` with the socket, wait `ms`, close; resolves with the client's local port. */
+      const tcp = async (port: number, act: (s: ReturnType<typeof netConnect>) => void, ms: number) => {
+        const s = netConnect(port, '127.0.0.1');
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('connect', r));
+        const local = s.localPort!;
+        act(s);
+        await sleep(ms);
+        s.destroy();
+        return local;
+      };
+      const tlsClient = async (port: number, cert: string | undefined, ms: number) => {
+        const s = connect({
+          host: '127.0.0.1',
+          port,
+          ca: sh('cat', [f('ca.pem')]),
+          ...(cert ? { cert: sh('cat', [f(`${cert}.pem`)]), key: sh('cat', [f(`${cert}.key`)]) } : {}),
+          ALPNProtocols: ['h2'],
+          servername: 'localhost',
+        });
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('connect', r));
+        const local = s.localPort!;
+        await sleep(ms);
+        s.destroy();
+        return local;
+      };
+      // [what, how (resolves with the client's port), the log line's reason]
+      const paths: [string, (port: number) => Promise<number>, RegExp][] = [
+        [
+          'plaintext HTTP/2',
+          (n) => tcp(n, (s) => s.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), 300),
+          /does not speak TLS/,
+        ],
+        [
+          'plaintext HTTP/1.1',
+          (n) => tcp(n, (s) => s.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), 300),
+          /does not speak TLS/,
+        ],
+        ['no client certificate', (n) => tlsClient(n, undefined, 300), /the client sent no certificate/],
+        ['a certificate from another CA', (n) => tlsClient(n, 'stranger', 300), /not signed by --tls-client-ca/],
+        ['an expired client certificate', (n) => tlsClient(n, 'expired-client', 300), /certificate has expired/],
+        ['no TLS handshake in time', (n) => tcp(n, () => undefined, 1600), /no TLS handshake within/],
+        [
+          'a reset during the handshake',
+          (n) => tcp(n, (s) => s.write('\x16\x03\x01'), 50),
+          /went away during the handshake/,
+        ],
+        ['TLS, then no preface in time', (n) => tlsClient(n, 'client', 1600), /connection closed: no HTTP\/2 preface/],
+      ];
+      for (const [listener, port] of [
+        ['gRPC', portOf(p.tcp)],
+        ['HTTP/JSON', portOf(p.http.find((a) => !a.startsWith('unix:'))!)],
+      ] as const) {
+        for (const [what, how, reason] of paths) {
+          const from = p.output.length;
+          const local = await how(port);
+          await sleep(200);
+          const lines = p.output
+            .slice(from)
+            .split('\n')
+            .filter((l) => reason.test(l));
+          assert.equal(
+            lines.length,
+            1,
+            `${listener}, ${what}: one line matching ${reason} in:\n${p.output.slice(from)}`,
+          );
+          assert.match(lines[0], new RegExp(`"peer":"127\\.0\\.0\\.1:${local}"`), `${listener}, ${what}`);
+        }
+      }
+      // Silent connections on the Unix sockets: the peer is the uid the kernel names (SO_PEERCRED).
+      for (const [path, msg] of [
+        [p.unix.slice(5), /connection closed: no HTTP\/2 preface/],
+        [`/tmp/xdpctl-test-${id}p-http.sock`, /connection closed: no HTTP request in time/],
+      ] as const) {
+        const from = p.output.length;
+        const s = netConnect(path);
+        s.on('error', () => undefined);
+        await sleep(1600);
+        s.destroy();
+        await sleep(200);
+        const lines = p.output
+          .slice(from)
+          .split('\n')
+          .filter((l) => msg.test(l));
+        assert.equal(lines.length, 1, `${path}: ${p.output.slice(from)}`);
+        assert.match(lines[0], /"peer":"uid:0"/, path);
+      }
+      assert.doesNotMatch(p.output, /"peer":"unknown/);
+    } finally {
+      await p.destroy();
+      rmSync(`/tmp/xdpctl-test-${id}p-http.sock`, { force: true });
+    }
+  });
+
   it('keeps the Unix socket usable without TLS', () => {
     const r = spawnSync(CLI, ['--server', d!.unix, 'status'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
