@@ -180,9 +180,18 @@ export function interfaceRow(i: ManagedInterface): Cell[] {
     strip(xdpModeToJSON(i.requestedMode), 'XDP_MODE_'),
     strip(effectiveXdpModeToJSON(i.effectiveMode), 'EFFECTIVE_XDP_MODE_'),
     orDash(i.programId),
-    i.usedBy.join(',') || '-',
+    usedByCell(i),
     i.warnings.join('; '),
   ];
+}
+
+/**
+ * What uses an interface, as the table shows it: the names the daemon sent, then "+N more" when it
+ * left N out to keep the message within 1 MiB (used_by_omitted), so that a cut list never reads whole.
+ */
+export function usedByCell(i: Pick<ManagedInterface, 'usedBy' | 'usedByOmitted'>): string {
+  const more = i.usedByOmitted ? `+${i.usedByOmitted} more` : '';
+  return [i.usedBy.join(','), more].filter(Boolean).join(' ') || '-';
 }
 
 export const INTERFACE_HEAD = ['NAME', 'IFINDEX', 'REQUESTED', 'EFFECTIVE', 'PROGRAM', 'USED BY', 'WARNINGS'];
