@@ -708,7 +708,8 @@ export class Controller {
   /**
    * NOT_FOUND naming each end (`link.a`, `links[2].b`) that is not an
    * interface of this namespace, before anything about the other end (its
-   * links, its state) is considered.
+   * links, its state) is considered; then INVALID_ARGUMENT naming each end
+   * without an Ethernet address.
    */
   private requireInterfaces(links: [LinkSpec, string][]): void {
     const facts = fetchInterfaces(
@@ -725,6 +726,23 @@ export class Controller {
     }
     if (missing.length) {
       throw new CoreError('not-found', missing.map((v) => `${v.field}: ${v.description}`).join('; '), missing);
+    }
+    // A link moves Ethernet frames as they are: an end without an Ethernet address (lo, a tun or
+    // WireGuard device: all zeros) cannot take them, as a backend's egress cannot (plan-rules.ts).
+    const noEthernet: FieldViolation[] = [];
+    for (const [l, field] of links) {
+      for (const end of ['a', 'b'] as const) {
+        const mac = facts.interfaces.get(l[end])!.mac;
+        if (/^(00:){5}00$/.test(mac)) {
+          noEthernet.push({
+            field: `${field}.${end}`,
+            description: `interface "${l[end]}" has no Ethernet address (its MAC is ${mac}): it cannot send or receive the Ethernet frames a link forwards`,
+          });
+        }
+      }
+    }
+    if (noEthernet.length) {
+      throw new CoreError('invalid', noEthernet.map((v) => `${v.field}: ${v.description}`).join('; '), noEthernet);
     }
   }
 

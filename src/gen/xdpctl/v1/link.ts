@@ -1231,9 +1231,12 @@ export const LinkServiceDefinition = {
   fullName: "xdpctl.v1.LinkService",
   methods: {
     /**
-     * Connects two interfaces. Fails with ALREADY_EXISTS if they are already
-     * linked (in either order); use ApplyLinks, or Disconnect then Connect, to
-     * change a link's direction.
+     * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
+     * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+     * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
+     * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
+     * and with ALREADY_EXISTS if they are already linked (in either order); use
+     * ApplyLinks, or Disconnect then Connect, to change a link's direction.
      */
     connect: {
       name: "Connect",
@@ -1289,9 +1292,12 @@ export const LinkServiceDefinition = {
 
 export interface LinkServiceImplementation<CallContextExt = {}> {
   /**
-   * Connects two interfaces. Fails with ALREADY_EXISTS if they are already
-   * linked (in either order); use ApplyLinks, or Disconnect then Connect, to
-   * change a link's direction.
+   * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
+   * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+   * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
+   * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
+   * and with ALREADY_EXISTS if they are already linked (in either order); use
+   * ApplyLinks, or Disconnect then Connect, to change a link's direction.
    */
   connect(request: ConnectRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ConnectResponse>>;
   /**
@@ -1324,9 +1330,12 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
 
 export interface LinkServiceClient<CallOptionsExt = {}> {
   /**
-   * Connects two interfaces. Fails with ALREADY_EXISTS if they are already
-   * linked (in either order); use ApplyLinks, or Disconnect then Connect, to
-   * change a link's direction.
+   * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
+   * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+   * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
+   * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
+   * and with ALREADY_EXISTS if they are already linked (in either order); use
+   * ApplyLinks, or Disconnect then Connect, to change a link's direction.
    */
   connect(request: DeepPartial<ConnectRequest>, options?: CallOptions & CallOptionsExt): Promise<ConnectResponse>;
   /**
