@@ -59,7 +59,7 @@ import { counterService, sharedEncoding } from './services/counter-service.js';
 import { daemonService } from './services/daemon-service.js';
 import { interfaceService } from './services/interface-service.js';
 import { linkService } from './services/link-service.js';
-import { ruleService } from './services/rule-service.js';
+import { ruleService, ruleWireDefinition } from './services/rule-service.js';
 import { errorMiddleware } from './services/status.js';
 import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
@@ -338,6 +338,8 @@ export class Daemon {
     const reflection = lazyReflection(() => readFileSync(descriptorPath), SERVICE_NAMES);
     // WatchCounters responses are encoded once per message, shared by identical streams.
     const counterDefinition = sharedEncoding(CounterServiceDefinition);
+    // ApplyRules decoded and encoded a chunk at a time (10 000 rules: no long turn of the event loop).
+    const ruleDefinition = ruleWireDefinition(RuleServiceDefinition);
     const services = {
       rules: ruleService(controller),
       links: linkService(controller),
@@ -359,7 +361,7 @@ export class Daemon {
       server.add(HealthDefinition, services.health);
       server.add(reflection.v1.definition, reflection.v1.implementation);
       server.add(reflection.v1alpha.definition, reflection.v1alpha.implementation);
-      server.add(RuleServiceDefinition, services.rules);
+      server.add(ruleDefinition, services.rules);
       server.add(LinkServiceDefinition, services.links);
       server.add(InterfaceServiceDefinition, services.interfaces);
       server.add(counterDefinition, services.counters);

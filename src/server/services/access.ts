@@ -38,6 +38,7 @@ import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
 import { roleForMethod } from '../auth/roles.js';
 import type { Logger } from '../log.js';
 import { normalizePeer } from '../net/addr.js';
+import { lazyRules } from './apply-rules-codec.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
@@ -261,8 +262,16 @@ export function resourcesOf(path: string, req: unknown): { rules?: string[]; lin
       return { rules: cut([r.rule?.name]) };
     case 'DeleteRule':
       return { rules: cut([r.name]) };
-    case 'ApplyRules':
+    case 'ApplyRules': {
+      // A request decoded lazily (apply-rules-codec.ts): its names without decoding every rule.
+      const raw = lazyRules(req);
+      if (raw) {
+        const names = Array.from({ length: Math.min(raw.count, MAX_NAMES) }, (_, i) => raw.name(i));
+        if (raw.count > MAX_NAMES) names.length = raw.count; // cut() counts the rest
+        return { rules: cut(names) };
+      }
       return { rules: cut((r.rules ?? []).map((x) => x.name)) };
+    }
     case 'Connect':
       return { links: cut([link(r.link)]) };
     case 'Disconnect':

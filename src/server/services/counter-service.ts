@@ -17,6 +17,7 @@ import {
   type WatchCountersRequest,
   type WatchCountersResponse,
 } from '../../gen/xdpctl/v1/counters.js';
+import { fromTsProto } from './definition.js';
 import { pageToken, pageTokenKey } from './paging.js';
 
 export const MIN_INTERVAL_MS = 100;
@@ -345,34 +346,6 @@ export function sharedEncoding(
       },
     },
   };
-}
-
-type Codec = {
-  encode(v: unknown): { finish(): Uint8Array };
-  fromPartial(v: unknown): unknown;
-  decode(b: Uint8Array): unknown;
-};
-
-/** nice-grpc's own conversion of a ts-proto definition (what Server.add does with one). */
-function fromTsProto(
-  def: typeof CounterServiceDefinition,
-): NormalizedServiceDefinition<typeof CounterServiceDefinition> {
-  const out: Record<string, unknown> = {};
-  for (const [key, m] of Object.entries(def.methods)) {
-    const req = m.requestType as unknown as Codec;
-    const res = m.responseType as unknown as Codec;
-    out[key] = {
-      path: `/${def.fullName}/${m.name}`,
-      requestStream: m.requestStream,
-      responseStream: m.responseStream,
-      requestSerialize: (v: unknown) => req.encode(req.fromPartial(v)).finish(),
-      requestDeserialize: (b: Uint8Array) => req.decode(b),
-      responseSerialize: (v: unknown) => res.encode(res.fromPartial(v)).finish(),
-      responseDeserialize: (b: Uint8Array) => res.decode(b),
-      options: m.options,
-    };
-  }
-  return out as NormalizedServiceDefinition<typeof CounterServiceDefinition>;
 }
 
 export function counterService(hub: CounterHub): ServiceImplementation<typeof CounterServiceDefinition> {
