@@ -21,9 +21,9 @@ import { KernelError } from './errors.js';
 import {
   ensureVethPeerNapi,
   ifindexOf,
+  interfaceAddress,
   linkState,
   lowerDevices,
-  macOf,
   nameOf,
   neighbourMac,
   probeNeighbour,
@@ -111,7 +111,8 @@ export class KernelDataplane implements Dataplane {
 
   lookupInterface(name: string): InterfaceInfo | undefined {
     try {
-      return { name, ifindex: ifindexOf(name), mac: macOf(name) };
+      const a = interfaceAddress(name);
+      return { name, ifindex: a.ifindex, mac: a.mac };
     } catch (e) {
       if (e instanceof KernelError && e.kind === 'not-found') return undefined;
       throw e;

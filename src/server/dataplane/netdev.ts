@@ -23,11 +23,16 @@ import { lastErrno, lib } from './libbpf.js';
 
 const run = promisify(execFile);
 
-/** The ifindex of an interface in the daemon's namespace; throws ENODEV. */
-export function ifindexOf(name: string): number {
+/** A name the kernel can hold (IFNAMSIZ, no '/'); throws ENODEV naming it otherwise. */
+function checkIfname(name: string): void {
   if (name.length === 0 || name.length > 15 || name.includes('/') || name.includes('\0')) {
     throw new KernelError(`look up interface "${name}"`, 19, [], 'not a valid interface name');
   }
+}
+
+/** The ifindex of an interface in the daemon's namespace; throws ENODEV. */
+export function ifindexOf(name: string): number {
+  checkIfname(name);
   const idx = lib.if_nametoindex(name) as number;
   if (!idx) throw new KernelError(`look up interface ${name}`, lastErrno() || 19, [], 'no such interface');
   return idx;
@@ -45,7 +50,6 @@ export function nameOf(ifindex: number): string | undefined {
 const libc = koffi.load('libc.so.6');
 const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
-const closeFn = libc.func('int close(int fd)');
 
 // <linux/sockios.h>, <bits/socket.h>: the same on x86-64 and arm64.
 const AF_INET = 2;
@@ -71,42 +75,60 @@ export interface InterfaceFacts {
 }
 
 /**
- * Index, MAC, MTU and flags of `name`, by SIOCGIF* ioctls on a socket created
- * here, so in the daemon's own network namespace (netdevice(7)). Throws
+ * Index, MAC, MTU and flags of `name`, by SIOCGIF* ioctls on a socket this
+ * process opened, so in the daemon's own network namespace (netdevice(7)). Throws
  * KernelError ENODEV for a missing interface.
  */
 export function interfaceFacts(name: string): InterfaceFacts {
-  ifindexOf(name); // validates the name, precise error
-  const fd = socketFn(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
-  if (fd < 0) throw new KernelError(`open a socket to read ${name}`, lastErrno() || 24, [], 'socket failed');
-  try {
-    const ifr = Buffer.alloc(IFREQ_SIZE);
-    const ask = (request: number, what: string) => {
-      ifr.fill(0);
-      ifr.write(name, 0, 15, 'utf8');
-      if ((ioctlFn(fd, request, 'uint8_t *', ifr) as number) < 0) {
-        const errno = lastErrno() || 19;
-        throw new KernelError(
-          `read ${what} of ${name}`,
-          errno,
-          [],
-          errno === 19 ? 'no such interface' : 'ioctl failed',
-        );
-      }
-    };
-    ask(SIOCGIFINDEX, 'ifindex');
-    const ifindex = ifr.readInt32LE(16);
-    ask(SIOCGIFHWADDR, 'hardware address');
-    const hwType = ifr.readUInt16LE(16);
-    const mac = Array.from(ifr.subarray(18, 24), (b) => b.toString(16).padStart(2, '0')).join(':');
-    ask(SIOCGIFMTU, 'MTU');
-    const mtu = ifr.readInt32LE(16);
-    ask(SIOCGIFFLAGS, 'flags');
-    const flags = ifr.readUInt16LE(16);
-    return { ifindex, mac, hwType, mtu, flags };
-  } finally {
-    closeFn(fd);
+  return { ...interfaceAddress(name), ...interfaceLink(name) };
+}
+
+/** Ifindex and hardware address of `name` (two ioctls); throws ENODEV for a missing interface. */
+export function interfaceAddress(name: string): Pick<InterfaceFacts, 'ifindex' | 'mac' | 'hwType'> {
+  // SIOCGIFINDEX is what if_nametoindex(3) asks.
+  ifreq(name, SIOCGIFINDEX, `look up interface ${name}`);
+  const ifindex = IFR.readInt32LE(16);
+  ifreq(name, SIOCGIFHWADDR, `read hardware address of ${name}`);
+  const hwType = IFR.readUInt16LE(16);
+  const mac = Array.from(IFR.subarray(18, 24), (b) => b.toString(16).padStart(2, '0')).join(':');
+  return { ifindex, mac, hwType };
+}
+
+/** MTU and IFF_* flags of `name` (two ioctls); throws ENODEV for a missing interface. */
+function interfaceLink(name: string): Pick<InterfaceFacts, 'mtu' | 'flags'> {
+  ifreq(name, SIOCGIFMTU, `read MTU of ${name}`);
+  const mtu = IFR.readInt32LE(16);
+  ifreq(name, SIOCGIFFLAGS, `read flags of ${name}`);
+  return { mtu, flags: IFR.readUInt16LE(16) };
+}
+
+/** One SIOCGIF* ioctl about `name`; its answer is in {@link IFR}. */
+function ifreq(name: string, request: number, what: string): void {
+  checkIfname(name);
+  IFR.fill(0);
+  IFR.write(name, 0, 15, 'utf8');
+  if ((ioctlFn(ioctlSocket(), request, 'uint8_t *', IFR) as number) < 0) {
+    const errno = lastErrno() || 19;
+    throw new KernelError(what, errno, [], errno === 19 ? 'no such interface' : 'ioctl failed');
   }
+}
+
+/** The one struct ifreq the (synchronous) ioctls fill. */
+const IFR = Buffer.alloc(IFREQ_SIZE);
+let ioctlFd = -1;
+
+/**
+ * The socket interface ioctls go through, opened once (a socket and a close
+ * per lookup were most of its cost: every change looks up each interface it
+ * names). It belongs to the namespace the daemon runs in, as it did per call.
+ */
+function ioctlSocket(): number {
+  if (ioctlFd < 0) {
+    const fd = socketFn(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+    if (fd < 0) throw new KernelError('open a socket to read interfaces', lastErrno() || 24, [], 'socket failed');
+    ioctlFd = fd;
+  }
+  return ioctlFd;
 }
 
 /** Devices directly below an interface (sysfs lower_* links: a bridge's ports, a bond's slaves). */
@@ -127,7 +149,7 @@ const IFF_RUNNING = 0x40;
 /** Up, carrier and MTU of an interface of the daemon's namespace (ioctls); undefined when it does not exist. */
 export function linkState(name: string): { up: boolean; carrier: boolean; mtu: number } | undefined {
   try {
-    const f = interfaceFacts(name);
+    const f = interfaceLink(name);
     return { up: (f.flags & IFF_UP) !== 0, carrier: (f.flags & IFF_RUNNING) !== 0, mtu: f.mtu };
   } catch {
     return undefined;
@@ -146,7 +168,7 @@ export function probeNeighbour(ip: string, dev: string): void {
 
 /** The MAC address of an interface, "aa:bb:cc:dd:ee:ff" (from its own network namespace). */
 export function macOf(name: string): string {
-  return interfaceFacts(name).mac;
+  return interfaceAddress(name).mac;
 }
 
 /** Whether an interface exists. */
