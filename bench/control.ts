@@ -16,7 +16,9 @@
  *   4. start to SERVING with 10 000 rules to adopt, and RSS at rest, vs the
  *      daemon with 0 rules.
  * It never touches anything it did not make; everything is removed even on
- * failure. XDPCTL_BENCH_CPU_PROF=<dir> runs the daemon under --cpu-prof;
+ * failure. XDPCTL_BENCH_CPU_PROF=<dir> runs the daemon under --cpu-prof (every
+ * XDPCTL_BENCH_CPU_PROF_INTERVAL µs, default 10 000); XDPCTL_BENCH_NODE_ARGS adds
+ * Node flags to the daemon's (space-separated, e.g. --trace-gc);
  * XDPCTL_BENCH_HEAP_SNAPSHOT=<dir> writes a heap snapshot of the daemon at
  * rest (section 4) into <dir>.
  */
@@ -244,9 +246,13 @@ export class BenchDaemon {
   async start(): Promise<number> {
     const prof = process.env.XDPCTL_BENCH_CPU_PROF;
     // A coarse interval: V8's SIGPROF during verification makes BPF_PROG_LOAD fail with EAGAIN.
-    const nodeArgs = prof ? ['--cpu-prof', '--cpu-prof-interval', '10000', '--cpu-prof-dir', prof] : [];
+    // XDPCTL_BENCH_CPU_PROF_INTERVAL (µs) samples finer where no program is loaded (a restart that adopts).
+    const every = process.env.XDPCTL_BENCH_CPU_PROF_INTERVAL ?? '10000';
+    const nodeArgs = prof ? ['--cpu-prof', '--cpu-prof-interval', every, '--cpu-prof-dir', prof] : [];
     const heapDir = process.env.XDPCTL_BENCH_HEAP_SNAPSHOT;
     if (heapDir) nodeArgs.push('--heapsnapshot-signal=SIGUSR2', '--diagnostic-dir', heapDir);
+    // More Node flags for the daemon (e.g. --trace-gc, or --import of a tracing module), space-separated.
+    if (process.env.XDPCTL_BENCH_NODE_ARGS) nodeArgs.push(...process.env.XDPCTL_BENCH_NODE_ARGS.split(' '));
     const child = spawn(
       process.execPath,
       [
