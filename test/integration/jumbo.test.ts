@@ -7,7 +7,7 @@
  * which veth refuses natively at this MTU (ERANGE).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
@@ -28,6 +28,7 @@ import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
+import { rawExchange } from '../helpers/raw-exchange.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -103,15 +104,7 @@ describe('jumbo frames (MTU 9000)', kernelOnly(), () => {
     try {
       // A raw 9014-byte frame (IEEE local experimental ethertype 0x88b5),
       // sent from a's eth0 and captured on b's eth0 with packet sockets.
-      const rx = spawn('nsenter', [`--net=/run/netns/${b.netns}`, 'python3', '-c', RAW_RX]);
-      procs.push(rx);
-      let out = '';
-      rx.stdout.on('data', (d) => (out += d));
-      await new Promise<void>((resolve) => {
-        const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
-      });
-      topo.exec('a', 'python3', ['-c', RAW_TX]);
-      await new Promise<void>((resolve) => rx.on('exit', () => resolve()));
+      const out = await rawExchange(topo, procs, b.netns, RAW_RX, 'a', RAW_TX);
       assert.match(out, /RECEIVED 5 IDENTICAL 5/, out);
       const st = linkCounters(dp.maps, ai)!;
       assert.ok(st.bytes >= 5n * 9014n, `${st.bytes} bytes counted`);
@@ -231,18 +224,7 @@ describe('jumbo frames through the daemon (--xdp-mode auto)', kernelOnly(), () =
     assert.equal(got.unique, sent, `${got.unique} of ${sent} 9014-byte frames arrived`);
     assert.equal(topo.snmp('c', 'Udp', 'InCsumErrors'), errors, 'no checksum errors');
 
-    const rx = spawn('nsenter', [`--net=/run/netns/${b.netns}`, 'python3', '-c', RAW_RX]);
-    procs.push(rx);
-    let out = '';
-    rx.stdout.on('data', (x) => (out += x));
-    rx.stderr.on('data', (x) => (out += x));
-    const exited = new Promise<void>((resolve) => rx.on('exit', () => resolve()));
-    await new Promise<void>((resolve, reject) => {
-      const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
-      rx.on('exit', () => (clearInterval(t), reject(new Error(out))));
-    });
-    topo.exec('a', 'python3', ['-c', RAW_TX]);
-    await exited;
+    const out = await rawExchange(topo, procs, b.netns, RAW_RX, 'a', RAW_TX);
     assert.match(out, /RECEIVED 5 IDENTICAL 5/, out);
   });
 

@@ -23,7 +23,16 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import {
+  kernelOnly,
+  removeIproute2BpffsDirs,
+  ROOT,
+  runId,
+  sh,
+  shQuiet,
+  sleep,
+  until as pollUntil,
+} from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -79,14 +88,8 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
     const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
     return { sent, got, total: got.reduce((a, b) => a + b, 0) };
   }
-  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 5000) {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if (await ok()) return;
-      await sleep(50);
-    }
-    assert.fail(`not within ${ms} ms: ${what}`);
-  }
+  /** The shared poll (helpers/env.ts), with this file's longer default: egress changes take a pass or two. */
+  const until = (what: string, ok: () => Promise<boolean> | boolean, ms = 5000) => pollUntil(what, ok, ms);
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
   const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
   const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;

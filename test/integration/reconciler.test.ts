@@ -19,7 +19,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -76,14 +76,6 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     await sleep(150);
     const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
     return { sent, got, total: got.reduce((a, b) => a + b, 0) };
-  }
-  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 3000) {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if (await ok()) return;
-      await sleep(50);
-    }
-    assert.fail(`not within ${ms} ms: ${what}`);
   }
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
   const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;

@@ -9,7 +9,7 @@
  * the test checks that it did, and that the frames say so.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -25,6 +25,7 @@ import type { XdpMode } from '../../src/server/dataplane/xdp.js';
 import { GlobalStat } from '../../src/server/dataplane/codec.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
+import { rawExchange } from '../helpers/raw-exchange.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -146,18 +147,7 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
       connectDirection(dp.maps, ia, ib);
       connectDirection(dp.maps, ib, ia);
       try {
-        const rx = spawn('nsenter', [`--net=/run/netns/${b.netns}`, 'python3', '-c', RX]);
-        procs.push(rx);
-        let out = '';
-        rx.stdout.on('data', (d) => (out += d));
-        rx.stderr.on('data', (d) => (out += d));
-        const exited = new Promise<void>((r) => rx.on('exit', () => r()));
-        await new Promise<void>((resolve, reject) => {
-          const t = setInterval(() => out.includes('READY') && (clearInterval(t), resolve()), 20);
-          rx.on('exit', () => (clearInterval(t), reject(new Error(out))));
-        });
-        topo.exec('a', 'python3', ['-c', TX]);
-        await exited;
+        const out = await rawExchange(topo, procs, b.netns, RX, 'a', TX);
         assert.match(out, /RECEIVED 3 TAGGED 3/, out);
       } finally {
         disconnectDirection(dp.maps, ia);
