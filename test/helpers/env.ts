@@ -58,14 +58,21 @@ export function shQuiet(cmd: string, args: string[]): void {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Poll `ok` every 50 ms until it holds; fail naming `what` if it does not within `ms`. */
-export async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 3000): Promise<void> {
+/**
+ * Poll `ok` every 50 ms until it holds; fail naming `what` if it does not within `ms`. `what` may be a
+ * function, called at the failure, to say what was last seen instead.
+ */
+export async function until(
+  what: string | (() => string | Promise<string>),
+  ok: () => Promise<boolean> | boolean,
+  ms = 3000,
+): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (await ok()) return;
     await sleep(50);
   }
-  throw new Error(`not within ${ms} ms: ${what}`);
+  throw new Error(`not within ${ms} ms: ${typeof what === 'string' ? what : await what()}`);
 }
 
 /** Poll `cond` every 20 ms until it holds; throws `what` after `timeoutMs`. */

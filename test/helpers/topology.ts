@@ -60,13 +60,16 @@ export class Topology {
     sh('ip', ['link', 'del', this.host(role).hostIf]);
   }
 
-  /** Plug it back: same names and address, new ifindexes and MACs. */
-  replug(role: string, cidr?: string): Host {
+  /**
+   * Plug it back: same names and address, new ifindexes and MACs. `peerUp: false` leaves the host's
+   * eth0 down (the caller brings it up), as when a container's side comes up a while after the host's.
+   */
+  replug(role: string, cidr?: string, { peerUp = true } = {}): Host {
     const h = this.host(role);
     sh('ip', ['link', 'add', h.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.netns]);
     sh('ip', ['link', 'set', h.hostIf, 'up']);
     sh('sysctl', ['-qw', `net.ipv4.conf.${h.hostIf}.forwarding=0`]);
-    sh('ip', ['-n', h.netns, 'link', 'set', 'eth0', 'up']);
+    if (peerUp) sh('ip', ['-n', h.netns, 'link', 'set', 'eth0', 'up']);
     if (cidr) sh('ip', ['-n', h.netns, 'addr', 'add', cidr, 'dev', 'eth0']);
     h.mac = JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0].address;
     h.hostMac = JSON.parse(sh('ip', ['-j', 'link', 'show', h.hostIf]))[0].address;

@@ -1,11 +1,14 @@
 /**
  * KernelDataplane.redirectTarget, the "able to receive native redirects"
  * check of every backend egress and link target, against real devices: the
- * kernel's xdp-features (NDO_XMIT) decide, so a bridge is refused, a veth
- * whose peer lost GRO is refused at once (a passed check is not trusted for
- * a while, as it was), a generic-mode program on the peer does not count
- * (it gives the peer no NAPI), and a peer in a namespace xdpctld cannot enter
- * is accepted when the kernel says it can receive. Real veths and a bridge.
+ * kernel's xdp-features (NDO_XMIT) decide for a device other than a veth, so a
+ * bridge is refused; for a veth the peer's own state decides (up, with a
+ * native program or GRO), because the kernel does not re-announce a veth's
+ * xdp-features for a change made while its peer is down. A veth whose peer
+ * lost GRO is refused at once (a passed check is not trusted for a while, as
+ * it was), a generic-mode program on the peer does not count (it gives the
+ * peer no NAPI), and a peer in a namespace xdpctld cannot enter is accepted
+ * when the kernel says it can receive. Real veths and a bridge.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -66,6 +69,40 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     assert.equal((await kd.redirectTarget(ifname, false)).ok, true, 'a native-mode program on the peer');
     peer(['ip link set eth0 xdpdrv off']);
     assert.equal((await kd.redirectTarget(ifname, false)).ok, false, 'and not once it is gone');
+  });
+
+  it("the peer's own state decides when the kernel's xdp-features are stale (GRO switched while the peer was down)", async () => {
+    const ifname = topo.host('c').hostIf;
+    peer(['ethtool -K eth0 gro on']);
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, true, 'GRO on, up: verified');
+    // veth_set_features does not re-announce the other end's xdp-features for a peer that is down.
+    peer(['ip link set eth0 down', '&&', 'ethtool -K eth0 gro off', '&&', 'ip link set eth0 up']);
+    assert.equal(ndoXmit(ifname), true, 'the kernel still claims ndo-xmit: the premise of this test');
+    let r = await kd.redirectTarget(ifname, false);
+    assert.equal(
+      r.ok,
+      false,
+      'refused: the peer has no NAPI, whatever the stale flag says (and the check is not cached)',
+    );
+    assert.match(r.detail!, /has neither an XDP program nor GRO/);
+
+    peer(['ethtool -K eth0 gro on', '&&', 'ethtool -K eth0 gro off']); // while up: announced (no ndo-xmit)
+    assert.equal(ndoXmit(ifname), false);
+    peer(['ip link set eth0 down', '&&', 'ethtool -K eth0 gro on', '&&', 'ip link set eth0 up']);
+    assert.equal(ndoXmit(ifname), false, 'nor announces ndo-xmit for GRO switched on while down: the premise');
+    r = await kd.redirectTarget(ifname, false);
+    assert.equal(r.ok, true, 'the peer is up with GRO: it receives');
+    assert.match(r.detail!, /lag behind/);
+    r = await kd.redirectTarget(ifname, true);
+    assert.equal(r.ok, true);
+    assert.equal(ndoXmit(ifname), true, 'with fix, the peer GRO was switched off and on: the kernel re-announced');
+
+    peer(['ip link set eth0 down']);
+    r = await kd.redirectTarget(ifname, true);
+    assert.equal(r.ok, false, 'a peer that is down has no NAPI');
+    assert.match(r.detail!, /is down/);
+    peer(['ip link set eth0 up']);
+    assert.equal((await kd.redirectTarget(ifname, false)).ok, true, 'up again');
   });
 
   it('a bridge never can, fixed or not', async () => {

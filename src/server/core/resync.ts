@@ -21,7 +21,13 @@ import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
-import { egressProblem, missingInterfacesWarning, mtuWarnings, observedRuleStatus } from './rule-status.js';
+import {
+  backendStatus,
+  egressProblem,
+  missingInterfacesWarning,
+  mtuWarnings,
+  observedRuleStatus,
+} from './rule-status.js';
 
 /** What one pass found. */
 export interface ResyncResult {
@@ -209,12 +215,25 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         if (!spec || changed) return;
         const mac = spec.mac === '' ? (facts.neighbours.get(neighbourKey(spec.ip, spec.interface)) ?? '') : b.mac;
         const resolved = mac !== '';
-        const receiving =
-          resolved &&
-          facts.interfaces.get(spec.interface) !== undefined &&
-          !egressProblem(spec.interface, facts.links.get(spec.interface)) &&
-          facts.napi.get(spec.interface)?.ok !== false;
+        const exists = facts.interfaces.get(spec.interface) !== undefined;
+        const napi = facts.napi.get(spec.interface);
+        const egress =
+          egressProblem(spec.interface, facts.links.get(spec.interface)) ??
+          (napi?.ok === false ? napi.detail : undefined);
+        const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving || (resolved && mac.toLowerCase() !== b.mac.toLowerCase())) changed = true;
+        // Still out of the table, for another reason now (no carrier -> no NAPI): the status says today's.
+        else if (!receiving && resolved && exists && egress) {
+          const why = backendStatus({
+            ip: spec.ip,
+            interface: spec.interface,
+            givenMac: spec.mac,
+            mac,
+            resolved,
+            egress,
+          });
+          if (why.message !== b.message) changed = true;
+        }
         if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
       });
     }

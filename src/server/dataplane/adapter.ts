@@ -26,12 +26,22 @@ import {
   lowerDevices,
   nameOf,
   neighbourMac,
+  linkIdentity,
   probeNeighbour,
+  reannounceVethGro,
   restoreGro,
   type GroChange,
+  type LinkIdentity,
 } from './netdev.js';
 import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
+
+/**
+ * How long a veth verified able to receive native redirects is trusted without inspecting its peer again
+ * when nothing the kernel reports about it changed (ms). A safety net: the changes that matter (the
+ * peer's GRO or XDP program while it is up, its up/down state, the peer itself) each move the key.
+ */
+const VETH_RECHECK_MS = 30_000;
 
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
@@ -174,46 +184,91 @@ export class KernelDataplane implements Dataplane {
   }
 
   /**
+   * Veths whose peer was inspected and found able to receive, by name: trusted again without spawning the
+   * peer tools while the veth is the same device, the kernel's xdp-features for it are unchanged, its peer
+   * is the same and its carrier has not changed since (a veth's carrier follows its peer's up/down state),
+   * for at most VETH_RECHECK_MS.
+   */
+  private readonly vethVerified = new Map<string, { key: string; at: number; result: { ok: true; detail: string } }>();
+
+  /**
    * Whether frames redirected into `ifname` by native XDP are transmitted.
-   * The kernel's word decides: the device's xdp-features must carry NDO_XMIT
-   * (xdp-features.ts), which a bridge (or any device without ndo_xdp_xmit)
-   * never has and a veth has only while its peer has NAPI. A veth without it
-   * is repaired when `fix` is set (GRO switched on on its peer, recorded for
-   * --cleanup-on-exit). One netlink request when the answer is yes; the peer
-   * tools run only when it is no. On kernels without xdp-features (before
-   * 6.3) the veth peer check alone answers.
+   * A device other than a veth: its xdp-features (netdev netlink family) decide: NDO_XMIT is set when the
+   * driver has ndo_xdp_xmit, which a bridge never has. A veth transmits into its peer, and the peer
+   * receives them only while it is up with NAPI (a native-mode XDP program or GRO; veth_xdp_xmit drops
+   * them otherwise): the peer's own state decides, because the veth's xdp-features can be stale either
+   * way (GRO switched on or off on the peer while it is down is not re-announced: veth_set_features
+   * returns early for a device that is down). With `fix`, a peer without NAPI gets GRO switched on
+   * (recorded for --cleanup-on-exit), and stale xdp-features are re-announced by switching its GRO off
+   * and on. A verified veth is trusted again while nothing the kernel reports about it changed (one
+   * rtnetlink and one netdev request, no process); otherwise the peer tools run. A peer in a namespace
+   * xdpctld cannot inspect is judged by the kernel's NDO_XMIT alone, and the detail says so. On kernels
+   * without xdp-features (before 6.3) the peer check alone answers.
    */
   async redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }> {
     let features: bigint | undefined;
+    let id: LinkIdentity | undefined;
+    let ifindex: number | undefined;
     try {
-      features = xdpFeatures(ifindexOf(ifname));
+      ifindex = ifindexOf(ifname);
+      features = xdpFeatures(ifindex);
+      id = linkIdentity(ifindex);
     } catch {
       /* no such interface, or no answer: the check below says why */
     }
-    if (features !== undefined && (features & XDP_ACT['ndo-xmit']) !== 0n) {
+    const xmit = (f: bigint | undefined) => f !== undefined && (f & XDP_ACT['ndo-xmit']) !== 0n;
+    if (xmit(features) && id && id.kind !== 'veth') {
       return { ok: true, detail: `${ifname} transmits native XDP redirects (xdp-features ndo-xmit)` };
     }
+    const keyOf = (f: bigint | undefined) => id && `${ifindex}/${f}/${id.link}/${id.linkNetnsid}/${id.carrierChanges}`;
+    const seen = this.vethVerified.get(ifname);
+    if (seen && seen.key === keyOf(features) && Date.now() - seen.at < VETH_RECHECK_MS) return seen.result;
+    this.vethVerified.delete(ifname);
+
     const s = await ensureVethPeerNapi(ifname, fix);
     if (s.fixed && s.peer && s.peerIfindex) this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
-    if (features === undefined || (!s.ok && s.veth)) return { ok: s.ok, detail: s.detail };
-    const have = `xdp-features: ${xdpActNames(features).join(', ') || 'none'}`;
+    const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {
+      if (features === undefined) return { ok: s.ok, detail: s.detail };
       return {
         ok: false,
         detail:
           `${ifname} (${s.kind ?? 'device'}) cannot transmit native XDP redirects: the kernel reports no ` +
-          `ndo_xdp_xmit for it (${have}), so every frame redirected to it from a native-mode ingress is ` +
+          `ndo_xdp_xmit for it (${have(features)}), so every frame redirected to it from a native-mode ingress is ` +
           `dropped; use a veth or tap egress, or generic mode on the ingress`,
       };
     }
-    // The peer looks fine to the tools (or was just fixed): the kernel must agree.
-    const now = xdpFeatures(ifindexOf(ifname)) ?? 0n;
-    if ((now & XDP_ACT['ndo-xmit']) !== 0n) return { ok: true, detail: s.detail };
+    const trust = (result: { ok: true; detail: string }, f: bigint | undefined) => {
+      const key = keyOf(f);
+      if (key && xmit(f)) this.vethVerified.set(ifname, { key, at: Date.now(), result });
+      return result;
+    };
+    if (s.uninspectable) {
+      if (!xmit(features)) return { ok: false, detail: s.detail };
+      return trust(
+        {
+          ok: true,
+          detail:
+            `${ifname}: the kernel reports ndo-xmit (its peer has NAPI); the peer itself cannot be inspected ` +
+            `from here (${s.detail})`,
+        },
+        features,
+      );
+    }
+    if (!s.ok) return { ok: false, detail: s.detail };
+    // The peer is up with NAPI: frames redirected into ifname are delivered.
+    let now = s.fixed ? xdpFeatures(ifindexOf(ifname)) : features;
+    if (now !== undefined && !xmit(now) && fix && s.napi === 'gro' && s.peer) {
+      await reannounceVethGro(s.peer, s.netns);
+      now = xdpFeatures(ifindexOf(ifname));
+    }
+    if (now === undefined || xmit(now))
+      return trust({ ok: true, detail: s.detail ?? `${ifname}'s peer has NAPI` }, now);
     return {
-      ok: false,
+      ok: true,
       detail:
-        `native XDP redirects into ${ifname} would be dropped: the kernel reports no ndo_xdp_xmit for it ` +
-        `(${have}; its peer ${s.peer ?? '?'} needs a native-mode XDP program or GRO)`,
+        `${s.detail}; the kernel's ${have(now)} for ${ifname} lag behind (GRO switched on the peer while it was ` +
+        `down is not re-announced), but its peer is up with NAPI, which is what delivery needs`,
     };
   }
 

@@ -20,6 +20,7 @@ import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
 import { lastErrno, lib } from './libbpf.js';
+import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
 
 const run = promisify(execFile);
 
@@ -171,6 +172,59 @@ export function macOf(name: string): string {
   return interfaceAddress(name).mac;
 }
 
+// <linux/rtnetlink.h>, <linux/if_link.h>
+const RTM_GETLINK = 18;
+const IFLA_LINK = 5;
+const IFLA_LINKINFO = 18;
+const IFLA_INFO_KIND = 1;
+const IFLA_EXT_MASK = 29;
+const IFLA_CARRIER_CHANGES = 35;
+const IFLA_LINK_NETNSID = 37;
+const RTEXT_FILTER_SKIP_STATS = 1 << 3;
+
+/** What rtnetlink says about who a device is and how often its carrier changed. */
+export interface LinkIdentity {
+  /** IFLA_INFO_KIND ("veth", "bridge", ...); undefined for a device without one (most physical NICs). */
+  kind?: string;
+  /** IFLA_LINK: the peer's (veth) or lower device's ifindex, in `linkNetnsid`'s namespace when that is set. */
+  link?: number;
+  /** IFLA_LINK_NETNSID: the namespace id (as this namespace names it) of the peer; undefined when ours. */
+  linkNetnsid?: number;
+  /**
+   * IFLA_CARRIER_CHANGES: carrier up/down transitions since the device was created. A veth's carrier
+   * follows its peer's up/down state, so every time the peer goes down and up this count moves.
+   */
+  carrierChanges: number;
+}
+
+/**
+ * Kind, peer and carrier-change count of the device with `ifindex` in the daemon's network namespace:
+ * one RTM_GETLINK (rtnetlink(7)), no process spawned. Undefined when the device is gone.
+ */
+export function linkIdentity(ifindex: number): LinkIdentity | undefined {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(ifindex, 4);
+  const mask = Buffer.alloc(4);
+  mask.writeUInt32LE(RTEXT_FILTER_SKIP_STATS);
+  const body = nlRequest(
+    NETLINK_ROUTE,
+    RTM_GETLINK,
+    ifinfo,
+    nlAttr(IFLA_EXT_MASK, mask),
+    `read link attributes of ifindex ${ifindex}`,
+  );
+  if (!body) return undefined;
+  const a = nlAttrs(body, 16);
+  const info = a.get(IFLA_LINKINFO);
+  const kind = info && nlAttrs(info).get(IFLA_INFO_KIND);
+  return {
+    kind: kind ? kind.toString('utf8').replace(/\0+$/, '') : undefined,
+    link: a.get(IFLA_LINK)?.readUInt32LE(0),
+    linkNetnsid: a.get(IFLA_LINK_NETNSID)?.readInt32LE(0),
+    carrierChanges: a.get(IFLA_CARRIER_CHANGES)?.readUInt32LE(0) ?? 0,
+  };
+}
+
 /** Whether an interface exists. */
 export function interfaceExists(name: string): boolean {
   try {
@@ -249,6 +303,10 @@ export interface VethPeerState {
   fixed?: boolean;
   /** The peer's ifindex (in its namespace). */
   peerIfindex?: number;
+  /** What gives the peer NAPI, when `ok` for a veth: a native-mode XDP program or GRO. */
+  napi?: 'xdp' | 'gro';
+  /** The peer could not be inspected (an unnamed namespace, or no CAP_SYS_ADMIN to enter it): `ok` is false. */
+  uninspectable?: boolean;
 }
 
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
@@ -300,6 +358,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       return {
         veth: true,
         ok: false,
+        uninspectable: true,
         detail:
           `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}) that xdpctld ` +
           `cannot inspect; enable GRO on it (ethtool -K <peer> gro on) or attach ${name}'s senders in generic mode`,
@@ -314,6 +373,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       return {
         veth: true,
         ok: false,
+        uninspectable: true,
         netns,
         detail:
           `the peer of ${name} is in network namespace ${netns}, which xdpctld cannot enter without ` +
@@ -324,13 +384,35 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
   const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
+  // A peer that is down has no NAPI whatever it is set to (veth_open creates it). GRO is not switched on
+  // while it is down: the kernel would not re-announce the veth's xdp-features (veth_set_features returns
+  // early for a device that is down), so it is done by the first check after the peer comes up.
+  if (!(peer.flags ?? []).includes('UP')) {
+    return {
+      veth: true,
+      ok: false,
+      peer: peer.ifname,
+      netns,
+      detail: `native XDP redirects into ${name} would be dropped: its peer ${where} is down`,
+    };
+  }
   // Only a native-mode program gives the peer NAPI; a generic-mode one does not (veth_xdp_set).
-  if (nativeXdp(peer.xdp)) return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has native XDP` };
+  if (nativeXdp(peer.xdp)) {
+    return { veth: true, ok: true, peer: peer.ifname, netns, napi: 'xdp', detail: `${where} has native XDP` };
+  }
   const ethtool = (args: string[]) =>
     netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
   const { stdout } = await ethtool(['-k', peer.ifname]);
   if (/^generic-receive-offload: on/m.test(stdout)) {
-    return { veth: true, ok: true, peer: peer.ifname, netns, detail: `${where} has GRO on` };
+    return {
+      veth: true,
+      ok: true,
+      peer: peer.ifname,
+      netns,
+      napi: 'gro',
+      peerIfindex: peer.ifindex,
+      detail: `${where} has GRO on`,
+    };
   }
   if (!fix) {
     return {
@@ -350,9 +432,23 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     peer: peer.ifname,
     netns,
     fixed: true,
+    napi: 'gro',
     peerIfindex: peer.ifindex,
     detail: `enabled GRO on ${where}`,
   };
+}
+
+/**
+ * Switch GRO off and on again on a veth peer that has it on and is up, so the kernel re-announces the
+ * xdp-features of the other end: GRO switched on while the peer was down leaves them without NDO_XMIT
+ * (veth_set_features skips veth_set_xdp_features for a device that is down) although the peer has NAPI
+ * once up. The setting ends as it was (on).
+ */
+export async function reannounceVethGro(peer: string, netns?: string): Promise<void> {
+  const ethtool = (args: string[]) =>
+    netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  await ethtool(['-K', peer, 'gro', 'off']);
+  await ethtool(['-K', peer, 'gro', 'on']);
 }
 
 /** `ethtool -k` display names -> the names `ethtool -K` takes. */
