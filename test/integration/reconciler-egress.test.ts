@@ -179,6 +179,53 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
   });
 
+  it('a link whose egress cannot transmit is not forwarding, says why once, and is repaired or comes back', async () => {
+    const l1 = topo.addHost('l1', '198.18.40.1/24');
+    const l2 = topo.addHost('l2', '198.18.40.2/24');
+    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+    await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
+    try {
+      assert.equal(topo.ping('l1', l2.ip!), true, 'l1 reaches l2 through the link');
+      let st = await link();
+      assert.deepEqual([st.aToBActive, st.bToAActive, st.warnings], [true, true, []]);
+      await until('health SERVING', async () => (await health()) === SERVING);
+
+      // l2's side loses NAPI (GRO off): native redirects into l2's veth are dropped. Repaired (the default).
+      const gro = () => /^generic-receive-offload: on/m.test(topo.exec('l2', 'ethtool', ['-k', 'eth0']));
+      topo.exec('l2', 'ethtool', ['-K', 'eth0', 'gro', 'off']);
+      await until('GRO on again on l2 (repaired)', gro, 3000);
+      assert.equal(topo.ping('l1', l2.ip!), true, 'forwarding after the repair');
+
+      // l2's side down: l2's veth has no carrier. l1 -> l2 is in the devmap but forwards nothing.
+      topo.exec('l2', 'ip', ['link', 'set', 'eth0', 'down']);
+      await until('l1 -> l2 not forwarding', async () => !(await link()).aToBActive);
+      st = await link();
+      assert.equal(st.bToAActive, true, 'the other direction still forwards');
+      assert.match(
+        st.warnings.join('\n'),
+        new RegExp(`${l1.hostIf} -> ${l2.hostIf}: egress ${l2.hostIf} has no carrier`),
+      );
+      const active = st.conditions.find((x) => x.type === 'Active')!;
+      assert.equal(active.status, ConditionStatus.CONDITION_STATUS_FALSE);
+      assert.equal(active.reason, 'EgressCannotTransmit');
+      assert.equal(await health(), NOT_SERVING);
+      await sleep(1500);
+      const outLine = new RegExp(
+        `"msg":"link ${l1.hostIf} -> ${l2.hostIf} is not forwarding: egress ${l2.hostIf} has no carrier`,
+      );
+      assert.equal(count(outLine), 1, 'logged once');
+
+      topo.exec('l2', 'ip', ['link', 'set', 'eth0', 'up']);
+      await until('l1 -> l2 forwarding again', async () => (await link()).aToBActive);
+      assert.deepEqual((await link()).warnings, []);
+      assert.equal(topo.ping('l1', l2.ip!), true, 'l1 reaches l2 again');
+      await until('health SERVING again', async () => (await health()) === SERVING);
+      assert.equal(count(new RegExp(`"msg":"link ${l1.hostIf} -> ${l2.hostIf} is forwarding again`)), 1);
+    } finally {
+      await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
+    }
+  });
+
   it('a veth peer that loses NAPI (GRO off, also while it is down, or only a generic-mode program) is repaired (--fix-veth-peers, the default)', async () => {
     await c.rules.createRule({ rule: rule('napi', 7803, [be(b1), be(b6)]) });
     assert.equal((await status('napi')).state, RuleState.RULE_STATE_ACTIVE);

@@ -54,6 +54,7 @@ const cond = (type: string, ok: boolean, reason: string, message: string): Obser
 export function ingressReason(problem: string): string {
   if (/does not exist/.test(problem)) return 'InterfaceMissing';
   if (/another XDP program/.test(problem)) return 'ForeignProgram';
+  if (/ -> .*(is down|no carrier|redirects|ndo_xdp_xmit|cannot check)/.test(problem)) return 'EgressCannotTransmit';
   return 'NotAttached';
 }
 

@@ -292,10 +292,15 @@ export class Controller {
           }
         }
         const foreign = (n: string) => this.state.foreign.has(n);
-        const active: [boolean, boolean] = [
+        const inKernel: [boolean, boolean] = [
           !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex && !foreign(l.a),
           l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex && !foreign(l.b),
         ];
+        // In the devmap and its egress can transmit (the reconciler's last pass): forwarding.
+        const egress = [this.state.linkEgress.get(`${l.a}>${l.b}`), this.state.linkEgress.get(`${l.b}>${l.a}`)];
+        if (egress[0]) problems.push(`${l.a} -> ${l.b}: ${egress[0]}`);
+        if (l.direction === 'both' && egress[1]) problems.push(`${l.b} -> ${l.a}: ${egress[1]}`);
+        const active: [boolean, boolean] = [inKernel[0] && !egress[0], inKernel[1] && !egress[1]];
         const conditions = this.state.conditions.set(
           `link/${linkKey(l)}`,
           linkConditions(l.direction === 'both' ? active : [active[0]], problems),
@@ -303,7 +308,7 @@ export class Controller {
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
         // active source of this link never sees a frame there.
-        const sources = [...(active[0] ? [l.a] : []), ...(active[1] ? [l.b] : [])];
+        const sources = [...(inKernel[0] ? [l.a] : []), ...(inKernel[1] ? [l.b] : [])];
         const shadows: string[] = [];
         for (const r of [...this.state.rules.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
           for (const i of r.ingressInterfaces) if (sources.includes(i)) shadows.push(shadowWarning(r.name, i, l));

@@ -276,11 +276,43 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
 
+  // Each link direction's egress must transmit what the link gives it: up, with carrier (a veth whose
+  // peer is up), and, from a native-mode ingress, able to take native XDP redirects (checked, and with
+  // --fix-veth-peers repaired, as a backend's egress). A direction that cannot is not "forwarding"
+  // (link.proto LinkStatus.a_to_b_active), whatever the devmap holds.
+  const linkEgress = new Map<string, string>();
+  for (const l of links) {
+    for (const [from, to] of directions(l)) {
+      if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
+      let why = egressProblem(to, dp.linkState?.(to));
+      if (!why && native.has(from)) {
+        let r = facts.napi.get(to);
+        if (!r) {
+          try {
+            r = await dp.redirectTarget(to, ctx.fixVethPeers);
+          } catch (e) {
+            r = { ok: false, detail: `cannot check ${to}: ${(e as Error).message}` };
+          }
+          facts.napi.set(to, r);
+        }
+        if (!r.ok) why = r.detail;
+      }
+      const key = `link/${from}>${to}`;
+      if (why) linkEgress.set(`${from}>${to}`, why);
+      transition(key, why ? `out|${why}` : 'ok', (before) => {
+        if (why) ctx.log.warn({ from, to, reason: why }, `link ${from} -> ${to} is not forwarding: ${why}`);
+        else if (before) ctx.log.info({ from, to }, `link ${from} -> ${to} is forwarding again`);
+      });
+    }
+  }
+  state.linkEgress = linkEgress;
+
   // What we attached and no one uses any more, if a detach failed before (logged once per error).
   releaseUnusedInterfaces(ctx);
 
   // 3. Status as observed, each transition logged once.
   const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
+  for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) problems.push(`interface ${name}: another XDP program (id ${progId}) is attached`);
   }

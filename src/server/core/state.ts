@@ -95,6 +95,11 @@ export class CoreState {
   readonly conditions = new ConditionStore();
   /** Link directions in the kernel: ingress ifindex -> names. */
   readonly linkDirs = new Map<number, { from: string; to: string }>();
+  /**
+   * Link directions (`from>to`) whose egress cannot transmit what the link gives it, with why (down,
+   * no carrier, no native XDP redirects), as the reconciler's last pass found them.
+   */
+  linkEgress = new Map<string, string>();
   /** claimKey -> the rule that claims it. */
   claims = new Map<string, string>();
   /** matchId -> the slot the kernel's match entry points at. */

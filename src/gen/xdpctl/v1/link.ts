@@ -82,11 +82,19 @@ export interface Link {
 
 /** Output only. The state of a link in the datapath. */
 export interface LinkStatus {
-  /** Whether frames arriving on a are being forwarded out of b. */
+  /**
+   * Whether frames arriving on a are being forwarded out of b: the direction
+   * is in the datapath, our program runs on a, and b can transmit them (up,
+   * with carrier, and, from a native-mode a, able to take native XDP
+   * redirects: a veth whose peer has NAPI; not a bridge), as the reconciler
+   * last observed (it runs every second and on every link change). When b
+   * cannot, a warning says why and the Active condition is False with reason
+   * EgressCannotTransmit.
+   */
   aToBActive: boolean;
   /**
-   * Whether frames arriving on b are being forwarded out of a (always false
-   * for LINK_DIRECTION_A_TO_B).
+   * Whether frames arriving on b are being forwarded out of a, in the same
+   * sense (always false for LINK_DIRECTION_A_TO_B).
    */
   bToAActive: boolean;
   /**
@@ -97,8 +105,8 @@ export interface LinkStatus {
    */
   warnings: string[];
   /**
-   * Observed conditions: "Active" (every direction is in the datapath and
-   * our program runs on each ingress side).
+   * Observed conditions: "Active" (every direction is in the datapath, our
+   * program runs on each ingress side and each egress can transmit).
    */
   conditions: Condition[];
 }
