@@ -221,6 +221,29 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
       assert.equal(topo.ping('l1', l2.ip!), true, 'l1 reaches l2 again');
       await until('health SERVING again', async () => (await health()) === SERVING);
       assert.equal(count(new RegExp(`"msg":"link ${l1.hostIf} -> ${l2.hostIf} is forwarding again`)), 1);
+
+      // An egress MTU below the ingress's: still forwarding, with a warning; larger frames are dropped.
+      const big = () => {
+        try {
+          topo.exec('l1', 'ping', ['-c', '1', '-W', '1', '-M', 'dont', '-s', '1400', l2.ip!]);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      assert.equal(big(), true, '1428-byte packets pass at MTU 1500');
+      sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1280']);
+      await until('the MTU warning', async () => (await link()).warnings.some((w) => /MTU 1280/.test(w)));
+      st = await link();
+      assert.equal(st.aToBActive, true, 'smaller frames still go');
+      assert.match(
+        st.warnings[0],
+        new RegExp(`^${l1.hostIf} -> ${l2.hostIf}: ${l2.hostIf} has MTU 1280, ${l1.hostIf} 1500`),
+      );
+      assert.equal(big(), false, 'a 1428-byte packet is dropped, as the warning says');
+      assert.equal(topo.ping('l1', l2.ip!), true, 'small ones pass');
+      sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1500']);
+      await until('the MTU warning gone', async () => (await link()).warnings.length === 0);
     } finally {
       await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
     }

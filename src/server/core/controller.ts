@@ -321,7 +321,10 @@ export class Controller {
             `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
           );
         }
-        return { ...l, active, warnings: [...problems, ...shadows], conditions };
+        const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
+        if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
+        const warnings = [...problems, ...mtu.filter((w): w is string => w !== undefined), ...shadows];
+        return { ...l, active, warnings, conditions };
       });
   }
 

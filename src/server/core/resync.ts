@@ -281,6 +281,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // --fix-veth-peers repaired, as a backend's egress). A direction that cannot is not "forwarding"
   // (link.proto LinkStatus.a_to_b_active), whatever the devmap holds.
   const linkEgress = new Map<string, string>();
+  const linkWarnings = new Map<string, string>();
   for (const l of links) {
     for (const [from, to] of directions(l)) {
       if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
@@ -299,6 +300,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       }
       const key = `link/${from}>${to}`;
       if (why) linkEgress.set(`${from}>${to}`, why);
+      else {
+        // Frames larger than the egress's MTU are dropped by the kernel (counted as redirect errors).
+        const mIn = dp.linkState?.(from)?.mtu;
+        const mOut = dp.linkState?.(to)?.mtu;
+        if (mIn !== undefined && mOut !== undefined && mOut < mIn) {
+          linkWarnings.set(
+            `${from}>${to}`,
+            `${from} -> ${to}: ${to} has MTU ${mOut}, ${from} ${mIn}: frames whose IP packet exceeds ${mOut} bytes ` +
+              `are dropped (XDP redirects do not fragment; counted as redirect errors)`,
+          );
+        }
+      }
       transition(key, why ? `out|${why}` : 'ok', (before) => {
         if (why) ctx.log.warn({ from, to, reason: why }, `link ${from} -> ${to} is not forwarding: ${why}`);
         else if (before) ctx.log.info({ from, to }, `link ${from} -> ${to} is forwarding again`);
@@ -306,6 +319,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
   state.linkEgress = linkEgress;
+  state.linkWarnings = linkWarnings;
 
   // What we attached and no one uses any more, if a detach failed before (logged once per error).
   releaseUnusedInterfaces(ctx);

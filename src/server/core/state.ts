@@ -100,6 +100,8 @@ export class CoreState {
    * no carrier, no native XDP redirects), as the reconciler's last pass found them.
    */
   linkEgress = new Map<string, string>();
+  /** Link directions (`from>to`) that forward, with a warning (an egress MTU below the ingress's). */
+  linkWarnings = new Map<string, string>();
   /** claimKey -> the rule that claims it. */
   claims = new Map<string, string>();
   /** matchId -> the slot the kernel's match entry points at. */

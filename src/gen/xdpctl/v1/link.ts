@@ -98,10 +98,11 @@ export interface LinkStatus {
    */
   bToAActive: boolean;
   /**
-   * Human-readable problems, e.g. "interface tap0 does not exist" or "rule
-   * web on eth0 is shadowed by this link". At most 16 shadowed rules are
-   * named one by one; a last warning counts the others (each such rule's own
-   * status says so too).
+   * Human-readable problems, e.g. "interface tap0 does not exist", "eth0 ->
+   * tap0: egress tap0 has no carrier", "eth0 -> tap0: tap0 has MTU 1280, eth0
+   * 1500: frames ... are dropped" or "rule web on eth0 is shadowed by this
+   * link". At most 16 shadowed rules are named one by one; a last warning
+   * counts the others (each such rule's own status says so too).
    */
   warnings: string[];
   /**
