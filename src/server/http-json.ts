@@ -257,7 +257,10 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
   const loopbackTcp = kind === 'tcp' && isLoopbackListen(o.listen);
   const guarded = (req: IncomingMessage, res: ServerResponse) => {
     const refusal = browserRefusal(req.headers, loopbackTcp);
-    if (refusal === undefined) return handler(req, res);
+    if (refusal === undefined) {
+      explainBareStatus(req, res);
+      return handler(req, res);
+    }
     res.writeHead(403, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ code: 'permission_denied', message: refusal }));
   };
@@ -341,6 +344,50 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
       if (kind === 'unix') rmSync(o.listen.slice(5), { force: true });
     },
   };
+}
+
+/** How a call is made, for the messages of a request that is not one. */
+const HOW =
+  'calls are POST /<package.Service>/<Method> with a JSON body (curl --json), e.g. POST /xdpctl.v1.RuleService/ListRules with {}';
+
+/**
+ * connect-node answers a path that is no method (404), a wrong HTTP method (405) or Content-Type (415)
+ * with a bare status and an empty body: a curl user sees nothing. Give each a Connect error body
+ * (`{"code", "message"}`, application/json) saying what was wrong and what to send. Replies with a
+ * body of their own are left alone.
+ */
+function explainBareStatus(req: IncomingMessage, res: ServerResponse): void {
+  const path = (req.url ?? '').split('?', 1)[0];
+  const messages: Record<number, [string, string]> = {
+    404: ['unimplemented', `no method at ${path}: ${HOW}`],
+    405: [
+      'unimplemented',
+      `${req.method} is not allowed on ${path}: use POST with a JSON body (GET with ?encoding=json&message=<JSON> ` +
+        'only for methods without side effects: Get and List)',
+    ],
+    415: [
+      'invalid_argument',
+      `Content-Type ${req.headers['content-type'] ?? '(none)'} is not accepted: send Content-Type: application/json ` +
+        '(the Connect protocol in JSON; curl --json)',
+    ],
+  };
+  let body: string | undefined;
+  const writeHead = res.writeHead.bind(res) as (status: number, headers?: object) => ServerResponse;
+  const end = res.end.bind(res) as (...args: unknown[]) => ServerResponse;
+  (res as { writeHead: unknown }).writeHead = (status: number, headers?: object) => {
+    const m = messages[status];
+    // A reply with a Content-Type has a body of its own (a Connect error, e.g. NOT_FOUND of GetRule).
+    const typed = Object.keys(headers ?? {}).some((h) => h.toLowerCase() === 'content-type');
+    if (!m || typed) return writeHead(status, headers);
+    body = JSON.stringify({ code: m[0], message: m[1] });
+    return writeHead(status, {
+      ...(headers ?? {}),
+      'content-type': 'application/json',
+      'content-length': String(Buffer.byteLength(body)),
+    });
+  };
+  (res as { end: unknown }).end = (...args: unknown[]) =>
+    body !== undefined && (args.length === 0 || typeof args[0] === 'function') ? end(body, ...args) : end(...args);
 }
 
 /** Whether a host:port listen address is a loopback address (127/8, ::1 or localhost). */

@@ -263,6 +263,30 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
       violationsOf(badIf.body).map((v) => v.field),
       ['name'],
     );
+    // Requests that are no call get a body saying what to send, not a bare status.
+    const noMethod = curl(['--json', '{}', `${base}/rules`]);
+    assert.equal(noMethod.status, 404);
+    assert.equal(noMethod.body.code, 'unimplemented');
+    assert.match(String(noMethod.body.message), /no method at \/rules: calls are POST \/<package.Service>\/<Method>/);
+    const wrongVerb = curl(['-X', 'DELETE', `${base}/xdpctl.v1.RuleService/CreateRule`]);
+    assert.equal(wrongVerb.status, 405);
+    assert.match(
+      String(wrongVerb.body.message),
+      /DELETE is not allowed on \/xdpctl.v1.RuleService\/CreateRule: use POST/,
+    );
+    const wrongType = curl([
+      '-H',
+      'content-type: text/plain',
+      '--data',
+      '{}',
+      `${base}/xdpctl.v1.RuleService/ListRules`,
+    ]);
+    assert.equal(wrongType.status, 415);
+    assert.equal(wrongType.body.code, 'invalid_argument');
+    assert.match(
+      String(wrongType.body.message),
+      /Content-Type text\/plain is not accepted: send Content-Type: application\/json/,
+    );
     // Not found, with the gRPC message.
     const missing = post('RuleService/GetRule', { name: 'nope' });
     assert.equal(missing.status, 404);
