@@ -35,7 +35,7 @@ import {
   type RuleState,
   type RuleStatus,
 } from './model.js';
-import { currentLinks, linkInterfaces, planLinks } from './plan-links.js';
+import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
@@ -655,6 +655,7 @@ export class Controller {
       }
       const next = new Map(this.state.links);
       next.set(linkKey(link), link);
+      this.refuseLoops(next, () => 'link');
       await this.applyLinkSet(next, 'link');
       return link;
     }, opts.signal);
@@ -695,6 +696,7 @@ export class Controller {
       });
       throwIfInvalid(violations);
       this.requireInterfaces(specs.map((l, i) => [l, `links[${i}]`]));
+      this.refuseLoops(next, (l) => `links[${specs.indexOf(l)}]`);
       const changes: LinkChange[] = [];
       for (const [key, l] of next) {
         const cur = this.state.links.get(key);
@@ -711,6 +713,16 @@ export class Controller {
       else await this.applyLinkSet(next, 'links');
       return changes;
     }, opts.signal);
+  }
+
+  /** FAILED_PRECONDITION naming a link of a set that would forward frames in a loop (plan-links.ts forwardingLoop). */
+  private refuseLoops(next: Map<string, LinkSpec>, fieldOf: (l: LinkSpec) => string): void {
+    const peerOf = this.dp.vethPeer?.bind(this.dp);
+    const loop = peerOf && forwardingLoop(next, peerOf);
+    if (!loop) return;
+    const field = fieldOf(loop.link);
+    const description = `these links would forward frames in a loop forever: ${loop.path}`;
+    throw new CoreError('precondition', `${field}: ${description}`, [{ field, description }]);
   }
 
   /**

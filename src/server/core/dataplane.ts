@@ -159,6 +159,8 @@ export interface Dataplane {
   linkState?(ifname: string): LinkState | undefined;
   /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */
   probeNeighbour?(ip: string, iface: string): void;
+  /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
+  vethPeer?(ifname: string): string | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
   xdpStatus(ifname: string): XdpStatus | undefined;

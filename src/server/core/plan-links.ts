@@ -79,3 +79,44 @@ export function currentLinks(
   }
   return out;
 }
+
+/**
+ * A forwarding loop the link set would make, or undefined. A direction from -> to sends a frame out of
+ * `to`; when `to` is a veth whose peer is in this namespace (`peerOf`), the frame arrives on that peer,
+ * and if a link forwards from there too it goes on. Each interface forwards to one other at most, so
+ * the chain from an ingress either ends or comes back to an interface it passed: then every frame that
+ * enters it is redirected forever (in native mode a redirect is processed in the next NAPI poll: a
+ * review saw 11.7 million redirects in 10 s from one frame). Returns the link that closes the loop (the
+ * last one in `next`'s order among those on it) and the loop as text.
+ */
+export function forwardingLoop(
+  next: ReadonlyMap<string, LinkSpec>,
+  peerOf: (ifname: string) => string | undefined,
+): { link: LinkSpec; path: string } | undefined {
+  const out = new Map<string, [string, LinkSpec]>();
+  for (const l of next.values()) for (const [from, to] of directions(l)) out.set(from, [to, l]);
+  const order = [...next.values()];
+  const done = new Set<string>();
+  for (const start of out.keys()) {
+    if (done.has(start)) continue;
+    const at = new Map<string, number>(); // ingress -> its position on this chain
+    const steps: { from: string; to: string; peer: string; link: LinkSpec }[] = [];
+    for (let cur: string | undefined = start; cur !== undefined && out.has(cur);) {
+      if (at.has(cur)) {
+        const loop = steps.slice(at.get(cur));
+        const link = loop.map((s) => s.link).sort((x, y) => order.indexOf(y) - order.indexOf(x))[0];
+        const path = loop.map((s) => `${s.from} -> ${s.to} (whose veth peer is ${s.peer})`).join(', then ');
+        return { link, path: `${path}: back to ${cur}` };
+      }
+      if (done.has(cur)) break; // a chain already followed, without a loop
+      at.set(cur, steps.length);
+      const [to, link] = out.get(cur)!;
+      const peer = peerOf(to);
+      if (peer === undefined) break;
+      steps.push({ from: cur, to, peer, link });
+      cur = peer;
+    }
+    for (const i of at.keys()) done.add(i);
+  }
+  return undefined;
+}

@@ -152,6 +152,16 @@ export class KernelDataplane implements Dataplane {
     return lowerDevices(ifname);
   }
 
+  vethPeer(ifname: string): string | undefined {
+    try {
+      const id = linkIdentity(ifindexOf(ifname));
+      if (id?.kind !== 'veth' || id.linkNetnsid !== undefined || !id.link) return undefined;
+      return nameOf(id.link);
+    } catch {
+      return undefined; // no such interface: reported as missing elsewhere
+    }
+  }
+
   nameOf(ifindex: number): string | undefined {
     return nameOf(ifindex);
   }

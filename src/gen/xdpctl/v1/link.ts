@@ -1246,6 +1246,10 @@ export const LinkServiceDefinition = {
      * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
      * and with ALREADY_EXISTS if they are already linked (in either order); use
      * ApplyLinks, or Disconnect then Connect, to change a link's direction.
+     * Fails with FAILED_PRECONDITION naming the link when the links would
+     * forward frames in a loop forever (through veth pairs whose both ends are
+     * in the daemon's namespace: a frame sent out of one end arrives on the
+     * other and is forwarded again); nothing is applied.
      */
     connect: {
       name: "Connect",
@@ -1284,7 +1288,9 @@ export const LinkServiceDefinition = {
     /**
      * Declaratively sets the complete set of links: links in the request are
      * created or updated, links not in it are removed, identical links are left
-     * untouched. The whole set is validated before anything changes. With
+     * untouched. The whole set is validated before anything changes (a set
+     * that would forward frames in a loop forever, as for Connect, is
+     * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
      * validate_only the response reports what would change and nothing is
      * applied.
      */
@@ -1307,6 +1313,10 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
    * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
    * and with ALREADY_EXISTS if they are already linked (in either order); use
    * ApplyLinks, or Disconnect then Connect, to change a link's direction.
+   * Fails with FAILED_PRECONDITION naming the link when the links would
+   * forward frames in a loop forever (through veth pairs whose both ends are
+   * in the daemon's namespace: a frame sent out of one end arrives on the
+   * other and is forwarded again); nothing is applied.
    */
   connect(request: ConnectRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ConnectResponse>>;
   /**
@@ -1327,7 +1337,9 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
   /**
    * Declaratively sets the complete set of links: links in the request are
    * created or updated, links not in it are removed, identical links are left
-   * untouched. The whole set is validated before anything changes. With
+   * untouched. The whole set is validated before anything changes (a set
+   * that would forward frames in a loop forever, as for Connect, is
+   * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
    * validate_only the response reports what would change and nothing is
    * applied.
    */
@@ -1345,6 +1357,10 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
    * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
    * and with ALREADY_EXISTS if they are already linked (in either order); use
    * ApplyLinks, or Disconnect then Connect, to change a link's direction.
+   * Fails with FAILED_PRECONDITION naming the link when the links would
+   * forward frames in a loop forever (through veth pairs whose both ends are
+   * in the daemon's namespace: a frame sent out of one end arrives on the
+   * other and is forwarded again); nothing is applied.
    */
   connect(request: DeepPartial<ConnectRequest>, options?: CallOptions & CallOptionsExt): Promise<ConnectResponse>;
   /**
@@ -1365,7 +1381,9 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
   /**
    * Declaratively sets the complete set of links: links in the request are
    * created or updated, links not in it are removed, identical links are left
-   * untouched. The whole set is validated before anything changes. With
+   * untouched. The whole set is validated before anything changes (a set
+   * that would forward frames in a loop forever, as for Connect, is
+   * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
    * validate_only the response reports what would change and nothing is
    * applied.
    */
