@@ -234,7 +234,7 @@ def csum(b):
     return ~s & 0xffff
 src, dst = socket.inet_aton("${vm.ip}"), socket.inet_aton("${NOWHERE}")
 eth = bytes.fromhex("${vm.hostMac.replace(/:/g, '')}") + bytes.fromhex("${vm.mac.replace(/:/g, '')}") + b"\\x08\\x00"
-def ip(ident, off, mf, part):
+def ip(ident, off, mf, part, dst=dst):
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(part), ident, (0x2000 if mf else 0) | (off // 8), 64, 17, 0, src, dst)
     return eth + h[:10] + struct.pack("!H", csum(h)) + h[12:] + part
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -246,8 +246,11 @@ for i in range(${DATAGRAMS}):
     udp = udp[:6] + struct.pack("!H", c) + udp[8:]
     for off in (0, 1200, 2400):
         s.send(ip(0x5000 + i, off, off < 2400, udp[off:off + 1200]))
-# A stray non-first fragment (its first was never sent) whose payload bytes 2-3 are the rule's port.
-s.send(ip(0x6000, 1200, False, struct.pack("!HHHH", ${PORT}, ${PORT}, 16, 0) + b"x" * 8))
+# A stray non-first fragment (its first was never sent) whose payload bytes 2-3 are the rule's port. To an
+# address nothing else here sends to: the fragment-tracking key is (source, destination, IP id, protocol),
+# and the kernel gave the earlier tests' fragmented datagrams to NOWHERE ids from a random start (one of
+# them was 0x6000 once, and the stray then rightly followed that datagram's first fragment).
+s.send(ip(0x6000, 1200, False, struct.pack("!HHHH", ${PORT}, ${PORT}, 16, 0) + b"x" * 8, socket.inet_aton("198.18.9.10")))
 `;
       const rxs = [c1, c2].map((h) => {
         const p = spawn('nsenter', [`--net=/run/netns/${h.netns}`, 'python3', '-c', rxPy(h.ip!)]);
