@@ -256,7 +256,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     await until('the veth went with its namespace', () => !sh('ip', ['-br', 'link']).includes(`${b2.hostIf}@`), 4000);
     const mac = b2.mac; // the rule names b2 by this MAC
     // b2's side comes up 1.5 s after the host's, so passes see its peer down first. (GRO switched on then
-    // would not be re-announced by the kernel: the veth's xdp-features would say "no" for good.)
+    // would give it no NAPI once up, and the kernel no ndo-xmit: b2 out of the table for good.)
     topo.replug('b2', '198.18.2.2/24', { peerUp: false });
     sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'address', mac]);
     b2.mac = mac;

@@ -2,9 +2,9 @@
  * KernelDataplane.redirectTarget, the "able to receive native redirects"
  * check of every backend egress and link target, against real devices: the
  * kernel's xdp-features (NDO_XMIT) decide for a device other than a veth, so a
- * bridge is refused; for a veth the peer's own state decides (up, with a
- * native program or GRO), because the kernel does not re-announce a veth's
- * xdp-features for a change made while its peer is down. A veth whose peer
+ * bridge is refused; for a veth both the peer's own state (up, with a native
+ * program or GRO) and NDO_XMIT must say yes, because GRO changed while the
+ * peer is down leaves one of them wrong (veth-napi-truth.test.ts measures it). A veth whose peer
  * lost GRO is refused at once (a passed check is not trusted for a while, as
  * it was), a generic-mode program on the peer does not count (it gives the
  * peer no NAPI), and a peer in a namespace xdpctld cannot enter is accepted
@@ -71,7 +71,7 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     assert.equal((await kd.redirectTarget(ifname, false)).ok, false, 'and not once it is gone');
   });
 
-  it("the peer's own state decides when the kernel's xdp-features are stale (GRO switched while the peer was down)", async () => {
+  it("the peer's state and the kernel's ndo-xmit must both say yes (GRO switched while the peer was down)", async () => {
     const ifname = topo.host('c').hostIf;
     peer(['ethtool -K eth0 gro on']);
     assert.equal((await kd.redirectTarget(ifname, false)).ok, true, 'GRO on, up: verified');
@@ -91,11 +91,11 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     peer(['ip link set eth0 down', '&&', 'ethtool -K eth0 gro on', '&&', 'ip link set eth0 up']);
     assert.equal(ndoXmit(ifname), false, 'nor announces ndo-xmit for GRO switched on while down: the premise');
     r = await kd.redirectTarget(ifname, false);
-    assert.equal(r.ok, true, 'the peer is up with GRO: it receives');
-    assert.match(r.detail!, /lag behind/);
+    assert.equal(r.ok, false, 'GRO "on" but switched on while down: no NAPI (veth-napi-truth: 0 delivered)');
+    assert.match(r.detail!, /has GRO but no NAPI/);
     r = await kd.redirectTarget(ifname, true);
-    assert.equal(r.ok, true);
-    assert.equal(ndoXmit(ifname), true, 'with fix, the peer GRO was switched off and on: the kernel re-announced');
+    assert.equal(r.ok, true, 'fixed');
+    assert.equal(ndoXmit(ifname), true, 'with fix, the peer GRO was switched off and on: NAPI, and the kernel says so');
 
     peer(['ip link set eth0 down']);
     r = await kd.redirectTarget(ifname, true);

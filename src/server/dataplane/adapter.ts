@@ -205,15 +205,18 @@ export class KernelDataplane implements Dataplane {
    * Whether frames redirected into `ifname` by native XDP are transmitted.
    * A device other than a veth: its xdp-features (netdev netlink family) decide: NDO_XMIT is set when the
    * driver has ndo_xdp_xmit, which a bridge never has. A veth transmits into its peer, and the peer
-   * receives them only while it is up with NAPI (a native-mode XDP program or GRO; veth_xdp_xmit drops
-   * them otherwise): the peer's own state decides, because the veth's xdp-features can be stale either
-   * way (GRO switched on or off on the peer while it is down is not re-announced: veth_set_features
-   * returns early for a device that is down). With `fix`, a peer without NAPI gets GRO switched on
-   * (recorded for --cleanup-on-exit), and stale xdp-features are re-announced by switching its GRO off
-   * and on. A verified veth is trusted again while nothing the kernel reports about it changed (one
-   * rtnetlink and one netdev request, no process); otherwise the peer tools run. A peer in a namespace
-   * xdpctld cannot inspect is judged by the kernel's NDO_XMIT alone, and the detail says so. On kernels
-   * without xdp-features (before 6.3) the peer check alone answers.
+   * receives them only while it is up with NAPI (veth_xdp_xmit drops them otherwise): a native-mode XDP
+   * program on it, or GRO switched on while it was up. Both the peer's own state (inspected with the
+   * peer tools) and the kernel's NDO_XMIT must say so, because each can be wrong alone (measured with
+   * traffic on 6.18): GRO switched off while the peer is down leaves NDO_XMIT set with no NAPI
+   * (veth_set_features skips the update for a device that is down), and GRO switched on while it is
+   * down shows "on" with no NAPI and no NDO_XMIT. With `fix`, a peer without NAPI gets GRO switched on
+   * while it is up (recorded for --cleanup-on-exit), and GRO that is on without NAPI is switched off and
+   * on. A verified veth is trusted again while nothing the kernel reports about it changed (ifindex,
+   * xdp-features, peer, carrier-change count: one rtnetlink and one netdev request, no process), at most
+   * VETH_RECHECK_MS; otherwise the peer tools run. A peer in a namespace xdpctld cannot inspect is judged
+   * by the kernel's NDO_XMIT alone, and the detail says so. On kernels without xdp-features (before 6.3)
+   * the peer check alone answers.
    */
   async redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }> {
     let features: bigint | undefined;
@@ -259,14 +262,16 @@ export class KernelDataplane implements Dataplane {
         {
           ok: true,
           detail:
-            `${ifname}: the kernel reports ndo-xmit (its peer has NAPI); the peer itself cannot be inspected ` +
-            `from here (${s.detail})`,
+            `${ifname}: the kernel reports ndo-xmit; whether its peer really has NAPI cannot be checked from ` +
+            `here (GRO switched off while the peer was down leaves ndo-xmit set): ${s.detail}`,
         },
         features,
       );
     }
     if (!s.ok) return { ok: false, detail: s.detail };
-    // The peer is up with NAPI: frames redirected into ifname are delivered.
+    // The peer is up with a native program or GRO. GRO gives it NAPI only when switched on while it is up:
+    // switched on while it was down, the peer comes up without NAPI (every redirected frame is dropped)
+    // and the kernel, rightly, announces no ndo-xmit. Switching GRO off and on while up gives it NAPI.
     let now = s.fixed ? xdpFeatures(ifindexOf(ifname)) : features;
     if (now !== undefined && !xmit(now) && fix && s.napi === 'gro' && s.peer) {
       await reannounceVethGro(s.peer, s.netns);
@@ -275,10 +280,12 @@ export class KernelDataplane implements Dataplane {
     if (now === undefined || xmit(now))
       return trust({ ok: true, detail: s.detail ?? `${ifname}'s peer has NAPI` }, now);
     return {
-      ok: true,
+      ok: false,
       detail:
-        `${s.detail}; the kernel's ${have(now)} for ${ifname} lag behind (GRO switched on the peer while it was ` +
-        `down is not re-announced), but its peer is up with NAPI, which is what delivery needs`,
+        `native XDP redirects into ${ifname} would be dropped: its peer ${s.peer ?? '?'} has ${s.napi === 'gro' ? 'GRO' : 'an XDP program'} ` +
+        `but no NAPI (the kernel reports no ndo_xdp_xmit for ${ifname}: ${have(now)}); GRO switched on while ` +
+        `the peer was down gives it none: switch it off and on again (ethtool -K ${s.peer ?? '<peer>'} gro off; ` +
+        `ethtool -K ${s.peer ?? '<peer>'} gro on)`,
     };
   }
 

@@ -384,9 +384,9 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
   const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
-  // A peer that is down has no NAPI whatever it is set to (veth_open creates it). GRO is not switched on
-  // while it is down: the kernel would not re-announce the veth's xdp-features (veth_set_features returns
-  // early for a device that is down), so it is done by the first check after the peer comes up.
+  // A peer that is down has no NAPI whatever it is set to. GRO is not switched on while it is down: that
+  // gives it no NAPI when it comes up (veth_set_features does nothing for a device that is down), so it is
+  // done by the first check after the peer comes up.
   if (!(peer.flags ?? []).includes('UP')) {
     return {
       veth: true,
@@ -439,10 +439,9 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
 }
 
 /**
- * Switch GRO off and on again on a veth peer that has it on and is up, so the kernel re-announces the
- * xdp-features of the other end: GRO switched on while the peer was down leaves them without NDO_XMIT
- * (veth_set_features skips veth_set_xdp_features for a device that is down) although the peer has NAPI
- * once up. The setting ends as it was (on).
+ * Switch GRO off and on again on a veth peer that shows it on and is up: GRO switched on while the peer
+ * was down leaves it without NAPI once up (every frame redirected into its veth is dropped, and the
+ * kernel announces no NDO_XMIT); switched on while up, it gets NAPI. The setting ends as it was (on).
  */
 export async function reannounceVethGro(peer: string, netns?: string): Promise<void> {
   const ethtool = (args: string[]) =>
