@@ -179,6 +179,35 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
   });
 
+  it("a backend out of the table for one reason, then another, shows today's reason (and is not re-planned every pass)", async () => {
+    const b7 = topo.addHost('b7', '198.18.2.7/24');
+    const away = `${b7.hostIf}r`;
+    await c.rules.createRule({ rule: rule('why', 7804, [be(b1), be(b7)]) });
+    const why = async () => (await status('why')).backendStatus[1].message;
+    const replans = () => count(/"msg":"the host changed: re-applying rules"/);
+    try {
+      sh('ip', ['link', 'set', b7.hostIf, 'down']);
+      await until('b7 out: egress down', async () => new RegExp(`egress ${b7.hostIf} is down`).test(await why()));
+      sh('ip', ['link', 'set', b7.hostIf, 'name', away]);
+      await until('b7 out: egress missing', async () =>
+        new RegExp(`egress ${b7.hostIf} does not exist`).test(await why()),
+      );
+      const settled = replans();
+      await sleep(2500); // two or three passes
+      assert.equal(replans(), settled, 'nothing re-applied while nothing changed');
+      let r = await send(7804, [b1, b7]);
+      assert.equal(r.total, r.sent, `every flow on b1 (${r.got})`);
+      sh('ip', ['link', 'set', away, 'name', b7.hostIf]);
+      sh('ip', ['link', 'set', b7.hostIf, 'up']);
+      await until('why ACTIVE', async () => (await status('why')).state === RuleState.RULE_STATE_ACTIVE);
+      r = await send(7804, [b1, b7]);
+      assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    } finally {
+      shQuiet('ip', ['link', 'set', away, 'name', b7.hostIf]);
+      await c.rules.deleteRule({ name: 'why', expectedGeneration: 0n });
+    }
+  });
+
   it('a link whose egress cannot transmit is not forwarding, says why once, and is repaired or comes back', async () => {
     const l1 = topo.addHost('l1', '198.18.40.1/24');
     const l2 = topo.addHost('l2', '198.18.40.2/24');

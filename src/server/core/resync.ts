@@ -222,16 +222,19 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
           (napi?.ok === false ? napi.detail : undefined);
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving || (resolved && mac.toLowerCase() !== b.mac.toLowerCase())) changed = true;
-        // Still out of the table, for another reason now (no carrier -> no NAPI): the status says today's.
-        else if (!receiving && resolved && exists && egress) {
-          const why = backendStatus({
-            ip: spec.ip,
-            interface: spec.interface,
-            givenMac: spec.mac,
-            mac,
-            resolved,
-            egress,
-          });
+        // Still out of the table, for another reason now (down -> renamed away, no carrier -> no NAPI): the
+        // status says today's reason, as a plan would give it (plan-rules.ts).
+        else if (!receiving) {
+          const why = exists
+            ? backendStatus({ ip: spec.ip, interface: spec.interface, givenMac: spec.mac, mac, resolved, egress })
+            : backendStatus({
+                ip: spec.ip,
+                interface: spec.interface,
+                givenMac: spec.mac,
+                mac: spec.mac,
+                resolved: spec.mac !== '',
+                egress: `egress ${spec.interface} does not exist`,
+              });
           if (why.message !== b.message) changed = true;
         }
         if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
