@@ -273,7 +273,7 @@ export class Daemon {
         pinRoot: opts.pinRoot,
         capacity: opts.capacity,
         log,
-        deferTrace: true, // attached once the start commits (below)
+        deferTrace: true, // pins and tracepoint links replaced once the start commits (below)
       });
     } catch (e) {
       lock.release();
@@ -461,8 +461,8 @@ export class Daemon {
       lock.release();
       throw e;
     }
-    // Committed: the tracepoint programs replace the previous daemon's (failed redirects are counted).
-    datapath.startTracing();
+    // Committed: the program's pins and the tracepoint programs replace the previous daemon's.
+    datapath.commit();
     ready.value = true;
     daemon.health.setStatus('healthy');
     daemon.health.setStatus('healthy', DATAPATH_HEALTH);

@@ -316,10 +316,34 @@ if (!caps.canEnterNetns) {
   );
 }
 
+// SIGTERM/SIGINT are handled from here on: one that comes while the daemon starts stops it once it has
+// started (the default action would kill it half-way, pins and all), and one right after the 'ready'
+// line finds its handler installed (a supervisor that signals as soon as it reads 'ready' used to kill
+// the process by the default action now and then). A second one still ends the process at once.
+let daemon: Daemon | undefined;
+let stopSignal: string | undefined;
+const stop = (signal: string) => {
+  stopSignal = signal;
+  if (!daemon) {
+    log.info({ signal }, 'signal during start: stopping once started');
+    return;
+  }
+  log.info({ signal }, 'shutting down');
+  daemon.stop().then(
+    () => process.exit(0),
+    (err) => {
+      log.error({ err }, 'shutdown failed');
+      process.exit(1);
+    },
+  );
+};
+process.once('SIGTERM', () => stop('SIGTERM'));
+process.once('SIGINT', () => stop('SIGINT'));
+
 try {
   // Before the server exists, so that every RPC is traced and measured.
   const telemetry = await startTelemetry({ version: VERSION, prometheus, log });
-  const daemon = await Daemon.start({
+  daemon = await Daemon.start({
     listen: o.listen,
     httpListen: o.httpListen,
     pinRoot: o.pinRoot,
@@ -354,18 +378,7 @@ try {
       prometheus: telemetry.prometheus,
     })}\n`,
   );
-  const stop = (signal: string) => {
-    log.info({ signal }, 'shutting down');
-    daemon.stop().then(
-      () => process.exit(0),
-      (err) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  if (stopSignal) stop(stopSignal);
 } catch (err) {
   log.error({ err }, 'start failed');
   process.stderr.write(`xdpctld: ${(err as Error).message}\n`);

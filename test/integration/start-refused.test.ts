@@ -15,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, OBJECT_NEXT, ROOT, runId, sh, sleep } from '../helpers/env.js';
 
 interface BpfObject {
   id: number;
@@ -234,17 +234,74 @@ describe('a refused start leaves the host as it found it', kernelOnly(), () => {
     const linksBefore = [...ours().links.values()].filter((l) => l.pinned?.some((p) => p.startsWith(`${pinRoot}/`)));
     assert.equal(linksBefore.length, 2, 'the stopped daemon left its two tracepoint links pinned');
     // Refused for its configuration, then (state store corrupted) after the kernel was touched.
-    for (const extra of [['--tls-cert', f('expired.pem'), '--tls-key', f('expired.key')], ['corrupt']]) {
-      if (extra[0] === 'corrupt') writeFileSync(`/tmp/xdpctl-test-${n}-state/state.db`, 'garbage'.repeat(500));
-      const r = await refusedStart(n, extra[0] === 'corrupt' ? [] : extra);
+    const progPin = `${pinRoot}/progs/xdpctl_main`;
+    const progId = () => (JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', progPin])) as { id: number }).id;
+    const prog = progId();
+    // Refused for its configuration; then, the state store corrupted, after the kernel was touched: with
+    // the same object, and with another one (an upgrade, whose program would replace the pinned one).
+    const starts: [string, string[], boolean][] = [
+      ['expired certificate', ['--tls-cert', f('expired.pem'), '--tls-key', f('expired.key')], false],
+      ['corrupt store', [], true],
+      ['corrupt store, upgrade', ['--bpf-object', OBJECT_NEXT], true],
+    ];
+    for (const [what, extra, corrupt] of starts) {
+      if (corrupt) writeFileSync(`/tmp/xdpctl-test-${n}-state/state.db`, 'garbage'.repeat(500));
+      const r = await refusedStart(n, extra);
       assert.notEqual(r.code, 0, r.out);
-      assert.deepEqual(sh('find', [pinRoot]).split('\n').sort(), pins, `${extra[0]}: pins changed`);
+      assert.deepEqual(sh('find', [pinRoot]).split('\n').sort(), pins, `${what}: pins changed`);
+      assert.equal(progId(), prog, `${what}: ${progPin} names another program`);
       const linksAfter = [...ours().links.values()].filter((l) => l.pinned?.some((p) => p.startsWith(`${pinRoot}/`)));
       assert.deepEqual(
         linksAfter.map((l) => l.id).sort(),
         linksBefore.map((l) => l.id).sort(),
-        `${extra[0]}: the previous daemon's tracepoint links were replaced`,
+        `${what}: the previous daemon's tracepoint links were replaced`,
       );
+    }
+  });
+
+  it('SIGTERM during the start, or as soon as "ready" is read, stops the daemon cleanly (exit 0, nothing left)', async () => {
+    // [when to signal: at the first log line (the datapath is being opened) or at "ready"]
+    for (const [when, at] of [
+      ['during the start', '"msg":"created maps"'],
+      ...Array.from({ length: 5 }, () => ['at ready', '"msg":"ready"']),
+    ]) {
+      const n = `${id}${used.length}`;
+      used.push(n);
+      const pinRoot = `/sys/fs/bpf/xdpctl-test-${n}`;
+      const child = spawn(
+        process.execPath,
+        [
+          ...DAEMON_NODE_FLAGS,
+          DAEMON,
+          '--pin-root',
+          pinRoot,
+          '--state-dir',
+          `/tmp/xdpctl-test-${n}-state`,
+          '--listen',
+          '127.0.0.1:0',
+          `unix:/tmp/xdpctl-test-${n}.sock`,
+          '--max-rules',
+          '16',
+          '--cleanup-on-exit',
+        ],
+        { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let sent = false;
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (!sent && out.includes(at)) {
+          sent = true;
+          child.kill('SIGTERM');
+        }
+      });
+      child.stderr.on('data', (d) => (out += d));
+      const [code, signal] = await new Promise<[number | null, string | null]>((r) =>
+        child.once('exit', (c, sig) => r([c, sig])),
+      );
+      assert.ok(sent, `${when}: no ${at} line: ${out}`);
+      assert.deepEqual([code, signal], [0, null], `${when}: ${out}`);
+      assert.equal(existsSync(pinRoot), false, `${when}: --cleanup-on-exit left ${pinRoot}`);
     }
   });
 });

@@ -114,9 +114,9 @@ export interface DatapathOptions {
   capacity?: Partial<Capacity>;
   log?: Logger;
   /**
-   * Do not load and attach the tracepoint programs at open: the caller calls startTracing() once its
-   * start has committed (the daemon: after every listener is bound), so that a start refused later leaves
-   * the previous daemon's tracepoint links in place (open() replaces them otherwise).
+   * Leave to commit() what replaces a previous daemon's pins and links (an upgraded program's pin, the
+   * load fingerprint pin, the tracepoint programs): the daemon calls it once its start has committed,
+   * so that a start refused before leaves that daemon's pins and links as they were.
    */
   deferTrace?: boolean;
 }
@@ -637,6 +637,9 @@ export class XdpDatapath {
       const progsDir = join(options.pinRoot, 'progs');
       const fingerprint = loadFingerprint(options.objectPath);
       const pinnedId = migration ? undefined : pinnedProgId(progPin);
+      // Pins that replace a previous daemon's (the program of an upgrade, the load fingerprint): made
+      // by commit(), so that a start refused before it leaves that daemon's pins as they were.
+      const pinOps: (() => void)[] = [];
       let skipLoad = false;
       if (pinnedId !== undefined && pinnedProgId(join(progsDir, LOADED_PREFIX + fingerprint)) === pinnedId) {
         const used = progMapIds(progPin);
@@ -703,7 +706,7 @@ export class XdpDatapath {
         log.info({ adopted, pinRoot: options.pinRoot }, 'adopted pinned maps');
         const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
         dp.loadedAtOpen = false;
-        if (!options.deferTrace) dp.startTrace(capacity, mapDir, log);
+        if (!options.deferTrace) dp.commit();
         return dp;
       }
       const newFd = check(`open program ${PROGRAM_NAME}`, lib.bpf_program__fd(progHandle) as number);
@@ -735,13 +738,15 @@ export class XdpDatapath {
         if (pinned.tag === fresh.tag && !stale) {
           progFd = pinnedFd; // same code: keep the program that is attached
           ownProgFd = pinnedFd;
-          pinLoaded(progsDir, fingerprint, pinnedFd);
+          pinOps.push(() => pinLoaded(progsDir, fingerprint, pinnedFd));
           log.info({ progId: pinned.id, tag: pinned.tag }, 'adopted pinned program');
         } else {
           closeFd(pinnedFd);
-          unlinkSync(progPin);
-          check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
-          pinLoaded(progsDir, fingerprint, newFd);
+          pinOps.push(() => {
+            unlinkSync(progPin);
+            check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
+            pinLoaded(progsDir, fingerprint, newFd);
+          });
           upgraded = true;
           log.info(
             { from: pinned.tag, to: fresh.tag, progId: fresh.id },
@@ -755,8 +760,9 @@ export class XdpDatapath {
       log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
       const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
       dp.migration = migration;
+      dp.pendingPins = pinOps;
       // The tracepoint programs count into the maps the new program uses (pinDir while migrating).
-      if (!options.deferTrace) dp.startTrace(capacity, pinDir, log);
+      if (!options.deferTrace) dp.commit();
       return dp;
     } catch (e) {
       if (obj) lib.bpf_object__close(obj);
@@ -975,11 +981,17 @@ export class XdpDatapath {
     return { action: r.action, data: r.data, durationNs: r.nsPerRun };
   }
 
+  /** Pin changes open() left for commit(). */
+  private pendingPins: (() => void)[] = [];
+
   /**
-   * The tracepoint programs of an open() with deferTrace (no-op if they run already): into the maps the
-   * program uses now (maps_next while a migration or its pin move is unfinished).
+   * What replaces a previous daemon's pins and links, once the caller's start can no longer be
+   * refused (open() does it itself without deferTrace; idempotent): the upgraded program's pin and the
+   * load fingerprint pin, then the tracepoint programs, into the maps the program uses now (maps_next
+   * while a migration or its pin move is unfinished).
    */
-  startTracing(): void {
+  commit(): void {
+    for (const op of this.pendingPins.splice(0)) op();
     if (this.traceObj) return;
     const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
     const dir = existsSync(nextDir) ? nextDir : XdpDatapath.mapPinDir(this.options.pinRoot);
