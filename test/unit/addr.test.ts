@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { isIPv4 } from 'node:net';
 import { describe, it } from 'node:test';
+
+import fc from 'fast-check';
 
 import {
   formatIp,
@@ -53,5 +56,68 @@ describe('peers in log lines (RFC 5952 section 6)', () => {
     assert.equal(normalizePeer('[::1]:40312'), '[::1]:40312');
     assert.equal(normalizePeer('unknown'), 'unknown');
     assert.equal(normalizePeer('unix:/run/xdpctl/xdpctl.sock'), 'unix:/run/xdpctl/xdpctl.sock');
+  });
+
+  it('the fast paths of parseIp, parseMac and formatMac agree with the reference definitions', () => {
+    // References: node:net isIPv4 with the dotted parts as bytes; the six-hex-pairs regular expression.
+    const refIp4 = (t: string) => (isIPv4(t) ? t.split('.').map(Number) : undefined);
+    const MAC =
+      /^([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})$/;
+    const refMac = (t: string) =>
+      MAC.exec(t)
+        ?.slice(1, 7)
+        .map((h) => parseInt(h, 16));
+    const ip4ish = fc
+      .array(
+        fc.oneof(fc.nat(300).map(String), fc.constantFrom('', '0', '00', '01', '255', '256', '1a', ' 1', '-1', '1e2')),
+        {
+          minLength: 3,
+          maxLength: 5,
+        },
+      )
+      .map((parts) => parts.join('.'));
+    const macish = fc
+      .array(
+        fc.oneof(
+          fc.nat(255).map((b) => b.toString(16).padStart(2, '0')),
+          fc.constantFrom('AB', 'aG', 'g0', '1', '123', ' a'),
+        ),
+        {
+          minLength: 5,
+          maxLength: 7,
+        },
+      )
+      .chain((parts) => fc.constantFrom(':', '-', '.').map((sep) => parts.join(sep)));
+    const tryIp = (t: string) => {
+      try {
+        const p = parseIp(t);
+        return p.family === 4 ? Array.from(p.bytes) : 'v6';
+      } catch {
+        return undefined;
+      }
+    };
+    const tryMac = (t: string) => {
+      try {
+        return Array.from(parseMac(t));
+      } catch {
+        return undefined;
+      }
+    };
+    fc.assert(
+      fc.property(fc.oneof(ip4ish, fc.string({ maxLength: 16 })), (t) => {
+        const got = tryIp(t);
+        if (got !== 'v6') assert.deepEqual(got, refIp4(t), t);
+      }),
+      { numRuns: 5000 },
+    );
+    fc.assert(
+      fc.property(fc.oneof(macish, fc.string({ maxLength: 18 })), (t) => assert.deepEqual(tryMac(t), refMac(t), t)),
+      { numRuns: 5000 },
+    );
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 6, maxLength: 6 }), (b) =>
+        assert.equal(formatMac(b), Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':')),
+      ),
+    );
   });
 });

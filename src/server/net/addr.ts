@@ -16,11 +16,43 @@ export interface IpBytes {
 
 /** Parse a dotted-quad or IPv6 address; throws with a reason. */
 export function parseIp(text: string): IpBytes {
+  const v4 = parseIpv4(text);
+  if (v4) return { family: 4, bytes: v4 };
   if (isIPv4(text)) {
     return { family: 4, bytes: Uint8Array.from(text.split('.').map(Number)) };
   }
   if (isIPv6(text)) return { family: 6, bytes: parseIpv6(text) };
   throw new Error(`"${truncate(text)}" is not an IP address`);
+}
+
+/**
+ * The common case of {@link parseIp} without a regular expression or an array
+ * per call (starts and large changes parse every backend's address): the
+ * dotted quads node:net's isIPv4 accepts (each part 0-255 in decimal, no
+ * leading zero), else undefined for the general path to decide.
+ */
+function parseIpv4(text: string): Uint8Array | undefined {
+  const n = text.length;
+  if (n < 7 || n > 15) return undefined;
+  const out = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= n; i++) {
+    const c = i < n ? text.charCodeAt(i) : 46; // '.' closes the last part
+    if (c === 46) {
+      if (digits === 0 || part > 3) return undefined;
+      out[part++] = value;
+      value = 0;
+      digits = 0;
+      continue;
+    }
+    if (c < 48 || c > 57) return undefined;
+    if (digits > 0 && value === 0) return undefined; // a leading zero
+    value = value * 10 + (c - 48);
+    if (++digits > 3 || value > 255) return undefined;
+  }
+  return part === 4 ? out : undefined;
 }
 
 function parseIpv6(text: string): Uint8Array {
@@ -112,6 +144,19 @@ export function formatPrefix(p: Prefix): string {
 
 /** Parse a MAC address "02:42:ac:11:00:02" (also with '-'). */
 export function parseMac(text: string): Uint8Array {
+  // Without a regular expression or an array per call: every backend's MAC is parsed at each start.
+  if (text.length === 17) {
+    const out = new Uint8Array(6);
+    let ok = true;
+    for (let i = 0; i < 6 && ok; i++) {
+      const hi = hexDigit(text.charCodeAt(i * 3));
+      const lo = hexDigit(text.charCodeAt(i * 3 + 1));
+      const sep = i < 5 ? text.charCodeAt(i * 3 + 2) : 58;
+      ok = hi >= 0 && lo >= 0 && (sep === 58 || sep === 45); // ':' or '-'
+      out[i] = (hi << 4) | lo;
+    }
+    if (ok) return out;
+  }
   const m =
     /^([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})[:-]([0-9a-fA-F]{2})$/.exec(
       text,
@@ -165,9 +210,20 @@ export function canonicalMac(text: string): string {
   }
 }
 
+/** The value of a hex digit's character code, or -1. */
+function hexDigit(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48; // 0-9
+  if (c >= 97 && c <= 102) return c - 87; // a-f
+  if (c >= 65 && c <= 70) return c - 55; // A-F
+  return -1;
+}
+
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
+
 /** Format 6 bytes as "aa:bb:cc:dd:ee:ff". */
 export function formatMac(bytes: Uint8Array): string {
-  return Array.from(bytes.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+  if (bytes.length < 6) return Array.from(bytes, (b) => HEX[b]).join(':');
+  return `${HEX[bytes[0]]}:${HEX[bytes[1]]}:${HEX[bytes[2]]}:${HEX[bytes[3]]}:${HEX[bytes[4]]}:${HEX[bytes[5]]}`;
 }
 
 /**
