@@ -189,6 +189,29 @@ describe('ring filling (weighted shares, minimal disruption)', () => {
     );
   });
 
+  it('ringHolds on kernel id tables (Uint32Array, members found by id) agrees with the generic check', () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 8 }),
+        fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 8, maxLength: 8 }),
+        fc.nat(),
+        fc.integer({ min: 0, max: 300_000 }),
+        fc.boolean(),
+        (ids, weights, at, other, tamper) => {
+          const m: RingMember<number>[] = ids.map((id, i) => ({ key: `k${id}`, weight: weights[i], value: id }));
+          const t = fillRing(m, RING_SIZE, 0);
+          if (tamper) t[at % RING_SIZE] = other; // a stranger, a member (shares may break) or 0
+          const generic = ringHolds(m, RING_SIZE, 0, [...t]);
+          assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
+          if (!tamper) assert.ok(generic);
+          // Twice: the scratch table is left clean.
+          assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
   it('4 000 flows over 64 equal backends spread as the table shares predict (chi-square)', () => {
     // Flows are hashed onto slots, so per-backend flow counts are multinomial
     // around the table shares: mean 62.5, standard deviation 7.8 (12.5 %). A
