@@ -539,12 +539,11 @@ export class Controller {
       alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
       txn = this.begin(restoring);
       if (txn) {
-        const rows = ruleRows(ops, alloc);
-        for (const r of rows.put) {
-          txn.putRule(r);
+        for (const row of ruleRows(ops, alloc)) {
+          if (typeof row === 'string') txn.deleteRule(row);
+          else txn.putRule(row);
           await pace();
         }
-        for (const n of rows.del) txn.deleteRule(n);
       }
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, restoring);
       this.commit(txn, restoring);

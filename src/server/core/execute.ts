@@ -118,20 +118,18 @@ export async function allocateRules(
   return { kernel, freshRuleStats, freshBackendStats, records };
 }
 
-/** The rows a rules transaction writes: each changed rule with its kernel ids, and the deleted names. */
-export function ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): { put: StoredRule[]; del: string[] } {
-  const put: StoredRule[] = [];
-  const del: string[] = [];
+/**
+ * The rows a rules transaction writes, one at a time (a caller writing 10 000
+ * yields between them: building them all at once held the event loop ~45 ms):
+ * each changed rule with its kernel ids, or the name of a deleted one.
+ */
+export function* ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): Generator<StoredRule | string> {
   for (const op of ops) {
     const rec = alloc.records.get(op.name);
     const k = alloc.kernel.get(op.name);
-    if (!rec || !k) {
-      del.push(op.name);
-      continue;
-    }
-    put.push({ ...rec, kernel: { slot: k.slot, statsId: k.statsId, backends: Object.fromEntries(k.backends) } });
+    if (!rec || !k) yield op.name;
+    else yield { ...rec, kernel: { slot: k.slot, statsId: k.statsId, backends: Object.fromEntries(k.backends) } };
   }
-  return { put, del };
 }
 
 /**
