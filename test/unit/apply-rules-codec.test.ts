@@ -14,13 +14,24 @@ import fc from 'fast-check';
 import { ServerError, Status } from 'nice-grpc';
 
 import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
-import { ApplyRulesRequest, ApplyRulesResponse, Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import {
+  ApplyRulesRequest,
+  ApplyRulesResponse,
+  GetRuleResponse,
+  ListRulesResponse,
+  Rule,
+} from '../../src/gen/xdpctl/v1/rule.js';
 import {
   decodeApplyRulesLazily,
   encodeApplyRulesReply,
-  encodeApplyRulesResponse,
   lazyRules,
 } from '../../src/server/services/apply-rules-codec.js';
+import { serializer } from '../../src/server/services/encoded-reply.js';
+import { ruleService } from '../../src/server/services/rule-service.js';
+import { Controller } from '../../src/server/core/controller.js';
+import type { RuleSpec } from '../../src/server/core/model.js';
+import { capacityForRules } from '../../src/server/daemon.js';
+import { ModelDataplane } from '../helpers/model-dataplane.js';
 import { resourcesOf } from '../../src/server/services/access.js';
 
 const text = fc.string({ maxLength: 10 });
@@ -46,6 +57,9 @@ const rule: fc.Arbitrary<Rule> = fc.record({
   labels: fc.dictionary(text, text, { maxKeys: 2 }),
   generation: fc.bigInt({ min: 0n, max: 1n << 40n }),
 });
+const encodeApplyRulesResponse = serializer((r: ApplyRulesResponse) =>
+  ApplyRulesResponse.encode(ApplyRulesResponse.fromPartial(r)).finish(),
+);
 const request = fc.record({ rules: fc.array(rule, { maxLength: 6 }), validateOnly: fc.boolean() });
 
 /** What the daemon makes of the bytes: the lazily decoded request read rule by rule, or the refusal. */
@@ -207,5 +221,50 @@ describe('ApplyRules decoded and encoded a chunk at a time', () => {
       Buffer.from(encodeApplyRulesResponse(plain)),
       Buffer.from(ApplyRulesResponse.encode(plain).finish()),
     );
+  });
+
+  it('GetRule and ListRules replies are sent as the service encoded them: the same bytes as their own encode', async () => {
+    const dp = new ModelDataplane(capacityForRules(40), ['in0', 'b0', 'b1', 'b2']);
+    const ctl = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    const specs: RuleSpec[] = Array.from({ length: 30 }, (_, i) => ({
+      name: `r${i}`,
+      protocol: 'udp',
+      port: 2000 + i,
+      destination: i % 3 ? '' : '10.9.0.1',
+      sourcePrefixes: i % 4 ? [] : ['10.0.0.0/8'],
+      ingressInterfaces: ['in0'],
+      backends: [0, 1, 2].slice(0, 1 + (i % 3)).map((k) => ({
+        ip: `10.1.${k}.${i + 1}`,
+        mac: k === 2 ? '' : `02:00:00:00:0${k}:01`,
+        interface: `b${k}`,
+        weight: k + 1,
+      })),
+      udpChecksum: 'update',
+      labels: (i % 2 ? { team: `t${i}` } : {}) as Record<string, string>,
+    }));
+    await ctl.applyRules(specs, false);
+    const svc = ruleService(ctl);
+    const ctx = {} as Parameters<typeof svc.getRule>[1];
+    const getBytes = serializer((r: GetRuleResponse) =>
+      GetRuleResponse.encode(GetRuleResponse.fromPartial(r)).finish(),
+    );
+    const listBytes = serializer((r: ListRulesResponse) =>
+      ListRulesResponse.encode(ListRulesResponse.fromPartial(r)).finish(),
+    );
+    for (const s of specs) {
+      const reply = (await svc.getRule({ name: s.name }, ctx)) as GetRuleResponse;
+      const whole = GetRuleResponse.encode(GetRuleResponse.fromPartial(reply)).finish();
+      assert.deepEqual(Buffer.from(getBytes(reply)), Buffer.from(whole), s.name);
+    }
+    let pageToken = '';
+    let pages = 0;
+    do {
+      const reply = (await svc.listRules({ pageSize: 7, pageToken }, ctx)) as ListRulesResponse;
+      const whole = ListRulesResponse.encode(ListRulesResponse.fromPartial(reply)).finish();
+      assert.deepEqual(Buffer.from(listBytes(reply)), Buffer.from(whole));
+      pageToken = reply.nextPageToken;
+      pages++;
+    } while (pageToken);
+    assert.equal(pages, 5);
   });
 });

@@ -17,13 +17,14 @@
  *   the plain message.
  * - {@link encodeApplyRulesReply} builds the reply's bytes a chunk at a time
  *   from rules the service has encoded already (to measure them), and the
- *   method's response serializer sends those bytes: byte for byte what
- *   `ApplyRulesResponse.encode` gives for the same message.
+ *   method's response serializer sends those bytes (encoded-reply.ts): byte
+ *   for byte what `ApplyRulesResponse.encode` gives for the same message.
  */
 import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import { ServerError, Status } from 'nice-grpc';
 
 import { ApplyRulesRequest, ApplyRulesResponse, Rule, RuleChange } from '../../gen/xdpctl/v1/rule.js';
+import { withBytes } from './encoded-reply.js';
 
 /** The rules of a request decoded by {@link decodeApplyRulesLazily}, one at a time. */
 export interface LazyRules {
@@ -153,13 +154,10 @@ export function decodeApplyRulesLazily(bytes: Uint8Array): ApplyRulesRequest {
   return req;
 }
 
-const encodedReplies = new WeakMap<object, Uint8Array>();
-
 /**
  * Build an ApplyRules reply's bytes, yielding between chunks: `rules` are
- * already encoded (each `Rule.encode(r).finish()`), in order. The returned
- * message's response serializer ({@link encodeApplyRulesResponse}) sends
- * these bytes.
+ * already encoded (each `Rule.encode(r).finish()`), in order. The method's
+ * response serializer (encoded-reply.ts) sends these bytes.
  */
 export async function encodeApplyRulesReply(
   reply: ApplyRulesResponse,
@@ -178,11 +176,5 @@ export async function encodeApplyRulesReply(
   }
   if (reply.applied !== false) w.uint32(24).bool(reply.applied);
   if (reply.rulesOmitted !== false) w.uint32(32).bool(reply.rulesOmitted);
-  encodedReplies.set(reply, w.finish());
-  return reply;
-}
-
-/** The ApplyRules response serializer: the bytes built beforehand, or the whole encode. */
-export function encodeApplyRulesResponse(reply: ApplyRulesResponse): Uint8Array {
-  return encodedReplies.get(reply) ?? ApplyRulesResponse.encode(ApplyRulesResponse.fromPartial(reply)).finish();
+  return withBytes(reply, w.finish());
 }

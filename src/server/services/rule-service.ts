@@ -5,15 +5,11 @@ import type { Controller } from '../core/controller.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
 import type { RuleSpec } from '../core/model.js';
 import { validateName } from '../core/validate.js';
-import { Rule, type RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
-import {
-  encodeApplyRulesReply,
-  encodeApplyRulesResponse,
-  decodeApplyRulesLazily,
-  lazyRules,
-} from './apply-rules-codec.js';
+import type { Rule, RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
+import { decodeApplyRulesLazily, encodeApplyRulesReply, lazyRules } from './apply-rules-codec.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 import { fromTsProto } from './definition.js';
+import { encodeRule, fieldsMessage, serializer, withBytes } from './encoded-reply.js';
 import { pageToken, pageTokenKey } from './paging.js';
 
 const DEFAULT_PAGE = 100;
@@ -45,7 +41,8 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     },
     async getRule(req) {
       checkName(req.name);
-      return { rule: ruleToProto(ctl.getRule(req.name)) };
+      const rule = ruleToProto(ctl.getRule(req.name));
+      return withBytes({ rule }, fieldsMessage([[1, encodeRule(rule)]]));
     },
     async listRules(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : Math.min(req.pageSize, MAX_PAGE);
@@ -55,17 +52,28 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       const page = ctl.rulePage(after, size);
       const candidates = page.rules.map(ruleToProto);
       // At most page_size rules and MAX_PAGE_BYTES encoded (at least one rule), so that no page
-      // exceeds a default client's 4 MiB receive limit whatever the rules hold.
+      // exceeds a default client's 4 MiB receive limit whatever the rules hold. Each rule is
+      // encoded once, to measure it and to send it.
       const rules: Rule[] = [];
+      const encoded: Uint8Array[] = [];
       let bytes = 0;
       for (const r of candidates) {
-        const n = Rule.encode(r).finish().length + 8; // + field tag and length
+        const b = encodeRule(r);
+        const n = b.length + 8; // + field tag and length
         if (rules.length > 0 && bytes + n > MAX_PAGE_BYTES) break;
         rules.push(r);
+        encoded.push(b);
         bytes += n;
       }
       const more = page.more || rules.length < candidates.length;
-      return { rules, nextPageToken: more && rules.length ? pageToken('rule', rules[rules.length - 1].name) : '' };
+      const nextPageToken = more && rules.length ? pageToken('rule', rules[rules.length - 1].name) : '';
+      return withBytes(
+        { rules, nextPageToken },
+        fieldsMessage(
+          encoded.map((b) => [1, b] as const),
+          [2, nextPageToken],
+        ),
+      );
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
@@ -114,7 +122,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
           const page = ctl.rulePage(after, 256);
           for (const v of page.rules) {
             const r = ruleToProto(v);
-            const b = Rule.encode(r).finish();
+            const b = encodeRule(r);
             bytes += b.length + 8;
             if (bytes > MAX_PAGE_BYTES) {
               omitted = true;
@@ -153,8 +161,9 @@ function generationOf(g: bigint): number {
 
 /**
  * The RuleService definition with ApplyRules decoded and encoded a chunk at a
- * time (apply-rules-codec.ts): the same bytes on the wire, no single long turn
- * of the event loop for a request or reply of 10 000 rules.
+ * time (apply-rules-codec.ts), and GetRule, ListRules and ApplyRules replies
+ * sent as the service encoded them (encoded-reply.ts): the same bytes on the
+ * wire, no single long turn of the event loop for 10 000 rules.
  */
 export function ruleWireDefinition(
   def: typeof RuleServiceDefinition,
@@ -162,10 +171,12 @@ export function ruleWireDefinition(
   const methods = fromTsProto(def);
   return {
     ...methods,
+    getRule: { ...methods.getRule, responseSerialize: serializer(methods.getRule.responseSerialize) },
+    listRules: { ...methods.listRules, responseSerialize: serializer(methods.listRules.responseSerialize) },
     applyRules: {
       ...methods.applyRules,
       requestDeserialize: decodeApplyRulesLazily,
-      responseSerialize: encodeApplyRulesResponse,
+      responseSerialize: serializer(methods.applyRules.responseSerialize),
     },
   };
 }
