@@ -119,6 +119,21 @@ export async function allocateRules(
 }
 
 /**
+ * A rule spec the record owns (the caller's object may change after the
+ * call): its arrays and objects copied, as structuredClone did at several
+ * times the cost (an UpdateRule copies one, an ApplyRules of 10 000 as many).
+ */
+export function copySpec(s: RuleSpec): RuleSpec {
+  return {
+    ...s,
+    sourcePrefixes: [...s.sourcePrefixes],
+    ingressInterfaces: [...s.ingressInterfaces],
+    backends: s.backends.map((b) => ({ ...b })),
+    labels: { ...s.labels },
+  };
+}
+
+/**
  * The rows a rules transaction writes, one at a time (a caller writing 10 000
  * yields between them: building them all at once held the event loop ~45 ms):
  * each changed rule with its kernel ids, or the name of a deleted one.
