@@ -648,6 +648,7 @@ export async function adoptRules(
   for (const p of plans) {
     const slot = stored(p).slot;
     const now = prefixes.get(slot) ?? [];
+    if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
     const nowIds = new Set(now.map(prefixId));
     const wantIds = new Set(p.prefixes.map(prefixId));
     const add = p.prefixes.filter((x) => !nowIds.has(prefixId(x))).map((x) => ({ slot, ...x }));
