@@ -48,7 +48,13 @@ import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { assertOnBpffs } from './dataplane/bpffs.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
-import { lockInstance, type HeldLock } from './dataplane/instance-lock.js';
+import {
+  assertSocketNotLive,
+  inodeOf,
+  lockInstance,
+  removeOwnSocket,
+  type HeldLock,
+} from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
@@ -268,6 +274,9 @@ export class Daemon {
     try {
       // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
       await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
+      // A lock file can be removed by hand: a socket path that a live process serves on is refused
+      // here too, before anything is loaded (and checked again just before its listener is made).
+      for (const a of [...opts.listen, ...httpListen]) if (a.startsWith('unix:')) await assertSocketNotLive(a.slice(5));
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
         pinRoot: opts.pinRoot,
@@ -386,7 +395,10 @@ export class Daemon {
         if (addr.startsWith('unix:')) {
           const path = addr.slice(5);
           mkdirSync(dirname(path), { recursive: true });
-          rmSync(path, { force: true }); // stale: we hold its lock, so no live daemon serves on it
+          // We hold its lock; still, a live listener (its lock file removed by hand, or not an xdpctld)
+          // is refused, never unlinked: only a stale file goes.
+          await assertSocketNotLive(path);
+          rmSync(path, { force: true });
           const umask = process.umask(0o177); // no window in which others may connect
           try {
             await server.listen(addr, listenerCredentials('unix', ServerCredentials.createInsecure()));
@@ -395,6 +407,7 @@ export class Daemon {
           }
           if (socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, socketGid);
           chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
+          daemon.socketInodes.set(path, inodeOf(path));
           daemon.addresses.push(addr);
         } else {
           const creds = tlsOf()?.credentials ?? ServerCredentials.createInsecure();
@@ -456,8 +469,7 @@ export class Daemon {
       store?.close();
       datapath.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
-      for (const a of [...daemon.addresses, ...httpListen])
-        if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
+      for (const [path, ino] of daemon.socketInodes) removeOwnSocket(path, ino);
       lock.release();
       throw e;
     }
@@ -493,6 +505,8 @@ export class Daemon {
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
   private lock?: HeldLock;
+  /** Each gRPC Unix socket this daemon created, with the inode it had (removed at stop only if unchanged). */
+  readonly socketInodes = new Map<string, number | undefined>();
   private kernel?: KernelDataplane;
 
   /**
@@ -590,9 +604,8 @@ export class Daemon {
       this.datapath.close();
       this.store?.close();
       if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
-      for (const a of [...this.opts.listen, ...(this.opts.httpListen ?? [])]) {
-        if (a.startsWith('unix:')) rmSync(a.slice(5), { force: true });
-      }
+      // Only the socket files we created: one that someone else has put there since is left alone.
+      for (const [path, ino] of this.socketInodes) removeOwnSocket(path, ino);
       this.lock?.release(); // after the socket files: only the holder removes them
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');

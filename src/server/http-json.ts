@@ -50,6 +50,7 @@ import { Metadata, ServerError, type CallContext, type ServerMiddleware } from '
 
 import type { Identity } from './auth/identity.js';
 import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
+import { assertSocketNotLive, inodeOf, removeOwnSocket } from './dataplane/instance-lock.js';
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
 import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
@@ -311,10 +312,12 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     socket.once('close', () => clearTimeout(timer));
   });
   let address: string;
+  let ino: number | undefined;
   if (kind === 'unix') {
     const path = o.listen.slice(5);
     mkdirSync(dirname(path), { recursive: true });
-    rmSync(path, { force: true }); // stale: the daemon holds its lock
+    await assertSocketNotLive(path); // the daemon holds its lock; a live listener is still never unlinked
+    rmSync(path, { force: true });
     const umask = process.umask(0o177); // no window in which others may connect
     try {
       server.listen(path);
@@ -324,6 +327,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     }
     if (o.socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, o.socketGid);
     chmodSync(path, o.socketMode);
+    ino = inodeOf(path);
     address = o.listen;
   } else {
     const i = o.listen.lastIndexOf(':');
@@ -341,7 +345,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
       server.close();
       for (const socket of sockets) socket.destroy(); // keep-alive connections and HTTP/2 sessions
       await closed;
-      if (kind === 'unix') rmSync(o.listen.slice(5), { force: true });
+      if (kind === 'unix') removeOwnSocket(o.listen.slice(5), ino); // only the file we created
     },
   };
 }

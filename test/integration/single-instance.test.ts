@@ -15,15 +15,31 @@ import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, ROOT, runId, sh } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
-/** Start a daemon that must refuse; the error message it printed. */
+/**
+ * Start a daemon that must refuse; what it printed. A refusal exits 1 and is
+ * logged once as a "start failed" record carrying the same message.
+ */
 async function refused(id: string, extra: string[]): Promise<string> {
+  let out: string;
   try {
     const d = await DaemonProcess.start(id, extra);
     await d.destroy();
+    assert.fail(`a daemon started with ${extra.join(' ')}`);
   } catch (e) {
-    return (e as Error).message;
+    out = (e as Error).message;
   }
-  assert.fail(`a daemon started with ${extra.join(' ')}`);
+  assert.match(out, /^xdpctld exited 1: /, 'a refusal exits 1');
+  const records = out
+    .slice('xdpctld exited 1: '.length)
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { msg: string; level: number; err?: { message: string } });
+  const failed = records.filter((r) => r.msg === 'start failed');
+  assert.equal(failed.length, 1, 'the refusal is logged once');
+  assert.equal(failed[0].level, 50, 'at level error');
+  assert.ok(out.includes(`xdpctld: ${failed[0].err!.message}`), 'stderr and the log say the same');
+  assert.ok(!records.some((r) => r.msg === 'ready'), 'it never served');
+  return out;
 }
 
 function cleanupId(id: string): void {
@@ -54,27 +70,44 @@ describe('one daemon per datapath', kernelOnly(), () => {
     cleanupId(other);
   });
 
-  const stillServing = async (d: DaemonProcess, maps: unknown) => {
+  /** The first daemon's log from here on. */
+  const logFrom = (d: DaemonProcess) => {
+    const at = d.output.length;
+    return () => d.output.slice(at);
+  };
+  const stillServing = async (d: DaemonProcess, maps: unknown, log: () => string) => {
     assert.deepEqual(d.dumpMaps(), maps, "the first daemon's maps are untouched");
     assert.equal(topo.ping('h1', h2.ip!), true, 'the first daemon still forwards');
     const unix = d.clients(d.unix);
     assert.equal((await unix.links.listLinks({})).links.length, 1, 'the first daemon answers on its socket');
     assert.equal((await unix.health.check({ service: 'xdpctl.datapath' })).status, 1, 'SERVING');
+    assert.equal((await unix.health.check({ service: '' })).status, 1, 'the daemon SERVING');
+    // Nothing happened to the first daemon's datapath, so it has nothing to report: no repair, no
+    // transition, no warning or error of any kind.
+    assert.deepEqual(
+      log()
+        .split('\n')
+        .filter((l) => /"level":(40|50|60)|not as desired|re-attached/.test(l)),
+      [],
+      "the first daemon's log",
+    );
   };
 
   it('refuses a second daemon on the same pin root, naming the first', async () => {
     const maps = first!.dumpMaps();
+    const log = logFrom(first!);
     const msg = await refused(other, ['--pin-root', first!.pinRoot]);
     assert.match(
       msg,
       new RegExp(`pin root ${first!.pinRoot} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`),
     );
     assert.match(msg, /dist\/server\/main\.js/, "the message shows the holder's command line (the compiled daemon)");
-    await stillServing(first!, maps);
+    await stillServing(first!, maps, log);
   });
 
   it('refuses a second daemon on the same state directory, naming the first', async () => {
     const maps = first!.dumpMaps();
+    const log = logFrom(first!);
     const msg = await refused(other, ['--state-dir', first!.stateDir]);
     assert.match(
       msg,
@@ -82,17 +115,49 @@ describe('one daemon per datapath', kernelOnly(), () => {
     );
     assert.match(msg, /started \d{4}-\d\d-\d\dT/);
     assert.match(msg, new RegExp(`listening on .*${first!.unix}`));
-    await stillServing(first!, maps);
+    await stillServing(first!, maps, log);
   });
 
   it('refuses a second daemon on the same socket path and never unlinks a live socket', async () => {
     const maps = first!.dumpMaps();
+    const log = logFrom(first!);
     const socket = first!.unix.slice('unix:'.length);
     const inode = statSync(socket).ino;
     const msg = await refused(other, ['--listen', first!.unix]);
     assert.match(msg, new RegExp(`socket ${socket} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`));
     assert.equal(statSync(socket).ino, inode, "the socket file is the first daemon's, untouched");
-    await stillServing(first!, maps);
+    await stillServing(first!, maps, log);
+  });
+
+  it('never unlinks a live socket whose lock file was removed (a /tmp cleaner), naming the process on it', async () => {
+    const maps = first!.dumpMaps();
+    const log = logFrom(first!);
+    const socket = first!.unix.slice('unix:'.length);
+    const inode = statSync(socket).ino;
+    rmSync(`${socket}.lock`);
+    // The lock is free now, but a process listens on the socket: refused, the socket left in place.
+    const msg = await refused(other, ['--listen', first!.unix]);
+    assert.match(msg, new RegExp(`socket ${socket} is in use: pid ${first!.child.pid} ".*dist/server/main\\.js`));
+    assert.match(msg, /accepts connections.*a live socket is never removed/);
+    assert.equal(statSync(socket).ino, inode, "the socket file is the first daemon's, untouched");
+    assert.equal(existsSync(`${socket}.lock`), false, 'the refused daemon removed only its own lock file');
+    await stillServing(first!, maps, log);
+  });
+
+  it('takes over a stale socket file that nobody listens on', async () => {
+    const path = `/tmp/xdpctl-test-${other}.sock`;
+    // A socket file left by a process that is gone (bound, never accepted, closed without unlink).
+    sh('python3', [
+      '-c',
+      `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(1); s.close()`,
+    ]);
+    assert.equal(statSync(path).isSocket(), true);
+    const d = await DaemonProcess.start(other, ['--xdp-mode', 'generic']);
+    try {
+      assert.equal((await d.clients(d.unix).health.check({ service: '' })).status, 1, 'served on that path');
+    } finally {
+      await d.destroy();
+    }
   });
 
   it('takes over once the first daemon is gone, even after SIGKILL (the kernel drops the locks)', async () => {

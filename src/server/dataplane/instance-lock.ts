@@ -19,6 +19,8 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  readdirSync,
+  readlinkSync,
   statfsSync,
   statSync,
   unlinkSync,
@@ -26,6 +28,7 @@ import {
   ftruncateSync,
   constants as fsc,
 } from 'node:fs';
+import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 
 import koffi from 'koffi';
@@ -334,4 +337,106 @@ export function lockInstance(r: InstanceResources): HeldLock {
     throw e;
   }
   return { path: r.pinRoot, release: releaseAll };
+}
+
+/** A Unix socket path on which a live process listens: never removed. */
+export class LiveSocketError extends Error {
+  override readonly name = 'LiveSocketError';
+}
+
+/** Kernel view: the inode of the listening Unix socket bound to `path`, from /proc/net/unix. */
+function listeningSocketInode(path: string): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync('/proc/net/unix', 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "Num RefCount Protocol Flags Type St Inode Path"; Flags 00010000 is __SO_ACCEPTCON (listening).
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && f.slice(7).join(' ') === path && (parseInt(f[3], 16) & 0x10000) !== 0) return Number(f[6]);
+  }
+  return undefined;
+}
+
+/** The pid of a process that holds socket `inode` open (a scan of /proc/PID/fd). */
+function socketHolderPid(inode: number): number | undefined {
+  const want = `socket:[${inode}]`;
+  for (const pid of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`) === want) return Number(pid);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Refuse to take over a Unix socket path that a live process listens on.
+ * The lock file beside a socket says which xdpctld owns it, but a lock file
+ * can be removed by hand or by a /tmp cleaner, and another program may serve
+ * on the path: so before a socket file is replaced, a connect(2) to it must
+ * be refused (ECONNREFUSED: nobody listens, the file is stale) or find
+ * nothing (ENOENT). Anything else (a connection, a full backlog EAGAIN, a
+ * timeout) is a live socket: throw LiveSocketError naming its process (pid
+ * and command line, from /proc/net/unix and /proc/PID/fd).
+ */
+export async function assertSocketNotLive(path: string, timeoutMs = 1000): Promise<void> {
+  const outcome = await new Promise<string>((resolve) => {
+    const s = connect(path);
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve(`no answer within ${timeoutMs} ms`);
+    }, timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve('accepts connections');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? '' : `connect: ${e.code ?? e.message}`);
+    });
+  });
+  if (!outcome) return;
+  const inode = listeningSocketInode(path);
+  const pid = inode === undefined ? undefined : socketHolderPid(inode);
+  const command = pid === undefined ? undefined : commandOf(pid);
+  const who = pid === undefined ? 'a process' : `pid ${pid}${command ? ` "${command}"` : ''}`;
+  throw new LiveSocketError(
+    `socket ${path} is in use: ${who} listens on it (${outcome}); a live socket is never removed. ` +
+      'Stop that process, or give this daemon its own --listen path',
+  );
+}
+
+/** The inode of the file at `path` now (undefined if there is none): what a listener created. */
+export function inodeOf(path: string): number | undefined {
+  try {
+    return lstatSync(path).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Remove the socket file at `path` only if it is still the one this process
+ * created (same inode): a file put there since by someone else is left.
+ */
+export function removeOwnSocket(path: string, ino: number | undefined): void {
+  if (ino === undefined || inodeOf(path) !== ino) return;
+  try {
+    unlinkSync(path);
+  } catch {
+    // removed meanwhile
+  }
 }
