@@ -477,7 +477,9 @@ export class Daemon {
     datapath.commit();
     ready.value = true;
     daemon.health.setStatus('healthy');
-    daemon.health.setStatus('healthy', DATAPATH_HEALTH);
+    // The datapath's health from what the restore found (a rule waiting for its interfaces, a rule that
+    // failed), never assumed: it was SERVING until the first pass, up to a second later. That pass runs at once.
+    daemon.health.setStatus(controller.problems().length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
     daemon.startResync();
     log.info(
       {
@@ -552,6 +554,7 @@ export class Daemon {
     if (every <= 0) return;
     this.resyncTimer = setInterval(pass, every);
     this.monitor = new LinkMonitor(pass, this.log);
+    setImmediate(pass); // the first look at the host, and its report, now rather than a period later
   }
 
   private monitor?: LinkMonitor;

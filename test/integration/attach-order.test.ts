@@ -8,11 +8,13 @@
  * off again at cleanup. Real traffic before and after the move.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
@@ -20,6 +22,7 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const PORT = 7999;
 const NOWHERE = '198.18.9.9';
+const { SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
   const id = runId();
@@ -59,6 +62,17 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     labels: {},
     generation: 0n,
   });
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  /** The daemon's log records with message `msg`, parsed. */
+  const records = (msg: string) =>
+    d!.output
+      .split('\n')
+      .filter((l) => l.includes(`"msg":"${msg}"`))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  async function until(what: string, ok: () => Promise<boolean>, ms = 5000) {
+    for (const end = Date.now() + ms; Date.now() < end; await sleep(50)) if (await ok()) return;
+    assert.fail(`not within ${ms} ms: ${what}`);
+  }
   async function delivered(n: number): Promise<number> {
     const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
     listeners.push(l);
@@ -75,6 +89,9 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     assert.equal(xdpOf(vm.hostIf)?.mode, 1, 'native XDP on the port');
     assert.equal(gro(), 'on', "the daemon switched GRO on on the backend veth's peer (NAPI for native redirects)");
     assert.equal(await delivered(50), 50, 'the rule forwards from the port');
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    await until('health SERVING', async () => (await health()) === SERVING);
+    const logAt = d.output.length;
 
     const cur = (await c.rules.getRule({ name: 'web' })).rule!;
     await c.rules.updateRule({ rule: { ...rule(bridge), generation: cur.generation } });
@@ -86,12 +103,31 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
       .map((i) => i.name);
     assert.deepEqual(names, [bridge], 'ListInterfaces shows exactly what is attached');
     assert.equal(await delivered(50), 50, 'the rule forwards from the bridge');
-    assert.doesNotMatch(d.output, /detach failed/);
+    const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    assert.equal(st.state, RuleState.RULE_STATE_ACTIVE, st.message);
+    assert.equal(await health(), SERVING, 'the datapath is as desired');
+    assert.doesNotMatch(d.output, /detach failed|"level":(40|50)/, 'no warning, no error');
+    // The log says what was done, in the order it was done: off the port, then onto the bridge.
+    const moved = d.output
+      .slice(logAt)
+      .split('\n')
+      .filter((l) => /"msg":"(attached|detached)"/.test(l))
+      .map((l) => JSON.parse(l) as { msg: string; ifname: string })
+      .map((r) => `${r.msg} ${r.ifname}`);
+    assert.deepEqual(moved, [`detached ${vm.hostIf}`, `attached ${bridge}`]);
 
     assert.equal(await d.stop('SIGTERM'), 0);
     for (const ifname of [bridge, vm.hostIf, b1.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
     assert.equal(gro(), groBefore, 'GRO is back as the daemon found it');
+    assert.equal(existsSync(d.pinRoot), false, 'every pin removed');
     assert.doesNotMatch(d.output, /cleanup incomplete/);
+    const [done] = records('cleanup: host restored');
+    assert.deepEqual(done.restored, [`eth0 in netns ${b1.netns}: GRO off again`], 'the log names the GRO restored');
+    assert.deepEqual(
+      records('detached').map((r) => r.ifname),
+      [vm.hostIf, bridge],
+      'each detach logged once: the port at the move, the bridge at exit',
+    );
     d = undefined;
   });
 

@@ -10,6 +10,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
@@ -161,6 +162,9 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
       );
     });
   const linkCount = async () => (await d!.clients().links.listLinks({})).links.length;
+  const health = async () => (await d!.clients().health.check({ service: 'xdpctl.datapath' })).status;
+  const { SERVING } = HealthCheckResponse_ServingStatus;
+  const count = (re: RegExp) => d!.output.split('\n').filter((l) => re.test(l)).length;
   /** The "config applied" log records, parsed. */
   const applied = () =>
     d!.output
@@ -188,11 +192,17 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
       /config \S+ is empty \(write \\"links: \{\}\\" to remove every link.*the last good configuration keeps running/,
     );
     assert.equal(await linkCount(), 1, 'the link stays');
+    assert.equal(await health(), SERVING, 'the datapath is as desired: the last good configuration');
+    assert.equal(applied().length, 1, 'nothing applied');
+    await sleep(1200);
+    assert.equal(count(/"msg":"config \S+ is empty/), 1, 'the empty file logged once, not on every re-read');
 
     writeFileSync(file, '# links are coming\n---\n');
     await sleep(1200);
     assert.equal(await linkCount(), 1, 'a comment-only file is empty too');
     assert.equal(topo.ping('h1', h2.ip!), true);
+    assert.equal(count(/"msg":"config \S+ is empty/), 2, 'logged once more');
+    assert.equal(await health(), SERVING);
 
     const before = applied().length;
     writeFileSync(file, 'links: {}\n');
@@ -203,10 +213,14 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     for (let i = 0; i < 50 && applied().length < before + 1; i++) await sleep(100);
     assert.equal(applied().length, before + 1);
     assert.deepEqual(applied().at(-1)?.configuration, { links: [], rules: [] });
+    assert.equal(await health(), SERVING, 'nothing desired, nothing there: as desired');
 
     writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n`);
     for (let i = 0; i < 50 && (await linkCount()) !== 1; i++) await sleep(100);
     assert.equal(topo.ping('h1', h2.ip!), true, 'the link is back');
+    for (let i = 0; i < 50 && applied().length < before + 2; i++) await sleep(100);
+    assert.deepEqual(applied().at(-1)?.configuration, { links: [`${h1.hostIf} <-> ${h2.hostIf}`], rules: [] });
+    assert.equal(await health(), SERVING);
   });
 
   it('a restart with an empty file keeps the stored configuration', async () => {
@@ -217,5 +231,9 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     assert.equal(await linkCount(), 1, 'the stored link is kept');
     assert.equal(topo.ping('h1', h2.ip!), true);
     assert.match(d.output, /is empty .*the last good configuration keeps running/);
+    assert.equal(
+      (await d.clients().health.check({ service: 'xdpctl.datapath' })).status,
+      HealthCheckResponse_ServingStatus.SERVING,
+    );
   });
 });

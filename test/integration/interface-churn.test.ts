@@ -2,7 +2,8 @@
  * Interfaces that come and go: the VM's veth is deleted while a rule uses it
  * (the daemon keeps serving and reports it), then created again with the
  * same name and a new ifindex: the program is re-attached and the rule
- * rewritten, and traffic flows again.
+ * rewritten, and traffic flows again. Health and the log say so from the
+ * first answer, each transition once.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -11,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
@@ -31,7 +32,7 @@ describe('interface churn', kernelOnly(), () => {
   before(async () => {
     vm = topo.addHost('vm', '198.18.1.1/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
-    d = await DaemonProcess.start(id);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
     c = d.clients();
   });
   after(async () => {
@@ -50,6 +51,8 @@ describe('interface churn', kernelOnly(), () => {
     await sleep(100);
     return [(await l.stop()).unique, sent];
   }
+  /** Lines of the current daemon's log that match. */
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
   async function until(what: string, ok: () => Promise<boolean>) {
     for (let i = 0; i < 50; i++) {
       if (await ok()) return;
@@ -90,12 +93,32 @@ describe('interface churn', kernelOnly(), () => {
     await until('the rule status', async () =>
       (await c.rules.getRule({ name: 'web' })).rule!.status!.warnings.some((w) => w.includes(vm.hostIf)),
     );
+    await sleep(2200); // two more passes: nothing more to report
+    assert.equal(count(/"msg":"rule web is INACTIVE: .*interface \w+ does not exist/), 1, 'the rule logged once');
+    assert.equal(count(/"msg":"datapath not as desired"/), 1, 'the health transition logged once');
 
     // A restart while the interface is gone: the daemon starts and waits for it.
     assert.equal(await d.stop(), 0);
-    d = await DaemonProcess.start(id);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
     c = d.clients();
-    assert.match((await c.rules.getRule({ name: 'web' })).rule!.status!.message, /waiting for its interfaces/);
+    // INACTIVE from the first answer on: "waiting for its interfaces to exist" as restored, or already what
+    // the first reconciler pass (at once after the start) observed.
+    const restarted = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    assert.equal(restarted.state, RuleState.RULE_STATE_INACTIVE);
+    assert.match(
+      restarted.message,
+      new RegExp(
+        `^(waiting for its interfaces to exist|not receiving on any ingress interface: interface ${vm.hostIf} does not exist)$`,
+      ),
+    );
+    // From the first answer on, not only after a reconciler pass: the datapath is not as desired.
+    assert.equal(
+      (await c.health.check({ service: 'xdpctl.datapath' })).status,
+      HealthCheckResponse_ServingStatus.NOT_SERVING,
+      'health right after the restart',
+    );
+    await until('the restarted daemon logs the rule INACTIVE', async () => count(/"msg":"rule web is INACTIVE/) === 1);
+    await until('and the datapath not as desired', async () => count(/"msg":"datapath not as desired"/) === 1);
 
     topo.replug('vm', '198.18.1.1/24');
     prepareVm();
@@ -116,5 +139,9 @@ describe('interface churn', kernelOnly(), () => {
       async () =>
         (await c.health.check({ service: 'xdpctl.datapath' })).status === HealthCheckResponse_ServingStatus.SERVING,
     );
+    await sleep(1200);
+    assert.equal(count(/"msg":"rule web is ACTIVE/), 1, 'the recovery logged once');
+    assert.equal(count(/"msg":"datapath as desired again"/), 1);
+    assert.equal(count(/"msg":"rule web is INACTIVE/), 1, 'and nothing else');
   });
 });

@@ -22,6 +22,7 @@ import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
+const { SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('a rule that cannot be restored does not take the others down', kernelOnly(), () => {
   const id = runId();
@@ -150,10 +151,10 @@ describe('pins removed under a stopped daemon', kernelOnly(), () => {
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
 
-  async function delivered(): Promise<number> {
-    const l = await UdpListener.start(b.netns, b.ip!, 7999);
+  async function delivered(port = 7999): Promise<number> {
+    const l = await UdpListener.start(b.netns, b.ip!, port);
     listeners.push(l);
-    await sendUdp(vm.netns, NOWHERE, 7999, 50).done;
+    await sendUdp(vm.netns, NOWHERE, port, 50).done;
     await sleep(150);
     return (await l.stop()).unique;
   }
@@ -161,19 +162,18 @@ describe('pins removed under a stopped daemon', kernelOnly(), () => {
     JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp?.prog?.id ?? 0;
 
   it('a restart after `rm -rf PIN/maps` runs a program on the new maps: changes take effect', async () => {
+    const rule = (name: string, port: number): Rule => ({
+      name,
+      match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+      ingressInterfaces: [vm.hostIf],
+      backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
+      udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+      labels: {},
+      generation: 0n,
+    });
     d = await DaemonProcess.start(id, ['--log-level', 'info']);
     let c = d.clients();
-    await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7999, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0,
-      },
-    });
+    await c.rules.createRule({ rule: rule('web', 7999) });
     assert.equal(await delivered(), 50);
     const before = progOn(vm.hostIf);
     assert.equal(await d.stop(), 0);
@@ -186,7 +186,21 @@ describe('pins removed under a stopped daemon', kernelOnly(), () => {
     assert.notEqual(now, before, 'not the program on the old maps');
     assert.equal(progOn(vm.hostIf), now, 'the interface runs the program on the new maps');
     assert.equal(await delivered(), 50, 'the restored rule forwards through the new maps');
+    // Status and health say so, and they are true: a new rule forwards, a delete takes effect.
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+    for (const end = Date.now() + 5000; Date.now() < end && (await health()) !== SERVING;) await sleep(50);
+    assert.equal(await health(), SERVING);
+    await c.rules.createRule({ rule: rule('new', 7996) });
+    assert.equal((await c.rules.getRule({ name: 'new' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(await delivered(7996), 50, 'a rule created after the restart forwards');
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0 });
     assert.equal(await delivered(), 0, 'a delete takes effect');
+    assert.equal(
+      d.output.split('\n').filter((l) => /the pinned program uses other maps than the pinned ones/.test(l)).length,
+      1,
+      'the swap logged once',
+    );
+    assert.doesNotMatch(d.output, /"level":50/, 'no error');
   });
 });

@@ -500,7 +500,8 @@ function attachOne(
     state.attached.delete(name);
     if (!wasOurs) dp.detach(name);
   });
-  if (!wasOurs) ctx.log.info({ ifname: name, mode: st.mode }, 'attached');
+  // The dataplane logs the attach itself ("attached", with the ifindex, the mode asked and the one the kernel
+  // took), once, and only when the kernel changed: a second line here would log the same transition twice.
 }
 
 /**
