@@ -532,7 +532,8 @@ export class Daemon {
         .resync()
         .then((missing) => {
           this.missingInterfaces = missing;
-          const problems = this.controller.problems();
+          const pinProblems = this.checkPins();
+          const problems = [...pinProblems, ...this.controller.problems()];
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
           const now = JSON.stringify(problems);
           if (now !== reported) {
@@ -558,6 +559,27 @@ export class Daemon {
   }
 
   private monitor?: LinkMonitor;
+
+  /**
+   * The pins of what runs now, put back when removed or replaced under the running daemon (a repair,
+   * logged each time it happens); what could not be put back is a problem of the datapath (logged once
+   * per change, with the rest, as "datapath not as desired").
+   */
+  private checkPins(): string[] {
+    let r: { repinned: string[]; failed: string[] };
+    try {
+      r = this.datapath.repairPins();
+    } catch (e) {
+      r = { repinned: [], failed: [(e as Error).message] };
+    }
+    if (r.repinned.length) {
+      this.log.warn(
+        { repinned: r.repinned },
+        `pins removed or replaced under the running daemon: re-pinned ${r.repinned.length} (maps and program in use)`,
+      );
+    }
+    return r.failed.map((f) => `pin not restored: ${f}`);
+  }
 
   /** Interfaces the desired state names that do not exist now. */
   missingInterfaces: string[] = [];

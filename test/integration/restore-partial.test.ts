@@ -9,7 +9,7 @@
  * the daemon starts and serves every other rule.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
@@ -202,5 +202,56 @@ describe('pins removed under a stopped daemon', kernelOnly(), () => {
       'the swap logged once',
     );
     assert.doesNotMatch(d.output, /"level":50/, 'no error');
+  });
+
+  it('pins removed under a running daemon are put back at once; the next start adopts them', async () => {
+    // Continues from the test above: rule "new" (port 7996) is served by the daemon d.
+    const c = d!.clients();
+    const programId = (await c.daemon.getStatus({})).datapath!.programId;
+    const pinned = () => existsSync(`${d!.pinRoot}/maps/rule_cfg`) && existsSync(`${d!.pinRoot}/progs/xdpctl_main`);
+    const logAt = d!.output.length;
+    rmSync(`${d!.pinRoot}/maps`, { recursive: true });
+    rmSync(`${d!.pinRoot}/progs`, { recursive: true });
+    for (const end = Date.now() + 5000; Date.now() < end && !pinned();) await sleep(50);
+    assert.ok(pinned(), 'the pins are back');
+    // The pins are what runs: the pinned program is the attached one, and it uses exactly the pinned maps.
+    const prog = JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${d!.pinRoot}/progs/xdpctl_main`])) as {
+      id: number;
+      map_ids: number[];
+    };
+    assert.equal(prog.id, programId);
+    assert.equal(progOn(vm.hostIf), programId);
+    const mapIds = new Set(
+      readdirSync(`${d!.pinRoot}/maps`).map(
+        (f) =>
+          (JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', `${d!.pinRoot}/maps/${f}`])) as { id: number }).id,
+      ),
+    );
+    assert.deepEqual(
+      prog.map_ids.filter((id) => !mapIds.has(id)),
+      [],
+      'every map the program uses is pinned',
+    );
+    await sleep(1100); // another pass: nothing more to repair
+    const repairs = d!.output
+      .slice(logAt)
+      .split('\n')
+      .filter((l) => l.includes('re-pinned'));
+    assert.equal(repairs.length, 1, 'the repair logged once');
+    assert.match(repairs[0], /maps\/rule_cfg.*progs\/xdpctl_main/);
+    assert.equal((await c.health.check({ service: 'xdpctl.datapath' })).status, SERVING);
+    assert.equal((await c.rules.getRule({ name: 'new' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(await delivered(7996), 50, 'forwarding all along');
+
+    // A restart adopts the program and maps that forward now: no swap, no empty maps.
+    assert.equal(await d!.stop(), 0);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    const c2 = d.clients();
+    assert.doesNotMatch(d.output, /uses other maps than the pinned ones|created maps/);
+    assert.match(d.output, /"msg":"adopted pinned maps"/);
+    assert.equal((await c2.daemon.getStatus({})).datapath!.programId, programId, 'the same program');
+    assert.equal(await delivered(7996), 50);
+    await c2.rules.deleteRule({ name: 'new', expectedGeneration: 0 });
+    assert.equal(await delivered(7996), 0, 'a delete takes effect');
   });
 });

@@ -1081,6 +1081,67 @@ export class XdpDatapath {
   }
 
   /**
+   * Put back the pins of what this daemon runs when they were removed or
+   * replaced under it (`rm -rf PIN/maps`, a map pinned over ours): every map
+   * of the object in maps/ and the program in progs/ must be exactly ours
+   * (compared by kernel id, not by name or tag). Without this, the next start
+   * finds no pins (or other ones), creates new empty maps and has to swap the
+   * program; with it, the next start adopts what forwards now. Nothing to do
+   * while a migration holds the pins in maps_next/ (the switch re-pins). What
+   * was re-pinned, and what could not be (with the cause), is returned; the
+   * caller reports it.
+   */
+  repairPins(): { repinned: string[]; failed: string[] } {
+    const repinned: string[] = [];
+    const failed: string[] = [];
+    if (this.migration || !this.obj) return { repinned, failed };
+    const { pinRoot } = this.options;
+    const idAt = (path: string, info: (fd: number) => number | undefined): number | undefined => {
+      if (!existsSync(path)) return undefined;
+      const fd = lib.bpf_obj_get(path) as number;
+      if (fd < 0) return undefined;
+      try {
+        return info(fd);
+      } catch {
+        return undefined; // not a map (or not a program)
+      } finally {
+        closeFd(fd);
+      }
+    };
+    const repin = (what: string, path: string, fd: number) => {
+      try {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        if (existsSync(path)) unlinkSync(path); // someone else's object under our name
+        check(`pin ${what} at ${path}`, lib.bpf_obj_pin(fd, path) as number);
+        repinned.push(path);
+      } catch (e) {
+        failed.push(`${path}: ${(e as Error).message}`);
+      }
+    };
+    const mapDir = XdpDatapath.mapPinDir(pinRoot);
+    for (let m = lib.bpf_object__next_map(this.obj, null); m; m = lib.bpf_object__next_map(this.obj, m)) {
+      const name = lib.bpf_map__name(m) as string;
+      if (!(lib.bpf_map__is_pinned(m) as boolean) && !SELF_PINNED.includes(name)) continue; // .rodata and the like
+      const fd = lib.bpf_map__fd(m) as number;
+      const path = join(mapDir, name);
+      if (idAt(path, (x) => mapInfo(x, name).id) !== mapInfo(fd, name).id) repin(`map ${name}`, path, fd);
+    }
+    const progPin = XdpDatapath.progPinPath(pinRoot);
+    if (idAt(progPin, (x) => progInfo(x, progPin).id) !== this.progInfoValue.id) {
+      repin(`program ${PROGRAM_NAME}`, progPin, this.progFdValue);
+    }
+    if (repinned.length) {
+      // The fingerprint pin lets the next start adopt the program without verifying it again.
+      try {
+        pinLoaded(dirname(progPin), loadFingerprint(this.options.objectPath), this.progFdValue);
+      } catch (e) {
+        failed.push(`${dirname(progPin)}/${LOADED_PREFIX}*: ${(e as Error).message}`);
+      }
+    }
+    return { repinned, failed };
+  }
+
+  /**
    * Remove every pin under pinRoot (after detaching from interfaces): the
    * kernel frees maps and program once nothing references them.
    */
