@@ -566,6 +566,7 @@ export class Daemon {
    * per change, with the rest, as "datapath not as desired").
    */
   private checkPins(): string[] {
+    if (!this.ready.value) return []; // stopping: --cleanup-on-exit removes the pins, none come back
     let r: { repinned: string[]; failed: string[] };
     try {
       r = this.datapath.repairPins();
