@@ -290,7 +290,7 @@ export class Daemon {
       throw e;
     }
     // Device settings we change (GRO on veth peers) are recorded beside the state, for --cleanup-on-exit.
-    const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'));
+    const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
     let store: StateStore | undefined;
     let stored: StoredState | undefined;
     try {

@@ -88,6 +88,15 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     await c.rules.createRule({ rule: rule(vm.hostIf) });
     assert.equal(xdpOf(vm.hostIf)?.mode, 1, 'native XDP on the port');
     assert.equal(gro(), 'on', "the daemon switched GRO on on the backend veth's peer (NAPI for native redirects)");
+    assert.equal(
+      d.output
+        .split('\n')
+        .filter((l) =>
+          l.includes(`"msg":"GRO switched on on eth0 in netns ${b1.netns}, the veth peer of ${b1.hostIf}:`),
+        ).length,
+      1,
+      'the change to the host is logged, once',
+    );
     assert.equal(await delivered(50), 50, 'the rule forwards from the port');
     assert.equal((await c.rules.getRule({ name: 'web' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
     await until('health SERVING', async () => (await health()) === SERVING);

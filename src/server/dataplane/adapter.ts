@@ -16,6 +16,7 @@ import type {
   XdpStatus,
 } from '../core/dataplane.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
+import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import {
@@ -61,6 +62,8 @@ export class KernelDataplane implements Dataplane {
   constructor(
     readonly dp: XdpDatapath,
     private readonly hostChangesFile?: string,
+    /** Where the device settings it changes are reported (each change, once). */
+    private readonly log?: Logger,
   ) {
     if (hostChangesFile && existsSync(hostChangesFile)) {
       try {
@@ -239,7 +242,17 @@ export class KernelDataplane implements Dataplane {
     this.vethVerified.delete(ifname);
 
     const s = await ensureVethPeerNapi(ifname, fix);
-    if (s.fixed && s.peer && s.peerIfindex) this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
+    if (s.fixed && s.peer && s.peerIfindex) {
+      // A change to the host: said each time it is made (what, where, why), and recorded for --cleanup-on-exit.
+      // Info, as "offloads set for XDP" on an ingress: a setting the datapath needs, made on purpose.
+      this.log?.info(
+        { ifname, peer: s.peer, netns: s.netns, peerIfindex: s.peerIfindex },
+        `GRO switched on on ${s.peer}${s.netns ? ` in netns ${s.netns}` : ''}, the veth peer of ${ifname}: ` +
+          'without NAPI (no GRO, no native-mode XDP program) it dropped every frame redirected into it ' +
+          '(--fix-veth-peers)',
+      );
+      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
+    }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {
       if (features === undefined) return { ok: s.ok, detail: s.detail };
