@@ -141,6 +141,15 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.equal((await status('nb')).backendStatus[0].mac, b3.mac);
     let r = await send(vm2, 7997, [b3], 10);
     assert.equal(r.total, 10);
+    await until('health SERVING', async () => (await health()) === SERVING);
+    /** The reconciler's re-applications of nb, with the change it names. */
+    const reapplied = () =>
+      d.output
+        .split('\n')
+        .filter((l) => l.includes('"msg":"the host changed: re-applying rules"'))
+        .map((l) => (JSON.parse(l) as { changes: Record<string, string> }).changes.nb)
+        .filter((x) => x !== undefined);
+    const before = reapplied().length;
 
     const newMac = '02:16:00:00:00:03';
     sh('ip', ['-n', b3.netns, 'link', 'set', 'eth0', 'address', newMac]);
@@ -149,6 +158,13 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.equal((await status('nb')).backendStatus[0].mac, newMac, 'the new MAC within 1 s');
     r = await send(vm2, 7997, [b3], 10);
     assert.equal(r.total, 10, `delivered ${r.total}/10 to the new MAC`);
+    assert.deepEqual(
+      reapplied().slice(before),
+      [`backend ${b3.ip} on ${b3.hostIf}: MAC ${b3.mac} -> ${newMac}`],
+      'the log says what changed, once',
+    );
+    assert.equal((await status('nb')).state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(await health(), SERVING);
     assert.equal((await c.rules.getRule({ name: 'nb' })).rule!.generation, 1n, 'the same rule, rewritten');
     await c.rules.deleteRule({ name: 'nb', expectedGeneration: 0 });
   });
@@ -193,8 +209,15 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       'web INACTIVE after the restart',
       async () => (await status('web')).state === RuleState.RULE_STATE_INACTIVE,
     );
+    assert.equal(await health(), NOT_SERVING, 'health after the restart');
     r = await send(vm2, 7998, [b1]);
     assert.equal(r.total, r.sent, 'the other rule forwards after the restart');
+    await sleep(1200);
+    assert.equal(
+      count(new RegExp(`"msg":"another XDP program \\(id ${foreign}`)),
+      1,
+      'the restarted daemon reports it once',
+    );
 
     // The foreign program goes: ours comes back.
     sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdp', 'off']);
@@ -214,11 +237,15 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       'one report when it went (foreign program before), not every second',
     );
     assert.equal(count(/"msg":"rule dns is INACTIVE/), 1);
+    assert.equal(await health(), NOT_SERVING);
+    assert.equal((await status('web')).state, RuleState.RULE_STATE_ACTIVE, 'the other rule is not touched');
     topo.replug('vm2', '198.18.3.1/24');
     topo.defaultRouteVia('vm2', '198.18.3.254', topo.host('vm2').hostMac);
     await until('dns ACTIVE', async () => (await status('dns')).state === RuleState.RULE_STATE_ACTIVE);
     const r = await send(vm2, 7998, [b1]);
     assert.equal(r.total, r.sent);
+    await until('health SERVING', async () => (await health()) === SERVING);
+    assert.equal(count(/"msg":"rule dns is ACTIVE/), 1, 'the recovery logged once');
   });
   it('takes out a backend whose veth peer moved to an unnamed namespace (cannot be checked for NAPI), and puts it back once its new peer is up', async () => {
     // b2's veth is recreated with its peer in a namespace that has no name: xdpctld cannot inspect it.
@@ -250,6 +277,9 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       assert.match(st.backendStatus[1].message, /unnamed network namespace/);
       const r = await send(vm, 7999, [b1], 200, 50);
       assert.equal(r.total, r.sent, `every flow goes to b1 (${r.total}/${r.sent}), none black-holed`);
+      assert.equal(await health(), NOT_SERVING);
+      await sleep(1200);
+      assert.equal(count(/"msg":"rule web is DEGRADED: .*unnamed network namespace/), 1, 'logged once');
     } finally {
       ns.kill();
     }

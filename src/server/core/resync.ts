@@ -176,6 +176,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
   const ops: RuleOp[] = [];
+  /** Why each rule in `ops` is re-applied (the first change found), for the log. */
+  const why = new Map<string, string>();
   const gone: string[] = [];
   let moved = false;
   const check = (idx: number, i: string) => {
@@ -221,11 +223,20 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
           egressProblem(spec.interface, facts.links.get(spec.interface)) ??
           (napi?.ok === false ? napi.detail : undefined);
         const receiving = resolved && exists && !egress;
-        if (receiving !== b.receiving || (resolved && mac.toLowerCase() !== b.mac.toLowerCase())) changed = true;
+        if (receiving !== b.receiving) {
+          changed = true;
+          why.set(
+            name,
+            `backend ${spec.ip} on ${spec.interface} ${receiving ? 'can receive again' : 'cannot receive'}`,
+          );
+        } else if (resolved && mac.toLowerCase() !== b.mac.toLowerCase()) {
+          changed = true;
+          why.set(name, `backend ${spec.ip} on ${spec.interface}: MAC ${b.mac || 'unresolved'} -> ${mac}`);
+        }
         // Still out of the table, for another reason now (down -> renamed away, no carrier -> no NAPI): the
         // status says today's reason, as a plan would give it (plan-rules.ts).
         else if (!receiving) {
-          const why = exists
+          const today = exists
             ? backendStatus({ ip: spec.ip, interface: spec.interface, givenMac: spec.mac, mac, resolved, egress })
             : backendStatus({
                 ip: spec.ip,
@@ -235,12 +246,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
                 resolved: spec.mac !== '',
                 egress: `egress ${spec.interface} does not exist`,
               });
-          if (why.message !== b.message) changed = true;
+          if (today.message !== b.message) {
+            changed = true;
+            why.set(name, `backend ${spec.ip} on ${spec.interface}: ${today.message}`);
+          }
         }
         if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
       });
     }
-    if (changed) ops.push({ name, next: specOf(rule), lenient: true });
+    if (changed) {
+      if (moved) why.set(name, 'an interface it uses has a new ifindex');
+      ops.push({ name, next: specOf(rule), lenient: true });
+    }
   }
   // A backend egress that appeared since the facts were read (recreated during this pass) is
   // checked too: the plan reads interfaces again, and an egress it finds unchecked would fail
@@ -258,7 +275,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
   if (ops.length) {
-    ctx.log.info({ rules: ops.map((o) => o.name) }, 'the host changed: re-applying rules');
+    ctx.log.info(
+      {
+        rules: ops.map((o) => o.name),
+        changes: Object.fromEntries(
+          ops.map((o) => [o.name, why.get(o.name) ?? 'the datapath refused it before: retrying']),
+        ),
+      },
+      'the host changed: re-applying rules',
+    );
     await applyEach(ctx, tx, ops, facts.napi);
   }
 
