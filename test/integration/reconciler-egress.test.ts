@@ -294,12 +294,22 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
       // they keep claiming ndo-xmit while every redirected frame is dropped. The peer's own state decides.
       ['GRO off while the peer is down', 'ip link set eth0 down && ethtool -K eth0 gro off && ip link set eth0 up'],
     ] as const) {
+      const repairs = count(
+        new RegExp(`"msg":"GRO switched on on eth0 in netns ${b6.netns}, the veth peer of ${b6.hostIf}:`),
+      );
       topo.exec('b6', 'sh', ['-c', lose]);
       await until(`${what}: GRO on again`, gro, 3000);
       r = await send(7803, [b1, b6]);
       assert.equal(r.total, r.sent, `${what}: all delivered (${r.got})`);
       assert.ok(r.got[1] > 0, `${what}: b6 keeps its flows`);
       assert.equal((await status('napi')).state, RuleState.RULE_STATE_ACTIVE);
+      assert.equal(await health(), SERVING);
+      await sleep(1100);
+      assert.equal(
+        count(new RegExp(`"msg":"GRO switched on on eth0 in netns ${b6.netns}, the veth peer of ${b6.hostIf}:`)),
+        repairs + 1,
+        `${what}: the repair logged once`,
+      );
     }
     shQuiet('ip', ['-n', b6.netns, 'link', 'set', 'eth0', 'xdpgeneric', 'off']);
     await c.rules.deleteRule({ name: 'napi', expectedGeneration: 0n });
