@@ -621,11 +621,13 @@ export class Daemon {
       await Promise.race([drained, force.then(() => Promise.race([drained, delay(1000)]))]);
       clearTimeout(forced);
       if (this.opts.cleanupOnExit) {
-        this.controller.detachAll();
+        const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
         const r = await this.kernel!.cleanupHost();
-        if (r.failed.length) this.log.error({ failed: r.failed }, 'cleanup incomplete');
-        this.log.info({ detached: r.detached, restored: r.restored }, 'cleanup: host restored');
+        const done = { detached: [...detached, ...r.detached], restored: r.restored };
+        // "Restored" only when it was: a failure is the one line, with what was done and what was not.
+        if (r.failed.length) this.log.error({ ...done, failed: r.failed }, 'cleanup incomplete');
+        else this.log.info(done, 'cleanup: host restored');
       }
       this.datapath.close();
       this.store?.close();

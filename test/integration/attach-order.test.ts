@@ -132,6 +132,7 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     assert.doesNotMatch(d.output, /cleanup incomplete/);
     const [done] = records('cleanup: host restored');
     assert.deepEqual(done.restored, [`eth0 in netns ${b1.netns}: GRO off again`], 'the log names the GRO restored');
+    assert.deepEqual(done.detached, [bridge], 'and every interface it detached');
     assert.deepEqual(
       records('detached').map((r) => r.ifname),
       [vm.hostIf, bridge],
@@ -151,6 +152,7 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     assert.equal(await d.stop('SIGTERM'), 0);
     for (const ifname of [bridge, vm.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
     assert.doesNotMatch(d.output, /cleanup incomplete|detach failed/);
+    assert.deepEqual(records('cleanup: host restored')[0].detached, [bridge, vm.hostIf], 'the bridge first');
     d = undefined;
   });
 });

@@ -936,7 +936,8 @@ export class Controller {
    * whose upper device still has our program refuses (EEXIST): such ones are
    * retried after the others, so uppers go first.
    */
-  detachAll(): void {
+  detachAll(): string[] {
+    const detached: string[] = [];
     const left = new Map([...this.state.attached.keys()].map((n) => [n, undefined as unknown]));
     for (let progress = true; left.size && progress;) {
       progress = false;
@@ -944,6 +945,7 @@ export class Controller {
         try {
           this.dp.detach(name);
           left.delete(name);
+          detached.push(name);
           progress = true;
         } catch (e) {
           left.set(name, e);
@@ -952,6 +954,7 @@ export class Controller {
     }
     for (const [name, err] of left) this.log.warn({ err, ifname: name }, 'detach failed');
     this.state.attached.clear();
+    return detached;
   }
 }
 
