@@ -303,7 +303,7 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
       assert.equal(r.total, r.sent, `${what}: all delivered (${r.got})`);
       assert.ok(r.got[1] > 0, `${what}: b6 keeps its flows`);
       assert.equal((await status('napi')).state, RuleState.RULE_STATE_ACTIVE);
-      assert.equal(await health(), SERVING);
+      await until(`${what}: health SERVING`, async () => (await health()) === SERVING);
       await sleep(1100);
       assert.equal(
         count(new RegExp(`"msg":"GRO switched on on eth0 in netns ${b6.netns}, the veth peer of ${b6.hostIf}:`)),
