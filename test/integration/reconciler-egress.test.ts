@@ -273,6 +273,34 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
       assert.equal(topo.ping('l1', l2.ip!), true, 'small ones pass');
       sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1500']);
       await until('the MTU warning gone', async () => (await link()).warnings.length === 0);
+
+      // Either end deleted and recreated (same name, new ifindex): the link is written again, and no devmap
+      // entry stays under an old ifindex (a device given that ifindex later would be cross-connected).
+      const devmapKeys = () =>
+        (
+          JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${d.pinRoot}/maps/xc_links`])) as {
+            key: string[] | number;
+            formatted?: { key: number };
+          }[]
+        ).map(
+          (e) => e.formatted?.key ?? (Array.isArray(e.key) ? Buffer.from(e.key.map(Number)).readUInt32LE(0) : e.key),
+        );
+      const ifindex = (n: string) => JSON.parse(sh('ip', ['-j', 'link', 'show', n]))[0].ifindex as number;
+      for (const role of ['l2', 'l1'] as const) {
+        const h = topo.host(role);
+        topo.unplug(role);
+        topo.replug(role, `${h.ip}/24`);
+        await until(`${role} recreated: both directions forward`, async () => {
+          const s = await link();
+          return s.aToBActive && s.bToAActive;
+        });
+        assert.equal(topo.ping('l1', l2.ip!), true, `l1 reaches l2 after ${role} was recreated`);
+        assert.deepEqual(
+          devmapKeys().sort(),
+          [ifindex(l1.hostIf), ifindex(l2.hostIf)].sort(),
+          'the devmap holds the two current ingress ifindexes, nothing else',
+        );
+      }
     } finally {
       await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
     }

@@ -774,7 +774,7 @@ export class Controller {
       [...this.state.linkDirs.values()].map((d) => d.to),
       facts,
     );
-    const cur = currentLinks(this.state.linkDirs, facts.interfaces);
+    const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     const undo = new UndoLog();
     let txn: StoreTxn | undefined;
     try {

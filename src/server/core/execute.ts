@@ -424,16 +424,22 @@ export async function writeLinks(
   }
   for (const [from, d] of want) {
     const c = cur.get(from);
-    if (c && c.to === d.to) continue;
+    if (c && c.from === d.from && c.to === d.to) continue;
     let created = false;
     undo.push(() => {
-      if (c) return void dp.connect(c.from, c.to);
+      if (c && c.from === d.from) return void dp.connect(c.from, c.to);
       dp.disconnect(d.from);
       // Only the counters entry this connect created: one left from before
       // (a release that failed after an earlier change) stays as it was.
       if (created) dp.resetLinkStats(d.from);
     });
     created = dp.connect(d.from, d.to);
+    if (c && c.from !== d.from) {
+      // The ingress was recreated (new ifindex): the entry under its old ifindex goes, or a device that
+      // gets that ifindex later would be cross-connected.
+      undo.push(() => void dp.connect(c.from, c.to));
+      dp.disconnect(c.from);
+    }
   }
   for (const [from, c] of cur) {
     if (want.has(from)) continue;

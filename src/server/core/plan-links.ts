@@ -70,12 +70,15 @@ export function planLinks(
 /** The directions in the kernel now (by ingress name), with today's egress ifindex. */
 export function currentLinks(
   linkDirs: ReadonlyMap<number, { from: string; to: string }>,
-  interfaces: ReadonlyMap<string, InterfaceInfo | undefined>,
+  kernel: ReadonlyMap<number, number>,
 ): Map<string, { from: number; to: number }> {
+  // What the kernel's devmap holds for each direction we wrote (by ingress ifindex), not what the names
+  // resolve to now: the kernel removes an entry whose egress device is deleted, and an entry keyed by a
+  // deleted ingress stays until it is removed (a device given that ifindex later would be cross-connected).
   const out = new Map<string, { from: number; to: number }>();
   for (const [ifindex, d] of linkDirs) {
-    const to = interfaces.get(d.to);
-    if (to) out.set(d.from, { from: ifindex, to: to.ifindex });
+    const to = kernel.get(ifindex);
+    if (to !== undefined) out.set(d.from, { from: ifindex, to });
   }
   return out;
 }

@@ -287,22 +287,35 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     await applyEach(ctx, tx, ops, facts.napi);
   }
 
-  // Links: every wanted direction must be in the kernel under today's ifindexes.
+  // Links: every wanted direction must be in the kernel's devmap, from today's ingress ifindex to today's
+  // egress ifindex, and nothing else there (the kernel drops an entry whose egress is deleted; an entry
+  // keyed by a deleted ingress stays). A re-apply that failed is not retried until something changes.
   const links = [...state.links.values()];
-  const stale = links.some((l) =>
-    directions(l).some(([from, to]) => {
-      const idx = now(from);
-      return idx === undefined || state.linkDirs.get(idx)?.to !== to;
-    }),
-  );
-  if (stale && links.every((l) => now(l.a) !== undefined && now(l.b) !== undefined)) {
+  const kernelLinks = new Map(dp.listLinks());
+  const wanted = new Map<number, number>();
+  let complete = true;
+  for (const l of links) {
+    for (const [from, to] of directions(l)) {
+      const f = now(from);
+      const t = now(to);
+      if (f === undefined || t === undefined) complete = false;
+      else wanted.set(f, t);
+    }
+  }
+  const stale =
+    [...wanted].some(([f, t]) => kernelLinks.get(f) !== t || state.linkDirs.get(f) === undefined) ||
+    [...state.linkDirs.keys()].some((f) => !wanted.has(f));
+  const attempt = JSON.stringify([...wanted]);
+  if (stale && complete && attempt !== state.linkReapplyFailed) {
     ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
+      state.linkReapplyFailed = undefined;
     } catch (e) {
+      state.linkReapplyFailed = attempt;
       transition('links', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, 'links not re-applied'));
     }
-  }
+  } else if (!stale) state.linkReapplyFailed = undefined;
 
   // Each link direction's egress must transmit what the link gives it: up, with carrier (a veth whose
   // peer is up), and, from a native-mode ingress, able to take native XDP redirects (checked, and with

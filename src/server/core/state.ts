@@ -100,6 +100,8 @@ export class CoreState {
    * no carrier, no native XDP redirects), as the reconciler's last pass found them.
    */
   linkEgress = new Map<string, string>();
+  /** The wanted link directions (ingress ifindex -> egress ifindex) whose re-apply last failed; not retried until they change. */
+  linkReapplyFailed?: string;
   /** Link directions (`from>to`) that forward, with a warning (an egress MTU below the ingress's). */
   linkWarnings = new Map<string, string>();
   /** claimKey -> the rule that claims it. */
