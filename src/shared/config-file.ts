@@ -211,6 +211,16 @@ export function parseConfig(text: string): ConfigFile {
     return [];
   };
 
+  // A key with no value (`links:` alone) is what a writer that does not replace the file atomically
+  // leaves between two writes: not an instruction to remove everything (`links: {}` and `rules: []` are).
+  for (const k of ['links', 'rules'] as const) {
+    if (k in root && root[k] === null) {
+      problems.push({
+        field: k,
+        description: `has no value (a file still being written?); \`${k}: ${k === 'links' ? '{}' : '[]'}\` removes every ${k === 'links' ? 'link' : 'rule'}`,
+      });
+    }
+  }
   const links = root.links;
   if (isObj(links)) {
     for (const [a, b] of Object.entries(links)) {

@@ -84,6 +84,26 @@ links:
     );
     assert.throws(() => parseConfig('links:\n  eth0: tap0\n  eth0: tap1\n'), ConfigError);
   });
+
+  it('refuses a key without a value (a file still being written), but takes links: {} and rules: [] as empty', () => {
+    for (const [text, field] of [
+      ['links:\n', 'links'],
+      ['links: null\n', 'links'],
+      ['links: ~\n', 'links'],
+      ['rules:\n', 'rules'],
+      ['links: {eth0: tap0}\nrules:\n', 'rules'],
+    ]) {
+      assert.throws(
+        () => parseConfig(text),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.problems.some((v) => v.field === field && /has no value .*removes every/.test(v.description)),
+        JSON.stringify(text),
+      );
+    }
+    assert.deepEqual(parseConfig('links: {}\n'), { links: [], rules: [] });
+    assert.deepEqual(parseConfig('rules: []\n'), { links: [], rules: [] });
+  });
 });
 
 describe('isEmptyConfig', () => {
