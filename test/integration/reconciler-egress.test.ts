@@ -270,6 +270,10 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
         new RegExp(`^${l1.hostIf} -> ${l2.hostIf}: ${l2.hostIf} has MTU 1280, ${l1.hostIf} 1500`),
       );
       assert.equal(big(), false, 'a 1428-byte packet is dropped, as the warning says');
+      await until(
+        'the link MTU warning logged',
+        () => count(new RegExp(`"msg":"link ${l1.hostIf} -> ${l2.hostIf}: ${l2.hostIf} has MTU 1280`)) === 1,
+      );
       assert.equal(topo.ping('l1', l2.ip!), true, 'small ones pass');
       sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1500']);
       await until('the MTU warning gone', async () => (await link()).warnings.length === 0);

@@ -334,10 +334,16 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       assert.equal((await status('mtu')).state, RuleState.RULE_STATE_ACTIVE, 'smaller datagrams still go');
       // What the warning says is what the kernel does: the 1400-byte datagram is dropped, not fragmented.
       assert.deepEqual(await deliver([1000, 1400]), [1000]);
+      // The log says so too, once.
+      const logged = () => d.output.split('\n').filter((l) => l.includes(`"msg":"rule mtu: backend`)).length;
+      await until('the MTU warning logged', () => logged() === 1);
+      await sleep(1500);
+      assert.equal(logged(), 1, 'logged once, not every pass');
     } finally {
       sh('ip', ['link', 'set', b4.hostIf, 'mtu', '1500']);
     }
     await until('the warning gone', async () => (await mtuWarning()) === undefined);
+    await until('its end logged', () => d.output.includes('"msg":"rule mtu: no MTU warning any more"'));
     await c.rules.deleteRule({ name: 'mtu', expectedGeneration: 0n });
   });
 });

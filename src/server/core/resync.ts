@@ -393,6 +393,22 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
       );
     });
+    // Warnings (an egress MTU below the ingress's: larger datagrams are dropped) are logged when they change.
+    const warned = (k.written ?? k.status).warnings.filter((w) => / has MTU \d+/.test(w));
+    transition(`rule-mtu/${name}`, warned.join('\n'), (before) => {
+      if (warned.length) ctx.log.warn({ rule: name, warnings: warned }, `rule ${name}: ${warned.join('; ')}`);
+      else if (before) ctx.log.info({ rule: name }, `rule ${name}: no MTU warning any more`);
+    });
+  }
+  // The same for links.
+  for (const [dir, w] of linkWarnings) {
+    transition(`link-mtu/${dir}`, w, () => ctx.log.warn({ link: dir.replace('>', ' -> ') }, `link ${w}`));
+  }
+  for (const key of state.logged.keys()) {
+    if (key.startsWith('link-mtu/') && !linkWarnings.has(key.slice('link-mtu/'.length))) {
+      state.logged.delete(key);
+      ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
+    }
   }
   return { missing: [...missing].sort(), problems };
 }
