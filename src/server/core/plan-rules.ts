@@ -12,7 +12,7 @@ import type { MatchKey } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
-import { backendStatus, egressProblem, mtuWarnings } from './rule-status.js';
+import { absentBackendStatus, backendStatus, egressProblem, mtuWarnings } from './rule-status.js';
 import { backendKey, claimKey, matchId, type PrefixBytes } from './state.js';
 
 const AF_INET = 2;
@@ -199,14 +199,7 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
   });
   const backends = spec.backends.map((b, i): PlannedBackend => {
     if (absent(b.interface)) {
-      const status = backendStatus({
-        ip: b.ip,
-        interface: b.interface,
-        givenMac: b.mac,
-        mac: b.mac,
-        resolved: b.mac !== '',
-        egress: `egress ${b.interface} does not exist`,
-      });
+      const status = absentBackendStatus(b);
       return {
         spec: b,
         key: backendKey(b),

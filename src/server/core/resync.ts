@@ -22,6 +22,7 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import {
+  absentBackendStatus,
   backendStatus,
   egressProblem,
   missingInterfacesWarning,
@@ -238,14 +239,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         else if (!receiving) {
           const today = exists
             ? backendStatus({ ip: spec.ip, interface: spec.interface, givenMac: spec.mac, mac, resolved, egress })
-            : backendStatus({
-                ip: spec.ip,
-                interface: spec.interface,
-                givenMac: spec.mac,
-                mac: spec.mac,
-                resolved: spec.mac !== '',
-                egress: `egress ${spec.interface} does not exist`,
-              });
+            : absentBackendStatus(spec);
           if (today.message !== b.message) {
             changed = true;
             why.set(name, `backend ${spec.ip} on ${spec.interface}: ${today.message}`);

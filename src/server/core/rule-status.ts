@@ -41,6 +41,18 @@ export function backendStatus(b: {
   };
 }
 
+/** The status of a backend whose egress interface does not exist (the plan keeps it out of the table). */
+export function absentBackendStatus(b: { ip: string; interface: string; mac: string }): BackendStatus {
+  return backendStatus({
+    ip: b.ip,
+    interface: b.interface,
+    givenMac: b.mac,
+    mac: b.mac,
+    resolved: b.mac !== '',
+    egress: `egress ${b.interface} does not exist`,
+  });
+}
+
 /**
  * A written rule's status from its backends' statuses and how many are in
  * its table with a non-zero weight (proto RuleState: ACTIVE when every
