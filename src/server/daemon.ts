@@ -289,7 +289,8 @@ export class Daemon {
       restorePinRoot(opts.pinRoot, pinRootBefore);
       throw e;
     }
-    // Device settings we change (GRO on veth peers) are recorded beside the state, for --cleanup-on-exit.
+    // Device settings we change (GRO on veth peers, offloads turned off for XDP) are recorded beside the
+    // state, for --cleanup-on-exit.
     const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
     let store: StateStore | undefined;
     let stored: StoredState | undefined;

@@ -120,8 +120,8 @@ const program = new Command('xdpctld')
   )
   .option(
     '--cleanup-on-exit',
-    'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off where ' +
-      'xdpctld switched it on, and remove all pins',
+    'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off and ' +
+      'offloads back on where xdpctld changed them (recorded in the state dir), and remove all pins',
     false,
   )
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))

@@ -5,12 +5,16 @@
  * bridge has a program (EEXIST), so the port's program must go first, and
  * cleanup must detach the bridge before the port. GRO that the daemon
  * switched on (a veth peer without NAPI, for native redirects) is switched
- * off again at cleanup. Real traffic before and after the move.
+ * off again at cleanup, and the VLAN offloads it turned off on an ingress
+ * veth's peer (tags as metadata look untagged to XDP) are turned on again,
+ * also by a later daemon with the same state dir. Real traffic before and
+ * after each move, both ways.
  */
 import assert from 'node:assert/strict';
 import { existsSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -53,6 +57,14 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
 
   const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
   const gro = () => /^generic-receive-offload: (\w+)/m.exec(topo.exec('b1', 'ethtool', ['-k', 'eth0']))![1];
+  /** The sender's (the ingress veth's peer's) VLAN tag offloads, e.g. `tx-vlan-offload: on`. */
+  const txVlan = () =>
+    topo
+      .exec('vm', 'ethtool', ['-k', 'eth0'])
+      .split('\n')
+      .filter((l) => /^tx-vlan-(offload|stag-hw-insert):/.test(l));
+  const VLAN_ON = ['tx-vlan-offload: on', 'tx-vlan-stag-hw-insert: on'];
+  const VLAN_OFF = ['tx-vlan-offload: off', 'tx-vlan-stag-hw-insert: off'];
   const rule = (ingress: string): Rule => ({
     name: 'web',
     match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
@@ -81,12 +93,14 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     return (await l.stop()).unique;
   }
 
-  it('moves a rule from a bridge port to the bridge and cleans up everything at exit', async () => {
+  it('moves a rule from a bridge port to the bridge and back, and cleans up everything at exit', async () => {
     const groBefore = gro();
+    assert.deepEqual(txVlan(), VLAN_ON, "a new veth's default");
     d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info']);
     c = d.clients();
     await c.rules.createRule({ rule: rule(vm.hostIf) });
     assert.equal(xdpOf(vm.hostIf)?.mode, 1, 'native XDP on the port');
+    assert.deepEqual(txVlan(), VLAN_OFF, "the daemon turned the ingress peer's VLAN tag offloads off for XDP");
     assert.equal(gro(), 'on', "the daemon switched GRO on on the backend veth's peer (NAPI for native redirects)");
     assert.equal(
       d.output
@@ -125,18 +139,70 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
       .map((r) => `${r.msg} ${r.ifname}`);
     assert.deepEqual(moved, [`detached ${vm.hostIf}`, `attached ${bridge}`]);
 
+    // And back: the bridge's program must go before the port can take one (EEXIST otherwise).
+    const back = d.output.length;
+    const cur2 = (await c.rules.getRule({ name: 'web' })).rule!;
+    await c.rules.updateRule({ rule: { ...rule(vm.hostIf), generation: cur2.generation } });
+    assert.equal(xdpOf(vm.hostIf)?.mode, 1, 'native XDP on the port again');
+    assert.equal(xdpOf(bridge), undefined, 'and no longer on the bridge');
+    assert.equal(await delivered(50), 50, 'the rule forwards from the port again');
+    const st2 = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    assert.equal(st2.state, RuleState.RULE_STATE_ACTIVE, st2.message);
+    await until('health SERVING', async () => (await health()) === SERVING);
+    assert.doesNotMatch(d.output.slice(back), /detach failed|EEXIST|"level":(40|50)/, 'no warning, no error');
+    assert.deepEqual(
+      d.output
+        .slice(back)
+        .split('\n')
+        .filter((l) => /"msg":"(attached|detached)"/.test(l))
+        .map((l) => JSON.parse(l) as { msg: string; ifname: string })
+        .map((r) => `${r.msg} ${r.ifname}`),
+      [`detached ${bridge}`, `attached ${vm.hostIf}`],
+    );
+
     assert.equal(await d.stop('SIGTERM'), 0);
     for (const ifname of [bridge, vm.hostIf, b1.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
     assert.equal(gro(), groBefore, 'GRO is back as the daemon found it');
+    assert.deepEqual(txVlan(), VLAN_ON, 'the VLAN tag offloads are back as the daemon found them');
     assert.equal(existsSync(d.pinRoot), false, 'every pin removed');
     assert.doesNotMatch(d.output, /cleanup incomplete/);
     const [done] = records('cleanup: host restored');
-    assert.deepEqual(done.restored, [`eth0 in netns ${b1.netns}: GRO off again`], 'the log names the GRO restored');
-    assert.deepEqual(done.detached, [bridge], 'and every interface it detached');
+    assert.deepEqual(
+      done.restored,
+      [
+        `eth0 in netns ${b1.netns}: GRO off again`,
+        `eth0 in netns ${vm.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
+      ],
+      'the log names each setting restored',
+    );
+    assert.deepEqual(done.detached, [vm.hostIf], 'and every interface it detached');
     assert.deepEqual(
       records('detached').map((r) => r.ifname),
-      [vm.hostIf, bridge],
-      'each detach logged once: the port at the move, the bridge at exit',
+      [vm.hostIf, bridge, vm.hostIf],
+      'each detach logged once: the port and the bridge at the moves, the port at exit',
+    );
+    d = undefined;
+  });
+
+  it('a later daemon with the same state dir turns the offloads an earlier one turned off on again at cleanup', async () => {
+    assert.deepEqual(txVlan(), VLAN_ON);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true }); // the first test's rule
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule(vm.hostIf) });
+    assert.deepEqual(txVlan(), VLAN_OFF, 'turned off for XDP');
+    assert.equal(await d.stop('SIGTERM'), 0);
+    assert.deepEqual(txVlan(), VLAN_OFF, 'without --cleanup-on-exit the daemon leaves the datapath and its settings');
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info']);
+    c = d.clients();
+    await c.rules.deleteRule({ name: 'web' });
+    assert.equal(await d.stop('SIGTERM'), 0);
+    assert.deepEqual(txVlan(), VLAN_ON, 'the restarted daemon turned them on again at its cleanup');
+    assert.ok(
+      (records('cleanup: host restored')[0].restored as string[]).includes(
+        `eth0 in netns ${vm.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
+      ),
+      'and says so',
     );
     d = undefined;
   });
@@ -153,6 +219,27 @@ describe('attach order and --cleanup-on-exit', kernelOnly(), () => {
     for (const ifname of [bridge, vm.hostIf]) assert.equal(xdpOf(ifname), undefined, `${ifname} detached`);
     assert.doesNotMatch(d.output, /cleanup incomplete|detach failed/);
     assert.deepEqual(records('cleanup: host restored')[0].detached, [bridge, vm.hostIf], 'the bridge first');
+    d = undefined;
+  });
+
+  it('a port cannot take a rule while its bridge still needs the program: FAILED_PRECONDITION, nothing changed', async () => {
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--no-state', '--log-level', 'info']);
+    c = d.clients();
+    await c.rules.createRule({ rule: rule(bridge) });
+    assert.equal(await delivered(20), 20, 'the rule on the bridge forwards');
+    const err = await c.rules
+      .createRule({ rule: { ...rule(vm.hostIf), name: 'web2', match: { ...rule(vm.hostIf).match!, port: PORT + 1 } } })
+      .then(
+        () => assert.fail('accepted'),
+        (e: { code: number; message: string }) => e,
+      );
+    assert.equal(err.code, Status.FAILED_PRECONDITION, err.message);
+    assert.match(err.message, new RegExp(`rule\\.ingress_interfaces: ${vm.hostIf} is a port of ${bridge}`));
+    assert.equal(xdpOf(vm.hostIf), undefined, 'no program on the port');
+    assert.ok(xdpOf(bridge), 'the bridge keeps its program');
+    assert.equal((await c.rules.listRules({})).rules.length, 1, 'the rule was not created');
+    assert.equal(await delivered(20), 20, 'the rule on the bridge still forwards');
+    assert.equal(await d.stop('SIGTERM'), 0);
     d = undefined;
   });
 });

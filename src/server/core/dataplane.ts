@@ -155,6 +155,8 @@ export interface Dataplane {
    * the upper one. Optional: without it no such ordering is done.
    */
   lowerDevices?(ifname: string): string[];
+  /** Devices directly above `ifname` (its bridge or bond): the same kernel rule, the other way. Optional. */
+  upperDevices?(ifname: string): string[];
   /** Whether an interface can transmit now; undefined when it does not exist. Optional (fakes). */
   linkState?(ifname: string): LinkState | undefined;
   /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */

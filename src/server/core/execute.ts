@@ -172,7 +172,7 @@ async function prepareIngress(
   for (const p of plans) {
     for (const i of p.ingress) {
       if (state.attached.has(i.name)) continue;
-      vacateLowerDevices(ctx, undo, i.name, usedAfter);
+      vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
     }
   }
@@ -410,7 +410,7 @@ export async function writeLinks(
   const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
-    vacateLowerDevices(ctx, undo, from, usedAfter);
+    vacateAdjacentDevices(ctx, undo, from, usedAfter, field);
     attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
   }
   for (const [from, d] of want) {
@@ -511,30 +511,46 @@ function attachOne(
 }
 
 /**
- * Before attaching to `upper`: detach ours from the devices below it that
- * the new state no longer needs (a rule's ingress moving from a bridge port
- * to the bridge). Once the upper device has a program the kernel refuses to
- * detach from its lower devices (EEXIST), which would leave our program on
- * the port. Undone (re-attached) if the transaction fails.
+ * Before attaching to `name`: detach ours from the devices directly below it (a rule's ingress moving from a
+ * bridge port to the bridge) and above it (back from the bridge to the port) that the new state no longer
+ * needs. The kernel refuses any XDP change on a device while a device above it has a program (EEXIST), so
+ * the order matters both ways; undone (re-attached) if the transaction fails. A device above `name` that
+ * still needs our program makes the change impossible: FAILED_PRECONDITION naming `field` and both devices,
+ * nothing changed.
  */
-function vacateLowerDevices(
+function vacateAdjacentDevices(
   ctx: ExecContext,
   undo: UndoLog,
-  upper: string,
+  name: string,
   usedAfter: (name: string) => boolean,
+  field: string,
 ): void {
   const { dp, state } = ctx;
-  for (const lower of dp.lowerDevices?.(upper) ?? []) {
-    const a = state.attached.get(lower);
-    if (!a || usedAfter(lower)) continue;
-    dp.detach(lower);
-    state.attached.delete(lower);
-    ctx.log.info({ ifname: lower, upper }, 'detached from a lower device before attaching to its upper device');
+  const vacate = (other: string, relation: 'lower' | 'upper') => {
+    const a = state.attached.get(other);
+    if (!a) return;
+    if (usedAfter(other)) {
+      if (relation === 'lower') return; // a program below may stay: the kernel only refuses one above
+      const detail =
+        `${name} is a port of ${other}, which still needs our XDP program; the kernel refuses a program on a ` +
+        `device while a device above it has one (EEXIST): move every rule and link off ${other} first`;
+      throw new CoreError('precondition', `${field}: ${detail}`, [{ field, description: detail }]);
+    }
+    dp.detach(other);
+    state.attached.delete(other);
+    ctx.log.info(
+      relation === 'lower' ? { ifname: other, upper: name } : { ifname: other, lower: name },
+      relation === 'lower'
+        ? 'detached from a lower device before attaching to its upper device'
+        : 'detached from an upper device before attaching to its lower device',
+    );
     undo.push(() => {
-      dp.attach(lower, ctx.mode);
-      state.attached.set(lower, a);
+      dp.attach(other, ctx.mode);
+      state.attached.set(other, a);
     });
-  }
+  };
+  for (const upper of dp.upperDevices?.(name) ?? []) vacate(upper, 'upper');
+  for (const lower of dp.lowerDevices?.(name) ?? []) vacate(lower, 'lower');
 }
 
 /**

@@ -25,13 +25,16 @@ import {
   interfaceAddress,
   linkState,
   lowerDevices,
+  upperDevices,
   nameOf,
   neighbourMac,
   linkIdentity,
   probeNeighbour,
   reannounceVethGro,
   restoreGro,
+  restoreOffloads,
   type GroChange,
+  type OffloadChange,
   type LinkIdentity,
 } from './netdev.js';
 import * as tables from './tables.js';
@@ -54,10 +57,13 @@ export class KernelDataplane implements Dataplane {
   }
   /**
    * Device settings this daemon (or an earlier one with the same file)
-   * changed: GRO switched on on veth peers. Kept in `hostChangesFile` when
-   * given, so that --cleanup-on-exit can put them back after a restart too.
+   * changed: GRO switched on on veth peers, offloads turned off for XDP
+   * (VLAN tag offloads; TSO/GSO of a generic ingress's peer). Kept in
+   * `hostChangesFile` when given, so that --cleanup-on-exit can put them back
+   * after a restart too.
    */
   private readonly groChanges: GroChange[] = [];
+  private readonly offloadChanges: OffloadChange[] = [];
 
   constructor(
     readonly dp: XdpDatapath,
@@ -67,11 +73,35 @@ export class KernelDataplane implements Dataplane {
   ) {
     if (hostChangesFile && existsSync(hostChangesFile)) {
       try {
-        const saved = JSON.parse(readFileSync(hostChangesFile, 'utf8')) as { gro?: GroChange[] };
+        const saved = JSON.parse(readFileSync(hostChangesFile, 'utf8')) as {
+          gro?: GroChange[];
+          offloads?: OffloadChange[];
+        };
         this.groChanges.push(...(saved.gro ?? []));
+        this.offloadChanges.push(...(saved.offloads ?? []));
       } catch {
         // unreadable: nothing to restore from it (the file is rewritten on the next change)
       }
+    }
+    dp.onOffloadsChanged = (changes) => this.recordOffloads(changes);
+  }
+
+  private recordOffloads(changes: OffloadChange[]): void {
+    for (const c of changes) {
+      const same = this.offloadChanges.find(
+        (x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex,
+      );
+      if (same) same.features = [...new Set([...same.features, ...c.features])];
+      else this.offloadChanges.push({ ...c, features: [...c.features] });
+    }
+    try {
+      this.saveHostChanges();
+    } catch (e) {
+      // Kept in memory: this daemon's --cleanup-on-exit still undoes them; a later daemon would not know.
+      this.log?.warn(
+        { err: e, file: this.hostChangesFile, changes },
+        'offloads turned off for XDP not recorded on disk: a restarted daemon cannot turn them on again at cleanup',
+      );
     }
   }
 
@@ -84,7 +114,9 @@ export class KernelDataplane implements Dataplane {
   private saveHostChanges(): void {
     if (!this.hostChangesFile) return;
     const tmp = `${this.hostChangesFile}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges })}\n`, { mode: 0o600 });
+    writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
+      mode: 0o600,
+    });
     renameSync(tmp, this.hostChangesFile);
   }
 
@@ -104,6 +136,15 @@ export class KernelDataplane implements Dataplane {
       } catch (e) {
         failed.push(`restore GRO on ${where}: ${(e as Error).message}`);
         this.groChanges.push(c);
+      }
+    }
+    for (const c of this.offloadChanges.splice(0)) {
+      const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
+      try {
+        restored.push(`${where}: ${await restoreOffloads(c)}`);
+      } catch (e) {
+        failed.push(`turn ${c.features.join(', ')} on again on ${where}: ${(e as Error).message}`);
+        this.offloadChanges.push(c);
       }
     }
     this.saveHostChanges();
@@ -153,6 +194,10 @@ export class KernelDataplane implements Dataplane {
 
   lowerDevices(ifname: string): string[] {
     return lowerDevices(ifname);
+  }
+
+  upperDevices(ifname: string): string[] {
+    return upperDevices(ifname);
   }
 
   vethPeer(ifname: string): string | undefined {

@@ -61,7 +61,7 @@ import {
   sizeOf,
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
-import { ifindexOf, prepareIngressSync } from './netdev.js';
+import { ifindexOf, prepareIngressSync, type OffloadChange } from './netdev.js';
 import { setGenericMode } from './tables.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
 
@@ -507,6 +507,11 @@ export class XdpDatapath {
   private progFdValue: number;
   private ownProgFd: number; // from bpf_obj_get of the pin, closed by us
   private readonly progInfoValue: ProgInfo;
+  /**
+   * Told of every device setting an attach changed (offloads turned off for XDP), so that the owner can
+   * record it and --cleanup-on-exit can undo it.
+   */
+  onOffloadsChanged?: (changes: OffloadChange[]) => void;
   private readonly log: Logger;
   /** Set while pinned maps of another capacity or layout are being migrated (until finishMigration). */
   private migration?: Migration;
@@ -834,6 +839,7 @@ export class XdpDatapath {
     const replaced = before.mode !== 'none' && before.progId !== this.progId;
     const prep = prepareIngressSync(ifname, after.mode === 'generic');
     after.warnings.push(...prep.problems);
+    if (prep.changed.length) this.onOffloadsChanged?.(prep.changed);
     if (prep.done.length) this.log.info({ ifname, done: prep.done }, 'offloads set for XDP');
     this.log.info(
       { ifname, ifindex, requested: mode, effective: after.mode, replaced, warnings: after.warnings },

@@ -134,10 +134,19 @@ function ioctlSocket(): number {
 
 /** Devices directly below an interface (sysfs lower_* links: a bridge's ports, a bond's slaves). */
 export function lowerDevices(name: string): string[] {
+  return adjacentDevices(name, 'lower_');
+}
+
+/** Devices directly above `name` (its bridge or bond), from sysfs; [] when it does not exist. */
+export function upperDevices(name: string): string[] {
+  return adjacentDevices(name, 'upper_');
+}
+
+function adjacentDevices(name: string, prefix: 'lower_' | 'upper_'): string[] {
   try {
     return readdirSync(`/sys/class/net/${name}`)
-      .filter((e) => e.startsWith('lower_'))
-      .map((e) => e.slice('lower_'.length));
+      .filter((e) => e.startsWith(prefix))
+      .map((e) => e.slice(prefix.length));
   } catch {
     return [];
   }
@@ -339,6 +348,40 @@ export async function restoreGro(c: GroChange): Promise<string> {
 }
 
 /**
+ * Offloads this daemon turned off on one device for XDP (prepareIngressSync): kept in the host-changes
+ * file so that --cleanup-on-exit turns them on again, after a restart too.
+ */
+export interface OffloadChange {
+  /** The device, in `netns` (undefined: ours). */
+  ifname: string;
+  netns?: string;
+  ifindex: number;
+  /** `ethtool -k` names of the features turned off, e.g. `tx-vlan-offload`. */
+  features: string[];
+}
+
+/**
+ * Turn the features of an OffloadChange on again, if it is still the same device (name and ifindex) and
+ * they are still off. Returns what was done, for the log.
+ */
+export async function restoreOffloads(c: OffloadChange): Promise<string> {
+  let dev: IpLink;
+  try {
+    dev = await linkDetails(c.ifname, c.netns);
+  } catch {
+    return 'gone';
+  }
+  if (dev.ifindex !== c.ifindex) return 'replaced by another device';
+  const ethtool = (args: string[]) =>
+    c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  const { stdout } = await ethtool(['-k', c.ifname]);
+  const off = c.features.filter((n) => new RegExp(`^${n}: off(?! \\[fixed\\])`, 'm').test(stdout));
+  if (!off.length) return `${c.features.join(', ')} already on`;
+  await ethtool(['-K', c.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
+  return `${off.join(', ')} on again`;
+}
+
+/**
  * Check, and if `fix` is set satisfy, the veth precondition for native XDP
  * redirects into `name`: its peer must have an XDP program or GRO enabled
  * (either gives it NAPI), and be up. A peer in an unnamed namespace cannot be
@@ -477,9 +520,13 @@ const SET_NAME: Record<string, string> = {
  * Returns what was done and, when something could not be done, why (said in
  * the interface status).
  */
-export function prepareIngressSync(name: string, generic: boolean): { done: string[]; problems: string[] } {
+export function prepareIngressSync(
+  name: string,
+  generic: boolean,
+): { done: string[]; problems: string[]; changed: OffloadChange[] } {
   const done: string[] = [];
   const problems: string[] = [];
+  const changed: OffloadChange[] = [];
   const ip = (args: string[], netns?: string) =>
     JSON.parse(
       execFileSync('ip', [...(netns ? ['-n', netns] : []), '-j', ...args], { encoding: 'utf8' }) || '[]',
@@ -494,7 +541,7 @@ export function prepareIngressSync(name: string, generic: boolean): { done: stri
       ? execFileSync('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', '-k', dev], { encoding: 'utf8' })
       : execFileSync('ethtool', ['-k', dev], { encoding: 'utf8' });
   /** Turn features off where they are on and not fixed. */
-  const turnOff = (dev: string, netns: string | undefined, names: string[], why: string) => {
+  const turnOff = (dev: string, ifindex: number, netns: string | undefined, names: string[], why: string) => {
     const where = netns ? `${dev} in netns ${netns}` : dev;
     let text: string;
     try {
@@ -514,6 +561,7 @@ export function prepareIngressSync(name: string, generic: boolean): { done: stri
         on.flatMap((n) => [SET_NAME[n] ?? n, 'off']),
       );
       done.push(`turned ${on.join(', ')} off on ${where}`);
+      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, features: on });
     } catch (e) {
       problems.push(`turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`);
     }
@@ -521,10 +569,10 @@ export function prepareIngressSync(name: string, generic: boolean): { done: stri
   const vlanWhy = 'VLAN tags delivered as metadata look untagged to XDP here';
   const gsoWhy = 'generic XDP cannot redirect GSO packets (TCP from it would stall)';
   const dev = ip(['-d', 'link', 'show', 'dev', name])[0];
-  if (!dev) return { done, problems: [`interface ${name} not found`] };
+  if (!dev) return { done, problems: [`interface ${name} not found`], changed };
   if (dev.linkinfo?.info_kind !== 'veth') {
-    turnOff(name, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
-    return { done, problems };
+    turnOff(name, dev.ifindex, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
+    return { done, problems, changed };
   }
   let netns: string | undefined;
   let peer: IpLink | undefined;
@@ -541,24 +589,25 @@ export function prepareIngressSync(name: string, generic: boolean): { done: stri
         `the peer of ${name} is in an unnamed network namespace: turn tx-vlan-offload off on it (${vlanWhy})` +
           (generic ? ` and TSO/GSO (${gsoWhy})` : ''),
       );
-      return { done, problems };
+      return { done, problems, changed };
     }
     try {
       peer = ip(['-d', 'link', 'show'], netns).find((l) => l.ifindex === dev.link_index);
     } catch (e) {
       problems.push(`cannot enter network namespace ${netns} to prepare the peer of ${name}: ${(e as Error).message}`);
-      return { done, problems };
+      return { done, problems, changed };
     }
   }
-  if (!peer) return { done, problems: [`the peer of ${name} was not found`] };
-  turnOff(peer.ifname, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
+  if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed };
+  turnOff(peer.ifname, peer.ifindex, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
   if (generic) {
     turnOff(
       peer.ifname,
+      peer.ifindex,
       netns,
       ['tcp-segmentation-offload', 'generic-segmentation-offload', 'tx-udp-segmentation'],
       gsoWhy,
     );
   }
-  return { done, problems };
+  return { done, problems, changed };
 }
