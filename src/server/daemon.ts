@@ -52,6 +52,8 @@ import {
   assertSocketNotLive,
   inodeOf,
   lockInstance,
+  makeDirs,
+  removeCreatedDirs,
   removeOwnSocket,
   type HeldLock,
 } from './dataplane/instance-lock.js';
@@ -251,8 +253,23 @@ export class Daemon {
       ...opts.listen.map((a) => ['--listen', a] as const),
       ...httpListen.map((a) => ['--http-listen', a] as const),
     ];
-    await probeListeners(listeners.filter(([, a]) => a.startsWith('unix:'))); // their directories
-    assertOnBpffs(opts.pinRoot); // before anything is locked or loaded
+    // Directories this start makes (socket and state directories, the pin root and their parents): a
+    // refused start removes them again, leaving nothing it created.
+    const created: string[] = [];
+    const undoCreated = () => {
+      // A state directory of this start: its files are ours alone (the store is closed by then).
+      if (opts.stateDir && created.includes(opts.stateDir)) removeNewState(opts.stateDir);
+    };
+    try {
+      await probeListeners(
+        listeners.filter(([, a]) => a.startsWith('unix:')), // their directories
+        created,
+      );
+      assertOnBpffs(opts.pinRoot); // before anything is locked or loaded
+    } catch (e) {
+      removeCreatedDirs(created);
+      throw e;
+    }
     // What a refused start must put back: a pin root that was absent or empty is removed or emptied again.
     const pinRootBefore = pinRootState(opts.pinRoot);
     // One daemon per datapath: before anything is read or written, lock the
@@ -260,14 +277,18 @@ export class Daemon {
     // stops here, naming the first).
     let lock: HeldLock;
     try {
-      lock = lockInstance({
-        pinRoot: opts.pinRoot,
-        stateDir: opts.stateDir,
-        sockets: [...opts.listen, ...httpListen].filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
-        listen: [...opts.listen, ...httpListen],
-      });
+      lock = lockInstance(
+        {
+          pinRoot: opts.pinRoot,
+          stateDir: opts.stateDir,
+          sockets: [...opts.listen, ...httpListen].filter((a) => a.startsWith('unix:')).map((a) => a.slice(5)),
+          listen: [...opts.listen, ...httpListen],
+        },
+        created,
+      );
     } catch (e) {
       restorePinRoot(opts.pinRoot, pinRootBefore); // created by preparePinRoot before a later lock failed
+      removeCreatedDirs(created);
       throw e;
     }
     let datapath: XdpDatapath;
@@ -285,8 +306,10 @@ export class Daemon {
         deferTrace: true, // pins and tracepoint links replaced once the start commits (below)
       });
     } catch (e) {
-      lock.release();
       restorePinRoot(opts.pinRoot, pinRootBefore);
+      undoCreated();
+      lock.release();
+      removeCreatedDirs(created);
       throw e;
     }
     // Device settings we change (GRO on veth peers, offloads turned off for XDP) are recorded beside the
@@ -311,7 +334,9 @@ export class Daemon {
       store?.close();
       datapath.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
+      undoCreated();
       lock.release();
+      removeCreatedDirs(created);
       throw e;
     }
     const controller = new Controller(dp, {
@@ -471,7 +496,9 @@ export class Daemon {
       datapath.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
       for (const [path, ino] of daemon.socketInodes) removeOwnSocket(path, ino);
+      undoCreated();
       lock.release();
+      removeCreatedDirs(created);
       throw e;
     }
     // Committed: the program's pins and the tracepoint programs replace the previous daemon's.
@@ -655,6 +682,16 @@ export class Daemon {
   }
 }
 
+/**
+ * The files a refused start made in a state directory that the same start created (so nothing else is
+ * in it): the database and its WAL files, the host-changes record. The lock file goes with the lock.
+ */
+function removeNewState(stateDir: string): void {
+  for (const f of ['state.db', 'state.db-wal', 'state.db-shm', 'state.db-journal', 'host-changes.json']) {
+    rmSync(join(stateDir, f), { force: true });
+  }
+}
+
 /** A pin root before a start: absent, an empty directory, or holding pins (a previous daemon's). */
 type PinRootState = 'absent' | 'empty' | 'in use';
 
@@ -682,12 +719,12 @@ function restorePinRoot(pinRoot: string, before: PinRootState): void {
  * not this host's, a name that does not resolve, a port in use or a socket directory that cannot be
  * made is refused here, naming the flag and the address.
  */
-async function probeListeners(list: readonly (readonly [string, string])[]): Promise<void> {
+async function probeListeners(list: readonly (readonly [string, string])[], created?: string[]): Promise<void> {
   for (const [flag, addr] of list) {
     try {
       if (addr.startsWith('unix:')) {
         const dir = dirname(addr.slice(5));
-        mkdirSync(dir, { recursive: true });
+        makeDirs(dir, 0o777, created); // the umask decides, as before
         accessSync(dir, fsConstants.W_OK);
         continue;
       }

@@ -144,6 +144,67 @@ describe('one daemon per datapath', kernelOnly(), () => {
     await stillServing(first!, maps, log);
   });
 
+  it('a refused start leaves nothing it created (pin root, state and socket directories, their parents)', async () => {
+    const maps = first!.dumpMaps();
+    const log = logFrom(first!);
+    const base = `/tmp/xdpctl-test-${other}-made`;
+    const pinBase = `/sys/fs/bpf/xdpctl-test-${other}-made`;
+    try {
+      // Its own (new, nested) pin root and socket directory, the first daemon's state directory: refused at
+      // the state directory's lock, after the pin root and the socket directory were made.
+      let msg = await refused(other, [
+        '--pin-root',
+        `${pinBase}/a/b`,
+        '--listen',
+        `unix:${base}/sock/x/s.sock`,
+        '--state-dir',
+        first!.stateDir,
+      ]);
+      assert.match(msg, /state directory .* is in use by another xdpctld/);
+      assert.equal(existsSync(pinBase), false, 'no pin root directory (nor its parents) left behind');
+      assert.equal(existsSync(base), false, 'no socket directory left behind');
+      // Its own (new, nested) state directory, the first daemon's socket: refused at the socket's lock,
+      // after the state directory was made.
+      msg = await refused(other, ['--state-dir', `${base}/state/x`, '--listen', first!.unix]);
+      assert.match(msg, /socket \S+ is in use/); // by its lock, or (its lock file removed above) by its listener
+      assert.equal(existsSync(base), false, 'no state directory (nor its parents) left behind');
+      assert.equal(existsSync(`/sys/fs/bpf/xdpctl-test-${other}`), false, 'no pin root left behind');
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+      rmSync(pinBase, { recursive: true, force: true });
+    }
+    await stillServing(first!, maps, log);
+  });
+
+  it('keeps the state database and its WAL files private (0600), also those an earlier version made 0644', async () => {
+    const files = ['state.db', 'state.db-wal', 'state.db-shm'].map((f) => `${first!.stateDir}/${f}`);
+    const modes = () => files.map((f) => `${f} ${(statSync(f).mode & 0o777).toString(8)}`);
+    assert.deepEqual(
+      modes(),
+      files.map((f) => `${f} 600`),
+      'created 0600',
+    );
+    // A state directory an earlier version left: its database 0644 (the daemon that wrote it is gone).
+    const d = `${other}p`;
+    const dir = `/tmp/xdpctl-test-${d}-state`;
+    try {
+      mkdirSync(dir, { mode: 0o700 });
+      sh('sqlite3', [`${dir}/state.db`, 'PRAGMA journal_mode=WAL; CREATE TABLE t (x);']);
+      chmodSync(`${dir}/state.db`, 0o644);
+      assert.equal(statSync(`${dir}/state.db`).mode & 0o777, 0o644);
+      const daemon = await DaemonProcess.start(d);
+      try {
+        for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) {
+          assert.equal((statSync(`${dir}/${f}`).mode & 0o777).toString(8), '600', f);
+        }
+      } finally {
+        await daemon.destroy();
+      }
+    } finally {
+      cleanupId(d);
+    }
+  });
+
   it('takes over a stale socket file that nobody listens on', async () => {
     const path = `/tmp/xdpctl-test-${other}.sock`;
     // A socket file left by a process that is gone (bound, never accepted, closed without unlink).

@@ -18,11 +18,15 @@
  */
 import {
   accessSync,
+  chmodSync,
+  closeSync,
   constants,
   copyFileSync,
   existsSync,
+  lstatSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -182,7 +186,37 @@ function inMemory(bytes: Buffer): Database.Database {
   return new Database(b, { readonly: true });
 }
 
+/** The files SQLite keeps beside a database in WAL mode (and a rollback journal, had one been left). */
+const SIDE_FILES = ['-wal', '-shm', '-journal'];
+
+/**
+ * The database and the files beside it are private (0600), like the daemon's other state: a new database
+ * file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the database file's
+ * mode), and group or other bits on existing ones (0644, as earlier versions created them) are removed.
+ */
+function makePrivate(path: string): void {
+  try {
+    closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  for (const f of [path, ...SIDE_FILES.map((x) => path + x)]) {
+    let mode: number;
+    try {
+      mode = lstatSync(f).mode;
+    } catch {
+      continue; // not there
+    }
+    try {
+      if (mode & 0o077) chmodSync(f, mode & 0o700);
+    } catch {
+      // A read-only disk or another owner: the open that follows says what the disk refuses.
+    }
+  }
+}
+
 function openDb(path: string, readonly: boolean): Database.Database {
+  if (!readonly) makePrivate(path);
   const db = new Database(path, { readonly, fileMustExist: readonly, timeout: 100 });
   try {
     if (!readonly) {

@@ -21,6 +21,7 @@ import {
   readFileSync,
   readdirSync,
   readlinkSync,
+  rmdirSync,
   statfsSync,
   statSync,
   unlinkSync,
@@ -32,6 +33,36 @@ import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 
 import koffi from 'koffi';
+
+/**
+ * mkdir -p `path` with `mode`, recording in `created` (outermost first) each directory this call made,
+ * so that a start that is refused afterwards can remove exactly those (see {@link removeCreatedDirs}).
+ */
+export function makeDirs(path: string, mode: number, created?: string[]): void {
+  const first = mkdirSync(path, { recursive: true, mode });
+  if (first === undefined || !created) return;
+  const made: string[] = [];
+  for (let d = path; ; d = dirname(d)) {
+    made.unshift(d);
+    if (d === first || d === dirname(d)) break;
+  }
+  created.push(...made);
+}
+
+/**
+ * Remove the directories a refused start made (as {@link makeDirs} recorded them), innermost first, each
+ * only if it is empty: what others put there since stays, and so does every directory above it.
+ */
+export function removeCreatedDirs(created: string[]): void {
+  for (const d of [...created].reverse()) {
+    try {
+      rmdirSync(d);
+    } catch {
+      // removed already, or not empty: left as it is
+    }
+  }
+  created.length = 0;
+}
 
 const libc = koffi.load('libc.so.6');
 const flockFn = libc.func('int flock(int fd, int op)');
@@ -166,8 +197,8 @@ export function lockDirectory(path: string, what: string): HeldLock {
  * removes the file while still holding the lock; a taker that locked the
  * removed file finds the path gone or another inode and tries again.
  */
-export function lockFile(path: string, what: string, info: HolderInfo, shown = path): HeldLock {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+export function lockFile(path: string, what: string, info: HolderInfo, shown = path, created?: string[]): HeldLock {
+  makeDirs(dirname(path), 0o755, created);
   for (let attempt = 0; ; attempt++) {
     let fd: number;
     try {
@@ -249,7 +280,7 @@ export class PinRootError extends Error {
  * by another user, or writable by group or others (whoever can write there
  * can rename our maps away and make the datapath use stale ones).
  */
-export function preparePinRoot(pinRoot: string): void {
+export function preparePinRoot(pinRoot: string, created?: string[]): void {
   // The nearest existing ancestor tells which filesystem the pin root is on.
   let parent = dirname(pinRoot);
   while (parent !== dirname(parent)) {
@@ -273,7 +304,7 @@ export function preparePinRoot(pinRoot: string): void {
     );
   }
   try {
-    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+    makeDirs(pinRoot, 0o700, created);
   } catch (e) {
     throw new PinRootError(`create pin root ${pinRoot}: ${(e as Error).message}`);
   }
@@ -311,8 +342,10 @@ export interface InstanceResources {
  * state directory, sockets), before it touches any of it. On any failure
  * the locks already taken are released and the error (LockHeldError,
  * PinRootError) is thrown. The returned lock releases all, in reverse.
+ * Directories made on the way are added to `created` (the caller removes
+ * them when its start is refused).
  */
-export function lockInstance(r: InstanceResources): HeldLock {
+export function lockInstance(r: InstanceResources, created?: string[]): HeldLock {
   const info: HolderInfo = {
     pid: process.pid,
     startedAt: new Date().toISOString(),
@@ -325,13 +358,13 @@ export function lockInstance(r: InstanceResources): HeldLock {
     for (const l of held.splice(0).reverse()) l.release();
   };
   try {
-    preparePinRoot(r.pinRoot);
+    preparePinRoot(r.pinRoot, created);
     held.push(lockDirectory(r.pinRoot, 'pin root'));
     if (r.stateDir !== undefined) {
-      mkdirSync(r.stateDir, { recursive: true, mode: 0o700 });
-      held.push(lockFile(join(r.stateDir, 'xdpctld.lock'), 'state directory', info, r.stateDir));
+      makeDirs(r.stateDir, 0o700, created);
+      held.push(lockFile(join(r.stateDir, 'xdpctld.lock'), 'state directory', info, r.stateDir, created));
     }
-    for (const s of r.sockets) held.push(lockFile(`${s}.lock`, 'socket', info, s));
+    for (const s of r.sockets) held.push(lockFile(`${s}.lock`, 'socket', info, s, created));
   } catch (e) {
     releaseAll();
     throw e;
