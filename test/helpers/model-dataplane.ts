@@ -245,7 +245,7 @@ export const MODEL_CAPACITY: Capacity = {
  */
 class ModelDatapath implements Pick<
   XdpDatapath,
-  'maps' | 'progId' | 'capacity' | 'attach' | 'detach' | 'state' | 'traceWarning'
+  'maps' | 'progId' | 'capacity' | 'attach' | 'detach' | 'state' | 'ownAttachments' | 'traceWarning'
 > {
   readonly maps: DatapathMaps;
   readonly progId = 42;
@@ -289,6 +289,15 @@ class ModelDatapath implements Pick<
 
   detach(ifname: string): void {
     this.attached.delete(ifname);
+  }
+
+  ownAttachments(): ReturnType<XdpDatapath['ownAttachments']> {
+    const out: ReturnType<XdpDatapath['ownAttachments']> = new Map();
+    for (const [ifname, mode] of this.attached) {
+      const info = this.ifs.get(ifname);
+      if (info) out.set(ifname, { ifindex: info.ifindex, mode });
+    }
+    return out;
   }
 
   state(ifname: string): ReturnType<XdpDatapath['state']> {

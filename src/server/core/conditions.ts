@@ -50,9 +50,22 @@ const cond = (type: string, ok: boolean, reason: string, message: string): Obser
   message,
 });
 
+/**
+ * An XDP program on an interface that is not ours, as the daemon knows it: another tool's ("another XDP
+ * program (id 42)"), or one it cannot identify, with why ("an XDP program (id 42) that xdpctld cannot
+ * identify (...)"). `mode`: the attach mode, when known.
+ */
+export function otherProgram(progId: number, unidentified?: string, mode?: string): string {
+  const id = mode ? `id ${progId}, ${mode} mode` : `id ${progId}`;
+  return unidentified
+    ? `an XDP program (${id}) that xdpctld cannot identify (${unidentified})`
+    : `another XDP program (${id})`;
+}
+
 /** Reason code of an ingress problem text (resync.ts writes these texts). */
 export function ingressReason(problem: string): string {
   if (/does not exist/.test(problem)) return 'InterfaceMissing';
+  if (/XDP program \(id \d+[^)]*\) that xdpctld cannot identify/.test(problem)) return 'UnidentifiedProgram';
   if (/another XDP program/.test(problem)) return 'ForeignProgram';
   if (/ -> .*(is down|no carrier|redirects|ndo_xdp_xmit|cannot check)/.test(problem)) return 'EgressCannotTransmit';
   return 'NotAttached';
@@ -105,6 +118,8 @@ export function interfaceConditions(i: {
   effectiveMode: string;
   ours: boolean;
   progId: number;
+  /** Why the program attached cannot be identified (see XdpStatus.unidentified). */
+  unidentified?: string;
   detachError?: string;
   used: boolean;
 }): ObservedCondition[] {
@@ -114,8 +129,8 @@ export function interfaceConditions(i: {
       cond(
         'ProgramAttached',
         false,
-        'ForeignProgram',
-        `another XDP program (id ${i.progId}) is attached; it is left alone`,
+        i.unidentified ? 'UnidentifiedProgram' : 'ForeignProgram',
+        `${otherProgram(i.progId, i.unidentified)} is attached; it is left alone`,
       ),
     ];
   }

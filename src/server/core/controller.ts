@@ -23,7 +23,7 @@ import {
   type ExecContext,
   type RuleAllocation,
 } from './execute.js';
-import { interfaceConditions, linkConditions, ruleConditions } from './conditions.js';
+import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
   linkKey,
@@ -288,7 +288,9 @@ export class Controller {
         ] as const) {
           if (!info) problems.push(`interface ${name} does not exist`);
           else if (this.state.foreign.has(name) && (name === l.a || l.direction === 'both')) {
-            problems.push(`another XDP program (id ${this.state.foreign.get(name)}) is attached to ${name}`);
+            problems.push(
+              `${otherProgram(this.state.foreign.get(name)!, this.state.unidentified.get(name))} is attached to ${name}`,
+            );
           }
         }
         const foreign = (n: string) => this.state.foreign.has(n);
@@ -385,7 +387,13 @@ export class Controller {
       const info = this.dp.lookupInterface(name);
       const warnings: string[] = [];
       if (!info) warnings.push(`interface ${name} does not exist`);
-      else if (x && x.mode !== 'none' && !x.ours) warnings.push(`a foreign XDP program (id ${x.progId}) is attached`);
+      else if (x && x.mode !== 'none' && !x.ours) {
+        warnings.push(
+          x.unidentified
+            ? `${otherProgram(x.progId, x.unidentified)} is attached`
+            : `a foreign XDP program (id ${x.progId}) is attached`,
+        );
+      }
       const detachError = this.state.attached.get(name)?.detachError;
       if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
       const conditions = this.state.conditions.set(
@@ -396,6 +404,7 @@ export class Controller {
           effectiveMode: x?.mode ?? 'none',
           ours: !!x?.ours,
           progId: x?.progId ?? 0,
+          unidentified: x?.unidentified,
           detachError,
           used: programUsers.has(name), // egress-only interfaces need no program
         }),

@@ -95,6 +95,11 @@ export interface XdpStatus {
   mode: 'none' | 'native' | 'generic' | 'offload' | 'multi';
   progId: number;
   ours: boolean;
+  /**
+   * Set when `ours` is false because the daemon cannot tell (not pinned under its pin root, and no
+   * CAP_SYS_ADMIN to open the program by id): why. Unset for a program it knows is another tool's.
+   */
+  unidentified?: string;
   /** Why the mode differs from the one asked for (e.g. "native XDP refused (...); running in generic mode"). */
   warnings?: string[];
 }
@@ -166,6 +171,11 @@ export interface Dataplane {
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
   xdpStatus(ifname: string): XdpStatus | undefined;
+  /**
+   * Every interface of this network namespace that runs this datapath's program, or an earlier one
+   * pinned under its pin root (a previous run's): name -> ifindex and mode. Optional (fakes).
+   */
+  ownAttachments?(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }>;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }>;
 

@@ -496,10 +496,13 @@ function attachOne(
   const before = dp.xdpStatus(name);
   if (before && before.mode !== 'none' && !before.ours && tolerant) {
     state.foreign.set(name, before.progId);
+    if (before.unidentified) state.unidentified.set(name, before.unidentified);
+    else state.unidentified.delete(name);
     return;
   }
   const st = dp.attach(name, ctx.mode);
   state.foreign.delete(name);
+  state.unidentified.delete(name);
   state.attached.set(name, { ifindex, users, mode: st.mode });
   const wasOurs = !!before && before.mode !== 'none' && before.ours;
   undo.push(() => {

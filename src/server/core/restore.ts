@@ -4,7 +4,7 @@
  * match entries, source prefixes and links nobody wants).
  */
 import { parsePrefix } from '../net/addr.js';
-import type { ExecContext } from './execute.js';
+import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { fetchInterfaces, type Facts } from './facts.js';
 import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
 import type { RuleOp } from './plan-rules.js';
@@ -132,9 +132,30 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     state.slots.release(slot);
   }
   sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
+  releaseStrayAttachments(ctx);
   // No second recount of the port index: it was made exact before anything else, and every match entry
   // written or removed since went through putMatch/deleteMatch, which keep it exact.
   ctx.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+}
+
+/**
+ * This datapath's program (or an earlier one of it) on an interface that no rule or link names: left by
+ * an earlier run (a rule deleted while the program could not be detached, an older xdpctld's failed
+ * switch). It is taken into the attachments, so that it is listed, and detached like any interface no
+ * longer used (a failed detach stays listed with the reason and is retried): nothing stays attached
+ * that ListInterfaces does not show.
+ */
+function releaseStrayAttachments(ctx: ExecContext): void {
+  const { dp, state } = ctx;
+  for (const [name, a] of dp.ownAttachments?.() ?? []) {
+    if (state.attached.has(name) || state.isUsed(name)) continue;
+    state.attached.set(name, { ifindex: a.ifindex, users: new Set(), mode: a.mode });
+    ctx.log.warn(
+      { ifname: name, ifindex: a.ifindex, mode: a.mode },
+      `${name} runs this datapath's XDP program, but no rule or link uses it: detaching it`,
+    );
+  }
+  releaseUnusedInterfaces(ctx);
 }
 
 /** Split ops into consecutive groups whose new entries fit beside the old ones (at least one op per group). */

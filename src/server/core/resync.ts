@@ -21,6 +21,7 @@ import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
+import { otherProgram } from './conditions.js';
 import {
   absentBackendStatus,
   backendStatus,
@@ -113,15 +114,40 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (!x) continue;
     if (x.mode !== 'none' && !x.ours) {
       state.foreign.set(name, x.progId);
+      if (x.unidentified) state.unidentified.set(name, x.unidentified);
+      else state.unidentified.delete(name);
       state.attached.delete(name);
-      const why = `another XDP program (id ${x.progId}, ${x.mode} mode) is attached to ${name}; it is left alone`;
+      const why = `${otherProgram(x.progId, x.unidentified, x.mode)} is attached to ${name}; it is left alone`;
       ingressProblems.set(name, why);
       transition(`if/${name}`, `foreign|${x.progId}`, () =>
-        ctx.log.warn({ ifname: name, progId: x.progId, users: [...users.get(name)!] }, why),
+        ctx.log.warn(
+          { ifname: name, progId: x.progId, users: [...users.get(name)!] },
+          x.unidentified
+            ? `${why} (if it is an earlier xdpctld's, detach it: ip link set dev ${name} ${x.mode === 'generic' ? 'xdpgeneric' : 'xdp'} off)`
+            : why,
+        ),
       );
       continue;
     }
     state.foreign.delete(name);
+    state.unidentified.delete(name);
+    if (x.mode !== 'none' && x.progId !== dp.progId) {
+      // An earlier program of ours (an upgrade or migration whose switch failed here): it forwards with
+      // the maps it was loaded with, which may no longer be the pinned ones. Swap in the program in use
+      // (REPLACE); until that works the interface is a problem, not "runs our program".
+      try {
+        dp.attach(name, ctx.mode);
+        ctx.log.warn(
+          { ifname: name, old: x.progId, progId: dp.progId },
+          `${name} ran an earlier program of this datapath (id ${x.progId}): replaced by the one in use`,
+        );
+      } catch (e) {
+        const why = `${name} runs an earlier program of this datapath (id ${x.progId}) and replacing it failed: ${(e as Error).message}`;
+        ingressProblems.set(name, why);
+        transition(`if/${name}`, `old|${x.progId}|${(e as Error).message}`, () => ctx.log.error({ ifname: name }, why));
+        continue;
+      }
+    }
     if (x.mode === 'none') {
       // Someone detached it (ip link set dev X xdp off), a foreign program
       // left, or the interface is new or back: put ours there.
@@ -363,7 +389,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const [name, progId] of state.foreign) {
-    if (users.has(name)) problems.push(`interface ${name}: another XDP program (id ${progId}) is attached`);
+    if (users.has(name)) {
+      problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
+    }
   }
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();

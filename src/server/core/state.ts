@@ -87,6 +87,8 @@ export class CoreState {
   readonly attached = new Map<string, Attachment>();
   /** Interfaces we need that another XDP program occupies (name -> its program id): left alone, reported. */
   readonly foreign = new Map<string, number>();
+  /** Of those, the ones the daemon cannot identify (it cannot tell whether they are ours): why. */
+  readonly unidentified = new Map<string, string>();
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */

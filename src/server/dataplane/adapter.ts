@@ -230,11 +230,21 @@ export class KernelDataplane implements Dataplane {
     probeNeighbour(ip, iface);
   }
 
+  ownAttachments(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }> {
+    return this.dp.ownAttachments();
+  }
+
   xdpStatus(ifname: string): XdpStatus | undefined {
     try {
       const s = this.dp.state(ifname);
       const w = s.ours && s.mode === 'generic' ? this.attachWarnings.get(`${ifname}#${s.ifindex}`) : undefined;
-      return { mode: s.mode, progId: s.progId, ours: s.ours, warnings: w ?? [] };
+      return {
+        mode: s.mode,
+        progId: s.progId,
+        ours: s.ours,
+        ...(s.identity === 'unknown' ? { unidentified: this.dp.unidentifiedReason } : {}),
+        warnings: w ?? [],
+      };
     } catch (e) {
       if (e instanceof KernelError && e.kind === 'not-found') return undefined;
       throw e;

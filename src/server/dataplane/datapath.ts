@@ -52,6 +52,7 @@ import {
   check,
   clearErrno,
   closeFd,
+  lastErrno as errnoNow,
   lib,
   LIBBPF_DEBUG,
   LIBBPF_WARN,
@@ -197,6 +198,60 @@ function progInfo(fd: number, what: string): ProgInfo {
 
 /** The prefix of the program's second pin, named by the fingerprint of what it was loaded from. */
 const LOADED_PREFIX = 'loaded_';
+/**
+ * The prefix of the pin of an earlier program of this datapath that still runs on some interface after
+ * the program pins moved on (an upgrade or migration whose switch failed there): `prev_<id>`. It keeps
+ * the program known as ours to a later start without CAP_SYS_ADMIN, which cannot open it by id.
+ */
+const PREV_PREFIX = 'prev_';
+
+/** How a program attached to an interface relates to this datapath, as far as the daemon can observe. */
+export type ProgramIdentity = 'ours' | 'foreign' | 'unknown';
+
+/**
+ * The programs pinned under `progsDir` (xdpctl_main, loaded_*, prev_*: this datapath's, now and before),
+ * by kernel id, each with an fd (the caller closes them). BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD need no
+ * capability beyond access to the pin, unlike opening a program by id (BPF_PROG_GET_FD_BY_ID:
+ * CAP_SYS_ADMIN), so this is what a daemon without CAP_SYS_ADMIN knows of its own programs.
+ */
+function pinnedPrograms(progsDir: string): Map<number, number> {
+  const out = new Map<number, number>();
+  let names: string[];
+  try {
+    names = readdirSync(progsDir);
+  } catch {
+    return out;
+  }
+  for (const f of names) {
+    const fd = lib.bpf_obj_get(join(progsDir, f)) as number;
+    if (fd < 0) continue;
+    let id: number | undefined;
+    try {
+      const info = progInfo(fd, f);
+      if (info.name === PROGRAM_NAME) id = info.id;
+    } catch {
+      // not a program
+    }
+    if (id === undefined || out.has(id)) closeFd(fd);
+    else out.set(id, fd);
+  }
+  return out;
+}
+
+/** Every interface of this network namespace, by name, with what XDP program it runs (none skipped). */
+function attachedPrograms(): Map<string, XdpState & { ifindex: number }> {
+  const out = new Map<string, XdpState & { ifindex: number }>();
+  for (const ifname of readdirSync('/sys/class/net')) {
+    try {
+      const ifindex = ifindexOf(ifname);
+      const s = queryXdp(ifindex, ifname);
+      if (s.mode !== 'none') out.set(ifname, { ...s, ifindex });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
 
 /**
  * What a loaded xdpctl_main depends on besides the kernel (a pin does not outlive a boot): the object
@@ -575,6 +630,9 @@ export class XdpDatapath {
     // A migration that did not finish (the daemon stopped before the switch): the
     // pins in maps/ are still the ones in use; start it again from them.
     if (existsSync(nextDir)) removePinDir(nextDir);
+    // This datapath's programs as its pins name them, before this start changes any pin: how an
+    // interface running one of them is known to be ours, and the fd an atomic REPLACE of it needs.
+    const known = pinnedPrograms(join(options.pinRoot, 'progs'));
 
     const lines: string[] = [];
     const stop = captureLibbpfLog((level, line) => {
@@ -710,6 +768,7 @@ export class XdpDatapath {
         );
         log.info({ adopted, pinRoot: options.pinRoot }, 'adopted pinned maps');
         const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+        dp.adoptKnown(known);
         dp.loadedAtOpen = false;
         if (!options.deferTrace) dp.commit();
         return dp;
@@ -764,6 +823,7 @@ export class XdpDatapath {
       }
       log.info({ adopted, pinRoot: options.pinRoot }, adopted ? 'adopted pinned maps' : 'created maps');
       const dp = new XdpDatapath(options, { obj, maps: typed, progFd, ownProgFd, adopted, upgraded, capacity });
+      dp.adoptKnown(known);
       dp.migration = migration;
       dp.pendingPins = pinOps;
       // The tracepoint programs count into the maps the new program uses (pinDir while migrating).
@@ -771,10 +831,25 @@ export class XdpDatapath {
       return dp;
     } catch (e) {
       if (obj) lib.bpf_object__close(obj);
+      for (const fd of known.values()) closeFd(fd);
       throw e;
     } finally {
       stop();
     }
+  }
+
+  /**
+   * Earlier programs of this datapath (pinned under progs/ when this start began), by id, with an fd
+   * each (ours to close): an interface that runs one runs ours, and REPLACE swaps it with that fd.
+   */
+  private readonly known = new Map<number, number>();
+
+  private adoptKnown(known: Map<number, number>): void {
+    for (const [id, fd] of known) {
+      if (id === this.progId || this.known.has(id)) closeFd(fd);
+      else this.known.set(id, fd);
+    }
+    known.clear();
   }
 
   /** The fd of the program that interfaces should run. */
@@ -788,16 +863,44 @@ export class XdpDatapath {
     return this.progInfoValue.id;
   }
 
-  /** Whether a program id is one of ours (any version of xdpctl_main). */
-  isOurs(progId: number): boolean {
-    if (progId === this.progId) return true;
+  /**
+   * What a program attached to an interface is to this datapath, from what the daemon can observe:
+   * 'ours' when it is the program in use or one pinned under this pin root (now or when this start
+   * began); otherwise, opened by id, 'ours' when it is an xdpctl_main (any version) and 'foreign' when not;
+   * 'unknown' when it cannot be opened by id (EPERM: no CAP_SYS_ADMIN), so the daemon cannot tell.
+   */
+  identify(progId: number): ProgramIdentity {
+    if (progId === this.progId || this.known.has(progId)) return 'ours';
+    clearErrno();
     const fd = lib.bpf_prog_get_fd_by_id(progId) as number;
-    if (fd < 0) return false;
+    if (fd < 0) {
+      const errno = fd === -1 ? errnoNow() || 1 : -fd;
+      if (errno === 1 || errno === 13) return 'unknown'; // EPERM, EACCES
+      return 'foreign'; // gone meanwhile (ENOENT): not ours to touch
+    }
     try {
-      return progInfo(fd, `id ${progId}`).name === PROGRAM_NAME;
+      return progInfo(fd, `id ${progId}`).name === PROGRAM_NAME ? 'ours' : 'foreign';
     } finally {
       closeFd(fd);
     }
+  }
+
+  /** Why {@link identify} says 'unknown': what the daemon could not observe. */
+  get unidentifiedReason(): string {
+    return (
+      `not one of the programs pinned under ${join(this.options.pinRoot, 'progs')}, and opening a program by id ` +
+      'needs CAP_SYS_ADMIN, which this daemon lacks'
+    );
+  }
+
+  /** Whether a program id is one of ours (any version of xdpctl_main); an unidentified one is not. */
+  isOurs(progId: number): boolean {
+    return this.identify(progId) === 'ours';
+  }
+
+  /** A borrowed fd of one of our earlier programs (for REPLACE without opening it by id), if pinned. */
+  private knownFd(progId: number): number | undefined {
+    return progId === this.progId ? this.progFdValue : this.known.get(progId);
   }
 
   /**
@@ -831,7 +934,14 @@ export class XdpDatapath {
     // The datapath's UDP checksum handling depends on the mode: say "generic"
     // before a generic attach, so no packet runs with the native assumption.
     if (mode === 'generic') setGenericMode(this.maps, ifindex, true);
-    const after = attachXdp(ifindex, ifname, this.progFd, mode, (id) => this.isOurs(id));
+    const after = attachXdp(
+      ifindex,
+      ifname,
+      this.progFd,
+      mode,
+      (id) => this.isOurs(id),
+      (id) => this.knownFd(id),
+    );
     setGenericMode(this.maps, ifindex, after.mode === 'generic');
     if (after.progId !== this.progId) {
       throw new KernelError(`attach xdp to ${ifname}`, 5, [], `program id ${after.progId} is attached, not ours`);
@@ -895,6 +1005,7 @@ export class XdpDatapath {
       // The interfaces run the new program; only the pins are behind: the next start migrates again.
       this.log.error({ err: e, mapDir, nextDir }, 'the new maps could not be pinned in place of the old ones');
     }
+    const still = this.settlePrograms();
     this.log.info(
       {
         changes: m.changes,
@@ -902,8 +1013,11 @@ export class XdpDatapath {
         countersAdded,
         switched,
         progId: this.progId,
+        ...(still.size ? { stillOld: Object.fromEntries(still) } : {}),
       },
-      'migrated to the new maps: every interface runs the new program',
+      still.size
+        ? `migrated to the new maps; ${[...still.keys()].join(', ')} still run${still.size === 1 ? 's' : ''} the old program (on the old maps)`
+        : 'migrated to the new maps: every interface runs the new program',
     );
     return switched;
   }
@@ -930,8 +1044,9 @@ export class XdpDatapath {
   }
 
   /**
-   * Detach this datapath's program (by program id) from every interface in
-   * our network namespace, whoever recorded the attachment: for
+   * Detach this datapath's program (by program id; and its earlier programs
+   * still pinned under progs/) from every interface in our network
+   * namespace, whoever recorded the attachment: for
    * --cleanup-on-exit, so that nothing we attached outlives us even when the
    * desired state lost track of it. The kernel refuses to change a device's
    * XDP while an upper device (a bridge over its port) has a program
@@ -944,7 +1059,7 @@ export class XdpDatapath {
       try {
         const ifindex = ifindexOf(ifname);
         const s = queryXdp(ifindex, ifname);
-        if (s.mode !== 'none' && s.progId === this.progId) ours.set(ifname, ifindex);
+        if (s.mode !== 'none' && (s.progId === this.progId || this.known.has(s.progId))) ours.set(ifname, ifindex);
       } catch {
         // gone meanwhile
       }
@@ -957,7 +1072,8 @@ export class XdpDatapath {
       for (const [ifname, ifindex] of ours) {
         try {
           const s = queryXdp(ifindex, ifname);
-          if (s.mode !== 'none' && s.progId === this.progId) detachXdp(ifindex, ifname, s);
+          if (s.mode !== 'none' && (s.progId === this.progId || this.known.has(s.progId)))
+            detachXdp(ifindex, ifname, s);
           ours.delete(ifname);
           detached.push(ifname);
           progress = true;
@@ -970,11 +1086,73 @@ export class XdpDatapath {
     return { detached, failed: [...errors].map(([ifname, error]) => ({ ifname, error })) };
   }
 
-  /** What is attached to an interface now. */
-  state(ifname: string): XdpState & { ifindex: number; ours: boolean } {
+  /** Interfaces of this network namespace that run this datapath's program or one of its earlier ones. */
+  ownAttachments(): Map<string, { ifindex: number; mode: XdpState['mode'] }> {
+    const out = new Map<string, { ifindex: number; mode: XdpState['mode'] }>();
+    for (const [ifname, s] of attachedPrograms()) {
+      if (s.progId === this.progId || this.known.has(s.progId)) out.set(ifname, { ifindex: s.ifindex, mode: s.mode });
+    }
+    return out;
+  }
+
+  /** What is attached to an interface now; `identity` when something is. */
+  state(ifname: string): XdpState & { ifindex: number; ours: boolean; identity?: ProgramIdentity } {
     const ifindex = ifindexOf(ifname);
     const s = queryXdp(ifindex, ifname);
-    return { ...s, ifindex, ours: s.mode !== 'none' && this.isOurs(s.progId) };
+    if (s.mode === 'none') return { ...s, ifindex, ours: false };
+    const identity = this.identify(s.progId);
+    return { ...s, ifindex, ours: identity === 'ours', identity };
+  }
+
+  /**
+   * Keep the earlier programs of this datapath known while an interface runs one, and let go of the
+   * others: each one still attached somewhere in this network namespace is pinned as progs/prev_<id>
+   * (so that a later start without CAP_SYS_ADMIN still knows it as ours); one attached nowhere loses its
+   * pin and its fd (the kernel frees it, and the maps only it used). Called once the program pins have
+   * moved to the program in use (commit, the end of a migration) and by every reconciler pass while an
+   * earlier program is known. Returns the earlier programs still attached, by interface.
+   */
+  settlePrograms(): Map<string, number> {
+    const still = new Map<string, number>();
+    const progsDir = join(this.options.pinRoot, 'progs');
+    const prevPins = () => {
+      try {
+        return readdirSync(progsDir).filter((f) => f.startsWith(PREV_PREFIX));
+      } catch {
+        return [];
+      }
+    };
+    if (this.known.size === 0 && prevPins().length === 0) return still;
+    const attached = attachedPrograms();
+    const used = new Set<number>();
+    for (const [ifname, s] of attached) {
+      if (this.known.has(s.progId)) {
+        used.add(s.progId);
+        still.set(ifname, s.progId);
+      }
+    }
+    for (const [id, fd] of [...this.known]) {
+      const pin = join(progsDir, `${PREV_PREFIX}${id}`);
+      if (used.has(id)) {
+        if (!existsSync(pin)) {
+          try {
+            check(`pin program at ${pin}`, lib.bpf_obj_pin(fd, pin) as number);
+          } catch (e) {
+            this.log.warn(
+              { err: e, progId: id },
+              'an earlier program of this datapath still runs but could not be pinned',
+            );
+          }
+        }
+        continue;
+      }
+      closeFd(fd);
+      this.known.delete(id);
+    }
+    for (const f of prevPins()) {
+      if (!this.known.has(Number(f.slice(PREV_PREFIX.length)))) unlinkSync(join(progsDir, f));
+    }
+    return still;
   }
 
   /**
@@ -998,6 +1176,7 @@ export class XdpDatapath {
    */
   commit(): void {
     for (const op of this.pendingPins.splice(0)) op();
+    if (!this.migration) this.settlePrograms();
     if (this.traceObj) return;
     const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
     const dir = existsSync(nextDir) ? nextDir : XdpDatapath.mapPinDir(this.options.pinRoot);
@@ -1075,6 +1254,8 @@ export class XdpDatapath {
     for (const m of Object.values(this.maps)) (m as BpfMap<unknown, unknown>).close();
     if (this.ownProgFd >= 0) closeFd(this.ownProgFd);
     this.ownProgFd = -1;
+    for (const fd of this.known.values()) closeFd(fd);
+    this.known.clear();
     if (this.obj) lib.bpf_object__close(this.obj);
     this.obj = null;
     this.progFdValue = -1;

@@ -84,9 +84,10 @@ function modeFlag(mode: 'native' | 'generic'): number {
 
 /**
  * Attach `progFd` to an interface. If a program is already attached in the
- * same mode and `replaceId` says it may be replaced, it is swapped atomically
- * (REPLACE); otherwise the attach fails rather than clobber it. Returns the
- * mode the kernel reports afterwards.
+ * same mode and `replaceable` says it may be replaced, it is swapped atomically
+ * (REPLACE, with the old program's fd: from `fdOf` when the caller holds one,
+ * else opened by id, which needs CAP_SYS_ADMIN); otherwise the attach fails
+ * rather than clobber it. Returns the mode the kernel reports afterwards.
  */
 export function attachXdp(
   ifindex: number,
@@ -94,6 +95,7 @@ export function attachXdp(
   progFd: number,
   mode: XdpMode,
   replaceable: (progId: number) => boolean,
+  fdOf?: (progId: number) => number | undefined,
 ): XdpState & { warnings: string[] } {
   const current = queryXdp(ifindex, ifname);
   const want: ('native' | 'generic')[] = mode === 'auto' ? ['native', 'generic'] : [mode];
@@ -108,7 +110,7 @@ export function attachXdp(
     }
     const sameMode = want.find((m) => m === current.mode);
     if (sameMode) {
-      replace(ifindex, ifname, progFd, sameMode, current.progId);
+      replace(ifindex, ifname, progFd, sameMode, current.progId, fdOf?.(current.progId));
       return { ...queryXdp(ifindex, ifname), warnings: [] };
     }
     // A mode change cannot be atomic: the kernel refuses two modes on one device.
@@ -134,8 +136,15 @@ export function attachXdp(
   throw lastErr ?? new KernelError(`attach xdp to ${ifname}`, 22);
 }
 
-function replace(ifindex: number, ifname: string, progFd: number, mode: 'native' | 'generic', oldId: number): void {
-  const oldFd = check(`open xdp program ${oldId} on ${ifname}`, lib.bpf_prog_get_fd_by_id(oldId) as number);
+function replace(
+  ifindex: number,
+  ifname: string,
+  progFd: number,
+  mode: 'native' | 'generic',
+  oldId: number,
+  borrowed?: number,
+): void {
+  const oldFd = borrowed ?? check(`open xdp program ${oldId} on ${ifname}`, lib.bpf_prog_get_fd_by_id(oldId) as number);
   try {
     const opts = { sz: sizeOf(XdpAttachOpts), old_prog_fd: oldFd };
     check(
@@ -143,7 +152,7 @@ function replace(ifindex: number, ifname: string, progFd: number, mode: 'native'
       lib.bpf_xdp_attach(ifindex, progFd, modeFlag(mode) | XDP_FLAGS.REPLACE, opts) as number,
     );
   } finally {
-    closeFd(oldFd);
+    if (borrowed === undefined) closeFd(oldFd);
   }
 }
 

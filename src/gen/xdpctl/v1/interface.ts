@@ -168,7 +168,9 @@ export interface ManagedInterface {
   warnings: string[];
   /**
    * Observed conditions: "ProgramAttached" (our XDP program runs on it; false
-   * with reason InterfaceMissing, ForeignProgram, NotAttached or
+   * with reason InterfaceMissing, ForeignProgram, UnidentifiedProgram (a
+   * program the daemon cannot tell from its own: not pinned under its pin
+   * root, and no CAP_SYS_ADMIN to open it by id), NotAttached or
    * DetachFailed).
    */
   conditions: Condition[];
