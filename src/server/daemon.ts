@@ -13,9 +13,11 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  watch,
+  type FSWatcher,
 } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { ServerCredentials } from '@grpc/grpc-js';
@@ -55,7 +57,7 @@ import {
   makeDirs,
   removeCreatedDirs,
   removeOwnSocket,
-  type HeldLock,
+  type InstanceLock,
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
@@ -275,7 +277,7 @@ export class Daemon {
     // One daemon per datapath: before anything is read or written, lock the
     // pin root, the state directory and every socket path (a second daemon
     // stops here, naming the first).
-    let lock: HeldLock;
+    let lock: InstanceLock;
     try {
       lock = lockInstance(
         {
@@ -534,7 +536,7 @@ export class Daemon {
   private terminator?: Terminator;
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
-  private lock?: HeldLock;
+  private lock?: InstanceLock;
   /** Each gRPC Unix socket this daemon created, with the inode it had (removed at stop only if unchanged). */
   readonly socketInodes = new Map<string, number | undefined>();
   private kernel?: KernelDataplane;
@@ -583,10 +585,24 @@ export class Daemon {
     if (every <= 0) return;
     this.resyncTimer = setInterval(pass, every);
     this.monitor = new LinkMonitor(pass, this.log);
+    // The pin root removed or replaced (rm -rf PINROOT): a pass at once, not up to a period later, so that
+    // its lock is taken again before a second daemon could take it. bpffs reports its changes to inotify.
+    const root = basename(this.opts.pinRoot);
+    try {
+      this.pinRootWatch = watch(dirname(this.opts.pinRoot), (_e, name) => {
+        if (name === root) pass();
+      });
+      this.pinRootWatch.on('error', () => this.pinRootWatch?.close()); // its directory gone: the passes remain
+    } catch {
+      // no inotify here: the periodic passes remain
+    }
     setImmediate(pass); // the first look at the host, and its report, now rather than a period later
   }
 
   private monitor?: LinkMonitor;
+  private pinRootWatch?: FSWatcher;
+  /** The last pin-root problem logged ('' when none), so that each is logged once. */
+  private pinRootProblem = '';
 
   /**
    * The pins of what runs now, put back when removed or replaced under the running daemon (a repair,
@@ -595,6 +611,27 @@ export class Daemon {
    */
   private checkPins(): string[] {
     if (!this.ready.value) return []; // stopping: --cleanup-on-exit removes the pins, none come back
+    const pinRoot = this.opts.pinRoot;
+    try {
+      if (this.lock?.checkPinRoot() === 'relocked') {
+        this.log.warn(
+          { pinRoot },
+          `pin root ${pinRoot} was removed or replaced under the running daemon: created again (0700) and ` +
+            'locked again (a second daemon on it is refused); the pins of what runs are put back',
+        );
+      }
+      if (this.pinRootProblem) this.log.info({ pinRoot }, `pin root ${pinRoot} is this daemon's again`);
+      this.pinRootProblem = '';
+    } catch (e) {
+      // Another daemon took the pin root in between (it started after the removal and before this pass):
+      // its pins are not ours to overwrite. Reported until that changes, logged once.
+      const problem =
+        `pin root ${pinRoot} was removed under the running daemon and could not be taken again: ` +
+        `${(e as Error).message}. This daemon's maps and program are no longer pinned`;
+      if (problem !== this.pinRootProblem) this.log.error({ pinRoot }, problem);
+      this.pinRootProblem = problem;
+      return [problem];
+    }
     let r: { repinned: string[]; failed: string[] };
     try {
       r = this.datapath.repairPins();
@@ -626,6 +663,7 @@ export class Daemon {
       this.ready.value = false;
       clearInterval(this.resyncTimer);
       this.monitor?.close();
+      this.pinRootWatch?.close();
       this.health.setStatus('unhealthy');
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       this.config?.close();

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh } from '../helpers/env.js';
+import { kernelOnly, ROOT, runId, sh, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 /**
@@ -219,6 +219,46 @@ describe('one daemon per datapath', kernelOnly(), () => {
     } finally {
       await d.destroy();
     }
+  });
+
+  it('the whole pin root removed under a running daemon: created and locked again, a second daemon refused', async () => {
+    const maps = first!.dumpMaps();
+    const log = logFrom(first!);
+    const pinRoot = first!.pinRoot;
+    const pins = ['maps/xc_links', 'maps/rule_match', 'progs/xdpctl_main'].map((p) => `${pinRoot}/${p}`);
+    const progId = (await first!.clients(first!.unix).daemon.getStatus({})).datapath!.programId;
+    rmSync(pinRoot, { recursive: true });
+    const relocked =
+      /pin root \S+ was removed or replaced under the running daemon: created again \(0700\) and locked again/;
+    await until(
+      () => `the pin root re-created and its pins back: ${log()}`,
+      () => pins.every((p) => existsSync(p)),
+      3000,
+    );
+    assert.equal(statSync(pinRoot).mode & 0o7777, 0o700, 'created 0700 again');
+    assert.equal(
+      JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/progs/xdpctl_main`])).id,
+      progId,
+      'the program pinned is the one that runs',
+    );
+    // A second daemon on that pin root is refused, naming the first (before: it started, adopted the pins).
+    const msg = await refused(other, ['--pin-root', pinRoot]);
+    assert.match(msg, new RegExp(`pin root ${pinRoot} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`));
+    assert.deepEqual(first!.dumpMaps(), maps, "the first daemon's maps are untouched");
+    assert.equal(topo.ping('h1', h2.ip!), true, 'the first daemon still forwards');
+    const unix = first!.clients(first!.unix);
+    assert.equal((await unix.health.check({ service: 'xdpctl.datapath' })).status, 1, 'SERVING');
+    const lines = log()
+      .split('\n')
+      .filter((l) => /"level":(40|50|60)/.test(l));
+    assert.equal(lines.filter((l) => relocked.test(l)).length, 1, 'the re-creation logged once');
+    assert.deepEqual(
+      lines.filter(
+        (l) => !relocked.test(l) && !/"msg":"pins removed or replaced under the running daemon: re-pinned/.test(l),
+      ),
+      [],
+      'nothing else to report',
+    );
   });
 
   it('takes over once the first daemon is gone, even after SIGKILL (the kernel drops the locks)', async () => {

@@ -169,11 +169,17 @@ function holderOf(path: string, fd: number, what: string, readInfo: boolean, sho
   return new LockHeldError(what, shown, { pid: pid ?? info?.pid, command: pid ? commandOf(pid) : undefined, info });
 }
 
+/** A lock on a directory, which can tell whether that directory is still the one at its path. */
+export interface DirectoryLock extends HeldLock {
+  /** Whether the locked directory is still at its path (not removed, nor replaced by another one). */
+  current(): boolean;
+}
+
 /**
  * Take an exclusive lock on an existing directory (the pin root), or throw
  * LockHeldError naming the holder. Nothing is created or removed.
  */
-export function lockDirectory(path: string, what: string): HeldLock {
+export function lockDirectory(path: string, what: string): DirectoryLock {
   const fd = openSync(path, fsc.O_RDONLY | fsc.O_DIRECTORY);
   try {
     if (!tryFlock(fd)) throw holderOf(path, fd, what, false);
@@ -184,6 +190,16 @@ export function lockDirectory(path: string, what: string): HeldLock {
   let open = true;
   return {
     path,
+    current() {
+      if (!open) return false;
+      try {
+        const a = fstatSync(fd);
+        const b = lstatSync(path);
+        return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
+      } catch {
+        return false; // removed
+      }
+    },
     release() {
       if (open) closeSync(fd);
       open = false;
@@ -337,6 +353,18 @@ export interface InstanceResources {
   listen: string[];
 }
 
+/** Everything one daemon holds (see {@link lockInstance}). */
+export interface InstanceLock extends HeldLock {
+  /**
+   * Whether the pin root locked at start is still the directory at its path; if it was removed
+   * (`rm -rf PINROOT`) or replaced, it is created again (0700, see {@link preparePinRoot}) and locked
+   * again, so that a second daemon on that pin root is refused as before. Returns 'held' (unchanged) or
+   * 'relocked'; throws LockHeldError when another daemon holds the directory now at that path (it started
+   * in between), PinRootError when the directory there may not be used.
+   */
+  checkPinRoot(): 'held' | 'relocked';
+}
+
 /**
  * Check and lock everything one daemon owns, in a fixed order (pin root,
  * state directory, sockets), before it touches any of it. On any failure
@@ -345,7 +373,7 @@ export interface InstanceResources {
  * Directories made on the way are added to `created` (the caller removes
  * them when its start is refused).
  */
-export function lockInstance(r: InstanceResources, created?: string[]): HeldLock {
+export function lockInstance(r: InstanceResources, created?: string[]): InstanceLock {
   const info: HolderInfo = {
     pid: process.pid,
     startedAt: new Date().toISOString(),
@@ -354,12 +382,14 @@ export function lockInstance(r: InstanceResources, created?: string[]): HeldLock
     listen: r.listen,
   };
   const held: HeldLock[] = [];
+  let pinRootLock: DirectoryLock | undefined;
   const releaseAll = () => {
     for (const l of held.splice(0).reverse()) l.release();
+    pinRootLock?.release();
   };
   try {
     preparePinRoot(r.pinRoot, created);
-    held.push(lockDirectory(r.pinRoot, 'pin root'));
+    pinRootLock = lockDirectory(r.pinRoot, 'pin root');
     if (r.stateDir !== undefined) {
       makeDirs(r.stateDir, 0o700, created);
       held.push(lockFile(join(r.stateDir, 'xdpctld.lock'), 'state directory', info, r.stateDir, created));
@@ -369,7 +399,18 @@ export function lockInstance(r: InstanceResources, created?: string[]): HeldLock
     releaseAll();
     throw e;
   }
-  return { path: r.pinRoot, release: releaseAll };
+  return {
+    path: r.pinRoot,
+    release: releaseAll,
+    checkPinRoot() {
+      if (pinRootLock?.current()) return 'held';
+      preparePinRoot(r.pinRoot);
+      const next = lockDirectory(r.pinRoot, 'pin root'); // throws LockHeldError: another daemon has it now
+      pinRootLock?.release();
+      pinRootLock = next;
+      return 'relocked';
+    },
+  };
 }
 
 /** A Unix socket path on which a live process listens: never removed. */
