@@ -166,6 +166,12 @@ export interface Dataplane {
   linkState?(ifname: string): LinkState | undefined;
   /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */
   probeNeighbour?(ip: string, iface: string): void;
+  /**
+   * Ask the kernel to verify a resolved neighbour entry that a backend relies on (it sends an ARP
+   * request to the MAC it holds; unanswered, the entry becomes FAILED), rate-limited by the
+   * implementation; true when a probe was started. Best effort, never throws. Optional (fakes).
+   */
+  verifyNeighbour?(ip: string, iface: string): boolean;
   /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
   vethPeer?(ifname: string): string | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */

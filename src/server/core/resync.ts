@@ -241,9 +241,17 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       // Backends: does the table still hold exactly those that can receive, with today's MAC?
       written.backends.forEach((b, i) => {
         const spec = rule.backends[i];
-        if (!spec || changed) return;
-        const mac = spec.mac === '' ? (facts.neighbours.get(neighbourKey(spec.ip, spec.interface)) ?? '') : b.mac;
+        if (!spec) return;
+        const nkey = neighbourKey(spec.ip, spec.interface);
+        const mac = spec.mac === '' ? (facts.neighbours.get(nkey) ?? '') : b.mac;
         const resolved = mac !== '';
+        if (spec.mac === '' && facts.neighbours.has(nkey)) {
+          // The neighbour table is the MAC's source: resolve it while it is not resolved, and make the
+          // kernel verify it while it is (frames we redirect never pass the stack, which would).
+          if (!resolved) dp.probeNeighbour?.(spec.ip, spec.interface);
+          else if (b.receiving) dp.verifyNeighbour?.(spec.ip, spec.interface);
+        }
+        if (changed) return;
         const exists = facts.interfaces.get(spec.interface) !== undefined;
         const napi = facts.napi.get(spec.interface);
         const egress =
@@ -252,9 +260,12 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving) {
           changed = true;
+          // A neighbour entry that failed (its MAC stopped answering the kernel's probes) says so.
+          const was = spec.mac === '' && !resolved ? state.neighbourMacs.get(nkey) : undefined;
           why.set(
             name,
-            `backend ${spec.ip} on ${spec.interface} ${receiving ? 'can receive again' : 'cannot receive'}`,
+            `backend ${spec.ip} on ${spec.interface} ${receiving ? 'can receive again' : 'cannot receive'}` +
+              (was ? `: its neighbour entry (MAC ${was}) failed; resolving it again` : ''),
           );
         } else if (resolved && mac.toLowerCase() !== b.mac.toLowerCase()) {
           changed = true;
@@ -271,7 +282,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
             why.set(name, `backend ${spec.ip} on ${spec.interface}: ${today.message}`);
           }
         }
-        if (!resolved && spec.mac === '') dp.probeNeighbour?.(spec.ip, spec.interface);
+        if (receiving && spec.mac === '' && !state.neighbourMacs.has(nkey)) state.neighbourMacs.set(nkey, mac);
       });
     }
     if (changed) {
@@ -305,6 +316,26 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       'the host changed: re-applying rules',
     );
     await applyEach(ctx, tx, ops, facts.napi);
+    // What was written: a backend given without MAC that now receives with another MAC than before
+    // (the neighbour table changed, or its entry failed and was resolved again) is logged once.
+    for (const op of ops) {
+      const rule = state.rules.get(op.name);
+      const k = state.ruleKernel.get(op.name);
+      if (!rule || !k) continue;
+      const written = (k.written ?? k.status).backends;
+      rule.backends.forEach((spec, i) => {
+        const b = written[i];
+        if (spec.mac !== '' || !b?.receiving || !b.mac) return;
+        const key = neighbourKey(spec.ip, spec.interface);
+        const was = state.neighbourMacs.get(key);
+        state.neighbourMacs.set(key, b.mac);
+        if (was === undefined || was.toLowerCase() === b.mac.toLowerCase()) return;
+        ctx.log.info(
+          { rule: op.name, backend: spec.ip, interface: spec.interface, from: was, to: b.mac },
+          `backend ${spec.ip} on ${spec.interface} has a new MAC, ${was} -> ${b.mac} (neighbour table): rewritten`,
+        );
+      });
+    }
   }
 
   // Links: every wanted direction must be in the kernel's devmap, from today's ingress ifindex to today's

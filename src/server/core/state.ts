@@ -91,6 +91,8 @@ export class CoreState {
   readonly unidentified = new Map<string, string>();
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
+  /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
+  readonly neighbourMacs = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */

@@ -27,7 +27,9 @@ import {
   lowerDevices,
   upperDevices,
   nameOf,
-  neighbourMac,
+  neighbourEntry,
+  type NeighbourEntry,
+  reprobeNeighbour,
   linkIdentity,
   probeNeighbour,
   reannounceVethGro,
@@ -46,6 +48,15 @@ import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
  * peer's GRO or XDP program while it is up, its up/down state, the peer itself) each move the key.
  */
 const VETH_RECHECK_MS = 30_000;
+
+/**
+ * A neighbour entry that a backend given without MAC relies on is verified (set to NUD_PROBE: the kernel
+ * asks the MAC it holds) when the kernel has seen no confirmation of it for this long (ms), and at most
+ * this often. XDP-redirected frames never pass the stack, so without it a neighbour that changed its MAC
+ * without a gratuitous ARP would keep the old one forever. Repair bound (docs/architecture.md,
+ * "Neighbours"): this + ucast_solicit x retrans_time (3 x 1 s by default) + 3 s = 11 s.
+ */
+export const NEIGHBOUR_VERIFY_MS = 5000;
 
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
@@ -173,8 +184,43 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
-  neighbourMac(ip: string, iface: string): Promise<string | undefined> {
-    return neighbourMac(ip, iface);
+  /** The last neighbour entry read per "ip@iface" (neighbourMac), with when; what verifyNeighbour decides on. */
+  private readonly neighbourSeen = new Map<string, { entry: NeighbourEntry; at: number }>();
+  /** When each neighbour was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
+  private readonly reprobed = new Map<string, number>();
+
+  async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
+    const entry = await neighbourEntry(ip, iface);
+    if (this.neighbourSeen.size > 65536) this.neighbourSeen.clear();
+    this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now() });
+    return entry.mac;
+  }
+
+  /**
+   * Verify a resolved neighbour entry the datapath uses (a backend given without MAC): when the kernel
+   * has seen no confirmation of its MAC for {@link NEIGHBOUR_VERIFY_MS}, and at most once per that
+   * interval, the entry is set to NUD_PROBE (netdev.ts reprobeNeighbour): the kernel asks the MAC it has,
+   * and an entry nobody answers for becomes FAILED, after which the reconciler resolves it again.
+   * Static entries (PERMANENT, NOARP) and entries the kernel is already probing are left alone.
+   */
+  verifyNeighbour(ip: string, iface: string): boolean {
+    const key = `${ip}@${iface}`;
+    const seen = this.neighbourSeen.get(key);
+    if (!seen?.entry.mac) return false;
+    const busy = ['PERMANENT', 'NOARP', 'PROBE', 'DELAY', 'INCOMPLETE'];
+    if (seen.entry.states.some((x) => busy.includes(x))) return false;
+    const t = Date.now();
+    // `ip -s neigh` gives the age in whole seconds, rounded down: counted as up to a second older, so that
+    // a probe is never later than NEIGHBOUR_VERIFY_MS plus one pass (the bound in docs/architecture.md).
+    const confirmedAgo = ((seen.entry.confirmed ?? Infinity) + 1) * 1000 + (t - seen.at);
+    if (confirmedAgo < NEIGHBOUR_VERIFY_MS || t - (this.reprobed.get(key) ?? 0) < NEIGHBOUR_VERIFY_MS) return false;
+    if (this.reprobed.size > 65536) this.reprobed.clear();
+    this.reprobed.set(key, t);
+    try {
+      return reprobeNeighbour(ip, iface);
+    } catch {
+      return false; // gone or without a MAC since it was read: the next read says so
+    }
   }
 
   /** Why an interface runs in another mode than asked, by name#ifindex (from the last attach). */

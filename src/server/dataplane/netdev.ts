@@ -20,7 +20,7 @@ import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
 import { lastErrno, lib } from './libbpf.js';
-import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+import { NETLINK_ROUTE, NLM_F_ACK, NLM_F_REPLACE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
 
 const run = promisify(execFile);
 
@@ -271,17 +271,72 @@ async function linkDetails(name: string, netns?: string): Promise<IpLink> {
   return links[0];
 }
 
+/** A neighbour (ARP) entry as the kernel holds it. */
+export interface NeighbourEntry {
+  /** Its MAC; undefined when the host has not resolved it (or resolving failed). */
+  mac?: string;
+  /** NUD states ("REACHABLE", "STALE", "PROBE", "PERMANENT", ...; ip-neighbour(8)). */
+  states: string[];
+  /** Seconds since the neighbour last confirmed its MAC (an ARP reply), as the kernel counts them. */
+  confirmed?: number;
+}
+
 /**
- * The MAC of a neighbour (ARP/NDP entry) reachable through an interface, or
- * undefined when the host has not resolved it (or it failed).
+ * The neighbour (ARP/NDP) entry for `ip` on an interface: its MAC (undefined
+ * when the host has not resolved it, or it failed), states and the age of its
+ * last confirmation (`ip -s neigh`).
  */
-export async function neighbourMac(ip: string, dev: string): Promise<string | undefined> {
-  const entries = (await ipJson(['neigh', 'show', 'to', ip, 'dev', dev])) as {
+export async function neighbourEntry(ip: string, dev: string): Promise<NeighbourEntry> {
+  const entries = (await ipJson(['-s', 'neigh', 'show', 'to', ip, 'dev', dev])) as {
     lladdr?: string;
     state?: string[];
+    confirmed?: number;
   }[];
-  const e = entries.find((n) => n.lladdr && !(n.state ?? []).includes('FAILED'));
-  return e?.lladdr;
+  const e = entries.find((n) => n.lladdr && !(n.state ?? []).includes('FAILED')) ?? entries[0];
+  const states = e?.state ?? [];
+  return { mac: states.includes('FAILED') ? undefined : e?.lladdr, states, confirmed: e?.confirmed };
+}
+
+/** The MAC of a neighbour reachable through an interface, or undefined when the host has not resolved it. */
+export async function neighbourMac(ip: string, dev: string): Promise<string | undefined> {
+  return (await neighbourEntry(ip, dev)).mac;
+}
+
+// <linux/rtnetlink.h>, <linux/neighbour.h>
+const RTM_NEWNEIGH = 28;
+const NDA_DST = 1;
+const NUD_PROBE = 0x10;
+
+/**
+ * Make the kernel verify a resolved neighbour entry now, as `ip neigh change
+ * IP dev DEV nud probe` does: one RTM_NEWNEIGH (NLM_F_REPLACE) setting the
+ * entry's state to NUD_PROBE. The kernel then sends unicast ARP requests to
+ * the MAC it holds (net.ipv4.neigh.DEV.ucast_solicit of them, retrans_time_ms
+ * apart: 3 and 1 s by default): a reply makes the entry REACHABLE again; none
+ * makes it FAILED, and the next lookup (a broadcast request) finds the
+ * neighbour's MAC as it is now. Needed because XDP-redirected frames never
+ * pass the stack: nothing else makes the kernel revalidate an entry only
+ * xdpctld uses, and a neighbour that changes its MAC without a gratuitous
+ * ARP keeps the old one forever (REACHABLE, then STALE). IPv4 only. Returns
+ * false when there is no such entry; throws KernelError (EINVAL for an entry
+ * without a MAC to probe).
+ */
+export function reprobeNeighbour(ip: string, dev: string): boolean {
+  const addr = ip.split('.').map(Number);
+  if (addr.length !== 4 || addr.some((x) => !(x >= 0 && x <= 255))) return false;
+  const ndm = Buffer.alloc(12); // struct ndmsg
+  ndm.writeUInt8(AF_INET, 0);
+  ndm.writeInt32LE(ifindexOf(dev), 4);
+  ndm.writeUInt16LE(NUD_PROBE, 8);
+  const reply = nlRequest(
+    NETLINK_ROUTE,
+    RTM_NEWNEIGH,
+    ndm,
+    nlAttr(NDA_DST, Buffer.from(addr)),
+    `re-probe the neighbour entry of ${ip} on ${dev}`,
+    NLM_F_ACK | NLM_F_REPLACE,
+  );
+  return reply !== undefined;
 }
 
 /**

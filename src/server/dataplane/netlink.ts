@@ -23,6 +23,10 @@ const SOCK_CLOEXEC = 0o2000000;
 export const NETLINK_ROUTE = 0;
 export const NETLINK_GENERIC = 16;
 const NLM_F_REQUEST = 1;
+/** Ask for an acknowledgement (an NLMSG_ERROR with error 0) of a request that has no other reply. */
+export const NLM_F_ACK = 4;
+/** Change an existing object (rtnetlink NEW requests, with NLM_F_REQUEST). */
+export const NLM_F_REPLACE = 0x100;
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 
@@ -56,6 +60,8 @@ export function nlAttrs(buf: Buffer, from = 0): Map<number, Buffer> {
  * undefined when the kernel answers ENOENT or ENODEV (no such family or
  * device). Throws KernelError on any other error. The reply of a request
  * without NLM_F_DUMP is queued before send() returns: recv does not wait.
+ * `flags` are added to NLM_F_REQUEST: a request that changes something and
+ * has no reply of its own (RTM_NEWNEIGH) must carry NLM_F_ACK.
  */
 export function nlRequest(
   protocol: number,
@@ -63,6 +69,7 @@ export function nlRequest(
   header: Buffer,
   attrs: Buffer,
   what: string,
+  flags = 0,
 ): Buffer | undefined {
   const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
   if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
@@ -70,7 +77,7 @@ export function nlRequest(
     const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
     msg.writeUInt32LE(msg.length, 0);
     msg.writeUInt16LE(type, 4);
-    msg.writeUInt16LE(NLM_F_REQUEST, 6);
+    msg.writeUInt16LE(NLM_F_REQUEST | flags, 6);
     msg.writeUInt32LE(++seq, 8);
     if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
       throw new KernelError(what, lastErrno() || 5, [], 'netlink send failed');

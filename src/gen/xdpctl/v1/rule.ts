@@ -312,7 +312,10 @@ export interface Backend {
    * 01:00:5e:..., 33:33:...), fail with INVALID_ARGUMENT naming the field,
    * e.g. rule.backends[2].mac. Empty: looked up in the host's neighbour table
    * for `ip` on `interface`; until an entry exists the backend is unresolved
-   * and gets no traffic (see RuleStatus.backend_status).
+   * and gets no traffic (see RuleStatus.backend_status). The entry is kept
+   * verified (an ARP probe to its MAC once unconfirmed for 5 s): a backend that
+   * changes its MAC without a gratuitous ARP is rewritten with the new one
+   * within 11 s with the kernel's default ARP settings.
    */
   mac: string;
   /**
