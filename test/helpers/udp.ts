@@ -26,8 +26,10 @@ export class UdpListener {
     private readonly out: Promise<string>,
   ) {}
 
+  /** `netns`: a named namespace, or a path to one (/proc/PID/ns/net: an unnamed namespace). */
   static async start(netns: string, ip: string, port: number): Promise<UdpListener> {
-    const child = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, TOOL, 'listen', ip, String(port)], {
+    const ns = netns.startsWith('/') ? netns : `/run/netns/${netns}`;
+    const child = spawn('nsenter', [`--net=${ns}`, process.execPath, TOOL, 'listen', ip, String(port)], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let buf = '';

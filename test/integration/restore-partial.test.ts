@@ -90,12 +90,22 @@ describe('a rule that cannot be restored does not take the others down', kernelO
     assert.equal(await d.stop(), 0);
     assert.equal(await web(), 50, 'the datapath forwards while the daemon is stopped');
 
-    // Without CAP_SYS_ADMIN xdpctld cannot enter the netns of web's backend peer, but it need not: the
-    // kernel's xdp-features of the egress say it can receive (the first daemon switched GRO on there).
+    // Without CAP_SYS_ADMIN xdpctld cannot enter the netns of web's backend peer: the kernel's xdp-features
+    // of the egress say it may receive (the first daemon switched GRO on there), so web is restored with the
+    // backend in its table, but only traffic can show it receives (core/egress-watch.ts): DEGRADED, "cannot be
+    // verified", until the kernel takes frames redirected to it; then ACTIVE.
     d = await fewer();
     c = d.clients();
-    assert.equal((await state('web')).state, RuleState.RULE_STATE_ACTIVE, (await state('web')).message);
+    await until('web restored, its backend not verified', async () =>
+      /cannot be verified/.test((await state('web')).backendStatus[0]?.message ?? ''),
+    );
+    assert.equal((await state('web')).state, RuleState.RULE_STATE_DEGRADED, (await state('web')).message);
+    assert.equal((await state('web')).backendStatus[0].active, true, 'in the table');
     assert.equal(await web(), 50, 'web restored and forwarding');
+    await until(
+      'web ACTIVE: verified by traffic',
+      async () => (await state('web')).state === RuleState.RULE_STATE_ACTIVE,
+    );
     assert.equal(await d.stop(), 0);
 
     // The peer loses NAPI while the daemon is stopped: native redirects into it are dropped (the fault), and the

@@ -76,12 +76,13 @@ export function ruleConditions(
   s: {
     state: string;
     message: string;
-    backends: { receiving: boolean; ip: string; interface: string; message: string }[];
+    backends: { receiving: boolean; ip: string; interface: string; message: string; unverified?: boolean }[];
   },
   weights: number[],
   ingressProblems: string[],
 ): ObservedCondition[] {
   const out = s.backends.filter((b, i) => !b.receiving && (weights[i] ?? 1) > 0);
+  const unverified = s.backends.filter((b) => b.unverified);
   const failed = s.state === 'failed';
   return [
     cond(
@@ -100,14 +101,21 @@ export function ruleConditions(
         ),
     failed
       ? { type: 'BackendsReceiving', status: 'Unknown', reason: 'Failed', message: s.message }
-      : cond(
-          'BackendsReceiving',
-          out.length === 0,
-          out.length ? 'BackendsNotReceiving' : 'AllReceiving',
-          out.length
-            ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
-            : 'every backend with a non-zero weight is in the backend table',
-        ),
+      : out.length === 0 && unverified.length
+        ? {
+            type: 'BackendsReceiving',
+            status: 'Unknown',
+            reason: 'BackendsUnverified',
+            message: unverified.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; '),
+          }
+        : cond(
+            'BackendsReceiving',
+            out.length === 0,
+            out.length ? 'BackendsNotReceiving' : 'AllReceiving',
+            out.length
+              ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
+              : 'every backend with a non-zero weight is in the backend table',
+          ),
   ];
 }
 

@@ -133,6 +133,21 @@ export interface CounterRead {
   global: bigint[];
 }
 
+/** Whether native XDP redirects into an egress are delivered ({@link Dataplane.redirectTarget}). */
+export interface RedirectTarget {
+  ok: boolean;
+  /** Why not, or what was checked (and done). */
+  detail?: string;
+  /**
+   * `ok` only because the kernel announces ndo-xmit: the device's peer could not be inspected (a veth whose
+   * peer is in a namespace xdpctld cannot enter), and the flag stays set when the peer lost NAPI while it
+   * was down. The reconciler judges such an egress by the backends' redirect counters (core/egress-watch.ts).
+   */
+  unverified?: boolean;
+  /** With `unverified`: what the kernel reports about the device (ifindex, features, peer, carrier changes); it changes when they do. */
+  key?: string;
+}
+
 export interface Dataplane {
   readonly ringSize: number;
   readonly noBackend: number;
@@ -183,7 +198,7 @@ export interface Dataplane {
    */
   ownAttachments?(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }>;
   /** The veth precondition for native redirects into `ifname`. */
-  redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }>;
+  redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
 
   writeRuleSlot(c: RuleSlotWrite): void;
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void;

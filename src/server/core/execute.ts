@@ -5,6 +5,7 @@
  * before the commit point undoes every step already taken, newest first, so
  * the kernel maps and the core state stay exactly as they were.
  */
+import { judgedEgress } from './egress-watch.js';
 import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
 import type { BackendEntry, Dataplane, SrcKey, XdpModeName } from './dataplane.js';
@@ -193,7 +194,12 @@ async function prepareIngress(
     if (isNative(p)) for (const b of p.backends) if (b.receiving) need.add(b.spec.interface);
   }
   const names = [...need];
-  const checked = await Promise.all(names.map((name) => dp.redirectTarget(name, ctx.fixVethPeers)));
+  // An egress whose peer cannot be inspected is as the reconciler last judged it by traffic (egress-watch.ts).
+  const checked = await Promise.all(
+    names.map(async (name) =>
+      judgedEgress(await dp.redirectTarget(name, ctx.fixVethPeers), state.egressWatch.get(name)),
+    ),
+  );
   const peers = new Map(names.map((name, i) => [name, checked[i]]));
   for (const p of plans) {
     if (!isNative(p)) continue;

@@ -4,7 +4,7 @@
  * name (10 000 rules name the same few interfaces 50 000 times); neighbour
  * MACs once per (address, interface), only for backends given without a MAC.
  */
-import type { Dataplane, InterfaceInfo, LinkState } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, LinkState, RedirectTarget } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 
 /** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
@@ -20,7 +20,7 @@ export interface Facts {
    * (veth peer NAPI, docs/kernel-notes.md, trap 3) and why not. Filled by the
    * reconciler for rules on native-mode ingress; absent: not checked.
    */
-  napi: Map<string, { ok: boolean; detail?: string }>;
+  napi: Map<string, RedirectTarget>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;

@@ -60,6 +60,11 @@ export interface BackendStatus {
    */
   receiving: boolean;
   message: string;
+  /**
+   * In the table, but whether it receives cannot be verified: its egress's peer cannot be inspected and
+   * no traffic has shown it yet (core/egress-watch.ts). The rule is then DEGRADED, not ACTIVE.
+   */
+  unverified?: boolean;
 }
 
 export type RuleState = 'active' | 'degraded' | 'inactive' | 'failed';

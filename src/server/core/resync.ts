@@ -16,7 +16,9 @@
  * Allocates nothing per rule when nothing changed beyond the facts it reads.
  */
 import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
-import { fetchRuleFacts, neighbourKey } from './facts.js';
+import { judgedEgress, stepEgress } from './egress-watch.js';
+import { fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
+import type { Dataplane } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
@@ -29,6 +31,7 @@ import {
   missingInterfacesWarning,
   mtuWarnings,
   observedRuleStatus,
+  unverifiedRuleStatus,
 } from './rule-status.js';
 
 /** What one pass found. */
@@ -202,6 +205,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       }
     }
   }
+  // Egresses whose peer cannot be inspected: judged by their backends' redirect counters (egress-watch.ts).
+  judgeUnverifiedEgresses(ctx, facts.napi, transition);
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
   const why = new Map<string, string>();
@@ -424,6 +429,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
     }
   }
+  // Backends in a table whose egress cannot be verified (egress-watch.ts, no traffic seen yet): their rules
+  // say so (DEGRADED, not ACTIVE).
+  const unverified = new Map<string, string>();
+  for (const [iface, r] of facts.napi) if (r.ok && r.unverified) unverified.set(iface, r.detail ?? iface);
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -433,7 +442,11 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     );
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
-      const observed = observedRuleStatus(written, rule.ingressInterfaces, ingressProblems);
+      const observed = observedRuleStatus(
+        unverifiedRuleStatus(written, unverified),
+        rule.ingressInterfaces,
+        ingressProblems,
+      );
       k.written = observed === written ? undefined : written;
       k.status = observed;
     }
@@ -464,4 +477,75 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
   return { missing: [...missing].sort(), problems };
+}
+
+/**
+ * One step of the egress watch (egress-watch.ts) for every checked egress whose peer cannot be inspected:
+ * the counters of the backends behind it are read (one read for all), its verdict updated, and its entry
+ * in `napi` replaced by the judged one (failing: not ok, so its backends leave their tables). Each verdict
+ * change is logged once. Egresses no longer watched are forgotten.
+ */
+function judgeUnverifiedEgresses(
+  ctx: ExecContext,
+  napi: Facts['napi'],
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): void {
+  const { dp, state } = ctx;
+  for (const name of state.egressWatch.keys()) {
+    if (!napi.get(name)?.unverified) {
+      state.egressWatch.delete(name);
+      state.logged.delete(`egress/${name}`);
+    }
+  }
+  const watched = [...napi].filter(([, r]) => r.unverified);
+  if (!watched.length) return;
+  const ids = new Map<string, number[]>();
+  for (const k of state.ruleKernel.values()) {
+    for (const [key, b] of k.backends) {
+      const iface = key.slice(key.indexOf('@') + 1);
+      if (!napi.get(iface)?.unverified) continue;
+      const list = ids.get(iface);
+      if (list) list.push(b.statsId);
+      else ids.set(iface, [b.statsId]);
+    }
+  }
+  let counters: ReturnType<Dataplane['readCounters']>['backends'];
+  try {
+    counters = dp.readCounters([], [...ids.values()].flat(), []).backends;
+  } catch (e) {
+    ctx.log.error({ err: e }, `cannot read the backend counters to judge ${watched.map(([i]) => i).join(', ')}`);
+    return; // nothing observed: verdicts unchanged
+  }
+  const now = ctx.now();
+  for (const [iface, r] of watched) {
+    const w = stepEgress(state.egressWatch.get(iface), r.key ?? '', ids.get(iface) ?? [], counters, now, iface);
+    state.egressWatch.set(iface, w);
+    napi.set(iface, judgedEgress(r, w));
+    transition(`egress/${iface}`, `${w.verdict}|${w.since}`, (before) => {
+      if (w.verdict === 'failing') {
+        ctx.log.warn(
+          { egress: iface, reason: w.why, retryAt: new Date(w.retryAt!).toISOString() },
+          `backend egress ${iface}: ${w.why}; its backends are out of their tables until then`,
+        );
+      } else if (w.verdict === 'verified') {
+        ctx.log.info(
+          { egress: iface },
+          `backend egress ${iface}: frames redirected to it are taken by the kernel: verified by traffic ` +
+            '(its veth peer cannot be inspected)',
+        );
+      } else if (before && w.ejections > 0) {
+        ctx.log.info(
+          { egress: iface, failedTrials: w.ejections },
+          `backend egress ${iface}: its backends are put back on trial (${w.ejections} failed so far); ` +
+            'not verified until traffic shows it receives',
+        );
+      } else {
+        ctx.log.info(
+          { egress: iface },
+          `backend egress ${iface}: its veth peer cannot be inspected and the kernel announces ndo-xmit: ` +
+            'not verified until traffic shows it receives (redirect counters)',
+        );
+      }
+    });
+  }
 }

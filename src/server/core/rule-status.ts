@@ -76,6 +76,34 @@ export function writtenRuleStatus(backends: BackendStatus[], live: number, weigh
 }
 
 /**
+ * The written status with the backends whose egress cannot be verified
+ * (`unverified`: egress name -> why; core/egress-watch.ts) marked: they stay
+ * in the table, but a rule that has one is DEGRADED, not ACTIVE (the daemon
+ * cannot say every backend receives). `written` itself when none applies.
+ */
+export function unverifiedRuleStatus(written: RuleStatus, unverified: ReadonlyMap<string, string>): RuleStatus {
+  if (unverified.size === 0 || written.state === 'failed') return written;
+  let hit: BackendStatus[] | undefined;
+  const backends = written.backends.map((b) => {
+    const why = b.receiving ? unverified.get(b.interface) : undefined;
+    if (!why) return b;
+    const u = { ...b, unverified: true, message: `cannot be verified: ${why}` };
+    (hit ??= []).push(u);
+    return u;
+  });
+  if (!hit) return written;
+  const note =
+    `${hit.length} cannot be verified (${hit.map((b) => `${b.ip}@${b.interface}`).join(', ')}: the kernel ` +
+    `announces ndo-xmit for the egress, but its veth peer cannot be inspected; watched through the redirect errors)`;
+  return {
+    ...written,
+    state: written.state === 'active' ? 'degraded' : written.state,
+    message: `${written.message}; ${note}`,
+    backends,
+  };
+}
+
+/**
  * The status as observed now: the written status, lowered by what is wrong
  * with the rule's ingress interfaces (missing, or a foreign XDP program in
  * the place of ours). All ingress unusable: INACTIVE; some: DEGRADED.

@@ -4,6 +4,7 @@
  * ids, attachments, link directions). Plain data and id pools, no I/O; the
  * execute step is the only writer during a transaction.
  */
+import type { EgressWatch } from './egress-watch.js';
 import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
@@ -91,6 +92,8 @@ export class CoreState {
   readonly unidentified = new Map<string, string>();
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
+  /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
+  readonly egressWatch = new Map<string, EgressWatch>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */

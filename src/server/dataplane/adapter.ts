@@ -10,6 +10,7 @@ import type {
   Dataplane,
   InterfaceInfo,
   LinkState,
+  RedirectTarget,
   RuleSlotState,
   RuleSlotWrite,
   XdpModeName,
@@ -303,7 +304,7 @@ export class KernelDataplane implements Dataplane {
    * is the same and its carrier has not changed since (a veth's carrier follows its peer's up/down state),
    * for at most VETH_RECHECK_MS.
    */
-  private readonly vethVerified = new Map<string, { key: string; at: number; result: { ok: true; detail: string } }>();
+  private readonly vethVerified = new Map<string, { key: string; at: number; result: RedirectTarget & { ok: true } }>();
 
   /**
    * Whether frames redirected into `ifname` by native XDP are transmitted.
@@ -322,7 +323,7 @@ export class KernelDataplane implements Dataplane {
    * by the kernel's NDO_XMIT alone, and the detail says so. On kernels without xdp-features (before 6.3)
    * the peer check alone answers.
    */
-  async redirectTarget(ifname: string, fix: boolean): Promise<{ ok: boolean; detail?: string }> {
+  async redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget> {
     let features: bigint | undefined;
     let id: LinkIdentity | undefined;
     let ifindex: number | undefined;
@@ -365,19 +366,22 @@ export class KernelDataplane implements Dataplane {
           `dropped; use a veth or tap egress, or generic mode on the ingress`,
       };
     }
-    const trust = (result: { ok: true; detail: string }, f: bigint | undefined) => {
+    const trust = (result: RedirectTarget & { ok: true }, f: bigint | undefined) => {
       const key = keyOf(f);
       if (key && xmit(f)) this.vethVerified.set(ifname, { key, at: Date.now(), result });
       return result;
     };
     if (s.uninspectable) {
       if (!xmit(features)) return { ok: false, detail: s.detail };
+      // Not verified: the reconciler judges it by the backends' redirect counters (core/egress-watch.ts).
       return trust(
         {
           ok: true,
+          unverified: true,
+          key: keyOf(features),
           detail:
-            `${ifname}: the kernel reports ndo-xmit; whether its peer really has NAPI cannot be checked from ` +
-            `here (GRO switched off while the peer was down leaves ndo-xmit set): ${s.detail}`,
+            `${ifname}: the kernel reports ndo-xmit, but whether its peer has NAPI cannot be checked ` +
+            `(GRO switched off while the peer was down leaves ndo-xmit set): ${s.detail}`,
         },
         features,
       );

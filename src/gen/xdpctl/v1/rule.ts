@@ -116,7 +116,10 @@ export enum RuleState {
    * runs another XDP program or is cross-connected by a link (links are
    * matched first), or a backend with a non-zero weight is
    * unresolved, its interface is missing, down or without carrier (its flows
-   * go to the other backends). See warnings and backend_status.
+   * go to the other backends), or whether a backend receives cannot be
+   * verified (a veth egress whose peer xdpctld cannot inspect, before
+   * traffic showed the kernel takes its frames; it stays in the table).
+   * See warnings and backend_status.
    */
   RULE_STATE_DEGRADED = 2,
   /**
@@ -371,7 +374,11 @@ export interface BackendStatus {
    * (its flows go to the others) until it recovers.
    */
   active: boolean;
-  /** Why the backend is not active, if it is not; otherwise empty. */
+  /**
+   * Why the backend is not active, if it is not; for an active backend
+   * whose egress cannot be verified, why ("cannot be verified: ...");
+   * otherwise empty.
+   */
   message: string;
 }
 
