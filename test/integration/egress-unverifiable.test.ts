@@ -59,7 +59,7 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
       `ip link set lo up && ip link set eth0 address ${mac2} && ip addr add ${ip2}/24 dev eth0 && ip link set eth0 up`,
     );
     inNs('ethtool -K eth0 gro on');
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native', '--prometheus', '127.0.0.1:0']);
     c = d.clients();
   });
   after(async () => {
@@ -177,6 +177,11 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
     await sleep(1200);
     assert.equal(count(new RegExp(`"msg":"backend egress ${hostIf}: the kernel dropped all`)), 1, 'logged once');
     assert.equal(count(/"msg":"rule web is DEGRADED: .*the kernel dropped all/), 1, 'the rule transition logged once');
+    assert.equal(
+      await metric(d.prometheus!, 'xdpctl_reconciler_events_total', { xdpctl_event: 'egress_ejections' }),
+      1,
+      'the metric counts it',
+    );
 
     // 4. The peer can receive again (GRO switched on while up). The backend is tried again after the back-off
     // and verified by the traffic it then gets.
@@ -200,3 +205,15 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
   });
 });
+
+/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}

@@ -38,7 +38,7 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
     b1 = topo.addHost('b1', '198.18.2.1/24');
     b2 = topo.addHost('b2', '198.18.2.2/24');
     topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
     c = d.clients();
   });
   after(async () => {
@@ -149,8 +149,24 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
     await sleep(NEIGHBOUR_VERIFY_MS + 1500);
     assert.equal(reapplied().length, settled, 'nothing re-applied while the MAC answers');
     assert.equal(changed(), 1);
+    // The metric counts the same: one MAC change; probes made (at least the one that found it).
+    const events = (e: string) => metric(d.prometheus!, 'xdpctl_reconciler_events_total', { xdpctl_event: e });
+    assert.equal(await events('neighbour_mac_changes'), 1);
+    assert.ok((await events('neighbour_probes'))! >= 2, `probes counted (${await events('neighbour_probes')})`);
     r = await send(7996);
     assert.equal(r.total, r.sent, `all delivered (${r.got})`);
     await c.rules.deleteRule({ name: 'nb', expectedGeneration: 0n });
   });
 });
+
+/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}

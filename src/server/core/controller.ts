@@ -856,6 +856,11 @@ export class Controller {
     return out;
   }
 
+  /** What the reconciler did since the start, by kind (state.ts reconcilerEvents). */
+  reconcilerEvents(): Readonly<Record<string, number>> {
+    return this.state.reconcilerEvents;
+  }
+
   /** How many rules are in each state now (their status as last written or observed). */
   ruleStates(): Record<RuleState, number> {
     const out: Record<RuleState, number> = { active: 0, degraded: 0, inactive: 0, failed: 0 };

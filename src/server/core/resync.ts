@@ -254,7 +254,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
           // The neighbour table is the MAC's source: resolve it while it is not resolved, and make the
           // kernel verify it while it is (frames we redirect never pass the stack, which would).
           if (!resolved) dp.probeNeighbour?.(spec.ip, spec.interface);
-          else if (b.receiving) dp.verifyNeighbour?.(spec.ip, spec.interface);
+          else if (b.receiving && dp.verifyNeighbour?.(spec.ip, spec.interface))
+            state.reconcilerEvents.neighbour_probes++;
         }
         if (changed) return;
         const exists = facts.interfaces.get(spec.interface) !== undefined;
@@ -335,6 +336,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         const was = state.neighbourMacs.get(key);
         state.neighbourMacs.set(key, b.mac);
         if (was === undefined || was.toLowerCase() === b.mac.toLowerCase()) return;
+        state.reconcilerEvents.neighbour_mac_changes++;
         ctx.log.info(
           { rule: op.name, backend: spec.ip, interface: spec.interface, from: was, to: b.mac },
           `backend ${spec.ip} on ${spec.interface} has a new MAC, ${was} -> ${b.mac} (neighbour table): rewritten`,
@@ -523,6 +525,7 @@ function judgeUnverifiedEgresses(
     napi.set(iface, judgedEgress(r, w));
     transition(`egress/${iface}`, `${w.verdict}|${w.since}`, (before) => {
       if (w.verdict === 'failing') {
+        state.reconcilerEvents.egress_ejections++;
         ctx.log.warn(
           { egress: iface, reason: w.why, retryAt: new Date(w.retryAt!).toISOString() },
           `backend egress ${iface}: ${w.why}; its backends are out of their tables until then`,

@@ -92,6 +92,12 @@ export class CoreState {
   readonly unidentified = new Map<string, string>();
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
+  /**
+   * What the reconciler did to keep the datapath true, counted since the start (the
+   * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends
+   * rewritten with a new neighbour MAC, egresses taken out for dropping every frame redirected to them.
+   */
+  readonly reconcilerEvents = { neighbour_probes: 0, neighbour_mac_changes: 0, egress_ejections: 0 };
   /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
   readonly egressWatch = new Map<string, EgressWatch>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */

@@ -6,7 +6,10 @@
  *    on `degraded > 0` sees the fall back to 0);
  *  - `xdpctl.datapath.problems`: the problems that keep the `xdpctl.datapath`
  *    health service NOT_SERVING (missing interfaces, foreign programs, rules
- *    not ACTIVE), as of the reconciler's last pass; 0 when it serves.
+ *    not ACTIVE), as of the reconciler's last pass; 0 when it serves;
+ *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
+ *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes,
+ *    egress_ejections), counted since the start.
  * Both are read from the core at collection time: no per-rule state here.
  */
 import type { Meter } from '@opentelemetry/api';
@@ -16,7 +19,11 @@ import type { RuleState } from '../core/model.js';
 export const STATE_METRICS = {
   rules: 'xdpctl.rules',
   problems: 'xdpctl.datapath.problems',
+  events: 'xdpctl.reconciler.events',
 } as const;
+
+/** The attribute naming the kind of a reconciler event on `xdpctl.reconciler.events`. */
+export const EVENT_ATTR = 'xdpctl.event';
 
 /** The attribute naming a rule state on `xdpctl.rules`. */
 export const RULE_STATE_ATTR = 'xdpctl.rule.state';
@@ -30,6 +37,8 @@ export interface StateSource {
   ruleStates(): Record<RuleState, number>;
   /** The reconciler's last list of problems (empty: the datapath is as desired). */
   problems(): readonly string[];
+  /** What the reconciler did since the start, by kind. */
+  reconcilerEvents(): Readonly<Record<string, number>>;
 }
 
 /** Register the gauges; returns a function that unregisters them (daemon stop). */
@@ -43,6 +52,14 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
       'Problems keeping the xdpctl.datapath health service NOT_SERVING (missing interfaces, foreign programs, rules not ACTIVE); 0: as desired',
     unit: '{problem}',
   });
+  const events = meter.createObservableCounter(STATE_METRICS.events, {
+    description:
+      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress)',
+    unit: '{event}',
+  });
+  const observeEvents = (r: { observe(v: number, a?: Record<string, string>): void }) => {
+    for (const [k, v] of Object.entries(source.reconcilerEvents())) r.observe(v, { [EVENT_ATTR]: k });
+  };
   const observeRules = (r: { observe(v: number, a?: Record<string, string>): void }) => {
     const counts = source.ruleStates();
     for (const s of RULE_STATES) r.observe(counts[s] ?? 0, { [RULE_STATE_ATTR]: s });
@@ -50,7 +67,9 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   const observeProblems = (r: { observe(v: number): void }) => r.observe(source.problems().length);
   rules.addCallback(observeRules);
   problems.addCallback(observeProblems);
+  events.addCallback(observeEvents);
   return () => {
+    events.removeCallback(observeEvents);
     rules.removeCallback(observeRules);
     problems.removeCallback(observeProblems);
   };
