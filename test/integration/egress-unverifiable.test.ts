@@ -204,6 +204,93 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
     assert.equal(count(new RegExp(`"msg":"backend egress ${hostIf}: frames redirected to it are taken`)), 2);
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
   });
+
+  it('a link into such a veth: cannot be verified until frames are taken; not forwarding while all are dropped', async () => {
+    // A second unnamed namespace: l2's side, its veth peer up with GRO switched on while up.
+    const ns2 = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const if2 = `x${id}ul`;
+    try {
+      await sleep(200);
+      const in2 = (cmd: string) => sh('nsenter', ['-t', String(ns2.pid), '-n', 'sh', '-c', cmd]);
+      sh('ip', ['link', 'add', if2, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns2.pid)]);
+      sh('ip', ['link', 'set', if2, 'up']);
+      in2('ip link set lo up && ip addr add 198.18.50.2/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on');
+      const l1 = topo.addHost('l1', '198.18.50.1/24');
+      await c.links.connect({ link: { a: l1.hostIf, b: if2, direction: 0 } });
+      const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+      const active = (st: Awaited<ReturnType<typeof link>>) => st.conditions.find((x) => x.type === 'Active')!;
+
+      await until('l1 -> l2 not verified', async () => /cannot be verified/.test((await link()).warnings.join('\n')));
+      let st = await link();
+      assert.equal(st.aToBActive, true, 'in the datapath; the kernel announces ndo-xmit');
+      assert.match(
+        st.warnings.join('\n'),
+        new RegExp(`${l1.hostIf} -> ${if2}: cannot be verified: .*unnamed network namespace`),
+      );
+      assert.deepEqual(
+        [active(st).status, active(st).reason],
+        [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'EgressUnverified'],
+      );
+      assert.equal(await health(), NOT_SERVING);
+
+      assert.equal(topo.ping('l1', '198.18.50.2'), true, 'l1 reaches l2 through the link');
+      await until(
+        'verified by traffic',
+        async () => active(await link()).status === ConditionStatus.CONDITION_STATUS_TRUE,
+      );
+      assert.deepEqual((await link()).warnings, []);
+      await until('health SERVING', async () => (await health()) === SERVING);
+
+      // The fault: GRO off while l2's side is down; the kernel keeps announcing ndo-xmit.
+      in2('ip link set eth0 down && ethtool -K eth0 gro off && ip link set eth0 up');
+      assert.equal(((xdpFeatures(ifindexOf(if2)) ?? 0n) & XDP_ACT['ndo-xmit']) !== 0n, true, 'premise: ndo-xmit');
+      let reached = true;
+      await until(
+        'l1 -> l2 not forwarding: its frames were dropped',
+        async () => {
+          reached &&= topo.ping('l1', '198.18.50.2', 4);
+          return !(await link()).aToBActive;
+        },
+        15_000,
+      );
+      assert.equal(reached, false, 'premise: l1 did not reach l2 meanwhile');
+      st = await link();
+      assert.equal(st.bToAActive, true, 'the other direction is not judged by this one');
+      assert.match(
+        st.warnings.join('\n'),
+        new RegExp(`${l1.hostIf} -> ${if2}: the kernel dropped all of the last \\d+ frames redirected to ${if2}`),
+      );
+      assert.deepEqual(
+        [active(st).status, active(st).reason],
+        [ConditionStatus.CONDITION_STATUS_FALSE, 'EgressCannotTransmit'],
+      );
+      assert.equal(await health(), NOT_SERVING);
+      await sleep(1200);
+      assert.equal(
+        count(new RegExp(`"msg":"link ${l1.hostIf} -> ${if2} is not forwarding: the kernel dropped all`)),
+        1,
+      );
+
+      // Repaired (GRO on while up): the next frames taken show it forwards again.
+      in2('ethtool -K eth0 gro on');
+      await until(
+        'l1 -> l2 forwarding again',
+        async () => {
+          topo.ping('l1', '198.18.50.2', 2);
+          return (await link()).aToBActive;
+        },
+        10_000,
+      );
+      assert.equal(topo.ping('l1', '198.18.50.2'), true, 'l1 reaches l2 again');
+      assert.equal(active(await link()).status, ConditionStatus.CONDITION_STATUS_TRUE);
+      await until('health SERVING again', async () => (await health()) === SERVING);
+      assert.equal(count(new RegExp(`"msg":"link ${l1.hostIf} -> ${if2} is forwarding again`)), 1);
+      await c.links.disconnect({ a: l1.hostIf, b: if2 });
+    } finally {
+      ns2.kill();
+      shQuiet('ip', ['link', 'del', if2]);
+    }
+  });
 });
 
 /** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */

@@ -87,4 +87,20 @@ describe('egress watch', () => {
       'inspected egresses as they are',
     );
   });
+
+  it('without retries (a link direction): failing until a frame is taken again, never re-created', () => {
+    let w = stepEgress(undefined, 'k1', [7], read([7, 0, 0]), 0, 'v0', false, 'tx_dropped of v0');
+    w = stepEgress(w, 'k1', [7], read([7, 0, 9]), 1, 'v0', false, 'tx_dropped of v0');
+    assert.equal(w.verdict, 'failing');
+    assert.equal(w.retryAt, undefined);
+    assert.equal(
+      w.why,
+      'the kernel dropped all of the last 9 frames redirected to v0 (tx_dropped of v0) and took none: it cannot ' +
+        'receive native XDP redirects (a veth whose peer has no NAPI)',
+    );
+    const same = stepEgress(w, 'k1', [7], read([7, 0, 30]), 1e9, 'v0', false);
+    assert.equal(same, w, 'still failing: the same verdict (logged once), however long');
+    w = stepEgress(w, 'k1', [7], read([7, 1, 30]), 1e9 + 1, 'v0', false);
+    assert.equal(w.verdict, 'verified');
+  });
 });

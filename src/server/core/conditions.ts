@@ -152,8 +152,11 @@ export function interfaceConditions(i: {
 }
 
 /** A link's Active condition. */
-export function linkConditions(active: boolean[], problems: string[]): ObservedCondition[] {
+export function linkConditions(active: boolean[], problems: string[], unverified: string[] = []): ObservedCondition[] {
   if (problems.length) return [cond('Active', false, ingressReason(problems[0]), problems.join('; '))];
+  if (active.every(Boolean) && unverified.length) {
+    return [{ type: 'Active', status: 'Unknown', reason: 'EgressUnverified', message: unverified.join('; ') }];
+  }
   if (active.every(Boolean)) return [cond('Active', true, 'Forwarding', 'every direction is in the datapath')];
   return [cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet')];
 }

@@ -303,9 +303,13 @@ export class Controller {
         if (egress[0]) problems.push(`${l.a} -> ${l.b}: ${egress[0]}`);
         if (l.direction === 'both' && egress[1]) problems.push(`${l.b} -> ${l.a}: ${egress[1]}`);
         const active: [boolean, boolean] = [inKernel[0] && !egress[0], inKernel[1] && !egress[1]];
+        // Forwarding as far as the kernel says, but its egress cannot be verified (egress-watch.ts).
+        const unverified = [this.state.linkUnverified.get(`${l.a}>${l.b}`)];
+        if (l.direction === 'both') unverified.push(this.state.linkUnverified.get(`${l.b}>${l.a}`));
+        const unknown = unverified.filter((w): w is string => w !== undefined);
         const conditions = this.state.conditions.set(
           `link/${linkKey(l)}`,
-          linkConditions(l.direction === 'both' ? active : [active[0]], problems),
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown),
           this.now(),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
@@ -325,7 +329,7 @@ export class Controller {
         }
         const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
-        const warnings = [...problems, ...mtu.filter((w): w is string => w !== undefined), ...shadows];
+        const warnings = [...problems, ...unknown, ...mtu.filter((w): w is string => w !== undefined), ...shadows];
         return { ...l, active, warnings, conditions };
       });
   }

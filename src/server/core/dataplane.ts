@@ -197,6 +197,13 @@ export interface Dataplane {
    * pinned under its pin root (a previous run's): name -> ifindex and mode. Optional (fakes).
    */
   ownAttachments?(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }>;
+  /**
+   * What a veth did with the native XDP redirects into it, as the kernel counts them on the device (from our
+   * namespace, whatever namespace its peer is in): frames its peer took (`ethtool -S` tx_queue_N_xdp_xmit)
+   * and frames dropped on transmit (tx_dropped: a peer without NAPI drops every redirected frame there).
+   * Undefined when not known. Optional (fakes).
+   */
+  xdpTransmitStats?(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined>;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
 

@@ -76,6 +76,8 @@ export function stepEgress(
   counters: BackendCounters,
   now: number,
   iface: string,
+  retry = true,
+  source = 'redirect errors',
 ): EgressWatch {
   const fresh = (ejections: number): EgressWatch => {
     const base = new Map<number, { packets: bigint; errors: bigint }>();
@@ -87,7 +89,9 @@ export function stepEgress(
   };
   // The egress changed under us: what was observed says nothing about it now.
   if (!w || w.key !== key) return fresh(0);
-  if (w.verdict === 'failing') {
+  // Backends out of their tables get no traffic: only a trial can show anything. Without `retry` (a link
+  // direction: its frames keep coming whatever is reported), a frame taken shows it again.
+  if (w.verdict === 'failing' && retry) {
     return w.retryAt !== undefined && now >= w.retryAt ? fresh(w.ejections) : w;
   }
   for (const id of ids) {
@@ -108,18 +112,18 @@ export function stepEgress(
     next.errors = 0n;
     return next;
   }
-  if (w.errors >= FAIL_MIN_ERRORS) {
+  if (w.errors >= FAIL_MIN_ERRORS && w.verdict !== 'failing') {
     const wait = Math.min(RETRY_BASE_MS * 2 ** w.ejections, RETRY_MAX_MS);
     return {
       ...w,
       verdict: 'failing',
       since: now,
       ejections: w.ejections + 1,
-      retryAt: now + wait,
+      retryAt: retry ? now + wait : undefined,
       why:
-        `the kernel dropped all of the last ${w.errors} frames redirected to ${iface} (redirect errors) and took ` +
-        `none: it cannot receive native XDP redirects (a veth whose peer has no NAPI); tried again ` +
-        `${wait / 1000} s later`,
+        `the kernel dropped all of the last ${w.errors} frames redirected to ${iface} (${source}) and took ` +
+        `none: it cannot receive native XDP redirects (a veth whose peer has no NAPI)` +
+        (retry ? `; tried again ${wait / 1000} s later` : ''),
       taken: 0n,
       errors: 0n,
     };

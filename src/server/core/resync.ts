@@ -381,6 +381,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // (link.proto LinkStatus.a_to_b_active), whatever the devmap holds.
   const linkEgress = new Map<string, string>();
   const linkWarnings = new Map<string, string>();
+  const linkUnverified = new Map<string, string>();
+  const linkWatched = new Set<string>();
   for (const l of links) {
     for (const [from, to] of directions(l)) {
       if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
@@ -396,6 +398,43 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
           facts.napi.set(to, r);
         }
         if (!r.ok) why = r.detail;
+        else if (r.unverified) {
+          // A veth whose peer cannot be inspected: judged by this direction's counters (egress-watch.ts).
+          const dir = `${from}>${to}`;
+          const fromIdx = now(from)!;
+          linkWatched.add(dir);
+          // The link's own counters do not see a frame dropped at the egress's flush (a devmap redirect's
+          // egress is not known to the program): the veth's counters do (taken by its peer, or dropped).
+          const x = await dp.xdpTransmitStats?.(to);
+          const counters = x && new Map([[fromIdx, { packets: x.taken, redirectErrors: x.dropped }]]);
+          const w = counters
+            ? stepEgress(
+                state.linkWatch.get(dir),
+                r.key ?? '',
+                [fromIdx],
+                counters,
+                t,
+                to,
+                false,
+                `tx_dropped of ${to}`,
+              )
+            : state.linkWatch.get(dir);
+          if (w) state.linkWatch.set(dir, w);
+          if (w?.verdict === 'failing') why = w.why;
+          else if (w?.verdict !== 'verified')
+            linkUnverified.set(dir, `${from} -> ${to}: cannot be verified: ${r.detail}`);
+          transition(`link-verify/${dir}`, w?.verdict ?? 'unknown', (before) => {
+            if (w?.verdict === 'verified') {
+              ctx.log.info({ from, to }, `link ${from} -> ${to}: frames are taken by the kernel: verified by traffic`);
+            } else if (w?.verdict !== 'failing' && !before) {
+              ctx.log.info(
+                { from, to },
+                `link ${from} -> ${to}: the veth peer of ${to} cannot be inspected and the kernel announces ` +
+                  'ndo-xmit: not verified until traffic shows it forwards (redirect counters)',
+              );
+            }
+          });
+        }
       }
       const key = `link/${from}>${to}`;
       if (why) linkEgress.set(`${from}>${to}`, why);
@@ -419,6 +458,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   }
   state.linkEgress = linkEgress;
   state.linkWarnings = linkWarnings;
+  state.linkUnverified = linkUnverified;
+  for (const dir of state.linkWatch.keys()) {
+    if (!linkWatched.has(dir)) {
+      state.linkWatch.delete(dir);
+      state.logged.delete(`link-verify/${dir}`);
+    }
+  }
 
   // What we attached and no one uses any more, if a detach failed before (logged once per error).
   releaseUnusedInterfaces(ctx);
@@ -426,6 +472,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // 3. Status as observed, each transition logged once.
   const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
+  for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) {
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);

@@ -98,6 +98,13 @@ export class CoreState {
    * rewritten with a new neighbour MAC, egresses taken out for dropping every frame redirected to them.
    */
   readonly reconcilerEvents = { neighbour_probes: 0, neighbour_mac_changes: 0, egress_ejections: 0 };
+  /** Link directions (`from>to`) whose egress's peer cannot be inspected, judged by the direction's counters. */
+  readonly linkWatch = new Map<string, EgressWatch>();
+  /**
+   * Link directions in the devmap whose egress cannot be verified (its peer cannot be inspected and no
+   * traffic has shown it yet), with why, as the reconciler's last pass found them.
+   */
+  linkUnverified = new Map<string, string>();
   /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
   readonly egressWatch = new Map<string, EgressWatch>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */

@@ -34,6 +34,7 @@ import {
   linkIdentity,
   probeNeighbour,
   reannounceVethGro,
+  xdpTransmitStats,
   restoreGro,
   restoreOffloads,
   type GroChange,
@@ -323,6 +324,14 @@ export class KernelDataplane implements Dataplane {
    * by the kernel's NDO_XMIT alone, and the detail says so. On kernels without xdp-features (before 6.3)
    * the peer check alone answers.
    */
+  async xdpTransmitStats(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined> {
+    try {
+      return await xdpTransmitStats(ifname);
+    } catch {
+      return undefined;
+    }
+  }
+
   async redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget> {
     let features: bigint | undefined;
     let id: LinkIdentity | undefined;

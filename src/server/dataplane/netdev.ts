@@ -548,6 +548,20 @@ export async function reannounceVethGro(peer: string, netns?: string): Promise<v
   await ethtool(['-K', peer, 'gro', 'on']);
 }
 
+/**
+ * What a veth did with the native XDP redirects into it (see Dataplane.xdpTransmitStats): the frames its
+ * peer took (`ethtool -S`: tx_queue_N_xdp_xmit, the peer's ring counters shown on this side) and the frames
+ * dropped on transmit (rtnetlink stats64 tx_dropped, where veth_ndo_xdp_xmit counts what a peer without
+ * NAPI refused; other transmit drops count there too).
+ */
+export async function xdpTransmitStats(name: string): Promise<{ taken: bigint; dropped: bigint }> {
+  const { stdout } = await run('ethtool', ['-S', name]);
+  let taken = 0n;
+  for (const m of stdout.matchAll(/^\s*tx_queue_\d+_xdp_xmit: (\d+)$/gm)) taken += BigInt(m[1]);
+  const [link] = (await ipJson(['-s', 'link', 'show', 'dev', name])) as { stats64?: { tx?: { dropped?: number } } }[];
+  return { taken, dropped: BigInt(link?.stats64?.tx?.dropped ?? 0) };
+}
+
 /** `ethtool -k` display names -> the names `ethtool -K` takes. */
 const SET_NAME: Record<string, string> = {
   'tcp-segmentation-offload': 'tso',

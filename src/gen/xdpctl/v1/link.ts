@@ -89,7 +89,12 @@ export interface LinkStatus {
    * redirects: a veth whose peer has NAPI; not a bridge), as the reconciler
    * last observed (it runs every second and on every link change). When b
    * cannot, a warning says why and the Active condition is False with reason
-   * EgressCannotTransmit.
+   * EgressCannotTransmit. A veth b whose peer xdpctld cannot inspect (an
+   * unnamed namespace, or no CAP_SYS_ADMIN) is judged by the direction's
+   * counters: until the kernel has taken frames redirected to it, a warning
+   * says it cannot be verified and the Active condition is Unknown (reason
+   * EgressUnverified); when it drops all of them (redirect errors, none
+   * taken), the direction is not active, until a frame is taken again.
    */
   aToBActive: boolean;
   /**
