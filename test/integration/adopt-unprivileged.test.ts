@@ -11,7 +11,7 @@
  *    CAP_SYS_ADMIN to open it by id) is reported as such, never as ours nor as green.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
@@ -19,7 +19,7 @@ import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/p
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, OBJECT_NEXT, runId, sh, sleep, until } from '../helpers/env.js';
+import { kernelOnly, OBJECT_NEXT, ROOT, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -35,6 +35,7 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
   const daemons: DaemonProcess[] = [];
   let vm: Host, b: Host;
   let n = 0;
+  const bridge = `xb${id}`;
 
   before(() => {
     vm = topo.addHost('vm', '198.18.1.1/24');
@@ -43,6 +44,7 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
   });
   after(async () => {
     for (const d of daemons) await d.destroy();
+    shQuiet('ip', ['link', 'del', bridge]);
     topo.destroy();
     for (let i = 0; i <= n; i++) {
       XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}${i}`);
@@ -66,20 +68,20 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
     assert.equal(await d.stop(), 0);
     daemons.splice(daemons.indexOf(d), 1);
   };
-  const rule = (): Rule => ({
+  const rule = (ingress = vm): Rule => ({
     name: 'web',
     match: { protocol: Protocol.PROTOCOL_UDP, port: PORT, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
+    ingressInterfaces: [ingress.hostIf],
     backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
     udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
     labels: {},
     generation: 0n,
   });
   /** Datagrams sent and delivered to the backend. */
-  const send = async (count = 100) => {
+  const send = async (count = 100, from = vm) => {
     const l = await UdpListener.start(b.netns, b.ip!, PORT);
     try {
-      const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, count, { flows: 20 }).done;
+      const { sent } = await sendUdp(from.netns, NOWHERE, PORT, count, { flows: 20 }).done;
       await sleep(150);
       return { sent, delivered: (await l.stop()).unique };
     } finally {
@@ -253,5 +255,86 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
     await c.rules.deleteRule({ name: 'web' });
     assert.equal(progOn(vm.hostIf), 0);
     await stop(d2);
+  });
+  it('an earlier program that a migration could not switch stays known (pinned) as ours, is reported, and is replaced once it can be', async () => {
+    const k = ++n;
+    // The ingress is a bridge port; a program on the bridge makes the kernel refuse any XDP change on its
+    // ports (EEXIST), so the migration's switch fails there.
+    const p = topo.addHost('p', '198.18.3.1/24');
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    sh('ip', ['link', 'set', p.hostIf, 'master', bridge]);
+    sh('ip', ['link', 'set', bridge, 'up']);
+    topo.defaultRouteVia('p', '198.18.3.254', p.hostMac); // to the port's MAC: the bridge takes it locally
+    const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}${k}`;
+    const d1 = await start(k, ['--max-rules', '16']);
+    await d1.clients(d1.unix).rules.createRule({ rule: rule(p) });
+    const old = progOn(p.hostIf);
+    let r = await send(100, p);
+    assert.equal(r.delivered, r.sent, 'the first daemon forwards from the port');
+    await stop(d1);
+    sh('ip', ['link', 'set', 'dev', bridge, 'xdpgeneric', 'obj', `${ROOT}build/bpf/baseline.bpf.o`, 'sec', 'xdp']);
+    const foreign = progOn(bridge);
+
+    const d2 = await start(k, ['--max-rules', '64'], CONTAINER);
+    let c = d2.clients(d2.unix);
+    assert.equal(progOn(p.hostIf), old, 'the switch was refused: the old program still runs on the port');
+    assert.equal(
+      lines(d2, new RegExp(`"msg":"migrated to the new maps; ${p.hostIf} still runs the old program`)).length,
+      1,
+      'the migration says what it did not switch',
+    );
+    assert.ok(existsSync(`${pinRoot}/progs/prev_${old}`), 'the old program stays pinned while it runs');
+    const earlier = new RegExp(
+      `${p.hostIf} runs an earlier program of this datapath \\(id ${old}\\) and replacing it failed`,
+    );
+    await until('web not ACTIVE', async () =>
+      earlier.test((await c.rules.getRule({ name: 'web' })).rule!.status!.message),
+    );
+    assert.equal(await health(d2), NOT_SERVING);
+    let i = (await c.interfaces.getInterface({ name: p.hostIf })).interface!;
+    assert.deepEqual(
+      i.conditions.map((x) => [x.type, x.reason]),
+      [['ProgramAttached', 'EarlierProgram']],
+    );
+    await stop(d2);
+
+    // A restart, still without CAP_SYS_ADMIN: the old program is known from its pin, not "unidentified".
+    const d3 = await start(k, ['--max-rules', '64'], CONTAINER);
+    c = d3.clients(d3.unix);
+    await until('reported as an earlier program', async () =>
+      (await c.interfaces.getInterface({ name: p.hostIf })).interface!.conditions.some(
+        (x) => x.reason === 'EarlierProgram',
+      ),
+    );
+    assert.deepEqual(lines(d3, /cannot identify|another XDP program/), [], 'known as ours');
+    assert.equal(await health(d3), NOT_SERVING);
+
+    // The bridge's program goes: the next pass replaces the old program, which is then unpinned and freed.
+    sh('ip', ['link', 'set', 'dev', bridge, 'xdpgeneric', 'off']);
+    const ours = (await c.daemon.getStatus({})).datapath!.programId;
+    await until(`the program in use on ${p.hostIf}`, () => progOn(p.hostIf) === ours, 3000);
+    await until(
+      'web ACTIVE',
+      async () => (await c.rules.getRule({ name: 'web' })).rule!.status!.state === RuleState.RULE_STATE_ACTIVE,
+      15_000,
+    );
+    await until('datapath SERVING', async () => (await health(d3)) === SERVING, 3000);
+    assert.equal(
+      lines(d3, new RegExp(`${p.hostIf} ran an earlier program of this datapath \\(id ${old}\\): replaced`)).length,
+      1,
+    );
+    assert.ok(!existsSync(`${pinRoot}/progs/prev_${old}`), 'its pin removed');
+    assert.throws(() => sh('bpftool', ['prog', 'show', 'id', String(old)]), 'the old program (and its maps) freed');
+    assert.ok(foreign > 0);
+    i = (await c.interfaces.getInterface({ name: p.hostIf })).interface!;
+    assert.deepEqual(
+      i.conditions.map((x) => [x.type, x.reason]),
+      [['ProgramAttached', 'Attached']],
+    );
+    r = await send(100, p);
+    assert.equal(r.delivered, r.sent, `delivered ${r.delivered}/${r.sent} by the program in use`);
+    await c.rules.deleteRule({ name: 'web' });
+    assert.equal(progOn(p.hostIf), 0);
+    await stop(d3);
   });
 });

@@ -128,6 +128,8 @@ export function interfaceConditions(i: {
   progId: number;
   /** Why the program attached cannot be identified (see XdpStatus.unidentified). */
   unidentified?: string;
+  /** The id of the program in use: one of ours with another id is an earlier one (not yet replaced). */
+  current?: number;
   detachError?: string;
   used: boolean;
 }): ObservedCondition[] {
@@ -139,6 +141,16 @@ export function interfaceConditions(i: {
         false,
         i.unidentified ? 'UnidentifiedProgram' : 'ForeignProgram',
         `${otherProgram(i.progId, i.unidentified)} is attached; it is left alone`,
+      ),
+    ];
+  }
+  if (i.effectiveMode !== 'none' && i.current !== undefined && i.progId !== i.current) {
+    return [
+      cond(
+        'ProgramAttached',
+        false,
+        'EarlierProgram',
+        `an earlier program of this datapath (id ${i.progId}) runs here, not the one in use (id ${i.current})`,
       ),
     ];
   }

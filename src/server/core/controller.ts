@@ -409,11 +409,15 @@ export class Controller {
           ours: !!x?.ours,
           progId: x?.progId ?? 0,
           unidentified: x?.unidentified,
+          current: this.dp.progId,
           detachError,
           used: programUsers.has(name), // egress-only interfaces need no program
         }),
         this.now(),
       );
+      if (x?.ours && x.mode !== 'none' && x.progId !== this.dp.progId) {
+        warnings.push(`an earlier program of this datapath (id ${x.progId}) runs here, not the one in use`);
+      }
       if (x?.warnings) warnings.push(...x.warnings);
       return {
         name,

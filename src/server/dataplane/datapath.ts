@@ -1317,6 +1317,15 @@ export class XdpDatapath {
     if (idAt(progPin, (x) => progInfo(x, progPin).id) !== this.progInfoValue.id) {
       repin(`program ${PROGRAM_NAME}`, progPin, this.progFdValue);
     }
+    // An earlier program of ours still attached somewhere (a switch that failed): keep it pinned while it
+    // runs (the reconciler replaces it), let it go once it runs nowhere.
+    if (this.known.size) {
+      try {
+        this.settlePrograms();
+      } catch (e) {
+        failed.push(`${join(pinRoot, 'progs')}/${PREV_PREFIX}*: ${(e as Error).message}`);
+      }
+    }
     if (repinned.length) {
       // The fingerprint pin lets the next start adopt the program without verifying it again.
       try {

@@ -170,8 +170,9 @@ export interface ManagedInterface {
    * Observed conditions: "ProgramAttached" (our XDP program runs on it; false
    * with reason InterfaceMissing, ForeignProgram, UnidentifiedProgram (a
    * program the daemon cannot tell from its own: not pinned under its pin
-   * root, and no CAP_SYS_ADMIN to open it by id), NotAttached or
-   * DetachFailed).
+   * root, and no CAP_SYS_ADMIN to open it by id), EarlierProgram (an earlier
+   * program of this datapath, not yet replaced by the one in use),
+   * NotAttached or DetachFailed).
    */
   conditions: Condition[];
   /**
