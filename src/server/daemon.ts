@@ -620,8 +620,7 @@ export class Daemon {
             'locked again (a second daemon on it is refused); the pins of what runs are put back',
         );
       }
-      if (this.pinRootProblem) this.log.info({ pinRoot }, `pin root ${pinRoot} is this daemon's again`);
-      this.pinRootProblem = '';
+      this.pinRootProblem = ''; // taken again: the relock line above says so
     } catch (e) {
       // Another daemon took the pin root in between (it started after the removal and before this pass):
       // its pins are not ours to overwrite. Reported until that changes, logged once.

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, until } from '../helpers/env.js';
+import { kernelOnly, ROOT, runId, sh, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 /**
@@ -258,6 +258,66 @@ describe('one daemon per datapath', kernelOnly(), () => {
       ),
       [],
       'nothing else to report',
+    );
+  });
+
+  it('a second daemon that took the removed pin root first is reported by the first, whose pins it keeps', async () => {
+    const log = logFrom(first!);
+    const pinRoot = first!.pinRoot;
+    const unix = first!.clients(first!.unix);
+    const progId = (await unix.daemon.getStatus({})).datapath!.programId;
+    // The first daemon cannot run a pass in between: stopped while its pin root is removed and taken.
+    first!.child.kill('SIGSTOP');
+    let second: DaemonProcess | undefined;
+    try {
+      rmSync(pinRoot, { recursive: true });
+      second = await DaemonProcess.start(other, ['--pin-root', pinRoot, '--xdp-mode', 'generic']);
+    } finally {
+      first!.child.kill('SIGCONT');
+    }
+    try {
+      const secondProg = (await second.clients(second.unix).daemon.getStatus({})).datapath!.programId;
+      const conflict = new RegExp(
+        `pin root ${pinRoot} was removed under the running daemon and could not be taken again: pin root ${pinRoot} ` +
+          `is in use by another xdpctld \\(pid ${second.child.pid}\\b`,
+      );
+      await until(
+        () => `the first daemon reports the second: ${log()}`,
+        () => conflict.test(log()),
+        3000,
+      );
+      assert.equal((await unix.health.check({ service: 'xdpctl.datapath' })).status, 2, 'NOT_SERVING');
+      await sleep(1500);
+      assert.equal(
+        log()
+          .split('\n')
+          .filter((l) => conflict.test(l) && /"level":50/.test(l)).length,
+        1,
+        'logged once, as an error',
+      );
+      assert.equal(
+        JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/progs/xdpctl_main`])).id,
+        secondProg,
+        "the second daemon's pins are left alone",
+      );
+      assert.equal(topo.ping('h1', h2.ip!), true, 'the first daemon still forwards (its program stays attached)');
+    } finally {
+      assert.equal(await second.stop(), 0);
+      await second.destroy(); // its own state; its pins stay under the first's pin root
+    }
+    // The second gone, the first takes its pin root again and puts its pins back.
+    await until(
+      async () => `the first daemon's pins back: ${log()}`,
+      async () =>
+        existsSync(`${pinRoot}/progs/xdpctl_main`) &&
+        JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/progs/xdpctl_main`])).id === progId &&
+        (await unix.health.check({ service: 'xdpctl.datapath' })).status === 1,
+      3000,
+    );
+    assert.match(
+      log().slice(log().search(/could not be taken again/)),
+      /pin root \S+ was removed or replaced under the running daemon: created again \(0700\) and locked again/,
+      'taken again, logged',
     );
   });
 
