@@ -613,11 +613,13 @@ export class Daemon {
     if (!this.ready.value) return []; // stopping: --cleanup-on-exit removes the pins, none come back
     const pinRoot = this.opts.pinRoot;
     try {
-      if (this.lock?.checkPinRoot() === 'relocked') {
+      const r = this.lock?.checkPinRoot();
+      if (r === 'created' || r === 'relocked') {
         this.log.warn(
           { pinRoot },
-          `pin root ${pinRoot} was removed or replaced under the running daemon: created again (0700) and ` +
-            'locked again (a second daemon on it is refused); the pins of what runs are put back',
+          `pin root ${pinRoot} was removed or replaced under the running daemon: ` +
+            (r === 'created' ? 'created again (0700)' : 'the directory now there checked (0700, ours)') +
+            ' and locked again (a second daemon on it is refused)',
         );
       }
       this.pinRootProblem = ''; // taken again: the relock line above says so

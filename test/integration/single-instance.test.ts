@@ -316,7 +316,7 @@ describe('one daemon per datapath', kernelOnly(), () => {
     );
     assert.match(
       log().slice(log().search(/could not be taken again/)),
-      /pin root \S+ was removed or replaced under the running daemon: created again \(0700\) and locked again/,
+      /pin root \S+ was removed or replaced under the running daemon: the directory now there checked \(0700, ours\) and locked again/,
       'taken again, logged',
     );
   });

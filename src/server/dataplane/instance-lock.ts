@@ -358,11 +358,12 @@ export interface InstanceLock extends HeldLock {
   /**
    * Whether the pin root locked at start is still the directory at its path; if it was removed
    * (`rm -rf PINROOT`) or replaced, it is created again (0700, see {@link preparePinRoot}) and locked
-   * again, so that a second daemon on that pin root is refused as before. Returns 'held' (unchanged) or
-   * 'relocked'; throws LockHeldError when another daemon holds the directory now at that path (it started
+   * again, so that a second daemon on that pin root is refused as before. Returns 'held' (unchanged),
+   * 'created' (made again and locked) or 'relocked' (a directory found there, checked and locked); throws
+   * LockHeldError when another daemon holds the directory now at that path (it started
    * in between), PinRootError when the directory there may not be used.
    */
-  checkPinRoot(): 'held' | 'relocked';
+  checkPinRoot(): 'held' | 'created' | 'relocked';
 }
 
 /**
@@ -404,11 +405,12 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
     release: releaseAll,
     checkPinRoot() {
       if (pinRootLock?.current()) return 'held';
-      preparePinRoot(r.pinRoot);
+      const made: string[] = [];
+      preparePinRoot(r.pinRoot, made);
       const next = lockDirectory(r.pinRoot, 'pin root'); // throws LockHeldError: another daemon has it now
       pinRootLock?.release();
       pinRootLock = next;
-      return 'relocked';
+      return made.includes(r.pinRoot) ? 'created' : 'relocked';
     },
   };
 }
