@@ -11,8 +11,10 @@
  *    CAP_SYS_ADMIN to open it by id) is reported as such, never as ours nor as green.
  */
 import assert from 'node:assert/strict';
-import { existsSync, rmSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
+import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, afterEach, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
@@ -42,6 +44,12 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
     b = topo.addHost('b', '198.18.2.1/24');
     topo.routeToXdp('vm');
   });
+  // A test that fails leaves nothing to the next: its daemons go, and whatever they attached.
+  afterEach(async () => {
+    for (const d of daemons.splice(0)) await d.destroy();
+    for (const h of [vm, b])
+      for (const m of ['xdpgeneric', 'xdpdrv']) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, m, 'off']);
+  });
   after(async () => {
     for (const d of daemons) await d.destroy();
     shQuiet('ip', ['link', 'del', bridge]);
@@ -53,11 +61,11 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
   });
 
   /** A daemon on datapath number `k` (pin root and state directory), generic mode. */
-  const start = async (k: number, extra: string[] = [], wrap: string[] = []) => {
+  const start = async (k: number, extra: string[] = [], wrap: string[] = [], env: NodeJS.ProcessEnv = {}) => {
     const d = await DaemonProcess.start(
       `${id}${k}`,
       ['--xdp-mode', 'generic', '--log-level', 'info', ...extra],
-      {},
+      env,
       wrap,
     );
     daemons.push(d);
@@ -173,6 +181,25 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
     assert.match(lines(d2, /migrated to the new maps/)[0], new RegExp(`"switched":\\["${vm.hostIf}"\\]`));
     await ownsTheDatapath(d2, old, k);
     assert.throws(() => sh('bpftool', ['prog', 'show', 'id', String(old)]), 'the old program (and its maps) freed');
+  });
+
+  it('pins of the maps removed, then a start as in the container (no CAP_SYS_ADMIN, no bpftool): the pinned program on the old maps is replaced, not adopted', async () => {
+    const k = ++n;
+    const d1 = await start(k);
+    await d1.clients(d1.unix).rules.createRule({ rule: rule() });
+    const old = progOn(vm.hostIf);
+    await stop(d1);
+    rmSync(`/sys/fs/bpf/xdpctl-test-${id}${k}/maps`, { recursive: true }); // the program pin stays
+    // The image has ip, ethtool and nsenter, not bpftool: a PATH with only those.
+    const bin = mkdtempSync(join(tmpdir(), `xdpctl-test-${id}-bin-`));
+    try {
+      for (const t of ['ip', 'ethtool', 'nsenter', 'setpriv']) symlinkSync(sh('which', [t]).trim(), join(bin, t));
+      const d2 = await start(k, [], CONTAINER, { PATH: bin });
+      assert.equal(lines(d2, /the pinned program uses other maps than the pinned ones/).length, 1);
+      await ownsTheDatapath(d2, old, k);
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
   });
 
   it('a program upgrade started without CAP_SYS_ADMIN swaps the previous program and owns the datapath', async () => {
