@@ -14,10 +14,11 @@ import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, ringHolds } from './ring.js';
-import { observedRuleStatus, writtenRuleStatus } from './rule-status.js';
+import { writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
+import { lowerForMissingIngress } from './rule-status.js';
 
 const AF_INET = 2;
 
@@ -85,22 +86,6 @@ export async function allocateRules(
       backends.set(b.key, { id, statsId: bStats });
     }
     const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
-    const written = {
-      ...writtenRuleStatus(
-        p.backends.map((b) => b.status),
-        live,
-        p.backends.map((b) => b.spec.weight),
-      ),
-      warnings: [...p.warnings],
-    };
-    // An ingress missing now (a lenient plan of restore or resync gives it no match entry): the status says so
-    // from the write on, as the reconciler's pass will (observedRuleStatus), not ACTIVE until the pass ends.
-    const missing = new Map(
-      p.spec.ingressInterfaces
-        .filter((i) => p.ifindexes.get(i) === -1)
-        .map((i) => [i, `interface ${i} does not exist`] as const),
-    );
-    const status = missing.size ? observedRuleStatus(written, p.spec.ingressInterfaces, missing) : written;
     kernel.set(p.name, {
       slot,
       statsId,
@@ -108,10 +93,22 @@ export async function allocateRules(
       prefixes: p.prefixes,
       backends,
       ifindexes: p.ifindexes,
-      status,
-      ...(status !== written ? { written, ingressProblems: [...missing.values()] } : {}),
+      status: {
+        ...writtenRuleStatus(
+          p.backends.map((b) => b.status),
+          live,
+          p.backends.map((b) => b.spec.weight),
+        ),
+        warnings: [...p.warnings],
+      },
     });
     await pace();
+  }
+  // An ingress missing now (a lenient plan of restore or the reconciler gives it no match entry): the status
+  // says so from the write on, as the reconciler's pass will, not ACTIVE until that pass ends.
+  for (const p of plans) {
+    const k = kernel.get(p.name);
+    if (k) lowerForMissingIngress(k, p.spec.ingressInterfaces);
   }
   const t = ctx.now();
   const records = new Map<string, RuleRecord>();

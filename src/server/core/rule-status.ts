@@ -129,6 +129,26 @@ export function observedRuleStatus(written: RuleStatus, ingress: string[], probl
   };
 }
 
+/**
+ * A rule just written without some of its ingress interfaces (ifindex -1: missing now; a lenient plan
+ * gives them no match entry): its status lowered as {@link observedRuleStatus} does, the written one kept
+ * in `written` and the problems in `ingressProblems`, as the reconciler's pass leaves them.
+ */
+export function lowerForMissingIngress(
+  k: { status: RuleStatus; written?: RuleStatus; ingressProblems?: string[]; ifindexes: Map<string, number> },
+  ingress: readonly string[],
+): void {
+  const missing = new Map(
+    ingress.filter((i) => k.ifindexes.get(i) === -1).map((i) => [i, `interface ${i} does not exist`] as const),
+  );
+  if (missing.size === 0) return;
+  const observed = observedRuleStatus(k.status, [...ingress], missing);
+  if (observed === k.status) return;
+  k.written = k.status;
+  k.status = observed;
+  k.ingressProblems = [...missing.values()];
+}
+
 /** A rule the datapath refused at start or resync; its previous entries, if any, keep forwarding. */
 export function failedStatus(reason: string, keptOld: boolean): RuleStatus {
   return {
