@@ -128,4 +128,56 @@ describe('restore: rules adopted in place', () => {
     assert.deepEqual(dp2.snapshot().rule_cfg, intact.rule_cfg);
     assert.deepEqual(dp2.snapshot().backends, intact.backends);
   });
+  it('backend MACs changed by hand while the daemon was stopped are rewritten, each one', async () => {
+    const { dp, stored } = await installed();
+    const intact = ModelDataplane.adopt(dp).snapshot();
+    const dp2 = ModelDataplane.adopt(dp);
+    const m = dp2.model.maps;
+    // Every rule's first backend has the same MAC text (02:00:00:00:01:01): a start parses it once and
+    // compares each entry with it; two of the three entries now hold other destination MACs.
+    const first = (name: string) => Object.values(ids(stored, name).backends)[0].id;
+    for (const [name, last] of [
+      ['a', 0x99],
+      ['c', 0x01 ^ 0x80],
+    ] as const) {
+      const id = first(name);
+      m.backends.put(id, { ...m.backends.get(id)!, dmac: Uint8Array.of(2, 0, 0, 0, 1, last) });
+    }
+    const writes = dp2.faults.writes;
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true });
+    await c2.restore(stored);
+    assert.deepEqual(dp2.snapshot(), intact, 'every map as an intact restart leaves it');
+    assert.equal(dp2.faults.writes - writes, 2, 'the two entries, nothing else');
+    assert.deepEqual(
+      c2.listRules().map((r) => r.status.state),
+      ['active', 'active', 'active'],
+    );
+  });
+
+  it('a veth-peer check that fails after the maps were read writes nothing and no rule is ACTIVE', async () => {
+    const { dp, stored } = await installed();
+    const dp2 = ModelDataplane.adopt(dp);
+    const m = dp2.model.maps;
+    // A tampered entry that adoption would rewrite if it wrote before the peer checks answered.
+    const bId = Object.values(ids(stored, 'b').backends)[0].id;
+    m.backends.put(bId, { ...m.backends.get(bId)!, addr: Uint8Array.of(203, 0, 113, 9) });
+    const tampered = dp2.snapshot();
+    let checks = 0;
+    // The checks answer late (as ip and ethtool do), after the comparison has run.
+    dp2.redirectTarget = async () => {
+      checks++;
+      await new Promise((r) => setTimeout(r, 30));
+      return { ok: false, detail: 'its peer has no NAPI (test)' };
+    };
+    const writes = dp2.faults.writes;
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true });
+    await c2.restore(stored);
+    assert.ok(checks > 0, 'the peers were checked');
+    assert.equal(dp2.faults.writes - writes, 0, 'no map write');
+    assert.deepEqual(dp2.snapshot(), tampered);
+    for (const r of c2.listRules()) {
+      assert.equal(r.status.state, 'failed', r.name);
+      assert.match(r.status.message, /no NAPI \(test\)/);
+    }
+  });
 });

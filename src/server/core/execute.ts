@@ -8,7 +8,7 @@
 import { judgedEgress } from './egress-watch.js';
 import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
-import type { BackendEntry, Dataplane, SrcKey, XdpModeName } from './dataplane.js';
+import type { BackendEntry, Dataplane, RuleSlotState, SrcKey, XdpModeName } from './dataplane.js';
 import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
@@ -169,8 +169,20 @@ async function prepareIngress(
   restoring: boolean,
   pace: () => Promise<void> = async () => {},
 ): Promise<void> {
-  const { dp, state } = ctx;
-  // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
+  attachIngress(ctx, ops, plans, undo, restoring);
+  await checkRedirectTargets(ctx, plans, pace);
+}
+
+/** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
+function attachIngress(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  plans: readonly RulePlan[],
+  undo: UndoLog,
+  restoring: boolean,
+): void {
+  const { state } = ctx;
+  // The program on every ingress interface the new set needs (its users are set when the change is recorded).
   const changing = new Set(ops.map((o) => o.name));
   const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
   /** Whether an interface still needs our program after this change. */
@@ -184,8 +196,20 @@ async function prepareIngress(
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
     }
   }
-  // 2. Native redirects into veths need NAPI on the peer. Each interface
-  // is checked once per transaction (a check queries netlink or runs tools).
+}
+
+/**
+ * Step 2 of {@link prepareIngress}: native redirects into veths need NAPI on
+ * the peer. Each backend interface is checked once per transaction and all
+ * at once (a check queries netlink or runs ip and ethtool); throws naming
+ * the first backend that fails it. Writes nothing to the maps.
+ */
+async function checkRedirectTargets(
+  ctx: ExecContext,
+  plans: readonly RulePlan[],
+  pace: () => Promise<void>,
+): Promise<void> {
+  const { dp, state } = ctx;
   const native = new Map<string, boolean>();
   const isNative = (p: RulePlan) =>
     p.ingress.some((i) => {
@@ -196,8 +220,9 @@ async function prepareIngress(
     });
   // The backend interfaces to check, each checked once and all at once (a check may run ip and ethtool).
   const need = new Set<string>();
+  let n = 0;
   for (const p of plans) {
-    await pace();
+    if ((++n & 255) === 0) await pace();
     if (isNative(p)) for (const b of p.backends) if (b.receiving) need.add(b.spec.interface);
   }
   const names = [...need];
@@ -615,88 +640,25 @@ export async function adoptRules(
   ops: readonly RuleOp[],
   plans: readonly RulePlan[],
   undo: UndoLog,
+  pace: () => Promise<void> = pacer(10),
 ): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[] }> {
-  await prepareIngress(ctx, ops, plans, undo, true);
-  const { dp, state } = ctx;
-  const stored = (p: RulePlan) => state.ruleKernel.get(p.name)!;
-  const repaired: string[] = [];
-  // What the kernel holds: match entries and source prefixes (one walk each), backend entries (one read).
-  const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
-  const prefixes = new Map<number, SrcKey[]>();
-  for (const k of dp.listSrcPrefixes()) {
-    let l = prefixes.get(k.slot);
-    if (!l) prefixes.set(k.slot, (l = []));
-    l.push(k);
+  attachIngress(ctx, ops, plans, undo, true);
+  // The veth-peer checks (child processes: ip, ethtool) run while the maps are read and compared, which
+  // yields to the event loop as it goes; nothing is written before both are done, and a failed check
+  // throws before any write, as when it ran first.
+  const checked = checkRedirectTargets(ctx, plans, pace);
+  checked.catch(() => undefined); // awaited below; a rejection before then is not unhandled
+  let found: Awaited<ReturnType<typeof compareAdopted>>;
+  try {
+    found = await compareAdopted(ctx, plans, pace);
+  } catch (e) {
+    await checked.catch(() => undefined);
+    throw e;
   }
-  const wanted: [number, BackendEntry][] = [];
-  const receiving = new Set<number>();
-  const ruleOf = new Map<number, string>();
-  for (const p of plans) {
-    const k = stored(p);
-    for (const b of p.backends) {
-      const ids = k.backends.get(b.key)!;
-      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId) : EMPTY_BACKEND]);
-      if (b.receiving) receiving.add(ids.id);
-      ruleOf.set(ids.id, p.name);
-    }
-  }
-  const differ = new Set(dp.differingBackends(wanted));
-  const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
-  const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
-  for (const id of differ) repaired.push(`rule ${ruleOf.get(id)}: backends[${id}]`);
-  // Rule entries and backend tables: one read of every slot.
-  const bySlot = new Map(plans.map((p) => [stored(p).slot, p]));
-  const ringWrites: [slot: number, start: number, ids: number[]][] = [];
-  const cfgWrites: RulePlan[] = [];
-  dp.readRuleSlots([...bySlot.keys()], (slot, now) => {
-    const p = bySlot.get(slot)!;
-    const k = stored(p);
-    const members = p.backends
-      .filter((b) => b.receiving)
-      .map((b) => ({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id }));
-    if (!ringHolds(members, dp.ringSize, dp.noBackend, now.ring)) {
-      const keyOf = new Map([...k.backends].map(([key, v]) => [v.id, key]));
-      const want = fillRing(
-        members,
-        dp.ringSize,
-        dp.noBackend,
-        Array.from(now.ring, (id) => keyOf.get(id)),
-      );
-      let lo = -1;
-      let hi = -1;
-      for (let s = 0; s < want.length; s++) {
-        if (want[s] === now.ring[s]) continue;
-        if (lo < 0) lo = s;
-        hi = s;
-      }
-      if (lo >= 0) {
-        ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
-        repaired.push(`rule ${p.name}: rule_ring[${slot}][${lo}..${hi}]`);
-      }
-    }
-    const srcFilter = p.prefixes.length > 0;
-    if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
-      cfgWrites.push(p);
-      repaired.push(`rule ${p.name}: rule_cfg[${slot}]`);
-    }
-  });
-  // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
-  const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
-  const addPrefixes: SrcKey[] = [];
-  const delPrefixes: SrcKey[] = [];
-  for (const p of plans) {
-    const slot = stored(p).slot;
-    const now = prefixes.get(slot) ?? [];
-    if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
-    const nowIds = new Set(now.map(prefixId));
-    const wantIds = new Set(p.prefixes.map(prefixId));
-    const add = p.prefixes.filter((x) => !nowIds.has(prefixId(x))).map((x) => ({ slot, ...x }));
-    const del = now.filter((x) => !wantIds.has(prefixId(x)));
-    addPrefixes.push(...add);
-    delPrefixes.push(...del);
-    if (add.length + del.length)
-      repaired.push(`rule ${p.name}: src_allow of slot ${slot} (+${add.length} -${del.length})`);
-  }
+  await checked;
+  const { dp } = ctx;
+  const stored = (p: RulePlan) => ctx.state.ruleKernel.get(p.name)!;
+  const { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches } = found;
   // Write: what packets will be sent to first, then the tables, the entries, and last what is published.
   dp.writeBackends(backendWrites);
   for (const x of addPrefixes) dp.putSrcPrefix(x);
@@ -739,6 +701,107 @@ export async function adoptRules(
   return { kernel, repaired };
 }
 
+/** Slots whose rule entry and backend table one readRuleSlots call reads (then the event loop may run). */
+const ADOPT_SLOTS_PER_READ = 1024;
+
+/**
+ * The read half of {@link adoptRules}: every entry the adopted rules need,
+ * read back and compared with the plans; returns what differs (no write).
+ */
+async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace: () => Promise<void>) {
+  const { dp, state } = ctx;
+  const stored = (p: RulePlan) => state.ruleKernel.get(p.name)!;
+  const repaired: string[] = [];
+  // What the kernel holds: match entries and source prefixes (one walk each), backend entries (one read).
+  const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
+  const prefixes = new Map<number, SrcKey[]>();
+  for (const k of dp.listSrcPrefixes()) {
+    let l = prefixes.get(k.slot);
+    if (!l) prefixes.set(k.slot, (l = []));
+    l.push(k);
+  }
+  const wanted: [number, BackendEntry][] = [];
+  const receiving = new Set<number>();
+  const ruleOf = new Map<number, string>();
+  const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
+  let n = 0;
+  for (const p of plans) {
+    if ((++n & 255) === 0) await pace();
+    const k = stored(p);
+    for (const b of p.backends) {
+      const ids = k.backends.get(b.key)!;
+      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND]);
+      if (b.receiving) receiving.add(ids.id);
+      ruleOf.set(ids.id, p.name);
+    }
+  }
+  await pace();
+  const differ = new Set(dp.differingBackends(wanted));
+  const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
+  const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
+  for (const id of differ) repaired.push(`rule ${ruleOf.get(id)}: backends[${id}]`);
+  await pace();
+  // Rule entries and backend tables: every slot read once, in runs of slots in order.
+  const bySlot = new Map(plans.map((p) => [stored(p).slot, p]));
+  const ringWrites: [slot: number, start: number, ids: number[]][] = [];
+  const cfgWrites: RulePlan[] = [];
+  const slots = [...bySlot.keys()].sort((a, b) => a - b);
+  const visit = (slot: number, now: RuleSlotState) => {
+    const p = bySlot.get(slot)!;
+    const k = stored(p);
+    const members = p.backends
+      .filter((b) => b.receiving)
+      .map((b) => ({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id }));
+    if (!ringHolds(members, dp.ringSize, dp.noBackend, now.ring)) {
+      const keyOf = new Map([...k.backends].map(([key, v]) => [v.id, key]));
+      const want = fillRing(
+        members,
+        dp.ringSize,
+        dp.noBackend,
+        Array.from(now.ring, (id) => keyOf.get(id)),
+      );
+      let lo = -1;
+      let hi = -1;
+      for (let s = 0; s < want.length; s++) {
+        if (want[s] === now.ring[s]) continue;
+        if (lo < 0) lo = s;
+        hi = s;
+      }
+      if (lo >= 0) {
+        ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
+        repaired.push(`rule ${p.name}: rule_ring[${slot}][${lo}..${hi}]`);
+      }
+    }
+    const srcFilter = p.prefixes.length > 0;
+    if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
+      cfgWrites.push(p);
+      repaired.push(`rule ${p.name}: rule_cfg[${slot}]`);
+    }
+  };
+  for (let i = 0; i < slots.length; i += ADOPT_SLOTS_PER_READ) {
+    dp.readRuleSlots(slots.slice(i, i + ADOPT_SLOTS_PER_READ), visit);
+    await pace();
+  }
+  // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
+  const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
+  const addPrefixes: SrcKey[] = [];
+  const delPrefixes: SrcKey[] = [];
+  for (const p of plans) {
+    const slot = stored(p).slot;
+    const now = prefixes.get(slot) ?? [];
+    if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
+    const nowIds = new Set(now.map(prefixId));
+    const wantIds = new Set(p.prefixes.map(prefixId));
+    const add = p.prefixes.filter((x) => !nowIds.has(prefixId(x))).map((x) => ({ slot, ...x }));
+    const del = now.filter((x) => !wantIds.has(prefixId(x)));
+    addPrefixes.push(...add);
+    delPrefixes.push(...del);
+    if (add.length + del.length)
+      repaired.push(`rule ${p.name}: src_allow of slot ${slot} (+${add.length} -${del.length})`);
+  }
+  return { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches };
+}
+
 /** The entry of an unused backend id (what clearRuleSlot leaves). */
 const EMPTY_BACKEND: BackendEntry = {
   dmac: new Uint8Array(6),
@@ -749,11 +812,18 @@ const EMPTY_BACKEND: BackendEntry = {
   addr: new Uint8Array(4),
 };
 
-/** A planned backend as the datapath stores it. */
-function backendOf(b: RulePlan['backends'][number], statsId: number): BackendEntry {
+/** A planned backend as the datapath stores it (`macs`: parsed MACs by text, shared: never written to). */
+function backendOf(b: RulePlan['backends'][number], statsId: number, macs?: Map<string, Uint8Array>): BackendEntry {
+  const mac = (text: string): Uint8Array => {
+    const known = macs?.get(text);
+    if (known) return known;
+    const m = parseMac(text);
+    macs?.set(text, m);
+    return m;
+  };
   return {
-    dmac: parseMac(b.mac),
-    smac: parseMac(b.smac),
+    dmac: mac(b.mac),
+    smac: mac(b.smac),
     ifindex: b.ifindex,
     statsId,
     family: AF_INET,
