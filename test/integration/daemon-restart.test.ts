@@ -165,6 +165,30 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const logged = JSON.parse(line) as { repaired: string[]; count: number };
       assert.deepEqual(logged.repaired, [`rule adopt: backends[${backendId}]`], 'exactly that entry was written');
       assert.equal(logged.count, 1);
+      // Tamper with the backend table (read in place from the mapped array at start): one slot names a
+      // backend id the rule does not have. Only that slot is rewritten, to one of the rule's two backends.
+      const before = maps.ruleRing.getRangeU32(slot * RING_SIZE, RING_SIZE);
+      const members = new Set(before);
+      assert.equal(members.size, 2, 'two backends in the table');
+      const at = 517;
+      maps.ruleRing.putRangeU32(slot * RING_SIZE + at, [4242]);
+      await restart();
+      const after = maps.ruleRing.getRangeU32(slot * RING_SIZE, RING_SIZE);
+      assert.ok(members.has(after[at]), `slot ${at} holds a backend of the rule again (${after[at]})`);
+      assert.deepEqual(
+        [...after].flatMap((v, s) => (v !== before[s] && s !== at ? [s] : [])),
+        [],
+        'no other slot moved',
+      );
+      for (const m of members) {
+        const n = after.filter((v) => v === m).length;
+        assert.ok(n === 515 || n === 516, `backend ${m} holds ${n} of ${RING_SIZE} slots`);
+      }
+      const ringLine = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
+      assert.ok(ringLine, d!.output);
+      assert.deepEqual((JSON.parse(ringLine) as { repaired: string[] }).repaired, [
+        `rule adopt: rule_ring[${slot}][${at}..${at}]`,
+      ]);
     } finally {
       Object.values(maps).forEach((m) => m.close());
       d = await DaemonProcess.start(id);

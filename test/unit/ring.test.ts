@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 
 import fc from 'fast-check';
 
-import { fillRing, ringHolds, type RingMember } from '../../src/server/core/ring.js';
+import { fillRing, idRingHolds, ringHolds, type RingMember } from '../../src/server/core/ring.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { ringIndex } from '../../src/server/dataplane/flow-hash.js';
 
@@ -206,6 +206,31 @@ describe('ring filling (weighted shares, minimal disruption)', () => {
           if (!tamper) assert.ok(generic);
           // Twice: the scratch table is left clean.
           assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('idRingHolds on a table read in place (slots 8 bytes apart, as a mapped BPF array) agrees with ringHolds', () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.integer({ min: 1, max: 200_000 }), { minLength: 0, maxLength: 8 }),
+        fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 8, maxLength: 8 }),
+        fc.nat(),
+        fc.integer({ min: 0, max: 300_000 }),
+        fc.boolean(),
+        (ids, weights, at, other, tamper) => {
+          const m: RingMember<number>[] = ids.map((id, i) => ({ key: `k${id}`, weight: weights[i], value: id }));
+          const t = fillRing(m, RING_SIZE, 0);
+          if (tamper) t[at % RING_SIZE] = other; // a stranger, a member (shares may break) or 0
+          // Each slot's id followed by 4 bytes of padding that hold garbage: never read as a slot.
+          const mapped = new Uint32Array(2 * RING_SIZE - 1).fill(0xdead);
+          t.forEach((id, s) => (mapped[2 * s] = id));
+          const want = ringHolds(m, RING_SIZE, 0, Uint32Array.from(t));
+          assert.equal(idRingHolds(m, RING_SIZE, 0, mapped, 2), want);
+          assert.equal(idRingHolds(m, RING_SIZE, 0, Uint32Array.from(t), 1), want);
+          assert.equal(idRingHolds(m, RING_SIZE, 0, mapped.subarray(0, 2 * RING_SIZE - 3), 2), false, 'too short');
         },
       ),
       { numRuns: 300 },

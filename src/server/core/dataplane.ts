@@ -122,8 +122,13 @@ export interface RuleSlotState {
   /** The SRC_FILTER flag: the datapath checks source prefixes. */
   srcFilter: boolean;
   statsId: number;
-  /** Backend id per table slot (ringSize entries). */
+  /**
+   * Backend id per table slot: slot `s` is `ring[s * ringStride]` (ringSize slots). Valid only during
+   * the visit (it may be the map's memory itself): copy what must outlive it.
+   */
   ring: Uint32Array;
+  /** Distance between slots in `ring`; absent: 1. */
+  ringStride?: number;
 }
 
 export interface CounterRead {

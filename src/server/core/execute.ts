@@ -13,7 +13,7 @@ import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
-import { fillRing, ringHolds } from './ring.js';
+import { fillRing, idRingHolds } from './ring.js';
 import { writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
@@ -235,7 +235,8 @@ async function checkRedirectTargets(
   const peers = new Map(names.map((name, i) => [name, checked[i]]));
   for (const p of plans) {
     if (!isNative(p)) continue;
-    for (const [bi, b] of p.backends.entries()) {
+    for (let bi = 0; bi < p.backends.length; bi++) {
+      const b = p.backends[bi];
       if (!b.receiving) continue; // out of the table: nothing is redirected into it
       const r = peers.get(b.spec.interface)!;
       if (!r.ok) {
@@ -749,21 +750,24 @@ async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace
   const visit = (slot: number, now: RuleSlotState) => {
     const p = bySlot.get(slot)!;
     const k = stored(p);
-    const members = p.backends
-      .filter((b) => b.receiving)
-      .map((b) => ({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id }));
-    if (!ringHolds(members, dp.ringSize, dp.noBackend, now.ring)) {
+    const members: { key: string; weight: number; value: number }[] = [];
+    for (const b of p.backends) {
+      if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id });
+    }
+    const stride = now.ringStride ?? 1;
+    if (!idRingHolds(members, dp.ringSize, dp.noBackend, now.ring, stride)) {
+      const ring = Array.from({ length: dp.ringSize }, (_, s) => now.ring[s * stride]);
       const keyOf = new Map([...k.backends].map(([key, v]) => [v.id, key]));
       const want = fillRing(
         members,
         dp.ringSize,
         dp.noBackend,
-        Array.from(now.ring, (id) => keyOf.get(id)),
+        ring.map((id) => keyOf.get(id)),
       );
       let lo = -1;
       let hi = -1;
       for (let s = 0; s < want.length; s++) {
-        if (want[s] === now.ring[s]) continue;
+        if (want[s] === ring[s]) continue;
         if (lo < 0) lo = s;
         hi = s;
       }

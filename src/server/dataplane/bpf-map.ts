@@ -526,16 +526,20 @@ export class BpfMap<K, V> {
    * Visit the u32 values of many ranges of an array of u32 with one mapping
    * of the pages from the first to the last (mmapable maps; otherwise one
    * batch read per range). `visit` gets a scratch array that is overwritten
-   * for the next range: copy what must outlive the call.
+   * for the next range: copy what must outlive the call. `inPlace`: an
+   * mmapable map's values are not copied out: `visit` gets the mapped words
+   * themselves, value j at `values[j * stride]` (stride 2: array values are
+   * 8 bytes apart), valid only during the call.
    */
   visitRangesU32(
     ranges: readonly [start: number, count: number][],
-    visit: (i: number, values: Uint32Array) => void,
+    visit: (i: number, values: Uint32Array, stride: number) => void,
+    inPlace = false,
   ): void {
     if (ranges.length === 0) return;
     if (this.info.valueSize !== 4) throw new KernelError(`read map ${this.name}`, 22, [], 'values are not u32');
     if (!this.mmapable) {
-      ranges.forEach(([start, count], i) => visit(i, this.getRangeU32(start, count)));
+      ranges.forEach(([start, count], i) => visit(i, this.getRangeU32(start, count), 1));
       return;
     }
     let lo = Infinity;
@@ -545,13 +549,14 @@ export class BpfMap<K, V> {
       lo = Math.min(lo, start);
       hi = Math.max(hi, start + count);
     }
-    const scratch = new Uint32Array(Math.max(...ranges.map(([, c]) => c)));
+    const scratch = new Uint32Array(inPlace ? 0 : Math.max(...ranges.map(([, c]) => c)));
     this.mappedU32(lo, hi - lo, (u32, at) => {
       ranges.forEach(([start, count], i) => {
-        const view = scratch.subarray(0, count);
         const base = at + 2 * (start - lo);
+        if (inPlace) return visit(i, u32.subarray(base, base + 2 * count), 2);
+        const view = scratch.subarray(0, count);
         for (let j = 0; j < count; j++) view[j] = u32[base + 2 * j];
-        visit(i, view);
+        visit(i, view, 1);
       });
     });
   }

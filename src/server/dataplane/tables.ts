@@ -71,7 +71,7 @@ export function readRuleSlots(
   slots: readonly number[],
   visit: (
     slot: number,
-    s: { flags: number; active: boolean; srcFilter: boolean; statsId: number; ring: Uint32Array },
+    s: { flags: number; active: boolean; srcFilter: boolean; statsId: number; ring: Uint32Array; ringStride: number },
   ) => void,
 ): void {
   if (slots.length === 0) return;
@@ -84,7 +84,7 @@ export function readRuleSlots(
   const cfg = maps.ruleCfg.getRange(lo, hi - lo + 1);
   maps.ruleRing.visitRangesU32(
     slots.map((s) => [s * RING_SIZE, RING_SIZE] as [number, number]),
-    (i, ring) => {
+    (i, ring, ringStride) => {
       const e = cfg[slots[i] - lo] ?? { flags: 0, statsId: 0 };
       visit(slots[i], {
         flags: e.flags & ~(RULE_F_ACTIVE | RULE_F_SRC_FILTER),
@@ -92,8 +92,10 @@ export function readRuleSlots(
         srcFilter: (e.flags & RULE_F_SRC_FILTER) !== 0,
         statsId: e.statsId,
         ring,
+        ringStride,
       });
     },
+    true, // read in place: 10 000 tables of 1 031 ids are not copied at a start
   );
 }
 
