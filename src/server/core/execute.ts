@@ -649,29 +649,30 @@ export async function adoptRules(
   // throws before any write, as when it ran first.
   const checked = checkRedirectTargets(ctx, plans, pace);
   checked.catch(() => undefined); // awaited below; a rejection before then is not unhandled
+  // Each plan's stored kernel record, looked up once (plans[i] -> ks[i]).
+  const ks = plans.map((p) => ctx.state.ruleKernel.get(p.name)!);
   let found: Awaited<ReturnType<typeof compareAdopted>>;
   try {
-    found = await compareAdopted(ctx, plans, pace);
+    found = await compareAdopted(ctx, plans, ks, pace);
   } catch (e) {
     await checked.catch(() => undefined);
     throw e;
   }
   await checked;
   const { dp } = ctx;
-  const stored = (p: RulePlan) => ctx.state.ruleKernel.get(p.name)!;
   const { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches } = found;
   // Write: what packets will be sent to first, then the tables, the entries, and last what is published.
   dp.writeBackends(backendWrites);
   for (const x of addPrefixes) dp.putSrcPrefix(x);
   for (const [slot, start, ids] of ringWrites) dp.writeRing(slot, start, ids);
-  for (const p of cfgWrites) {
-    const k = stored(p);
-    dp.writeRuleCfg(k.slot, p.flags, k.statsId, p.prefixes.length > 0);
+  for (const i of cfgWrites) {
+    const p = plans[i];
+    dp.writeRuleCfg(ks[i].slot, p.flags, ks[i].statsId, p.prefixes.length > 0);
   }
   for (const x of delPrefixes) dp.deleteSrcPrefix(x);
   dp.writeBackends(backendClears);
-  for (const p of plans) {
-    const slot = stored(p).slot;
+  for (const [i, p] of plans.entries()) {
+    const slot = ks[i].slot;
     for (const m of p.matchKeys) {
       if (matches.get(matchId(m)) === slot) continue;
       dp.putMatch(m, slot);
@@ -679,8 +680,8 @@ export async function adoptRules(
     }
   }
   const kernel = new Map<string, RuleKernel>();
-  for (const p of plans) {
-    const k = stored(p);
+  for (const [i, p] of plans.entries()) {
+    const k = ks[i];
     const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
     kernel.set(p.name, {
       slot: k.slot,
@@ -709,9 +710,13 @@ const ADOPT_SLOTS_PER_READ = 1024;
  * The read half of {@link adoptRules}: every entry the adopted rules need,
  * read back and compared with the plans; returns what differs (no write).
  */
-async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace: () => Promise<void>) {
-  const { dp, state } = ctx;
-  const stored = (p: RulePlan) => state.ruleKernel.get(p.name)!;
+async function compareAdopted(
+  ctx: ExecContext,
+  plans: readonly RulePlan[],
+  ks: readonly RuleKernel[],
+  pace: () => Promise<void>,
+) {
+  const { dp } = ctx;
   const repaired: string[] = [];
   // What the kernel holds: match entries and source prefixes (one walk each), backend entries (one read).
   const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
@@ -726,9 +731,9 @@ async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace
   const ruleOf = new Map<number, string>();
   const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
   let n = 0;
-  for (const p of plans) {
+  for (const [i, p] of plans.entries()) {
     if ((++n & 255) === 0) await pace();
-    const k = stored(p);
+    const k = ks[i];
     for (const b of p.backends) {
       const ids = k.backends.get(b.key)!;
       wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND]);
@@ -743,13 +748,15 @@ async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace
   for (const id of differ) repaired.push(`rule ${ruleOf.get(id)}: backends[${id}]`);
   await pace();
   // Rule entries and backend tables: every slot read once, in runs of slots in order.
-  const bySlot = new Map(plans.map((p) => [stored(p).slot, p]));
+  const bySlot = new Map(ks.map((k, i) => [k.slot, i]));
   const ringWrites: [slot: number, start: number, ids: number[]][] = [];
-  const cfgWrites: RulePlan[] = [];
+  /** Indexes of the plans whose rule entry differs. */
+  const cfgWrites: number[] = [];
   const slots = [...bySlot.keys()].sort((a, b) => a - b);
   const visit = (slot: number, now: RuleSlotState) => {
-    const p = bySlot.get(slot)!;
-    const k = stored(p);
+    const i = bySlot.get(slot)!;
+    const p = plans[i];
+    const k = ks[i];
     const members: { key: string; weight: number; value: number }[] = [];
     for (const b of p.backends) {
       if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id });
@@ -778,7 +785,7 @@ async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace
     }
     const srcFilter = p.prefixes.length > 0;
     if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
-      cfgWrites.push(p);
+      cfgWrites.push(i);
       repaired.push(`rule ${p.name}: rule_cfg[${slot}]`);
     }
   };
@@ -790,8 +797,8 @@ async function compareAdopted(ctx: ExecContext, plans: readonly RulePlan[], pace
   const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
   const addPrefixes: SrcKey[] = [];
   const delPrefixes: SrcKey[] = [];
-  for (const p of plans) {
-    const slot = stored(p).slot;
+  for (const [i, p] of plans.entries()) {
+    const slot = ks[i].slot;
     const now = prefixes.get(slot) ?? [];
     if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
     const nowIds = new Set(now.map(prefixId));
