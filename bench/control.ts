@@ -1341,11 +1341,25 @@ const AT_SCALE_NOTES = `What was done for it (2026-12-05), measured with \`bench
   the slots' range only, the mapping windows above, the native-redirect checks of a transaction run at once.
 
 Still missed, by how much and what next:
-- **Start with 10 000 rules: 3.76x the start with none (target 2x, missed by 88 %).** In-process with 2 000
-  rules the adoption costs ~110 µs a rule: planning each rule (interface facts, parsing, status) and reading
-  the stored rows dominate, with ~130 ms that does not grow with the rules (attach and the veth-peer checks).
-  Next: plan adoptions from the stored kernel ids without the full plan (only interfaces and MACs), and parse
-  the stored rows lazily.
+- **Start with 10 000 rules: 5.37x the start with none on main at 7e5f040 (target 2x, missed by 168 %).**
+  \`--only start\` (3 starts each, 2026-12-05 07:43 UTC, the VM shared with other engineers' suites): 2 540 ms
+  (2 150-2 690) against 473 ms (373-737). The 3.76x above was measured before the start-up checks of issue 16
+  landed. Where one such start went (CPU profile, \`XDPCTL_BENCH_CPU_PROF\` at 1 ms, 2.6 s sampled): garbage
+  collection 707 ms (the daemon runs with 2 MB semi-spaces, so nearly everything a 10 000-rule adoption
+  allocates is promoted and collected again by full collections), reading and comparing the adopted entries
+  420 ms (of which the 10 000 backend tables 227 ms: copied out of the mapping, then their shares checked), the
+  veth-peer checks ~200 ms (\`ip\` and \`ethtool\` run 16 times, each fork of a ~200 MB process costing 5-20 ms
+  on the main thread; measured: 1-3 ms at 50 MB, 3-20 ms at 340 MB), the stored rows 108 ms, planning 64 ms, and
+  ~60 ms that a 0-rule start pays too (the port index). Changed since (same day): the peer checks run while the
+  entries are read and compared (which yields to the event loop; nothing is written before both are done, and a
+  failed check still writes nothing: test/unit/restore-adopt.test.ts); each backend table is checked where it
+  lies in the mapping (\`idRingHolds\`, no copy; a foreign id in a table is still rewritten:
+  test/integration/daemon-restart.test.ts); parsed MACs shared, stored rows parsed into the rule itself, each
+  plan's kernel record looked up once.
+  Their effect on this figure was not measured by the bench in this session (the machine's slot queue).
+  Next, in order of expected gain: fewer objects per adopted rule (a lighter plan for adoption, statuses built on
+  read) or adoption in chunks whose objects die young; the peer checks forked from a small helper process, or
+  netlink where the peer is in our namespace; the stored rows parsed lazily.
 - **UpdateRule end to end: 1.67 ms above one fsync (target 0.5 ms).** Per change, in-process: SQLite's COMMIT
   250-410 µs (one fdatasync of the WAL; alone, the same commit took 119 µs against 93 µs for the 4 KiB
   baseline), interface facts ~120 µs (an ioctl socket per lookup), the three table operations ~75 µs, the audit
