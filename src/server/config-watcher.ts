@@ -71,8 +71,10 @@ export class ConfigWatcher {
     if (text === this.status.applied) return;
     if (isEmptyConfig(text)) {
       if (!retried) return this.schedule(RETRY_MS, true);
+      // A warning, not an error: what an editor leaves for a moment; nothing is wrong with what runs.
       return this.fail(
         `config ${this.status.path} is empty (write "links: {}" to remove every link, "rules: []" every rule)`,
+        'warn',
       );
     }
     let cfg;
@@ -107,9 +109,9 @@ export class ConfigWatcher {
     }
   }
 
-  private fail(message: string): void {
+  private fail(message: string, level: 'warn' | 'error' = 'error'): void {
     this.status.lastError = message;
-    this.log.error({ config: this.status.path }, `${message}; the last good configuration keeps running`);
+    this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running`);
   }
 
   close(): void {
