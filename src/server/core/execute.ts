@@ -8,7 +8,7 @@
 import { judgedEgress } from './egress-watch.js';
 import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
-import type { BackendEntry, Dataplane, SrcKey, XdpModeName } from './dataplane.js';
+import { emptyBackendEntry, type BackendEntry, type Dataplane, type SrcKey, type XdpModeName } from './dataplane.js';
 import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
@@ -84,7 +84,6 @@ export async function allocateRules(
       }
       backends.set(b.key, { id, statsId: bStats });
     }
-    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
     kernel.set(p.name, {
       slot,
       statsId,
@@ -92,14 +91,7 @@ export async function allocateRules(
       prefixes: p.prefixes,
       backends,
       ifindexes: p.ifindexes,
-      status: {
-        ...writtenRuleStatus(
-          p.backends.map((b) => b.status),
-          live,
-          p.backends.map((b) => b.spec.weight),
-        ),
-        warnings: [...p.warnings],
-      },
+      status: plannedStatus(p),
     });
     await pace();
   }
@@ -170,9 +162,33 @@ async function prepareIngress(
   const usedAfter = (name: string) =>
     planned.has(name) ||
     [...(state.usersOf(name) ?? [])].some((u) => !u.startsWith('rule/') || !changing.has(u.slice(5)));
+  const verified = new Set<string>();
   for (const p of plans) {
     for (const i of p.ingress) {
-      if (state.attached.has(i.name)) continue;
+      if (state.attached.has(i.name)) {
+        // What the kernel has, not what we attached last: someone may have detached ours (`ip link set dev X
+        // xdp off`) or put another program there since the last reconciler pass. One netlink query per
+        // interface and change; a start (restoring) has just looked.
+        if (restoring || verified.has(i.name)) continue;
+        verified.add(i.name);
+        const x = dp.xdpStatus(i.name);
+        if (!x || (x.mode !== 'none' && x.ours)) continue;
+        const a = state.attached.get(i.name)!;
+        state.attached.delete(i.name);
+        undo.push(() => void state.attached.set(i.name, a));
+        if (x.mode !== 'none') {
+          // Another program: left alone, as the reconciler does (its pass logs it, once per transition).
+          state.foreign.set(i.name, x.progId);
+          continue;
+        }
+        vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
+        attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring);
+        ctx.log.warn(
+          { ifname: i.name, mode: state.attached.get(i.name)?.mode },
+          `our XDP program was detached from ${i.name} by someone else: re-attached`,
+        );
+        continue;
+      }
       vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
     }
@@ -628,7 +644,7 @@ export async function adoptRules(
     const k = stored(p);
     for (const b of p.backends) {
       const ids = k.backends.get(b.key)!;
-      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId) : EMPTY_BACKEND]);
+      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId) : emptyBackendEntry()]);
       if (b.receiving) receiving.add(ids.id);
       ruleOf.set(ids.id, p.name);
     }
@@ -711,7 +727,6 @@ export async function adoptRules(
   const kernel = new Map<string, RuleKernel>();
   for (const p of plans) {
     const k = stored(p);
-    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
     kernel.set(p.name, {
       slot: k.slot,
       statsId: k.statsId,
@@ -719,28 +734,24 @@ export async function adoptRules(
       prefixes: p.prefixes,
       backends: k.backends,
       ifindexes: p.ifindexes,
-      status: {
-        ...writtenRuleStatus(
-          p.backends.map((b) => b.status),
-          live,
-          p.backends.map((b) => b.spec.weight),
-        ),
-        warnings: [...p.warnings],
-      },
+      status: plannedStatus(p),
     });
   }
   return { kernel, repaired };
 }
 
-/** The entry of an unused backend id (what clearRuleSlot leaves). */
-const EMPTY_BACKEND: BackendEntry = {
-  dmac: new Uint8Array(6),
-  smac: new Uint8Array(6),
-  ifindex: 0,
-  statsId: 0,
-  family: 0,
-  addr: new Uint8Array(4),
-};
+/** The status of a rule once its plan is in the kernel: its backends' statuses and the plan's warnings. */
+function plannedStatus(p: RulePlan): RuleKernel['status'] {
+  const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
+  return {
+    ...writtenRuleStatus(
+      p.backends.map((b) => b.status),
+      live,
+      p.backends.map((b) => b.spec.weight),
+    ),
+    warnings: [...p.warnings],
+  };
+}
 
 /** A planned backend as the datapath stores it. */
 function backendOf(b: RulePlan['backends'][number], statsId: number): BackendEntry {
