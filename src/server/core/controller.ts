@@ -27,6 +27,7 @@ import { interfaceConditions, linkConditions, otherProgram, ruleConditions } fro
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
   linkKey,
+  ruleSpecOf,
   type ChangeAction,
   type Condition,
   type LinkSpec,
@@ -123,6 +124,23 @@ export interface CounterSnapshot {
   global: bigint[];
 }
 
+/**
+ * A config file whose rules are in force while its links are not: the links failed in the kernel and the
+ * rules as they were before could not be put back either (both errors named).
+ */
+export class ConfigPartlyApplied extends Error {
+  constructor(
+    readonly linksError: Error,
+    readonly undoError: Error,
+  ) {
+    super(
+      `its links were refused (${linksError.message}) and the rules as they were before could not be put back ` +
+        `(${undoError.message}): the rules of this file are in force, the links are the previous ones`,
+    );
+    this.name = 'ConfigPartlyApplied';
+  }
+}
+
 export class Controller {
   private readonly state: CoreState;
   private readonly ctx: ExecContext;
@@ -180,8 +198,12 @@ export class Controller {
   }
 
   /**
-   * Apply a whole config file: both parts are checked (dry run) before
-   * either is applied, so an invalid file changes nothing.
+   * Apply a whole config file, whole or not at all: both parts are checked (dry run) before either is
+   * applied, so an invalid file changes nothing; the rules go in first, and when the links then fail in the
+   * kernel (a check only the kernel phase makes, e.g. an egress that cannot transmit native redirects) the
+   * rules as they were before are put back, so the previous configuration keeps running whole. Throws the
+   * links' error; a {@link ConfigPartlyApplied} when the rules could not be put back (the file's rules run
+   * with the previous links).
    */
   async applyConfig(cfg: {
     rules: RuleSpec[];
@@ -191,9 +213,25 @@ export class Controller {
     try {
       await this.applyRules(cfg.rules, true);
       await this.applyLinks(cfg.links, true);
+      const before = [...this.state.rules.values()].map(ruleSpecOf);
       const rules = await this.applyRules(cfg.rules, false);
-      const links = await this.applyLinks(cfg.links, false);
-      return { rules, links };
+      try {
+        const links = await this.applyLinks(cfg.links, false);
+        return { rules, links };
+      } catch (e) {
+        if (rules.every((c) => c.action === 'unchanged')) throw e;
+        try {
+          await this.applyRules(before, false);
+        } catch (undo) {
+          this.log.error({ err: undo }, 'config: the previous rules could not be put back after the links failed');
+          throw new ConfigPartlyApplied(e as Error, undo as Error);
+        }
+        this.log.info(
+          { rules: rules.filter((c) => c.action !== 'unchanged') },
+          'config: the links failed, so the rules this file changed were put back as they were',
+        );
+        throw e;
+      }
     } finally {
       this.applyingConfig = false;
     }

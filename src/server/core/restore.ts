@@ -6,7 +6,7 @@
 import { parsePrefix } from '../net/addr.js';
 import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { fetchInterfaces, type Facts } from './facts.js';
-import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
+import { linkKey, ruleSpecOf, type LinkSpec } from './model.js';
 import type { RuleOp } from './plan-rules.js';
 import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
 import { matchId } from './state.js';
@@ -101,10 +101,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       status: waitingStatus(),
     });
   }
-  const opOf = (r: StoredState['rules'][number]): RuleOp => {
-    const { kernel: _k, generation: _g, createTime: _c, updateTime: _u, ...spec } = r;
-    return { name: r.name, next: spec as RuleSpec };
-  };
+  const opOf = (r: StoredState['rules'][number]): RuleOp => ({ name: r.name, next: ruleSpecOf(r) });
   // Rules whose stored slot the kernel may still hold are adopted in place:
   // every entry compared with the desired state, only differences written.
   const inPlace = ready.filter((r) => r.kernel && fits(r.kernel) && known.has(r.kernel.slot));
