@@ -31,10 +31,11 @@ export function backendStatus(b: {
     mac: b.mac,
     resolved: b.resolved,
     receiving,
-    message: !b.resolved
-      ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
-      : b.egress
-        ? `${b.egress}: backend taken out of the table until it can receive`
+    // The egress first: a neighbour entry cannot be looked up (nor help) on an egress that is gone or down.
+    message: b.egress
+      ? `${b.egress}: backend taken out of the table until it can receive`
+      : !b.resolved
+        ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
         : b.givenMac === ''
           ? 'MAC resolved from the neighbour table'
           : '',
