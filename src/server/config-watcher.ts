@@ -159,6 +159,7 @@ export class ConfigWatcher {
       this.status.appliedAt = Date.now();
       this.status.lastError = undefined;
       this.refusedText = undefined;
+      this.ctl.setConfigProblem(undefined);
       this.log.info(
         {
           config: this.status.path,
@@ -190,6 +191,14 @@ export class ConfigWatcher {
     if (this.status.lastError === message && this.refusedText === text) return;
     this.status.lastError = message;
     this.refusedText = text;
+    if (this.status.applied === undefined && this.ctl.desiredEmpty) {
+      // Nothing of any configuration runs (a first start with a bad file, no stored state): not "as desired".
+      const problem = `${message}; no configuration runs`;
+      this.ctl.setConfigProblem(problem);
+      this.log[level]({ config: this.status.path }, problem);
+      return;
+    }
+    this.ctl.setConfigProblem(undefined);
     this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running`);
   }
 

@@ -13,6 +13,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
@@ -131,6 +133,28 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
     await until('and its rules', async () => (await ruleCount()) === 0);
     assert.equal(topo.ping('x', y.ip!), true, 'the link is back');
     assert.equal(await delivered(20), 0, 'and the rule is gone');
+    await d.stop();
+    d = undefined;
+  });
+
+  it('a first start with a file it cannot apply and nothing stored is not "as desired"', async () => {
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    const file = `${dir}/first.yaml`;
+    writeFileSync(file, `links:\n  ${x.hostIf}: nx${id}q\n`); // an interface that does not exist
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    const health = async () => (await d!.clients().health.check({ service: 'xdpctl.datapath' })).status;
+    await until(
+      'datapath health NOT_SERVING',
+      async () => (await health()) === HealthCheckResponse_ServingStatus.NOT_SERVING,
+    );
+    assert.equal((await d.clients().health.check({ service: '' })).status, HealthCheckResponse_ServingStatus.SERVING);
+    const [line] = lines('config ').filter((l) => l.includes('not applied'));
+    assert.match(line, /no configuration runs/, line);
+    assert.doesNotMatch(line, /last good configuration keeps running/);
+    writeFileSync(file, `links:\n  ${x.hostIf}: ${y.hostIf}\n`);
+    await until('the good file is applied', async () => (await links()).length === 1);
+    await until('datapath health SERVING', async () => (await health()) === HealthCheckResponse_ServingStatus.SERVING);
     await d.stop();
     d = undefined;
   });

@@ -892,10 +892,27 @@ export class Controller {
    */
   problems(): string[] {
     const out = [...this.lastProblems];
+    if (this.configProblem) out.push(this.configProblem);
     this.forEachRuleStatus((name, s) => {
       if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
     });
     return out;
+  }
+
+  /**
+   * Config-file mode: why the file is not in force while no configuration runs at all (set by the config
+   * watcher; undefined once a file is applied). A datapath problem: the operator's desired state is the
+   * file, and nothing of it, nor any earlier configuration, runs.
+   */
+  private configProblem?: string;
+
+  setConfigProblem(problem: string | undefined): void {
+    this.configProblem = problem;
+  }
+
+  /** Whether the desired state is empty (no rule, no link). */
+  get desiredEmpty(): boolean {
+    return this.state.rules.size === 0 && this.state.links.size === 0;
   }
 
   /** What the reconciler did since the start, by kind (state.ts reconcilerEvents). */
