@@ -40,6 +40,7 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
+import { ingressDownProblem } from './rule-status.js';
 import { backendKey, CoreState } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -273,6 +274,7 @@ export class Controller {
         status,
         r.backends.map((b) => b.weight),
         k.ingressProblems ?? [],
+        k.ingressDown ?? [],
       ),
       this.now(),
     );
@@ -436,6 +438,10 @@ export class Controller {
             : `a foreign XDP program (id ${x.progId}) is attached`,
         );
       }
+      if (info && programUsers.has(name)) {
+        const down = ingressDownProblem(name, this.dp.linkState?.(name));
+        if (down) warnings.push(down);
+      }
       const detachError = this.state.attached.get(name)?.detachError;
       if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
       const conditions = this.state.conditions.set(
@@ -449,6 +455,7 @@ export class Controller {
           unidentified: x?.unidentified,
           detachError,
           used: programUsers.has(name), // egress-only interfaces need no program
+          modeWarning: x?.ours && x.mode !== this.opts.mode ? x.warnings?.find((w) => / refused /.test(w)) : undefined,
         }),
         this.now(),
       );

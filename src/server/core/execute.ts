@@ -14,7 +14,7 @@ import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, ringHolds } from './ring.js';
-import { writtenRuleStatus } from './rule-status.js';
+import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
@@ -142,9 +142,13 @@ export function* ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): Genera
 
 /**
  * Steps 1 and 2 of writing rules (also run when a start adopts them):
- * our program on every ingress interface the plans need, and the veth
- * precondition of native redirects into their backends (throws naming the
- * first backend that fails it).
+ * our program on every ingress interface the plans need, and the
+ * precondition of native redirects into their backends (veth peer NAPI, a
+ * device with ndo_xdp_xmit). A client's change is refused naming the first
+ * backend that fails it; with `restoring` (start, reconciler) that backend is
+ * taken out of the table with the reason instead (its plan is changed in
+ * place) and the rule written with the others. Returns the names of the
+ * plans so changed.
  */
 async function prepareIngress(
   ctx: ExecContext,
@@ -153,7 +157,7 @@ async function prepareIngress(
   undo: UndoLog,
   restoring: boolean,
   pace: () => Promise<void> = async () => {},
-): Promise<void> {
+): Promise<Set<string>> {
   const { dp, state } = ctx;
   // 1. The program on every ingress interface the new set needs (its users are set when the change is recorded).
   const changing = new Set(ops.map((o) => o.name));
@@ -212,16 +216,36 @@ async function prepareIngress(
   const names = [...need];
   // An egress whose peer cannot be inspected is as the reconciler last judged it by traffic (egress-watch.ts).
   const checked = await Promise.all(
-    names.map(async (name) =>
-      judgedEgress(await dp.redirectTarget(name, ctx.fixVethPeers), state.egressWatch.get(name)),
+    names.map((name) =>
+      dp
+        .redirectTarget(name, ctx.fixVethPeers)
+        .then((r) => judgedEgress(r, state.egressWatch.get(name)))
+        .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
     ),
   );
   const peers = new Map(names.map((name, i) => [name, checked[i]]));
+  const demoted = new Set<string>();
   for (const p of plans) {
     if (!isNative(p)) continue;
     for (const [bi, b] of p.backends.entries()) {
       if (!b.receiving) continue; // out of the table: nothing is redirected into it
       const r = peers.get(b.spec.interface)!;
+      if (!r.ok && restoring) {
+        // A start or the reconciler rewriting a rule: the backend stays out of the table with the reason,
+        // as the first write's plan does for one whose check the reconciler made (resync.ts passes it), and
+        // the other backends keep forwarding; a client's change is refused instead (below).
+        b.receiving = false;
+        b.status = backendStatus({
+          ip: b.spec.ip,
+          interface: b.spec.interface,
+          givenMac: b.spec.mac,
+          mac: b.mac,
+          resolved: b.resolved,
+          egress: r.detail ?? 'cannot take native XDP redirects',
+        });
+        demoted.add(p.name);
+        continue;
+      }
       if (!r.ok) {
         throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
           { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
@@ -229,6 +253,20 @@ async function prepareIngress(
       }
     }
   }
+  return demoted;
+}
+
+/** A planned rule's status as written: its backends' statuses, those in the table, the plan's warnings. */
+function plannedStatus(p: RulePlan): RuleKernel['status'] {
+  const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
+  return {
+    ...writtenRuleStatus(
+      p.backends.map((b) => b.status),
+      live,
+      p.backends.map((b) => b.spec.weight),
+    ),
+    warnings: [...p.warnings],
+  };
 }
 
 /**
@@ -247,8 +285,9 @@ export async function writeRules(
   pace: () => Promise<void> = async () => {},
   restoring = false,
 ): Promise<void> {
-  await prepareIngress(ctx, ops, plans, undo, restoring, pace);
+  const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace);
   const { dp, state } = ctx;
+  for (const p of plans) if (demoted.has(p.name)) alloc.kernel.get(p.name)!.status = plannedStatus(p);
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;

@@ -14,6 +14,18 @@ export function egressProblem(iface: string, link: LinkState | undefined): strin
   return undefined;
 }
 
+/**
+ * Why an ingress interface receives nothing, or undefined when it can (or is
+ * not known): a device that is down, or has no carrier (a veth whose peer is
+ * down, a cable unplugged), delivers no frame to its XDP program.
+ */
+export function ingressDownProblem(iface: string, link: LinkState | undefined): string | undefined {
+  if (!link) return undefined;
+  if (!link.up) return `ingress ${iface} is down: it receives nothing`;
+  if (!link.carrier) return `ingress ${iface} has no carrier (a veth whose peer is down): it receives nothing`;
+  return undefined;
+}
+
 /** The status of one planned backend. */
 export function backendStatus(b: {
   ip: string;
@@ -106,8 +118,9 @@ export function unverifiedRuleStatus(written: RuleStatus, unverified: ReadonlyMa
 
 /**
  * The status as observed now: the written status, lowered by what is wrong
- * with the rule's ingress interfaces (missing, or a foreign XDP program in
- * the place of ours). All ingress unusable: INACTIVE; some: DEGRADED.
+ * with the rule's ingress interfaces (missing, a foreign XDP program in
+ * the place of ours, down or without carrier). All ingress unusable:
+ * INACTIVE; some: DEGRADED.
  */
 export function observedRuleStatus(written: RuleStatus, ingress: string[], problems: Map<string, string>): RuleStatus {
   const bad = ingress.filter((i) => problems.has(i));
