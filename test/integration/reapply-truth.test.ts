@@ -58,7 +58,7 @@ describe('re-applies keep what forwards; ingress down observed', kernelOnly(), (
     await d?.destroy();
     for (const x of extra) shQuiet('ip', ['link', 'del', x]);
     topo.destroy();
-    for (const tag of ['a', 'b', 'c']) {
+    for (const tag of ['a', 'b', 'c', 'd', 'e']) {
       XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}${tag}`);
       rmSync(`/tmp/xdpctl-test-${id}${tag}-state`, { recursive: true, force: true });
     }
@@ -113,27 +113,39 @@ describe('re-applies keep what forwards; ingress down observed', kernelOnly(), (
     sh('ip', ['link', 'set', name, 'up']);
   }
 
-  it('a backend that cannot take native redirects stays out of the table on every re-apply: DEGRADED, never FAILED', async () => {
-    const vm = topo.addHost('vm', '198.18.1.1/24');
-    const b1 = topo.addHost('b1', '198.18.2.1/24');
-    const b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.routeToXdp('vm');
-    await start('a', ['--log-level', 'info', '--xdp-mode', 'native']);
-    await c.rules.createRule({ rule: rule('web', 7901, [vm.hostIf], [b1, b2]) });
-    let r = await send(vm, 7901, [b1, b2]);
+  /**
+   * Rule web on a native-mode ingress with b1 and b2; `breakB2` makes b2's egress unable to take native
+   * redirects (its reason matches `why`); then the ingress name moves to a new device and the daemon restarts.
+   */
+  async function oneBackendCannot(
+    tag: string,
+    port: number,
+    flags: string[],
+    breakB2: (b2: Host) => void,
+    why: RegExp,
+    prepare: (hosts: Host[]) => void = () => undefined,
+  ) {
+    const vm = topo.addHost(`${tag}vm`, '198.18.1.1/24');
+    const b1 = topo.addHost(`${tag}b1`, '198.18.2.1/24');
+    const b2 = topo.addHost(`${tag}b2`, '198.18.2.2/24');
+    topo.routeToXdp(vm.role);
+    prepare([b1, b2]);
+    await start(tag, ['--log-level', 'info', '--xdp-mode', 'native', ...flags]);
+    await c.rules.createRule({ rule: rule('web', port, [vm.hostIf], [b1, b2]) });
+    let r = await send(vm, port, [b1, b2]);
     assert.equal(r.total, r.sent, `all delivered at first (${r.got})`);
 
-    // b2's egress becomes a bridge (named like its old veth): out of the table, the rule DEGRADED.
-    bridgeBehind(b2, b2.hostIf, `x${id}p2`);
-    await until('web DEGRADED: b2 behind a bridge', async () =>
-      /\(bridge\) cannot transmit native XDP redirects/.test((await status('web')).backendStatus[1]?.message ?? ''),
+    // b2's egress can no longer take native redirects: out of the table, the rule DEGRADED.
+    breakB2(b2);
+    await until('web DEGRADED: b2 cannot receive', async () =>
+      why.test((await status('web')).backendStatus[1]?.message ?? ''),
     );
-    r = await send(vm, 7901, [b1, b2]);
+    r = await send(vm, port, [b1, b2]);
     assert.deepEqual(r.got, [r.sent, 0], 'b1 gets every flow');
 
     // The ingress name moves to a new device (new ifindex): the reconciler writes the rule again.
-    const v2 = topo.addHost('v2', '198.18.1.1/24');
-    const oldIngress = `x${id}vo`;
+    const v2 = topo.addHost(`${tag}v2`, '198.18.1.1/24');
+    const oldIngress = `x${id}${tag}vo`;
     extra.push(oldIngress);
     for (const [from, to] of [
       [vm.hostIf, oldIngress],
@@ -145,7 +157,7 @@ describe('re-applies keep what forwards; ingress down observed', kernelOnly(), (
     }
     v2.hostIf = vm.hostIf;
     vm.hostIf = oldIngress;
-    topo.routeToXdp('v2');
+    topo.routeToXdp(v2.role);
     await until('the rule rewritten for the new ingress ifindex', () =>
       d!.output
         .split('\n')
@@ -164,15 +176,15 @@ describe('re-applies keep what forwards; ingress down observed', kernelOnly(), (
       st.backendStatus.map((b) => b.active),
       [true, false],
     );
-    assert.match(st.backendStatus[1].message, /\(bridge\) cannot transmit native XDP redirects/);
+    assert.match(st.backendStatus[1].message, why);
     assert.equal(count(/FAILED/), 0, 'never FAILED');
-    r = await send(v2, 7901, [b1, b2]);
+    r = await send(v2, port, [b1, b2]);
     assert.deepEqual(r.got, [r.sent, 0], `b1 gets every flow through the new ingress (${r.got})`);
     assert.equal(await health(), NOT_SERVING, 'DEGRADED: as before the move');
 
     // A restart adopts it the same way: DEGRADED, b1 forwarding.
     await d!.stop();
-    d = await DaemonProcess.start(`${id}a`, ['--log-level', 'info', '--xdp-mode', 'native']);
+    d = await DaemonProcess.start(`${id}${tag}`, ['--log-level', 'info', '--xdp-mode', 'native', ...flags]);
     c = d.clients();
     st = await status('web');
     assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
@@ -180,12 +192,72 @@ describe('re-applies keep what forwards; ingress down observed', kernelOnly(), (
       st.backendStatus.map((b) => b.active),
       [true, false],
     );
-    assert.match(st.backendStatus[1].message, /\(bridge\) cannot transmit native XDP redirects/);
-    r = await send(v2, 7901, [b1, b2]);
+    assert.match(st.backendStatus[1].message, why);
+    r = await send(v2, port, [b1, b2]);
     assert.deepEqual(r.got, [r.sent, 0], `after the restart (${r.got})`);
     await sleep(1500);
     assert.equal(count(/FAILED/), 0, 'never FAILED after the restart either');
     assert.equal((await status('web')).state, RuleState.RULE_STATE_DEGRADED);
+  }
+
+  it('a backend behind a bridge stays out of the table on every re-apply: DEGRADED, never FAILED', () =>
+    oneBackendCannot(
+      'a',
+      7901,
+      [],
+      (b2) => bridgeBehind(b2, b2.hostIf, `x${id}p2`),
+      /\(bridge\) cannot transmit native XDP redirects/,
+    ));
+
+  it('a backend whose veth peer has GRO off (--no-fix-veth-peers) likewise: DEGRADED, never FAILED', () =>
+    oneBackendCannot(
+      'd',
+      7904,
+      ['--no-fix-veth-peers'],
+      (b2) => topo.exec(b2.role, 'ethtool', ['-K', 'eth0', 'gro', 'off']),
+      /would be dropped: its peer .* has neither an XDP program nor GRO/,
+      // Without the daemon's repair the peers' NAPI is the operator's: GRO on, the subject of this case.
+      (hosts) => hosts.forEach((h) => topo.exec(h.role, 'ethtool', ['-K', 'eth0', 'gro', 'on'])),
+    ));
+
+  it('a link whose egress cannot take native redirects never keeps another link out of the datapath', async () => {
+    const a1 = topo.addHost('ea1', '198.18.6.1/24');
+    const a2 = topo.addHost('ea2', '198.18.6.2/24');
+    const c1 = topo.addHost('ec1', '198.18.5.1/24');
+    const c2 = topo.addHost('ec2', '198.18.5.2/24');
+    await start('e', ['--log-level', 'info', '--xdp-mode', 'native']);
+    const both = LinkDirection.LINK_DIRECTION_BOTH;
+    await c.links.connect({ link: { a: a1.hostIf, b: a2.hostIf, direction: both } });
+    await c.links.connect({ link: { a: c1.hostIf, b: c2.hostIf, direction: both } });
+    const link = async (h: Host) => (await c.links.listLinks({})).links.find((l) => l.a === h.hostIf)!.status!;
+    assert.equal(topo.ping(a1.role, a2.ip!), true, 'a1 reaches a2');
+    assert.equal(topo.ping(c1.role, c2.ip!), true, 'c1 reaches c2');
+
+    // a2's end becomes a bridge: a1 -> a2 cannot forward (reported), the other link still does.
+    bridgeBehind(a2, a2.hostIf, `x${id}pa`);
+    await until('a1 -> a2 not forwarding: a bridge', async () =>
+      (await link(a1)).warnings.some((w) => /\(bridge\) cannot transmit native XDP redirects/.test(w)),
+    );
+    assert.equal(topo.ping(c1.role, c2.ip!), true, 'c1 reaches c2');
+
+    // c1 is recreated (new ifindex): its link is written again, whatever a1 -> a2 can do.
+    topo.unplug(c1.role);
+    topo.replug(c1.role, '198.18.5.1/24');
+    await until('c1 <-> c2 forwarding again', async () => {
+      const st = await link(c1);
+      return st.aToBActive && st.bToAActive;
+    });
+    assert.equal(topo.ping(c1.role, c2.ip!), true, 'c1 reaches c2 through its new device');
+    const la = await link(a1);
+    assert.deepEqual([la.aToBActive, la.bToAActive], [false, false], 'a1 <-> a2 still reported');
+    assert.ok(
+      la.warnings.some((w) =>
+        new RegExp(`${a2.hostIf} -> ${a1.hostIf}: our XDP program is not attached to ${a2.hostIf}`).test(w),
+      ),
+      la.warnings.join(' | '),
+    );
+    assert.equal(await health(), NOT_SERVING);
+    assert.equal(count(/"msg":"links not re-applied"/), 0);
   });
 
   it('a restart asking for native mode keeps the generic program a bridge forwards with, and says so', async () => {

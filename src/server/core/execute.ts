@@ -457,6 +457,10 @@ export function pacer(budgetMs = 10): () => Promise<void> {
 /**
  * Links, phase 1 (kernel, undoable): attach where needed, check
  * native-redirect targets, then connect, repoint and disconnect directions.
+ * A client's change whose egress cannot take native redirects is refused
+ * (FAILED_PRECONDITION naming `field`); with `tolerant` (restore, resync)
+ * every direction is written and the reconciler reports the ones that cannot
+ * forward, so that one link never keeps the others out of the datapath.
  */
 export async function writeLinks(
   ctx: ExecContext,
@@ -472,9 +476,18 @@ export async function writeLinks(
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
     vacateAdjacentDevices(ctx, undo, from, usedAfter, field);
-    attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+    try {
+      attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+    } catch (e) {
+      // Restore and resync: an end that cannot take our program (a bridge asked for native mode) is reported
+      // by the reconciler (its directions not forwarding, with the reason); the other links are written.
+      if (!tolerant) throw e;
+    }
   }
   for (const [from, d] of want) {
+    // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
+    // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
+    if (tolerant) break;
     if (dp.xdpStatus(from)?.mode !== 'native') continue;
     const r = await dp.redirectTarget(d.toName, ctx.fixVethPeers);
     if (!r.ok) {

@@ -394,7 +394,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     for (const [from, to] of directions(l)) {
       if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
       // An ingress that is down or without carrier receives nothing to cross-connect.
-      let why = ingressDown.get(from) ?? egressProblem(to, dp.linkState?.(to));
+      // So does one without our program (attaching it failed); a foreign program is reported by the listing.
+      const unattached = state.foreign.has(from) ? undefined : ingressProblems.get(from);
+      let why = ingressDown.get(from) ?? unattached ?? egressProblem(to, dp.linkState?.(to));
       if (!why && native.has(from)) {
         let r = facts.napi.get(to);
         if (!r) {
