@@ -521,8 +521,11 @@ export class KernelDataplane implements Dataplane {
 
   readCounters(ruleStatsIds: number[], backendStatsIds: number[], linkFroms: number[]): CounterRead {
     const m = this.dp.maps;
-    const rules = new Map(ruleStatsIds.map((id) => [id, sumCounters(m.ruleStats.getPerCpu(id) ?? [])]));
-    const backends = new Map(backendStatsIds.map((id) => [id, sumCounters(m.backendStats.getPerCpu(id) ?? [])]));
+    // Per-CPU arrays read in batches (BpfMap.getManyPerCpu): 1 000 rules of 4 backends were 5 000 lookups a read.
+    const ruleRead = m.ruleStats.getManyPerCpu(ruleStatsIds);
+    const backendRead = m.backendStats.getManyPerCpu(backendStatsIds);
+    const rules = new Map(ruleStatsIds.map((id) => [id, sumCounters(ruleRead.get(id) ?? [])]));
+    const backends = new Map(backendStatsIds.map((id) => [id, sumCounters(backendRead.get(id) ?? [])]));
     const links = new Map(
       linkFroms.map((id) => [
         id,
