@@ -792,19 +792,6 @@ export async function adoptRules(
   return { kernel, repaired };
 }
 
-/** The status of a rule once its plan is in the kernel: its backends' statuses and the plan's warnings. */
-function plannedStatus(p: RulePlan): RuleKernel['status'] {
-  const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
-  return {
-    ...writtenRuleStatus(
-      p.backends.map((b) => b.status),
-      live,
-      p.backends.map((b) => b.spec.weight),
-    ),
-    warnings: [...p.warnings],
-  };
-}
-
 /** A planned backend as the datapath stores it. */
 function backendOf(b: RulePlan['backends'][number], statsId: number): BackendEntry {
   return {
