@@ -87,6 +87,11 @@ export interface ControlBenchOptions {
   applySizes?: number[];
   /** Override the numbers of WatchCounters streams (profiling). */
   watchers?: number[];
+  /**
+   * Which WatchCounters modes (profiling; default both): "full", complete samples for every number of streams;
+   * "changes", changes_only for the most streams.
+   */
+  watchModes?: ('full' | 'changes')[];
   /** Override the rule counts of the scale section (profiling). */
   scaleSizes?: number[];
   /** Override the number of restarts the start section times (profiling). */
@@ -704,7 +709,12 @@ async function section2(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
   return out;
 }
 
-async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFigure[]> {
+async function section3(
+  d: BenchDaemon,
+  net: Net,
+  n: Counts,
+  watchModes?: ('full' | 'changes')[],
+): Promise<ControlFigure[]> {
   const rules = rulesClient(d.channel(d.unix));
   await rules.applyRules({ rules: ruleSet(net, n.watchRules) });
   // Sanity: the counter read covers these rules.
@@ -716,7 +726,7 @@ async function section3(d: BenchDaemon, net: Net, n: Counts): Promise<ControlFig
   // each of a tenth of the rules, a different tenth every second (real frames through the XDP program).
   const traffic = startRuleTraffic(net, n.watchRules, Math.max(1, Math.round(n.watchRules / 10)));
   try {
-    return await watchRows(d, n, perRead);
+    return await watchRows(d, n, perRead, watchModes);
   } finally {
     traffic.kill('SIGTERM');
     await new Promise((r) => (traffic.exitCode !== null ? r(null) : traffic.once('exit', r)));
@@ -756,7 +766,12 @@ function startRuleTraffic(net: Net, rules: number, perSecond: number): ChildProc
   });
 }
 
-async function watchRows(d: BenchDaemon, n: Counts, perRead: number): Promise<ControlFigure[]> {
+async function watchRows(
+  d: BenchDaemon,
+  n: Counts,
+  perRead: number,
+  watchModes: ('full' | 'changes')[] = ['full', 'changes'],
+): Promise<ControlFigure[]> {
   const cpuWindow = async (): Promise<{ cpu: number; rss: number; reads: number }> => {
     const r0 = await d.hubReads();
     const a = procUsage(d.pid);
@@ -789,8 +804,8 @@ async function watchRows(d: BenchDaemon, n: Counts, perRead: number): Promise<Co
   let oneReads: ControlFigure | undefined;
   // Complete samples for every number of streams, then the most streams asking for changes only.
   const modes: [number, boolean][] = [
-    ...n.watchers.map((w): [number, boolean] => [w, false]),
-    [n.watchers.at(-1)!, true],
+    ...(watchModes.includes('full') ? n.watchers.map((w): [number, boolean] => [w, false]) : []),
+    ...(watchModes.includes('changes') ? [[n.watchers.at(-1)!, true] as [number, boolean]] : []),
   ];
   for (const [w, changesOnly] of modes) {
     const child = spawn(
@@ -883,7 +898,9 @@ async function watchRows(d: BenchDaemon, n: Counts, perRead: number): Promise<Co
         {
           note:
             `xdpctl.counter_hub.reads; cross-check: ${(calls / (n.straceMs / 1000)).toFixed(0)} bpf() calls/s ` +
-            `(strace -c, ${perRead} per read; idle ${(idleCalls / (n.straceMs / 1000)).toFixed(0)}/s)`,
+            `(strace -c; idle ${(idleCalls / (n.straceMs / 1000)).toFixed(0)}/s), ` +
+            `${((calls - idleCalls) / (n.straceMs / 1000) / Math.max(0.01, median(windows.map((x) => x.reads)))).toFixed(0)} ` +
+            `per read for ${perRead} counter entries`,
         },
       );
       if (!oneReads) {
@@ -1147,7 +1164,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
     // then not inflated by memory the 10 000-rule transactions left behind.
     const parts: ControlFigure[][] = [];
     if (want('change')) parts[0] = await section1(d, net, raw, n);
-    if (want('watch')) parts[2] = await section3(d, net, n);
+    if (want('watch')) parts[2] = await section3(d, net, n, opts.watchModes);
     if (want('apply')) parts[1] = await section2(d, net, raw, n);
     if (want('start')) parts[3] = await section4(d, empty, before, net, n);
     if (want('scale')) {
@@ -1193,8 +1210,8 @@ ApplyRules: ${c.applyRuns} runs per size, each from an empty set; after the call
 in the kernel maps (it always was at the first read); the baseline is one putMany per map of exactly the entries
 the daemon writes (rule and backend stats resets, backends, rings of ${RING_SIZE} slots, rule_cfg, rule_ports,
 rule_match). Streams: clients in a separate process; daemon CPU is utime+stime from /proc over ${c.watchWindowMs / 1000} s windows;
-kernel reads are bpf() syscalls counted with \`strace -c -f\` over ${c.straceMs / 1000} s, minus the idle daemon's, divided by the
-calls one read makes. Start: SIGTERM then a new process over the same pins and state dir, timed from spawn to
+kernel reads are the hub's own count (\`xdpctl.counter_hub.reads\`), cross-checked with the bpf() syscalls counted by
+\`strace -c -f\` over ${c.straceMs / 1000} s (minus the idle daemon's, per read). Start: SIGTERM then a new process over the same pins and state dir, timed from spawn to
 the first SERVING health answer (Node start and module loading included); the 0-rule daemons run on their
 defaults (no \`--prometheus\`, no \`OTEL_*\`), once as TypeScript through tsx (how it ran before 0.1.0 shipped
 compiled JavaScript) and once from \`dist/\`. Cost per change: one daemon with

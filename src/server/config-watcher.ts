@@ -8,13 +8,20 @@
  * configuration keeps running. So does an empty file (only blanks or
  * comments: what an editor may leave for a moment); `links: {}` clears. Each
  * applied configuration is logged whole, with what changed.
+ *
+ * A file reached through symlinks (a Kubernetes ConfigMap volume:
+ * `cfg.yaml -> ..data/cfg.yaml`, `..data -> ..2026_…`, swapped by renaming a
+ * new `..data` over the old) changes without an event naming it: every entry
+ * on the way (each symlink, and the file it resolves to, in whatever
+ * directory) is watched, and the text decides whether anything changed. A file
+ * that was refused is tried again when it is written or touched.
  */
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { basename, dirname, resolve } from 'node:path';
+import { readFile, readlink, realpath } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig } from '../shared/config-file.js';
-import type { Controller } from './core/controller.js';
+import { ConfigPartlyApplied, type Controller } from './core/controller.js';
 import type { Logger } from './log.js';
 
 const DEBOUNCE_MS = 150;
@@ -30,9 +37,13 @@ export interface ConfigStatus {
 
 export class ConfigWatcher {
   readonly status: ConfigStatus;
-  private watcher?: FSWatcher;
+  /** Watched directories, each with the entry names in it whose change can change the file's text. */
+  private readonly watchers = new Map<string, { watcher: FSWatcher; names: Set<string> }>();
   private timer?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
+  private closed = false;
+  /** The text last refused, with lastError: the same refusal of the same text is said once. */
+  private refusedText?: string;
 
   constructor(
     path: string,
@@ -46,16 +57,71 @@ export class ConfigWatcher {
   async start(): Promise<void> {
     this.ctl.setOwner(this.status.path);
     await this.load(false);
-    const name = basename(this.status.path);
-    this.watcher = watch(dirname(this.status.path), (_event, file) => {
-      if (file === null || file === name) this.schedule(DEBOUNCE_MS, false);
-    });
+    await this.follow();
+  }
+
+  /**
+   * Watch every directory entry the file's text depends on: the path itself, each symlink on the way to
+   * the file it resolves to (a ConfigMap's `cfg.yaml -> ..data/cfg.yaml` and `..data -> ..2026_…`), and that
+   * file. Re-run after each read, since a swap moves the target.
+   */
+  private async follow(): Promise<void> {
+    if (this.closed) return;
+    const want = new Map<string, Set<string>>();
+    const add = (dir: string, name: string) => {
+      if (!want.has(dir)) want.set(dir, new Set());
+      want.get(dir)!.add(name);
+    };
+    add(dirname(this.status.path), basename(this.status.path));
+    let p = this.status.path;
+    for (let hop = 0; hop < 40; hop++) {
+      let target: string;
+      try {
+        target = await readlink(p);
+      } catch {
+        break; // not a symlink, or missing for a moment
+      }
+      // A relative target's first component is an entry of the link's directory (`..data` in
+      // `..data/cfg.yaml`): renaming a new one over it changes the file.
+      const first = target.split('/')[0];
+      if (!isAbsolute(target) && first !== '.' && first !== '..' && first !== '') add(dirname(p), first);
+      p = resolve(dirname(p), target);
+      add(dirname(p), basename(p));
+    }
+    try {
+      const real = await realpath(this.status.path);
+      add(dirname(real), basename(real));
+    } catch {
+      // missing for a moment: the entries above are still watched
+    }
+    for (const [dir, w] of this.watchers) {
+      if (!want.has(dir)) {
+        w.watcher.close();
+        this.watchers.delete(dir);
+      }
+    }
+    for (const [dir, names] of want) {
+      const have = this.watchers.get(dir);
+      if (have) {
+        have.names = names;
+        continue;
+      }
+      try {
+        const entry = { names, watcher: undefined as unknown as FSWatcher };
+        entry.watcher = watch(dir, (_event, file) => {
+          if (file === null || entry.names.has(file)) this.schedule(DEBOUNCE_MS, false);
+        });
+        this.watchers.set(dir, entry);
+      } catch (e) {
+        this.log.warn({ config: this.status.path, dir, err: e }, `cannot watch ${dir}: changes there are not seen`);
+      }
+    }
   }
 
   private schedule(ms: number, retried: boolean): void {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
-      this.running = this.running.then(() => this.load(retried));
+      this.running = this.running.then(() => this.load(retried)).then(() => this.follow());
     }, ms);
   }
 
@@ -66,13 +132,18 @@ export class ConfigWatcher {
     } catch (e) {
       // Between an editor's unlink and rename the file may be missing.
       if (!retried) return this.schedule(RETRY_MS, true);
-      return this.fail(`read ${this.status.path}: ${(e as Error).message}`);
+      return this.fail(`read ${this.status.path}: ${(e as Error).message}`, undefined);
     }
-    if (text === this.status.applied) return;
+    // Unchanged and in force: nothing to do. After a refusal the same text is applied again (the kernel holds
+    // the last good configuration, which may be this very text: re-applying it is a no-op or a repair).
+    if (text === this.status.applied && this.status.lastError === undefined) return;
     if (isEmptyConfig(text)) {
       if (!retried) return this.schedule(RETRY_MS, true);
+      // A warning, not an error: what an editor leaves for a moment; nothing is wrong with what runs.
       return this.fail(
         `config ${this.status.path} is empty (write "links: {}" to remove every link, "rules: []" every rule)`,
+        text,
+        'warn',
       );
     }
     let cfg;
@@ -80,13 +151,15 @@ export class ConfigWatcher {
       cfg = parseConfig(text);
     } catch (e) {
       if (e instanceof ConfigError && e.syntax && !retried) return this.schedule(RETRY_MS, true);
-      return this.fail(`invalid config ${this.status.path}: ${(e as Error).message}`);
+      return this.fail(`invalid config ${this.status.path}: ${(e as Error).message}`, text);
     }
     try {
       const changes = await this.ctl.applyConfig(cfg);
       this.status.applied = text;
       this.status.appliedAt = Date.now();
       this.status.lastError = undefined;
+      this.refusedText = undefined;
+      this.ctl.setConfigProblem(undefined);
       this.log.info(
         {
           config: this.status.path,
@@ -103,17 +176,36 @@ export class ConfigWatcher {
         'config applied',
       );
     } catch (e) {
-      this.fail(`config ${this.status.path} not applied: ${(e as Error).message}`);
+      if (e instanceof ConfigPartlyApplied) {
+        this.status.lastError = `config ${this.status.path} partly applied: ${e.message}`;
+        this.refusedText = text;
+        this.log.error({ config: this.status.path }, this.status.lastError);
+        return;
+      }
+      this.fail(`config ${this.status.path} not applied: ${(e as Error).message}`, text);
     }
   }
 
-  private fail(message: string): void {
+  /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */
+  private fail(message: string, text: string | undefined, level: 'warn' | 'error' = 'error'): void {
+    if (this.status.lastError === message && this.refusedText === text) return;
     this.status.lastError = message;
-    this.log.error({ config: this.status.path }, `${message}; the last good configuration keeps running`);
+    this.refusedText = text;
+    if (this.status.applied === undefined && this.ctl.desiredEmpty) {
+      // Nothing of any configuration runs (a first start with a bad file, no stored state): not "as desired".
+      const problem = `${message}; no configuration runs`;
+      this.ctl.setConfigProblem(problem);
+      this.log[level]({ config: this.status.path }, problem);
+      return;
+    }
+    this.ctl.setConfigProblem(undefined);
+    this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running`);
   }
 
   close(): void {
+    this.closed = true;
     clearTimeout(this.timer);
-    this.watcher?.close();
+    for (const w of this.watchers.values()) w.watcher.close();
+    this.watchers.clear();
   }
 }

@@ -196,6 +196,7 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     assert.equal(applied().length, 1, 'nothing applied');
     await sleep(1200);
     assert.equal(count(/"msg":"config \S+ is empty/), 1, 'the empty file logged once, not on every re-read');
+    assert.equal(count(/"level":40,[^\n]*"msg":"config \S+ is empty/), 1, 'as a warning: nothing that runs is wrong');
 
     writeFileSync(file, '# links are coming\n---\n');
     await sleep(1200);

@@ -190,6 +190,46 @@ describe('datapath load and attach', kernelOnly(), () => {
     );
   });
 
+  it('getManyPerCpu reads the asked-for indexes of a per-CPU array in batches, as one lookup each would', () => {
+    const stats = opened[0].maps.backendStats;
+    const max = stats.info.maxEntries;
+    const cpus = stats.getPerCpu(0)!.length;
+    const value = (i: number, c: number) => ({
+      packets: BigInt(i * 10 + c),
+      bytes: BigInt(i) << 40n,
+      redirectErrors: 1n,
+    });
+    const written = [0, 1, 2, 5, 4097, 4098, max - 1].filter((i) => i < max);
+    for (const i of written)
+      stats.putPerCpu(
+        i,
+        Array.from({ length: cpus }, (_, c) => value(i, c)),
+      );
+    const one = (ids: number[]) => new Map(ids.filter((i) => i < max).map((i) => [i, stats.getPerCpu(i)!]));
+    // Dense (batches over 0..max, several chunks), sparse (one by one), zeros, an index past the end.
+    for (const ids of [
+      Array.from({ length: Math.min(max, 5000) }, (_, i) => i),
+      [4098, 2, 0, 5],
+      [max - 1, 3],
+      [3, 6, max, max + 100],
+      [],
+    ]) {
+      for (const chunk of [4096, 7]) {
+        const what = `indexes ${ids.length > 8 ? `0..${ids.length - 1}` : ids.join(',')}, chunks of ${chunk}`;
+        assert.deepEqual(stats.getManyPerCpu(ids, chunk), one(ids), what);
+      }
+    }
+    assert.deepEqual(
+      stats.getManyPerCpu([4097]).get(4097),
+      Array.from({ length: cpus }, (_, c) => value(4097, c)),
+    );
+    const zero = { packets: 0n, bytes: 0n, redirectErrors: 0n };
+    for (const i of written)
+      stats.putPerCpu(
+        i,
+        Array.from({ length: cpus }, () => zero),
+      );
+  });
   it('reports a missing interface as ENODEV naming it', () => {
     assert.throws(
       () => opened[0].attach('nosuchif0', 'auto'),

@@ -142,6 +142,14 @@ describe('interface churn', kernelOnly(), () => {
     await sleep(1200);
     assert.equal(count(/"msg":"rule web is ACTIVE/), 1, 'the recovery logged once');
     assert.equal(count(/"msg":"datapath as desired again"/), 1);
-    assert.equal(count(/"msg":"rule web is INACTIVE/), 1, 'and nothing else');
+    // The replugged veth exists for a moment before it is set up: a pass may see it down (it receives
+    // nothing then), a transition of its own, logged once at most.
+    assert.equal(count(/"msg":"rule web is INACTIVE: .*does not exist/), 1, 'the missing interface logged once');
+    assert.ok(count(new RegExp(`"msg":"rule web is INACTIVE: .*ingress ${vm.hostIf} is down`)) <= 1);
+    assert.equal(
+      count(/"msg":"rule web is INACTIVE/) - count(/"msg":"rule web is INACTIVE: .*(does not exist|is down)/),
+      0,
+      'and nothing else',
+    );
   });
 });

@@ -225,14 +225,19 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
       await until('GRO on again on l2 (repaired)', gro, 3000);
       assert.equal(topo.ping('l1', l2.ip!), true, 'forwarding after the repair');
 
-      // l2's side down: l2's veth has no carrier. l1 -> l2 is in the devmap but forwards nothing.
+      // l2's side down: l2's veth has no carrier. l1 -> l2 is in the devmap but forwards nothing, and
+      // nothing arrives on l2's veth for l2 -> l1 either (its peer sends nothing).
       topo.exec('l2', 'ip', ['link', 'set', 'eth0', 'down']);
       await until('l1 -> l2 not forwarding', async () => !(await link()).aToBActive);
       st = await link();
-      assert.equal(st.bToAActive, true, 'the other direction still forwards');
+      assert.equal(st.bToAActive, false, 'the other direction receives nothing');
       assert.match(
         st.warnings.join('\n'),
         new RegExp(`${l1.hostIf} -> ${l2.hostIf}: egress ${l2.hostIf} has no carrier`),
+      );
+      assert.match(
+        st.warnings.join('\n'),
+        new RegExp(`${l2.hostIf} -> ${l1.hostIf}: ingress ${l2.hostIf} has no carrier .*: it receives nothing`),
       );
       const active = st.conditions.find((x) => x.type === 'Active')!;
       assert.equal(active.status, ConditionStatus.CONDITION_STATUS_FALSE);

@@ -144,6 +144,25 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
     await underTraffic(async () => {});
   });
 
+  it('full disk while a change switches GRO on for a new backend: the store error, not a precondition; no half-written record', async () => {
+    const b2 = topo.addHost('b2', '198.18.3.1/24');
+    const maps = d!.dumpMaps();
+    fill();
+    try {
+      const r = rule('web3', PORT + 2);
+      // b2's veth peer has GRO off (a new veth's default): a native redirect into it needs it on, and the
+      // daemon records that change in host-changes.json, which cannot be written now.
+      r.backends = [{ ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 }];
+      await rejects(c.rules.createRule({ rule: r }), Status.RESOURCE_EXHAUSTED, /disk is full/);
+    } finally {
+      unfill();
+    }
+    assert.equal(existsSync(`${stateDir}/host-changes.json.tmp`), false, 'no half-written record left');
+    assert.match(d!.output, /GRO switched on not recorded in \S+host-changes\.json/);
+    assert.deepEqual(d!.dumpMaps(), maps, 'kernel maps unchanged');
+    assert.deepEqual(await names(), ['web']);
+  });
+
   it('I/O error (EIO) at COMMIT of UpdateRule: UNAVAILABLE naming the path, kernel unchanged, restart agrees', async () => {
     const maps = d!.dumpMaps();
     const before = (await c.rules.getRule({ name: 'web' })).rule!;

@@ -64,6 +64,7 @@ export function otherProgram(progId: number, unidentified?: string, mode?: strin
 
 /** Reason code of an ingress problem text (resync.ts writes these texts). */
 export function ingressReason(problem: string): string {
+  if (/^(\S+ -> \S+: )?ingress \S+ (is down|has no carrier)/.test(problem)) return 'IngressDown';
   if (/does not exist/.test(problem)) return 'InterfaceMissing';
   if (/XDP program \(id \d+[^)]*\) that xdpctld cannot identify/.test(problem)) return 'UnidentifiedProgram';
   if (/another XDP program/.test(problem)) return 'ForeignProgram';
@@ -80,6 +81,7 @@ export function ruleConditions(
   },
   weights: number[],
   ingressProblems: string[],
+  ingressDown: string[] = [],
 ): ObservedCondition[] {
   const out = s.backends.filter((b, i) => !b.receiving && (weights[i] ?? 1) > 0);
   const unverified = s.backends.filter((b) => b.unverified);
@@ -98,6 +100,14 @@ export function ruleConditions(
           ingressProblems.length === 0,
           ingressProblems.length ? ingressReason(ingressProblems[0]) : 'Attached',
           ingressProblems.length ? ingressProblems.join('; ') : 'our XDP program runs on every ingress interface',
+        ),
+    failed
+      ? { type: 'IngressReceiving', status: 'Unknown', reason: 'Failed', message: s.message }
+      : cond(
+          'IngressReceiving',
+          ingressDown.length === 0,
+          ingressDown.length ? 'IngressDown' : 'Up',
+          ingressDown.length ? ingressDown.join('; ') : 'every ingress interface that exists is up with carrier',
         ),
     failed
       ? { type: 'BackendsReceiving', status: 'Unknown', reason: 'Failed', message: s.message }
@@ -132,6 +142,8 @@ export function interfaceConditions(i: {
   current?: number;
   detachError?: string;
   used: boolean;
+  /** Why it runs in another mode than asked (the attach's warning), if it does. */
+  modeWarning?: string;
 }): ObservedCondition[] {
   if (!i.present) return [cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`)];
   if (i.effectiveMode !== 'none' && !i.ours) {
@@ -160,7 +172,14 @@ export function interfaceConditions(i: {
     ];
   }
   if (i.effectiveMode === 'none') return [cond('ProgramAttached', false, 'NotAttached', 'no XDP program is attached')];
-  return [cond('ProgramAttached', true, 'Attached', `our XDP program runs in ${i.effectiveMode} mode`)];
+  return [
+    cond(
+      'ProgramAttached',
+      true,
+      'Attached',
+      `our XDP program runs in ${i.effectiveMode} mode${i.modeWarning ? `: ${i.modeWarning}` : ''}`,
+    ),
+  ];
 }
 
 /** A link's Active condition. */

@@ -27,6 +27,7 @@ import { interfaceConditions, linkConditions, otherProgram, ruleConditions } fro
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
   linkKey,
+  ruleSpecOf,
   type ChangeAction,
   type Condition,
   type LinkSpec,
@@ -39,6 +40,7 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
+import { ingressDownProblem } from './rule-status.js';
 import { backendKey, CoreState } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -123,6 +125,23 @@ export interface CounterSnapshot {
   global: bigint[];
 }
 
+/**
+ * A config file whose rules are in force while its links are not: the links failed in the kernel and the
+ * rules as they were before could not be put back either (both errors named).
+ */
+export class ConfigPartlyApplied extends Error {
+  constructor(
+    readonly linksError: Error,
+    readonly undoError: Error,
+  ) {
+    super(
+      `its links were refused (${linksError.message}) and the rules as they were before could not be put back ` +
+        `(${undoError.message}): the rules of this file are in force, the links are the previous ones`,
+    );
+    this.name = 'ConfigPartlyApplied';
+  }
+}
+
 export class Controller {
   private readonly state: CoreState;
   private readonly ctx: ExecContext;
@@ -180,8 +199,12 @@ export class Controller {
   }
 
   /**
-   * Apply a whole config file: both parts are checked (dry run) before
-   * either is applied, so an invalid file changes nothing.
+   * Apply a whole config file, whole or not at all: both parts are checked (dry run) before either is
+   * applied, so an invalid file changes nothing; the rules go in first, and when the links then fail in the
+   * kernel (a check only the kernel phase makes, e.g. an egress that cannot transmit native redirects) the
+   * rules as they were before are put back, so the previous configuration keeps running whole. Throws the
+   * links' error; a {@link ConfigPartlyApplied} when the rules could not be put back (the file's rules run
+   * with the previous links).
    */
   async applyConfig(cfg: {
     rules: RuleSpec[];
@@ -191,9 +214,25 @@ export class Controller {
     try {
       await this.applyRules(cfg.rules, true);
       await this.applyLinks(cfg.links, true);
+      const before = [...this.state.rules.values()].map(ruleSpecOf);
       const rules = await this.applyRules(cfg.rules, false);
-      const links = await this.applyLinks(cfg.links, false);
-      return { rules, links };
+      try {
+        const links = await this.applyLinks(cfg.links, false);
+        return { rules, links };
+      } catch (e) {
+        if (rules.every((c) => c.action === 'unchanged')) throw e;
+        try {
+          await this.applyRules(before, false);
+        } catch (undo) {
+          this.log.error({ err: undo }, 'config: the previous rules could not be put back after the links failed');
+          throw new ConfigPartlyApplied(e as Error, undo as Error);
+        }
+        this.log.info(
+          { rules: rules.filter((c) => c.action !== 'unchanged') },
+          'config: the links failed, so the rules this file changed were put back as they were',
+        );
+        throw e;
+      }
     } finally {
       this.applyingConfig = false;
     }
@@ -235,6 +274,7 @@ export class Controller {
         status,
         r.backends.map((b) => b.weight),
         k.ingressProblems ?? [],
+        k.ingressDown ?? [],
       ),
       this.now(),
     );
@@ -398,6 +438,10 @@ export class Controller {
             : `a foreign XDP program (id ${x.progId}) is attached`,
         );
       }
+      if (info && programUsers.has(name)) {
+        const down = ingressDownProblem(name, this.dp.linkState?.(name));
+        if (down) warnings.push(down);
+      }
       const detachError = this.state.attached.get(name)?.detachError;
       if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
       const conditions = this.state.conditions.set(
@@ -412,6 +456,7 @@ export class Controller {
           current: this.dp.progId,
           detachError,
           used: programUsers.has(name), // egress-only interfaces need no program
+          modeWarning: x?.ours && x.mode !== this.opts.mode ? x.warnings?.find((w) => / refused /.test(w)) : undefined,
         }),
         this.now(),
       );
@@ -858,10 +903,27 @@ export class Controller {
    */
   problems(): string[] {
     const out = [...this.lastProblems];
+    if (this.configProblem) out.push(this.configProblem);
     this.forEachRuleStatus((name, s) => {
       if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
     });
     return out;
+  }
+
+  /**
+   * Config-file mode: why the file is not in force while no configuration runs at all (set by the config
+   * watcher; undefined once a file is applied). A datapath problem: the operator's desired state is the
+   * file, and nothing of it, nor any earlier configuration, runs.
+   */
+  private configProblem?: string;
+
+  setConfigProblem(problem: string | undefined): void {
+    this.configProblem = problem;
+  }
+
+  /** Whether the desired state is empty (no rule, no link). */
+  get desiredEmpty(): boolean {
+    return this.state.rules.size === 0 && this.state.links.size === 0;
   }
 
   /** What the reconciler did since the start, by kind (state.ts reconcilerEvents). */

@@ -41,6 +41,21 @@ export interface BackendEntry {
   addr: Uint8Array;
 }
 
+/**
+ * The entry of an unused backend id, all zero (what a cleared rule slot leaves: the datapath drops a packet
+ * hashed to it as "no backend"). A fresh object each call: callers may hand it to a map writer.
+ */
+export function emptyBackendEntry(): BackendEntry {
+  return {
+    dmac: new Uint8Array(6),
+    smac: new Uint8Array(6),
+    ifindex: 0,
+    statsId: 0,
+    family: 0,
+    addr: new Uint8Array(4),
+  };
+}
+
 /** Counters of one rule (packets and bytes, summed over CPUs). */
 export type RuleStats = Record<
   'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend' | 'redirectErrors',

@@ -8,13 +8,20 @@
 import { judgedEgress } from './egress-watch.js';
 import { parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
-import type { BackendEntry, Dataplane, RuleSlotState, SrcKey, XdpModeName } from './dataplane.js';
+import {
+  emptyBackendEntry,
+  type BackendEntry,
+  type Dataplane,
+  type RuleSlotState,
+  type SrcKey,
+  type XdpModeName,
+} from './dataplane.js';
 import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds } from './ring.js';
-import { writtenRuleStatus } from './rule-status.js';
+import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
@@ -85,7 +92,6 @@ export async function allocateRules(
       }
       backends.set(b.key, { id, statsId: bStats });
     }
-    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
     kernel.set(p.name, {
       slot,
       statsId,
@@ -93,14 +99,7 @@ export async function allocateRules(
       prefixes: p.prefixes,
       backends,
       ifindexes: p.ifindexes,
-      status: {
-        ...writtenRuleStatus(
-          p.backends.map((b) => b.status),
-          live,
-          p.backends.map((b) => b.spec.weight),
-        ),
-        warnings: [...p.warnings],
-      },
+      status: plannedStatus(p),
     });
     await pace();
   }
@@ -157,9 +156,13 @@ export function* ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): Genera
 
 /**
  * Steps 1 and 2 of writing rules (also run when a start adopts them):
- * our program on every ingress interface the plans need, and the veth
- * precondition of native redirects into their backends (throws naming the
- * first backend that fails it).
+ * our program on every ingress interface the plans need, and the
+ * precondition of native redirects into their backends (veth peer NAPI, a
+ * device with ndo_xdp_xmit). A client's change is refused naming the first
+ * backend that fails it; with `restoring` (start, reconciler) that backend is
+ * taken out of the table with the reason instead (its plan is changed in
+ * place) and the rule written with the others. Returns the names of the
+ * plans so changed.
  */
 async function prepareIngress(
   ctx: ExecContext,
@@ -168,9 +171,9 @@ async function prepareIngress(
   undo: UndoLog,
   restoring: boolean,
   pace: () => Promise<void> = async () => {},
-): Promise<void> {
+): Promise<Set<string>> {
   attachIngress(ctx, ops, plans, undo, restoring);
-  await checkRedirectTargets(ctx, plans, pace);
+  return checkRedirectTargets(ctx, plans, pace, restoring);
 }
 
 /** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
@@ -181,7 +184,7 @@ function attachIngress(
   undo: UndoLog,
   restoring: boolean,
 ): void {
-  const { state } = ctx;
+  const { dp, state } = ctx;
   // The program on every ingress interface the new set needs (its users are set when the change is recorded).
   const changing = new Set(ops.map((o) => o.name));
   const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
@@ -189,9 +192,33 @@ function attachIngress(
   const usedAfter = (name: string) =>
     planned.has(name) ||
     [...(state.usersOf(name) ?? [])].some((u) => !u.startsWith('rule/') || !changing.has(u.slice(5)));
+  const verified = new Set<string>();
   for (const p of plans) {
     for (const i of p.ingress) {
-      if (state.attached.has(i.name)) continue;
+      if (state.attached.has(i.name)) {
+        // What the kernel has, not what we attached last: someone may have detached ours (`ip link set dev X
+        // xdp off`) or put another program there since the last reconciler pass. One netlink query per
+        // interface and change; a start (restoring) has just looked.
+        if (restoring || verified.has(i.name)) continue;
+        verified.add(i.name);
+        const x = dp.xdpStatus(i.name);
+        if (!x || (x.mode !== 'none' && x.ours)) continue;
+        const a = state.attached.get(i.name)!;
+        state.attached.delete(i.name);
+        undo.push(() => void state.attached.set(i.name, a));
+        if (x.mode !== 'none') {
+          // Another program: left alone, as the reconciler does (its pass logs it, once per transition).
+          state.foreign.set(i.name, x.progId);
+          continue;
+        }
+        vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
+        attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring);
+        ctx.log.warn(
+          { ifname: i.name, mode: state.attached.get(i.name)?.mode },
+          `our XDP program was detached from ${i.name} by someone else: re-attached`,
+        );
+        continue;
+      }
       vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
     }
@@ -202,13 +229,17 @@ function attachIngress(
  * Step 2 of {@link prepareIngress}: native redirects into veths need NAPI on
  * the peer. Each backend interface is checked once per transaction and all
  * at once (a check queries netlink or runs ip and ethtool); throws naming
- * the first backend that fails it. Writes nothing to the maps.
+ * the first backend that fails it, except when `restoring` (a start or the
+ * reconciler): such a backend is kept out of the table (its plan's
+ * `receiving` and status change) and its rule named in the returned set.
+ * Writes nothing to the maps.
  */
 async function checkRedirectTargets(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   pace: () => Promise<void>,
-): Promise<void> {
+  restoring: boolean,
+): Promise<Set<string>> {
   const { dp, state } = ctx;
   const native = new Map<string, boolean>();
   const isNative = (p: RulePlan) =>
@@ -228,17 +259,37 @@ async function checkRedirectTargets(
   const names = [...need];
   // An egress whose peer cannot be inspected is as the reconciler last judged it by traffic (egress-watch.ts).
   const checked = await Promise.all(
-    names.map(async (name) =>
-      judgedEgress(await dp.redirectTarget(name, ctx.fixVethPeers), state.egressWatch.get(name)),
+    names.map((name) =>
+      dp
+        .redirectTarget(name, ctx.fixVethPeers)
+        .then((r) => judgedEgress(r, state.egressWatch.get(name)))
+        .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
     ),
   );
   const peers = new Map(names.map((name, i) => [name, checked[i]]));
+  const demoted = new Set<string>();
   for (const p of plans) {
     if (!isNative(p)) continue;
     for (let bi = 0; bi < p.backends.length; bi++) {
       const b = p.backends[bi];
       if (!b.receiving) continue; // out of the table: nothing is redirected into it
       const r = peers.get(b.spec.interface)!;
+      if (!r.ok && restoring) {
+        // A start or the reconciler rewriting a rule: the backend stays out of the table with the reason,
+        // as the first write's plan does for one whose check the reconciler made (resync.ts passes it), and
+        // the other backends keep forwarding; a client's change is refused instead (below).
+        b.receiving = false;
+        b.status = backendStatus({
+          ip: b.spec.ip,
+          interface: b.spec.interface,
+          givenMac: b.spec.mac,
+          mac: b.mac,
+          resolved: b.resolved,
+          egress: r.detail ?? 'cannot take native XDP redirects',
+        });
+        demoted.add(p.name);
+        continue;
+      }
       if (!r.ok) {
         throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
           { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
@@ -246,6 +297,20 @@ async function checkRedirectTargets(
       }
     }
   }
+  return demoted;
+}
+
+/** A planned rule's status as written: its backends' statuses, those in the table, the plan's warnings. */
+function plannedStatus(p: RulePlan): RuleKernel['status'] {
+  const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
+  return {
+    ...writtenRuleStatus(
+      p.backends.map((b) => b.status),
+      live,
+      p.backends.map((b) => b.spec.weight),
+    ),
+    warnings: [...p.warnings],
+  };
 }
 
 /**
@@ -264,8 +329,9 @@ export async function writeRules(
   pace: () => Promise<void> = async () => {},
   restoring = false,
 ): Promise<void> {
-  await prepareIngress(ctx, ops, plans, undo, restoring, pace);
+  const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace);
   const { dp, state } = ctx;
+  for (const p of plans) if (demoted.has(p.name)) alloc.kernel.get(p.name)!.status = plannedStatus(p);
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
@@ -435,6 +501,10 @@ export function pacer(budgetMs = 10): () => Promise<void> {
 /**
  * Links, phase 1 (kernel, undoable): attach where needed, check
  * native-redirect targets, then connect, repoint and disconnect directions.
+ * A client's change whose egress cannot take native redirects is refused
+ * (FAILED_PRECONDITION naming `field`); with `tolerant` (restore, resync)
+ * every direction is written and the reconciler reports the ones that cannot
+ * forward, so that one link never keeps the others out of the datapath.
  */
 export async function writeLinks(
   ctx: ExecContext,
@@ -450,9 +520,18 @@ export async function writeLinks(
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
     vacateAdjacentDevices(ctx, undo, from, usedAfter, field);
-    attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+    try {
+      attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+    } catch (e) {
+      // Restore and resync: an end that cannot take our program (a bridge asked for native mode) is reported
+      // by the reconciler (its directions not forwarding, with the reason); the other links are written.
+      if (!tolerant) throw e;
+    }
   }
   for (const [from, d] of want) {
+    // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
+    // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
+    if (tolerant) break;
     if (dp.xdpStatus(from)?.mode !== 'native') continue;
     const r = await dp.redirectTarget(d.toName, ctx.fixVethPeers);
     if (!r.ok) {
@@ -644,21 +723,12 @@ export async function adoptRules(
   pace: () => Promise<void> = pacer(10),
 ): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[] }> {
   attachIngress(ctx, ops, plans, undo, true);
-  // The veth-peer checks (child processes: ip, ethtool) run while the maps are read and compared, which
-  // yields to the event loop as it goes; nothing is written before both are done, and a failed check
-  // throws before any write, as when it ran first.
-  const checked = checkRedirectTargets(ctx, plans, pace);
-  checked.catch(() => undefined); // awaited below; a rejection before then is not unhandled
+  // The veth-peer checks first: a backend whose egress fails one is kept out of the table (the plan changes),
+  // which the comparison below must see.
+  await checkRedirectTargets(ctx, plans, pace, true);
   // Each plan's stored kernel record, looked up once (plans[i] -> ks[i]).
   const ks = plans.map((p) => ctx.state.ruleKernel.get(p.name)!);
-  let found: Awaited<ReturnType<typeof compareAdopted>>;
-  try {
-    found = await compareAdopted(ctx, plans, ks, pace);
-  } catch (e) {
-    await checked.catch(() => undefined);
-    throw e;
-  }
-  await checked;
+  const found = await compareAdopted(ctx, plans, ks, pace);
   const { dp } = ctx;
   const { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches } = found;
   // Write: what packets will be sent to first, then the tables, the entries, and last what is published.
@@ -682,7 +752,6 @@ export async function adoptRules(
   const kernel = new Map<string, RuleKernel>();
   for (const [i, p] of plans.entries()) {
     const k = ks[i];
-    const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
     kernel.set(p.name, {
       slot: k.slot,
       statsId: k.statsId,
@@ -690,14 +759,7 @@ export async function adoptRules(
       prefixes: p.prefixes,
       backends: k.backends,
       ifindexes: p.ifindexes,
-      status: {
-        ...writtenRuleStatus(
-          p.backends.map((b) => b.status),
-          live,
-          p.backends.map((b) => b.spec.weight),
-        ),
-        warnings: [...p.warnings],
-      },
+      status: plannedStatus(p),
     });
   }
   return { kernel, repaired };
@@ -736,7 +798,7 @@ async function compareAdopted(
     const k = ks[i];
     for (const b of p.backends) {
       const ids = k.backends.get(b.key)!;
-      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND]);
+      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : emptyBackendEntry()]);
       if (b.receiving) receiving.add(ids.id);
       ruleOf.set(ids.id, p.name);
     }
@@ -812,16 +874,6 @@ async function compareAdopted(
   }
   return { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches };
 }
-
-/** The entry of an unused backend id (what clearRuleSlot leaves). */
-const EMPTY_BACKEND: BackendEntry = {
-  dmac: new Uint8Array(6),
-  smac: new Uint8Array(6),
-  ifindex: 0,
-  statsId: 0,
-  family: 0,
-  addr: new Uint8Array(4),
-};
 
 /** A planned backend as the datapath stores it (`macs`: parsed MACs by text, shared: never written to). */
 function backendOf(b: RulePlan['backends'][number], statsId: number, macs?: Map<string, Uint8Array>): BackendEntry {

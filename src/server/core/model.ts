@@ -36,6 +36,12 @@ export interface RuleRecord extends RuleSpec {
   updateTime: number;
 }
 
+/** The spec of a stored rule (a record, or a stored row with its kernel ids): what applyRules takes. */
+export function ruleSpecOf(r: RuleRecord & { kernel?: unknown }): RuleSpec {
+  const { generation: _g, createTime: _c, updateTime: _u, kernel: _k, ...spec } = r;
+  return spec;
+}
+
 export interface LinkSpec {
   a: string;
   b: string;

@@ -28,6 +28,7 @@ import {
   absentBackendStatus,
   backendStatus,
   egressProblem,
+  ingressDownProblem,
   missingInterfacesWarning,
   mtuWarnings,
   observedRuleStatus,
@@ -106,6 +107,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
 
   // 1. Our program on every interface that needs it, as the kernel reports it.
   const ingressProblems = new Map<string, string>();
+  /** Ingress interfaces that exist but receive nothing now (down, or without carrier). */
+  const ingressDown = new Map<string, string>();
   const native = new Set<string>();
   for (const name of users.keys()) {
     const ifindex = now(name);
@@ -113,6 +116,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       ingressProblems.set(name, `interface ${name} does not exist`);
       continue;
     }
+    const down = ingressDownProblem(name, facts.links.has(name) ? facts.links.get(name) : dp.linkState?.(name));
+    if (down) ingressDown.set(name, down);
     const x = dp.xdpStatus(name);
     if (!x) continue;
     if (x.mode !== 'none' && !x.ours) {
@@ -159,6 +164,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       try {
         const st = dp.attach(name, ctx.mode);
         state.attached.set(name, { ifindex, users: users.get(name)!, mode: st.mode });
+        // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
+        if (st.mode === 'native') native.add(name);
         if (detached) {
           ctx.log.warn(
             { ifname: name, mode: st.mode },
@@ -386,7 +393,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   for (const l of links) {
     for (const [from, to] of directions(l)) {
       if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
-      let why = egressProblem(to, dp.linkState?.(to));
+      // An ingress that is down or without carrier receives nothing to cross-connect.
+      // So does one without our program (attaching it failed); a foreign program is reported by the listing.
+      const unattached = state.foreign.has(from) ? undefined : ingressProblems.get(from);
+      let why = ingressDown.get(from) ?? unattached ?? egressProblem(to, dp.linkState?.(to));
       if (!why && native.has(from)) {
         let r = facts.napi.get(to);
         if (!r) {
@@ -478,6 +488,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
     }
   }
+  // Every reason an ingress receives nothing through our program: missing, not ours, down.
+  const unusable = new Map(ingressProblems);
+  for (const [i, why] of ingressDown) unusable.set(i, unusable.has(i) ? `${unusable.get(i)}; ${why}` : why);
   // Backends in a table whose egress cannot be verified (egress-watch.ts, no traffic seen yet): their rules
   // say so (DEGRADED, not ACTIVE).
   const unverified = new Map<string, string>();
@@ -489,12 +502,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
       ingressProblems.has(i) ? [ingressProblems.get(i)!] : [],
     );
+    k.ingressDown = rule.ingressInterfaces.flatMap((i) => (ingressDown.has(i) ? [ingressDown.get(i)!] : []));
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
       const observed = observedRuleStatus(
         unverifiedRuleStatus(written, unverified),
         rule.ingressInterfaces,
-        ingressProblems,
+        k.ingressDown.length ? unusable : ingressProblems,
       );
       k.written = observed === written ? undefined : written;
       k.status = observed;

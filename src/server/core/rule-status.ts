@@ -14,6 +14,18 @@ export function egressProblem(iface: string, link: LinkState | undefined): strin
   return undefined;
 }
 
+/**
+ * Why an ingress interface receives nothing, or undefined when it can (or is
+ * not known): a device that is down, or has no carrier (a veth whose peer is
+ * down, a cable unplugged), delivers no frame to its XDP program.
+ */
+export function ingressDownProblem(iface: string, link: LinkState | undefined): string | undefined {
+  if (!link) return undefined;
+  if (!link.up) return `ingress ${iface} is down: it receives nothing`;
+  if (!link.carrier) return `ingress ${iface} has no carrier (a veth whose peer is down): it receives nothing`;
+  return undefined;
+}
+
 /** The status of one planned backend. */
 export function backendStatus(b: {
   ip: string;
@@ -31,10 +43,11 @@ export function backendStatus(b: {
     mac: b.mac,
     resolved: b.resolved,
     receiving,
-    message: !b.resolved
-      ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
-      : b.egress
-        ? `${b.egress}: backend taken out of the table until it can receive`
+    // The egress first: a neighbour entry cannot be looked up (nor help) on an egress that is gone or down.
+    message: b.egress
+      ? `${b.egress}: backend taken out of the table until it can receive`
+      : !b.resolved
+        ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
         : b.givenMac === ''
           ? 'MAC resolved from the neighbour table'
           : '',
@@ -105,8 +118,9 @@ export function unverifiedRuleStatus(written: RuleStatus, unverified: ReadonlyMa
 
 /**
  * The status as observed now: the written status, lowered by what is wrong
- * with the rule's ingress interfaces (missing, or a foreign XDP program in
- * the place of ours). All ingress unusable: INACTIVE; some: DEGRADED.
+ * with the rule's ingress interfaces (missing, a foreign XDP program in
+ * the place of ours, down or without carrier). All ingress unusable:
+ * INACTIVE; some: DEGRADED.
  */
 export function observedRuleStatus(written: RuleStatus, ingress: string[], problems: Map<string, string>): RuleStatus {
   const bad = ingress.filter((i) => problems.has(i));

@@ -33,6 +33,8 @@ export interface RuleKernel {
   written?: RuleStatus;
   /** Problems of its ingress interfaces the last resync pass saw (missing, foreign program). */
   ingressProblems?: string[];
+  /** Its ingress interfaces that exist but receive nothing (down, no carrier), as the last pass saw them. */
+  ingressDown?: string[];
 }
 
 /** An interface the program is attached to by us, with who needs it. */

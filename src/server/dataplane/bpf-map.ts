@@ -125,6 +125,53 @@ export class BpfMap<K, V> {
     return this.splitCpus(raw);
   }
 
+  /**
+   * The per-CPU values of the given indexes of a per-CPU array, one entry per
+   * index (an index at or past max_entries is left out). Indexes 0 to the
+   * largest asked for are read with BPF_MAP_LOOKUP_BATCH, `chunk` at a time
+   * (one syscall per chunk instead of one per index: 5 000 counter entries
+   * took 5 000 lookups, each through koffi), and only the asked-for ones are
+   * decoded. When the indexes are sparse (fewer than a quarter of the range),
+   * they are looked up one by one instead.
+   */
+  getManyPerCpu(this: BpfMap<number, V>, indexes: readonly number[], chunk = 4096): Map<number, V[]> {
+    if (this.info.type !== MapType.PERCPU_ARRAY) {
+      throw new KernelError(`read map ${this.name}`, 22, [], 'not a per-CPU array');
+    }
+    const out = new Map<number, V[]>();
+    let top = -1;
+    for (const i of indexes) if (i < this.info.maxEntries && i > top) top = i;
+    if (top < 0) return out;
+    if (indexes.length * 4 < top + 1) {
+      for (const i of indexes) {
+        const v = i < this.info.maxEntries ? this.getPerCpu(i) : undefined;
+        if (v) out.set(i, v);
+      }
+      return out;
+    }
+    const wanted = new Uint8Array(top + 1);
+    for (const i of indexes) if (i <= top) wanted[i] = 1;
+    const n = Math.min(chunk, top + 1);
+    const keys = Buffer.alloc(n * 4);
+    const vals = Buffer.alloc(n * this.stride * this.cpus);
+    let inBatch: Buffer | null = null;
+    let outBatch = Buffer.alloc(4);
+    for (let read = 0; read <= top;) {
+      const count = [Math.min(n, top + 1 - read)];
+      const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
+      if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
+      for (let j = 0; j < count[0]; j++) {
+        const k = keys.readUInt32LE(j * 4);
+        if (k <= top && wanted[k]) out.set(k, this.splitCpus(vals, j * this.stride * this.cpus));
+      }
+      read += count[0];
+      if (r === -ENOENT || count[0] === 0) break;
+      inBatch = outBatch;
+      outBatch = Buffer.alloc(4);
+    }
+    return out;
+  }
+
   private lookupRaw(k: K): Buffer | undefined {
     this.key.encode(k, this.keyBuf);
     const r = lib.bpf_map_lookup_elem(this.fd, this.keyBuf, this.valBuf) as number;

@@ -387,6 +387,19 @@ export interface GroChange {
  * done, for the log.
  */
 export async function restoreGro(c: GroChange): Promise<string> {
+  const ethtool = await recordedDevice(c);
+  if (typeof ethtool === 'string') return ethtool;
+  const { stdout } = await ethtool(['-k', c.ifname]);
+  if (!/^generic-receive-offload: on/m.test(stdout)) return 'already off';
+  await ethtool(['-K', c.ifname, 'gro', 'off']);
+  return 'GRO off again';
+}
+
+/**
+ * The device a recorded host change was made on, if it is still that device (same name and ifindex): an
+ * `ethtool` runner in its namespace. Otherwise why not ('gone', 'replaced by another device').
+ */
+async function recordedDevice(c: GroChange): Promise<((args: string[]) => Promise<{ stdout: string }>) | string> {
   let dev: IpLink;
   try {
     dev = await linkDetails(c.ifname, c.netns);
@@ -394,12 +407,8 @@ export async function restoreGro(c: GroChange): Promise<string> {
     return 'gone';
   }
   if (dev.ifindex !== c.ifindex) return 'replaced by another device';
-  const ethtool = (args: string[]) =>
+  return (args) =>
     c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
-  const { stdout } = await ethtool(['-k', c.ifname]);
-  if (!/^generic-receive-offload: on/m.test(stdout)) return 'already off';
-  await ethtool(['-K', c.ifname, 'gro', 'off']);
-  return 'GRO off again';
 }
 
 /**
@@ -420,15 +429,8 @@ export interface OffloadChange {
  * they are still off. Returns what was done, for the log.
  */
 export async function restoreOffloads(c: OffloadChange): Promise<string> {
-  let dev: IpLink;
-  try {
-    dev = await linkDetails(c.ifname, c.netns);
-  } catch {
-    return 'gone';
-  }
-  if (dev.ifindex !== c.ifindex) return 'replaced by another device';
-  const ethtool = (args: string[]) =>
-    c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  const ethtool = await recordedDevice(c);
+  if (typeof ethtool === 'string') return ethtool;
   const { stdout } = await ethtool(['-k', c.ifname]);
   const off = c.features.filter((n) => new RegExp(`^${n}: off(?! \\[fixed\\])`, 'm').test(stdout));
   if (!off.length) return `${c.features.join(', ')} already on`;

@@ -25,6 +25,7 @@ import {
   type SrcKey,
   sumCounters,
 } from './codec.js';
+import { emptyBackendEntry } from '../core/dataplane.js';
 import type { DatapathMaps } from './datapath.js';
 
 /** Everything a rule slot holds. */
@@ -118,14 +119,7 @@ export function clearRuleSlot(
   // as it was (test/unit/rollback-property.test.ts).
   maps.ruleRing.putRangeU32(base, new Uint32Array(RING_SIZE));
   for (const p of srcPrefixes) maps.srcAllow.delete({ slot, length: p.length, addr: p.addr } satisfies SrcKey);
-  const empty: BackendEntry = {
-    dmac: new Uint8Array(6),
-    smac: new Uint8Array(6),
-    ifindex: 0,
-    statsId: 0,
-    family: 0,
-    addr: new Uint8Array(4),
-  };
+  const empty = emptyBackendEntry();
   maps.backends.putMany(backendIds.map((id) => [id, empty] as const));
 }
 

@@ -10,9 +10,10 @@
  * The price is that another tool could replace our program; every attach
  * and every status read checks what is really attached (by program id).
  */
-import { KernelError } from './errors.js';
+import { errnoText, KernelError } from './errors.js';
 import { check, closeFd, lib, sizeOf, XdpAttachOpts } from './libbpf.js';
 import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 /** XDP attach flags (linux/if_link.h). */
 export const XDP_FLAGS = {
@@ -113,7 +114,16 @@ export function attachXdp(
       replace(ifindex, ifname, progFd, sameMode, current.progId, fdOf?.(current.progId));
       return { ...queryXdp(ifindex, ifname), warnings: [] };
     }
-    // A mode change cannot be atomic: the kernel refuses two modes on one device.
+    if (current.mode === 'native' || current.mode === 'generic') {
+      return changeMode(
+        ifindex,
+        ifname,
+        progFd,
+        mode as 'native' | 'generic',
+        current as XdpState & { mode: 'native' | 'generic' },
+        fdOf,
+      );
+    }
     detachXdp(ifindex, ifname, current);
   }
   let lastErr: KernelError | undefined;
@@ -134,6 +144,67 @@ export function attachXdp(
     }
   }
   throw lastErr ?? new KernelError(`attach xdp to ${ifname}`, 22);
+}
+
+/**
+ * Move a program of ours from one mode to the other (`want`; 'auto' never
+ * gets here: it accepts either mode). The kernel refuses two modes on one
+ * device, so a mode change cannot be atomic: detach, attach in the new mode.
+ * A program that forwards is never removed because the new mode is refused:
+ * a device that reports no native XDP support (xdp-features without "basic":
+ * a bridge) keeps its program in the mode it has, swapped to `progFd` in
+ * place (REPLACE, no moment without a program); an attach the kernel refuses
+ * after the detach puts `progFd` back in the old mode at once. Either way the
+ * result says which mode runs and a warning why the asked one does not. Only
+ * when putting it back fails too is the error thrown (both reasons).
+ */
+function changeMode(
+  ifindex: number,
+  ifname: string,
+  progFd: number,
+  want: 'native' | 'generic',
+  current: XdpState & { mode: 'native' | 'generic' },
+  fdOf?: (progId: number) => number | undefined,
+): XdpState & { warnings: string[] } {
+  const kept = (why: string) =>
+    `${want} XDP refused (${why}); our program keeps running in ${current.mode} mode, the mode it had`;
+  if (want === 'native') {
+    const f = xdpFeatures(ifindex);
+    if (f !== undefined && (f & XDP_ACT.basic) === 0n) {
+      replace(ifindex, ifname, progFd, current.mode, current.progId, fdOf?.(current.progId));
+      const why = `${ifname} has no native XDP support: the kernel reports xdp-features: ${xdpActNames(f).join(', ') || 'none'}`;
+      return { ...queryXdp(ifindex, ifname), warnings: [kept(why)] };
+    }
+  }
+  detachXdp(ifindex, ifname, current);
+  const ret = lib.bpf_xdp_attach(ifindex, progFd, modeFlag(want) | XDP_FLAGS.UPDATE_IF_NOEXIST, null) as number;
+  if (ret >= 0) return { ...queryXdp(ifindex, ifname), warnings: [] };
+  let refused: KernelError;
+  try {
+    check(`attach xdp to ${ifname} in ${want} mode`, ret);
+    throw new KernelError(`attach xdp to ${ifname} in ${want} mode`, 22);
+  } catch (e) {
+    refused = e as KernelError;
+  }
+  const back = lib.bpf_xdp_attach(
+    ifindex,
+    progFd,
+    modeFlag(current.mode) | XDP_FLAGS.UPDATE_IF_NOEXIST,
+    null,
+  ) as number;
+  if (back < 0) {
+    try {
+      check(`put our program back on ${ifname} in ${current.mode} mode`, back);
+    } catch (e) {
+      throw new KernelError(
+        `attach xdp to ${ifname} in ${want} mode`,
+        refused.errno,
+        [],
+        `${errnoText(refused.errno)} (${refused.code}); putting our program back in ${current.mode} mode failed too: ${(e as Error).message}`,
+      );
+    }
+  }
+  return { ...queryXdp(ifindex, ifname), warnings: [kept(refused.message)] };
 }
 
 function replace(

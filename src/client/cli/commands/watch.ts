@@ -58,10 +58,13 @@ export function registerWatch(program: Command): void {
             {
               filter: { kinds, rules: (f.rule as string[]) ?? [], interfaces: (f.interface as string[]) ?? [] },
               interval: { seconds: BigInt(Math.floor(interval / 1000)), nanos: (interval % 1000) * 1_000_000 },
+              // Only the counters that changed come over the wire; watchCounterSamples rebuilds each complete
+              // sample from them (a daemon that does not know changes_only sends complete samples, also fine).
+              changesOnly: true,
             },
             { signal: ac.signal, onTrailer: (md: Metadata) => (s.trailer = md) },
           );
-          // A sample too large for one message comes in parts (continued): each is printed whole.
+          // Each sample is printed whole: its parts (continued) joined, its changes applied to the last one.
           for await (const sample of stream) {
             const msg: WatchCountersResponse = { counters: sample, continued: false, changesOnly: false };
             if (live) {

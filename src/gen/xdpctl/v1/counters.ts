@@ -125,6 +125,11 @@ export interface WatchCountersRequest {
    * that reconnects starts again from a complete one; so is a sample whose
    * set of rules, backends or links differs from the previous one. A complete
    * sample at any time: GetCounters. Default false: every sample complete.
+   * Opt-in so that clients written before this field (which never set it,
+   * and may not know WatchCountersResponse.changes_only) keep getting
+   * complete samples; a daemon that predates it ignores it and sends complete
+   * samples (no changes_only, i.e. false), which a client that asked takes
+   * as complete.
    */
   changesOnly: boolean;
 }

@@ -84,7 +84,9 @@ export interface Link {
 export interface LinkStatus {
   /**
    * Whether frames arriving on a are being forwarded out of b: the direction
-   * is in the datapath, our program runs on a, and b can transmit them (up,
+   * is in the datapath, our program runs on a, a is up with carrier (a
+   * device that is down or has no carrier receives nothing: reason
+   * IngressDown), and b can transmit them (up,
    * with carrier, and, from a native-mode a, able to take native XDP
    * redirects: a veth whose peer has NAPI; not a bridge), as the reconciler
    * last observed (it runs every second and on every link change). When b

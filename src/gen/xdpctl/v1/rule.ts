@@ -348,8 +348,11 @@ export interface RuleStatus {
   warnings: string[];
   /**
    * Observed conditions: "Ready" (the state is ACTIVE), "ProgramAttached"
-   * (our XDP program runs on every ingress interface), "BackendsReceiving"
-   * (every backend with a non-zero weight is in the backend table).
+   * (our XDP program runs on every ingress interface), "IngressReceiving"
+   * (every ingress interface that exists is up with carrier; false, reason
+   * IngressDown, names those that are down or without carrier: they receive
+   * nothing), "BackendsReceiving" (every backend with a non-zero weight is
+   * in the backend table).
    */
   conditions: Condition[];
 }
