@@ -391,7 +391,7 @@ export class Controller {
         warnings.push(
           x.unidentified
             ? `${otherProgram(x.progId, x.unidentified)} is attached`
-            : `a foreign XDP program (id ${x.progId}) is attached`,
+            : `a foreign XDP program (id ${x.progId}${x.otherDaemon ? `: ${x.otherDaemon}` : ''}) is attached`,
         );
       }
       const detachError = this.state.attached.get(name)?.detachError;
@@ -403,6 +403,7 @@ export class Controller {
           present: !!info,
           effectiveMode: x?.mode ?? 'none',
           ours: !!x?.ours,
+          otherDaemon: x?.otherDaemon,
           progId: x?.progId ?? 0,
           unidentified: x?.unidentified,
           detachError,
