@@ -227,7 +227,7 @@ describe('datapath load and attach', kernelOnly(), () => {
       ),
     );
     assert.throws(() => dp.detach(ifA), /is not ours/);
-    assert.equal(dp.state(ifA).progId, other.progId, 'the other xdpctld\'s program untouched');
+    assert.equal(dp.state(ifA).progId, other.progId, "the other xdpctld's program untouched");
     // An earlier load on exactly this pin root's maps whose program pin is gone (an upgrade after the pin was
     // removed) is ours by its map ids: replaced.
     const earlierRoot = `${otherRoot}e`;
