@@ -1171,6 +1171,9 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
       // Its own daemon (maps for 100 000 rules): the others' are stopped first.
       await d.stop();
       await empty.stop();
+      // A stopped daemon's program stays on the ingress, and another pin root's daemon refuses to take
+      // over another xdpctld's program: detach it, as an operator moving to the new daemon would.
+      execFileSync('ip', ['link', 'set', 'dev', net.ingress, 'xdp', 'off']);
       parts[4] = await section5(id, net, n);
     }
     for (const p of parts) if (p) out.push(...p);

@@ -251,13 +251,50 @@ describe('datapath load and attach', kernelOnly(), () => {
     assert.equal(dp.attach(ifA, 'auto').mode, 'native', 'auto keeps what works');
     dp.detach(ifA);
     assert.equal(dp.state(ifA).mode, 'none');
-    // Another copy of xdpctl (e.g. an older version) counts as ours: upgraded.
+    // Another xdpctld's program (the same object, name and tag, loaded on another pin root's maps) is not
+    // ours: refused, untouched, and the refusal says whose it is.
     const other = XdpDatapath.open({ objectPath: OBJECT, pinRoot: otherRoot });
     opened.push(other);
     sh('ip', ['link', 'set', 'dev', ifA, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(otherRoot)]);
-    assert.equal(dp.state(ifA).ours, true);
-    assert.equal(dp.attach(ifA, 'generic').replaced, true);
-    dp.detach(ifA);
+    assert.equal(dp.state(ifA).progId, other.progId);
+    assert.equal(dp.state(ifA).ours, false);
+    assert.equal(dp.state(ifA).identity, 'foreign');
+    assert.throws(
+      () => dp.attach(ifA, 'generic'),
+      new RegExp(
+        `attach xdp to ${ifA}: another XDP program \\(id ${other.progId}, generic mode\\) is attached: an xdpctl_main ` +
+          `of another xdpctld: it uses maps that are not pinned under ${pinRoot}; it is left alone \\(EBUSY\\)`,
+      ),
+    );
+    assert.throws(() => dp.detach(ifA), /is not ours/);
+    assert.equal(dp.state(ifA).progId, other.progId, "the other xdpctld's program untouched");
+    // An earlier load on exactly this pin root's maps whose program pin is gone (an upgrade after the pin was
+    // removed) is ours by its map ids: replaced.
+    const earlierRoot = `${otherRoot}e`;
+    try {
+      const earlier = XdpDatapath.open({ objectPath: OBJECT, pinRoot: earlierRoot });
+      sh('ip', ['-force', 'link', 'set', 'dev', ifA, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(earlierRoot)]);
+      const earlierId = earlier.progId;
+      earlier.close();
+      rmSync(`${earlierRoot}/progs`, { recursive: true });
+      const later = XdpDatapath.open({ objectPath: OBJECT, pinRoot: earlierRoot });
+      try {
+        assert.notEqual(later.progId, earlierId, 'loaded again: the program pin was gone');
+        assert.equal(later.state(ifA).progId, earlierId);
+        assert.equal(later.state(ifA).ours, true, 'an xdpctl_main on exactly our maps');
+        assert.equal(later.state(ifA).identity, 'ours');
+        assert.equal(later.attach(ifA, 'generic').replaced, true);
+        assert.equal(later.state(ifA).progId, later.progId);
+        // ... and the other pin root's copy is still not ours to that datapath either.
+        sh('ip', ['-force', 'link', 'set', 'dev', ifA, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(otherRoot)]);
+        assert.equal(later.state(ifA).ours, false);
+      } finally {
+        later.close();
+      }
+    } finally {
+      XdpDatapath.unpinAll(earlierRoot);
+    }
+    sh('ip', ['link', 'set', 'dev', ifA, 'xdpgeneric', 'off']);
     // A foreign program is refused, not clobbered, and stays attached.
     sh('ip', ['link', 'set', 'dev', ifA, 'xdpgeneric', 'obj', `${ROOT}build/bpf/baseline.bpf.o`, 'sec', 'xdp']);
     const foreign = dp.state(ifA);

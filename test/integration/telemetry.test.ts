@@ -340,12 +340,14 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
     });
 
     it('Prometheus: rules by state and the datapath problems follow what the reconciler observes', async () => {
-      // Its own backend host: its egress goes down and up here.
+      // Its own backend host: its egress goes down and up here. Its own ingress: vm's runs the program of
+      // the daemon above (another pin root), which another xdpctld must not take over.
       const b3 = topo.addHost('b3', '198.18.4.1/24');
+      const vs = topo.addHost('vs', '198.18.5.1/24');
       const d = await start('s', ['--prometheus', '127.0.0.1:0']);
       const url = `http://${d.prometheus}/metrics`;
       const c = d.clients();
-      await c.rules.createRule({ rule: rule('st', vm.hostIf, b3) });
+      await c.rules.createRule({ rule: rule('st', vs.hostIf, b3) });
       const state = (text: string, s: string) => sample(text, 'xdpctl_rules', { xdpctl_rule_state: s });
       const scrape = async (want: (t: string) => boolean, what: string): Promise<string> => {
         const end = Date.now() + 10_000;

@@ -55,11 +55,11 @@ const cond = (type: string, ok: boolean, reason: string, message: string): Obser
  * program (id 42)"), or one it cannot identify, with why ("an XDP program (id 42) that xdpctld cannot
  * identify (...)"). `mode`: the attach mode, when known.
  */
-export function otherProgram(progId: number, unidentified?: string, mode?: string): string {
+export function otherProgram(progId: number, unidentified?: string, mode?: string, otherDaemon?: string): string {
   const id = mode ? `id ${progId}, ${mode} mode` : `id ${progId}`;
   return unidentified
     ? `an XDP program (${id}) that xdpctld cannot identify (${unidentified})`
-    : `another XDP program (${id})`;
+    : `another XDP program (${id}${otherDaemon ? `: ${otherDaemon}` : ''})`;
 }
 
 /** Reason code of an ingress problem text (resync.ts writes these texts). */
@@ -135,6 +135,8 @@ export function interfaceConditions(i: {
   name: string;
   effectiveMode: string;
   ours: boolean;
+  /** Whose a foreign program is, when another xdpctld's (see XdpStatus.otherDaemon). */
+  otherDaemon?: string;
   progId: number;
   /** Why the program attached cannot be identified (see XdpStatus.unidentified). */
   unidentified?: string;
@@ -152,7 +154,7 @@ export function interfaceConditions(i: {
         'ProgramAttached',
         false,
         i.unidentified ? 'UnidentifiedProgram' : 'ForeignProgram',
-        `${otherProgram(i.progId, i.unidentified)} is attached; it is left alone`,
+        `${otherProgram(i.progId, i.unidentified, undefined, i.otherDaemon)} is attached; it is left alone`,
       ),
     ];
   }

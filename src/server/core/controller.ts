@@ -435,7 +435,7 @@ export class Controller {
         warnings.push(
           x.unidentified
             ? `${otherProgram(x.progId, x.unidentified)} is attached`
-            : `a foreign XDP program (id ${x.progId}) is attached`,
+            : `a foreign XDP program (id ${x.progId}${x.otherDaemon ? `: ${x.otherDaemon}` : ''}) is attached`,
         );
       }
       if (info && programUsers.has(name)) {
@@ -451,6 +451,7 @@ export class Controller {
           present: !!info,
           effectiveMode: x?.mode ?? 'none',
           ours: !!x?.ours,
+          otherDaemon: x?.otherDaemon,
           progId: x?.progId ?? 0,
           unidentified: x?.unidentified,
           current: this.dp.progId,

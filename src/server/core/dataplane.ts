@@ -115,6 +115,11 @@ export interface XdpStatus {
    * CAP_SYS_ADMIN to open the program by id): why. Unset for a program it knows is another tool's.
    */
   unidentified?: string;
+  /**
+   * Set when `ours` is false and the daemon can tell whose it is: another xdpctld's program (the same
+   * code on maps that are not this datapath's, from another pin root): what it observed.
+   */
+  otherDaemon?: string;
   /** Why the mode differs from the one asked for (e.g. "native XDP refused (...); running in generic mode"). */
   warnings?: string[];
 }

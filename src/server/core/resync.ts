@@ -125,7 +125,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       if (x.unidentified) state.unidentified.set(name, x.unidentified);
       else state.unidentified.delete(name);
       state.attached.delete(name);
-      const why = `${otherProgram(x.progId, x.unidentified, x.mode)} is attached to ${name}; it is left alone`;
+      const why = `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`;
       ingressProblems.set(name, why);
       transition(`if/${name}`, `foreign|${x.progId}`, () =>
         ctx.log.warn(

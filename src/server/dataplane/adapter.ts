@@ -297,6 +297,7 @@ export class KernelDataplane implements Dataplane {
         progId: s.progId,
         ours: s.ours,
         ...(s.identity === 'unknown' ? { unidentified: this.dp.unidentifiedReason } : {}),
+        ...(s.identity === 'foreign' ? otherDaemon(this.dp.otherDaemon(s.progId)) : {}),
         warnings: w ?? [],
       };
     } catch (e) {
@@ -540,4 +541,9 @@ export class KernelDataplane implements Dataplane {
     );
     return { rules, backends, links, global: tables.globalCounters(m) };
   }
+}
+
+/** The otherDaemon field of an XdpStatus, when there is something to say. */
+function otherDaemon(what: string | undefined): { otherDaemon?: string } {
+  return what ? { otherDaemon: what } : {};
 }

@@ -64,6 +64,7 @@ import {
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
 import { ifindexOf, prepareIngressSync, type OffloadChange } from './netdev.js';
+import { programMapIds } from './prog-maps.js';
 import { setGenericMode } from './tables.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
 
@@ -892,8 +893,11 @@ export class XdpDatapath {
   /**
    * What a program attached to an interface is to this datapath, from what the daemon can observe:
    * 'ours' when it is the program in use or one pinned under this pin root (now or when this start
-   * began); otherwise, opened by id, 'ours' when it is an xdpctl_main (any version) and 'foreign' when not;
-   * 'unknown' when it cannot be opened by id (EPERM: no CAP_SYS_ADMIN), so the daemon cannot tell.
+   * began); otherwise, opened by id, 'ours' only when it is an xdpctl_main that uses exactly this
+   * datapath's maps (compared by map id: an earlier load on this pin root's maps, e.g. an upgrade or a
+   * migration), 'foreign' when not (the same program name and tag on other maps is another xdpctld's,
+   * with another pin root: see {@link otherDaemon}); 'unknown' when it cannot be opened by id (EPERM: no
+   * CAP_SYS_ADMIN), so the daemon cannot tell.
    */
   identify(progId: number): ProgramIdentity {
     if (progId === this.progId || this.known.has(progId)) return 'ours';
@@ -905,10 +909,74 @@ export class XdpDatapath {
       return 'foreign'; // gone meanwhile (ENOENT): not ours to touch
     }
     try {
-      return progInfo(fd, `id ${progId}`).name === PROGRAM_NAME ? 'ours' : 'foreign';
+      if (progInfo(fd, `id ${progId}`).name !== PROGRAM_NAME) return 'foreign';
+      // A program's maps are fixed at load: read once per program id (ids are not reused while it lives).
+      if (!this.progMaps.has(progId)) {
+        if (this.progMaps.size >= 256) this.progMaps.clear();
+        let ids: number[] | null = null;
+        try {
+          ids = programMapIds(fd, `id ${progId}`);
+        } catch {
+          // cannot say: not known to be ours
+        }
+        this.progMaps.set(progId, ids);
+      }
     } finally {
       closeFd(fd);
     }
+    const used = this.progMaps.get(progId);
+    if (!used?.length) return 'foreign'; // its maps cannot be read: not known to be ours, so not touched
+    const ours = this.ourMapIds();
+    return used.every((id) => ours.has(id)) ? 'ours' : 'foreign';
+  }
+
+  /** The map ids of the xdpctl_main programs {@link identify} opened by id (null: they could not be read). */
+  private readonly progMaps = new Map<number, number[] | null>();
+
+  /**
+   * The ids of this datapath's maps: every map of the loaded object (while a migration runs, the new
+   * ones) and every map pinned under maps/ and maps_next/ of this pin root (the old ones until the switch).
+   */
+  private ourMapIds(): Set<number> {
+    const ids = new Set<number>();
+    if (this.obj) {
+      for (let m = lib.bpf_object__next_map(this.obj, null); m; m = lib.bpf_object__next_map(this.obj, m)) {
+        const fd = lib.bpf_map__fd(m) as number;
+        if (fd >= 0) ids.add(mapInfo(fd, lib.bpf_map__name(m) as string).id ?? 0);
+      }
+    }
+    const root = this.options.pinRoot;
+    for (const dir of [XdpDatapath.mapPinDir(root), XdpDatapath.nextMapPinDir(root)]) {
+      let names: string[];
+      try {
+        names = readdirSync(dir);
+      } catch {
+        continue;
+      }
+      for (const f of names) {
+        const fd = lib.bpf_obj_get(join(dir, f)) as number;
+        if (fd < 0) continue;
+        try {
+          ids.add(mapInfo(fd, f).id ?? 0);
+        } catch {
+          // not a map
+        } finally {
+          closeFd(fd);
+        }
+      }
+    }
+    ids.delete(0);
+    return ids;
+  }
+
+  /**
+   * What a foreign program is, when the daemon can tell more than "another program": an xdpctl_main
+   * that {@link identify} opened and found on maps that are not this datapath's is another xdpctld's
+   * (another pin root). Undefined otherwise.
+   */
+  otherDaemon(progId: number): string | undefined {
+    if (!this.progMaps.get(progId)?.length || this.identify(progId) !== 'foreign') return undefined;
+    return `an xdpctl_main of another xdpctld: it uses maps that are not pinned under ${this.options.pinRoot}`;
   }
 
   /** Why {@link identify} says 'unknown': what the daemon could not observe. */
@@ -919,7 +987,10 @@ export class XdpDatapath {
     );
   }
 
-  /** Whether a program id is one of ours (any version of xdpctl_main); an unidentified one is not. */
+  /**
+   * Whether a program id is one of ours (the one in use, one pinned under this pin root, or an
+   * xdpctl_main on exactly this datapath's maps); an unidentified one is not.
+   */
   isOurs(progId: number): boolean {
     return this.identify(progId) === 'ours';
   }
@@ -959,6 +1030,15 @@ export class XdpDatapath {
     }
     // The datapath's UDP checksum handling depends on the mode: say "generic"
     // before a generic attach, so no packet runs with the native assumption.
+    const other = before.mode !== 'none' ? this.otherDaemon(before.progId) : undefined;
+    if (other) {
+      throw new KernelError(
+        `attach xdp to ${ifname}`,
+        16,
+        [],
+        `another XDP program (id ${before.progId}, ${before.mode} mode) is attached: ${other}; it is left alone`,
+      );
+    }
     if (mode === 'generic') setGenericMode(this.maps, ifindex, true);
     const after = attachXdp(
       ifindex,
