@@ -138,6 +138,9 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
   });
 
   it('a first start with a file it cannot apply and nothing stored is not "as desired"', async () => {
+    // A first start: no pins, no state, and no program the earlier daemons left attached (a program of
+    // another datapath is foreign to a new one, and left alone).
+    for (const h of [vm, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
     const file = `${dir}/first.yaml`;
