@@ -19,8 +19,6 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
-import koffi from 'koffi';
-
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import { BPF_F_MMAPABLE, BpfMap, mapInfo, type MapInfo } from './bpf-map.js';
@@ -77,34 +75,11 @@ function progMapIds(pin: string): number[] | undefined {
   const fd = lib.bpf_obj_get(pin) as number;
   if (fd < 0) return undefined;
   try {
-    return mapIdsOf(fd, pin);
+    return programMapIds(fd, pin);
   } catch {
     return undefined;
   } finally {
     closeFd(fd);
-  }
-}
-
-/** Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h): nr_map_ids (u32) and map_ids (u64 pointer). */
-const NR_MAP_IDS = 52;
-const MAP_IDS = 56;
-
-/** The ids of the maps the program behind `fd` uses. */
-function mapIdsOf(fd: number, what: string): number[] {
-  const buf = Buffer.alloc(PROG_INFO_SIZE);
-  check(`get info of program ${what}`, lib.bpf_obj_get_info_by_fd(fd, buf, [PROG_INFO_SIZE]) as number);
-  const n = buf.readUInt32LE(NR_MAP_IDS);
-  if (n === 0) return [];
-  const ids = koffi.alloc('uint32_t', n);
-  try {
-    buf.fill(0);
-    buf.writeUInt32LE(n, NR_MAP_IDS);
-    buf.writeBigUInt64LE(BigInt(koffi.address(ids)), MAP_IDS);
-    check(`get map ids of program ${what}`, lib.bpf_obj_get_info_by_fd(fd, buf, [PROG_INFO_SIZE]) as number);
-    const got = Math.min(n, buf.readUInt32LE(NR_MAP_IDS));
-    return [...(koffi.decode(ids, 'uint32_t', got) as Uint32Array)];
-  } finally {
-    koffi.free(ids);
   }
 }
 
