@@ -349,7 +349,10 @@ export class Daemon {
     });
     const hub = new CounterHub(() => controller.readCounters());
     // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
-    const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub);
+    const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub, {
+      name: 'xdpctld',
+      version: VERSION,
+    });
     const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
     const unregisterState = registerStateMetrics(metrics.getMeter('xdpctld', VERSION), controller);
     const unregisterMetrics = () => {

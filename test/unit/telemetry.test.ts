@@ -10,6 +10,7 @@ import { request } from 'node:http';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
+import { PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
 import { MeterProvider, MetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { ClientError, createChannel, createClient, createServer, Metadata, Status, type Server } from 'nice-grpc';
@@ -19,11 +20,21 @@ import { pino } from 'pino';
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
 import { CounterHub } from '../../src/server/core/counter-hub.js';
 import { errorMiddleware } from '../../src/server/services/status.js';
-import { DATAPATH_METRICS, registerDatapathMetrics } from '../../src/server/telemetry/datapath-metrics.js';
+import {
+  DATAPATH_METRICS,
+  DatapathMetricProducer,
+  registerDatapathMetrics,
+} from '../../src/server/telemetry/datapath-metrics.js';
 import { traceLogFields } from '../../src/server/telemetry/log-context.js';
-import { isLoopback, parsePrometheusAddress, PrometheusEndpoint } from '../../src/server/telemetry/prometheus.js';
+import {
+  EXPOSITION_SLICE,
+  isLoopback,
+  parsePrometheusAddress,
+  PrometheusEndpoint,
+  writeExposition,
+} from '../../src/server/telemetry/prometheus.js';
 import { RPC_METRICS, telemetryMiddleware } from '../../src/server/telemetry/rpc.js';
-import { exportFromEnv, startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.js';
+import { envPrometheus, exportFromEnv, startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.js';
 
 /** A metric reader that collects when asked (what a Prometheus scrape does). */
 class PullReader extends MetricReader {
@@ -124,6 +135,103 @@ describe('which OTEL_* variables turn export on', () => {
   });
 });
 
+describe('OTEL_METRICS_EXPORTER=prometheus', () => {
+  it('is the --prometheus endpoint, at OTEL_EXPORTER_PROMETHEUS_HOST/PORT or 127.0.0.1:9464', () => {
+    assert.equal(envPrometheus({}), undefined);
+    assert.equal(envPrometheus({ OTEL_METRICS_EXPORTER: 'otlp' }), undefined);
+    assert.deepEqual(envPrometheus({ OTEL_METRICS_EXPORTER: 'otlp,prometheus' }), { host: '127.0.0.1', port: 9464 });
+    assert.deepEqual(
+      envPrometheus({
+        OTEL_METRICS_EXPORTER: 'prometheus',
+        OTEL_EXPORTER_PROMETHEUS_HOST: '::1',
+        OTEL_EXPORTER_PROMETHEUS_PORT: '9500',
+      }),
+      { host: '::1', port: 9500 },
+    );
+  });
+});
+
+describe('Prometheus text written a slice at a time', () => {
+  it('every point once, each family one group with one TYPE line, other tasks run between slices', async () => {
+    const n = 3 * EXPOSITION_SLICE + 17;
+    const big = Array.from({ length: n }, (_, i) => `r${i}`);
+    const hub = new CounterHub(
+      () => ({
+        time: Date.now(),
+        rules: big.map((name, i) => ({
+          name,
+          matched: BigInt(i),
+          matchedBytes: 0n,
+          redirected: 0n,
+          redirectedBytes: 0n,
+          filtered: 0n,
+          noBackend: 0n,
+          redirectErrors: 0n,
+        })),
+        backends: [],
+        links: [],
+        global: [0n, 0n, 0n, 0n, 0n],
+      }),
+      20,
+    );
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
+    try {
+      const { resourceMetrics } = await reader.collect();
+      const chunks: string[] = [];
+      const out = new Writable({
+        write(chunk, _enc, done) {
+          chunks.push(String(chunk));
+          done();
+        },
+      });
+      let turns = 0;
+      let running = true;
+      const spin = () => {
+        turns++;
+        if (running) setImmediate(spin);
+      };
+      setImmediate(spin);
+      const serializers = {
+        first: new PrometheusSerializer(),
+        rest: new PrometheusSerializer(undefined, false, undefined, true),
+      };
+      await writeExposition(resourceMetrics, serializers, out);
+      running = false;
+      assert.ok(turns >= 4, `other tasks ran ${turns} times while ${n} rules were written`);
+      const lines = chunks.join('').split('\n').filter(Boolean);
+      // Each family: its lines form one run, one TYPE line, before its samples.
+      const family = (l: string) =>
+        l.startsWith('#') ? l.split(' ')[2] : l.replace(/[{ ].*$/, '').replace(/_total$/, '');
+      const seen = new Set<string>();
+      let current = '';
+      for (const l of lines) {
+        const f = family(l).replace(/_total$/, '');
+        if (f !== current) {
+          assert.ok(!seen.has(f), `family ${f} appears in two groups`);
+          seen.add(f);
+          current = f;
+        }
+      }
+      assert.equal(lines.filter((l) => l.startsWith('# TYPE xdpctl_rule_packets')).length, 1);
+      const samples = lines.filter((l) => l.startsWith('xdpctl_rule_packets_total{') && l.includes('"matched"'));
+      assert.equal(samples.length, n);
+      assert.equal(new Set(samples.map((l) => /xdpctl_rule="([^"]+)"/.exec(l)![1])).size, n);
+      assert.ok(
+        lines.some((l) => l.startsWith('target_info')),
+        'target_info once, first',
+      );
+      assert.equal(lines.filter((l) => l.startsWith('target_info')).length, 1);
+    } finally {
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+});
+
 describe('Prometheus endpoint', () => {
   it('binds the address given (port 0: a free one), serves /metrics and nothing else', async () => {
     const ep = await PrometheusEndpoint.listen({ host: '127.0.0.1', port: 0 });
@@ -183,9 +291,10 @@ describe('datapath metrics', () => {
 
   it('reports rule, backend, link and verdict counters from one hub read per collection', async () => {
     const hub = new CounterHub(snap, 20);
-    const reader = new PullReader();
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
     const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub);
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
     try {
       const { resourceMetrics: rm } = await reader.collect();
       assert.equal(hub.reads, 1, 'one kernel read for every instrument');
@@ -222,9 +331,10 @@ describe('datapath metrics', () => {
 
   it('while watches run, collections reuse their reads: reads do not grow with watchers or exports', async () => {
     const hub = new CounterHub(snap, 20);
-    const reader = new PullReader();
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
     const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub);
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
     const ac = new AbortController();
     try {
       // 100 watchers at 200 ms: one shared read every 200 ms.
@@ -249,6 +359,98 @@ describe('datapath metrics', () => {
       await Promise.all(watches);
     } finally {
       ac.abort();
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+});
+
+describe('datapath metrics: exactly the objects of the latest read', () => {
+  /** A snapshot of `n` rules named r0..r{n-1}, each with 4 backends; counters derived from the index. */
+  const rules = (names: string[]): CounterSnapshot => ({
+    time: Date.now(),
+    rules: names.map((name, i) => ({
+      name,
+      matched: BigInt(i + 1),
+      matchedBytes: BigInt(100 * (i + 1)),
+      redirected: BigInt(i),
+      redirectedBytes: 0n,
+      filtered: 0n,
+      noBackend: 1n,
+      redirectErrors: 0n,
+    })),
+    backends: names.flatMap((rule, i) =>
+      [0, 1, 2, 3].map((b) => ({
+        rule,
+        ip: `10.${b}.${(i >> 8) & 255}.${i & 255}`,
+        interface: 'veth1',
+        packets: BigInt(i * 4 + b),
+        bytes: 0n,
+        redirectErrors: 0n,
+      })),
+    ),
+    links: [],
+    global: [0n, 0n, 0n, 0n, 0n],
+  });
+
+  it('a deleted rule and its backends leave the next export; a new one starts its own sum', async () => {
+    let names = ['keep', 'gone'];
+    const hub = new CounterHub(() => rules(names), 20, 0);
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
+    const seen = (rm: ResourceMetrics, metric: string, attr: string) => points(rm, metric).map(([a]) => a[attr]);
+    try {
+      let { resourceMetrics: rm } = await reader.collect();
+      assert.deepEqual([...new Set(seen(rm, DATAPATH_METRICS.rulePackets, 'xdpctl.rule'))], ['keep', 'gone']);
+      const startOf = (r: ResourceMetrics, rule: string) =>
+        r.scopeMetrics
+          .flatMap((m) => m.metrics)
+          .find((m) => m.descriptor.name === DATAPATH_METRICS.rulePackets)!
+          .dataPoints.find((p) => p.attributes['xdpctl.rule'] === rule)!.startTime;
+      const keepStart = startOf(rm, 'keep');
+      await new Promise((r) => setTimeout(r, 1100)); // a later second: a new start time is visible
+      names = ['keep', 'new'];
+      await new Promise((r) => setTimeout(r, 30)); // past the hub's shared snapshot
+      ({ resourceMetrics: rm } = await reader.collect());
+      assert.deepEqual([...new Set(seen(rm, DATAPATH_METRICS.rulePackets, 'xdpctl.rule'))], ['keep', 'new']);
+      assert.deepEqual([...new Set(seen(rm, DATAPATH_METRICS.backendPackets, 'xdpctl.rule'))], ['keep', 'new']);
+      assert.deepEqual(startOf(rm, 'keep'), keepStart, 'a series keeps its start');
+      assert.ok(startOf(rm, 'new')[0] > keepStart[0], 'a new series starts when it is first reported');
+      // Through the Prometheus text too.
+      const text = new PrometheusSerializer().serialize(rm);
+      assert.doesNotMatch(text, /xdpctl_rule="gone"/);
+      assert.match(text, /xdpctl_rule_packets_total\{xdpctl_rule="new",xdpctl_outcome="matched"/);
+    } finally {
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+
+  it('10 000 rules x 4 backends: every series with its own value, none folded into an overflow series', async () => {
+    const names = Array.from({ length: 10_000 }, (_, i) => `r${i}`);
+    const hub = new CounterHub(() => rules(names), 20);
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
+    try {
+      const { resourceMetrics: rm } = await reader.collect();
+      const rp = points(rm, DATAPATH_METRICS.rulePackets);
+      assert.equal(rp.length, 40_000);
+      const last = rp.find(([a]) => a['xdpctl.rule'] === 'r9999' && a['xdpctl.outcome'] === 'matched');
+      assert.deepEqual(last?.[1], 10_000);
+      const bp = points(rm, DATAPATH_METRICS.backendPackets);
+      assert.equal(bp.length, 40_000);
+      assert.equal(new Set(bp.map(([a]) => `${a['xdpctl.rule']}/${a['xdpctl.backend.ip']}`)).size, 40_000);
+      assert.deepEqual(bp.find(([a]) => a['xdpctl.backend.ip'] === '10.3.39.15')?.[1], 9999 * 4 + 3);
+      const text = new PrometheusSerializer().serialize(rm);
+      assert.doesNotMatch(text, /overflow/);
+      assert.equal(text.split('\n').filter((l) => l.startsWith('xdpctl_backend_bytes_total{')).length, 40_000);
+    } finally {
       unregister();
       hub.close();
       await provider.shutdown();

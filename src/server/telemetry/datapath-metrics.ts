@@ -1,15 +1,35 @@
 /**
- * The datapath's counters as OpenTelemetry observable counters, per rule, per
- * backend, per link direction and per XDP verdict, plus the CounterHub's own
- * read count. Every collection takes ONE snapshot from the CounterHub (the
- * same shared kernel read the WatchCounters streams use: while a watch runs,
- * a collection reuses its latest read instead of reading the kernel again),
- * and feeds every instrument from it in one batch callback.
+ * The datapath's counters as metrics, per rule, per backend, per link
+ * direction and per XDP verdict, plus the CounterHub's own read count.
  *
- * Must not read the kernel itself, nor keep per-rule state: names come and go
- * with the snapshot.
+ * The per-object counters are NOT SDK instruments: they are a MetricProducer
+ * ({@link datapathMetrics}) that every metric reader the daemon makes is given
+ * (telemetry/sdk.ts). Each collection takes ONE snapshot from the CounterHub
+ * (the same shared kernel read the WatchCounters streams use: while a watch
+ * runs, a collection reuses its latest read instead of reading the kernel
+ * again) and reports exactly the objects in it. Observable instruments of the
+ * JavaScript SDK (3.x) did not: a deleted rule's series was exported with its
+ * last value for as long as the daemon ran (the specification says an SDK
+ * SHOULD NOT report an attribute set its callback no longer observed), and past
+ * the SDK's default cardinality limit of 2 000 series per instrument (a rule
+ * has 4 packet series: 500 rules) further rules and backends were folded into
+ * one `otel_metric_overflow` series holding one rule's value. Collecting 10 000
+ * rules x 4 backends through the instruments also took ~650 ms of the event
+ * loop (hashing 140 000 attribute sets); building the points directly, a small
+ * fraction of that (test/unit/telemetry.test.ts; BENCHMARKS.md).
+ *
+ * Must not read the kernel itself. The only state kept per series is its start
+ * time (when this daemon first reported it: the start of a cumulative sum),
+ * pruned to the series of the latest collection.
  */
-import type { BatchObservableResult, Meter } from '@opentelemetry/api';
+import { ValueType, type HrTime, type Meter } from '@opentelemetry/api';
+import type {
+  CollectionResult,
+  DataPoint,
+  MetricData,
+  MetricProducer,
+  ResourceMetrics,
+} from '@opentelemetry/sdk-metrics';
 
 import type { CounterHub } from '../core/counter-hub.js';
 
@@ -48,79 +68,175 @@ const VERDICTS = ['aborted', 'drop', 'pass', 'tx', 'redirect'];
  */
 export const MAX_SNAPSHOT_AGE_MS = 1000;
 
-/** Register the instruments; returns a function that unregisters them (daemon stop). */
-export function registerDatapathMetrics(meter: Meter, hub: CounterHub): () => void {
-  const counter = (name: string, description: string, unit: string) =>
-    meter.createObservableCounter(name, { description, unit });
-  const rulePackets = counter(
-    DATAPATH_METRICS.rulePackets,
-    'Packets seen by a rule, by outcome: matched, redirected, filtered (source not allowed), no_backend (dropped)',
-    '{packet}',
-  );
-  const ruleBytes = counter(DATAPATH_METRICS.ruleBytes, 'Bytes matched and redirected by a rule', 'By');
-  const backendPackets = counter(DATAPATH_METRICS.backendPackets, 'Packets redirected to a backend', '{packet}');
-  const backendBytes = counter(DATAPATH_METRICS.backendBytes, 'Bytes redirected to a backend', 'By');
-  const linkPackets = counter(DATAPATH_METRICS.linkPackets, 'Packets forwarded by a link direction', '{packet}');
-  const linkBytes = counter(DATAPATH_METRICS.linkBytes, 'Bytes forwarded by a link direction', 'By');
-  const verdictPackets = counter(
-    DATAPATH_METRICS.verdictPackets,
-    'Packets the XDP program handled, by verdict',
-    '{packet}',
-  );
-  const hubReads = counter(
-    DATAPATH_METRICS.hubReads,
-    'Kernel counter reads made by the counter hub (shared by every watch stream and metric export)',
-    '{read}',
-  );
+/** @opentelemetry/sdk-metrics' enum values, without loading the SDK where no metrics are exported. */
+const CUMULATIVE = 1; // AggregationTemporality.CUMULATIVE
+const SUM = 3; // DataPointType.SUM
+
+/** Objects (rules, backends, links) turned into points per turn of the event loop. */
+const BUILD_SLICE = 2048;
+
+const hrTime = (ms: number): HrTime => [Math.floor(ms / 1000), (ms % 1000) * 1e6];
+
+/** The per-object datapath counters, as a MetricProducer for the daemon's metric readers. */
+export class DatapathMetricProducer implements MetricProducer {
+  private hub?: CounterHub;
+  private scope = { name: 'xdpctld' as string, version: undefined as string | undefined };
+  private attachedAt: HrTime = hrTime(Date.now());
+  /** Series key -> when it was first reported (start of its cumulative sum). */
+  private starts = new Map<string, HrTime>();
+
+  /** Report this hub's snapshots (the daemon's start); the scope is the daemon's instrumentation scope. */
+  attach(hub: CounterHub, scope: { name: string; version?: string }): void {
+    this.hub = hub;
+    this.scope = { name: scope.name, version: scope.version };
+    this.attachedAt = hrTime(Date.now());
+    this.starts = new Map();
+  }
+
+  /** Stop reporting (the daemon's stop): collections are empty. */
+  detach(hub: CounterHub): void {
+    if (this.hub !== hub) return;
+    this.hub = undefined;
+    this.starts = new Map();
+  }
+
+  async collect(): Promise<CollectionResult> {
+    const resourceMetrics = {
+      resource: undefined, // MetricReader.collect keeps the SDK's resource and ignores a producer's
+      scopeMetrics: [{ scope: this.scope, metrics: await this.build() }],
+    } as unknown as ResourceMetrics;
+    return { resourceMetrics, errors: [] };
+  }
+
+  /**
+   * The metrics of one hub snapshot: exactly the objects in it (none when detached or when the read fails).
+   * Yields to the event loop every {@link BUILD_SLICE} objects.
+   */
+  async build(): Promise<MetricData[]> {
+    const hub = this.hub;
+    let snap;
+    try {
+      snap = hub && !hub.isClosed ? hub.recent(MAX_SNAPSHOT_AGE_MS) : undefined;
+    } catch {
+      snap = undefined; // a failed kernel read leaves the datapath counters out of this export
+    }
+    if (!snap) return [];
+    const end = hrTime(Date.now());
+    const prev = this.starts;
+    const next = new Map<string, HrTime>();
+    const startOf = (key: string): HrTime => {
+      let t = next.get(key);
+      if (t) return t;
+      t = prev.get(key) ?? end;
+      next.set(key, t);
+      return t;
+    };
+    const A = DATAPATH_ATTRS;
+    const sums = {
+      rulePackets: [] as DataPoint<number>[],
+      ruleBytes: [] as DataPoint<number>[],
+      backendPackets: [] as DataPoint<number>[],
+      backendBytes: [] as DataPoint<number>[],
+      linkPackets: [] as DataPoint<number>[],
+      linkBytes: [] as DataPoint<number>[],
+      verdictPackets: [] as DataPoint<number>[],
+    };
+    const point = (to: DataPoint<number>[], startTime: HrTime, attributes: Record<string, string>, v: bigint) =>
+      to.push({ startTime, endTime: end, attributes, value: Number(v) });
+    let n = 0;
+    const yieldNow = () => new Promise((r) => setImmediate(r));
+    for (const x of snap.rules) {
+      if (++n % BUILD_SLICE === 0) await yieldNow();
+      const s = startOf(`r\0${x.name}`);
+      const out = (o: string) => ({ [A.rule]: x.name, [A.outcome]: o });
+      point(sums.rulePackets, s, out('matched'), x.matched);
+      point(sums.rulePackets, s, out('redirected'), x.redirected);
+      point(sums.rulePackets, s, out('filtered'), x.filtered);
+      point(sums.rulePackets, s, out('no_backend'), x.noBackend);
+      point(sums.ruleBytes, s, out('matched'), x.matchedBytes);
+      point(sums.ruleBytes, s, out('redirected'), x.redirectedBytes);
+    }
+    for (const b of snap.backends) {
+      if (++n % BUILD_SLICE === 0) await yieldNow();
+      const s = startOf(`b\0${b.rule}\0${b.ip}\0${b.interface}`);
+      const attrs = { [A.rule]: b.rule, [A.backendIp]: b.ip, [A.backendInterface]: b.interface };
+      point(sums.backendPackets, s, attrs, b.packets);
+      point(sums.backendBytes, s, attrs, b.bytes);
+    }
+    for (const l of snap.links) {
+      const s = startOf(`l\0${l.from}\0${l.to}`);
+      const attrs = { [A.linkFrom]: l.from, [A.linkTo]: l.to };
+      point(sums.linkPackets, s, attrs, l.packets);
+      point(sums.linkBytes, s, attrs, l.bytes);
+    }
+    VERDICTS.forEach((verdict, i) =>
+      point(sums.verdictPackets, this.attachedAt, { [A.verdict]: verdict }, snap.global[i] ?? 0n),
+    );
+    this.starts = next;
+    return (Object.keys(sums) as (keyof typeof sums)[]).map((k) => ({
+      descriptor: { name: DATAPATH_METRICS[k], ...DESCRIPTIONS[k], valueType: ValueType.INT },
+      aggregationTemporality: CUMULATIVE,
+      dataPointType: SUM,
+      isMonotonic: true,
+      dataPoints: sums[k],
+    })) as unknown as MetricData[];
+  }
+}
+
+const DESCRIPTIONS = {
+  rulePackets: {
+    description:
+      'Packets seen by a rule, by outcome: matched, redirected, filtered (source not allowed), no_backend (dropped)',
+    unit: '{packet}',
+  },
+  ruleBytes: { description: 'Bytes matched and redirected by a rule', unit: 'By' },
+  backendPackets: { description: 'Packets redirected to a backend', unit: '{packet}' },
+  backendBytes: { description: 'Bytes redirected to a backend', unit: 'By' },
+  linkPackets: { description: 'Packets forwarded by a link direction', unit: '{packet}' },
+  linkBytes: { description: 'Bytes forwarded by a link direction', unit: 'By' },
+  verdictPackets: { description: 'Packets the XDP program handled, by verdict', unit: '{packet}' },
+};
+
+/**
+ * The process's producer: telemetry/sdk.ts gives it to every metric reader it makes (like the API's global
+ * MeterProvider, one per process); the daemon attaches its hub to it.
+ */
+export const datapathMetrics = new DatapathMetricProducer();
+
+/**
+ * Report the hub's snapshots through {@link datapathMetrics} and register the hub's own instruments (reads,
+ * open watches) on `meter`; returns a function that undoes both (daemon stop).
+ */
+export function registerDatapathMetrics(
+  meter: Meter,
+  hub: CounterHub,
+  scope: { name: string; version?: string } = { name: 'xdpctld' },
+  producer: DatapathMetricProducer = datapathMetrics,
+): () => void {
+  producer.attach(hub, scope);
+  const hubReads = meter.createObservableCounter(DATAPATH_METRICS.hubReads, {
+    description: 'Kernel counter reads made by the counter hub (shared by every watch stream and metric export)',
+    unit: '{read}',
+  });
   const hubWatchers = meter.createObservableGauge(DATAPATH_METRICS.hubWatchers, {
     description: 'WatchCounters streams currently open',
     unit: '{stream}',
   });
-
-  const A = DATAPATH_ATTRS;
-  const callback = (r: BatchObservableResult) => {
-    // Reads first: a read this collection triggers is counted in it.
-    let snap;
+  const readsCb = (r: { observe(v: number): void }) => {
+    // The read this collection's datapath counters use (the producer reuses it), counted in it.
     try {
-      snap = hub.isClosed ? undefined : hub.recent(MAX_SNAPSHOT_AGE_MS);
+      if (!hub.isClosed) hub.recent(MAX_SNAPSHOT_AGE_MS);
     } catch {
-      snap = undefined; // a failed kernel read leaves the datapath counters out of this export
+      // the producer leaves the datapath counters out of this export
     }
-    r.observe(hubReads, hub.reads);
-    r.observe(hubWatchers, hub.watcherCount);
-    if (!snap) return;
-    for (const x of snap.rules) {
-      const rule = { [A.rule]: x.name };
-      r.observe(rulePackets, Number(x.matched), { ...rule, [A.outcome]: 'matched' });
-      r.observe(rulePackets, Number(x.redirected), { ...rule, [A.outcome]: 'redirected' });
-      r.observe(rulePackets, Number(x.filtered), { ...rule, [A.outcome]: 'filtered' });
-      r.observe(rulePackets, Number(x.noBackend), { ...rule, [A.outcome]: 'no_backend' });
-      r.observe(ruleBytes, Number(x.matchedBytes), { ...rule, [A.outcome]: 'matched' });
-      r.observe(ruleBytes, Number(x.redirectedBytes), { ...rule, [A.outcome]: 'redirected' });
-    }
-    for (const b of snap.backends) {
-      const attrs = { [A.rule]: b.rule, [A.backendIp]: b.ip, [A.backendInterface]: b.interface };
-      r.observe(backendPackets, Number(b.packets), attrs);
-      r.observe(backendBytes, Number(b.bytes), attrs);
-    }
-    for (const l of snap.links) {
-      const attrs = { [A.linkFrom]: l.from, [A.linkTo]: l.to };
-      r.observe(linkPackets, Number(l.packets), attrs);
-      r.observe(linkBytes, Number(l.bytes), attrs);
-    }
-    VERDICTS.forEach((verdict, i) => r.observe(verdictPackets, Number(snap.global[i] ?? 0n), { [A.verdict]: verdict }));
+    r.observe(hub.reads);
   };
-  const observables = [
-    rulePackets,
-    ruleBytes,
-    backendPackets,
-    backendBytes,
-    linkPackets,
-    linkBytes,
-    verdictPackets,
-    hubReads,
-    hubWatchers,
-  ];
-  meter.addBatchObservableCallback(callback, observables);
-  return () => meter.removeBatchObservableCallback(callback, observables);
+  const watchersCb = (r: { observe(v: number): void }) => r.observe(hub.watcherCount);
+  hubReads.addCallback(readsCb);
+  hubWatchers.addCallback(watchersCb);
+  return () => {
+    hubReads.removeCallback(readsCb);
+    hubWatchers.removeCallback(watchersCb);
+    producer.detach(hub);
+  };
 }

@@ -5,11 +5,20 @@
  * exporter do it so that port 0 works, the bound address is known, and a bind
  * failure stops the start with a clear message instead of a background log.
  * The exporter is imported when the endpoint is made, not when this module loads.
+ *
+ * The text is written a slice at a time (see {@link writeExposition}): the
+ * exporter's own handler serializes the whole collection in one piece, which
+ * held the event loop 300-450 ms with 10 000 rules x 4 backends (140 000
+ * series, 18 MB), and every RPC waited behind it.
  */
 import { createServer, type Server } from 'node:http';
 import { isIP, type AddressInfo } from 'node:net';
+import type { Writable } from 'node:stream';
 
-import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+import type { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
+import type { MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
+
+import { datapathMetrics } from './datapath-metrics.js';
 
 /** Where `--prometheus` without a value listens. */
 export const PROMETHEUS_DEFAULT = { host: '127.0.0.1', port: 9464 } as const;
@@ -62,8 +71,13 @@ export class PrometheusEndpoint {
 
   static async listen(at: HostPort): Promise<PrometheusEndpoint> {
     // Loaded only with --prometheus: the exporter and the metrics SDK cost start time and memory.
-    const { PrometheusExporter } = await import('@opentelemetry/exporter-prometheus');
-    const reader = new PrometheusExporter({ preventServerStart: true });
+    const { PrometheusExporter, PrometheusSerializer } = await import('@opentelemetry/exporter-prometheus');
+    const serializers = {
+      first: new PrometheusSerializer(),
+      rest: new PrometheusSerializer(undefined, false, undefined, true),
+    };
+    // The datapath's per-object counters come from their own producer (see datapath-metrics.ts).
+    const reader = new PrometheusExporter({ preventServerStart: true, metricProducers: [datapathMetrics] });
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
       if (path !== '/metrics') {
@@ -74,7 +88,12 @@ export class PrometheusEndpoint {
         res.setHeader('allow', 'GET, HEAD');
         res.end();
       } else {
-        reader.getMetricsRequestHandler(req, res);
+        res.statusCode = 200;
+        res.setHeader('content-type', 'text/plain; version=0.0.4; charset=utf-8');
+        reader.collect().then(
+          ({ resourceMetrics }) => writeExposition(resourceMetrics, serializers, res),
+          (err: unknown) => res.end(`# failed to export metrics: ${String(err)}\n`),
+        );
       }
     });
     await new Promise<void>((resolve, reject) => {
@@ -95,4 +114,52 @@ export class PrometheusEndpoint {
       this.server.close(() => resolve());
     });
   }
+}
+
+/** Data points serialized per turn of the event loop: ~15 ms of the serializer's time on this machine. */
+export const EXPOSITION_SLICE = 5000;
+
+/**
+ * Write a collection as Prometheus text, yielding to the event loop between slices of
+ * {@link EXPOSITION_SLICE} data points. The metrics with fewer points go first, in one piece (with
+ * target_info); then each larger metric a slice at a time, its `# HELP/# UNIT/# TYPE` lines only before
+ * its first slice, so each family stays one group (the text format requires it). Assumes, as holds here,
+ * that a larger metric's name is not also used by another scope's metric.
+ */
+export async function writeExposition(
+  rm: ResourceMetrics,
+  serializers: { first: PrometheusSerializer; rest: PrometheusSerializer },
+  out: Writable,
+): Promise<void> {
+  const small = rm.scopeMetrics.map((s) => ({
+    ...s,
+    metrics: s.metrics.filter((m) => m.dataPoints.length <= EXPOSITION_SLICE),
+  }));
+  const large = rm.scopeMetrics.flatMap((s) =>
+    s.metrics.filter((m) => m.dataPoints.length > EXPOSITION_SLICE).map((metric) => ({ scope: s.scope, metric })),
+  );
+  const send = async (text: string) => {
+    if (out.write(text)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        out.off('drain', done);
+        out.off('close', done);
+        resolve();
+      };
+      out.once('drain', done);
+      out.once('close', done);
+    });
+  };
+  await send(serializers.first.serialize({ resource: rm.resource, scopeMetrics: small }));
+  for (const { scope, metric } of large) {
+    const points = metric.dataPoints as unknown[];
+    for (let i = 0; i < points.length && !out.destroyed; i += EXPOSITION_SLICE) {
+      await new Promise((r) => setImmediate(r));
+      const slice = { ...metric, dataPoints: points.slice(i, i + EXPOSITION_SLICE) } as MetricData;
+      let text = serializers.rest.serialize({ resource: rm.resource, scopeMetrics: [{ scope, metrics: [slice] }] });
+      if (i > 0) text = text.replace(/^(#[^\n]*\n)+/, '');
+      await send(text);
+    }
+  }
+  out.end();
 }

@@ -5,7 +5,7 @@
  * when it stops.
  *
  * What is exported is decided by the standard OTEL_* environment variables,
- * through the SDK's own handling, plus `--prometheus`. Unlike the SDK's
+ * as the SDK reads them (readers made here: see envMetricReaders), plus `--prometheus`. Unlike the SDK's
  * defaults, NOTHING is exported and no connection is ever made when none of
  * them is set: the SDK would otherwise default to OTLP on localhost:4318.
  *   traces:  on when OTEL_TRACES_EXPORTER is set (and not "none"), or when
@@ -27,7 +27,8 @@ import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metri
 import type { SpanProcessor } from '@opentelemetry/sdk-trace';
 
 import type { Logger } from '../log.js';
-import { isLoopback, PrometheusEndpoint, type HostPort } from './prometheus.js';
+import { datapathMetrics } from './datapath-metrics.js';
+import { isLoopback, PROMETHEUS_DEFAULT, PrometheusEndpoint, type HostPort } from './prometheus.js';
 
 /** The resource's service.name (OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES override it). */
 export const SERVICE_NAME = 'xdpctld';
@@ -78,9 +79,10 @@ export function exportFromEnv(env: NodeJS.ProcessEnv): { traces: boolean; metric
 }
 
 /**
- * The environment's metric readers when --prometheus is also given (the SDK
- * reads the environment only when no reader is passed in). "prometheus" in
- * OTEL_METRICS_EXPORTER is left to the flag.
+ * The metric readers OTEL_METRICS_EXPORTER asks for (otlp, the default, and
+ * console), made here rather than by the SDK so that each is given the
+ * datapath's producer (datapath-metrics.ts). "prometheus" is the endpoint of
+ * `--prometheus` (see envPrometheus).
  */
 async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
   const readers: IMetricReader[] = [];
@@ -93,6 +95,7 @@ async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
       exporter,
       exportIntervalMillis: interval,
       exportTimeoutMillis: timeout,
+      metricProducers: [datapathMetrics],
     });
   };
   const names = list(process.env.OTEL_METRICS_EXPORTER);
@@ -130,13 +133,25 @@ function diagToLog(log: Logger): DiagLogger {
   return { error: out('error'), warn: out('warn'), info: out('info'), debug: out('debug'), verbose: out('debug') };
 }
 
+/**
+ * `OTEL_METRICS_EXPORTER=prometheus` without `--prometheus`: the endpoint `--prometheus` would serve, at
+ * OTEL_EXPORTER_PROMETHEUS_HOST (default 127.0.0.1, as `--prometheus`) and OTEL_EXPORTER_PROMETHEUS_PORT
+ * (default 9464). Our endpoint rather than the SDK's own, whose reader would not carry the datapath counters.
+ */
+export function envPrometheus(env: NodeJS.ProcessEnv): HostPort | undefined {
+  if (!list(env.OTEL_METRICS_EXPORTER).includes('prometheus')) return undefined;
+  const port = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT || PROMETHEUS_DEFAULT.port);
+  return { host: env.OTEL_EXPORTER_PROMETHEUS_HOST || PROMETHEUS_DEFAULT.host, port };
+}
+
 /** Start the SDK (see the module comment for what it exports). */
 export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
   const want = exportFromEnv(process.env);
   if (o.log && !process.env.OTEL_LOG_LEVEL) diag.setLogger(diagToLog(o.log), DiagLogLevel.WARN);
 
-  const prometheus = o.prometheus ? await PrometheusEndpoint.listen(o.prometheus) : undefined;
-  if (prometheus && o.log && !isLoopback(o.prometheus!.host)) {
+  const promAt = o.prometheus ?? envPrometheus(process.env);
+  const prometheus = promAt ? await PrometheusEndpoint.listen(promAt) : undefined;
+  if (prometheus && o.log && !isLoopback(promAt!.host)) {
     o.log.warn(
       { address: prometheus.address },
       'Prometheus endpoint listens on a non-loopback address: anyone who can reach it reads rule and interface names',
@@ -150,7 +165,8 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
       ...(want.metrics ? await envMetricReaders(o.log) : []),
     ];
   } else {
-    metricReaders = want.metrics ? undefined : []; // undefined: the SDK reads OTEL_METRICS_EXPORTER
+    // Our own readers, not the SDK's from the environment: each must be given the datapath's producer.
+    metricReaders = want.metrics ? await envMetricReaders(o.log) : [];
   }
   const spanProcessors = o.spanProcessors ?? (want.traces ? undefined : []); // undefined: OTEL_TRACES_EXPORTER
 
