@@ -73,7 +73,7 @@ const CUMULATIVE = 1; // AggregationTemporality.CUMULATIVE
 const SUM = 3; // DataPointType.SUM
 
 /** Objects (rules, backends, links) turned into points per turn of the event loop. */
-const BUILD_SLICE = 2048;
+const BUILD_SLICE = 1024;
 
 const hrTime = (ms: number): HrTime => [Math.floor(ms / 1000), (ms % 1000) * 1e6];
 
