@@ -831,7 +831,12 @@ export class Controller {
   /** One links transaction, ordered as {@link applyRuleOps}: rows, kernel over an undo log, COMMIT, finish. `tolerant` (restore, resync): a foreign program is recorded, not fatal, and a store that cannot persist is logged. */
   private async applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant = false): Promise<void> {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
-    const want = planLinks(next, facts.interfaces, field);
+    // Restore and resync: a link whose interface is missing waits (desired and stored, reported by the
+    // reconciler) while every other link is written; a change names the missing interface (NOT_FOUND).
+    const planned = tolerant
+      ? new Map([...next].filter(([, l]) => facts.interfaces.get(l.a) && facts.interfaces.get(l.b)))
+      : next;
+    const want = planLinks(planned, facts.interfaces, field);
     fetchInterfaces(
       this.dp,
       [...this.state.linkDirs.values()].map((d) => d.to),

@@ -118,18 +118,17 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // source prefixes and backends: rewrite in groups that fit next to what is
   // in the tables, so that a state that fits the tables always restores.
   for (const group of fitting(ctx, ops)) await applyEach(ctx, tx, group);
-  const linksReady = stored.links.every((l) => exists(l.a) && exists(l.b));
+  // Every link whose interfaces exist is written; one whose interface is missing waits (reported; resync
+  // writes it when the interface appears) and never takes the others down.
   let linksFailed = false;
-  if (linksReady) {
-    try {
-      await tx.applyLinkSet(new Map(stored.links.map((l) => [linkKey(l), l])), 'links', true);
-    } catch (e) {
-      // The cross-connects the datapath has keep forwarding; resync tries again.
-      linksFailed = true;
-      ctx.log.error({ err: e }, 'links not restored: the datapath keeps the directions it has');
-    }
+  try {
+    await tx.applyLinkSet(new Map(stored.links.map((l) => [linkKey(l), l])), 'links', true);
+  } catch (e) {
+    // The cross-connects the datapath has keep forwarding; resync tries again.
+    linksFailed = true;
+    ctx.log.error({ err: e }, 'links not restored: the datapath keeps the directions it has');
   }
-  if (!linksReady || linksFailed) for (const l of stored.links) state.links.set(linkKey(l), l);
+  if (linksFailed) for (const l of stored.links) state.links.set(linkKey(l), l);
   reconcileEntries(ctx, linksFailed);
   for (const slot of orphans) {
     dp.clearRuleSlot(slot, [], []);

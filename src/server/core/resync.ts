@@ -357,21 +357,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // keyed by a deleted ingress stays). A re-apply that failed is not retried until something changes.
   const links = [...state.links.values()];
   const kernelLinks = new Map(dp.listLinks());
+  // A link whose interface is missing waits (reported as missing); the others are written without it.
   const wanted = new Map<number, number>();
-  let complete = true;
   for (const l of links) {
-    for (const [from, to] of directions(l)) {
-      const f = now(from);
-      const t = now(to);
-      if (f === undefined || t === undefined) complete = false;
-      else wanted.set(f, t);
-    }
+    const dirs = directions(l).map(([from, to]) => [now(from), now(to)] as const);
+    if (dirs.some(([f, t]) => f === undefined || t === undefined)) continue;
+    for (const [f, t] of dirs) wanted.set(f!, t!);
   }
   const stale =
     [...wanted].some(([f, t]) => kernelLinks.get(f) !== t || state.linkDirs.get(f) === undefined) ||
     [...state.linkDirs.keys()].some((f) => !wanted.has(f));
   const attempt = JSON.stringify([...wanted]);
-  if (stale && complete && attempt !== state.linkReapplyFailed) {
+  if (stale && attempt !== state.linkReapplyFailed) {
     ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
