@@ -226,6 +226,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   };
   const t = ctx.now();
   const mtuOf = (i: string) => facts.links.get(i)?.mtu;
+  // An egress's own MAC is the source MAC of every frame redirected to it (written into each backend
+  // entry): one whose MAC changed since the last pass (ip link set dev X address ...) has its backends
+  // rewritten. Logged once per change.
+  const macMoved = new Map<string, string>();
+  for (const [iface, info] of facts.interfaces) {
+    if (!info) continue;
+    const was = state.egressMacs.get(iface);
+    if (was !== undefined && was.toLowerCase() !== info.mac.toLowerCase()) macMoved.set(iface, was);
+  }
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -283,6 +292,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         } else if (resolved && mac.toLowerCase() !== b.mac.toLowerCase()) {
           changed = true;
           why.set(name, `backend ${spec.ip} on ${spec.interface}: MAC ${b.mac || 'unresolved'} -> ${mac}`);
+        } else if (receiving && macMoved.has(spec.interface)) {
+          changed = true;
+          why.set(
+            name,
+            `egress ${spec.interface} has a new MAC (${macMoved.get(spec.interface)} -> ` +
+              `${facts.interfaces.get(spec.interface)!.mac}): the source MAC of its backends' frames`,
+          );
         }
         // Still out of the table, for another reason now (down -> renamed away, no carrier -> no NAPI): the
         // status says today's reason, as a plan would give it (plan-rules.ts).
@@ -318,6 +334,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       }
     }
   }
+  for (const [iface, was] of macMoved) {
+    const to = facts.interfaces.get(iface)!.mac;
+    const rules = ops.filter((o) => state.rules.get(o.name)?.backends.some((b) => b.interface === iface));
+    if (rules.length) state.reconcilerEvents.egress_mac_changes++;
+    ctx.log.info(
+      { interface: iface, from: was, to, rules: rules.map((o) => o.name) },
+      rules.length
+        ? `${iface} has a new MAC, ${was} -> ${to}: the backend entries behind it are rewritten with it as the source MAC`
+        : `${iface} has a new MAC, ${was} -> ${to}`,
+    );
+  }
+  for (const [iface, info] of facts.interfaces) if (info) state.egressMacs.set(iface, info.mac);
   if (ops.length) {
     ctx.log.info(
       {

@@ -102,7 +102,12 @@ export class CoreState {
    * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends
    * rewritten with a new neighbour MAC, egresses taken out for dropping every frame redirected to them.
    */
-  readonly reconcilerEvents = { neighbour_probes: 0, neighbour_mac_changes: 0, egress_ejections: 0 };
+  readonly reconcilerEvents = {
+    neighbour_probes: 0,
+    neighbour_mac_changes: 0,
+    egress_ejections: 0,
+    egress_mac_changes: 0,
+  };
   /** Link directions (`from>to`) whose egress's peer cannot be inspected, judged by the direction's counters. */
   readonly linkWatch = new Map<string, EgressWatch>();
   /**
@@ -114,6 +119,11 @@ export class CoreState {
   readonly egressWatch = new Map<string, EgressWatch>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
+  /**
+   * Interface name -> its own MAC as the reconciler's last pass read it: a backend entry's source MAC is
+   * its egress's, so a change means the entries behind that egress are rewritten (resync.ts).
+   */
+  readonly egressMacs = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */
