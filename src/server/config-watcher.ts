@@ -14,7 +14,15 @@
  * new `..data` over the old) changes without an event naming it: every entry
  * on the way (each symlink, and the file it resolves to, in whatever
  * directory) is watched, and the text decides whether anything changed. A file
- * that was refused is tried again when it is written or touched.
+ * that was refused is tried again when it is written or touched, and one refused
+ * because an interface it names does not exist (yet: a tap that appears after
+ * the file is written) also every {@link MISSING_RETRY_MS} until it applies.
+ *
+ * A file without a `links:` (or `rules:`) section is not applied while the
+ * configuration in force has links (rules): a file cut short by a writer that
+ * does not replace it atomically, or an edit that dropped the section, is not
+ * an instruction to remove them all; `links: {}` (`rules: []`) is. A file with
+ * only `links:` (the xdp-xconnect format) applies as long as no rules run.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readlink, realpath } from 'node:fs/promises';
@@ -22,10 +30,13 @@ import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig } from '../shared/config-file.js';
 import { ConfigPartlyApplied, type Controller } from './core/controller.js';
+import { CoreError } from './core/errors.js';
 import type { Logger } from './log.js';
 
 const DEBOUNCE_MS = 150;
 const RETRY_MS = 400;
+/** How often a file refused for a missing interface is tried again (the reconciler follows interfaces within 1 s). */
+export const MISSING_RETRY_MS = 1000;
 
 export interface ConfigStatus {
   path: string;
@@ -153,6 +164,22 @@ export class ConfigWatcher {
       if (e instanceof ConfigError && e.syntax && !retried) return this.schedule(RETRY_MS, true);
       return this.fail(`invalid config ${this.status.path}: ${(e as Error).message}`, text);
     }
+    const inForce = this.ctl.desiredCounts();
+    const dropped = (['links', 'rules'] as const).filter((k) => !cfg.sections[k] && inForce[k] > 0);
+    if (dropped.length) {
+      const clear = (k: 'links' | 'rules') =>
+        k === 'links' ? '"links: {}" removes every link' : '"rules: []" every rule';
+      return this.fail(
+        `config ${this.status.path} has no ${dropped.map((k) => `"${k}:"`).join(' or ')} section while the configuration in force has ${dropped
+          .map(
+            (k) =>
+              `${inForce[k]} ${k === 'links' ? (inForce[k] === 1 ? 'link' : 'links') : inForce[k] === 1 ? 'rule' : 'rules'}`,
+          )
+          .join(' and ')}: not applied (${dropped.map(clear).join(', ')})`,
+        text,
+        'warn',
+      );
+    }
     try {
       const changes = await this.ctl.applyConfig(cfg);
       this.status.applied = text;
@@ -182,24 +209,31 @@ export class ConfigWatcher {
         this.log.error({ config: this.status.path }, this.status.lastError);
         return;
       }
-      this.fail(`config ${this.status.path} not applied: ${(e as Error).message}`, text);
+      const missing = e instanceof CoreError && e.kind === 'not-found';
+      this.fail(
+        `config ${this.status.path} not applied: ${(e as Error).message}`,
+        text,
+        'error',
+        missing ? '; the file is tried again until the interface exists' : '',
+      );
+      if (missing && !this.closed) this.schedule(MISSING_RETRY_MS, false);
     }
   }
 
   /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */
-  private fail(message: string, text: string | undefined, level: 'warn' | 'error' = 'error'): void {
+  private fail(message: string, text: string | undefined, level: 'warn' | 'error' = 'error', note = ''): void {
     if (this.status.lastError === message && this.refusedText === text) return;
     this.status.lastError = message;
     this.refusedText = text;
     if (this.status.applied === undefined && this.ctl.desiredEmpty) {
       // Nothing of any configuration runs (a first start with a bad file, no stored state): not "as desired".
-      const problem = `${message}; no configuration runs`;
+      const problem = `${message}; no configuration runs${note}`;
       this.ctl.setConfigProblem(problem);
       this.log[level]({ config: this.status.path }, problem);
       return;
     }
     this.ctl.setConfigProblem(undefined);
-    this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running`);
+    this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running${note}`);
   }
 
   close(): void {

@@ -46,6 +46,11 @@ export interface RuleSpec {
 export interface ConfigFile {
   links: LinkSpec[];
   rules: RuleSpec[];
+  /**
+   * The sections the file has (`links:` and/or `rules:` with a value). A section the file lacks is an empty
+   * list above; the daemon's config-file mode does not take that for "remove every one" while some run.
+   */
+  sections: { links: boolean; rules: boolean };
 }
 
 const MESSAGE_PROBLEMS = 20;
@@ -189,7 +194,7 @@ export function parseConfig(text: string): ConfigFile {
     throw new ConfigError([{ field: '', description: `cannot read the file: ${(e as Error).message}` }]);
   }
   const problems: FieldViolation[] = [];
-  const out: ConfigFile = { links: [], rules: [] };
+  const out: ConfigFile = { links: [], rules: [], sections: { links: false, rules: false } };
   if (!isObj(root))
     throw new ConfigError([{ field: '', description: 'the file must be a mapping with links and/or rules' }]);
   for (const k of Object.keys(root)) {
@@ -295,5 +300,6 @@ export function parseConfig(text: string): ConfigFile {
     problems.push({ field: 'rules', description: 'must be a list' });
   }
   if (problems.length) throw new ConfigError(problems);
+  out.sections = { links: root.links != null, rules: root.rules != null };
   return out;
 }

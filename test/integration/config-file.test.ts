@@ -138,11 +138,12 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
   const topo = new Topology(id);
   const file = `/tmp/xdpctl-test-${id}.yaml`;
   let d: DaemonProcess | undefined;
-  let h1: Host, h2: Host;
+  let h1: Host, h2: Host, h3: Host;
 
   before(() => {
     h1 = topo.addHost('h1', '198.18.7.1/24');
     h2 = topo.addHost('h2', '198.18.7.2/24');
+    h3 = topo.addHost('h3', '198.18.7.3/24');
   });
   after(async () => {
     await d?.destroy();
@@ -236,5 +237,42 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
       (await d.clients().health.check({ service: 'xdpctl.datapath' })).status,
       HealthCheckResponse_ServingStatus.SERVING,
     );
+  });
+
+  it('a file without a links: section does not remove the links in force; links: {} does', async () => {
+    // The daemon of the previous case runs with the link h1-h2 from the file.
+    assert.equal(await linkCount(), 1);
+    const before = applied().length;
+    writeFileSync(file, 'rules: []\n');
+    await sleep(1200);
+    assert.equal(await linkCount(), 1, 'the link stays');
+    assert.equal(topo.ping('h1', h2.ip!), true, 'and forwards');
+    assert.match(
+      d!.output,
+      /has no \\"links:\\" section while the configuration in force has 1 link: not applied .*the last good configuration keeps running/,
+    );
+    assert.equal(applied().length, before, 'nothing applied');
+    writeFileSync(file, 'links: {}\nrules: []\n');
+    for (let i = 0; i < 50 && (await linkCount()) !== 0; i++) await sleep(100);
+    assert.equal(await linkCount(), 0, 'an explicit links: {} removes it');
+  });
+
+  it('a file naming an interface that does not exist yet applies once it appears, without touching the file', async () => {
+    const tap = `xq${id}a`;
+    try {
+      writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n  ${h3.hostIf}: ${tap}\n`);
+      await sleep(1200);
+      assert.equal(await linkCount(), 0, 'refused whole: nothing of it applied');
+      assert.match(d!.output, new RegExp(`${tap}.*does not exist.*tried again until the interface exists`));
+      sh('ip', ['link', 'add', tap, 'type', 'veth', 'peer', 'name', `xq${id}b`]);
+      sh('ip', ['link', 'set', tap, 'up']);
+      sh('ip', ['link', 'set', `xq${id}b`, 'up']);
+      for (let i = 0; i < 50 && (await linkCount()) !== 2; i++) await sleep(100);
+      assert.equal(await linkCount(), 2, 'applied once the interface exists');
+      assert.equal(topo.ping('h1', h2.ip!), true, 'h1 -> h2 forwards');
+      assert.equal(count(new RegExp(`"msg":"config \\S+ not applied[^\\n]*${tap}`)), 1, 'the refusal logged once');
+    } finally {
+      sh('ip', ['link', 'del', tap], { stdio: 'ignore' });
+    }
   });
 });

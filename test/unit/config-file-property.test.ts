@@ -118,6 +118,7 @@ function expected(doc: Doc): ConfigFile {
         labels: { ...((r.labels as Record<string, string> | undefined) ?? {}) },
       };
     }),
+    sections: { links: doc.links !== undefined, rules: doc.rules !== undefined },
   };
 }
 

@@ -11,6 +11,7 @@ describe('config file parsing', () => {
         { a: 'eth1', b: 'tap1', direction: 'both' },
       ],
       rules: [],
+      sections: { links: true, rules: false },
     });
   });
 
@@ -101,8 +102,8 @@ links:
         JSON.stringify(text),
       );
     }
-    assert.deepEqual(parseConfig('links: {}\n'), { links: [], rules: [] });
-    assert.deepEqual(parseConfig('rules: []\n'), { links: [], rules: [] });
+    assert.deepEqual(parseConfig('links: {}\n'), { links: [], rules: [], sections: { links: true, rules: false } });
+    assert.deepEqual(parseConfig('rules: []\n'), { links: [], rules: [], sections: { links: false, rules: true } });
   });
 });
 

@@ -927,6 +927,11 @@ export class Controller {
     this.configProblem = problem;
   }
 
+  /** How many rules and links the desired state has. */
+  desiredCounts(): { rules: number; links: number } {
+    return { rules: this.state.rules.size, links: this.state.links.size };
+  }
+
   /** Whether the desired state is empty (no rule, no link). */
   get desiredEmpty(): boolean {
     return this.state.rules.size === 0 && this.state.links.size === 0;
