@@ -181,5 +181,12 @@ describe('interface renames: a renamed interface is missing under its old name, 
     assert.ok(r.got[1] > 0, 'b2 gets flows again');
     await until('health SERVING', async () => (await health()) === SERVING);
     assert.equal(count(/"msg":"rule web is ACTIVE/), 2, 'the recovery logged once');
+    // The same device came back (same ifindex): said so, not "a new ifindex".
+    assert.equal(count(/has a new ifindex/), 0, 'no new ifindex claimed');
+    assert.equal(
+      count(new RegExp(`"changes":\\{"web":"interface ${b2.hostIf} is back \\(ifindex`)),
+      1,
+      'said to be back',
+    );
   });
 });

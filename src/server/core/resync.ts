@@ -219,10 +219,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   const why = new Map<string, string>();
   const gone: string[] = [];
   let moved = false;
+  /** What the interfaces that moved or came back are (for the log): "X is back", "X has a new ifindex (a -> b)". */
+  const movedWhy: string[] = [];
   const check = (idx: number, i: string) => {
     const cur = now(i);
     if (cur === undefined) gone.push(i);
-    else if (cur !== idx) moved = true;
+    else if (cur !== idx) {
+      moved = true;
+      movedWhy.push(idx < 0 ? `${i} is back (ifindex ${cur})` : `${i} has a new ifindex (${idx} -> ${cur})`);
+    }
   };
   const t = ctx.now();
   const mtuOf = (i: string) => facts.links.get(i)?.mtu;
@@ -248,6 +253,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
     gone.length = 0;
     moved = false;
+    movedWhy.length = 0;
     k.ifindexes.forEach(check);
     const written = k.written ?? k.status;
     // Backends in the table whose egress MTU is below an ingress's (each pass: MTUs change).
@@ -283,7 +289,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         if (receiving !== b.receiving) {
           changed = true;
           // A neighbour entry that failed (its MAC stopped answering the kernel's probes) says so.
-          const was = spec.mac === '' && !resolved ? state.neighbourMacs.get(nkey) : undefined;
+          // Not when the egress is gone, down or cannot take frames: the kernel flushed the entry with it.
+          const was = spec.mac === '' && !resolved && exists && !egress ? state.neighbourMacs.get(nkey) : undefined;
           why.set(
             name,
             `backend ${spec.ip} on ${spec.interface} ${receiving ? 'can receive again' : 'cannot receive'}` +
@@ -315,7 +322,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       });
     }
     if (changed) {
-      if (moved) why.set(name, 'an interface it uses has a new ifindex');
+      if (moved) why.set(name, `interface ${movedWhy.join(', ')}`);
       ops.push({ name, next: specOf(rule), lenient: true });
     }
   }

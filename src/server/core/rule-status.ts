@@ -10,7 +10,7 @@ import type { BackendStatus, RuleStatus } from './model.js';
 export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
   if (!link) return undefined;
   if (!link.up) return `egress ${iface} is down`;
-  if (!link.carrier) return `egress ${iface} has no carrier (a veth whose peer is down)`;
+  if (!link.carrier) return `egress ${iface} has no carrier (nothing at its other end: for a veth, its peer is down)`;
   return undefined;
 }
 
@@ -22,7 +22,8 @@ export function egressProblem(iface: string, link: LinkState | undefined): strin
 export function ingressDownProblem(iface: string, link: LinkState | undefined): string | undefined {
   if (!link) return undefined;
   if (!link.up) return `ingress ${iface} is down: it receives nothing`;
-  if (!link.carrier) return `ingress ${iface} has no carrier (a veth whose peer is down): it receives nothing`;
+  if (!link.carrier)
+    return `ingress ${iface} has no carrier (nothing at its other end: for a veth, its peer is down): it receives nothing`;
   return undefined;
 }
 

@@ -366,7 +366,7 @@ export class KernelDataplane implements Dataplane {
       this.log?.info(
         { ifname, peer: s.peer, netns: s.netns, peerIfindex: s.peerIfindex },
         `GRO switched on on ${s.peer}${s.netns ? ` in netns ${s.netns}` : ''}, the veth peer of ${ifname}: ` +
-          'without NAPI (no GRO, no native-mode XDP program) it dropped every frame redirected into it ' +
+          'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
           '(--fix-veth-peers)',
       );
       this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
