@@ -48,10 +48,11 @@ describe('counter hub', () => {
         for await (const _ of hub.watch(interval, ac.signal)) {
           void _;
           at.push(performance.now());
-          if (at.length === 5) break;
+          if (at.length === 8) break;
         }
-        // The mean of the last three gaps (the first may be up to a tenth shorter, by design).
-        measured.set(interval, (at[4] - at[1]) / 3);
+        // The mean of the last six gaps (the first may be up to a tenth shorter, by design). Six, not three:
+        // one delivery that a loaded machine makes late (50 ms) moved a mean of three below the bound.
+        measured.set(interval, (at[7] - at[1]) / 6);
       }),
     );
     ac.abort();
