@@ -229,6 +229,13 @@ export interface Dataplane {
    * Undefined when not known. Optional (fakes).
    */
   xdpTransmitStats?(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined>;
+  /**
+   * The device settings an attach makes for XDP on `ifname` (offloads turned off: VLAN tag offloads, and in
+   * generic mode TSO/GSO of a veth's peer), checked again and put back where they drifted (someone turned
+   * them on): `done` says what was put back, `unrepaired` what was found on and could not be turned off.
+   * Optional (fakes).
+   */
+  checkIngress?(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }>;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
 

@@ -53,6 +53,13 @@ const specOf = (r: { generation: number; createTime: number; updateTime: number 
   return spec;
 };
 
+/**
+ * How often the device settings an attach made for XDP are checked again on each interface running our
+ * program (ms): a check forks `ip` and `ethtool` (a device setting changed in another namespace, e.g. a
+ * veth peer's offloads, sends no rtnetlink event here).
+ */
+export const INGRESS_CHECK_MS = 2000;
+
 /** One pass. */
 export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10)): Promise<ResyncResult> {
   const { dp, state } = ctx;
@@ -164,6 +171,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       try {
         const st = dp.attach(name, ctx.mode);
         state.attached.set(name, { ifindex, users: users.get(name)!, mode: st.mode });
+        state.ingressChecked.set(name, ctx.now()); // the attach set them
         // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
         if (st.mode === 'native') native.add(name);
         if (detached) {
@@ -194,6 +202,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     transition(`if/${name}`, 'ok', (before) => {
       if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);
     });
+    await checkIngressSettings(ctx, name, x.mode, transition);
+  }
+  for (const name of state.ingressChecked.keys()) {
+    if (users.has(name) && state.attached.has(name)) continue;
+    state.ingressChecked.delete(name);
+    state.ingressSettings.delete(name);
+    state.logged.delete(`if-settings/${name}`);
   }
 
   // 2. Rules whose interfaces moved or came back, whose backends changed
@@ -479,7 +494,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         }
       }
       const key = `link/${from}>${to}`;
+      const drift = state.ingressSettings.get(from);
       if (why) linkEgress.set(`${from}>${to}`, why);
+      else if (drift) linkWarnings.set(`${from}>${to}`, `${from} -> ${to}: ${drift}`);
       else {
         // Frames larger than the egress's MTU are dropped by the kernel (counted as redirect errors).
         const mIn = dp.linkState?.(from)?.mtu;
@@ -515,6 +532,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
+  for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) {
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
@@ -537,11 +555,23 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     k.ingressDown = rule.ingressInterfaces.flatMap((i) => (ingressDown.has(i) ? [ingressDown.get(i)!] : []));
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
-      const observed = observedRuleStatus(
+      let observed = observedRuleStatus(
         unverifiedRuleStatus(written, unverified),
         rule.ingressInterfaces,
         k.ingressDown.length ? unusable : ingressProblems,
       );
+      // An ingress whose device settings drifted and could not be put back: it receives, some frames are lost.
+      const drift = rule.ingressInterfaces.flatMap((i) =>
+        state.ingressSettings.has(i) ? [state.ingressSettings.get(i)!] : [],
+      );
+      if (drift.length && observed.state === 'active') {
+        observed = {
+          ...observed,
+          state: 'degraded',
+          message: `${observed.message}; ${drift.join('; ')}`,
+          warnings: [...drift, ...observed.warnings],
+        };
+      }
       k.written = observed === written ? undefined : written;
       k.status = observed;
     }
@@ -644,4 +674,43 @@ function judgeUnverifiedEgresses(
       }
     });
   }
+}
+
+/**
+ * The device settings an attach made for XDP on `name` (dataplane checkIngress: offloads turned off), checked
+ * again every {@link INGRESS_CHECK_MS}: what someone turned on again is turned off again (logged once per
+ * repair, recorded for --cleanup-on-exit); what cannot be put back is reported (state.ingressSettings: the
+ * interface's rules DEGRADED, its link directions warned, a datapath problem), each transition logged once.
+ */
+async function checkIngressSettings(
+  ctx: ExecContext,
+  name: string,
+  mode: string,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): Promise<void> {
+  const { dp, state } = ctx;
+  if (!dp.checkIngress || (mode !== 'native' && mode !== 'generic')) return;
+  const now = ctx.now();
+  if (now - (state.ingressChecked.get(name) ?? 0) < INGRESS_CHECK_MS) return;
+  state.ingressChecked.set(name, now);
+  let why: string | undefined;
+  try {
+    const r = await dp.checkIngress(name, mode === 'generic');
+    if (r.done.length) {
+      ctx.log.warn(
+        { ifname: name, done: r.done },
+        `${name}: device settings XDP relies on here were changed by someone else: put back (${r.done.join('; ')})`,
+      );
+    }
+    if (r.unrepaired.length)
+      why = `device settings XDP relies on were changed and cannot be put back: ${r.unrepaired.join('; ')}`;
+  } catch (e) {
+    why = `cannot check the device settings XDP relies on: ${(e as Error).message}`;
+  }
+  if (why) state.ingressSettings.set(name, why);
+  else state.ingressSettings.delete(name);
+  transition(`if-settings/${name}`, why ?? 'ok', (before) => {
+    if (why) ctx.log.warn({ ifname: name, reason: why }, `${name}: ${why}`);
+    else if (before) ctx.log.info({ ifname: name }, `${name}: the device settings XDP relies on are as needed again`);
+  });
 }

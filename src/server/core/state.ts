@@ -124,6 +124,13 @@ export class CoreState {
    * its egress's, so a change means the entries behind that egress are rewritten (resync.ts).
    */
   readonly egressMacs = new Map<string, string>();
+  /** Interface name -> when the reconciler last checked the device settings XDP relies on there (ms since epoch). */
+  readonly ingressChecked = new Map<string, number>();
+  /**
+   * Interface name -> the settings XDP relies on there that someone changed and the reconciler could not put
+   * back (an offload found on again that cannot be turned off), as its last check found them.
+   */
+  readonly ingressSettings = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */

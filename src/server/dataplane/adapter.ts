@@ -33,6 +33,7 @@ import {
   reprobeNeighbour,
   linkIdentity,
   probeNeighbour,
+  prepareIngress,
   reannounceVethGro,
   xdpTransmitStats,
   restoreGro,
@@ -337,6 +338,12 @@ export class KernelDataplane implements Dataplane {
     } catch {
       return undefined;
     }
+  }
+
+  async checkIngress(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }> {
+    const prep = await prepareIngress(ifname, generic);
+    if (prep.changed.length) this.recordOffloads(prep.changed);
+    return { done: prep.done, unrepaired: prep.unrepaired ?? [] };
   }
 
   async redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget> {

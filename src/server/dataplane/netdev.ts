@@ -591,32 +591,85 @@ const SET_NAME: Record<string, string> = {
  * Returns what was done and, when something could not be done, why (said in
  * the interface status).
  */
-export function prepareIngressSync(
-  name: string,
-  generic: boolean,
-): { done: string[]; problems: string[]; changed: OffloadChange[] } {
+export function prepareIngressSync(name: string, generic: boolean): IngressPreparation {
+  const steps = prepareIngressSteps(name, generic);
+  let step = steps.next();
+  while (!step.done) {
+    let out: string;
+    try {
+      out = execFileSync(step.value.cmd, step.value.args, { encoding: 'utf8', stdio: 'pipe' });
+    } catch (e) {
+      step = steps.throw(e);
+      continue;
+    }
+    step = steps.next(out);
+  }
+  return step.value;
+}
+
+/**
+ * {@link prepareIngressSync} without holding the event loop (the reconciler runs it on every interface
+ * that runs our program, to put back what drifted: someone turned TSO on again on a generic ingress's
+ * peer, or tx VLAN offload on a native one's). The same steps, run with asynchronous child processes.
+ */
+export async function prepareIngress(name: string, generic: boolean): Promise<IngressPreparation> {
+  const steps = prepareIngressSteps(name, generic);
+  let step = steps.next();
+  while (!step.done) {
+    let out: string;
+    try {
+      out = (await run(step.value.cmd, step.value.args, { encoding: 'utf8' })).stdout;
+    } catch (e) {
+      step = steps.throw(e);
+      continue;
+    }
+    step = steps.next(out);
+  }
+  return step.value;
+}
+
+/** What {@link prepareIngressSync} did, could not do, and changed (for the host-changes record). */
+export interface IngressPreparation {
+  done: string[];
+  problems: string[];
+  changed: OffloadChange[];
+  /** Of `problems`, the settings found on that could not be turned off (not a fixed feature: a failed change). */
+  unrepaired?: string[];
+}
+
+/** One command a preparation step runs; its stdout is sent back into the generator (a failure thrown into it). */
+interface Command {
+  cmd: string;
+  args: string[];
+}
+
+/** The logic of {@link prepareIngressSync}, as the commands it runs (one driver waits for them, one does not). */
+function* prepareIngressSteps(name: string, generic: boolean): Generator<Command, IngressPreparation, string> {
   const done: string[] = [];
   const problems: string[] = [];
+  const unrepaired: string[] = [];
   const changed: OffloadChange[] = [];
-  const ip = (args: string[], netns?: string) =>
-    JSON.parse(
-      execFileSync('ip', [...(netns ? ['-n', netns] : []), '-j', ...args], { encoding: 'utf8' }) || '[]',
+  function* ip(args: string[], netns?: string): Generator<Command, IpLink[], string> {
+    return JSON.parse(
+      (yield { cmd: 'ip', args: [...(netns ? ['-n', netns] : []), '-j', ...args] }) || '[]',
     ) as IpLink[];
-  const ethtool = (dev: string, netns: string | undefined, args: string[]) => {
-    const argv = ['-K', dev, ...args];
-    if (netns) execFileSync('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...argv], { stdio: 'pipe' });
-    else execFileSync('ethtool', argv, { stdio: 'pipe' });
-  };
-  const features = (dev: string, netns?: string) =>
+  }
+  const ethtool = (netns: string | undefined, argv: string[]): Command =>
     netns
-      ? execFileSync('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', '-k', dev], { encoding: 'utf8' })
-      : execFileSync('ethtool', ['-k', dev], { encoding: 'utf8' });
+      ? { cmd: 'nsenter', args: [`--net=/run/netns/${netns}`, 'ethtool', ...argv] }
+      : { cmd: 'ethtool', args: argv };
   /** Turn features off where they are on and not fixed. */
-  const turnOff = (dev: string, ifindex: number, netns: string | undefined, names: string[], why: string) => {
+  function* turnOff(
+    dev: string,
+    ifindex: number,
+    netns: string | undefined,
+    names: string[],
+    why: string,
+  ): Generator<Command, void, string> {
     const where = netns ? `${dev} in netns ${netns}` : dev;
     let text: string;
     try {
-      text = features(dev, netns);
+      text = yield ethtool(netns, ['-k', dev]);
     } catch (e) {
       problems.push(`cannot read the offloads of ${where}: ${(e as Error).message}`);
       return;
@@ -626,31 +679,29 @@ export function prepareIngressSync(
     if (fixed.length) problems.push(`${fixed.join(', ')} cannot be turned off on ${where}: ${why}`);
     if (!on.length) return;
     try {
-      ethtool(
-        dev,
-        netns,
-        on.flatMap((n) => [SET_NAME[n] ?? n, 'off']),
-      );
+      yield ethtool(netns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
       done.push(`turned ${on.join(', ')} off on ${where}`);
       changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, features: on });
     } catch (e) {
-      problems.push(`turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`);
+      const problem = `turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`;
+      problems.push(problem);
+      unrepaired.push(problem);
     }
-  };
+  }
   const vlanWhy = 'VLAN tags delivered as metadata look untagged to XDP here';
   const gsoWhy = 'generic XDP cannot redirect GSO packets (TCP from it would stall)';
-  const dev = ip(['-d', 'link', 'show', 'dev', name])[0];
-  if (!dev) return { done, problems: [`interface ${name} not found`], changed };
+  const dev = (yield* ip(['-d', 'link', 'show', 'dev', name]))[0];
+  if (!dev) return { done, problems: [`interface ${name} not found`], changed, unrepaired };
   if (dev.linkinfo?.info_kind !== 'veth') {
-    turnOff(name, dev.ifindex, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
-    return { done, problems, changed };
+    yield* turnOff(name, dev.ifindex, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
+    return { done, problems, changed, unrepaired };
   }
   let netns: string | undefined;
   let peer: IpLink | undefined;
   if (dev.link_netnsid === undefined) {
-    peer = dev.link ? ip(['-d', 'link', 'show', 'dev', dev.link])[0] : undefined;
+    peer = dev.link ? (yield* ip(['-d', 'link', 'show', 'dev', dev.link]))[0] : undefined;
   } else {
-    const ids = JSON.parse(execFileSync('ip', ['-j', 'netns', 'list-id'], { encoding: 'utf8' }) || '[]') as {
+    const ids = JSON.parse((yield { cmd: 'ip', args: ['-j', 'netns', 'list-id'] }) || '[]') as {
       nsid: number;
       name?: string;
     }[];
@@ -660,19 +711,19 @@ export function prepareIngressSync(
         `the peer of ${name} is in an unnamed network namespace: turn tx-vlan-offload off on it (${vlanWhy})` +
           (generic ? ` and TSO/GSO (${gsoWhy})` : ''),
       );
-      return { done, problems, changed };
+      return { done, problems, changed, unrepaired };
     }
     try {
-      peer = ip(['-d', 'link', 'show'], netns).find((l) => l.ifindex === dev.link_index);
+      peer = (yield* ip(['-d', 'link', 'show'], netns)).find((l) => l.ifindex === dev.link_index);
     } catch (e) {
       problems.push(`cannot enter network namespace ${netns} to prepare the peer of ${name}: ${(e as Error).message}`);
-      return { done, problems, changed };
+      return { done, problems, changed, unrepaired };
     }
   }
-  if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed };
-  turnOff(peer.ifname, peer.ifindex, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
+  if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
+  yield* turnOff(peer.ifname, peer.ifindex, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
   if (generic) {
-    turnOff(
+    yield* turnOff(
       peer.ifname,
       peer.ifindex,
       netns,
@@ -680,5 +731,5 @@ export function prepareIngressSync(
       gsoWhy,
     );
   }
-  return { done, problems, changed };
+  return { done, problems, changed, unrepaired };
 }
