@@ -17,7 +17,7 @@ import {
   type FSWatcher,
 } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { ServerCredentials } from '@grpc/grpc-js';
@@ -320,10 +320,11 @@ export class Daemon {
     let store: StateStore | undefined;
     let stored: StoredState | undefined;
     try {
+      checkMissingStore(opts, dp, log);
       if (opts.stateDir) {
-        checkMissingStore(opts, dp, log);
         store = StateStore.open(opts.stateDir); // a corrupt or newer store stops the start, untouched
         stored = store.load();
+        checkStoreOwner(opts, dp, store, stored, log);
         if (store.problem) {
           log.error(
             { err: store.problem, path: store.path },
@@ -645,7 +646,7 @@ export class Daemon {
     if (r.repinned.length) {
       this.log.warn(
         { repinned: r.repinned },
-        `pins removed or replaced under the running daemon: re-pinned ${r.repinned.length} (maps and program in use)`,
+        `pins removed or replaced under the running daemon: re-pinned ${r.repinned.length} (maps, program and tracepoint links in use)`,
       );
     }
     return r.failed.map((f) => `pin not restored: ${f}`);
@@ -787,22 +788,77 @@ async function probeListeners(list: readonly (readonly [string, string])[], crea
 
 /**
  * A state store that is missing while the pinned datapath still holds rules
- * or links (deleted by hand, or a wrong --state-dir) is not a reason to wipe
- * the datapath silently: refuse, unless --reset-datapath says to clear it;
- * then also detach the program from every interface it is attached to here.
+ * or links (deleted by hand, or a wrong --state-dir), or --no-state over such
+ * pins, is not a reason to wipe the datapath silently: refuse, unless
+ * --reset-datapath says to clear it; then also detach the program from every
+ * interface it is attached to here (nothing stays attached that ListInterfaces
+ * does not show).
  */
 function checkMissingStore(opts: DaemonOptions, dp: KernelDataplane, log: Logger): void {
-  if (!opts.stateDir || StateStore.exists(opts.stateDir)) return;
+  if (opts.stateDir && StateStore.exists(opts.stateDir)) return;
+  refuseOverPinnedEntries(
+    opts,
+    dp,
+    log,
+    opts.stateDir
+      ? `the state store ${stateDbPath(opts.stateDir)} does not exist`
+      : '--no-state: this daemon starts with no rule and no link',
+    opts.stateDir
+      ? 'Put the state store back (or pass the right --state-dir)'
+      : 'Start with the --state-dir this datapath belongs to (or use another --pin-root)',
+  );
+}
+
+/**
+ * The store records the pin root of the datapath it describes (meta `pin_root`, written at every start).
+ * A store that belongs to another pin root (another daemon's --state-dir), or one that records none and
+ * holds no rule and no link, while the pins here hold rules or links, is refused as a missing one is:
+ * starting would wipe what forwards. Then the store is marked as this pin root's.
+ */
+function checkStoreOwner(
+  opts: DaemonOptions,
+  dp: KernelDataplane,
+  store: StateStore,
+  stored: StoredState,
+  log: Logger,
+): void {
+  const pinRoot = resolve(opts.pinRoot);
+  const owner = store.meta('pin_root');
+  const empty = stored.rules.length === 0 && stored.links.length === 0;
+  if (owner !== pinRoot && (owner !== undefined || empty)) {
+    refuseOverPinnedEntries(
+      opts,
+      dp,
+      log,
+      owner !== undefined
+        ? `the state store ${store.path} belongs to the datapath under ${owner}, not ${pinRoot}`
+        : `the state store ${store.path} holds no rule and no link and names no datapath`,
+      'Pass the --state-dir of this datapath (or the --pin-root of this store)',
+    );
+  }
+  if (owner !== pinRoot && !store.setMeta('pin_root', pinRoot)) {
+    log.warn({ path: store.path }, `the state store cannot record that it belongs to ${pinRoot} (it cannot persist)`);
+  }
+}
+
+/** Refuse the start while the pins hold rule match entries or link directions, or clear them (--reset-datapath). */
+function refuseOverPinnedEntries(
+  opts: DaemonOptions,
+  dp: KernelDataplane,
+  log: Logger,
+  why: string,
+  fix: string,
+): void {
   const matches = dp.listMatches().length;
   const links = dp.listLinks().length;
   if (matches === 0 && links === 0) return;
   const what =
-    `the state store ${stateDbPath(opts.stateDir)} does not exist, but the pinned datapath under ` +
+    `${why}, but the pinned datapath under ` +
     `${opts.pinRoot} still forwards ${matches} rule match entr${matches === 1 ? 'y' : 'ies'} and ${links} ` +
     `link direction${links === 1 ? '' : 's'}`;
   if (!opts.resetDatapath) {
     throw new Error(
-      `${what}: refusing to start and wipe them. Put the state store back (or pass the right --state-dir), ` +
+      `${what}: refusing to start and wipe them. ${fix}, ` +
         'or start once with --reset-datapath to clear the datapath and detach the program',
     );
   }

@@ -106,11 +106,14 @@ const program = new Command('xdpctld')
     String(DEFAULT_CONNECTION_LIMITS.prefaceTimeoutMs / 1000),
   )
   .option('--state-dir <dir>', 'where the desired state persists across restarts', DEFAULTS.stateDir)
-  .option('--no-state', 'do not persist the desired state (start empty every time)')
+  .option(
+    '--no-state',
+    'do not persist the desired state (start empty every time); refused while the pinned datapath holds rules or links (see --reset-datapath)',
+  )
   .option(
     '--reset-datapath',
-    'when the state store is missing but the pinned datapath still holds rules or links, clear them and ' +
-      'detach the program instead of refusing to start',
+    'when the state store is missing, belongs to another pin root, or --no-state is given, but the pinned datapath ' +
+      'still holds rules or links, clear them and detach the program instead of refusing to start',
     false,
   )
   .option(

@@ -390,6 +390,29 @@ export class StateStore implements StatePort {
   }
 
   /** The stored state (rules by name, links by key). */
+  /**
+   * A value of the store's meta table (e.g. `pin_root`: the pin root of the datapath this store
+   * describes, recorded at each start), or undefined.
+   */
+  meta(key: string): string | undefined {
+    try {
+      return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Set a meta value; false when the store cannot persist (a full or read-only disk: nothing written). */
+  setMeta(key: string, value: string): boolean {
+    if (this.problem) return false;
+    try {
+      this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(key, value);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   load(): StoredState {
     const rules = this.stmts.rules.all().map((row): StoredRule => {
       // The parsed spec object becomes the rule (a start reads 10 000 rows: no second copy of each).

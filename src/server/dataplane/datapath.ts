@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
@@ -196,6 +196,13 @@ function progInfo(fd: number, what: string): ProgInfo {
     tag: buf.subarray(8, 16).toString('hex'),
     name: buf.subarray(64, nameEnd < 0 || nameEnd > 80 ? 80 : nameEnd).toString(),
   };
+}
+
+/** The id of a BPF link (struct bpf_link_info: type, id). */
+function linkId(fd: number, what: string): number {
+  const buf = Buffer.alloc(64);
+  check(`get info of link ${what}`, lib.bpf_obj_get_info_by_fd(fd, buf, [64]) as number);
+  return buf.readUInt32LE(4);
 }
 
 /** The prefix of the program's second pin, named by the fingerprint of what it was loaded from. */
@@ -559,6 +566,8 @@ export class XdpDatapath {
   private obj: unknown;
   private traceObj: unknown = null;
   private traceLinks: unknown[] = [];
+  /** Where each of traceLinks is pinned (same order): repairPins puts back a pin removed under us. */
+  private traceLinkPins: string[] = [];
   /** Why failed redirects are not counted (the tracepoint programs did not load or attach), if so. */
   traceWarning?: string;
   private progFdValue: number;
@@ -1314,6 +1323,7 @@ export class XdpDatapath {
         this.traceLinks.push(link);
         // Replace the previous daemon's link: unpinning it detaches it.
         const pin = join(linkDir, name);
+        this.traceLinkPins.push(pin);
         if (existsSync(pin)) unlinkSync(pin);
         check(`pin link ${name} at ${pin}`, lib.bpf_link__pin(link, pin) as number);
       }
@@ -1330,6 +1340,7 @@ export class XdpDatapath {
     // Closing the links' fds leaves them attached through their pins.
     for (const l of this.traceLinks) lib.bpf_link__destroy(l);
     this.traceLinks = [];
+    this.traceLinkPins = [];
     if (this.traceObj) lib.bpf_object__close(this.traceObj);
     this.traceObj = null;
     for (const m of Object.values(this.maps)) (m as BpfMap<unknown, unknown>).close();
@@ -1398,6 +1409,20 @@ export class XdpDatapath {
     if (idAt(progPin, (x) => progInfo(x, progPin).id) !== this.progInfoValue.id) {
       repin(`program ${PROGRAM_NAME}`, progPin, this.progFdValue);
     }
+    // The tracepoint programs' links (links/): pinned, they count failed redirects while no daemon runs;
+    // unpinned, they end with this daemon and a restart's counters miss what the kernel dropped meanwhile.
+    this.traceLinks.forEach((link, i) => {
+      const path = this.traceLinkPins[i];
+      const fd = lib.bpf_link__fd(link) as number;
+      if (!path || fd < 0 || idAt(path, (x) => linkId(x, path)) === linkId(fd, path)) return;
+      const before = failed.length;
+      repin(`tracepoint link ${basename(path)}`, path, fd);
+      if (failed.length > before) {
+        failed[failed.length - 1] +=
+          `: while no xdpctld runs, redirects the kernel drops are not counted (this link ends with this ` +
+          'daemon; a restarted one counts them as redirected, not as redirect errors)';
+      }
+    });
     // An earlier program of ours still attached somewhere (a switch that failed): keep it pinned while it
     // runs (the reconciler replaces it), let it go once it runs nowhere.
     if (this.known.size) {

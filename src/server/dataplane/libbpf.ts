@@ -101,6 +101,7 @@ export const lib = {
   bpf_program__attach: bpf.func('bpf_link *bpf_program__attach(bpf_program *prog)') as Fn,
   bpf_link__pin: bpf.func('int bpf_link__pin(bpf_link *link, const char *path)') as Fn,
   bpf_link__destroy: bpf.func('int bpf_link__destroy(bpf_link *link)') as Fn,
+  bpf_link__fd: bpf.func('int bpf_link__fd(const bpf_link *link)') as Fn,
   bpf_map__fd: bpf.func('int bpf_map__fd(bpf_map *map)') as Fn,
   bpf_map__name: bpf.func('const char *bpf_map__name(bpf_map *map)') as Fn,
   bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)') as Fn,
