@@ -562,7 +562,7 @@ export class Daemon {
         return;
       }
       busy = true;
-      this.controller
+      this.passInFlight = this.controller
         .resync()
         .then((missing) => {
           this.missingInterfaces = missing;
@@ -605,6 +605,12 @@ export class Daemon {
 
   private monitor?: LinkMonitor;
   private pinRootWatch?: FSWatcher;
+  /**
+   * The reconciler pass running now (it never rejects): stop() waits for it before --cleanup-on-exit and
+   * closing the datapath, or a pass suspended at an await (an ethtool check) would re-attach what the
+   * cleanup just detached.
+   */
+  private passInFlight?: Promise<void>;
   /** The last pin-root problem logged ('' when none), so that each is logged once. */
   private pinRootProblem = '';
 
@@ -691,6 +697,7 @@ export class Daemon {
       });
       await Promise.race([drained, force.then(() => Promise.race([drained, delay(1000)]))]);
       clearTimeout(forced);
+      await this.passInFlight; // no pass starts any more (not ready): the last one ends before the cleanup
       if (this.opts.cleanupOnExit) {
         const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
