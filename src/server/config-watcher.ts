@@ -29,7 +29,7 @@ import { readFile, readlink, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig } from '../shared/config-file.js';
-import { ConfigPartlyApplied, type Controller } from './core/controller.js';
+import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
 import type { Logger } from './log.js';
 
@@ -203,12 +203,7 @@ export class ConfigWatcher {
         'config applied',
       );
     } catch (e) {
-      if (e instanceof ConfigPartlyApplied) {
-        this.status.lastError = `config ${this.status.path} partly applied: ${e.message}`;
-        this.refusedText = text;
-        this.log.error({ config: this.status.path }, this.status.lastError);
-        return;
-      }
+      // Nothing of the file was applied (Controller.applyConfig: one transaction, undone whole).
       const missing = e instanceof CoreError && e.kind === 'not-found';
       this.fail(
         `config ${this.status.path} not applied: ${(e as Error).message}`,

@@ -8,14 +8,18 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
-import type { Dataplane, XdpModeName } from './dataplane.js';
+import type { Dataplane, HostChangeScope, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import {
   adoptRules,
   allocateRules,
+  connectLinks,
   finishLinks,
   finishRules,
   pacer,
+  preflight,
+  prepareLinks,
+  prepareRules,
   releaseUnusedInterfaces,
   ruleRows,
   writeLinks,
@@ -27,7 +31,6 @@ import { interfaceConditions, linkConditions, otherProgram, ruleConditions } fro
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
   linkKey,
-  ruleSpecOf,
   type ChangeAction,
   type Condition,
   type LinkSpec,
@@ -125,23 +128,6 @@ export interface CounterSnapshot {
   global: bigint[];
 }
 
-/**
- * A config file whose rules are in force while its links are not: the links failed in the kernel and the
- * rules as they were before could not be put back either (both errors named).
- */
-export class ConfigPartlyApplied extends Error {
-  constructor(
-    readonly linksError: Error,
-    readonly undoError: Error,
-  ) {
-    super(
-      `its links were refused (${linksError.message}) and the rules as they were before could not be put back ` +
-        `(${undoError.message}): the rules of this file are in force, the links are the previous ones`,
-    );
-    this.name = 'ConfigPartlyApplied';
-  }
-}
-
 export class Controller {
   private readonly state: CoreState;
   private readonly ctx: ExecContext;
@@ -149,7 +135,6 @@ export class Controller {
   private queue: Promise<unknown> = Promise.resolve();
   /** A config file that owns the desired state: API mutations are refused. */
   private owner?: string;
-  private applyingConfig = false;
   private readonly log: Logger;
   private readonly now: () => number;
 
@@ -190,7 +175,7 @@ export class Controller {
   }
 
   private checkOwner(): void {
-    if (this.owner && !this.applyingConfig) {
+    if (this.owner) {
       throw new CoreError(
         'precondition',
         `the desired state is owned by the config file ${this.owner}: edit that file (xdpctld --config) instead`,
@@ -199,42 +184,88 @@ export class Controller {
   }
 
   /**
-   * Apply a whole config file, whole or not at all: both parts are checked (dry run) before either is
-   * applied, so an invalid file changes nothing; the rules go in first, and when the links then fail in the
-   * kernel (a check only the kernel phase makes, e.g. an egress that cannot transmit native redirects) the
-   * rules as they were before are put back, so the previous configuration keeps running whole. Throws the
-   * links' error; a {@link ConfigPartlyApplied} when the rules could not be put back (the file's rules run
-   * with the previous links).
+   * Apply a whole config file (xdpctld --config) as one transaction, whole or not at all: both parts are
+   * validated and planned, then every kernel precondition that can be known without changing anything is
+   * checked for the whole file (execute.ts preflight: egresses able to receive native redirects, other
+   * programs on an ingress, table capacity in the plans) before anything is written; then every ingress is
+   * attached and every egress checked and repaired (--fix-veth-peers) for rules and links alike before
+   * either is published, and rules and links go to the state store in one commit. A refusal at any step
+   * (one only the kernel can make, e.g. an attach it refuses) undoes every step taken, device settings
+   * included (GRO switched on, offloads turned off, and their host-changes records): the kernel, the disk,
+   * the host and the generations stay as they were, and the error names what was refused.
    */
-  async applyConfig(cfg: {
-    rules: RuleSpec[];
-    links: LinkSpec[];
-  }): Promise<{ rules: RuleChange[]; links: LinkChange[] }> {
-    this.applyingConfig = true;
+  applyConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<{ rules: RuleChange[]; links: LinkChange[] }> {
+    return this.serial(async () => {
+      const rules = await this.ruleSet(cfg.rules);
+      const links = this.linkSet(cfg.links);
+      await this.applyWhole(rules.ops, links.next, links.fieldOf);
+      return { rules: rules.changes, links: links.changes };
+    });
+  }
+
+  /** {@link applyConfig}'s transaction: rules and links prepared together, then written, then one commit. */
+  private async applyWhole(
+    ops: RuleOp[],
+    next: Map<string, LinkSpec>,
+    fieldOf: (from: string) => string,
+  ): Promise<void> {
+    const pace = pacer(10);
+    const plan = await this.planRuleOps(ops, undefined, pace);
+    const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
+    const want = planLinks(next, facts.interfaces, 'links');
+    const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
+    await preflight(this.ctx, plan.plans, { want, field: fieldOf });
+    const undo = new UndoLog();
+    const host = this.dp.trackHostChanges?.();
+    let txn: StoreTxn | undefined;
+    let alloc: RuleAllocation;
     try {
-      await this.applyRules(cfg.rules, true);
-      await this.applyLinks(cfg.links, true);
-      const before = [...this.state.rules.values()].map(ruleSpecOf);
-      const rules = await this.applyRules(cfg.rules, false);
-      try {
-        const links = await this.applyLinks(cfg.links, false);
-        return { rules, links };
-      } catch (e) {
-        if (rules.every((c) => c.action === 'unchanged')) throw e;
-        try {
-          await this.applyRules(before, false);
-        } catch (undo) {
-          this.log.error({ err: undo }, 'config: the previous rules could not be put back after the links failed');
-          throw new ConfigPartlyApplied(e as Error, undo as Error);
+      alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
+      txn = this.begin(false);
+      if (txn) {
+        for (const row of ruleRows(ops, alloc)) {
+          if (typeof row === 'string') txn.deleteRule(row);
+          else txn.putRule(row);
+          await pace();
         }
-        this.log.info(
-          { rules: rules.filter((c) => c.action !== 'unchanged') },
-          'config: the links failed, so the rules this file changed were put back as they were',
-        );
-        throw e;
+        for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
+        for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
+      await prepareRules(this.ctx, ops, plan, undo, pace);
+      await prepareLinks(this.ctx, next, want, 'links', undo);
+      await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, true);
+      connectLinks(this.ctx, want, cur, undo);
+      this.commit(txn, false);
+    } catch (e) {
+      txn?.rollback();
+      undo.rollback(this.log);
+      await this.undoHostChanges(host, e);
+      throw e;
     } finally {
-      this.applyingConfig = false;
+      host?.close();
+      this.ctx.preflightTargets = undefined;
+    }
+    await finishRules(this.ctx, ops, alloc, pace, false);
+    finishLinks(this.ctx, next, want, false);
+    releaseUnusedInterfaces(this.ctx);
+  }
+
+  /**
+   * After a failed transaction: put back the device settings it changed (dataplane trackHostChanges), say so,
+   * and when some could not be put back, say that on the error the client gets too.
+   */
+  private async undoHostChanges(host: HostChangeScope | undefined, err: unknown): Promise<void> {
+    if (!host) return;
+    const { reverted, failed } = await host.revert();
+    if (reverted.length) this.log.info({ reverted }, 'the change failed: the device settings it changed were put back');
+    if (failed.length) {
+      this.log.error(
+        { failed },
+        'the change failed, and device settings it changed could not be put back (recorded for --cleanup-on-exit)',
+      );
+      if (err instanceof Error) {
+        err.message += `; device settings it changed could not all be put back: ${failed.join('; ')}`;
+      }
     }
   }
 
@@ -517,39 +548,45 @@ export class Controller {
   applyRules(specs: RuleSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<RuleChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
-      // A 10 000-rule set takes long to check and compare: yield to the event loop every 10 ms of it.
-      const pace = pacer(10);
-      const violations: FieldViolation[] = [];
-      const seen = new Map<string, number>();
-      for (const [i, s] of specs.entries()) {
-        validateRule(s, `rules[${i}]`, violations);
-        if (seen.has(s.name)) {
-          violations.push({ field: `rules[${i}].name`, description: `duplicates rules[${seen.get(s.name)}].name` });
-        }
-        seen.set(s.name, i);
-        await pace();
-      }
-      throwIfInvalid(violations);
-      const changes: RuleChange[] = [];
-      const ops: RuleOp[] = [];
-      for (const [i, s] of specs.entries()) {
-        const cur = this.state.rules.get(s.name);
-        const action: ChangeAction = !cur ? 'create' : sameSpec(cur, s) ? 'unchanged' : 'update';
-        changes.push({ name: s.name, action });
-        if (action !== 'unchanged') ops.push({ name: s.name, next: s, field: `rules[${i}]` });
-        await pace();
-      }
-      for (const name of this.state.rules.keys()) {
-        if (!seen.has(name)) {
-          changes.push({ name, action: 'delete' });
-          ops.push({ name });
-        }
-      }
-      changes.sort((x, y) => x.name.localeCompare(y.name));
+      const { changes, ops } = await this.ruleSet(specs);
       if (validateOnly) await this.planRuleOps(ops);
       else await this.applyRuleOps(ops);
       return changes;
     }, opts.signal);
+  }
+
+  /** A whole rule set checked (INVALID_ARGUMENT naming the field) and compared with the current one. */
+  private async ruleSet(specs: RuleSpec[]): Promise<{ changes: RuleChange[]; ops: RuleOp[] }> {
+    // A 10 000-rule set takes long to check and compare: yield to the event loop every 10 ms of it.
+    const pace = pacer(10);
+    const violations: FieldViolation[] = [];
+    const seen = new Map<string, number>();
+    for (const [i, s] of specs.entries()) {
+      validateRule(s, `rules[${i}]`, violations);
+      if (seen.has(s.name)) {
+        violations.push({ field: `rules[${i}].name`, description: `duplicates rules[${seen.get(s.name)}].name` });
+      }
+      seen.set(s.name, i);
+      await pace();
+    }
+    throwIfInvalid(violations);
+    const changes: RuleChange[] = [];
+    const ops: RuleOp[] = [];
+    for (const [i, s] of specs.entries()) {
+      const cur = this.state.rules.get(s.name);
+      const action: ChangeAction = !cur ? 'create' : sameSpec(cur, s) ? 'unchanged' : 'update';
+      changes.push({ name: s.name, action });
+      if (action !== 'unchanged') ops.push({ name: s.name, next: s, field: `rules[${i}]` });
+      await pace();
+    }
+    for (const name of this.state.rules.keys()) {
+      if (!seen.has(name)) {
+        changes.push({ name, action: 'delete' });
+        ops.push({ name });
+      }
+    }
+    changes.sort((x, y) => x.name.localeCompare(y.name));
+    return { changes, ops };
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
@@ -595,7 +632,10 @@ export class Controller {
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
     const pace = pacer(10);
     const plan = await this.planRuleOps(ops, napi, pace);
+    // A client's change: what can be known without changing anything is checked before anything is written.
+    if (!restoring) await preflight(this.ctx, plan.plans, { want: new Map(), field: () => 'links' });
     const undo = new UndoLog();
+    const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
     let alloc: RuleAllocation;
     try {
@@ -613,7 +653,11 @@ export class Controller {
     } catch (e) {
       txn?.rollback();
       undo.rollback(this.log);
+      await this.undoHostChanges(host, e);
       throw e;
+    } finally {
+      host?.close();
+      this.ctx.preflightTargets = undefined;
     }
     // Durable and in the kernel: from here nothing undoes the change.
     await finishRules(this.ctx, ops, alloc, pace);
@@ -737,44 +781,61 @@ export class Controller {
   applyLinks(specs: LinkSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<LinkChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
-      const violations: FieldViolation[] = [];
-      const next = new Map<string, LinkSpec>();
-      const usedIngress = new Map<string, number>();
-      specs.forEach((l, i) => {
-        validateLink(l, `links[${i}]`, violations);
-        const key = linkKey(l);
-        if (next.has(key)) violations.push({ field: `links[${i}]`, description: `${l.a}-${l.b} is listed twice` });
-        next.set(key, l);
-        // A link of an interface to itself (a reflector) has one ingress.
-        for (const from of new Set(l.direction === 'both' ? [l.a, l.b] : [l.a])) {
-          if (usedIngress.has(from)) {
-            violations.push({
-              field: `links[${i}]`,
-              description: `${from} already forwards to another interface (links[${usedIngress.get(from)}])`,
-            });
-          }
-          usedIngress.set(from, i);
-        }
-      });
-      throwIfInvalid(violations);
-      this.requireInterfaces(specs.map((l, i) => [l, `links[${i}]`]));
-      this.refuseLoops(next, (l) => `links[${specs.indexOf(l)}]`);
-      const changes: LinkChange[] = [];
-      for (const [key, l] of next) {
-        const cur = this.state.links.get(key);
-        changes.push({
-          a: l.a,
-          b: l.b,
-          action: !cur ? 'create' : sameLink(cur, l) ? 'unchanged' : 'update',
-        });
-      }
-      for (const [key, l] of this.state.links) {
-        if (!next.has(key)) changes.push({ a: l.a, b: l.b, action: 'delete' });
-      }
+      const { changes, next } = this.linkSet(specs);
       if (validateOnly) planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
       else await this.applyLinkSet(next, 'links');
       return changes;
     }, opts.signal);
+  }
+
+  /**
+   * A whole link set checked (INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION naming `links[i]`) and
+   * compared with the current one; `fieldOf` names the link an ingress belongs to.
+   */
+  private linkSet(specs: LinkSpec[]): {
+    changes: LinkChange[];
+    next: Map<string, LinkSpec>;
+    fieldOf: (from: string) => string;
+  } {
+    const violations: FieldViolation[] = [];
+    const next = new Map<string, LinkSpec>();
+    const usedIngress = new Map<string, number>();
+    specs.forEach((l, i) => {
+      validateLink(l, `links[${i}]`, violations);
+      const key = linkKey(l);
+      if (next.has(key)) violations.push({ field: `links[${i}]`, description: `${l.a}-${l.b} is listed twice` });
+      next.set(key, l);
+      // A link of an interface to itself (a reflector) has one ingress.
+      for (const from of new Set(l.direction === 'both' ? [l.a, l.b] : [l.a])) {
+        if (usedIngress.has(from)) {
+          violations.push({
+            field: `links[${i}]`,
+            description: `${from} already forwards to another interface (links[${usedIngress.get(from)}])`,
+          });
+        }
+        usedIngress.set(from, i);
+      }
+    });
+    throwIfInvalid(violations);
+    this.requireInterfaces(specs.map((l, i) => [l, `links[${i}]`]));
+    this.refuseLoops(next, (l) => `links[${specs.indexOf(l)}]`);
+    const changes: LinkChange[] = [];
+    for (const [key, l] of next) {
+      const cur = this.state.links.get(key);
+      changes.push({
+        a: l.a,
+        b: l.b,
+        action: !cur ? 'create' : sameLink(cur, l) ? 'unchanged' : 'update',
+      });
+    }
+    for (const [key, l] of this.state.links) {
+      if (!next.has(key)) changes.push({ a: l.a, b: l.b, action: 'delete' });
+    }
+    const fieldOf = (from: string) => {
+      const i = usedIngress.get(from);
+      return i === undefined ? 'links' : `links[${i}]`;
+    };
+    return { changes, next, fieldOf };
   }
 
   /** FAILED_PRECONDITION naming a link of a set that would forward frames in a loop (plan-links.ts forwardingLoop). */
@@ -843,7 +904,10 @@ export class Controller {
       facts,
     );
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
+    // A client's change: what can be known without changing anything is checked before anything is written.
+    if (!tolerant) await preflight(this.ctx, [], { want, field: () => field });
     const undo = new UndoLog();
+    const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
     try {
       txn = this.begin(tolerant);
@@ -856,7 +920,11 @@ export class Controller {
     } catch (e) {
       txn?.rollback();
       undo.rollback(this.log);
+      await this.undoHostChanges(host, e);
       throw e;
+    } finally {
+      host?.close();
+      this.ctx.preflightTargets = undefined;
     }
     finishLinks(this.ctx, next, want);
   }

@@ -169,8 +169,21 @@ export interface RedirectTarget {
    * was down. The reconciler judges such an egress by the backends' redirect counters (core/egress-watch.ts).
    */
   unverified?: boolean;
+  /**
+   * Not `ok`, and asked with `fix` (xdpctld --fix-veth-peers) it would be: the check would switch GRO on on
+   * the veth's peer (or off and on), a host change a dry run does not make.
+   */
+  fixable?: boolean;
   /** With `unverified`: what the kernel reports about the device (ifindex, features, peer, carrier changes); it changes when they do. */
   key?: string;
+}
+
+/** The device settings changed since {@link Dataplane.trackHostChanges}. */
+export interface HostChangeScope {
+  /** Stop following (the changes stay, recorded for --cleanup-on-exit). */
+  close(): void;
+  /** Put back every setting changed since, newest first; what was put back, and what could not be. */
+  revert(): Promise<{ reverted: string[]; failed: string[] }>;
 }
 
 export interface Dataplane {
@@ -238,6 +251,12 @@ export interface Dataplane {
   checkIngress?(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }>;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
+  /**
+   * Follow the device settings the dataplane changes from now on (GRO switched on on a veth peer, offloads
+   * turned off for XDP by an attach), so that a transaction that fails can put them back (and take them out
+   * of the host-changes record). Optional (fakes change no device settings).
+   */
+  trackHostChanges?(): HostChangeScope;
 
   writeRuleSlot(c: RuleSlotWrite): void;
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void;

@@ -12,10 +12,12 @@ import {
   emptyBackendEntry,
   type BackendEntry,
   type Dataplane,
+  type RedirectTarget,
   type RuleSlotState,
   type SrcKey,
   type XdpModeName,
 } from './dataplane.js';
+import { otherProgram } from './conditions.js';
 import { CoreError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
@@ -37,6 +39,11 @@ export interface ExecContext {
   fixVethPeers: boolean;
   log: Logger;
   now: () => number;
+  /**
+   * The egress checks {@link preflight} made in the running transaction (dry runs), reused by its later
+   * checks; dropped when the transaction detaches a program (a native program gave a local veth peer NAPI).
+   */
+  preflightTargets?: Map<string, RedirectTarget>;
 }
 
 /** Kernel ids and records a rules transaction takes, before anything is written. */
@@ -176,6 +183,20 @@ async function prepareIngress(
   return checkRedirectTargets(ctx, plans, pace, restoring);
 }
 
+/**
+ * Steps 1 and 2 of {@link writeRules} for a client's change, run apart (then writeRules with `prepared`):
+ * attach and check before anything of the change is published.
+ */
+export async function prepareRules(
+  ctx: ExecContext,
+  ops: readonly RuleOp[],
+  { plans }: RulesPlan,
+  undo: UndoLog,
+  pace: () => Promise<void> = async () => {},
+): Promise<void> {
+  await prepareIngress(ctx, ops, plans, undo, false, pace);
+}
+
 /** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
 function attachIngress(
   ctx: ExecContext,
@@ -257,16 +278,7 @@ async function checkRedirectTargets(
     if (isNative(p)) for (const b of p.backends) if (b.receiving) need.add(b.spec.interface);
   }
   const names = [...need];
-  // An egress whose peer cannot be inspected is as the reconciler last judged it by traffic (egress-watch.ts).
-  const checked = await Promise.all(
-    names.map((name) =>
-      dp
-        .redirectTarget(name, ctx.fixVethPeers)
-        .then((r) => judgedEgress(r, state.egressWatch.get(name)))
-        .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
-    ),
-  );
-  const peers = new Map(names.map((name, i) => [name, checked[i]]));
+  const peers = await checkTargets(ctx, names, restoring);
   const demoted = new Set<string>();
   for (const p of plans) {
     if (!isNative(p)) continue;
@@ -300,6 +312,107 @@ async function checkRedirectTargets(
   return demoted;
 }
 
+/**
+ * Check each egress for native redirects, first without changing the host (a dry run: `fix` off); only
+ * when none is refused (or when `tolerant`: restore and resync keep going past one) are the ones that
+ * --fix-veth-peers can repair checked again with `fix` (GRO switched on on the peer). So a change that is
+ * refused switches nothing on. An egress whose peer cannot be inspected is as the reconciler last judged
+ * it by traffic (egress-watch.ts).
+ */
+async function checkTargets(
+  ctx: ExecContext,
+  names: readonly string[],
+  tolerant: boolean,
+): Promise<Map<string, RedirectTarget>> {
+  const { dp, state } = ctx;
+  const check = (name: string, fix: boolean): Promise<RedirectTarget> =>
+    dp
+      .redirectTarget(name, fix)
+      .then((r) => ({ ...judgedEgress(r, state.egressWatch.get(name)), ...(r.fixable ? { fixable: true } : {}) }))
+      .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` }));
+  const repairable = (r: RedirectTarget) => !r.ok && !!r.fixable && ctx.fixVethPeers;
+  const first = await Promise.all(names.map((name) => ctx.preflightTargets?.get(name) ?? check(name, false)));
+  const refused = first.some((r) => !r.ok && !repairable(r));
+  let checked = first;
+  if (refused && !tolerant) {
+    // Refused whatever is repaired: the refusal names an egress that no repair helps, and nothing is repaired.
+    checked = first.map((r) => (repairable(r) ? { ok: true, detail: r.detail } : r));
+  } else if (first.some(repairable)) {
+    checked = await Promise.all(names.map((name, i) => (repairable(first[i]) ? check(name, true) : first[i])));
+  }
+  return new Map(names.map((name, i) => [name, checked[i]]));
+}
+
+/**
+ * The kernel preconditions of a change that can be known without changing anything, checked before the
+ * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
+ * no other XDP program on an ingress that needs ours, and every egress a native-mode ingress redirects into
+ * able to receive native redirects
+ * (--fix-veth-peers counted: what it would repair passes). An ingress whose mode only the attach will tell
+ * ('auto' on a device not yet attached) is checked after the attach, in the transaction. Throws
+ * FAILED_PRECONDITION naming the field and what was observed.
+ */
+export async function preflight(
+  ctx: ExecContext,
+  plans: readonly RulePlan[],
+  links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
+): Promise<void> {
+  const { dp, state } = ctx;
+  const fail = (field: string, detail: string): never => {
+    throw new CoreError('precondition', `${field}: ${detail}`, [{ field, description: detail }]);
+  };
+  const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
+  const modeOf = (name: string, field: string) => {
+    let m = modes.get(name);
+    if (m) return m;
+    const x = dp.xdpStatus(name);
+    // One attached before ours was replaced is the reconciler's to report (the change goes on without it).
+    if (x && x.mode !== 'none' && !x.ours && !state.attached.has(name)) {
+      fail(
+        field,
+        `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`,
+      );
+    }
+    const attached = state.attached.get(name)?.mode ?? (x && x.mode !== 'none' ? x.mode : undefined);
+    if (attached === 'native' || attached === 'generic') m = attached;
+    else m = ctx.mode === 'native' ? 'native' : ctx.mode === 'generic' ? 'generic' : 'unknown';
+    modes.set(name, m);
+    return m;
+  };
+  const need = new Map<string, string>(); // egress -> the field of the first use
+  for (const p of plans) {
+    let native = false;
+    for (const i of p.ingress) if (modeOf(i.name, `${p.field}.ingress_interfaces`) === 'native') native = true;
+    if (!native) continue;
+    p.backends.forEach((b, bi) => {
+      if (b.receiving && !need.has(b.spec.interface))
+        need.set(b.spec.interface, `${p.field}.backends[${bi}].interface`);
+    });
+  }
+  for (const [from, d] of links.want) {
+    if (modeOf(from, links.field(from)) === 'native' && !need.has(d.toName)) need.set(d.toName, links.field(from));
+  }
+  const names = [...need.keys()];
+  const checked = await Promise.all(
+    names.map((name) =>
+      dp
+        .redirectTarget(name, false)
+        .then((r): RedirectTarget => ({
+          ...judgedEgress(r, state.egressWatch.get(name)),
+          ...(r.fixable ? { fixable: true } : {}),
+        }))
+        .catch((e: Error): RedirectTarget => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
+    ),
+  );
+  names.forEach((name, i) => {
+    const r = checked[i];
+    if (r.ok || (r.fixable && ctx.fixVethPeers)) return;
+    fail(need.get(name)!, r.detail ?? `${name} cannot take native XDP redirects`);
+  });
+  // Passed: the transaction's later checks reuse these (the controller drops them when it ends).
+  ctx.preflightTargets = new Map(names.map((name, i) => [name, checked[i]]));
+}
+
 /** A planned rule's status as written: its backends' statuses, those in the table, the plan's warnings. */
 function plannedStatus(p: RulePlan): RuleKernel['status'] {
   const live = p.backends.filter((b) => b.receiving && b.spec.weight > 0).length;
@@ -328,8 +441,10 @@ export async function writeRules(
   undo: UndoLog,
   pace: () => Promise<void> = async () => {},
   restoring = false,
+  prepared = false,
 ): Promise<void> {
-  const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace);
+  // `prepared`: the caller ran prepareRules itself (config-file mode prepares rules and links before either is written).
+  const demoted = prepared ? new Set<string>() : await prepareIngress(ctx, ops, plans, undo, restoring, pace);
   const { dp, state } = ctx;
   for (const p of plans) if (demoted.has(p.name)) alloc.kernel.get(p.name)!.status = plannedStatus(p);
   // 3. Write each new or changed rule into its fresh slot (unpublished).
@@ -408,6 +523,7 @@ export async function finishRules(
   ops: readonly RuleOp[],
   alloc: RuleAllocation,
   pace: () => Promise<void> = async () => {},
+  release = true,
 ): Promise<void> {
   const { dp, state } = ctx;
   // The new state first, at once: reads between the clears below see it whole.
@@ -431,7 +547,8 @@ export async function finishRules(
     }
     for (const name of del) state.deleteRule(name);
   }
-  releaseUnusedInterfaces(ctx);
+  // `release` false: the caller releases once the links of the same change are recorded too (config-file mode).
+  if (release) releaseUnusedInterfaces(ctx);
   for (const [old, next] of replaced) {
     let cleared = true;
     try {
@@ -515,7 +632,27 @@ export async function writeLinks(
   undo: UndoLog,
   tolerant = false,
 ): Promise<void> {
+  await prepareLinks(ctx, next, want, field, undo, tolerant);
+  connectLinks(ctx, want, cur, undo);
+}
+
+/**
+ * The first half of {@link writeLinks}: our program on every ingress of the link set, and (a client's change)
+ * every egress of a native-mode ingress checked for native redirects; connects nothing.
+ */
+export async function prepareLinks(
+  ctx: ExecContext,
+  next: ReadonlyMap<string, LinkSpec>,
+  want: ReadonlyMap<string, LinkDirection>,
+  field: string,
+  undo: UndoLog,
+  tolerant = false,
+): Promise<void> {
   const { dp, state } = ctx;
+  if (!tolerant && want.size > dp.capacity.links) {
+    const detail = `${want.size} link directions, but the datapath holds at most ${dp.capacity.links} (xc_links)`;
+    throw new CoreError('exhausted', `${field}: ${detail}`, [{ field, description: detail }]);
+  }
   const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
@@ -528,18 +665,30 @@ export async function writeLinks(
       if (!tolerant) throw e;
     }
   }
-  for (const [from, d] of want) {
-    // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
-    // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
-    if (tolerant) break;
-    if (dp.xdpStatus(from)?.mode !== 'native') continue;
-    const r = await dp.redirectTarget(d.toName, ctx.fixVethPeers);
+  // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
+  // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
+  if (tolerant) return;
+  const egress = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native').map(([, d]) => d.toName);
+  const names = [...new Set(egress)];
+  const checked = await checkTargets(ctx, names, false);
+  for (const name of names) {
+    const r = checked.get(name)!;
     if (!r.ok) {
       throw new CoreError('precondition', `${field}: ${r.detail}`, [
         { field, description: r.detail ?? 'precondition not met' },
       ]);
     }
   }
+}
+
+/** The second half of {@link writeLinks}: connect, repoint and disconnect directions (undoable). */
+export function connectLinks(
+  ctx: ExecContext,
+  want: ReadonlyMap<string, LinkDirection>,
+  cur: ReadonlyMap<string, { from: number; to: number }>,
+  undo: UndoLog,
+): void {
+  const { dp } = ctx;
   for (const [from, d] of want) {
     const c = cur.get(from);
     if (c && c.from === d.from && c.to === d.to) continue;
@@ -576,6 +725,7 @@ export function finishLinks(
   ctx: ExecContext,
   next: ReadonlyMap<string, LinkSpec>,
   want: ReadonlyMap<string, LinkDirection>,
+  release = true,
 ): void {
   const { dp, state } = ctx;
   const kept = new Set([...want.values()].map((d) => d.from));
@@ -591,7 +741,7 @@ export function finishLinks(
   for (const [k, l] of next) state.links.set(k, l);
   state.linkDirs.clear();
   for (const [from, d] of want) state.linkDirs.set(d.from, { from, to: d.toName });
-  releaseUnusedInterfaces(ctx);
+  if (release) releaseUnusedInterfaces(ctx);
 }
 
 /**
@@ -659,6 +809,7 @@ function vacateAdjacentDevices(
     }
     dp.detach(other);
     state.attached.delete(other);
+    ctx.preflightTargets = undefined; // a native program gone may take NAPI from a local veth peer
     ctx.log.info(
       relation === 'lower' ? { ifname: other, upper: name } : { ifname: other, lower: name },
       relation === 'lower'

@@ -10,6 +10,7 @@ import type {
   Dataplane,
   InterfaceInfo,
   LinkState,
+  HostChangeScope,
   RedirectTarget,
   RuleSlotState,
   RuleSlotWrite,
@@ -61,6 +62,11 @@ const VETH_RECHECK_MS = 30_000;
  */
 export const NEIGHBOUR_VERIFY_MS = 5000;
 
+/** One device setting changed inside a {@link KernelDataplane.trackHostChanges} scope. */
+type HostJournalEntry =
+  | { kind: 'gro'; change: GroChange; added: boolean; veth?: string }
+  | { kind: 'offloads'; change: OffloadChange; added: string[] };
+
 export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
   readonly noBackend = NO_BACKEND;
@@ -105,16 +111,101 @@ export class KernelDataplane implements Dataplane {
       const same = this.offloadChanges.find(
         (x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex,
       );
+      const added = same ? c.features.filter((f) => !same.features.includes(f)) : [...c.features];
       if (same) same.features = [...new Set([...same.features, ...c.features])];
       else this.offloadChanges.push({ ...c, features: [...c.features] });
+      this.journal?.push({ kind: 'offloads', change: { ...c, features: [...c.features] }, added });
     }
     this.saveHostChanges({ changes }, 'offloads turned off for XDP');
   }
 
-  private recordGro(c: GroChange): void {
-    if (this.groChanges.some((x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex)) return;
+  private recordGro(c: GroChange, vethName: string): void {
+    const known = this.groChanges.some((x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex);
+    this.journal?.push({ kind: 'gro', change: c, added: !known, veth: vethName });
+    if (known) return;
     this.groChanges.push(c);
     this.saveHostChanges({ change: c }, 'GRO switched on');
+  }
+
+  /**
+   * The device settings changed while a scope of {@link trackHostChanges} is open, oldest first, each with
+   * what it added to the host-changes record (so that a revert takes out exactly that).
+   */
+  private journal?: HostJournalEntry[];
+
+  /**
+   * Follow the device settings this daemon changes from now on (GRO switched on on veth peers, offloads
+   * turned off for XDP) until `close()`: `revert()` puts back those changed since, newest first, and takes
+   * their entries out of the host-changes record, so that a transaction that failed leaves the host and
+   * the record as they were. One scope at a time (the core runs one change at a time); a second call
+   * starts a new journal.
+   */
+  trackHostChanges(): HostChangeScope {
+    const journal: HostJournalEntry[] = [];
+    this.journal = journal;
+    let recordBefore: string | undefined;
+    try {
+      recordBefore = this.hostChangesFile ? readFileSync(this.hostChangesFile, 'utf8') : undefined;
+    } catch {
+      recordBefore = undefined; // none yet (or unreadable: rewritten from memory below)
+    }
+    return {
+      close: () => {
+        if (this.journal === journal) this.journal = undefined;
+      },
+      revert: async () => {
+        if (this.journal === journal) this.journal = undefined;
+        const reverted: string[] = [];
+        const failed: string[] = [];
+        for (const j of journal.splice(0).reverse()) {
+          const c = j.change;
+          const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
+          try {
+            if (j.kind === 'gro') {
+              reverted.push(`${where}: ${await restoreGro(c)}`);
+              if (j.veth) this.vethVerified.delete(j.veth);
+            } else {
+              reverted.push(`${where}: ${await restoreOffloads(j.change as OffloadChange)}`);
+            }
+          } catch (e) {
+            failed.push(
+              `${j.kind === 'gro' ? 'switch GRO off again' : `turn ${(c as OffloadChange).features.join(', ')} on again`} ` +
+                `on ${where}: ${(e as Error).message}`,
+            );
+            continue; // still changed: the record keeps it, for --cleanup-on-exit
+          }
+          this.forget(j);
+        }
+        if (failed.length || !this.hostChangesFile) this.saveHostChanges();
+        else if (reverted.length) {
+          // Every change put back: the record as it was, byte for byte (or none, as there was none).
+          try {
+            if (recordBefore === undefined) rmSync(this.hostChangesFile, { force: true });
+            else writeFileSync(this.hostChangesFile, recordBefore, { mode: 0o600 });
+          } catch {
+            this.saveHostChanges();
+          }
+        }
+        return { reverted, failed };
+      },
+    };
+  }
+
+  /** Take out of the host-changes record what a journal entry added to it (the setting was put back). */
+  private forget(j: HostJournalEntry): void {
+    const same = (x: GroChange) =>
+      x.ifname === j.change.ifname && x.netns === j.change.netns && x.ifindex === j.change.ifindex;
+    if (j.kind === 'gro') {
+      if (!j.added) return;
+      const i = this.groChanges.findIndex(same);
+      if (i >= 0) this.groChanges.splice(i, 1);
+      return;
+    }
+    const i = this.offloadChanges.findIndex(same);
+    if (i < 0) return;
+    const rec = this.offloadChanges[i];
+    rec.features = rec.features.filter((f) => !j.added.includes(f));
+    if (rec.features.length === 0) this.offloadChanges.splice(i, 1);
   }
 
   /**
@@ -376,7 +467,7 @@ export class KernelDataplane implements Dataplane {
           'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
           '(--fix-veth-peers)',
       );
-      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex });
+      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex }, ifname);
     }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {
@@ -395,7 +486,26 @@ export class KernelDataplane implements Dataplane {
       return result;
     };
     if (s.uninspectable) {
-      if (!xmit(features)) return { ok: false, detail: s.detail };
+      if (!xmit(features)) {
+        // What the kernel says from this side, and only that: the peer's GRO may be on (switched on while the
+        // peer was down, which gives it no NAPI) or off, and which one cannot be read from here.
+        let carrier: boolean | undefined;
+        try {
+          carrier = linkState(ifname)?.carrier;
+        } catch {
+          carrier = undefined;
+        }
+        return {
+          ok: false,
+          detail:
+            `native XDP redirects into ${ifname} would be dropped: the kernel reports no ndo_xdp_xmit for it ` +
+            `(${have(features)}), so its peer has no NAPI` +
+            (carrier === false ? ` (${ifname} has no carrier: its peer is down)` : '') +
+            `; ${s.detail}: if the peer's GRO is off, switch it on while the peer is up; if it is on, it was ` +
+            `switched on while the peer was down, which gives no NAPI: switch it off and on again; or use generic ` +
+            `mode on the ingress`,
+        };
+      }
       // Not verified: the reconciler judges it by the backends' redirect counters (core/egress-watch.ts).
       return trust(
         {
@@ -409,7 +519,7 @@ export class KernelDataplane implements Dataplane {
         features,
       );
     }
-    if (!s.ok) return { ok: false, detail: s.detail };
+    if (!s.ok) return { ok: false, detail: s.detail, ...(s.fixable ? { fixable: true } : {}) };
     // The peer is up with a native program or GRO. GRO gives it NAPI only when switched on while it is up:
     // switched on while it was down, the peer comes up without NAPI (every redirected frame is dropped)
     // and the kernel, rightly, announces no ndo-xmit. Switching GRO off and on while up gives it NAPI.
@@ -422,6 +532,7 @@ export class KernelDataplane implements Dataplane {
       return trust({ ok: true, detail: s.detail ?? `${ifname}'s peer has NAPI` }, now);
     return {
       ok: false,
+      ...(!fix && s.napi === 'gro' && s.peer ? { fixable: true } : {}),
       detail:
         `native XDP redirects into ${ifname} would be dropped: its peer ${s.peer ?? '?'} has ${s.napi === 'gro' ? 'GRO' : 'an XDP program'} ` +
         `but no NAPI (the kernel reports no ndo_xdp_xmit for ${ifname}: ${have(now)}); GRO switched on while ` +

@@ -371,6 +371,8 @@ export interface VethPeerState {
   napi?: 'xdp' | 'gro';
   /** The peer could not be inspected (an unnamed namespace, or no CAP_SYS_ADMIN to enter it): `ok` is false. */
   uninspectable?: boolean;
+  /** Not ok, and a check with `fix` would make it so (switch GRO on on the peer, which is up). */
+  fixable?: boolean;
 }
 
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
@@ -460,8 +462,8 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
         ok: false,
         uninspectable: true,
         detail:
-          `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}) that xdpctld ` +
-          `cannot inspect; enable GRO on it (ethtool -K <peer> gro on) or attach ${name}'s senders in generic mode`,
+          `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}), where xdpctld ` +
+          `cannot read its settings (GRO, XDP program, up or down)`,
       };
     }
     let all: IpLink[];
@@ -518,6 +520,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     return {
       veth: true,
       ok: false,
+      fixable: true,
       peer: peer.ifname,
       netns,
       detail:

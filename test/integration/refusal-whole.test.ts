@@ -1,0 +1,288 @@
+/**
+ * A change the kernel refuses changes nothing: not the kernel, not the disk, not the host's device settings,
+ * not the generations, and the client (or the config file's log) is told exactly what was refused (issue 16,
+ * "observe, don't assume"; a review's findings on config-file mode and the API's kernel phase):
+ *  - config-file mode: a file whose links the kernel refuses reached the kernel for a moment (its rules went
+ *    in first, then the links failed, then the old rules were put back): 62 of 13 222 datagrams reached a
+ *    backend only the refused file named, the rule's generation went +2 per refusal, and the GRO it switched
+ *    on on a veth peer and the VLAN offloads it turned off for XDP stayed changed. Two kinds of refusal:
+ *    one a check can know before anything is written (a link into a bridge, which cannot transmit native
+ *    redirects), and one only the kernel's answer tells (native XDP on a bridge: the attach is refused),
+ *    after the file's other interfaces were attached and its backends' peers repaired;
+ *  - the API: a CreateRule or Connect refused in the kernel phase left the VLAN offloads of an ingress it
+ *    attached turned off and the GRO of a backend's peer switched on (and recorded in host-changes.json);
+ *  - a refusal for a veth whose peer cannot be inspected (an unnamed namespace) said "enable GRO" while GRO
+ *    was on there: it must state what was observed (the kernel's xdp-features) and that the peer's settings
+ *    cannot be read.
+ * Real traffic flows while each config file is refused: every datagram of the good configuration arrives,
+ * none reaches the refused file's backend.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import Database from 'better-sqlite3';
+import { Status } from 'nice-grpc';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const PORT = 7412;
+const NOWHERE = '198.18.9.9';
+
+describe('a refused change changes nothing: kernel, disk, host settings, generation', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const dir = `/tmp/xdpctl-test-${id}-cfg`;
+  const stateDir = `/tmp/xdpctl-test-${id}-state`;
+  const bridge = `xb${id}`;
+  const lone = `x${id}un`;
+  let d: DaemonProcess | undefined;
+  let vm: Host, vm2: Host, b1: Host, b2: Host, x: Host, y: Host;
+  let ns: ChildProcess | undefined;
+  const listeners: UdpListener[] = [];
+
+  before(() => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    vm2 = topo.addHost('vm2', '198.18.1.2/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.2.2/24');
+    x = topo.addHost('x', '198.18.7.1/24');
+    y = topo.addHost('y', '198.18.7.2/24');
+    topo.routeToXdp('vm');
+    sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    sh('ip', ['link', 'set', bridge, 'up']);
+    mkdirSync(dir, { recursive: true });
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    ns?.kill();
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', bridge]);
+    shQuiet('ip', ['link', 'del', lone]);
+    topo.destroy();
+    rmSync(dir, { recursive: true, force: true });
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  /** Every device setting the daemon may change for these changes, as `ethtool -k` shows it, and XDP. */
+  const settings = () => ({
+    gro: Object.fromEntries(
+      [b1, b2, x, y].map((h) => [h.role, /^generic-receive-offload: (\w+)/m.exec(ethtoolK(h))![1]]),
+    ),
+    vlan: Object.fromEntries(
+      [vm, vm2].map((h) => [
+        h.role,
+        ethtoolK(h)
+          .split('\n')
+          .filter((l) => /^tx-vlan-(offload|stag-hw-insert):/.test(l)),
+      ]),
+    ),
+    xdp: Object.fromEntries([vm2.hostIf, bridge].map((n) => [n, xdpOf(n)?.mode ?? 0])),
+  });
+  const ethtoolK = (h: Host) => topo.exec(h.role, 'ethtool', ['-k', 'eth0']);
+  const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
+  /** What is on disk: the state store's rows and the host-changes record. */
+  const disk = () => {
+    const db = new Database(`${stateDir}/state.db`, { readonly: true, fileMustExist: true });
+    try {
+      return {
+        rules: db.prepare('SELECT * FROM rules ORDER BY name').all(),
+        links: db.prepare('SELECT * FROM links ORDER BY key').all(),
+        hostChanges: existsSync(`${stateDir}/host-changes.json`)
+          ? readFileSync(`${stateDir}/host-changes.json`, 'utf8')
+          : undefined,
+      };
+    } finally {
+      db.close();
+    }
+  };
+  const lines = (re: RegExp) => d!.output.split('\n').filter((l) => re.test(l));
+  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 8000) {
+    for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) if (await ok()) return;
+    assert.fail(`not within ${ms} ms: ${what}`);
+  }
+  const ruleYaml = (ingress: Host[], backends: Host[]) =>
+    `rules:\n  - name: web\n    port: ${PORT}\n    ingress: [${ingress.map((h) => h.hostIf).join(', ')}]\n` +
+    `    backends:\n${backends.map((b) => `      - {ip: ${b.ip}, mac: "${b.mac}", interface: ${b.hostIf}}\n`).join('')}`;
+  const good = () => `links:\n  ${x.hostIf}: ${y.hostIf}\n${ruleYaml([vm], [b1])}`;
+  const generation = async () => (await d!.clients().rules.getRule({ name: 'web' })).rule!.generation;
+
+  /**
+   * Write `refused` over the good file while 64 flows run through the rule; returns what arrived where. The
+   * good configuration's backend must get every datagram, the refused file's backend none.
+   */
+  async function refuseUnderTraffic(file: string, refused: string) {
+    const at1 = await UdpListener.start(b1.netns, b1.ip!, PORT);
+    const at2 = await UdpListener.start(b2.netns, b2.ip!, PORT);
+    listeners.push(at1, at2);
+    const traffic = sendUdp(vm.netns, NOWHERE, PORT, 100_000, { flows: 64, perTick: 10, tickMs: 5 });
+    await sleep(500);
+    const before = lines(/not applied/).length;
+    writeFileSync(file, refused);
+    await until('the refusal is logged', () => lines(/not applied/).length > before);
+    await sleep(500);
+    traffic.stop();
+    const { sent } = await traffic.done;
+    await sleep(300);
+    const [r1, r2] = [await at1.stop(), await at2.stop()];
+    return { sent, atGood: r1.unique + r1.overflow, atRefused: r2.count + r2.overflow };
+  }
+
+  it('config file: a file a check refuses (a link into a bridge) never reaches the kernel', async () => {
+    const file = `${dir}/a.yaml`;
+    writeFileSync(file, good());
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    await until('the good file is applied', () => lines(/"msg":"config applied"/).length === 1);
+    const gen = await generation();
+    const host = settings();
+    const stored = disk();
+
+    // The file's rule adds a backend (b2, whose peer has no GRO yet) and an ingress (vm2); its link goes
+    // into a bridge, which cannot transmit native redirects.
+    const refused = `links:\n  ${x.hostIf}: ${bridge}\n${ruleYaml([vm, vm2], [b1, b2])}`;
+    const seen = await refuseUnderTraffic(file, refused);
+    const [line] = lines(/not applied/);
+    assert.match(line, /links\[0\]: .*cannot transmit native XDP redirects/, line);
+    assert.match(line, /the last good configuration keeps running/);
+    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
+    assert.equal(seen.atRefused, 0, "no datagram reached the refused file's backend");
+    assert.equal(seen.atGood, seen.sent, 'every datagram of the good configuration arrived');
+    assert.equal(await generation(), gen, 'the generation is unchanged');
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
+    assert.deepEqual(lines(/device settings it changed were put back/), [], 'nothing was changed to put back');
+    await d.stop();
+    d = undefined;
+  });
+
+  it('config file: a file only the kernel refuses (native XDP on a bridge) is undone whole, host settings too', async () => {
+    await d?.destroy();
+    d = undefined;
+    // A new start in native mode: nothing left attached or stored from the first case.
+    for (const h of [vm, vm2, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(stateDir, { recursive: true, force: true });
+    const file = `${dir}/b.yaml`;
+    writeFileSync(file, good());
+    d = await DaemonProcess.start(id, ['--config', file, '--xdp-mode', 'native', '--log-level', 'info']);
+    await until('the good file is applied', () => lines(/"msg":"config applied"/).length === 1);
+    const gen = await generation();
+    const host = settings();
+    assert.equal(host.gro.b2, 'off', "b2's peer has no GRO: the refused file's check would switch it on");
+    assert.deepEqual(host.vlan.vm2, ['tx-vlan-offload: on', 'tx-vlan-stag-hw-insert: on']);
+    const stored = disk();
+
+    // Everything a check can see passes (b2's peer is repairable, y can receive); the bridge's native attach
+    // is refused by the kernel, after vm2 was attached and b2's peer repaired.
+    const refused =
+      `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${bridge}, b: ${y.hostIf}, direction: a-to-b}\n` +
+      ruleYaml([vm, vm2], [b1, b2]);
+    const seen = await refuseUnderTraffic(file, refused);
+    const [line] = lines(/not applied/);
+    assert.match(line, new RegExp(`attach xdp to ${bridge}`), line);
+    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
+    assert.equal(seen.atRefused, 0, "no datagram reached the refused file's backend");
+    assert.equal(seen.atGood, seen.sent, 'every datagram of the good configuration arrived');
+    assert.equal(await generation(), gen, 'the generation is unchanged');
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    const [undone] = lines(/device settings it changed were put back/).map((l) => JSON.parse(l));
+    assert.deepEqual(
+      [...undone.reverted].sort(),
+      [
+        `eth0 in netns ${b2.netns}: GRO off again`,
+        `eth0 in netns ${vm2.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
+      ],
+      'the log names each setting put back',
+    );
+    assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
+    await d.stop();
+    d = undefined;
+  });
+
+  it('API: a CreateRule or Connect refused in the kernel phase leaves host settings and records as they were', async () => {
+    await d?.destroy();
+    d = undefined;
+    for (const h of [vm, vm2, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(stateDir, { recursive: true, force: true });
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    const c = d.clients();
+    const rule = (backends: { ip: string; mac: string; interface: string }[]): Rule => ({
+      name: 'api',
+      match: { protocol: Protocol.PROTOCOL_UDP, port: PORT + 1, destination: '', sourcePrefixes: [] },
+      ingressInterfaces: [vm2.hostIf],
+      backends: backends.map((b) => ({ ...b, weight: 1 })),
+      udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+      labels: {},
+      generation: 0n,
+    });
+    await c.rules.createRule({ rule: { ...rule([{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }]), name: 'ok' } });
+    const host = settings();
+    const stored = disk();
+    const fails = <T>(p: Promise<T>) =>
+      p.then(
+        () => assert.fail('accepted'),
+        (e: { code: number; message: string }) => e,
+      );
+
+    // A rule on a new ingress (vm2 is attached for "ok" already: use vm, not yet attached) whose second
+    // backend is a bridge: refused; b2's peer (repairable) is not repaired, vm's offloads not turned off.
+    const r = rule([
+      { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf },
+      { ip: '198.18.2.9', mac: '02:00:00:00:00:09', interface: bridge },
+    ]);
+    const e1 = await fails(c.rules.createRule({ rule: { ...r, ingressInterfaces: [vm.hostIf] } }));
+    assert.equal(e1.code, Status.FAILED_PRECONDITION, e1.message);
+    assert.match(e1.message, new RegExp(`rule\\.backends\\[1\\]\\.interface: ${bridge} \\(bridge\\) cannot transmit`));
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP as before');
+    assert.equal(xdpOf(vm.hostIf), undefined, 'no program left on the new ingress');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+
+    // A link from a new ingress into a bridge: refused; the ingress's offloads as they were.
+    const vlanVm = ethtoolK(vm);
+    const e2 = await fails(
+      c.links.connect({ link: { a: vm.hostIf, b: bridge, direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
+    );
+    assert.equal(e2.code, Status.FAILED_PRECONDITION, e2.message);
+    assert.match(e2.message, new RegExp(`${bridge} \\(bridge\\) cannot transmit native XDP redirects`));
+    assert.equal(ethtoolK(vm), vlanVm, "the ingress's offloads as before");
+    assert.equal(xdpOf(vm.hostIf), undefined, 'no program left on it');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+
+    // A link into a veth whose peer is in an unnamed namespace, with GRO on there but switched on while it
+    // was down (no NAPI; the kernel announces no ndo-xmit): the refusal says what was observed, never
+    // "enable GRO".
+    ns = spawn('unshare', ['--net', 'sleep', '120'], { stdio: 'ignore' });
+    await sleep(200);
+    sh('ip', ['link', 'add', lone, 'type', 'veth', 'peer', 'name', 'eth9', 'netns', String(ns.pid)]);
+    sh('ip', ['link', 'set', lone, 'up']);
+    const inNs = (cmd: string) => sh('nsenter', ['-t', String(ns!.pid), '-n', 'sh', '-c', cmd]);
+    inNs('ethtool -K eth9 gro on && ip link set eth9 up');
+    assert.match(inNs('ethtool -k eth9'), /^generic-receive-offload: on/m);
+    const e3 = await fails(
+      c.links.connect({ link: { a: vm2.hostIf, b: lone, direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
+    );
+    assert.equal(e3.code, Status.FAILED_PRECONDITION, e3.message);
+    assert.doesNotMatch(e3.message, /enable GRO/, e3.message);
+    assert.match(
+      e3.message,
+      new RegExp(`into ${lone} would be dropped: the kernel reports no ndo_xdp_xmit for it`),
+      e3.message,
+    );
+    assert.match(e3.message, /unnamed network namespace .*cannot read its settings/, e3.message);
+    assert.match(e3.message, /if it is on, it was switched on while the peer was down/, e3.message);
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    await d.stop();
+    d = undefined;
+  });
+});
