@@ -44,7 +44,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
   const bridge = `xb${id}`;
   const lone = `x${id}un`;
   let d: DaemonProcess | undefined;
-  let vm: Host, vm2: Host, b1: Host, b2: Host, x: Host, y: Host;
+  let vm: Host, vm2: Host, vm3: Host, b1: Host, b2: Host, b3: Host, x: Host, y: Host;
   let ns: ChildProcess | undefined;
   const listeners: UdpListener[] = [];
 
@@ -53,6 +53,9 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     vm2 = topo.addHost('vm2', '198.18.1.2/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
     b2 = topo.addHost('b2', '198.18.2.2/24');
+    // The API case's own ingress and backend, which no config file touched.
+    vm3 = topo.addHost('vm3', '198.18.1.3/24');
+    b3 = topo.addHost('b3', '198.18.2.3/24');
     x = topo.addHost('x', '198.18.7.1/24');
     y = topo.addHost('y', '198.18.7.2/24');
     topo.routeToXdp('vm');
@@ -75,17 +78,17 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
   /** Every device setting the daemon may change for these changes, as `ethtool -k` shows it, and XDP. */
   const settings = () => ({
     gro: Object.fromEntries(
-      [b1, b2, x, y].map((h) => [h.role, /^generic-receive-offload: (\w+)/m.exec(ethtoolK(h))![1]]),
+      [b1, b2, b3, x, y].map((h) => [h.role, /^generic-receive-offload: (\w+)/m.exec(ethtoolK(h))![1]]),
     ),
     vlan: Object.fromEntries(
-      [vm, vm2].map((h) => [
+      [vm, vm2, vm3].map((h) => [
         h.role,
         ethtoolK(h)
           .split('\n')
           .filter((l) => /^tx-vlan-(offload|stag-hw-insert):/.test(l)),
       ]),
     ),
-    xdp: Object.fromEntries([vm2.hostIf, bridge].map((n) => [n, xdpOf(n)?.mode ?? 0])),
+    xdp: Object.fromEntries([vm2.hostIf, vm3.hostIf, bridge].map((n) => [n, xdpOf(n)?.mode ?? 0])),
   });
   const ethtoolK = (h: Host) => topo.exec(h.role, 'ethtool', ['-k', 'eth0']);
   const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
@@ -149,15 +152,23 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     // into a bridge, which cannot transmit native redirects.
     const refused = `links:\n  ${x.hostIf}: ${bridge}\n${ruleYaml([vm, vm2], [b1, b2])}`;
     const seen = await refuseUnderTraffic(file, refused);
+    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
+    assert.equal(
+      seen.atRefused,
+      0,
+      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
+    );
+    assert.equal(
+      seen.atGood,
+      seen.sent,
+      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
+    );
+    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
     const [line] = lines(/not applied/);
     assert.match(line, /links\[0\]: .*cannot transmit native XDP redirects/, line);
     assert.match(line, /the last good configuration keeps running/);
-    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
-    assert.equal(seen.atRefused, 0, "no datagram reached the refused file's backend");
-    assert.equal(seen.atGood, seen.sent, 'every datagram of the good configuration arrived');
-    assert.equal(await generation(), gen, 'the generation is unchanged');
-    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
-    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
     assert.deepEqual(lines(/device settings it changed were put back/), [], 'nothing was changed to put back');
     await d.stop();
@@ -187,12 +198,18 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${bridge}, b: ${y.hostIf}, direction: a-to-b}\n` +
       ruleYaml([vm, vm2], [b1, b2]);
     const seen = await refuseUnderTraffic(file, refused);
-    const [line] = lines(/not applied/);
-    assert.match(line, new RegExp(`attach xdp to ${bridge}`), line);
     assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
-    assert.equal(seen.atRefused, 0, "no datagram reached the refused file's backend");
-    assert.equal(seen.atGood, seen.sent, 'every datagram of the good configuration arrived');
-    assert.equal(await generation(), gen, 'the generation is unchanged');
+    assert.equal(
+      seen.atRefused,
+      0,
+      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
+    );
+    assert.equal(
+      seen.atGood,
+      seen.sent,
+      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
+    );
+    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
     assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
     assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
     const [undone] = lines(/device settings it changed were put back/).map((l) => JSON.parse(l));
@@ -204,6 +221,8 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       ],
       'the log names each setting put back',
     );
+    const [line] = lines(/not applied/);
+    assert.match(line, new RegExp(`attach xdp to ${bridge}`), line);
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
     await d.stop();
     d = undefined;
@@ -235,29 +254,29 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
         (e: { code: number; message: string }) => e,
       );
 
-    // A rule on a new ingress (vm2 is attached for "ok" already: use vm, not yet attached) whose second
-    // backend is a bridge: refused; b2's peer (repairable) is not repaired, vm's offloads not turned off.
+    // A rule on a new ingress (vm3: its peer's VLAN offloads on, as a new veth has them) whose first backend's
+    // peer has no GRO (b3: repairable) and whose second backend is a bridge: refused; b3's peer is not
+    // repaired, vm3's offloads are not left turned off, no program is left on vm3.
+    assert.equal(host.gro.b3, 'off');
+    assert.deepEqual(host.vlan.vm3, ['tx-vlan-offload: on', 'tx-vlan-stag-hw-insert: on']);
     const r = rule([
-      { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf },
+      { ip: b3.ip!, mac: b3.mac, interface: b3.hostIf },
       { ip: '198.18.2.9', mac: '02:00:00:00:00:09', interface: bridge },
     ]);
-    const e1 = await fails(c.rules.createRule({ rule: { ...r, ingressInterfaces: [vm.hostIf] } }));
+    const e1 = await fails(c.rules.createRule({ rule: { ...r, ingressInterfaces: [vm3.hostIf] } }));
     assert.equal(e1.code, Status.FAILED_PRECONDITION, e1.message);
-    assert.match(e1.message, new RegExp(`rule\\.backends\\[1\\]\\.interface: ${bridge} \\(bridge\\) cannot transmit`));
     assert.deepEqual(settings(), host, 'GRO, offloads and XDP as before');
-    assert.equal(xdpOf(vm.hostIf), undefined, 'no program left on the new ingress');
     assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    assert.match(e1.message, new RegExp(`rule\\.backends\\[1\\]\\.interface: ${bridge} \\(bridge\\) cannot transmit`));
 
     // A link from a new ingress into a bridge: refused; the ingress's offloads as they were.
-    const vlanVm = ethtoolK(vm);
     const e2 = await fails(
-      c.links.connect({ link: { a: vm.hostIf, b: bridge, direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
+      c.links.connect({ link: { a: vm3.hostIf, b: bridge, direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
     );
     assert.equal(e2.code, Status.FAILED_PRECONDITION, e2.message);
-    assert.match(e2.message, new RegExp(`${bridge} \\(bridge\\) cannot transmit native XDP redirects`));
-    assert.equal(ethtoolK(vm), vlanVm, "the ingress's offloads as before");
-    assert.equal(xdpOf(vm.hostIf), undefined, 'no program left on it');
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP as before');
     assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    assert.match(e2.message, new RegExp(`${bridge} \\(bridge\\) cannot transmit native XDP redirects`));
 
     // A link into a veth whose peer is in an unnamed namespace, with GRO on there but switched on while it
     // was down (no NAPI; the kernel announces no ndo-xmit): the refusal says what was observed, never
