@@ -222,7 +222,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       'the log names each setting put back',
     );
     const [line] = lines(/not applied/);
-    assert.match(line, new RegExp(`attach xdp to ${bridge}`), line);
+    assert.match(line, new RegExp(`links\\[1\\]: attach xdp to ${bridge}`), line);
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
     await d.stop();
     d = undefined;
@@ -268,6 +268,27 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     assert.deepEqual(settings(), host, 'GRO, offloads and XDP as before');
     assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
     assert.match(e1.message, new RegExp(`rule\\.backends\\[1\\]\\.interface: ${bridge} \\(bridge\\) cannot transmit`));
+
+    // validate_only says what the change would be refused for (before: "would create"), changing nothing.
+    const ok = (await c.rules.getRule({ name: 'ok' })).rule!;
+    const e0 = await fails(
+      c.rules.applyRules({
+        rules: [ok, { ...r, ingressInterfaces: [vm2.hostIf], match: { ...r.match!, port: PORT + 2 } }],
+        validateOnly: true,
+      }),
+    );
+    assert.equal(e0.code, Status.FAILED_PRECONDITION, e0.message);
+    assert.match(e0.message, new RegExp(`rules\\[1\\]\\.backends\\[1\\]\\.interface: ${bridge} \\(bridge\\)`));
+    const l0 = await fails(
+      c.links.applyLinks({
+        links: [{ a: vm2.hostIf, b: bridge, direction: LinkDirection.LINK_DIRECTION_A_TO_B }],
+        validateOnly: true,
+      }),
+    );
+    assert.equal(l0.code, Status.FAILED_PRECONDITION, l0.message);
+    assert.match(l0.message, new RegExp(`links\\[0\\]: ${bridge} \\(bridge\\) cannot transmit`));
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
 
     // A link from a new ingress into a bridge: refused; the ingress's offloads as they were.
     const e2 = await fails(

@@ -22,7 +22,6 @@ import {
   prepareRules,
   releaseUnusedInterfaces,
   ruleRows,
-  writeLinks,
   writeRules,
   type ExecContext,
   type RuleAllocation,
@@ -39,7 +38,7 @@ import {
   type RuleState,
   type RuleStatus,
 } from './model.js';
-import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-links.js';
+import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
@@ -232,7 +231,7 @@ export class Controller {
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
       await prepareRules(this.ctx, ops, plan, undo, pace);
-      await prepareLinks(this.ctx, next, want, 'links', undo);
+      await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, true);
       connectLinks(this.ctx, want, cur, undo);
       this.commit(txn, false);
@@ -549,7 +548,7 @@ export class Controller {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
       const { changes, ops } = await this.ruleSet(specs);
-      if (validateOnly) await this.planRuleOps(ops);
+      if (validateOnly) await this.dryRun((await this.planRuleOps(ops)).plans, new Map(), () => 'links');
       else await this.applyRuleOps(ops);
       return changes;
     }, opts.signal);
@@ -781,9 +780,11 @@ export class Controller {
   applyLinks(specs: LinkSpec[], validateOnly: boolean, opts: MutationOptions = {}): Promise<LinkChange[]> {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
-      const { changes, next } = this.linkSet(specs);
-      if (validateOnly) planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
-      else await this.applyLinkSet(next, 'links');
+      const { changes, next, fieldOf } = this.linkSet(specs);
+      if (validateOnly) {
+        const want = planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
+        await this.dryRun([], want, fieldOf);
+      } else await this.applyLinkSet(next, 'links', false, fieldOf);
       return changes;
     }, opts.signal);
   }
@@ -838,6 +839,18 @@ export class Controller {
     return { changes, next, fieldOf };
   }
 
+  /**
+   * validate_only: the kernel preconditions a check can know without changing anything (execute.ts
+   * preflight), so that a dry run refuses what the change would be refused for there.
+   */
+  private async dryRun(plans: RulePlan[], want: Map<string, LinkDirection>, fieldOf: (from: string) => string) {
+    try {
+      await preflight(this.ctx, plans, { want, field: fieldOf });
+    } finally {
+      this.ctx.preflightTargets = undefined;
+    }
+  }
+
   /** FAILED_PRECONDITION naming a link of a set that would forward frames in a loop (plan-links.ts forwardingLoop). */
   private refuseLoops(next: Map<string, LinkSpec>, fieldOf: (l: LinkSpec) => string): void {
     const peerOf = this.dp.vethPeer?.bind(this.dp);
@@ -890,7 +903,12 @@ export class Controller {
   }
 
   /** One links transaction, ordered as {@link applyRuleOps}: rows, kernel over an undo log, COMMIT, finish. `tolerant` (restore, resync): a foreign program is recorded, not fatal, and a store that cannot persist is logged. */
-  private async applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant = false): Promise<void> {
+  private async applyLinkSet(
+    next: Map<string, LinkSpec>,
+    field: string,
+    tolerant = false,
+    fieldOf?: (from: string) => string,
+  ): Promise<void> {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     // Restore and resync: a link whose interface is missing waits (desired and stored, reported by the
     // reconciler) while every other link is written; a change names the missing interface (NOT_FOUND).
@@ -905,7 +923,7 @@ export class Controller {
     );
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     // A client's change: what can be known without changing anything is checked before anything is written.
-    if (!tolerant) await preflight(this.ctx, [], { want, field: () => field });
+    if (!tolerant) await preflight(this.ctx, [], { want, field: fieldOf ?? (() => field) });
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
@@ -915,7 +933,8 @@ export class Controller {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
-      await writeLinks(this.ctx, next, want, cur, field, undo, tolerant);
+      await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
+      connectLinks(this.ctx, want, cur, undo);
       this.commit(txn, tolerant);
     } catch (e) {
       txn?.rollback();

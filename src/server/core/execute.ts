@@ -18,7 +18,7 @@ import {
   type XdpModeName,
 } from './dataplane.js';
 import { otherProgram } from './conditions.js';
-import { CoreError } from './errors.js';
+import { CoreError, PortError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
@@ -233,7 +233,7 @@ function attachIngress(
           continue;
         }
         vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
-        attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring);
+        attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring, `${p.field}.ingress_interfaces`);
         ctx.log.warn(
           { ifname: i.name, mode: state.attached.get(i.name)?.mode },
           `our XDP program was detached from ${i.name} by someone else: re-attached`,
@@ -241,7 +241,7 @@ function attachIngress(
         continue;
       }
       vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
-      attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring);
+      attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring, `${p.field}.ingress_interfaces`);
     }
   }
 }
@@ -346,8 +346,9 @@ async function checkTargets(
 /**
  * The kernel preconditions of a change that can be known without changing anything, checked before the
  * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
- * no other XDP program on an ingress that needs ours, and every egress a native-mode ingress redirects into
- * able to receive native redirects
+ * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no other
+ * XDP program on an ingress that needs ours, and every egress a native-mode ingress redirects into able to
+ * receive native redirects
  * (--fix-veth-peers counted: what it would repair passes). An ingress whose mode only the attach will tell
  * ('auto' on a device not yet attached) is checked after the attach, in the transaction. Throws
  * FAILED_PRECONDITION naming the field and what was observed.
@@ -361,6 +362,11 @@ export async function preflight(
   const fail = (field: string, detail: string): never => {
     throw new CoreError('precondition', `${field}: ${detail}`, [{ field, description: detail }]);
   };
+  if (links.want.size > dp.capacity.links) {
+    const field = 'links';
+    const detail = `${links.want.size} link directions, but the datapath holds at most ${dp.capacity.links} (xc_links)`;
+    throw new CoreError('exhausted', `${field}: ${detail}`, [{ field, description: detail }]);
+  }
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);
@@ -616,29 +622,12 @@ export function pacer(budgetMs = 10): () => Promise<void> {
 }
 
 /**
- * Links, phase 1 (kernel, undoable): attach where needed, check
- * native-redirect targets, then connect, repoint and disconnect directions.
- * A client's change whose egress cannot take native redirects is refused
- * (FAILED_PRECONDITION naming `field`); with `tolerant` (restore, resync)
- * every direction is written and the reconciler reports the ones that cannot
- * forward, so that one link never keeps the others out of the datapath.
- */
-export async function writeLinks(
-  ctx: ExecContext,
-  next: ReadonlyMap<string, LinkSpec>,
-  want: ReadonlyMap<string, LinkDirection>,
-  cur: ReadonlyMap<string, { from: number; to: number }>,
-  field: string,
-  undo: UndoLog,
-  tolerant = false,
-): Promise<void> {
-  await prepareLinks(ctx, next, want, field, undo, tolerant);
-  connectLinks(ctx, want, cur, undo);
-}
-
-/**
- * The first half of {@link writeLinks}: our program on every ingress of the link set, and (a client's change)
- * every egress of a native-mode ingress checked for native redirects; connects nothing.
+ * Links, phase 1 (kernel, undoable), the first half: our program on every ingress of the link set, and (a
+ * client's change) every egress of a native-mode ingress checked for native redirects; connects nothing
+ * ({@link connectLinks} does). A client's change whose egress cannot take native redirects is refused
+ * (FAILED_PRECONDITION naming `fieldOf(ingress)`, else `field`); with `tolerant` (restore, resync) every
+ * direction is written and the reconciler reports the ones that cannot forward, so that one link never
+ * keeps the others out of the datapath.
  */
 export async function prepareLinks(
   ctx: ExecContext,
@@ -647,18 +636,15 @@ export async function prepareLinks(
   field: string,
   undo: UndoLog,
   tolerant = false,
+  fieldOf?: (from: string) => string,
 ): Promise<void> {
   const { dp, state } = ctx;
-  if (!tolerant && want.size > dp.capacity.links) {
-    const detail = `${want.size} link directions, but the datapath holds at most ${dp.capacity.links} (xc_links)`;
-    throw new CoreError('exhausted', `${field}: ${detail}`, [{ field, description: detail }]);
-  }
   const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
     vacateAdjacentDevices(ctx, undo, from, usedAfter, field);
     try {
-      attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant);
+      attachOne(ctx, undo, from, info.from, state.usersOf(from, next) ?? new Set(), tolerant, fieldOf?.(from) ?? field);
     } catch (e) {
       // Restore and resync: an end that cannot take our program (a bridge asked for native mode) is reported
       // by the reconciler (its directions not forwarding, with the reason); the other links are written.
@@ -668,20 +654,21 @@ export async function prepareLinks(
   // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
   // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
   if (tolerant) return;
-  const egress = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native').map(([, d]) => d.toName);
-  const names = [...new Set(egress)];
+  const native = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native');
+  const names = [...new Set(native.map(([, d]) => d.toName))];
   const checked = await checkTargets(ctx, names, false);
-  for (const name of names) {
-    const r = checked.get(name)!;
+  for (const [from, d] of native) {
+    const r = checked.get(d.toName)!;
     if (!r.ok) {
-      throw new CoreError('precondition', `${field}: ${r.detail}`, [
-        { field, description: r.detail ?? 'precondition not met' },
+      const f = fieldOf?.(from) ?? field;
+      throw new CoreError('precondition', `${f}: ${r.detail}`, [
+        { field: f, description: r.detail ?? 'precondition not met' },
       ]);
     }
   }
 }
 
-/** The second half of {@link writeLinks}: connect, repoint and disconnect directions (undoable). */
+/** Links, phase 1, the second half (after {@link prepareLinks}): connect, repoint and disconnect directions (undoable). */
 export function connectLinks(
   ctx: ExecContext,
   want: ReadonlyMap<string, LinkDirection>,
@@ -759,6 +746,7 @@ function attachOne(
   ifindex: number,
   users: Set<string>,
   tolerant: boolean,
+  field?: string,
 ): void {
   const { dp, state } = ctx;
   const before = dp.xdpStatus(name);
@@ -768,7 +756,15 @@ function attachOne(
     else state.unidentified.delete(name);
     return;
   }
-  const st = dp.attach(name, ctx.mode);
+  let st: ReturnType<Dataplane['attach']>;
+  try {
+    st = dp.attach(name, ctx.mode);
+  } catch (e) {
+    // A client's change: the refusal names the request field that needs the program there, with the kernel's
+    // answer ("links[1]: attach xdp to br0: ... (EOPNOTSUPP)"), under the kernel error's kind.
+    if (!field || !(e instanceof PortError)) throw e;
+    throw new CoreError(e.kind, `${field}: ${e.message}`, [{ field, description: e.message }], { cause: e });
+  }
   state.foreign.delete(name);
   state.unidentified.delete(name);
   state.attached.set(name, { ifindex, users, mode: st.mode });

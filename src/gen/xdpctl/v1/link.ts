@@ -1299,7 +1299,11 @@ export const LinkServiceDefinition = {
      * that would forward frames in a loop forever, as for Connect, is
      * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
      * validate_only the response reports what would change and nothing is
-     * applied.
+     * applied; an egress of a native-mode ingress that cannot take native XDP
+     * redirects, or another XDP program on an ingress, is FAILED_PRECONDITION
+     * naming links[i], as without it. A set refused in the kernel changes
+     * nothing (devmap, attachments, the device settings the daemon would have
+     * changed, the stored state).
      */
     applyLinks: {
       name: "ApplyLinks",
@@ -1348,7 +1352,11 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
    * that would forward frames in a loop forever, as for Connect, is
    * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
    * validate_only the response reports what would change and nothing is
-   * applied.
+   * applied; an egress of a native-mode ingress that cannot take native XDP
+   * redirects, or another XDP program on an ingress, is FAILED_PRECONDITION
+   * naming links[i], as without it. A set refused in the kernel changes
+   * nothing (devmap, attachments, the device settings the daemon would have
+   * changed, the stored state).
    */
   applyLinks(
     request: ApplyLinksRequest,
@@ -1392,7 +1400,11 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
    * that would forward frames in a loop forever, as for Connect, is
    * FAILED_PRECONDITION naming links[i], the link that closes the loop). With
    * validate_only the response reports what would change and nothing is
-   * applied.
+   * applied; an egress of a native-mode ingress that cannot take native XDP
+   * redirects, or another XDP program on an ingress, is FAILED_PRECONDITION
+   * naming links[i], as without it. A set refused in the kernel changes
+   * nothing (devmap, attachments, the device settings the daemon would have
+   * changed, the stored state).
    */
   applyLinks(
     request: DeepPartial<ApplyLinksRequest>,

@@ -2539,7 +2539,13 @@ export const RuleServiceDefinition = {
      * created or updated, rules not in it are deleted, identical rules are left
      * untouched (their generation and counters are kept). The whole set is
      * validated before anything changes. With validate_only the response
-     * reports what would change and nothing is applied.
+     * reports what would change and nothing is applied; what the kernel would
+     * refuse and a check can see without changing anything (a backend egress
+     * that cannot take native XDP redirects, another XDP program on an
+     * ingress) is FAILED_PRECONDITION naming the field, as without it. A
+     * change refused in the kernel changes nothing: maps, attachments, the
+     * device settings the daemon would have changed (GRO on a veth peer,
+     * offloads for XDP) and the stored state stay as they were.
      */
     applyRules: {
       name: "ApplyRules",
@@ -2590,7 +2596,13 @@ export interface RuleServiceImplementation<CallContextExt = {}> {
    * created or updated, rules not in it are deleted, identical rules are left
    * untouched (their generation and counters are kept). The whole set is
    * validated before anything changes. With validate_only the response
-   * reports what would change and nothing is applied.
+   * reports what would change and nothing is applied; what the kernel would
+   * refuse and a check can see without changing anything (a backend egress
+   * that cannot take native XDP redirects, another XDP program on an
+   * ingress) is FAILED_PRECONDITION naming the field, as without it. A
+   * change refused in the kernel changes nothing: maps, attachments, the
+   * device settings the daemon would have changed (GRO on a veth peer,
+   * offloads for XDP) and the stored state stay as they were.
    */
   applyRules(
     request: ApplyRulesRequest,
@@ -2636,7 +2648,13 @@ export interface RuleServiceClient<CallOptionsExt = {}> {
    * created or updated, rules not in it are deleted, identical rules are left
    * untouched (their generation and counters are kept). The whole set is
    * validated before anything changes. With validate_only the response
-   * reports what would change and nothing is applied.
+   * reports what would change and nothing is applied; what the kernel would
+   * refuse and a check can see without changing anything (a backend egress
+   * that cannot take native XDP redirects, another XDP program on an
+   * ingress) is FAILED_PRECONDITION naming the field, as without it. A
+   * change refused in the kernel changes nothing: maps, attachments, the
+   * device settings the daemon would have changed (GRO on a veth peer,
+   * offloads for XDP) and the stored state stay as they were.
    */
   applyRules(
     request: DeepPartial<ApplyRulesRequest>,
