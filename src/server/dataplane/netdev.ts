@@ -711,8 +711,9 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
     if (netns === undefined) {
       problems.push(
-        `the peer of ${name} is in an unnamed network namespace: turn tx-vlan-offload off on it (${vlanWhy})` +
-          (generic ? ` and TSO/GSO (${gsoWhy})` : ''),
+        `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}), where xdpctld cannot ` +
+          `read or change its offloads: if tx-vlan-offload is on there, turn it off (${vlanWhy})` +
+          (generic ? `, and TSO/GSO if on (${gsoWhy})` : ''),
       );
       return { done, problems, changed, unrepaired };
     }
