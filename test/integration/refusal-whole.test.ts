@@ -5,10 +5,11 @@
  *  - config-file mode: a file whose links the kernel refuses reached the kernel for a moment (its rules went
  *    in first, then the links failed, then the old rules were put back): 62 of 13 222 datagrams reached a
  *    backend only the refused file named, the rule's generation went +2 per refusal, and the GRO it switched
- *    on on a veth peer and the VLAN offloads it turned off for XDP stayed changed. Two kinds of refusal:
- *    one a check can know before anything is written (a link into a bridge, which cannot transmit native
- *    redirects), and one only the kernel's answer tells (native XDP on a bridge: the attach is refused),
- *    after the file's other interfaces were attached and its backends' peers repaired;
+ *    on on a veth peer and the VLAN offloads it turned off for XDP stayed changed. Refusals a check can know
+ *    before anything is written (a link into a bridge, which cannot transmit native redirects; with
+ *    --xdp-mode native, an ingress whose driver takes no XDP program), and one only known once the file's new
+ *    interfaces are attached (in mode auto only the attach tells native from generic) and its backends'
+ *    peers repaired, which must be undone whole;
  *  - the API: a CreateRule or Connect refused in the kernel phase left the VLAN offloads of an ingress it
  *    attached turned off and the GRO of a backend's peer switched on (and recorded in host-changes.json);
  *  - a refusal for a veth whose peer cannot be inspected (an unnamed namespace) said "enable GRO" while GRO
@@ -141,9 +142,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
 
   it('config file: a file a check refuses (a link into a bridge) never reaches the kernel', async () => {
     const file = `${dir}/a.yaml`;
-    writeFileSync(file, good());
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
-    await until('the good file is applied', () => lines(/"msg":"config applied"/).length === 1);
+    await fresh(file);
     const gen = await generation();
     const host = settings();
     const stored = disk();
@@ -171,31 +170,38 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     assert.match(line, /the last good configuration keeps running/);
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
     assert.deepEqual(lines(/device settings it changed were put back/), [], 'nothing was changed to put back');
-    await d.stop();
+    await d!.stop();
     d = undefined;
   });
 
-  it('config file: a file only the kernel refuses (native XDP on a bridge) is undone whole, host settings too', async () => {
+  /** A new daemon on the good file, with nothing left attached or stored by an earlier case. */
+  async function fresh(file: string, args: string[] = []) {
     await d?.destroy();
     d = undefined;
-    // A new start in native mode: nothing left attached or stored from the first case.
-    for (const h of [vm, vm2, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
+    for (const h of [vm, vm2, vm3, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(stateDir, { recursive: true, force: true });
-    const file = `${dir}/b.yaml`;
     writeFileSync(file, good());
-    d = await DaemonProcess.start(id, ['--config', file, '--xdp-mode', 'native', '--log-level', 'info']);
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', ...args]);
     await until('the good file is applied', () => lines(/"msg":"config applied"/).length === 1);
+  }
+
+  it('config file: a file refused only after its interfaces were attached and its peers repaired is undone whole, host settings too', async () => {
+    const file = `${dir}/b.yaml`;
+    await fresh(file);
     const gen = await generation();
     const host = settings();
-    assert.equal(host.gro.b2, 'off', "b2's peer has no GRO: the refused file's check would switch it on");
+    assert.equal(host.gro.b2, 'off', "b2's peer has no GRO: the refused file's check switches it on");
     assert.deepEqual(host.vlan.vm2, ['tx-vlan-offload: on', 'tx-vlan-stag-hw-insert: on']);
+    assert.deepEqual(host.vlan.vm3, ['tx-vlan-offload: on', 'tx-vlan-stag-hw-insert: on']);
     const stored = disk();
 
-    // Everything a check can see passes (b2's peer is repairable, y can receive); the bridge's native attach
-    // is refused by the kernel, after vm2 was attached and b2's peer repaired.
+    // Everything a check can see before writing passes (b2's peer is repairable; vm2 and vm3 are new, and in
+    // the default mode, auto, only the attach tells whether they run native XDP). In the transaction vm2 and
+    // vm3 are attached (native: their peers' VLAN offloads turned off), b2's peer gets GRO, and then vm3's
+    // link into the bridge is refused: native redirects into a bridge are dropped.
     const refused =
-      `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${bridge}, b: ${y.hostIf}, direction: a-to-b}\n` +
+      `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${vm3.hostIf}, b: ${bridge}, direction: a-to-b}\n` +
       ruleYaml([vm, vm2], [b1, b2]);
     const seen = await refuseUnderTraffic(file, refused);
     assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
@@ -218,20 +224,58 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       [
         `eth0 in netns ${b2.netns}: GRO off again`,
         `eth0 in netns ${vm2.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
-      ],
+        `eth0 in netns ${vm3.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
+      ].sort(),
       'the log names each setting put back',
     );
     const [line] = lines(/not applied/);
-    assert.match(line, new RegExp(`links\\[1\\]: attach xdp to ${bridge}`), line);
+    assert.match(line, new RegExp(`links\\[1\\]: ${bridge} \\(bridge\\) cannot transmit native XDP redirects`), line);
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
-    await d.stop();
+    await d!.stop();
+    d = undefined;
+  });
+
+  it('config file: with --xdp-mode native, a file with an ingress that cannot run native XDP (a bridge) never reaches the kernel', async () => {
+    const file = `${dir}/c.yaml`;
+    await fresh(file, ['--xdp-mode', 'native']);
+    const gen = await generation();
+    const host = settings();
+    const stored = disk();
+    const refused =
+      `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${bridge}, b: ${y.hostIf}, direction: a-to-b}\n` +
+      ruleYaml([vm, vm2], [b1, b2]);
+    const seen = await refuseUnderTraffic(file, refused);
+    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
+    assert.equal(
+      seen.atRefused,
+      0,
+      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
+    );
+    assert.equal(
+      seen.atGood,
+      seen.sent,
+      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
+    );
+    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    assert.deepEqual(lines(/device settings it changed were put back/), [], 'nothing was changed to put back');
+    const [line] = lines(/not applied/);
+    assert.match(
+      line,
+      new RegExp(
+        `links\\[1\\]: ${bridge} cannot run a native-mode XDP program \\(the kernel reports xdp-features: none`,
+      ),
+      line,
+    );
+    await d!.stop();
     d = undefined;
   });
 
   it('API: a CreateRule or Connect refused in the kernel phase leaves host settings and records as they were', async () => {
     await d?.destroy();
     d = undefined;
-    for (const h of [vm, vm2, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
+    for (const h of [vm, vm2, vm3, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(stateDir, { recursive: true, force: true });
     d = await DaemonProcess.start(id, ['--log-level', 'info']);

@@ -249,6 +249,12 @@ export interface Dataplane {
    * Optional (fakes).
    */
   checkIngress?(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }>;
+  /**
+   * Whether the kernel would take a native-mode (driver) XDP program on `ifname`, from its xdp-features
+   * (NETDEV_XDP_ACT_BASIC; a bridge has none) with the features as text; undefined when the kernel does
+   * not say (no xdp-features before 6.3, or no such interface). Optional (fakes).
+   */
+  nativeXdp?(ifname: string): { supported: boolean; features: string } | undefined;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
   /**

@@ -347,7 +347,8 @@ async function checkTargets(
  * The kernel preconditions of a change that can be known without changing anything, checked before the
  * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
  * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no other
- * XDP program on an ingress that needs ours, and every egress a native-mode ingress redirects into able to
+ * XDP program on an ingress that needs ours, native XDP on every new ingress with --xdp-mode native (the
+ * device's xdp-features), and every egress a native-mode ingress redirects into able to
  * receive native redirects
  * (--fix-veth-peers counted: what it would repair passes). An ingress whose mode only the attach will tell
  * ('auto' on a device not yet attached) is checked after the attach, in the transaction. Throws
@@ -382,6 +383,17 @@ export async function preflight(
     const attached = state.attached.get(name)?.mode ?? (x && x.mode !== 'none' ? x.mode : undefined);
     if (attached === 'native' || attached === 'generic') m = attached;
     else m = ctx.mode === 'native' ? 'native' : ctx.mode === 'generic' ? 'generic' : 'unknown';
+    if (m === 'native' && !attached) {
+      // --xdp-mode native on a device whose driver takes no XDP program: the kernel would refuse the attach.
+      const n = dp.nativeXdp?.(name);
+      if (n && !n.supported) {
+        fail(
+          field,
+          `${name} cannot run a native-mode XDP program (the kernel reports xdp-features: ${n.features}, no ` +
+            `basic), and this daemon attaches in native mode only (--xdp-mode native); use --xdp-mode auto or generic`,
+        );
+      }
+    }
     modes.set(name, m);
     return m;
   };

@@ -437,6 +437,16 @@ export class KernelDataplane implements Dataplane {
     return { done: prep.done, unrepaired: prep.unrepaired ?? [] };
   }
 
+  nativeXdp(ifname: string): { supported: boolean; features: string } | undefined {
+    try {
+      const f = xdpFeatures(ifindexOf(ifname));
+      if (f === undefined) return undefined;
+      return { supported: (f & XDP_ACT.basic) !== 0n, features: xdpActNames(f).join(', ') || 'none' };
+    } catch {
+      return undefined;
+    }
+  }
+
   async redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget> {
     let features: bigint | undefined;
     let id: LinkIdentity | undefined;
