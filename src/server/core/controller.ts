@@ -213,7 +213,7 @@ export class Controller {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     const want = planLinks(next, facts.interfaces, 'links');
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
-    await preflight(this.ctx, plan.plans, { want, field: fieldOf });
+    await preflight(this.ctx, plan.plans, { want, field: fieldOf }, { rules: opNames(ops), links: next });
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
@@ -548,8 +548,9 @@ export class Controller {
     return this.serial(async () => {
       if (!validateOnly) this.checkOwner();
       const { changes, ops } = await this.ruleSet(specs);
-      if (validateOnly) await this.dryRun((await this.planRuleOps(ops)).plans, new Map(), () => 'links');
-      else await this.applyRuleOps(ops);
+      if (validateOnly) {
+        await this.dryRun((await this.planRuleOps(ops)).plans, new Map(), () => 'links', { rules: opNames(ops) });
+      } else await this.applyRuleOps(ops);
       return changes;
     }, opts.signal);
   }
@@ -632,7 +633,9 @@ export class Controller {
     const pace = pacer(10);
     const plan = await this.planRuleOps(ops, napi, pace);
     // A client's change: what can be known without changing anything is checked before anything is written.
-    if (!restoring) await preflight(this.ctx, plan.plans, { want: new Map(), field: () => 'links' });
+    if (!restoring) {
+      await preflight(this.ctx, plan.plans, { want: new Map(), field: () => 'links' }, { rules: opNames(ops) });
+    }
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
@@ -783,7 +786,7 @@ export class Controller {
       const { changes, next, fieldOf } = this.linkSet(specs);
       if (validateOnly) {
         const want = planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
-        await this.dryRun([], want, fieldOf);
+        await this.dryRun([], want, fieldOf, { rules: new Set(), links: next });
       } else await this.applyLinkSet(next, 'links', false, fieldOf);
       return changes;
     }, opts.signal);
@@ -843,9 +846,14 @@ export class Controller {
    * validate_only: the kernel preconditions a check can know without changing anything (execute.ts
    * preflight), so that a dry run refuses what the change would be refused for there.
    */
-  private async dryRun(plans: RulePlan[], want: Map<string, LinkDirection>, fieldOf: (from: string) => string) {
+  private async dryRun(
+    plans: RulePlan[],
+    want: Map<string, LinkDirection>,
+    fieldOf: (from: string) => string,
+    scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> },
+  ) {
     try {
-      await preflight(this.ctx, plans, { want, field: fieldOf });
+      await preflight(this.ctx, plans, { want, field: fieldOf }, scope);
     } finally {
       this.ctx.preflightTargets = undefined;
     }
@@ -923,7 +931,8 @@ export class Controller {
     );
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     // A client's change: what can be known without changing anything is checked before anything is written.
-    if (!tolerant) await preflight(this.ctx, [], { want, field: fieldOf ?? (() => field) });
+    if (!tolerant)
+      await preflight(this.ctx, [], { want, field: fieldOf ?? (() => field) }, { rules: new Set(), links: next });
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
@@ -1145,6 +1154,11 @@ const PREEMPTIONS = 3;
 
 /** A reconciler pass that gave its turn to a waiting change before writing anything. */
 class Preempted extends Error {}
+
+/** The names of the rules a change writes or deletes. */
+function opNames(ops: readonly RuleOp[]): Set<string> {
+  return new Set(ops.map((o) => o.name));
+}
 
 /** Same link: for both directions the order of a and b carries no meaning. */
 function sameLink(x: LinkSpec, y: LinkSpec): boolean {

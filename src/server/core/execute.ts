@@ -358,8 +358,29 @@ export async function preflight(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
+  scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> } = { rules: new Set() },
 ): Promise<void> {
   const { dp, state } = ctx;
+  // Bridge and port: the kernel refuses a program on a device while a device above it has one (EEXIST), so a
+  // new ingress below a device that keeps ours after the change is refused here, as vacateAdjacentDevices would.
+  const planned = new Set(plans.flatMap((p) => p.ingress.map((i) => i.name)));
+  const usedAfter = (name: string) =>
+    planned.has(name) ||
+    links.want.has(name) ||
+    [...(state.usersOf(name, scope.links ?? state.links) ?? [])].some(
+      (u) => !u.startsWith('rule/') || !scope.rules.has(u.slice(5)),
+    );
+  const adjacent = (name: string, field: string) => {
+    if (state.attached.has(name)) return;
+    for (const upper of dp.upperDevices?.(name) ?? []) {
+      if (!state.attached.has(upper) || !usedAfter(upper)) continue;
+      fail(
+        field,
+        `${name} is a port of ${upper}, which still needs our XDP program; the kernel refuses a program on a ` +
+          `device while a device above it has one (EEXIST): move every rule and link off ${upper} first`,
+      );
+    }
+  };
   const fail = (field: string, detail: string): never => {
     throw new CoreError('precondition', `${field}: ${detail}`, [{ field, description: detail }]);
   };
@@ -368,6 +389,8 @@ export async function preflight(
     const detail = `${links.want.size} link directions, but the datapath holds at most ${dp.capacity.links} (xc_links)`;
     throw new CoreError('exhausted', `${field}: ${detail}`, [{ field, description: detail }]);
   }
+  for (const p of plans) for (const i of p.ingress) adjacent(i.name, `${p.field}.ingress_interfaces`);
+  for (const from of links.want.keys()) adjacent(from, links.field(from));
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);
