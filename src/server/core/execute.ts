@@ -17,7 +17,6 @@ import {
   type SrcKey,
   type XdpModeName,
 } from './dataplane.js';
-import { otherProgram } from './conditions.js';
 import { CoreError, PortError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
@@ -398,9 +397,13 @@ export async function preflight(
     const x = dp.xdpStatus(name);
     // One attached before ours was replaced is the reconciler's to report (the change goes on without it).
     if (x && x.mode !== 'none' && !x.ours && !state.attached.has(name)) {
+      // Worded as the attach would refuse it (datapath.ts attachNow), before anything is attached.
       fail(
         field,
-        `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`,
+        `attach xdp to ${name}: another XDP program (id ${x.progId}, ${x.mode} mode) is attached` +
+          (x.otherDaemon ? `: ${x.otherDaemon}` : '') +
+          (x.unidentified ? ` (xdpctld cannot identify it: ${x.unidentified})` : '') +
+          '; it is left alone',
       );
     }
     const attached = state.attached.get(name)?.mode ?? (x && x.mode !== 'none' ? x.mode : undefined);
