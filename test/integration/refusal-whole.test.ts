@@ -360,7 +360,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     assert.doesNotMatch(e3.message, /enable GRO/, e3.message);
     assert.match(
       e3.message,
-      new RegExp(`into ${lone} would be dropped: the kernel reports no ndo_xdp_xmit for it`),
+      new RegExp(`the kernel reports no ndo_xdp_xmit for ${lone} \\(xdp-features [^)]*\\), so its peer has no NAPI`),
       e3.message,
     );
     assert.match(e3.message, /unnamed network namespace .*cannot read its settings/, e3.message);

@@ -498,22 +498,16 @@ export class KernelDataplane implements Dataplane {
     if (s.uninspectable) {
       if (!xmit(features)) {
         // What the kernel says from this side, and only that: the peer's GRO may be on (switched on while the
-        // peer was down, which gives it no NAPI) or off, and which one cannot be read from here.
-        let carrier: boolean | undefined;
-        try {
-          carrier = linkState(ifname)?.carrier;
-        } catch {
-          carrier = undefined;
-        }
+        // peer was down, which gives it no NAPI) or off, and which one cannot be read from here. The text up
+        // to its first colon is what a rule's status repeats: it names the namespace.
         return {
           ok: false,
           detail:
-            `native XDP redirects into ${ifname} would be dropped: the kernel reports no ndo_xdp_xmit for it ` +
-            `(${have(features)}), so its peer has no NAPI` +
-            (carrier === false ? ` (${ifname} has no carrier: its peer is down)` : '') +
-            `; ${s.detail}: if the peer's GRO is off, switch it on while the peer is up; if it is on, it was ` +
-            `switched on while the peer was down, which gives no NAPI: switch it off and on again; or use generic ` +
-            `mode on the ingress`,
+            `${s.detail}; the kernel reports no ndo_xdp_xmit for ${ifname} (xdp-features ` +
+            `${xdpActNames(features ?? 0n).join(', ') || 'none'}), so its peer has no NAPI and every frame ` +
+            `redirected into ${ifname} in native mode would be dropped. If the peer's GRO is off, switch it on ` +
+            `while the peer is up; if it is on, it was switched on while the peer was down, which gives no NAPI: ` +
+            `switch it off and on again; or use generic mode on the ingress`,
         };
       }
       // Not verified: the reconciler judges it by the backends' redirect counters (core/egress-watch.ts).
