@@ -345,8 +345,8 @@ async function checkTargets(
 /**
  * The kernel preconditions of a change that can be known without changing anything, checked before the
  * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
- * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no other
- * XDP program on an ingress that needs ours, native XDP on every new ingress with --xdp-mode native (the
+ * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no new
+ * ingress below a device that keeps our program (a bridge port), native XDP on every new ingress with --xdp-mode native (the
  * device's xdp-features), and every egress a native-mode ingress redirects into able to
  * receive native redirects
  * (--fix-veth-peers counted: what it would repair passes). An ingress whose mode only the attach will tell
@@ -395,18 +395,8 @@ export async function preflight(
     let m = modes.get(name);
     if (m) return m;
     const x = dp.xdpStatus(name);
-    // One attached before ours was replaced is the reconciler's to report (the change goes on without it).
-    if (x && x.mode !== 'none' && !x.ours && !state.attached.has(name)) {
-      // Worded as the attach would refuse it (datapath.ts attachNow), before anything is attached.
-      fail(
-        field,
-        `attach xdp to ${name}: another XDP program (id ${x.progId}, ${x.mode} mode) is attached` +
-          (x.otherDaemon ? `: ${x.otherDaemon}` : '') +
-          (x.unidentified ? ` (xdpctld cannot identify it: ${x.unidentified})` : '') +
-          '; it is left alone',
-      );
-    }
-    const attached = state.attached.get(name)?.mode ?? (x && x.mode !== 'none' ? x.mode : undefined);
+    // Another program there: the attach refuses it, in its own words (undone whole, as any refusal).
+    const attached = state.attached.get(name)?.mode ?? (x?.ours && x.mode !== 'none' ? x.mode : undefined);
     if (attached === 'native' || attached === 'generic') m = attached;
     else m = ctx.mode === 'native' ? 'native' : ctx.mode === 'generic' ? 'generic' : 'unknown';
     if (m === 'native' && !attached) {
