@@ -159,6 +159,8 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
     }
     assert.equal(existsSync(`${stateDir}/host-changes.json.tmp`), false, 'no half-written record left');
     assert.match(d!.output, /GRO switched on not recorded in \S+host-changes\.json/);
+    // The change failed: the GRO it switched on is off again, as the daemon found it.
+    assert.match(topo.exec('b2', 'ethtool', ['-k', 'eth0']), /^generic-receive-offload: off/m, 'GRO put back');
     assert.deepEqual(d!.dumpMaps(), maps, 'kernel maps unchanged');
     assert.deepEqual(await names(), ['web']);
   });

@@ -177,18 +177,41 @@ export class KernelDataplane implements Dataplane {
           this.forget(j);
         }
         if (failed.length || !this.hostChangesFile) this.saveHostChanges();
-        else if (reverted.length) {
-          // Every change put back: the record as it was, byte for byte (or none, as there was none).
-          try {
-            if (recordBefore === undefined) rmSync(this.hostChangesFile, { force: true });
-            else writeFileSync(this.hostChangesFile, recordBefore, { mode: 0o600 });
-          } catch {
-            this.saveHostChanges();
-          }
-        }
+        else if (reverted.length) this.restoreRecord(recordBefore);
         return { reverted, failed };
       },
     };
+  }
+
+  /**
+   * Every change of a scope put back: the host-changes file as it was, byte for byte (or none, as there was
+   * none). Written only when it differs (a record that could not be written, on a full disk, never changed
+   * it), and atomically (a temporary file renamed over it), so that a failing disk never leaves it cut.
+   */
+  private restoreRecord(before: string | undefined): void {
+    const file = this.hostChangesFile!;
+    let now: string | undefined;
+    try {
+      now = readFileSync(file, 'utf8');
+    } catch {
+      now = undefined;
+    }
+    if (now === before) return;
+    const tmp = `${file}.tmp`;
+    try {
+      if (before === undefined) rmSync(file, { force: true });
+      else {
+        writeFileSync(tmp, before, { mode: 0o600 });
+        renameSync(tmp, file);
+      }
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      this.log?.warn(
+        { err: e, file },
+        `${file} could not be put back as it was: it may name device settings that were already put back ` +
+          '(--cleanup-on-exit finds them as they should be and leaves them)',
+      );
+    }
   }
 
   /** Take out of the host-changes record what a journal entry added to it (the setting was put back). */
