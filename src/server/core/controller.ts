@@ -40,7 +40,7 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
-import { ingressDownProblem } from './rule-status.js';
+import { ingressDownProblem, isMtuWarning } from './rule-status.js';
 import { backendKey, CoreState } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -347,9 +347,13 @@ export class Controller {
         const unverified = [this.state.linkUnverified.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') unverified.push(this.state.linkUnverified.get(`${l.b}>${l.a}`));
         const unknown = unverified.filter((w): w is string => w !== undefined);
+        const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
+        if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
+        const linkWarnings = mtu.filter((w): w is string => w !== undefined);
+        const tooSmall = linkWarnings.filter(isMtuWarning);
         const conditions = this.state.conditions.set(
           `link/${linkKey(l)}`,
-          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown),
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, tooSmall),
           this.now(),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
@@ -367,9 +371,7 @@ export class Controller {
             `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
           );
         }
-        const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
-        if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
-        const warnings = [...problems, ...unknown, ...mtu.filter((w): w is string => w !== undefined), ...shadows];
+        const warnings = [...problems, ...unknown, ...linkWarnings, ...shadows];
         return { ...l, active, warnings, conditions };
       });
   }
@@ -845,20 +847,21 @@ export class Controller {
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     const undo = new UndoLog();
     let txn: StoreTxn | undefined;
+    let unverified: Map<string, string>;
     try {
       txn = this.begin(tolerant);
       if (txn) {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
-      await writeLinks(this.ctx, next, want, cur, field, undo, tolerant);
+      unverified = await writeLinks(this.ctx, next, want, cur, field, undo, tolerant);
       this.commit(txn, tolerant);
     } catch (e) {
       txn?.rollback();
       undo.rollback(this.log);
       throw e;
     }
-    finishLinks(this.ctx, next, want);
+    finishLinks(this.ctx, next, want, unverified);
   }
 
   // ---- start-up and interface churn -------------------------------------

@@ -25,7 +25,7 @@ import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
-import { lowerForMissingIngress } from './rule-status.js';
+import { lowerForMissingIngress, lowerForMtu } from './rule-status.js';
 
 const AF_INET = 2;
 
@@ -105,9 +105,12 @@ export async function allocateRules(
   }
   // An ingress missing now (a lenient plan of restore or the reconciler gives it no match entry): the status
   // says so from the write on, as the reconciler's pass will, not ACTIVE until that pass ends.
+  // So does an egress MTU below an ingress's (DEGRADED: its larger datagrams are dropped).
   for (const p of plans) {
     const k = kernel.get(p.name);
-    if (k) lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    if (!k) continue;
+    lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    lowerForMtu(k);
   }
   const t = ctx.now();
   const records = new Map<string, RuleRecord>();
@@ -331,7 +334,14 @@ export async function writeRules(
 ): Promise<void> {
   const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace);
   const { dp, state } = ctx;
-  for (const p of plans) if (demoted.has(p.name)) alloc.kernel.get(p.name)!.status = plannedStatus(p);
+  for (const p of plans) {
+    if (!demoted.has(p.name)) continue;
+    const k = alloc.kernel.get(p.name)!;
+    k.written = undefined;
+    k.status = plannedStatus(p);
+    lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    lowerForMtu(k);
+  }
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
@@ -514,8 +524,10 @@ export async function writeLinks(
   field: string,
   undo: UndoLog,
   tolerant = false,
-): Promise<void> {
+): Promise<Map<string, string>> {
   const { dp, state } = ctx;
+  /** Directions ("from>to") whose egress cannot be verified (a veth peer xdpctld cannot inspect): why. */
+  const unverified = new Map<string, string>();
   const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
@@ -538,6 +550,13 @@ export async function writeLinks(
       throw new CoreError('precondition', `${field}: ${r.detail}`, [
         { field, description: r.detail ?? 'precondition not met' },
       ]);
+    }
+    // Accepted on the kernel's ndo-xmit flag alone: not verified until traffic shows it (egress-watch.ts), so
+    // the reply and every read before the reconciler's next pass say so, as that pass will.
+    const dir = `${from}>${d.toName}`;
+    const w = state.linkWatch.get(dir);
+    if (r.unverified && !(w?.verdict === 'verified' && w.key === r.key)) {
+      unverified.set(dir, `${from} -> ${d.toName}: cannot be verified: ${r.detail}`);
     }
   }
   for (const [from, d] of want) {
@@ -564,20 +583,24 @@ export async function writeLinks(
     undo.push(() => void dp.connect(c.from, c.to));
     dp.disconnect(c.from);
   }
+  return unverified;
 }
 
 /**
  * Links, phase 2, after the change is durable: record the new set, release
  * the counters of directions that are gone (their xc_stats entries, so that
  * a table of 1 024 ingress interfaces never fills with dead links), detach
- * from interfaces nobody uses.
+ * from interfaces nobody uses, and mark the directions `writeLinks` found
+ * unverified (listed as such from the reply on, until a pass judges them).
  */
 export function finishLinks(
   ctx: ExecContext,
   next: ReadonlyMap<string, LinkSpec>,
   want: ReadonlyMap<string, LinkDirection>,
+  unverified: ReadonlyMap<string, string> = new Map(),
 ): void {
   const { dp, state } = ctx;
+  for (const [dir, why] of unverified) state.linkUnverified.set(dir, why);
   const kept = new Set([...want.values()].map((d) => d.from));
   for (const from of state.linkDirs.keys()) {
     if (kept.has(from)) continue;
