@@ -189,6 +189,22 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
       };
       check(reply.link!.status!, 'the Connect reply');
       check((await c.links.listLinks({})).links.find((x) => x.a === l3.hostIf)!.status!, 'ListLinks at once');
+      // A backend behind the same veth: the CreateRule reply says so too (DEGRADED), not ACTIVE until a pass.
+      const created = await c.rules.createRule({
+        rule: {
+          name: 'unverified',
+          match: { protocol: Protocol.PROTOCOL_UDP, port: 7994, destination: '', sourcePrefixes: [] },
+          ingressInterfaces: [vm.hostIf],
+          backends: [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2, weight: 1 }],
+          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+          labels: {},
+          generation: 0n,
+        },
+      });
+      const rs = created.rule!.status!;
+      assert.equal(rs.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(rs));
+      assert.match(rs.backendStatus[0].message, /^cannot be verified: .*unnamed network namespace/);
+      await c.rules.deleteRule({ name: 'unverified', expectedGeneration: 0n });
       // Traffic that the kernel takes verifies it (as before).
       assert.equal(topo.ping('l3', '198.18.51.2'), true, 'l3 reaches the unnamed namespace');
       await until(

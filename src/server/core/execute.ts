@@ -25,7 +25,7 @@ import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
-import { lowerForMissingIngress, lowerForMtu } from './rule-status.js';
+import { lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
 
 const AF_INET = 2;
 
@@ -174,9 +174,10 @@ async function prepareIngress(
   undo: UndoLog,
   restoring: boolean,
   pace: () => Promise<void> = async () => {},
+  unverified?: Map<string, string>,
 ): Promise<Set<string>> {
   attachIngress(ctx, ops, plans, undo, restoring);
-  return checkRedirectTargets(ctx, plans, pace, restoring);
+  return checkRedirectTargets(ctx, plans, pace, restoring, unverified);
 }
 
 /** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
@@ -242,6 +243,7 @@ async function checkRedirectTargets(
   plans: readonly RulePlan[],
   pace: () => Promise<void>,
   restoring: boolean,
+  unverified?: Map<string, string>,
 ): Promise<Set<string>> {
   const { dp, state } = ctx;
   const native = new Map<string, boolean>();
@@ -270,6 +272,12 @@ async function checkRedirectTargets(
     ),
   );
   const peers = new Map(names.map((name, i) => [name, checked[i]]));
+  // Egresses accepted on the kernel's flag alone, not yet verified by traffic (egress-watch.ts): the caller's
+  // statuses say so from the write on, as the reconciler's next pass will.
+  if (unverified) {
+    for (const [name, r] of peers)
+      if (r.ok && 'unverified' in r && r.unverified) unverified.set(name, r.detail ?? name);
+  }
   const demoted = new Set<string>();
   for (const p of plans) {
     if (!isNative(p)) continue;
@@ -332,7 +340,8 @@ export async function writeRules(
   pace: () => Promise<void> = async () => {},
   restoring = false,
 ): Promise<void> {
-  const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace);
+  const unverified = new Map<string, string>();
+  const demoted = await prepareIngress(ctx, ops, plans, undo, restoring, pace, unverified);
   const { dp, state } = ctx;
   for (const p of plans) {
     if (!demoted.has(p.name)) continue;
@@ -341,6 +350,15 @@ export async function writeRules(
     k.status = plannedStatus(p);
     lowerForMissingIngress(k, p.spec.ingressInterfaces);
     lowerForMtu(k);
+  }
+  if (unverified.size) {
+    for (const p of plans) {
+      const k = alloc.kernel.get(p.name)!;
+      const lowered = unverifiedRuleStatus(k.status, unverified);
+      if (lowered === k.status) continue;
+      k.written ??= k.status;
+      k.status = lowered;
+    }
   }
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
