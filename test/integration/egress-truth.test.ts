@@ -117,9 +117,16 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
         [true],
         'still in the table: smaller datagrams go',
       );
-      // What the status says is what the kernel does: up to 1376 bytes of payload pass, larger datagrams do not.
+      // What the status says is what the kernel does: up to 1376 bytes of payload pass, larger datagrams do not,
+      // and those are counted as the backend's redirect errors (not dropped silently, not passed to the stack).
+      const errors = async () => {
+        const { counters } = await c.counters.getCounters({ filter: { rules: ['mtu'] } });
+        return counters!.backends.find((b) => b.ip === b1.ip)?.redirectErrorPackets ?? 0n;
+      };
+      const before = await errors();
       const got = await deliver(vm, b1, 7990, [1000, 1372, 1376, 1377, 1400, 1472]);
       assert.deepEqual(got, [1000, 1372, 1376]);
+      await until('the 3 dropped datagrams counted as redirect errors', async () => (await errors()) - before === 3n);
       await sleep(1500);
       assert.equal(count(/"msg":"rule mtu is DEGRADED: .*has MTU 1400/), 1, 'logged once, not every pass');
     } finally {
