@@ -119,7 +119,8 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
     assert.match(st.backendStatus[1].message, /unnamed network namespace/);
     assert.equal(cond(st, 'BackendsReceiving').status, ConditionStatus.CONDITION_STATUS_UNKNOWN);
     assert.equal(cond(st, 'BackendsReceiving').reason, 'BackendsUnverified');
-    assert.equal(await health(), NOT_SERVING);
+    // The status says so from the CreateRule reply on; the health service follows at the reconciler's next pass.
+    await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING);
 
     // 2. Traffic shows the kernel takes its frames: ACTIVE.
     let r = await send();
@@ -231,7 +232,8 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
         [active(st).status, active(st).reason],
         [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'EgressUnverified'],
       );
-      assert.equal(await health(), NOT_SERVING);
+      // Said from the Connect reply on; the health service follows at the reconciler's next pass.
+      await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING);
 
       assert.equal(topo.ping('l1', '198.18.50.2'), true, 'l1 reaches l2 through the link');
       await until(

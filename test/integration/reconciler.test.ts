@@ -304,7 +304,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.equal(back.total, back.sent, `all delivered once b2 is back (${back.got})`);
   });
 
-  it("warns about a backend whose egress MTU is below the ingress's, as the kernel drops its larger datagrams", async () => {
+  it("a backend whose egress MTU is below the ingress's is DEGRADED, as the kernel drops its larger datagrams", async () => {
     const b4 = topo.addHost('b4', '198.18.2.4/24');
     await c.rules.createRule({ rule: rule('mtu', 7997, vm, [b4]) });
     const mtuWarning = async () => (await status('mtu')).warnings.find((w) => /MTU/.test(w));
@@ -331,11 +331,19 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       await until('the MTU warning', async () => (await mtuWarning()) !== undefined);
       const w = (await mtuWarning())!;
       assert.match(w, new RegExp(`egress ${b4.hostIf} has MTU 1280, ingress ${vm.hostIf} 1500`));
-      assert.equal((await status('mtu')).state, RuleState.RULE_STATE_ACTIVE, 'smaller datagrams still go');
+      // Not as specified (the larger datagrams are dropped): DEGRADED, the backend still in the table.
+      const st = await status('mtu');
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, 'the larger datagrams are dropped');
+      assert.deepEqual(
+        st.backendStatus.map((b) => b.active),
+        [true],
+        'smaller datagrams still go',
+      );
       // What the warning says is what the kernel does: the 1400-byte datagram is dropped, not fragmented.
       assert.deepEqual(await deliver([1000, 1400]), [1000]);
       // The log says so too, once.
-      const logged = () => d.output.split('\n').filter((l) => l.includes(`"msg":"rule mtu: backend`)).length;
+      const logged = () =>
+        d.output.split('\n').filter((l) => /"msg":"rule mtu is DEGRADED: .*has MTU 1280/.test(l)).length;
       await until('the MTU warning logged', () => logged() === 1);
       await sleep(1500);
       assert.equal(logged(), 1, 'logged once, not every pass');
@@ -343,7 +351,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
       sh('ip', ['link', 'set', b4.hostIf, 'mtu', '1500']);
     }
     await until('the warning gone', async () => (await mtuWarning()) === undefined);
-    await until('its end logged', () => d.output.includes('"msg":"rule mtu: no MTU warning any more"'));
+    await until('its end logged', () => d.output.includes('"msg":"rule mtu is ACTIVE: forwarding to 1 backend(s)"'));
     await c.rules.deleteRule({ name: 'mtu', expectedGeneration: 0n });
   });
 });

@@ -72,11 +72,24 @@ export function ingressReason(problem: string): string {
   return 'NotAttached';
 }
 
+/**
+ * The FramesFit condition: True when every egress can carry the largest
+ * frame its ingress accepts; False (reason EgressMTUTooSmall) naming both
+ * MTUs and the largest datagram that passes, from the MTU warnings
+ * (rule-status.ts mtuWarnings, resync.ts for links).
+ */
+export function framesFitCondition(mtuWarnings: readonly string[]): ObservedCondition {
+  return mtuWarnings.length
+    ? cond('FramesFit', false, 'EgressMTUTooSmall', mtuWarnings.join('; '))
+    : cond('FramesFit', true, 'MTUFits', 'every egress MTU is at least the ingress MTU');
+}
+
 /** A rule's conditions from its status and the problems of its ingress interfaces. */
 export function ruleConditions(
   s: {
     state: string;
     message: string;
+    warnings?: readonly string[];
     backends: { receiving: boolean; ip: string; interface: string; message: string; unverified?: boolean }[];
   },
   weights: number[],
@@ -126,6 +139,9 @@ export function ruleConditions(
               ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
               : 'every backend with a non-zero weight is in the backend table',
           ),
+    failed
+      ? { type: 'FramesFit', status: 'Unknown', reason: 'Failed', message: s.message }
+      : framesFitCondition((s.warnings ?? []).filter((w) => / has MTU \d+/.test(w))),
   ];
 }
 
@@ -184,12 +200,21 @@ export function interfaceConditions(i: {
   ];
 }
 
-/** A link's Active condition. */
-export function linkConditions(active: boolean[], problems: string[], unverified: string[] = []): ObservedCondition[] {
-  if (problems.length) return [cond('Active', false, ingressReason(problems[0]), problems.join('; '))];
+/** A link's Active condition, and FramesFit from its MTU warnings ({@link framesFitCondition}). */
+export function linkConditions(
+  active: boolean[],
+  problems: string[],
+  unverified: string[] = [],
+  mtuWarnings: readonly string[] = [],
+): ObservedCondition[] {
+  return [linkActive(active, problems, unverified), framesFitCondition(mtuWarnings)];
+}
+
+function linkActive(active: boolean[], problems: string[], unverified: string[]): ObservedCondition {
+  if (problems.length) return cond('Active', false, ingressReason(problems[0]), problems.join('; '));
   if (active.every(Boolean) && unverified.length) {
-    return [{ type: 'Active', status: 'Unknown', reason: 'EgressUnverified', message: unverified.join('; ') }];
+    return { type: 'Active', status: 'Unknown', reason: 'EgressUnverified', message: unverified.join('; ') };
   }
-  if (active.every(Boolean)) return [cond('Active', true, 'Forwarding', 'every direction is in the datapath')];
-  return [cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet')];
+  if (active.every(Boolean)) return cond('Active', true, 'Forwarding', 'every direction is in the datapath');
+  return cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet');
 }

@@ -42,7 +42,7 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirec
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
-import { ingressDownProblem } from './rule-status.js';
+import { ingressDownProblem, isMtuWarning } from './rule-status.js';
 import { backendKey, CoreState } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -218,6 +218,7 @@ export class Controller {
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
     let alloc: RuleAllocation;
+    let unverified: Map<string, string>;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
       txn = this.begin(false);
@@ -231,7 +232,7 @@ export class Controller {
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
       await prepareRules(this.ctx, ops, plan, undo, pace);
-      await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
+      unverified = await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, true);
       connectLinks(this.ctx, want, cur, undo);
       this.commit(txn, false);
@@ -245,7 +246,7 @@ export class Controller {
       this.ctx.preflightTargets = undefined;
     }
     await finishRules(this.ctx, ops, alloc, pace, false);
-    finishLinks(this.ctx, next, want, false);
+    finishLinks(this.ctx, next, want, false, unverified);
     releaseUnusedInterfaces(this.ctx);
   }
 
@@ -377,9 +378,13 @@ export class Controller {
         const unverified = [this.state.linkUnverified.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') unverified.push(this.state.linkUnverified.get(`${l.b}>${l.a}`));
         const unknown = unverified.filter((w): w is string => w !== undefined);
+        const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
+        if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
+        const linkWarnings = mtu.filter((w): w is string => w !== undefined);
+        const tooSmall = linkWarnings.filter(isMtuWarning);
         const conditions = this.state.conditions.set(
           `link/${linkKey(l)}`,
-          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown),
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, tooSmall),
           this.now(),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
@@ -397,9 +402,7 @@ export class Controller {
             `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
           );
         }
-        const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
-        if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
-        const warnings = [...problems, ...unknown, ...mtu.filter((w): w is string => w !== undefined), ...shadows];
+        const warnings = [...problems, ...unknown, ...linkWarnings, ...shadows];
         return { ...l, active, warnings, conditions };
       });
   }
@@ -936,13 +939,14 @@ export class Controller {
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
     let txn: StoreTxn | undefined;
+    let unverified: Map<string, string>;
     try {
       txn = this.begin(tolerant);
       if (txn) {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
-      await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
+      unverified = await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
       connectLinks(this.ctx, want, cur, undo);
       this.commit(txn, tolerant);
     } catch (e) {
@@ -954,7 +958,7 @@ export class Controller {
       host?.close();
       this.ctx.preflightTargets = undefined;
     }
-    finishLinks(this.ctx, next, want);
+    finishLinks(this.ctx, next, want, true, unverified);
   }
 
   // ---- start-up and interface churn -------------------------------------

@@ -26,7 +26,7 @@ import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
-import { lowerForMissingIngress } from './rule-status.js';
+import { lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
 
 const AF_INET = 2;
 
@@ -111,9 +111,12 @@ export async function allocateRules(
   }
   // An ingress missing now (a lenient plan of restore or the reconciler gives it no match entry): the status
   // says so from the write on, as the reconciler's pass will, not ACTIVE until that pass ends.
+  // So does an egress MTU below an ingress's (DEGRADED: its larger datagrams are dropped).
   for (const p of plans) {
     const k = kernel.get(p.name);
-    if (k) lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    if (!k) continue;
+    lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    lowerForMtu(k);
   }
   const t = ctx.now();
   const records = new Map<string, RuleRecord>();
@@ -177,9 +180,10 @@ async function prepareIngress(
   undo: UndoLog,
   restoring: boolean,
   pace: () => Promise<void> = async () => {},
+  unverified?: Map<string, string>,
 ): Promise<Set<string>> {
   attachIngress(ctx, ops, plans, undo, restoring);
-  return checkRedirectTargets(ctx, plans, pace, restoring);
+  return checkRedirectTargets(ctx, plans, pace, restoring, unverified);
 }
 
 /**
@@ -192,8 +196,10 @@ export async function prepareRules(
   { plans }: RulesPlan,
   undo: UndoLog,
   pace: () => Promise<void> = async () => {},
-): Promise<void> {
-  await prepareIngress(ctx, ops, plans, undo, false, pace);
+): Promise<Map<string, string>> {
+  const unverified = new Map<string, string>();
+  await prepareIngress(ctx, ops, plans, undo, false, pace, unverified);
+  return unverified;
 }
 
 /** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
@@ -259,6 +265,7 @@ async function checkRedirectTargets(
   plans: readonly RulePlan[],
   pace: () => Promise<void>,
   restoring: boolean,
+  unverified?: Map<string, string>,
 ): Promise<Set<string>> {
   const { dp, state } = ctx;
   const native = new Map<string, boolean>();
@@ -278,6 +285,11 @@ async function checkRedirectTargets(
   }
   const names = [...need];
   const peers = await checkTargets(ctx, names, restoring);
+  // Egresses accepted on the kernel's flag alone, not yet verified by traffic (egress-watch.ts): the caller's
+  // statuses say so from the write on, as the reconciler's next pass will.
+  if (unverified) {
+    for (const [name, r] of peers) if (r.ok && r.unverified) unverified.set(name, r.detail ?? name);
+  }
   const demoted = new Set<string>();
   for (const p of plans) {
     if (!isNative(p)) continue;
@@ -475,12 +487,32 @@ export async function writeRules(
   undo: UndoLog,
   pace: () => Promise<void> = async () => {},
   restoring = false,
-  prepared = false,
+  prepared?: Map<string, string>,
 ): Promise<void> {
-  // `prepared`: the caller ran prepareRules itself (config-file mode prepares rules and links before either is written).
-  const demoted = prepared ? new Set<string>() : await prepareIngress(ctx, ops, plans, undo, restoring, pace);
+  // `prepared`: the caller ran prepareRules itself (config-file mode prepares rules and links before either is
+  // written), which gave the egresses it accepted unverified.
+  const unverified = prepared ?? new Map<string, string>();
+  const demoted = prepared
+    ? new Set<string>()
+    : await prepareIngress(ctx, ops, plans, undo, restoring, pace, unverified);
   const { dp, state } = ctx;
-  for (const p of plans) if (demoted.has(p.name)) alloc.kernel.get(p.name)!.status = plannedStatus(p);
+  for (const p of plans) {
+    if (!demoted.has(p.name)) continue;
+    const k = alloc.kernel.get(p.name)!;
+    k.written = undefined;
+    k.status = plannedStatus(p);
+    lowerForMissingIngress(k, p.spec.ingressInterfaces);
+    lowerForMtu(k);
+  }
+  if (unverified.size) {
+    for (const p of plans) {
+      const k = alloc.kernel.get(p.name)!;
+      const lowered = unverifiedRuleStatus(k.status, unverified);
+      if (lowered === k.status) continue;
+      k.written ??= k.status;
+      k.status = lowered;
+    }
+  }
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
@@ -665,8 +697,10 @@ export async function prepareLinks(
   undo: UndoLog,
   tolerant = false,
   fieldOf?: (from: string) => string,
-): Promise<void> {
+): Promise<Map<string, string>> {
   const { dp, state } = ctx;
+  /** Directions ("from>to") whose egress cannot be verified (a veth peer xdpctld cannot inspect): why. */
+  const unverified = new Map<string, string>();
   const usedAfter = (name: string) => state.usersOf(name, next) !== undefined;
   for (const [from, info] of want) {
     if (state.attached.has(from)) continue;
@@ -681,7 +715,7 @@ export async function prepareLinks(
   }
   // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
   // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
-  if (tolerant) return;
+  if (tolerant) return unverified;
   const native = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native');
   const names = [...new Set(native.map(([, d]) => d.toName))];
   const checked = await checkTargets(ctx, names, false);
@@ -693,7 +727,15 @@ export async function prepareLinks(
         { field: f, description: r.detail ?? 'precondition not met' },
       ]);
     }
+    // Accepted on the kernel's ndo-xmit flag alone: not verified until traffic shows it (egress-watch.ts), so
+    // the reply and every read before the reconciler's next pass say so, as that pass will.
+    const dir = `${from}>${d.toName}`;
+    const w = state.linkWatch.get(dir);
+    if (r.unverified && !(w?.verdict === 'verified' && w.key === r.key)) {
+      unverified.set(dir, `${from} -> ${d.toName}: cannot be verified: ${r.detail}`);
+    }
   }
+  return unverified;
 }
 
 /** Links, phase 1, the second half (after {@link prepareLinks}): connect, repoint and disconnect directions (undoable). */
@@ -734,15 +776,18 @@ export function connectLinks(
  * Links, phase 2, after the change is durable: record the new set, release
  * the counters of directions that are gone (their xc_stats entries, so that
  * a table of 1 024 ingress interfaces never fills with dead links), detach
- * from interfaces nobody uses.
+ * from interfaces nobody uses, and mark the directions `prepareLinks` found
+ * unverified (listed as such from the reply on, until a pass judges them).
  */
 export function finishLinks(
   ctx: ExecContext,
   next: ReadonlyMap<string, LinkSpec>,
   want: ReadonlyMap<string, LinkDirection>,
+  unverified: ReadonlyMap<string, string> = new Map(),
   release = true,
 ): void {
   const { dp, state } = ctx;
+  for (const [dir, why] of unverified) state.linkUnverified.set(dir, why);
   const kept = new Set([...want.values()].map((d) => d.from));
   for (const from of state.linkDirs.keys()) {
     if (kept.has(from)) continue;

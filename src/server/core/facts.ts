@@ -21,13 +21,21 @@ export interface Facts {
    * reconciler for rules on native-mode ingress; absent: not checked.
    */
   napi: Map<string, RedirectTarget>;
+  /**
+   * Backend egress name -> its veth peer when that peer is in the daemon's
+   * namespace (name, MTU): the kernel drops a frame redirected into a veth
+   * that is longer than the peer's MTU allows (veth_xdp_xmit, and
+   * is_skb_forwardable in generic mode). Undefined: not a veth, or its peer
+   * is elsewhere (not read).
+   */
+  peers: Map<string, { name: string; mtu: number } | undefined>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
 
 /** An empty fact set (then filled by the fetch functions). */
 export function emptyFacts(): Facts {
-  return { interfaces: new Map(), neighbours: new Map(), links: new Map(), napi: new Map() };
+  return { interfaces: new Map(), neighbours: new Map(), links: new Map(), napi: new Map(), peers: new Map() };
 }
 
 /** Resolve each named interface once into `facts`. */
@@ -58,11 +66,21 @@ export async function fetchRuleFacts(
     // Ingress link states too: their MTU against the backends' (rule-status mtuWarnings).
     if (dp.linkState) for (const i of s.ingressInterfaces) if (!facts.links.has(i)) facts.links.set(i, dp.linkState(i));
     for (const b of s.backends) {
-      if (dp.linkState && !facts.links.has(b.interface)) facts.links.set(b.interface, dp.linkState(b.interface));
+      if (dp.linkState && !facts.links.has(b.interface)) {
+        facts.links.set(b.interface, dp.linkState(b.interface));
+        facts.peers.set(b.interface, peerMtu(dp, b.interface));
+      }
       if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;
       const key = neighbourKey(b.ip, b.interface);
       if (!facts.neighbours.has(key)) facts.neighbours.set(key, await dp.neighbourMac(b.ip, b.interface));
     }
   }
   return facts;
+}
+
+/** The veth peer of `iface` with its MTU, when the peer is in the daemon's namespace; else undefined. */
+export function peerMtu(dp: Dataplane, iface: string): { name: string; mtu: number } | undefined {
+  const name = dp.vethPeer?.(iface);
+  const mtu = name === undefined ? undefined : dp.linkState?.(name)?.mtu;
+  return name === undefined || mtu === undefined ? undefined : { name, mtu };
 }

@@ -262,6 +262,7 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     ingress.map((i) => i.name),
     backends.filter((b) => b.receiving).map((b) => b.spec),
     (i) => facts.links.get(i)?.mtu,
+    (i) => facts.peers.get(i),
   );
   return {
     name,

@@ -17,7 +17,7 @@
  */
 import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
-import { fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
+import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import type { Dataplane } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
@@ -29,7 +29,11 @@ import {
   backendStatus,
   egressProblem,
   ingressDownProblem,
+  isMtuWarning,
+  largestPassing,
   missingInterfacesWarning,
+  MTU_SLACK,
+  mtuRuleStatus,
   mtuWarnings,
   observedRuleStatus,
   unverifiedRuleStatus,
@@ -272,7 +276,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     k.ifindexes.forEach(check);
     const written = k.written ?? k.status;
     // Backends in the table whose egress MTU is below an ingress's (each pass: MTUs change).
-    const mtu = mtuWarnings(rule.ingressInterfaces, written.backends, mtuOf);
+    const mtu = mtuWarnings(rule.ingressInterfaces, written.backends, mtuOf, (i) => facts.peers.get(i));
     if (gone.length) written.warnings = [missingInterfacesWarning(gone), ...mtu];
     else if (mtu.length) {
       if (written.warnings.length !== mtu.length || written.warnings.some((w, i) => w !== mtu[i]))
@@ -498,14 +502,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       if (why) linkEgress.set(`${from}>${to}`, why);
       else if (drift) linkWarnings.set(`${from}>${to}`, `${from} -> ${to}: ${drift}`);
       else {
-        // Frames larger than the egress's MTU are dropped by the kernel (counted as redirect errors).
+        // Frames larger than the egress's MTU (or its veth peer's, when that is in our namespace) are dropped
+        // by the kernel (counted as redirect errors).
         const mIn = dp.linkState?.(from)?.mtu;
-        const mOut = dp.linkState?.(to)?.mtu;
+        const own = dp.linkState?.(to)?.mtu;
+        const peer = peerMtu(dp, to);
+        const mOut = own === undefined ? peer?.mtu : peer && peer.mtu < own ? peer.mtu : own;
         if (mIn !== undefined && mOut !== undefined && mOut < mIn) {
+          const where = own !== undefined && mOut === own ? to : `${to}'s veth peer ${peer!.name}`;
           linkWarnings.set(
             `${from}>${to}`,
-            `${from} -> ${to}: ${to} has MTU ${mOut}, ${from} ${mIn}: frames whose IP packet exceeds ${mOut} bytes ` +
-              `are dropped (XDP redirects do not fragment; counted as redirect errors)`,
+            `${from} -> ${to}: ${where} has MTU ${mOut}, ${from} ${mIn}: frames whose IP packet exceeds ${mOut + MTU_SLACK} ` +
+              `bytes are dropped (XDP redirects do not fragment; counted as redirect errors); ${largestPassing(mOut)}`,
           );
         }
       }
@@ -533,6 +541,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
+  for (const why of linkWarnings.values()) if (isMtuWarning(why)) problems.push(`link ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) {
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
@@ -556,7 +565,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
       let observed = observedRuleStatus(
-        unverifiedRuleStatus(written, unverified),
+        unverifiedRuleStatus(mtuRuleStatus(written), unverified),
         rule.ingressInterfaces,
         k.ingressDown.length ? unusable : ingressProblems,
       );
@@ -583,12 +592,6 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         { rule: name, state: s.state.toUpperCase(), reason: s.message },
         `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
       );
-    });
-    // Warnings (an egress MTU below the ingress's: larger datagrams are dropped) are logged when they change.
-    const warned = (k.written ?? k.status).warnings.filter((w) => / has MTU \d+/.test(w));
-    transition(`rule-mtu/${name}`, warned.join('\n'), (before) => {
-      if (warned.length) ctx.log.warn({ rule: name, warnings: warned }, `rule ${name}: ${warned.join('; ')}`);
-      else if (before) ctx.log.info({ rule: name }, `rule ${name}: no MTU warning any more`);
     });
   }
   // The same for links.

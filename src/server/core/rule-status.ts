@@ -191,19 +191,52 @@ export function missingInterfacesWarning(gone: readonly string[]): string {
 
 const NO_WARNINGS: readonly string[] = Object.freeze([]);
 
+/** IPv4 and UDP headers without options (RFC 791, RFC 768): a datagram's payload is its IP packet less these. */
+const IPV4_UDP_HEADERS = 28;
+
+/**
+ * Bytes beyond the MTU that the kernel lets an Ethernet frame carry on a
+ * redirect: room for one VLAN tag (VLAN_HLEN in xdp_ok_fwd_dev,
+ * veth_xdp_xmit and is_skb_forwardable: MTU + hard_header_len + VLAN_HLEN).
+ */
+export const MTU_SLACK = 4;
+
+/**
+ * What an egress whose MTU is `mtu` lets through, for a status or a log line:
+ * the largest IP packet and UDP payload (IPv4, no options) that pass the
+ * kernel's check (MTU plus {@link MTU_SLACK}), and those within the MTU itself
+ * (what a receiver that enforces its MTU takes). Measured on 6.18 with real
+ * datagrams (test/integration/egress-truth.test.ts).
+ */
+export function largestPassing(mtu: number): string {
+  const payload = (ip: number) => Math.max(0, ip - IPV4_UDP_HEADERS);
+  return (
+    `the largest that passes is an IP packet of ${mtu + MTU_SLACK} bytes (UDP payload ${payload(mtu + MTU_SLACK)}; ` +
+    `${mtu} bytes, UDP payload ${payload(mtu)}, within the MTU itself)`
+  );
+}
+
+/** Whether a status warning is one of {@link mtuWarnings} (an egress MTU below an ingress's). */
+export const isMtuWarning = (w: string): boolean => / has MTU \d+/.test(w);
+
 /**
  * Backends whose egress MTU is smaller than an ingress interface's: a frame
  * the ingress accepts may be too large for that egress, and the kernel drops
  * it on redirect (XDP redirects do not fragment: xdp_ok_fwd_dev() refuses a
- * frame longer than the device's MTU plus its link-layer header, EMSGSIZE).
- * One warning per such backend; a shared empty list when there is none.
- * `mtu` gives an interface's MTU as observed (undefined: not known);
- * backends out of the table (`receiving: false`) are skipped.
+ * frame longer than the device's MTU plus its link-layer header and 4 bytes
+ * of room for a VLAN tag, EMSGSIZE; counted as redirect errors). A veth
+ * egress whose peer is in the daemon's namespace (`peer`) is bounded by the
+ * peer's MTU too (veth_xdp_xmit, is_skb_forwardable). One warning per such
+ * backend, naming both MTUs and the largest datagram that still passes; a
+ * shared empty list when there is none. `mtu` gives an interface's MTU as
+ * observed (undefined: not known); backends out of the table
+ * (`receiving: false`) are skipped.
  */
 export function mtuWarnings(
   ingress: readonly string[],
   backends: readonly { ip: string; interface: string; receiving?: boolean }[],
   mtu: (iface: string) => number | undefined,
+  peer: (iface: string) => { name: string; mtu: number } | undefined = () => undefined,
 ): readonly string[] {
   let largest = 0;
   let from = '';
@@ -214,12 +247,42 @@ export function mtuWarnings(
   let out: string[] | undefined;
   for (const b of backends) {
     if (b.receiving === false) continue; // out of the table: nothing is redirected to it
-    const m = mtu(b.interface);
+    const own = mtu(b.interface);
+    const p = peer(b.interface);
+    const m = own === undefined ? p?.mtu : p && p.mtu < own ? p.mtu : own;
     if (m === undefined || m >= largest) continue;
+    const where =
+      own !== undefined && m === own ? `egress ${b.interface}` : `egress ${b.interface}'s veth peer ${p!.name}`;
     (out ??= []).push(
-      `backend ${b.ip}: egress ${b.interface} has MTU ${m}, ingress ${from} ${largest}: ` +
-        `datagrams to it whose IP packet exceeds ${m} bytes are dropped (XDP redirects do not fragment)`,
+      `backend ${b.ip}: ${where} has MTU ${m}, ingress ${from} ${largest}: datagrams to it whose IP packet ` +
+        `exceeds ${m + MTU_SLACK} bytes are dropped (XDP redirects do not fragment; counted as redirect errors); ` +
+        largestPassing(m),
     );
   }
   return out ?? NO_WARNINGS;
+}
+
+/**
+ * The status with what its MTU warnings mean (proto RuleState DEGRADED:
+ * not forwarding as specified): an ACTIVE rule whose backends drop the
+ * larger datagrams the ingress accepts is DEGRADED, its message naming them.
+ * `written` itself when it has no such warning or is not forwarding.
+ */
+export function mtuRuleStatus(written: RuleStatus): RuleStatus {
+  if (written.state !== 'active' && written.state !== 'degraded') return written;
+  const mtu = written.warnings.filter(isMtuWarning);
+  if (mtu.length === 0) return written;
+  return {
+    ...written,
+    state: 'degraded',
+    message: `${written.message}; ${mtu.length} backend(s) cannot take the largest datagrams the ingress accepts (${mtu.join('; ')})`,
+  };
+}
+
+/** {@link mtuRuleStatus} on a rule just written, as {@link lowerForMissingIngress} does (the written status kept in `written`). */
+export function lowerForMtu(k: { status: RuleStatus; written?: RuleStatus }): void {
+  const lowered = mtuRuleStatus(k.status);
+  if (lowered === k.status) return;
+  k.written ??= k.status;
+  k.status = lowered;
 }

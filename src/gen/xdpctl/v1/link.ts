@@ -114,7 +114,13 @@ export interface LinkStatus {
   warnings: string[];
   /**
    * Observed conditions: "Active" (every direction is in the datapath, our
-   * program runs on each ingress side and each egress can transmit).
+   * program runs on each ingress side and each egress can transmit; Unknown,
+   * reason EgressUnverified, from the Connect or ApplyLinks reply on while a
+   * veth egress's peer cannot be inspected and no traffic showed it takes
+   * frames), "FramesFit" (each egress's MTU, and its veth peer's when that is
+   * in the daemon's network namespace, is at least its ingress's; false,
+   * reason EgressMTUTooSmall, names both MTUs and the largest frame that
+   * still passes: the kernel drops larger ones, XDP does not fragment).
    */
   conditions: Condition[];
 }

@@ -118,8 +118,10 @@ export enum RuleState {
    * unresolved, its interface is missing, down or without carrier (its flows
    * go to the other backends), or whether a backend receives cannot be
    * verified (a veth egress whose peer xdpctld cannot inspect, before
-   * traffic showed the kernel takes its frames; it stays in the table).
-   * See warnings and backend_status.
+   * traffic showed the kernel takes its frames; it stays in the table), or
+   * a backend's egress MTU is below an ingress's (datagrams larger than the
+   * egress MTU are dropped by the kernel and counted as redirect errors;
+   * condition FramesFit). See warnings and backend_status.
    */
   RULE_STATE_DEGRADED = 2,
   /**
@@ -352,7 +354,11 @@ export interface RuleStatus {
    * (every ingress interface that exists is up with carrier; false, reason
    * IngressDown, names those that are down or without carrier: they receive
    * nothing), "BackendsReceiving" (every backend with a non-zero weight is
-   * in the backend table).
+   * in the backend table), "FramesFit" (every backend's egress MTU, and its
+   * veth peer's when that is in the daemon's network namespace, is at least
+   * the largest ingress MTU; false, reason EgressMTUTooSmall, names both MTUs
+   * and the largest datagram that still passes: the kernel drops larger ones
+   * on redirect, XDP does not fragment, and the rule is DEGRADED).
    */
   conditions: Condition[];
 }

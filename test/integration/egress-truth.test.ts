@@ -1,0 +1,230 @@
+/**
+ * What a backend's or a link's egress can carry, stated as observed (issue 16, item 2: "status that never
+ * says more than is true"), with real namespaces, veths and datagrams:
+ *  - an egress MTU below the ingress's: the kernel drops every larger datagram on redirect (XDP does not
+ *    fragment). The rule is DEGRADED (not ACTIVE) within a second of the change, its FramesFit condition
+ *    names both MTUs and the largest datagram that still passes, which real datagrams confirm; it is
+ *    ACTIVE again when the MTU is restored; each transition is logged once. The same for a link whose
+ *    egress MTU is below its ingress's;
+ *  - a link into a veth whose peer xdpctld cannot inspect (an unnamed namespace) says it cannot be
+ *    verified from the Connect reply on, as a backend behind such a veth does, not "forwarding" until a
+ *    pass looks.
+ * Changing the MTU is the fault under test here; everything else keeps the host's defaults.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+const NOWHERE = '198.18.9.9';
+
+/** Prints the length of each datagram received on (ip, port) until 1.5 s pass without one. */
+const RECEIVER = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(1.5)
+print('READY', flush=True)
+try:
+    while True:
+        print(len(s.recv(65535)), flush=True)
+except socket.timeout:
+    pass
+`;
+
+describe('egress truth: MTU and unverifiable link egresses as observed', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host;
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
+    c = d.clients();
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+
+  /** UDP payloads of each size sent from `from` to the rule's port; the sizes `to` received. */
+  async function deliver(from: Host, to: Host, port: number, sizes: number[]): Promise<number[]> {
+    const recv = spawn('ip', ['netns', 'exec', to.netns, 'python3', '-c', RECEIVER, to.ip!, String(port)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    recv.stdout.on('data', (x) => (out += x));
+    await until('receiver ready', () => out.includes('READY'));
+    const send = sizes.map((n) => `s.sendto(b'x' * ${n}, ('${NOWHERE}', ${port}))`).join('; ');
+    sh('ip', ['netns', 'exec', from.netns, 'python3', '-c', `import socket; s = socket.socket(2, 2); ${send}`]);
+    await new Promise((r) => recv.once('exit', r));
+    return out
+      .split('\n')
+      .filter((l) => /^\d+$/.test(l))
+      .map(Number);
+  }
+
+  it('a backend egress MTU below the ingress MTU: DEGRADED, naming both MTUs and the largest datagram that passes', async (t) => {
+    await c.rules.createRule({
+      rule: {
+        name: 'mtu',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7990, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    const status = async () => (await c.rules.getRule({ name: 'mtu' })).rule!.status!;
+    const fit = async () => (await status()).conditions.find((x) => x.type === 'FramesFit')!;
+    await until('mtu ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE);
+    assert.equal((await fit()).status, ConditionStatus.CONDITION_STATUS_TRUE);
+    assert.deepEqual(await deliver(vm, b1, 7990, [1000, 1472]), [1000, 1472], 'both delivered at MTU 1500');
+
+    // The fault: the backend's egress MTU lowered below the ingress's (1500).
+    const t0 = Date.now();
+    sh('ip', ['link', 'set', b1.hostIf, 'mtu', '1400']);
+    try {
+      await until('mtu DEGRADED', async () => (await status()).state === RuleState.RULE_STATE_DEGRADED, 5000);
+      t.diagnostic(`DEGRADED ${Date.now() - t0} ms after the MTU change`);
+      const st = await status();
+      const f = st.conditions.find((x) => x.type === 'FramesFit')!;
+      assert.deepEqual([f.status, f.reason], [ConditionStatus.CONDITION_STATUS_FALSE, 'EgressMTUTooSmall']);
+      assert.match(f.message, new RegExp(`egress ${b1.hostIf} has MTU 1400, ingress ${vm.hostIf} 1500`));
+      assert.match(f.message, /whose IP packet exceeds 1404 bytes are dropped/);
+      assert.match(f.message, /the largest that passes is an IP packet of 1404 bytes \(UDP payload 1376; 1400 bytes/);
+      assert.match(st.message, /cannot take the largest datagrams/);
+      assert.equal(st.conditions.find((x) => x.type === 'Ready')!.status, ConditionStatus.CONDITION_STATUS_FALSE);
+      assert.deepEqual(
+        st.backendStatus.map((b) => b.active),
+        [true],
+        'still in the table: smaller datagrams go',
+      );
+      // What the status says is what the kernel does: up to 1376 bytes of payload pass, larger datagrams do not,
+      // and those are counted as the backend's redirect errors (not dropped silently, not passed to the stack).
+      const errors = async () => {
+        const { counters } = await c.counters.getCounters({ filter: { rules: ['mtu'] } });
+        return counters!.backends.find((b) => b.ip === b1.ip)?.redirectErrorPackets ?? 0n;
+      };
+      const before = await errors();
+      const got = await deliver(vm, b1, 7990, [1000, 1372, 1376, 1377, 1400, 1472]);
+      assert.deepEqual(got, [1000, 1372, 1376]);
+      await until('the 3 dropped datagrams counted as redirect errors', async () => (await errors()) - before === 3n);
+      await sleep(1500);
+      assert.equal(count(/"msg":"rule mtu is DEGRADED: .*has MTU 1400/), 1, 'logged once, not every pass');
+    } finally {
+      sh('ip', ['link', 'set', b1.hostIf, 'mtu', '1500']);
+    }
+    await until('mtu ACTIVE again', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE, 5000);
+    assert.equal((await fit()).status, ConditionStatus.CONDITION_STATUS_TRUE);
+    assert.deepEqual(await deliver(vm, b1, 7990, [1472]), [1472]);
+    await sleep(1200);
+    assert.equal(count(/"msg":"rule mtu is ACTIVE/), 1, 'the recovery logged once');
+    await c.rules.deleteRule({ name: 'mtu', expectedGeneration: 0n });
+  });
+
+  it('a link whose egress MTU is below its ingress MTU: FramesFit false, naming both MTUs', async () => {
+    const l1 = topo.addHost('l1', '198.18.40.1/24');
+    const l2 = topo.addHost('l2', '198.18.40.2/24');
+    await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
+    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+    const fit = async () => (await link()).conditions.find((x) => x.type === 'FramesFit')!;
+    const ping = (size: number) => {
+      try {
+        topo.exec('l1', 'ping', ['-c', '1', '-W', '1', '-M', 'do', '-s', String(size), l2.ip!]);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await until('l1 reaches l2', () => ping(56), 10_000);
+    assert.equal((await fit()).status, ConditionStatus.CONDITION_STATUS_TRUE);
+    sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1280']);
+    try {
+      await until('FramesFit false', async () => (await fit()).status === ConditionStatus.CONDITION_STATUS_FALSE, 5000);
+      const f = await fit();
+      assert.equal(f.reason, 'EgressMTUTooSmall');
+      assert.match(f.message, new RegExp(`${l1.hostIf} -> ${l2.hostIf}: ${l2.hostIf} has MTU 1280, ${l1.hostIf} 1500`));
+      assert.match(f.message, /IP packet of 1284 bytes \(UDP payload 1256; 1280 bytes/);
+      // ICMP echo payload 1256 = an IP packet of 1284 bytes: passes; one byte more does not.
+      assert.equal(ping(1256), true, 'an IP packet of 1284 bytes passes');
+      assert.equal(ping(1257), false, 'one byte more is dropped');
+      assert.equal(ping(1400), false, 'a larger one is dropped');
+    } finally {
+      sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1500']);
+    }
+    await until('FramesFit true again', async () => (await fit()).status === ConditionStatus.CONDITION_STATUS_TRUE);
+    await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
+  });
+
+  it('a link into a veth whose peer cannot be inspected says so from the Connect reply on', async () => {
+    const ns2: ChildProcess = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const if2 = `x${id}uv`;
+    try {
+      await sleep(200);
+      const in2 = (cmd: string) => sh('nsenter', ['-t', String(ns2.pid), '-n', 'sh', '-c', cmd]);
+      sh('ip', ['link', 'add', if2, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns2.pid)]);
+      sh('ip', ['link', 'set', if2, 'up']);
+      in2('ip link set lo up && ip addr add 198.18.51.2/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on');
+      const l3 = topo.addHost('l3', '198.18.51.1/24');
+      const reply = await c.links.connect({ link: { a: l3.hostIf, b: if2, direction: 0 } });
+      const check = (st: NonNullable<NonNullable<typeof reply.link>['status']>, what: string) => {
+        const active = st.conditions.find((x) => x.type === 'Active')!;
+        assert.deepEqual(
+          [active.status, active.reason],
+          [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'EgressUnverified'],
+          `${what}: ${JSON.stringify(st)}`,
+        );
+        assert.match(st.warnings.join('\n'), new RegExp(`${l3.hostIf} -> ${if2}: cannot be verified: `), what);
+      };
+      check(reply.link!.status!, 'the Connect reply');
+      check((await c.links.listLinks({})).links.find((x) => x.a === l3.hostIf)!.status!, 'ListLinks at once');
+      // A backend behind the same veth: the CreateRule reply says so too (DEGRADED), not ACTIVE until a pass.
+      const created = await c.rules.createRule({
+        rule: {
+          name: 'unverified',
+          match: { protocol: Protocol.PROTOCOL_UDP, port: 7994, destination: '', sourcePrefixes: [] },
+          ingressInterfaces: [vm.hostIf],
+          backends: [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2, weight: 1 }],
+          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+          labels: {},
+          generation: 0n,
+        },
+      });
+      const rs = created.rule!.status!;
+      assert.equal(rs.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(rs));
+      assert.match(rs.backendStatus[0].message, /^cannot be verified: .*unnamed network namespace/);
+      await c.rules.deleteRule({ name: 'unverified', expectedGeneration: 0n });
+      // Traffic that the kernel takes verifies it (as before).
+      assert.equal(topo.ping('l3', '198.18.51.2'), true, 'l3 reaches the unnamed namespace');
+      await until(
+        'verified by traffic',
+        async () =>
+          (await c.links.listLinks({})).links
+            .find((x) => x.a === l3.hostIf)!
+            .status!.conditions.find((x) => x.type === 'Active')!.status === ConditionStatus.CONDITION_STATUS_TRUE,
+      );
+      await c.links.disconnect({ a: l3.hostIf, b: if2 });
+    } finally {
+      ns2.kill();
+      shQuiet('ip', ['link', 'del', if2]);
+    }
+  });
+});
