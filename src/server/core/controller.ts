@@ -408,6 +408,23 @@ export class Controller {
   }
 
   /**
+   * Put another state store in place of this one, between two changes (the state directory was removed
+   * under the running daemon): `open` gets the whole desired state to write into the new store before any
+   * later change; if it throws, the store in use stays. Resolves with the store replaced.
+   */
+  replaceStore(open: (state: StoredState) => StatePort): Promise<StatePort | undefined> {
+    return this.serial(
+      async () => {
+        const old = this.opts.store;
+        this.opts.store = open(this.state.stored());
+        return old;
+      },
+      undefined,
+      true,
+    );
+  }
+
+  /**
    * Every interface a rule or link names: the ones that need the program
    * (ingress, link sources) and the ones only used as egress (a backend's
    * interface, the far end of a one-way link), as the InterfaceService

@@ -139,6 +139,11 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
+  /** Write the host-changes record again (its state directory was removed and made again). */
+  rewriteHostChanges(): void {
+    this.saveHostChanges(undefined, 'the device settings this daemon changed were');
+  }
+
   /**
    * --cleanup-on-exit: detach our program from every interface (uppers
    * before lowers) and put back every device setting we changed. Returns
