@@ -38,6 +38,7 @@ import {
 } from './model.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
+import { missingText } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { ingressDownProblem } from './rule-status.js';
@@ -326,7 +327,7 @@ export class Controller {
           [l.a, ia],
           [l.b, ib],
         ] as const) {
-          if (!info) problems.push(`interface ${name} does not exist`);
+          if (!info) problems.push(missingText(this.state, name));
           else if (this.state.foreign.has(name) && (name === l.a || l.direction === 'both')) {
             problems.push(
               `${otherProgram(this.state.foreign.get(name)!, this.state.unidentified.get(name))} is attached to ${name}`,
@@ -442,12 +443,13 @@ export class Controller {
       if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
     }
     // Also what we attached and could not detach yet: nothing attached stays unlisted.
-    const names = new Set([...users.keys(), ...this.state.attached.keys()]);
+    // And interfaces moved to another namespace with our program still there (core/moved.ts).
+    const names = new Set([...users.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
     return [...names].sort().map((name) => {
       const x = this.dp.xdpStatus(name);
       const info = this.dp.lookupInterface(name);
       const warnings: string[] = [];
-      if (!info) warnings.push(`interface ${name} does not exist`);
+      if (!info) warnings.push(missingText(this.state, name));
       else if (x && x.mode !== 'none' && !x.ours) {
         warnings.push(
           x.unidentified
@@ -466,6 +468,7 @@ export class Controller {
         interfaceConditions({
           name,
           present: !!info,
+          absent: info ? undefined : this.state.moved.get(name)?.text,
           effectiveMode: x?.mode ?? 'none',
           ours: !!x?.ours,
           otherDaemon: x?.otherDaemon,
