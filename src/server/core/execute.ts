@@ -618,7 +618,12 @@ function attachOne(
     else state.unidentified.delete(name);
     return;
   }
-  const st = dp.attach(name, ctx.mode);
+  // A mode switch at start that would stop what it forwards is not made (core/keep-mode.ts).
+  const keep = state.keepMode.get(name);
+  const st =
+    keep && before?.ours && before.mode === 'generic' && dp.keepMode
+      ? dp.keepMode(name, keep)
+      : dp.attach(name, ctx.mode);
   state.foreign.delete(name);
   state.unidentified.delete(name);
   state.attached.set(name, { ifindex, users, mode: st.mode });

@@ -101,6 +101,11 @@ export class CoreState {
    * name is in this namespace again. `key` names the device there (nsid/ifindex/program id).
    */
   readonly moved = new Map<string, { text: string; left: boolean; key: string }>();
+  /**
+   * Ingress interfaces that keep generic mode although native was asked for (core/keep-mode.ts): a switch
+   * at this start would have dropped what they forward. Name -> why (their status says it).
+   */
+  readonly keepMode = new Map<string, string>();
   /** When removing our program from each such device was last tried (by key, ms since the epoch). */
   readonly strayTried = new Map<string, number>();
   /** Reconciler passes since the last look for our program in other namespaces. */

@@ -309,6 +309,17 @@ export class KernelDataplane implements Dataplane {
     return { mode: r.mode, progId: r.progId, ours: true, warnings: this.attachWarnings.get(key) ?? [] };
   }
 
+  keepMode(ifname: string, why: string): XdpStatus {
+    const now = this.dp.state(ifname).mode;
+    const r = this.dp.attach(ifname, now === 'native' ? 'native' : 'generic');
+    const key = `${ifname}#${r.ifindex}`;
+    if (this.attachWarnings.get(key)?.[0] !== why) {
+      this.log?.warn({ ifname, mode: r.mode, requested: 'native' }, `${ifname}: ${why}`);
+    }
+    this.attachWarnings.set(key, [why]);
+    return { mode: r.mode, progId: r.progId, ours: true, warnings: [why] };
+  }
+
   detach(ifname: string): void {
     this.dp.detach(ifname);
   }
