@@ -90,7 +90,7 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
       await until(
         () => `our program gone from ${h1.hostIf} in ${away}: ${d!.output.slice(from)}`,
         () => xdpAway(h1.hostIf) === undefined && moved.test(d!.output.slice(from)),
-        5000,
+        8000,
       );
       // Reported: the interface, the link, the datapath health.
       const ifs = (await c.interfaces.listInterfaces({})).interfaces;
@@ -124,7 +124,7 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
     await until(
       async () => `managed again: ${d!.output.slice(back)}`,
       async () => (await c.health.check({ service: 'xdpctl.datapath' })).status === 1,
-      5000,
+      8000,
     );
     assert.match(d!.output.slice(back), new RegExp(`${h1.hostIf} is in this network namespace again: managed again`));
     const again = (await c.interfaces.listInterfaces({})).interfaces.find((x) => x.name === h1.hostIf)!;
@@ -145,7 +145,7 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
       await until(
         () => `our program gone from ${h1.hostIf} in ${away}: ${d!.output}`,
         () => xdpAway(h1.hostIf) === undefined,
-        5000,
+        8000,
       );
       const i = (await c.interfaces.listInterfaces({})).interfaces.find((x) => x.name === h1.hostIf)!;
       assert.equal(i.conditions.find((x) => x.type === 'ProgramAttached')!.reason, 'InterfaceMoved');

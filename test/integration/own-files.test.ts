@@ -98,7 +98,7 @@ describe('the state directory removed under a running daemon', kernelOnly(), () 
     await until(
       () => `the state directory made again: ${log()}`,
       () => existsSync(`${dir}/state.db`) && existsSync(`${dir}/xdpctld.lock`),
-      3000,
+      6000,
     );
     assert.equal(statSync(dir).mode & 0o7777, 0o700, 'made again 0700');
     assert.deepEqual(storedLinks(dir), [`${h1.hostIf}-${h2.hostIf}`], 'the desired state is in the fresh store');
@@ -136,7 +136,7 @@ describe('the state directory removed under a running daemon', kernelOnly(), () 
     await until(
       () => `the state directory made again: ${log()}`,
       () => existsSync(`${dir}/state.db`) && storedLinks(dir).length === 2,
-      3000,
+      6000,
     );
     assert.equal(JSON.parse(readFileSync(`${dir}/xdpctld.lock`, 'utf8')).pid, first!.child.pid);
     assert.equal(await datagrams(h3, h4), 50, 'both links forward');
@@ -198,7 +198,7 @@ describe('lock files', kernelOnly(), () => {
         () => `the socket's lock file made again: ${log()}`,
         () =>
           existsSync(`${sock}.lock`) && JSON.parse(readFileSync(`${sock}.lock`, 'utf8') || '{}').pid === d.child.pid,
-        3000,
+        6000,
       );
       // Replaced by a file that another process holds locked (renamed over it, atomically).
       const theirs = `${httpSock}.lock.theirs`;
@@ -208,7 +208,7 @@ describe('lock files', kernelOnly(), () => {
       await until(
         'the other process holds its lock',
         () => readFileSync('/proc/locks', 'utf8').includes(` ${holder.pid} `),
-        3000,
+        6000,
       );
       const ino = statSync(theirs).ino;
       renameSync(theirs, `${httpSock}.lock`);
@@ -218,7 +218,7 @@ describe('lock files', kernelOnly(), () => {
       await until(
         () => `the daemon reports the lock it lost: ${log()}`,
         () => conflict.test(log()),
-        3000,
+        6000,
       );
       assert.equal(
         (await d.clients().health.check({ service: 'xdpctl.datapath' })).status,
