@@ -67,7 +67,10 @@ describe('a restart with another XDP mode', kernelOnly(), () => {
       `h1 -> h2 during the restart that switched h1 to native: ${got.unique} of ${sent} delivered, ` +
         `${sent - got.unique} lost (${got.overflow} of them dropped by the listener's full socket buffer)`,
     );
-    assert.ok(got.unique > sent * 0.9, `most delivered through the switch: ${got.unique} of ${sent}`);
+    assert.ok(
+      got.unique + got.overflow > sent * 0.9,
+      `most delivered through the switch: ${got.unique} (+${got.overflow} the listener could not read) of ${sent}`,
+    );
 
     const c = d.clients();
     const ifs = (await c.interfaces.listInterfaces({})).interfaces;
