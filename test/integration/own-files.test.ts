@@ -121,6 +121,7 @@ describe('the state directory removed under a running daemon', kernelOnly(), () 
   it('refuses a second daemon on it in the window before the first notices (the first stopped)', async () => {
     const log = logFrom(first!);
     const dir = first!.stateDir;
+    const want = (await first!.clients().links.listLinks({})).links.map((l) => `${l.a}-${l.b}`).sort();
     // The first daemon cannot run a pass in between: stopped while its state directory is removed.
     first!.child.kill('SIGSTOP');
     let msg: string;
@@ -135,11 +136,11 @@ describe('the state directory removed under a running daemon', kernelOnly(), () 
     assert.match(msg, new RegExp(`listening on .*${first!.unix}`));
     await until(
       () => `the state directory made again: ${log()}`,
-      () => existsSync(`${dir}/state.db`) && storedLinks(dir).length === 2,
+      () => existsSync(`${dir}/state.db`) && storedLinks(dir).sort().join() === want.join(),
       6000,
     );
     assert.equal(JSON.parse(readFileSync(`${dir}/xdpctld.lock`, 'utf8')).pid, first!.child.pid);
-    assert.equal(await datagrams(h3, h4), 50, 'both links forward');
+    assert.equal(await datagrams(h1, h2), 50, 'it forwards');
   });
 
   it('a restart restores the desired state from the fresh store', async () => {
