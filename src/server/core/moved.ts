@@ -48,6 +48,9 @@ export async function followMovedInterfaces(
   const seen = new Set<string>();
   const t = Date.now();
   for (const s of strays) {
+    // A device of this namespace seen through an id it has for itself is not elsewhere (netns.ts peerNsids
+    // leaves that id out; this is the check of last resort).
+    if (dp.lookupInterface(s.ifname)?.ifindex === s.ifindex) continue;
     const key = `${s.nsid}/${s.ifindex}/${s.progId}`;
     seen.add(key);
     // Which of our interfaces it was: the same name (a move keeps it unless told otherwise), or the

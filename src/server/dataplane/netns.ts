@@ -44,12 +44,17 @@ export interface XdpElsewhere {
   progId: number;
 }
 
-/** The ids this namespace has given to other namespaces (`ip netns list-id`). */
+/**
+ * The ids this namespace has given to other namespaces (`ip netns list-id`). A namespace may hold an id
+ * for itself too (seen on this host: the initial namespace had one, given when a device of another
+ * namespace named it): that one is left out, its devices are ours to see directly.
+ */
 export function peerNsids(): number[] {
+  const self = nsidOfPath('/proc/self/ns/net');
   const out: number[] = [];
   for (const m of nlDump(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), Buffer.alloc(0), 'list namespace ids')) {
     const id = nlAttrs(m, 4).get(NETNSA_NSID)?.readInt32LE(0);
-    if (id !== undefined && id >= 0) out.push(id);
+    if (id !== undefined && id >= 0 && id !== self) out.push(id);
   }
   return out;
 }
@@ -127,6 +132,14 @@ export interface NetnsRef {
  * /proc/PID/ns/net (an unnamed namespace: a container's). Undefined when none is found.
  */
 export function netnsOf(nsid: number): NetnsRef | undefined {
+  // Never this namespace: nothing here is "elsewhere".
+  if (nsid === nsidOfPath('/proc/self/ns/net')) return undefined;
+  let selfIno: number | undefined;
+  try {
+    selfIno = statSync('/proc/self/ns/net').ino;
+  } catch {
+    selfIno = undefined;
+  }
   let names: string[] = [];
   try {
     names = readdirSync('/run/netns');
@@ -134,9 +147,14 @@ export function netnsOf(nsid: number): NetnsRef | undefined {
     // no named namespaces
   }
   for (const name of names) {
+    try {
+      if (statSync(`/run/netns/${name}`).ino === selfIno) continue;
+    } catch {
+      continue;
+    }
     if (nsidOfPath(`/run/netns/${name}`) === nsid) return { name, path: `/run/netns/${name}` };
   }
-  const seen = new Set<number>();
+  const seen = new Set<number>(selfIno === undefined ? [] : [selfIno]);
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     const path = `/proc/${pid}/ns/net`;
     let ino: number;
