@@ -564,10 +564,11 @@ export class Daemon {
       busy = true;
       this.passInFlight = this.controller
         .resync()
-        .then((missing) => {
+        .then(async (missing) => {
           this.missingInterfaces = missing;
           const pinProblems = this.checkPins();
-          const problems = [...pinProblems, ...this.controller.problems()];
+          const fileProblems = await this.checkOwnFiles();
+          const problems = [...pinProblems, ...fileProblems, ...this.controller.problems()];
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
           const now = JSON.stringify(problems);
           if (now !== reported) {
@@ -600,6 +601,18 @@ export class Daemon {
     } catch {
       // no inotify here: the periodic passes remain
     }
+    // The same for the state directory (rm -rf STATE_DIR): made again, locked again, a fresh store at once.
+    if (this.opts.stateDir) {
+      const dir = basename(this.opts.stateDir);
+      try {
+        this.stateDirWatch = watch(dirname(this.opts.stateDir), (_e, name) => {
+          if (name === dir) pass();
+        });
+        this.stateDirWatch.on('error', () => this.stateDirWatch?.close());
+      } catch {
+        // no inotify here: the periodic passes remain
+      }
+    }
     setImmediate(pass); // the first look at the host, and its report, now rather than a period later
   }
 
@@ -611,6 +624,79 @@ export class Daemon {
    * cleanup just detached.
    */
   private passInFlight?: Promise<void>;
+  private stateDirWatch?: FSWatcher;
+  /** The last problem with the state directory or a socket's lock file ('' when none), logged once. */
+  private fileProblem = '';
+  /** The state store could not be written again after its directory was removed: retried each pass. */
+  private storeLost = false;
+
+  /**
+   * The state directory and each socket's lock file, as {@link checkPins} does for the pin root. A state
+   * directory removed under the running daemon (`rm -rf STATE_DIR`) is made again (0700) and locked again
+   * (a second daemon on it is refused throughout: the lock held on the removed file names this one), and
+   * the whole desired state is written into a fresh store at once (with the record of the device settings
+   * changed, for --cleanup-on-exit), logged as an error: what was on disk was lost, and whatever else was
+   * kept there (TLS files, a config) is not put back. A lock file removed or replaced by hand is taken
+   * again. What cannot be done is a problem of the datapath (reported with the rest, logged once).
+   */
+  private async checkOwnFiles(): Promise<string[]> {
+    if (!this.ready.value || !this.lock) return []; // stopping
+    const problems: string[] = [];
+    const dir = this.opts.stateDir;
+    if (dir) {
+      try {
+        const r = this.lock.checkStateDir();
+        if (r === 'created' || r === 'relocked' || this.storeLost) await this.renewStore(dir, r ?? 'held');
+      } catch (e) {
+        problems.push(
+          `state directory ${dir} was removed or replaced under the running daemon and could not be taken ` +
+            `again: ${(e as Error).message}. Changes are not persisted`,
+        );
+      }
+    }
+    const s = this.lock.checkSocketLocks();
+    if (s.relocked.length) {
+      this.log.warn(
+        { locks: s.relocked },
+        'socket lock files removed or replaced under the running daemon: locked again',
+      );
+    }
+    for (const f of s.failed) problems.push(`socket lock ${f.path} could not be taken again: ${f.error.message}`);
+    const now = problems.join('; ');
+    if (now && now !== this.fileProblem) this.log.error({ problems }, now);
+    this.fileProblem = now;
+    return problems;
+  }
+
+  /** A fresh state store in the state directory made again, with the whole desired state; throws if not. */
+  private async renewStore(dir: string, how: 'created' | 'relocked' | 'held'): Promise<void> {
+    let fresh: StateStore | undefined;
+    try {
+      const old = await this.controller.replaceStore((state) => {
+        fresh = StateStore.open(dir);
+        if (fresh.problem) throw fresh.problem;
+        fresh.replaceAll(state);
+        return fresh;
+      });
+      (old as StateStore | undefined)?.close();
+    } catch (e) {
+      fresh?.close();
+      this.storeLost = true;
+      throw new Error(`a fresh state store could not be written: ${(e as Error).message}`, { cause: e });
+    }
+    this.store = fresh;
+    this.storeLost = false;
+    this.kernel?.rewriteHostChanges();
+    const state = this.controller.storedState();
+    this.log.error(
+      { stateDir: dir, rules: state.rules.length, links: state.links.length, path: fresh!.path },
+      `STATE DIRECTORY ${dir} WAS REMOVED OR REPLACED UNDER THE RUNNING DAEMON: ` +
+        (how === 'created' ? 'created again (0700)' : 'the directory now there used') +
+        `, locked again (a second daemon on it is refused), and the desired state this daemon holds ` +
+        `(${state.rules.length} rule(s), ${state.links.length} link(s)) written into a fresh store at ` +
+        `${fresh!.path}; anything else that was kept there is gone`,
+    );
+  }
   /** The last pin-root problem logged ('' when none), so that each is logged once. */
   private pinRootProblem = '';
 
@@ -675,6 +761,7 @@ export class Daemon {
       clearInterval(this.resyncTimer);
       this.monitor?.close();
       this.pinRootWatch?.close();
+      this.stateDirWatch?.close();
       this.health.setStatus('unhealthy');
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       this.config?.close();

@@ -137,8 +137,12 @@ export class DaemonProcess {
     await this.stop('SIGKILL');
     XdpDatapath.unpinAll(this.pinRoot);
     rmSync(this.stateDir, { recursive: true, force: true });
-    rmSync(this.unix.slice('unix:'.length), { force: true });
-    rmSync(`${this.unix.slice('unix:'.length)}.lock`, { force: true }); // left by a killed daemon
+    // Every Unix socket it was given (--listen, --http-listen) and its lock file: left by a killed daemon.
+    const unix = new Set([this.unix, ...this.child.spawnargs.filter((a) => a.startsWith('unix:'))]);
+    for (const u of unix) {
+      rmSync(u.slice('unix:'.length), { force: true });
+      rmSync(`${u.slice('unix:'.length)}.lock`, { force: true });
+    }
   }
 
   get stateDir(): string {

@@ -245,7 +245,7 @@ export const MODEL_CAPACITY: Capacity = {
  */
 class ModelDatapath implements Pick<
   XdpDatapath,
-  'maps' | 'progId' | 'capacity' | 'attach' | 'detach' | 'state' | 'ownAttachments' | 'traceWarning'
+  'maps' | 'progId' | 'capacity' | 'attach' | 'detach' | 'state' | 'ownAttachments' | 'ownElsewhere' | 'traceWarning'
 > {
   readonly maps: DatapathMaps;
   readonly progId = 42;
@@ -298,6 +298,11 @@ class ModelDatapath implements Pick<
       if (info) out.set(ifname, { ifindex: info.ifindex, mode });
     }
     return out;
+  }
+
+  /** The model has one network namespace: nothing is ever moved out of it. */
+  ownElsewhere(): ReturnType<XdpDatapath['ownElsewhere']> {
+    return [];
   }
 
   state(ifname: string): ReturnType<XdpDatapath['state']> {

@@ -7,7 +7,8 @@
  * new one is created 0700; setup mounts bpffs 0700.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -135,13 +136,43 @@ describe('one daemon per datapath', kernelOnly(), () => {
     const socket = first!.unix.slice('unix:'.length);
     const inode = statSync(socket).ino;
     rmSync(`${socket}.lock`);
-    // The lock is free now, but a process listens on the socket: refused, the socket left in place.
+    // A new lock file at the path can be locked, but the first daemon still holds the lock on the removed
+    // one (and takes the path's again at its next pass): refused, naming it; the socket left in place.
     const msg = await refused(other, ['--listen', first!.unix]);
-    assert.match(msg, new RegExp(`socket ${socket} is in use: pid ${first!.child.pid} ".*dist/server/main\\.js`));
-    assert.match(msg, /accepts connections.*a live socket is never removed/);
+    assert.match(msg, new RegExp(`socket ${socket} is in use by another xdpctld \\(pid ${first!.child.pid}\\b`));
     assert.equal(statSync(socket).ino, inode, "the socket file is the first daemon's, untouched");
-    assert.equal(existsSync(`${socket}.lock`), false, 'the refused daemon removed only its own lock file');
-    await stillServing(first!, maps, log);
+    await until(
+      'the first daemon takes its lock file again',
+      () =>
+        existsSync(`${socket}.lock`) && readFileSync(`${socket}.lock`, 'utf8').includes(`"pid":${first!.child.pid}`),
+      3000,
+    );
+    await stillServing(first!, maps, () =>
+      log().replace(/.*socket lock files removed or replaced under the running daemon: locked again.*\n/, ''),
+    );
+    // A process that is not an xdpctld listens on a socket path, with no lock file: refused, never unlinked.
+    const path = `/tmp/xdpctl-test-${other}-live.sock`;
+    const listener = spawn(
+      'python3',
+      [
+        '-c',
+        `import socket, time; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(8); print("up", flush=True); time.sleep(60)`,
+      ],
+      { stdio: ['ignore', 'pipe', 'ignore'] },
+    );
+    try {
+      await new Promise((r) => listener.stdout!.once('data', r));
+      const liveInode = statSync(path).ino;
+      const live = await refused(other, ['--listen', `unix:${path}`]);
+      assert.match(live, new RegExp(`socket ${path} is in use: pid ${listener.pid} ".*python3`));
+      assert.match(live, /accepts connections.*a live socket is never removed/);
+      assert.equal(statSync(path).ino, liveInode, 'the live socket file is untouched');
+      assert.equal(existsSync(`${path}.lock`), false, 'the refused daemon removed its own lock file');
+    } finally {
+      listener.kill('SIGKILL');
+      rmSync(path, { force: true });
+      rmSync(`${path}.lock`, { force: true });
+    }
   });
 
   it('a refused start leaves nothing it created (pin root, state and socket directories, their parents)', async () => {

@@ -65,6 +65,7 @@ export function otherProgram(progId: number, unidentified?: string, mode?: strin
 /** Reason code of an ingress problem text (resync.ts writes these texts). */
 export function ingressReason(problem: string): string {
   if (/^(\S+ -> \S+: )?ingress \S+ (is down|has no carrier)/.test(problem)) return 'IngressDown';
+  if (/^interface \S+ was moved to /.test(problem)) return 'InterfaceMoved';
   if (/does not exist/.test(problem)) return 'InterfaceMissing';
   if (/XDP program \(id \d+[^)]*\) that xdpctld cannot identify/.test(problem)) return 'UnidentifiedProgram';
   if (/another XDP program/.test(problem)) return 'ForeignProgram';
@@ -148,6 +149,8 @@ export function ruleConditions(
 /** An interface's ProgramAttached condition. */
 export function interfaceConditions(i: {
   present: boolean;
+  /** Why it is not present, when more is known than that (moved to another network namespace: core/moved.ts). */
+  absent?: string;
   name: string;
   effectiveMode: string;
   ours: boolean;
@@ -163,7 +166,10 @@ export function interfaceConditions(i: {
   /** Why it runs in another mode than asked (the attach's warning), if it does. */
   modeWarning?: string;
 }): ObservedCondition[] {
-  if (!i.present) return [cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`)];
+  if (!i.present) {
+    if (i.absent) return [cond('ProgramAttached', false, ingressReason(i.absent), i.absent)];
+    return [cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`)];
+  }
   if (i.effectiveMode !== 'none' && !i.ours) {
     return [
       cond(

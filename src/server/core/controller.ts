@@ -40,6 +40,7 @@ import {
 } from './model.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
+import { missingText } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { ingressDownProblem, isMtuWarning } from './rule-status.js';
@@ -231,9 +232,9 @@ export class Controller {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
-      await prepareRules(this.ctx, ops, plan, undo, pace);
+      const ruleUnverified = await prepareRules(this.ctx, ops, plan, undo, pace);
       unverified = await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
-      await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, true);
+      await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, ruleUnverified);
       connectLinks(this.ctx, want, cur, undo);
       this.commit(txn, false);
     } catch (e) {
@@ -246,7 +247,7 @@ export class Controller {
       this.ctx.preflightTargets = undefined;
     }
     await finishRules(this.ctx, ops, alloc, pace, false);
-    finishLinks(this.ctx, next, want, false, unverified);
+    finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
   }
 
@@ -357,7 +358,7 @@ export class Controller {
           [l.a, ia],
           [l.b, ib],
         ] as const) {
-          if (!info) problems.push(`interface ${name} does not exist`);
+          if (!info) problems.push(missingText(this.state, name));
           else if (this.state.foreign.has(name) && (name === l.a || l.direction === 'both')) {
             problems.push(
               `${otherProgram(this.state.foreign.get(name)!, this.state.unidentified.get(name))} is attached to ${name}`,
@@ -441,6 +442,23 @@ export class Controller {
   }
 
   /**
+   * Put another state store in place of this one, between two changes (the state directory was removed
+   * under the running daemon): `open` gets the whole desired state to write into the new store before any
+   * later change; if it throws, the store in use stays. Resolves with the store replaced.
+   */
+  replaceStore(open: (state: StoredState) => StatePort): Promise<StatePort | undefined> {
+    return this.serial(
+      async () => {
+        const old = this.opts.store;
+        this.opts.store = open(this.state.stored());
+        return old;
+      },
+      undefined,
+      true,
+    );
+  }
+
+  /**
    * Every interface a rule or link names: the ones that need the program
    * (ingress, link sources) and the ones only used as egress (a backend's
    * interface, the far end of a one-way link), as the InterfaceService
@@ -458,12 +476,13 @@ export class Controller {
       if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
     }
     // Also what we attached and could not detach yet: nothing attached stays unlisted.
-    const names = new Set([...users.keys(), ...this.state.attached.keys()]);
+    // And interfaces moved to another namespace with our program still there (core/moved.ts).
+    const names = new Set([...users.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
     return [...names].sort().map((name) => {
       const x = this.dp.xdpStatus(name);
       const info = this.dp.lookupInterface(name);
       const warnings: string[] = [];
-      if (!info) warnings.push(`interface ${name} does not exist`);
+      if (!info) warnings.push(missingText(this.state, name));
       else if (x && x.mode !== 'none' && !x.ours) {
         warnings.push(
           x.unidentified
@@ -482,6 +501,7 @@ export class Controller {
         interfaceConditions({
           name,
           present: !!info,
+          absent: info ? undefined : this.state.moved.get(name)?.text,
           effectiveMode: x?.mode ?? 'none',
           ours: !!x?.ours,
           otherDaemon: x?.otherDaemon,
@@ -958,7 +978,7 @@ export class Controller {
       host?.close();
       this.ctx.preflightTargets = undefined;
     }
-    finishLinks(this.ctx, next, want, true, unverified);
+    finishLinks(this.ctx, next, want, unverified);
   }
 
   // ---- start-up and interface churn -------------------------------------

@@ -124,6 +124,30 @@ export interface XdpStatus {
   warnings?: string[];
 }
 
+/** Our program on a device of another network namespace (moved away while it ran there). */
+export interface StrayAttachment {
+  /** That namespace's id as ours names it. */
+  nsid: number;
+  /** The device there, as that namespace names it. */
+  ifindex: number;
+  ifname: string;
+  mode: XdpStatus['mode'];
+  progId: number;
+}
+
+/** What became of a stray attachment: detached (and the device settings we changed put back), or not. */
+export interface StrayRemoval {
+  /** The namespace, in words ("network namespace blue", "the unnamed network namespace with nsid 7 (...)"). */
+  where: string;
+  detached: boolean;
+  /** Device settings we had changed, put back ("tx-vlan-offload on again"). */
+  restored: string[];
+  /** Why not (detached false), or what could not be put back. */
+  error?: string;
+  /** The command that detaches it by hand (detached false). */
+  command?: string;
+}
+
 export interface RuleSlotWrite {
   slot: number;
   statsId: number;
@@ -235,6 +259,15 @@ export interface Dataplane {
    * pinned under its pin root (a previous run's): name -> ifindex and mode. Optional (fakes).
    */
   ownAttachments?(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }>;
+  /**
+   * Attach our program in the mode it runs in now (swapping in the program in use if an earlier one runs),
+   * not the mode asked for, and show `why` in the interface's status (core/keep-mode.ts). Optional (fakes).
+   */
+  keepMode?(ifname: string, why: string): XdpStatus;
+  /** Devices of other network namespaces that run our program (moved away while it ran). Optional (fakes). */
+  strayAttachments?(): StrayAttachment[];
+  /** Detach our program from such a device and put back what we changed on it. Optional (fakes). */
+  removeStray?(s: StrayAttachment): Promise<StrayRemoval>;
   /**
    * What a veth did with the native XDP redirects into it, as the kernel counts them on the device (from our
    * namespace, whatever namespace its peer is in): frames its peer took (`ethtool -S` tx_queue_N_xdp_xmit)

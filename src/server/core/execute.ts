@@ -829,9 +829,14 @@ function attachOne(
     else state.unidentified.delete(name);
     return;
   }
+  // A mode switch at start that would stop what it forwards is not made (core/keep-mode.ts).
+  const keep = state.keepMode.get(name);
   let st: ReturnType<Dataplane['attach']>;
   try {
-    st = dp.attach(name, ctx.mode);
+    st =
+      keep && before?.ours && before.mode === 'generic' && dp.keepMode
+        ? dp.keepMode(name, keep)
+        : dp.attach(name, ctx.mode);
   } catch (e) {
     // A client's change: the refusal names the request field that needs the program there, with the kernel's
     // answer ("links[1]: attach xdp to br0: ... (EOPNOTSUPP)"), under the kernel error's kind.

@@ -3,6 +3,7 @@
  * the previous process's entries, and reconcile the kernel with it (remove
  * match entries, source prefixes and links nobody wants).
  */
+import { modesToKeep } from './keep-mode.js';
 import { parsePrefix } from '../net/addr.js';
 import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { fetchInterfaces, type Facts } from './facts.js';
@@ -31,6 +32,8 @@ export interface Transactions {
  */
 export async function restore(ctx: ExecContext, tx: Transactions, stored: StoredState): Promise<void> {
   const { dp, state } = ctx;
+  // Before any attach: the ingresses a switch to native mode would stop forwarding keep their mode.
+  for (const [name, why] of await modesToKeep(ctx, stored)) state.keepMode.set(name, why);
   // A program from an older layout may have left the port index empty:
   // count first, so the datapath sees the existing entries before any attach.
   dp.rebuildPortIndex();

@@ -18,6 +18,7 @@
 import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
+import { followMovedInterfaces, missingText } from './moved.js';
 import type { Dataplane } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
@@ -92,6 +93,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     log(before !== undefined);
   };
   const users = state.interfaceUsers();
+  /** Devices we had attached that are not in this namespace any more (deleted, or moved to another). */
+  const vanished: { name: string; ifindex: number }[] = [];
   // Attachments die with their device: forget them so they are redone. A
   // device that is still there under another name (renamed) is not ours to
   // manage any more: rules and links name interfaces, so its old name is
@@ -101,6 +104,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (now(name) === a.ifindex) continue;
     state.attached.delete(name);
     const renamed = dp.nameOf?.(a.ifindex);
+    if (renamed === undefined) vanished.push({ name, ifindex: a.ifindex });
     if (renamed === undefined || renamed === name || users.has(renamed)) continue;
     try {
       dp.detach(renamed);
@@ -116,6 +120,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
 
+  // Moved to another network namespace: our program removed from it there, or where it was left, said.
+  await followMovedInterfaces(ctx, users, vanished, (name) => now(name) !== undefined);
+
   // 1. Our program on every interface that needs it, as the kernel reports it.
   const ingressProblems = new Map<string, string>();
   /** Ingress interfaces that exist but receive nothing now (down, or without carrier). */
@@ -124,7 +131,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   for (const name of users.keys()) {
     const ifindex = now(name);
     if (ifindex === undefined) {
-      ingressProblems.set(name, `interface ${name} does not exist`);
+      ingressProblems.set(name, missingText(state, name));
       continue;
     }
     const down = ingressDownProblem(name, facts.links.has(name) ? facts.links.get(name) : dp.linkState?.(name));
@@ -537,7 +544,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   releaseUnusedInterfaces(ctx);
 
   // 3. Status as observed, each transition logged once.
-  const problems: string[] = [...missing].sort().map((i) => `interface ${i} does not exist`);
+  const problems: string[] = [...missing].sort().map((i) => missingText(state, i));
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);

@@ -95,6 +95,21 @@ export class CoreState {
   readonly foreign = new Map<string, number>();
   /** Of those, the ones the daemon cannot identify (it cannot tell whether they are ours): why. */
   readonly unidentified = new Map<string, string>();
+  /**
+   * Interfaces the desired state names that were moved to another network namespace (core/moved.ts): what
+   * the reconciler says about each (where, and whether our program is still attached there), until the
+   * name is in this namespace again. `key` names the device there (nsid/ifindex/program id).
+   */
+  readonly moved = new Map<string, { text: string; left: boolean; key: string }>();
+  /**
+   * Ingress interfaces that keep generic mode although native was asked for (core/keep-mode.ts): a switch
+   * at this start would have dropped what they forward. Name -> why (their status says it).
+   */
+  readonly keepMode = new Map<string, string>();
+  /** When removing our program from each such device was last tried (by key, ms since the epoch). */
+  readonly strayTried = new Map<string, number>();
+  /** Reconciler passes since the last look for our program in other namespaces. */
+  strayScanAge = 0;
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
   /**

@@ -495,6 +495,26 @@ export class StateStore implements StatePort {
     };
   }
 
+  /**
+   * Make the stored state exactly `state`, in one transaction (a state directory removed under the running
+   * daemon gets its desired state back at once). Throws a CoreError naming the path when the disk refuses.
+   */
+  replaceAll(state: StoredState): void {
+    const txn = this.begin();
+    try {
+      try {
+        this.db.exec('DELETE FROM rules; DELETE FROM links');
+      } catch (e) {
+        throw storeError(e, this.path, 'clear the tables');
+      }
+      for (const r of state.rules) txn.putRule(r);
+      for (const l of state.links) txn.putLink(l);
+      txn.commit();
+    } finally {
+      txn.rollback(); // a no-op after commit
+    }
+  }
+
   /** PRAGMA synchronous of the connection (2 = FULL). */
   synchronous(): number {
     return this.db.pragma('synchronous', { simple: true }) as number;

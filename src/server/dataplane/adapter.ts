@@ -14,6 +14,8 @@ import type {
   RedirectTarget,
   RuleSlotState,
   RuleSlotWrite,
+  StrayAttachment,
+  StrayRemoval,
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
@@ -43,6 +45,7 @@ import {
   type OffloadChange,
   type LinkIdentity,
 } from './netdev.js';
+import { detachCommand, detachXdpIn, netnsOf } from './netns.js';
 import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
@@ -254,6 +257,62 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
+  /** Write the host-changes record again (its state directory was removed and made again). */
+  rewriteHostChanges(): void {
+    this.saveHostChanges(undefined, 'the device settings this daemon changed were');
+  }
+
+  strayAttachments(): StrayAttachment[] {
+    return this.dp.ownElsewhere();
+  }
+
+  /**
+   * Detach our program from a device that was moved to another network namespace (from inside that
+   * namespace: netns.ts), and turn back on there the offloads we turned off on it for XDP (a named
+   * namespace: the record names the device by name and ifindex). Never throws: what was not done is said.
+   */
+  async removeStray(s: StrayAttachment): Promise<StrayRemoval> {
+    const ns = netnsOf(s.nsid);
+    const where = ns?.name
+      ? `network namespace ${ns.name}`
+      : `the unnamed network namespace with nsid ${s.nsid}${ns ? ` (${ns.path})` : ''}`;
+    const command = detachCommand(ns, s.nsid, s.ifname, s.mode);
+    if (!ns) {
+      return {
+        where,
+        detached: false,
+        restored: [],
+        error: 'no process of that namespace is visible to enter it',
+        command,
+      };
+    }
+    try {
+      await detachXdpIn(ns, s.ifname, s.mode);
+    } catch (e) {
+      return { where, detached: false, restored: [], error: (e as Error).message, command };
+    }
+    this.log?.info({ ifname: s.ifname, ifindex: s.ifindex, nsid: s.nsid, netns: ns.name ?? ns.path }, 'detached');
+    const restored: string[] = [];
+    const failed: string[] = [];
+    const mine = this.offloadChanges.filter((c) => c.netns === undefined && c.ifindex === s.ifindex);
+    for (const c of mine) {
+      if (!ns.name) {
+        failed.push(
+          `${c.features.join(', ')} left off (an unnamed namespace: ethtool -K ${s.ifname} ... on, from inside it)`,
+        );
+        continue;
+      }
+      try {
+        restored.push(await restoreOffloads({ ...c, ifname: s.ifname, netns: ns.name, ifindex: s.ifindex }));
+        this.offloadChanges.splice(this.offloadChanges.indexOf(c), 1);
+      } catch (e) {
+        failed.push(`turn ${c.features.join(', ')} on again: ${(e as Error).message}`);
+      }
+    }
+    if (mine.length) this.saveHostChanges();
+    return { where, detached: true, restored, ...(failed.length ? { error: failed.join('; ') } : {}) };
+  }
+
   /**
    * --cleanup-on-exit: detach our program from every interface (uppers
    * before lowers) and put back every device setting we changed. Returns
@@ -263,6 +322,14 @@ export class KernelDataplane implements Dataplane {
     const d = this.dp.detachEverywhere();
     const restored: string[] = [];
     const failed = d.failed.map((f) => `detach ${f.ifname}: ${f.error}`);
+    // And from devices moved to other namespaces while they ran it.
+    for (const s of this.strayAttachments()) {
+      const r = await this.removeStray(s);
+      if (r.detached) d.detached.push(`${s.ifname} in ${r.where}`);
+      else failed.push(`detach ${s.ifname} in ${r.where}: ${r.error}; left attached there (${r.command})`);
+      restored.push(...r.restored.map((x) => `${s.ifname} in ${r.where}: ${x}`));
+      if (r.detached && r.error) failed.push(`${s.ifname} in ${r.where}: ${r.error}`);
+    }
     for (const c of this.groChanges.splice(0)) {
       const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
       try {
@@ -355,6 +422,17 @@ export class KernelDataplane implements Dataplane {
     if (r.warnings.length) this.attachWarnings.set(key, r.warnings);
     else if (r.mode === mode || r.mode === 'native') this.attachWarnings.delete(key);
     return { mode: r.mode, progId: r.progId, ours: true, warnings: this.attachWarnings.get(key) ?? [] };
+  }
+
+  keepMode(ifname: string, why: string): XdpStatus {
+    const now = this.dp.state(ifname).mode;
+    const r = this.dp.attach(ifname, now === 'native' ? 'native' : 'generic');
+    const key = `${ifname}#${r.ifindex}`;
+    if (this.attachWarnings.get(key)?.[0] !== why) {
+      this.log?.warn({ ifname, mode: r.mode, requested: 'native' }, `${ifname}: ${why}`);
+    }
+    this.attachWarnings.set(key, [why]);
+    return { mode: r.mode, progId: r.progId, ours: true, warnings: [why] };
   }
 
   detach(ifname: string): void {

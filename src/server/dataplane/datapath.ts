@@ -62,6 +62,7 @@ import {
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
 import { ifindexOf, prepareIngressSync, type OffloadChange } from './netdev.js';
+import { peerNsids, xdpDevicesIn, type XdpElsewhere } from './netns.js';
 import { programMapIds } from './prog-maps.js';
 import { setGenericMode } from './tables.js';
 import { attachXdp, detachXdp, queryXdp, type XdpMode, type XdpState } from './xdp.js';
@@ -1174,6 +1175,25 @@ export class XdpDatapath {
       }
     }
     return { detached, failed: [...errors].map(([ifname, error]) => ({ ifname, error })) };
+  }
+
+  /**
+   * Devices of other network namespaces that run this datapath's program or one of its earlier ones:
+   * moved away while it ran there (`ip link set dev X netns OTHER`), out of sight of this namespace
+   * (netns.ts). One RTM_GETNSID dump and one RTM_GETLINK dump per namespace id.
+   */
+  ownElsewhere(): XdpElsewhere[] {
+    const out: XdpElsewhere[] = [];
+    let ids: number[];
+    try {
+      ids = peerNsids();
+    } catch {
+      return out;
+    }
+    for (const nsid of ids) {
+      for (const d of xdpDevicesIn(nsid)) if (d.progId === this.progId || this.known.has(d.progId)) out.push(d);
+    }
+    return out;
   }
 
   /** Interfaces of this network namespace that run this datapath's program or one of its earlier ones. */

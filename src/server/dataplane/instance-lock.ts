@@ -169,6 +169,64 @@ function holderOf(path: string, fd: number, what: string, readInfo: boolean, sho
   return new LockHeldError(what, shown, { pid: pid ?? info?.pid, command: pid ? commandOf(pid) : undefined, info });
 }
 
+/**
+ * Kernel view: a live process (not this one) that holds a flock on a file that was at `path` and has been
+ * removed since (`rm -rf STATE_DIR` under a running daemon). A flock survives the removal of its file, so a
+ * new file at the path can be locked by anyone: the lock is then held on an inode that no path names. The
+ * holder's descriptor still names it (readlink /proc/PID/fd/N says "PATH (deleted)"); its pid comes from
+ * /proc/locks, and what it wrote into the file is read through that descriptor.
+ */
+function removedFileHolder(path: string): { pid: number; fd: string } | undefined {
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return undefined;
+  }
+  const locked = new Map<number, Set<string>>(); // pid -> "dev:ino" of the FLOCKs it created
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'FLOCK' || f.length < 6) continue;
+    const pid = Number(f[4]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    const [ma, mi, ino] = f[5].split(':');
+    if (!locked.has(pid)) locked.set(pid, new Set());
+    locked.get(pid)!.add(`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`);
+  }
+  const want = `${path} (deleted)`;
+  for (const [pid, inodes] of locked) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== want) continue;
+        const st = statSync(`/proc/${pid}/fd/${fd}`);
+        const major = Number((BigInt(st.dev) >> 8n) & 0xfffn) | Number((BigInt(st.dev) >> 32n) & ~0xfffn);
+        const minor = Number(BigInt(st.dev) & 0xffn) | Number((BigInt(st.dev) >> 12n) & ~0xffn);
+        if (inodes.has(`${major}:${minor}:${st.ino}`)) return { pid, fd: `/proc/${pid}/fd/${fd}` };
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+/** The LockHeldError for a lock that `holder` keeps on the removed file that was at `path`. */
+function removedHolderError(path: string, what: string, shown: string, holder: { pid: number; fd: string }) {
+  let info: HolderInfo | undefined;
+  try {
+    info = JSON.parse(readFileSync(holder.fd, 'utf8')) as HolderInfo;
+  } catch {
+    info = undefined;
+  }
+  return new LockHeldError(what, shown, { pid: holder.pid, command: commandOf(holder.pid), info });
+}
+
 /** A lock on a directory, which can tell whether that directory is still the one at its path. */
 export interface DirectoryLock extends HeldLock {
   /** Whether the locked directory is still at its path (not removed, nor replaced by another one). */
@@ -210,10 +268,21 @@ export function lockDirectory(path: string, what: string): DirectoryLock {
 /**
  * Take an exclusive lock on a lock file (created 0600 with its directory),
  * write `info` into it, or throw LockHeldError naming the holder. release()
- * removes the file while still holding the lock; a taker that locked the
- * removed file finds the path gone or another inode and tries again.
+ * removes the file while still holding the lock, and only while the path
+ * still names the locked file (one put there since, by hand or by another
+ * daemon, is not ours to remove); a taker that locked the removed file finds
+ * the path gone or another inode and tries again. A taker that locked a new
+ * file at the path is refused while a live process still holds a lock on the
+ * removed one that was there ({@link removedFileHolder}): the directory was
+ * removed under a running daemon, which takes its lock again at once.
  */
-export function lockFile(path: string, what: string, info: HolderInfo, shown = path, created?: string[]): HeldLock {
+/** A lock on a lock file, which can tell whether that file is still the one at its path. */
+export interface FileLock extends HeldLock {
+  /** Whether the locked file is still at its path (not removed, nor replaced by another file). */
+  current(): boolean;
+}
+
+export function lockFile(path: string, what: string, info: HolderInfo, shown = path, created?: string[]): FileLock {
   makeDirs(dirname(path), 0o755, created);
   for (let attempt = 0; ; attempt++) {
     let fd: number;
@@ -231,6 +300,7 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
       let held = true;
       return {
         path,
+        current: () => held,
         release() {
           if (held) closeSync(dfd);
           held = false;
@@ -252,6 +322,16 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
         closeSync(fd);
         continue;
       }
+      const removedHolder = removedFileHolder(path);
+      if (removedHolder) {
+        // Not ours to keep: removed while we hold its lock (as release() does).
+        try {
+          unlinkSync(path);
+        } catch {
+          // removed meanwhile
+        }
+        throw removedHolderError(path, what, shown, removedHolder);
+      }
       try {
         ftruncateSync(fd, 0);
         writeSync(fd, `${JSON.stringify(info)}\n`, 0);
@@ -269,16 +349,31 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
       throw e;
     }
     let open = true;
+    const current = () => {
+      if (!open) return false;
+      try {
+        const a = fstatSync(fd);
+        const b = lstatSync(path);
+        return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
+      } catch {
+        return false; // removed
+      }
+    };
     return {
       path,
+      current,
       release() {
         if (!open) return;
-        open = false;
-        try {
-          unlinkSync(path); // still ours: we hold the lock
-        } catch {
-          // removed by hand: nothing to do
+        // Removed while the lock is held (a taker that opened it before finds another inode, or none, at
+        // the path, and tries again), and only when the path still names the locked file.
+        if (current()) {
+          try {
+            unlinkSync(path);
+          } catch {
+            // removed meanwhile: nothing to do
+          }
         }
+        open = false;
         closeSync(fd);
       },
     };
@@ -364,6 +459,20 @@ export interface InstanceLock extends HeldLock {
    * in between), PinRootError when the directory there may not be used.
    */
   checkPinRoot(): 'held' | 'created' | 'relocked';
+  /**
+   * The same for the state directory (undefined: none): when its lock file is no longer the one locked
+   * at start (`rm -rf STATE_DIR`, or the lock file removed or replaced), the directory is made again
+   * (0700) if missing and its lock file taken again, before the one held on the removed file is let go
+   * (a second daemon is refused throughout: see {@link lockFile}). 'created' when the directory itself
+   * was made again (the caller writes a fresh store into it). Throws LockHeldError when another process
+   * holds the lock file now at that path.
+   */
+  checkStateDir(): 'held' | 'created' | 'relocked' | undefined;
+  /**
+   * The same for each socket's lock file: the paths whose lock was taken again, and for each one that
+   * could not be, the error (another process holds the file now at that path).
+   */
+  checkSocketLocks(): { relocked: string[]; failed: { path: string; error: Error }[] };
 }
 
 /**
@@ -382,20 +491,36 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
     stateDir: r.stateDir,
     listen: r.listen,
   };
-  const held: HeldLock[] = [];
+  // The state directory's lock first, then one per socket: released in reverse.
+  const held: { lock: FileLock; what: string; shown: string }[] = [];
   let pinRootLock: DirectoryLock | undefined;
   const releaseAll = () => {
-    for (const l of held.splice(0).reverse()) l.release();
+    for (const l of held.splice(0).reverse()) l.lock.release();
     pinRootLock?.release();
+  };
+  /** Take the lock of held[i] again when its file is no longer the locked one; whether it was. */
+  const relock = (i: number): boolean => {
+    const h = held[i];
+    if (h.lock.current()) return false;
+    const next = lockFile(h.lock.path, h.what, info, h.shown); // throws LockHeldError: another holds it now
+    h.lock.release(); // the removed file (the path names the new one: not unlinked)
+    held[i] = { ...h, lock: next };
+    return true;
   };
   try {
     preparePinRoot(r.pinRoot, created);
     pinRootLock = lockDirectory(r.pinRoot, 'pin root');
     if (r.stateDir !== undefined) {
       makeDirs(r.stateDir, 0o700, created);
-      held.push(lockFile(join(r.stateDir, 'xdpctld.lock'), 'state directory', info, r.stateDir, created));
+      const path = join(r.stateDir, 'xdpctld.lock');
+      held.push({
+        lock: lockFile(path, 'state directory', info, r.stateDir, created),
+        what: 'state directory',
+        shown: r.stateDir,
+      });
     }
-    for (const s of r.sockets) held.push(lockFile(`${s}.lock`, 'socket', info, s, created));
+    for (const s of r.sockets)
+      held.push({ lock: lockFile(`${s}.lock`, 'socket', info, s, created), what: 'socket', shown: s });
   } catch (e) {
     releaseAll();
     throw e;
@@ -411,6 +536,25 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
       pinRootLock?.release();
       pinRootLock = next;
       return made.includes(r.pinRoot) ? 'created' : 'relocked';
+    },
+    checkStateDir() {
+      if (r.stateDir === undefined || held.length === 0) return undefined;
+      if (held[0].lock.current()) return 'held';
+      const made: string[] = [];
+      makeDirs(r.stateDir, 0o700, made);
+      relock(0);
+      return made.includes(r.stateDir) ? 'created' : 'relocked';
+    },
+    checkSocketLocks() {
+      const out = { relocked: [] as string[], failed: [] as { path: string; error: Error }[] };
+      for (let i = r.stateDir === undefined ? 0 : 1; i < held.length; i++) {
+        try {
+          if (relock(i)) out.relocked.push(held[i].lock.path);
+        } catch (e) {
+          out.failed.push({ path: held[i].lock.path, error: e as Error });
+        }
+      }
+      return out;
     },
   };
 }

@@ -99,3 +99,47 @@ export function nlRequest(
     closeFn(fd);
   }
 }
+
+const NLM_F_DUMP = 0x300;
+
+/**
+ * A dump request (NLM_F_DUMP): every reply message's payload after its nlmsghdr, until NLMSG_DONE.
+ * Throws KernelError when the kernel answers with an error (ENOENT and ENODEV included: a dump of a
+ * namespace that is gone says so).
+ */
+export function nlDump(protocol: number, type: number, header: Buffer, attrs: Buffer, what: string): Buffer[] {
+  const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
+  if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
+  try {
+    const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
+    msg.writeUInt32LE(msg.length, 0);
+    msg.writeUInt16LE(type, 4);
+    msg.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    const mySeq = ++seq;
+    msg.writeUInt32LE(mySeq, 8);
+    if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
+      throw new KernelError(what, lastErrno() || 5, [], 'netlink send failed');
+    }
+    const out: Buffer[] = [];
+    const buf = Buffer.alloc(64 << 10);
+    for (;;) {
+      const n = Number(recvFn(fd, buf, buf.length, 0));
+      if (n < 16) throw new KernelError(what, lastErrno() || 5, [], 'netlink recv failed');
+      for (let i = 0; i + 16 <= n;) {
+        const len = buf.readUInt32LE(i);
+        if (len < 16 || i + len > n) break;
+        const t = buf.readUInt16LE(i + 4);
+        if (t === NLMSG_DONE) return out;
+        if (t === NLMSG_ERROR) {
+          const err = -buf.readInt32LE(i + 16);
+          if (err === 0) return out;
+          throw new KernelError(what, err, [], 'netlink error');
+        }
+        out.push(Buffer.from(buf.subarray(i + 16, i + len)));
+        i += (len + 3) & ~3;
+      }
+    }
+  } finally {
+    closeFn(fd);
+  }
+}

@@ -168,7 +168,9 @@ export interface ManagedInterface {
   warnings: string[];
   /**
    * Observed conditions: "ProgramAttached" (our XDP program runs on it; false
-   * with reason InterfaceMissing, ForeignProgram, UnidentifiedProgram (a
+   * with reason InterfaceMissing, InterfaceMoved (moved to another network
+   * namespace: the message says where, and whether our program was removed
+   * from it there or where it was left), ForeignProgram, UnidentifiedProgram (a
    * program the daemon cannot tell from its own: not pinned under its pin
    * root, and no CAP_SYS_ADMIN to open it by id), EarlierProgram (an earlier
    * program of this datapath, not yet replaced by the one in use),
