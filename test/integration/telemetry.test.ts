@@ -337,6 +337,13 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
       );
       assert.equal(sample(text, 'xdpctl_rpc_server_errors_total', { ...create, rpc_status_code: 'OK' }), undefined);
       assert.match(text, /^target_info\{.*service_name="xdpctld".*\} 1$/m);
+      // Scrapes log nothing at error level (the SDK logs one per read of a resource whose detected attributes
+      // have not settled).
+      assert.deepEqual(
+        d.output.split('\n').filter((l) => /"level":50/.test(l)),
+        [],
+        'no error lines',
+      );
     });
 
     it('Prometheus: rules by state and the datapath problems follow what the reconciler observes', async () => {

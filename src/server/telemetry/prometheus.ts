@@ -150,6 +150,9 @@ export async function writeExposition(
       out.once('close', done);
     });
   };
+  // The resource detectors' attributes (host.id, …) may still be promises: reading them before they settle
+  // makes the SDK log an error on every scrape (the SDK's own exporters wait the same way).
+  await rm.resource.waitForAsyncAttributes?.();
   await send(serializers.first.serialize({ resource: rm.resource, scopeMetrics: small }));
   for (const { scope, metric } of large) {
     const points = metric.dataPoints as unknown[];
