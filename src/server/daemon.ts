@@ -52,11 +52,12 @@ import { assertOnBpffs } from './dataplane/bpffs.js';
 import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import {
   assertSocketNotLive,
-  inodeOf,
+  pathTaken,
   lockInstance,
   makeDirs,
   removeCreatedDirs,
   removeOwnSocket,
+  socketIdentity,
   type InstanceLock,
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
@@ -422,26 +423,32 @@ export class Daemon {
     if (opts.tls) logRefusedHandshakes(log);
     try {
       for (const addr of opts.listen) {
-        const server = makeServer();
-        daemon.servers.push(server);
         if (addr.startsWith('unix:')) {
           const path = addr.slice(5);
-          mkdirSync(dirname(path), { recursive: true });
-          // We hold its lock; still, a live listener (its lock file removed by hand, or not an xdpctld)
-          // is refused, never unlinked: only a stale file goes.
-          await assertSocketNotLive(path);
-          rmSync(path, { force: true });
-          const umask = process.umask(0o177); // no window in which others may connect
-          try {
-            await server.listen(addr, listenerCredentials('unix', ServerCredentials.createInsecure()));
-          } finally {
-            process.umask(umask);
-          }
-          if (socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, socketGid);
-          chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
-          daemon.socketInodes.set(path, inodeOf(path));
+          const listenUnix = async () => {
+            const server = makeServer();
+            daemon.servers.push(server);
+            mkdirSync(dirname(path), { recursive: true });
+            // We hold its lock; still, a live listener (its lock file removed by hand, or not an xdpctld)
+            // is refused, never unlinked: only a stale file goes.
+            await assertSocketNotLive(path);
+            rmSync(path, { force: true });
+            const umask = process.umask(0o177); // no window in which others may connect
+            try {
+              await server.listen(addr, listenerCredentials('unix', ServerCredentials.createInsecure()));
+            } finally {
+              process.umask(umask);
+            }
+            if (socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, socketGid);
+            chmodSync(path, opts.socketMode ?? DEFAULT_SOCKET_MODE);
+            daemon.socketInodes.set(path, socketIdentity(path));
+          };
+          await listenUnix();
+          daemon.relisten.set(path, listenUnix);
           daemon.addresses.push(addr);
         } else {
+          const server = makeServer();
+          daemon.servers.push(server);
           const creds = tlsOf()?.credentials ?? ServerCredentials.createInsecure();
           const port = await server.listen(addr, listenerCredentials('tcp', creds));
           daemon.addresses.push(addr.replace(/:\d+$/, `:${port}`));
@@ -462,17 +469,23 @@ export class Daemon {
         );
         const descriptor = readFileSync(descriptorPath);
         for (const addr of httpListen) {
-          const l = await startHttpJson({
-            listen: addr,
-            descriptor,
-            methods,
-            tls: addr.startsWith('unix:') ? undefined : tlsOf()?.material,
-            maxMessageBytes: opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-            socketMode: opts.socketMode ?? DEFAULT_SOCKET_MODE,
-            socketGid,
-            log,
-          });
-          daemon.http.push(l);
+          const listen = async () => {
+            const l = await startHttpJson({
+              listen: addr,
+              descriptor,
+              methods,
+              tls: addr.startsWith('unix:') ? undefined : tlsOf()?.material,
+              maxMessageBytes: opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+              socketMode: opts.socketMode ?? DEFAULT_SOCKET_MODE,
+              socketGid,
+              log,
+            });
+            daemon.http.push(l);
+            if (l.unixSocket) daemon.socketInodes.set(l.unixSocket.path, l.unixSocket.ino);
+            return l;
+          };
+          const l = await listen();
+          if (l.unixSocket) daemon.relisten.set(l.unixSocket.path, listen);
           daemon.httpAddresses.push(l.address);
         }
       }
@@ -542,7 +555,9 @@ export class Daemon {
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
   private lock?: InstanceLock;
   /** Each gRPC Unix socket this daemon created, with the inode it had (removed at stop only if unchanged). */
-  readonly socketInodes = new Map<string, number | undefined>();
+  readonly socketInodes = new Map<string, string | undefined>();
+  /** For each Unix socket we listen on (gRPC and HTTP/JSON): listen on its path again (a new listener). */
+  readonly relisten = new Map<string, () => Promise<unknown>>();
   private kernel?: KernelDataplane;
 
   /**
@@ -662,9 +677,38 @@ export class Daemon {
       );
     }
     for (const f of s.failed) problems.push(`socket lock ${f.path} could not be taken again: ${f.error.message}`);
+    problems.push(...(await this.checkSockets()));
     const now = problems.join('; ');
     if (now && now !== this.fileProblem) this.log.error({ problems }, now);
     this.fileProblem = now;
+    return problems;
+  }
+
+  /**
+   * Each Unix socket we listen on, still at its path: one removed under the running daemon (clients can no
+   * longer connect by its path, though connections made before go on) is listened on again, logged; a path
+   * that now holds another file (not ours) is left alone and is a problem of the daemon until it is gone.
+   */
+  private async checkSockets(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const [path, ino] of this.socketInodes) {
+      if (socketIdentity(path) === ino) continue;
+      if (pathTaken(path)) {
+        problems.push(`Unix socket ${path} was replaced by another file (not ours): this daemon does not listen there`);
+        continue;
+      }
+      const listen = this.relisten.get(path);
+      if (!listen || !this.ready.value) continue;
+      try {
+        await listen();
+        this.log.warn(
+          { socket: path },
+          `Unix socket ${path} was removed under the running daemon: listening on it again`,
+        );
+      } catch (e) {
+        problems.push(`Unix socket ${path} was removed and could not be listened on again: ${(e as Error).message}`);
+      }
+    }
     return problems;
   }
 

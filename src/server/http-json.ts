@@ -50,7 +50,7 @@ import { Metadata, ServerError, type CallContext, type ServerMiddleware } from '
 
 import type { Identity } from './auth/identity.js';
 import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
-import { assertSocketNotLive, inodeOf, removeOwnSocket } from './dataplane/instance-lock.js';
+import { assertSocketNotLive, removeOwnSocket, socketIdentity } from './dataplane/instance-lock.js';
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
 import { DEADLINE_KEY, IDENTITY_KEY, identifySocket, sealIdentity, type ListenerKind } from './services/access.js';
@@ -170,6 +170,8 @@ function peerOf(kind: ListenerKind, socket: Socket, listen: string): string {
 export interface HttpJsonListener {
   /** The bound address: "host:port" with the real port for ":0", or "unix:/path". */
   address: string;
+  /** For a Unix socket: its path and the identity (instance-lock.ts socketIdentity) of the file this listener made. */
+  unixSocket?: { path: string; ino: string | undefined };
   close(): Promise<void>;
 }
 
@@ -312,7 +314,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     socket.once('close', () => clearTimeout(timer));
   });
   let address: string;
-  let ino: number | undefined;
+  let ino: string | undefined;
   if (kind === 'unix') {
     const path = o.listen.slice(5);
     mkdirSync(dirname(path), { recursive: true });
@@ -327,7 +329,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     }
     if (o.socketGid !== undefined) chownSync(path, process.geteuid?.() ?? 0, o.socketGid);
     chmodSync(path, o.socketMode);
-    ino = inodeOf(path);
+    ino = socketIdentity(path);
     address = o.listen;
   } else {
     const i = o.listen.lastIndexOf(':');
@@ -340,6 +342,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
   o.log.info({ address, tls: o.tls !== undefined }, 'HTTP/JSON (Connect protocol) listening');
   return {
     address,
+    unixSocket: kind === 'unix' ? { path: o.listen.slice(5), ino } : undefined,
     async close() {
       const closed = once(server, 'close');
       server.close();

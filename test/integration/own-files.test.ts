@@ -11,13 +11,13 @@
  *    left, and the daemon says so; a lock file removed by hand is taken again.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
+import { CLI, kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -187,6 +187,98 @@ describe('lock files', kernelOnly(), () => {
         assert.equal(existsSync(f), false, `${f} removed`);
       }
     } finally {
+      await d.destroy();
+    }
+  });
+
+  it('a Unix socket removed by hand (gRPC, HTTP/JSON) is listened on again; a file put in its place is left, and said', async () => {
+    const d = await start();
+    try {
+      const log = () => d.output;
+      const cli = () => spawnSync(CLI, ['--server', d.unix, 'status'], { encoding: 'utf8' });
+      const curl = () =>
+        spawnSync(
+          'curl',
+          ['-sS', '--unix-socket', httpSock, '--json', '{}', 'http://x/xdpctl.v1.LinkService/ListLinks'],
+          {
+            encoding: 'utf8',
+          },
+        );
+      assert.equal(cli().status, 0, 'the CLI reaches the gRPC socket');
+      assert.equal(curl().status, 0, 'curl reaches the HTTP/JSON socket');
+      const modes = [sock, httpSock].map((p) => statSync(p).mode & 0o777);
+      // Removed (a /tmp cleaner): a new client cannot connect by the path, until the daemon listens there again.
+      rmSync(sock);
+      rmSync(httpSock);
+      const again = (p: string) =>
+        new RegExp(`Unix socket ${p} was removed under the running daemon: listening on it again`);
+      await until(
+        () => `both sockets listened on again: ${log()}`,
+        () => again(sock).test(log()) && again(httpSock).test(log()),
+        6000,
+      );
+      const c = cli();
+      assert.equal(c.status, 0, `the CLI reaches the gRPC socket again: ${c.stderr}`);
+      const h = curl();
+      assert.equal(h.status, 0, `curl reaches the HTTP/JSON socket again: ${h.stderr}`);
+      assert.deepEqual(JSON.parse(h.stdout), {}, 'and is answered');
+      assert.deepEqual(
+        [sock, httpSock].map((p) => statSync(p).mode & 0o777),
+        modes,
+        'made again with the same mode',
+      );
+      await sleep(1500);
+      for (const p of [sock, httpSock]) {
+        assert.equal(
+          log()
+            .split('\n')
+            .filter((l) => again(p).test(l)).length,
+          1,
+          `${p}: logged once`,
+        );
+      }
+      // Replaced by a file that is not ours: left alone, and the daemon says it does not listen there.
+      rmSync(httpSock);
+      writeFileSync(httpSock, 'not a socket\n');
+      const ino = statSync(httpSock).ino;
+      const foreign = new RegExp(
+        `Unix socket ${httpSock} was replaced by another file \\(not ours\\): this daemon does not listen there`,
+      );
+      await until(
+        () => `the daemon reports the socket path it lost: ${log()}`,
+        () => foreign.test(log()),
+        6000,
+      );
+      assert.equal(
+        (await d.clients().health.check({ service: 'xdpctl.datapath' })).status,
+        2,
+        'NOT_SERVING while it does not listen there',
+      );
+      await sleep(1500);
+      assert.equal(statSync(httpSock).ino, ino, 'the file put there is left where it is');
+      assert.equal(
+        log()
+          .split('\n')
+          .filter((l) => foreign.test(l) && /"level":50/.test(l)).length,
+        1,
+        'said once, as an error',
+      );
+      // Gone again: the daemon listens there again.
+      rmSync(httpSock);
+      await until(
+        () => `the HTTP/JSON socket listened on again: ${log()}`,
+        () =>
+          log()
+            .split('\n')
+            .filter((l) => again(httpSock).test(l)).length === 2,
+        6000,
+      );
+      assert.equal(curl().status, 0, 'curl reaches the HTTP/JSON socket again');
+      assert.equal(await d.stop(), 0);
+      assert.equal(existsSync(sock), false, 'its own sockets are removed at the stop');
+      assert.equal(existsSync(httpSock), false);
+    } finally {
+      rmSync(httpSock, { force: true });
       await d.destroy();
     }
   });

@@ -639,21 +639,39 @@ export async function assertSocketNotLive(path: string, timeoutMs = 1000): Promi
   );
 }
 
-/** The inode of the file at `path` now (undefined if there is none): what a listener created. */
-export function inodeOf(path: string): number | undefined {
+/**
+ * The identity of the Unix socket file at `path` now: its inode and birth time (ns), or undefined if there
+ * is none or it is not a socket. An inode number alone is not an identity: a filesystem reuses the number
+ * of a removed file for the next one made (ext4 does at once), so a file put at the path after ours was
+ * removed can carry our socket's old number.
+ */
+export function socketIdentity(path: string): string | undefined {
   try {
-    return lstatSync(path).ino;
+    const st = lstatSync(path, { bigint: true });
+    return st.isSocket() ? `${st.ino}@${st.birthtimeNs}` : undefined;
   } catch {
     return undefined;
   }
 }
 
+/** Whether there is any file at `path` (lstat: a dangling link counts). */
+export function pathTaken(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Remove the socket file at `path` only if it is still the one this process
- * created (same inode): a file put there since by someone else is left.
+ * created (same {@link socketIdentity}): a file put there since by someone else is left by this
+ * function. (Node's listener itself, libuv, unlinks the path it was bound to when it is closed,
+ * whatever is there then.)
  */
-export function removeOwnSocket(path: string, ino: number | undefined): void {
-  if (ino === undefined || inodeOf(path) !== ino) return;
+export function removeOwnSocket(path: string, id: string | undefined): void {
+  if (id === undefined || socketIdentity(path) !== id) return;
   try {
     unlinkSync(path);
   } catch {
