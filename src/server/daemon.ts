@@ -259,9 +259,13 @@ export class Daemon {
     // Directories this start makes (socket and state directories, the pin root and their parents): a
     // refused start removes them again, leaving nothing it created.
     const created: string[] = [];
+    // The state database files that were there before this start: the others are this start's, and a
+    // refused start removes them again (an existing directory keeps what it had).
+    const stateBefore = opts.stateDir ? existingStateFiles(opts.stateDir) : [];
     const undoCreated = () => {
       // A state directory of this start: its files are ours alone (the store is closed by then).
       if (opts.stateDir && created.includes(opts.stateDir)) removeNewState(opts.stateDir);
+      else if (opts.stateDir) removeNewState(opts.stateDir, stateBefore);
     };
     try {
       await probeListeners(
@@ -295,12 +299,26 @@ export class Daemon {
       throw e;
     }
     let datapath: XdpDatapath;
+    let store: StateStore | undefined;
+    let stored: StoredState | undefined;
+    /** Why the pinned entries are cleared (--reset-datapath over state this daemon does not have). */
+    let resetWhy: string | undefined;
     try {
       // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
       await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
       // A lock file can be removed by hand: a socket path that a live process serves on is refused
       // here too, before anything is loaded (and checked again just before its listener is made).
       for (const a of [...opts.listen, ...httpListen]) if (a.startsWith('unix:')) await assertSocketNotLive(a.slice(5));
+      // Refuse to wipe a datapath that forwards with state this daemon does not have, before anything
+      // in the kernel is opened or changed: what the pins in use hold (of any capacity or layout: a
+      // --max-rules change migrates from them, and would otherwise start on new, empty maps).
+      const pinned = XdpDatapath.pinnedForwarding(opts.pinRoot);
+      resetWhy = checkMissingStore(opts, pinned);
+      if (opts.stateDir && !resetWhy) {
+        store = StateStore.open(opts.stateDir); // a corrupt or newer store stops the start, untouched
+        stored = store.load();
+        resetWhy = checkStoreOwner(opts, pinned, store, stored);
+      }
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
         pinRoot: opts.pinRoot,
@@ -309,6 +327,7 @@ export class Daemon {
         deferTrace: true, // pins and tracepoint links replaced once the start commits (below)
       });
     } catch (e) {
+      store?.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
       undoCreated();
       lock.release();
@@ -318,14 +337,20 @@ export class Daemon {
     // Device settings we change (GRO on veth peers, offloads turned off for XDP) are recorded beside the
     // state, for --cleanup-on-exit.
     const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
-    let store: StateStore | undefined;
-    let stored: StoredState | undefined;
     try {
-      checkMissingStore(opts, dp, log);
-      if (opts.stateDir) {
-        store = StateStore.open(opts.stateDir); // a corrupt or newer store stops the start, untouched
+      if (resetWhy) resetDatapath(opts, dp, log, resetWhy);
+      if (opts.stateDir && !store) {
+        store = StateStore.open(opts.stateDir);
         stored = store.load();
-        checkStoreOwner(opts, dp, store, stored, log);
+      }
+      if (store) {
+        const pinRoot = resolve(opts.pinRoot);
+        if (store.meta('pin_root') !== pinRoot && !store.setMeta('pin_root', pinRoot)) {
+          log.warn(
+            { path: store.path },
+            `the state store cannot record that it belongs to ${pinRoot} (it cannot persist)`,
+          );
+        }
         if (store.problem) {
           log.error(
             { err: store.problem, path: store.path },
@@ -867,10 +892,19 @@ export class Daemon {
  * The files a refused start made in a state directory that the same start created (so nothing else is
  * in it): the database and its WAL files, the host-changes record. The lock file goes with the lock.
  */
-function removeNewState(stateDir: string): void {
-  for (const f of ['state.db', 'state.db-wal', 'state.db-shm', 'state.db-journal', 'host-changes.json']) {
-    rmSync(join(stateDir, f), { force: true });
-  }
+function removeNewState(stateDir: string, keep?: readonly string[]): void {
+  // In a directory the start did not make: only the database files it made (host-changes.json may
+  // record what an earlier daemon changed; it is rewritten, never removed, there).
+  const files = keep ? STATE_DB_FILES : [...STATE_DB_FILES, 'host-changes.json'];
+  for (const f of files) if (!keep?.includes(f)) rmSync(join(stateDir, f), { force: true });
+}
+
+/** The state database and the files SQLite keeps beside it. */
+const STATE_DB_FILES = ['state.db', 'state.db-wal', 'state.db-shm', 'state.db-journal'];
+
+/** Which of {@link STATE_DB_FILES} exist in `stateDir` now. */
+function existingStateFiles(stateDir: string): string[] {
+  return STATE_DB_FILES.filter((f) => existsSync(join(stateDir, f)));
 }
 
 /** A pin root before a start: absent, an empty directory, or holding pins (a previous daemon's). */
@@ -924,20 +958,21 @@ async function probeListeners(list: readonly (readonly [string, string])[], crea
   }
 }
 
+/** What the pinned maps forward (see {@link XdpDatapath.pinnedForwarding}). */
+type PinnedForwarding = { matches: number; links: number };
+
 /**
  * A state store that is missing while the pinned datapath still holds rules
  * or links (deleted by hand, or a wrong --state-dir), or --no-state over such
  * pins, is not a reason to wipe the datapath silently: refuse, unless
- * --reset-datapath says to clear it; then also detach the program from every
- * interface it is attached to here (nothing stays attached that ListInterfaces
- * does not show).
+ * --reset-datapath says to clear it (returns why: see {@link resetDatapath}).
+ * Checked before the datapath is opened: nothing in the kernel changes.
  */
-function checkMissingStore(opts: DaemonOptions, dp: KernelDataplane, log: Logger): void {
-  if (opts.stateDir && StateStore.exists(opts.stateDir)) return;
-  refuseOverPinnedEntries(
+function checkMissingStore(opts: DaemonOptions, pinned: PinnedForwarding): string | undefined {
+  if (opts.stateDir && StateStore.exists(opts.stateDir)) return undefined;
+  return refuseOverPinnedEntries(
     opts,
-    dp,
-    log,
+    pinned,
     opts.stateDir
       ? `the state store ${stateDbPath(opts.stateDir)} does not exist`
       : '--no-state: this daemon starts with no rule and no link',
@@ -951,45 +986,40 @@ function checkMissingStore(opts: DaemonOptions, dp: KernelDataplane, log: Logger
  * The store records the pin root of the datapath it describes (meta `pin_root`, written at every start).
  * A store that belongs to another pin root (another daemon's --state-dir), or one that records none and
  * holds no rule and no link, while the pins here hold rules or links, is refused as a missing one is:
- * starting would wipe what forwards. Then the store is marked as this pin root's.
+ * starting would wipe what forwards. The start marks it as this pin root's once it goes on.
  */
 function checkStoreOwner(
   opts: DaemonOptions,
-  dp: KernelDataplane,
+  pinned: PinnedForwarding,
   store: StateStore,
   stored: StoredState,
-  log: Logger,
-): void {
+): string | undefined {
   const pinRoot = resolve(opts.pinRoot);
   const owner = store.meta('pin_root');
   const empty = stored.rules.length === 0 && stored.links.length === 0;
-  if (owner !== pinRoot && (owner !== undefined || empty)) {
-    refuseOverPinnedEntries(
-      opts,
-      dp,
-      log,
-      owner !== undefined
-        ? `the state store ${store.path} belongs to the datapath under ${owner}, not ${pinRoot}`
-        : `the state store ${store.path} holds no rule and no link and names no datapath`,
-      'Pass the --state-dir of this datapath (or the --pin-root of this store)',
-    );
-  }
-  if (owner !== pinRoot && !store.setMeta('pin_root', pinRoot)) {
-    log.warn({ path: store.path }, `the state store cannot record that it belongs to ${pinRoot} (it cannot persist)`);
-  }
+  if (owner === pinRoot || (owner === undefined && !empty)) return undefined;
+  return refuseOverPinnedEntries(
+    opts,
+    pinned,
+    owner !== undefined
+      ? `the state store ${store.path} belongs to the datapath under ${owner}, not ${pinRoot}`
+      : `the state store ${store.path} holds no rule and no link and names no datapath`,
+    'Pass the --state-dir of this datapath (or the --pin-root of this store)',
+  );
 }
 
-/** Refuse the start while the pins hold rule match entries or link directions, or clear them (--reset-datapath). */
+/**
+ * Refuse the start (throw) while the pins hold rule match entries or link directions; with
+ * --reset-datapath, return what {@link resetDatapath} logs. undefined when the pins hold none.
+ */
 function refuseOverPinnedEntries(
   opts: DaemonOptions,
-  dp: KernelDataplane,
-  log: Logger,
+  pinned: PinnedForwarding,
   why: string,
   fix: string,
-): void {
-  const matches = dp.listMatches().length;
-  const links = dp.listLinks().length;
-  if (matches === 0 && links === 0) return;
+): string | undefined {
+  const { matches, links } = pinned;
+  if (matches === 0 && links === 0) return undefined;
   const what =
     `${why}, but the pinned datapath under ` +
     `${opts.pinRoot} still forwards ${matches} rule match entr${matches === 1 ? 'y' : 'ies'} and ${links} ` +
@@ -1000,7 +1030,16 @@ function refuseOverPinnedEntries(
         'or start once with --reset-datapath to clear the datapath and detach the program',
     );
   }
-  log.warn({ matches, links, pinRoot: opts.pinRoot }, `${what}: --reset-datapath: clearing them`);
+  return what;
+}
+
+/**
+ * --reset-datapath over entries this daemon has no state for: they are cleared (the start writes the
+ * empty desired state), and this datapath's program is detached from every interface it is attached to
+ * here, the one before a migration included (nothing stays attached that ListInterfaces does not show).
+ */
+function resetDatapath(opts: DaemonOptions, dp: KernelDataplane, log: Logger, what: string): void {
+  log.warn({ pinRoot: opts.pinRoot }, `${what}: --reset-datapath: clearing them`);
   let names: string[] = [];
   try {
     names = readdirSync('/sys/class/net');
@@ -1009,9 +1048,9 @@ function refuseOverPinnedEntries(
   }
   for (const name of names) {
     try {
-      // Only this datapath's program (by id): other xdpctld instances run the same code on other pin roots.
-      const x = dp.xdpStatus(name);
-      if (x?.ours && x.progId === dp.progId) {
+      // Only this datapath's programs (by id and map ids): other xdpctld instances run the same code on
+      // other pin roots.
+      if (dp.xdpStatus(name)?.ours) {
         dp.detach(name);
         log.warn({ ifname: name }, '--reset-datapath: detached');
       }

@@ -11,7 +11,7 @@
  *    restart's counters say what the kernel did meanwhile.
  */
 import assert from 'node:assert/strict';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { after, afterEach, describe, it } from 'node:test';
 
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
@@ -59,10 +59,11 @@ describe('pins and state store: whose datapath, put back', kernelOnly(), () => {
     listeners.forEach((l) => l.kill());
     await destroyAll();
     topo.destroy();
-    for (const tag of ['a', 'y', 'b']) {
+    for (const tag of ['a', 'y', 'b', 'm']) {
       XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}${tag}`);
       rmSync(`/tmp/xdpctl-test-${id}${tag}-state`, { recursive: true, force: true });
     }
+    rmSync(`/tmp/xdpctl-test-${id}m-empty`, { recursive: true, force: true });
   });
 
   const rule = (name: string, port: number, ingress: string, to: Host): Rule => ({
@@ -143,6 +144,71 @@ describe('pins and state store: whose datapath, put back', kernelOnly(), () => {
     assert.equal((await c.rules.listRules({})).rules.length, 0);
     assert.equal(progOn(vm.hostIf), undefined, 'nothing attached that ListInterfaces does not show');
     assert.deepEqual((await c.interfaces.listInterfaces({})).interfaces, []);
+  });
+
+  it("a --max-rules other than the pins' does not bypass the guard: --no-state and an empty --state-dir are refused before the kernel is touched; its own store migrates; --reset-datapath clears", async () => {
+    const vm = topo.addHost('mvm', '198.18.4.1/24');
+    const b1 = topo.addHost('mb1', '198.18.5.1/24');
+    topo.routeToXdp(vm.role);
+    const port = 7602;
+    await start('m', ['--xdp-mode', 'generic']); // --max-rules 16 (the helper's)
+    await c.rules.createRule({ rule: rule('web', port, vm.hostIf, b1) });
+    assert.equal(await delivered(vm, b1, port), 50, 'forwards at first');
+    const prog = progOn(vm.hostIf);
+    const pinRoot = d!.pinRoot;
+    await d!.stop();
+    /** What the kernel and bpffs hold for this datapath: every pin, the maps' ids, the ingress's program. */
+    const kernel = () => ({
+      pins: sh('find', [pinRoot]).split('\n').sort(),
+      maps: sh('bpftool', ['-j', 'map', 'show', 'pinned', `${pinRoot}/maps/rule_match`]),
+      entries: sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${pinRoot}/maps/rule_match`]),
+      prog: progOn(vm.hostIf),
+    });
+    const before = kernel();
+    assert.match(before.maps, /"max_entries":64\b/, "the pins hold 16 rules' match entries (4 each)");
+
+    // A larger --max-rules with --no-state: it would migrate to new, empty maps and detach the program.
+    let msg = await refused('m', ['--xdp-mode', 'generic', '--max-rules', '64', '--no-state', '--log-level', 'debug']);
+    assert.match(
+      msg,
+      new RegExp(
+        `--no-state: this daemon starts with no rule and no link, but the pinned datapath under ${pinRoot} still ` +
+          'forwards 1 rule match entry and 0 link directions: refusing to start and wipe them',
+      ),
+    );
+    assert.doesNotMatch(msg, /migrating|detaching|libbpf/, 'refused before any map was made or program loaded');
+    assert.deepEqual(kernel(), before, 'pins, map ids, entries and the attached program unchanged');
+    assert.equal(await delivered(vm, b1, port), 50, 'still forwards after the refused --no-state start');
+
+    // A larger --max-rules with an empty, existing state directory (a wrong --state-dir).
+    const empty = `/tmp/xdpctl-test-${id}m-empty`;
+    mkdirSync(empty, { mode: 0o700 });
+    msg = await refused('m', ['--xdp-mode', 'generic', '--max-rules', '64', '--state-dir', empty]);
+    assert.match(
+      msg,
+      new RegExp(
+        `the state store ${empty}/state\\.db does not exist, but the pinned datapath under ${pinRoot} still ` +
+          'forwards 1 rule match entry and 0 link directions: refusing to start and wipe them',
+      ),
+    );
+    assert.deepEqual(readdirSync(empty), [], 'the refused start left nothing in the state directory');
+    assert.deepEqual(kernel(), before, 'pins, map ids, entries and the attached program unchanged');
+    assert.equal(await delivered(vm, b1, port), 50, 'still forwards after the refused start on an empty store');
+
+    // Its own store with the larger --max-rules: the supported migration, the rule forwarding throughout.
+    await start('m', ['--xdp-mode', 'generic', '--max-rules', '64']);
+    assert.match(d!.output, /migrating to new maps/);
+    assert.equal((await c.rules.getRule({ name: 'web' })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
+    assert.equal(await delivered(vm, b1, port), 50, 'forwards after the migration');
+    assert.notEqual(progOn(vm.hostIf), prog, 'the new program (new maps) on the ingress');
+    await d!.stop();
+
+    // The explicit choice, with yet another --max-rules: cleared, the program detached.
+    await start('m', ['--xdp-mode', 'generic', '--max-rules', '32', '--no-state', '--reset-datapath']);
+    assert.match(d!.output, /still forwards 1 rule match entry .*--reset-datapath: clearing them/);
+    assert.equal((await c.rules.listRules({})).rules.length, 0);
+    await until('nothing attached that ListInterfaces does not show', () => progOn(vm.hostIf) === undefined);
+    assert.equal(await delivered(vm, b1, port, 10), 0, 'cleared: nothing forwarded');
   });
 
   it('the tracepoint links are put back when PIN/links or the whole pin root is removed: a restart counts what the kernel dropped meanwhile', async () => {

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -173,6 +173,77 @@ describe('one daemon per datapath', kernelOnly(), () => {
       rmSync(path, { force: true });
       rmSync(`${path}.lock`, { force: true });
     }
+  });
+
+  it("refuses a pin root nested inside the first's, or one that holds the first's, naming the first", async () => {
+    const maps = first!.dumpMaps();
+    const log = logFrom(first!);
+    const listing = () => sh('find', [first!.pinRoot]).split('\n').sort();
+    const pins = listing();
+    // Inside: the first daemon's own maps directory (it would make maps/, progs/ and links/ in there).
+    let msg = await refused(other, ['--pin-root', `${first!.pinRoot}/maps`]);
+    assert.match(
+      msg,
+      new RegExp(
+        `pin root ${first!.pinRoot}/maps is inside the pin root ${first!.pinRoot} of another xdpctld ` +
+          `\\(pid ${first!.child.pid}, "[^"]*dist/server/main\\.js`,
+      ),
+    );
+    // Inside, a new directory: refused, and the directories it made are gone again.
+    msg = await refused(other, ['--pin-root', `${first!.pinRoot}/nested/x`]);
+    assert.match(
+      msg,
+      new RegExp(`is inside the pin root ${first!.pinRoot} of another xdpctld \\(pid ${first!.child.pid}\\b`),
+    );
+    assert.deepEqual(listing(), pins, "nothing made or removed under the first daemon's pin root");
+    await stillServing(first!, maps, log);
+
+    // Above: a pin root that holds a running daemon's pin root inside it.
+    const outer = `/sys/fs/bpf/xdpctl-test-${id}c`;
+    let inner: DaemonProcess | undefined;
+    try {
+      inner = await DaemonProcess.start(`${id}c`, ['--pin-root', `${outer}/in`]);
+      msg = await refused(other, ['--pin-root', outer]);
+      assert.match(
+        msg,
+        new RegExp(
+          `pin root ${outer} is above the pin root ${outer}/in of another xdpctld \\(pid ${inner.child.pid}\\b`,
+        ),
+      );
+      assert.deepEqual(sh('find', [outer, '-maxdepth', '1']).trim().split('\n').sort(), [outer, `${outer}/in`].sort());
+    } finally {
+      await inner?.destroy();
+      XdpDatapath.unpinAll(outer);
+      cleanupId(`${id}c`);
+    }
+  });
+
+  it('a refused start leaves no state database it created (the SQLite addon built for another Node ABI)', async () => {
+    const maps = first!.dumpMaps();
+    const log = logFrom(first!);
+    const state = `/tmp/xdpctl-test-${other}-abi`;
+    mkdirSync(state, { mode: 0o700 }); // an existing, empty state directory: the start did not make it
+    try {
+      let out = '';
+      try {
+        const d = await DaemonProcess.start(other, ['--state-dir', state], {
+          NODE_OPTIONS: `--import=${ROOT}test/helpers/addon-abi.mjs`,
+          XDPCTL_TEST_ADDON_ABI: '1',
+        });
+        await d.destroy();
+        assert.fail('a daemon started without its SQLite addon');
+      } catch (e) {
+        out = (e as Error).message;
+      }
+      assert.match(out, /^xdpctld exited 1: /);
+      assert.match(out, new RegExp(`state store ${state}/state\\.db: .*ERR_DLOPEN_FAILED`));
+      assert.deepEqual(readdirSync(state), [], 'no state.db (nor lock or WAL file) left in the state directory');
+      assert.equal(existsSync(`/sys/fs/bpf/xdpctl-test-${other}`), false, 'no pin root left behind');
+    } finally {
+      rmSync(state, { recursive: true, force: true });
+      cleanupId(other);
+    }
+    await stillServing(first!, maps, log);
   });
 
   it('a refused start leaves nothing it created (pin root, state and socket directories, their parents)', async () => {

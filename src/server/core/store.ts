@@ -194,9 +194,11 @@ const SIDE_FILES = ['-wal', '-shm', '-journal'];
  * file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the database file's
  * mode), and group or other bits on existing ones (0644, as earlier versions created them) are removed.
  */
-function makePrivate(path: string): void {
+function makePrivate(path: string): boolean {
+  let created = false;
   try {
     closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+    created = true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
@@ -213,19 +215,26 @@ function makePrivate(path: string): void {
       // A read-only disk or another owner: the open that follows says what the disk refuses.
     }
   }
+  return created;
 }
 
+/**
+ * Open the database; a file this call created is removed again when SQLite cannot open it (e.g. the
+ * better-sqlite3 addon built for another Node ABI): a refused start leaves no empty state.db behind.
+ */
 function openDb(path: string, readonly: boolean): Database.Database {
-  if (!readonly) makePrivate(path);
-  const db = new Database(path, { readonly, fileMustExist: readonly, timeout: 100 });
+  const created = !readonly && makePrivate(path);
+  let db: Database.Database | undefined;
   try {
+    db = new Database(path, { readonly, fileMustExist: readonly, timeout: 100 });
     if (!readonly) {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
     }
     return db;
   } catch (e) {
-    db.close();
+    db?.close();
+    if (created) for (const f of [path, ...SIDE_FILES.map((x) => path + x)]) rmSync(f, { force: true });
     throw e;
   }
 }

@@ -672,6 +672,34 @@ export function openPinnedMap<K, V>(path: string, key: Codec<K>, value: Codec<V>
   }
 }
 
+/**
+ * How many keys the (hash-type) map pinned at `path` holds, whatever its key layout (an older object's
+ * maps included): walked with BPF_MAP_GET_NEXT_KEY, nothing read or written. undefined when nothing is
+ * pinned there.
+ */
+export function countPinnedKeys(path: string): number | undefined {
+  const fd = lib.bpf_obj_get(path) as number;
+  if (fd === -ENOENT) return undefined;
+  check(`open pinned map ${path}`, fd);
+  try {
+    const info = mapInfo(fd, path);
+    if (ARRAYS.has(info.type)) throw new KernelError(`count keys of ${path}`, 22, [], 'an array map has every key');
+    let prev: Buffer | null = null;
+    let next = Buffer.alloc(info.keySize);
+    let n = 0;
+    for (;;) {
+      const r = lib.bpf_map_get_next_key(fd, prev, next) as number;
+      if (r === -ENOENT) return n;
+      check(`iterate map ${path}`, r);
+      n++;
+      prev = next;
+      next = Buffer.alloc(info.keySize);
+    }
+  } finally {
+    closeFd(fd);
+  }
+}
+
 /** Whether `n` words of `words` from `at` are all zero. */
 function isZero(words: Uint32Array, at: number, n: number): boolean {
   for (let j = 0; j < n; j++) if (words[at + j] !== 0) return false;

@@ -21,7 +21,7 @@ import { basename, dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
-import { BPF_F_MMAPABLE, BpfMap, mapInfo, type MapInfo } from './bpf-map.js';
+import { BPF_F_MMAPABLE, BpfMap, countPinnedKeys, mapInfo, type MapInfo } from './bpf-map.js';
 import { testRunTimed } from './bpf-object.js';
 import {
   backendEntry,
@@ -614,6 +614,20 @@ export class XdpDatapath {
   /** Where a migration pins the new maps until it switches (then they move to maps/). */
   static nextMapPinDir(pinRoot: string): string {
     return join(pinRoot, 'maps_next'); // bpffs refuses names with a dot
+  }
+
+  /**
+   * What the maps pinned under `pinRoot` forward now, counted before anything is opened, loaded or
+   * changed (start-up's refuse-to-wipe check): rule match entries and link directions. The pins in
+   * maps/ are the ones in use, also when they have another capacity or layout than this object's (a
+   * migration copies from them) or when a migration that did not finish left maps_next/ beside them.
+   */
+  static pinnedForwarding(pinRoot: string): { matches: number; links: number } {
+    const dir = XdpDatapath.mapPinDir(pinRoot);
+    return {
+      matches: countPinnedKeys(join(dir, MAP_DEFS.ruleMatch[0])) ?? 0,
+      links: countPinnedKeys(join(dir, MAP_DEFS.xcLinks[0])) ?? 0,
+    };
   }
 
   /** Where the program is pinned. */

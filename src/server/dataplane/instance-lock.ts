@@ -13,6 +13,7 @@
  * libc's flock through koffi (Node has no flock); this module touches no map.
  */
 import {
+  type Dirent,
   closeSync,
   fstatSync,
   lstatSync,
@@ -30,7 +31,7 @@ import {
   constants as fsc,
 } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import koffi from 'koffi';
 
@@ -225,6 +226,95 @@ function removedHolderError(path: string, what: string, shown: string, holder: {
     info = undefined;
   }
   return new LockHeldError(what, shown, { pid: holder.pid, command: commandOf(holder.pid), info });
+}
+
+/** major:minor of a stat dev number, as /proc/locks writes it (in hex there). */
+function devPair(dev: number | bigint): string {
+  const d = BigInt(dev);
+  const major = Number((d >> 8n) & 0xfffn) | Number((d >> 32n) & ~0xfffn);
+  const minor = Number(d & 0xffn) | Number((d >> 12n) & ~0xffn);
+  return `${major}:${minor}`;
+}
+
+/** Kernel view: every FLOCK of another process, "major:minor:ino" -> pid, from /proc/locks. */
+function otherFlocks(): Map<string, number> {
+  const out = new Map<string, number>();
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return out;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'FLOCK' || f.length < 6) continue;
+    const pid = Number(f[4]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    const [ma, mi, ino] = f[5].split(':');
+    out.set(`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`, pid);
+  }
+  return out;
+}
+
+/** How deep and how many directories {@link refuseNestedPinRoot} looks under a pin root. */
+const NESTED_MAX_DEPTH = 8;
+const NESTED_MAX_DIRS = 4096;
+
+/**
+ * One daemon per datapath, also across nested paths: a pin root inside another running daemon's pin
+ * root (e.g. `--pin-root FIRST/maps`), or one that holds another's inside it, is refused, naming that
+ * daemon. Each daemon holds a flock on its pin root directory (the kernel lists it in /proc/locks): the
+ * directories above this pin root on the same bpffs and those below it (at most NESTED_MAX_DEPTH levels
+ * and NESTED_MAX_DIRS directories: pins are files) are looked up there.
+ */
+export function refuseNestedPinRoot(pinRoot: string): void {
+  const locks = otherFlocks();
+  if (locks.size === 0) return;
+  const holder = (dir: string): number | undefined => {
+    try {
+      const st = lstatSync(dir);
+      return st.isDirectory() ? locks.get(`${devPair(st.dev)}:${st.ino}`) : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const refuse = (dir: string, pid: number, inside: boolean): never => {
+    const cmd = commandOf(pid);
+    throw new PinRootError(
+      `pin root ${pinRoot} is ${inside ? 'inside' : 'above'} the pin root ${dir} of another xdpctld ` +
+        `(pid ${pid}${cmd ? `, "${cmd}"` : ''}): one daemon per datapath, and pin roots must not nest ` +
+        '(each daemon owns everything under its own); choose a --pin-root outside it',
+    );
+  };
+  const root = resolve(pinRoot);
+  for (let d = dirname(root); d !== dirname(d); d = dirname(d)) {
+    try {
+      if (Number(statfsSync(d).type) !== BPF_FS_MAGIC) break;
+    } catch {
+      break;
+    }
+    const pid = holder(d);
+    if (pid !== undefined) refuse(d, pid, true);
+  }
+  const queue: [string, number][] = [[root, 0]];
+  let seen = 0;
+  while (queue.length && seen < NESTED_MAX_DIRS) {
+    const [dir, depth] = queue.shift()!;
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      continue;
+    }
+    for (const e of entries) {
+      if (!e.isDirectory()) continue;
+      const sub = join(dir, e.name);
+      seen++;
+      const pid = holder(sub);
+      if (pid !== undefined) refuse(sub, pid, false);
+      if (depth + 1 < NESTED_MAX_DEPTH) queue.push([sub, depth + 1]);
+    }
+  }
 }
 
 /** A lock on a directory, which can tell whether that directory is still the one at its path. */
@@ -510,6 +600,7 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
   try {
     preparePinRoot(r.pinRoot, created);
     pinRootLock = lockDirectory(r.pinRoot, 'pin root');
+    refuseNestedPinRoot(r.pinRoot);
     if (r.stateDir !== undefined) {
       makeDirs(r.stateDir, 0o700, created);
       const path = join(r.stateDir, 'xdpctld.lock');
