@@ -621,6 +621,7 @@ export class Controller {
       pace,
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
+    facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
     return planRulesPaced(
       {
         rules: this.state.rules,

@@ -6,6 +6,7 @@
  * kernel is a single, small step so that the core can undo a failed
  * transaction step by step. Nothing here imports from dataplane/.
  */
+import type { NeighbourFact, PeerMac } from './static-mac.js';
 
 /** A match entry's key: (ingress ifindex, UDP destination port, protocol, destination address). */
 export interface MatchKey {
@@ -249,6 +250,13 @@ export interface Dataplane {
    * implementation; true when a probe was started. Best effort, never throws. Optional (fakes).
    */
   verifyNeighbour?(ip: string, iface: string): boolean;
+  /**
+   * The IPv4 neighbour table in one read: "ip@iface" -> entry (MAC, NUD states, seconds since the last
+   * confirmation). Empty when it cannot be read. Optional (fakes): without it static MACs are not checked.
+   */
+  neighbourTable?(): Promise<Map<string, NeighbourFact>>;
+  /** A veth's peer when it is in this network namespace, with its MAC (static-mac.ts); undefined otherwise. Optional. */
+  vethPeerMac?(ifname: string): PeerMac | undefined;
   /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
   vethPeer?(ifname: string): string | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */

@@ -29,13 +29,25 @@ export interface Facts {
    * is elsewhere (not read).
    */
   peers: Map<string, { name: string; mtu: number } | undefined>;
+  /**
+   * Static-MAC backends whose MAC the host contradicts ("ip@iface|mac" -> why; static-mac.ts): the plan
+   * keeps them out of the table. The reconciler's (state.macConflicts); empty: none known.
+   */
+  macConflicts: ReadonlyMap<string, string>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
 
 /** An empty fact set (then filled by the fetch functions). */
 export function emptyFacts(): Facts {
-  return { interfaces: new Map(), neighbours: new Map(), links: new Map(), napi: new Map(), peers: new Map() };
+  return {
+    interfaces: new Map(),
+    neighbours: new Map(),
+    links: new Map(),
+    napi: new Map(),
+    peers: new Map(),
+    macConflicts: new Map(),
+  };
 }
 
 /** Resolve each named interface once into `facts`. */

@@ -13,6 +13,7 @@ import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
 import { absentBackendStatus, backendStatus, egressProblem, mtuWarnings } from './rule-status.js';
+import { staticMacKey } from './static-mac.js';
 import { backendKey, claimKey, matchId, type PrefixBytes } from './state.js';
 
 const AF_INET = 2;
@@ -244,7 +245,9 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     const mac = raw && canonicalMac(raw);
     const napi = facts.napi.get(b.interface);
     const egress =
-      egressProblem(b.interface, facts.links.get(b.interface)) ?? (napi && !napi.ok ? napi.detail : undefined);
+      egressProblem(b.interface, facts.links.get(b.interface)) ??
+      (napi && !napi.ok ? napi.detail : undefined) ??
+      (b.mac !== '' ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac)) : undefined);
     const status = backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved, egress });
     return {
       spec: b,

@@ -25,6 +25,7 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import { otherProgram } from './conditions.js';
+import { observeStaticMac, RESOLVES_PER_PASS, staticMacKey, stepStaticMac, type PeerMac } from './static-mac.js';
 import {
   absentBackendStatus,
   backendStatus,
@@ -37,6 +38,7 @@ import {
   mtuRuleStatus,
   mtuWarnings,
   observedRuleStatus,
+  staticMacStatus,
   unverifiedRuleStatus,
 } from './rule-status.js';
 
@@ -240,6 +242,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   }
   // Egresses whose peer cannot be inspected: judged by their backends' redirect counters (egress-watch.ts).
   judgeUnverifiedEgresses(ctx, facts.napi, transition);
+  // Static MACs against what the host shows (static-mac.ts): contradicted ones leave their tables.
+  const unverifiedMacs = await judgeStaticMacs(ctx, specs, facts, transition);
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
   const why = new Map<string, string>();
@@ -310,7 +314,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         const napi = facts.napi.get(spec.interface);
         const egress =
           egressProblem(spec.interface, facts.links.get(spec.interface)) ??
-          (napi?.ok === false ? napi.detail : undefined);
+          (napi?.ok === false ? napi.detail : undefined) ??
+          (spec.mac !== '' ? state.macConflicts.get(staticMacKey(spec.ip, spec.interface, spec.mac)) : undefined);
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving) {
           changed = true;
@@ -572,7 +577,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
       let observed = observedRuleStatus(
-        unverifiedRuleStatus(mtuRuleStatus(written), unverified),
+        unverifiedRuleStatus(mtuRuleStatus(staticMacStatus(written, rule, unverifiedMacs)), unverified),
         rule.ingressInterfaces,
         k.ingressDown.length ? unusable : ingressProblems,
       );
@@ -723,4 +728,67 @@ async function checkIngressSettings(
     if (why) ctx.log.warn({ ifname: name, reason: why }, `${name}: ${why}`);
     else if (before) ctx.log.info({ ifname: name }, `${name}: the device settings XDP relies on are as needed again`);
   });
+}
+
+/**
+ * Every static-MAC backend's MAC against what the host shows (static-mac.ts), once per pass: one read of
+ * the neighbour table, each egress's veth peer once. Contradicted ones go into `state.macConflicts` (their
+ * plans keep them out of the table; resync re-applies their rules), each transition to and from a
+ * contradiction logged once; entries that are not fresh are re-probed, missing ones resolved (at most
+ * {@link RESOLVES_PER_PASS} per pass). Returns the ones that cannot be verified ("ip@iface|mac" -> why).
+ */
+async function judgeStaticMacs(
+  ctx: ExecContext,
+  specs: readonly RuleSpec[],
+  facts: Facts,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): Promise<Map<string, string>> {
+  const { dp, state } = ctx;
+  const unverified = new Map<string, string>();
+  const wanted = new Map<string, { ip: string; iface: string; mac: string }>();
+  for (const r of specs) {
+    for (const b of r.backends) {
+      if (b.mac === '' || !facts.interfaces.get(b.interface)) continue;
+      wanted.set(staticMacKey(b.ip, b.interface, b.mac), { ip: b.ip, iface: b.interface, mac: b.mac });
+    }
+  }
+  for (const key of state.staticMacs.keys()) {
+    if (wanted.has(key)) continue;
+    state.staticMacs.delete(key);
+    state.macConflicts.delete(key);
+    state.logged.delete(`mac/${key}`);
+  }
+  if (wanted.size === 0 || !dp.neighbourTable) return unverified;
+  const table = await dp.neighbourTable();
+  const peers = new Map<string, PeerMac | undefined>();
+  let resolves = 0;
+  for (const [key, { ip, iface, mac }] of wanted) {
+    if (!peers.has(iface)) peers.set(iface, dp.vethPeerMac?.(iface));
+    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), table.get(`${ip}@${iface}`));
+    const prev = state.staticMacs.get(key);
+    const next = stepStaticMac(prev, mac, obs);
+    state.staticMacs.set(key, next);
+    if (obs.ask === 'reprobe') dp.verifyNeighbour?.(ip, iface);
+    else if (obs.ask === 'resolve' && resolves < RESOLVES_PER_PASS) {
+      resolves++;
+      dp.probeNeighbour?.(ip, iface);
+    }
+    if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
+    else state.macConflicts.delete(key);
+    if (next.verdict === 'unverified') unverified.set(key, next.why);
+    transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
+      if (next.verdict === 'contradicted') {
+        ctx.log.warn(
+          { backend: ip, interface: iface, mac, reason: next.why },
+          `backend ${ip} on ${iface}: ${next.why}: taken out of its rules' tables until they agree`,
+        );
+      } else if (before) {
+        ctx.log.info(
+          { backend: ip, interface: iface, mac },
+          `backend ${ip} on ${iface}: its static MAC ${mac.toLowerCase()} agrees with the host again (${next.why}): back in its rules' tables`,
+        );
+      }
+    });
+  }
+  return unverified;
 }

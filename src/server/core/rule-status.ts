@@ -286,3 +286,26 @@ export function lowerForMtu(k: { status: RuleStatus; written?: RuleStatus }): vo
   k.written ??= k.status;
   k.status = lowered;
 }
+
+/**
+ * The written status with the static MACs that cannot be verified said so in their backends' messages
+ * (`unverified`: "ip@iface|mac" -> why; static-mac.ts). The state is not lowered: nothing observed
+ * contradicts them (a contradicted one is out of the table). `written` itself when none applies.
+ */
+export function staticMacStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  unverified: ReadonlyMap<string, string>,
+): RuleStatus {
+  if (unverified.size === 0) return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    if (!b.receiving || !spec || spec.mac === '') return b;
+    const why = unverified.get(`${spec.ip}@${spec.interface}|${spec.mac.toLowerCase()}`);
+    if (!why || b.message === why) return b;
+    changed = true;
+    return { ...b, message: why };
+  });
+  return changed ? { ...written, backends } : written;
+}

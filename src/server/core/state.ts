@@ -5,6 +5,7 @@
  * execute step is the only writer during a transaction.
  */
 import type { EgressWatch } from './egress-watch.js';
+import type { StaticMacState } from './static-mac.js';
 import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
@@ -146,6 +147,10 @@ export class CoreState {
    * back (an offload found on again that cannot be turned off), as its last check found them.
    */
   readonly ingressSettings = new Map<string, string>();
+  /** Per static-MAC backend ("ip@iface|mac", static-mac.ts): the reconciler's kept verdict. */
+  readonly staticMacs = new Map<string, StaticMacState>();
+  /** The static-MAC backends contradicted now ("ip@iface|mac" -> why): out of every table until they agree. */
+  readonly macConflicts = new Map<string, string>();
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */

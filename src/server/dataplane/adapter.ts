@@ -32,7 +32,9 @@ import {
   upperDevices,
   nameOf,
   neighbourEntry,
+  neighbourTable,
   type NeighbourEntry,
+  vethPeerMac,
   reprobeNeighbour,
   linkIdentity,
   probeNeighbour,
@@ -411,6 +413,27 @@ export class KernelDataplane implements Dataplane {
     } catch {
       return false; // gone or without a MAC since it was read: the next read says so
     }
+  }
+
+  /**
+   * The IPv4 neighbour table in one read (netdev.ts neighbourTable); every entry read is also what
+   * {@link verifyNeighbour} decides on. Empty when it cannot be read.
+   */
+  async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
+    let table: Map<string, NeighbourEntry>;
+    try {
+      table = await neighbourTable();
+    } catch {
+      return new Map();
+    }
+    const t = Date.now();
+    if (this.neighbourSeen.size + table.size > 65536) this.neighbourSeen.clear();
+    for (const [key, entry] of table) this.neighbourSeen.set(key, { entry, at: t });
+    return table;
+  }
+
+  vethPeerMac(ifname: string): { name: string; mac: string; takesOthers: boolean } | undefined {
+    return vethPeerMac(ifname);
   }
 
   /** Why an interface runs in another mode than asked, by name#ifindex (from the last attach). */

@@ -302,6 +302,52 @@ export async function neighbourMac(ip: string, dev: string): Promise<string | un
   return (await neighbourEntry(ip, dev)).mac;
 }
 
+/**
+ * The whole IPv4 neighbour table of the daemon's namespace in one read (`ip -4 -s neigh`):
+ * "ip@dev" -> entry (as {@link neighbourEntry} reads one). One process for every backend of a pass.
+ */
+export async function neighbourTable(): Promise<Map<string, NeighbourEntry>> {
+  const entries = (await ipJson(['-4', '-s', 'neigh', 'show'])) as {
+    dst?: string;
+    dev?: string;
+    lladdr?: string;
+    state?: string[];
+    confirmed?: number;
+  }[];
+  const out = new Map<string, NeighbourEntry>();
+  for (const e of entries) {
+    if (!e.dst || !e.dev) continue;
+    const states = e.state ?? [];
+    out.set(`${e.dst}@${e.dev}`, {
+      mac: states.includes('FAILED') ? undefined : e.lladdr,
+      states,
+      confirmed: e.confirmed,
+    });
+  }
+  return out;
+}
+
+/** IFF_PROMISC (linux/if.h): the device takes frames for every MAC. */
+const IFF_PROMISC = 0x100;
+
+/**
+ * The veth peer of `name` when the peer is in the daemon's namespace: its name, MAC and whether it may take
+ * frames sent to another MAC than its own (promiscuous, or an upper device: a bridge, bond or macvlan on
+ * it). Undefined for anything else (not a veth, a peer elsewhere, a device that is gone).
+ */
+export function vethPeerMac(name: string): { name: string; mac: string; takesOthers: boolean } | undefined {
+  try {
+    const id = linkIdentity(ifindexOf(name));
+    if (id?.kind !== 'veth' || id.linkNetnsid !== undefined || !id.link) return undefined;
+    const peer = nameOf(id.link);
+    if (!peer) return undefined;
+    const f = interfaceFacts(peer);
+    return { name: peer, mac: f.mac, takesOthers: (f.flags & IFF_PROMISC) !== 0 || upperDevices(peer).length > 0 };
+  } catch {
+    return undefined;
+  }
+}
+
 // <linux/rtnetlink.h>, <linux/neighbour.h>
 const RTM_NEWNEIGH = 28;
 const NDA_DST = 1;

@@ -320,7 +320,14 @@ export interface Backend {
    * and gets no traffic (see RuleStatus.backend_status). The entry is kept
    * verified (an ARP probe to its MAC once unconfirmed for 5 s): a backend that
    * changes its MAC without a gratuitous ARP is rewritten with the new one
-   * within 11 s with the kernel's default ARP settings.
+   * within 11 s with the kernel's default ARP settings. Given: written as
+   * given, and checked against definitive evidence only (the veth peer's own
+   * MAC when the peer is in the daemon's network namespace and takes no
+   * other MACs; a neighbour entry for `ip` confirmed within 10 s, kept fresh
+   * by ARP probes): a contradiction takes the backend out of the table with
+   * a message naming both MACs ("static MAC contradicted: ...") until they
+   * agree again; without such evidence the backend stays in the table and
+   * its message says the MAC cannot be verified.
    */
   mac: string;
   /**
@@ -378,15 +385,19 @@ export interface BackendStatus {
   resolved: boolean;
   /**
    * Whether the backend receives traffic: resolved, its interface exists and
-   * can transmit (administratively up, with carrier), and its weight is not
+   * can transmit (administratively up, with carrier), its static MAC is not
+   * contradicted by its host (see Backend.mac), and its weight is not
    * zero. A backend that cannot receive is out of the rule's backend table
    * (its flows go to the others) until it recovers.
    */
   active: boolean;
   /**
-   * Why the backend is not active, if it is not; for an active backend
-   * whose egress cannot be verified, why ("cannot be verified: ...");
-   * otherwise empty.
+   * Why the backend is not active, if it is not (e.g. "static MAC
+   * contradicted: 10.0.0.2 answers ARP on eth1 from 02:00:00:00:00:99 ...,
+   * not from the static 02:00:00:00:00:02 ..."); for an active backend
+   * whose egress cannot be verified, why ("cannot be verified: ..."); for
+   * one whose static MAC nothing confirms, "static MAC ... cannot be
+   * verified: ..." with why; otherwise empty.
    */
   message: string;
 }

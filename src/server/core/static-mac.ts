@@ -1,0 +1,146 @@
+/**
+ * What a backend's static MAC means, and how the reconciler checks it. A
+ * backend given with a MAC (`ip,mac,iface`) is the operator's statement that
+ * the host at `ip` behind `iface` receives Ethernet frames sent to `mac`:
+ * xdpctld writes that MAC as given and never resolves it. It does not trust
+ * it blindly either: each pass compares it with what the host shows, and
+ * only definitive evidence counts:
+ *  - the veth peer, when `iface` is a veth whose peer is in the daemon's
+ *    network namespace and takes no frames for other MACs (not promiscuous,
+ *    no upper device such as a bridge, bond or macvlan): a frame to another
+ *    MAC than the peer's own is dropped there (PACKET_OTHERHOST);
+ *  - a neighbour (ARP) entry for `ip` on `iface` that the kernel confirmed
+ *    within {@link FRESH_S} seconds (REACHABLE: the host answered from that
+ *    MAC). Entries set by hand (PERMANENT, NOARP) are not evidence of the
+ *    host. An older or unconfirmed entry is re-probed (NUD_PROBE: a unicast
+ *    ARP request to the MAC it holds), a missing or failed one resolved (a
+ *    broadcast ARP request), so that fresh evidence follows.
+ * A contradiction takes the backend out of the rule's table, the reason
+ * naming both MACs; it comes back when the evidence agrees again (the peer
+ * has the MAC, or a freshly confirmed entry holds it). While no evidence is
+ * definitive the last definitive verdict stands; with none yet, the
+ * backend stays in the table and its status says the MAC cannot be
+ * verified (the rule is not lowered for it: nothing observed contradicts
+ * the operator, and a host that does not answer ARP would otherwise keep
+ * every such rule DEGRADED). Pure: no I/O.
+ */
+
+/** A neighbour entry's age, in seconds since the kernel last confirmed it, below which it is evidence. */
+export const FRESH_S = 10;
+
+/** A veth peer in the daemon's namespace, as read for a static MAC check. */
+export interface PeerMac {
+  name: string;
+  mac: string;
+  /** Promiscuous, or with an upper device (bridge, bond, macvlan): it may take frames for other MACs. */
+  takesOthers: boolean;
+}
+
+/** A neighbour entry as read (ip -s neigh). */
+export interface NeighbourFact {
+  mac?: string;
+  states: readonly string[];
+  /** Seconds since the last confirmation. */
+  confirmed?: number;
+}
+
+export type StaticMacVerdict = 'confirmed' | 'contradicted' | 'unverified';
+
+/** What one observation says about a static MAC, and what to ask the kernel for more. */
+export interface StaticMacObservation {
+  verdict: StaticMacVerdict;
+  /** contradicted: the reason (both MACs); unverified: why it cannot be verified; confirmed: by what. */
+  why: string;
+  /** 'reprobe': verify the entry the kernel holds; 'resolve': resolve a missing or failed entry. */
+  ask?: 'reprobe' | 'resolve';
+}
+
+const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+
+/** Judge the static MAC `mac` of the backend `ip` behind `iface` from the peer and the neighbour entry. */
+export function observeStaticMac(
+  ip: string,
+  iface: string,
+  mac: string,
+  peer: PeerMac | undefined,
+  entry: NeighbourFact | undefined,
+): StaticMacObservation {
+  if (peer && !peer.takesOthers) {
+    return same(peer.mac, mac)
+      ? { verdict: 'confirmed', why: `the veth peer ${peer.name} of ${iface} has MAC ${mac}` }
+      : {
+          verdict: 'contradicted',
+          why:
+            `static MAC contradicted: the veth peer ${peer.name} of ${iface} has MAC ${peer.mac.toLowerCase()}, ` +
+            `not the static ${mac.toLowerCase()} (frames to ${mac.toLowerCase()} are dropped there)`,
+        };
+  }
+  const states = entry?.states ?? [];
+  if (states.includes('PERMANENT') || states.includes('NOARP')) {
+    return {
+      verdict: 'unverified',
+      why: `static MAC ${mac.toLowerCase()} cannot be verified: the neighbour entry for ${ip} on ${iface} was set by hand (${states.join(', ')})`,
+    };
+  }
+  const fresh =
+    entry?.mac !== undefined &&
+    states.includes('REACHABLE') &&
+    entry.confirmed !== undefined &&
+    entry.confirmed <= FRESH_S;
+  if (fresh) {
+    return same(entry.mac!, mac)
+      ? {
+          verdict: 'confirmed',
+          why: `the neighbour entry for ${ip} on ${iface} is REACHABLE with MAC ${mac}`,
+          ask: 'reprobe',
+        }
+      : {
+          verdict: 'contradicted',
+          why:
+            `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry.mac!.toLowerCase()} (its ` +
+            `neighbour entry is REACHABLE), not from the static ${mac.toLowerCase()} ` +
+            `(frames to ${mac.toLowerCase()} do not reach it)`,
+          ask: 'reprobe',
+        };
+  }
+  const unconfirmed = !entry?.mac || states.includes('FAILED') || states.includes('INCOMPLETE');
+  return {
+    verdict: 'unverified',
+    why:
+      `static MAC ${mac.toLowerCase()} cannot be verified: ` +
+      (unconfirmed
+        ? `no resolved neighbour entry for ${ip} on ${iface} (ARP asked; no answer yet)`
+        : `the neighbour entry for ${ip} on ${iface} is not freshly confirmed (${states.join(', ') || 'no state'}; re-probed)`) +
+      (peer ? `; the veth peer ${peer.name} may take frames for other MACs (promiscuous or under another device)` : ''),
+    ask: unconfirmed ? 'resolve' : states.some((s) => s === 'PROBE' || s === 'DELAY') ? undefined : 'reprobe',
+  };
+}
+
+/** The verdict kept per backend (state.staticMacs): the last definitive one stands while nothing is. */
+export interface StaticMacState {
+  /** The static MAC judged (a rule update with another MAC starts over). */
+  mac: string;
+  verdict: StaticMacVerdict;
+  why: string;
+}
+
+/** The next kept verdict from the last one and an observation. */
+export function stepStaticMac(
+  prev: StaticMacState | undefined,
+  mac: string,
+  obs: StaticMacObservation,
+): StaticMacState {
+  const fresh = !prev || !same(prev.mac, mac);
+  if (obs.verdict === 'unverified' && !fresh && prev.verdict !== 'unverified') {
+    // Nothing definitive now: the last definitive verdict stands (evidence is being refreshed).
+    return prev;
+  }
+  if (!fresh && prev.verdict === obs.verdict && prev.why === obs.why) return prev;
+  return { mac, verdict: obs.verdict, why: obs.why };
+}
+
+/** The key of a static-MAC backend's verdict: "ip@iface|mac" (two rules may name one backend with two MACs). */
+export const staticMacKey = (ip: string, iface: string, mac: string) => `${ip}@${iface}|${mac.toLowerCase()}`;
+
+/** Resolves (broadcast ARP requests, one process each) started per pass at most, whatever the backend count. */
+export const RESOLVES_PER_PASS = 8;

@@ -1,0 +1,197 @@
+/**
+ * A backend given with a static MAC (`ip,mac,iface`) whose host changes its MAC, with no neighbour
+ * involvement by the daemon (issue 16, "observe, don't assume"): before, the rule stayed ACTIVE while
+ * every datagram hashed to that backend was dropped by its host (a frame to another MAC than its own),
+ * although the host showed the contradiction. Now the reconciler checks each static MAC against definitive
+ * evidence only (a freshly confirmed neighbour entry, after a probe: the host answered ARP from that MAC;
+ * a veth peer in the daemon's namespace), takes a contradicted backend out of the table with a reason
+ * naming both MACs (its flows move to the others: every datagram delivered), logs it once, and puts it
+ * back when they agree again. A static MAC that nothing confirms says "cannot be verified". Real
+ * namespaces, veths and datagrams; the backend's MAC change is the fault under test, everything else keeps
+ * the host's defaults.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+
+describe('static MACs: checked against what the host shows', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host, b2: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.2.2/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  /** Send `n` datagrams over `flows` flows from vm to the port; what b1 and b2 received. */
+  async function send(port: number, n = 200, flows = 50) {
+    const ls = [await UdpListener.start(b1.netns, b1.ip!, port), await UdpListener.start(b2.netns, b2.ip!, port)];
+    listeners.push(...ls);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got[0] + got[1] };
+  }
+  const rule = (name: string, port: number, backends: { ip: string; mac: string; interface: string }[]) => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [vm.hostIf],
+    backends: backends.map((b) => ({ ...b, weight: 1 })),
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+
+  it('a backend whose host changes its MAC leaves the table, naming both MACs, and comes back when they agree', async (t) => {
+    const old = b2.mac;
+    const other = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:99`;
+    await c.rules.createRule({
+      rule: rule('web', 7991, [
+        { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf },
+        { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf },
+      ]),
+    });
+    // Both MACs confirmed by the hosts' ARP answers (the daemon probes): no "cannot be verified".
+    await until('both static MACs confirmed', async () => {
+      const st = await status('web');
+      return st.state === RuleState.RULE_STATE_ACTIVE && st.backendStatus.every((b) => b.message === '');
+    });
+    let r = await send(7991);
+    assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    assert.ok(r.got[1] > 0, `b2 has flows (${r.got})`);
+
+    // The fault: b2's host takes another MAC (no gratuitous ARP: arp_notify is off by default).
+    const t0 = Date.now();
+    topo.exec('b2', 'ip', ['link', 'set', 'eth0', 'address', other]);
+    try {
+      await until(
+        'b2 out of the table: its static MAC is contradicted',
+        async () => (await status('web')).backendStatus[1]?.active === false,
+        30_000,
+      );
+      t.diagnostic(`b2 out of the table ${Date.now() - t0} ms after its host changed its MAC`);
+      const st = await status('web');
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED);
+      assert.match(
+        st.backendStatus[1].message,
+        new RegExp(
+          `^static MAC contradicted: ${b2.ip} answers ARP on ${b2.hostIf} from ${other} .*not from the static ${old}`,
+        ),
+      );
+      assert.equal(st.backendStatus[0].active, true);
+      // Its flows moved to b1: nothing is lost.
+      r = await send(7991);
+      assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+      assert.equal(r.got[1], 0, 'nothing reaches b2 (its host drops frames to the static MAC)');
+      await sleep(1500);
+      assert.equal(
+        count(new RegExp(`"msg":"backend ${b2.ip} on ${b2.hostIf}: static MAC contradicted: .*${other}.*${old}`)),
+        1,
+        'logged once',
+      );
+    } finally {
+      topo.exec('b2', 'ip', ['link', 'set', 'eth0', 'address', old]);
+    }
+    const t1 = Date.now();
+    await until(
+      'b2 back: its host has the static MAC again',
+      async () => (await status('web')).state === RuleState.RULE_STATE_ACTIVE,
+      30_000,
+    );
+    t.diagnostic(`b2 back ${Date.now() - t1} ms after its host took the static MAC again`);
+    r = await send(7991);
+    assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    assert.ok(r.got[1] > 0, `b2 has flows again (${r.got})`);
+    await sleep(1200);
+    assert.equal(count(new RegExp(`"msg":"backend ${b2.ip} on ${b2.hostIf}: its static MAC .* agrees`)), 1);
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+  });
+
+  it('a veth egress whose peer (in our namespace) takes another MAC: out within a second, back when they agree', async (t) => {
+    const pa = `x${id}pa`;
+    const pb = `x${id}pb`;
+    sh('ip', ['link', 'add', pa, 'type', 'veth', 'peer', 'name', pb]);
+    try {
+      sh('ip', ['link', 'set', pa, 'up']);
+      sh('ip', ['link', 'set', pb, 'up']);
+      const old = (JSON.parse(sh('ip', ['-j', 'link', 'show', pb])) as { address: string }[])[0].address;
+      const other = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:98`;
+      await c.rules.createRule({
+        rule: rule('peer', 7993, [
+          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf },
+          { ip: '198.18.61.2', mac: old, interface: pa },
+        ]),
+      });
+      await until('both static MACs confirmed', async () => {
+        const st = await status('peer');
+        return st.state === RuleState.RULE_STATE_ACTIVE && st.backendStatus.every((b) => b.message === '');
+      });
+      const t0 = Date.now();
+      sh('ip', ['link', 'set', pb, 'address', other]);
+      await until('out of the table', async () => (await status('peer')).backendStatus[1]?.active === false, 10_000);
+      t.diagnostic(`out ${Date.now() - t0} ms after the peer changed its MAC (rtnetlink)`);
+      const st = await status('peer');
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED);
+      assert.match(
+        st.backendStatus[1].message,
+        new RegExp(`^static MAC contradicted: the veth peer ${pb} of ${pa} has MAC ${other}, not the static ${old}`),
+      );
+      // Every flow goes to b1 now.
+      const r = await send(7993);
+      assert.equal(r.got[0], r.sent, `all delivered to b1 (${r.got})`);
+      const t1 = Date.now();
+      sh('ip', ['link', 'set', pb, 'address', old]);
+      await until('back', async () => (await status('peer')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+      t.diagnostic(`back ${Date.now() - t1} ms after the peer took the static MAC again`);
+      await c.rules.deleteRule({ name: 'peer', expectedGeneration: 0n });
+    } finally {
+      sh('ip', ['link', 'del', pa]);
+    }
+  });
+
+  it('a static MAC that nothing confirms says it cannot be verified', async () => {
+    // Nobody has 198.18.2.9: no ARP answer, no neighbour entry to compare with.
+    const mac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:09`;
+    await c.rules.createRule({ rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]) });
+    await until('cannot be verified', async () =>
+      /cannot be verified/.test((await status('ghost')).backendStatus[0]?.message ?? ''),
+    );
+    const b = (await status('ghost')).backendStatus[0];
+    assert.match(
+      b.message,
+      new RegExp(
+        `^static MAC ${mac} cannot be verified: no resolved neighbour entry for 198\\.18\\.2\\.9 on ${b1.hostIf}`,
+      ),
+    );
+    assert.equal(b.active, true, 'kept in the table: nothing contradicts it');
+    await c.rules.deleteRule({ name: 'ghost', expectedGeneration: 0n });
+    sh('ip', ['neigh', 'flush', 'dev', b1.hostIf]);
+  });
+});
