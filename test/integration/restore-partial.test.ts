@@ -85,7 +85,9 @@ describe('a rule that cannot be restored does not take the others down', kernelO
     d = await DaemonProcess.start(id, ['--log-level', 'info']);
     c = d.clients();
     await c.rules.createRule({ rule: rule('web', 7999, vm, b.ip!, b.mac, b.hostIf) });
-    await c.rules.createRule({ rule: rule('other', 7998, vm2, '198.18.4.1', '02:00:00:00:00:01', local) });
+    // The backend's MAC is its veth peer's own (a static MAC the peer does not have is taken out of the table).
+    const peerMac = (JSON.parse(sh('ip', ['-j', 'link', 'show', `xo${id}b`])) as { address: string }[])[0].address;
+    await c.rules.createRule({ rule: rule('other', 7998, vm2, '198.18.4.1', peerMac, local) });
     assert.equal(await web(), 50, 'web forwards');
     assert.equal(await d.stop(), 0);
     assert.equal(await web(), 50, 'the datapath forwards while the daemon is stopped');

@@ -180,8 +180,12 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     // Nobody has 198.18.2.9: no ARP answer, no neighbour entry to compare with.
     const mac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:09`;
     await c.rules.createRule({ rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]) });
-    await until('cannot be verified', async () =>
-      /cannot be verified/.test((await status('ghost')).backendStatus[0]?.message ?? ''),
+    // Said once the first ARP answers had time to come (UNVERIFIED_GRACE_MS), not the moment after the change.
+    assert.equal((await status('ghost')).backendStatus[0].message, '', 'nothing asked yet: nothing said');
+    await until(
+      'cannot be verified',
+      async () => /cannot be verified/.test((await status('ghost')).backendStatus[0]?.message ?? ''),
+      10_000,
     );
     const b = (await status('ghost')).backendStatus[0];
     assert.match(

@@ -25,7 +25,14 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import { otherProgram } from './conditions.js';
-import { observeStaticMac, RESOLVES_PER_PASS, staticMacKey, stepStaticMac, type PeerMac } from './static-mac.js';
+import {
+  observeStaticMac,
+  RESOLVES_PER_PASS,
+  staticMacKey,
+  stepStaticMac,
+  UNVERIFIED_GRACE_MS,
+  type PeerMac,
+} from './static-mac.js';
 import {
   absentBackendStatus,
   backendStatus,
@@ -766,7 +773,7 @@ async function judgeStaticMacs(
     if (!peers.has(iface)) peers.set(iface, dp.vethPeerMac?.(iface));
     const obs = observeStaticMac(ip, iface, mac, peers.get(iface), table.get(`${ip}@${iface}`));
     const prev = state.staticMacs.get(key);
-    const next = stepStaticMac(prev, mac, obs);
+    const next = stepStaticMac(prev, mac, obs, ctx.now());
     state.staticMacs.set(key, next);
     if (obs.ask === 'reprobe') dp.verifyNeighbour?.(ip, iface);
     else if (obs.ask === 'resolve' && resolves < RESOLVES_PER_PASS) {
@@ -775,7 +782,10 @@ async function judgeStaticMacs(
     }
     if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
     else state.macConflicts.delete(key);
-    if (next.verdict === 'unverified') unverified.set(key, next.why);
+    // Said once the first answers had time to come (UNVERIFIED_GRACE_MS), not the moment after a change.
+    if (next.verdict === 'unverified' && ctx.now() - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
+      unverified.set(key, next.why);
+    }
     transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
       if (next.verdict === 'contradicted') {
         ctx.log.warn(

@@ -122,25 +122,36 @@ export interface StaticMacState {
   mac: string;
   verdict: StaticMacVerdict;
   why: string;
+  /** When this static MAC was first judged (ms since epoch): {@link UNVERIFIED_GRACE_MS} counts from it. */
+  since?: number;
 }
 
-/** The next kept verdict from the last one and an observation. */
+/** The next kept verdict from the last one and an observation (`now`: ms since epoch). */
 export function stepStaticMac(
   prev: StaticMacState | undefined,
   mac: string,
   obs: StaticMacObservation,
+  now = 0,
 ): StaticMacState {
   const fresh = !prev || !same(prev.mac, mac);
+  const since = fresh ? now : prev.since;
   if (obs.verdict === 'unverified' && !fresh && prev.verdict !== 'unverified') {
     // Nothing definitive now: the last definitive verdict stands (evidence is being refreshed).
     return prev;
   }
   if (!fresh && prev.verdict === obs.verdict && prev.why === obs.why) return prev;
-  return { mac, verdict: obs.verdict, why: obs.why };
+  return { mac, verdict: obs.verdict, why: obs.why, since };
 }
 
 /** The key of a static-MAC backend's verdict: "ip@iface|mac" (two rules may name one backend with two MACs). */
 export const staticMacKey = (ip: string, iface: string, mac: string) => `${ip}@${iface}|${mac.toLowerCase()}`;
+
+/**
+ * How long a static MAC is watched before the status says it cannot be verified (ms): the first ARP answer
+ * takes a pass or two, and a status that said "cannot be verified" for the moment after every CreateRule
+ * would say more than was observed (nothing was asked yet).
+ */
+export const UNVERIFIED_GRACE_MS = 3000;
 
 /** Resolves (broadcast ARP requests, one process each) started per pass at most, whatever the backend count. */
 export const RESOLVES_PER_PASS = 8;
