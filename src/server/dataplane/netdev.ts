@@ -20,7 +20,7 @@ import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
 import { lastErrno, lib } from './libbpf.js';
-import { NETLINK_ROUTE, NLM_F_ACK, NLM_F_REPLACE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+import { NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
 
 const run = promisify(execFile);
 
@@ -166,14 +166,36 @@ export function linkState(name: string): { up: boolean; carrier: boolean; mtu: n
   }
 }
 
+/** NTF_USE (linux/neighbour.h): "use" the entry, as a packet to it would: the kernel starts resolving it. */
+const NTF_USE = 0x01;
+
 /**
- * Make the kernel resolve a neighbour: one ping bound to the interface sends
- * an ARP request even when the interface has no address of its own (the
- * ping itself may fail; the neighbour entry is what counts). Best effort,
- * asynchronous, never throws.
+ * Make the kernel resolve a neighbour, as `ip neigh replace IP dev DEV use`
+ * does: one RTM_NEWNEIGH with NTF_USE (net/core/neighbour.c neigh_add calls
+ * neigh_event_send): an entry in no state becomes INCOMPLETE and the kernel
+ * sends its ARP requests (net.ipv4.neigh.DEV.mcast_solicit of them); an entry
+ * it holds is left as it is. No process is started, and it works when the
+ * interface has no address of its own. Best effort, never throws.
  */
 export function probeNeighbour(ip: string, dev: string): void {
-  execFile('ping', ['-c', '1', '-W', '1', '-q', '-I', dev, ip], () => undefined);
+  const addr = ip.split('.').map(Number);
+  if (addr.length !== 4 || addr.some((x) => !(x >= 0 && x <= 255))) return;
+  try {
+    const ndm = Buffer.alloc(12); // struct ndmsg
+    ndm.writeUInt8(AF_INET, 0);
+    ndm.writeInt32LE(ifindexOf(dev), 4);
+    ndm.writeUInt8(NTF_USE, 10); // ndm_flags
+    nlRequest(
+      NETLINK_ROUTE,
+      RTM_NEWNEIGH,
+      ndm,
+      nlAttr(NDA_DST, Buffer.from(addr)),
+      `resolve the neighbour ${ip} on ${dev}`,
+      NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+    );
+  } catch {
+    // the device is gone, or the kernel refused: the next pass reads the table as it is
+  }
 }
 
 /** The MAC address of an interface, "aa:bb:cc:dd:ee:ff" (from its own network namespace). */

@@ -27,6 +27,8 @@ const NLM_F_REQUEST = 1;
 export const NLM_F_ACK = 4;
 /** Change an existing object (rtnetlink NEW requests, with NLM_F_REQUEST). */
 export const NLM_F_REPLACE = 0x100;
+/** Create the object if it does not exist (rtnetlink NEW requests). */
+export const NLM_F_CREATE = 0x400;
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 
