@@ -374,7 +374,12 @@ export class Daemon {
       log,
       store,
     });
-    const hub = new CounterHub(() => controller.readCounters());
+    const hub = new CounterHub(
+      () => controller.readCounters(),
+      undefined,
+      undefined,
+      () => controller.desiredVersion,
+    );
     // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
     const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub, {
       name: 'xdpctld',

@@ -127,6 +127,16 @@ export class ModelMap<K, V> {
     return v === undefined ? undefined : [v];
   }
 
+  /** BpfMap.getManyPerCpu: the entries at these indexes (one CPU), those within the map. */
+  getManyPerCpu(this: ModelMap<number, V>, indexes: readonly number[]): Map<number, V[]> {
+    const out = new Map<number, V[]>();
+    for (const i of indexes) {
+      const v = i < this.info.maxEntries ? this.getPerCpu(i) : undefined;
+      if (v) out.set(i, v);
+    }
+    return out;
+  }
+
   put(k: K, v: V, flags = 0): void {
     this.write('update');
     const h = this.hex(k);

@@ -7,7 +7,9 @@
  *    trace id;
  *  - xdpctld processes: the Prometheus endpoint shows RPC metrics, the
  *    counters of a rule moving with real UDP traffic, and rules by state and
- *    the datapath's problems following an egress that goes down and up; `--prometheus` alone
+ *    the datapath's problems following an egress that goes down and up, redirect errors (per rule,
+ *    backend, and the global xmit error) counted for datagrams a lowered egress MTU makes the kernel drop,
+ *    and a rule deleted 0.3 s after a scrape gone from the next scrape; `--prometheus` alone
  *    binds 127.0.0.1:9464 only; OTLP/HTTP export (JSON, and protobuf next to
  *    --prometheus) reaches a local receiver; with no OTEL_* variable nothing
  *    is sent to the default OTLP port.
@@ -386,6 +388,60 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
         'the rule ACTIVE again and no problem',
       );
       assert.equal(state(t, 'inactive'), 0);
+    });
+
+    it('Prometheus: redirect errors with real traffic; a rule deleted 0.3 s after a scrape is gone from the next one', async () => {
+      // Its own ingress and backend: the backend's egress MTU is lowered below the datagrams sent, so the kernel
+      // drops every one of them on redirect (XDP does not fragment) and counts it as a redirect error.
+      const ve = topo.addHost('ve', '198.18.6.1/24');
+      const be = topo.addHost('be', '198.18.7.1/24');
+      topo.routeToXdp('ve');
+      const d = await start('e', ['--prometheus', '127.0.0.1:0']);
+      const url = `http://${d.prometheus}/metrics`;
+      const c = d.clients();
+      await c.rules.createRule({ rule: rule('err', ve.hostIf, be) });
+      const errs = { xdpctl_rule: 'err' };
+      const backend = { xdpctl_rule: 'err', xdpctl_backend_ip: be.ip!, xdpctl_backend_interface: be.hostIf };
+      const first = await httpGet(url);
+      assert.equal(sample(first, 'xdpctl_rule_redirect_errors_total', errs), 0, 'a rule has the series from the start');
+      assert.equal(sample(first, 'xdpctl_backend_redirect_errors_total', backend), 0);
+      const xmitBefore = sample(first, 'xdpctl_datapath_errors_total', { xdpctl_error: 'xmit' });
+      assert.equal(typeof xmitBefore, 'number', 'the datapath errors by kind are exported');
+      sh('ip', ['link', 'set', be.hostIf, 'mtu', '600']);
+      let text: string;
+      let sent: number;
+      try {
+        ({ sent } = await sendUdp(ve.netns, NOWHERE, PORT, 20, { size: 1000 }).done);
+        assert.equal(sent, 20);
+        const end = Date.now() + 10_000;
+        for (;;) {
+          text = await httpGet(url);
+          if (sample(text, 'xdpctl_rule_redirect_errors_total', errs) === sent || Date.now() > end) break;
+          await sleep(200);
+        }
+      } finally {
+        sh('ip', ['link', 'set', be.hostIf, 'mtu', '1500']);
+      }
+      assert.equal(sample(text, 'xdpctl_rule_redirect_errors_total', errs), sent, 'every dropped datagram, per rule');
+      assert.equal(sample(text, 'xdpctl_backend_redirect_errors_total', backend), sent, 'per backend');
+      assert.equal(sample(text, 'xdpctl_rule_packets_total', { ...errs, xdpctl_outcome: 'redirected' }), 0);
+      assert.equal(sample(text, 'xdpctl_backend_packets_total', backend), 0, 'none counted as delivered');
+      assert.ok(
+        sample(text, 'xdpctl_datapath_errors_total', { xdpctl_error: 'xmit' })! - xmitBefore! >= sent,
+        'and in the global xmit errors',
+      );
+      // The same figures as GetCounters.
+      const { counters } = await c.counters.getCounters({ filter: { rules: ['err'] } });
+      assert.equal(counters!.rules[0].redirectErrorPackets, BigInt(sent));
+      assert.equal(counters!.backends[0].redirectErrorPackets, BigInt(sent));
+
+      // Deleted 0.3 s after a scrape (within the age an export may reuse a read): gone from the next scrape.
+      assert.ok(sample(await httpGet(url), 'xdpctl_rule_packets_total', { ...errs, xdpctl_outcome: 'matched' })! > 0);
+      await sleep(300);
+      await c.rules.deleteRule({ name: 'err', expectedGeneration: 0n });
+      const after = await httpGet(url);
+      const left = after.split('\n').filter((l) => l.includes('xdpctl_rule="err"'));
+      assert.deepEqual(left, [], 'no series of the deleted rule in the next scrape');
     });
 
     it('--prometheus alone listens on 127.0.0.1:9464 and on no other address', async () => {

@@ -329,6 +329,84 @@ describe('datapath metrics', () => {
     }
   });
 
+  it('redirect errors per rule, backend and link, and the datapath errors by kind, with their Prometheus names', async () => {
+    const errors: CounterSnapshot = {
+      time: Date.now(),
+      rules: [
+        {
+          name: 'web',
+          matched: 20n,
+          matchedBytes: 2000n,
+          redirected: 13n,
+          redirectedBytes: 1300n,
+          filtered: 0n,
+          noBackend: 0n,
+          redirectErrors: 7n,
+        },
+      ],
+      backends: [
+        { rule: 'web', ip: '10.0.0.2', interface: 'veth1', packets: 13n, bytes: 1300n, redirectErrors: 7n },
+        { rule: 'web', ip: '10.0.0.3', interface: 'veth2', packets: 0n, bytes: 0n, redirectErrors: 0n },
+      ],
+      links: [{ from: 'eth0', to: 'tap0', packets: 5n, bytes: 500n, redirectErrors: 3n }],
+      // aborted drop pass tx redirect | truncated fragment no_rule no_backend redirect malformed ttl ip_options xmit martian
+      global: [0n, 0n, 0n, 0n, 25n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 10n, 9n],
+    };
+    const hub = new CounterHub(() => ({ ...errors, time: Date.now() }), 20);
+    const producer = new DatapathMetricProducer();
+    const reader = new PullReader({ metricProducers: [producer] });
+    const provider = new MeterProvider({ readers: [reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
+    try {
+      const { resourceMetrics: rm } = await reader.collect();
+      assert.deepEqual(points(rm, DATAPATH_METRICS.ruleRedirectErrors), [[{ 'xdpctl.rule': 'web' }, 7]]);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.backendRedirectErrors), [
+        [{ 'xdpctl.rule': 'web', 'xdpctl.backend.ip': '10.0.0.2', 'xdpctl.backend.interface': 'veth1' }, 7],
+        [{ 'xdpctl.rule': 'web', 'xdpctl.backend.ip': '10.0.0.3', 'xdpctl.backend.interface': 'veth2' }, 0],
+      ]);
+      assert.deepEqual(points(rm, DATAPATH_METRICS.linkRedirectErrors), [
+        [{ 'xdpctl.link.from': 'eth0', 'xdpctl.link.to': 'tap0' }, 3],
+      ]);
+      assert.deepEqual(
+        points(rm, DATAPATH_METRICS.datapathErrors).map(([a, v]) => [a['xdpctl.error'], v]),
+        [
+          ['truncated', 1],
+          ['fragment', 2],
+          ['no_rule', 3],
+          ['no_backend', 4],
+          ['redirect', 5],
+          ['malformed', 6],
+          ['ttl', 7],
+          ['ip_options', 8],
+          ['xmit', 10],
+          ['martian', 9],
+        ],
+      );
+      // The errors are not in the redirected outcome (the kernel's counters keep them apart).
+      assert.equal(
+        points(rm, DATAPATH_METRICS.rulePackets).find(([a]) => a['xdpctl.outcome'] === 'redirected')?.[1],
+        13,
+      );
+      const text = new PrometheusSerializer().serialize(rm);
+      assert.match(text, /^# TYPE xdpctl_rule_redirect_errors_total counter$/m);
+      assert.match(text, /^xdpctl_rule_redirect_errors_total\{xdpctl_rule="web",otel_scope_name="t"\} 7$/m);
+      assert.match(
+        text,
+        /^xdpctl_backend_redirect_errors_total\{xdpctl_rule="web",xdpctl_backend_ip="10\.0\.0\.2",xdpctl_backend_interface="veth1",otel_scope_name="t"\} 7$/m,
+      );
+      assert.match(
+        text,
+        /^xdpctl_link_redirect_errors_total\{xdpctl_link_from="eth0",xdpctl_link_to="tap0",otel_scope_name="t"\} 3$/m,
+      );
+      assert.match(text, /^xdpctl_datapath_errors_total\{xdpctl_error="xmit",otel_scope_name="t"\} 10$/m);
+      assert.match(text, /^# HELP xdpctl_backend_redirect_errors_total .*xdp:xdp_redirect_err/m);
+    } finally {
+      unregister();
+      hub.close();
+      await provider.shutdown();
+    }
+  });
+
   it('while watches run, collections reuse their reads: reads do not grow with watchers or exports', async () => {
     const hub = new CounterHub(snap, 20);
     const producer = new DatapathMetricProducer();

@@ -106,6 +106,11 @@ export interface DesiredState {
 
 export interface CounterSnapshot {
   time: number;
+  /**
+   * The desired state's version when the read was made ({@link Controller.desiredVersion}): the hub reuses a
+   * read only while it is current. Absent: reusable by age alone.
+   */
+  version?: number;
   rules: {
     name: string;
     matched: bigint;
@@ -1096,6 +1101,14 @@ export class Controller {
 
   // ---- counters -----------------------------------------------------------
 
+  /**
+   * Changes of the desired state so far (rules and links created, updated or deleted by any path): a counter
+   * read made at an older version shows objects that are gone or misses new ones (CounterHub re-reads).
+   */
+  get desiredVersion(): number {
+    return this.state.desiredVersion;
+  }
+
   /** One read of every counter the desired state has. */
   readCounters(): CounterSnapshot {
     const ruleIds: number[] = [];
@@ -1144,7 +1157,7 @@ export class Controller {
       };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));
-    return { time: this.now(), rules, backends, links, global: read.global };
+    return { time: this.now(), version: this.state.desiredVersion, rules, backends, links, global: read.global };
   }
 
   /**

@@ -12,6 +12,11 @@
  * watchers that cannot take it: reading on every tick for blocked watchers
  * turned each tick's snapshot into old-space garbage (V8 pretenures these
  * allocations), ~1-2 MB/s of RSS until the next full GC.
+ *
+ * A read is shared only while the desired state is what it was when the read
+ * was made (`version`): after a rule or link is created, updated or deleted,
+ * the next unary read or metric export reads the kernel again, so a deleted
+ * rule is gone from it and a new one is in it (docs/deployment.md).
  */
 import type { CounterSnapshot } from './controller.js';
 
@@ -43,12 +48,23 @@ export class CounterHub {
    *   promises the requested interval within 10 %: 10 ms ticks keep 100 ms, the shortest, exact, and any
    *   longer one within 5 %; 100 ms ticks made 0.25 s come every 0.3 s)
    * @param shareMs how old a snapshot unary reads may share (GetCounters, metric exports)
+   * @param version the desired state's version now (Controller.desiredVersion): a snapshot whose `version`
+   *   differs is not shared. Absent: snapshots are shared by age alone.
    */
   constructor(
     private readonly read: () => CounterSnapshot,
     readonly baseMs = 10,
     readonly shareMs = 100,
+    private readonly version?: () => number,
   ) {}
+
+  /** Whether `s` may be shared: read at most `maxAgeMs` ago, of the desired state as it is now. */
+  private current(s: CounterSnapshot | undefined, maxAgeMs: number, inclusive: boolean): s is CounterSnapshot {
+    if (!s) return false;
+    const age = Date.now() - s.time;
+    if (inclusive ? age > maxAgeMs : age >= maxAgeMs) return false;
+    return s.version === undefined || this.version === undefined || s.version === this.version();
+  }
 
   /** Closed for shutdown: watches have ended. */
   get isClosed(): boolean {
@@ -59,18 +75,19 @@ export class CounterHub {
     return this.watchers.size;
   }
 
-  /** A fresh snapshot for unary reads (shares a read made in the last tick). */
+  /** A fresh snapshot for unary reads (shares a read made in the last tick, of the desired state as it is). */
   snapshot(): CounterSnapshot {
-    if (this.latest && Date.now() - this.latest.time < this.shareMs) return this.latest;
+    if (this.current(this.latest, this.shareMs, false)) return this.latest;
     return this.readNow();
   }
 
   /**
-   * The latest snapshot if it is at most `maxAgeMs` old, else a fresh read
-   * (for metric exports: while watches run, exports reuse their reads).
+   * The latest snapshot if it is at most `maxAgeMs` old and the desired state
+   * has not changed since it was read, else a fresh read (for metric exports:
+   * while watches run, exports reuse their reads).
    */
   recent(maxAgeMs: number): CounterSnapshot {
-    if (this.latest && Date.now() - this.latest.time <= maxAgeMs) return this.latest;
+    if (this.current(this.latest, maxAgeMs, true)) return this.latest;
     return this.readNow();
   }
 

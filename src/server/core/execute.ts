@@ -801,6 +801,7 @@ export function finishLinks(
   for (const [k, l] of next) state.links.set(k, l);
   state.linkDirs.clear();
   for (const [from, d] of want) state.linkDirs.set(d.from, { from, to: d.toName });
+  state.desiredVersion++; // a counter read made before shows the old links (CounterHub)
   if (release) releaseUnusedInterfaces(ctx);
 }
 

@@ -81,6 +81,12 @@ export const claimKey = (iface: string, port: number, destination: string) => `$
  * {@link setKernel} and {@link deleteRule}.
  */
 export class CoreState {
+  /**
+   * Changes of the desired state made so far (rules and links created, updated or deleted by any path:
+   * RPC, config file, restore, the reconciler's rewrites). A counter read made at another version is not
+   * reused (CounterHub): it may show objects that are gone, or miss new ones.
+   */
+  desiredVersion = 0;
   /** Read-only outside this class: use setRecord / setKernel / deleteRule. */
   // The rule maps and their indices are replaced whole by replaceMany (never assign them elsewhere).
   rules: ReadonlyMap<string, RuleRecord> = new Map<string, RuleRecord>();
@@ -201,6 +207,7 @@ export class CoreState {
   /** Record what a rule is (its spec, generation, times), updating the claim and user indices. */
   setRecord(name: string, rec: RuleRecord): void {
     if (!this.rules.has(name)) this.sortedNames = undefined;
+    this.desiredVersion++;
     this.dropRecord(name);
     (this.rules as Map<string, RuleRecord>).set(name, rec);
     for (const i of recordInterfaces(rec)) {
@@ -218,6 +225,7 @@ export class CoreState {
 
   /** Record the kernel resources a rule holds, updating the match and prefix indices. */
   setKernel(name: string, k: RuleKernel): void {
+    this.desiredVersion++;
     this.dropKernel(name);
     (this.ruleKernel as Map<string, RuleKernel>).set(name, k);
     for (const m of k.matchKeys) this.matchHolders.set(matchId(m), k.slot);
@@ -285,11 +293,13 @@ export class CoreState {
     this.ifaceRules = ifaceRules;
     this.matchHolders = matchHolders;
     this.srcPrefixes = srcPrefixes;
+    this.desiredVersion++;
     if (!sameNames) this.sortedNames = undefined;
   }
 
   /** Forget a rule. */
   deleteRule(name: string): void {
+    this.desiredVersion++;
     this.dropRecord(name);
     this.dropKernel(name);
   }

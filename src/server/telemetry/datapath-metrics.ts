@@ -1,13 +1,15 @@
 /**
  * The datapath's counters as metrics, per rule, per backend, per link
- * direction and per XDP verdict, plus the CounterHub's own read count.
+ * direction, per XDP verdict and per datapath error (redirect errors included),
+ * plus the CounterHub's own read count.
  *
  * The per-object counters are NOT SDK instruments: they are a MetricProducer
  * ({@link datapathMetrics}) that every metric reader the daemon makes is given
  * (telemetry/sdk.ts). Each collection takes ONE snapshot from the CounterHub
  * (the same shared kernel read the WatchCounters streams use: while a watch
  * runs, a collection reuses its latest read instead of reading the kernel
- * again) and reports exactly the objects in it. Observable instruments of the
+ * again, unless a rule or link was created, updated or deleted since that read:
+ * then it reads again) and reports exactly the objects in it. Observable instruments of the
  * JavaScript SDK (3.x) did not: a deleted rule's series was exported with its
  * last value for as long as the daemon ran (the specification says an SDK
  * SHOULD NOT report an attribute set its callback no longer observed), and past
@@ -32,6 +34,7 @@ import type {
 } from '@opentelemetry/sdk-metrics';
 
 import type { CounterHub } from '../core/counter-hub.js';
+import { GlobalStat } from '../core/dataplane.js';
 
 /** Metric names (OpenTelemetry; Prometheus shows dots as underscores, counters with `_total`). */
 export const DATAPATH_METRICS = {
@@ -41,7 +44,11 @@ export const DATAPATH_METRICS = {
   backendBytes: 'xdpctl.backend.bytes',
   linkPackets: 'xdpctl.link.packets',
   linkBytes: 'xdpctl.link.bytes',
+  ruleRedirectErrors: 'xdpctl.rule.redirect_errors',
+  backendRedirectErrors: 'xdpctl.backend.redirect_errors',
+  linkRedirectErrors: 'xdpctl.link.redirect_errors',
   verdictPackets: 'xdpctl.datapath.packets',
+  datapathErrors: 'xdpctl.datapath.errors',
   hubReads: 'xdpctl.counter_hub.reads',
   hubWatchers: 'xdpctl.counter_hub.watchers',
 } as const;
@@ -57,14 +64,22 @@ export const DATAPATH_ATTRS = {
   linkTo: 'xdpctl.link.to',
   /** aborted | drop | pass | tx | redirect. */
   verdict: 'xdpctl.verdict',
+  /** The keys of GetCounters' GlobalCounters.errors: truncated, fragment, no_rule, ..., xmit, martian. */
+  error: 'xdpctl.error',
 } as const;
 
 /** XDP actions in the order of the global counters (XDP_ABORTED = 0 ... XDP_REDIRECT = 4). */
 const VERDICTS = ['aborted', 'drop', 'pass', 'tx', 'redirect'];
 
+/** The datapath's error counters (enum xdpctl_stat's ERR_*), named as GlobalCounters.errors names them. */
+const ERRORS = Object.entries(GlobalStat)
+  .filter(([k]) => k.startsWith('ERR_'))
+  .map(([k, i]) => [k.slice(4).toLowerCase(), i] as const);
+
 /**
  * How old a hub snapshot a collection may reuse. Exports run every 15-60 s;
- * a read younger than this is as good as a new one.
+ * a read younger than this is as good as a new one, as long as the desired
+ * state has not changed since (CounterHub re-reads after any change).
  */
 export const MAX_SNAPSHOT_AGE_MS = 1000;
 
@@ -139,7 +154,11 @@ export class DatapathMetricProducer implements MetricProducer {
       backendBytes: [] as DataPoint<number>[],
       linkPackets: [] as DataPoint<number>[],
       linkBytes: [] as DataPoint<number>[],
+      ruleRedirectErrors: [] as DataPoint<number>[],
+      backendRedirectErrors: [] as DataPoint<number>[],
+      linkRedirectErrors: [] as DataPoint<number>[],
       verdictPackets: [] as DataPoint<number>[],
+      datapathErrors: [] as DataPoint<number>[],
     };
     const point = (to: DataPoint<number>[], startTime: HrTime, attributes: Record<string, string>, v: bigint) =>
       to.push({ startTime, endTime: end, attributes, value: Number(v) });
@@ -155,6 +174,7 @@ export class DatapathMetricProducer implements MetricProducer {
       point(sums.rulePackets, s, out('no_backend'), x.noBackend);
       point(sums.ruleBytes, s, out('matched'), x.matchedBytes);
       point(sums.ruleBytes, s, out('redirected'), x.redirectedBytes);
+      point(sums.ruleRedirectErrors, s, { [A.rule]: x.name }, x.redirectErrors);
     }
     for (const b of snap.backends) {
       if (++n % BUILD_SLICE === 0) await yieldNow();
@@ -162,16 +182,21 @@ export class DatapathMetricProducer implements MetricProducer {
       const attrs = { [A.rule]: b.rule, [A.backendIp]: b.ip, [A.backendInterface]: b.interface };
       point(sums.backendPackets, s, attrs, b.packets);
       point(sums.backendBytes, s, attrs, b.bytes);
+      point(sums.backendRedirectErrors, s, attrs, b.redirectErrors);
     }
     for (const l of snap.links) {
       const s = startOf(`l\0${l.from}\0${l.to}`);
       const attrs = { [A.linkFrom]: l.from, [A.linkTo]: l.to };
       point(sums.linkPackets, s, attrs, l.packets);
       point(sums.linkBytes, s, attrs, l.bytes);
+      point(sums.linkRedirectErrors, s, attrs, l.redirectErrors);
     }
     VERDICTS.forEach((verdict, i) =>
       point(sums.verdictPackets, this.attachedAt, { [A.verdict]: verdict }, snap.global[i] ?? 0n),
     );
+    for (const [error, i] of ERRORS) {
+      point(sums.datapathErrors, this.attachedAt, { [A.error]: error }, snap.global[i] ?? 0n);
+    }
     this.starts = next;
     return (Object.keys(sums) as (keyof typeof sums)[]).map((k) => ({
       descriptor: { name: DATAPATH_METRICS[k], ...DESCRIPTIONS[k], valueType: ValueType.INT },
@@ -194,7 +219,31 @@ const DESCRIPTIONS = {
   backendBytes: { description: 'Bytes redirected to a backend', unit: 'By' },
   linkPackets: { description: 'Packets forwarded by a link direction', unit: '{packet}' },
   linkBytes: { description: 'Bytes forwarded by a link direction', unit: 'By' },
+  ruleRedirectErrors: {
+    description:
+      'Packets a rule redirected that the kernel then dropped (xdp:xdp_redirect_err and xdp:xdp_devmap_xmit ' +
+      'tracepoints; GetCounters redirect_error_packets); not in the redirected outcome',
+    unit: '{packet}',
+  },
+  backendRedirectErrors: {
+    description:
+      'Packets redirected to a backend that the kernel then dropped (xdp:xdp_redirect_err and ' +
+      'xdp:xdp_devmap_xmit tracepoints; GetCounters redirect_error_packets); not in xdpctl.backend.packets',
+    unit: '{packet}',
+  },
+  linkRedirectErrors: {
+    description:
+      'Frames a link direction redirected that the kernel refused (xdp:xdp_redirect_err; GetCounters ' +
+      'redirect_error_packets); not in xdpctl.link.packets',
+    unit: '{packet}',
+  },
   verdictPackets: { description: 'Packets the XDP program handled, by verdict', unit: '{packet}' },
+  datapathErrors: {
+    description:
+      'Packets by datapath error, over every interface (GetCounters GlobalCounters.errors; xmit: redirects the ' +
+      'kernel dropped, from the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints)',
+    unit: '{packet}',
+  },
 };
 
 /**
