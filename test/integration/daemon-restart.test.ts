@@ -163,7 +163,13 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const line = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
       assert.ok(line, d!.output);
       const logged = JSON.parse(line) as { repaired: string[]; count: number };
-      assert.deepEqual(logged.repaired, [`rule adopt: backends[${backendId}]`], 'exactly that entry was written');
+      // Named by what it is (the backend, the map and its entry), not as a request field (`backends[N]`).
+      const tampered = `${Array.from(entry.addr.subarray(0, 4)).join('.')}@${b1.hostIf}`;
+      assert.deepEqual(
+        logged.repaired,
+        [`rule adopt: backend ${tampered} (map backends, entry ${backendId})`],
+        'exactly that entry was written',
+      );
       assert.equal(logged.count, 1);
       // Tamper with the backend table (read in place from the mapped array at start): one slot names a
       // backend id the rule does not have. Only that slot is rewritten, to one of the rule's two backends.
@@ -187,7 +193,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const ringLine = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
       assert.ok(ringLine, d!.output);
       assert.deepEqual((JSON.parse(ringLine) as { repaired: string[] }).repaired, [
-        `rule adopt: rule_ring[${slot}][${at}..${at}]`,
+        `rule adopt: backend table (map rule_ring, rule slot ${slot}, position ${at} of ${RING_SIZE})`,
       ]);
     } finally {
       Object.values(maps).forEach((m) => m.close());

@@ -9,7 +9,10 @@
  * proves the same against the kernel once.
  */
 import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
+
+import { pino } from 'pino';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
@@ -85,13 +88,36 @@ describe('restore: rules adopted in place', () => {
     m.ruleMatch.put(key, a.slot);
     const tampered = 5;
     const writes = dp2.faults.writes;
-    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true });
+    const lines: { msg: string; repaired?: string[] }[] = [];
+    const log = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk, _enc, done) {
+          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
+          done();
+        },
+      }),
+    );
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
     await c2.restore(stored);
     assert.deepEqual(dp2.snapshot(), intact, 'every map as an intact restart leaves it');
     assert.deepEqual(c2.storedState(), stored, 'same slots and ids');
     // One write per entry, plus the port index the repointed match entry folds into (rule_ports,
     // derived from rule_match): recounted once at start, refolded once by the repair.
     assert.equal(dp2.faults.writes - writes, tampered + 2);
+    // The log names each entry by what it is (rule, backend, map, slot), never as a request field path: a
+    // kernel backend id printed as `backends[2]` read like the request's third backend.
+    const bBackend = Object.keys(b.backends)[0];
+    const ifindex = (n: string) => dp2.lookupInterface(n)!.ifindex;
+    const matchIngress = key.ifindex === ifindex('in0') ? 'in0' : 'in1';
+    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
+    assert.deepEqual(repaired?.sort(), [
+      `rule a: source prefixes (map src_allow, rule slot ${a.slot}: 1 added, 1 removed)`,
+      `rule b: backend ${bBackend} (map backends, entry ${bId})`,
+      `rule b: match entry (map rule_match: ingress ${matchIngress} ifindex ${key.ifindex}, UDP port 5001, any destination)`,
+      `rule c: rule entry (map rule_cfg, rule slot ${c.slot})`,
+    ]);
+    for (const r of repaired!) assert.doesNotMatch(r, /\w\[\d+\]/, `${r}: no request-style index`);
     assert.deepEqual(
       c2.listRules().map((r) => r.status.state),
       ['active', 'active', 'active'],

@@ -6,12 +6,13 @@
  * the kernel maps and the core state stay exactly as they were.
  */
 import { judgedEgress } from './egress-watch.js';
-import { parseIp, parseMac } from '../net/addr.js';
+import { formatIp, parseIp, parseMac } from '../net/addr.js';
 import type { Logger } from '../log.js';
 import {
   emptyBackendEntry,
   type BackendEntry,
   type Dataplane,
+  type MatchKey,
   type RedirectTarget,
   type RuleSlotState,
   type SrcKey,
@@ -972,7 +973,7 @@ export async function adoptRules(
     for (const m of p.matchKeys) {
       if (matches.get(matchId(m)) === slot) continue;
       dp.putMatch(m, slot);
-      repaired.push(`rule ${p.name}: rule_match ${matchId(m)}`);
+      repaired.push(`rule ${p.name}: ${matchText(m, p.ingress)}`);
     }
   }
   const kernel = new Map<string, RuleKernel>();
@@ -989,6 +990,18 @@ export async function adoptRules(
     });
   }
   return { kernel, repaired };
+}
+
+/**
+ * A match entry as a log names it: the ingress interface by name (with its ifindex), the protocol, port and
+ * destination; not the map key's raw fields, which read like a request field.
+ */
+function matchText(m: MatchKey, ingress: readonly { name: string; ifindex: number }[]): string {
+  const iface = ingress.find((i) => i.ifindex === m.ifindex)?.name ?? 'an interface';
+  const proto = m.proto === 17 ? 'UDP' : m.proto === 6 ? 'TCP' : `IP protocol ${m.proto}`;
+  const any = m.daddr.every((b) => b === 0);
+  const dst = any ? 'any destination' : `destination ${formatIp(m.daddr)}`;
+  return `match entry (map rule_match: ingress ${iface} ifindex ${m.ifindex}, ${proto} port ${m.dport}, ${dst})`;
 }
 
 /** Slots whose rule entry and backend table one readRuleSlots call reads (then the event loop may run). */
@@ -1017,6 +1030,8 @@ async function compareAdopted(
   const wanted: [number, BackendEntry][] = [];
   const receiving = new Set<number>();
   const ruleOf = new Map<number, string>();
+  /** Kernel backend id -> the backend's identity (ip@interface): what a log names, not the id. */
+  const backendNames = new Map<number, string>();
   const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
   let n = 0;
   for (const [i, p] of plans.entries()) {
@@ -1027,13 +1042,16 @@ async function compareAdopted(
       wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : emptyBackendEntry()]);
       if (b.receiving) receiving.add(ids.id);
       ruleOf.set(ids.id, p.name);
+      backendNames.set(ids.id, b.key);
     }
   }
   await pace();
   const differ = new Set(dp.differingBackends(wanted));
   const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
   const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
-  for (const id of differ) repaired.push(`rule ${ruleOf.get(id)}: backends[${id}]`);
+  for (const id of differ) {
+    repaired.push(`rule ${ruleOf.get(id)}: backend ${backendNames.get(id)} (map backends, entry ${id})`);
+  }
   await pace();
   // Rule entries and backend tables: every slot read once, in runs of slots in order.
   const bySlot = new Map(ks.map((k, i) => [k.slot, i]));
@@ -1068,13 +1086,14 @@ async function compareAdopted(
       }
       if (lo >= 0) {
         ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
-        repaired.push(`rule ${p.name}: rule_ring[${slot}][${lo}..${hi}]`);
+        const at = lo === hi ? `position ${lo}` : `positions ${lo}-${hi}`;
+        repaired.push(`rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`);
       }
     }
     const srcFilter = p.prefixes.length > 0;
     if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
       cfgWrites.push(i);
-      repaired.push(`rule ${p.name}: rule_cfg[${slot}]`);
+      repaired.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot})`);
     }
   };
   for (let i = 0; i < slots.length; i += ADOPT_SLOTS_PER_READ) {
@@ -1096,7 +1115,9 @@ async function compareAdopted(
     addPrefixes.push(...add);
     delPrefixes.push(...del);
     if (add.length + del.length)
-      repaired.push(`rule ${p.name}: src_allow of slot ${slot} (+${add.length} -${del.length})`);
+      repaired.push(
+        `rule ${p.name}: source prefixes (map src_allow, rule slot ${slot}: ${add.length} added, ${del.length} removed)`,
+      );
   }
   return { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches };
 }

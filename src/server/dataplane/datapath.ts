@@ -482,7 +482,10 @@ function copyCounters(obj: unknown, oldDir: string, log: Logger): CounterCopy {
         key.writeUInt32LE(i);
         if ((lib.bpf_map_lookup_elem(p.oldFd, key, value) as number) < 0) continue;
         if (value.every((b) => b === 0)) continue; // new maps start at zero
-        check(`copy ${p.name}[${i}]`, lib.bpf_map_update_elem(p.newFd, key, value, 0) as number);
+        check(
+          `copy entry ${i} of map ${p.name} to the new maps`,
+          lib.bpf_map_update_elem(p.newFd, key, value, 0) as number,
+        );
         ids.set(i, value);
       }
     } finally {
@@ -535,7 +538,10 @@ function addCounterDeltas(obj: unknown, oldDir: string, copied: CounterCopy, log
           // u64 arithmetic, as the kernel's counters wrap (a sum past 2^64 - 1 would not encode).
           now.writeBigUInt64LE(BigInt.asUintN(64, now.readBigUInt64LE(off) + delta), off);
         }
-        check(`update ${p.name}[${i}]`, lib.bpf_map_update_elem(p.newFd, key, now, 0) as number);
+        check(
+          `add the old program's counts to entry ${i} of map ${p.name}`,
+          lib.bpf_map_update_elem(p.newFd, key, now, 0) as number,
+        );
         added++;
       }
     } finally {
