@@ -372,6 +372,11 @@ export class ModelDataplane extends KernelDataplane {
     return { ok: true };
   }
 
+  /** The modelled interfaces have no device settings (offloads) to check: nothing found on, nothing to put back. */
+  override async checkIngress(): Promise<{ done: string[]; unrepaired: string[] }> {
+    return { done: [], unrepaired: [] };
+  }
+
   /** Every map's non-zero content, as hex. */
   snapshot(): Record<string, string[]> {
     const out: Record<string, string[]> = {};

@@ -20,26 +20,42 @@ export class ConditionStore {
   private readonly byObject = new Map<string, Map<string, Condition>>();
 
   /**
-   * The conditions of an object as observed now: a condition keeps its
-   * lastTransitionTime while its status stays the same.
+   * The conditions of an object as observed at `at` (the write, the reconciler pass or the read that
+   * observed them; undefined: a time the daemon cannot know, the state found at its start): a condition
+   * keeps its lastTransitionTime while its status stays the same, and takes `at` when it changes.
    */
-  set(key: string, observed: ObservedCondition[], now: number): Condition[] {
+  set(key: string, observed: ObservedCondition[], at: number | undefined): Condition[] {
     let cur = this.byObject.get(key);
     if (!cur) this.byObject.set(key, (cur = new Map()));
     return observed.map((o) => {
       const prev = cur.get(o.type);
+      if (prev && prev.status === o.status && prev.reason === o.reason && prev.message === o.message) return prev;
       const c: Condition = {
         ...o,
-        lastTransitionTime: prev && prev.status === o.status ? prev.lastTransitionTime : now,
+        lastTransitionTime: prev && prev.status === o.status ? prev.lastTransitionTime : at,
       };
       cur.set(o.type, c);
       return c;
     });
   }
 
-  /** Forget objects that no longer exist. */
-  retain(keys: Set<string>): void {
-    for (const k of this.byObject.keys()) if (!keys.has(k)) this.byObject.delete(k);
+  /** The conditions last observed for an object (undefined: never observed). */
+  get(key: string): Condition[] | undefined {
+    const cur = this.byObject.get(key);
+    return cur && [...cur.values()];
+  }
+
+  /** Forget an object (deleted: one created later under its name starts anew). */
+  forget(key: string): void {
+    this.byObject.delete(key);
+  }
+
+  /** Forget objects that no longer exist: those not in `keys` (of the kinds `prefixes` names, when given). */
+  retain(keys: Set<string>, prefixes?: readonly string[]): void {
+    for (const k of this.byObject.keys()) {
+      if (prefixes && !prefixes.some((p) => k.startsWith(p))) continue;
+      if (!keys.has(k)) this.byObject.delete(k);
+    }
   }
 }
 

@@ -254,6 +254,11 @@ export class Controller {
     await finishRules(this.ctx, ops, alloc, pace, false);
     finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
+    // The write observed: every rule it changed, every link and interface, with its time.
+    await this.observed(async (at) => {
+      this.observeLinksAndInterfaces(at);
+      await this.observeRules(opNames(ops), at);
+    });
   }
 
   /**
@@ -300,22 +305,107 @@ export class Controller {
 
   // ---- reads ------------------------------------------------------------
 
-  getRule(name: string, shadows = this.activeLinkSources()): RuleView {
+  /**
+   * A rule with its status and conditions. `at`: when what it shows was observed (a read: now; a write or a
+   * reconciler pass that records the conditions: its time); a condition that changed takes it as its
+   * lastTransitionTime.
+   */
+  getRule(name: string, shadows = this.activeLinkSources(), at = this.now()): RuleView {
     const r = this.state.rules.get(name);
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
     const k = this.state.ruleKernel.get(name)!;
     const status = shadowedStatus(r, k.status, shadows);
+    const key = `rule/${name}`;
     const conditions = this.state.conditions.set(
-      `rule/${name}`,
+      key,
       ruleConditions(
         status,
         r.backends.map((b) => b.weight),
         k.ingressProblems ?? [],
         k.ingressDown ?? [],
       ),
-      this.now(),
+      this.stamp(key, at),
     );
     return { ...r, status: { ...status, conditions } };
+  }
+
+  // ---- conditions: recorded when observed ----------------------------------
+
+  /**
+   * The objects a restore took over, until the first reconciler pass after it has observed them: their
+   * conditions held since before this start for a time the daemon cannot know (lastTransitionTime unset),
+   * not since the restart.
+   */
+  private restoredKeys?: Set<string>;
+
+  /** The transition time for a condition of `key` observed at `at`: undefined while it is one restored. */
+  private stamp(key: string, at: number): number | undefined {
+    return this.restoredKeys?.has(key) ? undefined : at;
+  }
+
+  /**
+   * Record the conditions of these rules as observed at `at` (the write or the reconciler pass that observed
+   * them), so that a transition carries that time, not the time of the next read. Yields every 256 rules.
+   */
+  private async observeRules(names: Iterable<string>, at: number): Promise<void> {
+    const shadows = this.activeLinkSources();
+    let n = 0;
+    for (const name of names) {
+      if (!this.state.rules.has(name)) continue;
+      this.getRule(name, shadows, at);
+      if ((++n & 255) === 0) await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  /**
+   * Record conditions as observed now (`record` gets the time). Never fails the change or pass that
+   * observed them: what it cannot read now, the next read or pass records (logged).
+   */
+  private async observed(record: (at: number) => Promise<void>): Promise<void> {
+    try {
+      await record(this.now());
+    } catch (err) {
+      this.log.warn({ err }, 'recording the conditions observed failed: the next read or reconciler pass does');
+    }
+  }
+
+  /** Record the conditions of those of these interfaces that are managed now, as observed at `at`. */
+  private observeInterfaces(names: Iterable<string>, at: number): void {
+    const linked = new Set<string>();
+    for (const l of this.state.links.values()) linked.add(l.a).add(l.b);
+    for (const name of names) {
+      const managed =
+        this.state.ifaceRules.has(name) ||
+        this.state.attached.has(name) ||
+        this.state.moved.has(name) ||
+        linked.has(name);
+      if (managed) this.interfaceView(name, this.state.isUsed(name), at);
+    }
+  }
+
+  /** Interfaces the rules of `ops` name, before and after the change. */
+  private opInterfaces(ops: readonly RuleOp[]): Set<string> {
+    const out = new Set<string>();
+    for (const op of ops) {
+      for (const r of [this.state.rules.get(op.name), op.next]) {
+        if (!r) continue;
+        for (const i of r.ingressInterfaces) out.add(i);
+        for (const b of r.backends) out.add(b.interface);
+      }
+    }
+    return out;
+  }
+
+  /** Record the conditions of every link and managed interface as observed at `at` (a write or a pass). */
+  private observeLinksAndInterfaces(at: number): void {
+    if (this.state.links.size) this.listLinks(at, false);
+    const names = new Set([...this.state.ifaceRules.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
+    for (const l of this.state.links.values()) names.add(l.a).add(l.b);
+    for (const name of names) this.interfaceView(name, this.state.isUsed(name), at);
+    // Interfaces and links no longer managed are forgotten (rules are when deleted: CoreState.deleteRule).
+    const keep = new Set([...names].map((n) => `if/${n}`));
+    for (const l of this.state.links.values()) keep.add(`link/${linkKey(l)}`);
+    this.state.conditions.retain(keep, ['if/', 'link/']);
   }
 
   listRules(): RuleView[] {
@@ -351,7 +441,10 @@ export class Controller {
    * Links with what the kernel has: a direction is active when it is in the
    * datapath and our program runs on its ingress side (not a foreign one).
    */
-  listLinks(): (LinkSpec & { active: [boolean, boolean]; warnings: string[]; conditions: Condition[] })[] {
+  listLinks(
+    at = this.now(),
+    shadowing = true,
+  ): (LinkSpec & { active: [boolean, boolean]; warnings: string[]; conditions: Condition[] })[] {
     const kernel = new Map(this.dp.listLinks());
     return [...this.state.links.values()]
       .sort((x, y) => linkKey(x).localeCompare(linkKey(y)))
@@ -388,18 +481,21 @@ export class Controller {
         if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
         const linkWarnings = mtu.filter((w): w is string => w !== undefined);
         const tooSmall = linkWarnings.filter(isMtuWarning);
+        const key = `link/${linkKey(l)}`;
         const conditions = this.state.conditions.set(
-          `link/${linkKey(l)}`,
+          key,
           linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, tooSmall),
-          this.now(),
+          this.stamp(key, at),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
         // active source of this link never sees a frame there.
         const sources = [...(inKernel[0] ? [l.a] : []), ...(inKernel[1] ? [l.b] : [])];
         const shadows: string[] = [];
-        for (const r of [...this.state.rules.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
-          for (const i of r.ingressInterfaces) if (sources.includes(i)) shadows.push(shadowWarning(r.name, i, l));
-        }
+        // (`shadowing` false: only the conditions are wanted, a reconciler pass records them.)
+        if (shadowing && sources.length)
+          for (const r of [...this.state.rules.values()].sort((x, y) => (x.name < y.name ? -1 : 1))) {
+            for (const i of r.ingressInterfaces) if (sources.includes(i)) shadows.push(shadowWarning(r.name, i, l));
+          }
         // Named one by one up to a bound, so that a link's message stays small however many rules it shadows.
         if (shadows.length > MAX_SHADOW_WARNINGS) {
           const more = shadows.length - MAX_SHADOW_WARNINGS;
@@ -469,7 +565,7 @@ export class Controller {
    * interface, the far end of a one-way link), as the InterfaceService
    * contract says. Egress uses are listed as "<user>/egress".
    */
-  listInterfaces(): ManagedInterface[] {
+  listInterfaces(at = this.now()): ManagedInterface[] {
     const programUsers = this.state.interfaceUsers(); // what needs the program on an interface
     const users = new Map([...programUsers].map(([k, v]) => [k, new Set(v)]));
     const add = (name: string, user: string) => {
@@ -484,45 +580,7 @@ export class Controller {
     // And interfaces moved to another namespace with our program still there (core/moved.ts).
     const names = new Set([...users.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
     return [...names].sort().map((name) => {
-      const x = this.dp.xdpStatus(name);
-      const info = this.dp.lookupInterface(name);
-      const warnings: string[] = [];
-      if (!info) warnings.push(missingText(this.state, name));
-      else if (x && x.mode !== 'none' && !x.ours) {
-        warnings.push(
-          x.unidentified
-            ? `${otherProgram(x.progId, x.unidentified)} is attached`
-            : `a foreign XDP program (id ${x.progId}${x.otherDaemon ? `: ${x.otherDaemon}` : ''}) is attached`,
-        );
-      }
-      if (info && programUsers.has(name)) {
-        const down = ingressDownProblem(name, this.dp.linkState?.(name));
-        if (down) warnings.push(down);
-      }
-      const detachError = this.state.attached.get(name)?.detachError;
-      if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
-      const conditions = this.state.conditions.set(
-        `if/${name}`,
-        interfaceConditions({
-          name,
-          present: !!info,
-          absent: info ? undefined : this.state.moved.get(name)?.text,
-          effectiveMode: x?.mode ?? 'none',
-          ours: !!x?.ours,
-          otherDaemon: x?.otherDaemon,
-          progId: x?.progId ?? 0,
-          unidentified: x?.unidentified,
-          current: this.dp.progId,
-          detachError,
-          used: programUsers.has(name), // egress-only interfaces need no program
-          modeWarning: x?.ours && x.mode !== this.opts.mode ? x.warnings?.find((w) => / refused /.test(w)) : undefined,
-        }),
-        this.now(),
-      );
-      if (x?.ours && x.mode !== 'none' && x.progId !== this.dp.progId) {
-        warnings.push(`an earlier program of this datapath (id ${x.progId}) runs here, not the one in use`);
-      }
-      if (x?.warnings) warnings.push(...x.warnings);
+      const { x, info, warnings, conditions } = this.interfaceView(name, programUsers.has(name), at);
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -535,6 +593,54 @@ export class Controller {
         conditions,
       };
     });
+  }
+
+  /**
+   * One interface as observed now: its XDP status, warnings and conditions (recorded with `at`). `used`:
+   * something needs our program on it (egress-only interfaces need none).
+   */
+  private interfaceView(name: string, used: boolean, at: number) {
+    const x = this.dp.xdpStatus(name);
+    const info = this.dp.lookupInterface(name);
+    const warnings: string[] = [];
+    if (!info) warnings.push(missingText(this.state, name));
+    else if (x && x.mode !== 'none' && !x.ours) {
+      warnings.push(
+        x.unidentified
+          ? `${otherProgram(x.progId, x.unidentified)} is attached`
+          : `a foreign XDP program (id ${x.progId}${x.otherDaemon ? `: ${x.otherDaemon}` : ''}) is attached`,
+      );
+    }
+    if (info && used) {
+      const down = ingressDownProblem(name, this.dp.linkState?.(name));
+      if (down) warnings.push(down);
+    }
+    const detachError = this.state.attached.get(name)?.detachError;
+    if (detachError) warnings.push(`no longer used, but detaching failed (retried): ${detachError}`);
+    const key = `if/${name}`;
+    const conditions = this.state.conditions.set(
+      key,
+      interfaceConditions({
+        name,
+        present: !!info,
+        absent: info ? undefined : this.state.moved.get(name)?.text,
+        effectiveMode: x?.mode ?? 'none',
+        ours: !!x?.ours,
+        otherDaemon: x?.otherDaemon,
+        progId: x?.progId ?? 0,
+        unidentified: x?.unidentified,
+        current: this.dp.progId,
+        detachError,
+        used,
+        modeWarning: x?.ours && x.mode !== this.opts.mode ? x.warnings?.find((w) => / refused /.test(w)) : undefined,
+      }),
+      this.stamp(key, at),
+    );
+    if (x?.ours && x.mode !== 'none' && x.progId !== this.dp.progId) {
+      warnings.push(`an earlier program of this datapath (id ${x.progId}) runs here, not the one in use`);
+    }
+    if (x?.warnings) warnings.push(...x.warnings);
+    return { x, info, warnings, conditions };
   }
 
   // ---- rule mutations ---------------------------------------------------
@@ -658,6 +764,9 @@ export class Controller {
    */
   private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
+    const ifaces = this.opInterfaces(ops);
+    // A client's change is observed from here on (a restored rule's unchanged conditions stay of unknown time).
+    if (!restoring) for (const op of ops) this.restoredKeys?.delete(`rule/${op.name}`);
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
     const pace = pacer(10);
     const plan = await this.planRuleOps(ops, napi, pace);
@@ -692,6 +801,11 @@ export class Controller {
     }
     // Durable and in the kernel: from here nothing undoes the change.
     await finishRules(this.ctx, ops, alloc, pace);
+    // The write observed: its rules' (and their interfaces') conditions carry its time.
+    await this.observed(async (at) => {
+      this.observeInterfaces(ifaces, at);
+      await this.observeRules(opNames(ops), at);
+    });
   }
 
   /**
@@ -946,6 +1060,7 @@ export class Controller {
     tolerant = false,
     fieldOf?: (from: string) => string,
   ): Promise<void> {
+    const sourcesBefore = this.activeLinkSources();
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     // Restore and resync: a link whose interface is missing waits (desired and stored, reported by the
     // reconciler) while every other link is written; a change names the missing interface (NOT_FOUND).
@@ -985,12 +1100,38 @@ export class Controller {
       this.ctx.preflightTargets = undefined;
     }
     finishLinks(this.ctx, next, want, unverified);
+    // The write observed: the links, their interfaces, and the rules on an ingress a link now shadows or
+    // no longer shadows, with its time.
+    await this.observed(async (at) => {
+      const sources = this.activeLinkSources();
+      const flipped = [...sourcesBefore.keys()].filter((i) => !sources.has(i));
+      for (const i of sources.keys()) if (!sourcesBefore.has(i)) flipped.push(i);
+      this.observeLinksAndInterfaces(at);
+      await this.observeRules(
+        flipped.flatMap((i) => [...(this.state.ifaceRules.get(i) ?? [])]),
+        at,
+      );
+    });
   }
 
   // ---- start-up and interface churn -------------------------------------
 
   /** Take over a stored desired state on start (restore.ts). */
   restore(stored: StoredState): Promise<void> {
+    // What it takes over has held since before this start, for a time the daemon cannot know: its
+    // conditions carry no transition time until they change after the first reconciler pass has seen them.
+    const keys = new Set<string>();
+    for (const r of stored.rules) {
+      keys.add(`rule/${r.name}`);
+      for (const i of r.ingressInterfaces) keys.add(`if/${i}`);
+      for (const b of r.backends) keys.add(`if/${b.interface}`);
+    }
+    for (const l of stored.links)
+      keys
+        .add(`link/${linkKey(l)}`)
+        .add(`if/${l.a}`)
+        .add(`if/${l.b}`);
+    this.restoredKeys = keys;
     return this.serial(() => restore(this.ctx, this.tx, stored), undefined, true);
   }
 
@@ -1020,6 +1161,12 @@ export class Controller {
           true,
         );
         this.lastProblems = r.problems;
+        // What the pass observed, with its time: rules whose status changed, every link and interface.
+        await this.observed(async (at) => {
+          this.observeLinksAndInterfaces(at);
+          await this.observeRules(r.changed, at);
+        });
+        this.restoredKeys = undefined; // seen by a pass: a change from here on is observed
         return r.missing;
       } catch (e) {
         if (!(e instanceof Preempted)) throw e;

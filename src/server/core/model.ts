@@ -83,8 +83,11 @@ export interface Condition {
   status: ConditionStatus;
   reason: string;
   message: string;
-  /** ms since epoch. */
-  lastTransitionTime: number;
+  /**
+   * When the status last changed, as observed (ms since epoch): the write or the reconciler pass that saw it.
+   * Undefined when the daemon cannot know: a status that has held since before this daemon started.
+   */
+  lastTransitionTime?: number;
 }
 
 export interface RuleStatus {

@@ -20,7 +20,7 @@ import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { followMovedInterfaces, missingText } from './moved.js';
 import type { Dataplane } from './dataplane.js';
-import type { RuleSpec } from './model.js';
+import type { RuleSpec, RuleStatus } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
@@ -60,6 +60,8 @@ export interface ResyncResult {
    * health service is NOT_SERVING while any is listed.
    */
   problems: string[];
+  /** Rules whose observed status or ingress problems this pass found changed (their conditions are recorded). */
+  changed: string[];
 }
 
 const specOf = (r: { generation: number; createTime: number; updateTime: number } & RuleSpec): RuleSpec => {
@@ -277,6 +279,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     const was = state.egressMacs.get(iface);
     if (was !== undefined && was.toLowerCase() !== info.mac.toLowerCase()) macMoved.set(iface, was);
   }
+  const changed: string[] = [];
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -604,6 +607,12 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       k.status = observed;
     }
     const s = k.status;
+    // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time.
+    const seen = observedKey(s, k.ingressProblems, k.ingressDown);
+    if (k.observed !== seen) {
+      k.observed = seen;
+      changed.push(name);
+    }
     transition(`rule/${name}`, `${s.state}|${s.message}`, (before) => {
       if (s.state === 'active' && !before) return; // the usual start: nothing to report
       (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
@@ -623,7 +632,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
     }
   }
-  return { missing: [...missing].sort(), problems };
+  return { missing: [...missing].sort(), problems, changed };
+}
+
+/** A rule's status and ingress problems as one string (RuleKernel.observed). */
+function observedKey(s: RuleStatus, ingressProblems: readonly string[], ingressDown: readonly string[]): string {
+  let out = `${s.state}\n${s.message}\n${ingressProblems.join('\t')}\n${ingressDown.join('\t')}\n`;
+  out += (s.warnings ?? []).join('\t');
+  for (const b of s.backends) out += `\n${b.receiving ? 1 : 0}${b.unverified ? 1 : 0}${b.message}`;
+  return out;
 }
 
 /**

@@ -28,6 +28,11 @@ export interface RuleKernel {
   backends: Map<string, { id: number; statsId: number }>;
   /** ifindex of every interface the rule was written with (ingress and egress); -1 while missing. */
   ifindexes: Map<string, number>;
+  /**
+   * What the reconciler's last pass observed of the rule (status, ingress problems), as one string: a pass
+   * that finds it changed records the rule's conditions with the pass's time (Controller.observeRules).
+   */
+  observed?: string;
   /** As written by the last transaction; `status` is this lowered by what resync observes since. */
   status: RuleStatus;
   /** The written status while `status` shows an observed problem (set by resync). */
@@ -254,6 +259,7 @@ export class CoreState {
     for (const n of del) {
       if (rules.delete(n)) sameNames = false;
       ruleKernel.delete(n);
+      this.conditions.forget(`rule/${n}`);
     }
     let i = 0;
     for (const [n, rec, k] of set) {
@@ -300,6 +306,7 @@ export class CoreState {
   /** Forget a rule. */
   deleteRule(name: string): void {
     this.desiredVersion++;
+    this.conditions.forget(`rule/${name}`);
     this.dropRecord(name);
     this.dropKernel(name);
   }

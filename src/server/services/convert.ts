@@ -56,7 +56,8 @@ export function conditionsToProto(cs: Condition[] | undefined): ProtoCondition[]
     status: CONDITION_STATUS[c.status],
     reason: c.reason,
     message: c.message,
-    lastTransitionTime: new Date(c.lastTransitionTime),
+    // Unset when unknown (a status that has held since before the daemon started).
+    lastTransitionTime: c.lastTransitionTime === undefined ? undefined : new Date(c.lastTransitionTime),
   }));
 }
 

@@ -225,7 +225,14 @@ export interface Condition {
   reason: string;
   /** Human-readable detail. */
   message: string;
-  /** When the status last changed (as observed by this daemon). */
+  /**
+   * When the status last changed, as this daemon observed it: the time of
+   * the write (a change through the API or the config file) or of the
+   * reconciler pass that saw it, not of the read that reports it; stable
+   * across reads while the status stays. Unset when the daemon cannot know:
+   * a status that has held since before this daemon started (a restart) and
+   * has not changed since.
+   */
   lastTransitionTime?: Date | undefined;
 }
 

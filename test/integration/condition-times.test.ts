@@ -1,0 +1,109 @@
+/**
+ * A condition's lastTransitionTime is when the daemon observed the transition, with a real daemon, real
+ * interfaces and a restart (issue 16: "a status states only what was observed"). A reviewer saw every
+ * transition time equal to the first read after the change, and after a restart equal to the daemon's
+ * start. Here:
+ *  - a rule's Ready condition carries the time of its CreateRule, not of a read 1.5 s later;
+ *  - its only backend's egress goes down and nobody reads for 3 s: Ready False carries the time the
+ *    reconciler saw it (within a pass of the fault), not the read's;
+ *  - the daemon restarts with the egress still down: Ready is still False and its time is unset (unknown:
+ *    it held since before this start), not the restart time;
+ *  - the egress comes back: Ready True carries the time of the pass that saw it.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus, type Condition } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+/** How long after a host change the reconciler may see it (a pass a second, and one at each rtnetlink event). */
+const PASS_MS = 2000;
+
+describe('condition transition times are observation times, also across a restart', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let vm: Host, b1: Host;
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const ready = async (): Promise<{ state: RuleState; cond: Condition; at: number }> => {
+    const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    return { state: st.state, cond: st.conditions.find((x) => x.type === 'Ready')!, at: Date.now() };
+  };
+  const within = (t: Date | undefined, lo: number, hi: number, what: string) => {
+    assert.ok(t, `${what}: a transition time`);
+    assert.ok(
+      t.getTime() >= lo - 5 && t.getTime() <= hi,
+      `${what}: ${t.toISOString()} not within ${new Date(lo).toISOString()} .. ${new Date(hi).toISOString()}`,
+    );
+  };
+
+  it('the write, the pass that saw a fault, unknown after a restart, the pass that saw the recovery', async () => {
+    const t0 = Date.now();
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7997, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    const t1 = Date.now();
+    await sleep(1500);
+    let r = await ready();
+    assert.equal(r.cond.status, ConditionStatus.CONDITION_STATUS_TRUE, r.cond.message);
+    within(r.cond.lastTransitionTime, t0, t1, 'Ready True: the CreateRule');
+
+    // The fault, and no read for 3 s.
+    const tDown = Date.now();
+    sh('ip', ['link', 'set', b1.hostIf, 'down']);
+    await sleep(3000);
+    r = await ready();
+    assert.equal(r.cond.status, ConditionStatus.CONDITION_STATUS_FALSE, r.cond.message);
+    within(r.cond.lastTransitionTime, tDown, tDown + PASS_MS, 'Ready False: the pass that saw the egress down');
+    assert.ok(r.at - r.cond.lastTransitionTime!.getTime() >= 1000, 'not the time of the read');
+    const again = await ready();
+    assert.deepEqual(again.cond.lastTransitionTime, r.cond.lastTransitionTime, 'stable across reads');
+
+    // A restart with the egress still down: the status held since before the start, for a time it cannot know.
+    assert.equal(await d!.stop('SIGTERM'), 0);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+    await until('web not ACTIVE after the restart', async () => (await ready()).state !== RuleState.RULE_STATE_ACTIVE);
+    await sleep(1500); // the first passes after the start have run
+    r = await ready();
+    assert.equal(r.cond.status, ConditionStatus.CONDITION_STATUS_FALSE, r.cond.message);
+    assert.equal(r.cond.lastTransitionTime, undefined, 'unknown, not the restart time');
+
+    // The recovery, observed by a pass of this daemon.
+    const tUp = Date.now();
+    sh('ip', ['link', 'set', b1.hostIf, 'up']);
+    await sleep(3000);
+    r = await ready();
+    assert.equal(r.cond.status, ConditionStatus.CONDITION_STATUS_TRUE, r.cond.message);
+    within(r.cond.lastTransitionTime, tUp, tUp + PASS_MS, 'Ready True again: the pass that saw the egress up');
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+  });
+});
