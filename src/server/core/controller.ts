@@ -765,6 +765,7 @@ export class Controller {
   private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
     const ifaces = this.opInterfaces(ops);
+    const attachedBefore = new Map([...ifaces].map((i) => [i, this.state.attached.get(i)]));
     // A client's change is observed from here on (a restored rule's unchanged conditions stay of unknown time).
     if (!restoring) for (const op of ops) this.restoredKeys?.delete(`rule/${op.name}`);
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
@@ -803,7 +804,11 @@ export class Controller {
     await finishRules(this.ctx, ops, alloc, pace);
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
-      this.observeInterfaces(ifaces, at);
+      // Interfaces whose program it attached or detached (the others' conditions did not change by it).
+      this.observeInterfaces(
+        [...ifaces].filter((i) => this.state.attached.get(i) !== attachedBefore.get(i)),
+        at,
+      );
       await this.observeRules(opNames(ops), at);
     });
   }
