@@ -43,7 +43,10 @@ const program = new Command('xdpctld')
   .option('--bpf-object <file>', 'compiled XDP object', DEFAULTS.objectPath)
   .option('--descriptor <file>', 'FileDescriptorSet served by gRPC reflection', DEFAULTS.descriptorPath)
   .addOption(
-    new Option('--xdp-mode <mode>', 'XDP attach mode; auto tries native, then generic')
+    new Option(
+      '--xdp-mode <mode>',
+      'XDP attach mode; auto tries native, then generic (a program an earlier start attached in generic mode stays generic, and its interface status says so)',
+    )
       .choices(['auto', 'native', 'generic'])
       .default(DEFAULTS.mode),
   )

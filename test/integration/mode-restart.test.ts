@@ -7,6 +7,10 @@
  * without NAPI) keeps generic mode, the mode it had, and its status says why; both directions forward.
  * The datagrams lost while the one end is switched (native and generic cannot be attached at once) are
  * counted and reported (docs/architecture.md, "A mode change at restart", quotes the figure).
+ * A restart from --xdp-mode generic to --xdp-mode auto (the default) keeps the program that forwards in
+ * generic mode, the same program id untouched, and says so per interface: effective mode generic, kept, why
+ * (auto does not switch what forwards), what a switch would meet (an egress whose veth peer has no NAPI) or
+ * that --xdp-mode native switches it; logged once per interface. Before, auto kept it silently.
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
@@ -24,8 +28,10 @@ describe('a restart with another XDP mode', kernelOnly(), () => {
   let d: DaemonProcess | undefined;
   const listeners: UdpListener[] = [];
 
+  let d2: DaemonProcess | undefined;
   after(async () => {
     listeners.forEach((l) => l.kill());
+    await d2?.destroy();
     await d?.destroy();
     topo.destroy();
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
@@ -104,5 +110,59 @@ describe('a restart with another XDP mode', kernelOnly(), () => {
     const kept = d.output.split('\n').filter((l) => why.test(l) && l.includes('"level":40'));
     assert.equal(kept.length, 1, 'logged once, as a warning');
     assert.equal(JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', h2.hostIf]))[0].xdp.mode, 2, 'generic in the kernel');
+  });
+
+  it('--xdp-mode auto after a generic run: keeps generic mode and says so, per interface, with why', async () => {
+    const h3 = topo.addHost('h3', '198.18.42.1/24');
+    const h4 = topo.addHost('h4', '198.18.42.2/24');
+    // h4's side has NAPI (GRO on): native redirects into h4's veth would be delivered, into h3's not.
+    topo.exec('h4', 'ethtool', ['-K', 'eth0', 'gro', 'on']);
+    const id2 = `${id}a`;
+    d2 = await DaemonProcess.start(id2, ['--xdp-mode', 'generic']);
+    await d2.clients().links.connect({ link: { a: h3.hostIf, b: h4.hostIf } });
+    assert.equal(await datagrams(h3, h4), 50);
+    const xdp = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
+    const before = [xdp(h3.hostIf), xdp(h4.hostIf)];
+    assert.deepEqual(
+      before.map((x) => x.mode),
+      [2, 2],
+      'generic in the kernel',
+    );
+    assert.equal(await d2.stop(), 0);
+
+    const auto = await DaemonProcess.start(id2, ['--log-level', 'info']); // --xdp-mode auto, the default
+    d2 = auto;
+    const c = auto.clients();
+    const ifs = (await c.interfaces.listInterfaces({})).interfaces;
+    const kept =
+      /our program keeps running in generic mode, the mode an earlier start attached it in: --xdp-mode auto does not switch a program that forwards/;
+    for (const [h, more] of [
+      // h3 redirects into h4 (NAPI): a switch would forward.
+      [h3, /a start with --xdp-mode native switches it$/],
+      // h4 redirects into h3 (no NAPI): a switch would drop.
+      [
+        h4,
+        new RegExp(
+          `native redirects from ${h4.hostIf} would be dropped, where generic ones are delivered: .*${h3.hostIf}`,
+        ),
+      ],
+    ] as const) {
+      const i = ifs.find((x) => x.name === h.hostIf)!;
+      assert.equal(i.requestedMode, XdpMode.XDP_MODE_AUTO);
+      assert.equal(i.effectiveMode, EffectiveXdpMode.EFFECTIVE_XDP_MODE_GENERIC, `${h.hostIf}: generic, as observed`);
+      const w = i.warnings.find((x) => kept.test(x));
+      assert.ok(w, `${h.hostIf}: ${i.warnings.join(' | ')}`);
+      assert.match(w, more);
+      const pa = i.conditions.find((x) => x.type === 'ProgramAttached')!;
+      assert.match(pa.message, /^our XDP program runs in generic mode: our program keeps running in generic mode/);
+      const logged = auto.output
+        .split('\n')
+        .filter((l) => kept.test(l) && l.includes(`"ifname":"${h.hostIf}"`) && l.includes('"level":40'));
+      assert.equal(logged.length, 1, `${h.hostIf}: logged once, as a warning:\n${logged.join('\n')}`);
+    }
+    // Kept as it was: the same program, in generic mode; both directions forward.
+    assert.deepEqual([xdp(h3.hostIf), xdp(h4.hostIf)], before, 'the same program ids, generic, untouched');
+    assert.equal(await datagrams(h3, h4), 50, 'h3 -> h4 forwards');
+    assert.equal(await datagrams(h4, h3), 50, 'h4 -> h3 forwards');
   });
 });

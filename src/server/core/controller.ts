@@ -632,7 +632,10 @@ export class Controller {
         current: this.dp.progId,
         detachError,
         used,
-        modeWarning: x?.ours && x.mode !== this.opts.mode ? x.warnings?.find((w) => / refused /.test(w)) : undefined,
+        modeWarning:
+          x?.ours && x.mode !== this.opts.mode
+            ? x.warnings?.find((w) => / refused |keeps running in generic mode/.test(w))
+            : undefined,
       }),
       this.stamp(key, at),
     );

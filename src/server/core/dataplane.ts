@@ -271,7 +271,7 @@ export interface Dataplane {
    * Attach our program in the mode it runs in now (swapping in the program in use if an earlier one runs),
    * not the mode asked for, and show `why` in the interface's status (core/keep-mode.ts). Optional (fakes).
    */
-  keepMode?(ifname: string, why: string): XdpStatus;
+  keepMode?(ifname: string, why: string, requested?: XdpModeName): XdpStatus;
   /** Devices of other network namespaces that run our program (moved away while it ran). Optional (fakes). */
   strayAttachments?(): StrayAttachment[];
   /** Detach our program from such a device and put back what we changed on it. Optional (fakes). */

@@ -837,7 +837,7 @@ function attachOne(
   try {
     st =
       keep && before?.ours && before.mode === 'generic' && dp.keepMode
-        ? dp.keepMode(name, keep)
+        ? dp.keepMode(name, keep, ctx.mode)
         : dp.attach(name, ctx.mode);
   } catch (e) {
     // A client's change: the refusal names the request field that needs the program there, with the kernel's

@@ -10,6 +10,13 @@
  * of each link direction from it, each backend interface of each rule on it) is checked as a native
  * redirect target (Dataplane.redirectTarget, which with --fix-veth-peers repairs a peer first); when one
  * would drop, the ingress keeps generic mode, the mode it had, and its status says why.
+ *
+ * With --xdp-mode auto (native where the driver takes it, else generic), a program an earlier start attached
+ * in generic mode (--xdp-mode generic) is kept in generic mode: auto does not switch what forwards, since the
+ * switch drops what arrives while it happens. That is not silent: the interface's status and condition say
+ * that it runs in generic mode, that it was kept and why, what a switch would meet (an egress that would
+ * drop native redirects, a device without native XDP), and how to switch (a start with --xdp-mode native);
+ * the log says it once per interface.
  */
 import type { ExecContext } from './execute.js';
 import type { LinkSpec } from './model.js';
@@ -24,7 +31,7 @@ export async function modesToKeep(
   stored: Pick<StoredState, 'rules'> & { links: readonly LinkSpec[] },
 ): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  if (ctx.mode !== 'native') return out;
+  if (ctx.mode !== 'native' && ctx.mode !== 'auto') return out;
   const egresses = new Map<string, Set<string>>();
   const add = (from: string, to: string) => {
     if (!egresses.has(from)) egresses.set(from, new Set());
@@ -43,6 +50,10 @@ export async function modesToKeep(
       continue; // not readable now: the attach reports it
     }
     if (!x || !x.ours || x.mode !== 'generic') continue;
+    if (ctx.mode === 'auto') {
+      out.set(from, await autoKeeps(ctx, from, tos));
+      continue;
+    }
     const drop: string[] = [];
     for (const to of tos) {
       if (!ctx.dp.lookupInterface(to)) continue; // missing: nothing forwards into it now
@@ -59,4 +70,37 @@ export async function modesToKeep(
     }
   }
   return out;
+}
+
+/**
+ * Why --xdp-mode auto keeps our program in generic mode on `from` (attached so by an earlier start), with what a
+ * switch to native would meet there: a device without native XDP support, egresses that would drop native
+ * redirects (checked without repairing anything).
+ */
+async function autoKeeps(ctx: ExecContext, from: string, tos: Iterable<string>): Promise<string> {
+  const kept =
+    'our program keeps running in generic mode, the mode an earlier start attached it in: --xdp-mode auto does ' +
+    'not switch a program that forwards (the kernel holds one mode at a time: a switch detaches it for a moment ' +
+    'and what arrives meanwhile is dropped)';
+  const native = ctx.dp.nativeXdp?.(from);
+  if (native && !native.supported) {
+    // What auto would choose anyway: said as a fresh attach says it.
+    return (
+      `native XDP refused (${from} has no native XDP support: the kernel reports xdp-features: ` +
+      `${native.features || 'none'}); our program keeps running in generic mode, the mode it had`
+    );
+  }
+  const drop: string[] = [];
+  for (const to of tos) {
+    if (!ctx.dp.lookupInterface(to)) continue; // missing: nothing forwards into it now
+    const r = await ctx.dp.redirectTarget(to, false);
+    if (!r.ok) drop.push(r.detail ?? `${to} cannot take native XDP redirects`);
+  }
+  if (drop.length) {
+    return (
+      `${kept}; native mode would not forward here yet: native redirects from ${from} would be dropped, where ` +
+      `generic ones are delivered: ${drop.join('; ')}`
+    );
+  }
+  return `${kept}; a start with --xdp-mode native switches it`;
 }

@@ -447,12 +447,12 @@ export class KernelDataplane implements Dataplane {
     return { mode: r.mode, progId: r.progId, ours: true, warnings: this.attachWarnings.get(key) ?? [] };
   }
 
-  keepMode(ifname: string, why: string): XdpStatus {
+  keepMode(ifname: string, why: string, requested: XdpModeName = 'native'): XdpStatus {
     const now = this.dp.state(ifname).mode;
     const r = this.dp.attach(ifname, now === 'native' ? 'native' : 'generic');
     const key = `${ifname}#${r.ifindex}`;
     if (this.attachWarnings.get(key)?.[0] !== why) {
-      this.log?.warn({ ifname, mode: r.mode, requested: 'native' }, `${ifname}: ${why}`);
+      this.log?.warn({ ifname, mode: r.mode, requested, kept: true }, `${ifname}: ${why}`);
     }
     this.attachWarnings.set(key, [why]);
     return { mode: r.mode, progId: r.progId, ours: true, warnings: [why] };
