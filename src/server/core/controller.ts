@@ -8,7 +8,7 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
-import type { Dataplane, HostChangeScope, XdpModeName } from './dataplane.js';
+import type { Dataplane, HostChangeScope, InterfaceInfo, XdpModeName } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import {
   adoptRules,
@@ -26,7 +26,7 @@ import {
   type ExecContext,
   type RuleAllocation,
 } from './execute.js';
-import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
+import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
 import {
   linkKey,
@@ -44,7 +44,7 @@ import { missingText } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { ingressDownProblem, isMtuWarning } from './rule-status.js';
-import { backendKey, CoreState } from './state.js';
+import { backendKey, CoreState, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
 import { validateLink, validateRule } from './validate.js';
@@ -351,8 +351,10 @@ export class Controller {
     const shadows = this.activeLinkSources();
     let n = 0;
     for (const name of names) {
-      if (!this.state.rules.has(name)) continue;
+      const k = this.state.ruleKernel.get(name);
+      if (!k || !this.state.rules.has(name)) continue;
       this.getRule(name, shadows, at);
+      k.observed = observedKey(k.status, k.ingressProblems, k.ingressDown); // a pass compares with it
       if ((++n & 255) === 0) await new Promise((r) => setImmediate(r));
     }
   }
@@ -369,39 +371,23 @@ export class Controller {
     }
   }
 
-  /** Record the conditions of those of these interfaces that are managed now, as observed at `at`. */
-  private observeInterfaces(names: Iterable<string>, at: number): void {
-    const linked = new Set<string>();
-    for (const l of this.state.links.values()) linked.add(l.a).add(l.b);
-    for (const name of names) {
-      const managed =
-        this.state.ifaceRules.has(name) ||
-        this.state.attached.has(name) ||
-        this.state.moved.has(name) ||
-        linked.has(name);
-      if (managed) this.interfaceView(name, this.state.isUsed(name), at);
-    }
+  /** Whether ListInterfaces lists `name`: a rule or link names it, our program is on it, or it moved away. */
+  private isManaged(name: string): boolean {
+    if (this.state.ifaceRules.has(name) || this.state.attached.has(name) || this.state.moved.has(name)) return true;
+    for (const l of this.state.links.values()) if (l.a === name || l.b === name) return true;
+    return false;
   }
 
-  /** Interfaces the rules of `ops` name, before and after the change. */
-  private opInterfaces(ops: readonly RuleOp[]): Set<string> {
-    const out = new Set<string>();
-    for (const op of ops) {
-      for (const r of [this.state.rules.get(op.name), op.next]) {
-        if (!r) continue;
-        for (const i of r.ingressInterfaces) out.add(i);
-        for (const b of r.backends) out.add(b.interface);
-      }
-    }
-    return out;
-  }
-
-  /** Record the conditions of every link and managed interface as observed at `at` (a write or a pass). */
-  private observeLinksAndInterfaces(at: number): void {
-    if (this.state.links.size) this.listLinks(at, false);
+  /**
+   * Record the conditions of every link and managed interface as observed at `at` (a write or a pass);
+   * `lookup`: the interfaces the pass looked up (others are looked up here).
+   */
+  private observeLinksAndInterfaces(at: number, looked?: ReadonlyMap<string, InterfaceInfo | undefined>): void {
+    const lookup = (n: string) => (looked?.has(n) ? looked.get(n) : this.dp.lookupInterface(n));
+    if (this.state.links.size) this.listLinks(at, false, lookup);
     const names = new Set([...this.state.ifaceRules.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
     for (const l of this.state.links.values()) names.add(l.a).add(l.b);
-    for (const name of names) this.interfaceView(name, this.state.isUsed(name), at);
+    for (const name of names) this.interfaceView(name, this.state.isUsed(name), at, lookup);
     // Interfaces and links no longer managed are forgotten (rules are when deleted: CoreState.deleteRule).
     const keep = new Set([...names].map((n) => `if/${n}`));
     for (const l of this.state.links.values()) keep.add(`link/${linkKey(l)}`);
@@ -444,13 +430,14 @@ export class Controller {
   listLinks(
     at = this.now(),
     shadowing = true,
+    lookup = (name: string) => this.dp.lookupInterface(name),
   ): (LinkSpec & { active: [boolean, boolean]; warnings: string[]; conditions: Condition[] })[] {
     const kernel = new Map(this.dp.listLinks());
     return [...this.state.links.values()]
       .sort((x, y) => linkKey(x).localeCompare(linkKey(y)))
       .map((l) => {
-        const ia = this.dp.lookupInterface(l.a);
-        const ib = this.dp.lookupInterface(l.b);
+        const ia = lookup(l.a);
+        const ib = lookup(l.b);
         const problems: string[] = [];
         for (const [name, info] of [
           [l.a, ia],
@@ -599,9 +586,9 @@ export class Controller {
    * One interface as observed now: its XDP status, warnings and conditions (recorded with `at`). `used`:
    * something needs our program on it (egress-only interfaces need none).
    */
-  private interfaceView(name: string, used: boolean, at: number) {
+  private interfaceView(name: string, used: boolean, at: number, lookup = (n: string) => this.dp.lookupInterface(n)) {
     const x = this.dp.xdpStatus(name);
-    const info = this.dp.lookupInterface(name);
+    const info = lookup(name);
     const warnings: string[] = [];
     if (!info) warnings.push(missingText(this.state, name));
     else if (x && x.mode !== 'none' && !x.ours) {
@@ -767,8 +754,12 @@ export class Controller {
    */
   private async applyRuleOps(ops: RuleOp[], restoring = false, napi?: Facts['napi']): Promise<void> {
     if (ops.length === 0) return;
-    const ifaces = this.opInterfaces(ops);
-    const attachedBefore = new Map([...ifaces].map((i) => [i, this.state.attached.get(i)]));
+    const attachedBefore = new Map<string, Attachment | undefined>();
+    for (const op of ops) {
+      for (const r of [this.state.rules.get(op.name), op.next]) {
+        for (const i of r?.ingressInterfaces ?? []) attachedBefore.set(i, this.state.attached.get(i));
+      }
+    }
     // A client's change is observed from here on (a restored rule's unchanged conditions stay of unknown time).
     if (!restoring) for (const op of ops) this.restoredKeys?.delete(`rule/${op.name}`);
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
@@ -807,11 +798,16 @@ export class Controller {
     await finishRules(this.ctx, ops, alloc, pace);
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
-      // Interfaces whose program it attached or detached (the others' conditions did not change by it).
-      this.observeInterfaces(
-        [...ifaces].filter((i) => this.state.attached.get(i) !== attachedBefore.get(i)),
-        at,
-      );
+      // The ingresses it attached our program to or detached it from (as the plan found them: no lookup).
+      const known = new Map<string, InterfaceInfo>();
+      for (const p of plan.plans)
+        for (const i of p.ingress) known.set(i.name, { name: i.name, ifindex: i.ifindex, mac: '' });
+      const lookup = (n: string) => (known.has(n) ? known.get(n) : this.dp.lookupInterface(n));
+      for (const [name, a] of attachedBefore) {
+        if (this.state.attached.get(name) !== a && this.isManaged(name)) {
+          this.interfaceView(name, this.state.isUsed(name), at, lookup);
+        }
+      }
       await this.observeRules(opNames(ops), at);
     });
   }
@@ -1069,6 +1065,8 @@ export class Controller {
     fieldOf?: (from: string) => string,
   ): Promise<void> {
     const sourcesBefore = this.activeLinkSources();
+    const ends = new Set<string>();
+    for (const l of [...this.state.links.values(), ...next.values()]) ends.add(l.a).add(l.b);
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     // Restore and resync: a link whose interface is missing waits (desired and stored, reported by the
     // reconciler) while every other link is written; a change names the missing interface (NOT_FOUND).
@@ -1114,7 +1112,9 @@ export class Controller {
       const sources = this.activeLinkSources();
       const flipped = [...sourcesBefore.keys()].filter((i) => !sources.has(i));
       for (const i of sources.keys()) if (!sourcesBefore.has(i)) flipped.push(i);
-      this.observeLinksAndInterfaces(at);
+      const lookup = (n: string) => (facts.interfaces.has(n) ? facts.interfaces.get(n) : this.dp.lookupInterface(n));
+      if (this.state.links.size) this.listLinks(at, false, lookup);
+      for (const name of ends) if (this.isManaged(name)) this.interfaceView(name, this.state.isUsed(name), at, lookup);
       await this.observeRules(
         flipped.flatMap((i) => [...(this.state.ifaceRules.get(i) ?? [])]),
         at,
@@ -1171,7 +1171,7 @@ export class Controller {
         this.lastProblems = r.problems;
         // What the pass observed, with its time: rules whose status changed, every link and interface.
         await this.observed(async (at) => {
-          this.observeLinksAndInterfaces(at);
+          this.observeLinksAndInterfaces(at, r.interfaces);
           await this.observeRules(r.changed, at);
         });
         this.restoredKeys = undefined; // seen by a pass: a change from here on is observed

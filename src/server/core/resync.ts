@@ -19,12 +19,12 @@ import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { followMovedInterfaces, missingText } from './moved.js';
-import type { Dataplane } from './dataplane.js';
-import type { RuleSpec, RuleStatus } from './model.js';
+import type { Dataplane, InterfaceInfo } from './dataplane.js';
+import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
-import { otherProgram } from './conditions.js';
+import { observedKey, otherProgram } from './conditions.js';
 import {
   observeStaticMac,
   RESOLVES_PER_PASS,
@@ -62,6 +62,8 @@ export interface ResyncResult {
   problems: string[];
   /** Rules whose observed status or ingress problems this pass found changed (their conditions are recorded). */
   changed: string[];
+  /** The interfaces this pass looked up (name -> what it found; undefined: missing). */
+  interfaces: ReadonlyMap<string, InterfaceInfo | undefined>;
 }
 
 const specOf = (r: { generation: number; createTime: number; updateTime: number } & RuleSpec): RuleSpec => {
@@ -609,6 +611,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     const s = k.status;
     // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time.
     const seen = observedKey(s, k.ingressProblems, k.ingressDown);
+    // (Controller.observeRules sets it too: a write's conditions are recorded with the write.)
     if (k.observed !== seen) {
       k.observed = seen;
       changed.push(name);
@@ -632,15 +635,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
     }
   }
-  return { missing: [...missing].sort(), problems, changed };
-}
-
-/** A rule's status and ingress problems as one string (RuleKernel.observed). */
-function observedKey(s: RuleStatus, ingressProblems: readonly string[], ingressDown: readonly string[]): string {
-  let out = `${s.state}\n${s.message}\n${ingressProblems.join('\t')}\n${ingressDown.join('\t')}\n`;
-  out += (s.warnings ?? []).join('\t');
-  for (const b of s.backends) out += `\n${b.receiving ? 1 : 0}${b.unverified ? 1 : 0}${b.message}`;
-  return out;
+  return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
 }
 
 /**
