@@ -163,11 +163,15 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const line = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
       assert.ok(line, d!.output);
       const logged = JSON.parse(line) as { repaired: string[]; count: number };
-      // Named by what it is (the backend, the map and its entry), not as a request field (`backends[N]`).
+      // Named by what it is (the backend, the map and its entry), not as a request field (`backends[N]`),
+      // with the field that differed, the kernel's value and the desired one.
       const tampered = `${Array.from(entry.addr.subarray(0, 4)).join('.')}@${b1.hostIf}`;
       assert.deepEqual(
         logged.repaired,
-        [`rule adopt: backend ${tampered} (map backends, entry ${backendId})`],
+        [
+          `rule adopt: backend ${tampered} (map backends, entry ${backendId}): destination IP: kernel 203.0.113.9, ` +
+            `desired ${Array.from(entry.addr.subarray(0, 4)).join('.')}`,
+        ],
         'exactly that entry was written',
       );
       assert.equal(logged.count, 1);

@@ -184,6 +184,7 @@ describe('ApplyRules decoded and encoded a chunk at a time', () => {
         fc.record({
           name: text,
           action: fc.constantFrom(...Object.values(ChangeAction).filter((v) => typeof v === 'number')),
+          repaired: fc.array(text, { maxLength: 2 }),
         }),
         {
           maxLength: 2100,
@@ -212,7 +213,7 @@ describe('ApplyRules decoded and encoded a chunk at a time', () => {
     );
     // A reply nobody built beforehand (the HTTP/JSON gateway's, or an error's) is encoded whole.
     const plain = {
-      changes: [{ name: 'a', action: ChangeAction.CHANGE_ACTION_CREATE }],
+      changes: [{ name: 'a', action: ChangeAction.CHANGE_ACTION_CREATE, repaired: [] }],
       rules: [],
       applied: true,
       rulesOmitted: false,

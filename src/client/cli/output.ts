@@ -303,8 +303,10 @@ export function summary(actions: ChangeAction[], applied: boolean): string {
     n(ChangeAction.CHANGE_ACTION_DELETE),
     n(ChangeAction.CHANGE_ACTION_UNCHANGED),
   ];
+  const fixed = n(ChangeAction.CHANGE_ACTION_REPAIRED);
   return applied
-    ? `applied: ${c} created, ${u} updated, ${d} deleted, ${same} unchanged`
+    ? `applied: ${c} created, ${u} updated, ${d} deleted, ${same} unchanged` +
+        (fixed ? `, ${fixed} unchanged but rewritten in the kernel (it held them otherwise)` : '')
     : `dry run, nothing applied: ${c} to create, ${u} to update, ${d} to delete, ${same} unchanged`;
 }
 

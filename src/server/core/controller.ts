@@ -28,6 +28,7 @@ import {
 } from './execute.js';
 import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
+import { compareKernelEntries } from './kernel-check.js';
 import {
   linkKey,
   type ChangeAction,
@@ -56,6 +57,8 @@ export interface RuleView extends RuleRecord {
 export interface RuleChange {
   name: string;
   action: ChangeAction;
+  /** Kernel entries of an unchanged rule that differed from its desired state and were rewritten. */
+  repaired?: string[];
 }
 
 export interface LinkChange {
@@ -645,16 +648,57 @@ export class Controller {
     }, opts.signal);
   }
 
-  updateRule(spec: RuleSpec, expectedGeneration: number, opts: MutationOptions = {}): Promise<RuleView> {
+  /**
+   * Update a rule. With the specification it already has nothing is stored, but its kernel entries are
+   * compared with the desired state and what differs is rewritten: `repaired` says what (empty: the
+   * kernel held it as desired).
+   */
+  updateRule(
+    spec: RuleSpec,
+    expectedGeneration: number,
+    opts: MutationOptions = {},
+  ): Promise<RuleView & { repaired: string[] }> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
       const cur = this.state.rules.get(spec.name);
       if (!cur) throw new CoreError('not-found', `rule "${spec.name}" does not exist`);
       checkGeneration(cur, expectedGeneration);
+      let repaired: string[] = [];
       if (!sameSpec(cur, spec)) await this.applyRuleOps([{ name: spec.name, next: spec }]);
-      return this.getRule(spec.name);
+      else repaired = (await this.repairKernel([spec.name])).get(spec.name) ?? [];
+      return { ...this.getRule(spec.name), repaired };
     }, opts.signal);
+  }
+
+  /**
+   * Compare the kernel entries of these rules with their desired state and rewrite what differs
+   * (kernel-check.ts); logged once. What was rewritten, by rule (lines about shared entries, such as
+   * the per-port index, go to every rule named).
+   */
+  private async repairKernel(names: string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    if (names.length === 0) return out;
+    const facts = await fetchRuleFacts(
+      this.dp,
+      names.flatMap((n) => this.state.rules.get(n) ?? []),
+    );
+    const r = await compareKernelEntries(this.ctx, facts, names);
+    if (r.repaired.length === 0) return out;
+    this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
+    this.log.warn(
+      { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+      'kernel entries differed from the desired state (changed by another tool?): rewritten',
+    );
+    const set = new Set(names);
+    for (const line of r.repaired) {
+      const m = /^rule (\S+): /.exec(line);
+      for (const n of m && set.has(m[1]) ? [m[1]] : names) {
+        if (!out.has(n)) out.set(n, []);
+        out.get(n)!.push(m ? line.slice(m[0].length) : line);
+      }
+    }
+    return out;
   }
 
   deleteRule(name: string, expectedGeneration: number, opts: MutationOptions = {}): Promise<void> {
@@ -674,7 +718,19 @@ export class Controller {
       const { changes, ops } = await this.ruleSet(specs);
       if (validateOnly) {
         await this.dryRun((await this.planRuleOps(ops)).plans, new Map(), () => 'links', { rules: opNames(ops) });
-      } else await this.applyRuleOps(ops);
+      } else {
+        await this.applyRuleOps(ops);
+        // Unchanged rules: the kernel may hold them otherwise (another tool): compared, repaired, said.
+        const same = changes.filter((c) => c.action === 'unchanged').map((c) => c.name);
+        const repaired = await this.repairKernel(same);
+        for (const c of changes) {
+          const r = repaired.get(c.name);
+          if (r && c.action === 'unchanged') {
+            c.action = 'repaired';
+            c.repaired = r;
+          }
+        }
+      }
       return changes;
     }, opts.signal);
   }

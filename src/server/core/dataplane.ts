@@ -312,6 +312,11 @@ export interface Dataplane {
   listMatches(): [MatchKey, number][];
   /** Recount the per-port index of match entries from the entries themselves. */
   rebuildPortIndex(): void;
+  /**
+   * Check the per-port index entries of the ports in use and the link flags (the reconciler's cheaper
+   * form of rebuildPortIndex); rewrite and return what differed, one line each.
+   */
+  checkPortIndex?(): string[];
   /** Source-prefix entries of every slot. */
   listSrcPrefixes(): SrcKey[];
   deleteSrcPrefix(key: SrcKey): void;
@@ -325,6 +330,8 @@ export interface Dataplane {
   readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void;
   /** Of these backend entries, the ids whose entry the kernel holds differently (an unused id holds all zeros). */
   differingBackends(want: readonly [number, BackendEntry][]): number[];
+  /** The backend entries the kernel holds at these ids (to say how an entry differs; a few ids at a time). */
+  readBackends?(ids: readonly number[]): Map<number, BackendEntry>;
   /**
    * Repair steps for a published slot (adoption at start: only the entries
    * that differ from the desired state are written). Each is one step.

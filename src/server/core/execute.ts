@@ -955,6 +955,36 @@ export async function adoptRules(
   await checkRedirectTargets(ctx, plans, pace, true);
   // Each plan's stored kernel record, looked up once (plans[i] -> ks[i]).
   const ks = plans.map((p) => ctx.state.ruleKernel.get(p.name)!);
+  const repaired = await repairRuleEntries(ctx, plans, ks, pace);
+  const kernel = new Map<string, RuleKernel>();
+  for (const [i, p] of plans.entries()) {
+    const k = ks[i];
+    kernel.set(p.name, {
+      slot: k.slot,
+      statsId: k.statsId,
+      matchKeys: p.matchKeys,
+      prefixes: p.prefixes,
+      backends: k.backends,
+      ifindexes: p.ifindexes,
+      status: plannedStatus(p),
+    });
+  }
+  return { kernel, repaired };
+}
+
+/**
+ * What the kernel holds for each rule (its match entries, rule entry, backend table, backend entries,
+ * source prefixes), compared with what it should hold (`plans`, at the slot and ids of `ks`), and only
+ * what differs written. Used at start-up (adoption) and by the reconciler (another tool may have changed
+ * the maps: bpftool map update/delete). Returns what differed, one line each: which rule and entry, which
+ * field, the kernel's value and the desired one.
+ */
+export async function repairRuleEntries(
+  ctx: ExecContext,
+  plans: readonly RulePlan[],
+  ks: readonly RuleKernel[],
+  pace: () => Promise<void> = pacer(10),
+): Promise<string[]> {
   const found = await compareAdopted(ctx, plans, ks, pace);
   const { dp } = ctx;
   const { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches } = found;
@@ -971,25 +1001,15 @@ export async function adoptRules(
   for (const [i, p] of plans.entries()) {
     const slot = ks[i].slot;
     for (const m of p.matchKeys) {
-      if (matches.get(matchId(m)) === slot) continue;
+      const now = matches.get(matchId(m));
+      if (now === slot) continue;
       dp.putMatch(m, slot);
-      repaired.push(`rule ${p.name}: ${matchText(m, p.ingress)}`);
+      repaired.push(
+        `rule ${p.name}: ${matchText(m, p.ingress)}: kernel ${now === undefined ? 'absent' : `rule slot ${now}`}, desired rule slot ${slot}`,
+      );
     }
   }
-  const kernel = new Map<string, RuleKernel>();
-  for (const [i, p] of plans.entries()) {
-    const k = ks[i];
-    kernel.set(p.name, {
-      slot: k.slot,
-      statsId: k.statsId,
-      matchKeys: p.matchKeys,
-      prefixes: p.prefixes,
-      backends: k.backends,
-      ifindexes: p.ifindexes,
-      status: plannedStatus(p),
-    });
-  }
-  return { kernel, repaired };
+  return repaired;
 }
 
 /**
@@ -1049,8 +1069,15 @@ async function compareAdopted(
   const differ = new Set(dp.differingBackends(wanted));
   const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
   const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
-  for (const id of differ) {
-    repaired.push(`rule ${ruleOf.get(id)}: backend ${backendNames.get(id)} (map backends, entry ${id})`);
+  if (differ.size) {
+    // How each differs (read back only for the ids that differ: usually none).
+    const ids = [...differ].slice(0, 100);
+    const now = dp.readBackends?.(ids);
+    const want = new Map(wanted.filter(([id]) => differ.has(id)));
+    for (const id of differ) {
+      const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want.get(id)!) : '';
+      repaired.push(`rule ${ruleOf.get(id)}: backend ${backendNames.get(id)} (map backends, entry ${id})${fields}`);
+    }
   }
   await pace();
   // Rule entries and backend tables: every slot read once, in runs of slots in order.
@@ -1093,7 +1120,12 @@ async function compareAdopted(
     const srcFilter = p.prefixes.length > 0;
     if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
       cfgWrites.push(i);
-      repaired.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot})`);
+      const d: string[] = [];
+      if (!now.active) d.push('active: kernel false, desired true');
+      if (now.flags !== p.flags) d.push(`flags: kernel 0x${now.flags.toString(16)}, desired 0x${p.flags.toString(16)}`);
+      if (now.statsId !== k.statsId) d.push(`stats id: kernel ${now.statsId}, desired ${k.statsId}`);
+      if (now.srcFilter !== srcFilter) d.push(`source filter: kernel ${now.srcFilter}, desired ${srcFilter}`);
+      repaired.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot}): ${d.join('; ')}`);
     }
   };
   for (let i = 0; i < slots.length; i += ADOPT_SLOTS_PER_READ) {
@@ -1120,6 +1152,24 @@ async function compareAdopted(
       );
   }
   return { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches };
+}
+
+/** How a backend entry the kernel holds differs from the desired one: "; dmac: kernel X, desired Y" per field. */
+function backendFieldDiff(now: BackendEntry | undefined, want: BackendEntry): string {
+  if (!now) return ': absent in the kernel';
+  const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
+  const ip = (b: Uint8Array) => Array.from(b.subarray(0, 4)).join('.');
+  const out: string[] = [];
+  const cmp = (field: string, a: string, b: string) => {
+    if (a !== b) out.push(`${field}: kernel ${a}, desired ${b}`);
+  };
+  cmp('destination MAC', hex(now.dmac), hex(want.dmac));
+  cmp('source MAC', hex(now.smac), hex(want.smac));
+  cmp('egress ifindex', String(now.ifindex), String(want.ifindex));
+  cmp('stats id', String(now.statsId), String(want.statsId));
+  cmp('address family', String(now.family), String(want.family));
+  cmp('destination IP', ip(now.addr), ip(want.addr));
+  return out.length ? `: ${out.join('; ')}` : '';
 }
 
 /** A planned backend as the datapath stores it (`macs`: parsed MACs by text, shared: never written to). */

@@ -99,4 +99,4 @@ export interface RuleStatus {
   conditions?: Condition[];
 }
 
-export type ChangeAction = 'create' | 'update' | 'delete' | 'unchanged';
+export type ChangeAction = 'create' | 'update' | 'delete' | 'unchanged' | 'repaired';

@@ -18,6 +18,7 @@
 import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
+import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedInterfaces, missingText } from './moved.js';
 import type { Dataplane, InterfaceInfo } from './dataplane.js';
 import type { RuleSpec } from './model.js';
@@ -430,6 +431,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     }
   }
 
+  // The rules' kernel entries as another tool may have left them (bpftool map update): compared with
+  // the desired state every second, or less often when that costs more than 2% of a CPU (kernel-check.ts); what differs rewritten and logged once (kernel-check.ts).
+  await checkKernel(ctx, facts, new Set(ops.map((o) => o.name)), pace, transition);
+
   // Links: every wanted direction must be in the kernel's devmap, from today's ingress ifindex to today's
   // egress ifindex, and nothing else there (the kernel drops an entry whose egress is deleted; an entry
   // keyed by a deleted ingress stays). A re-apply that failed is not retried until something changes.
@@ -442,12 +447,46 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (dirs.some(([f, t]) => f === undefined || t === undefined)) continue;
     for (const [f, t] of dirs) wanted.set(f!, t!);
   }
+  // Entries no link holds (put there by another tool): frames from that ingress were redirected.
+  const foreignDirs = [...kernelLinks].filter(([f]) => !wanted.has(f) && !state.linkDirs.has(f));
+  for (const [f, to] of foreignDirs) {
+    try {
+      dp.disconnect(f);
+      state.reconcilerEvents.kernel_repairs++;
+      ctx.log.warn(
+        { ifindex: f, to },
+        `kernel entries differed from the desired state (changed by another tool?): xc_links[${f}]: kernel ${to}, ` +
+          'desired absent (no link holds it): deleted',
+      );
+    } catch (e) {
+      transition(`xc-foreign/${f}`, (e as Error).message, () =>
+        ctx.log.error({ err: e, ifindex: f }, `xc_links[${f}] is held by no link and could not be deleted`),
+      );
+    }
+  }
   const stale =
     [...wanted].some(([f, t]) => kernelLinks.get(f) !== t || state.linkDirs.get(f) === undefined) ||
     [...state.linkDirs.keys()].some((f) => !wanted.has(f));
   const attempt = JSON.stringify([...wanted]);
   if (stale && attempt !== state.linkReapplyFailed) {
-    ctx.log.info({}, 'interfaces changed: re-applying links');
+    // What the devmap holds against what the links want, by direction (another tool's change, or an
+    // interface that moved): logged once per re-apply.
+    const differed: string[] = [];
+    for (const [f, t] of wanted) {
+      const k = kernelLinks.get(f);
+      if (k !== t)
+        differed.push(
+          `xc_links[${f}] (${dp.nameOf?.(f) ?? f} -> ${dp.nameOf?.(t) ?? t}): kernel ${k ?? 'absent'}, desired ${t}`,
+        );
+    }
+    for (const f of state.linkDirs.keys()) {
+      if (!wanted.has(f) && kernelLinks.has(f))
+        differed.push(`xc_links[${f}]: kernel ${kernelLinks.get(f)}, desired absent`);
+    }
+    if (differed.length) {
+      state.reconcilerEvents.kernel_repairs += differed.length;
+      ctx.log.warn({ differed }, 'link entries in the kernel differ from the desired state: re-applying links');
+    } else ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
       state.linkReapplyFailed = undefined;
@@ -562,6 +601,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
 
   // 3. Status as observed, each transition logged once.
   const problems: string[] = [...missing].sort().map((i) => missingText(state, i));
+  if (state.kernelDrift) problems.push(state.kernelDrift);
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
@@ -813,4 +853,40 @@ async function judgeStaticMacs(
     });
   }
   return unverified;
+}
+
+/** One kernel comparison when due (kernelCheckInterval); a failure is a problem until a later one succeeds. */
+async function checkKernel(
+  ctx: ExecContext,
+  facts: Facts,
+  skip: ReadonlySet<string>,
+  pace: () => Promise<void>,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): Promise<void> {
+  const { state } = ctx;
+  const t = ctx.now();
+  if (t - state.kernelCheckedAt < kernelCheckInterval(state.kernelCheckMs)) return;
+  state.kernelCheckedAt = t;
+  try {
+    const r = await compareKernelEntries(ctx, facts, undefined, skip, pace);
+    state.kernelCheckMs = r.ms;
+    ctx.log.debug(
+      { rules: r.rules, ms: r.ms, differed: r.repaired.length },
+      'kernel entries compared with the desired state',
+    );
+    if (r.repaired.length) {
+      state.reconcilerEvents.kernel_repairs += r.repaired.length;
+      ctx.log.warn(
+        { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+        'kernel entries differed from the desired state (changed by another tool?): rewritten',
+      );
+    }
+    state.kernelDrift = undefined;
+    transition('kernel-check', 'ok', (before) => {
+      if (before) ctx.log.info({}, 'kernel entries compared and rewritten again');
+    });
+  } catch (e) {
+    state.kernelDrift = `kernel entries of the rules could not be compared with the desired state or rewritten: ${(e as Error).message}`;
+    transition('kernel-check', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, state.kernelDrift!));
+  }
 }

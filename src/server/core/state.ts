@@ -134,7 +134,14 @@ export class CoreState {
     neighbour_mac_changes: 0,
     egress_ejections: 0,
     egress_mac_changes: 0,
+    kernel_repairs: 0,
   };
+  /** When the reconciler last compared every rule's kernel entries with the desired state (ctx.now() ms). */
+  kernelCheckedAt = -Infinity;
+  /** How long the last comparison took (ms): the next one waits kernelCheckInterval(it). */
+  kernelCheckMs = 0;
+  /** Why the kernel's entries could not be compared or rewritten at the last check (undefined: they were). */
+  kernelDrift?: string;
   /** Link directions (`from>to`) whose egress's peer cannot be inspected, judged by the direction's counters. */
   readonly linkWatch = new Map<string, EgressWatch>();
   /**

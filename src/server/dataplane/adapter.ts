@@ -693,6 +693,10 @@ export class KernelDataplane implements Dataplane {
     tables.rebuildPortUse(this.dp.maps);
   }
 
+  checkPortIndex(): string[] {
+    return tables.checkPortUse(this.dp.maps);
+  }
+
   listSrcPrefixes(): SrcKey[] {
     return [...this.dp.maps.srcAllow.keys()];
   }
@@ -726,6 +730,15 @@ export class KernelDataplane implements Dataplane {
     for (const [id, e] of want) {
       backendEntry.encode(e, buf);
       if (!buf.equals(raw.subarray((id - lo) * vs, (id - lo + 1) * vs))) out.push(id);
+    }
+    return out;
+  }
+
+  readBackends(ids: readonly number[]): Map<number, BackendEntry> {
+    const out = new Map<number, BackendEntry>();
+    for (const id of ids) {
+      const e = this.dp.maps.backends.get(id);
+      if (e) out.set(id, e);
     }
     return out;
   }

@@ -21,6 +21,7 @@ import {
   FOLD_SLOT_BITS,
   type MatchKey,
   type PortUse,
+  portUse,
   type RuleStats,
   type SrcKey,
   sumCounters,
@@ -206,6 +207,40 @@ export function rebuildPortUse(maps: DatapathMaps): void {
   maps.rulePorts.syncArray((port) => counts.get(port));
 }
 
+/**
+ * The reconciler's check of the same index, cheaper than {@link rebuildPortUse}: the rule_ports entries of
+ * the ports that match entries use (one batch read of their range) must hold their count and fold, and
+ * every linked ingress its if_flags bit; what differs is written. A stray count on a port no entry uses
+ * only costs the lookup it makes, so the other 65 000 entries are not read. Returns what differed, one
+ * line each (index, kernel value, desired value).
+ */
+export function checkPortUse(maps: DatapathMaps): string[] {
+  const differed = rebuildIfFlags(maps);
+  const counts = new Map<number, PortUse>();
+  let lo = Infinity;
+  let hi = -1;
+  for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
+    counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
+    lo = Math.min(lo, k.dport);
+    hi = Math.max(hi, k.dport);
+  }
+  if (hi < 0) return differed;
+  const vs = maps.rulePorts.info.valueSize;
+  const raw = maps.rulePorts.getRangeRaw(lo, hi - lo + 1);
+  const want = Buffer.alloc(vs);
+  const writes: [number, PortUse][] = [];
+  for (const [port, use] of counts) {
+    portUse.encode(use, want);
+    const at = (port - lo) * vs;
+    if (want.compare(raw, at, at + vs) === 0) continue;
+    writes.push([port, use]);
+    const now = portUse.decode(Buffer.from(raw.subarray(at, at + vs)));
+    differed.push(`rule_ports[${port}]: kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}`);
+  }
+  maps.rulePorts.putMany(writes);
+  return differed;
+}
+
 /** Reset a stats id's counters (before reusing it for a new rule or backend). */
 export function resetRuleStats(maps: DatapathMaps, statsId: number): void {
   maps.ruleStats.put(statsId, {
@@ -235,10 +270,18 @@ export function setIfFlag(maps: DatapathMaps, ifindex: number, bit: number, on: 
  * (a full rewrite of the 65 536-entry array costs 30-45 ms, on every restore);
  * a flag without a link is left: it only costs the lookup it would save.
  */
-export function rebuildIfFlags(maps: DatapathMaps): void {
+export function rebuildIfFlags(maps: DatapathMaps): string[] {
+  const differed: string[] = [];
   for (const from of maps.xcLinks.keys()) {
-    if (from < MAX_IFINDEX) setIfFlag(maps, from, IF_F_XCONNECT, true);
+    if (from >= MAX_IFINDEX || from >= maps.ifFlags.info.maxEntries) continue;
+    const cur = maps.ifFlags.get(from) ?? 0;
+    if (cur & IF_F_XCONNECT) continue;
+    maps.ifFlags.put(from, cur | IF_F_XCONNECT);
+    differed.push(
+      `if_flags[${from}]: kernel 0x${cur.toString(16)}, desired 0x${(cur | IF_F_XCONNECT).toString(16)} (cross-connect)`,
+    );
   }
+  return differed;
 }
 
 /**

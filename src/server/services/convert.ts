@@ -103,6 +103,7 @@ export const CHANGE_ACTION = {
   update: ChangeAction.CHANGE_ACTION_UPDATE,
   delete: ChangeAction.CHANGE_ACTION_DELETE,
   unchanged: ChangeAction.CHANGE_ACTION_UNCHANGED,
+  repaired: ChangeAction.CHANGE_ACTION_REPAIRED,
 };
 
 const MODE = { native: XdpMode.XDP_MODE_NATIVE, generic: XdpMode.XDP_MODE_GENERIC, auto: XdpMode.XDP_MODE_AUTO };

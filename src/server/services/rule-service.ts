@@ -77,11 +77,14 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     },
     async updateRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return {
-        rule: ruleToProto(
-          await ctl.updateRule(ruleFromProto(req.rule), generationOf(req.expectedGeneration), { signal }),
-        ),
-      };
+      const { repaired, ...view } = await ctl.updateRule(
+        ruleFromProto(req.rule),
+        generationOf(req.expectedGeneration),
+        {
+          signal,
+        },
+      );
+      return { rule: ruleToProto(view), repaired };
     },
     async deleteRule(req, { signal }) {
       checkName(req.name);
@@ -138,7 +141,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       }
       return encodeApplyRulesReply(
         {
-          changes: changes.map((c) => ({ name: c.name, action: CHANGE_ACTION[c.action] })),
+          changes: changes.map((c) => ({ name: c.name, action: CHANGE_ACTION[c.action], repaired: c.repaired ?? [] })),
           rules: omitted ? [] : rules,
           applied: !req.validateOnly,
           rulesOmitted: omitted,

@@ -8,7 +8,7 @@
  *    health service NOT_SERVING (missing interfaces, foreign programs, rules
  *    not ACTIVE), as of the reconciler's last pass; 0 when it serves;
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
- *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, egress_mac_changes,
+ *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, egress_mac_changes, kernel_repairs,
  *    egress_ejections), counted since the start.
  * Both are read from the core at collection time: no per-rule state here.
  */
@@ -54,7 +54,7 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   });
   const events = meter.createObservableCounter(STATE_METRICS.events, {
     description:
-      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC)',
+      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC), kernel_repairs (map entries that differed from the desired state, e.g. written by another tool, rewritten)',
     unit: '{event}',
   });
   const observeEvents = (r: { observe(v: number, a?: Record<string, string>): void }) => {

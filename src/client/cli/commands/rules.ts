@@ -214,6 +214,14 @@ export function registerRules(program: Command): void {
         );
         if (o.output !== 'table') return printData(o.output, UpdateRuleResponse.toJSON(res));
         const r = res.rule!;
+        if (res.repaired.length) {
+          // Same specification, but the kernel held the rule otherwise (another tool): said, not "unchanged".
+          print(
+            `rule ${r.name}: specification unchanged (generation ${r.generation}), but the kernel held it otherwise: ` +
+              `rewritten:\n${res.repaired.map((l) => `  ${l}`).join('\n')}${stateNote(r)}`,
+          );
+          return;
+        }
         const verb = r.generation === cur.generation ? 'unchanged' : 'updated';
         print(`rule ${r.name} ${verb} (generation ${r.generation})${stateNote(r)}`);
       }),
@@ -274,6 +282,10 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
           ['NAME', 'ACTION'],
           res.changes.map((c) => [c.name, action(c.action)]),
         );
+        for (const c of res.changes) {
+          if (c.repaired.length)
+            print(`rule ${c.name}: rewritten in the kernel:\n${c.repaired.map((l) => `  ${l}`).join('\n')}`);
+        }
         print(
           summary(
             res.changes.map((c) => c.action),

@@ -108,6 +108,14 @@ export enum ChangeAction {
    * written.
    */
   CHANGE_ACTION_UNCHANGED = 4,
+  /**
+   * CHANGE_ACTION_REPAIRED - The object exists with exactly the requested specification, but the
+   * kernel held entries of it that differed from that specification (changed
+   * by another tool, e.g. bpftool map update): they were rewritten. The
+   * change's `repaired` lines say which entry and field, the kernel's value
+   * and the desired one. Only in replies of applied calls.
+   */
+  CHANGE_ACTION_REPAIRED = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -128,6 +136,9 @@ export function changeActionFromJSON(object: any): ChangeAction {
     case 4:
     case "CHANGE_ACTION_UNCHANGED":
       return ChangeAction.CHANGE_ACTION_UNCHANGED;
+    case 5:
+    case "CHANGE_ACTION_REPAIRED":
+      return ChangeAction.CHANGE_ACTION_REPAIRED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -147,6 +158,8 @@ export function changeActionToJSON(object: ChangeAction): string {
       return "CHANGE_ACTION_DELETE";
     case ChangeAction.CHANGE_ACTION_UNCHANGED:
       return "CHANGE_ACTION_UNCHANGED";
+    case ChangeAction.CHANGE_ACTION_REPAIRED:
+      return "CHANGE_ACTION_REPAIRED";
     case ChangeAction.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

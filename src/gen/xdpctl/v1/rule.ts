@@ -472,7 +472,17 @@ export interface UpdateRuleRequest {
 /** Response of RuleService.UpdateRule. */
 export interface UpdateRuleResponse {
   /** The rule as stored after the update. */
-  rule?: Rule | undefined;
+  rule?:
+    | Rule
+    | undefined;
+  /**
+   * With the specification the rule already had (nothing stored, generation
+   * unchanged): its kernel entries that differed from the desired state
+   * (changed by another tool) and were rewritten by this call, one line each
+   * naming the entry, the field, the kernel's value and the desired one.
+   * Empty when the kernel held the rule as desired, or the rule was changed.
+   */
+  repaired: string[];
 }
 
 /** Request of RuleService.DeleteRule. */
@@ -530,6 +540,12 @@ export interface RuleChange {
   name: string;
   /** What is done to it. */
   action: ChangeAction;
+  /**
+   * With CHANGE_ACTION_REPAIRED: the kernel entries of the rule that differed
+   * from its desired state and were rewritten, one line each (entry, field,
+   * kernel value, desired value).
+   */
+  repaired: string[];
 }
 
 function createBaseRule(): Rule {
@@ -1967,13 +1983,16 @@ export const UpdateRuleRequest: MessageFns<UpdateRuleRequest> = {
 };
 
 function createBaseUpdateRuleResponse(): UpdateRuleResponse {
-  return { rule: undefined };
+  return { rule: undefined, repaired: [] };
 }
 
 export const UpdateRuleResponse: MessageFns<UpdateRuleResponse> = {
   encode(message: UpdateRuleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.rule !== undefined) {
       Rule.encode(message.rule, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.repaired) {
+      writer.uint32(18).string(v!);
     }
     return writer;
   },
@@ -1999,6 +2018,14 @@ export const UpdateRuleResponse: MessageFns<UpdateRuleResponse> = {
             message.rule = Rule.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.repaired.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2012,13 +2039,19 @@ export const UpdateRuleResponse: MessageFns<UpdateRuleResponse> = {
   },
 
   fromJSON(object: any): UpdateRuleResponse {
-    return { rule: isSet(object.rule) ? Rule.fromJSON(object.rule) : undefined };
+    return {
+      rule: isSet(object.rule) ? Rule.fromJSON(object.rule) : undefined,
+      repaired: globalThis.Array.isArray(object?.repaired) ? object.repaired.map((e: any) => globalThis.String(e)) : [],
+    };
   },
 
   toJSON(message: UpdateRuleResponse): unknown {
     const obj: any = {};
     if (message.rule !== undefined) {
       obj.rule = Rule.toJSON(message.rule);
+    }
+    if (message.repaired?.length) {
+      obj.repaired = message.repaired;
     }
     return obj;
   },
@@ -2029,6 +2062,7 @@ export const UpdateRuleResponse: MessageFns<UpdateRuleResponse> = {
   fromPartial(object: DeepPartial<UpdateRuleResponse>): UpdateRuleResponse {
     const message = createBaseUpdateRuleResponse();
     message.rule = (object.rule !== undefined && object.rule !== null) ? Rule.fromPartial(object.rule) : undefined;
+    message.repaired = object.repaired?.map((e) => e) || [];
     return message;
   },
 };
@@ -2390,7 +2424,7 @@ export const ApplyRulesResponse: MessageFns<ApplyRulesResponse> = {
 };
 
 function createBaseRuleChange(): RuleChange {
-  return { name: "", action: 0 };
+  return { name: "", action: 0, repaired: [] };
 }
 
 export const RuleChange: MessageFns<RuleChange> = {
@@ -2400,6 +2434,9 @@ export const RuleChange: MessageFns<RuleChange> = {
     }
     if (message.action !== 0) {
       writer.uint32(16).int32(message.action);
+    }
+    for (const v of message.repaired) {
+      writer.uint32(26).string(v!);
     }
     return writer;
   },
@@ -2433,6 +2470,14 @@ export const RuleChange: MessageFns<RuleChange> = {
             message.action = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.repaired.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2449,6 +2494,7 @@ export const RuleChange: MessageFns<RuleChange> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       action: isSet(object.action) ? changeActionFromJSON(object.action) : 0,
+      repaired: globalThis.Array.isArray(object?.repaired) ? object.repaired.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -2460,6 +2506,9 @@ export const RuleChange: MessageFns<RuleChange> = {
     if (message.action !== 0) {
       obj.action = changeActionToJSON(message.action);
     }
+    if (message.repaired?.length) {
+      obj.repaired = message.repaired;
+    }
     return obj;
   },
 
@@ -2470,6 +2519,7 @@ export const RuleChange: MessageFns<RuleChange> = {
     const message = createBaseRuleChange();
     message.name = object.name ?? "";
     message.action = object.action ?? 0;
+    message.repaired = object.repaired?.map((e) => e) || [];
     return message;
   },
 };

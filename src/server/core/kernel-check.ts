@@ -1,0 +1,100 @@
+/**
+ * The reconciler's comparison of what the kernel holds for the rules with what it should hold. Our
+ * pinned maps can be changed by another tool (bpftool map update/delete, another process with the pins):
+ * a backend's MAC overwritten, a match entry deleted, a hash table entry pointing elsewhere. The status
+ * cannot say ACTIVE from what was written once; the entries are read back, compared with the plan of
+ * each rule from today's facts (the comparison a start makes when it adopts the rules in place:
+ * execute.ts repairRuleEntries), and what differs is rewritten and logged once, naming the rule, the
+ * entry, the field, the kernel's value and the desired one.
+ *
+ * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
+ * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
+ */
+import { pacer, repairRuleEntries, type ExecContext } from './execute.js';
+import type { Facts } from './facts.js';
+import type { RuleSpec } from './model.js';
+import { planOne, type RulePlan } from './plan-rules.js';
+import { matchId, type RuleKernel } from './state.js';
+
+/**
+ * How often the reconciler compares every rule's kernel entries: at every pass (each second) while a
+ * comparison is cheap, and at most KERNEL_CHECK_SHARE of the time otherwise (the interval is the last
+ * comparison's duration divided by it). Measured on the 2-vCPU CI machine (CHANGELOG): see
+ * {@link kernelCheckInterval}.
+ */
+export const KERNEL_CHECK_MIN_MS = 1000;
+/** The share of one CPU that the comparison may take on average (2%). */
+export const KERNEL_CHECK_SHARE = 0.02;
+
+/** The interval until the next comparison after one that took `lastMs`. */
+export function kernelCheckInterval(lastMs: number): number {
+  return Math.max(KERNEL_CHECK_MIN_MS, Math.ceil(lastMs / KERNEL_CHECK_SHARE));
+}
+
+/** Result of one comparison: what differed (and was rewritten), and how long it took. */
+export interface KernelCheck {
+  repaired: string[];
+  rules: number;
+  ms: number;
+}
+
+/**
+ * Compare the kernel's entries of `names` (every rule with a kernel record when undefined) with the plans
+ * from `facts`, rewrite what differs, and delete match entries no rule holds (full checks only). Rules
+ * whose plan cannot be made now (an interface missing, a backend without kernel ids) are left to the
+ * reconciler's other steps. Throws what the kernel refused.
+ */
+export async function compareKernelEntries(
+  ctx: ExecContext,
+  facts: Facts,
+  names?: readonly string[],
+  skip: ReadonlySet<string> = new Set(),
+  pace: () => Promise<void> = pacer(10),
+): Promise<KernelCheck> {
+  const { state, dp } = ctx;
+  const started = performance.now();
+  const plans: RulePlan[] = [];
+  const ks: RuleKernel[] = [];
+  let n = 0;
+  for (const name of names ?? state.ruleKernel.keys()) {
+    if ((++n & 255) === 0) await pace();
+    const k = state.ruleKernel.get(name);
+    const rule = state.rules.get(name);
+    if (!k || !rule || skip.has(name) || state.failed.has(name)) continue;
+    if ([...k.ifindexes.values()].some((i) => i < 0)) continue; // waiting for an interface
+    const { generation: _g, createTime: _c, updateTime: _u, ...spec } = rule;
+    let p: RulePlan;
+    try {
+      p = planOne({ name, next: spec as RuleSpec, lenient: true }, facts);
+    } catch {
+      continue; // the reconciler's rule step reports it
+    }
+    if (p.backends.some((b) => !k.backends.has(b.key))) continue;
+    // The plan must be what was written: a rule whose facts changed since is the rule step's to re-apply.
+    if (p.matchKeys.length !== k.matchKeys.length || p.prefixes.length !== k.prefixes.length) continue;
+    if (p.matchKeys.some((m, i) => matchId(m) !== matchId(k.matchKeys[i]))) continue;
+    const written = (k.written ?? k.status).backends;
+    const same = p.backends.every((b, i) => {
+      const w = written[i];
+      return (
+        w !== undefined && w.receiving === b.receiving && (!b.receiving || w.mac.toLowerCase() === b.mac.toLowerCase())
+      );
+    });
+    if (!same) continue;
+    plans.push(p);
+    ks.push(k);
+  }
+  const repaired = await repairRuleEntries(ctx, plans, ks, pace);
+  if (!names) {
+    // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
+    for (const [key, slot] of dp.listMatches()) {
+      const id = matchId(key);
+      if (state.matchHolders.has(id)) continue;
+      dp.deleteMatch(key);
+      repaired.push(`rule_match ${id}: kernel slot ${slot}, desired absent (no rule holds it): deleted`);
+    }
+  }
+  // The per-port index and the link flags follow the match and link entries (recounted, only differences written).
+  repaired.push(...(dp.checkPortIndex?.() ?? []));
+  return { repaired, rules: plans.length, ms: Math.round(performance.now() - started) };
+}
