@@ -144,7 +144,7 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     const [line] = rewritten(at);
     assert.equal(line.level, 40, 'a warning');
     assert.deepEqual(line.repaired, [
-      `rule web: backend ${b2.ip} on ${b2.hostIf} (backends[${e.id}]): destination MAC: kernel ${BAD_MAC}, desired ${b2.mac.toLowerCase()}`,
+      `rule web: backend ${b2.ip}@${b2.hostIf} (map backends, entry ${e.id}): destination MAC: kernel ${BAD_MAC}, desired ${b2.mac.toLowerCase()}`,
     ]);
     assert.deepEqual(backendEntry(d!.pinRoot, b2.ip!).value, e.value, 'the entry holds the desired bytes again');
     const [y1, y2] = await delivered(port);
@@ -164,9 +164,18 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     await until('the match entry put back', () => rewritten(at).length > 0, 4000);
     const [line] = rewritten(at);
     assert.equal(line.repaired!.length, 2, JSON.stringify(line.repaired));
-    assert.match(line.repaired![0], new RegExp(`^rule web: rule_match \\S+: kernel absent, desired slot ${slot}$`));
+    assert.match(
+      line.repaired![0],
+      new RegExp(
+        `^rule web: match entry \\(map rule_match: ingress ${vm.hostIf} ifindex \\d+, UDP port ${port}, any destination\\): ` +
+          `kernel absent, desired rule slot ${slot}$`,
+      ),
+    );
     // bpftool's delete left the port's count as it was; putting the entry back counted it again: recounted.
-    assert.match(line.repaired![1], new RegExp(`^rule_ports\\[${port}\\]: kernel \\{"any":2,.*desired \\{"any":1,`));
+    assert.match(
+      line.repaired![1],
+      new RegExp(`^port index \\(map rule_ports, port ${port}\\): kernel \\{"any":2,.*desired \\{"any":1,`),
+    );
     assert.equal(dump(`${pin}/rule_match`).length, 1);
     const [y1, y2] = await delivered(port);
     assert.equal(y1 + y2, 200, 'forwarded again');
@@ -182,7 +191,11 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     await until('the foreign match entry deleted', () => rewritten(at).length > 0, 4000);
     assert.match(
       rewritten(at)[0].repaired!.join('\n'),
-      new RegExp(`^rule_match \\S+: kernel slot ${slot}, desired absent \\(no rule holds it\\): deleted$`, 'm'),
+      new RegExp(
+        `^match entry \\(map rule_match: ingress ${vm.hostIf} ifindex \\d+, UDP port 7802, any destination\\): ` +
+          `kernel rule slot ${slot}, desired absent \\(no rule holds it\\): deleted$`,
+        'm',
+      ),
     );
     assert.equal(dump(`${pin}/rule_match`).length, 1, "only the rule's own entry");
 
@@ -201,7 +214,7 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     await until('the index rewritten', () => rewritten(at).length > 0, 4000);
     assert.deepEqual(
       rewritten(at)[0].repaired!.map((l) => l.replace(/desired .*/, 'desired')),
-      [`rule_ports[${port}]: kernel {"any":0,"dst":0}, desired`],
+      [`port index (map rule_ports, port ${port}): kernel {"any":0,"dst":0}, desired`],
     );
     const [z1, z2] = await delivered(port);
     assert.equal(z1 + z2, 200, 'forwarded again');
@@ -218,14 +231,14 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     const differed = () => lines(at).filter((l) => l.msg.startsWith('link entries in the kernel differ'));
     await until('the link re-applied', () => differed().length > 0, 4000);
     assert.deepEqual(differed()[0].differed, [
-      `xc_links[${from}] (${h1.hostIf} -> ${h2.hostIf}): kernel 1, desired ${to}`,
+      `link direction ${h1.hostIf} -> ${h2.hostIf} (map xc_links, ifindex ${from}): kernel egress ifindex 1, desired egress ifindex ${to}`,
     ]);
     assert.equal(topo.ping('h1', h2.ip!), true, 'forwards again');
     at = d!.output.length;
     sh('bpftool', ['map', 'delete', 'pinned', pin, 'key', ...u32(to)]);
     await until('the link re-applied', () => differed().length > 0, 4000);
     assert.deepEqual(differed()[0].differed, [
-      `xc_links[${to}] (${h2.hostIf} -> ${h1.hostIf}): kernel absent, desired ${from}`,
+      `link direction ${h2.hostIf} -> ${h1.hostIf} (map xc_links, ifindex ${to}): kernel absent, desired egress ifindex ${from}`,
     ]);
     assert.equal(topo.ping('h2', h1.ip!), true, 'forwards again');
     await c.links.disconnect({ a: h1.hostIf, b: h2.hostIf });
@@ -361,7 +374,7 @@ describe(
       const r = await rules.updateRule({ rule: { ...spec, generation: created.generation } });
       assert.equal(r.rule!.generation, created.generation, 'nothing stored: same generation');
       assert.deepEqual(r.repaired, [
-        `backend ${b1.ip} on ${b1.hostIf} (backends[${backend}]): destination MAC: kernel ${BAD_MAC}, desired ${b1.mac.toLowerCase()}`,
+        `backend ${b1.ip}@${b1.hostIf} (map backends, entry ${backend}): destination MAC: kernel ${BAD_MAC}, desired ${b1.mac.toLowerCase()}`,
       ]);
       assert.equal(logged.filter((l) => l.msg === REWRITTEN).length, 1, 'and the daemon logged it');
       assert.equal(await delivered(), 20, 'forwards again');
@@ -373,7 +386,7 @@ describe(
         out.stdout,
         new RegExp(
           `^rule web: specification unchanged \\(generation ${created.generation}\\), but the kernel held it otherwise: rewritten:\\n` +
-            `  backend ${b1.ip} on ${b1.hostIf} \\(backends\\[${backend}\\]\\): destination MAC: kernel ${BAD_MAC}, `,
+            `  backend ${b1.ip}@${b1.hostIf} \\(map backends, entry ${backend}\\): destination MAC: kernel ${BAD_MAC}, `,
         ),
       );
       assert.doesNotMatch(out.stdout, /^rule web unchanged/);
@@ -394,7 +407,7 @@ describe(
             'web',
             ChangeAction.CHANGE_ACTION_REPAIRED,
             [
-              `backend ${b1.ip} on ${b1.hostIf} (backends[${backend}]): destination MAC: kernel ${BAD_MAC}, desired ${b1.mac.toLowerCase()}`,
+              `backend ${b1.ip}@${b1.hostIf} (map backends, entry ${backend}): destination MAC: kernel ${BAD_MAC}, desired ${b1.mac.toLowerCase()}`,
             ],
           ],
         ],

@@ -113,9 +113,11 @@ describe('restore: rules adopted in place', () => {
     const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
     assert.deepEqual(repaired?.sort(), [
       `rule a: source prefixes (map src_allow, rule slot ${a.slot}: 1 added, 1 removed)`,
-      `rule b: backend ${bBackend} (map backends, entry ${bId})`,
-      `rule b: match entry (map rule_match: ingress ${matchIngress} ifindex ${key.ifindex}, UDP port 5001, any destination)`,
-      `rule c: rule entry (map rule_cfg, rule slot ${c.slot})`,
+      // With the field that differed, the kernel's value and the desired one.
+      `rule b: backend ${bBackend} (map backends, entry ${bId}): destination IP: kernel 203.0.113.9, desired ${bBackend.split('@')[0]}`,
+      `rule b: match entry (map rule_match: ingress ${matchIngress} ifindex ${key.ifindex}, UDP port 5001, any destination): ` +
+        `kernel rule slot ${a.slot}, desired rule slot ${b.slot}`,
+      `rule c: rule entry (map rule_cfg, rule slot ${c.slot}): flags: kernel 0x0, desired 0x4`,
     ]);
     for (const r of repaired!) assert.doesNotMatch(r, /\w\[\d+\]/, `${r}: no request-style index`);
     assert.deepEqual(

@@ -1016,7 +1016,7 @@ export async function repairRuleEntries(
  * A match entry as a log names it: the ingress interface by name (with its ifindex), the protocol, port and
  * destination; not the map key's raw fields, which read like a request field.
  */
-function matchText(m: MatchKey, ingress: readonly { name: string; ifindex: number }[]): string {
+export function matchText(m: MatchKey, ingress: readonly { name: string; ifindex: number }[]): string {
   const iface = ingress.find((i) => i.ifindex === m.ifindex)?.name ?? 'an interface';
   const proto = m.proto === 17 ? 'UDP' : m.proto === 6 ? 'TCP' : `IP protocol ${m.proto}`;
   const any = m.daddr.every((b) => b === 0);

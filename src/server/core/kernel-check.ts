@@ -10,7 +10,7 @@
  * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
  * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
  */
-import { pacer, repairRuleEntries, type ExecContext } from './execute.js';
+import { matchText, pacer, repairRuleEntries, type ExecContext } from './execute.js';
 import type { Facts } from './facts.js';
 import type { RuleSpec } from './model.js';
 import { planOne, type RulePlan } from './plan-rules.js';
@@ -91,7 +91,8 @@ export async function compareKernelEntries(
       const id = matchId(key);
       if (state.matchHolders.has(id)) continue;
       dp.deleteMatch(key);
-      repaired.push(`rule_match ${id}: kernel slot ${slot}, desired absent (no rule holds it): deleted`);
+      const ingress = [{ name: dp.nameOf?.(key.ifindex) ?? 'an interface', ifindex: key.ifindex }];
+      repaired.push(`${matchText(key, ingress)}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`);
     }
   }
   // The per-port index and the link flags follow the match and link entries (recounted, only differences written).

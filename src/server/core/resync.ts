@@ -455,12 +455,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       state.reconcilerEvents.kernel_repairs++;
       ctx.log.warn(
         { ifindex: f, to },
-        `kernel entries differed from the desired state (changed by another tool?): xc_links[${f}]: kernel ${to}, ` +
-          'desired absent (no link holds it): deleted',
+        `kernel entries differed from the desired state (changed by another tool?): link direction from ifindex ${f} ` +
+          `(map xc_links): kernel egress ifindex ${to}, desired absent (no link holds it): deleted`,
       );
     } catch (e) {
       transition(`xc-foreign/${f}`, (e as Error).message, () =>
-        ctx.log.error({ err: e, ifindex: f }, `xc_links[${f}] is held by no link and could not be deleted`),
+        ctx.log.error(
+          { err: e, ifindex: f },
+          `the link direction from ifindex ${f} (map xc_links) is held by no link and could not be deleted`,
+        ),
       );
     }
   }
@@ -476,12 +479,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       const k = kernelLinks.get(f);
       if (k !== t)
         differed.push(
-          `xc_links[${f}] (${dp.nameOf?.(f) ?? f} -> ${dp.nameOf?.(t) ?? t}): kernel ${k ?? 'absent'}, desired ${t}`,
+          `link direction ${dp.nameOf?.(f) ?? f} -> ${dp.nameOf?.(t) ?? t} (map xc_links, ifindex ${f}): ` +
+            `kernel ${k === undefined ? 'absent' : `egress ifindex ${k}`}, desired egress ifindex ${t}`,
         );
     }
     for (const f of state.linkDirs.keys()) {
       if (!wanted.has(f) && kernelLinks.has(f))
-        differed.push(`xc_links[${f}]: kernel ${kernelLinks.get(f)}, desired absent`);
+        differed.push(
+          `link direction from ifindex ${f} (map xc_links): kernel egress ifindex ${kernelLinks.get(f)}, desired absent`,
+        );
     }
     if (differed.length) {
       state.reconcilerEvents.kernel_repairs += differed.length;

@@ -235,7 +235,9 @@ export function checkPortUse(maps: DatapathMaps): string[] {
     if (want.compare(raw, at, at + vs) === 0) continue;
     writes.push([port, use]);
     const now = portUse.decode(Buffer.from(raw.subarray(at, at + vs)));
-    differed.push(`rule_ports[${port}]: kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}`);
+    differed.push(
+      `port index (map rule_ports, port ${port}): kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}`,
+    );
   }
   maps.rulePorts.putMany(writes);
   return differed;
@@ -278,7 +280,7 @@ export function rebuildIfFlags(maps: DatapathMaps): string[] {
     if (cur & IF_F_XCONNECT) continue;
     maps.ifFlags.put(from, cur | IF_F_XCONNECT);
     differed.push(
-      `if_flags[${from}]: kernel 0x${cur.toString(16)}, desired 0x${(cur | IF_F_XCONNECT).toString(16)} (cross-connect)`,
+      `interface flags (map if_flags, ifindex ${from}): kernel 0x${cur.toString(16)}, desired 0x${(cur | IF_F_XCONNECT).toString(16)} (cross-connect)`,
     );
   }
   return differed;
