@@ -432,7 +432,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   }
 
   // The rules' kernel entries as another tool may have left them (bpftool map update): compared with
-  // the desired state every second, or less often when that costs more than 2% of a CPU (kernel-check.ts); what differs rewritten and logged once (kernel-check.ts).
+  // the desired state every second, or less often when that costs more than 5% of a CPU (kernel-check.ts); what differs rewritten and logged once (kernel-check.ts).
   await checkKernel(ctx, facts, new Set(ops.map((o) => o.name)), pace, transition);
 
   // Links: every wanted direction must be in the kernel's devmap, from today's ingress ifindex to today's
