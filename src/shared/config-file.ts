@@ -15,6 +15,13 @@
  *       udpChecksum: update         # or zero
  *       backends:
  *         - {ip: 172.17.0.2, mac: "02:42:ac:11:00:02", interface: veth25, weight: 1}
+ *
+ * A rule with a `match:` mapping is read in the API's form instead: rule.proto's Rule in the proto3 JSON
+ * mapping, what `xdpctl -o yaml|json rules list` prints (`match: {port, destination, sourcePrefixes}`,
+ * `ingressInterfaces`, `udpChecksum: UDP_CHECKSUM_MODE_ZERO`; output-only fields ignored); a link may spell
+ * its direction `LINK_DIRECTION_A_TO_B` and carry the `status` that `links list` prints. This is the one
+ * parser of such files: the daemon's --config and the CLI's `apply -f` both call it, so they accept and
+ * refuse the same files in the same words.
  */
 import { yaml } from './yaml-lazy.js';
 
@@ -194,6 +201,7 @@ export function parseConfig(text: string): ConfigFile {
     throw new ConfigError([{ field: '', description: `cannot read the file: ${(e as Error).message}` }]);
   }
   const problems: FieldViolation[] = [];
+  const ctx = reader(problems);
   const out: ConfigFile = { links: [], rules: [], sections: { links: false, rules: false } };
   if (!isObj(root))
     throw new ConfigError([{ field: '', description: 'the file must be a mapping with links and/or rules' }]);
@@ -201,20 +209,6 @@ export function parseConfig(text: string): ConfigFile {
     if (k !== 'links' && k !== 'rules')
       problems.push({ field: shortKey(k), description: 'unknown key (expected links, rules)' });
   }
-  const str = (v: unknown, field: string, optional = false): string => {
-    if (v === undefined && optional) return '';
-    if (typeof v === 'string') return v;
-    if (typeof v === 'number' && field.endsWith('ip')) return String(v);
-    problems.push({ field, description: optional ? 'must be a string' : 'is required (a string)' });
-    return '';
-  };
-  const strList = (v: unknown, field: string): string[] => {
-    if (v === undefined) return [];
-    if (typeof v === 'string') return [v];
-    if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v as string[];
-    problems.push({ field, description: 'must be a string or a list of strings' });
-    return [];
-  };
 
   // A key with no value (`links:` alone) is what a writer that does not replace the file atomically
   // leaves between two writes: not an instruction to remove everything (`links: {}` and `rules: []` are).
@@ -237,11 +231,12 @@ export function parseConfig(text: string): ConfigFile {
     links.forEach((l, i) => {
       const f = `links[${i}]`;
       if (!isObj(l)) return void problems.push({ field: f, description: 'must be a mapping {a, b, direction}' });
-      const direction = l.direction ?? 'both';
-      if (direction !== 'both' && direction !== 'a-to-b') {
+      ctx.unknownKeys(l, LINK_KEYS, f);
+      const direction = LINK_DIRECTIONS[String(l.direction ?? 'both')];
+      if (!direction || (typeof l.direction !== 'string' && l.direction !== undefined)) {
         problems.push({ field: `${f}.direction`, description: 'must be both or a-to-b' });
       }
-      out.links.push({ a: str(l.a, `${f}.a`), b: str(l.b, `${f}.b`), direction: direction as LinkSpec['direction'] });
+      out.links.push({ a: ctx.str(l.a, `${f}.a`), b: ctx.str(l.b, `${f}.b`), direction: direction ?? 'both' });
     });
   } else if (links !== undefined && links !== null) {
     problems.push({ field: 'links', description: 'must be a mapping (eth0: tap0) or a list' });
@@ -252,49 +247,7 @@ export function parseConfig(text: string): ConfigFile {
     rules.forEach((r, i) => {
       const f = `rules[${i}]`;
       if (!isObj(r)) return void problems.push({ field: f, description: 'must be a mapping' });
-      for (const k of Object.keys(r))
-        if (!RULE_KEYS.has(k)) problems.push({ field: `${f}.${shortKey(k)}`, description: 'unknown key' });
-      const port = r.port;
-      if (typeof port !== 'number') problems.push({ field: `${f}.port`, description: 'is required (a number)' });
-      const protocol = r.protocol ?? 'udp';
-      if (protocol !== 'udp') problems.push({ field: `${f}.protocol`, description: 'must be udp' });
-      const udpChecksum = r.udpChecksum ?? 'update';
-      if (udpChecksum !== 'update' && udpChecksum !== 'zero') {
-        problems.push({ field: `${f}.udpChecksum`, description: 'must be update or zero' });
-      }
-      const backends = Array.isArray(r.backends) ? r.backends : [];
-      if (!Array.isArray(r.backends)) problems.push({ field: `${f}.backends`, description: 'is required (a list)' });
-      const labels = r.labels ?? {};
-      if (!isObj(labels) || !Object.values(labels).every((v) => typeof v === 'string')) {
-        problems.push({ field: `${f}.labels`, description: 'must map strings to strings' });
-      }
-      out.rules.push({
-        name: str(r.name, `${f}.name`),
-        protocol: 'udp',
-        port: typeof port === 'number' ? port : 0,
-        destination: str(r.destination, `${f}.destination`, true),
-        sourcePrefixes: strList(r.sources, `${f}.sources`),
-        ingressInterfaces: strList(r.ingress, `${f}.ingress`),
-        backends: backends.map((b: unknown, j: number) => {
-          const bf = `${f}.backends[${j}]`;
-          if (!isObj(b)) {
-            problems.push({ field: bf, description: 'must be a mapping {ip, mac, interface, weight}' });
-            return { ip: '', mac: '', interface: '', weight: 1 };
-          }
-          for (const k of Object.keys(b))
-            if (!BACKEND_KEYS.has(k)) problems.push({ field: `${bf}.${shortKey(k)}`, description: 'unknown key' });
-          const weight = b.weight ?? 1;
-          if (typeof weight !== 'number') problems.push({ field: `${bf}.weight`, description: 'must be a number' });
-          return {
-            ip: str(b.ip, `${bf}.ip`),
-            mac: canonicalMac(str(b.mac, `${bf}.mac`, true)),
-            interface: str(b.interface, `${bf}.interface`),
-            weight: typeof weight === 'number' ? weight : 1,
-          };
-        }),
-        udpChecksum: udpChecksum as RuleSpec['udpChecksum'],
-        labels: isObj(labels) ? (labels as Record<string, string>) : {},
-      });
+      out.rules.push('match' in r ? apiRule(r, f, ctx) : fileRule(r, f, ctx));
     });
   } else if (rules !== undefined && rules !== null) {
     problems.push({ field: 'rules', description: 'must be a list' });
@@ -302,4 +255,185 @@ export function parseConfig(text: string): ConfigFile {
   if (problems.length) throw new ConfigError(problems);
   out.sections = { links: root.links != null, rules: root.rules != null };
   return out;
+}
+
+/**
+ * A link's direction as the file may spell it: the file's `both` / `a-to-b`, or the enum names that
+ * `links list -o yaml|json` prints (an unset direction means both, as link.proto documents).
+ */
+const LINK_DIRECTIONS: Record<string, LinkSpec['direction'] | undefined> = {
+  both: 'both',
+  'a-to-b': 'a-to-b',
+  LINK_DIRECTION_UNSPECIFIED: 'both',
+  LINK_DIRECTION_BOTH: 'both',
+  LINK_DIRECTION_A_TO_B: 'a-to-b',
+};
+/** A link in a list; `status` is output only (what `links list` prints), ignored. */
+const LINK_KEYS = new Set(['a', 'b', 'direction', 'status']);
+
+/** The readers of one parse, adding every problem to `problems`. */
+function reader(problems: FieldViolation[]) {
+  return {
+    problems,
+    str(v: unknown, field: string, optional = false): string {
+      if (v === undefined && optional) return '';
+      if (typeof v === 'string') return v;
+      if (typeof v === 'number' && field.endsWith('ip')) return String(v);
+      problems.push({ field, description: optional ? 'must be a string' : 'is required (a string)' });
+      return '';
+    },
+    strList(v: unknown, field: string, single = true): string[] {
+      if (v === undefined) return [];
+      if (single && typeof v === 'string') return [v];
+      if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v as string[];
+      problems.push({
+        field,
+        description: single ? 'must be a string or a list of strings' : 'must be a list of strings',
+      });
+      return [];
+    },
+    unknownKeys(o: Obj, known: Set<string>, f: string): void {
+      for (const k of Object.keys(o))
+        if (!known.has(k)) problems.push({ field: `${f}.${shortKey(k)}`, description: 'unknown key' });
+    },
+    labels(v: unknown, field: string): Record<string, string> {
+      const labels = v ?? {};
+      if (!isObj(labels) || !Object.values(labels).every((x) => typeof x === 'string')) {
+        problems.push({ field, description: 'must map strings to strings' });
+        return {};
+      }
+      return labels as Record<string, string>;
+    },
+    backends(v: unknown, f: string): RuleSpec['backends'] {
+      if (!Array.isArray(v)) {
+        problems.push({ field: `${f}.backends`, description: 'is required (a list)' });
+        return [];
+      }
+      return v.map((b: unknown, j: number) => {
+        const bf = `${f}.backends[${j}]`;
+        if (!isObj(b)) {
+          problems.push({ field: bf, description: 'must be a mapping {ip, mac, interface, weight}' });
+          return { ip: '', mac: '', interface: '', weight: 1 };
+        }
+        this.unknownKeys(b, BACKEND_KEYS, bf);
+        const weight = b.weight ?? 1;
+        if (typeof weight !== 'number') problems.push({ field: `${bf}.weight`, description: 'must be a number' });
+        return {
+          ip: this.str(b.ip, `${bf}.ip`),
+          mac: canonicalMac(this.str(b.mac, `${bf}.mac`, true)),
+          interface: this.str(b.interface, `${bf}.interface`),
+          weight: typeof weight === 'number' ? weight : 1,
+        };
+      });
+    },
+  };
+}
+type Reader = ReturnType<typeof reader>;
+
+/** A rule in the file's own form (`port:`, `sources:`, `ingress:`). */
+function fileRule(r: Obj, f: string, ctx: Reader): RuleSpec {
+  const { problems } = ctx;
+  ctx.unknownKeys(r, RULE_KEYS, f);
+  const port = r.port;
+  if (typeof port !== 'number') problems.push({ field: `${f}.port`, description: 'is required (a number)' });
+  const protocol = r.protocol ?? 'udp';
+  if (protocol !== 'udp') problems.push({ field: `${f}.protocol`, description: 'must be udp' });
+  const udpChecksum = r.udpChecksum ?? 'update';
+  if (udpChecksum !== 'update' && udpChecksum !== 'zero') {
+    problems.push({ field: `${f}.udpChecksum`, description: 'must be update or zero' });
+  }
+  return {
+    name: ctx.str(r.name, `${f}.name`),
+    protocol: 'udp',
+    port: typeof port === 'number' ? port : 0,
+    destination: ctx.str(r.destination, `${f}.destination`, true),
+    sourcePrefixes: ctx.strList(r.sources, `${f}.sources`),
+    ingressInterfaces: ctx.strList(r.ingress, `${f}.ingress`),
+    backends: ctx.backends(r.backends, f),
+    udpChecksum: udpChecksum === 'zero' ? 'zero' : 'update',
+    labels: ctx.labels(r.labels, `${f}.labels`),
+  };
+}
+
+/**
+ * The keys of a rule in the API's form (rule.proto's Rule in the proto3 JSON mapping, what `rules list
+ * -o yaml|json` prints): lowerCamelCase or the proto's own names, as proto3 JSON parsers accept both.
+ * Output-only fields (generation, status, times) are accepted and ignored, so list -> edit -> apply
+ * round-trips.
+ */
+const API_RULE_KEYS: Record<string, string> = {
+  name: 'name',
+  match: 'match',
+  ingressInterfaces: 'ingressInterfaces',
+  ingress_interfaces: 'ingressInterfaces',
+  backends: 'backends',
+  udpChecksum: 'udpChecksum',
+  udp_checksum: 'udpChecksum',
+  labels: 'labels',
+};
+const API_OUTPUT_ONLY = new Set(['generation', 'status', 'createTime', 'create_time', 'updateTime', 'update_time']);
+const API_MATCH_KEYS: Record<string, string> = {
+  protocol: 'protocol',
+  port: 'port',
+  destination: 'destination',
+  sourcePrefixes: 'sourcePrefixes',
+  source_prefixes: 'sourcePrefixes',
+};
+/** rule.proto's enum values by name and number (proto3 JSON takes either). */
+const PROTOCOLS: Record<string, true> = { PROTOCOL_UNSPECIFIED: true, PROTOCOL_UDP: true, '0': true, '1': true };
+const CHECKSUMS: Record<string, RuleSpec['udpChecksum']> = {
+  UDP_CHECKSUM_MODE_UNSPECIFIED: 'update',
+  UDP_CHECKSUM_MODE_UPDATE: 'update',
+  UDP_CHECKSUM_MODE_ZERO: 'zero',
+  '0': 'update',
+  '1': 'update',
+  '2': 'zero',
+};
+
+/** Rename a mapping's keys by `names` (field path `f`); unknown keys and a key given twice are problems. */
+function canonical(o: Obj, names: Record<string, string>, f: string, ctx: Reader, ignore = new Set<string>()): Obj {
+  const out: Obj = {};
+  for (const [k, v] of Object.entries(o)) {
+    const name = names[k];
+    if (name === undefined) {
+      if (!ignore.has(k)) ctx.problems.push({ field: `${f}.${shortKey(k)}`, description: 'unknown key' });
+      continue;
+    }
+    if (name in out) ctx.problems.push({ field: `${f}.${shortKey(k)}`, description: `given twice (as ${name} too)` });
+    out[name] = v;
+  }
+  return out;
+}
+
+/** A rule in the API's form (a `match:` mapping): what `rules list -o yaml|json` prints. */
+function apiRule(raw: Obj, f: string, ctx: Reader): RuleSpec {
+  const { problems } = ctx;
+  const r = canonical(raw, API_RULE_KEYS, f, ctx, API_OUTPUT_ONLY);
+  let m: Obj = {};
+  if (isObj(r.match)) m = canonical(r.match, API_MATCH_KEYS, `${f}.match`, ctx);
+  else problems.push({ field: `${f}.match`, description: 'must be a mapping {port, destination, sourcePrefixes}' });
+  // proto3 JSON writes a uint32 as a number and also accepts it as a decimal string.
+  const port = typeof m.port === 'string' && /^\d{1,10}$/.test(m.port) ? Number(m.port) : m.port;
+  if (typeof port !== 'number') problems.push({ field: `${f}.match.port`, description: 'is required (a number)' });
+  if (m.protocol !== undefined && !PROTOCOLS[String(m.protocol)]) {
+    problems.push({ field: `${f}.match.protocol`, description: 'must be PROTOCOL_UDP' });
+  }
+  const udpChecksum = r.udpChecksum === undefined ? 'update' : CHECKSUMS[String(r.udpChecksum)];
+  if (udpChecksum === undefined) {
+    problems.push({
+      field: `${f}.udpChecksum`,
+      description: 'must be UDP_CHECKSUM_MODE_UPDATE or UDP_CHECKSUM_MODE_ZERO',
+    });
+  }
+  return {
+    name: ctx.str(r.name, `${f}.name`),
+    protocol: 'udp',
+    port: typeof port === 'number' ? port : 0,
+    destination: ctx.str(m.destination, `${f}.match.destination`, true),
+    sourcePrefixes: ctx.strList(m.sourcePrefixes, `${f}.match.sourcePrefixes`, false),
+    ingressInterfaces: ctx.strList(r.ingressInterfaces, `${f}.ingressInterfaces`, false),
+    backends: ctx.backends(r.backends, f),
+    udpChecksum: udpChecksum ?? 'update',
+    labels: ctx.labels(r.labels, `${f}.labels`),
+  };
 }

@@ -9,10 +9,9 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ClientError, createClientFactory, Status, type Metadata } from 'nice-grpc';
 import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
-import YAML from 'yaml';
 
-import { Link } from '../../gen/xdpctl/v1/link.js';
-import { Rule } from '../../gen/xdpctl/v1/rule.js';
+import type { Link } from '../../gen/xdpctl/v1/link.js';
+import type { Rule } from '../../gen/xdpctl/v1/rule.js';
 import { ConfigError, parseConfig, type ConfigFile } from '../../shared/config-file.js';
 import { linkSpecToProto, ruleSpecToProto } from '../../shared/proto-convert.js';
 import { HealthCheckDefinition } from '../health.js';
@@ -75,61 +74,19 @@ export function loadTls(o: GlobalOptions): { ca?: Buffer; cert?: Buffer; key?: B
   };
 }
 
-export type Obj = Record<string, unknown>;
-export const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-
 /**
- * Whether a file's `section` is in the API's JSON form (what `rules list` /
- * `links list` print with -o yaml or -o json), rather than the config-file
- * form: a rule with `match:`, a link whose direction is an enum name.
- */
-export function apiForm(root: unknown, section: 'rules' | 'links'): unknown[] | undefined {
-  if (!isObj(root) || !Array.isArray(root[section])) return undefined;
-  const list = root[section] as unknown[];
-  const api =
-    section === 'rules'
-      ? list.some((r) => isObj(r) && 'match' in r)
-      : list.some((l) => isObj(l) && ('status' in l || String(l.direction ?? '').startsWith('LINK_DIRECTION_')));
-  return api ? list : undefined;
-}
-
-/** A rule as the API prints it, output-only fields (generation, status, times) dropped. */
-export function ruleFromApi(json: unknown): Rule {
-  const { name, match, ingressInterfaces, backends, udpChecksum, labels } = Rule.fromJSON(json);
-  return { name, match, ingressInterfaces, backends, udpChecksum, labels, generation: 0n };
-}
-
-/** A link as the API prints it, status dropped. */
-export function linkFromApi(json: unknown): Link {
-  const { a, b, direction } = Link.fromJSON(json);
-  return { a, b, direction };
-}
-
-/**
- * The rules of a file for rules apply: the config-file form (xdpctld
- * --config) or the API form that `rules list -o yaml|json` prints, so that
- * list -> edit -> apply round-trips. Validation is the server's.
+ * The rules of a file for rules apply, read by the one parser the daemon's --config uses
+ * (shared/config-file.ts): the config-file form or the API form that `rules list -o yaml|json`
+ * prints, so that list -> edit -> apply round-trips, and a file either accepts the other accepts,
+ * refused with the same field-naming problems.
  */
 export function loadRules(file: string): Rule[] {
-  const text = readLocal(file, 'file').toString('utf8');
-  const api = apiForm(parseLoose(text), 'rules');
-  return api ? api.map(ruleFromApi) : loadConfig(file, 'rules', text).rules.map(ruleSpecToProto);
+  return loadConfig(file, 'rules').rules.map(ruleSpecToProto);
 }
 
 /** The links of a file for links apply (config-file form or what `links list -o yaml|json` prints). */
 export function loadLinks(file: string): Link[] {
-  const text = readLocal(file, 'file').toString('utf8');
-  const api = apiForm(parseLoose(text), 'links');
-  return api ? api.map(linkFromApi) : loadConfig(file, 'links', text).links.map(linkSpecToProto);
-}
-
-/** YAML (JSON is YAML) without throwing: the strict parser reports problems. */
-export function parseLoose(text: string): unknown {
-  try {
-    return YAML.parse(text, { maxAliasCount: 100 });
-  } catch {
-    return undefined;
-  }
+  return loadConfig(file, 'links').links.map(linkSpecToProto);
 }
 
 /** Read and parse a config file; `section` must be present (an empty list deletes everything). */
@@ -145,8 +102,7 @@ export function loadConfig(
     if (e instanceof ConfigError) throw new CliError(`${file}: ${e.message}`, EXIT.INVALID);
     throw e;
   }
-  const root: unknown = YAML.parse(text);
-  if (typeof root !== 'object' || root === null || !(section in root)) {
+  if (!cfg.sections[section]) {
     throw new CliError(
       `${file} has no "${section}:" section; nothing to apply (write "${section}: []" to delete every ${section.slice(0, -1)})`,
       EXIT.INVALID,
