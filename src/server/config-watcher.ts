@@ -24,11 +24,12 @@
  * an instruction to remove them all; `links: {}` (`rules: []`) is. A file with
  * only `links:` (the xdp-xconnect format) applies as long as no rules run.
  */
+import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readlink, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
-import { ConfigError, isEmptyConfig, parseConfig } from '../shared/config-file.js';
+import { ConfigError, isEmptyConfig, parseConfig, type FieldViolation } from '../shared/config-file.js';
 import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
 import type { Logger } from './log.js';
@@ -46,6 +47,76 @@ export interface ConfigStatus {
   lastError?: string;
 }
 
+/**
+ * Why the file on disk is not in force, as the status, health and metrics say it (daemon.proto
+ * ConfigFileStatus documents every reason).
+ */
+export type RefusalReason =
+  | 'InvalidYaml'
+  | 'InvalidFile'
+  | 'InvalidValue'
+  | 'InterfaceMissing'
+  | 'SectionMissing'
+  | 'Empty'
+  | 'Unreadable'
+  | 'PreconditionFailed'
+  | 'TableFull'
+  | 'NotApplied';
+
+/**
+ * Whether the file on disk is in force, as last observed (daemon.proto ConfigFileStatus): what the
+ * status reply, the `xdpctl.config` health service and the xdpctl.config.* metrics report.
+ */
+export interface ConfigReport {
+  /** The file, absolute. */
+  path: string;
+  /** The text on disk is applied. */
+  inForce: boolean;
+  /** `Applied`, or why the text on disk was refused. */
+  reason: 'Applied' | RefusalReason;
+  /** The refusal as logged ('' while in force). */
+  message: string;
+  /** What was refused, by field path in the file (empty while in force). */
+  problems: FieldViolation[];
+  /** When inForce last changed (ms since the epoch). */
+  since: number;
+  /** The refused text's SHA-256 (hex) and when it was refused. */
+  refusedSha256?: string;
+  refusedAt?: number;
+  /** The text this daemon last applied: SHA-256 (hex) and when. */
+  appliedSha256?: string;
+  appliedAt?: number;
+  /** What the datapath runs, in words. */
+  running: string;
+}
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** The refusal's reason and field problems from what the parser or the controller threw. */
+function refusalOf(e: unknown): { reason: RefusalReason; problems: FieldViolation[] } {
+  if (e instanceof ConfigError) return { reason: e.syntax ? 'InvalidYaml' : 'InvalidFile', problems: e.problems };
+  if (e instanceof CoreError) {
+    const reason: RefusalReason =
+      e.kind === 'invalid'
+        ? 'InvalidValue'
+        : e.kind === 'not-found'
+          ? 'InterfaceMissing'
+          : e.kind === 'precondition' || e.kind === 'busy' || e.kind === 'conflict'
+            ? 'PreconditionFailed'
+            : e.kind === 'exhausted'
+              ? 'TableFull'
+              : 'NotApplied';
+    return { reason, problems: e.violations.length ? e.violations : [leadingField(e.message)] };
+  }
+  return { reason: 'NotApplied', problems: [leadingField((e as Error).message ?? String(e))] };
+}
+
+/** A message that opens with a field path (`links[1]: attach xdp to br0: ...`) as a problem of that field. */
+function leadingField(message: string): FieldViolation {
+  const m = /^((?:rules|links)(?:\[\d+\]|\.[\w"]+)*(?:\[[^\]]*\])*): (.*)$/s.exec(message);
+  return m ? { field: m[1], description: m[2] } : { field: '', description: message };
+}
+
 export class ConfigWatcher {
   readonly status: ConfigStatus;
   /** Watched directories, each with the entry names in it whose change can change the file's text. */
@@ -56,12 +127,72 @@ export class ConfigWatcher {
   /** The text last refused, with lastError: the same refusal of the same text is said once. */
   private refusedText?: string;
 
+  /** Whether the file on disk is in force, and since when; see {@link report}. */
+  private state: {
+    inForce: boolean;
+    reason: ConfigReport['reason'];
+    message: string;
+    problems: FieldViolation[];
+    since: number;
+    refusedSha256?: string;
+    refusedAt?: number;
+  };
+
   constructor(
     path: string,
     private readonly ctl: Controller,
     private readonly log: Logger,
+    /** Called whenever the report changes (the daemon sets the `xdpctl.config` health service from it). */
+    private readonly onReport: (r: ConfigReport) => void = () => undefined,
   ) {
     this.status = { path: resolve(path) };
+    this.state = { inForce: false, reason: 'NotApplied', message: 'not read yet', problems: [], since: Date.now() };
+  }
+
+  /** Whether the file on disk is in force, why not, and what the datapath runs instead. */
+  report(): ConfigReport {
+    const counts = this.ctl.desiredCounts();
+    const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+    const size = `${plural(counts.rules, 'rule')}, ${plural(counts.links, 'link')}`;
+    const applied = this.status.applied;
+    const running =
+      applied !== undefined
+        ? `the file as applied at ${new Date(this.status.appliedAt!).toISOString()} (sha256 ${sha256(applied).slice(0, 12)}), ${size}`
+        : counts.rules + counts.links > 0
+          ? `the configuration restored from the state store at start, ${size}`
+          : 'no configuration';
+    return {
+      path: this.status.path,
+      ...this.state,
+      problems: [...this.state.problems],
+      appliedSha256: applied === undefined ? undefined : sha256(applied),
+      appliedAt: this.status.appliedAt,
+      running,
+    };
+  }
+
+  /** The file on disk is in force (text just applied, or unchanged). */
+  private inForce(): void {
+    if (!this.state.inForce) {
+      this.state = { inForce: true, reason: 'Applied', message: '', problems: [], since: Date.now() };
+    }
+    this.onReport(this.report());
+  }
+
+  /** The text on disk was refused. */
+  private refused(reason: RefusalReason, message: string, problems: FieldViolation[], text: string | undefined): void {
+    const now = Date.now();
+    const sha = text === undefined ? undefined : sha256(text);
+    this.state = {
+      inForce: false,
+      reason,
+      message,
+      problems: problems.slice(0, 20),
+      since: this.state.inForce ? now : this.state.since,
+      refusedSha256: sha,
+      refusedAt: this.state.refusedSha256 === sha && this.state.reason === reason ? this.state.refusedAt : now,
+    };
+    this.onReport(this.report());
   }
 
   /** Apply the file once, then follow it. */
@@ -143,11 +274,14 @@ export class ConfigWatcher {
     } catch (e) {
       // Between an editor's unlink and rename the file may be missing.
       if (!retried) return this.schedule(RETRY_MS, true);
-      return this.fail(`read ${this.status.path}: ${(e as Error).message}`, undefined);
+      return this.fail(`read ${this.status.path}: ${(e as Error).message}`, undefined, 'error', '', {
+        reason: 'Unreadable',
+        problems: [{ field: '', description: (e as Error).message }],
+      });
     }
     // Unchanged and in force: nothing to do. After a refusal the same text is applied again (the kernel holds
     // the last good configuration, which may be this very text: re-applying it is a no-op or a repair).
-    if (text === this.status.applied && this.status.lastError === undefined) return;
+    if (text === this.status.applied && this.status.lastError === undefined) return this.inForce();
     if (isEmptyConfig(text)) {
       if (!retried) return this.schedule(RETRY_MS, true);
       // A warning, not an error: what an editor leaves for a moment; nothing is wrong with what runs.
@@ -155,6 +289,8 @@ export class ConfigWatcher {
         `config ${this.status.path} is empty (write "links: {}" to remove every link, "rules: []" every rule)`,
         text,
         'warn',
+        '',
+        { reason: 'Empty', problems: [{ field: '', description: 'the file holds no configuration' }] },
       );
     }
     let cfg;
@@ -162,7 +298,7 @@ export class ConfigWatcher {
       cfg = parseConfig(text);
     } catch (e) {
       if (e instanceof ConfigError && e.syntax && !retried) return this.schedule(RETRY_MS, true);
-      return this.fail(`invalid config ${this.status.path}: ${(e as Error).message}`, text);
+      return this.fail(`invalid config ${this.status.path}: ${(e as Error).message}`, text, 'error', '', refusalOf(e));
     }
     const inForce = this.ctl.desiredCounts();
     const dropped = (['links', 'rules'] as const).filter((k) => !cfg.sections[k] && inForce[k] > 0);
@@ -178,6 +314,14 @@ export class ConfigWatcher {
           .join(' and ')}: not applied (${dropped.map(clear).join(', ')})`,
         text,
         'warn',
+        '',
+        {
+          reason: 'SectionMissing',
+          problems: dropped.map((k) => ({
+            field: k,
+            description: `is missing while ${inForce[k]} ${k === 'links' ? (inForce[k] === 1 ? 'link runs' : 'links run') : inForce[k] === 1 ? 'rule runs' : 'rules run'}`,
+          })),
+        },
       );
     }
     try {
@@ -187,6 +331,7 @@ export class ConfigWatcher {
       this.status.lastError = undefined;
       this.refusedText = undefined;
       this.ctl.setConfigProblem(undefined);
+      this.inForce();
       this.log.info(
         {
           config: this.status.path,
@@ -210,25 +355,37 @@ export class ConfigWatcher {
         text,
         'error',
         missing ? '; the file is tried again until the interface exists' : '',
+        refusalOf(e),
       );
       if (missing && !this.closed) this.schedule(MISSING_RETRY_MS, false);
     }
   }
 
   /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */
-  private fail(message: string, text: string | undefined, level: 'warn' | 'error' = 'error', note = ''): void {
+  private fail(
+    message: string,
+    text: string | undefined,
+    level: 'warn' | 'error',
+    note: string,
+    why: { reason: RefusalReason; problems: FieldViolation[] },
+  ): void {
     if (this.status.lastError === message && this.refusedText === text) return;
     this.status.lastError = message;
     this.refusedText = text;
+    this.refused(why.reason, message, why.problems, text);
     if (this.status.applied === undefined && this.ctl.desiredEmpty) {
       // Nothing of any configuration runs (a first start with a bad file, no stored state): not "as desired".
       const problem = `${message}; no configuration runs${note}`;
       this.ctl.setConfigProblem(problem);
-      this.log[level]({ config: this.status.path }, problem);
+      this.log[level]({ config: this.status.path, reason: why.reason, field: why.problems[0]?.field }, problem);
       return;
     }
     this.ctl.setConfigProblem(undefined);
-    this.log[level]({ config: this.status.path }, `${message}; the last good configuration keeps running${note}`);
+    const r = this.report();
+    this.log[level](
+      { config: this.status.path, reason: r.reason, field: r.problems[0]?.field, running: r.running },
+      `${message}; the last good configuration keeps running (${r.running})${note}`,
+    );
   }
 
   close(): void {

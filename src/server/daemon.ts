@@ -75,6 +75,7 @@ import { errorMiddleware } from './services/status.js';
 import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
+import { registerConfigMetrics } from './telemetry/config-metrics.js';
 import { registerStateMetrics } from './telemetry/state-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
@@ -161,6 +162,13 @@ export const DEFAULTS = {
  * state needs is missing (the daemon itself keeps SERVING).
  */
 export const DATAPATH_HEALTH = 'xdpctl.datapath';
+
+/**
+ * Health service name (with --config only) that is SERVING while the config file on disk is in force and
+ * NOT_SERVING while it is refused (the datapath then runs the last good configuration; DaemonService
+ * GetStatus says which file, since when and why).
+ */
+export const CONFIG_HEALTH = 'xdpctl.config';
 
 export const SERVICE_NAMES = [
   'xdpctl.v1.RuleService',
@@ -387,7 +395,11 @@ export class Daemon {
     });
     const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
     const unregisterState = registerStateMetrics(metrics.getMeter('xdpctld', VERSION), controller);
+    /** Config-file mode's watcher, once made (the status, its health service and its metrics report it). */
+    let config: ConfigWatcher | undefined;
+    const unregisterConfig = registerConfigMetrics(() => config?.report(), { name: 'xdpctld', version: VERSION });
     const unregisterMetrics = () => {
+      unregisterConfig();
       unregisterState();
       unregisterDatapath();
       unregisterLoop();
@@ -417,7 +429,12 @@ export class Daemon {
       links: linkService(controller),
       interfaces: interfaceService(controller),
       counters: counterService(hub),
-      daemon: daemonService(controller, dp, { version: VERSION, startedAt, serving: () => ready.value }),
+      daemon: daemonService(controller, dp, {
+        version: VERSION,
+        startedAt,
+        serving: () => ready.value,
+        configFile: () => config?.report(),
+      }),
       health: HealthServiceImpl(health),
     };
     // nice-grpc binds one address per server: one server per listener, same services.
@@ -522,7 +539,9 @@ export class Daemon {
       if (stored) await controller.restore(stored);
       else controller.reconcile();
       if (opts.configPath) {
-        daemon.config = new ConfigWatcher(opts.configPath, controller, log);
+        daemon.config = config = new ConfigWatcher(opts.configPath, controller, log, (r) =>
+          health.setStatus(r.inForce ? 'healthy' : 'unhealthy', CONFIG_HEALTH),
+        );
         await daemon.config.start();
       }
       // Pinned maps of another capacity or layout: the new maps now hold the
@@ -838,6 +857,7 @@ export class Daemon {
       this.stateDirWatch?.close();
       this.health.setStatus('unhealthy');
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
+      if (this.config) this.health.setStatus('unhealthy', CONFIG_HEALTH);
       this.config?.close();
       this.hub.close(); // WatchCounters streams end with UNAVAILABLE
       this.terminator?.terminate(); // health Watch streams too, after their NOT_SERVING

@@ -1,19 +1,49 @@
-/** DaemonService: version, readiness and a datapath summary. */
+/** DaemonService: version, readiness, a datapath summary and, with --config, whether the file is in force. */
 import type { ServiceImplementation } from 'nice-grpc';
 
+import type { ConfigReport } from '../config-watcher.js';
 import type { Controller } from '../core/controller.js';
 import type { Dataplane } from '../core/dataplane.js';
-import type { DaemonServiceDefinition } from '../../gen/xdpctl/v1/daemon.js';
+import { ConditionStatus } from '../../gen/xdpctl/v1/common.js';
+import type { ConfigFileStatus, DaemonServiceDefinition } from '../../gen/xdpctl/v1/daemon.js';
+
+/** A config watcher's report as the API's ConfigFileStatus (daemon.proto). */
+export function configFileStatus(r: ConfigReport): ConfigFileStatus {
+  return {
+    path: r.path,
+    inForce: r.inForce,
+    inForceCondition: {
+      type: 'InForce',
+      status: r.inForce ? ConditionStatus.CONDITION_STATUS_TRUE : ConditionStatus.CONDITION_STATUS_FALSE,
+      reason: r.reason,
+      message: r.inForce ? `the file on disk is applied: ${r.running}` : `${r.message}; the datapath runs ${r.running}`,
+      lastTransitionTime: new Date(r.since),
+    },
+    problems: r.problems.map((p) => ({ field: p.field, description: p.description })),
+    refusedSha256: r.inForce ? '' : (r.refusedSha256 ?? ''),
+    refusedTime: r.inForce || r.refusedAt === undefined ? undefined : new Date(r.refusedAt),
+    appliedSha256: r.appliedSha256 ?? '',
+    appliedTime: r.appliedAt === undefined ? undefined : new Date(r.appliedAt),
+    running: r.running,
+  };
+}
 
 export function daemonService(
   ctl: Controller,
   dp: Dataplane,
-  info: { version: string; startedAt: number; serving: () => boolean },
+  info: {
+    version: string;
+    startedAt: number;
+    serving: () => boolean;
+    /** Config-file mode's report; undefined without --config. */
+    configFile?: () => ConfigReport | undefined;
+  },
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
     async getStatus() {
       const up = Date.now() - info.startedAt;
       const state = ctl.desiredState();
+      const config = info.configFile?.();
       return {
         version: info.version,
         serving: info.serving(),
@@ -26,6 +56,7 @@ export function daemonService(
           warnings: [...dp.warnings],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
+        configFile: config && configFileStatus(config),
       };
     },
   };

@@ -18,6 +18,7 @@ import type { Writable } from 'node:stream';
 import type { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
 import type { MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
 
+import { configMetrics } from './config-metrics.js';
 import { datapathMetrics } from './datapath-metrics.js';
 
 /** Where `--prometheus` without a value listens. */
@@ -77,7 +78,10 @@ export class PrometheusEndpoint {
       rest: new PrometheusSerializer(undefined, false, undefined, true),
     };
     // The datapath's per-object counters come from their own producer (see datapath-metrics.ts).
-    const reader = new PrometheusExporter({ preventServerStart: true, metricProducers: [datapathMetrics] });
+    const reader = new PrometheusExporter({
+      preventServerStart: true,
+      metricProducers: [datapathMetrics, configMetrics],
+    });
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
       if (path !== '/metrics') {

@@ -27,6 +27,7 @@ import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metri
 import type { SpanProcessor } from '@opentelemetry/sdk-trace';
 
 import type { Logger } from '../log.js';
+import { configMetrics } from './config-metrics.js';
 import { datapathMetrics } from './datapath-metrics.js';
 import { isLoopback, PROMETHEUS_DEFAULT, PrometheusEndpoint, type HostPort } from './prometheus.js';
 
@@ -95,7 +96,7 @@ async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
       exporter,
       exportIntervalMillis: interval,
       exportTimeoutMillis: timeout,
-      metricProducers: [datapathMetrics],
+      metricProducers: [datapathMetrics, configMetrics],
     });
   };
   const names = list(process.env.OTEL_METRICS_EXPORTER);

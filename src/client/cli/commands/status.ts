@@ -2,16 +2,34 @@
 import type { Command } from 'commander';
 import { ClientError, Status } from 'nice-grpc';
 
-import { GetStatusResponse } from '../../../gen/xdpctl/v1/daemon.js';
+import { GetStatusResponse, type ConfigFileStatus } from '../../../gen/xdpctl/v1/daemon.js';
 import { CliError, EXIT } from '../errors.js';
 import { examples } from '../flags.js';
 import { formatDuration, HEALTH, orDash, print, printData, renderFields, yesNo } from '../output.js';
 import { run } from '../session.js';
 
+/** The status lines of config-file mode (daemon.proto ConfigFileStatus). */
+function configRows(c: ConfigFileStatus, health: string): [string, string][] {
+  const rows: [string, string][] = [
+    ['config file', c.path],
+    ['config in force', c.inForce ? 'yes' : `no (${c.inForceCondition?.reason ?? 'refused'})`],
+    ['config health', health],
+  ];
+  if (!c.inForce) {
+    const since = c.inForceCondition?.lastTransitionTime;
+    if (since) rows.push(['not in force since', since.toISOString()]);
+    for (const p of c.problems) rows.push(['refused', p.field ? `${p.field}: ${p.description}` : p.description]);
+  }
+  rows.push(['running', c.running]);
+  return rows;
+}
+
 export function registerStatus(program: Command): void {
   program
     .command('status')
-    .description("the daemon's version, health and datapath summary")
+    .description(
+      "the daemon's version, health and datapath summary; with xdpctld --config, whether the file on disk is in force",
+    )
     .addHelpText('after', examples('xdpctl status\nxdpctl --server unix:/run/xdpctl/xdpctl.sock -o json status'))
     .action(
       run(async (s, o) => {
@@ -26,7 +44,13 @@ export function registerStatus(program: Command): void {
             throw e;
           }
         };
-        const healthBy = { '': await check(''), 'xdpctl.datapath': await check('xdpctl.datapath') };
+        const cfg = res.configFile;
+        const healthBy: Record<string, string> = {
+          '': await check(''),
+          'xdpctl.datapath': await check('xdpctl.datapath'),
+          // Only with --config: whether the file on disk is in force.
+          ...(cfg ? { 'xdpctl.config': await check('xdpctl.config') } : {}),
+        };
         if (o.output !== 'table') {
           return printData(o.output, { ...(GetStatusResponse.toJSON(res) as object), health: healthBy });
         }
@@ -46,6 +70,8 @@ export function registerStatus(program: Command): void {
             ['uptime', res.uptime ? formatDuration(Number(res.uptime.seconds)) : '-'],
             // What the datapath cannot do (e.g. failed redirects not counted): one line each.
             ...(d?.warnings ?? []).map((w): [string, string] => ['warning', w]),
+            // Config-file mode: whether the file on disk is in force; if not, since when, why, and what runs.
+            ...(cfg ? configRows(cfg, healthBy['xdpctl.config']) : []),
           ]),
         );
       }),
@@ -55,7 +81,11 @@ export function registerStatus(program: Command): void {
   program
     .command('health')
     .description('gRPC health check; exits 0 when SERVING, 10 otherwise (for liveness/readiness probes)')
-    .option('--service <name>', 'health service: "" (the daemon) or xdpctl.datapath (its interfaces)', '')
+    .option(
+      '--service <name>',
+      'health service: "" (the daemon), xdpctl.datapath (its interfaces) or xdpctl.config (the --config file on disk is in force)',
+      '',
+    )
     .addHelpText(
       'after',
       examples('xdpctl --server unix:/run/xdpctl/xdpctl.sock health\nxdpctl health --service xdpctl.datapath'),

@@ -8,6 +8,8 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
 import { Duration } from "../../google/protobuf/duration.js";
+import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { Condition } from "./common.js";
 
 export const protobufPackage = "xdpctl.v1";
 
@@ -30,7 +32,91 @@ export interface GetStatusResponse {
     | DatapathStatus
     | undefined;
   /** Time since the daemon started. */
-  uptime?: Duration | undefined;
+  uptime?:
+    | Duration
+    | undefined;
+  /**
+   * Config-file mode (xdpctld --config FILE): whether the file on disk is
+   * the configuration the datapath runs, and if not, why and what runs
+   * instead. Unset without --config.
+   */
+  configFile?: ConfigFileStatus | undefined;
+}
+
+/**
+ * Whether the config file on disk (xdpctld --config) is in force, as the
+ * daemon observed when it last read the file (it reads it on every change of
+ * the file, and every second while an interface it names is missing). The
+ * same facts are on the health service "xdpctl.config" (NOT_SERVING while
+ * the file on disk is not in force) and on the metrics
+ * xdpctl.config.in_force and xdpctl.config.refused.
+ */
+export interface ConfigFileStatus {
+  /** The file, as an absolute path, e.g. "/etc/xdpctl/xdpctl.yaml". */
+  path: string;
+  /**
+   * Whether the text now on disk is applied: the datapath runs what it
+   * says. False while the file is refused (bad YAML, a value that fails
+   * validation, an interface that does not exist, a missing section while
+   * entries run, an empty file, a change the kernel refuses): the datapath
+   * then runs the last good configuration (`running`).
+   */
+  inForce: boolean;
+  /**
+   * The condition "InForce": status TRUE with reason "Applied", or FALSE
+   * with the refusal's reason: "InvalidYaml" (a syntax error),
+   * "InvalidFile" (a key or type the format does not have),
+   * "InvalidValue" (a value validation refuses), "InterfaceMissing",
+   * "SectionMissing" (no `links:` or `rules:` while entries run), "Empty",
+   * "Unreadable", "PreconditionFailed" (e.g. an egress that cannot take
+   * native redirects), "TableFull" or "NotApplied" (another refusal);
+   * message: the refusal as logged. last_transition_time: since when the
+   * file on disk is (or is not) in force.
+   */
+  inForceCondition?:
+    | Condition
+    | undefined;
+  /**
+   * What was refused, each with its field path in the file, e.g.
+   * `rules[0].match.port`, `links[1].b`, `links.eth0`, or `line 3, column
+   * 7` for a YAML syntax error; at most 20. Empty while in force.
+   */
+  problems: ConfigProblem[];
+  /** SHA-256 (hex) of the refused text. Empty while in force. */
+  refusedSha256: string;
+  /** When the text now on disk was refused. Unset while in force. */
+  refusedTime?:
+    | Date
+    | undefined;
+  /**
+   * SHA-256 (hex) of the file text this daemon last applied: the last good
+   * configuration. Empty when this daemon has applied none since it started
+   * (the datapath then runs what it restored from the state store, or
+   * nothing: `running` says which).
+   */
+  appliedSha256: string;
+  /** When this daemon applied that text. Unset when it applied none. */
+  appliedTime?:
+    | Date
+    | undefined;
+  /**
+   * What the datapath runs, in words, e.g. "the file as applied at
+   * 2026-12-05T13:00:00.000Z (sha256 1f2e3d4c5b6a), 2 rules, 1 link" or
+   * "the configuration restored from the state store at start, 2 rules, 1
+   * link" or "no configuration".
+   */
+  running: string;
+}
+
+/** One refused part of a config file. */
+export interface ConfigProblem {
+  /**
+   * Path of the field in the file, e.g. `rules[0].backends[1].mac`; empty
+   * when the problem is the whole file.
+   */
+  field: string;
+  /** What is wrong with it, e.g. "must be between 1 and 65535". */
+  description: string;
 }
 
 /** Summary of the loaded XDP datapath. */
@@ -113,7 +199,7 @@ export const GetStatusRequest: MessageFns<GetStatusRequest> = {
 };
 
 function createBaseGetStatusResponse(): GetStatusResponse {
-  return { version: "", serving: false, datapath: undefined, uptime: undefined };
+  return { version: "", serving: false, datapath: undefined, uptime: undefined, configFile: undefined };
 }
 
 export const GetStatusResponse: MessageFns<GetStatusResponse> = {
@@ -129,6 +215,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.uptime !== undefined) {
       Duration.encode(message.uptime, writer.uint32(34).fork()).join();
+    }
+    if (message.configFile !== undefined) {
+      ConfigFileStatus.encode(message.configFile, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -178,6 +267,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.uptime = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.configFile = ConfigFileStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -196,6 +293,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
       serving: isSet(object.serving) ? globalThis.Boolean(object.serving) : false,
       datapath: isSet(object.datapath) ? DatapathStatus.fromJSON(object.datapath) : undefined,
       uptime: isSet(object.uptime) ? Duration.fromJSON(object.uptime) : undefined,
+      configFile: isSet(object.configFile)
+        ? ConfigFileStatus.fromJSON(object.configFile)
+        : isSet(object.config_file)
+        ? ConfigFileStatus.fromJSON(object.config_file)
+        : undefined,
     };
   },
 
@@ -213,6 +315,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.uptime !== undefined) {
       obj.uptime = Duration.toJSON(message.uptime);
     }
+    if (message.configFile !== undefined) {
+      obj.configFile = ConfigFileStatus.toJSON(message.configFile);
+    }
     return obj;
   },
 
@@ -229,6 +334,329 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.uptime = (object.uptime !== undefined && object.uptime !== null)
       ? Duration.fromPartial(object.uptime)
       : undefined;
+    message.configFile = (object.configFile !== undefined && object.configFile !== null)
+      ? ConfigFileStatus.fromPartial(object.configFile)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseConfigFileStatus(): ConfigFileStatus {
+  return {
+    path: "",
+    inForce: false,
+    inForceCondition: undefined,
+    problems: [],
+    refusedSha256: "",
+    refusedTime: undefined,
+    appliedSha256: "",
+    appliedTime: undefined,
+    running: "",
+  };
+}
+
+export const ConfigFileStatus: MessageFns<ConfigFileStatus> = {
+  encode(message: ConfigFileStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.inForce !== false) {
+      writer.uint32(16).bool(message.inForce);
+    }
+    if (message.inForceCondition !== undefined) {
+      Condition.encode(message.inForceCondition, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.problems) {
+      ConfigProblem.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.refusedSha256 !== "") {
+      writer.uint32(42).string(message.refusedSha256);
+    }
+    if (message.refusedTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.refusedTime), writer.uint32(50).fork()).join();
+    }
+    if (message.appliedSha256 !== "") {
+      writer.uint32(58).string(message.appliedSha256);
+    }
+    if (message.appliedTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.appliedTime), writer.uint32(66).fork()).join();
+    }
+    if (message.running !== "") {
+      writer.uint32(74).string(message.running);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigFileStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigFileStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.inForce = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.inForceCondition = Condition.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.problems.push(ConfigProblem.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.refusedSha256 = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.refusedTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.appliedSha256 = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.appliedTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.running = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigFileStatus {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      inForce: isSet(object.inForce)
+        ? globalThis.Boolean(object.inForce)
+        : isSet(object.in_force)
+        ? globalThis.Boolean(object.in_force)
+        : false,
+      inForceCondition: isSet(object.inForceCondition)
+        ? Condition.fromJSON(object.inForceCondition)
+        : isSet(object.in_force_condition)
+        ? Condition.fromJSON(object.in_force_condition)
+        : undefined,
+      problems: globalThis.Array.isArray(object?.problems)
+        ? object.problems.map((e: any) => ConfigProblem.fromJSON(e))
+        : [],
+      refusedSha256: isSet(object.refusedSha256)
+        ? globalThis.String(object.refusedSha256)
+        : isSet(object.refused_sha256)
+        ? globalThis.String(object.refused_sha256)
+        : "",
+      refusedTime: isSet(object.refusedTime)
+        ? fromJsonTimestamp(object.refusedTime)
+        : isSet(object.refused_time)
+        ? fromJsonTimestamp(object.refused_time)
+        : undefined,
+      appliedSha256: isSet(object.appliedSha256)
+        ? globalThis.String(object.appliedSha256)
+        : isSet(object.applied_sha256)
+        ? globalThis.String(object.applied_sha256)
+        : "",
+      appliedTime: isSet(object.appliedTime)
+        ? fromJsonTimestamp(object.appliedTime)
+        : isSet(object.applied_time)
+        ? fromJsonTimestamp(object.applied_time)
+        : undefined,
+      running: isSet(object.running) ? globalThis.String(object.running) : "",
+    };
+  },
+
+  toJSON(message: ConfigFileStatus): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.inForce !== false) {
+      obj.inForce = message.inForce;
+    }
+    if (message.inForceCondition !== undefined) {
+      obj.inForceCondition = Condition.toJSON(message.inForceCondition);
+    }
+    if (message.problems?.length) {
+      obj.problems = message.problems.map((e) => ConfigProblem.toJSON(e));
+    }
+    if (message.refusedSha256 !== "") {
+      obj.refusedSha256 = message.refusedSha256;
+    }
+    if (message.refusedTime !== undefined) {
+      obj.refusedTime = message.refusedTime.toISOString();
+    }
+    if (message.appliedSha256 !== "") {
+      obj.appliedSha256 = message.appliedSha256;
+    }
+    if (message.appliedTime !== undefined) {
+      obj.appliedTime = message.appliedTime.toISOString();
+    }
+    if (message.running !== "") {
+      obj.running = message.running;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigFileStatus>): ConfigFileStatus {
+    return ConfigFileStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigFileStatus>): ConfigFileStatus {
+    const message = createBaseConfigFileStatus();
+    message.path = object.path ?? "";
+    message.inForce = object.inForce ?? false;
+    message.inForceCondition = (object.inForceCondition !== undefined && object.inForceCondition !== null)
+      ? Condition.fromPartial(object.inForceCondition)
+      : undefined;
+    message.problems = object.problems?.map((e) => ConfigProblem.fromPartial(e)) || [];
+    message.refusedSha256 = object.refusedSha256 ?? "";
+    message.refusedTime = object.refusedTime ?? undefined;
+    message.appliedSha256 = object.appliedSha256 ?? "";
+    message.appliedTime = object.appliedTime ?? undefined;
+    message.running = object.running ?? "";
+    return message;
+  },
+};
+
+function createBaseConfigProblem(): ConfigProblem {
+  return { field: "", description: "" };
+}
+
+export const ConfigProblem: MessageFns<ConfigProblem> = {
+  encode(message: ConfigProblem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.field !== "") {
+      writer.uint32(10).string(message.field);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigProblem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigProblem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigProblem {
+    return {
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: ConfigProblem): unknown {
+    const obj: any = {};
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigProblem>): ConfigProblem {
+    return ConfigProblem.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigProblem>): ConfigProblem {
+    const message = createBaseConfigProblem();
+    message.field = object.field ?? "";
+    message.description = object.description ?? "";
     return message;
   },
 };
@@ -449,6 +877,28 @@ export type DeepPartial<T> = T extends bigint ? string | number | bigint
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = BigInt(Math.trunc(date.getTime() / 1_000));
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (globalThis.Number(t.seconds.toString()) || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

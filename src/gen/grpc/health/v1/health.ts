@@ -15,8 +15,9 @@ export const protobufFileName = "grpc/health/v1/health.proto";
 /** Which service to check. */
 export interface HealthCheckRequest {
   /**
-   * A service name such as "xdpctl.v1.RuleService" or "xdpctl.datapath";
-   * the empty string asks about the server as a whole.
+   * A service name such as "xdpctl.v1.RuleService", "xdpctl.datapath" or,
+   * with xdpctld --config, "xdpctl.config" (NOT_SERVING while the file on
+   * disk is refused); the empty string asks about the server as a whole.
    */
   service: string;
 }
