@@ -780,13 +780,22 @@ export class Daemon {
     this.store = fresh;
     this.storeLost = false;
     this.kernel?.rewriteHostChanges();
-    const state = this.controller.storedState();
+    // Counted from the fresh store, read back: what is on disk now, not what was handed to it.
+    let state: { rules: unknown[]; links: unknown[] } | undefined;
+    try {
+      state = fresh!.load();
+    } catch {
+      state = undefined;
+    }
+    const held = state
+      ? `${state.rules.length} rule(s), ${state.links.length} link(s), read back`
+      : 'not readable back';
     this.log.error(
-      { stateDir: dir, rules: state.rules.length, links: state.links.length, path: fresh!.path },
+      { stateDir: dir, rules: state?.rules.length, links: state?.links.length, path: fresh!.path },
       `STATE DIRECTORY ${dir} WAS REMOVED OR REPLACED UNDER THE RUNNING DAEMON: ` +
         (how === 'created' ? 'created again (0700)' : 'the directory now there used') +
         `, locked again (a second daemon on it is refused), and the desired state this daemon holds ` +
-        `(${state.rules.length} rule(s), ${state.links.length} link(s)) written into a fresh store at ` +
+        `(${held}) written into a fresh store at ` +
         `${fresh!.path}; anything else that was kept there is gone`,
     );
   }

@@ -899,6 +899,9 @@ export class Controller {
         adopted.push(op);
       }
     }
+    // Whether the kernel's tables held any rule entry before: none means new maps (a --max-rules or layout
+    // migration, or pins removed), where every entry is written, not found to differ.
+    const before = this.dp.listMatches().length;
     const undo = new UndoLog();
     let r: Awaited<ReturnType<typeof adoptRules>>;
     try {
@@ -913,13 +916,24 @@ export class Controller {
       this.state.failed.delete(name);
     }
     releaseUnusedInterfaces(this.ctx);
-    if (r.repaired.length) {
+    // Said from what the comparison found and what the kernel then holds (read back), not from the plan.
+    const slots = new Set([...r.kernel.values()].map((k) => k.slot));
+    const inKernel = this.dp.listMatches().filter(([, slot]) => slots.has(slot)).length;
+    if (r.repaired.length && before === 0) {
+      this.log.info(
+        { written: r.repaired.slice(0, 100), count: r.repaired.length },
+        `adopted rules written into empty tables (new maps: a --max-rules or layout migration, or pins removed): ${r.repaired.length} entries written`,
+      );
+    } else if (r.repaired.length) {
       this.log.warn(
         { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
-        'adopted rules: kernel entries that differed from the stored state were rewritten',
+        `adopted rules: ${r.repaired.length} kernel entries differed from the stored state (compared one by one) and were rewritten`,
       );
     }
-    this.log.info({ adopted: r.kernel.size, repaired: r.repaired.length }, 'rules adopted in place');
+    this.log.info(
+      { adopted: r.kernel.size, written: r.repaired.length, inKernel },
+      `rules adopted in place: ${r.kernel.size}, ${r.repaired.length} entries written, ${inKernel} match entries read back from the kernel`,
+    );
     return rest;
   }
 

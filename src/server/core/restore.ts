@@ -141,7 +141,78 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   releaseStrayAttachments(ctx);
   // No second recount of the port index: it was made exact before anything else, and every match entry
   // written or removed since went through putMatch/deleteMatch, which keep it exact.
-  ctx.log.info({ rules: stored.rules.length, links: stored.links.length, orphans: orphans.length }, 'restored');
+  const seen = observedRestore(
+    ctx,
+    stored,
+    facts,
+    new Set(stored.rules.filter((r) => !isReady.has(r)).map((r) => r.name)),
+  );
+  ctx.log.info({ ...seen.counts, orphans: orphans.length }, `restored: ${seen.text}`);
+}
+
+/**
+ * What a restore put in the kernel, read back from it (not what was stored or attempted): a rule counts
+ * when every match entry it needs is in the kernel pointing at its slot, a link when every direction it
+ * needs is in the devmap from its ingress's ifindex to its egress's. Rules and links waiting for an
+ * interface, and rules marked FAILED, are counted apart.
+ */
+export function observedRestore(
+  ctx: ExecContext,
+  stored: StoredState,
+  facts: Facts,
+  waitingRules: ReadonlySet<string>,
+): {
+  counts: {
+    rules: { stored: number; inKernel: number; waiting: number; failed: number };
+    links: { stored: number; inKernel: number; waiting: number; failed: number };
+  };
+  text: string;
+} {
+  const { dp, state } = ctx;
+  const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
+  let rulesIn = 0;
+  for (const r of stored.rules) {
+    const k = state.ruleKernel.get(r.name);
+    if (k && k.matchKeys.length > 0 && k.matchKeys.every((m) => matches.get(matchId(m)) === k.slot)) rulesIn++;
+  }
+  const ruleFailed = stored.rules.filter((r) => state.failed.has(r.name)).length;
+  const devmap = new Map(dp.listLinks());
+  const ifindex = (name: string) => {
+    if (!facts.interfaces.has(name)) fetchInterfaces(dp, [name], facts);
+    return facts.interfaces.get(name)?.ifindex;
+  };
+  let linksIn = 0;
+  let linksWaiting = 0;
+  for (const l of stored.links) {
+    const a = ifindex(l.a);
+    const b = ifindex(l.b);
+    if (a === undefined || b === undefined) {
+      linksWaiting++;
+      continue;
+    }
+    if (devmap.get(a) === b && (l.direction !== 'both' || devmap.get(b) === a)) linksIn++;
+  }
+  const counts = {
+    rules: { stored: stored.rules.length, inKernel: rulesIn, waiting: waitingRules.size, failed: ruleFailed },
+    links: {
+      stored: stored.links.length,
+      inKernel: linksIn,
+      waiting: linksWaiting,
+      failed: stored.links.length - linksIn - linksWaiting,
+    },
+  };
+  const n = (x: number, what: string) => `${x} ${what}${x === 1 ? '' : 's'}`;
+  const verb = (x: number) => (x === 1 ? 'waits for its' : 'wait for their');
+  const notes = [
+    counts.rules.waiting ? `${n(counts.rules.waiting, 'rule')} ${verb(counts.rules.waiting)} interfaces` : '',
+    counts.rules.failed ? `${n(counts.rules.failed, 'rule')} FAILED` : '',
+    counts.links.waiting ? `${n(counts.links.waiting, 'link')} ${verb(counts.links.waiting)} interfaces` : '',
+    counts.links.failed ? `${n(counts.links.failed, 'link')} not in the kernel` : '',
+  ].filter(Boolean);
+  const text =
+    `${rulesIn} of ${n(stored.rules.length, 'rule')} and ${linksIn} of ${n(stored.links.length, 'link')} in the kernel (read back)` +
+    (notes.length ? `; ${notes.join(', ')}` : '');
+  return { counts, text };
 }
 
 /**
