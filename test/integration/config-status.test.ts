@@ -191,6 +191,14 @@ describe('config-file mode: status, health and metrics say whether the file on d
       assert.match(cli.stdout, /running:\s+the file as applied at/, c.name);
       assert.equal(topo.ping('x', y.ip!), true, `${c.name}: the last good configuration forwards`);
     }
+    // The file removed (an unlink that no rename follows): unreadable, still not in force since the first refusal.
+    rmSync(file);
+    s = await until('the missing file is refused', status, (v) => v.inForceCondition?.reason === 'Unreadable');
+    assert.equal(s.inForce, false);
+    assert.match(s.problems[0].description, /ENOENT/);
+    assert.equal(s.inForceCondition!.lastTransitionTime!.getTime(), since!.getTime(), 'since the first refusal');
+    assert.equal(await health('xdpctl.config'), Serving.NOT_SERVING);
+    assert.equal(topo.ping('x', y.ip!), true, 'unreadable: the last good configuration forwards');
     // The health service's probe form: exit 10 while refused.
     assert.equal((await xdpctl(d.tcp, ['health', '--service', 'xdpctl.config'])).code, 10);
 
