@@ -43,6 +43,8 @@ export interface ConfigStatus {
   path: string;
   /** Text of the last file applied. */
   applied?: string;
+  /** SHA-256 (hex) of `applied`, computed once when it was applied. */
+  appliedSha256?: string;
   appliedAt?: number;
   lastError?: string;
 }
@@ -154,10 +156,10 @@ export class ConfigWatcher {
     const counts = this.ctl.desiredCounts();
     const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
     const size = `${plural(counts.rules, 'rule')}, ${plural(counts.links, 'link')}`;
-    const applied = this.status.applied;
+    const applied = this.status.appliedSha256;
     const running =
       applied !== undefined
-        ? `the file as applied at ${new Date(this.status.appliedAt!).toISOString()} (sha256 ${sha256(applied).slice(0, 12)}), ${size}`
+        ? `the file as applied at ${new Date(this.status.appliedAt!).toISOString()} (sha256 ${applied.slice(0, 12)}), ${size}`
         : counts.rules + counts.links > 0
           ? `the configuration restored from the state store at start, ${size}`
           : 'no configuration';
@@ -165,7 +167,7 @@ export class ConfigWatcher {
       path: this.status.path,
       ...this.state,
       problems: [...this.state.problems],
-      appliedSha256: applied === undefined ? undefined : sha256(applied),
+      appliedSha256: applied,
       appliedAt: this.status.appliedAt,
       running,
     };
@@ -327,6 +329,7 @@ export class ConfigWatcher {
     try {
       const changes = await this.ctl.applyConfig(cfg);
       this.status.applied = text;
+      this.status.appliedSha256 = sha256(text);
       this.status.appliedAt = Date.now();
       this.status.lastError = undefined;
       this.refusedText = undefined;
