@@ -787,16 +787,14 @@ export class Daemon {
     } catch {
       state = undefined;
     }
-    const held = state
-      ? `${state.rules.length} rule(s), ${state.links.length} link(s), read back`
-      : 'not readable back';
+    const held = state ? `${state.rules.length} rule(s), ${state.links.length} link(s)` : 'not readable back';
     this.log.error(
       { stateDir: dir, rules: state?.rules.length, links: state?.links.length, path: fresh!.path },
       `STATE DIRECTORY ${dir} WAS REMOVED OR REPLACED UNDER THE RUNNING DAEMON: ` +
         (how === 'created' ? 'created again (0700)' : 'the directory now there used') +
         `, locked again (a second daemon on it is refused), and the desired state this daemon holds ` +
         `(${held}) written into a fresh store at ` +
-        `${fresh!.path}; anything else that was kept there is gone`,
+        `${fresh!.path}${state ? ' (counted from the store read back)' : ''}; anything else that was kept there is gone`,
     );
   }
   /** The last pin-root problem logged ('' when none), so that each is logged once. */
