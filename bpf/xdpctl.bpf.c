@@ -448,9 +448,18 @@ static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags, int has_fla
 		st->packets++;
 		st->bytes += len;
 	}
-	/* The egress is in the devmap, not known here: only a failure the
-	 * kernel reports at once (xdp_redirect_err) is attributed to the link. */
-	track_redirect(XDPCTL_REDIR_LINK, in, 0, len, 0, 0);
+	/* Native mode queues the frame for the devmap's egress and the driver
+	 * may drop it at the flush (a veth whose peer's MTU is too small, or
+	 * without NAPI): the egress ifindex (bpf_devmap_val's first field, a
+	 * read-only lookup) lets xdpctl_devmap_xmit attribute such drops to
+	 * the link. Generic mode transmits at once (xdp_redirect_err alone). */
+	if (!(flags & XDPCTL_IF_F_GENERIC)) {
+		__u32 *egress = bpf_map_lookup_elem(&xc_links, &in);
+
+		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, egress ? *egress : 0, 0);
+	} else {
+		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, 0, 1);
+	}
 	return act;
 }
 

@@ -6,6 +6,7 @@
  * transition times. No I/O.
  */
 import type { Condition, ConditionStatus, RuleStatus } from './model.js';
+import { isMtuUnverified, isMtuWarning } from './rule-status.js';
 
 /** A condition without its time: what was observed now. */
 export interface ObservedCondition {
@@ -90,15 +91,21 @@ export function ingressReason(problem: string): string {
 }
 
 /**
- * The FramesFit condition: True when every egress can carry the largest
- * frame its ingress accepts; False (reason EgressMTUTooSmall) naming both
- * MTUs and the largest datagram that passes, from the MTU warnings
- * (rule-status.ts mtuWarnings, resync.ts for links).
+ * The FramesFit condition: True when every egress (and the veth peer behind
+ * it, wherever it lives) can carry the largest frame its ingress accepts;
+ * False (reason EgressMTUTooSmall) naming both MTUs and the largest datagram
+ * that passes; Unknown (reason PeerMTUUnverified) when a veth peer's MTU
+ * cannot be read and nothing is known to be too small. From the MTU warnings
+ * (rule-status.ts mtuWarnings, resync.ts for links); other texts are ignored.
  */
 export function framesFitCondition(mtuWarnings: readonly string[]): ObservedCondition {
-  return mtuWarnings.length
-    ? cond('FramesFit', false, 'EgressMTUTooSmall', mtuWarnings.join('; '))
-    : cond('FramesFit', true, 'MTUFits', 'every egress MTU is at least the ingress MTU');
+  const small = mtuWarnings.filter(isMtuWarning);
+  if (small.length) return cond('FramesFit', false, 'EgressMTUTooSmall', small.join('; '));
+  const unverified = mtuWarnings.filter(isMtuUnverified);
+  if (unverified.length) {
+    return { type: 'FramesFit', status: 'Unknown', reason: 'PeerMTUUnverified', message: unverified.join('; ') };
+  }
+  return cond('FramesFit', true, 'MTUFits', 'every egress MTU (and veth peer MTU) is at least the ingress MTU');
 }
 
 /** A rule's conditions from its status and the problems of its ingress interfaces. */
@@ -158,7 +165,7 @@ export function ruleConditions(
           ),
     failed
       ? { type: 'FramesFit', status: 'Unknown', reason: 'Failed', message: s.message }
-      : framesFitCondition((s.warnings ?? []).filter((w) => / has MTU \d+/.test(w))),
+      : framesFitCondition(s.warnings ?? []),
   ];
 }
 

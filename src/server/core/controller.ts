@@ -44,7 +44,7 @@ import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rule
 import { missingText } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
-import { ingressDownProblem, isMtuWarning } from './rule-status.js';
+import { ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
 import { backendKey, CoreState, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -470,11 +470,12 @@ export class Controller {
         const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
         const linkWarnings = mtu.filter((w): w is string => w !== undefined);
-        const tooSmall = linkWarnings.filter(isMtuWarning);
+        // FramesFit from the MTU warnings among them (too small, or a veth peer's MTU that cannot be read).
+        const frames = linkWarnings.filter((w) => isMtuWarning(w) || isMtuUnverified(w));
         const key = `link/${linkKey(l)}`;
         const conditions = this.state.conditions.set(
           key,
-          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, tooSmall),
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, frames),
           this.stamp(key, at),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an

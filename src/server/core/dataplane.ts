@@ -183,6 +183,13 @@ export interface CounterRead {
   global: bigint[];
 }
 
+/**
+ * A veth egress's peer as the MTU check reads it ({@link Dataplane.vethPeerMtu}): its name and MTU, and
+ * where it lives when not in the daemon's namespace (`netns`: its /run/netns name; `nsid`: the id our
+ * namespace gives it); or why its MTU cannot be read (`unreadable`).
+ */
+export type PeerMtu = { name: string; mtu: number; netns?: string; nsid?: number } | { unreadable: string };
+
 /** Whether native XDP redirects into an egress are delivered ({@link Dataplane.redirectTarget}). */
 export interface RedirectTarget {
   ok: boolean;
@@ -257,6 +264,11 @@ export interface Dataplane {
   neighbourTable?(): Promise<Map<string, NeighbourFact>>;
   /** A veth's peer when it is in this network namespace, with its MAC (static-mac.ts); undefined otherwise. Optional. */
   vethPeerMac?(ifname: string): PeerMac | undefined;
+  /**
+   * A veth's peer with its MTU, wherever the peer lives (this namespace, a named or an unnamed one), or why
+   * its MTU cannot be read; undefined when `ifname` is not a veth. Optional (fakes: {@link vethPeer} then).
+   */
+  vethPeerMtu?(ifname: string): PeerMtu | undefined;
   /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
   vethPeer?(ifname: string): string | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */

@@ -28,7 +28,10 @@
  *    hashed to those backends until the next pass sees the errors again
  *    (about a second): nothing short of traffic can show the peer works.
  * Frames of both kinds in one window (some taken, some dropped: frames larger
- * than the peer's MTU) count as taken: the peer has NAPI. Pure: no I/O.
+ * than the peer's MTU) count as taken: the peer has NAPI. When the peer's MTU
+ * is known to be below what the ingress accepts, a window of drops alone may
+ * be those frames: the `failing` reason names both causes, never only NAPI.
+ * Pure: no I/O.
  */
 
 /** Redirect errors, with no frame taken, that make an egress `failing`. */
@@ -78,6 +81,7 @@ export function stepEgress(
   iface: string,
   retry = true,
   source = 'redirect errors',
+  peerMtu = '',
 ): EgressWatch {
   const fresh = (ejections: number): EgressWatch => {
     const base = new Map<number, { packets: bigint; errors: bigint }>();
@@ -122,7 +126,12 @@ export function stepEgress(
       retryAt: retry ? now + wait : undefined,
       why:
         `the kernel dropped all of the last ${w.errors} frames redirected to ${iface} (${source}) and took ` +
-        `none: it cannot receive native XDP redirects (a veth whose peer has no NAPI)` +
+        `none: ${
+          peerMtu
+            ? `either it cannot receive native XDP redirects (a veth whose peer has no NAPI) or the frames ` +
+              `were larger than ${peerMtu} lets through`
+            : 'it cannot receive native XDP redirects (a veth whose peer has no NAPI)'
+        }` +
         (retry ? `; tried again ${wait / 1000} s later` : ''),
       taken: 0n,
       errors: 0n,

@@ -4,7 +4,7 @@
  * name (10 000 rules name the same few interfaces 50 000 times); neighbour
  * MACs once per (address, interface), only for backends given without a MAC.
  */
-import type { Dataplane, InterfaceInfo, LinkState, RedirectTarget } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, LinkState, PeerMtu, RedirectTarget } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 
 /** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
@@ -22,13 +22,12 @@ export interface Facts {
    */
   napi: Map<string, RedirectTarget>;
   /**
-   * Backend egress name -> its veth peer when that peer is in the daemon's
-   * namespace (name, MTU): the kernel drops a frame redirected into a veth
-   * that is longer than the peer's MTU allows (veth_xdp_xmit, and
-   * is_skb_forwardable in generic mode). Undefined: not a veth, or its peer
-   * is elsewhere (not read).
+   * Backend egress name -> its veth peer with its MTU, wherever the peer lives (our namespace, a named or
+   * an unnamed one), or why that MTU cannot be read: the kernel drops a frame redirected into a veth that
+   * is longer than the peer's MTU allows (veth_xdp_xmit, and is_skb_forwardable in generic mode).
+   * Undefined: not a veth.
    */
-  peers: Map<string, { name: string; mtu: number } | undefined>;
+  peers: Map<string, PeerMtu | undefined>;
   /**
    * Static-MAC backends whose MAC the host contradicts ("ip@iface|mac" -> why; static-mac.ts): the plan
    * keeps them out of the table. The reconciler's (state.macConflicts); empty: none known.
@@ -90,8 +89,9 @@ export async function fetchRuleFacts(
   return facts;
 }
 
-/** The veth peer of `iface` with its MTU, when the peer is in the daemon's namespace; else undefined. */
-export function peerMtu(dp: Dataplane, iface: string): { name: string; mtu: number } | undefined {
+/** The veth peer of `iface` with its MTU wherever it lives, or why that cannot be read; undefined: not a veth. */
+export function peerMtu(dp: Dataplane, iface: string): PeerMtu | undefined {
+  if (dp.vethPeerMtu) return dp.vethPeerMtu(iface);
   const name = dp.vethPeer?.(iface);
   const mtu = name === undefined ? undefined : dp.linkState?.(name)?.mtu;
   return name === undefined || mtu === undefined ? undefined : { name, mtu };

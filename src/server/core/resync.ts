@@ -43,9 +43,12 @@ import {
   largestPassing,
   missingInterfacesWarning,
   MTU_SLACK,
+  countedAs,
+  egressMtu,
   mtuRuleStatus,
   mtuWarnings,
   observedRuleStatus,
+  peerWhere,
   staticMacStatus,
   unverifiedRuleStatus,
 } from './rule-status.js';
@@ -571,18 +574,21 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       if (why) linkEgress.set(`${from}>${to}`, why);
       else if (drift) linkWarnings.set(`${from}>${to}`, `${from} -> ${to}: ${drift}`);
       else {
-        // Frames larger than the egress's MTU (or its veth peer's, when that is in our namespace) are dropped
-        // by the kernel (counted as redirect errors).
+        // Frames larger than the egress's MTU (or its veth peer's, wherever that lives) are dropped by the
+        // kernel; a peer whose MTU cannot be read is said to be so (FramesFit Unknown).
         const mIn = dp.linkState?.(from)?.mtu;
-        const own = dp.linkState?.(to)?.mtu;
-        const peer = peerMtu(dp, to);
-        const mOut = own === undefined ? peer?.mtu : peer && peer.mtu < own ? peer.mtu : own;
-        if (mIn !== undefined && mOut !== undefined && mOut < mIn) {
-          const where = own !== undefined && mOut === own ? to : `${to}'s veth peer ${peer!.name}`;
+        const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
+        if (e && 'unverified' in e) {
           linkWarnings.set(
             `${from}>${to}`,
-            `${from} -> ${to}: ${where} has MTU ${mOut}, ${from} ${mIn}: frames whose IP packet exceeds ${mOut + MTU_SLACK} ` +
-              `bytes are dropped (XDP redirects do not fragment; counted as redirect errors); ${largestPassing(mOut)}`,
+            `${from} -> ${to}: egress ${to}'s veth peer MTU cannot be verified (${e.unverified}): frames larger ` +
+              'than that MTU would be dropped unseen by this check',
+          );
+        } else if (mIn !== undefined && e && e.mtu < mIn) {
+          linkWarnings.set(
+            `${from}>${to}`,
+            `${from} -> ${to}: ${e.where} has MTU ${e.mtu}, ${from} ${mIn}: frames whose IP packet exceeds ${e.mtu + MTU_SLACK} ` +
+              `bytes are dropped (XDP redirects do not fragment; ${countedAs(e.where, to)}); ${largestPassing(e.mtu)}`,
           );
         }
       }
@@ -723,7 +729,17 @@ function judgeUnverifiedEgresses(
   }
   const now = ctx.now();
   for (const [iface, r] of watched) {
-    const w = stepEgress(state.egressWatch.get(iface), r.key ?? '', ids.get(iface) ?? [], counters, now, iface);
+    const w = stepEgress(
+      state.egressWatch.get(iface),
+      r.key ?? '',
+      ids.get(iface) ?? [],
+      counters,
+      now,
+      iface,
+      true,
+      undefined,
+      smallPeerMtu(ctx, iface),
+    );
     state.egressWatch.set(iface, w);
     napi.set(iface, judgedEgress(r, w));
     transition(`egress/${iface}`, `${w.verdict}|${w.since}`, (before) => {
@@ -754,6 +770,26 @@ function judgeUnverifiedEgresses(
       }
     });
   }
+}
+
+/**
+ * The veth peer of a backend egress when its MTU is below the largest MTU of the ingress interfaces of the
+ * rules that use that egress ("the MTU of its veth peer P in netns N (1000, ingress X 1500)"): frames the
+ * peer drops for their size look like a peer without NAPI in the counters. Empty otherwise.
+ */
+function smallPeerMtu(ctx: ExecContext, iface: string): string {
+  const p = peerMtu(ctx.dp, iface);
+  if (!p || 'unreadable' in p) return '';
+  let largest = 0;
+  let from = '';
+  for (const rule of ctx.state.rules.values()) {
+    if (!rule.backends.some((b) => b.interface === iface)) continue;
+    for (const i of rule.ingressInterfaces) {
+      const m = ctx.dp.linkState?.(i)?.mtu ?? 0;
+      if (m > largest) [largest, from] = [m, i];
+    }
+  }
+  return p.mtu < largest ? `the MTU of its veth peer ${peerWhere(p)} (${p.mtu}; ingress ${from} ${largest})` : '';
 }
 
 /**

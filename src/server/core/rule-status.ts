@@ -3,7 +3,7 @@
  * observed (interfaces, neighbour entries, weights) and what resync sees.
  * Pure functions; no I/O.
  */
-import type { LinkState } from './dataplane.js';
+import type { LinkState, PeerMtu } from './dataplane.js';
 import type { BackendStatus, RuleStatus } from './model.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
@@ -219,24 +219,62 @@ export function largestPassing(mtu: number): string {
 /** Whether a status warning is one of {@link mtuWarnings} (an egress MTU below an ingress's). */
 export const isMtuWarning = (w: string): boolean => / has MTU \d+/.test(w);
 
+/** Whether a status warning says an egress's veth peer MTU cannot be read ({@link mtuWarnings}). */
+export const isMtuUnverified = (w: string): boolean => /'s veth peer MTU cannot be verified/.test(w);
+
+/** Where a veth peer is, for a message: its name and, when not in the daemon's namespace, which one. */
+export function peerWhere(p: { name: string; netns?: string; nsid?: number }): string {
+  if (p.netns) return `${p.name} in netns ${p.netns}`;
+  if (p.nsid !== undefined) return `${p.name} in an unnamed network namespace (nsid ${p.nsid})`;
+  return p.name;
+}
+
+/**
+ * The MTU an egress carries redirected frames within: its own, or its veth peer's when smaller (wherever the
+ * peer lives: veth_xdp_xmit and is_skb_forwardable check the peer's), with the text naming which; or, when the
+ * peer's MTU cannot be read, `unverified` with why. Undefined when nothing is known.
+ */
+export function egressMtu(
+  iface: string,
+  own: number | undefined,
+  p: PeerMtu | undefined,
+): { mtu: number; where: string } | { unverified: string } | undefined {
+  if (p && 'unreadable' in p) return { unverified: p.unreadable };
+  const m = own === undefined ? p?.mtu : p && p.mtu < own ? p.mtu : own;
+  if (m === undefined) return undefined;
+  return { mtu: m, where: own !== undefined && m === own ? iface : `${iface}'s veth peer ${peerWhere(p!)}` };
+}
+
+/**
+ * Where the kernel counts a frame dropped for an egress MTU: the device's own MTU check (xdp_ok_fwd_dev) fails
+ * the redirect (a redirect error); a veth peer's (veth_xdp_xmit) drops it at the flush, which the tracepoint
+ * counts as a redirect error in native mode, while in generic mode the veth counts it in its tx_dropped.
+ */
+export function countedAs(where: string, iface: string): string {
+  return where === iface
+    ? 'counted as redirect errors'
+    : `counted as redirect errors in native mode, in ${iface}'s tx_dropped in generic mode`;
+}
+
 /**
  * Backends whose egress MTU is smaller than an ingress interface's: a frame
  * the ingress accepts may be too large for that egress, and the kernel drops
  * it on redirect (XDP redirects do not fragment: xdp_ok_fwd_dev() refuses a
  * frame longer than the device's MTU plus its link-layer header and 4 bytes
  * of room for a VLAN tag, EMSGSIZE; counted as redirect errors). A veth
- * egress whose peer is in the daemon's namespace (`peer`) is bounded by the
- * peer's MTU too (veth_xdp_xmit, is_skb_forwardable). One warning per such
- * backend, naming both MTUs and the largest datagram that still passes; a
- * shared empty list when there is none. `mtu` gives an interface's MTU as
- * observed (undefined: not known); backends out of the table
- * (`receiving: false`) are skipped.
+ * egress is bounded by its peer's MTU too, wherever the peer lives
+ * (veth_xdp_xmit, is_skb_forwardable: `peer`). One warning per such backend,
+ * naming both MTUs and the largest datagram that still passes; one saying
+ * the MTU cannot be verified for a backend whose veth peer's MTU cannot be
+ * read ({@link isMtuUnverified}); a shared empty list when there is none.
+ * `mtu` gives an interface's MTU as observed (undefined: not known);
+ * backends out of the table (`receiving: false`) are skipped.
  */
 export function mtuWarnings(
   ingress: readonly string[],
   backends: readonly { ip: string; interface: string; receiving?: boolean }[],
   mtu: (iface: string) => number | undefined,
-  peer: (iface: string) => { name: string; mtu: number } | undefined = () => undefined,
+  peer: (iface: string) => PeerMtu | undefined = () => undefined,
 ): readonly string[] {
   let largest = 0;
   let from = '';
@@ -247,16 +285,20 @@ export function mtuWarnings(
   let out: string[] | undefined;
   for (const b of backends) {
     if (b.receiving === false) continue; // out of the table: nothing is redirected to it
-    const own = mtu(b.interface);
-    const p = peer(b.interface);
-    const m = own === undefined ? p?.mtu : p && p.mtu < own ? p.mtu : own;
-    if (m === undefined || m >= largest) continue;
-    const where =
-      own !== undefined && m === own ? `egress ${b.interface}` : `egress ${b.interface}'s veth peer ${p!.name}`;
+    const e = egressMtu(b.interface, mtu(b.interface), peer(b.interface));
+    if (e === undefined) continue;
+    if ('unverified' in e) {
+      (out ??= []).push(
+        `backend ${b.ip}: egress ${b.interface}'s veth peer MTU cannot be verified (${e.unverified}): datagrams ` +
+          `to it larger than that MTU would be dropped unseen by this check`,
+      );
+      continue;
+    }
+    if (e.mtu >= largest) continue;
     (out ??= []).push(
-      `backend ${b.ip}: ${where} has MTU ${m}, ingress ${from} ${largest}: datagrams to it whose IP packet ` +
-        `exceeds ${m + MTU_SLACK} bytes are dropped (XDP redirects do not fragment; counted as redirect errors); ` +
-        largestPassing(m),
+      `backend ${b.ip}: egress ${e.where} has MTU ${e.mtu}, ingress ${from} ${largest}: datagrams to it whose IP packet ` +
+        `exceeds ${e.mtu + MTU_SLACK} bytes are dropped (XDP redirects do not fragment; ${countedAs(e.where, b.interface)}); ` +
+        largestPassing(e.mtu),
     );
   }
   return out ?? NO_WARNINGS;

@@ -11,6 +11,7 @@ import type {
   InterfaceInfo,
   LinkState,
   HostChangeScope,
+  PeerMtu,
   RedirectTarget,
   RuleSlotState,
   RuleSlotWrite,
@@ -37,6 +38,7 @@ import {
   vethPeerMac,
   reprobeNeighbour,
   linkIdentity,
+  vethPeerLink,
   probeNeighbour,
   prepareIngress,
   reannounceVethGro,
@@ -482,6 +484,10 @@ export class KernelDataplane implements Dataplane {
 
   nameOf(ifindex: number): string | undefined {
     return nameOf(ifindex);
+  }
+
+  vethPeerMtu(ifname: string): PeerMtu | undefined {
+    return vethPeerLink(ifname);
   }
 
   linkState(ifname: string): LinkState | undefined {

@@ -13,7 +13,7 @@
  * and {@link restoreGro}, which undoes it.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { closeSync, openSync, readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
 
 import koffi from 'koffi';
@@ -255,6 +255,102 @@ export function linkIdentity(ifindex: number): LinkIdentity | undefined {
     carrierChanges: a.get(IFLA_CARRIER_CHANGES)?.readUInt32LE(0) ?? 0,
   };
 }
+
+// <linux/if_link.h>: the attributes a veth peer's MTU is read with.
+const IFLA_IFNAME = 3;
+const IFLA_MTU = 4;
+const IFLA_TARGET_NETNSID = 46;
+
+/**
+ * The veth peer of `name`, wherever it lives, with its MTU (the kernel drops a frame redirected into the
+ * veth that the peer's MTU does not allow: veth_xdp_xmit in native mode, is_skb_forwardable in generic).
+ * A peer in our namespace is read by its ifindex; one in another namespace, named or not, by one
+ * RTM_GETLINK with IFLA_TARGET_NETNSID set to the id our namespace gives the peer's (Linux >= 4.20; needs
+ * CAP_NET_ADMIN over that namespace, no setns). `netns`: the peer's named namespace (/run/netns/NAME),
+ * `nsid` its id when it is in another one. `{ unreadable }` says why the peer's MTU cannot be read;
+ * undefined: not a veth (or gone).
+ */
+export function vethPeerLink(
+  name: string,
+): { name: string; mtu: number; netns?: string; nsid?: number } | { unreadable: string } | undefined {
+  let id: LinkIdentity | undefined;
+  try {
+    id = linkIdentity(ifindexOf(name));
+  } catch {
+    return undefined; // no such interface: reported as missing elsewhere
+  }
+  if (id?.kind !== 'veth') return undefined;
+  if (!id.link) return { unreadable: `the kernel does not name the veth peer of ${name}` };
+  if (id.linkNetnsid === undefined) {
+    const peer = nameOf(id.link);
+    if (!peer) return { unreadable: `the veth peer of ${name} (ifindex ${id.link}) was not found` };
+    const st = linkState(peer);
+    return st ? { name: peer, mtu: st.mtu } : { unreadable: `the MTU of ${name}'s veth peer ${peer} cannot be read` };
+  }
+  const nsid = id.linkNetnsid;
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(id.link, 4);
+  const target = Buffer.alloc(4);
+  target.writeInt32LE(nsid);
+  const mask = Buffer.alloc(4);
+  mask.writeUInt32LE(RTEXT_FILTER_SKIP_STATS);
+  let body: Buffer | undefined;
+  try {
+    body = nlRequest(
+      NETLINK_ROUTE,
+      RTM_GETLINK,
+      ifinfo,
+      Buffer.concat([nlAttr(IFLA_TARGET_NETNSID, target), nlAttr(IFLA_EXT_MASK, mask)]),
+      `read the veth peer of ${name} (ifindex ${id.link} in nsid ${nsid})`,
+    );
+  } catch (e) {
+    return {
+      unreadable: `the veth peer of ${name} is in a network namespace (nsid ${nsid}) xdpctld may not read: ${(e as Error).message}`,
+    };
+  }
+  const a = body && nlAttrs(body, 16);
+  const mtu = a?.get(IFLA_MTU)?.readUInt32LE(0);
+  if (!a || mtu === undefined) {
+    return { unreadable: `the veth peer of ${name} (ifindex ${id.link} in nsid ${nsid}) was not found` };
+  }
+  const peer = a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? `ifindex ${id.link}`;
+  const netns = namedNetns(nsid);
+  return { name: peer, mtu, nsid, ...(netns ? { netns } : {}) };
+}
+
+/** The name (/run/netns/NAME) of the namespace our namespace gives id `nsid`; undefined when it has none. */
+function namedNetns(nsid: number): string | undefined {
+  let names: string[];
+  try {
+    names = readdirSync('/run/netns');
+  } catch {
+    return undefined;
+  }
+  for (const n of names) {
+    let fd: number;
+    try {
+      fd = openSync(`/run/netns/${n}`, 'r');
+    } catch {
+      continue;
+    }
+    try {
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(fd);
+      const body = nlRequest(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), nlAttr(NETNSA_FD, v), `nsid of netns ${n}`);
+      if (body && nlAttrs(body, 4).get(NETNSA_NSID)?.readInt32LE(0) === nsid) return n;
+    } catch {
+      // not ours to read: try the next
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return undefined;
+}
+
+// <linux/rtnetlink.h>, <linux/net_namespace.h>
+const RTM_GETNSID = 90;
+const NETNSA_NSID = 1;
+const NETNSA_FD = 3;
 
 /** Whether an interface exists. */
 export function interfaceExists(name: string): boolean {

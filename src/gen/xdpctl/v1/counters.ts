@@ -306,10 +306,11 @@ export interface LinkCounters {
     | Rates
     | undefined;
   /**
-   * Frames redirected that the kernel dropped at once (egress down, MTU too
-   * small, no XDP transmit: xdp:xdp_redirect_err); not in packets. Drops at
-   * the egress driver's transmit (xdp:xdp_devmap_xmit) cannot be told apart
-   * per link and count only in GlobalCounters.errors["xmit"].
+   * Frames redirected that the kernel dropped: at once (egress down, MTU too
+   * small, no XDP transmit: xdp:xdp_redirect_err), or, in native mode, at
+   * the egress driver's transmit (xdp:xdp_devmap_xmit: a veth whose peer's
+   * MTU is too small or that has no NAPI); not in packets. In generic mode a
+   * veth peer's drop is counted only in the veth's tx_dropped.
    */
   redirectErrorPackets: bigint;
 }
