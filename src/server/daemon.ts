@@ -890,7 +890,12 @@ export class Daemon {
         const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
         const r = await this.kernel!.cleanupHost();
-        const done = { detached: [...detached, ...r.detached], restored: r.restored };
+        const done = {
+          detached: [...detached, ...r.detached],
+          restored: r.restored,
+          // Recorded devices not touched: gone, or another device with the same name and ifindex since.
+          ...(r.leftAlone.length ? { leftAlone: r.leftAlone } : {}),
+        };
         // "Restored" only when it was: a failure is the one line, with what was done and what was not.
         if (r.failed.length) this.log.error({ ...done, failed: r.failed }, 'cleanup incomplete');
         else this.log.info(done, 'cleanup: host restored');

@@ -54,6 +54,16 @@ import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 /**
+ * Whether two host-change records name the same device: name, namespace and ifindex, and the MAC address
+ * when both record one (a device made again with the same name and ifindex is another: netdev.ts
+ * DeviceIdentity).
+ */
+function sameDevice(a: GroChange, b: GroChange): boolean {
+  if (a.ifname !== b.ifname || a.netns !== b.netns || a.ifindex !== b.ifindex) return false;
+  return !a.mac || !b.mac || a.mac.toLowerCase() === b.mac.toLowerCase();
+}
+
+/**
  * How long a veth verified able to receive native redirects is trusted without inspecting its peer again
  * when nothing the kernel reports about it changed (ms). A safety net: the changes that matter (the
  * peer's GRO or XDP program while it is up, its up/down state, the peer itself) each move the key.
@@ -115,9 +125,7 @@ export class KernelDataplane implements Dataplane {
 
   private recordOffloads(changes: OffloadChange[]): void {
     for (const c of changes) {
-      const same = this.offloadChanges.find(
-        (x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex,
-      );
+      const same = this.offloadChanges.find((x) => sameDevice(x, c));
       const added = same ? c.features.filter((f) => !same.features.includes(f)) : [...c.features];
       if (same) same.features = [...new Set([...same.features, ...c.features])];
       else this.offloadChanges.push({ ...c, features: [...c.features] });
@@ -127,7 +135,7 @@ export class KernelDataplane implements Dataplane {
   }
 
   private recordGro(c: GroChange, vethName: string): void {
-    const known = this.groChanges.some((x) => x.ifname === c.ifname && x.netns === c.netns && x.ifindex === c.ifindex);
+    const known = this.groChanges.some((x) => sameDevice(x, c));
     this.journal?.push({ kind: 'gro', change: c, added: !known, veth: vethName });
     if (known) return;
     this.groChanges.push(c);
@@ -223,8 +231,7 @@ export class KernelDataplane implements Dataplane {
 
   /** Take out of the host-changes record what a journal entry added to it (the setting was put back). */
   private forget(j: HostJournalEntry): void {
-    const same = (x: GroChange) =>
-      x.ifname === j.change.ifname && x.netns === j.change.netns && x.ifindex === j.change.ifindex;
+    const same = (x: GroChange) => sameDevice(x, j.change);
     if (j.kind === 'gro') {
       if (!j.added) return;
       const i = this.groChanges.findIndex(same);
@@ -322,9 +329,12 @@ export class KernelDataplane implements Dataplane {
    * before lowers) and put back every device setting we changed. Returns
    * what could not be undone.
    */
-  async cleanupHost(): Promise<{ detached: string[]; restored: string[]; failed: string[] }> {
+  async cleanupHost(): Promise<{ detached: string[]; restored: string[]; failed: string[]; leftAlone: string[] }> {
     const d = this.dp.detachEverywhere();
     const restored: string[] = [];
+    /** Recorded devices that are gone or were replaced by another with the same name and ifindex. */
+    const leftAlone: string[] = [];
+    const put = (line: string) => (/: (gone|replaced by another device)/.test(line) ? leftAlone : restored).push(line);
     const failed = d.failed.map((f) => `detach ${f.ifname}: ${f.error}`);
     // And from devices moved to other namespaces while they ran it.
     for (const s of this.strayAttachments()) {
@@ -337,7 +347,7 @@ export class KernelDataplane implements Dataplane {
     for (const c of this.groChanges.splice(0)) {
       const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
       try {
-        restored.push(`${where}: ${await restoreGro(c)}`);
+        put(`${where}: ${await restoreGro(c)}`);
       } catch (e) {
         failed.push(`restore GRO on ${where}: ${(e as Error).message}`);
         this.groChanges.push(c);
@@ -346,14 +356,14 @@ export class KernelDataplane implements Dataplane {
     for (const c of this.offloadChanges.splice(0)) {
       const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
       try {
-        restored.push(`${where}: ${await restoreOffloads(c)}`);
+        put(`${where}: ${await restoreOffloads(c)}`);
       } catch (e) {
         failed.push(`turn ${c.features.join(', ')} on again on ${where}: ${(e as Error).message}`);
         this.offloadChanges.push(c);
       }
     }
     this.saveHostChanges();
-    return { detached: d.detached, restored, failed };
+    return { detached: d.detached, restored, failed, leftAlone };
   }
 
   get capacity() {
@@ -607,7 +617,7 @@ export class KernelDataplane implements Dataplane {
           'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
           '(--fix-veth-peers)',
       );
-      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex }, ifname);
+      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex, ...s.peerIdentity }, ifname);
     }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {

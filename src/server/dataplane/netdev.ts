@@ -531,6 +531,8 @@ export interface VethPeerState {
   fixed?: boolean;
   /** The peer's ifindex (in its namespace). */
   peerIfindex?: number;
+  /** The peer's identity beyond name and ifindex, for the host-changes record ({@link DeviceIdentity}). */
+  peerIdentity?: DeviceIdentity;
   /** What gives the peer NAPI, when `ok` for a veth: a native-mode XDP program or GRO. */
   napi?: 'xdp' | 'gro';
   /** The peer could not be inspected (an unnamed namespace, or no CAP_SYS_ADMIN to enter it): `ok` is false. */
@@ -539,8 +541,30 @@ export interface VethPeerState {
   fixable?: boolean;
 }
 
+/**
+ * What identifies a device beyond its name and ifindex, both of which a device made again gets back (a
+ * namespace deleted and made again numbers its devices from the start): its MAC address (a new veth gets a
+ * new random one) and, for a veth whose peer is in another namespace, the peer's ifindex there (IFLA_LINK:
+ * the other end, made again too, has a new one). Absent in records written before these were kept: then
+ * name and ifindex alone are compared.
+ */
+export interface DeviceIdentity {
+  /** The device's MAC address when the change was made ("aa:bb:..."). */
+  mac?: string;
+  /** IFLA_LINK of a veth whose peer is in another namespace: the peer's ifindex there. */
+  linkIndex?: number;
+}
+
+/** The identity of a device as `ip -j -d link` shows it ({@link DeviceIdentity}). */
+function identityOf(l: IpLink): DeviceIdentity {
+  return {
+    ...(l.address ? { mac: l.address } : {}),
+    ...(l.link_index !== undefined ? { linkIndex: l.link_index } : {}),
+  };
+}
+
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
-export interface GroChange {
+export interface GroChange extends DeviceIdentity {
   /** The device, in `netns` (undefined: ours). */
   ifname: string;
   netns?: string;
@@ -549,8 +573,8 @@ export interface GroChange {
 
 /**
  * Switch GRO back off on a device where we switched it on, if it is still
- * the same device (name and ifindex) and GRO is still on. Returns what was
- * done, for the log.
+ * the same device (name, ifindex and {@link DeviceIdentity}) and GRO is still
+ * on. Returns what was done, for the log.
  */
 export async function restoreGro(c: GroChange): Promise<string> {
   const ethtool = await recordedDevice(c);
@@ -562,8 +586,9 @@ export async function restoreGro(c: GroChange): Promise<string> {
 }
 
 /**
- * The device a recorded host change was made on, if it is still that device (same name and ifindex): an
- * `ethtool` runner in its namespace. Otherwise why not ('gone', 'replaced by another device').
+ * The device a recorded host change was made on, if it is still that device (same name, ifindex and, where
+ * recorded, MAC address and veth peer: {@link DeviceIdentity}): an `ethtool` runner in its namespace.
+ * Otherwise why not ('gone', 'replaced by another device (...): left alone').
  */
 async function recordedDevice(c: GroChange): Promise<((args: string[]) => Promise<{ stdout: string }>) | string> {
   let dev: IpLink;
@@ -572,16 +597,35 @@ async function recordedDevice(c: GroChange): Promise<((args: string[]) => Promis
   } catch {
     return 'gone';
   }
-  if (dev.ifindex !== c.ifindex) return 'replaced by another device';
+  const replaced = replacedBy(c, dev);
+  if (replaced) return `replaced by another device (${replaced}): left alone`;
   return (args) =>
     c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
+}
+
+/**
+ * How `dev` differs from the device a change was recorded on (name and ifindex, MAC, veth peer); undefined
+ * when it is that device as far as the record can tell.
+ */
+export function replacedBy(
+  c: GroChange,
+  dev: { ifindex: number; address?: string; link_index?: number },
+): string | undefined {
+  if (dev.ifindex !== c.ifindex) return `ifindex ${c.ifindex} then, ${dev.ifindex} now`;
+  if (c.mac && dev.address && c.mac.toLowerCase() !== dev.address.toLowerCase()) {
+    return `same name and ifindex ${c.ifindex}, but MAC ${c.mac} then, ${dev.address} now`;
+  }
+  if (c.linkIndex !== undefined && dev.link_index !== undefined && c.linkIndex !== dev.link_index) {
+    return `same name and ifindex ${c.ifindex}, but its veth peer was ifindex ${c.linkIndex}, is ${dev.link_index} now`;
+  }
+  return undefined;
 }
 
 /**
  * Offloads this daemon turned off on one device for XDP (prepareIngressSync): kept in the host-changes
  * file so that --cleanup-on-exit turns them on again, after a restart too.
  */
-export interface OffloadChange {
+export interface OffloadChange extends DeviceIdentity {
   /** The device, in `netns` (undefined: ours). */
   ifname: string;
   netns?: string;
@@ -591,8 +635,8 @@ export interface OffloadChange {
 }
 
 /**
- * Turn the features of an OffloadChange on again, if it is still the same device (name and ifindex) and
- * they are still off. Returns what was done, for the log.
+ * Turn the features of an OffloadChange on again, if it is still the same device (name, ifindex and
+ * {@link DeviceIdentity}) and they are still off. Returns what was done, for the log.
  */
 export async function restoreOffloads(c: OffloadChange): Promise<string> {
   const ethtool = await recordedDevice(c);
@@ -701,6 +745,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     fixed: true,
     napi: 'gro',
     peerIfindex: peer.ifindex,
+    peerIdentity: identityOf(peer),
     detail: `enabled GRO on ${where}`,
   };
 }
@@ -827,12 +872,12 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
       : { cmd: 'ethtool', args: argv };
   /** Turn features off where they are on and not fixed. */
   function* turnOff(
-    dev: string,
-    ifindex: number,
+    l: IpLink,
     netns: string | undefined,
     names: string[],
     why: string,
   ): Generator<Command, void, string> {
+    const { ifname: dev, ifindex } = l;
     const where = netns ? `${dev} in netns ${netns}` : dev;
     let text: string;
     try {
@@ -848,7 +893,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     try {
       yield ethtool(netns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
       done.push(`turned ${on.join(', ')} off on ${where}`);
-      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, features: on });
+      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, ...identityOf(l), features: on });
     } catch (e) {
       const problem = `turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`;
       problems.push(problem);
@@ -860,7 +905,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   const dev = (yield* ip(['-d', 'link', 'show', 'dev', name]))[0];
   if (!dev) return { done, problems: [`interface ${name} not found`], changed, unrepaired };
   if (dev.linkinfo?.info_kind !== 'veth') {
-    yield* turnOff(name, dev.ifindex, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
+    yield* turnOff(dev, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
     return { done, problems, changed, unrepaired };
   }
   let netns: string | undefined;
@@ -889,11 +934,10 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     }
   }
   if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
-  yield* turnOff(peer.ifname, peer.ifindex, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
+  yield* turnOff(peer, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
   if (generic) {
     yield* turnOff(
-      peer.ifname,
-      peer.ifindex,
+      peer,
       netns,
       ['tcp-segmentation-offload', 'generic-segmentation-offload', 'tx-udp-segmentation'],
       gsoWhy,

@@ -1,0 +1,120 @@
+/**
+ * --cleanup-on-exit puts back only what the daemon changed, on the device it changed it on (issue 16: "the
+ * daemon states only what it observed"). A network namespace deleted and made again numbers its devices
+ * from the start: a new veth peer gets the same name AND the same ifindex as the one the daemon switched
+ * GRO on (or turned tx VLAN offloads off) on. With real namespaces and veths:
+ *  - a daemon switches GRO on on a backend's veth peer and turns tx-vlan-offload off on its ingress's peer
+ *    (both recorded in host-changes.json), and stops without cleanup;
+ *  - both namespaces are deleted and made again with the same names; the new peers get the same ifindexes;
+ *    their owner sets GRO on and tx VLAN offloads off by hand;
+ *  - a daemon with --cleanup-on-exit starts on the same state and stops: it leaves both new devices as their
+ *    owner set them, and logs each record it left alone and why (another MAC).
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+describe('host changes: a device made again with the same name and ifindex is left alone', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let vm: Host, b1: Host;
+
+  before(() => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const peer = (h: Host) =>
+    JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0] as {
+      ifindex: number;
+      address: string;
+    };
+  const feature = (h: Host, name: string) =>
+    new RegExp(`^${name}: (\\w+)`, 'm').exec(sh('ip', ['netns', 'exec', h.netns, 'ethtool', '-k', 'eth0']))![1];
+  const rule: Rule = {
+    name: 'web',
+    match: { protocol: Protocol.PROTOCOL_UDP, port: 7983, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [],
+    backends: [],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  };
+  /** Delete the host's namespace (and its veth pair) and make both again with the same names. */
+  function remake(h: Host, cidr: string) {
+    sh('ip', ['link', 'del', h.hostIf]);
+    sh('ip', ['netns', 'del', h.netns]);
+    sh('ip', ['netns', 'add', h.netns]);
+    sh('ip', ['-n', h.netns, 'link', 'set', 'lo', 'up']);
+    topo.replug(h.role, cidr);
+  }
+
+  it('--cleanup-on-exit leaves the new devices as their owner set them, and says so', async () => {
+    assert.equal(feature(b1, 'generic-receive-offload'), 'off', "a new veth's default");
+    assert.equal(feature(vm, 'tx-vlan-offload'), 'on', "a new veth's default");
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
+    await d.clients().rules.createRule({
+      rule: {
+        ...rule,
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+      },
+    });
+    assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'switched on by the daemon (--fix-veth-peers)');
+    assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'turned off by the daemon for XDP');
+    const before = { b1: peer(b1), vm: peer(vm) };
+    assert.equal(await d.stop('SIGTERM'), 0);
+    d = undefined;
+
+    remake(b1, '198.18.2.1/24');
+    remake(vm, '198.18.1.1/24');
+    const now = { b1: peer(b1), vm: peer(vm) };
+    // The case under test: the same names and ifindexes, other devices.
+    assert.equal(now.b1.ifindex, before.b1.ifindex, 'the new backend peer has the old one ifindex');
+    assert.equal(now.vm.ifindex, before.vm.ifindex, 'the new ingress peer has the old one ifindex');
+    assert.notEqual(now.b1.address, before.b1.address);
+    // Their owner's own settings: the very ones the old records would "put back".
+    sh('ip', ['netns', 'exec', b1.netns, 'ethtool', '-K', 'eth0', 'gro', 'on']);
+    sh('ip', ['netns', 'exec', vm.netns, 'ethtool', '-K', 'eth0', 'txvlan', 'off', 'tx-vlan-stag-hw-insert', 'off']);
+
+    // The rule's interfaces are new devices: the restarted daemon attaches again; both settings are already
+    // as XDP needs them, so it changes nothing on them.
+    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
+    await d.clients().rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+    assert.equal(await d.stop('SIGTERM'), 0);
+    assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'GRO left as its owner set it');
+    assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'tx-vlan-offload left as its owner set it');
+    assert.equal(feature(vm, 'tx-vlan-stag-hw-insert'), 'off', 'tx-vlan-stag-hw-insert left as its owner set it');
+    const done = d.output
+      .split('\n')
+      .filter((l) => l.includes('"msg":"cleanup: host restored"'))
+      .map((l) => JSON.parse(l) as { restored: string[]; leftAlone?: string[] });
+    assert.equal(done.length, 1, d.output.slice(-3000));
+    assert.deepEqual(done[0].restored, [], 'nothing put back');
+    assert.deepEqual(
+      done[0].leftAlone,
+      [
+        `eth0 in netns ${b1.netns}: replaced by another device (same name and ifindex ${now.b1.ifindex}, but MAC ` +
+          `${before.b1.address} then, ${now.b1.address} now): left alone`,
+        `eth0 in netns ${vm.netns}: replaced by another device (same name and ifindex ${now.vm.ifindex}, but MAC ` +
+          `${before.vm.address} then, ${now.vm.address} now): left alone`,
+      ],
+      'each record left alone is logged, with why',
+    );
+    d = undefined;
+  });
+});
