@@ -298,10 +298,14 @@ export interface Dataplane {
   /**
    * The device settings an attach makes for XDP on `ifname` (offloads turned off: VLAN tag offloads, and in
    * generic mode TSO/GSO of a veth's peer), checked again and put back where they drifted (someone turned
-   * them on): `done` says what was put back, `unrepaired` what was found on and could not be turned off.
-   * Optional (fakes).
+   * them on): `done` says what was put back, `unrepaired` what was found on and could not be turned off,
+   * `released` what an earlier mode needed and this one does not, turned back on (a generic ingress's peer's
+   * TSO/GSO, once the ingress runs in native mode). Optional (fakes).
    */
-  checkIngress?(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }>;
+  checkIngress?(
+    ifname: string,
+    generic: boolean,
+  ): Promise<{ done: string[]; unrepaired: string[]; released?: string[] }>;
   /**
    * Whether the kernel would take a native-mode (driver) XDP program on `ifname`, from its xdp-features
    * (NETDEV_XDP_ACT_BASIC; a bridge has none) with the features as text; undefined when the kernel does

@@ -818,6 +818,9 @@ async function checkIngressSettings(
         `${name}: device settings XDP relies on here were changed by someone else: put back (${r.done.join('; ')})`,
       );
     }
+    if (r.released?.length) {
+      ctx.log.info({ ifname: name, released: r.released }, `${name}: offloads no longer needed off, put back on`);
+    }
     if (r.unrepaired.length)
       why = `device settings XDP relies on were changed and cannot be put back: ${r.unrepaired.join('; ')}`;
   } catch (e) {

@@ -45,6 +45,8 @@ import {
   xdpTransmitStats,
   restoreGro,
   restoreOffloads,
+  releaseOffloads,
+  GENERIC_GSO_FEATURES,
   type GroChange,
   type OffloadChange,
   type LinkIdentity,
@@ -571,10 +573,66 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
-  async checkIngress(ifname: string, generic: boolean): Promise<{ done: string[]; unrepaired: string[] }> {
+  async checkIngress(
+    ifname: string,
+    generic: boolean,
+  ): Promise<{ done: string[]; unrepaired: string[]; released?: string[] }> {
     const prep = await prepareIngress(ifname, generic);
     if (prep.changed.length) this.recordOffloads(prep.changed);
-    return { done: prep.done, unrepaired: prep.unrepaired ?? [] };
+    const released = generic ? [] : await this.releaseGenericOffloads(ifname);
+    return { done: prep.done, unrepaired: prep.unrepaired ?? [], ...(released.length ? { released } : {}) };
+  }
+
+  /**
+   * An ingress that runs our program in native mode no longer needs the segmentation offloads this daemon
+   * turned off on its veth peer for generic mode (GENERIC_GSO_FEATURES; recorded in the host-changes file):
+   * they are turned on again (the kernel keeps the peer's software GSO masked while our native program runs,
+   * veth_fix_features, and lets it through when the program leaves) and taken out of the record. What was
+   * done, for the log; nothing when there is no such record, or its device was replaced (left for
+   * --cleanup-on-exit to report).
+   */
+  /** Features found fixed by {@link releaseGenericOffloads}, already said (once per device and set). */
+  private readonly fixedReported = new Set<string>();
+
+  private async releaseGenericOffloads(ifname: string): Promise<string[]> {
+    const peer = vethPeerLink(ifname);
+    if (!peer || 'unreadable' in peer) return [];
+    const out: string[] = [];
+    let changed = false;
+    for (const rec of [...this.offloadChanges]) {
+      if (rec.ifname !== peer.name || rec.ifindex !== peer.ifindex || rec.netns !== peer.netns) continue;
+      if (rec.netns === undefined && peer.nsid !== undefined) continue; // a peer in an unnamed namespace
+      const gso = rec.features.filter((f) => GENERIC_GSO_FEATURES.includes(f));
+      if (!gso.length) continue;
+      const where = rec.netns ? `${rec.ifname} in netns ${rec.netns}` : rec.ifname;
+      let r: Awaited<ReturnType<typeof releaseOffloads>>;
+      try {
+        r = await releaseOffloads({ ...rec, features: gso });
+      } catch (e) {
+        this.log?.warn(
+          { ifname, peer: where, features: gso, err: e },
+          `${ifname} runs in native mode: turning ${gso.join(', ')} on again on its veth peer ${where} failed ` +
+            '(kept in the record for --cleanup-on-exit)',
+        );
+        continue;
+      }
+      if (typeof r === 'string') continue; // gone or replaced: --cleanup-on-exit reports it
+      if (r.settled.length) changed = true;
+      rec.features = rec.features.filter((f) => !r.settled.includes(f));
+      if (rec.features.length === 0) this.offloadChanges.splice(this.offloadChanges.indexOf(rec), 1);
+      const why = `no longer needed: ${ifname} runs our program in native mode`;
+      if (r.turnedOn.length) out.push(`${where}: ${r.turnedOn.join(', ')} on again (${why})`);
+      const fixedKey = `${where}#${rec.ifindex}|${r.fixed.join(',')}`;
+      if (r.fixed.length && !this.fixedReported.has(fixedKey)) {
+        this.fixedReported.add(fixedKey);
+        out.push(
+          `${where}: ${r.fixed.join(', ')} left off (${why}, but the kernel does not let it be turned on while ` +
+            'our native program runs; turned on again when the program leaves, by --cleanup-on-exit)',
+        );
+      }
+    }
+    if (changed) this.saveHostChanges();
+    return out;
   }
 
   nativeXdp(ifname: string): { supported: boolean; features: string } | undefined {

@@ -272,7 +272,7 @@ const IFLA_TARGET_NETNSID = 46;
  */
 export function vethPeerLink(
   name: string,
-): { name: string; mtu: number; netns?: string; nsid?: number } | { unreadable: string } | undefined {
+): { name: string; ifindex: number; mtu: number; netns?: string; nsid?: number } | { unreadable: string } | undefined {
   let id: LinkIdentity | undefined;
   try {
     id = linkIdentity(ifindexOf(name));
@@ -285,7 +285,9 @@ export function vethPeerLink(
     const peer = nameOf(id.link);
     if (!peer) return { unreadable: `the veth peer of ${name} (ifindex ${id.link}) was not found` };
     const st = linkState(peer);
-    return st ? { name: peer, mtu: st.mtu } : { unreadable: `the MTU of ${name}'s veth peer ${peer} cannot be read` };
+    return st
+      ? { name: peer, ifindex: id.link, mtu: st.mtu }
+      : { unreadable: `the MTU of ${name}'s veth peer ${peer} cannot be read` };
   }
   const nsid = id.linkNetnsid;
   const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
@@ -315,7 +317,7 @@ export function vethPeerLink(
   }
   const peer = a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? `ifindex ${id.link}`;
   const netns = namedNetns(nsid);
-  return { name: peer, mtu, nsid, ...(netns ? { netns } : {}) };
+  return { name: peer, ifindex: id.link, mtu, nsid, ...(netns ? { netns } : {}) };
 }
 
 /** The name (/run/netns/NAME) of the namespace our namespace gives id `nsid`; undefined when it has none. */
@@ -649,6 +651,38 @@ export async function restoreOffloads(c: OffloadChange): Promise<string> {
 }
 
 /**
+ * {@link restoreOffloads} for features the daemon no longer needs off while XDP stays attached: those the
+ * kernel holds fixed now (a native XDP ingress's peer: veth_xdp_set takes GSO_SOFTWARE out of its
+ * hw_features while the program runs) cannot be turned on yet and are returned in `fixed` (to stay
+ * recorded); `settled` are on again or were already. A string when the device is gone or was replaced.
+ */
+export async function releaseOffloads(
+  c: OffloadChange,
+): Promise<{ settled: string[]; turnedOn: string[]; fixed: string[] } | string> {
+  const ethtool = await recordedDevice(c);
+  if (typeof ethtool === 'string') return ethtool;
+  const isOn = (text: string, n: string) => new RegExp(`^${n}: on`, 'm').test(text);
+  const before = (await ethtool(['-k', c.ifname])).stdout;
+  const off = c.features.filter((n) => !isOn(before, n) && !new RegExp(`^${n}: off \\[fixed\\]`, 'm').test(before));
+  if (off.length) {
+    try {
+      await ethtool(['-K', c.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
+    } catch {
+      // "Could not change any device features": what is still off is said below
+    }
+  }
+  // What is on now, read back: a composite feature (tcp-segmentation-offload) whose parts the kernel holds
+  // fixed stays off without saying [fixed].
+  const after = off.length ? (await ethtool(['-k', c.ifname])).stdout : before;
+  const settled = c.features.filter((n) => isOn(after, n));
+  return {
+    settled,
+    turnedOn: off.filter((n) => settled.includes(n)),
+    fixed: c.features.filter((n) => !settled.includes(n)),
+  };
+}
+
+/**
  * Check, and if `fix` is set satisfy, the veth precondition for native XDP
  * redirects into `name`: its peer must have an XDP program or GRO enabled
  * (either gives it NAPI), and be up. A peer in an unnamed namespace cannot be
@@ -775,6 +809,17 @@ export async function xdpTransmitStats(name: string): Promise<{ taken: bigint; d
   const [link] = (await ipJson(['-s', 'link', 'show', 'dev', name])) as { stats64?: { tx?: { dropped?: number } } }[];
   return { taken, dropped: BigInt(link?.stats64?.tx?.dropped ?? 0) };
 }
+
+/**
+ * The segmentation offloads turned off on a generic-mode ingress's veth peer (generic XDP cannot redirect a
+ * GSO packet); not needed in native mode, where the kernel masks the peer's software GSO itself while our
+ * program runs (veth_fix_features) and puts it back when it leaves.
+ */
+export const GENERIC_GSO_FEATURES: readonly string[] = [
+  'tcp-segmentation-offload',
+  'generic-segmentation-offload',
+  'tx-udp-segmentation',
+];
 
 /** `ethtool -k` display names -> the names `ethtool -K` takes. */
 const SET_NAME: Record<string, string> = {
@@ -936,12 +981,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
   yield* turnOff(peer, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
   if (generic) {
-    yield* turnOff(
-      peer,
-      netns,
-      ['tcp-segmentation-offload', 'generic-segmentation-offload', 'tx-udp-segmentation'],
-      gsoWhy,
-    );
+    yield* turnOff(peer, netns, [...GENERIC_GSO_FEATURES], gsoWhy);
   }
   return { done, problems, changed, unrepaired };
 }
