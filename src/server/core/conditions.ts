@@ -169,8 +169,8 @@ export function ruleConditions(
   ];
 }
 
-/** An interface's ProgramAttached condition. */
-export function interfaceConditions(i: {
+/** The interface facts its conditions come from ({@link interfaceConditions}). */
+export interface InterfaceFacts {
   present: boolean;
   /** Why it is not present, when more is known than that (moved to another network namespace: core/moved.ts). */
   absent?: string;
@@ -188,45 +188,80 @@ export function interfaceConditions(i: {
   used: boolean;
   /** Why it runs in another mode than asked (the attach's warning), if it does. */
   modeWarning?: string;
-}): ObservedCondition[] {
+  /** What sends frames out of it (its "…/egress" users: backends' rules, one-way links); empty: none. */
+  egressFor?: readonly string[];
+  /** Why it cannot transmit what they send (down, no carrier, a link direction that cannot), if it cannot. */
+  egressProblems?: readonly string[];
+}
+
+/**
+ * An interface's conditions, each for what it is used for: ProgramAttached where our program is meant to
+ * run (an ingress, a link source) or some program runs; EgressReady where rules or links send frames out of
+ * it (True: up with carrier and nothing known against it; False naming why). An interface used only as an
+ * egress, with no program, has no ProgramAttached condition: none is meant there.
+ */
+export function interfaceConditions(i: InterfaceFacts): ObservedCondition[] {
+  const egress = i.egressFor?.length ? [egressCondition(i)] : [];
+  if (!i.used && i.effectiveMode === 'none' && egress.length) return egress;
+  return [programCondition(i), ...egress];
+}
+
+function egressCondition(i: InterfaceFacts): ObservedCondition {
+  const users = (i.egressFor ?? []).map((u) => u.replace(/\/egress$/, '')).join(', ');
   if (!i.present) {
-    if (i.absent) return [cond('ProgramAttached', false, ingressReason(i.absent), i.absent)];
-    return [cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`)];
+    const why = i.absent ?? `interface ${i.name} does not exist`;
+    return cond(
+      'EgressReady',
+      false,
+      i.absent ? ingressReason(i.absent) : 'InterfaceMissing',
+      `${why} (egress of ${users})`,
+    );
+  }
+  const problems = i.egressProblems ?? [];
+  if (problems.length) {
+    const reason = /is down|no carrier/.test(problems[0]) ? 'EgressDown' : 'EgressCannotTransmit';
+    return cond('EgressReady', false, reason, `${problems.join('; ')} (egress of ${users})`);
+  }
+  return cond('EgressReady', true, 'Up', `up with carrier (egress of ${users})`);
+}
+
+/** The ProgramAttached condition of an interface. */
+function programCondition(i: InterfaceFacts): ObservedCondition {
+  if (!i.present) {
+    if (i.absent) return cond('ProgramAttached', false, ingressReason(i.absent), i.absent);
+    return cond('ProgramAttached', false, 'InterfaceMissing', `interface ${i.name} does not exist`);
   }
   if (i.effectiveMode !== 'none' && !i.ours) {
-    return [
-      cond(
-        'ProgramAttached',
-        false,
-        i.unidentified ? 'UnidentifiedProgram' : 'ForeignProgram',
-        `${otherProgram(i.progId, i.unidentified, undefined, i.otherDaemon)} is attached; it is left alone`,
-      ),
-    ];
+    return cond(
+      'ProgramAttached',
+      false,
+      i.unidentified ? 'UnidentifiedProgram' : 'ForeignProgram',
+      `${otherProgram(i.progId, i.unidentified, undefined, i.otherDaemon)} is attached; it is left alone`,
+    );
   }
   if (i.effectiveMode !== 'none' && i.current !== undefined && i.progId !== i.current) {
-    return [
-      cond(
-        'ProgramAttached',
-        false,
-        'EarlierProgram',
-        `an earlier program of this datapath (id ${i.progId}) runs here, not the one in use (id ${i.current})`,
-      ),
-    ];
+    return cond(
+      'ProgramAttached',
+      false,
+      'EarlierProgram',
+      `an earlier program of this datapath (id ${i.progId}) runs here, not the one in use (id ${i.current})`,
+    );
   }
   if (!i.used && i.detachError) {
-    return [
-      cond('ProgramAttached', true, 'DetachFailed', `no longer used; detaching failed (retried): ${i.detachError}`),
-    ];
-  }
-  if (i.effectiveMode === 'none') return [cond('ProgramAttached', false, 'NotAttached', 'no XDP program is attached')];
-  return [
-    cond(
+    return cond(
       'ProgramAttached',
       true,
-      'Attached',
-      `our XDP program runs in ${i.effectiveMode} mode${i.modeWarning ? `: ${i.modeWarning}` : ''}`,
-    ),
-  ];
+      'DetachFailed',
+      `no longer used; detaching failed (retried): ${i.detachError}`,
+    );
+  }
+  if (i.effectiveMode === 'none') return cond('ProgramAttached', false, 'NotAttached', 'no XDP program is attached');
+  return cond(
+    'ProgramAttached',
+    true,
+    'Attached',
+    `our XDP program runs in ${i.effectiveMode} mode${i.modeWarning ? `: ${i.modeWarning}` : ''}`,
+  );
 }
 
 /** A link's Active condition, and FramesFit from its MTU warnings ({@link framesFitCondition}). */

@@ -44,7 +44,7 @@ import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rule
 import { missingText } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
-import { ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
+import { egressProblem, ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
 import { backendKey, CoreState, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -570,8 +570,23 @@ export class Controller {
     // Also what we attached and could not detach yet: nothing attached stays unlisted.
     // And interfaces moved to another namespace with our program still there (core/moved.ts).
     const names = new Set([...users.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
+    // Why an egress cannot transmit: down or without carrier, or a link direction into it that cannot.
+    const linkEgress = new Map<string, string[]>();
+    for (const [dir, why] of this.state.linkEgress) {
+      const to = dir.slice(dir.indexOf('>') + 1);
+      // Only what is about the egress (not an ingress that is down or without our program).
+      if (!why.includes(to) || why.startsWith('ingress ')) continue;
+      linkEgress.set(to, [...(linkEgress.get(to) ?? []), `link ${dir.replace('>', ' -> ')}: ${why}`]);
+    }
+    const egressProblemsOf = (name: string) => {
+      const own = egressProblem(name, this.dp.linkState?.(name));
+      return own ? [own] : (linkEgress.get(name) ?? []);
+    };
     return [...names].sort().map((name) => {
-      const { x, info, warnings, conditions } = this.interfaceView(name, programUsers.has(name), at);
+      const { x, info, warnings, conditions } = this.interfaceView(name, programUsers.has(name), at, undefined, {
+        for: [...(users.get(name) ?? [])].filter((u) => u.endsWith('/egress')).sort(),
+        problems: egressProblemsOf(name),
+      });
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -590,7 +605,14 @@ export class Controller {
    * One interface as observed now: its XDP status, warnings and conditions (recorded with `at`). `used`:
    * something needs our program on it (egress-only interfaces need none).
    */
-  private interfaceView(name: string, used: boolean, at: number, lookup = (n: string) => this.dp.lookupInterface(n)) {
+  private interfaceView(
+    name: string,
+    used: boolean,
+    at: number,
+    lookup = (n: string) => this.dp.lookupInterface(n),
+    /** Its "…/egress" users and why it cannot transmit for them (listInterfaces): its EgressReady condition. */
+    egress?: { for: readonly string[]; problems: readonly string[] },
+  ) {
     const x = this.dp.xdpStatus(name);
     const info = lookup(name);
     const warnings: string[] = [];
@@ -623,6 +645,8 @@ export class Controller {
         current: this.dp.progId,
         detachError,
         used,
+        egressFor: egress?.for,
+        egressProblems: egress?.problems,
         modeWarning:
           x?.ours && x.mode !== this.opts.mode
             ? x.warnings?.find((w) => / refused |keeps running in generic mode/.test(w))

@@ -174,7 +174,14 @@ export interface ManagedInterface {
    * program the daemon cannot tell from its own: not pinned under its pin
    * root, and no CAP_SYS_ADMIN to open it by id), EarlierProgram (an earlier
    * program of this datapath, not yet replaced by the one in use),
-   * NotAttached or DetachFailed).
+   * NotAttached or DetachFailed), present where our program is meant to run
+   * (an ingress, a link source) or some program runs; "EgressReady" where
+   * rules or links send frames out of it (true, reason Up: up with carrier;
+   * false with reason EgressDown (down, or no carrier: a veth whose peer is
+   * down), EgressCannotTransmit (a link direction into it that cannot take
+   * native redirects) or InterfaceMissing; the message names the users). An
+   * interface used only as an egress, without a program, has no
+   * ProgramAttached condition: none is meant there.
    */
   conditions: Condition[];
   /**
