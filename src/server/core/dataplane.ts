@@ -265,6 +265,12 @@ export interface Dataplane {
   /** A veth's peer when it is in this network namespace, with its MAC (static-mac.ts); undefined otherwise. Optional. */
   vethPeerMac?(ifname: string): PeerMac | undefined;
   /**
+   * The states of the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac}) when it was
+   * set by hand, e.g. "PERMANENT" or "NOARP": the kernel never probes nor ages such an entry, so nothing
+   * confirms its MAC. Undefined for an entry the kernel resolved (or none). Optional (fakes).
+   */
+  neighbourHandSet?(ip: string, iface: string): string | undefined;
+  /**
    * A veth's peer with its MTU, wherever the peer lives (this namespace, a named or an unnamed one), or why
    * its MTU cannot be read; undefined when `ifname` is not a veth. Optional (fakes: {@link vethPeer} then).
    */

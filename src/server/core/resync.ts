@@ -48,6 +48,8 @@ import {
   mtuRuleStatus,
   mtuWarnings,
   observedRuleStatus,
+  handSetNeighbourStatus,
+  handSetWhy,
   peerWhere,
   staticMacStatus,
   unverifiedRuleStatus,
@@ -630,6 +632,32 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // say so (DEGRADED, not ACTIVE).
   const unverified = new Map<string, string>();
   for (const [iface, r] of facts.napi) if (r.ok && r.unverified) unverified.set(iface, r.detail ?? iface);
+  // Backends given without a MAC whose neighbour entry was set by hand: their MAC cannot be verified
+  // (rule-status handSetNeighbourStatus), each said once.
+  const handSet = new Map<string, string>();
+  if (dp.neighbourHandSet) {
+    for (const r of specs) {
+      for (const b of r.backends) {
+        const key = neighbourKey(b.ip, b.interface);
+        if (b.mac !== '' || handSet.has(key)) continue;
+        const states = dp.neighbourHandSet(b.ip, b.interface);
+        if (states) handSet.set(key, states);
+      }
+    }
+  }
+  for (const [key, states] of handSet) {
+    const mac = facts.neighbours.get(key) ?? '';
+    transition(`neigh-handset/${key}`, `${states}|${mac}`, () => {
+      const at = key.indexOf('@');
+      ctx.log.info(
+        { backend: key.slice(0, at), interface: key.slice(at + 1), mac, states },
+        `backend ${key.slice(0, at)} on ${key.slice(at + 1)}: ${handSetWhy(key.slice(0, at), key.slice(at + 1), mac, states)}`,
+      );
+    });
+  }
+  for (const key of state.logged.keys()) {
+    if (key.startsWith('neigh-handset/') && !handSet.has(key.slice('neigh-handset/'.length))) state.logged.delete(key);
+  }
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -641,7 +669,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (k.status.state !== 'failed') {
       const written = k.written ?? k.status;
       let observed = observedRuleStatus(
-        unverifiedRuleStatus(mtuRuleStatus(staticMacStatus(written, rule, unverifiedMacs)), unverified),
+        unverifiedRuleStatus(
+          mtuRuleStatus(handSetNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, handSet)),
+          unverified,
+        ),
         rule.ingressInterfaces,
         k.ingressDown.length ? unusable : ingressProblems,
       );

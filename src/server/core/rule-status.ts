@@ -68,6 +68,38 @@ export function absentBackendStatus(b: { ip: string; interface: string; mac: str
 }
 
 /**
+ * The written status with the backends given without a MAC whose neighbour entry was set by hand said to be
+ * unverified (`handSet`: "ip@iface" -> the entry's states, from Dataplane.neighbourHandSet): the kernel never
+ * confirms such an entry (no ARP probe, no timeout), so "MAC resolved from the neighbour table" would say
+ * more than was observed; their BackendsReceiving is Unknown. The state is not lowered (nothing observed
+ * contradicts the entry). `written` itself when none applies.
+ */
+export function handSetNeighbourStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  handSet: ReadonlyMap<string, string>,
+): RuleStatus {
+  if (handSet.size === 0 || written.state === 'failed') return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    const states = spec && spec.mac === '' && b.receiving ? handSet.get(`${spec.ip}@${spec.interface}`) : undefined;
+    if (!states) return b;
+    changed = true;
+    return { ...b, unverified: true, message: handSetWhy(spec.ip, spec.interface, b.mac, states) };
+  });
+  return changed ? { ...written, backends } : written;
+}
+
+/** What a backend MAC from a neighbour entry set by hand means ({@link handSetNeighbourStatus}). */
+export function handSetWhy(ip: string, iface: string, mac: string, states: string): string {
+  return (
+    `MAC ${mac} cannot be verified: the neighbour entry for ${ip} on ${iface} was set by hand (${states}), ` +
+    'which the kernel never confirms (no ARP probe, no timeout); frames go to that MAC whether or not the host has it'
+  );
+}
+
+/**
  * A written rule's status from its backends' statuses and how many are in
  * its table with a non-zero weight (proto RuleState: ACTIVE when every
  * backend with a non-zero weight receives, DEGRADED when some cannot,

@@ -402,6 +402,11 @@ export class KernelDataplane implements Dataplane {
     return entry.mac;
   }
 
+  neighbourHandSet(ip: string, iface: string): string | undefined {
+    const states = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.states ?? [];
+    return states.includes('PERMANENT') || states.includes('NOARP') ? states.join(', ') : undefined;
+  }
+
   /**
    * Verify a resolved neighbour entry the datapath uses (a backend given without MAC): when the kernel
    * has seen no confirmation of its MAC for {@link NEIGHBOUR_VERIFY_MS}, and at most once per that
