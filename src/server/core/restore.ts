@@ -343,8 +343,10 @@ function markFailed(ctx: ExecContext, name: string, reason: string): void {
   k.status = failedStatus(reason, k.matchKeys.length > 0);
   k.written = undefined;
   state.failed.set(name, ctx.now() + FAILED_RETRY_MS);
+  // The same key and line as resync's report of a rule's state (resync.ts `transition`): one line per
+  // transition, whichever of the two sees it first (was: both, alternately, at every retry).
   const key = `rule/${name}`;
-  const line = `failed|${reason}`;
+  const line = `${k.status.state}|${k.status.message}`;
   if (state.logged.get(key) !== line) ctx.log.error({ rule: name, reason }, `rule ${name} FAILED: ${k.status.message}`);
   state.logged.set(key, line);
 }

@@ -288,6 +288,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (was !== undefined && was.toLowerCase() !== info.mac.toLowerCase()) macMoved.set(iface, was);
   }
   const changed: string[] = [];
+  /** Rules re-applied because the datapath refused them before (FAILED, retry period over): their status message then. */
+  const retried = new Map<string, string>();
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
@@ -296,6 +298,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     if (retry !== undefined) {
       if (retry <= t && [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)].every((i) => now(i))) {
         ops.push({ name, next: specOf(rule), lenient: true });
+        retried.set(name, k.status.message);
       }
       continue;
     }
@@ -403,16 +406,30 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   }
   for (const [iface, info] of facts.interfaces) if (info) state.egressMacs.set(iface, info.mac);
   if (ops.length) {
-    ctx.log.info(
-      {
-        rules: ops.map((o) => o.name),
-        changes: Object.fromEntries(
-          ops.map((o) => [o.name, why.get(o.name) ?? 'the datapath refused it before: retrying']),
-        ),
-      },
-      'the host changed: re-applying rules',
-    );
+    // Only what was observed: rules re-applied for a change seen on the host say which; a retry of a
+    // rule the datapath refused is not a host change (its failure was logged once, by applyEach; a retry
+    // that fails the same way logs nothing more, one that succeeds says so below).
+    const hostChanged = ops.filter((o) => !retried.has(o.name));
+    if (hostChanged.length)
+      ctx.log.info(
+        {
+          rules: hostChanged.map((o) => o.name),
+          changes: Object.fromEntries(hostChanged.map((o) => [o.name, why.get(o.name)])),
+        },
+        'the host changed: re-applying rules',
+      );
+    if (retried.size) ctx.log.debug({ rules: [...retried.keys()] }, 'retrying rules the datapath refused before');
     await applyEach(ctx, tx, ops, facts.napi);
+    for (const [name, was] of retried) {
+      if (state.failed.has(name) || !state.rules.has(name)) continue;
+      const k = state.ruleKernel.get(name);
+      // This line is the rule's transition (the report below logs one only if the pass changes it again).
+      if (k) state.logged.set(`rule/${name}`, `${k.status.state}|${k.status.message}`);
+      ctx.log.info(
+        { rule: name, was, state: k?.status.state },
+        `rule ${name} applied on retry (it was FAILED: ${was}); now ${(k?.status.state ?? 'unknown').toUpperCase()}: ${k?.status.message ?? ''}`,
+      );
+    }
     // What was written: a backend given without MAC that now receives with another MAC than before
     // (the neighbour table changed, or its entry failed and was resolved again) is logged once.
     for (const op of ops) {
