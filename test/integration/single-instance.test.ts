@@ -486,6 +486,26 @@ describe('pins that only xdpctld controls', kernelOnly(), () => {
     assert.equal(existsSync(`/tmp/xdpctl-test-${id}-pins`), false);
   });
 
+  it('refuses a pin root that is a bpffs mount itself, saying so (not "not on a bpffs")', async () => {
+    // A bpffs of its own (as /sys/fs/bpf is one), so the host's is not touched.
+    const mnt = `/tmp/xdpctl-test-${id}-bpffs`;
+    mkdirSync(mnt, { mode: 0o700 });
+    try {
+      sh('mount', ['-t', 'bpf', '-o', 'mode=0700', 'bpf', mnt]);
+      try {
+        const before = readdirSync(mnt); // the kernel's own entries (maps.debug, progs.debug) on a new mount
+        const msg = await refused(id, ['--pin-root', mnt]);
+        assert.match(msg, new RegExp(`pin root ${mnt} is the root of a bpffs mount.*--pin-root ${mnt}/xdpctl`));
+        assert.doesNotMatch(msg, /not on a bpffs/);
+        assert.deepEqual(readdirSync(mnt), before, 'nothing pinned there');
+      } finally {
+        sh('umount', [mnt]);
+      }
+    } finally {
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+
   it('setup mounts bpffs with mode 0700 where none is mounted', () => {
     // In a private mount namespace, so the host's /sys/fs/bpf is not touched.
     const mode = sh(

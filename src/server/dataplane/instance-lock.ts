@@ -470,6 +470,15 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
   }
 }
 
+/** Whether `path` exists and is on a bpffs (statfs). */
+function isBpffs(path: string): boolean {
+  try {
+    return Number(statfsSync(path).type) === BPF_FS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
 /** The pin root is not safe to use; the message says why and what to do. */
 export class PinRootError extends Error {
   override readonly name = 'PinRootError';
@@ -497,6 +506,14 @@ export function preparePinRoot(pinRoot: string, created?: string[]): void {
     fsType = Number(statfsSync(parent).type);
   } catch (e) {
     throw new PinRootError(`pin root ${pinRoot}: ${parent} is not accessible (${(e as Error).message})`);
+  }
+  if (fsType !== BPF_FS_MAGIC && parent === dirname(pinRoot) && isBpffs(pinRoot)) {
+    // The pin root is a bpffs mount itself (e.g. /sys/fs/bpf): the kernel, ip, tc and other tools pin
+    // there too, and --cleanup-on-exit removes what is under our pin root.
+    throw new PinRootError(
+      `pin root ${pinRoot} is the root of a bpffs mount, where the kernel and other tools pin too: ` +
+        `choose a directory inside it for xdpctl alone, e.g. --pin-root ${pinRoot.replace(/\/+$/, '')}/xdpctl`,
+    );
   }
   if (fsType !== BPF_FS_MAGIC) {
     throw new PinRootError(
