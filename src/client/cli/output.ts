@@ -140,6 +140,7 @@ export function ruleDetails(r: Rule, counters?: Counters): string {
     fields.push(
       ['matched', `${rc.matchedPackets} packets, ${bytes(rc.matchedBytes)}`],
       ['redirected', `${rc.redirectedPackets} packets, ${bytes(rc.redirectedBytes)}`],
+      ['redirect errors', `${rc.redirectErrorPackets} packets (dropped by the kernel after the redirect)`],
       ['filtered', `${rc.filteredPackets} packets (source not allowed)`],
       ['no backend', `${rc.noBackendPackets} packets`],
     );
@@ -149,7 +150,7 @@ export function ruleDetails(r: Rule, counters?: Counters): string {
   // Backend counters come in the rule's backend order (Counters.backends).
   const bc = counters?.backends.filter((x) => x.rule === r.name) ?? [];
   const backends = renderTable(
-    ['BACKEND', 'IP', 'MAC', 'INTERFACE', 'WEIGHT', 'ACTIVE', 'PACKETS', 'BYTES', 'MESSAGE'],
+    ['BACKEND', 'IP', 'MAC', 'INTERFACE', 'WEIGHT', 'ACTIVE', 'PACKETS', 'BYTES', 'REDIRECT ERRORS', 'MESSAGE'],
     r.backends.map((b, i) => {
       const s = r.status?.backendStatus[i];
       const c = bc[i]?.ip === b.ip && bc[i]?.interface === b.interface ? bc[i] : undefined;
@@ -162,6 +163,7 @@ export function ruleDetails(r: Rule, counters?: Counters): string {
         yesNo(s?.active),
         c ? String(c.packets) : '-',
         c ? bytes(c.bytes) : '-',
+        c ? String(c.redirectErrorPackets) : '-',
         s?.message || '',
       ];
     }),
