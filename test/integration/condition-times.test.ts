@@ -106,4 +106,41 @@ describe('condition transition times are observation times, also across a restar
     within(r.cond.lastTransitionTime, tUp, tUp + PASS_MS, 'Ready True again: the pass that saw the egress up');
     await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
   });
+
+  it('every condition of a link, of its interfaces and of a rule written by this daemon has a transition time', async () => {
+    // A review saw links' Active and FramesFit, and their interfaces' ProgramAttached, without one.
+    const xa = topo.addHost('xa', '198.18.9.1/24');
+    const xb = topo.addHost('xb', '198.18.9.2/24');
+    const t0 = Date.now();
+    await c.links.connect({ link: { a: xa.hostIf, b: xb.hostIf } });
+    await c.rules.createRule({
+      rule: {
+        name: 'web2',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7996, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    const t1 = Date.now();
+    await sleep(2500); // passes have run
+    const link = (await c.links.listLinks({})).links.find((l) => l.a === xa.hostIf)!;
+    const seen: [string, Condition][] = [
+      ...link.status!.conditions.map((x): [string, Condition] => [`link ${x.type}`, x]),
+      ...(await c.rules.getRule({ name: 'web2' })).rule!.status!.conditions.map((x): [string, Condition] => [
+        `rule ${x.type}`,
+        x,
+      ]),
+    ];
+    for (const name of [xa.hostIf, xb.hostIf, vm.hostIf, b1.hostIf]) {
+      const i = (await c.interfaces.getInterface({ name })).interface!;
+      seen.push(...i.conditions.map((x): [string, Condition] => [`interface ${name} ${x.type}`, x]));
+    }
+    assert.ok(seen.length >= 8, `conditions seen: ${seen.map(([w]) => w).join(', ')}`);
+    for (const [what, cond] of seen) within(cond.lastTransitionTime, t0, Date.now(), what);
+    await c.links.disconnect({ a: xa.hostIf, b: xb.hostIf });
+    await c.rules.deleteRule({ name: 'web2', expectedGeneration: 0n });
+  });
 });
