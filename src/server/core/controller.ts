@@ -388,9 +388,15 @@ export class Controller {
   private observeLinksAndInterfaces(at: number, looked?: ReadonlyMap<string, InterfaceInfo | undefined>): void {
     const lookup = (n: string) => (looked?.has(n) ? looked.get(n) : this.dp.lookupInterface(n));
     if (this.state.links.size) this.listLinks(at, false, lookup);
-    const names = new Set([...this.state.ifaceRules.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
+    const egress = this.egressUses();
+    const names = new Set([
+      ...this.state.ifaceRules.keys(),
+      ...egress.names,
+      ...this.state.attached.keys(),
+      ...this.state.moved.keys(),
+    ]);
     for (const l of this.state.links.values()) names.add(l.a).add(l.b);
-    for (const name of names) this.interfaceView(name, this.state.isUsed(name), at, lookup);
+    for (const name of names) this.interfaceView(name, this.state.isUsed(name), at, lookup, egress.of(name));
     // Interfaces and links no longer managed are forgotten (rules are when deleted: CoreState.deleteRule).
     const keep = new Set([...names].map((n) => `if/${n}`));
     for (const l of this.state.links.values()) keep.add(`link/${linkKey(l)}`);
@@ -558,35 +564,18 @@ export class Controller {
    */
   listInterfaces(at = this.now()): ManagedInterface[] {
     const programUsers = this.state.interfaceUsers(); // what needs the program on an interface
-    const users = new Map([...programUsers].map(([k, v]) => [k, new Set(v)]));
-    const add = (name: string, user: string) => {
-      if (!users.has(name)) users.set(name, new Set());
-      users.get(name)!.add(user);
-    };
-    for (const r of this.state.rules.values()) for (const b of r.backends) add(b.interface, `rule/${r.name}/egress`);
-    for (const l of this.state.links.values()) {
-      if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
-    }
+    const egress = this.egressUses();
     // Also what we attached and could not detach yet: nothing attached stays unlisted.
     // And interfaces moved to another namespace with our program still there (core/moved.ts).
-    const names = new Set([...users.keys(), ...this.state.attached.keys(), ...this.state.moved.keys()]);
-    // Why an egress cannot transmit: down or without carrier, or a link direction into it that cannot.
-    const linkEgress = new Map<string, string[]>();
-    for (const [dir, why] of this.state.linkEgress) {
-      const to = dir.slice(dir.indexOf('>') + 1);
-      // Only what is about the egress (not an ingress that is down or without our program).
-      if (!why.includes(to) || why.startsWith('ingress ')) continue;
-      linkEgress.set(to, [...(linkEgress.get(to) ?? []), `link ${dir.replace('>', ' -> ')}: ${why}`]);
-    }
-    const egressProblemsOf = (name: string) => {
-      const own = egressProblem(name, this.dp.linkState?.(name));
-      return own ? [own] : (linkEgress.get(name) ?? []);
-    };
+    const names = new Set([
+      ...programUsers.keys(),
+      ...egress.names,
+      ...this.state.attached.keys(),
+      ...this.state.moved.keys(),
+    ]);
     return [...names].sort().map((name) => {
-      const { x, info, warnings, conditions } = this.interfaceView(name, programUsers.has(name), at, undefined, {
-        for: [...(users.get(name) ?? [])].filter((u) => u.endsWith('/egress')).sort(),
-        problems: egressProblemsOf(name),
-      });
+      const uses = egress.of(name);
+      const { x, info, warnings, conditions } = this.interfaceView(name, programUsers.has(name), at, undefined, uses);
       return {
         name,
         ifindex: info?.ifindex ?? 0,
@@ -594,11 +583,47 @@ export class Controller {
         requestedMode: this.opts.mode,
         effectiveMode: x?.mode ?? 'none',
         progId: x?.progId ?? 0,
-        usedBy: [...(users.get(name) ?? [])].sort(),
+        usedBy: [...new Set([...(programUsers.get(name) ?? []), ...uses.for])].sort(),
         warnings,
         conditions,
       };
     });
+  }
+
+  /**
+   * The interfaces used as an egress (a backend's interface, the far end of a one-way link), each with
+   * its egress uses ("rule/X/egress", "link/a:b/egress", sorted) and why it cannot transmit for them
+   * (down or without carrier, or a link direction into it that cannot): the inputs of its EgressReady
+   * condition. Every caller of interfaceView passes them, so that a pass records EgressReady with the
+   * pass's time, as a read does.
+   */
+  private egressUses(): {
+    names: Iterable<string>;
+    of: (name: string) => { for: readonly string[]; problems: readonly string[] };
+  } {
+    const uses = new Map<string, Set<string>>();
+    const add = (name: string, user: string) => {
+      if (!uses.has(name)) uses.set(name, new Set());
+      uses.get(name)!.add(user);
+    };
+    for (const r of this.state.rules.values()) for (const b of r.backends) add(b.interface, `rule/${r.name}/egress`);
+    for (const l of this.state.links.values()) {
+      if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
+    }
+    const linkEgress = new Map<string, string[]>();
+    for (const [dir, why] of this.state.linkEgress) {
+      const to = dir.slice(dir.indexOf('>') + 1);
+      // Only what is about the egress (not an ingress that is down or without our program).
+      if (!why.includes(to) || why.startsWith('ingress ')) continue;
+      linkEgress.set(to, [...(linkEgress.get(to) ?? []), `link ${dir.replace('>', ' -> ')}: ${why}`]);
+    }
+    return {
+      names: uses.keys(),
+      of: (name) => {
+        const own = egressProblem(name, this.dp.linkState?.(name));
+        return { for: [...(uses.get(name) ?? [])].sort(), problems: own ? [own] : (linkEgress.get(name) ?? []) };
+      },
+    };
   }
 
   /**
@@ -609,10 +634,11 @@ export class Controller {
     name: string,
     used: boolean,
     at: number,
-    lookup = (n: string) => this.dp.lookupInterface(n),
-    /** Its "…/egress" users and why it cannot transmit for them (listInterfaces): its EgressReady condition. */
-    egress?: { for: readonly string[]; problems: readonly string[] },
+    lookup: ((n: string) => InterfaceInfo | undefined) | undefined,
+    /** Its "…/egress" users and why it cannot transmit for them (egressUses): its EgressReady condition. */
+    egress: { for: readonly string[]; problems: readonly string[] },
   ) {
+    lookup ??= (n: string) => this.dp.lookupInterface(n);
     const x = this.dp.xdpStatus(name);
     const info = lookup(name);
     const warnings: string[] = [];
@@ -884,9 +910,11 @@ export class Controller {
       for (const p of plan.plans)
         for (const i of p.ingress) known.set(i.name, { name: i.name, ifindex: i.ifindex, mac: '' });
       const lookup = (n: string) => (known.has(n) ? known.get(n) : this.dp.lookupInterface(n));
+      let egress: ReturnType<Controller['egressUses']> | undefined;
       for (const [name, a] of attachedBefore) {
         if (this.state.attached.get(name) !== a && this.isManaged(name)) {
-          this.interfaceView(name, this.state.isUsed(name), at, lookup);
+          egress ??= this.egressUses();
+          this.interfaceView(name, this.state.isUsed(name), at, lookup, egress.of(name));
         }
       }
       await this.observeRules(opNames(ops), at);
@@ -1209,7 +1237,10 @@ export class Controller {
       for (const i of sources.keys()) if (!sourcesBefore.has(i)) flipped.push(i);
       const lookup = (n: string) => (facts.interfaces.has(n) ? facts.interfaces.get(n) : this.dp.lookupInterface(n));
       if (this.state.links.size) this.listLinks(at, false, lookup);
-      for (const name of ends) if (this.isManaged(name)) this.interfaceView(name, this.state.isUsed(name), at, lookup);
+      const egress = this.egressUses();
+      for (const name of ends) {
+        if (this.isManaged(name)) this.interfaceView(name, this.state.isUsed(name), at, lookup, egress.of(name));
+      }
       await this.observeRules(
         flipped.flatMap((i) => [...(this.state.ifaceRules.get(i) ?? [])]),
         at,
