@@ -5,21 +5,27 @@
  *    kernel never confirms such an entry (no probe, no timeout), so the status says the MAC cannot be
  *    verified, naming the entry, never "MAC resolved from the neighbour table" (0 of 20 delivered, which is
  *    what such a MAC may do); the same with the right MAC (20 of 20: still unconfirmed); an entry the kernel
- *    resolves itself (ARP) is "resolved from the neighbour table" again.
+ *    resolves itself (ARP) is "resolved from the neighbour table" again. Whether such a backend receives
+ *    cannot be verified, so its rule is DEGRADED (Ready False, BackendsReceiving Unknown), the
+ *    xdpctl.datapath health NOT_SERVING and the metrics count it, logged once, as for a veth peer that cannot
+ *    be inspected (egress-unverifiable.test.ts); ACTIVE and SERVING again once the kernel resolved the entry.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () => {
   const id = runId();
@@ -34,7 +40,7 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
     b1 = topo.addHost('b1', '198.18.2.1/24');
     b2 = topo.addHost('b2', '198.18.2.2/24');
     topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
     c = d.clients();
   });
   after(async () => {
@@ -47,6 +53,8 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
   });
 
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
   /** Send `n` datagrams from vm to the port; how many b1 and b2 received. */
   async function send(port: number, n = 20) {
     const ls = [await UdpListener.start(b1.netns, b1.ip!, port), await UdpListener.start(b2.netns, b2.ip!, port)];
@@ -84,9 +92,18 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
       );
       const fit = st.conditions.find((x) => x.type === 'BackendsReceiving')!;
       assert.deepEqual([fit.status, fit.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
+      // Whether it receives cannot be verified: DEGRADED (proto RuleState), not ACTIVE.
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
+      assert.match(st.message, /1 cannot be verified \(.*\(PERMANENT\): MAC from a neighbour entry set by hand/);
+      assert.equal(st.conditions.find((x) => x.type === 'Ready')!.status, ConditionStatus.CONDITION_STATUS_FALSE);
+      await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING, 5000);
+      assert.equal(await metric(d.prometheus!, 'xdpctl_rules', { xdpctl_rule_state: 'degraded' }), 1);
+      assert.equal(await metric(d.prometheus!, 'xdpctl_rules', { xdpctl_rule_state: 'active' }), 0);
+      assert.ok((await metric(d.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
       const r = await send(7984);
       assert.equal(r.got[0], 0, `what a wrong MAC does: 0 of ${r.sent} delivered`);
       assert.equal((d.output.match(/"msg":"backend [^"]* cannot be verified: the neighbour entry/g) ?? []).length, 1);
+      assert.equal(count(/"msg":"rule perm is DEGRADED: .*MAC from a neighbour entry set by hand/), 1, 'logged once');
 
       // The right MAC, still set by hand: delivered, and still not confirmed by anything.
       sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
@@ -94,6 +111,9 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
       await until('says so for the new MAC', async () => (await message()).startsWith(`MAC ${b1.mac} cannot`), 5000);
       const r2 = await send(7984);
       assert.equal(r2.got[0], r2.sent, `the right MAC: ${r2.got[0]} of ${r2.sent} delivered`);
+      assert.equal((await status('perm')).state, RuleState.RULE_STATE_DEGRADED, 'still not confirmed by anything');
+      assert.equal(await health(), NOT_SERVING);
+      assert.equal(count(/"msg":"rule perm is DEGRADED/), 1, 'the same state: not logged again');
     } finally {
       shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
     }
@@ -105,6 +125,22 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
     );
     const r3 = await send(7984);
     assert.equal(r3.got[0], r3.sent);
+    assert.equal((await status('perm')).state, RuleState.RULE_STATE_ACTIVE);
+    await until('health SERVING', async () => (await health()) === SERVING, 5000);
+    assert.equal(await metric(d.prometheus!, 'xdpctl_datapath_problems', {}), 0);
+    assert.equal(count(/"msg":"rule perm is ACTIVE/), 1, 'the way back logged once');
     await c.rules.deleteRule({ name: 'perm', expectedGeneration: 0n });
   });
 });
+
+/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}

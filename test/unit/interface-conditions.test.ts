@@ -76,13 +76,17 @@ describe('MACs from neighbour entries set by hand', () => {
     ],
   };
 
-  it('only a MAC-less backend whose entry was set by hand is unverified; the state stays', () => {
+  it('only a MAC-less backend whose entry was set by hand is unverified; the rule is DEGRADED for it', () => {
     const handSet = new Map([
       ['10.0.0.2@eth1', 'PERMANENT'],
       ['10.0.0.3@eth1', 'PERMANENT'],
     ]);
     const s = handSetNeighbourStatus(written, rule, handSet);
-    assert.equal(s.state, 'active');
+    assert.equal(s.state, 'degraded', 'whether it receives cannot be verified (proto RuleState DEGRADED)');
+    assert.match(
+      s.message,
+      /; 1 cannot be verified \(10\.0\.0\.2@eth1 \(PERMANENT\): MAC from a neighbour entry set by hand/,
+    );
     assert.match(
       s.backends[0].message,
       /^MAC 02:00:00:00:00:02 cannot be verified: the neighbour entry for 10\.0\.0\.2 on eth1 was set by hand \(PERMANENT\)/,
@@ -91,6 +95,8 @@ describe('MACs from neighbour entries set by hand', () => {
     assert.equal(s.backends[1], written.backends[1], 'a static MAC is not from the neighbour table');
     const c = ruleConditions(s, [1, 1], []).find((x) => x.type === 'BackendsReceiving')!;
     assert.deepEqual([c.status, c.reason], ['Unknown', 'BackendsUnverified']);
+    const ready = ruleConditions(s, [1, 1], []).find((x) => x.type === 'Ready')!;
+    assert.equal(ready.status, 'False');
     assert.equal(handSetNeighbourStatus(written, rule, new Map()), written);
   });
 });

@@ -27,7 +27,7 @@ import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
-import { lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
+import { handSetNeighbourStatus, lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
 
 const AF_INET = 2;
 
@@ -509,6 +509,22 @@ export async function writeRules(
     for (const p of plans) {
       const k = alloc.kernel.get(p.name)!;
       const lowered = unverifiedRuleStatus(k.status, unverified);
+      if (lowered === k.status) continue;
+      k.written ??= k.status;
+      k.status = lowered;
+    }
+  }
+  // Backends given without a MAC whose neighbour entry was set by hand: unverified from the reply on (the
+  // reconciler's passes say the same, rule-status handSetNeighbourStatus).
+  if (dp.neighbourHandSet) {
+    for (const p of plans) {
+      const handSet = new Map<string, string>();
+      for (const b of p.spec.backends) {
+        const states = b.mac === '' ? dp.neighbourHandSet(b.ip, b.interface) : undefined;
+        if (states) handSet.set(`${b.ip}@${b.interface}`, states);
+      }
+      const k = alloc.kernel.get(p.name)!;
+      const lowered = handSetNeighbourStatus(k.status, p.spec, handSet);
       if (lowered === k.status) continue;
       k.written ??= k.status;
       k.status = lowered;

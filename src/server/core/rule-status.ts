@@ -71,8 +71,9 @@ export function absentBackendStatus(b: { ip: string; interface: string; mac: str
  * The written status with the backends given without a MAC whose neighbour entry was set by hand said to be
  * unverified (`handSet`: "ip@iface" -> the entry's states, from Dataplane.neighbourHandSet): the kernel never
  * confirms such an entry (no ARP probe, no timeout), so "MAC resolved from the neighbour table" would say
- * more than was observed; their BackendsReceiving is Unknown. The state is not lowered (nothing observed
- * contradicts the entry). `written` itself when none applies.
+ * more than was observed; their BackendsReceiving is Unknown and an ACTIVE rule is DEGRADED (proto
+ * RuleState: whether a backend receives cannot be verified), as for an egress whose veth peer cannot be
+ * inspected ({@link unverifiedRuleStatus}). `written` itself when none applies.
  */
 export function handSetNeighbourStatus(
   written: RuleStatus,
@@ -80,15 +81,24 @@ export function handSetNeighbourStatus(
   handSet: ReadonlyMap<string, string>,
 ): RuleStatus {
   if (handSet.size === 0 || written.state === 'failed') return written;
-  let changed = false;
+  let hit: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     const states = spec && spec.mac === '' && b.receiving ? handSet.get(`${spec.ip}@${spec.interface}`) : undefined;
     if (!states) return b;
-    changed = true;
+    (hit ??= []).push(`${spec.ip}@${spec.interface} (${states})`);
     return { ...b, unverified: true, message: handSetWhy(spec.ip, spec.interface, b.mac, states) };
   });
-  return changed ? { ...written, backends } : written;
+  if (!hit) return written;
+  const note =
+    `${hit.length} cannot be verified (${hit.join(', ')}: MAC from a neighbour entry set by hand, which the ` +
+    'kernel never confirms)';
+  return {
+    ...written,
+    state: written.state === 'active' ? 'degraded' : written.state,
+    message: `${written.message}; ${note}`,
+    backends,
+  };
 }
 
 /** What a backend MAC from a neighbour entry set by hand means ({@link handSetNeighbourStatus}). */

@@ -118,7 +118,9 @@ export enum RuleState {
    * unresolved, its interface is missing, down or without carrier (its flows
    * go to the other backends), or whether a backend receives cannot be
    * verified (a veth egress whose peer xdpctld cannot inspect, before
-   * traffic showed the kernel takes its frames; it stays in the table), or
+   * traffic showed the kernel takes its frames; a backend given without MAC
+   * whose neighbour entry was set by hand, PERMANENT or NOARP, which the
+   * kernel never confirms; either stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
