@@ -268,6 +268,11 @@ describe('maps changed by another tool are found, repaired and reported', kernel
       errors[0].msg,
       /kernel entries of the rules could not be compared with the desired state or rewritten: /,
     );
+    // Named as frozen, from what the kernel shows (the map fd's fdinfo), not a bare EPERM.
+    assert.match(
+      errors[0].msg,
+      /map backends refuses writes: it is frozen \(fdinfo frozen: 1; another tool ran bpftool map freeze\)/,
+    );
     await sleep(2500);
     assert.equal(await datapathHealth(), 2, 'still NOT_SERVING: still not rewritten');
     assert.equal(

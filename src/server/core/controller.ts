@@ -464,6 +464,12 @@ export class Controller {
           !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex && !foreign(l.a),
           l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex && !foreign(l.b),
         ];
+        // Not in the devmap because a re-apply failed (a map another tool froze): the direction says why.
+        const refused = this.state.linkReapplyError;
+        if (refused && ia && ib && !foreign(l.a) && !inKernel[0])
+          problems.push(`${l.a} -> ${l.b}: not in the datapath, could not be written: ${refused}`);
+        if (refused && ia && ib && l.direction === 'both' && !foreign(l.b) && !inKernel[1])
+          problems.push(`${l.b} -> ${l.a}: not in the datapath, could not be written: ${refused}`);
         // In the devmap and its egress can transmit (the reconciler's last pass): forwarding.
         const egress = [this.state.linkEgress.get(`${l.a}>${l.b}`), this.state.linkEgress.get(`${l.b}>${l.a}`)];
         if (egress[0]) problems.push(`${l.a} -> ${l.b}: ${egress[0]}`);

@@ -518,11 +518,18 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
       state.linkReapplyFailed = undefined;
+      state.linkReapplyError = undefined;
     } catch (e) {
       state.linkReapplyFailed = attempt;
-      transition('links', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, 'links not re-applied'));
+      state.linkReapplyError = (e as Error).message;
+      transition('links', `failed|${(e as Error).message}`, () =>
+        ctx.log.error({ err: e }, `links not re-applied: ${(e as Error).message}`),
+      );
     }
-  } else if (!stale) state.linkReapplyFailed = undefined;
+  } else if (!stale) {
+    state.linkReapplyFailed = undefined;
+    state.linkReapplyError = undefined;
+  }
 
   // Each link direction's egress must transmit what the link gives it: up, with carrier (a veth whose
   // peer is up), and, from a native-mode ingress, able to take native XDP redirects (checked, and with
@@ -633,6 +640,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
   // 3. Status as observed, each transition logged once.
   const problems: string[] = [...missing].sort().map((i) => missingText(state, i));
   if (state.kernelDrift) problems.push(state.kernelDrift);
+  if (state.linkReapplyError) {
+    problems.push(`link entries differ from the desired state and could not be rewritten: ${state.linkReapplyError}`);
+  }
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);

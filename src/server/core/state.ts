@@ -182,6 +182,12 @@ export class CoreState {
   linkEgress = new Map<string, string>();
   /** The wanted link directions (ingress ifindex -> egress ifindex) whose re-apply last failed; not retried until they change. */
   linkReapplyFailed?: string;
+  /**
+   * Why that re-apply failed (the kernel's error: a map another tool froze refuses every write), while the
+   * devmap still differs from the links: a datapath problem, and each link direction not in the devmap
+   * says it.
+   */
+  linkReapplyError?: string;
   /** Link directions (`from>to`) that forward, with a warning (an egress MTU below the ingress's). */
   linkWarnings = new Map<string, string>();
   /** claimKey -> the rule that claims it. */

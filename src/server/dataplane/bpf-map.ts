@@ -4,6 +4,8 @@
  * read with the buffer size the kernel expects (possible CPUs x value size
  * rounded up to 8; a smaller buffer corrupts memory).
  */
+import { readFileSync } from 'node:fs';
+
 import { dataplaneSpan, DP_ATTR } from '../telemetry/span.js';
 import type { Codec } from './codec.js';
 import { KernelError } from './errors.js';
@@ -20,6 +22,44 @@ import {
   withMappedMap,
   type Mapping,
 } from './libbpf.js';
+
+/**
+ * Whether the map behind `fd` is frozen (BPF_MAP_FREEZE, `bpftool map freeze`: every write from user space
+ * refused with EPERM until the map is replaced), as the kernel shows it in the fd's fdinfo ("frozen:\t1",
+ * kernel/bpf/syscall.c bpf_map_show_fdinfo); undefined when that cannot be read.
+ */
+export function mapFrozen(fd: number): boolean | undefined {
+  try {
+    const m = /^frozen:\s*(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    return m ? m[1] !== '0' : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * {@link check} for a write to map `name` (update or delete): a write refused with EPERM on a map the daemon
+ * holds read-write is what a freeze by another tool does; the error says so, from the fd's fdinfo when it
+ * can be read ("map xc_links is frozen"), else as a question.
+ */
+export function checkWrite(op: string, fd: number, name: string, ret: number): number {
+  try {
+    return check(op, ret);
+  } catch (e) {
+    if (!(e instanceof KernelError) || e.code !== 'EPERM') throw e;
+    const frozen = mapFrozen(fd);
+    throw new KernelError(
+      op,
+      e.errno,
+      [],
+      frozen
+        ? `map ${name} refuses writes: it is frozen (fdinfo frozen: 1; another tool ran bpftool map freeze), until the map is replaced`
+        : frozen === false
+          ? 'operation not permitted'
+          : `map ${name} refused writes (EPERM): frozen by another tool?`,
+    );
+  }
+}
 
 /** Bytes of an mmapable array kept mapped per window, and how many windows stay mapped (LRU). */
 const WINDOW = 16 * PAGE_SIZE;
@@ -206,7 +246,12 @@ export class BpfMap<K, V> {
   private putOne(k: K, v: V, flags: number): void {
     this.key.encode(k, this.keyBuf);
     this.encodeValue(v, this.valBuf, 0);
-    check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
+    checkWrite(
+      `update map ${this.name}`,
+      this.fd,
+      this.name,
+      lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number,
+    );
   }
 
   /**
@@ -222,7 +267,12 @@ export class BpfMap<K, V> {
     this.key.encode(k, this.keyBuf);
     this.valBuf.fill(0);
     values.forEach((v, c) => this.value.encode(v).copy(this.valBuf, c * this.stride));
-    check(`update map ${this.name}`, lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number);
+    checkWrite(
+      `update map ${this.name}`,
+      this.fd,
+      this.name,
+      lib.bpf_map_update_elem(this.fd, this.keyBuf, this.valBuf, flags) as number,
+    );
   }
 
   private encodeValue(v: V, out: Buffer, base: number): void {
@@ -246,7 +296,7 @@ export class BpfMap<K, V> {
     this.key.encode(k, this.keyBuf);
     const r = lib.bpf_map_delete_elem(this.fd, this.keyBuf) as number;
     if (r === -ENOENT) return false;
-    check(`delete from map ${this.name}`, r);
+    checkWrite(`delete from map ${this.name}`, this.fd, this.name, r);
     return true;
   }
 
@@ -411,7 +461,13 @@ export class BpfMap<K, V> {
       const count = [part.length];
       const opts = { ...batchOpts, elem_flags: BigInt(flags) };
       const r = lib.bpf_map_update_batch(this.fd, keys, vals, count, opts) as number;
-      if (r < 0) check(`update map ${this.name} in batch (${start + count[0]} of ${entries.length} written)`, r);
+      if (r < 0)
+        checkWrite(
+          `update map ${this.name} in batch (${start + count[0]} of ${entries.length} written)`,
+          this.fd,
+          this.name,
+          r,
+        );
     }
   }
 
@@ -440,7 +496,7 @@ export class BpfMap<K, V> {
       for (const k of keys.slice(count[0])) this.deleteOne(k);
       return;
     }
-    check(`delete from map ${this.name} in batch`, r);
+    checkWrite(`delete from map ${this.name} in batch`, this.fd, this.name, r);
   }
 
   /**

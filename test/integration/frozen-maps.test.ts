@@ -1,0 +1,98 @@
+/**
+ * A map another tool froze (`bpftool map freeze`: BPF_MAP_FREEZE, every write from user space refused with
+ * EPERM until the map is replaced) after it changed an entry: the difference cannot be rewritten, and the
+ * daemon says so (issue 16, "observe, don't assume"; review 17 item 3: an xc_links entry deleted and the map
+ * frozen left the direction dead, ping 0/3, while health stayed SERVING, xdpctl_datapath_problems 0, and the
+ * log said "links not re-applied" / EPERM without naming the freeze). Real daemon, real `bpftool` writes and
+ * freeze on its pins, real pings through namespaces: the direction is not active and its warning names the
+ * frozen map, the `xdpctl.datapath` health is NOT_SERVING and the problem metric counts it while it lasts,
+ * logged once naming the freeze (read from the map fd's fdinfo, "frozen: 1").
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+/** bpftool's byte list of a number's little-endian u32. */
+const u32 = (n: number) => [n & 255, (n >> 8) & 255, (n >> 16) & 255, (n >>> 24) & 255].map(String);
+
+describe('a map another tool froze: the difference is reported, not hidden', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let h1: Host, h2: Host;
+
+  before(async () => {
+    h1 = topo.addHost('h1', '198.18.6.1/24');
+    h2 = topo.addHost('h2', '198.18.6.2/24');
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
+    c = d.clients();
+  });
+  after(async () => {
+    await d?.destroy();
+    topo.destroy();
+    // The frozen map goes with the pins (a frozen map is freed like any other once nothing holds it).
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const count = (re: RegExp) => d!.output.split('\n').filter((l) => re.test(l)).length;
+
+  it('an xc_links entry deleted and the map frozen: the direction dead, said so, NOT_SERVING naming the freeze', async () => {
+    await c.links.connect({ link: { a: h1.hostIf, b: h2.hostIf, direction: 0 } });
+    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === h1.hostIf)!.status!;
+    assert.equal(topo.ping('h1', h2.ip!), true, 'h1 reaches h2 through the link');
+    await until('health SERVING', async () => (await health()) === SERVING, 5000);
+    assert.equal(await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}), 0);
+
+    const pin = `${d!.pinRoot}/maps/xc_links`;
+    const from = Number(sh('cat', [`/sys/class/net/${h1.hostIf}/ifindex`]));
+    sh('bpftool', ['map', 'delete', 'pinned', pin, 'key', ...u32(from)]);
+    sh('bpftool', ['map', 'freeze', 'pinned', pin]);
+
+    await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING, 5000);
+    assert.equal(topo.ping('h1', h2.ip!, 3), false, 'what the status says: h1 -> h2 forwards nothing');
+    const st = await link();
+    assert.equal(st.aToBActive, false);
+    assert.equal(st.bToAActive, true, 'the other direction is still in the devmap');
+    const frozen =
+      /map xc_links refuses writes: it is frozen \(fdinfo frozen: 1; another tool ran bpftool map freeze\)/;
+    const warning = st.warnings.find((w) => w.startsWith(`${h1.hostIf} -> ${h2.hostIf}: not in the datapath`));
+    assert.match(warning ?? '', frozen, `the warning names the freeze: ${st.warnings.join('; ')}`);
+    const active = st.conditions.find((x) => x.type === 'Active')!;
+    assert.equal(active.status, ConditionStatus.CONDITION_STATUS_FALSE);
+    assert.match(active.message, frozen);
+    assert.ok((await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
+    assert.equal(count(/"msg":"links not re-applied: .*map xc_links refuses writes: it is frozen/), 1, 'logged once');
+
+    // While it lasts (the daemon cannot unfreeze a map): still NOT_SERVING, not logged again.
+    await sleep(2500);
+    assert.equal(await health(), NOT_SERVING, 'still NOT_SERVING: still not rewritten');
+    assert.equal((await link()).aToBActive, false);
+    assert.equal(count(/"msg":"links not re-applied/), 1, 'still logged once');
+  });
+});
+
+/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}
