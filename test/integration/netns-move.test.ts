@@ -7,10 +7,14 @@
  *    reported as moved (its condition, the link that uses it, the datapath health), logged once; moved
  *    back, it is managed again and forwards;
  *  - moved while the daemon is stopped: the next start finds our program there and removes it;
- *  - moved with --cleanup-on-exit and no pass in between: the exit removes it there too.
+ *  - moved with --cleanup-on-exit and no pass in between: the exit removes it there too;
+ *  - a backend's egress (no program of ours on it) moved away: its status names the namespace, as for an
+ *    ingress (not "does not exist"), its flows go to the other backend; moved back, it receives again.
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
+
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
@@ -44,7 +48,7 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
     listeners.forEach((l) => l.kill());
     shQuiet('ip', ['netns', 'del', away]); // with whatever was moved into it
     topo.destroy();
-    for (const t of ['a', 'b', 'c']) {
+    for (const t of ['a', 'b', 'c', 'd']) {
       XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}${t}`);
       shQuiet('rm', ['-rf', `/tmp/xdpctl-test-${id}${t}-state`]);
     }
@@ -140,6 +144,76 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
     assert.equal(again.present, true);
     assert.equal(again.conditions.find((x) => x.type === 'ProgramAttached')!.reason, 'Attached');
     assert.equal(await datagrams(), 50, 'forwarding again');
+  });
+
+  it('a backend egress moved away is named as moved (not "does not exist"), its flows go to the other backend', async () => {
+    const vm = topo.addHost('dv', '198.18.34.1/24');
+    const b1 = topo.addHost('d1', '198.18.35.1/24');
+    const b2 = topo.addHost('d2', '198.18.36.1/24');
+    topo.routeToXdp('dv');
+    await start('d', [], false);
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7201, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [
+          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
+          { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 },
+        ],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    const status = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    /** 60 datagrams of 30 flows to the rule: what b1 and b2 received. */
+    async function delivered(): Promise<[number, number]> {
+      const l1 = await UdpListener.start(b1.netns, b1.ip!, 7201);
+      const l2 = await UdpListener.start(b2.netns, b2.ip!, 7201);
+      listeners.push(l1, l2);
+      await sendUdp(vm.netns, '198.18.9.9', 7201, 60, { flows: 30 }).done;
+      await sleep(200);
+      return [(await l1.stop()).unique, (await l2.stop()).unique];
+    }
+    await until('web ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE, 5000);
+    const [x1, x2] = await delivered();
+    assert.equal(x1 + x2, 60);
+    assert.ok(x1 > 0 && x2 > 0, `both backends have flows (${x1}, ${x2})`);
+    const from = d!.output.length;
+
+    moveAway(b1.hostIf);
+    try {
+      const moved = new RegExp(
+        `^egress ${b1.hostIf} was moved to network namespace ${away} \\(ifindex \\d+ there\\): backend taken out`,
+      );
+      await until(
+        async () => `named as moved: ${JSON.stringify((await status()).backendStatus[0])}`,
+        async () => moved.test((await status()).backendStatus[0]?.message ?? ''),
+        8000,
+      );
+      const st = await status();
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED);
+      assert.equal(st.backendStatus[0].active, false);
+      assert.doesNotMatch(JSON.stringify(st), /does not exist/);
+      const [y1, y2] = await delivered();
+      assert.deepEqual([y1, y2], [0, 60], 'every flow to the backend that can receive');
+      assert.equal((await c.health.check({ service: 'xdpctl.datapath' })).status, 2, 'NOT_SERVING');
+      await sleep(1500);
+      const lines = d!.output
+        .slice(from)
+        .split('\n')
+        .filter((l) => l.includes(`"msg":"interface ${b1.hostIf} was moved to network namespace ${away}`));
+      assert.equal(lines.length, 1, 'logged once');
+    } catch (e) {
+      moveBack(b1.hostIf);
+      throw e;
+    }
+    moveBack(b1.hostIf);
+    await until('web ACTIVE again', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE, 8000);
+    const [z1, z2] = await delivered();
+    assert.equal(z1 + z2, 60);
+    assert.ok(z1 > 0, `b1 receives again (${z1}, ${z2})`);
   });
 
   it('a start finds our program on an interface moved away while it was stopped, and removes it', async () => {

@@ -41,7 +41,7 @@ import {
 } from './model.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
-import { missingText } from './moved.js';
+import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
 import { egressProblem, ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
@@ -836,6 +836,7 @@ export class Controller {
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
     facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
+    facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
     return planRulesPaced(
       {
         rules: this.state.rules,

@@ -292,6 +292,12 @@ export interface Dataplane {
   keepMode?(ifname: string, why: string, requested?: XdpModeName): XdpStatus;
   /** Devices of other network namespaces that run our program (moved away while it ran). Optional (fakes). */
   strayAttachments?(): StrayAttachment[];
+  /**
+   * Where a device that left this namespace is now, for a message ("network namespace NAME (ifindex N
+   * there)"): another namespace holding a device of that name with that MAC; undefined when none does (it
+   * was deleted). Optional (fakes).
+   */
+  movedTo?(ifname: string, mac: string): string | undefined;
   /** Detach our program from such a device and put back what we changed on it. Optional (fakes). */
   removeStray?(s: StrayAttachment): Promise<StrayRemoval>;
   /**

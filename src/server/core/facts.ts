@@ -33,6 +33,8 @@ export interface Facts {
    * keeps them out of the table. The reconciler's (state.macConflicts); empty: none known.
    */
   macConflicts: ReadonlyMap<string, string>;
+  /** Egresses moved to another network namespace: name -> where (core/moved.ts); absent: none known. */
+  movedEgresses?: ReadonlyMap<string, string>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;

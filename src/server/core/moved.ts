@@ -19,7 +19,48 @@ const RETRY_MS = 10_000;
 
 /** Why an interface the desired state names is not in this namespace, as status, conditions and logs say it. */
 export function missingText(state: CoreState, name: string): string {
-  return state.moved.get(name)?.text ?? `interface ${name} does not exist`;
+  return state.moved.get(name)?.text ?? (state.egressMoved.get(name)?.text || `interface ${name} does not exist`);
+}
+
+/** The egresses known to be in another namespace: name -> where ({@link followMovedEgresses}). */
+export function movedEgresses(state: CoreState): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [name, m] of state.egressMoved) if (m.where) out.set(name, m.where);
+  return out;
+}
+
+/**
+ * Egresses (backends' interfaces, the far end of a one-way link) that left this namespace: they carry no
+ * program of ours, so they are found by what a move keeps, a device of the same name and MAC in another
+ * namespace (Dataplane.movedTo), looked for when one goes missing and every {@link STRAY_SCAN_EVERY} passes
+ * while it stays so. Kept in state.egressMoved ("interface X was moved to network namespace N (ifindex I
+ * there)"), which {@link missingText} and the backends' status say instead of "does not exist"; each move
+ * logged once; forgotten when the name is back or no longer named.
+ */
+export function followMovedEgresses(
+  ctx: ExecContext,
+  names: ReadonlySet<string>,
+  present: (name: string) => boolean,
+): void {
+  const { dp, state } = ctx;
+  for (const [name, m] of state.egressMoved) {
+    if (!names.has(name) || present(name)) {
+      state.egressMoved.delete(name);
+      if (present(name) && m.text) ctx.log.info({ ifname: name }, `${name} is in this network namespace again`);
+    }
+  }
+  if (!dp.movedTo) return;
+  for (const name of names) {
+    if (state.moved.has(name) || present(name)) continue;
+    const mac = state.egressMacs.get(name);
+    if (!mac) continue; // never seen here: nothing to look for
+    const known = state.egressMoved.get(name);
+    if (known && ++known.age < STRAY_SCAN_EVERY) continue;
+    const where = dp.movedTo(name, mac);
+    const text = where ? `interface ${name} was moved to ${where}` : '';
+    if (text && text !== known?.text) ctx.log.warn({ ifname: name, where }, text);
+    state.egressMoved.set(name, { text, where, age: 0 });
+  }
 }
 
 /**

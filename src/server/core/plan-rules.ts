@@ -214,7 +214,7 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
   });
   const backends = spec.backends.map((b, i): PlannedBackend => {
     if (absent(b.interface)) {
-      const status = absentBackendStatus(b);
+      const status = absentBackendStatus(b, facts.movedEgresses?.get(b.interface));
       return {
         spec: b,
         key: backendKey(b),

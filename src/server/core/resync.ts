@@ -19,7 +19,7 @@ import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
-import { followMovedInterfaces, missingText } from './moved.js';
+import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import { directions } from './plan-links.js';
@@ -141,6 +141,12 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
 
   // Moved to another network namespace: our program removed from it there, or where it was left, said.
   await followMovedInterfaces(ctx, users, vanished, (name) => now(name) !== undefined);
+  // Egresses (no program of ours on them) that left: found by name and MAC in another namespace.
+  const egresses = new Set<string>();
+  for (const r of specs) for (const b of r.backends) egresses.add(b.interface);
+  for (const l of state.links.values()) if (l.direction !== 'both') egresses.add(l.b);
+  followMovedEgresses(ctx, egresses, (name) => now(name) !== undefined);
+  const movedTo = movedEgresses(state);
 
   // 1. Our program on every interface that needs it, as the kernel reports it.
   const ingressProblems = new Map<string, string>();
@@ -364,7 +370,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
         else if (!receiving) {
           const today = exists
             ? backendStatus({ ip: spec.ip, interface: spec.interface, givenMac: spec.mac, mac, resolved, egress })
-            : absentBackendStatus(spec);
+            : absentBackendStatus(spec, movedTo.get(spec.interface));
           if (today.message !== b.message) {
             changed = true;
             why.set(name, `backend ${spec.ip} on ${spec.interface}: ${today.message}`);

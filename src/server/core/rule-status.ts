@@ -55,15 +55,21 @@ export function backendStatus(b: {
   };
 }
 
-/** The status of a backend whose egress interface does not exist (the plan keeps it out of the table). */
-export function absentBackendStatus(b: { ip: string; interface: string; mac: string }): BackendStatus {
+/**
+ * The status of a backend whose egress interface is not in this namespace (the plan keeps it out of the
+ * table): moved to another one (`movedTo`: where, core/moved.ts followMovedEgresses), or does not exist.
+ */
+export function absentBackendStatus(
+  b: { ip: string; interface: string; mac: string },
+  movedTo?: string,
+): BackendStatus {
   return backendStatus({
     ip: b.ip,
     interface: b.interface,
     givenMac: b.mac,
     mac: b.mac,
     resolved: b.mac !== '',
-    egress: `egress ${b.interface} does not exist`,
+    egress: movedTo ? `egress ${b.interface} was moved to ${movedTo}` : `egress ${b.interface} does not exist`,
   });
 }
 

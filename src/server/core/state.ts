@@ -114,6 +114,11 @@ export class CoreState {
    */
   readonly moved = new Map<string, { text: string; left: boolean; key: string }>();
   /**
+   * Egresses missing from this namespace, looked for elsewhere (core/moved.ts followMovedEgresses): `text`
+   * says where one was moved ('' when no namespace holds it; `where` the namespace), `age` counts the passes since the last look.
+   */
+  readonly egressMoved = new Map<string, { text: string; where?: string; age: number }>();
+  /**
    * Ingress interfaces that keep generic mode although native was asked for (core/keep-mode.ts): a switch
    * at this start would have dropped what they forward. Name -> why (their status says it).
    */

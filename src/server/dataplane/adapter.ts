@@ -51,7 +51,7 @@ import {
   type OffloadChange,
   type LinkIdentity,
 } from './netdev.js';
-import { detachCommand, detachXdpIn, netnsOf } from './netns.js';
+import { detachCommand, detachXdpIn, movedDevice, netnsOf } from './netns.js';
 import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
@@ -277,6 +277,16 @@ export class KernelDataplane implements Dataplane {
 
   strayAttachments(): StrayAttachment[] {
     return this.dp.ownElsewhere();
+  }
+
+  movedTo(ifname: string, mac: string): string | undefined {
+    const d = movedDevice(ifname, mac);
+    if (!d) return undefined;
+    const ns = netnsOf(d.nsid);
+    const where = ns?.name
+      ? `network namespace ${ns.name}`
+      : `the unnamed network namespace with nsid ${d.nsid}${ns ? ` (${ns.path})` : ''}`;
+    return `${where} (ifindex ${d.ifindex} there)`;
   }
 
   /**

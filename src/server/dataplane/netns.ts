@@ -25,6 +25,7 @@ const RTM_GETLINK = 18;
 const RTM_GETNSID = 90;
 const NETNSA_NSID = 1;
 const NETNSA_FD = 3;
+const IFLA_ADDRESS = 1;
 const IFLA_IFNAME = 3;
 const IFLA_XDP = 43;
 const IFLA_TARGET_NETNSID = 46;
@@ -98,6 +99,45 @@ export function xdpDevicesIn(nsid: number): XdpElsewhere[] {
     });
   }
   return out;
+}
+
+/**
+ * Where a device of ours that left this namespace is now: the first other namespace (by id) holding a device
+ * of that name with that MAC address (a move keeps both unless told otherwise). One RTM_GETLINK dump per
+ * other namespace; undefined when none holds it (deleted) or they cannot be read.
+ */
+export function movedDevice(ifname: string, mac: string): { nsid: number; ifindex: number } | undefined {
+  let ids: number[];
+  try {
+    ids = peerNsids();
+  } catch {
+    return undefined;
+  }
+  const want = mac.toLowerCase();
+  for (const nsid of ids) {
+    const t = Buffer.alloc(4);
+    t.writeInt32LE(nsid);
+    let msgs: Buffer[];
+    try {
+      msgs = nlDump(
+        NETLINK_ROUTE,
+        RTM_GETLINK,
+        Buffer.alloc(16),
+        nlAttr(IFLA_TARGET_NETNSID, t),
+        `list devices of nsid ${nsid}`,
+      );
+    } catch {
+      continue; // gone meanwhile, or not ours to read
+    }
+    for (const m of msgs) {
+      const a = nlAttrs(m, 16);
+      if (a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') !== ifname) continue;
+      const addr = a.get(IFLA_ADDRESS);
+      const got = addr ? [...addr].map((b) => b.toString(16).padStart(2, '0')).join(':') : '';
+      if (got === want) return { nsid, ifindex: m.readInt32LE(4) };
+    }
+  }
+  return undefined;
 }
 
 /** The id this namespace gives the namespace of `nsPath` (undefined: none assigned, or unreadable). */
