@@ -16,7 +16,8 @@
  * directory) is watched, and the text decides whether anything changed. A file
  * that was refused is tried again when it is written or touched, and one refused
  * because an interface it names does not exist (yet: a tap that appears after
- * the file is written) also every {@link MISSING_RETRY_MS} until it applies.
+ * the file is written) also every {@link MISSING_RETRY_MS} until it applies; one refused for what the host is
+ * (a link loop, a device in use) is checked again as often, and loaded again when that verdict changes.
  *
  * A file without a `links:` (or `rules:`) section is not applied while the
  * configuration in force has links (rules): a file cut short by a writer that
@@ -124,6 +125,8 @@ export class ConfigWatcher {
   /** Watched directories, each with the entry names in it whose change can change the file's text. */
   private readonly watchers = new Map<string, { watcher: FSWatcher; names: Set<string> }>();
   private timer?: NodeJS.Timeout;
+  /** The re-evaluation of a file refused for what the host is ({@link watchRefusal}). */
+  private recheck?: NodeJS.Timeout;
   private running: Promise<void> = Promise.resolve();
   private closed = false;
   /** The text last refused, with lastError: the same refusal of the same text is said once. */
@@ -361,6 +364,41 @@ export class ConfigWatcher {
         refusalOf(e),
       );
       if (missing && !this.closed) this.schedule(MISSING_RETRY_MS, false);
+      else if (e instanceof CoreError && !this.closed) await this.watchRefusal(cfg, text);
+    }
+  }
+
+  /**
+   * A file the controller refused for what the host is (a link loop through a veth pair, a bridge, a device
+   * in use): re-evaluated as the host changes, so that the status never keeps a reason that no longer holds
+   * (the pair deleted: InterfaceMissing, not "loop"). Every {@link MISSING_RETRY_MS} the file's validation
+   * against today's interfaces runs again (Controller.checkConfig: reads only, nothing written); when its
+   * verdict differs from the one at the refusal, the file is loaded again (applied, or refused with today's
+   * reason). Stops when another text is read or the file is in force.
+   */
+  private async watchRefusal(cfg: Parameters<Controller['checkConfig']>[0], text: string): Promise<void> {
+    clearTimeout(this.recheck);
+    const baseline = await this.verdict(cfg);
+    const tick = () => {
+      this.recheck = setTimeout(() => {
+        this.running = this.running.then(async () => {
+          if (this.closed || this.refusedText !== text || this.status.lastError === undefined) return;
+          if ((await this.verdict(cfg)) === baseline) return tick();
+          await this.load(false);
+        });
+      }, MISSING_RETRY_MS);
+      this.recheck.unref?.();
+    };
+    tick();
+  }
+
+  /** What Controller.checkConfig says of `cfg` now: '' when it passes, else its error. */
+  private async verdict(cfg: Parameters<Controller['checkConfig']>[0]): Promise<string> {
+    try {
+      await this.ctl.checkConfig(cfg);
+      return '';
+    } catch (e) {
+      return (e as Error).message;
     }
   }
 
@@ -394,6 +432,7 @@ export class ConfigWatcher {
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.recheck);
     for (const w of this.watchers.values()) w.watcher.close();
     this.watchers.clear();
   }

@@ -211,6 +211,16 @@ export class Controller {
     });
   }
 
+  /**
+   * What {@link applyConfig} would refuse of `cfg` before planning any write, from today's interfaces and
+   * desired state, changing nothing: the values, the rules' names, the links' interfaces and loops. Throws
+   * what applyConfig would (CoreError); the config watcher re-evaluates a refused file with it.
+   */
+  async checkConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<void> {
+    await this.ruleSet(cfg.rules);
+    this.linkSet(cfg.links);
+  }
+
   /** {@link applyConfig}'s transaction: rules and links prepared together, then written, then one commit. */
   private async applyWhole(
     ops: RuleOp[],
