@@ -49,7 +49,7 @@ import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { assertOnBpffs } from './dataplane/bpffs.js';
-import { XdpDatapath, type Capacity } from './dataplane/datapath.js';
+import { DEFAULT_CAPACITY, XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import {
   assertSocketNotLive,
   pathTaken,
@@ -325,6 +325,9 @@ export class Daemon {
       if (opts.stateDir && !resetWhy) {
         store = StateStore.open(opts.stateDir); // a corrupt or newer store stops the start, untouched
         stored = store.load();
+        // A smaller --max-rules than the stored rules need would migrate to maps that cannot hold them
+        // all and drop the rest from a datapath that forwards them: refused, before the kernel is touched.
+        checkStoreFits(store.path, stored, { ...DEFAULT_CAPACITY, ...opts.capacity });
         resetWhy = checkStoreOwner(opts, pinned, store, stored);
       }
       datapath = XdpDatapath.open({
@@ -1016,6 +1019,41 @@ function checkMissingStore(opts: DaemonOptions, pinned: PinnedForwarding): strin
     opts.stateDir
       ? 'Put the state store back (or pass the right --state-dir)'
       : 'Start with the --state-dir this datapath belongs to (or use another --pin-root)',
+  );
+}
+
+/**
+ * The stored rules must fit the capacity this start asks for (--max-rules): a start never drops a rule
+ * from a datapath that forwards it. Throws, naming what the store holds, what this capacity holds and the
+ * smallest --max-rules that holds it all, when a table (rule slots and counters, match entries, backends,
+ * source prefixes; see {@link capacityForRules}) is too small. Checked before the datapath is opened.
+ */
+export function checkStoreFits(path: string, stored: StoredState, cap: Capacity): void {
+  let matches = 0;
+  let backends = 0;
+  let prefixes = 0;
+  for (const r of stored.rules) {
+    matches += r.ingressInterfaces.length;
+    backends += r.backends.length;
+    prefixes += r.sourcePrefixes.length;
+  }
+  const rules = stored.rules.length;
+  const short: string[] = [];
+  // Id 0 of rule slots, rule counters and backends is reserved (IdPool from 1).
+  if (rules > Math.min(cap.statsIds, cap.ruleSlots) - 1) {
+    short.push(`${rules} rules (room for ${Math.max(0, Math.min(cap.statsIds, cap.ruleSlots) - 1)})`);
+  }
+  if (matches > cap.matches) short.push(`${matches} match entries (room for ${cap.matches})`);
+  if (backends > cap.backends - 1) short.push(`${backends} backends (room for ${cap.backends - 1})`);
+  if (prefixes > cap.srcPrefixes) short.push(`${prefixes} source prefixes (room for ${cap.srcPrefixes})`);
+  if (short.length === 0) return;
+  // The smallest --max-rules whose tables hold all of it (capacityForRules).
+  const need = Math.max(rules, Math.ceil(matches / 4), Math.ceil(backends / 16), Math.ceil(prefixes / 16), 1);
+  const asked = cap.statsIds - 1;
+  throw new Error(
+    `the state store ${path} holds ${short.join(', ')}: --max-rules ${asked} is too small for them. ` +
+      'Refusing to start: nothing was changed and the pinned datapath keeps forwarding every stored rule. ' +
+      `Start with --max-rules ${need} or more (then delete rules before lowering it)`,
   );
 }
 

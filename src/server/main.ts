@@ -121,7 +121,7 @@ const program = new Command('xdpctld')
   )
   .option(
     '--max-rules <n>',
-    'capacity of the rule tables; a different value than the pinned maps have migrates them at start (new maps, rules rewritten, program swapped without a gap)',
+    'capacity of the rule tables; a different value than the pinned maps have migrates them at start (new maps, rules rewritten, program swapped without a gap); a value too small for the stored rules is refused at start, naming the smallest that fits',
     '4096',
   )
   .option(

@@ -44,7 +44,7 @@ import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rule
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { resync } from './resync.js';
-import { egressProblem, ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
+import { egressProblem, failedStatus, ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
 import { backendKey, CoreState, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -326,16 +326,21 @@ export class Controller {
   getRule(name: string, shadows = this.activeLinkSources(), at = this.now()): RuleView {
     const r = this.state.rules.get(name);
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
-    const k = this.state.ruleKernel.get(name)!;
-    const status = shadowedStatus(r, k.status, shadows);
+    // A rule with no kernel record is FAILED, never a read that fails for every rule (ListRules).
+    const k = this.state.ruleKernel.get(name);
+    const status = shadowedStatus(
+      r,
+      k?.status ?? failedStatus('the daemon holds no datapath entries for this rule (not in the datapath)', false),
+      shadows,
+    );
     const key = `rule/${name}`;
     const conditions = this.state.conditions.set(
       key,
       ruleConditions(
         status,
         r.backends.map((b) => b.weight),
-        k.ingressProblems ?? [],
-        k.ingressDown ?? [],
+        k?.ingressProblems ?? [],
+        k?.ingressDown ?? [],
       ),
       this.stamp(key, at),
     );
