@@ -63,7 +63,7 @@ import {
 import { LinkMonitor } from './dataplane/link-monitor.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
-import { accessMiddleware, listenerCredentials, usePeerCredentials } from './services/access.js';
+import { accessMiddleware, listenerCredentials, usePeerCredentials, type AccessMiddleware } from './services/access.js';
 import { peerCred, tcpSocketUid } from './dataplane/peer-cred.js';
 import { logRefusedHandshakes, reloadingServerCredentials, type TlsFiles } from './tls.js';
 import { counterService, sharedEncoding } from './services/counter-service.js';
@@ -463,6 +463,7 @@ export class Daemon {
     const daemon = new Daemon(opts, datapath, controller, hub, health, log, ready);
     daemon.store = store;
     daemon.terminator = terminator;
+    daemon.access = access;
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
     daemon.kernel = dp;
@@ -603,6 +604,8 @@ export class Daemon {
   store?: StateStore;
   private resyncTimer?: NodeJS.Timeout;
   private terminator?: Terminator;
+  /** Its audit records wait a turn of the event loop (access.ts): written at once at stop. */
+  private access?: AccessMiddleware;
   private unregisterMetrics?: () => void;
   /** The instance lock (pin root, state directory, sockets), released last at stop. */
   private lock?: InstanceLock;
@@ -888,6 +891,7 @@ export class Daemon {
       });
       await Promise.race([drained, force.then(() => Promise.race([drained, delay(1000)]))]);
       clearTimeout(forced);
+      this.access?.flush(); // the audit records of the calls just drained
       await this.passInFlight; // no pass starts any more (not ready): the last one ends before the cleanup
       if (this.opts.cleanupOnExit) {
         const detached = this.controller.detachAll();

@@ -25,6 +25,29 @@ describe('ring filling (weighted shares, minimal disruption)', () => {
     for (const { key } of m) assert.ok(share(t1, key) > RING_SIZE / 6, `${key} has ${share(t1, key)} slots`);
   });
 
+  it('one member with a positive weight takes every slot, whatever the previous table held', () => {
+    const m = members([
+      ['10.0.0.9@a', 3],
+      ['10.0.0.8@a', 0],
+    ]);
+    const two = fillRing(
+      members([
+        ['10.0.0.1@a', 1],
+        ['10.0.0.2@b', 2],
+      ]),
+      RING_SIZE,
+      EMPTY as unknown as string,
+    );
+    for (const previous of [undefined, two, new Array<string | undefined>(RING_SIZE).fill(undefined)]) {
+      const t = fillRing(m, RING_SIZE, '', previous);
+      assert.equal(t.length, RING_SIZE);
+      assert.equal(share(t, '10.0.0.9@a'), RING_SIZE);
+      assert.ok(ringHolds(m, RING_SIZE, '', t));
+    }
+    // The same for a table of another size (the per-size salts are kept apart).
+    assert.deepEqual(fillRing(m, 7, ''), new Array(7).fill('10.0.0.9@a'));
+  });
+
   it('removing a backend moves only the slots it held', () => {
     const m = members(Array.from({ length: 8 }, (_, i): [string, number] => [`10.0.0.${i}@eth`, 1]));
     const before = fillRing(m, RING_SIZE, '');

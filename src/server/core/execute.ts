@@ -544,10 +544,10 @@ export async function writeRules(
       members.push({ key: b.key, weight: b.spec.weight, value: ids.id });
     }
     // Start from the rule's current table, so that only the slots of
-    // backends that left (or whose share shrank) change hands.
+    // backends that left (or whose share shrank) change hands. (One member takes every slot: not read.)
     const old = ctx.state.ruleKernel.get(p.name);
     let previous: (string | undefined)[] | undefined;
-    if (old) {
+    if (old && members.filter((m) => m.weight > 0).length > 1) {
       const keyOf = new Map([...old.backends].map(([key, v]) => [v.id, key]));
       previous = dp.readRing(old.slot).map((id) => keyOf.get(id));
     }
