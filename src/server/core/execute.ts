@@ -255,7 +255,7 @@ function attachIngress(
 /**
  * Step 2 of {@link prepareIngress}: native redirects into veths need NAPI on
  * the peer. Each backend interface is checked once per transaction and all
- * at once (a check queries netlink or runs ip and ethtool); throws naming
+ * at once (a check queries netlink, and runs ethtool for a peer's GRO); throws naming
  * the first backend that fails it, except when `restoring` (a start or the
  * reconciler): such a backend is kept out of the table (its plan's
  * `receiving` and status change) and its rule named in the returned set.
@@ -277,7 +277,7 @@ async function checkRedirectTargets(
         native.set(i.name, (state.attached.get(i.name)?.mode ?? dp.xdpStatus(i.name)?.mode) === 'native');
       return native.get(i.name);
     });
-  // The backend interfaces to check, each checked once and all at once (a check may run ip and ethtool).
+  // The backend interfaces to check, each checked once and all at once (a check may run ethtool).
   const need = new Set<string>();
   let n = 0;
   for (const p of plans) {

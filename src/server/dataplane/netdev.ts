@@ -354,6 +354,70 @@ const RTM_GETNSID = 90;
 const NETNSA_NSID = 1;
 const NETNSA_FD = 3;
 
+const IFLA_ADDRESS = 1;
+const IFLA_XDP = 43;
+const IFLA_XDP_ATTACHED = 2;
+const IFLA_XDP_DRV_PROG_ID = 5;
+/** IFLA_XDP_ATTACHED values (<linux/if_link.h>): a program in the driver, or several at once. */
+const XDP_ATTACHED_DRV = 1;
+const XDP_ATTACHED_MULTI = 4;
+
+/** A device as one RTM_GETLINK describes it (what the veth-peer check reads). */
+export interface LinkView {
+  ifindex: number;
+  ifname: string;
+  /** IFF_UP (administratively up). */
+  up: boolean;
+  kind?: string;
+  /** IFLA_LINK: a veth's peer ifindex, in `linkNetnsid`'s namespace when that is set. */
+  link?: number;
+  linkNetnsid?: number;
+  /** A native-mode (driver) XDP program is attached: IFLA_XDP_ATTACHED DRV, or MULTI with a driver program. */
+  nativeXdp: boolean;
+  /** IFLA_ADDRESS as "aa:bb:cc:dd:ee:ff", when it has one. */
+  mac?: string;
+}
+
+/**
+ * The device with `ifindex` in the daemon's namespace, or with `nsid` in the namespace this one names so
+ * (IFLA_TARGET_NETNSID, Linux >= 4.20; needs CAP_NET_ADMIN over it): one RTM_GETLINK (rtnetlink(7)), no
+ * process spawned. Undefined when there is no such device; throws KernelError when the kernel refuses.
+ */
+export function linkView(ifindex: number, nsid?: number): LinkView | undefined {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(ifindex, 4);
+  const mask = Buffer.alloc(4);
+  mask.writeUInt32LE(RTEXT_FILTER_SKIP_STATS);
+  const attrs = [nlAttr(IFLA_EXT_MASK, mask)];
+  if (nsid !== undefined) {
+    const t = Buffer.alloc(4);
+    t.writeInt32LE(nsid);
+    attrs.push(nlAttr(IFLA_TARGET_NETNSID, t));
+  }
+  const where = nsid === undefined ? '' : ` in the namespace with nsid ${nsid}`;
+  const body = nlRequest(NETLINK_ROUTE, RTM_GETLINK, ifinfo, Buffer.concat(attrs), `read link ${ifindex}${where}`);
+  if (!body || body.length < 16) return undefined;
+  const a = nlAttrs(body, 16);
+  const info = a.get(IFLA_LINKINFO);
+  const kind = info && nlAttrs(info).get(IFLA_INFO_KIND);
+  const xdpAttr = a.get(IFLA_XDP);
+  const xdp = xdpAttr && nlAttrs(xdpAttr);
+  const attached = xdp?.get(IFLA_XDP_ATTACHED)?.readUInt8(0) ?? 0;
+  const drvProg = xdp?.get(IFLA_XDP_DRV_PROG_ID)?.readUInt32LE(0) ?? 0;
+  const address = a.get(IFLA_ADDRESS);
+  return {
+    ifindex: body.readInt32LE(4),
+    ifname: a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? '',
+    up: (body.readUInt32LE(8) & IFF_UP) !== 0,
+    kind: kind ? kind.toString('utf8').replace(/\0+$/, '') : undefined,
+    link: a.get(IFLA_LINK)?.readUInt32LE(0),
+    linkNetnsid: a.get(IFLA_LINK_NETNSID)?.readInt32LE(0),
+    nativeXdp: attached === XDP_ATTACHED_DRV || (attached === XDP_ATTACHED_MULTI && drvProg !== 0),
+    mac:
+      address && address.length > 0 ? Array.from(address, (x) => x.toString(16).padStart(2, '0')).join(':') : undefined,
+  };
+}
+
 /** Whether an interface exists. */
 export function interfaceExists(name: string): boolean {
   try {
@@ -505,17 +569,6 @@ export function reprobeNeighbour(ip: string, dev: string): boolean {
   return reply !== undefined;
 }
 
-/**
- * Whether `ip -d -j link`'s xdp object shows a native-mode (driver) program:
- * mode XDP_ATTACHED_DRV (1), or XDP_ATTACHED_MULTI (4) with a driver entry (uapi if_link.h).
- */
-function nativeXdp(xdp: unknown): boolean {
-  const x = xdp as { mode?: number; attached?: { mode?: number }[] } | undefined;
-  if (!x) return false;
-  if (x.mode === 1) return true;
-  return x.mode === 4 && (x.attached ?? []).some((a) => a.mode === 1);
-}
-
 /** Where a veth's peer is and whether it can take native XDP redirects. */
 export interface VethPeerState {
   /** The interface checked is a veth. */
@@ -562,6 +615,17 @@ function identityOf(l: IpLink): DeviceIdentity {
   return {
     ...(l.address ? { mac: l.address } : {}),
     ...(l.link_index !== undefined ? { linkIndex: l.link_index } : {}),
+  };
+}
+
+/**
+ * The same identity from rtnetlink ({@link linkView}): `ip` shows IFLA_LINK as link_index only when the link is
+ * in another namespace (IFLA_LINK_NETNSID set), so the two agree for one device.
+ */
+function identityOfView(l: LinkView): DeviceIdentity {
+  return {
+    ...(l.mac ? { mac: l.mac } : {}),
+    ...(l.linkNetnsid !== undefined && l.link ? { linkIndex: l.link } : {}),
   };
 }
 
@@ -689,49 +753,46 @@ export async function releaseOffloads(
  * inspected from here: that is reported as not ok, never assumed fine.
  */
 export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<VethPeerState> {
-  const dev = await linkDetails(name);
-  if (dev.linkinfo?.info_kind !== 'veth') return { veth: false, ok: true, kind: dev.linkinfo?.info_kind };
+  // The device and its peer from rtnetlink (RTM_GETLINK; the peer's namespace by its nsid), no process
+  // spawned: only the peer's GRO setting needs ethtool (a device feature rtnetlink does not carry).
+  const dev = linkView(ifindexOf(name));
+  if (!dev) throw new KernelError(`look up interface ${name}`, 19, [], 'no such interface');
+  if (dev.kind !== 'veth') return { veth: false, ok: true, kind: dev.kind };
   let netns: string | undefined;
-  let peer: IpLink | undefined;
-  if (dev.link_netnsid === undefined) {
-    if (dev.link) peer = await linkDetails(dev.link);
+  let peer: LinkView | undefined;
+  if (dev.linkNetnsid === undefined) {
+    if (dev.link) peer = linkView(dev.link);
   } else {
-    const ids = (await ipJson(['netns', 'list-id'])) as { nsid: number; name?: string }[];
-    netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
+    netns = namedNetns(dev.linkNetnsid);
     if (netns === undefined) {
       return {
         veth: true,
         ok: false,
         uninspectable: true,
         detail:
-          `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}), where xdpctld ` +
+          `the peer of ${name} is in an unnamed network namespace (nsid ${dev.linkNetnsid}), where xdpctld ` +
           `cannot read its settings (GRO, XDP program, up or down)`,
       };
     }
-    let all: IpLink[];
     try {
-      all = (await ipJson(['-d', 'link', 'show'], netns)) as IpLink[];
+      peer = dev.link === undefined ? undefined : linkView(dev.link, dev.linkNetnsid);
     } catch (e) {
-      // Entering another network namespace (setns) takes CAP_SYS_ADMIN.
-      if (!/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
+      // Reading another namespace's devices by nsid takes CAP_NET_ADMIN over it (IFLA_TARGET_NETNSID).
       return {
         veth: true,
         ok: false,
         uninspectable: true,
         netns,
-        detail:
-          `the peer of ${name} is in network namespace ${netns}, which xdpctld cannot enter without ` +
-          `CAP_SYS_ADMIN to check it; grant CAP_SYS_ADMIN, or use generic mode for ${name}'s senders`,
+        detail: `the peer of ${name} is in network namespace ${netns}, whose devices xdpctld cannot read: ${(e as Error).message}`,
       };
     }
-    peer = all.find((l) => l.ifindex === dev.link_index);
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
   const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
   // A peer that is down has no NAPI whatever it is set to. GRO is not switched on while it is down: that
   // gives it no NAPI when it comes up (veth_set_features does nothing for a device that is down), so it is
   // done by the first check after the peer comes up.
-  if (!(peer.flags ?? []).includes('UP')) {
+  if (!peer.up) {
     return {
       veth: true,
       ok: false,
@@ -741,12 +802,27 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     };
   }
   // Only a native-mode program gives the peer NAPI; a generic-mode one does not (veth_xdp_set).
-  if (nativeXdp(peer.xdp)) {
+  if (peer.nativeXdp) {
     return { veth: true, ok: true, peer: peer.ifname, netns, napi: 'xdp', detail: `${where} has native XDP` };
   }
   const ethtool = (args: string[]) =>
     netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
-  const { stdout } = await ethtool(['-k', peer.ifname]);
+  let stdout: string;
+  try {
+    ({ stdout } = await ethtool(['-k', peer.ifname]));
+  } catch (e) {
+    // Entering another network namespace (setns) takes CAP_SYS_ADMIN.
+    if (!netns || !/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
+    return {
+      veth: true,
+      ok: false,
+      uninspectable: true,
+      netns,
+      detail:
+        `the peer of ${name} is in network namespace ${netns}, which xdpctld cannot enter without ` +
+        `CAP_SYS_ADMIN to check it; grant CAP_SYS_ADMIN, or use generic mode for ${name}'s senders`,
+    };
+  }
   if (/^generic-receive-offload: on/m.test(stdout)) {
     return {
       veth: true,
@@ -779,7 +855,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     fixed: true,
     napi: 'gro',
     peerIfindex: peer.ifindex,
-    peerIdentity: identityOf(peer),
+    peerIdentity: identityOfView(peer),
     detail: `enabled GRO on ${where}`,
   };
 }
