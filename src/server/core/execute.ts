@@ -1064,35 +1064,39 @@ async function compareAdopted(
     l.push(k);
   }
   const wanted: [number, BackendEntry][] = [];
-  const receiving = new Set<number>();
-  const ruleOf = new Map<number, string>();
-  /** Kernel backend id -> the backend's identity (ip@interface): what a log names, not the id. */
-  const backendNames = new Map<number, string>();
   const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
+  // A backend out of the table is compared with (and cleared to) the empty entry: one object for all of them.
+  const empty = emptyBackendEntry();
   let n = 0;
   for (const [i, p] of plans.entries()) {
     if ((++n & 255) === 0) await pace();
     const k = ks[i];
     for (const b of p.backends) {
       const ids = k.backends.get(b.key)!;
-      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : emptyBackendEntry()]);
-      if (b.receiving) receiving.add(ids.id);
-      ruleOf.set(ids.id, p.name);
-      backendNames.set(ids.id, b.key);
+      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : empty]);
     }
   }
   await pace();
   const differ = new Set(dp.differingBackends(wanted));
-  const backendWrites = wanted.filter(([id]) => differ.has(id) && receiving.has(id));
-  const backendClears = wanted.filter(([id]) => differ.has(id) && !receiving.has(id));
+  const backendWrites = differ.size ? wanted.filter(([id, e]) => differ.has(id) && e !== empty) : [];
+  const backendClears = differ.size ? wanted.filter(([id, e]) => differ.has(id) && e === empty) : [];
   if (differ.size) {
-    // How each differs (read back only for the ids that differ: usually none).
+    // Which rule and backend each differing id is, and how it differs (read back only for the ids that differ:
+    // usually none, so nothing is indexed by id for the 40 000 that do not).
+    const who = new Map<number, string>();
+    for (const [i, p] of plans.entries()) {
+      for (const b of p.backends) {
+        const id = ks[i].backends.get(b.key)!.id;
+        // The backend's identity (ip@interface): what a log names, not the id.
+        if (differ.has(id)) who.set(id, `rule ${p.name}: backend ${b.key}`);
+      }
+    }
     const ids = [...differ].slice(0, 100);
     const now = dp.readBackends?.(ids);
     const want = new Map(wanted.filter(([id]) => differ.has(id)));
     for (const id of differ) {
       const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want.get(id)!) : '';
-      repaired.push(`rule ${ruleOf.get(id)}: backend ${backendNames.get(id)} (map backends, entry ${id})${fields}`);
+      repaired.push(`${who.get(id)} (map backends, entry ${id})${fields}`);
     }
   }
   await pace();

@@ -818,7 +818,7 @@ export class KernelDataplane implements Dataplane {
     const out: number[] = [];
     for (const [id, e] of want) {
       backendEntry.encode(e, buf);
-      if (!buf.equals(raw.subarray((id - lo) * vs, (id - lo + 1) * vs))) out.push(id);
+      if (buf.compare(raw, (id - lo) * vs, (id - lo + 1) * vs) !== 0) out.push(id);
     }
     return out;
   }

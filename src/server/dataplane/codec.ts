@@ -49,6 +49,7 @@ export interface Layout {
 export interface Codec<T> {
   readonly layout: Layout;
   encode(value: T, out?: Buffer): Buffer;
+  /** Copies what the value keeps: `buf` may be a view of a buffer that is reused (BpfMap.entriesBatch). */
   decode(buf: Uint8Array): T;
 }
 
