@@ -957,30 +957,25 @@ export class Controller {
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
     );
-    const plans: RulePlan[] = [];
-    const adopted: RuleOp[] = [];
-    const rest: RuleOp[] = [];
-    for (const op of ops) {
+    // A rule is adopted when it plans (a refused one is for the rewrite path, which reports it) and every backend
+    // it plans has stored ids. Planned again chunk by chunk (adoptRules): the same facts give the same plan.
+    const planOf = (op: RuleOp): RulePlan | undefined => {
       const k = this.state.ruleKernel.get(op.name);
       let p: RulePlan | undefined;
       try {
         p = op.next && planOne(op, facts);
       } catch {
-        p = undefined; // the rewrite path reports it
+        return undefined;
       }
-      if (!p || !k || p.backends.some((b) => !k.backends.has(b.key))) rest.push(op);
-      else {
-        plans.push(p);
-        adopted.push(op);
-      }
-    }
+      return !p || !k || p.backends.some((b) => !k.backends.has(b.key)) ? undefined : p;
+    };
     // Whether the kernel's tables held any rule entry before: none means new maps (a --max-rules or layout
     // migration, or pins removed), where every entry is written, not found to differ.
     const before = this.dp.listMatches().length;
     const undo = new UndoLog();
     let r: Awaited<ReturnType<typeof adoptRules>>;
     try {
-      r = await adoptRules(this.ctx, adopted, plans, undo);
+      r = await adoptRules(this.ctx, ops, planOf, undo);
     } catch (e) {
       undo.rollback(this.log);
       this.log.warn({ err: e }, 'adopting the rules in place failed: rewriting them');
@@ -1009,7 +1004,7 @@ export class Controller {
       { adopted: r.kernel.size, written: r.repaired.length, inKernel },
       `rules adopted in place: ${r.kernel.size}, ${r.repaired.length} entries written, ${inKernel} match entries read back from the kernel`,
     );
-    return rest;
+    return r.rest;
   }
 
   /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */

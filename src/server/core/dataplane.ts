@@ -358,6 +358,13 @@ export interface Dataplane {
   readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void;
   /** Of these backend entries, the ids whose entry the kernel holds differently (an unused id holds all zeros). */
   differingBackends(want: readonly [number, BackendEntry][]): number[];
+  /**
+   * The kernel's backend entries of ids `lo`..`hi` read once, then compared one at a time: the returned
+   * function says whether the kernel holds exactly `e` at `id` (false for an id outside the range). A start
+   * builds each of its 40 000 desired entries, compares it and drops it (see {@link differingBackends},
+   * which needs them all at once). Optional (fakes).
+   */
+  backendComparer?(lo: number, hi: number): (id: number, e: BackendEntry) => boolean;
   /** The backend entries the kernel holds at these ids (to say how an entry differs; a few ids at a time). */
   readBackends?(ids: readonly number[]): Map<number, BackendEntry>;
   /**

@@ -207,7 +207,7 @@ export async function prepareRules(
 function attachIngress(
   ctx: ExecContext,
   ops: readonly RuleOp[],
-  plans: readonly RulePlan[],
+  plans: readonly Pick<RulePlan, 'name' | 'field' | 'ingress'>[],
   undo: UndoLog,
   restoring: boolean,
 ): void {
@@ -268,15 +268,8 @@ async function checkRedirectTargets(
   restoring: boolean,
   unverified?: Map<string, string>,
 ): Promise<Set<string>> {
-  const { dp, state } = ctx;
-  const native = new Map<string, boolean>();
-  const isNative = (p: RulePlan) =>
-    p.ingress.some((i) => {
-      // The mode seen at the attach or the reconciler's last pass; netlink only for an unknown one.
-      if (!native.has(i.name))
-        native.set(i.name, (state.attached.get(i.name)?.mode ?? dp.xdpStatus(i.name)?.mode) === 'native');
-      return native.get(i.name);
-    });
+  const native = nativeIngress(ctx);
+  const isNative = (p: RulePlan) => p.ingress.some((i) => native(i.name));
   // The backend interfaces to check, each checked once and all at once (a check may run ethtool).
   const need = new Set<string>();
   let n = 0;
@@ -292,33 +285,63 @@ async function checkRedirectTargets(
     for (const [name, r] of peers) if (r.ok && r.unverified) unverified.set(name, r.detail ?? name);
   }
   const demoted = new Set<string>();
-  for (const p of plans) {
-    if (!isNative(p)) continue;
-    for (let bi = 0; bi < p.backends.length; bi++) {
-      const b = p.backends[bi];
-      if (!b.receiving) continue; // out of the table: nothing is redirected into it
-      const r = peers.get(b.spec.interface)!;
-      if (!r.ok && restoring) {
-        // A start or the reconciler rewriting a rule: the backend stays out of the table with the reason,
-        // as the first write's plan does for one whose check the reconciler made (resync.ts passes it), and
-        // the other backends keep forwarding; a client's change is refused instead (below).
-        b.receiving = false;
-        b.status = backendStatus({
-          ip: b.spec.ip,
-          interface: b.spec.interface,
-          givenMac: b.spec.mac,
-          mac: b.mac,
-          resolved: b.resolved,
-          egress: r.detail ?? 'cannot take native XDP redirects',
-        });
-        demoted.add(p.name);
-        continue;
-      }
-      if (!r.ok) {
-        throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
-          { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
-        ]);
-      }
+  for (const p of plans) if (keepOutFailedEgresses(p, native, peers, restoring)) demoted.add(p.name);
+  return demoted;
+}
+
+/**
+ * Whether an ingress runs our program in native mode: the mode seen at the attach or the reconciler's last
+ * pass; netlink only for an unknown one (each interface asked once).
+ */
+function nativeIngress(ctx: ExecContext): (name: string) => boolean {
+  const { dp, state } = ctx;
+  const native = new Map<string, boolean>();
+  return (name) => {
+    let v = native.get(name);
+    if (v === undefined) {
+      v = (state.attached.get(name)?.mode ?? dp.xdpStatus(name)?.mode) === 'native';
+      native.set(name, v);
+    }
+    return v;
+  };
+}
+
+/**
+ * The checks' verdicts applied to one plan whose ingress runs in native mode: with `restoring` (a start or
+ * the reconciler rewriting a rule) a receiving backend whose egress failed its check is taken out of the
+ * table with the reason, as the first write's plan does for one whose check the reconciler made (resync.ts
+ * passes it), and the other backends keep forwarding; a client's change is refused instead, naming the
+ * backend. Returns whether the plan changed.
+ */
+function keepOutFailedEgresses(
+  p: RulePlan,
+  native: (name: string) => boolean,
+  peers: ReadonlyMap<string, RedirectTarget>,
+  restoring: boolean,
+): boolean {
+  if (!p.ingress.some((i) => native(i.name))) return false;
+  let demoted = false;
+  for (let bi = 0; bi < p.backends.length; bi++) {
+    const b = p.backends[bi];
+    if (!b.receiving) continue; // out of the table: nothing is redirected into it
+    const r = peers.get(b.spec.interface)!;
+    if (!r.ok && restoring) {
+      b.receiving = false;
+      b.status = backendStatus({
+        ip: b.spec.ip,
+        interface: b.spec.interface,
+        givenMac: b.spec.mac,
+        mac: b.mac,
+        resolved: b.resolved,
+        egress: r.detail ?? 'cannot take native XDP redirects',
+      });
+      demoted = true;
+      continue;
+    }
+    if (!r.ok) {
+      throw new CoreError('precondition', `${p.field}.backends[${bi}].interface: ${r.detail}`, [
+        { field: `${p.field}.backends[${bi}].interface`, description: r.detail ?? 'precondition not met' },
+      ]);
     }
   }
   return demoted;
@@ -954,6 +977,15 @@ export function releaseUnusedInterfaces(ctx: ExecContext): void {
  * one that does not is refilled from itself ({@link fillRing}, minimal
  * disruption) and only the span of slots that changed is written.
  *
+ * `planOf` plans one rule (undefined: it cannot be adopted; it is returned
+ * in `rest`, for the rewrite path). The rules are planned twice, never all
+ * held at once: first to know where our program must be attached and which
+ * egresses the veth-peer checks must see (all attached, then all checked,
+ * before anything is compared), then chunk by chunk to compare, each chunk's
+ * plans dropped once compared (10 000 plans held together lived long enough
+ * to be promoted, then were collected again by full collections). Nothing is
+ * written to the maps before every rule is compared.
+ *
  * Returns each rule's kernel record and what was repaired ("rule web:
  * backends[7]"). Attachments are undone through `undo` on failure; repairs
  * are not (they only move entries towards the desired state).
@@ -961,39 +993,87 @@ export function releaseUnusedInterfaces(ctx: ExecContext): void {
 export async function adoptRules(
   ctx: ExecContext,
   ops: readonly RuleOp[],
-  plans: readonly RulePlan[],
+  planOf: (op: RuleOp) => RulePlan | undefined,
   undo: UndoLog,
   pace: () => Promise<void> = pacer(10),
-): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[] }> {
-  attachIngress(ctx, ops, plans, undo, true);
-  // The veth-peer checks first: a backend whose egress fails one is kept out of the table (the plan changes),
-  // which the comparison below must see.
-  await checkRedirectTargets(ctx, plans, pace, true);
-  // Each plan's stored kernel record, looked up once (plans[i] -> ks[i]).
-  const ks = plans.map((p) => ctx.state.ruleKernel.get(p.name)!);
-  const repaired = await repairRuleEntries(ctx, plans, ks, pace);
-  const kernel = new Map<string, RuleKernel>();
-  for (const [i, p] of plans.entries()) {
-    const k = ks[i];
-    kernel.set(p.name, {
-      slot: k.slot,
-      statsId: k.statsId,
-      matchKeys: p.matchKeys,
-      prefixes: p.prefixes,
-      backends: k.backends,
-      ifindexes: p.ifindexes,
-      status: plannedStatus(p),
-    });
+): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[]; rest: RuleOp[] }> {
+  const { state } = ctx;
+  const adoptable: RuleOp[] = [];
+  const rest: RuleOp[] = [];
+  // Pass 1: per ingress interface, the first rule naming it (what attachIngress attaches it for, in the
+  // order the plans name them); per set of ingress interfaces, the egresses of the backends that receive.
+  const attachFor = new Map<string, Pick<RulePlan, 'name' | 'field' | 'ingress'>>();
+  const egressesOf = new Map<string, { ingress: string[]; egresses: Set<string> }>();
+  let n = 0;
+  for (const op of ops) {
+    if ((++n & 255) === 0) await pace();
+    const p = planOf(op);
+    if (!p) {
+      rest.push(op);
+      continue;
+    }
+    adoptable.push(op);
+    for (const i of p.ingress)
+      if (!attachFor.has(i.name)) attachFor.set(i.name, { name: p.name, field: p.field, ingress: [i] });
+    const key = p.ingress.map((i) => i.name).join('\n');
+    let e = egressesOf.get(key);
+    if (!e) egressesOf.set(key, (e = { ingress: p.ingress.map((i) => i.name), egresses: new Set() }));
+    for (const b of p.backends) if (b.receiving) e.egresses.add(b.spec.interface);
   }
-  return { kernel, repaired };
+  attachIngress(ctx, adoptable, [...attachFor.values()], undo, true);
+  // The veth-peer checks next: a backend whose egress fails one is kept out of the table (its plan changes),
+  // which the comparison below must see.
+  const native = nativeIngress(ctx);
+  const need = new Set<string>();
+  for (const { ingress, egresses } of egressesOf.values()) {
+    if (ingress.some(native)) for (const x of egresses) need.add(x);
+  }
+  const peers = await checkTargets(ctx, [...need], true);
+  await pace();
+  // Pass 2, chunk by chunk: plan again, keep out what failed its check, compare.
+  const view = readKernelView(
+    ctx,
+    adoptable.map((op) => state.ruleKernel.get(op.name)!),
+  );
+  const found = newRepairs();
+  const kernel = new Map<string, RuleKernel>();
+  for (let c = 0; c < adoptable.length; c += ADOPT_RULES_PER_CHUNK) {
+    const plans: RulePlan[] = [];
+    const ks: RuleKernel[] = [];
+    for (const op of adoptable.slice(c, c + ADOPT_RULES_PER_CHUNK)) {
+      const p = planOf(op)!;
+      keepOutFailedEgresses(p, native, peers, true);
+      plans.push(p);
+      ks.push(state.ruleKernel.get(p.name)!);
+    }
+    await compareRules(ctx, view, plans, ks, found, pace);
+    for (const [i, p] of plans.entries()) {
+      const k = ks[i];
+      kernel.set(p.name, {
+        slot: k.slot,
+        statsId: k.statsId,
+        matchKeys: p.matchKeys,
+        prefixes: p.prefixes,
+        backends: k.backends,
+        ifindexes: p.ifindexes,
+        status: plannedStatus(p),
+      });
+    }
+    await pace();
+  }
+  const repaired = writeRepairs(ctx, found);
+  return { kernel, repaired, rest };
 }
+
+/** Rules one chunk of an adoption plans and compares (their plans are dropped before the next chunk). */
+const ADOPT_RULES_PER_CHUNK = 256;
 
 /**
  * What the kernel holds for each rule (its match entries, rule entry, backend table, backend entries,
  * source prefixes), compared with what it should hold (`plans`, at the slot and ids of `ks`), and only
- * what differs written. Used at start-up (adoption) and by the reconciler (another tool may have changed
- * the maps: bpftool map update/delete). Returns what differed, one line each: which rule and entry, which
- * field, the kernel's value and the desired one.
+ * what differs written. Used by the reconciler (another tool may have changed the maps: bpftool map
+ * update/delete); a start compares the same way ({@link adoptRules}). Returns what differed, one line each:
+ * which rule and entry, which field, the kernel's value and the desired one.
  */
 export async function repairRuleEntries(
   ctx: ExecContext,
@@ -1001,31 +1081,10 @@ export async function repairRuleEntries(
   ks: readonly RuleKernel[],
   pace: () => Promise<void> = pacer(10),
 ): Promise<string[]> {
-  const found = await compareAdopted(ctx, plans, ks, pace);
-  const { dp } = ctx;
-  const { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches } = found;
-  // Write: what packets will be sent to first, then the tables, the entries, and last what is published.
-  dp.writeBackends(backendWrites);
-  for (const x of addPrefixes) dp.putSrcPrefix(x);
-  for (const [slot, start, ids] of ringWrites) dp.writeRing(slot, start, ids);
-  for (const i of cfgWrites) {
-    const p = plans[i];
-    dp.writeRuleCfg(ks[i].slot, p.flags, ks[i].statsId, p.prefixes.length > 0);
-  }
-  for (const x of delPrefixes) dp.deleteSrcPrefix(x);
-  dp.writeBackends(backendClears);
-  for (const [i, p] of plans.entries()) {
-    const slot = ks[i].slot;
-    for (const m of p.matchKeys) {
-      const now = matches.get(matchId(m));
-      if (now === slot) continue;
-      dp.putMatch(m, slot);
-      repaired.push(
-        `rule ${p.name}: ${matchText(m, p.ingress)}: kernel ${now === undefined ? 'absent' : `rule slot ${now}`}, desired rule slot ${slot}`,
-      );
-    }
-  }
-  return repaired;
+  const view = readKernelView(ctx, ks);
+  const found = newRepairs();
+  await compareRules(ctx, view, plans, ks, found, pace);
+  return writeRepairs(ctx, found);
 }
 
 /**
@@ -1043,19 +1102,19 @@ export function matchText(m: MatchKey, ingress: readonly { name: string; ifindex
 /** Slots whose rule entry and backend table one readRuleSlots call reads (then the event loop may run). */
 const ADOPT_SLOTS_PER_READ = 1024;
 
-/**
- * The read half of {@link adoptRules}: every entry the adopted rules need,
- * read back and compared with the plans; returns what differs (no write).
- */
-async function compareAdopted(
-  ctx: ExecContext,
-  plans: readonly RulePlan[],
-  ks: readonly RuleKernel[],
-  pace: () => Promise<void>,
-) {
+/** What the kernel holds that a comparison reads once for all the rules it compares. */
+interface KernelView {
+  /** Match entries: matchId -> slot. */
+  matches: Map<string, number>;
+  /** Source-prefix entries by slot. */
+  prefixes: Map<number, SrcKey[]>;
+  /** Whether the kernel holds exactly this backend entry (undefined: a dataplane without it, compared at the end). */
+  same?: (id: number, e: BackendEntry) => boolean;
+}
+
+/** Match entries and source prefixes (one walk each), backend entries of the ids `ks` hold (one read). */
+function readKernelView(ctx: ExecContext, ks: readonly RuleKernel[]): KernelView {
   const { dp } = ctx;
-  const repaired: string[] = [];
-  // What the kernel holds: match entries and source prefixes (one walk each), backend entries (one read).
   const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
   const prefixes = new Map<number, SrcKey[]>();
   for (const k of dp.listSrcPrefixes()) {
@@ -1063,48 +1122,80 @@ async function compareAdopted(
     if (!l) prefixes.set(k.slot, (l = []));
     l.push(k);
   }
-  const wanted: [number, BackendEntry][] = [];
-  const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
-  // A backend out of the table is compared with (and cleared to) the empty entry: one object for all of them.
-  const empty = emptyBackendEntry();
-  let n = 0;
-  for (const [i, p] of plans.entries()) {
-    if ((++n & 255) === 0) await pace();
-    const k = ks[i];
-    for (const b of p.backends) {
-      const ids = k.backends.get(b.key)!;
-      wanted.push([ids.id, b.receiving ? backendOf(b, ids.statsId, macs) : empty]);
+  let lo = Infinity;
+  let hi = -1;
+  for (const k of ks) {
+    for (const { id } of k.backends.values()) {
+      if (id < lo) lo = id;
+      if (id > hi) hi = id;
     }
   }
-  await pace();
-  const differ = new Set(dp.differingBackends(wanted));
-  const backendWrites = differ.size ? wanted.filter(([id, e]) => differ.has(id) && e !== empty) : [];
-  const backendClears = differ.size ? wanted.filter(([id, e]) => differ.has(id) && e === empty) : [];
-  if (differ.size) {
-    // Which rule and backend each differing id is, and how it differs (read back only for the ids that differ:
-    // usually none, so nothing is indexed by id for the 40 000 that do not).
-    const who = new Map<number, string>();
-    for (const [i, p] of plans.entries()) {
-      for (const b of p.backends) {
-        const id = ks[i].backends.get(b.key)!.id;
+  return { matches, prefixes, same: dp.backendComparer?.(lo, hi) };
+}
+
+/** What a comparison found to differ, rule by rule; {@link writeRepairs} writes it and says what it was. */
+interface Repairs {
+  /** Backend id -> its desired entry and who it is ("rule web: backend ip@iface"), for the ids that differ. */
+  backends: Map<number, { want: BackendEntry; who: string }>;
+  /** Backend entries to compare at the end (a dataplane without backendComparer). */
+  pending: [id: number, want: BackendEntry, who: string][];
+  addPrefixes: SrcKey[];
+  delPrefixes: SrcKey[];
+  ringWrites: [slot: number, start: number, ids: number[]][];
+  cfgWrites: [slot: number, flags: number, statsId: number, srcFilter: boolean][];
+  matchWrites: [MatchKey, number][];
+  /** What each differing entry was, by kind (said in this order: backends first). */
+  slotLines: string[];
+  prefixLines: string[];
+  matchLines: string[];
+}
+
+const newRepairs = (): Repairs => ({
+  backends: new Map(),
+  pending: [],
+  addPrefixes: [],
+  delPrefixes: [],
+  ringWrites: [],
+  cfgWrites: [],
+  matchWrites: [],
+  slotLines: [],
+  prefixLines: [],
+  matchLines: [],
+});
+
+/** A backend out of the table is compared with (and cleared to) the empty entry: one object for all of them. */
+const EMPTY_BACKEND = emptyBackendEntry();
+
+/**
+ * Compare every entry `plans` need (at the slot and ids of `ks`) with `view` and what the kernel's rule
+ * entries and backend tables hold; add what differs to `found` (no write).
+ */
+async function compareRules(
+  ctx: ExecContext,
+  view: KernelView,
+  plans: readonly RulePlan[],
+  ks: readonly RuleKernel[],
+  found: Repairs,
+  pace: () => Promise<void>,
+): Promise<void> {
+  const { dp } = ctx;
+  const macs = new Map<string, Uint8Array>(); // 10 000 rules name a few egress interfaces (and often few MACs)
+  let n = 0;
+  // Backend entries: each desired entry built, compared with the kernel's bytes and dropped unless it differs.
+  for (const [i, p] of plans.entries()) {
+    if ((++n & 255) === 0) await pace();
+    for (const b of p.backends) {
+      const ids = ks[i].backends.get(b.key)!;
+      const want = b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND;
+      if (view.same) {
         // The backend's identity (ip@interface): what a log names, not the id.
-        if (differ.has(id)) who.set(id, `rule ${p.name}: backend ${b.key}`);
-      }
-    }
-    const ids = [...differ].slice(0, 100);
-    const now = dp.readBackends?.(ids);
-    const want = new Map(wanted.filter(([id]) => differ.has(id)));
-    for (const id of differ) {
-      const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want.get(id)!) : '';
-      repaired.push(`${who.get(id)} (map backends, entry ${id})${fields}`);
+        if (!view.same(ids.id, want)) found.backends.set(ids.id, { want, who: `rule ${p.name}: backend ${b.key}` });
+      } else found.pending.push([ids.id, want, `rule ${p.name}: backend ${b.key}`]);
     }
   }
   await pace();
   // Rule entries and backend tables: every slot read once, in runs of slots in order.
   const bySlot = new Map(ks.map((k, i) => [k.slot, i]));
-  const ringWrites: [slot: number, start: number, ids: number[]][] = [];
-  /** Indexes of the plans whose rule entry differs. */
-  const cfgWrites: number[] = [];
   const slots = [...bySlot.keys()].sort((a, b) => a - b);
   const visit = (slot: number, now: RuleSlotState) => {
     const i = bySlot.get(slot)!;
@@ -1132,20 +1223,22 @@ async function compareAdopted(
         hi = s;
       }
       if (lo >= 0) {
-        ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
+        found.ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
         const at = lo === hi ? `position ${lo}` : `positions ${lo}-${hi}`;
-        repaired.push(`rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`);
+        found.slotLines.push(
+          `rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`,
+        );
       }
     }
     const srcFilter = p.prefixes.length > 0;
     if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
-      cfgWrites.push(i);
+      found.cfgWrites.push([slot, p.flags, k.statsId, srcFilter]);
       const d: string[] = [];
       if (!now.active) d.push('active: kernel false, desired true');
       if (now.flags !== p.flags) d.push(`flags: kernel 0x${now.flags.toString(16)}, desired 0x${p.flags.toString(16)}`);
       if (now.statsId !== k.statsId) d.push(`stats id: kernel ${now.statsId}, desired ${k.statsId}`);
       if (now.srcFilter !== srcFilter) d.push(`source filter: kernel ${now.srcFilter}, desired ${srcFilter}`);
-      repaired.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot}): ${d.join('; ')}`);
+      found.slotLines.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot}): ${d.join('; ')}`);
     }
   };
   for (let i = 0; i < slots.length; i += ADOPT_SLOTS_PER_READ) {
@@ -1154,24 +1247,71 @@ async function compareAdopted(
   }
   // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
   const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
-  const addPrefixes: SrcKey[] = [];
-  const delPrefixes: SrcKey[] = [];
   for (const [i, p] of plans.entries()) {
     const slot = ks[i].slot;
-    const now = prefixes.get(slot) ?? [];
+    const now = view.prefixes.get(slot) ?? [];
     if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
     const nowIds = new Set(now.map(prefixId));
     const wantIds = new Set(p.prefixes.map(prefixId));
     const add = p.prefixes.filter((x) => !nowIds.has(prefixId(x))).map((x) => ({ slot, ...x }));
     const del = now.filter((x) => !wantIds.has(prefixId(x)));
-    addPrefixes.push(...add);
-    delPrefixes.push(...del);
+    found.addPrefixes.push(...add);
+    found.delPrefixes.push(...del);
     if (add.length + del.length)
-      repaired.push(
+      found.prefixLines.push(
         `rule ${p.name}: source prefixes (map src_allow, rule slot ${slot}: ${add.length} added, ${del.length} removed)`,
       );
   }
-  return { repaired, backendWrites, backendClears, addPrefixes, delPrefixes, ringWrites, cfgWrites, matches };
+  // Match entries: published last, each pointing at its rule's slot.
+  for (const [i, p] of plans.entries()) {
+    const slot = ks[i].slot;
+    for (const m of p.matchKeys) {
+      const now = view.matches.get(matchId(m));
+      if (now === slot) continue;
+      found.matchWrites.push([m, slot]);
+      found.matchLines.push(
+        `rule ${p.name}: ${matchText(m, p.ingress)}: kernel ${now === undefined ? 'absent' : `rule slot ${now}`}, desired rule slot ${slot}`,
+      );
+    }
+  }
+}
+
+/**
+ * Write what {@link compareRules} found to differ: what packets will be sent to first, then the tables, the
+ * entries, and last what is published. Returns what differed, one line each (backends first, then rule
+ * entries and tables, source prefixes, match entries).
+ */
+function writeRepairs(ctx: ExecContext, found: Repairs): string[] {
+  const { dp } = ctx;
+  if (found.pending.length) {
+    const differ = new Set(
+      dp.differingBackends(found.pending.map(([id, want]) => [id, want] as [number, BackendEntry])),
+    );
+    for (const [id, want, who] of found.pending) if (differ.has(id)) found.backends.set(id, { want, who });
+  }
+  const repaired: string[] = [];
+  const backendWrites: [number, BackendEntry][] = [];
+  const backendClears: [number, BackendEntry][] = [];
+  for (const [id, { want }] of found.backends)
+    (want === EMPTY_BACKEND ? backendClears : backendWrites).push([id, want]);
+  if (found.backends.size) {
+    // How each differs (read back only for the ids that differ: usually none).
+    const ids = [...found.backends.keys()].slice(0, 100);
+    const now = dp.readBackends?.(ids);
+    for (const [id, { want, who }] of found.backends) {
+      const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want) : '';
+      repaired.push(`${who} (map backends, entry ${id})${fields}`);
+    }
+  }
+  repaired.push(...found.slotLines, ...found.prefixLines, ...found.matchLines);
+  dp.writeBackends(backendWrites);
+  for (const x of found.addPrefixes) dp.putSrcPrefix(x);
+  for (const [slot, start, ids] of found.ringWrites) dp.writeRing(slot, start, ids);
+  for (const [slot, flags, statsId, srcFilter] of found.cfgWrites) dp.writeRuleCfg(slot, flags, statsId, srcFilter);
+  for (const x of found.delPrefixes) dp.deleteSrcPrefix(x);
+  dp.writeBackends(backendClears);
+  for (const [m, slot] of found.matchWrites) dp.putMatch(m, slot);
+  return repaired;
 }
 
 /** How a backend entry the kernel holds differs from the desired one: "; dmac: kernel X, desired Y" per field. */

@@ -69,7 +69,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
         const x = parsePrefix(p);
         return { length: x.length, addr: x.bytes };
       }),
-      backends: new Map(Object.entries(kernel.backends)),
+      backends: idsByKey(kernel.backends),
       ifindexes: new Map(),
       status: restoringStatus(),
     });
@@ -256,6 +256,13 @@ function recordOf(r: StoredRule): RuleRecord {
     updateTime: r.updateTime,
   };
   return rec;
+}
+
+/** A stored rule's backend ids by backend key, without an [key, ids] pair per backend (a start reads 40 000). */
+function idsByKey<T>(o: Record<string, T>): Map<string, T> {
+  const m = new Map<string, T>();
+  for (const key in o) m.set(key, o[key]);
+  return m;
 }
 
 /** Split ops into consecutive groups whose new entries fit beside the old ones (at least one op per group). */

@@ -823,6 +823,18 @@ export class KernelDataplane implements Dataplane {
     return out;
   }
 
+  backendComparer(lo: number, hi: number): (id: number, e: BackendEntry) => boolean {
+    const vs = backendEntry.layout.size;
+    // The raw bytes of the range in one batch read, compared with each entry encoded (no decoding).
+    const raw = hi < lo ? Buffer.alloc(0) : this.dp.maps.backends.getRangeRaw(lo, hi - lo + 1);
+    const buf = Buffer.alloc(vs);
+    return (id, e) => {
+      if (id < lo || id > hi) return false;
+      backendEntry.encode(e, buf);
+      return buf.compare(raw, (id - lo) * vs, (id - lo + 1) * vs) === 0;
+    };
+  }
+
   readBackends(ids: readonly number[]): Map<number, BackendEntry> {
     const out = new Map<number, BackendEntry>();
     for (const id of ids) {
