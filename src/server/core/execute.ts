@@ -1030,17 +1030,23 @@ export async function adoptRules(
   }
   const peers = await checkTargets(ctx, [...need], true);
   await pace();
-  // Pass 2, chunk by chunk: plan again, keep out what failed its check, compare.
+  // Pass 2, chunk by chunk: plan again, keep out what failed its check, compare. In the order of the rules'
+  // slots, so that each chunk reads its rule entries and backend tables from one short run of slots (the
+  // stored order is by name: r1, r10, r100, ... lie far apart).
+  const bySlot = adoptable
+    .map((op) => [state.ruleKernel.get(op.name)!.slot, op] as const)
+    .sort((a, b) => a[0] - b[0])
+    .map(([, op]) => op);
   const view = readKernelView(
     ctx,
     adoptable.map((op) => state.ruleKernel.get(op.name)!),
   );
   const found = newRepairs();
   const kernel = new Map<string, RuleKernel>();
-  for (let c = 0; c < adoptable.length; c += ADOPT_RULES_PER_CHUNK) {
+  for (let c = 0; c < bySlot.length; c += ADOPT_RULES_PER_CHUNK) {
     const plans: RulePlan[] = [];
     const ks: RuleKernel[] = [];
-    for (const op of adoptable.slice(c, c + ADOPT_RULES_PER_CHUNK)) {
+    for (const op of bySlot.slice(c, c + ADOPT_RULES_PER_CHUNK)) {
       const p = planOf(op)!;
       keepOutFailedEgresses(p, native, peers, true);
       plans.push(p);
