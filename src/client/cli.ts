@@ -41,7 +41,10 @@ export function buildProgram(version = '0.0.0'): Command {
     .option('--tls-key <file>', 'PEM client key (mutual TLS, with --tls-cert)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
     .addOption(
-      new Option('--timeout <duration>', 'deadline of each call (500ms, 10s, 2m)')
+      new Option(
+        '--timeout <duration>',
+        'deadline of each call (500ms, 10s, 2m); "rules apply" and "links apply" default to 2m',
+      )
         .argParser(parseDuration)
         .default(10_000, '10s'),
     )

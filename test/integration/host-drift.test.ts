@@ -181,7 +181,8 @@ describe('host settings drift under a running daemon', kernelOnly(), () => {
     await c.rules.createRule({ rule: rule('web', 7501, [vm.hostIf], [b1]) });
     assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'the attach turned tx VLAN offload off on the peer');
     topo.exec(vm.role, 'ethtool', ['-K', 'eth0', 'txvlan', 'on']);
-    assert.equal(feature(vm, 'tx-vlan-offload'), 'on');
+    // Not read back here: the feature change is an rtnetlink event, and the pass it starts may have put it
+    // back already (a suite run read 'off' here). The log line below is the daemon having seen it on.
     await until('the drift put back and logged', () => count(drifted) > 0, 8000);
     assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'tx VLAN offload off again');
     await sleep(2500);

@@ -43,7 +43,22 @@ describe('where the daemon runs', kernelOnly(), () => {
     sh('ip', ['netns', 'add', netns]);
     const ipn = (...args: string[]) => sh('ip', ['-n', netns, ...args]);
     ipn('link', 'set', 'lo', 'up');
-    ipn('link', 'add', dev, 'address', nsMac, 'type', 'veth', 'peer', 'name', `${dev}q`);
+    // The backend's static MAC is its veth peer's: a contradicting one would be taken out of the table by
+    // the reconciler's static-MAC check (static-mac.ts) as soon as a pass runs.
+    ipn(
+      'link',
+      'add',
+      dev,
+      'address',
+      nsMac,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      `${dev}q`,
+      'address',
+      '02:cc:00:00:00:03',
+    );
     ipn('link', 'add', ingress, 'type', 'veth', 'peer', 'name', `${ingress}q`);
     for (const i of [dev, `${dev}q`, ingress, `${ingress}q`]) ipn('link', 'set', i, 'up');
     const nsIndex = JSON.parse(ipn('-j', 'link', 'show', dev))[0].ifindex as number;

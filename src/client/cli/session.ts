@@ -27,8 +27,18 @@ export interface GlobalOptions {
   tlsKey?: string;
   output: OutputFormat;
   timeout: number;
+  /** --timeout was left at its default (a bulk call then gets {@link BULK_TIMEOUT_MS}). */
+  timeoutIsDefault?: boolean;
   debug?: boolean;
 }
+
+/**
+ * The deadline of a whole-file transaction (`rules apply`, `links apply`) when --timeout is not given:
+ * thousands of rules with dozens of backends each take seconds to write and persist on a loaded host, and
+ * a deadline that expires once the transaction has started does not stop it (it completes and is audited),
+ * so a short default would only turn a success into DEADLINE_EXCEEDED. An explicit --timeout applies as given.
+ */
+export const BULK_TIMEOUT_MS = 120_000;
 
 /** One CLI invocation's connection and call options. */
 export class Session {
@@ -37,13 +47,21 @@ export class Session {
   trailer: Metadata | undefined;
 
   constructor(readonly opts: GlobalOptions) {
+    this.timeoutMs = opts.timeout;
     const tls = loadTls(opts);
     this.client = createXdpctlClient({ address: opts.server, tls });
   }
 
-  /** Options for a unary call: the --timeout deadline and the trailer. */
-  call(): { deadline: Date; onTrailer: (md: Metadata) => void } {
-    return { deadline: new Date(Date.now() + this.opts.timeout), onTrailer: (md) => (this.trailer = md) };
+  /** The deadline of the last call, in ms (for the message when it expires). */
+  timeoutMs: number;
+
+  /**
+   * Options for a unary call: the --timeout deadline (`bulk`: a whole-file transaction, {@link BULK_TIMEOUT_MS}
+   * unless --timeout was given) and the trailer.
+   */
+  call({ bulk = false } = {}): { deadline: Date; onTrailer: (md: Metadata) => void } {
+    this.timeoutMs = bulk && this.opts.timeoutIsDefault ? BULK_TIMEOUT_MS : this.opts.timeout;
+    return { deadline: new Date(Date.now() + this.timeoutMs), onTrailer: (md) => (this.trailer = md) };
   }
 
   health() {
@@ -124,13 +142,16 @@ export function run(fn: Action) {
     const cmd = params[params.length - 1] as Command;
     const flags = params[params.length - 2] as Record<string, unknown>;
     const args = params.slice(0, -2).map((a) => a as string);
-    const o = cmd.optsWithGlobals<GlobalOptions>();
+    const o = {
+      ...cmd.optsWithGlobals<GlobalOptions>(),
+      timeoutIsDefault: cmd.getOptionValueSourceWithGlobals('timeout') === 'default',
+    };
     const s = new Session(o);
     try {
       await fn(s, o, args, flags);
     } catch (e) {
       if (!(e instanceof ClientError)) throw e;
-      const described = describeClientError(e, o.server, s.trailer, o.timeout);
+      const described = describeClientError(e, o.server, s.trailer, s.timeoutMs);
       let message = described.message;
       // grpc-js says "Failed to connect" or "ECONNRESET" for a refused TLS handshake: ask TLS itself.
       if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld/.test(message)) {

@@ -94,7 +94,7 @@ File format (only "links:" is used; "links: []" removes every link):
       run(async (s, o, _args, f) => {
         const res = await s.client.links.applyLinks(
           { links: loadLinks(f.file as string), validateOnly: Boolean(f.dryRun) },
-          s.call(),
+          s.call({ bulk: true }),
         );
         if (o.output !== 'table') return printList(o.output, 'changes', ApplyLinksResponse.toJSON(res));
         printTable(

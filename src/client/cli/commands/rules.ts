@@ -275,7 +275,7 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
       run(async (s, o, _args, f) => {
         const res = await s.client.rules.applyRules(
           { rules: loadRules(f.file as string), validateOnly: Boolean(f.dryRun) },
-          s.call(),
+          s.call({ bulk: true }),
         );
         if (o.output !== 'table') return printList(o.output, 'changes', ApplyRulesResponse.toJSON(res));
         printTable(
