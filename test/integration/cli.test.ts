@@ -140,11 +140,15 @@ describe('xdpctl command line', kernelOnly(), () => {
     assert.match(out, /^matched:\s+0 packets, 0 B$/m);
     assert.match(out, /^redirected:\s+0 packets, 0 B$/m);
     assert.match(out, /^filtered:\s+5 packets/m);
-    assert.match(out, /^BACKEND\s+IP\s+MAC\s+INTERFACE\s+WEIGHT\s+ACTIVE\s+PACKETS\s+BYTES\s+MESSAGE$/m);
     assert.match(
       out,
-      new RegExp(`^0\\s+${b1.ip!.replace(/\./g, '\\.')}\\s+\\S+\\s+${b1.hostIf}\\s+1\\s+yes\\s+0\\s+0 B`, 'm'),
+      /^BACKEND\s+IP\s+MAC\s+INTERFACE\s+WEIGHT\s+ACTIVE\s+PACKETS\s+BYTES\s+REDIRECT ERRORS\s+MESSAGE$/m,
     );
+    assert.match(
+      out,
+      new RegExp(`^0\\s+${b1.ip!.replace(/\./g, '\\.')}\\s+\\S+\\s+${b1.hostIf}\\s+1\\s+yes\\s+0\\s+0 B\\s+0`, 'm'),
+    );
+    assert.match(out, /^redirect errors:\s+0 packets/m);
     const json = JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'get', 'web'))) as {
       rule: { name: string };
       counters: { rules: { rule: string; matchedPackets: unknown; filteredPackets: unknown }[]; backends: unknown[] };
