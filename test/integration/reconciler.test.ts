@@ -153,7 +153,7 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
 
     const newMac = '02:16:00:00:00:03';
     sh('ip', ['-n', b3.netns, 'link', 'set', 'eth0', 'address', newMac]);
-    sh('ip', ['neigh', 'replace', b3.ip!, 'lladdr', newMac, 'dev', b3.hostIf]); // as an ARP update would
+    sh('ip', ['neigh', 'replace', b3.ip!, 'lladdr', newMac, 'dev', b3.hostIf, 'nud', 'reachable']); // as an ARP update would (PERMANENT, ip's default, is an entry set by hand)
     await sleep(1000);
     assert.equal((await status('nb')).backendStatus[0].mac, newMac, 'the new MAC within 1 s');
     r = await send(vm2, 7997, [b3], 10);
