@@ -1405,9 +1405,13 @@ Still missed, by how much and what next:
   test/integration/daemon-restart.test.ts); parsed MACs shared, stored rows parsed into the rule itself, each
   plan's kernel record looked up once.
   Their effect on this figure was not measured by the bench in this session (the machine's slot queue).
-  Next, in order of expected gain: fewer objects per adopted rule (a lighter plan for adoption, statuses built on
-  read) or adoption in chunks whose objects die young; the peer checks forked from a small helper process, or
-  netlink where the peer is in our namespace; the stored rows parsed lazily.
+  Since then (16:00-17:25 UTC, same day): the peer checks read rtnetlink (4 processes instead of 16), the
+  adoption compares in chunks of 256 rules in slot order, each backend entry compared and dropped: 1 030 ms
+  (995-1 432) -> 948 ms (833-959), RSS at rest 372 -> 304 MB; see "Start with 10 000 rules: veth-peer checks
+  and adoption in chunks" below the hand-written line. Next, in order of expected gain: a CPU profile of the
+  start (at 1 ms the bench's fresh daemons fail to load the program: SIGPROF during BPF_PROG_LOAD gives EAGAIN),
+  then fewer objects per adopted rule (statuses built on read), the stored rows parsed lazily, and GRO read
+  without ethtool (an ethtool-netlink socket in the peer's namespace).
 - **UpdateRule end to end: 1.67 ms above one fsync (target 0.5 ms).** Per change, in-process: SQLite's COMMIT
   250-410 µs (one fdatasync of the WAL; alone, the same commit took 119 µs against 93 µs for the 4 KiB
   baseline), interface facts ~120 µs (an ioctl socket per lookup), the three table operations ~75 µs, the audit
