@@ -131,6 +131,51 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
     assert.equal(count(/"msg":"rule perm is ACTIVE/), 1, 'the way back logged once');
     await c.rules.deleteRule({ name: 'perm', expectedGeneration: 0n });
   });
+
+  it('a wrong entry written as REACHABLE is not taken for an answer: not "resolved", no static MAC "contradicted"', async () => {
+    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:78`;
+    await c.rules.createRule({ rule: rule('learned', 7985, [{ ip: b1.ip!, mac: '', interface: b1.hostIf }]) });
+    await c.rules.createRule({ rule: rule('fixed', 7986, [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }]) });
+    await until(
+      'resolved by an answer',
+      async () => (await status('learned')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
+      10_000,
+    );
+    const from = d.output.length;
+    const t0 = Date.now();
+    sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'reachable']);
+    // Watched every 100 ms until the right MAC is back: the status never claims what no answer showed.
+    const claims: string[] = [];
+    let backAt = 0;
+    try {
+      for (let n = 0; Date.now() - t0 < 12_000; n++) {
+        const [l, f] = [await status('learned'), await status('fixed')];
+        const lb = l.backendStatus[0];
+        if (lb?.mac === wrong && /resolved/.test(lb.message)) claims.push(`learned: ${lb.message}`);
+        if (!f.backendStatus[0]?.active || /contradicted/.test(f.backendStatus[0]?.message ?? ''))
+          claims.push(`fixed: ${f.backendStatus[0]?.message}`);
+        if (n > 5 && lb?.mac === b1.mac && lb.active && lb.message === 'MAC resolved from the neighbour table') {
+          backAt = Date.now();
+          break;
+        }
+        await sleep(100);
+      }
+    } finally {
+      // Still the wrong one (the test failed): removed, so that the kernel resolves the right one.
+      if (sh('ip', ['neigh', 'show', b1.ip!, 'dev', b1.hostIf]).includes(wrong))
+        shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
+    }
+    assert.deepEqual(claims, [], 'nothing claimed beyond what was observed');
+    assert.ok(backAt > 0, 'the right MAC back, answered');
+    console.log(`# the wrong REACHABLE entry replaced by the answered MAC after ${backAt - t0} ms`);
+    assert.doesNotMatch(d.output.slice(from), /static MAC contradicted/);
+    const r = await send(7986);
+    assert.equal(r.got[0], r.sent, `the correct static MAC kept its backend: ${r.got[0]} of ${r.sent}`);
+    const r2 = await send(7985);
+    assert.equal(r2.got[0], r2.sent, `the learned one delivers again: ${r2.got[0]} of ${r2.sent}`);
+    await c.rules.deleteRule({ name: 'learned', expectedGeneration: 0n });
+    await c.rules.deleteRule({ name: 'fixed', expectedGeneration: 0n });
+  });
 });
 
 /** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */

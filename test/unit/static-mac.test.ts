@@ -40,6 +40,22 @@ describe('static MACs: observations', () => {
     assert.equal(bad.ask, 'reprobe', 'kept fresh, so that agreement is seen');
   });
 
+  it('a fresh entry whose MAC answered no probe of ours contradicts nothing: probed, not "answers ARP"', () => {
+    const written = { ...entry(OTHER, ['REACHABLE'], 0), answered: false };
+    const o = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, written);
+    assert.deepEqual([o.verdict, o.ask], ['unverified', 'reprobe']);
+    assert.match(o.why, new RegExp(`holds ${OTHER} \\(REACHABLE\\), which no ARP probe of ours has had answered yet`));
+    assert.doesNotMatch(o.why, /answers ARP/);
+    // The last definitive verdict stands meanwhile: a confirmed static MAC stays confirmed.
+    const prev = { mac: MAC, verdict: 'confirmed' as const, why: 'x', since: 0 };
+    assert.equal(stepStaticMac(prev, MAC, o, 1), prev);
+    // Answered: evidence again, either way.
+    const answered = { ...entry(OTHER, ['REACHABLE'], 0), answered: true };
+    assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered).verdict, 'contradicted');
+    const same = { ...entry(MAC, ['REACHABLE'], 0), answered: false };
+    assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, same).verdict, 'confirmed');
+  });
+
   it('anything else cannot be verified, and asks the kernel for fresh evidence', () => {
     const stale = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, entry(OTHER, ['STALE'], 100));
     assert.deepEqual([stale.verdict, stale.ask], ['unverified', 'reprobe']);

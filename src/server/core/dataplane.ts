@@ -256,7 +256,14 @@ export interface Dataplane {
    * request to the MAC it holds; unanswered, the entry becomes FAILED), rate-limited by the
    * implementation; true when a probe was started. Best effort, never throws. Optional (fakes).
    */
-  verifyNeighbour?(ip: string, iface: string): boolean;
+  verifyNeighbour?(ip: string, iface: string, unanswered?: boolean): boolean;
+  /**
+   * The MAC of the neighbour entry for `ip` on `iface` when a probe of ours was answered with it (the entry
+   * went from NUD_PROBE or INCOMPLETE to REACHABLE holding that MAC), undefined otherwise: an entry another
+   * tool wrote (even as `nud reachable`) is not an answer of the host. `verifyNeighbour(..., true)` probes an
+   * entry whose MAC has no such answer at once (at most once a second). Optional (fakes).
+   */
+  neighbourAnswered?(ip: string, iface: string): string | undefined;
   /**
    * The IPv4 neighbour table in one read: "ip@iface" -> entry (MAC, NUD states, seconds since the last
    * confirmation). Empty when it cannot be read. Optional (fakes): without it static MACs are not checked.

@@ -49,6 +49,7 @@ import {
   mtuWarnings,
   observedRuleStatus,
   handSetNeighbourStatus,
+  unansweredNeighbourStatus,
   handSetWhy,
   peerWhere,
   staticMacStatus,
@@ -333,7 +334,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
           // The neighbour table is the MAC's source: resolve it while it is not resolved, and make the
           // kernel verify it while it is (frames we redirect never pass the stack, which would).
           if (!resolved) dp.probeNeighbour?.(spec.ip, spec.interface);
-          else if (b.receiving && dp.verifyNeighbour?.(spec.ip, spec.interface))
+          else if (b.receiving && dp.verifyNeighbour?.(spec.ip, spec.interface, true))
             state.reconcilerEvents.neighbour_probes++;
         }
         if (changed) return;
@@ -678,6 +679,19 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       }
     }
   }
+  // Backends given without a MAC whose entry's MAC no probe of ours has had answered yet (a new or changed
+  // entry; one another tool wrote as REACHABLE): not "resolved" until the host answers (probed at once).
+  const unanswered = new Map<string, string>();
+  if (dp.neighbourAnswered) {
+    for (const r of specs) {
+      for (const b of r.backends) {
+        const key = neighbourKey(b.ip, b.interface);
+        const mac = facts.neighbours.get(key);
+        if (b.mac !== '' || !mac || handSet.has(key) || unanswered.has(key)) continue;
+        if (dp.neighbourAnswered(b.ip, b.interface) !== mac) unanswered.set(key, mac);
+      }
+    }
+  }
   for (const [key, states] of handSet) {
     const mac = facts.neighbours.get(key) ?? '';
     transition(`neigh-handset/${key}`, `${states}|${mac}`, () => {
@@ -703,7 +717,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10
       const written = k.written ?? k.status;
       let observed = observedRuleStatus(
         unverifiedRuleStatus(
-          mtuRuleStatus(handSetNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, handSet)),
+          mtuRuleStatus(
+            handSetNeighbourStatus(
+              unansweredNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, unanswered),
+              rule,
+              handSet,
+            ),
+          ),
           unverified,
         ),
         rule.ingressInterfaces,
@@ -932,11 +952,13 @@ async function judgeStaticMacs(
   let resolves = 0;
   for (const [key, { ip, iface, mac }] of wanted) {
     if (!peers.has(iface)) peers.set(iface, dp.vethPeerMac?.(iface));
-    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), table.get(`${ip}@${iface}`));
+    const e = table.get(`${ip}@${iface}`);
+    const answered = e?.mac && dp.neighbourAnswered ? dp.neighbourAnswered(ip, iface) === e.mac : undefined;
+    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), e && { ...e, answered });
     const prev = state.staticMacs.get(key);
     const next = stepStaticMac(prev, mac, obs, ctx.now());
     state.staticMacs.set(key, next);
-    if (obs.ask === 'reprobe') dp.verifyNeighbour?.(ip, iface);
+    if (obs.ask === 'reprobe') dp.verifyNeighbour?.(ip, iface, true);
     else if (obs.ask === 'resolve' && resolves < RESOLVES_PER_PASS) {
       resolves++;
       dp.probeNeighbour?.(ip, iface);

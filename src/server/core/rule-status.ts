@@ -107,6 +107,35 @@ export function handSetNeighbourStatus(
   };
 }
 
+/**
+ * The written status with the backends given without a MAC whose neighbour entry's MAC has not answered a
+ * probe of ours (`unanswered`: "ip@iface" -> that MAC; Dataplane.neighbourAnswered) saying so instead of
+ * "MAC resolved from the neighbour table": a new or changed entry, or one another tool wrote as REACHABLE,
+ * is probed at once and "resolved" once the host answers. The state is not lowered (the probe takes a
+ * moment; nothing observed contradicts the entry). `written` itself when none applies.
+ */
+export function unansweredNeighbourStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  unanswered: ReadonlyMap<string, string>,
+): RuleStatus {
+  if (unanswered.size === 0 || written.state === 'failed') return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    const mac = spec && spec.mac === '' && b.receiving ? unanswered.get(`${spec.ip}@${spec.interface}`) : undefined;
+    if (!mac || mac.toLowerCase() !== b.mac.toLowerCase()) return b;
+    changed = true;
+    return {
+      ...b,
+      message:
+        `MAC ${b.mac} from the neighbour table, not confirmed yet: no ARP probe of ours to it has been answered ` +
+        '(probing it; an entry another tool wrote looks the same)',
+    };
+  });
+  return changed ? { ...written, backends } : written;
+}
+
 /** What a backend MAC from a neighbour entry set by hand means ({@link handSetNeighbourStatus}). */
 export function handSetWhy(ip: string, iface: string, mac: string, states: string): string {
   return (

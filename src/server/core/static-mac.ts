@@ -12,7 +12,9 @@
  *  - a neighbour (ARP) entry for `ip` on `iface` that the kernel confirmed
  *    within {@link FRESH_S} seconds (REACHABLE: the host answered from that
  *    MAC). Entries set by hand (PERMANENT, NOARP) are not evidence of the
- *    host. An older or unconfirmed entry is re-probed (NUD_PROBE: a unicast
+ *    host; nor, against the static MAC, is a REACHABLE entry whose MAC has
+ *    not answered a probe of ours (another tool may write `nud reachable`):
+ *    it is probed at once, and the answer (or its absence) decides. An older or unconfirmed entry is re-probed (NUD_PROBE: a unicast
  *    ARP request to the MAC it holds), a missing or failed one resolved (a
  *    broadcast ARP request), so that fresh evidence follows.
  * A contradiction takes the backend out of the rule's table, the reason
@@ -42,6 +44,11 @@ export interface NeighbourFact {
   states: readonly string[];
   /** Seconds since the last confirmation. */
   confirmed?: number;
+  /**
+   * Whether its MAC answered a probe of ours (Dataplane.neighbourAnswered); undefined: not known (taken as
+   * answered). An entry another tool wrote as REACHABLE looks freshly confirmed without any answer.
+   */
+  answered?: boolean;
 }
 
 export type StaticMacVerdict = 'confirmed' | 'contradicted' | 'unverified';
@@ -87,6 +94,17 @@ export function observeStaticMac(
     states.includes('REACHABLE') &&
     entry.confirmed !== undefined &&
     entry.confirmed <= FRESH_S;
+  if (fresh && entry.answered === false && !same(entry.mac!, mac)) {
+    // Not evidence yet: nothing shows the host answers from that MAC (an entry written by another tool looks
+    // the same). Probed now; a contradiction needs the answer.
+    return {
+      verdict: 'unverified',
+      why:
+        `static MAC ${mac.toLowerCase()} cannot be verified: the neighbour entry for ${ip} on ${iface} holds ` +
+        `${entry.mac!.toLowerCase()} (REACHABLE), which no ARP probe of ours has had answered yet (probing it)`,
+      ask: 'reprobe',
+    };
+  }
   if (fresh) {
     return same(entry.mac!, mac)
       ? {

@@ -405,10 +405,43 @@ export class KernelDataplane implements Dataplane {
   /** When each neighbour was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
   private readonly reprobed = new Map<string, number>();
 
+  /**
+   * Probes of ours not answered yet, by "ip@iface": the MAC the entry held when we set it to NUD_PROBE
+   * ('' for a broadcast resolve). The kernel leaves NUD_PROBE (or INCOMPLETE) for REACHABLE only on a reply.
+   */
+  private readonly probePending = new Map<string, string>();
+  /** The MAC each entry held when it became REACHABLE after a probe of ours: answered by the host. */
+  private readonly answered = new Map<string, string>();
+
+  /** Every neighbour entry read: what it says about the probes of ours ({@link neighbourAnswered}). */
+  private noteNeighbour(key: string, entry: NeighbourEntry): void {
+    if (this.answered.has(key) && this.answered.get(key) !== entry.mac) this.answered.delete(key);
+    const pending = this.probePending.get(key);
+    if (pending === undefined) return;
+    if (!entry.mac || entry.states.includes('FAILED')) {
+      if (pending !== '') this.probePending.delete(key); // not answered: the resolve that follows is probed anew
+      return;
+    }
+    if (pending !== '' && pending !== entry.mac) {
+      this.probePending.delete(key); // changed by something else meanwhile: not an answer to our probe
+      return;
+    }
+    if (entry.states.includes('REACHABLE')) {
+      this.probePending.delete(key);
+      if (this.answered.size > 65536) this.answered.clear();
+      this.answered.set(key, entry.mac);
+    }
+  }
+
+  neighbourAnswered(ip: string, iface: string): string | undefined {
+    return this.answered.get(`${ip}@${iface}`);
+  }
+
   async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
     const entry = await neighbourEntry(ip, iface);
     if (this.neighbourSeen.size > 65536) this.neighbourSeen.clear();
     this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now() });
+    this.noteNeighbour(`${ip}@${iface}`, entry);
     return entry.mac;
   }
 
@@ -424,7 +457,7 @@ export class KernelDataplane implements Dataplane {
    * and an entry nobody answers for becomes FAILED, after which the reconciler resolves it again.
    * Static entries (PERMANENT, NOARP) and entries the kernel is already probing are left alone.
    */
-  verifyNeighbour(ip: string, iface: string): boolean {
+  verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
     const key = `${ip}@${iface}`;
     const seen = this.neighbourSeen.get(key);
     if (!seen?.entry.mac) return false;
@@ -434,11 +467,21 @@ export class KernelDataplane implements Dataplane {
     // `ip -s neigh` gives the age in whole seconds, rounded down: counted as up to a second older, so that
     // a probe is never later than NEIGHBOUR_VERIFY_MS plus one pass (the bound in docs/architecture.md).
     const confirmedAgo = ((seen.entry.confirmed ?? Infinity) + 1) * 1000 + (t - seen.at);
-    if (confirmedAgo < NEIGHBOUR_VERIFY_MS || t - (this.reprobed.get(key) ?? 0) < NEIGHBOUR_VERIFY_MS) return false;
+    const since = t - (this.reprobed.get(key) ?? 0);
+    // An entry whose MAC no probe of ours has had answered (it changed, or was never probed): at once, once
+    // a second, whatever the kernel says of its age (an entry set by hand as REACHABLE looks confirmed).
+    const now =
+      unanswered && this.answered.get(key) !== seen.entry.mac && this.probePending.get(key) !== seen.entry.mac;
+    if (now ? since < 1000 : confirmedAgo < NEIGHBOUR_VERIFY_MS || since < NEIGHBOUR_VERIFY_MS) return false;
     if (this.reprobed.size > 65536) this.reprobed.clear();
     this.reprobed.set(key, t);
     try {
-      return reprobeNeighbour(ip, iface);
+      const started = reprobeNeighbour(ip, iface);
+      if (started) {
+        if (this.probePending.size > 65536) this.probePending.clear();
+        this.probePending.set(key, seen.entry.mac);
+      }
+      return started;
     } catch {
       return false; // gone or without a MAC since it was read: the next read says so
     }
@@ -457,7 +500,11 @@ export class KernelDataplane implements Dataplane {
     }
     const t = Date.now();
     if (this.neighbourSeen.size + table.size > 65536) this.neighbourSeen.clear();
-    for (const [key, entry] of table) this.neighbourSeen.set(key, { entry, at: t });
+    for (const [key, entry] of table) {
+      this.neighbourSeen.set(key, { entry, at: t });
+      this.noteNeighbour(key, entry);
+    }
+    for (const key of this.probePending.keys()) if (!table.has(key)) this.probePending.delete(key);
     return table;
   }
 
@@ -530,6 +577,8 @@ export class KernelDataplane implements Dataplane {
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);
     if (this.probed.size > 4096) this.probed.clear();
+    // A broadcast request: the entry it makes (INCOMPLETE) becomes REACHABLE only with the host's answer.
+    if (!this.probePending.has(key)) this.probePending.set(key, '');
     probeNeighbour(ip, iface);
   }
 

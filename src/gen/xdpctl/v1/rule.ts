@@ -326,7 +326,8 @@ export interface Backend {
    * given, and checked against definitive evidence only (the veth peer's own
    * MAC when the peer is in the daemon's network namespace and takes no
    * other MACs; a neighbour entry for `ip` confirmed within 10 s, kept fresh
-   * by ARP probes): a contradiction takes the backend out of the table with
+   * by ARP probes, whose MAC answered a probe of xdpctld's): a contradiction
+   * takes the backend out of the table with
    * a message naming both MACs ("static MAC contradicted: ...") until they
    * agree again; without such evidence the backend stays in the table and
    * its message says the MAC cannot be verified.
