@@ -44,7 +44,7 @@ import {
 } from './connection-guard.js';
 import type { HttpJsonListener } from './http-json.js';
 import { Controller } from './core/controller.js';
-import { StateStore, stateDbPath, type StoredState } from './core/store.js';
+import { StateStore, stateDbPath, storeReason, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
@@ -53,6 +53,7 @@ import { DEFAULT_CAPACITY, XdpDatapath, type Capacity } from './dataplane/datapa
 import {
   assertSocketNotLive,
   pathTaken,
+  pinRootOwnership,
   lockInstance,
   makeDirs,
   removeCreatedDirs,
@@ -716,13 +717,19 @@ export class Daemon {
     if (dir) {
       try {
         const r = this.lock.checkStateDir();
+        // The database file itself removed or replaced (rm state.db*, the directory left): its connection
+        // writes to a file no directory holds; changes are refused (StateStore.begin) until this renewal.
+        const fileChanged = this.store?.fileChanged();
         if (r === 'created' || r === 'relocked' || this.storeLost) await this.renewStore(dir, r ?? 'held');
+        else if (fileChanged) await this.renewStore(dir, 'file', fileChanged);
       } catch (e) {
         problems.push(
           `state directory ${dir} was removed or replaced under the running daemon and could not be taken ` +
             `again: ${(e as Error).message}. Changes are not persisted`,
         );
       }
+      // Device settings changed while the disk refused writes: recorded once it takes them (--cleanup-on-exit).
+      this.kernel?.saveHostChangesPending();
     }
     const s = this.lock.checkSocketLocks();
     if (s.relocked.length) {
@@ -736,7 +743,8 @@ export class Daemon {
     const now = problems.join('; ');
     if (now && now !== this.fileProblem) this.log.error({ problems }, now);
     this.fileProblem = now;
-    return problems;
+    // A store that refuses writes: logged once by checkStoreWrites (with the disk's error).
+    return dir ? [...problems, ...this.checkStoreWrites()] : problems;
   }
 
   /**
@@ -767,8 +775,37 @@ export class Daemon {
     return problems;
   }
 
+  /** The last "state store refuses writes" problem ('' when it takes them), logged once. */
+  private storeRefusal = '';
+
+  /**
+   * Whether the state store takes writes (a write probe while it refuses, or while its file system is
+   * read-only or full: StateStore.probe): a store that refuses them is a problem of the datapath (health
+   * xdpctl.datapath NOT_SERVING naming it; GetStatus state_store; the xdpctl.state_store.writable metric),
+   * logged once, and its end is logged too.
+   */
+  private checkStoreWrites(): string[] {
+    const store = this.store;
+    if (!store) return [];
+    store.probe();
+    const r = store.refusal();
+    const problem = r
+      ? `state store ${store.path} refuses writes: ${storeReason(r.error)}; every change is refused until it takes them`
+      : '';
+    if (problem && problem !== this.storeRefusal) this.log.error({ err: r!.error, path: store.path }, problem);
+    else if (!problem && this.storeRefusal) {
+      this.log.info({ path: store.path }, `state store ${store.path} takes writes again: changes are accepted`);
+    }
+    this.storeRefusal = problem;
+    return problem ? [problem] : [];
+  }
+
   /** A fresh state store in the state directory made again, with the whole desired state; throws if not. */
-  private async renewStore(dir: string, how: 'created' | 'relocked' | 'held'): Promise<void> {
+  private async renewStore(
+    dir: string,
+    how: 'created' | 'relocked' | 'held' | 'file',
+    fileChanged?: string,
+  ): Promise<void> {
     let fresh: StateStore | undefined;
     try {
       const old = await this.controller.replaceStore((state) => {
@@ -794,6 +831,15 @@ export class Daemon {
       state = undefined;
     }
     const held = state ? `${state.rules.length} rule(s), ${state.links.length} link(s)` : 'not readable back';
+    if (how === 'file') {
+      this.log.error(
+        { stateDir: dir, rules: state?.rules.length, links: state?.links.length, path: fresh!.path },
+        `STATE STORE ${fresh!.path} ${fileChanged?.toUpperCase() ?? 'WAS REMOVED'} UNDER THE RUNNING DAEMON: ` +
+          `the desired state this daemon holds (${held}) written into a fresh store there` +
+          `${state ? ' (counted from the store read back)' : ''}; changes refused meanwhile were not made`,
+      );
+      return;
+    }
     this.log.error(
       { stateDir: dir, rules: state?.rules.length, links: state?.links.length, path: fresh!.path },
       `STATE DIRECTORY ${dir} WAS REMOVED OR REPLACED UNDER THE RUNNING DAEMON: ` +
@@ -824,6 +870,21 @@ export class Daemon {
             ' and locked again (a second daemon on it is refused)',
         );
       }
+      // Made writable by others (chmod 777) or given to another user under the running daemon: what a
+      // start refuses is reported (logged once, NOT_SERVING naming it) until it is ours alone again.
+      let unsafe: string | undefined;
+      try {
+        unsafe = pinRootOwnership(pinRoot);
+      } catch {
+        unsafe = undefined; // gone again since: the next pass takes it again
+      }
+      if (unsafe) {
+        const problem = `${unsafe.replace(/: others could/, ' under the running daemon: others could')}`;
+        if (problem !== this.pinRootProblem) this.log.error({ pinRoot }, problem);
+        this.pinRootProblem = problem;
+        return [problem];
+      }
+      if (this.pinRootProblem) this.log.info({ pinRoot }, `pin root ${pinRoot} is ours alone again (0700)`);
       this.pinRootProblem = ''; // taken again: the relock line above says so
     } catch (e) {
       // Another daemon took the pin root in between (it started after the removal and before this pass):

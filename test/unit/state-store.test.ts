@@ -166,4 +166,43 @@ describe('state store (SQLite)', () => {
       assert.ok(e.message.includes(code), code);
     }
   });
+  it('a database file removed or replaced under an open store refuses the change (UNAVAILABLE naming the path), never writes it nowhere', () => {
+    const dir = tmp();
+    const s = StateStore.open(dir);
+    let t = s.begin();
+    t.putRule(stored('a'));
+    t.commit();
+    assert.equal(s.fileChanged(), undefined);
+    for (const f of ['', '-wal', '-shm']) rmSync(`${s.path}${f}`, { force: true });
+    assert.equal(s.fileChanged(), 'was removed');
+    assert.throws(
+      () => s.begin(),
+      (e: Error & { kind?: string }) => {
+        assert.equal(e.kind, 'unavailable');
+        assert.ok(e.message.startsWith(`state store ${s.path} was removed under the running daemon`), e.message);
+        return true;
+      },
+    );
+    assert.equal(existsSync(s.path), false, 'no empty database made in its place');
+    writeFileSync(s.path, 'another file');
+    assert.equal(s.fileChanged(), 'was replaced by another file');
+    s.close();
+    // Removed between BEGIN and COMMIT: not acknowledged either.
+    const dir2 = tmp();
+    const s2 = StateStore.open(dir2);
+    t = s2.begin();
+    t.putRule(stored('b'));
+    for (const f of ['', '-wal', '-shm']) rmSync(`${s2.path}${f}`, { force: true });
+    assert.throws(() => t.commit(), /was removed under the running daemon/);
+    s2.close();
+  });
+
+  it('reports a write the disk refused until a write works again (refusal, probe)', () => {
+    const dir = tmp();
+    const s = StateStore.open(dir);
+    assert.equal(s.refusal(), undefined);
+    s.probe(); // writable, file system neither read-only nor full: nothing to do
+    assert.equal(s.refusal(), undefined);
+    s.close();
+  });
 });

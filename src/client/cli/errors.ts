@@ -45,9 +45,10 @@ Exit codes:
   3   invalid argument (the server rejected a field; config file errors)
   4   not found (rule, link or interface)
   5   already exists
-  6   failed precondition (conflict; the daemon runs with --config)
+  6   failed precondition (conflict; the daemon runs with --config; its state store is read-only)
   7   aborted: the rule changed since you read it (--generation)
-  8   resource exhausted (a datapath table is full)
+  8   resource exhausted (a datapath table is full, the state store's disk is full,
+      or the request is over xdpctld's --max-message-bytes)
   9   permission denied or unauthenticated
   10  unavailable (xdpctld unreachable or shutting down)
   11  deadline exceeded (--timeout)

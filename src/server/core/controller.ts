@@ -9,7 +9,7 @@
  */
 import { silentLogger, type Logger } from '../log.js';
 import type { Dataplane, HostChangeScope, InterfaceInfo, XdpModeName } from './dataplane.js';
-import { CoreError, type FieldViolation } from './errors.js';
+import { CoreError, storeReason, type FieldViolation } from './errors.js';
 import {
   adoptRules,
   allocateRules,
@@ -1331,6 +1331,17 @@ export class Controller {
    * same statuses as {@link ruleStates} at the moment of the call, so that health, metrics and the API
    * never disagree about a rule (a status written between two passes counts at once).
    */
+  /**
+   * The state store: its path and, while it refuses writes (as last observed: StateStore.refusal), why (as
+   * the disk said) and since when (ms). undefined without a store (--no-state).
+   */
+  stateStore(): { path: string; problem?: string; since?: number } | undefined {
+    const s = this.opts.store;
+    if (!s) return undefined;
+    const r = s.refusal?.();
+    return r ? { path: s.path, problem: storeReason(r.error), since: r.since } : { path: s.path };
+  }
+
   problems(): string[] {
     const out = [...this.lastProblems];
     if (this.configProblem) out.push(this.configProblem);

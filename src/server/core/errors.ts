@@ -55,3 +55,11 @@ export class CoreError extends Error {
     return new CoreError('invalid', `${first.field}: ${first.description}${more}`, violations);
   }
 }
+
+/**
+ * What a state store error (store.ts storeError: "WHAT: state store PATH: DETAIL [CODE]") says the disk did,
+ * without what was attempted or the path, e.g. "the disk is full (ENOSPC) [SQLITE_FULL]".
+ */
+export function storeReason(e: Error): string {
+  return /state store \S+: (.*)$/.exec(e.message)?.[1] ?? e.message;
+}

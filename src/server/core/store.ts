@@ -112,7 +112,11 @@ export interface StatePort {
   readonly path: string;
   /** Start a change: BEGIN IMMEDIATE. Throws a CoreError when the store cannot persist. */
   begin(): StoreTxn;
+  /** Why the store cannot take writes now, as last observed, and since when (ms); undefined while it can. */
+  refusal?(): { error: CoreError; since: number } | undefined;
 }
+
+export { storeReason } from './errors.js';
 
 const SQLITE_DETAIL: [RegExp, CoreErrorKind, string][] = [
   [/^SQLITE_FULL/, 'exhausted', 'the disk is full (ENOSPC)'],
@@ -239,12 +243,36 @@ function openDb(path: string, readonly: boolean): Database.Database {
   }
 }
 
+/** A file's identity (st_dev:st_ino), or undefined when it does not exist. */
+function fileIdentity(path: string): string | undefined {
+  try {
+    const s = statSync(path);
+    return `${s.dev}:${s.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `e` (or what it wraps) is a disk that refuses writes (full, read-only, I/O error), not a wrong database. */
+function diskRefuses(e: unknown): boolean {
+  for (let x = e as { code?: string; cause?: unknown } | undefined; x; x = x.cause as typeof x) {
+    if (DISK_REFUSES.test(x.code ?? '')) return true;
+  }
+  return false;
+}
+
 export class StateStore implements StatePort {
   readonly path: string;
   private db!: Database.Database;
   private stmts!: ReturnType<StateStore['prepare']>;
   /** Why the store cannot persist now (undefined: it can). */
   problem?: CoreError;
+  /** The database file this store writes (st_dev:st_ino when opened): one removed or replaced is told apart. */
+  private identity?: string;
+  /** The last write (a change, or {@link probe}) the disk refused; cleared by a write that works. */
+  private writeFailure?: CoreError;
+  /** Since when the store refuses writes (ms since the epoch); undefined while it takes them. */
+  private refusingSince?: number;
 
   private constructor(readonly dir: string) {
     this.path = stateDbPath(dir);
@@ -267,6 +295,7 @@ export class StateStore implements StatePort {
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       s.db = openDb(s.path, false);
+      s.identity = fileIdentity(s.path);
       fresh = (s.db.pragma('user_version', { simple: true }) as number) === 0;
       s.migrate();
     } catch (e) {
@@ -314,6 +343,8 @@ export class StateStore implements StatePort {
       );
     }
     this.problem = problem;
+    this.refusingSince = Date.now();
+    this.identity = fileIdentity(this.path);
     this.stmts = this.prepare();
   }
 
@@ -443,25 +474,105 @@ export class StateStore implements StatePort {
       const db = openDb(this.path, false);
       this.db.close();
       this.db = db;
+      this.identity = fileIdentity(this.path);
       this.migrate();
       this.stmts = this.prepare();
       this.problem = undefined;
+      this.writeFailure = undefined;
+      this.refusingSince = undefined;
     } catch (e) {
       this.problem = storeError(e, this.path, 'open for writing');
     }
   }
 
+  /**
+   * Whether the database file at {@link path} is still the one this store writes: undefined when it is,
+   * else what happened to it ("was removed", "was replaced by another file"): an `rm state.db` under the
+   * running daemon leaves its connection writing to a file no directory holds.
+   */
+  fileChanged(): string | undefined {
+    if (this.identity === undefined) return undefined;
+    const now = fileIdentity(this.path);
+    if (now === this.identity) return undefined;
+    return now === undefined ? 'was removed' : 'was replaced by another file';
+  }
+
+  /** A CoreError when the database file is no longer the one this store writes (nothing written then). */
+  private assertSameFile(): void {
+    const changed = this.fileChanged();
+    if (!changed) return;
+    throw new CoreError(
+      'unavailable',
+      `state store ${this.path} ${changed} under the running daemon: the change is not made (no disk would ` +
+        'hold it); the daemon writes its whole desired state into a fresh store at its next reconciler pass ' +
+        '(within a second): retry then',
+    );
+  }
+
+  /** Record a write the disk refused (full, read-only, I/O error): {@link refusal} reports it until one works. */
+  private noteFailure(e: CoreError): CoreError {
+    if (diskRefuses(e)) {
+      this.writeFailure = e;
+      this.refusingSince ??= Date.now();
+    }
+    return e;
+  }
+
+  /**
+   * Why the store cannot take writes now, as last observed (the open at start, the last change, or the
+   * last {@link probe}): undefined while it takes them. `since`: ms since the epoch.
+   */
+  refusal(): { error: CoreError; since: number } | undefined {
+    const error = this.problem ?? this.writeFailure;
+    return error ? { error, since: this.refusingSince ?? Date.now() } : undefined;
+  }
+
+  /**
+   * A cheap write probe, for a reconciler pass: while the store refuses writes (or the file system says it
+   * is read-only or full), one small transaction (meta `write_probe`), so that a disk that takes writes
+   * again clears {@link refusal} without waiting for a change, and a disk that stopped taking them is
+   * reported before a change fails. Nothing is done while a change holds the connection.
+   */
+  probe(): void {
+    if (!this.db?.open || this.db.inTransaction || this.fileChanged()) return;
+    if (this.problem) {
+      this.reopen();
+      return;
+    }
+    if (!this.writeFailure && !diskState(dirname(this.path))) return;
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        this.db
+          .prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)')
+          .run('write_probe', String(Date.now()));
+        this.db.exec('COMMIT');
+      } finally {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      }
+      this.writeFailure = undefined;
+      this.refusingSince = undefined;
+    } catch (e) {
+      this.noteFailure(storeError(e, this.path, 'write'));
+    }
+  }
+
   begin(): StoreTxn {
+    // Before a reopen: one would make a new, empty database where the removed one was.
+    this.assertSameFile();
     if (this.problem) this.reopen();
     if (this.problem) {
-      throw new CoreError(this.problem.kind, `cannot persist: ${this.problem.message}`, [], { cause: this.problem });
+      // The cause is the SQLite error itself: a logged error's message lists its causes' once each.
+      throw new CoreError(this.problem.kind, `cannot persist: ${this.problem.message}`, [], {
+        cause: this.problem.cause,
+      });
     }
     const db = this.db;
     const path = this.path;
     try {
       db.exec('BEGIN IMMEDIATE');
     } catch (e) {
-      throw storeError(e, path, 'begin a change');
+      throw this.noteFailure(storeError(e, path, 'begin a change'));
     }
     let open = true;
     const guard =
@@ -470,7 +581,7 @@ export class StateStore implements StatePort {
         try {
           f(...a);
         } catch (e) {
-          throw storeError(e, path, what);
+          throw this.noteFailure(storeError(e, path, what));
         }
       };
     return {
@@ -481,8 +592,12 @@ export class StateStore implements StatePort {
       commit: () => {
         if (!open) return;
         try {
+          // Removed or replaced since BEGIN: acknowledged only once a disk holds it, so not at all.
+          this.assertSameFile();
           db.exec('COMMIT');
           open = false;
+          this.writeFailure = undefined;
+          if (!this.problem) this.refusingSince = undefined;
         } catch (e) {
           // SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR); make sure.
           if (db.inTransaction) {
@@ -493,7 +608,7 @@ export class StateStore implements StatePort {
             }
           }
           open = false;
-          throw storeError(e, path, 'commit');
+          throw this.noteFailure(storeError(e, path, 'commit'));
         }
       },
       rollback: () => {

@@ -252,21 +252,52 @@ export class KernelDataplane implements Dataplane {
    * read-only state dir) does not fail what changed the host: the change is kept in memory, so this
    * daemon's --cleanup-on-exit still undoes it; the warning says a restarted daemon would not know of it.
    */
-  private saveHostChanges(what?: object, change?: string): void {
-    if (!this.hostChangesFile) return;
+  private saveHostChanges(what?: object, change?: string): boolean {
+    if (!this.hostChangesFile) return true;
     const tmp = `${this.hostChangesFile}.tmp`;
     try {
       writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
         mode: 0o600,
       });
       renameSync(tmp, this.hostChangesFile);
+      this.hostChangesPending = false;
+      return true;
     } catch (e) {
       rmSync(tmp, { force: true });
+      this.hostChangesPending = true;
       this.log?.warn(
         { err: e, file: this.hostChangesFile, ...what },
         `${change ?? 'host changes'} not recorded in ${this.hostChangesFile}: ` +
-          `this daemon's --cleanup-on-exit still undoes it, a restarted daemon cannot`,
+          `this daemon's --cleanup-on-exit still undoes it, a restarted daemon cannot (until the record is ` +
+          'written: tried again at every reconciler pass)',
       );
+      return false;
+    }
+  }
+
+  /** A host change the record could not be written for (a full or read-only state dir): written later. */
+  private hostChangesPending = false;
+
+  /**
+   * Write the host-changes record if a change was not recorded when it was made (its disk refused writes):
+   * called at every reconciler pass; once the disk takes writes, the record holds every change and that is
+   * logged. Quiet (nothing written, nothing logged) while nothing is pending or the disk still refuses.
+   */
+  saveHostChangesPending(): void {
+    if (!this.hostChangesPending || !this.hostChangesFile) return;
+    const tmp = `${this.hostChangesFile}.tmp`;
+    try {
+      writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
+        mode: 0o600,
+      });
+      renameSync(tmp, this.hostChangesFile);
+      this.hostChangesPending = false;
+      this.log?.info(
+        { file: this.hostChangesFile, gro: this.groChanges.length, offloads: this.offloadChanges.length },
+        `host changes not recorded earlier (the disk refused writes) are now recorded in ${this.hostChangesFile}`,
+      );
+    } catch {
+      rmSync(tmp, { force: true }); // still refused: said when the change was made; tried again next pass
     }
   }
 

@@ -530,20 +530,31 @@ export function preparePinRoot(pinRoot: string, created?: string[]): void {
   if (!st.isDirectory()) {
     throw new PinRootError(`pin root ${pinRoot} is not a directory${st.isSymbolicLink() ? ' (a symlink)' : ''}`);
   }
+  const unsafe = pinRootOwnership(pinRoot, st);
+  if (unsafe) throw new PinRootError(`${unsafe} or choose another --pin-root`);
+}
+
+/**
+ * Why the pin root may not be used as it is now (owned by another user, or writable by its group or
+ * others: whoever can write there can swap the maps under the datapath), ending with the fix; undefined
+ * when it is ours alone. A start refuses such a pin root; a reconciler pass reports it (issue 16).
+ */
+export function pinRootOwnership(pinRoot: string, st = lstatSync(pinRoot)): string | undefined {
   const uid = process.geteuid?.() ?? 0;
   if (st.uid !== uid) {
-    throw new PinRootError(
+    return (
       `pin root ${pinRoot} is owned by uid ${st.uid}, not by this daemon (uid ${uid}): whoever owns it can ` +
-        'swap the maps under the datapath. Remove it (after checking what it holds) or choose another --pin-root',
+      'swap the maps under the datapath. Remove it (after checking what it holds)'
     );
   }
   if ((st.mode & 0o022) !== 0) {
-    throw new PinRootError(
+    return (
       `pin root ${pinRoot} is writable by ${st.mode & 0o002 ? 'others' : 'its group'} (mode ` +
-        `${(st.mode & 0o7777).toString(8).padStart(4, '0')}): others could replace the pinned maps. ` +
-        `chmod 0700 ${pinRoot} or choose another --pin-root`,
+      `${(st.mode & 0o7777).toString(8).padStart(4, '0')}): others could replace the pinned maps. ` +
+      `chmod 0700 ${pinRoot}`
     );
   }
+  return undefined;
 }
 
 /** What one daemon instance owns. */

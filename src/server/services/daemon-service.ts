@@ -57,7 +57,19 @@ export function daemonService(
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),
+        stateStore: stateStoreStatus(ctl.stateStore()),
       };
     },
+  };
+}
+
+/** daemon.proto StateStoreStatus from the controller's view of its store (undefined: --no-state). */
+function stateStoreStatus(s: { path: string; problem?: string; since?: number } | undefined) {
+  if (!s) return undefined;
+  return {
+    path: s.path,
+    writable: s.problem === undefined,
+    problem: s.problem ?? '',
+    refusingSince: s.since === undefined ? undefined : new Date(s.since),
   };
 }

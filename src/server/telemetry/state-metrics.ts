@@ -7,6 +7,10 @@
  *  - `xdpctl.datapath.problems`: the problems that keep the `xdpctl.datapath`
  *    health service NOT_SERVING (missing interfaces, foreign programs, rules
  *    not ACTIVE), as of the reconciler's last pass; 0 when it serves;
+ *  - `xdpctl.state_store.writable`: 1 while the state store takes writes, 0 while it refuses them (a full or
+ *    read-only disk, an I/O error: as last observed by a change or the reconciler's write probe), with
+ *    `xdpctl.state_store.reason` saying why (the disk's words, e.g. "the disk is full (ENOSPC) [SQLITE_FULL]")
+ *    and `xdpctl.state_store.path`; not reported without a store (--no-state);
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
  *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, egress_mac_changes, kernel_repairs,
  *    egress_ejections), counted since the start.
@@ -20,7 +24,12 @@ export const STATE_METRICS = {
   rules: 'xdpctl.rules',
   problems: 'xdpctl.datapath.problems',
   events: 'xdpctl.reconciler.events',
+  storeWritable: 'xdpctl.state_store.writable',
 } as const;
+
+/** The attributes of `xdpctl.state_store.writable`: the database path, and why it refuses writes (0 only). */
+export const STORE_PATH_ATTR = 'xdpctl.state_store.path';
+export const STORE_REASON_ATTR = 'xdpctl.state_store.reason';
 
 /** The attribute naming the kind of a reconciler event on `xdpctl.reconciler.events`. */
 export const EVENT_ATTR = 'xdpctl.event';
@@ -39,6 +48,8 @@ export interface StateSource {
   problems(): readonly string[];
   /** What the reconciler did since the start, by kind. */
   reconcilerEvents(): Readonly<Record<string, number>>;
+  /** The state store and why it refuses writes, if it does (undefined: no store). */
+  stateStore?(): { path: string; problem?: string } | undefined;
 }
 
 /** Register the gauges; returns a function that unregisters them (daemon stop). */
@@ -65,10 +76,23 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
     for (const s of RULE_STATES) r.observe(counts[s] ?? 0, { [RULE_STATE_ATTR]: s });
   };
   const observeProblems = (r: { observe(v: number): void }) => r.observe(source.problems().length);
+  const store = meter.createObservableGauge(STATE_METRICS.storeWritable, {
+    description:
+      'Whether the state store takes writes: 1 yes, 0 no (every change is refused), with xdpctl.state_store.reason as the disk said (ENOSPC, EROFS, EIO); as last observed by a change or the write probe of the reconciler (each second while it refuses)',
+    unit: '{store}',
+  });
+  const observeStore = (r: { observe(v: number, a?: Record<string, string>): void }) => {
+    const s = source.stateStore?.();
+    if (!s) return;
+    if (s.problem === undefined) r.observe(1, { [STORE_PATH_ATTR]: s.path });
+    else r.observe(0, { [STORE_PATH_ATTR]: s.path, [STORE_REASON_ATTR]: s.problem });
+  };
   rules.addCallback(observeRules);
   problems.addCallback(observeProblems);
   events.addCallback(observeEvents);
+  store.addCallback(observeStore);
   return () => {
+    store.removeCallback(observeStore);
     events.removeCallback(observeEvents);
     rules.removeCallback(observeRules);
     problems.removeCallback(observeProblems);

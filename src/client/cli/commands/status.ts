@@ -70,6 +70,18 @@ export function registerStatus(program: Command): void {
             ['uptime', res.uptime ? formatDuration(Number(res.uptime.seconds)) : '-'],
             // What the datapath cannot do (e.g. failed redirects not counted): one line each.
             ...(d?.warnings ?? []).map((w): [string, string] => ['warning', w]),
+            // The state store: whether it takes writes (changes are refused while it does not), and why not.
+            ...(res.stateStore
+              ? ([
+                  ['state store', res.stateStore.path],
+                  [
+                    'state store writable',
+                    res.stateStore.writable
+                      ? 'yes'
+                      : `no: ${res.stateStore.problem}${res.stateStore.refusingSince ? ` (since ${res.stateStore.refusingSince.toISOString()})` : ''}; changes are refused`,
+                  ],
+                ] as [string, string][])
+              : []),
             // Config-file mode: whether the file on disk is in force; if not, since when, why, and what runs.
             ...(cfg ? configRows(cfg, healthBy['xdpctl.config']) : []),
           ]),

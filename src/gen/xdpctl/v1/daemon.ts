@@ -40,7 +40,42 @@ export interface GetStatusResponse {
    * the configuration the datapath runs, and if not, why and what runs
    * instead. Unset without --config.
    */
-  configFile?: ConfigFileStatus | undefined;
+  configFile?:
+    | ConfigFileStatus
+    | undefined;
+  /**
+   * The state store (xdpctld --state-dir): whether it takes writes. Unset
+   * with --no-state.
+   */
+  stateStore?: StateStoreStatus | undefined;
+}
+
+/**
+ * Whether the state store takes writes, as the daemon last observed it: at
+ * start, by the last change, and by the reconciler's write probe (one small
+ * transaction each second while it refuses writes, or while its file system
+ * is read-only or full). While it refuses, every change is refused before
+ * the kernel is touched (RESOURCE_EXHAUSTED for a full disk,
+ * FAILED_PRECONDITION for a read-only one, UNAVAILABLE for an I/O error),
+ * the health service "xdpctl.datapath" is NOT_SERVING naming it, and the
+ * metric xdpctl.state_store.writable is 0 with the reason. A database file
+ * removed or replaced under the running daemon is written again from the
+ * desired state at the next reconciler pass (changes are refused until
+ * then, UNAVAILABLE).
+ */
+export interface StateStoreStatus {
+  /** The database, as an absolute path, e.g. "/var/lib/xdpctl/state.db". */
+  path: string;
+  /** Whether it takes writes. */
+  writable: boolean;
+  /**
+   * Why not, as the disk said, e.g. "the disk is full (ENOSPC)
+   * [SQLITE_FULL]" or "the file system is read-only (EROFS)
+   * [SQLITE_CANTOPEN]". Empty while writable.
+   */
+  problem: string;
+  /** Since when it refuses writes. Unset while writable. */
+  refusingSince?: Date | undefined;
 }
 
 /**
@@ -199,7 +234,14 @@ export const GetStatusRequest: MessageFns<GetStatusRequest> = {
 };
 
 function createBaseGetStatusResponse(): GetStatusResponse {
-  return { version: "", serving: false, datapath: undefined, uptime: undefined, configFile: undefined };
+  return {
+    version: "",
+    serving: false,
+    datapath: undefined,
+    uptime: undefined,
+    configFile: undefined,
+    stateStore: undefined,
+  };
 }
 
 export const GetStatusResponse: MessageFns<GetStatusResponse> = {
@@ -218,6 +260,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.configFile !== undefined) {
       ConfigFileStatus.encode(message.configFile, writer.uint32(42).fork()).join();
+    }
+    if (message.stateStore !== undefined) {
+      StateStoreStatus.encode(message.stateStore, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -275,6 +320,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.configFile = ConfigFileStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.stateStore = StateStoreStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -298,6 +351,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.config_file)
         ? ConfigFileStatus.fromJSON(object.config_file)
         : undefined,
+      stateStore: isSet(object.stateStore)
+        ? StateStoreStatus.fromJSON(object.stateStore)
+        : isSet(object.state_store)
+        ? StateStoreStatus.fromJSON(object.state_store)
+        : undefined,
     };
   },
 
@@ -318,6 +376,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.configFile !== undefined) {
       obj.configFile = ConfigFileStatus.toJSON(message.configFile);
     }
+    if (message.stateStore !== undefined) {
+      obj.stateStore = StateStoreStatus.toJSON(message.stateStore);
+    }
     return obj;
   },
 
@@ -337,6 +398,130 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.configFile = (object.configFile !== undefined && object.configFile !== null)
       ? ConfigFileStatus.fromPartial(object.configFile)
       : undefined;
+    message.stateStore = (object.stateStore !== undefined && object.stateStore !== null)
+      ? StateStoreStatus.fromPartial(object.stateStore)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStateStoreStatus(): StateStoreStatus {
+  return { path: "", writable: false, problem: "", refusingSince: undefined };
+}
+
+export const StateStoreStatus: MessageFns<StateStoreStatus> = {
+  encode(message: StateStoreStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.writable !== false) {
+      writer.uint32(16).bool(message.writable);
+    }
+    if (message.problem !== "") {
+      writer.uint32(26).string(message.problem);
+    }
+    if (message.refusingSince !== undefined) {
+      Timestamp.encode(toTimestamp(message.refusingSince), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StateStoreStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStateStoreStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.writable = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.problem = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.refusingSince = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StateStoreStatus {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      writable: isSet(object.writable) ? globalThis.Boolean(object.writable) : false,
+      problem: isSet(object.problem) ? globalThis.String(object.problem) : "",
+      refusingSince: isSet(object.refusingSince)
+        ? fromJsonTimestamp(object.refusingSince)
+        : isSet(object.refusing_since)
+        ? fromJsonTimestamp(object.refusing_since)
+        : undefined,
+    };
+  },
+
+  toJSON(message: StateStoreStatus): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.writable !== false) {
+      obj.writable = message.writable;
+    }
+    if (message.problem !== "") {
+      obj.problem = message.problem;
+    }
+    if (message.refusingSince !== undefined) {
+      obj.refusingSince = message.refusingSince.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StateStoreStatus>): StateStoreStatus {
+    return StateStoreStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StateStoreStatus>): StateStoreStatus {
+    const message = createBaseStateStoreStatus();
+    message.path = object.path ?? "";
+    message.writable = object.writable ?? false;
+    message.problem = object.problem ?? "";
+    message.refusingSince = object.refusingSince ?? undefined;
     return message;
   },
 };

@@ -1,0 +1,282 @@
+/**
+ * What happens to the daemon's own files under it is observed and said, not assumed (issue 16, a review's
+ * findings 2, 6, 7 and 8), with a real daemon, a tiny tmpfs as its state directory, veths and datagrams:
+ *  - the disk fills up (ENOSPC) under it, or it starts on a read-only remount: GetStatus state_store, `xdpctl status`, the
+ *    xdpctl.datapath health service and the xdpctl_state_store_writable metric say so with the disk's reason
+ *    (was: only the failing call did), logged once; all of it clears once the disk takes writes again, with
+ *    no change needed;
+ *  - a device setting changed while the store was read-only (GRO switched on on a backend's new veth peer)
+ *    is recorded in host-changes.json once it takes writes again (was: never);
+ *  - state.db, -wal and -shm removed under the daemon (the directory left): written again from the desired
+ *    state at the next reconciler pass, logged; a change made then is on disk: a restart has it (was: the
+ *    change acknowledged into a deleted file, and the next start refused);
+ *  - the pin root made writable by others (chmod 777): NOT_SERVING naming it, logged once, as a start
+ *    refuses it; serving again after chmod 700.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { Status } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { CLI, kernelOnly, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const PORT = 7431;
+const PORT2 = 7432;
+
+/** The value of Prometheus sample `name` with `labels` (a subset), or undefined. */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}
+
+function xdpctl(server: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(CLI, ['--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (x) => (stdout += x));
+    child.stderr.on('data', (x) => (stderr += x));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe("the daemon's own files changed under it are observed and said", kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const stateDir = `/tmp/xdpctl-test-${id}-state`;
+  const db = `${stateDir}/state.db`;
+  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let vm: Host, b1: Host, b2: Host;
+  const listeners: UdpListener[] = [];
+
+  const start = async () => {
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
+    c = d.clients();
+  };
+  const rule = (name: string, port: number, b: Host): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [vm.hostIf],
+    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
+    udpChecksum: 0,
+    labels: {},
+    generation: 0n,
+  });
+  const fill = () => {
+    for (let i = 0; ; i++) {
+      try {
+        writeFileSync(`${stateDir}/fill-${i}`, Buffer.alloc(64 * 1024, 1));
+      } catch (e) {
+        assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
+        return;
+      }
+    }
+  };
+  const unfill = () => {
+    for (const f of readdirSync(stateDir)) if (f.startsWith('fill-')) rmSync(`${stateDir}/${f}`);
+  };
+  const store = async () => (await c.daemon.getStatus({})).stateStore!;
+  const datapathHealth = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const writable = (labels: Record<string, string> = {}) =>
+    metric(d!.prometheus!, 'xdpctl_state_store_writable', { xdpctl_state_store_path: db, ...labels });
+  /** The daemon's JSON log records whose msg matches. */
+  const logged = (re: RegExp) =>
+    d!.output
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; level: number })
+      .filter((r) => re.test(r.msg));
+  /** Datagrams delivered of 20 sent to `port` (distinct flows). */
+  const probe = async (port: number, b: Host) => {
+    const l = await UdpListener.start(b.netns, b.ip!, port);
+    listeners.push(l);
+    await sendUdp(vm.netns, NOWHERE, port, 20, { flows: 20 }).done;
+    await sleep(200);
+    return (await l.stop()).unique;
+  };
+  const names = async () => (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name);
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.3.1/24');
+    topo.routeToXdp('vm');
+    mkdirSync(stateDir, { recursive: true });
+    sh('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', stateDir]);
+    await start();
+    await c.rules.createRule({ rule: rule('web', PORT, b1) });
+    await c.rules.createRule({ rule: rule('web2', PORT2, b2) });
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    try {
+      chmodSync(pinRoot, 0o700);
+    } catch {
+      /* gone */
+    }
+    shQuiet('mount', ['-o', 'remount,rw', stateDir]);
+    shQuiet('umount', ['-l', stateDir]); // lazily: the daemon may still hold the database open
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(pinRoot);
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  /** With the disk full: what status, health, metrics, the CLI, a change and the log say. */
+  const full = async () => {
+    await until(
+      async () => JSON.stringify(await store()),
+      async () => !(await store()).writable,
+      5000,
+    );
+    const s = await store();
+    assert.match(s.problem, /^the disk is full \(ENOSPC\)/);
+    assert.ok(s.refusingSince, 'since when');
+    assert.equal(await datapathHealth(), Serving.NOT_SERVING);
+    assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
+    const cli = await xdpctl(d!.tcp, ['status']);
+    assert.match(cli.stdout, /state store writable: +no: the disk is full \(ENOSPC\).*; changes are refused/);
+    await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
+      assert.equal(e.code, Status.RESOURCE_EXHAUSTED, e.message);
+      return true;
+    });
+    assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
+    await sleep(1500); // more reconciler passes: still one log line
+    assert.equal(logged(/^state store .* refuses writes: the disk is full/).length, 1, d!.output);
+  };
+
+  it('a full disk under the daemon is said by status, health, metrics and the CLI, logged once, and cleared when it has room again', async () => {
+    const before = await store();
+    assert.deepEqual(
+      { path: before.path, writable: before.writable, problem: before.problem },
+      { path: db, writable: true, problem: '' },
+    );
+    assert.equal(await writable(), 1);
+    fill();
+    try {
+      await full();
+    } finally {
+      unfill();
+    }
+    await until(
+      async () => JSON.stringify(await store()),
+      async () => (await store()).writable,
+      5000,
+    );
+    const again = await store();
+    assert.equal(again.problem, '');
+    assert.equal(again.refusingSince, undefined);
+    await until('datapath health SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 3000);
+    assert.equal(await writable(), 1);
+    assert.equal(logged(/^state store .* takes writes again/).length, 1);
+    await c.rules.createRule({ rule: rule('web3', 7433, b1) });
+    await c.rules.deleteRule({ name: 'web3' });
+  });
+
+  it('a start on a read-only remount is said the same way; a GRO change made meanwhile is recorded once it takes writes', async () => {
+    // A mount with a database open for writing cannot be made read-only: the daemon starts on it read-only.
+    assert.equal(await d!.stop(), 0);
+    sh('mount', ['-o', 'remount,ro', stateDir]);
+    try {
+      await start();
+      await until(
+        async () => JSON.stringify(await store()),
+        async () => !(await store()).writable,
+        5000,
+      );
+      const s = await store();
+      assert.match(s.problem, /read-only/);
+      await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 3000);
+      assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
+      await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
+        assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
+        return true;
+      });
+      // web2's backend veth is made again (same MAC): its new peer has GRO off; the daemon switches it on
+      // and cannot record that now.
+      const mac = b2.mac;
+      topo.unplug('b2');
+      topo.replug('b2', '198.18.3.1/24');
+      sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'address', mac]);
+      b2.mac = mac;
+      const gro = () =>
+        /^generic-receive-offload: on/m.test(sh('ip', ['netns', 'exec', b2.netns, 'ethtool', '-k', 'eth0']));
+      await until('GRO switched on on the new peer', gro, 10_000);
+      await until(
+        () => d!.output.slice(-3000),
+        () => logged(/GRO switched on not recorded in/).length > 0,
+        5000,
+      );
+    } finally {
+      sh('mount', ['-o', 'remount,rw', stateDir]);
+    }
+    await until(
+      async () => JSON.stringify(await store()),
+      async () => (await store()).writable,
+      5000,
+    );
+    await until(
+      () => d!.output.slice(-3000),
+      () => logged(/^host changes not recorded earlier .* are now recorded/).length === 1,
+      5000,
+    );
+    const peer = JSON.parse(sh('ip', ['-n', b2.netns, '-j', 'link', 'show', 'eth0']))[0] as { ifindex: number };
+    const record = JSON.parse(readFileSync(`${stateDir}/host-changes.json`, 'utf8')) as {
+      gro: { netns?: string; ifname: string; ifindex: number }[];
+    };
+    assert.ok(
+      record.gro.some((g) => g.netns === b2.netns && g.ifname === 'eth0' && g.ifindex === peer.ifindex),
+      `the new peer (ifindex ${peer.ifindex}) is recorded: ${JSON.stringify(record)}`,
+    );
+    assert.equal(await probe(PORT2, b2), 20, 'web2 forwards to the new peer');
+  });
+
+  it('state.db removed under the daemon: written again from the desired state, and a change then is on disk', async () => {
+    for (const f of ['', '-wal', '-shm']) rmSync(`${db}${f}`, { force: true });
+    await until(
+      () => d!.output.slice(-3000),
+      () => logged(/^STATE STORE .*state\.db WAS REMOVED UNDER THE RUNNING DAEMON/).length === 1,
+      5000,
+    );
+    assert.ok(existsSync(db), 'a fresh database is there');
+    await c.rules.createRule({ rule: rule('web5', 7435, b1) });
+    assert.deepEqual(await names(), ['web', 'web2', 'web5']);
+    assert.equal(await d!.stop(), 0);
+    await start(); // was: refused ("the state store ... does not exist, but the pinned datapath ... forwards")
+    assert.deepEqual(await names(), ['web', 'web2', 'web5'], 'the restart has every acknowledged change');
+    assert.equal(await probe(7435, b1), 20);
+    await c.rules.deleteRule({ name: 'web5' });
+  });
+
+  it('the pin root made writable by others is NOT_SERVING naming it, logged once, until it is 0700 again', async () => {
+    await until('SERVING first', async () => (await datapathHealth()) === Serving.SERVING, 5000);
+    chmodSync(pinRoot, 0o777);
+    await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 5000);
+    await sleep(1500);
+    const lines = logged(/^pin root .* is writable by others \(mode 0777\) under the running daemon/);
+    assert.equal(lines.length, 1, d!.output.slice(-3000));
+    assert.match(lines[0].msg, /chmod 0700/);
+    assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
+    chmodSync(pinRoot, 0o700);
+    await until('SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 5000);
+    assert.equal(logged(/^pin root .* is ours alone again/).length, 1);
+  });
+});
