@@ -639,7 +639,8 @@ export class Daemon {
           this.missingInterfaces = missing;
           const pinProblems = this.checkPins();
           const fileProblems = await this.checkOwnFiles();
-          const problems = [...pinProblems, ...fileProblems, ...this.controller.problems()];
+          this.controller.setOwnFileProblems([...pinProblems, ...fileProblems]);
+          const problems = this.controller.problems();
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
           const now = JSON.stringify(problems);
           if (now !== reported) {

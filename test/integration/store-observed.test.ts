@@ -152,6 +152,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
     assert.ok(s.refusingSince, 'since when');
     assert.equal(await datapathHealth(), Serving.NOT_SERVING);
     assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
+    assert.ok((await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
     const cli = await xdpctl(d!.tcp, ['status']);
     assert.match(cli.stdout, /state store writable: +no: the disk is full \(ENOSPC\).*; changes are refused/);
     await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
@@ -186,6 +187,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
     assert.equal(again.refusingSince, undefined);
     await until('datapath health SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 3000);
     assert.equal(await writable(), 1);
+    assert.equal(await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}), 0);
     assert.equal(logged(/^state store .* takes writes again/).length, 1);
     await c.rules.createRule({ rule: rule('web3', 7433, b1) });
     await c.rules.deleteRule({ name: 'web3' });
@@ -210,6 +212,16 @@ describe("the daemon's own files changed under it are observed and said", kernel
         assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
         return true;
       });
+      // Each logged error names the store once (was: "open for writing: state store …: open for writing: …").
+      const errs = d!.output
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => (JSON.parse(l) as { err?: { message?: string } }).err?.message ?? '');
+      assert.ok(
+        errs.some((m) => m.includes(db)),
+        'the refusal is logged',
+      );
+      for (const m of errs) assert.ok(m.split(`state store ${db}`).length <= 2, `named once: ${m}`);
       // web2's backend veth is made again (same MAC): its new peer has GRO off; the daemon switches it on
       // and cannot record that now.
       const mac = b2.mac;
@@ -273,6 +285,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
     await sleep(1500);
     const lines = logged(/^pin root .* is writable by others \(mode 0777\) under the running daemon/);
     assert.equal(lines.length, 1, d!.output.slice(-3000));
+    assert.ok((await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
     assert.match(lines[0].msg, /chmod 0700/);
     assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
     chmodSync(pinRoot, 0o700);

@@ -1343,7 +1343,7 @@ export class Controller {
   }
 
   problems(): string[] {
-    const out = [...this.lastProblems];
+    const out = [...this.ownFileProblems, ...this.lastProblems];
     if (this.configProblem) out.push(this.configProblem);
     this.forEachRuleStatus((name, s) => {
       if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
@@ -1357,6 +1357,17 @@ export class Controller {
    * file, and nothing of it, nor any earlier configuration, runs.
    */
   private configProblem?: string;
+
+  /**
+   * Problems with what the daemon owns outside the maps (pin root, state directory and store, sockets), as
+   * its reconciler pass observed them: part of {@link problems}, so that the xdpctl.datapath.problems metric
+   * counts what keeps the health service NOT_SERVING.
+   */
+  private ownFileProblems: string[] = [];
+
+  setOwnFileProblems(problems: string[]): void {
+    this.ownFileProblems = problems;
+  }
 
   setConfigProblem(problem: string | undefined): void {
     this.configProblem = problem;

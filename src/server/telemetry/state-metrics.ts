@@ -6,7 +6,8 @@
  *    on `degraded > 0` sees the fall back to 0);
  *  - `xdpctl.datapath.problems`: the problems that keep the `xdpctl.datapath`
  *    health service NOT_SERVING (missing interfaces, foreign programs, rules
- *    not ACTIVE), as of the reconciler's last pass; 0 when it serves;
+ *    not ACTIVE, the daemon's own files: pin root, state store, sockets), as
+ *    of the reconciler's last pass; 0 when it serves;
  *  - `xdpctl.state_store.writable`: 1 while the state store takes writes, 0 while it refuses them (a full or
  *    read-only disk, an I/O error: as last observed by a change or the reconciler's write probe), with
  *    `xdpctl.state_store.reason` saying why (the disk's words, e.g. "the disk is full (ENOSPC) [SQLITE_FULL]")
