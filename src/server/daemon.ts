@@ -716,17 +716,22 @@ export class Daemon {
     const problems: string[] = [];
     const dir = this.opts.stateDir;
     if (dir) {
+      let fileChanged: string | undefined;
       try {
         const r = this.lock.checkStateDir();
         // The database file itself removed or replaced (rm state.db*, the directory left): its connection
         // writes to a file no directory holds; changes are refused (StateStore.begin) until this renewal.
-        const fileChanged = this.store?.fileChanged();
-        if (r === 'created' || r === 'relocked' || this.storeLost) await this.renewStore(dir, r ?? 'held');
+        fileChanged = r === 'created' || r === 'relocked' ? undefined : this.store?.fileChanged();
+        if (r === 'created' || r === 'relocked') await this.renewStore(dir, r);
         else if (fileChanged) await this.renewStore(dir, 'file', fileChanged);
+        else if (this.storeLost) await this.renewStore(dir, 'held');
       } catch (e) {
         problems.push(
-          `state directory ${dir} was removed or replaced under the running daemon and could not be taken ` +
-            `again: ${(e as Error).message}. Changes are not persisted`,
+          fileChanged
+            ? `state store ${this.store?.path} ${fileChanged} under the running daemon and could not be written ` +
+                `again: ${(e as Error).message}. Changes are refused until it is`
+            : `state directory ${dir} was removed or replaced under the running daemon and could not be taken ` +
+                `again: ${(e as Error).message}. Changes are not persisted`,
         );
       }
       // Device settings changed while the disk refused writes: recorded once it takes them (--cleanup-on-exit).

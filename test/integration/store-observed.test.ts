@@ -7,9 +7,10 @@
  *    no change needed;
  *  - a device setting changed while the store was read-only (GRO switched on on a backend's new veth peer)
  *    is recorded in host-changes.json once it takes writes again (was: never);
- *  - state.db, -wal and -shm removed under the daemon (the directory left): written again from the desired
- *    state at the next reconciler pass, logged; a change made then is on disk: a restart has it (was: the
- *    change acknowledged into a deleted file, and the next start refused);
+ *  - state.db, -wal and -shm removed under the daemon (the directory left): a change before the store is
+ *    written again is refused (UNAVAILABLE naming the path; kept open here by a full disk); it is written
+ *    again from the desired state at the next reconciler pass that can, logged; a change made then is on
+ *    disk: a restart has it (was: the change acknowledged into a deleted file, and the next start refused);
  *  - the pin root made writable by others (chmod 777): NOT_SERVING naming it, logged once, as a start
  *    refuses it; serving again after chmod 700.
  */
@@ -21,7 +22,7 @@ import { after, before, describe, it } from 'node:test';
 import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
@@ -145,7 +146,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
     await until(
       async () => JSON.stringify(await store()),
       async () => !(await store()).writable,
-      5000,
+      10_000,
     );
     const s = await store();
     assert.match(s.problem, /^the disk is full \(ENOSPC\)/);
@@ -180,12 +181,12 @@ describe("the daemon's own files changed under it are observed and said", kernel
     await until(
       async () => JSON.stringify(await store()),
       async () => (await store()).writable,
-      5000,
+      10_000,
     );
     const again = await store();
     assert.equal(again.problem, '');
     assert.equal(again.refusingSince, undefined);
-    await until('datapath health SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 3000);
+    await until('datapath health SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 10_000);
     assert.equal(await writable(), 1);
     assert.equal(await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}), 0);
     assert.equal(logged(/^state store .* takes writes again/).length, 1);
@@ -202,11 +203,11 @@ describe("the daemon's own files changed under it are observed and said", kernel
       await until(
         async () => JSON.stringify(await store()),
         async () => !(await store()).writable,
-        5000,
+        10_000,
       );
       const s = await store();
       assert.match(s.problem, /read-only/);
-      await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 3000);
+      await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 10_000);
       assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
       await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
         assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
@@ -235,7 +236,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
       await until(
         () => d!.output.slice(-3000),
         () => logged(/GRO switched on not recorded in/).length > 0,
-        5000,
+        10_000,
       );
     } finally {
       sh('mount', ['-o', 'remount,rw', stateDir]);
@@ -243,12 +244,12 @@ describe("the daemon's own files changed under it are observed and said", kernel
     await until(
       async () => JSON.stringify(await store()),
       async () => (await store()).writable,
-      5000,
+      10_000,
     );
     await until(
       () => d!.output.slice(-3000),
       () => logged(/^host changes not recorded earlier .* are now recorded/).length === 1,
-      5000,
+      10_000,
     );
     const peer = JSON.parse(sh('ip', ['-n', b2.netns, '-j', 'link', 'show', 'eth0']))[0] as { ifindex: number };
     const record = JSON.parse(readFileSync(`${stateDir}/host-changes.json`, 'utf8')) as {
@@ -258,19 +259,40 @@ describe("the daemon's own files changed under it are observed and said", kernel
       record.gro.some((g) => g.netns === b2.netns && g.ifname === 'eth0' && g.ifindex === peer.ifindex),
       `the new peer (ifindex ${peer.ifindex}) is recorded: ${JSON.stringify(record)}`,
     );
+    // web2 is written again onto the new egress (a reconciler pass; longer on a loaded machine).
+    const web2 = async () => (await c.rules.getRule({ name: 'web2' })).rule!.status!;
+    await until(
+      async () => JSON.stringify(await web2()),
+      async () => (await web2()).state === RuleState.RULE_STATE_ACTIVE,
+      15_000,
+    );
     assert.equal(await probe(PORT2, b2), 20, 'web2 forwards to the new peer');
   });
 
-  it('state.db removed under the daemon: written again from the desired state, and a change then is on disk', async () => {
-    for (const f of ['', '-wal', '-shm']) rmSync(`${db}${f}`, { force: true });
+  it('state.db removed under the daemon: changes refused until it is written again from the desired state, then on disk', async () => {
+    // With the disk full, the fresh store cannot be written: the gap stays open, and a change in it is
+    // refused (UNAVAILABLE naming the path), never acknowledged into the removed file.
+    fill();
+    try {
+      for (const f of ['', '-wal', '-shm']) rmSync(`${db}${f}`, { force: true });
+      await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 10_000);
+      await assert.rejects(c.rules.createRule({ rule: rule('web6', 7436, b1) }), (e: Error & { code?: Status }) => {
+        assert.equal(e.code, Status.UNAVAILABLE, e.message);
+        assert.ok(e.message.includes(`state store ${db} was removed under the running daemon`), e.message);
+        return true;
+      });
+      assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
+    } finally {
+      unfill();
+    }
     await until(
       () => d!.output.slice(-3000),
       () => logged(/^STATE STORE .*state\.db WAS REMOVED UNDER THE RUNNING DAEMON/).length === 1,
-      5000,
+      10_000,
     );
     assert.ok(existsSync(db), 'a fresh database is there');
     await c.rules.createRule({ rule: rule('web5', 7435, b1) });
-    assert.deepEqual(await names(), ['web', 'web2', 'web5']);
+    assert.deepEqual(await names(), ['web', 'web2', 'web5'], 'web6 was refused');
     assert.equal(await d!.stop(), 0);
     await start(); // was: refused ("the state store ... does not exist, but the pinned datapath ... forwards")
     assert.deepEqual(await names(), ['web', 'web2', 'web5'], 'the restart has every acknowledged change');
@@ -279,9 +301,9 @@ describe("the daemon's own files changed under it are observed and said", kernel
   });
 
   it('the pin root made writable by others is NOT_SERVING naming it, logged once, until it is 0700 again', async () => {
-    await until('SERVING first', async () => (await datapathHealth()) === Serving.SERVING, 5000);
+    await until('SERVING first', async () => (await datapathHealth()) === Serving.SERVING, 15_000);
     chmodSync(pinRoot, 0o777);
-    await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 5000);
+    await until('NOT_SERVING', async () => (await datapathHealth()) === Serving.NOT_SERVING, 10_000);
     await sleep(1500);
     const lines = logged(/^pin root .* is writable by others \(mode 0777\) under the running daemon/);
     assert.equal(lines.length, 1, d!.output.slice(-3000));
@@ -289,7 +311,7 @@ describe("the daemon's own files changed under it are observed and said", kernel
     assert.match(lines[0].msg, /chmod 0700/);
     assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
     chmodSync(pinRoot, 0o700);
-    await until('SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 5000);
+    await until('SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 10_000);
     assert.equal(logged(/^pin root .* is ours alone again/).length, 1);
   });
 });

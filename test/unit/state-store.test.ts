@@ -197,7 +197,7 @@ describe('state store (SQLite)', () => {
     s2.close();
   });
 
-  it('reports a write the disk refused until a write works again (refusal, probe)', () => {
+  it('a store that takes writes reports no refusal, before and after a probe', () => {
     const dir = tmp();
     const s = StateStore.open(dir);
     assert.equal(s.refusal(), undefined);
