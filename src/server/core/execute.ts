@@ -125,7 +125,7 @@ export async function allocateRules(
     if (!op.next) continue;
     const cur = state.rules.get(op.name);
     records.set(op.name, {
-      ...(structuredClone(op.next) as RuleSpec),
+      ...copySpec(op.next),
       generation: restoring && cur ? cur.generation : (cur?.generation ?? 0) + 1,
       createTime: cur?.createTime ?? t,
       updateTime: restoring && cur ? cur.updateTime : t,
@@ -430,9 +430,13 @@ export async function preflight(
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);
     if (m) return m;
-    const x = dp.xdpStatus(name);
     // Another program there: the attach refuses it, in its own words (undone whole, as any refusal).
-    const attached = state.attached.get(name)?.mode ?? (x?.ours && x.mode !== 'none' ? x.mode : undefined);
+    // The kernel is asked only about an interface we have not attached (the attach step checks ours).
+    let attached: string | undefined = state.attached.get(name)?.mode;
+    if (attached === undefined) {
+      const x = dp.xdpStatus(name);
+      if (x?.ours && x.mode !== 'none') attached = x.mode;
+    }
     if (attached === 'native' || attached === 'generic') m = attached;
     else m = ctx.mode === 'native' ? 'native' : ctx.mode === 'generic' ? 'generic' : 'unknown';
     if (m === 'native' && !attached) {

@@ -2,7 +2,11 @@
  * One netlink request and its one reply, through libc (koffi) on a socket
  * of the daemon's own network namespace: what xdp-features.ts (generic
  * netlink) and xdp.ts (rtnetlink) need without a dump of every device.
- * A socket per request (a few microseconds); nothing here keeps state.
+ * Requests go through one socket per protocol, opened at the first request
+ * (the daemon's main thread never enters another namespace): a socket and a
+ * close per request, and a 32 KiB reply buffer zeroed each time, cost every
+ * UpdateRule tens of microseconds (it asks 4-6 questions). Dumps open their
+ * own socket. Nothing else is kept: every answer is asked of the kernel.
  */
 import koffi from 'koffi';
 
@@ -33,6 +37,27 @@ const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 
 let seq = 0;
+/** The request socket of each protocol (fd), while it works. */
+const requestSockets = new Map<number, number>();
+/** Where replies are received (copied out before returning: callers keep them). */
+const REPLY = Buffer.alloc(32 << 10);
+
+function requestSocket(protocol: number, what: string): number {
+  let fd = requestSockets.get(protocol);
+  if (fd === undefined) {
+    fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
+    if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
+    requestSockets.set(protocol, fd);
+  }
+  return fd;
+}
+
+/** Close a request socket that failed (the next request opens another). */
+function dropSocket(protocol: number): void {
+  const fd = requestSockets.get(protocol);
+  requestSockets.delete(protocol);
+  if (fd !== undefined) closeFn(fd);
+}
 
 /** A netlink attribute (struct nlattr + payload, padded to 4 bytes). */
 export function nlAttr(type: number, payload: Buffer): Buffer {
@@ -73,20 +98,29 @@ export function nlRequest(
   what: string,
   flags = 0,
 ): Buffer | undefined {
-  const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
-  if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
-  try {
-    const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
-    msg.writeUInt32LE(msg.length, 0);
-    msg.writeUInt16LE(type, 4);
-    msg.writeUInt16LE(NLM_F_REQUEST | flags, 6);
-    msg.writeUInt32LE(++seq, 8);
-    if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
-      throw new KernelError(what, lastErrno() || 5, [], 'netlink send failed');
-    }
-    const buf = Buffer.alloc(32 << 10);
+  const fd = requestSocket(protocol, what);
+  const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
+  msg.writeUInt32LE(msg.length, 0);
+  msg.writeUInt16LE(type, 4);
+  msg.writeUInt16LE(NLM_F_REQUEST | flags, 6);
+  const mySeq = ++seq >>> 0;
+  msg.writeUInt32LE(mySeq, 8);
+  if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
+    const errno = lastErrno() || 5;
+    dropSocket(protocol);
+    throw new KernelError(what, errno, [], 'netlink send failed');
+  }
+  const buf = REPLY;
+  // The reply is queued before send() returns; a message of another sequence number is what an earlier
+  // request left (an acknowledgement it did not ask to read): skipped.
+  for (;;) {
     const n = Number(recvFn(fd, buf, buf.length, 0));
-    if (n < 16) throw new KernelError(what, lastErrno() || 5, [], 'netlink recv failed');
+    if (n < 16) {
+      const errno = lastErrno() || 5;
+      dropSocket(protocol);
+      throw new KernelError(what, errno, [], 'netlink recv failed');
+    }
+    if (buf.readUInt32LE(8) !== mySeq) continue;
     const len = Math.min(buf.readUInt32LE(0), n);
     const t = buf.readUInt16LE(4);
     if (t === NLMSG_ERROR) {
@@ -96,9 +130,7 @@ export function nlRequest(
       throw new KernelError(what, err, [], 'netlink error');
     }
     if (t === NLMSG_DONE) return undefined;
-    return buf.subarray(16, len);
-  } finally {
-    closeFn(fd);
+    return Buffer.from(buf.subarray(16, len));
   }
 }
 
