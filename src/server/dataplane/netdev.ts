@@ -19,7 +19,7 @@ import { promisify } from 'node:util';
 import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
-import { lastErrno, lib } from './libbpf.js';
+import { lastErrno } from './libbpf.js';
 import { NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
 
 const run = promisify(execFile);
@@ -31,21 +31,23 @@ function checkIfname(name: string): void {
   }
 }
 
-/** The ifindex of an interface in the daemon's namespace; throws ENODEV. */
+/**
+ * The ifindex of an interface in the daemon's namespace; throws ENODEV. The SIOCGIFINDEX that
+ * if_nametoindex(3) asks, on the kept ioctl socket (glibc opens and closes a socket per call).
+ */
 export function ifindexOf(name: string): number {
-  checkIfname(name);
-  const idx = lib.if_nametoindex(name) as number;
-  if (!idx) throw new KernelError(`look up interface ${name}`, lastErrno() || 19, [], 'no such interface');
-  return idx;
+  ifreq(name, SIOCGIFINDEX, `look up interface ${name}`);
+  return IFR.readInt32LE(16);
 }
 
-/** The name of an ifindex, or undefined if there is no such interface. */
+/** The name of an ifindex, or undefined if there is no such interface (SIOCGIFNAME, as if_indextoname(3)). */
 export function nameOf(ifindex: number): string | undefined {
-  const buf = Buffer.alloc(16);
-  const r = lib.if_indextoname(ifindex, buf) as unknown;
-  if (!r) return undefined;
-  const end = buf.indexOf(0);
-  return buf.subarray(0, end < 0 ? 16 : end).toString();
+  if (!Number.isInteger(ifindex) || ifindex <= 0 || ifindex > 0x7fffffff) return undefined;
+  IFR.fill(0);
+  IFR.writeInt32LE(ifindex, 16);
+  if ((ioctlFn(ioctlSocket(), SIOCGIFNAME, 'uint8_t *', IFR) as number) < 0) return undefined;
+  const end = IFR.indexOf(0);
+  return IFR.subarray(0, end < 0 || end > 16 ? 16 : end).toString();
 }
 
 const libc = koffi.load('libc.so.6');
@@ -56,6 +58,7 @@ const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
 const AF_INET = 2;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
+const SIOCGIFNAME = 0x8910;
 const SIOCGIFFLAGS = 0x8913;
 const SIOCGIFMTU = 0x8921;
 const SIOCGIFHWADDR = 0x8927;
