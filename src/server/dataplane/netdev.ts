@@ -323,8 +323,15 @@ export function vethPeerLink(
   return { name: peer, ifindex: id.link, mtu, nsid, ...(netns ? { netns } : {}) };
 }
 
-/** The name (/run/netns/NAME) of the namespace our namespace gives id `nsid`; undefined when it has none. */
+/**
+ * The name (/run/netns/NAME) of the namespace our namespace gives id `nsid`; undefined when it has none.
+ * The name found last for an id is asked first (and kept while the kernel still gives it that id): the scan
+ * opens every named namespace, and every change whose backend's veth peer is in one asked this.
+ */
 function namedNetns(nsid: number): string | undefined {
+  const known = netnsNames.get(nsid);
+  if (known !== undefined && nsidOfNamed(known) === nsid) return known;
+  netnsNames.delete(nsid);
   let names: string[];
   try {
     names = readdirSync('/run/netns');
@@ -332,24 +339,35 @@ function namedNetns(nsid: number): string | undefined {
     return undefined;
   }
   for (const n of names) {
-    let fd: number;
-    try {
-      fd = openSync(`/run/netns/${n}`, 'r');
-    } catch {
-      continue;
-    }
-    try {
-      const v = Buffer.alloc(4);
-      v.writeUInt32LE(fd);
-      const body = nlRequest(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), nlAttr(NETNSA_FD, v), `nsid of netns ${n}`);
-      if (body && nlAttrs(body, 4).get(NETNSA_NSID)?.readInt32LE(0) === nsid) return n;
-    } catch {
-      // not ours to read: try the next
-    } finally {
-      closeSync(fd);
-    }
+    if (nsidOfNamed(n) !== nsid) continue;
+    if (netnsNames.size >= 1024) netnsNames.clear();
+    netnsNames.set(nsid, n);
+    return n;
   }
   return undefined;
+}
+
+/** nsid -> the name {@link namedNetns} found for it last. */
+const netnsNames = new Map<number, string>();
+
+/** The id our namespace gives the named namespace /run/netns/`n` (RTM_GETNSID); undefined when it cannot say. */
+function nsidOfNamed(n: string): number | undefined {
+  let fd: number;
+  try {
+    fd = openSync(`/run/netns/${n}`, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const v = Buffer.alloc(4);
+    v.writeUInt32LE(fd);
+    const body = nlRequest(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), nlAttr(NETNSA_FD, v), `nsid of netns ${n}`);
+    return body && nlAttrs(body, 4).get(NETNSA_NSID)?.readInt32LE(0);
+  } catch {
+    return undefined; // not ours to read
+  } finally {
+    closeSync(fd);
+  }
 }
 
 // <linux/rtnetlink.h>, <linux/net_namespace.h>
