@@ -17,9 +17,11 @@ import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
 import {
   ApplyRulesRequest,
   ApplyRulesResponse,
+  CreateRuleResponse,
   GetRuleResponse,
   ListRulesResponse,
   Rule,
+  UpdateRuleResponse,
 } from '../../src/gen/xdpctl/v1/rule.js';
 import {
   decodeApplyRulesLazily,
@@ -27,7 +29,7 @@ import {
   lazyRules,
 } from '../../src/server/services/apply-rules-codec.js';
 import { serializer } from '../../src/server/services/encoded-reply.js';
-import { ruleService } from '../../src/server/services/rule-service.js';
+import { ruleService, updateRuleReply } from '../../src/server/services/rule-service.js';
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { capacityForRules } from '../../src/server/daemon.js';
@@ -224,7 +226,7 @@ describe('ApplyRules decoded and encoded a chunk at a time', () => {
     );
   });
 
-  it('GetRule and ListRules replies are sent as the service encoded them: the same bytes as their own encode', async () => {
+  it('GetRule, ListRules, CreateRule and UpdateRule replies are sent as the service encoded them: the same bytes as their own encode', async () => {
     const dp = new ModelDataplane(capacityForRules(40), ['in0', 'b0', 'b1', 'b2']);
     const ctl = new Controller(dp, { mode: 'native', fixVethPeers: true });
     const specs: RuleSpec[] = Array.from({ length: 30 }, (_, i) => ({
@@ -267,5 +269,35 @@ describe('ApplyRules decoded and encoded a chunk at a time', () => {
       pages++;
     } while (pageToken);
     assert.equal(pages, 5);
+
+    // CreateRule and UpdateRule replies too (a change's reply), repaired lines included.
+    const createBytes = serializer((r: CreateRuleResponse) =>
+      CreateRuleResponse.encode(CreateRuleResponse.fromPartial(r)).finish(),
+    );
+    const updateBytes = serializer((r: UpdateRuleResponse) =>
+      UpdateRuleResponse.encode(UpdateRuleResponse.fromPartial(r)).finish(),
+    );
+    const extra = (await svc.getRule({ name: 'r1' }, ctx)) as GetRuleResponse;
+    const created = (await svc.createRule(
+      { rule: { ...extra.rule!, name: 'r-new', match: { ...extra.rule!.match!, port: 3999 } } },
+      ctx,
+    )) as CreateRuleResponse;
+    const wholeCreated = CreateRuleResponse.encode(CreateRuleResponse.fromPartial(created)).finish();
+    assert.deepEqual(Buffer.from(createBytes(created)), Buffer.from(wholeCreated));
+    for (const name of ['r0', 'r4', 'r5']) {
+      const cur = ((await svc.getRule({ name }, ctx)) as GetRuleResponse).rule!;
+      const moved = { ...cur, backends: cur.backends.map((b) => ({ ...b, ip: b.ip.replace(/^10\.1\./, '10.2.') })) };
+      const reply = (await svc.updateRule({ rule: moved, expectedGeneration: 0n }, ctx)) as UpdateRuleResponse;
+      const whole = UpdateRuleResponse.encode(UpdateRuleResponse.fromPartial(reply)).finish();
+      assert.deepEqual(Buffer.from(updateBytes(reply)), Buffer.from(whole), name);
+    }
+    const lines = [
+      'backend 10.1.0.1@b0 (map backends, entry 3): dmac 02:00:00:00:00:09, desired 02:00:00:00:00:01',
+      'ü',
+    ];
+    assert.deepEqual(
+      Buffer.from(updateRuleReply(extra.rule!, lines)),
+      Buffer.from(UpdateRuleResponse.encode({ rule: extra.rule!, repaired: lines }).finish()),
+    );
   });
 });

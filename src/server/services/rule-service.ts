@@ -37,7 +37,8 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
   return {
     async createRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      return { rule: ruleToProto(await ctl.createRule(ruleFromProto(req.rule), { signal })) };
+      const rule = ruleToProto(await ctl.createRule(ruleFromProto(req.rule), { signal }));
+      return withBytes({ rule }, fieldsMessage([[1, encodeRule(rule)]]));
     },
     async getRule(req) {
       checkName(req.name);
@@ -84,7 +85,8 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
           signal,
         },
       );
-      return { rule: ruleToProto(view), repaired };
+      const rule = ruleToProto(view);
+      return withBytes({ rule, repaired }, updateRuleReply(rule, repaired));
     },
     async deleteRule(req, { signal }) {
       checkName(req.name);
@@ -153,6 +155,13 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
   };
 }
 
+const utf8 = new TextEncoder();
+
+/** UpdateRuleResponse's bytes: the rule through the kept writer (encodeRule), then each repaired line (field 2). */
+export function updateRuleReply(rule: Rule, repaired: readonly string[]): Uint8Array {
+  return fieldsMessage([[1, encodeRule(rule)], ...repaired.map((line) => [2, utf8.encode(line)] as const)]);
+}
+
 /**
  * A uint64 expected_generation as the core's number. Generations count
  * changes from 1 and never approach 2^53; a larger value cannot equal one, and
@@ -164,9 +173,11 @@ function generationOf(g: bigint): number {
 
 /**
  * The RuleService definition with ApplyRules decoded and encoded a chunk at a
- * time (apply-rules-codec.ts), and GetRule, ListRules and ApplyRules replies
- * sent as the service encoded them (encoded-reply.ts): the same bytes on the
- * wire, no single long turn of the event loop for 10 000 rules.
+ * time (apply-rules-codec.ts), and CreateRule, GetRule, ListRules, UpdateRule
+ * and ApplyRules replies sent as the service encoded them (encoded-reply.ts):
+ * the same bytes on the wire, no single long turn of the event loop for
+ * 10 000 rules, and a change's reply encoded through the kept writer (its own
+ * encode copied the message and grew a fresh buffer from 128 bytes).
  */
 export function ruleWireDefinition(
   def: typeof RuleServiceDefinition,
@@ -174,8 +185,10 @@ export function ruleWireDefinition(
   const methods = fromTsProto(def);
   return {
     ...methods,
+    createRule: { ...methods.createRule, responseSerialize: serializer(methods.createRule.responseSerialize) },
     getRule: { ...methods.getRule, responseSerialize: serializer(methods.getRule.responseSerialize) },
     listRules: { ...methods.listRules, responseSerialize: serializer(methods.listRules.responseSerialize) },
+    updateRule: { ...methods.updateRule, responseSerialize: serializer(methods.updateRule.responseSerialize) },
     applyRules: {
       ...methods.applyRules,
       requestDeserialize: decodeApplyRulesLazily,
