@@ -227,7 +227,7 @@ export class Controller {
     next: Map<string, LinkSpec>,
     fieldOf: (from: string) => string,
   ): Promise<void> {
-    const pace = pacer(10);
+    const pace = pacer();
     const plan = await this.planRuleOps(ops, undefined, pace);
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     const want = planLinks(next, facts.interfaces, 'links');
@@ -810,7 +810,7 @@ export class Controller {
   /** A whole rule set checked (INVALID_ARGUMENT naming the field) and compared with the current one. */
   private async ruleSet(specs: RuleSpec[]): Promise<{ changes: RuleChange[]; ops: RuleOp[] }> {
     // A 10 000-rule set takes long to check and compare: yield to the event loop every 10 ms of it.
-    const pace = pacer(10);
+    const pace = pacer();
     const violations: FieldViolation[] = [];
     const seen = new Map<string, number>();
     for (const [i, s] of specs.entries()) {
@@ -842,7 +842,7 @@ export class Controller {
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
-  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi'], pace = pacer(10)) {
+  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi'], pace = pacer()) {
     const facts = await fetchRuleFacts(
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
@@ -892,7 +892,7 @@ export class Controller {
     // A client's change is observed from here on (a restored rule's unchanged conditions stay of unknown time).
     if (!restoring) for (const op of ops) this.restoredKeys?.delete(`rule/${op.name}`);
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
-    const pace = pacer(10);
+    const pace = pacer();
     const plan = await this.planRuleOps(ops, napi, pace);
     // A client's change: what can be known without changing anything is checked before anything is written.
     if (!restoring) {
@@ -1301,7 +1301,7 @@ export class Controller {
         const r = await this.serial(
           () => {
             this.passWrote = false;
-            const pace = pacer(10);
+            const pace = pacer();
             const preemptible = preempted < PREEMPTIONS;
             return resync(this.ctx, this.tx, async () => {
               if (preemptible && !this.passWrote && this.changesWaiting > 0) throw new Preempted();

@@ -710,6 +710,14 @@ function turnElapsed(): number {
 const BULK_SWAP = 1024;
 
 /**
+ * The slice of synchronous work a long transaction or pass does before it yields (ms): a read that arrives
+ * meanwhile waits about this long or two (plus its own turn). With 10 ms, GetRule/ListRules during an
+ * ApplyRules of 10 000 waited 21.7 ms at the median and 67-88 ms at p99; with 4 ms, 12-13 ms and 42-46 ms
+ * (BENCHMARKS.md, section 5, three rounds each), the ApplyRules itself as long (3.7-4.4 s against 3.7 s).
+ */
+export const SLICE_MS = 4;
+
+/**
  * A pacer for long transactions: awaiting it yields to the event loop (so
  * that reads are answered) once `budgetMs` of work has passed in this turn
  * of the event loop; otherwise it returns at once. The budget is counted per
@@ -718,7 +726,7 @@ const BULK_SWAP = 1024;
  * awaits that never yield) held the event loop for 6 s when each pacer
  * counted only its own time.
  */
-export function pacer(budgetMs = 10): () => Promise<void> {
+export function pacer(budgetMs = SLICE_MS): () => Promise<void> {
   return async () => {
     if (turnElapsed() < budgetMs) return;
     await new Promise((r) => setImmediate(r));
@@ -999,7 +1007,7 @@ export async function adoptRules(
   ops: readonly RuleOp[],
   planOf: (op: RuleOp) => RulePlan | undefined,
   undo: UndoLog,
-  pace: () => Promise<void> = pacer(10),
+  pace: () => Promise<void> = pacer(),
 ): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[]; rest: RuleOp[] }> {
   const { state } = ctx;
   const adoptable: RuleOp[] = [];
@@ -1089,7 +1097,7 @@ export async function repairRuleEntries(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   ks: readonly RuleKernel[],
-  pace: () => Promise<void> = pacer(10),
+  pace: () => Promise<void> = pacer(),
 ): Promise<string[]> {
   const view = readKernelView(ctx, ks);
   const found = newRepairs();

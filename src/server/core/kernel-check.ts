@@ -50,7 +50,7 @@ export async function compareKernelEntries(
   facts: Facts,
   names?: readonly string[],
   skip: ReadonlySet<string> = new Set(),
-  pace: () => Promise<void> = pacer(10),
+  pace: () => Promise<void> = pacer(),
 ): Promise<KernelCheck> {
   const { state, dp } = ctx;
   const started = performance.now();

@@ -86,7 +86,7 @@ const specOf = (r: { generation: number; createTime: number; updateTime: number 
 export const INGRESS_CHECK_MS = 2000;
 
 /** One pass. */
-export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer(10)): Promise<ResyncResult> {
+export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer()): Promise<ResyncResult> {
   const { dp, state } = ctx;
   const missing = new Set<string>();
   // The facts of this pass, each read once per name (every rule names its
