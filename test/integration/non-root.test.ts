@@ -4,11 +4,15 @@
  * only those three (what `cap_drop: [ALL]` + `cap_add` give a container), with its pin root and state
  * directory owned by that uid (what the deployment files' init step does). It starts with exactly those
  * effective capabilities and no others, programs a rule and forwards real packets (generic mode).
+ * The pin root lives on a bpffs of the test's own, mounted as the init step leaves the host's: root's,
+ * mode 0701 (systemd mounts /sys/fs/bpf 0700; the init step adds search for others), so the test neither
+ * depends on nor changes the host's mount. Without that search permission the daemon refuses to start,
+ * naming the directory it cannot pass.
  * File capabilities need execve without no_new_privs: this is why the deployment files allow privilege
  * escalation for this one binary (and the image has no setuid files).
  */
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, cpSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, mkdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
@@ -28,7 +32,9 @@ const PORT = 7999;
 describe('non-root daemon with file capabilities', kernelOnly(), () => {
   const id = runId();
   const topo = new Topology(id);
-  const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
+  const bpffs = `/tmp/xdpctl-test-${id}-bpffs`;
+  const pinRoot = `${bpffs}/xdpctl`;
+  let mounted = false;
   const stateDir = `/tmp/xdpctl-test-${id}-state`;
   let rt: OtherUserRuntime | undefined;
   let d: DaemonProcess | undefined;
@@ -39,6 +45,9 @@ describe('non-root daemon with file capabilities', kernelOnly(), () => {
     b = topo.addHost('b', '198.18.2.1/24');
     topo.routeToXdp('vm');
     rt = OtherUserRuntime.create(['dist', 'build/bpf/xdpctl.bpf.o', 'build/descriptor.binpb'], UID, UID);
+    mkdirSync(bpffs, { mode: 0o700 });
+    sh('mount', ['-t', 'bpf', '-o', 'mode=0701', 'bpf', bpffs]);
+    mounted = true;
     for (const dir of [pinRoot, stateDir]) {
       mkdirSync(dir, { mode: 0o700 });
       chownSync(dir, UID, UID);
@@ -47,7 +56,11 @@ describe('non-root daemon with file capabilities', kernelOnly(), () => {
   after(async () => {
     await d?.destroy();
     topo.destroy();
-    XdpDatapath.unpinAll(pinRoot);
+    if (mounted) {
+      XdpDatapath.unpinAll(pinRoot);
+      sh('umount', [bpffs]);
+    }
+    rmdirSync(bpffs);
     rmSync(stateDir, { recursive: true, force: true });
     rt?.remove();
   });
@@ -64,7 +77,22 @@ describe('non-root daemon with file capabilities', kernelOnly(), () => {
       '-all,+bpf,+net_admin,+perfmon',
       '--',
     ]);
-    d = await DaemonProcess.start(id, ['--xdp-mode', 'generic'], {}, wrap, join(rt!.root, 'dist/server/main.js'), node);
+    const main = join(rt!.root, 'dist/server/main.js');
+    const args = ['--xdp-mode', 'generic', '--pin-root', pinRoot];
+    // The bpffs as systemd mounts it (0700): the pin root is out of reach, and the refusal says why.
+    chmodSync(bpffs, 0o700);
+    const refusal = await DaemonProcess.start(id, args, {}, wrap, main, node).then(
+      async (x) => (await x.destroy(), 'started'),
+      (e: Error) => e.message,
+    );
+    assert.match(
+      refusal,
+      new RegExp(
+        `pin root ${pinRoot} cannot be reached: this daemon \\(uid ${UID}\\) may not search ${bpffs} \\(mode [01]700`,
+      ),
+    );
+    chmodSync(bpffs, 0o701);
+    d = await DaemonProcess.start(id, args, {}, wrap, main, node);
     const status = readFileSync(`/proc/${d.child.pid}/status`, 'utf8');
     assert.match(status, new RegExp(`^Uid:\\s+${UID}\\s+${UID}\\s+${UID}\\s+${UID}$`, 'm'), 'runs as 10001');
     assert.equal(

@@ -455,14 +455,23 @@ describe('pins that only xdpctld controls', kernelOnly(), () => {
   });
 
   it('refuses a pin root that an unprivileged user created first', async () => {
-    // /sys/fs/bpf may be 1777 (as setup used to mount it): anyone can make the directory first.
-    sh('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'mkdir', '-m', '0700', pinRoot]);
+    // A bpffs mounted 1777 (as setup used to mount /sys/fs/bpf; a bpffs of the test's own, so that the
+    // case does not depend on how the host mounted its): anyone can make the directory first.
+    const mnt = `/tmp/xdpctl-test-${id}-open-bpffs`;
+    const taken = `${mnt}/xdpctl`;
+    mkdirSync(mnt, { mode: 0o700 });
     try {
-      const msg = await refused(id, []);
-      assert.match(msg, new RegExp(`pin root ${pinRoot} is owned by uid 65534, not by this daemon \\(uid 0\\)`));
-      assert.equal(existsSync(`${pinRoot}/maps`), false, 'nothing was pinned into it');
+      sh('mount', ['-t', 'bpf', '-o', 'mode=1777', 'bpf', mnt]);
+      try {
+        sh('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'mkdir', '-m', '0700', taken]);
+        const msg = await refused(id, ['--pin-root', taken]);
+        assert.match(msg, new RegExp(`pin root ${taken} is owned by uid 65534, not by this daemon \\(uid 0\\)`));
+        assert.equal(existsSync(`${taken}/maps`), false, 'nothing was pinned into it');
+      } finally {
+        sh('umount', [mnt]);
+      }
     } finally {
-      rmSync(pinRoot, { recursive: true, force: true });
+      rmSync(mnt, { recursive: true, force: true });
     }
   });
 

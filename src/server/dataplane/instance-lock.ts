@@ -14,6 +14,7 @@
  */
 import {
   type Dirent,
+  accessSync,
   closeSync,
   fstatSync,
   lstatSync,
@@ -524,6 +525,17 @@ export function preparePinRoot(pinRoot: string, created?: string[]): void {
   try {
     makeDirs(pinRoot, 0o700, created);
   } catch (e) {
+    const closed = (e as NodeJS.ErrnoException).code === 'EACCES' ? unsearchableAncestor(pinRoot) : undefined;
+    if (closed) {
+      const st = statSync(closed);
+      const uid = process.geteuid?.() ?? 0;
+      throw new PinRootError(
+        `pin root ${pinRoot} cannot be reached: this daemon (uid ${uid}) may not search ${closed} (mode ` +
+          `${(st.mode & 0o7777).toString(8).padStart(4, '0')}, owner uid ${st.uid}; systemd mounts /sys/fs/bpf ` +
+          `0700). Give it search permission (chmod o+x ${closed}, as the deployment files' init step does) ` +
+          'or choose a --pin-root it can reach',
+      );
+    }
     throw new PinRootError(`create pin root ${pinRoot}: ${(e as Error).message}`);
   }
   const st = lstatSync(pinRoot);
@@ -532,6 +544,23 @@ export function preparePinRoot(pinRoot: string, created?: string[]): void {
   }
   const unsafe = pinRootOwnership(pinRoot, st);
   if (unsafe) throw new PinRootError(`${unsafe} or choose another --pin-root`);
+}
+
+/**
+ * The first directory above `path` (from /) that this process may not search (X_OK, asked of the
+ * kernel with access(2), so capabilities count), or undefined when every existing one may be searched.
+ */
+function unsearchableAncestor(path: string): string | undefined {
+  const parts = resolve(path).split('/').filter(Boolean);
+  for (let i = 0; i < parts.length; i++) {
+    const dir = '/' + parts.slice(0, i).join('/');
+    try {
+      accessSync(dir, fsc.X_OK);
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'EACCES' ? dir : undefined;
+    }
+  }
+  return undefined;
 }
 
 /**
