@@ -63,10 +63,12 @@ export class Topology {
   /**
    * Plug it back: same names and address, new ifindexes and MACs. `peerUp: false` leaves the host's
    * eth0 down (the caller brings it up), as when a container's side comes up a while after the host's.
+   * `mac` gives the host's eth0 that MAC from its creation (no moment with another one).
    */
-  replug(role: string, cidr?: string, { peerUp = true } = {}): Host {
+  replug(role: string, cidr?: string, { peerUp = true, mac = '' } = {}): Host {
     const h = this.host(role);
-    sh('ip', ['link', 'add', h.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.netns]);
+    const peer = ['name', 'eth0', ...(mac ? ['address', mac] : []), 'netns', h.netns];
+    sh('ip', ['link', 'add', h.hostIf, 'type', 'veth', 'peer', ...peer]);
     sh('ip', ['link', 'set', h.hostIf, 'up']);
     sh('sysctl', ['-qw', `net.ipv4.conf.${h.hostIf}.forwarding=0`]);
     if (peerUp) sh('ip', ['-n', h.netns, 'link', 'set', 'eth0', 'up']);
