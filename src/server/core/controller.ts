@@ -28,6 +28,7 @@ import {
 } from './execute.js';
 import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
+import { holdNeighbours } from './neighbour-hold.js';
 import { compareKernelEntries } from './kernel-check.js';
 import {
   linkKey,
@@ -755,6 +756,7 @@ export class Controller {
       this.dp,
       names.flatMap((n) => this.state.rules.get(n) ?? []),
     );
+    holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
     const r = await compareKernelEntries(this.ctx, facts, names);
     if (r.repaired.length === 0) return out;
     this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
@@ -850,6 +852,7 @@ export class Controller {
       pace,
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
+    holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
     facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
     facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
     return planRulesPaced(

@@ -22,6 +22,13 @@ import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo } from './dataplane.js';
 import type { RuleSpec } from './model.js';
+import {
+  holdNeighbours,
+  NEIGHBOUR_HOLD_MS,
+  stepNeighbourHold,
+  type HoldEnd,
+  type NeighbourHold,
+} from './neighbour-hold.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
@@ -50,6 +57,7 @@ import {
   observedRuleStatus,
   handSetNeighbourStatus,
   unansweredNeighbourStatus,
+  heldNeighbourStatus,
   handSetWhy,
   peerWhere,
   staticMacStatus,
@@ -99,6 +107,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // yet when a change is waiting).
   let n = 0;
   const facts = await fetchRuleFacts(dp, specs, undefined, pace);
+  await holdChangedNeighbours(ctx, facts, pace);
   const now = (name: string) => {
     if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
     const ifindex = facts.interfaces.get(name)?.ifindex;
@@ -688,7 +697,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       for (const b of r.backends) {
         const key = neighbourKey(b.ip, b.interface);
         const mac = facts.neighbours.get(key);
-        if (b.mac !== '' || !mac || handSet.has(key) || unanswered.has(key)) continue;
+        if (b.mac !== '' || !mac || handSet.has(key) || unanswered.has(key) || state.neighbourHolds.has(key)) continue;
         if (dp.neighbourAnswered(b.ip, b.interface) !== mac) unanswered.set(key, mac);
       }
     }
@@ -721,7 +730,11 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         unverifiedRuleStatus(
           mtuRuleStatus(
             handSetNeighbourStatus(
-              unansweredNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, unanswered),
+              heldNeighbourStatus(
+                unansweredNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, unanswered),
+                rule,
+                state.neighbourHolds,
+              ),
               rule,
               handSet,
             ),
@@ -1030,4 +1043,106 @@ async function checkKernel(
     state.kernelDrift = `kernel entries of the rules could not be compared with the desired state or rewritten: ${(e as Error).message}`;
     transition('kernel-check', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, state.kernelDrift!));
   }
+}
+
+/**
+ * The neighbour entries MAC-less backends use (`facts.neighbours`), each against what a probe of ours confirmed
+ * (core/neighbour-hold.ts): an entry that changed from the confirmed MAC in the datapath to one no probe of
+ * ours has had answered is probed at once and the confirmed MAC kept (`state.neighbourHolds`, and in `facts`
+ * for this pass's plans and comparisons) until a MAC answers, the entry is set by hand, or
+ * NEIGHBOUR_HOLD_MS passed. Each start and end is logged once, with what was observed.
+ */
+async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () => Promise<void>): Promise<void> {
+  const { dp, state } = ctx;
+  if (!dp.neighbourAnswered) return;
+  const t = ctx.now();
+  let n = 0;
+  for (const [key, entry] of facts.neighbours) {
+    if ((++n & 1023) === 0) await pace();
+    const hold = state.neighbourHolds.get(key);
+    // The usual pass: the entry holds the MAC written and confirmed; nothing to decide (nothing allocated).
+    if (!hold && entry && entry === state.neighbourConfirmed.get(key) && entry === state.neighbourMacs.get(key))
+      continue;
+    const at = key.indexOf('@');
+    const ip = key.slice(0, at);
+    const iface = key.slice(at + 1);
+    const answered = !!entry && dp.neighbourAnswered(ip, iface)?.toLowerCase() === entry.toLowerCase();
+    if (answered) state.neighbourConfirmed.set(key, entry);
+    const step = stepNeighbourHold({
+      entry,
+      answered,
+      handSet: dp.neighbourHandSet?.(ip, iface) !== undefined,
+      written: state.neighbourMacs.get(key),
+      confirmed: state.neighbourConfirmed.get(key),
+      hold,
+      now: t,
+    });
+    if (step.ended) logHoldEnd(ctx, ip, iface, step.ended.hold, step.ended.why, entry, t);
+    if (step.hold) state.neighbourHolds.set(key, step.hold);
+    else if (hold) state.neighbourHolds.delete(key);
+    // The confirmed MAC's own entry failed or went away (no new MAC was being waited for): not confirmed now.
+    if (!entry && !step.hold) state.neighbourConfirmed.delete(key);
+    if (step.started) {
+      const h = step.hold!;
+      state.reconcilerEvents.neighbour_changes_held++;
+      ctx.log.info(
+        { backend: ip, interface: iface, kept: h.kept, entry: h.candidate },
+        `backend ${ip} on ${iface}: its neighbour entry changed from ${h.kept} to ${h.candidate}, which no ARP ` +
+          `probe of ours has had answered: ${h.kept} (answered before) kept in the datapath until ` +
+          `${h.candidate} answers (probing it; at most ${NEIGHBOUR_HOLD_MS} ms)`,
+      );
+    } else if (step.hold && hold && step.hold.entry !== hold.entry) {
+      // What the entry holds now, as observed: failed (the MAC probed did not answer), or another MAC.
+      ctx.log.info(
+        { backend: ip, interface: iface, kept: hold.kept, entry: step.hold.entry ?? null },
+        step.hold.entry
+          ? `backend ${ip} on ${iface}: its neighbour entry now holds ${step.hold.entry}, not answered yet either: ` +
+              `${hold.kept} still kept, probing ${step.hold.entry}`
+          : `backend ${ip} on ${iface}: ${hold.candidate} did not answer (its neighbour entry ` +
+              `failed); ${hold.kept} still kept, resolving the entry again`,
+      );
+    }
+    if (step.ask === 'probe') {
+      if (dp.verifyNeighbour?.(ip, iface, true)) state.reconcilerEvents.neighbour_probes++;
+    } else if (step.ask === 'resolve') dp.probeNeighbour?.(ip, iface);
+  }
+  // Holds on entries no backend uses any more (rule deleted, egress gone): ended.
+  for (const [key, h] of state.neighbourHolds) {
+    if (facts.neighbours.has(key)) continue;
+    state.neighbourHolds.delete(key);
+    const at = key.indexOf('@');
+    logHoldEnd(ctx, key.slice(0, at), key.slice(at + 1), h, 'gone', undefined, t);
+  }
+  holdNeighbours(facts.neighbours, state.neighbourHolds);
+}
+
+/** The end of a hold, as observed (logged once: a hold ends once). */
+function logHoldEnd(
+  ctx: ExecContext,
+  ip: string,
+  iface: string,
+  h: NeighbourHold,
+  why: HoldEnd,
+  entry: string | undefined,
+  t: number,
+): void {
+  const ms = Math.round(t - h.since);
+  const text = {
+    answered: `${entry} answered an ARP probe of ours after ${ms} ms: written instead of ${h.kept}`,
+    kept:
+      `${h.kept} answered an ARP probe of ours again after ${ms} ms (${h.candidate} did not): kept, ` +
+      `${h.candidate} never written`,
+    expired:
+      `no MAC answered within ${NEIGHBOUR_HOLD_MS} ms (${h.candidate} probed, then the entry resolved again): ` +
+      `following the neighbour entry (${entry ?? 'failed'}) instead of keeping ${h.kept}`,
+    handset: `its neighbour entry was set by hand (${entry ?? 'no MAC'}): followed, ${h.kept} no longer kept`,
+    back: `its neighbour entry holds ${h.kept} again (not answered yet, probing it): nothing to rewrite`,
+    gone: `no backend uses its neighbour entry any more: ${h.kept} no longer kept`,
+  }[why];
+  const log = why === 'expired' ? ctx.log.warn : ctx.log.info;
+  log.call(
+    ctx.log,
+    { backend: ip, interface: iface, kept: h.kept, entry: entry ?? null, why, ms },
+    `backend ${ip} on ${iface}: ${text}`,
+  );
 }

@@ -5,6 +5,7 @@
  */
 import type { LinkState, PeerMtu } from './dataplane.js';
 import type { BackendStatus, RuleStatus } from './model.js';
+import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
 export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
@@ -132,6 +133,29 @@ export function unansweredNeighbourStatus(
         `MAC ${b.mac} from the neighbour table, not confirmed yet: no ARP probe of ours to it has been answered ` +
         '(probing it; an entry another tool wrote looks the same)',
     };
+  });
+  return changed ? { ...written, backends } : written;
+}
+
+/**
+ * The written status with the backends given without a MAC whose confirmed MAC is kept over a changed neighbour
+ * entry (`holds`, core/neighbour-hold.ts) saying so: the MAC they receive with, which entry MAC is waited
+ * for and why. The state is not lowered (the MAC kept answered a probe of ours; nothing observed since
+ * contradicts it). `written` itself when none applies.
+ */
+export function heldNeighbourStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  holds: ReadonlyMap<string, NeighbourHold>,
+): RuleStatus {
+  if (holds.size === 0 || written.state === 'failed') return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    const h = spec && spec.mac === '' && b.receiving ? holds.get(`${spec.ip}@${spec.interface}`) : undefined;
+    if (!h || h.kept.toLowerCase() !== b.mac.toLowerCase()) return b;
+    changed = true;
+    return { ...b, message: heldMessage(h) };
   });
   return changed ? { ...written, backends } : written;
 }

@@ -6,6 +6,7 @@
  */
 import type { EgressWatch } from './egress-watch.js';
 import type { StaticMacState } from './static-mac.js';
+import type { NeighbourHold } from './neighbour-hold.js';
 import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
@@ -132,11 +133,13 @@ export class CoreState {
   /**
    * What the reconciler did to keep the datapath true, counted since the start (the
    * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends
-   * rewritten with a new neighbour MAC, egresses taken out for dropping every frame redirected to them.
+   * rewritten with a new neighbour MAC, neighbour entries changed to a MAC no probe of ours had answered
+   * (the answered MAC kept until it does), egresses taken out for dropping every frame redirected to them.
    */
   readonly reconcilerEvents = {
     neighbour_probes: 0,
     neighbour_mac_changes: 0,
+    neighbour_changes_held: 0,
     egress_ejections: 0,
     egress_mac_changes: 0,
     kernel_repairs: 0,
@@ -158,6 +161,16 @@ export class CoreState {
   readonly egressWatch = new Map<string, EgressWatch>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
+  /**
+   * "ip@iface" -> the entry's last MAC that answered an ARP probe of ours, as a reconciler pass saw it
+   * (Dataplane.neighbourAnswered); forgotten when the entry fails or goes away outside a hold.
+   */
+  readonly neighbourConfirmed = new Map<string, string>();
+  /**
+   * "ip@iface" -> a confirmed MAC kept in the datapath while the entry holds a new MAC that has not answered a
+   * probe of ours yet (core/neighbour-hold.ts): what every plan and kernel comparison writes for that entry.
+   */
+  readonly neighbourHolds = new Map<string, NeighbourHold>();
   /**
    * Interface name -> its own MAC as the reconciler's last pass read it: a backend entry's source MAC is
    * its egress's, so a change means the entries behind that egress are rewritten (resync.ts).

@@ -1,0 +1,225 @@
+/**
+ * A MAC-less backend's neighbour entry changing from a MAC that answered a probe of ours to one that has not
+ * (core/neighbour-hold.ts): every branch of the decision, then the reconciler over modelled maps, whose
+ * backend entry keeps the answered MAC until the new one answers, follows a MAC that answers, and gives up
+ * after NEIGHBOUR_HOLD_MS; the status and the log say which. The integration test (neighbour-handset) drives
+ * the same with real hosts, entries and traffic.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { Controller } from '../../src/server/core/controller.js';
+import { NEIGHBOUR_HOLD_MS, stepNeighbourHold, type NeighbourHold } from '../../src/server/core/neighbour-hold.js';
+import type { Logger } from '../../src/server/log.js';
+import { ModelDataplane } from '../helpers/model-dataplane.js';
+
+const A = '02:00:00:00:0a:01';
+const W = '02:00:00:00:0b:02';
+const N = '02:00:00:00:0c:03';
+const step = (o: Partial<Parameters<typeof stepNeighbourHold>[0]>) =>
+  stepNeighbourHold({
+    entry: W,
+    answered: false,
+    handSet: false,
+    written: A,
+    confirmed: A,
+    hold: undefined,
+    now: 0,
+    ...o,
+  });
+
+describe('neighbour holds: the decision', () => {
+  it('starts only over a written MAC that answered, for a changed entry whose MAC did not', () => {
+    const s = step({ now: 5 });
+    assert.deepEqual(s, { hold: { kept: A, candidate: W, entry: W, since: 5 }, started: true, ask: 'probe' });
+    assert.deepEqual(step({ answered: true }), {}, 'the new MAC answered: followed');
+    assert.deepEqual(step({ handSet: true }), {}, 'set by hand: followed (never probed by the kernel)');
+    assert.deepEqual(step({ written: undefined }), {}, 'never resolved: its first MAC at once');
+    assert.deepEqual(step({ confirmed: undefined }), {}, 'nothing confirmed: nothing better to keep');
+    assert.deepEqual(step({ confirmed: N }), {}, 'the MAC written is not the one confirmed');
+    assert.deepEqual(step({ entry: A }), {}, 'unchanged');
+    assert.deepEqual(step({ entry: A.toUpperCase() }), {}, 'unchanged (case)');
+    assert.deepEqual(step({ entry: undefined }), {}, 'the confirmed MAC itself failed: followed (out of the table)');
+  });
+
+  it('ends when a MAC answers, the entry is set by hand, holds the kept MAC again, or time is up', () => {
+    const hold: NeighbourHold = { kept: A, candidate: W, entry: W, since: 1000 };
+    assert.deepEqual(step({ hold, now: 1500 }), { hold, ask: 'probe' }, 'still waiting: the same object');
+    assert.deepEqual(step({ hold, entry: undefined, now: 4000 }), {
+      hold: { ...hold, entry: undefined },
+      ask: 'resolve',
+    });
+    assert.deepEqual(step({ hold, entry: N, answered: true }).ended, { hold, why: 'answered' });
+    assert.deepEqual(step({ hold, entry: A, answered: true }).ended, { hold, why: 'kept' });
+    assert.deepEqual(step({ hold, handSet: true }).ended, { hold, why: 'handset' });
+    assert.deepEqual(step({ hold, entry: A }).ended, { hold, why: 'back' });
+    assert.deepEqual(step({ hold, now: 1000 + NEIGHBOUR_HOLD_MS - 1 }).hold, hold);
+    assert.deepEqual(step({ hold, now: 1000 + NEIGHBOUR_HOLD_MS }), { ended: { hold, why: 'expired' } });
+    assert.equal(step({ hold, entry: N, answered: true }).hold, undefined, 'ended: the entry is followed');
+  });
+});
+
+interface Line {
+  level: string;
+  msg: string;
+}
+
+const logger = (lines: Line[]): Logger => {
+  const at =
+    (level: string) =>
+    (_o: object, msg = '') =>
+      lines.push({ level, msg });
+  const l: Logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => l };
+  return l;
+};
+
+/** Modelled maps with a neighbour table whose answers to our probes the test decides. */
+class Neighbours extends ModelDataplane {
+  readonly answers = new Map<string, string>();
+  readonly probes: string[] = [];
+  override neighbourAnswered(ip: string, iface: string): string | undefined {
+    return this.answers.get(`${ip}@${iface}`);
+  }
+  override verifyNeighbour(ip: string, iface: string): boolean {
+    if (!this.neighbours.has(`${ip}@${iface}`)) return false; // as the kernel's: no MAC to probe
+    this.probes.push(`unicast ${ip}@${iface} ${this.neighbours.get(`${ip}@${iface}`)}`);
+    return true;
+  }
+  override probeNeighbour(ip: string, iface: string): void {
+    this.probes.push(`broadcast ${ip}@${iface}`);
+  }
+  override neighbourHandSet(): string | undefined {
+    return undefined;
+  }
+}
+
+describe('neighbour holds: the reconciler', () => {
+  const KEY = '10.0.0.1@b0';
+  const hex = (mac: string) => mac.replace(/:/g, '');
+  async function setup() {
+    const dp = new Neighbours();
+    const lines: Line[] = [];
+    const clock = { t: 1_000_000 };
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    dp.neighbours.set(KEY, A);
+    dp.answers.set(KEY, A);
+    await c.createRule({
+      name: 'r',
+      protocol: 'udp',
+      port: 5000,
+      destination: '',
+      sourcePrefixes: [],
+      ingressInterfaces: ['in0'],
+      backends: [{ ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 }],
+      udpChecksum: 'update',
+      labels: {},
+    });
+    await c.resync();
+    const b = () => c.getRule('r').status.backends[0];
+    assert.equal(b().mac, A);
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    const inMaps = (mac: string) => dp.snapshot().backends.some((e) => e.includes(hex(mac)));
+    assert.ok(inMaps(A));
+    return { dp, c, lines, clock, b, inMaps };
+  }
+
+  it('keeps the answered MAC in the datapath while a new one is unanswered, and keeps it when it never answers', async () => {
+    const { dp, c, lines, clock, b, inMaps } = await setup();
+    dp.neighbours.set(KEY, W); // another tool: ip neigh replace ... lladdr W nud reachable
+    dp.answers.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W), 'the datapath keeps A');
+    assert.equal(b().mac, A);
+    assert.equal(b().receiving, true);
+    assert.match(b().message, new RegExp(`^MAC ${A} kept .*now holds ${W}, which no probe of ours has had answered`));
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.deepEqual(dp.probes.slice(-1), [`unicast ${KEY} ${W}`], 'W probed at once');
+    assert.equal(lines.filter((l) => /its neighbour entry changed from/.test(l.msg)).length, 1);
+    // Another write, another unanswered MAC: still A, N probed now.
+    dp.neighbours.set(KEY, N);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(N));
+    assert.deepEqual(dp.probes.slice(-1), [`unicast ${KEY} ${N}`]);
+    // N does not answer: the entry fails, is resolved again (broadcast) and A answers.
+    clock.t += 3000;
+    dp.neighbours.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(A), 'still A');
+    assert.match(b().message, new RegExp(`new MAC ${N} did not answer \\(the entry failed\\); resolving it again$`));
+    assert.deepEqual(dp.probes.slice(-1), [`broadcast ${KEY}`]);
+    clock.t += 100;
+    dp.neighbours.set(KEY, A);
+    dp.answers.set(KEY, A);
+    await c.resync();
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    assert.ok(inMaps(A) && !inMaps(W) && !inMaps(N));
+    const said = lines.map((l) => l.msg).filter((m) => /^backend 10\.0\.0\.1 on b0: /.test(m));
+    assert.deepEqual(said.slice(1), [
+      `backend 10.0.0.1 on b0: its neighbour entry now holds ${N}, not answered yet either: ${A} still kept, probing ${N}`,
+      `backend 10.0.0.1 on b0: ${N} did not answer (its neighbour entry failed); ${A} still kept, resolving the entry again`,
+      `backend 10.0.0.1 on b0: ${A} answered an ARP probe of ours again after 3100 ms (${N} did not): kept, ${N} never written`,
+    ]);
+    assert.ok(!lines.some((l) => l.msg === 'the host changed: re-applying rules'), 'nothing re-applied');
+    await c.resync();
+    assert.equal(lines.filter((l) => /^backend 10\.0\.0\.1 on b0: /.test(l.msg)).length, 4, 'each said once');
+  });
+
+  it('follows a new MAC once it answers (a real change), and the entry after NEIGHBOUR_HOLD_MS without answers', async () => {
+    const { dp, c, lines, clock, b, inMaps } = await setup();
+    dp.neighbours.set(KEY, N); // the host moved to N and announced it
+    dp.answers.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(N));
+    clock.t += 40;
+    dp.answers.set(KEY, N); // our probe of N answered
+    await c.resync();
+    assert.ok(inMaps(N) && !inMaps(A), 'N written');
+    assert.equal(b().mac, N);
+    assert.ok(
+      lines.some(
+        (l) =>
+          l.msg === `backend 10.0.0.1 on b0: ${N} answered an ARP probe of ours after 40 ms: written instead of ${A}`,
+      ),
+    );
+    assert.ok(
+      lines.some((l) => l.msg === `backend 10.0.0.1 on b0 has a new MAC, ${A} -> ${N} (neighbour table): rewritten`),
+    );
+
+    // Now N is confirmed; the entry changes to W, which never answers and never fails: given up after the bound.
+    dp.neighbours.set(KEY, W);
+    dp.answers.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(N) && !inMaps(W));
+    clock.t += NEIGHBOUR_HOLD_MS - 1;
+    await c.resync();
+    assert.ok(inMaps(N) && !inMaps(W), 'kept up to the bound');
+    clock.t += 1;
+    await c.resync();
+    assert.ok(inMaps(W), 'followed after the bound');
+    assert.match(b().message, /not confirmed yet/);
+    assert.ok(lines.some((l) => l.level === 'warn' && /no MAC answered within 8000 ms/.test(l.msg)));
+  });
+
+  it('writes a never-resolved backend’s first MAC at once, unanswered (nothing better to keep)', async () => {
+    const dp = new Neighbours();
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
+    await c.createRule({
+      name: 'r',
+      protocol: 'udp',
+      port: 5000,
+      destination: '',
+      sourcePrefixes: [],
+      ingressInterfaces: ['in0'],
+      backends: [{ ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 }],
+      udpChecksum: 'update',
+      labels: {},
+    });
+    await c.resync();
+    assert.equal(c.getRule('r').status.backends[0].receiving, false);
+    dp.neighbours.set(KEY, W);
+    await c.resync();
+    const b = c.getRule('r').status.backends[0];
+    assert.deepEqual([b.mac, b.receiving], [W, true]);
+    assert.match(b.message, /not confirmed yet/);
+  });
+});
