@@ -84,6 +84,9 @@ export class DaemonProcess {
     );
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
+    // The 20 s guard is cleared once settled: a pending timer keeps the test file's process alive (the
+    // runner waits for its exit), so a file that started a daemon last took up to 20 s more to end.
+    let guard: NodeJS.Timeout | undefined;
     const { addresses, http, prometheus } = await new Promise<ReadyLine>((resolve, reject) => {
       child.stdout!.on('data', (d) => {
         out += d;
@@ -91,8 +94,8 @@ export class DaemonProcess {
         if (line) resolve(JSON.parse(line) as ReadyLine);
       });
       child.on('exit', (code) => reject(new Error(`xdpctld exited ${code}: ${out}`)));
-      setTimeout(() => reject(new Error(`xdpctld not ready after 20 s: ${out}`)), 20_000);
-    });
+      guard = setTimeout(() => reject(new Error(`xdpctld not ready after 20 s: ${out}`)), 20_000);
+    }).finally(() => clearTimeout(guard));
     const d = new DaemonProcess(
       child,
       pinRoot,

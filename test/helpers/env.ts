@@ -59,6 +59,19 @@ export function shQuiet(cmd: string, args: string[]): void {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * `p`, or `late` if it has not settled within `ms`. The timer is cleared once `p` settles: a pending one
+ * would keep the test file's process alive (the runner waits for it to exit) for the rest of `ms`.
+ */
+export async function within<T>(p: Promise<T>, ms: number, late: string): Promise<T | string> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<string>((r) => (timer = setTimeout(() => r(late), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Poll `ok` every 50 ms until it holds; fail naming `what` if it does not within `ms`. `what` may be a
  * function, called at the failure, to say what was last seen instead.
  */

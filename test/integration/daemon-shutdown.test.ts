@@ -13,7 +13,7 @@ import { ClientError, Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { kernelOnly, ROOT, runId, sh, sleep, within } from '../helpers/env.js';
 import { PYTHON } from '../helpers/python-client.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
@@ -182,7 +182,7 @@ describe('daemon shutdown', kernelOnly(), () => {
       await sleep(3000); // their windows and buffers fill; the daemon's writes stall
       const t0 = Date.now();
       // (Bounded here so that a regression fails this test instead of hanging the suite.)
-      const code = await Promise.race([d.stop('SIGTERM'), sleep(30_000).then(() => 'still running after 30 s')]);
+      const code = await within(d.stop('SIGTERM'), 30_000, 'still running after 30 s');
       const took = Date.now() - t0;
       t.diagnostic(`exit ${code} ${took} ms after SIGTERM with two stopped readers`);
       assert.equal(code, 0, d.output.slice(-3000));

@@ -33,7 +33,7 @@ import { startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.j
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { Protocol, RuleServiceDefinition, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep, within } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -535,7 +535,7 @@ describe('telemetry of a real daemon', kernelOnly(), () => {
         });
         await d.clients().daemon.getStatus({});
         const t0 = Date.now();
-        const code = await Promise.race([d.stop(), sleep(30_000).then(() => 'still running after 30 s')]);
+        const code = await within(d.stop(), 30_000, 'still running after 30 s');
         const took = Date.now() - t0;
         t.diagnostic(`exit ${code} ${took} ms after SIGTERM, the collector never answering`);
         assert.equal(code, 0, d.output.slice(-2000));
