@@ -1,5 +1,7 @@
-/** Drive test/helpers/udp-tool.mjs inside namespaces. */
+/** Drive test/helpers/udp-tool.mjs inside namespaces; datagramSizes: which sizes of datagram get through. */
 import { spawn, type ChildProcess } from 'node:child_process';
+
+import { sh, until } from './env.js';
 
 const TOOL = new URL('./udp-tool.mjs', import.meta.url).pathname;
 
@@ -95,4 +97,51 @@ export function sendUdp(
   // Stop early (SIGUSR1): `done` then reports how many were really sent.
   const stop = () => void child.kill('SIGUSR1');
   return { done, child, stop };
+}
+
+/**
+ * Prints READY, then the size of each UDP datagram received on (ip, port) until `expected` have come or 1.5 s
+ * pass without one (the others were dropped). argv: ip port expected.
+ */
+const SIZES_RECEIVER = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(1.5)
+print('READY', flush=True)
+try:
+    for _ in range(int(sys.argv[3])):
+        print(len(s.recv(65535)), flush=True)
+except socket.timeout:
+    pass
+`;
+
+/**
+ * One UDP datagram of each payload size in `sizes`, sent in that order from the named namespace `from` to
+ * (`dst`, `port`); returns the sizes received on (`ip`, `port`) in the namespace that `enter` (nsenter's
+ * arguments, e.g. ['--net=/run/netns/NAME'] or ['-t', PID, '-n']) names, in arrival order. It returns as soon
+ * as every one has arrived, else 1.5 s after the last that did (was: always 1.5 s after the last).
+ */
+export async function datagramSizes(
+  from: string,
+  dst: string,
+  enter: string[],
+  ip: string,
+  port: number,
+  sizes: number[],
+): Promise<number[]> {
+  const recv = spawn('nsenter', [...enter, 'python3', '-c', SIZES_RECEIVER, ip, String(port), String(sizes.length)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  recv.stdout!.on('data', (x) => (out += x));
+  const exited = new Promise((r) => recv.once('exit', r));
+  await until('receiver ready', () => out.includes('READY'));
+  const send = sizes.map((n) => `s.sendto(b'x' * ${n}, ('${dst}', ${port}))`).join('; ');
+  sh('ip', ['netns', 'exec', from, 'python3', '-c', `import socket; s = socket.socket(2, 2); ${send}`]);
+  await exited;
+  return out
+    .split('\n')
+    .filter((l) => /^\d+$/.test(l))
+    .map(Number);
 }

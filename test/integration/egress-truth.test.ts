@@ -22,22 +22,9 @@ import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/ru
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
+import { datagramSizes } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
-
-/** Prints the length of each datagram received on (ip, port) until 1.5 s pass without one. */
-const RECEIVER = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(1.5)
-print('READY', flush=True)
-try:
-    while True:
-        print(len(s.recv(65535)), flush=True)
-except socket.timeout:
-    pass
-`;
 
 describe('egress truth: MTU and unverifiable link egresses as observed', kernelOnly(), () => {
   const id = runId();
@@ -64,21 +51,8 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
   const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
 
   /** UDP payloads of each size sent from `from` to the rule's port; the sizes `to` received. */
-  async function deliver(from: Host, to: Host, port: number, sizes: number[]): Promise<number[]> {
-    const recv = spawn('ip', ['netns', 'exec', to.netns, 'python3', '-c', RECEIVER, to.ip!, String(port)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    recv.stdout.on('data', (x) => (out += x));
-    await until('receiver ready', () => out.includes('READY'));
-    const send = sizes.map((n) => `s.sendto(b'x' * ${n}, ('${NOWHERE}', ${port}))`).join('; ');
-    sh('ip', ['netns', 'exec', from.netns, 'python3', '-c', `import socket; s = socket.socket(2, 2); ${send}`]);
-    await new Promise((r) => recv.once('exit', r));
-    return out
-      .split('\n')
-      .filter((l) => /^\d+$/.test(l))
-      .map(Number);
-  }
+  const deliver = (from: Host, to: Host, port: number, sizes: number[]) =>
+    datagramSizes(from.netns, NOWHERE, [`--net=/run/netns/${to.netns}`], to.ip!, port, sizes);
 
   it('a backend egress MTU below the ingress MTU: DEGRADED, naming both MTUs and the largest datagram that passes', async (t) => {
     await c.rules.createRule({

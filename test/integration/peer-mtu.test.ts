@@ -25,22 +25,9 @@ import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/ru
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
+import { datagramSizes } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
-
-/** Prints the length of each datagram received on (ip, port) until 1.5 s pass without one. */
-const RECEIVER = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(1.5)
-print('READY', flush=True)
-try:
-    while True:
-        print(len(s.recv(65535)), flush=True)
-except socket.timeout:
-    pass
-`;
 
 describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
   const id = runId();
@@ -66,22 +53,9 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
 
   const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
 
-  /** UDP payloads of each size sent from `from` to the rule's port; the sizes received in `netns` on ip. */
-  async function deliver(from: Host, enter: string[], ip: string, port: number, sizes: number[]): Promise<number[]> {
-    const recv = spawn('nsenter', [...enter, 'python3', '-c', RECEIVER, ip, String(port)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    recv.stdout.on('data', (x) => (out += x));
-    await until('receiver ready', () => out.includes('READY'));
-    const send = sizes.map((n) => `s.sendto(b'x' * ${n}, ('${NOWHERE}', ${port}))`).join('; ');
-    sh('ip', ['netns', 'exec', from.netns, 'python3', '-c', `import socket; s = socket.socket(2, 2); ${send}`]);
-    await new Promise((r) => recv.once('exit', r));
-    return out
-      .split('\n')
-      .filter((l) => /^\d+$/.test(l))
-      .map(Number);
-  }
+  /** UDP payloads of each size sent from `from` to the rule's port; the sizes received on ip in the namespace `enter` names. */
+  const deliver = (from: Host, enter: string[], ip: string, port: number, sizes: number[]) =>
+    datagramSizes(from.netns, NOWHERE, enter, ip, port, sizes);
 
   it('a backend whose veth peer in a named netns has a smaller MTU: DEGRADED, FramesFit False naming the peer', async (t) => {
     await c.rules.createRule({

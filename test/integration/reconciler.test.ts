@@ -21,7 +21,7 @@ import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/x
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { datagramSizes, sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
@@ -310,21 +310,8 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     const mtuWarning = async () => (await status('mtu')).warnings.find((w) => /MTU/.test(w));
     assert.equal(await mtuWarning(), undefined, 'same MTU: no warning');
     /** Datagrams of each size sent from vm to the rule's port; the sizes b4 received. */
-    const deliver = async (sizes: number[]) => {
-      const recv = spawn('ip', ['netns', 'exec', b4.netns, 'python3', '-c', RECEIVER, b4.ip!, '7997'], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      let out = '';
-      recv.stdout.on('data', (x) => (out += x));
-      await until('receiver ready', () => out.includes('READY'));
-      const send = sizes.map((n) => `s.sendto(b'x' * ${n}, ('${NOWHERE}', 7997))`).join('; ');
-      sh('ip', ['netns', 'exec', vm.netns, 'python3', '-c', `import socket; s = socket.socket(2, 2); ${send}`]);
-      await new Promise((r) => recv.once('exit', r));
-      return out
-        .split('\n')
-        .filter((l) => /^\d+$/.test(l))
-        .map(Number);
-    };
+    const deliver = (sizes: number[]) =>
+      datagramSizes(vm.netns, NOWHERE, [`--net=/run/netns/${b4.netns}`], b4.ip!, 7997, sizes);
     assert.deepEqual(await deliver([1000, 1400]), [1000, 1400], 'both delivered at MTU 1500');
     sh('ip', ['link', 'set', b4.hostIf, 'mtu', '1280']);
     try {
@@ -355,17 +342,3 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     await c.rules.deleteRule({ name: 'mtu', expectedGeneration: 0n });
   });
 });
-
-/** Prints READY, then the size of each UDP datagram received on (ip, port) until 1.5 s pass without one. */
-const RECEIVER = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(1.5)
-print('READY', flush=True)
-try:
-    while True:
-        print(len(s.recv(65535)), flush=True)
-except socket.timeout:
-    pass
-`;
