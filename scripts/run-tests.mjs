@@ -28,6 +28,32 @@ import { fileURLToPath } from 'node:url';
  */
 const ALONE = ['test/integration/access-backpressure.test.ts'];
 
+/**
+ * The longest files start first, in this order; the others follow in alphabetical order. Two files run at a
+ * time, so a long file that starts late runs on alone at the end. The CPU-bound ones (hostile-input,
+ * concurrency, large-responses, rollback-property) are spaced out so that each runs beside files that mostly
+ * wait for reconciler passes, not beside each other. Seconds each took in the CI run of 2026-12-05.
+ */
+const FIRST = [
+  'test/integration/hostile-input.test.ts', // 122 s, CPU-bound
+  'test/integration/tls.test.ts', // 56
+  'test/integration/config-file.test.ts', // 30
+  'test/integration/reconciler.test.ts', // 29
+  'test/integration/concurrency.test.ts', // 98, CPU-bound (a 60 s soak)
+  'test/integration/single-instance.test.ts', // 29
+  'test/integration/adopt-unprivileged.test.ts', // 28
+  'test/integration/large-responses.test.ts', // 67, CPU-bound
+  'test/integration/static-mac.test.ts', // 24
+  'test/integration/bench-smoke.test.ts', // 25
+  'test/integration/kernel-drift.test.ts', // 23
+  'test/unit/rollback-property.test.ts', // 31-41, CPU-bound
+  'test/integration/package.test.ts', // 23
+  'test/integration/reapply-truth.test.ts', // 23
+  'test/integration/cli.test.ts', // 23
+  'test/integration/egress-unverifiable.test.ts', // 21
+  'test/integration/start-refused.test.ts', // 20
+];
+
 const root = fileURLToPath(new URL('..', import.meta.url));
 
 // The project's Node: engines' minimum, else re-run through scripts/with-node (the pinned version).
@@ -62,7 +88,13 @@ function find(dir) {
 let args = process.argv.slice(2);
 const hogAll = args.includes('--cpu-hog');
 args = args.filter((a) => a !== '--cpu-hog');
-let files = find(join(root, 'test')).sort();
+const rank = (f) => {
+  const i = FIRST.findIndex((l) => f.endsWith(l));
+  return i < 0 ? FIRST.length : i;
+};
+let files = find(join(root, 'test'))
+  .sort()
+  .sort((a, b) => rank(a) - rank(b));
 if (args.length) files = files.filter((f) => args.some((a) => f.includes(a)));
 if (files.length === 0) {
   console.error('run-tests: no test files matched');
