@@ -53,6 +53,10 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     writeFileSync(`${file}.tmp`, text);
     renameSync(`${file}.tmp`, file);
   };
+  /** Until the daemon has logged a line matching `re` (at most 5 s; the assertion that follows says what). */
+  const logged = async (re: RegExp) => {
+    for (let i = 0; i < 50 && !re.test(d!.output); i++) await sleep(100);
+  };
 
   it('follows the file through three versions and keeps the last good one', async () => {
     writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n`);
@@ -76,8 +80,9 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
     assert.doesNotMatch(d.output, /invalid config/, 'the half-written file caused no error');
 
     saveByRename(`links:\n  ${h1.hostIf}: nosuchif0\n`);
-    await sleep(1200);
-    assert.match(d.output, /interface \\?"nosuchif0\\?" does not exist; the last good configuration keeps running/);
+    const nosuchif = /interface \\?"nosuchif0\\?" does not exist; the last good configuration keeps running/;
+    await logged(nosuchif);
+    assert.match(d.output, nosuchif);
     // A rule whose third backend has the broadcast MAC: refused naming the field, as over gRPC.
     saveByRename(
       `links:\n  ${h2.hostIf}: ${h3.hostIf}\nrules:\n  - name: web\n    port: 7999\n    ingress: [${h1.hostIf}]\n` +
@@ -89,14 +94,13 @@ describe('config-file mode (xdp-xconnect workflow)', kernelOnly(), () => {
           )
           .join(''),
     );
-    await sleep(1200);
-    assert.match(
-      d.output,
-      /not applied: rules\[0\]\.backends\[2\]\.mac: .*broadcast.*the last good configuration keeps running/,
-    );
+    const broadcast =
+      /not applied: rules\[0\]\.backends\[2\]\.mac: .*broadcast.*the last good configuration keeps running/;
+    await logged(broadcast);
+    assert.match(d.output, broadcast);
     assert.deepEqual((await c.rules.listRules({})).rules, [], 'nothing of the file applied');
     saveByRename(`links: {${h1.hostIf}: \n`);
-    await sleep(1200);
+    await logged(/invalid config .*; the last good configuration keeps running/);
     assert.match(d.output, /invalid config .*; the last good configuration keeps running/);
     assert.deepEqual(await links(), [pair(h2, h3)]);
     assert.equal(topo.ping('h2', h3.ip!), true, 'bad files: h2 -> h3 still');
@@ -172,6 +176,10 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
       .split('\n')
       .filter((l) => l.includes('"msg":"config applied"'))
       .map((l) => JSON.parse(l) as { configuration: { links: string[]; rules: unknown[] } });
+  /** Until the daemon has logged a line matching `re` (at most 5 s; the assertion that follows says what). */
+  const logged = async (re: RegExp) => {
+    for (let i = 0; i < 50 && !re.test(d!.output); i++) await sleep(100);
+  };
 
   it('keeps forwarding through an empty or comment-only file; links: {} clears; the log shows the whole configuration', async () => {
     writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n`);
@@ -187,11 +195,10 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     writeFileSync(file, '');
     const received = await during;
     assert.equal(received, 30, `every ping through the empty file is answered (${received}/30)`);
-    await sleep(700); // past the debounce and the re-read
-    assert.match(
-      d.output,
-      /config \S+ is empty \(write \\"links: \{\}\\" to remove every link.*the last good configuration keeps running/,
-    );
+    const empty =
+      /config \S+ is empty \(write \\"links: \{\}\\" to remove every link.*the last good configuration keeps running/;
+    await logged(empty); // past the debounce and the re-read
+    assert.match(d.output, empty);
     assert.equal(await linkCount(), 1, 'the link stays');
     assert.equal(await health(), SERVING, 'the datapath is as desired: the last good configuration');
     assert.equal(applied().length, 1, 'nothing applied');
@@ -229,7 +236,7 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     await d!.stop();
     writeFileSync(file, '');
     d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', '--xdp-mode', 'generic']);
-    await sleep(700);
+    await logged(/is empty .*the last good configuration keeps running/);
     assert.equal(await linkCount(), 1, 'the stored link is kept');
     assert.equal(topo.ping('h1', h2.ip!), true);
     assert.match(d.output, /is empty .*the last good configuration keeps running/);
@@ -244,7 +251,7 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     assert.equal(await linkCount(), 1);
     const before = applied().length;
     writeFileSync(file, 'rules: []\n');
-    await sleep(1200);
+    await logged(/has no \\"links:\\" section while the configuration in force has 1 link: not applied/);
     assert.equal(await linkCount(), 1, 'the link stays');
     assert.equal(topo.ping('h1', h2.ip!), true, 'and forwards');
     assert.match(
@@ -261,7 +268,7 @@ describe('config-file mode: an empty file keeps the last good configuration', ke
     const tap = `xq${id}a`;
     try {
       writeFileSync(file, `links:\n  ${h1.hostIf}: ${h2.hostIf}\n  ${h3.hostIf}: ${tap}\n`);
-      await sleep(1200);
+      await logged(new RegExp(`${tap}.*does not exist.*tried again until the interface exists`));
       assert.equal(await linkCount(), 0, 'refused whole: nothing of it applied');
       assert.match(d!.output, new RegExp(`${tap}.*does not exist.*tried again until the interface exists`));
       sh('ip', ['link', 'add', tap, 'type', 'veth', 'peer', 'name', `xq${id}b`]);
