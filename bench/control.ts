@@ -94,6 +94,8 @@ export interface ControlBenchOptions {
   watchModes?: ('full' | 'changes')[];
   /** Override the rule counts of the scale section (profiling). */
   scaleSizes?: number[];
+  /** Override the number of UpdateRule calls per size of the scale section (profiling). */
+  scaleChanges?: number;
   /** Override the number of restarts the start section times (profiling). */
   startRuns?: number;
 }
@@ -1161,6 +1163,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
   if (opts.applySizes) n.applySizes = opts.applySizes;
   if (opts.watchers) n.watchers = opts.watchers;
   if (opts.scaleSizes) n.scaleSizes = opts.scaleSizes;
+  if (opts.scaleChanges) n.scaleChanges = opts.scaleChanges;
   if (opts.startRuns) n.startRuns = opts.startRuns;
   const id = randomBytes(2).toString('hex');
   const maxRules = Math.max(...n.applySizes, n.startRules, n.watchRules) + 1;

@@ -525,7 +525,7 @@ export class KernelDataplane implements Dataplane {
   async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
     let table: Map<string, NeighbourEntry>;
     try {
-      table = await neighbourTable();
+      table = neighbourTable();
     } catch {
       return new Map();
     }

@@ -20,7 +20,16 @@ import koffi from 'koffi';
 
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
-import { NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+import {
+  NETLINK_ROUTE,
+  NLM_F_ACK,
+  NLM_F_CREATE,
+  NLM_F_REPLACE,
+  nlAttr,
+  nlAttrs,
+  nlDump,
+  nlRequest,
+} from './netlink.js';
 
 const run = promisify(execFile);
 
@@ -507,29 +516,75 @@ export async function neighbourMac(ip: string, dev: string): Promise<string | un
   return (await neighbourEntry(ip, dev)).mac;
 }
 
+/** NUD states (linux/neighbour.h), in the order `ip neigh` prints them. */
+const NUD_NAMES: [number, string][] = [
+  [0x01, 'INCOMPLETE'],
+  [0x02, 'REACHABLE'],
+  [0x04, 'STALE'],
+  [0x08, 'DELAY'],
+  [0x10, 'PROBE'],
+  [0x20, 'FAILED'],
+  [0x40, 'NOARP'],
+  [0x80, 'PERMANENT'],
+];
+/** The names of a NUD state's bits (empty for NUD_NONE). */
+function nudStates(nud: number): string[] {
+  const out: string[] = [];
+  for (const [bit, name] of NUD_NAMES) if (nud & bit) out.push(name);
+  return out;
+}
+
+/** USER_HZ: the unit of nda_cacheinfo's ages (clock ticks), as iproute2 divides them. */
+const USER_HZ = 100;
+const RTM_GETNEIGH = 30;
+const NUD_FAILED = 0x20;
+const NUD_NOARP = 0x40;
+/** ndm_flags: an entry learned from outside (a bridge's FDB user): `ip` shows it whatever its state. */
+const NTF_EXT_LEARNED = 0x10;
+const NDA_LLADDR = 2;
+const NDA_CACHEINFO = 3;
+
 /**
- * The whole IPv4 neighbour table of the daemon's namespace in one read (`ip -4 -s neigh`):
- * "ip@dev" -> entry (as {@link neighbourEntry} reads one). One process for every backend of a pass.
+ * The whole IPv4 neighbour table of the daemon's namespace in one read: one RTM_GETNEIGH dump (what
+ * `ip -4 -s neigh show` prints, and as it filters: entries in NUD_NONE or only NOARP are left out):
+ * "ip@dev" -> entry (as {@link neighbourEntry} reads one). It was `ip -j -4 -s neigh show`, a process
+ * forked from the daemon at every reconciler pass (5-20 ms on the main thread for a daemon of a few
+ * hundred MB, and passes run at every neighbour change).
  */
-export async function neighbourTable(): Promise<Map<string, NeighbourEntry>> {
-  const entries = (await ipJson(['-4', '-s', 'neigh', 'show'])) as {
-    dst?: string;
-    dev?: string;
-    lladdr?: string;
-    state?: string[];
-    confirmed?: number;
-  }[];
+export function neighbourTable(): Map<string, NeighbourEntry> {
+  const ndmsg = Buffer.alloc(12); // struct ndmsg
+  ndmsg.writeUInt8(AF_INET, 0);
   const out = new Map<string, NeighbourEntry>();
-  for (const e of entries) {
-    if (!e.dst || !e.dev) continue;
-    const states = e.state ?? [];
-    out.set(`${e.dst}@${e.dev}`, {
-      mac: states.includes('FAILED') ? undefined : e.lladdr,
+  const names = new Map<number, string | undefined>();
+  for (const m of nlDump(NETLINK_ROUTE, RTM_GETNEIGH, ndmsg, Buffer.alloc(0), 'read the neighbour table')) {
+    if (m.length < 12 || m.readUInt8(0) !== AF_INET) continue;
+    const ifindex = m.readInt32LE(4);
+    const nud = m.readUInt16LE(8);
+    // ip neigh show: state NONE is not shown, nor NOARP alone (unless `nud all` or externally learned).
+    if ((nud & (0xff & ~NUD_NOARP)) === 0 && !(m.readUInt8(10) & NTF_EXT_LEARNED)) continue;
+    const attrs = nlAttrs(m, 12);
+    const dst = attrs.get(NDA_DST);
+    if (!dst || dst.length !== 4) continue;
+    if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
+    const dev = names.get(ifindex);
+    if (!dev) continue;
+    const states = nudStates(nud);
+    const ll = attrs.get(NDA_LLADDR);
+    const ci = attrs.get(NDA_CACHEINFO);
+    out.set(`${dst[0]}.${dst[1]}.${dst[2]}.${dst[3]}@${dev}`, {
+      mac: nud & NUD_FAILED || !ll || ll.length === 0 ? undefined : macText(ll),
       states,
-      confirmed: e.confirmed,
+      confirmed: ci && ci.length >= 4 ? Math.floor(ci.readUInt32LE(0) / USER_HZ) : undefined,
     });
   }
   return out;
+}
+
+/** A link-layer address as `ip` prints it (lower-case hex, colons). */
+function macText(b: Buffer): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += (i ? ':' : '') + (b[i] < 16 ? '0' : '') + b[i].toString(16);
+  return s;
 }
 
 /** IFF_PROMISC (linux/if.h): the device takes frames for every MAC. */
