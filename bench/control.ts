@@ -1022,6 +1022,11 @@ export function scaleSpec(net: Net, i: number, variant = 0): Rule {
   };
 }
 
+/** XDPCTL_BENCH_PHASES=1: each step of section 5 on stderr with its time (ms since the epoch), to lay a profile over. */
+const phase = (what: string) => {
+  if (process.env.XDPCTL_BENCH_PHASES) process.stderr.write(`phase ${Date.now()} ${what}\n`);
+};
+
 /**
  * Section 5, cost per change against the rule count: with 10 / 1 000 /
  * 10 000 / 100 000 rules installed, UpdateRule p50 end to end (one rule's
@@ -1063,6 +1068,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
       ];
       if (size === readSize) {
         // Install, then replace all of them while reading from another connection.
+        phase(`apply ${size} (install)`);
         await rules.applyRules({ rules: set(0) });
         await d.loopDelayMaxMs(); // resets the window
         const lat: number[] = [];
@@ -1077,7 +1083,9 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
           }
         })();
         const t0 = nowMs();
+        phase(`apply ${size} (replace)`);
         await rules.applyRules({ rules: set(1) });
+        phase('apply done');
         const applyMs = nowMs() - t0;
         done = true;
         await reads;
@@ -1099,6 +1107,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
         await sleep(200);
         await d.loopDelayMaxMs(); // resets the window
         const scrapeMs: number[] = [];
+        phase('scrapes');
         let series = 0;
         for (let i = 0; i < 3; i++) {
           const t1 = nowMs();
@@ -1121,6 +1130,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
       } else {
         await rules.applyRules({ rules: set(0) });
       }
+      phase(`updates ${size}`);
       for (let i = 0; i < Math.min(10, n.scaleChanges); i++) await update(rules); // warm up
       const xs: number[] = [];
       const fs: number[] = [];
@@ -1128,6 +1138,7 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
         xs.push(await update(rules));
         fs.push(fsyncOnce());
       }
+      phase('updates done');
       const f = figure(`UpdateRule p50 with ${size} rules installed`, 'µs', [pct(xs, 0.5)], n.scaleChanges, {
         note: `p99 ${fmt(pct(xs, 0.99))} µs`,
       });

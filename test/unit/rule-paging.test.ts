@@ -8,8 +8,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { Controller, RuleView } from '../../src/server/core/controller.js';
+import { serializer } from '../../src/server/services/encoded-reply.js';
 import { MAX_PAGE_BYTES, ruleService } from '../../src/server/services/rule-service.js';
-import { ApplyRulesResponse, ListRulesResponse } from '../../src/gen/xdpctl/v1/rule.js';
+import { ApplyRulesResponse, ListRulesResponse, Rule } from '../../src/gen/xdpctl/v1/rule.js';
 
 const CLIENT_LIMIT = 4 * 1024 * 1024;
 const name63 = (prefix: string, i: number) => `${prefix}${String(i).padStart(4, '0')}`.padEnd(63, 'x');
@@ -76,6 +77,31 @@ describe('responses within the client limit', () => {
       rules.map((r) => r.name),
     );
     assert.ok(pages > 1, `${pages} pages`);
+  });
+
+  it('every page holds as many rules as fit (each counted as its encoding + 8 bytes), sent as its own encoding', async () => {
+    const wire = serializer((r: ListRulesResponse) => ListRulesResponse.encode(r).finish());
+    for (const pageSize of [1, 10, 100, 300, 350, 400, 1000]) {
+      let token = '';
+      let taken = 0;
+      do {
+        const page = await svc.listRules({ pageSize, pageToken: token });
+        const sizes = page.rules.map((r) => Rule.encode(r).finish().length + 8);
+        const bytes = sizes.reduce((a, b) => a + b, 0);
+        assert.ok(page.rules.length >= 1 && page.rules.length <= pageSize);
+        assert.ok(page.rules.length === 1 || bytes <= MAX_PAGE_BYTES, `${pageSize}: ${bytes} bytes`);
+        taken += page.rules.length;
+        if (page.rules.length < pageSize && taken < rules.length) {
+          const next = Rule.encode(
+            (await svc.listRules({ pageSize: 1, pageToken: page.nextPageToken })).rules[0],
+          ).finish().length;
+          assert.ok(bytes + next + 8 > MAX_PAGE_BYTES, `${pageSize}: the next rule would have fitted`);
+        }
+        assert.deepEqual(Buffer.from(wire(page)), Buffer.from(ListRulesResponse.encode(page).finish()), `${pageSize}`);
+        token = page.nextPageToken;
+      } while (token);
+      assert.equal(taken, rules.length, `${pageSize}: every rule once`);
+    }
   });
 
   it('ApplyRules leaves the rule set out when it would not fit, and says so', async () => {

@@ -43,6 +43,36 @@ export function encodeRule(rule: Rule): Uint8Array {
   }
 }
 
+let pageWriter = new BinaryWriter();
+/** The largest buffer {@link ruleFieldsMessage}'s writer keeps between messages. */
+const KEEP_BYTES = 256 << 10;
+
+/**
+ * A message whose field `field` holds each of `rules` (in order), then the string field `tail` if not empty:
+ * the bytes of `fieldsMessage(rules.map((r) => [field, encodeRule(r)]), tail)`, written through one kept
+ * writer and copied out once (GetRule, CreateRule, a page of ListRules): one allocation per message instead of
+ * one per rule and one per growth of a fresh writer. A CPU profile of ListRules (pages of 100) during an
+ * ApplyRules of 10 000 rules had 60 % of its time in encodeRule, most of it the copy each rule's finish() makes.
+ */
+export function ruleFieldsMessage(
+  field: number,
+  rules: readonly Rule[],
+  tail?: readonly [field: number, text: string],
+) {
+  const w = pageWriter;
+  try {
+    for (const r of rules) Rule.encode(r, w.uint32((field << 3) | 2).fork()).join();
+    if (tail && tail[1] !== '') w.uint32((tail[0] << 3) | 2).string(tail[1]);
+    const bytes = w.finish();
+    // The writer keeps its buffer: not one grown by a page of large rules (MBs held for the process's life).
+    if (bytes.length > KEEP_BYTES) pageWriter = new BinaryWriter();
+    return bytes;
+  } catch (e) {
+    pageWriter = new BinaryWriter(); // a half-written message must not reach the next one
+    throw e;
+  }
+}
+
 /** A message of length-delimited fields: `[field number, bytes]` in order, then a string field if not empty. */
 export function fieldsMessage(
   parts: Iterable<readonly [field: number, bytes: Uint8Array]>,

@@ -9,7 +9,7 @@ import type { Rule, RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { decodeApplyRulesLazily, encodeApplyRulesReply, lazyRules } from './apply-rules-codec.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 import { fromTsProto } from './definition.js';
-import { encodeRule, fieldsMessage, serializer, withBytes } from './encoded-reply.js';
+import { encodeRule, fieldsMessage, ruleFieldsMessage, serializer, withBytes } from './encoded-reply.js';
 import { pageToken, pageTokenKey } from './paging.js';
 
 const DEFAULT_PAGE = 100;
@@ -38,12 +38,12 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     async createRule(req, { signal }) {
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
       const rule = ruleToProto(await ctl.createRule(ruleFromProto(req.rule), { signal }));
-      return withBytes({ rule }, fieldsMessage([[1, encodeRule(rule)]]));
+      return withBytes({ rule }, ruleFieldsMessage(1, [rule]));
     },
     async getRule(req) {
       checkName(req.name);
       const rule = ruleToProto(ctl.getRule(req.name));
-      return withBytes({ rule }, fieldsMessage([[1, encodeRule(rule)]]));
+      return withBytes({ rule }, ruleFieldsMessage(1, [rule]));
     },
     async listRules(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : Math.min(req.pageSize, MAX_PAGE);
@@ -52,6 +52,15 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       // It costs its size, not the rule count.
       const page = ctl.rulePage(after, size);
       const candidates = page.rules.map(ruleToProto);
+      // The whole page in one piece when it fits for certain: each rule counts below as its length + 8, and
+      // its tag and length take at least 2 of those bytes, so a page within MAX_PAGE_BYTES - 8 x its rules
+      // takes every candidate (the common case: one copy of the page's bytes, no copy per rule).
+      const last = candidates.at(-1);
+      const nextToken = page.more && last ? pageToken('rule', last.name) : '';
+      const whole = ruleFieldsMessage(1, candidates, [2, nextToken]);
+      if (whole.length + 8 * candidates.length <= MAX_PAGE_BYTES) {
+        return withBytes({ rules: candidates, nextPageToken: nextToken }, whole);
+      }
       // At most page_size rules and MAX_PAGE_BYTES encoded (at least one rule), so that no page
       // exceeds a default client's 4 MiB receive limit whatever the rules hold. Each rule is
       // encoded once, to measure it and to send it.
