@@ -3,7 +3,8 @@
  * conditions), with real namespaces, veths and datagrams: an ingress has ProgramAttached; a backend's
  * egress, where no program is meant, has no ProgramAttached False/NotAttached (was: always, as if something
  * were missing) but EgressReady: True while it is up with carrier, False naming why when its veth peer or
- * itself goes down (was: no condition on the interface, only the rule said so), True again when it is back.
+ * itself goes down (was: no condition on the interface, only the rule said so), True again when it is back;
+ * and FramesFit (True here: its MTU is the ingress's; egress-interface-truth.test.ts has it False).
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -19,6 +20,12 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const { CONDITION_STATUS_TRUE: TRUE, CONDITION_STATUS_FALSE: FALSE } = ConditionStatus;
+const FITS = [
+  'FramesFit',
+  TRUE,
+  'MTUFits',
+  'its MTU (and its veth peer MTU) is at least every ingress MTU sending to it',
+];
 
 describe('interface conditions: what each interface is used for', kernelOnly(), () => {
   const id = runId();
@@ -75,7 +82,10 @@ describe('interface conditions: what each interface is used for', kernelOnly(), 
       (await conds(vm.hostIf)).map((x) => x.slice(0, 3)),
       [['ProgramAttached', TRUE, 'Attached']],
     );
-    assert.deepEqual(await conds(b1.hostIf), [['EgressReady', TRUE, 'Up', 'up with carrier (egress of rule/web)']]);
+    assert.deepEqual(await conds(b1.hostIf), [
+      ['EgressReady', TRUE, 'Up', 'up with carrier (egress of rule/web)'],
+      FITS,
+    ]);
     assert.equal(await delivered(), 20);
 
     // Its veth peer down: no carrier here.
@@ -89,6 +99,7 @@ describe('interface conditions: what each interface is used for', kernelOnly(), 
           'EgressDown',
           `egress ${b1.hostIf} has no carrier (nothing at its other end: for a veth, its peer is down) (egress of rule/web)`,
         ],
+        FITS,
       ]);
       assert.equal(await delivered(), 0, 'nothing goes out of it');
     } finally {

@@ -12,19 +12,58 @@ const base = { present: true, name: 'eth1', effectiveMode: 'none', ours: false, 
 const brief = (c: ReturnType<typeof interfaceConditions>) => c.map((x) => [x.type, x.status, x.reason]);
 
 describe('interface conditions by use', () => {
-  it('an egress-only interface without a program: EgressReady only', () => {
+  it('an egress-only interface without a program: EgressReady and FramesFit only', () => {
     assert.deepEqual(brief(interfaceConditions({ ...base, egressFor: ['rule/web/egress'] })), [
       ['EgressReady', 'True', 'Up'],
+      ['FramesFit', 'True', 'MTUFits'],
     ]);
     const down = interfaceConditions({
       ...base,
       egressFor: ['rule/web/egress'],
       egressProblems: ['egress eth1 is down'],
     });
-    assert.deepEqual(brief(down), [['EgressReady', 'False', 'EgressDown']]);
+    assert.deepEqual(brief(down), [
+      ['EgressReady', 'False', 'EgressDown'],
+      ['FramesFit', 'True', 'MTUFits'],
+    ]);
     assert.equal(down[0].message, 'egress eth1 is down (egress of rule/web)');
     assert.deepEqual(brief(interfaceConditions({ ...base, present: false, egressFor: ['link/a:eth1/egress'] })), [
       ['EgressReady', 'False', 'InterfaceMissing'],
+      ['FramesFit', 'Unknown', 'InterfaceMissing'],
+    ]);
+  });
+
+  it("an egress carries what its users' backend judgements found: no native redirects, unverified, MTU", () => {
+    const eg = { ...base, egressFor: ['rule/web/egress'] };
+    const napi = interfaceConditions({
+      ...eg,
+      egressProblems: ['the kernel reports no ndo_xdp_xmit for eth1 (...) (rule/web)'],
+      egressUnverified: ['cannot be verified: eth1: ... (rule/other)'],
+    });
+    // Cannot transmit wins over cannot be verified.
+    assert.deepEqual(brief(napi), [
+      ['EgressReady', 'False', 'EgressCannotTransmit'],
+      ['FramesFit', 'True', 'MTUFits'],
+    ]);
+    assert.equal(napi[0].message, 'the kernel reports no ndo_xdp_xmit for eth1 (...) (rule/web) (egress of rule/web)');
+    const unverified = interfaceConditions({ ...eg, egressUnverified: ['cannot be verified: eth1: why (rule/web)'] });
+    assert.deepEqual(brief(unverified)[0], ['EgressReady', 'Unknown', 'EgressUnverified']);
+    assert.equal(
+      unverified[0].message,
+      'up with carrier; cannot be verified: eth1: why (rule/web) (egress of rule/web)',
+    );
+    const small = 'egress eth1 has MTU 1000, ingress eth0 1500: datagrams ... (rule/web)';
+    const mtu = interfaceConditions({ ...eg, egressFrames: [small] });
+    assert.deepEqual(brief(mtu), [
+      ['EgressReady', 'True', 'Up'],
+      ['FramesFit', 'False', 'EgressMTUTooSmall'],
+    ]);
+    assert.equal(mtu[1].message, small);
+    const peer = "egress eth1's veth peer MTU cannot be verified (no access): ... (rule/web)";
+    assert.deepEqual(brief(interfaceConditions({ ...eg, egressFrames: [peer] }))[1], [
+      'FramesFit',
+      'Unknown',
+      'PeerMTUUnverified',
     ]);
   });
 
@@ -39,6 +78,7 @@ describe('interface conditions by use', () => {
       [
         ['ProgramAttached', 'True', 'Attached'],
         ['EgressReady', 'True', 'Up'],
+        ['FramesFit', 'True', 'MTUFits'],
       ],
     );
     // A foreign program on an egress-only interface is still said.
@@ -47,6 +87,7 @@ describe('interface conditions by use', () => {
       [
         ['ProgramAttached', 'False', 'ForeignProgram'],
         ['EgressReady', 'True', 'Up'],
+        ['FramesFit', 'True', 'MTUFits'],
       ],
     );
   });

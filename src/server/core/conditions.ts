@@ -190,8 +190,15 @@ export interface InterfaceFacts {
   modeWarning?: string;
   /** What sends frames out of it (its "…/egress" users: backends' rules, one-way links); empty: none. */
   egressFor?: readonly string[];
-  /** Why it cannot transmit what they send (down, no carrier, a link direction that cannot), if it cannot. */
+  /**
+   * Why it cannot transmit what they send, if it cannot: down, no carrier, a link direction that cannot, or
+   * what its users' backend judgements found (no native XDP redirects, every redirected frame dropped).
+   */
   egressProblems?: readonly string[];
+  /** Why it cannot be verified that it takes what they send (a veth peer that cannot be inspected), if so. */
+  egressUnverified?: readonly string[];
+  /** Its users' MTU warnings about it (rule-status.ts mtuWarnings, resync.ts for links): its FramesFit. */
+  egressFrames?: readonly string[];
 }
 
 /**
@@ -201,7 +208,7 @@ export interface InterfaceFacts {
  * egress, with no program, has no ProgramAttached condition: none is meant there.
  */
 export function interfaceConditions(i: InterfaceFacts): ObservedCondition[] {
-  const egress = i.egressFor?.length ? [egressCondition(i)] : [];
+  const egress = i.egressFor?.length ? [egressCondition(i), egressFramesCondition(i)] : [];
   if (!i.used && i.effectiveMode === 'none' && egress.length) return egress;
   return [programCondition(i), ...egress];
 }
@@ -222,7 +229,36 @@ function egressCondition(i: InterfaceFacts): ObservedCondition {
     const reason = /is down|no carrier/.test(problems[0]) ? 'EgressDown' : 'EgressCannotTransmit';
     return cond('EgressReady', false, reason, `${problems.join('; ')} (egress of ${users})`);
   }
+  const unverified = i.egressUnverified ?? [];
+  if (unverified.length) {
+    return {
+      type: 'EgressReady',
+      status: 'Unknown',
+      reason: 'EgressUnverified',
+      message: `up with carrier; ${unverified.join('; ')} (egress of ${users})`,
+    };
+  }
   return cond('EgressReady', true, 'Up', `up with carrier (egress of ${users})`);
+}
+
+/**
+ * FramesFit of an egress: what its users' MTU warnings say about it ({@link framesFitCondition}: False when
+ * its MTU, or its veth peer's, is below an ingress's; Unknown when a peer's MTU cannot be read). Not judged
+ * while it is missing.
+ */
+function egressFramesCondition(i: InterfaceFacts): ObservedCondition {
+  if (!i.present) {
+    return {
+      type: 'FramesFit',
+      status: 'Unknown',
+      reason: 'InterfaceMissing',
+      message: `interface ${i.name} does not exist`,
+    };
+  }
+  const c = framesFitCondition(i.egressFrames ?? []);
+  return c.status === 'True'
+    ? { ...c, message: 'its MTU (and its veth peer MTU) is at least every ingress MTU sending to it' }
+    : c;
 }
 
 /** The ProgramAttached condition of an interface. */

@@ -621,14 +621,48 @@ export class Controller {
    */
   private egressUses(): {
     names: Iterable<string>;
-    of: (name: string) => { for: readonly string[]; problems: readonly string[] };
+    of: (name: string) => EgressFacts;
   } {
     const uses = new Map<string, Set<string>>();
     const add = (name: string, user: string) => {
       if (!uses.has(name)) uses.set(name, new Set());
       uses.get(name)!.add(user);
     };
-    for (const r of this.state.rules.values()) for (const b of r.backends) add(b.interface, `rule/${r.name}/egress`);
+    // What the rules' backend judgements say about each egress (one source: their statuses, as GetRule
+    // shows them): why it cannot take frames (no native redirects, every redirected frame dropped), that it
+    // cannot be verified, that its MTU is below an ingress's. Each text once, with the rules it is for.
+    const facts = {
+      problems: new Map<string, Map<string, string[]>>(),
+      unverified: new Map<string, Map<string, string[]>>(),
+      frames: new Map<string, Map<string, string[]>>(),
+    };
+    const note = (kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string) => {
+      let m = kind.get(name);
+      if (!m) kind.set(name, (m = new Map()));
+      const users = m.get(text);
+      if (!users) m.set(text, [user]);
+      else if (users.at(-1) !== user) users.push(user);
+    };
+    for (const r of this.state.rules.values()) {
+      for (const b of r.backends) add(b.interface, `rule/${r.name}/egress`);
+      const s = this.state.ruleKernel.get(r.name)?.status;
+      if (!s || s.state === 'failed') continue;
+      const user = `rule/${r.name}`;
+      for (const b of s.backends) {
+        if (!b.receiving && b.egress) note(facts.problems, b.interface, b.egress, user);
+        else if (b.receiving && b.unverified && b.egressUnverified)
+          note(facts.unverified, b.interface, `cannot be verified: ${b.egressUnverified}`, user);
+      }
+      for (const w of s.warnings) {
+        if (!isMtuWarning(w) && !isMtuUnverified(w)) continue;
+        const b = r.backends.find(
+          (x) =>
+            w.startsWith(`backend ${x.ip}: egress ${x.interface} has MTU `) ||
+            w.startsWith(`backend ${x.ip}: egress ${x.interface}'s veth peer `),
+        );
+        if (b) note(facts.frames, b.interface, w.slice(`backend ${b.ip}: `.length), user);
+      }
+    }
     for (const l of this.state.links.values()) {
       if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
     }
@@ -639,11 +673,26 @@ export class Controller {
       if (!why.includes(to) || why.startsWith('ingress ')) continue;
       linkEgress.set(to, [...(linkEgress.get(to) ?? []), `link ${dir.replace('>', ' -> ')}: ${why}`]);
     }
+    for (const [dir, why] of this.state.linkUnverified) {
+      note(facts.unverified, dir.slice(dir.indexOf('>') + 1), `link ${why}`, `link/${dir.replace('>', ':')}`);
+    }
+    for (const [dir, w] of this.state.linkWarnings) {
+      if (isMtuWarning(w) || isMtuUnverified(w))
+        note(facts.frames, dir.slice(dir.indexOf('>') + 1), `link ${w}`, `link/${dir.replace('>', ':')}`);
+    }
+    const texts = (kind: Map<string, Map<string, string[]>>, name: string) =>
+      [...(kind.get(name) ?? [])].map(([text, users]) => `${text} (${namesOf(users)})`);
     return {
       names: uses.keys(),
       of: (name) => {
         const own = egressProblem(name, this.dp.linkState?.(name));
-        return { for: [...(uses.get(name) ?? [])].sort(), problems: own ? [own] : (linkEgress.get(name) ?? []) };
+        return {
+          for: [...(uses.get(name) ?? [])].sort(),
+          // Down or without carrier says it all (the rules say the same); else every other reason seen.
+          problems: own ? [own] : [...(linkEgress.get(name) ?? []), ...texts(facts.problems, name)],
+          unverified: texts(facts.unverified, name),
+          frames: texts(facts.frames, name),
+        };
       },
     };
   }
@@ -657,8 +706,8 @@ export class Controller {
     used: boolean,
     at: number,
     lookup: ((n: string) => InterfaceInfo | undefined) | undefined,
-    /** Its "…/egress" users and why it cannot transmit for them (egressUses): its EgressReady condition. */
-    egress: { for: readonly string[]; problems: readonly string[] },
+    /** Its "…/egress" users and what is known against it (egressUses): its EgressReady and FramesFit conditions. */
+    egress: EgressFacts,
   ) {
     lookup ??= (n: string) => this.dp.lookupInterface(n);
     const x = this.dp.xdpStatus(name);
@@ -695,6 +744,8 @@ export class Controller {
         used,
         egressFor: egress?.for,
         egressProblems: egress?.problems,
+        egressUnverified: egress?.unverified,
+        egressFrames: egress?.frames,
         modeWarning:
           x?.ours && x.mode !== this.opts.mode
             ? x.warnings?.find((w) => / refused |keeps running in generic mode/.test(w))
@@ -706,6 +757,12 @@ export class Controller {
       warnings.push(`an earlier program of this datapath (id ${x.progId}) runs here, not the one in use`);
     }
     if (x?.warnings) warnings.push(...x.warnings);
+    // What is known against it as an egress: the messages of its EgressReady and FramesFit conditions.
+    if (info) {
+      for (const c of conditions) {
+        if ((c.type === 'EgressReady' || c.type === 'FramesFit') && c.status !== 'True') warnings.push(c.message);
+      }
+    }
     return { x, info, warnings, conditions };
   }
 
@@ -1588,6 +1645,26 @@ function shadowedStatus(r: RuleSpec, status: RuleStatus, shadows: Map<string, Li
 /** The warning a shadowed rule and the link shadowing it both carry. */
 /** Shadowed rules a link's warnings name one by one (link.proto LinkStatus.warnings); one more counts the rest. */
 const MAX_SHADOW_WARNINGS = 16;
+
+/**
+ * An egress interface's uses and what is known against it (Controller.egressUses): the inputs of its
+ * EgressReady and FramesFit conditions. Each text ends with the users it is for.
+ */
+interface EgressFacts {
+  /** Its "…/egress" users, sorted. */
+  for: readonly string[];
+  /** Why it cannot transmit for them (down, no carrier, no native redirects, redirected frames dropped). */
+  problems: readonly string[];
+  /** Why it cannot be verified that it takes what is redirected to it (its veth peer cannot be inspected). */
+  unverified: readonly string[];
+  /** Its MTU (or its veth peer's) below an ingress's, or a peer MTU that cannot be read. */
+  frames: readonly string[];
+}
+
+/** Objects named in a message: up to 5, then how many more. */
+function namesOf(users: readonly string[]): string {
+  return users.length <= 5 ? users.join(', ') : `${users.slice(0, 5).join(', ')} and ${users.length - 5} more`;
+}
 
 function shadowWarning(rule: string, iface: string, l: LinkSpec): string {
   return `rule ${rule} on ${iface} is shadowed by link ${l.a}:${l.b}: frames arriving on ${iface} are cross-connected before rules are matched`;

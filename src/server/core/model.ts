@@ -71,6 +71,15 @@ export interface BackendStatus {
    * no traffic has shown it yet (core/egress-watch.ts). The rule is then DEGRADED, not ACTIVE.
    */
   unverified?: boolean;
+  /**
+   * Why its egress interface cannot take the frames redirected to it, when that is why it is out of the
+   * table (down, no carrier, no native XDP redirects, every redirected frame dropped, gone): a fact about
+   * the interface, which its EgressReady condition states too (Controller.listInterfaces). Not set for a
+   * reason of the backend's own (no neighbour entry, a contradicted static MAC). Not on the wire.
+   */
+  egress?: string;
+  /** With `unverified`: why its egress cannot be verified (its interface's EgressReady is Unknown with it). */
+  egressUnverified?: string;
 }
 
 export type RuleState = 'active' | 'degraded' | 'inactive' | 'failed';

@@ -245,10 +245,17 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     const mac = raw && canonicalMac(raw);
     const napi = facts.napi.get(b.interface);
     const egress =
-      egressProblem(b.interface, facts.links.get(b.interface)) ??
-      (napi && !napi.ok ? napi.detail : undefined) ??
-      (b.mac !== '' ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac)) : undefined);
-    const status = backendStatus({ ip: b.ip, interface: b.interface, givenMac: b.mac, mac, resolved, egress });
+      egressProblem(b.interface, facts.links.get(b.interface)) ?? (napi && !napi.ok ? napi.detail : undefined);
+    const conflict = b.mac !== '' ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac)) : undefined;
+    const status = backendStatus({
+      ip: b.ip,
+      interface: b.interface,
+      givenMac: b.mac,
+      mac,
+      resolved,
+      egress,
+      conflict,
+    });
     return {
       spec: b,
       key: backendKey(b),

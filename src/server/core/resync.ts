@@ -349,10 +349,12 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         if (changed) return;
         const exists = facts.interfaces.get(spec.interface) !== undefined;
         const napi = facts.napi.get(spec.interface);
-        const egress =
+        const egressWhy =
           egressProblem(spec.interface, facts.links.get(spec.interface)) ??
-          (napi?.ok === false ? napi.detail : undefined) ??
-          (spec.mac !== '' ? state.macConflicts.get(staticMacKey(spec.ip, spec.interface, spec.mac)) : undefined);
+          (napi?.ok === false ? napi.detail : undefined);
+        const conflict =
+          spec.mac !== '' ? state.macConflicts.get(staticMacKey(spec.ip, spec.interface, spec.mac)) : undefined;
+        const egress = egressWhy ?? conflict;
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving) {
           changed = true;
@@ -379,7 +381,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         // status says today's reason, as a plan would give it (plan-rules.ts).
         else if (!receiving) {
           const today = exists
-            ? backendStatus({ ip: spec.ip, interface: spec.interface, givenMac: spec.mac, mac, resolved, egress })
+            ? backendStatus({
+                ip: spec.ip,
+                interface: spec.interface,
+                givenMac: spec.mac,
+                mac,
+                resolved,
+                egress: egressWhy,
+                conflict,
+              })
             : absentBackendStatus(spec, movedTo.get(spec.interface));
           if (today.message !== b.message) {
             changed = true;

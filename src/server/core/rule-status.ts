@@ -35,19 +35,23 @@ export function backendStatus(b: {
   givenMac: string;
   mac: string;
   resolved: boolean;
-  /** Why its egress cannot transmit, if it cannot. */
+  /** Why its egress interface cannot transmit, if it cannot (a fact about the interface). */
   egress?: string;
+  /** Why the backend itself cannot take frames through it (a static MAC the host contradicts), if so. */
+  conflict?: string;
 }): BackendStatus {
-  const receiving = b.resolved && !b.egress;
+  const out = b.egress ?? b.conflict;
+  const receiving = b.resolved && !out;
   return {
     ip: b.ip,
     interface: b.interface,
     mac: b.mac,
     resolved: b.resolved,
     receiving,
+    ...(b.egress ? { egress: b.egress } : {}),
     // The egress first: a neighbour entry cannot be looked up (nor help) on an egress that is gone or down.
-    message: b.egress
-      ? `${b.egress}: backend taken out of the table until it can receive`
+    message: out
+      ? `${out}: backend taken out of the table until it can receive`
       : !b.resolved
         ? `no neighbour entry for ${b.ip} on ${b.interface}: backend gets no traffic until its MAC is known`
         : b.givenMac === ''
@@ -202,7 +206,7 @@ export function unverifiedRuleStatus(written: RuleStatus, unverified: ReadonlyMa
   const backends = written.backends.map((b) => {
     const why = b.receiving ? unverified.get(b.interface) : undefined;
     if (!why) return b;
-    const u = { ...b, unverified: true, message: `cannot be verified: ${why}` };
+    const u = { ...b, unverified: true, egressUnverified: why, message: `cannot be verified: ${why}` };
     (hit ??= []).push(u);
     return u;
   });

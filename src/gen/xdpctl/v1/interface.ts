@@ -178,8 +178,14 @@ export interface ManagedInterface {
    * (an ingress, a link source) or some program runs; "EgressReady" where
    * rules or links send frames out of it (true, reason Up: up with carrier;
    * false with reason EgressDown (down, or no carrier: a veth whose peer is
-   * down), EgressCannotTransmit (a link direction into it that cannot take
-   * native redirects) or InterfaceMissing; the message names the users). An
+   * down), EgressCannotTransmit (what its rules' backends or its link
+   * directions were taken out for: no native redirects, every redirected
+   * frame dropped) or InterfaceMissing; unknown with reason EgressUnverified
+   * while whether it takes native redirects cannot be verified; the message
+   * names the users), and "FramesFit" there too (false, EgressMTUTooSmall:
+   * its MTU or its veth peer's is below an ingress's that sends to it;
+   * unknown, PeerMTUUnverified), with the texts its rules and links state.
+   * What is not true of it is also in warnings. An
    * interface used only as an egress, without a program, has no
    * ProgramAttached condition: none is meant there.
    */

@@ -1,0 +1,220 @@
+/**
+ * An egress interface says what its rules' backend judgements found about it (issue 16 item 2: per-object
+ * conditions on interfaces carry the same facts as the rule), with real namespaces, veths and datagrams,
+ * the ingress in native mode. A review (rev18 finding 6) saw r18b2 `EgressReady True "up with carrier"`, no
+ * warning, in three cases where the rule said its backend cannot receive or the frames do not fit: a veth
+ * peer without NAPI in an unnamed namespace (no ndo_xdp_xmit), a peer whose GRO went off while down (the
+ * kernel dropped every redirected frame), an egress MTU of 1000 behind an ingress of 1500. Now the
+ * interface's EgressReady (False, or Unknown while it cannot be verified) and FramesFit carry the rule's own
+ * texts, and its warnings say them; back to True when the rule's judgement is.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const {
+  CONDITION_STATUS_TRUE: TRUE,
+  CONDITION_STATUS_FALSE: FALSE,
+  CONDITION_STATUS_UNKNOWN: UNKNOWN,
+} = ConditionStatus;
+const OUT = ': backend taken out of the table until it can receive';
+
+describe('an egress interface carries its rules’ judgement of it', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  const hostIf = `x${id}eg`;
+  const ip2 = '198.18.2.2';
+  const mac2 = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:02`;
+  let ns: ChildProcess;
+  let nsPath: string;
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    topo.routeToXdp('vm');
+    // b2: a namespace with no name (only a process holds it, as a container's), its veth peer up with GRO
+    // switched on while up (NAPI: the kernel announces ndo-xmit for the host side).
+    ns = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    await sleep(200);
+    nsPath = `/proc/${ns.pid}/ns/net`;
+    sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns.pid)]);
+    sh('ip', ['link', 'set', hostIf, 'up']);
+    inNs(
+      `ip link set lo up && ip link set eth0 address ${mac2} && ip addr add ${ip2}/24 dev eth0 && ` +
+        'ip link set eth0 up && ethtool -K eth0 gro on',
+    );
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    ns?.kill();
+    shQuiet('ip', ['link', 'del', hostIf]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  function inNs(cmd: string) {
+    sh('nsenter', ['-t', String(ns.pid), '-n', 'sh', '-c', cmd]);
+  }
+  /** Send `n` datagrams of `size` bytes over 50 flows from vm: what b1 and b2 received. */
+  async function send(n = 200, size = 0) {
+    const ls = [await UdpListener.start(b1.netns, b1.ip!, 7993), await UdpListener.start(nsPath, ip2, 7993)];
+    listeners.push(...ls);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, 7993, n, { flows: 50, size }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got[0] + got[1] };
+  }
+  const rule = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
+  const iface = async (name: string) => (await c.interfaces.getInterface({ name })).interface!;
+  /** The interface's condition of a type, as [status, reason, message]. */
+  const ifCond = async (name: string, type: string) => {
+    const x = (await iface(name)).conditions.find((k) => k.type === type);
+    return x && [x.status, x.reason, x.message];
+  };
+  const ruleCond = (st: Awaited<ReturnType<typeof rule>>, type: string) => st.conditions.find((x) => x.type === type)!;
+
+  it('a veth peer without NAPI, then one that drops every redirected frame: EgressReady False as the rule says', async (t) => {
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7993, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [
+          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
+          { ip: ip2, mac: mac2, interface: hostIf, weight: 1 },
+        ],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    // The kernel announces ndo-xmit (the peer's GRO is on), which the daemon cannot check (the peer is in a
+    // namespace it cannot enter): the rule says b2 cannot be verified; so does the interface (Unknown).
+    await verifiedByTraffic(t);
+
+    // (a) GRO off at the peer: no NAPI there, the kernel reports no ndo_xdp_xmit. The rule takes b2 out,
+    // naming why; its egress says the same (was: True "up with carrier", no warning).
+    inNs('ethtool -K eth0 gro off');
+    await until('b2 out: no ndo_xdp_xmit', async () => (await rule()).backendStatus[1]?.active === false, 5000);
+    let st = await rule();
+    assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
+    assert.ok(st.backendStatus[1].message.endsWith(OUT), st.backendStatus[1].message);
+    let why = st.backendStatus[1].message.slice(0, -OUT.length);
+    assert.match(why, /no ndo_xdp_xmit/);
+    assert.deepEqual(await ifCond(hostIf, 'EgressReady'), [
+      FALSE,
+      'EgressCannotTransmit',
+      `${why} (rule/web) (egress of rule/web)`,
+    ]);
+    assert.deepEqual((await iface(hostIf)).warnings, [`${why} (rule/web) (egress of rule/web)`]);
+    assert.deepEqual(await ifCond(b1.hostIf, 'EgressReady'), [TRUE, 'Up', 'up with carrier (egress of rule/web)']);
+    assert.deepEqual((await iface(b1.hostIf)).warnings, []);
+    let r = await send();
+    assert.equal(r.total, r.sent, `every flow goes to b1 (${r.got})`);
+
+    // GRO on again while up: back in the table, judged by traffic again.
+    inNs('ethtool -K eth0 gro on');
+    await until('b2 back', async () => (await rule()).backendStatus[1]?.active === true, 5000);
+    await verifiedByTraffic(t);
+
+    // (b) GRO off while the peer is down: the kernel keeps announcing ndo-xmit, and drops every frame
+    // redirected into it. The rule takes b2 out naming the observation; its egress says the same.
+    inNs('ip link set eth0 down && ethtool -K eth0 gro off && ip link set eth0 up');
+    await until('not verified any more', async () =>
+      /cannot be verified/.test((await rule()).backendStatus[1]?.message ?? ''),
+    );
+    r = await send();
+    assert.ok(r.got[1] === 0 && r.total < r.sent, `premise: b2's flows are dropped (${r.got} of ${r.sent})`);
+    t.diagnostic(`before the daemon saw it: ${r.total} of ${r.sent} delivered (${r.got})`);
+    await until('b2 taken out', async () => (await rule()).backendStatus[1]?.active === false);
+    st = await rule();
+    why = st.backendStatus[1].message.slice(0, -OUT.length);
+    assert.match(why, new RegExp(`^the kernel dropped all of the last \\d+ frames redirected to ${hostIf}`));
+    assert.deepEqual(await ifCond(hostIf, 'EgressReady'), [
+      FALSE,
+      'EgressCannotTransmit',
+      `${why} (rule/web) (egress of rule/web)`,
+    ]);
+    assert.deepEqual((await iface(hostIf)).warnings, [`${why} (rule/web) (egress of rule/web)`]);
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+  });
+
+  /**
+   * While b2 cannot be verified, its egress is EgressReady Unknown with the rule's reason (unless frames the
+   * namespace sent itself verified it first); traffic verifies it: the rule ACTIVE, EgressReady True.
+   */
+  async function verifiedByTraffic(t: { diagnostic: (s: string) => void }) {
+    const st = await rule();
+    if (/cannot be verified/.test(st.backendStatus[1].message)) {
+      assert.equal(ruleCond(st, 'BackendsReceiving').status, UNKNOWN);
+      const unverified = st.backendStatus[1].message.slice('cannot be verified: '.length);
+      assert.deepEqual(await ifCond(hostIf, 'EgressReady'), [
+        UNKNOWN,
+        'EgressUnverified',
+        `up with carrier; cannot be verified: ${unverified} (rule/web) (egress of rule/web)`,
+      ]);
+      assert.equal((await iface(hostIf)).warnings.length, 1);
+    } else t.diagnostic(`b2 verified before the first read: ${st.backendStatus[1].message}`);
+    const r = await send();
+    assert.equal(r.total, r.sent, `all delivered (${r.got})`);
+    assert.ok(r.got[1] > 0, `b2 has flows (${r.got})`);
+    await until('verified by traffic', async () => (await rule()).state === RuleState.RULE_STATE_ACTIVE);
+    await until('EgressReady True', async () => (await ifCond(hostIf, 'EgressReady'))?.[0] === TRUE);
+    assert.deepEqual((await iface(hostIf)).warnings, []);
+  }
+
+  it('an egress MTU below the ingress’s: the interface’s FramesFit False with the rule’s text', async () => {
+    await c.rules.createRule({
+      rule: {
+        name: 'web',
+        match: { protocol: Protocol.PROTOCOL_UDP, port: 7993, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: [vm.hostIf],
+        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    assert.deepEqual((await ifCond(b1.hostIf, 'FramesFit'))?.slice(0, 2), [TRUE, 'MTUFits']);
+    sh('ip', ['link', 'set', b1.hostIf, 'mtu', '1000']);
+    try {
+      await until('the rule: FramesFit False', async () => ruleCond(await rule(), 'FramesFit').status === FALSE);
+      const st = await rule();
+      const text = ruleCond(st, 'FramesFit').message;
+      assert.ok(text.startsWith(`backend ${b1.ip}: egress ${b1.hostIf} has MTU 1000, ingress ${vm.hostIf} 1500`), text);
+      const fits = `${text.slice(`backend ${b1.ip}: `.length)} (rule/web)`;
+      // Was: EgressReady True "up with carrier" and nothing else, no warning.
+      assert.deepEqual(await ifCond(b1.hostIf, 'FramesFit'), [FALSE, 'EgressMTUTooSmall', fits]);
+      assert.deepEqual(await ifCond(b1.hostIf, 'EgressReady'), [TRUE, 'Up', 'up with carrier (egress of rule/web)']);
+      assert.deepEqual((await iface(b1.hostIf)).warnings, [fits]);
+      // What it says is so: 1400-byte datagrams are dropped, 500-byte ones pass.
+      assert.equal((await send(50, 1400)).got[0], 0, 'no 1400-byte datagram passes');
+      assert.equal((await send(50, 500)).got[0], 50, 'every 500-byte datagram passes');
+    } finally {
+      sh('ip', ['link', 'set', b1.hostIf, 'mtu', '1500']);
+    }
+    await until('FramesFit True again', async () => (await ifCond(b1.hostIf, 'FramesFit'))?.[0] === TRUE);
+    assert.deepEqual((await iface(b1.hostIf)).warnings, []);
+    assert.equal((await send(50, 1400)).got[0], 50, 'every 1400-byte datagram passes');
+    await c.rules.deleteRule({ name: 'web', expectedGeneration: 0n });
+  });
+});
