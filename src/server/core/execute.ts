@@ -953,6 +953,33 @@ function vacateAdjacentDevices(
 }
 
 /**
+ * This datapath's program (or an earlier one of it) on an interface that no rule or link names: left by
+ * an earlier run (a rule deleted while the program could not be detached, an older xdpctld's failed
+ * switch), or attached by hand (`ip link set dev X xdp pinned PIN/progs/xdpctl_main`). It is taken into
+ * the attachments, so that it is listed, and logged once; {@link releaseUnusedInterfaces} then detaches it
+ * like any interface no longer used (a failed detach stays listed with the reason and is retried): nothing
+ * stays attached that ListInterfaces does not show. At a start (restore.ts) and by the reconciler's passes
+ * (resync.ts, every {@link STRAY_LOCAL_SCAN_MS}). Returns how many it took.
+ */
+export function adoptStrayAttachments(ctx: ExecContext): number {
+  const { dp, state } = ctx;
+  let n = 0;
+  for (const [name, a] of dp.ownAttachments?.() ?? []) {
+    if (state.attached.has(name) || state.isUsed(name)) continue;
+    state.attached.set(name, { ifindex: a.ifindex, users: new Set(), mode: a.mode });
+    n++;
+    ctx.log.warn(
+      { ifname: name, ifindex: a.ifindex, mode: a.mode },
+      `${name} runs this datapath's XDP program, but no rule or link uses it: detaching it`,
+    );
+  }
+  return n;
+}
+
+/** How often the reconciler looks for {@link adoptStrayAttachments} (ms): one look reads every device's XDP state. */
+export const STRAY_LOCAL_SCAN_MS = 2000;
+
+/**
  * Detach from interfaces no rule or link uses any more. A detach that fails
  * keeps the attachment (listed by ListInterfaces with the reason, retried
  * on the next pass, logged once per distinct error): nothing stays attached

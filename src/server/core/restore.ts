@@ -5,7 +5,7 @@
  */
 import { modesToKeep } from './keep-mode.js';
 import { parsePrefix } from '../net/addr.js';
-import { releaseUnusedInterfaces, type ExecContext } from './execute.js';
+import { adoptStrayAttachments, releaseUnusedInterfaces, type ExecContext } from './execute.js';
 import { fetchInterfaces, type Facts } from './facts.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 import type { RuleOp } from './plan-rules.js';
@@ -138,7 +138,8 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     state.slots.release(slot);
   }
   sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
-  releaseStrayAttachments(ctx);
+  adoptStrayAttachments(ctx);
+  releaseUnusedInterfaces(ctx);
   // No second recount of the port index: it was made exact before anything else, and every match entry
   // written or removed since went through putMatch/deleteMatch, which keep it exact.
   const seen = observedRestore(
@@ -213,26 +214,6 @@ export function observedRestore(
     `${rulesIn} of ${n(stored.rules.length, 'rule')} and ${linksIn} of ${n(stored.links.length, 'link')} in the kernel (read back)` +
     (notes.length ? `; ${notes.join(', ')}` : '');
   return { counts, text };
-}
-
-/**
- * This datapath's program (or an earlier one of it) on an interface that no rule or link names: left by
- * an earlier run (a rule deleted while the program could not be detached, an older xdpctld's failed
- * switch). It is taken into the attachments, so that it is listed, and detached like any interface no
- * longer used (a failed detach stays listed with the reason and is retried): nothing stays attached
- * that ListInterfaces does not show.
- */
-function releaseStrayAttachments(ctx: ExecContext): void {
-  const { dp, state } = ctx;
-  for (const [name, a] of dp.ownAttachments?.() ?? []) {
-    if (state.attached.has(name) || state.isUsed(name)) continue;
-    state.attached.set(name, { ifindex: a.ifindex, users: new Set(), mode: a.mode });
-    ctx.log.warn(
-      { ifname: name, ifindex: a.ifindex, mode: a.mode },
-      `${name} runs this datapath's XDP program, but no rule or link uses it: detaching it`,
-    );
-  }
-  releaseUnusedInterfaces(ctx);
 }
 
 /**

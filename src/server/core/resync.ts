@@ -15,7 +15,13 @@
  *    transition is logged once.
  * Allocates nothing per rule when nothing changed beyond the facts it reads.
  */
-import { pacer, releaseUnusedInterfaces, type ExecContext } from './execute.js';
+import {
+  adoptStrayAttachments,
+  pacer,
+  releaseUnusedInterfaces,
+  STRAY_LOCAL_SCAN_MS,
+  type ExecContext,
+} from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
@@ -660,6 +666,13 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     }
   }
 
+  // Our program where no rule or link needs it (attached by hand, or left by an earlier run): taken into the
+  // attachments and said once, as a start does, then detached below.
+  const tScan = ctx.now();
+  if (tScan - state.strayLocalAt >= STRAY_LOCAL_SCAN_MS || tScan < state.strayLocalAt) {
+    state.strayLocalAt = tScan;
+    adoptStrayAttachments(ctx);
+  }
   // What we attached and no one uses any more, if a detach failed before (logged once per error).
   releaseUnusedInterfaces(ctx);
 

@@ -128,6 +128,8 @@ export class CoreState {
   readonly strayTried = new Map<string, number>();
   /** Reconciler passes since the last look for our program in other namespaces. */
   strayScanAge = 0;
+  /** When the reconciler last looked for our program on interfaces of this namespace nothing uses (ctx.now() ms). */
+  strayLocalAt = -Infinity;
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
   /**
