@@ -130,6 +130,27 @@ describe('two xdpctld with their own pin roots on one ingress: neither takes the
     const aProg = await programId(ca);
     const bProg = await programId(cb);
     // What B did before the fix (REPLACE of A's program), done by another tool: B's very program, on B's maps.
+    // B itself, running, would take its own program off an interface none of its rules uses within ~2 s
+    // (stray-attach.test.ts): it is frozen meanwhile, so that what is observed here is A's handling of a
+    // foreign program left in place.
+    b.child.kill('SIGSTOP');
+    try {
+      await foreignOverA(aProg, bProg);
+    } finally {
+      b.child.kill('SIGCONT');
+    }
+    await sleep(1200);
+    assert.equal(lines(a, new RegExp(`"msg":"the other XDP program left ${vm.hostIf}: ours is attached"`)).length, 1);
+    assert.equal(await health(cb), SERVING);
+    assert.equal(
+      lines(b, new RegExp(`${vm.hostIf} runs this datapath's XDP program`)).length,
+      0,
+      'B saw no program of its own',
+    );
+  });
+
+  /** B's program put over A's on the shared ingress: A reports it, leaves it, and takes the interface back when it goes. */
+  async function foreignOverA(aProg: number, bProg: number) {
     sh('ip', ['-force', 'link', 'set', 'dev', vm.hostIf, 'xdpdrv', 'pinned', XdpDatapath.progPinPath(b.pinRoot)]);
     assert.equal(progOn(), bProg);
     await until('web not ACTIVE', async () => (await web()).state !== RuleState.RULE_STATE_ACTIVE, 5000);
@@ -167,10 +188,7 @@ describe('two xdpctld with their own pin roots on one ingress: neither takes the
     await until('web ACTIVE', async () => (await web()).state === RuleState.RULE_STATE_ACTIVE, 5000);
     assert.equal(await send(7101, b1), 100, 'web forwards again');
     await until('A SERVING', async () => (await health(ca)) === SERVING, 5000);
-    await sleep(1200);
-    assert.equal(lines(a, new RegExp(`"msg":"the other XDP program left ${vm.hostIf}: ours is attached"`)).length, 1);
-    assert.equal(await health(cb), SERVING);
-  });
+  }
 
   it("a restart that finds B's program leaves it forwarding for B, and takes the interface back when B lets go", async () => {
     const aProg = await programId(ca);
