@@ -231,7 +231,7 @@ export class Controller {
     const pace = pacer();
     const plan = await this.planRuleOps(ops, undefined, pace);
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
-    const want = planLinks(next, facts.interfaces, 'links');
+    const want = planLinks(this.plannable(next, facts.interfaces), facts.interfaces, 'links');
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     await preflight(this.ctx, plan.plans, { want, field: fieldOf }, { rules: opNames(ops), links: next });
     const undo = new UndoLog();
@@ -1132,7 +1132,8 @@ export class Controller {
       if (!validateOnly) this.checkOwner();
       const { changes, next, fieldOf } = this.linkSet(specs);
       if (validateOnly) {
-        const want = planLinks(next, fetchInterfaces(this.dp, linkInterfaces(next.values())).interfaces, 'links');
+        const { interfaces } = fetchInterfaces(this.dp, linkInterfaces(next.values()));
+        const want = planLinks(this.plannable(next, interfaces), interfaces, 'links');
         await this.dryRun([], want, fieldOf, { rules: new Set(), links: next });
       } else await this.applyLinkSet(next, 'links', false, fieldOf);
       return changes;
@@ -1168,7 +1169,14 @@ export class Controller {
       }
     });
     throwIfInvalid(violations);
-    this.requireInterfaces(specs.map((l, i) => [l, `links[${i}]`]));
+    // A link already in the desired state as it is (unchanged) does not need its interfaces now: one whose
+    // end is missing waits for it, marked by the reconciler, as it does while the daemon runs and at a
+    // restore. So the same file on the same host is judged the same whether its link's end disappeared
+    // before or after a restart (was: in force before, refused InterfaceMissing after). New and changed
+    // links need both ends.
+    this.requireInterfaces(
+      specs.flatMap((l, i): [LinkSpec, string][] => (this.inForce(l) ? [] : [[l, `links[${i}]`]])),
+    );
     this.refuseLoops(next, (l) => `links[${specs.indexOf(l)}]`);
     const changes: LinkChange[] = [];
     for (const [key, l] of next) {
@@ -1187,6 +1195,26 @@ export class Controller {
       return i === undefined ? 'links' : `links[${i}]`;
     };
     return { changes, next, fieldOf };
+  }
+
+  /**
+   * The links of `next` to write now: all but those in force unchanged whose end is missing (they wait for
+   * it, marked by the reconciler: linkSet), or with `tolerant` (restore, resync) all whose end is missing.
+   * A new or changed link with a missing end stays, for planLinks to refuse it (NOT_FOUND).
+   */
+  private plannable(
+    next: Map<string, LinkSpec>,
+    interfaces: ReadonlyMap<string, InterfaceInfo | undefined>,
+    tolerant = false,
+  ): Map<string, LinkSpec> {
+    const waits = (l: LinkSpec) => (!interfaces.get(l.a) || !interfaces.get(l.b)) && (tolerant || this.inForce(l));
+    return [...next.values()].some(waits) ? new Map([...next].filter(([, l]) => !waits(l))) : next;
+  }
+
+  /** Whether a link is in the desired state exactly as given (a file's link that is unchanged). */
+  private inForce(l: LinkSpec): boolean {
+    const cur = this.state.links.get(linkKey(l));
+    return !!cur && sameLink(cur, l);
   }
 
   /**
@@ -1269,11 +1297,9 @@ export class Controller {
     for (const l of [...this.state.links.values(), ...next.values()]) ends.add(l.a).add(l.b);
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     // Restore and resync: a link whose interface is missing waits (desired and stored, reported by the
-    // reconciler) while every other link is written; a change names the missing interface (NOT_FOUND).
-    const planned = tolerant
-      ? new Map([...next].filter(([, l]) => facts.interfaces.get(l.a) && facts.interfaces.get(l.b)))
-      : next;
-    const want = planLinks(planned, facts.interfaces, field);
+    // reconciler) while every other link is written; so does, for a change, a link it leaves as it is; a
+    // change names the missing interface of a link it makes or changes (NOT_FOUND).
+    const want = planLinks(this.plannable(next, facts.interfaces, tolerant), facts.interfaces, field);
     fetchInterfaces(
       this.dp,
       [...this.state.linkDirs.values()].map((d) => d.to),
