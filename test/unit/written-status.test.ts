@@ -55,3 +55,47 @@ describe('the written status of a rule whose ingress is missing', () => {
     });
   }
 });
+
+/** A model whose interfaces can be down or without carrier (the reconciler and a write read linkState). */
+class LinkModel extends ModelDataplane {
+  readonly links = new Map<string, { up: boolean; carrier: boolean }>();
+  override linkState(name: string) {
+    const l = this.links.get(name);
+    return this.ifs.has(name) ? { up: l?.up ?? true, carrier: l?.carrier ?? true, mtu: 1500 } : undefined;
+  }
+}
+
+describe('a change replies with the status a pass gives (one judgement, rule-status judgeRule)', () => {
+  for (const [what, link, why] of [
+    ['down', { up: false, carrier: false }, /^not receiving on any ingress interface: ingress in0 is down/],
+    [
+      'without carrier',
+      { up: true, carrier: false },
+      /^not receiving on any ingress interface: ingress in0 has no carrier/,
+    ],
+  ] as const) {
+    it(`an ingress ${what}: CreateRule and UpdateRule say INACTIVE, as the pass after them`, async () => {
+      const dp = new LinkModel();
+      dp.links.set('in0', link);
+      const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+      const created = await c.createRule(spec(['in0']));
+      assert.equal(created.status.state, 'inactive', created.status.message);
+      assert.match(created.status.message, why);
+      const cond = created.status.conditions!.find((x) => x.type === 'IngressReceiving')!;
+      assert.deepEqual([cond.status, cond.reason], ['False', 'IngressDown']);
+      const strip = (s: typeof created.status) => ({
+        ...s,
+        conditions: s.conditions!.map((x) => ({ ...x, lastTransitionTime: 0 })),
+      });
+      await c.resync();
+      assert.deepEqual(strip(c.getRule('web').status), strip(created.status), 'the pass judges the same');
+      const updated = await c.updateRule({ ...spec(['in0']), port: 5001 }, created.generation);
+      assert.equal(updated.status.state, 'inactive');
+      assert.match(updated.status.message, why);
+      // Up with carrier again: ACTIVE in the next reply.
+      dp.links.delete('in0');
+      const again = await c.updateRule({ ...spec(['in0']), port: 5002 }, updated.generation);
+      assert.equal(again.status.state, 'active', again.status.message);
+    });
+  }
+});

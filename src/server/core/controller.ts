@@ -27,8 +27,9 @@ import {
   type RuleAllocation,
 } from './execute.js';
 import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
-import { fetchInterfaces, fetchRuleFacts, type Facts } from './facts.js';
+import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
 import { holdNeighbours } from './neighbour-hold.js';
+import { formatMac } from '../net/addr.js';
 import { compareKernelEntries } from './kernel-check.js';
 import {
   linkKey,
@@ -44,8 +45,15 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirec
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
-import { resync } from './resync.js';
-import { egressProblem, failedStatus, ingressDownProblem, isMtuUnverified, isMtuWarning } from './rule-status.js';
+import { observeLinkDirections, observeWrittenRules, resync } from './resync.js';
+import {
+  egressProblem,
+  failedStatus,
+  ingressDownProblem,
+  isMtuUnverified,
+  isMtuWarning,
+  keptMacWhy,
+} from './rule-status.js';
 import { backendKey, CoreState, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -268,6 +276,9 @@ export class Controller {
     await finishRules(this.ctx, ops, alloc, pace, false);
     finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
+    // Judged as a pass judges them (rules and link directions), so that what it reports is what a read says.
+    await observeWrittenRules(this.ctx, opNames(ops), alloc.unverified, pace);
+    observeLinkDirections(this.ctx, want);
     // The write observed: every rule it changed, every link and interface, with its time.
     await this.observed(async (at) => {
       this.observeLinksAndInterfaces(at);
@@ -910,6 +921,11 @@ export class Controller {
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
     holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
+    // A backend the datapath forwards to whose neighbour entry is missing (not failed) keeps its MAC.
+    facts.keptMacs = this.keptMacs(ops, facts, (name, key) => {
+      const b = this.state.ruleKernel.get(name)?.status.backends.find((x) => `${x.ip}@${x.interface}` === key);
+      return b?.receiving && b.mac ? b.mac : undefined;
+    });
     facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
     facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
     return planRulesPaced(
@@ -928,6 +944,40 @@ export class Controller {
       },
       pace,
     );
+  }
+
+  /**
+   * Facts.keptMacs for these operations: each backend given without a MAC whose neighbour entry is missing
+   * (Dataplane.neighbourMissing: none, or being resolved; never a failed one) and to which the datapath
+   * forwards with a MAC (`forwarding(rule, "ip@iface")`: that MAC, or undefined) keeps that MAC; its entry is
+   * probed (a broadcast ARP request), so that the next pass finds it resolved or failed. Logged once each.
+   */
+  private keptMacs(
+    ops: readonly RuleOp[],
+    facts: Facts,
+    forwarding: (rule: string, key: string) => string | undefined,
+  ): Map<string, string> | undefined {
+    if (!this.dp.neighbourMissing) return undefined;
+    let out: Map<string, string> | undefined;
+    for (const op of ops) {
+      for (const b of op.next?.backends ?? []) {
+        const key = neighbourKey(b.ip, b.interface);
+        if (b.mac !== '' || facts.neighbours.get(key) || out?.has(key)) continue;
+        if (!facts.interfaces.get(b.interface) || !this.dp.neighbourMissing(b.ip, b.interface)) continue;
+        const mac = forwarding(op.name, key);
+        if (!mac) continue;
+        (out ??= new Map()).set(key, mac);
+        this.dp.probeNeighbour?.(b.ip, b.interface);
+        if (this.state.logged.get(`neigh-kept/${key}`) !== mac) {
+          this.state.logged.set(`neigh-kept/${key}`, mac);
+          this.log.info(
+            { rule: op.name, backend: b.ip, interface: b.interface, mac },
+            `backend ${b.ip} on ${b.interface}: ${keptMacWhy(b.ip, b.interface, mac)}`,
+          );
+        }
+      }
+    }
+    return out;
   }
 
   /**
@@ -985,6 +1035,9 @@ export class Controller {
     }
     // Durable and in the kernel: from here nothing undoes the change.
     await finishRules(this.ctx, ops, alloc, pace);
+    // A client's change: its rules judged as a pass judges them, so that the reply says what a read says.
+    // (Restore and the reconciler's re-applies are judged by the pass that follows or runs them.)
+    if (!restoring) await observeWrittenRules(this.ctx, opNames(ops), alloc.unverified, pace);
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
       // The ingresses it attached our program to or detached it from (as the plan found them: no lookup).
@@ -1017,6 +1070,27 @@ export class Controller {
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
     );
+    // A start never takes out a backend the datapath was forwarding to because its neighbour entry went
+    // while the daemon was stopped (flushed with a bounced egress, garbage-collected): the MAC in its
+    // backend entry is kept, marked, and probed; it leaves the table only if the probe fails.
+    const rings = new Map<number, Set<number>>();
+    facts.keptMacs = this.keptMacs(ops, facts, (name, key) => {
+      const k = this.state.ruleKernel.get(name);
+      const id = k?.backends.get(key)?.id;
+      if (!k || id === undefined || !this.dp.readBackends) return undefined;
+      let ring = rings.get(k.slot);
+      if (!ring) {
+        try {
+          rings.set(k.slot, (ring = new Set(this.dp.readRing(k.slot))));
+        } catch {
+          return undefined;
+        }
+      }
+      if (!ring.has(id)) return undefined; // not forwarded to: nothing to keep
+      const e = this.dp.readBackends([id]).get(id);
+      if (!e || e.dmac.every((x) => x === 0)) return undefined;
+      return formatMac(e.dmac);
+    });
     // A rule is adopted when it plans (a refused one is for the rewrite path, which reports it) and every backend
     // it plans has stored ids. Planned again chunk by chunk (adoptRules): the same facts give the same plan.
     const planOf = (op: RuleOp): RulePlan | undefined => {
@@ -1332,6 +1406,7 @@ export class Controller {
       this.ctx.preflightTargets = undefined;
     }
     finishLinks(this.ctx, next, want, unverified);
+    if (!tolerant) observeLinkDirections(this.ctx, want);
     // The write observed: the links, their interfaces, and the rules on an ingress a link now shadows or
     // no longer shadows, with its time.
     await this.observed(async (at) => {

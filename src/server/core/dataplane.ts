@@ -278,6 +278,14 @@ export interface Dataplane {
    */
   neighbourHandSet?(ip: string, iface: string): string | undefined;
   /**
+   * Whether the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac}) gave no MAC without
+   * having failed: no entry at all (flushed with its device, garbage-collected, gone while the daemon was
+   * stopped) or one still being resolved (INCOMPLETE). That is no evidence that a MAC the datapath holds for the
+   * backend is wrong (only a FAILED entry is: the host did not answer): the MAC is kept while a probe resolves
+   * the entry again (Facts.keptMacs). Optional (fakes: a missing MAC is then taken as unresolved).
+   */
+  neighbourMissing?(ip: string, iface: string): boolean;
+  /**
    * A veth's peer with its MTU, wherever the peer lives (this namespace, a named or an unnamed one), or why
    * its MTU cannot be read; undefined when `ifname` is not a veth. Optional (fakes: {@link vethPeer} then).
    */

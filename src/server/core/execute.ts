@@ -55,6 +55,8 @@ export interface RuleAllocation {
   freshBackendStats: Set<number>;
   /** The rule records after the change (deleted rules absent). */
   records: Map<string, RuleRecord>;
+  /** Egresses the write accepted without being able to verify them (writeRules): name -> why. */
+  unverified?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -523,6 +525,7 @@ export async function writeRules(
   const demoted = prepared
     ? new Set<string>()
     : await prepareIngress(ctx, ops, plans, undo, restoring, pace, unverified);
+  alloc.unverified = unverified;
   const { dp, state } = ctx;
   for (const p of plans) {
     if (!demoted.has(p.name)) continue;

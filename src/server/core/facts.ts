@@ -33,6 +33,12 @@ export interface Facts {
    * keeps them out of the table. The reconciler's (state.macConflicts); empty: none known.
    */
   macConflicts: ReadonlyMap<string, string>;
+  /**
+   * Backends given without a MAC whose neighbour entry is missing (not failed: Dataplane.neighbourMissing)
+   * while the datapath forwards to them: "ip@iface" -> the MAC the datapath holds, kept (and probed) until the
+   * entry is resolved again or fails (a start after the entries were flushed, a bounced egress). Absent: none.
+   */
+  keptMacs?: ReadonlyMap<string, string>;
   /** Egresses moved to another network namespace: name -> where (core/moved.ts); absent: none known. */
   movedEgresses?: ReadonlyMap<string, string>;
 }

@@ -240,7 +240,11 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
         { field: `${field}.backends[${i}].interface`, description },
       ]);
     }
-    const raw = b.mac === '' ? (facts.neighbours.get(neighbourKey(b.ip, b.interface)) ?? '') : b.mac;
+    const nkey = neighbourKey(b.ip, b.interface);
+    const neighbour = b.mac === '' ? facts.neighbours.get(nkey) : undefined;
+    // No neighbour entry (not a failed one) for a backend the datapath forwards to: its MAC is kept, said so.
+    const kept = b.mac === '' && !neighbour ? facts.keptMacs?.get(nkey) : undefined;
+    const raw = b.mac === '' ? (neighbour ?? kept ?? '') : b.mac;
     const resolved = raw !== '';
     const mac = raw && canonicalMac(raw);
     const napi = facts.napi.get(b.interface);
@@ -255,6 +259,7 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
       resolved,
       egress,
       conflict,
+      kept: !!kept,
     });
     return {
       spec: b,

@@ -26,7 +26,7 @@ import { judgedEgress, stepEgress } from './egress-watch.js';
 import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
-import type { Dataplane, InterfaceInfo } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import {
   holdNeighbours,
@@ -58,16 +58,12 @@ import {
   MTU_SLACK,
   countedAs,
   egressMtu,
-  mtuRuleStatus,
   mtuWarnings,
-  observedRuleStatus,
-  handSetNeighbourStatus,
-  unansweredNeighbourStatus,
-  heldNeighbourStatus,
+  judgeRule,
+  type RuleObservation,
   handSetWhy,
+  keptMacWhy,
   peerWhere,
-  staticMacStatus,
-  unverifiedRuleStatus,
 } from './rule-status.js';
 
 /** What one pass found. */
@@ -184,7 +180,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       if (x.unidentified) state.unidentified.set(name, x.unidentified);
       else state.unidentified.delete(name);
       state.attached.delete(name);
-      const why = `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`;
+      const why = foreignWhy(name, x);
       ingressProblems.set(name, why);
       transition(`if/${name}`, `foreign|${x.progId}`, () =>
         ctx.log.warn(
@@ -343,14 +339,22 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         const spec = rule.backends[i];
         if (!spec) return;
         const nkey = neighbourKey(spec.ip, spec.interface);
-        const mac = spec.mac === '' ? (facts.neighbours.get(nkey) ?? '') : b.mac;
+        const neighbour = spec.mac === '' ? facts.neighbours.get(nkey) : undefined;
+        // A missing entry (flushed with a bounced egress, expired; not failed) is no evidence against the MAC
+        // the datapath forwards with: kept (said so) while the probe below resolves it (Facts.keptMacs).
+        const kept =
+          spec.mac === '' && !neighbour && b.receiving && b.mac && dp.neighbourMissing?.(spec.ip, spec.interface)
+            ? b.mac
+            : undefined;
+        const mac = spec.mac === '' ? (neighbour ?? kept ?? '') : b.mac;
         const resolved = mac !== '';
         if (spec.mac === '' && facts.neighbours.has(nkey)) {
-          // The neighbour table is the MAC's source: resolve it while it is not resolved, and make the
-          // kernel verify it while it is (frames we redirect never pass the stack, which would).
-          if (!resolved) dp.probeNeighbour?.(spec.ip, spec.interface);
+          // The neighbour table is the MAC's source: resolve it while it has none, and make the
+          // kernel verify it while it has one (frames we redirect never pass the stack, which would).
+          if (!neighbour) dp.probeNeighbour?.(spec.ip, spec.interface);
           else if (b.receiving && dp.verifyNeighbour?.(spec.ip, spec.interface, true))
             state.reconcilerEvents.neighbour_probes++;
+          if (neighbour && kept === undefined) state.logged.delete(`neigh-kept/${nkey}`); // a later kept MAC is said again
         }
         if (changed) return;
         const exists = facts.interfaces.get(spec.interface) !== undefined;
@@ -375,6 +379,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         } else if (resolved && mac.toLowerCase() !== b.mac.toLowerCase()) {
           changed = true;
           why.set(name, `backend ${spec.ip} on ${spec.interface}: MAC ${b.mac || 'unresolved'} -> ${mac}`);
+        } else if (neighbour && b.receiving && b.message === keptMacWhy(spec.ip, spec.interface, b.mac)) {
+          // Kept while its entry was missing, resolved again with the same MAC: no longer "not confirmed".
+          changed = true;
+          why.set(name, `backend ${spec.ip} on ${spec.interface}: its neighbour entry is back (MAC ${mac})`);
         } else if (receiving && macMoved.has(spec.interface)) {
           changed = true;
           why.set(
@@ -691,9 +699,6 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       problems.push(`interface ${name}: ${otherProgram(progId, state.unidentified.get(name))} is attached`);
     }
   }
-  // Every reason an ingress receives nothing through our program: missing, not ours, down.
-  const unusable = new Map(ingressProblems);
-  for (const [i, why] of ingressDown) unusable.set(i, unusable.has(i) ? `${unusable.get(i)}; ${why}` : why);
   // Backends in a table whose egress cannot be verified (egress-watch.ts, no traffic seen yet): their rules
   // say so (DEGRADED, not ACTIVE).
   const unverified = new Map<string, string>();
@@ -739,49 +744,20 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     if ((++n & 1023) === 0) await pace();
     if (key.startsWith('neigh-handset/') && !handSet.has(key.slice('neigh-handset/'.length))) state.logged.delete(key);
   }
+  const observation: RuleObservation = {
+    ingressProblems,
+    ingressDown,
+    unverifiedEgress: unverified,
+    unverifiedMacs,
+    unanswered,
+    holds: state.neighbourHolds,
+    handSet,
+    ingressSettings: state.ingressSettings,
+  };
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
-    const rule = state.rules.get(name)!;
-    k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
-      ingressProblems.has(i) ? [ingressProblems.get(i)!] : [],
-    );
-    k.ingressDown = rule.ingressInterfaces.flatMap((i) => (ingressDown.has(i) ? [ingressDown.get(i)!] : []));
-    if (k.status.state !== 'failed') {
-      const written = k.written ?? k.status;
-      let observed = observedRuleStatus(
-        unverifiedRuleStatus(
-          mtuRuleStatus(
-            handSetNeighbourStatus(
-              heldNeighbourStatus(
-                unansweredNeighbourStatus(staticMacStatus(written, rule, unverifiedMacs), rule, unanswered),
-                rule,
-                state.neighbourHolds,
-              ),
-              rule,
-              handSet,
-            ),
-          ),
-          unverified,
-        ),
-        rule.ingressInterfaces,
-        k.ingressDown.length ? unusable : ingressProblems,
-      );
-      // An ingress whose device settings drifted and could not be put back: it receives, some frames are lost.
-      const drift = rule.ingressInterfaces.flatMap((i) =>
-        state.ingressSettings.has(i) ? [state.ingressSettings.get(i)!] : [],
-      );
-      if (drift.length && observed.state === 'active') {
-        observed = {
-          ...observed,
-          state: 'degraded',
-          message: `${observed.message}; ${drift.join('; ')}`,
-          warnings: [...drift, ...observed.warnings],
-        };
-      }
-      k.written = observed === written ? undefined : written;
-      k.status = observed;
-    }
+    judgeRule(k, state.rules.get(name)!, observation);
     const s = k.status;
     // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time.
     const seen = observedKey(s, k.ingressProblems, k.ingressDown);
@@ -811,6 +787,100 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     }
   }
   return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
+}
+
+/** Why an ingress that another XDP program occupies receives nothing through ours (its problem line). */
+function foreignWhy(name: string, x: XdpStatus): string {
+  return `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`;
+}
+
+/**
+ * What a client's write observes right after it, for its rules' statuses ({@link judgeRule}, the judgement a
+ * pass makes): their ingress interfaces as the host has them now (missing, occupied by another program,
+ * without ours, down or without carrier), the egresses the write accepted unverified (`unverifiedEgress`),
+ * the neighbour entries their MAC-less backends use (set by hand; a MAC no probe of ours had answered), the
+ * static MACs and device settings as the last pass judged them. Reads only; repairs nothing (the next pass
+ * does, and judges again).
+ */
+export async function observeWrittenRules(
+  ctx: ExecContext,
+  names: Iterable<string>,
+  unverifiedEgress: ReadonlyMap<string, string> = new Map(),
+  pace: () => Promise<void> = async () => {},
+): Promise<void> {
+  const { dp, state } = ctx;
+  const ingressProblems = new Map<string, string>();
+  const ingressDown = new Map<string, string>();
+  const handSet = new Map<string, string>();
+  const unanswered = new Map<string, string>();
+  const seen = new Set<string>();
+  const rules: string[] = [];
+  let n = 0;
+  for (const name of names) {
+    if ((++n & 63) === 0) await pace();
+    const rule = state.rules.get(name);
+    if (!rule || !state.ruleKernel.has(name)) continue;
+    rules.push(name);
+    const k = state.ruleKernel.get(name)!;
+    for (const i of rule.ingressInterfaces) {
+      if (seen.has(i)) continue;
+      seen.add(i);
+      // As the write found it (-1: missing; a client's write refuses a missing ingress, a lenient one not).
+      if ((k.ifindexes.get(i) ?? -1) < 0) {
+        ingressProblems.set(i, missingText(state, i));
+        continue;
+      }
+      const x = dp.xdpStatus(i);
+      if (x && x.mode !== 'none' && !x.ours) ingressProblems.set(i, foreignWhy(i, x));
+      else if (x && x.mode === 'none') ingressProblems.set(i, `our XDP program is not attached to ${i}`);
+      const down = ingressDownProblem(i, dp.linkState?.(i));
+      if (down) ingressDown.set(i, down);
+    }
+    const written = (k.written ?? k.status).backends;
+    rule.backends.forEach((b, idx) => {
+      const key = neighbourKey(b.ip, b.interface);
+      if (b.mac !== '' || handSet.has(key) || unanswered.has(key)) return;
+      const states = dp.neighbourHandSet?.(b.ip, b.interface);
+      if (states) return void handSet.set(key, states);
+      // A MAC in the table from a neighbour entry (not one kept while its entry is missing: said so already).
+      const w = written[idx];
+      if (!w?.receiving || !w.mac || w.unverified || dp.neighbourMissing?.(b.ip, b.interface)) return;
+      if (dp.neighbourAnswered && dp.neighbourAnswered(b.ip, b.interface) !== w.mac) unanswered.set(key, w.mac);
+    });
+  }
+  const unverifiedMacs = new Map<string, string>();
+  const t = ctx.now();
+  for (const [key, m] of state.staticMacs) {
+    if (m.verdict === 'unverified' && t - (m.since ?? 0) >= UNVERIFIED_GRACE_MS) unverifiedMacs.set(key, m.why);
+  }
+  const o: RuleObservation = {
+    ingressProblems,
+    ingressDown,
+    unverifiedEgress,
+    unverifiedMacs,
+    unanswered,
+    holds: state.neighbourHolds,
+    handSet,
+    ingressSettings: state.ingressSettings,
+  };
+  for (const name of rules) {
+    if ((++n & 63) === 0) await pace();
+    judgeRule(state.ruleKernel.get(name)!, state.rules.get(name)!, o);
+  }
+}
+
+/**
+ * What a client's links write observes right after it, for each direction it wrote: an ingress that is
+ * down or without carrier, an egress that is down or without carrier, judged with the words the pass uses
+ * (`state.linkEgress`), so that the reply (and a read before the next pass) does not call such a direction
+ * forwarding. What only a pass can judge (native redirect targets, the egress watch) it leaves to the pass.
+ */
+export function observeLinkDirections(ctx: ExecContext, want: ReadonlyMap<string, { toName: string }>): void {
+  const { dp, state } = ctx;
+  for (const [from, d] of want) {
+    const why = ingressDownProblem(from, dp.linkState?.(from)) ?? egressProblem(d.toName, dp.linkState?.(d.toName));
+    if (why) state.linkEgress.set(`${from}>${d.toName}`, why);
+  }
 }
 
 /**

@@ -4,7 +4,7 @@
  * Pure functions; no I/O.
  */
 import type { LinkState, PeerMtu } from './dataplane.js';
-import type { BackendStatus, RuleStatus } from './model.js';
+import type { BackendStatus, RuleSpec, RuleStatus } from './model.js';
 import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
@@ -39,9 +39,22 @@ export function backendStatus(b: {
   egress?: string;
   /** Why the backend itself cannot take frames through it (a static MAC the host contradicts), if so. */
   conflict?: string;
+  /** Its MAC is the one the datapath held, kept while its neighbour entry is missing (Facts.keptMacs). */
+  kept?: boolean;
 }): BackendStatus {
   const out = b.egress ?? b.conflict;
   const receiving = b.resolved && !out;
+  if (receiving && b.kept) {
+    return {
+      ip: b.ip,
+      interface: b.interface,
+      mac: b.mac,
+      resolved: true,
+      receiving,
+      unverified: true,
+      message: keptMacWhy(b.ip, b.interface, b.mac),
+    };
+  }
   return {
     ip: b.ip,
     interface: b.interface,
@@ -58,6 +71,18 @@ export function backendStatus(b: {
           ? 'MAC resolved from the neighbour table'
           : '',
   };
+}
+
+/**
+ * What a backend given without a MAC says while the datapath keeps the MAC it forwarded with although the
+ * neighbour table has no entry for it (Facts.keptMacs): not confirmed, being probed, out only if that fails.
+ */
+export function keptMacWhy(ip: string, iface: string, mac: string): string {
+  return (
+    `MAC ${mac} kept from the datapath, not confirmed yet: the neighbour table has no entry for ${ip} on ${iface} ` +
+    '(flushed or expired, e.g. while the daemon was stopped or the egress went down); probing it: the backend ' +
+    'leaves the table only if the probe fails'
+  );
 }
 
 /**
@@ -181,14 +206,19 @@ export function handSetWhy(ip: string, iface: string, mac: string, states: strin
 export function writtenRuleStatus(backends: BackendStatus[], live: number, weights?: number[]): RuleStatus {
   const out = backends.filter((b, i) => !b.receiving && (weights?.[i] ?? 1) > 0);
   const why = out.map((b) => `${b.ip}@${b.interface}: ${b.message.split(':')[0]}`).join('; ');
+  // In the table with a MAC kept from the datapath (its neighbour entry missing): not confirmed to receive.
+  const kept = backends.filter((b, i) => b.receiving && b.unverified && (weights?.[i] ?? 1) > 0);
+  const keptNote = kept.length
+    ? `; ${kept.length} cannot be verified (${kept.map((b) => `${b.ip}@${b.interface}`).join(', ')}: MAC kept from the datapath, no neighbour entry; probing)`
+    : '';
   return {
-    state: live === 0 ? 'inactive' : out.length ? 'degraded' : 'active',
+    state: live === 0 ? 'inactive' : out.length || kept.length ? 'degraded' : 'active',
     message:
       live === 0
         ? `no backend can take traffic (all drained or unable to receive${why ? `: ${why}` : ''}): matching packets are dropped`
         : out.length
-          ? `forwarding to ${live} backend(s); ${out.length} cannot receive (${why})`
-          : `forwarding to ${live} backend(s)`,
+          ? `forwarding to ${live} backend(s); ${out.length} cannot receive (${why})${keptNote}`
+          : `forwarding to ${live} backend(s)${keptNote}`,
     backends,
     warnings: [],
   };
@@ -455,4 +485,89 @@ export function staticMacStatus(
     return { ...b, message: why };
   });
   return changed ? { ...written, backends } : written;
+}
+
+/**
+ * What a rule's status is judged from besides its written status, as observed on the host (by the
+ * reconciler's pass, or right after a client's write: resync.ts observeWrittenRules). Each map is keyed as
+ * the function that applies it says.
+ */
+export interface RuleObservation {
+  /** Ingress name -> why our program does not run there (missing, a foreign program, not attached). */
+  ingressProblems: ReadonlyMap<string, string>;
+  /** Ingress name -> why it receives nothing although it exists (down, no carrier). */
+  ingressDown: ReadonlyMap<string, string>;
+  /** Egress name -> why its backends cannot be verified ({@link unverifiedRuleStatus}). */
+  unverifiedEgress: ReadonlyMap<string, string>;
+  /** "ip@iface|mac" -> why a static MAC cannot be verified ({@link staticMacStatus}). */
+  unverifiedMacs: ReadonlyMap<string, string>;
+  /** "ip@iface" -> a neighbour MAC no probe of ours had answered ({@link unansweredNeighbourStatus}). */
+  unanswered: ReadonlyMap<string, string>;
+  /** "ip@iface" -> a confirmed MAC kept while its entry changed to an unanswered one ({@link heldNeighbourStatus}). */
+  holds: ReadonlyMap<string, NeighbourHold>;
+  /** "ip@iface" -> the states of a neighbour entry set by hand ({@link handSetNeighbourStatus}). */
+  handSet: ReadonlyMap<string, string>;
+  /** Ingress name -> device settings XDP relies on that drifted and could not be put back. */
+  ingressSettings: ReadonlyMap<string, string>;
+}
+
+/**
+ * The one judgement of a rule's status from what was written and what is observed: the written status
+ * lowered by every observation (static MACs, neighbour entries, MTUs, unverified egresses, its ingress
+ * interfaces missing, occupied, down or without carrier, their device settings). Sets `k.status`,
+ * `k.written` (undefined when nothing lowered it) and the ingress problems its conditions are made of.
+ * The reconciler's pass and a client's write (its reply) both judge with it, so a reply says what a read
+ * right after it says. A FAILED rule keeps its status.
+ */
+export function judgeRule(
+  k: { status: RuleStatus; written?: RuleStatus; ingressProblems?: string[]; ingressDown?: string[] },
+  rule: Pick<RuleSpec, 'ingressInterfaces' | 'backends'>,
+  o: RuleObservation,
+): void {
+  k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
+    o.ingressProblems.has(i) ? [o.ingressProblems.get(i)!] : [],
+  );
+  k.ingressDown = rule.ingressInterfaces.flatMap((i) => (o.ingressDown.has(i) ? [o.ingressDown.get(i)!] : []));
+  if (k.status.state === 'failed') return;
+  const written = k.written ?? k.status;
+  // Every reason an ingress receives nothing through our program: missing, not ours, down.
+  let unusable: ReadonlyMap<string, string> = o.ingressProblems;
+  if (k.ingressDown.length) {
+    const m = new Map(o.ingressProblems);
+    for (const i of rule.ingressInterfaces) {
+      const why = o.ingressDown.get(i);
+      if (why) m.set(i, m.has(i) ? `${m.get(i)}; ${why}` : why);
+    }
+    unusable = m;
+  }
+  let observed = observedRuleStatus(
+    unverifiedRuleStatus(
+      mtuRuleStatus(
+        handSetNeighbourStatus(
+          heldNeighbourStatus(
+            unansweredNeighbourStatus(staticMacStatus(written, rule, o.unverifiedMacs), rule, o.unanswered),
+            rule,
+            o.holds,
+          ),
+          rule,
+          o.handSet,
+        ),
+      ),
+      o.unverifiedEgress,
+    ),
+    rule.ingressInterfaces,
+    unusable as Map<string, string>,
+  );
+  // An ingress whose device settings drifted and could not be put back: it receives, some frames are lost.
+  const drift = rule.ingressInterfaces.flatMap((i) => (o.ingressSettings.has(i) ? [o.ingressSettings.get(i)!] : []));
+  if (drift.length && observed.state === 'active') {
+    observed = {
+      ...observed,
+      state: 'degraded',
+      message: `${observed.message}; ${drift.join('; ')}`,
+      warnings: [...drift, ...observed.warnings],
+    };
+  }
+  k.written = observed === written ? undefined : written;
+  k.status = observed;
 }

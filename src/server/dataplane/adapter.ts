@@ -476,6 +476,11 @@ export class KernelDataplane implements Dataplane {
     return entry.mac;
   }
 
+  neighbourMissing(ip: string, iface: string): boolean {
+    const e = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
+    return !!e && !e.mac && !e.states.includes('FAILED');
+  }
+
   neighbourHandSet(ip: string, iface: string): string | undefined {
     const states = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.states ?? [];
     return states.includes('PERMANENT') || states.includes('NOARP') ? states.join(', ') : undefined;

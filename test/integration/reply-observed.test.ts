@@ -1,0 +1,165 @@
+/**
+ * A change's reply carries the status a read right after it gives (issue 16 item 2: "a client told the wrong
+ * outcome"), with real namespaces, veths and datagrams. The write and the reconciler judge a rule with one
+ * function (rule-status judgeRule), from what the host shows: an ingress that is down, or without carrier,
+ * receives nothing, so CreateRule and UpdateRule reply INACTIVE with IngressReceiving False, as GetRule says
+ * at once, and the CLI prints the state; LinkService Connect replies "not forwarding" for a direction whose
+ * ingress is down, as ListLinks says. Before (review 18, finding 3): the replies said ACTIVE / every
+ * condition True (Connect: both directions active) while the read right after said INACTIVE (not active).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus, type Condition } from '../../src/gen/xdpctl/v1/common.js';
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { Protocol, RuleState, UdpChecksumMode, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { CLI, kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+describe('a change replies with the status a read right after it gives', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host, b2: Host;
+  const w = `x${id}w`; // a new veth, both ends left down (as a new interface is)
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.3.1/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    sh('ip', ['link', 'add', w, 'type', 'veth', 'peer', 'name', `x${id}p`]);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', w]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  const conds = (cs: Condition[]) => cs.map((x) => `${x.type}=${ConditionStatus[x.status]}/${x.reason}`).sort();
+  /** What a reply and a read must agree on: state, message, backends, conditions (not their times). */
+  const seen = (s: RuleStatus) => ({
+    state: RuleState[s.state],
+    message: s.message,
+    backends: s.backendStatus.map((b) => `${b.ip} ${b.active} ${b.message}`),
+    conditions: conds(s.conditions),
+  });
+  const rule = (name: string, port: number, ingress: string) => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [ingress],
+    backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+  const ingressCond = (s: RuleStatus) => s.conditions.find((x) => x.type === 'IngressReceiving')!;
+
+  it('an ingress that is down: CreateRule and UpdateRule reply INACTIVE, as GetRule says right after', async () => {
+    const created = (await c.rules.createRule({ rule: rule('t', 7990, w) })).rule!.status!;
+    const got = (await c.rules.getRule({ name: 't' })).rule!.status!;
+    assert.equal(created.state, RuleState.RULE_STATE_INACTIVE, created.message);
+    assert.match(created.message, new RegExp(`^not receiving on any ingress interface: ingress ${w} is down`));
+    assert.deepEqual(
+      [ingressCond(created).status, ingressCond(created).reason],
+      [ConditionStatus.CONDITION_STATUS_FALSE, 'IngressDown'],
+    );
+    assert.deepEqual(seen(created), seen(got), 'the reply is what a read right after says');
+
+    const updated = (await c.rules.updateRule({ rule: rule('t', 7991, w), expectedGeneration: 1n })).rule!.status!;
+    const got2 = (await c.rules.getRule({ name: 't' })).rule!.status!;
+    assert.equal(updated.state, RuleState.RULE_STATE_INACTIVE, updated.message);
+    assert.deepEqual(seen(updated), seen(got2));
+    await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING, 5000);
+
+    // The CLI prints that state, as for any reply that is not ACTIVE.
+    const cli = spawnSync(
+      CLI,
+      ['rules', 'add', 't2', '--port', '7993', '--ingress', w, '--backend', `${b1.ip},${b1.mac},${b1.hostIf}`],
+      { env: { ...process.env, XDPCTL_SERVER: d.unix }, encoding: 'utf8' },
+    );
+    assert.equal(cli.status, 0, cli.stderr);
+    assert.match(cli.stdout, new RegExp(`^rule t2 created \\(generation 1\\), state INACTIVE: .*ingress ${w} is down`));
+    await until('rule t logged INACTIVE', async () => count(/"msg":"rule t is INACTIVE: .* is down/) === 1, 5000);
+    await c.rules.deleteRule({ name: 't', expectedGeneration: 0n });
+    await c.rules.deleteRule({ name: 't2', expectedGeneration: 0n });
+  });
+
+  it('an ingress without carrier: the reply says so; up again, ACTIVE and 20 of 20 delivered', async (t) => {
+    sh('ip', ['-n', vm.netns, 'link', 'set', 'eth0', 'down']); // the ingress's peer: no carrier
+    try {
+      const created = (await c.rules.createRule({ rule: rule('u', 7992, vm.hostIf) })).rule!.status!;
+      const got = (await c.rules.getRule({ name: 'u' })).rule!.status!;
+      t.diagnostic(`reply: ${RuleState[created.state]} ${created.message}`);
+      assert.equal(created.state, RuleState.RULE_STATE_INACTIVE, created.message);
+      assert.match(created.message, new RegExp(`ingress ${vm.hostIf} has no carrier`));
+      assert.equal(ingressCond(created).status, ConditionStatus.CONDITION_STATUS_FALSE);
+      assert.deepEqual(seen(created), seen(got));
+    } finally {
+      sh('ip', ['-n', vm.netns, 'link', 'set', 'eth0', 'up']);
+      topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    }
+    await until(
+      'ACTIVE',
+      async () => (await c.rules.getRule({ name: 'u' })).rule!.status!.state === RuleState.RULE_STATE_ACTIVE,
+      5000,
+    );
+    const l = await UdpListener.start(b1.netns, b1.ip!, 7992);
+    listeners.push(l);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, 7992, 20, { flows: 10 }).done;
+    await sleep(150);
+    assert.equal((await l.stop()).unique, sent, 'delivered once the ingress has carrier');
+    await until('health SERVING', async () => (await health()) === SERVING, 5000);
+    // An update while it receives: ACTIVE in the reply, as in a read.
+    const updated = (await c.rules.updateRule({ rule: rule('u', 7994, vm.hostIf), expectedGeneration: 1n })).rule!
+      .status!;
+    assert.equal(updated.state, RuleState.RULE_STATE_ACTIVE, updated.message);
+    assert.deepEqual(seen(updated), seen((await c.rules.getRule({ name: 'u' })).rule!.status!));
+    assert.equal(count(/"msg":"rule u is INACTIVE/), 1, 'the transition logged once');
+    assert.equal(count(/"msg":"rule u is ACTIVE/), 1, 'and the way back once');
+    await c.rules.deleteRule({ name: 'u', expectedGeneration: 0n });
+  });
+
+  it('Connect over an ingress that is down replies "not forwarding" for its direction, as ListLinks says', async () => {
+    sh('ip', ['link', 'set', b2.hostIf, 'down']);
+    try {
+      const link = { a: b2.hostIf, b: vm.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH };
+      const reply = (await c.links.connect({ link })).link!.status!;
+      const listed = (await c.links.listLinks({ pageSize: 0, pageToken: '' })).links.find(
+        (x) => x.a === b2.hostIf,
+      )!.status!;
+      assert.deepEqual([reply.aToBActive, reply.bToAActive], [false, false], reply.warnings.join('; '));
+      assert.ok(
+        reply.warnings.some((x) => x.includes(`ingress ${b2.hostIf} is down`)),
+        reply.warnings.join('; '),
+      );
+      assert.deepEqual(
+        [reply.aToBActive, reply.bToAActive, conds(reply.conditions)],
+        [listed.aToBActive, listed.bToAActive, conds(listed.conditions)],
+      );
+      await c.links.disconnect({ a: b2.hostIf, b: vm.hostIf });
+    } finally {
+      sh('ip', ['link', 'set', b2.hostIf, 'up']);
+    }
+  });
+});
