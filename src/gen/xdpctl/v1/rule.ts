@@ -120,7 +120,8 @@ export enum RuleState {
    * verified (a veth egress whose peer xdpctld cannot inspect, before
    * traffic showed the kernel takes its frames; a backend given without MAC
    * whose neighbour entry was set by hand, PERMANENT or NOARP, which the
-   * kernel never confirms; either stays in the table), or
+   * kernel never confirms, or whose entry is missing while the datapath keeps
+   * the MAC it forwarded with and probes it; each stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
@@ -319,7 +320,10 @@ export interface Backend {
    * 01:00:5e:..., 33:33:...), fail with INVALID_ARGUMENT naming the field,
    * e.g. rule.backends[2].mac. Empty: looked up in the host's neighbour table
    * for `ip` on `interface`; until an entry exists the backend is unresolved
-   * and gets no traffic (see RuleStatus.backend_status). The entry is kept
+   * and gets no traffic (see RuleStatus.backend_status). A backend the
+   * datapath already forwards to keeps its MAC while its entry is missing
+   * (flushed or expired, e.g. across a restart) and is probed: it leaves the
+   * table only when that probe fails (the entry FAILED). The entry is kept
    * verified (an ARP probe to its MAC once unconfirmed for 5 s): a backend that
    * changes its MAC without a gratuitous ARP is rewritten with the new one
    * within 11 s with the kernel's default ARP settings. Given: written as
