@@ -282,7 +282,9 @@ export interface Dataplane {
    * having failed: no entry at all (flushed with its device, garbage-collected, gone while the daemon was
    * stopped) or one still being resolved (INCOMPLETE). That is no evidence that a MAC the datapath holds for the
    * backend is wrong (only a FAILED entry is: the host did not answer): the MAC is kept while a probe resolves
-   * the entry again (Facts.keptMacs). Optional (fakes: a missing MAC is then taken as unresolved).
+   * the entry again (Facts.keptMacs). False once the entry was seen FAILED, until it has a MAC again (a
+   * resolve of ours makes a failed entry INCOMPLETE once more). Optional (fakes: a missing MAC is then taken
+   * as unresolved).
    */
   neighbourMissing?(ip: string, iface: string): boolean;
   /**

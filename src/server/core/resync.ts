@@ -766,14 +766,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       k.observed = seen;
       changed.push(name);
     }
-    transition(`rule/${name}`, `${s.state}|${s.message}`, (before) => {
-      if (s.state === 'active' && !before) return; // the usual start: nothing to report
-      (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
-        ctx.log,
-        { rule: name, state: s.state.toUpperCase(), reason: s.message },
-        `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
-      );
-    });
+    logRuleTransition(ctx, name, s);
   }
   // The same for links.
   for (const [dir, w] of linkWarnings) {
@@ -787,6 +780,24 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     }
   }
   return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
+}
+
+/**
+ * Log a rule's observed status once per transition (a pass, or a client's write that judged it: so that a
+ * state the host changes again before the next pass is still said once). A first ACTIVE says nothing.
+ */
+function logRuleTransition(ctx: ExecContext, name: string, s: { state: string; message: string }): void {
+  const key = `rule/${name}`;
+  const line = `${s.state}|${s.message}`;
+  const before = ctx.state.logged.get(key);
+  if (before === line) return;
+  ctx.state.logged.set(key, line);
+  if (s.state === 'active' && before === undefined) return; // the usual start: nothing to report
+  (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
+    ctx.log,
+    { rule: name, state: s.state.toUpperCase(), reason: s.message },
+    `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
+  );
 }
 
 /** Why an ingress that another XDP program occupies receives nothing through ours (its problem line). */
@@ -865,7 +876,9 @@ export async function observeWrittenRules(
   };
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();
-    judgeRule(state.ruleKernel.get(name)!, state.rules.get(name)!, o);
+    const k = state.ruleKernel.get(name)!;
+    judgeRule(k, state.rules.get(name)!, o);
+    logRuleTransition(ctx, name, k.status);
   }
 }
 

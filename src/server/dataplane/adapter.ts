@@ -441,11 +441,17 @@ export class KernelDataplane implements Dataplane {
    * ('' for a broadcast resolve). The kernel leaves NUD_PROBE (or INCOMPLETE) for REACHABLE only on a reply.
    */
   private readonly probePending = new Map<string, string>();
+  /** Entries seen FAILED and not seen with a MAC since ({@link neighbourMissing}). */
+  private readonly neighbourFailed = new Set<string>();
   /** The MAC each entry held when it became REACHABLE after a probe of ours: answered by the host. */
   private readonly answered = new Map<string, string>();
 
   /** Every neighbour entry read: what it says about the probes of ours ({@link neighbourAnswered}). */
   private noteNeighbour(key: string, entry: NeighbourEntry): void {
+    if (entry.states.includes('FAILED')) {
+      if (this.neighbourFailed.size > 65536) this.neighbourFailed.clear();
+      this.neighbourFailed.add(key);
+    } else if (entry.mac) this.neighbourFailed.delete(key);
     if (this.answered.has(key) && this.answered.get(key) !== entry.mac) this.answered.delete(key);
     const pending = this.probePending.get(key);
     if (pending === undefined) return;
@@ -477,8 +483,11 @@ export class KernelDataplane implements Dataplane {
   }
 
   neighbourMissing(ip: string, iface: string): boolean {
-    const e = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
-    return !!e && !e.mac && !e.states.includes('FAILED');
+    const key = `${ip}@${iface}`;
+    const e = this.neighbourSeen.get(key)?.entry;
+    // Failed since it last had a MAC: the host did not answer. Our next resolve makes the entry INCOMPLETE
+    // again, which must not make a MAC the host did not answer for "kept" again.
+    return !!e && !e.mac && !e.states.includes('FAILED') && !this.neighbourFailed.has(key);
   }
 
   neighbourHandSet(ip: string, iface: string): string | undefined {
