@@ -95,6 +95,18 @@ class Neighbours extends ModelDataplane {
 
 describe('neighbour holds: the reconciler', () => {
   const KEY = '10.0.0.1@b0';
+  /** One rule with one backend given without MAC (10.0.0.1 on b0). */
+  const rule = (): Parameters<Controller['createRule']>[0] => ({
+    name: 'r',
+    protocol: 'udp',
+    port: 5000,
+    destination: '',
+    sourcePrefixes: [],
+    ingressInterfaces: ['in0'],
+    backends: [{ ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 }],
+    udpChecksum: 'update',
+    labels: {},
+  });
   const hex = (mac: string) => mac.replace(/:/g, '');
   async function setup() {
     const dp = new Neighbours();
@@ -103,17 +115,7 @@ describe('neighbour holds: the reconciler', () => {
     const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
     dp.neighbours.set(KEY, A);
     dp.answers.set(KEY, A);
-    await c.createRule({
-      name: 'r',
-      protocol: 'udp',
-      port: 5000,
-      destination: '',
-      sourcePrefixes: [],
-      ingressInterfaces: ['in0'],
-      backends: [{ ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 }],
-      udpChecksum: 'update',
-      labels: {},
-    });
+    await c.createRule(rule());
     await c.resync();
     const b = () => c.getRule('r').status.backends[0];
     assert.equal(b().mac, A);
@@ -203,17 +205,7 @@ describe('neighbour holds: the reconciler', () => {
   it('writes a never-resolved backend’s first MAC at once, unanswered (nothing better to keep)', async () => {
     const dp = new Neighbours();
     const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
-    await c.createRule({
-      name: 'r',
-      protocol: 'udp',
-      port: 5000,
-      destination: '',
-      sourcePrefixes: [],
-      ingressInterfaces: ['in0'],
-      backends: [{ ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 }],
-      udpChecksum: 'update',
-      labels: {},
-    });
+    await c.createRule(rule());
     await c.resync();
     assert.equal(c.getRule('r').status.backends[0].receiving, false);
     dp.neighbours.set(KEY, W);
