@@ -9,7 +9,8 @@
 #
 # It runs `node dist/server/main.js` (no TypeScript loader) with the V8 flags of that file's shebang (a
 # unit test keeps them equal), as uid 10001, not root: a copy of the Node binary, xdpctld-node, carries
-# the file capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (and ethtool CAP_NET_ADMIN, for the veth
+# the file capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_NET_RAW (ARP requests of its own, read
+# back off the wire: docs/deployment.md) (and ethtool CAP_NET_ADMIN, for the veth
 # GRO fix-up), which the container must also have in its bounding set (cap_add). File capabilities only
 # apply when no_new_privs is off, so the image has no setuid or setgid file left. The health probe,
 # xdpctl-health, runs on the plain node binary with no capabilities. See docs/deployment.md for the
@@ -29,7 +30,7 @@ RUN bash scripts/build-bpf.sh && mkdir -p build && bash scripts/buf.sh build -o 
 FROM node:24.22.3-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libbpf1 iproute2 ethtool libcap2-bin \
       && cp /usr/local/bin/node /usr/local/bin/xdpctld-node \
-      && setcap cap_bpf,cap_net_admin,cap_perfmon+ep /usr/local/bin/xdpctld-node \
+      && setcap cap_bpf,cap_net_admin,cap_perfmon,cap_net_raw+ep /usr/local/bin/xdpctld-node \
       && setcap cap_net_admin+ep "$(command -v ethtool)" \
       && apt-get purge -y libcap2-bin && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
       && find / -xdev -type f -perm /6000 -exec chmod a-s {} + \

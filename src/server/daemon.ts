@@ -662,6 +662,8 @@ export class Daemon {
     if (every <= 0) return;
     this.resyncTimer = setInterval(pass, every);
     this.monitor = new LinkMonitor(pass, this.log);
+    // A MAC that answered an ARP request of ours (one not answered before): acted on at once.
+    if (this.kernel) this.kernel.onNeighbourAnswer = pass;
     // The pin root removed or replaced (rm -rf PINROOT): a pass at once, not up to a period later, so that
     // its lock is taken again before a second daemon could take it. bpffs reports its changes to inotify.
     const root = basename(this.opts.pinRoot);
@@ -933,6 +935,7 @@ export class Daemon {
       this.ready.value = false;
       clearInterval(this.resyncTimer);
       this.monitor?.close();
+      this.kernel?.closeArp();
       this.pinRootWatch?.close();
       this.stateDirWatch?.close();
       this.health.setStatus('unhealthy');

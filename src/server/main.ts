@@ -24,7 +24,8 @@ const program = new Command('xdpctld')
   .description(
     'gRPC control plane for the xdpctl XDP datapath: UDP redirect rules and interface cross-connects.\n' +
       'Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (and CAP_SYS_ADMIN for native redirects into ' +
-      'veths whose peer is in another network namespace), and bpffs mounted at /sys/fs/bpf.',
+      'veths whose peer is in another network namespace; CAP_NET_RAW to confirm neighbour MACs by ARP requests ' +
+      'of its own), and bpffs mounted at /sys/fs/bpf.',
   )
   .version(VERSION)
   .option('--listen <address...>', 'where to serve gRPC: host:port or unix:/path (repeatable)', DEFAULTS.listen)
@@ -319,6 +320,14 @@ if (!caps.canEnterNetns) {
     { capability: 'CAP_SYS_ADMIN' },
     'without CAP_SYS_ADMIN, veth peers in other network namespaces cannot be inspected: native redirects ' +
       'into such veths are refused (generic mode and other devices are not affected)',
+  );
+}
+if (!caps.canSendArp) {
+  log.warn(
+    { capability: 'CAP_NET_RAW' },
+    'without CAP_NET_RAW, ARP requests of our own cannot be sent: the MAC of a backend given without MAC is ' +
+      'never confirmed by an answer (its status says "not confirmed yet"), and a MAC that answered is not kept ' +
+      'over a changed neighbour entry',
   );
 }
 

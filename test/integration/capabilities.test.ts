@@ -97,6 +97,7 @@ describe('least privilege', kernelOnly(), () => {
     const eff = capsOf(d);
     assert.equal(eff, (1n << BigInt(CAP.BPF)) | (1n << BigInt(CAP.NET_ADMIN)) | (1n << BigInt(CAP.PERFMON)));
     assert.match(d.output, /without CAP_SYS_ADMIN, veth peers in other network namespaces cannot be inspected/);
+    assert.match(d.output, /without CAP_NET_RAW, ARP requests of our own cannot be sent/, 'said, not silent');
     await d.clients(d.unix).rules.createRule({ rule: rule() });
     await forwards(d);
     await finish(d);

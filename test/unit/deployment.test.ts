@@ -26,8 +26,12 @@ const parse = (p: string) => {
   return docs.map((d) => d.toJS() as Record<string, any>); // eslint-disable-line @typescript-eslint/no-explicit-any
 };
 
-/** The capabilities the daemon checks for at start (proven in test/integration/capabilities.test.ts). */
-const CAPS = missingCapabilities(0n).map((m) => /^CAP_(\w+)/.exec(m)![1]);
+/**
+ * The capabilities the daemon checks for at start (proven in test/integration/capabilities.test.ts), and
+ * CAP_NET_RAW, optional but granted by the deployment files: without it no neighbour MAC is ever confirmed by
+ * an ARP reply (dataplane/arp.ts).
+ */
+const CAPS = [...missingCapabilities(0n).map((m) => /^CAP_(\w+)/.exec(m)![1]), 'NET_RAW'];
 
 function helpFlags(args: string[]): Set<string> {
   const r = spawnSync(process.execPath, [...args, '--help'], { cwd: ROOT, encoding: 'utf8' });
@@ -168,7 +172,7 @@ describe('deployment files', () => {
     // xdpctld-node: a copy of node with the daemon's file capabilities, run as the non-root USER.
     assert.deepEqual(JSON.parse(entry[1]), ['xdpctld-node', ...flags, '/opt/xdpctl/dist/server/main.js'], shebang);
     assert.match(df, /cp \/usr\/local\/bin\/node \/usr\/local\/bin\/xdpctld-node/);
-    assert.match(df, /setcap cap_bpf,cap_net_admin,cap_perfmon\+ep \/usr\/local\/bin\/xdpctld-node/);
+    assert.match(df, /setcap cap_bpf,cap_net_admin,cap_perfmon,cap_net_raw\+ep \/usr\/local\/bin\/xdpctld-node/);
     assert.match(df, /find \/ -xdev -type f -perm \/6000 -exec chmod a-s/, 'no setuid files (file caps need NNP off)');
     assert.match(df, new RegExp(`^USER ${IMAGE_UID}:${IMAGE_UID}$`, 'm'));
     // No buf binary or dev dependency in the image; optional dependencies stay (koffi's native binary is

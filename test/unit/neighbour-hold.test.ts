@@ -57,6 +57,17 @@ describe('neighbour holds: the decision', () => {
     assert.deepEqual(step({ hold, now: 1000 + NEIGHBOUR_HOLD_MS }), { ended: { hold, why: 'expired' } });
     assert.equal(step({ hold, entry: N, answered: true }).hold, undefined, 'ended: the entry is followed');
   });
+
+  it('keeps the kept MAC while it answers: the bound runs from its last answer (an entry re-written every second)', () => {
+    const hold: NeighbourHold = { kept: A, candidate: W, entry: W, since: 1000 };
+    const t = 1000 + NEIGHBOUR_HOLD_MS;
+    const s = step({ hold, now: t, keptAnswered: t - 900 });
+    assert.deepEqual(s, { hold: { ...hold, keptAnswered: t - 900 }, ask: 'probe' }, 'answered 0.9 s ago: kept');
+    // What it answered is remembered: a pass that reads no newer answer does not end it before its bound.
+    assert.deepEqual(step({ hold: s.hold, now: t + 500 }).hold, s.hold);
+    assert.deepEqual(step({ hold: s.hold, now: t - 900 + NEIGHBOUR_HOLD_MS }).ended, { hold: s.hold, why: 'expired' });
+    assert.deepEqual(step({ hold, now: t, keptAnswered: 500 }).ended, { hold, why: 'expired' }, 'an answer before it');
+  });
 });
 
 interface Line {

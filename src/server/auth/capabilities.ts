@@ -7,6 +7,10 @@
  *   netlink, enable GRO on veth peers with ethtool.
  * - CAP_PERFMON: the verifier only allows the program's packet-length
  *   arithmetic (`data_end - data`, pointer minus pointer) to callers with it.
+ * - CAP_NET_RAW (optional): the AF_PACKET socket through which the daemon sends
+ *   ARP requests of its own and reads the replies (dataplane/arp.ts), the only
+ *   evidence that a backend's neighbour MAC answers. Without it no such MAC is
+ *   ever confirmed (its status says "not confirmed yet").
  * - CAP_SYS_ADMIN (optional): entering another network namespace (setns, via
  *   `ip -n` / `nsenter`) to inspect or fix the peer of a veth before native
  *   redirects into it. Without it, such redirects are refused; generic mode
@@ -17,7 +21,7 @@
  */
 import { readFileSync } from 'node:fs';
 
-export const CAP = { NET_ADMIN: 12, SYS_ADMIN: 21, PERFMON: 38, BPF: 39 } as const;
+export const CAP = { NET_ADMIN: 12, NET_RAW: 13, SYS_ADMIN: 21, PERFMON: 38, BPF: 39 } as const;
 
 const WHY: Record<'BPF' | 'NET_ADMIN' | 'PERFMON', string> = {
   BPF: 'maps and programs',
@@ -43,14 +47,18 @@ export function missingCapabilities(eff: bigint): string[] {
   return out;
 }
 
-/** This process's missing capabilities and whether it may enter other network namespaces. */
-export function checkOwnCapabilities(): { missing: string[]; canEnterNetns: boolean } {
+/** This process's missing capabilities, whether it may enter other network namespaces and send ARP itself. */
+export function checkOwnCapabilities(): { missing: string[]; canEnterNetns: boolean; canSendArp: boolean } {
   let eff: bigint | undefined;
   try {
     eff = effectiveCapabilities(readFileSync('/proc/self/status', 'utf8'));
   } catch {
     eff = undefined;
   }
-  if (eff === undefined) return { missing: [], canEnterNetns: true }; // unknown: let the kernel decide
-  return { missing: missingCapabilities(eff), canEnterNetns: hasCap(eff, CAP.SYS_ADMIN) };
+  if (eff === undefined) return { missing: [], canEnterNetns: true, canSendArp: true }; // unknown: let the kernel decide
+  return {
+    missing: missingCapabilities(eff),
+    canEnterNetns: hasCap(eff, CAP.SYS_ADMIN),
+    canSendArp: hasCap(eff, CAP.NET_RAW),
+  };
 }

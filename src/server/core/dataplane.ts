@@ -258,12 +258,17 @@ export interface Dataplane {
    */
   verifyNeighbour?(ip: string, iface: string, unanswered?: boolean): boolean;
   /**
-   * The MAC of the neighbour entry for `ip` on `iface` when a probe of ours was answered with it (the entry
-   * went from NUD_PROBE or INCOMPLETE to REACHABLE holding that MAC), undefined otherwise: an entry another
-   * tool wrote (even as `nud reachable`) is not an answer of the host. `verifyNeighbour(..., true)` probes an
-   * entry whose MAC has no such answer at once (at most once a second). Optional (fakes).
+   * The MAC that answered an ARP request of our own for `ip` on `iface`: a reply seen on the wire (sender IP
+   * `ip`, sender MAC that MAC, addressed to this host), preferring the entry's own MAC; undefined when none did
+   * (or its last request went unanswered). A neighbour entry is never an answer: any tool can write one, even
+   * as `nud reachable`. `verifyNeighbour(..., true)` asks an entry's MAC that has no answer at once (at most
+   * once a second). Optional (fakes).
    */
   neighbourAnswered?(ip: string, iface: string): string | undefined;
+  /** How long ago (ms) `mac` last answered an ARP request of ours for `ip` on `iface`; undefined: never, or not since its last request. */
+  neighbourAnswerAge?(ip: string, iface: string, mac: string): number | undefined;
+  /** Send an ARP request of our own for `ip` on `iface` to `mac` (at most once a second); true when sent. Optional (fakes). */
+  askNeighbour?(ip: string, iface: string, mac: string): boolean;
   /**
    * The IPv4 neighbour table in one read: "ip@iface" -> entry (MAC, NUD states, seconds since the last
    * confirmation). Empty when it cannot be read. Optional (fakes): without it static MACs are not checked.

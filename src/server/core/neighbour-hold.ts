@@ -9,8 +9,13 @@
  *    answered from it (a real change: the host moved to that MAC; one probe's round trip and a pass later);
  *  - unanswered, the entry fails and is resolved again (a broadcast request): the MAC that answers is kept
  *    (the same as before: nothing written) or written (another one);
- *  - at most {@link NEIGHBOUR_HOLD_MS}: then the entry is followed as before (whatever it holds, or the
- *    backend out of the table when it failed), so a host that answers from nothing does not keep its old MAC;
+ *  - the kept MAC is asked too (an ARP request of our own, once a second): while it answers, it is kept
+ *    (another tool re-writing the wrong entry every second does not wear the hold out);
+ *  - at most {@link NEIGHBOUR_HOLD_MS} after the kept MAC last answered (or the hold started): then the entry
+ *    is followed as before (whatever it holds, or the backend out of the table when it failed), so a host that
+ *    answers from nothing does not keep its old MAC;
+ * "Answered" is an ARP reply of the host read off the wire (dataplane/arp.ts), never a neighbour entry's
+ * state: a tool writing `nud reachable` twice makes the same PROBE -> REACHABLE transition an answer makes.
  *  - an entry set by hand (PERMANENT, NOARP: the kernel never probes it) is followed at once, as the
  *    operator's statement (its status says it cannot be verified).
  * Nothing is held when nothing was confirmed before (a backend never resolved, or whose MAC in the datapath
@@ -33,6 +38,8 @@ export interface NeighbourHold {
   entry?: string;
   /** When it started (ctx.now() ms). */
   since: number;
+  /** When the kept MAC last answered an ARP request of ours during it (ctx.now() ms). */
+  keptAnswered?: number;
 }
 
 /** Why a hold ended: a MAC answered (the kept one: `kept`; another: `answered`), time, a hand-set entry, the kept MAC back. */
@@ -57,6 +64,7 @@ const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
  * One pass's decision for one neighbour entry a MAC-less backend uses.
  *  - `entry`: the entry's MAC now (undefined: failed, incomplete or absent);
  *  - `answered`: that MAC answered a probe of ours (Dataplane.neighbourAnswered);
+ *  - `keptAnswered`: when the hold's kept MAC last answered a probe of ours (ms, the `now` clock), if it did;
  *  - `handSet`: the entry is PERMANENT or NOARP;
  *  - `written`: the MAC the backend last received traffic with (state.neighbourMacs);
  *  - `confirmed`: the entry's last MAC that answered a probe of ours (state.neighbourConfirmed).
@@ -64,6 +72,7 @@ const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 export function stepNeighbourHold(o: {
   entry: string | undefined;
   answered: boolean;
+  keptAnswered?: number;
   handSet: boolean;
   written: string | undefined;
   confirmed: string | undefined;
@@ -74,9 +83,12 @@ export function stepNeighbourHold(o: {
   if (h) {
     if (o.entry && o.answered) return { ended: { hold: h, why: same(o.entry, h.kept) ? 'kept' : 'answered' } };
     if (o.handSet) return { ended: { hold: h, why: 'handset' } };
-    if (o.now - h.since >= NEIGHBOUR_HOLD_MS) return { ended: { hold: h, why: 'expired' } };
+    const lastAnswer = Math.max(h.since, h.keptAnswered ?? 0, o.keptAnswered ?? 0);
+    if (o.now - lastAnswer >= NEIGHBOUR_HOLD_MS) return { ended: { hold: h, why: 'expired' } };
     if (o.entry && same(o.entry, h.kept)) return { ended: { hold: h, why: 'back' } };
-    const next = h.entry === o.entry ? h : { ...h, entry: o.entry, candidate: o.entry ?? h.candidate };
+    let next = h.entry === o.entry ? h : { ...h, entry: o.entry, candidate: o.entry ?? h.candidate };
+    if (o.keptAnswered !== undefined && o.keptAnswered > h.since && o.keptAnswered !== h.keptAnswered)
+      next = { ...next, keptAnswered: o.keptAnswered };
     return { hold: next, ask: o.entry ? 'probe' : 'resolve' };
   }
   if (!o.entry || o.answered || o.handSet || !o.written || !o.confirmed) return NOTHING;

@@ -1174,9 +1174,11 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
     const iface = key.slice(at + 1);
     const answered = !!entry && dp.neighbourAnswered(ip, iface)?.toLowerCase() === entry.toLowerCase();
     if (answered) state.neighbourConfirmed.set(key, entry);
+    const keptAge = hold && dp.neighbourAnswerAge?.(ip, iface, hold.kept);
     const step = stepNeighbourHold({
       entry,
       answered,
+      ...(typeof keptAge === 'number' ? { keptAnswered: t - keptAge } : {}),
       handSet: dp.neighbourHandSet?.(ip, iface) !== undefined,
       written: state.neighbourMacs.get(key),
       confirmed: state.neighbourConfirmed.get(key),
@@ -1195,7 +1197,7 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
         { backend: ip, interface: iface, kept: h.kept, entry: h.candidate },
         `backend ${ip} on ${iface}: its neighbour entry changed from ${h.kept} to ${h.candidate}, which no ARP ` +
           `probe of ours has had answered: ${h.kept} (answered before) kept in the datapath until ` +
-          `${h.candidate} answers (probing it; at most ${NEIGHBOUR_HOLD_MS} ms)`,
+          `${h.candidate} answers (asking both; kept at most ${NEIGHBOUR_HOLD_MS} ms after ${h.kept} last answered)`,
       );
     } else if (step.hold && hold && step.hold.entry !== hold.entry) {
       // What the entry holds now, as observed: failed (the MAC probed did not answer), or another MAC.
@@ -1211,6 +1213,8 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
     if (step.ask === 'probe') {
       if (dp.verifyNeighbour?.(ip, iface, true)) state.reconcilerEvents.neighbour_probes++;
     } else if (step.ask === 'resolve') dp.probeNeighbour?.(ip, iface);
+    // The kept MAC asked too: kept while it answers (at most NEIGHBOUR_HOLD_MS after its last answer).
+    if (step.hold && dp.askNeighbour?.(ip, iface, step.hold.kept)) state.reconcilerEvents.neighbour_probes++;
   }
   // Holds on entries no backend uses any more (rule deleted, egress gone): ended.
   for (const [key, h] of state.neighbourHolds) {

@@ -20,6 +20,7 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
+import { ArpProber } from './arp.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
@@ -80,6 +81,8 @@ const VETH_RECHECK_MS = 30_000;
  * "Neighbours"): this + ucast_solicit x retrans_time (3 x 1 s by default) + 3 s = 11 s.
  */
 export const NEIGHBOUR_VERIFY_MS = 5000;
+/** The same MAC of a backend is asked on the wire (an ARP request of our own) at most this often (ms). */
+export const ASK_EVERY_MS = 1000;
 
 /** One device setting changed inside a {@link KernelDataplane.trackHostChanges} scope. */
 type HostJournalEntry =
@@ -436,42 +439,96 @@ export class KernelDataplane implements Dataplane {
   /** When each neighbour was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
   private readonly reprobed = new Map<string, number>();
 
-  /**
-   * Probes of ours not answered yet, by "ip@iface": the MAC the entry held when we set it to NUD_PROBE
-   * ('' for a broadcast resolve). The kernel leaves NUD_PROBE (or INCOMPLETE) for REACHABLE only on a reply.
-   */
-  private readonly probePending = new Map<string, string>();
   /** Entries seen FAILED and not seen with a MAC since ({@link neighbourMissing}). */
   private readonly neighbourFailed = new Set<string>();
-  /** The MAC each entry held when it became REACHABLE after a probe of ours: answered by the host. */
-  private readonly answered = new Map<string, string>();
 
-  /** Every neighbour entry read: what it says about the probes of ours ({@link neighbourAnswered}). */
+  /**
+   * What answered ARP requests of our own, read off the wire (arp.ts), by "ip@iface": each MAC that answered,
+   * when (ms since epoch) and on which ifindex. A MAC is taken out when a later request of ours to it went
+   * unanswered (arp.ts ARP_TRIES of them); all of an interface's when it is another device (ifindex). A
+   * neighbour entry, whatever its state, never puts a MAC here: any tool can write one.
+   */
+  private readonly wire = new Map<string, Map<string, { at: number; ifindex: number }>>();
+  /** When each "ip@iface/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
+  private readonly asked = new Map<string, number>();
+  private arpProber?: ArpProber;
+  /** Called when a MAC answered that had not (a reconciler pass acts on it at once); set by the daemon. */
+  onNeighbourAnswer?: () => void;
+
+  private get arp(): ArpProber {
+    this.arpProber ??= new ArpProber(
+      (a) => {
+        const key = `${a.question.ip}@${a.question.iface}`;
+        let m = this.wire.get(key);
+        if (!m) {
+          if (this.wire.size > 65536) this.wire.clear();
+          this.wire.set(key, (m = new Map()));
+        }
+        const fresh = !m.has(a.mac);
+        m.set(a.mac, { at: Date.now(), ifindex: a.question.ifindex });
+        if (fresh) this.onNeighbourAnswer?.();
+      },
+      (q) => {
+        // Asked, never answered: that MAC does not answer for the address (any more).
+        if (q.mac !== '') this.wire.get(`${q.ip}@${q.iface}`)?.delete(q.mac);
+      },
+    );
+    return this.arpProber;
+  }
+
+  /** Every neighbour entry read: whether it failed ({@link neighbourMissing}). */
   private noteNeighbour(key: string, entry: NeighbourEntry): void {
     if (entry.states.includes('FAILED')) {
       if (this.neighbourFailed.size > 65536) this.neighbourFailed.clear();
       this.neighbourFailed.add(key);
     } else if (entry.mac) this.neighbourFailed.delete(key);
-    if (this.answered.has(key) && this.answered.get(key) !== entry.mac) this.answered.delete(key);
-    const pending = this.probePending.get(key);
-    if (pending === undefined) return;
-    if (!entry.mac || entry.states.includes('FAILED')) {
-      if (pending !== '') this.probePending.delete(key); // not answered: the resolve that follows is probed anew
-      return;
-    }
-    if (pending !== '' && pending !== entry.mac) {
-      this.probePending.delete(key); // changed by something else meanwhile: not an answer to our probe
-      return;
-    }
-    if (entry.states.includes('REACHABLE')) {
-      this.probePending.delete(key);
-      if (this.answered.size > 65536) this.answered.clear();
-      this.answered.set(key, entry.mac);
-    }
   }
 
+  /**
+   * The MAC that answered an ARP request of ours for `ip` on `iface` (arp.ts: a reply seen on the wire): the
+   * entry's own MAC when it did, else the one that answered last; undefined when none did.
+   */
   neighbourAnswered(ip: string, iface: string): string | undefined {
-    return this.answered.get(`${ip}@${iface}`);
+    const m = this.wire.get(`${ip}@${iface}`);
+    if (!m?.size) return undefined;
+    const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.mac;
+    if (entry && m.has(entry)) return entry;
+    let last: [string, number] | undefined;
+    for (const [mac, a] of m) if (!last || a.at > last[1]) last = [mac, a.at];
+    return last?.[0];
+  }
+
+  neighbourAnswerAge(ip: string, iface: string, mac: string): number | undefined {
+    const a = this.wire.get(`${ip}@${iface}`)?.get(mac.toLowerCase());
+    return a ? Math.max(0, Date.now() - a.at) : undefined;
+  }
+
+  askNeighbour(ip: string, iface: string, mac: string): boolean {
+    const k = `${ip}@${iface}/${mac.toLowerCase()}`;
+    const t = Date.now();
+    if (t - (this.asked.get(k) ?? 0) < ASK_EVERY_MS) return false;
+    let own: { ifindex: number; mac: string };
+    try {
+      own = interfaceAddress(iface);
+    } catch {
+      return false; // gone: the next pass says so
+    }
+    const m = this.wire.get(`${ip}@${iface}`);
+    if (m) for (const [x, a] of m) if (a.ifindex !== own.ifindex) m.delete(x); // another device now
+    if (this.asked.size > 65536) this.asked.clear();
+    this.asked.set(k, t);
+    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase() }, own.mac);
+    if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
+      this.arpError = this.arp.lastError;
+      this.log?.warn({ err: this.arpError }, `ARP requests of our own cannot be sent: ${this.arpError}`);
+    }
+    return sent;
+  }
+  private arpError?: string;
+
+  /** Close the ARP socket (daemon stop). */
+  closeArp(): void {
+    this.arpProber?.close();
   }
 
   async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
@@ -500,35 +557,35 @@ export class KernelDataplane implements Dataplane {
    * has seen no confirmation of its MAC for {@link NEIGHBOUR_VERIFY_MS}, and at most once per that
    * interval, the entry is set to NUD_PROBE (netdev.ts reprobeNeighbour): the kernel asks the MAC it has,
    * and an entry nobody answers for becomes FAILED, after which the reconciler resolves it again.
-   * Static entries (PERMANENT, NOARP) and entries the kernel is already probing are left alone.
+   * With `unanswered` (the caller needs an answer), an entry whose MAC no ARP request of ours has had
+   * answered on the wire is asked at once ({@link askNeighbour}, at most once a second) and set to NUD_PROBE
+   * at once (at most once a second): what answers is read off the wire; the kernel's own probe fails a MAC
+   * nobody owns. Static entries (PERMANENT, NOARP) are left alone, and entries the kernel is already
+   * probing are not set to NUD_PROBE again.
    */
   verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
     const key = `${ip}@${iface}`;
     const seen = this.neighbourSeen.get(key);
     if (!seen?.entry.mac) return false;
-    const busy = ['PERMANENT', 'NOARP', 'PROBE', 'DELAY', 'INCOMPLETE'];
-    if (seen.entry.states.some((x) => busy.includes(x))) return false;
+    if (seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP')) return false;
+    const now = unanswered && !this.wire.get(key)?.has(seen.entry.mac);
+    const asked = now && this.askNeighbour(ip, iface, seen.entry.mac);
+    const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
+    if (seen.entry.states.some((x) => busy.includes(x))) return asked;
     const t = Date.now();
     // `ip -s neigh` gives the age in whole seconds, rounded down: counted as up to a second older, so that
     // a probe is never later than NEIGHBOUR_VERIFY_MS plus one pass (the bound in docs/architecture.md).
     const confirmedAgo = ((seen.entry.confirmed ?? Infinity) + 1) * 1000 + (t - seen.at);
     const since = t - (this.reprobed.get(key) ?? 0);
-    // An entry whose MAC no probe of ours has had answered (it changed, or was never probed): at once, once
-    // a second, whatever the kernel says of its age (an entry set by hand as REACHABLE looks confirmed).
-    const now =
-      unanswered && this.answered.get(key) !== seen.entry.mac && this.probePending.get(key) !== seen.entry.mac;
-    if (now ? since < 1000 : confirmedAgo < NEIGHBOUR_VERIFY_MS || since < NEIGHBOUR_VERIFY_MS) return false;
+    // An entry whose MAC no request of ours has had answered (it changed, or was never asked): at once, once
+    // a second, whatever the kernel says of its age (an entry another tool wrote as REACHABLE looks confirmed).
+    if (now ? since < 1000 : confirmedAgo < NEIGHBOUR_VERIFY_MS || since < NEIGHBOUR_VERIFY_MS) return asked;
     if (this.reprobed.size > 65536) this.reprobed.clear();
     this.reprobed.set(key, t);
     try {
-      const started = reprobeNeighbour(ip, iface);
-      if (started) {
-        if (this.probePending.size > 65536) this.probePending.clear();
-        this.probePending.set(key, seen.entry.mac);
-      }
-      return started;
+      return reprobeNeighbour(ip, iface) || asked;
     } catch {
-      return false; // gone or without a MAC since it was read: the next read says so
+      return asked; // gone or without a MAC since it was read: the next read says so
     }
   }
 
@@ -549,7 +606,6 @@ export class KernelDataplane implements Dataplane {
       this.neighbourSeen.set(key, { entry, at: t });
       this.noteNeighbour(key, entry);
     }
-    for (const key of this.probePending.keys()) if (!table.has(key)) this.probePending.delete(key);
     return table;
   }
 
@@ -622,8 +678,6 @@ export class KernelDataplane implements Dataplane {
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);
     if (this.probed.size > 4096) this.probed.clear();
-    // A broadcast request: the entry it makes (INCOMPLETE) becomes REACHABLE only with the host's answer.
-    if (!this.probePending.has(key)) this.probePending.set(key, '');
     probeNeighbour(ip, iface);
   }
 

@@ -1,0 +1,261 @@
+/**
+ * ARP requests of our own and their replies, read off the wire: the only evidence that a MAC answers for a
+ * backend's IP address. A neighbour entry is not such evidence: any tool may write one (`ip neigh replace IP
+ * lladdr M nud reachable`), and a second write during a probe of the kernel's makes the same PROBE ->
+ * REACHABLE transition an answer makes.
+ *
+ * One AF_PACKET socket (SOCK_DGRAM, ETH_P_ARP; libc through koffi, as for netlink), opened while requests
+ * are outstanding and closed when none have been for a while. A request is an ARP probe in the form of
+ * RFC 5227 (sender IP 0.0.0.0, so the host's own neighbour table is not changed by it) sent out of the
+ * backend's egress to one MAC (unicast, as the kernel's NUD_PROBE does: only a host that owns that MAC
+ * receives it) or to all (broadcast: whoever has the address answers with its MAC). An answer is an ARP
+ * reply received on that interface, addressed to this host (PACKET_HOST, target MAC the interface's, target
+ * IP 0.0.0.0: the reply to a sender IP 0.0.0.0), whose sender IP is the backend's and whose sender MAC (and
+ * Ethernet source) is the MAC asked, for a unicast request. A request is sent up to {@link ARP_TRIES} times,
+ * {@link ARP_RETRY_MS} apart, until answered; unanswered by then, it is reported silent.
+ *
+ * The socket is non-blocking and read on a timer every {@link ARP_READ_MS} while requests are outstanding:
+ * nothing waits on the event loop.
+ */
+import koffi from 'koffi';
+
+import { lastErrno } from './libbpf.js';
+
+const libc = koffi.load('libc.so.6');
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)');
+const sendtoFn = libc.func(
+  'intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)',
+);
+const recvfromFn = libc.func(
+  'intptr_t recvfrom(int fd, _Out_ void *buf, size_t len, int flags, _Out_ void *addr, _Inout_ uint32_t *addrlen)',
+);
+const closeFn = libc.func('int close(int fd)');
+
+const AF_PACKET = 17;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const ETH_P_ARP = 0x0806;
+const ARPHRD_ETHER = 1;
+const ARPOP_REQUEST = 1;
+const ARPOP_REPLY = 2;
+const PACKET_HOST = 0;
+const EAGAIN = 11;
+
+/** How many requests are sent for one question (the kernel's ucast_solicit default). */
+export const ARP_TRIES = 3;
+/** Time between them, and after the last one until it is given up (ms). */
+export const ARP_RETRY_MS = 1000;
+/** How often the socket is read while requests are outstanding (ms). */
+export const ARP_READ_MS = 10;
+/** The socket is closed when no request has been outstanding for this long (ms). */
+const IDLE_CLOSE_MS = 5000;
+
+/** A question put on the wire: does `mac` (or anyone, for a broadcast) answer for `ip` on `ifindex`? */
+export interface ArpQuestion {
+  ip: string;
+  /** The interface's name when asked (for the caller; the ifindex is what is matched). */
+  iface: string;
+  ifindex: number;
+  /** The MAC asked (lower case); '' for a broadcast request. */
+  mac: string;
+}
+
+/** What was seen: `mac` answered for `ip` on `ifindex` (`question.mac` is '' for a broadcast). */
+export interface ArpAnswer {
+  question: ArpQuestion;
+  mac: string;
+  /** Round trip from the first request (ms). */
+  ms: number;
+}
+
+interface Outstanding {
+  q: ArpQuestion;
+  /** The interface's own MAC (the requests' sender, the replies' target). */
+  own: Buffer;
+  first: number;
+  last: number;
+  sent: number;
+}
+
+const keyOf = (q: ArpQuestion) => `${q.ifindex}/${q.ip}/${q.mac}`;
+
+function macBytes(mac: string): Buffer | undefined {
+  const b = Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
+  return b.length === 6 && mac.split(':').length === 6 && ![...b].some((x) => Number.isNaN(x)) ? b : undefined;
+}
+
+function ipBytes(ip: string): Buffer | undefined {
+  const a = ip.split('.').map(Number);
+  return a.length === 4 && a.every((x) => Number.isInteger(x) && x >= 0 && x <= 255) ? Buffer.from(a) : undefined;
+}
+
+function macText(b: Buffer): string {
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/** struct sockaddr_ll (20 bytes) for ARP on `ifindex`, with a link-layer destination when given. */
+function sockaddrLl(ifindex: number, dest?: Buffer): Buffer {
+  const a = Buffer.alloc(20);
+  a.writeUInt16LE(AF_PACKET, 0);
+  a.writeUInt16BE(ETH_P_ARP, 2);
+  a.writeInt32LE(ifindex, 4);
+  a.writeUInt16LE(ARPHRD_ETHER, 8);
+  if (dest) {
+    a.writeUInt8(6, 11);
+    dest.copy(a, 12);
+  }
+  return a;
+}
+
+/** An ARP probe (RFC 5227): who has `ip`? Sender `own`, sender IP 0.0.0.0, target MAC the one asked (or none). */
+function arpRequest(own: Buffer, ip: Buffer, target?: Buffer): Buffer {
+  const p = Buffer.alloc(28);
+  p.writeUInt16BE(ARPHRD_ETHER, 0);
+  p.writeUInt16BE(0x0800, 2);
+  p.writeUInt8(6, 4);
+  p.writeUInt8(4, 5);
+  p.writeUInt16BE(ARPOP_REQUEST, 6);
+  own.copy(p, 8);
+  // sender IP 0.0.0.0 (14-17)
+  if (target) target.copy(p, 18);
+  ip.copy(p, 24);
+  return p;
+}
+
+export class ArpProber {
+  private fd = -1;
+  private readonly outstanding = new Map<string, Outstanding>();
+  private timer?: NodeJS.Timeout;
+  private idleSince = 0;
+  private readonly buf = Buffer.alloc(1600);
+  private readonly from = Buffer.alloc(20);
+  /** Why the socket could not be opened or a request sent (the last time), for whoever reports it. */
+  lastError?: string;
+
+  constructor(
+    private readonly onAnswer: (a: ArpAnswer) => void,
+    private readonly onSilent: (q: ArpQuestion) => void,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Whether a question is outstanding (requests sent, no answer yet, not given up). */
+  asking(q: ArpQuestion): boolean {
+    return this.outstanding.has(keyOf(q));
+  }
+
+  /**
+   * Put a question on the wire out of `ifindex`, whose own MAC is `ownMac`: `q.mac` asked by unicast, or
+   * everyone (broadcast) when it is ''. Nothing is sent when the same question is outstanding. False when
+   * it could not be sent (no socket: {@link lastError}).
+   */
+  ask(q: ArpQuestion, ownMac: string): boolean {
+    const k = keyOf(q);
+    if (this.outstanding.has(k)) return true;
+    const own = macBytes(ownMac);
+    if (!own || !ipBytes(q.ip) || (q.mac !== '' && !macBytes(q.mac))) return false;
+    const o: Outstanding = { q, own, first: this.now(), last: 0, sent: 0 };
+    if (!this.send(o)) return false;
+    this.outstanding.set(k, o);
+    this.arm();
+    return true;
+  }
+
+  private open(): boolean {
+    if (this.fd >= 0) return true;
+    const fd = Number(socketFn(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0x0608)); // htons(ETH_P_ARP)
+    if (fd < 0) {
+      this.lastError = `open a packet socket for ARP: errno ${lastErrno()}`;
+      return false;
+    }
+    const addr = sockaddrLl(0);
+    if (Number(bindFn(fd, addr, addr.length)) < 0) {
+      this.lastError = `bind a packet socket for ARP: errno ${lastErrno()}`;
+      closeFn(fd);
+      return false;
+    }
+    this.fd = fd;
+    return true;
+  }
+
+  private send(o: Outstanding): boolean {
+    if (!this.open()) return false;
+    const target = o.q.mac ? macBytes(o.q.mac)! : undefined;
+    const frame = arpRequest(o.own, ipBytes(o.q.ip)!, target);
+    const to = sockaddrLl(o.q.ifindex, target ?? Buffer.alloc(6, 0xff));
+    if (Number(sendtoFn(this.fd, frame, frame.length, 0, to, to.length)) < 0) {
+      this.lastError = `send an ARP request for ${o.q.ip} on ifindex ${o.q.ifindex}: errno ${lastErrno()}`;
+      return false;
+    }
+    o.sent++;
+    o.last = this.now();
+    return true;
+  }
+
+  private arm(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.tick(), ARP_READ_MS);
+    this.timer.unref();
+  }
+
+  /** Read what came, resend or give up what is due; close the socket when idle. */
+  tick(): void {
+    if (this.fd >= 0) this.read();
+    const t = this.now();
+    for (const [k, o] of this.outstanding) {
+      if (t - o.last < ARP_RETRY_MS) continue;
+      if (o.sent >= ARP_TRIES || !this.send(o)) {
+        this.outstanding.delete(k);
+        this.onSilent(o.q);
+      }
+    }
+    if (this.outstanding.size) {
+      this.idleSince = 0;
+      return;
+    }
+    if (!this.idleSince) this.idleSince = t;
+    else if (t - this.idleSince >= IDLE_CLOSE_MS) this.close();
+  }
+
+  private read(): void {
+    const len = [this.from.length];
+    for (let n = 0; n < 256; n++) {
+      len[0] = this.from.length;
+      const got = Number(recvfromFn(this.fd, this.buf, this.buf.length, 0, this.from, len));
+      if (got < 0) {
+        const e = lastErrno();
+        if (e !== EAGAIN) this.lastError = `read ARP replies: errno ${e}`;
+        return;
+      }
+      if (got >= 28 && this.outstanding.size) this.frame(this.buf.subarray(0, got));
+    }
+  }
+
+  private frame(p: Buffer): void {
+    const ifindex = this.from.readInt32LE(4);
+    if (this.from.readUInt8(10) !== PACKET_HOST || p.readUInt16BE(6) !== ARPOP_REPLY) return;
+    if (p.readUInt16BE(0) !== ARPHRD_ETHER || p.readUInt16BE(2) !== 0x0800 || p[4] !== 6 || p[5] !== 4) return;
+    if (p.readUInt32BE(24) !== 0) return; // the reply to a sender IP 0.0.0.0 (ours)
+    const sha = p.subarray(8, 14);
+    if (this.from.readUInt8(11) !== 6 || !this.from.subarray(12, 18).equals(sha)) return; // Ethernet source = sender
+    const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
+    const mac = macText(sha);
+    for (const k of [keyOf({ ip, iface: '', ifindex, mac }), keyOf({ ip, iface: '', ifindex, mac: '' })]) {
+      const o = this.outstanding.get(k);
+      if (!o || !p.subarray(18, 24).equals(o.own)) continue;
+      this.outstanding.delete(k);
+      this.onAnswer({ question: o.q, mac, ms: this.now() - o.first });
+    }
+  }
+
+  /** Close the socket and forget every outstanding question (idempotent). */
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.outstanding.clear();
+    this.idleSince = 0;
+    if (this.fd >= 0) closeFn(this.fd);
+    this.fd = -1;
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * A neighbour entry another tool writes is not an answer of the host (issue 16 items 1 and 2; rev19 finding 1),
+ * with real namespaces, veths and datagrams. Only an ARP reply read off the wire answers for a MAC:
+ *  - the same wrong MAC written twice as REACHABLE 0.5 s apart under traffic (the second write lands during the
+ *    kernel's probe of the first, making the PROBE -> REACHABLE transition an answer makes): the wrong MAC is
+ *    never written, never "resolved", never logged as having answered; every datagram reaches the host's MAC
+ *    (was 212 of 600 delivered, the wrong MAC "answered an ARP probe of ours after 1017 ms", ACTIVE "MAC
+ *    resolved" for ~8 s);
+ *  - a tool re-writing it every second for longer than the hold's bound (NEIGHBOUR_HOLD_MS, 8 s): the host's
+ *    MAC, which keeps answering ARP requests of ours, stays written throughout (was 135 of 1000 delivered).
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { NEIGHBOUR_HOLD_MS } from '../../src/server/core/neighbour-hold.js';
+import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { Topology, type Host } from '../helpers/topology.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+
+describe('a neighbour entry written by another tool is not an answer', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess;
+  let c: Clients;
+  let vm: Host, b1: Host;
+  const listeners: UdpListener[] = [];
+
+  before(async () => {
+    vm = topo.addHost('vm', '198.18.1.1/24');
+    b1 = topo.addHost('b1', '198.18.2.1/24');
+    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+  });
+  after(async () => {
+    listeners.forEach((l) => l.kill());
+    await d?.destroy();
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const rule = (name: string, port: number) => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [vm.hostIf],
+    backends: [{ ip: b1.ip!, mac: '', interface: b1.hostIf, weight: 1 }],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+  /**
+   * Rule `name` on `port` resolved by an answer; then 100 datagrams a second over 10 flows for `seconds`, the
+   * wrong MAC written as REACHABLE at each of `writes` (ms after the traffic started), the status read every
+   * 100 ms. What was delivered, every status that named the wrong MAC, and the log since.
+   */
+  async function scenario(name: string, port: number, wrong: string, seconds: number, writes: number[]) {
+    await c.rules.createRule({ rule: rule(name, port) });
+    await until(
+      'resolved by an answer',
+      async () => (await status(name)).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
+      10_000,
+    );
+    const from = d.output.length;
+    const l = await UdpListener.start(b1.netns, b1.ip!, port);
+    listeners.push(l);
+    const tx = sendUdp(vm.netns, NOWHERE, port, seconds * 100, { flows: 10, perTick: 1, tickMs: 10 });
+    const t0 = Date.now();
+    const claims: string[] = [];
+    let reads = 0;
+    try {
+      const pending = [...writes];
+      while (Date.now() - t0 < seconds * 1000) {
+        if (pending.length && Date.now() - t0 >= pending[0]) {
+          pending.shift();
+          sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'reachable']);
+        }
+        const st = await status(name);
+        const b = st.backendStatus[0];
+        reads++;
+        if (b.mac !== b1.mac || !b.active)
+          claims.push(`${Date.now() - t0} ms: ${b.mac} active=${b.active}: ${b.message}`);
+        if (new RegExp(esc(wrong)).test(b.message) && /resolved/.test(b.message)) claims.push(`resolved: ${b.message}`);
+        if (st.state !== RuleState.RULE_STATE_ACTIVE) claims.push(`state ${st.state}: ${st.message}`);
+        await sleep(Math.min(100, Math.max(0, (pending[0] ?? Infinity) - (Date.now() - t0))));
+      }
+    } finally {
+      await tx.done.catch(() => undefined);
+      if (sh('ip', ['neigh', 'show', b1.ip!, 'dev', b1.hostIf]).includes(wrong))
+        shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
+    }
+    const { sent } = await tx.done;
+    await sleep(150);
+    const got = (await l.stop()).unique;
+    return { sent, got, claims, reads, log: d.output.slice(from) };
+  }
+
+  it('the same wrong MAC written twice 0.5 s apart under traffic: never written, never "answered"', async () => {
+    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:91`;
+    const r = await scenario('twice', 7991, wrong, 6, [1000, 1500]);
+    console.log(`# written twice 0.5 s apart: ${r.got} of ${r.sent} delivered; ${r.reads} status reads`);
+    assert.deepEqual(r.claims, [], 'the answered MAC stays written, the rule ACTIVE, nothing claimed of the wrong one');
+    assert.equal(r.got, r.sent, `every datagram delivered to the host's MAC: ${r.got} of ${r.sent}`);
+    assert.doesNotMatch(r.log, new RegExp(`${esc(wrong)} answered`), 'no answer claimed for a MAC nobody owns');
+    assert.doesNotMatch(r.log, /has a new MAC/, 'no MAC rewritten');
+    const who = `backend ${esc(b1.ip!)} on ${b1.hostIf}`;
+    assert.match(r.log, new RegExp(`"msg":"${who}: its neighbour entry changed from ${b1.mac} to ${wrong}`));
+    // The kernel's own probe of the wrong MAC fails once nobody re-writes it: the host's MAC, answered, again.
+    await until(
+      'resolved again',
+      async () => {
+        const b = (await status('twice')).backendStatus[0];
+        return b.mac === b1.mac && b.message === 'MAC resolved from the neighbour table';
+      },
+      10_000,
+    );
+    await c.rules.deleteRule({ name: 'twice', expectedGeneration: 0n });
+  });
+
+  it(`a tool re-writing it every second for longer than the hold's bound (${NEIGHBOUR_HOLD_MS} ms): the answering MAC stays`, async () => {
+    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:92`;
+    const writes = Array.from({ length: 11 }, (_, i) => 500 + i * 1000);
+    const r = await scenario('often', 7992, wrong, 12, writes);
+    console.log(`# re-written every 1 s for 11 s: ${r.got} of ${r.sent} delivered; ${r.reads} status reads`);
+    assert.deepEqual(r.claims, [], 'the answered MAC stays written, the rule ACTIVE, nothing claimed of the wrong one');
+    assert.equal(r.got, r.sent, `every datagram delivered to the host's MAC: ${r.got} of ${r.sent}`);
+    assert.doesNotMatch(r.log, new RegExp(`${esc(wrong)} answered`));
+    assert.doesNotMatch(r.log, /has a new MAC|no MAC answered within/);
+    await c.rules.deleteRule({ name: 'often', expectedGeneration: 0n });
+  });
+});
