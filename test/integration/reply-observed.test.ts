@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
@@ -160,6 +160,187 @@ describe('a change replies with the status a read right after it gives', kernelO
       await c.links.disconnect({ a: b2.hostIf, b: vm.hostIf });
     } finally {
       sh('ip', ['link', 'set', b2.hostIf, 'up']);
+    }
+  });
+
+  // Review 19, finding 8: the Connect reply said FramesFit True (MTUFits) while ListLinks 2 s later said False
+  // (EgressMTUTooSmall), and the link's egress interface had no FramesFit condition at all.
+  it('Connect and ApplyLinks into a veth whose peer has MTU 1000 reply FramesFit False as ListLinks does; its egress interface says so too', async (t) => {
+    const l1 = topo.addHost('l1', '198.18.41.1/24');
+    const l2 = topo.addHost('l2', '198.18.41.2/24');
+    sh('ip', ['-n', l2.netns, 'link', 'set', 'eth0', 'mtu', '1000']); // l2.hostIf's veth peer
+    const link = { a: l1.hostIf, b: l2.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH };
+    const fit = (cs: Condition[]) => cs.find((x) => x.type === 'FramesFit');
+    const listLink = async () =>
+      (await c.links.listLinks({ pageSize: 0, pageToken: '' })).links.find((x) => x.a === l1.hostIf)!.status!;
+    const view = (s: { aToBActive: boolean; bToAActive: boolean; warnings: string[]; conditions: Condition[] }) => ({
+      active: [s.aToBActive, s.bToAActive],
+      warnings: s.warnings,
+      conditions: conds(s.conditions),
+    });
+    const tooSmall = new RegExp(
+      `^${l1.hostIf} -> ${l2.hostIf}: ${l2.hostIf}'s veth peer eth0 in netns ${l2.netns} has MTU 1000, ${l1.hostIf} 1500: ` +
+        'frames whose IP packet exceeds 1004 bytes are dropped',
+    );
+
+    const reply = (await c.links.connect({ link })).link!.status!;
+    const listed = await listLink();
+    t.diagnostic(`Connect reply: ${conds(reply.conditions).join(' ')}`);
+    assert.deepEqual(
+      [fit(reply.conditions)?.status, fit(reply.conditions)?.reason],
+      [ConditionStatus.CONDITION_STATUS_FALSE, 'EgressMTUTooSmall'],
+      fit(reply.conditions)?.message,
+    );
+    assert.match(fit(reply.conditions)!.message, tooSmall);
+    assert.ok(
+      reply.warnings.some((x) => tooSmall.test(x)),
+      reply.warnings.join('; '),
+    );
+    assert.deepEqual(view(reply), view(listed), 'the reply is what a read right after says');
+    // ... and what the reconciler's passes say after it.
+    await sleep(2000);
+    assert.deepEqual(view(await listLink()), view(reply), 'and what a read 2 s later says');
+
+    // The link's egress interfaces carry FramesFit as a rule's egress does: l2.hostIf False with the link's
+    // text (in its warnings too), l1.hostIf (l2 -> l1: peer MTU 1500) True; both EgressReady True.
+    const iface = async (name: string) => (await c.interfaces.getInterface({ name })).interface!;
+    const i2 = await iface(l2.hostIf);
+    t.diagnostic(`${l2.hostIf}: ${conds(i2.conditions).join(' ')}`);
+    assert.deepEqual(
+      [fit(i2.conditions)?.status, fit(i2.conditions)?.reason],
+      [ConditionStatus.CONDITION_STATUS_FALSE, 'EgressMTUTooSmall'],
+    );
+    assert.match(
+      fit(i2.conditions)!.message,
+      new RegExp(`link ${tooSmall.source.slice(1)}.*\\(link/${l1.hostIf}:${l2.hostIf}\\)$`),
+    );
+    assert.ok(i2.warnings.includes(fit(i2.conditions)!.message), i2.warnings.join('; '));
+    assert.ok(i2.usedBy.includes(`link/${l1.hostIf}:${l2.hostIf}/egress`), i2.usedBy.join(','));
+    const i1 = await iface(l1.hostIf);
+    assert.equal(fit(i1.conditions)?.status, ConditionStatus.CONDITION_STATUS_TRUE, conds(i1.conditions).join(' '));
+    for (const i of [i1, i2]) {
+      assert.equal(
+        i.conditions.find((x) => x.type === 'EgressReady')?.status,
+        ConditionStatus.CONDITION_STATUS_TRUE,
+        `${i.name}: ${conds(i.conditions).join(' ')}`,
+      );
+    }
+
+    // What it says is true: an IP packet of 1004 bytes reaches l2, one of 1005 (or 1428) does not.
+    const ping = (size: number) => {
+      try {
+        topo.exec('l1', 'ping', ['-c', '1', '-W', '1', '-M', 'do', '-s', String(size), l2.ip!]);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await until('l1 reaches l2', () => ping(56), 10_000);
+    assert.deepEqual([ping(976), ping(977), ping(1400)], [true, false, false], 'IP packets of 1004, 1005, 1428 bytes');
+
+    // ApplyLinks: its reply's link is what a read says, FramesFit False as well.
+    await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
+    const applied = await c.links.applyLinks({ links: [link], validateOnly: false });
+    const inReply = applied.links.find((x) => x.a === l1.hostIf)!.status!;
+    assert.equal(
+      fit(inReply.conditions)?.status,
+      ConditionStatus.CONDITION_STATUS_FALSE,
+      conds(inReply.conditions).join(' '),
+    );
+    assert.deepEqual(view(inReply), view(await listLink()));
+    await c.links.applyLinks({ links: [], validateOnly: false });
+    // Removed, its egress interfaces are no longer listed, and their texts are gone with it.
+    const left = (await c.interfaces.listInterfaces({})).interfaces.filter(
+      (x) => x.name === l1.hostIf || x.name === l2.hostIf,
+    );
+    assert.deepEqual(
+      left.map((x) => x.name),
+      [],
+    );
+
+    // The CLI prints the warning after "connected", as for an ingress that is down.
+    const cli = spawnSync(CLI, ['links', 'connect', l1.hostIf, l2.hostIf], {
+      env: { ...process.env, XDPCTL_SERVER: d.unix },
+      encoding: 'utf8',
+    });
+    assert.equal(cli.status, 0, cli.stderr);
+    assert.match(
+      cli.stdout,
+      new RegExp(`^link ${l1.hostIf} <-> ${l2.hostIf} connected \\(warning: ${tooSmall.source.slice(1)}`),
+    );
+    await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
+  });
+
+  // Review 19, finding 9: the whole-file commands printed "create" rows and nothing else, while the reply said
+  // the rule was INACTIVE and the link not forwarding (ingress down); `rules add` / `links connect` say so.
+  it('rules apply -f and links apply -f print what they created that is not forwarding, as rules add and links connect do', async () => {
+    const file = `/tmp/xdpctl-test-${id}-apply.yaml`;
+    const cli = (args: string[]) => {
+      const r = spawnSync(CLI, args, { env: { ...process.env, XDPCTL_SERVER: d.unix }, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout;
+    };
+    try {
+      writeFileSync(
+        file,
+        `rules:\n  - name: nd\n    port: 7995\n    ingress: [${w}]\n    udpChecksum: zero\n` +
+          `    backends:\n      - {ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}, weight: 1}\n` +
+          `  - name: up\n    port: 7996\n    ingress: [${vm.hostIf}]\n    udpChecksum: zero\n` +
+          `    backends:\n      - {ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}, weight: 1}\n`,
+      );
+      const rules = cli(['rules', 'apply', '-f', file]);
+      assert.match(rules, /^nd\s+create$/m);
+      assert.match(
+        rules,
+        new RegExp(
+          `^rule nd created, state INACTIVE: not receiving on any ingress interface: ingress ${w} is down`,
+          'm',
+        ),
+      );
+      // The other rule: a line exactly when it is not ACTIVE (as a read says).
+      const up = (await c.rules.getRule({ name: 'up' })).rule!.status!;
+      if (up.state === RuleState.RULE_STATE_ACTIVE)
+        assert.doesNotMatch(rules, /^rule up /m, 'an ACTIVE one is not named');
+      else assert.match(rules, /^rule up created, state /m);
+      assert.match(rules, /^applied: 2 created, 0 updated, 0 deleted, 0 unchanged$/m);
+      const got = (await c.rules.getRule({ name: 'nd' })).rule!.status!;
+      assert.equal(got.state, RuleState.RULE_STATE_INACTIVE, 'as a read says');
+      // An update says it too.
+      writeFileSync(
+        file,
+        `rules:\n  - name: nd\n    port: 7997\n    ingress: [${w}]\n    udpChecksum: zero\n` +
+          `    backends:\n      - {ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}, weight: 1}\n`,
+      );
+      const updated = cli(['rules', 'apply', '-f', file]);
+      assert.match(updated, new RegExp(`^rule nd updated, state INACTIVE: .*ingress ${w} is down`, 'm'));
+      writeFileSync(file, 'rules: []\n');
+      cli(['rules', 'apply', '-f', file]);
+
+      // A link whose ingress is down (b2's host end; the finding's case), into an up one.
+      sh('ip', ['link', 'set', b2.hostIf, 'down']);
+      writeFileSync(file, `links:\n  ${b2.hostIf}: ${vm.hostIf}\n`);
+      const links = cli(['links', 'apply', '-f', file]);
+      assert.match(links, new RegExp(`^${b2.hostIf}\\s+${vm.hostIf}\\s+create$`, 'm'));
+      assert.match(
+        links,
+        new RegExp(
+          `^link ${b2.hostIf} <-> ${vm.hostIf} created \\(not forwarding ${b2.hostIf} -> ${vm.hostIf}, ` +
+            `${vm.hostIf} -> ${b2.hostIf}; warning: .*ingress ${b2.hostIf} is down`,
+          'm',
+        ),
+      );
+      const listed = (await c.links.listLinks({ pageSize: 0, pageToken: '' })).links.find(
+        (x) => x.a === b2.hostIf,
+      )!.status!;
+      assert.deepEqual([listed.aToBActive, listed.bToAActive], [false, false], 'as a read says');
+      // A dry run prints no such line (nothing was written).
+      writeFileSync(file, `links:\n  ${b2.hostIf}: ${b1.hostIf}\n`);
+      assert.doesNotMatch(cli(['links', 'apply', '-f', file, '--dry-run']), /^link /m);
+      writeFileSync(file, 'links: []\n');
+      cli(['links', 'apply', '-f', file]);
+    } finally {
+      sh('ip', ['link', 'set', b2.hostIf, 'up']);
+      rmSync(file, { force: true });
     }
   });
 });

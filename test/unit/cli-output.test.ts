@@ -1,14 +1,26 @@
 /**
  * The CLI's interface table says when the daemon cut an interface's used_by (used_by_omitted): a review
- * found a cut list printed as if it were whole.
+ * found a cut list printed as if it were whole. `rules apply` / `links apply` name what they created or
+ * updated that is not forwarding (review 19, finding 9: they printed "create" rows only).
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { INTERFACE_HEAD, interfaceRow, renderTable, ruleDetails, usedByCell } from '../../src/client/cli/output.js';
+import {
+  appliedLinkNotes,
+  appliedRuleNotes,
+  INTERFACE_HEAD,
+  interfaceRow,
+  linkNote,
+  renderTable,
+  ruleDetails,
+  usedByCell,
+} from '../../src/client/cli/output.js';
+import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
 import { Counters } from '../../src/gen/xdpctl/v1/counters.js';
 import { ManagedInterface } from '../../src/gen/xdpctl/v1/interface.js';
-import { Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { Link, LinkChange, LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
+import { Rule, RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 
 describe('CLI output: interfaces', () => {
   it('used_by cut by the daemon ends with "+N more"; a whole one does not', () => {
@@ -57,5 +69,72 @@ describe('CLI output: rules get', () => {
     assert.match(text, /REDIRECT ERRORS/);
     assert.match(text, /^0\s+10\.0\.0\.1\s.*\s515\s+\S+ B\s+112(\s|$)/m);
     assert.match(text, /^1\s+10\.0\.0\.2\s.*\s723\s+\S+ B\s+0(\s|$)/m);
+  });
+});
+
+describe('CLI output: rules apply / links apply name what they created or updated that is not forwarding', () => {
+  const rule = (name: string, state: RuleState, message = '') => Rule.fromPartial({ name, status: { state, message } });
+  const { CHANGE_ACTION_CREATE: CREATE, CHANGE_ACTION_UPDATE: UPDATE, CHANGE_ACTION_UNCHANGED: SAME } = ChangeAction;
+
+  it('a rule created or updated and not ACTIVE is named with its state, as rules add prints it; others are not', () => {
+    const res = {
+      changes: [
+        { name: 'a', action: CREATE, repaired: [] },
+        { name: 'b', action: UPDATE, repaired: [] },
+        { name: 'c', action: CREATE, repaired: [] },
+        { name: 'd', action: SAME, repaired: [] },
+      ],
+      rules: [
+        rule('a', RuleState.RULE_STATE_INACTIVE, 'not receiving on any ingress interface: ingress x is down'),
+        rule('b', RuleState.RULE_STATE_DEGRADED, 'frames larger than 1004 bytes are dropped'),
+        rule('c', RuleState.RULE_STATE_ACTIVE),
+        rule('d', RuleState.RULE_STATE_INACTIVE, 'unchanged: not named'),
+      ],
+      rulesOmitted: false,
+      applied: true,
+    };
+    assert.deepEqual(appliedRuleNotes(res), [
+      'rule a created, state INACTIVE: not receiving on any ingress interface: ingress x is down',
+      'rule b updated, state DEGRADED: frames larger than 1004 bytes are dropped',
+    ]);
+    assert.deepEqual(appliedRuleNotes({ ...res, applied: false, rules: [] }), [], 'a dry run: nothing written');
+    assert.match(appliedRuleNotes({ ...res, rules: [], rulesOmitted: true }).join('\n'), /left out the rules' states/);
+  });
+
+  it('a link created or updated with a direction not forwarding or a warning is named, as links connect prints it', () => {
+    const link = (
+      a: string,
+      b: string,
+      ab: boolean,
+      ba: boolean,
+      warnings: string[],
+      direction = LinkDirection.LINK_DIRECTION_BOTH,
+    ) => Link.fromPartial({ a, b, direction, status: { aToBActive: ab, bToAActive: ba, warnings } });
+    const res = {
+      changes: [
+        LinkChange.fromPartial({ a: 'x', b: 'y', action: CREATE }),
+        LinkChange.fromPartial({ a: 'p', b: 'q', action: UPDATE }),
+        LinkChange.fromPartial({ a: 'm', b: 'n', action: CREATE }),
+        LinkChange.fromPartial({ a: 'o', b: 'r', action: CREATE }),
+      ],
+      links: [
+        link('m', 'n', true, false, [], LinkDirection.LINK_DIRECTION_A_TO_B),
+        link('p', 'q', true, true, [
+          'p -> q: egress q has MTU 1000, p 1500: frames whose IP packet exceeds 1004 bytes are dropped',
+        ]),
+        link('r', 'o', true, false, []),
+        link('x', 'y', false, false, ['ingress x is down: it receives nothing']),
+      ],
+      linksOmitted: false,
+      applied: true,
+    };
+    assert.deepEqual(appliedLinkNotes(res), [
+      'link x <-> y created (not forwarding x -> y, y -> x; warning: ingress x is down: it receives nothing)',
+      'link p <-> q updated (warning: p -> q: egress q has MTU 1000, p 1500: frames whose IP packet exceeds 1004 bytes are dropped)',
+      'link r <-> o created (not forwarding o -> r)',
+    ]);
+    assert.equal(linkNote(res.links[0]), '', 'a one-way link forwarding its one direction: nothing to say');
+    assert.deepEqual(appliedLinkNotes({ ...res, applied: false, links: [] }), [], 'a dry run: nothing written');
+    assert.match(appliedLinkNotes({ ...res, links: [], linksOmitted: true }).join('\n'), /left out the links' states/);
   });
 });

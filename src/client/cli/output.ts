@@ -8,8 +8,14 @@ import YAML from 'yaml';
 import { ChangeAction, changeActionToJSON } from '../../gen/xdpctl/v1/common.js';
 import { GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
 import { effectiveXdpModeToJSON, xdpModeToJSON, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
-import { LinkDirection } from '../../gen/xdpctl/v1/link.js';
-import { ruleStateToJSON, udpChecksumModeToJSON, type Backend, type Rule } from '../../gen/xdpctl/v1/rule.js';
+import { LinkDirection, type Link, type LinkChange } from '../../gen/xdpctl/v1/link.js';
+import {
+  ruleStateToJSON,
+  udpChecksumModeToJSON,
+  type Backend,
+  type Rule,
+  type RuleChange,
+} from '../../gen/xdpctl/v1/rule.js';
 
 export type OutputFormat = 'table' | 'json' | 'yaml';
 
@@ -318,4 +324,80 @@ export function stateNote(r: Rule): string {
   const state = ruleState(r);
   if (state === 'ACTIVE') return '';
   return `, state ${state}${r.status?.message ? `: ${r.status.message}` : ''}`;
+}
+
+/**
+ * What a link's reply says against it, as `links connect` prints it after "connected": the directions that
+ * are not forwarding and its warnings (an ingress down, an egress MTU below the ingress's); '' when every
+ * direction forwards and nothing is said against it.
+ */
+export function linkNote(l: Link): string {
+  const s = l.status;
+  if (!s) return '';
+  const out: string[] = [];
+  if (!s.aToBActive) out.push(`${l.a} -> ${l.b}`);
+  if (l.direction !== LinkDirection.LINK_DIRECTION_A_TO_B && !s.bToAActive) out.push(`${l.b} -> ${l.a}`);
+  const parts = out.length ? [`not forwarding ${out.join(', ')}`] : [];
+  if (s.warnings.length) parts.push(`warning: ${s.warnings.join('; ')}`);
+  return parts.length ? ` (${parts.join('; ')})` : '';
+}
+
+const DONE: Partial<Record<ChangeAction, string>> = {
+  [ChangeAction.CHANGE_ACTION_CREATE]: 'created',
+  [ChangeAction.CHANGE_ACTION_UPDATE]: 'updated',
+};
+
+/**
+ * `rules apply`'s lines under its table: each rule it created or updated that is not ACTIVE, with its state
+ * and why, as `rules add` / `rules update` print it (the reply's rules); none for a dry run. A reply that left its rules out (over
+ * 2 MiB) is said to have done so.
+ */
+export function appliedRuleNotes(res: {
+  changes: RuleChange[];
+  rules: Rule[];
+  rulesOmitted: boolean;
+  applied: boolean;
+}): string[] {
+  const done = res.changes.filter((c) => DONE[c.action]);
+  if (!res.applied || !done.length) return [];
+  if (res.rulesOmitted) {
+    return [
+      `the reply left out the rules' states (over 2 MiB): "xdpctl rules list" shows the created and updated rules' states`,
+    ];
+  }
+  const byName = new Map(res.rules.map((r) => [r.name, r]));
+  const out: string[] = [];
+  for (const c of done) {
+    const r = byName.get(c.name);
+    if (!r) out.push(`rule ${c.name} ${DONE[c.action]}: not in the reply's rules`);
+    else if (stateNote(r)) out.push(`rule ${c.name} ${DONE[c.action]}${stateNote(r)}`);
+  }
+  return out;
+}
+
+/**
+ * `links apply`'s lines under its table: each link it created or updated that has a direction not
+ * forwarding or a warning, as `links connect` prints it ({@link linkNote}; the reply's links); none for a dry run. A reply that
+ * left its links out (over 2 MiB) is said to have done so.
+ */
+export function appliedLinkNotes(res: {
+  changes: LinkChange[];
+  links: Link[];
+  linksOmitted: boolean;
+  applied: boolean;
+}): string[] {
+  const done = res.changes.filter((c) => DONE[c.action]);
+  if (!res.applied || !done.length) return [];
+  if (res.linksOmitted) {
+    return [
+      `the reply left out the links' states (over 2 MiB): "xdpctl links list" shows the created and updated links' states`,
+    ];
+  }
+  const out: string[] = [];
+  for (const c of done) {
+    const l = res.links.find((x) => (x.a === c.a && x.b === c.b) || (x.a === c.b && x.b === c.a));
+    if (!l) out.push(`link ${c.a} ${c.b} ${DONE[c.action]}: not in the reply's links`);
+    else if (linkNote(l)) out.push(`link ${linkName(l)} ${DONE[c.action]}${linkNote(l)}`);
+  }
+  return out;
 }

@@ -188,7 +188,7 @@ export interface InterfaceFacts {
   used: boolean;
   /** Why it runs in another mode than asked (the attach's warning), if it does. */
   modeWarning?: string;
-  /** What sends frames out of it (its "…/egress" users: backends' rules, one-way links); empty: none. */
+  /** What sends frames out of it (its "…/egress" users: backends' rules, links into it); empty: none. */
   egressFor?: readonly string[];
   /**
    * Why it cannot transmit what they send, if it cannot: down, no carrier, a link direction that cannot, or

@@ -591,9 +591,9 @@ export class Controller {
 
   /**
    * Every interface a rule or link names: the ones that need the program
-   * (ingress, link sources) and the ones only used as egress (a backend's
-   * interface, the far end of a one-way link), as the InterfaceService
-   * contract says. Egress uses are listed as "<user>/egress".
+   * (ingress, link sources) and the ones used as an egress (a backend's
+   * interface, the far end of a link, either end of a two-way link), as the
+   * InterfaceService contract says. Egress uses are listed as "<user>/egress".
    */
   listInterfaces(at = this.now()): ManagedInterface[] {
     const programUsers = this.state.interfaceUsers(); // what needs the program on an interface
@@ -624,8 +624,8 @@ export class Controller {
   }
 
   /**
-   * The interfaces used as an egress (a backend's interface, the far end of a one-way link), each with
-   * its egress uses ("rule/X/egress", "link/a:b/egress", sorted) and why it cannot transmit for them
+   * The interfaces used as an egress (a backend's interface, the far end of a link, either end of a two-way
+   * link), each with its egress uses ("rule/X/egress", "link/a:b/egress", sorted) and why it cannot transmit for them
    * (down or without carrier, or a link direction into it that cannot): the inputs of its EgressReady
    * condition. Every caller of interfaceView passes them, so that a pass records EgressReady with the
    * pass's time, as a read does.
@@ -674,8 +674,11 @@ export class Controller {
         if (b) note(facts.frames, b.interface, w.slice(`backend ${b.ip}: `.length), user);
       }
     }
+    // A link sends frames out of its far end, and a two-way link out of either end: each is its egress, with
+    // the conditions a backend's egress has (EgressReady, FramesFit), from its directions' judgements.
     for (const l of this.state.links.values()) {
-      if (l.direction !== 'both') add(l.b, `link/${l.a}:${l.b}/egress`);
+      add(l.b, `link/${l.a}:${l.b}/egress`);
+      if (l.direction === 'both') add(l.a, `link/${l.a}:${l.b}/egress`);
     }
     const linkEgress = new Map<string, string[]>();
     for (const [dir, why] of this.state.linkEgress) {

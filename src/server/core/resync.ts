@@ -636,27 +636,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         }
       }
       const key = `link/${from}>${to}`;
-      const drift = state.ingressSettings.get(from);
       if (why) linkEgress.set(`${from}>${to}`, why);
-      else if (drift) linkWarnings.set(`${from}>${to}`, `${from} -> ${to}: ${drift}`);
       else {
-        // Frames larger than the egress's MTU (or its veth peer's, wherever that lives) are dropped by the
-        // kernel; a peer whose MTU cannot be read is said to be so (FramesFit Unknown).
-        const mIn = dp.linkState?.(from)?.mtu;
-        const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
-        if (e && 'unverified' in e) {
-          linkWarnings.set(
-            `${from}>${to}`,
-            `${from} -> ${to}: egress ${to}'s veth peer MTU cannot be verified (${e.unverified}): frames larger ` +
-              'than that MTU would be dropped unseen by this check',
-          );
-        } else if (mIn !== undefined && e && e.mtu < mIn) {
-          linkWarnings.set(
-            `${from}>${to}`,
-            `${from} -> ${to}: ${e.where} has MTU ${e.mtu}, ${from} ${mIn}: frames whose IP packet exceeds ${e.mtu + MTU_SLACK} ` +
-              `bytes are dropped (XDP redirects do not fragment; ${countedAs(e.where, to)}); ${largestPassing(e.mtu)}`,
-          );
-        }
+        const w = linkDirectionWarning(ctx, from, to);
+        if (w) linkWarnings.set(`${from}>${to}`, w);
       }
       transition(key, why ? `out|${why}` : 'ok', (before) => {
         if (why) ctx.log.warn({ from, to, reason: why }, `link ${from} -> ${to} is not forwarding: ${why}`);
@@ -883,17 +866,70 @@ export async function observeWrittenRules(
 }
 
 /**
- * What a client's links write observes right after it, for each direction it wrote: an ingress that is
- * down or without carrier, an egress that is down or without carrier, judged with the words the pass uses
- * (`state.linkEgress`), so that the reply (and a read before the next pass) does not call such a direction
- * forwarding. What only a pass can judge (native redirect targets, the egress watch) it leaves to the pass.
+ * The warning of a link direction that forwards (the pass's, and a write's right after it): its ingress's
+ * device settings that differ from the datapath's (GRO, `state.ingressSettings`), else frames larger than its
+ * egress's MTU (or its veth peer's, wherever that lives), which the kernel drops, or a peer whose MTU cannot
+ * be read (FramesFit Unknown); undefined: none.
+ */
+export function linkDirectionWarning(ctx: ExecContext, from: string, to: string): string | undefined {
+  const { dp, state } = ctx;
+  const drift = state.ingressSettings.get(from);
+  if (drift) return `${from} -> ${to}: ${drift}`;
+  const mIn = dp.linkState?.(from)?.mtu;
+  const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
+  if (e && 'unverified' in e) {
+    return (
+      `${from} -> ${to}: egress ${to}'s veth peer MTU cannot be verified (${e.unverified}): frames larger ` +
+      'than that MTU would be dropped unseen by this check'
+    );
+  }
+  if (mIn !== undefined && e && e.mtu < mIn) {
+    return (
+      `${from} -> ${to}: ${e.where} has MTU ${e.mtu}, ${from} ${mIn}: frames whose IP packet exceeds ${e.mtu + MTU_SLACK} ` +
+      `bytes are dropped (XDP redirects do not fragment; ${countedAs(e.where, to)}); ${largestPassing(e.mtu)}`
+    );
+  }
+  return undefined;
+}
+
+/**
+ * What a client's links write observes right after it, for each direction it wrote, judged as the pass
+ * judges it and with its words: an ingress or an egress that is down or without carrier makes it not
+ * forwarding (`state.linkEgress`); a forwarding one has the pass's warning ({@link linkDirectionWarning}:
+ * an egress MTU, or its veth peer's, below the ingress's; `state.linkWarnings`). So the reply, and a read
+ * before the next pass, say what that pass will. What only a pass can judge (native redirect targets, the
+ * egress watch) it leaves to the pass. Directions the write removed are forgotten (a read no longer lists
+ * them, and their egress interfaces no longer carry their texts).
  */
 export function observeLinkDirections(ctx: ExecContext, want: ReadonlyMap<string, { toName: string }>): void {
   const { dp, state } = ctx;
-  for (const [from, d] of want) {
-    const why = ingressDownProblem(from, dp.linkState?.(from)) ?? egressProblem(d.toName, dp.linkState?.(d.toName));
-    if (why) state.linkEgress.set(`${from}>${d.toName}`, why);
+  const dirs = new Set([...want].map(([from, d]) => `${from}>${d.toName}`));
+  for (const m of [state.linkEgress, state.linkWarnings, state.linkUnverified]) {
+    for (const dir of m.keys()) if (!dirs.has(dir)) m.delete(dir);
   }
+  for (const [from, d] of want) {
+    const dir = `${from}>${d.toName}`;
+    const why = ingressDownProblem(from, dp.linkState?.(from)) ?? egressProblem(d.toName, dp.linkState?.(d.toName));
+    if (why) state.linkEgress.set(dir, why);
+    else if (isDownText(state.linkEgress.get(dir), from, d.toName)) state.linkEgress.delete(dir); // up again
+    if (state.linkEgress.has(dir)) state.linkWarnings.delete(dir);
+    else {
+      const w = linkDirectionWarning(ctx, from, d.toName);
+      if (w) state.linkWarnings.set(dir, w);
+      else state.linkWarnings.delete(dir);
+    }
+  }
+}
+
+/** Whether a direction's "not forwarding" text is one {@link observeLinkDirections} judges again (down, no carrier). */
+function isDownText(why: string | undefined, from: string, to: string): boolean {
+  return (
+    why !== undefined &&
+    (why === ingressDownProblem(from, { up: false, carrier: false, mtu: 0 }) ||
+      why === ingressDownProblem(from, { up: true, carrier: false, mtu: 0 }) ||
+      why === egressProblem(to, { up: false, carrier: false, mtu: 0 }) ||
+      why === egressProblem(to, { up: true, carrier: false, mtu: 0 }))
+  );
 }
 
 /**

@@ -10,7 +10,19 @@ import {
 } from '../../../gen/xdpctl/v1/link.js';
 import { listAllLinks } from '../../index.js';
 import { examples } from '../flags.js';
-import { action, direction, linkName, print, printData, printList, printTable, summary, yesNo } from '../output.js';
+import {
+  action,
+  appliedLinkNotes,
+  direction,
+  linkName,
+  linkNote,
+  print,
+  printData,
+  printList,
+  printTable,
+  summary,
+  yesNo,
+} from '../output.js';
 import { loadLinks, run } from '../session.js';
 
 export function registerLinks(program: Command): void {
@@ -52,8 +64,7 @@ export function registerLinks(program: Command): void {
         const dir = f.oneWay ? LinkDirection.LINK_DIRECTION_A_TO_B : LinkDirection.LINK_DIRECTION_BOTH;
         const res = await s.client.links.connect({ link: { a, b, direction: dir } }, s.call());
         if (o.output !== 'table') return printData(o.output, ConnectResponse.toJSON(res));
-        const warn = res.link?.status?.warnings.length ? ` (warning: ${res.link.status.warnings.join('; ')})` : '';
-        print(`link ${linkName(res.link ?? { a, b, direction: dir })} connected${warn}`);
+        print(`link ${linkName(res.link ?? { a, b, direction: dir })} connected${res.link ? linkNote(res.link) : ''}`);
       }),
     );
 
@@ -83,6 +94,8 @@ export function registerLinks(program: Command): void {
       'after',
       `${examples('xdpctl links apply -f xconnect.yaml --dry-run\nxdpctl links apply -f xconnect.yaml')}
 The output of "links list -o yaml" (or -o json) is accepted as is (status ignored).
+Under the table of changes, each link created or updated with a direction not
+forwarding or a warning is named with them (as "links connect" says it).
 File format (only "links:" is used; "links: []" removes every link):
   links:
     eth0: tap0                        # both directions
@@ -101,6 +114,7 @@ File format (only "links:" is used; "links: []" removes every link):
           ['A', 'B', 'ACTION'],
           res.changes.map((c) => [c.a, c.b, action(c.action)]),
         );
+        for (const line of appliedLinkNotes(res)) print(line);
         print(
           summary(
             res.changes.map((c) => c.action),

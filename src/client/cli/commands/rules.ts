@@ -19,6 +19,7 @@ import { CliError, EXIT } from '../errors.js';
 import { collectBackend, collectLabel, collectList, examples, parseUint, parseUint64 } from '../flags.js';
 import {
   action,
+  appliedRuleNotes,
   countersToJson,
   print,
   printData,
@@ -261,6 +262,8 @@ export function registerRules(program: Command): void {
       )}
 The output of "rules list -o yaml" (or -o json) is accepted as is: output-only
 fields (generation, status, times) are ignored.
+Under the table of changes, each rule created or updated that is not ACTIVE is
+named with its state and why (as "rules add" says it).
 File format (only "rules:" is used; "rules: []" deletes every rule):
   rules:
     - name: web
@@ -282,6 +285,7 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
           ['NAME', 'ACTION'],
           res.changes.map((c) => [c.name, action(c.action)]),
         );
+        for (const line of appliedRuleNotes(res)) print(line);
         for (const c of res.changes) {
           if (c.repaired.length)
             print(`rule ${c.name}: rewritten in the kernel:\n${c.repaired.map((l) => `  ${l}`).join('\n')}`);

@@ -154,8 +154,9 @@ export interface ManagedInterface {
    * What names the interface, in ascending order: "rule/<name>" for a rule
    * that has it as an ingress interface and "link/<a>:<b>" for a link that
    * forwards from it (these need the program on it); "rule/<name>/egress" for
-   * a rule with a backend behind it and "link/<a>:<b>/egress" for a one-way
-   * link into it (these do not).
+   * a rule with a backend behind it and "link/<a>:<b>/egress" for a link
+   * that sends frames out of it: the far end of a one-way link, either end of
+   * a two-way one (these do not).
    * At most 1 MiB of entries are listed (about 14 000 "rule/<name>/egress"
    * entries with 63-character names); the rest are counted in
    * used_by_omitted (read the rules with ListRules).

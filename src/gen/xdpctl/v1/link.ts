@@ -117,10 +117,11 @@ export interface LinkStatus {
    * program runs on each ingress side and each egress can transmit; Unknown,
    * reason EgressUnverified, from the Connect or ApplyLinks reply on while a
    * veth egress's peer cannot be inspected and no traffic showed it takes
-   * frames), "FramesFit" (each egress's MTU, and its veth peer's when that is
-   * in the daemon's network namespace, is at least its ingress's; false,
-   * reason EgressMTUTooSmall, names both MTUs and the largest frame that
-   * still passes: the kernel drops larger ones, XDP does not fragment).
+   * frames), "FramesFit" (each egress's MTU, and its veth peer's wherever
+   * the peer lives, is at least its ingress's; false, reason
+   * EgressMTUTooSmall, names both MTUs and the largest frame that still
+   * passes: the kernel drops larger ones, XDP does not fragment). A Connect
+   * or ApplyLinks reply judges them as ListLinks does right after.
    */
   conditions: Condition[];
 }

@@ -369,8 +369,7 @@ export interface RuleStatus {
    * IngressDown, names those that are down or without carrier: they receive
    * nothing), "BackendsReceiving" (every backend with a non-zero weight is
    * in the backend table), "FramesFit" (every backend's egress MTU, and its
-   * veth peer's when that is in the daemon's network namespace, is at least
-   * the largest ingress MTU; false, reason EgressMTUTooSmall, names both MTUs
+   * veth peer's wherever the peer lives, is at least the largest ingress MTU; false, reason EgressMTUTooSmall, names both MTUs
    * and the largest datagram that still passes: the kernel drops larger ones
    * on redirect, XDP does not fragment, and the rule is DEGRADED).
    */
