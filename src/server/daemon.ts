@@ -970,7 +970,7 @@ export class Daemon {
         const done = {
           detached: [...detached, ...r.detached],
           restored: r.restored,
-          // Recorded devices not touched: gone, or another device with the same name and ifindex since.
+          // Recorded devices not touched: gone, or another device (namespace, veth peer) at that ifindex since.
           ...(r.leftAlone.length ? { leftAlone: r.leftAlone } : {}),
         };
         // "Restored" only when it was: a failure is the one line, with what was done and what was not.

@@ -8,13 +8,17 @@
  *  - both namespaces are deleted and made again with the same names; the new peers get the same ifindexes;
  *    their owner sets GRO on and tx VLAN offloads off by hand;
  *  - a daemon with --cleanup-on-exit starts on the same state and stops: it leaves both new devices as their
- *    owner set them, and logs each record it left alone and why (another MAC).
+ *    owner set them, and logs each record it left alone and why: the namespace is another one (its id, which
+ *    the kernel never gives to another namespace; its nsfs inode number it does give back), or, for a record
+ *    without the namespace's id (an earlier version's, or a kernel before 6.18), the veth peer is another one.
+ *    Never the MAC: a setting (host-changes-same-device.test.ts).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { netnsId } from '../../src/server/dataplane/netdev.js';
 import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh } from '../helpers/env.js';
@@ -39,9 +43,10 @@ describe('host changes: a device made again with the same name and ifindex is le
   });
 
   const peer = (h: Host) =>
-    JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0] as {
+    JSON.parse(sh('ip', ['-n', h.netns, '-j', '-d', 'link', 'show', 'eth0']))[0] as {
       ifindex: number;
       address: string;
+      link_index: number;
     };
   const feature = (h: Host, name: string) =>
     new RegExp(`^${name}: (\\w+)`, 'm').exec(sh('ip', ['netns', 'exec', h.netns, 'ethtool', '-k', 'eth0']))![1];
@@ -77,8 +82,22 @@ describe('host changes: a device made again with the same name and ifindex is le
     assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'switched on by the daemon (--fix-veth-peers)');
     assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'turned off by the daemon for XDP');
     const before = { b1: peer(b1), vm: peer(vm) };
+    const nsInode = (h: Host) => sh('stat', ['-c', '%i', `/run/netns/${h.netns}`]).trim();
+    const inodes = { b1: nsInode(b1), vm: nsInode(vm) };
     assert.equal(await d.stop('SIGTERM'), 0);
     d = undefined;
+    // The GRO record as an earlier version wrote it (no namespace id): judged by the veth peer.
+    const file = `/tmp/xdpctl-test-${id}-state/host-changes.json`;
+    const record = JSON.parse(readFileSync(file, 'utf8')) as {
+      gro: { netns: string; netnsId?: string; linkIndex?: number }[];
+      offloads: { netns: string; netnsId?: string }[];
+    };
+    const gro = record.gro.find((c) => c.netns === b1.netns)!;
+    const namespaceIds = { b1: gro.netnsId, vm: record.offloads.find((c) => c.netns === vm.netns)?.netnsId };
+    assert.match(namespaceIds.vm ?? '', /^\d+$/, 'the namespace id is recorded (Linux >= 6.18: NS_GET_ID)');
+    assert.equal(gro.linkIndex, before.b1.link_index, 'the veth peer is recorded');
+    delete gro.netnsId;
+    writeFileSync(file, JSON.stringify(record));
 
     remake(b1, '198.18.2.1/24');
     remake(vm, '198.18.1.1/24');
@@ -86,7 +105,9 @@ describe('host changes: a device made again with the same name and ifindex is le
     // The case under test: the same names and ifindexes, other devices.
     assert.equal(now.b1.ifindex, before.b1.ifindex, 'the new backend peer has the old one ifindex');
     assert.equal(now.vm.ifindex, before.vm.ifindex, 'the new ingress peer has the old one ifindex');
-    assert.notEqual(now.b1.address, before.b1.address);
+    assert.notEqual(now.b1.link_index, before.b1.link_index, 'the new backend peer has another veth peer');
+    // What a namespace's inode number is worth as its identity: usually given back at once (not asserted).
+    const sameInode = { b1: nsInode(b1) === inodes.b1, vm: nsInode(vm) === inodes.vm };
     // Their owner's own settings: the very ones the old records would "put back".
     sh('ip', ['netns', 'exec', b1.netns, 'ethtool', '-K', 'eth0', 'gro', 'on']);
     sh('ip', ['netns', 'exec', vm.netns, 'ethtool', '-K', 'eth0', 'txvlan', 'off', 'tx-vlan-stag-hw-insert', 'off']);
@@ -106,14 +127,19 @@ describe('host changes: a device made again with the same name and ifindex is le
     assert.equal(done.length, 1, d.output.slice(-3000));
     assert.deepEqual(done[0].restored, [], 'nothing put back');
     assert.deepEqual(
+      JSON.parse(readFileSync(file, 'utf8')),
+      { gro: [], offloads: [] },
+      'records left alone are dropped',
+    );
+    assert.deepEqual(
       done[0].leftAlone,
       [
-        `eth0 in netns ${b1.netns}: replaced by another device (same name and ifindex ${now.b1.ifindex}, but MAC ` +
-          `${before.b1.address} then, ${now.b1.address} now): left alone`,
-        `eth0 in netns ${vm.netns}: replaced by another device (same name and ifindex ${now.vm.ifindex}, but MAC ` +
-          `${before.vm.address} then, ${now.vm.address} now): left alone`,
+        `eth0 in netns ${b1.netns}: replaced by another device (ifindex ${now.b1.ifindex}, but its veth peer was ` +
+          `ifindex ${before.b1.link_index} then, ifindex ${now.b1.link_index} now): left alone`,
+        `eth0 in netns ${vm.netns}: gone (/run/netns/${vm.netns} is another network namespace now: namespace ` +
+          `id ${namespaceIds.vm} then, ${netnsId(vm.netns)} now): left alone`,
       ],
-      'each record left alone is logged, with why',
+      `each record left alone is logged, with why (namespace inode number the same as before: ${JSON.stringify(sameInode)})`,
     );
     d = undefined;
   });

@@ -57,13 +57,14 @@ import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 /**
- * Whether two host-change records name the same device: name, namespace and ifindex, and the MAC address
- * when both record one (a device made again with the same name and ifindex is another: netdev.ts
- * DeviceIdentity).
+ * Whether two host-change records name the same device: namespace, ifindex and, where both record them, the
+ * namespace's id and the veth peer (netdev.ts DeviceIdentity). Not its name or MAC: settings its owner may
+ * change (a device renamed since is still the one recorded).
  */
 function sameDevice(a: GroChange, b: GroChange): boolean {
-  if (a.ifname !== b.ifname || a.netns !== b.netns || a.ifindex !== b.ifindex) return false;
-  return !a.mac || !b.mac || a.mac.toLowerCase() === b.mac.toLowerCase();
+  if (a.netns !== b.netns || a.ifindex !== b.ifindex) return false;
+  if (a.netnsId !== undefined && b.netnsId !== undefined && a.netnsId !== b.netnsId) return false;
+  return a.linkIndex === undefined || b.linkIndex === undefined || a.linkIndex === b.linkIndex;
 }
 
 /**
@@ -360,7 +361,10 @@ export class KernelDataplane implements Dataplane {
         continue;
       }
       try {
-        restored.push(await restoreOffloads({ ...c, ifname: s.ifname, netns: ns.name, ifindex: s.ifindex }));
+        // Found by the kernel's own account (our device, with its ifindex, in that namespace now): the record's
+        // namespace id is this namespace's, not that one's.
+        const { netnsId: _ours, ...rest } = c;
+        restored.push(await restoreOffloads({ ...rest, ifname: s.ifname, netns: ns.name, ifindex: s.ifindex }));
         this.offloadChanges.splice(this.offloadChanges.indexOf(c), 1);
       } catch (e) {
         failed.push(`turn ${c.features.join(', ')} on again: ${(e as Error).message}`);
@@ -378,9 +382,10 @@ export class KernelDataplane implements Dataplane {
   async cleanupHost(): Promise<{ detached: string[]; restored: string[]; failed: string[]; leftAlone: string[] }> {
     const d = this.dp.detachEverywhere();
     const restored: string[] = [];
-    /** Recorded devices that are gone or were replaced by another with the same name and ifindex. */
+    /** Recorded devices that are gone, not found, or were replaced by another with the same ifindex. */
     const leftAlone: string[] = [];
-    const put = (line: string) => (/: (gone|replaced by another device)/.test(line) ? leftAlone : restored).push(line);
+    const put = (line: string) =>
+      (/: (gone|not found|replaced by another device)\b/.test(line) ? leftAlone : restored).push(line);
     const failed = d.failed.map((f) => `detach ${f.ifname}: ${f.error}`);
     // And from devices moved to other namespaces while they ran it.
     for (const s of this.strayAttachments()) {
@@ -763,11 +768,12 @@ export class KernelDataplane implements Dataplane {
     const out: string[] = [];
     let changed = false;
     for (const rec of [...this.offloadChanges]) {
-      if (rec.ifname !== peer.name || rec.ifindex !== peer.ifindex || rec.netns !== peer.netns) continue;
+      // By ifindex and namespace (its name may have changed since; releaseOffloads checks the rest of its identity).
+      if (rec.ifindex !== peer.ifindex || rec.netns !== peer.netns) continue;
       if (rec.netns === undefined && peer.nsid !== undefined) continue; // a peer in an unnamed namespace
       const gso = rec.features.filter((f) => GENERIC_GSO_FEATURES.includes(f));
       if (!gso.length) continue;
-      const where = rec.netns ? `${rec.ifname} in netns ${rec.netns}` : rec.ifname;
+      const where = rec.netns ? `${peer.name} in netns ${rec.netns}` : peer.name;
       let r: Awaited<ReturnType<typeof releaseOffloads>>;
       try {
         r = await releaseOffloads({ ...rec, features: gso });

@@ -13,7 +13,7 @@
  * and {@link restoreGro}, which undoes it.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { closeSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
 
 import koffi from 'koffi';
@@ -673,41 +673,80 @@ export interface VethPeerState {
 }
 
 /**
- * What identifies a device beyond its name and ifindex, both of which a device made again gets back (a
- * namespace deleted and made again numbers its devices from the start): its MAC address (a new veth gets a
- * new random one) and, for a veth whose peer is in another namespace, the peer's ifindex there (IFLA_LINK:
- * the other end, made again too, has a new one). Absent in records written before these were kept: then
- * name and ifindex alone are compared.
+ * What identifies a device beyond its ifindex: what the host cannot change under it while it exists. Not its
+ * name (ip link set dev X name Y), nor its MAC address (ip link set dev X address ...: a backend host may
+ * change it at any time); those are settings. A device made again gets its name back, and even its ifindex
+ * when its network namespace is deleted and made again (a namespace numbers its devices from the start;
+ * within one namespace the kernel hands ifindexes out in turn and gives none back while it runs): so the
+ * namespace itself ({@link netnsId}, never given to another namespace, unlike its nsfs inode number, which a
+ * namespace made after one was deleted gets back at once) and, for a veth, its peer (IFLA_LINK: a veth pair
+ * made again has a new ifindex on the other side too). Absent in records written before these were kept
+ * (the netns id also where the kernel does not say it, before Linux 6.18): then what is recorded is compared.
+ * A MAC kept in an older record is not compared.
  */
 export interface DeviceIdentity {
-  /** The device's MAC address when the change was made ("aa:bb:..."). */
-  mac?: string;
-  /** IFLA_LINK of a veth whose peer is in another namespace: the peer's ifindex there. */
+  /** The id of the device's network namespace when the change was made ({@link netnsId}; decimal). */
+  netnsId?: string;
+  /** IFLA_LINK of a veth: its peer's ifindex (in the peer's namespace). */
   linkIndex?: number;
 }
 
-/** The identity of a device as `ip -j -d link` shows it ({@link DeviceIdentity}). */
-function identityOf(l: IpLink): DeviceIdentity {
-  return {
-    ...(l.address ? { mac: l.address } : {}),
-    ...(l.link_index !== undefined ? { linkIndex: l.link_index } : {}),
-  };
+/** _IOR(NSIO 0xb7, 13, __u64) (linux/nsfs.h, Linux >= 6.18): the namespace's id. */
+const NS_GET_ID = 0x8008b70d;
+
+/**
+ * The id of a network namespace (`netns`: /run/netns/NAME; undefined: the daemon's own), as NS_GET_ID gives
+ * it (for a network namespace, its cookie: SO_NETNS_COOKIE): 64 bits, never given to another namespace while
+ * the system runs. Its nsfs inode number is not that: a namespace made right after one was deleted gets the
+ * same one (seen on 6.18: `ip netns del X; ip netns add X`, inode 4026532174 three times in a row, ids
+ * 70903, 68127, 70905). Undefined when the kernel does not say (before 6.18) or there is no such namespace.
+ */
+export function netnsId(netns?: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(netns === undefined ? '/proc/self/ns/net' : `/run/netns/${netns}`, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const id = Buffer.alloc(8);
+    if ((ioctlFn(fd, NS_GET_ID, 'uint8_t *', id) as number) < 0) return undefined;
+    return id.readBigUInt64LE(0).toString();
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
- * The same identity from rtnetlink ({@link linkView}): `ip` shows IFLA_LINK as link_index only when the link is
- * in another namespace (IFLA_LINK_NETNSID set), so the two agree for one device.
+ * A device's IFLA_LINK as `ip -j -d link` shows it: link_index for a link in another namespace; the name
+ * (link) for one in the same namespace, which is the daemon's only when `netns` is undefined.
  */
-function identityOfView(l: LinkView): DeviceIdentity {
-  return {
-    ...(l.mac ? { mac: l.mac } : {}),
-    ...(l.linkNetnsid !== undefined && l.link ? { linkIndex: l.link } : {}),
-  };
+function linkIndexOf(l: IpLink, netns: string | undefined): number | undefined {
+  if (l.link_index !== undefined) return l.link_index;
+  if (!l.link || netns !== undefined) return undefined;
+  try {
+    return ifindexOf(l.link);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The identity of a device as `ip -j -d link` shows it, in `netns` (undefined: ours) ({@link DeviceIdentity}). */
+function identityOf(l: IpLink, netns: string | undefined): DeviceIdentity {
+  const ns = netnsId(netns);
+  const link = linkIndexOf(l, netns);
+  return { ...(ns !== undefined ? { netnsId: ns } : {}), ...(link !== undefined ? { linkIndex: link } : {}) };
+}
+
+/** The same identity from rtnetlink ({@link linkView}; IFLA_LINK in whichever namespace), in `netns`. */
+function identityOfView(l: LinkView, netns: string | undefined): DeviceIdentity {
+  const ns = netnsId(netns);
+  return { ...(ns !== undefined ? { netnsId: ns } : {}), ...(l.link ? { linkIndex: l.link } : {}) };
 }
 
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
 export interface GroChange extends DeviceIdentity {
-  /** The device, in `netns` (undefined: ours). */
+  /** The device, in `netns` (undefined: ours), by the name it had when the change was made. */
   ifname: string;
   netns?: string;
   ifindex: number;
@@ -715,50 +754,79 @@ export interface GroChange extends DeviceIdentity {
 
 /**
  * Switch GRO back off on a device where we switched it on, if it is still
- * the same device (name, ifindex and {@link DeviceIdentity}) and GRO is still
- * on. Returns what was done, for the log.
+ * the same device ({@link DeviceIdentity}: whatever its name or MAC now) and GRO
+ * is still on. Returns what was done, for the log.
  */
 export async function restoreGro(c: GroChange): Promise<string> {
-  const ethtool = await recordedDevice(c);
-  if (typeof ethtool === 'string') return ethtool;
-  const { stdout } = await ethtool(['-k', c.ifname]);
-  if (!/^generic-receive-offload: on/m.test(stdout)) return 'already off';
-  await ethtool(['-K', c.ifname, 'gro', 'off']);
-  return 'GRO off again';
+  const d = await recordedDevice(c);
+  if (typeof d === 'string') return d;
+  const { stdout } = await d.ethtool(['-k', d.ifname]);
+  if (!/^generic-receive-offload: on/m.test(stdout)) return `already off${d.renamed}`;
+  await d.ethtool(['-K', d.ifname, 'gro', 'off']);
+  return `GRO off again${d.renamed}`;
+}
+
+/** A recorded device found again: its name now, an `ethtool` runner in its namespace, and " (now named X)" or ''. */
+interface FoundDevice {
+  ifname: string;
+  ethtool: (args: string[]) => Promise<{ stdout: string }>;
+  renamed: string;
 }
 
 /**
- * The device a recorded host change was made on, if it is still that device (same name, ifindex and, where
- * recorded, MAC address and veth peer: {@link DeviceIdentity}): an `ethtool` runner in its namespace.
- * Otherwise why not ('gone', 'replaced by another device (...): left alone').
+ * The device a recorded host change was made on, if it is still that device ({@link DeviceIdentity}: the
+ * same namespace, ifindex and veth peer; found by its ifindex, so under another name too). Otherwise why
+ * not ('gone (...)', 'replaced by another device (...): left alone', 'not found (...)').
  */
-async function recordedDevice(c: GroChange): Promise<((args: string[]) => Promise<{ stdout: string }>) | string> {
-  let dev: IpLink;
+async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
+  if (c.netnsId !== undefined) {
+    const now = netnsId(c.netns);
+    if (now === undefined && c.netns !== undefined && !existsSync(`/run/netns/${c.netns}`)) {
+      return `not found (/run/netns/${c.netns} no longer exists): left alone`;
+    }
+    if (now !== undefined && now !== c.netnsId) {
+      const which = c.netns === undefined ? "this daemon's network namespace" : `/run/netns/${c.netns}`;
+      return `gone (${which} is another network namespace now: namespace id ${c.netnsId} then, ${now} now): left alone`;
+    }
+  }
+  let dev: IpLink | undefined;
   try {
     dev = await linkDetails(c.ifname, c.netns);
   } catch {
-    return 'gone';
+    dev = undefined;
   }
-  const replaced = replacedBy(c, dev);
+  if (dev?.ifindex !== c.ifindex) {
+    // Renamed since (or another device took its name): found by its ifindex.
+    try {
+      dev = ((await ipJson(['-d', 'link', 'show'], c.netns)) as IpLink[]).find((l) => l.ifindex === c.ifindex);
+    } catch {
+      dev = undefined;
+    }
+  }
+  if (!dev) return 'gone';
+  const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
   if (replaced) return `replaced by another device (${replaced}): left alone`;
-  return (args) =>
-    c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args);
+  const ifname = dev.ifname;
+  return {
+    ifname,
+    renamed: ifname === c.ifname ? '' : ` (now named ${ifname})`,
+    ethtool: (args) =>
+      c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args),
+  };
 }
 
 /**
- * How `dev` differs from the device a change was recorded on (name and ifindex, MAC, veth peer); undefined
- * when it is that device as far as the record can tell.
+ * How `dev` (found in the recorded namespace by the recorded ifindex) differs from the device a change was
+ * recorded on: its veth peer (a pair made again); undefined when it is that device as far as the record can
+ * tell. Its name and MAC are not compared: settings its owner may change.
  */
-export function replacedBy(
-  c: GroChange,
-  dev: { ifindex: number; address?: string; link_index?: number },
-): string | undefined {
+export function replacedBy(c: GroChange, dev: { ifindex: number; linkIndex?: number }): string | undefined {
   if (dev.ifindex !== c.ifindex) return `ifindex ${c.ifindex} then, ${dev.ifindex} now`;
-  if (c.mac && dev.address && c.mac.toLowerCase() !== dev.address.toLowerCase()) {
-    return `same name and ifindex ${c.ifindex}, but MAC ${c.mac} then, ${dev.address} now`;
-  }
-  if (c.linkIndex !== undefined && dev.link_index !== undefined && c.linkIndex !== dev.link_index) {
-    return `same name and ifindex ${c.ifindex}, but its veth peer was ifindex ${c.linkIndex}, is ${dev.link_index} now`;
+  if (c.linkIndex !== undefined && c.linkIndex !== dev.linkIndex) {
+    return (
+      `ifindex ${c.ifindex}, but its veth peer was ifindex ${c.linkIndex} then, ` +
+      `${dev.linkIndex === undefined ? 'none' : `ifindex ${dev.linkIndex}`} now`
+    );
   }
   return undefined;
 }
@@ -768,7 +836,7 @@ export function replacedBy(
  * file so that --cleanup-on-exit turns them on again, after a restart too.
  */
 export interface OffloadChange extends DeviceIdentity {
-  /** The device, in `netns` (undefined: ours). */
+  /** The device, in `netns` (undefined: ours), by the name it had when the change was made. */
   ifname: string;
   netns?: string;
   ifindex: number;
@@ -777,17 +845,17 @@ export interface OffloadChange extends DeviceIdentity {
 }
 
 /**
- * Turn the features of an OffloadChange on again, if it is still the same device (name, ifindex and
- * {@link DeviceIdentity}) and they are still off. Returns what was done, for the log.
+ * Turn the features of an OffloadChange on again, if it is still the same device ({@link DeviceIdentity}:
+ * whatever its name or MAC now) and they are still off. Returns what was done, for the log.
  */
 export async function restoreOffloads(c: OffloadChange): Promise<string> {
-  const ethtool = await recordedDevice(c);
-  if (typeof ethtool === 'string') return ethtool;
-  const { stdout } = await ethtool(['-k', c.ifname]);
+  const d = await recordedDevice(c);
+  if (typeof d === 'string') return d;
+  const { stdout } = await d.ethtool(['-k', d.ifname]);
   const off = c.features.filter((n) => new RegExp(`^${n}: off(?! \\[fixed\\])`, 'm').test(stdout));
-  if (!off.length) return `${c.features.join(', ')} already on`;
-  await ethtool(['-K', c.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
-  return `${off.join(', ')} on again`;
+  if (!off.length) return `${c.features.join(', ')} already on${d.renamed}`;
+  await d.ethtool(['-K', d.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
+  return `${off.join(', ')} on again${d.renamed}`;
 }
 
 /**
@@ -799,21 +867,22 @@ export async function restoreOffloads(c: OffloadChange): Promise<string> {
 export async function releaseOffloads(
   c: OffloadChange,
 ): Promise<{ settled: string[]; turnedOn: string[]; fixed: string[] } | string> {
-  const ethtool = await recordedDevice(c);
-  if (typeof ethtool === 'string') return ethtool;
+  const d = await recordedDevice(c);
+  if (typeof d === 'string') return d;
+  const ethtool = d.ethtool;
   const isOn = (text: string, n: string) => new RegExp(`^${n}: on`, 'm').test(text);
-  const before = (await ethtool(['-k', c.ifname])).stdout;
+  const before = (await ethtool(['-k', d.ifname])).stdout;
   const off = c.features.filter((n) => !isOn(before, n) && !new RegExp(`^${n}: off \\[fixed\\]`, 'm').test(before));
   if (off.length) {
     try {
-      await ethtool(['-K', c.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
+      await ethtool(['-K', d.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
     } catch {
       // "Could not change any device features": what is still off is said below
     }
   }
   // What is on now, read back: a composite feature (tcp-segmentation-offload) whose parts the kernel holds
   // fixed stays off without saying [fixed].
-  const after = off.length ? (await ethtool(['-k', c.ifname])).stdout : before;
+  const after = off.length ? (await ethtool(['-k', d.ifname])).stdout : before;
   const settled = c.features.filter((n) => isOn(after, n));
   return {
     settled,
@@ -931,7 +1000,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     fixed: true,
     napi: 'gro',
     peerIfindex: peer.ifindex,
-    peerIdentity: identityOfView(peer),
+    peerIdentity: identityOfView(peer, netns),
     detail: `enabled GRO on ${where}`,
   };
 }
@@ -1090,7 +1159,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     try {
       yield ethtool(netns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
       done.push(`turned ${on.join(', ')} off on ${where}`);
-      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, ...identityOf(l), features: on });
+      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, ...identityOf(l, netns), features: on });
     } catch (e) {
       const problem = `turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`;
       problems.push(problem);
