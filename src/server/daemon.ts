@@ -46,6 +46,7 @@ import type { HttpJsonListener } from './http-json.js';
 import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, storeReason, type StoredState } from './core/store.js';
 import { CounterHub } from './core/counter-hub.js';
+import { LogDamper } from './core/log-damper.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { assertOnBpffs } from './dataplane/bpffs.js';
@@ -626,6 +627,7 @@ export class Daemon {
     let busy = false;
     let again = false;
     let reported = '';
+    const damper = new LogDamper();
     const pass = () => {
       if (!this.ready.value) return;
       if (busy) {
@@ -644,10 +646,36 @@ export class Daemon {
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
           const now = JSON.stringify(problems);
           if (now !== reported) {
-            if (problems.length) this.log.warn({ missing, problems }, 'datapath not as desired');
-            else if (reported !== '') this.log.info({}, 'datapath as desired again');
+            // Said at each change; summarised while the problems flap (log-damper.ts).
+            const t = Date.now();
+            if (problems.length) {
+              damper.line(
+                'datapath',
+                t,
+                () => this.log.warn({ missing, problems }, 'datapath not as desired'),
+                (n, ms) =>
+                  this.log.warn(
+                    { missing, problems, notLogged: n, ms },
+                    `datapath not as desired: ${n} more changes of what is wrong in ${Math.round(ms / 1000)} s not ` +
+                      'logged one by one (flapping); the last of them is this one',
+                  ),
+              );
+            } else if (reported !== '') {
+              damper.line(
+                'datapath',
+                t,
+                () => this.log.info({}, 'datapath as desired again'),
+                (n, ms) =>
+                  this.log.info(
+                    { notLogged: n, ms },
+                    `datapath as desired again: ${n} changes of what is wrong in ${Math.round(ms / 1000)} s not ` +
+                      'logged one by one (flapping); the last of them is this one',
+                  ),
+              );
+            }
             reported = now;
           }
+          damper.flush(Date.now());
         })
         .catch((err) => this.log.error({ err }, 'resync failed'))
         .finally(() => {

@@ -235,6 +235,10 @@ export interface Dataplane {
   readonly pinRoot: string;
 
   lookupInterface(name: string): InterfaceInfo | undefined;
+  /**
+   * The MAC of `ip`'s neighbour entry on `iface`; undefined when it has none. Throws a PortError of kind
+   * 'not-found' when `iface` does not exist (any more: deleted or renamed since it was looked up).
+   */
   neighbourMac(ip: string, iface: string): Promise<string | undefined>;
   attach(ifname: string, mode: XdpModeName): XdpStatus;
   detach(ifname: string): void;

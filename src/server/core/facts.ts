@@ -5,6 +5,7 @@
  * MACs once per (address, interface), only for backends given without a MAC.
  */
 import type { Dataplane, InterfaceInfo, LinkState, PeerMtu, RedirectTarget } from './dataplane.js';
+import { PortError } from './errors.js';
 import type { RuleSpec } from './model.js';
 
 /** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
@@ -64,7 +65,9 @@ export function fetchInterfaces(dp: Dataplane, names: Iterable<string>, facts: F
 }
 
 /**
- * Interfaces and neighbour MACs the given rule specs name. `pace` (a pacer:
+ * Interfaces and neighbour MACs the given rule specs name. An egress that goes away while its neighbour
+ * entry is read (the read finds no such interface) is missing in these facts (`interfaces`), not a failed
+ * read of all of them. `pace` (a pacer:
  * yields to the event loop once its time budget is spent) is awaited every
  * 16 specs: 10 000 rules are read without holding the event loop.
  */
@@ -91,7 +94,15 @@ export async function fetchRuleFacts(
       }
       if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;
       const key = neighbourKey(b.ip, b.interface);
-      if (!facts.neighbours.has(key)) facts.neighbours.set(key, await dp.neighbourMac(b.ip, b.interface));
+      if (facts.neighbours.has(key)) continue;
+      try {
+        facts.neighbours.set(key, await dp.neighbourMac(b.ip, b.interface));
+      } catch (e) {
+        if (!(e instanceof PortError && e.kind === 'not-found')) throw e;
+        // The egress went away (deleted, renamed) since it was looked up above: missing for this read, as
+        // the next lookup finds it. Its backends are "egress missing"; every other object is read on.
+        facts.interfaces.set(b.interface, undefined);
+      }
     }
   }
   return facts;

@@ -450,14 +450,23 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     // rule the datapath refused is not a host change (its failure was logged once, by applyEach; a retry
     // that fails the same way logs nothing more, one that succeeds says so below).
     const hostChanged = ops.filter((o) => !retried.has(o.name));
-    if (hostChanged.length)
-      ctx.log.info(
-        {
-          rules: hostChanged.map((o) => o.name),
-          changes: Object.fromEntries(hostChanged.map((o) => [o.name, why.get(o.name)])),
-        },
-        'the host changed: re-applying rules',
+    if (hostChanged.length) {
+      const fields = {
+        rules: hostChanged.map((o) => o.name),
+        changes: Object.fromEntries(hostChanged.map((o) => [o.name, why.get(o.name)])),
+      };
+      state.logDamper.line(
+        'reapply',
+        t,
+        () => ctx.log.info(fields, 'the host changed: re-applying rules'),
+        (n, ms) =>
+          ctx.log.info(
+            { ...fields, notLogged: n, ms },
+            `the host changed: rules re-applied ${n} more times in ${Math.round(ms / 1000)} s, not logged one by ` +
+              'one (flapping); the last of them is this one',
+          ),
       );
+    }
     if (retried.size) ctx.log.debug({ rules: [...retried.keys()] }, 'retrying rules the datapath refused before');
     await applyEach(ctx, tx, ops, facts.napi);
     for (const [name, was] of retried) {
@@ -762,6 +771,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
     }
   }
+  // Summaries of the subjects that flapped in a window that has ended (log-damper.ts).
+  state.logDamper.flush(ctx.now());
   return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
 }
 
@@ -776,10 +787,21 @@ function logRuleTransition(ctx: ExecContext, name: string, s: { state: string; m
   if (before === line) return;
   ctx.state.logged.set(key, line);
   if (s.state === 'active' && before === undefined) return; // the usual start: nothing to report
-  (s.state === 'active' ? ctx.log.info : ctx.log.warn).call(
-    ctx.log,
-    { rule: name, state: s.state.toUpperCase(), reason: s.message },
-    `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`,
+  const log = s.state === 'active' ? ctx.log.info : ctx.log.warn;
+  const fields = { rule: name, state: s.state.toUpperCase(), reason: s.message };
+  const text = `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`;
+  // A rule that flaps (its egress renamed back and forth) is summarised, not logged at every flip (log-damper.ts).
+  ctx.state.logDamper.line(
+    key,
+    ctx.now(),
+    () => log.call(ctx.log, fields, text),
+    (n, ms) =>
+      log.call(
+        ctx.log,
+        { ...fields, notLogged: n, ms },
+        `rule ${name}: ${n} more state changes in ${Math.round(ms / 1000)} s not logged one by one (flapping); ` +
+          `the last of them: ${text}`,
+      ),
   );
 }
 

@@ -10,6 +10,7 @@ import type { NeighbourHold } from './neighbour-hold.js';
 import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
+import { LogDamper } from './log-damper.js';
 import type { LinkSpec, RuleRecord, RuleStatus } from './model.js';
 import { STATE_VERSION, type StoredState } from './store.js';
 
@@ -132,6 +133,8 @@ export class CoreState {
   strayLocalAt = -Infinity;
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
+  /** Transition lines of a subject that flaps, summarised instead of logged one by one (log-damper.ts). */
+  readonly logDamper = new LogDamper();
   /**
    * What the reconciler did to keep the datapath true, counted since the start (the
    * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends

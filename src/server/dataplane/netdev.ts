@@ -498,14 +498,20 @@ export interface NeighbourEntry {
 /**
  * The neighbour (ARP/NDP) entry for `ip` on an interface: its MAC (undefined
  * when the host has not resolved it, or it failed), states and the age of its
- * last confirmation (`ip -s neigh`).
+ * last confirmation (`ip -s neigh`). Throws KernelError ENODEV (kind not-found) when there is no such
+ * interface (any more).
  */
 export async function neighbourEntry(ip: string, dev: string): Promise<NeighbourEntry> {
-  const entries = (await ipJson(['-s', 'neigh', 'show', 'to', ip, 'dev', dev])) as {
-    lladdr?: string;
-    state?: string[];
-    confirmed?: number;
-  }[];
+  let entries: { lladdr?: string; state?: string[]; confirmed?: number }[];
+  try {
+    entries = (await ipJson(['-s', 'neigh', 'show', 'to', ip, 'dev', dev])) as typeof entries;
+  } catch (e) {
+    // The device went away (deleted, renamed) since the caller found it: ENODEV, as an ioctl on it would say.
+    if (/Cannot find device/.test(String((e as { stderr?: unknown }).stderr ?? ''))) {
+      throw new KernelError(`read the neighbour entry of ${ip} on ${dev}`, 19, [], 'no such interface');
+    }
+    throw e;
+  }
   const e = entries.find((n) => n.lladdr && !(n.state ?? []).includes('FAILED')) ?? entries[0];
   const states = e?.state ?? [];
   return { mac: states.includes('FAILED') ? undefined : e?.lladdr, states, confirmed: e?.confirmed };
