@@ -12,8 +12,11 @@
  *    that keeps flapping gets one line per window), until a window passes without any.
  */
 
-/** Lines of one subject logged as they come within one window. */
-export const DAMP_BURST = 6;
+/**
+ * Lines of one subject logged as they come within one window: one a second on average, more than a rule
+ * changed by hand or by a host event goes through (a few transitions), fewer than a flapping one (2 a second).
+ */
+export const DAMP_BURST = 10;
 /** The window (ms). */
 export const DAMP_WINDOW_MS = 10_000;
 

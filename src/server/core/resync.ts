@@ -455,8 +455,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         rules: hostChanged.map((o) => o.name),
         changes: Object.fromEntries(hostChanged.map((o) => [o.name, why.get(o.name)])),
       };
+      // One subject per set of rules: a flapping egress re-applies the same ones at every pass.
       state.logDamper.line(
-        'reapply',
+        `reapply/${fields.rules.join(',')}`,
         t,
         () => ctx.log.info(fields, 'the host changed: re-applying rules'),
         (n, ms) =>
