@@ -28,12 +28,13 @@ describe(
     const id = runId();
     const topo = new Topology(id);
     let d: DaemonProcess | undefined;
-    let vm: Host, b1: Host, b2: Host;
+    let vm: Host, b1: Host, b2: Host, b3: Host;
 
     before(() => {
       vm = topo.addHost('vm', '198.18.1.1/24');
       b1 = topo.addHost('b1', '198.18.2.1/24');
       b2 = topo.addHost('b2', '198.18.2.2/24');
+      b3 = topo.addHost('b3', '198.18.2.3/24');
     });
     after(async () => {
       await d?.destroy();
@@ -119,6 +120,47 @@ describe(
           `eth0 in netns ${vm.netns}: tx-vlan-offload, tx-vlan-stag-hw-insert on again`,
         ].sort(),
         'each setting put back is logged, on the device as it is named now',
+      );
+    });
+
+    it('a veth pair made again in the same namespace is another device: left alone, and said so', async () => {
+      d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
+      const c = d.clients();
+      await c.rules.createRule({
+        rule: {
+          name: 'one',
+          match: { protocol: Protocol.PROTOCOL_UDP, port: 7986, destination: '', sourcePrefixes: [] },
+          ingressInterfaces: [vm.hostIf],
+          backends: [{ ip: b3.ip!, mac: b3.mac, interface: b3.hostIf, weight: 1 }],
+          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+          labels: {},
+          generation: 0n,
+        },
+      });
+      assert.equal(feature(b3, 'eth0', 'generic-receive-offload'), 'on', 'switched on by the daemon');
+      const was = link(b3, 'eth0');
+      // No rule uses b3 any more (the daemon has nothing to check there); its veth pair is deleted and made
+      // again: the same names, a new ifindex in the same namespace, and its owner sets GRO on.
+      await c.rules.deleteRule({ name: 'one', expectedGeneration: 0n });
+      topo.unplug('b3');
+      topo.replug('b3', '198.18.2.3/24');
+      const now = link(b3, 'eth0');
+      assert.notEqual(now.ifindex, was.ifindex, 'a new ifindex');
+      sh('ip', ['netns', 'exec', b3.netns, 'ethtool', '-K', 'eth0', 'gro', 'on']);
+      assert.equal(await d.stop('SIGTERM'), 0);
+      const done = d.output
+        .split('\n')
+        .filter((l) => l.includes('"msg":"cleanup: host restored"'))
+        .map((l) => JSON.parse(l) as { restored: string[]; leftAlone?: string[] });
+      d = undefined;
+      assert.equal(feature(b3, 'eth0', 'generic-receive-offload'), 'on', 'GRO left as its owner set it');
+      assert.equal(done.length, 1);
+      assert.ok(
+        done[0].leftAlone?.includes(
+          `eth0 in netns ${b3.netns}: replaced by another device (ifindex ${was.ifindex} then, ${now.ifindex} now): ` +
+            'left alone',
+        ),
+        JSON.stringify(done[0]),
       );
     });
   },

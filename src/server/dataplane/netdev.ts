@@ -795,12 +795,13 @@ async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
       return `gone (${which} is another network namespace now: namespace id ${c.netnsId} then, ${now} now): left alone`;
     }
   }
-  let dev: IpLink | undefined;
+  let byName: IpLink | undefined;
   try {
-    dev = await linkDetails(c.ifname, c.netns);
+    byName = await linkDetails(c.ifname, c.netns);
   } catch {
-    dev = undefined;
+    byName = undefined;
   }
+  let dev = byName;
   if (dev?.ifindex !== c.ifindex) {
     // Renamed since (or another device took its name): found by its ifindex.
     try {
@@ -809,7 +810,10 @@ async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
       dev = undefined;
     }
   }
-  if (!dev) return 'gone';
+  if (!dev) {
+    // Its name is another device's now (deleted and made again: a new ifindex), or nothing's.
+    return byName ? `replaced by another device (${replacedBy(c, { ifindex: byName.ifindex })}): left alone` : 'gone';
+  }
   const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
   if (replaced) return `replaced by another device (${replaced}): left alone`;
   const ifname = dev.ifname;
