@@ -705,7 +705,8 @@ const NS_GET_ID = 0x8008b70d;
  * it (for a network namespace, its cookie: SO_NETNS_COOKIE): 64 bits, never given to another namespace while
  * the system runs. Its nsfs inode number is not that: a namespace made right after one was deleted gets the
  * same one (seen on 6.18: `ip netns del X; ip netns add X`, inode 4026532174 three times in a row, ids
- * 70903, 68127, 70905). Undefined when the kernel does not say (before 6.18) or there is no such namespace.
+ * 70903, 68127, 70905; docs/kernel-notes.md, trap 11). Undefined when the kernel does not say (before 6.18)
+ * or there is no such namespace.
  */
 export function netnsId(netns?: string): string | undefined {
   let fd: number;
