@@ -146,8 +146,10 @@ export interface DaemonOptions {
    * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
    * startTelemetry): the daemon shuts it down, flushing, when it stops.
    * Without it, spans and metrics go to whatever the global API has.
+   * `rpcSpans: false` (nothing exported): RPCs get no span, only their
+   * client's trace context (telemetry/rpc.ts telemetryMiddleware).
    */
-  telemetry?: { shutdown(): Promise<void> };
+  telemetry?: { shutdown(): Promise<void>; rpcSpans?: boolean };
 }
 
 export const DEFAULTS = {
@@ -447,7 +449,7 @@ export class Daemon {
       // Telemetry first: the RPC span covers everything else the call does.
       // Then access: it sees every call's identity and, around errorMiddleware, its final code.
       const server = createServer(serverOptions(opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES))
-        .use(telemetryMiddleware())
+        .use(telemetryMiddleware({ spans: opts.telemetry?.rpcSpans }))
         .use(access)
         .use(errorMiddleware(log))
         .use(gate)
@@ -518,7 +520,9 @@ export class Daemon {
             { definition: CounterServiceDefinition, implementation: services.counters },
             { definition: DaemonServiceDefinition, implementation: services.daemon },
           ],
-          [telemetryMiddleware(), access, errorMiddleware(log), gate].reduce((a, b) => composeServerMiddleware(a, b)),
+          [telemetryMiddleware({ spans: opts.telemetry?.rpcSpans }), access, errorMiddleware(log), gate].reduce(
+            (a, b) => composeServerMiddleware(a, b),
+          ),
         );
         const descriptor = readFileSync(descriptorPath);
         for (const addr of httpListen) {

@@ -11,7 +11,7 @@
  * held the event loop 300-450 ms with 10 000 rules x 4 backends (140 000
  * series, 18 MB), and every RPC waited behind it.
  */
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import { isIP, type AddressInfo } from 'node:net';
 import type { Writable } from 'node:stream';
 
@@ -71,8 +71,11 @@ export class PrometheusEndpoint {
   ) {}
 
   static async listen(at: HostPort): Promise<PrometheusEndpoint> {
-    // Loaded only with --prometheus: the exporter and the metrics SDK cost start time and memory.
+    // Loaded only with --prometheus: the exporter and the metrics SDK cost start time and memory. So is
+    // node:http: a static ESM import of it reads every export of the module, and its lazy WebSocket and
+    // EventSource exports load Node's bundled undici (~2.5 MB of heap in every daemon, measured).
     const { PrometheusExporter, PrometheusSerializer } = await import('@opentelemetry/exporter-prometheus');
+    const { createServer } = await import('node:http');
     const serializers = {
       first: new PrometheusSerializer(),
       rest: new PrometheusSerializer(undefined, false, undefined, true),

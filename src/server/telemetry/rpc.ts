@@ -19,6 +19,8 @@ import { createRequire } from 'node:module';
 import { metrics, type Attributes } from '@opentelemetry/api';
 import { composeServerMiddleware, ServerError, Status, type ServerMiddleware } from 'nice-grpc-common';
 
+import { traceContextMiddleware } from './trace-context.js';
+
 type NiceGrpcOtel = typeof import('nice-grpc-opentelemetry');
 const require = createRequire(import.meta.url);
 
@@ -85,9 +87,13 @@ export function rpcMetricsMiddleware(): ServerMiddleware {
 /**
  * The daemon's telemetry middleware: the RPC span (outermost, so that the
  * rest of the call, including access checks and error mapping, runs inside
- * it), then the RPC metrics.
+ * it), then the RPC metrics. `spans: false` (the SDK was not started: nothing
+ * is exported, see sdk.ts) makes no span: the call runs in the client's
+ * propagated trace context only (trace-context.ts), which is what the logs
+ * need, and nice-grpc-opentelemetry is not loaded.
  */
-export function telemetryMiddleware(): ServerMiddleware {
+export function telemetryMiddleware(o: { spans?: boolean } = {}): ServerMiddleware {
+  if (o.spans === false) return composeServerMiddleware(traceContextMiddleware(), rpcMetricsMiddleware());
   const { openTelemetryServerMiddleware } = require('nice-grpc-opentelemetry') as NiceGrpcOtel;
   return composeServerMiddleware(openTelemetryServerMiddleware(), rpcMetricsMiddleware());
 }

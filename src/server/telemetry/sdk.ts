@@ -19,8 +19,10 @@
  *
  * The SDK's packages are imported only when something is exported: with no
  * OTEL_* export, no --prometheus and no OTEL_PROPAGATORS, only a context
- * manager and the W3C propagators (what trace ids in logs need) are set up.
- * The SDK and its exporters take ~40 MB and a large share of the start time.
+ * manager and a W3C trace-context propagator (what trace ids in logs need,
+ * trace-context.ts) are set up, and RPCs get no span of their own
+ * ({@link Telemetry.rpcSpans}). The SDK and its exporters take ~40 MB and a
+ * large share of the start time.
  */
 import { context, diag, DiagLogLevel, propagation, type DiagLogger } from '@opentelemetry/api';
 import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metrics';
@@ -53,6 +55,11 @@ export interface Telemetry {
   readonly traces: boolean;
   /** Whether metrics are collected by any reader. */
   readonly metrics: boolean;
+  /**
+   * Whether RPCs get spans (nice-grpc-opentelemetry's middleware, with the SDK's TracerProvider); false
+   * when the SDK was not started: a call then only runs in its client's trace context (telemetryMiddleware).
+   */
+  readonly rpcSpans: boolean;
   /** The Prometheus endpoint's bound address ("127.0.0.1:9464"), when on. */
   readonly prometheus?: string;
   /** Flush and stop everything (idempotent). */
@@ -195,6 +202,7 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
   return {
     traces: spanProcessors === undefined || spanProcessors.length > 0,
     metrics: metricReaders === undefined || metricReaders.length > 0,
+    rpcSpans: true,
     prometheus: prometheus?.address,
     shutdown() {
       done ??= (async () => {
@@ -210,23 +218,23 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
 }
 
 /**
- * Nothing exported: what the SDK would register for context alone, the AsyncLocalStorage context manager
- * and the W3C trace-context and baggage propagators (the SDK's defaults), so that a client's trace id
- * still reaches the logs. Spans stay non-recording (the API's no-op tracer keeps the parent's context).
+ * Nothing exported: the AsyncLocalStorage context manager the SDK would register and a W3C trace-context
+ * propagator (trace-context.ts), so that a client's trace id still reaches the logs. Spans stay
+ * non-recording (the API's no-op tracer keeps the parent's context). W3C baggage, which the SDK would
+ * also extract, is not: with nothing exported and no outgoing call, nothing would read it.
  */
 async function propagationOnly(): Promise<Telemetry> {
-  const [
-    { AsyncLocalStorageContextManager },
-    { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator },
-  ] = await Promise.all([import('@opentelemetry/context-async-hooks'), import('@opentelemetry/core')]);
+  const [{ AsyncLocalStorageContextManager }, { W3CTraceContext }] = await Promise.all([
+    import('@opentelemetry/context-async-hooks'),
+    import('./trace-context.js'),
+  ]);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-  propagation.setGlobalPropagator(
-    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
-  );
+  propagation.setGlobalPropagator(new W3CTraceContext());
   let done = false;
   return {
     traces: false,
     metrics: false,
+    rpcSpans: false,
     shutdown() {
       if (!done) {
         done = true;
