@@ -134,14 +134,23 @@ export function observeStaticMac(
   };
 }
 
-/** The verdict kept per backend (state.staticMacs): the last definitive one stands while nothing is. */
-export interface StaticMacState {
-  /** The static MAC judged (a rule update with another MAC starts over). */
-  mac: string;
-  verdict: StaticMacVerdict;
-  why: string;
-  /** When this static MAC was first judged (ms since epoch): {@link UNVERIFIED_GRACE_MS} counts from it. */
-  since?: number;
+/**
+ * The verdict kept per backend (state.staticMacs): the last definitive one stands while nothing is.
+ * A class, not an object literal: in a daemon that had adopted 10 000 rules at start, every
+ * `{ mac, verdict, why, since }` literal made here came out in V8's dictionary mode (a hash table of its
+ * properties, ~450 bytes each instead of ~40: 18 MB for 40 000 static-MAC backends, heap snapshot at
+ * rest; seen with %HasFastProperties at creation, not reproduced in a small process). A class's
+ * instances take their own hidden class, whatever other objects did before.
+ */
+export class StaticMacState {
+  constructor(
+    /** The static MAC judged (a rule update with another MAC starts over). */
+    readonly mac: string,
+    readonly verdict: StaticMacVerdict,
+    readonly why: string,
+    /** When this static MAC was first judged (ms since epoch): {@link UNVERIFIED_GRACE_MS} counts from it. */
+    readonly since?: number,
+  ) {}
 }
 
 /** The next kept verdict from the last one and an observation (`now`: ms since epoch). */
@@ -158,7 +167,7 @@ export function stepStaticMac(
     return prev;
   }
   if (!fresh && prev.verdict === obs.verdict && prev.why === obs.why) return prev;
-  return { mac, verdict: obs.verdict, why: obs.why, since };
+  return new StaticMacState(mac, obs.verdict, obs.why, since);
 }
 
 /** The key of a static-MAC backend's verdict: "ip@iface|mac" (two rules may name one backend with two MACs). */
