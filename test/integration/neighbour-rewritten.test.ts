@@ -7,7 +7,12 @@
  *    (was 212 of 600 delivered, the wrong MAC "answered an ARP probe of ours after 1017 ms", ACTIVE "MAC
  *    resolved" for ~8 s);
  *  - a tool re-writing it every second for longer than the hold's bound (NEIGHBOUR_HOLD_MS, 8 s): the host's
- *    MAC, which keeps answering ARP requests of ours, stays written throughout (was 135 of 1000 delivered).
+ *    MAC, which keeps answering ARP requests of ours, stays written throughout (was 135 of 1000 delivered);
+ *  - the other way round (rev19 finding 6): the host takes another MAC without announcing it (no gratuitous
+ *    ARP, Linux's default). The neighbour entry still holds the old MAC, REACHABLE; only the wire says it no
+ *    longer answers. The daemon asks the MAC a backend receives with once a second: the old one is silent,
+ *    whoever has the address is asked, and the new MAC is written (was ~5.4 s black-holed, "MAC resolved" with
+ *    the old MAC meanwhile).
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -28,12 +33,13 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
   const topo = new Topology(id);
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host;
+  let vm: Host, b1: Host, b2: Host;
   const listeners: UdpListener[] = [];
 
   before(async () => {
     vm = topo.addHost('vm', '198.18.1.1/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
+    b2 = topo.addHost('b2', '198.18.2.2/24');
     topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
     d = await DaemonProcess.start(id, ['--log-level', 'info']);
     c = d.clients();
@@ -48,11 +54,11 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
   });
 
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const rule = (name: string, port: number) => ({
+  const rule = (name: string, port: number, b: Host = b1) => ({
     name,
     match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
     ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b1.ip!, mac: '', interface: b1.hostIf, weight: 1 }],
+    backends: [{ ip: b.ip!, mac: '', interface: b.hostIf, weight: 1 }],
     udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
     labels: {},
     generation: 0n,
@@ -137,5 +143,59 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
     assert.doesNotMatch(r.log, new RegExp(`${esc(wrong)} answered`));
     assert.doesNotMatch(r.log, /has a new MAC|no MAC answered within/);
     await c.rules.deleteRule({ name: 'often', expectedGeneration: 0n });
+  });
+
+  it('a host that takes another MAC without announcing it: the old MAC is found silent and the new one written within 2.5 s', async () => {
+    const newMac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:93`;
+    const oldMac = b2.mac;
+    await c.rules.createRule({ rule: rule('moved', 7993, b2) });
+    await until(
+      'resolved by an answer',
+      async () => (await status('moved')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
+      10_000,
+    );
+    const from = d.output.length;
+    const l = await UdpListener.start(b2.netns, b2.ip!, 7993);
+    listeners.push(l);
+    const tx = sendUdp(vm.netns, NOWHERE, 7993, 500, { flows: 10, perTick: 1, tickMs: 10 });
+    await sleep(1000);
+    // No gratuitous ARP (arp_notify is 0 by default): nothing tells the kernel, whose entry stays REACHABLE.
+    assert.equal(sh('ip', ['netns', 'exec', b2.netns, 'sysctl', '-n', 'net.ipv4.conf.eth0.arp_notify']).trim(), '0');
+    sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'address', newMac]);
+    b2.mac = newMac;
+    const t0 = Date.now();
+    let followed = 0;
+    const stale: string[] = [];
+    while (Date.now() - t0 < 4000) {
+      const b = (await status('moved')).backendStatus[0];
+      if (!followed && b.mac === newMac) followed = Date.now() - t0;
+      // Past the bound, the old MAC is no longer said to be resolved.
+      if (Date.now() - t0 > 2500 && b.mac === oldMac && /resolved/.test(b.message))
+        stale.push(`${Date.now() - t0} ms: ${b.message}`);
+      await sleep(50);
+    }
+    const { sent } = await tx.done;
+    await sleep(150);
+    const got = (await l.stop()).unique;
+    const lost = sent - got;
+    console.log(
+      `# a MAC change without gratuitous ARP: the new MAC written after ${followed} ms; ${got} of ${sent} ` +
+        `delivered (${lost} lost at 100/s: ~${lost * 10} ms)`,
+    );
+    assert.ok(followed > 0 && followed <= 2500, `the new MAC written within 2.5 s (${followed} ms)`);
+    assert.ok(lost <= 250, `at most 2.5 s of traffic lost: ${lost} of ${sent}`);
+    assert.deepEqual(stale, [], 'the old MAC no longer "resolved" past the bound');
+    await until(
+      'the new MAC resolved',
+      async () => (await status('moved')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
+      5000,
+    );
+    const log = d.output.slice(from);
+    assert.equal(
+      log.split('\n').filter((x) => x.includes(`has a new MAC, ${oldMac} -> ${newMac} (neighbour table)`)).length,
+      1,
+      'the new MAC logged once',
+    );
+    await c.rules.deleteRule({ name: 'moved', expectedGeneration: 0n });
   });
 });

@@ -82,8 +82,14 @@ const VETH_RECHECK_MS = 30_000;
  * "Neighbours"): this + ucast_solicit x retrans_time (3 x 1 s by default) + 3 s = 11 s.
  */
 export const NEIGHBOUR_VERIFY_MS = 5000;
-/** The same MAC of a backend is asked on the wire (an ARP request of our own) at most this often (ms). */
+/**
+ * The same MAC of a backend is asked on the wire (an ARP request of our own) at most this often (ms); a MAC a
+ * backend receives with is asked again this often (the daemon's own check that it still answers: a host that
+ * took another MAC without a gratuitous ARP is found within this + arp.ts ARP_TRIES x ARP_RETRY_MS, 1.6 s).
+ */
 export const ASK_EVERY_MS = 1000;
+/** At most this many such checks a second (beyond: each MAC is checked less often). */
+const CHECKS_PER_S = 500;
 
 /** One device setting changed inside a {@link KernelDataplane.trackHostChanges} scope. */
 type HostJournalEntry =
@@ -459,6 +465,8 @@ export class KernelDataplane implements Dataplane {
   private arpProber?: ArpProber;
   /** Called when a MAC answered that had not (a reconciler pass acts on it at once); set by the daemon. */
   onNeighbourAnswer?: () => void;
+  /** The checks of MACs that answered before, this second: [second, count] ({@link CHECKS_PER_S}). */
+  private checks: [number, number] = [0, 0];
 
   private get arp(): ArpProber {
     this.arpProber ??= new ArpProber(
@@ -474,8 +482,12 @@ export class KernelDataplane implements Dataplane {
         if (fresh) this.onNeighbourAnswer?.();
       },
       (q) => {
-        // Asked, never answered: that MAC does not answer for the address (any more).
-        if (q.mac !== '') this.wire.get(`${q.ip}@${q.iface}`)?.delete(q.mac);
+        // Asked, never answered: that MAC does not answer for the address (any more). Who does now: asked by
+        // broadcast (the host's reply reaches the kernel too, which takes its MAC into the entry; a new MAC that
+        // answers runs a pass at once, the next periodic pass says the silent one is no longer confirmed).
+        if (q.mac === '') return;
+        this.wire.get(`${q.ip}@${q.iface}`)?.delete(q.mac);
+        this.askNeighbour(q.ip, q.iface, '');
       },
     );
     return this.arpProber;
@@ -508,10 +520,12 @@ export class KernelDataplane implements Dataplane {
     return a ? Math.max(0, Date.now() - a.at) : undefined;
   }
 
+  /** `mac` '' asks whoever has `ip` (broadcast). */
   askNeighbour(ip: string, iface: string, mac: string): boolean {
     const k = `${ip}@${iface}/${mac.toLowerCase()}`;
     const t = Date.now();
-    if (t - (this.asked.get(k) ?? 0) < ASK_EVERY_MS) return false;
+    // Less a little: the passes that ask come once a second, give or take the timer's jitter.
+    if (t - (this.asked.get(k) ?? 0) < ASK_EVERY_MS - 100) return false;
     let own: { ifindex: number; mac: string };
     try {
       own = interfaceAddress(iface);
@@ -573,8 +587,20 @@ export class KernelDataplane implements Dataplane {
     const seen = this.neighbourSeen.get(key);
     if (!seen?.entry.mac) return false;
     if (seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP')) return false;
-    const now = unanswered && !this.wire.get(key)?.has(seen.entry.mac);
-    const asked = now && this.askNeighbour(ip, iface, seen.entry.mac);
+    const answer = this.wire.get(key)?.get(seen.entry.mac);
+    const now = unanswered && !answer;
+    // A MAC that answered is asked again once a second (at most CHECKS_PER_S a second in all): it still does.
+    const t0 = Date.now();
+    let asked = false;
+    if (now) asked = this.askNeighbour(ip, iface, seen.entry.mac);
+    else if (unanswered && answer && t0 - answer.at >= ASK_EVERY_MS / 2) {
+      const second = Math.floor(t0 / 1000);
+      if (this.checks[0] !== second) this.checks = [second, 0];
+      if (this.checks[1] < CHECKS_PER_S && this.askNeighbour(ip, iface, seen.entry.mac)) {
+        this.checks[1]++;
+        asked = true;
+      }
+    }
     const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
     if (seen.entry.states.some((x) => busy.includes(x))) return asked;
     const t = Date.now();

@@ -12,7 +12,7 @@
  * reply received on that interface, addressed to this host (PACKET_HOST, target MAC the interface's, target
  * IP 0.0.0.0: the reply to a sender IP 0.0.0.0), whose sender IP is the backend's and whose sender MAC (and
  * Ethernet source) is the MAC asked, for a unicast request. A request is sent up to {@link ARP_TRIES} times,
- * {@link ARP_RETRY_MS} apart, until answered; unanswered by then, it is reported silent.
+ * {@link ARP_RETRY_MS} apart, until answered; unanswered by then (0.6 s), it is reported silent.
  *
  * The socket is non-blocking and read on a timer every {@link ARP_READ_MS} while requests are outstanding:
  * nothing waits on the event loop.
@@ -45,8 +45,11 @@ const EAGAIN = 11;
 
 /** How many requests are sent for one question (the kernel's ucast_solicit default). */
 export const ARP_TRIES = 3;
-/** Time between them, and after the last one until it is given up (ms). */
-export const ARP_RETRY_MS = 1000;
+/**
+ * Time between them, and after the last one until it is given up (ms): a MAC that stopped answering (a host
+ * that took another MAC without announcing it) is known within ~1 s of being asked.
+ */
+export const ARP_RETRY_MS = 200;
 /** How often the socket is read while requests are outstanding (ms). */
 export const ARP_READ_MS = 10;
 /** The socket is closed when no request has been outstanding for this long (ms). */
