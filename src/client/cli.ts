@@ -6,6 +6,9 @@
  *
  * Exit codes follow the gRPC status of the failed call (see EXIT_CODES).
  */
+// First: on a Node older than engines.node, stop with a message before anything else loads.
+import '../shared/supported-node.js';
+
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

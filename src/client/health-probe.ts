@@ -10,13 +10,17 @@
  *
  * Exit 0: SERVING. Exit 1: an answer other than SERVING (NOT_SERVING, UNKNOWN, or a gRPC error such as
  * NOT_FOUND for an unknown service), printed on stderr. Exit 2: no answer (connection refused, timeout,
- * not gRPC) or bad usage. TCP is plaintext, so only for a loopback listener; the Unix socket is what the
- * deployment files use (no TLS, no network).
+ * not gRPC). Exit 3: it could not ask (bad usage, or a Node older than package.json's engines). TCP is
+ * plaintext, so only for a loopback listener; the Unix socket is what the deployment files use (no TLS, no
+ * network).
  *
  * The two messages are small enough to write by hand: HealthCheckRequest { string service = 1; } and
  * HealthCheckResponse { ServingStatus status = 1; } (grpc/grpc-proto, grpc/health/v1/health.proto),
  * in the gRPC length-prefixed framing over HTTP/2 (gRPC's PROTOCOL-HTTP2.md).
  */
+// First: on a Node older than engines.node, stop with a message before anything else loads.
+import '../shared/supported-node.js';
+
 import { realpathSync } from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -130,7 +134,8 @@ export function probe(o: ProbeOptions): Promise<[number, string]> {
 
 const USAGE = `Usage: xdpctl-health [options]
 
-One grpc.health.v1.Health/Check call; exit 0 when SERVING, 1 for any other answer, 2 for no answer.
+One grpc.health.v1.Health/Check call; exit 0 when SERVING, 1 for any other answer, 2 for no answer,
+3 when it could not ask (bad usage).
 
 Options:
   --server <address>  unix:/path or host:port (plaintext: loopback only) (default: "unix:/run/xdpctl/xdpctl.sock")
@@ -176,7 +181,7 @@ if (isMain()) {
     opts = parseArgs(process.argv.slice(2));
   } catch (e) {
     process.stderr.write(`xdpctl-health: ${(e as Error).message}\n${USAGE}`);
-    process.exit(2);
+    process.exit(3);
   }
   if (opts === 'help') {
     process.stdout.write(USAGE);

@@ -8,6 +8,9 @@
  * after SERVING) for a control plane whose allocations are small and short-lived.
  */
 
+// First: on a Node older than engines.node, stop with a message before anything else loads.
+import '../shared/supported-node.js';
+
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
 

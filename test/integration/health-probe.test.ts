@@ -57,7 +57,7 @@ describe('xdpctl-health', kernelOnly(), () => {
     assert.equal(dp.stdout, 'xdpctl.datapath: SERVING\n');
   });
 
-  it('exits 1 for an answer other than SERVING, 2 when nothing answers or on bad usage', () => {
+  it('exits 1 for an answer other than SERVING, 2 when nothing answers, 3 on bad usage', () => {
     const unknown = run(process.execPath, [PROBE, '--server', d.unix, '--service', 'no.such.Service']);
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /gRPC status 5: /); // NOT_FOUND
@@ -65,7 +65,7 @@ describe('xdpctl-health', kernelOnly(), () => {
     assert.equal(none.status, 2);
     assert.match(none.stderr, /ENOENT/);
     const bad = run(process.execPath, [PROBE, '--timeout', 'soon']);
-    assert.equal(bad.status, 2);
+    assert.equal(bad.status, 3);
     assert.match(bad.stderr, /--timeout "soon"/);
   });
 
