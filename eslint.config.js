@@ -1,4 +1,4 @@
-// Lint rules, including the architecture's boundaries (HOUSE_STYLE.md):
+// Lint rules, including the architecture's boundaries (docs/architecture.md, under the diagram):
 // only src/server/dataplane/ may import koffi; only services and server wiring
 // import nice-grpc / grpc-js; core/ owns its ports and imports nothing from
 // dataplane/ or services/; services/ import nothing from dataplane/ (the

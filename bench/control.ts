@@ -1299,7 +1299,7 @@ ${renderAtScale(figs as ControlFigure[])}`;
 const byName = (figs: ControlFigure[], start: string) => figs.find((f) => f.name.startsWith(start));
 
 /**
- * Issue 15 item 4 (cost per change independent of the rule count): each
+ * The scale targets (cost per change independent of the rule count): each
  * target with this run's figure and, when missed, by how much; then what
  * was done and tried, with the figures measured at the time.
  */
@@ -1346,7 +1346,7 @@ function renderAtScale(figs: ControlFigure[]): string {
   row('ApplyRules of 10 000 ≤ 3x the raw batch writes', byName(figs, 'ApplyRules 10000 rules'), ratio, ratioOver);
   row('RSS at rest with 10 000 rules ≤ 150 MB', byName(figs, 'RSS at rest (30 s after SERVING), 10000'), val, abs(150));
   return `
-## Control plane at scale: issue 15 item 4, where it stands
+## Control plane at scale: where it stands
 
 Cost per change independent of the rule count. Each target against this run's rows above (rows not in this run:
 see the dated figures below).
@@ -1359,7 +1359,7 @@ ${AT_SCALE_NOTES}`;
 }
 
 /**
- * What was done and tried for issue 15 item 4, with the figures measured at
+ * What was done and tried for the scale targets, with the figures measured at
  * the time (kept here so that \`npm run bench\` regenerates it with the tables).
  */
 const AT_SCALE_NOTES = `What was done for it (2026-12-05), measured with \`bench/cp-run.ts --only scale --scale-sizes 10,10000\` and
@@ -1405,8 +1405,8 @@ const AT_SCALE_NOTES = `What was done for it (2026-12-05), measured with \`bench
 Still missed, by how much and what next:
 - **Start with 10 000 rules: 5.37x the start with none on main at 7e5f040 (target 2x, missed by 168 %).**
   \`--only start\` (3 starts each, 2026-12-05 07:43 UTC, the VM shared with other engineers' suites): 2 540 ms
-  (2 150-2 690) against 473 ms (373-737). The 3.76x above was measured before the start-up checks of issue 16
-  landed. Where one such start went (CPU profile, \`XDPCTL_BENCH_CPU_PROF\` at 1 ms, 2.6 s sampled): garbage
+  (2 150-2 690) against 473 ms (373-737). The 3.76x above was measured before the start-up checks of the reconciler
+  (docs/architecture.md, promise 1) landed. Where one such start went (CPU profile, \`XDPCTL_BENCH_CPU_PROF\` at 1 ms, 2.6 s sampled): garbage
   collection 707 ms (the daemon runs with 2 MB semi-spaces, so nearly everything a 10 000-rule adoption
   allocates is promoted and collected again by full collections), reading and comparing the adopted entries
   420 ms (of which the 10 000 backend tables 227 ms: copied out of the mapping, then their shares checked), the

@@ -1,5 +1,5 @@
 /**
- * Reads while the reconciler runs, at scale (issue 16, item 4): a real
+ * Reads while the reconciler runs, at scale (docs/architecture.md, promise 4): a real
  * xdpctld with RULES rules x BACKENDS backends on IFACES veth interfaces
  * (each rule's ingress one of them, its backends one per interface, shared
  * by every rule; MACs given), made here and removed at the end. It samples
@@ -7,8 +7,8 @@
  *   - at rest (the periodic pass every second),
  *   - while the host changes: every backend egress flaps (down/up) in turn,
  *     so each pass rewrites every rule (64 000 backend checks).
- * Prints p50/p99/max per phase. Run it alone, under the merge queue's slot
- * lock (LOAD RULE): flock /work/wt/.slot1.lock scripts/with-node node
+ * Prints p50/p99/max per phase. Run it alone on the machine (other load moves
+ * the latencies it measures): scripts/with-node node
  * --import tsx bench/reconciler-scale.ts [rules] [backends] [interfaces]
  * XDPCTL_BENCH_CPU_PROF=<dir> runs the daemon under --cpu-prof.
  */

@@ -1,5 +1,5 @@
 /**
- * Ours or foreign, decided from what the daemon can observe without CAP_SYS_ADMIN (issue 16, items 1, 4
+ * Ours or foreign, decided from what the daemon can observe without CAP_SYS_ADMIN (docs/architecture.md, promises 1, 4
  * and 6; the documented container runs with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only). Opening a
  * program by id (BPF_PROG_GET_FD_BY_ID) needs CAP_SYS_ADMIN; the programs pinned under the daemon's own
  * pin root (BPF_OBJ_GET, then their info) do not. With real daemons, real traffic:

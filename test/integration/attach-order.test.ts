@@ -1,6 +1,6 @@
 /**
  * Attach and detach in a safe order, and --cleanup-on-exit leaves the host
- * as it found it (issue 16, item 6). A rule's ingress moves from a bridge
+ * as it found it (docs/architecture.md, promise 6). A rule's ingress moves from a bridge
  * port to the bridge: the kernel refuses any XDP change on a port while its
  * bridge has a program (EEXIST), so the port's program must go first, and
  * cleanup must detach the bridge before the port. GRO that the daemon

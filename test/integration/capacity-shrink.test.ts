@@ -1,5 +1,5 @@
 /**
- * A restart with a `--max-rules` too small for the stored rules never drops a rule from the datapath (issue 16,
+ * A restart with a `--max-rules` too small for the stored rules never drops a rule from the datapath (docs/architecture.md,
  * a review's finding): it migrated to maps that held one of two rules, logged "restored: 1 of 2 rules ...
  * failed 0", health SERVING, and the other rule went from 20/20 to 0/20 delivered; ListRules then failed
  * INTERNAL. Here two rules forward, the daemon stops, a start with --max-rules 1 must be refused before

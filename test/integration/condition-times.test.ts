@@ -1,6 +1,6 @@
 /**
  * A condition's lastTransitionTime is when the daemon observed the transition, with a real daemon, real
- * interfaces and a restart (issue 16: "a status states only what was observed"). A reviewer saw every
+ * interfaces and a restart (docs/architecture.md: "a status states only what was observed"). A reviewer saw every
  * transition time equal to the first read after the change, and after a restart equal to the daemon's
  * start. Here:
  *  - a rule's Ready condition carries the time of its CreateRule, not of a read 1.5 s later;

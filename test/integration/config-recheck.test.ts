@@ -1,6 +1,6 @@
 /**
- * Config-file mode: a file refused for what the host is keeps no reason that no longer holds (issue 16,
- * "observe, don't assume"; review 17 item 11: a file refused for a link loop through a veth pair kept
+ * Config-file mode: a file refused for what the host is keeps no reason that no longer holds (docs/architecture.md,
+ * "observe, don't assume"; a review found: a file refused for a link loop through a veth pair kept
  * "PreconditionFailed ... loop" after the pair was deleted). Real daemon, real veth pair, real pings: the
  * file `links: {A: B}` with A and B the two ends of one veth pair is refused (PreconditionFailed, the loop
  * named) while the last good file keeps forwarding; the pair deleted, the refusal is re-evaluated within

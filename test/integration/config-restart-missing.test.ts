@@ -1,6 +1,6 @@
 /**
- * Config-file mode: the same file on the same host is judged the same before and after a restart (issue 16
- * items 2, 5, 7). A review (rev18 finding 5) had `links: {A: B, C: D}` applied and forwarding, then D
+ * Config-file mode: the same file on the same host is judged the same before and after a restart (docs/architecture.md,
+ * promises 2, 5, 7). A review had `links: {A: B, C: D}` applied and forwarding, then D
  * deleted: `in force: yes`, xdpctl.config SERVING, the link C<->D marked "interface D does not exist"; after
  * a restart with the same file: `in force: no (InterfaceMissing)`, NOT_SERVING, "running the configuration
  * restored from the state store" (the same 2 links). Now a link the file leaves as it is waits for its

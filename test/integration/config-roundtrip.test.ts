@@ -1,5 +1,5 @@
 /**
- * One parser for every YAML file (issue 16, a review's finding): README says `xdpctld --config` takes the
+ * One parser for every YAML file (a review's finding): README says `xdpctld --config` takes the
  * same YAML as `xdpctl rules apply`, and that apply takes what `rules list -o yaml` prints. Before, the
  * daemon refused such a file (`rules[0].match: unknown key`) while the CLI took it through a second, loose
  * reader. Here the real CLI lists a real daemon's rules and links as YAML and JSON; the file goes back

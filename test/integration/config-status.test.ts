@@ -1,5 +1,5 @@
 /**
- * Config-file mode says, beyond a log line, whether the file on disk is in force (issue 16: report only
+ * Config-file mode says, beyond a log line, whether the file on disk is in force (docs/architecture.md: report only
  * what was observed; a review's finding): while the file is refused, DaemonService.GetStatus, `xdpctl
  * status`, the `xdpctl.config` health service and the Prometheus metrics say that the file on disk is NOT
  * in force — which file, since when, why (the refusal's reason and field) — and what the datapath runs (the

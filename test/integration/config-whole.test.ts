@@ -1,6 +1,6 @@
 /**
  * Config-file mode applies a file whole or not at all, and follows files that change without an event
- * naming them (issue 16 item 7, a review's findings):
+ * naming them (docs/architecture.md, promise 7, a review's findings):
  *  - a file whose links the kernel refuses (an egress that cannot transmit native redirects: a bridge) must
  *    not leave its rules applied: before, the rule section went in, the links failed, the log said "the last
  *    good configuration keeps running" while the rule was gone (0 of 20), and writing the good file back did

@@ -1,7 +1,7 @@
 /**
- * An egress interface says what its rules' backend judgements found about it (issue 16 item 2: per-object
+ * An egress interface says what its rules' backend judgements found about it (docs/architecture.md, promise 2: per-object
  * conditions on interfaces carry the same facts as the rule), with real namespaces, veths and datagrams,
- * the ingress in native mode. A review (rev18 finding 6) saw r18b2 `EgressReady True "up with carrier"`, no
+ * the ingress in native mode. A review saw r18b2 `EgressReady True "up with carrier"`, no
  * warning, in three cases where the rule said its backend cannot receive or the frames do not fit: a veth
  * peer without NAPI in an unnamed namespace (no ndo_xdp_xmit), a peer whose GRO went off while down (the
  * kernel dropped every redirected frame), an egress MTU of 1000 behind an ingress of 1500. Now the

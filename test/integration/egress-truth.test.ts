@@ -1,5 +1,5 @@
 /**
- * What a backend's or a link's egress can carry, stated as observed (issue 16, item 2: "status that never
+ * What a backend's or a link's egress can carry, stated as observed (docs/architecture.md, promise 2: "status that never
  * says more than is true"), with real namespaces, veths and datagrams:
  *  - an egress MTU below the ingress's: the kernel drops every larger datagram on redirect (XDP does not
  *    fragment). The rule is DEGRADED (not ACTIVE) within a second of the change, its FramesFit condition

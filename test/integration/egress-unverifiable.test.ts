@@ -1,6 +1,6 @@
 /**
  * A backend behind a veth whose peer xdpctld cannot inspect (in an unnamed network namespace, as a
- * container runtime leaves it), on a native-mode ingress, with real traffic (issue 16, items 1 and 2).
+ * container runtime leaves it), on a native-mode ingress, with real traffic (docs/architecture.md, promises 1 and 2).
  * The kernel's ndo-xmit flag is all the daemon can read about it, and the flag stays set when the peer's
  * GRO is switched off while the peer is down (measured on 6.18: no NAPI, every redirected frame dropped;
  * a review saw 98 of 200 flows lost while the rule said ACTIVE). So the status says the backend cannot be

@@ -1,7 +1,7 @@
 /**
  * A map another tool froze (`bpftool map freeze`: BPF_MAP_FREEZE, every write from user space refused with
  * EPERM until the map is replaced) after it changed an entry: the difference cannot be rewritten, and the
- * daemon says so (issue 16, "observe, don't assume"; review 17 item 3: an xc_links entry deleted and the map
+ * daemon says so (docs/architecture.md, "observe, don't assume"; a review found: an xc_links entry deleted and the map
  * frozen left the direction dead, ping 0/3, while health stayed SERVING, xdpctl_datapath_problems 0, and the
  * log said "links not re-applied" / EPERM without naming the freeze). Real daemon, real `bpftool` writes and
  * freeze on its pins, real pings through namespaces: the direction is not active and its warning names the

@@ -1,5 +1,5 @@
 /**
- * --cleanup-on-exit puts back only what the daemon changed, on the device it changed it on (issue 16: "the
+ * --cleanup-on-exit puts back only what the daemon changed, on the device it changed it on (docs/architecture.md: "the
  * daemon states only what it observed"). A network namespace deleted and made again numbers its devices
  * from the start: a new veth peer gets the same name AND the same ifindex as the one the daemon switched
  * GRO on (or turned tx VLAN offloads off) on. With real namespaces and veths:

@@ -1,5 +1,5 @@
 /**
- * Host settings the datapath relies on drift under a running daemon (issue 16, item 1: "observe, don't
+ * Host settings the datapath relies on drift under a running daemon (docs/architecture.md, promise 1: "observe, don't
  * assume"; the reconciler repairs what is safe and reports what it cannot). Real daemon, veths, traffic:
  *  - an egress's own MAC changes (ip link set dev X address ...): every frame redirected through it
  *    carries that MAC as its source, so the backend entries behind it are rewritten within a second,

@@ -1,5 +1,5 @@
 /**
- * Interface conditions state what each interface is used for and what is true of it (issue 16, per-object
+ * Interface conditions state what each interface is used for and what is true of it (docs/architecture.md, per-object
  * conditions), with real namespaces, veths and datagrams: an ingress has ProgramAttached; a backend's
  * egress, where no program is meant, has no ProgramAttached False/NotAttached (was: always, as if something
  * were missing) but EgressReady: True while it is up with carrier, False naming why when its veth peer or

@@ -1,5 +1,5 @@
 /**
- * Interface renames under a running daemon (issue 16: "renaming an interface
+ * Interface renames under a running daemon (a fault found: "renaming an interface
  * logs 'interfaces missing' every second forever"). Rules and links name
  * interfaces: a renamed interface is missing under its old name, and the
  * device under its new name is not ours to manage. So, with traffic flowing:

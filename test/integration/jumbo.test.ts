@@ -195,7 +195,7 @@ describe('jumbo frames through the daemon (--xdp-mode auto)', kernelOnly(), () =
   it('a link and a rule on MTU 9000 veths are accepted, run natively and carry 9014-byte frames', async () => {
     d = await DaemonProcess.start(id, ['--xdp-mode', 'auto']);
     const cl = d.clients();
-    // Issue 13's example: this was INVALID_ARGUMENT "result out of range (ERANGE)".
+    // The example that found it: this was INVALID_ARGUMENT "result out of range (ERANGE)".
     await cl.links.connect({ link: { a: a.hostIf, b: b.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH } });
     await cl.rules.createRule({
       rule: {

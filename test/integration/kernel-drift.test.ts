@@ -1,6 +1,6 @@
 /**
  * The contents of our pinned maps changed by another tool are found and repaired while the daemon runs
- * (issue 16: "a second daemon rewrites the maps unnoticed"; review 16 item 2: `bpftool map update` of a
+ * (a fault found: "a second daemon rewrites the maps unnoticed"; a review found: `bpftool map update` of a
  * backend's MAC sent that backend 0 of ~300 datagrams for as long as it lasted, the rule ACTIVE, health
  * SERVING, nothing logged; `xdpctl rules update web` with the same spec said "unchanged"). Real daemons,
  * real `bpftool` writes into the pins, real datagrams through namespaces:

@@ -1,5 +1,5 @@
 /**
- * Host settings follow the mode an ingress runs in (issue 16, "observe, don't assume"; --cleanup-on-exit
+ * Host settings follow the mode an ingress runs in (docs/architecture.md, "observe, don't assume"; --cleanup-on-exit
  * restores what the daemon changed): in generic mode the daemon turns TSO/GSO off on an ingress veth's peer
  * (generic XDP cannot redirect a GSO packet). Once that ingress runs our program in native mode (a restart
  * with --xdp-mode native), they are no longer needed: the daemon turns them on again, says so once, and takes

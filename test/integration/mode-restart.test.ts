@@ -1,5 +1,5 @@
 /**
- * A restart with another --xdp-mode never takes down a direction that forwards (issue 16, item 5: "a start
+ * A restart with another --xdp-mode never takes down a direction that forwards (docs/architecture.md, promise 5: "a start
  * never removes a datapath that was forwarding"), with a real daemon, veths and datagrams: a cross-connect
  * between two veths runs in generic mode; the restart asks for native (with --no-fix-veth-peers: the daemon
  * may not switch GRO on on a peer). The end whose egress takes native

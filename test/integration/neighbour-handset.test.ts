@@ -1,5 +1,5 @@
 /**
- * Facts the daemon cannot check are not reported as good (issue 16, "observe, don't assume"), with real
+ * Facts the daemon cannot check are not reported as good (docs/architecture.md, "observe, don't assume"), with real
  * namespaces, veths and datagrams:
  *  - a backend given without a MAC whose neighbour entry was set by hand (PERMANENT) with a wrong MAC: the
  *    kernel never confirms such an entry (no probe, no timeout), so the status says the MAC cannot be
@@ -10,7 +10,7 @@
  *    xdpctl.datapath health NOT_SERVING and the metrics count it, logged once, as for a veth peer that cannot
  *    be inspected (egress-unverifiable.test.ts); ACTIVE and SERVING again once the kernel resolved the entry.
  *  - a backend whose MAC answered a probe of ours, when another tool writes a wrong MAC into its entry as
- *    REACHABLE (issue 16 items 1 and 2): the wrong MAC is probed, never written; the answered MAC keeps
+ *    REACHABLE (docs/architecture.md, promises 1 and 2): the wrong MAC is probed, never written; the answered MAC keeps
  *    delivering (6 s of traffic at 100/s across the window: 600 of 600; was 302 and 296 of 600, ~3 s lost until
  *    the probe failed and the broadcast request found the host's MAC) and the status says which MAC is kept and
  *    why;

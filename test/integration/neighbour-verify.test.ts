@@ -1,6 +1,6 @@
 /**
  * A backend given without MAC (`IP,,iface`: the MAC comes from the neighbour table) whose host changes its
- * MAC without a gratuitous ARP (issue 16, item 1: "re-resolve MACs"). Frames the datapath redirects never
+ * MAC without a gratuitous ARP (docs/architecture.md, promise 1: "re-resolve MACs"). Frames the datapath redirects never
  * pass the stack, so the kernel never revalidates the entry by itself: it stays REACHABLE with the old MAC,
  * then STALE, forever (a review saw 0 of 55 delivered for over 45 s). The reconciler makes the kernel
  * verify the entries it relies on (NUD_PROBE once no confirmation was seen for NEIGHBOUR_VERIFY_MS); the

@@ -1,5 +1,5 @@
 /**
- * An ingress interface moved to another network namespace under a running daemon (issue 16, items 1 and
+ * An ingress interface moved to another network namespace under a running daemon (docs/architecture.md, promises 1 and
  * 6: "interface names, ifindexes and namespaces"; "nothing attached that ListInterfaces does not show";
  * "--cleanup-on-exit removes every program it attached"), with real daemons, veths, namespaces and
  * datagrams:

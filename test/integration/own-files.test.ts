@@ -1,5 +1,5 @@
 /**
- * What a daemon owns on disk, changed under it (issue 16, items 3 and 6), with real daemons, veths and
+ * What a daemon owns on disk, changed under it (docs/architecture.md, promises 3 and 6), with real daemons, veths and
  * datagrams:
  *  - the whole state directory removed (`rm -rf STATE_DIR`) under a running daemon: made again 0700,
  *    locked again, the desired state written into a fresh store at once, logged as an error; a second

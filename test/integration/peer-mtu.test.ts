@@ -1,5 +1,5 @@
 /**
- * The MTU of a veth egress's PEER, wherever the peer lives (issue 16, "observe, don't assume"): the kernel
+ * The MTU of a veth egress's PEER, wherever the peer lives (docs/architecture.md, "observe, don't assume"): the kernel
  * drops a frame redirected into a veth that the peer's MTU does not allow (veth_xdp_xmit), whether the peer
  * is in our namespace, a named one or an unnamed one (a container's). With real namespaces, veths and
  * datagrams:

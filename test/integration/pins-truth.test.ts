@@ -1,5 +1,5 @@
 /**
- * The pins and the state store say which datapath is whose (issue 16: "a start never removes a datapath
+ * The pins and the state store say which datapath is whose (docs/architecture.md: "a start never removes a datapath
  * that was forwarding"; "nothing attached that ListInterfaces does not show"; the reconciler re-pins).
  * Real daemons, veths and traffic:
  *  - `--no-state` over a pin root whose maps hold rules is refused like a missing store (it would start

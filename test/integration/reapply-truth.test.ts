@@ -1,6 +1,6 @@
 /**
  * Re-applies that never take down what forwards, and ingress interfaces that
- * receive nothing (issue 16, items 1, 2 and 5: "one object that cannot be
+ * receive nothing (docs/architecture.md, promises 1, 2 and 5: "one object that cannot be
  * applied never takes the others down ... a start never removes a datapath
  * that was forwarding because it failed"). Real daemons, veths, a bridge and
  * traffic:

@@ -1,5 +1,5 @@
 /**
- * Backends whose egress cannot receive native XDP redirects (issue 16, item
+ * Backends whose egress cannot receive native XDP redirects (docs/architecture.md, promise
  * 1: "able to receive native redirects: veth peer NAPI, no bridge without XDP
  * transmit"), with a running daemon on a native-mode ingress and real
  * traffic. The kernel says which devices can transmit redirected frames: a

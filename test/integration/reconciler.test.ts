@@ -1,5 +1,5 @@
 /**
- * The reconciler (issue 16, items 1, 2 and 5), each example of the issue
+ * The reconciler (docs/architecture.md, promises 1, 2 and 5), each fault it was built for
  * changing the host for real under a running daemon with traffic flowing:
  * our program detached by another tool is re-attached (logged once); a
  * backend whose egress goes down or loses carrier leaves the rule's table

@@ -1,6 +1,6 @@
 /**
  * A change the kernel refuses changes nothing: not the kernel, not the disk, not the host's device settings,
- * not the generations, and the client (or the config file's log) is told exactly what was refused (issue 16,
+ * not the generations, and the client (or the config file's log) is told exactly what was refused (docs/architecture.md,
  * "observe, don't assume"; a review's findings on config-file mode and the API's kernel phase):
  *  - config-file mode: a file whose links the kernel refuses reached the kernel for a moment (its rules went
  *    in first, then the links failed, then the old rules were put back): 62 of 13 222 datagrams reached a

@@ -1,10 +1,10 @@
 /**
- * A change's reply carries the status a read right after it gives (issue 16 item 2: "a client told the wrong
- * outcome"), with real namespaces, veths and datagrams. The write and the reconciler judge a rule with one
+ * A change's reply carries the status a read right after it gives (docs/architecture.md, promise 2; before, a client was told
+ * the wrong outcome), with real namespaces, veths and datagrams. The write and the reconciler judge a rule with one
  * function (rule-status judgeRule), from what the host shows: an ingress that is down, or without carrier,
  * receives nothing, so CreateRule and UpdateRule reply INACTIVE with IngressReceiving False, as GetRule says
  * at once, and the CLI prints the state; LinkService Connect replies "not forwarding" for a direction whose
- * ingress is down, as ListLinks says. Before (review 18, finding 3): the replies said ACTIVE / every
+ * ingress is down, as ListLinks says. Before (a review's finding): the replies said ACTIVE / every
  * condition True (Connect: both directions active) while the read right after said INACTIVE (not active).
  */
 import assert from 'node:assert/strict';

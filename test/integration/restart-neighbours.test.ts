@@ -1,10 +1,10 @@
 /**
- * A start never removes a datapath that was forwarding (issue 16 item 5), with real namespaces, veths and
+ * A start never removes a datapath that was forwarding (docs/architecture.md, promise 5), with real namespaces, veths and
  * datagrams: backends given without a MAC forward while the daemon is stopped; their neighbour entries go
  * meanwhile (the backends' veths bounced, which flushes them). A missing entry is no evidence that the MAC
  * in the datapath is wrong: the start keeps it (the backend says "kept from the datapath, not confirmed
  * yet", the rule DEGRADED until the probe answers), probes, and takes a backend out only when its probe
- * fails. Before (review 18, finding 2): the start wrote the backends with a zero MAC, the rule INACTIVE,
+ * fails. Before (a review's finding): the start wrote the backends with a zero MAC, the rule INACTIVE,
  * and 76-90 of 4 000 datagrams were lost per start while the hosts never changed.
  */
 import assert from 'node:assert/strict';

@@ -1,6 +1,6 @@
 /**
  * Restart, restore and migration log lines count what was observed in the kernel, never what was stored or
- * intended (issue 16, a review's findings): "restored … links: 2" counted a link whose interface was
+ * intended (a review's findings): "restored … links: 2" counted a link whose interface was
  * missing (nothing written to the kernel for it), and a `--max-rules` migration logged "kernel entries that
  * differed from the stored state were rewritten" for maps that were new and empty. Here a real daemon
  * restarts with one link's interface deleted, then migrates to a larger --max-rules; each line's counts are

@@ -1,6 +1,6 @@
 /**
- * One link that cannot be restored never takes the others down (issue 16,
- * item 5): a daemon restarted while one stored link's interface is missing
+ * One link that cannot be restored never takes the others down (docs/architecture.md,
+ * promise 5): a daemon restarted while one stored link's interface is missing
  * writes every other link, and the missing one waits (desired, reported) until
  * its interface appears. Before, no link at all was written and the directions
  * the datapath still had were removed: pings over a good link went 20/20

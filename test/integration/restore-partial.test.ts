@@ -1,6 +1,6 @@
 /**
- * One object that cannot be applied never takes the others down (issue 16,
- * item 5): a daemon restarted with fewer privileges (no CAP_SYS_ADMIN, as the
+ * One object that cannot be applied never takes the others down (docs/architecture.md,
+ * promise 5): a daemon restarted with fewer privileges (no CAP_SYS_ADMIN, as the
  * documented container runs) restores a rule whose backend veth peer is in
  * another network namespace, because the kernel's xdp-features of the egress
  * say whether it can receive (it once needed to enter that namespace to

@@ -1,6 +1,6 @@
 /**
  * Two xdpctld on one host, each with its own pin root, state directory and socket, and one ingress
- * interface they both want (issue 16, items 1 and 3). Both load the same object, so their programs have
+ * interface they both want (docs/architecture.md, promises 1 and 3). Both load the same object, so their programs have
  * the same name and tag: what makes a program "ours" is its id (or, for an earlier load on our own pin
  * root, exactly our maps), never its name or tag. Checked with real daemons and UDP traffic on both sides:
  * the second daemon's rule on the shared ingress is refused (FAILED_PRECONDITION naming the interface, the

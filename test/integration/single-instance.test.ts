@@ -1,5 +1,5 @@
 /**
- * One daemon per datapath (issue 16, item 3) and pins that only xdpctld
+ * One daemon per datapath (docs/architecture.md, promise 3) and pins that only xdpctld
  * controls (item 4), with real daemons: a second xdpctld on the same pin
  * root, state directory or socket path refuses to start and names the
  * running one, which keeps forwarding, keeps its maps and stays reachable on

@@ -1,6 +1,6 @@
 /**
  * A backend given with a static MAC (`ip,mac,iface`) whose host changes its MAC, with no neighbour
- * involvement by the daemon (issue 16, "observe, don't assume"): before, the rule stayed ACTIVE while
+ * involvement by the daemon (docs/architecture.md, "observe, don't assume"): before, the rule stayed ACTIVE while
  * every datagram hashed to that backend was dropped by its host (a frame to another MAC than its own),
  * although the host showed the contradiction. Now the reconciler checks each static MAC against definitive
  * evidence only (a freshly confirmed neighbour entry, after a probe: the host answered ARP from that MAC;

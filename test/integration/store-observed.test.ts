@@ -1,5 +1,5 @@
 /**
- * What happens to the daemon's own files under it is observed and said, not assumed (issue 16, a review's
+ * What happens to the daemon's own files under it is observed and said, not assumed (docs/architecture.md, a review's
  * findings 2, 6, 7 and 8), with a real daemon, a tiny tmpfs as its state directory, veths and datagrams:
  *  - the disk fills up (ENOSPC) under it, or it starts on a read-only remount: GetStatus state_store, `xdpctl status`, the
  *    xdpctl.datapath health service and the xdpctl_state_store_writable metric say so with the disk's reason

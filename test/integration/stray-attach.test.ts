@@ -1,7 +1,7 @@
 /**
  * This datapath's program attached by hand to an interface no rule or link uses, while the daemon runs
- * (issue 16 item 6: nothing attached that ListInterfaces does not show; item 1: a level-triggered pass).
- * A review (rev18 finding 4) saw it stay attached 7 s and more, unlisted, nothing logged, health SERVING,
+ * (docs/architecture.md, promise 6: nothing attached that ListInterfaces does not show; promise 1: a level-triggered pass).
+ * A review saw it stay attached 7 s and more, unlisted, nothing logged, health SERVING,
  * while a restart found it, logged it and detached it: the start and the running reconciler disagreed
  * about the same host. Now a pass does what the start does: the program is detached within seconds, one
  * log line per event, nothing left listed; the rule that uses another interface keeps forwarding.

@@ -393,7 +393,7 @@ sys.stdin.readline()
     });
 
     it("a source filter is part of the match: a packet the exact rule's filter rejects goes to the any-destination rule", async () => {
-      // Issue 13's example: rule "dst" (destination 198.18.9.9, source
+      // The example that found it: rule "dst" (destination 198.18.9.9, source
       // 10.50.7.0/24) and rule "any" (same port, no destination); the VM
       // (198.18.1.1) sends to 198.18.9.9.
       slot++;

@@ -1,5 +1,5 @@
 /**
- * A rule change looks at the kernel, not at what it attached last (issue 16: "`ip link set dev IN xdp off`
+ * A rule change looks at the kernel, not at what it attached last (a fault found: "`ip link set dev IN xdp off`
  * ... never repaired (even a rule update skips the attach)"). The background reconciler is off here
  * (resyncMs 0: no timer, no rtnetlink trigger), so only the update itself can see that our program is gone:
  * it attaches it again, says so in the log, and traffic flows again. Real datagrams before and after.

@@ -1,6 +1,6 @@
 /**
  * ApplyRules decoded and encoded a chunk at a time (src/server/services/apply-rules-codec.ts,
- * issue 15 item 4: no long turn of the event loop for 10 000 rules) is the same message on the wire:
+ * so that 10 000 rules take no long turn of the event loop) is the same message on the wire:
  * - every request, valid or mutated into garbage, gives what ApplyRulesRequest.decode gives (the same
  *   rules and validate_only), or is refused (INTERNAL "Error deserializing request", as grpc-js
  *   refuses one) exactly when that decode throws;

@@ -1,6 +1,6 @@
 /**
  * The lint config holds the architecture's dependency direction
- * (HOUSE_STYLE.md): each rule is shown to reject a violating import at the
+ * (docs/architecture.md, under the diagram): each rule is shown to reject a violating import at the
  * place it guards, and to accept the allowed direction, so a config edit that
  * drops a boundary fails here.
  */

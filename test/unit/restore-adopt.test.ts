@@ -1,6 +1,6 @@
 /**
- * A start adopts the rules the datapath already holds in place (issue 15
- * item 4: start with 10 000 rules within 2x the start with none): every
+ * A start adopts the rules the datapath already holds in place (the target:
+ * a start with 10 000 rules within 2x the start with none): every
  * entry a rule needs is read back and compared with the desired state, and
  * only the entries that differ are written. Over modelled maps that count
  * every write: a restart over intact maps writes nothing, and a restart over
@@ -183,7 +183,7 @@ describe('restore: rules adopted in place', () => {
   });
 
   it('a veth-peer check that answers late at restore keeps its backend out of the table: the rule is not ACTIVE and says why', async () => {
-    // Issue 16 item 5: a start keeps what can forward; a backend whose egress fails its check is kept out
+    // docs/architecture.md, promise 5: a start keeps what can forward; a backend whose egress fails its check is kept out
     // of the table with the reason (it used to fail the whole rule). The comparison must see that: the
     // backend's entry ends cleared, never rewritten as receiving.
     const { dp, stored } = await installed();

@@ -1,6 +1,6 @@
 /**
  * A rule the datapath refused at a reconciler pass is FAILED and retried after
- * FAILED_RETRY_MS. What the log says about it must be what was observed (issue 16:
+ * FAILED_RETRY_MS. What the log says about it must be what was observed (docs/architecture.md:
  * "each transition is logged once, not every second"): the failure once; a retry
  * is not a host change ("the host changed: re-applying rules" is only for
  * changes seen on the host); a retry that fails the same way adds no line; the

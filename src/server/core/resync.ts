@@ -1106,7 +1106,7 @@ async function checkIngressSettings(
  * contradiction logged once; entries that are not fresh are re-probed, missing ones resolved (at most
  * {@link RESOLVES_PER_PASS} per pass). Returns the ones that cannot be verified ("ip@iface|mac" -> why).
  * Yields (`pace`) every 64 backends: 10 000 rules of 4 static-MAC backends held the event loop 100-200 ms
- * in one piece every pass (reads and the loop-delay target of issue 15 waited).
+ * in one piece every pass (reads waited, and the event-loop delay target was missed).
  */
 async function judgeStaticMacs(
   ctx: ExecContext,

@@ -566,7 +566,7 @@ function unsearchableAncestor(path: string): string | undefined {
 /**
  * Why the pin root may not be used as it is now (owned by another user, or writable by its group or
  * others: whoever can write there can swap the maps under the datapath), ending with the fix; undefined
- * when it is ours alone. A start refuses such a pin root; a reconciler pass reports it (issue 16).
+ * when it is ours alone. A start refuses such a pin root; a reconciler pass reports it (docs/architecture.md).
  */
 export function pinRootOwnership(pinRoot: string, st = lstatSync(pinRoot)): string | undefined {
   const uid = process.geteuid?.() ?? 0;

@@ -1,5 +1,5 @@
 /**
- * What the reconciler observed, as OpenTelemetry gauges (issue 16: health,
+ * What the reconciler observed, as OpenTelemetry gauges (docs/architecture.md, promise 2: health,
  * metrics and logs carry the same facts):
  *  - `xdpctl.rules`: rules by state (`xdpctl.rule.state`: active, degraded,
  *    inactive, failed; every state is reported, 0 included, so that an alert
