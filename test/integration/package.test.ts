@@ -5,8 +5,9 @@
  * (its BPF object and descriptor come from the tarball) serves a plain-Node ESM script that lists rules
  * with `import { createXdpctlClient } from 'xdpctl'`; and `tsc --noEmit` type-checks a TypeScript
  * consumer against the shipped declarations (a wrong call must fail to compile: the types are real).
- * The tarball ships dist/, the BPF object and the descriptor, not tests or sources; the install prints
- * no EBADENGINE warning. The install's package count and size are printed (the closing note's figures).
+ * The tarball ships dist/, the BPF object, the descriptor and docs/, not tests, sources or a compiled
+ * file whose source is gone; the install prints no EBADENGINE warning. The install's package count and
+ * size are printed (the closing note's figures).
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -45,7 +46,11 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
   let files: string[] = [];
   let d: DaemonProcess | undefined;
 
+  // A compiled file whose source is gone (tsc -b never deletes one): prepack must not ship it.
+  const stale = `dist/server/${id}-stale.js`;
+
   before(() => {
+    writeFileSync(join(ROOT, stale), 'export {};\n');
     // npm pack runs prepack (setup: compile, BPF objects, descriptor) and lists what it packed.
     const packed = run('npm', ['pack', '--json', '--pack-destination', dir, '--loglevel=error'], ROOT);
     assert.equal(packed.status, 0, packed.err);
@@ -55,6 +60,7 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
     const info = (JSON.parse(json) as { filename: string; files: { path: string }[] }[])[0];
     tarball = join(dir, info.filename);
     files = info.files.map((f) => f.path);
+    rmSync(join(ROOT, stale), { force: true });
     execFileSync('mkdir', ['-p', app]);
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
   });
@@ -82,6 +88,9 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
       (f) => /^(test|src|bench|scripts|bin)\//.test(f) || (f.endsWith('.ts') && !f.endsWith('.d.ts')),
     );
     assert.deepEqual(stray, [], 'no tests, sources or TypeScript to load at run time');
+    assert.ok(!files.includes(stale), `a compiled file without a source (${stale}) is not packed`);
+    // The documents the README links to travel with it.
+    assert.ok(files.includes('docs/deployment.md'), 'the tarball has docs/deployment.md');
   });
 
   it('installs with no engine warning; its bins run from dist/', () => {
