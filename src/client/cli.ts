@@ -163,8 +163,7 @@ function exitAfterFlush(code: number): void {
 }
 
 if (isMain()) {
-  // Errors are one line on stderr: no runtime deprecation notices in between (as `node --no-deprecation`;
-  // grpc-js passes an IP address as the TLS server name, which Node 24 reports as DEP0123).
+  // Errors are one line on stderr: no runtime deprecation notices in between (as `node --no-deprecation`).
   process.noDeprecation = true;
   main().then(exitAfterFlush, (e: unknown) => {
     process.stderr.write(`xdpctl: ${e instanceof Error ? e.message : String(e)}\n`);

@@ -2,6 +2,8 @@
  * The typed client of xdpctld: one factory over the generated nice-grpc
  * definitions. Imports nothing from src/server/.
  */
+import { isIP } from 'node:net';
+
 import { ChannelCredentials, createChannel, createClientFactory, type Channel, type Client } from 'nice-grpc';
 import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
 import { retryMiddleware, type RetryOptions } from 'nice-grpc-client-middleware-retry';
@@ -66,6 +68,33 @@ export function channelAddress(address: string): string {
   return address.replace(/^unix:(?!\/\/)/, 'unix://');
 }
 
+interface SecureConnector {
+  connectionOptions?: { servername?: string };
+}
+
+/**
+ * TLS credentials that send no server name (SNI) to an IP address. grpc-js passes the target's host as
+ * `servername` even when it is an address, which RFC 6066 does not allow and Node 24 reports as a
+ * DeprecationWarning (DEP0123) in every program that connects to `127.0.0.1:9091` over TLS. Without it, Node
+ * checks the certificate against the connection's host, the same address (test/unit/client-tls-ip.test.ts: a
+ * certificate for another address is still refused). A grpc-js that no longer builds its options this way
+ * leaves the connector as it is (and that test sees the warning again).
+ */
+export function sslCredentials(ca?: Buffer, key?: Buffer, cert?: Buffer): ChannelCredentials {
+  const creds = ChannelCredentials.createSsl(ca, key, cert);
+  const inner = creds as unknown as { _createSecureConnector?: (...args: unknown[]) => SecureConnector };
+  const create = inner._createSecureConnector?.bind(creds);
+  if (create) {
+    inner._createSecureConnector = (...args: unknown[]) => {
+      const connector = create(...args);
+      const o = connector.connectionOptions;
+      if (o?.servername !== undefined && isIP(o.servername)) delete o.servername;
+      return connector;
+    };
+  }
+  return creds;
+}
+
 /**
  * Create a client. Per-call deadlines go in call options ({ deadline }).
  * Reads marked NO_SIDE_EFFECTS in the protos (Get*, List*) are retried on
@@ -74,7 +103,7 @@ export function channelAddress(address: string): string {
  */
 export function createXdpctlClient(opts: ClientOptions = {}): XdpctlClient {
   const address = channelAddress(opts.address ?? DEFAULT_SERVER);
-  const creds = opts.tls ? ChannelCredentials.createSsl(opts.tls.ca, opts.tls.key, opts.tls.cert) : undefined;
+  const creds = opts.tls ? sslCredentials(opts.tls.ca, opts.tls.key, opts.tls.cert) : undefined;
   const channel = createChannel(address, creds);
   const factory = createClientFactory().use(deadlineMiddleware).use(retryMiddleware);
   // Reads: up to 3 retries, backing off from 200 ms (applies only to NO_SIDE_EFFECTS methods).
