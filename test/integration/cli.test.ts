@@ -401,7 +401,7 @@ describe('xdpctl command line', kernelOnly(), () => {
     assertFails(await cli('rules', 'get', 'web'), 4);
   });
 
-  it('empty lists: nothing in a table, [] in JSON and YAML, always ending in a newline', async () => {
+  it('empty lists: nothing on stdout and "no <noun>" on stderr for a table, [] in JSON and YAML', async () => {
     assert.equal(
       assertOk(await cli('links', 'disconnect', h1.hostIf, h2.hostIf)).trim(),
       `link ${h1.hostIf} ${h2.hostIf} disconnected`,
@@ -411,7 +411,9 @@ describe('xdpctl command line', kernelOnly(), () => {
       ['links', 'links'],
       ['interfaces', 'interfaces'],
     ]) {
-      assert.equal(assertOk(await cli(noun, 'list')), '', `${noun} list: no header without rows`);
+      const table = await cli(noun, 'list');
+      assert.equal(assertOk(table), '', `${noun} list: no header without rows`);
+      assert.equal(table.stderr, `no ${noun}\n`, `${noun} list: says the list is empty`);
       assert.equal(assertOk(await cli('-o', 'json', noun, 'list')), `{\n  "${key}": []\n}\n`);
       assert.equal(assertOk(await cli('-o', 'yaml', noun, 'list')), `${key}: []\n`);
     }

@@ -82,9 +82,14 @@ export function printList(format: OutputFormat, key: string, data: unknown): voi
   printData(format, obj);
 }
 
-/** A table for people; an empty list prints nothing (not a lone header), so `| wc -l` counts rows. */
-export function printTable(head: string[], rows: Cell[][]): void {
+/**
+ * A table for people. An empty list prints no lone header on stdout, so `| wc -l` counts rows; a list
+ * command passes `none` ("no rules"), said on stderr (as kubectl's "No resources found"), so that a
+ * person sees the daemon answered with nothing rather than nothing at all.
+ */
+export function printTable(head: string[], rows: Cell[][], none?: string): void {
   if (rows.length) print(renderTable(head, rows));
+  else if (none) process.stderr.write(`${none}\n`);
 }
 
 export const strip = (name: string, prefix: string) => (name.startsWith(prefix) ? name.slice(prefix.length) : name);

@@ -24,7 +24,7 @@ export function registerInterfaces(program: Command): void {
             ListInterfacesResponse.toJSON({ interfaces: all, nextPageToken: '' }),
           );
         }
-        printTable(INTERFACE_HEAD, all.map(interfaceRow));
+        printTable(INTERFACE_HEAD, all.map(interfaceRow), 'no interfaces');
       }),
     );
   interfaces

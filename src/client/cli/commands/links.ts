@@ -48,6 +48,7 @@ export function registerLinks(program: Command): void {
             l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '-' : yesNo(l.status?.bToAActive),
             l.status?.warnings.join('; ') ?? '',
           ]),
+          'no links',
         );
       }),
     );

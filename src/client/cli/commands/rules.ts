@@ -129,7 +129,7 @@ export function registerRules(program: Command): void {
         if (o.output !== 'table') {
           return printList(o.output, 'rules', ListRulesResponse.toJSON({ rules: all, nextPageToken: '' }));
         }
-        printTable(RULE_HEAD, all.map(ruleRow));
+        printTable(RULE_HEAD, all.map(ruleRow), 'no rules');
       }),
     );
 
