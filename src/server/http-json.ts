@@ -7,7 +7,8 @@
  * the response message as JSON with status 200, or a Connect error:
  * `{"code": "invalid_argument", "message": "...", "details": [{"type": "google.rpc.BadRequest",
  * "value": "<base64>", "debug": {"fieldViolations": [...]}}]}` with the HTTP status the protocol maps
- * the code to (400, 403, 404, 409, 412, 429, 500, 503, ...). Why Connect and not `google.api.http`
+ * the code to (400, also for FAILED_PRECONDITION and OUT_OF_RANGE; 401, 403, 404, 409, 429, 499, 500,
+ * 501, 503, 504). Why Connect and not `google.api.http`
  * transcoding: no well-kept Node library transcodes google.api.http (grpc-gateway is Go, Envoy's
  * transcoder C++), while Connect is a specified protocol with a maintained Node server that reads the
  * service descriptors we already ship (build/descriptor.binpb), so no REST paths are written twice.
@@ -262,6 +263,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     const refusal = browserRefusal(req.headers, loopbackTcp);
     if (refusal === undefined) {
       explainBareStatus(req, res);
+      nameOurLimit(res);
       return handler(req, res);
     }
     res.writeHead(403, { 'content-type': 'application/json' });
@@ -292,6 +294,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     // A connection that sends no complete request head in time is closed (as grpc-js's preface timeout).
     const limits = connectionLimits();
     if (limits) server.headersTimeout = limits.prefaceTimeoutMs;
+    server.on('clientError', answerClientError);
   }
   // Every open connection, closed at close() (server.close() only stops accepting new ones).
   const sockets = new Set<Socket>();
@@ -395,6 +398,79 @@ function explainBareStatus(req: IncomingMessage, res: ServerResponse): void {
   };
   (res as { end: unknown }).end = (...args: unknown[]) =>
     body !== undefined && (args.length === 0 || typeof args[0] === 'function') ? end(body, ...args) : end(...args);
+}
+
+/**
+ * connect-node names its own option in the error for a body over the limit ("message size N is larger than
+ * configured readMaxBytes M"); a curl user knows the daemon's flag. The reply (RESOURCE_EXHAUSTED, 429) is
+ * written without a Content-Length so that its one JSON chunk can say `--max-message-bytes` instead.
+ */
+function nameOurLimit(res: ServerResponse): void {
+  let rewrite = false;
+  const writeHead = res.writeHead.bind(res) as (status: number, headers?: Record<string, unknown>) => ServerResponse;
+  const write = res.write.bind(res) as (chunk: unknown, ...args: unknown[]) => boolean;
+  (res as { writeHead: unknown }).writeHead = (status: number, headers?: Record<string, unknown>) => {
+    if (status !== 429) return writeHead(status, headers);
+    rewrite = true;
+    const h = Object.fromEntries(Object.entries(headers ?? {}).filter(([k]) => k.toLowerCase() !== 'content-length'));
+    return writeHead(status, h);
+  };
+  (res as { write: unknown }).write = (chunk: unknown, ...args: unknown[]) => {
+    if (!rewrite || !(chunk instanceof Uint8Array)) return write(chunk, ...args);
+    const text = Buffer.from(chunk).toString('utf8');
+    const ours = text.replace(
+      /message size (?:(\d+) )?is larger than configured readMaxBytes (\d+)/,
+      (_m, n: string | undefined, max: string) =>
+        `request body ${n ? `of ${n} bytes ` : ''}is larger than xdpctld's --max-message-bytes (${max} bytes)`,
+    );
+    return write(ours === text ? chunk : Buffer.from(ours), ...args);
+  };
+}
+
+const answered = new WeakSet<Socket>();
+
+/**
+ * A plaintext connection that is no HTTP/1.1. HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`,
+ * gRPC clients) cannot be served without TLS here (Node serves HTTP/2 beside HTTP/1.1 only over TLS, by
+ * ALPN): the client gets an HTTP/2 GOAWAY with HTTP_1_1_REQUIRED (RFC 9113 section 7; curl prints "error=13")
+ * and the log says why, instead of a closed connection and nothing logged. Anything else gets what Node
+ * answers by default (400, 408, 431) and is closed.
+ */
+function answerClientError(err: Error & { code?: string; rawPacket?: Buffer }, socket: Socket): void {
+  // The parser may report the rest of what the client sent as well: one answer (and log line) per connection.
+  if (answered.has(socket)) return;
+  answered.add(socket);
+  const h2 =
+    err.code === 'HPE_PAUSED_H2_UPGRADE' ||
+    (err.rawPacket?.subarray(0, 14).toString('latin1') ?? '') === 'PRI * HTTP/2.0';
+  if (h2) {
+    noteSilentClose(
+      socket,
+      'HTTP/2 without TLS (prior knowledge) on the plaintext HTTP/JSON listener, which serves HTTP/1.1 ' +
+        '(HTTP/2 needs TLS: --tls-cert/--tls-key); answered GOAWAY HTTP_1_1_REQUIRED',
+    );
+    const frame = (type: number, payload: Buffer) => {
+      const head = Buffer.alloc(9);
+      head.writeUIntBE(payload.length, 0, 3);
+      head[3] = type; // flags 0, stream 0
+      return Buffer.concat([head, payload]);
+    };
+    const goaway = Buffer.alloc(8);
+    goaway.writeUInt32BE(0x0d, 4); // last stream 0, HTTP_1_1_REQUIRED
+    const debug = Buffer.from('HTTP/2 needs TLS here; use HTTP/1.1 (curl without --http2-prior-knowledge)');
+    if (socket.writable)
+      socket.end(Buffer.concat([frame(0x4, Buffer.alloc(0)), frame(0x7, Buffer.concat([goaway, debug]))]));
+    else socket.destroy();
+    return;
+  }
+  const status =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? '431 Request Header Fields Too Large'
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? '408 Request Timeout'
+        : '400 Bad Request';
+  if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\n\r\n`);
+  else socket.destroy();
 }
 
 /** Whether a host:port listen address is a loopback address (127/8, ::1 or localhost). */

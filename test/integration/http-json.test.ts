@@ -167,6 +167,20 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     );
   });
 
+  it('HTTP/2 with prior knowledge on the plaintext listener: GOAWAY HTTP_1_1_REQUIRED and a log line', async () => {
+    for (const args of [[`${base}/xdpctl.v1.RuleService/ListRules`], ['--unix-socket', httpSock, 'http://x/']]) {
+      const r = curl(['--http2-prior-knowledge', '-v', '--json', '{}', ...args]);
+      assert.notEqual(r.exit, 0);
+      assert.match(r.stderr, /GOAWAY, error=13/, r.stderr); // 13: HTTP_1_1_REQUIRED (RFC 9113 section 7)
+    }
+    const end = Date.now() + 5000;
+    const said = () =>
+      d.output.split('\n').filter((l) => l.includes('HTTP/2 without TLS (prior knowledge) on the plaintext'));
+    while (said().length < 2 && Date.now() < end) await sleep(50);
+    assert.equal(said().length, 2, `one log line per connection, TCP and Unix socket: ${said().join('\n')}`);
+    assert.equal(curl(['--json', '{}', `${base}/xdpctl.v1.RuleService/ListRules`]).status, 200, 'HTTP/1.1 served');
+  });
+
   it('refuses what a web page could send: an Origin header, or a Host that is not loopback (DNS rebinding)', () => {
     const list = `${base}/xdpctl.v1.RuleService/ListRules`;
     assert.equal(curl(['--json', '{}', list]).status, 200, 'curl as it is');
@@ -294,6 +308,21 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     // Bodies over --max-message-bytes (64 KiB) are refused before any handler.
     const big = post('RuleService/CreateRule', { rule: rule('big', { labels: { k: 'x'.repeat(70_000) } }) });
     assert.equal(big.body.code, 'resource_exhausted', JSON.stringify(big.body));
+    assert.equal(big.status, 429);
+    // In the daemon's words (its flag), not the library's option (readMaxBytes).
+    assert.match(String(big.body.message), /is larger than xdpctld's --max-message-bytes \(65536 bytes\)$/);
+    // A body without a Content-Length (chunked) is cut at the same bound and says the same.
+    const chunked = curl([
+      '-H',
+      'Content-Type: application/json',
+      '-H',
+      'Transfer-Encoding: chunked',
+      '--data-binary',
+      JSON.stringify({ rule: rule('big', { labels: { k: 'x'.repeat(70_000) } }) }),
+      `${base}/xdpctl.v1.RuleService/CreateRule`,
+    ]);
+    assert.equal(chunked.status, 429, JSON.stringify(chunked.body));
+    assert.match(String(chunked.body.message), /is larger than xdpctld's --max-message-bytes \(65536 bytes\)$/);
     assert.deepEqual((await grpc.rules.listRules({})).rules, []);
   });
 
