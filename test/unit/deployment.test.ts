@@ -298,5 +298,63 @@ describe('deployment files', () => {
       `unix-uid:${IMAGE_UID} (the image's user) is admin`,
     );
     assert.equal(mountOf.get(authPath.slice(0, authPath.lastIndexOf('/'))), 'auth');
+
+    // Memory: the limit covers the capacity the flags allow, by the measured table in docs/deployment.md
+    // (limit >= 1.25 x the peak of a row with at least these rules and streams; the request covers the rules
+    // at rest). Streams: --max-watch-streams per identity, times the identities that have a role (each grant
+    // names one identity: no group or prefix grant, whose members could each open that many).
+    const grants = [...auth.admin, ...auth.readOnly];
+    for (const g of grants) {
+      assert.ok(
+        g.type === 'unix-uid' || g.type === 'x509-cn' || (g.type === 'spiffe' && !g.prefix),
+        `auth grant ${JSON.stringify(g)} names one identity (the stream bound counts identities)`,
+      );
+    }
+    const rules = Number(flagValue(c.args, '--max-rules') ?? daemonDefault('--max-rules'));
+    const streams =
+      Number(flagValue(c.args, '--max-watch-streams') ?? daemonDefault('--max-watch-streams')) * grants.length;
+    const rows = memoryTable();
+    const covering = rows.filter((r) => r.rules >= rules && r.streams >= streams);
+    assert.ok(
+      covering.length > 0,
+      `docs/deployment.md "Memory" has no measured row for ${rules} rules and ${streams} streams: measure it with bench/memory-sizing.ts`,
+    );
+    const peakMb = Math.min(...covering.map((r) => r.peakMb));
+    const limit = bytes(c.resources.limits.memory);
+    assert.ok(
+      limit >= 1.25 * peakMb * 1e6,
+      `limits.memory ${c.resources.limits.memory} (${(limit / 1e6).toFixed(0)} MB) < 1.25 x ${peakMb} MB measured for ${rules} rules and ${streams} streams`,
+    );
+    const atRest = rows.filter((r) => r.rules >= rules && r.streams === 0);
+    assert.ok(atRest.length > 0, `a measured row for ${rules} rules and no streams`);
+    const request = bytes(c.resources.requests.memory);
+    const restMb = Math.min(...atRest.map((r) => r.peakMb));
+    assert.ok(request >= restMb * 1e6, `requests.memory ${c.resources.requests.memory} < ${restMb} MB at rest`);
   });
 });
+
+/** A flag's default in `xdpctld --help` ("(default: "4096")"). */
+function daemonDefault(flag: string): string {
+  const r = spawnSync(process.execPath, ['dist/server/main.js', '--help'], { cwd: ROOT, encoding: 'utf8' });
+  const text = r.stdout.replace(/\s+/g, ' ');
+  const m = new RegExp(`${flag} <n>.*?\\(default: "(\\d+)"\\)`).exec(text);
+  assert.ok(m, `xdpctld --help gives ${flag}'s default`);
+  return m[1];
+}
+
+/** Kubernetes memory quantities: Ki/Mi/Gi (powers of 1024), k/M/G (of 1000), or bytes. */
+function bytes(q: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?$/.exec(String(q));
+  assert.ok(m, `memory quantity ${q}`);
+  const unit = { Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, k: 1e3, M: 1e6, G: 1e9 }[m[2] ?? ''] ?? 1;
+  return Number(m[1]) * unit;
+}
+
+/** The measured rows of docs/deployment.md's Memory table: rules, streams, cgroup peak in MB. */
+function memoryTable(): { rules: number; streams: number; peakMb: number }[] {
+  const rows = [
+    ...read('docs/deployment.md').matchAll(/^\s*\| (\d+) \| (\d+) \| [\d ]+ MB \| ([\d ]+) MB \| [\d ]+ MB \|$/gm),
+  ];
+  assert.ok(rows.length >= 3, `rows of the Memory table (${rows.length})`);
+  return rows.map((m) => ({ rules: Number(m[1]), streams: Number(m[2]), peakMb: Number(m[3].replace(/ /g, '')) }));
+}
