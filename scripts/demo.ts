@@ -12,8 +12,10 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+
+import { removeEach } from './remove-each.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const USAGE = `Usage: npm run demo [-- --quick]
@@ -54,6 +56,8 @@ const pause = (ms: number) => new Promise((r) => setTimeout(r, quick ? Math.min(
 
 /** Set by Ctrl-C/SIGTERM: every later step throws, so the demo goes straight to clean-up. */
 let interrupted: NodeJS.Signals | undefined;
+/** Set by the clean-up when something it made is still there: the run fails. */
+let leftBehind = false;
 
 function sh(cmd: string, args: string[]): string {
   if (interrupted) throw new Error(`interrupted (${interrupted})`);
@@ -267,31 +271,45 @@ function cleanup(): Promise<void> {
 
 async function removeAll(): Promise<void> {
   say('4. Clean up: stop the daemon (--cleanup-on-exit detaches and unpins), remove the namespaces');
-  for (const t of tools) if (t.exitCode === null && t.signalCode === null) t.kill('SIGKILL');
+  const running = tools.filter((t) => t.exitCode === null && t.signalCode === null);
+  for (const t of running) t.kill('SIGKILL');
+  // Gone before their namespaces are removed (a process still in one can make `ip netns del` fail).
+  await Promise.all(
+    running.map((t) => new Promise((r) => (t.exitCode !== null || t.signalCode !== null ? r(0) : t.once('exit', r)))),
+  );
   if (daemon && daemon.exitCode === null) {
     daemon.kill('SIGTERM');
     await new Promise((r) => daemon!.once('exit', r));
   }
-  const run = (cmd: string, a: string[]) => execFileSync(cmd, a, { stdio: 'ignore' });
-  for (const l of made.links) {
-    try {
-      run('ip', ['link', 'del', l]);
-    } catch {
-      /* already gone with its namespace */
-    }
-  }
-  for (const n of made.netns) {
-    try {
-      run('ip', ['netns', 'del', n]);
-    } catch {
-      /* best effort */
-    }
-  }
+  const run = (cmd: string, a: string[]) => execFileSync(cmd, a, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const links = await removeEach(
+    made.links,
+    (l) => run('ip', ['link', 'del', l]),
+    (l) => existsSync(`/sys/class/net/${l}`),
+  );
+  const netns = await removeEach(
+    made.netns,
+    (n) => run('ip', ['netns', 'del', n]),
+    (n) => existsSync(`/run/netns/${n}`),
+  );
   rmSync(pinRoot, { recursive: true, force: true });
   rmSync(stateDir, { recursive: true, force: true });
   rmSync(linksFile, { force: true });
   rmSync(sock, { force: true });
-  console.log(`removed ${made.netns.length} namespaces, ${made.links.length} veth pairs, pins and state`);
+  const left = [
+    ...netns.left.map((x) => ({ ...x, kind: 'namespace' })),
+    ...links.left.map((x) => ({ ...x, kind: 'veth' })),
+  ];
+  // A veth whose peer was in a removed namespace goes with it: counted as removed when it is gone.
+  const vethsGone = made.links.length - links.left.length;
+  console.log(
+    `removed ${netns.removed.length}${netns.left.length ? ` of ${netns.removed.length + netns.left.length}` : ''} ` +
+      `namespaces, ${vethsGone}${links.left.length ? ` of ${made.links.length}` : ''} veth pairs, pins and state`,
+  );
+  if (left.length) {
+    leftBehind = true;
+    for (const x of left) console.error(`demo: left behind: ${x.kind} ${x.name} (${x.error}); remove it by hand`);
+  }
 }
 
 // Ctrl-C or SIGTERM: clean up, then exit 128+signal. Commands already running get the same signal from
@@ -321,4 +339,4 @@ try {
 } finally {
   await cleanup();
 }
-process.exit(interrupted === 'SIGINT' ? 130 : interrupted === 'SIGTERM' ? 143 : failed ? 1 : 0);
+process.exit(interrupted === 'SIGINT' ? 130 : interrupted === 'SIGTERM' ? 143 : failed || leftBehind ? 1 : 0);
