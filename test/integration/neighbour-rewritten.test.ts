@@ -1,5 +1,5 @@
 /**
- * A neighbour entry another tool writes is not an answer of the host (issue 16 items 1 and 2; rev19 finding 1),
+ * A neighbour entry another tool writes is not an answer of the host (docs/architecture.md, promises 1 and 2; a review's finding),
  * with real namespaces, veths and datagrams. Only an ARP reply read off the wire answers for a MAC:
  *  - the same wrong MAC written twice as REACHABLE 0.5 s apart under traffic (the second write lands during the
  *    kernel's probe of the first, making the PROBE -> REACHABLE transition an answer makes): the wrong MAC is
