@@ -332,19 +332,18 @@ export function stateNote(r: Rule): string {
 }
 
 /**
- * What a link's reply says against it, as `links connect` prints it after "connected": the directions that
- * are not forwarding and its warnings (an ingress down, an egress MTU below the ingress's); '' when every
- * direction forwards and nothing is said against it.
+ * What a link's reply says against it, as `links connect` prints it after "connected": its warnings (an
+ * ingress down, an egress MTU below the ingress's: each direction not forwarding is among them, with why),
+ * else the directions not forwarding; '' when every direction forwards and nothing is said against it.
  */
 export function linkNote(l: Link): string {
   const s = l.status;
   if (!s) return '';
+  if (s.warnings.length) return ` (warning: ${s.warnings.join('; ')})`;
   const out: string[] = [];
   if (!s.aToBActive) out.push(`${l.a} -> ${l.b}`);
   if (l.direction !== LinkDirection.LINK_DIRECTION_A_TO_B && !s.bToAActive) out.push(`${l.b} -> ${l.a}`);
-  const parts = out.length ? [`not forwarding ${out.join(', ')}`] : [];
-  if (s.warnings.length) parts.push(`warning: ${s.warnings.join('; ')}`);
-  return parts.length ? ` (${parts.join('; ')})` : '';
+  return out.length ? ` (not forwarding ${out.join(', ')})` : '';
 }
 
 const DONE: Partial<Record<ChangeAction, string>> = {
