@@ -343,9 +343,9 @@ export class ModelDataplane extends KernelDataplane {
     for (const [k, v] of ifs) this.ifs.set(k, v);
   }
 
-  /** The same maps (bytes and all), seen by a new process: for restart tests. */
-  static adopt(prev: ModelDataplane): ModelDataplane {
-    const next = new ModelDataplane(prev.capacity);
+  /** The same maps (bytes and all), seen by a new process (`next`, a fresh one by default): for restart tests. */
+  static adopt<T extends ModelDataplane = ModelDataplane>(prev: ModelDataplane, into?: T): T {
+    const next = into ?? (new ModelDataplane(prev.capacity) as T);
     for (const [name, m] of Object.entries(prev.model.maps)) {
       const dst = (next.model.maps as unknown as Record<string, ModelMap<unknown, unknown>>)[name];
       for (const [k, v] of (m as ModelMap<unknown, unknown>).entries_) dst.entries_.set(k, Buffer.from(v));

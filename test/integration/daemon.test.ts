@@ -119,10 +119,23 @@ describe('xdpctld end to end', kernelOnly(), () => {
       rule: rule('web', [backend(b1, { mac: '' })], { labels: { owner: 'e2e' } }),
       expectedGeneration: 1n,
     });
-    assert.equal(updated.rule!.status!.state, RuleState.RULE_STATE_ACTIVE);
     assert.equal(updated.rule!.backends[0].mac, '', 'the MAC as specified (empty)');
-    assert.equal(updated.rule!.status!.backendStatus[0].mac, b1.mac, 'MAC resolved from the neighbour table');
+    assert.equal(updated.rule!.status!.backendStatus[0].mac, b1.mac, 'MAC from the neighbour table');
     assert.equal(updated.rule!.generation, 2n);
+    // Written by a tool here (ip neigh replace), not answered by the host yet: not confirmed, so DEGRADED with
+    // BackendsReceiving Unknown (neighbour-unconfirmed.test.ts) until the reconciler's probe is answered.
+    assert.equal(updated.rule!.status!.state, RuleState.RULE_STATE_DEGRADED, updated.rule!.status!.message);
+    assert.match(updated.rule!.status!.backendStatus[0].message, /not confirmed yet/);
+    assert.equal(
+      updated.rule!.status!.conditions.find((x) => x.type === 'BackendsReceiving')!.status,
+      ConditionStatus.CONDITION_STATUS_UNKNOWN,
+    );
+    for (let t0 = Date.now(); Date.now() - t0 < 5000; await sleep(100)) {
+      if ((await c.rules.getRule({ name: 'web' })).rule!.status!.state === RuleState.RULE_STATE_ACTIVE) break;
+    }
+    const answered = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    assert.equal(answered.state, RuleState.RULE_STATE_ACTIVE, `once the host answered our probe: ${answered.message}`);
+    assert.equal(answered.backendStatus[0].message, 'MAC resolved from the neighbour table');
 
     const l = await listen(b1);
     const { sent } = await sendUdp(vm.netns, NOWHERE, PORT, 300).done;

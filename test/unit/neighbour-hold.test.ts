@@ -9,7 +9,12 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
-import { NEIGHBOUR_HOLD_MS, stepNeighbourHold, type NeighbourHold } from '../../src/server/core/neighbour-hold.js';
+import {
+  NEIGHBOUR_HOLD_MS,
+  startHold,
+  stepNeighbourHold,
+  type NeighbourHold,
+} from '../../src/server/core/neighbour-hold.js';
 import type { Logger } from '../../src/server/log.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
@@ -70,6 +75,41 @@ describe('neighbour holds: the decision', () => {
   });
 });
 
+describe('neighbour holds: at start', () => {
+  const at = (o: Partial<Parameters<typeof startHold>[0]>) =>
+    startHold({ entry: W, answered: false, handSet: false, forwarding: A, now: 7, ...o });
+  it('keeps the MAC the datapath forwards with over an entry whose other MAC no probe of ours answered', () => {
+    assert.deepEqual(at({}), { kept: A, candidate: W, entry: W, since: 7, unconfirmed: true });
+    assert.equal(at({ answered: true }), undefined, 'the entry answered: followed');
+    assert.equal(at({ handSet: true }), undefined, 'set by hand: followed (the operator’s statement)');
+    assert.equal(at({ forwarding: undefined }), undefined, 'not forwarded to: nothing to keep');
+    assert.equal(at({ entry: undefined }), undefined, 'no entry: Facts.keptMacs, not a hold');
+    assert.equal(at({ entry: A.toUpperCase() }), undefined, 'the same MAC');
+  });
+  it('ends as any hold ends: a MAC that answers, the kept one back, a hand-set entry, time', () => {
+    const hold = at({})!;
+    const s = (o: Partial<Parameters<typeof stepNeighbourHold>[0]>) =>
+      stepNeighbourHold({
+        entry: W,
+        answered: false,
+        handSet: false,
+        written: A,
+        confirmed: undefined,
+        hold,
+        now: 8,
+        ...o,
+      });
+    assert.deepEqual(s({}), { hold, ask: 'probe' });
+    assert.deepEqual(s({ entry: A, answered: true }).ended, { hold, why: 'kept' });
+    assert.deepEqual(s({ entry: W, answered: true }).ended, { hold, why: 'answered' });
+    assert.deepEqual(s({ now: 7 + NEIGHBOUR_HOLD_MS }).ended, { hold, why: 'expired' });
+    // The kept MAC answered a request of ours: confirmed, kept as any hold (no longer `unconfirmed`).
+    const { unconfirmed: _, ...confirmed } = hold;
+    assert.deepEqual(s({ now: 9, keptAnswered: 8 }), { hold: { ...confirmed, keptAnswered: 8 }, ask: 'probe' });
+    assert.equal(s({ now: 9, keptAnswered: 7 }).hold, hold, 'an answer not after it started: still unconfirmed');
+  });
+});
+
 interface Line {
   level: string;
   msg: string;
@@ -99,8 +139,19 @@ class Neighbours extends ModelDataplane {
   override probeNeighbour(ip: string, iface: string): void {
     this.probes.push(`broadcast ${ip}@${iface}`);
   }
-  override neighbourHandSet(): string | undefined {
-    return undefined;
+  /** "ip@iface|mac" -> when that MAC last answered a request of ours (ms ago, the adapter's clock). */
+  readonly answerAges = new Map<string, number>();
+  readonly asks: string[] = [];
+  override neighbourAnswerAge(ip: string, iface: string, mac: string): number | undefined {
+    return this.answerAges.get(`${ip}@${iface}|${mac}`);
+  }
+  override askNeighbour(ip: string, iface: string, mac: string): boolean {
+    this.asks.push(`${ip}@${iface} ${mac}`);
+    return true;
+  }
+  readonly handSet = new Set<string>();
+  override neighbourHandSet(ip: string, iface: string): string | undefined {
+    return this.handSet.has(`${ip}@${iface}`) ? 'PERMANENT' : undefined;
   }
 }
 
@@ -224,5 +275,143 @@ describe('neighbour holds: the reconciler', () => {
     const b = c.getRule('r').status.backends[0];
     assert.deepEqual([b.mac, b.receiving], [W, true]);
     assert.match(b.message, /not confirmed yet/);
+  });
+
+  /**
+   * Review 19, finding 2: the datapath forwards with A (answered before the stop); while the daemon was stopped
+   * another tool wrote W into the entry. The start keeps A, unconfirmed (DEGRADED), probes W, and writes W only
+   * once it answers; a start that writes another MAC (an entry set by hand) logs it as a MAC change.
+   */
+  async function restarted(write: (dp: Neighbours) => void) {
+    const { dp, c, clock } = await setup();
+    const stored = c.storedState();
+    const dp2 = ModelDataplane.adopt(dp, new Neighbours());
+    write(dp2);
+    const lines: Line[] = [];
+    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    await c2.restore(stored);
+    const inMaps = (mac: string) => dp2.snapshot().backends.some((e) => e.includes(hex(mac)));
+    const said = (re: RegExp) => lines.filter((l) => re.test(l.msg)).length;
+    return { dp: dp2, c: c2, lines, clock, inMaps, said, b: () => c2.getRule('r').status.backends[0] };
+  }
+
+  it('a start keeps the MAC the datapath forwards with over an unanswered entry, DEGRADED until one answers', async () => {
+    const { dp, c, clock, inMaps, said, b } = await restarted((x) => x.neighbours.set(KEY, W));
+    assert.ok(inMaps(A) && !inMaps(W), 'the start wrote nothing over A');
+    assert.equal(said(/differed from the stored state/), 0);
+    assert.equal(
+      said(new RegExp(`^backend 10\\.0\\.0\\.1 on b0: its neighbour entry holds ${W}, which no ARP probe of ours`)),
+      1,
+    );
+    assert.deepEqual(dp.probes, [`unicast ${KEY} ${W}`], 'W probed at once');
+    // Read before the first pass: judged already.
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    assert.equal(b().unverified, true);
+    assert.match(
+      b().message,
+      new RegExp(`^MAC ${A} kept from the datapath, not confirmed yet: the neighbour entry holds ${W}`),
+    );
+    const br = c.getRule('r').status.conditions!.find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], ['Unknown', 'BackendsUnverified']);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W));
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    assert.ok(
+      c.problems().some((p) => /^rule r is DEGRADED/.test(p)),
+      c.problems().join('; '),
+    );
+    // W never answers: the entry fails, is resolved again, and A answers.
+    clock.t += 3000;
+    dp.neighbours.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(A));
+    assert.match(b().message, new RegExp(`MAC ${W} did not answer \\(the entry failed\\); resolving it again$`));
+    clock.t += 100;
+    dp.neighbours.set(KEY, A);
+    dp.answers.set(KEY, A);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W), 'W never written');
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.equal(
+      said(
+        new RegExp(
+          `^backend 10\\.0\\.0\\.1 on b0: ${A} answered an ARP probe of ours after 3100 ms \\(${W} did not\\): kept`,
+        ),
+      ),
+      1,
+    );
+    assert.equal(said(/has a new MAC/), 0);
+  });
+
+  it('a start’s kept MAC that answers a request of ours is confirmed: ACTIVE, still kept over the entry', async () => {
+    const { dp, c, clock, inMaps, said, b } = await restarted((x) => x.neighbours.set(KEY, W));
+    assert.deepEqual(dp.asks, [`${KEY} ${A}`], 'the kept MAC asked at once');
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    clock.t += 30;
+    dp.answerAges.set(`${KEY}|${A}`, 10);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W));
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.equal(b().unverified, undefined);
+    assert.match(
+      b().message,
+      new RegExp(`^MAC ${A} kept \\(it answered an ARP probe of ours\\): the neighbour entry now holds ${W}`),
+    );
+    assert.equal(said(/\(kept from the datapath\) answered an ARP request of ours: confirmed/), 1);
+    await c.resync();
+    assert.equal(said(/\(kept from the datapath\) answered an ARP request of ours: confirmed/), 1, 'said once');
+  });
+
+  it('a start writes the entry’s MAC once it answers, logged as a MAC change', async () => {
+    const { dp, c, clock, inMaps, said, b } = await restarted((x) => x.neighbours.set(KEY, W));
+    clock.t += 50;
+    dp.answers.set(KEY, W);
+    await c.resync();
+    assert.ok(inMaps(W) && !inMaps(A));
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    assert.equal(
+      said(
+        new RegExp(
+          `^backend 10\\.0\\.0\\.1 on b0: ${W} answered an ARP probe of ours after 50 ms: written instead of ${A}`,
+        ),
+      ),
+      1,
+    );
+    assert.equal(
+      said(new RegExp(`^backend 10\\.0\\.0\\.1 on b0 has a new MAC, ${A} -> ${W} \\(neighbour table\\): rewritten$`)),
+      1,
+    );
+  });
+
+  it('a start that writes another MAC (an entry set by hand) logs it as a MAC change', async () => {
+    const { c, inMaps, said, b } = await restarted((x) => {
+      x.neighbours.set(KEY, W);
+      x.handSet.add(KEY);
+    });
+    assert.ok(inMaps(W) && !inMaps(A), 'the operator’s entry followed');
+    assert.equal(
+      said(
+        new RegExp(
+          `^backend 10\\.0\\.0\\.1 on b0 has a new MAC, ${A} -> ${W} \\(neighbour table\\): rewritten at start$`,
+        ),
+      ),
+      1,
+    );
+    assert.match(b().message, /cannot be verified/);
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    await c.resync();
+    assert.equal(said(/has a new MAC/), 1, 'said once');
+  });
+
+  it('a start over an unchanged entry no probe of this process answered yet: DEGRADED until it answers', async () => {
+    const { dp, c, said, b } = await restarted(() => {});
+    assert.equal(said(/its neighbour entry holds/), 0, 'nothing to hold');
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    assert.match(b().message, new RegExp(`^MAC ${A} from the neighbour table, not confirmed yet`));
+    dp.answers.set(KEY, A);
+    await c.resync();
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
   });
 });

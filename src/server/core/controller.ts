@@ -28,7 +28,7 @@ import {
 } from './execute.js';
 import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
-import { holdNeighbours } from './neighbour-hold.js';
+import { holdNeighbours, startHold, startHoldText } from './neighbour-hold.js';
 import { formatMac } from '../net/addr.js';
 import { compareKernelEntries } from './kernel-check.js';
 import {
@@ -984,6 +984,87 @@ export class Controller {
   }
 
   /**
+   * The MAC each backend given without a MAC received traffic with when this daemon started (its backend
+   * entry, where its rule's table held it): "ip@iface" -> MAC. What a start writes instead is a MAC change,
+   * logged as one ({@link logStartMacChanges}).
+   */
+  private startMacs = new Map<string, string>();
+
+  /**
+   * Start-up, before the rules are adopted or rewritten: each backend given without a MAC that the datapath
+   * forwards to (`forwarding(rule, "ip@iface")`: the MAC in its backend entry) whose neighbour entry holds
+   * another MAC, not set by hand, that no probe of ours has answered, keeps the datapath's MAC
+   * (neighbour-hold.ts startHold: `state.neighbourHolds`, unconfirmed), and the entry is probed at once; the
+   * reconciler's passes then end the hold as they end any (written once a MAC answers, at most
+   * NEIGHBOUR_HOLD_MS). An unanswered entry is no more evidence than a missing one (Facts.keptMacs): one
+   * written while the daemon was stopped lost 162 of 600 datagrams when it was written at start.
+   */
+  private holdAtStart(
+    ops: readonly RuleOp[],
+    facts: Facts,
+    forwarding: (rule: string, key: string) => string | undefined,
+  ): void {
+    for (const op of ops) {
+      for (const b of op.next?.backends ?? []) {
+        const key = neighbourKey(b.ip, b.interface);
+        if (b.mac !== '' || !facts.interfaces.get(b.interface)) continue;
+        const mac = this.startMacs.has(key) ? this.startMacs.get(key) : forwarding(op.name, key);
+        if (!mac) continue;
+        this.startMacs.set(key, mac);
+        const entry = facts.neighbours.get(key);
+        if (!entry || this.state.neighbourHolds.has(key) || !this.dp.neighbourAnswered) continue;
+        const h = startHold({
+          entry,
+          answered: this.dp.neighbourAnswered(b.ip, b.interface)?.toLowerCase() === entry.toLowerCase(),
+          handSet: this.dp.neighbourHandSet?.(b.ip, b.interface) !== undefined,
+          forwarding: mac,
+          now: this.now(),
+        });
+        if (!h) continue;
+        this.state.neighbourHolds.set(key, h);
+        this.state.neighbourMacs.set(key, mac);
+        this.state.reconcilerEvents.neighbour_changes_held++;
+        if (this.dp.verifyNeighbour?.(b.ip, b.interface, true)) this.state.reconcilerEvents.neighbour_probes++;
+        if (this.dp.askNeighbour?.(b.ip, b.interface, mac)) this.state.reconcilerEvents.neighbour_probes++;
+        this.log.info(
+          { rule: op.name, backend: b.ip, interface: b.interface, kept: h.kept, entry: h.candidate },
+          startHoldText(b.ip, b.interface, h),
+        );
+      }
+    }
+  }
+
+  /**
+   * After a start wrote its rules: each backend given without a MAC now in its table with another MAC than
+   * the one it received traffic with when the daemon started ({@link startMacs}) had its MAC changed by the
+   * start (an entry set by hand, followed at once; one that answered a probe of ours): logged as the
+   * reconciler logs a MAC change. Every such backend's MAC is what later changes are compared with.
+   */
+  private logStartMacChanges(): void {
+    for (const [name, k] of this.state.ruleKernel) {
+      const rule = this.state.rules.get(name);
+      if (!rule || this.state.failed.has(name)) continue;
+      const written = (k.written ?? k.status).backends;
+      rule.backends.forEach((spec, i) => {
+        const b = written[i];
+        if (spec.mac !== '' || !b?.receiving || !b.mac) return;
+        const key = neighbourKey(spec.ip, spec.interface);
+        const was = this.startMacs.get(key);
+        if (!this.state.neighbourMacs.has(key)) this.state.neighbourMacs.set(key, b.mac);
+        if (was === undefined || was.toLowerCase() === b.mac.toLowerCase()) return;
+        this.startMacs.set(key, b.mac); // said once, however many rules share the backend
+        this.state.neighbourMacs.set(key, b.mac);
+        this.state.reconcilerEvents.neighbour_mac_changes++;
+        this.log.info(
+          { rule: name, backend: spec.ip, interface: spec.interface, from: was, to: b.mac },
+          `backend ${spec.ip} on ${spec.interface} has a new MAC, ${was} -> ${b.mac} (neighbour table): rewritten at start`,
+        );
+      });
+    }
+    this.startMacs = new Map();
+  }
+
+  /**
    * One rules transaction, in this order: fetch the facts, plan (no I/O);
    * take ids (memory); BEGIN and write the rows; write the kernel over an
    * undo log; COMMIT; only then clear what the change replaced. A failure
@@ -1077,7 +1158,7 @@ export class Controller {
     // while the daemon was stopped (flushed with a bounced egress, garbage-collected): the MAC in its
     // backend entry is kept, marked, and probed; it leaves the table only if the probe fails.
     const rings = new Map<number, Set<number>>();
-    facts.keptMacs = this.keptMacs(ops, facts, (name, key) => {
+    const forwarding = (name: string, key: string): string | undefined => {
       const k = this.state.ruleKernel.get(name);
       const id = k?.backends.get(key)?.id;
       if (!k || id === undefined || !this.dp.readBackends) return undefined;
@@ -1093,7 +1174,12 @@ export class Controller {
       const e = this.dp.readBackends([id]).get(id);
       if (!e || e.dmac.every((x) => x === 0)) return undefined;
       return formatMac(e.dmac);
-    });
+    };
+    facts.keptMacs = this.keptMacs(ops, facts, forwarding);
+    // Nor because its entry holds another MAC that no probe of ours has answered (written while the daemon was
+    // stopped): the MAC in its backend entry is kept, the entry's probed, and written only once it answers.
+    this.holdAtStart(ops, facts, forwarding);
+    holdNeighbours(facts.neighbours, this.state.neighbourHolds);
     // A rule is adopted when it plans (a refused one is for the rewrite path, which reports it) and every backend
     // it plans has stored ids. Planned again chunk by chunk (adoptRules): the same facts give the same plan.
     const planOf = (op: RuleOp): RulePlan | undefined => {
@@ -1447,7 +1533,23 @@ export class Controller {
         .add(`if/${l.a}`)
         .add(`if/${l.b}`);
     this.restoredKeys = keys;
-    return this.serial(() => restore(this.ctx, this.tx, stored), undefined, true);
+    return this.serial(
+      async () => {
+        await restore(this.ctx, this.tx, stored);
+        this.logStartMacChanges();
+        // Judged as a pass judges them (unconfirmed MACs, ingresses down, ...), so that a read before the first
+        // pass says no more than was observed; their transitions are the first pass's to log.
+        await observeWrittenRules(
+          this.ctx,
+          [...this.state.ruleKernel.keys()].filter((n) => !this.state.failed.has(n)),
+          undefined,
+          pacer(),
+          false,
+        );
+      },
+      undefined,
+      true,
+    );
   }
 
   /**

@@ -21,8 +21,14 @@
  * Nothing is held when nothing was confirmed before (a backend never resolved, or whose MAC in the datapath
  * never answered a probe of ours): there is no better MAC to keep, the backend receives nothing without one,
  * and the entry is the kernel's own best knowledge; its first MAC is written at once and probed at once (its
- * status says `not confirmed yet`; unanswered, the entry fails within ucast_solicit x retrans_time_ms, 3 s by
- * default, and the backend leaves the table until the broadcast request finds the host's MAC).
+ * status says `not confirmed yet` and its rule is DEGRADED; unanswered, the entry fails within ucast_solicit x
+ * retrans_time_ms, 3 s by default, and the backend leaves the table until the broadcast request finds the
+ * host's MAC).
+ * At start ({@link startHold}) nothing has answered a probe of this process yet, but the datapath forwards
+ * with a MAC: an entry that holds another MAC no probe of ours answered (written while the daemon was stopped)
+ * is no more evidence than a missing one (Facts.keptMacs), so the MAC the datapath forwards with is kept the
+ * same way, `unconfirmed` (its status says so and its rule is DEGRADED until a MAC answers: the entry's, then
+ * written, or the kept one, asked too, then confirmed and kept as any hold).
  */
 
 /** How long a confirmed MAC is kept over a changed entry whose MAC has not answered (ms). */
@@ -40,6 +46,11 @@ export interface NeighbourHold {
   since: number;
   /** When the kept MAC last answered an ARP request of ours during it (ctx.now() ms). */
   keptAnswered?: number;
+  /**
+   * The kept MAC is the one the datapath forwarded with when this daemon started, which no probe of this
+   * process has had answered ({@link startHold}); absent: it answered one.
+   */
+  unconfirmed?: true;
 }
 
 /** Why a hold ended: a MAC answered (the kept one: `kept`; another: `answered`), time, a hand-set entry, the kept MAC back. */
@@ -87,13 +98,43 @@ export function stepNeighbourHold(o: {
     if (o.now - lastAnswer >= NEIGHBOUR_HOLD_MS) return { ended: { hold: h, why: 'expired' } };
     if (o.entry && same(o.entry, h.kept)) return { ended: { hold: h, why: 'back' } };
     let next = h.entry === o.entry ? h : { ...h, entry: o.entry, candidate: o.entry ?? h.candidate };
-    if (o.keptAnswered !== undefined && o.keptAnswered > h.since && o.keptAnswered !== h.keptAnswered)
-      next = { ...next, keptAnswered: o.keptAnswered };
+    if (o.keptAnswered !== undefined && o.keptAnswered > h.since && o.keptAnswered !== h.keptAnswered) {
+      // The kept MAC answered: confirmed now (a start's hold no longer `unconfirmed`).
+      const { unconfirmed: _, ...confirmed } = next;
+      next = { ...confirmed, keptAnswered: o.keptAnswered };
+    }
     return { hold: next, ask: o.entry ? 'probe' : 'resolve' };
   }
   if (!o.entry || o.answered || o.handSet || !o.written || !o.confirmed) return NOTHING;
   if (!same(o.written, o.confirmed) || same(o.entry, o.written)) return NOTHING;
   return { hold: { kept: o.written, candidate: o.entry, entry: o.entry, since: o.now }, started: true, ask: 'probe' };
+}
+
+/**
+ * A start's decision for one neighbour entry a MAC-less backend uses, before anything is written: the datapath
+ * forwards to it with `forwarding` (read from its backend entry; undefined: not in its rule's table), and the
+ * entry holds `entry`, which no probe of ours has answered (`answered` false) and is not set by hand. Held
+ * (`forwarding` kept, `entry` probed) when they differ; nothing otherwise (the same MAC, or nothing to keep).
+ */
+export function startHold(o: {
+  entry: string | undefined;
+  answered: boolean;
+  handSet: boolean;
+  forwarding: string | undefined;
+  now: number;
+}): NeighbourHold | undefined {
+  if (!o.entry || !o.forwarding || o.answered || o.handSet || same(o.entry, o.forwarding)) return undefined;
+  return { kept: o.forwarding, candidate: o.entry, entry: o.entry, since: o.now, unconfirmed: true };
+}
+
+/** What a start logs when it holds (see {@link startHold}). */
+export function startHoldText(ip: string, iface: string, h: NeighbourHold): string {
+  return (
+    `backend ${ip} on ${iface}: its neighbour entry holds ${h.candidate}, which no ARP probe of ours has ` +
+    `answered (written while the daemon was stopped, or by another tool), while the datapath forwards with ` +
+    `${h.kept}: ${h.kept} kept (not confirmed yet either) until ${h.candidate} answers (asking both; kept at ` +
+    `most ${NEIGHBOUR_HOLD_MS} ms after ${h.kept} last answered)`
+  );
 }
 
 /** The facts' neighbour MACs with each held entry's kept MAC: what every plan and comparison writes. */
@@ -106,6 +147,13 @@ export function holdNeighbours(
 
 /** A held backend's status message (it receives with the kept MAC). */
 export function heldMessage(h: NeighbourHold): string {
+  if (h.unconfirmed) {
+    return h.entry
+      ? `MAC ${h.kept} kept from the datapath, not confirmed yet: the neighbour entry holds ${h.entry}, which no ` +
+          'ARP probe of ours has had answered either (probing it; written once the host answers from it)'
+      : `MAC ${h.kept} kept from the datapath, not confirmed yet: the neighbour entry's MAC ${h.candidate} did ` +
+          'not answer (the entry failed); resolving it again';
+  }
   return h.entry
     ? `MAC ${h.kept} kept (it answered an ARP probe of ours): the neighbour entry now holds ${h.entry}, which ` +
         'no probe of ours has had answered yet (probing it; written once the host answers from it)'

@@ -712,17 +712,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   }
   // Backends given without a MAC whose entry's MAC no probe of ours has had answered yet (a new or changed
   // entry; one another tool wrote as REACHABLE): not "resolved" until the host answers (probed at once).
-  const unanswered = new Map<string, string>();
-  if (dp.neighbourAnswered) {
-    for (const r of specs) {
-      for (const b of r.backends) {
-        const key = neighbourKey(b.ip, b.interface);
-        const mac = facts.neighbours.get(key);
-        if (b.mac !== '' || !mac || handSet.has(key) || unanswered.has(key) || state.neighbourHolds.has(key)) continue;
-        if (dp.neighbourAnswered(b.ip, b.interface) !== mac) unanswered.set(key, mac);
-      }
-    }
-  }
+  const unanswered = await unansweredMacs(ctx, state.ruleKernel.keys(), handSet, pace);
   for (const [key, states] of handSet) {
     const mac = facts.neighbours.get(key) ?? '';
     transition(`neigh-handset/${key}`, `${states}|${mac}`, () => {
@@ -816,7 +806,8 @@ function foreignWhy(name: string, x: XdpStatus): string {
  * pass makes): their ingress interfaces as the host has them now (missing, occupied by another program,
  * without ours, down or without carrier), the egresses the write accepted unverified (`unverifiedEgress`),
  * the neighbour entries their MAC-less backends use (set by hand; a MAC no probe of ours had answered), the
- * static MACs and device settings as the last pass judged them. Reads only; repairs nothing (the next pass
+ * static MACs and device settings as the last pass judged them (also a start's, before its first pass, with
+ * `log` false: the pass logs the transitions). Reads only; repairs nothing (the next pass
  * does, and judges again).
  */
 export async function observeWrittenRules(
@@ -824,12 +815,12 @@ export async function observeWrittenRules(
   names: Iterable<string>,
   unverifiedEgress: ReadonlyMap<string, string> = new Map(),
   pace: () => Promise<void> = async () => {},
+  log = true,
 ): Promise<void> {
   const { dp, state } = ctx;
   const ingressProblems = new Map<string, string>();
   const ingressDown = new Map<string, string>();
   const handSet = new Map<string, string>();
-  const unanswered = new Map<string, string>();
   const seen = new Set<string>();
   const rules: string[] = [];
   let n = 0;
@@ -853,18 +844,14 @@ export async function observeWrittenRules(
       const down = ingressDownProblem(i, dp.linkState?.(i));
       if (down) ingressDown.set(i, down);
     }
-    const written = (k.written ?? k.status).backends;
-    rule.backends.forEach((b, idx) => {
+    for (const b of rule.backends) {
       const key = neighbourKey(b.ip, b.interface);
-      if (b.mac !== '' || handSet.has(key) || unanswered.has(key)) return;
+      if (b.mac !== '' || handSet.has(key)) continue;
       const states = dp.neighbourHandSet?.(b.ip, b.interface);
-      if (states) return void handSet.set(key, states);
-      // A MAC in the table from a neighbour entry (not one kept while its entry is missing: said so already).
-      const w = written[idx];
-      if (!w?.receiving || !w.mac || w.unverified || dp.neighbourMissing?.(b.ip, b.interface)) return;
-      if (dp.neighbourAnswered && dp.neighbourAnswered(b.ip, b.interface) !== w.mac) unanswered.set(key, w.mac);
-    });
+      if (states) handSet.set(key, states);
+    }
   }
+  const unanswered = await unansweredMacs(ctx, rules, handSet, pace);
   const unverifiedMacs = new Map<string, string>();
   const t = ctx.now();
   for (const [key, m] of state.staticMacs) {
@@ -884,8 +871,43 @@ export async function observeWrittenRules(
     if ((++n & 63) === 0) await pace();
     const k = state.ruleKernel.get(name)!;
     judgeRule(k, state.rules.get(name)!, o);
-    logRuleTransition(ctx, name, k.status);
+    if (log) logRuleTransition(ctx, name, k.status);
   }
+}
+
+/**
+ * The backends given without a MAC of these rules that their table holds with a MAC no probe of ours has had
+ * answered (Dataplane.neighbourAnswered): "ip@iface" -> that MAC ({@link unansweredNeighbourStatus}). Judged
+ * from what the rule's table holds (its written status), not from an entry read earlier: a pass that re-applied
+ * a rule wrote what its plan read, and a reply judges what the write wrote. Not the ones said otherwise: an
+ * entry set by hand (`handSet`), a held entry (its kept MAC: heldNeighbourStatus), a MAC kept while its entry
+ * is missing (unverified already).
+ */
+async function unansweredMacs(
+  ctx: ExecContext,
+  names: Iterable<string>,
+  handSet: ReadonlyMap<string, string>,
+  pace: () => Promise<void>,
+): Promise<Map<string, string>> {
+  const { dp, state } = ctx;
+  const out = new Map<string, string>();
+  if (!dp.neighbourAnswered) return out;
+  let n = 0;
+  for (const name of names) {
+    if ((++n & 255) === 0) await pace();
+    const rule = state.rules.get(name);
+    const k = state.ruleKernel.get(name);
+    if (!rule || !k || k.status.state === 'failed') continue;
+    const written = (k.written ?? k.status).backends;
+    rule.backends.forEach((b, idx) => {
+      const key = neighbourKey(b.ip, b.interface);
+      if (b.mac !== '' || out.has(key) || handSet.has(key) || state.neighbourHolds.has(key)) return;
+      const w = written[idx];
+      if (!w?.receiving || !w.mac || w.unverified) return;
+      if (dp.neighbourAnswered!(b.ip, b.interface)?.toLowerCase() !== w.mac.toLowerCase()) out.set(key, w.mac);
+    });
+  }
+  return out;
 }
 
 /**
@@ -1269,6 +1291,14 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
               `failed); ${hold.kept} still kept, resolving the entry again`,
       );
     }
+    if (hold?.unconfirmed && step.hold && !step.hold.unconfirmed) {
+      // A start's hold: the MAC kept from the datapath answered a request of ours (confirmed from now on).
+      ctx.log.info(
+        { backend: ip, interface: iface, kept: hold.kept, entry: step.hold.entry ?? null },
+        `backend ${ip} on ${iface}: ${hold.kept} (kept from the datapath) answered an ARP request of ours: ` +
+          `confirmed, still kept until ${step.hold.candidate} answers`,
+      );
+    }
     if (step.ask === 'probe') {
       if (dp.verifyNeighbour?.(ip, iface, true)) state.reconcilerEvents.neighbour_probes++;
     } else if (step.ask === 'resolve') dp.probeNeighbour?.(ip, iface);
@@ -1299,8 +1329,8 @@ function logHoldEnd(
   const text = {
     answered: `${entry} answered an ARP probe of ours after ${ms} ms: written instead of ${h.kept}`,
     kept:
-      `${h.kept} answered an ARP probe of ours again after ${ms} ms (${h.candidate} did not): kept, ` +
-      `${h.candidate} never written`,
+      `${h.kept} answered an ARP probe of ours${h.unconfirmed ? '' : ' again'} after ${ms} ms (${h.candidate} ` +
+      `did not): kept, ${h.candidate} never written`,
     expired:
       `no MAC answered within ${NEIGHBOUR_HOLD_MS} ms (${h.candidate} probed, then the entry resolved again): ` +
       `following the neighbour entry (${entry ?? 'failed'}) instead of keeping ${h.kept}`,

@@ -141,51 +141,79 @@ export function handSetNeighbourStatus(
  * The written status with the backends given without a MAC whose neighbour entry's MAC has not answered a
  * probe of ours (`unanswered`: "ip@iface" -> that MAC; Dataplane.neighbourAnswered) saying so instead of
  * "MAC resolved from the neighbour table": a new or changed entry, or one another tool wrote as REACHABLE,
- * is probed at once and "resolved" once the host answers. The state is not lowered (the probe takes a
- * moment; nothing observed contradicts the entry). `written` itself when none applies.
+ * is probed at once and "resolved" once the host answers. Until then nothing observed says the backend
+ * receives (a wrong entry looks the same: 0 of 50 delivered in review 19): its BackendsReceiving is Unknown
+ * and an ACTIVE rule is DEGRADED, as for a MAC from an entry set by hand ({@link handSetNeighbourStatus}) or
+ * one kept from the datapath ({@link keptMacWhy}). `written` itself when none applies.
  */
 export function unansweredNeighbourStatus(
   written: RuleStatus,
-  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  rule: { backends: readonly { ip: string; interface: string; mac: string; weight?: number }[] },
   unanswered: ReadonlyMap<string, string>,
 ): RuleStatus {
   if (unanswered.size === 0 || written.state === 'failed') return written;
   let changed = false;
+  let hit: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     const mac = spec && spec.mac === '' && b.receiving ? unanswered.get(`${spec.ip}@${spec.interface}`) : undefined;
     if (!mac || mac.toLowerCase() !== b.mac.toLowerCase()) return b;
+    if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
     changed = true;
     return {
       ...b,
+      unverified: true,
       message:
         `MAC ${b.mac} from the neighbour table, not confirmed yet: no ARP probe of ours to it has been answered ` +
         '(probing it; an entry another tool wrote looks the same)',
     };
   });
+  if (hit) return unconfirmedRuleStatus(written, backends, hit, 'MAC from the neighbour table');
   return changed ? { ...written, backends } : written;
 }
 
+/** `written` with `backends`, DEGRADED when it was ACTIVE, its message naming the backends not confirmed yet. */
+function unconfirmedRuleStatus(
+  written: RuleStatus,
+  backends: BackendStatus[],
+  hit: readonly string[],
+  what: string,
+): RuleStatus {
+  const note = `${hit.length} not confirmed yet (${hit.join(', ')}: ${what}, no ARP probe of ours to it answered yet; probing it)`;
+  return {
+    ...written,
+    state: written.state === 'active' ? 'degraded' : written.state,
+    message: `${written.message}; ${note}`,
+    backends,
+  };
+}
+
 /**
- * The written status with the backends given without a MAC whose confirmed MAC is kept over a changed neighbour
+ * The written status with the backends given without a MAC whose MAC is kept over a changed neighbour
  * entry (`holds`, core/neighbour-hold.ts) saying so: the MAC they receive with, which entry MAC is waited
- * for and why. The state is not lowered (the MAC kept answered a probe of ours; nothing observed since
- * contradicts it). `written` itself when none applies.
+ * for and why. A kept MAC that answered a probe of ours does not lower the state (nothing observed since
+ * contradicts it); one kept from the datapath at start, which no probe of ours has had answered
+ * (NeighbourHold.unconfirmed), is not confirmed: BackendsReceiving Unknown, an ACTIVE rule DEGRADED, as for
+ * a MAC kept while its entry is missing ({@link keptMacWhy}). `written` itself when none applies.
  */
 export function heldNeighbourStatus(
   written: RuleStatus,
-  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  rule: { backends: readonly { ip: string; interface: string; mac: string; weight?: number }[] },
   holds: ReadonlyMap<string, NeighbourHold>,
 ): RuleStatus {
   if (holds.size === 0 || written.state === 'failed') return written;
   let changed = false;
+  let hit: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     const h = spec && spec.mac === '' && b.receiving ? holds.get(`${spec.ip}@${spec.interface}`) : undefined;
     if (!h || h.kept.toLowerCase() !== b.mac.toLowerCase()) return b;
     changed = true;
-    return { ...b, message: heldMessage(h) };
+    if (!h.unconfirmed) return { ...b, message: heldMessage(h) };
+    if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
+    return { ...b, unverified: true, message: heldMessage(h) };
   });
+  if (hit) return unconfirmedRuleStatus(written, backends, hit, 'MAC kept from the datapath');
   return changed ? { ...written, backends } : written;
 }
 

@@ -120,8 +120,11 @@ export enum RuleState {
    * verified (a veth egress whose peer xdpctld cannot inspect, before
    * traffic showed the kernel takes its frames; a backend given without MAC
    * whose neighbour entry was set by hand, PERMANENT or NOARP, which the
-   * kernel never confirms, or whose entry is missing while the datapath keeps
-   * the MAC it forwarded with and probes it; each stays in the table), or
+   * kernel never confirms, whose entry is missing while the datapath keeps
+   * the MAC it forwarded with and probes it, or whose MAC no ARP probe of
+   * xdpctld's has had answered yet: a new entry, one another tool wrote,
+   * every entry at a start until its probe answers; each stays in the
+   * table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
