@@ -17,7 +17,9 @@
  * that was refused is tried again when it is written or touched, and one refused
  * because an interface it names does not exist (yet: a tap that appears after
  * the file is written) also every {@link MISSING_RETRY_MS} until it applies; one refused for what the host is
- * (a link loop, a device in use) is checked again as often, and loaded again when that verdict changes.
+ * (a link loop, a device in use, an egress that cannot take native redirects) is checked again as often with
+ * the checks the apply runs before writing anything, and loaded again when their verdict, or what the host
+ * shows of an interface the file names, changes (see {@link ConfigWatcher.watchRefusal}).
  *
  * A file without a `links:` (or `rules:`) section is not applied while the
  * configuration in force has links (rules): a file cut short by a writer that
@@ -94,6 +96,17 @@ export interface ConfigReport {
 }
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** {@link ConfigWatcher}'s re-evaluation of a refused file: Controller.checkConfig's refusal and host, as JSON. */
+type Verdict = string;
+
+/** Why a refused file is loaded again, in words (what changed between two verdicts). */
+function hostChange(before: Verdict, after: Verdict): string {
+  const [r0, h0] = JSON.parse(before) as [string, string];
+  const [r1, h1] = JSON.parse(after) as [string, string];
+  if (r0 !== r1) return r1 ? `the checks now say: ${r1}` : 'the checks the apply runs now pass';
+  return h0 !== h1 ? 'the interfaces the file names changed' : 'nothing changed';
+}
 
 /** The refusal's reason and field problems from what the parser or the controller threw. */
 function refusalOf(e: unknown): { reason: RefusalReason; problems: FieldViolation[] } {
@@ -272,7 +285,8 @@ export class ConfigWatcher {
     }, ms);
   }
 
-  private async load(retried: boolean): Promise<void> {
+  /** `because`: why a refused file is loaded again (the re-evaluation), said with it when it applies. */
+  private async load(retried: boolean, because?: string): Promise<void> {
     let text: string;
     try {
       text = await readFile(this.status.path, 'utf8');
@@ -341,6 +355,7 @@ export class ConfigWatcher {
       this.log.info(
         {
           config: this.status.path,
+          ...(because ? { after: because } : {}),
           // The whole configuration now in force, then what this file changed.
           configuration: {
             links: cfg.links.map((l) => `${l.a} ${l.direction === 'both' ? '<->' : '->'} ${l.b}`),
@@ -364,17 +379,22 @@ export class ConfigWatcher {
         refusalOf(e),
       );
       if (missing && !this.closed) this.schedule(MISSING_RETRY_MS, false);
-      else if (e instanceof CoreError && !this.closed) await this.watchRefusal(cfg, text);
+      // Any other refusal (the controller's, or the kernel's: an attach refused) is of what the host is now.
+      else if (!this.closed) await this.watchRefusal(cfg, text);
     }
   }
 
   /**
    * A file the controller refused for what the host is (a link loop through a veth pair, a bridge, a device
-   * in use): re-evaluated as the host changes, so that the status never keeps a reason that no longer holds
-   * (the pair deleted: InterfaceMissing, not "loop"). Every {@link MISSING_RETRY_MS} the file's validation
-   * against today's interfaces runs again (Controller.checkConfig: reads only, nothing written); when its
-   * verdict differs from the one at the refusal, the file is loaded again (applied, or refused with today's
-   * reason). Stops when another text is read or the file is in force.
+   * in use, an egress that cannot take native redirects, a table full): re-evaluated as the host changes,
+   * with the checks the apply runs, so that a refusal lasts only as long as its reason holds, and the status
+   * never keeps a reason that no longer holds (the pair deleted: InterfaceMissing, not "loop"; the veth
+   * peer's GRO switched on: applied). Every {@link MISSING_RETRY_MS} the controller says again what it would
+   * refuse of the file before writing anything (Controller.checkConfig: validation, then the preflight's
+   * kernel preconditions, read without repairing anything) and what the host shows of every interface the
+   * file names (for what only the kernel refuses, an attach); when either differs from what it said at the
+   * refusal, the file is loaded again (applied, or refused with today's reason; a refusal said before is not
+   * logged again). Stops when another text is read or the file is in force.
    */
   private async watchRefusal(cfg: Parameters<Controller['checkConfig']>[0], text: string): Promise<void> {
     clearTimeout(this.recheck);
@@ -383,8 +403,9 @@ export class ConfigWatcher {
       this.recheck = setTimeout(() => {
         this.running = this.running.then(async () => {
           if (this.closed || this.refusedText !== text || this.status.lastError === undefined) return;
-          if ((await this.verdict(cfg)) === baseline) return tick();
-          await this.load(false);
+          const now = await this.verdict(cfg);
+          if (now === baseline) return tick();
+          await this.load(false, `re-evaluated: ${hostChange(baseline, now)}`);
         });
       }, MISSING_RETRY_MS);
       this.recheck.unref?.();
@@ -392,14 +413,10 @@ export class ConfigWatcher {
     tick();
   }
 
-  /** What Controller.checkConfig says of `cfg` now: '' when it passes, else its error. */
-  private async verdict(cfg: Parameters<Controller['checkConfig']>[0]): Promise<string> {
-    try {
-      await this.ctl.checkConfig(cfg);
-      return '';
-    } catch (e) {
-      return (e as Error).message;
-    }
+  /** What Controller.checkConfig says of `cfg` now: its refusal (or none) and the host it saw. */
+  private async verdict(cfg: Parameters<Controller['checkConfig']>[0]): Promise<Verdict> {
+    const v = await this.ctl.checkConfig(cfg);
+    return JSON.stringify([v.refusal ?? '', v.host]);
   }
 
   /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */

@@ -221,13 +221,74 @@ export class Controller {
   }
 
   /**
-   * What {@link applyConfig} would refuse of `cfg` before planning any write, from today's interfaces and
-   * desired state, changing nothing: the values, the rules' names, the links' interfaces and loops. Throws
-   * what applyConfig would (CoreError); the config watcher re-evaluates a refused file with it.
+   * What {@link applyConfig} would say of `cfg` now, changing nothing, for the config watcher to re-evaluate a
+   * refused file as the host changes: `refusal`, what applyConfig would refuse before writing anything — the
+   * values, the rules' names, the links' interfaces and loops, then its preflight's kernel preconditions
+   * (execute.ts preflight: each egress able to take native redirects, read without repairing; a bridge port
+   * under a bridge that keeps our program; native XDP where it is required), taking for an ingress not
+   * attached yet the mode its attach would choose — or undefined when it passes; and `host`, what the host
+   * shows of every interface the file names (ifindex, MAC, up, carrier, MTU, the XDP program on it, the devices
+   * above it), which changes whenever what a refusal only the kernel makes (an attach) may depend on changes.
+   * Runs between changes, as one.
    */
-  async checkConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<void> {
-    await this.ruleSet(cfg.rules);
-    this.linkSet(cfg.links);
+  checkConfig(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): Promise<{ refusal?: string; host: string }> {
+    return this.serial(
+      async () => {
+        const host = this.hostOf(cfg);
+        try {
+          const { ops } = await this.ruleSet(cfg.rules);
+          const { next, fieldOf } = this.linkSet(cfg.links);
+          const plan = await this.planRuleOps(ops);
+          const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
+          const want = planLinks(this.plannable(next, facts.interfaces), facts.interfaces, 'links');
+          try {
+            await preflight(
+              this.ctx,
+              plan.plans,
+              { want, field: fieldOf },
+              { rules: opNames(ops), links: next },
+              { predictAttach: true },
+            );
+          } finally {
+            this.ctx.preflightTargets = undefined;
+          }
+          return { host };
+        } catch (e) {
+          return { refusal: (e as Error).message, host };
+        }
+      },
+      undefined,
+      true,
+    );
+  }
+
+  /** What the host shows of every interface `cfg` names ({@link checkConfig}), as one string. */
+  private hostOf(cfg: { rules: RuleSpec[]; links: LinkSpec[] }): string {
+    const names = new Set<string>();
+    for (const l of cfg.links) names.add(l.a).add(l.b);
+    for (const r of cfg.rules) {
+      for (const i of r.ingressInterfaces) names.add(i);
+      for (const b of r.backends) names.add(b.interface);
+    }
+    return JSON.stringify(
+      [...names].sort().map((n) => {
+        const i = this.dp.lookupInterface(n);
+        if (!i) return [n];
+        const l = this.dp.linkState?.(n);
+        const x = this.dp.xdpStatus(n);
+        return [
+          n,
+          i.ifindex,
+          i.mac,
+          l?.up,
+          l?.carrier,
+          l?.mtu,
+          x?.mode,
+          x?.ours ? 'ours' : x?.progId,
+          ...(this.dp.upperDevices?.(n) ?? []),
+        ];
+      }),
+    );
   }
 
   /** {@link applyConfig}'s transaction: rules and links prepared together, then written, then one commit. */

@@ -23,7 +23,7 @@ import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds } from './ring.js';
-import { backendStatus, writtenRuleStatus } from './rule-status.js';
+import { backendStatus, egressProblem, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
@@ -387,15 +387,19 @@ async function checkTargets(
  * ingress below a device that keeps our program (a bridge port), native XDP on every new ingress with --xdp-mode native (the
  * device's xdp-features), and every egress a native-mode ingress redirects into able to
  * receive native redirects
- * (--fix-veth-peers counted: what it would repair passes). An ingress whose mode only the attach will tell
- * ('auto' on a device not yet attached) is checked after the attach, in the transaction. Throws
- * FAILED_PRECONDITION naming the field and what was observed.
+ * (--fix-veth-peers counted: what it would repair passes) — except an egress that is down or without carrier,
+ * which transmits nothing yet and is waited for (a backend behind it is not receiving; a link direction into
+ * it is not forwarding). An ingress whose mode only the attach will tell
+ * ('auto' on a device not yet attached) is checked after the attach, in the transaction, unless
+ * `predictAttach` (a re-evaluation: Controller.checkConfig) takes the mode the attach would choose from the
+ * device's xdp-features. Throws FAILED_PRECONDITION naming the field and what was observed.
  */
 export async function preflight(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
   scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> } = { rules: new Set() },
+  opts: { predictAttach?: boolean } = {},
 ): Promise<void> {
   const { dp, state } = ctx;
   // Bridge and port: the kernel refuses a program on a device while a device above it has one (EEXIST), so a
@@ -441,6 +445,9 @@ export async function preflight(
     }
     if (attached === 'native' || attached === 'generic') m = attached;
     else m = ctx.mode === 'native' ? 'native' : ctx.mode === 'generic' ? 'generic' : 'unknown';
+    // A re-evaluation (config watcher) says what the attach would tell: '--xdp-mode auto' attaches in native
+    // mode where the kernel's xdp-features say the device takes a native program (a veth does).
+    if (m === 'unknown' && opts.predictAttach && dp.nativeXdp?.(name)?.supported) m = 'native';
     if (m === 'native' && !attached) {
       // --xdp-mode native on a device whose driver takes no XDP program: the kernel would refuse the attach.
       const n = dp.nativeXdp?.(name);
@@ -466,6 +473,11 @@ export async function preflight(
     });
   }
   for (const [from, d] of links.want) {
+    // An egress that is down or without carrier (a veth whose peer is down: boot order, a container
+    // restarting) transmits nothing now, whatever its peer will be: the direction is written and marked not
+    // forwarding, and the reconciler checks (and repairs) the egress once it can transmit, as for a backend
+    // behind it (not receiving, out of the table) and for a running link whose peer goes down.
+    if (egressProblem(d.toName, dp.linkState?.(d.toName))) continue;
     if (modeOf(from, links.field(from)) === 'native' && !need.has(d.toName)) need.set(d.toName, links.field(from));
   }
   const names = [...need.keys()];
@@ -771,7 +783,10 @@ export async function prepareLinks(
   // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
   // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
   if (tolerant) return unverified;
-  const native = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native');
+  // An egress that is down or without carrier waits (preflight): the reconciler checks it once it can transmit.
+  const native = [...want].filter(
+    ([from, d]) => dp.xdpStatus(from)?.mode === 'native' && !egressProblem(d.toName, dp.linkState?.(d.toName)),
+  );
   const names = [...new Set(native.map(([, d]) => d.toName))];
   const checked = await checkTargets(ctx, names, false);
   for (const [from, d] of native) {
