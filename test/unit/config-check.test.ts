@@ -67,7 +67,11 @@ describe('Controller.checkConfig: the checks the apply runs, and the host', () =
     const dp = new VethModel(MODEL_CAPACITY, ['a', 'b']);
     const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
     dp.noCarrier.add('b');
-    dp.peers.set('b', { ok: false, detail: 'native XDP redirects into b would be dropped: its peer eth0 is down' });
+    dp.peers.set('b', {
+      ok: false,
+      waitsForPeer: true,
+      detail: 'native XDP redirects into b would be dropped: its peer eth0 is down',
+    });
     assert.equal((await c.checkConfig(file)).refusal, undefined);
     await c.connect({ a: 'a', b: 'b', direction: 'a-to-b' });
     assert.equal(dp.snapshot().xcLinks.length, 1, 'the direction is in the datapath');
@@ -77,5 +81,15 @@ describe('Controller.checkConfig: the checks the apply runs, and the host', () =
       l.warnings.some((w) => w.includes('egress b has no carrier')),
       l.warnings.join('; '),
     );
+  });
+
+  it('an egress without carrier that cannot take native redirects for good (not a veth peer down): refused', async () => {
+    const dp = new VethModel(MODEL_CAPACITY, ['a', 'b']);
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    dp.noCarrier.add('b');
+    dp.peers.set('b', { ok: false, detail: 'b (bridge) cannot transmit native XDP redirects' });
+    assert.match((await c.checkConfig(file)).refusal ?? '', /^links\[0\]: b \(bridge\) cannot transmit/);
+    await assert.rejects(c.connect({ a: 'a', b: 'b', direction: 'a-to-b' }), /b \(bridge\) cannot transmit/);
+    assert.deepEqual(dp.snapshot().xcLinks, [], 'nothing written');
   });
 });

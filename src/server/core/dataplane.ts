@@ -208,6 +208,12 @@ export interface RedirectTarget {
   fixable?: boolean;
   /** With `unverified`: what the kernel reports about the device (ifindex, features, peer, carrier changes); it changes when they do. */
   key?: string;
+  /**
+   * Not `ok` because the device is a veth whose peer is down (boot order, a container restarting): it transmits
+   * nothing now, and whether its peer will have NAPI is known only once the peer is up, so a change naming it
+   * is not refused for it: it waits (not forwarding), and the reconciler checks it again then.
+   */
+  waitsForPeer?: boolean;
 }
 
 /** The device settings changed since {@link Dataplane.trackHostChanges}. */

@@ -23,7 +23,7 @@ import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import type { LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds } from './ring.js';
-import { backendStatus, egressProblem, writtenRuleStatus } from './rule-status.js';
+import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import type { UndoLog } from './undo-log.js';
@@ -365,11 +365,15 @@ async function checkTargets(
   const check = (name: string, fix: boolean): Promise<RedirectTarget> =>
     dp
       .redirectTarget(name, fix)
-      .then((r) => ({ ...judgedEgress(r, state.egressWatch.get(name)), ...(r.fixable ? { fixable: true } : {}) }))
+      .then((r) => ({
+        ...judgedEgress(r, state.egressWatch.get(name)),
+        ...(r.fixable ? { fixable: true } : {}),
+        ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
+      }))
       .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` }));
   const repairable = (r: RedirectTarget) => !r.ok && !!r.fixable && ctx.fixVethPeers;
   const first = await Promise.all(names.map((name) => ctx.preflightTargets?.get(name) ?? check(name, false)));
-  const refused = first.some((r) => !r.ok && !repairable(r));
+  const refused = first.some((r) => !r.ok && !repairable(r) && !r.waitsForPeer);
   let checked = first;
   if (refused && !tolerant) {
     // Refused whatever is repaired: the refusal names an egress that no repair helps, and nothing is repaired.
@@ -387,9 +391,8 @@ async function checkTargets(
  * ingress below a device that keeps our program (a bridge port), native XDP on every new ingress with --xdp-mode native (the
  * device's xdp-features), and every egress a native-mode ingress redirects into able to
  * receive native redirects
- * (--fix-veth-peers counted: what it would repair passes) — except an egress that is down or without carrier,
- * which transmits nothing yet and is waited for (a backend behind it is not receiving; a link direction into
- * it is not forwarding). An ingress whose mode only the attach will tell
+ * (--fix-veth-peers counted: what it would repair passes; a veth whose peer is down is waited for, not
+ * refused: RedirectTarget.waitsForPeer). An ingress whose mode only the attach will tell
  * ('auto' on a device not yet attached) is checked after the attach, in the transaction, unless
  * `predictAttach` (a re-evaluation: Controller.checkConfig) takes the mode the attach would choose from the
  * device's xdp-features. Throws FAILED_PRECONDITION naming the field and what was observed.
@@ -473,11 +476,6 @@ export async function preflight(
     });
   }
   for (const [from, d] of links.want) {
-    // An egress that is down or without carrier (a veth whose peer is down: boot order, a container
-    // restarting) transmits nothing now, whatever its peer will be: the direction is written and marked not
-    // forwarding, and the reconciler checks (and repairs) the egress once it can transmit, as for a backend
-    // behind it (not receiving, out of the table) and for a running link whose peer goes down.
-    if (egressProblem(d.toName, dp.linkState?.(d.toName))) continue;
     if (modeOf(from, links.field(from)) === 'native' && !need.has(d.toName)) need.set(d.toName, links.field(from));
   }
   const names = [...need.keys()];
@@ -488,13 +486,18 @@ export async function preflight(
         .then((r): RedirectTarget => ({
           ...judgedEgress(r, state.egressWatch.get(name)),
           ...(r.fixable ? { fixable: true } : {}),
+          ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
         }))
         .catch((e: Error): RedirectTarget => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
     ),
   );
   names.forEach((name, i) => {
     const r = checked[i];
-    if (r.ok || (r.fixable && ctx.fixVethPeers)) return;
+    // A veth whose peer is down (boot order, a container restarting) transmits nothing now, whatever its peer
+    // will be: a wait, not a refusal. The direction is written and marked not forwarding (no carrier), and the
+    // reconciler checks (and repairs) the egress once the peer is up, as for a backend behind it (not
+    // receiving, out of the table) and for a running link whose peer goes down.
+    if (r.ok || (r.fixable && ctx.fixVethPeers) || r.waitsForPeer) return;
     fail(need.get(name)!, r.detail ?? `${name} cannot take native XDP redirects`);
   });
   // Passed: the transaction's later checks reuse these (the controller drops them when it ends).
@@ -783,14 +786,12 @@ export async function prepareLinks(
   // Restore and resync write every direction: one whose egress cannot take native redirects is reported by
   // the reconciler (not forwarding, with the reason) and must not keep the other links from being written.
   if (tolerant) return unverified;
-  // An egress that is down or without carrier waits (preflight): the reconciler checks it once it can transmit.
-  const native = [...want].filter(
-    ([from, d]) => dp.xdpStatus(from)?.mode === 'native' && !egressProblem(d.toName, dp.linkState?.(d.toName)),
-  );
+  const native = [...want].filter(([from]) => dp.xdpStatus(from)?.mode === 'native');
   const names = [...new Set(native.map(([, d]) => d.toName))];
   const checked = await checkTargets(ctx, names, false);
   for (const [from, d] of native) {
     const r = checked.get(d.toName)!;
+    if (r.waitsForPeer) continue; // a veth whose peer is down: a wait (preflight), checked by the reconciler
     if (!r.ok) {
       const f = fieldOf?.(from) ?? field;
       throw new CoreError('precondition', `${f}: ${r.detail}`, [

@@ -890,11 +890,14 @@ export class KernelDataplane implements Dataplane {
     };
     if (s.uninspectable) {
       if (!xmit(features)) {
+        // Up without carrier: its peer, wherever it is, is down (a veth has carrier only while both ends are up).
+        const l = linkState(ifname);
         // What the kernel says from this side, and only that: the peer's GRO may be on (switched on while the
         // peer was down, which gives it no NAPI) or off, and which one cannot be read from here. The text up
         // to its first colon is what a rule's status repeats: it names the namespace.
         return {
           ok: false,
+          ...(l?.up && !l.carrier ? { waitsForPeer: true } : {}),
           detail:
             `${s.detail}; the kernel reports no ndo_xdp_xmit for ${ifname} (xdp-features ` +
             `${xdpActNames(features ?? 0n).join(', ') || 'none'}), so its peer has no NAPI and every frame ` +
@@ -916,7 +919,14 @@ export class KernelDataplane implements Dataplane {
         features,
       );
     }
-    if (!s.ok) return { ok: false, detail: s.detail, ...(s.fixable ? { fixable: true } : {}) };
+    if (!s.ok) {
+      return {
+        ok: false,
+        detail: s.detail,
+        ...(s.fixable ? { fixable: true } : {}),
+        ...(s.peerDown ? { waitsForPeer: true } : {}),
+      };
+    }
     // The peer is up with a native program or GRO. GRO gives it NAPI only when switched on while it is up:
     // switched on while it was down, the peer comes up without NAPI (every redirected frame is dropped)
     // and the kernel, rightly, announces no ndo-xmit. Switching GRO off and on while up gives it NAPI.

@@ -676,6 +676,8 @@ export interface VethPeerState {
   uninspectable?: boolean;
   /** Not ok, and a check with `fix` would make it so (switch GRO on on the peer, which is up). */
   fixable?: boolean;
+  /** Not ok because the peer is down. */
+  peerDown?: boolean;
 }
 
 /**
@@ -952,6 +954,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     return {
       veth: true,
       ok: false,
+      peerDown: true,
       peer: peer.ifname,
       netns,
       detail: `native XDP redirects into ${name} would be dropped: its peer ${where} is down`,

@@ -106,7 +106,10 @@ export interface ConfigFileStatus {
    * "Unreadable", "PreconditionFailed" (e.g. an egress that cannot take
    * native redirects), "TableFull" or "NotApplied" (another refusal);
    * message: the refusal as logged. last_transition_time: since when the
-   * file on disk is (or is not) in force.
+   * file on disk is (or is not) in force. A refusal for what the host is
+   * (an interface missing, an egress that cannot take native redirects, a
+   * device in use) is looked at again every second with the checks the
+   * apply runs: the file applies once its reason is gone.
    */
   inForceCondition?:
     | Condition

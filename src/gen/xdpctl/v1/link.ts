@@ -1263,7 +1263,11 @@ export const LinkServiceDefinition = {
      * Fails with FAILED_PRECONDITION naming the link when the links would
      * forward frames in a loop forever (through veth pairs whose both ends are
      * in the daemon's namespace: a frame sent out of one end arrives on the
-     * other and is forwarded again); nothing is applied.
+     * other and is forwarded again); nothing is applied. An egress of a
+     * native-mode ingress that cannot take native XDP redirects (and that the
+     * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
+     * is not: the link is connected and the direction reported not forwarding
+     * (LinkStatus, no carrier) until the peer is up.
      */
     connect: {
       name: "Connect",
@@ -1334,7 +1338,11 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
    * Fails with FAILED_PRECONDITION naming the link when the links would
    * forward frames in a loop forever (through veth pairs whose both ends are
    * in the daemon's namespace: a frame sent out of one end arrives on the
-   * other and is forwarded again); nothing is applied.
+   * other and is forwarded again); nothing is applied. An egress of a
+   * native-mode ingress that cannot take native XDP redirects (and that the
+   * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
+   * is not: the link is connected and the direction reported not forwarding
+   * (LinkStatus, no carrier) until the peer is up.
    */
   connect(request: ConnectRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ConnectResponse>>;
   /**
@@ -1382,7 +1390,11 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
    * Fails with FAILED_PRECONDITION naming the link when the links would
    * forward frames in a loop forever (through veth pairs whose both ends are
    * in the daemon's namespace: a frame sent out of one end arrives on the
-   * other and is forwarded again); nothing is applied.
+   * other and is forwarded again); nothing is applied. An egress of a
+   * native-mode ingress that cannot take native XDP redirects (and that the
+   * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
+   * is not: the link is connected and the direction reported not forwarding
+   * (LinkStatus, no carrier) until the peer is up.
    */
   connect(request: DeepPartial<ConnectRequest>, options?: CallOptions & CallOptionsExt): Promise<ConnectResponse>;
   /**
