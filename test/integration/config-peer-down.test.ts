@@ -1,6 +1,6 @@
 /**
  * A host state that passes is a wait, not a refusal; a refusal for what the host is, re-evaluated with the
- * checks the apply runs (issue 16, "observe, don't assume"; review 19 finding 4). Real daemons, real
+ * checks the apply runs (observe, don't assume: a refusal lasts as long as its reason). Real daemons, real
  * namespaces, veths and pings.
  *
  * 1. Config-file mode, a link into a veth whose peer is down (boot order, a container restarting): before,

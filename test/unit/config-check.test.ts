@@ -1,5 +1,5 @@
 /**
- * Controller.checkConfig, with which the config watcher re-evaluates a refused file (review 19 finding 4):
+ * Controller.checkConfig, with which the config watcher re-evaluates a refused file:
  * it runs the checks applyConfig runs before writing anything (validation, then the preflight's kernel
  * preconditions), taking for an ingress not attached yet the mode an `--xdp-mode auto` attach would choose,
  * and says what the host shows of the file's interfaces, so that a refusal for a veth peer without NAPI is
