@@ -23,7 +23,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
-import { fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
+import { backendKeys, fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
@@ -40,9 +40,12 @@ import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import { observedKey, otherProgram } from './conditions.js';
 import {
+  freshEntry,
   observeStaticMac,
   RESOLVES_PER_PASS,
-  staticMacKey,
+  sameEntry,
+  samePeer,
+  STATIC_MAC_SWEEP_MS,
   stepStaticMac,
   UNVERIFIED_GRACE_MS,
   type PeerMac,
@@ -278,7 +281,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // Egresses whose peer cannot be inspected: judged by their backends' redirect counters (egress-watch.ts).
   judgeUnverifiedEgresses(ctx, facts.napi, transition);
   // Static MACs against what the host shows (static-mac.ts): contradicted ones leave their tables.
-  const unverifiedMacs = await judgeStaticMacs(ctx, specs, facts, transition, pace);
+  const unverifiedMacs = await judgeStaticMacs(ctx, facts, transition, pace);
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
   const why = new Map<string, string>();
@@ -338,7 +341,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       written.backends.forEach((b, i) => {
         const spec = rule.backends[i];
         if (!spec) return;
-        const nkey = neighbourKey(spec.ip, spec.interface);
+        const keys = backendKeys(spec);
+        const nkey = keys.neighbour;
         const neighbour = spec.mac === '' ? facts.neighbours.get(nkey) : undefined;
         // A missing entry (flushed with a bounced egress, expired; not failed) is no evidence against the MAC
         // the datapath forwards with: kept (said so) while the probe below resolves it (Facts.keptMacs).
@@ -362,8 +366,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         const egressWhy =
           egressProblem(spec.interface, facts.links.get(spec.interface)) ??
           (napi?.ok === false ? napi.detail : undefined);
-        const conflict =
-          spec.mac !== '' ? state.macConflicts.get(staticMacKey(spec.ip, spec.interface, spec.mac)) : undefined;
+        const conflict = spec.mac !== '' ? state.macConflicts.get(keys.staticMac) : undefined;
         const egress = egressWhy ?? conflict;
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving) {
@@ -703,8 +706,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     for (const r of specs) {
       if ((++n & 255) === 0) await pace();
       for (const b of r.backends) {
-        const key = neighbourKey(b.ip, b.interface);
-        if (b.mac !== '' || handSet.has(key)) continue;
+        if (b.mac !== '') continue;
+        const key = backendKeys(b).neighbour;
+        if (handSet.has(key)) continue;
         const states = dp.neighbourHandSet(b.ip, b.interface);
         if (states) handSet.set(key, states);
       }
@@ -852,10 +856,15 @@ export async function observeWrittenRules(
     }
   }
   const unanswered = await unansweredMacs(ctx, rules, handSet, pace);
-  const unverifiedMacs = new Map<string, string>();
+  // The static MACs the last pass judged unverified, past their grace period now (not collected from every
+  // kept verdict at every write: 40 000 with 10 000 rules).
+  let unverifiedMacs: ReadonlyMap<string, string> = state.staticMacUnverified;
   const t = ctx.now();
-  for (const [key, m] of state.staticMacs) {
-    if (m.verdict === 'unverified' && t - (m.since ?? 0) >= UNVERIFIED_GRACE_MS) unverifiedMacs.set(key, m.why);
+  for (const [key, since] of state.staticMacGrace) {
+    const m = state.staticMacs.get(key);
+    if (m?.verdict !== 'unverified' || t - since < UNVERIFIED_GRACE_MS) continue;
+    if (unverifiedMacs === state.staticMacUnverified) unverifiedMacs = new Map(state.staticMacUnverified);
+    (unverifiedMacs as Map<string, string>).set(key, m.why);
   }
   const o: RuleObservation = {
     ingressProblems,
@@ -900,8 +909,9 @@ async function unansweredMacs(
     if (!rule || !k || k.status.state === 'failed') continue;
     const written = (k.written ?? k.status).backends;
     rule.backends.forEach((b, idx) => {
-      const key = neighbourKey(b.ip, b.interface);
-      if (b.mac !== '' || out.has(key) || handSet.has(key) || state.neighbourHolds.has(key)) return;
+      if (b.mac !== '') return;
+      const key = backendKeys(b).neighbour;
+      if (out.has(key) || handSet.has(key) || state.neighbourHolds.has(key)) return;
       const w = written[idx];
       if (!w?.receiving || !w.mac || w.unverified) return;
       if (dp.neighbourAnswered!(b.ip, b.interface)?.toLowerCase() !== w.mac.toLowerCase()) out.set(key, w.mac);
@@ -1122,62 +1132,129 @@ async function checkIngressSettings(
 }
 
 /**
- * Every static-MAC backend's MAC against what the host shows (static-mac.ts), once per pass: one read of
- * the neighbour table, each egress's veth peer once. Contradicted ones go into `state.macConflicts` (their
- * plans keep them out of the table; resync re-applies their rules), each transition to and from a
- * contradiction logged once; entries that are not fresh are re-probed, missing ones resolved (at most
- * {@link RESOLVES_PER_PASS} per pass). Returns the ones that cannot be verified ("ip@iface|mac" -> why).
- * Yields (`pace`) every 64 backends: 10 000 rules of 4 static-MAC backends held the event loop 100-200 ms
- * in one piece every pass (reads waited, and the event-loop delay target was missed).
+ * Every static-MAC backend's MAC against what the host shows (static-mac.ts): one read of the neighbour
+ * table, each egress's veth peer once. Contradicted ones go into `state.macConflicts` (their plans keep them
+ * out of the table; resync re-applies their rules), each transition to and from a contradiction logged once;
+ * entries that are not fresh are re-probed, missing ones resolved (at most {@link RESOLVES_PER_PASS} per
+ * pass). Returns the ones that cannot be verified ("ip@iface|mac" -> why; `state.staticMacUnverified`, kept
+ * from pass to pass).
+ * A pass judges only what changed since the last: backends a rule change added (the index the rule changes
+ * keep, `state.staticMacBackends`, not collected from every rule), those behind an egress that appeared,
+ * went or whose veth peer changed, and those whose neighbour entry changed (`state.staticMacEntries`: the
+ * table is compared entry by entry, its size is the host's, not the rules'). The others keep their verdicts:
+ * the judgement is a pure function of those reads (with 10 000 rules of 4 static-MAC backends, judging all
+ * 40 000 at every pass was a third of the daemon's CPU while changes arrived). Every
+ * {@link STATIC_MAC_SWEEP_MS} all are judged from scratch. Re-probes and resolves are asked at every pass,
+ * as before.
  */
 async function judgeStaticMacs(
   ctx: ExecContext,
-  specs: readonly RuleSpec[],
   facts: Facts,
   transition: (key: string, line: string, log: (before: boolean) => void) => void,
   pace: () => Promise<void>,
-): Promise<Map<string, string>> {
+): Promise<ReadonlyMap<string, string>> {
   const { dp, state } = ctx;
-  const unverified = new Map<string, string>();
-  const wanted = new Map<string, { ip: string; iface: string; mac: string }>();
-  let n = 0;
-  for (const r of specs) {
-    if ((++n & 63) === 0) await pace();
-    for (const b of r.backends) {
-      if (b.mac === '' || !facts.interfaces.get(b.interface)) continue;
-      wanted.set(staticMacKey(b.ip, b.interface, b.mac), { ip: b.ip, iface: b.interface, mac: b.mac });
-    }
-  }
-  for (const key of state.staticMacs.keys()) {
-    if ((++n & 1023) === 0) await pace();
-    if (wanted.has(key)) continue;
+  const unverified = state.staticMacUnverified;
+  const grace = state.staticMacGrace;
+  const forget = (key: string) => {
     state.staticMacs.delete(key);
     state.macConflicts.delete(key);
     state.logged.delete(`mac/${key}`);
+    unverified.delete(key);
+    grace.delete(key);
+    state.staticMacReprobe.delete(key);
+    state.staticMacResolve.delete(key);
+  };
+  // Backends no rule names any more (rules changed since the last pass).
+  for (const key of state.staticMacGone) if (!state.staticMacBackends.has(key)) forget(key);
+  state.staticMacGone.clear();
+  if (!dp.neighbourTable) return unverified;
+  let wanted = false; // a static-MAC backend whose egress exists
+  for (const [iface] of state.staticMacsByEgress) {
+    if (!facts.interfaces.get(iface)) continue;
+    wanted = true;
+    break;
   }
-  if (wanted.size === 0 || !dp.neighbourTable) return unverified;
+  if (!wanted) {
+    for (const key of state.staticMacs.keys()) forget(key);
+    state.staticMacEgresses.clear(); // all judged afresh when one is back
+    state.staticMacEntries.clear();
+    return unverified;
+  }
   const table = await dp.neighbourTable();
+  const t = ctx.now();
+  const sweep = t - state.staticMacSweptAt >= STATIC_MAC_SWEEP_MS || t < state.staticMacSweptAt;
+  const dirty = new Set<string>(state.staticMacAdded);
+  state.staticMacAdded.clear();
+  const mark = (keys: string | string[] | Set<string> | undefined) => {
+    if (keys === undefined) return;
+    if (typeof keys === 'string') dirty.add(keys);
+    else for (const k of keys) dirty.add(k);
+  };
+  // Egresses: there or not, and their veth peers (each read once).
   const peers = new Map<string, PeerMac | undefined>();
-  let resolves = 0;
-  for (const [key, { ip, iface, mac }] of wanted) {
-    if ((++n & 63) === 0) await pace();
-    if (!peers.has(iface)) peers.set(iface, dp.vethPeerMac?.(iface));
-    const e = table.get(`${ip}@${iface}`);
-    const answered = e?.mac && dp.neighbourAnswered ? dp.neighbourAnswered(ip, iface) === e.mac : undefined;
-    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), e && { ...e, answered });
-    const prev = state.staticMacs.get(key);
-    const next = stepStaticMac(prev, mac, obs, ctx.now());
-    state.staticMacs.set(key, next);
-    if (obs.ask === 'reprobe') dp.verifyNeighbour?.(ip, iface, true);
-    else if (obs.ask === 'resolve' && resolves < RESOLVES_PER_PASS) {
-      resolves++;
-      dp.probeNeighbour?.(ip, iface);
+  for (const [iface, keys] of state.staticMacsByEgress) {
+    const exists = !!facts.interfaces.get(iface);
+    const peer = exists ? dp.vethPeerMac?.(iface) : undefined;
+    peers.set(iface, peer);
+    const was = state.staticMacEgresses.get(iface);
+    if (was && was.exists === exists && samePeer(was.peer, peer)) continue;
+    state.staticMacEgresses.set(iface, { exists, peer });
+    mark(keys);
+  }
+  for (const iface of state.staticMacEgresses.keys()) {
+    if (!state.staticMacsByEgress.has(iface)) state.staticMacEgresses.delete(iface);
+  }
+  // Neighbour entries: those that changed, appeared or went since the last pass.
+  const answeredOf = (nkey: string, e: { mac?: string }) => {
+    if (!e.mac || !dp.neighbourAnswered) return undefined;
+    const at = nkey.indexOf('@');
+    return dp.neighbourAnswered(nkey.slice(0, at), nkey.slice(at + 1)) === e.mac;
+  };
+  let n = 0;
+  for (const [nkey, e] of table) {
+    if ((++n & 255) === 0) await pace();
+    const keys = state.staticMacsByNeighbour.get(nkey);
+    if (keys === undefined) continue;
+    const answered = answeredOf(nkey, e);
+    const was = state.staticMacEntries.get(nkey);
+    if (was && sameEntry(was, e, answered)) continue;
+    state.staticMacEntries.set(nkey, { mac: e.mac, states: e.states, fresh: freshEntry(e), answered });
+    mark(keys);
+  }
+  for (const nkey of state.staticMacEntries.keys()) {
+    if (table.has(nkey) && state.staticMacsByNeighbour.has(nkey)) continue;
+    state.staticMacEntries.delete(nkey);
+    mark(state.staticMacsByNeighbour.get(nkey));
+  }
+  const judge = (key: string) => {
+    const b = state.staticMacBackends.get(key);
+    if (!b) return;
+    const { ip, iface, mac } = b;
+    if (!facts.interfaces.get(iface)) {
+      forget(key); // its egress is missing: judged afresh when it is back
+      return;
     }
+    const e = table.get(b.neighbour);
+    const answered = e ? answeredOf(b.neighbour, e) : undefined;
+    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), e && { ...e, answered });
+    if (obs.ask === 'reprobe') state.staticMacReprobe.add(key);
+    else state.staticMacReprobe.delete(key);
+    if (obs.ask === 'resolve') state.staticMacResolve.add(key);
+    else state.staticMacResolve.delete(key);
+    const next = stepStaticMac(state.staticMacs.get(key), mac, obs, t);
+    state.staticMacs.set(key, next);
     if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
     else state.macConflicts.delete(key);
-    // Said once the first answers had time to come (UNVERIFIED_GRACE_MS), not the moment after a change.
-    if (next.verdict === 'unverified' && ctx.now() - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
+    if (next.verdict !== 'unverified') {
+      unverified.delete(key);
+      grace.delete(key);
+    } else if (t - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
       unverified.set(key, next.why);
+      grace.delete(key);
+    } else {
+      unverified.delete(key);
+      grace.set(key, next.since ?? 0);
     }
     transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
       if (next.verdict === 'contradicted') {
@@ -1192,6 +1269,38 @@ async function judgeStaticMacs(
         );
       }
     });
+  };
+  if (sweep) {
+    state.staticMacSweptAt = t;
+    for (const key of state.staticMacBackends.keys()) {
+      if ((++n & 63) === 0) await pace();
+      judge(key);
+    }
+  } else {
+    for (const key of dirty) {
+      if ((++n & 63) === 0) await pace();
+      judge(key);
+    }
+  }
+  // What the judgements asked of the kernel, at every pass: entries re-probed, missing ones resolved.
+  for (const key of state.staticMacReprobe) {
+    const b = state.staticMacBackends.get(key);
+    if (b) dp.verifyNeighbour?.(b.ip, b.iface, true);
+  }
+  let resolves = 0;
+  for (const key of state.staticMacResolve) {
+    if (resolves >= RESOLVES_PER_PASS) break;
+    const b = state.staticMacBackends.get(key);
+    if (!b) continue;
+    resolves++;
+    dp.probeNeighbour?.(b.ip, b.iface);
+  }
+  // Said once the first answers had time to come (UNVERIFIED_GRACE_MS), not the moment after a change.
+  for (const [key, since] of grace) {
+    if (t - since < UNVERIFIED_GRACE_MS) continue;
+    grace.delete(key);
+    const m = state.staticMacs.get(key);
+    if (m?.verdict === 'unverified') unverified.set(key, m.why);
   }
   return unverified;
 }

@@ -5,7 +5,13 @@
  * execute step is the only writer during a transaction.
  */
 import type { EgressWatch } from './egress-watch.js';
-import type { StaticMacState } from './static-mac.js';
+import {
+  staticMacKey,
+  type PeerMac,
+  type StaticMacBackend,
+  type StaticMacEntry,
+  type StaticMacState,
+} from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
 import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
@@ -192,6 +198,34 @@ export class CoreState {
   readonly staticMacs = new Map<string, StaticMacState>();
   /** The static-MAC backends contradicted now ("ip@iface|mac" -> why): out of every table until they agree. */
   readonly macConflicts = new Map<string, string>();
+  /**
+   * The static-MAC backends the rules name ("ip@iface|mac"), with how many rules name each: kept by
+   * {@link setRecord}, {@link deleteRule} and {@link replaceMany}, so that the reconciler does not collect them
+   * from every rule at every pass (resync.ts judgeStaticMacs).
+   */
+  readonly staticMacBackends = new Map<string, StaticMacBackend>();
+  /** Keys no rule names any more since the reconciler's last pass: their verdicts are forgotten by it. */
+  readonly staticMacGone = new Set<string>();
+  /** Keys a rule names since the reconciler's last pass: judged by it. */
+  readonly staticMacAdded = new Set<string>();
+  /** The static-MAC backends' keys by egress: what a pass judges again when the egress or its veth peer changed. */
+  readonly staticMacsByEgress = new Map<string, Set<string>>();
+  /** The same by neighbour entry ("ip@iface"; one key, or several MACs): judged again when the entry changed. */
+  readonly staticMacsByNeighbour = new Map<string, string | string[]>();
+  /** Per egress of a static-MAC backend: whether it existed and its veth peer, as the last pass read them. */
+  readonly staticMacEgresses = new Map<string, { exists: boolean; peer?: PeerMac }>();
+  /** Per neighbour entry a static-MAC backend uses: what the last pass read of it (static-mac.ts StaticMacEntry). */
+  readonly staticMacEntries = new Map<string, StaticMacEntry>();
+  /** The static MACs whose last judgement asked for a re-probe of their entry (asked at every pass). */
+  readonly staticMacReprobe = new Set<string>();
+  /** The same for a resolve (at most RESOLVES_PER_PASS asked per pass, the first ones in this set). */
+  readonly staticMacResolve = new Set<string>();
+  /** The static MACs whose kept verdict is "cannot be verified", past UNVERIFIED_GRACE_MS: key -> why. */
+  readonly staticMacUnverified = new Map<string, string>();
+  /** The same within UNVERIFIED_GRACE_MS of their first judgement: key -> since (ms since epoch). */
+  readonly staticMacGrace = new Map<string, number>();
+  /** When the reconciler last judged every static MAC from scratch (ms since epoch). */
+  staticMacSweptAt = -Infinity;
   /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */
@@ -251,6 +285,7 @@ export class CoreState {
     this.desiredVersion++;
     this.dropRecord(name);
     (this.rules as Map<string, RuleRecord>).set(name, rec);
+    this.countStaticMacs(this.staticMacBackends, rec, 1);
     for (const i of recordInterfaces(rec)) {
       let r = this.ifaceRules.get(i);
       if (!r) this.ifaceRules.set(i, (r = new Set()));
@@ -307,7 +342,9 @@ export class CoreState {
     const claims = new Map<string, string>();
     const ruleUsers = new Map<string, Set<string>>();
     const ifaceRules = new Map<string, Set<string>>();
+    const staticMacs = new Map<string, StaticMacBackend>();
     for (const [name, rec] of rules) {
+      this.countStaticMacs(staticMacs, rec, 1);
       for (const iface of recordInterfaces(rec)) {
         let r = ifaceRules.get(iface);
         if (!r) ifaceRules.set(iface, (r = new Set()));
@@ -330,6 +367,10 @@ export class CoreState {
     }
     this.rules = rules;
     this.ruleKernel = ruleKernel;
+    for (const [key, b] of this.staticMacBackends) if (!staticMacs.has(key)) this.indexStaticMac(key, b, false);
+    for (const [key, b] of staticMacs) if (!this.staticMacBackends.has(key)) this.indexStaticMac(key, b, true);
+    this.staticMacBackends.clear();
+    for (const [key, b] of staticMacs) this.staticMacBackends.set(key, b);
     this.claims = claims;
     this.ruleUsers = ruleUsers;
     this.ifaceRules = ifaceRules;
@@ -347,10 +388,59 @@ export class CoreState {
     this.dropKernel(name);
   }
 
+  /** Count the static-MAC backends of `rec` into `into` (`by` 1) or out of it (-1). */
+  private countStaticMacs(into: Map<string, StaticMacBackend>, rec: RuleRecord, by: 1 | -1): void {
+    const live = into === this.staticMacBackends;
+    for (const b of rec.backends) {
+      if (b.mac === '') continue;
+      const key = staticMacKey(b.ip, b.interface, b.mac);
+      const e = into.get(key);
+      if (by > 0) {
+        if (e) {
+          e.rules++;
+          e.mac = b.mac; // the last rule's spelling, as a pass that collects them in rule order
+        } else {
+          const n = { ip: b.ip, iface: b.interface, mac: b.mac, neighbour: `${b.ip}@${b.interface}`, rules: 1 };
+          into.set(key, n);
+          if (live) this.indexStaticMac(key, n, true);
+        }
+      } else if (e && --e.rules <= 0) {
+        into.delete(key);
+        if (live) this.indexStaticMac(key, e, false);
+      }
+    }
+  }
+
+  /** Add a static-MAC backend to the indices by egress and by neighbour entry, or take it out. */
+  private indexStaticMac(key: string, b: StaticMacBackend, add: boolean): void {
+    let byEgress = this.staticMacsByEgress.get(b.iface);
+    const at = this.staticMacsByNeighbour.get(b.neighbour);
+    if (add) {
+      this.staticMacGone.delete(key);
+      this.staticMacAdded.add(key);
+      if (!byEgress) this.staticMacsByEgress.set(b.iface, (byEgress = new Set()));
+      byEgress.add(key);
+      if (at === undefined) this.staticMacsByNeighbour.set(b.neighbour, key);
+      else if (typeof at === 'string') this.staticMacsByNeighbour.set(b.neighbour, [at, key]);
+      else at.push(key);
+      return;
+    }
+    this.staticMacAdded.delete(key);
+    this.staticMacGone.add(key);
+    byEgress?.delete(key);
+    if (byEgress?.size === 0) this.staticMacsByEgress.delete(b.iface);
+    if (at === key) this.staticMacsByNeighbour.delete(b.neighbour);
+    else if (Array.isArray(at)) {
+      const rest = at.filter((k) => k !== key);
+      this.staticMacsByNeighbour.set(b.neighbour, rest.length === 1 ? rest[0] : rest);
+    }
+  }
+
   private dropRecord(name: string): void {
     const rec = this.rules.get(name);
     if (!rec) return;
     (this.rules as Map<string, RuleRecord>).delete(name);
+    this.countStaticMacs(this.staticMacBackends, rec, -1);
     this.sortedNames = undefined;
     for (const i of recordInterfaces(rec)) {
       const r = this.ifaceRules.get(i);

@@ -89,24 +89,20 @@ export function observeStaticMac(
       why: `static MAC ${mac.toLowerCase()} cannot be verified: the neighbour entry for ${ip} on ${iface} was set by hand (${states.join(', ')})`,
     };
   }
-  const fresh =
-    entry?.mac !== undefined &&
-    states.includes('REACHABLE') &&
-    entry.confirmed !== undefined &&
-    entry.confirmed <= FRESH_S;
-  if (fresh && entry.answered === false && !same(entry.mac!, mac)) {
+  const fresh = freshEntry(entry);
+  if (fresh && entry!.answered === false && !same(entry!.mac!, mac)) {
     // Not evidence yet: nothing shows the host answers from that MAC (an entry written by another tool looks
     // the same). Probed now; a contradiction needs the answer.
     return {
       verdict: 'unverified',
       why:
         `static MAC ${mac.toLowerCase()} cannot be verified: the neighbour entry for ${ip} on ${iface} holds ` +
-        `${entry.mac!.toLowerCase()} (REACHABLE), which no ARP probe of ours has had answered yet (probing it)`,
+        `${entry!.mac!.toLowerCase()} (REACHABLE), which no ARP probe of ours has had answered yet (probing it)`,
       ask: 'reprobe',
     };
   }
   if (fresh) {
-    return same(entry.mac!, mac)
+    return same(entry!.mac!, mac)
       ? {
           verdict: 'confirmed',
           why: `the neighbour entry for ${ip} on ${iface} is REACHABLE with MAC ${mac}`,
@@ -115,7 +111,7 @@ export function observeStaticMac(
       : {
           verdict: 'contradicted',
           why:
-            `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry.mac!.toLowerCase()} (its ` +
+            `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry!.mac!.toLowerCase()} (its ` +
             `neighbour entry is REACHABLE), not from the static ${mac.toLowerCase()} ` +
             `(frames to ${mac.toLowerCase()} do not reach it)`,
           ask: 'reprobe',
@@ -182,3 +178,60 @@ export const UNVERIFIED_GRACE_MS = 3000;
 
 /** Resolves (broadcast ARP requests, one process each) started per pass at most, whatever the backend count. */
 export const RESOLVES_PER_PASS = 8;
+
+/**
+ * How often the reconciler judges every static MAC again from scratch (ms), whatever changed: a pass judges
+ * only the backends whose rule, egress, veth peer or neighbour entry changed since the last pass
+ * ({@link StaticMacEntry}); this full sweep is the safety net (the judgement is a pure function of those, so
+ * it must agree).
+ */
+export const STATIC_MAC_SWEEP_MS = 30_000;
+
+/** A static-MAC backend of the desired state, with how many rules name it (CoreState.staticMacBackends). */
+export interface StaticMacBackend {
+  ip: string;
+  iface: string;
+  mac: string;
+  /** "ip@iface" (the neighbour table's key). */
+  neighbour: string;
+  rules: number;
+}
+
+/**
+ * A neighbour entry as far as {@link observeStaticMac} reads it (its age only as "freshly confirmed or not",
+ * which is all it uses), with whether its MAC answered a probe of ours: the same entry and the same veth peer
+ * give the same observation, and a step with the same observation keeps the verdict ({@link stepStaticMac}),
+ * so a backend whose entry and peer read as at the last pass is not judged again.
+ */
+export interface StaticMacEntry {
+  mac?: string;
+  states: readonly string[];
+  fresh: boolean;
+  answered?: boolean;
+}
+
+/** Whether two reads of a veth peer are the same for {@link observeStaticMac}. */
+export function samePeer(a: PeerMac | undefined, b: PeerMac | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.name === b.name && a.mac === b.mac && a.takesOthers === b.takesOthers;
+}
+
+/** Whether `entry` (with `answered`) reads as `prev` did for {@link observeStaticMac} (no allocation). */
+export function sameEntry(prev: StaticMacEntry, entry: NeighbourFact, answered: boolean | undefined): boolean {
+  if (entry.mac !== prev.mac || answered !== prev.answered || freshEntry(entry) !== prev.fresh) return false;
+  const a = entry.states;
+  const b = prev.states;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Whether a neighbour entry is fresh evidence in {@link observeStaticMac}'s sense. */
+export function freshEntry(entry: NeighbourFact | undefined): boolean {
+  return (
+    entry?.mac !== undefined &&
+    entry.states.includes('REACHABLE') &&
+    entry.confirmed !== undefined &&
+    entry.confirmed <= FRESH_S
+  );
+}

@@ -1,0 +1,172 @@
+/**
+ * The reconciler judges a static MAC again only when something it is judged from changed (its rule, its
+ * egress, the egress's veth peer, its neighbour entry: resync.ts judgeStaticMacs), not every backend at every
+ * pass. This checks that the verdicts, the statuses and what is asked of the kernel are exactly what judging
+ * every backend at every pass gives: two controllers over the same scripted host, one as it runs, the other
+ * forced to its full sweep at every pass (what every pass did before), compared after every pass of random
+ * host and rule changes (seeded; the seed is in the failure message).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { Controller } from '../../src/server/core/controller.js';
+import type { RuleSpec } from '../../src/server/core/model.js';
+import type { CoreState } from '../../src/server/core/state.js';
+import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
+import { silentLogger } from '../../src/server/log.js';
+import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
+
+type Peer = { name: string; mac: string; takesOthers: boolean };
+
+/** The host as scripted by the test: neighbour table, veth peers, answered probes; what was asked of it. */
+class ScriptedHost extends ModelDataplane {
+  table = new Map<string, NeighbourEntry>();
+  peers = new Map<string, Peer>();
+  answers = new Map<string, string>();
+  asked: string[] = [];
+
+  override async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
+    // Fresh objects at every read, as the kernel's dump gives them.
+    return new Map([...this.table].map(([k, e]) => [k, { ...e, states: [...e.states] }]));
+  }
+  override vethPeerMac(iface: string): Peer | undefined {
+    const p = this.peers.get(iface);
+    return p && { ...p };
+  }
+  override neighbourAnswered(ip: string, iface: string): string | undefined {
+    return this.answers.get(`${ip}@${iface}`);
+  }
+  override verifyNeighbour(ip: string, iface: string): boolean {
+    this.asked.push(`reprobe ${ip}@${iface}`);
+    return false;
+  }
+  override probeNeighbour(ip: string, iface: string): void {
+    this.asked.push(`resolve ${ip}@${iface}`);
+  }
+}
+
+/** A small deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const IPS = ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5'];
+const MACS = ['02:00:00:00:01:01', '02:00:00:00:01:02', '02:00:00:00:01:03'];
+const EGRESSES = ['b0', 'b1', 'b2'];
+const STATES = [['REACHABLE'], ['STALE'], ['DELAY'], ['PROBE'], ['FAILED'], ['INCOMPLETE'], ['PERMANENT']];
+
+function stateOf(c: Controller): CoreState {
+  return (c as unknown as { state: CoreState }).state;
+}
+
+/** What a pass left: kept verdicts, conflicts, unverified texts, and each rule's status. */
+function observed(c: Controller): unknown {
+  const s = stateOf(c);
+  const sorted = <T>(m: Iterable<[string, T]>) => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return {
+    staticMacs: sorted(s.staticMacs),
+    conflicts: sorted(s.macConflicts),
+    unverified: sorted(s.staticMacUnverified),
+    rules: c.listRules().map((r) => [r.name, r.status.state, r.status.message, r.status.backends]),
+  };
+}
+
+describe('static MACs judged incrementally', () => {
+  for (const seed of [1, 2, 3, 4, 5, 6]) {
+    it(`agree with judging every backend at every pass (seed ${seed}, 150 steps)`, async () => {
+      const rnd = prng(seed);
+      const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)];
+      let t = 1_000_000;
+      const hosts = [0, 1].map(() => new ScriptedHost(MODEL_CAPACITY, ['in0', 'in1', ...EGRESSES])) as [
+        ScriptedHost,
+        ScriptedHost,
+      ];
+      const [inc, full] = hosts.map(
+        (dp) => new Controller(dp, { mode: 'generic', fixVethPeers: false, log: silentLogger, now: () => t }),
+      ) as [Controller, Controller];
+      const ruleOf = (name: string, i: number): RuleSpec => ({
+        name,
+        protocol: 'udp',
+        port: 5000 + i,
+        destination: '',
+        sourcePrefixes: [],
+        ingressInterfaces: ['in0'],
+        backends: [0, 1, 2].slice(0, 1 + Math.floor(rnd() * 3)).map((k) => ({
+          ip: pick(IPS),
+          mac: rnd() < 0.15 ? '' : pick(MACS),
+          interface: EGRESSES[(i + k) % EGRESSES.length],
+          weight: 1,
+        })),
+        udpChecksum: 'update',
+        labels: {},
+      });
+      const names = ['r0', 'r1', 'r2', 'r3'];
+      for (const [i, n] of names.entries()) {
+        const r = ruleOf(n, i);
+        for (const c of [inc, full]) await c.createRule(r);
+      }
+      const both = (f: (h: ScriptedHost) => void) => hosts.forEach(f);
+      for (let step = 0; step < 150; step++) {
+        const what = rnd();
+        const ip = pick(IPS);
+        const iface = pick(EGRESSES);
+        const key = `${ip}@${iface}`;
+        if (what < 0.35) {
+          // A neighbour entry appears or changes (state, MAC, age).
+          const states = pick(STATES);
+          const mac = states[0] === 'FAILED' || states[0] === 'INCOMPLETE' ? undefined : pick(MACS);
+          const confirmed = Math.floor(rnd() * 25);
+          both((h) => h.table.set(key, { mac, states: [...states], confirmed }));
+        } else if (what < 0.45) {
+          both((h) => h.table.delete(key));
+        } else if (what < 0.55) {
+          // A probe of ours answered (or not) from some MAC.
+          const mac = rnd() < 0.5 ? undefined : pick(MACS);
+          both((h) => (mac ? h.answers.set(key, mac) : h.answers.delete(key)));
+        } else if (what < 0.65) {
+          // A veth peer seen, changed, taking others' frames, or gone.
+          const peer = rnd() < 0.3 ? undefined : { name: `${iface}p`, mac: pick(MACS), takesOthers: rnd() < 0.3 };
+          both((h) => (peer ? h.peers.set(iface, peer) : h.peers.delete(iface)));
+        } else if (what < 0.72) {
+          // An egress disappears or comes back.
+          const gone = hosts[0].ifs.has(iface);
+          const info = hosts[0].ifs.get(iface) ?? {
+            name: iface,
+            ifindex: 20 + EGRESSES.indexOf(iface),
+            mac: '02:aa:00:00:00:01',
+          };
+          both((h) => (gone ? h.ifs.delete(iface) : h.ifs.set(iface, { ...info })));
+        } else if (what < 0.87) {
+          // A rule's backends change (its MACs, addresses, egresses).
+          const i = Math.floor(rnd() * names.length);
+          const r = ruleOf(names[i], i);
+          for (const c of [inc, full]) await c.updateRule(r, 0).catch((e: Error) => e);
+        } else if (what < 0.93) {
+          const i = Math.floor(rnd() * names.length);
+          for (const c of [inc, full]) await c.deleteRule(names[i], 0).catch((e: Error) => e);
+          const r = ruleOf(names[i], i);
+          for (const c of [inc, full]) await c.createRule(r).catch((e: Error) => e);
+        }
+        t += Math.floor(rnd() * 2500); // ages, grace periods and the full sweep's period move on
+        both((h) => (h.asked.length = 0));
+        stateOf(full).staticMacSweptAt = -Infinity; // every backend judged at every pass: the reference
+        await inc.resync();
+        await full.resync();
+        const ctx = `seed ${seed}, step ${step}`;
+        assert.deepEqual(observed(inc), observed(full), `${ctx}: verdicts and statuses`);
+        assert.deepEqual(
+          [...hosts[0].asked].sort(),
+          [...hosts[1].asked].sort(),
+          `${ctx}: what was asked of the kernel`,
+        );
+      }
+    });
+  }
+});
