@@ -213,8 +213,16 @@ export function interfaceConditions(i: InterfaceFacts): ObservedCondition[] {
   return [programCondition(i), ...egress];
 }
 
+/** The users' text of an egress's users array (the controller keeps one array per version of the rules). */
+const usersTexts = new WeakMap<readonly string[], string>();
+
 function egressCondition(i: InterfaceFacts): ObservedCondition {
-  const users = (i.egressFor ?? []).map((u) => u.replace(/\/egress$/, '')).join(', ');
+  const of = i.egressFor ?? [];
+  let users = usersTexts.get(of);
+  if (users === undefined) {
+    users = of.map((u) => u.replace(/\/egress$/, '')).join(', ');
+    usersTexts.set(of, users);
+  }
   if (!i.present) {
     const why = i.absent ?? `interface ${i.name} does not exist`;
     return cond(
