@@ -11,7 +11,8 @@ import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
-import type { CoreState } from '../../src/server/core/state.js';
+import { CoreState, type RuleKernel } from '../../src/server/core/state.js';
+import type { RuleRecord } from '../../src/server/core/model.js';
 import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
 import { silentLogger } from '../../src/server/log.js';
 import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
@@ -169,4 +170,87 @@ describe('static MACs judged incrementally', () => {
       }
     });
   }
+});
+
+describe('the static-MAC index the rule changes keep', () => {
+  it('is the one the rules give, and says what was added and what went since the last look (3 000 random changes)', async () => {
+    const rnd = prng(7);
+    const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)];
+    const s = new CoreState({ links: 16, ruleSlots: 64, statsIds: 256, matches: 64, srcPrefixes: 64, backends: 256 });
+    const rec = (i: number): RuleRecord => ({
+      name: `r${i}`,
+      protocol: 'udp',
+      port: 5000 + i,
+      destination: '',
+      sourcePrefixes: [],
+      ingressInterfaces: ['in0'],
+      backends: [0, 1, 2].slice(0, 1 + Math.floor(rnd() * 3)).map(() => ({
+        ip: pick(IPS),
+        mac: rnd() < 0.2 ? '' : pick([...MACS, MACS[0].toUpperCase()]),
+        interface: pick(EGRESSES),
+        weight: 1,
+      })),
+      udpChecksum: 'update',
+      labels: {},
+      generation: 1,
+      createTime: 0,
+      updateTime: 0,
+    });
+    const kern = (i: number) =>
+      ({
+        slot: i + 1,
+        matchKeys: [{ ifindex: 2, dport: 5000 + i, proto: 17, family: 2, daddr: new Uint8Array(4) }],
+        prefixes: [],
+        backends: new Map(),
+      }) as unknown as RuleKernel;
+    let seen = new Set<string>(); // the keys at the last look (a reconciler pass)
+    for (let step = 0; step < 3000; step++) {
+      const what = rnd();
+      if (what < 0.5) {
+        const i = Math.floor(rnd() * 12);
+        s.setRecord(`r${i}`, rec(i));
+        s.setKernel(`r${i}`, kern(i));
+      } else if (what < 0.75) s.deleteRule(`r${Math.floor(rnd() * 12)}`);
+      else if (what < 0.9) {
+        const set = [...Array(12).keys()].filter(() => rnd() < 0.5).map((i) => [`r${i}`, rec(i), kern(i)] as const);
+        const del = [...Array(12).keys()].filter(() => rnd() < 0.2).map((i) => `r${i}`);
+        await s.replaceMany(
+          set.map(([n, r, k]) => [n, r, k]),
+          del.filter((n) => !set.some(([m]) => m === n)),
+          async () => {},
+        );
+      } else {
+        // A look: what was added and what went since the last one.
+        const now = new Set(s.staticMacBackends.keys());
+        for (const k of now) if (!seen.has(k)) assert.ok(s.staticMacAdded.has(k), `step ${step}: ${k} added`);
+        for (const k of seen) if (!now.has(k)) assert.ok(s.staticMacGone.has(k), `step ${step}: ${k} gone`);
+        for (const k of s.staticMacAdded) assert.ok(now.has(k), `step ${step}: ${k} added is there`);
+        for (const k of s.staticMacGone) assert.ok(!now.has(k), `step ${step}: ${k} gone is not there`);
+        s.staticMacAdded.clear();
+        s.staticMacGone.clear();
+        seen = now;
+      }
+      // The index against the rules.
+      const want = new Map<string, number>();
+      for (const r of s.rules.values()) {
+        for (const b of r.backends) {
+          if (b.mac === '') continue;
+          const key = `${b.ip}@${b.interface}|${b.mac.toLowerCase()}`;
+          want.set(key, (want.get(key) ?? 0) + 1);
+        }
+      }
+      const have = new Map([...s.staticMacBackends].map(([k, b]) => [k, b.rules]));
+      assert.deepEqual([...have].sort(), [...want].sort(), `step ${step}: keys and rule counts`);
+      const byEgress = new Map<string, string[]>();
+      const byNeighbour = new Map<string, string[]>();
+      for (const [k, b] of s.staticMacBackends) {
+        byEgress.set(b.iface, [...(byEgress.get(b.iface) ?? []), k]);
+        byNeighbour.set(b.neighbour, [...(byNeighbour.get(b.neighbour) ?? []), k]);
+      }
+      const norm = (m: Map<string, Iterable<string> | string>) =>
+        [...m].map(([k, v]) => [k, typeof v === 'string' ? [v] : [...v].sort()]).sort();
+      assert.deepEqual(norm(s.staticMacsByEgress), norm(byEgress), `step ${step}: by egress`);
+      assert.deepEqual(norm(s.staticMacsByNeighbour), norm(byNeighbour), `step ${step}: by neighbour entry`);
+    }
+  });
 });

@@ -1166,8 +1166,12 @@ async function judgeStaticMacs(
     state.staticMacResolve.delete(key);
   };
   // Backends no rule names any more (rules changed since the last pass).
-  for (const key of state.staticMacGone) if (!state.staticMacBackends.has(key)) forget(key);
-  state.staticMacGone.clear();
+  let n = 0;
+  for (const key of state.staticMacGone) {
+    if ((++n & 1023) === 0) await pace();
+    if (!state.staticMacBackends.has(key)) forget(key);
+    state.staticMacGone.delete(key);
+  }
   if (!dp.neighbourTable) return unverified;
   let wanted = false; // a static-MAC backend whose egress exists
   for (const [iface] of state.staticMacsByEgress) {
@@ -1184,8 +1188,14 @@ async function judgeStaticMacs(
   const table = await dp.neighbourTable();
   const t = ctx.now();
   const sweep = t - state.staticMacSweptAt >= STATIC_MAC_SWEEP_MS || t < state.staticMacSweptAt;
-  const dirty = new Set<string>(state.staticMacAdded);
-  state.staticMacAdded.clear();
+  // What to judge again, kept in the state until judged: a pass that gives its turn to a change (Preempted,
+  // thrown by `pace`) leaves the rest to the next one.
+  if (state.staticMacDirty.size === 0) [state.staticMacDirty, state.staticMacAdded] = [state.staticMacAdded, new Set()];
+  else {
+    for (const key of state.staticMacAdded) state.staticMacDirty.add(key);
+    state.staticMacAdded.clear();
+  }
+  const dirty = state.staticMacDirty;
   const mark = (keys: string | string[] | Set<string> | undefined) => {
     if (keys === undefined) return;
     if (typeof keys === 'string') dirty.add(keys);
@@ -1211,7 +1221,6 @@ async function judgeStaticMacs(
     const at = nkey.indexOf('@');
     return dp.neighbourAnswered(nkey.slice(0, at), nkey.slice(at + 1)) === e.mac;
   };
-  let n = 0;
   for (const [nkey, e] of table) {
     if ((++n & 255) === 0) await pace();
     const keys = state.staticMacsByNeighbour.get(nkey);
@@ -1271,15 +1280,17 @@ async function judgeStaticMacs(
     });
   };
   if (sweep) {
-    state.staticMacSweptAt = t;
     for (const key of state.staticMacBackends.keys()) {
       if ((++n & 63) === 0) await pace();
       judge(key);
     }
+    dirty.clear();
+    state.staticMacSweptAt = t; // complete (a pass that ended before sweeps at the next one)
   } else {
     for (const key of dirty) {
       if ((++n & 63) === 0) await pace();
       judge(key);
+      dirty.delete(key);
     }
   }
   // What the judgements asked of the kernel, at every pass: entries re-probed, missing ones resolved.

@@ -85,6 +85,33 @@ function recordInterfaces(rec: RuleRecord): Set<string> {
 /** The key two rules must not share: (ingress interface, UDP port, destination). */
 export const claimKey = (iface: string, port: number, destination: string) => `${iface}|${port}|${destination}`;
 
+/** Add a static-MAC backend to indices by egress and by neighbour entry ("ip@iface"), or take it out. */
+function indexStaticMac(
+  byEgress: Map<string, Set<string>>,
+  byNeighbour: Map<string, string | string[]>,
+  key: string,
+  b: StaticMacBackend,
+  add: boolean,
+): void {
+  let keys = byEgress.get(b.iface);
+  const at = byNeighbour.get(b.neighbour);
+  if (add) {
+    if (!keys) byEgress.set(b.iface, (keys = new Set()));
+    keys.add(key);
+    if (at === undefined) byNeighbour.set(b.neighbour, key);
+    else if (typeof at === 'string') byNeighbour.set(b.neighbour, [at, key]);
+    else at.push(key);
+    return;
+  }
+  keys?.delete(key);
+  if (keys?.size === 0) byEgress.delete(b.iface);
+  if (at === key) byNeighbour.delete(b.neighbour);
+  else if (Array.isArray(at)) {
+    const rest = at.filter((k) => k !== key);
+    byNeighbour.set(b.neighbour, rest.length === 1 ? rest[0] : rest);
+  }
+}
+
 /**
  * The core's state, with indices kept up to date on every change so that a
  * change costs the same with 10 or 100 000 rules: who claims each
@@ -203,15 +230,20 @@ export class CoreState {
    * {@link setRecord}, {@link deleteRule} and {@link replaceMany}, so that the reconciler does not collect them
    * from every rule at every pass (resync.ts judgeStaticMacs).
    */
-  readonly staticMacBackends = new Map<string, StaticMacBackend>();
+  staticMacBackends = new Map<string, StaticMacBackend>();
   /** Keys no rule names any more since the reconciler's last pass: their verdicts are forgotten by it. */
-  readonly staticMacGone = new Set<string>();
+  staticMacGone = new Set<string>();
   /** Keys a rule names since the reconciler's last pass: judged by it. */
-  readonly staticMacAdded = new Set<string>();
+  staticMacAdded = new Set<string>();
+  /**
+   * Keys the reconciler found to judge again and has not judged yet (a pass that gives its turn to a change
+   * and ends keeps them for the next one).
+   */
+  staticMacDirty = new Set<string>();
   /** The static-MAC backends' keys by egress: what a pass judges again when the egress or its veth peer changed. */
-  readonly staticMacsByEgress = new Map<string, Set<string>>();
+  staticMacsByEgress = new Map<string, Set<string>>();
   /** The same by neighbour entry ("ip@iface"; one key, or several MACs): judged again when the entry changed. */
-  readonly staticMacsByNeighbour = new Map<string, string | string[]>();
+  staticMacsByNeighbour = new Map<string, string | string[]>();
   /** Per egress of a static-MAC backend: whether it existed and its veth peer, as the last pass read them. */
   readonly staticMacEgresses = new Map<string, { exists: boolean; peer?: PeerMac }>();
   /** Per neighbour entry a static-MAC backend uses: what the last pass read of it (static-mac.ts StaticMacEntry). */
@@ -365,12 +397,30 @@ export class CoreState {
       srcPrefixes += k.prefixes.length;
       if ((++i & 255) === 0) await pace();
     }
+    // The static-MAC indices of the new set, and what the reconciler must judge or forget, built here too.
+    const macIndex = {
+      byEgress: new Map<string, Set<string>>(),
+      byNeighbour: new Map<string, string | string[]>(),
+      added: new Set<string>(),
+      gone: new Set<string>(),
+    };
+    for (const [key, b] of staticMacs) {
+      indexStaticMac(macIndex.byEgress, macIndex.byNeighbour, key, b, true);
+      if (!this.staticMacBackends.has(key) || this.staticMacAdded.has(key)) macIndex.added.add(key);
+      if ((++i & 1023) === 0) await pace();
+    }
+    for (const key of this.staticMacGone) if (!staticMacs.has(key)) macIndex.gone.add(key);
+    for (const key of this.staticMacBackends.keys()) {
+      if (!staticMacs.has(key)) macIndex.gone.add(key);
+      if ((++i & 1023) === 0) await pace();
+    }
     this.rules = rules;
     this.ruleKernel = ruleKernel;
-    for (const [key, b] of this.staticMacBackends) if (!staticMacs.has(key)) this.indexStaticMac(key, b, false);
-    for (const [key, b] of staticMacs) if (!this.staticMacBackends.has(key)) this.indexStaticMac(key, b, true);
-    this.staticMacBackends.clear();
-    for (const [key, b] of staticMacs) this.staticMacBackends.set(key, b);
+    this.staticMacBackends = staticMacs;
+    this.staticMacsByEgress = macIndex.byEgress;
+    this.staticMacsByNeighbour = macIndex.byNeighbour;
+    this.staticMacAdded = macIndex.added;
+    this.staticMacGone = macIndex.gone;
     this.claims = claims;
     this.ruleUsers = ruleUsers;
     this.ifaceRules = ifaceRules;
@@ -413,27 +463,14 @@ export class CoreState {
 
   /** Add a static-MAC backend to the indices by egress and by neighbour entry, or take it out. */
   private indexStaticMac(key: string, b: StaticMacBackend, add: boolean): void {
-    let byEgress = this.staticMacsByEgress.get(b.iface);
-    const at = this.staticMacsByNeighbour.get(b.neighbour);
     if (add) {
       this.staticMacGone.delete(key);
       this.staticMacAdded.add(key);
-      if (!byEgress) this.staticMacsByEgress.set(b.iface, (byEgress = new Set()));
-      byEgress.add(key);
-      if (at === undefined) this.staticMacsByNeighbour.set(b.neighbour, key);
-      else if (typeof at === 'string') this.staticMacsByNeighbour.set(b.neighbour, [at, key]);
-      else at.push(key);
-      return;
+    } else {
+      this.staticMacAdded.delete(key);
+      this.staticMacGone.add(key);
     }
-    this.staticMacAdded.delete(key);
-    this.staticMacGone.add(key);
-    byEgress?.delete(key);
-    if (byEgress?.size === 0) this.staticMacsByEgress.delete(b.iface);
-    if (at === key) this.staticMacsByNeighbour.delete(b.neighbour);
-    else if (Array.isArray(at)) {
-      const rest = at.filter((k) => k !== key);
-      this.staticMacsByNeighbour.set(b.neighbour, rest.length === 1 ? rest[0] : rest);
-    }
+    indexStaticMac(this.staticMacsByEgress, this.staticMacsByNeighbour, key, b, add);
   }
 
   private dropRecord(name: string): void {
