@@ -24,7 +24,7 @@ class ScriptedHost extends ModelDataplane {
   table = new Map<string, NeighbourEntry>();
   peers = new Map<string, Peer>();
   answers = new Map<string, string>();
-  asked: string[] = [];
+  requests: string[] = [];
 
   override async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
     // Fresh objects at every read, as the kernel's dump gives them.
@@ -38,11 +38,11 @@ class ScriptedHost extends ModelDataplane {
     return this.answers.get(`${ip}@${iface}`);
   }
   override verifyNeighbour(ip: string, iface: string): boolean {
-    this.asked.push(`reprobe ${ip}@${iface}`);
+    this.requests.push(`reprobe ${ip}@${iface}`);
     return false;
   }
   override probeNeighbour(ip: string, iface: string): void {
-    this.asked.push(`resolve ${ip}@${iface}`);
+    this.requests.push(`resolve ${ip}@${iface}`);
   }
 }
 
@@ -156,15 +156,15 @@ describe('static MACs judged incrementally', () => {
           for (const c of [inc, full]) await c.createRule(r).catch((e: Error) => e);
         }
         t += Math.floor(rnd() * 2500); // ages, grace periods and the full sweep's period move on
-        both((h) => (h.asked.length = 0));
+        both((h) => (h.requests.length = 0));
         stateOf(full).staticMacSweptAt = -Infinity; // every backend judged at every pass: the reference
         await inc.resync();
         await full.resync();
         const ctx = `seed ${seed}, step ${step}`;
         assert.deepEqual(observed(inc), observed(full), `${ctx}: verdicts and statuses`);
         assert.deepEqual(
-          [...hosts[0].asked].sort(),
-          [...hosts[1].asked].sort(),
+          [...hosts[0].requests].sort(),
+          [...hosts[1].requests].sort(),
           `${ctx}: what was asked of the kernel`,
         );
       }
