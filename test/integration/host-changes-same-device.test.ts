@@ -1,7 +1,7 @@
 /**
- * --cleanup-on-exit puts back every device setting the daemon changed (issue 16 item 6) on the device it
+ * --cleanup-on-exit puts back every device setting the daemon changed (docs/architecture.md, promise 6) on the device it
  * changed it on, whatever that device's owner did to the device's settings since: its MAC address and its
- * name are settings, not its identity (rev19 finding 7: a backend host changed its MAC, and the daemon left
+ * name are settings, not its identity (a review found: a backend host changed its MAC, and the daemon left
  * GRO on, logging the device "replaced by another device (same name and ifindex 2, but MAC A then, B
  * now)"). With real namespaces and veths:
  *  - a daemon with --cleanup-on-exit switches GRO on on two backends' veth peers and turns tx VLAN offloads

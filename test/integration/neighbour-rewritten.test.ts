@@ -8,7 +8,7 @@
  *    resolved" for ~8 s);
  *  - a tool re-writing it every second for longer than the hold's bound (NEIGHBOUR_HOLD_MS, 8 s): the host's
  *    MAC, which keeps answering ARP requests of ours, stays written throughout (was 135 of 1000 delivered);
- *  - the other way round (rev19 finding 6): the host takes another MAC without announcing it (no gratuitous
+ *  - the other way round (a review found it too): the host takes another MAC without announcing it (no gratuitous
  *    ARP, Linux's default). The neighbour entry still holds the old MAC, REACHABLE; only the wire says it no
  *    longer answers. The daemon asks the MAC a backend receives with once a second: the old one is silent,
  *    whoever has the address is asked, and the new MAC is written (was ~5.4 s black-holed, "MAC resolved" with

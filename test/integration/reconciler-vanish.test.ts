@@ -1,6 +1,6 @@
 /**
  * One backend's egress that goes away while a reconciler pass reads it is that backend's "egress missing",
- * never a failed pass (issue 16 item 5: one object never takes the others down; rev19 finding 5: `ip link
+ * never a failed pass (docs/architecture.md, promise 5: one object never takes the others down; a review found: `ip link
  * set B down; ip link set B name Bx` logged "resync failed ... Cannot find device" at level error, 13 times
  * in 14 s with B renamed back and forth, and what else the pass had to repair waited for a later one).
  *

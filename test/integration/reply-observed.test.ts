@@ -163,7 +163,7 @@ describe('a change replies with the status a read right after it gives', kernelO
     }
   });
 
-  // Review 19, finding 8: the Connect reply said FramesFit True (MTUFits) while ListLinks 2 s later said False
+  // A review found: the Connect reply said FramesFit True (MTUFits) while ListLinks 2 s later said False
   // (EgressMTUTooSmall), and the link's egress interface had no FramesFit condition at all.
   it('Connect and ApplyLinks into a veth whose peer has MTU 1000 reply FramesFit False as ListLinks does; its egress interface says so too', async (t) => {
     const l1 = topo.addHost('l1', '198.18.41.1/24');
@@ -271,7 +271,7 @@ describe('a change replies with the status a read right after it gives', kernelO
     await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
   });
 
-  // Review 19, finding 9: the whole-file commands printed "create" rows and nothing else, while the reply said
+  // A review found: the whole-file commands printed "create" rows and nothing else, while the reply said
   // the rule was INACTIVE and the link not forwarding (ingress down); `rules add` / `links connect` say so.
   it('rules apply -f and links apply -f print what they created that is not forwarding, as rules add and links connect do', async () => {
     const file = `/tmp/xdpctl-test-${id}-apply.yaml`;

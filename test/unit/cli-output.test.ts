@@ -1,7 +1,7 @@
 /**
  * The CLI's interface table says when the daemon cut an interface's used_by (used_by_omitted): a review
  * found a cut list printed as if it were whole. `rules apply` / `links apply` name what they created or
- * updated that is not forwarding (review 19, finding 9: they printed "create" rows only).
+ * updated that is not forwarding (a review found they printed "create" rows only).
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';

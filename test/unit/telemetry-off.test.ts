@@ -2,7 +2,7 @@
  * The daemon with nothing to export (no OTEL_* variable, no --prometheus), in a process of its own (this
  * file): a client's W3C trace context still reaches the log lines of its RPC, through a real nice-grpc
  * server on 127.0.0.1:0 with the daemon's telemetry middleware; and what only export needs is not loaded
- * (issue 17 item 4: the OpenTelemetry SDK packages, @opentelemetry/core with the semantic conventions,
+ * (the at-rest memory target: the OpenTelemetry SDK packages, @opentelemetry/core with the semantic conventions,
  * nice-grpc-opentelemetry, and Node's bundled undici that a static ESM import of node:http pulls in held
  * ~4 MB of every daemon's heap at rest). The modules are those of the daemon's own graph (daemon.ts and
  * telemetry/sdk.ts, what main.ts imports), recorded by a module hook from before they load.

@@ -1,7 +1,7 @@
 /**
  * Transition logs damped while one subject flaps (a rule's state, the datapath's problems, the reconciler's
  * re-applies): an egress renamed back and forth every 0.15 s flipped three rules 27 and 26 times each in
- * 14 s, every flip a log line (rev19 finding 5). Each transition is still said once, but not one line each
+ * 14 s, every flip a log line (a review found it). Each transition is still said once, but not one line each
  * while they come faster than anyone reads them:
  *  - the first {@link DAMP_BURST} lines of a subject within {@link DAMP_WINDOW_MS} are logged as they come
  *    (a subject that was quiet is never damped: its first line always shows);

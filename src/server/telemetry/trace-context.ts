@@ -5,7 +5,7 @@
  * propagator and nice-grpc-opentelemetry when no span is exported (sdk.ts `propagationOnly`):
  * @opentelemetry/core (whose index loads the whole semantic-conventions package) and
  * nice-grpc-opentelemetry (a CommonJS copy of the API and of the conventions) held ~2.6 MB of heap in
- * every daemon at rest, for this alone (measured, issue 17 item 4). With an exporter the SDK's own
+ * every daemon at rest, for this alone (measured; the at-rest memory target). With an exporter the SDK's own
  * propagators and nice-grpc-opentelemetry's spans are used, as before.
  *
  * The propagator follows @opentelemetry/core's W3CTraceContextPropagator (Apache-2.0) and the W3C
