@@ -1,15 +1,15 @@
 /**
- * A neighbour entry whose MAC no ARP probe of ours has had answered is not evidence (issue 16 items 1, 2 and 5),
+ * A neighbour entry whose MAC no ARP probe of ours has had answered is not evidence (docs/architecture.md, promises 1, 2 and 5),
  * with real namespaces, veths and datagrams:
  *  - a rule created while a wrong entry exists (another tool wrote it as REACHABLE): the MAC is written (nothing
  *    better is known) but the rule is DEGRADED, BackendsReceiving Unknown (BackendsUnverified), the
  *    xdpctl.datapath health NOT_SERVING, in the Create reply as in a read, until the probe settles (the wrong MAC
- *    fails, the broadcast request finds the host's). Before (review 19, finding 3): ACTIVE, Ready True,
+ *    fails, the broadcast request finds the host's). Before: ACTIVE, Ready True,
  *    BackendsReceiving True, SERVING while 0 of 50 were delivered;
  *  - a restart after a wrong entry was written while the daemon was stopped, under traffic: the start keeps the
  *    MAC the datapath forwards with, probes the entry's, and writes it only if it answers (it never does):
- *    every datagram delivered; the status never ACTIVE with the wrong MAC, nor "resolved" with it. Before
- *    (review 19, finding 2): the start rewrote the datapath with the wrong MAC ("kernel entries differed from the
+ *    every datagram delivered; the status never ACTIVE with the wrong MAC, nor "resolved" with it. Before:
+ *    the start rewrote the datapath with the wrong MAC ("kernel entries differed from the
  *    stored state"), 162 of 600 lost, the rule ACTIVE meanwhile.
  */
 import assert from 'node:assert/strict';

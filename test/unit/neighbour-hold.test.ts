@@ -278,7 +278,7 @@ describe('neighbour holds: the reconciler', () => {
   });
 
   /**
-   * Review 19, finding 2: the datapath forwards with A (answered before the stop); while the daemon was stopped
+   * A start after a wrong entry was written: the datapath forwards with A (answered before the stop); while the daemon was stopped
    * another tool wrote W into the entry. The start keeps A, unconfirmed (DEGRADED), probes W, and writes W only
    * once it answers; a start that writes another MAC (an entry set by hand) logs it as a MAC change.
    */

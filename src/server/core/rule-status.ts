@@ -142,7 +142,7 @@ export function handSetNeighbourStatus(
  * probe of ours (`unanswered`: "ip@iface" -> that MAC; Dataplane.neighbourAnswered) saying so instead of
  * "MAC resolved from the neighbour table": a new or changed entry, or one another tool wrote as REACHABLE,
  * is probed at once and "resolved" once the host answers. Until then nothing observed says the backend
- * receives (a wrong entry looks the same: 0 of 50 delivered in review 19): its BackendsReceiving is Unknown
+ * receives (a wrong entry looks the same: 0 of 50 delivered to one before this was so): its BackendsReceiving is Unknown
  * and an ACTIVE rule is DEGRADED, as for a MAC from an entry set by hand ({@link handSetNeighbourStatus}) or
  * one kept from the datapath ({@link keptMacWhy}). `written` itself when none applies.
  */
