@@ -329,7 +329,7 @@ if (!caps.canSendArp) {
   log.warn(
     { capability: 'CAP_NET_RAW' },
     'without CAP_NET_RAW, ARP requests of our own cannot be sent: the MAC of a backend given without MAC is ' +
-      'never confirmed by an answer (its status says "not confirmed yet"), and a MAC that answered is not kept ' +
+      'never confirmed by an answer (its status says "not confirmed yet ... cannot be confirmed: no CAP_NET_RAW"), and a MAC that answered is not kept ' +
       'over a changed neighbour entry',
   );
 }

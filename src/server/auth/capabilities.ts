@@ -10,7 +10,7 @@
  * - CAP_NET_RAW (optional): the AF_PACKET socket through which the daemon sends
  *   ARP requests of its own and reads the replies (dataplane/arp.ts), the only
  *   evidence that a backend's neighbour MAC answers. Without it no such MAC is
- *   ever confirmed (its status says "not confirmed yet").
+ *   ever confirmed (its status says "not confirmed yet", "cannot be confirmed: no CAP_NET_RAW ...").
  * - CAP_SYS_ADMIN (optional): entering another network namespace (setns, via
  *   `ip -n` / `nsenter`) to inspect or fix the peer of a veth before native
  *   redirects into it. Without it, such redirects are refused; generic mode

@@ -280,6 +280,11 @@ export interface Dataplane {
   /** Send an ARP request of our own for `ip` on `iface` to `mac` (at most once a second); true when sent. Optional (fakes). */
   askNeighbour?(ip: string, iface: string, mac: string): boolean;
   /**
+   * Why no ARP request of our own can be sent (no CAP_NET_RAW: the packet socket is refused), so that no
+   * neighbour MAC can be confirmed; undefined when they can be (or nothing says otherwise yet). Optional (fakes).
+   */
+  arpUnavailable?(): string | undefined;
+  /**
    * The IPv4 neighbour table in one read: "ip@iface" -> entry (MAC, NUD states, seconds since the last
    * confirmation). Empty when it cannot be read. Optional (fakes): without it static MACs are not checked.
    */

@@ -740,6 +740,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     holds: state.neighbourHolds,
     handSet,
     ingressSettings: state.ingressSettings,
+    arpUnavailable: ctx.dp.arpUnavailable?.(),
   };
   for (const name of state.ruleKernel.keys()) {
     if ((++n & 15) === 0) await pace();
@@ -875,6 +876,7 @@ export async function observeWrittenRules(
     holds: state.neighbourHolds,
     handSet,
     ingressSettings: state.ingressSettings,
+    arpUnavailable: ctx.dp.arpUnavailable?.(),
   };
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();

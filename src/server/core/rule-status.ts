@@ -537,6 +537,18 @@ export interface RuleObservation {
   handSet: ReadonlyMap<string, string>;
   /** Ingress name -> device settings XDP relies on that drifted and could not be put back. */
   ingressSettings: ReadonlyMap<string, string>;
+  /** Why no ARP request of ours can be sent (Dataplane.arpUnavailable): nothing is "probing it". */
+  arpUnavailable?: string;
+}
+
+/**
+ * `s` with every "probing it" (an ARP request of ours outstanding) replaced by why none can be sent: the
+ * backend cannot be confirmed, and nothing is being asked.
+ */
+export function cannotProbeStatus(s: RuleStatus, why: string): RuleStatus {
+  const say = (m: string) => m.replace(/probing it/g, `cannot be confirmed: ${why}`);
+  if (!/probing it/.test(s.message) && !s.backends.some((b) => /probing it/.test(b.message))) return s;
+  return { ...s, message: say(s.message), backends: s.backends.map((b) => ({ ...b, message: say(b.message) })) };
 }
 
 /**
@@ -596,6 +608,7 @@ export function judgeRule(
       warnings: [...drift, ...observed.warnings],
     };
   }
+  if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;
 }

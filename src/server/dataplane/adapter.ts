@@ -3,6 +3,7 @@
  * interface in core/dataplane.ts.
  */
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 
 import type {
   BackendEntry,
@@ -20,6 +21,7 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
+import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
@@ -88,6 +90,33 @@ export const NEIGHBOUR_VERIFY_MS = 5000;
  * took another MAC without a gratuitous ARP is found within this + arp.ts ARP_TRIES x ARP_RETRY_MS, 1.6 s).
  */
 export const ASK_EVERY_MS = 1000;
+/**
+ * A broadcast request for an address that went unanswered is sent again after ASK_EVERY_MS x 2^n (n the
+ * broadcasts in a row nobody answered), at most this far apart (ms): a host that is not there is not asked
+ * 3 times a second for ever. Any answer for the address starts over at ASK_EVERY_MS.
+ */
+export const ASK_BROADCAST_MAX_MS = 16_000;
+
+/** 32-bit value of a dotted IPv4 address. */
+const ipv4Value = (ip: string) => ip.split('.').reduce((v, x) => v * 256 + Number(x), 0);
+
+/**
+ * The sender IP of our ARP requests for `ip` out of `iface`, as the kernel picks it for its own: an IPv4
+ * address of the egress's own, the one whose subnet holds `ip` when there is one, else its first; '0.0.0.0'
+ * (an RFC 5227 probe) only when the egress has none.
+ */
+export function arpSenderIp(
+  ip: string,
+  addrs: { address: string; netmask: string; family: string | number; internal?: boolean }[] | undefined,
+): string {
+  const v4 = (addrs ?? []).filter((a) => a.family === 'IPv4' || a.family === 4);
+  const t = ipv4Value(ip);
+  const inSubnet = v4.find((a) => {
+    const m = ipv4Value(a.netmask);
+    return (ipv4Value(a.address) & m) >>> 0 === (t & m) >>> 0;
+  });
+  return (inSubnet ?? v4[0])?.address ?? '0.0.0.0';
+}
 /** At most this many such checks a second (beyond: each MAC is checked less often). */
 const CHECKS_PER_S = 500;
 
@@ -463,6 +492,8 @@ export class KernelDataplane implements Dataplane {
   /** When each "ip@iface/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
   private readonly asked = new Map<string, number>();
   private arpProber?: ArpProber;
+  /** Broadcasts for "ip@iface" nobody answered, in a row, and how long until the next one (ms). */
+  private readonly broadcastSilent = new Map<string, { n: number; wait: number }>();
   /** Called when a MAC answered that had not (a reconciler pass acts on it at once); set by the daemon. */
   onNeighbourAnswer?: () => void;
   /** The checks of MACs that answered before, this second: [second, count] ({@link CHECKS_PER_S}). */
@@ -477,6 +508,7 @@ export class KernelDataplane implements Dataplane {
           if (this.wire.size > 65536) this.wire.clear();
           this.wire.set(key, (m = new Map()));
         }
+        this.broadcastSilent.delete(key);
         const fresh = !m.has(a.mac);
         m.set(a.mac, { at: Date.now(), ifindex: a.question.ifindex });
         if (fresh) this.onNeighbourAnswer?.();
@@ -485,7 +517,13 @@ export class KernelDataplane implements Dataplane {
         // Asked, never answered: that MAC does not answer for the address (any more). Who does now: asked by
         // broadcast (the host's reply reaches the kernel too, which takes its MAC into the entry; a new MAC that
         // answers runs a pass at once, the next periodic pass says the silent one is no longer confirmed).
-        if (q.mac === '') return;
+        if (q.mac === '') {
+          const key = `${q.ip}@${q.iface}`;
+          const n = (this.broadcastSilent.get(key)?.n ?? 0) + 1;
+          if (this.broadcastSilent.size > 65536) this.broadcastSilent.clear();
+          this.broadcastSilent.set(key, { n, wait: Math.min(ASK_EVERY_MS * 2 ** n, ASK_BROADCAST_MAX_MS) });
+          return;
+        }
         this.wire.get(`${q.ip}@${q.iface}`)?.delete(q.mac);
         this.askNeighbour(q.ip, q.iface, '');
       },
@@ -525,7 +563,8 @@ export class KernelDataplane implements Dataplane {
     const k = `${ip}@${iface}/${mac.toLowerCase()}`;
     const t = Date.now();
     // Less a little: the passes that ask come once a second, give or take the timer's jitter.
-    if (t - (this.asked.get(k) ?? 0) < ASK_EVERY_MS - 100) return false;
+    const every = (mac === '' && this.broadcastSilent.get(`${ip}@${iface}`)?.wait) || ASK_EVERY_MS;
+    if (t - (this.asked.get(k) ?? 0) < every - 100) return false;
     let own: { ifindex: number; mac: string };
     try {
       own = interfaceAddress(iface);
@@ -536,7 +575,8 @@ export class KernelDataplane implements Dataplane {
     if (m) for (const [x, a] of m) if (a.ifindex !== own.ifindex) m.delete(x); // another device now
     if (this.asked.size > 65536) this.asked.clear();
     this.asked.set(k, t);
-    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase() }, own.mac);
+    const sender = arpSenderIp(ip, networkInterfaces()[iface]);
+    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender }, own.mac);
     if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
       this.arpError = this.arp.lastError;
       this.log?.warn({ err: this.arpError }, `ARP requests of our own cannot be sent: ${this.arpError}`);
@@ -544,6 +584,14 @@ export class KernelDataplane implements Dataplane {
     return sent;
   }
   private arpError?: string;
+  private canSendArp?: boolean;
+
+  arpUnavailable(): string | undefined {
+    this.canSendArp ??= checkOwnCapabilities().canSendArp;
+    if (!this.canSendArp) return 'no CAP_NET_RAW to send ARP requests';
+    if (this.arpProber?.denied) return `no permission to send ARP requests (${this.arpProber.lastError})`;
+    return undefined;
+  }
 
   /** Close the ARP socket (daemon stop). */
   closeArp(): void {

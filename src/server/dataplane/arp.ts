@@ -5,13 +5,15 @@
  * REACHABLE transition an answer makes.
  *
  * One AF_PACKET socket (SOCK_DGRAM, ETH_P_ARP; libc through koffi, as for netlink), opened while requests
- * are outstanding and closed when none have been for a while. A request is an ARP probe in the form of
- * RFC 5227 (sender IP 0.0.0.0, so the host's own neighbour table is not changed by it) sent out of the
- * backend's egress to one MAC (unicast, as the kernel's NUD_PROBE does: only a host that owns that MAC
- * receives it) or to all (broadcast: whoever has the address answers with its MAC). An answer is an ARP
- * reply received on that interface, addressed to this host (PACKET_HOST, target MAC the interface's, target
- * IP 0.0.0.0: the reply to a sender IP 0.0.0.0), whose sender IP is the backend's and whose sender MAC (and
- * Ethernet source) is the MAC asked, for a unicast request. A request is sent up to {@link ARP_TRIES} times,
+ * are outstanding and closed when none have been for a while. A request is sent as the kernel sends its
+ * own: sender MAC the egress's, sender IP an IPv4 address of the egress's own (the caller picks it: one in
+ * the backend's subnet), out of the backend's egress to one MAC (unicast, as the kernel's NUD_PROBE does:
+ * only a host that owns that MAC receives it) or to all (broadcast: whoever has the address answers with its
+ * MAC). Only an egress without any IPv4 address sends the RFC 5227 probe form (sender IP 0.0.0.0): a Linux
+ * router answers that form only for its own addresses, never by proxy ARP, so a backend behind a proxy-ARP
+ * router could never be confirmed with it. An answer is an ARP reply received on that interface, addressed
+ * to this host (PACKET_HOST, target MAC the interface's, target IP the request's sender IP), whose sender IP
+ * is the backend's and whose sender MAC (and Ethernet source) is the MAC asked, for a unicast request. A request is sent up to {@link ARP_TRIES} times,
  * {@link ARP_RETRY_MS} apart, until answered; unanswered by then (0.6 s), it is reported silent.
  *
  * The socket is non-blocking and read on a timer every {@link ARP_READ_MS} while requests are outstanding:
@@ -19,6 +21,7 @@
  */
 import koffi from 'koffi';
 
+import { errnoName } from './errors.js';
 import { lastErrno } from './libbpf.js';
 
 const libc = koffi.load('libc.so.6');
@@ -42,6 +45,11 @@ const ARPOP_REQUEST = 1;
 const ARPOP_REPLY = 2;
 const PACKET_HOST = 0;
 const EAGAIN = 11;
+const EPERM = 1;
+const EACCES = 13;
+
+/** "errno 1 (EPERM)". */
+const errnoOf = (e: number) => `errno ${e} (${errnoName(e)})`;
 
 /** How many requests are sent for one question (the kernel's ucast_solicit default). */
 export const ARP_TRIES = 3;
@@ -63,6 +71,8 @@ export interface ArpQuestion {
   ifindex: number;
   /** The MAC asked (lower case); '' for a broadcast request. */
   mac: string;
+  /** The requests' sender IP (an address of the egress's own; '0.0.0.0' when it has none). */
+  sender?: string;
 }
 
 /** What was seen: `mac` answered for `ip` on `ifindex` (`question.mac` is '' for a broadcast). */
@@ -77,6 +87,8 @@ interface Outstanding {
   q: ArpQuestion;
   /** The interface's own MAC (the requests' sender, the replies' target). */
   own: Buffer;
+  /** The requests' sender IP (the replies' target IP). */
+  ownIp: Buffer;
   first: number;
   last: number;
   sent: number;
@@ -112,8 +124,8 @@ function sockaddrLl(ifindex: number, dest?: Buffer): Buffer {
   return a;
 }
 
-/** An ARP probe (RFC 5227): who has `ip`? Sender `own`, sender IP 0.0.0.0, target MAC the one asked (or none). */
-function arpRequest(own: Buffer, ip: Buffer, target?: Buffer): Buffer {
+/** An ARP request: who has `ip`? Sender `own` at `ownIp` (0.0.0.0: an RFC 5227 probe), target MAC the one asked (or none). */
+export function arpRequest(own: Buffer, ownIp: Buffer, ip: Buffer, target?: Buffer): Buffer {
   const p = Buffer.alloc(28);
   p.writeUInt16BE(ARPHRD_ETHER, 0);
   p.writeUInt16BE(0x0800, 2);
@@ -121,7 +133,7 @@ function arpRequest(own: Buffer, ip: Buffer, target?: Buffer): Buffer {
   p.writeUInt8(4, 5);
   p.writeUInt16BE(ARPOP_REQUEST, 6);
   own.copy(p, 8);
-  // sender IP 0.0.0.0 (14-17)
+  ownIp.copy(p, 14);
   if (target) target.copy(p, 18);
   ip.copy(p, 24);
   return p;
@@ -136,6 +148,11 @@ export class ArpProber {
   private readonly from = Buffer.alloc(20);
   /** Why the socket could not be opened or a request sent (the last time), for whoever reports it. */
   lastError?: string;
+  /**
+   * The last attempt to open the socket was refused (EPERM/EACCES: no CAP_NET_RAW): no request can be sent,
+   * so none is outstanding and no MAC can be confirmed by one.
+   */
+  denied = false;
 
   constructor(
     private readonly onAnswer: (a: ArpAnswer) => void,
@@ -157,8 +174,9 @@ export class ArpProber {
     const k = keyOf(q);
     if (this.outstanding.has(k)) return true;
     const own = macBytes(ownMac);
-    if (!own || !ipBytes(q.ip) || (q.mac !== '' && !macBytes(q.mac))) return false;
-    const o: Outstanding = { q, own, first: this.now(), last: 0, sent: 0 };
+    const ownIp = ipBytes(q.sender ?? '0.0.0.0');
+    if (!own || !ownIp || !ipBytes(q.ip) || (q.mac !== '' && !macBytes(q.mac))) return false;
+    const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0 };
     if (!this.send(o)) return false;
     this.outstanding.set(k, o);
     this.arm();
@@ -169,26 +187,29 @@ export class ArpProber {
     if (this.fd >= 0) return true;
     const fd = Number(socketFn(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0x0608)); // htons(ETH_P_ARP)
     if (fd < 0) {
-      this.lastError = `open a packet socket for ARP: errno ${lastErrno()}`;
+      const e = lastErrno();
+      this.lastError = `open a packet socket for ARP: ${errnoOf(e)}`;
+      if (e === EPERM || e === EACCES) this.denied = true;
       return false;
     }
     const addr = sockaddrLl(0);
     if (Number(bindFn(fd, addr, addr.length)) < 0) {
-      this.lastError = `bind a packet socket for ARP: errno ${lastErrno()}`;
+      this.lastError = `bind a packet socket for ARP: ${errnoOf(lastErrno())}`;
       closeFn(fd);
       return false;
     }
     this.fd = fd;
+    this.denied = false;
     return true;
   }
 
   private send(o: Outstanding): boolean {
     if (!this.open()) return false;
     const target = o.q.mac ? macBytes(o.q.mac)! : undefined;
-    const frame = arpRequest(o.own, ipBytes(o.q.ip)!, target);
+    const frame = arpRequest(o.own, o.ownIp, ipBytes(o.q.ip)!, target);
     const to = sockaddrLl(o.q.ifindex, target ?? Buffer.alloc(6, 0xff));
     if (Number(sendtoFn(this.fd, frame, frame.length, 0, to, to.length)) < 0) {
-      this.lastError = `send an ARP request for ${o.q.ip} on ifindex ${o.q.ifindex}: errno ${lastErrno()}`;
+      this.lastError = `send an ARP request for ${o.q.ip} on ifindex ${o.q.ifindex}: ${errnoOf(lastErrno())}`;
       return false;
     }
     o.sent++;
@@ -228,7 +249,7 @@ export class ArpProber {
       const got = Number(recvfromFn(this.fd, this.buf, this.buf.length, 0, this.from, len));
       if (got < 0) {
         const e = lastErrno();
-        if (e !== EAGAIN) this.lastError = `read ARP replies: errno ${e}`;
+        if (e !== EAGAIN) this.lastError = `read ARP replies: ${errnoOf(e)}`;
         return;
       }
       if (got >= 28 && this.outstanding.size) this.frame(this.buf.subarray(0, got));
@@ -239,14 +260,14 @@ export class ArpProber {
     const ifindex = this.from.readInt32LE(4);
     if (this.from.readUInt8(10) !== PACKET_HOST || p.readUInt16BE(6) !== ARPOP_REPLY) return;
     if (p.readUInt16BE(0) !== ARPHRD_ETHER || p.readUInt16BE(2) !== 0x0800 || p[4] !== 6 || p[5] !== 4) return;
-    if (p.readUInt32BE(24) !== 0) return; // the reply to a sender IP 0.0.0.0 (ours)
     const sha = p.subarray(8, 14);
     if (this.from.readUInt8(11) !== 6 || !this.from.subarray(12, 18).equals(sha)) return; // Ethernet source = sender
     const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
     const mac = macText(sha);
     for (const k of [keyOf({ ip, iface: '', ifindex, mac }), keyOf({ ip, iface: '', ifindex, mac: '' })]) {
       const o = this.outstanding.get(k);
-      if (!o || !p.subarray(18, 24).equals(o.own)) continue;
+      // The reply to our request: target MAC and IP the requests' sender MAC and IP.
+      if (!o || !p.subarray(18, 24).equals(o.own) || !p.subarray(24, 28).equals(o.ownIp)) continue;
       this.outstanding.delete(k);
       this.onAnswer({ question: o.q, mac, ms: this.now() - o.first });
     }
