@@ -246,6 +246,15 @@ export interface Dataplane {
    * 'not-found' when `iface` does not exist (any more: deleted or renamed since it was looked up).
    */
   neighbourMac(ip: string, iface: string): Promise<string | undefined>;
+  /**
+   * Many neighbour entries in one read of the table (a pass reads every backend given without MAC through
+   * this: one netlink dump, not one `ip` per backend): "ip@iface" -> MAC as {@link neighbourMac} gives it,
+   * and the egresses that do not exist (any more) in `gone` (their backends are "egress missing"). Throws
+   * when the table cannot be read. Optional (fakes): without it each entry is read by {@link neighbourMac}.
+   */
+  neighbourMacs?(
+    wanted: readonly { ip: string; iface: string }[],
+  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string> }>;
   attach(ifname: string, mode: XdpModeName): XdpStatus;
   detach(ifname: string): void;
   /**
@@ -292,13 +301,13 @@ export interface Dataplane {
   /** A veth's peer when it is in this network namespace, with its MAC (static-mac.ts); undefined otherwise. Optional. */
   vethPeerMac?(ifname: string): PeerMac | undefined;
   /**
-   * The states of the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac}) when it was
+   * The states of the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) when it was
    * set by hand, e.g. "PERMANENT" or "NOARP": the kernel never probes nor ages such an entry, so nothing
    * confirms its MAC. Undefined for an entry the kernel resolved (or none). Optional (fakes).
    */
   neighbourHandSet?(ip: string, iface: string): string | undefined;
   /**
-   * Whether the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac}) gave no MAC without
+   * Whether the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) gave no MAC without
    * having failed: no entry at all (flushed with its device, garbage-collected, gone while the daemon was
    * stopped) or one still being resolved (INCOMPLETE). That is no evidence that a MAC the datapath holds for the
    * backend is wrong (only a FAILED entry is: the host did not answer): the MAC is kept while a probe resolves

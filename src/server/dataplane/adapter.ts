@@ -37,6 +37,7 @@ import {
   nameOf,
   neighbourEntry,
   neighbourTable,
+  neighbourTableByIndex,
   type NeighbourEntry,
   vethPeerMac,
   reprobeNeighbour,
@@ -604,6 +605,45 @@ export class KernelDataplane implements Dataplane {
     this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now() });
     this.noteNeighbour(`${ip}@${iface}`, entry);
     return entry.mac;
+  }
+
+  /**
+   * Many backends' neighbour entries in one read (one RTM_GETNEIGH dump, no process forked): each answered
+   * as {@link neighbourMac} answers it, and recorded as it records it (an absent entry as an entry without MAC
+   * or state). An egress that no longer resolves after the dump is in `gone` (deleted, renamed away: what
+   * `ip neigh show dev` said with "Cannot find device"); a name now on another device reads that device's.
+   * Throws when the table cannot be read.
+   */
+  async neighbourMacs(
+    wanted: readonly { ip: string; iface: string }[],
+  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string> }> {
+    const table = neighbourTableByIndex();
+    const t = Date.now();
+    const index = new Map<string, number | undefined>();
+    const gone = new Set<string>();
+    const macs = new Map<string, string | undefined>();
+    if (this.neighbourSeen.size + wanted.length > 65536) this.neighbourSeen.clear();
+    for (const { ip, iface } of wanted) {
+      if (!index.has(iface)) {
+        try {
+          index.set(iface, ifindexOf(iface));
+        } catch (e) {
+          if (!(e instanceof KernelError && e.kind === 'not-found')) throw e;
+          index.set(iface, undefined);
+        }
+      }
+      const ifindex = index.get(iface);
+      if (ifindex === undefined) {
+        gone.add(iface);
+        continue;
+      }
+      const key = `${ip}@${iface}`;
+      const entry = table.get(`${ip}#${ifindex}`) ?? { mac: undefined, states: [] };
+      this.neighbourSeen.set(key, { entry, at: t });
+      this.noteNeighbour(key, entry);
+      macs.set(key, entry.mac);
+    }
+    return { macs, gone };
   }
 
   neighbourMissing(ip: string, iface: string): boolean {

@@ -558,10 +558,27 @@ const NDA_CACHEINFO = 3;
  * hundred MB, and passes run at every neighbour change).
  */
 export function neighbourTable(): Map<string, NeighbourEntry> {
+  const names = new Map<number, string | undefined>();
+  return readNeighbours((ip, ifindex) => {
+    if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
+    const dev = names.get(ifindex);
+    return dev ? `${ip}@${dev}` : undefined;
+  });
+}
+
+/**
+ * The same one RTM_GETNEIGH dump keyed "ip#ifindex": a device renamed during or after the dump keeps its
+ * entries (the caller resolves its names to ifindexes after the read: a name that no longer resolves is a
+ * device gone, one that names another device reads that device's entries, as `ip neigh show dev NAME` did).
+ */
+export function neighbourTableByIndex(): Map<string, NeighbourEntry> {
+  return readNeighbours((ip, ifindex) => `${ip}#${ifindex}`);
+}
+
+function readNeighbours(keyOf: (ip: string, ifindex: number) => string | undefined): Map<string, NeighbourEntry> {
   const ndmsg = Buffer.alloc(12); // struct ndmsg
   ndmsg.writeUInt8(AF_INET, 0);
   const out = new Map<string, NeighbourEntry>();
-  const names = new Map<number, string | undefined>();
   for (const m of nlDump(NETLINK_ROUTE, RTM_GETNEIGH, ndmsg, Buffer.alloc(0), 'read the neighbour table')) {
     if (m.length < 12 || m.readUInt8(0) !== AF_INET) continue;
     const ifindex = m.readInt32LE(4);
@@ -571,13 +588,12 @@ export function neighbourTable(): Map<string, NeighbourEntry> {
     const attrs = nlAttrs(m, 12);
     const dst = attrs.get(NDA_DST);
     if (!dst || dst.length !== 4) continue;
-    if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
-    const dev = names.get(ifindex);
-    if (!dev) continue;
+    const key = keyOf(`${dst[0]}.${dst[1]}.${dst[2]}.${dst[3]}`, ifindex);
+    if (!key) continue;
     const states = nudStates(nud);
     const ll = attrs.get(NDA_LLADDR);
     const ci = attrs.get(NDA_CACHEINFO);
-    out.set(`${dst[0]}.${dst[1]}.${dst[2]}.${dst[3]}@${dev}`, {
+    out.set(key, {
       mac: nud & NUD_FAILED || !ll || ll.length === 0 ? undefined : macText(ll),
       states,
       confirmed: ci && ci.length >= 4 ? Math.floor(ci.readUInt32LE(0) / USER_HZ) : undefined,
