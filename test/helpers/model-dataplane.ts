@@ -364,6 +364,19 @@ export class ModelDataplane extends KernelDataplane {
     return this.neighbours.get(`${ip}@${iface}`);
   }
 
+  /** One read of the modelled table: each entry as neighbourMac (a subclass's too) answers it; an egress not modelled is gone. */
+  override async neighbourMacs(
+    wanted: readonly { ip: string; iface: string }[],
+  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string> }> {
+    const macs = new Map<string, string | undefined>();
+    const gone = new Set<string>();
+    for (const { ip, iface } of wanted) {
+      if (!this.ifs.has(iface)) gone.add(iface);
+      else macs.set(`${ip}@${iface}`, await this.neighbourMac(ip, iface));
+    }
+    return { macs, gone };
+  }
+
   override xdpStatus(ifname: string): XdpStatus | undefined {
     return this.ifs.has(ifname) ? super.xdpStatus(ifname) : undefined;
   }
