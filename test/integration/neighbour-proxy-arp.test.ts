@@ -151,7 +151,9 @@ describe('a backend behind a proxy-ARP router', kernelOnly(), () => {
     );
     assert.equal(s.state, RuleState.RULE_STATE_DEGRADED, s.message);
     assert.match(s.backendStatus[0].message, /not confirmed yet/);
-    assert.ok(c0 >= 3, `asked by broadcast at all: ${c0}`);
+    // At all: how many of a question's requests fall in the first 3 s depends on when the first pass runs (a
+    // fresh-clone CI run saw 2).
+    assert.ok(c0 >= 1, `asked by broadcast at all: ${c0}`);
     // Once a second it would be ~30 (3 a question); backed off, 1, 2, 4, 8 s apart: at most 3 questions (9 requests) in any 10 s.
     assert.ok(c1 - c0 <= 9, `unanswered broadcasts backed off: ${c1 - c0} in 10 s`);
   });
