@@ -41,6 +41,7 @@ import {
   type RuleState,
   type RuleStatus,
 } from './model.js';
+import { forgetReplacedDevices } from './device-identity.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
@@ -1009,11 +1010,16 @@ export class Controller {
       pace,
     );
     if (napi) for (const [k, v] of napi) facts.napi.set(k, v);
+    // What was kept under a name that names another device now is not carried over (device-identity.ts).
+    forgetReplacedDevices(this.ctx, facts);
     holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
-    // A backend the datapath forwards to whose neighbour entry is missing (not failed) keeps its MAC.
+    // A backend the datapath forwards to whose neighbour entry is missing (not failed) keeps its MAC, on the
+    // device the datapath forwards to it through (the rule was written with that ifindex), never on another.
     facts.keptMacs = this.keptMacs(ops, facts, (name, key) => {
-      const b = this.state.ruleKernel.get(name)?.status.backends.find((x) => `${x.ip}@${x.interface}` === key);
-      return b?.receiving && b.mac ? b.mac : undefined;
+      const k = this.state.ruleKernel.get(name);
+      const b = k?.status.backends.find((x) => `${x.ip}@${x.interface}` === key);
+      if (!b?.receiving || !b.mac) return undefined;
+      return k!.ifindexes.get(b.interface) === facts.interfaces.get(b.interface)?.ifindex ? b.mac : undefined;
     });
     facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
     facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
@@ -1259,6 +1265,9 @@ export class Controller {
       if (!ring.has(id)) return undefined; // not forwarded to: nothing to keep
       const e = this.dp.readBackends([id]).get(id);
       if (!e || e.dmac.every((x) => x === 0)) return undefined;
+      // Forwarded through another device than the one the name has now (renamed while the daemon was stopped):
+      // that MAC was the other device's host's, nothing to keep here.
+      if (e.ifindex !== facts.interfaces.get(key.slice(key.indexOf('@') + 1))?.ifindex) return undefined;
       return formatMac(e.dmac);
     };
     facts.keptMacs = this.keptMacs(ops, facts, forwarding);

@@ -22,6 +22,7 @@ import {
   STRAY_LOCAL_SCAN_MS,
   type ExecContext,
 } from './execute.js';
+import { forgetReplacedDevices } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { backendKeys, fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
@@ -112,6 +113,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // yet when a change is waiting).
   let n = 0;
   const facts = await fetchRuleFacts(dp, specs, undefined, pace);
+  // Facts kept under a name that names another device now are forgotten before anything decides on them.
+  forgetReplacedDevices(ctx, facts, true);
   await holdChangedNeighbours(ctx, facts, pace);
   const now = (name: string) => {
     if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
@@ -137,6 +140,11 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   for (const [name, a] of state.attached) {
     if (now(name) === a.ifindex) continue;
     state.attached.delete(name);
+    // What was checked or kept on that device is not this name's any more (gone, or another device has it).
+    state.ingressChecked.delete(name);
+    state.ingressSettings.delete(name);
+    state.logged.delete(`if-settings/${name}`);
+    state.keepMode.delete(name);
     const renamed = dp.nameOf?.(a.ifindex);
     if (renamed === undefined) vanished.push({ name, ifindex: a.ifindex });
     if (renamed === undefined || renamed === name || users.has(renamed)) continue;
@@ -345,9 +353,15 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
         const nkey = keys.neighbour;
         const neighbour = spec.mac === '' ? facts.neighbours.get(nkey) : undefined;
         // A missing entry (flushed with a bounced egress, expired; not failed) is no evidence against the MAC
-        // the datapath forwards with: kept (said so) while the probe below resolves it (Facts.keptMacs).
+        // the datapath forwards with: kept (said so) while the probe below resolves it (Facts.keptMacs). Only on
+        // the device it forwards to: a name that names another device now has no MAC of its own yet.
         const kept =
-          spec.mac === '' && !neighbour && b.receiving && b.mac && dp.neighbourMissing?.(spec.ip, spec.interface)
+          spec.mac === '' &&
+          !neighbour &&
+          b.receiving &&
+          b.mac &&
+          k.ifindexes.get(spec.interface) === facts.interfaces.get(spec.interface)?.ifindex &&
+          dp.neighbourMissing?.(spec.ip, spec.interface)
             ? b.mac
             : undefined;
         const mac = spec.mac === '' ? (neighbour ?? kept ?? '') : b.mac;

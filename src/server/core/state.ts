@@ -197,6 +197,11 @@ export class CoreState {
   linkUnverified = new Map<string, string>();
   /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
   readonly egressWatch = new Map<string, EgressWatch>();
+  /**
+   * Interface name -> the device (ifindex) the facts kept under that name were observed on (core/device-identity.ts):
+   * a name found on another device has them forgotten, not inherited.
+   */
+  readonly devices = new Map<string, number>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
   /**

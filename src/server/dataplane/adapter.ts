@@ -36,7 +36,6 @@ import {
   upperDevices,
   nameOf,
   neighbourEntry,
-  neighbourTable,
   neighbourTableByIndex,
   type NeighbourEntry,
   vethPeerMac,
@@ -475,25 +474,30 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
-  /** The last neighbour entry read per "ip@iface" (neighbourMac), with when; what verifyNeighbour decides on. */
-  private readonly neighbourSeen = new Map<string, { entry: NeighbourEntry; at: number }>();
-  /** When each neighbour was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
+  /**
+   * The last neighbour entry read per "ip@iface" (neighbourMac, neighbourMacs, neighbourTable), with when and
+   * the ifindex the name had at that read: what verifyNeighbour decides on, and the device every fact below is
+   * looked up by for that name (a name can move to another device: two egresses renamed the other's way).
+   */
+  private readonly neighbourSeen = new Map<string, { entry: NeighbourEntry; at: number; ifindex: number }>();
+  /** When each neighbour ("ip#ifindex") was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
   private readonly reprobed = new Map<string, number>();
 
-  /** Entries seen FAILED and not seen with a MAC since ({@link neighbourMissing}). */
+  /** Entries ("ip#ifindex") seen FAILED and not seen with a MAC since ({@link neighbourMissing}). */
   private readonly neighbourFailed = new Set<string>();
 
   /**
-   * What answered ARP requests of our own, read off the wire (arp.ts), by "ip@iface": each MAC that answered,
-   * when (ms since epoch) and on which ifindex. A MAC is taken out when a later request of ours to it went
-   * unanswered (arp.ts ARP_TRIES of them); all of an interface's when it is another device (ifindex). A
-   * neighbour entry, whatever its state, never puts a MAC here: any tool can write one.
+   * What answered ARP requests of our own, read off the wire (arp.ts), by DEVICE ("ip#ifindex", never the
+   * interface's name: a name that now names another device must not inherit what answered on the old one):
+   * each MAC that answered, and when (ms since epoch). A MAC is taken out when a later request of ours to it
+   * went unanswered (arp.ts ARP_TRIES of them). A neighbour entry, whatever its state, never puts a MAC here:
+   * any tool can write one.
    */
-  private readonly wire = new Map<string, Map<string, { at: number; ifindex: number }>>();
-  /** When each "ip@iface/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
+  private readonly wire = new Map<string, Map<string, number>>();
+  /** When each "ip#ifindex/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
   private readonly asked = new Map<string, number>();
   private arpProber?: ArpProber;
-  /** Broadcasts for "ip@iface" nobody answered, in a row, and how long until the next one (ms). */
+  /** Broadcasts for "ip#ifindex" nobody answered, in a row, and how long until the next one (ms). */
   private readonly broadcastSilent = new Map<string, { n: number; wait: number }>();
   /** Called when a MAC answered that had not (a reconciler pass acts on it at once); set by the daemon. */
   onNeighbourAnswer?: () => void;
@@ -503,7 +507,8 @@ export class KernelDataplane implements Dataplane {
   private get arp(): ArpProber {
     this.arpProber ??= new ArpProber(
       (a) => {
-        const key = `${a.question.ip}@${a.question.iface}`;
+        // The device it was asked on and answered on (the ifindex: arp.ts matches replies by it).
+        const key = `${a.question.ip}#${a.question.ifindex}`;
         let m = this.wire.get(key);
         if (!m) {
           if (this.wire.size > 65536) this.wire.clear();
@@ -511,28 +516,49 @@ export class KernelDataplane implements Dataplane {
         }
         this.broadcastSilent.delete(key);
         const fresh = !m.has(a.mac);
-        m.set(a.mac, { at: Date.now(), ifindex: a.question.ifindex });
+        m.set(a.mac, Date.now());
         if (fresh) this.onNeighbourAnswer?.();
       },
       (q) => {
         // Asked, never answered: that MAC does not answer for the address (any more). Who does now: asked by
         // broadcast (the host's reply reaches the kernel too, which takes its MAC into the entry; a new MAC that
         // answers runs a pass at once, the next periodic pass says the silent one is no longer confirmed).
+        const key = `${q.ip}#${q.ifindex}`;
         if (q.mac === '') {
-          const key = `${q.ip}@${q.iface}`;
           const n = (this.broadcastSilent.get(key)?.n ?? 0) + 1;
           if (this.broadcastSilent.size > 65536) this.broadcastSilent.clear();
           this.broadcastSilent.set(key, { n, wait: Math.min(ASK_EVERY_MS * 2 ** n, ASK_BROADCAST_MAX_MS) });
           return;
         }
-        this.wire.get(`${q.ip}@${q.iface}`)?.delete(q.mac);
-        this.askNeighbour(q.ip, q.iface, '');
+        this.wire.get(key)?.delete(q.mac);
+        // Whoever has it on that device (by its name now: asked only while the name still names it).
+        if (this.deviceOf(q.ip, q.iface) === q.ifindex) this.askNeighbour(q.ip, q.iface, '');
       },
     );
     return this.arpProber;
   }
 
-  /** Every neighbour entry read: whether it failed ({@link neighbourMissing}). */
+  /**
+   * The device (ifindex) `iface` named when the neighbour entry of `ip` on it was last read (in the same pass as
+   * the caller's facts), else the one it names now; undefined: none.
+   */
+  private deviceOf(ip: string, iface: string): number | undefined {
+    const seen = this.neighbourSeen.get(`${ip}@${iface}`);
+    if (seen) return seen.ifindex;
+    try {
+      return ifindexOf(iface);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** What answered for `ip` on the device `iface` names ({@link deviceOf}): MAC -> when. */
+  private answeredOn(ip: string, iface: string): Map<string, number> | undefined {
+    const ifindex = this.deviceOf(ip, iface);
+    return ifindex === undefined ? undefined : this.wire.get(`${ip}#${ifindex}`);
+  }
+
+  /** Every neighbour entry read (key "ip#ifindex"): whether it failed ({@link neighbourMissing}). */
   private noteNeighbour(key: string, entry: NeighbourEntry): void {
     if (entry.states.includes('FAILED')) {
       if (this.neighbourFailed.size > 65536) this.neighbourFailed.clear();
@@ -545,35 +571,34 @@ export class KernelDataplane implements Dataplane {
    * entry's own MAC when it did, else the one that answered last; undefined when none did.
    */
   neighbourAnswered(ip: string, iface: string): string | undefined {
-    const m = this.wire.get(`${ip}@${iface}`);
+    const m = this.answeredOn(ip, iface);
     if (!m?.size) return undefined;
     const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.mac;
     if (entry && m.has(entry)) return entry;
     let last: [string, number] | undefined;
-    for (const [mac, a] of m) if (!last || a.at > last[1]) last = [mac, a.at];
+    for (const [mac, at] of m) if (!last || at > last[1]) last = [mac, at];
     return last?.[0];
   }
 
   neighbourAnswerAge(ip: string, iface: string, mac: string): number | undefined {
-    const a = this.wire.get(`${ip}@${iface}`)?.get(mac.toLowerCase());
-    return a ? Math.max(0, Date.now() - a.at) : undefined;
+    const at = this.answeredOn(ip, iface)?.get(mac.toLowerCase());
+    return at ? Math.max(0, Date.now() - at) : undefined;
   }
 
   /** `mac` '' asks whoever has `ip` (broadcast). */
   askNeighbour(ip: string, iface: string, mac: string): boolean {
-    const k = `${ip}@${iface}/${mac.toLowerCase()}`;
-    const t = Date.now();
-    // Less a little: the passes that ask come once a second, give or take the timer's jitter.
-    const every = (mac === '' && this.broadcastSilent.get(`${ip}@${iface}`)?.wait) || ASK_EVERY_MS;
-    if (t - (this.asked.get(k) ?? 0) < every - 100) return false;
     let own: { ifindex: number; mac: string };
     try {
       own = interfaceAddress(iface);
     } catch {
       return false; // gone: the next pass says so
     }
-    const m = this.wire.get(`${ip}@${iface}`);
-    if (m) for (const [x, a] of m) if (a.ifindex !== own.ifindex) m.delete(x); // another device now
+    // Rate and back-off per device: the name's previous device's silence says nothing of this one.
+    const k = `${ip}#${own.ifindex}/${mac.toLowerCase()}`;
+    const t = Date.now();
+    // Less a little: the passes that ask come once a second, give or take the timer's jitter.
+    const every = (mac === '' && this.broadcastSilent.get(`${ip}#${own.ifindex}`)?.wait) || ASK_EVERY_MS;
+    if (t - (this.asked.get(k) ?? 0) < every - 100) return false;
     if (this.asked.size > 65536) this.asked.clear();
     this.asked.set(k, t);
     const sender = arpSenderIp(ip, networkInterfaces()[iface]);
@@ -600,10 +625,11 @@ export class KernelDataplane implements Dataplane {
   }
 
   async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
+    const ifindex = ifindexOf(iface); // ENODEV (kind not-found) when it is gone, as neighbourEntry's
     const entry = await neighbourEntry(ip, iface);
     if (this.neighbourSeen.size > 65536) this.neighbourSeen.clear();
-    this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now() });
-    this.noteNeighbour(`${ip}@${iface}`, entry);
+    this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now(), ifindex });
+    this.noteNeighbour(`${ip}#${ifindex}`, entry);
     return entry.mac;
   }
 
@@ -639,19 +665,19 @@ export class KernelDataplane implements Dataplane {
       }
       const key = `${ip}@${iface}`;
       const entry = table.get(`${ip}#${ifindex}`) ?? { mac: undefined, states: [] };
-      this.neighbourSeen.set(key, { entry, at: t });
-      this.noteNeighbour(key, entry);
+      this.neighbourSeen.set(key, { entry, at: t, ifindex });
+      this.noteNeighbour(`${ip}#${ifindex}`, entry);
       macs.set(key, entry.mac);
     }
     return { macs, gone };
   }
 
   neighbourMissing(ip: string, iface: string): boolean {
-    const key = `${ip}@${iface}`;
-    const e = this.neighbourSeen.get(key)?.entry;
+    const seen = this.neighbourSeen.get(`${ip}@${iface}`);
+    const e = seen?.entry;
     // Failed since it last had a MAC: the host did not answer. Our next resolve makes the entry INCOMPLETE
     // again, which must not make a MAC the host did not answer for "kept" again.
-    return !!e && !e.mac && !e.states.includes('FAILED') && !this.neighbourFailed.has(key);
+    return !!e && !e.mac && !e.states.includes('FAILED') && !this.neighbourFailed.has(`${ip}#${seen.ifindex}`);
   }
 
   neighbourHandSet(ip: string, iface: string): string | undefined {
@@ -671,17 +697,17 @@ export class KernelDataplane implements Dataplane {
    * probing are not set to NUD_PROBE again.
    */
   verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
-    const key = `${ip}@${iface}`;
-    const seen = this.neighbourSeen.get(key);
+    const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     if (!seen?.entry.mac) return false;
     if (seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP')) return false;
+    const key = `${ip}#${seen.ifindex}`;
     const answer = this.wire.get(key)?.get(seen.entry.mac);
     const now = unanswered && !answer;
     // A MAC that answered is asked again once a second (at most CHECKS_PER_S a second in all): it still does.
     const t0 = Date.now();
     let asked = false;
     if (now) asked = this.askNeighbour(ip, iface, seen.entry.mac);
-    else if (unanswered && answer && t0 - answer.at >= ASK_EVERY_MS / 2) {
+    else if (unanswered && answer && t0 - answer >= ASK_EVERY_MS / 2) {
       const second = Math.floor(t0 / 1000);
       if (this.checks[0] !== second) this.checks = [second, 0];
       if (this.checks[1] < CHECKS_PER_S && this.askNeighbour(ip, iface, seen.entry.mac)) {
@@ -709,21 +735,32 @@ export class KernelDataplane implements Dataplane {
   }
 
   /**
-   * The IPv4 neighbour table in one read (netdev.ts neighbourTable); every entry read is also what
-   * {@link verifyNeighbour} decides on. Empty when it cannot be read.
+   * The IPv4 neighbour table in one read (netdev.ts neighbourTableByIndex, keyed here by the names the devices
+   * have after it); every entry read is also what {@link verifyNeighbour} decides on, with its device. Empty
+   * when it cannot be read.
    */
   async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
-    let table: Map<string, NeighbourEntry>;
+    let byIndex: Map<string, NeighbourEntry>;
     try {
-      table = neighbourTable();
+      byIndex = neighbourTableByIndex();
     } catch {
       return new Map();
     }
+    // Keyed "ip@name" for the caller, each entry recorded with its device (the name's ifindex at this read).
+    const table = new Map<string, NeighbourEntry>();
+    const names = new Map<number, string | undefined>();
     const t = Date.now();
-    if (this.neighbourSeen.size + table.size > 65536) this.neighbourSeen.clear();
-    for (const [key, entry] of table) {
-      this.neighbourSeen.set(key, { entry, at: t });
-      this.noteNeighbour(key, entry);
+    if (this.neighbourSeen.size + byIndex.size > 65536) this.neighbourSeen.clear();
+    for (const [k, entry] of byIndex) {
+      const at = k.indexOf('#');
+      const ifindex = Number(k.slice(at + 1));
+      if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
+      const dev = names.get(ifindex);
+      if (!dev) continue;
+      const key = `${k.slice(0, at)}@${dev}`;
+      table.set(key, entry);
+      this.neighbourSeen.set(key, { entry, at: t, ifindex });
+      this.noteNeighbour(k, entry);
     }
     return table;
   }
@@ -792,7 +829,8 @@ export class KernelDataplane implements Dataplane {
   private readonly probed = new Map<string, number>();
 
   probeNeighbour(ip: string, iface: string): void {
-    const key = `${ip}@${iface}`;
+    // At most once a second per device (not per name: a name now on another device is resolved there at once).
+    const key = `${ip}#${this.deviceOf(ip, iface) ?? iface}`;
     const t = Date.now();
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);

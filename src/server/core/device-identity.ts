@@ -1,0 +1,125 @@
+/**
+ * What the daemon keeps about an interface it names was observed on a DEVICE, not on a name. Rules and links
+ * name interfaces, and a name can move to another device under a running daemon: two egresses renamed the
+ * other's way (`ip link set A name T; ip link set B name A; ip link set T name B`), or a device deleted and
+ * another made with its name. Each fact kept per name must then be forgotten, never inherited by the device the
+ * name names now (a review found a backend's MAC "kept from the datapath" on the other device, and the MAC that
+ * answered on the old device kept "as answered before" while frames to it were dropped by the new one's host):
+ *  - per backend given without a MAC ("ip@iface"): the MAC it last received traffic with, the entry's MAC that
+ *    answered a probe of ours, a MAC held over a changed entry (core/neighbour-hold.ts), the "kept" log;
+ *  - per static-MAC backend: its verdict (confirmed or contradicted; static-mac.ts) and what it was judged from
+ *    (the egress's veth peer, its neighbour entries): judged afresh on the new device in the same pass;
+ *  - per interface: its own MAC as last read (a change of it rewrites the source MAC of the entries behind it,
+ *    and says "X has a new MAC", which another device's MAC is not).
+ * An ingress's own facts (the device settings check and what it could not put back, the generic mode a start
+ * kept there) are forgotten where its attachment is found on another device (resync.ts).
+ * The device's identity is its ifindex in the daemon's network namespace (the only namespace rules and links
+ * name interfaces in; the kernel numbers a namespace's devices cyclically, so a new device does not take a
+ * recent one's number, and a device moved out and back in keeps its own). The answers read off the wire are
+ * kept by ifindex already (dataplane/adapter.ts), the veth peer checks carry it in their identity key
+ * (dataplane/adapter.ts redirectTarget, core/egress-watch.ts), and attachments and the datapath's entries
+ * compare it (resync.ts). A name that is missing for a while keeps its device: it is compared when it is back.
+ */
+import type { ExecContext } from './execute.js';
+import type { Facts } from './facts.js';
+
+/** A name's device changed since its facts were kept: what was forgotten, for the log. */
+export interface DeviceChange {
+  name: string;
+  was: number;
+  now: number;
+  forgot: string[];
+}
+
+/** The interface of a key "ip@iface" or "ip@iface|mac". */
+function ifaceOf(key: string): string {
+  const at = key.indexOf('@');
+  const bar = key.indexOf('|', at + 1);
+  return bar < 0 ? key.slice(at + 1) : key.slice(at + 1, bar);
+}
+
+/**
+ * Compare each interface in `facts` with the device its kept facts were observed on (`state.devices`), forget
+ * those of every name that names another device now (logged once per change), and record the devices. Call it
+ * before anything decides on those facts (a pass's holds, a plan's kept MACs).
+ */
+export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = false): DeviceChange[] {
+  const { state } = ctx;
+  const changed = new Map<string, DeviceChange>();
+  for (const [name, info] of facts.interfaces) {
+    if (!info) continue;
+    const was = state.devices.get(name);
+    if (was === info.ifindex) continue;
+    state.devices.set(name, info.ifindex);
+    if (was !== undefined) changed.set(name, { name, was, now: info.ifindex, forgot: [] });
+  }
+  if (prune) forgetUnnamed(ctx, facts);
+  if (changed.size === 0) return [];
+  const note = (key: string, what: string) => changed.get(ifaceOf(key))?.forgot.push(what);
+  for (const m of [state.neighbourMacs, state.neighbourConfirmed, state.neighbourHolds] as Map<string, unknown>[]) {
+    for (const key of m.keys()) {
+      if (!changed.has(ifaceOf(key))) continue;
+      m.delete(key);
+      state.logged.delete(`neigh-kept/${key}`);
+      if (m === state.neighbourHolds) note(key, `the MAC held for ${key.slice(0, key.indexOf('@'))}`);
+      else if (m === state.neighbourConfirmed) note(key, `the MAC that answered for ${key.slice(0, key.indexOf('@'))}`);
+    }
+  }
+  for (const [name, c] of changed) {
+    // Static MACs: their verdicts judged afresh (this pass: dirty), from the new device's peer and entries.
+    for (const key of state.staticMacsByEgress.get(name) ?? []) {
+      if (state.staticMacs.has(key)) c.forgot.push(`the verdict on static MAC ${key.slice(key.indexOf('|') + 1)}`);
+      state.staticMacs.delete(key);
+      state.macConflicts.delete(key);
+      state.logged.delete(`mac/${key}`);
+      state.staticMacUnverified.delete(key);
+      state.staticMacGrace.delete(key);
+      state.staticMacReprobe.delete(key);
+      state.staticMacResolve.delete(key);
+      state.staticMacDirty.add(key);
+    }
+    state.staticMacEgresses.delete(name);
+    if (state.egressMacs.delete(name)) c.forgot.push('its own MAC');
+  }
+  for (const key of state.staticMacEntries.keys()) if (changed.has(ifaceOf(key))) state.staticMacEntries.delete(key);
+  const t = ctx.now();
+  for (const c of changed.values()) {
+    const forgot = [...new Set(c.forgot)];
+    state.logDamper.line(
+      `device/${c.name}`,
+      t,
+      () =>
+        ctx.log.info(
+          { interface: c.name, from: c.was, to: c.now, forgot },
+          `${c.name} names another device now (ifindex ${c.was} -> ${c.now}): what was observed on ifindex ` +
+            `${c.was} is not carried over${forgot.length ? ` (${forgot.join('; ')})` : ''}; its backends and ` +
+            'its static MACs are judged afresh on this one',
+        ),
+      (n, ms) =>
+        ctx.log.info(
+          { interface: c.name, from: c.was, to: c.now, notLogged: n, ms },
+          `${c.name} named another device ${n} more times in ${Math.round(ms / 1000)} s, not logged one by one; ` +
+            `the last: ifindex ${c.was} -> ${c.now}, nothing observed on the old one carried over`,
+        ),
+    );
+  }
+  return [...changed.values()];
+}
+
+/**
+ * With `facts` naming every interface the rules name (a pass's): the names none names any more (rules deleted
+ * or changed) lose their device and the backend facts kept under them (what a later rule naming them again,
+ * perhaps on another device, would otherwise inherit); nothing else of theirs is touched.
+ */
+function forgetUnnamed(ctx: ExecContext, facts: Facts): void {
+  const { state } = ctx;
+  let gone: Set<string> | undefined;
+  for (const name of state.devices.keys()) if (!facts.interfaces.has(name)) (gone ??= new Set()).add(name);
+  if (!gone) return;
+  for (const name of gone) {
+    state.devices.delete(name);
+    state.egressMacs.delete(name);
+  }
+  for (const m of [state.neighbourMacs, state.neighbourConfirmed] as Map<string, unknown>[])
+    for (const key of m.keys()) if (gone.has(ifaceOf(key))) m.delete(key);
+}
