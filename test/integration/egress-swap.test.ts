@@ -23,7 +23,7 @@ import { after, before, describe, it } from 'node:test';
 import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
 import { backendEntry, u32 } from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
@@ -32,6 +32,7 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 const NOWHERE = '198.18.9.9';
 const SHARED = '198.18.2.1';
 const RESOLVED = 'MAC resolved from the neighbour table';
+const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const macText = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
 const ifindexOf = (name: string) => JSON.parse(sh('ip', ['-j', 'link', 'show', name]))[0].ifindex as number;
 
@@ -78,7 +79,6 @@ describe('two backend egresses whose names are swapped under a running daemon', 
     generation: 0n,
   });
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
   /** The datapath's backend entries in use of the MAC-less backends: [ifindex, dmac] (static MACs are as given). */
   function kernelBackends(): [number, string][] {
@@ -258,5 +258,102 @@ describe('two backend egresses whose names are swapped under a running daemon', 
     // Rule `static`: each static MAC judged afresh on its new device, where nothing confirms it.
     for (const b of stat)
       assert.match(b.message, /^static MAC [0-9a-f:]+ cannot be verified/, `${b.ip}@${b.interface}: ${b.message}`);
+  });
+});
+
+/**
+ * The ingress side of the same kind: two ingress names swapped under a running daemon. Rules name interfaces, so
+ * each rule now applies to the device its ingress name names (the match entries rewritten with the new ifindexes,
+ * as before); neither ingress is said to have changed its own MAC (before: `X has a new MAC, M1 -> M2` for each,
+ * the other device's MAC), and each name is said to name another device now.
+ */
+describe('two ingress names swapped under a running daemon', kernelOnly(), () => {
+  const id = runId();
+  const topo = new Topology(id);
+  let d: DaemonProcess | undefined;
+  let c: Clients;
+  let v1: Host, v2: Host, b: Host;
+  const tmp = `x${id}sw`;
+
+  before(async () => {
+    v1 = topo.addHost('v1', '198.18.1.1/24');
+    v2 = topo.addHost('v2', '198.18.1.2/24');
+    topo.defaultRouteVia('v1', '198.18.1.254', v1.hostMac);
+    topo.defaultRouteVia('v2', '198.18.1.254', v2.hostMac);
+    b = topo.addHost('b', '198.18.2.1/24');
+    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    c = d.clients();
+  });
+  after(async () => {
+    await d?.destroy();
+    shQuiet('ip', ['link', 'del', tmp]);
+    topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  });
+
+  const rule = (name: string, port: number, ingress: string): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [ingress],
+    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+  /** 30 datagrams from `from` to `port`: how many reached the backend. */
+  async function delivered(from: Host, port: number): Promise<number> {
+    const l = await UdpListener.start(b.netns, b.ip!, port);
+    try {
+      await sendUdp(from.netns, NOWHERE, port, 30, { flows: 5, perTick: 1, tickMs: 10 }).done;
+      await sleep(200);
+    } catch (e) {
+      l.kill();
+      throw e;
+    }
+    return (await l.stop()).unique;
+  }
+  const matrix = async () => [
+    await delivered(v1, 7971),
+    await delivered(v2, 7971),
+    await delivered(v1, 7972),
+    await delivered(v2, 7972),
+  ];
+
+  it('each rule applies to the device its ingress name names; no ingress is said to have a new MAC', async () => {
+    const I1 = v1.hostIf;
+    const I2 = v2.hostIf;
+    await c.rules.createRule({ rule: rule('r1', 7971, I1) });
+    await c.rules.createRule({ rule: rule('r2', 7972, I2) });
+    assert.deepEqual(await matrix(), [30, 0, 0, 30], 'before: r1 takes v1 (on I1), r2 takes v2 (on I2)');
+    const from = d!.output.length;
+    const idx1 = ifindexOf(I1);
+    const idx2 = ifindexOf(I2);
+    sh('ip', ['link', 'set', I1, 'name', tmp]);
+    sh('ip', ['link', 'set', I2, 'name', I1]);
+    sh('ip', ['link', 'set', tmp, 'name', I2]);
+    await until('both ingress names seen on their new devices', async () => {
+      const ifs = (await c.interfaces.listInterfaces({})).interfaces;
+      return ifs.find((i) => i.name === I1)?.ifindex === idx2 && ifs.find((i) => i.name === I2)?.ifindex === idx1;
+    });
+    await sleep(500);
+    const after = await matrix();
+    const log = d!.output.slice(from);
+    console.log(
+      `# ingress names swapped: delivered v1->r1 ${after[0]}, v2->r1 ${after[1]}, v1->r2 ${after[2]}, v2->r2 ${after[3]} ` +
+        '(of 30 each)\n' +
+        log
+          .split('\n')
+          .filter((x) => /"msg"/.test(x))
+          .map((x) => `#   ${JSON.parse(x).msg}`)
+          .join('\n'),
+    );
+    assert.deepEqual(after, [0, 30, 30, 0], 'after: r1 takes v2 (its device is named I1 now), r2 takes v1');
+    for (const n of ['r1', 'r2'])
+      assert.equal((await c.rules.getRule({ name: n })).rule!.status!.state, RuleState.RULE_STATE_ACTIVE, n);
+    assert.doesNotMatch(log, /has a new MAC/, 'neither device changed its MAC');
+    assert.match(log, new RegExp(`${esc(I1)} names another device now \\(ifindex ${idx1} -> ${idx2}\\)`));
+    assert.match(log, new RegExp(`${esc(I2)} names another device now \\(ifindex ${idx2} -> ${idx1}\\)`));
   });
 });

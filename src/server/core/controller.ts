@@ -1246,6 +1246,8 @@ export class Controller {
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
     );
+    // The devices what the start decides below is observed on (a later pass forgets it if a name moves).
+    forgetReplacedDevices(this.ctx, facts);
     // A start never takes out a backend the datapath was forwarding to because its neighbour entry went
     // while the daemon was stopped (flushed with a bounced egress, garbage-collected): the MAC in its
     // backend entry is kept, marked, and probed; it leaves the table only if the probe fails.

@@ -92,8 +92,8 @@ export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = fa
         ctx.log.info(
           { interface: c.name, from: c.was, to: c.now, forgot },
           `${c.name} names another device now (ifindex ${c.was} -> ${c.now}): what was observed on ifindex ` +
-            `${c.was} is not carried over${forgot.length ? ` (${forgot.join('; ')})` : ''}; its backends and ` +
-            'its static MACs are judged afresh on this one',
+            `${c.was} is not carried over${forgot.length ? ` (${forgot.join('; ')})` : ''}: judged afresh on ` +
+            'this one',
         ),
       (n, ms) =>
         ctx.log.info(
