@@ -146,10 +146,8 @@ export interface DaemonOptions {
    * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
    * startTelemetry): the daemon shuts it down, flushing, when it stops.
    * Without it, spans and metrics go to whatever the global API has.
-   * `rpcSpans: false` (nothing exported): RPCs get no span, only their
-   * client's trace context (telemetry/rpc.ts telemetryMiddleware).
    */
-  telemetry?: { shutdown(): Promise<void>; rpcSpans?: boolean };
+  telemetry?: { shutdown(): Promise<void> };
 }
 
 export const DEFAULTS = {
@@ -449,7 +447,7 @@ export class Daemon {
       // Telemetry first: the RPC span covers everything else the call does.
       // Then access: it sees every call's identity and, around errorMiddleware, its final code.
       const server = createServer(serverOptions(opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES))
-        .use(telemetryMiddleware({ spans: opts.telemetry?.rpcSpans }))
+        .use(telemetryMiddleware())
         .use(access)
         .use(errorMiddleware(log))
         .use(gate)
@@ -520,9 +518,7 @@ export class Daemon {
             { definition: CounterServiceDefinition, implementation: services.counters },
             { definition: DaemonServiceDefinition, implementation: services.daemon },
           ],
-          [telemetryMiddleware({ spans: opts.telemetry?.rpcSpans }), access, errorMiddleware(log), gate].reduce(
-            (a, b) => composeServerMiddleware(a, b),
-          ),
+          [telemetryMiddleware(), access, errorMiddleware(log), gate].reduce((a, b) => composeServerMiddleware(a, b)),
         );
         const descriptor = readFileSync(descriptorPath);
         for (const addr of httpListen) {

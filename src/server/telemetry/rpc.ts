@@ -19,8 +19,6 @@ import { createRequire } from 'node:module';
 import { metrics, type Attributes } from '@opentelemetry/api';
 import { composeServerMiddleware, ServerError, Status, type ServerMiddleware } from 'nice-grpc-common';
 
-import { traceContextMiddleware } from './trace-context.js';
-
 type NiceGrpcOtel = typeof import('nice-grpc-opentelemetry');
 const require = createRequire(import.meta.url);
 
@@ -85,15 +83,13 @@ export function rpcMetricsMiddleware(): ServerMiddleware {
 }
 
 /**
- * The daemon's telemetry middleware: the RPC span (outermost, so that the
- * rest of the call, including access checks and error mapping, runs inside
- * it), then the RPC metrics. `spans: false` (the SDK was not started: nothing
- * is exported, see sdk.ts) makes no span: the call runs in the client's
- * propagated trace context only (trace-context.ts), which is what the logs
- * need, and nice-grpc-opentelemetry is not loaded.
+ * The daemon's telemetry middleware: nice-grpc-opentelemetry's RPC span (outermost, so that the rest of
+ * the call, including access checks and error mapping, runs inside it), then the RPC metrics. When the
+ * SDK was not started (nothing is exported, see sdk.ts) the API's no-op tracer makes that span the
+ * client's propagated span context itself, non-recording: the call runs in the client's trace context,
+ * which is what the log lines need.
  */
-export function telemetryMiddleware(o: { spans?: boolean } = {}): ServerMiddleware {
-  if (o.spans === false) return composeServerMiddleware(traceContextMiddleware(), rpcMetricsMiddleware());
+export function telemetryMiddleware(): ServerMiddleware {
   const { openTelemetryServerMiddleware } = require('nice-grpc-opentelemetry') as NiceGrpcOtel;
   return composeServerMiddleware(openTelemetryServerMiddleware(), rpcMetricsMiddleware());
 }

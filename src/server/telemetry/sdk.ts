@@ -19,8 +19,8 @@
  *
  * The SDK's packages are imported only when something is exported: with no
  * OTEL_* export, no --prometheus and no OTEL_PROPAGATORS, only a context
- * manager and a W3C trace-context propagator (what trace ids in logs need,
- * trace-context.ts) are set up, and RPCs get no span of their own
+ * manager and @opentelemetry/core's W3C trace-context propagator (what trace ids
+ * in logs need) are set up, and RPCs get no recorded span
  * ({@link Telemetry.rpcSpans}). The SDK and its exporters take ~40 MB and a
  * large share of the start time.
  */
@@ -56,8 +56,9 @@ export interface Telemetry {
   /** Whether metrics are collected by any reader. */
   readonly metrics: boolean;
   /**
-   * Whether RPCs get spans (nice-grpc-opentelemetry's middleware, with the SDK's TracerProvider); false
-   * when the SDK was not started: a call then only runs in its client's trace context (telemetryMiddleware).
+   * Whether RPC spans are recorded (nice-grpc-opentelemetry's middleware, with the SDK's TracerProvider);
+   * false when the SDK was not started: the API's no-op tracer then only carries the client's trace context
+   * (telemetryMiddleware).
    */
   readonly rpcSpans: boolean;
   /** The Prometheus endpoint's bound address ("127.0.0.1:9464"), when on. */
@@ -218,18 +219,18 @@ export async function startTelemetry(o: TelemetryOptions): Promise<Telemetry> {
 }
 
 /**
- * Nothing exported: the AsyncLocalStorage context manager the SDK would register and a W3C trace-context
- * propagator (trace-context.ts), so that a client's trace id still reaches the logs. Spans stay
+ * Nothing exported: the AsyncLocalStorage context manager the SDK would register and @opentelemetry/core's
+ * W3C trace-context propagator, so that a client's trace id still reaches the logs. Spans stay
  * non-recording (the API's no-op tracer keeps the parent's context). W3C baggage, which the SDK would
  * also extract, is not: with nothing exported and no outgoing call, nothing would read it.
  */
 async function propagationOnly(): Promise<Telemetry> {
-  const [{ AsyncLocalStorageContextManager }, { W3CTraceContext }] = await Promise.all([
+  const [{ AsyncLocalStorageContextManager }, { W3CTraceContextPropagator }] = await Promise.all([
     import('@opentelemetry/context-async-hooks'),
-    import('./trace-context.js'),
+    import('@opentelemetry/core'),
   ]);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-  propagation.setGlobalPropagator(new W3CTraceContext());
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   let done = false;
   return {
     traces: false,
