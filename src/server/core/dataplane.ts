@@ -251,10 +251,13 @@ export interface Dataplane {
    * this: one netlink dump, not one `ip` per backend): "ip@iface" -> MAC as {@link neighbourMac} gives it,
    * and the egresses that do not exist (any more) in `gone` (their backends are "egress missing"). Throws
    * when the table cannot be read. Optional (fakes): without it each entry is read by {@link neighbourMac}.
+   * `whole`: also the whole table of that same read in `table`, as {@link neighbourTable} gives it (and records
+   * it): a pass that judges static MACs too reads the table once, not twice.
    */
   neighbourMacs?(
     wanted: readonly { ip: string; iface: string }[],
-  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string> }>;
+    whole?: boolean,
+  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string>; table?: Map<string, NeighbourFact> }>;
   attach(ifname: string, mode: XdpModeName): XdpStatus;
   detach(ifname: string): void;
   /**

@@ -7,7 +7,7 @@
 import type { Dataplane, InterfaceInfo, LinkState, PeerMtu, RedirectTarget } from './dataplane.js';
 import { PortError } from './errors.js';
 import type { RuleSpec } from './model.js';
-import { staticMacKey } from './static-mac.js';
+import { staticMacKey, type NeighbourFact } from './static-mac.js';
 
 /** What the host told us, by name. A missing entry was not asked for; `undefined` means absent. */
 export interface Facts {
@@ -43,6 +43,12 @@ export interface Facts {
   keptMacs?: ReadonlyMap<string, string>;
   /** Egresses moved to another network namespace: name -> where (core/moved.ts); absent: none known. */
   movedEgresses?: ReadonlyMap<string, string>;
+  /**
+   * The whole IPv4 neighbour table ("ip@iface" -> entry, as Dataplane.neighbourTable gives it) from the read
+   * that gave `neighbours`, when the caller asked for it (fetchRuleFacts `wholeTable`): the static-MAC
+   * judgement of the same pass uses it instead of reading the table again. Absent: not read with them.
+   */
+  neighbourTable?: ReadonlyMap<string, NeighbourFact>;
 }
 
 export const neighbourKey = (ip: string, iface: string) => `${ip}@${iface}`;
@@ -99,13 +105,15 @@ export function fetchInterfaces(dp: Dataplane, names: Iterable<string>, facts: F
  * entries are read (the read finds no such interface) is missing in these facts (`interfaces`), not a failed
  * read of all of them. `pace` (a pacer:
  * yields to the event loop once its time budget is spent) is awaited every
- * 16 specs: 10 000 rules are read without holding the event loop.
+ * 16 specs: 10 000 rules are read without holding the event loop. `wholeTable`: when the table is read, keep
+ * all of it in `facts.neighbourTable` (a reconciler pass that judges static MACs too: one dump per pass).
  */
 export async function fetchRuleFacts(
   dp: Dataplane,
   specs: readonly RuleSpec[],
   facts = emptyFacts(),
   pace?: () => Promise<void>,
+  wholeTable = false,
 ): Promise<Facts> {
   let n = 0;
   const wanted = new Map<string, { ip: string; iface: string }>();
@@ -132,8 +140,9 @@ export async function fetchRuleFacts(
   if (wanted.size === 0) return facts;
   if (dp.neighbourMacs) {
     // One read of the table for all of them (was one `ip` process per backend, every pass).
-    const { macs, gone } = await dp.neighbourMacs([...wanted.values()]);
+    const { macs, gone, table } = await dp.neighbourMacs([...wanted.values()], wholeTable);
     for (const [key, mac] of macs) facts.neighbours.set(key, mac);
+    if (table) facts.neighbourTable = table;
     // The egress went away (deleted, renamed) since it was looked up above: missing for this read, as
     // the next lookup finds it. Its backends are "egress missing"; every other object is read on.
     for (const iface of gone) facts.interfaces.set(iface, undefined);

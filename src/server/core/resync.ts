@@ -112,7 +112,8 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // pass runs in the write queue (the controller's `pace` ends a pass that has written nothing
   // yet when a change is waiting).
   let n = 0;
-  const facts = await fetchRuleFacts(dp, specs, undefined, pace);
+  // With static-MAC backends to judge (judgeStaticMacs) the whole neighbour table is kept from the same read.
+  const facts = await fetchRuleFacts(dp, specs, undefined, pace, state.staticMacsByEgress.size > 0);
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
   forgetReplacedDevices(ctx, facts, true);
   await holdChangedNeighbours(ctx, facts, pace);
@@ -1201,7 +1202,8 @@ async function judgeStaticMacs(
     state.staticMacEntries.clear();
     return unverified;
   }
-  const table = await dp.neighbourTable();
+  // The table this pass read with the MAC-less backends' entries (fetchRuleFacts), else a read of its own.
+  const table = facts.neighbourTable ?? (await dp.neighbourTable());
   const t = ctx.now();
   const sweep = t - state.staticMacSweptAt >= STATIC_MAC_SWEEP_MS || t < state.staticMacSweptAt;
   // What to judge again, kept in the state until judged: a pass that gives its turn to a change (Preempted,

@@ -638,17 +638,19 @@ export class KernelDataplane implements Dataplane {
    * as {@link neighbourMac} answers it, and recorded as it records it (an absent entry as an entry without MAC
    * or state). An egress that no longer resolves after the dump is in `gone` (deleted, renamed away: what
    * `ip neigh show dev` said with "Cannot find device"); a name now on another device reads that device's.
-   * Throws when the table cannot be read.
+   * Throws when the table cannot be read. `whole`: the whole table of the same dump in `table` too, keyed and
+   * recorded as {@link neighbourTable} does (each device's name as it is right after the dump).
    */
   async neighbourMacs(
     wanted: readonly { ip: string; iface: string }[],
-  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string> }> {
+    whole = false,
+  ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string>; table?: Map<string, NeighbourEntry> }> {
     const table = neighbourTableByIndex();
     const t = Date.now();
     const index = new Map<string, number | undefined>();
     const gone = new Set<string>();
     const macs = new Map<string, string | undefined>();
-    if (this.neighbourSeen.size + wanted.length > 65536) this.neighbourSeen.clear();
+    if (this.neighbourSeen.size + wanted.length + (whole ? table.size : 0) > 65536) this.neighbourSeen.clear();
     for (const { ip, iface } of wanted) {
       if (!index.has(iface)) {
         try {
@@ -669,7 +671,21 @@ export class KernelDataplane implements Dataplane {
       this.noteNeighbour(`${ip}#${ifindex}`, entry);
       macs.set(key, entry.mac);
     }
-    return { macs, gone };
+    if (!whole) return { macs, gone };
+    const named = new Map<string, NeighbourEntry>();
+    const names = new Map<number, string | undefined>();
+    for (const [ipAt, entry] of table) {
+      const at = ipAt.indexOf('#');
+      const ifindex = Number(ipAt.slice(at + 1));
+      if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
+      const dev = names.get(ifindex);
+      if (!dev) continue; // gone since the dump
+      const key = `${ipAt.slice(0, at)}@${dev}`;
+      named.set(key, entry);
+      this.neighbourSeen.set(key, { entry, at: t });
+      this.noteNeighbour(key, entry);
+    }
+    return { macs, gone, table: named };
   }
 
   neighbourMissing(ip: string, iface: string): boolean {
