@@ -115,7 +115,7 @@ describe('reconciler at rest: no process forked per backend', kernelOnly(), () =
     await until(
       async () => `not all ACTIVE: ${(await states()).join('; ')}`,
       async () => (await c.rules.listRules({})).rules.every((r) => r.status?.state === RuleState.RULE_STATE_ACTIVE),
-      20_000,
+      30_000,
     );
     await sleep(1000);
 
