@@ -671,21 +671,7 @@ export class KernelDataplane implements Dataplane {
       this.noteNeighbour(`${ip}#${ifindex}`, entry);
       macs.set(key, entry.mac);
     }
-    if (!whole) return { macs, gone };
-    const named = new Map<string, NeighbourEntry>();
-    const names = new Map<number, string | undefined>();
-    for (const [ipAt, entry] of table) {
-      const at = ipAt.indexOf('#');
-      const ifindex = Number(ipAt.slice(at + 1));
-      if (!names.has(ifindex)) names.set(ifindex, nameOf(ifindex));
-      const dev = names.get(ifindex);
-      if (!dev) continue; // gone since the dump
-      const key = `${ipAt.slice(0, at)}@${dev}`;
-      named.set(key, entry);
-      this.neighbourSeen.set(key, { entry, at: t });
-      this.noteNeighbour(key, entry);
-    }
-    return { macs, gone, table: named };
+    return whole ? { macs, gone, table: this.namedTable(table, t) } : { macs, gone };
   }
 
   neighbourMissing(ip: string, iface: string): boolean {
@@ -762,11 +748,17 @@ export class KernelDataplane implements Dataplane {
     } catch {
       return new Map();
     }
-    // Keyed "ip@name" for the caller, each entry recorded with its device (the name's ifindex at this read).
+    if (this.neighbourSeen.size + byIndex.size > 65536) this.neighbourSeen.clear();
+    return this.namedTable(byIndex, Date.now());
+  }
+
+  /**
+   * A table read keyed "ip#ifindex" (netdev.ts neighbourTableByIndex) keyed "ip@name" for the caller by the
+   * names the devices have now, each entry recorded with its device (the name's ifindex at this read).
+   */
+  private namedTable(byIndex: Map<string, NeighbourEntry>, t: number): Map<string, NeighbourEntry> {
     const table = new Map<string, NeighbourEntry>();
     const names = new Map<number, string | undefined>();
-    const t = Date.now();
-    if (this.neighbourSeen.size + byIndex.size > 65536) this.neighbourSeen.clear();
     for (const [k, entry] of byIndex) {
       const at = k.indexOf('#');
       const ifindex = Number(k.slice(at + 1));
