@@ -2,13 +2,14 @@
  * Facts the daemon cannot check are not reported as good (docs/architecture.md, "observe, don't assume"), with real
  * namespaces, veths and datagrams:
  *  - a backend given without a MAC whose neighbour entry was set by hand (PERMANENT) with a wrong MAC: the
- *    kernel never confirms such an entry (no probe, no timeout), so the status says the MAC cannot be
- *    verified, naming the entry, never "MAC resolved from the neighbour table" (0 of 20 delivered, which is
- *    what such a MAC may do); the same with the right MAC (20 of 20: still unconfirmed); an entry the kernel
- *    resolves itself (ARP) is "resolved from the neighbour table" again. Whether such a backend receives
- *    cannot be verified, so its rule is DEGRADED (Ready False, BackendsReceiving Unknown), the
- *    xdpctl.datapath health NOT_SERVING and the metrics count it, logged once, as for a veth peer that cannot
- *    be inspected (egress-unverifiable.test.ts); ACTIVE and SERVING again once the kernel resolved the entry.
+ *    kernel never confirms such an entry (no probe, no timeout), and the MAC never answers an ARP probe of
+ *    ours, so the status says the MAC is not confirmed, naming the entry, never "MAC resolved from the
+ *    neighbour table" (0 of 20 delivered, which is what such a MAC may do). Whether such a backend receives is
+ *    not known, so its rule is DEGRADED (Ready False, BackendsReceiving Unknown), the xdpctl.datapath health
+ *    NOT_SERVING and the metrics count it, logged once, as for a veth peer that cannot be inspected
+ *    (egress-unverifiable.test.ts). The right MAC set by hand answers our probe: "resolved" (20 of 20), ACTIVE
+ *    and SERVING (a review found it said "cannot be verified" though the daemon could ask); an entry the kernel
+ *    resolves itself (ARP) stays so.
  *  - a backend whose MAC answered a probe of ours, when another tool writes a wrong MAC into its entry as
  *    REACHABLE (docs/architecture.md, promises 1 and 2): the wrong MAC is probed, never written; the answered MAC keeps
  *    delivering (6 s of traffic at 100/s across the window: 600 of 600; was 302 and 296 of 600, ~3 s lost until
@@ -35,7 +36,7 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 const NOWHERE = '198.18.9.9';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
-describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () => {
+describe('neighbour entries set by hand or written by another tool: confirmed only by an answer', kernelOnly(), () => {
   const id = runId();
   const topo = new Topology(id);
   let d: DaemonProcess;
@@ -82,27 +83,28 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
     generation: 0n,
   });
 
-  it('a MAC from a PERMANENT neighbour entry says it cannot be verified, wrong or right', async () => {
+  it('a MAC from a PERMANENT neighbour entry is confirmed only by an ARP probe of ours: wrong, not confirmed; right, resolved', async () => {
     const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:77`;
     sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'permanent']);
     try {
       await c.rules.createRule({ rule: rule('perm', 7984, [{ ip: b1.ip!, mac: '', interface: b1.hostIf }]) });
       const message = async () => (await status('perm')).backendStatus[0]?.message ?? '';
-      await until('cannot be verified', async () => /cannot be verified/.test(await message()), 5000);
+      await until('not confirmed', async () => /not confirmed yet: the neighbour entry/.test(await message()), 5000);
       const st = await status('perm');
-      assert.equal(st.backendStatus[0].mac, wrong, 'the MAC written is the entry’s');
+      assert.equal(st.backendStatus[0].mac, wrong, 'the MAC written is the entry’s (nothing else was ever known)');
       assert.match(
         st.backendStatus[0].message,
         new RegExp(
-          `^MAC ${wrong} cannot be verified: the neighbour entry for ${b1.ip!.replace(/\./g, '\\.')} on ` +
-            `${b1.hostIf} was set by hand \\(PERMANENT\\), which the kernel never confirms`,
+          `^MAC ${wrong} not confirmed yet: the neighbour entry for ${b1.ip!.replace(/\./g, '\\.')} on ` +
+            `${b1.hostIf} was set by hand \\(PERMANENT\\), which the kernel never confirms \\(no ARP probe, no ` +
+            'timeout\\), and no ARP probe of ours to it has been answered \\(probing it\\)',
         ),
       );
       const fit = st.conditions.find((x) => x.type === 'BackendsReceiving')!;
       assert.deepEqual([fit.status, fit.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
       // Whether it receives cannot be verified: DEGRADED (proto RuleState), not ACTIVE.
       assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
-      assert.match(st.message, /1 cannot be verified \(.*\(PERMANENT\): MAC from a neighbour entry set by hand/);
+      assert.match(st.message, /1 not confirmed yet \(.*\(PERMANENT\): MAC from a neighbour entry set by hand/);
       assert.equal(st.conditions.find((x) => x.type === 'Ready')!.status, ConditionStatus.CONDITION_STATUS_FALSE);
       await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING, 5000);
       assert.equal(await metric(d.prometheus!, 'xdpctl_rules', { xdpctl_rule_state: 'degraded' }), 1);
@@ -110,22 +112,31 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
       assert.ok((await metric(d.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
       const r = await send(7984);
       assert.equal(r.got[0], 0, `what a wrong MAC does: 0 of ${r.sent} delivered`);
-      assert.equal((d.output.match(/"msg":"backend [^"]* cannot be verified: the neighbour entry/g) ?? []).length, 1);
+      assert.equal((d.output.match(/"msg":"backend [^"]* not confirmed yet: the neighbour entry/g) ?? []).length, 1);
       assert.equal(count(/"msg":"rule perm is DEGRADED: .*MAC from a neighbour entry set by hand/), 1, 'logged once');
+      assert.doesNotMatch(
+        d.output,
+        /cannot be verified: the neighbour entry/,
+        'it was asked: not "cannot be verified"',
+      );
 
-      // The right MAC, still set by hand: delivered, and still not confirmed by anything.
+      // The right MAC, still set by hand: it answers an ARP probe of ours, which confirms it as any other.
       sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
       await until('the new MAC in use', async () => (await status('perm')).backendStatus[0]?.mac === b1.mac, 5000);
-      await until('says so for the new MAC', async () => (await message()).startsWith(`MAC ${b1.mac} cannot`), 5000);
+      await until(
+        'confirmed by an answer',
+        async () => (await message()) === 'MAC resolved from the neighbour table',
+        5000,
+      );
       const r2 = await send(7984);
       assert.equal(r2.got[0], r2.sent, `the right MAC: ${r2.got[0]} of ${r2.sent} delivered`);
-      assert.equal((await status('perm')).state, RuleState.RULE_STATE_DEGRADED, 'still not confirmed by anything');
-      assert.equal(await health(), NOT_SERVING);
-      assert.equal(count(/"msg":"rule perm is DEGRADED/), 1, 'the same state: not logged again');
+      assert.equal((await status('perm')).state, RuleState.RULE_STATE_ACTIVE, 'confirmed by an answer of the host');
+      await until('health SERVING', async () => (await health()) === SERVING, 5000);
+      assert.equal(count(/"msg":"rule perm is ACTIVE/), 1, 'the way back logged once');
     } finally {
       shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
     }
-    // An entry the kernel resolves (ARP answered by the host) is evidence: no longer "cannot be verified".
+    // An entry the kernel resolves (ARP answered by the host): "resolved from the neighbour table" too.
     await until(
       'resolved from the neighbour table',
       async () => (await status('perm')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
@@ -136,7 +147,6 @@ describe('neighbour entries set by hand: cannot be verified', kernelOnly(), () =
     assert.equal((await status('perm')).state, RuleState.RULE_STATE_ACTIVE);
     await until('health SERVING', async () => (await health()) === SERVING, 5000);
     assert.equal(await metric(d.prometheus!, 'xdpctl_datapath_problems', {}), 0);
-    assert.equal(count(/"msg":"rule perm is ACTIVE/), 1, 'the way back logged once');
     await c.rules.deleteRule({ name: 'perm', expectedGeneration: 0n });
   });
 

@@ -53,8 +53,8 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
   });
 
   /** Send `n` datagrams over `flows` flows from vm; what each backend received. */
-  async function send(port: number, n = 100, flows = 50) {
-    const ls = await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, port)));
+  async function send(port: number, n = 100, flows = 50, started?: UdpListener[]) {
+    const ls = started ?? (await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, port))));
     listeners.push(...ls);
     const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
     await sleep(150);
@@ -101,10 +101,13 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
     // b2's host takes another MAC and says nothing (no gratuitous ARP: arp_notify is off by default).
     const oldMac = b2.mac;
     const newMac = '02:16:4e:00:00:02';
+    // The listeners first: the premise's datagrams leave at once after the change (~0.1 s), before the daemon's
+    // own check (at most a second apart, 0.6 s to find a MAC silent) can have found it.
+    const ls = await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, 7996)));
     sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'address', newMac]);
     const t0 = Date.now();
     assert.match(neighbour(), new RegExp(`lladdr ${oldMac}`), 'premise: the kernel still holds the old MAC');
-    r = await send(7996);
+    r = await send(7996, 100, 50, ls);
     assert.ok(r.got[1] === 0 && r.total < r.sent, `premise: b2's flows are lost meanwhile (${r.got} of ${r.sent})`);
 
     const sysctl = (k: string) => Number(readFileSync(`/proc/sys/net/ipv4/neigh/${b2.hostIf}/${k}`, 'utf8'));

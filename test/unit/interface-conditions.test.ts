@@ -117,7 +117,7 @@ describe('MACs from neighbour entries set by hand', () => {
     ],
   };
 
-  it('only a MAC-less backend whose entry was set by hand is unverified; the rule is DEGRADED for it', () => {
+  it('only a MAC-less backend whose entry was set by hand (its MAC not answered) is unverified; the rule is DEGRADED for it', () => {
     const handSet = new Map([
       ['10.0.0.2@eth1', 'PERMANENT'],
       ['10.0.0.3@eth1', 'PERMANENT'],
@@ -126,11 +126,11 @@ describe('MACs from neighbour entries set by hand', () => {
     assert.equal(s.state, 'degraded', 'whether it receives cannot be verified (proto RuleState DEGRADED)');
     assert.match(
       s.message,
-      /; 1 cannot be verified \(10\.0\.0\.2@eth1 \(PERMANENT\): MAC from a neighbour entry set by hand/,
+      /; 1 not confirmed yet \(10\.0\.0\.2@eth1 \(PERMANENT\): MAC from a neighbour entry set by hand, which the kernel never confirms, no ARP probe of ours to it answered yet; probing it\)/,
     );
     assert.match(
       s.backends[0].message,
-      /^MAC 02:00:00:00:00:02 cannot be verified: the neighbour entry for 10\.0\.0\.2 on eth1 was set by hand \(PERMANENT\)/,
+      /^MAC 02:00:00:00:00:02 not confirmed yet: the neighbour entry for 10\.0\.0\.2 on eth1 was set by hand \(PERMANENT\)/,
     );
     assert.equal(s.backends[0].unverified, true);
     assert.equal(s.backends[1], written.backends[1], 'a static MAC is not from the neighbour table');

@@ -10,7 +10,11 @@ import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
 import {
+  CONFLICT_MS,
+  conflictHold,
+  conflictingMacs,
   NEIGHBOUR_HOLD_MS,
+  noteClaim,
   startHold,
   stepNeighbourHold,
   type NeighbourHold,
@@ -36,9 +40,22 @@ const step = (o: Partial<Parameters<typeof stepNeighbourHold>[0]>) =>
 describe('neighbour holds: the decision', () => {
   it('starts only over a written MAC that answered, for a changed entry whose MAC did not', () => {
     const s = step({ now: 5 });
-    assert.deepEqual(s, { hold: { kept: A, candidate: W, entry: W, since: 5 }, started: true, ask: 'probe' });
-    assert.deepEqual(step({ answered: true }), {}, 'the new MAC answered: followed');
-    assert.deepEqual(step({ handSet: true }), {}, 'set by hand: followed (never probed by the kernel)');
+    assert.deepEqual(s, {
+      hold: { kept: A, candidate: W, entry: W, since: 5 },
+      started: true,
+      ask: 'probe',
+      askKeptNow: true,
+    });
+    assert.deepEqual(step({ answered: true }), {}, 'the new MAC answered, the written one silent since: followed');
+    // The new MAC answered, and so did the written one (not asked since): held until it is asked (both
+    // answering is an address conflict), not written on its word alone.
+    assert.deepEqual(step({ answered: true, keptAnswered: 3, now: 5 }).hold, {
+      kept: A,
+      candidate: W,
+      entry: W,
+      since: 5,
+    });
+    assert.deepEqual(step({ handSet: true }), {}, 'set by hand, no ARP request of ours can ask it: followed');
     assert.deepEqual(step({ written: undefined }), {}, 'never resolved: its first MAC at once');
     assert.deepEqual(step({ confirmed: undefined }), {}, 'nothing confirmed: nothing better to keep');
     assert.deepEqual(step({ confirmed: N }), {}, 'the MAC written is not the one confirmed');
@@ -61,6 +78,12 @@ describe('neighbour holds: the decision', () => {
     assert.deepEqual(step({ hold, now: 1000 + NEIGHBOUR_HOLD_MS - 1 }).hold, hold);
     assert.deepEqual(step({ hold, now: 1000 + NEIGHBOUR_HOLD_MS }), { ended: { hold, why: 'expired' } });
     assert.equal(step({ hold, entry: N, answered: true }).hold, undefined, 'ended: the entry is followed');
+    // N answered while the kept MAC has not been found silent: the kept MAC asked at once, N not written yet.
+    assert.deepEqual(step({ hold, entry: N, answered: true, keptAnswered: 1200, now: 1500 }), {
+      hold: { ...hold, entry: N, candidate: N, keptAnswered: 1200 },
+      ask: 'probe',
+      askKeptNow: true,
+    });
   });
 
   it('keeps the kept MAC while it answers: the bound runs from its last answer (an entry re-written every second)', () => {
@@ -72,6 +95,62 @@ describe('neighbour holds: the decision', () => {
     assert.deepEqual(step({ hold: s.hold, now: t + 500 }).hold, s.hold);
     assert.deepEqual(step({ hold: s.hold, now: t - 900 + NEIGHBOUR_HOLD_MS }).ended, { hold: s.hold, why: 'expired' });
     assert.deepEqual(step({ hold, now: t, keptAnswered: 500 }).ended, { hold, why: 'expired' }, 'an answer before it');
+  });
+});
+
+describe('address conflicts: two MACs claiming one address at once', () => {
+  const runs = (claims: [string, number][]) => {
+    const m = new Map<string, { first: number; last: number }>();
+    for (const [mac, t] of claims) noteClaim(m, mac, t);
+    return m;
+  };
+  it('both claiming after the other first did: a conflict (a duplicate host, a spoofer)', () => {
+    // A answers once a second; W's unsolicited replies every 0.1 s from 2.5 s on.
+    const m = runs([
+      [A, 0],
+      [A, 1000],
+      [A, 2000],
+      [W, 2500],
+      [W, 2600],
+      [A, 3000],
+    ]);
+    assert.deepEqual(conflictingMacs(m, 3000), [A, W]);
+    assert.deepEqual(conflictingMacs(m, 2600 + CONFLICT_MS), [A, W], 'both within CONFLICT_MS still');
+    assert.equal(conflictingMacs(m, 2600 + CONFLICT_MS + 1), undefined, 'W silent for CONFLICT_MS: over');
+  });
+  it('one after the other (a host that took a new MAC, the old one silent since): no conflict', () => {
+    const m = runs([
+      [A, 0],
+      [A, 1000],
+      [W, 1400],
+      [W, 2400],
+    ]);
+    assert.equal(conflictingMacs(m, 2400), undefined);
+    assert.equal(conflictingMacs(runs([[A, 0]]), 0), undefined, 'one MAC');
+  });
+  it('a run starts over after a gap longer than CONFLICT_MS', () => {
+    const m = runs([
+      [A, 0],
+      [W, 500],
+      [A, 500 + CONFLICT_MS + 1],
+    ]);
+    assert.deepEqual(m.get(A), { first: 500 + CONFLICT_MS + 1, last: 500 + CONFLICT_MS + 1 });
+    assert.equal(conflictingMacs(m, 500 + CONFLICT_MS + 1), undefined, 'W is silent for longer: no conflict');
+  });
+  it('keeps the MAC the datapath forwards with, whichever the entry holds', () => {
+    const h = conflictHold({ hold: undefined, macs: [A, W], entry: W, written: A, now: 9 });
+    assert.deepEqual(h, { kept: A, candidate: W, entry: W, since: 9, conflict: { macs: [A, W], since: 9 } });
+    const held: NeighbourHold = { kept: A, candidate: W, entry: W, since: 4 };
+    assert.deepEqual(conflictHold({ hold: held, macs: [A, N], entry: A, written: A, now: 9 }), {
+      kept: A,
+      candidate: N,
+      entry: A,
+      since: 4,
+      conflict: { macs: [A, N], since: 9 },
+    });
+    const again = conflictHold({ hold: h, macs: [A, N], entry: N, written: A, now: 12 });
+    assert.deepEqual(again.conflict, { macs: [A, N, W].sort(), since: 9 }, 'the MACs seen, the start kept');
+    assert.equal(conflictHold({ hold: undefined, macs: [A, W], entry: W, written: undefined, now: 1 }).kept, W);
   });
 });
 
@@ -152,6 +231,15 @@ class Neighbours extends ModelDataplane {
   readonly handSet = new Set<string>();
   override neighbourHandSet(ip: string, iface: string): string | undefined {
     return this.handSet.has(`${ip}@${iface}`) ? 'PERMANENT' : undefined;
+  }
+  /** "ip@iface" -> the MACs claiming it at once (an address conflict). */
+  readonly conflicts = new Map<string, string[]>();
+  override neighbourConflict(ip: string, iface: string): string[] | undefined {
+    return this.conflicts.get(`${ip}@${iface}`);
+  }
+  noArp?: string;
+  override arpUnavailable(): string | undefined {
+    return this.noArp;
   }
 }
 
@@ -384,10 +472,25 @@ describe('neighbour holds: the reconciler', () => {
     );
   });
 
-  it('a start that writes another MAC (an entry set by hand) logs it as a MAC change', async () => {
+  it('a start over an entry set by hand asks its MAC like any other: the datapath’s MAC kept meanwhile', async () => {
+    const { dp, inMaps, said, b } = await restarted((x) => {
+      x.neighbours.set(KEY, W);
+      x.handSet.add(KEY);
+    });
+    assert.ok(inMaps(A) && !inMaps(W), 'A kept');
+    assert.equal(said(/has a new MAC/), 0);
+    assert.match(
+      b().message,
+      new RegExp(`^MAC ${A} kept from the datapath, not confirmed yet: the neighbour entry holds ${W}`),
+    );
+    assert.deepEqual(dp.probes, [`unicast ${KEY} ${W}`], 'W asked at once');
+  });
+
+  it('a start that writes another MAC (an entry set by hand, no ARP request of ours possible) logs it as a MAC change', async () => {
     const { c, inMaps, said, b } = await restarted((x) => {
       x.neighbours.set(KEY, W);
       x.handSet.add(KEY);
+      x.noArp = 'no CAP_NET_RAW to send ARP requests';
     });
     assert.ok(inMaps(W) && !inMaps(A), 'the operator’s entry followed');
     assert.equal(
@@ -398,10 +501,67 @@ describe('neighbour holds: the reconciler', () => {
       ),
       1,
     );
-    assert.match(b().message, /cannot be verified/);
+    assert.match(b().message, /not confirmed yet: .*set by hand.*cannot be confirmed: no CAP_NET_RAW/);
     assert.equal(c.getRule('r').status.state, 'degraded');
     await c.resync();
     assert.equal(said(/has a new MAC/), 1, 'said once');
+  });
+
+  it('two MACs answering at once: the answered MAC kept, DEGRADED (AddressConflict), logged once; the survivor followed', async () => {
+    const { dp, c, lines, clock, b, inMaps } = await setup();
+    // A duplicate announced itself: the entry holds W, which answers; so does A.
+    dp.neighbours.set(KEY, W);
+    dp.answers.set(KEY, W);
+    dp.answerAges.set(`${KEY}|${A}`, 100);
+    dp.answerAges.set(`${KEY}|${W}`, 50);
+    dp.conflicts.set(KEY, [A, W]);
+    for (let i = 0; i < 3; i++) {
+      await c.resync();
+      clock.t += 500;
+      assert.ok(inMaps(A) && !inMaps(W), 'the datapath keeps A');
+      const st = c.getRule('r').status;
+      assert.equal(st.state, 'degraded');
+      assert.match(st.message, /1 in an address conflict \(10\.0\.0\.1@b0: /);
+      assert.equal(b().mac, A);
+      assert.equal(b().unverified, true);
+      assert.match(b().message, new RegExp(`^address conflict: ${A} and ${W} both answer ARP for this address`));
+      const br = st.conditions!.find((x) => x.type === 'BackendsReceiving')!;
+      assert.deepEqual([br.status, br.reason], ['Unknown', 'AddressConflict']);
+    }
+    const said = (re: RegExp) => lines.filter((l) => re.test(l.msg)).length;
+    assert.equal(
+      said(new RegExp(`^backend 10\\.0\\.0\\.1 on b0: two MACs answer ARP for its address, ${A} and ${W} `)),
+      1,
+    );
+    assert.ok(dp.asks.includes(`${KEY} ${A}`) && dp.asks.includes(`${KEY} ${W}`), 'both asked');
+    // A fell silent (its request unanswered): only W answers for CONFLICT_MS; then W, answered, is written.
+    dp.conflicts.delete(KEY);
+    dp.answerAges.delete(`${KEY}|${A}`);
+    await c.resync();
+    assert.equal(said(new RegExp(`^backend 10\\.0\\.0\\.1 on b0: only ${W} answers ARP for its address again`)), 1);
+    assert.ok(inMaps(W) && !inMaps(A), 'the only MAC that answers written');
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+  });
+
+  it('two MACs answering at once, then only the kept one: kept, ACTIVE again, nothing rewritten', async () => {
+    const { dp, c, lines, clock, b, inMaps } = await setup();
+    dp.neighbours.set(KEY, W);
+    dp.answers.set(KEY, W);
+    dp.answerAges.set(`${KEY}|${A}`, 100);
+    dp.conflicts.set(KEY, [A, W]);
+    await c.resync();
+    assert.equal(c.getRule('r').status.state, 'degraded');
+    // The spoofer stopped; the kernel's entry back on A (A's answers reach the kernel too).
+    clock.t += 4000;
+    dp.conflicts.delete(KEY);
+    dp.neighbours.set(KEY, A);
+    dp.answers.set(KEY, A);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W));
+    assert.equal(c.getRule('r').status.state, 'active');
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    assert.equal(lines.filter((l) => /has a new MAC/.test(l.msg)).length, 0);
   });
 
   it('a start over an unchanged entry no probe of this process answered yet: DEGRADED until it answers', async () => {

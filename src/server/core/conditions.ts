@@ -114,7 +114,14 @@ export function ruleConditions(
     state: string;
     message: string;
     warnings?: readonly string[];
-    backends: { receiving: boolean; ip: string; interface: string; message: string; unverified?: boolean }[];
+    backends: {
+      receiving: boolean;
+      ip: string;
+      interface: string;
+      message: string;
+      unverified?: boolean;
+      conflict?: boolean;
+    }[];
   },
   weights: number[],
   ingressProblems: string[],
@@ -152,7 +159,8 @@ export function ruleConditions(
         ? {
             type: 'BackendsReceiving',
             status: 'Unknown',
-            reason: 'BackendsUnverified',
+            // Two MACs answer ARP for a backend's address: which host receives cannot be known.
+            reason: unverified.some((b) => b.conflict) ? 'AddressConflict' : 'BackendsUnverified',
             message: unverified.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; '),
           }
         : cond(

@@ -1085,8 +1085,9 @@ export class Controller {
   /**
    * Start-up, before the rules are adopted or rewritten: each backend given without a MAC that the datapath
    * forwards to (`forwarding(rule, "ip@iface")`: the MAC in its backend entry) whose neighbour entry holds
-   * another MAC, not set by hand, that no probe of ours has answered, keeps the datapath's MAC
-   * (neighbour-hold.ts startHold: `state.neighbourHolds`, unconfirmed), and the entry is probed at once; the
+   * another MAC that no probe of ours has answered (one set by hand too, unless no ARP request of ours can be
+   * sent), keeps the datapath's MAC (neighbour-hold.ts startHold: `state.neighbourHolds`, unconfirmed), and
+   * the entry is probed at once; the
    * reconciler's passes then end the hold as they end any (written once a MAC answers, at most
    * NEIGHBOUR_HOLD_MS). An unanswered entry is no more evidence than a missing one (Facts.keptMacs): one
    * written while the daemon was stopped lost 162 of 600 datagrams when it was written at start.
@@ -1108,7 +1109,8 @@ export class Controller {
         const h = startHold({
           entry,
           answered: this.dp.neighbourAnswered(b.ip, b.interface)?.toLowerCase() === entry.toLowerCase(),
-          handSet: this.dp.neighbourHandSet?.(b.ip, b.interface) !== undefined,
+          // Set by hand: asked like any other, unless no ARP request of ours can be sent (then followed).
+          handSet: this.dp.neighbourHandSet?.(b.ip, b.interface) !== undefined && !!this.dp.arpUnavailable?.(),
           forwarding: mac,
           now: this.now(),
         });

@@ -289,8 +289,17 @@ export interface Dataplane {
   neighbourAnswered?(ip: string, iface: string): string | undefined;
   /** How long ago (ms) `mac` last answered an ARP request of ours for `ip` on `iface`; undefined: never, or not since its last request. */
   neighbourAnswerAge?(ip: string, iface: string, mac: string): number | undefined;
-  /** Send an ARP request of our own for `ip` on `iface` to `mac` (at most once a second); true when sent. Optional (fakes). */
-  askNeighbour?(ip: string, iface: string, mac: string): boolean;
+  /**
+   * Send an ARP request of our own for `ip` on `iface` to `mac` (at most once a second; `now`: whatever that
+   * says, not twice while one is outstanding); true when sent. Optional (fakes).
+   */
+  askNeighbour?(ip: string, iface: string, mac: string, now?: boolean): boolean;
+  /**
+   * The MACs that claim `ip` on `iface` at once, read off the wire (an address conflict, RFC 5227: ARP packets
+   * from two MACs with that sender IP, each after the other's first: a duplicate host or a spoofer), sorted;
+   * undefined: none. Optional (fakes).
+   */
+  neighbourConflict?(ip: string, iface: string): string[] | undefined;
   /**
    * Why no ARP request of our own can be sent (no CAP_NET_RAW: the packet socket is refused), so that no
    * neighbour MAC can be confirmed; undefined when they can be (or nothing says otherwise yet). Optional (fakes).
@@ -305,8 +314,9 @@ export interface Dataplane {
   vethPeerMac?(ifname: string): PeerMac | undefined;
   /**
    * The states of the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) when it was
-   * set by hand, e.g. "PERMANENT" or "NOARP": the kernel never probes nor ages such an entry, so nothing
-   * confirms its MAC. Undefined for an entry the kernel resolved (or none). Optional (fakes).
+   * set by hand, e.g. "PERMANENT" or "NOARP", and its MAC has not answered an ARP request of ours: the kernel
+   * never probes nor ages such an entry, so only our own request can confirm its MAC. Undefined for an entry
+   * the kernel resolved, one whose MAC answered (or none). Optional (fakes).
    */
   neighbourHandSet?(ip: string, iface: string): string | undefined;
   /**

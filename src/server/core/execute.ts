@@ -559,13 +559,15 @@ export async function writeRules(
       k.status = lowered;
     }
   }
-  // Backends given without a MAC whose neighbour entry was set by hand: unverified from the reply on (the
-  // reconciler's passes say the same, rule-status handSetNeighbourStatus).
+  // Backends given without a MAC whose neighbour entry was set by hand, its MAC not answered yet: unverified
+  // from the reply on (the reconciler's passes say the same, rule-status handSetNeighbourStatus).
   if (dp.neighbourHandSet) {
     for (const p of plans) {
       const handSet = new Map<string, string>();
       for (const b of p.spec.backends) {
-        const states = b.mac === '' ? dp.neighbourHandSet(b.ip, b.interface) : undefined;
+        // (A held entry's backend receives with the kept MAC: heldNeighbourStatus says so.)
+        if (b.mac !== '' || state.neighbourHolds.has(`${b.ip}@${b.interface}`)) continue;
+        const states = dp.neighbourHandSet(b.ip, b.interface);
         if (states) handSet.set(`${b.ip}@${b.interface}`, states);
       }
       const k = alloc.kernel.get(p.name)!;

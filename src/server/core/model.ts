@@ -71,6 +71,8 @@ export interface BackendStatus {
    * no traffic has shown it yet (core/egress-watch.ts). The rule is then DEGRADED, not ACTIVE.
    */
   unverified?: boolean;
+  /** With `unverified`: two MACs answer ARP for its address (an address conflict, core/neighbour-hold.ts). */
+  conflict?: boolean;
   /**
    * Why its egress interface cannot take the frames redirected to it, when that is why it is out of the
    * table (down, no carrier, no native XDP redirects, every redirected frame dropped, gone): a fact about

@@ -14,10 +14,21 @@
  *  - at most {@link NEIGHBOUR_HOLD_MS} after the kept MAC last answered (or the hold started): then the entry
  *    is followed as before (whatever it holds, or the backend out of the table when it failed), so a host that
  *    answers from nothing does not keep its old MAC;
+ *  - a new MAC that answered is written only once the kept MAC, asked at once when the hold starts, no longer
+ *    answers: both answering is an address conflict (two hosts, or a spoofer: {@link conflictHold}), not a
+ *    change, and the newcomer is not written on its word alone;
  * "Answered" is an ARP reply of the host read off the wire (dataplane/arp.ts), never a neighbour entry's
  * state: a tool writing `nud reachable` twice makes the same PROBE -> REACHABLE transition an answer makes.
- *  - an entry set by hand (PERMANENT, NOARP: the kernel never probes it) is followed at once, as the
- *    operator's statement (its status says it cannot be verified).
+ *  - an entry set by hand (PERMANENT, NOARP: the kernel never probes it) is held the same way: its MAC is asked
+ *    by an ARP request of ours like any other (a wrong one over a MAC that answered lost 211 of 250 datagrams
+ *    when it was followed at once); only when no request of ours can be sent (no CAP_NET_RAW) is it followed at
+ *    once, as the operator's statement (its status says it cannot be confirmed).
+ * Two MACs that answer for the address at once (dataplane/arp.ts conflictingMacs: each claimed it after the
+ * other first did) are an address conflict (RFC 5227): nothing observed says which host receives. The MAC in
+ * the datapath is kept ({@link conflictHold}: neither flipped to the newcomer nor to the entry, which follows
+ * whichever answered last), both are asked once a second, and the backend's status says so (BackendsReceiving
+ * Unknown, its rule DEGRADED); once only one has answered for arp.ts CONFLICT_MS, the hold goes on as any
+ * hold (the kept MAC still answering: kept; silent: the entry's MAC, answered, written).
  * Nothing is held when nothing was confirmed before (a backend never resolved, or whose MAC in the datapath
  * never answered a probe of ours): there is no better MAC to keep, the backend receives nothing without one,
  * and the entry is the kernel's own best knowledge; its first MAC is written at once and probed at once (its
@@ -30,6 +41,47 @@
  * same way, `unconfirmed` (its status says so and its rule is DEGRADED until a MAC answers: the entry's, then
  * written, or the kept one, asked too, then confirmed and kept as any hold).
  */
+
+/**
+ * How long a claim of an address counts (ms): two MACs claim one address at once (an address conflict,
+ * RFC 5227: a duplicate host, or a spoofer) while each claimed it within this long and each after the other
+ * first did; it is over once one of them has not for this long. The MACs of a conflict are asked once a
+ * second (dataplane/adapter.ts ASK_EVERY_MS), so one that still answers claims it about once a second.
+ */
+export const CONFLICT_MS = 3000;
+
+/** One MAC's claims of an address in a row (no gap longer than {@link CONFLICT_MS}): the first and the last (ms). */
+export interface ClaimRun {
+  first: number;
+  last: number;
+}
+
+/** Record a claim at `t` in `runs` (a MAC's run starts over after a gap longer than {@link CONFLICT_MS}). */
+export function noteClaim(runs: Map<string, ClaimRun>, mac: string, t: number): void {
+  const r = runs.get(mac);
+  if (r && t - r.last <= CONFLICT_MS) r.last = Math.max(r.last, t);
+  else runs.set(mac, { first: t, last: t });
+}
+
+/**
+ * The MACs in an address conflict at `t` (sorted), from their claims of one address: two MACs whose claims both
+ * count still (the last within {@link CONFLICT_MS}) and each of which claimed the address after the other first
+ * did (both answer now, not one after the other: a host that took a new MAC, the old one silent since, is no
+ * conflict). Undefined: none.
+ */
+export function conflictingMacs(runs: ReadonlyMap<string, ClaimRun>, t: number): string[] | undefined {
+  if (runs.size < 2) return undefined;
+  const live = [...runs].filter(([, r]) => t - r.last <= CONFLICT_MS);
+  const out = new Set<string>();
+  for (let i = 0; i < live.length; i++) {
+    for (let j = i + 1; j < live.length; j++) {
+      const [a, ra] = live[i];
+      const [b, rb] = live[j];
+      if (ra.last > rb.first && rb.last > ra.first) out.add(a).add(b);
+    }
+  }
+  return out.size >= 2 ? [...out].sort() : undefined;
+}
 
 /** How long a confirmed MAC is kept over a changed entry whose MAC has not answered (ms). */
 export const NEIGHBOUR_HOLD_MS = 8000;
@@ -51,6 +103,10 @@ export interface NeighbourHold {
    * process has had answered ({@link startHold}); absent: it answered one.
    */
   unconfirmed?: true;
+  /** The entry's states when it was set by hand (PERMANENT, NOARP), for the status. */
+  handSet?: string;
+  /** Two or more MACs answer for the address at once (an address conflict): which, since when (ctx.now() ms). */
+  conflict?: { macs: string[]; since: number };
 }
 
 /** Why a hold ended: a MAC answered (the kept one: `kept`; another: `answered`), time, a hand-set entry, the kept MAC back. */
@@ -66,6 +122,8 @@ export interface HoldStep {
   ended?: { hold: NeighbourHold; why: HoldEnd };
   /** The entry to probe at once (its MAC: unicast) or resolve again (it failed: broadcast). */
   ask?: 'probe' | 'resolve';
+  /** Ask the kept MAC at once (whatever the once-a-second limit says): does it still answer? */
+  askKeptNow?: boolean;
 }
 
 const NOTHING: HoldStep = Object.freeze({});
@@ -75,8 +133,9 @@ const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
  * One pass's decision for one neighbour entry a MAC-less backend uses.
  *  - `entry`: the entry's MAC now (undefined: failed, incomplete or absent);
  *  - `answered`: that MAC answered a probe of ours (Dataplane.neighbourAnswered);
- *  - `keptAnswered`: when the hold's kept MAC last answered a probe of ours (ms, the `now` clock), if it did;
- *  - `handSet`: the entry is PERMANENT or NOARP;
+ *  - `keptAnswered`: when the hold's kept MAC (without a hold: the MAC written) last answered a probe of ours
+ *    (ms, the `now` clock), if it did and no request of ours to it went unanswered since;
+ *  - `handSet`: the entry is PERMANENT or NOARP and no ARP request of ours can be sent to ask its MAC;
  *  - `written`: the MAC the backend last received traffic with (state.neighbourMacs);
  *  - `confirmed`: the entry's last MAC that answered a probe of ours (state.neighbourConfirmed).
  */
@@ -92,7 +151,10 @@ export function stepNeighbourHold(o: {
 }): HoldStep {
   const h = o.hold;
   if (h) {
-    if (o.entry && o.answered) return { ended: { hold: h, why: same(o.entry, h.kept) ? 'kept' : 'answered' } };
+    if (o.entry && o.answered && same(o.entry, h.kept)) return { ended: { hold: h, why: 'kept' } };
+    // Another MAC answered: written once the kept one no longer does (asked at once; both answering is an
+    // address conflict, which the caller finds from the claims on the wire).
+    if (o.entry && o.answered && o.keptAnswered === undefined) return { ended: { hold: h, why: 'answered' } };
     if (o.handSet) return { ended: { hold: h, why: 'handset' } };
     const lastAnswer = Math.max(h.since, h.keptAnswered ?? 0, o.keptAnswered ?? 0);
     if (o.now - lastAnswer >= NEIGHBOUR_HOLD_MS) return { ended: { hold: h, why: 'expired' } };
@@ -103,11 +165,77 @@ export function stepNeighbourHold(o: {
       const { unconfirmed: _, ...confirmed } = next;
       next = { ...confirmed, keptAnswered: o.keptAnswered };
     }
+    if (o.entry && o.answered) return { hold: next, ask: 'probe', askKeptNow: true };
     return { hold: next, ask: o.entry ? 'probe' : 'resolve' };
   }
-  if (!o.entry || o.answered || o.handSet || !o.written || !o.confirmed) return NOTHING;
+  if (!o.entry || o.handSet || !o.written || !o.confirmed) return NOTHING;
   if (!same(o.written, o.confirmed) || same(o.entry, o.written)) return NOTHING;
-  return { hold: { kept: o.written, candidate: o.entry, entry: o.entry, since: o.now }, started: true, ask: 'probe' };
+  // The new MAC answered and the written one no longer does (or never was asked since): followed.
+  if (o.answered && o.keptAnswered === undefined) return NOTHING;
+  return {
+    hold: { kept: o.written, candidate: o.entry, entry: o.entry, since: o.now },
+    started: true,
+    ask: 'probe',
+    askKeptNow: true,
+  };
+}
+
+/**
+ * The hold of an address conflict: `macs` (two or more) answer for the address at once. The MAC the datapath
+ * forwards with is kept (the hold's kept MAC, else the one written, else the entry's), whichever the entry
+ * holds: the newcomer is not written on its word alone. `hold` as it was (a hold that was one already keeps its
+ * start and its MACs, with any new one added).
+ */
+export function conflictHold(o: {
+  hold: NeighbourHold | undefined;
+  macs: readonly string[];
+  entry: string | undefined;
+  written: string | undefined;
+  now: number;
+}): NeighbourHold {
+  const h = o.hold;
+  const kept = h?.kept ?? o.written ?? o.entry ?? o.macs[0];
+  const macs = [...new Set([...(h?.conflict?.macs ?? []), ...o.macs.map((m) => m.toLowerCase())])].sort();
+  const other = o.entry && !same(o.entry, kept) ? o.entry : (macs.find((m) => !same(m, kept)) ?? kept);
+  return {
+    ...(h ?? {}),
+    kept,
+    candidate: other,
+    entry: o.entry,
+    since: h?.since ?? o.now,
+    conflict: { macs, since: h?.conflict?.since ?? o.now },
+  };
+}
+
+/** The MACs of a conflict other than the kept one, "A and B". */
+const othersOf = (h: NeighbourHold) =>
+  (h.conflict?.macs ?? [h.candidate]).filter((m) => !same(m, h.kept)).join(' and ');
+
+/** What is logged when a conflict starts ({@link conflictHold}). */
+export function conflictText(ip: string, iface: string, h: NeighbourHold): string {
+  return (
+    `backend ${ip} on ${iface}: two MACs answer ARP for its address, ${h.kept} and ${othersOf(h)} (an address ` +
+    `conflict, RFC 5227: a duplicate host or a spoofer): ${h.kept} kept in the datapath (it answered first; ` +
+    `${othersOf(h)} not written on its word alone); which host receives cannot be known while both answer ` +
+    `(asking each once a second)`
+  );
+}
+
+/** What is logged when a conflict ends: only `answering` answered for CONFLICT_MS (undefined: none did). */
+export function conflictEndText(
+  ip: string,
+  iface: string,
+  h: NeighbourHold,
+  answering: string | undefined,
+  quietMs: number,
+  t: number,
+): string {
+  const silent = (h.conflict?.macs ?? []).filter((m) => !answering || !same(m, answering)).join(' and ');
+  return (
+    `backend ${ip} on ${iface}: ${answering ? `only ${answering}` : 'no MAC'} answers ARP for its address again ` +
+    `(${silent} has not for ${quietMs} ms): the address conflict is over after ` +
+    `${Math.round(t - (h.conflict?.since ?? h.since))} ms; ${h.kept} kept until ${answering ?? 'a MAC'} answers a probe of ours`
+  );
 }
 
 /**
@@ -147,16 +275,24 @@ export function holdNeighbours(
 
 /** A held backend's status message (it receives with the kept MAC). */
 export function heldMessage(h: NeighbourHold): string {
+  if (h.conflict) {
+    return (
+      `address conflict: ${h.kept} and ${othersOf(h)} both answer ARP for this address (a duplicate host or a ` +
+      `spoofer, RFC 5227): which host receives cannot be known; MAC ${h.kept} kept in the datapath (it answered ` +
+      'first), the other not written on its word alone'
+    );
+  }
+  const set = h.handSet ? ` (set by hand: ${h.handSet})` : '';
   if (h.unconfirmed) {
     return h.entry
-      ? `MAC ${h.kept} kept from the datapath, not confirmed yet: the neighbour entry holds ${h.entry}, which no ` +
+      ? `MAC ${h.kept} kept from the datapath, not confirmed yet: the neighbour entry holds ${h.entry}${set}, which no ` +
           'ARP probe of ours has had answered either (probing it; written once the host answers from it)'
       : `MAC ${h.kept} kept from the datapath, not confirmed yet: the neighbour entry's MAC ${h.candidate} did ` +
           'not answer (the entry failed); resolving it again';
   }
   return h.entry
-    ? `MAC ${h.kept} kept (it answered an ARP probe of ours): the neighbour entry now holds ${h.entry}, which ` +
-        'no probe of ours has had answered yet (probing it; written once the host answers from it)'
+    ? `MAC ${h.kept} kept (it answered an ARP probe of ours): the neighbour entry now holds ${h.entry}${set}, ` +
+        'which no probe of ours has had answered yet (probing it; written once the host answers from it)'
     : `MAC ${h.kept} kept (it answered an ARP probe of ours): the neighbour entry's new MAC ${h.candidate} did ` +
         'not answer (the entry failed); resolving it again';
 }

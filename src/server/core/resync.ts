@@ -30,6 +30,10 @@ import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses 
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import type { RuleSpec } from './model.js';
 import {
+  CONFLICT_MS,
+  conflictEndText,
+  conflictHold,
+  conflictText,
   holdNeighbours,
   NEIGHBOUR_HOLD_MS,
   stepNeighbourHold,
@@ -714,8 +718,9 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // say so (DEGRADED, not ACTIVE).
   const unverified = new Map<string, string>();
   for (const [iface, r] of facts.napi) if (r.ok && r.unverified) unverified.set(iface, r.detail ?? iface);
-  // Backends given without a MAC whose neighbour entry was set by hand: their MAC cannot be verified
-  // (rule-status handSetNeighbourStatus), each said once.
+  // Backends given without a MAC whose neighbour entry was set by hand and its MAC has not answered an ARP
+  // probe of ours: not confirmed (rule-status handSetNeighbourStatus), each said once. (A held one receives
+  // with the kept MAC: heldNeighbourStatus.)
   const handSet = new Map<string, string>();
   if (dp.neighbourHandSet) {
     for (const r of specs) {
@@ -723,7 +728,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       for (const b of r.backends) {
         if (b.mac !== '') continue;
         const key = backendKeys(b).neighbour;
-        if (handSet.has(key)) continue;
+        if (handSet.has(key) || state.neighbourHolds.has(key)) continue;
         const states = dp.neighbourHandSet(b.ip, b.interface);
         if (states) handSet.set(key, states);
       }
@@ -866,7 +871,7 @@ export async function observeWrittenRules(
     }
     for (const b of rule.backends) {
       const key = neighbourKey(b.ip, b.interface);
-      if (b.mac !== '' || handSet.has(key)) continue;
+      if (b.mac !== '' || handSet.has(key) || state.neighbourHolds.has(key)) continue;
       const states = dp.neighbourHandSet?.(b.ip, b.interface);
       if (states) handSet.set(key, states);
     }
@@ -1381,29 +1386,68 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
   const { dp, state } = ctx;
   if (!dp.neighbourAnswered) return;
   const t = ctx.now();
+  // Without ARP requests of our own nothing can ask an entry set by hand: followed at once, as the operator's.
+  const canAsk = !dp.arpUnavailable?.();
   let n = 0;
   for (const [key, entry] of facts.neighbours) {
     if ((++n & 1023) === 0) await pace();
-    const hold = state.neighbourHolds.get(key);
-    // The usual pass: the entry holds the MAC written and confirmed; nothing to decide (nothing allocated).
-    if (!hold && entry && entry === state.neighbourConfirmed.get(key) && entry === state.neighbourMacs.get(key))
-      continue;
+    let hold = state.neighbourHolds.get(key);
     const at = key.indexOf('@');
     const ip = key.slice(0, at);
     const iface = key.slice(at + 1);
+    // Two MACs answering for the address at once (an address conflict): the MAC in the datapath kept, both asked.
+    const conflict = dp.neighbourConflict?.(ip, iface);
+    if (conflict) {
+      const next = conflictHold({ hold, macs: conflict, entry, written: state.neighbourMacs.get(key), now: t });
+      state.neighbourHolds.set(key, next);
+      if (!hold?.conflict) {
+        state.reconcilerEvents.neighbour_conflicts++;
+        ctx.log.warn(
+          { backend: ip, interface: iface, kept: next.kept, macs: next.conflict!.macs, entry: entry ?? null },
+          conflictText(ip, iface, next),
+        );
+      }
+      for (const mac of next.conflict!.macs) {
+        if (dp.askNeighbour?.(ip, iface, mac)) state.reconcilerEvents.neighbour_probes++;
+      }
+      continue;
+    }
+    if (hold?.conflict) {
+      // Over: only one MAC answered for CONFLICT_MS. The hold goes on as any (the kept MAC asked at once).
+      const answering = hold.conflict.macs.find((m) => dp.neighbourAnswerAge?.(ip, iface, m) !== undefined);
+      ctx.log.info(
+        { backend: ip, interface: iface, kept: hold.kept, answering: answering ?? null, macs: hold.conflict.macs },
+        conflictEndText(ip, iface, hold, answering, CONFLICT_MS, t),
+      );
+      const { conflict: _, ...rest } = hold;
+      hold = { ...rest, since: t, candidate: entry ?? rest.candidate };
+      state.neighbourHolds.set(key, hold);
+    }
+    // The usual pass: the entry holds the MAC written and confirmed; nothing to decide (nothing allocated).
+    if (!hold && entry && entry === state.neighbourConfirmed.get(key) && entry === state.neighbourMacs.get(key))
+      continue;
     const answered = !!entry && dp.neighbourAnswered(ip, iface)?.toLowerCase() === entry.toLowerCase();
     if (answered) state.neighbourConfirmed.set(key, entry);
-    const keptAge = hold && dp.neighbourAnswerAge?.(ip, iface, hold.kept);
+    const keptMac = hold?.kept ?? state.neighbourMacs.get(key);
+    const keptAge = keptMac && dp.neighbourAnswerAge?.(ip, iface, keptMac);
+    const handSet = dp.neighbourHandSet?.(ip, iface);
     const step = stepNeighbourHold({
       entry,
       answered,
       ...(typeof keptAge === 'number' ? { keptAnswered: t - keptAge } : {}),
-      handSet: dp.neighbourHandSet?.(ip, iface) !== undefined,
+      handSet: handSet !== undefined && !canAsk,
       written: state.neighbourMacs.get(key),
       confirmed: state.neighbourConfirmed.get(key),
       hold,
       now: t,
     });
+    if (step.hold) {
+      if (handSet && step.hold.handSet !== handSet) step.hold = { ...step.hold, handSet };
+      else if (!handSet && step.hold.handSet) {
+        const { handSet: _, ...rest } = step.hold;
+        step.hold = rest;
+      }
+    }
     if (step.ended) logHoldEnd(ctx, ip, iface, step.ended.hold, step.ended.why, entry, t);
     if (step.hold) state.neighbourHolds.set(key, step.hold);
     else if (hold) state.neighbourHolds.delete(key);
@@ -1440,8 +1484,10 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
     if (step.ask === 'probe') {
       if (dp.verifyNeighbour?.(ip, iface, true)) state.reconcilerEvents.neighbour_probes++;
     } else if (step.ask === 'resolve') dp.probeNeighbour?.(ip, iface);
-    // The kept MAC asked too: kept while it answers (at most NEIGHBOUR_HOLD_MS after its last answer).
-    if (step.hold && dp.askNeighbour?.(ip, iface, step.hold.kept)) state.reconcilerEvents.neighbour_probes++;
+    // The kept MAC asked too: kept while it answers (at most NEIGHBOUR_HOLD_MS after its last answer); at once
+    // when a hold starts or another MAC answered (does it still answer? both: an address conflict).
+    if (step.hold && dp.askNeighbour?.(ip, iface, step.hold.kept, step.askKeptNow))
+      state.reconcilerEvents.neighbour_probes++;
   }
   // Holds on entries no backend uses any more (rule deleted, egress gone): ended.
   for (const [key, h] of state.neighbourHolds) {

@@ -104,10 +104,11 @@ export function absentBackendStatus(
 }
 
 /**
- * The written status with the backends given without a MAC whose neighbour entry was set by hand said to be
- * unverified (`handSet`: "ip@iface" -> the entry's states, from Dataplane.neighbourHandSet): the kernel never
- * confirms such an entry (no ARP probe, no timeout), so "MAC resolved from the neighbour table" would say
- * more than was observed; their BackendsReceiving is Unknown and an ACTIVE rule is DEGRADED (proto
+ * The written status with the backends given without a MAC whose neighbour entry was set by hand, its MAC not
+ * answered by an ARP probe of ours yet, said to be unverified (`handSet`: "ip@iface" -> the entry's states,
+ * from Dataplane.neighbourHandSet): the kernel never confirms such an entry (no ARP probe, no timeout), so
+ * "MAC resolved from the neighbour table" would say more than was observed until our own request is answered
+ * (then it is resolved as any other); their BackendsReceiving is Unknown and an ACTIVE rule is DEGRADED (proto
  * RuleState: whether a backend receives cannot be verified), as for an egress whose veth peer cannot be
  * inspected ({@link unverifiedRuleStatus}). `written` itself when none applies.
  */
@@ -127,8 +128,8 @@ export function handSetNeighbourStatus(
   });
   if (!hit) return written;
   const note =
-    `${hit.length} cannot be verified (${hit.join(', ')}: MAC from a neighbour entry set by hand, which the ` +
-    'kernel never confirms)';
+    `${hit.length} not confirmed yet (${hit.join(', ')}: MAC from a neighbour entry set by hand, which the ` +
+    'kernel never confirms, no ARP probe of ours to it answered yet; probing it)';
   return {
     ...written,
     state: written.state === 'active' ? 'degraded' : written.state,
@@ -204,24 +205,44 @@ export function heldNeighbourStatus(
   if (holds.size === 0 || written.state === 'failed') return written;
   let changed = false;
   let hit: string[] | undefined;
+  let conflicts: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     const h = spec && spec.mac === '' && b.receiving ? holds.get(`${spec.ip}@${spec.interface}`) : undefined;
     if (!h || h.kept.toLowerCase() !== b.mac.toLowerCase()) return b;
     changed = true;
+    if (h.conflict) {
+      if ((spec.weight ?? 1) > 0)
+        (conflicts ??= []).push(`${spec.ip}@${spec.interface}: ${h.conflict.macs.join(' and ')}`);
+      return { ...b, unverified: true, conflict: true, message: heldMessage(h) };
+    }
     if (!h.unconfirmed) return { ...b, message: heldMessage(h) };
     if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
     return { ...b, unverified: true, message: heldMessage(h) };
   });
-  if (hit) return unconfirmedRuleStatus(written, backends, hit, 'MAC kept from the datapath');
-  return changed ? { ...written, backends } : written;
+  let out = changed ? { ...written, backends } : written;
+  if (hit) out = unconfirmedRuleStatus(written, backends, hit, 'MAC kept from the datapath');
+  if (conflicts) {
+    // Which host receives cannot be known while both answer: not ACTIVE (proto RuleState).
+    const note =
+      `${conflicts.length} in an address conflict (${conflicts.join('; ')} answer ARP for one address: a ` +
+      'duplicate host or a spoofer; which host receives cannot be known)';
+    out = {
+      ...out,
+      state: out.state === 'active' ? 'degraded' : out.state,
+      message: `${out.message}; ${note}`,
+      backends,
+    };
+  }
+  return out;
 }
 
 /** What a backend MAC from a neighbour entry set by hand means ({@link handSetNeighbourStatus}). */
 export function handSetWhy(ip: string, iface: string, mac: string, states: string): string {
   return (
-    `MAC ${mac} cannot be verified: the neighbour entry for ${ip} on ${iface} was set by hand (${states}), ` +
-    'which the kernel never confirms (no ARP probe, no timeout); frames go to that MAC whether or not the host has it'
+    `MAC ${mac} not confirmed yet: the neighbour entry for ${ip} on ${iface} was set by hand (${states}), ` +
+    'which the kernel never confirms (no ARP probe, no timeout), and no ARP probe of ours to it has been ' +
+    'answered (probing it); frames go to that MAC whether or not the host has it'
   );
 }
 

@@ -172,12 +172,14 @@ export class CoreState {
    * What the reconciler did to keep the datapath true, counted since the start (the
    * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends
    * rewritten with a new neighbour MAC, neighbour entries changed to a MAC no probe of ours had answered
-   * (the answered MAC kept until it does), egresses taken out for dropping every frame redirected to them.
+   * (the answered MAC kept until it does), address conflicts (two MACs answering ARP for one backend address),
+   * egresses taken out for dropping every frame redirected to them.
    */
   readonly reconcilerEvents = {
     neighbour_probes: 0,
     neighbour_mac_changes: 0,
     neighbour_changes_held: 0,
+    neighbour_conflicts: 0,
     egress_ejections: 0,
     egress_mac_changes: 0,
     kernel_repairs: 0,

@@ -23,6 +23,7 @@ import type {
 } from '../core/dataplane.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
+import { conflictingMacs, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
@@ -504,6 +505,14 @@ export class KernelDataplane implements Dataplane {
   /** The checks of MACs that answered before, this second: [second, count] ({@link CHECKS_PER_S}). */
   private checks: [number, number] = [0, 0];
 
+  /** The addresses whose claims are recorded ({@link claims}), by device: "ip#ifindex" (added when asked). */
+  private readonly claimWatch = new Set<string>();
+  /**
+   * Who claimed each asked address on the wire (arp.ts ArpClaim: an ARP packet from that MAC with that sender
+   * IP, an answer to us or not), by device ("ip#ifindex"): each MAC's claims in a row ({@link neighbourConflict}).
+   */
+  private readonly claims = new Map<string, Map<string, ClaimRun>>();
+
   private get arp(): ArpProber {
     this.arpProber ??= new ArpProber(
       (a) => {
@@ -530,9 +539,23 @@ export class KernelDataplane implements Dataplane {
           this.broadcastSilent.set(key, { n, wait: Math.min(ASK_EVERY_MS * 2 ** n, ASK_BROADCAST_MAX_MS) });
           return;
         }
-        this.wire.get(key)?.delete(q.mac);
+        const was = this.wire.get(key)?.delete(q.mac);
         // Whoever has it on that device (by its name now: asked only while the name still names it).
         if (this.deviceOf(q.ip, q.iface) === q.ifindex) this.askNeighbour(q.ip, q.iface, '');
+        // A MAC that answered no longer does: a pass acts on it at once (a hold waiting for it to fall silent).
+        if (was) this.onNeighbourAnswer?.();
+      },
+      Date.now,
+      (c) => {
+        const key = `${c.ip}#${c.ifindex}`;
+        if (!this.claimWatch.has(key)) return;
+        let m = this.claims.get(key);
+        if (!m) {
+          if (this.claims.size > 65536) this.claims.clear();
+          this.claims.set(key, (m = new Map()));
+        }
+        if (m.size > 64) m.clear();
+        noteClaim(m, c.mac, Date.now());
       },
     );
     return this.arpProber;
@@ -585,8 +608,23 @@ export class KernelDataplane implements Dataplane {
     return at ? Math.max(0, Date.now() - at) : undefined;
   }
 
-  /** `mac` '' asks whoever has `ip` (broadcast). */
-  askNeighbour(ip: string, iface: string, mac: string): boolean {
+  /**
+   * The MACs that claim `ip` on the device `iface` names at once (an address conflict, RFC 5227:
+   * core/neighbour-hold.ts conflictingMacs, from every ARP packet read whose sender IP is `ip`, while it is
+   * asked); undefined: none.
+   */
+  neighbourConflict(ip: string, iface: string): string[] | undefined {
+    const ifindex = this.deviceOf(ip, iface);
+    const m = ifindex === undefined ? undefined : this.claims.get(`${ip}#${ifindex}`);
+    return m ? conflictingMacs(m, Date.now()) : undefined;
+  }
+
+  /**
+   * `mac` '' asks whoever has `ip` (broadcast). `now`: whatever the rate limit says, its requests
+   * arp.ts ARP_RETRY_SOON_MS apart (a hold that must know at once whether its kept MAC still answers); a
+   * question still outstanding is not asked twice either way.
+   */
+  askNeighbour(ip: string, iface: string, mac: string, now = false): boolean {
     let own: { ifindex: number; mac: string };
     try {
       own = interfaceAddress(iface);
@@ -598,11 +636,13 @@ export class KernelDataplane implements Dataplane {
     const t = Date.now();
     // Less a little: the passes that ask come once a second, give or take the timer's jitter.
     const every = (mac === '' && this.broadcastSilent.get(`${ip}#${own.ifindex}`)?.wait) || ASK_EVERY_MS;
-    if (t - (this.asked.get(k) ?? 0) < every - 100) return false;
+    if (!now && t - (this.asked.get(k) ?? 0) < every - 100) return false;
     if (this.asked.size > 65536) this.asked.clear();
     this.asked.set(k, t);
+    if (this.claimWatch.size > 65536) this.claimWatch.clear();
+    this.claimWatch.add(`${ip}#${own.ifindex}`);
     const sender = arpSenderIp(ip, networkInterfaces()[iface]);
-    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender }, own.mac);
+    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender }, own.mac, now);
     if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
       this.arpError = this.arp.lastError;
       this.log?.warn({ err: this.arpError }, `ARP requests of our own cannot be sent: ${this.arpError}`);
@@ -683,8 +723,12 @@ export class KernelDataplane implements Dataplane {
   }
 
   neighbourHandSet(ip: string, iface: string): string | undefined {
-    const states = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.states ?? [];
-    return states.includes('PERMANENT') || states.includes('NOARP') ? states.join(', ') : undefined;
+    const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
+    const states = entry?.states ?? [];
+    if (!states.includes('PERMANENT') && !states.includes('NOARP')) return undefined;
+    // Its MAC answered an ARP request of ours: confirmed by the host, as any other entry's.
+    if (entry?.mac && this.answeredOn(ip, iface)?.has(entry.mac)) return undefined;
+    return states.join(', ');
   }
 
   /**
@@ -695,13 +739,14 @@ export class KernelDataplane implements Dataplane {
    * With `unanswered` (the caller needs an answer), an entry whose MAC no ARP request of ours has had
    * answered on the wire is asked at once ({@link askNeighbour}, at most once a second) and set to NUD_PROBE
    * at once (at most once a second): what answers is read off the wire; the kernel's own probe fails a MAC
-   * nobody owns. Static entries (PERMANENT, NOARP) are left alone, and entries the kernel is already
-   * probing are not set to NUD_PROBE again.
+   * nobody owns. Static entries (PERMANENT, NOARP) are asked the same way (their MAC is no more evidence than
+   * any other's) but never set to NUD_PROBE (that would replace the operator's entry), and entries the kernel
+   * is already probing are not set to NUD_PROBE again.
    */
   verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
     const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     if (!seen?.entry.mac) return false;
-    if (seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP')) return false;
+    const handSet = seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP');
     const key = `${ip}#${seen.ifindex}`;
     const answer = this.wire.get(key)?.get(seen.entry.mac);
     const now = unanswered && !answer;
@@ -718,7 +763,7 @@ export class KernelDataplane implements Dataplane {
       }
     }
     const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
-    if (seen.entry.states.some((x) => busy.includes(x))) return asked;
+    if (handSet || seen.entry.states.some((x) => busy.includes(x))) return asked;
     const t = Date.now();
     // `ip -s neigh` gives the age in whole seconds, rounded down: counted as up to a second older, so that
     // a probe is never later than NEIGHBOUR_VERIFY_MS plus one pass (the bound in docs/architecture.md).

@@ -44,6 +44,7 @@ const ARPHRD_ETHER = 1;
 const ARPOP_REQUEST = 1;
 const ARPOP_REPLY = 2;
 const PACKET_HOST = 0;
+const PACKET_OUTGOING = 4;
 const EAGAIN = 11;
 const EPERM = 1;
 const EACCES = 13;
@@ -81,6 +82,16 @@ export interface ArpAnswer {
   mac: string;
   /** Round trip from the first request (ms). */
   ms: number;
+}
+
+/**
+ * An ARP packet read off the wire (request or reply, to us or not, not one this host sent) whose sender claims
+ * `ip` from `mac` (RFC 5227: any ARP packet whose sender IP is the address; sender MAC the one claiming it).
+ */
+export interface ArpClaim {
+  ifindex: number;
+  ip: string;
+  mac: string;
 }
 
 interface Outstanding {
@@ -158,6 +169,8 @@ export class ArpProber {
     private readonly onAnswer: (a: ArpAnswer) => void,
     private readonly onSilent: (q: ArpQuestion) => void,
     private readonly now: () => number = Date.now,
+    /** Every ARP packet read whose sender claims an address ({@link ArpClaim}), answers or not. */
+    private readonly onClaim?: (c: ArpClaim) => void,
   ) {}
 
   /** Whether a question is outstanding (requests sent, no answer yet, not given up). */
@@ -252,15 +265,22 @@ export class ArpProber {
         if (e !== EAGAIN) this.lastError = `read ARP replies: ${errnoOf(e)}`;
         return;
       }
-      if (got >= 28 && this.outstanding.size) this.frame(this.buf.subarray(0, got));
+      if (got >= 28 && (this.outstanding.size || this.onClaim)) this.frame(this.buf.subarray(0, got));
     }
   }
 
   private frame(p: Buffer): void {
     const ifindex = this.from.readInt32LE(4);
-    if (this.from.readUInt8(10) !== PACKET_HOST || p.readUInt16BE(6) !== ARPOP_REPLY) return;
+    const pkttype = this.from.readUInt8(10);
     if (p.readUInt16BE(0) !== ARPHRD_ETHER || p.readUInt16BE(2) !== 0x0800 || p[4] !== 6 || p[5] !== 4) return;
+    const op = p.readUInt16BE(6);
     const sha = p.subarray(8, 14);
+    // Whoever claims an address (RFC 5227): a reply, to us or not, a request, a gratuitous ARP; not our own.
+    if (this.onClaim && pkttype !== PACKET_OUTGOING && (op === ARPOP_REPLY || op === ARPOP_REQUEST)) {
+      if (p.readUInt32BE(14) !== 0)
+        this.onClaim({ ifindex, ip: `${p[14]}.${p[15]}.${p[16]}.${p[17]}`, mac: macText(sha) });
+    }
+    if (pkttype !== PACKET_HOST || op !== ARPOP_REPLY) return;
     if (this.from.readUInt8(11) !== 6 || !this.from.subarray(12, 18).equals(sha)) return; // Ethernet source = sender
     const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
     const mac = macText(sha);

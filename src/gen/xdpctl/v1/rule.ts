@@ -119,12 +119,14 @@ export enum RuleState {
    * go to the other backends), or whether a backend receives cannot be
    * verified (a veth egress whose peer xdpctld cannot inspect, before
    * traffic showed the kernel takes its frames; a backend given without MAC
-   * whose neighbour entry was set by hand, PERMANENT or NOARP, which the
-   * kernel never confirms, whose entry is missing while the datapath keeps
-   * the MAC it forwarded with and probes it, or whose MAC no ARP probe of
-   * xdpctld's has had answered yet: a new entry, one another tool wrote,
-   * every entry at a start until its probe answers; each stays in the
-   * table), or
+   * whose MAC no ARP probe of xdpctld's has had answered yet: a new entry,
+   * one another tool wrote, one set by hand (PERMANENT or NOARP, which the
+   * kernel never confirms), every entry at a start until its probe answers;
+   * whose entry is missing while the datapath keeps the MAC it forwarded
+   * with and probes it; or for whose address two MACs answer ARP at once, an
+   * address conflict (RFC 5227: a duplicate host or a spoofer; the MAC in
+   * the datapath is kept, BackendsReceiving reason AddressConflict); each
+   * stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
