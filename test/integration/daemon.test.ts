@@ -112,8 +112,8 @@ describe('xdpctld end to end', kernelOnly(), () => {
     assert.match(created.rule!.status!.backendStatus[0].message, /no neighbour entry for 198\.18\.2\.1/);
     assert.equal(created.rule!.generation, 1n);
 
-    // Once the neighbour is known, an update resolves it. As the kernel learns it (REACHABLE): an entry set
-    // by hand (PERMANENT) cannot be verified, and the rule would be DEGRADED (neighbour-handset.test.ts).
+    // Once the neighbour is known, an update resolves it. As the kernel learns it (REACHABLE); an entry set
+    // by hand (PERMANENT) is confirmed the same way, by an ARP probe of ours (neighbour-handset.test.ts).
     sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'reachable']);
     const updated = await c.rules.updateRule({
       rule: rule('web', [backend(b1, { mac: '' })], { labels: { owner: 'e2e' } }),

@@ -1398,7 +1398,13 @@ async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () =>
     // Two MACs answering for the address at once (an address conflict): the MAC in the datapath kept, both asked.
     const conflict = dp.neighbourConflict?.(ip, iface);
     if (conflict) {
-      const next = conflictHold({ hold, macs: conflict, entry, written: state.neighbourMacs.get(key), now: t });
+      // The MAC in the datapath is kept when it is one of them or still answers (not one found silent since).
+      const w = state.neighbourMacs.get(key);
+      const keep =
+        w && (conflict.includes(w.toLowerCase()) || dp.neighbourAnswerAge?.(ip, iface, w) !== undefined)
+          ? w
+          : undefined;
+      const next = conflictHold({ hold, macs: conflict, entry, written: keep, now: t });
       state.neighbourHolds.set(key, next);
       if (!hold?.conflict) {
         state.reconcilerEvents.neighbour_conflicts++;

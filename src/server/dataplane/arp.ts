@@ -59,6 +59,12 @@ export const ARP_TRIES = 3;
  * that took another MAC without announcing it) is known within ~1 s of being asked.
  */
 export const ARP_RETRY_MS = 200;
+/**
+ * The same for a question that must be settled at once (ms): does a MAC that answered before still answer,
+ * now that another one does for its address? A real change (the old MAC gone) is followed once it is found
+ * silent (3 requests, 0.3 s), within the second the reconciler has to follow a change.
+ */
+export const ARP_RETRY_SOON_MS = 100;
 /** How often the socket is read while requests are outstanding (ms). */
 export const ARP_READ_MS = 10;
 /** The socket is closed when no request has been outstanding for this long (ms). */
@@ -103,6 +109,8 @@ interface Outstanding {
   first: number;
   last: number;
   sent: number;
+  /** Time between its requests (ms). */
+  retry: number;
 }
 
 const keyOf = (q: ArpQuestion) => `${q.ifindex}/${q.ip}/${q.mac}`;
@@ -181,15 +189,21 @@ export class ArpProber {
   /**
    * Put a question on the wire out of `ifindex`, whose own MAC is `ownMac`: `q.mac` asked by unicast, or
    * everyone (broadcast) when it is ''. Nothing is sent when the same question is outstanding. False when
-   * it could not be sent (no socket: {@link lastError}).
+   * it could not be sent (no socket: {@link lastError}). `soon`: {@link ARP_RETRY_SOON_MS} apart (an
+   * outstanding question is made so too).
    */
-  ask(q: ArpQuestion, ownMac: string): boolean {
+  ask(q: ArpQuestion, ownMac: string, soon = false): boolean {
     const k = keyOf(q);
-    if (this.outstanding.has(k)) return true;
+    const was = this.outstanding.get(k);
+    if (was) {
+      if (soon) was.retry = Math.min(was.retry, ARP_RETRY_SOON_MS);
+      return true;
+    }
     const own = macBytes(ownMac);
     const ownIp = ipBytes(q.sender ?? '0.0.0.0');
     if (!own || !ownIp || !ipBytes(q.ip) || (q.mac !== '' && !macBytes(q.mac))) return false;
-    const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0 };
+    const retry = soon ? ARP_RETRY_SOON_MS : ARP_RETRY_MS;
+    const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0, retry };
     if (!this.send(o)) return false;
     this.outstanding.set(k, o);
     this.arm();
@@ -241,7 +255,7 @@ export class ArpProber {
     if (this.fd >= 0) this.read();
     const t = this.now();
     for (const [k, o] of this.outstanding) {
-      if (t - o.last < ARP_RETRY_MS) continue;
+      if (t - o.last < o.retry) continue;
       if (o.sent >= ARP_TRIES || !this.send(o)) {
         this.outstanding.delete(k);
         this.onSilent(o.q);
