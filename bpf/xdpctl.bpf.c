@@ -158,11 +158,14 @@ static __always_inline int verdict(int action)
 
 /*
  * Remember a redirect for the tracepoint programs (xdpctl.h, struct
- * xdpctl_redir_q). Native mode only queues: generic mode transmits at once
- * and reports failures through xdp_redirect_err alone.
+ * xdpctl_redir_q): `ingress` is the run's ingress, `target` what the kernel
+ * will report as the redirect's index (egress ifindex, or the devmap key).
+ * Native mode only queues: generic mode transmits at once and reports
+ * failures through xdp_redirect_err alone. A mirror entry of another egress,
+ * ingress or NAPI poll is not pending any more: it starts over here.
  */
-static __always_inline void track_redirect(__u32 kind, __u32 id, __u32 id2, __u64 len, __u32 egress,
-					   int generic)
+static __always_inline void track_redirect(__u32 kind, __u32 id, __u32 id2, __u64 len, __u32 ingress,
+					   __u32 target, __u32 egress, int generic)
 {
 	__u32 zero = 0, slot;
 	struct xdpctl_redir_last *l = bpf_map_lookup_elem(&redir_last, &zero);
@@ -176,14 +179,18 @@ static __always_inline void track_redirect(__u32 kind, __u32 id, __u32 id2, __u6
 	l->e.len = len;
 	l->egress = egress;
 	l->queued = 0;
+	l->ingress = ingress;
+	l->target = target;
 	if (!egress || generic)
 		return;
 	slot = egress % XDPCTL_REDIR_TRACK;
 	q = bpf_map_lookup_elem(&redir_track, &slot);
 	if (!q)
 		return;
-	if (q->ifindex != egress) {
+	if (q->ifindex != egress || q->epoch != l->epoch || q->ingress != ingress) {
 		q->ifindex = egress;
+		q->epoch = l->epoch;
+		q->ingress = ingress;
 		q->count = 0;
 	}
 	{
@@ -456,9 +463,9 @@ static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags, int has_fla
 	if (!(flags & XDPCTL_IF_F_GENERIC)) {
 		__u32 *egress = bpf_map_lookup_elem(&xc_links, &in);
 
-		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, egress ? *egress : 0, 0);
+		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, in, in, egress ? *egress : 0, 0);
 	} else {
-		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, 0, 1);
+		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, in, in, 0, 1);
 	}
 	return act;
 }
@@ -614,7 +621,7 @@ incremental:
 
 /* Count a redirect and hand the frame to the kernel. */
 static __always_inline int do_redirect(struct xdpctl_backend *be, struct xdpctl_rule_stats *rs,
-				       __u32 rule_stats_id, __u64 len, int generic)
+				       __u32 rule_stats_id, __u64 len, __u32 ingress, int generic)
 {
 	struct xdpctl_backend_stats *bs;
 
@@ -622,7 +629,7 @@ static __always_inline int do_redirect(struct xdpctl_backend *be, struct xdpctl_
 		count(XDPCTL_STAT_ERR_REDIRECT);
 		return verdict(XDP_ABORTED);
 	}
-	track_redirect(XDPCTL_REDIR_RULE, rule_stats_id, be->stats_id, len, be->ifindex, generic);
+	track_redirect(XDPCTL_REDIR_RULE, rule_stats_id, be->stats_id, len, ingress, be->ifindex, be->ifindex, generic);
 	if (rs) {
 		rs->redirected++;
 		rs->redirected_bytes += len;
@@ -723,7 +730,7 @@ static __always_inline int follow_fragment(struct xdp_md *ctx, void *data, struc
 	}
 	__builtin_memcpy(&new_daddr, be->addr, 4);
 	rewrite_ip(data, ip, be, new_daddr);
-	return do_redirect(be, rs, fv->rule_stats_id, len, generic);
+	return do_redirect(be, rs, fv->rule_stats_id, len, ctx->ingress_ifindex, generic);
 }
 
 static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *data_end,
@@ -831,7 +838,7 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 	if ((void *)(ip + 1) > data_end)
 		return verdict(XDP_ABORTED);
 	rewrite_ip(data, ip, be, new_daddr);
-	return do_redirect(be, rs, rule->stats_id, len, !!(if_flags & XDPCTL_IF_F_GENERIC));
+	return do_redirect(be, rs, rule->stats_id, len, ctx->ingress_ifindex, !!(if_flags & XDPCTL_IF_F_GENERIC));
 }
 
 /* Multi-buffer (xdp.frags): attaches natively to interfaces whose MTU is

@@ -150,7 +150,11 @@ enum xdpctl_stat {
 	XDPCTL_STAT_ERR_IP_OPTIONS = 12, /* matched packet with IP options: passed */
 	XDPCTL_STAT_ERR_XMIT = 13,       /* redirected, then dropped by the kernel (tracepoints) */
 	XDPCTL_STAT_ERR_MARTIAN = 14,    /* martian source or non-unicast destination (RFC 1812 5.3.7): passed */
-	XDPCTL_STAT__MAX = 15,
+	/* of ERR_XMIT: frames our program redirected that the kernel dropped but that the tracepoints
+	 * cannot tie to the redirect that sent them: charged to no rule, backend or link (their
+	 * "redirected" still counts them) */
+	XDPCTL_STAT_ERR_XMIT_UNATTRIBUTED = 15,
+	XDPCTL_STAT__MAX = 16,
 };
 
 /*
@@ -184,7 +188,18 @@ struct xdpctl_frag_val {
  *    took only `sent` of the queued frames (e.g. a veth peer without NAPI):
  *    the dropped ones are the last `drops` of that egress's queue, which the
  *    program mirrors in `q` (the kernel queues at most 16 per CPU and egress,
- *    DEV_MAP_BULK_SIZE, and flushes when full).
+ *    DEV_MAP_BULK_SIZE, flushes when full, and flushes every queue at the end
+ *    of the NAPI poll that filled it: one ingress device per queue).
+ * An outcome is charged only when the tracepoint can tell it is this frame:
+ * same CPU (per-CPU maps), our program (prog id) on an ingress in our network
+ * namespace, the same ingress, target (egress ifindex or devmap key, and map)
+ * and NAPI poll (`epoch`: xdpctl_napi_poll counts this CPU's polls, after
+ * their flush, so anything recorded in an earlier poll is no longer pending),
+ * and for a flush exactly as many mirrored frames as the kernel flushed.
+ * Anything else goes to XDPCTL_STAT_ERR_XMIT_UNATTRIBUTED, and the mirror
+ * starts over at the next redirect (a mirror left behind by a run that
+ * queued nothing -- generic mode, a test run, a daemon restart -- is of an
+ * earlier epoch).
  * Value of redir_track (per-CPU array indexed by egress ifindex % 1024; the
  * ifindex is kept to detect two egresses sharing an entry).
  */
@@ -202,14 +217,20 @@ struct xdpctl_redir_ent {
 
 /* Value of redir_last (per-CPU, one entry): the frame the program just redirected. */
 struct xdpctl_redir_last {
-	struct xdpctl_redir_ent e;
-	__u32 egress; /* ifindex, 0 when the program does not know it (devmap) */
-	__u32 queued; /* mirrored in redir_track[egress] */
+	struct xdpctl_redir_ent e; /* e.kind 0: nothing pending */
+	__u32 egress;  /* ifindex, 0 when the program does not know it (devmap) */
+	__u32 queued;  /* mirrored in redir_track[egress] */
+	__u32 ingress; /* ctx->ingress_ifindex of the run */
+	__u32 target;  /* the index the kernel reports: egress ifindex (bpf_redirect) or devmap key */
+	__u32 epoch;   /* this CPU's NAPI polls so far (xdpctl_napi_poll) */
+	__u32 pad;
 };
 
 struct xdpctl_redir_q {
 	__u32 ifindex; /* egress this entry mirrors; 0: unused */
 	__u32 count;   /* frames queued since the last flush */
+	__u32 ingress; /* the ingress they came in on */
+	__u32 epoch;   /* the NAPI poll that queued them (redir_last.epoch) */
 	/* One more than the kernel queues: the frame that makes it flush is
 	 * queued after the flush (bq_enqueue). */
 	struct xdpctl_redir_ent q[XDPCTL_BULK + 1];

@@ -22,7 +22,7 @@ import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
-const TRACE_LINKS = ['xdpctl_redirect_err', 'xdpctl_devmap_xmit'];
+const TRACE_LINKS = ['xdpctl_redirect_err', 'xdpctl_devmap_xmit', 'xdpctl_napi_poll'];
 
 describe('pins and state store: whose datapath, put back', kernelOnly(), () => {
   const id = runId();
@@ -222,11 +222,11 @@ describe('pins and state store: whose datapath, put back', kernelOnly(), () => {
     await c.rules.createRule({ rule: rule('web', port, vm.hostIf, b1) });
     assert.equal(await delivered(vm, b1, port), 50, 'forwards at first');
     const linksBack = () => TRACE_LINKS.every((n) => existsSync(`${pinRoot}/links/${n}`));
-    assert.ok(linksBack(), 'both tracepoint links pinned');
+    assert.ok(linksBack(), 'the three tracepoint links pinned');
 
     rmSync(`${pinRoot}/links`, { recursive: true });
     await until('the tracepoint links pinned again', linksBack, 5000);
-    const repinLine = /"repinned":\[[^\]]*links\/xdpctl_redirect_err.*re-pinned 2 /;
+    const repinLine = /"repinned":\[[^\]]*links\/xdpctl_redirect_err.*re-pinned 3 /;
     await until('the re-pin logged', () => repinLine.test(d!.output), 3000);
 
     rmSync(pinRoot, { recursive: true });

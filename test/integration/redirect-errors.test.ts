@@ -93,6 +93,7 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
     const check = async (keys: ReturnType<typeof installRule>, port: number, size: number) => {
       try {
         const before = globalCounters(dp.maps)[GlobalStat.ERR_XMIT];
+        const unattributed = globalCounters(dp.maps)[GlobalStat.ERR_XMIT_UNATTRIBUTED];
         const { sent } = await sendUdp(vm.netns, NOWHERE, port, 50, { size }).done;
         await new Promise((r) => setTimeout(r, 200));
         const rs = ruleCounters(dp.maps, slot);
@@ -103,6 +104,11 @@ for (const mode of ['native', 'generic'] as XdpMode[]) {
         assert.equal(bs.packets, 0n);
         assert.equal(bs.redirectErrors, BigInt(sent), 'and of the backend');
         assert.equal(globalCounters(dp.maps)[GlobalStat.ERR_XMIT] - before, BigInt(sent), 'global xmit errors');
+        assert.equal(
+          globalCounters(dp.maps)[GlobalStat.ERR_XMIT_UNATTRIBUTED] - unattributed,
+          0n,
+          'each one attributed',
+        );
       } finally {
         removeMatches(dp.maps, keys);
       }

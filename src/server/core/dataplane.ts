@@ -88,6 +88,7 @@ export const GlobalStat = {
   ERR_IP_OPTIONS: 12,
   ERR_XMIT: 13,
   ERR_MARTIAN: 14,
+  ERR_XMIT_UNATTRIBUTED: 15,
 } as const;
 
 export type XdpModeName = 'native' | 'generic' | 'auto';

@@ -16,7 +16,7 @@
  * adopts it without loading and verifying the same code again.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
@@ -158,6 +158,12 @@ const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Ca
 
 /** Maps pinned by this loader instead of libbpf. */
 const SELF_PINNED = ['xc_links'];
+
+/**
+ * The programs of bpf/xdpctl-trace.bpf.c, each attached and its link pinned under <pinRoot>/links: failed
+ * redirects (two xdp tracepoints) and the end of each NAPI poll (which retires redirects still recorded).
+ */
+export const TRACE_PROGRAMS = ['xdpctl_redirect_err', 'xdpctl_devmap_xmit', 'xdpctl_napi_poll'];
 
 /** The result of attaching to an interface. */
 export interface AttachResult extends XdpState {
@@ -1315,7 +1321,7 @@ export class XdpDatapath {
 
   /**
    * Load bpf/xdpctl-trace.bpf.c next to the object and attach its tracepoint
-   * programs (xdp:xdp_redirect_err, xdp:xdp_devmap_xmit), sharing the pinned
+   * programs (xdp:xdp_redirect_err, xdp:xdp_devmap_xmit, napi:napi_poll), sharing the pinned
    * maps: they move frames the kernel dropped after a redirect out of
    * "redirected" into "redirect_errors". Their links are pinned under
    * <pinRoot>/links, so counting goes on while the daemon is down; a new
@@ -1352,9 +1358,14 @@ export class XdpDatapath {
       check(`load ${path}`, lib.bpf_object__load(obj) as number, lines);
       const cfg = lib.bpf_object__find_map_by_name(obj, 'trace_cfg');
       const cfgFd = check('open map trace_cfg', lib.bpf_map__fd(cfg) as number);
-      check('write trace_cfg', lib.bpf_map_update_elem(cfgFd, u32.encode(0), u32.encode(this.progId), 0) as number);
+      // struct xdpctl_trace_cfg: what tells our redirects from other datapaths' (bpf/xdpctl-trace.bpf.c).
+      const value = Buffer.alloc(12);
+      value.writeUInt32LE(this.progId, 0);
+      value.writeUInt32LE(statSync('/proc/self/ns/net').ino, 4);
+      value.writeUInt32LE(this.xcLinksIdIn(mapDir), 8);
+      check('write trace_cfg', lib.bpf_map_update_elem(cfgFd, u32.encode(0), value, 0) as number);
       mkdirSync(linkDir, { recursive: true });
-      for (const name of ['xdpctl_redirect_err', 'xdpctl_devmap_xmit']) {
+      for (const name of TRACE_PROGRAMS) {
         const prog = lib.bpf_object__find_program_by_name(obj, name);
         if (!prog) throw new KernelError(`find program ${name}`, 2, lines, 'not in the object');
         clearErrno();
@@ -1367,11 +1378,44 @@ export class XdpDatapath {
         if (existsSync(pin)) unlinkSync(pin);
         check(`pin link ${name} at ${pin}`, lib.bpf_link__pin(link, pin) as number);
       }
+      XdpDatapath.resetRedirectMirror(mapDir);
     } catch (e) {
       this.traceWarning = `failed redirects are not counted: ${(e as Error).message}`;
       log.warn({ err: (e as Error).message, libbpf: lines.slice(-5) }, 'tracepoint programs not attached');
     } finally {
       stop();
+    }
+  }
+
+  /**
+   * Start the redirect mirror (redir_last, redir_track: bpf/xdpctl.h) over, once our tracepoint programs
+   * are attached: what a previous daemon, a test run or a time without tracepoint programs left there is
+   * no redirect of ours still pending. A program redirecting meanwhile can find an entry half cleared: the
+   * tracepoints then see it out of step with the kernel's queue and count those drops as unattributed.
+   */
+  static resetRedirectMirror(mapDir: string): void {
+    for (const name of ['redir_last', 'redir_track']) {
+      const fd = check(`open map ${name}`, lib.bpf_obj_get(join(mapDir, name)) as number);
+      try {
+        const info = mapInfo(fd, name);
+        const zero = Buffer.alloc(possibleCpus() * ((info.valueSize + 7) & ~7));
+        for (let k = 0; k < info.maxEntries; k++) {
+          check(`clear ${name}[${k}]`, lib.bpf_map_update_elem(fd, u32.encode(k), zero, 0) as number);
+        }
+      } finally {
+        closeFd(fd);
+      }
+    }
+  }
+
+  /** The kernel id of the cross-connect devmap pinned in mapDir (the one the program uses), else ours. */
+  private xcLinksIdIn(mapDir: string): number {
+    const fd = lib.bpf_obj_get(join(mapDir, MAP_DEFS.xcLinks[0])) as number;
+    if (fd < 0) return mapInfo(this.maps.xcLinks.fd, 'xc_links').id ?? 0;
+    try {
+      return mapInfo(fd, 'xc_links').id ?? 0;
+    } finally {
+      closeFd(fd);
     }
   }
 
