@@ -64,7 +64,7 @@ export const DATAPATH_ATTRS = {
   linkTo: 'xdpctl.link.to',
   /** aborted | drop | pass | tx | redirect. */
   verdict: 'xdpctl.verdict',
-  /** The keys of GetCounters' GlobalCounters.errors: truncated, fragment, no_rule, ..., xmit, martian. */
+  /** The keys of GetCounters' GlobalCounters.errors: truncated, fragment, no_rule, ..., xmit, martian, xmit_unattributed. */
   error: 'xdpctl.error',
 } as const;
 
@@ -241,7 +241,8 @@ const DESCRIPTIONS = {
   datapathErrors: {
     description:
       'Packets by datapath error, over every interface (GetCounters GlobalCounters.errors; xmit: redirects the ' +
-      'kernel dropped, from the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints)',
+      'kernel dropped, from the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints; xmit_unattributed: ' +
+      'those of them charged to no rule, backend or link, since they could not be proven to be their frames)',
     unit: '{packet}',
   },
 };

@@ -263,7 +263,10 @@ export interface RuleCounters {
    * transmit such as a bridge, a veth whose peer has no NAPI). Observed with
    * the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints; such
    * packets are not in redirected_packets. Zero while the tracepoint programs
-   * are not attached (the daemon's log and status say so).
+   * are not attached (the daemon's log and status say so). A drop that cannot
+   * be proven to be this rule's frame is charged to no rule: it is counted
+   * in GlobalCounters.errors "xmit_unattributed" and stays in the
+   * redirected_packets of the rule that redirected it.
    */
   redirectErrorPackets: bigint;
 }
@@ -337,7 +340,16 @@ export interface GlobalCounters {
    * "xmit" (frames redirected that the kernel then dropped, from the
    * xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints), "martian"
    * (a packet to redirect from or to 0.0.0.0/8, 127.0.0.0/8, multicast or
-   * class E, the limited broadcast included: passed; RFC 1812 5.3.7).
+   * class E, the limited broadcast included: passed; RFC 1812 5.3.7),
+   * "xmit_unattributed" (of "xmit": drops that could not be proven to be
+   * the frame a given rule, backend or link redirected -- the redirect
+   * recorded was of another program run, ingress, target or NAPI poll, or
+   * out of step with the kernel's queue, e.g. after another tool ran our
+   * program in another XDP mode -- so they are charged to none: their
+   * redirected counts still include them).
+   *
+   * Drops of frames another XDP program queued (another datapath, in this
+   * or another network namespace) are in none of these.
    */
   errors: { [key: string]: bigint };
 }
