@@ -152,6 +152,31 @@ describe('redirect errors are charged only to the rule whose frame it provably w
     }
   };
 
+  it('(a) another tool flips the ingress to generic with our pinned program, then the datapath re-attaches native', async () => {
+    const s0 = snap();
+    await send(SMALL, 20, 200);
+    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdp', 'off']);
+    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(pinRoot)]);
+    // From each CPU in turn (the sender inherits the test's affinity; its frames are received on its CPU), so
+    // that both CPUs' mirrors hold redirects the generic runs recorded and never queued.
+    for (const cpu of ['0', '1']) {
+      sh('taskset', ['-p', '-c', cpu, String(process.pid)]);
+      await send(SMALL, 5, 200);
+    }
+    sh('taskset', ['-p', affinity, String(process.pid)]);
+    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdpgeneric', 'off']);
+    assert.equal(dp.attach(vm.hostIf, 'native').mode, 'native');
+    const d0 = delta(s0, snap());
+    assert.equal(d0.delivered, 30n, 'small arrives in both modes');
+    assert.deepEqual(d0.small, { redirected: 30n, errors: 0n, beErrors: 0n });
+
+    const s1 = snap();
+    await send(BIG, 100, 1200);
+    const d1 = delta(s1, snap());
+    console.log('(a) 100 x 1200 B to big after the flip:', d1);
+    assertBigDropped(d1, 100, true);
+  });
+
   it('(c) a mirror left with 5 redirects the kernel never queued: resynced, then restarted', async () => {
     const s0 = snap();
     await send(SMALL, 20, 200);
@@ -159,18 +184,20 @@ describe('redirect errors are charged only to the rule whose frame it provably w
     assert.equal(d0.delivered, 20n, 'small arrives');
     assert.deepEqual(d0.small, { redirected: 20n, errors: 0n, beErrors: 0n });
 
+    // The mirror of a CPU that ran no NAPI poll since the test runs is out of step at its first flush: that
+    // flush's drops are unattributed, and the mirror starts over. Never charged to small.
     staleMirror();
     const s1 = snap();
     await send(BIG, 50, 1200);
     const d1 = delta(s1, snap());
     console.log('(c) first 50 after the stale mirror:', d1);
     assertBigDropped(d1, 50, false);
-
     const s2 = snap();
     await send(BIG, 50, 1200);
     const d2 = delta(s2, snap());
     console.log('(c) next 50:', d2);
-    assertBigDropped(d2, 50, true);
+    assertBigDropped(d2, 50, false);
+    assert.ok(d1.unattributed + d2.unattributed <= 32n, 'at most one flush (16 frames) per CPU unattributed');
 
     // A restart (the pinned mirror survives it) adopts the datapath and starts the mirror over.
     staleMirror();
@@ -264,24 +291,5 @@ describe('redirect errors are charged only to the rule whose frame it provably w
     assert.deepEqual(d.big, { redirected: 0n, errors: 0n, beErrors: 0n }, 'nothing charged to big');
     assert.equal(d.xmit, 0n, 'not our drops: not in our xmit errors');
     assert.equal(d.unattributed, 0n, 'nor unattributed');
-  });
-
-  it('(a) another tool flips the ingress to generic with our pinned program, then the datapath re-attaches native', async () => {
-    const s0 = snap();
-    await send(SMALL, 20, 200);
-    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdp', 'off']);
-    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdpgeneric', 'pinned', XdpDatapath.progPinPath(pinRoot)]);
-    await send(SMALL, 5, 200);
-    sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdpgeneric', 'off']);
-    assert.equal(dp.attach(vm.hostIf, 'native').mode, 'native');
-    const d0 = delta(s0, snap());
-    assert.equal(d0.delivered, 25n, 'small arrives in both modes');
-    assert.deepEqual(d0.small, { redirected: 25n, errors: 0n, beErrors: 0n });
-
-    const s1 = snap();
-    await send(BIG, 100, 1200);
-    const d1 = delta(s1, snap());
-    console.log('(a) 100 x 1200 B to big after the flip:', d1);
-    assertBigDropped(d1, 100, true);
   });
 });
