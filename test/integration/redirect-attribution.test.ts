@@ -14,8 +14,10 @@
  *    at the flush (its peer's MTU too);
  *  - (a) another tool flips the ingress to generic mode with our pinned
  *    program (frames redirected at once, nothing queued), then back to native.
- * Before the fix small was charged with big's drops (a: -100 redirected,
- * +100 errors; c: with every batch), and the foreign drops (b).
+ * Before the fix small was charged with big's drops (a: +100 errors, big
+ * +100 redirected; c: with every batch), and with the foreign drops (b).
+ * (d) checks that a cross-connect's drops (at the flush, and refused at once
+ * through our devmap) still go to the link, none unattributed.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -24,7 +26,13 @@ import { after, before, describe, it } from 'node:test';
 import { GlobalStat } from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ensureVethPeerNapi, ifindexOf } from '../../src/server/dataplane/netdev.js';
-import { backendCounters, globalCounters, ruleCounters } from '../../src/server/dataplane/tables.js';
+import {
+  backendCounters,
+  connectDirection,
+  globalCounters,
+  linkCounters,
+  ruleCounters,
+} from '../../src/server/dataplane/tables.js';
 import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
 import { udpFrame } from '../helpers/packets.js';
@@ -213,6 +221,37 @@ describe('redirect errors are charged only to the rule whose frame it provably w
 
   const ifindexOfIn = (netns: string, dev: string): number =>
     JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', dev]))[0].ifindex as number;
+
+  it("(d) a cross-connect's drops, at the flush and refused at once: charged to the link (through our devmap)", async () => {
+    const l1 = topo.addHost('l1', '198.18.5.1/24');
+    const l2 = topo.addHost('l2', '198.18.5.2/24');
+    topo.exec('l2', 'ip', ['link', 'set', 'eth0', 'mtu', '1000']);
+    assert.ok((await ensureVethPeerNapi(l2.hostIf, true)).ok);
+    assert.equal(dp.attach(l1.hostIf, 'native').mode, 'native');
+    const from = ifindexOf(l1.hostIf);
+    connectDirection(dp.maps, from, ifindexOf(l2.hostIf));
+    // Only the test's datagrams cross the link: a static neighbour, no IPv6 chatter from the sender.
+    topo.exec('l1', 'ip', ['neigh', 'replace', '198.18.5.2', 'lladdr', l2.mac, 'dev', 'eth0', 'nud', 'permanent']);
+    topo.exec('l1', 'sysctl', ['-qw', 'net.ipv6.conf.eth0.disable_ipv6=1']);
+    const link = () => linkCounters(dp.maps, from)!;
+    for (const [what, breakIt] of [
+      ['peer MTU 1000: dropped at the flush', () => {}],
+      ['egress down: refused at once', () => sh('ip', ['link', 'set', l2.hostIf, 'down'])],
+    ] as const) {
+      breakIt();
+      const s0 = snap();
+      const before = link();
+      const { sent } = await sendUdp(l1.netns, '198.18.5.2', 7009, 50, { size: 1200, perTick: 1, tickMs: 5 }).done;
+      await sleep(300);
+      const d = delta(s0, snap());
+      const errors = link().redirectErrors - before.redirectErrors;
+      console.log(`(d) ${what}: link errors +${errors}, packets +${link().packets - before.packets}`, d);
+      assert.equal(errors, BigInt(sent), `${what}: every frame a redirect error of the link`);
+      assert.equal(link().packets, before.packets, `${what}: none counted as forwarded`);
+      assert.equal(d.xmit, BigInt(sent));
+      assert.equal(d.unattributed, 0n, `${what}: none unattributed`);
+    }
+  });
 
   /** The other datapath's own global "xmit" errors (its pinned global_stats, summed over CPUs). */
   const foreignXmitErrors = (): bigint => {
