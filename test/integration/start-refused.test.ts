@@ -232,7 +232,7 @@ describe('a refused start leaves the host as it found it', kernelOnly(), () => {
     assert.equal(await d.stop(), 0);
     const pins = sh('find', [pinRoot]).split('\n').sort();
     const linksBefore = [...ours().links.values()].filter((l) => l.pinned?.some((p) => p.startsWith(`${pinRoot}/`)));
-    assert.equal(linksBefore.length, 2, 'the stopped daemon left its two tracepoint links pinned');
+    assert.equal(linksBefore.length, 3, 'the stopped daemon left its three tracepoint links pinned');
     // Refused for its configuration, then (state store corrupted) after the kernel was touched.
     const progPin = `${pinRoot}/progs/xdpctl_main`;
     const progId = () => (JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', progPin])) as { id: number }).id;
