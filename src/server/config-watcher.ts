@@ -13,7 +13,13 @@
  * `cfg.yaml -> ..data/cfg.yaml`, `..data -> ..2026_…`, swapped by renaming a
  * new `..data` over the old) changes without an event naming it: every entry
  * on the way (each symlink, and the file it resolves to, in whatever
- * directory) is watched, and the text decides whether anything changed. A file
+ * directory) is watched, and so is every directory on the way to it (a release directory swapped
+ * under the path: `current -> rel2` renamed over, `mv conf conf.old; mv conf2 conf`, or a directory that
+ * does not exist yet at start), and the text decides whether anything changed. Events are a means, not the
+ * evidence: every {@link VERIFY_MS} the path is stat'ed (through its symlinks) and, when what it names
+ * (device, inode, size, modification and change times) differs from the last look, read again, so that a
+ * change no watch reported (a filesystem without inotify, a directory that could not be watched) is seen
+ * within that time, and "the file on disk is applied" is never older than that. A file
  * that was refused is tried again when it is written or touched, and one refused
  * because an interface it names does not exist (yet: a tap that appears after
  * the file is written) also every {@link MISSING_RETRY_MS} until it applies; one refused for what the host is
@@ -29,7 +35,7 @@
  */
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, readlink, realpath } from 'node:fs/promises';
+import { readFile, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig, type FieldViolation } from '../shared/config-file.js';
@@ -38,6 +44,8 @@ import { CoreError } from './core/errors.js';
 import type { Logger } from './log.js';
 
 const DEBOUNCE_MS = 150;
+/** How often the path is stat'ed to see a change no watch reported (ms). */
+export const VERIFY_MS = 2000;
 const RETRY_MS = 400;
 /** How often a file refused for a missing interface is tried again (the reconciler follows interfaces within 1 s). */
 export const MISSING_RETRY_MS = 1000;
@@ -140,6 +148,11 @@ export class ConfigWatcher {
   private timer?: NodeJS.Timeout;
   /** The re-evaluation of a file refused for what the host is ({@link watchRefusal}). */
   private recheck?: NodeJS.Timeout;
+  /** The periodic look at what the path names ({@link VERIFY_MS}), and what it saw last. */
+  private verifier?: NodeJS.Timeout;
+  private seen?: string;
+  /** Directories whose watch failed for another reason than being missing (said once each). */
+  private readonly unwatchable = new Set<string>();
   private running: Promise<void> = Promise.resolve();
   private closed = false;
   /** The text last refused, with lastError: the same refusal of the same text is said once. */
@@ -216,8 +229,30 @@ export class ConfigWatcher {
   /** Apply the file once, then follow it. */
   async start(): Promise<void> {
     this.ctl.setOwner(this.status.path);
+    this.seen = await this.identity();
     await this.load(false);
     await this.follow();
+    this.verifier = setInterval(() => void this.verify(), VERIFY_MS);
+    this.verifier.unref?.();
+  }
+
+  /** What the path names now: device, inode, size, mtime and ctime (ns) of the file it resolves to, or the error code. */
+  private async identity(): Promise<string> {
+    try {
+      const st = await stat(this.status.path, { bigint: true });
+      return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code ?? 'error';
+    }
+  }
+
+  /** The periodic look: what the path names changed since the last one (no event needed): read it again. */
+  private async verify(): Promise<void> {
+    if (this.closed) return;
+    const now = await this.identity();
+    if (now === this.seen || this.closed) return;
+    this.seen = now;
+    this.schedule(DEBOUNCE_MS, false);
   }
 
   /**
@@ -233,6 +268,9 @@ export class ConfigWatcher {
       want.get(dir)!.add(name);
     };
     add(dirname(this.status.path), basename(this.status.path));
+    // Every directory on the way: renaming another one over it (or creating it, when it is missing) changes
+    // what the path names without an event in the file's own directory.
+    for (let d = dirname(this.status.path); dirname(d) !== d; d = dirname(d)) add(dirname(d), basename(d));
     let p = this.status.path;
     for (let hop = 0; hop < 40; hop++) {
       let target: string;
@@ -273,7 +311,13 @@ export class ConfigWatcher {
         });
         this.watchers.set(dir, entry);
       } catch (e) {
-        this.log.warn({ config: this.status.path, dir, err: e }, `cannot watch ${dir}: changes there are not seen`);
+        // A directory missing for now is seen by the periodic look when it appears; say any other failure once.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT' || this.unwatchable.has(dir)) continue;
+        this.unwatchable.add(dir);
+        this.log.warn(
+          { config: this.status.path, dir, err: e },
+          `cannot watch ${dir}: a change there is seen by the periodic look, within ${VERIFY_MS / 1000} s`,
+        );
       }
     }
   }
@@ -450,6 +494,7 @@ export class ConfigWatcher {
     this.closed = true;
     clearTimeout(this.timer);
     clearTimeout(this.recheck);
+    clearInterval(this.verifier);
     for (const w of this.watchers.values()) w.watcher.close();
     this.watchers.clear();
   }
