@@ -328,6 +328,11 @@ export class ModelDataplane extends KernelDataplane {
   readonly faults: Faults;
   readonly ifs = new Map<string, InterfaceInfo>();
   readonly neighbours = new Map<string, string>();
+  /**
+   * Modelled veth peers in the daemon's namespace, by egress name (what vethPeerMac answers for it): a static
+   * MAC its peer has is confirmed (core/static-mac.ts); one nothing confirms makes its rule DEGRADED.
+   */
+  readonly vethPeers = new Map<string, { name: string; mac: string; takesOthers: boolean }>();
   readonly model: ModelDatapath;
 
   constructor(capacity: Capacity = MODEL_CAPACITY, interfaces: string[] = ['in0', 'in1', 'b0', 'b1', 'b2']) {
@@ -375,6 +380,10 @@ export class ModelDataplane extends KernelDataplane {
       else macs.set(`${ip}@${iface}`, await this.neighbourMac(ip, iface));
     }
     return { macs, gone };
+  }
+
+  override vethPeerMac(ifname: string): { name: string; mac: string; takesOthers: boolean } | undefined {
+    return this.vethPeers.get(ifname) ?? super.vethPeerMac(ifname);
   }
 
   override xdpStatus(ifname: string): XdpStatus | undefined {

@@ -20,9 +20,12 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
 import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
 import { backendEntry, u32 } from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
@@ -79,6 +82,17 @@ describe('two backend egresses whose names are swapped under a running daemon', 
     generation: 0n,
   });
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  /** 50 datagrams over 10 flows to rule `static`: how many its hosts received (.21 on b1, .22 on b2). */
+  async function sendStatic(): Promise<{ sent: number; got: number[] }> {
+    const ls = [
+      await UdpListener.start(b1.netns, '198.18.2.21', 7963),
+      await UdpListener.start(b2.netns, '198.18.2.22', 7963),
+    ];
+    listeners.push(...ls);
+    const { sent } = await sendUdp(vm.netns, NOWHERE, 7963, 50, { flows: 10 }).done;
+    await sleep(150);
+    return { sent, got: await Promise.all(ls.map(async (l) => (await l.stop()).unique)) };
+  }
 
   /** The datapath's backend entries in use of the MAC-less backends: [ifindex, dmac] (static MACs are as given). */
   function kernelBackends(): [number, string][] {
@@ -156,6 +170,10 @@ describe('two backend egresses whose names are swapped under a running daemon', 
       ],
       'both static MACs confirmed before the swap',
     );
+    const static0 = await status('static');
+    assert.equal(static0.state, RuleState.RULE_STATE_ACTIVE, static0.message);
+    const s0 = await sendStatic();
+    assert.equal(s0.got[0] + s0.got[1], s0.sent, `rule static before the swap: ${s0.got} of ${s0.sent} delivered`);
 
     const l1 = await UdpListener.start(b1.netns, SHARED, 7961);
     const l2 = await UdpListener.start(b2.netns, SHARED, 7961);
@@ -206,7 +224,8 @@ describe('two backend egresses whose names are swapped under a running daemon', 
     const log = d!.output.slice(from);
     const same = (await status('same')).backendStatus;
     const own = await status('own');
-    const stat = (await status('static')).backendStatus;
+    const staticNow = await status('static');
+    const stat = staticNow.backendStatus;
     console.log(
       `# after the swap: same: ${same.map((b) => `${b.ip}@${b.interface} -> ${b.mac} (${b.message})`).join('; ')}\n` +
         `# own: ${own.state} ${own.backendStatus.map((b) => `${b.ip}@${b.interface} active=${b.active} ${b.mac || '-'} (${b.message})`).join('; ')}\n` +
@@ -258,6 +277,22 @@ describe('two backend egresses whose names are swapped under a running daemon', 
     // Rule `static`: each static MAC judged afresh on its new device, where nothing confirms it.
     for (const b of stat)
       assert.match(b.message, /^static MAC [0-9a-f:]+ cannot be verified/, `${b.ip}@${b.interface}: ${b.message}`);
+    // Whether they receive cannot be verified: DEGRADED (proto RuleState), in the same read (a review saw ACTIVE,
+    // BackendsReceiving True and health SERVING here while 0 of 50 were delivered).
+    assert.equal(staticNow.state, RuleState.RULE_STATE_DEGRADED, staticNow.message);
+    assert.match(
+      staticNow.message,
+      /2 cannot be verified \(198\.18\.2\.21@\S+, 198\.18\.2\.22@\S+: static MAC that nothing on the host confirms\)/,
+    );
+    const br = staticNow.conditions.find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
+    assert.equal(
+      (await c.health.check({ service: 'xdpctl.datapath' })).status,
+      HealthCheckResponse_ServingStatus.NOT_SERVING,
+    );
+    const s1 = await sendStatic();
+    console.log(`# rule static: ${s0.got} of ${s0.sent} delivered before the swap, ${s1.got} of ${s1.sent} after`);
+    assert.equal(s1.got[0] + s1.got[1], 0, `what the status cannot verify: ${s1.got} of ${s1.sent} delivered`);
   });
 });
 

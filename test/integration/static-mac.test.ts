@@ -11,17 +11,22 @@
  * the host's defaults.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
+import { CLI, kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('static MACs: checked against what the host shows', kernelOnly(), () => {
   const id = runId();
@@ -36,7 +41,7 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     b1 = topo.addHost('b1', '198.18.2.1/24');
     b2 = topo.addHost('b2', '198.18.2.2/24');
     topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
     c = d.clients();
   });
   after(async () => {
@@ -50,6 +55,7 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
 
   const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
   const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const health = async (service: string) => (await c.health.check({ service })).status;
   /** Send `n` datagrams over `flows` flows from vm to the port; what b1 and b2 received. */
   async function send(port: number, n = 200, flows = 50) {
     const ls = [await UdpListener.start(b1.netns, b1.ip!, port), await UdpListener.start(b2.netns, b2.ip!, port)];
@@ -176,26 +182,75 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     }
   });
 
-  it('a static MAC that nothing confirms says it cannot be verified', async () => {
-    // Nobody has 198.18.2.9: no ARP answer, no neighbour entry to compare with.
+  it('a static MAC that nothing confirms: cannot be verified, the rule DEGRADED (not ACTIVE), health NOT_SERVING', async () => {
+    // Nobody has 198.18.2.9: no ARP answer, no neighbour entry to compare with. Before: the backend's message
+    // said "cannot be verified" while the rule was ACTIVE, BackendsReceiving True and health SERVING, 0 of
+    // 200 delivered (the review's 0/50). Whether it receives cannot be verified: DEGRADED (proto RuleState),
+    // as a MAC-less backend whose MAC nothing confirmed.
     const mac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:09`;
-    await c.rules.createRule({ rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]) });
+    const created = await c.rules.createRule({
+      rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]),
+    });
     // Said once the first ARP answers had time to come (UNVERIFIED_GRACE_MS), not the moment after the change.
-    assert.equal((await status('ghost')).backendStatus[0].message, '', 'nothing asked yet: nothing said');
+    assert.equal(created.rule!.status!.backendStatus[0].message, '', 'nothing asked yet: nothing said');
     await until(
       'cannot be verified',
       async () => /cannot be verified/.test((await status('ghost')).backendStatus[0]?.message ?? ''),
       10_000,
     );
-    const b = (await status('ghost')).backendStatus[0];
-    assert.match(
-      b.message,
-      new RegExp(
-        `^static MAC ${mac} cannot be verified: no resolved neighbour entry for 198\\.18\\.2\\.9 on ${b1.hostIf}`,
-      ),
-    );
+    const st = await status('ghost');
+    const b = st.backendStatus[0];
+    const why = `^static MAC ${mac} cannot be verified: no resolved neighbour entry for 198\\.18\\.2\\.9 on ${b1.hostIf}`;
+    assert.match(b.message, new RegExp(why));
     assert.equal(b.active, true, 'kept in the table: nothing contradicts it');
+    assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
+    assert.match(
+      st.message,
+      /1 cannot be verified \(198\.18\.2\.9@\S+: static MAC that nothing on the host confirms\)/,
+    );
+    const br = st.conditions.find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
+    assert.match(br.message, new RegExp(`198\\.18\\.2\\.9@${b1.hostIf}: static MAC ${mac} cannot be verified`));
+    assert.equal(st.conditions.find((x) => x.type === 'Ready')!.status, ConditionStatus.CONDITION_STATUS_FALSE);
+    await until('health NOT_SERVING', async () => (await health('xdpctl.datapath')) === NOT_SERVING, 5000);
+    assert.equal(await health(''), SERVING, 'the daemon itself serves');
+    assert.equal(await metric(d.prometheus!, 'xdpctl_rules', { xdpctl_rule_state: 'degraded' }), 1);
+    assert.equal(await metric(d.prometheus!, 'xdpctl_rules', { xdpctl_rule_state: 'active' }), 0);
+    assert.ok((await metric(d.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
+    // A write's reply says what a read says (an update of its labels: the verdict is kept).
+    const cur = (await c.rules.getRule({ name: 'ghost' })).rule!;
+    const upd = await c.rules.updateRule({
+      rule: { ...cur, labels: { touched: '1' } },
+      expectedGeneration: cur.generation,
+    });
+    assert.equal(upd.rule!.status!.state, RuleState.RULE_STATE_DEGRADED, upd.rule!.status!.message);
+    assert.match(upd.rule!.status!.backendStatus[0].message, new RegExp(why));
+    // The command line says it.
+    const cli = execFileSync(CLI, ['--server', d.unix, 'rules', 'get', 'ghost'], { encoding: 'utf8' });
+    assert.match(cli, /DEGRADED/, cli);
+    assert.match(cli, /static MAC .* cannot be verified/, cli);
+    // What the status says it cannot verify: nothing reaches a host that is not there.
+    const r = await send(7992);
+    assert.equal(r.total, 0, `0 of ${r.sent} delivered (${r.got})`);
+    assert.equal(
+      count(/"msg":"rule ghost is DEGRADED: .*static MAC that nothing on the host confirms/),
+      1,
+      'logged once',
+    );
     await c.rules.deleteRule({ name: 'ghost', expectedGeneration: 0n });
     sh('ip', ['neigh', 'flush', 'dev', b1.hostIf]);
+    await until('health SERVING without it', async () => (await health('xdpctl.datapath')) === SERVING, 5000);
   });
 });
+
+/** A Prometheus sample's value (the --prometheus endpoint's text format). */
+async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}

@@ -26,6 +26,8 @@ const spec = (port = 5000): RuleSpec => ({
 });
 
 function rig(dp = new ModelDataplane(), t0 = 1_000_000) {
+  // The backend's host: b0's veth peer has its static MAC (confirmed; one nothing confirms is DEGRADED).
+  dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
   const clock = { t: t0 };
   const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, now: () => clock.t });
   const cond = (type: string): Condition => c.getRule('web').status.conditions!.find((x) => x.type === type)!;

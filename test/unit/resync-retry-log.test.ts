@@ -38,6 +38,8 @@ function capture(lines: Line[], bindings: object = {}): Logger {
 describe('resync: a refused rule retried', () => {
   it('logs its failure once, its retries never as a host change, and its recovery once', async () => {
     const dp = new ModelDataplane();
+    // The backend's host: b0's veth peer has its static MAC (confirmed; one nothing confirms is DEGRADED).
+    dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
     const lines: Line[] = [];
     let t = 1_000_000;
     const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: capture(lines), now: () => t });

@@ -6,6 +6,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { ruleConditions } from '../../src/server/core/conditions.js';
+import type { RuleStatus } from '../../src/server/core/model.js';
+import { judgeRule, type RuleObservation } from '../../src/server/core/rule-status.js';
 import { FRESH_S, observeStaticMac, staticMacKey, stepStaticMac } from '../../src/server/core/static-mac.js';
 
 const MAC = '02:00:00:00:00:01';
@@ -96,5 +99,76 @@ describe('static MACs: the kept verdict', () => {
     const s = stepStaticMac(undefined, MAC, obs('contradicted'));
     assert.equal(stepStaticMac(s, OTHER, obs('unverified')).verdict, 'unverified');
     assert.equal(staticMacKey('10.0.0.2', 'eth1', MAC.toUpperCase()), `10.0.0.2@eth1|${MAC}`);
+  });
+});
+
+describe('static MACs: what a rule says about one that cannot be verified', () => {
+  const written = (): RuleStatus => ({
+    state: 'active',
+    message: 'forwarding to 2 backend(s)',
+    backends: [
+      { ip: '10.0.0.2', interface: 'eth1', mac: MAC, resolved: true, receiving: true, message: '' },
+      { ip: '10.0.0.3', interface: 'eth1', mac: OTHER, resolved: true, receiving: true, message: '' },
+    ],
+    warnings: [],
+  });
+  const rule = {
+    ingressInterfaces: ['in0'],
+    backends: [
+      { ip: '10.0.0.2', interface: 'eth1', mac: MAC, weight: 1 },
+      { ip: '10.0.0.3', interface: 'eth1', mac: OTHER, weight: 1 },
+    ],
+  };
+  const WHY = `static MAC ${MAC} cannot be verified: no resolved neighbour entry for 10.0.0.2 on eth1 (ARP asked; no answer yet)`;
+  const observe = (unverifiedMacs: ReadonlyMap<string, string>): RuleObservation => ({
+    ingressProblems: new Map(),
+    ingressDown: new Map(),
+    unverifiedEgress: new Map(),
+    unverifiedMacs,
+    unanswered: new Map(),
+    holds: new Map(),
+    handSet: new Map(),
+    ingressSettings: new Map(),
+  });
+
+  it('DEGRADED, BackendsReceiving Unknown (BackendsUnverified), naming it; kept in the table', () => {
+    // Before: ACTIVE, BackendsReceiving True (AllReceiving), only the backend's message said it.
+    const k: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    judgeRule(k, rule, observe(new Map([[staticMacKey('10.0.0.2', 'eth1', MAC), WHY]])));
+    assert.equal(k.status.state, 'degraded', k.status.message);
+    assert.match(
+      k.status.message,
+      /1 cannot be verified \(10\.0\.0\.2@eth1: static MAC that nothing on the host confirms\)/,
+    );
+    assert.equal(k.status.backends[0].receiving, true, 'nothing contradicts it: in the table');
+    assert.equal(k.status.backends[0].unverified, true);
+    assert.equal(k.status.backends[0].message, WHY);
+    assert.equal(k.status.backends[1].unverified, undefined);
+    const c = ruleConditions(k.status, [1, 1], []);
+    const br = c.find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], ['Unknown', 'BackendsUnverified']);
+    assert.match(br.message, /10\.0\.0\.2@eth1: static MAC .* cannot be verified/);
+    assert.equal(c.find((x) => x.type === 'Ready')!.status, 'False');
+    assert.ok(k.written, 'the written status kept');
+  });
+
+  it('a confirmed static MAC (not in the map) stays ACTIVE; a contradicted one (out of the table) as it is', () => {
+    const k: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    judgeRule(k, rule, observe(new Map()));
+    assert.equal(k.status.state, 'active');
+    const out = written();
+    out.state = 'degraded';
+    out.backends[0] = { ...out.backends[0], receiving: false, message: 'static MAC contradicted: x' };
+    const k2: { status: RuleStatus; written?: RuleStatus } = { status: out };
+    judgeRule(k2, rule, observe(new Map([[staticMacKey('10.0.0.2', 'eth1', MAC), WHY]])));
+    assert.equal(k2.status, out, 'unchanged');
+  });
+
+  it('a drained one (weight 0) is said so but does not lower the rule', () => {
+    const k: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    const drained = { ...rule, backends: [{ ...rule.backends[0], weight: 0 }, rule.backends[1]] };
+    judgeRule(k, drained, observe(new Map([[staticMacKey('10.0.0.2', 'eth1', MAC), WHY]])));
+    assert.equal(k.status.state, 'active', k.status.message);
+    assert.equal(k.status.backends[0].message, WHY);
   });
 });

@@ -514,25 +514,43 @@ export function lowerForMtu(k: { status: RuleStatus; written?: RuleStatus }): vo
 }
 
 /**
- * The written status with the static MACs that cannot be verified said so in their backends' messages
- * (`unverified`: "ip@iface|mac" -> why; static-mac.ts). The state is not lowered: nothing observed
- * contradicts them (a contradicted one is out of the table). `written` itself when none applies.
+ * The written status with the static MACs that cannot be verified (`unverified`: "ip@iface|mac" -> why;
+ * static-mac.ts, past UNVERIFIED_GRACE_MS) said so: nothing the host shows confirms that its host takes
+ * frames to that MAC (no veth peer of ours has it, no freshly confirmed neighbour entry holds it), so
+ * "receives" would say more than was observed (0 of 50 delivered to one such backend while its rule was
+ * ACTIVE, before this was so). It stays in the table (nothing contradicts it either; a contradicted one is
+ * out of it), its BackendsReceiving is Unknown and an ACTIVE rule DEGRADED (proto RuleState: whether a
+ * backend receives cannot be verified), as for a MAC-less backend whose MAC no probe of ours had answered
+ * ({@link unansweredNeighbourStatus}). A confirmed static MAC is not in `unverified`. `written` itself when
+ * none applies.
  */
 export function staticMacStatus(
   written: RuleStatus,
-  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  rule: { backends: readonly { ip: string; interface: string; mac: string; weight?: number }[] },
   unverified: ReadonlyMap<string, string>,
 ): RuleStatus {
-  if (unverified.size === 0) return written;
+  if (unverified.size === 0 || written.state === 'failed') return written;
   let changed = false;
+  let hit: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     if (!b.receiving || !spec || spec.mac === '') return b;
     const why = unverified.get(`${spec.ip}@${spec.interface}|${spec.mac.toLowerCase()}`);
-    if (!why || b.message === why) return b;
+    if (!why) return b;
+    if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
+    if (b.message === why && b.unverified) return b;
     changed = true;
-    return { ...b, message: why };
+    return { ...b, unverified: true, message: why };
   });
+  if (hit) {
+    const note = `${hit.length} cannot be verified (${hit.join(', ')}: static MAC that nothing on the host confirms)`;
+    return {
+      ...written,
+      state: written.state === 'active' ? 'degraded' : written.state,
+      message: `${written.message}; ${note}`,
+      backends,
+    };
+  }
   return changed ? { ...written, backends } : written;
 }
 

@@ -21,10 +21,11 @@
  * naming both MACs; it comes back when the evidence agrees again (the peer
  * has the MAC, or a freshly confirmed entry holds it). While no evidence is
  * definitive the last definitive verdict stands; with none yet, the
- * backend stays in the table and its status says the MAC cannot be
- * verified (the rule is not lowered for it: nothing observed contradicts
- * the operator, and a host that does not answer ARP would otherwise keep
- * every such rule DEGRADED). Pure: no I/O.
+ * backend stays in the table (nothing observed contradicts the operator)
+ * and its status says the MAC cannot be verified: its BackendsReceiving is
+ * Unknown and its rule DEGRADED, not ACTIVE (proto RuleState: whether a
+ * backend receives cannot be verified; nothing observed says it receives).
+ * Pure: no I/O.
  */
 
 /** A neighbour entry's age, in seconds since the kernel last confirmed it, below which it is evidence. */

@@ -125,7 +125,9 @@ export enum RuleState {
    * whose entry is missing while the datapath keeps the MAC it forwarded
    * with and probes it; or for whose address two MACs answer ARP at once, an
    * address conflict (RFC 5227: a duplicate host or a spoofer; the MAC in
-   * the datapath is kept, BackendsReceiving reason AddressConflict); each
+   * the datapath is kept, BackendsReceiving reason AddressConflict); a
+   * backend given with a static MAC that nothing on the host confirms, see
+   * Backend.mac; each
    * stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
@@ -338,8 +340,9 @@ export interface Backend {
    * by ARP probes, whose MAC answered a probe of xdpctld's): a contradiction
    * takes the backend out of the table with
    * a message naming both MACs ("static MAC contradicted: ...") until they
-   * agree again; without such evidence the backend stays in the table and
-   * its message says the MAC cannot be verified.
+   * agree again; without such evidence the backend stays in the table, its
+   * message says the MAC cannot be verified, and its rule is DEGRADED
+   * (condition BackendsReceiving Unknown, reason BackendsUnverified).
    */
   mac: string;
   /**
