@@ -5,7 +5,7 @@
  * status, ingress problems, attachments); this module only keeps the
  * transition times. No I/O.
  */
-import type { Condition, ConditionStatus, RuleStatus } from './model.js';
+import type { Condition, ConditionStatus } from './model.js';
 import { isMtuUnverified, isMtuWarning } from './rule-status.js';
 
 /** A condition without its time: what was observed now. */
@@ -333,19 +333,4 @@ function linkActive(active: boolean[], problems: string[], unverified: string[])
   }
   if (active.every(Boolean)) return cond('Active', true, 'Forwarding', 'every direction is in the datapath');
   return cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet');
-}
-
-/**
- * What a rule's conditions are made of (its status and ingress problems) as one string (RuleKernel.observed):
- * a reconciler pass that finds it changed records the rule's conditions with the pass's time.
- */
-export function observedKey(
-  s: RuleStatus,
-  ingressProblems: readonly string[] = [],
-  ingressDown: readonly string[] = [],
-): string {
-  let out = `${s.state}\n${s.message}\n${ingressProblems.join('\t')}\n${ingressDown.join('\t')}\n`;
-  out += (s.warnings ?? []).join('\t');
-  for (const b of s.backends) out += `\n${b.receiving ? 1 : 0}${b.unverified ? 1 : 0}${b.message}`;
-  return out;
 }

@@ -17,6 +17,7 @@ import {
   finishLinks,
   finishRules,
   pacer,
+  SLICE_MS,
   preflight,
   prepareLinks,
   prepareRules,
@@ -26,7 +27,7 @@ import {
   type ExecContext,
   type RuleAllocation,
 } from './execute.js';
-import { interfaceConditions, linkConditions, observedKey, otherProgram, ruleConditions } from './conditions.js';
+import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
 import { holdNeighbours, startHold, startHoldText } from './neighbour-hold.js';
 import { formatMac } from '../net/addr.js';
@@ -55,7 +56,7 @@ import {
   isMtuWarning,
   keptMacWhy,
 } from './rule-status.js';
-import { backendKey, CoreState, type Attachment } from './state.js';
+import { backendKey, CoreState, observedOf, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
 import { validateLink, validateRule } from './validate.js';
@@ -446,7 +447,7 @@ export class Controller {
       const k = this.state.ruleKernel.get(name);
       if (!k || !this.state.rules.has(name)) continue;
       this.getRule(name, shadows, at);
-      k.observed = observedKey(k.status, k.ingressProblems, k.ingressDown); // a pass compares with it
+      k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown); // a pass compares with it
       if ((++n & 255) === 0) await new Promise((r) => setImmediate(r));
     }
   }
@@ -1657,21 +1658,36 @@ export class Controller {
    * interfaces; {@link problems} has what it found wrong, with the rules not ACTIVE.
    */
   async resync(): Promise<string[]> {
-    // A pass holds the write queue; with 10 000 rules it is long. Until it has
-    // written something it gives its turn to a change that is waiting (ends and
-    // queues again behind it), at most PREEMPTIONS times in a row, so that
-    // changes never wait for a pass and passes still complete under steady load.
+    // A pass holds the write queue. Until it has written something it gives its
+    // turn to a change that is waiting (ends and queues again behind it), every
+    // time, once it has read the host's facts and then done a slice of its own
+    // work in this turn: what it checked and judged is kept in the state (the
+    // rules and static MACs still to check and judge, the rules with MAC-less
+    // backends still to visit), so the next turn goes on from there and passes
+    // complete under a steady stream of changes too. The slice grows with each
+    // turn given in a row, up to PASS_SLICES slices.
     for (let preempted = 0; ; preempted++) {
       try {
         const r = await this.serial(
           () => {
             this.passWrote = false;
             const pace = pacer();
-            const preemptible = preempted < PREEMPTIONS;
-            return resync(this.ctx, this.tx, async () => {
-              if (preemptible && !this.passWrote && this.changesWaiting > 0) throw new Preempted();
-              await pace();
-            });
+            const slice = SLICE_MS * Math.min(1 + preempted, PASS_SLICES);
+            let own = 0;
+            let resumed: number | undefined; // counted once the pass has read its facts
+            return resync(
+              this.ctx,
+              this.tx,
+              async () => {
+                if (resumed !== undefined) {
+                  own += performance.now() - resumed;
+                  if (!this.passWrote && this.changesWaiting > 0 && own >= slice) throw new Preempted();
+                }
+                await pace();
+                if (resumed !== undefined) resumed = performance.now();
+              },
+              () => (resumed = performance.now()),
+            );
           },
           undefined,
           true,
@@ -1872,8 +1888,8 @@ export class Controller {
   }
 }
 
-/** How many reconciler passes in a row may give their turn to waiting changes. */
-const PREEMPTIONS = 3;
+/** The most slices of its own work ({@link SLICE_MS} each) a reconciler pass does before it gives its turn to a waiting change. */
+const PASS_SLICES = 4;
 
 /** A reconciler pass that gave its turn to a waiting change before writing anything. */
 class Preempted extends Error {}

@@ -24,7 +24,7 @@ import {
 } from './execute.js';
 import { forgetReplacedDevices } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
-import { backendKeys, fetchRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
+import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
@@ -43,7 +43,8 @@ import {
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
-import { observedKey, otherProgram } from './conditions.js';
+import { otherProgram } from './conditions.js';
+import { observedOf, sameObserved, type CoreState, type IfaceFacts, type RuleKernel } from './state.js';
 import {
   freshEntry,
   observeStaticMac,
@@ -104,23 +105,30 @@ const specOf = (r: { generation: number; createTime: number; updateTime: number 
 export const INGRESS_CHECK_MS = 2000;
 
 /** One pass. */
-export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer()): Promise<ResyncResult> {
+export async function resync(
+  ctx: ExecContext,
+  tx: Transactions,
+  pace = pacer(),
+  factsRead: () => void = () => {},
+): Promise<ResyncResult> {
   const { dp, state } = ctx;
   const missing = new Set<string>();
   // The facts of this pass, each read once per name (every rule names its
   // interfaces): interfaces, egress link states, neighbour MACs.
-  const specs: RuleSpec[] = [];
-  state.rules.forEach((r) => specs.push(r));
+
   // With 10 000 rules a pass is long: it yields to the event loop every 10 ms (checked every
   // 16 rules: a rule may have 64 backends), so reads are answered meanwhile. Writes wait: a
   // pass runs in the write queue (the controller's `pace` ends a pass that has written nothing
   // yet when a change is waiting).
   let n = 0;
   // With static-MAC backends to judge (judgeStaticMacs) the whole neighbour table is kept from the same read.
-  const facts = await fetchRuleFacts(dp, specs, undefined, pace, state.staticMacsByEgress.size > 0);
+  const facts = await fetchAllRuleFacts(dp, state, undefined, pace, state.staticMacsByEgress.size > 0);
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
   forgetReplacedDevices(ctx, facts, true);
   await holdChangedNeighbours(ctx, facts, pace);
+  // What follows keeps its progress in the state (a turn given to a change goes on from there): the facts above
+  // are read again at each turn.
+  factsRead();
   const now = (name: string) => {
     if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
     const ifindex = facts.interfaces.get(name)?.ifindex;
@@ -134,7 +142,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     state.logged.set(key, line);
     log(before !== undefined);
   };
-  const users = state.interfaceUsers();
+  const users = state.interfaceUsersView();
   /** Devices we had attached that are not in this namespace any more (deleted, or moved to another). */
   const vanished: { name: string; ifindex: number }[] = [];
   // Attachments die with their device: forget them so they are redone. A
@@ -171,7 +179,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   await followMovedInterfaces(ctx, users, vanished, (name) => now(name) !== undefined);
   // Egresses (no program of ours on them) that left: found by name and MAC in another namespace.
   const egresses = new Set<string>();
-  for (const r of specs) for (const b of r.backends) egresses.add(b.interface);
+  for (const i of state.egressBackends.keys()) egresses.add(i);
   for (const l of state.links.values()) if (l.direction !== 'both') egresses.add(l.b);
   followMovedEgresses(ctx, egresses, (name) => now(name) !== undefined);
   const movedTo = movedEgresses(state);
@@ -234,7 +242,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       const detached = state.attached.has(name); // same ifindex as when we attached
       try {
         const st = dp.attach(name, ctx.mode);
-        state.attached.set(name, { ifindex, users: users.get(name)!, mode: st.mode });
+        state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: st.mode });
         state.ingressChecked.set(name, ctx.now()); // the attach set them
         // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
         if (st.mode === 'native') native.add(name);
@@ -261,7 +269,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     }
     const a = state.attached.get(name);
     if (a) a.mode = x.mode;
-    else state.attached.set(name, { ifindex, users: users.get(name)!, mode: x.mode });
+    else state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: x.mode });
     if (x.mode === 'native') native.add(name);
     transition(`if/${name}`, 'ok', (before) => {
       if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);
@@ -280,14 +288,25 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // Native redirects into a veth are dropped unless its peer has NAPI: check
   // (and, with --fix-veth-peers, repair) each such egress once per pass
   // (a passed check is trusted for the adapter's TTL).
-  for (const r of specs) {
-    if (!r.ingressInterfaces.some((i) => native.has(i))) continue;
-    for (const b of r.backends) {
-      if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
-      try {
-        facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
-      } catch (e) {
-        facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
+  // The rules on native-mode ingresses, until every egress is checked (the first few rules, usually: not
+  // every rule at every pass).
+  let unchecked = 0;
+  for (const i of state.egressBackends.keys()) if (!facts.napi.has(i) && facts.interfaces.get(i)) unchecked++;
+  for (const ingress of native) {
+    if (unchecked === 0) break;
+    for (const name of state.ifaceRules.get(ingress) ?? []) {
+      if (unchecked === 0) break;
+      if ((++n & 15) === 0) await pace();
+      const r = state.rules.get(name);
+      if (!r?.ingressInterfaces.includes(ingress)) continue;
+      for (const b of r.backends) {
+        if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
+        unchecked--;
+        try {
+          facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
+        } catch (e) {
+          facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
+        }
       }
     }
   }
@@ -295,6 +314,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   judgeUnverifiedEgresses(ctx, facts.napi, transition);
   // Static MACs against what the host shows (static-mac.ts): contradicted ones leave their tables.
   const unverifiedMacs = await judgeStaticMacs(ctx, facts, transition, pace);
+  const t = ctx.now();
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
   const why = new Map<string, string>();
@@ -310,7 +330,6 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       movedWhy.push(idx < 0 ? `${i} is back (ifindex ${cur})` : `${i} has a new ifindex (${idx} -> ${cur})`);
     }
   };
-  const t = ctx.now();
   const mtuOf = (i: string) => facts.links.get(i)?.mtu;
   // An egress's own MAC is the source MAC of every frame redirected to it (written into each backend
   // entry): one whose MAC changed since the last pass (ip link set dev X address ...) has its backends
@@ -324,30 +343,42 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   const changed: string[] = [];
   /** Rules re-applied because the datapath refused them before (FAILED, retry period over): their status message then. */
   const retried = new Map<string, string>();
-  for (const name of state.ruleKernel.keys()) {
-    if ((++n & 15) === 0) await pace();
-    const k = state.ruleKernel.get(name)!;
-    const rule = state.rules.get(name)!;
+  // Which rules to look at: what changed since the last pass, not every rule (with 10 000 rules, every rule's
+  // check and judgement at every pass was most of a pass). Every RULE_SWEEP_MS all of them, from scratch.
+  if (t - state.ruleSweptAt >= RULE_SWEEP_MS || t < state.ruleSweptAt) {
+    for (const name of state.ruleKernel.keys()) state.touchRule(name);
+    state.ruleSweptAt = t;
+  }
+  touchChangedInterfaces(ctx, facts, movedTo, ingressProblems, ingressDown);
+  /** Check one rule; whether it is to be re-applied. */
+  const checkRule = (name: string): boolean => {
+    const k = state.ruleKernel.get(name);
+    const rule = state.rules.get(name);
+    if (!k || !rule) return false;
     const retry = state.failed.get(name);
     if (retry !== undefined) {
       if (retry <= t && [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)].every((i) => now(i))) {
         ops.push({ name, next: specOf(rule), lenient: true });
         retried.set(name, k.status.message);
+        return true;
       }
-      continue;
+      return false;
     }
     gone.length = 0;
     moved = false;
     movedWhy.length = 0;
     k.ifindexes.forEach(check);
     const written = k.written ?? k.status;
-    // Backends in the table whose egress MTU is below an ingress's (each pass: MTUs change).
+    // Backends in the table whose egress MTU is below an ingress's (MTUs change: the interface's facts).
     const mtu = mtuWarnings(rule.ingressInterfaces, written.backends, mtuOf, (i) => facts.peers.get(i));
-    if (gone.length) written.warnings = [missingInterfacesWarning(gone), ...mtu];
-    else if (mtu.length) {
-      if (written.warnings.length !== mtu.length || written.warnings.some((w, i) => w !== mtu[i]))
-        written.warnings = [...mtu];
-    } else if (written.warnings.length) written.warnings = [];
+    const warned = written.warnings;
+    if (gone.length) {
+      const w = [missingInterfacesWarning(gone), ...mtu];
+      if (warned.length !== w.length || warned.some((x, i) => x !== w[i])) written.warnings = w;
+    } else if (mtu.length) {
+      if (warned.length !== mtu.length || warned.some((w, i) => w !== mtu[i])) written.warnings = [...mtu];
+    } else if (warned.length) written.warnings = [];
+    if (written.warnings !== warned) state.judgeDirty.add(name); // its status is judged from them
     let changed = moved;
     if (!changed) {
       // Backends: does the table still hold exactly those that can receive, with today's MAC?
@@ -439,6 +470,29 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
       if (moved) why.set(name, `interface ${movedWhy.join(', ')}`);
       ops.push({ name, next: specOf(rule), lenient: true });
     }
+    return changed;
+  };
+  // The rules the datapath refused (due for a retry or not), those touched since they were last checked (kept
+  // until checked: a pass that gives its turn to a change leaves the rest to the next one; one found to be
+  // re-applied stays until it is written), and those with a backend given without a MAC (its neighbour entry
+  // is probed at every pass, and read from the table at every pass).
+  for (const name of state.failed.keys()) {
+    if ((++n & 15) === 0) await pace();
+    checkRule(name);
+  }
+  // Those with a backend given without a MAC: once per pass (visited here or below), gone on with where an
+  // earlier turn of this pass stopped (a rule found to be re-applied is kept in `reapplyDirty` until written).
+  const round = (state.maclessRound ??= new Set(state.maclessRules));
+  for (const name of state.reapplyDirty) {
+    if ((++n & 15) === 0) await pace();
+    if (state.failed.has(name) || !checkRule(name)) state.reapplyDirty.delete(name);
+    round.delete(name);
+  }
+  for (const name of round) {
+    if ((++n & 15) === 0) await pace();
+    round.delete(name);
+    if (state.failed.has(name) || state.reapplyDirty.has(name)) continue;
+    if (checkRule(name)) state.reapplyDirty.add(name);
   }
   // A backend egress that appeared since the facts were read (recreated during this pass) is
   // checked too: the plan reads interfaces again, and an egress it finds unchecked would fail
@@ -723,8 +777,10 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   // with the kept MAC: heldNeighbourStatus.)
   const handSet = new Map<string, string>();
   if (dp.neighbourHandSet) {
-    for (const r of specs) {
+    for (const name of state.maclessRules) {
       if ((++n & 255) === 0) await pace();
+      const r = state.rules.get(name);
+      if (!r) continue;
       for (const b of r.backends) {
         if (b.mac !== '') continue;
         const key = backendKeys(b).neighbour;
@@ -736,7 +792,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   }
   // Backends given without a MAC whose entry's MAC no probe of ours has had answered yet (a new or changed
   // entry; one another tool wrote as REACHABLE): not "resolved" until the host answers (probed at once).
-  const unanswered = await unansweredMacs(ctx, state.ruleKernel.keys(), handSet, pace);
+  const unanswered = await unansweredMacs(ctx, state.maclessRules, handSet, pace);
   for (const [key, states] of handSet) {
     const mac = facts.neighbours.get(key) ?? '';
     transition(`neigh-handset/${key}`, `${states}|${mac}`, () => {
@@ -762,19 +818,38 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
     ingressSettings: state.ingressSettings,
     arpUnavailable: ctx.dp.arpUnavailable?.(),
   };
-  for (const name of state.ruleKernel.keys()) {
+  // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
+  // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
+  // last ones (few entries: backends with something to say), and the ARP sender's availability (all rules).
+  const last = state.lastObservation;
+  touchChangedKeys(last.unverifiedEgress, unverified, (iface) => touchInterfaceJudged(state, iface));
+  touchChangedKeys(last.unanswered, unanswered, (key) => touchBackendJudged(state, key));
+  touchChangedKeys(last.handSet, handSet, (key) => touchBackendJudged(state, key));
+  touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
+  if (last.arpUnavailable !== observation.arpUnavailable)
+    for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
+  state.lastObservation = {
+    unverifiedEgress: unverified,
+    unanswered,
+    handSet,
+    holds: new Map(state.neighbourHolds),
+    arpUnavailable: observation.arpUnavailable,
+  };
+  // Judged, each once, and forgotten from the set (a pass that gives its turn to a change leaves the rest).
+  for (const name of state.judgeDirty) {
     if ((++n & 15) === 0) await pace();
-    const k = state.ruleKernel.get(name)!;
-    judgeRule(k, state.rules.get(name)!, observation);
-    const s = k.status;
-    // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time.
-    const seen = observedKey(s, k.ingressProblems, k.ingressDown);
-    // (Controller.observeRules sets it too: a write's conditions are recorded with the write.)
-    if (k.observed !== seen) {
-      k.observed = seen;
+    state.judgeDirty.delete(name);
+    const k = state.ruleKernel.get(name);
+    const rule = state.rules.get(name);
+    if (!k || !rule) continue;
+    judgeKept(k, rule, observation);
+    // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time
+    // (Controller.observeRules records it too: a write's conditions are recorded with the write).
+    if (!sameObserved(k.observed, k.status, k.ingressProblems, k.ingressDown)) {
+      k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown);
       changed.push(name);
     }
-    logRuleTransition(ctx, name, s);
+    logRuleTransition(ctx, name, k.status);
   }
   // The same for links.
   for (const [dir, w] of linkWarnings) {
@@ -789,6 +864,7 @@ export async function resync(ctx: ExecContext, tx: Transactions, pace = pacer())
   }
   // Summaries of the subjects that flapped in a window that has ended (log-damper.ts).
   state.logDamper.flush(ctx.now());
+  state.maclessRound = undefined; // the next pass visits them all again
   return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
 }
 
@@ -1178,7 +1254,11 @@ async function judgeStaticMacs(
   const { dp, state } = ctx;
   const unverified = state.staticMacUnverified;
   const grace = state.staticMacGrace;
+  // A verdict that changes what a rule's status or table says (contradicted, cannot be verified, why) touches
+  // the rules naming that backend: they are checked and judged again (nothing else is, for a static MAC).
+  const touch = (key: string) => state.touchBackend(key.slice(0, key.lastIndexOf('|')));
   const forget = (key: string) => {
+    if (state.macConflicts.has(key) || unverified.has(key)) touch(key);
     state.staticMacs.delete(key);
     state.macConflicts.delete(key);
     state.logged.delete(`mac/${key}`);
@@ -1275,6 +1355,8 @@ async function judgeStaticMacs(
     if (obs.ask === 'resolve') state.staticMacResolve.add(key);
     else state.staticMacResolve.delete(key);
     const next = stepStaticMac(state.staticMacs.get(key), mac, obs, t);
+    const conflictWas = state.macConflicts.get(key);
+    const unverifiedWas = unverified.get(key);
     state.staticMacs.set(key, next);
     if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
     else state.macConflicts.delete(key);
@@ -1288,6 +1370,7 @@ async function judgeStaticMacs(
       unverified.delete(key);
       grace.set(key, next.since ?? 0);
     }
+    if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touch(key);
     transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
       if (next.verdict === 'contradicted') {
         ctx.log.warn(
@@ -1303,18 +1386,15 @@ async function judgeStaticMacs(
     });
   };
   if (sweep) {
-    for (const key of state.staticMacBackends.keys()) {
-      if ((++n & 63) === 0) await pace();
-      judge(key);
-    }
-    dirty.clear();
-    state.staticMacSweptAt = t; // complete (a pass that ended before sweeps at the next one)
-  } else {
-    for (const key of dirty) {
-      if ((++n & 63) === 0) await pace();
-      judge(key);
-      dirty.delete(key);
-    }
+    // All of them, through the set: a pass that gives its turn to a change leaves the rest to the next one
+    // (which goes on from there, instead of sweeping from the start again and never finishing under load).
+    for (const key of state.staticMacBackends.keys()) dirty.add(key);
+    state.staticMacSweptAt = t;
+  }
+  for (const key of dirty) {
+    if ((++n & 63) === 0) await pace();
+    judge(key);
+    dirty.delete(key);
   }
   // What the judgements asked of the kernel, at every pass: entries re-probed, missing ones resolved.
   for (const key of state.staticMacReprobe) {
@@ -1334,7 +1414,10 @@ async function judgeStaticMacs(
     if (t - since < UNVERIFIED_GRACE_MS) continue;
     grace.delete(key);
     const m = state.staticMacs.get(key);
-    if (m?.verdict === 'unverified') unverified.set(key, m.why);
+    if (m?.verdict === 'unverified' && unverified.get(key) !== m.why) {
+      unverified.set(key, m.why);
+      touch(key);
+    }
   }
   return unverified;
 }
@@ -1534,4 +1617,124 @@ function logHoldEnd(
     { backend: ip, interface: iface, kept: h.kept, entry: entry ?? null, why, ms },
     `backend ${ip} on ${iface}: ${text}`,
   );
+}
+
+/** How often every rule is checked and judged from scratch, whatever changed (ms): the safety net of the change-only passes. */
+export const RULE_SWEEP_MS = 30_000;
+
+/** The rules naming `iface` judged again (not checked for a re-apply: what changed is judged only). */
+function touchInterfaceJudged(state: CoreState, iface: string): void {
+  const names = state.ifaceRules.get(iface);
+  if (names) for (const n of names) state.judgeDirty.add(n);
+}
+
+/** The rules naming backend `key` ("ip@iface") judged again. */
+function touchBackendJudged(state: CoreState, key: string): void {
+  const at = state.backendRules.get(key);
+  if (at === undefined) return;
+  if (typeof at === 'string') state.judgeDirty.add(at);
+  else for (const n of at) state.judgeDirty.add(n);
+}
+
+/** Call `touch` with every key whose value differs between two maps (added, gone, or another value). */
+function touchChangedKeys<V>(
+  was: ReadonlyMap<string, V>,
+  now: ReadonlyMap<string, V>,
+  touch: (key: string) => void,
+): void {
+  if (was === now) return;
+  for (const [key, v] of now) if (was.get(key) !== v || !was.has(key)) touch(key);
+  for (const key of was.keys()) if (!now.has(key)) touch(key);
+}
+
+/**
+ * Each interface's facts as this pass read them against the last pass's ({@link IfaceFacts}): the rules naming
+ * one that changed are checked and judged again (CoreState.touchInterface). Allocates for the interfaces that
+ * changed only (and a few strings per interface: a handful of interfaces, whatever the rule count).
+ */
+function touchChangedInterfaces(
+  ctx: ExecContext,
+  facts: Facts,
+  movedTo: ReadonlyMap<string, string>,
+  ingressProblems: ReadonlyMap<string, string>,
+  ingressDown: ReadonlyMap<string, string>,
+): void {
+  const { state } = ctx;
+  for (const [iface, info] of facts.interfaces) {
+    const link = facts.links.get(iface);
+    const p = facts.peers.get(iface);
+    const r = facts.napi.get(iface);
+    const f: IfaceFacts = {
+      ifindex: info?.ifindex,
+      mac: info?.mac.toLowerCase(),
+      up: link?.up,
+      carrier: link?.carrier,
+      mtu: link?.mtu,
+      peer:
+        p && ('unreadable' in p ? `unreadable|${p.unreadable}` : `${p.name}|${p.mtu}|${p.netns ?? ''}|${p.nsid ?? ''}`),
+      napi: r && `${r.ok}|${r.unverified ?? ''}|${r.detail ?? ''}|${r.key ?? ''}`,
+      movedTo: movedTo.get(iface),
+      ingressProblem: ingressProblems.get(iface),
+      ingressDown: ingressDown.get(iface),
+      ingressSettings: state.ingressSettings.get(iface),
+    };
+    const was = state.ifaceFacts.get(iface);
+    if (was && sameFacts(was, f)) continue;
+    state.ifaceFacts.set(iface, f);
+    state.touchInterface(iface);
+  }
+  for (const iface of state.ifaceFacts.keys()) if (!facts.interfaces.has(iface)) state.ifaceFacts.delete(iface);
+}
+
+function sameFacts(a: IfaceFacts, b: IfaceFacts): boolean {
+  return (
+    a.ifindex === b.ifindex &&
+    a.mac === b.mac &&
+    a.up === b.up &&
+    a.carrier === b.carrier &&
+    a.mtu === b.mtu &&
+    a.peer === b.peer &&
+    a.napi === b.napi &&
+    a.movedTo === b.movedTo &&
+    a.ingressProblem === b.ingressProblem &&
+    a.ingressDown === b.ingressDown &&
+    a.ingressSettings === b.ingressSettings
+  );
+}
+
+/**
+ * {@link judgeRule}, keeping the rule's status objects and texts when the judgement gives the same content (a
+ * sweep judges every rule: nothing new is kept for a rule whose status did not change).
+ */
+function judgeKept(k: RuleKernel, rule: RuleSpec, o: RuleObservation): void {
+  const status = k.status;
+  const written = k.written;
+  const ip = k.ingressProblems;
+  const id = k.ingressDown;
+  judgeRule(k, rule, o);
+  if (ip && sameStrings(ip, k.ingressProblems!)) k.ingressProblems = ip;
+  if (id && sameStrings(id, k.ingressDown!)) k.ingressDown = id;
+  if (k.status === status || !sameStatus(status, k.status)) return;
+  // Same base (k.written ?? k.status before), same content: the objects as they were.
+  k.status = status;
+  k.written = written;
+}
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Two statuses with the same content (state, message, warnings, every backend's every field). */
+function sameStatus(a: RuleKernel['status'], b: RuleKernel['status']): boolean {
+  if (a.state !== b.state || a.message !== b.message || !sameStrings(a.warnings ?? [], b.warnings ?? [])) return false;
+  if (a.backends.length !== b.backends.length) return false;
+  for (let i = 0; i < a.backends.length; i++) {
+    const x = a.backends[i] as unknown as Record<string, unknown>;
+    const y = b.backends[i] as unknown as Record<string, unknown>;
+    if (x === y) continue;
+    const keys = Object.keys(x);
+    if (keys.length !== Object.keys(y).length) return false;
+    for (const key of keys) if (x[key] !== y[key]) return false;
+  }
+  return true;
 }

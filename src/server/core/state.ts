@@ -37,10 +37,11 @@ export interface RuleKernel {
   /** ifindex of every interface the rule was written with (ingress and egress); -1 while missing. */
   ifindexes: Map<string, number>;
   /**
-   * What the reconciler's last pass observed of the rule (status, ingress problems), as one string: a pass
-   * that finds it changed records the rule's conditions with the pass's time (Controller.observeRules).
+   * What the rule's conditions were last recorded from (status, ingress problems; {@link observedOf}): a pass
+   * that judges the rule and finds it different records the rule's conditions with the pass's time
+   * (Controller.observeRules).
    */
-  observed?: string;
+  observed?: ObservedRule;
   /** As written by the last transaction; `status` is this lowered by what resync observes since. */
   status: RuleStatus;
   /** The written status while `status` shows an observed problem (set by resync). */
@@ -49,6 +50,70 @@ export interface RuleKernel {
   ingressProblems?: string[];
   /** Its ingress interfaces that exist but receive nothing (down, no carrier), as the last pass saw them. */
   ingressDown?: string[];
+}
+
+/** What a rule's conditions are made of (its status and ingress problems), kept to compare with (RuleKernel.observed). */
+export interface ObservedRule {
+  state: string;
+  message: string;
+  warnings: readonly string[];
+  ingressProblems: readonly string[];
+  ingressDown: readonly string[];
+  backends: readonly { receiving: boolean; unverified: boolean; message: string }[];
+}
+
+/** What a rule's conditions are made of now, copied (statuses are replaced, not changed in place; copied all the same). */
+export function observedOf(
+  s: RuleStatus,
+  ingressProblems: readonly string[] = [],
+  ingressDown: readonly string[] = [],
+): ObservedRule {
+  return {
+    state: s.state,
+    message: s.message,
+    warnings: [...(s.warnings ?? [])],
+    ingressProblems: [...ingressProblems],
+    ingressDown: [...ingressDown],
+    backends: s.backends.map((b) => ({ receiving: !!b.receiving, unverified: !!b.unverified, message: b.message })),
+  };
+}
+
+const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** Whether `o` is what a rule's conditions are made of now ({@link observedOf} of the same arguments); allocates nothing. */
+export function sameObserved(
+  o: ObservedRule | undefined,
+  s: RuleStatus,
+  ingressProblems: readonly string[] = [],
+  ingressDown: readonly string[] = [],
+): boolean {
+  if (!o || o.state !== s.state || o.message !== s.message) return false;
+  if (!sameList(o.warnings, s.warnings ?? []) || !sameList(o.ingressProblems, ingressProblems)) return false;
+  if (!sameList(o.ingressDown, ingressDown) || o.backends.length !== s.backends.length) return false;
+  for (let i = 0; i < s.backends.length; i++) {
+    const a = o.backends[i];
+    const b = s.backends[i];
+    if (a.receiving !== !!b.receiving || a.unverified !== !!b.unverified || a.message !== b.message) return false;
+  }
+  return true;
+}
+
+/**
+ * What a reconciler pass read of an interface (CoreState.ifaceFacts), as far as a rule's re-apply check and
+ * status judgement use it: a pass revisits the rules naming an interface only when one of these changed.
+ */
+export interface IfaceFacts {
+  ifindex?: number;
+  mac?: string;
+  up?: boolean;
+  carrier?: boolean;
+  mtu?: number;
+  peer?: string;
+  napi?: string;
+  movedTo?: string;
+  ingressProblem?: string;
+  ingressDown?: string;
+  ingressSettings?: string;
 }
 
 /** An interface the program is attached to by us, with who needs it. */
@@ -110,6 +175,48 @@ function indexStaticMac(
     const rest = at.filter((k) => k !== key);
     byNeighbour.set(b.neighbour, rest.length === 1 ? rest[0] : rest);
   }
+}
+
+/** Add a rule's name to an index entry (one name, or several), or take it out. */
+function indexName(m: Map<string, string | string[]>, key: string, name: string, add: boolean): void {
+  const at = m.get(key);
+  if (add) {
+    if (at === undefined) m.set(key, name);
+    else if (typeof at === 'string') {
+      if (at !== name) m.set(key, [at, name]);
+    } else if (!at.includes(name)) at.push(name);
+    return;
+  }
+  if (at === name) m.delete(key);
+  else if (Array.isArray(at)) {
+    const rest = at.filter((n) => n !== name);
+    if (rest.length === at.length) return;
+    m.set(key, rest.length === 1 ? rest[0] : rest);
+  }
+}
+
+/**
+ * Index a rule's backends by neighbour entry ("ip@iface") into `byBackend`, count them by egress into `egresses`,
+ * and whether it has one given without a MAC.
+ */
+function indexBackends(
+  byBackend: Map<string, string | string[]>,
+  egresses: Map<string, number>,
+  macless: Set<string>,
+  name: string,
+  rec: RuleRecord,
+  add: boolean,
+): void {
+  let none = true;
+  for (const b of rec.backends) {
+    indexName(byBackend, `${b.ip}@${b.interface}`, name, add);
+    const c = (egresses.get(b.interface) ?? 0) + (add ? 1 : -1);
+    if (c > 0) egresses.set(b.interface, c);
+    else egresses.delete(b.interface);
+    if (b.mac === '') none = false;
+  }
+  if (add && !none) macless.add(name);
+  else macless.delete(name);
 }
 
 /**
@@ -296,8 +403,54 @@ export class CoreState {
   private ruleUsers = new Map<string, Set<string>>();
   /** Interface -> names of the rules that name it (ingress or backend): what resync revisits when it changes. */
   ifaceRules = new Map<string, Set<string>>();
-  /** Interface -> the ifindex the last resync pass saw (undefined: missing); empty: revisit everything. */
-  readonly resyncSeen = new Map<string, number | undefined>();
+  /** Backend "ip@iface" -> the rules that name it (one name, or several): what a pass revisits when its facts change. */
+  backendRules = new Map<string, string | string[]>();
+  /** The rules with a backend given without a MAC (their neighbour entries are probed at every pass). */
+  maclessRules = new Set<string>();
+  /** Of {@link maclessRules}, those the current pass has still to visit (undefined: no pass under way). */
+  maclessRound?: Set<string>;
+  /** Backend egress -> how many backends of the rules use it. */
+  egressBackends = new Map<string, number>();
+  /**
+   * Rules the reconciler must check again for a re-apply (their interfaces, backends' facts or written status
+   * changed since it last did: resync.ts), kept until checked: a pass that gives its turn to a change leaves the
+   * rest to the next one.
+   */
+  reapplyDirty = new Set<string>();
+  /** The same for the judgement of their status (rule-status judgeRule). */
+  judgeDirty = new Set<string>();
+  /** When the reconciler last put every rule in both sets (its periodic full sweep; ms since epoch). */
+  ruleSweptAt = -Infinity;
+  /** What the last pass read of each interface the rules name ({@link IfaceFacts}). */
+  readonly ifaceFacts = new Map<string, IfaceFacts>();
+  /** Per-backend observations of the last judgement ("ip@iface" keyed), to find the ones that changed (resync.ts). */
+  lastObservation: {
+    unverifiedEgress: ReadonlyMap<string, string>;
+    unanswered: ReadonlyMap<string, string>;
+    handSet: ReadonlyMap<string, string>;
+    holds: ReadonlyMap<string, NeighbourHold>;
+    arpUnavailable?: string;
+  } = { unverifiedEgress: new Map(), unanswered: new Map(), handSet: new Map(), holds: new Map() };
+
+  /** A rule to check and judge again at the next pass (its record, kernel record or status changed). */
+  touchRule(name: string): void {
+    this.reapplyDirty.add(name);
+    this.judgeDirty.add(name);
+  }
+
+  /** Every rule that names this interface ({@link touchRule}). */
+  touchInterface(iface: string): void {
+    const names = this.ifaceRules.get(iface);
+    if (names) for (const n of names) this.touchRule(n);
+  }
+
+  /** Every rule that names this backend ("ip@iface"; {@link touchRule}). */
+  touchBackend(key: string): void {
+    const at = this.backendRules.get(key);
+    if (at === undefined) return;
+    if (typeof at === 'string') this.touchRule(at);
+    else for (const n of at) this.touchRule(n);
+  }
 
   constructor(capacity: Dataplane['capacity']) {
     this.slots = new IdPool(1, capacity.ruleSlots);
@@ -325,6 +478,8 @@ export class CoreState {
     this.dropRecord(name);
     (this.rules as Map<string, RuleRecord>).set(name, rec);
     this.countStaticMacs(this.staticMacBackends, rec, 1);
+    indexBackends(this.backendRules, this.egressBackends, this.maclessRules, name, rec, true);
+    this.touchRule(name);
     for (const i of recordInterfaces(rec)) {
       let r = this.ifaceRules.get(i);
       if (!r) this.ifaceRules.set(i, (r = new Set()));
@@ -343,6 +498,7 @@ export class CoreState {
     this.desiredVersion++;
     this.dropKernel(name);
     (this.ruleKernel as Map<string, RuleKernel>).set(name, k);
+    this.touchRule(name);
     for (const m of k.matchKeys) this.matchHolders.set(matchId(m), k.slot);
     this.srcPrefixes += k.prefixes.length;
   }
@@ -378,12 +534,16 @@ export class CoreState {
       ruleKernel.set(n, k);
       if ((++i & 255) === 0) await pace();
     }
+    const backendRules = new Map<string, string | string[]>();
+    const egressBackends = new Map<string, number>();
+    const maclessRules = new Set<string>();
     const claims = new Map<string, string>();
     const ruleUsers = new Map<string, Set<string>>();
     const ifaceRules = new Map<string, Set<string>>();
     const staticMacs = new Map<string, StaticMacBackend>();
     for (const [name, rec] of rules) {
       this.countStaticMacs(staticMacs, rec, 1);
+      indexBackends(backendRules, egressBackends, maclessRules, name, rec, true);
       for (const iface of recordInterfaces(rec)) {
         let r = ifaceRules.get(iface);
         if (!r) ifaceRules.set(iface, (r = new Set()));
@@ -423,6 +583,10 @@ export class CoreState {
     }
     this.rules = rules;
     this.ruleKernel = ruleKernel;
+    this.backendRules = backendRules;
+    this.egressBackends = egressBackends;
+    this.maclessRules = maclessRules;
+    for (const [n] of set) this.touchRule(n);
     this.staticMacBackends = staticMacs;
     this.staticMacsByEgress = macIndex.byEgress;
     this.staticMacsByNeighbour = macIndex.byNeighbour;
@@ -485,6 +649,7 @@ export class CoreState {
     if (!rec) return;
     (this.rules as Map<string, RuleRecord>).delete(name);
     this.countStaticMacs(this.staticMacBackends, rec, -1);
+    indexBackends(this.backendRules, this.egressBackends, this.maclessRules, name, rec, false);
     this.sortedNames = undefined;
     for (const i of recordInterfaces(rec)) {
       const r = this.ifaceRules.get(i);
@@ -531,6 +696,23 @@ export class CoreState {
     if ((this.ruleUsers.get(iface)?.size ?? 0) > 0) return true;
     for (const l of links.values()) if (l.a === iface || (l.direction === 'both' && l.b === iface)) return true;
     return false;
+  }
+
+  /**
+   * {@link interfaceUsers} without copying the rules' users (10 000 rules on one ingress: a 10 000-name copy at
+   * every reconciler pass): the sets are the index's own, copied only where links add to them. Read them, copy
+   * what you keep.
+   */
+  interfaceUsersView(): Map<string, ReadonlySet<string>> {
+    const out = new Map<string, ReadonlySet<string>>(this.ruleUsers);
+    for (const l of this.links.values()) {
+      for (const i of l.direction === 'both' ? [l.a, l.b] : [l.a]) {
+        const u = new Set(out.get(i));
+        u.add(`link/${l.a}:${l.b}`);
+        out.set(i, u);
+      }
+    }
+    return out;
   }
 
   /** Every interface the desired state needs the program on, with its users. */
