@@ -340,7 +340,8 @@ export async function resync(
     const was = state.egressMacs.get(iface);
     if (was !== undefined && was.toLowerCase() !== info.mac.toLowerCase()) macMoved.set(iface, was);
   }
-  const changed: string[] = [];
+  // Kept in the state until the pass completes: a rule judged in a turn given to a change is recorded too.
+  const changed = state.passChanged;
   /** Rules re-applied because the datapath refused them before (FAILED, retry period over): their status message then. */
   const retried = new Map<string, string>();
   // Which rules to look at: what changed since the last pass, not every rule (with 10 000 rules, every rule's
@@ -847,7 +848,7 @@ export async function resync(
     // (Controller.observeRules records it too: a write's conditions are recorded with the write).
     if (!sameObserved(k.observed, k.status, k.ingressProblems, k.ingressDown)) {
       k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown);
-      changed.push(name);
+      changed.add(name);
     }
     logRuleTransition(ctx, name, k.status);
   }
@@ -865,7 +866,9 @@ export async function resync(
   // Summaries of the subjects that flapped in a window that has ended (log-damper.ts).
   state.logDamper.flush(ctx.now());
   state.maclessRound = undefined; // the next pass visits them all again
-  return { missing: [...missing].sort(), problems, changed, interfaces: facts.interfaces };
+  const observed = [...changed];
+  changed.clear();
+  return { missing: [...missing].sort(), problems, changed: observed, interfaces: facts.interfaces };
 }
 
 /**

@@ -419,6 +419,8 @@ export class CoreState {
   reapplyDirty = new Set<string>();
   /** The same for the judgement of their status (rule-status judgeRule). */
   judgeDirty = new Set<string>();
+  /** Rules whose conditions' inputs the pass under way found changed (ResyncResult.changed), kept across its turns. */
+  readonly passChanged = new Set<string>();
   /** When the reconciler last put every rule in both sets (its periodic full sweep; ms since epoch). */
   ruleSweptAt = -Infinity;
   /** What the last pass read of each interface the rules name ({@link IfaceFacts}). */
