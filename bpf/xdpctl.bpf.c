@@ -35,11 +35,26 @@ struct {
 	__type(value, __u32);
 } xc_links SEC(".maps");
 
-/* ifindex -> XDPCTL_IF_F_* flags. An inlined array lookup that lets every
- * packet of an interface without a cross-connect skip the devmap hash lookup
- * (about 10 ns, a quarter of a whole XDP_PASS test run). User space sets the
- * flag before the xc_links entry exists and clears it after it is gone, so a
- * stale flag only costs the lookup it would have skipped. */
+/* link index (as in xc_stats) -> the egress ifindex its xc_links entry
+ * holds: what the redirect tracking needs, from an inlined array lookup
+ * instead of a second devmap hash lookup (~10 ns a frame). User space writes
+ * it before the xc_links entry; during a peer swap the two can disagree for
+ * a moment, which the tracepoint programs see as a queue out of step (drops
+ * counted, not attributed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPCTL_MAX_LINKS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} xc_egress SEC(".maps");
+
+/* ifindex -> XDPCTL_IF_F_* flags (and a link's counter index). An inlined
+ * array lookup that lets every packet of an interface without a cross-connect
+ * skip the devmap hash lookup (about 10 ns, a quarter of a whole XDP_PASS
+ * test run). User space sets the flag before the xc_links entry exists and
+ * clears it after it is gone, so a stale flag only costs the lookup it would
+ * have skipped. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPCTL_MAX_IFINDEX);
@@ -47,6 +62,16 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } if_flags SEC(".maps");
+
+/* The same for ifindexes past if_flags (a host that made and removed 65 536
+ * interfaces): looked up only when if_flags has no entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPCTL_MAX_BIG_IFINDEXES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} if_flags_big SEC(".maps");
 
 /* (ingress, proto, port, [daddr]) -> rule slot. */
 struct {
@@ -139,6 +164,26 @@ struct {
 	 * same maps as the attached program and adopts it. */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } csum_buf SEC(".maps");
+
+/* The kernel's struct xdp_buff, for its flags (CO-RE finds the offset). */
+struct xdp_buff___xdpctl {
+	__u32 flags;
+} __attribute__((preserve_access_index));
+#define XDPCTL_XDP_FLAGS_HAS_FRAGS 0x1 /* enum xdp_buff_flags, include/net/xdp.h */
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The frame's length, all buffers: the first buffer's when the frame has no
+ * others (read from the kernel's xdp_buff, an inlined cast and one load),
+ * else bpf_xdp_get_buff_len() (a helper call, ~8 ns here). */
+static __always_inline __u64 frame_len(struct xdp_md *ctx)
+{
+	struct xdp_buff___xdpctl *xdp = bpf_cast_to_kern_ctx(ctx);
+
+	if (xdp->flags & XDPCTL_XDP_FLAGS_HAS_FRAGS)
+		return bpf_xdp_get_buff_len(ctx);
+	return ctx->data_end - ctx->data;
+}
 
 static __always_inline void count(__u32 stat)
 {
@@ -429,43 +474,91 @@ __attribute__((noinline)) int complete_partial_csum(struct xdp_md *ctx)
 	return 0;
 }
 
+/*
+ * Whether a cross-connected frame may carry a partial checksum, decided
+ * inline for the common frames so that only candidates pay the call of
+ * complete_partial_csum() (which checks again, and sums): an IPv4 TCP or UDP
+ * datagram (not a fragment) whose checksum field holds its folded
+ * pseudo-header sum. IPv4 with options and IPv6 are left to the function.
+ */
+static __always_inline int may_be_partial(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u32 pseudo, l4_len;
+	__u16 *field;
+
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return 1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4)
+		return 0;
+	if (ip->ihl != 5)
+		return 1;
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return 0;
+	if (ip->protocol == IPPROTO_UDP)
+		field = (void *)(ip + 1) + 6;
+	else if (ip->protocol == IPPROTO_TCP)
+		field = (void *)(ip + 1) + 16;
+	else
+		return 0;
+	if ((void *)(field + 1) > data_end)
+		return 0;
+	l4_len = bpf_ntohs(ip->tot_len);
+	if (l4_len <= sizeof(*ip))
+		return 0;
+	l4_len -= sizeof(*ip);
+	pseudo = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) + (ip->daddr >> 16) +
+		 bpf_htons(ip->protocol) + bpf_htons(l4_len);
+	return *field == csum_fold_raw(pseudo);
+}
+
 /* Cross-connect: returns XDP_REDIRECT if the ingress is connected, else
  * XDP_PASS (the low bits of bpf_redirect_map's flags are its miss action; 0
  * would mean XDP_ABORTED). An interface connected to itself (xdp-xconnect's
  * reflector) is a devmap entry pointing at itself: the frame goes back out
  * of the interface it came in on. Not XDP_TX: on a veth in native mode
  * (kernel 6.18) XDP_TX frames were counted as sent and never arrived at the
- * peer, while a redirect to the same device arrives, in both modes. */
-static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags, int has_flags)
+ * peer, while a redirect to the same device arrives, in both modes. The
+ * link's counters are xc_stats[its index], the index in the ingress's flags. */
+static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags)
 {
-	__u32 in = ctx->ingress_ifindex;
+	__u32 in = ctx->ingress_ifindex, link = flags >> XDPCTL_IF_LINK_SHIFT, kind = 0;
 	struct xdpctl_link_stats *st;
 	__u64 len;
 	long act;
 
-	/* No entry (ifindex too large for the array): look in xc_links. */
-	if (has_flags && !(flags & XDPCTL_IF_F_XCONNECT))
+	if (!(flags & XDPCTL_IF_F_XCONNECT))
 		return XDP_PASS;
 	act = bpf_redirect_map(&xc_links, in, XDP_PASS);
 	if (act != XDP_REDIRECT)
 		return XDP_PASS;
-	len = bpf_xdp_get_buff_len(ctx);
-	st = bpf_map_lookup_elem(&xc_stats, &in);
-	if (st) {
-		st->packets++;
-		st->bytes += len;
+	len = frame_len(ctx);
+	if (flags & XDPCTL_IF_F_LINK) {
+		st = bpf_map_lookup_elem(&xc_stats, &link);
+		if (st) {
+			st->packets++;
+			st->bytes += len;
+			kind = XDPCTL_REDIR_LINK;
+		}
 	}
 	/* Native mode queues the frame for the devmap's egress and the driver
 	 * may drop it at the flush (a veth whose peer's MTU is too small, or
 	 * without NAPI): the egress ifindex (bpf_devmap_val's first field, a
-	 * read-only lookup) lets xdpctl_devmap_xmit attribute such drops to
-	 * the link. Generic mode transmits at once (xdp_redirect_err alone). */
+	 * link's xc_egress entry) lets xdpctl_devmap_xmit attribute such drops
+	 * to the link. Generic mode transmits at once (xdp_redirect_err alone).
+	 * A link without counters is tracked as kind 0 (nothing to correct,
+	 * egress unknown: not mirrored). */
 	if (!(flags & XDPCTL_IF_F_GENERIC)) {
-		__u32 *egress = bpf_map_lookup_elem(&xc_links, &in);
+		__u32 *egress = kind ? bpf_map_lookup_elem(&xc_egress, &link) : NULL;
 
-		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, in, in, egress ? *egress : 0, 0);
+		track_redirect(kind, link, 0, len, in, in, egress ? *egress : 0, 0);
 	} else {
-		track_redirect(XDPCTL_REDIR_LINK, in, 0, len, in, in, 0, 1);
+		track_redirect(kind, link, 0, len, in, in, 0, 1);
 	}
 	return act;
 }
@@ -863,11 +956,13 @@ int xdpctl_main(struct xdp_md *ctx)
 
 	asm volatile("" : "+r"(mark));
 #endif
+	if (!fp)
+		fp = bpf_map_lookup_elem(&if_flags_big, &in);
 	if (fp)
 		flags = *fp;
-	act = xconnect(ctx, flags, fp != NULL);
+	act = xconnect(ctx, flags);
 	if (act != XDP_PASS) {
-		if (!(flags & XDPCTL_IF_F_GENERIC))
+		if (!(flags & XDPCTL_IF_F_GENERIC) && may_be_partial(ctx))
 			complete_partial_csum(ctx);
 		return verdict(act);
 	}

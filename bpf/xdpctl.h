@@ -30,13 +30,18 @@
 #define XDPCTL_MAX_BACKENDS 65536
 #define XDPCTL_MAX_STATS_IDS 8192
 
-/* Entries of if_flags: ifindexes below this have per-interface flags; a
- * packet arriving on a larger ifindex takes every lookup (correct, slower). */
+/* Entries of if_flags: ifindexes below this have their flags there (an
+ * inlined array lookup); a larger ifindex has them in if_flags_big (a hash). */
 #define XDPCTL_MAX_IFINDEX 65536
+/* Entries of if_flags_big: interfaces with an ifindex >= XDPCTL_MAX_IFINDEX
+ * that have flags (a cross-connect, a generic-mode attachment). */
+#define XDPCTL_MAX_BIG_IFINDEXES 4096
 
 /* if_flags values: what an ingress interface uses. */
 #define XDPCTL_IF_F_XCONNECT 0x1 /* has an xc_links entry */
+#define XDPCTL_IF_F_LINK 0x2     /* bits 8-31 hold its link counters' index in xc_stats */
 #define XDPCTL_IF_F_GENERIC 0x4  /* our program runs in generic (skb) mode here */
+#define XDPCTL_IF_LINK_SHIFT 8
 
 /* A ring slot with no backend. */
 #define XDPCTL_NO_BACKEND 0xffffffffu
@@ -206,7 +211,7 @@ struct xdpctl_frag_val {
 #define XDPCTL_REDIR_TRACK 1024
 #define XDPCTL_BULK 16
 #define XDPCTL_REDIR_RULE 1 /* id: rule stats id, id2: backend stats id */
-#define XDPCTL_REDIR_LINK 2 /* id: ingress ifindex (xc_stats key) */
+#define XDPCTL_REDIR_LINK 2 /* id: the link's index in xc_stats */
 
 struct xdpctl_redir_ent {
 	__u32 kind;

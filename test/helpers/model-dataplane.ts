@@ -205,9 +205,14 @@ export class ModelMap<K, V> {
   }
 
   getRangeRaw(start: number, count: number): Buffer {
-    return Buffer.concat(
-      Array.from({ length: count }, (_, i) => this.entries_.get(this.hex((start + i) as K)) ?? this.zero()),
-    );
+    this.hex((start + count - 1) as K); // the range check
+    const vs = this.value.layout.size;
+    const out = Buffer.alloc(count * vs); // what is not an entry is zero
+    for (const [h, v] of this.entries_) {
+      const i = Buffer.from(h, 'hex').readUInt32LE(0) - start;
+      if (i >= 0 && i < count) v.copy(out, i * vs);
+    }
+    return out;
   }
 
   getRange(start: number, count: number): V[] {
@@ -273,8 +278,10 @@ class ModelDatapath implements Pick<
       new ModelMap(name, kind, max, k, v, faults, perCpu);
     this.maps = {
       ifFlags: m('if_flags', 'array', 65536, u32, u32),
+      ifFlagsBig: m('if_flags_big', 'hash', 4096, u32, u32),
       xcLinks: m('xc_links', 'hash', capacity.links, u32, u32),
-      xcStats: m('xc_stats', 'hash', capacity.links, u32, linkStats, true),
+      xcStats: m('xc_stats', 'array', capacity.links, u32, linkStats, true),
+      xcEgress: m('xc_egress', 'array', capacity.links, u32, u32),
       ruleMatch: m('rule_match', 'hash', capacity.matches, matchKey, u32),
       rulePorts: m('rule_ports', 'array', 65536, u32, portUse),
       ruleCfg: m('rule_cfg', 'array', capacity.ruleSlots, u32, ruleEntry),

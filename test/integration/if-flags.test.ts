@@ -7,10 +7,16 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { IF_F_XCONNECT } from '../../src/server/dataplane/codec.js';
+import { IF_F_LINK, IF_F_XCONNECT, IF_LINK_SHIFT } from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf, macOf } from '../../src/server/dataplane/netdev.js';
-import { connectDirection, disconnectDirection, rebuildPortUse } from '../../src/server/dataplane/tables.js';
+import {
+  connectDirection,
+  disconnectDirection,
+  linkIndex,
+  rebuildPortUse,
+  resetLinkStats,
+} from '../../src/server/dataplane/tables.js';
 import { kernelOnly, runId, sh, shQuiet } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
 import { udpFrame } from '../helpers/packets.js';
@@ -51,15 +57,18 @@ describe('if_flags follows the cross-connects', kernelOnly(), () => {
     dp.maps.ifFlags.put(ia, 0);
   });
 
-  it('connect sets the flag and the frame is redirected; disconnect clears it', () => {
+  it('connect sets the flag (and the link counters index) and the frame is redirected; disconnect clears it', () => {
     assert.equal(dp.maps.ifFlags.get(ia), 0);
     assert.equal(verdict(), XDP_PASS);
     connectDirection(dp.maps, ia, ib);
-    assert.equal(dp.maps.ifFlags.get(ia), IF_F_XCONNECT);
+    const link = (IF_F_LINK | (linkIndex(dp.maps, ia)! << IF_LINK_SHIFT)) >>> 0;
+    assert.equal(dp.maps.ifFlags.get(ia), IF_F_XCONNECT | link);
     assert.equal(verdict(), XDP_REDIRECT);
     disconnectDirection(dp.maps, ia);
-    assert.equal(dp.maps.ifFlags.get(ia), 0);
+    assert.equal(dp.maps.ifFlags.get(ia), link, 'the counters stay until released');
     assert.equal(verdict(), XDP_PASS);
+    resetLinkStats(dp.maps, ia);
+    assert.equal(dp.maps.ifFlags.get(ia), 0);
   });
 
   it('a link without its flag (older pins) is passed until the index is rebuilt', () => {
@@ -67,9 +76,13 @@ describe('if_flags follows the cross-connects', kernelOnly(), () => {
     dp.maps.ifFlags.put(ia, 0); // as left by a version without if_flags
     assert.equal(verdict(), XDP_PASS);
     rebuildPortUse(dp.maps);
-    assert.equal(dp.maps.ifFlags.get(ia), IF_F_XCONNECT);
+    const x = linkIndex(dp.maps, ia);
+    assert.notEqual(x, undefined, 'the link gets a counters index again');
+    assert.equal(dp.maps.ifFlags.get(ia), (IF_F_XCONNECT | IF_F_LINK | (x! << IF_LINK_SHIFT)) >>> 0);
+    assert.equal(dp.maps.xcEgress.get(x!), ib, 'and its egress');
     assert.equal(dp.maps.ifFlags.get(ib), 0); // no link, no flag
     assert.equal(verdict(), XDP_REDIRECT);
     disconnectDirection(dp.maps, ia);
+    resetLinkStats(dp.maps, ia);
   });
 });

@@ -18,6 +18,7 @@ import {
   globalCounters,
   linkCounters,
   removeMatches,
+  resetLinkStats,
   ruleCounters,
   setGenericMode,
 } from '../../src/server/dataplane/tables.js';
@@ -515,7 +516,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
   });
 
   it('reflects frames of an interface cross-connected to itself (redirect to the ingress)', () => {
-    dp.maps.xcStats.delete(inIdx); // counters of an earlier test's link
+    resetLinkStats(dp.maps, inIdx); // counters of an earlier test's link
     connectDirection(dp.maps, inIdx, inIdx);
     try {
       const input = frame();
@@ -525,7 +526,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       assert.deepEqual(linkCounters(dp.maps, inIdx), { packets: 1n, bytes: BigInt(input.length), redirectErrors: 0n });
     } finally {
       disconnectDirection(dp.maps, inIdx);
-      dp.maps.xcStats.delete(inIdx);
+      resetLinkStats(dp.maps, inIdx);
     }
   });
 

@@ -847,7 +847,7 @@ export function connectLinks(
 
 /**
  * Links, phase 2, after the change is durable: record the new set, release
- * the counters of directions that are gone (their xc_stats entries, so that
+ * the counters of directions that are gone (their xc_stats indexes, so that
  * a table of 1 024 ingress interfaces never fills with dead links), detach
  * from interfaces nobody uses, and mark the directions `prepareLinks` found
  * unverified (listed as such from the reply on, until a pass judges them).

@@ -1252,7 +1252,7 @@ export class KernelDataplane implements Dataplane {
   }
 
   resetLinkStats(from: number): void {
-    this.dp.maps.xcStats.delete(from);
+    tables.resetLinkStats(this.dp.maps, from);
   }
 
   readCounters(ruleStatsIds: number[], backendStatsIds: number[], linkFroms: number[]): CounterRead {
@@ -1262,12 +1262,7 @@ export class KernelDataplane implements Dataplane {
     const backendRead = m.backendStats.getManyPerCpu(backendStatsIds);
     const rules = new Map(ruleStatsIds.map((id) => [id, sumCounters(ruleRead.get(id) ?? [])]));
     const backends = new Map(backendStatsIds.map((id) => [id, sumCounters(backendRead.get(id) ?? [])]));
-    const links = new Map(
-      linkFroms.map((id) => [
-        id,
-        sumCounters(m.xcStats.getPerCpu(id) ?? [{ packets: 0n, bytes: 0n, redirectErrors: 0n }]),
-      ]),
-    );
+    const links = tables.linkCountersMany(m, linkFroms);
     return { rules, backends, links, global: tables.globalCounters(m) };
   }
 }

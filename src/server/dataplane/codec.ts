@@ -21,9 +21,13 @@ export const AF_INET6 = 10;
 export const IPPROTO_UDP = 17;
 export const IPPROTO_TCP = 6;
 
-/** if_flags: entries (ifindexes below this have flags) and bits. */
+/** if_flags: entries (ifindexes below this have flags; larger ones have them in if_flags_big) and bits. */
 export const MAX_IFINDEX = 65536;
+export const MAX_BIG_IFINDEXES = 4096;
 export const IF_F_XCONNECT = 0x1;
+/** The ingress's link direction has counters: xc_stats[flags >>> IF_LINK_SHIFT]. */
+export const IF_F_LINK = 0x2;
+export const IF_LINK_SHIFT = 8;
 /** Our program runs in generic (skb) mode on this interface (UDP checksum handling differs). */
 export const IF_F_GENERIC = 0x4;
 

@@ -26,6 +26,8 @@ import { testRunTimed } from './bpf-object.js';
 import {
   backendEntry,
   backendStats,
+  IF_F_LINK,
+  IF_LINK_SHIFT,
   linkStats,
   matchKey,
   portUse,
@@ -128,8 +130,10 @@ export interface DatapathOptions {
 /** The typed maps of the datapath. */
 export interface DatapathMaps {
   ifFlags: BpfMap<number, number>;
+  ifFlagsBig: BpfMap<number, number>;
   xcLinks: BpfMap<number, number>;
   xcStats: BpfMap<number, LinkStats>;
+  xcEgress: BpfMap<number, number>;
   ruleMatch: BpfMap<MatchKey, number>;
   rulePorts: BpfMap<number, PortUse>;
   ruleCfg: BpfMap<number, RuleEntry>;
@@ -143,8 +147,10 @@ export interface DatapathMaps {
 
 const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Capacity | null] } = {
   ifFlags: ['if_flags', u32, u32, null],
+  ifFlagsBig: ['if_flags_big', u32, u32, null],
   xcLinks: ['xc_links', u32, u32, 'links'],
   xcStats: ['xc_stats', u32, linkStats, 'links'],
+  xcEgress: ['xc_egress', u32, u32, 'links'],
   ruleMatch: ['rule_match', matchKey, u32, 'matches'],
   rulePorts: ['rule_ports', u32, portUse, null],
   ruleCfg: ['rule_cfg', u32, ruleEntry, 'ruleSlots'],
@@ -434,13 +440,32 @@ function counterKeys(fd: number, type: number, n: number): number[] {
   return keys;
 }
 
-/** Counters read from the old maps: map name -> id -> the raw per-CPU value (u64 fields). */
-type CounterCopy = Map<string, Map<number, Buffer>>;
+/**
+ * Counters read from the old maps: map name -> id -> the raw per-CPU value (u64 fields); and, for link
+ * counters of the per-CPU hash keyed by ingress ifindex (before xc_stats became an array), the index each
+ * ingress got in the new array.
+ */
+interface CounterCopy {
+  values: Map<string, Map<number, Buffer>>;
+  linkIndexes: Map<number, number>;
+}
+
+/** A counter map both the old pins and the object have, and how its ids carry over. */
+interface CounterPair {
+  name: string;
+  oldFd: number;
+  newFd: number;
+  n: number;
+  size: number;
+  type: number;
+  /** xc_stats: the old map is the per-CPU hash keyed by ingress ifindex (its ids are mapped to indexes). */
+  fromLinkHash: boolean;
+}
 
 /** The counter maps both the old pins and the object have with the same layout, with the ids both hold. */
-function counterPairs(obj: unknown, oldDir: string, log: Logger) {
+function counterPairs(obj: unknown, oldDir: string, log: Logger): CounterPair[] {
   const maps = objectMaps(obj);
-  const out: { name: string; oldFd: number; newFd: number; n: number; size: number; type: number }[] = [];
+  const out: CounterPair[] = [];
   for (const name of COUNTER_MAPS) {
     const m = maps.get(name);
     const path = join(oldDir, name);
@@ -450,7 +475,16 @@ function counterPairs(obj: unknown, oldDir: string, log: Logger) {
     const valueSize = lib.bpf_map__value_size(m) as number;
     const type = lib.bpf_map__type(m) as number;
     const known = ARRAYS.has(type) || HASHES.has(type);
-    if (!known || old.type !== type || old.valueSize !== valueSize || old.keySize !== 4 || valueSize % 8 !== 0) {
+    // Link counters of the layout before xc_stats became an array: the same values, keyed by ifindex.
+    const fromLinkHash =
+      name === 'xc_stats' && old.type === BPF_MAP_TYPE_PERCPU_HASH && type === BPF_MAP_TYPE_PERCPU_ARRAY;
+    if (
+      !known ||
+      (old.type !== type && !fromLinkHash) ||
+      old.valueSize !== valueSize ||
+      old.keySize !== 4 ||
+      valueSize % 8 !== 0
+    ) {
       closeFd(oldFd);
       log.warn({ map: name }, `counters of ${name} not carried over: its value layout changed (they restart at 0)`);
       continue;
@@ -462,42 +496,103 @@ function counterPairs(obj: unknown, oldDir: string, log: Logger) {
       newFd: check(`open map ${name}`, lib.bpf_map__fd(m) as number),
       n: Math.min(old.maxEntries, lib.bpf_map__max_entries(m) as number),
       size: valueSize * cpus, // valueSize is a multiple of 8 (checked above)
-      type,
+      type: old.type,
+      fromLinkHash,
     });
   }
   return out;
+}
+
+/** Link-index bits of an if_flags word (bpf/xdpctl.h: XDPCTL_IF_F_LINK, the index in bits 8-31). */
+const LINK_BITS = ~(0xff & ~IF_F_LINK) >>> 0;
+
+/** Write the link-index bits of an ingress's flags into the object's new if_flags / if_flags_big. */
+function putLinkBits(obj: unknown, ifindex: number, bits: number): void {
+  const flags = lib.bpf_object__find_map_by_name(obj, 'if_flags');
+  const inArray = flags && ifindex < (lib.bpf_map__max_entries(flags) as number);
+  const name = inArray ? 'if_flags' : 'if_flags_big';
+  const m = inArray ? flags : lib.bpf_object__find_map_by_name(obj, name);
+  if (!m) return;
+  const fd = check(`open map ${name}`, lib.bpf_map__fd(m) as number);
+  const cur = Buffer.alloc(4);
+  if ((lib.bpf_map_lookup_elem(fd, u32.encode(ifindex), cur) as number) < 0) cur.fill(0);
+  const v = ((cur.readUInt32LE(0) & ~LINK_BITS) | bits) >>> 0;
+  check(`write ${name} entry ${ifindex}`, lib.bpf_map_update_elem(fd, u32.encode(ifindex), u32.encode(v), 0) as number);
+}
+
+/**
+ * Migration, at open: the link-index bits of every ingress in the old if_flags and if_flags_big, into
+ * the new ones, for indexes the new xc_stats holds: the copied link counters stay its link's (a link
+ * whose index is past a smaller capacity gets a new one, from 0, when it is connected again).
+ */
+function copyLinkIndexes(obj: unknown, oldDir: string, max: number): void {
+  const copy = (ifindex: number, flags: number) => {
+    if (flags & IF_F_LINK && flags >>> IF_LINK_SHIFT < max) putLinkBits(obj, ifindex, flags & LINK_BITS);
+  };
+  for (const name of ['if_flags', 'if_flags_big']) {
+    const path = join(oldDir, name);
+    if (!existsSync(path)) continue;
+    const fd = check(`open pinned map ${path}`, lib.bpf_obj_get(path) as number);
+    try {
+      const info = mapInfo(fd, name);
+      if (info.keySize !== 4 || info.valueSize !== 4) continue;
+      const key = Buffer.alloc(4);
+      const v = Buffer.alloc(4);
+      for (const i of counterKeys(fd, info.type, info.maxEntries)) {
+        key.writeUInt32LE(i);
+        if ((lib.bpf_map_lookup_elem(fd, key, v) as number) === 0) copy(i, v.readUInt32LE(0));
+      }
+    } finally {
+      closeFd(fd);
+    }
+  }
 }
 
 /**
  * Migration, at open: copy the counters of the maps pinned in `oldDir` into
  * the object's new maps, for every id both hold (a smaller capacity drops
  * the ids above it; the core gives those rules fresh ids). A map whose value
- * layout changed is not copied (its counters restart at 0; logged). Returns
- * what was copied, so that finishMigration() can add what the old program
- * counted after this copy.
+ * layout changed is not copied (its counters restart at 0; logged). Link
+ * counters keep their links: their indexes go along (or, from the per-CPU
+ * hash keyed by ifindex, each ingress gets one). Returns what was copied, so
+ * that finishMigration() can add what the old program counted after this copy.
  */
 function copyCounters(obj: unknown, oldDir: string, log: Logger): CounterCopy {
-  const copy: CounterCopy = new Map();
+  const copy: CounterCopy = { values: new Map(), linkIndexes: new Map() };
   for (const p of counterPairs(obj, oldDir, log)) {
     const ids = new Map<number, Buffer>();
     try {
       const key = Buffer.alloc(4);
-      for (const i of counterKeys(p.oldFd, p.type, p.n)) {
+      const oldKeys = counterKeys(p.oldFd, p.type, p.n);
+      if (p.fromLinkHash) {
+        // Every ingress with counters gets an index, in ifindex order, and its flags name it.
+        oldKeys.sort((a, b) => a - b);
+        for (const ifindex of oldKeys.slice(0, p.n)) {
+          const idx = copy.linkIndexes.size;
+          copy.linkIndexes.set(ifindex, idx);
+          putLinkBits(obj, ifindex, (IF_F_LINK | (idx << IF_LINK_SHIFT)) >>> 0);
+        }
+      } else if (p.name === 'xc_stats') {
+        copyLinkIndexes(obj, oldDir, lib.bpf_map__max_entries(lib.bpf_object__find_map_by_name(obj, p.name)) as number);
+      }
+      for (const i of oldKeys) {
         if (ids.size >= p.n) break; // a smaller hash holds fewer
+        const to = p.fromLinkHash ? copy.linkIndexes.get(i) : i;
+        if (to === undefined) continue;
         const value = Buffer.alloc(p.size);
         key.writeUInt32LE(i);
         if ((lib.bpf_map_lookup_elem(p.oldFd, key, value) as number) < 0) continue;
         if (value.every((b) => b === 0)) continue; // new maps start at zero
         check(
           `copy entry ${i} of map ${p.name} to the new maps`,
-          lib.bpf_map_update_elem(p.newFd, key, value, 0) as number,
+          lib.bpf_map_update_elem(p.newFd, u32.encode(to), value, 0) as number,
         );
         ids.set(i, value);
       }
     } finally {
       closeFd(p.oldFd);
     }
-    copy.set(p.name, ids);
+    copy.values.set(p.name, ids);
   }
   return copy;
 }
@@ -514,7 +609,7 @@ function addCounterDeltas(obj: unknown, oldDir: string, copied: CounterCopy, log
   let added = 0;
   for (const p of counterPairs(obj, oldDir, log)) {
     try {
-      const before = copied.get(p.name) ?? new Map<number, Buffer>();
+      const before = copied.values.get(p.name) ?? new Map<number, Buffer>();
       const key = Buffer.alloc(4);
       const read = () => {
         const out = new Map<number, Buffer>();
@@ -536,8 +631,10 @@ function addCounterDeltas(obj: unknown, oldDir: string, copied: CounterCopy, log
       for (const [i, v] of last) {
         const was = before.get(i);
         if (was?.equals(v) || (!was && v.every((b) => b === 0))) continue;
+        const to = p.fromLinkHash ? copied.linkIndexes.get(i) : i;
+        if (to === undefined) continue; // an ingress the copy did not see: its link starts anew
         const now = Buffer.alloc(p.size);
-        key.writeUInt32LE(i);
+        key.writeUInt32LE(to);
         if ((lib.bpf_map_lookup_elem(p.newFd, key, now) as number) < 0) now.fill(0); // a hash entry not there yet
         for (let off = 0; off < p.size; off += 8) {
           const delta = v.readBigUInt64LE(off) - (was ? was.readBigUInt64LE(off) : 0n);
@@ -1105,7 +1202,12 @@ export class XdpDatapath {
     const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
     let countersAdded = 0;
     try {
-      countersAdded = addCounterDeltas(this.obj, mapDir, m.copied ?? new Map(), this.log);
+      countersAdded = addCounterDeltas(
+        this.obj,
+        mapDir,
+        m.copied ?? { values: new Map(), linkIndexes: new Map() },
+        this.log,
+      );
     } catch (e) {
       this.log.warn({ err: e }, 'what the old program counted during the migration was not added');
     }
@@ -1126,7 +1228,7 @@ export class XdpDatapath {
     this.log.info(
       {
         changes: m.changes,
-        countersCopied: Object.fromEntries([...(m.copied ?? [])].map(([k, v]) => [k, v.size])),
+        countersCopied: Object.fromEntries([...(m.copied?.values ?? [])].map(([k, v]) => [k, v.size])),
         countersAdded,
         switched,
         progId: this.progId,

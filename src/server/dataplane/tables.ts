@@ -7,11 +7,12 @@
  * entries (one atomic hash update each), and only then is the old slot
  * cleared. The transaction logic (which slot, rollback) lives in core/.
  */
-import { BPF_ANY, BPF_NOEXIST } from './bpf-map.js';
+import { BPF_ANY } from './bpf-map.js';
 import {
   IF_F_GENERIC,
+  IF_F_LINK,
   IF_F_XCONNECT,
-  MAX_IFINDEX,
+  IF_LINK_SHIFT,
   RING_SIZE,
   RULE_F_ACTIVE,
   RULE_F_SRC_FILTER,
@@ -28,6 +29,7 @@ import {
 } from './codec.js';
 import { emptyBackendEntry } from '../core/dataplane.js';
 import type { DatapathMaps } from './datapath.js';
+import { KernelError } from './errors.js';
 
 /** Everything a rule slot holds. */
 export interface RuleSlotContent {
@@ -260,57 +262,144 @@ export function resetBackendStats(maps: DatapathMaps, statsId: number): void {
   maps.backendStats.put(statsId, { packets: 0n, bytes: 0n, redirectErrors: 0n });
 }
 
-/** Set or clear if_flags bits of an interface (ifindexes past the array have none: all lookups). */
+/** An interface's if_flags word: the array below its size, if_flags_big above (0: none). */
+export function ifFlagsOf(maps: DatapathMaps, ifindex: number): number {
+  if (ifindex < maps.ifFlags.info.maxEntries) return maps.ifFlags.get(ifindex) ?? 0;
+  return maps.ifFlagsBig.get(ifindex) ?? 0;
+}
+
+/** Write an interface's if_flags word (in if_flags_big, a 0 is no entry). */
+function writeIfFlags(maps: DatapathMaps, ifindex: number, flags: number): void {
+  if (ifindex < maps.ifFlags.info.maxEntries) maps.ifFlags.put(ifindex, flags >>> 0);
+  else if (flags) maps.ifFlagsBig.put(ifindex, flags >>> 0);
+  else maps.ifFlagsBig.delete(ifindex);
+}
+
+/** Set or clear if_flags bits of an interface (the link index bits stay). */
 export function setIfFlag(maps: DatapathMaps, ifindex: number, bit: number, on: boolean): void {
-  if (ifindex >= maps.ifFlags.info.maxEntries) return;
-  const cur = maps.ifFlags.get(ifindex) ?? 0;
-  maps.ifFlags.put(ifindex, on ? cur | bit : cur & ~bit);
+  const cur = ifFlagsOf(maps, ifindex);
+  const next = on ? cur | bit : cur & ~bit;
+  if (next === cur && ifindex >= maps.ifFlags.info.maxEntries) return;
+  writeIfFlags(maps, ifindex, next);
+}
+
+/** The index of a link direction's counters in xc_stats (kept in its ingress's if_flags), if it has one. */
+export function linkIndex(maps: DatapathMaps, from: number): number | undefined {
+  const f = ifFlagsOf(maps, from);
+  return f & IF_F_LINK ? f >>> IF_LINK_SHIFT : undefined;
 }
 
 /**
- * Set the if_flags bit of every xc_links entry. Only the links are touched
- * (a full rewrite of the 65 536-entry array costs 30-45 ms, on every restore);
- * a flag without a link is left: it only costs the lookup it would save.
+ * The xc_stats indexes in use, per set of maps: read once from if_flags and if_flags_big (one batch
+ * read of the array), then kept up to date by the functions here, the only writers of link indexes.
+ */
+const linkIndexesInUse = new WeakMap<DatapathMaps, Set<number>>();
+
+function usedLinkIndexes(maps: DatapathMaps): Set<number> {
+  let used = linkIndexesInUse.get(maps);
+  if (used) return used;
+  used = new Set();
+  const n = maps.ifFlags.info.maxEntries;
+  const raw = maps.ifFlags.getRangeRaw(0, n);
+  for (let i = 0; i < n; i++) {
+    const f = raw.readUInt32LE(i * 4);
+    if (f & IF_F_LINK) used.add(f >>> IF_LINK_SHIFT);
+  }
+  for (const [, f] of maps.ifFlagsBig.entriesBatch()) if (f & IF_F_LINK) used.add(f >>> IF_LINK_SHIFT);
+  linkIndexesInUse.set(maps, used);
+  return used;
+}
+
+/** A free xc_stats index, its counters zeroed (taken: give it back with releaseLinkIndex if unused). */
+function takeLinkIndex(maps: DatapathMaps): number {
+  const used = usedLinkIndexes(maps);
+  const max = maps.xcStats.info.maxEntries;
+  let idx = 0;
+  while (idx < max && used.has(idx)) idx++;
+  if (idx >= max) {
+    throw new KernelError('update map xc_stats', 7, [], `all ${max} link counter entries are in use`);
+  }
+  maps.xcStats.put(idx, { packets: 0n, bytes: 0n, redirectErrors: 0n });
+  used.add(idx);
+  return idx;
+}
+
+/** Link-index bits of an if_flags word, from an index. */
+const linkBits = (idx: number) => (IF_F_LINK | (idx << IF_LINK_SHIFT)) >>> 0;
+/** An if_flags word without its link index. */
+const withoutLink = (flags: number) => flags & 0xff & ~IF_F_LINK;
+
+/**
+ * Set the if_flags bit of every xc_links entry, and give a link whose ingress has no counter index one
+ * (its counters start at 0). Only the links are touched (a full rewrite of the 65 536-entry array costs
+ * 30-45 ms, on every restore); a flag without a link is left: it only costs the lookup it would save.
  */
 export function rebuildIfFlags(maps: DatapathMaps): string[] {
   const differed: string[] = [];
   for (const from of maps.xcLinks.keys()) {
-    if (from >= MAX_IFINDEX || from >= maps.ifFlags.info.maxEntries) continue;
-    const cur = maps.ifFlags.get(from) ?? 0;
-    if (cur & IF_F_XCONNECT) continue;
-    maps.ifFlags.put(from, cur | IF_F_XCONNECT);
+    const cur = ifFlagsOf(maps, from);
+    let want = cur | IF_F_XCONNECT;
+    let taken: number | undefined;
+    if (!(cur & IF_F_LINK)) {
+      taken = takeLinkIndex(maps);
+      want = withoutLink(want) | linkBits(taken);
+    }
+    if (want === cur) continue;
+    try {
+      const to = maps.xcLinks.get(from);
+      if (to !== undefined) maps.xcEgress.put(want >>> IF_LINK_SHIFT, to);
+      writeIfFlags(maps, from, want);
+    } catch (e) {
+      if (taken !== undefined) usedLinkIndexes(maps).delete(taken);
+      throw e;
+    }
+    const map = from < maps.ifFlags.info.maxEntries ? 'if_flags' : 'if_flags_big';
     differed.push(
-      `interface flags (map if_flags, ifindex ${from}): kernel 0x${cur.toString(16)}, desired 0x${(cur | IF_F_XCONNECT).toString(16)} (cross-connect)`,
+      `interface flags (map ${map}, ifindex ${from}): kernel 0x${cur.toString(16)}, desired 0x${want.toString(16)} (cross-connect${taken === undefined ? '' : `, link counters at ${taken}`})`,
     );
   }
   return differed;
 }
 
 /**
- * Connect one direction: frames arriving on `from` leave on `to`. The stats
- * entry is created first (zeroed only if absent, so counters continue across
- * a peer swap), then the interface's flag that makes the datapath look, then
- * the devmap entry that makes it live. Returns whether it created the stats
- * entry (an undo deletes only what it created).
+ * Connect one direction: frames arriving on `from` leave on `to`. The link's
+ * counters get an index in xc_stats first (zeroed only if it has none, so
+ * counters continue across a peer swap) and xc_egress[index] the egress, then
+ * the interface's flags name the index and make the datapath look, then the
+ * devmap entry makes it live.
+ * Returns whether it gave the counters their index (an undo releases only
+ * what it created).
  */
 export function connectDirection(maps: DatapathMaps, from: number, to: number): boolean {
-  let created = true;
-  try {
-    maps.xcStats.put(from, { packets: 0n, bytes: 0n, redirectErrors: 0n }, BPF_NOEXIST);
-  } catch (e) {
-    if ((e as { code?: string }).code !== 'EEXIST') throw e;
-    created = false;
+  const cur = ifFlagsOf(maps, from);
+  let want = cur | IF_F_XCONNECT;
+  let taken: number | undefined;
+  if (!(cur & IF_F_LINK)) {
+    taken = takeLinkIndex(maps);
+    want = withoutLink(want) | linkBits(taken);
   }
+  const idx = want >>> IF_LINK_SHIFT;
+  const egressWas = maps.xcEgress.get(idx) ?? 0;
+  let wrote = 0;
   try {
-    setIfFlag(maps, from, IF_F_XCONNECT, true);
+    // The egress the redirect tracking mirrors (bpf/xdpctl.bpf.c, xc_egress), before the link uses it.
+    maps.xcEgress.put(idx, to);
+    wrote = 1;
+    writeIfFlags(maps, from, want);
+    wrote = 2;
     maps.xcLinks.put(from, to);
   } catch (e) {
-    // All or nothing: the caller's undo takes back the flag and the entry,
-    // but only knows about the stats entry once this returned.
-    if (created) maps.xcStats.delete(from);
+    // All or nothing: what this call wrote goes back (the caller's undo only
+    // knows about the counters once this returned).
+    try {
+      if (wrote >= 2) writeIfFlags(maps, from, cur);
+      if (wrote >= 1) maps.xcEgress.put(idx, egressWas);
+    } finally {
+      if (taken !== undefined) usedLinkIndexes(maps).delete(taken);
+    }
     throw e;
   }
-  return created;
+  return taken !== undefined;
 }
 
 /** Disconnect one direction (the counters stay until resetLinkStats); the flag goes after the entry. */
@@ -318,6 +407,20 @@ export function disconnectDirection(maps: DatapathMaps, from: number): boolean {
   const had = maps.xcLinks.delete(from);
   setIfFlag(maps, from, IF_F_XCONNECT, false);
   return had;
+}
+
+/**
+ * Release a link direction's counters: its egress entry is cleared, its
+ * ingress's flags stop naming the index (the datapath stops counting into
+ * it), then the index is free for another direction (zeroed when given out).
+ */
+export function resetLinkStats(maps: DatapathMaps, from: number): void {
+  const cur = ifFlagsOf(maps, from);
+  if (!(cur & IF_F_LINK)) return;
+  const idx = cur >>> IF_LINK_SHIFT;
+  maps.xcEgress.put(idx, 0);
+  writeIfFlags(maps, from, withoutLink(cur));
+  usedLinkIndexes(maps).delete(idx);
 }
 
 /**
@@ -339,10 +442,23 @@ export function backendCounters(maps: DatapathMaps, statsId: number): BackendSta
   return sumCounters(maps.backendStats.getPerCpu(statsId) ?? []);
 }
 
-/** Summed counters of one link direction (by ingress ifindex), if it exists. */
+/** Summed counters of one link direction (by ingress ifindex), if it has counters. */
 export function linkCounters(maps: DatapathMaps, from: number): LinkStats | undefined {
-  const per = maps.xcStats.getPerCpu(from);
+  const idx = linkIndex(maps, from);
+  const per = idx === undefined ? undefined : maps.xcStats.getPerCpu(idx);
   return per && sumCounters(per);
+}
+
+/** Summed counters of link directions (by ingress ifindex; zeros for one without counters), in one batch read. */
+export function linkCountersMany(maps: DatapathMaps, froms: readonly number[]): Map<number, LinkStats> {
+  const idx = new Map<number, number>();
+  for (const from of froms) {
+    const i = linkIndex(maps, from);
+    if (i !== undefined) idx.set(from, i);
+  }
+  const read = maps.xcStats.getManyPerCpu([...idx.values()]);
+  const zero = (): LinkStats => ({ packets: 0n, bytes: 0n, redirectErrors: 0n });
+  return new Map(froms.map((from) => [from, sumCounters(read.get(idx.get(from) ?? -1) ?? [zero()])]));
 }
 
 /** Global verdict/error counters, summed over CPUs modulo 2^64 (see sumCounters), indexed by enum xdpctl_stat. */
