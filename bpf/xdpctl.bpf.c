@@ -517,7 +517,7 @@ static __always_inline int may_be_partial(struct xdp_md *ctx)
  * link's counters are xc_stats[its index], the index in the ingress's flags. */
 static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags)
 {
-	__u32 in = ctx->ingress_ifindex, link = flags >> XDPCTL_IF_LINK_SHIFT, kind = 0;
+	__u32 in = ctx->ingress_ifindex, link = XDPCTL_NO_LINK, target = 0, *egress = NULL;
 	struct xdpctl_link_stats *st;
 	__u64 len;
 	long act;
@@ -529,11 +529,14 @@ static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags)
 		return XDP_PASS;
 	len = frame_len(ctx);
 	if (flags & XDPCTL_IF_F_LINK) {
-		st = bpf_map_lookup_elem(&xc_stats, &link);
+		__u32 n = flags >> XDPCTL_IF_LINK_SHIFT;
+
+		st = bpf_map_lookup_elem(&xc_stats, &n);
 		if (st) {
 			st->packets++;
 			st->bytes += len;
-			kind = XDPCTL_REDIR_LINK;
+			link = n;
+			target = in;
 		}
 	}
 	/* Native mode queues the frame for the devmap's egress and the driver
@@ -541,14 +544,16 @@ static __always_inline int xconnect(struct xdp_md *ctx, __u32 flags)
 	 * without NAPI): the egress ifindex (bpf_devmap_val's first field, a
 	 * link's xc_egress entry) lets xdpctl_devmap_xmit attribute such drops
 	 * to the link. Generic mode transmits at once (xdp_redirect_err alone).
-	 * A link without counters is tracked as kind 0 (nothing to correct,
-	 * egress unknown: not mirrored). */
+	 * A link without counters (no index: a state user space never leaves)
+	 * is recorded without a target and its egress is not mirrored: the
+	 * tracepoint programs count its failures in global_stats, as
+	 * unattributed (nothing proves which link's frame it was). */
 	if (!(flags & XDPCTL_IF_F_GENERIC)) {
-		__u32 *egress = kind ? bpf_map_lookup_elem(&xc_egress, &link) : NULL;
-
-		track_redirect(kind, link, 0, len, in, in, egress ? *egress : 0, 0);
+		if (link != XDPCTL_NO_LINK)
+			egress = bpf_map_lookup_elem(&xc_egress, &link);
+		track_redirect(XDPCTL_REDIR_LINK, link, 0, len, in, target, egress ? *egress : 0, 0);
 	} else {
-		track_redirect(kind, link, 0, len, in, in, 0, 1);
+		track_redirect(XDPCTL_REDIR_LINK, link, 0, len, in, target, 0, 1);
 	}
 	return act;
 }

@@ -211,7 +211,8 @@ struct xdpctl_frag_val {
 #define XDPCTL_REDIR_TRACK 1024
 #define XDPCTL_BULK 16
 #define XDPCTL_REDIR_RULE 1 /* id: rule stats id, id2: backend stats id */
-#define XDPCTL_REDIR_LINK 2 /* id: the link's index in xc_stats */
+#define XDPCTL_REDIR_LINK 2 /* id: the link's index in xc_stats, or XDPCTL_NO_LINK */
+#define XDPCTL_NO_LINK 0xffffffffu /* a link without counters (recorded without a target: unattributed) */
 
 struct xdpctl_redir_ent {
 	__u32 kind;
