@@ -225,6 +225,41 @@ describe('controller: a change never waits behind a reconciler pass', () => {
   });
 });
 
+describe('controller: a pass that gives its turn is not a failed pass', () => {
+  it('a pass that gives its turn during the kernel comparison reports no problem from it', async () => {
+    // The kernel comparison's reads made long (each listMatches busies the CPU for 20 ms, more than a pass's
+    // slice): with a change waiting, the pass gives its turn there. Before, the comparison's error handler took
+    // that for a failure: "kernel entries of the rules could not be compared with the desired state or
+    // rewritten: " (an empty message) was a problem, and xdpctl.datapath NOT_SERVING, until a later comparison.
+    class SlowKernelReads extends CountingDataplane {
+      slow = false;
+      reads = 0;
+      override listMatches(): [never, number][] {
+        if (this.slow) {
+          this.reads++;
+          const until = performance.now() + 20;
+          while (performance.now() < until);
+        }
+        return [];
+      }
+    }
+    const dp = new SlowKernelReads();
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    await c.applyRules(
+      Array.from({ length: 10 }, (_, i) => rule(i)),
+      false,
+    );
+    dp.slow = true;
+    const done: string[] = [];
+    const pass = c.resync().then(() => done.push('pass'));
+    const change = c.updateRule({ ...rule(7), port: 40_007 }, 0).then(() => done.push('change'));
+    await Promise.all([pass, change]);
+    assert.deepEqual(done, ['change', 'pass'], 'the pass gave its turn');
+    assert.deepEqual(c.problems(), []);
+    assert.ok(dp.reads >= 1, 'premise: the pass compared the kernel entries');
+  });
+});
+
 describe('controller: a large change swaps the state at once', () => {
   it('reads during a 1 500-rule ApplyRules see the set before or after it, whole; the indices hold after', async () => {
     const { c } = await applyCounting(1500);

@@ -17,6 +17,7 @@ import {
   finishLinks,
   finishRules,
   pacer,
+  Preempted,
   SLICE_MS,
   preflight,
   prepareLinks,
@@ -1890,9 +1891,6 @@ export class Controller {
 
 /** The most slices of its own work ({@link SLICE_MS} each) a reconciler pass does before it gives its turn to a waiting change. */
 const PASS_SLICES = 4;
-
-/** A reconciler pass that gave its turn to a waiting change before writing anything. */
-class Preempted extends Error {}
 
 /** The names of the rules a change writes or deletes. */
 function opNames(ops: readonly RuleOp[]): Set<string> {

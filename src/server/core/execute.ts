@@ -738,6 +738,13 @@ const BULK_SWAP = 1024;
 export const SLICE_MS = 4;
 
 /**
+ * Thrown by a reconciler pass's pacer when the pass gives its turn to a waiting change (controller.ts,
+ * resync()). It ends the pass, which queues again behind the change: it is no failure of what the pass
+ * was doing, so a step of the pass that catches errors to report them must let it through.
+ */
+export class Preempted extends Error {}
+
+/**
  * A pacer for long transactions: awaiting it yields to the event loop (so
  * that reads are answered) once `budgetMs` of work has passed in this turn
  * of the event loop; otherwise it returns at once. The budget is counted per

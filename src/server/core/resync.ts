@@ -18,6 +18,7 @@
 import {
   adoptStrayAttachments,
   pacer,
+  Preempted,
   releaseUnusedInterfaces,
   STRAY_LOCAL_SCAN_MS,
   type ExecContext,
@@ -1456,6 +1457,10 @@ async function checkKernel(
       if (before) ctx.log.info({}, 'kernel entries compared and rewritten again');
     });
   } catch (e) {
+    // The pass gave its turn to a change (nothing written, nothing observed): no failure. What the last
+    // comparison found stands; the next is due after the interval, as after a complete one (due again at once,
+    // a comparison longer than a turn would be given away again and again: the pass would never complete).
+    if (e instanceof Preempted) throw e;
     state.kernelDrift = `kernel entries of the rules could not be compared with the desired state or rewritten: ${(e as Error).message}`;
     transition('kernel-check', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, state.kernelDrift!));
   }
