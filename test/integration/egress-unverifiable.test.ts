@@ -250,8 +250,14 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
       assert.deepEqual((await link()).warnings, []);
       await until('health SERVING', async () => (await health()) === SERVING);
 
-      // The fault: GRO off while l2's side is down; the kernel keeps announcing ndo-xmit.
-      in2('ip link set eth0 down && ethtool -K eth0 gro off && ip link set eth0 up');
+      // The fault: GRO off while l2's side is down; the kernel keeps announcing ndo-xmit. A pass sees the peer
+      // down first (no carrier: not forwarding); once it is up again the direction cannot be verified, and is
+      // not said to forward (before: "is forwarding again", while every frame was dropped).
+      in2('ip link set eth0 down');
+      await until('l1 -> l2 not forwarding: no carrier', async () =>
+        /no carrier/.test((await link()).warnings.join('\n')),
+      );
+      in2('ethtool -K eth0 gro off && ip link set eth0 up');
       assert.equal(((xdpFeatures(ifindexOf(if2)) ?? 0n) & XDP_ACT['ndo-xmit']) !== 0n, true, 'premise: ndo-xmit');
       let reached = true;
       await until(
@@ -294,6 +300,11 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
       assert.equal(active(await link()).status, ConditionStatus.CONDITION_STATUS_TRUE);
       await until('health SERVING again', async () => (await health()) === SERVING);
       assert.equal(count(new RegExp(`"msg":"link ${l1.hostIf} -> ${if2} is forwarding again`)), 1);
+      assert.equal(
+        count(new RegExp(`"msg":"link ${l1.hostIf} -> ${if2} was not forwarding \\(egress ${if2} has no carrier`)),
+        1,
+        'the carrier back is said, without "forwarding"',
+      );
       await c.links.disconnect({ a: l1.hostIf, b: if2 });
     } finally {
       ns2.kill();

@@ -729,9 +729,27 @@ export async function resync(
         const w = linkDirectionWarning(ctx, from, to);
         if (w) linkWarnings.set(`${from}>${to}`, w);
       }
-      transition(key, why ? `out|${why}` : 'ok', (before) => {
+      // "Forwarding again" only when it is known: a direction that cannot be verified (its egress's veth peer
+      // cannot be inspected) is not said to forward when the reason it did not goes away (a peer down and up
+      // again may leave it dropping every frame); that is said once traffic verifies it.
+      const was = state.logged.get(key);
+      const wasOut = was !== undefined && (was.startsWith('out|') || was === 'unverified|out');
+      const next = why
+        ? `out|${why}`
+        : linkUnverified.has(`${from}>${to}`)
+          ? wasOut
+            ? 'unverified|out'
+            : 'unverified'
+          : 'ok';
+      transition(key, next, () => {
         if (why) ctx.log.warn({ from, to, reason: why }, `link ${from} -> ${to} is not forwarding: ${why}`);
-        else if (before) ctx.log.info({ from, to }, `link ${from} -> ${to} is forwarding again`);
+        else if (next === 'unverified|out' && was?.startsWith('out|')) {
+          ctx.log.info(
+            { from, to },
+            `link ${from} -> ${to} was not forwarding (${was.slice(4)}), which no longer holds; whether it ` +
+              'forwards cannot be verified until frames are taken',
+          );
+        } else if (next === 'ok' && wasOut) ctx.log.info({ from, to }, `link ${from} -> ${to} is forwarding again`);
       });
     }
   }
