@@ -131,7 +131,8 @@ const program = new Command('xdpctld')
   .option(
     '--cleanup-on-exit',
     'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off and ' +
-      'offloads back on where xdpctld changed them (recorded in the state dir), and remove all pins',
+      'offloads back on where xdpctld changed them (recorded in the state dir; a veth peer moved to another ' +
+      'network namespace since is found through its veth), and remove all pins',
     false,
   )
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))

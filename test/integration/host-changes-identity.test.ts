@@ -82,6 +82,7 @@ describe('host changes: a device made again with the same name and ifindex is le
     assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'switched on by the daemon (--fix-veth-peers)');
     assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'turned off by the daemon for XDP');
     const before = { b1: peer(b1), vm: peer(vm) };
+    const ends = { b1: { ifname: b1.hostIf, mac: b1.hostMac }, vm: { ifname: vm.hostIf, mac: vm.hostMac } };
     const nsInode = (h: Host) => sh('stat', ['-c', '%i', `/run/netns/${h.netns}`]).trim();
     const inodes = { b1: nsInode(b1), vm: nsInode(vm) };
     assert.equal(await d.stop('SIGTERM'), 0);
@@ -131,13 +132,19 @@ describe('host changes: a device made again with the same name and ifindex is le
       { gro: [], offloads: [] },
       'records left alone are dropped',
     );
+    // Nor was the device recorded moved elsewhere: the veth it was the peer of, in the daemon's namespace, is
+    // gone too (host-changes-moved-peer.test.ts follows one that was).
+    const pairGone = (h: 'b1' | 'vm') =>
+      `its veth peer then, ifindex ${before[h].link_index} in this daemon's network namespace (${ends[h].ifname} ` +
+      `then), is gone too: no device has that ifindex here, nor its name and MAC address ${ends[h].mac} in any ` +
+      'other namespace this one has an id for and could read; the veth pair no longer exists';
     assert.deepEqual(
       done[0].leftAlone,
       [
         `eth0 in netns ${b1.netns}: replaced by another device (ifindex ${now.b1.ifindex}, but its veth peer was ` +
-          `ifindex ${before.b1.link_index} then, ifindex ${now.b1.link_index} now): left alone`,
+          `ifindex ${before.b1.link_index} then, ifindex ${now.b1.link_index} now; ${pairGone('b1')}): left alone`,
         `eth0 in netns ${vm.netns}: gone (/run/netns/${vm.netns} is another network namespace now: namespace ` +
-          `id ${namespaceIds.vm} then, ${netnsId(vm.netns)} now): left alone`,
+          `id ${namespaceIds.vm} then, ${netnsId(vm.netns)} now; ${pairGone('vm')}): left alone`,
       ],
       `each record left alone is logged, with why (namespace inode number the same as before: ${JSON.stringify(sameInode)})`,
     );

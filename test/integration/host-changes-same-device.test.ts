@@ -139,6 +139,7 @@ describe(
       });
       assert.equal(feature(b3, 'eth0', 'generic-receive-offload'), 'on', 'switched on by the daemon');
       const was = link(b3, 'eth0');
+      const end = { ifindex: was.link_index, ifname: b3.hostIf, mac: b3.hostMac };
       // No rule uses b3 any more (the daemon has nothing to check there); its veth pair is deleted and made
       // again: the same names, a new ifindex in the same namespace, and its owner sets GRO on.
       await c.rules.deleteRule({ name: 'one', expectedGeneration: 0n });
@@ -157,8 +158,10 @@ describe(
       assert.equal(done.length, 1);
       assert.ok(
         done[0].leftAlone?.includes(
-          `eth0 in netns ${b3.netns}: replaced by another device (ifindex ${was.ifindex} then, ${now.ifindex} now): ` +
-            'left alone',
+          `eth0 in netns ${b3.netns}: replaced by another device (ifindex ${was.ifindex} then, ${now.ifindex} now; ` +
+            `its veth peer then, ifindex ${end.ifindex} in this daemon's network namespace (${end.ifname} then), ` +
+            `is gone too: no device has that ifindex here, nor its name and MAC address ${end.mac} in any other ` +
+            'namespace this one has an id for and could read; the veth pair no longer exists): left alone',
         ),
         JSON.stringify(done[0]),
       );

@@ -30,6 +30,7 @@ import {
   nlDump,
   nlRequest,
 } from './netlink.js';
+import { movedDevice, netnsOf } from './netns.js';
 
 const run = promisify(execFile);
 
@@ -713,6 +714,18 @@ export interface DeviceIdentity {
   netnsId?: string;
   /** IFLA_LINK of a veth: its peer's ifindex (in the peer's namespace). */
   linkIndex?: number;
+  /**
+   * For the veth peer of one of the daemon's own devices (a backend's egress, an ingress): the id of the
+   * namespace `linkIndex` is in, the daemon's ({@link netnsId}). With it a peer moved to another namespace
+   * since is found again through its veth there ({@link recordedDevice}). Absent in records written before.
+   */
+  linkNetnsId?: string;
+  /**
+   * That veth's name and MAC address when the change was made: settings, never compared; for the log, and to
+   * tell a veth moved away from the daemon's namespace from one deleted (netns.ts movedDevice).
+   */
+  linkIfname?: string;
+  linkMac?: string;
 }
 
 /** _IOR(NSIO 0xb7, 13, __u64) (linux/nsfs.h, Linux >= 6.18): the namespace's id. */
@@ -769,6 +782,18 @@ function identityOfView(l: LinkView, netns: string | undefined): DeviceIdentity 
   return { ...(ns !== undefined ? { netnsId: ns } : {}), ...(l.link ? { linkIndex: l.link } : {}) };
 }
 
+/** What a record of the veth peer of `veth` (a device in the daemon's namespace) adds to its identity. */
+function peerOfOurs(veth: string): DeviceIdentity {
+  const ours = netnsId();
+  let mac: string | undefined;
+  try {
+    mac = interfaceAddress(veth).mac;
+  } catch {
+    mac = undefined; // gone meanwhile: the record says less
+  }
+  return { ...(ours !== undefined ? { linkNetnsId: ours } : {}), linkIfname: veth, ...(mac ? { linkMac: mac } : {}) };
+}
+
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
 export interface GroChange extends DeviceIdentity {
   /** The device, in `netns` (undefined: ours), by the name it had when the change was made. */
@@ -786,32 +811,59 @@ export async function restoreGro(c: GroChange): Promise<string> {
   const d = await recordedDevice(c);
   if (typeof d === 'string') return d;
   const { stdout } = await d.ethtool(['-k', d.ifname]);
-  if (!/^generic-receive-offload: on/m.test(stdout)) return `already off${d.renamed}`;
+  if (!/^generic-receive-offload: on/m.test(stdout)) return `already off${d.note}`;
   await d.ethtool(['-K', d.ifname, 'gro', 'off']);
-  return `GRO off again${d.renamed}`;
+  return `GRO off again${d.note}`;
 }
 
-/** A recorded device found again: its name now, an `ethtool` runner in its namespace, and " (now named X)" or ''. */
+/**
+ * A recorded device found again: its name now, an `ethtool` runner in its namespace, and what the log adds
+ * to what was done there: '', " (now named X)", or where it was found when it moved (" (moved to netns A:
+ * ifindex 2 there; found as the veth peer of X)").
+ */
 interface FoundDevice {
   ifname: string;
   ethtool: (args: string[]) => Promise<{ stdout: string }>;
-  renamed: string;
+  note: string;
 }
 
 /**
  * The device a recorded host change was made on, if it is still that device ({@link DeviceIdentity}: the
- * same namespace, ifindex and veth peer; found by its ifindex, so under another name too). Otherwise why
- * not ('gone (...)', 'replaced by another device (...): left alone', 'not found (...)').
+ * same namespace, ifindex and veth peer; found by its ifindex, so under another name too) where it was, or,
+ * for the veth peer of one of the daemon's own devices, wherever that veth says its peer is now
+ * ({@link followedPeer}: moved to another namespace since). Otherwise why not, as observed at both ('gone
+ * (...)', 'replaced by another device (...): left alone', 'not found (...): left alone').
  */
 async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
+  const here = await atRecordedPlace(c);
+  if (!('head' in here)) return here;
+  const away = followedPeer(c);
+  if (away !== undefined && typeof away !== 'string') return away;
+  return `${here.head} (${here.detail}${away ? `; ${away}` : ''})${here.leftAlone ? ': left alone' : ''}`;
+}
+
+/** Why a recorded device is not where it was: what is there instead ({@link recordedDevice}). */
+interface NotThere {
+  head: 'gone' | 'not found' | 'replaced by another device';
+  detail: string;
+  /** Another device (or namespace) is there now, and was left as it is. */
+  leftAlone: boolean;
+}
+
+/** The recorded device in its recorded namespace, by its ifindex ({@link recordedDevice}), or what is there. */
+async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
   if (c.netnsId !== undefined) {
     const now = netnsId(c.netns);
     if (now === undefined && c.netns !== undefined && !existsSync(`/run/netns/${c.netns}`)) {
-      return `not found (/run/netns/${c.netns} no longer exists): left alone`;
+      return { head: 'not found', detail: `/run/netns/${c.netns} no longer exists`, leftAlone: true };
     }
     if (now !== undefined && now !== c.netnsId) {
       const which = c.netns === undefined ? "this daemon's network namespace" : `/run/netns/${c.netns}`;
-      return `gone (${which} is another network namespace now: namespace id ${c.netnsId} then, ${now} now): left alone`;
+      return {
+        head: 'gone',
+        detail: `${which} is another network namespace now: namespace id ${c.netnsId} then, ${now} now`,
+        leftAlone: true,
+      };
     }
   }
   let byName: IpLink | undefined;
@@ -831,16 +883,99 @@ async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
   }
   if (!dev) {
     // Its name is another device's now (deleted and made again: a new ifindex), or nothing's.
-    return byName ? `replaced by another device (${replacedBy(c, { ifindex: byName.ifindex })}): left alone` : 'gone';
+    if (byName) {
+      return {
+        head: 'replaced by another device',
+        detail: replacedBy(c, { ifindex: byName.ifindex })!,
+        leftAlone: true,
+      };
+    }
+    const where = c.netns === undefined ? "this daemon's network namespace" : `netns ${c.netns}`;
+    return { head: 'gone', detail: `no device with ifindex ${c.ifindex} in ${where} any more`, leftAlone: false };
   }
   const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
-  if (replaced) return `replaced by another device (${replaced}): left alone`;
+  if (replaced) return { head: 'replaced by another device', detail: replaced, leftAlone: true };
   const ifname = dev.ifname;
   return {
     ifname,
-    renamed: ifname === c.ifname ? '' : ` (now named ${ifname})`,
+    note: ifname === c.ifname ? '' : ` (now named ${ifname})`,
     ethtool: (args) =>
       c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args),
+  };
+}
+
+/**
+ * A recorded veth peer of one of the daemon's devices that is not where it was, found through that device: a
+ * veth names its peer wherever it is (IFLA_LINK, in the namespace IFLA_LINK_NETNSID gives; `ip link set dev
+ * PEER netns OTHER` moves the peer, the pair stays). Followed only from that veth as recorded: in the
+ * daemon's namespace (the same id, {@link netnsId}: never given to another namespace) at the recorded
+ * ifindex (a namespace hands its ifindexes out in turn and gives none back while it runs), so the device it
+ * names is the one recorded, whatever its name, namespace or ifindex there now (a move into a namespace where
+ * the ifindex is taken gives another). Undefined when the record names no such veth (not a veth peer of
+ * ours: nothing to follow); a string saying what was observed when it is not found so; throws when it is
+ * found but cannot be reached (a namespace without a name or a process to enter it by, or not ours to read).
+ */
+function followedPeer(c: GroChange): FoundDevice | string | undefined {
+  if (c.linkIndex === undefined || c.linkIfname === undefined) return undefined;
+  const end = `its veth peer then, ifindex ${c.linkIndex} in this daemon's network namespace (${c.linkIfname} then)`;
+  if (c.linkNetnsId === undefined) return `${end}, not looked at: the kernel did not say which namespace that was`;
+  const ours = netnsId();
+  if (ours !== c.linkNetnsId) {
+    return (
+      `${end.replace("this daemon's network namespace", `namespace id ${c.linkNetnsId}`)}, not looked at: ` +
+      `this daemon runs in namespace id ${ours ?? '(unknown)'}`
+    );
+  }
+  const veth = linkView(c.linkIndex);
+  if (!veth) {
+    // Deleted (and its peer with it: deleting the namespace either end is in deletes the pair), or moved away
+    // itself: a device moved from here is in a namespace this one has an id for (the kernel gives it one).
+    if (!c.linkMac) return `${end}, is not here any more`;
+    const moved = movedDevice(c.linkIfname, c.linkMac);
+    if (moved) {
+      const ns = netnsOf(moved.nsid);
+      const where = ns?.name ? `netns ${ns.name}` : `the network namespace with nsid ${moved.nsid}`;
+      return (
+        `${end}, is not here any more: a device with its name and MAC address (${c.linkMac}) is in ${where} ` +
+        `(ifindex ${moved.ifindex} there), not followed: a name and a MAC address are settings, not its identity`
+      );
+    }
+    return (
+      `${end}, is gone too: no device has that ifindex here, nor its name and MAC address ${c.linkMac} in any ` +
+      'other namespace this one has an id for and could read; the veth pair no longer exists'
+    );
+  }
+  if (veth.kind !== 'veth' || veth.link === undefined) {
+    return `${end}, is ${veth.ifname}, ${veth.kind ? `a ${veth.kind}` : 'a device'} without a veth peer, now`;
+  }
+  const peer = veth.linkNetnsid === undefined ? linkView(veth.link) : linkView(veth.link, veth.linkNetnsid);
+  if (!peer || peer.link !== c.linkIndex) {
+    return `${end}, names ifindex ${veth.link} as its peer, which does not name it back`;
+  }
+  const before = peer.ifindex === c.ifindex ? '' : `, ${c.ifindex} before`;
+  const named = peer.ifname === c.ifname ? '' : `, now named ${peer.ifname}`;
+  const found = `ifindex ${peer.ifindex} there${before}${named}; found as the veth peer of ${veth.ifname}`;
+  if (veth.linkNetnsid === undefined) {
+    return {
+      ifname: peer.ifname,
+      note: ` (moved to this daemon's network namespace: ${found})`,
+      ethtool: (args) => run('ethtool', args),
+    };
+  }
+  const ns = netnsOf(veth.linkNetnsid);
+  if (!ns) {
+    throw new Error(
+      `moved to the network namespace with nsid ${veth.linkNetnsid} (${found}), which has no name in /run/netns ` +
+        'and no process xdpctld can see is in it: there is no way into it from here',
+    );
+  }
+  const where = ns.name
+    ? `netns ${ns.name}`
+    : `the unnamed network namespace with nsid ${veth.linkNetnsid}, entered through ${ns.path}`;
+  return {
+    ifname: peer.ifname,
+    note: ` (moved to ${where}: ${found})`,
+    ethtool: (args) => run('nsenter', [`--net=${ns.path}`, 'ethtool', ...args]),
   };
 }
 
@@ -882,9 +1017,9 @@ export async function restoreOffloads(c: OffloadChange): Promise<string> {
   if (typeof d === 'string') return d;
   const { stdout } = await d.ethtool(['-k', d.ifname]);
   const off = c.features.filter((n) => new RegExp(`^${n}: off(?! \\[fixed\\])`, 'm').test(stdout));
-  if (!off.length) return `${c.features.join(', ')} already on${d.renamed}`;
+  if (!off.length) return `${c.features.join(', ')} already on${d.note}`;
   await d.ethtool(['-K', d.ifname, ...off.flatMap((n) => [SET_NAME[n] ?? n, 'on'])]);
-  return `${off.join(', ')} on again${d.renamed}`;
+  return `${off.join(', ')} on again${d.note}`;
 }
 
 /**
@@ -1030,7 +1165,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     fixed: true,
     napi: 'gro',
     peerIfindex: peer.ifindex,
-    peerIdentity: identityOfView(peer, netns),
+    peerIdentity: { ...identityOfView(peer, netns), ...peerOfOurs(name) },
     detail: `enabled GRO on ${where}`,
   };
 }
@@ -1172,6 +1307,8 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     netns: string | undefined,
     names: string[],
     why: string,
+    /** The veth in our namespace `l` is the peer of (for the record: {@link peerOfOurs}). */
+    peerOf?: string,
   ): Generator<Command, void, string> {
     const { ifname: dev, ifindex } = l;
     const where = netns ? `${dev} in netns ${netns}` : dev;
@@ -1189,7 +1326,14 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     try {
       yield ethtool(netns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
       done.push(`turned ${on.join(', ')} off on ${where}`);
-      changed.push({ ifname: dev, ...(netns ? { netns } : {}), ifindex, ...identityOf(l, netns), features: on });
+      changed.push({
+        ifname: dev,
+        ...(netns ? { netns } : {}),
+        ifindex,
+        ...identityOf(l, netns),
+        ...(peerOf ? peerOfOurs(peerOf) : {}),
+        features: on,
+      });
     } catch (e) {
       const problem = `turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`;
       problems.push(problem);
@@ -1230,9 +1374,9 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     }
   }
   if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
-  yield* turnOff(peer, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy);
+  yield* turnOff(peer, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy, name);
   if (generic) {
-    yield* turnOff(peer, netns, [...GENERIC_GSO_FEATURES], gsoWhy);
+    yield* turnOff(peer, netns, [...GENERIC_GSO_FEATURES], gsoWhy, name);
   }
   return { done, problems, changed, unrepaired };
 }
