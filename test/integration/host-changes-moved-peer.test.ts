@@ -21,7 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readlinkSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -107,8 +107,15 @@ describe('host changes: a veth peer moved to another network namespace is follow
     sh('ip', ['-n', b5.netns, 'link', 'set', 'eth0', 'netns', ns.D]);
     sh('ip', ['netns', 'del', ns.D]);
     unnamed = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
-    await sleep(200);
     const nsPath = `/proc/${unnamed.pid}/ns/net`;
+    const ownNs = readlinkSync('/proc/self/ns/net');
+    await until('unshare in a namespace of its own', () => {
+      try {
+        return readlinkSync(nsPath) !== ownNs;
+      } catch {
+        return false;
+      }
+    });
     sh('ip', ['-n', b6.netns, 'link', 'set', 'eth0', 'netns', String(unnamed.pid)]);
     const nsid = (JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', b6.hostIf]))[0] as { link_netnsid: number })
       .link_netnsid;
@@ -117,7 +124,7 @@ describe('host changes: a veth peer moved to another network namespace is follow
     sh('ip', ['link', 'set', b7.hostIf, 'netns', ns.F]);
     const b7EndThere = link(ns.F, b7.hostIf).ifindex;
     // Deleting a namespace deletes the veths in it, with their peers (b5's end here), a moment later.
-    await until(`${b5.hostIf} deleted with namespace D`, () => !existsSync(`/sys/class/net/${b5.hostIf}`));
+    await until(`${b5.hostIf} deleted with namespace D`, () => !existsSync(`/sys/class/net/${b5.hostIf}`), 15_000);
     const now = {
       b1: link(ns.A, 'eth0').ifindex,
       b2: link(ns.B, 'moved2').ifindex,
