@@ -47,5 +47,5 @@ USER 10001:10001
 # The probe talks to the Unix socket (no TLS, no network) and loads only node:http2 (~0.04 s, ~57 MB).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
   CMD ["xdpctl-health", "--server", "unix:/run/xdpctl/xdpctl.sock", "--timeout", "3s"]
-ENTRYPOINT ["xdpctld-node", "--max-semi-space-size=2", "/opt/xdpctl/dist/server/main.js"]
+ENTRYPOINT ["xdpctld-node", "--max-semi-space-size=2", "--disable-sigusr1", "/opt/xdpctl/dist/server/main.js"]
 CMD ["--listen", "127.0.0.1:9091", "unix:/run/xdpctl/xdpctl.sock"]

@@ -59,6 +59,7 @@ async function main() {
     process.execPath,
     [
       '--max-semi-space-size=2',
+      '--disable-sigusr1',
       ...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []),
       'dist/server/main.js',
       '--listen',

@@ -490,6 +490,32 @@ export class ConfigWatcher {
     );
   }
 
+  /**
+   * Read the file again now (SIGHUP), after any read under way, and apply it as a change seen by the
+   * watches would be (no wait for a file still being written: the signal says it is ready). What is in force
+   * then, for the log line.
+   */
+  async reload(because: string): Promise<{
+    path: string;
+    inForce: boolean;
+    reason: string;
+    appliedSha256?: string;
+    message?: string;
+  }> {
+    if (!this.closed) {
+      this.running = this.running.then(() => this.load(true, because)).then(() => this.follow());
+      await this.running;
+    }
+    const r = this.report();
+    return {
+      path: r.path,
+      inForce: r.inForce,
+      reason: r.reason,
+      ...(r.appliedSha256 ? { appliedSha256: r.appliedSha256 } : {}),
+      ...(r.inForce ? {} : { message: r.message }),
+    };
+  }
+
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);

@@ -469,6 +469,7 @@ export class Daemon {
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
     daemon.kernel = dp;
+    daemon.tlsProvider = tlsSet ? tlsSet.provider : undefined;
 
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
     const tlsOf = () => tlsSet;
@@ -719,6 +720,24 @@ export class Daemon {
   }
 
   private monitor?: LinkMonitor;
+  /** The TLS files' provider (reload on SIGHUP), when TCP listeners serve TLS. */
+  private tlsProvider?: { reload(): { state: string; rotations: number } };
+
+  /**
+   * SIGHUP (signals.ts): read again what can be read again while running, each now rather than at its next
+   * look: the `--config` file (applied, or refused keeping the last good configuration, as a change seen by
+   * its watches would be) and the TLS certificate, key and client CA (taken if they are a valid set, as the
+   * periodic re-read would). What each gave, and what is read at start only, for the log line.
+   */
+  async reload(signal: string): Promise<object> {
+    if (this.stopping) return { nothing: 'the daemon is stopping' };
+    const config = this.config
+      ? await this.config.reload(signal)
+      : 'no --config file (rules and links come from the API)';
+    const tls = this.tlsProvider ? this.tlsProvider.reload() : 'no TLS (no --tls-cert)';
+    const atStartOnly = [...(this.opts.auth ? ['--auth-config'] : []), 'the command line'];
+    return { config, tls, readAtStartOnly: atStartOnly.join(', ') };
+  }
   private pinRootWatch?: FSWatcher;
   /**
    * The reconciler pass running now (it never rejects): stop() waits for it before --cleanup-on-exit and

@@ -1,15 +1,19 @@
-#!/usr/bin/env -S node --max-semi-space-size=2
+#!/usr/bin/env -S node --max-semi-space-size=2 --disable-sigusr1
 /**
  * xdpctld: the daemon's command line. Everything else is in daemon.ts.
  *
- * The shebang's V8 flag is the daemon's memory setting wherever it runs (the Dockerfile's ENTRYPOINT,
+ * The shebang's flags are the daemon's Node settings wherever it runs (the Dockerfile's ENTRYPOINT,
  * `npm start` and the bench pass the same, read from this line): young-generation semi-spaces of 2 MB
  * instead of V8's 16 MB keep ~30 MB less resident at rest (measured: 122 -> 95 MB with 0 rules, 30 s
- * after SERVING) for a control plane whose allocations are small and short-lived.
+ * after SERVING) for a control plane whose allocations are small and short-lived; --disable-sigusr1: a
+ * SIGUSR1 never opens Node's inspector (before: on 127.0.0.1:9229, code execution as the daemon's user for
+ * any local process), from the first instruction on (signals.ts).
  */
 
 // First: on a Node older than engines.node, stop with a message before anything else loads.
 import '../shared/supported-node.js';
+
+import os from 'node:os';
 
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
@@ -19,6 +23,8 @@ import { AuthConfigError, loadAuthConfig, type AuthConfig } from './auth/policy.
 import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode } from './auth/transport.js';
 import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
+import { childGuard } from './dataplane/children.js';
+import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
 import { startTelemetry } from './telemetry/sdk.js';
@@ -130,7 +136,8 @@ const program = new Command('xdpctld')
   )
   .option(
     '--cleanup-on-exit',
-    'on SIGTERM/SIGINT detach our program from every interface that runs it, switch GRO back off and ' +
+    'on SIGTERM, SIGINT, SIGQUIT or another stop signal (see Signals below) detach our program from every ' +
+      'interface that runs it, switch GRO back off and ' +
       'offloads back on where xdpctld changed them (recorded in the state dir; a veth peer moved to another ' +
       'network namespace since is found through its veth), and remove all pins',
     false,
@@ -180,6 +187,16 @@ is set, metrics when OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or
 http/protobuf (default) or http/json, and the other standard OTEL_* variables
 apply. A client's W3C traceparent is honoured; logs are JSON lines on stdout
 with the trace_id and span_id of the RPC they belong to.
+
+Signals: SIGTERM, SIGINT, SIGQUIT (and SIGALRM, SIGVTALRM, SIGXCPU, SIGPWR,
+SIGIO, SIGSTKFLT) are logged and stop the daemon in order (NOT_SERVING,
+streams ended, calls drained, --cleanup-on-exit); another one during the stop
+is logged and the stop goes on. SIGHUP is logged and reads the --config file
+and the TLS files again at once; the daemon keeps serving. SIGUSR2 is logged
+and ignored; SIGUSR1, SIGPIPE and SIGXFSZ are ignored (SIGUSR1 never opens
+Node's inspector: the daemon runs with --disable-sigusr1). SIGKILL skips the
+stop. Child processes (ip monitor, ethtool) end with the daemon however it
+ends (setpriv --pdeathsig, util-linux).
 
 The datapath keeps forwarding while the daemon is stopped or restarting: the
 program stays attached and the maps stay pinned under --pin-root. While it
@@ -335,10 +352,22 @@ if (!caps.canSendArp) {
   );
 }
 
-// SIGTERM/SIGINT are handled from here on: one that comes while the daemon starts stops it once it has
-// started (the default action would kill it half-way, pins and all), and one right after the 'ready'
-// line finds its handler installed (a supervisor that signals as soon as it reads 'ready' used to kill
-// the process by the default action now and then). A second one still ends the process at once.
+// Child processes (ip monitor, ethtool) end with the daemon, however it ends (dataplane/children.ts).
+const guard = childGuard();
+if (!guard.guarded) {
+  log.warn(
+    { why: guard.why },
+    `${guard.why}: a child process of xdpctld (ip monitor) may outlive it if it is killed (SIGKILL) ` +
+      'instead of stopped',
+  );
+}
+
+// Every signal is handled from here on (signals.ts: SIGTERM, SIGINT, SIGQUIT and the other terminating
+// ones stop the daemon in order; SIGHUP reads the configuration again; SIGUSR2 is logged and ignored,
+// SIGUSR1 too when Node delivers it: not under --disable-sigusr1). A stop signal that comes while the daemon starts stops it once it has started (the default
+// action would kill it half-way, pins and all), and one right after the 'ready' line finds its handler
+// installed (a supervisor that signals as soon as it reads 'ready' used to kill the process by the default
+// action now and then). Another stop signal during the stop is logged; the stop goes on.
 let daemon: Daemon | undefined;
 let stopSignal: string | undefined;
 const stop = (signal: string) => {
@@ -347,7 +376,7 @@ const stop = (signal: string) => {
     log.info({ signal }, 'signal during start: stopping once started');
     return;
   }
-  log.info({ signal }, 'shutting down');
+  log.info({ signal, cleanup: o.cleanupOnExit }, `${signal} received: shutting down`);
   daemon.stop().then(
     () => process.exit(0),
     (err) => {
@@ -356,8 +385,15 @@ const stop = (signal: string) => {
     },
   );
 };
-process.once('SIGTERM', () => stop('SIGTERM'));
-process.once('SIGINT', () => stop('SIGINT'));
+installSignalHandlers(
+  {
+    stop,
+    reload: (signal) => daemon!.reload(signal),
+    started: () => daemon !== undefined,
+    log,
+  },
+  os.constants.signals,
+);
 
 try {
   // Before the server exists, so that every RPC is traced and measured.

@@ -160,6 +160,29 @@ class CheckedProvider implements experimental.CertificateProvider {
   }
 
   /**
+   * Read the files again now (SIGHUP), as the watcher's next poll would (the same checks, the same log
+   * lines): returns what is in use then ('in use', or why the files were not taken) and the rotations so far.
+   */
+  reload(): { state: string; rotations: number } {
+    const read = (file: string) => {
+      try {
+        return readFileSync(file);
+      } catch {
+        return null;
+      }
+    };
+    const cert = read(this.files.certFile);
+    const key = read(this.files.keyFile);
+    const ca = this.files.clientCaFile ? read(this.files.clientCaFile) : undefined;
+    this.pending = {};
+    this.update({
+      identity: cert && key ? { certificate: cert, privateKey: key } : null,
+      ...(this.files.clientCaFile ? { ca: ca ? { caCertificate: ca } : null } : {}),
+    });
+    return { state: this.filesState, rotations: this.rotations };
+  }
+
+  /**
    * What the last poll of the files found, as a state: each line is logged at a transition only
    * (the watcher reads the files at every refresh: a rejected set used to be logged at every poll).
    */
@@ -266,7 +289,11 @@ function materialOf(provider: CheckedProvider, mutual: boolean): TlsMaterial {
 export function reloadingServerCredentials(
   files: TlsFiles,
   log: Logger,
-): { credentials: ServerCredentials; provider: { rotations: number }; material: TlsMaterial } {
+): {
+  credentials: ServerCredentials;
+  provider: { rotations: number; reload(): { state: string; rotations: number } };
+  material: TlsMaterial;
+} {
   const read = (what: string, file: string) => {
     try {
       return readFileSync(file);

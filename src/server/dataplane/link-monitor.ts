@@ -5,10 +5,13 @@
  * `onChange` once (debounced). The lines are not parsed: the reconciler is
  * level-triggered and reads the facts itself, so a lost or merged event only
  * delays it to the next periodic pass. close() ends the monitor (idempotent).
+ * The child cannot outlive the daemon (children.ts: the kernel kills it when the daemon ends, SIGKILL
+ * included).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 
 import type { Logger } from '../log.js';
+import { spawnGuarded } from './children.js';
 
 export class LinkMonitor {
   private child?: ChildProcess;
@@ -25,7 +28,7 @@ export class LinkMonitor {
 
   private start(): void {
     if (this.closed) return;
-    const child = spawn('ip', ['monitor', 'link', 'neigh'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawnGuarded('ip', ['monitor', 'link', 'neigh'], { stdio: ['ignore', 'pipe', 'ignore'] });
     this.child = child;
     child.stdout!.on('data', () => {
       if (this.timer) return;

@@ -12,12 +12,11 @@
  * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
  * and {@link restoreGro}, which undoes it.
  */
-import { execFile, execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
-import { promisify } from 'node:util';
 
 import koffi from 'koffi';
 
+import { runGuarded, runGuardedSync } from './children.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 import {
@@ -32,7 +31,8 @@ import {
 } from './netlink.js';
 import { movedDevice, netnsOf } from './netns.js';
 
-const run = promisify(execFile);
+/** Every command runs as a child that cannot outlive the daemon (children.ts). */
+const run = runGuarded;
 
 /** A name the kernel can hold (IFNAMSIZ, no '/'); throws ENODEV naming it otherwise. */
 function checkIfname(name: string): void {
@@ -1240,7 +1240,7 @@ export function prepareIngressSync(name: string, generic: boolean): IngressPrepa
   while (!step.done) {
     let out: string;
     try {
-      out = execFileSync(step.value.cmd, step.value.args, { encoding: 'utf8', stdio: 'pipe' });
+      out = runGuardedSync(step.value.cmd, step.value.args, { encoding: 'utf8', stdio: 'pipe' });
     } catch (e) {
       step = steps.throw(e);
       continue;

@@ -11,14 +11,14 @@
  *
  * Reads go through netlink (netlink.ts, no process); only a change spawns iproute2.
  */
-import { execFile } from 'node:child_process';
 import { closeSync, openSync, readdirSync, statSync } from 'node:fs';
-import { promisify } from 'node:util';
 
+import { runGuarded } from './children.js';
 import { NETLINK_ROUTE, nlAttr, nlAttrs, nlDump, nlRequest } from './netlink.js';
 import type { EffectiveMode } from './xdp.js';
 
-const run = promisify(execFile);
+/** Every command runs as a child that cannot outlive the daemon (children.ts). */
+const run = runGuarded;
 
 // <linux/rtnetlink.h>, <linux/net_namespace.h>, <linux/if_link.h>
 const RTM_GETLINK = 18;
