@@ -163,3 +163,15 @@ export class DaemonProcess {
     return out;
   }
 }
+
+/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels` (a subset), or undefined. */
+export async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
+  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
+}

@@ -17,71 +17,52 @@
  *    (sampled every 25 ms), and the log never says a MAC answered, or was kept, on a device where it did not.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
 import { backendEntry, u32 } from '../../src/server/dataplane/codec.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, esc, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
 const SHARED = '198.18.2.1';
 const RESOLVED = 'MAC resolved from the neighbour table';
-const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const macText = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
 const ifindexOf = (name: string) => JSON.parse(sh('ip', ['-j', 'link', 'show', name]))[0].ifindex as number;
 
 describe('two backend egresses whose names are swapped under a running daemon', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { status, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
-  const tmp = `x${id}sw`;
+  const tmp = `x${lab.id}sw`;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    b1 = topo.addHost('b1', `${SHARED}/24`);
-    b2 = topo.addHost('b2', `${SHARED}/24`);
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: `${SHARED}/24`, b2: `${SHARED}/24` }));
     for (const [h, own] of [
       [b1, ['198.18.2.11', '198.18.2.21']],
       [b2, ['198.18.2.12', '198.18.2.22']],
     ] as const)
       for (const a of own) sh('ip', ['-n', h.netns, 'addr', 'add', `${a}/24`, 'dev', 'eth0']);
     assert.notEqual(b1.mac, b2.mac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    shQuiet('ip', ['link', 'del', tmp]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  lab.onDestroy(() => shQuiet('ip', ['link', 'del', tmp]));
+  after(() => lab.destroy());
 
-  const rule = (name: string, port: number, backends: [string, string, string][]): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: backends.map(([ip, mac, iface]) => ({ ip, mac, interface: iface, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
+  const rule = (name: string, port: number, backends: [string, string, string][]): Rule =>
+    lab.rule(
+      name,
+      port,
+      backends.map(([ip, mac, iface]) => ({ ip, mac, interface: iface })),
+    );
   /** 50 datagrams over 10 flows to rule `static`: how many its hosts received (.21 on b1, .22 on b2). */
   async function sendStatic(): Promise<{ sent: number; got: number[] }> {
     const ls = [
@@ -303,40 +284,22 @@ describe('two backend egresses whose names are swapped under a running daemon', 
  * the other device's MAC), and each name is said to name another device now.
  */
 describe('two ingress names swapped under a running daemon', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
   let d: DaemonProcess | undefined;
   let c: Clients;
   let v1: Host, v2: Host, b: Host;
-  const tmp = `x${id}sw`;
+  const tmp = `x${lab.id}sw`;
 
   before(async () => {
-    v1 = topo.addHost('v1', '198.18.1.1/24');
-    v2 = topo.addHost('v2', '198.18.1.2/24');
-    topo.defaultRouteVia('v1', '198.18.1.254', v1.hostMac);
-    topo.defaultRouteVia('v2', '198.18.1.254', v2.hostMac);
-    b = topo.addHost('b', '198.18.2.1/24');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ v1, v2, b } = lab.addHosts({ v1: '198.18.1.1/24', v2: '198.18.1.2/24', b: '198.18.2.1/24' }));
+    lab.topo.routeToXdp('v1');
+    lab.topo.routeToXdp('v2');
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    await d?.destroy();
-    shQuiet('ip', ['link', 'del', tmp]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  lab.onDestroy(() => shQuiet('ip', ['link', 'del', tmp]));
+  after(() => lab.destroy());
 
-  const rule = (name: string, port: number, ingress: string): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [ingress],
-    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 }],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number, ingress: string): Rule => lab.rule(name, port, [backendOf(b)], [ingress]);
   /** 30 datagrams from `from` to `port`: how many reached the backend. */
   async function delivered(from: Host, port: number): Promise<number> {
     const l = await UdpListener.start(b.netns, b.ip!, port);

@@ -13,60 +13,37 @@
  *    recovery logged once.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
+import { RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until as pollUntil } from '../helpers/env.js';
+import { backendOf, cond, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('interface renames: a renamed interface is missing under its old name, reported once', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  let d: DaemonProcess;
+  const lab = new Lab();
+  const { health, count } = lab;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
+    ({ c } = await lab.start(['--log-level', 'info']));
     await c.rules.createRule({ rule: rule('web', 7901) });
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    // A renamed veth would escape topo.destroy(): put the names back first.
+  // A renamed veth would escape the hosts' removal: put the names back first.
+  lab.onDestroy(() => {
     for (const h of [vm, b1, b2]) if (h) rename(`${h.hostIf}r`, h.hostIf, true);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
   });
+  after(() => lab.destroy());
 
   function rule(name: string, port: number): Rule {
-    return {
-      name,
-      match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-      ingressInterfaces: [vm.hostIf],
-      backends: [b1, b2].map((b) => ({ ip: b.ip!, mac: b.mac, interface: b.hostIf, weight: 1 })),
-      udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-      labels: {},
-      generation: 0n,
-    };
+    return lab.rule(name, port, [backendOf(b1), backendOf(b2)]);
   }
   /** `ip link set dev FROM name TO` (a rename takes the device down; it is brought up again). */
   function rename(from: string, to: string, quiet = false) {
@@ -78,26 +55,10 @@ describe('interface renames: a renamed interface is missing under its old name, 
       if (!quiet) throw e;
     }
   }
-  async function send(port: number, n = 200, flows = 50) {
-    const ls = await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, port)));
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
-  }
-  async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 5000) {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if (await ok()) return;
-      await sleep(50);
-    }
-    assert.fail(`not within ${ms} ms: ${what}`);
-  }
-  const status = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
-  const cond = (st: Awaited<ReturnType<typeof status>>, type: string) => st.conditions.find((x) => x.type === type)!;
+  const send = (port: number, n = 200, flows = 50) => lab.send(port, [b1, b2], n, flows);
+  /** The shared poll (helpers/env.ts), with this file's longer default. */
+  const until = (what: string, ok: () => Promise<boolean> | boolean, ms = 5000) => pollUntil(what, ok, ms);
+  const status = () => lab.status('web');
   const xdpOn = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp !== undefined;
 
   it("a rule's ingress renamed and renamed back", async () => {

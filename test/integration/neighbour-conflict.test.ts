@@ -18,18 +18,15 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, esc, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const RESOLVED = 'MAC resolved from the neighbour table';
 
 /**
@@ -75,46 +72,30 @@ done()
 `;
 
 describe('two MACs answering for one backend address; an entry set by hand over an answered MAC', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const dupNetns = `xdpt-${id}-dup`;
+  const lab = new Lab();
+  const { status, listeners } = lab;
+  const dupNetns = `xdpt-${lab.id}-dup`;
   let d: DaemonProcess;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host, b3: Host;
-  const listeners: UdpListener[] = [];
   const procs: ChildProcess[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    b3 = topo.addHost('b3', '198.18.2.3/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1, b2, b3 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      b2: '198.18.2.2/24',
+      b3: '198.18.2.3/24',
+    }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
+  lab.onDestroy(() => {
     for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
-    await d?.destroy();
     shQuiet('ip', ['netns', 'del', dupNetns]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
   });
+  after(() => lab.destroy());
 
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const rule = (name: string, port: number, b: Host) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b.ip!, mac: '', interface: b.hostIf, weight: 1 }],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
-  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const rule = (name: string, port: number, b: Host) => lab.rule(name, port, [backendOf(b, '')]);
   const lines = (log: string, re: RegExp) => log.split('\n').filter((l) => re.test(l)).length;
   async function resolvedRule(name: string, port: number, b: Host) {
     await c.rules.createRule({ rule: rule(name, port, b) });
@@ -251,7 +232,7 @@ describe('two MACs answering for one backend address; an entry set by hand over 
 
   it('a spoofer answering every request and sending unsolicited replies every 0.1 s: the answered MAC kept, the conflict said', async () => {
     await resolvedRule('spoof', 7962, b2);
-    const spoofMac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:5f`;
+    const spoofMac = lab.mac('5f');
     const from = d.output.length;
     const l = await UdpListener.start(b2.netns, b2.ip!, 7962);
     listeners.push(l);
@@ -315,22 +296,18 @@ describe('two MACs answering for one backend address; an entry set by hand over 
 
   it('a wrong PERMANENT entry over a MAC that answered: asked, never written while it does not answer and the kept MAC does', async () => {
     await resolvedRule('perm', 7963, b3);
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:6e`;
+    const wrong = lab.mac('6e');
     const from = d.output.length;
-    const l = await UdpListener.start(b3.netns, b3.ip!, 7963);
-    listeners.push(l);
-    const tx = sendUdp(vm.netns, NOWHERE, 7963, 500, { flows: 10, perTick: 1, tickMs: 10 });
+    const received = await lab.stream(b3, 7963, 5);
     await sleep(500);
     let seen: Awaited<ReturnType<typeof watch>>;
     try {
-      sh('ip', ['neigh', 'replace', b3.ip!, 'lladdr', wrong, 'dev', b3.hostIf, 'nud', 'permanent']);
+      lab.writeEntry(b3, wrong, 'permanent');
       seen = await watch('perm', 4400);
     } finally {
       shQuiet('ip', ['neigh', 'del', b3.ip!, 'dev', b3.hostIf]);
     }
-    const { sent } = await tx.done;
-    await sleep(150);
-    const got = (await l.stop()).unique;
+    const { sent, got } = await received();
     console.log(
       `# a wrong PERMANENT entry over an answered MAC: ${got} of ${sent} delivered; last: ${seen.at(-1)!.message}`,
     );

@@ -20,74 +20,40 @@
  *    seen; 60-106 ms when it was written unanswered).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, esc, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
-const NOWHERE = '198.18.9.9';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('neighbour entries set by hand or written by another tool: confirmed only by an answer', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { status, health, count, rule, stream, dropEntry } = lab;
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
+  let b1: Host, b2: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    ({ b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--prometheus', '127.0.0.1:0']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
-  /** Send `n` datagrams from vm to the port; how many b1 and b2 received. */
-  async function send(port: number, n = 20) {
-    const ls = [await UdpListener.start(b1.netns, b1.ip!, port), await UdpListener.start(b2.netns, b2.ip!, port)];
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows: 10 }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got };
-  }
-  const rule = (name: string, port: number, backends: { ip: string; mac: string; interface: string }[]) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: backends.map((b) => ({ ...b, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  /** Send `n` datagrams from vm to the port over 10 flows; how many b1 and b2 received. */
+  const send = (port: number, n = 20) => lab.send(port, [b1, b2], n, 10);
 
   it('a MAC from a PERMANENT neighbour entry is confirmed only by an ARP probe of ours: wrong, not confirmed; right, resolved', async () => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:77`;
-    sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'permanent']);
+    const wrong = lab.mac('77');
+    lab.writeEntry(b1, wrong, 'permanent');
     try {
-      await c.rules.createRule({ rule: rule('perm', 7984, [{ ip: b1.ip!, mac: '', interface: b1.hostIf }]) });
+      await c.rules.createRule({ rule: rule('perm', 7984, [backendOf(b1, '')]) });
       const message = async () => (await status('perm')).backendStatus[0]?.message ?? '';
       await until('not confirmed', async () => /not confirmed yet: the neighbour entry/.test(await message()), 5000);
       const st = await status('perm');
@@ -121,7 +87,7 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
       );
 
       // The right MAC, still set by hand: it answers an ARP probe of ours, which confirms it as any other.
-      sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', b1.mac, 'dev', b1.hostIf, 'nud', 'permanent']);
+      lab.writeEntry(b1, b1.mac, 'permanent');
       await until('the new MAC in use', async () => (await status('perm')).backendStatus[0]?.mac === b1.mac, 5000);
       await until(
         'confirmed by an answer',
@@ -151,9 +117,9 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
   });
 
   it('a wrong entry written as REACHABLE is not taken for an answer: not "resolved", no static MAC "contradicted"', async () => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:78`;
-    await c.rules.createRule({ rule: rule('learned', 7985, [{ ip: b1.ip!, mac: '', interface: b1.hostIf }]) });
-    await c.rules.createRule({ rule: rule('fixed', 7986, [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }]) });
+    const wrong = lab.mac('78');
+    await c.rules.createRule({ rule: rule('learned', 7985, [backendOf(b1, '')]) });
+    await c.rules.createRule({ rule: rule('fixed', 7986, [backendOf(b1)]) });
     await until(
       'resolved by an answer',
       async () => (await status('learned')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
@@ -161,7 +127,7 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
     );
     const from = d.output.length;
     const t0 = Date.now();
-    sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'reachable']);
+    lab.writeEntry(b1, wrong, 'reachable');
     // Watched every 100 ms until the right MAC is back: the status never claims what no answer showed.
     const claims: string[] = [];
     let backAt = 0;
@@ -180,8 +146,7 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
       }
     } finally {
       // Still the wrong one (the test failed): removed, so that the kernel resolves the right one.
-      if (sh('ip', ['neigh', 'show', b1.ip!, 'dev', b1.hostIf]).includes(wrong))
-        shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
+      dropEntry(b1, wrong);
     }
     assert.deepEqual(claims, [], 'nothing claimed beyond what was observed');
     assert.ok(backAt > 0, 'the right MAC back, answered');
@@ -195,24 +160,12 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
     await c.rules.deleteRule({ name: 'fixed', expectedGeneration: 0n });
   });
 
-  /** 100 datagrams a second to `port` for `seconds` from vm over 10 flows, received by `h`: call, change, await. */
-  async function stream(h: Host, port: number, seconds: number) {
-    const l = await UdpListener.start(h.netns, h.ip!, port);
-    listeners.push(l);
-    const tx = sendUdp(vm.netns, NOWHERE, port, seconds * 100, { flows: 10, perTick: 1, tickMs: 10 });
-    return async () => {
-      const { sent } = await tx.done;
-      await sleep(150);
-      const r = await l.stop();
-      return { sent, got: r.unique, seqs: r.seqs };
-    };
-  }
   const events = async (e: string) =>
     (await metric(d.prometheus!, 'xdpctl_reconciler_events_total', { xdpctl_event: e })) ?? 0;
 
   it('a changed entry whose MAC no probe of ours answered is not written: the answered MAC keeps delivering', async () => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:79`;
-    await c.rules.createRule({ rule: rule('kept', 7987, [{ ip: b1.ip!, mac: '', interface: b1.hostIf }]) });
+    const wrong = lab.mac('79');
+    await c.rules.createRule({ rule: rule('kept', 7987, [backendOf(b1, '')]) });
     await until(
       'resolved by an answer',
       async () => (await status('kept')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
@@ -224,7 +177,7 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
     const received = await stream(b1, 7987, 6);
     await sleep(500);
     const t0 = Date.now();
-    sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'reachable']);
+    lab.writeEntry(b1, wrong, 'reachable');
     const written: string[] = [];
     const messages = new Set<string>();
     let backAt = 0;
@@ -242,8 +195,7 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
         await sleep(100);
       }
     } finally {
-      if (sh('ip', ['neigh', 'show', b1.ip!, 'dev', b1.hostIf]).includes(wrong))
-        shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
+      dropEntry(b1, wrong);
     }
     const r = await received();
     console.log(
@@ -253,7 +205,6 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
     assert.deepEqual(written, [], 'the answered MAC stays written, the rule ACTIVE, throughout');
     assert.equal(r.got, r.sent, `delivered throughout: ${r.got} of ${r.sent}`);
     assert.ok(backAt > 0, 'the entry answered from the kept MAC again');
-    const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     assert.ok(
       [...messages].some((m) =>
         new RegExp(
@@ -282,8 +233,8 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
   });
 
   it('a real MAC change (the old MAC stops answering; the host announces the new one) is followed within 1 s', async () => {
-    const newMac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:7a`;
-    await c.rules.createRule({ rule: rule('moved', 7988, [{ ip: b2.ip!, mac: '', interface: b2.hostIf }]) });
+    const newMac = lab.mac('7a');
+    await c.rules.createRule({ rule: rule('moved', 7988, [backendOf(b2, '')]) });
     await until(
       'resolved by an answer',
       async () => (await status('moved')).backendStatus[0]?.message === 'MAC resolved from the neighbour table',
@@ -350,15 +301,3 @@ describe('neighbour entries set by hand or written by another tool: confirmed on
     await c.rules.deleteRule({ name: 'moved', expectedGeneration: 0n });
   });
 });
-
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

@@ -15,55 +15,30 @@
  *    the old MAC meanwhile).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { NEIGHBOUR_HOLD_MS } from '../../src/server/core/neighbour-hold.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, esc, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
-
 describe('a neighbour entry written by another tool is not an answer', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { status, listeners } = lab;
   let d: DaemonProcess;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const rule = (name: string, port: number, b: Host = b1) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b.ip!, mac: '', interface: b.hostIf, weight: 1 }],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
-  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const rule = (name: string, port: number, b: Host = b1) => lab.rule(name, port, [backendOf(b, '')]);
 
   /**
    * Rule `name` on `port` resolved by an answer; then 100 datagrams a second over 10 flows for `seconds`, the
@@ -89,7 +64,7 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
       while (Date.now() - t0 < seconds * 1000) {
         if (pending.length && Date.now() - t0 >= pending[0]) {
           pending.shift();
-          sh('ip', ['neigh', 'replace', b1.ip!, 'lladdr', wrong, 'dev', b1.hostIf, 'nud', 'reachable']);
+          lab.writeEntry(b1, wrong, 'reachable');
         }
         const st = await status(name);
         const b = st.backendStatus[0];
@@ -102,8 +77,7 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
       }
     } finally {
       await tx.done.catch(() => undefined);
-      if (sh('ip', ['neigh', 'show', b1.ip!, 'dev', b1.hostIf]).includes(wrong))
-        shQuiet('ip', ['neigh', 'del', b1.ip!, 'dev', b1.hostIf]);
+      lab.dropEntry(b1, wrong);
     }
     const { sent } = await tx.done;
     await sleep(150);
@@ -112,7 +86,7 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
   }
 
   it('the same wrong MAC written twice 0.5 s apart under traffic: never written, never "answered"', async () => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:91`;
+    const wrong = lab.mac('91');
     const r = await scenario('twice', 7991, wrong, 6, [1000, 1500]);
     console.log(`# written twice 0.5 s apart: ${r.got} of ${r.sent} delivered; ${r.reads} status reads`);
     assert.deepEqual(r.claims, [], 'the answered MAC stays written, the rule ACTIVE, nothing claimed of the wrong one');
@@ -134,7 +108,7 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
   });
 
   it(`a tool re-writing it every second for longer than the hold's bound (${NEIGHBOUR_HOLD_MS} ms): the answering MAC stays`, async () => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:92`;
+    const wrong = lab.mac('92');
     const writes = Array.from({ length: 11 }, (_, i) => 500 + i * 1000);
     const r = await scenario('often', 7992, wrong, 12, writes);
     console.log(`# re-written every 1 s for 11 s: ${r.got} of ${r.sent} delivered; ${r.reads} status reads`);
@@ -146,7 +120,7 @@ describe('a neighbour entry written by another tool is not an answer', kernelOnl
   });
 
   it('a host that takes another MAC without announcing it: the old MAC is found silent and the new one written within 2.5 s', async () => {
-    const newMac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:93`;
+    const newMac = lab.mac('93');
     const oldMac = b2.mac;
     await c.rules.createRule({ rule: rule('moved', 7993, b2) });
     await until(

@@ -13,71 +13,51 @@
  *    stored state"), 162 of 600 lost, the rule ACTIVE meanwhile.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sleep, until } from '../helpers/env.js';
+import { backendOf, cond, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 const RESOLVED = 'MAC resolved from the neighbour table';
 
 describe('neighbour entries no probe of ours answered: not evidence', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { status, health, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host, b3: Host;
-  const listeners: UdpListener[] = [];
 
-  before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    b3 = topo.addHost('b3', '198.18.3.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+  before(() => {
+    ({ vm, b1, b2, b3 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      b2: '198.18.2.2/24',
+      b3: '198.18.3.1/24',
+    }));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   const start = async () => {
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   };
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const cond = (s: RuleStatus, type: string) => s.conditions.find((x) => x.type === type)!;
-  const rule = (name: string, port: number, hosts: Host[]) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: hosts.map((h) => ({ ip: h.ip!, mac: '', interface: h.hostIf, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number, hosts: Host[]) =>
+    lab.rule(
+      name,
+      port,
+      hosts.map((h) => backendOf(h, '')),
+    );
   /** Another tool writes `mac` into `h`'s neighbour entry as freshly confirmed (what an ARP spoofer does). */
-  const writeEntry = (h: Host, mac: string) =>
-    sh('ip', ['neigh', 'replace', h.ip!, 'lladdr', mac, 'dev', h.hostIf, 'nud', 'reachable']);
+  const writeEntry = (h: Host, mac: string) => lab.writeEntry(h, mac, 'reachable');
   /** The wrong entry removed if it is still there (a failed test), so that the kernel resolves the right one. */
-  const dropWrong = (h: Host, wrong: string) => {
-    if (sh('ip', ['neigh', 'show', h.ip!, 'dev', h.hostIf]).includes(wrong))
-      shQuiet('ip', ['neigh', 'del', h.ip!, 'dev', h.hostIf]);
-  };
+  const dropWrong = lab.dropEntry;
   /** What a status claims about a backend on `wrong` that no answer showed ('' when nothing). */
   const overclaim = (s: RuleStatus, wrong: string) => {
     const on = s.backendStatus.filter((b) => b.mac === wrong);
@@ -93,7 +73,7 @@ describe('neighbour entries no probe of ours answered: not evidence', kernelOnly
 
   it('a rule created over a wrong entry is DEGRADED, BackendsReceiving Unknown, until the probe settles', async () => {
     await start();
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:33`;
+    const wrong = lab.mac('33');
     writeEntry(b3, wrong);
     const claims: string[] = [];
     let settledAt = 0;
@@ -152,17 +132,13 @@ describe('neighbour entries no probe of ours answered: not evidence', kernelOnly
     assert.equal(s.state, RuleState.RULE_STATE_ACTIVE, s.message);
     assert.equal(cond(s, 'BackendsReceiving').status, ConditionStatus.CONDITION_STATUS_TRUE);
     await until('health SERVING', async () => (await health()) === SERVING, 5000);
-    const l = await UdpListener.start(b3.netns, b3.ip!, 7962);
-    listeners.push(l);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, 7962, 50, { flows: 10 }).done;
-    await sleep(150);
-    const g = await l.stop();
-    assert.equal(g.unique, sent, `delivered once confirmed: ${g.unique} of ${sent}`);
+    const { sent, got } = await lab.send(7962, [b3], 50, 10);
+    assert.equal(got[0], sent, `delivered once confirmed: ${got[0]} of ${sent}`);
     await c.rules.deleteRule({ name: 'w2', expectedGeneration: 0n });
   });
 
   it('a restart over a wrong entry written while stopped keeps the forwarding MAC: nothing lost', async (t) => {
-    const wrong = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:19`;
+    const wrong = lab.mac('19');
     await c.rules.createRule({ rule: rule('web', 7961, [b1, b2]) });
     await until(
       'both backends answered, ACTIVE',

@@ -11,58 +11,38 @@
  * address is asked, and the new MAC is written (neighbour-rewritten.test.ts measures that path). Real traffic throughout; host defaults (nothing but the backend's MAC changes).
  */
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { NEIGHBOUR_VERIFY_MS } from '../../src/server/dataplane/adapter.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
+import { UdpListener } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
 const { SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { health } = lab;
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
+  let b1: Host, b2: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    ({ b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--prometheus', '127.0.0.1:0']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   /** Send `n` datagrams over `flows` flows from vm; what each backend received. */
-  async function send(port: number, n = 100, flows = 50, started?: UdpListener[]) {
-    const ls = started ?? (await Promise.all([b1, b2].map((b) => UdpListener.start(b.netns, b.ip!, port))));
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got[0] + got[1] };
-  }
-  const status = async () => (await c.rules.getRule({ name: 'nb' })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
+  const send = (port: number, n = 100, flows = 50, started?: UdpListener[]) =>
+    lab.send(port, [b1, b2], n, flows, { started });
+  const status = () => lab.status('nb');
   const neighbour = () => sh('ip', ['neigh', 'show', 'to', b2.ip!, 'dev', b2.hostIf]);
   /** The reconciler's re-applications of nb, with the change each names. */
   const reapplied = () =>
@@ -74,18 +54,7 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
 
   it('is verified, re-resolved and rewritten within the documented bound; status and log say so', async (t) => {
     await c.rules.createRule({
-      rule: {
-        name: 'nb',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7996, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [
-          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-          { ip: b2.ip!, mac: '', interface: b2.hostIf, weight: 1 },
-        ],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('nb', 7996, [backendOf(b1), backendOf(b2, '')]),
     });
     await until(
       'nb ACTIVE (b2 resolved by a probe)',
@@ -166,15 +135,3 @@ describe('a MAC-less backend whose MAC changes without a gratuitous ARP', kernel
     await c.rules.deleteRule({ name: 'nb', expectedGeneration: 0n });
   });
 });
-
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

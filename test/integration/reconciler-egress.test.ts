@@ -13,87 +13,48 @@
  * when the egress can receive again.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import {
-  kernelOnly,
-  removeIproute2BpffsDirs,
-  ROOT,
-  runId,
-  sh,
-  shQuiet,
-  sleep,
-  until as pollUntil,
-} from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, ROOT, sh, shQuiet, sleep, until as pollUntil } from '../helpers/env.js';
+import { backendOf, cond, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('reconciler: backends whose egress cannot receive native redirects', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const bridge = `x${id}br`;
-  const port5 = `x${id}p5`;
+  const lab = new Lab();
+  const { topo, status, health, count, rule } = lab;
+  const bridge = `x${lab.id}br`;
+  const port5 = `x${lab.id}p5`;
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host, b5: Host, b6: Host;
-  const listeners: UdpListener[] = [];
+  let b1: Host, b5: Host, b6: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b5 = topo.addHost('b5', '198.18.2.5/24');
-    b6 = topo.addHost('b6', '198.18.2.6/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    c = d.clients();
+    ({ b1, b5, b6 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      b5: '198.18.2.5/24',
+      b6: '198.18.2.6/24',
+    }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
+  lab.onDestroy(() => {
     shQuiet('ip', ['link', 'del', bridge]);
     shQuiet('ip', ['link', 'del', port5]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
   });
+  after(() => lab.destroy());
 
-  const rule = (name: string, port: number, to: { ip: string; mac: string; iface: string }[]): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: to.map((b) => ({ ip: b.ip, mac: b.mac, interface: b.iface, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
-  const be = (h: Host, iface = h.hostIf) => ({ ip: h.ip!, mac: h.mac, iface });
+  const be = (h: Host, iface = h.hostIf) => backendOf(h, h.mac, iface);
   /** Send `n` datagrams over `flows` flows from vm to `port`; what each backend received. */
-  async function send(port: number, to: Host[], n = 200, flows = 50) {
-    const ls = await Promise.all(to.map((b) => UdpListener.start(b.netns, b.ip!, port)));
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
-  }
+  const send = (port: number, to: Host[], n = 200, flows = 50) => lab.send(port, to, n, flows);
   /** The shared poll (helpers/env.ts), with this file's longer default: egress changes take a pass or two. */
   const until = (what: string, ok: () => Promise<boolean> | boolean, ms = 5000) => pollUntil(what, ok, ms);
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
-  const cond = (st: Awaited<ReturnType<typeof status>>, type: string) => st.conditions.find((x) => x.type === type)!;
 
   /** b5 behind a bridge named like its old veth: bridge <- port veth -> eth0 in b5's namespace. */
   function bridgeB5(name: string, mac: string) {
@@ -213,7 +174,7 @@ describe('reconciler: backends whose egress cannot receive native redirects', ke
   it('a link whose egress cannot transmit is not forwarding, says why once, and is repaired or comes back', async () => {
     const l1 = topo.addHost('l1', '198.18.40.1/24');
     const l2 = topo.addHost('l2', '198.18.40.2/24');
-    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+    const link = () => lab.linkStatus(l1.hostIf);
     await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
     try {
       assert.equal(topo.ping('l1', l2.ip!), true, 'l1 reaches l2 through the link');

@@ -8,50 +8,34 @@
  * and 76-90 of 4 000 datagrams were lost per start while the hosts never changed.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
 const { SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('a start keeps the MACs a forwarding datapath holds when neighbour entries are gone', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { status, health, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
 
-  before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
+  before(() => {
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   const start = async () => {
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   };
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
   const neighbours = (h: Host) => sh('ip', ['neigh', 'show', h.ip!, 'dev', h.hostIf]).trim();
   /** Take the backends' veths down and up while the daemon is stopped: the kernel flushes their entries. */
   const bounce = () => {
@@ -60,15 +44,7 @@ describe('a start keeps the MACs a forwarding datapath holds when neighbour entr
       sh('ip', ['link', 'set', h.hostIf, 'up']);
     }
   };
-  const rule = (name: string, port: number) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [b1, b2].map((h) => ({ ip: h.ip!, mac: '', interface: h.hostIf, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number) => lab.rule(name, port, [backendOf(b1, ''), backendOf(b2, '')]);
   const resolved = async (name: string) => {
     const s = await status(name);
     return (
@@ -156,12 +132,8 @@ describe('a start keeps the MACs a forwarding datapath holds when neighbour entr
         async () => (await status('web')).backendStatus[0].message.startsWith('MAC resolved'),
         10_000,
       );
-      const l1 = await UdpListener.start(b1.netns, b1.ip!, 7971);
-      listeners.push(l1);
-      const { sent } = await sendUdp(vm.netns, NOWHERE, 7971, 100, { flows: 50 }).done;
-      await sleep(150);
-      const g = await l1.stop();
-      assert.equal(g.unique, sent, `b1 took b2's flows: ${g.unique} of ${sent}`);
+      const { sent, got } = await lab.send(7971, [b1], 100, 50);
+      assert.equal(got[0], sent, `b1 took b2's flows: ${got[0]} of ${sent}`);
     } finally {
       sh('ip', ['-n', b2.netns, 'addr', 'add', '198.18.2.2/24', 'dev', 'eth0']);
     }

@@ -12,77 +12,40 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { CLI, kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { CLI, kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
-const NOWHERE = '198.18.9.9';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('static MACs: checked against what the host shows', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo, count, status, health, rule } = lab;
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
+  let b1: Host, b2: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    ({ b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--prometheus', '127.0.0.1:0']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
-  const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status!;
-  const health = async (service: string) => (await c.health.check({ service })).status;
   /** Send `n` datagrams over `flows` flows from vm to the port; what b1 and b2 received. */
-  async function send(port: number, n = 200, flows = 50) {
-    const ls = [await UdpListener.start(b1.netns, b1.ip!, port), await UdpListener.start(b2.netns, b2.ip!, port)];
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, port, n, { flows }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got[0] + got[1] };
-  }
-  const rule = (name: string, port: number, backends: { ip: string; mac: string; interface: string }[]) => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: backends.map((b) => ({ ...b, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const send = (port: number, n = 200, flows = 50) => lab.send(port, [b1, b2], n, flows);
 
   it('a backend whose host changes its MAC leaves the table, naming both MACs, and comes back when they agree', async (t) => {
     const old = b2.mac;
-    const other = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:99`;
+    const other = lab.mac('99');
     await c.rules.createRule({
-      rule: rule('web', 7991, [
-        { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf },
-        { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf },
-      ]),
+      rule: rule('web', 7991, [backendOf(b1), backendOf(b2)]),
     });
     // Both MACs confirmed by the hosts' ARP answers (the daemon probes): no "cannot be verified".
     await until('both static MACs confirmed', async () => {
@@ -148,12 +111,9 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
       sh('ip', ['link', 'set', pa, 'up']);
       sh('ip', ['link', 'set', pb, 'up']);
       const old = (JSON.parse(sh('ip', ['-j', 'link', 'show', pb])) as { address: string }[])[0].address;
-      const other = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:98`;
+      const other = lab.mac('98');
       await c.rules.createRule({
-        rule: rule('peer', 7993, [
-          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf },
-          { ip: '198.18.61.2', mac: old, interface: pa },
-        ]),
+        rule: rule('peer', 7993, [backendOf(b1), { ip: '198.18.61.2', mac: old, interface: pa }]),
       });
       await until('both static MACs confirmed', async () => {
         const st = await status('peer');
@@ -187,7 +147,7 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     // said "cannot be verified" while the rule was ACTIVE, BackendsReceiving True and health SERVING, 0 of
     // 200 delivered (the review's 0/50). Whether it receives cannot be verified: DEGRADED (proto RuleState),
     // as a MAC-less backend whose MAC nothing confirmed.
-    const mac = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:09`;
+    const mac = lab.mac('09');
     const created = await c.rules.createRule({
       rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]),
     });
@@ -242,15 +202,3 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     await until('health SERVING without it', async () => (await health('xdpctl.datapath')) === SERVING, 5000);
   });
 });
-
-/** A Prometheus sample's value (the --prometheus endpoint's text format). */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

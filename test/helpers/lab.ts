@@ -1,0 +1,165 @@
+/**
+ * A rule lab for end-to-end tests: a Topology whose client host "vm" sends through our veth (routed to it,
+ * Topology.routeToXdp), backend hosts beside it, and a DaemonProcess on the same run id; with the reads and
+ * the traffic the tests of rules share. Every name carries the run id (helpers/env.ts runId), and destroy()
+ * removes everything the lab and its daemons made, in one after() hook, even when a test failed:
+ *
+ *   const lab = new Lab();
+ *   before(async () => {
+ *     ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+ *     ({ d, c } = await lab.start(['--log-level', 'info']));
+ *   });
+ *   after(() => lab.destroy());
+ */
+import { rmSync } from 'node:fs';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, UdpChecksumMode, type Rule, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from './daemon.js';
+import { removeIproute2BpffsDirs, runId, sh, shQuiet, sleep } from './env.js';
+import { Topology, type Host } from './topology.js';
+import { sendUdp, UdpListener } from './udp.js';
+
+/** The address vm sends to: nobody has it; the datapath redirects the datagrams before any route is looked up. */
+export const NOWHERE = '198.18.9.9';
+
+/** A rule's backend as the API takes it (without the weight, which the lab's rules give as 1). */
+export interface BackendSpec {
+  ip: string;
+  mac: string;
+  interface: string;
+}
+
+/** `h` as a backend: its address and host-side veth, with `mac` (h's own by default; '' for a MAC-less one). */
+export const backendOf = (h: Host, mac = h.mac, iface = h.hostIf): BackendSpec => ({
+  ip: h.ip!,
+  mac,
+  interface: iface,
+});
+
+/** `x` escaped for a RegExp. */
+export const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** A rule status's condition of `type`. */
+export const cond = (st: RuleStatus, type: string) => st.conditions.find((x) => x.type === type)!;
+
+export class Lab {
+  readonly id = runId();
+  readonly topo = new Topology(this.id);
+  /** Listeners to kill at destroy() (a test that failed before stopping them). */
+  readonly listeners: UdpListener[] = [];
+  /** The daemon the last start() started (undefined before). */
+  d: DaemonProcess | undefined;
+  /** Clients of that daemon. */
+  c!: Clients;
+  private readonly cleanups: (() => void)[] = [];
+
+  /**
+   * Hosts by role with their addresses (Topology.addHost), made in this order; "vm", if among them, is routed
+   * to our veth (the client every test sends from).
+   */
+  addHosts<K extends string>(cidrs: Record<K, string>): Record<K, Host> {
+    const out = {} as Record<K, Host>;
+    for (const [role, cidr] of Object.entries(cidrs) as [K, string][]) out[role] = this.topo.addHost(role, cidr);
+    if ('vm' in out) this.topo.routeToXdp('vm');
+    return out;
+  }
+
+  /** The client host "vm". */
+  get vm(): Host {
+    return this.topo.host('vm');
+  }
+
+  /** Start a daemon on the lab's id (pins, socket and state dir of DaemonProcess.start); it becomes `d`. */
+  async start(extra: string[] = ['--log-level', 'info']): Promise<{ d: DaemonProcess; c: Clients }> {
+    const d = await DaemonProcess.start(this.id, extra);
+    this.d = d;
+    this.c = d.clients();
+    return { d, c: this.c };
+  }
+
+  /** `fn` runs at destroy(), after the daemon is gone and before the hosts are removed (links a test made). */
+  onDestroy(fn: () => void): void {
+    this.cleanups.push(fn);
+  }
+
+  /** Remove everything: listeners, the daemon, what onDestroy() names, the hosts, pins, state dir (idempotent). */
+  async destroy(): Promise<void> {
+    this.listeners.forEach((l) => l.kill());
+    await this.d?.destroy();
+    for (const fn of this.cleanups) fn();
+    this.topo.destroy();
+    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${this.id}`);
+    rmSync(`/tmp/xdpctl-test-${this.id}-state`, { recursive: true, force: true });
+    removeIproute2BpffsDirs();
+  }
+
+  // The helpers below are bound (arrow functions): a test file may take them out, `const { status } = lab`.
+
+  /** A UDP rule on `port` from `ingress` (vm's veth) to `backends` (weight 1 each), UDP checksums zeroed. */
+  readonly rule = (name: string, port: number, backends: BackendSpec[], ingress = [this.vm.hostIf]): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: ingress,
+    backends: backends.map((b) => ({ ...b, weight: 1 })),
+    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+    labels: {},
+    generation: 0n,
+  });
+
+  readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
+  readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
+  /** The status of the link whose side a is `a`. */
+  readonly linkStatus = async (a: string) => (await this.c.links.listLinks({})).links.find((x) => x.a === a)!.status!;
+  /** How many lines of the daemon's output match `re`. */
+  readonly count = (re: RegExp) => this.d!.output.split('\n').filter((l) => re.test(l)).length;
+
+  /**
+   * Send `n` datagrams (of `size` bytes of payload, 0: the tool's default) over `flows` flows from vm to `port`
+   * (to NOWHERE); how many each of `to` received on its address (`started`: listeners already started, in the
+   * order of `to`).
+   */
+  readonly send = async (
+    port: number,
+    to: Host[],
+    n: number,
+    flows: number,
+    { started, size }: { started?: UdpListener[]; size?: number } = {},
+  ) => {
+    const ls = started ?? (await Promise.all(to.map((b) => UdpListener.start(b.netns, b.ip!, port))));
+    this.listeners.push(...ls);
+    const { sent } = await sendUdp(this.vm.netns, NOWHERE, port, n, { flows, size }).done;
+    await sleep(150);
+    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
+    return { sent, got, total: got.reduce((a, b) => a + b, 0) };
+  };
+
+  /**
+   * 100 datagrams a second to `port` for `seconds` from vm over 10 flows, received by `h`: call, change what is
+   * under test, then await the function returned for what was sent and received.
+   */
+  readonly stream = async (h: Host, port: number, seconds: number) => {
+    const l = await UdpListener.start(h.netns, h.ip!, port);
+    this.listeners.push(l);
+    const tx = sendUdp(this.vm.netns, NOWHERE, port, seconds * 100, { flows: 10, perTick: 1, tickMs: 10 });
+    return async () => {
+      const { sent } = await tx.done;
+      await sleep(150);
+      const r = await l.stop();
+      return { sent, got: r.unique, seqs: r.seqs };
+    };
+  };
+
+  /** A MAC nobody has, unique to this run (`last`: its last byte, in hex). */
+  readonly mac = (last: string): string => `02:16:3e:${this.id.slice(0, 2)}:${this.id.slice(2, 4)}:${last}`;
+
+  /** Another tool writes `mac` into `h`'s neighbour entry on our side with state `nud` (e.g. "reachable"). */
+  readonly writeEntry = (h: Host, mac: string, nud: string): void =>
+    void sh('ip', ['neigh', 'replace', h.ip!, 'lladdr', mac, 'dev', h.hostIf, 'nud', nud]);
+
+  /** `h`'s entry removed if it still holds `mac` (a failed test), so that the kernel resolves the right one. */
+  readonly dropEntry = (h: Host, mac: string): void => {
+    if (sh('ip', ['neigh', 'show', h.ip!, 'dev', h.hostIf]).includes(mac))
+      shQuiet('ip', ['neigh', 'del', h.ip!, 'dev', h.hostIf]);
+  };
+}
