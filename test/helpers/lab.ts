@@ -11,6 +11,7 @@
  *   });
  *   after(() => lab.destroy());
  */
+import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
@@ -36,6 +37,24 @@ export const backendOf = (h: Host, mac = h.mac, iface = h.hostIf): BackendSpec =
   mac,
   interface: iface,
 });
+
+/** Where datagrams are received: a Host, or an UnnamedHost (`netns` a path). */
+export type Receiver = Pick<Host, 'netns' | 'ip'>;
+
+/** A host in a namespace with no name, which only a process holds (as a container's): Lab.addUnnamedHost. */
+export interface UnnamedHost {
+  /** /proc/PID/ns/net (what UdpListener.start and nsenter take). */
+  netns: string;
+  /** The process holding it. */
+  pid: number;
+  /** The veth end in the test's namespace. */
+  hostIf: string;
+  ip: string;
+  /** Run a shell command in the namespace. */
+  sh(cmd: string): string;
+  /** Kill the process (the namespace goes with it) and delete the veth; idempotent. */
+  remove(): void;
+}
 
 /** `x` escaped for a RegExp. */
 export const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -63,6 +82,30 @@ export class Lab {
     for (const [role, cidr] of Object.entries(cidrs) as [K, string][]) out[role] = this.topo.addHost(role, cidr);
     if ('vm' in out) this.topo.routeToXdp('vm');
     return out;
+  }
+
+  /**
+   * A host in a namespace that only a process holds: veth `hostIf` here, eth0 there with `cidr` (and `mac`), up
+   * with GRO switched on while up (NAPI: the kernel announces ndo-xmit for our side). Removed at destroy(), or
+   * before by its remove().
+   */
+  async addUnnamedHost(hostIf: string, cidr: string, mac = ''): Promise<UnnamedHost> {
+    const ns = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const remove = () => {
+      ns.kill();
+      shQuiet('ip', ['link', 'del', hostIf]);
+    };
+    this.cleanups.push(remove);
+    await sleep(200);
+    const pid = String(ns.pid);
+    const inNs = (cmd: string) => sh('nsenter', ['-t', pid, '-n', 'sh', '-c', cmd]);
+    sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pid]);
+    sh('ip', ['link', 'set', hostIf, 'up']);
+    inNs(
+      `ip link set lo up && ${mac ? `ip link set eth0 address ${mac} && ` : ''}ip addr add ${cidr} dev eth0 && ` +
+        'ip link set eth0 up && ethtool -K eth0 gro on',
+    );
+    return { netns: `/proc/${pid}/ns/net`, pid: ns.pid!, hostIf, ip: cidr.split('/')[0], sh: inNs, remove };
   }
 
   /** The client host "vm". */
@@ -111,6 +154,11 @@ export class Lab {
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
   /** The status of the link whose side a is `a`. */
   readonly linkStatus = async (a: string) => (await this.c.links.listLinks({})).links.find((x) => x.a === a)!.status!;
+  /** The redirect errors counted for rule `rule`'s backend `ip`. */
+  readonly redirectErrors = async (rule: string, ip: string) => {
+    const { counters } = await this.c.counters.getCounters({ filter: { rules: [rule] } });
+    return counters!.backends.find((b) => b.ip === ip)?.redirectErrorPackets ?? 0n;
+  };
   /** How many lines of the daemon's output match `re`. */
   readonly count = (re: RegExp) => this.d!.output.split('\n').filter((l) => re.test(l)).length;
 
@@ -121,7 +169,7 @@ export class Lab {
    */
   readonly send = async (
     port: number,
-    to: Host[],
+    to: Receiver[],
     n: number,
     flows: number,
     { started, size }: { started?: UdpListener[]; size?: number } = {},

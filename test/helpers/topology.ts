@@ -115,6 +115,16 @@ export class Topology {
     }
   }
 
+  /** One ping from a host with Don't Fragment set and `size` bytes of payload; true when it was answered. */
+  pingDf(from: string, ip: string, size: number): boolean {
+    try {
+      this.exec(from, 'ping', ['-c', '1', '-W', '1', '-M', 'do', '-s', String(size), ip]);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * Make a host a UDP client that sends everything to our veth: a default
    * route through a made-up gateway resolved to the veth's MAC. Offloads stay

@@ -9,19 +9,14 @@
  * texts, and its warnings say them; back to True when the rule's judgement is.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, sh, until } from '../helpers/env.js';
+import { backendOf, cond as ruleCond, Lab, type UnnamedHost } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 const {
   CONDITION_STATUS_TRUE: TRUE,
   CONDITION_STATUS_FALSE: FALSE,
@@ -30,82 +25,37 @@ const {
 const OUT = ': backend taken out of the table until it can receive';
 
 describe('an egress interface carries its rules’ judgement of it', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const hostIf = `x${id}eg`;
+  const lab = new Lab();
+  const hostIf = `x${lab.id}eg`;
   const ip2 = '198.18.2.2';
-  const mac2 = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:02`;
-  let ns: ChildProcess;
-  let nsPath: string;
-  let d: DaemonProcess;
+  const mac2 = lab.mac('02');
+  let b2: UnnamedHost;
   let c: Clients;
   let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
     // b2: a namespace with no name (only a process holds it, as a container's), its veth peer up with GRO
     // switched on while up (NAPI: the kernel announces ndo-xmit for the host side).
-    ns = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
-    await sleep(200);
-    nsPath = `/proc/${ns.pid}/ns/net`;
-    sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns.pid)]);
-    sh('ip', ['link', 'set', hostIf, 'up']);
-    inNs(
-      `ip link set lo up && ip link set eth0 address ${mac2} && ip addr add ${ip2}/24 dev eth0 && ` +
-        'ip link set eth0 up && ethtool -K eth0 gro on',
-    );
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    c = d.clients();
+    b2 = await lab.addUnnamedHost(hostIf, `${ip2}/24`, mac2);
+    ({ c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    ns?.kill();
-    shQuiet('ip', ['link', 'del', hostIf]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
-  function inNs(cmd: string) {
-    sh('nsenter', ['-t', String(ns.pid), '-n', 'sh', '-c', cmd]);
-  }
+  const inNs = (cmd: string) => b2.sh(cmd);
   /** Send `n` datagrams of `size` bytes over 50 flows from vm: what b1 and b2 received. */
-  async function send(n = 200, size = 0) {
-    const ls = [await UdpListener.start(b1.netns, b1.ip!, 7993), await UdpListener.start(nsPath, ip2, 7993)];
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, 7993, n, { flows: 50, size }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got[0] + got[1] };
-  }
-  const rule = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
+  const send = (n = 200, size = 0) => lab.send(7993, [b1, b2], n, 50, { size });
+  const rule = () => lab.status('web');
   const iface = async (name: string) => (await c.interfaces.getInterface({ name })).interface!;
   /** The interface's condition of a type, as [status, reason, message]. */
   const ifCond = async (name: string, type: string) => {
     const x = (await iface(name)).conditions.find((k) => k.type === type);
     return x && [x.status, x.reason, x.message];
   };
-  const ruleCond = (st: Awaited<ReturnType<typeof rule>>, type: string) => st.conditions.find((x) => x.type === type)!;
 
   it('a veth peer without NAPI, then one that drops every redirected frame: EgressReady False as the rule says', async (t) => {
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7993, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [
-          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-          { ip: ip2, mac: mac2, interface: hostIf, weight: 1 },
-        ],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7993, [backendOf(b1), { ip: ip2, mac: mac2, interface: hostIf }]),
     });
     // The kernel announces ndo-xmit (the peer's GRO is on), which the daemon cannot check (the peer is in a
     // namespace it cannot enter): the rule says b2 cannot be verified; so does the interface (Unknown).
@@ -184,15 +134,7 @@ describe('an egress interface carries its rules’ judgement of it', kernelOnly(
 
   it('an egress MTU below the ingress’s: the interface’s FramesFit False with the rule’s text', async () => {
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7993, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7993, [backendOf(b1)]),
     });
     assert.deepEqual((await ifCond(b1.hostIf, 'FramesFit'))?.slice(0, 2), [TRUE, 'MTUFits']);
     sh('ip', ['link', 'set', b1.hostIf, 'mtu', '1000']);

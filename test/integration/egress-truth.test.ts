@@ -12,43 +12,27 @@
  * Changing the MTU is the fault under test here; everything else keeps the host's defaults.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { datagramSizes } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
-
 describe('egress truth: MTU and unverifiable link egresses as observed', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  let d: DaemonProcess;
+  const lab = new Lab();
+  const { id, topo, count } = lab;
   let c: Clients;
   let vm: Host, b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
-
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  after(() => lab.destroy());
 
   /** UDP payloads of each size sent from `from` to the rule's port; the sizes `to` received. */
   const deliver = (from: Host, to: Host, port: number, sizes: number[]) =>
@@ -56,17 +40,9 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
 
   it('a backend egress MTU below the ingress MTU: DEGRADED, naming both MTUs and the largest datagram that passes', async (t) => {
     await c.rules.createRule({
-      rule: {
-        name: 'mtu',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7990, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('mtu', 7990, [backendOf(b1)]),
     });
-    const status = async () => (await c.rules.getRule({ name: 'mtu' })).rule!.status!;
+    const status = () => lab.status('mtu');
     const fit = async () => (await status()).conditions.find((x) => x.type === 'FramesFit')!;
     await until('mtu ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE);
     assert.equal((await fit()).status, ConditionStatus.CONDITION_STATUS_TRUE);
@@ -93,10 +69,7 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
       );
       // What the status says is what the kernel does: up to 1376 bytes of payload pass, larger datagrams do not,
       // and those are counted as the backend's redirect errors (not dropped silently, not passed to the stack).
-      const errors = async () => {
-        const { counters } = await c.counters.getCounters({ filter: { rules: ['mtu'] } });
-        return counters!.backends.find((b) => b.ip === b1.ip)?.redirectErrorPackets ?? 0n;
-      };
+      const errors = () => lab.redirectErrors('mtu', b1.ip!);
       const before = await errors();
       const got = await deliver(vm, b1, 7990, [1000, 1372, 1376, 1377, 1400, 1472]);
       assert.deepEqual(got, [1000, 1372, 1376]);
@@ -118,16 +91,9 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
     const l1 = topo.addHost('l1', '198.18.40.1/24');
     const l2 = topo.addHost('l2', '198.18.40.2/24');
     await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
-    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+    const link = () => lab.linkStatus(l1.hostIf);
     const fit = async () => (await link()).conditions.find((x) => x.type === 'FramesFit')!;
-    const ping = (size: number) => {
-      try {
-        topo.exec('l1', 'ping', ['-c', '1', '-W', '1', '-M', 'do', '-s', String(size), l2.ip!]);
-        return true;
-      } catch {
-        return false;
-      }
-    };
+    const ping = (size: number) => topo.pingDf('l1', l2.ip!, size);
     await until('l1 reaches l2', () => ping(56), 10_000);
     assert.equal((await fit()).status, ConditionStatus.CONDITION_STATUS_TRUE);
     sh('ip', ['link', 'set', l2.hostIf, 'mtu', '1280']);
@@ -149,14 +115,9 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
   });
 
   it('a link into a veth whose peer cannot be inspected says so from the Connect reply on', async () => {
-    const ns2: ChildProcess = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
     const if2 = `x${id}uv`;
+    const ns2 = await lab.addUnnamedHost(if2, '198.18.51.2/24');
     try {
-      await sleep(200);
-      const in2 = (cmd: string) => sh('nsenter', ['-t', String(ns2.pid), '-n', 'sh', '-c', cmd]);
-      sh('ip', ['link', 'add', if2, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns2.pid)]);
-      sh('ip', ['link', 'set', if2, 'up']);
-      in2('ip link set lo up && ip addr add 198.18.51.2/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on');
       const l3 = topo.addHost('l3', '198.18.51.1/24');
       const reply = await c.links.connect({ link: { a: l3.hostIf, b: if2, direction: 0 } });
       const check = (st: NonNullable<NonNullable<typeof reply.link>['status']>, what: string) => {
@@ -169,18 +130,10 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
         assert.match(st.warnings.join('\n'), new RegExp(`${l3.hostIf} -> ${if2}: cannot be verified: `), what);
       };
       check(reply.link!.status!, 'the Connect reply');
-      check((await c.links.listLinks({})).links.find((x) => x.a === l3.hostIf)!.status!, 'ListLinks at once');
+      check(await lab.linkStatus(l3.hostIf), 'ListLinks at once');
       // A backend behind the same veth: the CreateRule reply says so too (DEGRADED), not ACTIVE until a pass.
       const created = await c.rules.createRule({
-        rule: {
-          name: 'unverified',
-          match: { protocol: Protocol.PROTOCOL_UDP, port: 7994, destination: '', sourcePrefixes: [] },
-          ingressInterfaces: [vm.hostIf],
-          backends: [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2, weight: 1 }],
-          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-          labels: {},
-          generation: 0n,
-        },
+        rule: lab.rule('unverified', 7994, [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2 }]),
       });
       const rs = created.rule!.status!;
       assert.equal(rs.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(rs));
@@ -197,8 +150,7 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
       );
       await c.links.disconnect({ a: l3.hostIf, b: if2 });
     } finally {
-      ns2.kill();
-      shQuiet('ip', ['link', 'del', if2]);
+      ns2.remove();
     }
   });
 });

@@ -11,100 +11,50 @@
  * as the fault and the repair (as reconciler-egress does); everything else has the host's defaults.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { RETRY_BASE_MS } from '../../src/server/core/egress-watch.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf } from '../../src/server/dataplane/netdev.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sleep, until } from '../helpers/env.js';
+import { backendOf, cond, Lab, type UnnamedHost } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
 describe('a backend whose veth peer cannot be inspected: judged by its redirect errors', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo, health, count } = lab;
   const hostIf = `x${id}un`;
   const ip2 = '198.18.2.2';
-  const mac2 = `02:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:02`;
-  let ns: ChildProcess;
-  let nsPath: string;
+  const mac2 = lab.mac('02');
+  let b2: UnnamedHost;
   let d: DaemonProcess;
   let c: Clients;
-  let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
+  let b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
+    ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
     // b2: a namespace with no name (only a process holds it), its veth peer up with GRO switched on while up.
-    ns = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
-    await sleep(200);
-    nsPath = `/proc/${ns.pid}/ns/net`;
-    sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns.pid)]);
-    sh('ip', ['link', 'set', hostIf, 'up']);
-    inNs(
-      `ip link set lo up && ip link set eth0 address ${mac2} && ip addr add ${ip2}/24 dev eth0 && ip link set eth0 up`,
-    );
-    inNs('ethtool -K eth0 gro on');
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    b2 = await lab.addUnnamedHost(hostIf, `${ip2}/24`, mac2);
+    ({ d, c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native', '--prometheus', '127.0.0.1:0']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    ns?.kill();
-    shQuiet('ip', ['link', 'del', hostIf]);
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
-  function inNs(cmd: string) {
-    sh('nsenter', ['-t', String(ns.pid), '-n', 'sh', '-c', cmd]);
-  }
+  const inNs = (cmd: string) => b2.sh(cmd);
   /** Send `n` datagrams over `flows` flows from vm; what b1 and b2 received. */
-  async function send(n = 200, flows = 50) {
-    const ls = [await UdpListener.start(b1.netns, b1.ip!, 7995), await UdpListener.start(nsPath, ip2, 7995)];
-    listeners.push(...ls);
-    const { sent } = await sendUdp(vm.netns, NOWHERE, 7995, n, { flows }).done;
-    await sleep(150);
-    const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
-    return { sent, got, total: got[0] + got[1] };
-  }
-  const status = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
-  const cond = (st: Awaited<ReturnType<typeof status>>, type: string) => st.conditions.find((x) => x.type === type)!;
+  const send = (n = 200, flows = 50) => lab.send(7995, [b1, b2], n, flows);
+  const status = () => lab.status('web');
   const ndoXmit = () => ((xdpFeatures(ifindexOf(hostIf)) ?? 0n) & XDP_ACT['ndo-xmit']) !== 0n;
 
   it('says it cannot know, verifies by traffic, takes out a peer that drops everything, and puts it back', async (t) => {
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7995, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [
-          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-          { ip: ip2, mac: mac2, interface: hostIf, weight: 1 },
-        ],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7995, [backendOf(b1), { ip: ip2, mac: mac2, interface: hostIf }]),
     });
     // 1. Before any traffic: not ACTIVE, the backend in the table, the status says why it cannot be known.
     await until('web DEGRADED: b2 cannot be verified', async () =>
@@ -159,15 +109,7 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
     // A write that would put it in a table meanwhile is refused with the same observation.
     await assert.rejects(
       c.rules.createRule({
-        rule: {
-          name: 'other',
-          match: { protocol: Protocol.PROTOCOL_UDP, port: 7994, destination: '', sourcePrefixes: [] },
-          ingressInterfaces: [vm.hostIf],
-          backends: [{ ip: ip2, mac: mac2, interface: hostIf, weight: 1 }],
-          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-          labels: {},
-          generation: 0n,
-        },
+        rule: lab.rule('other', 7994, [{ ip: ip2, mac: mac2, interface: hostIf }]),
       }),
       (e: { code: Status; message: string }) => {
         assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
@@ -208,17 +150,13 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
 
   it('a link into such a veth: cannot be verified until frames are taken; not forwarding while all are dropped', async () => {
     // A second unnamed namespace: l2's side, its veth peer up with GRO switched on while up.
-    const ns2 = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
     const if2 = `x${id}ul`;
+    const l2 = await lab.addUnnamedHost(if2, '198.18.50.2/24');
     try {
-      await sleep(200);
-      const in2 = (cmd: string) => sh('nsenter', ['-t', String(ns2.pid), '-n', 'sh', '-c', cmd]);
-      sh('ip', ['link', 'add', if2, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns2.pid)]);
-      sh('ip', ['link', 'set', if2, 'up']);
-      in2('ip link set lo up && ip addr add 198.18.50.2/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on');
+      const in2 = l2.sh;
       const l1 = topo.addHost('l1', '198.18.50.1/24');
       await c.links.connect({ link: { a: l1.hostIf, b: if2, direction: 0 } });
-      const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+      const link = () => lab.linkStatus(l1.hostIf);
       const active = (st: Awaited<ReturnType<typeof link>>) => st.conditions.find((x) => x.type === 'Active')!;
 
       await until('l1 -> l2 not verified', async () => /cannot be verified/.test((await link()).warnings.join('\n')));
@@ -307,20 +245,7 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
       );
       await c.links.disconnect({ a: l1.hostIf, b: if2 });
     } finally {
-      ns2.kill();
-      shQuiet('ip', ['link', 'del', if2]);
+      l2.remove();
     }
   });
 });
-
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

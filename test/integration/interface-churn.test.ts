@@ -6,42 +6,30 @@
  * first answer, each transition once.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, RuleState } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sleep } from '../helpers/env.js';
+import { Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORT = 7999;
 
 describe('interface churn', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { topo, listeners, count } = lab;
   let d: DaemonProcess;
   let c: Clients;
   let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-  });
+  after(() => lab.destroy());
 
   const prepareVm = () => topo.routeToXdp('vm');
   async function delivered(): Promise<[number, number]> {
@@ -51,8 +39,6 @@ describe('interface churn', kernelOnly(), () => {
     await sleep(100);
     return [(await l.stop()).unique, sent];
   }
-  /** Lines of the current daemon's log that match. */
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
   async function until(what: string, ok: () => Promise<boolean>) {
     for (let i = 0; i < 50; i++) {
       if (await ok()) return;
@@ -99,8 +85,7 @@ describe('interface churn', kernelOnly(), () => {
 
     // A restart while the interface is gone: the daemon starts and waits for it.
     assert.equal(await d.stop(), 0);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
     // INACTIVE from the first answer on: "waiting for its interfaces to exist" as restored, or already what
     // the first reconciler pass (at once after the start) observed.
     const restarted = (await c.rules.getRule({ name: 'web' })).rule!.status!;

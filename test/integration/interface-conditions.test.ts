@@ -7,18 +7,13 @@
  * and FramesFit (True here: its MTU is the ingress's; egress-interface-truth.test.ts has it False).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, sh, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 const { CONDITION_STATUS_TRUE: TRUE, CONDITION_STATUS_FALSE: FALSE } = ConditionStatus;
 const FITS = [
   'FramesFit',
@@ -28,28 +23,15 @@ const FITS = [
 ];
 
 describe('interface conditions: what each interface is used for', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  let d: DaemonProcess;
+  const lab = new Lab();
   let c: Clients;
   let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   const conds = async (name: string) =>
     (await c.interfaces.getInterface({ name })).interface!.conditions.map((x) => [
@@ -58,25 +40,11 @@ describe('interface conditions: what each interface is used for', kernelOnly(), 
       x.reason,
       x.message,
     ]);
-  async function delivered(n = 20): Promise<number> {
-    const l = await UdpListener.start(b1.netns, b1.ip!, 7987);
-    listeners.push(l);
-    await sendUdp(vm.netns, NOWHERE, 7987, n).done;
-    await sleep(150);
-    return (await l.stop()).unique;
-  }
+  const delivered = async (n = 20): Promise<number> => (await lab.send(7987, [b1], n, 1)).got[0];
 
   it('an ingress has ProgramAttached; an egress has EgressReady, False while it is down', async () => {
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7987, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7987, [backendOf(b1)]),
     });
     assert.deepEqual(
       (await conds(vm.hostIf)).map((x) => x.slice(0, 3)),

@@ -15,43 +15,27 @@
  * Changing the peer's MTU is the fault under test; everything else keeps the host's defaults.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { datagramSizes } from '../helpers/udp.js';
 
-const NOWHERE = '198.18.9.9';
-
 describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  let d: DaemonProcess;
+  const lab = new Lab();
+  const { id, topo, count } = lab;
   let c: Clients;
   let vm: Host, b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.defaultRouteVia('vm', '198.18.1.254', vm.hostMac);
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
-
-  const count = (re: RegExp) => d.output.split('\n').filter((l) => re.test(l)).length;
+  after(() => lab.destroy());
 
   /** UDP payloads of each size sent from `from` to the rule's port; the sizes received on ip in the namespace `enter` names. */
   const deliver = (from: Host, enter: string[], ip: string, port: number, sizes: number[]) =>
@@ -59,17 +43,9 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
 
   it('a backend whose veth peer in a named netns has a smaller MTU: DEGRADED, FramesFit False naming the peer', async (t) => {
     await c.rules.createRule({
-      rule: {
-        name: 'pmtu',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7981, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('pmtu', 7981, [backendOf(b1)]),
     });
-    const status = async () => (await c.rules.getRule({ name: 'pmtu' })).rule!.status!;
+    const status = () => lab.status('pmtu');
     const fit = async () => (await status()).conditions.find((x) => x.type === 'FramesFit')!;
     const enter = [`--net=/run/netns/${b1.netns}`];
     await until('pmtu ACTIVE', async () => (await status()).state === RuleState.RULE_STATE_ACTIVE, 8000);
@@ -100,10 +76,7 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
       );
       // What the status says is what the kernel does: up to 976 bytes of payload pass, larger ones do not, and
       // (native mode) those are the backend's redirect errors.
-      const errors = async () => {
-        const { counters } = await c.counters.getCounters({ filter: { rules: ['pmtu'] } });
-        return counters!.backends.find((b) => b.ip === b1.ip)?.redirectErrorPackets ?? 0n;
-      };
+      const errors = () => lab.redirectErrors('pmtu', b1.ip!);
       const before = await errors();
       assert.deepEqual(await deliver(vm, enter, b1.ip!, 7981, [900, 976, 977, 1200]), [900, 976]);
       await until('the 2 dropped datagrams counted as redirect errors', async () => (await errors()) - before === 2n);
@@ -122,16 +95,9 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
     const l1 = topo.addHost('l1', '198.18.40.1/24');
     const l2 = topo.addHost('l2', '198.18.40.2/24');
     await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
-    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === l1.hostIf)!.status!;
+    const link = () => lab.linkStatus(l1.hostIf);
     const fit = async () => (await link()).conditions.find((x) => x.type === 'FramesFit')!;
-    const ping = (size: number) => {
-      try {
-        topo.exec('l1', 'ping', ['-c', '1', '-W', '1', '-M', 'do', '-s', String(size), l2.ip!]);
-        return true;
-      } catch {
-        return false;
-      }
-    };
+    const ping = (size: number) => topo.pingDf('l1', l2.ip!, size);
     const counters = async () => {
       const { counters: k } = await c.counters.getCounters({ filter: { interfaces: [l1.hostIf] } });
       const x = k!.links.find((y) => y.fromInterface === l1.hostIf);
@@ -181,28 +147,16 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
   });
 
   it('a backend whose veth peer is in an unnamed netns: its MTU is read all the same, and named as a cause of drops', async () => {
-    const ns2: ChildProcess = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
     const if2 = `x${id}um`;
+    const ns2 = await lab.addUnnamedHost(if2, '198.18.52.2/24');
     try {
-      await sleep(200);
-      const in2 = (cmd: string) => sh('nsenter', ['-t', String(ns2.pid), '-n', 'sh', '-c', cmd]);
-      sh('ip', ['link', 'add', if2, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(ns2.pid)]);
-      sh('ip', ['link', 'set', if2, 'up']);
-      in2('ip link set lo up && ip addr add 198.18.52.2/24 dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on');
+      const in2 = ns2.sh;
       in2('ip link set eth0 mtu 1000');
       const mac = JSON.parse(in2('ip -j link show eth0'))[0].address as string;
       await c.rules.createRule({
-        rule: {
-          name: 'umtu',
-          match: { protocol: Protocol.PROTOCOL_UDP, port: 7982, destination: '', sourcePrefixes: [] },
-          ingressInterfaces: [vm.hostIf],
-          backends: [{ ip: '198.18.52.2', mac, interface: if2, weight: 1 }],
-          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-          labels: {},
-          generation: 0n,
-        },
+        rule: lab.rule('umtu', 7982, [{ ip: '198.18.52.2', mac, interface: if2 }]),
       });
-      const status = async () => (await c.rules.getRule({ name: 'umtu' })).rule!.status!;
+      const status = () => lab.status('umtu');
       const fit = async () => (await status()).conditions.find((x) => x.type === 'FramesFit')!;
       await until('FramesFit false', async () => (await fit()).status === ConditionStatus.CONDITION_STATUS_FALSE, 5000);
       const f = await fit();
@@ -231,8 +185,7 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
       );
       await c.rules.deleteRule({ name: 'umtu', expectedGeneration: 0n });
     } finally {
-      ns2.kill();
-      shQuiet('ip', ['link', 'del', if2]);
+      ns2.remove();
     }
   });
 });

@@ -7,60 +7,37 @@
  * the rule's state, then real datagrams.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf } from '../../src/server/dataplane/netdev.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients } from '../helpers/daemon.js';
+import { kernelOnly, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 describe('a veth backend: the status follows delivery, however its peer got its GRO setting', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  let d: DaemonProcess;
+  const lab = new Lab();
   let c: Clients;
-  let vm: Host, b1: Host;
+  let b1: Host;
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--xdp-mode', 'native', '--no-fix-veth-peers']);
-    c = d.clients();
+    ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ c } = await lab.start(['--xdp-mode', 'native', '--no-fix-veth-peers']));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   it('ACTIVE exactly when datagrams arrive', async () => {
     const ndoXmit = () => ((xdpFeatures(ifindexOf(b1.hostIf)) ?? 0n) & XDP_ACT['ndo-xmit']) !== 0n;
-    const peer = (cmd: string) => topo.exec('b1', 'sh', ['-c', cmd]);
-    const state = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    const peer = (cmd: string) => lab.topo.exec('b1', 'sh', ['-c', cmd]);
+    const state = () => lab.status('web');
     const deliver = async () => {
-      const l = await UdpListener.start(b1.netns, b1.ip!, 7999);
-      const { sent } = await sendUdp(vm.netns, '198.18.9.9', 7999, 100, { flows: 10 }).done;
-      await sleep(150);
-      return { sent, got: (await l.stop()).unique };
+      const { sent, got } = await lab.send(7999, [b1], 100, 10);
+      return { sent, got: got[0] };
     };
     peer('ethtool -K eth0 gro on');
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7999, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7999, [backendOf(b1)]),
     });
     const steps: [string, string, boolean, RegExp?][] = [
       ['GRO on while up', 'true', true],
