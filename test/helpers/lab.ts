@@ -75,12 +75,12 @@ export class Lab {
 
   /**
    * Hosts by role with their addresses (Topology.addHost), made in this order; "vm", if among them, is routed
-   * to our veth (the client every test sends from).
+   * to our veth (the client every test sends from) unless `routeVm` is false.
    */
-  addHosts<K extends string>(cidrs: Record<K, string>): Record<K, Host> {
+  addHosts<K extends string>(cidrs: Record<K, string>, { routeVm = true } = {}): Record<K, Host> {
     const out = {} as Record<K, Host>;
     for (const [role, cidr] of Object.entries(cidrs) as [K, string][]) out[role] = this.topo.addHost(role, cidr);
-    if ('vm' in out) this.topo.routeToXdp('vm');
+    if (routeVm && 'vm' in out) this.topo.routeToXdp('vm');
     return out;
   }
 

@@ -26,7 +26,8 @@ describe('interface churn', kernelOnly(), () => {
   let vm: Host, b1: Host;
 
   before(async () => {
-    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    // vm is routed to our veth by the test itself (prepareVm), as after its veth is plugged back.
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }, { routeVm: false }));
     ({ d, c } = await lab.start(['--log-level', 'info']));
   });
   after(() => lab.destroy());
