@@ -15,7 +15,7 @@ import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../../src/gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { DAEMON, DAEMON_NODE_FLAGS, ROOT, sh } from './env.js';
+import { CLI, DAEMON, DAEMON_NODE_FLAGS, ROOT, sh } from './env.js';
 
 export interface Clients {
   rules: Client<typeof RuleServiceDefinition>;
@@ -162,6 +162,22 @@ export class DaemonProcess {
     }
     return out;
   }
+}
+
+/** Run the CLI against `server`; its exit code and output. */
+export function xdpctl(
+  server: string,
+  args: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(CLI, ['--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (x) => (stdout += x));
+    child.stderr.on('data', (x) => (stderr += x));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
 }
 
 /** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels` (a subset), or undefined. */

@@ -2,9 +2,10 @@
  * Test environment helpers: root/kernel gating (a skip under CI=true is a
  * failure), unique names, and running commands.
  */
+import assert from 'node:assert/strict';
 import { execFileSync, type ExecFileSyncOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
@@ -95,6 +96,23 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 15_
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/** Fill the file system of `dir` (a small tmpfs) with files fill-N of 64 KiB until it answers ENOSPC. */
+export function fillDisk(dir: string): void {
+  for (let i = 0; ; i++) {
+    try {
+      writeFileSync(`${dir}/fill-${i}`, Buffer.alloc(64 * 1024, 1));
+    } catch (e) {
+      assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
+      return;
+    }
+  }
+}
+
+/** Remove what fillDisk(dir) wrote. */
+export function emptyDisk(dir: string): void {
+  for (const f of readdirSync(dir)) if (f.startsWith('fill-')) rmSync(`${dir}/${f}`);
 }
 
 /** Register cleanup that runs even when the test fails. */

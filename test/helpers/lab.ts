@@ -113,9 +113,15 @@ export class Lab {
     return this.topo.host('vm');
   }
 
-  /** Start a daemon on the lab's id (pins, socket and state dir of DaemonProcess.start); it becomes `d`. */
-  async start(extra: string[] = ['--log-level', 'info']): Promise<{ d: DaemonProcess; c: Clients }> {
-    const d = await DaemonProcess.start(this.id, extra);
+  /**
+   * Start a daemon on the lab's id (pins, socket and state dir of DaemonProcess.start) with `extra` arguments
+   * and `env`; it becomes `d`.
+   */
+  async start(
+    extra: string[] = ['--log-level', 'info'],
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<{ d: DaemonProcess; c: Clients }> {
+    const d = await DaemonProcess.start(this.id, extra, env);
     this.d = d;
     this.c = d.clients();
     return { d, c: this.c };
@@ -152,6 +158,21 @@ export class Lab {
 
   readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
+  /** A UDP rule on `port` from vm's veth to `backends` as the API's defaults take it: no weight, checksum mode unset. */
+  readonly apiRule = (
+    name: string,
+    port: number,
+    backends: BackendSpec[],
+    labels: Record<string, string> = {},
+  ): Rule => ({
+    name,
+    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+    ingressInterfaces: [this.vm.hostIf],
+    backends,
+    udpChecksum: 0,
+    labels,
+    generation: 0n,
+  });
   /** The status of the link whose side a is `a`. */
   readonly linkStatus = async (a: string) => (await this.c.links.listLinks({})).links.find((x) => x.a === a)!.status!;
   /** The redirect errors counted for rule `rule`'s backend `ip`. */
@@ -164,20 +185,20 @@ export class Lab {
 
   /**
    * Send `n` datagrams (of `size` bytes of payload, 0: the tool's default) over `flows` flows from vm to `port`
-   * (to NOWHERE); how many each of `to` received on its address (`started`: listeners already started, in the
-   * order of `to`).
+   * (to NOWHERE); how many each of `to` received on its address, read `settle` ms after the last was sent
+   * (`started`: listeners already started, in the order of `to`).
    */
   readonly send = async (
     port: number,
     to: Receiver[],
     n: number,
     flows: number,
-    { started, size }: { started?: UdpListener[]; size?: number } = {},
+    { started, size, settle = 150 }: { started?: UdpListener[]; size?: number; settle?: number } = {},
   ) => {
     const ls = started ?? (await Promise.all(to.map((b) => UdpListener.start(b.netns, b.ip!, port))));
     this.listeners.push(...ls);
     const { sent } = await sendUdp(this.vm.netns, NOWHERE, port, n, { flows, size }).done;
-    await sleep(150);
+    await sleep(settle);
     const got = await Promise.all(ls.map(async (l) => (await l.stop()).unique));
     return { sent, got, total: got.reduce((a, b) => a + b, 0) };
   };

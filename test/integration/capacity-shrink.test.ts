@@ -7,49 +7,27 @@
  * fits), both rules keep forwarding real datagrams, and a start with the old value serves both rules again.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { kernelOnly, sh, sleep } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORTS = [7421, 7422];
 
 describe('a --max-rules too small for the stored rules is refused at start', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, listeners } = lab;
   let d: DaemonProcess | undefined;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
 
   before(() => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.3.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.3.1/24' }));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-  });
+  after(() => lab.destroy());
 
-  const rule = (name: string, port: number, b: Host): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
-    udpChecksum: 0,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number, b: Host) => lab.apiRule(name, port, [backendOf(b)]);
 
   /** Datagrams delivered to each backend out of 20 sent to each rule's port. */
   async function probe(): Promise<number[]> {
@@ -68,7 +46,7 @@ describe('a --max-rules too small for the stored rules is refused at start', ker
     (JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${d!.pinRoot}/maps/rule_match`])) as unknown[]).length;
 
   it('refuses, changes nothing, and both rules keep forwarding', async () => {
-    d = await DaemonProcess.start(id);
+    ({ d } = await lab.start([]));
     const c = d.clients();
     await c.rules.createRule({ rule: rule('web', PORTS[0], b1) });
     await c.rules.createRule({ rule: rule('web2', PORTS[1], b2) });
@@ -87,7 +65,7 @@ describe('a --max-rules too small for the stored rules is refused at start', ker
     assert.deepEqual(await probe(), [20, 20], 'both rules still forward after the refused start');
 
     // The way out named by the error: the old --max-rules starts and serves both (reads never INTERNAL).
-    d = await DaemonProcess.start(id);
+    ({ d } = await lab.start([]));
     const c2 = d.clients();
     const list = await c2.rules.listRules({ pageSize: 0, pageToken: '' });
     assert.deepEqual(

@@ -11,42 +11,33 @@
  *  - the egress comes back: Ready True carries the time of the pass that saw it.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus, type Condition } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 /** How long after a host change the reconciler may see it (a pass a second, and one at each rtnetlink event). */
 const PASS_MS = 2000;
 
 describe('condition transition times are observation times, also across a restart', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { topo } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }, { routeVm: false }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   const ready = async (): Promise<{ state: RuleState; cond: Condition; at: number }> => {
-    const st = (await c.rules.getRule({ name: 'web' })).rule!.status!;
+    const st = await lab.status('web');
     return { state: st.state, cond: st.conditions.find((x) => x.type === 'Ready')!, at: Date.now() };
   };
   const within = (t: Date | undefined, lo: number, hi: number, what: string) => {
@@ -60,15 +51,7 @@ describe('condition transition times are observation times, also across a restar
   it('the write, the pass that saw a fault, unknown after a restart, the pass that saw the recovery', async () => {
     const t0 = Date.now();
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7997, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web', 7997, [backendOf(b1)]),
     });
     const t1 = Date.now();
     await sleep(1500);
@@ -89,8 +72,7 @@ describe('condition transition times are observation times, also across a restar
 
     // A restart with the egress still down: the status held since before the start, for a time it cannot know.
     assert.equal(await d!.stop('SIGTERM'), 0);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
     await until('web not ACTIVE after the restart', async () => (await ready()).state !== RuleState.RULE_STATE_ACTIVE);
     await sleep(1500); // the first passes after the start have run
     r = await ready();
@@ -114,15 +96,7 @@ describe('condition transition times are observation times, also across a restar
     const t0 = Date.now();
     await c.links.connect({ link: { a: xa.hostIf, b: xb.hostIf } });
     await c.rules.createRule({
-      rule: {
-        name: 'web2',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7996, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: lab.rule('web2', 7996, [backendOf(b1)]),
     });
     const t1 = Date.now();
     await sleep(2500); // passes have run
@@ -149,8 +123,7 @@ describe('condition transition times are observation times, also across a restar
     // A restart with nothing changed: every one of them held since before the start, for a time this
     // daemon cannot know (unset), none at the restart time.
     assert.equal(await d!.stop('SIGTERM'), 0);
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info']));
     await sleep(2500);
     const after = await observedConditions();
     assert.deepEqual(

@@ -14,14 +14,14 @@ import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-h
 
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import type { ConfigFileStatus } from '../../src/gen/xdpctl/v1/daemon.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, shQuiet, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { metric, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 describe('config-file mode: a refusal for what the host is, re-evaluated as the host changes', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo } = lab;
   const dir = `/tmp/xdpctl-test-${id}-cr`;
   const file = `${dir}/xdpctl.yaml`;
   const na = `xn${id}a`;
@@ -30,28 +30,24 @@ describe('config-file mode: a refusal for what the host is, re-evaluated as the 
   let x: Host, y: Host;
 
   before(() => {
-    x = topo.addHost('x', '198.18.8.1/24');
-    y = topo.addHost('y', '198.18.8.2/24');
+    ({ x, y } = lab.addHosts({ x: '198.18.8.1/24', y: '198.18.8.2/24' }));
     sh('ip', ['link', 'add', na, 'type', 'veth', 'peer', 'name', nb]);
     sh('ip', ['link', 'set', na, 'up']);
     sh('ip', ['link', 'set', nb, 'up']);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   });
-  after(async () => {
-    await d?.destroy();
+  lab.onDestroy(() => {
     shQuiet('ip', ['link', 'del', na]);
-    topo.destroy();
     rmSync(dir, { recursive: true, force: true });
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
+  after(() => lab.destroy());
 
   const status = async (): Promise<ConfigFileStatus> => (await d!.clients().daemon.getStatus({})).configFile!;
   const count = (re: RegExp) => d!.output.split('\n').filter((l) => re.test(l)).length;
 
   it('a link loop through a veth pair, then the pair deleted: PreconditionFailed, then InterfaceMissing', async () => {
     writeFileSync(file, `links:\n  ${x.hostIf}: ${y.hostIf}\n`);
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', '--prometheus', '127.0.0.1:0']);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info', '--prometheus', '127.0.0.1:0']));
     assert.equal((await status()).inForce, true);
     assert.equal(topo.ping('x', y.ip!), true, 'the good file forwards');
 
@@ -88,15 +84,3 @@ describe('config-file mode: a refusal for what the host is, re-evaluated as the 
     assert.equal(topo.ping('x', y.ip!), true, 'the last good file still forwards');
   });
 });
-
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

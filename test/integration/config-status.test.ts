@@ -10,7 +10,6 @@
  * file. Real traffic proves the last good configuration runs throughout.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
@@ -19,40 +18,16 @@ import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-h
 
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import type { ConfigFileStatus } from '../../src/gen/xdpctl/v1/daemon.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { CLI, kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { metric, xdpctl, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
-/** The value of Prometheus sample `name` with `labels` (a subset), or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}
-
-function xdpctl(server: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CLI, ['--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (x) => (stdout += x));
-    child.stderr.on('data', (x) => (stderr += x));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 describe('config-file mode: status, health and metrics say whether the file on disk is in force', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo } = lab;
   const dir = `/tmp/xdpctl-test-${id}-cs`;
   const file = `${dir}/xdpctl.yaml`;
   const bridge = `xb${id}`;
@@ -60,21 +35,16 @@ describe('config-file mode: status, health and metrics say whether the file on d
   let x: Host, y: Host, z: Host;
 
   before(() => {
-    x = topo.addHost('x', '198.18.7.1/24');
-    y = topo.addHost('y', '198.18.7.2/24');
-    z = topo.addHost('z', '198.18.7.3/24');
+    ({ x, y, z } = lab.addHosts({ x: '198.18.7.1/24', y: '198.18.7.2/24', z: '198.18.7.3/24' }));
     sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
     sh('ip', ['link', 'set', bridge, 'up']);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   });
-  after(async () => {
-    await d?.destroy();
+  lab.onDestroy(() => {
     shQuiet('ip', ['link', 'del', bridge]);
-    topo.destroy();
     rmSync(dir, { recursive: true, force: true });
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
+  after(() => lab.destroy());
 
   const status = async (): Promise<ConfigFileStatus> => {
     const s = await d!.clients().daemon.getStatus({});
@@ -95,7 +65,7 @@ describe('config-file mode: status, health and metrics say whether the file on d
   it('says which file, since when and why it is refused, what runs instead, and when a good file is in force again', async () => {
     const good = `links:\n  ${x.hostIf}: ${y.hostIf}\n`;
     writeFileSync(file, good);
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', '--prometheus', '127.0.0.1:0']);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info', '--prometheus', '127.0.0.1:0']));
     const prom = d.prometheus!;
     const path = { xdpctl_config_path: file };
 
@@ -225,7 +195,7 @@ describe('config-file mode: status, health and metrics say whether the file on d
     await d!.stop();
     const bad = `links:\n  ${x.hostIf}: nosuch${id}\n`;
     writeFileSync(file, bad);
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info']));
     const s = await status();
     assert.equal(s.inForce, false);
     assert.equal(s.inForceCondition?.reason, 'InterfaceMissing');

@@ -16,42 +16,37 @@ import { after, before, describe, it } from 'node:test';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
-import { sendUdp, UdpListener } from '../helpers/udp.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 const PORT = 7411;
-const NOWHERE = '198.18.9.9';
 
 describe('config-file mode: whole or nothing, and files behind symlinks', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo } = lab;
   const dir = `/tmp/xdpctl-test-${id}-cfg`;
   const bridge = `xb${id}`;
   let d: DaemonProcess | undefined;
   let vm: Host, b1: Host, x: Host, y: Host;
-  const listeners: UdpListener[] = [];
 
   before(() => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    x = topo.addHost('x', '198.18.7.1/24');
-    y = topo.addHost('y', '198.18.7.2/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1, x, y } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      x: '198.18.7.1/24',
+      y: '198.18.7.2/24',
+    }));
     sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
     sh('ip', ['link', 'set', bridge, 'up']);
     mkdirSync(dir, { recursive: true });
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
+  lab.onDestroy(() => {
     shQuiet('ip', ['link', 'del', bridge]);
-    topo.destroy();
     rmSync(dir, { recursive: true, force: true });
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   });
+  after(() => lab.destroy());
 
   const ruleYaml = () =>
     `rules:\n  - name: web\n    port: ${PORT}\n    ingress: [${vm.hostIf}]\n` +
@@ -61,11 +56,7 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
   const links = async () => (await d!.clients().links.listLinks({})).links.map((l) => `${l.a}-${l.b}`).sort();
   const lines = (msg: string) => d!.output.split('\n').filter((l) => l.includes(`"msg":"${msg}`));
   async function delivered(n: number): Promise<number> {
-    const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
-    listeners.push(l);
-    await sendUdp(vm.netns, NOWHERE, PORT, n).done;
-    await sleep(200);
-    return (await l.stop()).unique;
+    return (await lab.send(PORT, [b1], n, 1, { settle: 200 })).got[0];
   }
   async function until(what: string, ok: () => Promise<boolean>, ms = 5000) {
     for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) if (await ok()) return;
@@ -75,7 +66,7 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
   it('a file whose links the kernel refuses changes nothing, and the good file written back is applied', async () => {
     const file = `${dir}/whole.yaml`;
     writeFileSync(file, good());
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info']));
     assert.equal(await ruleCount(), 1);
     assert.deepEqual(await links(), [`${x.hostIf}-${y.hostIf}`]);
     assert.equal(await delivered(20), 20, 'the rule forwards');
@@ -114,7 +105,7 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
     writeFileSync(`${cm}/..2026_a/cfg.yaml`, `links:\n  ${x.hostIf}: ${y.hostIf}\n`);
     symlinkSync('..2026_a', `${cm}/..data`);
     symlinkSync('..data/cfg.yaml', `${cm}/cfg.yaml`);
-    d = await DaemonProcess.start(id, ['--config', `${cm}/cfg.yaml`, '--log-level', 'info']);
+    ({ d } = await lab.start(['--config', `${cm}/cfg.yaml`, '--log-level', 'info']));
     assert.deepEqual(await links(), [`${x.hostIf}-${y.hostIf}`]);
     assert.equal(topo.ping('x', y.ip!), true);
 
@@ -147,7 +138,7 @@ describe('config-file mode: whole or nothing, and files behind symlinks', kernel
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
     const file = `${dir}/first.yaml`;
     writeFileSync(file, `links:\n  ${x.hostIf}: nx${id}q\n`); // an interface that does not exist
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info']));
     const health = async () => (await d!.clients().health.check({ service: 'xdpctl.datapath' })).status;
     await until(
       'datapath health NOT_SERVING',

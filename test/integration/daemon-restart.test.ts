@@ -6,7 +6,7 @@
  * after restart, the old or the new state whole, as the client was told.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
@@ -23,14 +23,13 @@ import {
   u8,
 } from '../../src/server/dataplane/codec.js';
 import { XdpDatapath, type DatapathMaps } from '../../src/server/dataplane/datapath.js';
-import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { mapSnapshotter } from '../helpers/map-snapshot.js';
-import { kernelOnly, ROOT, runId, sh, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { kernelOnly, ROOT, sh, sleep } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORT = 7999;
 /** Upper bound of one run's datagrams (the sender is stopped once the restart is over). */
 const MAX_COUNT = 40_000;
@@ -38,37 +37,19 @@ const MAX_COUNT = 40_000;
 const MARGIN_MS = 300;
 
 describe('daemon restarts without loss', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id);
-    c = d.clients();
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    ({ d, c } = await lab.start([]));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-  });
+  after(() => lab.destroy());
 
-  const rule = (name: string, port: number, b: Host): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
-    udpChecksum: 0,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number, b: Host) => lab.apiRule(name, port, [backendOf(b)]);
 
   /** Traffic through a daemon restart done by `restart`; returns delivered/sent. */
   async function acrossRestart(restart: () => Promise<void>) {
@@ -95,8 +76,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     const progId = (await c.daemon.getStatus({})).datapath!.programId;
     const r = await acrossRestart(async () => {
       await d!.stop('SIGKILL');
-      d = await DaemonProcess.start(id);
-      c = d.clients();
+      ({ d, c } = await lab.start([]));
     });
     t.diagnostic(`kill -9: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.bad, 0);
@@ -111,8 +91,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
   it('normal restart (SIGTERM): none lost', async (t) => {
     const r = await acrossRestart(async () => {
       assert.equal(await d!.stop('SIGTERM'), 0);
-      d = await DaemonProcess.start(id);
-      c = d.clients();
+      ({ d, c } = await lab.start([]));
     });
     t.diagnostic(`SIGTERM: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.delivered, r.sent);
@@ -137,8 +116,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const snapshot = mapSnapshotter(maps as unknown as DatapathMaps);
       const intact = snapshot();
       const restart = async () => {
-        d = await DaemonProcess.start(id);
-        c = d.clients();
+        ({ d, c } = await lab.start([]));
         const st = (await c.rules.getRule({ name: 'adopt' })).rule!.status!;
         // ACTIVE; or, once its first judgement is past the grace, DEGRADED for the static MAC of 198.18.2.77
         // (nobody has that address: nothing confirms it), and for nothing else.
@@ -210,8 +188,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       ]);
     } finally {
       Object.values(maps).forEach((m) => m.close());
-      d = await DaemonProcess.start(id);
-      c = d.clients();
+      ({ d, c } = await lab.start([]));
       await c.rules.deleteRule({ name: 'adopt', expectedGeneration: 0n });
     }
   });
@@ -220,8 +197,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
     const before = (await c.daemon.getStatus({})).datapath!.programId;
     const r = await acrossRestart(async () => {
       assert.equal(await d!.stop('SIGTERM'), 0);
-      d = await DaemonProcess.start(id, ['--bpf-object', `${ROOT}build/bpf/xdpctl-next.bpf.o`]);
-      c = d.clients();
+      ({ d, c } = await lab.start(['--bpf-object', `${ROOT}build/bpf/xdpctl-next.bpf.o`]));
     });
     t.diagnostic(`upgrade: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} to a full socket buffer)`);
     assert.equal(r.delivered, r.sent);
@@ -251,8 +227,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       const progId = (await c.daemon.getStatus({})).datapath!.programId;
       const r = await acrossRestart(async () => {
         assert.equal(await d!.stop('SIGTERM'), 0);
-        d = await DaemonProcess.start(id, ['--max-rules', maxRules]);
-        c = d.clients();
+        ({ d, c } = await lab.start(['--max-rules', maxRules]));
       });
       t.diagnostic(
         `${what} to --max-rules ${maxRules}: sent ${r.sent}, delivered ${r.delivered} (${r.overflow} of them to a full socket buffer)`,
@@ -300,8 +275,7 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       await sleep(delayMs);
       await d!.stop('SIGKILL');
       const answer = await pending;
-      d = await DaemonProcess.start(id);
-      c = d.clients();
+      ({ d, c } = await lab.start([]));
       const now = (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name).sort();
       if (answer === 'acknowledged') assert.deepEqual(now, next, 'an acknowledged change survives the crash');
       else

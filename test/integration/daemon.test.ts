@@ -5,25 +5,22 @@
  * streaming, consistent hashing, health.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, Metadata, Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { decodeStatusDetails } from '../../src/server/services/status.js';
 import { BadRequest, ErrorInfo } from '../../src/gen/google/rpc/error_details.js';
 import { CounterKind } from '../../src/gen/xdpctl/v1/counters.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep } from '../helpers/env.js';
+import { Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORT = 7999;
 
 /** Call and capture the gRPC error with its trailer. */
@@ -44,32 +41,25 @@ function badFields(status: ReturnType<typeof decodeStatusDetails>): string[] {
 }
 
 describe('xdpctld end to end', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { topo, listeners } = lab;
   let d: DaemonProcess;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host, b3: Host, h1: Host, h2: Host, h3: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.3.1/24');
-    b3 = topo.addHost('b3', '198.18.4.1/24');
-    h1 = topo.addHost('h1', '198.18.0.1/24');
-    h2 = topo.addHost('h2', '198.18.0.2/24');
-    h3 = topo.addHost('h3', '198.18.0.3/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id);
-    c = d.clients();
+    ({ vm, b1, b2, b3, h1, h2, h3 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      b2: '198.18.3.1/24',
+      b3: '198.18.4.1/24',
+      h1: '198.18.0.1/24',
+      h2: '198.18.0.2/24',
+      h3: '198.18.0.3/24',
+    }));
+    ({ d, c } = await lab.start([]));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true }); // also when the daemon never started
-  });
+  after(() => lab.destroy()); // the pins and state dir also when the daemon never started
 
   const listen = async (h: Host) => {
     const l = await UdpListener.start(h.netns, h.ip!, PORT);
@@ -279,8 +269,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     const ifacesBefore = (await c.interfaces.listInterfaces({})).interfaces.map((i) => i.name);
     const stopped = await d.stop();
     assert.equal(stopped, 0);
-    d = await DaemonProcess.start(id, ['--no-fix-veth-peers']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--no-fix-veth-peers']));
     // (the restarted daemon started empty: the datapath state is re-applied first)
     await c.rules.applyRules({ rules: [rule('web', [backend(b1)])], validateOnly: false });
     const ref = d.dumpMaps();
@@ -295,8 +284,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
     void ifacesBefore;
     // Back to a daemon that satisfies the precondition itself.
     assert.equal(await d.stop(), 0);
-    d = await DaemonProcess.start(id);
-    c = d.clients();
+    ({ d, c } = await lab.start([]));
     await c.rules.applyRules({ rules: [rule('web', [backend(b1)])], validateOnly: false });
   });
 

@@ -9,16 +9,15 @@
  * logged once naming the freeze (read from the map fd's fdinfo, "frozen: 1").
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
@@ -26,33 +25,22 @@ const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 const u32 = (n: number) => [n & 255, (n >> 8) & 255, (n >> 16) & 255, (n >>> 24) & 255].map(String);
 
 describe('a map another tool froze: the difference is reported, not hidden', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { topo, health, count } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let h1: Host, h2: Host;
 
   before(async () => {
-    h1 = topo.addHost('h1', '198.18.6.1/24');
-    h2 = topo.addHost('h2', '198.18.6.2/24');
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    ({ h1, h2 } = lab.addHosts({ h1: '198.18.6.1/24', h2: '198.18.6.2/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--prometheus', '127.0.0.1:0']));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    // The frozen map goes with the pins (a frozen map is freed like any other once nothing holds it).
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
-
-  const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
-  const count = (re: RegExp) => d!.output.split('\n').filter((l) => re.test(l)).length;
+  // The frozen map goes with the pins (a frozen map is freed like any other once nothing holds it).
+  after(() => lab.destroy());
 
   it('an xc_links entry deleted and the map frozen: the direction dead, said so, NOT_SERVING naming the freeze', async () => {
     await c.links.connect({ link: { a: h1.hostIf, b: h2.hostIf, direction: 0 } });
-    const link = async () => (await c.links.listLinks({})).links.find((x) => x.a === h1.hostIf)!.status!;
+    const link = () => lab.linkStatus(h1.hostIf);
     assert.equal(topo.ping('h1', h2.ip!), true, 'h1 reaches h2 through the link');
     await until('health SERVING', async () => (await health()) === SERVING, 5000);
     assert.equal(await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}), 0);
@@ -84,15 +72,3 @@ describe('a map another tool froze: the difference is reported, not hidden', ker
     assert.equal(count(/"msg":"links not re-applied/), 1, 'still logged once');
   });
 });
-
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels`, or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}

@@ -29,17 +29,17 @@ import { Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, shQuiet, sleep } from '../helpers/env.js';
+import { Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const PORT = 7412;
-const NOWHERE = '198.18.9.9';
 
 describe('a refused change changes nothing: kernel, disk, host settings, generation', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo, listeners } = lab;
   const dir = `/tmp/xdpctl-test-${id}-cfg`;
   const stateDir = `/tmp/xdpctl-test-${id}-state`;
   const bridge = `xb${id}`;
@@ -47,34 +47,30 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
   let d: DaemonProcess | undefined;
   let vm: Host, vm2: Host, vm3: Host, b1: Host, b2: Host, b3: Host, x: Host, y: Host;
   let ns: ChildProcess | undefined;
-  const listeners: UdpListener[] = [];
 
   before(() => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    vm2 = topo.addHost('vm2', '198.18.1.2/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.2.2/24');
-    // The API case's own ingress and backend, which no config file touched.
-    vm3 = topo.addHost('vm3', '198.18.1.3/24');
-    b3 = topo.addHost('b3', '198.18.2.3/24');
-    x = topo.addHost('x', '198.18.7.1/24');
-    y = topo.addHost('y', '198.18.7.2/24');
-    topo.routeToXdp('vm');
+    ({ vm, vm2, b1, b2, vm3, b3, x, y } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      vm2: '198.18.1.2/24',
+      b1: '198.18.2.1/24',
+      b2: '198.18.2.2/24',
+      // The API case's own ingress and backend, which no config file touched.
+      vm3: '198.18.1.3/24',
+      b3: '198.18.2.3/24',
+      x: '198.18.7.1/24',
+      y: '198.18.7.2/24',
+    }));
     sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
     sh('ip', ['link', 'set', bridge, 'up']);
     mkdirSync(dir, { recursive: true });
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
+  lab.onDestroy(() => {
     ns?.kill();
-    await d?.destroy();
     shQuiet('ip', ['link', 'del', bridge]);
     shQuiet('ip', ['link', 'del', lone]);
-    topo.destroy();
     rmSync(dir, { recursive: true, force: true });
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(stateDir, { recursive: true, force: true });
   });
+  after(() => lab.destroy());
 
   /** Every device setting the daemon may change for these changes, as `ethtool -k` shows it, and XDP. */
   const settings = () => ({
@@ -120,6 +116,32 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
   const generation = async () => (await d!.clients().rules.getRule({ name: 'web' })).rule!.generation;
 
   /**
+   * What a refusal under traffic must leave as it was: every datagram to the good configuration's backend, none
+   * to the refused file's, the generation, the device settings (`host`) and what is on disk (`stored`).
+   */
+  async function assertUnchanged(
+    seen: { sent: number; atGood: number; atRefused: number },
+    gen: bigint,
+    host: ReturnType<typeof settings>,
+    stored: ReturnType<typeof disk>,
+  ) {
+    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
+    assert.equal(
+      seen.atRefused,
+      0,
+      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
+    );
+    assert.equal(
+      seen.atGood,
+      seen.sent,
+      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
+    );
+    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
+    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
+    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+  }
+
+  /**
    * Write `refused` over the good file while 64 flows run through the rule; returns what arrived where. The
    * good configuration's backend must get every datagram, the refused file's backend none.
    */
@@ -151,20 +173,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     // into a bridge, which cannot transmit native redirects.
     const refused = `links:\n  ${x.hostIf}: ${bridge}\n${ruleYaml([vm, vm2], [b1, b2])}`;
     const seen = await refuseUnderTraffic(file, refused);
-    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
-    assert.equal(
-      seen.atRefused,
-      0,
-      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
-    );
-    assert.equal(
-      seen.atGood,
-      seen.sent,
-      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
-    );
-    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
-    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
-    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    await assertUnchanged(seen, gen, host, stored);
     const [line] = lines(/not applied/);
     assert.match(line, /links\[0\]: .*cannot transmit native XDP redirects/, line);
     assert.match(line, /the last good configuration keeps running/);
@@ -182,7 +191,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(stateDir, { recursive: true, force: true });
     writeFileSync(file, good());
-    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info', ...args]);
+    ({ d } = await lab.start(['--config', file, '--log-level', 'info', ...args]));
     await until('the good file is applied', () => lines(/"msg":"config applied"/).length === 1);
   }
 
@@ -204,20 +213,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${vm3.hostIf}, b: ${bridge}, direction: a-to-b}\n` +
       ruleYaml([vm, vm2], [b1, b2]);
     const seen = await refuseUnderTraffic(file, refused);
-    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
-    assert.equal(
-      seen.atRefused,
-      0,
-      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
-    );
-    assert.equal(
-      seen.atGood,
-      seen.sent,
-      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
-    );
-    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
-    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
-    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    await assertUnchanged(seen, gen, host, stored);
     const [undone] = lines(/device settings it changed were put back/).map((l) => JSON.parse(l));
     assert.deepEqual(
       [...undone.reverted].sort(),
@@ -245,20 +241,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
       `links:\n  - {a: ${x.hostIf}, b: ${y.hostIf}}\n  - {a: ${bridge}, b: ${y.hostIf}, direction: a-to-b}\n` +
       ruleYaml([vm, vm2], [b1, b2]);
     const seen = await refuseUnderTraffic(file, refused);
-    assert.ok(seen.sent > 500, `traffic flowed (${seen.sent} sent)`);
-    assert.equal(
-      seen.atRefused,
-      0,
-      `no datagram reached the refused file's backend (${seen.atRefused} of ${seen.sent})`,
-    );
-    assert.equal(
-      seen.atGood,
-      seen.sent,
-      `every datagram of the good configuration arrived (${seen.atGood} of ${seen.sent})`,
-    );
-    assert.equal(await generation(), gen, `the generation is unchanged (${gen} before)`);
-    assert.deepEqual(settings(), host, 'GRO, offloads and XDP of every involved device as before');
-    assert.deepEqual(disk(), stored, 'state.db and host-changes.json unchanged');
+    await assertUnchanged(seen, gen, host, stored);
     assert.deepEqual(lines(/device settings it changed were put back/), [], 'nothing was changed to put back');
     const [line] = lines(/not applied/);
     assert.match(
@@ -278,7 +261,7 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     for (const h of [vm, vm2, vm3, x, y]) shQuiet('ip', ['link', 'set', 'dev', h.hostIf, 'xdp', 'off']);
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(stateDir, { recursive: true, force: true });
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
+    ({ d } = await lab.start(['--log-level', 'info']));
     const c = d.clients();
     const rule = (backends: { ip: string; mac: string; interface: string }[]): Rule => ({
       name: 'api',

@@ -15,54 +15,31 @@ import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
 
-import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { emptyDisk, fillDisk, kernelOnly, ROOT, sh, shQuiet, sleep } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORT = 7999;
 
 describe('state store faults: kernel and disk agree (real faults, traffic flowing)', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo, listeners } = lab;
   const stateDir = `/tmp/xdpctl-test-${id}-state`;
   const trigger = `/tmp/xdpctl-test-${id}-eio`;
   const env = { NODE_OPTIONS: `--import=${ROOT}test/helpers/sqlite-eio.mjs`, XDPCTL_TEST_SQLITE_EIO: trigger };
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host;
-  const listeners: UdpListener[] = [];
 
   const start = async (extra: string[] = []) => {
-    d = await DaemonProcess.start(id, extra, env);
-    c = d.clients();
+    ({ d, c } = await lab.start(extra, env));
   };
-  const rule = (name: string, port: number, labels: Record<string, string> = {}): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
-    udpChecksum: 0,
-    labels,
-    generation: 0n,
-  });
+  const rule = (name: string, port: number, labels: Record<string, string> = {}) =>
+    lab.apiRule(name, port, [backendOf(b1)], labels);
   /** Fill the tmpfs until it answers ENOSPC. */
-  const fill = () => {
-    for (let i = 0; ; i++) {
-      try {
-        writeFileSync(`${stateDir}/fill-${i}`, Buffer.alloc(64 * 1024, 1));
-      } catch (e) {
-        assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
-        return;
-      }
-    }
-  };
-  const unfill = () => {
-    for (const f of readdirSync(stateDir)) if (f.startsWith('fill-')) rmSync(`${stateDir}/${f}`);
-  };
+  const fill = () => fillDisk(stateDir);
+  const unfill = () => emptyDisk(stateDir);
   /** Run `fn` with UDP flowing to the rule "web"; every datagram must arrive. */
   const underTraffic = async (fn: () => Promise<void>) => {
     const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
@@ -99,23 +76,16 @@ describe('state store faults: kernel and disk agree (real faults, traffic flowin
   const names = async () => (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name);
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
     mkdirSync(stateDir, { recursive: true });
     sh('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', stateDir]);
     await start();
     await c.rules.createRule({ rule: rule('web', PORT) });
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    shQuiet('umount', ['-l', stateDir]); // lazily: the daemon may still hold the database open
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(stateDir, { recursive: true, force: true });
-    rmSync(trigger, { force: true });
-  });
+  // Unmounted before the lab removes the daemon and its state dir; lazily: the daemon may still hold the database open.
+  after(() => shQuiet('umount', ['-l', stateDir]));
+  lab.onDestroy(() => rmSync(trigger, { force: true }));
+  after(() => lab.destroy());
 
   it('full disk (ENOSPC) during CreateRule and DeleteRule: RESOURCE_EXHAUSTED naming the path, kernel unchanged, restart agrees', async () => {
     const maps = d!.dumpMaps();

@@ -15,85 +15,37 @@
  *    refuses it; serving again after chmod 700.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, chmodSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { Protocol, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { CLI, kernelOnly, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { metric, xdpctl, type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { emptyDisk, fillDisk, kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
-
-const NOWHERE = '198.18.9.9';
 const PORT = 7431;
 const PORT2 = 7432;
 
-/** The value of Prometheus sample `name` with `labels` (a subset), or undefined. */
-async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}
-
-function xdpctl(server: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CLI, ['--server', server, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (x) => (stdout += x));
-    child.stderr.on('data', (x) => (stderr += x));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 describe("the daemon's own files changed under it are observed and said", kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo, listeners } = lab;
   const stateDir = `/tmp/xdpctl-test-${id}-state`;
   const db = `${stateDir}/state.db`;
   const pinRoot = `/sys/fs/bpf/xdpctl-test-${id}`;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host;
-  const listeners: UdpListener[] = [];
 
   const start = async () => {
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--prometheus', '127.0.0.1:0']);
-    c = d.clients();
+    ({ d, c } = await lab.start(['--log-level', 'info', '--prometheus', '127.0.0.1:0']));
   };
-  const rule = (name: string, port: number, b: Host): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b.ip!, mac: b.mac, interface: b.hostIf }],
-    udpChecksum: 0,
-    labels: {},
-    generation: 0n,
-  });
-  const fill = () => {
-    for (let i = 0; ; i++) {
-      try {
-        writeFileSync(`${stateDir}/fill-${i}`, Buffer.alloc(64 * 1024, 1));
-      } catch (e) {
-        assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
-        return;
-      }
-    }
-  };
-  const unfill = () => {
-    for (const f of readdirSync(stateDir)) if (f.startsWith('fill-')) rmSync(`${stateDir}/${f}`);
-  };
+  const rule = (name: string, port: number, b: Host) => lab.apiRule(name, port, [backendOf(b)]);
+  const fill = () => fillDisk(stateDir);
+  const unfill = () => emptyDisk(stateDir);
   const store = async () => (await c.daemon.getStatus({})).stateStore!;
   const datapathHealth = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
   const writable = (labels: Record<string, string> = {}) =>
@@ -116,18 +68,15 @@ describe("the daemon's own files changed under it are observed and said", kernel
   const names = async () => (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name);
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.3.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.3.1/24' }));
     mkdirSync(stateDir, { recursive: true });
     sh('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', stateDir]);
     await start();
     await c.rules.createRule({ rule: rule('web', PORT, b1) });
     await c.rules.createRule({ rule: rule('web2', PORT2, b2) });
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
+  // Before the lab removes the daemon, its pins and state dir: the pins writable, the tmpfs unmounted.
+  after(() => {
     try {
       chmodSync(pinRoot, 0o700);
     } catch {
@@ -135,11 +84,8 @@ describe("the daemon's own files changed under it are observed and said", kernel
     }
     shQuiet('mount', ['-o', 'remount,rw', stateDir]);
     shQuiet('umount', ['-l', stateDir]); // lazily: the daemon may still hold the database open
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(pinRoot);
-    rmSync(stateDir, { recursive: true, force: true });
   });
+  after(() => lab.destroy());
 
   /** With the disk full: what status, health, metrics, the CLI, a change and the log say. */
   const full = async () => {
