@@ -21,18 +21,7 @@ import {
   type Counters,
   type WatchCountersRequest,
 } from '../../src/gen/xdpctl/v1/counters.js';
-
-/** A deterministic PRNG (mulberry32), so that a failure replays. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../helpers/agree.js';
 
 /**
  * Snapshots of 40 rules x 4 backends and 3 links whose counters change as

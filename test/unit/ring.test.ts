@@ -11,6 +11,26 @@ const EMPTY = -1;
 const members = (spec: [string, number][]): RingMember<string>[] =>
   spec.map(([key, weight]) => ({ key, weight, value: key }));
 const share = (table: string[] | number[], v: string) => table.filter((x) => x === v).length;
+/**
+ * A kernel id table: members with distinct ids (at least `minMembers`, at most 8) and weights 0..50, the table
+ * fillRing gives them, and `tamper`: whether one slot of it was then overwritten (a stranger, a member: shares
+ * may break, or 0).
+ */
+const idRings = (minMembers: number) =>
+  fc
+    .tuple(
+      fc.uniqueArray(fc.integer({ min: 1, max: 200_000 }), { minLength: minMembers, maxLength: 8 }),
+      fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 8, maxLength: 8 }),
+      fc.nat(),
+      fc.integer({ min: 0, max: 300_000 }),
+      fc.boolean(),
+    )
+    .map(([ids, weights, at, other, tamper]) => {
+      const m: RingMember<number>[] = ids.map((id, i) => ({ key: `k${id}`, weight: weights[i], value: id }));
+      const t = fillRing(m, RING_SIZE, 0);
+      if (tamper) t[at % RING_SIZE] = other;
+      return { m, t, tamper };
+    });
 
 describe('ring filling (weighted shares, minimal disruption)', () => {
   it('is deterministic and uses every positive-weight member', () => {
@@ -214,48 +234,28 @@ describe('ring filling (weighted shares, minimal disruption)', () => {
 
   it('ringHolds on kernel id tables (Uint32Array, members found by id) agrees with the generic check', () => {
     fc.assert(
-      fc.property(
-        fc.uniqueArray(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 8 }),
-        fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 8, maxLength: 8 }),
-        fc.nat(),
-        fc.integer({ min: 0, max: 300_000 }),
-        fc.boolean(),
-        (ids, weights, at, other, tamper) => {
-          const m: RingMember<number>[] = ids.map((id, i) => ({ key: `k${id}`, weight: weights[i], value: id }));
-          const t = fillRing(m, RING_SIZE, 0);
-          if (tamper) t[at % RING_SIZE] = other; // a stranger, a member (shares may break) or 0
-          const generic = ringHolds(m, RING_SIZE, 0, [...t]);
-          assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
-          if (!tamper) assert.ok(generic);
-          // Twice: the scratch table is left clean.
-          assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
-        },
-      ),
+      fc.property(idRings(1), ({ m, t, tamper }) => {
+        const generic = ringHolds(m, RING_SIZE, 0, [...t]);
+        assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
+        if (!tamper) assert.ok(generic);
+        // Twice: the scratch table is left clean.
+        assert.equal(ringHolds(m, RING_SIZE, 0, Uint32Array.from(t)), generic);
+      }),
       { numRuns: 300 },
     );
   });
 
   it('idRingHolds on a table read in place (slots 8 bytes apart, as a mapped BPF array) agrees with ringHolds', () => {
     fc.assert(
-      fc.property(
-        fc.uniqueArray(fc.integer({ min: 1, max: 200_000 }), { minLength: 0, maxLength: 8 }),
-        fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 8, maxLength: 8 }),
-        fc.nat(),
-        fc.integer({ min: 0, max: 300_000 }),
-        fc.boolean(),
-        (ids, weights, at, other, tamper) => {
-          const m: RingMember<number>[] = ids.map((id, i) => ({ key: `k${id}`, weight: weights[i], value: id }));
-          const t = fillRing(m, RING_SIZE, 0);
-          if (tamper) t[at % RING_SIZE] = other; // a stranger, a member (shares may break) or 0
-          // Each slot's id followed by 4 bytes of padding that hold garbage: never read as a slot.
-          const mapped = new Uint32Array(2 * RING_SIZE - 1).fill(0xdead);
-          t.forEach((id, s) => (mapped[2 * s] = id));
-          const want = ringHolds(m, RING_SIZE, 0, Uint32Array.from(t));
-          assert.equal(idRingHolds(m, RING_SIZE, 0, mapped, 2), want);
-          assert.equal(idRingHolds(m, RING_SIZE, 0, Uint32Array.from(t), 1), want);
-          assert.equal(idRingHolds(m, RING_SIZE, 0, mapped.subarray(0, 2 * RING_SIZE - 3), 2), false, 'too short');
-        },
-      ),
+      fc.property(idRings(0), ({ m, t }) => {
+        // Each slot's id followed by 4 bytes of padding that hold garbage: never read as a slot.
+        const mapped = new Uint32Array(2 * RING_SIZE - 1).fill(0xdead);
+        t.forEach((id, s) => (mapped[2 * s] = id));
+        const want = ringHolds(m, RING_SIZE, 0, Uint32Array.from(t));
+        assert.equal(idRingHolds(m, RING_SIZE, 0, mapped, 2), want);
+        assert.equal(idRingHolds(m, RING_SIZE, 0, Uint32Array.from(t), 1), want);
+        assert.equal(idRingHolds(m, RING_SIZE, 0, mapped.subarray(0, 2 * RING_SIZE - 3), 2), false, 'too short');
+      }),
       { numRuns: 300 },
     );
   });

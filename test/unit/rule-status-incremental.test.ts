@@ -11,12 +11,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { Controller } from '../../src/server/core/controller.js';
+import type { Controller } from '../../src/server/core/controller.js';
 import type { LinkState, PeerMtu, RedirectTarget } from '../../src/server/core/dataplane.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
-import type { CoreState } from '../../src/server/core/state.js';
 import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
-import { silentLogger } from '../../src/server/log.js';
+import { prng, stateOf, TwoControllers } from '../helpers/agree.js';
 import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
 
 type Peer = { name: string; mac: string; takesOthers: boolean };
@@ -103,18 +102,6 @@ class ScriptedHost extends ModelDataplane {
   }
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Static-MAC backends' addresses, and those of backends given without a MAC (apart: a fact of one is not the other's). */
 const IPS = ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4'];
 const MACLESS_IPS = ['10.0.1.1', '10.0.1.2', '10.0.1.3'];
@@ -122,10 +109,6 @@ const MACS = ['02:00:00:00:01:01', '02:00:00:00:01:02', '02:00:00:00:01:03'];
 const INGRESSES = ['in0', 'in1'];
 const EGRESSES = ['b0', 'b1', 'b2'];
 const STATES = [['REACHABLE'], ['STALE'], ['DELAY'], ['FAILED'], ['INCOMPLETE'], ['PERMANENT']];
-
-function stateOf(c: Controller): CoreState {
-  return (c as unknown as { state: CoreState }).state;
-}
 
 /** What a pass left that anyone can see: every rule with its status and conditions, the problems, the log's memory. */
 function observed(c: Controller): unknown {
@@ -147,15 +130,13 @@ describe('rule statuses judged incrementally', () => {
     it(`agree with checking and judging every rule at every pass (seed ${seed}, ${mode}, 150 steps)`, async () => {
       const rnd = prng(seed);
       const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)];
-      let t = 1_000_000;
-      const hosts = [0, 1].map(() => new ScriptedHost(MODEL_CAPACITY, [...INGRESSES, ...EGRESSES])) as [
-        ScriptedHost,
-        ScriptedHost,
-      ];
-      const [inc, full] = hosts.map(
-        (dp) => new Controller(dp, { mode, fixVethPeers: false, log: silentLogger, now: () => t }),
-      ) as [Controller, Controller];
-      const both = (f: (h: ScriptedHost) => void) => hosts.forEach(f);
+      // The reference: every rule checked and judged, every static MAC judged, at every pass.
+      const pair = new TwoControllers(() => new ScriptedHost(MODEL_CAPACITY, [...INGRESSES, ...EGRESSES]), mode, [
+        'ruleSweptAt',
+        'staticMacSweptAt',
+      ]);
+      const { hosts, inc, full } = pair;
+      const both = (f: (h: ScriptedHost) => void) => pair.both(f);
       const ruleOf = (name: string, i: number): RuleSpec => ({
         name,
         protocol: 'udp',
@@ -251,13 +232,9 @@ describe('rule statuses judged incrementally', () => {
           const r = ruleOf(names[i], i);
           for (const c of [inc, full]) await c.createRule(r).catch((e: Error) => e);
         }
-        t += Math.floor(rnd() * 2500); // grace periods, retries and the sweeps' periods move on
+        pair.now += Math.floor(rnd() * 2500); // grace periods, retries and the sweeps' periods move on
         both((h) => (h.requests.length = 0));
-        // Every rule checked and judged, every static MAC judged, at every pass: the reference.
-        stateOf(full).ruleSweptAt = -Infinity;
-        stateOf(full).staticMacSweptAt = -Infinity;
-        await inc.resync();
-        await full.resync();
+        await pair.pass();
         const ctx = `seed ${seed}, step ${step}`;
         assert.deepEqual(observed(inc), observed(full), `${ctx}: statuses, conditions, problems, transitions`);
         assert.deepEqual(
@@ -270,15 +247,12 @@ describe('rule statuses judged incrementally', () => {
   }
 
   it('agree step by step through the per-backend observations (answers, entries set by hand, held MACs, unverifiable egresses, no ARP)', async () => {
-    let t = 1_000_000;
-    const hosts = [0, 1].map(() => new ScriptedHost(MODEL_CAPACITY, ['in0', ...EGRESSES])) as [
-      ScriptedHost,
-      ScriptedHost,
-    ];
-    const [inc, full] = hosts.map(
-      (dp) => new Controller(dp, { mode: 'native', fixVethPeers: false, log: silentLogger, now: () => t }),
-    ) as [Controller, Controller];
-    const both = (f: (h: ScriptedHost) => void) => hosts.forEach(f);
+    const pair = new TwoControllers(() => new ScriptedHost(MODEL_CAPACITY, ['in0', ...EGRESSES]), 'native', [
+      'ruleSweptAt',
+      'staticMacSweptAt',
+    ]);
+    const { inc, full } = pair;
+    const both = (f: (h: ScriptedHost) => void) => pair.both(f);
     const key = '10.0.1.1@b0';
     const entry = (mac: string) =>
       both((h) => {
@@ -324,11 +298,8 @@ describe('rule statuses judged incrementally', () => {
     const seen = new Set<string>();
     for (const [i, [what, change]] of steps.entries()) {
       change();
-      t += 1000;
-      stateOf(full).ruleSweptAt = -Infinity;
-      stateOf(full).staticMacSweptAt = -Infinity;
-      await inc.resync();
-      await full.resync();
+      pair.now += 1000;
+      await pair.pass();
       assert.deepEqual(observed(inc), observed(full), `step ${i} (${what})`);
       seen.add(inc.getRule('r').status.message);
     }

@@ -9,12 +9,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { Controller } from '../../src/server/core/controller.js';
+import type { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { CoreState, type RuleKernel } from '../../src/server/core/state.js';
 import type { RuleRecord } from '../../src/server/core/model.js';
 import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
-import { silentLogger } from '../../src/server/log.js';
+import { prng, stateOf, TwoControllers } from '../helpers/agree.js';
 import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
 
 type Peer = { name: string; mac: string; takesOthers: boolean };
@@ -46,26 +46,10 @@ class ScriptedHost extends ModelDataplane {
   }
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const IPS = ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5'];
 const MACS = ['02:00:00:00:01:01', '02:00:00:00:01:02', '02:00:00:00:01:03'];
 const EGRESSES = ['b0', 'b1', 'b2'];
 const STATES = [['REACHABLE'], ['STALE'], ['DELAY'], ['PROBE'], ['FAILED'], ['INCOMPLETE'], ['PERMANENT']];
-
-function stateOf(c: Controller): CoreState {
-  return (c as unknown as { state: CoreState }).state;
-}
 
 /** What a pass left: kept verdicts, conflicts, unverified texts, and each rule's status. */
 function observed(c: Controller): unknown {
@@ -84,14 +68,11 @@ describe('static MACs judged incrementally', () => {
     it(`agree with judging every backend at every pass (seed ${seed}, 150 steps)`, async () => {
       const rnd = prng(seed);
       const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)];
-      let t = 1_000_000;
-      const hosts = [0, 1].map(() => new ScriptedHost(MODEL_CAPACITY, ['in0', 'in1', ...EGRESSES])) as [
-        ScriptedHost,
-        ScriptedHost,
-      ];
-      const [inc, full] = hosts.map(
-        (dp) => new Controller(dp, { mode: 'generic', fixVethPeers: false, log: silentLogger, now: () => t }),
-      ) as [Controller, Controller];
+      // The reference: every backend judged at every pass.
+      const pair = new TwoControllers(() => new ScriptedHost(MODEL_CAPACITY, ['in0', 'in1', ...EGRESSES]), 'generic', [
+        'staticMacSweptAt',
+      ]);
+      const { hosts, inc, full } = pair;
       const ruleOf = (name: string, i: number): RuleSpec => ({
         name,
         protocol: 'udp',
@@ -113,7 +94,7 @@ describe('static MACs judged incrementally', () => {
         const r = ruleOf(n, i);
         for (const c of [inc, full]) await c.createRule(r);
       }
-      const both = (f: (h: ScriptedHost) => void) => hosts.forEach(f);
+      const both = (f: (h: ScriptedHost) => void) => pair.both(f);
       for (let step = 0; step < 150; step++) {
         const what = rnd();
         const ip = pick(IPS);
@@ -155,11 +136,9 @@ describe('static MACs judged incrementally', () => {
           const r = ruleOf(names[i], i);
           for (const c of [inc, full]) await c.createRule(r).catch((e: Error) => e);
         }
-        t += Math.floor(rnd() * 2500); // ages, grace periods and the full sweep's period move on
+        pair.now += Math.floor(rnd() * 2500); // ages, grace periods and the full sweep's period move on
         both((h) => (h.requests.length = 0));
-        stateOf(full).staticMacSweptAt = -Infinity; // every backend judged at every pass: the reference
-        await inc.resync();
-        await full.resync();
+        await pair.pass();
         const ctx = `seed ${seed}, step ${step}`;
         assert.deepEqual(observed(inc), observed(full), `${ctx}: verdicts and statuses`);
         assert.deepEqual(

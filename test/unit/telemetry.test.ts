@@ -151,6 +151,24 @@ describe('OTEL_METRICS_EXPORTER=prometheus', () => {
   });
 });
 
+/**
+ * The datapath instruments of `hub` registered on a meter that a pull reader reads; `fn` with the reader; then
+ * the instruments unregistered, the hub closed and the provider shut down, even when `fn` failed.
+ */
+async function withDatapathMetrics(hub: CounterHub, fn: (reader: PullReader) => Promise<void>): Promise<void> {
+  const producer = new DatapathMetricProducer();
+  const reader = new PullReader({ metricProducers: [producer] });
+  const provider = new MeterProvider({ readers: [reader] });
+  const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
+  try {
+    await fn(reader);
+  } finally {
+    unregister();
+    hub.close();
+    await provider.shutdown();
+  }
+}
+
 describe('Prometheus text written a slice at a time', () => {
   it('every point once, each family one group with one TYPE line, other tasks run between slices', async () => {
     const n = 3 * EXPOSITION_SLICE + 17;
@@ -174,11 +192,7 @@ describe('Prometheus text written a slice at a time', () => {
       }),
       20,
     );
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
-    try {
+    await withDatapathMetrics(hub, async (reader) => {
       const { resourceMetrics } = await reader.collect();
       const chunks: string[] = [];
       const out = new Writable({
@@ -224,11 +238,7 @@ describe('Prometheus text written a slice at a time', () => {
         'target_info once, first',
       );
       assert.equal(lines.filter((l) => l.startsWith('target_info')).length, 1);
-    } finally {
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 });
 
@@ -291,11 +301,7 @@ describe('datapath metrics', () => {
 
   it('reports rule, backend, link and verdict counters from one hub read per collection', async () => {
     const hub = new CounterHub(snap, 20);
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
-    try {
+    await withDatapathMetrics(hub, async (reader) => {
       const { resourceMetrics: rm } = await reader.collect();
       assert.equal(hub.reads, 1, 'one kernel read for every instrument');
       assert.deepEqual(
@@ -322,11 +328,7 @@ describe('datapath metrics', () => {
         [{ 'xdpctl.verdict': 'redirect' }, 10],
       );
       assert.deepEqual(points(rm, DATAPATH_METRICS.hubReads), [[{}, 1]]);
-    } finally {
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 
   it('redirect errors per rule, backend and link, and the datapath errors by kind, with their Prometheus names', async () => {
@@ -354,11 +356,7 @@ describe('datapath metrics', () => {
       global: [0n, 0n, 0n, 0n, 25n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 10n, 9n, 2n],
     };
     const hub = new CounterHub(() => ({ ...errors, time: Date.now() }), 20);
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
-    try {
+    await withDatapathMetrics(hub, async (reader) => {
       const { resourceMetrics: rm } = await reader.collect();
       assert.deepEqual(points(rm, DATAPATH_METRICS.ruleRedirectErrors), [[{ 'xdpctl.rule': 'web' }, 7]]);
       assert.deepEqual(points(rm, DATAPATH_METRICS.backendRedirectErrors), [
@@ -402,47 +400,38 @@ describe('datapath metrics', () => {
       );
       assert.match(text, /^xdpctl_datapath_errors_total\{xdpctl_error="xmit",otel_scope_name="t"\} 10$/m);
       assert.match(text, /^# HELP xdpctl_backend_redirect_errors_total .*xdp:xdp_redirect_err/m);
-    } finally {
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 
   it('while watches run, collections reuse their reads: reads do not grow with watchers or exports', async () => {
     const hub = new CounterHub(snap, 20);
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
     const ac = new AbortController();
-    try {
-      // 100 watchers at 200 ms: one shared read every 200 ms.
-      const watches = Array.from({ length: 100 }, async () => {
-        for await (const _ of hub.watch(200, ac.signal)) void _;
-      });
-      await new Promise((r) => setTimeout(r, 50));
-      const before = hub.reads;
-      const t0 = Date.now();
-      // 20 exports, each further apart than the hub's tick: a per-export read would show.
-      for (let i = 0; i < 20; i++) {
-        await reader.collect();
-        await new Promise((r) => setTimeout(r, 30));
+    await withDatapathMetrics(hub, async (reader) => {
+      try {
+        // 100 watchers at 200 ms: one shared read every 200 ms.
+        const watches = Array.from({ length: 100 }, async () => {
+          for await (const _ of hub.watch(200, ac.signal)) void _;
+        });
+        await new Promise((r) => setTimeout(r, 50));
+        const before = hub.reads;
+        const t0 = Date.now();
+        // 20 exports, each further apart than the hub's tick: a per-export read would show.
+        for (let i = 0; i < 20; i++) {
+          await reader.collect();
+          await new Promise((r) => setTimeout(r, 30));
+        }
+        const { resourceMetrics: rm } = await reader.collect();
+        const reads = hub.reads - before;
+        const ticks = Math.ceil((Date.now() - t0) / 200) + 1;
+        assert.ok(reads <= ticks, `21 exports and 100 watchers made ${reads} reads in ${ticks} watch ticks`);
+        assert.deepEqual(points(rm, DATAPATH_METRICS.hubWatchers), [[{}, 100]]);
+        assert.deepEqual(points(rm, DATAPATH_METRICS.hubReads), [[{}, hub.reads]]);
+        ac.abort();
+        await Promise.all(watches);
+      } finally {
+        ac.abort();
       }
-      const { resourceMetrics: rm } = await reader.collect();
-      const reads = hub.reads - before;
-      const ticks = Math.ceil((Date.now() - t0) / 200) + 1;
-      assert.ok(reads <= ticks, `21 exports and 100 watchers made ${reads} reads in ${ticks} watch ticks`);
-      assert.deepEqual(points(rm, DATAPATH_METRICS.hubWatchers), [[{}, 100]]);
-      assert.deepEqual(points(rm, DATAPATH_METRICS.hubReads), [[{}, hub.reads]]);
-      ac.abort();
-      await Promise.all(watches);
-    } finally {
-      ac.abort();
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 });
 
@@ -477,12 +466,8 @@ describe('datapath metrics: exactly the objects of the latest read', () => {
   it('a deleted rule and its backends leave the next export; a new one starts its own sum', async () => {
     let names = ['keep', 'gone'];
     const hub = new CounterHub(() => rules(names), 20, 0);
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
     const seen = (rm: ResourceMetrics, metric: string, attr: string) => points(rm, metric).map(([a]) => a[attr]);
-    try {
+    await withDatapathMetrics(hub, async (reader) => {
       let { resourceMetrics: rm } = await reader.collect();
       assert.deepEqual([...new Set(seen(rm, DATAPATH_METRICS.rulePackets, 'xdpctl.rule'))], ['keep', 'gone']);
       const startOf = (r: ResourceMetrics, rule: string) =>
@@ -503,21 +488,13 @@ describe('datapath metrics: exactly the objects of the latest read', () => {
       const text = new PrometheusSerializer().serialize(rm);
       assert.doesNotMatch(text, /xdpctl_rule="gone"/);
       assert.match(text, /xdpctl_rule_packets_total\{xdpctl_rule="new",xdpctl_outcome="matched"/);
-    } finally {
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 
   it('10 000 rules x 4 backends: every series with its own value, none folded into an overflow series', async () => {
     const names = Array.from({ length: 10_000 }, (_, i) => `r${i}`);
     const hub = new CounterHub(() => rules(names), 20);
-    const producer = new DatapathMetricProducer();
-    const reader = new PullReader({ metricProducers: [producer] });
-    const provider = new MeterProvider({ readers: [reader] });
-    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 't' }, producer);
-    try {
+    await withDatapathMetrics(hub, async (reader) => {
       const { resourceMetrics: rm } = await reader.collect();
       const rp = points(rm, DATAPATH_METRICS.rulePackets);
       assert.equal(rp.length, 40_000);
@@ -530,11 +507,7 @@ describe('datapath metrics: exactly the objects of the latest read', () => {
       const text = new PrometheusSerializer().serialize(rm);
       assert.doesNotMatch(text, /overflow/);
       assert.equal(text.split('\n').filter((l) => l.startsWith('xdpctl_backend_bytes_total{')).length, 40_000);
-    } finally {
-      unregister();
-      hub.close();
-      await provider.shutdown();
-    }
+    });
   });
 });
 
