@@ -27,6 +27,14 @@
  * the checks the apply runs before writing anything, and loaded again when their verdict, or what the host
  * shows of an interface the file names, changes (see {@link ConfigWatcher.watchRefusal}).
  *
+ * A file still being written is neither applied nor refused: before each apply the daemon asks whether a
+ * process holds the file open for writing (dataplane/file-writers.ts: the kernel, through a read lease; else
+ * /proc), and while one does the status says BeingWritten (who, seen since when, the text's SHA-256), the last
+ * good configuration keeps running, and the file is looked at every {@link WRITER_POLL_MS} (a close raises no
+ * event here) until no process holds it; after {@link WRITER_WAIT_MS} its text is applied as it is, with a
+ * warning that a writer still held it. Events only say that something changed; whether the text is whole is
+ * asked of the kernel (a writer that pauses longer than any debounce is still seen).
+ *
  * A file without a `links:` (or `rules:`) section is not applied while the
  * configuration in force has links (rules): a file cut short by a writer that
  * does not replace it atomically, or an edit that dropped the section, is not
@@ -35,12 +43,13 @@
  */
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, readlink, realpath, stat } from 'node:fs/promises';
+import { open, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig, type FieldViolation } from '../shared/config-file.js';
 import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
+import { writersOf, type WritersSeen } from './dataplane/file-writers.js';
 import type { Logger } from './log.js';
 
 const DEBOUNCE_MS = 150;
@@ -49,6 +58,15 @@ export const VERIFY_MS = 2000;
 const RETRY_MS = 400;
 /** How often a file refused for a missing interface is tried again (the reconciler follows interfaces within 1 s). */
 export const MISSING_RETRY_MS = 1000;
+/**
+ * How long a text is kept from being applied while a process holds the file open for writing (ms): after
+ * that it is applied as it is, and the log says that a writer still held the file open.
+ */
+export const WRITER_WAIT_MS = 10_000;
+/** How often the file is looked at while a writer holds it open (closing a file raises no event we get). */
+const WRITER_POLL_MS = 100;
+/** The same with /proc only (no lease): each look reads every process's descriptors. */
+const WRITER_POLL_PROC_MS = 250;
 
 export interface ConfigStatus {
   path: string;
@@ -74,7 +92,8 @@ export type RefusalReason =
   | 'Unreadable'
   | 'PreconditionFailed'
   | 'TableFull'
-  | 'NotApplied';
+  | 'NotApplied'
+  | 'BeingWritten';
 
 /**
  * Whether the file on disk is in force, as last observed (daemon.proto ConfigFileStatus): what the
@@ -157,6 +176,12 @@ export class ConfigWatcher {
   private closed = false;
   /** The text last refused, with lastError: the same refusal of the same text is said once. */
   private refusedText?: string;
+  /** A process holds the file open for writing: since when, who (in words), whether the wait was logged. */
+  private writing?: { since: number; who: string; logged: boolean };
+  /** Whether a read lease may be asked (false once the kernel refused one: /proc is read instead). */
+  private lease = true;
+  /** What made the writers' check less than complete, said once each. */
+  private readonly writerLimits = new Set<string>();
 
   /** Whether the file on disk is in force, and since when; see {@link report}. */
   private state: {
@@ -329,11 +354,101 @@ export class ConfigWatcher {
     }, ms);
   }
 
+  /**
+   * Read the file, and whether a process holds it open for writing before or after the read (one descriptor
+   * for all: the same inode). `changed`: its size or times moved during the read (a write in between).
+   */
+  private async read(): Promise<{ text: string; seen: WritersSeen; changed: boolean }> {
+    const fh = await open(this.status.path, 'r');
+    try {
+      const ask = async (): Promise<WritersSeen> => {
+        const w = await writersOf(fh, this.lease, !this.writing);
+        if (w.leaseError !== undefined && this.lease) {
+          this.lease = false;
+          this.log.warn(
+            { config: this.status.path, lease: w.leaseError },
+            `cannot ask the kernel whether a process holds ${this.status.path} open for writing (a read lease is refused: ${w.leaseError}): /proc is read instead (${w.limits})`,
+          );
+        } else if (w.open === undefined && !this.writerLimits.has(w.limits)) {
+          this.writerLimits.add(w.limits);
+          this.log.warn(
+            { config: this.status.path },
+            `cannot tell whether a process holds ${this.status.path} open for writing (${w.limits}): its text is applied as read`,
+          );
+        }
+        return w;
+      };
+      const mark = async () => {
+        const st = await fh.stat({ bigint: true });
+        return `${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      };
+      const before = await ask();
+      const m0 = await mark();
+      const text = await fh.readFile('utf8');
+      const changed = (await mark()) !== m0;
+      const seen = before.open ? before : await ask();
+      return { text, seen, changed };
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * A process holds the file open for writing: the text may be half-written. Within {@link WRITER_WAIT_MS}
+   * of the first look that saw it, nothing of it is applied (nor refused): the status says who holds it and
+   * since when, the last good configuration keeps running, and the file is looked at again every
+   * {@link WRITER_POLL_MS} (a close raises no event here). `wait` while waiting; otherwise `note` says, for
+   * the apply's log, that the writer is gone or (`late`) still holds the file after the bound.
+   */
+  private waitForWriter(seen: WritersSeen, text: string): { wait: boolean; note?: string; late?: boolean } {
+    const now = Date.now();
+    const iso = (t: number) => new Date(t).toISOString();
+    if (!seen.open) {
+      if (!this.writing) return { wait: false };
+      const note = `no process holds it open for writing any more, ${((now - this.writing.since) / 1000).toFixed(1)} s after ${this.writing.who} was seen holding it`;
+      this.writing = undefined;
+      return { wait: false, note };
+    }
+    if (!this.writing) {
+      const who = seen.writers.length
+        ? seen.writers.map((w) => `pid ${w.pid} (${w.command})`).join(', ')
+        : `a process (${seen.limits})`;
+      this.writing = { since: now, who, logged: false };
+    }
+    const { since, who } = this.writing;
+    const until = since + WRITER_WAIT_MS;
+    const by = seen.how === 'lease' ? 'the kernel says so: it refuses a read lease' : `seen in /proc; ${seen.limits}`;
+    if (now >= until) {
+      return {
+        wait: false,
+        late: true,
+        note: `${who} still holds it open for writing after ${WRITER_WAIT_MS / 1000} s (since ${iso(since)}; ${by}): the text is applied as it is now`,
+      };
+    }
+    const message = `config ${this.status.path} is being written: ${who} holds it open for writing (seen since ${iso(since)}; ${by}); not applied until no process does, at most until ${iso(until)}`;
+    // Not a refusal of this text: whatever it becomes is judged again once written.
+    this.refusedText = undefined;
+    this.refused('BeingWritten', message, [], text);
+    // Nothing of any configuration runs (a first start while the file is being written): not "as desired".
+    if (this.status.applied === undefined && this.ctl.desiredEmpty) {
+      this.ctl.setConfigProblem(`${message}; no configuration runs`);
+    }
+    if (!this.writing.logged) {
+      this.writing.logged = true;
+      this.log.info(
+        { config: this.status.path, reason: 'BeingWritten', running: this.report().running },
+        `${message}; the last good configuration keeps running (${this.report().running})`,
+      );
+    }
+    this.schedule(seen.how === 'lease' ? WRITER_POLL_MS : WRITER_POLL_PROC_MS, false);
+    return { wait: true };
+  }
+
   /** `because`: why a refused file is loaded again (the re-evaluation), said with it when it applies. */
   private async load(retried: boolean, because?: string): Promise<void> {
-    let text: string;
+    let r: Awaited<ReturnType<ConfigWatcher['read']>>;
     try {
-      text = await readFile(this.status.path, 'utf8');
+      r = await this.read();
     } catch (e) {
       // Between an editor's unlink and rename the file may be missing.
       if (!retried) return this.schedule(RETRY_MS, true);
@@ -342,9 +457,20 @@ export class ConfigWatcher {
         problems: [{ field: '', description: (e as Error).message }],
       });
     }
-    // Unchanged and in force: nothing to do. After a refusal the same text is applied again (the kernel holds
-    // the last good configuration, which may be this very text: re-applying it is a no-op or a repair).
-    if (text === this.status.applied && this.status.lastError === undefined) return this.inForce();
+    const text = r.text;
+    // Written to while read: read again (the write's own event may have come before the read).
+    if (r.changed) return this.schedule(DEBOUNCE_MS, false);
+    // Unchanged and in force: nothing to do, whoever holds it open. After a refusal the same text is applied
+    // again (the kernel holds the last good configuration, which may be this very text: re-applying it is a
+    // no-op or a repair).
+    if (text === this.status.applied && this.status.lastError === undefined) {
+      this.writing = undefined;
+      return this.inForce();
+    }
+    const w = this.waitForWriter(r.seen, text);
+    if (w.wait) return;
+    const written = w.note;
+    const late = w.late === true;
     if (isEmptyConfig(text)) {
       if (!retried) return this.schedule(RETRY_MS, true);
       // A warning, not an error: what an editor leaves for a moment; nothing is wrong with what runs.
@@ -396,10 +522,12 @@ export class ConfigWatcher {
       this.refusedText = undefined;
       this.ctl.setConfigProblem(undefined);
       this.inForce();
-      this.log.info(
+      // A warning when applied past the bound while a process still holds the file open for writing.
+      this.log[late ? 'warn' : 'info'](
         {
           config: this.status.path,
           ...(because ? { after: because } : {}),
+          ...(written ? { written } : {}),
           // The whole configuration now in force, then what this file changed.
           configuration: {
             links: cfg.links.map((l) => `${l.a} ${l.direction === 'both' ? '<->' : '->'} ${l.b}`),

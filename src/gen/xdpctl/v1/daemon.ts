@@ -93,7 +93,8 @@ export interface ConfigFileStatus {
    * Whether the text now on disk is applied: the datapath runs what it
    * says. False while the file is refused (bad YAML, a value that fails
    * validation, an interface that does not exist, a missing section while
-   * entries run, an empty file, a change the kernel refuses): the datapath
+   * entries run, an empty file, a change the kernel refuses), and while a
+   * process holds it open for writing (reason "BeingWritten"): the datapath
    * then runs the last good configuration (`running`).
    */
   inForce: boolean;
@@ -104,8 +105,13 @@ export interface ConfigFileStatus {
    * "InvalidValue" (a value validation refuses), "InterfaceMissing",
    * "SectionMissing" (no `links:` or `rules:` while entries run), "Empty",
    * "Unreadable", "PreconditionFailed" (e.g. an egress that cannot take
-   * native redirects), "TableFull" or "NotApplied" (another refusal);
-   * message: the refusal as logged. last_transition_time: since when the
+   * native redirects), "TableFull" or "NotApplied" (another refusal), or
+   * "BeingWritten": not a refusal, a wait; a process holds the file open for
+   * writing, so its text may be half-written and is neither applied nor
+   * refused until no process does (at most 10 s, then it is applied as it
+   * is); the message names the writer (pid and command, when visible) and
+   * since when, refused_sha256 is the text seen so far; message: the
+   * refusal as logged. last_transition_time: since when the
    * file on disk is (or is not) in force. A refusal for what the host is
    * (an interface missing, an egress that cannot take native redirects, a
    * device in use) is looked at again every second with the checks the
