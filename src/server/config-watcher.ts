@@ -178,9 +178,7 @@ export class ConfigWatcher {
   private refusedText?: string;
   /** A process holds the file open for writing: since when, who (in words), whether the wait was logged. */
   private writing?: { since: number; who: string; logged: boolean };
-  /** Whether a read lease may be asked (false once the kernel refused one: /proc is read instead). */
-  private lease = true;
-  /** What made the writers' check less than complete, said once each. */
+  /** What made the writers' check less than complete (a lease refused, and why), said once each. */
   private readonly writerLimits = new Set<string>();
 
   /** Whether the file on disk is in force, and since when; see {@link report}. */
@@ -362,12 +360,12 @@ export class ConfigWatcher {
     const fh = await open(this.status.path, 'r');
     try {
       const ask = async (): Promise<WritersSeen> => {
-        const w = await writersOf(fh, this.lease, !this.writing);
-        if (w.leaseError !== undefined && this.lease) {
-          this.lease = false;
+        const w = await writersOf(fh, !this.writing);
+        if (w.leaseError !== undefined && !this.writerLimits.has(`lease ${w.leaseError}`)) {
+          this.writerLimits.add(`lease ${w.leaseError}`);
           this.log.warn(
             { config: this.status.path, lease: w.leaseError },
-            `cannot ask the kernel whether a process holds ${this.status.path} open for writing (a read lease is refused: ${w.leaseError}): /proc is read instead (${w.limits})`,
+            `cannot ask the kernel whether a process holds ${this.status.path} open for writing (a read lease is refused: ${w.leaseError}): /proc is read instead (${w.limits}); without CAP_LEASE a lease needs the file to be the daemon's user's`,
           );
         } else if (w.open === undefined && !this.writerLimits.has(w.limits)) {
           this.writerLimits.add(w.limits);

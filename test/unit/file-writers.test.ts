@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { writersOf } from '../../src/server/dataplane/file-writers.js';
+import { procWriters, writersOf } from '../../src/server/dataplane/file-writers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'xdpctl-writers-'));
 const file = join(dir, 'links.yaml');
@@ -31,10 +31,14 @@ async function holder(code: string): Promise<ChildProcess> {
   return child;
 }
 
+/** The kernel's answer (`lease`: writersOf, which asks it first), or /proc's alone (procWriters). */
 async function ask(lease: boolean) {
   const fh = await open(file, 'r');
   try {
-    return await writersOf(fh, lease);
+    if (lease) return await writersOf(fh);
+    const st = await fh.stat({ bigint: true });
+    const { writers } = await procWriters(st.dev, st.ino);
+    return { open: writers.length > 0, writers, how: '/proc', limits: '' };
   } finally {
     await fh.close();
   }

@@ -116,34 +116,28 @@ export async function procWriters(dev: bigint, ino: bigint): Promise<{ writers: 
 }
 
 /**
- * Whether a process holds the file behind `fh` open for writing, who, and how it was told. `lease`: ask
- * the kernel (false: it refused before; /proc only). `name`: read /proc for who, when the kernel says one does.
+ * Whether a process holds the file behind `fh` open for writing, who, and how it was told: the kernel first
+ * (a lease), /proc when it refuses the lease (`leaseError` says why). `name`: read /proc for who, when the
+ * kernel says one does.
  */
-export async function writersOf(
-  fh: FileHandle,
-  lease: boolean,
-  name = true,
-): Promise<WritersSeen & { leaseError?: string }> {
+export async function writersOf(fh: FileHandle, name = true): Promise<WritersSeen & { leaseError?: string }> {
   const st = await fh.stat({ bigint: true });
   if (!st.isFile()) return { open: undefined, writers: [], how: 'none', limits: 'not a regular file' };
-  let leaseError: string | undefined;
-  if (lease) {
-    const kernel = leaseProbe(fh);
-    if (kernel === 'none') return { open: false, writers: [], how: 'lease', limits: '' };
-    if (kernel === 'open') {
-      if (!name) return { open: true, writers: [], how: 'lease', limits: '' };
-      const { writers } = await procWriters(st.dev, st.ino);
-      return {
-        open: true,
-        writers,
-        how: 'lease',
-        limits: writers.length
-          ? ''
-          : 'no process visible here has a descriptor to it: one in another PID namespace, or a writable shared mapping',
-      };
-    }
-    leaseError = kernel;
+  const kernel = leaseProbe(fh);
+  if (kernel === 'none') return { open: false, writers: [], how: 'lease', limits: '' };
+  if (kernel === 'open') {
+    if (!name) return { open: true, writers: [], how: 'lease', limits: '' };
+    const { writers } = await procWriters(st.dev, st.ino);
+    return {
+      open: true,
+      writers,
+      how: 'lease',
+      limits: writers.length
+        ? ''
+        : 'no process visible here has a descriptor to it: one in another PID namespace, or a writable shared mapping',
+    };
   }
+  const leaseError = kernel;
   const { writers, unreadable } = await procWriters(st.dev, st.ino);
   if (unreadable < 0) return { open: undefined, writers, how: 'none', limits: '/proc is not readable', leaseError };
   return {
