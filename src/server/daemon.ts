@@ -56,6 +56,8 @@ import {
   pathTaken,
   pinRootOwnership,
   lockInstance,
+  liveDatapathOwners,
+  DatapathInUseError,
   makeDirs,
   removeCreatedDirs,
   removeOwnSocket,
@@ -319,6 +321,12 @@ export class Daemon {
       // A lock file can be removed by hand: a socket path that a live process serves on is refused
       // here too, before anything is loaded (and checked again just before its listener is made).
       for (const a of [...opts.listen, ...httpListen]) if (a.startsWith('unix:')) await assertSocketNotLive(a.slice(5));
+      // One daemon per datapath by its kernel objects, not by path: the maps and programs pinned here,
+      // by id, must not be held by another live xdpctld (a pin root renamed under it, pins moved or
+      // pinned again elsewhere). Refused before anything is read or changed, --reset-datapath or not.
+      const ids = XdpDatapath.pinnedObjectIds(opts.pinRoot);
+      const owners = liveDatapathOwners(ids.maps, ids.progs);
+      if (owners.length) throw new DatapathInUseError(opts.pinRoot, owners);
       // Refuse to wipe a datapath that forwards with state this daemon does not have, before anything
       // in the kernel is opened or changed: what the pins in use hold (of any capacity or layout: a
       // --max-rules change migrates from them, and would otherwise start on new, empty maps).
@@ -923,6 +931,14 @@ export class Daemon {
           `pin root ${pinRoot} was removed or replaced under the running daemon: ` +
             (r === 'created' ? 'created again (0700)' : 'the directory now there checked (0700, ours)') +
             ' and locked again (a second daemon on it is refused)',
+        );
+      }
+      for (const to of this.lock?.renamedPinRoots() ?? []) {
+        this.log.warn(
+          { pinRoot, renamedTo: to },
+          `pin root ${pinRoot} was renamed to ${to} under the running daemon: the pins there still name this ` +
+            `daemon's live maps and program, so ${to} stays locked by this daemon until it exits (a second ` +
+            'daemon on it is refused, --reset-datapath or not); its pins are left as they are',
         );
       }
       // Made writable by others (chmod 777) or given to another user under the running daemon: what a

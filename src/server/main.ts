@@ -126,7 +126,8 @@ const program = new Command('xdpctld')
   .option(
     '--reset-datapath',
     'when the state store is missing, belongs to another pin root, or --no-state is given, but the pinned datapath ' +
-      'still holds rules or links, clear them and detach the program instead of refusing to start',
+      'still holds rules or links, clear them and detach the program instead of refusing to start (never when a live ' +
+      'xdpctld uses those maps or program, under whatever path: that start is refused, naming it)',
     false,
   )
   .option(

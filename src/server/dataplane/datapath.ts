@@ -16,7 +16,17 @@
  * adopts it without loading and verifying the same code again.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+import {
+  type Dirent,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  statSync,
+  unlinkSync,
+} from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 import { silentLogger, type Logger } from '../log.js';
@@ -737,6 +747,46 @@ export class XdpDatapath {
       matches: countPinnedKeys(join(dir, MAP_DEFS.ruleMatch[0])) ?? 0,
       links: countPinnedKeys(join(dir, MAP_DEFS.xcLinks[0])) ?? 0,
     };
+  }
+
+  /**
+   * The kernel ids of every map and program pinned under `pinRoot` (maps, maps_next, progs, tracepoint
+   * links: each pin opened with BPF_OBJ_GET and named by its fdinfo map_id / prog_id), nothing read or
+   * written. What a start checks against the live daemons' descriptors: a datapath is its kernel
+   * objects, not the path they are reached by.
+   */
+  static pinnedObjectIds(pinRoot: string): { maps: Set<number>; progs: Set<number> } {
+    const out = { maps: new Set<number>(), progs: new Set<number>() };
+    const walk = (dir: string, depth: number) => {
+      let entries: Dirent[];
+      try {
+        entries = readdirSync(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const path = join(dir, e.name);
+        if (e.isDirectory()) {
+          if (depth < 4) walk(path, depth + 1);
+          continue;
+        }
+        const fd = lib.bpf_obj_get(path) as number;
+        if (fd < 0) continue;
+        try {
+          const info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+          const map = /^map_id:\s*(\d+)/m.exec(info);
+          if (map) out.maps.add(Number(map[1]));
+          const prog = /^prog_id:\s*(\d+)/m.exec(info);
+          if (prog) out.progs.add(Number(prog[1]));
+        } catch {
+          // no fdinfo: nothing known of it
+        } finally {
+          closeFd(fd);
+        }
+      }
+    };
+    walk(pinRoot, 0);
+    return out;
   }
 
   /** Where the program is pinned. */

@@ -257,6 +257,129 @@ function otherFlocks(): Map<string, number> {
   return out;
 }
 
+/** A live xdpctld that holds some of the given BPF objects open (see {@link liveDatapathOwners}). */
+export interface DatapathOwner {
+  pid: number;
+  command?: string;
+  /** The bpffs directories it holds a flock on (its pin root, and any it kept after a rename), as named now. */
+  pinRoots: string[];
+  /** Which of the asked map and program ids it holds open. */
+  maps: number[];
+  progs: number[];
+}
+
+/**
+ * Kernel view: the other live xdpctld processes that use any of these maps or programs (by kernel id,
+ * whatever path they are pinned at, or none). An xdpctld is known by what the kernel shows of it: it
+ * holds a flock on a directory on bpffs (its pin root: /proc/locks and its descriptors) and descriptors of
+ * BPF maps and programs (anon_inode:bpf-map / bpf-prog / bpf-link, whose /proc/PID/fdinfo gives map_id and
+ * prog_id). Only processes holding a flock are looked at; a tool that merely opened a map (bpftool) is not
+ * an owner. An exited daemon holds nothing: its datapath, attached and pinned, has no live owner.
+ */
+export function liveDatapathOwners(maps: ReadonlySet<number>, progs: ReadonlySet<number>): DatapathOwner[] {
+  if (maps.size === 0 && progs.size === 0) return [];
+  const byPid = new Map<number, Set<string>>();
+  for (const [key, pid] of otherFlocksAll()) {
+    if (!byPid.has(pid)) byPid.set(pid, new Set());
+    byPid.get(pid)!.add(key);
+  }
+  const out: DatapathOwner[] = [];
+  for (const [pid, locked] of byPid) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    const owner: DatapathOwner = { pid, pinRoots: [], maps: [], progs: [] };
+    for (const fd of fds) {
+      let target: string;
+      try {
+        target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue; // closed meanwhile
+      }
+      if (target.startsWith('anon_inode:bpf-')) {
+        let info: string;
+        try {
+          info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+        } catch {
+          continue;
+        }
+        const map = /^map_id:\s*(\d+)/m.exec(info);
+        if (map && maps.has(Number(map[1])) && !owner.maps.includes(Number(map[1]))) owner.maps.push(Number(map[1]));
+        const prog = /^prog_id:\s*(\d+)/m.exec(info);
+        if (prog && progs.has(Number(prog[1])) && !owner.progs.includes(Number(prog[1])))
+          owner.progs.push(Number(prog[1]));
+      } else if (target.startsWith('/')) {
+        try {
+          const st = statSync(`/proc/${pid}/fd/${fd}`);
+          if (st.isDirectory() && locked.has(`${devPair(st.dev)}:${st.ino}`) && isBpffs(`/proc/${pid}/fd/${fd}`)) {
+            owner.pinRoots.push(target.replace(/ \(deleted\)$/, ''));
+          }
+        } catch {
+          // closed meanwhile
+        }
+      }
+    }
+    if (owner.pinRoots.length && (owner.maps.length || owner.progs.length)) {
+      owner.command = commandOf(pid);
+      owner.maps.sort((a, b) => a - b);
+      owner.progs.sort((a, b) => a - b);
+      out.push(owner);
+    }
+  }
+  return out;
+}
+
+/** Kernel view: every FLOCK of another process as ["major:minor:ino", pid] (one inode may have several). */
+function otherFlocksAll(): [string, number][] {
+  const out: [string, number][] = [];
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return out;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'FLOCK' || f.length < 6) continue;
+    const pid = Number(f[4]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    const [ma, mi, ino] = f[5].split(':');
+    out.push([`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`, pid]);
+  }
+  return out;
+}
+
+/** The refusal of a start whose pinned datapath a live xdpctld uses (see {@link liveDatapathOwners}). */
+export class DatapathInUseError extends Error {
+  override readonly name = 'DatapathInUseError';
+  constructor(
+    readonly pinRoot: string,
+    readonly owners: DatapathOwner[],
+  ) {
+    const who = owners
+      .map(
+        (o) =>
+          `pid ${o.pid}${o.command ? ` "${o.command}"` : ''}, pin root ${o.pinRoots.join(' and ')}, holding ` +
+          [
+            o.maps.length ? `map id${o.maps.length === 1 ? '' : 's'} ${o.maps.join(', ')}` : '',
+            o.progs.length ? `program id${o.progs.length === 1 ? '' : 's'} ${o.progs.join(', ')}` : '',
+          ]
+            .filter(Boolean)
+            .join(' and '),
+      )
+      .join('; ');
+    super(
+      `the datapath pinned under ${pinRoot} is in use by another xdpctld (${who}): its maps and program are ` +
+        'the same kernel objects, whatever path they are pinned at. One daemon per datapath, and ' +
+        "--reset-datapath never takes a live daemon's datapath: stop that daemon first, or give this one " +
+        'its own --pin-root',
+    );
+  }
+}
+
 /** How deep and how many directories {@link refuseNestedPinRoot} looks under a pin root. */
 const NESTED_MAX_DEPTH = 8;
 const NESTED_MAX_DIRS = 4096;
@@ -322,6 +445,11 @@ export function refuseNestedPinRoot(pinRoot: string): void {
 export interface DirectoryLock extends HeldLock {
   /** Whether the locked directory is still at its path (not removed, nor replaced by another one). */
   current(): boolean;
+  /**
+   * Where the locked directory is now, as the kernel names it (readlink of the held descriptor: a
+   * rename is followed), or undefined when it was removed (no link left) or the lock was released.
+   */
+  whereNow(): string | undefined;
 }
 
 /**
@@ -347,6 +475,16 @@ export function lockDirectory(path: string, what: string): DirectoryLock {
         return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
       } catch {
         return false; // removed
+      }
+    },
+    whereNow() {
+      if (!open) return undefined;
+      try {
+        if (fstatSync(fd).nlink === 0) return undefined; // removed (rmdir leaves no link)
+        const at = readlinkSync(`/proc/self/fd/${fd}`);
+        return at.endsWith(' (deleted)') ? undefined : at;
+      } catch {
+        return undefined;
       }
     },
     release() {
@@ -607,6 +745,13 @@ export interface InstanceLock extends HeldLock {
    */
   checkPinRoot(): 'held' | 'created' | 'relocked';
   /**
+   * Where the directories that were this daemon's pin root and were renamed under it are now (their
+   * pins still name its live maps and program): their locks are kept until the daemon exits, so that a
+   * second daemon pointed at the new name is refused like one on the pin root itself. Each path is
+   * returned once, by the first call after the rename was noticed (the caller logs it).
+   */
+  renamedPinRoots(): string[];
+  /**
    * The same for the state directory (undefined: none): when its lock file is no longer the one locked
    * at start (`rm -rf STATE_DIR`, or the lock file removed or replaced), the directory is made again
    * (0700) if missing and its lock file taken again, before the one held on the removed file is let go
@@ -641,9 +786,13 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
   // The state directory's lock first, then one per socket: released in reverse.
   const held: { lock: FileLock; what: string; shown: string }[] = [];
   let pinRootLock: DirectoryLock | undefined;
+  /** Locks kept on former pin root directories renamed under the daemon (see renamedPinRoots). */
+  const former: DirectoryLock[] = [];
+  const renamedNew: string[] = [];
   const releaseAll = () => {
     for (const l of held.splice(0).reverse()) l.lock.release();
     pinRootLock?.release();
+    for (const l of former.splice(0)) l.release();
   };
   /** Take the lock of held[i] again when its file is no longer the locked one; whether it was. */
   const relock = (i: number): boolean => {
@@ -681,9 +830,19 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
       const made: string[] = [];
       preparePinRoot(r.pinRoot, made);
       const next = lockDirectory(r.pinRoot, 'pin root'); // throws LockHeldError: another daemon has it now
-      pinRootLock?.release();
+      // The directory locked before, renamed rather than removed (`mv PINROOT OTHER`): its pins still
+      // name this daemon's live maps and program, so its lock is kept (a second daemon on OTHER, even
+      // with --reset-datapath, is refused naming this one). One removed (no link left) is let go.
+      const renamedTo = pinRootLock?.whereNow();
+      if (pinRootLock && renamedTo !== undefined) {
+        former.push(pinRootLock);
+        renamedNew.push(renamedTo);
+      } else pinRootLock?.release();
       pinRootLock = next;
       return made.includes(r.pinRoot) ? 'created' : 'relocked';
+    },
+    renamedPinRoots() {
+      return renamedNew.splice(0);
     },
     checkStateDir() {
       if (r.stateDir === undefined || held.length === 0) return undefined;
