@@ -880,6 +880,7 @@ export class Daemon {
       (old as StateStore | undefined)?.close();
     } catch (e) {
       fresh?.close();
+      this.store?.noteNotRenewed(e as Error); // GetStatus, health and the metric say why no store holds the state
       this.storeLost = true;
       throw new Error(`a fresh state store could not be written: ${(e as Error).message}`, { cause: e });
     }

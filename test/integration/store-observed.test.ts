@@ -228,6 +228,24 @@ describe("the daemon's own files changed under it are observed and said", kernel
         return true;
       });
       assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
+      // No store holds the desired state, and none can be written: said as not writable, with why, in
+      // GetStatus, the metric and `xdpctl status` (before: writable yes / true / 1 the whole time).
+      await until(
+        async () => JSON.stringify(await store()),
+        async () => /could not be written in its place/.test((await store()).problem),
+        10_000,
+      );
+      const s = await store();
+      assert.equal(s.writable, false);
+      assert.match(
+        s.problem,
+        /^the database file was removed under the running daemon: no store holds the desired state \(a fresh store could not be written in its place: .*ENOSPC/,
+      );
+      assert.ok(s.refusingSince, 'since when');
+      assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
+      assert.equal(await writable(), 0, 'no sample saying 1');
+      const cli = await xdpctl(d!.tcp, ['status']);
+      assert.match(cli.stdout, /state store writable: +no: the database file was removed under the running daemon/);
     } finally {
       unfill();
     }

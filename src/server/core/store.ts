@@ -38,7 +38,7 @@ import { dirname, join } from 'node:path';
 
 import Database from 'better-sqlite3';
 
-import { CoreError, type CoreErrorKind } from './errors.js';
+import { CoreError, storeReason, type CoreErrorKind } from './errors.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 
 /** Version of the state.json format that is imported. */
@@ -273,6 +273,10 @@ export class StateStore implements StatePort {
   private writeFailure?: CoreError;
   /** Since when the store refuses writes (ms since the epoch); undefined while it takes them. */
   private refusingSince?: number;
+  /** Since when (ms) the database file was seen removed or replaced under the running daemon. */
+  private goneSince?: number;
+  /** Why no fresh store could be written in its place (the daemon's last attempt), if one failed. */
+  private renewFailure?: Error;
 
   private constructor(readonly dir: string) {
     this.path = stateDbPath(dir);
@@ -528,8 +532,32 @@ export class StateStore implements StatePort {
    * last {@link probe}): undefined while it takes them. `since`: ms since the epoch.
    */
   refusal(): { error: CoreError; since: number } | undefined {
+    // No store holds the desired state while its file is removed or replaced: every change is refused
+    // (begin), whatever the connection to the removed file could still write.
+    const changed = this.fileChanged();
+    if (changed) {
+      this.goneSince ??= Date.now();
+      const why = this.renewFailure
+        ? `a fresh store could not be written in its place: ${storeReason(this.renewFailure)}`
+        : 'a fresh store is written in its place at the next reconciler pass';
+      return {
+        error: new CoreError(
+          'unavailable',
+          `state store ${this.path}: the database file ${changed} under the running daemon: no store holds the desired state ` +
+            `(${why}); changes are refused until one does`,
+          [],
+          { cause: this.renewFailure },
+        ),
+        since: this.goneSince,
+      };
+    }
     const error = this.problem ?? this.writeFailure;
     return error ? { error, since: this.refusingSince ?? Date.now() } : undefined;
+  }
+
+  /** The daemon could not write a fresh store after this one's file was removed: {@link refusal} says why. */
+  noteNotRenewed(e: Error): void {
+    this.renewFailure = e;
   }
 
   /**

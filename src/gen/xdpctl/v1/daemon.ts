@@ -66,7 +66,10 @@ export interface GetStatusResponse {
 export interface StateStoreStatus {
   /** The database, as an absolute path, e.g. "/var/lib/xdpctl/state.db". */
   path: string;
-  /** Whether it takes writes. */
+  /**
+   * Whether it takes writes. False too while its database file is removed
+   * under the running daemon and no fresh one holds the desired state yet.
+   */
   writable: boolean;
   /**
    * Why not, as the disk said, e.g. "the disk is full (ENOSPC)
