@@ -158,12 +158,46 @@ export class KernelDataplane implements Dataplane {
         };
         this.groChanges.push(...(saved.gro ?? []));
         this.offloadChanges.push(...(saved.offloads ?? []));
-      } catch {
-        // unreadable: nothing to restore from it (the file is rewritten on the next change)
+      } catch (err) {
+        this.keepUnreadable(hostChangesFile, err as Error);
       }
     }
     dp.onOffloadsChanged = (changes) => this.recordOffloads(changes);
   }
+
+  /**
+   * A host-changes record that cannot be read (truncated, not JSON) is never overwritten: it is moved aside
+   * to `FILE.unreadable-<time>` (kept byte for byte, for the operator) and that is logged as an error naming
+   * both and what will not be undone: the GRO and offload changes it lists are unknown to this daemon, so
+   * --cleanup-on-exit does not put them back. The next change is recorded in a fresh FILE. When it cannot be
+   * moved aside, nothing is written over it while this daemon runs (changes kept in memory, as on a disk
+   * that refuses writes).
+   */
+  private keepUnreadable(file: string, err: Error): void {
+    const copy = `${file}.unreadable-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    const lost =
+      'the GRO and offload changes an earlier daemon recorded there are unknown to this one: --cleanup-on-exit ' +
+      'will not put them back (read the file and undo them by hand)';
+    try {
+      renameSync(file, copy);
+      this.log?.error(
+        { err, file, keptAs: copy },
+        `host-changes record ${file} is unreadable (${err.message}): ${lost}; kept as ${copy}, and the changes ` +
+          `this daemon makes are recorded in a fresh ${file}`,
+      );
+    } catch (e) {
+      this.keepAside = file;
+      this.log?.error(
+        { err, file, moveError: (e as Error).message },
+        `host-changes record ${file} is unreadable (${err.message}): ${lost}; it could not be moved aside ` +
+          `(${(e as Error).message}), so it is not written over while this daemon runs (its own changes are ` +
+          'undone by its --cleanup-on-exit, not recorded for a restart)',
+      );
+    }
+  }
+
+  /** An unreadable record that could not be moved aside: never written over (see {@link keepUnreadable}). */
+  private keepAside?: string;
 
   private recordOffloads(changes: OffloadChange[]): void {
     for (const c of changes) {
@@ -294,6 +328,7 @@ export class KernelDataplane implements Dataplane {
    */
   private saveHostChanges(what?: object, change?: string): boolean {
     if (!this.hostChangesFile) return true;
+    if (this.keepAside) return false; // an unreadable record kept in place: logged at start
     const tmp = `${this.hostChangesFile}.tmp`;
     try {
       writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
@@ -324,7 +359,7 @@ export class KernelDataplane implements Dataplane {
    * logged. Quiet (nothing written, nothing logged) while nothing is pending or the disk still refuses.
    */
   saveHostChangesPending(): void {
-    if (!this.hostChangesPending || !this.hostChangesFile) return;
+    if (!this.hostChangesPending || !this.hostChangesFile || this.keepAside) return;
     const tmp = `${this.hostChangesFile}.tmp`;
     try {
       writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
