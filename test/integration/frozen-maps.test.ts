@@ -11,9 +11,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
+import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
+import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
 import { metric, type Clients, type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
 import { Lab } from '../helpers/lab.js';
@@ -70,5 +72,41 @@ describe('a map another tool froze: the difference is reported, not hidden', ker
     assert.equal(await health(), NOT_SERVING, 'still NOT_SERVING: still not rewritten');
     assert.equal((await link()).aToBActive, false);
     assert.equal(count(/"msg":"links not re-applied/), 1, 'still logged once');
+  });
+
+  it('a rule refused because src_allow is frozen: the reply names the freeze only (no capability guess), no undo failure', async () => {
+    const h3 = topo.addHost('h3', '198.18.7.1/24');
+    const h4 = topo.addHost('h4', '198.18.7.2/24');
+    const srcAllow = `${d!.pinRoot}/maps/src_allow`;
+    const entries = () => JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', srcAllow])) as unknown[];
+    const before = entries();
+    sh('bpftool', ['map', 'freeze', 'pinned', srcAllow]);
+    const at = d!.output.length;
+    const rule = {
+      name: 'fz',
+      match: { protocol: Protocol.PROTOCOL_UDP, port: 7985, destination: '', sourcePrefixes: [`${h3.ip}/32`] },
+      ingressInterfaces: [h3.hostIf],
+      backends: [{ ip: h4.ip!, mac: h4.mac, interface: h4.hostIf }],
+      udpChecksum: 0,
+      labels: {},
+      generation: 0n,
+    };
+    await assert.rejects(c.rules.createRule({ rule }), (e: Error & { code?: Status }) => {
+      assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
+      assert.match(e.message, /map src_allow refuses writes: it is frozen \(fdinfo frozen: 1/);
+      // The daemon runs as root and found the cause: no "lacks CAP_BPF" (before: appended to every EPERM).
+      assert.doesNotMatch(e.message, /lacks CAP_|capabilit/i, e.message);
+      return true;
+    });
+    const log = d!.output.slice(at);
+    // The undo of the refused write deletes an entry that was never written: nothing failed (before: an
+    // error-level "undo step failed" for it).
+    assert.doesNotMatch(log, /undo step failed/, log);
+    assert.deepEqual(entries(), before, 'src_allow as it was');
+    assert.deepEqual(
+      (await c.rules.listRules({ pageSize: 0, pageToken: '' })).rules.map((r) => r.name),
+      [],
+      'the rule was not made',
+    );
   });
 });

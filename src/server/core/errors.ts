@@ -30,6 +30,11 @@ export abstract class PortError extends Error {
   abstract readonly kind: ErrorKind;
   /** What was attempted, "verb object" ("attach xdp to veth3", "update map rule_cfg"). */
   abstract readonly op: string;
+  /**
+   * Whether the port observed why the kernel refused (e.g. a map frozen by another tool, read from its
+   * fdinfo): the message says it, and nothing is guessed on top (no missing-capability hint for an EPERM).
+   */
+  readonly causeObserved?: boolean;
 }
 
 /** One bad field of a request. */

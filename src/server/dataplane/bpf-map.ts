@@ -11,6 +11,7 @@ import type { Codec } from './codec.js';
 import { KernelError } from './errors.js';
 import {
   check,
+  clearErrno,
   closeFd,
   lib,
   mapPages,
@@ -57,6 +58,7 @@ export function checkWrite(op: string, fd: number, name: string, ret: number): n
         : frozen === false
           ? 'operation not permitted'
           : `map ${name} refused writes (EPERM): frozen by another tool?`,
+      frozen === true, // the freeze read from fdinfo: the cause, not a missing capability
     );
   }
 }
@@ -85,6 +87,7 @@ export const BPF_EXIST = 2;
 export const BPF_F_MMAPABLE = 1 << 10;
 
 const ENOENT = 2;
+const EPERM = 1;
 const ENOSPC = 28;
 
 const PERCPU = new Set<number>([MapType.PERCPU_HASH, MapType.PERCPU_ARRAY]);
@@ -212,6 +215,29 @@ export class BpfMap<K, V> {
     return out;
   }
 
+  /**
+   * Whether the map holds exactly key `k` (an LPM trie's lookup answers its longest matching prefix, so its
+   * keys are walked and compared byte for byte). True when that cannot be read: a refusal is then reported.
+   */
+  private holdsExactly(k: K): boolean {
+    try {
+      if (this.info.type !== MapType.LPM_TRIE) return this.lookupRaw(k) !== undefined;
+      const want = Buffer.alloc(this.info.keySize);
+      this.key.encode(k, want);
+      let prev: Buffer | null = null;
+      for (;;) {
+        const next = Buffer.alloc(this.info.keySize);
+        const r = lib.bpf_map_get_next_key(this.fd, prev, next) as number;
+        if (r === -ENOENT) return false;
+        if (r < 0) return true;
+        if (next.equals(want)) return true;
+        prev = next;
+      }
+    } catch {
+      return true;
+    }
+  }
+
   private lookupRaw(k: K): Buffer | undefined {
     this.key.encode(k, this.keyBuf);
     const r = lib.bpf_map_lookup_elem(this.fd, this.keyBuf, this.valBuf) as number;
@@ -296,6 +322,12 @@ export class BpfMap<K, V> {
     this.key.encode(k, this.keyBuf);
     const r = lib.bpf_map_delete_elem(this.fd, this.keyBuf) as number;
     if (r === -ENOENT) return false;
+    // A frozen map refuses every delete with EPERM, also of a key it does not hold (an undo of a write that
+    // was refused): nothing was there to delete, so nothing failed.
+    if (r === -EPERM) {
+      if (!this.holdsExactly(k)) return false;
+      clearErrno(); // the walk's last errno is not the delete's: check() reads -1 as EPERM again
+    }
     checkWrite(`delete from map ${this.name}`, this.fd, this.name, r);
     return true;
   }

@@ -107,13 +107,17 @@ export class KernelError extends PortError {
   /** The libbpf/verifier log lines captured during the call, if any. */
   readonly log: readonly string[];
 
-  constructor(op: string, errno: number, log: readonly string[] = [], detail?: string) {
+  /** Whether the cause named in the message was observed (see PortError.causeObserved). */
+  override readonly causeObserved: boolean;
+
+  constructor(op: string, errno: number, log: readonly string[] = [], detail?: string, causeObserved = false) {
     const code = errnoName(errno);
     super(`${op}: ${detail ?? errnoText(errno)} (${code})`);
     this.op = op;
     this.errno = errno;
     this.code = code;
     this.log = log;
+    this.causeObserved = causeObserved;
   }
 
   get kind(): ErrorKind {

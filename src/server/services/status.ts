@@ -128,7 +128,11 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
     violations = err.violations;
   } else if (err instanceof PortError) {
     kind = err.kind;
-    message = err.kind === 'permission' ? `${err.message}: xdpctld lacks ${capabilityFor(err.op)}` : err.message;
+    // A missing capability is only a guess for an EPERM whose cause the port did not observe.
+    message =
+      err.kind === 'permission' && !err.causeObserved
+        ? `${err.message}: xdpctld lacks ${capabilityFor(err.op)}`
+        : err.message;
   } else {
     kind = 'internal';
     message = 'internal error';
