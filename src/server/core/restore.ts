@@ -11,6 +11,7 @@ import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 import type { RuleOp } from './plan-rules.js';
 import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
 import { matchId } from './state.js';
+import type { MatchKey } from './dataplane.js';
 import type { StoredRule, StoredState } from './store.js';
 
 /** The transactions restore and resync run (the controller's, inside its serial queue). */
@@ -37,7 +38,8 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // A program from an older layout may have left the port index empty:
   // count first, so the datapath sees the existing entries before any attach.
   dp.rebuildPortIndex();
-  const referenced = new Set(dp.listMatches().map(([, slot]) => slot));
+  const pinnedMatches = dp.listMatches();
+  const referenced = new Set(pinnedMatches.map(([, slot]) => slot));
   // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
   sweepSrcPrefixes(ctx, referenced);
   const known = new Set<number>();
@@ -133,6 +135,21 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   }
   if (linksFailed) for (const l of stored.links) state.links.set(linkKey(l), l);
   reconcileEntries(ctx, linksFailed);
+  // Each one removed is named at error level with what the kernel shows it forwarded: the store does not
+  // know it, because a change was not saved before a crash (never acknowledged), or because the store is
+  // older than the datapath (a previous --state-dir, a rolled-back volume). The daemon cannot tell which.
+  const ifnames = new Map<number, string>();
+  for (const [name, info] of facts.interfaces) if (info) ifnames.set(info.ifindex, name);
+  for (const slot of orphans) {
+    const entries = pinnedMatches.filter(([, s]) => s === slot).map(([k]) => describeMatch(k, ifnames.get(k.ifindex)));
+    ctx.log.error(
+      { slot, matchEntries: entries },
+      `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
+        `${entries.join('; ')}. Either a change was not saved before the daemon stopped (it was never ` +
+        'acknowledged), or this state store is older than the datapath (a previous --state-dir, a restored ' +
+        'copy): then put that rule back, or restart on the store this datapath was written from',
+    );
+  }
   for (const slot of orphans) {
     dp.clearRuleSlot(slot, [], []);
     state.slots.release(slot);
@@ -338,4 +355,16 @@ function markFailed(ctx: ExecContext, name: string, reason: string): void {
   const line = `${k.status.state}|${k.status.message}`;
   if (state.logged.get(key) !== line) ctx.log.error({ rule: name, reason }, `rule ${name} FAILED: ${k.status.message}`);
   state.logged.set(key, line);
+}
+
+/** A pinned match entry as an operator reads it: "udp port 7999 on veth1 (ifindex 12), any destination". */
+function describeMatch(k: MatchKey, ifname: string | undefined): string {
+  const proto = k.proto === 17 ? 'udp' : k.proto === 6 ? 'tcp' : `protocol ${k.proto}`;
+  const any = k.daddr.every((b) => b === 0);
+  const dst = any
+    ? 'any destination'
+    : k.daddr.length === 4
+      ? `destination ${[...k.daddr].join('.')}`
+      : `destination ${Buffer.from(k.daddr).toString('hex')}`;
+  return `${proto} port ${k.dport} on ${ifname ?? 'an interface'} (ifindex ${k.ifindex}), ${dst}`;
 }
