@@ -2,7 +2,8 @@
  * The reconciler reads the IPv4 neighbour table with one RTM_GETNEIGH dump (netdev.ts neighbourTable)
  * instead of forking `ip -j -4 -s neigh show` at every pass. The dump must say what `ip` says: for entries
  * written by hand in every NUD state `ip` accepts (and one NOARP-only entry, which `ip neigh show` leaves
- * out), the same keys, MACs (none for FAILED or INCOMPLETE), states and confirmation age (±1 s: the two
+ * out and the dump keeps, as `ip neigh show nud noarp` shows it: an entry the kernel never asks is there, not
+ * absent), the same keys, MACs (none for FAILED or INCOMPLETE), states and confirmation age (±1 s: the two
  * reads are not at the same instant). Only the entries of this test's own device are compared (other
  * tests change the namespace's table meanwhile).
  */
@@ -31,10 +32,10 @@ describe('the neighbour table read through rtnetlink', kernelOnly(), () => {
       sh('ip', [...args, 'nud', nud, 'dev', h.hostIf]);
     });
     const mine = (key: string) => key.endsWith(`@${h.hostIf}`);
-    const readIp = () =>
+    const readIp = (nud: string[] = []) =>
       new Map(
         (
-          JSON.parse(sh('ip', ['-j', '-4', '-s', 'neigh', 'show', 'dev', h.hostIf])) as {
+          JSON.parse(sh('ip', ['-j', '-4', '-s', 'neigh', 'show', ...nud, 'dev', h.hostIf])) as {
             dst: string;
             lladdr?: string;
             state?: string[];
@@ -53,6 +54,10 @@ describe('the neighbour table read through rtnetlink', kernelOnly(), () => {
     const compare = (viaIp: ReturnType<typeof readIp>, viaDump: ReturnType<typeof readDump>) => {
       assert.ok(viaIp.size >= 6, `ip shows the entries written (${[...viaIp.keys()].join(', ')})`);
       assert.ok(!viaIp.has(`198.18.77.15@${h.hostIf}`), 'ip neigh show leaves the NOARP-only entry out');
+      // The dump keeps it: what `ip neigh show nud noarp` shows.
+      const noarp = readIp(['nud', 'noarp']);
+      assert.deepEqual([...noarp.keys()], [`198.18.77.15@${h.hostIf}`]);
+      for (const [k, e] of noarp) viaIp.set(k, e);
       assert.deepEqual([...viaDump.keys()].sort(), [...viaIp.keys()].sort());
       for (const [key, e] of viaIp) {
         const d = viaDump.get(key)!;

@@ -321,6 +321,13 @@ export interface Dataplane {
    */
   neighbourHandSet?(ip: string, iface: string): string | undefined;
   /**
+   * Why the MAC of `ip` behind `iface` (as last read) is not the kernel's neighbour entry's but what ARP requests
+   * of ours found, or why there is none to find: the egress has ARP off (NOARP), the entry was set `nud noarp`,
+   * the address is also this host's (or its own on the egress, or the subnet's broadcast address). Undefined:
+   * the kernel's entry is the backend's (on the egress, or on its master for a bridge port). Optional (fakes).
+   */
+  neighbourVia?(ip: string, iface: string): string | undefined;
+  /**
    * Whether the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) gave no MAC without
    * having failed: no entry at all (flushed with its device, garbage-collected, gone while the daemon was
    * stopped) or one still being resolved (INCOMPLETE). That is no evidence that a MAC the datapath holds for the

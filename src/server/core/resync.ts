@@ -796,7 +796,9 @@ export async function resync(
   // probe of ours: not confirmed (rule-status handSetNeighbourStatus), each said once. (A held one receives
   // with the kept MAC: heldNeighbourStatus.)
   const handSet = new Map<string, string>();
-  if (dp.neighbourHandSet) {
+  // And those whose MAC is not the kernel's entry's but what ARP requests of ours found (or why none is known).
+  const via = new Map<string, string>();
+  if (dp.neighbourHandSet || dp.neighbourVia) {
     for (const name of state.maclessRules) {
       if ((++n & 255) === 0) await pace();
       const r = state.rules.get(name);
@@ -804,7 +806,9 @@ export async function resync(
       for (const b of r.backends) {
         if (b.mac !== '') continue;
         const key = backendKeys(b).neighbour;
-        if (handSet.has(key) || state.neighbourHolds.has(key)) continue;
+        const why = dp.neighbourVia?.(b.ip, b.interface);
+        if (why) via.set(key, why);
+        if (!dp.neighbourHandSet || handSet.has(key) || state.neighbourHolds.has(key)) continue;
         const states = dp.neighbourHandSet(b.ip, b.interface);
         if (states) handSet.set(key, states);
       }
@@ -837,6 +841,7 @@ export async function resync(
     handSet,
     ingressSettings: state.ingressSettings,
     arpUnavailable: ctx.dp.arpUnavailable?.(),
+    via,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -845,6 +850,7 @@ export async function resync(
   touchChangedKeys(last.unverifiedEgress, unverified, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.unanswered, unanswered, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.handSet, handSet, (key) => touchBackendJudged(state, key));
+  touchChangedKeys(last.via, via, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
   if (last.arpUnavailable !== observation.arpUnavailable)
     for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
@@ -853,6 +859,7 @@ export async function resync(
     unanswered,
     handSet,
     holds: new Map(state.neighbourHolds),
+    via,
     arpUnavailable: observation.arpUnavailable,
   };
   // Judged, each once, and forgotten from the set (a pass that gives its turn to a change leaves the rest).
@@ -944,6 +951,7 @@ export async function observeWrittenRules(
   const ingressProblems = new Map<string, string>();
   const ingressDown = new Map<string, string>();
   const handSet = new Map<string, string>();
+  const via = new Map<string, string>();
   const seen = new Set<string>();
   const rules: string[] = [];
   let n = 0;
@@ -969,7 +977,10 @@ export async function observeWrittenRules(
     }
     for (const b of rule.backends) {
       const key = neighbourKey(b.ip, b.interface);
-      if (b.mac !== '' || handSet.has(key) || state.neighbourHolds.has(key)) continue;
+      if (b.mac !== '') continue;
+      const why = dp.neighbourVia?.(b.ip, b.interface);
+      if (why) via.set(key, why);
+      if (handSet.has(key) || state.neighbourHolds.has(key)) continue;
       const states = dp.neighbourHandSet?.(b.ip, b.interface);
       if (states) handSet.set(key, states);
     }
@@ -995,6 +1006,7 @@ export async function observeWrittenRules(
     handSet,
     ingressSettings: state.ingressSettings,
     arpUnavailable: ctx.dp.arpUnavailable?.(),
+    via,
   };
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();
@@ -1353,7 +1365,7 @@ async function judgeStaticMacs(
     const answered = answeredOf(nkey, e);
     const was = state.staticMacEntries.get(nkey);
     if (was && sameEntry(was, e, answered)) continue;
-    state.staticMacEntries.set(nkey, { mac: e.mac, states: e.states, fresh: freshEntry(e), answered });
+    state.staticMacEntries.set(nkey, { mac: e.mac, states: e.states, fresh: freshEntry(e), answered, via: e.via });
     mark(keys);
   }
   for (const nkey of state.staticMacEntries.keys()) {

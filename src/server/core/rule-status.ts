@@ -578,6 +578,41 @@ export interface RuleObservation {
   ingressSettings: ReadonlyMap<string, string>;
   /** Why no ARP request of ours can be sent (Dataplane.arpUnavailable): nothing is "probing it". */
   arpUnavailable?: string;
+  /** "ip@iface" -> why its MAC is not the kernel's entry's ({@link viaNeighbourStatus}, Dataplane.neighbourVia). */
+  via?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The written status with the backends given without a MAC whose neighbour entry says nothing of the host
+ * (`via`: "ip@iface" -> why, Dataplane.neighbourVia: a NOARP egress or entry, an address of this host's) saying
+ * so: "MAC resolved by ARP requests of ours" (not from the neighbour table), or why none is known, instead of
+ * "MAC resolved from the neighbour table" / "no neighbour entry". `written` itself when none applies.
+ */
+export function viaNeighbourStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  via: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!via?.size || written.state === 'failed') return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    const why = spec && spec.mac === '' ? via.get(`${spec.ip}@${spec.interface}`) : undefined;
+    if (!why) return b;
+    if (b.message === 'MAC resolved from the neighbour table') {
+      changed = true;
+      return { ...b, message: `MAC resolved by ARP requests of ours, not from the neighbour table: ${why}` };
+    }
+    if (b.message.startsWith('no neighbour entry for ')) {
+      changed = true;
+      return {
+        ...b,
+        message: `no MAC known for ${spec.ip} on ${spec.interface}: ${why}: backend gets no traffic until its MAC is known`,
+      };
+    }
+    return b;
+  });
+  return changed ? { ...written, backends } : written;
 }
 
 /**
@@ -624,7 +659,11 @@ export function judgeRule(
       mtuRuleStatus(
         handSetNeighbourStatus(
           heldNeighbourStatus(
-            unansweredNeighbourStatus(staticMacStatus(written, rule, o.unverifiedMacs), rule, o.unanswered),
+            unansweredNeighbourStatus(
+              staticMacStatus(viaNeighbourStatus(written, rule, o.via), rule, o.unverifiedMacs),
+              rule,
+              o.unanswered,
+            ),
             rule,
             o.holds,
           ),

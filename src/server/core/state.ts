@@ -431,8 +431,9 @@ export class CoreState {
     unanswered: ReadonlyMap<string, string>;
     handSet: ReadonlyMap<string, string>;
     holds: ReadonlyMap<string, NeighbourHold>;
+    via: ReadonlyMap<string, string>;
     arpUnavailable?: string;
-  } = { unverifiedEgress: new Map(), unanswered: new Map(), handSet: new Map(), holds: new Map() };
+  } = { unverifiedEgress: new Map(), unanswered: new Map(), handSet: new Map(), holds: new Map(), via: new Map() };
 
   /** A rule to check and judge again at the next pass (its record, kernel record or status changed). */
   touchRule(name: string): void {

@@ -50,6 +50,11 @@ export interface NeighbourFact {
    * answered). An entry another tool wrote as REACHABLE looks freshly confirmed without any answer.
    */
   answered?: boolean;
+  /**
+   * Set when the kernel's entry says nothing of the host (Dataplane.neighbourVia: a NOARP egress or entry, an
+   * address of this host's): why; MAC and states are then what ARP requests of ours found.
+   */
+  via?: string;
 }
 
 export type StaticMacVerdict = 'confirmed' | 'contradicted' | 'unverified';
@@ -84,6 +89,30 @@ export function observeStaticMac(
         };
   }
   const states = entry?.states ?? [];
+  if (entry?.via) {
+    // Only what ARP requests of ours found counts: the kernel's entry is no evidence (or there is none).
+    const m = mac.toLowerCase();
+    if (!entry.mac) {
+      return {
+        verdict: 'unverified',
+        why: `static MAC ${m} cannot be verified: ${entry.via}`,
+        ask: /\(not asked\)/.test(entry.via) ? undefined : 'resolve',
+      };
+    }
+    return same(entry.mac, mac)
+      ? {
+          verdict: 'confirmed',
+          why: `${m} answers ARP requests of ours for ${ip} on ${iface} (${entry.via})`,
+          ask: 'reprobe',
+        }
+      : {
+          verdict: 'contradicted',
+          why:
+            `static MAC contradicted: ${ip} answers ARP requests of ours on ${iface} from ` +
+            `${entry.mac.toLowerCase()}, not from the static ${m} (frames to ${m} do not reach it; ${entry.via})`,
+          ask: 'reprobe',
+        };
+  }
   if (states.includes('PERMANENT') || states.includes('NOARP')) {
     return {
       verdict: 'unverified',
@@ -209,6 +238,7 @@ export interface StaticMacEntry {
   states: readonly string[];
   fresh: boolean;
   answered?: boolean;
+  via?: string;
 }
 
 /** Whether two reads of a veth peer are the same for {@link observeStaticMac}. */
@@ -220,6 +250,7 @@ export function samePeer(a: PeerMac | undefined, b: PeerMac | undefined): boolea
 /** Whether `entry` (with `answered`) reads as `prev` did for {@link observeStaticMac} (no allocation). */
 export function sameEntry(prev: StaticMacEntry, entry: NeighbourFact, answered: boolean | undefined): boolean {
   if (entry.mac !== prev.mac || answered !== prev.answered || freshEntry(entry) !== prev.fresh) return false;
+  if (entry.via !== prev.via) return false;
   const a = entry.states;
   const b = prev.states;
   if (a.length !== b.length) return false;

@@ -32,6 +32,9 @@ import {
   ensureVethPeerNapi,
   ifindexOf,
   interfaceAddress,
+  interfaceFacts,
+  IFF_NOARP,
+  masterOf,
   linkState,
   lowerDevices,
   upperDevices,
@@ -100,6 +103,42 @@ export const ASK_BROADCAST_MAX_MS = 16_000;
 
 /** 32-bit value of a dotted IPv4 address. */
 const ipv4Value = (ip: string) => ip.split('.').reduce((v, x) => v * 256 + Number(x), 0);
+
+/** How the neighbours behind an egress are found ({@link KernelDataplane.neighbourView}). */
+interface EgressView {
+  /** The egress's own ifindex (what ARP requests of ours go out of, and what answers are recorded by). */
+  ifindex: number;
+  /**
+   * The device whose neighbour table holds the egress's neighbours and on which the replies to requests out of
+   * the egress are delivered: its master (a bridge or a bond it is a port of), else the egress itself.
+   */
+  dev: { name: string; ifindex: number; mac: string; noarp: boolean };
+}
+
+/** This host's IPv4 addresses: who holds each, and each subnet's broadcast address by device. */
+interface HostAddresses {
+  owners: Map<string, string[]>;
+  broadcasts: Map<string, { dev: string; subnet: string }[]>;
+}
+
+function hostAddresses(): HostAddresses {
+  const owners = new Map<string, string[]>();
+  const broadcasts = new Map<string, { dev: string; subnet: string }[]>();
+  for (const [dev, list] of Object.entries(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.family !== 'IPv4') continue;
+      owners.set(a.address, [...(owners.get(a.address) ?? []), dev]);
+      const prefix = Number(a.cidr?.split('/')[1] ?? 32);
+      if (!(prefix < 31)) continue;
+      const mask = ipv4Value(a.netmask);
+      const net = (ipv4Value(a.address) & mask) >>> 0;
+      const bc = (net | (~mask >>> 0)) >>> 0;
+      const text = (v: number) => [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join('.');
+      broadcasts.set(text(bc), [...(broadcasts.get(text(bc)) ?? []), { dev, subnet: `${text(net)}/${prefix}` }]);
+    }
+  }
+  return { owners, broadcasts };
+}
 
 /**
  * The sender IP of our ARP requests for `ip` out of `iface`, as the kernel picks it for its own: an IPv4
@@ -629,6 +668,7 @@ export class KernelDataplane implements Dataplane {
    * entry's own MAC when it did, else the one that answered last; undefined when none did.
    */
   neighbourAnswered(ip: string, iface: string): string | undefined {
+    this.noteInterest(`${ip}@${iface}`);
     const m = this.answeredOn(ip, iface);
     if (!m?.size) return undefined;
     const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.mac;
@@ -676,8 +716,18 @@ export class KernelDataplane implements Dataplane {
     this.asked.set(k, t);
     if (this.claimWatch.size > 65536) this.claimWatch.clear();
     this.claimWatch.add(`${ip}#${own.ifindex}`);
-    const sender = arpSenderIp(ip, networkInterfaces()[iface]);
-    const sent = this.arp.ask({ ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender }, own.mac, now);
+    // A bridge port has no address of its own: the sender IP is its master's, and the replies are delivered on
+    // the master (arp.ts ArpQuestion.rx), whose table holds the port's neighbours.
+    const master = masterOf(iface);
+    let rx: number | undefined;
+    try {
+      rx = master === undefined ? undefined : ifindexOf(master);
+    } catch {
+      rx = undefined;
+    }
+    const sender = arpSenderIp(ip, networkInterfaces()[rx === undefined ? iface : master!]);
+    const q = { ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender, ...(rx === undefined ? {} : { rx }) };
+    const sent = this.arp.ask(q, own.mac, now);
     if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
       this.arpError = this.arp.lastError;
       this.log?.warn({ err: this.arpError }, `ARP requests of our own cannot be sent: ${this.arpError}`);
@@ -701,7 +751,15 @@ export class KernelDataplane implements Dataplane {
 
   async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
     const ifindex = ifindexOf(iface); // ENODEV (kind not-found) when it is gone, as neighbourEntry's
-    const entry = await neighbourEntry(ip, iface);
+    this.noteInterest(`${ip}@${iface}`);
+    const eg = this.egressView(iface);
+    const kernel = await neighbourEntry(ip, eg?.dev.name ?? iface);
+    const entry = (eg
+      ? this.neighbourView(ip, iface, eg, kernel.mac || kernel.states.length ? kernel : undefined, hostAddresses())
+      : kernel) ?? {
+      mac: undefined,
+      states: [],
+    };
     if (this.neighbourSeen.size > 65536) this.neighbourSeen.clear();
     this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now(), ifindex });
     this.noteNeighbour(`${ip}#${ifindex}`, entry);
@@ -725,6 +783,8 @@ export class KernelDataplane implements Dataplane {
     const index = new Map<string, number | undefined>();
     const gone = new Set<string>();
     const macs = new Map<string, string | undefined>();
+    const views = new Map<string, EgressView | undefined>();
+    let addrs: HostAddresses | undefined;
     if (this.neighbourSeen.size + wanted.length + (whole ? table.size : 0) > 65536) this.neighbourSeen.clear();
     for (const { ip, iface } of wanted) {
       if (!index.has(iface)) {
@@ -741,12 +801,129 @@ export class KernelDataplane implements Dataplane {
         continue;
       }
       const key = `${ip}@${iface}`;
-      const entry = table.get(`${ip}#${ifindex}`) ?? { mac: undefined, states: [] };
+      this.noteInterest(key);
+      if (!views.has(iface)) views.set(iface, this.egressView(iface));
+      const eg = views.get(iface);
+      addrs ??= hostAddresses();
+      const entry = (eg
+        ? this.neighbourView(ip, iface, eg, table.get(`${ip}#${eg.dev.ifindex}`), addrs)
+        : table.get(`${ip}#${ifindex}`)) ?? { mac: undefined, states: [] };
       this.neighbourSeen.set(key, { entry, at: t, ifindex });
       this.noteNeighbour(`${ip}#${ifindex}`, entry);
       macs.set(key, entry.mac);
     }
-    return whole ? { macs, gone, table: this.namedTable(table, t) } : { macs, gone };
+    return whole ? { macs, gone, table: this.namedTable(table, t, views, addrs) } : { macs, gone };
+  }
+
+  /**
+   * The backends' entries ("ip@iface") asked about (neighbourMacs, neighbourAnswered, verifyNeighbour,
+   * probeNeighbour): the keys {@link namedTable} reads through {@link neighbourView} too.
+   */
+  private readonly interest = new Set<string>();
+
+  private noteInterest(key: string): void {
+    if (this.interest.has(key)) return;
+    if (this.interest.size > 65536) this.interest.clear();
+    this.interest.add(key);
+  }
+
+  /** The egress and the device its neighbours live on ({@link EgressView}); undefined: the egress is gone. */
+  private egressView(iface: string): EgressView | undefined {
+    let own: { ifindex: number };
+    try {
+      own = interfaceAddress(iface);
+    } catch {
+      return undefined;
+    }
+    const master = masterOf(iface);
+    for (const name of master ? [master, iface] : [iface]) {
+      try {
+        const f = interfaceFacts(name);
+        return {
+          ifindex: own.ifindex,
+          dev: { name, ifindex: f.ifindex, mac: f.mac, noarp: (f.flags & IFF_NOARP) !== 0 },
+        };
+      } catch {
+        // The master went since: the egress's own.
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The neighbour entry of `ip` behind `iface` as its backend sees it: the kernel's entry on the device the
+   * egress's neighbours live on (`kernel`: its master's for a bridge port, where the kernel keeps them), unless
+   * that entry says nothing of the host. Then `via` says why and the MAC is what ARP requests of ours found
+   * (asked by broadcast while none answered; the MAC that answered is asked once a second by verifyNeighbour,
+   * a silent one is dropped and asked for again): the egress has ARP off (NOARP: the kernel's entry holds the
+   * egress's own MAC and is never asked), the entry was set `nud noarp` (never asked nor confirmed), or `ip` is
+   * also an address of this host (the kernel delivers it locally and keeps no entry). An address of this
+   * host's on the egress itself, or its subnet's broadcast address, is no backend's: never asked, no MAC, said
+   * why. Without CAP_NET_RAW nothing of ours can ask: a hand-set entry is the kernel's as it is (followed as
+   * the operator's statement; its status says it cannot be confirmed), never the egress's own MAC.
+   */
+  private neighbourView(
+    ip: string,
+    iface: string,
+    eg: EgressView,
+    kernel: NeighbourEntry | undefined,
+    addrs: HostAddresses,
+  ): NeighbourEntry | undefined {
+    const dev = eg.dev.name;
+    const sameMac = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+    let why: string | undefined;
+    let askable = true;
+    const owners = addrs.owners.get(ip);
+    const bc = addrs.broadcasts.get(ip)?.find((b) => b.dev === iface || b.dev === dev);
+    if (owners?.some((o) => o === iface || o === dev)) {
+      why =
+        `${ip} is this host's own address (on ${dev}), not a backend's: the kernel delivers it locally and no ` +
+        'other host answers ARP for it there (not asked)';
+      askable = false;
+    } else if (bc) {
+      why = `${ip} is the broadcast address of ${bc.dev}'s subnet ${bc.subnet}, not a backend's: no host answers ARP for it (not asked)`;
+      askable = false;
+    } else if (owners) {
+      why =
+        `${ip} is also an address of this host (on ${owners.join(', ')}): the kernel delivers it locally and keeps ` +
+        'no neighbour entry for it (an address conflict with the backend)';
+    } else if (eg.dev.noarp) {
+      why =
+        `${dev} has ARP off (NOARP): the kernel never asks ${ip}'s MAC` +
+        (kernel?.mac
+          ? ` (its neighbour entry holds ${kernel.mac}${sameMac(kernel.mac, eg.dev.mac) ? `, ${dev}'s own MAC` : ''})`
+          : '');
+    } else if (kernel?.states.includes('NOARP')) {
+      why =
+        `the neighbour entry for ${ip} on ${dev} is NOARP, set by hand: the kernel never asks nor confirms it ` +
+        `(it holds ${kernel.mac ?? 'no MAC'})`;
+    }
+    if (!why) return kernel;
+    if (!askable) return { mac: undefined, states: ['FAILED'], via: why };
+    const cannot = this.arpUnavailable();
+    if (cannot) {
+      if (kernel?.mac && !sameMac(kernel.mac, eg.dev.mac)) return kernel;
+      return { mac: undefined, states: ['FAILED'], via: `${why}; no ARP request of ours can be sent (${cannot})` };
+    }
+    const key = `${ip}#${eg.ifindex}`;
+    let last: [string, number] | undefined;
+    for (const [mac, at] of this.wire.get(key) ?? []) if (!last || at > last[1]) last = [mac, at];
+    if (last) {
+      const confirmed = Math.floor(Math.max(0, Date.now() - last[1]) / 1000);
+      return { mac: last[0], states: ['REACHABLE'], confirmed, via: why };
+    }
+    this.askNeighbour(ip, iface, '');
+    const silent = this.broadcastSilent.has(key);
+    return {
+      mac: undefined,
+      states: [silent ? 'FAILED' : 'INCOMPLETE'],
+      via: `${why}; asking by ARP requests of ours: ${silent ? 'no answer' : 'no answer yet'}`,
+    };
+  }
+
+  /** Why the MAC of `ip` behind `iface` is not the kernel's entry's (the last read's {@link neighbourView}). */
+  neighbourVia(ip: string, iface: string): string | undefined {
+    return this.neighbourSeen.get(`${ip}@${iface}`)?.entry.via;
   }
 
   neighbourMissing(ip: string, iface: string): boolean {
@@ -779,9 +956,11 @@ export class KernelDataplane implements Dataplane {
    * is already probing are not set to NUD_PROBE again.
    */
   verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
+    this.noteInterest(`${ip}@${iface}`);
     const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     if (!seen?.entry.mac) return false;
-    const handSet = seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP');
+    // An entry the kernel never asks (NOARP), or a MAC only ARP requests of ours found: never set to NUD_PROBE.
+    const handSet = !!seen.entry.via || seen.entry.states.some((x) => x === 'PERMANENT' || x === 'NOARP');
     const key = `${ip}#${seen.ifindex}`;
     const answer = this.wire.get(key)?.get(seen.entry.mac);
     const now = unanswered && !answer;
@@ -810,7 +989,8 @@ export class KernelDataplane implements Dataplane {
     if (this.reprobed.size > 65536) this.reprobed.clear();
     this.reprobed.set(key, t);
     try {
-      return reprobeNeighbour(ip, iface) || asked;
+      // A bridge port's entry is its master's (where the kernel keeps it).
+      return reprobeNeighbour(ip, masterOf(iface) ?? iface) || asked;
     } catch {
       return asked; // gone or without a MAC since it was read: the next read says so
     }
@@ -836,7 +1016,12 @@ export class KernelDataplane implements Dataplane {
    * A table read keyed "ip#ifindex" (netdev.ts neighbourTableByIndex) keyed "ip@name" for the caller by the
    * names the devices have now, each entry recorded with its device (the name's ifindex at this read).
    */
-  private namedTable(byIndex: Map<string, NeighbourEntry>, t: number): Map<string, NeighbourEntry> {
+  private namedTable(
+    byIndex: Map<string, NeighbourEntry>,
+    t: number,
+    views = new Map<string, EgressView | undefined>(),
+    addrs?: HostAddresses,
+  ): Map<string, NeighbourEntry> {
     const table = new Map<string, NeighbourEntry>();
     const names = new Map<number, string | undefined>();
     for (const [k, entry] of byIndex) {
@@ -849,6 +1034,25 @@ export class KernelDataplane implements Dataplane {
       table.set(key, entry);
       this.neighbourSeen.set(key, { entry, at: t, ifindex });
       this.noteNeighbour(k, entry);
+    }
+    // The backends' entries as they see them (neighbourView): a bridge port's on its master, a NOARP one's or
+    // an address of this host's from ARP requests of ours.
+    for (const key of this.interest) {
+      const at = key.indexOf('@');
+      const ip = key.slice(0, at);
+      const iface = key.slice(at + 1);
+      if (!views.has(iface)) views.set(iface, this.egressView(iface));
+      const eg = views.get(iface);
+      if (!eg) continue;
+      addrs ??= hostAddresses();
+      const entry = this.neighbourView(ip, iface, eg, byIndex.get(`${ip}#${eg.dev.ifindex}`), addrs);
+      if (!entry) {
+        table.delete(key);
+        continue;
+      }
+      table.set(key, entry);
+      this.neighbourSeen.set(key, { entry, at: t, ifindex: eg.ifindex });
+      this.noteNeighbour(`${ip}#${eg.ifindex}`, entry);
     }
     return table;
   }
@@ -923,7 +1127,19 @@ export class KernelDataplane implements Dataplane {
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);
     if (this.probed.size > 4096) this.probed.clear();
-    probeNeighbour(ip, iface);
+    this.noteInterest(`${ip}@${iface}`);
+    // An entry the kernel does not resolve (neighbourView): asked by a broadcast request of ours (never when
+    // it is an address of this host's on the egress or its broadcast address: `via` says so, nothing to ask).
+    const via = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
+    if (via?.via) {
+      if (!/\(not asked\)/.test(via.via)) this.askNeighbour(ip, iface, '');
+      return;
+    }
+    // A bridge port's neighbours are resolved on its master (where the kernel keeps them and the replies are
+    // delivered); asked by a request of ours too, whose answer is read there.
+    const master = masterOf(iface);
+    probeNeighbour(ip, master ?? iface);
+    if (master) this.askNeighbour(ip, iface, '');
   }
 
   ownAttachments(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }> {

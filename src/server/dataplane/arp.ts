@@ -80,6 +80,12 @@ export interface ArpQuestion {
   mac: string;
   /** The requests' sender IP (an address of the egress's own; '0.0.0.0' when it has none). */
   sender?: string;
+  /**
+   * Where the replies are delivered when not on `ifindex` itself: its master's ifindex for a bridge port (or a
+   * bond's slave). A frame received on a port is handed to the bridge before protocol handlers run, so a packet
+   * socket for ARP sees the replies on the bridge, never on the port the requests went out of.
+   */
+  rx?: number;
 }
 
 /** What was seen: `mac` answered for `ip` on `ifindex` (`question.mac` is '' for a broadcast). */
@@ -161,6 +167,8 @@ export function arpRequest(own: Buffer, ownIp: Buffer, ip: Buffer, target?: Buff
 export class ArpProber {
   private fd = -1;
   private readonly outstanding = new Map<string, Outstanding>();
+  /** The ports asked out of, by the master their replies are delivered on (ArpQuestion.rx). */
+  private readonly ports = new Map<number, Set<number>>();
   private timer?: NodeJS.Timeout;
   private idleSince = 0;
   private readonly buf = Buffer.alloc(1600);
@@ -206,6 +214,15 @@ export class ArpProber {
     const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0, retry };
     if (!this.send(o)) return false;
     this.outstanding.set(k, o);
+    if (q.rx !== undefined && q.rx !== q.ifindex) {
+      let s = this.ports.get(q.rx);
+      if (!s) {
+        if (this.ports.size > 4096) this.ports.clear();
+        this.ports.set(q.rx, (s = new Set()));
+      }
+      if (s.size > 4096) s.clear();
+      s.add(q.ifindex);
+    }
     this.arm();
     return true;
   }
@@ -291,14 +308,23 @@ export class ArpProber {
     const sha = p.subarray(8, 14);
     // Whoever claims an address (RFC 5227): a reply, to us or not, a request, a gratuitous ARP; not our own.
     if (this.onClaim && pkttype !== PACKET_OUTGOING && (op === ARPOP_REPLY || op === ARPOP_REQUEST)) {
-      if (p.readUInt32BE(14) !== 0)
-        this.onClaim({ ifindex, ip: `${p[14]}.${p[15]}.${p[16]}.${p[17]}`, mac: macText(sha) });
+      if (p.readUInt32BE(14) !== 0) {
+        const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
+        // On a master: a claim on each port asked out of too (what their hosts send is delivered there).
+        for (const dev of [ifindex, ...(this.ports.get(ifindex) ?? [])])
+          this.onClaim({ ifindex: dev, ip, mac: macText(sha) });
+      }
     }
     if (pkttype !== PACKET_HOST || op !== ARPOP_REPLY) return;
     if (this.from.readUInt8(11) !== 6 || !this.from.subarray(12, 18).equals(sha)) return; // Ethernet source = sender
     const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
     const mac = macText(sha);
-    for (const k of [keyOf({ ip, iface: '', ifindex, mac }), keyOf({ ip, iface: '', ifindex, mac: '' })]) {
+    // Asked out of this interface, or out of a port of it (a bridge: the replies are delivered on the master).
+    const asked: string[] = [];
+    for (const dev of [ifindex, ...(this.ports.get(ifindex) ?? [])]) {
+      asked.push(keyOf({ ip, iface: '', ifindex: dev, mac }), keyOf({ ip, iface: '', ifindex: dev, mac: '' }));
+    }
+    for (const k of asked) {
       const o = this.outstanding.get(k);
       // The reply to our request: target MAC and IP the requests' sender MAC and IP.
       if (!o || !p.subarray(18, 24).equals(o.own) || !p.subarray(24, 28).equals(o.ownIp)) continue;

@@ -12,7 +12,7 @@
  * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
  * and {@link restoreGro}, which undoes it.
  */
-import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 
 import koffi from 'koffi';
 
@@ -164,6 +164,23 @@ function adjacentDevices(name: string, prefix: 'lower_' | 'upper_'): string[] {
     return [];
   }
 }
+
+/**
+ * The device `name` is enslaved to (a bridge or a bond: sysfs `master`), or undefined. Such a port's neighbours
+ * are the master's: the kernel routes through the master, keeps their entries on it and hands every frame
+ * received on the port (ARP replies too) to the master before any protocol handler sees it.
+ */
+export function masterOf(name: string): string | undefined {
+  try {
+    const t = readlinkSync(`/sys/class/net/${name}/master`);
+    return t.slice(t.lastIndexOf('/') + 1) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** IFF_NOARP (linux/if.h): the kernel resolves no neighbour on the device (`ip link set DEV arp off`). */
+export const IFF_NOARP = 0x80;
 
 /** IFF_UP and IFF_RUNNING (linux/if.h; RUNNING: operationally up, i.e. carrier, RFC 2863). */
 const IFF_UP = 0x1;
@@ -494,6 +511,11 @@ export interface NeighbourEntry {
   states: string[];
   /** Seconds since the neighbour last confirmed its MAC (an ARP reply), as the kernel counts them. */
   confirmed?: number;
+  /**
+   * Set when the kernel's entry says nothing of the host (adapter.ts neighbourView: a NOARP entry or egress,
+   * an address of this host's own): why, and the MAC and states are then what ARP requests of ours found.
+   */
+  via?: string;
 }
 
 /**
@@ -545,7 +567,6 @@ function nudStates(nud: number): string[] {
 const USER_HZ = 100;
 const RTM_GETNEIGH = 30;
 const NUD_FAILED = 0x20;
-const NUD_NOARP = 0x40;
 /** ndm_flags: an entry learned from outside (a bridge's FDB user): `ip` shows it whatever its state. */
 const NTF_EXT_LEARNED = 0x10;
 const NDA_LLADDR = 2;
@@ -553,7 +574,7 @@ const NDA_CACHEINFO = 3;
 
 /**
  * The whole IPv4 neighbour table of the daemon's namespace in one read: one RTM_GETNEIGH dump (what
- * `ip -4 -s neigh show` prints, and as it filters: entries in NUD_NONE or only NOARP are left out):
+ * `ip -4 -s neigh show` prints, entries in NUD_NONE left out; NOARP ones kept, which it hides):
  * "ip@dev" -> entry (as {@link neighbourEntry} reads one). It was `ip -j -4 -s neigh show`, a process
  * forked from the daemon at every reconciler pass (5-20 ms on the main thread for a daemon of a few
  * hundred MB, and passes run at every neighbour change).
@@ -584,8 +605,10 @@ function readNeighbours(keyOf: (ip: string, ifindex: number) => string | undefin
     if (m.length < 12 || m.readUInt8(0) !== AF_INET) continue;
     const ifindex = m.readInt32LE(4);
     const nud = m.readUInt16LE(8);
-    // ip neigh show: state NONE is not shown, nor NOARP alone (unless `nud all` or externally learned).
-    if ((nud & (0xff & ~NUD_NOARP)) === 0 && !(m.readUInt8(10) & NTF_EXT_LEARNED)) continue;
+    // State NONE is left out, as `ip neigh show` does. NOARP entries are kept (which `ip neigh show` hides):
+    // an egress switched to NOARP, or an entry set `nud noarp`, is one the kernel never asks, and whoever reads
+    // the table must know it is there rather than take it for no entry.
+    if (nud === 0 && !(m.readUInt8(10) & NTF_EXT_LEARNED)) continue;
     const attrs = nlAttrs(m, 12);
     const dst = attrs.get(NDA_DST);
     if (!dst || dst.length !== 4) continue;
