@@ -15,7 +15,7 @@ import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 
 import type { RuleSpec } from '../../src/server/core/model.js';
-import { SCHEMA_VERSION, StateStore, storeError, type StoredRule } from '../../src/server/core/store.js';
+import { SCHEMA_VERSION, StateStore, storeError, WORKER_ROWS, type StoredRule } from '../../src/server/core/store.js';
 
 const dirs: string[] = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -90,6 +90,67 @@ describe('state store (SQLite)', () => {
     assert.deepEqual(
       s.load().rules.map((r) => r.name),
       ['b'],
+    );
+    s.close();
+  });
+
+  it('a change of WORKER_ROWS rows or more runs on the worker thread: committed, rolled back, refused as on the event loop', async () => {
+    const dir = tmp();
+    const s = StateStore.open(dir);
+    const names = Array.from({ length: WORKER_ROWS + 44 }, (_, i) => `w${String(i).padStart(4, '0')}`);
+    let t = s.begin(names.length);
+    for (const n of names) t.putRule(stored(n));
+    t.putLink({ a: 'eth0', b: 'tap0', direction: 'both' });
+    const committed = t.commit();
+    assert.ok(committed instanceof Promise, 'committed on the worker thread');
+    await committed;
+    assert.deepEqual(
+      s.load().rules.map((r) => r.name),
+      names,
+    );
+    assert.deepEqual(s.load().rules[7], stored(names[7]));
+    assert.deepEqual(s.load().links, [{ a: 'eth0', b: 'tap0', direction: 'both' }]);
+    // Rolled back: nothing of it stays, and the event loop's connection writes at once afterwards.
+    t = s.begin(names.length);
+    for (const n of names) t.putRule(stored(n, 2));
+    t.deleteRule(names[0]);
+    t.deleteLink('eth0|tap0|both');
+    await t.rollback();
+    assert.deepEqual(
+      s.load().rules.map((r) => r.generation),
+      names.map(() => 1),
+    );
+    t = s.begin();
+    t.deleteRule(names[1]);
+    t.commit();
+    assert.equal(s.load().rules.length, names.length - 1);
+    // Another connection holds the write lock: the commit is refused naming the path, nothing is written,
+    // and the store writes again once the lock is gone.
+    const other = new Database(s.path);
+    other.exec('BEGIN IMMEDIATE');
+    t = s.begin(names.length);
+    for (const n of names) t.putRule(stored(n, 3));
+    await assert.rejects(Promise.resolve(t.commit()), (e: Error & { kind?: string }) => {
+      assert.equal(e.kind, 'busy');
+      assert.match(
+        e.message,
+        new RegExp(`^begin a change: state store ${s.path}: another process holds the write lock`),
+      );
+      return true;
+    });
+    other.exec('ROLLBACK');
+    other.close();
+    assert.ok(
+      s.load().rules.every((r) => r.generation === 1),
+      'nothing of the refused change',
+    );
+    t = s.begin(names.length);
+    t.deleteRule(names[2]);
+    for (let i = 3; i < names.length; i++) t.putRule(stored(names[i], 4));
+    await t.commit();
+    assert.deepEqual(
+      s.load().rules.map((r) => `${r.name}:${r.generation}`),
+      [`${names[0]}:1`, ...names.slice(3).map((n) => `${n}:4`)],
     );
     s.close();
   });

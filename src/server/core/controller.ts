@@ -327,7 +327,7 @@ export class Controller {
       unverified = await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, ruleUnverified);
       connectLinks(this.ctx, want, cur, undo);
-      this.commit(txn, false);
+      await this.commit(txn, false);
     } catch (e) {
       txn?.rollback();
       undo.rollback(this.log);
@@ -1194,7 +1194,7 @@ export class Controller {
     let alloc: RuleAllocation;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
-      txn = this.begin(restoring);
+      txn = this.begin(restoring, ops.length);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -1203,10 +1203,12 @@ export class Controller {
         }
       }
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, restoring);
-      this.commit(txn, restoring);
+      await this.commit(txn, restoring);
     } catch (e) {
-      txn?.rollback();
+      // A change on the store's worker thread rolls back there while the kernel is undone here.
+      const rolled = txn?.rollback();
       undo.rollback(this.log);
+      await rolled;
       await this.undoHostChanges(host, e);
       throw e;
     } finally {
@@ -1332,10 +1334,10 @@ export class Controller {
   }
 
   /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */
-  private begin(restoring: boolean): StoreTxn | undefined {
+  private begin(restoring: boolean, rows?: number): StoreTxn | undefined {
     if (!this.opts.store) return undefined;
     try {
-      return this.opts.store.begin();
+      return this.opts.store.begin(rows);
     } catch (e) {
       if (!restoring) throw e;
       this.log.error(
@@ -1346,9 +1348,9 @@ export class Controller {
     }
   }
 
-  private commit(txn: StoreTxn | undefined, restoring: boolean): void {
+  private async commit(txn: StoreTxn | undefined, restoring: boolean): Promise<void> {
     try {
-      txn?.commit();
+      await txn?.commit();
     } catch (e) {
       if (!restoring) throw e;
       this.log.error(
@@ -1585,7 +1587,7 @@ export class Controller {
       }
       unverified = await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
       connectLinks(this.ctx, want, cur, undo);
-      this.commit(txn, tolerant);
+      await this.commit(txn, tolerant);
     } catch (e) {
       txn?.rollback();
       undo.rollback(this.log);
