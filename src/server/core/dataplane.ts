@@ -409,9 +409,10 @@ export interface Dataplane {
   rebuildPortIndex(): void;
   /**
    * Check the per-port index entries of the ports in use and the link flags (the reconciler's cheaper
-   * form of rebuildPortIndex); rewrite and return what differed, one line each.
+   * form of rebuildPortIndex); rewrite and return what differed, one line each. `pace`: awaited between
+   * batches of match entries read (a long read yields to the event loop); nothing is written until all are.
    */
-  checkPortIndex?(): string[];
+  checkPortIndex?(pace?: () => Promise<void>): Promise<string[]>;
   /** Source-prefix entries of every slot. */
   listSrcPrefixes(): SrcKey[];
   deleteSrcPrefix(key: SrcKey): void;

@@ -97,6 +97,6 @@ export async function compareKernelEntries(
     }
   }
   // The per-port index and the link flags follow the match and link entries (recounted, only differences written).
-  repaired.push(...(dp.checkPortIndex?.() ?? []));
+  repaired.push(...((await dp.checkPortIndex?.(pace)) ?? []));
   return { repaired, rules: plans.length, ms: Math.round(performance.now() - started) };
 }

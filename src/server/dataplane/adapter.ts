@@ -1402,8 +1402,8 @@ export class KernelDataplane implements Dataplane {
     tables.rebuildPortUse(this.dp.maps);
   }
 
-  checkPortIndex(): string[] {
-    return tables.checkPortUse(this.dp.maps);
+  checkPortIndex(pace?: () => Promise<void>): Promise<string[]> {
+    return tables.checkPortUse(this.dp.maps, pace);
   }
 
   listSrcPrefixes(): SrcKey[] {

@@ -392,6 +392,40 @@ export class BpfMap<K, V> {
   }
 
   /**
+   * {@link entriesBatch} one batch at a time (one BPF_MAP_LOOKUP_BATCH each), so that a caller may yield to
+   * the event loop between batches; undefined (nothing given) when the map is not a hash map, and a
+   * {@link KernelError} ENOSPC when a bucket holds more entries than a chunk: read with entriesBatch then.
+   */
+  batches(chunk = 4096): Generator<[K, V][]> | undefined {
+    return this.info.type === MapType.HASH ? this.hashBatches(chunk) : undefined;
+  }
+
+  private *hashBatches(chunk: number): Generator<[K, V][]> {
+    const ks = this.info.keySize;
+    const vs = this.info.valueSize;
+    const n = Math.min(chunk, this.info.maxEntries);
+    const keys = Buffer.alloc(n * ks);
+    const vals = Buffer.alloc(n * vs);
+    let inBatch: Buffer | null = null;
+    for (;;) {
+      const outBatch = Buffer.alloc(Math.max(ks, 4));
+      const count = [n];
+      const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
+      if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
+      const out: [K, V][] = [];
+      for (let i = 0; i < count[0]; i++) {
+        out.push([
+          this.key.decode(keys.subarray(i * ks, (i + 1) * ks)),
+          this.value.decode(vals.subarray(i * vs, (i + 1) * vs)),
+        ]);
+      }
+      if (out.length) yield out;
+      if (r === -ENOENT) return;
+      inBatch = outBatch;
+    }
+  }
+
+  /**
    * Every entry with its per-CPU values, read with BPF_MAP_LOOKUP_BATCH when
    * the map type has it (one syscall per chunk instead of two per key).
    */
