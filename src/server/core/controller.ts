@@ -313,7 +313,7 @@ export class Controller {
     let unverified: Map<string, string>;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
-      txn = this.begin(false);
+      txn = this.begin(false, ops.length);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -329,8 +329,9 @@ export class Controller {
       connectLinks(this.ctx, want, cur, undo);
       await this.commit(txn, false);
     } catch (e) {
-      txn?.rollback();
+      const rolled = txn?.rollback(); // on the store's worker thread for a large change: settled below
       undo.rollback(this.log);
+      await rolled;
       await this.undoHostChanges(host, e);
       throw e;
     } finally {
