@@ -20,7 +20,8 @@
  * XDPCTL_BENCH_CPU_PROF_INTERVAL µs, default 10 000); XDPCTL_BENCH_NODE_ARGS adds
  * Node flags to the daemon's (space-separated, e.g. --trace-gc);
  * XDPCTL_BENCH_HEAP_SNAPSHOT=<dir> writes a heap snapshot of the daemon at
- * rest (section 4) into <dir>.
+ * rest (section 4) into <dir>. XDPCTL_BENCH_ID names the run's namespaces,
+ * veths, pins and state directories (default: 4 random hex digits).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -1223,7 +1224,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
   if (opts.scaleSizes) n.scaleSizes = opts.scaleSizes;
   if (opts.scaleChanges) n.scaleChanges = opts.scaleChanges;
   if (opts.startRuns) n.startRuns = opts.startRuns;
-  // XDPCTL_BENCH_ID names the run's netns, veths, pins and state (default: 4 random hex digits; at most 6 characters).
+  // XDPCTL_BENCH_ID: at most 6 characters (veth names are x<id><role>, at most 15).
   const id = process.env.XDPCTL_BENCH_ID ?? randomBytes(2).toString('hex');
   const maxRules = Math.max(...n.applySizes, n.startRules, n.watchRules) + 1;
   const topo = new Topology(id);
