@@ -420,6 +420,7 @@ export class BenchDaemon {
     XdpDatapath.unpinAll(this.pinRoot);
     rmSync(this.stateDir, { recursive: true, force: true });
     rmSync(this.loopProbeFile, { force: true });
+    rmSync(`${this.loopProbeFile}.tmp`, { force: true });
     rmSync(this.unix.slice('unix:'.length), { force: true });
   }
 }
