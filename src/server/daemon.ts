@@ -45,7 +45,8 @@ import {
 import type { HttpJsonListener } from './http-json.js';
 import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, storeReason, type StoredState } from './core/store.js';
-import { CounterHub } from './core/counter-hub.js';
+import { controllerHub, type CounterHub } from './core/counter-hub.js';
+import { pacer } from './core/execute.js';
 import { LogDamper } from './core/log-damper.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
@@ -395,12 +396,8 @@ export class Daemon {
       log,
       store,
     });
-    const hub = new CounterHub(
-      () => controller.readCounters(),
-      undefined,
-      undefined,
-      () => controller.desiredVersion,
-    );
+    // Every counter read in slices (a scrape, GetCounters, each WatchCounters tick), shared while it runs.
+    const hub = controllerHub(controller);
     // Datapath counters as metrics, fed by the hub's shared reads (after the SDK started).
     const unregisterDatapath = registerDatapathMetrics(metrics.getMeter('xdpctld', VERSION), hub, {
       name: 'xdpctld',
@@ -635,7 +632,8 @@ export class Daemon {
   private startResync(): void {
     let busy = false;
     let again = false;
-    let reported = '';
+    /** The problems last logged (undefined: none logged yet). */
+    let reported: string[] | undefined;
     const damper = new LogDamper();
     const pass = () => {
       if (!this.ready.value) return;
@@ -651,10 +649,11 @@ export class Daemon {
           const pinProblems = this.checkPins();
           const fileProblems = await this.checkOwnFiles();
           this.controller.setOwnFileProblems([...pinProblems, ...fileProblems]);
-          const problems = this.controller.problems();
+          // Built and compared in slices (one line per rule not ACTIVE: 10 000 of them took one long turn).
+          const pace = pacer();
+          const problems = await this.controller.problemsPaced(pace);
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
-          const now = JSON.stringify(problems);
-          if (now !== reported) {
+          if (!(await sameLines(problems, reported, pace))) {
             // Said at each change; summarised while the problems flap (log-damper.ts).
             const t = Date.now();
             if (problems.length) {
@@ -669,7 +668,7 @@ export class Daemon {
                       'logged one by one (flapping); the last of them is this one',
                   ),
               );
-            } else if (reported !== '') {
+            } else if (reported !== undefined && reported.length > 0) {
               damper.line(
                 'datapath',
                 t,
@@ -682,7 +681,7 @@ export class Daemon {
                   ),
               );
             }
-            reported = now;
+            reported = problems;
           }
           damper.flush(Date.now());
         })
@@ -1271,4 +1270,14 @@ function resetDatapath(opts: DaemonOptions, dp: KernelDataplane, log: Logger, wh
       log.warn({ err, ifname: name }, '--reset-datapath: detach failed');
     }
   }
+}
+
+/** Whether two lists of lines are equal, awaiting `pace` every 1 024 lines. */
+async function sameLines(a: readonly string[], b: readonly string[] | undefined, pace: () => Promise<void>) {
+  if (!b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    if ((i + 1) % 1024 === 0) await pace();
+    if (a[i] !== b[i]) return false;
+  }
+  return true;
 }

@@ -14,7 +14,7 @@ import { describe, it } from 'node:test';
 import { MeterProvider, MetricReader, type ResourceMetrics } from '@opentelemetry/sdk-metrics';
 
 import { Controller } from '../../src/server/core/controller.js';
-import { CounterHub } from '../../src/server/core/counter-hub.js';
+import { controllerHub } from '../../src/server/core/counter-hub.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import {
   DATAPATH_METRICS,
@@ -52,12 +52,7 @@ function seen(rm: ResourceMetrics, metric: string, attr: string): string[] {
 function rig(dp = new ModelDataplane()) {
   const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
   // The daemon's hub: default tick and sharing, and the desired state's version.
-  const hub = new CounterHub(
-    () => c.readCounters(),
-    undefined,
-    undefined,
-    () => c.desiredVersion,
-  );
+  const hub = controllerHub(c);
   const producer = new DatapathMetricProducer();
   const reader = new PullReader({ metricProducers: [producer] });
   const provider = new MeterProvider({ readers: [reader] });
@@ -95,12 +90,12 @@ describe('metric exports and GetCounters after a change of the desired state', (
       assert.deepEqual(seen(rm, DATAPATH_METRICS.ruleRedirectErrors, 'xdpctl.rule'), ['keep']);
       // And GetCounters (hub.snapshot, shared for 100 ms) after a delete made right after it.
       assert.deepEqual(
-        r.hub.snapshot().rules.map((x) => x.name),
+        (await r.hub.snapshot()).rules.map((x) => x.name),
         ['keep'],
       );
       await r.c.deleteRule('keep', 0);
       assert.deepEqual(
-        r.hub.snapshot().rules.map((x) => x.name),
+        (await r.hub.snapshot()).rules.map((x) => x.name),
         [],
         'GetCounters right after a delete',
       );

@@ -8,7 +8,7 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
-import type { Dataplane, HostChangeScope, InterfaceInfo, XdpModeName } from './dataplane.js';
+import type { BackendStats, Dataplane, HostChangeScope, InterfaceInfo, RuleStats, XdpModeName } from './dataplane.js';
 import { CoreError, storeReason, type FieldViolation } from './errors.js';
 import {
   adoptRules,
@@ -120,7 +120,10 @@ export interface DesiredState {
 }
 
 export interface CounterSnapshot {
+  /** When the read ended (every value was read at or before it). */
   time: number;
+  /** When the read began (every value was read at or after it); absent: at `time`. */
+  started?: number;
   /**
    * The desired state's version when the read was made ({@link Controller.desiredVersion}): the hub reuses a
    * read only while it is current. Absent: reusable by age alone.
@@ -1737,6 +1740,31 @@ export class Controller {
   }
 
   /**
+   * {@link problems}, awaiting `pace` every {@link COUNTER_SLICE} rules (the reconciler's report after each
+   * pass: with 10 000 rules not ACTIVE, every rule's line built at once, then compared as one JSON text, held
+   * the event loop after every pass). The rules are those the desired state held when it began, each with its
+   * status as it is when its slice runs.
+   */
+  async problemsPaced(pace: () => Promise<void>): Promise<string[]> {
+    const out = [...this.ownFileProblems, ...this.lastProblems];
+    if (this.configProblem) out.push(this.configProblem);
+    const names = [...this.state.ruleKernel.keys()];
+    let shadows = this.activeLinkSources();
+    for (let i = 0; i < names.length; i++) {
+      if ((i + 1) % COUNTER_SLICE === 0) {
+        await pace();
+        shadows = this.activeLinkSources();
+      }
+      const k = this.state.ruleKernel.get(names[i]);
+      if (!k) continue;
+      const r = this.state.rules.get(names[i]);
+      const s = r && shadows.size ? shadowedStatus(r, k.status, shadows) : k.status;
+      if (s.state !== 'active') out.push(`rule ${names[i]} is ${s.state.toUpperCase()}: ${s.message}`);
+    }
+    return out;
+  }
+
+  /**
    * Config-file mode: why the file is not in force while no configuration runs at all (set by the config
    * watcher; undefined once a file is applied). A datapath problem: the operator's desired state is the
    * file, and nothing of it, nor any earlier configuration, runs.
@@ -1814,45 +1842,184 @@ export class Controller {
     return this.state.desiredVersion;
   }
 
-  /** One read of every counter the desired state has. */
-  readCounters(): CounterSnapshot {
-    const ruleIds: number[] = [];
-    const backendIds: number[] = [];
-    for (const k of this.state.ruleKernel.values()) {
-      ruleIds.push(k.statsId);
-      for (const b of k.backends.values()) backendIds.push(b.statsId);
+  /**
+   * One read of every counter the desired state has, in slices: it awaits `pace` after every `slice`
+   * ({@link COUNTER_SLICE}) rules, backends or ids (the daemon's pacer yields to the event loop once 4 ms of a
+   * turn has passed), so that with 10 000 rules of 4 backends no turn of the event loop reads, sums and
+   * builds them all (one turn of 150-290 ms before). What the result means, slices being read at different
+   * instants (docs/deployment.md, "Counters read in slices"):
+   * - the rules are those the desired state held when the read began, in name order, with the backends
+   *   their specs named then; one deleted before its counters were read is left out, one created after the
+   *   read began is in the next read;
+   * - each counter is the kernel's value at one instant between `started` and `time`, of the object it is
+   *   reported under at that instant: a rule or backend whose counter id changed meanwhile (it was replaced)
+   *   is read at its new id, never another object's counter at its old one;
+   * - different objects' counters (a rule's and its backends', two rules') may be read up to `time -
+   *   started` apart: a rule's redirected packets and the sum of its backends' need not agree to the packet
+   *   while traffic flows, as they need not between two separate reads; each series only grows from one
+   *   read to the next (reads of one object never go back in time);
+   * - `version` is the desired state's version when the read began: a read during which a change landed is
+   *   not shared with reads asked for after it (CounterHub), they read again.
+   */
+  async readCounters(
+    pace: () => Promise<void> = async () => undefined,
+    slice = COUNTER_SLICE,
+  ): Promise<CounterSnapshot> {
+    const started = this.now();
+    const version = this.state.desiredVersion;
+    const { ruleKernel, rules: specs } = this.state;
+    // 1. Who is read: names in order (kept by the state between changes), each rule's kernel record as now.
+    const names = this.state.ruleNames();
+    const ruleName: string[] = [];
+    const ruleId: number[] = [];
+    /** Per rule, the index of its first backend in the b* arrays, and how many. */
+    const firstBackend: number[] = [];
+    const bRule: number[] = [];
+    const bKey: string[] = [];
+    const bIp: string[] = [];
+    const bIface: string[] = [];
+    const bId: number[] = [];
+    let n = 0; // rules and backends since the last pace
+    for (const name of names) {
+      if (n >= slice) {
+        await pace();
+        n = 0;
+      }
+      n++;
+      const k = ruleKernel.get(name);
+      const spec = specs.get(name);
+      if (!k || !spec) continue;
+      const r = ruleName.length;
+      ruleName.push(name);
+      ruleId.push(k.statsId);
+      firstBackend.push(bRule.length);
+      for (const b of spec.backends) {
+        const key = backendKey(b);
+        bRule.push(r);
+        bKey.push(key);
+        bIp.push(b.ip);
+        bIface.push(b.interface);
+        bId.push(k.backends.get(key)?.statsId ?? -1);
+        n++;
+      }
     }
-    const read = this.dp.readCounters(ruleIds, backendIds, [...this.state.linkDirs.keys()]);
-    const zero = {
-      matched: 0n,
-      matchedBytes: 0n,
-      redirected: 0n,
-      redirectedBytes: 0n,
-      filtered: 0n,
-      noBackend: 0n,
-      redirectErrors: 0n,
+    // 2. The kernel's counters, a range of ids at a time. In the turn a range is read, each id in it is
+    //    checked against the object's kernel record as it is then: unchanged, the value read is the object's;
+    //    moved to another id, that id is read in the same turn; gone, the object is left out.
+    const ruleVals: (RuleStats | undefined)[] = new Array(ruleName.length);
+    const ruleGone = new Uint8Array(ruleName.length);
+    const bVals: (BackendStats | undefined)[] = new Array(bRule.length);
+    const bGone = new Uint8Array(bRule.length);
+    const byId = (ids: number[]) => {
+      let top = -1;
+      for (const id of ids) if (id > top) top = id;
+      const owner = new Int32Array(top + 1).fill(-1);
+      ids.forEach((id, i) => id >= 0 && (owner[id] = i));
+      return owner;
     };
+    const ruleOwner = byId(ruleId);
+    for (let lo = 0; lo < ruleOwner.length; lo += slice) {
+      await pace();
+      const want: number[] = [];
+      const moved: [number, number][] = [];
+      for (let id = lo; id < Math.min(lo + slice, ruleOwner.length); id++) {
+        const r = ruleOwner[id];
+        if (r < 0) continue;
+        const now = ruleKernel.get(ruleName[r])?.statsId;
+        if (now === id) want.push(id);
+        else if (now === undefined) ruleGone[r] = 1;
+        else moved.push([r, now]);
+      }
+      const read = this.dp.readCounters(want, [], []).rules;
+      for (const id of want) ruleVals[ruleOwner[id]] = read.get(id);
+      if (moved.length) {
+        const again = this.dp.readCounters(
+          moved.map(([, id]) => id),
+          [],
+          [],
+        ).rules;
+        for (const [r, id] of moved) ruleVals[r] = again.get(id);
+      }
+    }
+    const bOwner = byId(bId);
+    for (let lo = 0; lo < bOwner.length; lo += slice) {
+      await pace();
+      const want: number[] = [];
+      const moved: [number, number][] = [];
+      for (let id = lo; id < Math.min(lo + slice, bOwner.length); id++) {
+        const b = bOwner[id];
+        if (b < 0) continue;
+        const now = ruleKernel.get(ruleName[bRule[b]])?.backends.get(bKey[b])?.statsId;
+        if (now === id) want.push(id);
+        else if (now === undefined) bGone[b] = 1;
+        else moved.push([b, now]);
+      }
+      const read = this.dp.readCounters([], want, []).backends;
+      for (const id of want) bVals[bOwner[id]] = read.get(id);
+      if (moved.length) {
+        const again = this.dp.readCounters(
+          [],
+          moved.map(([, id]) => id),
+          [],
+        ).backends;
+        for (const [b, id] of moved) bVals[b] = again.get(id);
+      }
+    }
+    // Objects no range covered (a backend its rule had no kernel id for when the read began, an id two
+    // objects held): read one by one at their ids as they are now (none, normally).
+    await pace();
+    for (let r = 0; r < ruleName.length; r++) {
+      if (ruleVals[r] || ruleGone[r]) continue;
+      const id = ruleKernel.get(ruleName[r])?.statsId;
+      if (id === undefined) ruleGone[r] = 1;
+      else ruleVals[r] = this.dp.readCounters([id], [], []).rules.get(id);
+    }
+    for (let b = 0; b < bRule.length; b++) {
+      if (bVals[b] || bGone[b]) continue;
+      const id = ruleKernel.get(ruleName[bRule[b]])?.backends.get(bKey[b])?.statsId;
+      if (id !== undefined) bVals[b] = this.dp.readCounters([], [id], []).backends.get(id);
+    }
+    // 3. The snapshot, in name order; links and the global counters (a few entries) in the last turn.
     const rules: CounterSnapshot['rules'] = [];
     const backends: CounterSnapshot['backends'] = [];
-    for (const name of [...this.state.ruleKernel.keys()].sort()) {
-      const k = this.state.ruleKernel.get(name)!;
-      rules.push({ name, ...zero, ...read.rules.get(k.statsId) });
-      const spec = this.state.rules.get(name)!;
-      for (const b of spec.backends) {
-        const ids = k.backends.get(backendKey(b));
-        const c = ids ? read.backends.get(ids.statsId) : undefined;
+    let made = 0; // rules and backends since the last pace
+    for (let r = 0; r < ruleName.length; r++) {
+      const end = r + 1 < ruleName.length ? firstBackend[r + 1] : bRule.length;
+      made += 1 + end - firstBackend[r];
+      if (made > slice) {
+        await pace();
+        made = 1 + end - firstBackend[r];
+      }
+      if (ruleGone[r]) continue;
+      const c = ruleVals[r];
+      const name = ruleName[r];
+      rules.push({
+        name,
+        matched: c?.matched ?? 0n,
+        matchedBytes: c?.matchedBytes ?? 0n,
+        redirected: c?.redirected ?? 0n,
+        redirectedBytes: c?.redirectedBytes ?? 0n,
+        filtered: c?.filtered ?? 0n,
+        noBackend: c?.noBackend ?? 0n,
+        redirectErrors: c?.redirectErrors ?? 0n,
+      });
+      for (let b = firstBackend[r]; b < end; b++) {
+        if (bGone[b]) continue;
+        const v = bVals[b];
         backends.push({
           rule: name,
-          ip: b.ip,
-          interface: b.interface,
-          packets: c?.packets ?? 0n,
-          bytes: c?.bytes ?? 0n,
-          redirectErrors: c?.redirectErrors ?? 0n,
+          ip: bIp[b],
+          interface: bIface[b],
+          packets: v?.packets ?? 0n,
+          bytes: v?.bytes ?? 0n,
+          redirectErrors: v?.redirectErrors ?? 0n,
         });
       }
     }
+    await pace();
+    const linkRead = this.dp.readCounters([], [], [...this.state.linkDirs.keys()]);
     const links = [...this.state.linkDirs.entries()].map(([ifindex, d]) => {
-      const c = read.links.get(ifindex);
+      const c = linkRead.links.get(ifindex);
       return {
         from: d.from,
         to: d.to,
@@ -1862,7 +2029,7 @@ export class Controller {
       };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));
-    return { time: this.now(), version: this.state.desiredVersion, rules, backends, links, global: read.global };
+    return { started, time: this.now(), version, rules, backends, links, global: linkRead.global };
   }
 
   /**
@@ -1891,6 +2058,12 @@ export class Controller {
     return detached;
   }
 }
+
+/**
+ * Rules, backends or counter ids a counter read handles between two calls of its pacer
+ * ({@link Controller.readCounters}).
+ */
+export const COUNTER_SLICE = 512;
 
 /** The most slices of its own work ({@link SLICE_MS} each) a reconciler pass does before it gives its turn to a waiting change. */
 const PASS_SLICES = 4;

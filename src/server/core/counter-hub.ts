@@ -17,8 +17,15 @@
  * was made (`version`): after a rule or link is created, updated or deleted,
  * the next unary read or metric export reads the kernel again, so a deleted
  * rule is gone from it and a new one is in it (docs/deployment.md).
+ *
+ * A read may take several turns of the event loop (Controller.readCounters
+ * reads 10 000 rules in slices): everyone who asks while one is under way,
+ * with the desired state as it was when it began, gets that read when it
+ * ends (one read per tick and per scrape, however many ask); a tick whose
+ * watchers are due while a read is under way hands them that read.
  */
 import type { CounterSnapshot } from './controller.js';
+import { pacer } from './execute.js';
 
 interface Watcher {
   every: number; // in ticks
@@ -41,6 +48,8 @@ export class CounterHub {
   /** When tick 0 was, by the clock: tick n is due at t0 + n * baseMs. */
   private t0 = 0;
   private latest?: CounterSnapshot;
+  /** The read under way, and the desired state's version when it began. */
+  private inFlight?: { version?: number; done: Promise<CounterSnapshot> };
   private closed = false;
 
   /**
@@ -52,7 +61,7 @@ export class CounterHub {
    *   differs is not shared. Absent: snapshots are shared by age alone.
    */
   constructor(
-    private readonly read: () => CounterSnapshot,
+    private readonly read: () => CounterSnapshot | Promise<CounterSnapshot>,
     readonly baseMs = 10,
     readonly shareMs = 100,
     private readonly version?: () => number,
@@ -76,8 +85,8 @@ export class CounterHub {
   }
 
   /** A fresh snapshot for unary reads (shares a read made in the last tick, of the desired state as it is). */
-  snapshot(): CounterSnapshot {
-    if (this.current(this.latest, this.shareMs, false)) return this.latest;
+  snapshot(): Promise<CounterSnapshot> {
+    if (this.current(this.latest, this.shareMs, false)) return Promise.resolve(this.latest);
     return this.readNow();
   }
 
@@ -86,24 +95,43 @@ export class CounterHub {
    * has not changed since it was read, else a fresh read (for metric exports:
    * while watches run, exports reuse their reads).
    */
-  recent(maxAgeMs: number): CounterSnapshot {
-    if (this.current(this.latest, maxAgeMs, true)) return this.latest;
+  recent(maxAgeMs: number): Promise<CounterSnapshot> {
+    if (this.current(this.latest, maxAgeMs, true)) return Promise.resolve(this.latest);
     return this.readNow();
   }
 
   /** snapshot(), or undefined when the read fails (the next tick retries). */
-  private tryLatest(): CounterSnapshot | undefined {
+  private async tryLatest(): Promise<CounterSnapshot | undefined> {
     try {
-      return this.snapshot();
+      return await this.snapshot();
     } catch {
       return undefined;
     }
   }
 
-  private readNow(): CounterSnapshot {
+  /** A read: the one under way if it began at the desired state's current version, else a new one. */
+  private readNow(): Promise<CounterSnapshot> {
+    const version = this.version?.();
+    if (this.inFlight && this.inFlight.version === version) return this.inFlight.done;
     this.reads++;
-    this.latest = this.read();
-    return this.latest;
+    const started = Date.now();
+    const flight = {
+      version,
+      done: (async () => {
+        const snap = await this.read();
+        // A read that began after the kept one (reads overlap only across a change) replaces it.
+        if (!this.latest || (this.latest.started ?? this.latest.time) <= (snap.started ?? started)) {
+          this.latest = snap;
+        }
+        return snap;
+      })(),
+    };
+    this.inFlight = flight;
+    const clear = () => {
+      if (this.inFlight === flight) this.inFlight = undefined;
+    };
+    flight.done.then(clear, clear);
+    return flight.done;
   }
 
   /**
@@ -129,16 +157,15 @@ export class CounterHub {
       else w.missed = true; // still busy with (or blocked on) the previous one
     }
     if (due.length === 0) return;
-    let snap: CounterSnapshot;
-    try {
-      snap = this.readNow();
-    } catch {
-      return; // a failed read skips this tick; the next one retries
-    }
-    for (const w of due) {
-      w.pending = snap;
-      w.wake?.();
-    }
+    this.readNow().then(
+      (snap) => {
+        for (const w of due) {
+          w.pending = snap;
+          w.wake?.();
+        }
+      },
+      () => undefined, // a failed read skips this tick; the next one retries
+    );
   }
 
   /**
@@ -161,12 +188,12 @@ export class CounterHub {
     const onAbort = () => w.wake?.();
     signal.addEventListener('abort', onAbort);
     try {
-      yield this.snapshot();
+      yield await this.snapshot();
       while (!signal.aborted && !this.closed) {
         if (w.missed) {
           // Due while its consumer was not reading: the latest snapshot now, no backlog.
           w.missed = false;
-          const latest = this.tryLatest();
+          const latest = await this.tryLatest();
           if (latest) {
             yield latest;
             continue;
@@ -195,4 +222,25 @@ export class CounterHub {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
   }
+}
+
+/** What the daemon's hub reads: the controller (Controller.readCounters, Controller.desiredVersion). */
+export interface CounterSource {
+  readCounters(pace: () => Promise<void>): Promise<CounterSnapshot>;
+  readonly desiredVersion: number;
+}
+
+/**
+ * The daemon's hub over the controller: every read in slices, with a pacer made per read (`makePace`; by
+ * default core/execute.ts's, which yields to the event loop once 4 ms of a turn has passed: with 10 000
+ * rules, one read in one turn held the event loop 150-290 ms, at every scrape, GetCounters and
+ * WatchCounters tick), and shared while the desired state stays as it was.
+ */
+export function controllerHub(src: CounterSource, makePace: () => () => Promise<void> = () => pacer()): CounterHub {
+  return new CounterHub(
+    () => src.readCounters(makePace()),
+    undefined,
+    undefined,
+    () => src.desiredVersion,
+  );
 }

@@ -170,12 +170,13 @@ export class BpfMap<K, V> {
 
   /**
    * The per-CPU values of the given indexes of a per-CPU array, one entry per
-   * index (an index at or past max_entries is left out). Indexes 0 to the
-   * largest asked for are read with BPF_MAP_LOOKUP_BATCH, `chunk` at a time
+   * index (an index at or past max_entries is left out). The smallest to the
+   * largest index asked for are read with BPF_MAP_LOOKUP_BATCH, `chunk` at a time
    * (one syscall per chunk instead of one per index: 5 000 counter entries
    * took 5 000 lookups, each through koffi), and only the asked-for ones are
    * decoded. When the indexes are sparse (fewer than a quarter of the range),
-   * they are looked up one by one instead.
+   * they are looked up one by one instead. (A counter read in slices asks for
+   * one range of ids at a time: Controller.readCounters.)
    */
   getManyPerCpu(this: BpfMap<number, V>, indexes: readonly number[], chunk = 4096): Map<number, V[]> {
     if (this.info.type !== MapType.PERCPU_ARRAY) {
@@ -183,9 +184,14 @@ export class BpfMap<K, V> {
     }
     const out = new Map<number, V[]>();
     let top = -1;
-    for (const i of indexes) if (i < this.info.maxEntries && i > top) top = i;
+    let low = Infinity;
+    for (const i of indexes) {
+      if (i >= this.info.maxEntries) continue;
+      if (i > top) top = i;
+      if (i < low) low = i;
+    }
     if (top < 0) return out;
-    if (indexes.length * 4 < top + 1) {
+    if (indexes.length * 4 < top + 1 - low) {
       for (const i of indexes) {
         const v = i < this.info.maxEntries ? this.getPerCpu(i) : undefined;
         if (v) out.set(i, v);
@@ -194,12 +200,17 @@ export class BpfMap<K, V> {
     }
     const wanted = new Uint8Array(top + 1);
     for (const i of indexes) if (i <= top) wanted[i] = 1;
-    const n = Math.min(chunk, top + 1);
+    const n = Math.min(chunk, top + 1 - low);
     const keys = Buffer.alloc(n * 4);
     const vals = Buffer.alloc(n * this.stride * this.cpus);
+    // The batch starts after the key in in_batch (an array's next key is index + 1): low - 1, or the first.
     let inBatch: Buffer | null = null;
+    if (low > 0) {
+      inBatch = Buffer.alloc(4);
+      inBatch.writeUInt32LE(low - 1);
+    }
     let outBatch = Buffer.alloc(4);
-    for (let read = 0; read <= top;) {
+    for (let read = low; read <= top;) {
       const count = [Math.min(n, top + 1 - read)];
       const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
       if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);

@@ -131,7 +131,7 @@ export class DatapathMetricProducer implements MetricProducer {
     const hub = this.hub;
     let snap;
     try {
-      snap = hub && !hub.isClosed ? hub.recent(MAX_SNAPSHOT_AGE_MS) : undefined;
+      snap = hub && !hub.isClosed ? await hub.recent(MAX_SNAPSHOT_AGE_MS) : undefined;
     } catch {
       snap = undefined; // a failed kernel read leaves the datapath counters out of this export
     }
@@ -272,10 +272,11 @@ export function registerDatapathMetrics(
     description: 'WatchCounters streams currently open',
     unit: '{stream}',
   });
-  const readsCb = (r: { observe(v: number): void }) => {
-    // The read this collection's datapath counters use (the producer reuses it), counted in it.
+  const readsCb = async (r: { observe(v: number): void }) => {
+    // The read this collection's datapath counters use (the producer reuses it, or shares it while it is
+    // under way), counted in it.
     try {
-      if (!hub.isClosed) hub.recent(MAX_SNAPSHOT_AGE_MS);
+      if (!hub.isClosed) await hub.recent(MAX_SNAPSHOT_AGE_MS);
     } catch {
       // the producer leaves the datapath counters out of this export
     }

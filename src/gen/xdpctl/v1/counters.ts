@@ -182,7 +182,12 @@ export interface CounterFilter {
 
 /** One sample of the datapath's counters, restricted by a CounterFilter. */
 export interface Counters {
-  /** When the counters were read. */
+  /**
+   * When the counters were read: when the read ended. With many rules the
+   * daemon reads them in slices, each counter at one instant between the
+   * read's start and this time (docs/deployment.md, "Counters read in
+   * slices").
+   */
   time?:
     | Date
     | undefined;
