@@ -359,6 +359,15 @@ export class BenchDaemon {
    * (perf_hooks.monitorEventLoopDelay in the daemon, read and reset by SIGWINCH: no scrape in the window).
    */
   async loopProbeMaxMs(): Promise<number> {
+    return (await this.loopProbe()).delayMs;
+  }
+
+  /**
+   * bench/loop-probe.mjs's figures since the previous call: the longest event-loop delay and the longest
+   * main-thread CPU time between two ticks of its 5 ms interval (about the longest turn, without the time the
+   * daemon waited for a CPU), in ms.
+   */
+  async loopProbe(): Promise<{ delayMs: number; cpuMs: number }> {
     const file = this.loopProbeFile;
     const seq = () => {
       try {
@@ -374,7 +383,8 @@ export class BenchDaemon {
       if (nowMs() > deadline) throw new Error(`no answer from bench/loop-probe.mjs in ${file}`);
       await sleep(2);
     }
-    return Number(readFileSync(file, 'utf8').split(' ')[1]);
+    const f = readFileSync(file, 'utf8').split(' ');
+    return { delayMs: Number(f[1]), cpuMs: Number(f[3]) };
   }
 
   /** The daemon's own count of counter-hub kernel reads (xdpctl.counter_hub.reads on --prometheus). */
