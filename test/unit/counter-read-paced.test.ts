@@ -22,6 +22,9 @@ import {
   DatapathMetricProducer,
   registerDatapathMetrics,
 } from '../../src/server/telemetry/datapath-metrics.js';
+import { ListRulesResponse } from '../../src/gen/xdpctl/v1/rule.js';
+import { serializer } from '../../src/server/services/encoded-reply.js';
+import { ruleService } from '../../src/server/services/rule-service.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 class PullReader extends MetricReader {
@@ -225,5 +228,37 @@ describe('counter reads in slices', () => {
     await during;
     assert.ok(log.calls > 0);
     hub.close();
+  });
+
+  it('a ListRules page of 1 000 is read and encoded 128 rules at a time, and is the page one piece would be', async () => {
+    const n = 1100;
+    const { c } = await setup(n);
+    const limits: number[] = [];
+    const page = c.rulePage.bind(c);
+    c.rulePage = (after, limit) => {
+      limits.push(limit);
+      return page(after, limit);
+    };
+    const svc = ruleService(c);
+    const ctx = {} as Parameters<typeof svc.listRules>[1];
+    const bytes = serializer((r: ListRulesResponse) =>
+      ListRulesResponse.encode(ListRulesResponse.fromPartial(r)).finish(),
+    );
+    const first = (await svc.listRules({ pageSize: 1000, pageToken: '' }, ctx)) as ListRulesResponse;
+    assert.ok(limits.length >= 8 && limits.every((l) => l <= 128), `rule reads of ${limits.join(', ')}`);
+    assert.equal(first.rules.length, 1000);
+    const whole = page(undefined, 1000).rules.map((r) => r.name);
+    assert.deepEqual(
+      first.rules.map((r) => r.name),
+      whole,
+    );
+    assert.deepEqual(
+      Buffer.from(bytes(first)),
+      Buffer.from(ListRulesResponse.encode(ListRulesResponse.fromPartial(first)).finish()),
+    );
+    const second = (await svc.listRules({ pageSize: 1000, pageToken: first.nextPageToken }, ctx)) as ListRulesResponse;
+    assert.equal(second.rules.length, n - 1000);
+    assert.equal(second.nextPageToken, '', 'the last page says there is no more');
+    assert.equal(second.rules[0].name, rule(1000).name);
   });
 });

@@ -3,6 +3,7 @@ import type { NormalizedServiceDefinition, ServiceImplementation } from 'nice-gr
 
 import type { Controller } from '../core/controller.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
+import { pacer } from '../core/execute.js';
 import type { RuleSpec } from '../core/model.js';
 import { validateName } from '../core/validate.js';
 import type { Rule, RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
@@ -13,6 +14,8 @@ import { encodeRule, fieldsMessage, ruleFieldsMessage, serializer, withBytes } f
 import { pageToken, pageTokenKey } from './paging.js';
 
 const DEFAULT_PAGE = 100;
+/** Rules a ListRules page reads and encodes between two calls of its pacer. */
+const LIST_SLICE = 128;
 
 /** A name that no rule can have is a bad argument, not a miss (and is never echoed whole). */
 function checkName(name: string): void {
@@ -48,34 +51,39 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
     async listRules(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : Math.min(req.pageSize, MAX_PAGE);
       const after = req.pageToken ? pageTokenName(req.pageToken) : undefined;
-      // A page starts after the last name of the previous one: stable under concurrent changes.
-      // It costs its size, not the rule count.
-      const page = ctl.rulePage(after, size);
-      const candidates = page.rules.map(ruleToProto);
-      // The whole page in one piece when it fits for certain: each rule counts below as its length + 8, and
-      // its tag and length take at least 2 of those bytes, so a page within MAX_PAGE_BYTES - 8 x its rules
-      // takes every candidate (the common case: one copy of the page's bytes, no copy per rule).
-      const last = candidates.at(-1);
-      const nextToken = page.more && last ? pageToken('rule', last.name) : '';
-      const whole = ruleFieldsMessage(1, candidates, [2, nextToken]);
-      if (whole.length + 8 * candidates.length <= MAX_PAGE_BYTES) {
-        return withBytes({ rules: candidates, nextPageToken: nextToken }, whole);
-      }
-      // At most page_size rules and MAX_PAGE_BYTES encoded (at least one rule), so that no page
-      // exceeds a default client's 4 MiB receive limit whatever the rules hold. Each rule is
-      // encoded once, to measure it and to send it.
+      // A page starts after the last name of the previous one: stable under concurrent changes. It costs its
+      // size, not the rule count, and is read and encoded LIST_SLICE rules at a time, giving the event loop
+      // back between them once 4 ms of a turn have passed (a page of 1 000 took one turn of 54-75 ms of CPU
+      // with 10 000 rules installed): each slice starts after the last name of the one before, as the pages
+      // of a client asking for LIST_SLICE rules at a time would. At most page_size rules and MAX_PAGE_BYTES
+      // encoded (at least one rule), so that no page exceeds a default client's 4 MiB receive limit whatever
+      // the rules hold; each rule is encoded once, to measure it and to send it.
+      const pace = pacer();
       const rules: Rule[] = [];
       const encoded: Uint8Array[] = [];
       let bytes = 0;
-      for (const r of candidates) {
-        const b = encodeRule(r);
-        const n = b.length + 8; // + field tag and length
-        if (rules.length > 0 && bytes + n > MAX_PAGE_BYTES) break;
-        rules.push(r);
-        encoded.push(b);
-        bytes += n;
+      let more = false;
+      let cursor = after;
+      while (rules.length < size) {
+        const page = ctl.rulePage(cursor, Math.min(LIST_SLICE, size - rules.length));
+        let full = false;
+        for (const view of page.rules) {
+          const r = ruleToProto(view);
+          const b = encodeRule(r);
+          const n = b.length + 8; // + field tag and length
+          if (rules.length > 0 && bytes + n > MAX_PAGE_BYTES) {
+            full = true;
+            break;
+          }
+          rules.push(r);
+          encoded.push(b);
+          bytes += n;
+        }
+        more = full || page.more;
+        if (full || !page.more || page.rules.length === 0) break;
+        cursor = page.rules[page.rules.length - 1].name;
+        if (rules.length < size) await pace();
       }
-      const more = page.more || rules.length < candidates.length;
       const nextPageToken = more && rules.length ? pageToken('rule', rules[rules.length - 1].name) : '';
       return withBytes(
         { rules, nextPageToken },
