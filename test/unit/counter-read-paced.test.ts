@@ -136,6 +136,9 @@ describe('counter reads in slices', () => {
       const paced = await c.readCounters(pace);
       assert.deepEqual(paced.rules, whole.rules);
       assert.deepEqual(paced.backends, whole.backends);
+      // The problems gauge counts what problems() lists, without making 700 texts per scrape.
+      assert.equal(c.problemCount(), c.problems().length);
+      assert.deepEqual(await c.problemsPaced(pace), c.problems());
     } finally {
       unregister();
       hub.close();

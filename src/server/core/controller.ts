@@ -1739,6 +1739,13 @@ export class Controller {
     return out;
   }
 
+  /** How many {@link problems} there are, without their texts (the `xdpctl.datapath.problems` gauge, per scrape). */
+  problemCount(): number {
+    const s = this.ruleStates();
+    const rules = Object.entries(s).reduce((n, [state, count]) => (state === 'active' ? n : n + count), 0);
+    return this.ownFileProblems.length + this.lastProblems.length + (this.configProblem ? 1 : 0) + rules;
+  }
+
   /**
    * {@link problems}, awaiting `pace` every {@link COUNTER_SLICE} rules (the reconciler's report after each
    * pass: with 10 000 rules not ACTIVE, every rule's line built at once, then compared as one JSON text, held

@@ -47,6 +47,8 @@ export interface StateSource {
   ruleStates(): Record<RuleState, number>;
   /** The reconciler's last list of problems (empty: the datapath is as desired). */
   problems(): readonly string[];
+  /** How many problems(): counted without making their texts (one per rule not ACTIVE). */
+  problemCount?(): number;
   /** What the reconciler did since the start, by kind. */
   reconcilerEvents(): Readonly<Record<string, number>>;
   /** The state store and why it refuses writes, if it does (undefined: no store). */
@@ -76,7 +78,8 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
     const counts = source.ruleStates();
     for (const s of RULE_STATES) r.observe(counts[s] ?? 0, { [RULE_STATE_ATTR]: s });
   };
-  const observeProblems = (r: { observe(v: number): void }) => r.observe(source.problems().length);
+  const observeProblems = (r: { observe(v: number): void }) =>
+    r.observe(source.problemCount?.() ?? source.problems().length);
   const store = meter.createObservableGauge(STATE_METRICS.storeWritable, {
     description:
       'Whether the state store takes writes: 1 yes, 0 no (every change is refused), with xdpctl.state_store.reason as the disk said (ENOSPC, EROFS, EIO); as last observed by a change or the write probe of the reconciler (each second while it refuses)',
