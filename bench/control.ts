@@ -1162,30 +1162,47 @@ async function section5(id: string, net: Net, n: Counts): Promise<ControlFigure[
         );
         gauge.note = "the window holds the resetting scrape's own counter read and serialization of every series";
         out.push(p99, el, gauge);
-        // Prometheus scrapes of every series of those rules (each read in full by the client).
-        await sleep(200);
-        await d.loopDelayMaxMs(); // resets the window
+        // Prometheus scrapes of every series of those rules (each read in full by the client), each in a window
+        // of the probe of its own (no other scrape in it).
         const scrapeMs: number[] = [];
+        const scrapeDelay: number[] = [];
+        const scrapeCpu: number[] = [];
         phase('scrapes');
         let series = 0;
-        for (let i = 0; i < 3; i++) {
+        for (let i = 0; i < 5; i++) {
+          await sleep(200);
+          await d.loopProbe();
           const t1 = nowMs();
           const text = await (await fetch(d.metricsUrl())).text();
           scrapeMs.push(nowMs() - t1);
+          await sleep(50);
+          const p = await d.loopProbe();
+          scrapeDelay.push(p.delayMs);
+          scrapeCpu.push(p.cpuMs);
           series = text.split('\n').filter((l) => l.startsWith('xdpctl_')).length;
         }
-        await sleep(200);
-        const scrapeLoop = await d.loopDelayMaxMs();
+        const each = (xs: number[]) => xs.map((x) => fmt(x)).join(' / ');
         const sl = figure(
-          `event-loop delay, longest, during 3 /metrics scrapes with ${size} rules`,
+          `event-loop delay, longest, during a /metrics scrape with ${size} rules (5 scrapes)`,
           'ms',
-          [scrapeLoop],
-          1,
+          [Math.max(...scrapeDelay)],
+          5,
         );
         sl.targetText = '≤ 50 ms';
-        sl.met = scrapeLoop <= 50;
-        sl.note = `${series} series a scrape, scrape p50 ${fmt(pct(scrapeMs, 0.5))} ms`;
-        out.push(sl);
+        sl.met = Math.max(...scrapeDelay) <= 50;
+        sl.note = `each: ${each(scrapeDelay)} ms (bench/loop-probe.mjs); ${series} series a scrape`;
+        const sc = figure(
+          `longest turn of the event loop in CPU time during those scrapes`,
+          'ms',
+          [Math.max(...scrapeCpu)],
+          5,
+        );
+        sc.targetText = '≤ 50 ms';
+        sc.met = Math.max(...scrapeCpu) <= 50;
+        sc.note = `each: ${each(scrapeCpu)} ms (main-thread CPU between two 5 ms ticks; no wait for a CPU in it)`;
+        const sm = figure(`/metrics scrape latency with ${size} rules, p50`, 'ms', [pct(scrapeMs, 0.5)], 5);
+        sm.note = `each: ${each(scrapeMs)} ms`;
+        out.push(sl, sc, sm);
       } else {
         await rules.applyRules({ rules: set(0) });
       }
