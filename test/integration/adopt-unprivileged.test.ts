@@ -210,7 +210,14 @@ describe('ours or foreign without CAP_SYS_ADMIN', kernelOnly(), () => {
     await stop(d1);
 
     const d2 = await start(k, ['--bpf-object', OBJECT_NEXT], CONTAINER);
-    assert.equal(lines(d2, /program upgraded; interfaces will be swapped/).length, 1, 'an upgrade');
+    assert.equal(
+      lines(
+        d2,
+        /program replaced: the pinned xdpctl_main \(id \d+, tag \w+\) uses this datapath's maps and is other code/,
+      ).length,
+      1,
+      'an upgrade',
+    );
     await ownsTheDatapath(d2, old, k);
     assert.throws(() => sh('bpftool', ['prog', 'show', 'id', String(old)]), 'the old program freed');
   });

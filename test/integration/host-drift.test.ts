@@ -142,7 +142,8 @@ describe('host settings drift under a running daemon', kernelOnly(), () => {
   }
   const feature = (h: Host, name: string) =>
     new RegExp(`^${name}: (on|off)`, 'm').exec(topo.exec(h.role, 'ethtool', ['-k', 'eth0']))?.[1];
-  const drifted = /"msg":"[^"]*: device settings XDP relies on here were changed by someone else: put back/;
+  const drifted =
+    /"msg":"[^"]*: device settings this daemon had made for XDP were found undone \(not by this daemon\): made again/;
 
   it("puts back TSO/GSO turned on again on a generic ingress's veth peer: TCP through the link flows again", async () => {
     const la = topo.addHost('dla', '198.18.5.1/24');

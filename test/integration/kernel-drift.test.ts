@@ -33,7 +33,7 @@ import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const BAD_MAC = '02:de:ad:be:ef:01';
-const REWRITTEN = 'kernel entries differed from the desired state (changed by another tool?): rewritten';
+const REWRITTEN = 'kernel entries differed from the desired state: rewritten';
 
 type Line = { level: number; msg: string; repaired?: string[]; differed?: string[] };
 

@@ -105,8 +105,8 @@ describe('offloads follow the XDP mode of an ingress', kernelOnly(), () => {
     const mode = async () =>
       (await c.interfaces.listInterfaces({})).interfaces.find((i) => i.name === vm.hostIf)?.effectiveMode;
     await until('native', async () => (await mode()) === EffectiveXdpMode.EFFECTIVE_XDP_MODE_NATIVE, 5000);
-    await until('released', async () => d!.output.includes('offloads no longer needed off, put back on'), 6000);
-    const line = d.output.split('\n').find((l) => l.includes('offloads no longer needed off, put back on'))!;
+    await until('released', async () => d!.output.includes('offloads no longer needed off: '), 6000);
+    const line = d.output.split('\n').find((l) => l.includes('offloads no longer needed off: '))!;
     const why = `no longer needed: ${vm.hostIf} runs our program in native mode`;
     assert.deepEqual((JSON.parse(line) as { released: string[] }).released, [
       `eth0 in netns ${vm.netns}: generic-segmentation-offload on again (${why})`,

@@ -105,7 +105,10 @@ describe('a rule update re-attaches a program someone detached', kernelOnly(), (
     assert.equal(updated.status!.state, RuleState.RULE_STATE_ACTIVE, updated.status!.message);
     assert.equal(await delivered(20), 20, 'the rule forwards again');
     const said = lines.filter(
-      (l) => l.msg === `our XDP program was detached from ${vm.hostIf} by someone else: re-attached`,
+      (l) =>
+        l.msg ===
+        `${vm.hostIf}: found no XDP program where ours ran in native mode (detached, not by this daemon): ours ` +
+          're-attached in native mode',
     );
     assert.equal(said.length, 1, 'logged once');
     assert.equal(said[0].level, 40, 'as a warning');

@@ -926,7 +926,7 @@ export class Controller {
     this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
     this.log.warn(
       { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
-      'kernel entries differed from the desired state (changed by another tool?): rewritten',
+      'kernel entries differed from the desired state: rewritten',
     );
     const set = new Set(names);
     for (const line of r.repaired) {
@@ -1322,7 +1322,7 @@ export class Controller {
     if (r.repaired.length && before === 0) {
       this.log.info(
         { written: r.repaired.slice(0, 100), count: r.repaired.length },
-        `adopted rules written into empty tables (new maps: a --max-rules or layout migration, or pins removed): ${r.repaired.length} entries written`,
+        `adopted rules written into empty tables (no rule entry in them at start): ${r.repaired.length} entries written`,
       );
     } else if (r.repaired.length) {
       this.log.warn(

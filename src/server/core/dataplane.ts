@@ -376,15 +376,17 @@ export interface Dataplane {
   xdpTransmitStats?(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined>;
   /**
    * The device settings an attach makes for XDP on `ifname` (offloads turned off: VLAN tag offloads, and in
-   * generic mode TSO/GSO of a veth's peer), checked again and put back where they drifted (someone turned
-   * them on): `done` says what was put back, `unrepaired` what was found on and could not be turned off,
-   * `released` what an earlier mode needed and this one does not, turned back on (a generic ingress's peer's
-   * TSO/GSO, once the ingress runs in native mode). Optional (fakes).
+   * generic mode TSO/GSO of a veth's peer), checked again and made where they are not as needed: `done` says
+   * what this daemon had made there before (its host-changes record) and found undone, made again; `set` what
+   * it made there for the first time (the mode changed: another tool attached our program in generic mode;
+   * or the device is new), with why; `unrepaired` what was found on and could not be turned off, `released`
+   * what an earlier mode needed and this one does not, turned back on (a generic ingress's peer's TSO/GSO,
+   * once the ingress runs in native mode). Optional (fakes).
    */
   checkIngress?(
     ifname: string,
     generic: boolean,
-  ): Promise<{ done: string[]; unrepaired: string[]; released?: string[] }>;
+  ): Promise<{ done: string[]; set?: string[]; unrepaired: string[]; released?: string[] }>;
   /**
    * Whether the kernel would take a native-mode (driver) XDP program on `ifname`, from its xdp-features
    * (NETDEV_XDP_ACT_BASIC; a bridge has none) with the features as text; undefined when the kernel does

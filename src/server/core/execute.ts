@@ -242,16 +242,26 @@ function attachIngress(
         }
         vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
         attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring, `${p.field}.ingress_interfaces`);
-        ctx.log.warn(
-          { ifname: i.name, mode: state.attached.get(i.name)?.mode },
-          `our XDP program was detached from ${i.name} by someone else: re-attached`,
-        );
+        const mode = state.attached.get(i.name)?.mode ?? 'none';
+        ctx.log.warn({ ifname: i.name, found: 'none', was: a.mode, mode }, reattachedText(i.name, a.mode, mode));
         continue;
       }
       vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring, `${p.field}.ingress_interfaces`);
     }
   }
+}
+
+/**
+ * What the log says when our program, attached to `name` in mode `was` (as this daemon attached it or last saw
+ * it), is found gone (no XDP program; this daemon did not detach it: its own detaches forget the attachment
+ * first) and is attached again, in mode `now`.
+ */
+export function reattachedText(name: string, was: string | undefined, now: string): string {
+  return (
+    `${name}: found no XDP program where ours ran${was ? ` in ${was} mode` : ''} (detached, not by this daemon): ` +
+    `ours re-attached in ${now} mode`
+  );
 }
 
 /**

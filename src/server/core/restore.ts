@@ -84,7 +84,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     state.slots.take(slot);
     for (const id of dp.readRing(slot)) if (id !== dp.noBackend && id !== 0) state.backendIds.take(id);
   }
-  // Rules whose interfaces are gone wait (reported) until resync sees them back.
+  // Rules with an interface missing wait (reported); the reconciler's next pass writes them with what is there.
   // Each interface is looked up once, however many rules name it.
   const facts = fetchInterfaces(
     dp,
@@ -108,7 +108,13 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       matchKeys: [],
       prefixes: k?.prefixes ?? [],
       backends: k?.backends ?? new Map(),
-      ifindexes: new Map([...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].map((i) => [i, -1] as const)),
+      // What this start found (-1: missing), for the pass that writes it to say what it writes against.
+      ifindexes: new Map(
+        [...r.ingressInterfaces, ...r.backends.map((b) => b.interface)].map(
+          (i) => [i, exists(i) ? facts.interfaces.get(i)!.ifindex : -1] as const,
+        ),
+      ),
+      waitingSinceStart: true,
       status: waitingStatus(),
     });
   }

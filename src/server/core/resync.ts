@@ -19,6 +19,7 @@ import {
   adoptStrayAttachments,
   pacer,
   Preempted,
+  reattachedText,
   releaseUnusedInterfaces,
   STRAY_LOCAL_SCAN_MS,
   type ExecContext,
@@ -240,7 +241,10 @@ export async function resync(
       // Someone detached it (ip link set dev X xdp off), a foreign program
       // left, or the interface is new or back: put ours there.
       const wasForeign = state.logged.get(`if/${name}`)?.startsWith('foreign|');
-      const detached = state.attached.has(name); // same ifindex as when we attached
+      // Same ifindex as when we attached (or last saw ours there), and this daemon did not detach it (its own
+      // detaches forget the attachment first): the mode ours ran in then.
+      const detached = state.attached.has(name);
+      const lastMode = state.attached.get(name)?.mode;
       try {
         const st = dp.attach(name, ctx.mode);
         state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: st.mode });
@@ -249,8 +253,8 @@ export async function resync(
         if (st.mode === 'native') native.add(name);
         if (detached) {
           ctx.log.warn(
-            { ifname: name, mode: st.mode },
-            `our XDP program was detached from ${name} by someone else: re-attached`,
+            { ifname: name, found: 'none', was: lastMode, mode: st.mode },
+            reattachedText(name, lastMode, st.mode),
           );
         } else {
           ctx.log.info(
@@ -262,13 +266,24 @@ export async function resync(
         }
         transition(`if/${name}`, 'ok', () => undefined);
       } catch (e) {
-        const why = `our XDP program is not attached to ${name} and re-attaching failed: ${(e as Error).message}`;
+        const why = `our XDP program is not attached to ${name}, and attaching it failed: ${(e as Error).message}`;
         ingressProblems.set(name, why);
         transition(`if/${name}`, `detached|${(e as Error).message}`, () => ctx.log.error({ ifname: name }, why));
       }
       continue;
     }
     const a = state.attached.get(name);
+    if (a?.mode && a.mode !== x.mode) {
+      // Our program, attached in another mode than this daemon attached it or last saw it in (another tool's
+      // `ip link set dev X xdp off; ip link set dev X xdpgeneric pinned PIN/progs/xdpctl_main`): said once, left
+      // as it is (a switch back detaches it for a moment); the device settings that mode needs are checked now.
+      ctx.log.warn(
+        { ifname: name, was: a.mode, mode: x.mode },
+        `${name}: our XDP program runs in ${x.mode} mode now; it ran in ${a.mode} mode (not changed by this ` +
+          `daemon): left in ${x.mode} mode`,
+      );
+      state.ingressChecked.delete(name);
+    }
     if (a) a.mode = x.mode;
     else state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: x.mode });
     if (x.mode === 'native') native.add(name);
@@ -321,15 +336,45 @@ export async function resync(
   const why = new Map<string, string>();
   const gone: string[] = [];
   let moved = false;
-  /** What the interfaces that moved or came back are (for the log): "X is back", "X has a new ifindex (a -> b)". */
+  /**
+   * What the interfaces that moved or appeared are, against the rule's last write (for the log): "X appeared
+   * (ifindex N; missing when the rule was last written)", "X has a new ifindex (a -> b)".
+   */
   const movedWhy: string[] = [];
   const check = (idx: number, i: string) => {
     const cur = now(i);
     if (cur === undefined) gone.push(i);
     else if (cur !== idx) {
       moved = true;
-      movedWhy.push(idx < 0 ? `${i} is back (ifindex ${cur})` : `${i} has a new ifindex (${idx} -> ${cur})`);
+      movedWhy.push(
+        idx < 0
+          ? `${i} appeared (ifindex ${cur}; missing when the rule was last written)`
+          : `${i} has a new ifindex (${idx} -> ${cur})`,
+      );
     }
+  };
+  /** Rules a start did not write (an interface missing then), written by this pass: what, against what the start found. */
+  const sinceStart = new Map<string, string>();
+  const sinceStartText = (ifindexes: ReadonlyMap<string, number>): string => {
+    const missing: string[] = [];
+    const same: string[] = [];
+    const parts: string[] = [];
+    for (const [i, idx] of ifindexes) {
+      const cur = now(i);
+      if (idx < 0) {
+        missing.push(i);
+        if (cur !== undefined) parts.push(`${i} appeared (ifindex ${cur})`);
+      } else if (cur === idx) same.push(`${i} (ifindex ${idx})`);
+      else if (cur === undefined) parts.push(`${i} (ifindex ${idx} at start) missing now`);
+      else parts.push(`${i} has a new ifindex since the start (${idx} -> ${cur})`);
+    }
+    if (same.length) parts.unshift(`${same.join(', ')} as found at start`);
+    const still = missing.filter((i) => now(i) === undefined);
+    if (still.length) parts.push(`${still.join(', ')} still missing`);
+    return (
+      `waiting since the start for ${missing.join(', ')} (missing at start): written with the interfaces there ` +
+      `now: ${parts.join('; ')}`
+    );
   };
   const mtuOf = (i: string) => facts.links.get(i)?.mtu;
   // An egress's own MAC is the source MAC of every frame redirected to it (written into each backend
@@ -468,10 +513,12 @@ export async function resync(
         if (receiving && spec.mac === '' && !state.neighbourMacs.has(nkey)) state.neighbourMacs.set(nkey, mac);
       });
     }
-    if (changed) {
-      if (moved) why.set(name, `interface ${movedWhy.join(', ')}`);
-      ops.push({ name, next: specOf(rule), lenient: true });
-    }
+    if (k.waitingSinceStart) {
+      // Not written at start: written now, said against what the start found (not as a change of the host).
+      changed = true;
+      sinceStart.set(name, sinceStartText(k.ifindexes));
+    } else if (changed && moved) why.set(name, `interface ${movedWhy.join(', ')}`);
+    if (changed) ops.push({ name, next: specOf(rule), lenient: true });
     return changed;
   };
   // The rules the datapath refused (due for a retry or not), those touched since they were last checked (kept
@@ -527,7 +574,17 @@ export async function resync(
     // Only what was observed: rules re-applied for a change seen on the host say which; a retry of a
     // rule the datapath refused is not a host change (its failure was logged once, by applyEach; a retry
     // that fails the same way logs nothing more, one that succeeds says so below).
-    const hostChanged = ops.filter((o) => !retried.has(o.name));
+    const hostChanged = ops.filter((o) => !retried.has(o.name) && !sinceStart.has(o.name));
+    const fromStart = ops.filter((o) => sinceStart.has(o.name));
+    if (fromStart.length) {
+      ctx.log.info(
+        {
+          rules: fromStart.map((o) => o.name),
+          changes: Object.fromEntries(fromStart.map((o) => [o.name, sinceStart.get(o.name)])),
+        },
+        'rules waiting since the start for missing interfaces: written with the interfaces there now',
+      );
+    }
     if (hostChanged.length) {
       const fields = {
         rules: hostChanged.map((o) => o.name),
@@ -605,7 +662,7 @@ export async function resync(
       state.reconcilerEvents.kernel_repairs++;
       ctx.log.warn(
         { ifindex: f, to },
-        `kernel entries differed from the desired state (changed by another tool?): link direction from ifindex ${f} ` +
+        `kernel entries differed from the desired state (this daemon wrote no such entry): link direction from ifindex ${f} ` +
           `(map xc_links): kernel egress ifindex ${to}, desired absent (no link holds it): deleted`,
       );
     } catch (e) {
@@ -1241,17 +1298,29 @@ async function checkIngressSettings(
   let why: string | undefined;
   try {
     const r = await dp.checkIngress(name, mode === 'generic');
+    // Only what this daemon had set there itself (its host-changes record) is said to have been undone; what
+    // it sets for the first time (the mode changed, the device is new) is said as such.
     if (r.done.length) {
       ctx.log.warn(
         { ifname: name, done: r.done },
-        `${name}: device settings XDP relies on here were changed by someone else: put back (${r.done.join('; ')})`,
+        `${name}: device settings this daemon had made for XDP were found undone (not by this daemon): made ` +
+          `again (${r.done.join('; ')})`,
+      );
+    }
+    if (r.set?.length) {
+      ctx.log.info(
+        { ifname: name, mode, set: r.set },
+        `${name}: our XDP program runs in ${mode} mode, which needs these device settings: ${r.set.join('; ')}`,
       );
     }
     if (r.released?.length) {
-      ctx.log.info({ ifname: name, released: r.released }, `${name}: offloads no longer needed off, put back on`);
+      ctx.log.info(
+        { ifname: name, released: r.released },
+        `${name}: offloads no longer needed off: ${r.released.join('; ')}`,
+      );
     }
     if (r.unrepaired.length)
-      why = `device settings XDP relies on were changed and cannot be put back: ${r.unrepaired.join('; ')}`;
+      why = `device settings XDP needs here are not as needed and could not be made: ${r.unrepaired.join('; ')}`;
   } catch (e) {
     why = `cannot check the device settings XDP relies on: ${(e as Error).message}`;
   }
@@ -1479,7 +1548,7 @@ async function checkKernel(
       state.reconcilerEvents.kernel_repairs += r.repaired.length;
       ctx.log.warn(
         { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
-        'kernel entries differed from the desired state (changed by another tool?): rewritten',
+        'kernel entries differed from the desired state: rewritten',
       );
     }
     state.kernelDrift = undefined;

@@ -37,6 +37,12 @@ export interface RuleKernel {
   /** ifindex of every interface the rule was written with (ingress and egress); -1 while missing. */
   ifindexes: Map<string, number>;
   /**
+   * Set by a start (restore.ts) for a rule it did not write because an interface was missing: `ifindexes` then
+   * holds what the start found (-1: missing), and the reconciler's next pass writes it with what is there,
+   * saying so against what the start found (not as a change of the host). Gone once written.
+   */
+  waitingSinceStart?: true;
+  /**
    * What the rule's conditions were last recorded from (status, ingress problems; {@link observedOf}): a pass
    * that judges the rule and finds it different records the rule's conditions with the pass's time
    * (Controller.observeRules).

@@ -1200,11 +1200,30 @@ export class KernelDataplane implements Dataplane {
   async checkIngress(
     ifname: string,
     generic: boolean,
-  ): Promise<{ done: string[]; unrepaired: string[]; released?: string[] }> {
+  ): Promise<{ done: string[]; set?: string[]; unrepaired: string[]; released?: string[] }> {
     const prep = await prepareIngress(ifname, generic);
+    // What this daemon had turned off on that device before (its host-changes record, same device) and found
+    // on again is "done" (made again); the rest it turns off for the first time there ("set": the mode changed,
+    // or the device is new), which nobody can be said to have undone.
+    const done: string[] = [];
+    const set: string[] = [];
+    prep.changed.forEach((c, i) => {
+      const rec = this.offloadChanges.find((x) => sameDevice(x, c));
+      const again = c.features.filter((f) => rec?.features.includes(f));
+      const first = c.features.filter((f) => !again.includes(f));
+      const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
+      const why = prep.reasons?.[i];
+      if (again.length) done.push(`turned ${again.join(', ')} off on ${where}`);
+      if (first.length) set.push(`turned ${first.join(', ')} off on ${where}${why ? ` (${why})` : ''}`);
+    });
     if (prep.changed.length) this.recordOffloads(prep.changed);
     const released = generic ? [] : await this.releaseGenericOffloads(ifname);
-    return { done: prep.done, unrepaired: prep.unrepaired ?? [], ...(released.length ? { released } : {}) };
+    return {
+      done,
+      ...(set.length ? { set } : {}),
+      unrepaired: prep.unrepaired ?? [],
+      ...(released.length ? { released } : {}),
+    };
   }
 
   /**

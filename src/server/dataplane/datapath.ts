@@ -674,7 +674,10 @@ function removePinDir(dir: string): void {
 export class XdpDatapath {
   /** Maps reused from existing pins (a restart or upgrade) rather than created. */
   readonly adopted: boolean;
-  /** A pinned program existed and differed from the loaded one: attach() upgrades. */
+  /**
+   * A pinned xdpctl_main (an earlier load on this pin root) existed and differed from the loaded one: attach()
+   * swaps it (a program of another name pinned there is not one of ours: replaced at the pin, not swapped).
+   */
   readonly upgraded: boolean;
   /**
    * Whether open() loaded (and the kernel verified) the program: false when it adopted the pinned
@@ -978,7 +981,7 @@ export class XdpDatapath {
         }
         const used = progMapIds(progPin);
         const stale = used !== undefined && used.some((id) => !ours.has(id));
-        if (stale) {
+        if (stale && pinned.name === PROGRAM_NAME) {
           log.warn(
             { progId: pinned.id, uses: used, pinnedMaps: [...ours] },
             'the pinned program uses other maps than the pinned ones (pins removed or replaced?): it is replaced',
@@ -996,11 +999,28 @@ export class XdpDatapath {
             check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
             pinLoaded(progsDir, fingerprint, newFd);
           });
-          upgraded = true;
-          log.info(
-            { from: pinned.tag, to: fresh.tag, progId: fresh.id },
-            'program upgraded; interfaces will be swapped',
-          );
+          // Said as found: an xdpctl_main on this datapath's maps is an earlier load of this datapath (another
+          // build: an upgrade, or not); a program of another name was never loaded by xdpctld, whoever pinned it.
+          if (pinned.name !== PROGRAM_NAME) {
+            log.warn(
+              { progId: pinned.id, name: pinned.name, tag: pinned.tag, now: { progId: fresh.id, tag: fresh.tag } },
+              `the program pinned at ${progPin} (id ${pinned.id}, name ${pinned.name}, tag ${pinned.tag}) is not ` +
+                `an ${PROGRAM_NAME}, so not one this datapath loaded: the pin is replaced by this daemon's ` +
+                `program (id ${fresh.id}, tag ${fresh.tag}) as the start completes; an interface running the ` +
+                'other one is not swapped (it is ' +
+                'reported as running a foreign program)',
+            );
+          } else {
+            upgraded = true;
+            if (!stale) {
+              log.info(
+                { from: pinned.tag, to: fresh.tag, progId: fresh.id, was: pinned.id },
+                `program replaced: the pinned ${PROGRAM_NAME} (id ${pinned.id}, tag ${pinned.tag}) uses this ` +
+                  `datapath's maps and is other code than this daemon's (id ${fresh.id}, tag ${fresh.tag}); ` +
+                  'interfaces running it are swapped to this one',
+              );
+            }
+          }
         }
       } else {
         check(`pin program at ${progPin}`, lib.bpf_obj_pin(newFd, progPin) as number);
