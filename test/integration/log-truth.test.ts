@@ -1,5 +1,5 @@
 /**
- * Log lines state only what was observed (issue 16, eighth review finding 7): what changed, from what to what,
+ * Log lines state only what was observed: what changed, from what to what,
  * and who did it only when the daemon knows. Each case changes the host for real (namespaces, veths, programs,
  * pins, datagrams) and asserts the exact truthful line and the absence of the false one it replaced:
  *  a) another tool moves our program from native to generic mode: the mode change is said (it was not), and the
