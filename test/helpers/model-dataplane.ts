@@ -67,7 +67,7 @@ type Kind = 'array' | 'hash' | 'lpm';
 /** One map: bytes in, bytes out, with its type's rules. */
 export class ModelMap<K, V> {
   readonly entries_ = new Map<string, Buffer>();
-  readonly info: { name: string; maxEntries: number };
+  readonly info: { name: string; maxEntries: number; valueSize: number };
   readonly perCpu: boolean;
 
   constructor(
@@ -79,7 +79,7 @@ export class ModelMap<K, V> {
     private readonly faults: Faults,
     perCpu = false,
   ) {
-    this.info = { name, maxEntries };
+    this.info = { name, maxEntries, valueSize: value.layout.size };
     this.perCpu = perCpu;
   }
 

@@ -1,0 +1,115 @@
+/**
+ * What the reconciler says when it writes a rule a start could not write (an interface missing then): what the
+ * start found and what is there now, never "the host changed ... X is back" for interfaces that never went away
+ * (was: every interface of such a rule was "back (ifindex N)", since the start recorded none of them). And at
+ * run time an interface missing at a rule's last write "appeared": the daemon says it was missing then and is
+ * there now, nothing it did not see. Over modelled maps (test/helpers/model-dataplane.ts);
+ * test/integration/log-truth.test.ts proves the start case against the kernel.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { Controller } from '../../src/server/core/controller.js';
+import type { RuleSpec } from '../../src/server/core/model.js';
+import type { Logger } from '../../src/server/log.js';
+import { ModelDataplane } from '../helpers/model-dataplane.js';
+
+interface Line {
+  level: string;
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+function capture(lines: Line[], bindings: object = {}): Logger {
+  const at =
+    (level: string) =>
+    (obj: object, msg = '') =>
+      lines.push({ level, msg, fields: { ...bindings, ...obj } });
+  return {
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    child: (b) => capture(lines, { ...bindings, ...b }),
+  };
+}
+
+const rule: RuleSpec = {
+  name: 'web',
+  protocol: 'udp',
+  port: 5000,
+  destination: '',
+  sourcePrefixes: [],
+  ingressInterfaces: ['in0'],
+  backends: [
+    { ip: '10.0.0.1', mac: '02:00:00:00:01:01', interface: 'b0', weight: 1 },
+    { ip: '10.0.0.2', mac: '02:00:00:00:01:02', interface: 'b1', weight: 1 },
+  ],
+  udpChecksum: 'update',
+  labels: {},
+};
+
+const START = 'rules waiting since the start for missing interfaces: written with the interfaces there now';
+const HOST = 'the host changed: re-applying rules';
+
+describe('resync: a rule a start could not write', () => {
+  it('is written with what the start found, not as interfaces that are "back"; one that appears later "appeared"', async () => {
+    // The backends' hosts: each veth peer has its static MAC (confirmed; one nothing confirms is DEGRADED).
+    const peers = (m: ModelDataplane) => {
+      m.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
+      m.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
+    };
+    const dp = new ModelDataplane();
+    peers(dp);
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
+    await c.createRule(rule);
+    const stored = c.storedState();
+    const in0 = dp.ifs.get('in0')!.ifindex;
+    const b0 = dp.ifs.get('b0')!.ifindex;
+    const b1 = dp.ifs.get('b1')!;
+
+    // Stopped; b1 deleted meanwhile. The start finds in0 and b0 as they were.
+    const dp2 = ModelDataplane.adopt(dp);
+    peers(dp2);
+    dp2.ifs.delete('b1');
+    const lines: Line[] = [];
+    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: capture(lines) });
+    await c2.restore(stored);
+    await c2.resync();
+    const said = lines.filter((l) => l.msg === START);
+    assert.equal(said.length, 1, JSON.stringify(lines));
+    assert.deepEqual(said[0].fields.changes, {
+      web:
+        'waiting since the start for b1 (missing at start): written with the interfaces there now: in0 (ifindex ' +
+        `${in0}), b0 (ifindex ${b0}) as found at start; b1 still missing`,
+    });
+    assert.deepEqual(
+      lines.filter((l) => l.msg === HOST),
+      [],
+      'nothing changed on the host since the start',
+    );
+    assert.ok(!JSON.stringify(lines).includes('is back'), JSON.stringify(lines));
+    assert.equal(c2.getRule('web').status.state, 'degraded');
+    assert.deepEqual(
+      lines.filter((l) => l.level === 'error'),
+      [],
+    );
+
+    // b1 made again: missing at the rule's last write, there now. Said so, once.
+    lines.length = 0;
+    dp2.ifs.set('b1', { ...b1, ifindex: 77 });
+    await c2.resync();
+    await c2.resync();
+    const host = lines.filter((l) => l.msg === HOST);
+    assert.equal(host.length, 1, JSON.stringify(lines));
+    assert.deepEqual(host[0].fields.changes, {
+      web: 'interface b1 appeared (ifindex 77; missing when the rule was last written)',
+    });
+    assert.deepEqual(
+      lines.filter((l) => l.msg === START),
+      [],
+      'written once at start: not again',
+    );
+    assert.equal(c2.getRule('web').status.state, 'active');
+  });
+});
