@@ -26,6 +26,7 @@ import { fillRing, idRingHolds } from './ring.js';
 import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
+import { reattachedText } from './reattach-text.js';
 import type { UndoLog } from './undo-log.js';
 import { handSetNeighbourStatus, lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
 
@@ -250,18 +251,6 @@ function attachIngress(
       attachOne(ctx, undo, i.name, i.ifindex, new Set([`rule/${p.name}`]), restoring, `${p.field}.ingress_interfaces`);
     }
   }
-}
-
-/**
- * What the log says when our program, attached to `name` in mode `was` (as this daemon attached it or last saw
- * it), is found gone (no XDP program; this daemon did not detach it: its own detaches forget the attachment
- * first) and is attached again, in mode `now`.
- */
-export function reattachedText(name: string, was: string | undefined, now: string): string {
-  return (
-    `${name}: found no XDP program where ours ran${was ? ` in ${was} mode` : ''} (detached, not by this daemon): ` +
-    `ours re-attached in ${now} mode`
-  );
 }
 
 /**

@@ -19,7 +19,6 @@ import {
   adoptStrayAttachments,
   pacer,
   Preempted,
-  reattachedText,
   releaseUnusedInterfaces,
   STRAY_LOCAL_SCAN_MS,
   type ExecContext,
@@ -46,6 +45,7 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import { otherProgram } from './conditions.js';
+import { reattachedText } from './reattach-text.js';
 import { observedOf, sameObserved, type CoreState, type IfaceFacts, type RuleKernel } from './state.js';
 import {
   freshEntry,

@@ -67,6 +67,13 @@ import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
  * namespace's id and the veth peer (netdev.ts DeviceIdentity). Not its name or MAC: settings its owner may
  * change (a device renamed since is still the one recorded).
  */
+/** Why XDP needs these offloads off (the reasons prepareIngress gives: dataplane/netdev.ts). */
+function offloadWhy(features: readonly string[]): string {
+  return features.some((f) => GENERIC_GSO_FEATURES.includes(f))
+    ? 'generic XDP cannot redirect GSO packets (TCP from it would stall)'
+    : 'VLAN tags delivered as metadata look untagged to XDP here';
+}
+
 function sameDevice(a: GroChange, b: GroChange): boolean {
   if (a.netns !== b.netns || a.ifindex !== b.ifindex) return false;
   if (a.netnsId !== undefined && b.netnsId !== undefined && a.netnsId !== b.netnsId) return false;
@@ -1207,14 +1214,13 @@ export class KernelDataplane implements Dataplane {
     // or the device is new), which nobody can be said to have undone.
     const done: string[] = [];
     const set: string[] = [];
-    prep.changed.forEach((c, i) => {
+    prep.changed.forEach((c) => {
       const rec = this.offloadChanges.find((x) => sameDevice(x, c));
       const again = c.features.filter((f) => rec?.features.includes(f));
       const first = c.features.filter((f) => !again.includes(f));
       const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
-      const why = prep.reasons?.[i];
       if (again.length) done.push(`turned ${again.join(', ')} off on ${where}`);
-      if (first.length) set.push(`turned ${first.join(', ')} off on ${where}${why ? ` (${why})` : ''}`);
+      if (first.length) set.push(`turned ${first.join(', ')} off on ${where} (${offloadWhy(first)})`);
     });
     if (prep.changed.length) this.recordOffloads(prep.changed);
     const released = generic ? [] : await this.releaseGenericOffloads(ifname);

@@ -1301,8 +1301,6 @@ export interface IngressPreparation {
   changed: OffloadChange[];
   /** Of `problems`, the settings found on that could not be turned off (not a fixed feature: a failed change). */
   unrepaired?: string[];
-  /** Why each of `changed` was made (same order): what XDP needs of that setting. */
-  reasons?: string[];
 }
 
 /** One command a preparation step runs; its stdout is sent back into the generator (a failure thrown into it). */
@@ -1317,7 +1315,6 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   const problems: string[] = [];
   const unrepaired: string[] = [];
   const changed: OffloadChange[] = [];
-  const reasons: string[] = [];
   function* ip(args: string[], netns?: string): Generator<Command, IpLink[], string> {
     return JSON.parse(
       (yield { cmd: 'ip', args: [...(netns ? ['-n', netns] : []), '-j', ...args] }) || '[]',
@@ -1360,7 +1357,6 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
         ...(peerOf ? peerOfOurs(peerOf) : {}),
         features: on,
       });
-      reasons.push(why);
     } catch (e) {
       const problem = `turn ${on.join(', ')} off on ${where}: ${(e as Error).message}; ${why}`;
       problems.push(problem);
@@ -1373,7 +1369,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (!dev) return { done, problems: [`interface ${name} not found`], changed, unrepaired };
   if (dev.linkinfo?.info_kind !== 'veth') {
     yield* turnOff(dev, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
-    return { done, problems, changed, unrepaired, reasons };
+    return { done, problems, changed, unrepaired };
   }
   let netns: string | undefined;
   let peer: IpLink | undefined;
@@ -1405,5 +1401,5 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (generic) {
     yield* turnOff(peer, netns, [...GENERIC_GSO_FEATURES], gsoWhy, name);
   }
-  return { done, problems, changed, unrepaired, reasons };
+  return { done, problems, changed, unrepaired };
 }
