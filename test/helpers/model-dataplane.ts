@@ -231,6 +231,15 @@ export class ModelMap<K, V> {
     return [...this.entries()];
   }
 
+  /** As BpfMap.batches: the entries `chunk` at a time for a hash map, undefined for an array map. */
+  batches(chunk = 4096): Generator<[K, V][]> | undefined {
+    if (this.kind === 'array') return undefined;
+    const all = this.entriesBatch();
+    return (function* () {
+      for (let i = 0; i < all.length; i += chunk) yield all.slice(i, i + chunk);
+    })();
+  }
+
   entriesPerCpu(): [K, V[]][] {
     return [...this.entries()].map(([k, v]) => [k, [v]]);
   }
