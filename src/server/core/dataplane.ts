@@ -413,8 +413,17 @@ export interface Dataplane {
    * Check the per-port index entries of the ports in use and the link flags (the reconciler's cheaper
    * form of rebuildPortIndex); rewrite and return what differed, one line each. `pace`: awaited between
    * batches of match entries read (a long read yields to the event loop); nothing is written until all are.
+   * `all`: every port's entry, those of ports no match entry uses included (they must hold zeros).
    */
-  checkPortIndex?(pace?: () => Promise<void>): Promise<string[]>;
+  checkPortIndex?(pace?: () => Promise<void>, all?: boolean): Promise<string[]>;
+  /**
+   * Compare the per-interface flags word (if_flags: cross-connect, link counters index, generic mode) of every
+   * interface with a link, link counters or our program with what it must be: `generic` names each ifindex our
+   * program runs on, true where the kernel reports generic mode; `links` the link directions wanted (ingress ->
+   * egress ifindex), whose counters' egress entry (xc_egress) is compared too. Rewrite and return what
+   * differed, one line each.
+   */
+  checkInterfaceFlags?(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): string[];
   /** Source-prefix entries of every slot. */
   listSrcPrefixes(): SrcKey[];
   deleteSrcPrefix(key: SrcKey): void;

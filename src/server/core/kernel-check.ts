@@ -24,6 +24,11 @@ import { matchId, type RuleKernel } from './state.js';
  * (mostly planning each rule and checking its 1 031-entry hash table), so every ~5-7 s there.
  */
 export const KERNEL_CHECK_MIN_MS = 1000;
+/**
+ * How often a full comparison also reads the per-port index entries of the ports no rule uses (all 65 536:
+ * ~15-30 ms), which must hold zeros: an any-destination count of one there is taken as a match entry.
+ */
+export const PORT_SWEEP_MS = 30_000;
 /** The share of one CPU that the comparison may take on average (5%). */
 export const KERNEL_CHECK_SHARE = 0.05;
 
@@ -32,7 +37,7 @@ export function kernelCheckInterval(lastMs: number): number {
   return Math.max(KERNEL_CHECK_MIN_MS, Math.ceil(lastMs / KERNEL_CHECK_SHARE));
 }
 
-/** Result of one comparison: what differed (and was rewritten), and how long it took. */
+/** Result of one comparison: what differed (and was rewritten), and how long it took (a port sweep's time aside). */
 export interface KernelCheck {
   repaired: string[];
   rules: number;
@@ -96,7 +101,13 @@ export async function compareKernelEntries(
       repaired.push(`${matchText(key, ingress)}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`);
     }
   }
-  // The per-port index and the link flags follow the match and link entries (recounted, only differences written).
-  repaired.push(...((await dp.checkPortIndex?.(pace)) ?? []));
-  return { repaired, rules: plans.length, ms: Math.round(performance.now() - started) };
+  // The per-port index and the link flags follow the match and link entries (recounted, only differences written);
+  // on a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
+  const all = !names && ctx.now() - state.portsSweptAt >= PORT_SWEEP_MS;
+  const sweep = performance.now();
+  repaired.push(...((await dp.checkPortIndex?.(pace, all)) ?? []));
+  if (all) state.portsSweptAt = ctx.now();
+  // The sweep's time is not the comparison's: every 30 s, it must not stretch the interval of the next ones.
+  const swept = all ? performance.now() - sweep : 0;
+  return { repaired, rules: plans.length, ms: Math.round(performance.now() - started - swept) };
 }

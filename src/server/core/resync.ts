@@ -715,6 +715,7 @@ export async function resync(
     state.linkReapplyFailed = undefined;
     state.linkReapplyError = undefined;
   }
+  checkInterfaceFlags(ctx, wanted, transition);
 
   // Each link direction's egress must transmit what the link gives it: up, with carrier (a veth whose
   // peer is up), and, from a native-mode ingress, able to take native XDP redirects (checked, and with
@@ -833,6 +834,7 @@ export async function resync(
   // 3. Status as observed, each transition logged once.
   const problems: string[] = [...missing].sort().map((i) => missingText(state, i));
   if (state.kernelDrift) problems.push(state.kernelDrift);
+  if (state.flagsDrift) problems.push(state.flagsDrift);
   if (state.linkReapplyError) {
     problems.push(`link entries differ from the desired state and could not be rewritten: ${state.linkReapplyError}`);
   }
@@ -1523,6 +1525,42 @@ async function judgeStaticMacs(
     }
   }
   return unverified;
+}
+
+/**
+ * The flags word (map if_flags) of every interface our program runs on, or with a link or link counters,
+ * compared at every pass (a point lookup each) with what it must be and rewritten where it differs, logged
+ * as every other kernel entry: its generic-mode bit follows the mode the kernel reports for our program
+ * there (step 1 above; another tool may have moved it to the other mode, or written the word: a native
+ * ingress marked generic leaves offloaded senders' UDP checksums partial, and the receiver drops them),
+ * its link bits and link counters' egress entries the links (tables.ts checkIfFlags). Run after the link step,
+ * so that a link it re-applied is compared as written.
+ */
+function checkInterfaceFlags(
+  ctx: ExecContext,
+  links: ReadonlyMap<number, number>,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): void {
+  const { dp, state } = ctx;
+  if (!dp.checkInterfaceFlags) return;
+  const generic = new Map<number, boolean>();
+  for (const a of state.attached.values()) {
+    if (a.mode === 'native' || a.mode === 'generic') generic.set(a.ifindex, a.mode === 'generic');
+  }
+  try {
+    const repaired = dp.checkInterfaceFlags(generic, links);
+    if (repaired.length) {
+      state.reconcilerEvents.kernel_repairs += repaired.length;
+      ctx.log.warn({ repaired, count: repaired.length }, 'kernel entries differed from the desired state: rewritten');
+    }
+    state.flagsDrift = undefined;
+    transition('if-flags', 'ok', (before) => {
+      if (before) ctx.log.info({}, 'interface flags compared and rewritten again');
+    });
+  } catch (e) {
+    state.flagsDrift = `the interface flags (map if_flags) could not be compared with the desired state or rewritten: ${(e as Error).message}`;
+    transition('if-flags', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, state.flagsDrift!));
+  }
 }
 
 /** One kernel comparison when due (kernelCheckInterval); a failure is a problem until a later one succeeds. */

@@ -303,6 +303,10 @@ export class CoreState {
   kernelCheckMs = 0;
   /** Why the kernel's entries could not be compared or rewritten at the last check (undefined: they were). */
   kernelDrift?: string;
+  /** When a kernel comparison last read the per-port index entries of every port (kernel-check.ts PORT_SWEEP_MS). */
+  portsSweptAt = -Infinity;
+  /** Why the interface flags (if_flags) could not be compared or rewritten at the last pass (undefined: they were). */
+  flagsDrift?: string;
   /** Link directions (`from>to`) whose egress's peer cannot be inspected, judged by the direction's counters. */
   readonly linkWatch = new Map<string, EgressWatch>();
   /**

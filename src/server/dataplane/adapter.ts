@@ -1427,8 +1427,12 @@ export class KernelDataplane implements Dataplane {
     tables.rebuildPortUse(this.dp.maps);
   }
 
-  checkPortIndex(pace?: () => Promise<void>): Promise<string[]> {
-    return tables.checkPortUse(this.dp.maps, pace);
+  checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<string[]> {
+    return tables.checkPortUse(this.dp.maps, pace, nameOf, all);
+  }
+
+  checkInterfaceFlags(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): string[] {
+    return tables.checkIfFlags(this.dp.maps, generic, nameOf, links);
   }
 
   listSrcPrefixes(): SrcKey[] {

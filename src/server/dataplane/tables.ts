@@ -212,12 +212,19 @@ export function rebuildPortUse(maps: DatapathMaps): void {
 /**
  * The reconciler's check of the same index, cheaper than {@link rebuildPortUse}: the rule_ports entries of
  * the ports that match entries use (one batch read of their range) must hold their count and fold, and
- * every linked ingress its if_flags bit; what differs is written. A stray count on a port no entry uses
- * only costs the lookup it makes, so the other 65 000 entries are not read. Returns what differed, one
- * line each (index, kernel value, desired value).
+ * every linked ingress its if_flags word ({@link checkIfFlags}); what differs is written. With `all`, every
+ * port's entry is read (65 536 of them, 1 MiB: ~15-30 ms on the 2-vCPU CI machine, so the reconciler asks
+ * for it every 30 s) and a port no entry uses must hold zeros: a count there is not only a lookup, as an
+ * any-destination count of one is taken as the entry itself. Returns what differed, one line each (index,
+ * kernel value, desired value).
  */
-export async function checkPortUse(maps: DatapathMaps, pace?: () => Promise<void>): Promise<string[]> {
-  const differed = rebuildIfFlags(maps);
+export async function checkPortUse(
+  maps: DatapathMaps,
+  pace?: () => Promise<void>,
+  nameOf?: (ifindex: number) => string | undefined,
+  all = false,
+): Promise<string[]> {
+  const differed = checkIfFlags(maps, undefined, nameOf);
   let counts = new Map<number, PortUse>();
   let lo = Infinity;
   let hi = -1;
@@ -248,20 +255,36 @@ export async function checkPortUse(maps: DatapathMaps, pace?: () => Promise<void
     }
   }
   if (!paced) count(maps.ruleMatch.entriesBatch()); // a bucket larger than a batch is read key by key there
+  if (all) {
+    lo = 0;
+    hi = maps.rulePorts.info.maxEntries - 1;
+  }
   if (hi < 0) return differed;
   const vs = maps.rulePorts.info.valueSize;
   const raw = maps.rulePorts.getRangeRaw(lo, hi - lo + 1);
   const want = Buffer.alloc(vs);
   const writes: [number, PortUse][] = [];
-  for (const [port, use] of counts) {
+  const compare = (port: number, use: PortUse, note = '') => {
     portUse.encode(use, want);
     const at = (port - lo) * vs;
-    if (want.compare(raw, at, at + vs) === 0) continue;
+    if (want.compare(raw, at, at + vs) === 0) return;
     writes.push([port, use]);
     const now = portUse.decode(Buffer.from(raw.subarray(at, at + vs)));
     differed.push(
-      `port index (map rule_ports, port ${port}): kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}`,
+      `port index (map rule_ports, port ${port}): kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}${note}`,
     );
+  };
+  for (const [port, use] of counts) compare(port, use);
+  if (all) {
+    // Ports no match entry uses: a count there makes the datapath look the port up, and an any-destination
+    // count of one makes its fold the entry itself (no rule_match lookup): a slot another tool wrote there
+    // would take that port's datagrams to the slot's backends.
+    const none: PortUse = { any: 0, dst: 0 };
+    const zero = Buffer.alloc(vs);
+    for (let port = lo; port <= hi; port++) {
+      if (counts.has(port) || zero.compare(raw, port * vs, (port + 1) * vs) === 0) continue;
+      compare(port, none, ' (no match entry uses the port)');
+    }
   }
   maps.rulePorts.putMany(writes);
   return differed;
@@ -312,28 +335,37 @@ export function linkIndex(maps: DatapathMaps, from: number): number | undefined 
 }
 
 /**
- * The xc_stats indexes in use, per set of maps: read once from if_flags and if_flags_big (one batch
- * read of the array), then kept up to date by the functions here, the only writers of link indexes.
+ * The xc_stats indexes in use, per set of maps, each with the ingress ifindex whose counters it holds: read
+ * once from if_flags and if_flags_big (one batch read of the array), then kept up to date by the functions
+ * here, the only writers of link indexes. This record, not the if_flags word another tool may rewrite, says
+ * which index is whose ({@link checkIfFlags} puts a word that lost or changed its index back).
  */
-const linkIndexesInUse = new WeakMap<DatapathMaps, Set<number>>();
+const linkIndexesInUse = new WeakMap<DatapathMaps, Map<number, number>>();
 
-function usedLinkIndexes(maps: DatapathMaps): Set<number> {
+function usedLinkIndexes(maps: DatapathMaps): Map<number, number> {
   let used = linkIndexesInUse.get(maps);
   if (used) return used;
-  used = new Set();
+  used = new Map();
   const n = maps.ifFlags.info.maxEntries;
   const raw = maps.ifFlags.getRangeRaw(0, n);
-  for (let i = 0; i < n; i++) {
-    const f = raw.readUInt32LE(i * 4);
-    if (f & IF_F_LINK) used.add(f >>> IF_LINK_SHIFT);
-  }
-  for (const [, f] of maps.ifFlagsBig.entriesBatch()) if (f & IF_F_LINK) used.add(f >>> IF_LINK_SHIFT);
+  const own = (ifindex: number, f: number) => {
+    // Two ingresses naming one index (written so before this daemon started): the first keeps it.
+    if (f & IF_F_LINK && !used!.has(f >>> IF_LINK_SHIFT)) used!.set(f >>> IF_LINK_SHIFT, ifindex);
+  };
+  for (let i = 0; i < n; i++) own(i, raw.readUInt32LE(i * 4));
+  for (const [i, f] of maps.ifFlagsBig.entriesBatch()) own(i, f);
   linkIndexesInUse.set(maps, used);
   return used;
 }
 
-/** A free xc_stats index, its counters zeroed (taken: give it back with releaseLinkIndex if unused). */
-function takeLinkIndex(maps: DatapathMaps): number {
+/** The xc_stats index recorded for an ingress's counters, if it has one. */
+function recordedLinkIndex(maps: DatapathMaps, from: number): number | undefined {
+  for (const [idx, owner] of usedLinkIndexes(maps)) if (owner === from) return idx;
+  return undefined;
+}
+
+/** A free xc_stats index for `from`'s counters, zeroed (taken: give it back with releaseLinkIndex if unused). */
+function takeLinkIndex(maps: DatapathMaps, from: number): number {
   const used = usedLinkIndexes(maps);
   const max = maps.xcStats.info.maxEntries;
   let idx = 0;
@@ -342,7 +374,7 @@ function takeLinkIndex(maps: DatapathMaps): number {
     throw new KernelError('update map xc_stats', 7, [], `all ${max} link counter entries are in use`);
   }
   maps.xcStats.put(idx, { packets: 0n, bytes: 0n, redirectErrors: 0n });
-  used.add(idx);
+  used.set(idx, from);
   return idx;
 }
 
@@ -351,36 +383,110 @@ const linkBits = (idx: number) => (IF_F_LINK | (idx << IF_LINK_SHIFT)) >>> 0;
 /** An if_flags word without its link index. */
 const withoutLink = (flags: number) => flags & 0xff & ~IF_F_LINK;
 
+/** What an if_flags word says, for a log line: "0x105 (cross-connect, link counters at 1, generic mode)". */
+export function ifFlagsText(flags: number): string {
+  const parts: string[] = [];
+  if (flags & IF_F_XCONNECT) parts.push('cross-connect');
+  if (flags & IF_F_LINK) parts.push(`link counters at ${flags >>> IF_LINK_SHIFT}`);
+  if (flags & IF_F_GENERIC) parts.push('generic mode');
+  const other = flags & 0xff & ~(IF_F_XCONNECT | IF_F_LINK | IF_F_GENERIC);
+  if (other) parts.push(`unknown bits 0x${other.toString(16)}`);
+  if (!(flags & IF_F_LINK) && flags >>> IF_LINK_SHIFT)
+    parts.push(`index bits ${flags >>> IF_LINK_SHIFT} without the link bit`);
+  return `0x${(flags >>> 0).toString(16)} (${parts.length ? parts.join(', ') : 'none'})`;
+}
+
 /**
- * Set the if_flags bit of every xc_links entry, and give a link whose ingress has no counter index one
- * (its counters start at 0). Only the links are touched (a full rewrite of the 65 536-entry array costs
- * 30-45 ms, on every restore); a flag without a link is left: it only costs the lookup it would save.
+ * Compare the if_flags word of every interface this datapath has an entry for with what it must be, and
+ * rewrite what differs; returns what differed, one line each (the map, the ifindex, the kernel's word and
+ * the desired one). The interfaces: every ingress with a link direction (xc_links), every ingress whose
+ * link counters hold an index (recorded by this module), and every interface in `generic` (where our
+ * program runs, with whether it runs in generic mode, as the kernel last reported it). The word must hold:
+ * - XDPCTL_IF_F_XCONNECT for an ingress with an xc_links entry (a flag left without one only costs the
+ *   devmap lookup it would save: left, as a crash between the two writes leaves it);
+ * - XDPCTL_IF_F_LINK and the index recorded for the ingress's counters (a word that lost it or names
+ *   another index is given the recorded one back: the counters go on where they were; an ingress with a
+ *   link and no recorded index is given a new one, its counters from 0), and xc_egress[index] the link's
+ *   egress (compared for the directions `wantLinks` holds as xc_links does: from ingress to egress ifindex);
+ * - XDPCTL_IF_F_GENERIC exactly where `generic` says our program runs in generic mode (the datapath's UDP
+ *   checksum handling depends on it: a native ingress marked generic leaves offloaded senders' checksums
+ *   partial, which the receiver drops); interfaces `generic` does not name keep the bit (our program does
+ *   not run there, so nothing reads it; unknown when `generic` is undefined);
+ * - no other bits.
+ * Other interfaces' words are not read (the datapath on them reads nothing but a flag costing a lookup).
  */
-export function rebuildIfFlags(maps: DatapathMaps): string[] {
+export function checkIfFlags(
+  maps: DatapathMaps,
+  generic?: ReadonlyMap<number, boolean>,
+  nameOf: (ifindex: number) => string | undefined = () => undefined,
+  wantLinks?: ReadonlyMap<number, number>,
+): string[] {
   const differed: string[] = [];
-  for (const from of maps.xcLinks.keys()) {
+  const links = new Map(maps.xcLinks.entries());
+  const used = usedLinkIndexes(maps);
+  const recorded = new Map<number, number>();
+  for (const [idx, owner] of used) if (!recorded.has(owner)) recorded.set(owner, idx);
+  const ifindexes = new Set([...links.keys(), ...recorded.keys(), ...(generic?.keys() ?? [])]);
+  for (const from of [...ifindexes].sort((x, y) => x - y)) {
     const cur = ifFlagsOf(maps, from);
-    let want = cur | IF_F_XCONNECT;
+    const to = links.get(from);
+    let want = (cur & IF_F_XCONNECT) | (to !== undefined ? IF_F_XCONNECT : 0);
+    const g = generic?.get(from);
+    want |= g === undefined ? cur & IF_F_GENERIC : g ? IF_F_GENERIC : 0;
+    let idx = recorded.get(from);
     let taken: number | undefined;
-    if (!(cur & IF_F_LINK)) {
-      taken = takeLinkIndex(maps);
-      want = withoutLink(want) | linkBits(taken);
-    }
-    if (want === cur) continue;
+    if (idx === undefined && to !== undefined) idx = taken = takeLinkIndex(maps, from);
+    if (idx !== undefined) want |= linkBits(idx);
+    want >>>= 0;
+    // The egress the redirect tracking reads: written with a new index; compared where the caller's links
+    // want this very direction (an xc_links entry another tool changed is the link step's to rewrite first).
+    const egressWas =
+      idx === undefined || to === undefined || (taken === undefined && wantLinks?.get(from) !== to)
+        ? undefined
+        : taken !== undefined
+          ? -1
+          : (maps.xcEgress.get(idx) ?? 0);
+    const map = from < maps.ifFlags.info.maxEntries ? 'if_flags' : 'if_flags_big';
+    const name = nameOf(from);
+    const of = name ? ` of ${name}` : '';
     try {
-      const to = maps.xcLinks.get(from);
-      if (to !== undefined) maps.xcEgress.put(want >>> IF_LINK_SHIFT, to);
+      if (egressWas === -1) maps.xcEgress.put(idx!, to!);
+      else if (egressWas !== undefined && egressWas !== to) {
+        maps.xcEgress.put(idx!, to!);
+        differed.push(
+          `link counters' egress (map xc_egress, index ${idx}, link direction from${of} ifindex ${from}): kernel ifindex ${egressWas}, desired ifindex ${to}`,
+        );
+      }
+      if (want === cur) continue;
       writeIfFlags(maps, from, want);
     } catch (e) {
-      if (taken !== undefined) usedLinkIndexes(maps).delete(taken);
+      if (taken !== undefined) used.delete(taken);
       throw e;
     }
-    const map = from < maps.ifFlags.info.maxEntries ? 'if_flags' : 'if_flags_big';
+    const why: string[] = [];
+    if ((cur ^ want) & IF_F_GENERIC) {
+      why.push(`our program runs in ${g ? 'generic' : 'native'} mode there`);
+    }
+    if (taken !== undefined) why.push(`its link counters had no index: given ${taken}, from 0`);
+    else if (idx !== undefined && (cur & ~0xff & ~IF_F_LINK) !== (want & ~0xff & ~IF_F_LINK))
+      why.push(`its link counters are at ${idx}`);
+    else if (idx !== undefined && !(cur & IF_F_LINK)) why.push(`its link counters are at ${idx}`);
     differed.push(
-      `interface flags (map ${map}, ifindex ${from}): kernel 0x${cur.toString(16)}, desired 0x${want.toString(16)} (cross-connect${taken === undefined ? '' : `, link counters at ${taken}`})`,
+      `interface flags${of} (map ${map}, ifindex ${from}): kernel ${ifFlagsText(cur)}, desired ${ifFlagsText(want)}` +
+        (why.length ? `: ${why.join('; ')}` : ''),
     );
   }
   return differed;
+}
+
+/**
+ * The link entries' flags and counter indexes ({@link checkIfFlags} without judging the generic-mode bit):
+ * pins from before if_flags existed have links but no flags, and a link whose ingress has no counter index
+ * gets one (its counters start at 0). Only those words are touched (a full rewrite of the 65 536-entry array
+ * costs 30-45 ms, on every restore).
+ */
+export function rebuildIfFlags(maps: DatapathMaps): string[] {
+  return checkIfFlags(maps);
 }
 
 /**
@@ -394,12 +500,10 @@ export function rebuildIfFlags(maps: DatapathMaps): string[] {
  */
 export function connectDirection(maps: DatapathMaps, from: number, to: number): boolean {
   const cur = ifFlagsOf(maps, from);
-  let want = cur | IF_F_XCONNECT;
   let taken: number | undefined;
-  if (!(cur & IF_F_LINK)) {
-    taken = takeLinkIndex(maps);
-    want = withoutLink(want) | linkBits(taken);
-  }
+  // The index recorded for this ingress's counters (the word may have lost it to another tool), else a new one.
+  const idxNow = recordedLinkIndex(maps, from) ?? (taken = takeLinkIndex(maps, from));
+  const want = (withoutLink(cur | IF_F_XCONNECT) | linkBits(idxNow)) >>> 0;
   const idx = want >>> IF_LINK_SHIFT;
   const egressWas = maps.xcEgress.get(idx) ?? 0;
   let wrote = 0;
@@ -438,11 +542,11 @@ export function disconnectDirection(maps: DatapathMaps, from: number): boolean {
  */
 export function resetLinkStats(maps: DatapathMaps, from: number): void {
   const cur = ifFlagsOf(maps, from);
-  if (!(cur & IF_F_LINK)) return;
-  const idx = cur >>> IF_LINK_SHIFT;
-  maps.xcEgress.put(idx, 0);
-  writeIfFlags(maps, from, withoutLink(cur));
-  usedLinkIndexes(maps).delete(idx);
+  const idx = recordedLinkIndex(maps, from);
+  if (idx === undefined && !(cur & IF_F_LINK)) return;
+  if (idx !== undefined) maps.xcEgress.put(idx, 0);
+  if (cur & IF_F_LINK) writeIfFlags(maps, from, withoutLink(cur));
+  if (idx !== undefined) usedLinkIndexes(maps).delete(idx);
 }
 
 /**
