@@ -66,17 +66,26 @@ export interface RuleView extends RuleRecord {
   status: RuleStatus;
 }
 
+/** A rule's view with the interface names replaced in the request said among its warnings (that reply only). */
+function withRenamed(v: RuleView, renamed: readonly string[]): RuleView {
+  return renamed.length ? { ...v, status: { ...v.status, warnings: [...renamed, ...v.status.warnings] } } : v;
+}
+
 export interface RuleChange {
   name: string;
   action: ChangeAction;
   /** Kernel entries of an unchanged rule that differed from its desired state and were rewritten. */
   repaired?: string[];
+  /** Interface names given as an alternative name of a device, and the device's name stored instead. */
+  renamed?: string[];
 }
 
 export interface LinkChange {
   a: string;
   b: string;
   action: ChangeAction;
+  /** As RuleChange.renamed. */
+  renamed?: string[];
 }
 
 export interface ManagedInterface {
@@ -242,8 +251,8 @@ export class Controller {
       async () => {
         const host = this.hostOf(cfg);
         try {
-          const { ops } = await this.ruleSet(cfg.rules);
-          const { next, fieldOf } = this.linkSet(cfg.links);
+          const { ops } = await this.ruleSet(cfg.rules, false);
+          const { next, fieldOf } = this.linkSet(cfg.links, false);
           const plan = await this.planRuleOps(ops);
           const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
           const want = planLinks(this.plannable(next, facts.interfaces), facts.interfaces, 'links');
@@ -880,8 +889,9 @@ export class Controller {
       this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
       if (this.state.rules.has(spec.name)) throw new CoreError('exists', `rule "${spec.name}" already exists`);
-      await this.applyRuleOps([{ name: spec.name, next: spec }]);
-      return this.getRule(spec.name);
+      const named = this.ruleByDeviceName(spec);
+      await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
+      return withRenamed(this.getRule(spec.name), named.renamed);
     }, opts.signal);
   }
 
@@ -901,10 +911,11 @@ export class Controller {
       const cur = this.state.rules.get(spec.name);
       if (!cur) throw new CoreError('not-found', `rule "${spec.name}" does not exist`);
       checkGeneration(cur, expectedGeneration);
+      const named = this.ruleByDeviceName(spec);
       let repaired: string[] = [];
-      if (!sameSpec(cur, spec)) await this.applyRuleOps([{ name: spec.name, next: spec }]);
+      if (!sameSpec(cur, named.spec)) await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
       else repaired = (await this.repairKernel([spec.name])).get(spec.name) ?? [];
-      return { ...this.getRule(spec.name), repaired };
+      return { ...withRenamed(this.getRule(spec.name), named.renamed), repaired };
     }, opts.signal);
   }
 
@@ -974,7 +985,7 @@ export class Controller {
   }
 
   /** A whole rule set checked (INVALID_ARGUMENT naming the field) and compared with the current one. */
-  private async ruleSet(specs: RuleSpec[]): Promise<{ changes: RuleChange[]; ops: RuleOp[] }> {
+  private async ruleSet(specs: RuleSpec[], say = true): Promise<{ changes: RuleChange[]; ops: RuleOp[] }> {
     // A 10 000-rule set takes long to check and compare: yield to the event loop every 10 ms of it.
     const pace = pacer();
     const violations: FieldViolation[] = [];
@@ -990,10 +1001,11 @@ export class Controller {
     throwIfInvalid(violations);
     const changes: RuleChange[] = [];
     const ops: RuleOp[] = [];
-    for (const [i, s] of specs.entries()) {
+    for (const [i, given] of specs.entries()) {
+      const { spec: s, renamed } = this.ruleByDeviceName(given, `rules[${i}]`, say);
       const cur = this.state.rules.get(s.name);
       const action: ChangeAction = !cur ? 'create' : sameSpec(cur, s) ? 'unchanged' : 'update';
-      changes.push({ name: s.name, action });
+      changes.push({ name: s.name, action, ...(renamed.length ? { renamed } : {}) });
       if (action !== 'unchanged') ops.push({ name: s.name, next: s, field: `rules[${i}]` });
       await pace();
     }
@@ -1364,12 +1376,52 @@ export class Controller {
     }
   }
 
+  /**
+   * An interface name given as an alternative name of a device (`ip link property add dev X altname Y`,
+   * which the kernel resolves to X too) replaced by the device's name: a device is managed, listed and
+   * counted once, under its name, whichever of its names a rule or link gave (managed as two interfaces,
+   * deleting the rule on the altname detached our program from the device under the other rules). The
+   * same object back when nothing was replaced; `renamed` says what was, for the reply, and is logged.
+   */
+  private deviceNameOf(given: string, field: string, renamed: string[]): string {
+    const dev = this.dp.deviceName?.(given);
+    if (!dev || dev.name === given) return given;
+    const line = `${field ? `${field}: ` : ''}interface ${given} is an alternative name of ${dev.name} (ifindex ${dev.ifindex}): ${dev.name} is stored`;
+    if (!renamed.includes(line)) renamed.push(line);
+    return dev.name;
+  }
+
+  private ruleByDeviceName(spec: RuleSpec, field = 'rule', say = true): { spec: RuleSpec; renamed: string[] } {
+    const renamed: string[] = [];
+    const ingress = spec.ingressInterfaces.map((n, i) =>
+      this.deviceNameOf(n, `${field}.ingress_interfaces[${i}]`, renamed),
+    );
+    const backends = spec.backends.map((b, i) => {
+      const iface = this.deviceNameOf(b.interface, `${field}.backends[${i}].interface`, renamed);
+      return iface === b.interface ? b : { ...b, interface: iface };
+    });
+    if (!renamed.length) return { spec, renamed };
+    if (say) this.log.info({ rule: spec.name, renamed }, `rule ${spec.name}: ${renamed.join('; ')}`);
+    return { spec: { ...spec, ingressInterfaces: ingress, backends }, renamed };
+  }
+
+  private linkByDeviceName(spec: LinkSpec, field: string): { spec: LinkSpec; renamed: string[] } {
+    const renamed: string[] = [];
+    const a = this.deviceNameOf(spec.a, field ? `${field}.a` : '', renamed);
+    const b = this.deviceNameOf(spec.b, field ? `${field}.b` : '', renamed);
+    if (!renamed.length) return { spec, renamed };
+    if (field) this.log.info({ link: `${a}-${b}`, renamed }, `link ${a}-${b}: ${renamed.join('; ')}`);
+    return { spec: { ...spec, a, b }, renamed };
+  }
+
   // ---- links ------------------------------------------------------------
 
-  connect(link: LinkSpec, opts: MutationOptions = {}): Promise<LinkSpec> {
+  connect(link: LinkSpec, opts: MutationOptions = {}): Promise<LinkSpec & { renamed?: string[] }> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateLink(link, 'link'));
+      const named = this.linkByDeviceName(link, 'link');
+      link = named.spec;
       this.requireInterfaces([[link, 'link']]);
       const existing = this.state.links.get(linkKey(link));
       if (existing) {
@@ -1382,14 +1434,16 @@ export class Controller {
       next.set(linkKey(link), link);
       this.refuseLoops(next, () => 'link');
       await this.applyLinkSet(next, 'link');
-      return link;
+      return named.renamed.length ? { ...link, renamed: named.renamed } : link;
     }, opts.signal);
   }
 
   disconnect(a: string, b: string, opts: MutationOptions = {}): Promise<void> {
     return this.serial(async () => {
       this.checkOwner();
-      const key = linkKey({ a, b });
+      let key = linkKey({ a, b });
+      // Given by an alternative name of a device: the link names the device.
+      if (!this.state.links.has(key)) key = linkKey(this.linkByDeviceName({ a, b, direction: 'both' }, '').spec);
       if (!this.state.links.has(key)) throw new CoreError('not-found', `no link between ${a} and ${b}`);
       const next = new Map(this.state.links);
       next.delete(key);
@@ -1414,7 +1468,10 @@ export class Controller {
    * A whole link set checked (INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION naming `links[i]`) and
    * compared with the current one; `fieldOf` names the link an ingress belongs to.
    */
-  private linkSet(specs: LinkSpec[]): {
+  private linkSet(
+    specs: LinkSpec[],
+    say = true,
+  ): {
     changes: LinkChange[];
     next: Map<string, LinkSpec>;
     fieldOf: (from: string) => string;
@@ -1422,8 +1479,16 @@ export class Controller {
     const violations: FieldViolation[] = [];
     const next = new Map<string, LinkSpec>();
     const usedIngress = new Map<string, number>();
+    const renamedOf = new Map<string, string[]>();
+    specs = specs.map((given, i) => {
+      const before = violations.length;
+      validateLink(given, `links[${i}]`, violations);
+      if (violations.length > before) return given;
+      const named = this.linkByDeviceName(given, say ? `links[${i}]` : '');
+      if (named.renamed.length) renamedOf.set(linkKey(named.spec), named.renamed);
+      return named.spec;
+    });
     specs.forEach((l, i) => {
-      validateLink(l, `links[${i}]`, violations);
       const key = linkKey(l);
       if (next.has(key)) violations.push({ field: `links[${i}]`, description: `${l.a}-${l.b} is listed twice` });
       next.set(key, l);
@@ -1451,10 +1516,12 @@ export class Controller {
     const changes: LinkChange[] = [];
     for (const [key, l] of next) {
       const cur = this.state.links.get(key);
+      const renamed = renamedOf.get(key);
       changes.push({
         a: l.a,
         b: l.b,
         action: !cur ? 'create' : sameLink(cur, l) ? 'unchanged' : 'update',
+        ...(renamed ? { renamed } : {}),
       });
     }
     for (const [key, l] of this.state.links) {

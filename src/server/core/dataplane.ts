@@ -243,6 +243,12 @@ export interface Dataplane {
 
   lookupInterface(name: string): InterfaceInfo | undefined;
   /**
+   * The device a name resolves to, by the device's own name: itself, or for an alternative name (`ip link
+   * property add dev X altname Y`, which the kernel resolves too) the device's name; undefined when no device
+   * has that name. lookupInterface answers for device names only.
+   */
+  deviceName?(name: string): { name: string; ifindex: number } | undefined;
+  /**
    * The MAC of `ip`'s neighbour entry on `iface`; undefined when it has none. Throws a PortError of kind
    * 'not-found' when `iface` does not exist (any more: deleted or renamed since it was looked up).
    */

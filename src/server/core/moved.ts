@@ -19,7 +19,10 @@ const RETRY_MS = 10_000;
 
 /** Why an interface the desired state names is not in this namespace, as status, conditions and logs say it. */
 export function missingText(state: CoreState, name: string): string {
-  return state.moved.get(name)?.text ?? (state.egressMoved.get(name)?.text || `interface ${name} does not exist`);
+  return (
+    state.moved.get(name)?.text ??
+    (state.egressMoved.get(name)?.text || state.altnames.get(name) || `interface ${name} does not exist`)
+  );
 }
 
 /** The egresses known to be in another namespace: name -> where ({@link followMovedEgresses}). */

@@ -134,7 +134,18 @@ export async function resync(
   const now = (name: string) => {
     if (!facts.interfaces.has(name)) facts.interfaces.set(name, dp.lookupInterface(name));
     const ifindex = facts.interfaces.get(name)?.ifindex;
-    if (ifindex === undefined) missing.add(name);
+    if (ifindex === undefined && !missing.has(name)) {
+      missing.add(name);
+      // Missing as a device name, yet the kernel resolves it: an alternative name of another device.
+      const dev = dp.deviceName?.(name);
+      if (dev && dev.name !== name) {
+        state.altnames.set(
+          name,
+          `interface ${name} is an alternative name of ${dev.name} (ifindex ${dev.ifindex}), not a device's name: ` +
+            `rules and links name ${dev.name} to use that device`,
+        );
+      } else state.altnames.delete(name);
+    } else if (ifindex !== undefined) state.altnames.delete(name);
     return ifindex;
   };
   /** Log once per transition of `key` to `line`; `log` gets whether it had a state before. */

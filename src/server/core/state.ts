@@ -262,6 +262,12 @@ export class CoreState {
    */
   readonly moved = new Map<string, { text: string; left: boolean; key: string }>();
   /**
+   * Names the desired state holds that are now an alternative name of a device (stored before names were
+   * resolved to their device, or an altname given to a device after): not managed as an interface (one device,
+   * one name), and said so instead of "does not exist" (resync.ts).
+   */
+  readonly altnames = new Map<string, string>();
+  /**
    * Egresses missing from this namespace, looked for elsewhere (core/moved.ts followMovedEgresses): `text`
    * says where one was moved ('' when no namespace holds it; `where` the namespace), `age` counts the passes since the last look.
    */

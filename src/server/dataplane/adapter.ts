@@ -549,10 +549,25 @@ export class KernelDataplane implements Dataplane {
   lookupInterface(name: string): InterfaceInfo | undefined {
     try {
       const a = interfaceAddress(name);
+      // The kernel resolves an alternative name (`ip link property add dev X altname Y`) to its device too. A
+      // device is managed under its name only (a rule or link given an altname names the device: the
+      // controller's byDeviceName), so an altname is no interface of its own here: two names of one device
+      // managed as two interfaces detached our program from under the other name's rules.
+      if (nameOf(a.ifindex) !== name) return undefined;
       return { name, ifindex: a.ifindex, mac: a.mac };
     } catch (e) {
       if (e instanceof KernelError && e.kind === 'not-found') return undefined;
       throw e;
+    }
+  }
+
+  deviceName(name: string): { name: string; ifindex: number } | undefined {
+    try {
+      const ifindex = ifindexOf(name);
+      const dev = nameOf(ifindex);
+      return dev === undefined ? undefined : { name: dev, ifindex };
+    } catch {
+      return undefined;
     }
   }
 

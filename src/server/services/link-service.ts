@@ -24,8 +24,11 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
   return {
     async connect(req, { signal }) {
       if (!req.link) throw CoreError.invalid([{ field: 'link', description: 'is required' }]);
-      const spec = await ctl.connect(linkFromProto(req.link), { signal });
-      return { link: linkToProto(current(spec) ?? spec) };
+      const { renamed, ...spec } = await ctl.connect(linkFromProto(req.link), { signal });
+      const link = linkToProto(current(spec) ?? spec);
+      // Interface names given as a device's alternative name: what was stored instead, in this reply.
+      if (renamed) link.status!.warnings = [...renamed, ...link.status!.warnings];
+      return { link };
     },
     async disconnect(req, { signal }) {
       const v: FieldViolation[] = [];
@@ -48,7 +51,15 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
     },
     async applyLinks(req, { signal }) {
       const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly, { signal });
-      const links = req.validateOnly ? [] : byAB(ctl.listLinks()).map(linkToProto);
+      const renamedOf = new Map(changes.flatMap((c) => (c.renamed ? [[linkKey(c), c.renamed] as const] : [])));
+      const links = req.validateOnly
+        ? []
+        : byAB(ctl.listLinks()).map((l) => {
+            const p = linkToProto(l);
+            const renamed = renamedOf.get(linkKey(l));
+            if (renamed) p.status!.warnings = [...renamed, ...p.status!.warnings];
+            return p;
+          });
       // The whole set only when it fits a default client's limit with room to spare (as ApplyRules).
       const omitted = links.reduce((n, l) => n + Link.encode(l).finish().length + 8, 0) > MAX_PAGE_BYTES;
       return {

@@ -130,6 +130,7 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         if ((i & 255) === 255) await tick();
       }
       const changes = await ctl.applyRules(specs, req.validateOnly, { signal });
+      const renamedOf = new Map(changes.flatMap((c) => (c.renamed ? [[c.name, c.renamed] as const] : [])));
       // The whole set only when it fits a default client's limit with room to spare: an applied
       // change must not reach the client as "Received message larger than max" (RESOURCE_EXHAUSTED).
       // Built a page at a time, yielding between pages, and only until it is too large: the reply
@@ -144,6 +145,9 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
           const page = ctl.rulePage(after, 256);
           for (const v of page.rules) {
             const r = ruleToProto(v);
+            // Interface names given as a device's alternative name: what was stored instead, in this reply.
+            const renamed = renamedOf.get(v.name);
+            if (renamed && r.status) r.status.warnings = [...renamed, ...r.status.warnings];
             const b = encodeRule(r);
             bytes += b.length + 8;
             if (bytes > MAX_PAGE_BYTES) {
