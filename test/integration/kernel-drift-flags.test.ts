@@ -11,7 +11,9 @@
  *    the observed mode (set), and is cleared when ours runs natively again;
  *  - a link direction's counter index cleared from its ingress's word, or pointed at the other direction's
  *    counters: the recorded index is put back (logged), the direction's counters go on from where they were
- *    (before: cleared, a new index from 0; pointed elsewhere, never noticed: two directions in one entry);
+ *    (before: cleared, a new index from 0; pointed elsewhere, never noticed: two directions in one entry); its
+ *    counters themselves overwritten (xc_stats, which nothing can restore): the decrease said once, in the log
+ *    and the link's warnings;
  *  - a per-port index entry (map rule_ports) on a port no rule uses, holding an any-destination count of one
  *    whose fold names a rule's slot (the datapath takes such a fold for the match entry itself, so that
  *    port's datagrams went to the rule's backends): zeroed by the 30 s sweep, logged.
@@ -207,6 +209,35 @@ describe('the interface flags (if_flags) are compared with the desired state and
     const after = await counters();
     assert.ok(after.ab >= kept.ab + 5, `h1 -> h2 counted in its own entry (${kept.ab} -> ${after.ab})`);
     assert.ok(after.ba >= kept.ba + 5 && after.ba < kept.ba + 20, `h2 -> h1 only its own (${kept.ba} -> ${after.ba})`);
+
+    // The counters themselves overwritten (zeroed) by another tool: nothing can put back what they held; the
+    // decrease is said once (log, the link's warnings), and they count on from there.
+    at = d!.output.length;
+    const stats = `${d!.pinRoot}/maps/xc_stats`;
+    const size = (JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', stats])) as { bytes_value: number })
+      .bytes_value;
+    sh('bpftool', ['map', 'update', 'pinned', stats, 'key', ...u32(word >>> 8), 'value', ...Array(size).fill('0')]);
+    const went = new RegExp(`the counters of link direction ${h1.hostIf} -> ${h2.hostIf} went down at `);
+    await until('the decrease said', () => lines(at).some((l) => went.test(l.msg)), 4000);
+    const said = lines(at).filter((l) => went.test(l.msg));
+    assert.equal(said.length, 1);
+    assert.equal(said[0].level, 40);
+    assert.match(
+      said[0].msg,
+      new RegExp(
+        `\\(packets \\d+ -> \\d+, bytes \\d+ -> \\d+\\): their kernel entry \\(map xc_stats\\) was written by another tool; they count on from there$`,
+      ),
+    );
+    const link = (await c.links.listLinks({})).links.find((x) => x.a === h1.hostIf)!;
+    assert.ok(
+      link.status!.warnings.some((w) => went.test(w)),
+      `among the link's warnings: ${JSON.stringify(link.status!.warnings)}`,
+    );
+    assert.equal(topo.ping('h1', h2.ip!, 3), true);
+    const later = await counters();
+    assert.ok(later.ab >= 3 && later.ab < after.ab, `they count on from 0 (${later.ab})`);
+    await sleep(2500);
+    assert.equal(lines(at).filter((l) => went.test(l.msg)).length, 1, 'said once');
     await c.links.disconnect({ a: h1.hostIf, b: h2.hostIf });
   });
 

@@ -611,7 +611,11 @@ export class Controller {
             `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
           );
         }
-        const warnings = [...problems, ...unknown, ...linkWarnings, ...shadows];
+        // Counters that went down while the link existed (written by another tool): said while the direction lasts.
+        const resets = [ia, l.direction === 'both' ? ib : undefined].flatMap((i) =>
+          i && this.state.linkCounterResets.has(i.ifindex) ? [this.state.linkCounterResets.get(i.ifindex)!] : [],
+        );
+        const warnings = [...problems, ...unknown, ...linkWarnings, ...resets, ...shadows];
         return { ...l, active, warnings, conditions };
       });
   }

@@ -880,6 +880,9 @@ export function finishLinks(
   for (const [k, l] of next) state.links.set(k, l);
   state.linkDirs.clear();
   for (const [from, d] of want) state.linkDirs.set(d.from, { from, to: d.toName });
+  // A direction written anew starts from 0: the next pass reads the counters afresh (resync.ts watchLinkCounters).
+  state.linkCountersSeen.clear();
+  for (const from of state.linkCounterResets.keys()) if (!kept.has(from)) state.linkCounterResets.delete(from);
   state.desiredVersion++; // a counter read made before shows the old links (CounterHub)
   if (release) releaseUnusedInterfaces(ctx);
 }

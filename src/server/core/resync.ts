@@ -727,6 +727,7 @@ export async function resync(
     state.linkReapplyError = undefined;
   }
   checkInterfaceFlags(ctx, wanted, transition);
+  watchLinkCounters(ctx, wanted);
 
   // Each link direction's egress must transmit what the link gives it: up, with carrier (a veth whose
   // peer is up), and, from a native-mode ingress, able to take native XDP redirects (checked, and with
@@ -1571,6 +1572,42 @@ function checkInterfaceFlags(
   } catch (e) {
     state.flagsDrift = `the interface flags (map if_flags) could not be compared with the desired state or rewritten: ${(e as Error).message}`;
     transition('if-flags', `failed|${(e as Error).message}`, () => ctx.log.error({ err: e }, state.flagsDrift!));
+  }
+}
+
+/**
+ * Link counters only go up while their link exists (counters.proto); another tool can write their kernel entry
+ * (`bpftool map update pinned PIN/maps/xc_stats key I value ...`), which nothing could repair (the counts it
+ * replaced are gone). Each pass reads every link direction's counters (one batch read) and says a decrease
+ * once: logged, counted (`counter_resets`), and among the link's warnings while the direction lasts, so that a
+ * reader of the counters knows they restarted lower at that time.
+ */
+function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>): void {
+  const { dp, state } = ctx;
+  const froms = [...wanted.keys()].filter((f) => state.linkDirs.has(f));
+  for (const f of state.linkCountersSeen.keys()) if (!wanted.has(f)) state.linkCountersSeen.delete(f);
+  if (!froms.length) return;
+  let read: ReadonlyMap<number, { packets: bigint; bytes: bigint }>;
+  try {
+    read = dp.readCounters([], [], froms).links;
+  } catch {
+    return; // read again at the next pass; the counter service reports a read that fails
+  }
+  for (const from of froms) {
+    const now = read.get(from);
+    if (!now) continue;
+    const was = state.linkCountersSeen.get(from);
+    state.linkCountersSeen.set(from, { packets: now.packets, bytes: now.bytes });
+    if (!was || (now.packets >= was.packets && now.bytes >= was.bytes)) continue;
+    const d = state.linkDirs.get(from)!;
+    const at = new Date(ctx.now()).toISOString();
+    const text =
+      `the counters of link direction ${d.from} -> ${d.to} went down at ${at} (packets ${was.packets} -> ` +
+      `${now.packets}, bytes ${was.bytes} -> ${now.bytes}): their kernel entry (map xc_stats) was written by ` +
+      'another tool; they count on from there';
+    state.linkCounterResets.set(from, text);
+    state.reconcilerEvents.counter_resets++;
+    ctx.log.warn({ from: d.from, to: d.to, packets: [String(was.packets), String(now.packets)] }, text);
   }
 }
 

@@ -292,7 +292,8 @@ export class CoreState {
    * `xdpctl.reconciler.events` metric): neighbour entries it had the kernel verify (NUD_PROBE), backends
    * rewritten with a new neighbour MAC, neighbour entries changed to a MAC no probe of ours had answered
    * (the answered MAC kept until it does), address conflicts (two MACs answering ARP for one backend address),
-   * egresses taken out for dropping every frame redirected to them.
+   * egresses taken out for dropping every frame redirected to them, kernel entries rewritten, link counters seen
+   * to go down (their kernel entry written by another tool).
    */
   readonly reconcilerEvents = {
     neighbour_probes: 0,
@@ -302,7 +303,16 @@ export class CoreState {
     egress_ejections: 0,
     egress_mac_changes: 0,
     kernel_repairs: 0,
+    counter_resets: 0,
   };
+  /**
+   * Each link direction's counters as the last pass read them (by ingress ifindex), to see them go down: they
+   * only go up while the link exists, unless another tool writes their kernel entry (resync.ts
+   * watchLinkCounters). Forgotten at every link write (a direction written anew starts from 0).
+   */
+  readonly linkCountersSeen = new Map<number, { packets: bigint; bytes: bigint }>();
+  /** Link directions (by ingress ifindex) whose counters went down while the link existed: when, and what was seen. */
+  readonly linkCounterResets = new Map<number, string>();
   /** When the reconciler last compared every rule's kernel entries with the desired state (ctx.now() ms). */
   kernelCheckedAt = -Infinity;
   /** How long the last comparison took (ms): the next one waits kernelCheckInterval(it). */

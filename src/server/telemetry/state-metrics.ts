@@ -13,7 +13,7 @@
  *    `xdpctl.state_store.reason` saying why (the disk's words, e.g. "the disk is full (ENOSPC) [SQLITE_FULL]")
  *    and `xdpctl.state_store.path`; not reported without a store (--no-state);
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
- *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, neighbour_changes_held, neighbour_conflicts, egress_mac_changes, kernel_repairs,
+ *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, neighbour_changes_held, neighbour_conflicts, egress_mac_changes, kernel_repairs, counter_resets,
  *    egress_ejections), counted since the start.
  * Both are read from the core at collection time: no per-rule state here.
  */
@@ -68,7 +68,7 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   });
   const events = meter.createObservableCounter(STATE_METRICS.events, {
     description:
-      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE, or its MAC asked by an ARP request of our own), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), neighbour_changes_held (a neighbour entry that changed to a MAC no ARP probe of ours had answered: the answered MAC kept in the datapath until the new one answers), neighbour_conflicts (two MACs answering ARP for one backend address at once, an address conflict: the MAC in the datapath kept, the backend unverified while both answer), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC), kernel_repairs (map entries that differed from the desired state, e.g. written by another tool, rewritten)',
+      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE, or its MAC asked by an ARP request of our own), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), neighbour_changes_held (a neighbour entry that changed to a MAC no ARP probe of ours had answered: the answered MAC kept in the datapath until the new one answers), neighbour_conflicts (two MACs answering ARP for one backend address at once, an address conflict: the MAC in the datapath kept, the backend unverified while both answer), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC), kernel_repairs (map entries that differed from the desired state, e.g. written by another tool, rewritten), counter_resets (link counters seen to go down while the link existed: their kernel entry written by another tool)',
     unit: '{event}',
   });
   const observeEvents = (r: { observe(v: number, a?: Record<string, string>): void }) => {
