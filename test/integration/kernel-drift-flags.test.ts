@@ -265,7 +265,7 @@ describe('the interface flags (if_flags) are compared with the desired state and
       'value',
       ...[...value].map(String),
     ]);
-    await until('the entry zeroed', () => rewritten(at).length > 0, 32_000);
+    await until('the entry zeroed', () => rewritten(at).length > 0, 45_000); // a sweep every 30 s, at a comparison
     assert.deepEqual(rewritten(at)[0].repaired, [
       `port index (map rule_ports, port ${stray}): kernel {"any":1,"dst":0,"xorIfindex":${ifindexOf(vm.hostIf)}${slot ? `,"xorSlot":${slot}` : ''}}, ` +
         'desired {"any":0,"dst":0} (no match entry uses the port)',
