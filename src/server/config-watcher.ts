@@ -43,7 +43,7 @@
  */
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { open, readlink, realpath, stat } from 'node:fs/promises';
+import { readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig, type FieldViolation } from '../shared/config-file.js';
@@ -51,6 +51,7 @@ import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
 import { writersOf, type WritersSeen } from './dataplane/file-writers.js';
 import type { Logger } from './log.js';
+import { MAX_CONFIG_BYTES, NotARegularFile, openRegular, readBounded } from './regular-file.js';
 
 const DEBOUNCE_MS = 150;
 /** How often the path is stat'ed to see a change no watch reported (ms). */
@@ -67,6 +68,15 @@ export const WRITER_WAIT_MS = 10_000;
 const WRITER_POLL_MS = 100;
 /** The same with /proc only (no lease): each look reads every process's descriptors. */
 const WRITER_POLL_PROC_MS = 250;
+/**
+ * How long a read of the file may take (ms): a read still under way after that (a filesystem that stopped
+ * answering) is refused as Unreadable, the last good configuration keeps running, and no other read is
+ * started until that one returns (each would hold one of libuv's four workers); the file is read again then.
+ */
+export const READ_TIMEOUT_MS = 10_000;
+
+/** A read of the file that has not returned within {@link READ_TIMEOUT_MS}. */
+class ReadStalled extends Error {}
 
 export interface ConfigStatus {
   path: string;
@@ -178,6 +188,8 @@ export class ConfigWatcher {
   private refusedText?: string;
   /** A process holds the file open for writing: since when, who (in words), whether the wait was logged. */
   private writing?: { since: number; who: string; logged: boolean };
+  /** A read that did not return within {@link READ_TIMEOUT_MS}: since when (no other read starts meanwhile). */
+  private stalled?: { since: number };
   /** What made the writers' check less than complete (a lease refused, and why), said once each. */
   private readonly writerLimits = new Set<string>();
 
@@ -357,7 +369,49 @@ export class ConfigWatcher {
    * for all: the same inode). `changed`: its size or times moved during the read (a write in between).
    */
   private async read(): Promise<{ text: string; seen: WritersSeen; changed: boolean }> {
-    const fh = await open(this.status.path, 'r');
+    const path = this.status.path;
+    if (this.stalled) {
+      const { since } = this.stalled;
+      throw new ReadStalled(
+        `a read of ${path} started at ${new Date(since).toISOString()} has not returned (${((Date.now() - since) / 1000).toFixed(1)} s): ` +
+          'the filesystem does not answer; it is read again once that read returns',
+      );
+    }
+    const work = this.readOnce();
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new ReadStalled(
+              `reading ${path} took more than ${READ_TIMEOUT_MS / 1000} s: the filesystem does not answer; it is read again once that read returns`,
+            ),
+          ),
+        READ_TIMEOUT_MS,
+      );
+      timer.unref?.();
+    });
+    try {
+      return await Promise.race([work, bound]);
+    } catch (e) {
+      if (e instanceof ReadStalled && !this.stalled) {
+        const stalled = { since: Date.now() - READ_TIMEOUT_MS };
+        this.stalled = stalled;
+        const again = () => {
+          if (this.stalled === stalled) this.stalled = undefined;
+          if (!this.closed) this.schedule(DEBOUNCE_MS, false);
+        };
+        work.then(again, again);
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** {@link read}, unbounded in time: a regular file only ({@link openRegular}), at most {@link MAX_CONFIG_BYTES}. */
+  private async readOnce(): Promise<{ text: string; seen: WritersSeen; changed: boolean }> {
+    const fh = await openRegular(this.status.path, MAX_CONFIG_BYTES);
     try {
       const ask = async (): Promise<WritersSeen> => {
         const w = await writersOf(fh, !this.writing);
@@ -382,7 +436,7 @@ export class ConfigWatcher {
       };
       const before = await ask();
       const m0 = await mark();
-      const text = await fh.readFile('utf8');
+      const text = await readBounded(fh, this.status.path, MAX_CONFIG_BYTES);
       const changed = (await mark()) !== m0;
       const seen = before.open ? before : await ask();
       return { text, seen, changed };
@@ -448,9 +502,14 @@ export class ConfigWatcher {
     try {
       r = await this.read();
     } catch (e) {
+      // Not a regular file (a FIFO, a directory, a device, a socket) or too large, or a read that does not
+      // return: refused at once, unread (nothing an editor leaves for a moment).
+      const final = e instanceof NotARegularFile || e instanceof ReadStalled;
       // Between an editor's unlink and rename the file may be missing.
-      if (!retried) return this.schedule(RETRY_MS, true);
-      return this.fail(`read ${this.status.path}: ${(e as Error).message}`, undefined, 'error', '', {
+      if (!retried && !final) return this.schedule(RETRY_MS, true);
+      const said =
+        e instanceof NotARegularFile ? `config ${e.message}` : `read ${this.status.path}: ${(e as Error).message}`;
+      return this.fail(said, undefined, 'error', '', {
         reason: 'Unreadable',
         problems: [{ field: '', description: (e as Error).message }],
       });

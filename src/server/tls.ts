@@ -12,7 +12,6 @@
  * path or a broken pair stops the start with a precise message.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import { createSecureContext, type TLSSocket } from 'node:tls';
@@ -21,6 +20,7 @@ import { experimental, type ServerCredentials } from '@grpc/grpc-js';
 
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
+import { readRegularFileSync } from './regular-file.js';
 
 export interface TlsFiles {
   certFile: string;
@@ -166,7 +166,7 @@ class CheckedProvider implements experimental.CertificateProvider {
   reload(): { state: string; rotations: number } {
     const read = (file: string) => {
       try {
-        return readFileSync(file);
+        return readRegularFileSync(file);
       } catch {
         return null;
       }
@@ -296,7 +296,7 @@ export function reloadingServerCredentials(
 } {
   const read = (what: string, file: string) => {
     try {
-      return readFileSync(file);
+      return readRegularFileSync(file);
     } catch (e) {
       throw new TlsFilesError(`read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }

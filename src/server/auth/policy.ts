@@ -23,6 +23,7 @@ import { readFileSync } from 'node:fs';
 import { yaml } from '../../shared/yaml-lazy.js';
 
 import { spiffeIdProblem, type Identity } from './identity.js';
+import { readRegularFileSync } from '../regular-file.js';
 
 /** What an RPC needs. `public`: anyone who can connect (health checks). */
 export type Role = 'public' | 'read-only' | 'admin';
@@ -197,7 +198,7 @@ export function parseAuthConfig(text: string, file: string, db: UserDb): AuthCon
 export function loadAuthConfig(file: string, db: UserDb = readUserDb()): AuthConfig {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readRegularFileSync(file).toString('utf8');
   } catch (e) {
     throw new AuthConfigError(file, [`cannot read: ${(e as Error).message}`]);
   }
