@@ -53,6 +53,7 @@ import {
   restoreGro,
   restoreOffloads,
   releaseOffloads,
+  NamespaceUnreachable,
   GENERIC_GSO_FEATURES,
   type GroChange,
   type OffloadChange,
@@ -517,7 +518,12 @@ export class KernelDataplane implements Dataplane {
       try {
         put(`${where}: ${await restoreGro(c)}`);
       } catch (e) {
-        failed.push(`restore GRO on ${where}: ${(e as Error).message}`);
+        // Not undone (a namespace it may not enter, a command that failed): the record stays, for a later run.
+        failed.push(
+          e instanceof NamespaceUnreachable
+            ? `${where}: ${e.message}`
+            : `restore GRO on ${where}: ${(e as Error).message}`,
+        );
         this.groChanges.push(c);
       }
     }
@@ -526,7 +532,11 @@ export class KernelDataplane implements Dataplane {
       try {
         put(`${where}: ${await restoreOffloads(c)}`);
       } catch (e) {
-        failed.push(`turn ${c.features.join(', ')} on again on ${where}: ${(e as Error).message}`);
+        failed.push(
+          e instanceof NamespaceUnreachable
+            ? `${where}: ${e.message}`
+            : `turn ${c.features.join(', ')} on again on ${where}: ${(e as Error).message}`,
+        );
         this.offloadChanges.push(c);
       }
     }
@@ -1274,6 +1284,7 @@ export class KernelDataplane implements Dataplane {
       try {
         r = await releaseOffloads({ ...rec, features: gso });
       } catch (e) {
+        if (e instanceof NamespaceUnreachable) continue; // kept in the record: --cleanup-on-exit says so
         this.log?.warn(
           { ifname, peer: where, features: gso, err: e },
           `${ifname} runs in native mode: turning ${gso.join(', ')} on again on its veth peer ${where} failed ` +

@@ -16,6 +16,7 @@ import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node
 
 import koffi from 'koffi';
 
+import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { runGuarded, runGuardedSync } from './children.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
@@ -496,13 +497,6 @@ interface IpLink {
   linkinfo?: { info_kind?: string };
 }
 
-/** `ip -d link show dev NAME` as an object. */
-async function linkDetails(name: string, netns?: string): Promise<IpLink> {
-  const links = (await ipJson(['-d', 'link', 'show', 'dev', name], netns)) as IpLink[];
-  if (!links[0]) throw new KernelError(`look up interface ${name}`, 19, [], 'no such interface');
-  return links[0];
-}
-
 /** A neighbour (ARP) entry as the kernel holds it. */
 export interface NeighbourEntry {
   /** Its MAC; undefined when the host has not resolved it (or resolving failed). */
@@ -763,9 +757,14 @@ const NS_GET_ID = 0x8008b70d;
  * or there is no such namespace.
  */
 export function netnsId(netns?: string): string | undefined {
+  return netnsIdOfPath(netns === undefined ? '/proc/self/ns/net' : `/run/netns/${netns}`);
+}
+
+/** {@link netnsId} of the namespace a path names (/run/netns/NAME, /proc/PID/ns/net). */
+function netnsIdOfPath(path: string): string | undefined {
   let fd: number;
   try {
-    fd = openSync(netns === undefined ? '/proc/self/ns/net' : `/run/netns/${netns}`, 'r');
+    fd = openSync(path, 'r');
   } catch {
     return undefined;
   }
@@ -831,7 +830,7 @@ export interface GroChange extends DeviceIdentity {
  * is still on. Returns what was done, for the log.
  */
 export async function restoreGro(c: GroChange): Promise<string> {
-  const d = await recordedDevice(c);
+  const d = await recordedDevice(c, { left: 'GRO left on', undo: ['gro', 'off'] });
   if (typeof d === 'string') return d;
   const { stdout } = await d.ethtool(['-k', d.ifname]);
   if (!/^generic-receive-offload: on/m.test(stdout)) return `already off${d.note}`;
@@ -857,12 +856,47 @@ interface FoundDevice {
  * ({@link followedPeer}: moved to another namespace since). Otherwise why not, as observed at both ('gone
  * (...)', 'replaced by another device (...): left alone', 'not found (...): left alone').
  */
-async function recordedDevice(c: GroChange): Promise<FoundDevice | string> {
+async function recordedDevice(c: GroChange, change: RecordedChange): Promise<FoundDevice | string> {
+  // Entering another namespace (ip -n, nsenter: setns) takes CAP_SYS_ADMIN. Without it every look inside fails
+  // with EPERM, which is not evidence that the device is gone: said as it is, and the record is kept.
+  if (c.netns !== undefined && !canEnterNetns()) throw new NamespaceUnreachable(c, change);
   const here = await atRecordedPlace(c);
   if (!('head' in here)) return here;
   const away = followedPeer(c);
   if (away !== undefined && typeof away !== 'string') return away;
   return `${here.head} (${here.detail}${away ? `; ${away}` : ''})${here.leftAlone ? ': left alone' : ''}`;
+}
+
+/** What a record changed, for the words of a refusal to undo it: what stays, and the ethtool -K arguments. */
+interface RecordedChange {
+  left: string;
+  undo: string[];
+}
+
+const offloadsLeft = (c: OffloadChange): RecordedChange => ({
+  left: `${c.features.join(', ')} left off`,
+  undo: c.features.flatMap((n) => [SET_NAME[n] ?? n, 'on']),
+});
+
+let enterNetns: boolean | undefined;
+/** Whether this process may enter another network namespace (CAP_SYS_ADMIN), read once. */
+function canEnterNetns(): boolean {
+  enterNetns ??= checkOwnCapabilities().canEnterNetns;
+  return enterNetns;
+}
+
+/**
+ * A recorded device in a named namespace this process may not enter (no CAP_SYS_ADMIN): not undone, and not
+ * gone either; the caller keeps the record. The message says what stays and the command that undoes it.
+ */
+export class NamespaceUnreachable extends Error {
+  constructor(c: GroChange, change: RecordedChange) {
+    super(
+      `cannot enter netns ${c.netns} without CAP_SYS_ADMIN: ${change.left}, recorded ` +
+        `(ip netns exec ${c.netns} ethtool -K ${c.ifname} ${change.undo.join(' ')})`,
+    );
+    this.name = 'NamespaceUnreachable';
+  }
 }
 
 /** Why a recorded device is not where it was: what is there instead ({@link recordedDevice}). */
@@ -873,14 +907,63 @@ interface NotThere {
   leftAlone: boolean;
 }
 
+/**
+ * The path of a network namespace with id `id` ({@link netnsId}): a name under /run/netns, else any process's
+ * /proc/PID/ns/net (a namespace whose name was deleted while a process keeps it alive). Undefined when none
+ * visible here is in it.
+ */
+function namespaceWithId(id: string): string | undefined {
+  const paths: string[] = [];
+  try {
+    paths.push(...readdirSync('/run/netns').map((n) => `/run/netns/${n}`));
+  } catch {
+    // no named namespaces
+  }
+  try {
+    paths.push(
+      ...readdirSync('/proc')
+        .filter((p) => /^\d+$/.test(p))
+        .map((p) => `/proc/${p}/ns/net`),
+    );
+  } catch {
+    // no /proc
+  }
+  const seen = new Set<string>();
+  for (const p of paths) {
+    let link: string;
+    try {
+      link = p.startsWith('/proc/') ? readlinkSync(p) : p;
+    } catch {
+      continue; // exited meanwhile
+    }
+    if (seen.has(link)) continue;
+    seen.add(link);
+    if (netnsIdOfPath(p) === id) return p;
+  }
+  return undefined;
+}
+
 /** The recorded device in its recorded namespace, by its ifindex ({@link recordedDevice}), or what is there. */
 async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
+  /** Where to look: the recorded name, or (its name deleted) the namespace found by its id. */
+  let path = c.netns === undefined ? undefined : `/run/netns/${c.netns}`;
+  let via = '';
   if (c.netnsId !== undefined) {
     const now = netnsId(c.netns);
     if (now === undefined && c.netns !== undefined && !existsSync(`/run/netns/${c.netns}`)) {
-      return { head: 'not found', detail: `/run/netns/${c.netns} no longer exists`, leftAlone: true };
-    }
-    if (now !== undefined && now !== c.netnsId) {
+      // The name was deleted (ip netns del); the namespace lives on while a process is in it.
+      path = namespaceWithId(c.netnsId);
+      if (path === undefined) {
+        return {
+          head: 'not found',
+          detail:
+            `/run/netns/${c.netns} no longer exists, and no namespace visible here has its id ${c.netnsId} ` +
+            '(no name under /run/netns, no process in it)',
+          leftAlone: true,
+        };
+      }
+      via = `; /run/netns/${c.netns} no longer exists: its namespace found by its id ${c.netnsId}, entered through ${path}`;
+    } else if (now !== undefined && now !== c.netnsId) {
       const which = c.netns === undefined ? "this daemon's network namespace" : `/run/netns/${c.netns}`;
       return {
         head: 'gone',
@@ -889,9 +972,15 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
       };
     }
   }
+  const byPath = via !== '';
+  const ipHere = async (args: string[]): Promise<IpLink[]> => {
+    if (!byPath) return (await ipJson(args, c.netns)) as IpLink[];
+    const { stdout } = await run('nsenter', [`--net=${path}`, 'ip', '-j', ...args], { maxBuffer: 16 << 20 });
+    return stdout.trim() === '' ? [] : (JSON.parse(stdout) as IpLink[]);
+  };
   let byName: IpLink | undefined;
   try {
-    byName = await linkDetails(c.ifname, c.netns);
+    byName = (await ipHere(['-d', 'link', 'show', 'dev', c.ifname]))[0];
   } catch {
     byName = undefined;
   }
@@ -899,7 +988,7 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
   if (dev?.ifindex !== c.ifindex) {
     // Renamed since (or another device took its name): found by its ifindex.
     try {
-      dev = ((await ipJson(['-d', 'link', 'show'], c.netns)) as IpLink[]).find((l) => l.ifindex === c.ifindex);
+      dev = (await ipHere(['-d', 'link', 'show'])).find((l) => l.ifindex === c.ifindex);
     } catch {
       dev = undefined;
     }
@@ -909,21 +998,25 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
     if (byName) {
       return {
         head: 'replaced by another device',
-        detail: replacedBy(c, { ifindex: byName.ifindex })!,
+        detail: replacedBy(c, { ifindex: byName.ifindex })! + via,
         leftAlone: true,
       };
     }
     const where = c.netns === undefined ? "this daemon's network namespace" : `netns ${c.netns}`;
-    return { head: 'gone', detail: `no device with ifindex ${c.ifindex} in ${where} any more`, leftAlone: false };
+    return {
+      head: 'gone',
+      detail: `no device with ifindex ${c.ifindex} in ${where} any more${via}`,
+      leftAlone: false,
+    };
   }
   const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
-  if (replaced) return { head: 'replaced by another device', detail: replaced, leftAlone: true };
+  if (replaced) return { head: 'replaced by another device', detail: replaced + via, leftAlone: true };
   const ifname = dev.ifname;
+  const notes = [...(ifname === c.ifname ? [] : [`now named ${ifname}`]), ...(via ? [via.slice(2)] : [])];
   return {
     ifname,
-    note: ifname === c.ifname ? '' : ` (now named ${ifname})`,
-    ethtool: (args) =>
-      c.netns ? run('nsenter', [`--net=/run/netns/${c.netns}`, 'ethtool', ...args]) : run('ethtool', args),
+    note: notes.length ? ` (${notes.join('; ')})` : '',
+    ethtool: (args) => (path ? run('nsenter', [`--net=${path}`, 'ethtool', ...args]) : run('ethtool', args)),
   };
 }
 
@@ -1036,7 +1129,7 @@ export interface OffloadChange extends DeviceIdentity {
  * whatever its name or MAC now) and they are still off. Returns what was done, for the log.
  */
 export async function restoreOffloads(c: OffloadChange): Promise<string> {
-  const d = await recordedDevice(c);
+  const d = await recordedDevice(c, offloadsLeft(c));
   if (typeof d === 'string') return d;
   const { stdout } = await d.ethtool(['-k', d.ifname]);
   const off = c.features.filter((n) => new RegExp(`^${n}: off(?! \\[fixed\\])`, 'm').test(stdout));
@@ -1054,7 +1147,7 @@ export async function restoreOffloads(c: OffloadChange): Promise<string> {
 export async function releaseOffloads(
   c: OffloadChange,
 ): Promise<{ settled: string[]; turnedOn: string[]; fixed: string[] } | string> {
-  const d = await recordedDevice(c);
+  const d = await recordedDevice(c, offloadsLeft(c));
   if (typeof d === 'string') return d;
   const ethtool = d.ethtool;
   const isOn = (text: string, n: string) => new RegExp(`^${n}: on`, 'm').test(text);
