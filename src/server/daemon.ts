@@ -26,7 +26,15 @@ import { createServer, ServerError, Status, type Server, type ServerMiddleware }
 import { composeServerMiddleware } from 'nice-grpc-common';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 
-import { defaultAuthConfig, Policy, readUserDb, resolveGroup, type AuthConfig } from './auth/policy.js';
+import {
+  AuthConfigError,
+  defaultAuthConfig,
+  loadAuthConfig,
+  Policy,
+  readUserDb,
+  resolveGroup,
+  type AuthConfig,
+} from './auth/policy.js';
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   DEFAULT_MAX_WATCH_STREAMS,
@@ -125,6 +133,8 @@ export interface DaemonOptions {
   log?: Logger;
   /** Role allow-lists (--auth-config); undefined: the default policy (auth/policy.ts defaultAuthConfig). */
   auth?: AuthConfig;
+  /** The --auth-config file `auth` was read from: read again on SIGHUP ({@link Daemon.reload}). */
+  authConfigPath?: string;
   /** Serve plaintext on non-loopback TCP addresses; without it such a listener stops the start. */
   insecure?: boolean;
   /** Largest request message in bytes (default 4 MiB); larger ones are RESOURCE_EXHAUSTED. */
@@ -475,6 +485,7 @@ export class Daemon {
     daemon.lock = lock;
     daemon.kernel = dp;
     daemon.tlsProvider = tlsSet ? tlsSet.provider : undefined;
+    daemon.policy = policy;
 
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
     const tlsOf = () => tlsSet;
@@ -733,8 +744,9 @@ export class Daemon {
   /**
    * SIGHUP (signals.ts): read again what can be read again while running, each now rather than at its next
    * look: the `--config` file (applied, or refused keeping the last good configuration, as a change seen by
-   * its watches would be) and the TLS certificate, key and client CA (taken if they are a valid set, as the
-   * periodic re-read would). What each gave, and what is read at start only, for the log line.
+   * its watches would be), the TLS certificate, key and client CA (taken if they are a valid set, as the
+   * periodic re-read would) and the --auth-config file ({@link reloadAuth}). What each gave, and what is read
+   * at start only, for the log line.
    */
   async reload(signal: string): Promise<object> {
     if (this.stopping) return { nothing: 'the daemon is stopping' };
@@ -742,8 +754,37 @@ export class Daemon {
       ? await this.config.reload(signal)
       : 'no --config file (rules and links come from the API)';
     const tls = this.tlsProvider ? this.tlsProvider.reload() : 'no TLS (no --tls-cert)';
-    const atStartOnly = [...(this.opts.auth ? ['--auth-config'] : []), 'the command line'];
-    return { config, tls, readAtStartOnly: atStartOnly.join(', ') };
+    const auth = this.reloadAuth();
+    return { config, tls, auth, readAtStartOnly: 'the command line' };
+  }
+
+  /** The roles policy, whose allow-lists SIGHUP replaces when --auth-config was given. */
+  private policy?: Policy;
+
+  /**
+   * SIGHUP: --auth-config read again (and /etc/passwd and /etc/group, which its user and group names resolve
+   * through). A valid file replaces the allow-lists for every call from then on (streams already open keep
+   * the role they were admitted with); an invalid or unreadable one is refused, logged as an error naming
+   * each problem, and the roles in force stay. What it gave, for the reload line.
+   */
+  private reloadAuth(): string | { file: string; roles: string } | { file: string; refused: string[]; kept: string } {
+    const file = this.opts.authConfigPath;
+    if (!file || !this.policy) return 'no --auth-config (the default roles)';
+    const grants = (c: AuthConfig) => `${c.admin.length} admin, ${c.readOnly.length} read-only grant(s)`;
+    try {
+      const db = readUserDb();
+      const next = loadAuthConfig(file, db);
+      this.policy.replace(next, db);
+      return { file, roles: `in force: ${grants(next)}` };
+    } catch (e) {
+      const problems = e instanceof AuthConfigError ? e.problems : [(e as Error).message];
+      const kept = `the roles in force stay (${grants(this.policy.config)})`;
+      this.log.error(
+        { authConfig: file, problems },
+        `--auth-config ${file} refused on reload: ${problems.join('; ')}; ${kept}`,
+      );
+      return { file, refused: problems, kept };
+    }
   }
   private pinRootWatch?: FSWatcher;
   /**

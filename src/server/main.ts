@@ -79,7 +79,7 @@ const program = new Command('xdpctld')
   .option(
     '--auth-config <file.yaml>',
     'who may read (readOnly) and change (admin): lists of spiffe://ID, x509-cn:NAME, unix-uid:N, ' +
-      'unix-user:NAME, unix-gid:N, unix-group:NAME, anonymous (see below)',
+      'unix-user:NAME, unix-gid:N, unix-group:NAME, anonymous (see below); read again on SIGHUP',
   )
   .option(
     '--insecure',
@@ -192,8 +192,9 @@ with the trace_id and span_id of the RPC they belong to.
 Signals: SIGTERM, SIGINT, SIGQUIT (and SIGALRM, SIGVTALRM, SIGXCPU, SIGPWR,
 SIGIO, SIGSTKFLT) are logged and stop the daemon in order (NOT_SERVING,
 streams ended, calls drained, --cleanup-on-exit); another one during the stop
-is logged and the stop goes on. SIGHUP is logged and reads the --config file
-and the TLS files again at once; the daemon keeps serving. SIGUSR2 is logged
+is logged and the stop goes on. SIGHUP is logged and reads the --config file,
+the TLS files and the --auth-config file again at once (an invalid auth file
+is refused and the roles in force stay); the daemon keeps serving. SIGUSR2 is logged
 and ignored; SIGUSR1, SIGPIPE and SIGXFSZ are ignored (SIGUSR1 never opens
 Node's inspector: the daemon runs with --disable-sigusr1). SIGKILL skips the
 stop. Child processes (ip monitor, ethtool) end with the daemon however it
@@ -416,6 +417,7 @@ try {
     log,
     telemetry,
     auth,
+    authConfigPath: o.authConfig,
     insecure: o.insecure,
     maxMessageBytes,
     maxWatchStreams,

@@ -8,8 +8,8 @@
  * - stop: logged, then the orderly stop of SIGTERM (NOT_SERVING, streams ended, calls drained,
  *   `--cleanup-on-exit`, pins and sockets as documented), exit 0. Another stop signal during the stop is
  *   logged and the stop goes on (SIGKILL ends the process at once, without any cleanup).
- * - reload: SIGHUP, the daemon convention: logged, the `--config` file and the TLS files read again at
- *   once, each result logged; the daemon keeps serving.
+ * - reload: SIGHUP, the daemon convention: logged, the `--config` file, the TLS files and the
+ *   `--auth-config` file read again at once, each result logged; the daemon keeps serving.
  * - ignore: logged, nothing else; the daemon keeps serving. (SIGUSR1 is not even logged as the daemon
  *   normally runs: with --disable-sigusr1 Node drops it before any listener.)
  *

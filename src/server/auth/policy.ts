@@ -251,15 +251,25 @@ export function defaultAuthConfig(o: DefaultPolicyOptions): AuthConfig {
 /** Decides the role of an identity. */
 export class Policy {
   constructor(
-    readonly config: AuthConfig,
-    private readonly db: UserDb,
+    private cfg: AuthConfig,
+    private db: UserDb,
     /** Grant read-only to every verified certificate identity (the default policy). */
     private readonly certificatesReadOnly = false,
   ) {}
 
+  get config(): AuthConfig {
+    return this.cfg;
+  }
+
+  /** Take a new allow-list (--auth-config read again on SIGHUP) and the user database it was resolved with. */
+  replace(config: AuthConfig, db: UserDb): void {
+    this.cfg = config;
+    this.db = db;
+  }
+
   roleOf(id: Identity): Role | undefined {
-    if (this.config.admin.some((g) => grantMatches(g, id, this.db))) return 'admin';
-    if (this.config.readOnly.some((g) => grantMatches(g, id, this.db))) return 'read-only';
+    if (this.cfg.admin.some((g) => grantMatches(g, id, this.db))) return 'admin';
+    if (this.cfg.readOnly.some((g) => grantMatches(g, id, this.db))) return 'read-only';
     if (this.certificatesReadOnly && (id.kind === 'spiffe' || id.kind === 'x509-cn')) return 'read-only';
     return undefined;
   }
