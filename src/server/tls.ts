@@ -4,8 +4,9 @@
  * by rewriting them in place, and a daemon that read them once at start
  * would serve an expired certificate within the hour.
  *
- * grpc-js's FileWatcherCertificateProvider re-reads the files; on top of it
- * this module checks every new set before it is used (key matches
+ * The files are read again every --tls-refresh-seconds (regular files only,
+ * never waiting on a FIFO or a device: regular-file.ts); this module checks
+ * every new set before it is used (key matches
  * certificate, PEM parses) and keeps the last good set otherwise: a rotation
  * caught half-written (new certificate, old key) must not take the listener
  * down. Files are read and checked once synchronously at start, so a wrong
@@ -82,8 +83,8 @@ const EKU_NAMES: Record<string, string> = {
 };
 
 /**
- * A CertificateProvider that forwards the file watcher's updates only when
- * the certificate, key and CA are valid together.
+ * A CertificateProvider that reads the files periodically and forwards a new set only when the
+ * certificate, key and CA are valid together.
  */
 class CheckedProvider implements experimental.CertificateProvider {
   private identity: experimental.IdentityCertificateUpdate;
@@ -94,15 +95,18 @@ class CheckedProvider implements experimental.CertificateProvider {
     identity?: experimental.IdentityCertificateUpdate | null;
     ca?: experimental.CaCertificateUpdate | null;
   } = {};
-  private readonly onIdentity: IdentityListener = (u) => this.update({ identity: u });
-  private readonly onCa: CaListener = (u) => this.update({ ca: u });
-  private watching = false;
+  /**
+   * The periodic read of the files while a listener wants them ({@link TlsFiles.refreshMs}): {@link reload} on
+   * a timer. Not grpc-js's FileWatcherCertificateProvider: it reads with fs.promises.readFile, which on a FIFO
+   * at a file's path waits for a writer in a libuv worker for good (one more at every refresh, until every
+   * worker waits and the process cannot even exit); this one reads only regular files (regular-file.ts).
+   */
+  private timer?: NodeJS.Timeout;
   /** Number of rotations applied (tests, logs). */
   rotations = 0;
 
   constructor(
     private readonly files: TlsFiles,
-    private readonly watcher: experimental.FileWatcherCertificateProvider,
     initial: { cert: Buffer; key: Buffer; ca?: Buffer },
     private readonly log: Logger,
   ) {
@@ -112,13 +116,19 @@ class CheckedProvider implements experimental.CertificateProvider {
 
   private update(u: typeof this.pending): void {
     Object.assign(this.pending, u);
-    // The watcher reports identity then CA for one read: apply once both are in.
+    // One read gives identity and CA: apply once both are in.
     if (this.files.clientCaFile && this.pending.ca === undefined) return;
     if (this.pending.identity === undefined) return;
     const { identity, ca } = this.pending;
     this.pending = {};
     if (!identity || (this.files.clientCaFile && !ca)) {
-      this.observe('unreadable', 'warn', {}, 'TLS files unreadable: keeping the certificate in use');
+      const why = this.unreadable;
+      this.observe(
+        why ? `unreadable: ${why}` : 'unreadable',
+        'warn',
+        why ? { err: why } : {},
+        'TLS files unreadable: keeping the certificate in use',
+      );
       return;
     }
     const same =
@@ -160,14 +170,17 @@ class CheckedProvider implements experimental.CertificateProvider {
   }
 
   /**
-   * Read the files again now (SIGHUP), as the watcher's next poll would (the same checks, the same log
+   * Read the files again now (SIGHUP, and every refresh period: {@link watch}; the same checks, the same log
    * lines): returns what is in use then ('in use', or why the files were not taken) and the rotations so far.
    */
   reload(): { state: string; rotations: number } {
+    const problems: string[] = [];
     const read = (file: string) => {
       try {
         return readRegularFileSync(file);
-      } catch {
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        problems.push(err.name === 'NotARegularFile' ? err.message : `${file}: ${err.code ?? err.message}`);
         return null;
       }
     };
@@ -175,6 +188,7 @@ class CheckedProvider implements experimental.CertificateProvider {
     const key = read(this.files.keyFile);
     const ca = this.files.clientCaFile ? read(this.files.clientCaFile) : undefined;
     this.pending = {};
+    this.unreadable = problems.join('; ');
     this.update({
       identity: cert && key ? { certificate: cert, privateKey: key } : null,
       ...(this.files.clientCaFile ? { ca: ca ? { caCertificate: ca } : null } : {}),
@@ -182,9 +196,12 @@ class CheckedProvider implements experimental.CertificateProvider {
     return { state: this.filesState, rotations: this.rotations };
   }
 
+  /** Why the last read could not read every file ('' when it could), for the "unreadable" line. */
+  private unreadable = '';
+
   /**
    * What the last poll of the files found, as a state: each line is logged at a transition only
-   * (the watcher reads the files at every refresh: a rejected set used to be logged at every poll).
+   * (the files are read at every refresh: a rejected set used to be logged at every poll).
    */
   private filesState = 'in use';
 
@@ -197,14 +214,13 @@ class CheckedProvider implements experimental.CertificateProvider {
 
   private watch(): void {
     const want = this.identityListeners.size + this.caListeners.size > 0;
-    if (want && !this.watching) {
-      this.watcher.addIdentityCertificateListener(this.onIdentity);
-      if (this.files.clientCaFile) this.watcher.addCaCertificateListener(this.onCa);
-    } else if (!want && this.watching) {
-      this.watcher.removeIdentityCertificateListener(this.onIdentity);
-      if (this.files.clientCaFile) this.watcher.removeCaCertificateListener(this.onCa);
+    if (want && !this.timer) {
+      this.timer = setInterval(() => this.reload(), this.files.refreshMs ?? 60_000);
+      this.timer.unref?.();
+    } else if (!want && this.timer) {
+      clearInterval(this.timer);
+      this.timer = undefined;
     }
-    this.watching = want;
   }
 
   currentIdentity(): experimental.IdentityCertificateUpdate {
@@ -306,13 +322,7 @@ export function reloadingServerCredentials(
   const ca = files.clientCaFile ? read('client CA', files.clientCaFile) : undefined;
   const bad = check(cert, key, ca);
   if (bad) throw new TlsFilesError(`TLS files ${files.certFile} and ${files.keyFile}: ${bad}`);
-  const watcher = new experimental.FileWatcherCertificateProvider({
-    certificateFile: files.certFile,
-    privateKeyFile: files.keyFile,
-    caCertificateFile: files.clientCaFile,
-    refreshIntervalMs: files.refreshMs ?? 60_000,
-  });
-  const provider = new CheckedProvider(files, watcher, { cert, key, ca }, log);
+  const provider = new CheckedProvider(files, { cert, key, ca }, log);
   // grpc-js 1.14 passes its first argument to the identity role and its second
   // (nullable) to the CA role, whatever the declared parameter names say; one
   // provider serving both roles is right either way.
