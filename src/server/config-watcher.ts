@@ -210,6 +210,8 @@ export class ConfigWatcher {
     private readonly log: Logger,
     /** Called whenever the report changes (the daemon sets the `xdpctl.config` health service from it). */
     private readonly onReport: (r: ConfigReport) => void = () => undefined,
+    /** {@link READ_TIMEOUT_MS} (tests give less). */
+    private readonly readTimeoutMs = READ_TIMEOUT_MS,
   ) {
     this.status = { path: resolve(path) };
     this.state = { inForce: false, reason: 'NotApplied', message: 'not read yet', problems: [], since: Date.now() };
@@ -327,6 +329,8 @@ export class ConfigWatcher {
     } catch {
       // missing for a moment: the entries above are still watched
     }
+    // Closed while the links were read: no watch may be made after close() (it would keep the process alive).
+    if (this.closed) return;
     for (const [dir, w] of this.watchers) {
       if (!want.has(dir)) {
         w.watcher.close();
@@ -373,7 +377,7 @@ export class ConfigWatcher {
     if (this.stalled) {
       const { since } = this.stalled;
       throw new ReadStalled(
-        `a read of ${path} started at ${new Date(since).toISOString()} has not returned (${((Date.now() - since) / 1000).toFixed(1)} s): ` +
+        `a read of ${path} started at ${new Date(since).toISOString()} has not returned: ` +
           'the filesystem does not answer; it is read again once that read returns',
       );
     }
@@ -384,10 +388,10 @@ export class ConfigWatcher {
         () =>
           reject(
             new ReadStalled(
-              `reading ${path} took more than ${READ_TIMEOUT_MS / 1000} s: the filesystem does not answer; it is read again once that read returns`,
+              `reading ${path} took more than ${this.readTimeoutMs / 1000} s: the filesystem does not answer; it is read again once that read returns`,
             ),
           ),
-        READ_TIMEOUT_MS,
+        this.readTimeoutMs,
       );
       timer.unref?.();
     });
@@ -395,7 +399,7 @@ export class ConfigWatcher {
       return await Promise.race([work, bound]);
     } catch (e) {
       if (e instanceof ReadStalled && !this.stalled) {
-        const stalled = { since: Date.now() - READ_TIMEOUT_MS };
+        const stalled = { since: Date.now() - this.readTimeoutMs };
         this.stalled = stalled;
         const again = () => {
           if (this.stalled === stalled) this.stalled = undefined;
