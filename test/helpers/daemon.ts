@@ -94,7 +94,11 @@ export class DaemonProcess {
         if (line) resolve(JSON.parse(line) as ReadyLine);
       });
       child.on('exit', (code) => reject(new Error(`xdpctld exited ${code}: ${out}`)));
-      guard = setTimeout(() => reject(new Error(`xdpctld not ready after 20 s: ${out}`)), 20_000);
+      // Not ready: killed, so that a start that hangs leaves no daemon behind (the test has no handle on it).
+      guard = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`xdpctld not ready after 20 s: ${out}`));
+      }, 20_000);
     }).finally(() => clearTimeout(guard));
     const d = new DaemonProcess(
       child,

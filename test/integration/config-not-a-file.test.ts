@@ -130,7 +130,7 @@ describe('config-file mode: a path that is not a regular file is refused, never 
   });
 
   it('starts with a FIFO as --config: serves, says why, applies the good file moved there later', async () => {
-    await d!.stop('SIGKILL'); // a daemon the test before could not stop
+    await d?.stop('SIGKILL'); // a daemon the test before could not stop
     clear();
     sh('mkfifo', [file]);
     ({ d } = await lab.start(['--config', file, '--log-level', 'info']));
