@@ -66,7 +66,7 @@ const program = new Command('xdpctld')
   )
   .option(
     '--config <file.yaml>',
-    'apply this YAML file (links and rules; also what "xdpctl -o yaml rules list" prints) and re-apply it on every change; a refused file keeps the last good configuration (xdpctl status and the xdpctl.config health service say so), and so does one a process still holds open for writing (applied once closed; after 10 s as it is, with a warning); API changes are then refused',
+    'apply this YAML file (links and rules; also what "xdpctl -o yaml rules list" prints) and re-apply it on every change; a refused file keeps the last good configuration (xdpctl status and the xdpctl.config health service say so), and so does one a process still holds open for writing (applied once closed; after 10 s as it is, with a warning); a path that is not a regular file (a FIFO, a device, a directory) or of more than 64 MiB is refused unread; API changes are then refused',
   )
   .option('--tls-cert <file>', 'PEM certificate for TCP listeners (enables TLS)')
   .option('--tls-key <file>', 'PEM private key for --tls-cert')
