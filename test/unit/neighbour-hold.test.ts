@@ -241,6 +241,19 @@ class Neighbours extends ModelDataplane {
   override arpUnavailable(): string | undefined {
     return this.noArp;
   }
+  /**
+   * Called where a reconciler pass has written what it re-applies and goes on (its links read next) and where a
+   * write has recorded its rules and clears the slots they replaced: what a read that came then would get.
+   */
+  onMidway?: (where: string) => void;
+  override listLinks(): [number, number][] {
+    this.onMidway?.('a pass, after its writes');
+    return super.listLinks();
+  }
+  override clearRuleSlot(...a: Parameters<ModelDataplane['clearRuleSlot']>): void {
+    this.onMidway?.('a write, clearing the slot it replaced');
+    super.clearRuleSlot(...a);
+  }
 }
 
 describe('neighbour holds: the reconciler', () => {
@@ -562,6 +575,67 @@ describe('neighbour holds: the reconciler', () => {
     assert.equal(c.getRule('r').status.state, 'active');
     assert.equal(b().message, 'MAC resolved from the neighbour table');
     assert.equal(lines.filter((l) => /has a new MAC/.test(l.msg)).length, 0);
+  });
+
+  it('a read while a write or a re-applying pass goes on gets the status judged: never "resolved" for an unanswered MAC', async () => {
+    const dp = new Neighbours();
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
+    await c.createRule(rule());
+    await c.resync();
+    const reads: string[] = [];
+    dp.onMidway = (where) => {
+      const s = c.getRule('r').status;
+      if (s.backends[0]?.mac) reads.push(`${where}: ${s.state}, ${s.backends[0].mac}: ${s.backends[0].message}`);
+    };
+    // Another tool writes W (no probe of ours answers it): the pass re-applies the rule with it.
+    dp.neighbours.set(KEY, W);
+    await c.resync();
+    // A client's change of the rule while W is still unanswered.
+    await c.updateRule({ ...rule(), labels: { x: 'y' } }, 0);
+    dp.onMidway = undefined;
+    assert.ok(
+      reads.some((r) => r.startsWith('a pass')) && reads.some((r) => r.startsWith('a write')),
+      reads.join('\n'),
+    );
+    const unanswered = `degraded, ${W}: MAC ${W} from the neighbour table, not confirmed yet`;
+    assert.deepEqual(
+      reads.filter((r) => !r.includes(unanswered)),
+      [],
+      'each read said what was observed (before: "active, ... MAC resolved from the neighbour table")',
+    );
+  });
+
+  it('a MAC that answered after the pass decided its holds, "resolved" by its judgement, is kept when the entry changes at once', async () => {
+    const dp = new Neighbours();
+    const clock = { t: 1_000_000 };
+    const lines: Line[] = [];
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    dp.neighbours.set(KEY, A);
+    await c.createRule(rule());
+    await c.resync();
+    const b = () => c.getRule('r').status.backends[0];
+    assert.match(b().message, /not confirmed yet/);
+    // A's answer to our probe is read off the wire while the next pass goes on: after its holds were decided,
+    // before its judgement.
+    dp.onMidway = () => {
+      dp.answers.set(KEY, A);
+      dp.answerAges.set(`${KEY}|${A}`, 0);
+    };
+    clock.t += 20;
+    await c.resync();
+    dp.onMidway = undefined;
+    assert.equal(b().message, 'MAC resolved from the neighbour table');
+    // At once a duplicate host announces itself: the entry holds its MAC, which no probe of ours has answered.
+    dp.neighbours.set(KEY, W);
+    clock.t += 20;
+    await c.resync();
+    const inMaps = (mac: string) => dp.snapshot().backends.some((e) => e.includes(hex(mac)));
+    assert.ok(inMaps(A) && !inMaps(W), 'A, which the status called resolved, kept (before: W written at once)');
+    assert.match(
+      b().message,
+      new RegExp(`^MAC ${A} kept \\(it answered an ARP probe of ours\\): the neighbour entry now holds ${W}`),
+    );
+    assert.equal(lines.filter((l) => /has a new MAC/.test(l.msg)).length, 0, 'nothing rewritten');
   });
 
   it('a start over an unchanged entry no probe of this process answered yet: DEGRADED until it answers', async () => {

@@ -350,11 +350,13 @@ export class Controller {
       host?.close();
       this.ctx.preflightTargets = undefined;
     }
-    await finishRules(this.ctx, ops, alloc, pace, false);
+    // Its rules judged as a pass judges them before they are recorded (what a read says, the reply too).
+    await finishRules(this.ctx, ops, alloc, pace, false, (pending) =>
+      observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, true, pending),
+    );
     finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
-    // Judged as a pass judges them (rules and link directions), so that what it reports is what a read says.
-    await observeWrittenRules(this.ctx, opNames(ops), alloc.unverified, pace);
+    // Judged as a pass judges them (link directions), so that what it reports is what a read says.
     observeLinkDirections(this.ctx, want);
     // The write observed: every rule it changed, every link and interface, with its time.
     await this.observed(async (at) => {
@@ -1235,11 +1237,14 @@ export class Controller {
       host?.close();
       this.ctx.preflightTargets = undefined;
     }
-    // Durable and in the kernel: from here nothing undoes the change.
-    await finishRules(this.ctx, ops, alloc, pace);
-    // A client's change: its rules judged as a pass judges them, so that the reply says what a read says.
-    // (Restore and the reconciler's re-applies are judged by the pass that follows or runs them.)
-    if (!restoring) await observeWrittenRules(this.ctx, opNames(ops), alloc.unverified, pace);
+    // Durable and in the kernel: from here nothing undoes the change. Its rules are judged as a pass judges
+    // them before they are recorded, so that no read (nor the reply) sees a status as planned: one said "MAC
+    // resolved" for a MAC no probe of ours had answered while a re-apply's pass went on. A client's change logs
+    // their transitions; restore's and the reconciler's re-applies leave that to the pass that follows or runs
+    // them, which judges them again.
+    await finishRules(this.ctx, ops, alloc, pace, true, (pending) =>
+      observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, !restoring, pending),
+    );
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
       // The ingresses it attached our program to or detached it from (as the plan found them: no lookup).

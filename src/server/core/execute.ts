@@ -646,6 +646,10 @@ export async function writeRules(
  * their ids, and record the new state. Nothing here can make the change
  * not have happened; a failed clear leaves an unreferenced slot that the
  * next start sweeps.
+ * `judge` judges the new records' statuses before they are recorded (resync.ts observeWrittenRules: the
+ * judgement a pass makes): a status as planned says what the plan read, e.g. "MAC resolved from the
+ * neighbour table" for a MAC no ARP probe of ours has had answered, and a read that came while the change or
+ * the pass that made it yielded (the clears below, the rest of a pass) was answered with it.
  */
 export async function finishRules(
   ctx: ExecContext,
@@ -653,6 +657,7 @@ export async function finishRules(
   alloc: RuleAllocation,
   pace: () => Promise<void> = async () => {},
   release = true,
+  judge?: (pending: Map<string, { rule: RuleSpec; k: RuleKernel }>) => Promise<void>,
 ): Promise<void> {
   const { dp, state } = ctx;
   // The new state first, at once: reads between the clears below see it whole.
@@ -667,6 +672,9 @@ export async function finishRules(
     if (next && rec) set.push([op.name, rec, next]);
     else del.push(op.name);
   }
+  // Judged before anything is recorded: reads meanwhile see the state before the change, never a status
+  // nobody judged.
+  if (judge && set.length) await judge(new Map(set.map(([name, rule, k]) => [name, { rule, k }])));
   if (ops.length >= BULK_SWAP) {
     await state.replaceMany(set, del, pace); // built beside, swapped at once
   } else {

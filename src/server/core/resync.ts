@@ -1009,7 +1009,8 @@ function foreignWhy(name: string, x: XdpStatus): string {
  * the neighbour entries their MAC-less backends use (set by hand; a MAC no probe of ours had answered), the
  * static MACs and device settings as the last pass judged them (also a start's, before its first pass, with
  * `log` false: the pass logs the transitions). Reads only; repairs nothing (the next pass
- * does, and judges again).
+ * does, and judges again). `pending`: records written but not published yet (execute.ts finishRules judges
+ * them before any read can see them), looked up before the state's.
  */
 export async function observeWrittenRules(
   ctx: ExecContext,
@@ -1017,8 +1018,11 @@ export async function observeWrittenRules(
   unverifiedEgress: ReadonlyMap<string, string> = new Map(),
   pace: () => Promise<void> = async () => {},
   log = true,
+  pending?: PendingRules,
 ): Promise<void> {
   const { dp, state } = ctx;
+  const ruleOf = (name: string) => pending?.get(name)?.rule ?? state.rules.get(name);
+  const kernelOf = (name: string) => pending?.get(name)?.k ?? state.ruleKernel.get(name);
   const ingressProblems = new Map<string, string>();
   const ingressDown = new Map<string, string>();
   const handSet = new Map<string, string>();
@@ -1028,10 +1032,10 @@ export async function observeWrittenRules(
   let n = 0;
   for (const name of names) {
     if ((++n & 63) === 0) await pace();
-    const rule = state.rules.get(name);
-    if (!rule || !state.ruleKernel.has(name)) continue;
+    const rule = ruleOf(name);
+    const k = kernelOf(name);
+    if (!rule || !k) continue;
     rules.push(name);
-    const k = state.ruleKernel.get(name)!;
     for (const i of rule.ingressInterfaces) {
       if (seen.has(i)) continue;
       seen.add(i);
@@ -1056,7 +1060,7 @@ export async function observeWrittenRules(
       if (states) handSet.set(key, states);
     }
   }
-  const unanswered = await unansweredMacs(ctx, rules, handSet, pace);
+  const unanswered = await unansweredMacs(ctx, rules, handSet, pace, ruleOf, kernelOf);
   // The static MACs the last pass judged unverified, past their grace period now (not collected from every
   // kept verdict at every write: 40 000 with 10 000 rules).
   let unverifiedMacs: ReadonlyMap<string, string> = state.staticMacUnverified;
@@ -1081,11 +1085,14 @@ export async function observeWrittenRules(
   };
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();
-    const k = state.ruleKernel.get(name)!;
-    judgeRule(k, state.rules.get(name)!, o);
+    const k = kernelOf(name)!;
+    judgeRule(k, ruleOf(name)!, o);
     if (log) logRuleTransition(ctx, name, k.status);
   }
 }
+
+/** Rule records written but not published yet, by name: judged before a read can see them (execute.ts finishRules). */
+export type PendingRules = ReadonlyMap<string, { rule: RuleSpec; k: RuleKernel }>;
 
 /**
  * The backends given without a MAC of these rules that their table holds with a MAC no probe of ours has had
@@ -1094,12 +1101,19 @@ export async function observeWrittenRules(
  * a rule wrote what its plan read, and a reply judges what the write wrote. Not the ones said otherwise: an
  * entry set by hand (`handSet`), a held entry (its kept MAC: heldNeighbourStatus), a MAC kept while its entry
  * is missing (unverified already).
+ * A MAC written that did answer is recorded as confirmed (state.neighbourConfirmed) by the same judgement that
+ * lets its status say "resolved": a reply read off the wire after this pass's holds were decided (or between
+ * passes, judged by a client's write) is what the next decision goes by too. Before, only the holds' own look
+ * recorded it, and an entry that changed to a newcomer's MAC in between (a duplicate host's gratuitous ARP)
+ * was followed at once, the MAC the status called resolved not asked (core/neighbour-hold.ts).
  */
 async function unansweredMacs(
   ctx: ExecContext,
   names: Iterable<string>,
   handSet: ReadonlyMap<string, string>,
   pace: () => Promise<void>,
+  ruleOf: (name: string) => RuleSpec | undefined = (name) => ctx.state.rules.get(name),
+  kernelOf: (name: string) => RuleKernel | undefined = (name) => ctx.state.ruleKernel.get(name),
 ): Promise<Map<string, string>> {
   const { dp, state } = ctx;
   const out = new Map<string, string>();
@@ -1107,8 +1121,8 @@ async function unansweredMacs(
   let n = 0;
   for (const name of names) {
     if ((++n & 255) === 0) await pace();
-    const rule = state.rules.get(name);
-    const k = state.ruleKernel.get(name);
+    const rule = ruleOf(name);
+    const k = kernelOf(name);
     if (!rule || !k || k.status.state === 'failed') continue;
     const written = (k.written ?? k.status).backends;
     rule.backends.forEach((b, idx) => {
@@ -1118,6 +1132,7 @@ async function unansweredMacs(
       const w = written[idx];
       if (!w?.receiving || !w.mac || w.unverified) return;
       if (dp.neighbourAnswered!(b.ip, b.interface)?.toLowerCase() !== w.mac.toLowerCase()) out.set(key, w.mac);
+      else if (state.neighbourConfirmed.get(key) !== w.mac) state.neighbourConfirmed.set(key, w.mac);
     });
   }
   return out;
