@@ -186,6 +186,11 @@ export class ConfigWatcher {
   private closed = false;
   /** The text last refused, with lastError: the same refusal of the same text is said once. */
   private refusedText?: string;
+  /**
+   * The text last refused for what the host is, while {@link watchRefusal} re-evaluates it: read again with
+   * nothing new (the periodic look, another event of the same write), it is not applied again.
+   */
+  private hostRefused?: string;
   /** A process holds the file open for writing: since when, who (in words), whether the wait was logged. */
   private writing?: { since: number; who: string; logged: boolean };
   /** A read that did not return within {@link READ_TIMEOUT_MS}: since when (no other read starts meanwhile). */
@@ -521,6 +526,14 @@ export class ConfigWatcher {
     const text = r.text;
     // Written to while read: read again (the write's own event may have come before the read).
     if (r.changed) return this.schedule(DEBOUNCE_MS, false);
+    // The text refused for what the host is, read again with nothing new: the periodic look that sees the
+    // change the write's event brought already, or another event of the same write. Not applied again: each
+    // try of a file refused only once its interfaces were attached changed the host for a moment (our program
+    // attached, a peer's GRO switched on, offloads turned off, then all put back) with nothing said, the
+    // refusal being said once. watchRefusal loads it again when the checks' verdict or the host changes,
+    // SIGHUP (`because`) and another text at once.
+    if (because === undefined && text === this.hostRefused && text === this.refusedText && this.status.lastError)
+      return;
     // Unchanged and in force: nothing to do, whoever holds it open. After a refusal the same text is applied
     // again (the kernel holds the last good configuration, which may be this very text: re-applying it is a
     // no-op or a repair).
@@ -581,6 +594,7 @@ export class ConfigWatcher {
       this.status.appliedAt = Date.now();
       this.status.lastError = undefined;
       this.refusedText = undefined;
+      this.hostRefused = undefined;
       this.ctl.setConfigProblem(undefined);
       this.inForce();
       // A warning when applied past the bound while a process still holds the file open for writing.
@@ -611,9 +625,13 @@ export class ConfigWatcher {
         missing ? '; the file is tried again until the interface exists' : '',
         refusalOf(e),
       );
+      this.hostRefused = undefined;
       if (missing && !this.closed) this.schedule(MISSING_RETRY_MS, false);
       // Any other refusal (the controller's, or the kernel's: an attach refused) is of what the host is now.
-      else if (!this.closed) await this.watchRefusal(cfg, text);
+      else if (!this.closed) {
+        this.hostRefused = text;
+        await this.watchRefusal(cfg, text);
+      }
     }
   }
 

@@ -10,6 +10,8 @@
  *    --xdp-mode native, an ingress whose driver takes no XDP program), and one only known once the file's new
  *    interfaces are attached (in mode auto only the attach tells native from generic) and its backends'
  *    peers repaired, which must be undone whole;
+ *  - a file refused once its interfaces were attached was tried again, whole, by the periodic look at the path
+ *    (which saw the same write), its host changes made and put back a second time, unsaid: tried once now;
  *  - the API: a CreateRule or Connect refused in the kernel phase left the VLAN offloads of an ingress it
  *    attached turned off and the GRO of a backend's peer switched on (and recorded in host-changes.json);
  *  - a refusal for a veth whose peer cannot be inspected (an unnamed namespace) said "enable GRO" while GRO
@@ -26,6 +28,7 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 
+import { VERIFY_MS } from '../../src/server/config-watcher.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
@@ -226,6 +229,17 @@ describe('a refused change changes nothing: kernel, disk, host settings, generat
     );
     const [line] = lines(/not applied/);
     assert.match(line, new RegExp(`links\\[1\\]: ${bridge} \\(bridge\\) cannot transmit native XDP redirects`), line);
+    // Tried once: neither the periodic look at the path (every VERIFY_MS, which sees the write too) nor another
+    // event of the same write tries the refused text again while nothing changed. Before, such a second try
+    // (0.3-2 s after the refusal) attached vm2 and vm3, switched b2's peer's GRO on and turned offloads off
+    // again, then put it all back, saying nothing: a look at the host in between (this test's, under load) saw
+    // it half-done.
+    const refusedAt = (JSON.parse(line) as { time: number }).time;
+    for (let n = 0; Date.now() < refusedAt + VERIFY_MS + 1000; n++) {
+      assert.deepEqual(settings(), host, `GRO, offloads and XDP as before, look ${n} after the refusal`);
+      await sleep(50);
+    }
+    assert.equal(lines(/device settings it changed were put back/).length, 1, 'the refused file tried once');
     assert.equal(topo.ping('x', y.ip!), true, 'the link of the good configuration forwards');
     await d!.stop();
     d = undefined;
