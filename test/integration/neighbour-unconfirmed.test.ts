@@ -219,7 +219,9 @@ describe('neighbour entries no probe of ours answered: not evidence', kernelOnly
       // Right after the start: b1 on the MAC the datapath forwarded with, over the wrong entry. Before that MAC
       // answered a request of this daemon's: said so, the rule DEGRADED (BackendsReceiving Unknown), the health
       // NOT_SERVING; once it answered (the first pass may have seen it already): kept as an answered MAC.
-      const [early, earlyHealth] = [await status('web'), await health()];
+      // The health read between two status reads: a pass that ends between two reads may have seen the kept
+      // MAC answer, so the health is judged against a status that holds on both sides of it.
+      const [early, earlyHealth, after] = [await status('web'), await health(), await status('web')];
       const eb = early.backendStatus[0];
       seen.add(`${RuleState[early.state]} ${eb.mac}: ${eb.message}`);
       assert.equal(eb.mac, b1.mac);
@@ -230,7 +232,7 @@ describe('neighbour entries no probe of ours answered: not evidence', kernelOnly
           [cond(early, 'BackendsReceiving').status, cond(early, 'BackendsReceiving').reason],
           [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified'],
         );
-        assert.equal(earlyHealth, NOT_SERVING);
+        if (after.backendStatus[0].message === eb.message) assert.equal(earlyHealth, NOT_SERVING);
       } else {
         assert.match(eb.message, new RegExp(`^MAC ${b1.mac} kept \\(it answered an ARP probe of ours\\)`));
       }
