@@ -372,6 +372,23 @@ static __always_inline __u32 flow_hash(__u32 saddr, __u32 daddr, __u16 sport, __
 }
 
 /*
+ * h % XDPCTL_RING_SIZE without a division: BPF has no multiply-high, so
+ * clang emits a BPF_MOD, which the x86 JIT turns into a `div` (with two
+ * pushes and pops around it) on every rule hit. For a 32-bit h,
+ * h / 1031 == (h * 2132903255) >> 41 exactly (Granlund-Montgomery:
+ * 2132903255 = ceil(2^41 / 1031), and 2132903255 * 1031 - 2^41 = 353 <= 2^9;
+ * the product stays below 2^63); a C loop over all 2^32 values of h agreed,
+ * and test/unit/ring-pos.test.ts checks the constants and samples.
+ */
+_Static_assert(XDPCTL_RING_SIZE == 1031, "ring_pos() constants are for a ring of 1031 slots");
+static __always_inline __u32 ring_pos(__u32 h)
+{
+	__u64 q = ((__u64)h * 2132903255ULL) >> 41;
+
+	return h - (__u32)q * XDPCTL_RING_SIZE;
+}
+
+/*
  * A cross-connected frame leaves as the bytes it arrived with. In native
  * mode that is wrong for one kind of frame: TCP or UDP from a local socket
  * behind a veth or tap with TX checksum offload (the default), whose
@@ -895,8 +912,7 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 		rs->matched_bytes += len;
 	}
 	ring_idx = slot * XDPCTL_RING_SIZE +
-		   flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP) %
-			   XDPCTL_RING_SIZE;
+		   ring_pos(flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP));
 	be_id = bpf_map_lookup_elem(&rule_ring, &ring_idx);
 	be = be_id ? bpf_map_lookup_elem(&backends, be_id) : NULL;
 	if (!be || !be->ifindex) {
