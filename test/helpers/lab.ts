@@ -38,6 +38,17 @@ export const backendOf = (h: Host, mac = h.mac, iface = h.hostIf): BackendSpec =
   interface: iface,
 });
 
+/** A UDP rule on `port` from the `ingress` interfaces to `backends` (weight 1 each), UDP checksums zeroed. */
+export const udpRule = (name: string, port: number, ingress: string[], backends: BackendSpec[]): Rule => ({
+  name,
+  match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+  ingressInterfaces: ingress,
+  backends: backends.map((b) => ({ ...b, weight: 1 })),
+  udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+  labels: {},
+  generation: 0n,
+});
+
 /** Where datagrams are received: a Host, or an UnnamedHost (`netns` a path). */
 export type Receiver = Pick<Host, 'netns' | 'ip'>;
 
@@ -146,15 +157,8 @@ export class Lab {
   // The helpers below are bound (arrow functions): a test file may take them out, `const { status } = lab`.
 
   /** A UDP rule on `port` from `ingress` (vm's veth) to `backends` (weight 1 each), UDP checksums zeroed. */
-  readonly rule = (name: string, port: number, backends: BackendSpec[], ingress = [this.vm.hostIf]): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: ingress,
-    backends: backends.map((b) => ({ ...b, weight: 1 })),
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  readonly rule = (name: string, port: number, backends: BackendSpec[], ingress = [this.vm.hostIf]): Rule =>
+    udpRule(name, port, ingress, backends);
 
   readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;

@@ -19,6 +19,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep } from '../helpers/env.js';
+import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 describe(
@@ -59,18 +60,7 @@ describe(
       assert.equal(feature(vm, 'eth0', 'tx-vlan-offload'), 'on', "a new veth's default");
       d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
       await d.clients().rules.createRule({
-        rule: {
-          name: 'web',
-          match: { protocol: Protocol.PROTOCOL_UDP, port: 7984, destination: '', sourcePrefixes: [] },
-          ingressInterfaces: [vm.hostIf],
-          backends: [
-            { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-            { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 },
-          ],
-          udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-          labels: {},
-          generation: 0n,
-        },
+        rule: udpRule('web', 7984, [vm.hostIf], [backendOf(b1), backendOf(b2)]),
       });
       assert.equal(
         feature(b1, 'eth0', 'generic-receive-offload'),

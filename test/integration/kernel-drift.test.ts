@@ -28,6 +28,7 @@ import { capacityForRules, Daemon, DEFAULTS } from '../../src/server/daemon.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
+import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -86,18 +87,7 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     topo.destroy();
   });
 
-  const rule = (port: number): Rule => ({
-    name: 'web',
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [
-      { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-      { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 },
-    ],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (port: number): Rule => udpRule('web', port, [vm.hostIf], [backendOf(b1), backendOf(b2)]);
   /** Datagrams of 40 flows to `port`: how many each backend received. */
   async function delivered(port: number, n = 200): Promise<[number, number]> {
     const l1 = await UdpListener.start(b1.netns, b1.ip!, port);

@@ -18,9 +18,10 @@ import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { EffectiveXdpMode } from '../../src/gen/xdpctl/v1/interface.js';
-import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -62,18 +63,7 @@ describe('log lines say what was observed', kernelOnly(), () => {
   });
 
   const start = () => DaemonProcess.start(id, ['--xdp-mode', 'native', '--log-level', 'info']);
-  const rule = (): Rule => ({
-    name: 'web',
-    match: { protocol: Protocol.PROTOCOL_UDP, port: 7987, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [
-      { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-      { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 },
-    ],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (): Rule => udpRule('web', 7987, [vm.hostIf], [backendOf(b1), backendOf(b2)]);
   const xdp = (dev: string) =>
     (
       JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', 'dev', dev])) as {

@@ -14,11 +14,12 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, it } from 'node:test';
 
-import { Protocol, RuleState, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -153,18 +154,7 @@ describe('an ingress interface moved to another network namespace', kernelOnly()
     topo.routeToXdp('dv');
     await start('d', [], false);
     await c.rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7201, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [
-          { ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 },
-          { ip: b2.ip!, mac: b2.mac, interface: b2.hostIf, weight: 1 },
-        ],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
+      rule: udpRule('web', 7201, [vm.hostIf], [backendOf(b1), backendOf(b2)]),
     });
     const status = async () => (await c.rules.getRule({ name: 'web' })).rule!.status!;
     /** 60 datagrams of 30 flows to the rule: what b1 and b2 received. */

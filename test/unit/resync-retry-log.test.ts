@@ -12,28 +12,8 @@ import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
 import { FAILED_RETRY_MS } from '../../src/server/core/restore.js';
-import type { Logger } from '../../src/server/log.js';
+import { captureLog, type LogLine as Line } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
-
-interface Line {
-  level: string;
-  msg: string;
-  fields: Record<string, unknown>;
-}
-
-function capture(lines: Line[], bindings: object = {}): Logger {
-  const at =
-    (level: string) =>
-    (obj: object, msg = '') =>
-      lines.push({ level, msg, fields: { ...bindings, ...obj } });
-  return {
-    debug: at('debug'),
-    info: at('info'),
-    warn: at('warn'),
-    error: at('error'),
-    child: (b) => capture(lines, { ...bindings, ...b }),
-  };
-}
 
 describe('resync: a refused rule retried', () => {
   it('logs its failure once, its retries never as a host change, and its recovery once', async () => {
@@ -42,7 +22,7 @@ describe('resync: a refused rule retried', () => {
     dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
     const lines: Line[] = [];
     let t = 1_000_000;
-    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: capture(lines), now: () => t });
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog(lines), now: () => t });
     await c.createRule({
       name: 'r',
       protocol: 'udp',

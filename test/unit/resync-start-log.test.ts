@@ -11,28 +11,8 @@ import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
-import type { Logger } from '../../src/server/log.js';
+import { captureLog, type LogLine as Line } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
-
-interface Line {
-  level: string;
-  msg: string;
-  fields: Record<string, unknown>;
-}
-
-function capture(lines: Line[], bindings: object = {}): Logger {
-  const at =
-    (level: string) =>
-    (obj: object, msg = '') =>
-      lines.push({ level, msg, fields: { ...bindings, ...obj } });
-  return {
-    debug: at('debug'),
-    info: at('info'),
-    warn: at('warn'),
-    error: at('error'),
-    child: (b) => capture(lines, { ...bindings, ...b }),
-  };
-}
 
 const rule: RuleSpec = {
   name: 'web',
@@ -73,7 +53,7 @@ describe('resync: a rule a start could not write', () => {
     peers(dp2);
     dp2.ifs.delete('b1');
     const lines: Line[] = [];
-    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: capture(lines) });
+    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: captureLog(lines) });
     await c2.restore(stored);
     await c2.resync();
     const said = lines.filter((l) => l.msg === START);

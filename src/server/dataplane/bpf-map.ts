@@ -376,30 +376,14 @@ export class BpfMap<K, V> {
   entriesBatch(chunk = 4096): [K, V][] {
     if (this.info.type !== MapType.HASH) return [...this.entries()];
     const out: [K, V][] = [];
-    const ks = this.info.keySize;
-    const vs = this.info.valueSize;
-    const n = Math.min(chunk, this.info.maxEntries);
-    const keys = Buffer.alloc(n * ks);
-    const vals = Buffer.alloc(n * vs);
-    let inBatch: Buffer | null = null;
-    for (;;) {
-      const outBatch = Buffer.alloc(Math.max(ks, 4));
-      const count = [n];
-      const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
+    try {
+      for (const batch of this.hashBatches(chunk)) for (const e of batch) out.push(e);
+    } catch (e) {
       // ENOSPC: one hash bucket holds more entries than a chunk: walk key by key instead.
-      if (r === -ENOSPC) return [...this.entries()];
-      if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
-      // Decoded from the batch buffers in place: a codec copies what it keeps (codec.ts), so no copy of each
-      // entry's bytes first (a start reads the 10 000 match entries several times).
-      for (let i = 0; i < count[0]; i++) {
-        out.push([
-          this.key.decode(keys.subarray(i * ks, (i + 1) * ks)),
-          this.value.decode(vals.subarray(i * vs, (i + 1) * vs)),
-        ]);
-      }
-      if (r === -ENOENT) return out;
-      inBatch = outBatch;
+      if (e instanceof KernelError && e.errno === ENOSPC) return [...this.entries()];
+      throw e;
     }
+    return out;
   }
 
   /**
@@ -423,6 +407,8 @@ export class BpfMap<K, V> {
       const count = [n];
       const r = lib.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, vals, count, batchOpts) as number;
       if (r < 0 && r !== -ENOENT) check(`read map ${this.name} in batches`, r);
+      // Decoded from the batch buffers in place: a codec copies what it keeps (codec.ts), so no copy of each
+      // entry's bytes first (a start reads the 10 000 match entries several times).
       const out: [K, V][] = [];
       for (let i = 0; i < count[0]; i++) {
         out.push([

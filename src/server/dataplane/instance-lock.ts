@@ -237,24 +237,9 @@ function devPair(dev: number | bigint): string {
   return `${major}:${minor}`;
 }
 
-/** Kernel view: every FLOCK of another process, "major:minor:ino" -> pid, from /proc/locks. */
+/** Kernel view: every FLOCK of another process, "major:minor:ino" -> pid (the last listed), from /proc/locks. */
 function otherFlocks(): Map<string, number> {
-  const out = new Map<string, number>();
-  let text: string;
-  try {
-    text = readFileSync('/proc/locks', 'utf8');
-  } catch {
-    return out;
-  }
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] !== 'FLOCK' || f.length < 6) continue;
-    const pid = Number(f[4]);
-    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
-    const [ma, mi, ino] = f[5].split(':');
-    out.set(`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`, pid);
-  }
-  return out;
+  return new Map(otherFlocksAll());
 }
 
 /** A live xdpctld that holds some of the given BPF objects open (see {@link liveDatapathOwners}). */

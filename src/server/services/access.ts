@@ -141,24 +141,36 @@ export function identify(kind: ListenerKind, call: ServerInterceptingCallInterfa
 }
 
 function identifyUncached(kind: ListenerKind, call: ServerInterceptingCallInterface): Identity {
-  if (kind === 'unix') {
-    const fd = socketFd(call);
-    if (fd === undefined) return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
-    if (!peerCred) return anonymous('unix-socket', 'peer credentials unavailable (no reader configured)');
-    try {
-      const c = peerCred(fd);
-      return localIdentity('unix-socket', c.uid, c.gid, c.pid);
-    } catch (e) {
-      return anonymous('unix-socket', `peer credentials unavailable: ${(e as Error).message}`);
-    }
-  }
+  if (kind === 'unix') return unixIdentity(socketFd(call));
   const auth = call.getAuthContext();
   // grpc-js reports a certificate only on an authorized (CA-verified) TLS connection.
   if (auth.sslPeerCertificate) return identityFromCertificate(auth.sslPeerCertificate);
   const via = auth.transportSecurityType === 'ssl' ? 'tls' : 'plaintext';
-  const info = call.getConnectionInfo();
-  if (info.remoteAddress && isLoopbackAddress(info.remoteAddress) && info.remotePort && info.localAddress) {
-    const uid = loopbackClientUid(info.remoteAddress, info.remotePort, info.localAddress, info.localPort ?? 0);
+  return tcpIdentity(via, call.getConnectionInfo());
+}
+
+/** A Unix socket peer's identity from SO_PEERCRED on the connection's fd (undefined: not found); else anonymous, saying why. */
+function unixIdentity(fd: number | undefined): Identity {
+  if (fd === undefined) return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
+  if (!peerCred) return anonymous('unix-socket', 'peer credentials unavailable (no reader configured)');
+  try {
+    const c = peerCred(fd);
+    return localIdentity('unix-socket', c.uid, c.gid, c.pid);
+  } catch (e) {
+    return anonymous('unix-socket', `peer credentials unavailable: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * A TCP peer without a verified certificate: the owner of a loopback client socket from the kernel's socket
+ * table (a local user), else anonymous over `via`, saying why.
+ */
+function tcpIdentity(
+  via: 'tls' | 'plaintext',
+  c: { remoteAddress?: string; remotePort?: number; localAddress?: string; localPort?: number },
+): Identity {
+  if (c.remoteAddress && isLoopbackAddress(c.remoteAddress) && c.remotePort && c.localAddress) {
+    const uid = loopbackClientUid(c.remoteAddress, c.remotePort, c.localAddress, c.localPort ?? 0);
     if (uid !== undefined) return localIdentity('loopback-tcp', uid);
     return anonymous(via, 'loopback peer not found in the kernel socket table');
   }
@@ -183,15 +195,7 @@ export function identifySocket(kind: ListenerKind, socket: Socket): Identity {
 function identifySocketUncached(kind: ListenerKind, socket: Socket): Identity {
   if (kind === 'unix') {
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0)
-      return anonymous('unix-socket', 'peer credentials unavailable (socket fd not found)');
-    if (!peerCred) return anonymous('unix-socket', 'peer credentials unavailable (no reader configured)');
-    try {
-      const c = peerCred(fd);
-      return localIdentity('unix-socket', c.uid, c.gid, c.pid);
-    } catch (e) {
-      return anonymous('unix-socket', `peer credentials unavailable: ${(e as Error).message}`);
-    }
+    return unixIdentity(typeof fd === 'number' && fd >= 0 ? fd : undefined);
   }
   const tls = (socket as TLSSocket).encrypted === true ? (socket as TLSSocket) : undefined;
   // Only a certificate the client CA verified counts (as grpc-js reports one only then).
@@ -200,13 +204,7 @@ function identifySocketUncached(kind: ListenerKind, socket: Socket): Identity {
     if (cert && Object.keys(cert).length) return identityFromCertificate(cert);
   }
   const via = tls ? 'tls' : 'plaintext';
-  const { remoteAddress, remotePort, localAddress, localPort } = socket;
-  if (remoteAddress && isLoopbackAddress(remoteAddress) && remotePort && localAddress) {
-    const uid = loopbackClientUid(remoteAddress, remotePort, localAddress, localPort ?? 0);
-    if (uid !== undefined) return localIdentity('loopback-tcp', uid);
-    return anonymous(via, 'loopback peer not found in the kernel socket table');
-  }
-  return anonymous(via, via === 'tls' ? 'no client certificate' : 'plaintext connection');
+  return tcpIdentity(via, socket);
 }
 
 /** grpc-js interceptor: replace any client-sent identity entry with the proven one. */
