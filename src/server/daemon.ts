@@ -966,6 +966,16 @@ export class Daemon {
     const pinRoot = this.opts.pinRoot;
     try {
       const r = this.lock?.checkPinRoot();
+      if (r === 'covered') {
+        this.log.warn(
+          { pinRoot, mount: this.lock?.pinRootCover() },
+          `another filesystem (${this.lock?.pinRootCover()}) was mounted over pin root ${pinRoot} under the ` +
+            "running daemon: the directory with this daemon's pins is hidden under it, not removed (its maps and " +
+            'program run on, and it stays locked by this daemon until it exits); the pin root now is that ' +
+            'filesystem: checked (0700, ours), locked, and the pins made again there' +
+            (this.opts.cleanupOnExit ? ' (--cleanup-on-exit removes the hidden ones too)' : ''),
+        );
+      }
       if (r === 'created' || r === 'relocked') {
         this.log.warn(
           { pinRoot },
@@ -1001,9 +1011,13 @@ export class Daemon {
     } catch (e) {
       // Another daemon took the pin root in between (it started after the removal and before this pass):
       // its pins are not ours to overwrite. Reported until that changes, logged once.
-      const problem =
-        `pin root ${pinRoot} was removed under the running daemon and could not be taken again: ` +
-        `${(e as Error).message}. This daemon's maps and program are no longer pinned`;
+      const covered = this.lock?.pinRootCover();
+      const problem = covered
+        ? `another filesystem (${covered}) was mounted over pin root ${pinRoot} under the running daemon and ` +
+          `cannot be used as the pin root: ${(e as Error).message}. This daemon's maps and program are pinned ` +
+          'only in the directory hidden under it'
+        : `pin root ${pinRoot} was removed under the running daemon and could not be taken again: ` +
+          `${(e as Error).message}. This daemon's maps and program are no longer pinned`;
       if (problem !== this.pinRootProblem) this.log.error({ pinRoot }, problem);
       this.pinRootProblem = problem;
       return [problem];
@@ -1083,7 +1097,14 @@ export class Daemon {
       }
       this.datapath.close();
       this.store?.close();
-      if (this.opts.cleanupOnExit) XdpDatapath.unpinAll(this.opts.pinRoot);
+      if (this.opts.cleanupOnExit) {
+        // Ours only: a pin root that is a bpffs mount's root keeps the kernel's own entries and the mount
+        // point; pin root directories hidden by a mount are reached through the lock's descriptor.
+        const left = [this.opts.pinRoot, ...(this.lock?.hiddenPinRoots() ?? [])].flatMap((p) =>
+          XdpDatapath.unpinAll(p),
+        );
+        if (left.length) this.log.error({ left }, `cleanup: ${left.length} pin(s) could not be removed`);
+      }
       // Only the socket files we created: one that someone else has put there since is left alone.
       for (const [path, ino] of this.socketInodes) removeOwnSocket(path, ino);
       this.lock?.release(); // after the socket files: only the holder removes them

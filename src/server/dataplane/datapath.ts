@@ -670,6 +670,9 @@ function removePinDir(dir: string): void {
   rmdirSync(dir);
 }
 
+/** What the kernel itself puts at the root of every bpffs mount (kernel/bpf/preload: the bpf_preload iterators). */
+const KERNEL_PRELOAD_PINS = new Set(['maps.debug', 'progs.debug']);
+
 /** The loaded datapath. Create with {@link XdpDatapath.open}; close() when done. */
 export class XdpDatapath {
   /** Maps reused from existing pins (a restart or upgrade) rather than created. */
@@ -1701,18 +1704,41 @@ export class XdpDatapath {
 
   /**
    * Remove every pin under pinRoot (after detaching from interfaces): the
-   * kernel frees maps and program once nothing references them.
+   * kernel frees maps and program once nothing references them. Goes on past
+   * what cannot be removed; returns those ("PATH: ERRNO"), empty when all went.
    */
-  static unpinAll(pinRoot: string): void {
-    const rm = (dir: string) => {
+  static unpinAll(pinRoot: string): string[] {
+    const left: string[] = [];
+    const failed = (p: string, e: unknown) => left.push(`${p}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    // A bpffs mount's root (its parent on another device) holds the kernel's own iterators (maps.debug,
+    // progs.debug: kernel/bpf/preload) and is a mount point: both stay. A /proc/self/fd/N path (a pin root
+    // hidden under a mount, reached through a held descriptor) is emptied, not removed.
+    let mountRoot = pinRoot.startsWith('/proc/self/fd/');
+    try {
+      mountRoot ||= statSync(pinRoot).dev !== statSync(dirname(pinRoot)).dev;
+    } catch {
+      return left; // nothing there
+    }
+    const rm = (dir: string, top: boolean) => {
       if (!existsSync(dir)) return;
       for (const e of readdirSync(dir, { withFileTypes: true })) {
+        if (top && mountRoot && KERNEL_PRELOAD_PINS.has(e.name)) continue;
         const p = join(dir, e.name);
-        if (e.isDirectory()) rm(p);
-        else unlinkSync(p);
+        try {
+          if (e.isDirectory()) rm(p, false);
+          else unlinkSync(p);
+        } catch (err) {
+          failed(p, err);
+        }
       }
-      rmdirSync(dir);
+      if (top && mountRoot) return;
+      try {
+        rmdirSync(dir);
+      } catch (err) {
+        failed(dir, err);
+      }
     };
-    rm(pinRoot);
+    rm(pinRoot, true);
+    return left;
   }
 }

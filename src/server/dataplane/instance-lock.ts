@@ -435,6 +435,38 @@ export interface DirectoryLock extends HeldLock {
    * rename is followed), or undefined when it was removed (no link left) or the lock was released.
    */
   whereNow(): string | undefined;
+  /**
+   * When another filesystem was mounted over the locked directory's path (or an ancestor's) while the
+   * directory itself is still there, hidden under it: that mount as text ("bpf mounted at /sys/fs/bpf/x,
+   * mount id 123"); else undefined (held, removed, renamed, or released).
+   */
+  coveredBy(): string | undefined;
+  /** A path that reaches the locked directory even when hidden or renamed (/proc/self/fd/N), while held. */
+  procPath(): string | undefined;
+}
+
+/**
+ * The mount that covers `path` now: the last mount in /proc/self/mountinfo whose mount point is `path` or
+ * its nearest ancestor (mountinfo lists a mount after the one it covers), as "TYPE mounted at POINT, mount id N".
+ */
+export function coveringMount(path: string): string | undefined {
+  let text: string;
+  try {
+    text = readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return undefined;
+  }
+  let best: { point: string; id: string; type: string } | undefined;
+  for (const line of text.split('\n')) {
+    // "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw" (proc(5)); octal escapes in paths.
+    const f = line.split(' ');
+    const dash = f.indexOf('-');
+    if (f.length < 5 || dash < 0) continue;
+    const point = f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const within = point === '/' || path === point || path.startsWith(point + '/');
+    if (within && (!best || point.length >= best.point.length)) best = { point, id: f[0], type: f[dash + 1] };
+  }
+  return best && `${best.type} mounted at ${best.point}, mount id ${best.id}`;
 }
 
 /**
@@ -471,6 +503,21 @@ export function lockDirectory(path: string, what: string): DirectoryLock {
       } catch {
         return undefined;
       }
+    },
+    coveredBy() {
+      if (!open) return undefined;
+      try {
+        const a = fstatSync(fd);
+        if (a.nlink === 0 || readlinkSync(`/proc/self/fd/${fd}`) !== path) return undefined; // removed, renamed
+        const b = lstatSync(path);
+        if (a.ino === b.ino && a.dev === b.dev) return undefined; // still the directory at its path
+        return coveringMount(path);
+      } catch {
+        return undefined;
+      }
+    },
+    procPath() {
+      return open ? `/proc/self/fd/${fd}` : undefined;
     },
     release() {
       if (open) closeSync(fd);
@@ -728,7 +775,16 @@ export interface InstanceLock extends HeldLock {
    * LockHeldError when another daemon holds the directory now at that path (it started
    * in between), PinRootError when the directory there may not be used.
    */
-  checkPinRoot(): 'held' | 'created' | 'relocked';
+  checkPinRoot(): 'held' | 'created' | 'relocked' | 'covered';
+  /**
+   * While the directory locked as pin root is hidden by a filesystem mounted over its path (checkPinRoot
+   * found it so at its last call, whether or not it could take the new one): that mount as text (see
+   * {@link coveringMount}). Its pins, still naming this daemon's maps and program, stay there, unreachable by
+   * path; its lock is kept until the daemon exits.
+   */
+  pinRootCover(): string | undefined;
+  /** Paths that reach the pin root directories found hidden by a mount (/proc/self/fd/N), for a cleanup. */
+  hiddenPinRoots(): string[];
   /**
    * Where the directories that were this daemon's pin root and were renamed under it are now (their
    * pins still name its live maps and program): their locks are kept until the daemon exits, so that a
@@ -774,6 +830,9 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
   /** Locks kept on former pin root directories renamed under the daemon (see renamedPinRoots). */
   const former: DirectoryLock[] = [];
   const renamedNew: string[] = [];
+  /** Former pin root directories found hidden by a mount (a subset of `former`). */
+  const hidden: DirectoryLock[] = [];
+  let cover: string | undefined;
   const releaseAll = () => {
     for (const l of held.splice(0).reverse()) l.lock.release();
     pinRootLock?.release();
@@ -811,7 +870,12 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
     path: r.pinRoot,
     release: releaseAll,
     checkPinRoot() {
-      if (pinRootLock?.current()) return 'held';
+      if (pinRootLock?.current()) {
+        cover = undefined;
+        return 'held';
+      }
+      // Hidden, not moved: a filesystem mounted over the path (the directory is still there, at that path).
+      cover = pinRootLock?.coveredBy();
       const made: string[] = [];
       preparePinRoot(r.pinRoot, made);
       const next = lockDirectory(r.pinRoot, 'pin root'); // throws LockHeldError: another daemon has it now
@@ -821,10 +885,17 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
       const renamedTo = pinRootLock?.whereNow();
       if (pinRootLock && renamedTo !== undefined) {
         former.push(pinRootLock);
-        renamedNew.push(renamedTo);
+        if (cover === undefined) renamedNew.push(renamedTo);
+        else hidden.push(pinRootLock);
       } else pinRootLock?.release();
       pinRootLock = next;
-      return made.includes(r.pinRoot) ? 'created' : 'relocked';
+      return cover !== undefined ? 'covered' : made.includes(r.pinRoot) ? 'created' : 'relocked';
+    },
+    pinRootCover() {
+      return cover;
+    },
+    hiddenPinRoots() {
+      return hidden.map((l) => l.procPath()).filter((p): p is string => p !== undefined);
     },
     renamedPinRoots() {
       return renamedNew.splice(0);
