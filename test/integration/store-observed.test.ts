@@ -11,6 +11,9 @@
  *    written again is refused (UNAVAILABLE naming the path; kept open here by a full disk); it is written
  *    again from the desired state at the next reconciler pass that can, logged; a change made then is on
  *    disk: a restart has it (was: the change acknowledged into a deleted file, and the next start refused);
+ *  - another process holding the database's write lock (a backup, an operator's sqlite3 session): said the same
+ *    way as a full disk, naming that process's pid, until it lets go (was: "writable" while every change was
+ *    refused SQLITE_BUSY);
  *  - the pin root made writable by others (chmod 777): NOT_SERVING naming it, logged once, as a start
  *    refuses it; serving again after chmod 700.
  */
@@ -18,6 +21,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, rmSync, chmodSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
+import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
@@ -136,6 +140,45 @@ describe("the daemon's own files changed under it are observed and said", kernel
     assert.equal(await writable(), 1);
     assert.equal(await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}), 0);
     assert.equal(logged(/^state store .* takes writes again/).length, 1);
+    await c.rules.createRule({ rule: rule('web3', 7433, b1) });
+    await c.rules.deleteRule({ name: 'web3' });
+  });
+
+  it("another process's write lock (a backup, an sqlite3 session) is said the same way, naming its pid, until it is released", async () => {
+    assert.equal((await store()).writable, true);
+    const lines = logged(/^state store .* refuses writes: another process holds the write lock/).length;
+    // This test's process is that other process: a write transaction held open on the daemon's database.
+    const other = new Database(db, { timeout: 0 });
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      await until(
+        async () => JSON.stringify(await store()),
+        async () => !(await store()).writable,
+        10_000,
+      );
+      const s = await store();
+      assert.match(s.problem, new RegExp(`^another process holds the write lock .*\\(pid ${process.pid}, `));
+      assert.ok(s.refusingSince, 'since when');
+      assert.equal(await datapathHealth(), Serving.NOT_SERVING);
+      assert.equal(await writable({ xdpctl_state_store_reason: s.problem }), 0);
+      await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
+        assert.match(e.message, /another process holds the write lock/, e.message);
+        return true;
+      });
+      assert.equal(await probe(PORT, b1), 20, 'the datapath forwards on');
+      await sleep(1500); // more reconciler passes: still one log line
+      assert.equal(logged(/^state store .* refuses writes: another process holds the write lock/).length, lines + 1);
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    await until(
+      async () => JSON.stringify(await store()),
+      async () => (await store()).writable,
+      10_000,
+    );
+    await until('datapath health SERVING again', async () => (await datapathHealth()) === Serving.SERVING, 10_000);
+    assert.equal(await writable(), 1);
     await c.rules.createRule({ rule: rule('web3', 7433, b1) });
     await c.rules.deleteRule({ name: 'web3' });
   });

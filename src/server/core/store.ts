@@ -135,6 +135,9 @@ export interface StatePort {
   refusal?(): { error: CoreError; since: number } | undefined;
 }
 
+/** How long a write waits for another process's write lock before it is refused (SQLITE_BUSY), ms. */
+const BUSY_TIMEOUT_MS = 100;
+
 export { storeReason } from './errors.js';
 
 const SQLITE_DETAIL: [RegExp, CoreErrorKind, string][] = [
@@ -192,8 +195,49 @@ function diskState(dir: string): [CoreErrorKind, string] | undefined {
   return undefined;
 }
 
-/** Codes of a disk that refuses writes (as opposed to a database that is wrong). */
-const DISK_REFUSES = /^(SQLITE_(FULL|READONLY|IOERR|CANTOPEN)|ENOSPC|EDQUOT|EROFS|EIO|EACCES|EPERM)/;
+/**
+ * Codes of a store that refuses writes for now (as opposed to a database that is wrong): a disk that refuses
+ * them, or another process holding the write lock (SQLITE_BUSY past the busy timeout: a backup, an operator's
+ * sqlite3 session). Each is reported as the store's refusal until a write works again.
+ */
+const DISK_REFUSES = /^(SQLITE_(FULL|READONLY|IOERR|CANTOPEN|BUSY)|ENOSPC|EDQUOT|EROFS|EIO|EACCES|EPERM)/;
+
+/**
+ * Who else holds a POSIX lock on `files` (the database and its WAL index, where SQLite takes its write lock:
+ * sqlite.org/walformat.html), from /proc/locks: " (pid N, COMMAND)" or "" when it does not tell.
+ */
+function lockHolder(files: string[]): string {
+  const inodes = new Set<string>();
+  for (const f of files) {
+    try {
+      const st = statSync(f);
+      inodes.add(`${st.ino}`);
+    } catch {
+      /* not there */
+    }
+  }
+  let text = '';
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return '';
+  }
+  for (const line of text.split('\n')) {
+    // "1: POSIX  ADVISORY  WRITE 24824 fe:00:4278608 120 120" (proc_locks(5)); "->" lines are waiters.
+    const f = line.trim().split(/\s+/);
+    if (f[1] !== 'POSIX' || f[3] !== 'WRITE') continue;
+    const pid = Number(f[4]);
+    if (pid === process.pid || !inodes.has(f[5]?.split(':')[2] ?? '')) continue;
+    let comm = '';
+    try {
+      comm = `, ${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()}`;
+    } catch {
+      /* gone */
+    }
+    return ` (pid ${pid}${comm})`;
+  }
+  return '';
+}
 
 /**
  * A read-only database in memory from a database file's bytes. The header's
@@ -249,7 +293,7 @@ function openDb(path: string, readonly: boolean): Database.Database {
   const created = !readonly && makePrivate(path);
   let db: Database.Database | undefined;
   try {
-    db = new Database(path, { readonly, fileMustExist: readonly, timeout: 100 });
+    db = new Database(path, { readonly, fileMustExist: readonly, timeout: BUSY_TIMEOUT_MS });
     if (!readonly) {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
@@ -576,8 +620,14 @@ export class StateStore implements StatePort {
       this.reopen();
       return;
     }
-    if (!this.writeFailure && !diskState(dirname(this.path))) return;
+    // Never waits for another process's write lock (busy timeout 0): a held one is observed and said, and the
+    // event loop is not held for the busy timeout every pass.
+    this.db.pragma('busy_timeout = 0');
     try {
+      if (!this.writeFailure && !diskState(dirname(this.path))) {
+        this.observeWriteLock();
+        return;
+      }
       this.db.exec('BEGIN IMMEDIATE');
       try {
         this.db
@@ -590,7 +640,34 @@ export class StateStore implements StatePort {
       this.writeFailure = undefined;
       this.refusingSince = undefined;
     } catch (e) {
-      this.noteFailure(storeError(e, this.path, 'write'));
+      this.noteFailure(this.withLockHolder(e, storeError(e, this.path, 'write')));
+    } finally {
+      this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    }
+  }
+
+  /** `err` with the holder of the write lock named when `e` is SQLITE_BUSY and /proc/locks tells who. */
+  private withLockHolder(e: unknown, err: CoreError): CoreError {
+    if (!(e as { code?: string }).code?.startsWith('SQLITE_BUSY')) return err;
+    const who = lockHolder([this.path, `${this.path}-shm`, `${this.path}-wal`]);
+    return who ? new CoreError(err.kind, `${err.message}${who}`, [], { cause: e }) : err;
+  }
+
+  /**
+   * Whether another process holds the write lock now, observed by taking it for an instant without waiting
+   * (BEGIN IMMEDIATE, busy timeout 0 as {@link probe} sets it, then ROLLBACK: nothing written): a held lock
+   * is the store's refusal (as a change would be refused after the busy timeout) until a probe's write works.
+   */
+  private observeWriteLock(): void {
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+      this.db.exec('ROLLBACK');
+    } catch (e) {
+      if ((e as { code?: string }).code?.startsWith('SQLITE_BUSY')) {
+        this.noteFailure(this.withLockHolder(e, storeError(e, this.path, 'take the write lock')));
+      }
+    } finally {
+      if (this.db.inTransaction) this.db.exec('ROLLBACK');
     }
   }
 
@@ -610,7 +687,7 @@ export class StateStore implements StatePort {
     try {
       db.exec('BEGIN IMMEDIATE');
     } catch (e) {
-      throw this.noteFailure(storeError(e, path, 'begin a change'));
+      throw this.noteFailure(this.withLockHolder(e, storeError(e, path, 'begin a change')));
     }
     let open = true;
     const guard =
@@ -830,7 +907,7 @@ parentPort.on('message', (m) => {
     end();
     err = undefined;
     try {
-      db = new Database(m.path, { fileMustExist: true, timeout: 100 });
+      db = new Database(m.path, { fileMustExist: true, timeout: 100 }); // BUSY_TIMEOUT_MS: this function runs as source on the worker thread
       db.pragma('synchronous = FULL');
       st = { r: db.prepare(SQL.putRule), d: db.prepare(SQL.deleteRule), l: db.prepare(SQL.putLink), x: db.prepare(SQL.deleteLink) };
       db.exec('BEGIN IMMEDIATE');
