@@ -102,6 +102,7 @@ export type RefusalReason =
   | 'Unreadable'
   | 'PreconditionFailed'
   | 'TableFull'
+  | 'StateStoreRefused'
   | 'NotApplied'
   | 'BeingWritten';
 
@@ -139,8 +140,9 @@ type Verdict = string;
 
 /** Why a refused file is loaded again, in words (what changed between two verdicts). */
 function hostChange(before: Verdict, after: Verdict): string {
-  const [r0, h0] = JSON.parse(before) as [string, string];
-  const [r1, h1] = JSON.parse(after) as [string, string];
+  const [r0, h0, s0] = JSON.parse(before) as [string, string, string];
+  const [r1, h1, s1] = JSON.parse(after) as [string, string, string];
+  if (s0 !== s1) return s1 ? `the state store now refuses writes: ${s1}` : 'the state store takes writes again';
   if (r0 !== r1) return r1 ? `the checks now say: ${r1}` : 'the checks the apply runs now pass';
   return h0 !== h1 ? 'the interfaces the file names changed' : 'nothing changed';
 }
@@ -148,6 +150,11 @@ function hostChange(before: Verdict, after: Verdict): string {
 /** The refusal's reason and field problems from what the parser or the controller threw. */
 function refusalOf(e: unknown): { reason: RefusalReason; problems: FieldViolation[] } {
   if (e instanceof ConfigError) return { reason: e.syntax ? 'InvalidYaml' : 'InvalidFile', problems: e.problems };
+  // The state store refused the change's transaction (its disk full or read-only, an I/O error, another
+  // process's write lock: core/store.ts storeError names it so): not a table of the datapath.
+  if (e instanceof CoreError && /(^|: )state store \S+: /.test(e.message)) {
+    return { reason: 'StateStoreRefused', problems: [{ field: '', description: e.message }] };
+  }
   if (e instanceof CoreError) {
     const reason: RefusalReason =
       e.kind === 'invalid'
@@ -664,10 +671,14 @@ export class ConfigWatcher {
     tick();
   }
 
-  /** What Controller.checkConfig says of `cfg` now: its refusal (or none) and the host it saw. */
+  /**
+   * What Controller.checkConfig says of `cfg` now: its refusal (or none) and the host it saw; and whether the
+   * state store refuses writes (as the reconciler's write probe last saw it each second): a file refused by
+   * the store is applied once it takes writes again.
+   */
   private async verdict(cfg: Parameters<Controller['checkConfig']>[0]): Promise<Verdict> {
     const v = await this.ctl.checkConfig(cfg);
-    return JSON.stringify([v.refusal ?? '', v.host]);
+    return JSON.stringify([v.refusal ?? '', v.host, this.ctl.stateStore()?.problem ?? '']);
   }
 
   /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */

@@ -108,7 +108,10 @@ export interface ConfigFileStatus {
    * "InvalidValue" (a value validation refuses), "InterfaceMissing",
    * "SectionMissing" (no `links:` or `rules:` while entries run), "Empty",
    * "Unreadable", "PreconditionFailed" (e.g. an egress that cannot take
-   * native redirects), "TableFull" or "NotApplied" (another refusal), or
+   * native redirects), "TableFull" (a datapath table), "StateStoreRefused"
+   * (the state store refused the change: its disk full or read-only, an I/O
+   * error, another process's write lock; the file is applied once the store
+   * takes writes again), "NotApplied" (another refusal), or
    * "BeingWritten": not a refusal, a wait; a process holds the file open for
    * writing, so its text may be half-written and is neither applied nor
    * refused until no process does (at most 10 s, then it is applied as it
