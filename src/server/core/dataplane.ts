@@ -103,9 +103,16 @@ export interface InterfaceInfo {
 export interface LinkState {
   /** Administratively up (IFF_UP). */
   up: boolean;
-  /** Has carrier (a veth: its peer is up). */
+  /** Has carrier (a veth: its peer is up): IFF_LOWER_UP, whatever the operational state says. */
   carrier: boolean;
   mtu: number;
+  /**
+   * Set when the device is up with carrier but not operationally up: "dormant" or "testing" (RFC 2863
+   * ifOperStatus, set by userspace: an 802.1X supplicant, a VRRP agent, `ip link set DEV state dormant`). The
+   * kernel still receives and transmits on it (XDP included: a redirect checks IFF_UP only), so it is not
+   * taken as "no carrier".
+   */
+  operstate?: 'dormant' | 'testing';
 }
 
 export interface XdpStatus {

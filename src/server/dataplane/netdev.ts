@@ -12,7 +12,7 @@
  * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
  * and {@link restoreGro}, which undoes it.
  */
-import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 import koffi from 'koffi';
 
@@ -187,13 +187,30 @@ export const IFF_NOARP = 0x80;
 const IFF_UP = 0x1;
 const IFF_RUNNING = 0x40;
 
-/** Up, carrier and MTU of an interface of the daemon's namespace (ioctls); undefined when it does not exist. */
-export function linkState(name: string): { up: boolean; carrier: boolean; mtu: number } | undefined {
+/**
+ * Up, carrier and MTU of an interface of the daemon's namespace (ioctls); undefined when it does not exist.
+ * IFF_RUNNING is "operationally up" (RFC 2863): off without carrier, and also while userspace holds the
+ * device DORMANT or TESTING with carrier on. SIOCGIFFLAGS returns 16 bits (no IFF_LOWER_UP), so only then
+ * sysfs `carrier` and `operstate` tell the two apart (Documentation/networking/operstates.rst).
+ */
+export function linkState(
+  name: string,
+): { up: boolean; carrier: boolean; mtu: number; operstate?: 'dormant' | 'testing' } | undefined {
+  let f: Pick<InterfaceFacts, 'mtu' | 'flags'>;
   try {
-    const f = interfaceLink(name);
-    return { up: (f.flags & IFF_UP) !== 0, carrier: (f.flags & IFF_RUNNING) !== 0, mtu: f.mtu };
+    f = interfaceLink(name);
   } catch {
     return undefined;
+  }
+  const up = (f.flags & IFF_UP) !== 0;
+  if (!up || (f.flags & IFF_RUNNING) !== 0) return { up, carrier: up, mtu: f.mtu };
+  try {
+    const carrier = readFileSync(`/sys/class/net/${name}/carrier`, 'utf8').trim() === '1';
+    const oper = readFileSync(`/sys/class/net/${name}/operstate`, 'utf8').trim();
+    const operstate = carrier && (oper === 'dormant' || oper === 'testing') ? oper : undefined;
+    return { up, carrier, mtu: f.mtu, ...(operstate ? { operstate } : {}) };
+  } catch {
+    return { up, carrier: false, mtu: f.mtu }; // sysfs not telling (another namespace's sysfs mounted): as before
   }
 }
 
