@@ -12,8 +12,9 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import type { ConfigFileStatus } from '../../src/gen/xdpctl/v1/daemon.js';
+import { VERIFY_MS } from '../../src/server/config-watcher.js';
 import { metric, type DaemonProcess } from '../helpers/daemon.js';
-import { emptyDisk, fillDisk, kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
+import { emptyDisk, fillDisk, kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -66,6 +67,10 @@ describe('config-file mode: a file the state store refused', kernelOnly(), () =>
       );
       assert.equal(topo.ping('x', y.ip!), true, 'the last good file forwards on');
       assert.equal(topo.ping('x', z.ip!), false, 'the refused file is not in the kernel');
+      // The watcher's periodic look (every VERIFY_MS) reads a file whose identity changed since its last look:
+      // once it has (refused again, not logged again), only the store's recovery can apply the file.
+      await sleep(VERIFY_MS + 1000);
+      assert.equal((await status()).inForceCondition?.reason, 'StateStoreRefused');
     } finally {
       emptyDisk(stateDir);
     }
