@@ -112,6 +112,8 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
       sh('ip', ['link', 'set', pb, 'up']);
       const old = (JSON.parse(sh('ip', ['-j', 'link', 'show', pb])) as { address: string }[])[0].address;
       const other = lab.mac('98');
+      // The backend's address is held where the peer is (our namespace): frames the peer takes are delivered.
+      sh('ip', ['addr', 'add', '198.18.61.2/32', 'dev', pb]);
       await c.rules.createRule({
         rule: rule('peer', 7993, [backendOf(b1), { ip: '198.18.61.2', mac: old, interface: pa }]),
       });
@@ -136,10 +138,66 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
       sh('ip', ['link', 'set', pb, 'address', old]);
       await until('back', async () => (await status('peer')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
       t.diagnostic(`back ${Date.now() - t1} ms after the peer took the static MAC again`);
+      // The peer keeps the MAC but its host gives the address up: the peer's MAC alone confirms nothing (before:
+      // ACTIVE for good, every frame taken by the peer and dropped). Nothing answers ARP for it: cannot be
+      // verified, once the hold of the last confirmation (8 s) is over.
+      const t2 = Date.now();
+      sh('ip', ['addr', 'del', '198.18.61.2/32', 'dev', pb]);
+      await until(
+        'the peer without the address: cannot be verified',
+        async () => /cannot be verified/.test((await status('peer')).backendStatus[1]?.message ?? ''),
+        20_000,
+      );
+      t.diagnostic(`cannot be verified ${Date.now() - t2} ms after the peer's host gave the address up`);
+      const u = await status('peer');
+      assert.equal(u.state, RuleState.RULE_STATE_DEGRADED, u.message);
+      assert.match(
+        u.backendStatus[1].message,
+        new RegExp(`the veth peer ${pb} of ${pa} has MAC ${old}, but no address 198\\.18\\.61\\.2 is held there`),
+      );
+      const ur = u.conditions.find((x) => x.type === 'BackendsReceiving')!;
+      assert.equal(ur.status, ConditionStatus.CONDITION_STATUS_UNKNOWN);
       await c.rules.deleteRule({ name: 'peer', expectedGeneration: 0n });
     } finally {
       sh('ip', ['link', 'del', pa]);
     }
+  });
+
+  it('a confirmed static MAC whose host gives its address up: confirmed no more after the hold (not ACTIVE with 0 delivered)', async (t) => {
+    // The review (rev23 #11): a backend renumbered (a container restarted with another address on the same
+    // veth) stayed ACTIVE / AllReceiving for good, 0 of 50 delivered: the confirmation once had was never
+    // withdrawn when its host stopped answering.
+    await c.rules.createRule({ rule: rule('renum', 7994, [backendOf(b1), backendOf(b2)]) });
+    await until('both static MACs confirmed', async () => {
+      const st = await status('renum');
+      return st.state === RuleState.RULE_STATE_ACTIVE && st.backendStatus.every((b) => b.message === '');
+    });
+    const t0 = Date.now();
+    topo.exec('b2', 'ip', ['addr', 'del', `${b2.ip}/24`, 'dev', 'eth0']);
+    topo.exec('b2', 'ip', ['addr', 'add', '198.18.2.20/24', 'dev', 'eth0']);
+    try {
+      await until(
+        'b2 cannot be verified',
+        async () => /cannot be verified/.test((await status('renum')).backendStatus[1]?.message ?? ''),
+        30_000,
+      );
+      t.diagnostic(`"cannot be verified" ${Date.now() - t0} ms after b2 gave its address up`);
+      const st = await status('renum');
+      assert.equal(st.state, RuleState.RULE_STATE_DEGRADED, st.message);
+      assert.match(st.backendStatus[1].message, new RegExp(`^static MAC ${b2.mac} cannot be verified: `));
+      const br = st.conditions.find((x) => x.type === 'BackendsReceiving')!;
+      assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
+      assert.equal(st.backendStatus[0].message, '', 'b1 still confirmed');
+    } finally {
+      topo.exec('b2', 'ip', ['addr', 'del', '198.18.2.20/24', 'dev', 'eth0']);
+      topo.exec('b2', 'ip', ['addr', 'add', `${b2.ip}/24`, 'dev', 'eth0']);
+    }
+    await until(
+      'b2 confirmed again',
+      async () => (await status('renum')).state === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+    await c.rules.deleteRule({ name: 'renum', expectedGeneration: 0n });
   });
 
   it('a static MAC that nothing confirms: cannot be verified, the rule DEGRADED (not ACTIVE), health NOT_SERVING', async () => {

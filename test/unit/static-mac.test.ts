@@ -9,7 +9,14 @@ import { describe, it } from 'node:test';
 import { ruleConditions } from '../../src/server/core/conditions.js';
 import type { RuleStatus } from '../../src/server/core/model.js';
 import { judgeRule, type RuleObservation } from '../../src/server/core/rule-status.js';
-import { FRESH_S, observeStaticMac, staticMacKey, stepStaticMac } from '../../src/server/core/static-mac.js';
+import {
+  FRESH_S,
+  observeStaticMac,
+  samePeer,
+  STATIC_MAC_HOLD_MS,
+  staticMacKey,
+  stepStaticMac,
+} from '../../src/server/core/static-mac.js';
 
 const MAC = '02:00:00:00:00:01';
 const OTHER = '02:00:00:00:00:99';
@@ -17,6 +24,35 @@ const peer = (mac: string, takesOthers = false) => ({ name: 'vb', mac, takesOthe
 const entry = (mac: string | undefined, states: string[], confirmed?: number) => ({ mac, states, confirmed });
 
 describe('static MACs: observations', () => {
+  it('a veth peer with the MAC confirms only while its host (our namespace) holds the address', () => {
+    const holds = { ...peer(MAC), ips: ['10.0.0.1', '10.0.0.2'] };
+    const o = observeStaticMac('10.0.0.2', 'va', MAC, holds, undefined);
+    assert.deepEqual(
+      [o.verdict, o.why],
+      ['confirmed', `the veth peer vb of va has MAC ${MAC} and its host holds 10.0.0.2`],
+    );
+    // The address given up (a container renumbered): the neighbour evidence decides, and there is none.
+    const lacks = { ...peer(MAC), ips: ['10.0.0.1', '10.0.0.20'] };
+    const u = observeStaticMac('10.0.0.2', 'va', MAC, lacks, entry(undefined, ['INCOMPLETE']));
+    assert.deepEqual([u.verdict, u.ask], ['unverified', 'resolve']);
+    assert.match(u.why, /no resolved neighbour entry for 10\.0\.0\.2 on va/);
+    assert.match(
+      u.why,
+      new RegExp(`the veth peer vb of va has MAC ${MAC}, but no address 10\\.0\\.0\\.2 is held there`),
+    );
+    // ... or an answer from another MAC contradicts it.
+    const other = { ...entry(OTHER, ['REACHABLE'], 0), answered: true };
+    assert.equal(observeStaticMac('10.0.0.2', 'va', MAC, lacks, other).verdict, 'contradicted');
+    // Another MAC on the peer contradicts whatever it holds.
+    assert.equal(
+      observeStaticMac('10.0.0.2', 'va', MAC, { ...peer(OTHER), ips: [] }, undefined).verdict,
+      'contradicted',
+    );
+    // A changed address list is a changed peer (judged again).
+    assert.equal(samePeer(holds, lacks), false);
+    assert.equal(samePeer(holds, { ...peer(MAC), ips: ['10.0.0.1', '10.0.0.2'] }), true);
+  });
+
   it('a veth peer in our namespace decides, unless it takes frames for other MACs', () => {
     assert.equal(observeStaticMac('10.0.0.2', 'va', MAC, peer(MAC), undefined).verdict, 'confirmed');
     const o = observeStaticMac('10.0.0.2', 'va', MAC, peer(OTHER), entry(MAC, ['REACHABLE'], 0));
@@ -49,9 +85,11 @@ describe('static MACs: observations', () => {
     assert.deepEqual([o.verdict, o.ask], ['unverified', 'reprobe']);
     assert.match(o.why, new RegExp(`holds ${OTHER} \\(REACHABLE\\), which no ARP probe of ours has had answered yet`));
     assert.doesNotMatch(o.why, /answers ARP/);
-    // The last definitive verdict stands meanwhile: a confirmed static MAC stays confirmed.
+    // The last definitive verdict stands meanwhile (for its hold): a confirmed static MAC stays confirmed.
     const prev = { mac: MAC, verdict: 'confirmed' as const, why: 'x', since: 0 };
-    assert.equal(stepStaticMac(prev, MAC, o, 1), prev);
+    const held = stepStaticMac(prev, MAC, o, 1);
+    assert.deepEqual([held.verdict, held.why, held.heldSince], ['confirmed', 'x', 1]);
+    assert.equal(stepStaticMac(held, MAC, o, 2), held);
     // Answered: evidence again, either way.
     const answered = { ...entry(OTHER, ['REACHABLE'], 0), answered: true };
     assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered).verdict, 'contradicted');
@@ -83,17 +121,36 @@ describe('static MACs: observations', () => {
 
 describe('static MACs: the kept verdict', () => {
   const obs = (verdict: 'confirmed' | 'contradicted' | 'unverified', why: string = verdict) => ({ verdict, why });
-  it('the last definitive verdict stands while nothing is definitive', () => {
+  it('the last definitive verdict stands while nothing is definitive, for STATIC_MAC_HOLD_MS at most', () => {
     let s = stepStaticMac(undefined, MAC, obs('unverified'));
     assert.equal(s.verdict, 'unverified');
-    s = stepStaticMac(s, MAC, obs('contradicted', 'x'));
+    s = stepStaticMac(s, MAC, obs('contradicted', 'x'), 1000);
     assert.equal(s.verdict, 'contradicted');
-    const kept = stepStaticMac(s, MAC, obs('unverified'));
-    assert.equal(kept, s, 'still contradicted while the evidence is refreshed');
-    s = stepStaticMac(kept, MAC, obs('confirmed'));
-    assert.equal(s.verdict, 'confirmed');
-    assert.equal(stepStaticMac(s, MAC, obs('unverified')), s);
-    assert.equal(stepStaticMac(s, MAC, obs('confirmed')), s, 'unchanged: the same object');
+    const kept = stepStaticMac(s, MAC, obs('unverified'), 2000);
+    assert.deepEqual([kept.verdict, kept.why, kept.heldSince], ['contradicted', 'x', 2000], 'held from now');
+    assert.equal(stepStaticMac(kept, MAC, obs('unverified'), 2000 + STATIC_MAC_HOLD_MS - 1), kept);
+    s = stepStaticMac(kept, MAC, obs('confirmed'), 3000);
+    assert.deepEqual([s.verdict, s.heldSince], ['confirmed', undefined], 'evidence again: no longer held');
+    assert.equal(stepStaticMac(s, MAC, obs('confirmed'), 3500), s, 'unchanged: the same object');
+    const c = stepStaticMac(s, MAC, obs('unverified', 'no answer'), 4000);
+    assert.deepEqual([c.verdict, c.heldSince], ['confirmed', 4000]);
+    // Evidence while held ends the hold (the same verdict, now observed).
+    const again = stepStaticMac(c, MAC, obs('confirmed'), 5000);
+    assert.deepEqual([again.verdict, again.heldSince], ['confirmed', undefined]);
+  });
+  it('a confirmation whose host stopped answering is withdrawn after the hold (the review: ACTIVE, 0/50 delivered)', () => {
+    let s = stepStaticMac(undefined, MAC, obs('confirmed', 'answered'), 0);
+    const gone = obs('unverified', `static MAC ${MAC} cannot be verified: no resolved neighbour entry`);
+    s = stepStaticMac(s, MAC, gone, 10_000);
+    assert.equal(s.verdict, 'confirmed', 'held');
+    s = stepStaticMac(s, MAC, gone, 10_000 + STATIC_MAC_HOLD_MS);
+    assert.deepEqual([s.verdict, s.why, s.heldSince], ['unverified', gone.why, undefined]);
+    assert.equal(s.since, 0, 'first judged long ago: said at once (no grace)');
+    // A contradiction likewise: nothing observed contradicts the MAC any more.
+    let x = stepStaticMac(undefined, MAC, obs('contradicted', 'other MAC'), 0);
+    x = stepStaticMac(x, MAC, gone, 1);
+    x = stepStaticMac(x, MAC, gone, 1 + STATIC_MAC_HOLD_MS);
+    assert.equal(x.verdict, 'unverified');
   });
   it('another static MAC starts over', () => {
     const s = stepStaticMac(undefined, MAC, obs('contradicted'));

@@ -76,6 +76,7 @@ export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = fa
       state.staticMacGrace.delete(key);
       state.staticMacReprobe.delete(key);
       state.staticMacResolve.delete(key);
+      state.staticMacHeld.delete(key);
       state.staticMacDirty.add(key);
     }
     state.staticMacEgresses.delete(name);

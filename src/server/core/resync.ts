@@ -1398,6 +1398,7 @@ async function judgeStaticMacs(
     grace.delete(key);
     state.staticMacReprobe.delete(key);
     state.staticMacResolve.delete(key);
+    state.staticMacHeld.delete(key);
   };
   // Backends no rule names any more (rules changed since the last pass).
   let n = 0;
@@ -1487,6 +1488,8 @@ async function judgeStaticMacs(
     if (obs.ask === 'resolve') state.staticMacResolve.add(key);
     else state.staticMacResolve.delete(key);
     const next = stepStaticMac(state.staticMacs.get(key), mac, obs, t);
+    if (next.heldSince !== undefined) state.staticMacHeld.add(key);
+    else state.staticMacHeld.delete(key);
     const conflictWas = state.macConflicts.get(key);
     const unverifiedWas = unverified.get(key);
     state.staticMacs.set(key, next);
@@ -1517,6 +1520,8 @@ async function judgeStaticMacs(
       }
     });
   };
+  // A verdict kept without evidence: judged again until evidence comes or its hold ends.
+  for (const key of state.staticMacHeld) dirty.add(key);
   if (sweep) {
     // All of them, through the set: a pass that gives its turn to a change leaves the rest to the next one
     // (which goes on from there, instead of sweeping from the start again and never finishing under load).

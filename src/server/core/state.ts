@@ -392,6 +392,11 @@ export class CoreState {
   readonly staticMacReprobe = new Set<string>();
   /** The same for a resolve (at most RESOLVES_PER_PASS asked per pass, the first ones in this set). */
   readonly staticMacResolve = new Set<string>();
+  /**
+   * The static MACs whose definitive verdict is kept while nothing definitive is observed (static-mac.ts
+   * StaticMacState.heldSince): judged again at every pass, so that it ends when its hold does.
+   */
+  readonly staticMacHeld = new Set<string>();
   /** The static MACs whose kept verdict is "cannot be verified", past UNVERIFIED_GRACE_MS: key -> why. */
   readonly staticMacUnverified = new Map<string, string>();
   /** The same within UNVERIFIED_GRACE_MS of their first judgement: key -> since (ms since epoch). */

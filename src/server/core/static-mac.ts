@@ -8,7 +8,10 @@
  *  - the veth peer, when `iface` is a veth whose peer is in the daemon's
  *    network namespace and takes no frames for other MACs (not promiscuous,
  *    no upper device such as a bridge, bond or macvlan): a frame to another
- *    MAC than the peer's own is dropped there (PACKET_OTHERHOST);
+ *    MAC than the peer's own is dropped there (PACKET_OTHERHOST), so another
+ *    MAC contradicts; the peer's own MAC confirms only while the daemon's
+ *    namespace holds `ip` (the frame is delivered there), else the neighbour
+ *    evidence below decides;
  *  - a neighbour (ARP) entry for `ip` on `iface` that the kernel confirmed
  *    within {@link FRESH_S} seconds (REACHABLE: the host answered from that
  *    MAC). Entries set by hand (PERMANENT, NOARP) are not evidence of the
@@ -20,7 +23,10 @@
  * A contradiction takes the backend out of the rule's table, the reason
  * naming both MACs; it comes back when the evidence agrees again (the peer
  * has the MAC, or a freshly confirmed entry holds it). While no evidence is
- * definitive the last definitive verdict stands; with none yet, the
+ * definitive the last definitive verdict stands, for at most
+ * {@link STATIC_MAC_HOLD_MS} (the hold a MAC-less backend's MAC gets): a
+ * host that stopped answering (it gave the address up) is not confirmed by
+ * an answer it gave before; then the MAC cannot be verified. With none yet, the
  * backend stays in the table (nothing observed contradicts the operator)
  * and its status says the MAC cannot be verified: its BackendsReceiving is
  * Unknown and its rule DEGRADED, not ACTIVE (proto RuleState: whether a
@@ -37,6 +43,13 @@ export interface PeerMac {
   mac: string;
   /** Promiscuous, or with an upper device (bridge, bond, macvlan): it may take frames for other MACs. */
   takesOthers: boolean;
+  /**
+   * The IPv4 addresses of the daemon's namespace that the peer's host holds (read with the peer: the peer is in
+   * that namespace, so a frame it takes for one of them is delivered); undefined: not read (taken as holding
+   * the backend's). The peer's MAC confirms a static MAC only while the backend's address is among them: a
+   * peer that gave the address up drops the frames after taking them (the review's 0/50, ACTIVE).
+   */
+  ips?: readonly string[];
 }
 
 /** A neighbour entry as read (ip -s neigh). */
@@ -78,9 +91,11 @@ export function observeStaticMac(
   peer: PeerMac | undefined,
   entry: NeighbourFact | undefined,
 ): StaticMacObservation {
-  if (peer && !peer.takesOthers) {
+  // The peer has the MAC but its host does not hold the address: the frames are taken and dropped there.
+  const peerLacksIp = !!peer && !peer.takesOthers && same(peer.mac, mac) && !!peer.ips && !peer.ips.includes(ip);
+  if (peer && !peer.takesOthers && !peerLacksIp) {
     return same(peer.mac, mac)
-      ? { verdict: 'confirmed', why: `the veth peer ${peer.name} of ${iface} has MAC ${mac}` }
+      ? { verdict: 'confirmed', why: `the veth peer ${peer.name} of ${iface} has MAC ${mac} and its host holds ${ip}` }
       : {
           verdict: 'contradicted',
           why:
@@ -155,7 +170,11 @@ export function observeStaticMac(
       (unconfirmed
         ? `no resolved neighbour entry for ${ip} on ${iface} (ARP asked; no answer yet)`
         : `the neighbour entry for ${ip} on ${iface} is not freshly confirmed (${states.join(', ') || 'no state'}; re-probed)`) +
-      (peer ? `; the veth peer ${peer.name} may take frames for other MACs (promiscuous or under another device)` : ''),
+      (peerLacksIp
+        ? `; the veth peer ${peer!.name} of ${iface} has MAC ${mac.toLowerCase()}, but no address ${ip} is held there`
+        : peer
+          ? `; the veth peer ${peer.name} may take frames for other MACs (promiscuous or under another device)`
+          : ''),
     ask: unconfirmed ? 'resolve' : states.some((s) => s === 'PROBE' || s === 'DELAY') ? undefined : 'reprobe',
   };
 }
@@ -176,8 +195,20 @@ export class StaticMacState {
     readonly why: string,
     /** When this static MAC was first judged (ms since epoch): {@link UNVERIFIED_GRACE_MS} counts from it. */
     readonly since?: number,
+    /**
+     * A definitive verdict kept while nothing definitive is observed: since when (ms since epoch); it stands
+     * for {@link STATIC_MAC_HOLD_MS} from then. Undefined: the last observation was this verdict's evidence.
+     */
+    readonly heldSince?: number,
   ) {}
 }
+
+/**
+ * How long a definitive verdict (confirmed, contradicted) stands while nothing definitive is observed (ms):
+ * the hold a MAC-less backend's MAC gets after its last answer (neighbour-hold.ts NEIGHBOUR_HOLD_MS). Then the
+ * static MAC cannot be verified: an answer given before is not evidence that the host still answers.
+ */
+export const STATIC_MAC_HOLD_MS = 8000;
 
 /** The next kept verdict from the last one and an observation (`now`: ms since epoch). */
 export function stepStaticMac(
@@ -189,10 +220,14 @@ export function stepStaticMac(
   const fresh = !prev || !same(prev.mac, mac);
   const since = fresh ? now : prev.since;
   if (obs.verdict === 'unverified' && !fresh && prev.verdict !== 'unverified') {
-    // Nothing definitive now: the last definitive verdict stands (evidence is being refreshed).
-    return prev;
+    // Nothing definitive now: the last definitive verdict stands while evidence is being refreshed, for at
+    // most STATIC_MAC_HOLD_MS from the first observation without it.
+    if (prev.heldSince === undefined) return new StaticMacState(prev.mac, prev.verdict, prev.why, since, now);
+    if (now - prev.heldSince < STATIC_MAC_HOLD_MS && now >= prev.heldSince) return prev;
+    // Withdrawn: what is observed now (why it cannot be verified) is all there is.
+    return new StaticMacState(mac, 'unverified', obs.why, since);
   }
-  if (!fresh && prev.verdict === obs.verdict && prev.why === obs.why) return prev;
+  if (!fresh && prev.verdict === obs.verdict && prev.why === obs.why && prev.heldSince === undefined) return prev;
   return new StaticMacState(mac, obs.verdict, obs.why, since);
 }
 
@@ -244,7 +279,9 @@ export interface StaticMacEntry {
 /** Whether two reads of a veth peer are the same for {@link observeStaticMac}. */
 export function samePeer(a: PeerMac | undefined, b: PeerMac | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
-  return a.name === b.name && a.mac === b.mac && a.takesOthers === b.takesOthers;
+  if (a.name !== b.name || a.mac !== b.mac || a.takesOthers !== b.takesOthers) return false;
+  if (a.ips === undefined || b.ips === undefined) return a.ips === b.ips;
+  return a.ips.length === b.ips.length && a.ips.every((x, i) => x === b.ips![i]);
 }
 
 /** Whether `entry` (with `answered`) reads as `prev` did for {@link observeStaticMac} (no allocation). */

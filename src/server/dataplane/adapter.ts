@@ -24,6 +24,7 @@ import type {
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { conflictingMacs, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
+import type { PeerMac } from '../core/static-mac.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
@@ -174,6 +175,8 @@ type HostJournalEntry =
   | { kind: 'offloads'; change: OffloadChange; added: string[] };
 
 export class KernelDataplane implements Dataplane {
+  /** This namespace's IPv4 addresses as last read for {@link vethPeerMac} (ms since epoch). */
+  private v4?: { at: number; ips: readonly string[] };
   readonly ringSize = RING_SIZE;
   readonly noBackend = NO_BACKEND;
 
@@ -1089,8 +1092,15 @@ export class KernelDataplane implements Dataplane {
     return table;
   }
 
-  vethPeerMac(ifname: string): { name: string; mac: string; takesOthers: boolean } | undefined {
-    return vethPeerMac(ifname);
+  vethPeerMac(ifname: string): PeerMac | undefined {
+    const p = vethPeerMac(ifname);
+    if (!p) return p;
+    // The peer is in this namespace: the addresses held here (one read per pass, whatever the egress count).
+    const t = Date.now();
+    if (!this.v4 || t - this.v4.at > 200 || t < this.v4.at) {
+      this.v4 = { at: t, ips: [...hostAddresses().owners.keys()].sort() };
+    }
+    return { ...p, ips: this.v4.ips };
   }
 
   /** Why an interface runs in another mode than asked, by name#ifindex (from the last attach). */
