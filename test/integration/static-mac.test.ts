@@ -164,7 +164,7 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
   });
 
   it('a confirmed static MAC whose host gives its address up: confirmed no more after the hold (not ACTIVE with 0 delivered)', async (t) => {
-    // The review (rev23 #11): a backend renumbered (a container restarted with another address on the same
+    // A review: a backend renumbered (a container restarted with another address on the same
     // veth) stayed ACTIVE / AllReceiving for good, 0 of 50 delivered: the confirmation once had was never
     // withdrawn when its host stopped answering.
     await c.rules.createRule({ rule: rule('renum', 7994, [backendOf(b1), backendOf(b2)]) });
