@@ -41,6 +41,12 @@ export interface Facts {
    * entry is resolved again or fails (a start after the entries were flushed, a bounced egress). Absent: none.
    */
   keptMacs?: ReadonlyMap<string, string>;
+  /**
+   * For a backend given without a MAC whose neighbour entry holds a MAC no station has as its own (broadcast,
+   * multicast, zero: plan-rules nonUnicastNeighbour, never written): the MAC that answered an ARP request of
+   * ours for its address ("ip@iface" -> MAC; Dataplane.neighbourAnswered), which such an entry is asked by.
+   */
+  answeredMacs?: Map<string, string>;
   /** Egresses moved to another network namespace: name -> where (core/moved.ts); absent: none known. */
   movedEgresses?: ReadonlyMap<string, string>;
   /**
@@ -108,6 +114,9 @@ export function fetchInterfaces(dp: Dataplane, names: Iterable<string>, facts: F
  * 16 specs: 10 000 rules are read without holding the event loop. `wholeTable`: when the table is read, keep
  * all of it in `facts.neighbourTable` (a reconciler pass that judges static MACs too: one dump per pass).
  */
+/** A MAC whose first octet has the I/G bit set (broadcast, multicast) or the all-zero MAC. */
+const nonUnicast = (mac: string) => (parseInt(mac.slice(0, 2), 16) & 1) === 1 || /^(00:){5}00$/.test(mac);
+
 export async function fetchRuleFacts(
   dp: Dataplane,
   specs: readonly RuleSpec[],
@@ -140,7 +149,17 @@ export async function fetchRuleFacts(
   if (dp.neighbourMacs) {
     // One read of the table for all of them (was one `ip` process per backend, every pass).
     const { macs, gone, table } = await dp.neighbourMacs([...wanted.values()], wholeTable);
-    for (const [key, mac] of macs) facts.neighbours.set(key, mac);
+    for (const [key, mac] of macs) {
+      facts.neighbours.set(key, mac);
+      if (mac && nonUnicast(mac)) {
+        const w = wanted.get(key);
+        if (!w) continue;
+        // Asked by broadcast (whoever has the address answers from its own MAC), named in the status.
+        dp.askNeighbour?.(w.ip, w.iface, '');
+        const a = dp.neighbourAnswered?.(w.ip, w.iface);
+        if (a && !nonUnicast(a)) (facts.answeredMacs ??= new Map()).set(key, a);
+      }
+    }
     if (table) facts.neighbourTable = table;
     // The egress went away (deleted, renamed) since it was looked up above: missing for this read, as
     // the next lookup finds it. Its backends are "egress missing"; every other object is read on.

@@ -7,7 +7,7 @@
  * match entries) before anything is written. Deterministic, so it is
  * unit-testable exhaustively.
  */
-import { formatMac, parseIp, parseMac, parsePrefix } from '../net/addr.js';
+import { formatMac, nonUnicastMac, parseIp, parseMac, parsePrefix } from '../net/addr.js';
 import type { MatchKey } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
@@ -200,6 +200,28 @@ function canonicalMac(text: string): string {
   return c;
 }
 
+/**
+ * Why a MAC a neighbour entry holds for a backend given without a MAC is never written (the broadcast, a
+ * multicast or the all-zero MAC, which the API refuses as a static MAC: an entry set by hand may hold one),
+ * naming the MAC that answered an ARP request of ours for the address (`answered`), if any; undefined: a
+ * unicast MAC.
+ */
+export function nonUnicastNeighbour(ip: string, iface: string, mac: string, answered?: string): string | undefined {
+  let why: string | undefined;
+  try {
+    why = nonUnicastMac(parseMac(mac));
+  } catch {
+    return undefined;
+  }
+  if (!why) return undefined;
+  return (
+    `the neighbour entry for ${ip} on ${iface} holds ${mac}, which ${why}: never written to the datapath (` +
+    (answered && !nonUnicastMac(parseMac(answered))
+      ? `${ip} answers ARP requests of ours from ${answered.toLowerCase()}; replace the entry or give that MAC)`
+      : `no ARP request of ours for ${ip} answered yet)`)
+  );
+}
+
 function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, lenient: boolean): RulePlan {
   const absent = (iface: string) => lenient && !facts.interfaces.get(iface);
   const ingress = spec.ingressInterfaces.flatMap((iface, i) => {
@@ -250,7 +272,12 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     const napi = facts.napi.get(b.interface);
     const egress =
       egressProblem(b.interface, facts.links.get(b.interface)) ?? (napi && !napi.ok ? napi.detail : undefined);
-    const conflict = b.mac !== '' ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac)) : undefined;
+    const conflict =
+      b.mac !== ''
+        ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac))
+        : mac
+          ? nonUnicastNeighbour(b.ip, b.interface, mac, facts.answeredMacs?.get(nkey))
+          : undefined;
     const status = backendStatus({
       ip: b.ip,
       interface: b.interface,
