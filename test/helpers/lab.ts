@@ -21,6 +21,9 @@ import { removeIproute2BpffsDirs, runId, sh, shQuiet, sleep } from './env.js';
 import { Topology, type Host } from './topology.js';
 import { sendUdp, UdpListener } from './udp.js';
 
+/** helpers/sealed-netns.py: a namespace only a socket keeps (Lab.addSealedHost). */
+export const SEALED = new URL('./sealed-netns.py', import.meta.url).pathname;
+
 /** The address vm sends to: nobody has it; the datapath redirects the datagrams before any route is looked up. */
 export const NOWHERE = '198.18.9.9';
 
@@ -65,6 +68,51 @@ export interface UnnamedHost {
   sh(cmd: string): string;
   /** Kill the process (the namespace goes with it) and delete the veth; idempotent. */
   remove(): void;
+}
+
+/** A network namespace only a socket keeps (helpers/sealed-netns.py): what xdpctld has no file to enter by. */
+export interface SealedNetns {
+  /** "sealed:PID:FD": what UdpListener.start takes to receive there (from outside it). */
+  netns: string;
+  /** The process holding the socket (outside the namespace). */
+  pid: number;
+  /** Run a shell command inside it (a process is in it while the command runs). */
+  sh(cmd: string): string;
+  /** A veth `here` in this namespace, its peer `there` in that one (down, as made). */
+  addVeth(here: string, there: string): void;
+  /** Kill the holder: the namespace goes with it (idempotent). */
+  kill(): void;
+}
+
+/** A {@link SealedNetns}; the caller kills it (and deletes the veths it made). */
+export async function sealedNetns(): Promise<SealedNetns> {
+  const holder = spawn('python3', [SEALED, 'hold'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const fd = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    holder.stdout!.on('data', (d) => {
+      out += d;
+      const m = /READY (\d+)\n/.exec(out);
+      if (m) resolve(m[1]);
+    });
+    holder.on('exit', (code) => reject(new Error(`sealed-netns hold exited ${code}`)));
+  });
+  const pid = String(holder.pid);
+  const inNs = (cmd: string) => sh('python3', [SEALED, 'run', pid, fd, 'sh', '-c', cmd]);
+  return {
+    netns: `sealed:${pid}:${fd}`,
+    pid: holder.pid!,
+    sh: inNs,
+    addVeth: (here, there) => {
+      const tmp = `${here.slice(0, 11)}tmp`;
+      sh('ip', ['link', 'add', here, 'type', 'veth', 'peer', 'name', tmp]);
+      sh('python3', [SEALED, 'move', pid, fd, tmp]);
+      inNs(`ip link set ${tmp} name ${there}`);
+      sh('ip', ['link', 'set', here, 'up']);
+    },
+    kill: () => {
+      if (holder.exitCode === null && holder.signalCode === null) holder.kill();
+    },
+  };
 }
 
 /** `x` escaped for a RegExp. */
@@ -117,6 +165,28 @@ export class Lab {
         'ip link set eth0 up && ethtool -K eth0 gro on',
     );
     return { netns: `/proc/${pid}/ns/net`, pid: ns.pid!, hostIf, ip: cidr.split('/')[0], sh: inNs, remove };
+  }
+
+  /**
+   * A host in a namespace that nothing xdpctld can enter keeps: no name, no bind mount, no process in it, no open
+   * namespace file; only a socket made in it, held by a process outside it (helpers/sealed-netns.py). Veth
+   * `hostIf` here, eth0 there with `cidr` (and `mac`), up with GRO switched on while up. Its `netns` is
+   * "sealed:PID:FD" (UdpListener.start receives there from outside it); `sh` runs a command inside it (a
+   * process in it while that command runs). Removed at destroy(), or before by its remove().
+   */
+  async addSealedHost(hostIf: string, cidr: string, mac = ''): Promise<UnnamedHost> {
+    const ns = await sealedNetns();
+    const remove = () => {
+      ns.kill();
+      shQuiet('ip', ['link', 'del', hostIf]);
+    };
+    this.cleanups.push(remove);
+    ns.addVeth(hostIf, 'eth0');
+    ns.sh(
+      `ip link set lo up && ${mac ? `ip link set eth0 address ${mac} && ` : ''}` +
+        `ip addr add ${cidr} dev eth0 && ip link set eth0 up && ethtool -K eth0 gro on`,
+    );
+    return { netns: ns.netns, pid: ns.pid, hostIf, ip: cidr.split('/')[0], sh: ns.sh, remove };
   }
 
   /** The client host "vm". */

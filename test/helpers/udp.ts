@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { sh, until } from './env.js';
 
 const TOOL = new URL('./udp-tool.mjs', import.meta.url).pathname;
+const SEALED = new URL('./sealed-netns.py', import.meta.url).pathname;
 
 export interface ListenSummary {
   count: number;
@@ -28,12 +29,20 @@ export class UdpListener {
     private readonly out: Promise<string>,
   ) {}
 
-  /** `netns`: a named namespace, or a path to one (/proc/PID/ns/net: an unnamed namespace). */
+  /**
+   * `netns`: a named namespace, or a path to one (/proc/PID/ns/net: an unnamed namespace), or "sealed:PID:FD" (a
+   * namespace only a socket keeps, lab.ts addSealedHost: received there by a process outside it).
+   */
   static async start(netns: string, ip: string, port: number): Promise<UdpListener> {
     const ns = netns.startsWith('/') ? netns : `/run/netns/${netns}`;
-    const child = spawn('nsenter', [`--net=${ns}`, process.execPath, TOOL, 'listen', ip, String(port)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const sealed = /^sealed:(\d+):(\d+)$/.exec(netns);
+    const child = sealed
+      ? spawn('python3', [SEALED, 'listen', sealed[1], sealed[2], ip, String(port)], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        })
+      : spawn('nsenter', [`--net=${ns}`, process.execPath, TOOL, 'listen', ip, String(port)], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
     let buf = '';
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
@@ -119,7 +128,7 @@ except socket.timeout:
 /**
  * One UDP datagram of each payload size in `sizes`, sent in that order from the named namespace `from` to
  * (`dst`, `port`); returns the sizes received on (`ip`, `port`) in the namespace that `enter` (nsenter's
- * arguments, e.g. ['--net=/run/netns/NAME'] or ['-t', PID, '-n']) names, in arrival order. It returns as soon
+ * arguments, e.g. ['--net=/run/netns/NAME'] or ['-t', PID, '-n'], or ['sealed:PID:FD']) names, in arrival order. It returns as soon
  * as every one has arrived, else 1.5 s after the last that did (was: always 1.5 s after the last).
  */
 export async function datagramSizes(
@@ -130,9 +139,15 @@ export async function datagramSizes(
   port: number,
   sizes: number[],
 ): Promise<number[]> {
-  const recv = spawn('nsenter', [...enter, 'python3', '-c', SIZES_RECEIVER, ip, String(port), String(sizes.length)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  // ["sealed:PID:FD"]: a namespace only a socket keeps (lab.ts addSealedHost), received there from outside it.
+  const sealed = /^sealed:(\d+):(\d+)$/.exec(enter[0] ?? '');
+  const recv = sealed
+    ? spawn('python3', [SEALED, 'sizes', sealed[1], sealed[2], ip, String(port), String(sizes.length)], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+    : spawn('nsenter', [...enter, 'python3', '-c', SIZES_RECEIVER, ip, String(port), String(sizes.length)], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
   let out = '';
   recv.stdout!.on('data', (x) => (out += x));
   const exited = new Promise((r) => recv.once('exit', r));

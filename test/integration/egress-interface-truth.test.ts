@@ -35,9 +35,9 @@ describe('an egress interface carries its rules’ judgement of it', kernelOnly(
 
   before(async () => {
     ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
-    // b2: a namespace with no name (only a process holds it, as a container's), its veth peer up with GRO
-    // switched on while up (NAPI: the kernel announces ndo-xmit for the host side).
-    b2 = await lab.addUnnamedHost(hostIf, `${ip2}/24`, mac2);
+    // b2: a namespace with no name that only a socket keeps (nothing xdpctld could enter it by), its veth peer
+    // up with GRO switched on while up (NAPI: the kernel announces ndo-xmit for the host side).
+    b2 = await lab.addSealedHost(hostIf, `${ip2}/24`, mac2);
     ({ c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
   });
   after(() => lab.destroy());

@@ -6,7 +6,7 @@
  *    names both MTUs and the largest datagram that still passes, which real datagrams confirm; it is
  *    ACTIVE again when the MTU is restored; each transition is logged once. The same for a link whose
  *    egress MTU is below its ingress's;
- *  - a link into a veth whose peer xdpctld cannot inspect (an unnamed namespace) says it cannot be
+ *  - a link into a veth whose peer xdpctld cannot inspect (an unnamed namespace only a socket keeps) says it cannot be
  *    verified from the Connect reply on, as a backend behind such a veth does, not "forwarding" until a
  *    pass looks.
  * Changing the MTU is the fault under test here; everything else keeps the host's defaults.
@@ -116,7 +116,7 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
 
   it('a link into a veth whose peer cannot be inspected says so from the Connect reply on', async () => {
     const if2 = `x${id}uv`;
-    const ns2 = await lab.addUnnamedHost(if2, '198.18.51.2/24');
+    const ns2 = await lab.addSealedHost(if2, '198.18.51.2/24');
     try {
       const l3 = topo.addHost('l3', '198.18.51.1/24');
       const reply = await c.links.connect({ link: { a: l3.hostIf, b: if2, direction: 0 } });

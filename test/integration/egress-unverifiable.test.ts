@@ -1,6 +1,7 @@
 /**
- * A backend behind a veth whose peer xdpctld cannot inspect (in an unnamed network namespace, as a
- * container runtime leaves it), on a native-mode ingress, with real traffic (docs/architecture.md, promises 1 and 2).
+ * A backend behind a veth whose peer xdpctld cannot inspect (in an unnamed network namespace that nothing it
+ * could enter keeps: no process in it, no open file or bind mount of it, only a socket made in it; a namespace
+ * it can enter is inspected there: unnamed-peer-repair.test.ts), on a native-mode ingress, with real traffic (docs/architecture.md, promises 1 and 2).
  * The kernel's ndo-xmit flag is all the daemon can read about it, and the flag stays set when the peer's
  * GRO is switched off while the peer is down (measured on 6.18: no NAPI, every redirected frame dropped;
  * a review saw 98 of 200 flows lost while the rule said ACTIVE). So the status says the backend cannot be
@@ -40,8 +41,8 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
 
   before(async () => {
     ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
-    // b2: a namespace with no name (only a process holds it), its veth peer up with GRO switched on while up.
-    b2 = await lab.addUnnamedHost(hostIf, `${ip2}/24`, mac2);
+    // b2: a namespace with no name that only a socket keeps, its veth peer up with GRO switched on while up.
+    b2 = await lab.addSealedHost(hostIf, `${ip2}/24`, mac2);
     ({ d, c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native', '--prometheus', '127.0.0.1:0']));
   });
   after(() => lab.destroy());
@@ -67,6 +68,10 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
       [true, true],
     );
     assert.match(st.backendStatus[1].message, /unnamed network namespace/);
+    assert.match(
+      st.backendStatus[1].message,
+      /no name in \/run\/netns, no bind mount, no process in it and no open namespace file of any process .*: xdpctld has no file to enter it by/,
+    );
     assert.equal(cond(st, 'BackendsReceiving').status, ConditionStatus.CONDITION_STATUS_UNKNOWN);
     assert.equal(cond(st, 'BackendsReceiving').reason, 'BackendsUnverified');
     // The status says so from the CreateRule reply on; the health service follows at the reconciler's next pass.
@@ -149,9 +154,9 @@ describe('a backend whose veth peer cannot be inspected: judged by its redirect 
   });
 
   it('a link into such a veth: cannot be verified until frames are taken; not forwarding while all are dropped', async () => {
-    // A second unnamed namespace: l2's side, its veth peer up with GRO switched on while up.
+    // A second unnamed namespace that only a socket keeps: l2's side, its veth peer up with GRO switched on while up.
     const if2 = `x${id}ul`;
-    const l2 = await lab.addUnnamedHost(if2, '198.18.50.2/24');
+    const l2 = await lab.addSealedHost(if2, '198.18.50.2/24');
     try {
       const in2 = l2.sh;
       const l1 = topo.addHost('l1', '198.18.50.1/24');

@@ -9,7 +9,7 @@
  *    again when the MTU is put back;
  *  - a link direction into such a veth: FramesFit False naming the peer and its namespace; real pings
  *    confirm the limit; True again when it is put back;
- *  - a backend behind a veth whose peer is in an unnamed namespace (read through its namespace id): the
+ *  - a backend behind a veth whose peer is in an unnamed namespace xdpctld cannot enter (only a socket keeps it; its MTU read through its namespace id): the
  *    same FramesFit False; and when only larger datagrams come, the egress watch's reason names that MTU
  *    as a cause, not only a peer without NAPI.
  * Changing the peer's MTU is the fault under test; everything else keeps the host's defaults.
@@ -148,7 +148,9 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
 
   it('a backend whose veth peer is in an unnamed netns: its MTU is read all the same, and named as a cause of drops', async () => {
     const if2 = `x${id}um`;
-    const ns2 = await lab.addUnnamedHost(if2, '198.18.52.2/24');
+    // Only a socket keeps it: xdpctld cannot enter it (its NAPI is judged by the redirect counters), and reads
+    // the peer's MTU all the same (through the namespace id).
+    const ns2 = await lab.addSealedHost(if2, '198.18.52.2/24');
     try {
       const in2 = ns2.sh;
       in2('ip link set eth0 mtu 1000');
@@ -168,7 +170,7 @@ describe('veth peer MTU: checked wherever the peer lives', kernelOnly(), () => {
         ),
       );
       assert.notEqual((await status()).state, RuleState.RULE_STATE_ACTIVE);
-      const enter = ['-t', String(ns2.pid), '-n'];
+      const enter = [ns2.netns];
       // Small datagrams are taken (the watch verifies the egress), larger ones are dropped at the peer ...
       assert.deepEqual(await deliver(vm, enter, '198.18.52.2', 7982, [900, 976, 977]), [900, 976]);
       // ... and a window of only larger ones is not blamed on NAPI alone.

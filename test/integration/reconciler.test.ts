@@ -9,7 +9,6 @@
  * a restart; a rule whose only ingress is deleted is INACTIVE, logged once.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
@@ -20,6 +19,7 @@ import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep, until } from '../helpers/env.js';
+import { sealedNetns } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { datagramSizes, sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -256,21 +256,20 @@ describe('reconciler: the datapath stays true to the desired state, and says so'
     assert.equal(count(/"msg":"rule dns is ACTIVE/), 1, 'the recovery logged once');
   });
   it('takes out a backend whose veth peer moved to an unnamed namespace (cannot be checked for NAPI), and puts it back once its new peer is up', async () => {
-    // b2's veth is recreated with its peer in a namespace that has no name: xdpctld cannot inspect it.
-    const ns = spawn('unshare', ['--net', 'sleep', '60'], { stdio: 'ignore' });
+    // b2's veth is recreated with its peer in a namespace that has no name and that only a socket keeps: xdpctld
+    // has no file to enter it by, and cannot inspect it (one it can enter is: unnamed-peer-repair.test.ts).
+    const ns = await sealedNetns();
     try {
-      await sleep(200);
       topo.unplug('b2');
       const peer = `xq${id}`;
-      sh('ip', ['link', 'add', b2.hostIf, 'type', 'veth', 'peer', 'name', peer, 'netns', String(ns.pid)]);
-      sh('ip', ['link', 'set', b2.hostIf, 'up']);
+      ns.addVeth(b2.hostIf, peer);
       // The peer down first: no carrier. Once it is up, the status gives the reason that holds then.
       await until(
         'b2 reported without carrier',
         async () => /no carrier/.test((await status('web')).backendStatus[1]?.message ?? ''),
         10_000,
       );
-      sh('nsenter', ['-t', String(ns.pid), '-n', 'ip', 'link', 'set', peer, 'up']);
+      ns.sh(`ip link set ${peer} up`);
       await until(
         'b2 reported as not checkable',
         async () => /unnamed network namespace/.test((await status('web')).backendStatus[1]?.message ?? ''),

@@ -7,19 +7,24 @@
  * peer is down leaves one of them wrong (veth-napi-truth.test.ts measures it). A veth whose peer
  * lost GRO is refused at once (a passed check is not trusted for a while, as
  * it was), a generic-mode program on the peer does not count (it gives the
- * peer no NAPI), and a peer in a namespace xdpctld cannot enter is accepted
- * when the kernel says it can receive. Real veths and a bridge.
+ * peer no NAPI), a peer in an unnamed namespace is inspected and repaired there
+ * when xdpctld has a file to enter it by (a process in it, an open file or a bind
+ * mount of it), and one in a namespace it cannot enter is accepted when the
+ * kernel says it can receive. Real veths and a bridge.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { KernelDataplane } from '../../src/server/dataplane/adapter.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf } from '../../src/server/dataplane/netdev.js';
+import { forgetNetns } from '../../src/server/dataplane/netns-find.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
 import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
+import { esc, sealedNetns } from '../helpers/lab.js';
 import { Topology } from '../helpers/topology.js';
 
 describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
@@ -116,20 +121,82 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     }
   });
 
-  it('a veth whose peer is in a namespace xdpctld cannot name: the kernel still knows', async () => {
-    const ns = spawn('unshare', ['--net', 'sleep', '30'], { stdio: 'ignore' });
+  it('a veth whose peer is in a namespace xdpctld cannot enter: the kernel still knows', async () => {
+    // Unnamed, and only a socket keeps it: no file to enter it by (one it can enter: the next test).
+    const ns = await sealedNetns();
     try {
-      await sleep(200);
-      sh('ip', ['link', 'add', lone, 'type', 'veth', 'peer', 'name', 'eth9', 'netns', String(ns.pid)]);
-      sh('ip', ['link', 'set', lone, 'up']);
-      sh('nsenter', ['-t', String(ns.pid), '-n', 'ip', 'link', 'set', 'eth9', 'up']);
+      ns.addVeth(lone, 'eth9');
+      ns.sh('ip link set eth9 up');
+      forgetNetns();
       const no = await kd.redirectTarget(lone, true);
       assert.equal(no.ok, false, 'no NAPI on the peer');
       assert.match(no.detail!, /unnamed network namespace/);
-      sh('nsenter', ['-t', String(ns.pid), '-n', 'ethtool', '-K', 'eth9', 'gro', 'on']);
+      assert.match(no.detail!, /no process in it and no open namespace file of any process .*no file to enter it by/);
+      assert.match(ns.sh('ethtool -k eth9'), /^generic-receive-offload: off/m, 'not changed');
+      ns.sh('ethtool -K eth9 gro on');
       assert.equal((await kd.redirectTarget(lone, false)).ok, true, 'GRO on there: the kernel says it can receive');
     } finally {
+      shQuiet('ip', ['link', 'del', lone]);
       ns.kill();
+    }
+  });
+
+  it('a veth whose peer is in an unnamed namespace it can enter (a process in it, an open file or a bind mount of it): inspected and repaired there', async () => {
+    const bind = `/tmp/xdpctl-test-${id}-nsbind`;
+    const held: ChildProcess[] = [];
+    try {
+      for (const how of ['process', 'file', 'mount'] as const) {
+        const proc = spawn('unshare', ['--net', 'sleep', '60'], { stdio: 'ignore' });
+        held.push(proc);
+        await sleep(200);
+        const nsOf = `/proc/${proc.pid}/ns/net`;
+        sh('ip', ['link', 'add', lone, 'type', 'veth', 'peer', 'name', 'eth9', 'netns', String(proc.pid)]);
+        sh('ip', ['link', 'set', lone, 'up']);
+        sh('nsenter', [`--net=${nsOf}`, 'ip', 'link', 'set', 'eth9', 'up']);
+        let path = nsOf;
+        let via = `process ${proc.pid} (sleep)`;
+        if (how === 'file') {
+          const f = spawn('python3', ['-c', 'import os,sys,time; os.open(sys.argv[1], 0); time.sleep(60)', nsOf], {
+            stdio: 'ignore',
+          });
+          held.push(f);
+          await sleep(300);
+          const fd = sh('sh', ['-c', `ls -l /proc/${f.pid}/fd | grep -o '[0-9]* -> net:' | cut -d' ' -f1`]).trim();
+          path = `/proc/${f.pid}/fd/${fd}`;
+          via = `an open file of process ${f.pid} (python3)`;
+        } else if (how === 'mount') {
+          writeFileSync(bind, '');
+          sh('mount', ['--bind', nsOf, bind]);
+          path = bind;
+          via = `a bind mount at ${bind}`;
+        }
+        if (how !== 'process') {
+          proc.kill();
+          await new Promise((r) => proc.once('exit', r));
+        }
+        const nsid = (JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', lone]))[0] as { link_netnsid: number })
+          .link_netnsid;
+        const gro = () =>
+          /^generic-receive-offload: (\w+)/m.exec(sh('nsenter', [`--net=${path}`, 'ethtool', '-k', 'eth9']))![1];
+        forgetNetns();
+        assert.equal(gro(), 'off', `${how}: premise`);
+        const where = `eth9 in the unnamed network namespace with nsid ${nsid} (entered through ${path}: ${via})`;
+        const no = await kd.redirectTarget(lone, false);
+        assert.equal(no.ok, false, how);
+        assert.equal(no.fixable, true, `${how}: ${no.detail}`);
+        assert.match(no.detail!, new RegExp(`its peer ${esc(where)} has neither an XDP program nor GRO`), how);
+        const yes = await kd.redirectTarget(lone, true);
+        assert.equal(yes.ok, true, `${how}: ${yes.detail}`);
+        assert.equal(gro(), 'on', `${how}: GRO switched on there`);
+        assert.equal(ndoXmit(lone), true, `${how}: the kernel agrees`);
+        sh('ip', ['link', 'del', lone]);
+        if (how === 'mount') sh('umount', [bind]);
+      }
+    } finally {
+      shQuiet('ip', ['link', 'del', lone]);
+      shQuiet('umount', [bind]);
+      rmSync(bind, { force: true });
+      held.forEach((p) => p.kill());
     }
   });
 });

@@ -58,6 +58,7 @@ import {
   GENERIC_GSO_FEATURES,
   type GroChange,
   type OffloadChange,
+  netnsId,
   type LinkIdentity,
 } from './netdev.js';
 import { detachCommand, detachXdpIn, movedDevice, netnsOf } from './netns.js';
@@ -473,7 +474,12 @@ export class KernelDataplane implements Dataplane {
     this.log?.info({ ifname: s.ifname, ifindex: s.ifindex, nsid: s.nsid, netns: ns.name ?? ns.path }, 'detached');
     const restored: string[] = [];
     const failed: string[] = [];
-    const mine = this.offloadChanges.filter((c) => c.netns === undefined && c.ifindex === s.ifindex);
+    // Records of this namespace's devices (not of a veth peer in an unnamed namespace: recorded without a name
+    // too, by that namespace's id).
+    const ours = netnsId();
+    const mine = this.offloadChanges.filter(
+      (c) => c.netns === undefined && c.ifindex === s.ifindex && (c.netnsId === undefined || c.netnsId === ours),
+    );
     for (const c of mine) {
       if (!ns.name) {
         failed.push(
@@ -1356,8 +1362,8 @@ export class KernelDataplane implements Dataplane {
       // A change to the host: said each time it is made (what, where, why), and recorded for --cleanup-on-exit.
       // Info, as "offloads set for XDP" on an ingress: a setting the datapath needs, made on purpose.
       this.log?.info(
-        { ifname, peer: s.peer, netns: s.netns, peerIfindex: s.peerIfindex },
-        `GRO switched on on ${s.peer}${s.netns ? ` in netns ${s.netns}` : ''}, the veth peer of ${ifname}: ` +
+        { ifname, peer: s.peer, netns: s.netns ?? s.nsPath, nsid: s.nsid, peerIfindex: s.peerIfindex },
+        `GRO switched on on ${s.where ?? s.peer}, the veth peer of ${ifname}: ` +
           'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
           '(--fix-veth-peers)',
       );
@@ -1423,7 +1429,7 @@ export class KernelDataplane implements Dataplane {
     // and the kernel, rightly, announces no ndo-xmit. Switching GRO off and on while up gives it NAPI.
     let now = s.fixed ? xdpFeatures(ifindexOf(ifname)) : features;
     if (now !== undefined && !xmit(now) && fix && s.napi === 'gro' && s.peer) {
-      await reannounceVethGro(s.peer, s.netns);
+      await reannounceVethGro(s.peer, s.netns, s.nsPath);
       now = xdpFeatures(ifindexOf(ifname));
     }
     if (now === undefined || xmit(now))

@@ -31,6 +31,7 @@ import {
   nlRequest,
 } from './netlink.js';
 import { movedDevice, netnsOf } from './netns.js';
+import { findNetns, netnsWords, unreachableNetns } from './netns-find.js';
 
 /** Every command runs as a child that cannot outlive the daemon (children.ts). */
 const run = runGuarded;
@@ -709,8 +710,14 @@ export interface VethPeerState {
   /** Redirecting into the interface in native mode delivers (or it is not a veth). */
   ok: boolean;
   peer?: string;
-  /** Named network namespace of the peer; undefined when it is ours. */
+  /** Named network namespace of the peer; undefined when it is ours or has no name. */
   netns?: string;
+  /** The nsid of the peer's namespace when it is not ours and has no name (or could not be inspected). */
+  nsid?: number;
+  /** A file to enter the peer's unnamed namespace by (netns-find.ts), when it has no name and one was found. */
+  nsPath?: string;
+  /** The peer in words ("eth0", "eth0 in netns blue", "eth0 in the unnamed network namespace with nsid 7 (...)"). */
+  where?: string;
   /** Why not ok, or what was done. */
   detail?: string;
   /** The checked interface's kind (`ip -d link` info_kind: "bridge", "veth", ...), when it has one. */
@@ -766,7 +773,8 @@ export interface DeviceIdentity {
 const NS_GET_ID = 0x8008b70d;
 
 /**
- * The id of a network namespace (`netns`: /run/netns/NAME; undefined: the daemon's own), as NS_GET_ID gives
+ * The id of a network namespace (`netns`: /run/netns/NAME, or a path to it when it starts with '/'; undefined:
+ * the daemon's own), as NS_GET_ID gives
  * it (for a network namespace, its cookie: SO_NETNS_COOKIE): 64 bits, never given to another namespace while
  * the system runs. Its nsfs inode number is not that: a namespace made right after one was deleted gets the
  * same one (seen on 6.18: `ip netns del X; ip netns add X`, inode 4026532174 three times in a row, ids
@@ -774,7 +782,9 @@ const NS_GET_ID = 0x8008b70d;
  * or there is no such namespace.
  */
 export function netnsId(netns?: string): string | undefined {
-  return netnsIdOfPath(netns === undefined ? '/proc/self/ns/net' : `/run/netns/${netns}`);
+  return netnsIdOfPath(
+    netns === undefined ? '/proc/self/ns/net' : netns.startsWith('/') ? netns : `/run/netns/${netns}`,
+  );
 }
 
 /** {@link netnsId} of the namespace a path names (/run/netns/NAME, /proc/PID/ns/net). */
@@ -1191,8 +1201,10 @@ export async function releaseOffloads(
 /**
  * Check, and if `fix` is set satisfy, the veth precondition for native XDP
  * redirects into `name`: its peer must have an XDP program or GRO enabled
- * (either gives it NAPI), and be up. A peer in an unnamed namespace cannot be
- * inspected from here: that is reported as not ok, never assumed fine.
+ * (either gives it NAPI), and be up. A peer in another namespace is read and changed from inside it: a named
+ * one by its name, an unnamed one by a file found for it (netns-find.ts: a bind mount, a process in it, an
+ * open file of it). One that no file reaches cannot be inspected: that is reported as not ok (saying
+ * exactly that), never assumed fine.
  */
 export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<VethPeerState> {
   // The device and its peer from rtnetlink (RTM_GETLINK; the peer's namespace by its nsid), no process
@@ -1201,21 +1213,33 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
   if (!dev) throw new KernelError(`look up interface ${name}`, 19, [], 'no such interface');
   if (dev.kind !== 'veth') return { veth: false, ok: true, kind: dev.kind };
   let netns: string | undefined;
+  /** The peer's namespace when it is not ours: a file to enter it by, and how it is named in messages. */
+  let away: { nsid: number; path: string; words: string; found: string } | undefined;
   let peer: LinkView | undefined;
   if (dev.linkNetnsid === undefined) {
     if (dev.link) peer = linkView(dev.link);
   } else {
     netns = namedNetns(dev.linkNetnsid);
-    if (netns === undefined) {
+    // A namespace without a name (a container's, `unshare -n`'s) is entered by a bind mount of it, a process
+    // in it or a process's open file of it (netns-find.ts), as a named one is by its name.
+    const way = netns === undefined ? findNetns(dev.linkNetnsid) : undefined;
+    if (netns === undefined && !way) {
       return {
         veth: true,
         ok: false,
         uninspectable: true,
+        nsid: dev.linkNetnsid,
         detail:
           `the peer of ${name} is in an unnamed network namespace (nsid ${dev.linkNetnsid}), where xdpctld ` +
-          `cannot read its settings (GRO, XDP program, up or down)`,
+          `cannot read its settings (GRO, XDP program, up or down): ${unreachableNetns(dev.linkNetnsid)}`,
       };
     }
+    away = {
+      nsid: dev.linkNetnsid,
+      path: netns === undefined ? way!.path : `/run/netns/${netns}`,
+      words: netns === undefined ? netnsWords(dev.linkNetnsid, way!) : `netns ${netns}`,
+      found: netns === undefined ? netnsWords(dev.linkNetnsid, way!, 'found as') : `network namespace ${netns}`,
+    };
     try {
       peer = dev.link === undefined ? undefined : linkView(dev.link, dev.linkNetnsid);
     } catch (e) {
@@ -1225,12 +1249,15 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
         ok: false,
         uninspectable: true,
         netns,
-        detail: `the peer of ${name} is in network namespace ${netns}, whose devices xdpctld cannot read: ${(e as Error).message}`,
+        nsid: away.nsid,
+        detail: `the peer of ${name} is in ${away.words}, whose devices xdpctld cannot read: ${(e as Error).message}`,
       };
     }
   }
   if (!peer) return { veth: true, ok: false, netns, detail: `the peer of ${name} was not found` };
-  const where = netns ? `${peer.ifname} in netns ${netns}` : peer.ifname;
+  const where = away ? `${peer.ifname} in ${away.words}` : peer.ifname;
+  /** Where the peer is, for the caller: its namespace's name, or its nsid and the file it was entered by. */
+  const at = { netns, ...(away && netns === undefined ? { nsid: away.nsid, nsPath: away.path } : {}), where };
   // A peer that is down has no NAPI whatever it is set to. GRO is not switched on while it is down: that
   // gives it no NAPI when it comes up (veth_set_features does nothing for a device that is down), so it is
   // done by the first check after the peer comes up.
@@ -1240,29 +1267,30 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       ok: false,
       peerDown: true,
       peer: peer.ifname,
-      netns,
+      ...at,
       detail: `native XDP redirects into ${name} would be dropped: its peer ${where} is down`,
     };
   }
   // Only a native-mode program gives the peer NAPI; a generic-mode one does not (veth_xdp_set).
   if (peer.nativeXdp) {
-    return { veth: true, ok: true, peer: peer.ifname, netns, napi: 'xdp', detail: `${where} has native XDP` };
+    return { veth: true, ok: true, peer: peer.ifname, ...at, napi: 'xdp', detail: `${where} has native XDP` };
   }
   const ethtool = (args: string[]) =>
-    netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
+    away ? run('nsenter', [`--net=${away.path}`, 'ethtool', ...args]) : run('ethtool', args);
   let stdout: string;
   try {
     ({ stdout } = await ethtool(['-k', peer.ifname]));
   } catch (e) {
     // Entering another network namespace (setns) takes CAP_SYS_ADMIN.
-    if (!netns || !/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
+    if (!away || !/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
     return {
       veth: true,
       ok: false,
       uninspectable: true,
       netns,
+      nsid: away.nsid,
       detail:
-        `the peer of ${name} is in network namespace ${netns}, which xdpctld cannot enter without ` +
+        `the peer of ${name} is in ${away.found}, which xdpctld cannot enter without ` +
         `CAP_SYS_ADMIN to check it; grant CAP_SYS_ADMIN, or use generic mode for ${name}'s senders`,
     };
   }
@@ -1271,7 +1299,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       veth: true,
       ok: true,
       peer: peer.ifname,
-      netns,
+      ...at,
       napi: 'gro',
       peerIfindex: peer.ifindex,
       detail: `${where} has GRO on`,
@@ -1283,7 +1311,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       ok: false,
       fixable: true,
       peer: peer.ifname,
-      netns,
+      ...at,
       detail:
         `native XDP redirects into ${name} would be dropped: its peer ${where} has neither an XDP program nor ` +
         `GRO (a generic-mode program gives it no NAPI; ethtool -K ${peer.ifname} gro on)`,
@@ -1294,11 +1322,11 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     veth: true,
     ok: true,
     peer: peer.ifname,
-    netns,
+    ...at,
     fixed: true,
     napi: 'gro',
     peerIfindex: peer.ifindex,
-    peerIdentity: { ...identityOfView(peer, netns), ...peerOfOurs(name) },
+    peerIdentity: { ...identityOfView(peer, away?.path), ...peerOfOurs(name) },
     detail: `enabled GRO on ${where}`,
   };
 }
@@ -1306,11 +1334,13 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
 /**
  * Switch GRO off and on again on a veth peer that shows it on and is up: GRO switched on while the peer
  * was down leaves it without NAPI once up (every frame redirected into its veth is dropped, and the
- * kernel announces no NDO_XMIT); switched on while up, it gets NAPI. The setting ends as it was (on).
+ * kernel announces no NDO_XMIT); switched on while up, it gets NAPI. The setting ends as it was (on). The
+ * peer is in `netns` (a name), or in the namespace `nsPath` enters (an unnamed one), or in ours.
  */
-export async function reannounceVethGro(peer: string, netns?: string): Promise<void> {
+export async function reannounceVethGro(peer: string, netns?: string, nsPath?: string): Promise<void> {
+  const path = nsPath ?? (netns ? `/run/netns/${netns}` : undefined);
   const ethtool = (args: string[]) =>
-    netns ? run('nsenter', [`--net=/run/netns/${netns}`, 'ethtool', ...args]) : run('ethtool', args);
+    path ? run('nsenter', [`--net=${path}`, 'ethtool', ...args]) : run('ethtool', args);
   await ethtool(['-K', peer, 'gro', 'off']);
   await ethtool(['-K', peer, 'gro', 'on']);
 }
@@ -1425,29 +1455,32 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   const problems: string[] = [];
   const unrepaired: string[] = [];
   const changed: OffloadChange[] = [];
-  function* ip(args: string[], netns?: string): Generator<Command, IpLink[], string> {
-    return JSON.parse(
-      (yield { cmd: 'ip', args: [...(netns ? ['-n', netns] : []), '-j', ...args] }) || '[]',
-    ) as IpLink[];
+  /** The peer's namespace when not ours: its name (a named one), the file it is entered by, in words. */
+  type Place = { name?: string; path: string; words: string };
+  function* ip(args: string[], ns?: Place): Generator<Command, IpLink[], string> {
+    // `ip -n` takes a name only: an unnamed namespace is entered by its file.
+    const cmd: Command =
+      ns && !ns.name
+        ? { cmd: 'nsenter', args: [`--net=${ns.path}`, 'ip', '-j', ...args] }
+        : { cmd: 'ip', args: [...(ns ? ['-n', ns.name!] : []), '-j', ...args] };
+    return JSON.parse((yield cmd) || '[]') as IpLink[];
   }
-  const ethtool = (netns: string | undefined, argv: string[]): Command =>
-    netns
-      ? { cmd: 'nsenter', args: [`--net=/run/netns/${netns}`, 'ethtool', ...argv] }
-      : { cmd: 'ethtool', args: argv };
+  const ethtool = (ns: Place | undefined, argv: string[]): Command =>
+    ns ? { cmd: 'nsenter', args: [`--net=${ns.path}`, 'ethtool', ...argv] } : { cmd: 'ethtool', args: argv };
   /** Turn features off where they are on and not fixed. */
   function* turnOff(
     l: IpLink,
-    netns: string | undefined,
+    ns: Place | undefined,
     names: string[],
     why: string,
     /** The veth in our namespace `l` is the peer of (for the record: {@link peerOfOurs}). */
     peerOf?: string,
   ): Generator<Command, void, string> {
     const { ifname: dev, ifindex } = l;
-    const where = netns ? `${dev} in netns ${netns}` : dev;
+    const where = ns ? `${dev} in ${ns.words}` : dev;
     let text: string;
     try {
-      text = yield ethtool(netns, ['-k', dev]);
+      text = yield ethtool(ns, ['-k', dev]);
     } catch (e) {
       problems.push(`cannot read the offloads of ${where}: ${(e as Error).message}`);
       return;
@@ -1457,13 +1490,15 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     if (fixed.length) problems.push(`${fixed.join(', ')} cannot be turned off on ${where}: ${why}`);
     if (!on.length) return;
     try {
-      yield ethtool(netns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
+      yield ethtool(ns, ['-K', dev, ...on.flatMap((n) => [SET_NAME[n] ?? n, 'off'])]);
       done.push(`turned ${on.join(', ')} off on ${where}`);
+      // A device in an unnamed namespace is recorded by that namespace's id and its veth (found again through
+      // it, netns.ts followedPeer), without a name to look it up by.
       changed.push({
         ifname: dev,
-        ...(netns ? { netns } : {}),
+        ...(ns?.name ? { netns: ns.name } : {}),
         ifindex,
-        ...identityOf(l, netns),
+        ...identityOf(l, ns?.path),
         ...(peerOf ? peerOfOurs(peerOf) : {}),
         features: on,
       });
@@ -1481,7 +1516,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     yield* turnOff(dev, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
     return { done, problems, changed, unrepaired };
   }
-  let netns: string | undefined;
+  let place: Place | undefined;
   let peer: IpLink | undefined;
   if (dev.link_netnsid === undefined) {
     peer = dev.link ? (yield* ip(['-d', 'link', 'show', 'dev', dev.link]))[0] : undefined;
@@ -1490,26 +1525,32 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
       nsid: number;
       name?: string;
     }[];
-    netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
-    if (netns === undefined) {
+    const netns = ids.find((i) => i.nsid === dev.link_netnsid)?.name;
+    // Unnamed (a container's, `unshare -n`'s): entered by a file found for it (netns-find.ts).
+    const way = netns === undefined ? findNetns(dev.link_netnsid) : undefined;
+    if (netns === undefined && !way) {
       problems.push(
         `the peer of ${name} is in an unnamed network namespace (nsid ${dev.link_netnsid}), where xdpctld cannot ` +
-          `read or change its offloads: if tx-vlan-offload is on there, turn it off (${vlanWhy})` +
+          `read or change its offloads (${unreachableNetns(dev.link_netnsid)}): if tx-vlan-offload is on there, ` +
+          `turn it off (${vlanWhy})` +
           (generic ? `, and TSO/GSO if on (${gsoWhy})` : ''),
       );
       return { done, problems, changed, unrepaired };
     }
+    place = netns
+      ? { name: netns, path: `/run/netns/${netns}`, words: `netns ${netns}` }
+      : { path: way!.path, words: netnsWords(dev.link_netnsid, way!) };
     try {
-      peer = (yield* ip(['-d', 'link', 'show'], netns)).find((l) => l.ifindex === dev.link_index);
+      peer = (yield* ip(['-d', 'link', 'show'], place)).find((l) => l.ifindex === dev.link_index);
     } catch (e) {
-      problems.push(`cannot enter network namespace ${netns} to prepare the peer of ${name}: ${(e as Error).message}`);
+      problems.push(`cannot enter ${place.words} to prepare the peer of ${name}: ${(e as Error).message}`);
       return { done, problems, changed, unrepaired };
     }
   }
   if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
-  yield* turnOff(peer, netns, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy, name);
+  yield* turnOff(peer, place, ['tx-vlan-offload', 'tx-vlan-stag-hw-insert'], vlanWhy, name);
   if (generic) {
-    yield* turnOff(peer, netns, [...GENERIC_GSO_FEATURES], gsoWhy, name);
+    yield* turnOff(peer, place, [...GENERIC_GSO_FEATURES], gsoWhy, name);
   }
   return { done, problems, changed, unrepaired };
 }

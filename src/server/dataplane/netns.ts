@@ -6,15 +6,14 @@
  * peernet2id_alloc), and rtnetlink answers RTM_GETLINK about the devices of another namespace given that
  * id (IFLA_TARGET_NETNSID, Linux >= 4.20; needs CAP_NET_ADMIN over it). RTM_SETLINK does not take it
  * (measured on 6.18: ENODEV), so a change there is made from inside: `nsenter --net=PATH ip link ...`,
- * with the namespace found by its id (RTM_GETNSID with NETNSA_FD: named ones under /run/netns, then every
- * process's /proc/PID/ns/net), which needs CAP_SYS_ADMIN.
+ * with the namespace found by its id (netns-find.ts: its name, a bind mount, a process in it or a process's
+ * open file of it), which needs CAP_SYS_ADMIN.
  *
  * Reads go through netlink (netlink.ts, no process); only a change spawns iproute2.
  */
-import { closeSync, openSync, readdirSync, statSync } from 'node:fs';
-
 import { runGuarded } from './children.js';
-import { NETLINK_ROUTE, nlAttr, nlAttrs, nlDump, nlRequest } from './netlink.js';
+import { NETLINK_ROUTE, nlAttr, nlAttrs, nlDump } from './netlink.js';
+import { findNetns, nsidOfPath } from './netns-find.js';
 import type { EffectiveMode } from './xdp.js';
 
 /** Every command runs as a child that cannot outlive the daemon (children.ts). */
@@ -24,7 +23,6 @@ const run = runGuarded;
 const RTM_GETLINK = 18;
 const RTM_GETNSID = 90;
 const NETNSA_NSID = 1;
-const NETNSA_FD = 3;
 const IFLA_ADDRESS = 1;
 const IFLA_IFNAME = 3;
 const IFLA_XDP = 43;
@@ -140,27 +138,6 @@ export function movedDevice(ifname: string, mac: string): { nsid: number; ifinde
   return undefined;
 }
 
-/** The id this namespace gives the namespace of `nsPath` (undefined: none assigned, or unreadable). */
-function nsidOfPath(nsPath: string): number | undefined {
-  let fd: number;
-  try {
-    fd = openSync(nsPath, 'r');
-  } catch {
-    return undefined;
-  }
-  try {
-    const v = Buffer.alloc(4);
-    v.writeUInt32LE(fd);
-    const body = nlRequest(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), nlAttr(NETNSA_FD, v), `nsid of ${nsPath}`);
-    const id = body && nlAttrs(body, 4).get(NETNSA_NSID)?.readInt32LE(0);
-    return id !== undefined && id >= 0 ? id : undefined;
-  } catch {
-    return undefined;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /** A way into another namespace: its name when it has one (/run/netns/NAME), and a path to enter it. */
 export interface NetnsRef {
   name?: string;
@@ -168,46 +145,13 @@ export interface NetnsRef {
 }
 
 /**
- * The namespace with id `nsid`: a named one (/run/netns/NAME) first, else any process's
- * /proc/PID/ns/net (an unnamed namespace: a container's). Undefined when none is found.
+ * The namespace with id `nsid`: a named one (/run/netns/NAME) first, else a bind mount of it, a process in it
+ * (/proc/PID/ns/net: an unnamed namespace, a container's) or a process's open file of it (netns-find.ts).
+ * Undefined when none is found.
  */
 export function netnsOf(nsid: number): NetnsRef | undefined {
-  // Never this namespace: nothing here is "elsewhere".
-  if (nsid === nsidOfPath('/proc/self/ns/net')) return undefined;
-  let selfIno: number | undefined;
-  try {
-    selfIno = statSync('/proc/self/ns/net').ino;
-  } catch {
-    selfIno = undefined;
-  }
-  let names: string[] = [];
-  try {
-    names = readdirSync('/run/netns');
-  } catch {
-    // no named namespaces
-  }
-  for (const name of names) {
-    try {
-      if (statSync(`/run/netns/${name}`).ino === selfIno) continue;
-    } catch {
-      continue;
-    }
-    if (nsidOfPath(`/run/netns/${name}`) === nsid) return { name, path: `/run/netns/${name}` };
-  }
-  const seen = new Set<number>(selfIno === undefined ? [] : [selfIno]);
-  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    const path = `/proc/${pid}/ns/net`;
-    let ino: number;
-    try {
-      ino = statSync(path).ino;
-    } catch {
-      continue;
-    }
-    if (seen.has(ino)) continue;
-    seen.add(ino);
-    if (nsidOfPath(path) === nsid) return { path };
-  }
-  return undefined;
+  const way = findNetns(nsid);
+  return way && (way.name ? { name: way.name, path: way.path } : { path: way.path });
 }
 
 /** How a person would detach a program from a device in another namespace (for messages). */

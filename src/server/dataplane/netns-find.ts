@@ -1,0 +1,201 @@
+/**
+ * A way into another network namespace known only by the id the daemon's namespace gives it (an nsid: what a
+ * veth says of its peer's namespace, IFLA_LINK_NETNSID). Changing a device there (ethtool, ip link set) is
+ * done from inside it (`nsenter --net=PATH`), which takes a file that is that namespace. Looked for, in this
+ * order, by asking the kernel which nsid each candidate has (RTM_GETNSID with NETNSA_FD):
+ *  1. a name: /run/netns/NAME (`ip netns add`);
+ *  2. a bind mount of it elsewhere (/proc/self/mountinfo, file system nsfs: a container runtime's
+ *     /run/docker/netns/ID, or a name whose /run/netns entry was deleted while another mount of it stays);
+ *  3. a process in it: /proc/PID/ns/net (a container's, or `unshare -n`'s);
+ *  4. an open namespace file of a process: /proc/PID/fd/N that is `net:[INODE]` (a process keeping it with
+ *     an open file, not being in it).
+ * A namespace that none of these reaches is kept alive only by sockets created in it or by the devices of
+ * its processes gone: there is no file to enter it by (a socket's namespace, SIOCGSKNS, is given only to
+ * the socket's owner), and {@link unreachableNetns} says so in those words.
+ *
+ * The last two read /proc: one stat per process, and one readlink per open file for (4), which runs only
+ * when (1)-(3) found nothing. What was found is kept and checked again (one RTM_GETNSID) at each use; a
+ * namespace found nowhere is looked for again at most every {@link NOT_FOUND_RETRY_MS}.
+ */
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+
+import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+
+// <linux/rtnetlink.h>, <linux/net_namespace.h>
+const RTM_GETNSID = 90;
+const NETNSA_NSID = 1;
+const NETNSA_FD = 3;
+
+/** A namespace found nowhere is looked for again after this long (ms); found ones are checked at each use. */
+export const NOT_FOUND_RETRY_MS = 5000;
+
+/** A file to enter a namespace by, and how it was found (for messages). */
+export interface NetnsWay {
+  /** Its name in /run/netns, when it has one. */
+  name?: string;
+  /** What `nsenter --net=` takes. */
+  path: string;
+  /** How it was found: "its name", "a bind mount at PATH", "process PID (COMM)", "an open file of process PID (COMM)". */
+  via: string;
+}
+
+/** The nsid this namespace gives the namespace of `nsPath` (undefined: none assigned, or unreadable). */
+export function nsidOfPath(nsPath: string): number | undefined {
+  let fd: number;
+  try {
+    fd = openSync(nsPath, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const v = Buffer.alloc(4);
+    v.writeUInt32LE(fd);
+    const body = nlRequest(NETLINK_ROUTE, RTM_GETNSID, Buffer.alloc(4), nlAttr(NETNSA_FD, v), `nsid of ${nsPath}`);
+    const id = body && nlAttrs(body, 4).get(NETNSA_NSID)?.readInt32LE(0);
+    return id !== undefined && id >= 0 ? id : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const found = new Map<number, NetnsWay>();
+const notFound = new Map<number, number>();
+
+/** The name of process `pid` (/proc/PID/comm), for messages; '?' when it cannot be read. */
+function comm(pid: string): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '?';
+  }
+}
+
+/**
+ * A file to enter the namespace with id `nsid` by (see the module's comment for where it is looked for), or
+ * undefined when there is none (or `nsid` is this daemon's own namespace: nothing to enter).
+ */
+export function findNetns(nsid: number): NetnsWay | undefined {
+  const known = found.get(nsid);
+  if (known && nsidOfPath(known.path) === nsid) return known;
+  found.delete(nsid);
+  const missed = notFound.get(nsid);
+  if (missed !== undefined && Date.now() - missed < NOT_FOUND_RETRY_MS) return undefined;
+  const way = search(nsid);
+  if (found.size >= 1024) found.clear();
+  if (notFound.size >= 1024) notFound.clear();
+  if (way) {
+    found.set(nsid, way);
+    notFound.delete(nsid);
+  } else notFound.set(nsid, Date.now());
+  return way;
+}
+
+/** Forget what {@link findNetns} found or did not (tests; a caller that knows the host changed). */
+export function forgetNetns(): void {
+  found.clear();
+  notFound.clear();
+}
+
+function search(nsid: number): NetnsWay | undefined {
+  if (nsid === nsidOfPath('/proc/self/ns/net')) return undefined;
+  let selfIno: number | undefined;
+  try {
+    selfIno = statSync('/proc/self/ns/net').ino;
+  } catch {
+    selfIno = undefined;
+  }
+  /** nsfs inodes already asked about (each namespace is asked once, by the first file found for it). */
+  const seen = new Set<number>(selfIno === undefined ? [] : [selfIno]);
+  const ask = (path: string, ino?: number): boolean => {
+    let i = ino;
+    if (i === undefined) {
+      try {
+        i = statSync(path).ino;
+      } catch {
+        return false;
+      }
+    }
+    if (seen.has(i)) return false;
+    seen.add(i);
+    return nsidOfPath(path) === nsid;
+  };
+  // 1. Names.
+  let names: string[] = [];
+  try {
+    names = readdirSync('/run/netns');
+  } catch {
+    // no named namespaces
+  }
+  for (const name of names) {
+    if (ask(`/run/netns/${name}`)) return { name, path: `/run/netns/${name}`, via: 'its name' };
+  }
+  // 2. Bind mounts of nsfs elsewhere (mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE ...").
+  let mounts = '';
+  try {
+    mounts = readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    // no mountinfo: not looked at
+  }
+  for (const line of mounts.split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0 || !line.slice(sep + 3).startsWith('nsfs ')) continue;
+    const f = line.slice(0, sep).split(' ');
+    if (!f[3]?.startsWith('net:[')) continue;
+    // Octal escapes (\040 for a space) as the kernel writes them.
+    const at = (f[4] ?? '').replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (at && ask(at)) return { path: at, via: `a bind mount at ${at}` };
+  }
+  // 3. Processes in it.
+  let pids: string[] = [];
+  try {
+    pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p));
+  } catch {
+    return undefined;
+  }
+  for (const pid of pids) {
+    const path = `/proc/${pid}/ns/net`;
+    if (ask(path)) return { path, via: `process ${pid} (${comm(pid)})` };
+  }
+  // 4. Open namespace files.
+  for (const pid of pids) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let target: string;
+      try {
+        target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      const m = /^net:\[(\d+)\]$/.exec(target);
+      if (!m) continue;
+      const path = `/proc/${pid}/fd/${fd}`;
+      if (ask(path, Number(m[1]))) return { path, via: `an open file of process ${pid} (${comm(pid)})` };
+    }
+  }
+  return undefined;
+}
+
+/** Why the namespace with id `nsid` cannot be entered ({@link findNetns} found no file of it), in words. */
+export function unreachableNetns(nsid: number): string {
+  return (
+    `the network namespace with nsid ${nsid} has no name in /run/netns, no bind mount, no process in it and ` +
+    'no open namespace file of any process (only its devices or sockets made in it keep it): xdpctld has no ' +
+    'file to enter it by'
+  );
+}
+
+/**
+ * A namespace found by {@link findNetns}, in words: "netns NAME", or "the unnamed network namespace with nsid N
+ * (entered through PATH: how it was found)" (`how`: "found as" where it could not be entered).
+ */
+export function netnsWords(nsid: number, way: NetnsWay, how = 'entered through'): string {
+  if (way.name) return `netns ${way.name}`;
+  return `the unnamed network namespace with nsid ${nsid} (${how} ${way.path}: ${way.via})`;
+}
