@@ -9,7 +9,10 @@ import { describe, it } from 'node:test';
 
 import { framesFitCondition, ruleConditions } from '../../src/server/core/conditions.js';
 import type { PeerMtu } from '../../src/server/core/dataplane.js';
+import type { Dataplane } from '../../src/server/core/dataplane.js';
 import { stepEgress } from '../../src/server/core/egress-watch.js';
+import { peerMtu } from '../../src/server/core/facts.js';
+import { smallPeerMtu } from '../../src/server/core/resync.js';
 import { egressMtu, mtuRuleStatus, mtuWarnings } from '../../src/server/core/rule-status.js';
 
 const mtus: Record<string, number> = { in0: 1500, out0: 1500, out1: 1500 };
@@ -69,6 +72,32 @@ describe('veth peer MTU in the egress check', () => {
     assert.match(
       w.why!,
       /either it cannot receive native XDP redirects \(a veth whose peer has no NAPI\) or the frames were larger than the MTU of its veth peer eth0 \(1000\) lets through/,
+    );
+  });
+
+  it('a peer whose MTU the dataplane cannot give: unknown, never taken for full size', () => {
+    // A dataplane that names the peer but not its MTU (no vethPeerMtu; linkState has no answer for the peer).
+    const dp = { vethPeer: () => 'p0', linkState: () => undefined } as unknown as Dataplane;
+    const p = peerMtu(dp, 'out0');
+    assert.deepEqual(p, { unreadable: "the MTU of out0's veth peer p0 cannot be read" });
+    const f = framesFitCondition(mtuWarnings(['in0'], [backend('10.0.0.2', 'out0')], mtu, () => p));
+    assert.deepEqual([f.status, f.reason], ['Unknown', 'PeerMTUUnverified']);
+  });
+
+  it('an egress watch on a peer whose MTU cannot be read names that unknown MTU as a possible cause', () => {
+    const dp = { vethPeerMtu: () => ({ unreadable: 'EPERM' }), linkState: () => ({ mtu: 1500 }) };
+    const ctx = { dp: dp as unknown as Dataplane, state: { rules: new Map() } } as unknown as Parameters<
+      typeof smallPeerMtu
+    >[0];
+    const text = smallPeerMtu(ctx, 'out0');
+    assert.equal(text, 'the MTU of its veth peer (peer MTU unknown: EPERM)');
+    const read = (p: bigint, e: bigint) => new Map([[1, { packets: p, redirectErrors: e }]]);
+    let w = stepEgress(undefined, 'k', [1], read(0n, 0n), 0, 'out0');
+    w = stepEgress(w, 'k', [1], read(0n, 6n), 1, 'out0', true, undefined, text);
+    assert.equal(w.verdict, 'failing');
+    assert.match(
+      w.why!,
+      /either it cannot receive native XDP redirects \(a veth whose peer has no NAPI\) or the frames were larger than the MTU of its veth peer \(peer MTU unknown: EPERM\) lets through/,
     );
   });
 });

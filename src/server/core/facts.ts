@@ -180,12 +180,16 @@ export async function fetchRuleFacts(
   return facts;
 }
 
-/** The veth peer of `iface` with its MTU wherever it lives, or why that cannot be read; undefined: not a veth. */
+/**
+ * The veth peer of `iface` with its MTU wherever it lives, or why that cannot be read (a peer whose MTU is not
+ * known is never taken for one that carries full-size frames: FramesFit Unknown); undefined: not a veth.
+ */
 export function peerMtu(dp: Dataplane, iface: string): PeerMtu | undefined {
   if (dp.vethPeerMtu) return dp.vethPeerMtu(iface);
   const name = dp.vethPeer?.(iface);
-  const mtu = name === undefined ? undefined : dp.linkState?.(name)?.mtu;
-  return name === undefined || mtu === undefined ? undefined : { name, mtu };
+  if (name === undefined) return undefined;
+  const mtu = dp.linkState?.(name)?.mtu;
+  return mtu === undefined ? { unreadable: `the MTU of ${iface}'s veth peer ${name} cannot be read` } : { name, mtu };
 }
 
 /**

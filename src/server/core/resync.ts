@@ -1289,12 +1289,15 @@ function judgeUnverifiedEgresses(
 
 /**
  * The veth peer of a backend egress when its MTU is below the largest MTU of the ingress interfaces of the
- * rules that use that egress ("the MTU of its veth peer P in netns N (1000, ingress X 1500)"): frames the
- * peer drops for their size look like a peer without NAPI in the counters. Empty otherwise.
+ * rules that use that egress ("the MTU of its veth peer P in netns N (1000, ingress X 1500)"), or when its MTU
+ * cannot be read ("the MTU of its veth peer (peer MTU unknown: why)"): frames the peer drops for their size
+ * look like a peer without NAPI in the counters, so a peer MTU that is not known to be large enough is named
+ * as a possible cause. Empty otherwise.
  */
-function smallPeerMtu(ctx: ExecContext, iface: string): string {
+export function smallPeerMtu(ctx: Pick<ExecContext, 'dp' | 'state'>, iface: string): string {
   const p = peerMtu(ctx.dp, iface);
-  if (!p || 'unreadable' in p) return '';
+  if (!p) return '';
+  if ('unreadable' in p) return `the MTU of its veth peer (peer MTU unknown: ${p.unreadable})`;
   let largest = 0;
   let from = '';
   for (const rule of ctx.state.rules.values()) {

@@ -322,11 +322,21 @@ const IFLA_TARGET_NETNSID = 46;
 export function vethPeerLink(
   name: string,
 ): { name: string; ifindex: number; mtu: number; netns?: string; nsid?: number } | { unreadable: string } | undefined {
-  let id: LinkIdentity | undefined;
+  let ifindex: number;
   try {
-    id = linkIdentity(ifindexOf(name));
+    ifindex = ifindexOf(name);
   } catch {
     return undefined; // no such interface: reported as missing elsewhere
+  }
+  let id: LinkIdentity | undefined;
+  try {
+    id = linkIdentity(ifindex);
+  } catch (e) {
+    // The device is there, but the kernel did not say what it is: its peer's MTU is not known (never taken for
+    // one that carries full-size frames).
+    return {
+      unreadable: `the kernel did not say whether ${name} is a veth and where its peer is: ${(e as Error).message}`,
+    };
   }
   if (id?.kind !== 'veth') return undefined;
   if (!id.link) return { unreadable: `the kernel does not name the veth peer of ${name}` };
