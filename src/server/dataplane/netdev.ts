@@ -541,25 +541,22 @@ export interface NeighbourEntry {
 }
 
 /**
- * The neighbour (ARP/NDP) entry for `ip` on an interface: its MAC (undefined
+ * The neighbour (ARP) entry for `ip` on an interface: its MAC (undefined
  * when the host has not resolved it, or it failed), states and the age of its
- * last confirmation (`ip -s neigh`). Throws KernelError ENODEV (kind not-found) when there is no such
- * interface (any more).
+ * last confirmation, from the same RTM_GETNEIGH dump as {@link neighbourTable}: NOARP entries included, which
+ * `ip neigh show` (what this ran before) hides, so an entry the kernel never asks is seen as one, not taken for
+ * no entry. Throws KernelError ENODEV (kind not-found) when there is no such interface (any more).
  */
 export async function neighbourEntry(ip: string, dev: string): Promise<NeighbourEntry> {
-  let entries: { lladdr?: string; state?: string[]; confirmed?: number }[];
+  let ifindex: number;
   try {
-    entries = (await ipJson(['-s', 'neigh', 'show', 'to', ip, 'dev', dev])) as typeof entries;
-  } catch (e) {
+    ifindex = ifindexOf(dev);
+  } catch {
     // The device went away (deleted, renamed) since the caller found it: ENODEV, as an ioctl on it would say.
-    if (/Cannot find device/.test(String((e as { stderr?: unknown }).stderr ?? ''))) {
-      throw new KernelError(`read the neighbour entry of ${ip} on ${dev}`, 19, [], 'no such interface');
-    }
-    throw e;
+    throw new KernelError(`read the neighbour entry of ${ip} on ${dev}`, 19, [], 'no such interface');
   }
-  const e = entries.find((n) => n.lladdr && !(n.state ?? []).includes('FAILED')) ?? entries[0];
-  const states = e?.state ?? [];
-  return { mac: states.includes('FAILED') ? undefined : e?.lladdr, states, confirmed: e?.confirmed };
+  const found = readNeighbours((at, i) => (at === ip && i === ifindex ? 'it' : undefined)).get('it');
+  return found ?? { mac: undefined, states: [] };
 }
 
 /** The MAC of a neighbour reachable through an interface, or undefined when the host has not resolved it. */
