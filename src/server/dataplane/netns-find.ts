@@ -26,8 +26,13 @@ const RTM_GETNSID = 90;
 const NETNSA_NSID = 1;
 const NETNSA_FD = 3;
 
-/** A namespace found nowhere is looked for again after this long (ms); found ones are checked at each use. */
-export const NOT_FOUND_RETRY_MS = 5000;
+/**
+ * A namespace found nowhere is looked for again after this long (ms); found ones are checked at each use. The
+ * search reads every process's open files (one readlink each, on the event loop): a host with many processes
+ * pays that once per this period per such namespace, not at every pass. A process that enters the namespace
+ * later is found within it (meanwhile such a peer is judged by its redirect counters).
+ */
+export const NOT_FOUND_RETRY_MS = 30_000;
 
 /** A file to enter a namespace by, and how it was found (for messages). */
 export interface NetnsWay {
