@@ -1321,7 +1321,8 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
       ...at,
       detail:
         `native XDP redirects into ${name} would be dropped: its peer ${where} has neither an XDP program nor ` +
-        `GRO (a generic-mode program gives it no NAPI; ethtool -K ${peer.ifname} gro on)`,
+        `GRO (a generic-mode program gives it no NAPI; ${at.nsPath ? `nsenter --net=${at.nsPath} ` : ''}ethtool -K ` +
+        `${peer.ifname} gro on)`,
     };
   }
   await ethtool(['-K', peer.ifname, 'gro', 'on']);
