@@ -74,6 +74,8 @@ import {
   type InstanceLock,
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
+import { GenerationPin, removeGenerationPin } from './dataplane/store-generation.js';
+import { checkStoreBehind } from './store-behind.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials, type AccessMiddleware } from './services/access.js';
@@ -326,6 +328,8 @@ export class Daemon {
     let stored: StoredState | undefined;
     /** Why the pinned entries are cleared (--reset-datapath over state this daemon does not have). */
     let resetWhy: string | undefined;
+    /** The pins' store generation when --reset-datapath takes a store behind them as the truth. */
+    let behindPins: number | undefined;
     try {
       // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
       await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
@@ -350,6 +354,12 @@ export class Daemon {
         // all and drop the rest from a datapath that forwards them: refused, before the kernel is touched.
         checkStoreFits(store.path, stored, { ...DEFAULT_CAPACITY, ...opts.capacity });
         resetWhy = checkStoreOwner(opts, pinned, store, stored);
+        // A store of this pin root that is older than what the pins were last written from: refused too.
+        if (!resetWhy) {
+          const behind = checkStoreBehind(opts, pinned, store, stored, log);
+          resetWhy = behind?.reset;
+          behindPins = behind?.pinGeneration;
+        }
       }
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
@@ -371,6 +381,11 @@ export class Daemon {
     const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
     try {
       if (resetWhy) resetDatapath(opts, dp, log, resetWhy);
+      // Taken as the truth over pins of a later generation: this store continues above them (the store they
+      // were written from is behind them from now on, and refused in turn).
+      if (store && behindPins !== undefined && !store.setGeneration(behindPins + 1)) {
+        log.warn({ path: store.path }, 'the state store cannot record its generation (it cannot persist)');
+      }
       if (opts.stateDir && !store) {
         store = StateStore.open(opts.stateDir);
         stored = store.load();
@@ -484,6 +499,9 @@ export class Daemon {
     daemon.unregisterMetrics = unregisterMetrics;
     daemon.lock = lock;
     daemon.kernel = dp;
+    // Each commit of the store writes its generation into the pins (a later start compares the two).
+    daemon.generationPin = new GenerationPin(opts.pinRoot);
+    if (store) daemon.watchGeneration(store);
     daemon.tlsProvider = tlsSet ? tlsSet.provider : undefined;
     daemon.policy = policy;
 
@@ -570,7 +588,18 @@ export class Daemon {
       // Pinned maps of another capacity or layout: the new maps now hold the
       // rules and links; switch every interface to the new program.
       if (datapath.migrating) datapath.finishMigration();
+      // The pins say which store generation they hold (a start that committed nothing writes it here); a
+      // datapath run with --no-state is described by no store: its generation goes.
+      if (store) daemon.writeGeneration(store.generation);
+      else {
+        try {
+          removeGenerationPin(opts.pinRoot);
+        } catch (err) {
+          log.warn({ err, pinRoot: opts.pinRoot }, 'the pinned store generation could not be removed');
+        }
+      }
     } catch (e) {
+      daemon.generationPin?.close();
       daemon.config?.close();
       await Promise.all(daemon.servers.map((x) => x.shutdown()));
       await Promise.all(daemon.http.map((x) => x.close()));
@@ -914,6 +943,9 @@ export class Daemon {
       const old = await this.controller.replaceStore((state) => {
         fresh = StateStore.open(dir);
         if (fresh.problem) throw fresh.problem;
+        // Its changes count on from the store it replaces, and each is written into the pins.
+        fresh.continueFrom(this.store?.generation ?? 0);
+        this.watchGeneration(fresh);
         fresh.replaceAll(state);
         return fresh;
       });
@@ -1028,6 +1060,11 @@ export class Daemon {
     } catch (e) {
       r = { repinned: [], failed: [(e as Error).message] };
     }
+    try {
+      if (this.generationPin?.repair()) r.repinned.push(this.generationPin.path);
+    } catch (e) {
+      r.failed.push(`${this.generationPin?.path}: ${(e as Error).message}`);
+    }
     if (r.repinned.length) {
       this.log.warn(
         { repinned: r.repinned },
@@ -1039,6 +1076,37 @@ export class Daemon {
 
   /** Interfaces the desired state names that do not exist now. */
   missingInterfaces: string[] = [];
+
+  /** The state store's generation as the pins hold it (dataplane/store-generation.ts). */
+  generationPin?: GenerationPin;
+  /** Why the last write of the generation into the pins failed ('' once one works). */
+  private generationProblem = '';
+
+  /** Write each generation `store` commits into the pins. */
+  watchGeneration(store: StateStore): void {
+    store.onCommitted = (g) => this.writeGeneration(g);
+  }
+
+  /** Write `generation` into the pins; a failure is logged once (a later start cannot compare then). */
+  writeGeneration(generation: number): void {
+    const pin = this.generationPin;
+    if (!pin) return;
+    try {
+      pin.write(generation);
+      if (this.generationProblem) this.log.info({ path: pin.path }, `store generation written into ${pin.path} again`);
+      this.generationProblem = '';
+    } catch (err) {
+      const problem = (err as Error).message;
+      if (problem !== this.generationProblem) {
+        this.log.error(
+          { err, path: pin.path, generation },
+          `the state store's generation ${generation} could not be written into ${pin.path}: ${problem}. A later ` +
+            'start cannot tell whether a state store is older than this datapath',
+        );
+      }
+      this.generationProblem = problem;
+    }
+  }
 
   get serving(): boolean {
     return this.ready.value;
@@ -1096,6 +1164,7 @@ export class Daemon {
         else this.log.info(done, 'cleanup: host restored');
       }
       this.datapath.close();
+      this.generationPin?.close();
       this.store?.close();
       if (this.opts.cleanupOnExit) {
         // Ours only: a pin root that is a bpffs mount's root keeps the kernel's own entries and the mount

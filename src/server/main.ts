@@ -125,8 +125,9 @@ const program = new Command('xdpctld')
   )
   .option(
     '--reset-datapath',
-    'when the state store is missing, belongs to another pin root, or --no-state is given, but the pinned datapath ' +
-      'still holds rules or links, clear them and detach the program instead of refusing to start (never when a live ' +
+    'when the state store is missing, belongs to another pin root, is older than the pinned datapath (its generation ' +
+      "behind the pins'), or --no-state is given, but the pinned datapath still holds rules or links, take the store " +
+      'as the truth (clear what it lacks) and detach the program instead of refusing to start (never when a live ' +
       'xdpctld uses those maps or program, under whatever path: that start is refused, naming it)',
     false,
   )

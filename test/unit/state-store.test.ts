@@ -266,4 +266,53 @@ describe('state store (SQLite)', () => {
     assert.equal(s.refusal(), undefined);
     s.close();
   });
+
+  it("counts its commits (meta generation, in the change's own transaction), on the event loop and the worker thread", async () => {
+    const dir = tmp();
+    let s = StateStore.open(dir);
+    const told: number[] = [];
+    s.onCommitted = (g) => told.push(g);
+    assert.equal(s.generation, 0, 'a new store records none');
+    let t = s.begin();
+    t.putRule(stored('a'));
+    t.commit();
+    t = s.begin();
+    t.putRule(stored('b'));
+    t.rollback(); // not a commit: not counted
+    const names = Array.from({ length: WORKER_ROWS }, (_, i) => `w${i}`);
+    t = s.begin(names.length);
+    for (const n of names) t.putRule(stored(n));
+    await t.commit();
+    // A refused change (another connection holds the write lock) is not counted either.
+    const other = new Database(s.path);
+    other.exec('BEGIN IMMEDIATE');
+    t = s.begin(names.length);
+    for (const n of names) t.putRule(stored(n, 2));
+    await assert.rejects(Promise.resolve(t.commit()));
+    assert.throws(() => s.begin());
+    other.exec('ROLLBACK');
+    other.close();
+    s.replaceAll({ version: 1, rules: [stored('a')], links: [] });
+    assert.deepEqual(told, [1, 2, 3]);
+    assert.equal(s.generation, 3);
+    const meta = () => {
+      const db = new Database(s.path, { readonly: true });
+      try {
+        return (db.prepare("SELECT value FROM meta WHERE key = 'generation'").get() as { value: string }).value;
+      } finally {
+        db.close();
+      }
+    };
+    assert.equal(meta(), '3', 'on disk, read by SQLite itself');
+    s.close();
+    s = StateStore.open(dir);
+    assert.equal(s.generation, 3, 'read back at open');
+    assert.ok(s.setGeneration(10));
+    t = s.begin();
+    t.deleteRule('a');
+    t.commit();
+    assert.equal(s.generation, 11);
+    assert.equal(meta(), '11');
+    s.close();
+  });
 });

@@ -151,9 +151,14 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     ctx.log.error(
       { slot, matchEntries: entries },
       `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
-        `${entries.join('; ')}. Either a change was not saved before the daemon stopped (it was never ` +
-        'acknowledged), or this state store is older than the datapath (a previous --state-dir, a restored ' +
-        'copy): then put that rule back, or restart on the store this datapath was written from',
+        `${entries.join('; ')}. ` +
+        (stored.pinsLevel
+          ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
+            'stopped before committing (it was never acknowledged)'
+          : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
+            'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
+            'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
+            'was written from'),
     );
   }
   for (const slot of orphans) {
@@ -364,7 +369,7 @@ function markFailed(ctx: ExecContext, name: string, reason: string): void {
 }
 
 /** A pinned match entry as an operator reads it: "udp port 7999 on veth1 (ifindex 12), any destination". */
-function describeMatch(k: MatchKey, ifname: string | undefined): string {
+export function describeMatch(k: MatchKey, ifname: string | undefined): string {
   const proto = k.proto === 17 ? 'udp' : k.proto === 6 ? 'tcp' : `protocol ${k.proto}`;
   const any = k.daddr.every((b) => b === 0);
   const dst = any

@@ -62,6 +62,12 @@ export interface StoredState {
   version: number;
   rules: StoredRule[];
   links: LinkSpec[];
+  /**
+   * Set at start when the pinned datapath records the store generation it was written from and this store is
+   * at it or past it: what the pins hold that the store lacks is then a change never committed (a stop
+   * between its kernel writes and its commit), not a later store's.
+   */
+  pinsLevel?: boolean;
 }
 
 /**
@@ -340,6 +346,14 @@ export class StateStore implements StatePort {
   private goneSince?: number;
   /** Why no fresh store could be written in its place (the daemon's last attempt), if one failed. */
   private renewFailure?: Error;
+  /**
+   * How many changes this store has committed (meta `generation`, written in each change's own transaction;
+   * 0 for a store that records none). The daemon writes it into the pinned datapath after each commit
+   * ({@link onCommitted}): a start compares the two, and refuses a store behind the pins.
+   */
+  generation = 0;
+  /** Told the generation of each change once committed (the daemon writes it into the pins). */
+  onCommitted?: (generation: number) => void;
 
   private constructor(readonly dir: string) {
     this.path = stateDbPath(dir);
@@ -377,7 +391,43 @@ export class StateStore implements StatePort {
     }
     s.stmts = s.prepare();
     if (fresh) s.importJson();
+    s.generation = s.storedGeneration();
     return s;
+  }
+
+  /** The generation meta value as stored (0 when absent or not a number). */
+  private storedGeneration(): number {
+    const g = Number(this.meta('generation') ?? 0);
+    return Number.isSafeInteger(g) && g > 0 ? g : 0;
+  }
+
+  /**
+   * Set the generation (a start that takes this store as the truth over pins of a later generation,
+   * --reset-datapath: it continues above them, so that the store the pins were written from is behind
+   * them now). False when the store cannot persist.
+   */
+  setGeneration(generation: number): boolean {
+    if (!this.setMeta('generation', String(generation))) return false;
+    this.generation = generation;
+    return true;
+  }
+
+  /**
+   * Continue the count of a store this one replaces (a fresh store written after the file was removed
+   * under the running daemon): its changes count on from there.
+   */
+  continueFrom(generation: number): void {
+    if (generation > this.generation) this.generation = generation;
+  }
+
+  /** A change committed as generation `g`: counted and told ({@link onCommitted}). */
+  private committed(g: number): void {
+    if (g > this.generation) this.generation = g;
+    try {
+      this.onCommitted?.(g);
+    } catch {
+      /* the change is committed: what the hook could not write, it reports itself */
+    }
   }
 
   /** The database as it is on disk, read into memory (no -shm or -wal needs creating). */
@@ -413,6 +463,7 @@ export class StateStore implements StatePort {
     this.refusingSince = Date.now();
     this.identity = fileIdentity(this.path);
     this.stmts = this.prepare();
+    this.generation = this.storedGeneration();
   }
 
   private migrate(): void {
@@ -452,7 +503,7 @@ export class StateStore implements StatePort {
       putLink: this.db.prepare(SQL.putLink),
       deleteLink: this.db.prepare(SQL.deleteLink),
       meta: this.db.prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?'),
-      putMeta: this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)'),
+      putMeta: this.db.prepare(SQL.putMeta),
     };
   }
 
@@ -684,10 +735,17 @@ export class StateStore implements StatePort {
     if (rows >= WORKER_ROWS) return this.beginOnWorker();
     const db = this.db;
     const path = this.path;
+    const generation = this.generation + 1;
     try {
       db.exec('BEGIN IMMEDIATE');
     } catch (e) {
       throw this.noteFailure(this.withLockHolder(e, storeError(e, path, 'begin a change')));
+    }
+    try {
+      this.stmts.putMeta.run('generation', String(generation)); // the change's number, in its own transaction
+    } catch (e) {
+      if (db.inTransaction) db.exec('ROLLBACK');
+      throw this.noteFailure(storeError(e, path, 'begin a change'));
     }
     let open = true;
     const guard =
@@ -714,7 +772,7 @@ export class StateStore implements StatePort {
           this.writeFailure = undefined;
           if (!this.problem) this.refusingSince = undefined;
         } catch (e) {
-          // SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR); make sure.
+          open = false;
           if (db.inTransaction) {
             try {
               db.exec('ROLLBACK');
@@ -722,9 +780,9 @@ export class StateStore implements StatePort {
               /* the connection reports the first error */
             }
           }
-          open = false;
           throw this.noteFailure(storeError(e, path, 'commit'));
         }
+        this.committed(generation);
       },
       rollback: () => {
         if (!open) return;
@@ -793,9 +851,10 @@ export class StateStore implements StatePort {
     const t = this.thread();
     const w = t.w;
     const path = this.path;
+    const generation = this.generation + 1;
     this.workerTxn = true;
     w.ref(); // while a change is open there, its answer keeps the process alive
-    w.postMessage({ op: 'begin', path });
+    w.postMessage({ op: 'begin', path, generation });
     let rows: WorkerRow[] = [];
     const flush = () => {
       if (rows.length === 0) return;
@@ -839,6 +898,7 @@ export class StateStore implements StatePort {
         }
         this.writeFailure = undefined;
         if (!this.problem) this.refusingSince = undefined;
+        this.committed(generation);
       },
       rollback: async () => {
         if (!open) return;
@@ -869,6 +929,7 @@ const SQL = {
   deleteRule: 'DELETE FROM rules WHERE name = ?',
   putLink: 'INSERT OR REPLACE INTO links (key, a, b, direction) VALUES (?, ?, ?, ?)',
   deleteLink: 'DELETE FROM links WHERE key = ?',
+  putMeta: 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
 };
 
 /** A rule's row: the values of SQL.putRule. */
@@ -911,6 +972,7 @@ parentPort.on('message', (m) => {
       db.pragma('synchronous = FULL');
       st = { r: db.prepare(SQL.putRule), d: db.prepare(SQL.deleteRule), l: db.prepare(SQL.putLink), x: db.prepare(SQL.deleteLink) };
       db.exec('BEGIN IMMEDIATE');
+      db.prepare(SQL.putMeta).run('generation', String(m.generation));
     } catch (e) {
       err = fail(e, 'begin a change');
     }

@@ -129,6 +129,9 @@ export const lib = {
   bpf_map_lookup_batch: bpf.func(
     'int bpf_map_lookup_batch(int fd, void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
   ) as Fn,
+  bpf_map_create: bpf.func(
+    'int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',
+  ) as Fn,
   // objects by fd / id / pin
   bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *path)') as Fn,
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *path)') as Fn,
