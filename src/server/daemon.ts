@@ -74,7 +74,7 @@ import {
   type InstanceLock,
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
-import { GenerationPin, removeGenerationPin } from './dataplane/store-generation.js';
+import { GenerationPin, readPinnedGeneration, removeGenerationPin } from './dataplane/store-generation.js';
 import { checkStoreBehind } from './store-behind.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
@@ -328,8 +328,8 @@ export class Daemon {
     let stored: StoredState | undefined;
     /** Why the pinned entries are cleared (--reset-datapath over state this daemon does not have). */
     let resetWhy: string | undefined;
-    /** The pins' store generation when --reset-datapath takes a store behind them as the truth. */
-    let behindPins: number | undefined;
+    /** The store generation the pins record, read before anything is changed (undefined: none). */
+    let pinGeneration: number | undefined;
     try {
       // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
       await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
@@ -355,12 +355,10 @@ export class Daemon {
         checkStoreFits(store.path, stored, { ...DEFAULT_CAPACITY, ...opts.capacity });
         resetWhy = checkStoreOwner(opts, pinned, store, stored);
         // A store of this pin root that is older than what the pins were last written from: refused too.
-        if (!resetWhy) {
-          const behind = checkStoreBehind(opts, pinned, store, stored, log);
-          resetWhy = behind?.reset;
-          behindPins = behind?.pinGeneration;
-        }
+        if (!resetWhy) resetWhy = checkStoreBehind(opts, pinned, store, stored, log)?.reset;
       }
+      const pins = readPinnedGeneration(opts.pinRoot);
+      if (pins.kind === 'generation') pinGeneration = pins.generation;
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
         pinRoot: opts.pinRoot,
@@ -381,14 +379,16 @@ export class Daemon {
     const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
     try {
       if (resetWhy) resetDatapath(opts, dp, log, resetWhy);
-      // Taken as the truth over pins of a later generation: this store continues above them (the store they
-      // were written from is behind them from now on, and refused in turn).
-      if (store && behindPins !== undefined && !store.setGeneration(behindPins + 1)) {
-        log.warn({ path: store.path }, 'the state store cannot record its generation (it cannot persist)');
-      }
       if (opts.stateDir && !store) {
         store = StateStore.open(opts.stateDir);
         stored = store.load();
+      }
+      // A store taken as the truth over pins of a later generation (--reset-datapath, or a store and pins that
+      // both held nothing) continues above them: the store they were written from is behind from now on.
+      if (store && pinGeneration !== undefined && pinGeneration > store.generation) {
+        if (!store.setGeneration(pinGeneration + 1)) {
+          log.warn({ path: store.path }, 'the state store cannot record its generation (it cannot persist)');
+        }
       }
       if (store) {
         const pinRoot = resolve(opts.pinRoot);

@@ -75,7 +75,7 @@ export function storeVersusPins(
 
 /**
  * Refuse a start whose state store is behind the pinned datapath (throws), unless --reset-datapath: then
- * returns what {@link resetDatapath} logs and the pins' generation (the store continues above it). A store
+ * returns what resetDatapath logs (the daemon then has the store continue above the pins' generation). A store
  * level with or ahead of the pins (ahead: a stop between a commit and its write into the pins), pins that
  * record no generation (a datapath of an earlier xdpctld, or one run with --no-state: logged), or a store and
  * pins that both hold nothing, go on. Checked before the datapath is opened: nothing in the kernel changes.
@@ -86,7 +86,7 @@ export function checkStoreBehind(
   store: StateStore,
   stored: StoredState,
   log: Logger,
-): { reset: string; pinGeneration: number } | undefined {
+): { reset: string } | undefined {
   const pinRoot = resolve(opts.pinRoot);
   const pins = readPinnedGeneration(opts.pinRoot);
   if (pins.kind !== 'generation') {
@@ -142,5 +142,5 @@ export function checkStoreBehind(
         'attached again)',
     );
   }
-  return { reset: what, pinGeneration: pin };
+  return { reset: what };
 }
