@@ -48,6 +48,7 @@ import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirec
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
+import { activeLinkSources, linkActive, shadowedStatus, shadowWarning } from './shadow.js';
 import { observeLinkDirections, observeWrittenRules, resync } from './resync.js';
 import {
   egressProblem,
@@ -624,26 +625,12 @@ export class Controller {
 
   /** Whether each direction of a link is in the kernel's devmap now (a -> b, b -> a). */
   private linkActive(l: LinkSpec, kernel: Map<number, number>): [boolean, boolean] {
-    const ia = this.dp.lookupInterface(l.a);
-    const ib = this.dp.lookupInterface(l.b);
-    const foreign = (n: string) => this.state.foreign.has(n);
-    return [
-      !!ia && !!ib && kernel.get(ia.ifindex) === ib.ifindex && !foreign(l.a),
-      l.direction === 'both' && !!ia && !!ib && kernel.get(ib.ifindex) === ia.ifindex && !foreign(l.b),
-    ];
+    return linkActive(this.dp, this.state, l, kernel);
   }
 
-  /** Interfaces that a link forwards from in the kernel now, with their link. */
+  /** Interfaces that a link forwards from in the kernel now, with their link (shadow.ts). */
   private activeLinkSources(): Map<string, LinkSpec> {
-    const out = new Map<string, LinkSpec>();
-    if (this.state.links.size === 0) return out;
-    const kernel = new Map(this.dp.listLinks());
-    for (const l of this.state.links.values()) {
-      const [ab, ba] = this.linkActive(l, kernel);
-      if (ab) out.set(l.a, l);
-      if (ba) out.set(l.b, l);
-    }
-    return out;
+    return activeLinkSources(this.dp, this.state);
   }
 
   desiredState(): DesiredState {
@@ -2197,36 +2184,6 @@ function sameSpec(a: RuleSpec, b: RuleSpec): boolean {
   return SPEC_KEYS.every((k) => JSON.stringify(a[k]) === JSON.stringify(b[k]));
 }
 
-/**
- * A rule's status with the links that shadow it: a link forwarding from an
- * ingress interface takes every frame there before rules are matched
- * (bpf/xdpctl.bpf.c: cross-connect first), so the rule matches nothing on
- * it. Every ingress shadowed: INACTIVE; some: DEGRADED; each with a warning.
- */
-function shadowedStatus(r: RuleSpec, status: RuleStatus, shadows: Map<string, LinkSpec>): RuleStatus {
-  if (shadows.size === 0) return status;
-  const shadowed = r.ingressInterfaces.filter((i) => shadows.has(i));
-  if (shadowed.length === 0) return status;
-  const warnings = [...status.warnings, ...shadowed.map((i) => shadowWarning(r.name, i, shadows.get(i)!))];
-  if (status.state === 'failed' || status.state === 'inactive') return { ...status, warnings };
-  const links = shadowed.map((i) => `${i} (link ${shadows.get(i)!.a}:${shadows.get(i)!.b})`).join(', ');
-  if (shadowed.length === r.ingressInterfaces.length) {
-    return {
-      ...status,
-      state: 'inactive',
-      message: `not receiving on any ingress interface: cross-connected by a link before rules are matched: ${links}`,
-      warnings,
-    };
-  }
-  return {
-    ...status,
-    state: 'degraded',
-    message: `${status.message}; ${shadowed.length} of ${r.ingressInterfaces.length} ingress interface(s) cross-connected by a link before rules are matched: ${links}`,
-    warnings,
-  };
-}
-
-/** The warning a shadowed rule and the link shadowing it both carry. */
 /** Shadowed rules a link's warnings name one by one (link.proto LinkStatus.warnings); one more counts the rest. */
 const MAX_SHADOW_WARNINGS = 16;
 
@@ -2248,8 +2205,4 @@ interface EgressFacts {
 /** Objects named in a message: up to 5, then how many more. */
 function namesOf(users: readonly string[]): string {
   return users.length <= 5 ? users.join(', ') : `${users.slice(0, 5).join(', ')} and ${users.length - 5} more`;
-}
-
-function shadowWarning(rule: string, iface: string, l: LinkSpec): string {
-  return `rule ${rule} on ${iface} is shadowed by link ${l.a}:${l.b}: frames arriving on ${iface} are cross-connected before rules are matched`;
 }

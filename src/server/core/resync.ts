@@ -29,7 +29,8 @@ import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } fro
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
-import type { RuleSpec } from './model.js';
+import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
+import { activeLinkSources, shadowedStatus } from './shadow.js';
 import {
   CONFLICT_MS,
   conflictEndText,
@@ -616,14 +617,17 @@ export async function resync(
     }
     if (retried.size) ctx.log.debug({ rules: [...retried.keys()] }, 'retrying rules the datapath refused before');
     await applyEach(ctx, tx, ops, facts.napi);
+    const served = retried.size ? activeLinkSources(ctx.dp, state) : new Map<string, LinkSpec>();
     for (const [name, was] of retried) {
       if (state.failed.has(name) || !state.rules.has(name)) continue;
       const k = state.ruleKernel.get(name);
+      // As a read serves it (a link shadowing its ingresses taken in).
+      const st = k && shadowedStatus(state.rules.get(name)!, k.status, served);
       // This line is the rule's transition (the report below logs one only if the pass changes it again).
-      if (k) state.logged.set(`rule/${name}`, `${k.status.state}|${k.status.message}`);
+      if (st) state.logged.set(`rule/${name}`, `${st.state}|${st.message}`);
       ctx.log.info(
-        { rule: name, was, state: k?.status.state },
-        `rule ${name} applied on retry (it was FAILED: ${was}); now ${(k?.status.state ?? 'unknown').toUpperCase()}: ${k?.status.message ?? ''}`,
+        { rule: name, was, state: st?.state },
+        `rule ${name} applied on retry (it was FAILED: ${was}); now ${(st?.state ?? 'unknown').toUpperCase()}: ${st?.message ?? ''}`,
       );
     }
     // What was written: a backend given without MAC that now receives with another MAC than before
@@ -933,6 +937,8 @@ export async function resync(
     via,
     arpUnavailable: observation.arpUnavailable,
   };
+  // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
+  const shadows = activeLinkSources(ctx.dp, state);
   // Judged, each once, and forgotten from the set (a pass that gives its turn to a change leaves the rest).
   for (const name of state.judgeDirty) {
     if ((++n & 15) === 0) await pace();
@@ -947,7 +953,14 @@ export async function resync(
       k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown);
       changed.add(name);
     }
-    logRuleTransition(ctx, name, k.status);
+    logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
+  }
+  // A link that starts or stops shadowing an ingress changes what is served for the rules there without
+  // changing their own judgement: their transitions are logged here, from the served status.
+  for (const name of shadowChanges(state, shadows)) {
+    const k = state.ruleKernel.get(name);
+    const rule = state.rules.get(name);
+    if (k && rule) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
   }
   // The same for links.
   for (const [dir, w] of linkWarnings) {
@@ -968,11 +981,28 @@ export async function resync(
   return { missing: [...missing].sort(), problems, changed: observed, interfaces: facts.interfaces };
 }
 
+/** The shadowing link of each ingress as the last pass saw it (ingress -> link key). */
+const lastShadows = new WeakMap<CoreState, Map<string, string>>();
+
+/** The rules on ingresses whose shadowing link changed since the last pass (one started or stopped). */
+function shadowChanges(state: CoreState, shadows: ReadonlyMap<string, LinkSpec>): Set<string> {
+  const before = lastShadows.get(state) ?? new Map<string, string>();
+  const now = new Map([...shadows].map(([i, l]) => [i, linkKey(l)]));
+  const rules = new Set<string>();
+  const touch = (i: string) => state.ifaceRules.get(i)?.forEach((n) => rules.add(n));
+  for (const [i, k] of now) if (before.get(i) !== k) touch(i);
+  for (const i of before.keys()) if (!now.has(i)) touch(i);
+  lastShadows.set(state, now);
+  return rules;
+}
+
 /**
- * Log a rule's observed status once per transition (a pass, or a client's write that judged it: so that a
- * state the host changes again before the next pass is still said once). A first ACTIVE says nothing.
+ * Log a rule's status once per transition (a pass, or a client's write that judged it: so that a state the
+ * host changes again before the next pass is still said once), as a read serves it: `s` is the judged status
+ * with the links that shadow its ingresses taken in (shadow.ts), never the judgement alone. A first ACTIVE
+ * says nothing.
  */
-function logRuleTransition(ctx: ExecContext, name: string, s: { state: string; message: string }): void {
+function logRuleTransition(ctx: ExecContext, name: string, s: RuleStatus): void {
   const key = `rule/${name}`;
   const line = `${s.state}|${s.message}`;
   const before = ctx.state.logged.get(key);
@@ -1083,11 +1113,13 @@ export async function observeWrittenRules(
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
   };
+  const shadows = log ? activeLinkSources(dp, state) : new Map<string, LinkSpec>();
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();
     const k = kernelOf(name)!;
-    judgeRule(k, ruleOf(name)!, o);
-    if (log) logRuleTransition(ctx, name, k.status);
+    const rule = ruleOf(name)!;
+    judgeRule(k, rule, o);
+    if (log) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
   }
 }
 
