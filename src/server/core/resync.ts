@@ -1113,13 +1113,23 @@ export async function observeWrittenRules(
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
   };
-  const shadows = log ? activeLinkSources(dp, state) : new Map<string, LinkSpec>();
+  // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
+  // read that fails here never fails it; its rules are judged and logged by the next pass instead.
+  let shadows: Map<string, LinkSpec> | undefined;
+  if (log) {
+    try {
+      shadows = activeLinkSources(dp, state);
+    } catch (err) {
+      ctx.log.warn({ err }, 'the link devmap could not be read after a change: the next pass logs its rules');
+    }
+  }
   for (const name of rules) {
     if ((++n & 63) === 0) await pace();
     const k = kernelOf(name)!;
     const rule = ruleOf(name)!;
     judgeRule(k, rule, o);
-    if (log) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
+    if (shadows) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
+    else if (log) state.judgeDirty.add(name);
   }
 }
 
