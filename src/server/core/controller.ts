@@ -1195,7 +1195,13 @@ export class Controller {
     const plan = await this.planRuleOps(ops, napi, pace);
     // A client's change: what can be known without changing anything is checked before anything is written.
     if (!restoring) {
-      await preflight(this.ctx, plan.plans, { want: new Map(), field: () => 'links' }, { rules: opNames(ops) });
+      await preflight(
+        this.ctx,
+        plan.plans,
+        { want: new Map(), field: () => 'links' },
+        { rules: opNames(ops) },
+        { restoring },
+      );
     }
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();

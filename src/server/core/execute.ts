@@ -20,7 +20,7 @@ import {
 } from './dataplane.js';
 import { CoreError, PortError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
-import type { LinkDirection } from './plan-links.js';
+import { directions, type LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds } from './ring.js';
 import { backendStatus, writtenRuleStatus } from './rule-status.js';
@@ -384,6 +384,49 @@ async function checkTargets(
 }
 
 /**
+ * A rule's backend whose egress is the ingress of a link direction: every frame arriving on that interface,
+ * the backend's ARP replies and its answers to clients included, is redirected into the link by our program
+ * before anything else sees it (the link runs before rules are matched), so the backend is cut off from this
+ * host while the link forwards. Refused both ways, naming the rule, the backend and the link: a link from a
+ * backend's egress (Connect, ApplyLinks, a config file), and a backend on an interface a link forwards from
+ * (CreateRule, UpdateRule, ApplyRules). `links.want` is the link set after the change when the change is one
+ * of links (`scope.links` given); for a change of rules only, the links are those in force.
+ */
+function backendsBehindLinks(
+  state: CoreState,
+  plans: readonly RulePlan[],
+  links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
+  scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> },
+  fail: (field: string, detail: string) => never,
+): void {
+  const inForce = new Map<string, string>(); // ingress of a direction in force -> its egress
+  for (const l of state.links.values()) for (const [from, to] of directions(l)) inForce.set(from, to);
+  const linkFrom = new Map<string, string>(); // ... after the change
+  if (scope.links) for (const [from, d] of links.want) linkFrom.set(from, d.toName);
+  else for (const [from, to] of inForce) linkFrom.set(from, to);
+  if (!linkFrom.size) return;
+  const cut = (rule: string, b: { ip: string; interface: string }) =>
+    `${b.interface} is the egress of rule ${rule}'s backend ${b.ip} and the ingress of a link to ` +
+    `${linkFrom.get(b.interface)}: every frame arriving on it, the backend's ARP replies and answers included, ` +
+    `would be redirected to ${linkFrom.get(b.interface)}, none to this host`;
+  for (const p of plans) {
+    p.spec.backends.forEach((b, i) => {
+      if (linkFrom.has(b.interface)) fail(`${p.field}.backends[${i}].interface`, cut(p.name, b));
+    });
+  }
+  if (!scope.links) return;
+  const changed = new Set(plans.map((p) => p.name));
+  for (const r of state.rules.values()) {
+    if (changed.has(r.name) || scope.rules.has(r.name)) continue; // replaced or deleted by this change
+    for (const b of r.backends) {
+      // A direction this change makes (one already in force was accepted before, e.g. by an earlier version).
+      const to = linkFrom.get(b.interface);
+      if (to !== undefined && inForce.get(b.interface) !== to) fail(links.field(b.interface), cut(r.name, b));
+    }
+  }
+}
+
+/**
  * The kernel preconditions of a change that can be known without changing anything, checked before the
  * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
  * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no new
@@ -401,7 +444,7 @@ export async function preflight(
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
   scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> } = { rules: new Set() },
-  opts: { predictAttach?: boolean } = {},
+  opts: { predictAttach?: boolean; restoring?: boolean } = {},
 ): Promise<void> {
   const { dp, state } = ctx;
   // Bridge and port: the kernel refuses a program on a device while a device above it has one (EEXIST), so a
@@ -434,6 +477,8 @@ export async function preflight(
   }
   for (const p of plans) for (const i of p.ingress) adjacent(i.name, `${p.field}.ingress_interfaces`);
   for (const from of links.want.keys()) adjacent(from, links.field(from));
+  // Not at a restore: what an earlier daemon accepted is put back as it was (the statuses say what it does).
+  if (!opts.restoring) backendsBehindLinks(state, plans, links, scope, fail);
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);

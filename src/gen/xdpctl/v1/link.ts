@@ -1267,7 +1267,12 @@ export const LinkServiceDefinition = {
      * native-mode ingress that cannot take native XDP redirects (and that the
      * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
      * is not: the link is connected and the direction reported not forwarding
-     * (LinkStatus, no carrier) until the peer is up.
+     * (LinkStatus, no carrier) until the peer is up. A link direction from an
+     * interface that is a rule backend's egress is FAILED_PRECONDITION naming
+     * the rule and the backend: every frame arriving there (the backend's ARP
+     * replies and answers) would be redirected into the link; so is a rule
+     * whose backend's egress a link forwards from (RuleService, the backend's
+     * interface field).
      */
     connect: {
       name: "Connect",
@@ -1342,7 +1347,12 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
    * native-mode ingress that cannot take native XDP redirects (and that the
    * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
    * is not: the link is connected and the direction reported not forwarding
-   * (LinkStatus, no carrier) until the peer is up.
+   * (LinkStatus, no carrier) until the peer is up. A link direction from an
+   * interface that is a rule backend's egress is FAILED_PRECONDITION naming
+   * the rule and the backend: every frame arriving there (the backend's ARP
+   * replies and answers) would be redirected into the link; so is a rule
+   * whose backend's egress a link forwards from (RuleService, the backend's
+   * interface field).
    */
   connect(request: ConnectRequest, context: CallContext & CallContextExt): Promise<DeepPartial<ConnectResponse>>;
   /**
@@ -1394,7 +1404,12 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
    * native-mode ingress that cannot take native XDP redirects (and that the
    * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
    * is not: the link is connected and the direction reported not forwarding
-   * (LinkStatus, no carrier) until the peer is up.
+   * (LinkStatus, no carrier) until the peer is up. A link direction from an
+   * interface that is a rule backend's egress is FAILED_PRECONDITION naming
+   * the rule and the backend: every frame arriving there (the backend's ARP
+   * replies and answers) would be redirected into the link; so is a rule
+   * whose backend's egress a link forwards from (RuleService, the backend's
+   * interface field).
    */
   connect(request: DeepPartial<ConnectRequest>, options?: CallOptions & CallOptionsExt): Promise<ConnectResponse>;
   /**
