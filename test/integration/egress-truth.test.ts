@@ -119,6 +119,15 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
     const ns2 = await lab.addSealedHost(if2, '198.18.51.2/24');
     try {
       const l3 = topo.addHost('l3', '198.18.51.1/24');
+      // A backend behind that veth: the CreateRule reply says so (DEGRADED), not ACTIVE until a pass. Before the
+      // link: a link from a backend's egress is refused (backend-behind-link).
+      const created = await c.rules.createRule({
+        rule: lab.rule('unverified', 7994, [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2 }]),
+      });
+      const rs = created.rule!.status!;
+      assert.equal(rs.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(rs));
+      assert.match(rs.backendStatus[0].message, /^cannot be verified: .*unnamed network namespace/);
+      await c.rules.deleteRule({ name: 'unverified', expectedGeneration: 0n });
       const reply = await c.links.connect({ link: { a: l3.hostIf, b: if2, direction: 0 } });
       const check = (st: NonNullable<NonNullable<typeof reply.link>['status']>, what: string) => {
         const active = st.conditions.find((x) => x.type === 'Active')!;
@@ -131,14 +140,6 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
       };
       check(reply.link!.status!, 'the Connect reply');
       check(await lab.linkStatus(l3.hostIf), 'ListLinks at once');
-      // A backend behind the same veth: the CreateRule reply says so too (DEGRADED), not ACTIVE until a pass.
-      const created = await c.rules.createRule({
-        rule: lab.rule('unverified', 7994, [{ ip: '198.18.51.2', mac: '02:00:00:00:51:02', interface: if2 }]),
-      });
-      const rs = created.rule!.status!;
-      assert.equal(rs.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(rs));
-      assert.match(rs.backendStatus[0].message, /^cannot be verified: .*unnamed network namespace/);
-      await c.rules.deleteRule({ name: 'unverified', expectedGeneration: 0n });
       // Traffic that the kernel takes verifies it (as before).
       assert.equal(topo.ping('l3', '198.18.51.2'), true, 'l3 reaches the unnamed namespace');
       await until(
