@@ -125,6 +125,29 @@ class Model {
     return false;
   }
 
+  /** Interface -> the interface its frames are forwarded to, for every direction of a link set. */
+  static forwards(links: Iterable<ModelLink>): Map<string, string> {
+    const to = new Map<string, string>();
+    for (const l of links) {
+      to.set(l.a, l.b);
+      if (l.direction === 'both') to.set(l.b, l.a);
+    }
+    return to;
+  }
+
+  /**
+   * A backend cut off by a link (FAILED_PRECONDITION, backend-behind-link): one of `rules`' backends on an
+   * interface that `links` forward from, where that direction is not one already in force (`inForce`).
+   */
+  static cutOff(rules: Iterable<NormRule>, links: Iterable<ModelLink>, inForce: Iterable<ModelLink> = []): boolean {
+    const to = Model.forwards(links);
+    const was = Model.forwards(inForce);
+    for (const r of rules) {
+      for (const b of r.backends) if (to.has(b.interface) && was.get(b.interface) !== to.get(b.interface)) return true;
+    }
+    return false;
+  }
+
   /** The forwarding directions of a link set, as one comparable string. */
   static directions(links: ModelLink[]): string {
     const d = links.flatMap((l) => (l.direction === 'both' ? [`${l.a}>${l.b}`, `${l.b}>${l.a}`] : [`${l.a}>${l.b}`]));
@@ -370,6 +393,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
     const others = [...model.rules.values()].filter((x) => x.rule.name !== n.name).map((x) => x.rule);
     if (Model.conflicts([...others, n])) return { code: Status.FAILED_PRECONDITION };
     if (broken.unknown) return { code: Status.NOT_FOUND, field: broken.unknown };
+    if (Model.cutOff([n], model.links.values())) return { code: Status.FAILED_PRECONDITION };
     return {
       code: Status.OK,
       apply: (res) => {
@@ -488,6 +512,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
           if (broken.fields.length) want = { code: Status.INVALID_ARGUMENT, fields: broken.fields };
           else if (Model.conflicts(next)) want = { code: Status.FAILED_PRECONDITION };
           else if (broken.unknown) want = { code: Status.NOT_FOUND, field: broken.unknown };
+          else if (Model.cutOff(next, model.links.values())) want = { code: Status.FAILED_PRECONDITION };
           else {
             want = {
               code: Status.OK,
@@ -519,6 +544,8 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
     );
     t.diagnostic(`rules: ${runs} requests`);
   }
+
+  const rulesNow = () => [...model.rules.values()].map((x) => x.rule);
 
   async function runLinks(t: TestContext, runs: number) {
     await assertProperty(
@@ -588,6 +615,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
             else if (broken.unknown) want = { code: Status.NOT_FOUND, field: broken.unknown };
             else if (model.links.has(linkKey(m))) want = { code: Status.ALREADY_EXISTS };
             else if (Model.linkConflicts([...model.links.values(), m])) want = { code: Status.FAILED_PRECONDITION };
+            else if (Model.cutOff(rulesNow(), [m])) want = { code: Status.FAILED_PRECONDITION };
             else want = { code: Status.OK, apply: () => (model.links.set(linkKey(m), m), true) };
             return check('Connect', want, (o) => links.connect({ link: l }, o));
           }
@@ -612,16 +640,18 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
             ? { code: Status.INVALID_ARGUMENT, fields: broken.fields }
             : broken.unknown
               ? { code: Status.NOT_FOUND, field: broken.unknown }
-              : {
-                  code: Status.OK,
-                  apply: () => {
-                    if (validateOnly) return false;
-                    // The kernel changes when the forwarding directions do (b<->a for a<->b changes only names).
-                    const before = Model.directions([...model.links.values()]);
-                    model.links = new Map(next.map((l) => [linkKey(l), l]));
-                    return Model.directions(next) !== before;
-                  },
-                };
+              : Model.cutOff(rulesNow(), next, model.links.values())
+                ? { code: Status.FAILED_PRECONDITION }
+                : {
+                    code: Status.OK,
+                    apply: () => {
+                      if (validateOnly) return false;
+                      // The kernel changes when the forwarding directions do (b<->a for a<->b changes only names).
+                      const before = Model.directions([...model.links.values()]);
+                      model.links = new Map(next.map((l) => [linkKey(l), l]));
+                      return Model.directions(next) !== before;
+                    },
+                  };
           return check(validateOnly ? 'ApplyLinks(validate_only)' : 'ApplyLinks', want, (o) =>
             links.applyLinks({ links: ls, validateOnly }, o),
           );
@@ -911,6 +941,10 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
           broken = false;
         } else if (breaker === 'link-unknown' && l) l.b = env.missing[1];
         else broken = false;
+        // A backend on an interface a link of the same file forwards from is cut off: refused (backend-behind-link).
+        const linked = new Set(links.flatMap((x) => [x.a, x.b]));
+        if (rules.some((x) => (x.backends as { interface: string }[]).some((b) => linked.has(b.interface))))
+          broken = true;
         return { text: stringify({ rules, links: links.map((x) => ({ ...x, direction: 'both' })) }), broken };
       });
     const outcomes: Record<string, number> = {};
