@@ -15,7 +15,7 @@ import { Status } from 'nice-grpc';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { type Clients } from '../helpers/daemon.js';
-import { kernelOnly, until } from '../helpers/env.js';
+import { kernelOnly, removeIproute2BpffsDirs, ROOT, sh, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -38,7 +38,10 @@ describe("a link from a rule's backend egress is refused, and a backend behind a
     await c.rules.createRule({ rule: lab.rule('web', PORT, [backendOf(b1), backendOf(b2)]) });
     await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
   });
-  after(() => lab.destroy());
+  after(() => {
+    lab.destroy();
+    removeIproute2BpffsDirs();
+  });
 
   const refused = (field: string, iface: string, backend: Host, to: string) => (e: Error & { code?: Status }) => {
     assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
@@ -93,5 +96,59 @@ describe("a link from a rule's backend egress is refused, and a backend behind a
       'nothing created',
     );
     await c.links.applyLinks({ links: [] });
+  });
+
+  it("another XDP program on a backend's egress is named by the backend it may cut off (not only the neighbour table)", async () => {
+    // What another tool or another xdpctld's link does to a backend's egress: every frame arriving from the
+    // backend, its ARP replies included, is that program's first. Here it drops them all (baseline's sink).
+    sh('ip', ['neigh', 'flush', 'dev', b2.hostIf]);
+    sh('ip', [
+      '-force',
+      'link',
+      'set',
+      'dev',
+      b2.hostIf,
+      'xdpdrv',
+      'obj',
+      `${ROOT}build/bpf/baseline.bpf.o`,
+      'sec',
+      'xdp',
+      'program',
+      'base_sink',
+    ]);
+    try {
+      const prog = JSON.parse(sh('ip', ['-j', 'link', 'show', 'dev', b2.hostIf]))[0].xdp.prog.id as number;
+      await c.rules.createRule({ rule: lab.rule('dropped', PORT + 2, [backendOf(b2, '')]) });
+      const named = new RegExp(
+        `another XDP program \\(id ${prog}, native mode\\) is attached to ${b2.hostIf}: what arrives on it, ` +
+          `backend ${b2.ip!.replace(/\./g, '\\.')}'s ARP replies and answers included, passes through that program`,
+      );
+      await until(
+        'the backend names the program on its egress',
+        async () => named.test((await lab.status('dropped')).backendStatus[0]?.message ?? ''),
+        15_000,
+      );
+      const s = await lab.status('dropped');
+      assert.equal(s.backendStatus[0].active, false, JSON.stringify(s.backendStatus[0]));
+      assert.match(s.backendStatus[0].message, /^no neighbour entry for /, 'the verdict is still the neighbour table');
+      assert.ok(
+        s.warnings.some((w) => named.test(w)),
+        JSON.stringify(s.warnings),
+      );
+      assert.notEqual(s.state, RuleState.RULE_STATE_ACTIVE);
+    } finally {
+      sh('ip', ['link', 'set', 'dev', b2.hostIf, 'xdpdrv', 'off']);
+    }
+    // Gone: the backend answers, is resolved, and nothing names a program any more.
+    await until(
+      'dropped ACTIVE once the program is gone',
+      async () => (await lab.status('dropped')).state === RuleState.RULE_STATE_ACTIVE,
+      15_000,
+    );
+    const s = await lab.status('dropped');
+    assert.doesNotMatch(JSON.stringify(s), /another XDP program/);
+    const r = await lab.send(PORT + 2, [b2], 50, 10);
+    assert.equal(r.got[0], 50, JSON.stringify(r));
+    await c.rules.deleteRule({ name: 'dropped', expectedGeneration: 0n });
   });
 });

@@ -906,6 +906,8 @@ export async function resync(
     if ((++n & 1023) === 0) await pace();
     if (key.startsWith('neigh-handset/') && !handSet.has(key.slice('neigh-handset/'.length))) state.logged.delete(key);
   }
+  // Backend egresses another XDP program occupies: what the backends send passes through it first.
+  const foreignEgress = foreignEgresses(dp, facts.links.keys());
   const observation: RuleObservation = {
     ingressProblems,
     ingressDown,
@@ -917,6 +919,7 @@ export async function resync(
     ingressSettings: state.ingressSettings,
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
+    foreignEgress,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -926,6 +929,7 @@ export async function resync(
   touchChangedKeys(last.unanswered, unanswered, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.handSet, handSet, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.via, via, (key) => touchBackendJudged(state, key));
+  touchChangedKeys(last.foreignEgress, foreignEgress, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
   if (last.arpUnavailable !== observation.arpUnavailable)
     for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
@@ -935,6 +939,7 @@ export async function resync(
     handSet,
     holds: new Map(state.neighbourHolds),
     via,
+    foreignEgress,
     arpUnavailable: observation.arpUnavailable,
   };
   // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
@@ -1027,6 +1032,22 @@ function logRuleTransition(ctx: ExecContext, name: string, s: RuleStatus): void 
   );
 }
 
+/**
+ * Backend egresses (of `names`, each once) with an XDP program not ours attached: name -> that program
+ * (conditions.ts otherProgram). Read from the dataplane's cached view of the host's XDP programs.
+ */
+function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<string, string> {
+  const out = new Map<string, string>();
+  const seen = new Set<string>();
+  for (const name of names) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const x = dp.xdpStatus(name);
+    if (x && x.mode !== 'none' && !x.ours) out.set(name, otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon));
+  }
+  return out;
+}
+
 /** Why an ingress that another XDP program occupies receives nothing through ours (its problem line). */
 function foreignWhy(name: string, x: XdpStatus): string {
   return `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`;
@@ -1112,6 +1133,10 @@ export async function observeWrittenRules(
     ingressSettings: state.ingressSettings,
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
+    foreignEgress: foreignEgresses(
+      dp,
+      rules.flatMap((name) => (ruleOf(name)?.backends ?? []).map((b) => b.interface)),
+    ),
   };
   // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
   // read that fails here never fails it; its rules are judged and logged by the next pass instead.

@@ -580,6 +580,37 @@ export interface RuleObservation {
   arpUnavailable?: string;
   /** "ip@iface" -> why its MAC is not the kernel's entry's ({@link viaNeighbourStatus}, Dataplane.neighbourVia). */
   via?: ReadonlyMap<string, string>;
+  /** Backend egress name -> the program not ours attached to it ({@link foreignEgressStatus}); absent: none. */
+  foreignEgress?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The status with each backend that is not known to receive (no MAC known, not confirmed, cannot be verified)
+ * naming the XDP program not ours attached to its egress (`foreignEgress`: egress name -> that program,
+ * another daemon's link included): every frame arriving on the egress, the backend's ARP replies and answers
+ * included, passes through that program before this host sees it, so it may be why nothing answered. Said,
+ * not judged: the verdict stays the one the neighbour table and our ARP requests gave.
+ */
+export function foreignEgressStatus(
+  s: RuleStatus,
+  rule: { backends: readonly { interface: string }[] },
+  foreignEgress: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!foreignEgress?.size || s.state === 'failed') return s;
+  const warnings: string[] = [];
+  const backends = s.backends.map((b, i) => {
+    const egress = rule.backends[i]?.interface;
+    const program = egress === undefined ? undefined : foreignEgress.get(egress);
+    // A backend known to receive needs no explanation; one already naming the program keeps its message.
+    if (!program || (b.receiving && !b.unverified) || b.message.includes(program)) return b;
+    const note =
+      `${program} is attached to ${egress}: what arrives on it, backend ${b.ip}'s ARP replies and answers ` +
+      'included, passes through that program before this host';
+    warnings.push(note);
+    return { ...b, message: `${b.message}; ${note}` };
+  });
+  if (!warnings.length) return s;
+  return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
 }
 
 /**
@@ -686,6 +717,7 @@ export function judgeRule(
       warnings: [...drift, ...observed.warnings],
     };
   }
+  observed = foreignEgressStatus(observed, rule, o.foreignEgress);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;

@@ -463,8 +463,16 @@ export class CoreState {
     handSet: ReadonlyMap<string, string>;
     holds: ReadonlyMap<string, NeighbourHold>;
     via: ReadonlyMap<string, string>;
+    foreignEgress: ReadonlyMap<string, string>;
     arpUnavailable?: string;
-  } = { unverifiedEgress: new Map(), unanswered: new Map(), handSet: new Map(), holds: new Map(), via: new Map() };
+  } = {
+    unverifiedEgress: new Map(),
+    unanswered: new Map(),
+    handSet: new Map(),
+    holds: new Map(),
+    via: new Map(),
+    foreignEgress: new Map(),
+  };
 
   /** A rule to check and judge again at the next pass (its record, kernel record or status changed). */
   touchRule(name: string): void {
