@@ -26,6 +26,9 @@ export interface Clients {
   health: Client<typeof HealthDefinition>;
 }
 
+/** A JSON log line of the daemon: its pino level (30 info, 40 warn, 50 error), message and fields. */
+export type LogRecord = { level: number; msg: string; [field: string]: unknown };
+
 /** The line xdpctld prints once it serves. */
 type ReadyLine = { addresses: string[]; http?: string[]; prometheus?: string };
 
@@ -113,6 +116,15 @@ export class DaemonProcess {
     child.stdout!.on('data', (x) => (d.output += x));
     child.stderr!.on('data', (x) => (d.output += x));
     return d;
+  }
+
+  /** Its JSON log lines written after the first `from` characters of `output`, parsed; other lines passed over. */
+  logLines<T = LogRecord>(from = 0): T[] {
+    return this.output
+      .slice(from)
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as T);
   }
 
   /** Clients on one channel; `credentials` for TLS (default: plaintext). */

@@ -115,6 +115,29 @@ export async function sealedNetns(): Promise<SealedNetns> {
   };
 }
 
+/**
+ * Another tool moves our program on `dev` from native to generic mode: detached and the daemon's pinned program
+ * attached in generic mode, in one `ip -batch` (a pass between two commands would attach ours natively again,
+ * and the kernel refuse the generic attach: tried again 2.5 s later, at most 3 times). Returns the length of
+ * `d.output` just before the batch that succeeded (the daemon's lines about the move follow it).
+ */
+export async function moveToGenericMode(d: DaemonProcess, dev: string): Promise<number> {
+  const progPin = XdpDatapath.progPinPath(d.pinRoot);
+  for (let attempt = 1; ; attempt++) {
+    const from = d.output.length;
+    try {
+      sh('ip', ['-batch', '-'], {
+        input: `link set dev ${dev} xdp off\nlink set dev ${dev} xdpgeneric pinned ${progPin}\n`,
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      return from;
+    } catch (e) {
+      if (attempt === 3) throw e;
+      await sleep(2500);
+    }
+  }
+}
+
 /** `x` escaped for a RegExp. */
 export const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 

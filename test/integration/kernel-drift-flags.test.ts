@@ -22,9 +22,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { Lab, moveToGenericMode } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
@@ -39,27 +40,22 @@ const xdpMode = (name: string) =>
   (JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', name]))[0].xdp?.mode ?? 0) as number;
 
 describe('the interface flags (if_flags) are compared with the desired state and rewritten', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const listeners: UdpListener[] = [];
+  const lab = new Lab();
+  const { topo, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, h1: Host, h2: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    h1 = topo.addHost('h1', '198.18.6.1/24');
-    h2 = topo.addHost('h2', '198.18.6.2/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--xdp-mode', 'auto']);
-    c = d.clients();
+    ({ vm, b1, h1, h2 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      h1: '198.18.6.1/24',
+      h2: '198.18.6.2/24',
+    }));
+    ({ d, c } = await lab.start(['--xdp-mode', 'auto']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-  });
+  after(() => lab.destroy());
 
   const flagsPin = () => `${d!.pinRoot}/maps/if_flags`;
   /** The if_flags word of an interface, as bpftool reads it from the pin. */
@@ -70,12 +66,7 @@ describe('the interface flags (if_flags) are compared with the desired state and
   };
   const writeFlags = (name: string, word: number) =>
     sh('bpftool', ['map', 'update', 'pinned', flagsPin(), 'key', ...u32(ifindexOf(name)), 'value', ...u32(word)]);
-  const lines = (from: number): Line[] =>
-    d!.output
-      .slice(from)
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Line);
+  const lines = (from: number) => d!.logLines<Line>(from);
   const rewritten = (from: number) => lines(from).filter((l) => l.msg === REWRITTEN);
 
   const port = 7821;
@@ -132,22 +123,7 @@ describe('the interface flags (if_flags) are compared with the desired state and
   });
 
   it('our program moved to generic mode by another tool: the bit follows the mode the kernel reports, both ways', async () => {
-    const progPin = `${d!.pinRoot}/progs/xdpctl_main`;
-    let at = 0;
-    for (let attempt = 1; ; attempt++) {
-      at = d!.output.length;
-      try {
-        // In one batch: a pass between the two would re-attach ours natively (and the generic attach is refused).
-        sh('ip', ['-batch', '-'], {
-          input: `link set dev ${vm.hostIf} xdp off\nlink set dev ${vm.hostIf} xdpgeneric pinned ${progPin}\n`,
-          stdio: ['pipe', 'pipe', 'pipe'],
-        });
-        break;
-      } catch (e) {
-        if (attempt === 3) throw e;
-        await sleep(2500);
-      }
-    }
+    const at = await moveToGenericMode(d!, vm.hostIf);
     assert.equal(xdpMode(vm.hostIf), 2, 'generic now (XDP_ATTACHED_SKB)');
     await until('the flags rewritten', () => rewritten(at).length > 0, 4000);
     assert.equal(flags(vm.hostIf), 0x4, 'the generic-mode bit set');

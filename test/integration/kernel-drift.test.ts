@@ -28,7 +28,7 @@ import { capacityForRules, Daemon, DEFAULTS } from '../../src/server/daemon.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
-import { backendOf, udpRule } from '../helpers/lab.js';
+import { backendOf, Lab, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -64,28 +64,23 @@ function backendEntry(pinRoot: string, ip: string): { id: number; value: number[
 }
 
 describe('maps changed by another tool are found, repaired and reported', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const listeners: UdpListener[] = [];
+  const lab = new Lab();
+  const { topo, listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, b2: Host, h1: Host, h2: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    b2 = topo.addHost('b2', '198.18.3.1/24');
-    h1 = topo.addHost('h1', '198.18.6.1/24');
-    h2 = topo.addHost('h2', '198.18.6.2/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1, b2, h1, h2 } = lab.addHosts({
+      vm: '198.18.1.1/24',
+      b1: '198.18.2.1/24',
+      b2: '198.18.3.1/24',
+      h1: '198.18.6.1/24',
+      h2: '198.18.6.2/24',
+    }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-  });
+  after(() => lab.destroy());
 
   const rule = (port: number): Rule => udpRule('web', port, [vm.hostIf], [backendOf(b1), backendOf(b2)]);
   /** Datagrams of 40 flows to `port`: how many each backend received. */
@@ -97,12 +92,7 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     await sleep(200);
     return [(await l1.stop()).unique, (await l2.stop()).unique];
   }
-  const lines = (from: number): Line[] =>
-    d!.output
-      .slice(from)
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Line);
+  const lines = (from: number) => d!.logLines<Line>(from);
   const rewritten = (from: number) => lines(from).filter((l) => l.msg === REWRITTEN);
   const datapathHealth = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
 

@@ -21,21 +21,12 @@ import { EffectiveXdpMode } from '../../src/gen/xdpctl/v1/interface.js';
 import { type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { backendOf, udpRule } from '../helpers/lab.js';
+import { backendOf, moveToGenericMode, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
 const BASELINE = `${ROOT}build/bpf/baseline.bpf.o`;
-
-/** The messages of the JSON log lines in `out` (after `from` characters), with their level. */
-function messages(out: string, from = 0): { level: number; msg: string; [k: string]: unknown }[] {
-  return out
-    .slice(from)
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as { level: number; msg: string });
-}
 
 describe('log lines say what was observed', kernelOnly(), () => {
   const id = runId();
@@ -90,30 +81,15 @@ describe('log lines say what was observed', kernelOnly(), () => {
       (await c.interfaces.listInterfaces({})).interfaces.find((i) => i.name === vm.hostIf)?.effectiveMode;
     assert.equal(await mode(), EffectiveXdpMode.EFFECTIVE_XDP_MODE_NATIVE);
     assert.equal(await delivered(), 40);
-    // Another tool: our pinned program taken off in native mode and attached in generic mode, in one batch. (A
-    // pass that ran between the two commands re-attached ours natively, and the kernel refused the generic
-    // attach: tried again, from a settled log.)
-    let from = 0;
-    for (let attempt = 1; ; attempt++) {
-      from = d.output.length;
-      try {
-        sh('ip', ['-batch', '-'], {
-          input: `link set dev ${vm.hostIf} xdp off\nlink set dev ${vm.hostIf} xdpgeneric pinned ${progPin}\n`,
-          stdio: ['pipe', 'pipe', 'pipe'],
-        });
-        break;
-      } catch (e) {
-        if (attempt === 3) throw e;
-        await sleep(2500);
-      }
-    }
+    // Another tool: our pinned program taken off in native mode and attached in generic mode, in one batch.
+    const from = await moveToGenericMode(d, vm.hostIf);
     assert.equal(xdp(vm.hostIf)?.mode, 2, 'generic now (XDP_ATTACHED_SKB)');
     const gso = 'tcp-segmentation-offload, generic-segmentation-offload, tx-udp-segmentation';
     const set =
       `${vm.hostIf}: our XDP program runs in generic mode, which needs these device settings: turned ${gso} off on ` +
       `eth0 in netns ${vm.netns} (generic XDP cannot redirect GSO packets (TCP from it would stall))`;
     await until('the offloads generic mode needs are set', () => d!.output.slice(from).includes(set), 8000);
-    const lines = messages(d.output, from);
+    const lines = d.logLines(from);
     assert.deepEqual(
       lines.filter((l) => l.msg.startsWith(`${vm.hostIf}:`)).map((l) => [l.level, l.msg]),
       [
@@ -136,7 +112,7 @@ describe('log lines say what was observed', kernelOnly(), () => {
     sh('ip', ['link', 'set', 'dev', vm.hostIf, 'xdpgeneric', 'off']);
     await until('native again', async () => (await mode()) === EffectiveXdpMode.EFFECTIVE_XDP_MODE_NATIVE, 5000);
     await sleep(2500); // a settings check more
-    const warned = messages(d.output, from2).filter((l) => l.level >= 40);
+    const warned = d.logLines(from2).filter((l) => l.level >= 40);
     assert.deepEqual(
       warned.map((l) => l.msg),
       [
@@ -155,7 +131,7 @@ describe('log lines say what was observed', kernelOnly(), () => {
     assert.equal(foreign.tag, '614b434cd8324ecc');
     d = await start();
     const ours = JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', progPin])) as { id: number; tag: string };
-    const lines = messages(d.output);
+    const lines = d.logLines();
     assert.ok(!lines.some((l) => /upgraded/.test(l.msg)), 'not an upgrade of this datapath');
     const said = lines.filter((l) => l.msg.startsWith(`the program pinned at ${progPin}`));
     assert.deepEqual(
@@ -183,7 +159,7 @@ describe('log lines say what was observed', kernelOnly(), () => {
     d = await start();
     const msg = 'rules waiting since the start for missing interfaces: written with the interfaces there now';
     await until('the waiting rule written', () => d!.output.includes(msg), 5000);
-    const lines = messages(d.output);
+    const lines = d.logLines();
     assert.ok(!lines.some((l) => / is back \(ifindex/.test(JSON.stringify(l))), 'nothing went away: nothing "is back"');
     assert.ok(!lines.some((l) => l.msg === 'the host changed: re-applying rules'), 'nothing changed since the start');
     const line = lines.filter((l) => l.msg === msg);

@@ -12,9 +12,10 @@ import { after, before, describe, it } from 'node:test';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sleep } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sleep } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
 const NOWHERE = '198.18.9.9';
@@ -22,26 +23,17 @@ const PORT = 7999;
 const STATE = ['', 'ACTIVE', 'DEGRADED', 'INACTIVE', 'FAILED'];
 
 describe("a rule's logged transitions are the status it is served with", kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { listeners } = lab;
   let d: DaemonProcess | undefined;
   let c: Clients;
   let vm: Host, b1: Host, x: Host;
-  const listeners: UdpListener[] = [];
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    x = topo.addHost('x', '198.18.3.1/24');
-    topo.routeToXdp('vm');
-    d = await DaemonProcess.start(id, ['--log-level', 'info']);
-    c = d.clients();
+    ({ vm, b1, x } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', x: '198.18.3.1/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info']));
   });
-  after(async () => {
-    listeners.forEach((l) => l.kill());
-    await d?.destroy();
-    topo.destroy();
-  });
+  after(() => lab.destroy());
 
   const rule: () => Rule = () => ({
     name: 'bb',
@@ -54,10 +46,8 @@ describe("a rule's logged transitions are the status it is served with", kernelO
   });
   /** The lines that log bb's transitions so far: "STATE|reason". */
   const logged = () =>
-    d!.output
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { msg: string; rule?: string; state?: string; reason?: string })
+    d!
+      .logLines<{ msg: string; rule?: string; state?: string; reason?: string }>()
       .filter((r) => r.rule === 'bb' && r.msg.startsWith('rule bb is '))
       .map((r) => `${r.state}|${r.reason}`);
   const served = async () => {
