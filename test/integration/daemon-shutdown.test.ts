@@ -5,40 +5,33 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { ClientError, Status } from 'nice-grpc';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, ROOT, runId, sh, sleep, within } from '../helpers/env.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, ROOT, sh, sleep, within } from '../helpers/env.js';
+import { Lab } from '../helpers/lab.js';
 import { PYTHON } from '../helpers/python-client.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type Host } from '../helpers/topology.js';
 
 describe('daemon shutdown', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { topo } = lab;
   let d: DaemonProcess | undefined;
   let h1: Host, h2: Host, b1: Host;
 
   before(() => {
-    h1 = topo.addHost('h1', '198.18.0.1/24');
-    h2 = topo.addHost('h2', '198.18.0.2/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
+    ({ h1, h2, b1 } = lab.addHosts({ h1: '198.18.0.1/24', h2: '198.18.0.2/24', b1: '198.18.2.1/24' }));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-  });
+  after(() => lab.destroy());
 
   const xdpOf = (ifname: string) => JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp;
 
   it('SIGTERM ends watches with UNAVAILABLE and leaves the datapath forwarding', async () => {
-    d = await DaemonProcess.start(id);
+    ({ d } = await lab.start([]));
     const c = d.clients();
     await c.links.connect({ link: { a: h1.hostIf, b: h2.hostIf, direction: 0 } });
     let ended: unknown;
@@ -55,7 +48,7 @@ describe('daemon shutdown', kernelOnly(), () => {
   });
 
   it('SIGTERM ends health Watch streams (TCP and Unix) with UNAVAILABLE within 1 s, logging no internal error', async () => {
-    d = await DaemonProcess.start(id);
+    ({ d } = await lab.start([]));
     const cancelled = new AbortController();
     const watches = [d.clients(d.tcp), d.clients(d.unix)].flatMap((c, i) => {
       // A stream the client cancels itself before the shutdown: no "internal error" for it either.
@@ -90,7 +83,7 @@ describe('daemon shutdown', kernelOnly(), () => {
   });
 
   it('--cleanup-on-exit leaves no trace', async () => {
-    d = await DaemonProcess.start(id, ['--cleanup-on-exit']);
+    ({ d } = await lab.start(['--cleanup-on-exit']));
     const c = d.clients();
     await c.rules.createRule({
       rule: {
@@ -133,7 +126,7 @@ describe('daemon shutdown', kernelOnly(), () => {
   });
 
   it('SIGTERM with WatchCounters readers stopped by SIGSTOP (TCP and Unix): the daemon exits within its 5 s bound', async (t) => {
-    d = await DaemonProcess.start(id, ['--max-rules', '64']);
+    ({ d } = await lab.start(['--max-rules', '64']));
     const c = d.clients();
     // Samples of ~40 KB (48 rules x 16 backends), every 100 ms: a reader that stops reading fills its
     // HTTP/2 window and socket buffers within seconds, and the daemon's writes to it stall.

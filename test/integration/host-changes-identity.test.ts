@@ -14,33 +14,25 @@
  *    Never the MAC: a setting (host-changes-same-device.test.ts).
  */
 import assert from 'node:assert/strict';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { netnsId } from '../../src/server/dataplane/netdev.js';
-import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh } from '../helpers/env.js';
+import { backendOf, Lab, udpRule } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 describe('host changes: a device made again with the same name and ifindex is left alone', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
+  const lab = new Lab();
+  const { id, topo } = lab;
   let d: DaemonProcess | undefined;
   let vm: Host, b1: Host;
 
   before(() => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }, { routeVm: false }));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   const peer = (h: Host) =>
     JSON.parse(sh('ip', ['-n', h.netns, '-j', '-d', 'link', 'show', 'eth0']))[0] as {
@@ -50,15 +42,6 @@ describe('host changes: a device made again with the same name and ifindex is le
     };
   const feature = (h: Host, name: string) =>
     new RegExp(`^${name}: (\\w+)`, 'm').exec(sh('ip', ['netns', 'exec', h.netns, 'ethtool', '-k', 'eth0']))![1];
-  const rule: Rule = {
-    name: 'web',
-    match: { protocol: Protocol.PROTOCOL_UDP, port: 7983, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [],
-    backends: [],
-    udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-    labels: {},
-    generation: 0n,
-  };
   /** Delete the host's namespace (and its veth pair) and make both again with the same names. */
   function remake(h: Host, cidr: string) {
     sh('ip', ['link', 'del', h.hostIf]);
@@ -71,14 +54,8 @@ describe('host changes: a device made again with the same name and ifindex is le
   it('--cleanup-on-exit leaves the new devices as their owner set them, and says so', async () => {
     assert.equal(feature(b1, 'generic-receive-offload'), 'off', "a new veth's default");
     assert.equal(feature(vm, 'tx-vlan-offload'), 'on', "a new veth's default");
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    await d.clients().rules.createRule({
-      rule: {
-        ...rule,
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-      },
-    });
+    ({ d } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
+    await d.clients().rules.createRule({ rule: udpRule('web', 7983, [vm.hostIf], [backendOf(b1)]) });
     assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'switched on by the daemon (--fix-veth-peers)');
     assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'turned off by the daemon for XDP');
     const before = { b1: peer(b1), vm: peer(vm) };
@@ -115,7 +92,7 @@ describe('host changes: a device made again with the same name and ifindex is le
 
     // The rule's interfaces are new devices: the restarted daemon attaches again; both settings are already
     // as XDP needs them, so it changes nothing on them.
-    d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
+    ({ d } = await lab.start(['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']));
     await d.clients().rules.deleteRule({ name: 'web', expectedGeneration: 0n });
     assert.equal(await d.stop('SIGTERM'), 0);
     assert.equal(feature(b1, 'generic-receive-offload'), 'on', 'GRO left as its owner set it');

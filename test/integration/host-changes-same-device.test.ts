@@ -12,38 +12,30 @@
  *    the name it has now), with nothing "left alone".
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep } from '../helpers/env.js';
-import { backendOf, udpRule } from '../helpers/lab.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, sleep } from '../helpers/env.js';
+import { backendOf, Lab, udpRule } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 describe(
   'host changes: a device whose MAC or name changed is still the device the daemon changed',
   kernelOnly(),
   () => {
-    const id = runId();
-    const topo = new Topology(id);
+    const lab = new Lab();
+    const { topo } = lab;
     let d: DaemonProcess | undefined;
     let vm: Host, b1: Host, b2: Host, b3: Host;
 
     before(() => {
-      vm = topo.addHost('vm', '198.18.1.1/24');
-      b1 = topo.addHost('b1', '198.18.2.1/24');
-      b2 = topo.addHost('b2', '198.18.2.2/24');
-      b3 = topo.addHost('b3', '198.18.2.3/24');
+      ({ vm, b1, b2, b3 } = lab.addHosts(
+        { vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.2.2/24', b3: '198.18.2.3/24' },
+        { routeVm: false },
+      ));
     });
-    after(async () => {
-      await d?.destroy();
-      topo.destroy();
-      XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-      rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
-      removeIproute2BpffsDirs();
-    });
+    after(() => lab.destroy());
 
     const feature = (h: Host, dev: string, name: string) =>
       new RegExp(`^${name}: (\\w+)`, 'm').exec(sh('ip', ['netns', 'exec', h.netns, 'ethtool', '-k', dev]))![1];
@@ -58,7 +50,7 @@ describe(
       assert.equal(feature(b1, 'eth0', 'generic-receive-offload'), 'off', "a new veth's default");
       assert.equal(feature(b2, 'eth0', 'generic-receive-offload'), 'off', "a new veth's default");
       assert.equal(feature(vm, 'eth0', 'tx-vlan-offload'), 'on', "a new veth's default");
-      d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
+      ({ d } = await lab.start(['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']));
       await d.clients().rules.createRule({
         rule: udpRule('web', 7984, [vm.hostIf], [backendOf(b1), backendOf(b2)]),
       });
@@ -114,7 +106,7 @@ describe(
     });
 
     it('a veth pair made again in the same namespace is another device: left alone, and said so', async () => {
-      d = await DaemonProcess.start(id, ['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']);
+      ({ d } = await lab.start(['--cleanup-on-exit', '--log-level', 'info', '--xdp-mode', 'native']));
       const c = d.clients();
       await c.rules.createRule({
         rule: {

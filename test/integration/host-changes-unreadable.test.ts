@@ -5,45 +5,33 @@
  * in a fresh file, never written over the old one. Before: nothing logged, and the next change overwrote it.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh } from '../helpers/env.js';
-import { Topology, type Host } from '../helpers/topology.js';
+import { type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh } from '../helpers/env.js';
+import { backendOf, Lab, udpRule } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
 
 describe('an unreadable host-changes record is said and kept', kernelOnly(), () => {
-  const id = runId();
-  const topo = new Topology(id);
-  const stateDir = `/tmp/xdpctl-test-${id}-state`;
+  const lab = new Lab();
+  const stateDir = `/tmp/xdpctl-test-${lab.id}-state`;
   const file = `${stateDir}/host-changes.json`;
   let d: DaemonProcess | undefined;
   let vm: Host, b1: Host;
 
   before(() => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }, { routeVm: false }));
   });
-  after(async () => {
-    await d?.destroy();
-    topo.destroy();
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(stateDir, { recursive: true, force: true });
-    removeIproute2BpffsDirs();
-  });
+  after(() => lab.destroy());
 
   it('logs an error naming the file and what will not be undone, keeps it, records the next change afresh', async () => {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     // What a crash or a full disk in a copy may leave: cut in the middle of its first record.
     const cut = '{"gro":[{"ifname":"eth0","netns":"r29b4"';
     writeFileSync(file, cut, { mode: 0o600 });
-    d = await DaemonProcess.start(id, ['--log-level', 'info', '--xdp-mode', 'native']);
-    const records = d.output
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { msg: string; level: number; keptAs?: string });
+    ({ d } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
+    const records = d.logLines<{ msg: string; level: number; keptAs?: string }>();
     const said = records.filter((r) => r.msg.startsWith(`host-changes record ${file} is unreadable`));
     assert.equal(said.length, 1, `logged once: ${d.output}`);
     assert.equal(said[0].level, 50, 'as an error');
@@ -55,17 +43,7 @@ describe('an unreadable host-changes record is said and kept', kernelOnly(), () 
     assert.equal(readFileSync(`${stateDir}/${kept[0]}`, 'utf8'), cut, 'kept byte for byte');
 
     // A change of the host (GRO switched on on the backend's veth peer) is recorded in a fresh file.
-    await d.clients().rules.createRule({
-      rule: {
-        name: 'web',
-        match: { protocol: Protocol.PROTOCOL_UDP, port: 7984, destination: '', sourcePrefixes: [] },
-        ingressInterfaces: [vm.hostIf],
-        backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf, weight: 1 }],
-        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
-        labels: {},
-        generation: 0n,
-      },
-    });
+    await d.clients().rules.createRule({ rule: udpRule('web', 7984, [vm.hostIf], [backendOf(b1)]) });
     assert.match(sh('ip', ['netns', 'exec', b1.netns, 'ethtool', '-k', 'eth0']), /^generic-receive-offload: on/m);
     const record = JSON.parse(readFileSync(file, 'utf8')) as { gro: { netns: string }[] };
     assert.ok(
