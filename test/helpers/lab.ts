@@ -52,6 +52,26 @@ export const udpRule = (name: string, port: number, ingress: string[], backends:
   generation: 0n,
 });
 
+/**
+ * A UDP rule on `port` from the `ingress` interfaces to `backends` as the API's defaults take it: no weight (1),
+ * checksum mode unset (updated; a partial one completed in native mode).
+ */
+export const apiUdpRule = (
+  name: string,
+  port: number,
+  ingress: string[],
+  backends: BackendSpec[],
+  labels: Record<string, string> = {},
+): Rule => ({
+  name,
+  match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+  ingressInterfaces: ingress,
+  backends,
+  udpChecksum: 0,
+  labels,
+  generation: 0n,
+});
+
 /** Where datagrams are received: a Host, or an UnnamedHost (`netns` a path). */
 export type Receiver = Pick<Host, 'netns' | 'ip'>;
 
@@ -256,20 +276,8 @@ export class Lab {
   readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
   /** A UDP rule on `port` from vm's veth to `backends` as the API's defaults take it: no weight, checksum mode unset. */
-  readonly apiRule = (
-    name: string,
-    port: number,
-    backends: BackendSpec[],
-    labels: Record<string, string> = {},
-  ): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [this.vm.hostIf],
-    backends,
-    udpChecksum: 0,
-    labels,
-    generation: 0n,
-  });
+  readonly apiRule = (name: string, port: number, backends: BackendSpec[], labels: Record<string, string> = {}): Rule =>
+    apiUdpRule(name, port, [this.vm.hostIf], backends, labels);
   /** The status of the link whose side a is `a`. */
   readonly linkStatus = async (a: string) => (await this.c.links.listLinks({})).links.find((x) => x.a === a)!.status!;
   /** The redirect errors counted for rule `rule`'s backend `ip`. */

@@ -13,11 +13,12 @@ import { after, before, describe, it } from 'node:test';
 import { Status } from 'nice-grpc';
 
 import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
-import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { WORKER_ROWS } from '../../src/server/core/store.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { apiUdpRule, backendOf } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -38,15 +39,7 @@ describe('state store faults in a large change (its transaction on the worker th
     d = await DaemonProcess.start(id, ['--max-rules', String(MANY + 8)]);
     c = d.clients();
   };
-  const rule = (name: string, port: number): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
-    udpChecksum: 0,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number): Rule => apiUdpRule(name, port, [vm.hostIf], [backendOf(b1)]);
   const fill = () => {
     for (let i = 0; ; i++) {
       try {

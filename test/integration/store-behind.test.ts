@@ -13,10 +13,11 @@ import { after, before, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 
-import { Protocol, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, sleep } from '../helpers/env.js';
+import { apiUdpRule, backendOf } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
 
@@ -45,15 +46,7 @@ describe('a restart on a state store older than the datapath', kernelOnly(), () 
     for (const x of [stateDir, oldDir]) rmSync(x, { recursive: true, force: true });
   });
 
-  const rule = (name: string, port: number): Rule => ({
-    name,
-    match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
-    ingressInterfaces: [vm.hostIf],
-    backends: [{ ip: b1.ip!, mac: b1.mac, interface: b1.hostIf }],
-    udpChecksum: 0,
-    labels: {},
-    generation: 0n,
-  });
+  const rule = (name: string, port: number): Rule => apiUdpRule(name, port, [vm.hostIf], [backendOf(b1)]);
   /** Datagrams delivered of 20 sent to `port`. */
   const probe = async (port: number) => {
     const l = await UdpListener.start(b1.netns, b1.ip!, port);
