@@ -6,16 +6,13 @@
  * must be what the path names now; pings prove the datapath.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { linkPair as pair, stopDaemon, untilApplied } from '../helpers/config-file.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, runId, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
-
-const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
 describe('config-file mode: a directory on the way to the file changes', kernelOnly(), () => {
   const id = runId();
@@ -31,13 +28,8 @@ describe('config-file mode: a directory on the way to the file changes', kernelO
     mkdirSync(dir, { recursive: true });
   });
   const stop = async () => {
-    // SIGTERM: with --cleanup-on-exit the daemon detaches its program (the next case's daemon, with pins of
-    // its own, would find it attached and rightly leave the interfaces alone); destroy() if that fails.
-    if (d && (await d.stop()) !== 0) await d.destroy();
-    await d?.destroy();
+    await stopDaemon(d, id);
     d = undefined;
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   };
   after(async () => {
     await stop();
@@ -45,24 +37,10 @@ describe('config-file mode: a directory on the way to the file changes', kernelO
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const pair = (a: Host, b: Host) => [a.hostIf, b.hostIf].sort().join('-');
   const linksOf = (a: Host, b: Host) => `links:\n  ${a.hostIf}: ${b.hostIf}\n`;
   /** Until the daemon's links are `want` and it says the text `text` is in force (at most `ms`). */
-  async function applied(want: string[], text: string, ms = 8000): Promise<void> {
-    const c = d!.clients();
-    const look = async () => {
-      const links = (await c.links.listLinks({})).links.map((l) => [l.a, l.b].sort().join('-')).sort();
-      const s = (await c.daemon.getStatus({})).configFile;
-      return { links, inForce: s?.inForce, sha256: s?.appliedSha256 };
-    };
-    const wanted = { links: want, inForce: true, sha256: sha(text) };
-    let v = await look();
-    for (const end = Date.now() + ms; Date.now() < end && JSON.stringify(v) !== JSON.stringify(wanted);) {
-      await sleep(100);
-      v = await look();
-    }
-    assert.deepEqual(v, wanted, 'what the path names now is applied, and said to be');
-  }
+  const applied = (want: string[], text: string, ms = 8000) =>
+    untilApplied(d!, want, text, { ms, message: 'what the path names now is applied, and said to be' });
 
   it('a release directory swapped under the path (a symlink renamed over), then the new file edited', async () => {
     const base = `${dir}/swap`;

@@ -10,19 +10,16 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { chownSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
-import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { WRITER_WAIT_MS } from '../../src/server/config-watcher.js';
+import { linkPair as pair, sha, stopDaemon, untilApplied } from '../helpers/config-file.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, runId, sleep } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
-
-const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
 /**
  * A python writer: opens `file` for writing (truncating it), writes each part with a flush, sleeping
@@ -102,11 +99,8 @@ describe('config-file mode: a file still being written is not applied', kernelOn
   });
   const stop = async () => {
     for (const w of writers.splice(0)) if (w.exitCode === null && w.signalCode === null) w.kill('SIGKILL');
-    if (d && (await d.stop()) !== 0) await d.destroy();
-    await d?.destroy();
+    await stopDaemon(d, id);
     d = undefined;
-    XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
-    rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
   };
   after(async () => {
     await stop();
@@ -114,7 +108,6 @@ describe('config-file mode: a file still being written is not applied', kernelOn
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const pair = (a: Host, b: Host) => [a.hostIf, b.hostIf].sort().join('-');
   const line = (a: Host, b: Host) => `  ${a.hostIf}: ${b.hostIf}\n`;
   const look = async () => {
     const c = d!.clients();
@@ -123,21 +116,7 @@ describe('config-file mode: a file still being written is not applied', kernelOn
     return { links, s };
   };
   /** Until the daemon's links are `want` and it says `text` is in force (at most `ms`); returns the time taken. */
-  async function applied(want: string[], text: string, ms = 8000): Promise<number> {
-    const t0 = Date.now();
-    const v = async () => {
-      const { links, s } = await look();
-      return { links, inForce: s.inForce, sha256: s.appliedSha256 };
-    };
-    const wanted = { links: [...want].sort(), inForce: true, sha256: sha(text) };
-    let now = await v();
-    for (const end = t0 + ms; Date.now() < end && JSON.stringify(now) !== JSON.stringify(wanted);) {
-      await sleep(50);
-      now = await v();
-    }
-    assert.deepEqual(now, wanted, 'the text on disk is applied, and said to be');
-    return Date.now() - t0;
-  }
+  const applied = (want: string[], text: string, ms = 8000) => untilApplied(d!, want, text, { ms, every: 50 });
   const appliedLogs = () => d!.output.split('\n').filter((l) => l.includes('"msg":"config applied"'));
 
   /**
