@@ -444,6 +444,18 @@ export interface Net {
   backends: { name: string; index: number; mac: string }[];
 }
 
+/** The benchmarks' hosts on `topo`: an ingress "in" and four backends b0-b3, made in that order; their Net. */
+export function benchNet(topo: Topology): Net {
+  const ingress = topo.addHost('in');
+  const hosts = [0, 1, 2, 3].map((k) => topo.addHost(`b${k}`));
+  return {
+    ingress: ingress.hostIf,
+    ingressIndex: ifindexOf(ingress.hostIf),
+    ingressNetns: ingress.netns,
+    backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
+  };
+}
+
 function ruleSpec(net: Net, i: number, variant = 0): Rule {
   return {
     name: `r${i}`,
@@ -1262,14 +1274,7 @@ export async function benchControl(opts: ControlBenchOptions): Promise<ControlFi
   const rawPin = `/sys/fs/bpf/xdpctl-cp-${id}-raw`;
   let raw: XdpDatapath | undefined;
   try {
-    const ingress = topo.addHost('in');
-    const hosts = [0, 1, 2, 3].map((k) => topo.addHost(`b${k}`));
-    const net: Net = {
-      ingress: ingress.hostIf,
-      ingressIndex: ifindexOf(ingress.hostIf),
-      ingressNetns: ingress.netns,
-      backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
-    };
+    const net = benchNet(topo);
     raw = XdpDatapath.open({
       objectPath: `${ROOT}build/bpf/xdpctl.bpf.o`,
       pinRoot: rawPin,

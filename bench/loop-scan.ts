@@ -15,9 +15,8 @@ import { createClient } from 'nice-grpc';
 
 import { CounterServiceDefinition } from '../src/gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../src/gen/xdpctl/v1/daemon.js';
-import { ifindexOf, macOf } from '../src/server/dataplane/netdev.js';
 import { Topology } from '../test/helpers/topology.js';
-import { BenchDaemon, rulesClient, scaleSpec, type Net } from './control.js';
+import { benchNet, BenchDaemon, rulesClient, scaleSpec } from './control.js';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(name);
@@ -34,14 +33,7 @@ const pct = (xs: number[], p: number) =>
 const topo = new Topology(id);
 const d = new BenchDaemon(`${id}-l`, size + 2, { loopProbe: true });
 try {
-  const ingress = topo.addHost('in');
-  const hosts = [0, 1, 2, 3].map((k) => topo.addHost(`b${k}`));
-  const net: Net = {
-    ingress: ingress.hostIf,
-    ingressIndex: ifindexOf(ingress.hostIf),
-    ingressNetns: ingress.netns,
-    backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
-  };
+  const net = benchNet(topo);
   await d.start();
   const rules = rulesClient(d.channel(d.unix));
   const counters = createClient(CounterServiceDefinition, d.channel(d.unix));

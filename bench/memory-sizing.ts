@@ -23,10 +23,9 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 
 import { RuleServiceDefinition } from '../src/gen/xdpctl/v1/rule.js';
 import { XdpDatapath } from '../src/server/dataplane/datapath.js';
-import { ifindexOf, macOf } from '../src/server/dataplane/netdev.js';
 import { DAEMON_NODE_FLAGS } from '../test/helpers/env.js';
 import { Topology } from '../test/helpers/topology.js';
-import { ruleSet, type Net } from './control.js';
+import { benchNet, ruleSet } from './control.js';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const RULES = Number(process.argv[2] ?? 4096);
@@ -63,14 +62,7 @@ async function main() {
   let watchers: ChildProcess | undefined;
   try {
     mkdirSync(dir);
-    const ingress = topo.addHost('in');
-    const hosts = [0, 1, 2, 3].map((k) => topo.addHost(`b${k}`));
-    const net: Net = {
-      ingress: ingress.hostIf,
-      ingressIndex: ifindexOf(ingress.hostIf),
-      ingressNetns: ingress.netns,
-      backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
-    };
+    const net = benchNet(topo);
     // The daemon joins the cgroup before it starts, so its maps are charged there.
     const argv = [
       ...DAEMON_NODE_FLAGS,
