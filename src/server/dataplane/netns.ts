@@ -59,15 +59,14 @@ export function peerNsids(): number[] {
 }
 
 /**
- * Every device with an XDP program in the namespace with id `nsid` (one RTM_GETLINK dump with
- * IFLA_TARGET_NETNSID). Empty when that namespace is gone or may not be read.
+ * The devices of the namespace with id `nsid`: one RTM_GETLINK dump with IFLA_TARGET_NETNSID, a message a device.
+ * Undefined when that namespace is gone meanwhile or not ours to read (EPERM).
  */
-export function xdpDevicesIn(nsid: number): XdpElsewhere[] {
+function devicesOfNsid(nsid: number): Buffer[] | undefined {
   const t = Buffer.alloc(4);
   t.writeInt32LE(nsid);
-  let msgs: Buffer[];
   try {
-    msgs = nlDump(
+    return nlDump(
       NETLINK_ROUTE,
       RTM_GETLINK,
       Buffer.alloc(16),
@@ -75,8 +74,17 @@ export function xdpDevicesIn(nsid: number): XdpElsewhere[] {
       `list devices of nsid ${nsid}`,
     );
   } catch {
-    return []; // gone meanwhile, or not ours to read (EPERM)
+    return undefined;
   }
+}
+
+/**
+ * Every device with an XDP program in the namespace with id `nsid` (one RTM_GETLINK dump with
+ * IFLA_TARGET_NETNSID). Empty when that namespace is gone or may not be read.
+ */
+export function xdpDevicesIn(nsid: number): XdpElsewhere[] {
+  const msgs = devicesOfNsid(nsid);
+  if (!msgs) return [];
   const out: XdpElsewhere[] = [];
   for (const m of msgs) {
     const a = nlAttrs(m, 16);
@@ -113,21 +121,7 @@ export function movedDevice(ifname: string, mac: string): { nsid: number; ifinde
   }
   const want = mac.toLowerCase();
   for (const nsid of ids) {
-    const t = Buffer.alloc(4);
-    t.writeInt32LE(nsid);
-    let msgs: Buffer[];
-    try {
-      msgs = nlDump(
-        NETLINK_ROUTE,
-        RTM_GETLINK,
-        Buffer.alloc(16),
-        nlAttr(IFLA_TARGET_NETNSID, t),
-        `list devices of nsid ${nsid}`,
-      );
-    } catch {
-      continue; // gone meanwhile, or not ours to read
-    }
-    for (const m of msgs) {
+    for (const m of devicesOfNsid(nsid) ?? []) {
       const a = nlAttrs(m, 16);
       if (a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') !== ifname) continue;
       const addr = a.get(IFLA_ADDRESS);
