@@ -229,6 +229,17 @@ function removedHolderError(path: string, what: string, shown: string, holder: {
   return new LockHeldError(what, shown, { pid: holder.pid, command: commandOf(holder.pid), info });
 }
 
+/** Whether the open file `fd` is still the one at `path`: the same inode on the same device, not removed. */
+function stillAt(fd: number, path: string): boolean {
+  try {
+    const a = fstatSync(fd);
+    const b = lstatSync(path);
+    return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
+  } catch {
+    return false; // removed
+  }
+}
+
 /** major:minor of a stat dev number, as /proc/locks writes it (in hex there). */
 function devPair(dev: number | bigint): string {
   const d = BigInt(dev);
@@ -485,14 +496,7 @@ export function lockDirectory(path: string, what: string): DirectoryLock {
   return {
     path,
     current() {
-      if (!open) return false;
-      try {
-        const a = fstatSync(fd);
-        const b = lstatSync(path);
-        return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
-      } catch {
-        return false; // removed
-      }
+      return open && stillAt(fd, path);
     },
     whereNow() {
       if (!open) return undefined;
@@ -610,16 +614,7 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
       throw e;
     }
     let open = true;
-    const current = () => {
-      if (!open) return false;
-      try {
-        const a = fstatSync(fd);
-        const b = lstatSync(path);
-        return a.ino === b.ino && a.dev === b.dev && a.nlink > 0;
-      } catch {
-        return false; // removed
-      }
-    };
+    const current = () => open && stillAt(fd, path);
     return {
       path,
       current,
