@@ -114,27 +114,32 @@ export interface HeldLock {
   release(): void;
 }
 
-/** Kernel view: the pid holding a FLOCK on (dev, ino), from /proc/locks. */
-function flockHolderPid(dev: number, ino: number): number | undefined {
+/**
+ * Kernel view: every FLOCK in /proc/locks, in its order, as ["major:minor:ino", pid] ("1: FLOCK  ADVISORY  WRITE
+ * 10919 00:28:227839 0 EOF": major:minor in hex there, decimal here; the pid as written). Empty when unreadable.
+ */
+function allFlocks(): [string, number][] {
   let text: string;
   try {
     text = readFileSync('/proc/locks', 'utf8');
   } catch {
-    return undefined;
+    return [];
   }
-  // "1: FLOCK  ADVISORY  WRITE 10919 00:28:227839 0 EOF"; dev is major:minor in hex.
-  const major = Number((BigInt(dev) >> 8n) & 0xfffn) | Number((BigInt(dev) >> 32n) & ~0xfffn);
-  const minor = Number(BigInt(dev) & 0xffn) | Number((BigInt(dev) >> 12n) & ~0xffn);
+  const out: [string, number][] = [];
   for (const line of text.split('\n')) {
     const f = line.trim().split(/\s+/);
     if (f[1] !== 'FLOCK' || f.length < 6) continue;
-    const [ma, mi, in_] = f[5].split(':');
-    if (parseInt(ma, 16) === major && parseInt(mi, 16) === minor && Number(in_) === ino) {
-      const pid = Number(f[4]);
-      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
-    }
+    const [ma, mi, ino] = f[5].split(':');
+    out.push([`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`, Number(f[4])]);
   }
-  return undefined;
+  return out;
+}
+
+/** Kernel view: the pid holding a FLOCK on (dev, ino), from /proc/locks (the first listed). */
+function flockHolderPid(dev: number, ino: number): number | undefined {
+  const key = `${devPair(dev)}:${ino}`;
+  const pid = allFlocks().find(([k]) => k === key)?.[1];
+  return pid !== undefined && Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
 function commandOf(pid: number): string | undefined {
@@ -179,21 +184,10 @@ function holderOf(path: string, fd: number, what: string, readInfo: boolean, sho
  * /proc/locks, and what it wrote into the file is read through that descriptor.
  */
 function removedFileHolder(path: string): { pid: number; fd: string } | undefined {
-  let text: string;
-  try {
-    text = readFileSync('/proc/locks', 'utf8');
-  } catch {
-    return undefined;
-  }
-  const locked = new Map<number, Set<string>>(); // pid -> "dev:ino" of the FLOCKs it created
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] !== 'FLOCK' || f.length < 6) continue;
-    const pid = Number(f[4]);
-    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
-    const [ma, mi, ino] = f[5].split(':');
+  const locked = new Map<number, Set<string>>(); // pid -> "major:minor:ino" of the FLOCKs it created
+  for (const [key, pid] of otherFlocksAll()) {
     if (!locked.has(pid)) locked.set(pid, new Set());
-    locked.get(pid)!.add(`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`);
+    locked.get(pid)!.add(key);
   }
   const want = `${path} (deleted)`;
   for (const [pid, inodes] of locked) {
@@ -207,9 +201,7 @@ function removedFileHolder(path: string): { pid: number; fd: string } | undefine
       try {
         if (readlinkSync(`/proc/${pid}/fd/${fd}`) !== want) continue;
         const st = statSync(`/proc/${pid}/fd/${fd}`);
-        const major = Number((BigInt(st.dev) >> 8n) & 0xfffn) | Number((BigInt(st.dev) >> 32n) & ~0xfffn);
-        const minor = Number(BigInt(st.dev) & 0xffn) | Number((BigInt(st.dev) >> 12n) & ~0xffn);
-        if (inodes.has(`${major}:${minor}:${st.ino}`)) return { pid, fd: `/proc/${pid}/fd/${fd}` };
+        if (inodes.has(`${devPair(st.dev)}:${st.ino}`)) return { pid, fd: `/proc/${pid}/fd/${fd}` };
       } catch {
         // closed meanwhile
       }
@@ -330,22 +322,7 @@ export function liveDatapathOwners(maps: ReadonlySet<number>, progs: ReadonlySet
 
 /** Kernel view: every FLOCK of another process as ["major:minor:ino", pid] (one inode may have several). */
 function otherFlocksAll(): [string, number][] {
-  const out: [string, number][] = [];
-  let text: string;
-  try {
-    text = readFileSync('/proc/locks', 'utf8');
-  } catch {
-    return out;
-  }
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] !== 'FLOCK' || f.length < 6) continue;
-    const pid = Number(f[4]);
-    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
-    const [ma, mi, ino] = f[5].split(':');
-    out.push([`${parseInt(ma, 16)}:${parseInt(mi, 16)}:${Number(ino)}`, pid]);
-  }
-  return out;
+  return allFlocks().filter(([, pid]) => Number.isInteger(pid) && pid > 0 && pid !== process.pid);
 }
 
 /** The refusal of a start whose pinned datapath a live xdpctld uses (see {@link liveDatapathOwners}). */
