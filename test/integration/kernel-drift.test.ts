@@ -15,7 +15,6 @@
  *    ApplyRules says CHANGE_ACTION_REPAIRED for such a rule.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 
@@ -26,8 +25,8 @@ import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
 import { Protocol, RuleServiceDefinition, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { capacityForRules, Daemon, DEFAULTS } from '../../src/server/daemon.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { CLI, kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
+import { DaemonProcess, xdpctl, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
@@ -61,6 +60,14 @@ function backendEntry(pinRoot: string, ip: string): { id: number; value: number[
       return { id: Buffer.from(bytesOf(e.key)).readUInt32LE(0), value: v };
   }
   throw new Error(`no backend entry for ${ip}`);
+}
+
+/** Another tool (bpftool) writes BAD_MAC as the destination MAC of the backend entry for `ip`: the entry before. */
+function tamperMac(pinRoot: string, ip: string): { id: number; value: number[] } {
+  const e = backendEntry(pinRoot, ip);
+  const bad = [...BAD_MAC.split(':').map((x) => parseInt(x, 16)), ...e.value.slice(6)];
+  sh('bpftool', ['map', 'update', 'pinned', `${pinRoot}/maps/backends`, 'key', ...u32(e.id), 'value', ...hex(bad)]);
+  return e;
 }
 
 describe('maps changed by another tool are found, repaired and reported', kernelOnly(), () => {
@@ -107,19 +114,8 @@ describe('maps changed by another tool are found, repaired and reported', kernel
     assert.deepEqual(rewritten(quiet), [], 'no repair while the kernel holds the desired state');
 
     const at = d!.output.length;
-    const e = backendEntry(d!.pinRoot, b2.ip!);
-    assert.equal(macOf(e.value.slice(0, 6)), b2.mac.toLowerCase());
-    const bad = [...BAD_MAC.split(':').map((x) => parseInt(x, 16)), ...e.value.slice(6)];
-    sh('bpftool', [
-      'map',
-      'update',
-      'pinned',
-      `${d!.pinRoot}/maps/backends`,
-      'key',
-      ...u32(e.id),
-      'value',
-      ...hex(bad),
-    ]);
+    assert.equal(macOf(backendEntry(d!.pinRoot, b2.ip!).value.slice(0, 6)), b2.mac.toLowerCase());
+    const e = tamperMac(d!.pinRoot, b2.ip!);
     await until('the reconciler rewrote the entry', () => rewritten(at).length > 0, 4000);
     const [line] = rewritten(at);
     assert.equal(line.level, 40, 'a warning');
@@ -226,19 +222,8 @@ describe('maps changed by another tool are found, repaired and reported', kernel
 
   it('a difference the daemon cannot rewrite (another tool froze the map): health NOT_SERVING naming it, while it lasts', async () => {
     const port = 7801;
-    const e = backendEntry(d!.pinRoot, b1.ip!);
-    const bad = [...BAD_MAC.split(':').map((x) => parseInt(x, 16)), ...e.value.slice(6)];
     const at = d!.output.length;
-    sh('bpftool', [
-      'map',
-      'update',
-      'pinned',
-      `${d!.pinRoot}/maps/backends`,
-      'key',
-      ...u32(e.id),
-      'value',
-      ...hex(bad),
-    ]);
+    tamperMac(d!.pinRoot, b1.ip!);
     // Frozen: no syscall may write it any more (BPF_MAP_FREEZE), the daemon's included.
     sh('bpftool', ['map', 'freeze', 'pinned', `${d!.pinRoot}/maps/backends`]);
     const errors = () => lines(at).filter((l) => l.level === 50 && /could not be compared .* or rewritten/.test(l.msg));
@@ -327,22 +312,8 @@ describe(
       }
       return (await l.stop()).unique;
     }
-    const tamper = () => {
-      const e = backendEntry(pinRoot, b1.ip!);
-      const bad = [...BAD_MAC.split(':').map((x) => parseInt(x, 16)), ...e.value.slice(6)];
-      sh('bpftool', ['map', 'update', 'pinned', `${pinRoot}/maps/backends`, 'key', ...u32(e.id), 'value', ...hex(bad)]);
-      return e.id;
-    };
-    const cli = (args: string[]) =>
-      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-        const child = spawn(CLI, ['--server', `unix:${socket}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-        let stdout = '';
-        let stderr = '';
-        child.stdout.on('data', (x) => (stdout += x));
-        child.stderr.on('data', (x) => (stderr += x));
-        child.on('error', reject);
-        child.on('close', (code) => resolve({ code, stdout, stderr }));
-      });
+    const tamper = () => tamperMac(pinRoot, b1.ip!).id;
+    const cli = (args: string[]) => xdpctl(`unix:${socket}`, args);
 
     it('UpdateRule: the reply names what was rewritten, the generation stays; traffic flows again; the CLI says so', async () => {
       const rules = createClient(RuleServiceDefinition, channel!);
