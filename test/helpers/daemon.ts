@@ -198,7 +198,11 @@ export function xdpctl(
 
 /** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels` (a subset), or undefined. */
 export async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
-  const text = await (await fetch(`http://${addr}/metrics`)).text();
+  return promSample(await (await fetch(`http://${addr}/metrics`)).text(), name, labels);
+}
+
+/** The value of one sample of `name` in Prometheus text whose labels include all of `labels`; undefined when absent. */
+export function promSample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;

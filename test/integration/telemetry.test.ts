@@ -32,7 +32,7 @@ import { traceLogFields } from '../../src/server/telemetry/log-context.js';
 import { startTelemetry, type Telemetry } from '../../src/server/telemetry/sdk.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { Protocol, RuleServiceDefinition, RuleState, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
-import { DaemonProcess } from '../helpers/daemon.js';
+import { DaemonProcess, promSample as sample } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, ROOT, runId, sh, sleep, within } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp, UdpListener } from '../helpers/udp.js';
@@ -61,17 +61,6 @@ function httpGet(url: string): Promise<string> {
       .on('error', reject)
       .end();
   });
-}
-
-/** The value of one Prometheus sample whose labels include all of `labels`; undefined when absent. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
 }
 
 /** A tiny OTLP/HTTP receiver: records every request. */
