@@ -168,7 +168,7 @@ describe('daemon signals', kernelOnly(), () => {
         assert.equal(feature(vm, 'tx-vlan-offload'), 'off', 'turned off by the daemon');
         const children = descendants(d.child.pid!);
         assert.ok(
-          children.some((p) => /\bip monitor link neigh$/.test(p.cmd)),
+          children.some((p) => /\bip monitor label link neigh route$/.test(p.cmd)),
           JSON.stringify(children),
         );
         d.child.kill(signal);
@@ -312,7 +312,7 @@ describe('daemon signals', kernelOnly(), () => {
     daemons.push(d);
     const children = descendants(d.child.pid!);
     assert.ok(
-      children.some((p) => /\bip monitor link neigh$/.test(p.cmd)),
+      children.some((p) => /\bip monitor label link neigh route$/.test(p.cmd)),
       JSON.stringify(children),
     );
     d.child.kill('SIGKILL');

@@ -341,6 +341,14 @@ export interface Dataplane {
    */
   neighbourVia?(ip: string, iface: string): string | undefined;
   /**
+   * What the host's routes say of the backend `ip` behind `iface`, when it is not simply on the egress's link:
+   * off-link (the kernel routes it via a gateway on the egress: its MAC is the gateway's, whose neighbour entry
+   * every neighbour method here reads, probes and asks instead of the backend's), or routed out of another
+   * device by the host (no route through the egress: taken as on its link, as the kernel does). Undefined:
+   * nothing to say. Optional (fakes).
+   */
+  neighbourRoute?(ip: string, iface: string): string | undefined;
+  /**
    * Whether the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) gave no MAC without
    * having failed: no entry at all (flushed with its device, garbage-collected, gone while the daemon was
    * stopped) or one still being resolved (INCOMPLETE). That is no evidence that a MAC the datapath holds for the

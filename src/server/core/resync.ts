@@ -873,7 +873,9 @@ export async function resync(
   const handSet = new Map<string, string>();
   // And those whose MAC is not the kernel's entry's but what ARP requests of ours found (or why none is known).
   const via = new Map<string, string>();
-  if (dp.neighbourHandSet || dp.neighbourVia) {
+  // And what the host's routes say of them (an off-link backend's MAC is its gateway's).
+  const route = new Map<string, string>();
+  if (dp.neighbourHandSet || dp.neighbourVia || dp.neighbourRoute) {
     for (const name of state.maclessRules) {
       if ((++n & 255) === 0) await pace();
       const r = state.rules.get(name);
@@ -883,6 +885,8 @@ export async function resync(
         const key = backendKeys(b).neighbour;
         const why = dp.neighbourVia?.(b.ip, b.interface);
         if (why) via.set(key, why);
+        const hop = dp.neighbourRoute?.(b.ip, b.interface);
+        if (hop) route.set(key, hop);
         if (!dp.neighbourHandSet || handSet.has(key) || state.neighbourHolds.has(key)) continue;
         const states = dp.neighbourHandSet(b.ip, b.interface);
         if (states) handSet.set(key, states);
@@ -920,6 +924,7 @@ export async function resync(
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress,
+    route,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -930,6 +935,7 @@ export async function resync(
   touchChangedKeys(last.handSet, handSet, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.via, via, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.foreignEgress, foreignEgress, (iface) => touchInterfaceJudged(state, iface));
+  touchChangedKeys(last.route, route, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
   if (last.arpUnavailable !== observation.arpUnavailable)
     for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
@@ -940,6 +946,7 @@ export async function resync(
     holds: new Map(state.neighbourHolds),
     via,
     foreignEgress,
+    route,
     arpUnavailable: observation.arpUnavailable,
   };
   // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
@@ -1078,6 +1085,7 @@ export async function observeWrittenRules(
   const ingressDown = new Map<string, string>();
   const handSet = new Map<string, string>();
   const via = new Map<string, string>();
+  const route = new Map<string, string>();
   const seen = new Set<string>();
   const rules: string[] = [];
   let n = 0;
@@ -1106,6 +1114,8 @@ export async function observeWrittenRules(
       if (b.mac !== '') continue;
       const why = dp.neighbourVia?.(b.ip, b.interface);
       if (why) via.set(key, why);
+      const hop = dp.neighbourRoute?.(b.ip, b.interface);
+      if (hop) route.set(key, hop);
       if (handSet.has(key) || state.neighbourHolds.has(key)) continue;
       const states = dp.neighbourHandSet?.(b.ip, b.interface);
       if (states) handSet.set(key, states);
@@ -1137,6 +1147,7 @@ export async function observeWrittenRules(
       dp,
       rules.flatMap((name) => (ruleOf(name)?.backends ?? []).map((b) => b.interface)),
     ),
+    route,
   };
   // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
   // read that fails here never fails it; its rules are judged and logged by the next pass instead.

@@ -582,6 +582,8 @@ export interface RuleObservation {
   via?: ReadonlyMap<string, string>;
   /** Backend egress name -> the program not ours attached to it ({@link foreignEgressStatus}); absent: none. */
   foreignEgress?: ReadonlyMap<string, string>;
+  /** "ip@iface" -> what the host's routes say of it ({@link routeNeighbourStatus}, Dataplane.neighbourRoute). */
+  route?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -611,6 +613,41 @@ export function foreignEgressStatus(
   });
   if (!warnings.length) return s;
   return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
+}
+
+/**
+ * The written status with the backends given without a MAC whose route is worth saying (`route`: "ip@iface" ->
+ * Dataplane.neighbourRoute): an off-link one's MAC is its gateway's ("MAC resolved from the neighbour table"
+ * becomes "off-link: ... MAC of the gateway G ...", "no neighbour entry for IP" names the gateway's entry);
+ * one the host routes out of another device says so after its message. `written` itself when none applies.
+ */
+export function routeNeighbourStatus(
+  written: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string }[] },
+  route: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!route?.size || written.state === 'failed') return written;
+  let changed = false;
+  const backends = written.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    const note = spec && spec.mac === '' ? route.get(`${spec.ip}@${spec.interface}`) : undefined;
+    if (!note || b.message.includes(note)) return b;
+    changed = true;
+    const gw = /^off-link: the host routes \S+ via (\S+) on /.exec(note)?.[1];
+    if (gw && b.message === 'MAC resolved from the neighbour table') {
+      return { ...b, message: `${note}, resolved from its neighbour entry` };
+    }
+    if (gw && b.message.startsWith(`no neighbour entry for ${spec.ip} on ${spec.interface}: `)) {
+      return {
+        ...b,
+        message:
+          `no neighbour entry for the gateway ${gw} on ${spec.interface} (${note}): backend gets no traffic ` +
+          'until its MAC is known',
+      };
+    }
+    return { ...b, message: b.message ? `${b.message} (${note})` : note };
+  });
+  return changed ? { ...written, backends } : written;
 }
 
 /**
@@ -688,18 +725,22 @@ export function judgeRule(
   let observed = observedRuleStatus(
     unverifiedRuleStatus(
       mtuRuleStatus(
-        handSetNeighbourStatus(
-          heldNeighbourStatus(
-            unansweredNeighbourStatus(
-              staticMacStatus(viaNeighbourStatus(written, rule, o.via), rule, o.unverifiedMacs),
+        routeNeighbourStatus(
+          handSetNeighbourStatus(
+            heldNeighbourStatus(
+              unansweredNeighbourStatus(
+                staticMacStatus(viaNeighbourStatus(written, rule, o.via), rule, o.unverifiedMacs),
+                rule,
+                o.unanswered,
+              ),
               rule,
-              o.unanswered,
+              o.holds,
             ),
             rule,
-            o.holds,
+            o.handSet,
           ),
           rule,
-          o.handSet,
+          o.route,
         ),
       ),
       o.unverifiedEgress,

@@ -464,6 +464,7 @@ export class CoreState {
     holds: ReadonlyMap<string, NeighbourHold>;
     via: ReadonlyMap<string, string>;
     foreignEgress: ReadonlyMap<string, string>;
+    route: ReadonlyMap<string, string>;
     arpUnavailable?: string;
   } = {
     unverifiedEgress: new Map(),
@@ -472,6 +473,7 @@ export class CoreState {
     holds: new Map(),
     via: new Map(),
     foreignEgress: new Map(),
+    route: new Map(),
   };
 
   /** A rule to check and judge again at the next pass (its record, kernel record or status changed). */

@@ -23,7 +23,7 @@ import type {
 } from '../core/dataplane.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
-import { conflictingMacs, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
+import { conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
 import type { PeerMac } from '../core/static-mac.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
@@ -49,6 +49,7 @@ import {
   vethPeerLink,
   probeNeighbour,
   prepareIngress,
+  routeGet,
   reannounceVethGro,
   xdpTransmitStats,
   restoreGro,
@@ -110,6 +111,15 @@ export const ASK_EVERY_MS = 1000;
  * 3 times a second for ever. Any answer for the address starts over at ASK_EVERY_MS.
  */
 export const ASK_BROADCAST_MAX_MS = 16_000;
+/**
+ * How a neighbour entry's `via` starts when its MAC is what answered ARP requests of ours while the kernel's own
+ * entry has none (adapter neighbourView): the kernel is asked to resolve it again every NEIGHBOUR_VERIFY_MS
+ * (verifyNeighbour), so that its entry is the backend's again once its own requests are answered (the filter
+ * removed).
+ */
+const KERNEL_FAILS = "the kernel's own neighbour entry for";
+/** How long a backend's next hop (its route) is kept at most without a route change seen (ms). */
+export const HOPS_MS = 30_000;
 
 /** 32-bit value of a dotted IPv4 address. */
 const ipv4Value = (ip: string) => ip.split('.').reduce((v, x) => v * 256 + Number(x), 0);
@@ -656,7 +666,7 @@ export class KernelDataplane implements Dataplane {
         }
         const was = this.wire.get(key)?.delete(q.mac);
         // Whoever has it on that device (by its name now: asked only while the name still names it).
-        if (this.deviceOf(q.ip, q.iface) === q.ifindex) this.askNeighbour(q.ip, q.iface, '');
+        if (this.deviceOf(q.ip, q.iface) === q.ifindex) this.askOn(q.ip, q.iface, '');
         // A MAC that answered no longer does: a pass acts on it at once (a hold waiting for it to fall silent).
         if (was) this.onNeighbourAnswer?.();
       },
@@ -708,8 +718,9 @@ export class KernelDataplane implements Dataplane {
    * The MAC that answered an ARP request of ours for `ip` on `iface` (arp.ts: a reply seen on the wire): the
    * entry's own MAC when it did, else the one that answered last; undefined when none did.
    */
-  neighbourAnswered(ip: string, iface: string): string | undefined {
-    this.noteInterest(`${ip}@${iface}`);
+  neighbourAnswered(backend: string, iface: string): string | undefined {
+    this.noteInterest(`${backend}@${iface}`);
+    const ip = this.nextHop(backend, iface);
     const m = this.answeredOn(ip, iface);
     if (!m?.size) return undefined;
     const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry.mac;
@@ -719,7 +730,8 @@ export class KernelDataplane implements Dataplane {
     return last?.[0];
   }
 
-  neighbourAnswerAge(ip: string, iface: string, mac: string): number | undefined {
+  neighbourAnswerAge(backend: string, iface: string, mac: string): number | undefined {
+    const ip = this.nextHop(backend, iface);
     const at = this.answeredOn(ip, iface)?.get(mac.toLowerCase());
     return at ? Math.max(0, Date.now() - at) : undefined;
   }
@@ -729,7 +741,8 @@ export class KernelDataplane implements Dataplane {
    * core/neighbour-hold.ts conflictingMacs, from every ARP packet read whose sender IP is `ip`, while it is
    * asked); undefined: none.
    */
-  neighbourConflict(ip: string, iface: string): string[] | undefined {
+  neighbourConflict(backend: string, iface: string): string[] | undefined {
+    const ip = this.nextHop(backend, iface);
     const ifindex = this.deviceOf(ip, iface);
     const m = ifindex === undefined ? undefined : this.claims.get(`${ip}#${ifindex}`);
     return m ? conflictingMacs(m, Date.now()) : undefined;
@@ -740,7 +753,12 @@ export class KernelDataplane implements Dataplane {
    * arp.ts ARP_RETRY_SOON_MS apart (a hold that must know at once whether its kept MAC still answers); a
    * question still outstanding is not asked twice either way.
    */
-  askNeighbour(ip: string, iface: string, mac: string, now = false): boolean {
+  askNeighbour(backend: string, iface: string, mac: string, now = false): boolean {
+    return this.askOn(this.nextHop(backend, iface), iface, mac, now);
+  }
+
+  /** {@link askNeighbour} for the address asked itself (a next hop already: {@link nextHop}). */
+  private askOn(ip: string, iface: string, mac: string, now = false): boolean {
     let own: { ifindex: number; mac: string };
     try {
       own = interfaceAddress(iface);
@@ -790,9 +808,10 @@ export class KernelDataplane implements Dataplane {
     this.arpProber?.close();
   }
 
-  async neighbourMac(ip: string, iface: string): Promise<string | undefined> {
+  async neighbourMac(backend: string, iface: string): Promise<string | undefined> {
     const ifindex = ifindexOf(iface); // ENODEV (kind not-found) when it is gone, as neighbourEntry's
-    this.noteInterest(`${ip}@${iface}`);
+    this.noteInterest(`${backend}@${iface}`);
+    const ip = this.nextHop(backend, iface);
     const eg = this.egressView(iface);
     const kernel = await neighbourEntry(ip, eg?.dev.name ?? iface);
     const entry = (eg
@@ -827,7 +846,7 @@ export class KernelDataplane implements Dataplane {
     const views = new Map<string, EgressView | undefined>();
     let addrs: HostAddresses | undefined;
     if (this.neighbourSeen.size + wanted.length + (whole ? table.size : 0) > 65536) this.neighbourSeen.clear();
-    for (const { ip, iface } of wanted) {
+    for (const { ip: backend, iface } of wanted) {
       if (!index.has(iface)) {
         try {
           index.set(iface, ifindexOf(iface));
@@ -841,8 +860,10 @@ export class KernelDataplane implements Dataplane {
         gone.add(iface);
         continue;
       }
+      this.noteInterest(`${backend}@${iface}`);
+      // The address whose entry is the backend's MAC: its own, or its gateway's on the egress (nextHop).
+      const ip = this.nextHop(backend, iface);
       const key = `${ip}@${iface}`;
-      this.noteInterest(key);
       if (!views.has(iface)) views.set(iface, this.egressView(iface));
       const eg = views.get(iface);
       addrs ??= hostAddresses();
@@ -851,7 +872,7 @@ export class KernelDataplane implements Dataplane {
         : table.get(`${ip}#${ifindex}`)) ?? { mac: undefined, states: [] };
       this.neighbourSeen.set(key, { entry, at: t, ifindex });
       this.noteNeighbour(`${ip}#${ifindex}`, entry);
-      macs.set(key, entry.mac);
+      macs.set(`${backend}@${iface}`, entry.mac);
     }
     return whole ? { macs, gone, table: this.namedTable(table, t, views, addrs) } : { macs, gone };
   }
@@ -939,7 +960,25 @@ export class KernelDataplane implements Dataplane {
         `the neighbour entry for ${ip} on ${dev} is NOARP, set by hand: the kernel never asks nor confirms it ` +
         `(it holds ${kernel.mac ?? 'no MAC'})`;
     }
-    if (!why) return kernel;
+    if (!why) {
+      if (kernel?.mac) return kernel;
+      // The kernel's entry has no MAC (failed, being resolved, none) while the host answers ARP requests of ours,
+      // read off the wire by our packet socket: it sees the replies before the host's ARP input does, so an ARP
+      // input filter (nftables `arp` family, arptables) that drops them for the kernel leaves its entry failing
+      // while the host answers; so does another tool setting the entry `nud failed`. The answers are the
+      // evidence (at most NEIGHBOUR_HOLD_MS old; a MAC asked and silent is dropped from them at once).
+      const last = this.lastAnswer(`${ip}#${eg.ifindex}`);
+      if (!last || Date.now() - last[1] > NEIGHBOUR_HOLD_MS) return kernel;
+      return {
+        mac: last[0],
+        states: ['REACHABLE'],
+        confirmed: Math.floor(Math.max(0, Date.now() - last[1]) / 1000),
+        via:
+          `${KERNEL_FAILS} ${ip} on ${dev} has no MAC (${kernel?.states.length ? 'failed or unresolved' : 'none'}) ` +
+          `while ${ip} answers ARP requests of ours from ${last[0]}: the host's ARP input may be filtered ` +
+          '(nftables arp family, arptables), or another tool set the entry',
+      };
+    }
     if (!askable) return { mac: undefined, states: ['FAILED'], via: why };
     const cannot = this.arpUnavailable();
     if (cannot) {
@@ -947,13 +986,12 @@ export class KernelDataplane implements Dataplane {
       return { mac: undefined, states: ['FAILED'], via: `${why}; no ARP request of ours can be sent (${cannot})` };
     }
     const key = `${ip}#${eg.ifindex}`;
-    let last: [string, number] | undefined;
-    for (const [mac, at] of this.wire.get(key) ?? []) if (!last || at > last[1]) last = [mac, at];
+    const last = this.lastAnswer(key);
     if (last) {
       const confirmed = Math.floor(Math.max(0, Date.now() - last[1]) / 1000);
       return { mac: last[0], states: ['REACHABLE'], confirmed, via: why };
     }
-    this.askNeighbour(ip, iface, '');
+    this.askOn(ip, iface, '');
     const silent = this.broadcastSilent.has(key);
     return {
       mac: undefined,
@@ -962,12 +1000,98 @@ export class KernelDataplane implements Dataplane {
     };
   }
 
-  /** Why the MAC of `ip` behind `iface` is not the kernel's entry's (the last read's {@link neighbourView}). */
-  neighbourVia(ip: string, iface: string): string | undefined {
-    return this.neighbourSeen.get(`${ip}@${iface}`)?.entry.via;
+  /** The MAC that answered an ARP request of ours for "ip#ifindex" last, and when (ms since epoch). */
+  private lastAnswer(key: string): [string, number] | undefined {
+    let last: [string, number] | undefined;
+    for (const [mac, at] of this.wire.get(key) ?? []) if (!last || at > last[1]) last = [mac, at];
+    return last;
   }
 
-  neighbourMissing(ip: string, iface: string): boolean {
+  /**
+   * The next hop of each MAC-less backend ("ip@iface#ifindex"), from the kernel's routes ({@link hopOf}), while
+   * they are unchanged: cleared at every route change (a route or address added, removed or changed:
+   * {@link routesChanged}, from `ip monitor`) and at least every {@link HOPS_MS} (a change the monitor missed).
+   */
+  private readonly hops = new Map<string, { via?: string; note?: string }>();
+  /** When {@link hops} was last cleared (ms since epoch). */
+  private hopsSince = 0;
+
+  /** A route or address changed (link-monitor.ts): every next hop is looked up again. */
+  routesChanged(): void {
+    this.hops.clear();
+    this.hopsSince = Date.now();
+  }
+
+  /**
+   * Where the frames to the backend `ip` behind `iface` go, as the kernel would send a packet to `ip` out of
+   * `iface` (RTM_GETROUTE with that output device, as `ip route get IP oif IFACE`; a bridge port's routes are
+   * its master's): `via` the gateway whose MAC the backend's is when a route through the egress has one (an
+   * off-link backend: the kernel would send its packets to that gateway's MAC; asking the backend's own address
+   * there would only leave an INCOMPLETE entry for an address not on the link); `note` what the status says of
+   * it. Without a route through the egress the kernel takes the address as on its link (as it does for any
+   * packet sent out of a device without a route): so is the backend, and when the host has a route of its own
+   * for it (not the default route) out of another device the note says so.
+   */
+  private hopOf(ip: string, iface: string): { via?: string; note?: string } {
+    const t = Date.now();
+    if (t - this.hopsSince >= HOPS_MS || t < this.hopsSince) this.routesChanged();
+    let ifindex: number;
+    try {
+      ifindex = ifindexOf(iface);
+    } catch {
+      return {};
+    }
+    const key = `${ip}@${iface}#${ifindex}`;
+    let h = this.hops.get(key);
+    if (h) return h;
+    h = {};
+    const eg = this.egressView(iface);
+    if (eg) {
+      const dev = eg.dev.name;
+      const r = routeGet(ip, eg.dev.ifindex);
+      if (r && r.type === 1 && r.gateway && r.oif === eg.dev.ifindex && r.gateway !== ip) {
+        h = {
+          via: r.gateway,
+          note:
+            `off-link: the host routes ${ip} via ${r.gateway} on ${dev}: MAC of the gateway ${r.gateway} ` +
+            '(where the kernel would send its packets)',
+        };
+      } else if (r && r.type === 1 && r.table === 0) {
+        // Said only for a route of its own (not the default route: an egress without an address of the host's,
+        // whose backends the host never routes to, is an ordinary set-up).
+        const p = routeGet(ip, undefined, true);
+        if (p && p.type === 1 && p.prefix && p.oif !== undefined && p.oif !== eg.dev.ifindex && p.oif !== eg.ifindex) {
+          const out = nameOf(p.oif) ?? `ifindex ${p.oif}`;
+          h = {
+            note:
+              `no route to ${ip} through ${dev}: the host routes it out of ${out}` +
+              `${p.gateway ? ` via ${p.gateway}` : ''}; taken as on ${dev}'s link (as the kernel takes an address ` +
+              `without a route when it sends out of ${dev})`,
+          };
+        }
+      }
+    }
+    if (this.hops.size > 65536) this.hops.clear();
+    this.hops.set(key, h);
+    return h;
+  }
+
+  /** The address whose neighbour entry gives the MAC of the backend `ip` behind `iface` ({@link hopOf}). */
+  private nextHop(ip: string, iface: string): string {
+    return this.hopOf(ip, iface).via ?? ip;
+  }
+
+  neighbourRoute(ip: string, iface: string): string | undefined {
+    return this.hopOf(ip, iface).note;
+  }
+
+  /** Why the MAC of `ip` behind `iface` is not the kernel's entry's (the last read's {@link neighbourView}). */
+  neighbourVia(backend: string, iface: string): string | undefined {
+    return this.neighbourSeen.get(`${this.nextHop(backend, iface)}@${iface}`)?.entry.via;
+  }
+
+  neighbourMissing(backend: string, iface: string): boolean {
+    const ip = this.nextHop(backend, iface);
     const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     const e = seen?.entry;
     // Failed since it last had a MAC: the host did not answer. Our next resolve makes the entry INCOMPLETE
@@ -975,7 +1099,8 @@ export class KernelDataplane implements Dataplane {
     return !!e && !e.mac && !e.states.includes('FAILED') && !this.neighbourFailed.has(`${ip}#${seen.ifindex}`);
   }
 
-  neighbourHandSet(ip: string, iface: string): string | undefined {
+  neighbourHandSet(backend: string, iface: string): string | undefined {
+    const ip = this.nextHop(backend, iface);
     const entry = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
     const states = entry?.states ?? [];
     if (!states.includes('PERMANENT') && !states.includes('NOARP')) return undefined;
@@ -996,8 +1121,9 @@ export class KernelDataplane implements Dataplane {
    * any other's) but never set to NUD_PROBE (that would replace the operator's entry), and entries the kernel
    * is already probing are not set to NUD_PROBE again.
    */
-  verifyNeighbour(ip: string, iface: string, unanswered = false): boolean {
-    this.noteInterest(`${ip}@${iface}`);
+  verifyNeighbour(backend: string, iface: string, unanswered = false): boolean {
+    this.noteInterest(`${backend}@${iface}`);
+    const ip = this.nextHop(backend, iface);
     const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     if (!seen?.entry.mac) return false;
     // An entry the kernel never asks (NOARP), or a MAC only ARP requests of ours found: never set to NUD_PROBE.
@@ -1008,18 +1134,27 @@ export class KernelDataplane implements Dataplane {
     // A MAC that answered is asked again once a second (at most CHECKS_PER_S a second in all): it still does.
     const t0 = Date.now();
     let asked = false;
-    if (now) asked = this.askNeighbour(ip, iface, seen.entry.mac);
+    if (now) asked = this.askOn(ip, iface, seen.entry.mac);
     else if (unanswered && answer && t0 - answer >= ASK_EVERY_MS / 2) {
       const second = Math.floor(t0 / 1000);
       if (this.checks[0] !== second) this.checks = [second, 0];
-      if (this.checks[1] < CHECKS_PER_S && this.askNeighbour(ip, iface, seen.entry.mac)) {
+      if (this.checks[1] < CHECKS_PER_S && this.askOn(ip, iface, seen.entry.mac)) {
         this.checks[1]++;
         asked = true;
       }
     }
     const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
-    if (handSet || seen.entry.states.some((x) => busy.includes(x))) return asked;
     const t = Date.now();
+    if (seen.entry.via?.startsWith(KERNEL_FAILS)) {
+      // The kernel's own entry has none (its requests unanswered as far as it knows): asked to resolve it again
+      // now and then, whose reply makes its entry the backend's again once its ARP input takes replies.
+      if (t - (this.reprobed.get(key) ?? 0) < NEIGHBOUR_VERIFY_MS) return asked;
+      if (this.reprobed.size > 65536) this.reprobed.clear();
+      this.reprobed.set(key, t);
+      probeNeighbour(ip, masterOf(iface) ?? iface);
+      return asked;
+    }
+    if (handSet || seen.entry.states.some((x) => busy.includes(x))) return asked;
     // `ip -s neigh` gives the age in whole seconds, rounded down: counted as up to a second older, so that
     // a probe is never later than NEIGHBOUR_VERIFY_MS plus one pass (the bound in docs/architecture.md).
     const confirmedAgo = ((seen.entry.confirmed ?? Infinity) + 1) * 1000 + (t - seen.at);
@@ -1080,11 +1215,12 @@ export class KernelDataplane implements Dataplane {
     // an address of this host's from ARP requests of ours.
     for (const key of this.interest) {
       const at = key.indexOf('@');
-      const ip = key.slice(0, at);
       const iface = key.slice(at + 1);
       if (!views.has(iface)) views.set(iface, this.egressView(iface));
       const eg = views.get(iface);
       if (!eg) continue;
+      // An off-link backend's MAC is its gateway's on the egress (nextHop): the gateway's entry under its key.
+      const ip = this.nextHop(key.slice(0, at), iface);
       addrs ??= hostAddresses();
       const entry = this.neighbourView(ip, iface, eg, byIndex.get(`${ip}#${eg.dev.ifindex}`), addrs);
       if (!entry) {
@@ -1092,7 +1228,7 @@ export class KernelDataplane implements Dataplane {
         continue;
       }
       table.set(key, entry);
-      this.neighbourSeen.set(key, { entry, at: t, ifindex: eg.ifindex });
+      this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: t, ifindex: eg.ifindex });
       this.noteNeighbour(`${ip}#${eg.ifindex}`, entry);
     }
     return table;
@@ -1168,26 +1304,31 @@ export class KernelDataplane implements Dataplane {
   /** At most one probe per neighbour per second. */
   private readonly probed = new Map<string, number>();
 
-  probeNeighbour(ip: string, iface: string): void {
+  probeNeighbour(backend: string, iface: string): void {
+    this.noteInterest(`${backend}@${iface}`);
+    // The address whose entry is the backend's MAC (nextHop): never an entry for an address not on the link.
+    const ip = this.nextHop(backend, iface);
     // At most once a second per device (not per name: a name now on another device is resolved there at once).
     const key = `${ip}#${this.deviceOf(ip, iface) ?? iface}`;
     const t = Date.now();
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);
     if (this.probed.size > 4096) this.probed.clear();
-    this.noteInterest(`${ip}@${iface}`);
     // An entry the kernel does not resolve (neighbourView): asked by a broadcast request of ours (never when
     // it is an address of this host's on the egress or its broadcast address: `via` says so, nothing to ask).
     const via = this.neighbourSeen.get(`${ip}@${iface}`)?.entry;
     if (via?.via) {
-      if (!/\(not asked\)/.test(via.via)) this.askNeighbour(ip, iface, '');
+      if (!/\(not asked\)/.test(via.via)) this.askOn(ip, iface, '');
       return;
     }
     // A bridge port's neighbours are resolved on its master (where the kernel keeps them and the replies are
     // delivered); asked by a request of ours too, whose answer is read there.
     const master = masterOf(iface);
     probeNeighbour(ip, master ?? iface);
-    if (master) this.askNeighbour(ip, iface, '');
+    // A bridge port's; and an entry that failed: the kernel's own requests went unanswered as far as it knows,
+    // but a filter on the host's ARP input (nftables arp family, arptables) drops the replies only for the
+    // kernel: our packet socket reads them (neighbourView takes what answered ours).
+    if (master || via?.states.includes('FAILED') || this.neighbourFailed.has(key)) this.askOn(ip, iface, '');
   }
 
   ownAttachments(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }> {

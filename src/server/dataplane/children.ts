@@ -1,7 +1,7 @@
 /**
  * Child processes that never outlive the daemon, however it ends (SIGKILL, a crash, an OOM kill included).
  *
- * Every process xdpctld starts (`ip monitor link neigh`, which runs as long as the daemon, and the short
+ * Every process xdpctld starts (`ip monitor label link neigh route`, which runs as long as the daemon, and the short
  * `ip`, `ethtool`, `nsenter` commands) goes through {@link guardedArgv}: `setpriv --pdeathsig KILL` (util-linux,
  * an essential package on Debian) sets PR_SET_PDEATHSIG, so the kernel sends the child SIGKILL when the
  * daemon's thread that started it (Node's main thread) ends; then a POSIX shell checks that its parent is

@@ -1562,3 +1562,71 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   }
   return { done, problems, changed, unrepaired };
 }
+
+// <linux/rtnetlink.h>: routes
+const RTM_GETROUTE = 26;
+const RTA_DST = 1;
+const RTA_OIF = 4;
+const RTA_GATEWAY = 5;
+const RTA_TABLE = 15;
+const RTM_F_LOOKUP_TABLE = 0x1000;
+/** The reply is the FIB route that matched (its prefix, gateway, device), not the route a packet takes. */
+const RTM_F_FIB_MATCH = 0x2000;
+
+/** What the kernel's FIB says of sending to one IPv4 address ({@link routeGet}). */
+export interface RouteAnswer {
+  /** rtm_type: 1 unicast, 2 local, 3 broadcast, 6 blackhole, 7 unreachable, ... */
+  type: number;
+  /** The device it goes out of. */
+  oif?: number;
+  /** The gateway it goes via (dotted quad); undefined: on the link (no gateway). */
+  gateway?: string;
+  /**
+   * The routing table whose route matched; 0: none did, and the kernel took the address as on the link of the
+   * device asked (`oif`: what it does for a packet sent out of a device without a route to its destination).
+   */
+  table: number;
+  /** The matching route's prefix length (0: a default route); with `fib` only. */
+  prefix?: number;
+}
+
+/**
+ * The kernel's answer to `ip route get IP [oif IFINDEX]`: one RTM_GETROUTE request (no process), the route a
+ * packet to `ip` takes (out of `oif` when given: only routes through that device match, and with none the
+ * kernel takes the address as on its link). `fib`: the matching route itself (RTM_F_FIB_MATCH: its prefix
+ * length too; a multipath route has no single device). Undefined when the kernel has no route (ENETUNREACH,
+ * EHOSTUNREACH, a device that is down or gone): nothing is known. Never throws.
+ */
+export function routeGet(ip: string, oif?: number, fib = false): RouteAnswer | undefined {
+  const addr = ip.split('.').map(Number);
+  if (addr.length !== 4 || addr.some((x) => !(x >= 0 && x <= 255))) return undefined;
+  const rtm = Buffer.alloc(12); // struct rtmsg
+  rtm.writeUInt8(AF_INET, 0);
+  rtm.writeUInt8(32, 1); // rtm_dst_len
+  // RTM_F_LOOKUP_TABLE: the reply's table is the one whose route matched (0: none); without it, always main.
+  rtm.writeUInt32LE(RTM_F_LOOKUP_TABLE | (fib ? RTM_F_FIB_MATCH : 0), 8);
+  const attrs = [nlAttr(RTA_DST, Buffer.from(addr))];
+  if (oif !== undefined) {
+    const o = Buffer.alloc(4);
+    o.writeUInt32LE(oif, 0);
+    attrs.push(nlAttr(RTA_OIF, o));
+  }
+  let reply: Buffer | undefined;
+  try {
+    reply = nlRequest(NETLINK_ROUTE, RTM_GETROUTE, rtm, Buffer.concat(attrs), `look up the route to ${ip}`);
+  } catch {
+    return undefined;
+  }
+  if (!reply || reply.length < 12 || reply.readUInt8(0) !== AF_INET) return undefined;
+  const a = nlAttrs(reply, 12);
+  const gw = a.get(RTA_GATEWAY);
+  const o = a.get(RTA_OIF);
+  const t = a.get(RTA_TABLE);
+  return {
+    type: reply.readUInt8(7),
+    ...(o && o.length >= 4 ? { oif: o.readUInt32LE(0) } : {}),
+    ...(gw && gw.length === 4 ? { gateway: `${gw[0]}.${gw[1]}.${gw[2]}.${gw[3]}` } : {}),
+    table: t && t.length >= 4 ? t.readUInt32LE(0) : reply.readUInt8(4),
+    ...(fib ? { prefix: reply.readUInt8(1) } : {}),
+  };
+}
