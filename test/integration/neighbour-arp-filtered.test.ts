@@ -98,7 +98,7 @@ describe("the host's ARP input filtered (nftables arp family)", kernelOnly(), ()
     console.log(`# filtered: kernel entry '${entry()}'; f1 ${s.state}: ${s.backendStatus[0]?.message}; out ${out}/~40`);
     assert.equal(out, 0, `never taken out while the host answers: ${s.backendStatus[0]?.message}`);
     assert.equal(s.backendStatus[0].mac, b.mac);
-    assert.match(s.backendStatus[0].message, /neighbour entry for \S+ on \S+ has no MAC .*ARP input may be filtered/);
+    assert.match(s.backendStatus[0].message, /neighbour entry for \S+ on \S+ failed .*ARP input may be filtered/);
     const r = await delivered(7991);
     assert.equal(r.got, r.sent, `delivered: ${r.got} of ${r.sent}`);
   });

@@ -961,20 +961,27 @@ export class KernelDataplane implements Dataplane {
         `(it holds ${kernel.mac ?? 'no MAC'})`;
     }
     if (!why) {
-      if (kernel?.mac) return kernel;
+      // Only an entry the kernel gave up on (FAILED, and not resolved since: its next resolve makes it INCOMPLETE
+      // again); a missing one (flushed with a bounced egress, garbage-collected) is not a failure (Facts.keptMacs).
+      const k = `${ip}#${eg.ifindex}`;
+      if (kernel?.states.includes('FAILED')) {
+        if (this.kernelFailed.size > 65536) this.kernelFailed.clear();
+        this.kernelFailed.add(k);
+      } else if (kernel?.mac) this.kernelFailed.delete(k);
+      if (kernel?.mac || !this.kernelFailed.has(k)) return kernel;
       // The kernel's entry has no MAC (failed, being resolved, none) while the host answers ARP requests of ours,
       // read off the wire by our packet socket: it sees the replies before the host's ARP input does, so an ARP
       // input filter (nftables `arp` family, arptables) that drops them for the kernel leaves its entry failing
       // while the host answers; so does another tool setting the entry `nud failed`. The answers are the
       // evidence (at most NEIGHBOUR_HOLD_MS old; a MAC asked and silent is dropped from them at once).
-      const last = this.lastAnswer(`${ip}#${eg.ifindex}`);
+      const last = this.lastAnswer(k);
       if (!last || Date.now() - last[1] > NEIGHBOUR_HOLD_MS) return kernel;
       return {
         mac: last[0],
         states: ['REACHABLE'],
         confirmed: Math.floor(Math.max(0, Date.now() - last[1]) / 1000),
         via:
-          `${KERNEL_FAILS} ${ip} on ${dev} has no MAC (${kernel?.states.length ? 'failed or unresolved' : 'none'}) ` +
+          `${KERNEL_FAILS} ${ip} on ${dev} failed (its requests unanswered as far as the kernel knows) ` +
           `while ${ip} answers ARP requests of ours from ${last[0]}: the host's ARP input may be filtered ` +
           '(nftables arp family, arptables), or another tool set the entry',
       };
@@ -999,6 +1006,9 @@ export class KernelDataplane implements Dataplane {
       via: `${why}; asking by ARP requests of ours: ${silent ? 'no answer' : 'no answer yet'}`,
     };
   }
+
+  /** The kernel's entries ("ip#ifindex" of the egress) seen FAILED and not seen with a MAC since (neighbourView). */
+  private readonly kernelFailed = new Set<string>();
 
   /** The MAC that answered an ARP request of ours for "ip#ifindex" last, and when (ms since epoch). */
   private lastAnswer(key: string): [string, number] | undefined {
