@@ -113,7 +113,7 @@ export const ASK_EVERY_MS = 1000;
 export const ASK_BROADCAST_MAX_MS = 16_000;
 /**
  * How a neighbour entry's `via` starts when its MAC is what answered ARP requests of ours while the kernel's own
- * entry has none (adapter neighbourView): the kernel is asked to resolve it again every NEIGHBOUR_VERIFY_MS
+ * entry failed (neighbourView): the kernel is asked to resolve it again every NEIGHBOUR_VERIFY_MS
  * (verifyNeighbour), so that its entry is the backend's again once its own requests are answered (the filter
  * removed).
  */
@@ -969,7 +969,7 @@ export class KernelDataplane implements Dataplane {
         this.kernelFailed.add(k);
       } else if (kernel?.mac) this.kernelFailed.delete(k);
       if (kernel?.mac || !this.kernelFailed.has(k)) return kernel;
-      // The kernel's entry has no MAC (failed, being resolved, none) while the host answers ARP requests of ours,
+      // The kernel's entry failed (and has had no MAC since) while the host answers ARP requests of ours,
       // read off the wire by our packet socket: it sees the replies before the host's ARP input does, so an ARP
       // input filter (nftables `arp` family, arptables) that drops them for the kernel leaves its entry failing
       // while the host answers; so does another tool setting the entry `nud failed`. The answers are the
