@@ -326,8 +326,13 @@ export interface Backend {
    * whose first octet has its lowest bit set (IEEE 802 I/G bit, e.g.
    * 01:00:5e:..., 33:33:...), fail with INVALID_ARGUMENT naming the field,
    * e.g. rule.backends[2].mac. Empty: looked up in the host's neighbour table
-   * for `ip` on `interface`; until an entry exists the backend is unresolved
-   * and gets no traffic (see RuleStatus.backend_status). A backend the
+   * for `ip` on `interface` (an off-link `ip`, one the host routes via a
+   * gateway on `interface`: the gateway's entry, the MAC the kernel would
+   * send to; its status says so); until an entry exists the backend is
+   * unresolved and gets no traffic (see RuleStatus.backend_status). An entry
+   * that FAILED while the host answers xdpctld's own ARP requests (the host's
+   * ARP input filtered, or the entry set by hand) does not take it out: the
+   * MAC that answered within 8 s is used, its status says so. A backend the
    * datapath already forwards to keeps its MAC while its entry is missing
    * (flushed or expired, e.g. across a restart) and is probed: it leaves the
    * table only when that probe fails (the entry FAILED). The entry is kept
@@ -337,7 +342,8 @@ export interface Backend {
    * given, and checked against definitive evidence only (the veth peer's own
    * MAC when the peer is in the daemon's network namespace and takes no
    * other MACs; a neighbour entry for `ip` confirmed within 10 s, kept fresh
-   * by ARP probes, whose MAC answered a probe of xdpctld's): a contradiction
+   * by ARP probes, whose MAC answered a probe of xdpctld's; the MAC that
+   * answers xdpctld's own ARP requests while the kernel's entry failed): a contradiction
    * takes the backend out of the table with
    * a message naming both MACs ("static MAC contradicted: ...") until they
    * agree again; without such evidence the backend stays in the table, its
@@ -392,7 +398,9 @@ export interface BackendStatus {
   interface: string;
   /**
    * The MAC address in use: Backend.mac if set, else the one found in the
-   * neighbour table. Empty when unresolved.
+   * neighbour table (an off-link backend's: its gateway's), or the one that
+   * answered xdpctld's own ARP requests where the kernel's entry says nothing
+   * of the host (see BackendStatus.message). Empty when unresolved.
    */
   mac: string;
   /** Whether a MAC address is known for the backend. */
