@@ -911,8 +911,11 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 		rs->matched++;
 		rs->matched_bytes += len;
 	}
-	ring_idx = slot * XDPCTL_RING_SIZE +
-		   ring_pos(flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP));
+	/* A ring of one backend (XDPCTL_RULE_F_ONE_BACKEND) gives every flow
+	 * that backend: its first entry, without the flow hash (~7 ns). */
+	ring_idx = slot * XDPCTL_RING_SIZE;
+	if (!(rule->flags & XDPCTL_RULE_F_ONE_BACKEND))
+		ring_idx += ring_pos(flow_hash(ip->saddr, ip->daddr, udp->source, udp->dest, IPPROTO_UDP));
 	be_id = bpf_map_lookup_elem(&rule_ring, &ring_idx);
 	be = be_id ? bpf_map_lookup_elem(&backends, be_id) : NULL;
 	if (!be || !be->ifindex) {

@@ -87,6 +87,12 @@ struct xdpctl_port_use {
 #define XDPCTL_RULE_F_ACTIVE 0x1        /* slot holds a complete rule */
 #define XDPCTL_RULE_F_SRC_FILTER 0x2    /* only sources in src_allow match */
 #define XDPCTL_RULE_F_UDP_CSUM_ZERO 0x4 /* zero the UDP checksum (IPv4 only) */
+/* Every entry of the slot's ring holds the same backend id (one backend, or
+ * none): the datapath takes ring entry 0 and skips the flow hash. Written by
+ * the control plane from the ring it wrote (src/server/dataplane/tables.ts):
+ * set only after such a ring is complete, cleared before a partial rewrite
+ * of it, so a packet never sees the flag with a ring of several backends. */
+#define XDPCTL_RULE_F_ONE_BACKEND 0x8
 
 /* Value of rule_cfg (array indexed by rule slot). A rule change is written
  * into a free slot (its shadow) and published by repointing rule_match, so a

@@ -7,7 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { GlobalStat, IPPROTO_UDP, NO_BACKEND, RING_SIZE } from '../../src/server/dataplane/codec.js';
+import {
+  GlobalStat,
+  IPPROTO_UDP,
+  NO_BACKEND,
+  RING_SIZE,
+  RULE_F_ONE_BACKEND,
+} from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ringIndex } from '../../src/server/dataplane/flow-hash.js';
 import { ifindexOf, macOf } from '../../src/server/dataplane/netdev.js';
@@ -21,6 +27,7 @@ import {
   resetLinkStats,
   ruleCounters,
   setGenericMode,
+  writeRingPart,
 } from '../../src/server/dataplane/tables.js';
 import { kernelOnly, runId, sh, shQuiet } from '../helpers/env.js';
 import { installRule, openDatapath } from '../helpers/fixture.js';
@@ -616,6 +623,44 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
         seen.add(be);
       }
       assert.equal(seen.size, 16, 'flows spread over all 16 backends');
+    } finally {
+      removeMatches(dp.maps, keys);
+    }
+  });
+
+  it('a table of one backend id takes entry 0 without the flow hash (RULE_F_ONE_BACKEND); a table rewritten in place hashes again', () => {
+    const backends = [
+      { id: 40, ...BE1, iface: outIf },
+      { id: 41, ...BE2, iface: outIf },
+    ];
+    const keys = installRule(dp, { slot: 13, statsId: 13, ingress: [inIf], port: 7999, backends: [backends[0]] });
+    try {
+      const base = 13 * RING_SIZE;
+      assert.equal(dp.maps.ruleCfg.get(13)!.flags & RULE_F_ONE_BACKEND, RULE_F_ONE_BACKEND, 'set by the writer');
+      // Where 200 flows go: the backend address each was rewritten to.
+      const dests = () =>
+        Array.from({ length: 200 }, (_, i) => {
+          const r = dp.testRun(frame({ sport: 2000 + i }), inIdx);
+          assert.equal(r.action, XDP.REDIRECT);
+          return [...r.data.subarray(30, 34)].join('.');
+        });
+      assert.deepEqual(new Set(dests()), new Set([BE1.ip]));
+      // The program reads the flag: with it, a table whose entry 0 alone is BE1 sends every flow there
+      // (written below the table writer, which never leaves the flag over two ids).
+      dp.maps.backends.put(41, { ...dp.maps.backends.get(40)!, statsId: 41, addr: ipBytes(BE2.ip) });
+      dp.maps.ruleRing.putRangeU32(base + 1, new Uint32Array(RING_SIZE - 1).fill(41));
+      assert.deepEqual(new Set(dests()), new Set([BE1.ip]), 'entry 0 for every flow while the flag is set');
+      // The writer's in-place rewrite clears it: flows hash again, as the TypeScript flow hash predicts.
+      writeRingPart(dp.maps, 13, 0, Uint32Array.of(41));
+      assert.equal(dp.maps.ruleCfg.get(13)!.flags & RULE_F_ONE_BACKEND, RULE_F_ONE_BACKEND, 'one id throughout again');
+      writeRingPart(dp.maps, 13, 0, Uint32Array.of(40));
+      assert.equal(dp.maps.ruleCfg.get(13)!.flags & RULE_F_ONE_BACKEND, 0, 'two ids: cleared');
+      const got = dests();
+      const want = got.map((_, i) => {
+        const at = ringIndex(ipBytes('198.18.1.1'), ipBytes('198.18.9.9'), 2000 + i, 7999, IPPROTO_UDP);
+        return at === 0 ? BE1.ip : BE2.ip;
+      });
+      assert.deepEqual(got, want);
     } finally {
       removeMatches(dp.maps, keys);
     }

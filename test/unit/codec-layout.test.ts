@@ -55,6 +55,7 @@ describe('constants match bpf/xdpctl.h', () => {
     assert.equal(codec.RULE_F_ACTIVE, define('XDPCTL_RULE_F_ACTIVE'));
     assert.equal(codec.RULE_F_SRC_FILTER, define('XDPCTL_RULE_F_SRC_FILTER'));
     assert.equal(codec.RULE_F_UDP_CSUM_ZERO, define('XDPCTL_RULE_F_UDP_CSUM_ZERO'));
+    assert.equal(codec.RULE_F_ONE_BACKEND, define('XDPCTL_RULE_F_ONE_BACKEND'));
     assert.equal(codec.MAX_IFINDEX, define('XDPCTL_MAX_IFINDEX'));
     assert.equal(codec.MAX_BIG_IFINDEXES, define('XDPCTL_MAX_BIG_IFINDEXES'));
     assert.equal(codec.IF_F_XCONNECT, define('XDPCTL_IF_F_XCONNECT'));

@@ -1691,9 +1691,7 @@ export class KernelDataplane implements Dataplane {
   }
 
   writeRing(slot: number, start: number, ids: ArrayLike<number>): void {
-    if (start < 0 || start + ids.length > RING_SIZE)
-      throw new RangeError(`ring slots ${start}+${ids.length} of ${RING_SIZE}`);
-    this.dp.maps.ruleRing.putRangeU32(slot * RING_SIZE + start, ids);
+    tables.writeRingPart(this.dp.maps, slot, start, ids);
   }
 
   writeRuleCfg(slot: number, flags: number, statsId: number, srcFilter: boolean): void {

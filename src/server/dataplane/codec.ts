@@ -34,6 +34,11 @@ export const IF_F_GENERIC = 0x4;
 export const RULE_F_ACTIVE = 0x1;
 export const RULE_F_SRC_FILTER = 0x2;
 export const RULE_F_UDP_CSUM_ZERO = 0x4;
+/**
+ * Every entry of the slot's ring holds one backend id: the datapath skips the flow hash. Kept by
+ * dataplane/tables.ts from the ring it writes (never part of a plan's flags).
+ */
+export const RULE_F_ONE_BACKEND = 0x8;
 
 /** enum xdpctl_stat: the core's port type (the dataplane implements the core's ports), checked
  * against the compiled object's BTF by test/unit/codec-layout.test.ts. */

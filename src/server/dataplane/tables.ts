@@ -15,6 +15,7 @@ import {
   IF_LINK_SHIFT,
   RING_SIZE,
   RULE_F_ACTIVE,
+  RULE_F_ONE_BACKEND,
   RULE_F_SRC_FILTER,
   type BackendEntry,
   type BackendStats,
@@ -47,7 +48,8 @@ export interface RuleSlotContent {
 
 /**
  * Write a complete rule into an unpublished slot: backends, ring, prefixes,
- * then the rule entry marked active last.
+ * then the rule entry marked active last (with RULE_F_ONE_BACKEND when the
+ * ring holds one backend id throughout).
  */
 export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
   if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
@@ -55,10 +57,32 @@ export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
   const base = c.slot * RING_SIZE;
   maps.ruleRing.putRangeU32(base, c.ring);
   for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
-  writeRuleCfg(maps, c.slot, c.flags, c.statsId, c.srcPrefixes.length > 0);
+  putRuleCfg(maps, c.slot, c.flags, c.statsId, c.srcPrefixes.length > 0, oneId(c.ring, 1));
 }
 
-/** A slot's rule entry, marked active (RULE_F_SRC_FILTER when it has source prefixes). */
+/** Whether a ring (entry `s` at `ring[s * stride]`) holds one backend id in all RING_SIZE entries. */
+export function oneId(ring: ArrayLike<number>, stride: number): boolean {
+  const first = ring[0];
+  for (let s = 1; s < RING_SIZE; s++) if (ring[s * stride] !== first) return false;
+  return true;
+}
+
+function putRuleCfg(
+  maps: DatapathMaps,
+  slot: number,
+  flags: number,
+  statsId: number,
+  srcFilter: boolean,
+  one: boolean,
+): void {
+  const f = (flags & ~RULE_F_ONE_BACKEND) | RULE_F_ACTIVE | (srcFilter ? RULE_F_SRC_FILTER : 0);
+  maps.ruleCfg.put(slot, { flags: f | (one ? RULE_F_ONE_BACKEND : 0), statsId });
+}
+
+/**
+ * A slot's rule entry, marked active (RULE_F_SRC_FILTER when it has source prefixes; RULE_F_ONE_BACKEND
+ * when the slot's ring, as the map holds it now, has one backend id throughout).
+ */
 export function writeRuleCfg(
   maps: DatapathMaps,
   slot: number,
@@ -66,7 +90,23 @@ export function writeRuleCfg(
   statsId: number,
   srcFilter: boolean,
 ): void {
-  maps.ruleCfg.put(slot, { flags: flags | RULE_F_ACTIVE | (srcFilter ? RULE_F_SRC_FILTER : 0), statsId });
+  putRuleCfg(maps, slot, flags, statsId, srcFilter, oneId(maps.ruleRing.getRangeU32(slot * RING_SIZE, RING_SIZE), 1));
+}
+
+/**
+ * Rewrite entries start..start+ids.length-1 of a slot's ring in place (a repair of a published slot). A rule
+ * entry saying RULE_F_ONE_BACKEND loses it before the ring changes (a packet meanwhile hashes, and finds
+ * the old or the new id), and the flag is set again once the whole ring holds one id.
+ */
+export function writeRingPart(maps: DatapathMaps, slot: number, start: number, ids: ArrayLike<number>): void {
+  if (start < 0 || start + ids.length > RING_SIZE)
+    throw new RangeError(`ring slots ${start}+${ids.length} of ${RING_SIZE}`);
+  const base = slot * RING_SIZE;
+  const cfg = maps.ruleCfg.get(slot);
+  if (cfg && cfg.flags & RULE_F_ONE_BACKEND) maps.ruleCfg.put(slot, { ...cfg, flags: cfg.flags & ~RULE_F_ONE_BACKEND });
+  maps.ruleRing.putRangeU32(base + start, ids);
+  if (cfg && cfg.flags & RULE_F_ACTIVE && oneId(maps.ruleRing.getRangeU32(base, RING_SIZE), 1))
+    maps.ruleCfg.put(slot, { ...cfg, flags: cfg.flags | RULE_F_ONE_BACKEND });
 }
 
 /** Read slots' rule entries and backend tables (one mapping of rule_ring for all of them). */
@@ -90,8 +130,11 @@ export function readRuleSlots(
     slots.map((s) => [s * RING_SIZE, RING_SIZE] as [number, number]),
     (i, ring, ringStride) => {
       const e = cfg[slots[i] - lo] ?? { flags: 0, statsId: 0 };
+      // RULE_F_ONE_BACKEND is the writer's, not the plan's: shown only where it is wrong (the ring holds
+      // several ids), which the caller sees as a flag the kernel has and the plan has not.
+      const wrongOne = e.flags & RULE_F_ONE_BACKEND && !oneId(ring, ringStride ?? 1) ? RULE_F_ONE_BACKEND : 0;
       visit(slots[i], {
-        flags: e.flags & ~(RULE_F_ACTIVE | RULE_F_SRC_FILTER),
+        flags: (e.flags & ~(RULE_F_ACTIVE | RULE_F_SRC_FILTER | RULE_F_ONE_BACKEND)) | wrongOne,
         active: (e.flags & RULE_F_ACTIVE) !== 0,
         srcFilter: (e.flags & RULE_F_SRC_FILTER) !== 0,
         statsId: e.statsId,
