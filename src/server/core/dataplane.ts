@@ -168,7 +168,10 @@ export interface RuleSlotWrite {
 
 /** A rule slot as the kernel holds it now ({@link Dataplane.readRuleSlots}). */
 export interface RuleSlotState {
-  /** RULE_F_* flags other than ACTIVE and SRC_FILTER (the ones {@link RuleSlotWrite} takes). */
+  /**
+   * RULE_F_* flags other than ACTIVE and SRC_FILTER (the ones {@link RuleSlotWrite} takes). ONE_BACKEND, which
+   * the table writer keeps, only where it is wrong (set over a table of several ids): a flag no plan has.
+   */
   flags: number;
   /** The ACTIVE flag: the datapath uses the slot. */
   active: boolean;
@@ -472,7 +475,10 @@ export interface Dataplane {
    * that differ from the desired state are written). Each is one step.
    */
   writeBackends(entries: [number, BackendEntry][]): void;
-  /** Write table slots start..start+ids.length-1 of a rule slot's backend table. */
+  /**
+   * Write table slots start..start+ids.length-1 of a rule slot's backend table (the rule entry's ONE_BACKEND
+   * flag cleared before, set after when the whole table holds one id).
+   */
   writeRing(slot: number, start: number, ids: ArrayLike<number>): void;
   /** Write a slot's rule entry (ACTIVE set; SRC_FILTER as given). */
   writeRuleCfg(slot: number, flags: number, statsId: number, srcFilter: boolean): void;
