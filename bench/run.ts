@@ -5,7 +5,8 @@
  * the JSON given by --out (the test suite uses it so that the benchmark code
  * cannot rot). BENCHMARKS.md's generated tables come first; everything from
  * the marker line of bench/hand-written.ts on (analysis, history, experiments written by hand) is
- * kept as it is when the file is rewritten.
+ * kept as it is when the file is rewritten. `--only datapath,live` runs only those
+ * sections and keeps the others' tables (see `only` below).
  *
  * Sections, each returning rows in the shared {@link Figure} shape:
  *   datapath  per-packet cost through BPF_PROG_TEST_RUN   (bench/datapath.ts)
@@ -17,7 +18,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 
 import { benchControl, renderControl } from './control.js';
 import { benchDatapath, type Figure } from './datapath.js';
-import { handWritten } from './hand-written.js';
+import { HAND_WRITTEN, handWritten } from './hand-written.js';
 import { benchLive } from './live.js';
 
 export type { Figure };
@@ -32,23 +33,54 @@ const opts = smoke
   : { repeat: 1_000_000, runs: 7, scaling: [1, 1000, 100_000] };
 const liveOpts = smoke ? { repeat: 5000, runs: 2 } : { repeat: 1_000_000, runs: 5 };
 
+/**
+ * `--only datapath,live` (any of datapath, live, control): run those sections; the others' tables and JSON
+ * are kept from the last run's BENCHMARKS.md and bench/results.json, and the header says so. For working on
+ * one part, and for a machine where the control plane's sections cannot finish.
+ */
+const onlyArg = process.argv.indexOf('--only');
+const only = onlyArg > 0 ? new Set(process.argv[onlyArg + 1].split(',')) : undefined;
+const runs = (section: 'datapath' | 'live' | 'control') => !only || only.has(section);
+
+/** Headings that start the generated sections of BENCHMARKS.md, in order. */
+const HEADINGS = {
+  datapath: '## Datapath: per-packet cost',
+  live: '## Datapath: live frames delivered',
+  control: '## Control plane (a real xdpctld',
+};
+
+/** The generated section of an earlier BENCHMARKS.md that starts with `heading` (up to the next one). */
+function previousSection(md: string, heading: string): string {
+  const at = md.indexOf(heading);
+  if (at < 0) throw new Error(`BENCHMARKS.md has no section "${heading}" to keep: run it (without --only)`);
+  const ends = [...Object.values(HEADINGS), HAND_WRITTEN].map((h) => md.indexOf(h, at + 1)).filter((i) => i > at);
+  return `${md.slice(at, Math.min(...ends, md.length)).trimEnd()}\n`;
+}
+
 async function main(): Promise<void> {
   const started = new Date();
-  const datapath = benchDatapath(opts);
-  const live = benchLive(liveOpts);
+  const mdPath = `${ROOT}BENCHMARKS.md`;
+  const oldMd = existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : '';
+  const oldJson = only && existsSync(jsonPath) ? JSON.parse(readFileSync(jsonPath, 'utf8')) : {};
+  const datapath: Figure[] = runs('datapath') ? benchDatapath(opts) : oldJson.datapath;
+  const live = runs('live')
+    ? benchLive(liveOpts)
+    : { figures: oldJson.live as Figure[], otherFrames: oldJson.liveSinkOtherFrames as number };
 
   // ── Control plane (bench/control.ts): its call and its BENCHMARKS.md section go here.
-  const control: Figure[] = await benchControl({ smoke });
-  const controlMd = renderControl(control, smoke);
+  const control: Figure[] = runs('control') ? await benchControl({ smoke }) : oldJson.control;
+  const controlMd = runs('control') ? renderControl(control, smoke) : previousSection(oldMd, HEADINGS.control);
   // ──
 
-  const command = smoke ? 'npm run bench -- --smoke' : 'npm run bench';
+  const command = `npm run bench${smoke ? ' -- --smoke' : only ? ` -- --only ${[...only].join(',')}` : ''}`;
+  const kept = only ? `; the other tables are from the run of ${oldJson.date ?? 'an earlier date'}` : '';
   const result = {
     date: started.toISOString(),
     kernel: release(),
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? 'unknown',
     command,
+    ...(only ? { keptFrom: oldJson.date, keptSections: Object.keys(HEADINGS).filter((k) => !only.has(k)) } : {}),
     datapath,
     live: live.figures,
     liveSinkOtherFrames: live.otherFrames,
@@ -59,17 +91,16 @@ async function main(): Promise<void> {
   const md = `# Benchmarks
 
 Measured ${started.toISOString().slice(0, 10)} on kernel ${result.kernel}, ${result.cpus} CPUs (${result.cpuModel}),
-with \`${command}\` (as root). Every figure is the median of several runs with its range; baselines are
+with \`${command}\` (as root${kept}). Every figure is the median of several runs with its range; baselines are
 measured in the same run, and ratios are against them (these machines are noisy: compare ratios, not
 absolute numbers across runs). The tables are rewritten by every run; the analysis sections after them
 (what was tried, history, next steps) are written by hand and kept.
 
-${renderDatapath(datapath)}
-${renderLive(live.figures, datapath)}
+${runs('datapath') ? renderDatapath(datapath) : previousSection(oldMd, HEADINGS.datapath)}
+${runs('live') ? renderLive(live.figures, datapath) : previousSection(oldMd, HEADINGS.live)}
 ${controlMd}`;
-  const mdPath = `${ROOT}BENCHMARKS.md`;
-  const kept = handWritten(existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : '');
-  if (!smoke) writeFileSync(mdPath, kept ? `${md.trimEnd()}\n\n${kept}` : md);
+  const hand = handWritten(oldMd);
+  if (!smoke) writeFileSync(mdPath, hand ? `${md.trimEnd()}\n\n${hand}` : md);
   process.stdout.write(md);
 }
 
@@ -183,7 +214,7 @@ ${
 instead of \`bpf_redirect(ifindex)\` did not either (same runs, 1 M frames × 5: 0.70x and 0.64x against 0.74x and
 0.66x).`
 } The live figures depend on the rest of the machine: with other work running, the minimal redirect itself
-fell from ~5 to 1–2.5 Mpps and ratios swung by ±0.2 between rounds of one tree (BENCHMARKS.md, 2026-12-06). The gap
+fell from ~5 to 1–2.5 Mpps and ratios swung by ±0.2 between rounds of one tree (2026-12-06, sections below). The gap
 is the program's own cost per frame: ${
     frameNs !== undefined && minNs !== undefined && udpNs !== undefined
       ? `in this run the UDP path costs ${fmt(udpNs - minNs, 0)} ns more than the minimal redirect (test run, ` +
