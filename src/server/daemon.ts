@@ -1153,14 +1153,17 @@ export class Daemon {
         const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
         const r = await this.kernel!.cleanupHost();
+        // Settings sorted: the same host gives the same line, whatever order the devices were visited in
+        // (interfaces in the order they were detached: a bridge before its ports).
+        const sorted = (xs: readonly string[]) => [...xs].sort();
         const done = {
           detached: [...detached, ...r.detached],
-          restored: r.restored,
+          restored: sorted(r.restored),
           // Recorded devices not touched: gone, or another device (namespace, veth peer) at that ifindex since.
-          ...(r.leftAlone.length ? { leftAlone: r.leftAlone } : {}),
+          ...(r.leftAlone.length ? { leftAlone: sorted(r.leftAlone) } : {}),
         };
         // "Restored" only when it was: a failure is the one line, with what was done and what was not.
-        if (r.failed.length) this.log.error({ ...done, failed: r.failed }, 'cleanup incomplete');
+        if (r.failed.length) this.log.error({ ...done, failed: sorted(r.failed) }, 'cleanup incomplete');
         else this.log.info(done, 'cleanup: host restored');
       }
       this.datapath.close();
