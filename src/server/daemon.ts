@@ -91,7 +91,8 @@ import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
 import { registerConfigMetrics } from './telemetry/config-metrics.js';
-import { registerStateMetrics } from './telemetry/state-metrics.js';
+import { registerGauges } from './telemetry/gauge-producer.js';
+import { registerStateMetrics, storeMetrics } from './telemetry/state-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
 import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
@@ -430,11 +431,16 @@ export class Daemon {
     });
     const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
     const unregisterState = registerStateMetrics(metrics.getMeter('xdpctld', VERSION), controller);
+    const unregisterStore = registerGauges(storeMetrics, () => controller.stateStore(), {
+      name: 'xdpctld',
+      version: VERSION,
+    });
     /** Config-file mode's watcher, once made (the status, its health service and its metrics report it). */
     let config: ConfigWatcher | undefined;
     const unregisterConfig = registerConfigMetrics(() => config?.report(), { name: 'xdpctld', version: VERSION });
     const unregisterMetrics = () => {
       unregisterConfig();
+      unregisterStore();
       unregisterState();
       unregisterDatapath();
       unregisterLoop();

@@ -196,18 +196,34 @@ export function xdpctl(
   });
 }
 
-/** A sample of the daemon's Prometheus endpoint: the value of `name` with `labels` (a subset), or undefined. */
+/** The value of one sample of `name` on a Prometheus endpoint whose labels include all of `labels`. */
 export async function metric(addr: string, name: string, labels: Record<string, string>): Promise<number | undefined> {
   return promSample(await (await fetch(`http://${addr}/metrics`)).text(), name, labels);
 }
 
+/** Every series of `name` on a Prometheus endpoint: its labels and value. */
+export async function metricSeries(
+  addr: string,
+  name: string,
+): Promise<{ labels: Record<string, string>; value: number }[]> {
+  return promSeries(await (await fetch(`http://${addr}/metrics`)).text(), name);
+}
+
 /** The value of one sample of `name` in Prometheus text whose labels include all of `labels`; undefined when absent. */
 export function promSample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  return promSeries(text, name).find((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
+}
+
+/** Every sample of `name` in Prometheus text: its labels and value. */
+export function promSeries(text: string, name: string): { labels: Record<string, string>; value: number }[] {
+  const out: { labels: Record<string, string>; value: number }[] = [];
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+    const labels = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    );
+    out.push({ labels, value: Number(m[3]) });
   }
-  return undefined;
+  return out;
 }

@@ -10,15 +10,10 @@
  *  - `xdpctl.config.applied`: when this daemon last applied the file (seconds since the epoch), with the path
  *    and `xdpctl.config.sha256` of the text applied (the last good configuration); no point before it applied
  *    one.
- * A MetricProducer, as datapath-metrics.ts is, not SDK instruments: the SDK's observable gauges go on
- * exporting an attribute set (a refusal's reason and field) with its last value after the callback stopped
- * observing it, so a refusal would still be exported after a good file is in force. Each collection
- * reports exactly what the watcher says at that moment; no state is kept here.
+ * A MetricProducer (gauge-producer.ts): a refusal's reason and field are exported only while it holds.
  */
-import { ValueType, type HrTime } from '@opentelemetry/api';
-import type { CollectionResult, MetricData, MetricProducer, ResourceMetrics } from '@opentelemetry/sdk-metrics';
-
 import type { ConfigReport } from '../config-watcher.js';
+import { GaugeProducer, registerGauges, type GaugeNow } from './gauge-producer.js';
 
 export const CONFIG_METRICS = {
   inForce: 'xdpctl.config.in_force',
@@ -32,8 +27,6 @@ export const CONFIG_ATTRS = {
   field: 'xdpctl.config.field',
   sha256: 'xdpctl.config.sha256',
 } as const;
-
-const GAUGE = 2; // @opentelemetry/sdk-metrics DataPointType.GAUGE, without loading the SDK
 
 const DESCRIPTIONS = {
   inForce: {
@@ -53,43 +46,12 @@ const DESCRIPTIONS = {
   },
 };
 
-const hrTime = (ms: number): HrTime => [Math.floor(ms / 1000), (ms % 1000) * 1e6];
-
 /** The config watcher's report as gauges, for the daemon's metric readers (telemetry/sdk.ts, prometheus.ts). */
-export class ConfigMetricProducer implements MetricProducer {
-  private source?: () => ConfigReport | undefined;
-  private scope = { name: 'xdpctld' as string, version: undefined as string | undefined };
-
-  attach(source: () => ConfigReport | undefined, scope: { name: string; version?: string }): void {
-    this.source = source;
-    this.scope = { name: scope.name, version: scope.version };
-  }
-
-  detach(source: () => ConfigReport | undefined): void {
-    if (this.source === source) this.source = undefined;
-  }
-
-  collect(): Promise<CollectionResult> {
-    const resourceMetrics = {
-      resource: undefined, // MetricReader.collect keeps the SDK's resource and ignores a producer's
-      scopeMetrics: [{ scope: this.scope, metrics: this.build() }],
-    } as unknown as ResourceMetrics;
-    return Promise.resolve({ resourceMetrics, errors: [] });
-  }
-
-  /** The gauges of the watcher's report now (none without --config). */
-  build(): MetricData[] {
-    const r = this.source?.();
-    if (!r) return [];
-    const now = hrTime(Date.now());
+export class ConfigMetricProducer extends GaugeProducer<ConfigReport> {
+  protected gauges(r: ConfigReport): GaugeNow[] {
     const A = CONFIG_ATTRS;
-    const point = (attributes: Record<string, string>, value: number) => ({
-      startTime: now,
-      endTime: now,
-      attributes,
-      value,
-    });
-    const gauges = {
+    const point = (attributes: Record<string, string>, value: number) => ({ attributes, value });
+    const points = {
       inForce: [point({ [A.path]: r.path }, r.inForce ? 1 : 0)],
       refused: r.inForce
         ? []
@@ -104,11 +66,11 @@ export class ConfigMetricProducer implements MetricProducer {
           ? [point({ [A.path]: r.path, [A.sha256]: r.appliedSha256 }, Math.floor(r.appliedAt / 1000))]
           : [],
     };
-    return (Object.keys(gauges) as (keyof typeof gauges)[]).map((k) => ({
-      descriptor: { name: CONFIG_METRICS[k], ...DESCRIPTIONS[k], valueType: ValueType.INT },
-      dataPointType: GAUGE,
-      dataPoints: gauges[k],
-    })) as unknown as MetricData[];
+    return (Object.keys(points) as (keyof typeof points)[]).map((k) => ({
+      name: CONFIG_METRICS[k],
+      ...DESCRIPTIONS[k],
+      points: points[k],
+    }));
   }
 }
 
@@ -121,6 +83,5 @@ export function registerConfigMetrics(
   scope: { name: string; version?: string } = { name: 'xdpctld' },
   producer: ConfigMetricProducer = configMetrics,
 ): () => void {
-  producer.attach(source, scope);
-  return () => producer.detach(source);
+  return registerGauges(producer, source, scope);
 }

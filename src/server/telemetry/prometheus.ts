@@ -19,6 +19,7 @@ import type { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/ex
 import type { MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
 
 import { configMetrics } from './config-metrics.js';
+import { storeMetrics } from './state-metrics.js';
 import { datapathMetrics } from './datapath-metrics.js';
 
 /** Where `--prometheus` without a value listens. */
@@ -83,7 +84,7 @@ export class PrometheusEndpoint {
     // The datapath's per-object counters come from their own producer (see datapath-metrics.ts).
     const reader = new PrometheusExporter({
       preventServerStart: true,
-      metricProducers: [datapathMetrics, configMetrics],
+      metricProducers: [datapathMetrics, configMetrics, storeMetrics],
     });
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];

@@ -30,6 +30,7 @@ import type { SpanProcessor } from '@opentelemetry/sdk-trace';
 
 import type { Logger } from '../log.js';
 import { configMetrics } from './config-metrics.js';
+import { storeMetrics } from './state-metrics.js';
 import { datapathMetrics } from './datapath-metrics.js';
 import { isLoopback, PROMETHEUS_DEFAULT, PrometheusEndpoint, type HostPort } from './prometheus.js';
 
@@ -104,7 +105,7 @@ async function envMetricReaders(log?: Logger): Promise<IMetricReader[]> {
       exporter,
       exportIntervalMillis: interval,
       exportTimeoutMillis: timeout,
-      metricProducers: [datapathMetrics, configMetrics],
+      metricProducers: [datapathMetrics, configMetrics, storeMetrics],
     });
   };
   const names = list(process.env.OTEL_METRICS_EXPORTER);

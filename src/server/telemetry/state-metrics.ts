@@ -11,7 +11,8 @@
  *  - `xdpctl.state_store.writable`: 1 while the state store takes writes, 0 while it refuses them (a full or
  *    read-only disk, an I/O error: as last observed by a change or the reconciler's write probe), with
  *    `xdpctl.state_store.reason` saying why (the disk's words, e.g. "the disk is full (ENOSPC) [SQLITE_FULL]")
- *    and `xdpctl.state_store.path`; not reported without a store (--no-state);
+ *    and `xdpctl.state_store.path`; one point per collection (a reason is exported only while it holds: a
+ *    MetricProducer, gauge-producer.ts, {@link storeMetrics}); not reported without a store (--no-state);
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
  *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, neighbour_changes_held, neighbour_conflicts, egress_mac_changes, kernel_repairs, counter_resets,
  *    egress_ejections), counted since the start.
@@ -20,6 +21,7 @@
 import type { Meter } from '@opentelemetry/api';
 
 import type { RuleState } from '../core/model.js';
+import { GaugeProducer, type GaugeNow } from './gauge-producer.js';
 
 export const STATE_METRICS = {
   rules: 'xdpctl.rules',
@@ -51,9 +53,38 @@ export interface StateSource {
   problemCount?(): number;
   /** What the reconciler did since the start, by kind. */
   reconcilerEvents(): Readonly<Record<string, number>>;
-  /** The state store and why it refuses writes, if it does (undefined: no store). */
-  stateStore?(): { path: string; problem?: string } | undefined;
 }
+
+/** The state store as observed: its path, and why it refuses writes while it does. */
+export interface StoreReport {
+  path: string;
+  problem?: string;
+}
+
+/**
+ * `xdpctl.state_store.writable` (see above): exactly one point, 1 while the store takes writes, 0 with the
+ * reason while it refuses them; the daemon attaches the controller's stateStore().
+ */
+export class StoreMetricProducer extends GaugeProducer<StoreReport> {
+  protected gauges(s: StoreReport): GaugeNow[] {
+    return [
+      {
+        name: STATE_METRICS.storeWritable,
+        description:
+          'Whether the state store takes writes: 1 yes, 0 no (every change is refused), with xdpctl.state_store.reason as the disk said (ENOSPC, EROFS, EIO, a write lock another process holds) only while 0; as last observed by a change or the write probe of the reconciler (each second)',
+        unit: '{store}',
+        points: [
+          s.problem === undefined
+            ? { attributes: { [STORE_PATH_ATTR]: s.path }, value: 1 }
+            : { attributes: { [STORE_PATH_ATTR]: s.path, [STORE_REASON_ATTR]: s.problem }, value: 0 },
+        ],
+      },
+    ];
+  }
+}
+
+/** The process's producer (one per process, like configMetrics). */
+export const storeMetrics = new StoreMetricProducer();
 
 /** Register the gauges; returns a function that unregisters them (daemon stop). */
 export function registerStateMetrics(meter: Meter, source: StateSource): () => void {
@@ -80,23 +111,10 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   };
   const observeProblems = (r: { observe(v: number): void }) =>
     r.observe(source.problemCount?.() ?? source.problems().length);
-  const store = meter.createObservableGauge(STATE_METRICS.storeWritable, {
-    description:
-      'Whether the state store takes writes: 1 yes, 0 no (every change is refused), with xdpctl.state_store.reason as the disk said (ENOSPC, EROFS, EIO); as last observed by a change or the write probe of the reconciler (each second while it refuses)',
-    unit: '{store}',
-  });
-  const observeStore = (r: { observe(v: number, a?: Record<string, string>): void }) => {
-    const s = source.stateStore?.();
-    if (!s) return;
-    if (s.problem === undefined) r.observe(1, { [STORE_PATH_ATTR]: s.path });
-    else r.observe(0, { [STORE_PATH_ATTR]: s.path, [STORE_REASON_ATTR]: s.problem });
-  };
   rules.addCallback(observeRules);
   problems.addCallback(observeProblems);
   events.addCallback(observeEvents);
-  store.addCallback(observeStore);
   return () => {
-    store.removeCallback(observeStore);
     events.removeCallback(observeEvents);
     rules.removeCallback(observeRules);
     problems.removeCallback(observeProblems);
