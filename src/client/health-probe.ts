@@ -10,7 +10,8 @@
  *
  * Exit 0: SERVING. Exit 1: an answer other than SERVING (NOT_SERVING, UNKNOWN, or a gRPC error such as
  * NOT_FOUND for an unknown service), printed on stderr. Exit 2: no answer (connection refused, timeout,
- * not gRPC). Exit 3: it could not ask (bad usage, or a Node older than package.json's engines). TCP is
+ * not gRPC). Exit 3: it could not ask (bad usage, a Unix socket this user may not open, or a Node older than
+ * package.json's engines). TCP is
  * plaintext, so only for a loopback listener; the Unix socket is what the deployment files use (no TLS, no
  * network).
  *
@@ -96,7 +97,18 @@ export function probe(o: ProbeOptions): Promise<[number, string]> {
       unix ? { createConnection: () => net.connect(unix) } : {},
     );
     const timer = setTimeout(() => finish(2, `no answer from ${o.server} in ${o.timeoutMs} ms`), o.timeoutMs);
-    session.on('error', (e) => finish(2, `${o.server}: ${e.message}`));
+    const failed = (e: Error) => {
+      // A socket this user may not open (connect's error, or the stream's whose cause it is): the probe could
+      // not ask (exit 3), which says nothing of the daemon.
+      const codes = [(e as NodeJS.ErrnoException).code, ((e.cause ?? {}) as NodeJS.ErrnoException).code];
+      if (unix && codes.some((c) => c === 'EACCES' || c === 'EPERM')) {
+        // Loaded on this path only: a probe that can ask loads nothing but Node built-ins.
+        void import('../shared/socket-access.js').then(({ socketAccessWhy }) =>
+          finish(3, `could not ask: permission denied: you may not open ${unix} ${socketAccessWhy(unix)}`),
+        );
+      } else finish(2, `${o.server}: ${e.message}`);
+    };
+    session.on('error', failed);
     const req = session.request({
       ':method': 'POST',
       ':path': '/grpc.health.v1.Health/Check',
@@ -105,7 +117,7 @@ export function probe(o: ProbeOptions): Promise<[number, string]> {
     });
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('error', (e) => finish(2, `${o.server}: ${e.message}`));
+    req.on('error', failed);
     req.on('trailers', (t) => {
       const code = Number(t['grpc-status'] ?? 2);
       if (code !== 0) {
@@ -135,7 +147,7 @@ export function probe(o: ProbeOptions): Promise<[number, string]> {
 const USAGE = `Usage: xdpctl-health [options]
 
 One grpc.health.v1.Health/Check call; exit 0 when SERVING, 1 for any other answer, 2 for no answer,
-3 when it could not ask (bad usage).
+3 when it could not ask (bad usage, a socket this user may not open).
 
 Options:
   --server <address>  unix:/path or host:port (plaintext: loopback only) (default: "unix:/run/xdpctl/xdpctl.sock")

@@ -233,9 +233,17 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
     assert.equal((denial.identity as { uid: number; gid: number }).uid, 65534);
     assert.equal((denial.identity as { uid: number; gid: number }).gid, 65534);
     // Outside the group, the socket's mode keeps it out before any RPC.
+    // Said as a permission problem (exit 9, what mode and ids refuse it), not "unavailable ... is it running?"
+    // (exit 10: a script that restarts a daemon it takes for dead), since the daemon runs and serves.
     const outsider = cli('4242', ['status']);
-    assert.notEqual(outsider.status, 0);
-    assert.doesNotMatch(outsider.stderr, /PERMISSION_DENIED|needs the/);
+    assert.equal(outsider.status, 9, outsider.stderr);
+    assert.doesNotMatch(outsider.stderr, /PERMISSION_DENIED|needs the|is it running/);
+    const why = `you may not open ${sock} \\(mode 0660, owner uid 0, group gid 65534; this process runs as uid 65534 gid 4242\\)`;
+    assert.match(outsider.stderr, new RegExp(`^xdpctl: permission denied: ${why}: join the socket's group`));
+    // The health probe likewise: it could not ask (exit 3), which says nothing of the daemon (2: no answer).
+    const probe = rt.run('dist/client/health-probe.js', ['--server', d!.unix, '--timeout', '5s'], 65534, '4242');
+    assert.equal(probe.status, 3, probe.stderr);
+    assert.match(probe.stderr, new RegExp(`could not ask: permission denied: ${why}`));
   });
 });
 

@@ -6,6 +6,7 @@ import { ClientError, Status, type Metadata } from 'nice-grpc';
 
 import { BadRequest, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
 import { Status as RpcStatus } from '../../gen/google/rpc/status.js';
+import { socketAccessWhy } from '../../shared/socket-access.js';
 import { DEFAULT_SERVER } from '../index.js';
 
 export const EXIT = {
@@ -142,6 +143,14 @@ export function describeClientError(
               ? 'the server does not speak TLS on this port (drop --tls-*)'
               : (/error:[0-9A-F]+:SSL routines:[^:]*:([^:]+)/.exec(details)?.[1] ?? 'handshake failed');
         return { message: `TLS with xdpctld at ${server} failed: ${why}`, exitCode };
+      }
+      // A Unix socket this user may not open: the daemon may well be running; a permission problem (exit 9).
+      const unixPath = /^unix:(?:\/\/(?=\/))?(.*)$/.exec(server)?.[1];
+      if (unixPath && /\b(EACCES|EPERM)\b/.test(details)) {
+        return {
+          message: `permission denied: you may not open ${unixPath} ${socketAccessWhy(unixPath)}`,
+          exitCode: EXIT.DENIED,
+        };
       }
       const m = /\b(ECONNREFUSED|ENOENT|EACCES|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ENOTFOUND|EAI_AGAIN)\b/.exec(details);
       if (m || /No connection established|Failed to connect|Name resolution failed/i.test(details)) {
