@@ -1567,7 +1567,7 @@ export class Controller {
     scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> },
   ) {
     try {
-      await preflight(this.ctx, plans, { want, field: fieldOf }, scope);
+      await preflight(this.ctx, plans, { want, field: fieldOf }, scope, { occupied: true });
     } finally {
       this.ctx.preflightTargets = undefined;
     }

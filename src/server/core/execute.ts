@@ -18,6 +18,7 @@ import {
   type SrcKey,
   type XdpModeName,
 } from './dataplane.js';
+import { otherProgram } from './conditions.js';
 import { CoreError, PortError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import { directions, type LinkDirection } from './plan-links.js';
@@ -437,14 +438,16 @@ function backendsBehindLinks(
  * refused: RedirectTarget.waitsForPeer). An ingress whose mode only the attach will tell
  * ('auto' on a device not yet attached) is checked after the attach, in the transaction, unless
  * `predictAttach` (a re-evaluation: Controller.checkConfig) takes the mode the attach would choose from the
- * device's xdp-features. Throws FAILED_PRECONDITION naming the field and what was observed.
+ * device's xdp-features. `occupied` (a dry run: validate_only) refuses an ingress another XDP program holds,
+ * which the change itself learns from the attach. Throws FAILED_PRECONDITION naming the field and what was
+ * observed.
  */
 export async function preflight(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
   scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> } = { rules: new Set() },
-  opts: { predictAttach?: boolean; restoring?: boolean } = {},
+  opts: { predictAttach?: boolean; restoring?: boolean; occupied?: boolean } = {},
 ): Promise<void> {
   const { dp, state } = ctx;
   // Bridge and port: the kernel refuses a program on a device while a device above it has one (EEXIST), so a
@@ -477,6 +480,23 @@ export async function preflight(
   }
   for (const p of plans) for (const i of p.ingress) adjacent(i.name, `${p.field}.ingress_interfaces`);
   for (const from of links.want.keys()) adjacent(from, links.field(from));
+  if (opts.occupied) {
+    // A dry run: an ingress that another XDP program occupies refuses our attach (EBUSY) in the change
+    // itself; said here in the same words, so that a dry run that passes is a change that would.
+    const occupied = (name: string, field: string) => {
+      if (state.attached.has(name)) return;
+      const x = dp.xdpStatus(name);
+      if (x && x.mode !== 'none' && !x.ours) {
+        fail(
+          field,
+          `attach xdp to ${name}: ${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached; ` +
+            'it is left alone (the change would be refused: EBUSY)',
+        );
+      }
+    };
+    for (const p of plans) for (const i of p.ingress) occupied(i.name, `${p.field}.ingress_interfaces`);
+    for (const from of links.want.keys()) occupied(from, links.field(from));
+  }
   // Not at a restore: what an earlier daemon accepted is put back as it was (the statuses say what it does).
   if (!opts.restoring) backendsBehindLinks(state, plans, links, scope, fail);
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
