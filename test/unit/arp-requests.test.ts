@@ -7,7 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 
-import { arpSenderIp } from '../../src/server/dataplane/adapter.js';
+import { arpSenderIp, arpSendFailure } from '../../src/server/dataplane/adapter.js';
+import { errnoName } from '../../src/server/dataplane/errors.js';
 import { arpRequest } from '../../src/server/dataplane/arp.js';
 import { judgeRule, type RuleObservation } from '../../src/server/core/rule-status.js';
 import type { RuleStatus } from '../../src/server/core/model.js';
@@ -108,5 +109,33 @@ describe("a packet socket refused (no CAP_NET_RAW: the kernel's own EPERM from s
     const r = JSON.parse(out.trim().split('\n').pop()!);
     assert.deepEqual([r.sent, r.denied], [false, true], out);
     assert.match(r.err, /^open a packet socket for ARP: errno 1 \(EPERM\)$/);
+  });
+});
+
+describe('a refused ARP request of ours, as the log says it (eleventh review, finding 13)', () => {
+  const err = (errno: number) =>
+    `send an ARP request for 10.31.3.2 on ifindex 37344: errno ${errno} (${errnoName(errno)})`;
+  it("an interface's own state (down, gone, queue full) is said of that interface, at info", () => {
+    // Before: "ARP requests of our own cannot be sent: ... (ENETDOWN)" at warn, for one egress set down.
+    assert.deepEqual(arpSendFailure(err(100), '10.31.3.2', 'r31hb2'), {
+      level: 'info',
+      local: true,
+      text: 'ARP request for 10.31.3.2 on r31hb2 not sent: the interface is down (ENETDOWN)',
+    });
+    assert.equal(
+      arpSendFailure(err(19), '10.31.3.2', 'r31hb2').text,
+      'ARP request for 10.31.3.2 on r31hb2 not sent: the interface is gone (ENODEV)',
+    );
+    assert.equal(
+      arpSendFailure(err(105), '10.31.3.2', 'r31hb2').text,
+      'ARP request for 10.31.3.2 on r31hb2 not sent: its queue is full (ENOBUFS)',
+    );
+  });
+  it("the socket's refusal is said as ARP requests failing everywhere, at warn", () => {
+    assert.deepEqual(arpSendFailure(err(1), '10.31.3.2', 'r31hb2'), {
+      level: 'warn',
+      local: false,
+      text: `ARP requests of our own cannot be sent: ${err(1)}`,
+    });
   });
 });

@@ -789,7 +789,8 @@ export class KernelDataplane implements Dataplane {
     const sent = this.arp.ask(q, own.mac, now);
     if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
       this.arpError = this.arp.lastError;
-      this.log?.warn({ err: this.arpError }, `ARP requests of our own cannot be sent: ${this.arpError}`);
+      const said = arpSendFailure(this.arpError, ip, iface);
+      this.log?.[said.level]({ err: this.arpError, ...(said.local ? { interface: iface } : {}) }, said.text);
     }
     return sent;
   }
@@ -1741,4 +1742,26 @@ export class KernelDataplane implements Dataplane {
 /** The otherDaemon field of an XdpStatus, when there is something to say. */
 function otherDaemon(what: string | undefined): { otherDaemon?: string } {
   return what ? { otherDaemon: what } : {};
+}
+
+/**
+ * How a refused ARP request of ours is said: an errno that is the interface's own state (down, gone, its queue
+ * full: ENETDOWN, ENXIO, ENODEV, ENETUNREACH, ENOBUFS) of that interface only, at info (its egress status says
+ * it is down); anything else (the socket's: EPERM, EACCES, ...) as ARP requests of ours failing everywhere.
+ * `error`: arp.ts ArpProber.lastError ("send an ARP request for IP on ifindex N: errno E (NAME)").
+ */
+export function arpSendFailure(
+  error: string,
+  ip: string,
+  iface: string,
+): { level: 'info' | 'warn'; local: boolean; text: string } {
+  const local = /\((ENETDOWN|ENXIO|ENODEV|ENOBUFS|ENETUNREACH)\)/.exec(error)?.[1];
+  if (!local) return { level: 'warn', local: false, text: `ARP requests of our own cannot be sent: ${error}` };
+  const why =
+    local === 'ENETDOWN'
+      ? 'the interface is down'
+      : local === 'ENOBUFS'
+        ? 'its queue is full'
+        : 'the interface is gone';
+  return { level: 'info', local: true, text: `ARP request for ${ip} on ${iface} not sent: ${why} (${local})` };
 }
