@@ -160,7 +160,9 @@ export function benchDatapath(o: DatapathBenchOptions): Figure[] {
         backends: backends.map((b) => [
           b.id,
           {
-            dmac: macBytes('02:00:00:00:00:02'),
+            // The ingress's own MAC: test runs repeat on the rewritten frame, which must stay addressed to
+            // the ingress to stay a rule hit (a frame to another MAC is passed as not_for_us).
+            dmac: macBytes(macOf(inIf)),
             smac: macBytes(macOf(outIf)),
             ifindex: outIdx,
             statsId: b.id,

@@ -165,9 +165,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } csum_buf SEC(".maps");
 
-/* The kernel's struct xdp_buff, for its flags (CO-RE finds the offset). */
+/* The kernel's struct net_device, for the address its frames are for:
+ * dev_addr_shadow is the copy of dev->dev_addr that every change of the
+ * address writes too (dev_addr_mod(); the kernel warns if the two differ),
+ * held in the device itself, so a load reads it (dev_addr is a pointer,
+ * which the verifier does not let a program follow). */
+struct net_device___xdpctl {
+	__u8 dev_addr_shadow[32];
+} __attribute__((preserve_access_index));
+
+struct xdp_rxq_info___xdpctl {
+	struct net_device___xdpctl *dev;
+} __attribute__((preserve_access_index));
+
+/* The kernel's struct xdp_buff, for its flags and its ingress device (CO-RE
+ * finds the offsets). */
 struct xdp_buff___xdpctl {
 	__u32 flags;
+	struct xdp_rxq_info___xdpctl *rxq;
 } __attribute__((preserve_access_index));
 #define XDPCTL_XDP_FLAGS_HAS_FRAGS 0x1 /* enum xdp_buff_flags, include/net/xdp.h */
 
@@ -771,6 +786,31 @@ static __always_inline int martian(__be32 addr)
 }
 
 /*
+ * Whether the frame was addressed to the ingress at layer 2: its destination
+ * MAC is the ingress device's own address, as the kernel holds it now (so a
+ * change of the address, `ip link set X address ...`, is followed from the
+ * next frame on, in both XDP modes). Anything else -- link-layer broadcast or
+ * multicast, another station's unicast (a promiscuous NIC, a bridge port, a
+ * switch flooding an unknown unicast) -- is not for this host: Linux's
+ * forwarding drops such frames (ip_rcv_core, PACKET_OTHERHOST; RFC 1812
+ * 5.3.4), so they go to the stack, counted. Cross-connects (layer 2) never
+ * ask. A frame on a bridge port addressed to the bridge's MAC (not the
+ * port's) is the bridge's to deliver: passed too.
+ */
+static __always_inline int for_us(struct xdp_md *ctx, struct ethhdr *eth)
+{
+	struct xdp_buff___xdpctl *xdp = bpf_cast_to_kern_ctx(ctx);
+	struct net_device___xdpctl *dev = xdp->rxq->dev;
+	__u32 hi = *(__u32 *)&dev->dev_addr_shadow[0];
+	__u16 lo = *(__u16 *)&dev->dev_addr_shadow[4];
+
+	if (*(__u32 *)&eth->h_dest[0] == hi && *(__u16 *)&eth->h_dest[4] == lo)
+		return 1;
+	count(XDPCTL_STAT_ERR_NOT_FOR_US);
+	return 0;
+}
+
+/*
  * What a router checks before forwarding (RFC 1812), on a packet we are about
  * to redirect; false: pass it to the stack, counted. Options (5.2.4) take a
  * router's slow path: the stack's. The header checksum is verified (5.2.2):
@@ -827,7 +867,7 @@ static __always_inline int follow_fragment(struct xdp_md *ctx, void *data, struc
 		return verdict(XDP_PASS);
 	}
 	len = frame_len(ctx);
-	if (!router_checks(ip))
+	if (!for_us(ctx, data) || !router_checks(ip))
 		return verdict(XDP_PASS);
 	be = bpf_map_lookup_elem(&backends, &fv->backend_id);
 	rs = bpf_map_lookup_elem(&rule_stats, &fv->rule_stats_id);
@@ -894,6 +934,8 @@ static __always_inline int udp_redirect(struct xdp_md *ctx, void *data, void *da
 	rule = find_rule(ctx, ip, udp->dest, &slot);
 	if (!rule)
 		return verdict(XDP_PASS);
+	if (!for_us(ctx, data))
+		return verdict(XDP_PASS); /* not addressed to this host: not ours to judge further */
 
 	/* The UDP length must agree with the IP length (RFC 768/1122): equal
 	 * for a whole datagram, larger than this fragment's part for a first

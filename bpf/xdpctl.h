@@ -165,7 +165,10 @@ enum xdpctl_stat {
 	 * cannot tie to the redirect that sent them: charged to no rule, backend or link (their
 	 * "redirected" still counts them) */
 	XDPCTL_STAT_ERR_XMIT_UNATTRIBUTED = 15,
-	XDPCTL_STAT__MAX = 16,
+	/* matched packet in a frame whose destination MAC is not the ingress's own (link-layer
+	 * broadcast, multicast, another station's): not for this host (RFC 1812 5.3.4): passed */
+	XDPCTL_STAT_ERR_NOT_FOR_US = 16,
+	XDPCTL_STAT__MAX = 17,
 };
 
 /*

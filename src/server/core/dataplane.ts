@@ -89,6 +89,7 @@ export const GlobalStat = {
   ERR_XMIT: 13,
   ERR_MARTIAN: 14,
   ERR_XMIT_UNATTRIBUTED: 15,
+  ERR_NOT_FOR_US: 16,
 } as const;
 
 export type XdpModeName = 'native' | 'generic' | 'auto';

@@ -64,7 +64,7 @@ export const DATAPATH_ATTRS = {
   linkTo: 'xdpctl.link.to',
   /** aborted | drop | pass | tx | redirect. */
   verdict: 'xdpctl.verdict',
-  /** The keys of GetCounters' GlobalCounters.errors: truncated, fragment, no_rule, ..., xmit, martian, xmit_unattributed. */
+  /** The keys of GetCounters' GlobalCounters.errors: truncated, fragment, no_rule, ..., xmit, martian, xmit_unattributed, not_for_us. */
   error: 'xdpctl.error',
 } as const;
 
@@ -242,7 +242,8 @@ const DESCRIPTIONS = {
     description:
       'Packets by datapath error, over every interface (GetCounters GlobalCounters.errors; xmit: redirects the ' +
       'kernel dropped, from the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints; xmit_unattributed: ' +
-      'those of them charged to no rule, backend or link, since they could not be proven to be their frames)',
+      'those of them charged to no rule, backend or link, since they could not be proven to be their frames; ' +
+      "not_for_us: matched packets in frames whose destination MAC is not the ingress's own, passed)",
     unit: '{packet}',
   },
 };
