@@ -351,7 +351,12 @@ export interface GlobalCounters {
    * recorded was of another program run, ingress, target or NAPI poll, or
    * out of step with the kernel's queue, e.g. after another tool ran our
    * program in another XDP mode -- so they are charged to none: their
-   * redirected counts still include them).
+   * redirected counts still include them), "not_for_us" (a packet to
+   * redirect in a frame whose destination MAC is not the ingress
+   * interface's own address as the kernel holds it now: link-layer
+   * broadcast, multicast or another station's unicast, which a router does
+   * not forward (RFC 1812 5.3.4; Linux drops PACKET_OTHERHOST): passed, and
+   * not counted as matched by the rule; cross-connects forward every frame).
    *
    * Drops of frames another XDP program queued (another datapath, in this
    * or another network namespace) are in none of these.
