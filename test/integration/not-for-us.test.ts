@@ -1,6 +1,6 @@
 /**
- * Frames not addressed to this host at layer 2 are not forwarded (eleventh newcomer review of issue 16,
- * finding 3; issue 13's router checks): a valid unicast IPv4/UDP datagram for a rule inside a frame whose
+ * Frames not addressed to this host at layer 2 are not forwarded (eleventh newcomer review,
+ * finding 3; the router checks): a valid unicast IPv4/UDP datagram for a rule inside a frame whose
  * destination MAC is the link-layer broadcast, a multicast MAC or another station's unicast MAC was
  * redirected and counted matched (50/50 delivered each). Linux's forwarding drops such frames
  * (PACKET_OTHERHOST), RFC 1812 5.3.4. Now they go to the stack, counted in the global error `not_for_us` and

@@ -428,6 +428,65 @@ function backendsBehindLinks(
 }
 
 /**
+ * A rule's backend whose redirected datagrams come back to an ingress of the same rule: its egress is a veth
+ * whose peer (in this namespace) is one of the rule's ingresses, or whose peer is the ingress of a link
+ * direction whose egress's peer is, and so on. The rewritten datagram (destination the backend's address,
+ * source and port unchanged) still matches a rule without a destination (or one whose destination is the
+ * backend's address), so each one would be redirected again and again until its TTL ran out: 63 redirects
+ * and 63 "matched" for one datagram, at 63 times the CPU. Loops of links are refused (plan-links.ts
+ * forwardingLoop); this is the same refusal for a rule, naming the backend. A peer in another network
+ * namespace is not followed (where it leads is not this daemon's to see), and a loop the host makes after
+ * the write (a veth moved or re-created) is not judged by the reconciler yet.
+ */
+export function backendsLoopingBack(
+  dp: Pick<Dataplane, 'vethPeer'>,
+  state: CoreState,
+  plans: readonly RulePlan[],
+  links: { want: ReadonlyMap<string, LinkDirection> },
+  scope: { links?: ReadonlyMap<string, LinkSpec> },
+  fail: (field: string, detail: string) => never,
+): void {
+  if (!dp.vethPeer || !plans.length) return;
+  const linkTo = new Map<string, string>(); // ingress of a direction (after the change) -> its egress
+  if (scope.links) for (const [from, d] of links.want) linkTo.set(from, d.toName);
+  else for (const l of state.links.values()) for (const [from, to] of directions(l)) linkTo.set(from, to);
+  const peers = new Map<string, string | undefined>();
+  const peerOf = (name: string) => {
+    if (!peers.has(name)) peers.set(name, dp.vethPeer!(name));
+    return peers.get(name);
+  };
+  for (const p of plans) {
+    const ingress = new Set(p.ingress.map((i) => i.name));
+    p.spec.backends.forEach((b, i) => {
+      if (p.spec.destination && p.spec.destination !== b.ip) return; // the rewritten datagram does not match it
+      const path = [b.interface];
+      const seen = new Set<string>();
+      for (let egress = b.interface; !seen.has(egress);) {
+        seen.add(egress);
+        const peer = peerOf(egress);
+        if (peer === undefined) return;
+        path.push(peer);
+        if (ingress.has(peer)) {
+          const where =
+            path.length > 2
+              ? `its veth peer ${path[1]} leads through links back to ${peer} (${path.join(' -> ')}), an ingress of this rule`
+              : `its veth peer ${peer} is ingress of this rule`;
+          fail(
+            `${p.field}.backends[${i}].interface`,
+            `${where}: every redirected datagram would come back and be redirected again until its TTL ran out ` +
+              `(up to 63 times each, each counted matched and redirected)`,
+          );
+        }
+        const next = linkTo.get(peer);
+        if (next === undefined) return;
+        path.push(next);
+        egress = next;
+      }
+    });
+  }
+}
+
+/**
  * The kernel preconditions of a change that can be known without changing anything, checked before the
  * transaction writes anything (config-file mode checks a whole file with it, rules and links together):
  * room for every link direction (RESOURCE_EXHAUSTED; the rules' tables are counted by the plan), no new
@@ -499,6 +558,7 @@ export async function preflight(
   }
   // Not at a restore: what an earlier daemon accepted is put back as it was (the statuses say what it does).
   if (!opts.restoring) backendsBehindLinks(state, plans, links, scope, fail);
+  if (!opts.restoring) backendsLoopingBack(dp, state, plans, links, scope, fail);
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);

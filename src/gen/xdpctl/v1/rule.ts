@@ -2557,6 +2557,14 @@ export const RuleChange: MessageFns<RuleChange> = {
  * fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure
  * whose description names both rules).
  *
+ * A backend whose redirected datagrams would come back to an ingress of the
+ * same rule is FAILED_PRECONDITION naming backends[i].interface: its egress
+ * is a veth whose peer (in the daemon's network namespace) is an ingress of
+ * the rule, directly or through links, and the rewritten datagram still
+ * matches the rule (no destination, or the backend's address). Each datagram
+ * would be redirected again until its TTL ran out. A peer in another network
+ * namespace is not followed.
+ *
  * A rule's datapath entries are replaced atomically: a packet sees either the
  * whole old rule or the whole new one.
  */
