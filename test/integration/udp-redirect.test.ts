@@ -318,7 +318,8 @@ for i in range(${N}):
     udp = struct.pack("!HHHH", 40000 + i, ${PORT}, ulen, pseudo) + payload
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, i, 0, 64, 17, 0, src, dst)
     h = h[:10] + struct.pack("!H", ~fold(sum(struct.unpack("!10H", h))) & 0xffff) + h[12:]
-    eth = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x07\\x01" + b"\\x08\\x00"
+    # to the tap's own MAC: a frame to another (a broadcast) is not for this host (not_for_us)
+    eth = bytes.fromhex(open("/sys/class/net/${tap}/address").read().strip().replace(":", "")) + b"\\x02\\x00\\x00\\x00\\x07\\x01" + b"\\x08\\x00"
     vnet = struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 6)  # NEEDS_CSUM, csum_start 34, csum_offset 6
     os.write(fd, vnet + eth + h + udp)
 print("SENT", flush=True)

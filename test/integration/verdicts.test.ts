@@ -501,7 +501,7 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
       assert.equal(miss.action, XDP.PASS, 'another ingress');
       assert.deepEqual(miss.data, input);
       assert.equal(to(dp.testRun(frame(), inIdx)), BE1.ip);
-      // Two entries on the port: rule_match decides.
+      // Two entries on the port: rule_match decides (a frame on outIf is addressed to outIf's MAC).
       other = installRule(dp, {
         slot: 20,
         statsId: 20,
@@ -509,12 +509,12 @@ describe('packet verdicts (BPF_PROG_TEST_RUN)', kernelOnly(), () => {
         port: 7999,
         backends: [{ id: 20, ...BE2, iface: inIf }],
       });
-      assert.equal(to(dp.testRun(frame(), outIdx)), BE2.ip);
+      assert.equal(to(dp.testRun(frame({ dmac: macOf(outIf) }), outIdx)), BE2.ip);
       assert.equal(to(dp.testRun(frame(), inIdx)), BE1.ip);
       // One again (the other one's): named again.
       removeMatches(dp.maps, keys);
       assert.equal(dp.testRun(frame(), inIdx).action, XDP.PASS);
-      assert.equal(to(dp.testRun(frame(), outIdx)), BE2.ip);
+      assert.equal(to(dp.testRun(frame({ dmac: macOf(outIf) }), outIdx)), BE2.ip);
       assert.equal(ruleCounters(dp.maps, 19).redirected, 2n);
       assert.equal(ruleCounters(dp.maps, 20).redirected, 2n);
     } finally {

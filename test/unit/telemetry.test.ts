@@ -352,8 +352,8 @@ describe('datapath metrics', () => {
       ],
       links: [{ from: 'eth0', to: 'tap0', packets: 5n, bytes: 500n, redirectErrors: 3n }],
       // aborted drop pass tx redirect | truncated fragment no_rule no_backend redirect malformed ttl ip_options xmit martian
-      // xmit_unattributed
-      global: [0n, 0n, 0n, 0n, 25n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 10n, 9n, 2n],
+      // xmit_unattributed not_for_us
+      global: [0n, 0n, 0n, 0n, 25n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 10n, 9n, 2n, 11n],
     };
     const hub = new CounterHub(() => ({ ...errors, time: Date.now() }), 20);
     await withDatapathMetrics(hub, async (reader) => {
@@ -380,6 +380,7 @@ describe('datapath metrics', () => {
           ['xmit', 10],
           ['martian', 9],
           ['xmit_unattributed', 2],
+          ['not_for_us', 11],
         ],
       );
       // The errors are not in the redirected outcome (the kernel's counters keep them apart).
