@@ -59,6 +59,7 @@ import { LogDamper } from './core/log-damper.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
 import { assertOnBpffs } from './dataplane/bpffs.js';
+import { childDeadlineMs } from './dataplane/children.js';
 import { DEFAULT_CAPACITY, XdpDatapath, type Capacity } from './dataplane/datapath.js';
 import {
   assertSocketNotLive,
@@ -681,16 +682,41 @@ export class Daemon {
     /** The problems last logged (undefined: none logged yet). */
     let reported: string[] | undefined;
     const damper = new LogDamper();
+    /** When an overdue pass was said (undefined: none said), to say when it ends. */
+    let overdueSaid: number | undefined;
+    // 10 s by default (twice a child's deadline when that is longer); XDPCTL_PASS_OVERDUE_MS sets it (tests).
+    const setMs = Number(process.env.XDPCTL_PASS_OVERDUE_MS);
+    const overdueMs = Number.isFinite(setMs) && setMs > 0 ? setMs : Math.max(10_000, 2 * childDeadlineMs());
+    // A pass that does not end (every child it starts is bounded, children.ts; but a pass may start many, and a
+    // read may wedge) is said at once, by every read of the daemon: GetStatus warnings, xdpctl.datapath
+    // NOT_SERVING, the problems gauge and xdpctl.reconciler.last_pass_age; logged once per pass.
+    const watchdog = () => {
+      const overdue = this.controller.passOverdue(overdueMs);
+      if (!overdue) return;
+      this.health.setStatus('unhealthy', DATAPATH_HEALTH);
+      if (overdueSaid === undefined) {
+        overdueSaid = Date.now();
+        this.log.warn({ overdueMs }, overdue);
+      }
+    };
     const pass = () => {
       if (!this.ready.value) return;
       if (busy) {
         again = true;
+        watchdog();
         return;
       }
       busy = true;
       this.passInFlight = this.controller
         .resync()
         .then(async (missing) => {
+          if (overdueSaid !== undefined) {
+            this.log.info(
+              { overdueSinceMs: Date.now() - overdueSaid },
+              `the reconciler's overdue pass ended: statuses are current again`,
+            );
+            overdueSaid = undefined;
+          }
           this.missingInterfaces = missing;
           const pinProblems = this.checkPins();
           const fileProblems = await this.checkOwnFiles();
@@ -731,7 +757,10 @@ export class Daemon {
           }
           damper.flush(Date.now());
         })
-        .catch((err) => this.log.error({ err }, 'resync failed'))
+        .catch((err) => {
+          overdueSaid = undefined;
+          this.log.error({ err }, 'resync failed');
+        })
         .finally(() => {
           busy = false;
           if (again) {

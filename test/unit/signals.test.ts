@@ -10,7 +10,15 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { describe, it } from 'node:test';
 
-import { childGuard, guardedArgv, runGuarded, runGuardedSync } from '../../src/server/dataplane/children.js';
+import { uncheckedTarget } from '../../src/server/core/unchecked.js';
+import {
+  ChildTimedOut,
+  childGuard,
+  guardedArgv,
+  ownLimit,
+  runGuarded,
+  runGuardedSync,
+} from '../../src/server/dataplane/children.js';
 import { SIGNAL_ACTIONS, UNHANDLED } from '../../src/server/signals.js';
 import { ROOT, sleep } from '../helpers/env.js';
 
@@ -92,6 +100,42 @@ describe('child processes (children.ts)', () => {
       },
     );
     assert.equal(runGuardedSync('echo', ['a b'], { encoding: 'utf8', stdio: 'pipe' }), 'a b\n');
+  });
+
+  it('a child that does not answer is killed at its deadline, the call failing at once (not waiting for it)', async () => {
+    // A stopped child (as one in D state): SIGSTOPs itself; the call fails at the deadline, naming the command.
+    const t0 = Date.now();
+    const e = (await runGuarded('sh', ['-c', 'kill -STOP $$; echo never'], { deadlineMs: 300 }).catch(
+      (x: unknown) => x,
+    )) as Error & { code: string };
+    assert.ok(e instanceof ChildTimedOut, String(e));
+    assert.equal(e.code, 'ETIMEDOUT');
+    assert.equal(e.message, 'sh -c kill -STOP $$; echo never did not answer within 0.3 s (killed)');
+    assert.ok(Date.now() - t0 < 2000, `failed after ${Date.now() - t0} ms`);
+    assert.throws(
+      () => runGuardedSync('sleep', ['5'], { encoding: 'utf8', stdio: 'pipe', timeout: 300 }),
+      /sleep 5 did not answer within 0.3 s \(killed\)/,
+    );
+    // A refusal of the daemon's own limits is named as such.
+    assert.equal(ownLimit({ code: 'EAGAIN' }), 'a pids limit? (cgroup pids.max, TasksMax, RLIMIT_NPROC)');
+    assert.equal(ownLimit({ code: 'ENOENT' }), undefined);
+  });
+
+  it('a check that could not be made is "cannot be verified", never a verdict from nothing', () => {
+    const e = new Error('spawn /usr/bin/setpriv EAGAIN');
+    assert.deepEqual(uncheckedTarget('b1', e, undefined), {
+      ok: true,
+      unverified: true,
+      key: 'unchecked',
+      detail: 'cannot check b1: spawn /usr/bin/setpriv EAGAIN',
+    });
+    assert.deepEqual(uncheckedTarget('b1', e, { ok: true, detail: "b1's peer has NAPI" }).ok, true);
+    // A negative verdict observed before is kept, said as last checked.
+    assert.deepEqual(uncheckedTarget('b1', e, { ok: false, detail: 'its peer b1p is down', waitsForPeer: true }), {
+      ok: false,
+      detail: 'its peer b1p is down (as last checked; cannot check b1: spawn /usr/bin/setpriv EAGAIN)',
+      waitsForPeer: true,
+    });
   });
 
   it('a guarded child dies with its parent, killed with SIGKILL', async () => {

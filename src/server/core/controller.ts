@@ -1734,6 +1734,49 @@ export class Controller {
    * interfaces; {@link problems} has what it found wrong, with the rules not ACTIVE.
    */
   async resync(): Promise<string[]> {
+    this.passBegan = Date.now();
+    try {
+      return await this.resyncPass();
+    } finally {
+      this.passBegan = undefined;
+      this.lastPassEnded = Date.now();
+      this.overdue = undefined;
+    }
+  }
+
+  /** When the reconciler's pass under way began (undefined: none is), and when its last one ended (ms). */
+  private passBegan?: number;
+  private lastPassEnded = Date.now();
+  /** What {@link passOverdue} last found (undefined: no pass overdue). */
+  private overdue?: string;
+
+  /** Seconds since the reconciler's last pass ended (0 while none has run for long: see {@link passOverdue}). */
+  lastPassAge(now = Date.now()): number {
+    return Math.max(0, Math.round((now - this.lastPassEnded) / 1000));
+  }
+
+  /**
+   * Whether the pass under way has run longer than `limitMs` (a child that does not answer, each killed at its
+   * deadline; a wedged read): then the words that say so, kept for {@link problems} and GetStatus until the
+   * pass ends. Undefined when no pass is overdue.
+   */
+  passOverdue(limitMs: number, now = Date.now()): string | undefined {
+    if (this.passBegan === undefined || now - this.passBegan < limitMs) {
+      this.overdue = undefined;
+      return undefined;
+    }
+    this.overdue =
+      `the reconciler's pass has not ended for ${Math.round((now - this.passBegan) / 1000)} s (its last pass ended ` +
+      `${this.lastPassAge(now)} s ago): statuses may be stale, host changes since are not taken in yet`;
+    return this.overdue;
+  }
+
+  /** The overdue pass's words ({@link passOverdue}), while it is overdue. */
+  reconcilerOverdue(): string | undefined {
+    return this.overdue;
+  }
+
+  private async resyncPass(): Promise<string[]> {
     // A pass holds the write queue. Until it has written something it gives its
     // turn to a change that is waiting (ends and queues again behind it), every
     // time, once it has read the host's facts and then done a slice of its own
@@ -1800,7 +1843,7 @@ export class Controller {
   }
 
   problems(): string[] {
-    const out = [...this.ownFileProblems, ...this.lastProblems];
+    const out = [...(this.overdue ? [this.overdue] : []), ...this.ownFileProblems, ...this.lastProblems];
     if (this.configProblem) out.push(this.configProblem);
     this.forEachRuleStatus((name, s) => {
       if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
@@ -1812,7 +1855,13 @@ export class Controller {
   problemCount(): number {
     const s = this.ruleStates();
     const rules = Object.entries(s).reduce((n, [state, count]) => (state === 'active' ? n : n + count), 0);
-    return this.ownFileProblems.length + this.lastProblems.length + (this.configProblem ? 1 : 0) + rules;
+    return (
+      (this.overdue ? 1 : 0) +
+      this.ownFileProblems.length +
+      this.lastProblems.length +
+      (this.configProblem ? 1 : 0) +
+      rules
+    );
   }
 
   /**

@@ -30,6 +30,7 @@ import type { StoredRule } from './store.js';
 import { reattachedText } from './reattach-text.js';
 import type { UndoLog } from './undo-log.js';
 import { handSetNeighbourStatus, lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
+import { inspectTarget } from './unchecked.js';
 
 const AF_INET = 2;
 
@@ -362,15 +363,14 @@ async function checkTargets(
   tolerant: boolean,
 ): Promise<Map<string, RedirectTarget>> {
   const { dp, state } = ctx;
+  // A check that cannot be made (a child not started or not answering, a failed read) is "cannot be
+  // verified" (core/unchecked.ts), never "cannot receive": what forwards is not taken out for it.
   const check = (name: string, fix: boolean): Promise<RedirectTarget> =>
-    dp
-      .redirectTarget(name, fix)
-      .then((r) => ({
-        ...judgedEgress(r, state.egressWatch.get(name)),
-        ...(r.fixable ? { fixable: true } : {}),
-        ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
-      }))
-      .catch((e: Error) => ({ ok: false, detail: `cannot check ${name}: ${e.message}` }));
+    inspectTarget(dp, state.redirectVerdicts, name, fix).then((r) => ({
+      ...judgedEgress(r, state.egressWatch.get(name)),
+      ...(r.fixable ? { fixable: true } : {}),
+      ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
+    }));
   const repairable = (r: RedirectTarget) => !r.ok && !!r.fixable && ctx.fixVethPeers;
   const first = await Promise.all(names.map((name) => ctx.preflightTargets?.get(name) ?? check(name, false)));
   const refused = first.some((r) => !r.ok && !repairable(r) && !r.waitsForPeer);
@@ -605,14 +605,11 @@ export async function preflight(
   const names = [...need.keys()];
   const checked = await Promise.all(
     names.map((name) =>
-      dp
-        .redirectTarget(name, false)
-        .then((r): RedirectTarget => ({
-          ...judgedEgress(r, state.egressWatch.get(name)),
-          ...(r.fixable ? { fixable: true } : {}),
-          ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
-        }))
-        .catch((e: Error): RedirectTarget => ({ ok: false, detail: `cannot check ${name}: ${e.message}` })),
+      inspectTarget(dp, state.redirectVerdicts, name, false).then((r): RedirectTarget => ({
+        ...judgedEgress(r, state.egressWatch.get(name)),
+        ...(r.fixable ? { fixable: true } : {}),
+        ...(r.waitsForPeer ? { waitsForPeer: true } : {}),
+      })),
     ),
   );
   names.forEach((name, i) => {

@@ -57,7 +57,10 @@ export async function modesToKeep(
     const drop: string[] = [];
     for (const to of tos) {
       if (!ctx.dp.lookupInterface(to)) continue; // missing: nothing forwards into it now
-      const r = await ctx.dp.redirectTarget(to, ctx.fixVethPeers);
+      // A check that cannot be made keeps the mode the program has (nothing switched on a guess).
+      const r = await ctx.dp
+        .redirectTarget(to, ctx.fixVethPeers)
+        .catch((e: Error) => ({ ok: false, detail: `cannot check ${to}: ${e.message}` }));
       if (!r.ok) drop.push(r.detail ?? `${to} cannot take native XDP redirects`);
     }
     if (drop.length) {
@@ -93,7 +96,9 @@ async function autoKeeps(ctx: ExecContext, from: string, tos: Iterable<string>):
   const drop: string[] = [];
   for (const to of tos) {
     if (!ctx.dp.lookupInterface(to)) continue; // missing: nothing forwards into it now
-    const r = await ctx.dp.redirectTarget(to, false);
+    const r = await ctx.dp
+      .redirectTarget(to, false)
+      .catch((e: Error) => ({ ok: false, detail: `cannot check ${to}: ${e.message}` }));
     if (!r.ok) drop.push(r.detail ?? `${to} cannot take native XDP redirects`);
   }
   if (drop.length) {

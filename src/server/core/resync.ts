@@ -47,6 +47,7 @@ import type { RuleOp } from './plan-rules.js';
 import { applyEach, type Transactions } from './restore.js';
 import { otherProgram } from './conditions.js';
 import { reattachedText } from './reattach-text.js';
+import { inspectTarget, isUnchecked } from './unchecked.js';
 import { observedOf, sameObserved, type CoreState, type IfaceFacts, type RuleKernel } from './state.js';
 import {
   freshEntry,
@@ -106,6 +107,9 @@ const specOf = (r: { generation: number; createTime: number; updateTime: number 
  * veth peer's offloads, sends no rtnetlink event here).
  */
 export const INGRESS_CHECK_MS = 2000;
+
+/** The words of an ingress whose device settings could not be checked (checkIngressSettings). */
+const UNVERIFIED_SETTINGS = 'the device settings XDP relies on cannot be verified: cannot check them';
 
 /** One pass. */
 export async function resync(
@@ -330,11 +334,7 @@ export async function resync(
       for (const b of r.backends) {
         if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
         unchecked--;
-        try {
-          facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
-        } catch (e) {
-          facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
-        }
+        facts.napi.set(b.interface, await inspectTarget(dp, state.redirectVerdicts, b.interface, ctx.fixVethPeers));
       }
     }
   }
@@ -563,11 +563,7 @@ export async function resync(
     if (!rule.ingressInterfaces.some((i) => native.has(i))) continue;
     for (const b of rule.backends) {
       if (facts.napi.has(b.interface) || !dp.lookupInterface(b.interface)) continue;
-      try {
-        facts.napi.set(b.interface, await dp.redirectTarget(b.interface, ctx.fixVethPeers));
-      } catch (e) {
-        facts.napi.set(b.interface, { ok: false, detail: `cannot check ${b.interface}: ${(e as Error).message}` });
-      }
+      facts.napi.set(b.interface, await inspectTarget(dp, state.redirectVerdicts, b.interface, ctx.fixVethPeers));
     }
   }
   for (const [iface, was] of macMoved) {
@@ -751,11 +747,7 @@ export async function resync(
       if (!why && native.has(from)) {
         let r = facts.napi.get(to);
         if (!r) {
-          try {
-            r = await dp.redirectTarget(to, ctx.fixVethPeers);
-          } catch (e) {
-            r = { ok: false, detail: `cannot check ${to}: ${(e as Error).message}` };
-          }
+          r = await inspectTarget(dp, state.redirectVerdicts, to, ctx.fixVethPeers);
           facts.napi.set(to, r);
         }
         if (!r.ok) why = r.detail;
@@ -790,8 +782,11 @@ export async function resync(
             } else if (w?.verdict !== 'failing' && !before) {
               ctx.log.info(
                 { from, to },
-                `link ${from} -> ${to}: the veth peer of ${to} cannot be inspected and the kernel announces ` +
-                  'ndo-xmit: not verified until traffic shows it forwards (redirect counters)',
+                isUnchecked(r)
+                  ? `link ${from} -> ${to}: cannot be verified (${r!.detail}): left as it is in the datapath, not ` +
+                      'verified until a check can be made or traffic shows it forwards (redirect counters)'
+                  : `link ${from} -> ${to}: the veth peer of ${to} cannot be inspected and the kernel announces ` +
+                      'ndo-xmit: not verified until traffic shows it forwards (redirect counters)',
               );
             }
           });
@@ -1346,13 +1341,20 @@ function judgeUnverifiedEgresses(
         ctx.log.info(
           { egress: iface },
           `backend egress ${iface}: frames redirected to it are taken by the kernel: verified by traffic ` +
-            '(its veth peer cannot be inspected)',
+            (isUnchecked(r) ? `(it cannot be checked: ${r.detail})` : '(its veth peer cannot be inspected)'),
         );
       } else if (before && w.ejections > 0) {
         ctx.log.info(
           { egress: iface, failedTrials: w.ejections },
           `backend egress ${iface}: its backends are put back on trial (${w.ejections} failed so far); ` +
             'not verified until traffic shows it receives',
+        );
+      } else if (isUnchecked(r)) {
+        // Said once per verdict (a check that fails again and again is not logged each pass).
+        ctx.log.warn(
+          { egress: iface, reason: r.detail },
+          `backend egress ${iface}: cannot be verified (${r.detail}): its backends are kept in their tables ` +
+            'as they are, not verified until a check can be made or traffic shows it receives (redirect counters)',
         );
       } else {
         ctx.log.info(
@@ -1432,7 +1434,16 @@ async function checkIngressSettings(
     if (r.unrepaired.length)
       why = `device settings XDP needs here are not as needed and could not be made: ${r.unrepaired.join('; ')}`;
   } catch (e) {
-    why = `cannot check the device settings XDP relies on: ${(e as Error).message}`;
+    // Not checked is not "not as needed": said as cannot be verified (the interface's rules DEGRADED, nothing
+    // changed in the datapath); a problem the last check found is kept, with this.
+    const was = state.ingressSettings.get(name);
+    const kept =
+      was && !was.startsWith(UNVERIFIED_SETTINGS)
+        ? `${was.replace(/ \(as last checked; .*$/, '')} (as last checked; `
+        : '';
+    why = kept
+      ? `${kept}cannot check again: ${(e as Error).message})`
+      : `${UNVERIFIED_SETTINGS}: ${(e as Error).message}`;
   }
   if (why) state.ingressSettings.set(name, why);
   else state.ingressSettings.delete(name);

@@ -290,9 +290,26 @@ export function unverifiedRuleStatus(written: RuleStatus, unverified: ReadonlyMa
     return u;
   });
   if (!hit) return written;
-  const note =
-    `${hit.length} cannot be verified (${hit.map((b) => `${b.ip}@${b.interface}`).join(', ')}: the kernel ` +
-    `announces ndo-xmit for the egress, but its veth peer cannot be inspected; watched through the redirect errors)`;
+  // A check the daemon could not make (core/unchecked.ts: "cannot check X: ...") is said as such, not as a
+  // peer that cannot be inspected.
+  const unchecked = hit.filter((b) => b.egressUnverified?.startsWith('cannot check '));
+  const inspected = hit.filter((b) => !b.egressUnverified?.startsWith('cannot check '));
+  const where = (l: BackendStatus[]) => l.map((b) => `${b.ip}@${b.interface}`).join(', ');
+  const parts = [
+    ...(inspected.length
+      ? [
+          `${where(inspected)}: the kernel announces ndo-xmit for the egress, but its veth peer cannot be ` +
+            'inspected; watched through the redirect errors',
+        ]
+      : []),
+    ...(unchecked.length
+      ? [
+          `${where(unchecked)}: their egress could not be checked (${unchecked[0].egressUnverified}); kept in ` +
+            'the table as they were, watched through the redirect errors',
+        ]
+      : []),
+  ];
+  const note = `${hit.length} cannot be verified (${parts.join('; ')})`;
   return {
     ...written,
     state: written.state === 'active' ? 'degraded' : written.state,

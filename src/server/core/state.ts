@@ -13,7 +13,7 @@ import {
   type StaticMacState,
 } from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
-import type { Dataplane, MatchKey, XdpStatus } from './dataplane.js';
+import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { IdPool } from './ids.js';
 import { LogDamper } from './log-damper.js';
@@ -332,6 +332,11 @@ export class CoreState {
   linkUnverified = new Map<string, string>();
   /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
   readonly egressWatch = new Map<string, EgressWatch>();
+  /**
+   * Egress name -> the last verdict a check of it made (core/unchecked.ts): what a check that cannot be made
+   * keeps, instead of a verdict from nothing.
+   */
+  readonly redirectVerdicts = new Map<string, RedirectTarget>();
   /**
    * Interface name -> the device (ifindex) the facts kept under that name were observed on (core/device-identity.ts):
    * a name found on another device has them forgotten, not inherited.

@@ -94,20 +94,83 @@ export function spawnGuarded(cmd: string, args: readonly string[], opts: SpawnOp
   return spawn(file, argv, opts);
 }
 
-/** promisify(execFile), guarded: resolves with stdout and stderr, rejects with the command's error. */
+/**
+ * How long a short child may take (ms) before it is killed (SIGKILL) and its call fails with
+ * {@link ChildTimedOut}: an `ip` or `ethtool` that does not return (stopped, or in D state on a wedged driver
+ * or a held rtnl lock) never holds the reconciler. `XDPCTL_CHILD_DEADLINE_MS` sets it (tests); 5 s otherwise.
+ */
+export function childDeadlineMs(): number {
+  const v = Number(process.env.XDPCTL_CHILD_DEADLINE_MS);
+  return Number.isFinite(v) && v > 0 ? v : 5000;
+}
+
+/** A child that did not answer within its deadline: killed, and its call failed without waiting for it. */
+export class ChildTimedOut extends Error {
+  readonly code = 'ETIMEDOUT';
+  constructor(
+    readonly command: string,
+    readonly ms: number,
+  ) {
+    super(`${command} did not answer within ${ms / 1000} s (killed)`);
+  }
+}
+
+/**
+ * Why a child could not be started, when the daemon's own limits refused it (fork/spawn: EAGAIN under a pids
+ * cgroup limit or RLIMIT_NPROC, EMFILE/ENFILE under a descriptor limit, ENOMEM): words naming the likely
+ * limit, appended to the error's message. Undefined for any other error.
+ */
+export function ownLimit(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  if (code === 'EAGAIN') return 'a pids limit? (cgroup pids.max, TasksMax, RLIMIT_NPROC)';
+  if (code === 'EMFILE') return 'the open-files limit? (RLIMIT_NOFILE)';
+  if (code === 'ENFILE') return "the system's open-files limit? (fs.file-max)";
+  if (code === 'ENOMEM') return 'out of memory?';
+  return undefined;
+}
+
+/**
+ * promisify(execFile), guarded: resolves with stdout and stderr, rejects with the command's error. Bounded:
+ * a child that has not answered within `deadlineMs` ({@link childDeadlineMs} by default) is killed with
+ * SIGKILL and the call rejects at once with {@link ChildTimedOut} (a child in D state dies only when it leaves
+ * it: the call does not wait for that). A child the daemon could not start rejects with the spawn error, its
+ * message naming the limit that refused it ({@link ownLimit}).
+ */
 export function runGuarded(
   cmd: string,
   args: readonly string[],
-  opts: ExecFileOptions = {},
+  opts: ExecFileOptions & { deadlineMs?: number } = {},
 ): Promise<{ stdout: string; stderr: string }> {
   const [file, argv] = guardedArgv(cmd, args);
+  const { deadlineMs = childDeadlineMs(), ...rest } = opts;
   return new Promise((resolve, reject) => {
-    execFile(file, argv, { encoding: 'utf8', ...opts }, (err, stdout, stderr) => {
-      if (err) {
-        Object.assign(err, { stdout: String(stdout), stderr: String(stderr) });
-        reject(asCommand(err, file, argv, cmd, args));
-      } else resolve({ stdout: String(stdout), stderr: String(stderr) });
-    });
+    let done = false;
+    let child: ChildProcess | undefined;
+    const timer = setTimeout(() => {
+      if (done) return;
+      done = true;
+      child?.kill('SIGKILL');
+      reject(new ChildTimedOut([cmd, ...args].join(' '), deadlineMs));
+    }, deadlineMs);
+    try {
+      child = execFile(file, argv, { encoding: 'utf8', ...rest }, (err, stdout, stderr) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (err) {
+          Object.assign(err, { stdout: String(stdout), stderr: String(stderr) });
+          const limit = ownLimit(err);
+          if (limit && !err.message.includes(limit)) err.message = `${err.message}: ${limit}`;
+          reject(asCommand(err, file, argv, cmd, args));
+        } else resolve({ stdout: String(stdout), stderr: String(stderr) });
+      });
+    } catch (e) {
+      done = true;
+      clearTimeout(timer);
+      const limit = ownLimit(e);
+      if (limit && e instanceof Error) e.message = `${e.message}: ${limit}`;
+      reject(asCommand(e, file, argv, cmd, args));
+    }
   });
 }
 
@@ -119,8 +182,14 @@ export function runGuardedSync(
 ): string {
   const [file, argv] = guardedArgv(cmd, args);
   try {
-    return execFileSync(file, argv, opts);
+    // Bounded as runGuarded is (a stopped child is killed at its deadline; one in D state holds this call
+    // until it leaves that state: execFileSync waits for the exit).
+    return execFileSync(file, argv, { timeout: childDeadlineMs(), killSignal: 'SIGKILL', ...opts });
   } catch (e) {
+    const x = e as Error & { code?: string; signal?: string };
+    if (x.code === 'ETIMEDOUT') throw new ChildTimedOut([cmd, ...args].join(' '), opts.timeout ?? childDeadlineMs());
+    const limit = ownLimit(e);
+    if (limit && e instanceof Error && !e.message.includes(limit)) e.message = `${e.message}: ${limit}`;
     throw asCommand(e, file, argv, cmd, args);
   }
 }

@@ -32,11 +32,20 @@ export class LinkMonitor {
 
   private start(): void {
     if (this.closed) return;
-    const child = spawnGuarded('ip', ['monitor', 'label', 'link', 'neigh', 'route'], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
+    let child: ChildProcess;
+    try {
+      child = spawnGuarded('ip', ['monitor', 'label', 'link', 'neigh', 'route'], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+    } catch (err) {
+      if (!this.failing) this.log.warn({ err }, 'ip monitor failed: changes are seen by the periodic pass only');
+      this.failing = true;
+      setTimeout(() => this.start(), 1000).unref();
+      return;
+    }
     this.child = child;
-    child.stdout!.on('data', (chunk: Buffer) => {
+    // (No stdout when the fork was refused for want of descriptors: EMFILE.)
+    child.stdout?.on('data', (chunk: Buffer) => {
       if (this.onRoute && chunk.includes('[ROUTE]')) this.onRoute();
       if (this.timer) return;
       this.timer = setTimeout(() => {
@@ -44,13 +53,37 @@ export class LinkMonitor {
         this.onChange();
       }, this.debounceMs);
     });
-    child.on('error', (err) => this.log.warn({ err }, 'ip monitor failed: changes are seen by the periodic pass only'));
+    let again = false;
+    const restart = () => {
+      if (this.closed || again || this.child !== child) return;
+      again = true;
+      setTimeout(() => this.start(), 1000).unref();
+    };
+    // Not started (a pids or open-files limit refused the fork: EAGAIN, EMFILE): tried again every second, as
+    // an exited one is; said once until it runs again (before: never started again, the periodic pass only).
+    child.on('error', (err) => {
+      if (!this.failing) {
+        this.log.warn(
+          { err },
+          'ip monitor failed: changes are seen by the periodic pass only until it runs again (tried each second)',
+        );
+      }
+      this.failing = true;
+      restart();
+    });
+    child.on('spawn', () => {
+      if (this.failing) this.log.info({}, 'ip monitor runs again: changes are seen as they happen');
+      this.failing = false;
+    });
     child.on('exit', (code, signal) => {
       if (this.closed) return;
-      this.log.warn({ code, signal }, 'ip monitor exited: restarting it in 1 s');
-      setTimeout(() => this.start(), 1000).unref();
+      if (code !== null || signal !== null) this.log.warn({ code, signal }, 'ip monitor exited: restarting it in 1 s');
+      restart();
     });
   }
+
+  /** Whether the last start of `ip monitor` failed (not said again until it runs). */
+  private failing = false;
 
   close(): void {
     this.closed = true;

@@ -53,7 +53,8 @@ export function daemonService(
           ruleCount: state.rules.length,
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
-          warnings: [...dp.warnings],
+          // And the reconciler's pass that has not ended for long (statuses may be stale), while it has not.
+          warnings: [...dp.warnings, ...(ctl.reconcilerOverdue?.() ? [ctl.reconcilerOverdue()!] : [])],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),

@@ -15,7 +15,9 @@
  *    MetricProducer, gauge-producer.ts, {@link storeMetrics}); not reported without a store (--no-state);
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
  *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, neighbour_changes_held, neighbour_conflicts, egress_mac_changes, kernel_repairs, counter_resets,
- *    egress_ejections), counted since the start.
+ *    egress_ejections), counted since the start;
+ *  - `xdpctl.reconciler.last_pass_age`: seconds since the reconciler's last pass ended (a pass runs each
+ *    second: a value that keeps growing is a pass that does not end, its statuses stale).
  * Both are read from the core at collection time: no per-rule state here.
  */
 import type { Meter } from '@opentelemetry/api';
@@ -28,6 +30,7 @@ export const STATE_METRICS = {
   problems: 'xdpctl.datapath.problems',
   events: 'xdpctl.reconciler.events',
   storeWritable: 'xdpctl.state_store.writable',
+  lastPassAge: 'xdpctl.reconciler.last_pass_age',
 } as const;
 
 /** The attributes of `xdpctl.state_store.writable`: the database path, and why it refuses writes (0 only). */
@@ -53,6 +56,8 @@ export interface StateSource {
   problemCount?(): number;
   /** What the reconciler did since the start, by kind. */
   reconcilerEvents(): Readonly<Record<string, number>>;
+  /** Seconds since the reconciler's last pass ended. */
+  lastPassAge?(): number;
 }
 
 /** The state store as observed: its path, and why it refuses writes while it does. */
@@ -111,10 +116,21 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   };
   const observeProblems = (r: { observe(v: number): void }) =>
     r.observe(source.problemCount?.() ?? source.problems().length);
+  const age = meter.createObservableGauge(STATE_METRICS.lastPassAge, {
+    description:
+      "Seconds since the reconciler's last pass ended (one runs each second; growing: a pass that does not end, statuses stale)",
+    unit: 's',
+  });
+  const observeAge = (r: { observe(v: number): void }) => {
+    const a = source.lastPassAge?.();
+    if (a !== undefined) r.observe(a);
+  };
+  age.addCallback(observeAge);
   rules.addCallback(observeRules);
   problems.addCallback(observeProblems);
   events.addCallback(observeEvents);
   return () => {
+    age.removeCallback(observeAge);
     events.removeCallback(observeEvents);
     rules.removeCallback(observeRules);
     problems.removeCallback(observeProblems);

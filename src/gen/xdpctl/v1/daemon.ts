@@ -191,7 +191,10 @@ export interface DatapathStatus {
    * What the datapath cannot observe, e.g. "failed redirects are not counted:
    * ..." when the tracepoint programs that count redirects the kernel drops
    * did not load or attach (then redirect_error_packets stay 0 and
-   * redirected counters include such packets). Empty when all is observed.
+   * redirected counters include such packets); and, while the reconciler's
+   * pass has not ended for 10 s (a child process that does not answer:
+   * each is killed at its deadline), "the reconciler's pass has not ended
+   * for N s ...": statuses may be stale. Empty when all is observed.
    */
   warnings: string[];
 }

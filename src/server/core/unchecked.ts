@@ -1,0 +1,59 @@
+/**
+ * A check the daemon could not make is "cannot be verified", never a negative verdict.
+ * Inspecting an egress starts children (`ethtool`, `nsenter`, `ip`) and opens netlink sockets: under a pids
+ * limit (spawn EAGAIN), a descriptor limit (EMFILE) or with a child that does not answer (children.ts: killed
+ * at its deadline) the inspection fails, and nothing about the egress was learnt. Before, such a failure was
+ * the verdict "cannot receive": every backend was taken out of its table (a total outage the daemon made
+ * itself), and a start under the limit wrote zeroed backend entries over a forwarding datapath.
+ *
+ * Now: the last verdict observed on that egress is kept when it was a negative one (its words say it is as
+ * last checked); otherwise the egress stays in its tables, `unverified`, its status saying "cannot be
+ * verified: cannot check X: <why>", judged by traffic (egress-watch.ts: taken out only when the kernel drops
+ * what is redirected to it).
+ */
+import type { RedirectTarget } from './dataplane.js';
+
+/** The mark of an egress verdict made from a failed check (resync.ts words the log for it). */
+export const UNCHECKED_KEY = 'unchecked';
+
+/** Whether `r` is a verdict {@link uncheckedTarget} made (no check was made). */
+export function isUnchecked(r: RedirectTarget | undefined): boolean {
+  return !!r && r.unverified === true && r.key === UNCHECKED_KEY;
+}
+
+/**
+ * The verdict for `name` when its check failed with `e`; `last`: the last verdict a check made on it (not one
+ * made by this function), if any.
+ */
+export function uncheckedTarget(name: string, e: unknown, last: RedirectTarget | undefined): RedirectTarget {
+  const why = `cannot check ${name}: ${e instanceof Error ? e.message : String(e)}`;
+  if (last && !last.ok) {
+    return {
+      ok: false,
+      detail: `${last.detail ?? `${name} cannot take native XDP redirects`} (as last checked; ${why})`,
+      ...(last.waitsForPeer ? { waitsForPeer: true } : {}),
+    };
+  }
+  // A peer that cannot be inspected at all (another namespace): its own verdict, judged by traffic, goes on.
+  if (last?.unverified) return last;
+  return { ok: true, unverified: true, key: UNCHECKED_KEY, detail: why };
+}
+
+/**
+ * `dp.redirectTarget(name, fix)`, with a failed check made {@link uncheckedTarget} from the last verdict
+ * (`verdicts`: name -> the last verdict a check made, kept here).
+ */
+export async function inspectTarget(
+  dp: { redirectTarget(name: string, fix: boolean): Promise<RedirectTarget> },
+  verdicts: Map<string, RedirectTarget>,
+  name: string,
+  fix: boolean,
+): Promise<RedirectTarget> {
+  try {
+    const r = await dp.redirectTarget(name, fix);
+    verdicts.set(name, r);
+    return r;
+  } catch (e) {
+    return uncheckedTarget(name, e, verdicts.get(name));
+  }
+}
