@@ -299,13 +299,31 @@ export class BenchDaemon {
     );
     this.child = child;
     this.exited = new Promise((r) => child.once('exit', () => r()));
+    // The daemon's output, its last 64 KiB kept for error messages. Read at once and never searched again
+    // after 'ready': the daemon writes its log synchronously, so a reader that fell behind (it searched all of
+    // the output so far at every chunk, and a pass over 10 000 rules logs 10 000 lines) filled the pipe and
+    // held the daemon's event loop in the write (seconds, in section 5's loop-delay windows).
     let out = '';
-    child.stderr!.on('data', (d) => (out += d));
+    let seen = false;
+    const keep = (d: Buffer) => {
+      out += d.toString();
+      if (out.length > 131_072) out = out.slice(-65_536);
+    };
+    child.stderr!.on('data', keep);
     const ready = new Promise<string>((resolve, reject) => {
-      child.stdout!.on('data', (d) => {
-        out += d;
-        const line = out.split('\n').find((l) => l.includes('"msg":"ready"'));
+      let head = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        keep(d);
+        if (seen) return;
+        head += d.toString();
+        const nl = head.lastIndexOf('\n');
+        const line = head
+          .slice(0, nl + 1)
+          .split('\n')
+          .find((l) => l.includes('"msg":"ready"'));
+        head = head.slice(nl + 1);
         if (!line) return;
+        seen = true;
         const r = JSON.parse(line) as { addresses: string[]; prometheus?: string };
         this.prometheus = r.prometheus;
         resolve(r.addresses.find((a) => !a.startsWith('unix:'))!);
