@@ -23,6 +23,7 @@ import { errorMiddleware } from '../../src/server/services/status.js';
 import {
   DATAPATH_METRICS,
   DatapathMetricProducer,
+  PROMETHEUS_SLICE,
   registerDatapathMetrics,
 } from '../../src/server/telemetry/datapath-metrics.js';
 import { traceLogFields } from '../../src/server/telemetry/log-context.js';
@@ -239,6 +240,143 @@ describe('Prometheus text written a slice at a time', () => {
       );
       assert.equal(lines.filter((l) => l.startsWith('target_info')).length, 1);
     });
+  });
+});
+
+describe('the datapath families written straight from the snapshot', () => {
+  /** A snapshot of `n` rules of 4 backends and 2 links, with names that need escaping, all values different. */
+  const snapshot = (n: number): CounterSnapshot => {
+    let c = 1n;
+    const next = () => (c += 7919n);
+    const rules = Array.from({ length: n }, (_, i) => ({
+      name: i === 1 ? 'q"uo\\te\nnl' : `r${i}`,
+      matched: next(),
+      matchedBytes: next(),
+      redirected: next(),
+      redirectedBytes: next(),
+      filtered: next(),
+      noBackend: next(),
+      redirectErrors: next(),
+    }));
+    return {
+      time: Date.now(),
+      rules,
+      backends: rules.flatMap((r, i) =>
+        [0, 1, 2, 3].map((k) => ({
+          rule: r.name,
+          ip: `10.${k}.${i >> 8}.${i & 255}`,
+          interface: k === 3 ? 'e"th\\3' : `eth${k}`,
+          packets: next(),
+          bytes: next(),
+          redirectErrors: next(),
+        })),
+      ),
+      links: [
+        { from: 'a', to: 'b', packets: next(), bytes: next(), redirectErrors: next() },
+        { from: 'b', to: 'a', packets: next(), bytes: next(), redirectErrors: next() },
+      ],
+      global: Array.from({ length: 32 }, () => next()),
+    };
+  };
+  /** Each family's lines ("# HELP", "# UNIT", "# TYPE", then its series in order), by family name. */
+  const families = (text: string) => {
+    const out = new Map<string, string[]>();
+    for (const l of text.split('\n').filter(Boolean)) {
+      const name = l.startsWith('#') ? l.split(' ')[2] : l.replace(/[{ ].*$/, '');
+      if (!name.startsWith('xdpctl_')) continue;
+      out.set(name, [...(out.get(name) ?? []), l]);
+    }
+    return out;
+  };
+
+  it("the same text as the exporter's serializer writes for the producer's points, a piece at a time", async () => {
+    const n = 2 * PROMETHEUS_SLICE + 5;
+    const snap = snapshot(n);
+    const hub = new CounterHub(() => snap, 20);
+    const producer = new DatapathMetricProducer();
+    producer.attach(hub, { name: 'xdpctld', version: '9.8.7' });
+    try {
+      const metrics = await producer.build();
+      const viaSdk = new PrometheusSerializer().serialize({
+        resource: { attributes: {} },
+        scopeMetrics: [{ scope: { name: 'xdpctld', version: '9.8.7' }, metrics }],
+      } as unknown as ResourceMetrics);
+      // Pieces, and which objects' lines each holds between two paces.
+      const pieces: string[] = [];
+      let sincePace = 0;
+      let mostBetweenPaces = 0;
+      let paces = 0;
+      await producer.writePrometheus(
+        async (text) => {
+          pieces.push(text);
+          sincePace += text.split('\n').filter((l) => l && !l.startsWith('#')).length;
+        },
+        async () => {
+          paces++;
+          mostBetweenPaces = Math.max(mostBetweenPaces, sincePace);
+          sincePace = 0;
+        },
+      );
+      mostBetweenPaces = Math.max(mostBetweenPaces, sincePace);
+      const direct = pieces.join('');
+      const a = families(viaSdk);
+      const b = families(direct);
+      assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+      for (const [name, lines] of a) assert.deepEqual(b.get(name), lines, name);
+      assert.equal(b.get('xdpctl_rule_packets_total')!.length, 3 + 4 * n);
+      assert.equal(b.get('xdpctl_backend_packets_total')!.length, 3 + 4 * n);
+      assert.ok(
+        direct.includes('xdpctl_rule="q\\"uo\\\\te\\nnl"'),
+        'a rule name with a quote, a backslash and a newline escaped as the exporter escapes it',
+      );
+      // At most a slice of objects between two paces: 4 series per rule (rule packets), 1 per backend.
+      assert.ok(mostBetweenPaces <= 4 * PROMETHEUS_SLICE, `${mostBetweenPaces} series between two paces`);
+      assert.ok(paces >= 2 * Math.ceil((4 * n) / PROMETHEUS_SLICE), `${paces} paces for ${n} rules x 4 backends`);
+    } finally {
+      producer.detach(hub);
+      hub.close();
+    }
+  });
+
+  it('nothing when detached or when the read fails', async () => {
+    const producer = new DatapathMetricProducer();
+    const pieces: string[] = [];
+    const send = async (t: string) => void pieces.push(t);
+    await producer.writePrometheus(send, async () => undefined);
+    const hub = new CounterHub(() => {
+      throw new Error('EPERM');
+    }, 20);
+    producer.attach(hub, { name: 'xdpctld' });
+    await producer.writePrometheus(send, async () => undefined);
+    producer.detach(hub);
+    hub.close();
+    assert.deepEqual(pieces, []);
+  });
+
+  it('an endpoint scrape writes them from the daemon producer, not through the reader', async () => {
+    const ep = await PrometheusEndpoint.listen({ host: '127.0.0.1', port: 0 });
+    const { datapathMetrics } = await import('../../src/server/telemetry/datapath-metrics.js');
+    const snap = snapshot(3);
+    const hub = new CounterHub(() => snap, 20);
+    const provider = new MeterProvider({ readers: [ep.reader] });
+    const unregister = registerDatapathMetrics(provider.getMeter('t'), hub, { name: 'xdpctld' }, datapathMetrics);
+    try {
+      const { resourceMetrics } = await ep.reader.collect();
+      assert.deepEqual(points(resourceMetrics, DATAPATH_METRICS.rulePackets), [], 'no points collected');
+      const body = (await get(`http://${ep.address}/metrics`)).body;
+      const f = families(body);
+      assert.equal(f.get('xdpctl_rule_packets_total')?.length, 3 + 4 * 3);
+      assert.match(
+        body,
+        /^xdpctl_rule_packets_total\{xdpctl_rule="r0",xdpctl_outcome="matched",otel_scope_name="xdpctld"\} \d+$/m,
+      );
+      assert.match(body, /^xdpctl_counter_hub_reads_total\{/m);
+    } finally {
+      unregister();
+      hub.close();
+      await provider.shutdown();
+      await ep.close();
+    }
   });
 });
 

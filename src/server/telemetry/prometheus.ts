@@ -9,7 +9,10 @@
  * The text is written a slice at a time (see {@link writeExposition}): the
  * exporter's own handler serializes the whole collection in one piece, which
  * held the event loop 300-450 ms with 10 000 rules x 4 backends (140 000
- * series, 18 MB), and every RPC waited behind it.
+ * series, 18 MB), and every RPC waited behind it. The datapath's per-object
+ * counters (all but a few dozen of the series) are not collected through the
+ * SDK here: they are written straight from the counter hub's snapshot
+ * (DatapathMetricProducer.writePrometheus), a few hundred objects a piece.
  */
 import type { Server } from 'node:http';
 import { isIP, type AddressInfo } from 'node:net';
@@ -18,9 +21,10 @@ import type { Writable } from 'node:stream';
 import type { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
 import type { MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
 
+import { pacer } from '../core/execute.js';
 import { configMetrics } from './config-metrics.js';
+import { datapathMetrics, type DatapathMetricProducer } from './datapath-metrics.js';
 import { storeMetrics } from './state-metrics.js';
-import { datapathMetrics } from './datapath-metrics.js';
 
 /** Where `--prometheus` without a value listens. */
 export const PROMETHEUS_DEFAULT = { host: '127.0.0.1', port: 9464 } as const;
@@ -81,10 +85,11 @@ export class PrometheusEndpoint {
       first: new PrometheusSerializer(),
       rest: new PrometheusSerializer(undefined, false, undefined, true),
     };
-    // The datapath's per-object counters come from their own producer (see datapath-metrics.ts).
+    // The datapath's per-object counters are written by writeExposition straight from a hub snapshot, not
+    // collected as points (see datapath-metrics.ts): the other readers get them from the producer.
     const reader = new PrometheusExporter({
       preventServerStart: true,
-      metricProducers: [datapathMetrics, configMetrics, storeMetrics],
+      metricProducers: [configMetrics, storeMetrics],
     });
     const server = createServer((req, res) => {
       const path = (req.url ?? '').split('?')[0];
@@ -99,7 +104,7 @@ export class PrometheusEndpoint {
         res.statusCode = 200;
         res.setHeader('content-type', 'text/plain; version=0.0.4; charset=utf-8');
         reader.collect().then(
-          ({ resourceMetrics }) => writeExposition(resourceMetrics, serializers, res),
+          ({ resourceMetrics }) => writeExposition(resourceMetrics, serializers, res, datapathMetrics),
           (err: unknown) => res.end(`# failed to export metrics: ${String(err)}\n`),
         );
       }
@@ -131,13 +136,16 @@ export const EXPOSITION_SLICE = 2000;
  * Write a collection as Prometheus text, yielding to the event loop between slices of
  * {@link EXPOSITION_SLICE} data points. The metrics with fewer points go first, in one piece (with
  * target_info); then each larger metric a slice at a time, its `# HELP/# UNIT/# TYPE` lines only before
- * its first slice, so each family stays one group (the text format requires it). Assumes, as holds here,
- * that a larger metric's name is not also used by another scope's metric.
+ * its first slice, so each family stays one group (the text format requires it); then, given `datapath`,
+ * the datapath's families straight from its hub's snapshot, a piece at a time, yielding once 4 ms of a turn
+ * have passed (core/execute.ts pacer). Assumes, as holds here, that a larger metric's name is not also used
+ * by another scope's metric, nor by the collection and `datapath` both.
  */
 export async function writeExposition(
   rm: ResourceMetrics,
   serializers: { first: PrometheusSerializer; rest: PrometheusSerializer },
   out: Writable,
+  datapath?: Pick<DatapathMetricProducer, 'writePrometheus'>,
 ): Promise<void> {
   const small = rm.scopeMetrics.map((s) => ({
     ...s,
@@ -171,6 +179,12 @@ export async function writeExposition(
       if (i > 0) text = text.replace(/^(#[^\n]*\n)+/, '');
       await send(text);
     }
+  }
+  if (datapath && !out.destroyed) {
+    const pace = pacer();
+    await datapath.writePrometheus(async (text) => {
+      if (!out.destroyed) await send(text);
+    }, pace);
   }
   out.end();
 }
