@@ -361,7 +361,7 @@ export class Controller {
     observeLinkDirections(this.ctx, want);
     // The write observed: every rule it changed, every link and interface, with its time.
     await this.observed(async (at) => {
-      this.observeLinksAndInterfaces(at);
+      await this.observeLinksAndInterfaces(at);
       await this.observeRules(opNames(ops), at);
     });
   }
@@ -492,7 +492,12 @@ export class Controller {
    * Record the conditions of every link and managed interface as observed at `at` (a write or a pass);
    * `lookup`: the interfaces the pass looked up (others are looked up here).
    */
-  private observeLinksAndInterfaces(at: number, looked?: ReadonlyMap<string, InterfaceInfo | undefined>): void {
+  private async observeLinksAndInterfaces(
+    at: number,
+    looked?: ReadonlyMap<string, InterfaceInfo | undefined>,
+  ): Promise<void> {
+    // The rules' egress facts made in slices first (a walk over every rule); then what follows is one turn.
+    await this.makeEgressFactsPaced(pacer());
     const lookup = (n: string) => (looked?.has(n) ? looked.get(n) : this.dp.lookupInterface(n));
     if (this.state.links.size) this.listLinks(at, false, lookup);
     const egress = this.egressUses();
@@ -702,16 +707,40 @@ export class Controller {
    */
   /** The rules' egress users per egress, sorted, as of a version of the desired state (egressUses). */
   private egressUsers?: { version: number; sorted: ReadonlyMap<string, readonly string[]> };
+  /**
+   * What the rules' statuses say about each egress (egressUses), with the status each rule had when it was
+   * read: current while the desired state's version is the same and every rule still has that status object
+   * (a judgement that changes a status makes a new one; rule-status.ts judgeRule).
+   */
+  private egressNotes?: {
+    version: number;
+    statuses: Map<string, RuleStatus | undefined>;
+    notes: EgressNotes;
+  };
 
-  private egressUses(): {
-    names: Iterable<string>;
-    of: (name: string) => EgressFacts;
-  } {
-    // The rules' "…/egress" users of each egress, sorted: made once per change of the desired state (with
-    // 10 000 rules, 40 000 user names made and sorted again after every pass were a pause of their own).
-    if (this.egressUsers?.version !== this.state.desiredVersion) {
+  /** Whether {@link egressNotes} is current (one lookup per rule, no allocation). */
+  private egressNotesCurrent(): boolean {
+    const c = this.egressNotes;
+    if (!c || c.version !== this.state.desiredVersion || c.statuses.size !== this.state.rules.size) return false;
+    for (const [name, s] of c.statuses) if (this.state.ruleKernel.get(name)?.status !== s) return false;
+    return true;
+  }
+
+  /**
+   * The rules' egress users ({@link egressUsers}) and notes ({@link egressNotes}) made again where not current,
+   * yielding every 256 rules (a walk over every rule: with 10 000 rules of 4 backends, 30-70 ms in one turn after
+   * every reconciler pass). Made from what the walk read; a change between two yields leaves them not current
+   * (another version, another status object), so that whoever reads them next makes them again.
+   */
+  private *makeEgressFacts(): Generator<void, void> {
+    const version = this.state.desiredVersion;
+    let n = 0;
+    if (this.egressUsers?.version !== version) {
+      // The rules' "…/egress" users of each egress, sorted: made once per change of the desired state (with
+      // 10 000 rules, 40 000 user names made and sorted again after every pass were a pause of their own).
       const byRule = new Map<string, Set<string>>();
       for (const r of this.state.rules.values()) {
+        if ((++n & 255) === 0) yield;
         for (const b of r.backends) {
           let u = byRule.get(b.interface);
           if (!u) byRule.set(b.interface, (u = new Set()));
@@ -719,10 +748,64 @@ export class Controller {
         }
       }
       const sorted = new Map<string, readonly string[]>();
-      for (const [name, u] of byRule) sorted.set(name, [...u].sort());
-      this.egressUsers = { version: this.state.desiredVersion, sorted };
+      for (const [name, u] of byRule) {
+        yield;
+        sorted.set(name, [...u].sort());
+      }
+      this.egressUsers = { version, sorted };
     }
-    const ruleUses = this.egressUsers.sorted;
+    if (this.egressNotesCurrent()) return;
+    // What the rules' backend judgements say about each egress (one source: their statuses, as GetRule
+    // shows them): why it cannot take frames (no native redirects, every redirected frame dropped), that it
+    // cannot be verified, that its MTU is below an ingress's. Each text once, with the rules it is for.
+    const notes: EgressNotes = { problems: new Map(), unverified: new Map(), frames: new Map() };
+    const statuses = new Map<string, RuleStatus | undefined>();
+    for (const r of this.state.rules.values()) {
+      if ((++n & 255) === 0) yield;
+      const s = this.state.ruleKernel.get(r.name)?.status;
+      statuses.set(r.name, s);
+      if (!s || s.state === 'failed') continue;
+      let user: string | undefined; // made only for a rule with something to say (most have nothing)
+      for (const b of s.backends) {
+        if (!b.receiving && b.egress) note(notes.problems, b.interface, b.egress, (user ??= `rule/${r.name}`));
+        else if (b.receiving && b.unverified && b.egressUnverified)
+          note(notes.unverified, b.interface, `cannot be verified: ${b.egressUnverified}`, (user ??= `rule/${r.name}`));
+      }
+      if (s.warnings.length) user ??= `rule/${r.name}`;
+      for (const w of s.warnings) {
+        if (!isMtuWarning(w) && !isMtuUnverified(w)) continue;
+        const b = r.backends.find(
+          (x) =>
+            w.startsWith(`backend ${x.ip}: egress ${x.interface} has MTU `) ||
+            w.startsWith(`backend ${x.ip}: egress ${x.interface}'s veth peer `),
+        );
+        if (b) note(notes.frames, b.interface, w.slice(`backend ${b.ip}: `.length), user!);
+      }
+    }
+    this.egressNotes = { version, statuses, notes };
+  }
+
+  /**
+   * {@link makeEgressFacts} a slice at a time, awaiting `pace` between slices (a write or a pass), unless
+   * current. Once: a change between two slices leaves them not current, and what reads them next makes them
+   * again in one piece (made again here, a pass beside a stream of changes did the walk several times over).
+   */
+  private async makeEgressFactsPaced(pace: () => Promise<void>): Promise<void> {
+    if (this.egressUsers?.version === this.state.desiredVersion && this.egressNotesCurrent()) return;
+    const it = this.makeEgressFacts();
+    while (!it.next().done) await pace();
+  }
+
+  private egressUses(): {
+    names: Iterable<string>;
+    of: (name: string) => EgressFacts;
+  } {
+    // Made in one piece where not current (a read right after a change); a pass makes them in slices first.
+    if (this.egressUsers?.version !== this.state.desiredVersion || !this.egressNotesCurrent()) {
+      const it = this.makeEgressFacts();
+      while (!it.next().done);
+    }
+    const ruleUses = this.egressUsers!.sorted;
     // A link sends frames out of its far end, and a two-way link out of either end: each is its egress, with
     // the conditions a backend's egress has (EgressReady, FramesFit), from its directions' judgements.
     const linkUses = new Map<string, Set<string>>();
@@ -734,41 +817,23 @@ export class Controller {
       addLink(l.b, `link/${l.a}:${l.b}/egress`);
       if (l.direction === 'both') addLink(l.a, `link/${l.a}:${l.b}/egress`);
     }
-    // What the rules' backend judgements say about each egress (one source: their statuses, as GetRule
-    // shows them): why it cannot take frames (no native redirects, every redirected frame dropped), that it
-    // cannot be verified, that its MTU is below an ingress's. Each text once, with the rules it is for.
-    const facts = {
-      problems: new Map<string, Map<string, string[]>>(),
-      unverified: new Map<string, Map<string, string[]>>(),
-      frames: new Map<string, Map<string, string[]>>(),
+    // The rules' notes with the links' (a few) added, in a copy: the kept notes stay the rules' own (an
+    // egress's texts are copied before a link's note goes in).
+    const facts: EgressNotes = {
+      problems: new Map(this.egressNotes!.notes.problems),
+      unverified: new Map(this.egressNotes!.notes.unverified),
+      frames: new Map(this.egressNotes!.notes.frames),
     };
-    const note = (kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string) => {
-      let m = kind.get(name);
-      if (!m) kind.set(name, (m = new Map()));
-      const users = m.get(text);
-      if (!users) m.set(text, [user]);
-      else if (users.at(-1) !== user) users.push(user);
+    const own = new Set<Map<string, string[]>>();
+    const linkNote = (kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string) => {
+      const m = kind.get(name);
+      if (m && !own.has(m)) {
+        const copy = new Map([...m].map(([t, users]) => [t, [...users]] as [string, string[]]));
+        own.add(copy);
+        kind.set(name, copy);
+      }
+      note(kind, name, text, user);
     };
-    for (const r of this.state.rules.values()) {
-      const s = this.state.ruleKernel.get(r.name)?.status;
-      if (!s || s.state === 'failed') continue;
-      let user: string | undefined; // made only for a rule with something to say (most have nothing)
-      for (const b of s.backends) {
-        if (!b.receiving && b.egress) note(facts.problems, b.interface, b.egress, (user ??= `rule/${r.name}`));
-        else if (b.receiving && b.unverified && b.egressUnverified)
-          note(facts.unverified, b.interface, `cannot be verified: ${b.egressUnverified}`, (user ??= `rule/${r.name}`));
-      }
-      if (s.warnings.length) user ??= `rule/${r.name}`;
-      for (const w of s.warnings) {
-        if (!isMtuWarning(w) && !isMtuUnverified(w)) continue;
-        const b = r.backends.find(
-          (x) =>
-            w.startsWith(`backend ${x.ip}: egress ${x.interface} has MTU `) ||
-            w.startsWith(`backend ${x.ip}: egress ${x.interface}'s veth peer `),
-        );
-        if (b) note(facts.frames, b.interface, w.slice(`backend ${b.ip}: `.length), user!);
-      }
-    }
     const linkEgress = new Map<string, string[]>();
     for (const [dir, why] of this.state.linkEgress) {
       const to = dir.slice(dir.indexOf('>') + 1);
@@ -777,11 +842,11 @@ export class Controller {
       linkEgress.set(to, [...(linkEgress.get(to) ?? []), `link ${dir.replace('>', ' -> ')}: ${why}`]);
     }
     for (const [dir, why] of this.state.linkUnverified) {
-      note(facts.unverified, dir.slice(dir.indexOf('>') + 1), `link ${why}`, `link/${dir.replace('>', ':')}`);
+      linkNote(facts.unverified, dir.slice(dir.indexOf('>') + 1), `link ${why}`, `link/${dir.replace('>', ':')}`);
     }
     for (const [dir, w] of this.state.linkWarnings) {
       if (isMtuWarning(w) || isMtuUnverified(w))
-        note(facts.frames, dir.slice(dir.indexOf('>') + 1), `link ${w}`, `link/${dir.replace('>', ':')}`);
+        linkNote(facts.frames, dir.slice(dir.indexOf('>') + 1), `link ${w}`, `link/${dir.replace('>', ':')}`);
     }
     const texts = (kind: Map<string, Map<string, string[]>>, name: string) =>
       [...(kind.get(name) ?? [])].map(([text, users]) => `${text} (${namesOf(users)})`);
@@ -1814,7 +1879,7 @@ export class Controller {
         this.lastProblems = r.problems;
         // What the pass observed, with its time: rules whose status changed, every link and interface.
         await this.observed(async (at) => {
-          this.observeLinksAndInterfaces(at, r.interfaces);
+          await this.observeLinksAndInterfaces(at, r.interfaces);
           await this.observeRules(r.changed, at);
         });
         this.restoredKeys = undefined; // seen by a pass: a change from here on is observed
@@ -2252,6 +2317,22 @@ interface EgressFacts {
 }
 
 /** Objects named in a message: up to 5, then how many more. */
+/** What the users of each egress say against it, by kind: egress -> text -> its users (in the order noted). */
+interface EgressNotes {
+  problems: Map<string, Map<string, string[]>>;
+  unverified: Map<string, Map<string, string[]>>;
+  frames: Map<string, Map<string, string[]>>;
+}
+
+/** One user's text about an egress, once per user in a row. */
+function note(kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string): void {
+  let m = kind.get(name);
+  if (!m) kind.set(name, (m = new Map()));
+  const users = m.get(text);
+  if (!users) m.set(text, [user]);
+  else if (users.at(-1) !== user) users.push(user);
+}
+
 function namesOf(users: readonly string[]): string {
   return users.length <= 5 ? users.join(', ') : `${users.slice(0, 5).join(', ')} and ${users.length - 5} more`;
 }

@@ -1453,6 +1453,7 @@ async function compareRules(
   // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
   const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
   for (const [i, p] of plans.entries()) {
+    if ((++n & 255) === 0) await pace();
     const slot = ks[i].slot;
     const now = view.prefixes.get(slot) ?? [];
     if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
@@ -1469,6 +1470,7 @@ async function compareRules(
   }
   // Match entries: published last, each pointing at its rule's slot.
   for (const [i, p] of plans.entries()) {
+    if ((++n & 255) === 0) await pace();
     const slot = ks[i].slot;
     for (const m of p.matchKeys) {
       const now = view.matches.get(matchId(m));

@@ -93,7 +93,9 @@ export async function compareKernelEntries(
   const repaired = await repairRuleEntries(ctx, plans, ks, pace);
   if (!names) {
     // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
+    let m = 0;
     for (const [key, slot] of dp.listMatches()) {
+      if ((++m & 1023) === 0) await pace();
       const id = matchId(key);
       if (state.matchHolders.has(id)) continue;
       dp.deleteMatch(key);

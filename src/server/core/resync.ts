@@ -1507,7 +1507,10 @@ async function judgeStaticMacs(
     break;
   }
   if (!wanted) {
-    for (const key of state.staticMacs.keys()) forget(key);
+    for (const key of state.staticMacs.keys()) {
+      if ((++n & 1023) === 0) await pace();
+      forget(key);
+    }
     state.staticMacEgresses.clear(); // all judged afresh when one is back
     state.staticMacEntries.clear();
     return unverified;
@@ -1529,7 +1532,9 @@ async function judgeStaticMacs(
     if (typeof keys === 'string') dirty.add(keys);
     else for (const k of keys) dirty.add(k);
   };
-  // Egresses: there or not, and their veth peers (each read once).
+  // Egresses: there or not, and their veth peers (each read once). An egress's backends (10 000 and more
+  // behind one egress) are marked in slices, and the egress recorded once all are: a pass that gives its turn
+  // to a change meanwhile marks them again at the next.
   const peers = new Map<string, PeerMac | undefined>();
   for (const [iface, keys] of state.staticMacsByEgress) {
     const exists = !!facts.interfaces.get(iface);
@@ -1537,8 +1542,11 @@ async function judgeStaticMacs(
     peers.set(iface, peer);
     const was = state.staticMacEgresses.get(iface);
     if (was && was.exists === exists && samePeer(was.peer, peer)) continue;
+    for (const k of keys) {
+      if ((++n & 1023) === 0) await pace();
+      dirty.add(k);
+    }
     state.staticMacEgresses.set(iface, { exists, peer });
-    mark(keys);
   }
   for (const iface of state.staticMacEgresses.keys()) {
     if (!state.staticMacsByEgress.has(iface)) state.staticMacEgresses.delete(iface);
@@ -1560,6 +1568,7 @@ async function judgeStaticMacs(
     mark(keys);
   }
   for (const nkey of state.staticMacEntries.keys()) {
+    if ((++n & 1023) === 0) await pace();
     if (table.has(nkey) && state.staticMacsByNeighbour.has(nkey)) continue;
     state.staticMacEntries.delete(nkey);
     mark(state.staticMacsByNeighbour.get(nkey));
@@ -1613,11 +1622,17 @@ async function judgeStaticMacs(
     });
   };
   // A verdict kept without evidence: judged again until evidence comes or its hold ends.
-  for (const key of state.staticMacHeld) dirty.add(key);
+  for (const key of state.staticMacHeld) {
+    if ((++n & 1023) === 0) await pace();
+    dirty.add(key);
+  }
   if (sweep) {
     // All of them, through the set: a pass that gives its turn to a change leaves the rest to the next one
     // (which goes on from there, instead of sweeping from the start again and never finishing under load).
-    for (const key of state.staticMacBackends.keys()) dirty.add(key);
+    for (const key of state.staticMacBackends.keys()) {
+      if ((++n & 1023) === 0) await pace();
+      dirty.add(key);
+    }
     state.staticMacSweptAt = t;
   }
   for (const key of dirty) {
@@ -1626,7 +1641,10 @@ async function judgeStaticMacs(
     dirty.delete(key);
   }
   // What the judgements asked of the kernel, at every pass: entries re-probed, missing ones resolved.
+  // Each in slices, like every loop of a pass over the backends (with 40 000 static-MAC backends that never
+  // answer, the entries to re-probe and the grace list below are all of them: one turn each held the event loop).
   for (const key of state.staticMacReprobe) {
+    if ((++n & 255) === 0) await pace();
     const b = state.staticMacBackends.get(key);
     if (b) dp.verifyNeighbour?.(b.ip, b.iface, true);
   }
@@ -1640,6 +1658,7 @@ async function judgeStaticMacs(
   }
   // Said once the first answers had time to come (UNVERIFIED_GRACE_MS), not the moment after a change.
   for (const [key, since] of grace) {
+    if ((++n & 1023) === 0) await pace();
     if (t - since < UNVERIFIED_GRACE_MS) continue;
     grace.delete(key);
     const m = state.staticMacs.get(key);

@@ -281,21 +281,27 @@ export async function checkPortUse(
   // A batch of match entries at a time, yielding between (10 000 entries read, decoded and counted at once
   // held the event loop ~46 ms of CPU in an ApplyRules of 10 000 whose unchanged rules were compared). The
   // caller runs between two changes (the write queue), so no entry is written meanwhile.
-  const batches = pace && maps.ruleMatch.batches(1024);
+  const batches = pace ? maps.ruleMatch.batches(1024) : undefined;
   let paced = false;
-  if (batches) {
+  while (batches) {
+    let next;
     try {
-      for (const batch of batches) {
-        count(batch);
-        await pace!();
-      }
-      paced = true;
+      next = batches.next();
     } catch {
       // ENOSPC (a hash bucket larger than a batch) or another refusal: counted again below, at once
       counts = new Map();
       lo = Infinity;
       hi = -1;
+      break;
     }
+    if (next.done) {
+      paced = true;
+      break;
+    }
+    count(next.value);
+    // Outside the catch: a reconciler pass's pacer throws to give its turn to a change (core Preempted), which
+    // must end the pass, not send it to the count in one piece below.
+    await pace!();
   }
   if (!paced) count(maps.ruleMatch.entriesBatch()); // a bucket larger than a batch is read key by key there
   if (all) {
