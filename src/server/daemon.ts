@@ -205,6 +205,26 @@ export const SHUTDOWN_GRACE_MS = 5000;
 /** How long a shutdown waits for the last telemetry export (spans of the calls just drained). */
 export const TELEMETRY_FLUSH_MS = 2000;
 
+/** Problems listed in a "datapath not as desired" line; the rest are counted (GetStatus lists them all). */
+export const LOGGED_PROBLEMS = 100;
+
+/**
+ * The problems a "datapath not as desired" line lists: all of them up to {@link LOGGED_PROBLEMS}, else the first
+ * ones with `problemCount` (how many there are) and `notListed` (how many the line leaves out).
+ */
+export function loggedProblems(problems: readonly string[]): {
+  problems: readonly string[];
+  problemCount?: number;
+  notListed?: number;
+} {
+  if (problems.length <= LOGGED_PROBLEMS) return { problems };
+  return {
+    problems: problems.slice(0, LOGGED_PROBLEMS),
+    problemCount: problems.length,
+    notListed: problems.length - LOGGED_PROBLEMS,
+  };
+}
+
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Map capacities for a number of rules (each rule may hold a shadow slot during a change). */
@@ -729,13 +749,16 @@ export class Daemon {
             // Said at each change; summarised while the problems flap (log-damper.ts).
             const t = Date.now();
             if (problems.length) {
+              // At most LOGGED_PROBLEMS of them in the line, with their count: 10 000 rules not ACTIVE made one
+              // line of ~2 MB, serialized and written in one turn (the log is written synchronously).
+              const listed = loggedProblems(problems);
               damper.line(
                 'datapath',
                 t,
-                () => this.log.warn({ missing, problems }, 'datapath not as desired'),
+                () => this.log.warn({ missing, ...listed }, 'datapath not as desired'),
                 (n, ms) =>
                   this.log.warn(
-                    { missing, problems, notLogged: n, ms },
+                    { missing, ...listed, notLogged: n, ms },
                     `datapath not as desired: ${n} more changes of what is wrong in ${Math.round(ms / 1000)} s not ` +
                       'logged one by one (flapping); the last of them is this one',
                   ),

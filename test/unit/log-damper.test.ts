@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { DAMP_BURST, DAMP_WINDOW_MS, LogDamper } from '../../src/server/core/log-damper.js';
+import { LOGGED_PROBLEMS, loggedProblems } from '../../src/server/daemon.js';
 
 describe('LogDamper', () => {
   const run = () => {
@@ -59,5 +60,17 @@ describe('LogDamper', () => {
     line('rule/b', DAMP_BURST + 1, 'b0');
     assert.equal(out.length, DAMP_BURST + 1);
     assert.equal(out.at(-1), 'rule/b: b0');
+  });
+});
+
+describe('"datapath not as desired": the problems it lists', () => {
+  it('all of them up to LOGGED_PROBLEMS; past that the first ones, with how many there are and are not listed', () => {
+    const few = Array.from({ length: LOGGED_PROBLEMS }, (_, i) => `p${i}`);
+    assert.deepEqual(loggedProblems(few), { problems: few });
+    const many = Array.from({ length: 10_000 }, (_, i) => `rule r${i} is DEGRADED: x`);
+    const l = loggedProblems(many);
+    assert.deepEqual(l.problems, many.slice(0, LOGGED_PROBLEMS));
+    assert.equal(l.problemCount, 10_000);
+    assert.equal(l.notListed, 10_000 - LOGGED_PROBLEMS);
   });
 });
