@@ -5,7 +5,8 @@
  * failure the CLI makes one TLS handshake of its own with the same files and
  * names the problem: a TLS port dialled in plaintext, a client certificate
  * that has expired or is not yet valid, or one the server closes the
- * connection on (not signed by a CA it trusts). Uses node:tls only.
+ * connection on (not signed by a CA it trusts), a server certificate outside
+ * its validity period (with its date). Uses node:tls only.
  */
 import { X509Certificate } from 'node:crypto';
 import { connect } from 'node:tls';
@@ -104,8 +105,51 @@ export async function diagnoseTls(
   if (o.kind === 'handshake-failed' && /wrong version number|packet length too long/i.test(o.message)) {
     return `TLS with xdpctld at ${address} failed: the server does not speak TLS on this port (drop --tls-*)`;
   }
+  if (o.kind === 'handshake-failed' && /(?<!alert )certificate (has expired|is not yet valid)/i.test(o.message)) {
+    // The server's certificate is outside its validity period: read it (without trusting it) for its dates.
+    const v = await serverValidity(host, port, timeoutMs).catch(() => undefined);
+    const when = (ms: number) => new Date(ms).toISOString();
+    const why = !v
+      ? o.message
+      : Date.now() > v.notAfter
+        ? `expired on ${when(v.notAfter)}`
+        : `is not valid before ${when(v.notBefore)}`;
+    return `TLS with xdpctld at ${address} failed: the server's certificate (xdpctld --tls-cert) ${why}: xdpctld must be given a valid one (its files rotated)`;
+  }
   if (o.kind === 'handshake-failed' && /certificate|self[- ]signed|issuer/i.test(o.message)) {
     return `TLS with xdpctld at ${address} failed: the server certificate is not trusted (--tls-ca): ${o.message}`;
   }
   return undefined;
+}
+
+/** The validity period of the certificate the server presents (read without verifying it, for its dates only). */
+function serverValidity(
+  host: string,
+  port: number,
+  timeoutMs: number,
+): Promise<{ notBefore: number; notAfter: number }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host,
+      port,
+      servername: /^[\d.]+$|:/.test(host) ? undefined : host,
+      ALPNProtocols: ['h2'],
+      rejectUnauthorized: false,
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error('timed out'));
+    }, timeoutMs);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      const c = socket.getPeerCertificate();
+      socket.destroy();
+      if (!c?.valid_to) return reject(new Error('no certificate'));
+      resolve({ notBefore: Date.parse(c.valid_from), notAfter: Date.parse(c.valid_to) });
+    });
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
 }

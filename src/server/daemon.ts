@@ -91,7 +91,7 @@ import { errorMiddleware } from './services/status.js';
 import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
-import { registerConfigMetrics } from './telemetry/config-metrics.js';
+import { configMetrics, registerConfigMetrics } from './telemetry/config-metrics.js';
 import { registerGauges } from './telemetry/gauge-producer.js';
 import { registerStateMetrics, storeMetrics } from './telemetry/state-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
@@ -459,7 +459,9 @@ export class Daemon {
     /** Config-file mode's watcher, once made (the status, its health service and its metrics report it). */
     let config: ConfigWatcher | undefined;
     const unregisterConfig = registerConfigMetrics(() => config?.report(), { name: 'xdpctld', version: VERSION });
+    const unregisterTls = configMetrics.attachTls(() => tlsSet?.provider.status());
     const unregisterMetrics = () => {
+      unregisterTls();
       unregisterConfig();
       unregisterStore();
       unregisterState();
@@ -496,6 +498,7 @@ export class Daemon {
         startedAt,
         serving: () => ready.value,
         configFile: () => config?.report(),
+        tls: tlsSet ? () => tlsSet.provider.status() : undefined,
       }),
       health: HealthServiceImpl(health),
     };
@@ -535,7 +538,8 @@ export class Daemon {
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
     const tlsOf = () => tlsSet;
     // Refused handshakes on every TLS listener (gRPC and HTTP/JSON) are logged at a bounded rate.
-    if (opts.tls) logRefusedHandshakes(log);
+    // A reason names what the daemon knows: its own certificate's validity, whether client certificates are asked.
+    if (tlsSet) logRefusedHandshakes(log, () => tlsSet.provider.status());
     try {
       for (const addr of opts.listen) {
         if (addr.startsWith('unix:')) {

@@ -32,6 +32,20 @@ export interface TlsFiles {
   refreshMs?: number;
 }
 
+/** The TCP listeners' certificate in use, as GetStatus (daemon.proto TlsStatus) and the metrics say it. */
+export interface TlsCertificateStatus {
+  certFile: string;
+  /** Validity of the certificate in use (ms since the epoch). */
+  notBefore: number;
+  notAfter: number;
+  /** Client certificates are required (--tls-client-ca). */
+  mutual: boolean;
+  /** Why clients refuse it now (expired, not yet valid); absent while valid. */
+  problem?: string;
+  /** What the last read of the files found ("in use", "rejected ...", "unreadable: ..."). */
+  filesState: string;
+}
+
 type IdentityListener = experimental.IdentityCertificateUpdateListener;
 type CaListener = experimental.CaCertificateUpdateListener;
 
@@ -104,6 +118,35 @@ class CheckedProvider implements experimental.CertificateProvider {
   private timer?: NodeJS.Timeout;
   /** Number of rotations applied (tests, logs). */
   rotations = 0;
+  /** The validity of the certificate in use, parsed once per set. */
+  private validity?: { cert: Buffer; notBefore: number; notAfter: number };
+
+  /**
+   * The certificate in use as the daemon knows it now (GetStatus, metrics, refused handshakes' reasons):
+   * its file, validity, and why it cannot serve now (expired, not yet valid), checked at each call.
+   */
+  status(now = Date.now()): TlsCertificateStatus {
+    const cert = this.identity.certificate;
+    if (this.validity?.cert !== cert) {
+      const x = new X509Certificate(cert);
+      this.validity = { cert, notBefore: Date.parse(x.validFrom), notAfter: Date.parse(x.validTo) };
+    }
+    const { notBefore, notAfter } = this.validity;
+    const problem =
+      now > notAfter
+        ? `certificate expired at ${new Date(notAfter).toISOString()}`
+        : now < notBefore
+          ? `certificate is not valid before ${new Date(notBefore).toISOString()}`
+          : undefined;
+    return {
+      certFile: this.files.certFile,
+      notBefore,
+      notAfter,
+      mutual: this.files.clientCaFile !== undefined,
+      ...(problem ? { problem } : {}),
+      filesState: this.filesState,
+    };
+  }
 
   constructor(
     private readonly files: TlsFiles,
@@ -307,7 +350,7 @@ export function reloadingServerCredentials(
   log: Logger,
 ): {
   credentials: ServerCredentials;
-  provider: { rotations: number; reload(): { state: string; rotations: number } };
+  provider: { rotations: number; reload(): { state: string; rotations: number }; status(): TlsCertificateStatus };
   material: TlsMaterial;
 } {
   const read = (what: string, file: string) => {
@@ -343,7 +386,24 @@ export const HANDSHAKE_LOG_WINDOW_MS = 10_000;
  * verification result (`authorizationError`, an OpenSSL X509_V_ERR name) when
  * there is one, else from OpenSSL's message.
  */
-export function handshakeReason(err: Error & { code?: string; reason?: string }, authorizationError?: string): string {
+export function handshakeReason(
+  err: Error & { code?: string; reason?: string },
+  authorizationError?: string,
+  ours: OwnCertificate = {},
+): string {
+  const m = err.message;
+  // An alert RECEIVED from the client (OpenSSL: "tlsv1 alert unknown ca", "ssl/tls alert certificate
+  // expired ... SSL alert number 45"): the client's verdict on OUR certificate (a client judges only the
+  // server's), never a fault of a client certificate; what we know of ours is said with it.
+  const alert = /\balert ([a-z][a-z ]*[a-z])/i.exec(err.reason ?? '') ?? /\balert ([a-z][a-z ]*[a-z])/i.exec(m);
+  if (alert && !/alert number/i.test(alert[0])) {
+    const name = alert[1].toLowerCase().replace(/ /g, '_');
+    const ownState = ownCertificateState(ours);
+    if (CERTIFICATE_ALERTS.has(name)) return `the client refused our certificate: ${name} (${ownState})`;
+    return `the client ended the handshake with alert ${name} (${ownState})`;
+  }
+  // Without --tls-client-ca no client certificate is asked for: nothing below may blame one.
+  if (ours.mutual === false) authorizationError = undefined;
   switch (authorizationError) {
     case undefined:
     case null:
@@ -362,21 +422,64 @@ export function handshakeReason(err: Error & { code?: string; reason?: string },
     default:
       return `the client certificate was refused (${authorizationError})`;
   }
-  const m = err.message;
   if (/wrong version number|http request|packet length too long|unknown protocol/i.test(m)) {
     return 'the client does not speak TLS (plaintext to a TLS port)';
   }
-  if (/peer did not return a certificate|certificate required/i.test(m)) return 'the client sent no certificate';
-  if (/certificate has expired|certificate expired/i.test(m)) return 'the client certificate has expired';
-  if (/certificate is not yet valid/i.test(m)) return 'the client certificate is not yet valid';
-  if (/unknown ca|unable to get local issuer|self[- ]signed|certificate verify failed|unable to verify/i.test(m)) {
-    return 'the client certificate is not signed by --tls-client-ca';
+  if (ours.mutual !== false) {
+    if (/peer did not return a certificate|certificate required/i.test(m)) return 'the client sent no certificate';
+    if (/certificate has expired|certificate expired/i.test(m)) return 'the client certificate has expired';
+    if (/certificate is not yet valid/i.test(m)) return 'the client certificate is not yet valid';
+    if (/unknown ca|unable to get local issuer|self[- ]signed|certificate verify failed|unable to verify/i.test(m)) {
+      return 'the client certificate is not signed by --tls-client-ca';
+    }
   }
   if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || /handshake timeout/i.test(m)) {
     return 'no TLS handshake within --preface-timeout-seconds';
   }
-  if (/ECONNRESET|socket hang up|timed out/i.test(m)) return 'the client went away during the handshake';
+  if (/ECONNRESET|socket hang up|timed out/i.test(m)) {
+    // A client that refuses our certificate may close without an alert (Node's TLS client does): when
+    // ours is not valid now, that is the likely cause, and the daemon knows it.
+    const problem = ours.notAfter === undefined ? undefined : ownCertificateProblem(ours);
+    return problem
+      ? `the client went away during the handshake (${problem}: clients refuse it)`
+      : 'the client went away during the handshake';
+  }
   return err.reason ?? err.code ?? m;
+}
+
+/** What the daemon knows of the certificate it serves, for a refused handshake's reason. */
+export interface OwnCertificate {
+  /** Validity of the certificate in use (ms since the epoch). */
+  notBefore?: number;
+  notAfter?: number;
+  /** Whether client certificates are asked for (--tls-client-ca); false: no reason may blame one. */
+  mutual?: boolean;
+  now?: number;
+}
+
+/** TLS alerts (RFC 8446 6.2) a client sends about the server's certificate. */
+const CERTIFICATE_ALERTS = new Set([
+  'bad_certificate',
+  'unsupported_certificate',
+  'certificate_revoked',
+  'certificate_expired',
+  'certificate_unknown',
+  'unknown_ca',
+]);
+
+/** Why our certificate is not valid now, or undefined (valid, or not known). */
+function ownCertificateProblem(o: OwnCertificate): string | undefined {
+  const now = o.now ?? Date.now();
+  if (o.notAfter !== undefined && now > o.notAfter) return `ours expired at ${new Date(o.notAfter).toISOString()}`;
+  if (o.notBefore !== undefined && now < o.notBefore) {
+    return `ours is not valid before ${new Date(o.notBefore).toISOString()}`;
+  }
+  return undefined;
+}
+
+function ownCertificateState(o: OwnCertificate): string {
+  if (o.notAfter === undefined) return 'ours not known here';
+  return ownCertificateProblem(o) ?? `ours is valid until ${new Date(o.notAfter).toISOString()}`;
 }
 
 let handshakeLog: ((err: Error, socket: TLSSocket) => void) | undefined;
@@ -403,7 +506,7 @@ export function tlsPeer(socket: TLSSocket): string {
  * http2.createSecureServer is wrapped (once per process) to add the listener;
  * the servers are otherwise exactly what grpc-js asked for.
  */
-export function logRefusedHandshakes(log: Logger): void {
+export function logRefusedHandshakes(log: Logger, ours: () => OwnCertificate = () => ({})): void {
   let windowStart = 0;
   // Per reason, so that a flood of one kind (plaintext probes) does not hide another (a bad certificate).
   const logged = new Map<string, number>();
@@ -422,7 +525,13 @@ export function logRefusedHandshakes(log: Logger): void {
       suppressed = 0;
     }
     const authError = socket.authorizationError as unknown as string | undefined; // an X509_V_ERR name, typed as Error
-    const reason = handshakeReason(err, authError ?? undefined);
+    let own: OwnCertificate = {};
+    try {
+      own = ours();
+    } catch {
+      // the certificate in use does not parse here: say nothing of it
+    }
+    const reason = handshakeReason(err, authError ?? undefined, own);
     const n = logged.get(reason) ?? 0;
     if (n >= HANDSHAKE_LOG_BURST) {
       suppressed++;

@@ -137,11 +137,15 @@ export function describeClientError(
       if (/SSL routines|certificate|handshake/i.test(details)) {
         const why = /alert certificate required/.test(details)
           ? 'the server requires a client certificate (--tls-cert, --tls-key)'
-          : /certificate verify failed|self[- ]signed|unable to get (local )?issuer/i.test(details)
-            ? 'the server certificate is not trusted (--tls-ca)'
-            : /wrong version number|packet length too long|http request/i.test(details)
-              ? 'the server does not speak TLS on this port (drop --tls-*)'
-              : (/error:[0-9A-F]+:SSL routines:[^:]*:([^:]+)/.exec(details)?.[1] ?? 'handshake failed');
+          : /(?<!alert )certificate has expired|CERT_HAS_EXPIRED/.test(details)
+            ? "the server's certificate (xdpctld --tls-cert) has expired"
+            : /(?<!alert )certificate is not yet valid|CERT_NOT_YET_VALID/.test(details)
+              ? "the server's certificate (xdpctld --tls-cert) is not yet valid"
+              : /certificate verify failed|self[- ]signed|unable to get (local )?issuer/i.test(details)
+                ? 'the server certificate is not trusted (--tls-ca)'
+                : /wrong version number|packet length too long|http request/i.test(details)
+                  ? 'the server does not speak TLS on this port (drop --tls-*)'
+                  : (/error:[0-9A-F]+:SSL routines:[^:]*:([^:]+)/.exec(details)?.[1] ?? 'handshake failed');
         return { message: `TLS with xdpctld at ${server} failed: ${why}`, exitCode };
       }
       // A Unix socket this user may not open: the daemon may well be running; a permission problem (exit 9).

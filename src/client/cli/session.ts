@@ -154,7 +154,8 @@ export function run(fn: Action) {
       const described = describeClientError(e, o.server, s.trailer, s.timeoutMs);
       let message = described.message;
       // grpc-js says "Failed to connect" or "ECONNRESET" for a refused TLS handshake: ask TLS itself.
-      if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld/.test(message)) {
+      // An expired server certificate: TLS itself gives its date.
+      if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld|server's certificate/.test(message)) {
         const why = await diagnoseTls(o.server, loadTls(o)).catch(() => undefined);
         if (why) message = why;
       }

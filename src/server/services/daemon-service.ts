@@ -4,6 +4,7 @@ import type { ServiceImplementation } from 'nice-grpc';
 import type { ConfigReport } from '../config-watcher.js';
 import type { Controller } from '../core/controller.js';
 import type { Dataplane } from '../core/dataplane.js';
+import type { TlsCertificateStatus } from '../tls.js';
 import { ConditionStatus } from '../../gen/xdpctl/v1/common.js';
 import type { ConfigFileStatus, DaemonServiceDefinition } from '../../gen/xdpctl/v1/daemon.js';
 
@@ -37,6 +38,8 @@ export function daemonService(
     serving: () => boolean;
     /** Config-file mode's report; undefined without --config. */
     configFile?: () => ConfigReport | undefined;
+    /** The TLS listeners' certificate; undefined without --tls-cert. */
+    tls?: () => TlsCertificateStatus;
   },
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
@@ -59,6 +62,7 @@ export function daemonService(
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),
         stateStore: stateStoreStatus(ctl.stateStore()),
+        tls: info.tls && tlsStatus(info.tls()),
       };
     },
   };
@@ -72,5 +76,18 @@ function stateStoreStatus(s: { path: string; problem?: string; since?: number } 
     writable: s.problem === undefined,
     problem: s.problem ?? '',
     refusingSince: s.since === undefined ? undefined : new Date(s.since),
+  };
+}
+
+/** daemon.proto TlsStatus from the certificate in use. */
+function tlsStatus(t: TlsCertificateStatus) {
+  return {
+    certificateFile: t.certFile,
+    notBefore: new Date(t.notBefore),
+    notAfter: new Date(t.notAfter),
+    valid: t.problem === undefined,
+    problem: t.problem ?? '',
+    clientCertificateRequired: t.mutual,
+    files: t.filesState,
   };
 }

@@ -82,6 +82,21 @@ export function registerStatus(program: Command): void {
                   ],
                 ] as [string, string][])
               : []),
+            // The TCP listeners' own certificate: until when clients accept it; once it expired, that they refuse it.
+            ...(res.tls
+              ? ([
+                  ['tls certificate', res.tls.certificateFile],
+                  [
+                    'tls certificate valid',
+                    res.tls.valid
+                      ? `yes, until ${res.tls.notAfter?.toISOString() ?? '-'}`
+                      : `no: ${res.tls.problem}; new TLS clients refuse the handshake until the files are rotated`,
+                  ],
+                  ...(res.tls.files && !res.tls.files.startsWith('in use')
+                    ? ([['tls files', res.tls.files]] as [string, string][])
+                    : []),
+                ] as [string, string][])
+              : []),
             // Config-file mode: whether the file on disk is in force; if not, since when, why, and what runs.
             ...(cfg ? configRows(cfg, healthBy['xdpctl.config']) : []),
           ]),

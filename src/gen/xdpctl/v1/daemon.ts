@@ -47,7 +47,52 @@ export interface GetStatusResponse {
    * The state store (xdpctld --state-dir): whether it takes writes. Unset
    * with --no-state.
    */
-  stateStore?: StateStoreStatus | undefined;
+  stateStore?:
+    | StateStoreStatus
+    | undefined;
+  /**
+   * The certificate the TCP listeners serve (xdpctld --tls-cert). Unset
+   * without TLS.
+   */
+  tls?: TlsStatus | undefined;
+}
+
+/**
+ * The certificate the TCP listeners (gRPC and HTTP/JSON) serve, as the
+ * daemon holds it now: the certificate in use (the files are re-read every
+ * --tls-refresh-seconds and on SIGHUP; a new set is taken only when valid).
+ * A certificate in use that expires is kept (there is no other), and every
+ * new TLS client then refuses the handshake: `valid` is false and `problem`
+ * says so. The metrics xdpctl.tls.certificate.valid and
+ * xdpctl.tls.certificate.not_after say the same.
+ */
+export interface TlsStatus {
+  /** The certificate file (--tls-cert), e.g. "/etc/xdpctl/tls/server.pem". */
+  certificateFile: string;
+  /** The start of the certificate in use's validity period (notBefore). */
+  notBefore?:
+    | Date
+    | undefined;
+  /** The end of the certificate in use's validity period (notAfter). */
+  notAfter?:
+    | Date
+    | undefined;
+  /** Whether the certificate in use is within its validity period now. */
+  valid: boolean;
+  /**
+   * Why clients refuse it now, e.g. "certificate expired at
+   * 2026-12-06T12:34:19.000Z". Empty while valid.
+   */
+  problem: string;
+  /** Whether clients must present a certificate (--tls-client-ca). */
+  clientCertificateRequired: boolean;
+  /**
+   * What the last read of the files found: "in use" (they hold the
+   * certificate in use; "in use, certificate expired on ..." once it has
+   * expired), or why the files were not taken, e.g. "unreadable: ..." or
+   * "rejected <sha256> certificate expired on ...".
+   */
+  files: string;
 }
 
 /**
@@ -259,6 +304,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     uptime: undefined,
     configFile: undefined,
     stateStore: undefined,
+    tls: undefined,
   };
 }
 
@@ -281,6 +327,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.stateStore !== undefined) {
       StateStoreStatus.encode(message.stateStore, writer.uint32(50).fork()).join();
+    }
+    if (message.tls !== undefined) {
+      TlsStatus.encode(message.tls, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -346,6 +395,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.stateStore = StateStoreStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.tls = TlsStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -374,6 +431,7 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.state_store)
         ? StateStoreStatus.fromJSON(object.state_store)
         : undefined,
+      tls: isSet(object.tls) ? TlsStatus.fromJSON(object.tls) : undefined,
     };
   },
 
@@ -397,6 +455,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.stateStore !== undefined) {
       obj.stateStore = StateStoreStatus.toJSON(message.stateStore);
     }
+    if (message.tls !== undefined) {
+      obj.tls = TlsStatus.toJSON(message.tls);
+    }
     return obj;
   },
 
@@ -419,6 +480,196 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.stateStore = (object.stateStore !== undefined && object.stateStore !== null)
       ? StateStoreStatus.fromPartial(object.stateStore)
       : undefined;
+    message.tls = (object.tls !== undefined && object.tls !== null) ? TlsStatus.fromPartial(object.tls) : undefined;
+    return message;
+  },
+};
+
+function createBaseTlsStatus(): TlsStatus {
+  return {
+    certificateFile: "",
+    notBefore: undefined,
+    notAfter: undefined,
+    valid: false,
+    problem: "",
+    clientCertificateRequired: false,
+    files: "",
+  };
+}
+
+export const TlsStatus: MessageFns<TlsStatus> = {
+  encode(message: TlsStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.certificateFile !== "") {
+      writer.uint32(10).string(message.certificateFile);
+    }
+    if (message.notBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.notBefore), writer.uint32(18).fork()).join();
+    }
+    if (message.notAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(26).fork()).join();
+    }
+    if (message.valid !== false) {
+      writer.uint32(32).bool(message.valid);
+    }
+    if (message.problem !== "") {
+      writer.uint32(42).string(message.problem);
+    }
+    if (message.clientCertificateRequired !== false) {
+      writer.uint32(48).bool(message.clientCertificateRequired);
+    }
+    if (message.files !== "") {
+      writer.uint32(58).string(message.files);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TlsStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTlsStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.certificateFile = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.notBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.valid = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.problem = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.clientCertificateRequired = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.files = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TlsStatus {
+    return {
+      certificateFile: isSet(object.certificateFile)
+        ? globalThis.String(object.certificateFile)
+        : isSet(object.certificate_file)
+        ? globalThis.String(object.certificate_file)
+        : "",
+      notBefore: isSet(object.notBefore)
+        ? fromJsonTimestamp(object.notBefore)
+        : isSet(object.not_before)
+        ? fromJsonTimestamp(object.not_before)
+        : undefined,
+      notAfter: isSet(object.notAfter)
+        ? fromJsonTimestamp(object.notAfter)
+        : isSet(object.not_after)
+        ? fromJsonTimestamp(object.not_after)
+        : undefined,
+      valid: isSet(object.valid) ? globalThis.Boolean(object.valid) : false,
+      problem: isSet(object.problem) ? globalThis.String(object.problem) : "",
+      clientCertificateRequired: isSet(object.clientCertificateRequired)
+        ? globalThis.Boolean(object.clientCertificateRequired)
+        : isSet(object.client_certificate_required)
+        ? globalThis.Boolean(object.client_certificate_required)
+        : false,
+      files: isSet(object.files) ? globalThis.String(object.files) : "",
+    };
+  },
+
+  toJSON(message: TlsStatus): unknown {
+    const obj: any = {};
+    if (message.certificateFile !== "") {
+      obj.certificateFile = message.certificateFile;
+    }
+    if (message.notBefore !== undefined) {
+      obj.notBefore = message.notBefore.toISOString();
+    }
+    if (message.notAfter !== undefined) {
+      obj.notAfter = message.notAfter.toISOString();
+    }
+    if (message.valid !== false) {
+      obj.valid = message.valid;
+    }
+    if (message.problem !== "") {
+      obj.problem = message.problem;
+    }
+    if (message.clientCertificateRequired !== false) {
+      obj.clientCertificateRequired = message.clientCertificateRequired;
+    }
+    if (message.files !== "") {
+      obj.files = message.files;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TlsStatus>): TlsStatus {
+    return TlsStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TlsStatus>): TlsStatus {
+    const message = createBaseTlsStatus();
+    message.certificateFile = object.certificateFile ?? "";
+    message.notBefore = object.notBefore ?? undefined;
+    message.notAfter = object.notAfter ?? undefined;
+    message.valid = object.valid ?? false;
+    message.problem = object.problem ?? "";
+    message.clientCertificateRequired = object.clientCertificateRequired ?? false;
+    message.files = object.files ?? "";
     return message;
   },
 };
