@@ -124,7 +124,10 @@ for (const mode of ['native', 'generic'] as const) {
         lab.topo.exec('x', 'python3', ['-c', sender(dmac, x.mac, x.ip!, y.ip!, PORT, 20, 0)]);
         await sleep(200);
         const now = await counters();
-        assert.equal(Number(now.link - before.link), 20, `link x->y forwarded every frame to ${dmac}`);
+        // The link forwards everything x sends: an IPv6 neighbour discovery or MLD frame of x's own may cross it in
+        // the same 200 ms (21 once, on a loaded machine). Not one of the 20 may be missing.
+        const forwarded = Number(now.link - before.link);
+        assert.ok(forwarded >= 20 && forwarded <= 23, `link x->y forwarded every frame to ${dmac}: ${forwarded} of 20`);
         assert.equal(now.notForUs, before.notForUs);
       }
     });
