@@ -91,6 +91,7 @@ import { errorMiddleware } from './services/status.js';
 import { createTerminator, type Terminator } from './services/terminator.js';
 import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
+import { registerLogMetrics, type LogSinkState } from './telemetry/log-metrics.js';
 import { configMetrics, registerConfigMetrics } from './telemetry/config-metrics.js';
 import { registerGauges } from './telemetry/gauge-producer.js';
 import { registerStateMetrics, storeMetrics } from './telemetry/state-metrics.js';
@@ -159,6 +160,8 @@ export interface DaemonOptions {
   resyncMs?: number;
   /** Where audit records go (default: log.child({audit: true})). */
   audit?: Logger;
+  /** The sink the log writes to (main.ts: stdout, bounded): its drops and backlog as metrics. */
+  logSink?: LogSinkState;
   /**
    * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
    * startTelemetry): the daemon shuts it down, flushing, when it stops.
@@ -451,6 +454,9 @@ export class Daemon {
       version: VERSION,
     });
     const unregisterLoop = registerEventLoopMetrics(metrics.getMeter('xdpctld', VERSION));
+    const unregisterLog = opts.logSink
+      ? registerLogMetrics(metrics.getMeter('xdpctld', VERSION), opts.logSink)
+      : () => undefined;
     const unregisterState = registerStateMetrics(metrics.getMeter('xdpctld', VERSION), controller);
     const unregisterStore = registerGauges(storeMetrics, () => controller.stateStore(), {
       name: 'xdpctld',
@@ -467,6 +473,7 @@ export class Daemon {
       unregisterState();
       unregisterDatapath();
       unregisterLoop();
+      unregisterLog();
     };
     const ready = { value: false };
     const startedAt = Date.now();

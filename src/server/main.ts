@@ -24,6 +24,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode }
 import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
+import { dropText, LogSink } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -146,6 +147,13 @@ const program = new Command('xdpctld')
   )
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
   .option(
+    '--log-buffer-bytes <n>',
+    'log lines (JSON on stdout) that may wait for a reader that does not keep up; beyond, lines are dropped ' +
+      'and counted (xdpctl_log_lines_dropped_total), said once on stderr and, once stdout is read again, in ' +
+      'the log; the daemon never waits for its log reader',
+    String(1024 * 1024),
+  )
+  .option(
     '--prometheus [host:port]',
     'serve Prometheus metrics at http://host:port/metrics; without a value 127.0.0.1:9464 ' +
       '(loopback: other hosts only if you give their address, e.g. 0.0.0.0:9464; port 0 picks one)',
@@ -240,6 +248,7 @@ const o = program.opts<{
   maxConnections: string;
   maxConnectionsPerPeer: string;
   prefaceTimeoutSeconds: string;
+  logBufferBytes: string;
 }>();
 const refreshMs = Number(o.tlsRefreshSeconds) * 1000;
 if (!Number.isInteger(refreshMs) || refreshMs < 1000 || refreshMs > 86_400_000) {
@@ -320,15 +329,43 @@ try {
   process.exit(2);
 }
 
+const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 1024 * 1024 * 1024);
+
 // Every line carries the trace and span of the RPC it belongs to, if any.
-// Synchronous writes to stdout: each line is out before the next statement runs, so the 'ready' line
-// below follows every start-up line (with pino's default asynchronous destination, flush() returned at once
-// while lines were still queued, and 'ready' came before 'restored' and 'serving'), and nothing logged is
-// lost if the process dies. A control plane logs a few lines a second; the cost does not matter.
-const log = pino(
-  { level: o.logLevel, base: { service: 'xdpctld' }, mixin: traceLogFields },
-  pino.destination({ dest: 1, sync: true }),
-);
+// Lines go to stdout through one bounded sink that never blocks (log-sink.ts): while the reader keeps up each
+// line is out before the next statement runs (a pipe with room is written at once, a file synchronously), so
+// the 'ready' line below follows every start-up line and nothing logged is lost if the process dies. A
+// reader that stops reading (a stalled log driver) no longer freezes the daemon (before, the synchronous
+// write waited for it: gRPC, health, the reconciler and SIGTERM with it): what it has not read waits up to
+// --log-buffer-bytes, beyond that lines are dropped and counted (xdpctl_log_lines_dropped_total), said once
+// on stderr and, once it reads again, in one log line.
+const notice = (text: string) => {
+  // stderr may be the same stalled pipe (docker, 2>&1): a few lines at most, never a backlog.
+  if (process.stderr.writableLength < 65536) process.stderr.write(`xdpctld: ${text}\n`);
+};
+const sink: LogSink = new LogSink({
+  out: process.stdout,
+  name: 'stdout',
+  maxBytes: logBufferBytes,
+  notice,
+  recovered: (e) =>
+    log.warn(
+      {
+        sink: 'stdout',
+        dropped: e.lines,
+        droppedAudit: e.audit,
+        droppedBytes: e.bytes,
+        from: new Date(e.from).toISOString(),
+        to: new Date(e.to).toISOString(),
+      },
+      `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
+        'its reader); it is read again',
+    ),
+});
+const logOptions = { base: { service: 'xdpctld' }, mixin: traceLogFields };
+const log = pino({ ...logOptions, level: o.logLevel }, sink.log);
+/** Stop: wait (bounded: a reader that stopped must not hold the exit) for the lines still waiting. */
+const exit = (code: number) => void sink.flush().finally(() => process.exit(code));
 
 // Name a missing capability here rather than let the kernel answer EPERM.
 const caps = checkOwnCapabilities();
@@ -381,10 +418,10 @@ const stop = (signal: string) => {
   }
   log.info({ signal, cleanup: o.cleanupOnExit }, `${signal} received: shutting down`);
   daemon.stop().then(
-    () => process.exit(0),
+    () => exit(0),
     (err) => {
       log.error({ err }, 'shutdown failed');
-      process.exit(1);
+      exit(1);
     },
   );
 };
@@ -425,11 +462,12 @@ try {
     connectionLimits,
     socketMode,
     socketGroup: o.socketGroup,
-    // Audit records are written whatever --log-level says.
-    audit: log.child({ audit: true }, { level: 'info' }),
+    // Audit records are written whatever --log-level says (the same sink, counted apart when dropped).
+    audit: pino({ ...logOptions, level: 'info' }, sink.audit).child({ audit: true }),
+    logSink: sink,
   });
-  // Tests and supervisors wait for this line: after every start-up log line (the log writes synchronously).
-  process.stdout.write(
+  // Tests and supervisors wait for this line: after every start-up log line (the same sink, in order).
+  sink.write(
     `${JSON.stringify({
       msg: 'ready',
       addresses: daemon.addresses,
@@ -441,5 +479,5 @@ try {
 } catch (err) {
   log.error({ err }, 'start failed');
   process.stderr.write(`xdpctld: ${(err as Error).message}\n`);
-  process.exit(1);
+  exit(1);
 }

@@ -1,0 +1,133 @@
+/**
+ * The log sink (log-sink.ts) against a stream whose writes complete only when the test says (a reader that
+ * stopped, then reads again): lines beyond the bound are dropped and counted (audit records apart), the stall
+ * is said once, the recovery once with the same numbers; nothing is dropped while nothing waits; a failed
+ * stream (EPIPE) counts every line from then on; the flush at exit is bounded and says what it left.
+ */
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { describe, it } from 'node:test';
+
+import { LogSink, type DropEpisode } from '../../src/server/log-sink.js';
+
+/** A stream that holds every write until release() (writableLength counts what it holds). */
+function heldStream() {
+  const held: ((err?: Error | null) => void)[] = [];
+  const out = new Writable({
+    highWaterMark: 1 << 30,
+    write(_chunk, _enc, cb) {
+      held.push(cb);
+    },
+  });
+  return {
+    out,
+    /** Complete the writes held so far (and those Node hands over meanwhile), one by one. */
+    async release(err?: Error) {
+      while (held.length) {
+        held.shift()!(err);
+        await new Promise((r) => setImmediate(r));
+      }
+    },
+  };
+}
+
+function sinkOn(out: Writable, maxBytes: number, now = () => 1_000) {
+  const notices: string[] = [];
+  const recovered: DropEpisode[] = [];
+  const sink = new LogSink({
+    out,
+    name: 'stdout',
+    maxBytes,
+    notice: (t) => notices.push(t),
+    recovered: (e) => recovered.push(e),
+    now,
+  });
+  return { sink, notices, recovered };
+}
+
+const line = (n: number) => `${JSON.stringify({ msg: 'x'.repeat(n - 11) })}\n`; // n bytes with the newline
+
+describe('log sink', () => {
+  it('a stalled reader: lines beyond the bound dropped and counted, said once; the recovery said once', async () => {
+    const s = heldStream();
+    let t = 1_000;
+    const { sink, notices, recovered } = sinkOn(s.out, 1000, () => t);
+    for (let i = 0; i < 10; i++) sink.write(line(100)); // 1000 bytes wait: all taken
+    assert.equal(sink.waitingBytes(), 1000);
+    assert.deepEqual(sink.dropped, { log: 0, audit: 0 });
+    assert.deepEqual(notices, []);
+    t = 2_000;
+    sink.write(line(100));
+    t = 3_000;
+    sink.audit.write(line(50));
+    sink.log.write(line(100));
+    assert.deepEqual(sink.dropped, { log: 2, audit: 1 });
+    assert.equal(sink.waitingBytes(), 1000, 'the backlog stays bounded');
+    assert.equal(notices.length, 1, notices.join('\n'));
+    assert.match(
+      notices[0],
+      /^stdout takes no more log lines: 1000 bytes wait to be written \(--log-buffer-bytes 1000\)/,
+    );
+    assert.deepEqual(recovered, []);
+    await s.release();
+    assert.equal(sink.waitingBytes(), 0);
+    assert.deepEqual(recovered, [{ from: 2_000, to: 3_000, lines: 3, audit: 1, bytes: 250 }]);
+    assert.equal(notices.length, 2);
+    assert.equal(
+      notices[1],
+      'stdout is read again: 3 log line(s) (1 audit record(s)) were dropped from 1970-01-01T00:00:02.000Z to 1970-01-01T00:00:03.000Z',
+    );
+    // Counts stay (a counter); a new stall is a new episode.
+    sink.write(line(100));
+    await s.release();
+    assert.equal(recovered.length, 1);
+    assert.deepEqual(sink.dropped, { log: 2, audit: 1 });
+  });
+
+  it('nothing waits: a line larger than the bound is written, not dropped', async () => {
+    const s = heldStream();
+    const { sink, notices } = sinkOn(s.out, 4096);
+    sink.write(line(10_000));
+    assert.equal(sink.waitingBytes(), 10_000);
+    sink.write(line(20));
+    assert.deepEqual(sink.dropped, { log: 1, audit: 0 });
+    assert.equal(notices.length, 1);
+    await s.release();
+  });
+
+  it('a stream that fails (EPIPE): every line from then on counted, said once', async () => {
+    const s = heldStream();
+    const { sink, notices } = sinkOn(s.out, 4096);
+    sink.write(line(100));
+    sink.audit.write(line(100));
+    const epipe = Object.assign(new Error('write EPIPE'), { code: 'EPIPE' });
+    await s.release(epipe);
+    assert.deepEqual(sink.dropped, { log: 1, audit: 1 }, 'the lines it did not write');
+    sink.write(line(100));
+    sink.write(line(100));
+    assert.deepEqual(sink.dropped, { log: 3, audit: 1 });
+    assert.equal(notices.length, 1, notices.join('\n'));
+    assert.match(notices[0], /^stdout cannot be written \(EPIPE\): log lines are dropped and counted/);
+    assert.equal(await sink.flush(), 0);
+  });
+
+  it('flush at exit: done when everything is written; bounded when the reader took nothing, and says so', async () => {
+    const s = heldStream();
+    const { sink, notices } = sinkOn(s.out, 4096, Date.now);
+    sink.write(line(100));
+    const released = s.release();
+    assert.equal(await sink.flush(200, 1000), 0);
+    await released;
+    sink.write(line(100));
+    sink.audit.write(line(100));
+    const t0 = Date.now();
+    assert.equal(await sink.flush(200, 1000), 2);
+    const took = Date.now() - t0;
+    assert.ok(took >= 200 && took < 900, `${took} ms`);
+    assert.deepEqual(sink.dropped, { log: 1, audit: 1 });
+    assert.match(
+      notices.at(-1)!,
+      /^exiting with 2 log line\(s\) \(1 audit record\(s\)\) \(200 bytes\) not written: stdout took nothing for \d+ ms$/,
+    );
+  });
+});
