@@ -300,9 +300,10 @@ export class BenchDaemon {
     this.child = child;
     this.exited = new Promise((r) => child.once('exit', () => r()));
     // The daemon's output, its last 64 KiB kept for error messages. Read at once and never searched again
-    // after 'ready': the daemon writes its log synchronously, so a reader that fell behind (it searched all of
-    // the output so far at every chunk, and a pass over 10 000 rules logs 10 000 lines) filled the pipe and
-    // held the daemon's event loop in the write (seconds, in section 5's loop-delay windows).
+    // after 'ready': a reader that fell behind (it searched all of the output so far at every chunk, and a pass
+    // over 10 000 rules logs 10 000 lines) filled the pipe; the daemon's log wrote synchronously then and its
+    // event loop waited in the write (seconds, in section 5's loop-delay windows). It no longer waits
+    // (log-sink.ts), but lines beyond --log-buffer-bytes would be dropped.
     let out = '';
     let seen = false;
     const keep = (d: Buffer) => {

@@ -761,7 +761,7 @@ export class Daemon {
             const t = Date.now();
             if (problems.length) {
               // At most LOGGED_PROBLEMS of them in the line, with their count: 10 000 rules not ACTIVE made one
-              // line of ~2 MB, serialized and written in one turn (the log is written synchronously).
+              // line of ~2 MB, serialized and written in one turn (each log line is written at once while stdout is read).
               const listed = loggedProblems(problems);
               damper.line(
                 'datapath',
