@@ -711,7 +711,7 @@ export class Daemon {
     let busy = false;
     let again = false;
     /** The problems last logged (undefined: none logged yet). */
-    let reported: string[] | undefined;
+    let reported: readonly string[] | undefined;
     const damper = new LogDamper();
     /** When an overdue pass was said (undefined: none said), to say when it ends. */
     let overdueSaid: number | undefined;
@@ -1477,6 +1477,7 @@ function resetDatapath(opts: DaemonOptions, dp: KernelDataplane, log: Logger, wh
 
 /** Whether two lists of lines are equal, awaiting `pace` every 1 024 lines. */
 async function sameLines(a: readonly string[], b: readonly string[] | undefined, pace: () => Promise<void>) {
+  if (a === b) return true; // (the controller gives the same array while nothing in it changed)
   if (!b || a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) {
     if ((i + 1) % 1024 === 0) await pace();

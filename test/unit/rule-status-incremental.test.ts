@@ -12,7 +12,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { Controller } from '../../src/server/core/controller.js';
-import type { LinkState, PeerMtu, RedirectTarget } from '../../src/server/core/dataplane.js';
+import { notesOfAll, usersOfAll, type EgressIndex, type EgressNotes } from '../../src/server/core/egress-notes.js';
+import { problemsOfAll, type RuleProblems } from '../../src/server/core/rule-problems.js';
+import { activeLinkSources } from '../../src/server/core/shadow.js';
+import type { Dataplane, LinkState, PeerMtu, RedirectTarget } from '../../src/server/core/dataplane.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
 import { prng, stateOf, TwoControllers } from '../helpers/agree.js';
@@ -122,6 +125,25 @@ function observed(c: Controller): unknown {
     conflicts: sorted(s.macConflicts),
     unverified: sorted(s.staticMacUnverified),
   };
+}
+
+/**
+ * The egress facts the controller keeps from what changed (egress-notes.ts) are what a walk over every rule
+ * gives: each egress's users in order, each text with its users in the rules' order.
+ */
+function egressFactsAgree(c: Controller, ctx: string): void {
+  const index = (c as unknown as { egressIndex: EgressIndex }).egressIndex;
+  const it = index.update();
+  while (!it.next().done);
+  const st = stateOf(c);
+  const byName = <T>(m: ReadonlyMap<string, T>) => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const texts = (n: EgressNotes) =>
+    (['problems', 'unverified', 'frames'] as const).map((k) => byName(n[k]).map(([e, m]) => [e, [...m]]));
+  assert.deepEqual(byName(index.users), byName(usersOfAll(st)), `${ctx}: the egresses' users`);
+  assert.deepEqual(texts(index.notes), texts(notesOfAll(st)), `${ctx}: what the rules say about each egress`);
+  const shadows = activeLinkSources((c as unknown as { dp: Dataplane }).dp, st);
+  const problems = (c as unknown as { ruleProblems: RuleProblems }).ruleProblems;
+  assert.deepEqual(problems.lines(shadows), problemsOfAll(st, shadows), `${ctx}: the rules' problem lines, in order`);
 }
 
 describe('rule statuses judged incrementally', () => {
@@ -237,6 +259,8 @@ describe('rule statuses judged incrementally', () => {
         await pair.pass();
         const ctx = `seed ${seed}, step ${step}`;
         assert.deepEqual(observed(inc), observed(full), `${ctx}: statuses, conditions, problems, transitions`);
+        egressFactsAgree(inc, ctx);
+        egressFactsAgree(full, ctx);
         assert.deepEqual(
           [...hosts[0].requests].sort(),
           [...hosts[1].requests].sort(),
@@ -301,6 +325,7 @@ describe('rule statuses judged incrementally', () => {
       pair.now += 1000;
       await pair.pass();
       assert.deepEqual(observed(inc), observed(full), `step ${i} (${what})`);
+      egressFactsAgree(inc, `step ${i} (${what})`);
       seen.add(inc.getRule('r').status.message);
     }
     assert.ok(seen.size >= 5, `the steps changed the status: ${[...seen].join(' | ')}`);

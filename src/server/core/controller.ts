@@ -61,6 +61,8 @@ import {
 import { backendKey, CoreState, observedOf, type Attachment } from './state.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
+import { EgressIndex, note, type EgressNotes } from './egress-notes.js';
+import { RuleProblems } from './rule-problems.js';
 import { validateLink, validateRule } from './validate.js';
 
 export interface RuleView extends RuleRecord {
@@ -178,6 +180,8 @@ export class Controller {
     this.log = (opts.log ?? silentLogger).child({ component: 'controller' });
     this.now = opts.now ?? Date.now;
     this.state = new CoreState(dp.capacity);
+    this.egressIndex = new EgressIndex(this.state);
+    this.ruleProblems = new RuleProblems(this.state);
     this.ctx = {
       dp,
       state: this.state,
@@ -705,94 +709,16 @@ export class Controller {
    * condition. Every caller of interfaceView passes them, so that a pass records EgressReady with the
    * pass's time, as a read does.
    */
-  /** The rules' egress users per egress, sorted, as of a version of the desired state (egressUses). */
-  private egressUsers?: { version: number; sorted: ReadonlyMap<string, readonly string[]> };
-  /**
-   * What the rules' statuses say about each egress (egressUses), with the status each rule had when it was
-   * read: current while the desired state's version is the same and every rule still has that status object
-   * (a judgement that changes a status makes a new one; rule-status.ts judgeRule).
-   */
-  private egressNotes?: {
-    version: number;
-    statuses: Map<string, RuleStatus | undefined>;
-    notes: EgressNotes;
-  };
-
-  /** Whether {@link egressNotes} is current (one lookup per rule, no allocation). */
-  private egressNotesCurrent(): boolean {
-    const c = this.egressNotes;
-    if (!c || c.version !== this.state.desiredVersion || c.statuses.size !== this.state.rules.size) return false;
-    for (const [name, s] of c.statuses) if (this.state.ruleKernel.get(name)?.status !== s) return false;
-    return true;
-  }
+  /** The rules' egress users and notes per egress, kept up to date from what changed (egress-notes.ts). */
+  private readonly egressIndex: EgressIndex;
 
   /**
-   * The rules' egress users ({@link egressUsers}) and notes ({@link egressNotes}) made again where not current,
-   * yielding every 256 rules (a walk over every rule: with 10 000 rules of 4 backends, 30-70 ms in one turn after
-   * every reconciler pass). Made from what the walk read; a change between two yields leaves them not current
-   * (another version, another status object), so that whoever reads them next makes them again.
-   */
-  private *makeEgressFacts(): Generator<void, void> {
-    const version = this.state.desiredVersion;
-    let n = 0;
-    if (this.egressUsers?.version !== version) {
-      // The rules' "…/egress" users of each egress, sorted: made once per change of the desired state (with
-      // 10 000 rules, 40 000 user names made and sorted again after every pass were a pause of their own).
-      const byRule = new Map<string, Set<string>>();
-      for (const r of this.state.rules.values()) {
-        if ((++n & 255) === 0) yield;
-        for (const b of r.backends) {
-          let u = byRule.get(b.interface);
-          if (!u) byRule.set(b.interface, (u = new Set()));
-          u.add(`rule/${r.name}/egress`);
-        }
-      }
-      const sorted = new Map<string, readonly string[]>();
-      for (const [name, u] of byRule) {
-        yield;
-        sorted.set(name, [...u].sort());
-      }
-      this.egressUsers = { version, sorted };
-    }
-    if (this.egressNotesCurrent()) return;
-    // What the rules' backend judgements say about each egress (one source: their statuses, as GetRule
-    // shows them): why it cannot take frames (no native redirects, every redirected frame dropped), that it
-    // cannot be verified, that its MTU is below an ingress's. Each text once, with the rules it is for.
-    const notes: EgressNotes = { problems: new Map(), unverified: new Map(), frames: new Map() };
-    const statuses = new Map<string, RuleStatus | undefined>();
-    for (const r of this.state.rules.values()) {
-      if ((++n & 255) === 0) yield;
-      const s = this.state.ruleKernel.get(r.name)?.status;
-      statuses.set(r.name, s);
-      if (!s || s.state === 'failed') continue;
-      let user: string | undefined; // made only for a rule with something to say (most have nothing)
-      for (const b of s.backends) {
-        if (!b.receiving && b.egress) note(notes.problems, b.interface, b.egress, (user ??= `rule/${r.name}`));
-        else if (b.receiving && b.unverified && b.egressUnverified)
-          note(notes.unverified, b.interface, `cannot be verified: ${b.egressUnverified}`, (user ??= `rule/${r.name}`));
-      }
-      if (s.warnings.length) user ??= `rule/${r.name}`;
-      for (const w of s.warnings) {
-        if (!isMtuWarning(w) && !isMtuUnverified(w)) continue;
-        const b = r.backends.find(
-          (x) =>
-            w.startsWith(`backend ${x.ip}: egress ${x.interface} has MTU `) ||
-            w.startsWith(`backend ${x.ip}: egress ${x.interface}'s veth peer `),
-        );
-        if (b) note(notes.frames, b.interface, w.slice(`backend ${b.ip}: `.length), user!);
-      }
-    }
-    this.egressNotes = { version, statuses, notes };
-  }
-
-  /**
-   * {@link makeEgressFacts} a slice at a time, awaiting `pace` between slices (a write or a pass), unless
-   * current. Once: a change between two slices leaves them not current, and what reads them next makes them
-   * again in one piece (made again here, a pass beside a stream of changes did the walk several times over).
+   * {@link EgressIndex.update} a slice at a time, awaiting `pace` between slices (a write or a pass): what
+   * changed since the last update (one rule after a change; every rule after a large one or a sweep).
    */
   private async makeEgressFactsPaced(pace: () => Promise<void>): Promise<void> {
-    if (this.egressUsers?.version === this.state.desiredVersion && this.egressNotesCurrent()) return;
-    const it = this.makeEgressFacts();
+    if (this.egressIndex.current()) return;
+    const it = this.egressIndex.update();
     while (!it.next().done) await pace();
   }
 
@@ -800,12 +726,13 @@ export class Controller {
     names: Iterable<string>;
     of: (name: string) => EgressFacts;
   } {
-    // Made in one piece where not current (a read right after a change); a pass makes them in slices first.
-    if (this.egressUsers?.version !== this.state.desiredVersion || !this.egressNotesCurrent()) {
-      const it = this.makeEgressFacts();
+    // What changed since the last update read in one piece (a read right after a change: that change's rules);
+    // a write or pass reads it in slices first.
+    if (!this.egressIndex.current()) {
+      const it = this.egressIndex.update();
       while (!it.next().done);
     }
-    const ruleUses = this.egressUsers!.sorted;
+    const ruleUses = this.egressIndex.users;
     // A link sends frames out of its far end, and a two-way link out of either end: each is its egress, with
     // the conditions a backend's egress has (EgressReady, FramesFit), from its directions' judgements.
     const linkUses = new Map<string, Set<string>>();
@@ -819,10 +746,11 @@ export class Controller {
     }
     // The rules' notes with the links' (a few) added, in a copy: the kept notes stay the rules' own (an
     // egress's texts are copied before a link's note goes in).
+    const kept = this.egressIndex.notes;
     const facts: EgressNotes = {
-      problems: new Map(this.egressNotes!.notes.problems),
-      unverified: new Map(this.egressNotes!.notes.unverified),
-      frames: new Map(this.egressNotes!.notes.frames),
+      problems: new Map(kept.problems),
+      unverified: new Map(kept.unverified),
+      frames: new Map(kept.frames),
     };
     const own = new Set<Map<string, string[]>>();
     const linkNote = (kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string) => {
@@ -1910,9 +1838,7 @@ export class Controller {
   problems(): string[] {
     const out = [...(this.overdue ? [this.overdue] : []), ...this.ownFileProblems, ...this.lastProblems];
     if (this.configProblem) out.push(this.configProblem);
-    this.forEachRuleStatus((name, s) => {
-      if (s.state !== 'active') out.push(`rule ${name} is ${s.state.toUpperCase()}: ${s.message}`);
-    });
+    out.push(...this.ruleProblems.lines(this.activeLinkSources()));
     return out;
   }
 
@@ -1935,24 +1861,28 @@ export class Controller {
    * the event loop after every pass). The rules are those the desired state held when it began, each with its
    * status as it is when its slice runs.
    */
-  async problemsPaced(pace: () => Promise<void>): Promise<string[]> {
-    const out = [...this.ownFileProblems, ...this.lastProblems];
-    if (this.configProblem) out.push(this.configProblem);
-    const names = [...this.state.ruleKernel.keys()];
-    let shadows = this.activeLinkSources();
-    for (let i = 0; i < names.length; i++) {
-      if ((i + 1) % COUNTER_SLICE === 0) {
-        await pace();
-        shadows = this.activeLinkSources();
-      }
-      const k = this.state.ruleKernel.get(names[i]);
-      if (!k) continue;
-      const r = this.state.rules.get(names[i]);
-      const s = r && shadows.size ? shadowedStatus(r, k.status, shadows) : k.status;
-      if (s.state !== 'active') out.push(`rule ${names[i]} is ${s.state.toUpperCase()}: ${s.message}`);
+  async problemsPaced(pace: () => Promise<void>): Promise<readonly string[]> {
+    const head = [...this.ownFileProblems, ...this.lastProblems];
+    if (this.configProblem) head.push(this.configProblem);
+    const it = this.ruleProblems.update(this.activeLinkSources());
+    let r = it.next();
+    while (!r.done) {
+      await pace();
+      r = it.next();
     }
+    const lines = r.value;
+    // The same array as last time when nothing in it changed (the report compares it as one object then).
+    const last = this.problemsOut;
+    if (last && last.lines === lines && sameStrings(last.head, head)) return last.out;
+    const out = head.length ? [...head, ...lines] : lines;
+    this.problemsOut = { head, lines, out };
     return out;
   }
+
+  /** What {@link problemsPaced} last gave, with what it was made of. */
+  private problemsOut?: { head: string[]; lines: readonly string[]; out: readonly string[] };
+  /** The rules' problem lines, kept from what changed (rule-problems.ts). */
+  private readonly ruleProblems: RuleProblems;
 
   /**
    * Config-file mode: why the file is not in force while no configuration runs at all (set by the config
@@ -2318,21 +2248,9 @@ interface EgressFacts {
 
 /** Objects named in a message: up to 5, then how many more. */
 /** What the users of each egress say against it, by kind: egress -> text -> its users (in the order noted). */
-interface EgressNotes {
-  problems: Map<string, Map<string, string[]>>;
-  unverified: Map<string, Map<string, string[]>>;
-  frames: Map<string, Map<string, string[]>>;
-}
-
-/** One user's text about an egress, once per user in a row. */
-function note(kind: Map<string, Map<string, string[]>>, name: string, text: string, user: string): void {
-  let m = kind.get(name);
-  if (!m) kind.set(name, (m = new Map()));
-  const users = m.get(text);
-  if (!users) m.set(text, [user]);
-  else if (users.at(-1) !== user) users.push(user);
-}
-
 function namesOf(users: readonly string[]): string {
   return users.length <= 5 ? users.join(', ') : `${users.slice(0, 5).join(', ')} and ${users.length - 5} more`;
 }
+
+const sameStrings = (a: readonly string[], b: readonly string[]) =>
+  a.length === b.length && a.every((x, i) => x === b[i]);

@@ -893,6 +893,7 @@ export async function resync(
   const unanswered = await unansweredMacs(ctx, state.maclessRules, handSet, pace);
   for (const [key, states] of handSet) {
     const mac = facts.neighbours.get(key) ?? '';
+    state.loggedHandSet.add(`neigh-handset/${key}`);
     transition(`neigh-handset/${key}`, `${states}|${mac}`, () => {
       const at = key.indexOf('@');
       ctx.log.info(
@@ -901,9 +902,12 @@ export async function resync(
       );
     });
   }
-  for (const key of state.logged.keys()) {
+  // (Those keys only: a walk over every logged key, one per rule, was a walk over every rule at every pass.)
+  for (const key of state.loggedHandSet) {
     if ((++n & 1023) === 0) await pace();
-    if (key.startsWith('neigh-handset/') && !handSet.has(key.slice('neigh-handset/'.length))) state.logged.delete(key);
+    if (state.logged.has(key) && handSet.has(key.slice('neigh-handset/'.length))) continue;
+    state.logged.delete(key);
+    state.loggedHandSet.delete(key);
   }
   // Backend egresses another XDP program occupies: what the backends send passes through it first.
   const foreignEgress = foreignEgresses(dp, facts.links.keys());
@@ -953,7 +957,9 @@ export async function resync(
     const k = state.ruleKernel.get(name);
     const rule = state.rules.get(name);
     if (!k || !rule) continue;
+    const was = k.status;
     judgeKept(k, rule, observation);
+    if (k.status !== was) state.markStatus(name); // what is kept from its status reads it again (egress-notes.ts)
     // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time
     // (Controller.observeRules records it too: a write's conditions are recorded with the write).
     if (!sameObserved(k.observed, k.status, k.ingressProblems, k.ingressDown)) {
@@ -971,11 +977,14 @@ export async function resync(
   }
   // The same for links.
   for (const [dir, w] of linkWarnings) {
+    state.loggedLinkMtu.add(`link-mtu/${dir}`);
     transition(`link-mtu/${dir}`, w, () => ctx.log.warn({ link: dir.replace('>', ' -> ') }, `link ${w}`));
   }
-  for (const key of state.logged.keys()) {
+  for (const key of state.loggedLinkMtu) {
     if ((++n & 1023) === 0) await pace();
-    if (key.startsWith('link-mtu/') && !linkWarnings.has(key.slice('link-mtu/'.length))) {
+    if (!state.logged.has(key)) state.loggedLinkMtu.delete(key);
+    else if (!linkWarnings.has(key.slice('link-mtu/'.length))) {
+      state.loggedLinkMtu.delete(key);
       state.logged.delete(key);
       ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
     }
@@ -1159,6 +1168,7 @@ export async function observeWrittenRules(
     const k = kernelOf(name)!;
     const rule = ruleOf(name)!;
     judgeRule(k, rule, o);
+    state.markStatus(name); // (egress-notes.ts, rule-problems.ts)
     if (shadows) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
     else if (log) state.judgeDirty.add(name);
   }

@@ -183,6 +183,33 @@ function indexStaticMac(
   }
 }
 
+/** Add a rule's "rule/NAME/egress" to the users of each of its backends' egresses, or take it out; `changed` gets the egresses. */
+function indexEgressRules(
+  by: Map<string, Set<string>>,
+  changed: Set<string> | undefined,
+  name: string,
+  rec: RuleRecord,
+  add: boolean,
+  /** Taking out: the record that takes its place (its egresses are kept). */
+  next?: RuleRecord,
+): void {
+  if (rec.backends.length === 0) return;
+  const user = `rule/${name}/egress`;
+  for (const b of rec.backends) {
+    if (next?.backends.some((x) => x.interface === b.interface)) continue;
+    let u = by.get(b.interface);
+    if (add) {
+      if (!u) by.set(b.interface, (u = new Set()));
+      if (u.has(user)) continue;
+      u.add(user);
+    } else {
+      if (!u?.delete(user)) continue;
+      if (u.size === 0) by.delete(b.interface);
+    }
+    changed?.add(b.interface);
+  }
+}
+
 /** Add a rule's name to an index entry (one name, or several), or take it out. */
 function indexName(m: Map<string, string | string[]>, key: string, name: string, add: boolean): void {
   const at = m.get(key);
@@ -285,6 +312,10 @@ export class CoreState {
   strayLocalAt = -Infinity;
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
+  /** The keys of {@link logged} a pass sets for entries set by hand ("neigh-handset/…"): forgotten when gone. */
+  readonly loggedHandSet = new Set<string>();
+  /** The same for link MTU warnings ("link-mtu/…"). */
+  readonly loggedLinkMtu = new Set<string>();
   /** Transition lines of a subject that flaps, summarised instead of logged one by one (log-damper.ts). */
   readonly logDamper = new LogDamper();
   /**
@@ -447,6 +478,32 @@ export class CoreState {
   maclessRound?: Set<string>;
   /** Backend egress -> how many backends of the rules use it. */
   egressBackends = new Map<string, number>();
+  /** Backend egress -> "rule/NAME/egress" of every rule with a backend on it (egress-notes.ts). */
+  egressRules = new Map<string, Set<string>>();
+  /** Egresses whose {@link egressRules} changed since the controller's egress facts last read them. */
+  readonly egressRulesChanged = new Set<string>();
+  /**
+   * Rules whose record, kernel record, status or place in {@link rules} may have changed since the controller's
+   * egress facts last read them (egress-notes.ts): marked with every {@link touchRule}, deletion, and status
+   * judgement that gives a new status object.
+   */
+  readonly egressNotesDirty = new Set<string>();
+  /** The same for the rules' problem lines (rule-problems.ts). */
+  readonly problemsDirty = new Set<string>();
+  /** Each rule's place in the order of {@link rules} (a Map's insertion order), as a number that grows. */
+  readonly ruleOrder = new Map<string, number>();
+  /** The same for {@link ruleKernel}. */
+  readonly kernelOrder = new Map<string, number>();
+  private ruleOrderNext = 0;
+
+  /**
+   * A rule whose status (or record, kernel record, or place) may have changed: what is kept from the rules'
+   * statuses reads it again ({@link egressNotesDirty}, {@link problemsDirty}).
+   */
+  markStatus(name: string): void {
+    this.egressNotesDirty.add(name);
+    this.problemsDirty.add(name);
+  }
   /**
    * Rules the reconciler must check again for a re-apply (their interfaces, backends' facts or written status
    * changed since it last did: resync.ts), kept until checked: a pass that gives its turn to a change leaves the
@@ -485,6 +542,7 @@ export class CoreState {
   touchRule(name: string): void {
     this.reapplyDirty.add(name);
     this.judgeDirty.add(name);
+    this.markStatus(name);
   }
 
   /** Every rule that names this interface ({@link touchRule}). */
@@ -524,9 +582,14 @@ export class CoreState {
   setRecord(name: string, rec: RuleRecord): void {
     if (!this.rules.has(name)) this.sortedNames = undefined;
     this.desiredVersion++;
-    this.dropRecord(name);
+    const before = this.rules.get(name);
+    this.dropRecord(name, true);
     (this.rules as Map<string, RuleRecord>).set(name, rec);
+    this.ruleOrder.set(name, ++this.ruleOrderNext); // (set again: at the end of the map's order)
     this.countStaticMacs(this.staticMacBackends, rec, 1);
+    // The egresses' users change only where its egresses do (an update on the same egresses changes none).
+    if (before) indexEgressRules(this.egressRules, this.egressRulesChanged, name, before, false, rec);
+    indexEgressRules(this.egressRules, this.egressRulesChanged, name, rec, true);
     indexBackends(this.backendRules, this.egressBackends, this.maclessRules, name, rec, true);
     this.touchRule(name);
     for (const i of recordInterfaces(rec)) {
@@ -547,6 +610,7 @@ export class CoreState {
     this.desiredVersion++;
     this.dropKernel(name);
     (this.ruleKernel as Map<string, RuleKernel>).set(name, k);
+    this.kernelOrder.set(name, ++this.ruleOrderNext); // (at the end of the map's order)
     this.touchRule(name);
     for (const m of k.matchKeys) this.matchHolders.set(matchId(m), k.slot);
     this.srcPrefixes += k.prefixes.length;
@@ -590,8 +654,10 @@ export class CoreState {
     const ruleUsers = new Map<string, Set<string>>();
     const ifaceRules = new Map<string, Set<string>>();
     const staticMacs = new Map<string, StaticMacBackend>();
+    const egressRules = new Map<string, Set<string>>();
     for (const [name, rec] of rules) {
       this.countStaticMacs(staticMacs, rec, 1);
+      indexEgressRules(egressRules, undefined, name, rec, true);
       indexBackends(backendRules, egressBackends, maclessRules, name, rec, true);
       for (const iface of recordInterfaces(rec)) {
         let r = ifaceRules.get(iface);
@@ -632,6 +698,19 @@ export class CoreState {
     }
     this.rules = rules;
     this.ruleKernel = ruleKernel;
+    // The rules' places as the new map has them: the deleted gone, the new ones last in the order set.
+    for (const n of del) {
+      this.ruleOrder.delete(n);
+      this.kernelOrder.delete(n);
+      this.markStatus(n);
+    }
+    for (const [n] of set) {
+      if (!this.ruleOrder.has(n)) this.ruleOrder.set(n, ++this.ruleOrderNext);
+      if (!this.kernelOrder.has(n)) this.kernelOrder.set(n, ++this.ruleOrderNext);
+    }
+    for (const e of this.egressRules.keys()) if (!egressRules.has(e)) this.egressRulesChanged.add(e);
+    for (const e of egressRules.keys()) this.egressRulesChanged.add(e);
+    this.egressRules = egressRules;
     this.backendRules = backendRules;
     this.egressBackends = egressBackends;
     this.maclessRules = maclessRules;
@@ -693,11 +772,15 @@ export class CoreState {
     indexStaticMac(this.staticMacsByEgress, this.staticMacsByNeighbour, key, b, add);
   }
 
-  private dropRecord(name: string): void {
+  /** `replacing`: setRecord puts it back at once (it updates the egresses' users itself). */
+  private dropRecord(name: string, replacing = false): void {
     const rec = this.rules.get(name);
     if (!rec) return;
     (this.rules as Map<string, RuleRecord>).delete(name);
+    this.ruleOrder.delete(name);
+    this.markStatus(name);
     this.countStaticMacs(this.staticMacBackends, rec, -1);
+    if (!replacing) indexEgressRules(this.egressRules, this.egressRulesChanged, name, rec, false);
     indexBackends(this.backendRules, this.egressBackends, this.maclessRules, name, rec, false);
     this.sortedNames = undefined;
     for (const i of recordInterfaces(rec)) {
@@ -718,6 +801,8 @@ export class CoreState {
     const k = this.ruleKernel.get(name);
     if (!k) return;
     (this.ruleKernel as Map<string, RuleKernel>).delete(name);
+    this.kernelOrder.delete(name);
+    this.markStatus(name);
     for (const m of k.matchKeys) {
       const id = matchId(m);
       if (this.matchHolders.get(id) === k.slot) this.matchHolders.delete(id);
