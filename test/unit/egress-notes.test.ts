@@ -29,7 +29,7 @@ describe('egress facts kept from what changed', () => {
       const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
       const state = new CoreState(MODEL_CAPACITY);
       const index = new EgressIndex(state);
-      const names = Array.from({ length: 12 }, (_, i) => `r${i}`);
+      const names = Array.from({ length: seed > 6 ? 600 : 12 }, (_, i) => `r${i}`);
       const record = (name: string): RuleRecord => ({
         name,
         protocol: 'udp',

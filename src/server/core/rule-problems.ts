@@ -26,6 +26,9 @@ export function problemsOfAll(state: CoreState, shadows: Map<string, LinkSpec>):
   return out;
 }
 
+/** From how many rules to read an update takes the lines out and puts them in as a whole. */
+const BULK = 256;
+
 interface Line {
   name: string;
   order: number;
@@ -62,6 +65,10 @@ export class RuleProblems {
       for (const name of this.seen.keys()) st.problemsDirty.add(name);
     }
     let n = 0;
+    // Many lines at once (a large change, a sweep): taken out and put in as a whole, then sorted once (one
+    // splice each was quadratic in the lines).
+    this.flush(); // (another update under way between two of its slices: what it took out and put in first)
+    if (st.problemsDirty.size > BULK) this.bulk = { gone: new Set(), added: [] };
     for (const name of st.problemsDirty) {
       if ((++n & 1023) === 0) yield;
       if (!st.problemsDirty.delete(name)) continue; // read by another update meanwhile
@@ -89,6 +96,7 @@ export class RuleProblems {
       if (line) this.insert(line);
       this.seen.set(name, { status: k.status, rule, order, shadows: seen, line });
     }
+    this.flush();
     if (this.outOfDate) {
       this.out = this.sorted.map((l) => l.line);
       this.outOfDate = false;
@@ -116,12 +124,38 @@ export class RuleProblems {
     return lo;
   }
 
+  /** What an update of many took out and put in, into {@link sorted}: sorted once. */
+  private flush(): void {
+    const bulk = this.bulk;
+    if (!bulk) return;
+    this.bulk = undefined;
+    const kept = this.sorted.filter((l) => !bulk.gone.has(l));
+    for (const l of bulk.added) kept.push(l);
+    kept.sort((a, b) => a.order - b.order);
+    this.sorted.length = 0;
+    for (const l of kept) this.sorted.push(l);
+    this.outOfDate = true;
+  }
+
+  /** Lines taken out and put in by an update of many ({@link BULK}), applied at its end. */
+  private bulk?: { gone: Set<Line>; added: Line[] };
+
   private insert(l: Line): void {
+    if (this.bulk) {
+      this.bulk.added.push(l);
+      return;
+    }
     this.sorted.splice(this.at(l.order), 0, l);
     this.outOfDate = true;
   }
 
   private remove(l: Line): void {
+    if (this.bulk) {
+      const i = this.bulk.added.indexOf(l);
+      if (i >= 0) this.bulk.added.splice(i, 1);
+      else this.bulk.gone.add(l);
+      return;
+    }
     const i = this.at(l.order);
     if (this.sorted[i] !== l) return;
     this.sorted.splice(i, 1);
