@@ -29,6 +29,13 @@ import { fileURLToPath } from 'node:url';
 const ALONE = ['test/integration/access-backpressure.test.ts'];
 
 /**
+ * Test files that run one at a time after the rest (before ALONE), beside no other file: they hold a resource of
+ * the whole host that no namespace isolates. neighbour-table-full fills the kernel's IPv4 neighbour table (one
+ * table, one gc_thresh3, for every namespace): while it is full no other file could make a neighbour entry.
+ */
+const BY_ITSELF = ['test/integration/neighbour-table-full.test.ts'];
+
+/**
  * The longest files start first, in this order; the others follow in alphabetical order. Two files run at a
  * time, so a long file that starts late runs on alone at the end. The CPU-bound ones (hostile-input,
  * concurrency, large-responses, rollback-property) are spaced out so that each runs beside files that mostly
@@ -101,16 +108,22 @@ if (files.length === 0) {
   process.exit(1);
 }
 const alone = hogAll ? [] : files.filter((f) => ALONE.some((u) => f.endsWith(u)));
+const byItself = hogAll ? [] : files.filter((f) => BY_ITSELF.some((u) => f.endsWith(u)));
 const loaded = hogAll ? files : process.env.CI === 'true' ? alone : [];
-const plain = hogAll ? [] : files.filter((f) => !alone.includes(f));
+const plain = hogAll ? [] : files.filter((f) => !alone.includes(f) && !byItself.includes(f));
 
-const run = (set) =>
-  spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...set], {
-    stdio: 'inherit',
-    cwd: root,
-  }).status ?? 1;
+const run = (set, concurrency = 2) =>
+  spawnSync(
+    process.execPath,
+    ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${concurrency}`, ...set],
+    { stdio: 'inherit', cwd: root },
+  ).status ?? 1;
 
 let status = plain.length ? run(plain) : 0;
+if (byItself.length) {
+  console.log(`run-tests: one at a time: ${byItself.map((f) => f.slice(root.length)).join(' ')}`);
+  status = run(byItself, 1) || status;
+}
 if (alone.length) {
   console.log(`run-tests: by themselves: ${alone.map((f) => f.slice(root.length)).join(' ')}`);
   status = run(alone) || status;

@@ -48,6 +48,9 @@ import {
   linkIdentity,
   vethPeerLink,
   probeNeighbour,
+  neighbourTableStats,
+  ENOBUFS,
+  type NeighbourTableStats,
   prepareIngress,
   routeGet,
   reannounceVethGro,
@@ -118,6 +121,26 @@ export const ASK_BROADCAST_MAX_MS = 16_000;
  * removed).
  */
 const KERNEL_FAILS = "the kernel's own neighbour entry for";
+/**
+ * How a neighbour entry's `via` starts when its MAC is what answered ARP requests of ours while the kernel could
+ * not hold an entry for it (its neighbour table full: neighbourView); asked to make it again as KERNEL_FAILS is.
+ */
+const TABLE_FULL = 'neighbour table full';
+/**
+ * How long the kernel's neighbour table counts as full after it last said so (ms): a new entry refused
+ * (ENOBUFS to a request of ours, or its table_fulls count rising between two reads).
+ */
+export const TABLE_FULL_MS = 10_000;
+/** The neighbour table's counters are read at most this often (ms). */
+const TABLE_STATS_MS = 500;
+/** A spell of the kernel saying its neighbour table is full (KernelDataplane.tableFull). */
+interface TableFullSpell {
+  /** When it began and when the kernel last said so (ms since epoch). */
+  since: number;
+  last: number;
+  /** The table's counters when it began (said in the status, unchanged while it lasts). */
+  stats?: NeighbourTableStats;
+}
 /** How long a backend's next hop (its route) is kept at most without a route change seen (ms). */
 export const HOPS_MS = 30_000;
 
@@ -620,6 +643,8 @@ export class KernelDataplane implements Dataplane {
    * any tool can write one.
    */
   private readonly wire = new Map<string, Map<string, number>>();
+  /** When anything last answered an ARP request of ours for "ip#ifindex" (kept when that MAC is dropped from {@link wire}). */
+  private readonly answeredAt = new Map<string, number>();
   /** When each "ip#ifindex/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
   private readonly asked = new Map<string, number>();
   private arpProber?: ArpProber;
@@ -649,6 +674,8 @@ export class KernelDataplane implements Dataplane {
           this.wire.set(key, (m = new Map()));
         }
         this.broadcastSilent.delete(key);
+        if (this.answeredAt.size > 65536) this.answeredAt.clear();
+        this.answeredAt.set(key, Date.now());
         const fresh = !m.has(a.mac);
         m.set(a.mac, Date.now());
         if (fresh) this.onNeighbourAnswer?.();
@@ -969,22 +996,55 @@ export class KernelDataplane implements Dataplane {
         if (this.kernelFailed.size > 65536) this.kernelFailed.clear();
         this.kernelFailed.add(k);
       } else if (kernel?.mac) this.kernelFailed.delete(k);
-      if (kernel?.mac || !this.kernelFailed.has(k)) return kernel;
+      if (kernel?.mac) return kernel;
+      // The kernel's table full (it said so: a new entry refused): an entry evicted to make room, or one it
+      // cannot make, is no word on the host, which may answer every request of ours.
+      let full = this.tableFull();
+      const last = this.lastAnswer(k);
+      const fresh = !!last && Date.now() - last[1] <= NEIGHBOUR_HOLD_MS;
+      if (!full && fresh && !this.kernelFailed.has(k) && (this.madeAsked.get(k) ?? 0) <= Date.now()) {
+        // A MAC answered ours and the kernel has no entry (evicted?): asked to make one now, as the pass that
+        // finds it missing does (probeNeighbour; at most once a second): a refusal (ENOBUFS) is the kernel
+        // saying its table is full, heard in this read rather than the next.
+        if (this.madeAsked.size > 4096) this.madeAsked.clear();
+        this.madeAsked.set(k, Date.now() + 1000);
+        this.noteTableFull(probeNeighbour(ip, dev));
+        full = this.tableFull();
+      }
+      if (!full && !this.kernelFailed.has(k)) return kernel;
       // The kernel's entry failed (and has had no MAC since) while the host answers ARP requests of ours,
       // read off the wire by our packet socket: it sees the replies before the host's ARP input does, so an ARP
       // input filter (nftables `arp` family, arptables) that drops them for the kernel leaves its entry failing
-      // while the host answers; so does another tool setting the entry `nud failed`. The answers are the
-      // evidence (at most NEIGHBOUR_HOLD_MS old; a MAC asked and silent is dropped from them at once).
-      const last = this.lastAnswer(k);
-      if (!last || Date.now() - last[1] > NEIGHBOUR_HOLD_MS) return kernel;
+      // while the host answers; so does another tool setting the entry `nud failed`. Or the kernel's neighbour
+      // table is full (gc_thresh3 reached: entries of other interfaces or namespaces, the table is the host's):
+      // the entry was evicted or cannot be made while the host answers. The answers are the evidence (at most
+      // NEIGHBOUR_HOLD_MS old; a MAC asked and silent is dropped from them at once).
+      if (!last || !fresh) {
+        // The table full and nothing answered ours for NEIGHBOUR_HOLD_MS while we asked (a broadcast request
+        // of ours unanswered, the spell at least that old): the evidence that the host does not receive, the
+        // backend out, its status naming the table (a host on this same kernel cannot answer ARP either while
+        // the table has no room for its entry of the asker: net/ipv4/arp.c replies only with one).
+        const t = Date.now();
+        if (full && t - full.since >= NEIGHBOUR_HOLD_MS && this.broadcastSilent.has(k)) {
+          return {
+            mac: undefined,
+            states: ['FAILED'],
+            via:
+              `${TABLE_FULL}: ${this.tableSizeText(full)}; the kernel cannot hold an entry for ${ip} on ${dev}, and ` +
+              `no ARP request of ours has been answered since ${new Date(this.answeredAt.get(k) ?? full.since).toISOString()} (asking)`,
+          };
+        }
+        return kernel;
+      }
       return {
         mac: last[0],
         states: ['REACHABLE'],
         confirmed: Math.floor(Math.max(0, Date.now() - last[1]) / 1000),
-        via:
-          `${KERNEL_FAILS} ${ip} on ${dev} failed (its requests unanswered as far as the kernel knows) ` +
-          `while ${ip} answers ARP requests of ours from ${last[0]}: the host's ARP input may be filtered ` +
-          '(nftables arp family, arptables), or another tool set the entry',
+        via: full
+          ? this.tableFullText(full, ip, dev, last[0])
+          : `${KERNEL_FAILS} ${ip} on ${dev} failed (its requests unanswered as far as the kernel knows) ` +
+            `while ${ip} answers ARP requests of ours from ${last[0]}: the host's ARP input may be filtered ` +
+            '(nftables arp family, arptables), or another tool set the entry',
       };
     }
     if (!askable) return { mac: undefined, states: ['FAILED'], via: why };
@@ -1008,8 +1068,73 @@ export class KernelDataplane implements Dataplane {
     };
   }
 
+  /** When neighbourView may next ask the kernel to make a missing entry ("ip#ifindex"; ms since epoch). */
+  private readonly madeAsked = new Map<string, number>();
+
   /** The kernel's entries ("ip#ifindex" of the egress) seen FAILED and not seen with a MAC since (neighbourView). */
   private readonly kernelFailed = new Set<string>();
+
+  /** The last read of the neighbour table's counters, and when (ms since epoch). */
+  private tableStats?: { at: number; stats: NeighbourTableStats };
+  /**
+   * The kernel's last word that its neighbour table is full (a new entry refused): when, and the counters read
+   * when this spell of it began (said in the status, unchanged while it lasts); undefined: not seen.
+   */
+  private tableFullSeen?: TableFullSpell;
+
+  /** The kernel refused a new neighbour entry of ours with ENOBUFS (probeNeighbour): its table is full. */
+  private noteTableFull(errno: number | undefined): void {
+    if (errno === ENOBUFS) this.tableFullSeen = this.tableFullSpell(Date.now());
+  }
+
+  /** The spell the kernel's word at `t` that its table is full belongs to: the current one, or a new one. */
+  private tableFullSpell(t: number): TableFullSpell {
+    const was = this.tableFullSeen;
+    if (was && t - was.last <= TABLE_FULL_MS) return { ...was, last: t };
+    if (!this.tableStats || t - this.tableStats.at >= TABLE_STATS_MS) {
+      const stats = neighbourTableStats();
+      if (stats) this.tableStats = { at: t, stats };
+    }
+    return { since: t, last: t, stats: this.tableStats?.stats };
+  }
+
+  /**
+   * Whether the kernel said within {@link TABLE_FULL_MS} that its neighbour table is full: it refused a new
+   * entry of ours (ENOBUFS), or its table_fulls count rose between two reads of the table's counters (read
+   * here, at most every {@link TABLE_STATS_MS}). Never guessed from the entry count alone (permanent entries
+   * count in it but not against gc_thresh3). Undefined: not full as far as the kernel said.
+   */
+  private tableFull(): TableFullSpell | undefined {
+    const t = Date.now();
+    if (!this.tableStats || t - this.tableStats.at >= TABLE_STATS_MS || t < this.tableStats.at) {
+      const stats = neighbourTableStats();
+      const before = this.tableStats?.stats;
+      if (stats) {
+        this.tableStats = { at: t, stats };
+        if (before && stats.tableFulls > before.tableFulls) this.tableFullSeen = this.tableFullSpell(t);
+      }
+    }
+    const seen = this.tableFullSeen;
+    return seen && t - seen.last <= TABLE_FULL_MS ? seen : undefined;
+  }
+
+  /** The table's size and limit when the spell began ("N entries, gc_thresh3 M (...)"). */
+  private tableSizeText(full: TableFullSpell): string {
+    const st = full.stats ?? this.tableStats?.stats;
+    return st
+      ? `${st.entries} entries, gc_thresh3 ${st.thresh3} (net.ipv4.neigh.default.gc_thresh3, one table for ` +
+          'every network namespace of the host)'
+      : 'its size could not be read';
+  }
+
+  /** What a backend's status says of a MAC that answered ours while the kernel's table could hold no entry for it. */
+  private tableFullText(full: TableFullSpell, ip: string, dev: string, mac: string): string {
+    return (
+      `${TABLE_FULL}: ${this.tableSizeText(full)}; the kernel has refused new neighbour entries since ` +
+      `${new Date(full.since).toISOString()} (ENOBUFS, its table_fulls count rising) and cannot hold an entry ` +
+      `for ${ip} on ${dev}: MAC from our own ARP answer (${ip} answers ARP requests of ours from ${mac})`
+    );
+  }
 
   /** The MAC that answered an ARP request of ours for "ip#ifindex" last, and when (ms since epoch). */
   private lastAnswer(key: string): [string, number] | undefined {
@@ -1156,13 +1281,14 @@ export class KernelDataplane implements Dataplane {
     }
     const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
     const t = Date.now();
-    if (seen.entry.via?.startsWith(KERNEL_FAILS)) {
-      // The kernel's own entry has none (its requests unanswered as far as it knows): asked to resolve it again
-      // now and then, whose reply makes its entry the backend's again once its ARP input takes replies.
+    if (seen.entry.via?.startsWith(KERNEL_FAILS) || seen.entry.via?.startsWith(TABLE_FULL)) {
+      // The kernel's own entry has none (its requests unanswered as far as it knows, or its table full): asked
+      // to resolve it again now and then, whose reply makes its entry the backend's again once its ARP input
+      // takes replies or its table has room (a refusal, ENOBUFS, says the table is still full).
       if (t - (this.reprobed.get(key) ?? 0) < NEIGHBOUR_VERIFY_MS) return asked;
       if (this.reprobed.size > 65536) this.reprobed.clear();
       this.reprobed.set(key, t);
-      probeNeighbour(ip, masterOf(iface) ?? iface);
+      this.noteTableFull(probeNeighbour(ip, masterOf(iface) ?? iface));
       return asked;
     }
     if (handSet || seen.entry.states.some((x) => busy.includes(x))) return asked;
@@ -1335,11 +1461,14 @@ export class KernelDataplane implements Dataplane {
     // A bridge port's neighbours are resolved on its master (where the kernel keeps them and the replies are
     // delivered); asked by a request of ours too, whose answer is read there.
     const master = masterOf(iface);
-    probeNeighbour(ip, master ?? iface);
+    const errno = probeNeighbour(ip, master ?? iface);
+    this.noteTableFull(errno);
     // A bridge port's; and an entry that failed: the kernel's own requests went unanswered as far as it knows,
     // but a filter on the host's ARP input (nftables arp family, arptables) drops the replies only for the
-    // kernel: our packet socket reads them (neighbourView takes what answered ours).
-    if (master || via?.states.includes('FAILED') || this.neighbourFailed.has(key)) this.askOn(ip, iface, '');
+    // kernel: our packet socket reads them (neighbourView takes what answered ours). And an entry the kernel
+    // could not make (ENOBUFS: its table full): it asks nothing, ours do.
+    if (master || via?.states.includes('FAILED') || this.neighbourFailed.has(key) || errno === ENOBUFS)
+      this.askOn(ip, iface, '');
   }
 
   ownAttachments(): Map<string, { ifindex: number; mode: XdpStatus['mode'] }> {

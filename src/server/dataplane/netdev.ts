@@ -226,9 +226,9 @@ const NTF_USE = 0x01;
  * it holds is left as it is. No process is started, and it works when the
  * interface has no address of its own. Best effort, never throws.
  */
-export function probeNeighbour(ip: string, dev: string): void {
+export function probeNeighbour(ip: string, dev: string): number | undefined {
   const addr = ip.split('.').map(Number);
-  if (addr.length !== 4 || addr.some((x) => !(x >= 0 && x <= 255))) return;
+  if (addr.length !== 4 || addr.some((x) => !(x >= 0 && x <= 255))) return undefined;
   try {
     const ndm = Buffer.alloc(12); // struct ndmsg
     ndm.writeUInt8(AF_INET, 0);
@@ -242,9 +242,72 @@ export function probeNeighbour(ip: string, dev: string): void {
       `resolve the neighbour ${ip} on ${dev}`,
       NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
     );
-  } catch {
-    // the device is gone, or the kernel refused: the next pass reads the table as it is
+    return undefined;
+  } catch (e) {
+    // the device is gone, or the kernel refused: the next pass reads the table as it is. The errno is the
+    // caller's evidence (ENOBUFS: the kernel could not make the entry, its neighbour table is full).
+    return e instanceof KernelError ? e.errno : undefined;
   }
+}
+
+/** ENOBUFS: what the kernel answers a new neighbour entry it cannot make (net/core/neighbour.c neigh_alloc). */
+export const ENOBUFS = 105;
+
+/** The IPv4 neighbour table's (arp_cache) size, limits and overflow count, as `ip -s ntable show name arp_cache` prints them. */
+export interface NeighbourTableStats {
+  /** ndtc_entries: the entries the table holds now, every network namespace's (the table is the host's). */
+  entries: number;
+  /** gc_thresh1..3 (net.ipv4.neigh.default.gc_thresh1..3: the init namespace's sysctls, for the whole host). */
+  thresh1: number;
+  thresh2: number;
+  thresh3: number;
+  /** ndts_table_fulls: how often the kernel could not make a new entry since boot ("neighbor table overflow!"). */
+  tableFulls: number;
+}
+
+// <linux/rtnetlink.h>, <linux/neighbour.h>
+const RTM_GETNEIGHTBL = 66;
+const NDTA_NAME = 1;
+const NDTA_THRESH1 = 2;
+const NDTA_THRESH2 = 3;
+const NDTA_THRESH3 = 4;
+const NDTA_CONFIG = 5;
+const NDTA_STATS = 7;
+
+/**
+ * The IPv4 neighbour table's counters: one RTM_GETNEIGHTBL dump (what `ip -s ntable show` reads), the message
+ * of the table itself (arp_cache; the per-device parameter messages have no thresholds). The table, its
+ * thresholds and its counters are the kernel's one table for every namespace: a dump in any namespace reads
+ * them. Undefined when it cannot be read.
+ */
+export function neighbourTableStats(): NeighbourTableStats | undefined {
+  const ndtmsg = Buffer.alloc(4); // struct ndtmsg: family, pad
+  ndtmsg.writeUInt8(AF_INET, 0);
+  let msgs: Buffer[];
+  try {
+    msgs = nlDump(NETLINK_ROUTE, RTM_GETNEIGHTBL, ndtmsg, Buffer.alloc(0), 'read the neighbour table statistics');
+  } catch {
+    return undefined;
+  }
+  for (const m of msgs) {
+    if (m.length < 4 || m.readUInt8(0) !== AF_INET) continue;
+    const a = nlAttrs(m, 4);
+    const name = a.get(NDTA_NAME);
+    const t3 = a.get(NDTA_THRESH3);
+    const config = a.get(NDTA_CONFIG);
+    const stats = a.get(NDTA_STATS);
+    if (!name || name.toString('latin1').replace(/\0.*$/s, '') !== 'arp_cache' || !t3 || t3.length < 4) continue;
+    if (!config || config.length < 8 || !stats || stats.length < 88) continue;
+    const u32 = (b: Buffer | undefined) => (b && b.length >= 4 ? b.readUInt32LE(0) : 0);
+    return {
+      entries: config.readUInt32LE(4), // struct ndt_config: key_len u16, entry_size u16, entries u32
+      thresh1: u32(a.get(NDTA_THRESH1)),
+      thresh2: u32(a.get(NDTA_THRESH2)),
+      thresh3: t3.readUInt32LE(0),
+      tableFulls: Number(stats.readBigUInt64LE(80)), // struct ndt_stats: the 11th u64, ndts_table_fulls
+    };
+  }
+  return undefined;
 }
 
 /** The MAC address of an interface, "aa:bb:cc:dd:ee:ff" (from its own network namespace). */
