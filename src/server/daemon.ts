@@ -93,6 +93,7 @@ import { registerDatapathMetrics } from './telemetry/datapath-metrics.js';
 import { registerEventLoopMetrics } from './telemetry/event-loop-metrics.js';
 import { registerLogMetrics, type LogSinkState } from './telemetry/log-metrics.js';
 import { configMetrics, registerConfigMetrics } from './telemetry/config-metrics.js';
+import type { ExportReport } from './telemetry/export-health.js';
 import { registerGauges } from './telemetry/gauge-producer.js';
 import { registerStateMetrics, storeMetrics } from './telemetry/state-metrics.js';
 import { telemetryMiddleware } from './telemetry/rpc.js';
@@ -167,7 +168,7 @@ export interface DaemonOptions {
    * startTelemetry): the daemon shuts it down, flushing, when it stops.
    * Without it, spans and metrics go to whatever the global API has.
    */
-  telemetry?: { shutdown(): Promise<void> };
+  telemetry?: { shutdown(): Promise<void>; exports?(): ExportReport[] };
 }
 
 export const DEFAULTS = {
@@ -506,6 +507,7 @@ export class Daemon {
         serving: () => ready.value,
         configFile: () => config?.report(),
         tls: tlsSet ? () => tlsSet.provider.status() : undefined,
+        telemetryExports: () => opts.telemetry?.exports?.() ?? [],
       }),
       health: HealthServiceImpl(health),
     };

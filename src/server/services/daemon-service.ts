@@ -4,9 +4,15 @@ import type { ServiceImplementation } from 'nice-grpc';
 import type { ConfigReport } from '../config-watcher.js';
 import type { Controller } from '../core/controller.js';
 import type { Dataplane } from '../core/dataplane.js';
+import type { ExportReport } from '../telemetry/export-health.js';
 import type { TlsCertificateStatus } from '../tls.js';
 import { ConditionStatus } from '../../gen/xdpctl/v1/common.js';
-import type { ConfigFileStatus, DaemonServiceDefinition } from '../../gen/xdpctl/v1/daemon.js';
+import {
+  TelemetryExportState,
+  type ConfigFileStatus,
+  type DaemonServiceDefinition,
+  type TelemetryExportStatus,
+} from '../../gen/xdpctl/v1/daemon.js';
 
 /** A config watcher's report as the API's ConfigFileStatus (daemon.proto). */
 export function configFileStatus(r: ConfigReport): ConfigFileStatus {
@@ -40,6 +46,8 @@ export function daemonService(
     configFile?: () => ConfigReport | undefined;
     /** The TLS listeners' certificate; undefined without --tls-cert. */
     tls?: () => TlsCertificateStatus;
+    /** The telemetry exporters, as their exports last ended (telemetry/export-health.ts). */
+    telemetryExports?: () => ExportReport[];
   },
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
@@ -63,6 +71,7 @@ export function daemonService(
         configFile: config && configFileStatus(config),
         stateStore: stateStoreStatus(ctl.stateStore()),
         tls: info.tls && tlsStatus(info.tls()),
+        telemetryExports: (info.telemetryExports?.() ?? []).map(telemetryExportStatus),
       };
     },
   };
@@ -89,5 +98,24 @@ function tlsStatus(t: TlsCertificateStatus) {
     problem: t.problem ?? '',
     clientCertificateRequired: t.mutual,
     files: t.filesState,
+  };
+}
+
+/** daemon.proto TelemetryExportStatus from an exporter's report. */
+export function telemetryExportStatus(r: ExportReport): TelemetryExportStatus {
+  return {
+    signal: r.signal,
+    exporter: r.exporter,
+    state:
+      r.ok === undefined
+        ? TelemetryExportState.TELEMETRY_EXPORT_STATE_PENDING
+        : r.ok
+          ? TelemetryExportState.TELEMETRY_EXPORT_STATE_OK
+          : TelemetryExportState.TELEMETRY_EXPORT_STATE_FAILING,
+    lastExportTime: r.lastExportAt === undefined ? undefined : new Date(r.lastExportAt),
+    failingSince: r.failingSince === undefined ? undefined : new Date(r.failingSince),
+    error: r.error ?? '',
+    failedExports: BigInt(r.failedExports),
+    failingExports: BigInt(r.failingExports),
   };
 }

@@ -2,7 +2,12 @@
 import type { Command } from 'commander';
 import { ClientError, Status } from 'nice-grpc';
 
-import { GetStatusResponse, type ConfigFileStatus } from '../../../gen/xdpctl/v1/daemon.js';
+import {
+  GetStatusResponse,
+  TelemetryExportState,
+  type ConfigFileStatus,
+  type TelemetryExportStatus,
+} from '../../../gen/xdpctl/v1/daemon.js';
 import { CliError, EXIT } from '../errors.js';
 import { examples } from '../flags.js';
 import { formatDuration, HEALTH, orDash, print, printData, renderFields, yesNo } from '../output.js';
@@ -22,6 +27,24 @@ function configRows(c: ConfigFileStatus, health: string): [string, string][] {
   }
   rows.push(['running', c.running]);
   return rows;
+}
+
+/** One telemetry exporter's line (daemon.proto TelemetryExportStatus): whether its exports leave the host. */
+export function telemetryExportRow(t: TelemetryExportStatus): [string, string] {
+  const to = `${t.signal} to ${t.exporter}`;
+  switch (t.state) {
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_OK:
+      return ['telemetry export', `${to}: ok (last export ${t.lastExportTime?.toISOString() ?? '-'})`];
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_FAILING:
+      return [
+        'telemetry export',
+        `${to}: failing since ${t.failingSince?.toISOString() ?? '-'} (${t.error}); ${t.failingExports} export(s) failed since, their data dropped`,
+      ];
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_PENDING:
+      return ['telemetry export', `${to}: no export has ended yet`];
+    default:
+      return ['telemetry export', `${to}: not reported`];
+  }
 }
 
 export function registerStatus(program: Command): void {
@@ -99,6 +122,8 @@ export function registerStatus(program: Command): void {
               : []),
             // Config-file mode: whether the file on disk is in force; if not, since when, why, and what runs.
             ...(cfg ? configRows(cfg, healthBy['xdpctl.config']) : []),
+            // The daemon's own telemetry exporters (OTEL_*): whether what they export leaves the host.
+            ...res.telemetryExports.map(telemetryExportRow),
           ]),
         );
       }),

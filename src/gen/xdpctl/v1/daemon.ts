@@ -17,6 +17,56 @@ export const protobufFileName = "xdpctl/v1/daemon.proto";
 
 /** The daemon as a whole. */
 
+/** How an exporter's last export ended. */
+export enum TelemetryExportState {
+  /** TELEMETRY_EXPORT_STATE_UNSPECIFIED - Not reported. */
+  TELEMETRY_EXPORT_STATE_UNSPECIFIED = 0,
+  /** TELEMETRY_EXPORT_STATE_PENDING - No export has ended yet. */
+  TELEMETRY_EXPORT_STATE_PENDING = 1,
+  /** TELEMETRY_EXPORT_STATE_OK - The last export succeeded: the receiver took it. */
+  TELEMETRY_EXPORT_STATE_OK = 2,
+  /** TELEMETRY_EXPORT_STATE_FAILING - The last export failed (error says why): what it carried was dropped. */
+  TELEMETRY_EXPORT_STATE_FAILING = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function telemetryExportStateFromJSON(object: any): TelemetryExportState {
+  switch (object) {
+    case 0:
+    case "TELEMETRY_EXPORT_STATE_UNSPECIFIED":
+      return TelemetryExportState.TELEMETRY_EXPORT_STATE_UNSPECIFIED;
+    case 1:
+    case "TELEMETRY_EXPORT_STATE_PENDING":
+      return TelemetryExportState.TELEMETRY_EXPORT_STATE_PENDING;
+    case 2:
+    case "TELEMETRY_EXPORT_STATE_OK":
+      return TelemetryExportState.TELEMETRY_EXPORT_STATE_OK;
+    case 3:
+    case "TELEMETRY_EXPORT_STATE_FAILING":
+      return TelemetryExportState.TELEMETRY_EXPORT_STATE_FAILING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TelemetryExportState.UNRECOGNIZED;
+  }
+}
+
+export function telemetryExportStateToJSON(object: TelemetryExportState): string {
+  switch (object) {
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_UNSPECIFIED:
+      return "TELEMETRY_EXPORT_STATE_UNSPECIFIED";
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_PENDING:
+      return "TELEMETRY_EXPORT_STATE_PENDING";
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_OK:
+      return "TELEMETRY_EXPORT_STATE_OK";
+    case TelemetryExportState.TELEMETRY_EXPORT_STATE_FAILING:
+      return "TELEMETRY_EXPORT_STATE_FAILING";
+    case TelemetryExportState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Request of DaemonService.GetStatus. */
 export interface GetStatusRequest {
 }
@@ -54,7 +104,59 @@ export interface GetStatusResponse {
    * The certificate the TCP listeners serve (xdpctld --tls-cert). Unset
    * without TLS.
    */
-  tls?: TlsStatus | undefined;
+  tls?:
+    | TlsStatus
+    | undefined;
+  /**
+   * The daemon's own telemetry exporters, one per exporter the OTEL_*
+   * variables ask for (OTLP traces and metrics over grpc, http/protobuf or
+   * http/json; zipkin; console), each as its last export ended. Empty when
+   * nothing is exported (the --prometheus endpoint is scraped, not an
+   * exporter). The same facts are logged (once when an exporter starts
+   * failing, with the cause it observed; a summary every 5 minutes while it
+   * keeps failing; once when an export succeeds again) and counted by the
+   * metric xdpctl.telemetry.export_failures.
+   */
+  telemetryExports: TelemetryExportStatus[];
+}
+
+/** One exporter of the daemon's own telemetry, as its exports last ended. */
+export interface TelemetryExportStatus {
+  /** "traces" or "metrics" (logs are JSON lines on stdout, not exported). */
+  signal: string;
+  /**
+   * The exporter and where it sends, e.g. "otlp http/json
+   * http://127.0.0.1:4318/v1/metrics".
+   */
+  exporter: string;
+  /** How its last export ended. */
+  state: TelemetryExportState;
+  /**
+   * When its last export ended (succeeded or failed). Unset before the
+   * first one ended.
+   */
+  lastExportTime?:
+    | Date
+    | undefined;
+  /**
+   * Since when its exports fail: the end of the first failed export after
+   * the last success. Unset unless FAILING.
+   */
+  failingSince?:
+    | Date
+    | undefined;
+  /**
+   * The last failed export's cause, as the exporter observed it, e.g.
+   * "connection refused by 127.0.0.1:4318 (ECONNREFUSED)", "HTTP 503
+   * Service Unavailable", "no answer within 9000 ms (request timed out)",
+   * "DNS: no such host collector.example (ENOTFOUND)" or "gRPC UNAVAILABLE:
+   * ...". Empty unless FAILING.
+   */
+  error: string;
+  /** Exports that failed since the daemon started. */
+  failedExports: bigint;
+  /** Exports that failed since failing_since. 0 unless FAILING. */
+  failingExports: bigint;
 }
 
 /**
@@ -305,6 +407,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     configFile: undefined,
     stateStore: undefined,
     tls: undefined,
+    telemetryExports: [],
   };
 }
 
@@ -330,6 +433,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.tls !== undefined) {
       TlsStatus.encode(message.tls, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.telemetryExports) {
+      TelemetryExportStatus.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -403,6 +509,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.tls = TlsStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.telemetryExports.push(TelemetryExportStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -432,6 +546,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         ? StateStoreStatus.fromJSON(object.state_store)
         : undefined,
       tls: isSet(object.tls) ? TlsStatus.fromJSON(object.tls) : undefined,
+      telemetryExports: globalThis.Array.isArray(object?.telemetryExports)
+        ? object.telemetryExports.map((e: any) => TelemetryExportStatus.fromJSON(e))
+        : globalThis.Array.isArray(object?.telemetry_exports)
+        ? object.telemetry_exports.map((e: any) => TelemetryExportStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -458,6 +577,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.tls !== undefined) {
       obj.tls = TlsStatus.toJSON(message.tls);
     }
+    if (message.telemetryExports?.length) {
+      obj.telemetryExports = message.telemetryExports.map((e) => TelemetryExportStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -481,6 +603,223 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
       ? StateStoreStatus.fromPartial(object.stateStore)
       : undefined;
     message.tls = (object.tls !== undefined && object.tls !== null) ? TlsStatus.fromPartial(object.tls) : undefined;
+    message.telemetryExports = object.telemetryExports?.map((e) => TelemetryExportStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTelemetryExportStatus(): TelemetryExportStatus {
+  return {
+    signal: "",
+    exporter: "",
+    state: 0,
+    lastExportTime: undefined,
+    failingSince: undefined,
+    error: "",
+    failedExports: 0n,
+    failingExports: 0n,
+  };
+}
+
+export const TelemetryExportStatus: MessageFns<TelemetryExportStatus> = {
+  encode(message: TelemetryExportStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.signal !== "") {
+      writer.uint32(10).string(message.signal);
+    }
+    if (message.exporter !== "") {
+      writer.uint32(18).string(message.exporter);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.lastExportTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastExportTime), writer.uint32(34).fork()).join();
+    }
+    if (message.failingSince !== undefined) {
+      Timestamp.encode(toTimestamp(message.failingSince), writer.uint32(42).fork()).join();
+    }
+    if (message.error !== "") {
+      writer.uint32(50).string(message.error);
+    }
+    if (message.failedExports !== 0n) {
+      if (BigInt.asUintN(64, message.failedExports) !== message.failedExports) {
+        throw new globalThis.Error("value provided for field message.failedExports of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.failedExports);
+    }
+    if (message.failingExports !== 0n) {
+      if (BigInt.asUintN(64, message.failingExports) !== message.failingExports) {
+        throw new globalThis.Error("value provided for field message.failingExports of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.failingExports);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TelemetryExportStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTelemetryExportStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.signal = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.exporter = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lastExportTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.failingSince = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.failedExports = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.failingExports = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TelemetryExportStatus {
+    return {
+      signal: isSet(object.signal) ? globalThis.String(object.signal) : "",
+      exporter: isSet(object.exporter) ? globalThis.String(object.exporter) : "",
+      state: isSet(object.state) ? telemetryExportStateFromJSON(object.state) : 0,
+      lastExportTime: isSet(object.lastExportTime)
+        ? fromJsonTimestamp(object.lastExportTime)
+        : isSet(object.last_export_time)
+        ? fromJsonTimestamp(object.last_export_time)
+        : undefined,
+      failingSince: isSet(object.failingSince)
+        ? fromJsonTimestamp(object.failingSince)
+        : isSet(object.failing_since)
+        ? fromJsonTimestamp(object.failing_since)
+        : undefined,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+      failedExports: isSet(object.failedExports)
+        ? BigInt(object.failedExports)
+        : isSet(object.failed_exports)
+        ? BigInt(object.failed_exports)
+        : 0n,
+      failingExports: isSet(object.failingExports)
+        ? BigInt(object.failingExports)
+        : isSet(object.failing_exports)
+        ? BigInt(object.failing_exports)
+        : 0n,
+    };
+  },
+
+  toJSON(message: TelemetryExportStatus): unknown {
+    const obj: any = {};
+    if (message.signal !== "") {
+      obj.signal = message.signal;
+    }
+    if (message.exporter !== "") {
+      obj.exporter = message.exporter;
+    }
+    if (message.state !== 0) {
+      obj.state = telemetryExportStateToJSON(message.state);
+    }
+    if (message.lastExportTime !== undefined) {
+      obj.lastExportTime = message.lastExportTime.toISOString();
+    }
+    if (message.failingSince !== undefined) {
+      obj.failingSince = message.failingSince.toISOString();
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    if (message.failedExports !== 0n) {
+      obj.failedExports = message.failedExports.toString();
+    }
+    if (message.failingExports !== 0n) {
+      obj.failingExports = message.failingExports.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TelemetryExportStatus>): TelemetryExportStatus {
+    return TelemetryExportStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TelemetryExportStatus>): TelemetryExportStatus {
+    const message = createBaseTelemetryExportStatus();
+    message.signal = object.signal ?? "";
+    message.exporter = object.exporter ?? "";
+    message.state = object.state ?? 0;
+    message.lastExportTime = object.lastExportTime ?? undefined;
+    message.failingSince = object.failingSince ?? undefined;
+    message.error = object.error ?? "";
+    message.failedExports = (object.failedExports !== undefined && object.failedExports !== null)
+      ? BigInt(object.failedExports)
+      : 0n;
+    message.failingExports = (object.failingExports !== undefined && object.failingExports !== null)
+      ? BigInt(object.failingExports)
+      : 0n;
     return message;
   },
 };
