@@ -196,7 +196,10 @@ is set, metrics when OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT (or
 ..._METRICS_ENDPOINT) is set; OTEL_EXPORTER_OTLP_PROTOCOL picks grpc,
 http/protobuf (default) or http/json, and the other standard OTEL_* variables
 apply. A client's W3C traceparent is honoured; logs are JSON lines on stdout
-with the trace_id and span_id of the RPC they belong to.
+with the trace_id and span_id of the RPC they belong to. An export that fails
+is logged once with the exporter's cause (connection refused, HTTP status,
+timeout), summarised every 5 min, and logged once when it succeeds again;
+xdpctl status and xdpctl_telemetry_export_failures_total say it too.
 
 Signals: SIGTERM, SIGINT, SIGQUIT (and SIGALRM, SIGVTALRM, SIGXCPU, SIGPWR,
 SIGIO, SIGSTKFLT) are logged and stop the daemon in order (NOT_SERVING,

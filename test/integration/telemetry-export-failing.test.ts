@@ -61,12 +61,15 @@ async function receiver(protocol: string, port: number): Promise<{ got: string[]
       },
     });
     for (const signal of ['trace', 'metrics']) {
-      server.addService(raw(`/opentelemetry.proto.collector.${signal}.v1.${signal === 'trace' ? 'Trace' : 'Metrics'}Service/Export`), {
-        Export: (_call: unknown, cb: (e: null, r: Buffer) => void) => {
-          got.push(signal === 'trace' ? '/v1/traces' : '/v1/metrics');
-          cb(null, Buffer.alloc(0)); // an empty Export*ServiceResponse
+      server.addService(
+        raw(`/opentelemetry.proto.collector.${signal}.v1.${signal === 'trace' ? 'Trace' : 'Metrics'}Service/Export`),
+        {
+          Export: (_call: unknown, cb: (e: null, r: Buffer) => void) => {
+            got.push(signal === 'trace' ? '/v1/traces' : '/v1/metrics');
+            cb(null, Buffer.alloc(0)); // an empty Export*ServiceResponse
+          },
         },
-      });
+      );
     }
     await new Promise<void>((resolve, reject) =>
       server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
@@ -179,7 +182,10 @@ describe('telemetry export failing, then recovering', kernelOnly(), () => {
           `telemetry export: +metrics to otlp ${protocol} http://127\\.0\\.0\\.1:${port}\\S*: failing since \\d{4}-\\S+Z \\(.*ECONNREFUSED`,
         ),
       );
-      assert.match(text, new RegExp(`telemetry export: +traces to otlp ${protocol} \\S+: failing since .*ECONNREFUSED`));
+      assert.match(
+        text,
+        new RegExp(`telemetry export: +traces to otlp ${protocol} \\S+: failing since .*ECONNREFUSED`),
+      );
 
       // The receiver appears: one "succeeds again" line per signal, the counter stops.
       const r = await receiver(protocol, port);

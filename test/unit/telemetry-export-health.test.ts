@@ -39,8 +39,10 @@ type Line = { level: string; msg: string; fields: Record<string, unknown> };
 
 /** A Logger keeping each line with the trace fields the daemon's pino mixin would add at that moment. */
 function capture(lines: Line[], bindings: object = {}): Logger {
-  const at = (level: string) => (obj: object, msg = '') =>
-    lines.push({ level, msg, fields: { ...bindings, ...obj, ...traceLogFields() } });
+  const at =
+    (level: string) =>
+    (obj: object, msg = '') =>
+      lines.push({ level, msg, fields: { ...bindings, ...obj, ...traceLogFields() } });
   return {
     debug: at('debug'),
     info: at('info'),
@@ -74,10 +76,13 @@ describe('telemetry export health', () => {
       describeExportError(sysErr('ECONNREFUSED', { address: '127.0.0.1', port: 4318 })),
       'connection refused by 127.0.0.1:4318 (ECONNREFUSED)',
     );
-    const both = Object.assign(new AggregateError([
-      sysErr('ECONNREFUSED', { address: '::1', port: 4318 }),
-      sysErr('ECONNREFUSED', { address: '127.0.0.1', port: 4318 }),
-    ]), { code: 'ECONNREFUSED' });
+    const both = Object.assign(
+      new AggregateError([
+        sysErr('ECONNREFUSED', { address: '::1', port: 4318 }),
+        sysErr('ECONNREFUSED', { address: '127.0.0.1', port: 4318 }),
+      ]),
+      { code: 'ECONNREFUSED' },
+    );
     assert.equal(
       describeExportError(both),
       'connection refused by ::1:4318 (ECONNREFUSED); connection refused by 127.0.0.1:4318 (ECONNREFUSED)',
@@ -86,7 +91,11 @@ describe('telemetry export health', () => {
       describeExportError(sysErr('ENOTFOUND', { hostname: 'collector.invalid' })),
       'DNS: no such host collector.invalid (ENOTFOUND)',
     );
-    const http = Object.assign(new Error('Bad Request'), { name: 'OTLPExporterError', code: 400, data: 'no such metric\n' });
+    const http = Object.assign(new Error('Bad Request'), {
+      name: 'OTLPExporterError',
+      code: 400,
+      data: 'no such metric\n',
+    });
     assert.equal(describeExportError(http), 'HTTP 400 Bad Request: no such metric');
     const grpc = Object.assign(new Error('14 UNAVAILABLE: ...'), {
       code: 14,
@@ -96,7 +105,10 @@ describe('telemetry export health', () => {
       describeExportError(grpc),
       'gRPC UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 127.0.0.1:4317',
     );
-    assert.equal(describeExportError(new Error('Request timed out'), { timeoutMs: 9000 }), 'no answer within 9000 ms (request timed out)');
+    assert.equal(
+      describeExportError(new Error('Request timed out'), { timeoutMs: 9000 }),
+      'no answer within 9000 ms (request timed out)',
+    );
     assert.equal(
       describeExportError(new Error('Export failed with retryable status'), {
         lastHttp: { status: 503, message: 'Service Unavailable' },
@@ -127,7 +139,10 @@ describe('telemetry export health', () => {
     for (let i = 0; i < 30; i++, now += 1000) once();
     assert.equal(lines.length, 1, JSON.stringify(lines));
     assert.equal(lines[0].level, 'warn');
-    assert.match(lines[0].msg, /^telemetry export of metrics to otlp http\/json .* failing: connection refused by 127\.0\.0\.1:4318 \(ECONNREFUSED\); the points/);
+    assert.match(
+      lines[0].msg,
+      /^telemetry export of metrics to otlp http\/json .* failing: connection refused by 127\.0\.0\.1:4318 \(ECONNREFUSED\); the points/,
+    );
     assert.equal(lines[0].fields.trace_id, undefined, "not the RPC's trace id");
     assert.ok(handed.every((r) => r.code === 1 && r.error instanceof ReportedExportFailure && isReported(r.error)));
     // PeriodicExportingMetricReader wraps the error's string in an Error of its own: still recognised.
@@ -138,7 +153,10 @@ describe('telemetry export health', () => {
     now += 31_000; // 61 s after the first line
     once();
     assert.equal(lines.length, 2);
-    assert.match(lines[1].msg, /still failing since 2026-12-06T12:00:00\.000Z: 31 export\(s\) failed, 62 metric points dropped; last: connection refused/);
+    assert.match(
+      lines[1].msg,
+      /still failing since 2026-12-06T12:00:00\.000Z: 31 export\(s\) failed, 62 metric points dropped; last: connection refused/,
+    );
 
     next = { code: 1, error: Object.assign(new Error('Service Unavailable'), { code: 500, data: '' }) };
     once();
@@ -157,7 +175,10 @@ describe('telemetry export health', () => {
     once();
     assert.equal(lines.length, 4);
     assert.equal(lines[3].level, 'info');
-    assert.match(lines[3].msg, /succeeds again: 33 export\(s\) failed since 2026-12-06T12:00:00\.000Z \(66 metric points dropped\)/);
+    assert.match(
+      lines[3].msg,
+      /succeeds again: 33 export\(s\) failed since 2026-12-06T12:00:00\.000Z \(66 metric points dropped\)/,
+    );
     assert.deepEqual(health.failures(), { metrics: 33 }, 'the counter stops');
     assert.equal(health.reports()[0].ok, true);
     assert.equal(health.reports()[0].failingExports, 0);
@@ -185,10 +206,16 @@ describe('telemetry export health', () => {
   });
 
   it('otlpUrl: where the SDK sends, per signal and protocol', () => {
-    assert.equal(otlpUrl('METRICS', 'http/json', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/' }), 'http://c:4318/v1/metrics');
+    assert.equal(
+      otlpUrl('METRICS', 'http/json', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/' }),
+      'http://c:4318/v1/metrics',
+    );
     assert.equal(otlpUrl('TRACES', 'http/protobuf', {}), 'http://localhost:4318/v1/traces');
     assert.equal(
-      otlpUrl('TRACES', 'http/json', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://t/x' }),
+      otlpUrl('TRACES', 'http/json', {
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://t/x',
+      }),
       'http://t/x',
     );
     assert.equal(otlpUrl('METRICS', 'grpc', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4317' }), 'http://c:4317');
@@ -256,7 +283,11 @@ describe('telemetry export health', () => {
         url,
         timeoutMs: 500,
       });
-      const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000, exportTimeoutMillis: 1000 });
+      const reader = new PeriodicExportingMetricReader({
+        exporter,
+        exportIntervalMillis: 60_000,
+        exportTimeoutMillis: 1000,
+      });
       const provider = new MeterProvider({ readers: [reader] });
       provider.getMeter('t').createCounter('c').add(1);
       const flush = () => context.with(RPC, () => reader.forceFlush().catch(() => undefined));
@@ -273,7 +304,10 @@ describe('telemetry export health', () => {
       await flush();
       assert.equal(lines.length, 3, JSON.stringify(lines.map((l) => l.msg)));
       assert.match(lines[2].msg, /succeeds again: 2 export\(s\) failed since/);
-      assert.ok(lines.every((l) => l.fields.trace_id === undefined), 'no trace id');
+      assert.ok(
+        lines.every((l) => l.fields.trace_id === undefined),
+        'no trace id',
+      );
       await provider.shutdown();
     });
 
@@ -290,12 +324,19 @@ describe('telemetry export health', () => {
         url,
         timeoutMs: 900,
       });
-      const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 60_000, exportTimeoutMillis: 1000 });
+      const reader = new PeriodicExportingMetricReader({
+        exporter,
+        exportIntervalMillis: 60_000,
+        exportTimeoutMillis: 1000,
+      });
       const provider = new MeterProvider({ readers: [reader] });
       provider.getMeter('t').createCounter('c').add(1);
       await reader.forceFlush().catch(() => undefined);
       assert.equal(lines.length, 1, JSON.stringify(lines));
-      assert.match(lines[0].msg, new RegExp(`failing: connection refused by 127\\.0\\.0\\.1:${closed} \\(ECONNREFUSED\\)`));
+      assert.match(
+        lines[0].msg,
+        new RegExp(`failing: connection refused by 127\\.0\\.0\\.1:${closed} \\(ECONNREFUSED\\)`),
+      );
       await provider.shutdown().catch(() => undefined);
     });
   });

@@ -151,7 +151,9 @@ export function describeExportError(err: unknown, ctx: ErrorContext = {}): strin
     return `DNS: ${why}${e.hostname ? ` ${e.hostname}` : ''} (${code})`;
   }
   if (code && CODES[code]) {
-    const at = e.address ? ` ${e.port === undefined ? '' : 'by '}${e.address}${e.port === undefined ? '' : `:${e.port}`}` : '';
+    const at = e.address
+      ? ` ${e.port === undefined ? '' : 'by '}${e.address}${e.port === undefined ? '' : `:${e.port}`}`
+      : '';
     return `${CODES[code]}${at} (${code})`;
   }
   if (code) return `${e.message || code}${e.message?.includes(code) ? '' : ` (${code})`}`;
@@ -342,7 +344,8 @@ export class ExportHealth {
       guardMs === undefined
         ? undefined
         : setTimeout(
-            () => finish({ code: FAILED, error: new Error(`the exporter did not end the export within ${guardMs} ms`) }),
+            () =>
+              finish({ code: FAILED, error: new Error(`the exporter did not end the export within ${guardMs} ms`) }),
             guardMs,
           ).unref();
     context.with(suppressTracing(ROOT_CONTEXT), () => {

@@ -30,15 +30,7 @@
  * ({@link Telemetry.rpcSpans}). The SDK and its exporters take ~40 MB and a
  * large share of the start time.
  */
-import {
-  context,
-  diag,
-  DiagLogLevel,
-  metrics,
-  propagation,
-  ROOT_CONTEXT,
-  type DiagLogger,
-} from '@opentelemetry/api';
+import { context, diag, DiagLogLevel, metrics, propagation, ROOT_CONTEXT, type DiagLogger } from '@opentelemetry/api';
 import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 
@@ -206,7 +198,9 @@ async function envSpanProcessors(health: ExportHealth, log?: Logger): Promise<Sp
       processors.push(batch(health.spanExporter(new ZipkinExporter(), { name: `zipkin ${url}`, url, guardMs })));
     } else if (name === 'console') {
       processors.push(
-        new SimpleSpanProcessor({ exporter: health.spanExporter(new ConsoleSpanExporter(), { name: 'console (stdout)' }) }),
+        new SimpleSpanProcessor({
+          exporter: health.spanExporter(new ConsoleSpanExporter(), { name: 'console (stdout)' }),
+        }),
       );
     } else if (name !== 'none') {
       log?.warn({ exporter: name }, 'OTEL_TRACES_EXPORTER: unsupported exporter ignored');
