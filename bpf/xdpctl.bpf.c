@@ -73,6 +73,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } if_flags_big SEC(".maps");
 
+/* The unicast MACs other than its own address that an ingress takes as this
+ * host's, (ingress ifindex, MAC) -> 1, written by the daemon from the kernel
+ * (dataplane/ingress-macs.ts): looked up only for a matched frame whose
+ * destination is not the ingress's own address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPCTL_MAX_INGRESS_MACS);
+	__type(key, struct xdpctl_mac_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ingress_macs SEC(".maps");
+
 /* (ingress, proto, port, [daddr]) -> rule slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -786,16 +798,19 @@ static __always_inline int martian(__be32 addr)
 }
 
 /*
- * Whether the frame was addressed to the ingress at layer 2: its destination
- * MAC is the ingress device's own address, as the kernel holds it now (so a
- * change of the address, `ip link set X address ...`, is followed from the
- * next frame on, in both XDP modes). Anything else -- link-layer broadcast or
- * multicast, another station's unicast (a promiscuous NIC, a bridge port, a
- * switch flooding an unknown unicast) -- is not for this host: Linux's
- * forwarding drops such frames (ip_rcv_core, PACKET_OTHERHOST; RFC 1812
- * 5.3.4), so they go to the stack, counted. Cross-connects (layer 2) never
- * ask. A frame on a bridge port addressed to the bridge's MAC (not the
- * port's) is the bridge's to deliver: passed too.
+ * Whether the frame was addressed to the ingress at layer 2, as Linux would
+ * classify it there (PACKET_HOST): its destination MAC is the ingress device's
+ * own address, as the kernel holds it now (so a change of the address, `ip
+ * link set X address ...`, is followed from the next frame on, in both XDP
+ * modes), or another unicast address the device takes as this host's, which
+ * the daemon writes into ingress_macs from the kernel: the device's secondary
+ * unicast addresses (its uc list, where a macvlan on it -- a VRRP virtual MAC
+ * -- puts its own), and on a bridge port the bridge's local addresses (the
+ * bridge's MAC, its ports'). Anything else -- link-layer broadcast or
+ * multicast, another station's unicast (a promiscuous NIC, a switch flooding
+ * an unknown unicast) -- is not for this host: Linux's forwarding drops such
+ * frames (ip_rcv_core, PACKET_OTHERHOST; RFC 1812 5.3.4), so they go to the
+ * stack, counted. Cross-connects (layer 2) never ask.
  */
 static __always_inline int for_us(struct xdp_md *ctx, struct ethhdr *eth)
 {
@@ -803,9 +818,16 @@ static __always_inline int for_us(struct xdp_md *ctx, struct ethhdr *eth)
 	struct net_device___xdpctl *dev = xdp->rxq->dev;
 	__u32 hi = *(__u32 *)&dev->dev_addr_shadow[0];
 	__u16 lo = *(__u16 *)&dev->dev_addr_shadow[4];
+	struct xdpctl_mac_key mk = {};
 
 	if (*(__u32 *)&eth->h_dest[0] == hi && *(__u16 *)&eth->h_dest[4] == lo)
 		return 1;
+	if (!(eth->h_dest[0] & 1)) {
+		mk.ifindex = ctx->ingress_ifindex;
+		__builtin_memcpy(mk.mac, eth->h_dest, 6);
+		if (bpf_map_lookup_elem(&ingress_macs, &mk))
+			return 1;
+	}
 	count(XDPCTL_STAT_ERR_NOT_FOR_US);
 	return 0;
 }

@@ -102,6 +102,18 @@ struct xdpctl_rule {
 	__u32 stats_id; /* index into rule_stats; stable across rule updates */
 };
 
+/* Key of ingress_macs: a unicast MAC the ingress device takes as this host's
+ * besides its own address (its secondary unicast addresses, a macvlan's on it,
+ * its bridge's). */
+struct xdpctl_mac_key {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u16 pad; /* 0 */
+};
+
+/* Entries of ingress_macs (over every ingress). */
+#define XDPCTL_MAX_INGRESS_MACS 4096
+
 /* Key of src_allow (LPM trie). prefixlen counts the 32 bits of slot plus the
  * address bits, so a prefix only ever matches packets of its own rule slot. */
 struct xdpctl_src_key {

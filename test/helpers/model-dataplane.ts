@@ -29,6 +29,7 @@ import {
   ruleEntry,
   ruleStats,
   srcKey,
+  macKey,
   u32,
   u64,
   u8,
@@ -296,6 +297,7 @@ class ModelDatapath implements Pick<
       ruleCfg: m('rule_cfg', 'array', capacity.ruleSlots, u32, ruleEntry),
       ruleRing: m('rule_ring', 'array', capacity.ruleSlots * RING_SIZE, u32, u32),
       srcAllow: m('src_allow', 'lpm', capacity.srcPrefixes, srcKey, u8),
+      ingressMacs: m('ingress_macs', 'hash', 4096, macKey, u8),
       backends: m('backends', 'array', capacity.backends, u32, backendEntry),
       ruleStats: m('rule_stats', 'array', capacity.statsIds, u32, ruleStats, true),
       backendStats: m('backend_stats', 'array', capacity.backends, u32, backendStats, true),
@@ -411,6 +413,11 @@ export class ModelDataplane extends KernelDataplane {
   }
 
   /** The modelled interfaces have no device settings (offloads) to check: nothing found on, nothing to put back. */
+  /** The modelled interfaces take no MAC but their own (no fdb to read): nothing written. */
+  override syncIngressMacs(): Map<string, string[]> {
+    return new Map();
+  }
+
   override async checkIngress(): Promise<{ done: string[]; unrepaired: string[] }> {
     return { done: [], unrepaired: [] };
   }

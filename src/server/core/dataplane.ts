@@ -289,6 +289,14 @@ export interface Dataplane {
   upperDevices?(ifname: string): string[];
   /** Whether an interface can transmit now; undefined when it does not exist. Optional (fakes). */
   linkState?(ifname: string): LinkState | undefined;
+  /**
+   * Write, for each ingress running our program (name -> ifindex), the unicast MACs other than its own that
+   * the kernel takes as this host's on it (its secondary unicast addresses: a macvlan's, a VRRP virtual MAC;
+   * on a bridge port the bridge's local addresses), read from the kernel now; ingresses not given lose
+   * theirs. Returns, by ingress, what of them could not be read or written (frames to those MACs are passed
+   * to the stack, counted not_for_us). Optional (fakes): without it only the ingress's own address is taken.
+   */
+  syncIngressMacs?(ingresses: ReadonlyMap<string, number>): Map<string, string[]>;
   /** Ask the kernel to resolve a neighbour (send an ARP request); best effort, never throws. */
   probeNeighbour?(ip: string, iface: string): void;
   /**

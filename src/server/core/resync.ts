@@ -314,6 +314,21 @@ export async function resync(
     state.ingressSettings.delete(name);
     state.logged.delete(`if-settings/${name}`);
   }
+  // 1b. The unicast MACs other than its own that each rule ingress running our program takes as this host's (a
+  // macvlan's on it, a VRRP virtual MAC, its bridge's), read from the kernel at every pass (and at once on a
+  // link or neighbour event): frames to them are matched; what cannot be known is said by the adapter in the
+  // interface's warnings (xdpStatus).
+  if (dp.syncIngressMacs) {
+    const macIngresses = new Map<string, number>();
+    for (const [name, a] of state.attached) if (state.ifaceRules.get(name)?.size) macIngresses.set(name, a.ifindex);
+    try {
+      dp.syncIngressMacs(macIngresses);
+    } catch (e) {
+      transition('ingress-macs', (e as Error).message, () =>
+        ctx.log.error({ err: e }, `reading the MACs the ingresses take as this host's failed: ${(e as Error).message}`),
+      );
+    }
+  }
 
   // 2. Rules whose interfaces moved or came back, whose backends changed
   // (able to receive, MAC), or that the datapath refused and are due again.

@@ -65,6 +65,7 @@ import {
   netnsId,
   type LinkIdentity,
 } from './netdev.js';
+import { acceptedMacs, syncMacMap } from './ingress-macs.js';
 import { detachCommand, detachXdpIn, movedDevice, netnsOf } from './netns.js';
 import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
@@ -1475,10 +1476,69 @@ export class KernelDataplane implements Dataplane {
     return this.dp.ownAttachments();
   }
 
+  /** What of the MACs an ingress takes as this host's could not be read or written, by name#ifindex. */
+  private readonly macWarnings = new Map<string, string[]>();
+
+  syncIngressMacs(ingresses: ReadonlyMap<string, number>): Map<string, string[]> {
+    const want = new Map<number, Set<string>>();
+    const out = new Map<string, string[]>();
+    for (const [name, ifindex] of ingresses) {
+      const a = acceptedMacs(name, ifindex);
+      want.set(ifindex, a.macs);
+      if (a.unknown.length) out.set(name, a.unknown);
+    }
+    let left: Map<number, string[]>;
+    try {
+      left = syncMacMap(this.dp.maps.ingressMacs, want, this.dp.maps.ingressMacs.info.maxEntries);
+    } catch (e) {
+      left = new Map();
+      for (const [name, ifindex] of ingresses) {
+        const macs = want.get(ifindex);
+        if (!macs?.size) continue;
+        out.set(name, [
+          ...(out.get(name) ?? []),
+          `writing the MACs it takes as this host's (${[...macs].join(', ')}) failed (${(e as Error).message}): ` +
+            'frames to them may be passed to the stack, counted not_for_us',
+        ]);
+      }
+    }
+    for (const [name, ifindex] of ingresses) {
+      const l = left.get(ifindex);
+      if (!l) continue;
+      out.set(name, [
+        ...(out.get(name) ?? []),
+        `${l.length} MAC(s) it takes as this host's (${l.slice(0, 8).join(', ')}${l.length > 8 ? ', ...' : ''}) ` +
+          `do not fit the datapath's ${this.dp.maps.ingressMacs.info.maxEntries} entries: frames to them are ` +
+          'passed to the stack, counted not_for_us',
+      ]);
+    }
+    const keys = new Set<string>();
+    for (const [name, ifindex] of ingresses) {
+      const key = `${name}#${ifindex}`;
+      keys.add(key);
+      const w = out.get(name);
+      const before = this.macWarnings.get(key);
+      if (w && w.join('\n') !== before?.join('\n')) {
+        this.log?.warn({ ifname: name, ifindex }, `${name}: ${w.join('; ')}`);
+        this.macWarnings.set(key, w);
+      } else if (!w && before) {
+        this.log?.info(
+          { ifname: name, ifindex },
+          `${name}: every MAC it takes as this host's is known to the datapath again`,
+        );
+        this.macWarnings.delete(key);
+      }
+    }
+    for (const key of this.macWarnings.keys()) if (!keys.has(key)) this.macWarnings.delete(key);
+    return out;
+  }
+
   xdpStatus(ifname: string): XdpStatus | undefined {
     try {
       const s = this.dp.state(ifname);
-      const w = s.ours && s.mode === 'generic' ? this.attachWarnings.get(`${ifname}#${s.ifindex}`) : undefined;
+      const m = s.ours ? this.macWarnings.get(`${ifname}#${s.ifindex}`) : undefined;
+      const g = s.ours && s.mode === 'generic' ? this.attachWarnings.get(`${ifname}#${s.ifindex}`) : undefined;
+      const w = m ? [...(g ?? []), ...m] : g;
       return {
         mode: s.mode,
         progId: s.progId,

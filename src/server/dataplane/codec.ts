@@ -186,6 +186,30 @@ export const srcKey: Codec<SrcKey> = {
   },
 };
 
+/** struct xdpctl_mac_key: a unicast MAC an ingress takes as this host's besides its own (ingress_macs). */
+export interface MacKey {
+  ifindex: number;
+  /** The MAC as `ip` prints it (lower-case hex, colons). */
+  mac: string;
+}
+
+export const macKey: Codec<MacKey> = {
+  layout: { cName: 'xdpctl_mac_key', size: 12, fields: { ifindex: 0, mac: 4, pad: 10 } },
+  encode(k, out = Buffer.alloc(12)) {
+    out.fill(0);
+    out.writeUInt32LE(k.ifindex >>> 0, 0);
+    Buffer.from(k.mac.replace(/:/g, ''), 'hex').copy(out, 4, 0, 6);
+    return out;
+  },
+  decode(b) {
+    const v = view(b);
+    return {
+      ifindex: v.readUInt32LE(0),
+      mac: [...v.subarray(4, 10)].map((x) => x.toString(16).padStart(2, '0')).join(':'),
+    };
+  },
+};
+
 /** struct xdpctl_backend. */
 export interface BackendEntry {
   dmac: Uint8Array;
@@ -340,6 +364,7 @@ export const STRUCT_LAYOUTS: readonly Layout[] = [
   matchKey.layout,
   ruleEntry.layout,
   srcKey.layout,
+  macKey.layout,
   backendEntry.layout,
   linkStats.layout,
   ruleStats.layout,

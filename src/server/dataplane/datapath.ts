@@ -45,6 +45,7 @@ import {
   ruleEntry,
   ruleStats,
   srcKey,
+  macKey,
   u32,
   u64,
   u8,
@@ -56,6 +57,7 @@ import {
   type RuleEntry,
   type RuleStats,
   type SrcKey,
+  type MacKey,
 } from './codec.js';
 import { KernelError } from './errors.js';
 import {
@@ -149,6 +151,7 @@ export interface DatapathMaps {
   ruleCfg: BpfMap<number, RuleEntry>;
   ruleRing: BpfMap<number, number>;
   srcAllow: BpfMap<SrcKey, number>;
+  ingressMacs: BpfMap<MacKey, number>;
   backends: BpfMap<number, BackendEntry>;
   ruleStats: BpfMap<number, RuleStats>;
   backendStats: BpfMap<number, BackendStats>;
@@ -166,6 +169,7 @@ const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Ca
   ruleCfg: ['rule_cfg', u32, ruleEntry, 'ruleSlots'],
   ruleRing: ['rule_ring', u32, u32, null], // ruleSlots * RING_SIZE
   srcAllow: ['src_allow', srcKey, u8, 'srcPrefixes'],
+  ingressMacs: ['ingress_macs', macKey, u8, null],
   backends: ['backends', u32, backendEntry, 'backends'],
   ruleStats: ['rule_stats', u32, ruleStats, 'statsIds'],
   backendStats: ['backend_stats', u32, backendStats, 'backends'],

@@ -344,7 +344,7 @@ const DESCRIPTIONS = {
       'Packets by datapath error, over every interface (GetCounters GlobalCounters.errors; xmit: redirects the ' +
       'kernel dropped, from the xdp:xdp_redirect_err and xdp:xdp_devmap_xmit tracepoints; xmit_unattributed: ' +
       'those of them charged to no rule, backend or link, since they could not be proven to be their frames; ' +
-      "not_for_us: matched packets in frames whose destination MAC is not the ingress's own, passed)",
+      "not_for_us: matched packets in frames whose destination MAC is not one the ingress takes as this host's, passed)",
     unit: '{packet}',
   },
 };

@@ -352,9 +352,11 @@ export interface GlobalCounters {
    * out of step with the kernel's queue, e.g. after another tool ran our
    * program in another XDP mode -- so they are charged to none: their
    * redirected counts still include them), "not_for_us" (a packet to
-   * redirect in a frame whose destination MAC is not the ingress
-   * interface's own address as the kernel holds it now: link-layer
-   * broadcast, multicast or another station's unicast, which a router does
+   * redirect in a frame whose destination MAC is not one the ingress
+   * interface takes as this host's -- its own address as the kernel holds
+   * it now, its secondary unicast addresses (a macvlan's on it), on a bridge
+   * port the bridge's local addresses: link-layer broadcast, multicast or
+   * another station's unicast, which a router does
    * not forward (RFC 1812 5.3.4; Linux drops PACKET_OTHERHOST): passed, and
    * not counted as matched by the rule; cross-connects forward every frame).
    *
