@@ -233,6 +233,39 @@ describe('xdpctl command line', kernelOnly(), () => {
     assert.equal(rule.rule.generation, '2', 'uint64 as a JSON string (proto3 JSON)');
   });
 
+  it('data with control characters is printed visibly (ESC as \\e), never raw to the terminal; JSON keeps it exact', async () => {
+    // A twelfth-review finding: a label value with ESC sequences (clear the screen, move up, erase the line)
+    // was written raw by rules get: on a terminal it rewrote what the operator saw.
+    const value = 'a\x1b[2J\x1b[1A\x1b[2Kb\rc\x9bd';
+    assertOk(
+      await cli(
+        'rules',
+        'add',
+        'esc',
+        '--port',
+        '7990',
+        '--backend',
+        `${b1.ip},${b1.mac},${b1.hostIf}`,
+        '--ingress',
+        vm.hostIf,
+        '--label',
+        `team=${value}`,
+      ),
+    );
+    try {
+      const out = assertOk(await cli('rules', 'get', 'esc'));
+      // eslint-disable-next-line no-control-regex -- the control characters are what is looked for
+      assert.doesNotMatch(out, /[\x00-\x08\x0b-\x1f\x7f-\x9f]/, 'no control character but newline and tab');
+      assert.match(out, /team=a\\e\[2J\\e\[1A\\e\[2Kb\\x0dc\\x9bd/);
+      const json = JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'get', 'esc'))) as {
+        rule: { labels: Record<string, string> };
+      };
+      assert.equal(json.rule.labels.team, value, 'JSON carries the value exactly (escaped by JSON itself)');
+    } finally {
+      await cli('rules', 'delete', 'esc');
+    }
+  });
+
   it('rules apply -f --dry-run prints the changes and applies nothing', async () => {
     const file = join(dir, 'config.yaml');
     writeFileSync(

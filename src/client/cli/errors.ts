@@ -4,6 +4,8 @@
  */
 import { ClientError, Status, type Metadata } from 'nice-grpc';
 
+import { visible } from './output.js';
+
 import { BadRequest, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
 import { Status as RpcStatus } from '../../gen/google/rpc/status.js';
 import { socketAccessWhy } from '../../shared/socket-access.js';
@@ -194,6 +196,7 @@ export function isAbort(e: unknown): boolean {
   return e instanceof Error && e.name === 'AbortError';
 }
 
+/** `s` on one line, its control characters made visible (output.ts visible: a message may carry data). */
 export function oneLine(s: string): string {
-  return s.replace(/\s*\n\s*/g, ' ').trim();
+  return visible(s.replace(/\s*\n\s*/g, ' ').trim());
 }

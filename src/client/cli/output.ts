@@ -37,6 +37,19 @@ export const NO_BORDER = {
   middle: '   ',
 };
 
+/**
+ * `s` with its control characters made visible: ESC as `\e`, the other C0 controls (but tab, and newline when
+ * `newlines`), DEL and the C1 controls as `\xNN`, as `ls` and `ip` show them. What the CLI prints comes partly
+ * from whoever wrote the data (a label, an interface name, a text the daemon copied from the host): raw, an ESC
+ * sequence in it could clear the terminal or rewrite the lines above it ("state: ACTIVE").
+ */
+export function visible(s: string, newlines = false): string {
+  // eslint-disable-next-line no-control-regex -- the control characters are what is replaced
+  return s.replace(newlines ? /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g : /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g, (c) =>
+    c === '\x1b' ? '\\e' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+}
+
 /** A table cell; 64-bit counters stay bigints and print exactly. */
 export type Cell = string | number | bigint;
 
@@ -47,7 +60,7 @@ export function renderTable(head: string[], rows: Cell[][]): string {
     chars: NO_BORDER,
     style: { head: [], border: [], 'padding-left': 0, 'padding-right': 0 },
   });
-  t.push(...rows.map((r) => r.map(String)));
+  t.push(...rows.map((r) => r.map((c) => visible(String(c)))));
   return t
     .toString()
     .split('\n')
@@ -58,17 +71,37 @@ export function renderTable(head: string[], rows: Cell[][]): string {
 /** Key/value lines ("name:   web"). */
 export function renderFields(fields: [string, Cell][]): string {
   const w = Math.max(...fields.map(([k]) => k.length)) + 2;
-  return fields.map(([k, v]) => `${`${k}:`.padEnd(w)}${v}`).join('\n');
+  return fields.map(([k, v]) => `${`${k}:`.padEnd(w)}${visible(String(v))}`).join('\n');
 }
 
+/** One or more lines on stdout, their control characters but newline and tab made {@link visible}. */
 export function print(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+  const t = visible(text, true);
+  process.stdout.write(t.endsWith('\n') ? t : `${t}\n`);
 }
 
 /** JSON or YAML of a response (already converted with its generated toJSON). */
 export function printData(format: OutputFormat, data: unknown): void {
-  if (format === 'yaml') print(YAML.stringify(data ?? {}));
-  else print(JSON.stringify(data ?? {}, null, 2));
+  process.stdout.write(`${dataText(format, data)}\n`);
+}
+
+/**
+ * JSON or YAML text of `data` with no raw control character: JSON.stringify escapes C0 (`\u001b`) but not DEL and
+ * C1, written here as `\u007f` ... `\u009f` (still the same JSON); YAML double-quotes and escapes every one.
+ */
+export function dataText(format: OutputFormat, data: unknown, indent = 2): string {
+  const c1 = /[\x7f-\x9f]/g;
+  const hex = (c: string, n: number) => c.charCodeAt(0).toString(16).padStart(n, '0');
+  if (format === 'json') return JSON.stringify(data ?? {}, null, indent).replace(c1, (c) => `\\u${hex(c, 4)}`);
+  // The yaml library escapes C0 but writes DEL and C1 raw: where there are some, every string is double-quoted,
+  // where `\xNN` is the same character.
+  const text = c1.test(JSON.stringify(data ?? {}))
+    ? YAML.stringify(data ?? {}, { defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN' }).replace(
+        c1,
+        (c) => `\\x${hex(c, 2)}`,
+      )
+    : YAML.stringify(data ?? {});
+  return text.replace(/\n$/, '');
 }
 
 /**

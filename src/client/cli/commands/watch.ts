@@ -1,13 +1,12 @@
 /** `xdpctl watch`: stream the datapath counters (live table, NDJSON or YAML documents). */
 import { Argument, Option, type Command } from 'commander';
 import type { Metadata } from 'nice-grpc';
-import YAML from 'yaml';
 
 import { CounterKind, WatchCountersResponse } from '../../../gen/xdpctl/v1/counters.js';
 import { watchCounterSamples } from '../../index.js';
 import { isAbort } from '../errors.js';
 import { collectList, examples, parseDuration, parsePositive } from '../flags.js';
-import { countersText, print } from '../output.js';
+import { countersText, dataText, visible } from '../output.js';
 import { run } from '../session.js';
 
 export function registerWatch(program: Command): void {
@@ -70,11 +69,11 @@ export function registerWatch(program: Command): void {
             if (live) {
               const when = msg.counters?.time?.toLocaleTimeString() ?? '';
               const head = `xdpctl watch ${kind ?? 'all'}: ${o.server}, every ${interval}ms, ${when} (Ctrl-C to stop)`;
-              process.stdout.write(`\x1b[H\x1b[2J${countersText(msg.counters!, head)}\n`);
+              process.stdout.write(`\x1b[H\x1b[2J${visible(countersText(msg.counters!, head), true)}\n`);
             } else if (o.output === 'yaml') {
-              print(`---\n${YAML.stringify(WatchCountersResponse.toJSON(msg))}`);
+              process.stdout.write(`---\n${dataText('yaml', WatchCountersResponse.toJSON(msg))}\n`);
             } else {
-              print(JSON.stringify(WatchCountersResponse.toJSON(msg)));
+              process.stdout.write(`${dataText('json', WatchCountersResponse.toJSON(msg), 0)}\n`);
             }
             if (count !== undefined && ++n >= count) break;
           }
