@@ -132,10 +132,20 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
     assert.deepEqual(rec.resources, { links: [`${a}-${b}`] });
     assert.equal(rec.code, 'OK');
     assert.equal(typeof rec.durationMs, 'number');
+    assert.equal(rec.applied, true);
+    assert.equal(rec.outcome, undefined);
     // Really attached: the kernel shows our program on both ends.
     for (const ifname of [a, b]) {
       assert.ok(JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', ifname]))[0].xdp, `${ifname} has XDP`);
     }
+    // The same link set again changes nothing: audited as not applied, "unchanged" (a review's finding: every OK
+    // change was audited applied:true, a no-op alike).
+    const again = await as.admin.links.applyLinks({ links: [{ a, b }] });
+    assert.ok(again.applied);
+    const noop = await waitFor('the audit record of ApplyLinks', () =>
+      auditRecords(d!).find((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks'),
+    );
+    assert.deepEqual([noop.code, noop.applied, noop.outcome], ['OK', false, 'unchanged']);
   });
 
   it('lets a read-only identity list and watch, and denies it a change: PERMISSION_DENIED, audited', async () => {

@@ -890,7 +890,7 @@ export class Controller {
     spec: RuleSpec,
     expectedGeneration: number,
     opts: MutationOptions = {},
-  ): Promise<RuleView & { repaired: string[] }> {
+  ): Promise<RuleView & { repaired: string[]; changed: boolean }> {
     return this.serial(async () => {
       this.checkOwner();
       throwIfInvalid(validateRule(spec, 'rule'));
@@ -899,9 +899,10 @@ export class Controller {
       checkGeneration(cur, expectedGeneration);
       const named = this.ruleByDeviceName(spec);
       let repaired: string[] = [];
-      if (!sameSpec(cur, named.spec)) await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
+      const changed = !sameSpec(cur, named.spec);
+      if (changed) await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
       else repaired = (await this.repairKernel([spec.name])).get(spec.name) ?? [];
-      return { ...withRenamed(this.getRule(spec.name), named.renamed), repaired };
+      return { ...withRenamed(this.getRule(spec.name), named.renamed), repaired, changed };
     }, opts.signal);
   }
 

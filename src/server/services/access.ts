@@ -40,6 +40,7 @@ import { roleForMethod } from '../auth/roles.js';
 import type { Logger } from '../log.js';
 import { normalizePeer } from '../net/addr.js';
 import { lazyRules } from './apply-rules-codec.js';
+import { AUDIT_OUTCOME, type OutcomeBox } from './audit-outcome.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
@@ -382,17 +383,21 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
       const left = deadline - Date.now();
       signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(left) : AbortSignal.abort()]);
     }
-    const ctx = signal === context.signal ? context : { ...context, signal };
+    // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.
+    const outcome: OutcomeBox = {};
+    const ctx = { ...context, signal, [AUDIT_OUTCOME]: outcome };
     try {
       const result = yield* call.next(call.request, ctx);
       // A change that started completes even if its caller has gone meanwhile: say so.
       if (mutation) {
-        const applied = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly !== true;
+        const validateOnly = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly === true;
+        const applied = !validateOnly && outcome.value !== 'unchanged';
+        const done = validateOnly ? {} : outcome.value ? { outcome: outcome.value } : {};
         record(
           Status.OK,
           signal.aborted
-            ? { applied, callerGone: 'the caller cancelled or its deadline passed while the change ran' }
-            : { applied },
+            ? { applied, ...done, callerGone: 'the caller cancelled or its deadline passed while the change ran' }
+            : { applied, ...done },
         );
       }
       return result;

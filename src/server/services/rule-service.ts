@@ -8,6 +8,7 @@ import type { RuleSpec } from '../core/model.js';
 import { validateName } from '../core/validate.js';
 import type { Rule, RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { decodeApplyRulesLazily, encodeApplyRulesReply, lazyRules } from './apply-rules-codec.js';
+import { reportOutcome } from './audit-outcome.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 import { fromTsProto } from './definition.js';
 import { encodeRule, fieldsMessage, ruleFieldsMessage, serializer, withBytes } from './encoded-reply.js';
@@ -93,15 +94,17 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         ),
       );
     },
-    async updateRule(req, { signal }) {
+    async updateRule(req, context) {
+      const { signal } = context;
       if (!req.rule) throw CoreError.invalid([{ field: 'rule', description: 'is required' }]);
-      const { repaired, ...view } = await ctl.updateRule(
+      const { repaired, changed, ...view } = await ctl.updateRule(
         ruleFromProto(req.rule),
         generationOf(req.expectedGeneration),
         {
           signal,
         },
       );
+      if (!changed) reportOutcome(context, repaired.length ? 'repaired' : 'unchanged');
       const rule = ruleToProto(view);
       return withBytes({ rule, repaired }, updateRuleReply(rule, repaired));
     },
@@ -110,7 +113,8 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
       await ctl.deleteRule(req.name, generationOf(req.expectedGeneration), { signal });
       return {};
     },
-    async applyRules(req, { signal }) {
+    async applyRules(req, context) {
+      const { signal } = context;
       const tick = () => new Promise<void>((r) => setImmediate(r));
       // Decoded (apply-rules-codec.ts: the request arrives undecoded), then converted, 256 at a time,
       // yielding between: decoding 10 000 rules took 20-55 ms, converting them 100-270 ms (MACs made
@@ -130,6 +134,9 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         if ((i & 255) === 255) await tick();
       }
       const changes = await ctl.applyRules(specs, req.validateOnly, { signal });
+      if (changes.every((c) => c.action === 'unchanged')) {
+        reportOutcome(context, changes.some((c) => c.repaired?.length) ? 'repaired' : 'unchanged');
+      }
       const renamedOf = new Map(changes.flatMap((c) => (c.renamed ? [[c.name, c.renamed] as const] : [])));
       // The whole set only when it fits a default client's limit with room to spare: an applied
       // change must not reach the client as "Received message larger than max" (RESOURCE_EXHAUSTED).
