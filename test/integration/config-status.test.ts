@@ -49,6 +49,9 @@ describe('config-file mode: status, health and metrics say whether the file on d
   const status = async (): Promise<ConfigFileStatus> => {
     const s = await d!.clients().daemon.getStatus({});
     assert.ok(s.configFile, 'GetStatus carries config_file with --config');
+    // The API takes no change in config-file mode: said, not "serving" alone.
+    assert.equal(s.acceptsWrites, false);
+    assert.match(s.writesRefused, /^the desired state is owned by the config file \//);
     return s.configFile;
   };
   const health = async (service: string) => (await d!.clients().health.check({ service })).status;

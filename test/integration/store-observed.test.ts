@@ -116,6 +116,11 @@ describe("the daemon's own files changed under it are observed and said", kernel
     assert.ok((await metric(d!.prometheus!, 'xdpctl_datapath_problems', {}))! >= 1, 'counted as a problem');
     const cli = await xdpctl(d!.tcp, ['status']);
     assert.match(cli.stdout, /state store writable: +no: the disk is full \(ENOSPC\).*; changes are refused/);
+    // Serving, but taking no change (a review: "serving: yes" was all a script could test).
+    const st = await c.daemon.getStatus({});
+    assert.deepEqual([st.serving, st.acceptsWrites], [true, false]);
+    assert.match(st.writesRefused, /^the state store refuses writes: the disk is full \(ENOSPC\)/);
+    assert.match(cli.stdout, /accepts changes: +no: the state store refuses writes: the disk is full/);
     await assert.rejects(c.rules.createRule({ rule: rule('web3', 7433, b1) }), (e: Error & { code?: Status }) => {
       assert.equal(e.code, Status.RESOURCE_EXHAUSTED, e.message);
       return true;
@@ -132,6 +137,8 @@ describe("the daemon's own files changed under it are observed and said", kernel
       { path: db, writable: true, problem: '' },
     );
     assert.equal(await writable(), 1);
+    const ok = await c.daemon.getStatus({});
+    assert.deepEqual([ok.serving, ok.acceptsWrites, ok.writesRefused], [true, true, '']);
     fill();
     try {
       await full();

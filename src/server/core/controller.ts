@@ -211,6 +211,17 @@ export class Controller {
     this.owner = path;
   }
 
+  /**
+   * Why a client's change would be refused now whatever it asks, or undefined: the desired state is a config
+   * file's (xdpctld --config), or the state store refuses writes (GetStatus accepts_writes).
+   */
+  writesRefused(): string | undefined {
+    if (this.owner) return `the desired state is owned by the config file ${this.owner}: changes come from that file`;
+    const store = this.stateStore();
+    if (store?.problem !== undefined) return `the state store refuses writes: ${store.problem}`;
+    return undefined;
+  }
+
   private checkOwner(): void {
     if (this.owner) {
       throw new CoreError(

@@ -55,9 +55,13 @@ export function daemonService(
       const up = Date.now() - info.startedAt;
       const state = ctl.desiredState();
       const config = info.configFile?.();
+      const serving = info.serving();
+      const refused = serving ? ctl.writesRefused() : 'the daemon is not serving (starting or stopping)';
       return {
         version: info.version,
-        serving: info.serving(),
+        serving,
+        acceptsWrites: refused === undefined,
+        writesRefused: refused ?? '',
         datapath: {
           programId: dp.progId,
           pinPath: dp.pinRoot,

@@ -83,6 +83,10 @@ export function registerStatus(program: Command): void {
             ['server', o.server],
             ['version', res.version],
             ['serving', yesNo(res.serving)],
+            [
+              'accepts changes',
+              res.acceptsWrites ? 'yes' : `no: ${res.writesRefused || 'not said (an older xdpctld)'}`,
+            ],
             ['health', healthBy['']],
             ['datapath health', healthBy['xdpctl.datapath']],
             ['program id', orDash(d?.programId)],

@@ -75,7 +75,11 @@ export interface GetStatusRequest {
 export interface GetStatusResponse {
   /** The daemon's version, e.g. "0.1.0". */
   version: string;
-  /** Whether the datapath is loaded and the daemon accepts writes. */
+  /**
+   * Whether the daemon has started (datapath loaded, API served) and is not
+   * stopping. It does not say whether a change would be taken: see
+   * accepts_writes.
+   */
   serving: boolean;
   /** Summary of the datapath. */
   datapath?:
@@ -118,6 +122,17 @@ export interface GetStatusResponse {
    * metric xdpctl.telemetry.export_failures.
    */
   telemetryExports: TelemetryExportStatus[];
+  /**
+   * Whether a client's change (CreateRule, ApplyLinks, ...) would be taken
+   * now: false while not serving, in config-file mode (the file is the
+   * desired state) and while the state store refuses writes.
+   */
+  acceptsWrites: boolean;
+  /**
+   * Why not, e.g. "the state store refuses writes: the disk is full (ENOSPC)
+   * [SQLITE_FULL]". Empty while accepts_writes.
+   */
+  writesRefused: string;
 }
 
 /** One exporter of the daemon's own telemetry, as its exports last ended. */
@@ -408,6 +423,8 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     stateStore: undefined,
     tls: undefined,
     telemetryExports: [],
+    acceptsWrites: false,
+    writesRefused: "",
   };
 }
 
@@ -436,6 +453,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     for (const v of message.telemetryExports) {
       TelemetryExportStatus.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.acceptsWrites !== false) {
+      writer.uint32(72).bool(message.acceptsWrites);
+    }
+    if (message.writesRefused !== "") {
+      writer.uint32(82).string(message.writesRefused);
     }
     return writer;
   },
@@ -517,6 +540,22 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.telemetryExports.push(TelemetryExportStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.acceptsWrites = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.writesRefused = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -551,6 +590,16 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : globalThis.Array.isArray(object?.telemetry_exports)
         ? object.telemetry_exports.map((e: any) => TelemetryExportStatus.fromJSON(e))
         : [],
+      acceptsWrites: isSet(object.acceptsWrites)
+        ? globalThis.Boolean(object.acceptsWrites)
+        : isSet(object.accepts_writes)
+        ? globalThis.Boolean(object.accepts_writes)
+        : false,
+      writesRefused: isSet(object.writesRefused)
+        ? globalThis.String(object.writesRefused)
+        : isSet(object.writes_refused)
+        ? globalThis.String(object.writes_refused)
+        : "",
     };
   },
 
@@ -580,6 +629,12 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.telemetryExports?.length) {
       obj.telemetryExports = message.telemetryExports.map((e) => TelemetryExportStatus.toJSON(e));
     }
+    if (message.acceptsWrites !== false) {
+      obj.acceptsWrites = message.acceptsWrites;
+    }
+    if (message.writesRefused !== "") {
+      obj.writesRefused = message.writesRefused;
+    }
     return obj;
   },
 
@@ -604,6 +659,8 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
       : undefined;
     message.tls = (object.tls !== undefined && object.tls !== null) ? TlsStatus.fromPartial(object.tls) : undefined;
     message.telemetryExports = object.telemetryExports?.map((e) => TelemetryExportStatus.fromPartial(e)) || [];
+    message.acceptsWrites = object.acceptsWrites ?? false;
+    message.writesRefused = object.writesRefused ?? "";
     return message;
   },
 };
