@@ -23,7 +23,7 @@ import { writeFileSync } from 'node:fs';
 
 import { fillRing } from '../src/server/core/ring.js';
 import { BpfMap, mapInfo } from '../src/server/dataplane/bpf-map.js';
-import { BpfObject, testRunTimed } from '../src/server/dataplane/bpf-object.js';
+import { BpfObject, liveFramesRefusal, testRunTimed } from '../src/server/dataplane/bpf-object.js';
 import { AF_INET, IPPROTO_UDP, NO_BACKEND, RING_SIZE, u32, u64 } from '../src/server/dataplane/codec.js';
 import { check, lib } from '../src/server/dataplane/libbpf.js';
 import { XdpDatapath } from '../src/server/dataplane/datapath.js';
@@ -55,6 +55,8 @@ export interface LiveSeries {
 /** The worker's JSON output. */
 export interface LiveWorkerResult {
   series: LiveSeries[];
+  /** Set when the kernel refuses live frames ({@link liveFramesRefusal}): its answer; `series` is empty. */
+  refused?: string;
   /** Frames the sink saw that were not IPv4 UDP (noise: should be ~0). */
   otherFrames: number;
 }
@@ -130,8 +132,16 @@ function setupTopology(): void {
 
 function main(): void {
   const args = JSON.parse(process.argv[2]) as LiveWorkerArgs;
-  setupTopology();
   const base = BpfObject.load(`${ROOT}build/bpf/baseline.bpf.o`);
+  // A kernel that refuses live frames to every caller: said, nothing measured (no series can be had).
+  const refused = liveFramesRefusal(base.progFd('base_pass'));
+  if (refused) {
+    base.close();
+    const out: LiveWorkerResult = { series: [], refused, otherFrames: 0 };
+    process.stdout.write(JSON.stringify(out));
+    return;
+  }
+  setupTopology();
   const dp = XdpDatapath.open({
     objectPath: args.objectPath ?? `${ROOT}build/bpf/xdpctl.bpf.o`,
     pinRoot: args.pinRoot,

@@ -34,6 +34,8 @@ export interface LiveBenchOptions {
 export interface LiveBenchResult {
   figures: Figure[];
   otherFrames: number;
+  /** Why nothing was measured: the kernel's refusal of live frames (`figures` is then empty). */
+  unavailable?: string;
 }
 
 function figure(s: LiveSeries, o: LiveBenchOptions): Figure {
@@ -68,6 +70,7 @@ export function benchLive(o: LiveBenchOptions): LiveBenchResult {
       { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 20 },
     );
     const res = JSON.parse(stdout) as LiveWorkerResult;
+    if (res.refused) return { figures: [], otherFrames: 0, unavailable: res.refused };
     const byName = new Map(res.series.map((s) => [s.name, figure(s, o)]));
     const get = (name: string) => {
       const f = byName.get(name);

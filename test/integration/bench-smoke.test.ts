@@ -4,7 +4,18 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { describe, it } from 'node:test';
 
+import { BpfObject, liveFramesRefusal } from '../../src/server/dataplane/bpf-object.js';
 import { kernelOnly, ROOT, runId } from '../helpers/env.js';
+
+/** This kernel's answer to one live-frame test run (undefined: it runs them), asked apart from the bench. */
+function kernelRefusesLiveFrames(): string | undefined {
+  const base = BpfObject.load(`${ROOT}build/bpf/baseline.bpf.o`);
+  try {
+    return liveFramesRefusal(base.progFd('base_pass'));
+  } finally {
+    base.close();
+  }
+}
 
 describe('npm run bench -- --smoke', kernelOnly(), () => {
   it('measures every datapath path, live-frame rate and Linux-stack path next to its baseline', () => {
@@ -17,7 +28,12 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
       });
       assert.equal(r.status, 0, r.stderr);
       type Row = { name: string; median: number; ratio?: number; baseline?: string; delivered?: number };
-      const res = JSON.parse(readFileSync(out, 'utf8')) as { datapath: Row[]; live: Row[]; control: Row[] };
+      const res = JSON.parse(readFileSync(out, 'utf8')) as {
+        datapath: Row[];
+        live: Row[];
+        liveUnavailable?: string;
+        control: Row[];
+      };
       const names = res.datapath.map((f) => f.name);
       for (const want of [
         'baseline: XDP_PASS program',
@@ -35,15 +51,26 @@ describe('npm run bench -- --smoke', kernelOnly(), () => {
         assert.ok(f.median > 0, `${f.name}: ${f.median} ns`);
         if (f.baseline) assert.ok(typeof f.ratio === 'number' && f.ratio > 0, f.name);
       }
+      // Live frames: measured wherever the kernel runs them; where it refuses them (asked here apart from the
+      // bench), the bench says the kernel's answer and measures none, and never the other way round.
+      const refused = kernelRefusesLiveFrames();
+      if (refused) {
+        assert.equal(res.liveUnavailable, refused, 'the bench says the kernel refused live frames, as it does');
+        assert.deepEqual(res.live, []);
+        assert.match(r.stdout, /Not measured in this run: this kernel refused live frames \(BPF_PROG_TEST_RUN/);
+      } else
+        assert.equal(res.liveUnavailable, undefined, `live frames run here, the bench said: ${res.liveUnavailable}`);
       const live = res.live.map((f) => f.name);
-      for (const want of [
-        'baseline: minimal bpf_redirect_map',
-        'xdpctl: cross-connect',
-        'xdpctl: UDP redirect',
-        'Linux stack: UDP, routing + nftables DNAT',
-        'Linux stack: cross-connect, tc mirred redirect',
-        'Linux stack: cross-connect, bridge',
-      ]) {
+      for (const want of refused
+        ? []
+        : [
+            'baseline: minimal bpf_redirect_map',
+            'xdpctl: cross-connect',
+            'xdpctl: UDP redirect',
+            'Linux stack: UDP, routing + nftables DNAT',
+            'Linux stack: cross-connect, tc mirred redirect',
+            'Linux stack: cross-connect, bridge',
+          ]) {
         assert.ok(live.includes(want), `missing live: ${want}`);
       }
       for (const f of res.live) {

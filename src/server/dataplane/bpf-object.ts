@@ -66,6 +66,23 @@ export class BpfObject {
 export const BPF_F_TEST_XDP_LIVE_FRAMES = 2;
 
 /**
+ * Whether this kernel runs XDP programs on live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES,
+ * kernel >= 5.18): `undefined` when it does, else the kernel's answer to one live run of `progFd` (an XDP program
+ * that passes, on the loopback device) as text, e.g. "BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES:
+ * operation not permitted (EPERM)". Some kernels refuse it to every caller, root included (seen on
+ * 6.18.44 builds): the benchmarks that need it say so instead of measuring.
+ */
+export function liveFramesRefusal(progFd: number): string | undefined {
+  try {
+    testRunTimed(progFd, new Uint8Array(64), 1, 1, true);
+    return undefined;
+  } catch (e) {
+    const why = e instanceof Error ? e.message.replace(/^test-run xdp program: /, '') : String(e);
+    return `BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: ${why}`;
+  }
+}
+
+/**
  * Run a program `repeat` times on a frame; returns the kernel's average ns per
  * run (and the wall time). With live frames, redirected packets really leave.
  */
