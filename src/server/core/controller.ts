@@ -180,6 +180,8 @@ export class Controller {
     this.log = (opts.log ?? silentLogger).child({ component: 'controller' });
     this.now = opts.now ?? Date.now;
     this.state = new CoreState(dp.capacity);
+    this.state.fights.log = this.log;
+    dp.setRepairSink?.(this.state.fights);
     this.egressIndex = new EgressIndex(this.state);
     this.ruleProblems = new RuleProblems(this.state);
     this.ctx = {
@@ -1774,6 +1776,11 @@ export class Controller {
       `the reconciler's pass has not ended for ${Math.round((now - this.passBegan) / 1000)} s (its last pass ended ` +
       `${this.lastPassAge(now)} s ago): statuses may be stale, host changes since are not taken in yet`;
     return this.overdue;
+  }
+
+  /** The repairs another tool keeps undoing now (core/fights.ts), one text each. */
+  repairFights(): string[] {
+    return this.state.fights.current().map((f) => f.text);
   }
 
   /** The overdue pass's words ({@link passOverdue}), while it is overdue. */

@@ -6,6 +6,7 @@
  * kernel is a single, small step so that the core can undo a failed
  * transaction step by step. Nothing here imports from dataplane/.
  */
+import type { RepairSubject } from './fights.js';
 import type { NeighbourFact, PeerMac } from './static-mac.js';
 
 /** A match entry's key: (ingress ifindex, UDP destination port, protocol, destination address). */
@@ -236,6 +237,11 @@ export interface HostChangeScope {
   revert(): Promise<{ reverted: string[]; failed: string[] }>;
 }
 
+/** Records a repair: `subject` was observed wrong and written back; `line` logs it unless a fight summarises it. */
+export interface RepairSink {
+  repaired(subject: RepairSubject, line: () => void): void;
+}
+
 export interface Dataplane {
   readonly ringSize: number;
   readonly noBackend: number;
@@ -428,6 +434,12 @@ export interface Dataplane {
   nativeXdp?(ifname: string): { supported: boolean; features: string } | undefined;
   /** The veth precondition for native redirects into `ifname`. */
   redirectTarget(ifname: string, fix: boolean): Promise<RedirectTarget>;
+  /**
+   * Where the repairs the dataplane makes itself after observing the kernel wrong (a veth peer's GRO switched
+   * on again) are recorded, with the line that says each (core/fights.ts: a repair another tool keeps undoing
+   * is a fight). Optional (fakes).
+   */
+  setRepairSink?(sink: RepairSink): void;
   /**
    * Follow the device settings the dataplane changes from now on (GRO switched on on a veth peer, offloads
    * turned off for XDP by an attach), so that a transaction that fails can put them back (and take them out

@@ -120,6 +120,10 @@ export async function resync(
 ): Promise<ResyncResult> {
   const { dp, state } = ctx;
   const missing = new Set<string>();
+  // Repairs another tool keeps undoing (fights.ts): a subject counts one repair per pass; fights that saw no
+  // repair for a window end here, summaries due are said.
+  state.fights.beginPass();
+  state.fights.tick();
   // The facts of this pass, each read once per name (every rule names its
   // interfaces): interfaces, egress link states, neighbour MACs.
 
@@ -268,9 +272,12 @@ export async function resync(
         // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
         if (st.mode === 'native') native.add(name);
         if (detached) {
-          ctx.log.warn(
-            { ifname: name, found: 'none', was: lastMode, mode: st.mode },
-            reattachedText(name, lastMode, st.mode),
+          // Found detached (not by this daemon) and attached again: a repair (a fight when it keeps happening).
+          state.fights.repaired({ key: `xdp|${ifindex}`, what: `our XDP program on ${name}`, interfaces: [name] }, () =>
+            ctx.log.warn(
+              { ifname: name, found: 'none', was: lastMode, mode: st.mode },
+              reattachedText(name, lastMode, st.mode),
+            ),
           );
         } else {
           ctx.log.info(
@@ -686,10 +693,12 @@ export async function resync(
     try {
       dp.disconnect(f);
       state.reconcilerEvents.kernel_repairs++;
-      ctx.log.warn(
-        { ifindex: f, to },
-        `kernel entries differed from the desired state (this daemon wrote no such entry): link direction from ifindex ${f} ` +
-          `(map xc_links): kernel egress ifindex ${to}, desired absent (no link holds it): deleted`,
+      state.fights.repaired({ key: 'link-entries', what: 'the link entries (map xc_links)', interfaces: [] }, () =>
+        ctx.log.warn(
+          { ifindex: f, to },
+          `kernel entries differed from the desired state (this daemon wrote no such entry): link direction from ifindex ${f} ` +
+            `(map xc_links): kernel egress ifindex ${to}, desired absent (no link holds it): deleted`,
+        ),
       );
     } catch (e) {
       transition(`xc-foreign/${f}`, (e as Error).message, () =>
@@ -700,6 +709,9 @@ export async function resync(
       );
     }
   }
+  // The directions the devmap holds as wanted now: a later pass that finds one of them changed found it undone.
+  for (const [f, t] of wanted) if (kernelLinks.get(f) === t) state.linkSeen.set(f, t);
+  for (const f of state.linkSeen.keys()) if (!wanted.has(f)) state.linkSeen.delete(f);
   const stale =
     [...wanted].some(([f, t]) => kernelLinks.get(f) !== t || state.linkDirs.get(f) === undefined) ||
     [...state.linkDirs.keys()].some((f) => !wanted.has(f));
@@ -722,9 +734,16 @@ export async function resync(
           `link direction from ifindex ${f} (map xc_links): kernel egress ifindex ${kernelLinks.get(f)}, desired absent`,
         );
     }
+    // Undone (a repair, fights.ts): a direction the devmap held as wanted at an earlier pass (same ingress and
+    // egress ifindex) that it holds no more; one whose interface was made again (another ifindex) is no undo.
+    const undone = [...wanted].some(([f, t]) => kernelLinks.get(f) !== t && state.linkSeen.get(f) === t);
+    const line = () =>
+      ctx.log.warn({ differed }, 'link entries in the kernel differ from the desired state: re-applying links');
     if (differed.length) {
       state.reconcilerEvents.kernel_repairs += differed.length;
-      ctx.log.warn({ differed }, 'link entries in the kernel differ from the desired state: re-applying links');
+      if (undone) {
+        state.fights.repaired({ key: 'link-entries', what: 'the link entries (map xc_links)', interfaces: [] }, line);
+      } else line();
     } else ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
@@ -867,6 +886,7 @@ export async function resync(
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
+  for (const f of state.fights.current()) problems.push(f.text);
   for (const why of linkWarnings.values()) if (isMtuWarning(why)) problems.push(`link ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) {
@@ -935,6 +955,7 @@ export async function resync(
     holds: state.neighbourHolds,
     handSet,
     ingressSettings: state.ingressSettings,
+    fights: state.fights.byInterface(),
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress,
@@ -1160,6 +1181,7 @@ export async function observeWrittenRules(
     holds: state.neighbourHolds,
     handSet,
     ingressSettings: state.ingressSettings,
+    fights: state.fights.byInterface(),
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress: foreignEgresses(
@@ -1246,6 +1268,10 @@ export function linkDirectionWarning(ctx: ExecContext, from: string, to: string)
   const { dp, state } = ctx;
   const drift = state.ingressSettings.get(from);
   if (drift) return `${from} -> ${to}: ${drift}`;
+  if (state.fights.fighting(from) || state.fights.fighting(to)) {
+    const f = state.fights.byInterface();
+    return `${from} -> ${to}: ${[f.get(from), f.get(to)].filter((x) => x).join('; ')}`;
+  }
   const mIn = dp.linkState?.(from)?.mtu;
   const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
   if (e && 'unverified' in e) {
@@ -1438,10 +1464,18 @@ async function checkIngressSettings(
     // Only what this daemon had set there itself (its host-changes record) is said to have been undone; what
     // it sets for the first time (the mode changed, the device is new) is said as such.
     if (r.done.length) {
-      ctx.log.warn(
-        { ifname: name, done: r.done },
-        `${name}: device settings this daemon had made for XDP were found undone (not by this daemon): made ` +
-          `again (${r.done.join('; ')})`,
+      state.fights.repaired(
+        {
+          key: `settings|${state.attached.get(name)?.ifindex ?? name}`,
+          what: `the device settings XDP needs on ${name}`,
+          interfaces: [name],
+        },
+        () =>
+          ctx.log.warn(
+            { ifname: name, done: r.done },
+            `${name}: device settings this daemon had made for XDP were found undone (not by this daemon): made ` +
+              `again (${r.done.join('; ')})`,
+          ),
       );
     }
     if (r.set?.length) {
@@ -1719,7 +1753,9 @@ function checkInterfaceFlags(
     const repaired = dp.checkInterfaceFlags(generic, links);
     if (repaired.length) {
       state.reconcilerEvents.kernel_repairs += repaired.length;
-      ctx.log.warn({ repaired, count: repaired.length }, 'kernel entries differed from the desired state: rewritten');
+      state.fights.repaired({ key: 'if-flags', what: 'the interface flags (map if_flags)', interfaces: [] }, () =>
+        ctx.log.warn({ repaired, count: repaired.length }, 'kernel entries differed from the desired state: rewritten'),
+      );
     }
     state.flagsDrift = undefined;
     transition('if-flags', 'ok', (before) => {
@@ -1788,9 +1824,11 @@ async function checkKernel(
     );
     if (r.repaired.length) {
       state.reconcilerEvents.kernel_repairs += r.repaired.length;
-      ctx.log.warn(
-        { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
-        'kernel entries differed from the desired state: rewritten',
+      state.fights.repaired({ key: 'rule-entries', what: "the rules' kernel entries", interfaces: [] }, () =>
+        ctx.log.warn(
+          { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+          'kernel entries differed from the desired state: rewritten',
+        ),
       );
     }
     state.kernelDrift = undefined;
@@ -2009,6 +2047,9 @@ function touchChangedInterfaces(
   ingressDown: ReadonlyMap<string, string>,
 ): void {
   const { state } = ctx;
+  const fights = state.fights.byInterface();
+  // Interfaces whose fight began or ended (their rules judged again even when no other fact changed).
+  for (const iface of state.fights.takeChanged()) state.touchInterface(iface);
   for (const [iface, info] of facts.interfaces) {
     const link = facts.links.get(iface);
     const p = facts.peers.get(iface);
@@ -2026,6 +2067,7 @@ function touchChangedInterfaces(
       ingressProblem: ingressProblems.get(iface),
       ingressDown: ingressDown.get(iface),
       ingressSettings: state.ingressSettings.get(iface),
+      fight: fights.get(iface),
     };
     const was = state.ifaceFacts.get(iface);
     if (was && sameFacts(was, f)) continue;
@@ -2047,7 +2089,8 @@ function sameFacts(a: IfaceFacts, b: IfaceFacts): boolean {
     a.movedTo === b.movedTo &&
     a.ingressProblem === b.ingressProblem &&
     a.ingressDown === b.ingressDown &&
-    a.ingressSettings === b.ingressSettings
+    a.ingressSettings === b.ingressSettings &&
+    a.fight === b.fight
   );
 }
 

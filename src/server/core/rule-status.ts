@@ -601,6 +601,8 @@ export interface RuleObservation {
   foreignEgress?: ReadonlyMap<string, string>;
   /** "ip@iface" -> what the host's routes say of it ({@link routeNeighbourStatus}, Dataplane.neighbourRoute). */
   route?: ReadonlyMap<string, string>;
+  /** Interface -> a repair another tool keeps undoing there (core/fights.ts), as its status text says it. */
+  fights?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -774,6 +776,27 @@ export function judgeRule(
       message: `${observed.message}; ${drift.join('; ')}`,
       warnings: [...drift, ...observed.warnings],
     };
+  }
+  // A repair another tool keeps undoing on one of its interfaces (core/fights.ts): each repair holds only until
+  // the next undo, so what the rule forwards comes and goes: DEGRADED, named, while the fight lasts.
+  if (o.fights?.size && observed.state !== 'inactive') {
+    const seen = new Set<string>();
+    const fights: string[] = [];
+    for (const i of [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)]) {
+      const f = o.fights.get(i);
+      if (f && !seen.has(f)) {
+        seen.add(f);
+        fights.push(f);
+      }
+    }
+    if (fights.length) {
+      observed = {
+        ...observed,
+        state: 'degraded',
+        message: `${observed.message}; ${fights.join('; ')}`,
+        warnings: [...fights, ...observed.warnings],
+      };
+    }
   }
   observed = foreignEgressStatus(observed, rule, o.foreignEgress);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);

@@ -15,6 +15,7 @@ import {
 import type { NeighbourHold } from './neighbour-hold.js';
 import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
+import { RepairFights } from './fights.js';
 import { IdPool } from './ids.js';
 import { LogDamper } from './log-damper.js';
 import type { LinkSpec, RuleRecord, RuleStatus } from './model.js';
@@ -120,6 +121,8 @@ export interface IfaceFacts {
   ingressProblem?: string;
   ingressDown?: string;
   ingressSettings?: string;
+  /** A repair fight on it (core/fights.ts), as the status text says it. */
+  fight?: string;
 }
 
 /** An interface the program is attached to by us, with who needs it. */
@@ -397,6 +400,11 @@ export class CoreState {
    * back (an offload found on again that cannot be turned off), as its last check found them.
    */
   readonly ingressSettings = new Map<string, string>();
+  /**
+   * Repairs another tool keeps undoing (core/fights.ts): each repair kind records its repairs here; a fight
+   * makes the rules and links on its interfaces DEGRADED / warned and is a datapath problem while it lasts.
+   */
+  readonly fights = new RepairFights();
   /** Per static-MAC backend ("ip@iface|mac", static-mac.ts): the reconciler's kept verdict. */
   readonly staticMacs = new Map<string, StaticMacState>();
   /** The static-MAC backends contradicted now ("ip@iface|mac" -> why): out of every table until they agree. */
@@ -445,6 +453,11 @@ export class CoreState {
   readonly conditions = new ConditionStore();
   /** Link directions in the kernel: ingress ifindex -> names. */
   readonly linkDirs = new Map<number, { from: string; to: string }>();
+  /**
+   * Link directions (ingress ifindex -> egress ifindex) a reconciler pass found in the devmap as wanted: one
+   * found changed later was undone by another tool (a repair, core/fights.ts), not made again for a new device.
+   */
+  readonly linkSeen = new Map<number, number>();
   /**
    * Link directions (`from>to`) whose egress cannot transmit what the link gives it, with why (down,
    * no carrier, no native XDP redirects), as the reconciler's last pass found them.

@@ -14,6 +14,7 @@ import type {
   HostChangeScope,
   PeerMtu,
   RedirectTarget,
+  RepairSink,
   RuleSlotState,
   RuleSlotWrite,
   StrayAttachment,
@@ -21,6 +22,7 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
+import type { RepairSubject } from '../core/fights.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
@@ -1561,6 +1563,19 @@ export class KernelDataplane implements Dataplane {
    */
   private readonly vethVerified = new Map<string, { key: string; at: number; result: RedirectTarget & { ok: true } }>();
 
+  /** Where repairs are recorded (core/fights.ts; Dataplane.setRepairSink). */
+  private repairs?: RepairSink;
+
+  setRepairSink(sink: RepairSink): void {
+    this.repairs = sink;
+  }
+
+  /**
+   * Veths whose peer was seen with NAPI (verified) since the last repair of its GRO recorded: a re-announce
+   * (GRO off and on) counts as a repair only then, not as the tail of the last one.
+   */
+  private readonly groSettled = new Set<string>();
+
   /**
    * Whether frames redirected into `ifname` by native XDP are transmitted.
    * A device other than a veth: its xdp-features (netdev netlink family) decide: NDO_XMIT is set when the
@@ -1699,16 +1714,31 @@ export class KernelDataplane implements Dataplane {
     this.vethVerified.delete(ifname);
 
     const s = await ensureVethPeerNapi(ifname, fix);
+    // The repair's subject (core/fights.ts): the device pair, and the veth's carrier changes (a peer that went
+    // down and came back, a container restarted, starts a new count: its runtime sets it up afresh).
+    const subject = (): RepairSubject => ({
+      key: `gro|${ifindex}|${s.peerIfindex ?? s.peer}@${s.netns ?? s.nsid ?? ''}|${id?.carrierChanges ?? ''}`,
+      what: `GRO on ${s.where ?? s.peer}, the veth peer of ${ifname}`,
+      interfaces: [ifname],
+    });
     if (s.fixed && s.peer && s.peerIfindex) {
       // A change to the host: said each time it is made (what, where, why), and recorded for --cleanup-on-exit.
-      // Info, as "offloads set for XDP" on an ingress: a setting the datapath needs, made on purpose.
-      this.log?.info(
-        { ifname, peer: s.peer, netns: s.netns ?? s.nsPath, nsid: s.nsid, peerIfindex: s.peerIfindex },
-        `GRO switched on on ${s.where ?? s.peer}, the veth peer of ${ifname}: ` +
-          'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
-          '(--fix-veth-peers)',
-      );
-      this.recordGro({ ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex, ...s.peerIdentity }, ifname);
+      // Info, as "offloads set for XDP" on an ingress: a setting the datapath needs, made on purpose. GRO was
+      // observed off and switched on: one repair (a fight's repairs are counted, not said one by one).
+      const line = () =>
+        this.log?.info(
+          { ifname, peer: s.peer, netns: s.netns ?? s.nsPath, nsid: s.nsid, peerIfindex: s.peerIfindex },
+          `GRO switched on on ${s.where ?? s.peer}, the veth peer of ${ifname}: ` +
+            'without NAPI (no GRO, no native-mode XDP program) the kernel drops every frame redirected into it ' +
+            '(--fix-veth-peers)',
+        );
+      const change: GroChange = { ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex, ...s.peerIdentity };
+      // A repair only when this daemon had switched it on there before (its record, same device) and found it
+      // off: the first switch on a peer (a new rule's egress, a new container) undoes nobody's work.
+      if (this.repairs && this.groChanges.some((x) => sameDevice(x, change))) this.repairs.repaired(subject(), line);
+      else line();
+      this.groSettled.delete(ifname);
+      this.recordGro(change, ifname);
     }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {
@@ -1723,6 +1753,7 @@ export class KernelDataplane implements Dataplane {
     }
     const trust = (result: RedirectTarget & { ok: true }, f: bigint | undefined) => {
       const key = keyOf(f);
+      if (!result.unverified && xmit(f)) this.groSettled.add(ifname);
       if (key && xmit(f)) this.vethVerified.set(ifname, { key, at: Date.now(), result });
       return result;
     };
@@ -1771,6 +1802,14 @@ export class KernelDataplane implements Dataplane {
     let now = s.fixed ? xdpFeatures(ifindexOf(ifname)) : features;
     if (now !== undefined && !xmit(now) && fix && s.napi === 'gro' && s.peer) {
       await reannounceVethGro(s.peer, s.netns, s.nsPath);
+      // A repair of its own only when the peer had been seen with NAPI since the last one: right after our
+      // own switch (above, or an earlier pass's that the kernel has not announced yet) it is the same repair.
+      if (!s.fixed && this.groSettled.has(ifname)) {
+        this.repairs?.repaired(subject(), () =>
+          this.log?.debug({ ifname, peer: s.peer }, `GRO switched off and on again on ${s.where ?? s.peer}`),
+        );
+      }
+      this.groSettled.delete(ifname);
       now = xdpFeatures(ifindexOf(ifname));
     }
     if (now === undefined || xmit(now))

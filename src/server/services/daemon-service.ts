@@ -69,7 +69,12 @@ export function daemonService(
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
           // And the reconciler's pass that has not ended for long (statuses may be stale), while it has not.
-          warnings: [...dp.warnings, ...(ctl.reconcilerOverdue?.() ? [ctl.reconcilerOverdue()!] : [])],
+          // And the repairs another tool keeps undoing (core/fights.ts), while it does.
+          warnings: [
+            ...dp.warnings,
+            ...(ctl.reconcilerOverdue?.() ? [ctl.reconcilerOverdue()!] : []),
+            ...(ctl.repairFights?.() ?? []),
+          ],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),

@@ -1,0 +1,201 @@
+/**
+ * Repairs that do not hold: another tool undoing, again and again, what the daemon repairs (a loop of
+ * `ip link set dev X xdp off`, of `ethtool -K PEER gro off`, a runtime re-applying its settings). Each repair
+ * alone is logged as settling things; a fight is not settled, and saying "repaired" once a second while
+ * statuses say ACTIVE hides it. Here every repair kind records "repaired <subject>" with a monotonic time
+ * (`performance.now()`: a wall-clock step must not start or end a fight):
+ *  - the {@link FIGHT_REPAIRS}rd repair of one subject within {@link FIGHT_WINDOW_MS} is a fight: one warning
+ *    naming the subject and what keeps undoing it when that is known; while it lasts the rules and links
+ *    using the subject's interfaces are DEGRADED / warned with a message naming it (rule-status.ts
+ *    judgeRule, resync.ts linkDirectionWarning), it is a datapath problem (`xdpctl.datapath` NOT_SERVING,
+ *    GetStatus warnings), and its repairs are not logged one by one: one line per {@link FIGHT_WINDOW_MS}
+ *    gives their count;
+ *  - it ends when {@link FIGHT_WINDOW_MS} pass with no repair of the subject: one line says so (with the
+ *    repairs not said yet), statuses come back.
+ * A repair is recorded only where the kernel state was observed wrong and then written, once per subject per
+ * reconciler pass ({@link RepairFights.beginPass}): one observed undo is one repair.
+ * Owns no kernel state and does no I/O but its log lines; the callers decide what a repair is.
+ */
+import type { Logger } from '../log.js';
+
+/** The window (ms): repairs of one subject within it count toward a fight; a fight ends after one without any. */
+export const FIGHT_WINDOW_MS = 10_000;
+/** The repair (within {@link FIGHT_WINDOW_MS} of the first counted) that makes a fight. */
+export const FIGHT_REPAIRS = 3;
+
+/** What a repair repaired. */
+export interface RepairSubject {
+  /** Unique per subject: the kind and the device(s), by ifindex (e.g. `gro|12|2@nsid 1|4`). */
+  key: string;
+  /** In words, for the log and statuses: `our XDP program on eth0`, `GRO on eth0 in netns N, the veth peer of v1`. */
+  what: string;
+  /** The interfaces whose rules and links the fight touches (may be empty: a datapath problem only). */
+  interfaces: readonly string[];
+  /** What keeps undoing it, when the daemon can know it. */
+  by?: string;
+}
+
+interface Entry {
+  subject: RepairSubject;
+  /** Times (monotonic ms) of the counted repairs within the window (while no fight). */
+  times: number[];
+  /** The pass of the last counted repair. */
+  pass: number;
+  /** The last counted repair (monotonic ms). */
+  last: number;
+  fight?: {
+    since: number;
+    repairs: number;
+    /** Repairs not said yet (since the fight's line or the last summary). */
+    unsaid: number;
+    saidAt: number;
+  };
+}
+
+/** One fight as {@link RepairFights.current} gives it. */
+export interface Fight {
+  subject: RepairSubject;
+  /** The status text: what is being repaired, how often, since when, by whom if known. */
+  text: string;
+}
+
+export class RepairFights {
+  private readonly entries = new Map<string, Entry>();
+  private pass = 0;
+  /** Interfaces whose fight started or ended since {@link takeChanged}. */
+  private changed = new Set<string>();
+
+  /** Where the fight lines go (the controller's log; set when it starts). */
+  log?: Logger;
+
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
+  /** A reconciler pass begins: a subject counts at most one repair per pass. */
+  beginPass(): void {
+    this.pass++;
+  }
+
+  /**
+   * `subject` was observed wrong and written back. `line` logs the repair's own line: called unless the repair
+   * is the one that makes a fight (its warning says it) or is one within a fight (counted, summarised).
+   */
+  repaired(subject: RepairSubject, line: () => void): void {
+    const t = this.now();
+    let e = this.entries.get(subject.key);
+    if (e && e.pass === this.pass) {
+      // Already counted in this pass (a second check of the same observation).
+      if (!e.fight) line();
+      return;
+    }
+    if (!e) {
+      e = { subject, times: [], pass: this.pass, last: t };
+      this.entries.set(subject.key, e);
+    }
+    e.subject = subject;
+    e.pass = this.pass;
+    e.last = t;
+    if (e.fight) {
+      e.fight.repairs++;
+      e.fight.unsaid++;
+      this.summarise(e, t);
+      return;
+    }
+    e.times = e.times.filter((x) => t - x < FIGHT_WINDOW_MS);
+    e.times.push(t);
+    this.log?.debug(
+      { subject: subject.what, key: subject.key, within: e.times.length },
+      `repair counted: ${subject.what}`,
+    );
+    if (e.times.length < FIGHT_REPAIRS) {
+      line();
+      return;
+    }
+    const span = t - e.times[0];
+    e.fight = { since: t, repairs: e.times.length, unsaid: 0, saidAt: t };
+    e.times = [];
+    for (const i of subject.interfaces) this.changed.add(i);
+    this.log?.warn(
+      { subject: subject.what, repairs: e.fight.repairs, withinMs: Math.round(span), by: subject.by ?? 'unknown' },
+      `${subject.what}: repaired ${e.fight.repairs} times in ${(span / 1000).toFixed(1)} s: something keeps ` +
+        `undoing it (${subject.by ?? 'what, the kernel does not say'}); the daemon repairs it each time, and ` +
+        `repairs of it are counted, not logged one by one, until ${FIGHT_WINDOW_MS / 1000} s pass without one`,
+    );
+  }
+
+  /**
+   * At every reconciler pass: summaries due, and fights whose subject saw no repair for {@link FIGHT_WINDOW_MS}
+   * ended (one line each). Forgets subjects quiet for a window.
+   */
+  tick(): void {
+    const t = this.now();
+    for (const [key, e] of this.entries) {
+      if (!e.fight) {
+        if (t - e.last >= FIGHT_WINDOW_MS) this.entries.delete(key);
+        continue;
+      }
+      if (t - e.last < FIGHT_WINDOW_MS) {
+        this.summarise(e, t);
+        continue;
+      }
+      const f = e.fight;
+      this.entries.delete(key);
+      for (const i of e.subject.interfaces) this.changed.add(i);
+      this.log?.info(
+        { subject: e.subject.what, repairs: f.repairs, unsaid: f.unsaid, lastedMs: Math.round(e.last - f.since) },
+        `${e.subject.what}: no repair needed for ${FIGHT_WINDOW_MS / 1000} s: the fight is over after ` +
+          `${f.repairs} repairs in ${((e.last - f.since) / 1000).toFixed(1)} s` +
+          (f.unsaid ? ` (${f.unsaid} since the last line)` : ''),
+      );
+    }
+  }
+
+  private summarise(e: Entry, t: number): void {
+    const f = e.fight!;
+    if (!f.unsaid || t - f.saidAt < FIGHT_WINDOW_MS) return;
+    this.log?.warn(
+      { subject: e.subject.what, repairs: f.unsaid, total: f.repairs },
+      `${e.subject.what}: repaired ${f.unsaid} more times in the last ${((t - f.saidAt) / 1000).toFixed(0)} s ` +
+        `(${f.repairs} since the fight began; still undone by something else)`,
+    );
+    f.unsaid = 0;
+    f.saidAt = t;
+  }
+
+  /** The fights going on now, with their status texts. */
+  current(): Fight[] {
+    const out: Fight[] = [];
+    for (const e of this.entries.values()) {
+      if (!e.fight) continue;
+      out.push({
+        subject: e.subject,
+        // Stable while the fight lasts (a status that changed at every repair would be a transition each time).
+        text:
+          `${e.subject.what} keeps being undone (${e.subject.by ?? 'not by this daemon'}): repaired ` +
+          `${FIGHT_REPAIRS} times or more within ${FIGHT_WINDOW_MS / 1000} s, each repair holding only until the next undo`,
+      });
+    }
+    return out;
+  }
+
+  /** Interface -> the fights on it now (their texts, joined), for rule and link statuses. */
+  byInterface(): ReadonlyMap<string, string> {
+    const m = new Map<string, string>();
+    for (const f of this.current()) {
+      for (const i of f.subject.interfaces) m.set(i, m.has(i) ? `${m.get(i)}; ${f.text}` : f.text);
+    }
+    return m;
+  }
+
+  /** Whether `iface` is in a fight now (no text built). */
+  fighting(iface: string): boolean {
+    for (const e of this.entries.values()) if (e.fight && e.subject.interfaces.includes(iface)) return true;
+    return false;
+  }
+
+  /** The interfaces whose fight began or ended since the last call (their rules are judged again). */
+  takeChanged(): Set<string> {
+    const c = this.changed;
+    this.changed = new Set();
+    return c;
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * A repair another tool keeps undoing is a fight, and said as one (core/fights.ts, docs/architecture.md
+ * "Repairs that do not hold"): with a running daemon on a native-mode ingress, a loop undoes a repair every
+ * 0.5 s, 16 times:
+ *  a) `ethtool -K eth0 gro off` on a backend's veth peer (native redirects into its veth need the peer's NAPI,
+ *     which --fix-veth-peers gives back by switching GRO on);
+ *  b) `ip link set dev X xdp off` on the ingress (the reconciler attaches our program again).
+ * Within a few seconds of the loop's start one warning names the fight, the rule is DEGRADED naming it, the
+ * `xdpctl.datapath` health is NOT_SERVING and GetStatus lists it; the repairs are not logged one per repair (at
+ * most 3 repair lines, summaries included, for 16 undos); ~10 s after the loop stops one line says the fight
+ * is over, the rule is ACTIVE and the health SERVING again. Before: every repair logged as settling things, the
+ * rule ACTIVE and the health SERVING throughout.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, until } from '../helpers/env.js';
+import { backendOf, esc, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
+const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+/** The loops: 16 undos, 0.5 s apart. */
+const UNDOS = 16;
+const loop = (cmd: string) => `for i in $(seq ${UNDOS}); do ${cmd} >/dev/null 2>&1; sleep 0.5; done`;
+
+describe('a repair another tool keeps undoing is a fight, said once and summarised', kernelOnly(), () => {
+  const lab = new Lab();
+  const { status, health, count, rule } = lab;
+  let c: Clients;
+  let d: DaemonProcess;
+  let vm: Host, b1: Host, b6: Host;
+  const loops: ChildProcess[] = [];
+
+  before(async () => {
+    ({ vm, b1, b6 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b6: '198.18.2.6/24' }));
+    ({ d, c } = await lab.start(['--log-level', 'info', '--xdp-mode', 'native']));
+  });
+  lab.onDestroy(() => {
+    for (const p of loops) if (p.exitCode === null) p.kill('SIGKILL');
+  });
+  after(() => lab.destroy());
+
+  /** Runs `script` (in `netns` when given) in the background; resolves when it has ended. */
+  const background = (script: string, netns?: string) => {
+    const p = spawn(netns ? 'ip' : 'sh', netns ? ['netns', 'exec', netns, 'sh', '-c', script] : ['-c', script], {
+      stdio: 'ignore',
+    });
+    loops.push(p);
+    return new Promise<void>((resolve) => p.on('exit', () => resolve()));
+  };
+  /** How many lines of the daemon's log match `re` (its msg field). */
+  const lines = (re: string) => count(new RegExp(`"msg":"${re}`));
+
+  /**
+   * Drives one loop and checks the fight: `subject` is how the daemon names what it repairs, `repairLine`
+   * the start of each single repair's line.
+   */
+  async function fight(what: string, subject: string, repairLine: string, undo: () => Promise<void>) {
+    const before = { repairs: lines(repairLine), summaries: lines(`${subject}: repaired \\d+ more times`) };
+    const started = Date.now();
+    const done = undo();
+    await until(
+      `${what}: the fight said`,
+      () => lines(`${subject}: repaired \\d+ times in [0-9.]+ s: something keeps undoing it`) === 1,
+      8000,
+    );
+    const saidAfter = Date.now() - started;
+    // The rule DEGRADED naming it, the datapath health NOT_SERVING, GetStatus listing it.
+    await until(
+      `${what}: the rule DEGRADED`,
+      async () => (await status('fight')).state === RuleState.RULE_STATE_DEGRADED,
+    );
+    const st = await status('fight');
+    assert.match(st.message, new RegExp(`${subject} keeps being undone`), `${what}: the rule's message names it`);
+    assert.ok(
+      st.warnings.some((w) => new RegExp(`^${subject} keeps being undone`).test(w)),
+      `${what}: a warning names it`,
+    );
+    await until(`${what}: health NOT_SERVING`, async () => (await health()) === NOT_SERVING, 3000);
+    const warnings = (await c.daemon.getStatus({})).datapath!.warnings;
+    assert.ok(
+      warnings.some((w) => new RegExp(`^${subject} keeps being undone`).test(w)),
+      `${what}: GetStatus lists it (${warnings.join(' | ')})`,
+    );
+    await done;
+    const stopped = Date.now();
+    // Still a fight right after the loop: the rule stays DEGRADED until a window passes without a repair.
+    assert.equal((await status('fight')).state, RuleState.RULE_STATE_DEGRADED, `${what}: still DEGRADED`);
+    await until(
+      `${what}: the fight over`,
+      () => lines(`${subject}: no repair needed for 10 s: the fight is over after \\d+ repairs`) === 1,
+      20_000,
+    );
+    const overAfter = Date.now() - stopped;
+    const end = d.output.split('\n').find((l) => new RegExp(`"msg":"${subject}: no repair needed`).test(l))!;
+    const total = Number(/"repairs":(\d+)/.exec(end)![1]);
+    await until(
+      `${what}: the rule ACTIVE again`,
+      async () => (await status('fight')).state === RuleState.RULE_STATE_ACTIVE,
+    );
+    await until(`${what}: health SERVING again`, async () => (await health()) === SERVING);
+    assert.ok(!(await c.daemon.getStatus({})).datapath!.warnings.some((w) => w.includes(subject)), 'no longer listed');
+    const repairs = lines(repairLine) - before.repairs;
+    const summaries = lines(`${subject}: repaired \\d+ more times`) - before.summaries;
+    console.log(
+      `${what}: fight said ${saidAfter} ms after the loop began; ${total} repairs in the fight, ${repairs} repair ` +
+        `lines + ${summaries} summaries; over ${overAfter} ms after the loop stopped`,
+    );
+    assert.ok(total >= 3, `${what}: at least 3 repairs made (${total})`);
+    assert.ok(
+      repairs + summaries <= 3,
+      `${what}: at most 3 repair lines for ${UNDOS} undos (${repairs} + ${summaries})`,
+    );
+    assert.ok(overAfter >= 8000, `${what}: the fight lasts a window after the last undo (${overAfter} ms)`);
+  }
+
+  it("a veth peer's GRO switched off every 0.5 s: a fight, the rule DEGRADED, health NOT_SERVING, then normal", async () => {
+    await c.rules.createRule({ rule: rule('fight', 7811, [backendOf(b1), backendOf(b6)]) });
+    try {
+      await until('ACTIVE', async () => (await status('fight')).state === RuleState.RULE_STATE_ACTIVE);
+      await until('health SERVING', async () => (await health()) === SERVING);
+      const subject = esc(`GRO on eth0 in netns ${b6.netns}, the veth peer of ${b6.hostIf}`);
+      await fight(
+        'GRO off loop',
+        subject,
+        esc(`GRO switched on on eth0 in netns ${b6.netns}, the veth peer of ${b6.hostIf}:`),
+        () => background(loop('ethtool -K eth0 gro off'), b6.netns),
+      );
+      const r = await lab.send(7811, [b1, b6], 200, 50);
+      assert.equal(r.total, r.sent, `all delivered after the fight (${r.got})`);
+    } finally {
+      await c.rules.deleteRule({ name: 'fight', expectedGeneration: 0n });
+    }
+  });
+
+  it('our program detached from the ingress every 0.5 s: a fight, the rule DEGRADED, health NOT_SERVING, then normal', async () => {
+    await c.rules.createRule({ rule: rule('fight', 7812, [backendOf(b1)]) });
+    try {
+      await until('ACTIVE', async () => (await status('fight')).state === RuleState.RULE_STATE_ACTIVE);
+      await until('health SERVING', async () => (await health()) === SERVING);
+      await fight(
+        'xdp off loop',
+        esc(`our XDP program on ${vm.hostIf}`),
+        esc(`${vm.hostIf}: found no XDP program where ours ran`),
+        () => background(loop(`ip link set dev ${vm.hostIf} xdp off`)),
+      );
+      const r = await lab.send(7812, [b1], 100, 20);
+      assert.equal(r.total, r.sent, `all delivered after the fight (${r.got})`);
+    } finally {
+      await c.rules.deleteRule({ name: 'fight', expectedGeneration: 0n });
+    }
+  });
+});
