@@ -65,7 +65,9 @@ describe('a repair another tool keeps undoing is a fight, said once and summaris
     const started = Date.now();
     const done = undo();
     await until(
-      `${what}: the fight said`,
+      async () =>
+        `${what}: the fight said (meanwhile ${lines(repairLine) - before.repairs} repair lines, the rule ` +
+        `${RuleState[(await status('fight')).state]}, health ${HealthCheckResponse_ServingStatus[await health()]})`,
       () => lines(`${subject}: repaired \\d+ times in [0-9.]+ s: something keeps undoing it`) === 1,
       8000,
     );
