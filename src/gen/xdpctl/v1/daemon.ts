@@ -356,7 +356,10 @@ export interface DatapathStatus {
    * redirected counters include such packets); and, while the reconciler's
    * pass has not ended for 10 s (a child process that does not answer:
    * each is killed at its deadline), "the reconciler's pass has not ended
-   * for N s ...": statuses may be stale. Empty when all is observed.
+   * for N s ...": statuses may be stale; and each repair another tool keeps
+   * undoing (its third within 10 s, until 10 s pass without one), e.g.
+   * "GRO on eth0 in netns N, the veth peer of v1 keeps being undone ...".
+   * Empty when all is observed.
    */
   warnings: string[];
 }
