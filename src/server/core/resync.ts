@@ -1753,7 +1753,7 @@ function checkInterfaceFlags(
     const repaired = dp.checkInterfaceFlags(generic, links);
     if (repaired.length) {
       state.reconcilerEvents.kernel_repairs += repaired.length;
-      state.fights.repaired({ key: 'if-flags', what: 'the interface flags (map if_flags)', interfaces: [] }, () =>
+      repairedEntries(ctx, repaired, () =>
         ctx.log.warn({ repaired, count: repaired.length }, 'kernel entries differed from the desired state: rewritten'),
       );
     }
@@ -1803,6 +1803,23 @@ function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>
   }
 }
 
+/**
+ * Kernel entries rewritten (`repaired`: "<entry>: kernel X, desired Y ..." each): a repair of each entry (fights.ts;
+ * the entry is the subject, so that different entries changed in a row are no fight), `line` logged once when
+ * any of them is not in a fight.
+ */
+function repairedEntries(ctx: ExecContext, repaired: readonly string[], line: () => void): void {
+  let say = false;
+  for (const r of repaired) {
+    const at = r.indexOf(': kernel ');
+    const entry = at > 0 ? r.slice(0, at) : r;
+    ctx.state.fights.repaired({ key: `entry|${entry}`, what: `the kernel entry ${entry}`, interfaces: [] }, () => {
+      say = true;
+    });
+  }
+  if (say) line();
+}
+
 /** One kernel comparison when due (kernelCheckInterval); a failure is a problem until a later one succeeds. */
 async function checkKernel(
   ctx: ExecContext,
@@ -1824,7 +1841,7 @@ async function checkKernel(
     );
     if (r.repaired.length) {
       state.reconcilerEvents.kernel_repairs += r.repaired.length;
-      state.fights.repaired({ key: 'rule-entries', what: "the rules' kernel entries", interfaces: [] }, () =>
+      repairedEntries(ctx, r.repaired, () =>
         ctx.log.warn(
           { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
           'kernel entries differed from the desired state: rewritten',
