@@ -15,6 +15,7 @@ function setup() {
   const log = {
     info: (fields: Record<string, unknown>, msg: string) => out.push({ level: 'info', msg, fields }),
     warn: (fields: Record<string, unknown>, msg: string) => out.push({ level: 'warn', msg, fields }),
+    debug: () => undefined,
   } as unknown as Logger;
   const f = new RepairFights(() => t);
   f.log = log;
