@@ -4,7 +4,8 @@
  * 0.5 s, 16 times:
  *  a) `ethtool -K eth0 gro off` on a backend's veth peer (native redirects into its veth need the peer's NAPI,
  *     which --fix-veth-peers gives back by switching GRO on);
- *  b) `ip link set dev X xdp off` on the ingress (the reconciler attaches our program again).
+ *  b) `ip link set dev X xdp off` on the ingress (the reconciler attaches our program again);
+ *  c) the same on a cross-connected interface: both link directions carry the fight as their warning.
  * Within a few seconds of the loop's start one warning names the fight, the rule is DEGRADED naming it, the
  * `xdpctl.datapath` health is NOT_SERVING and GetStatus lists it; the repairs are not logged one per repair (at
  * most 3 repair lines, summaries included, for 16 undos); ~10 s after the loop stops one line says the fight
@@ -155,6 +156,31 @@ describe('a repair another tool keeps undoing is a fight, said once and summaris
       assert.equal(r.total, r.sent, `all delivered after the fight (${r.got})`);
     } finally {
       await c.rules.deleteRule({ name: 'fight', expectedGeneration: 0n });
+    }
+  });
+
+  it('a link whose ingress keeps losing our program: its directions warned naming the fight, health NOT_SERVING, then not', async () => {
+    const l1 = lab.topo.addHost('l1', '198.18.40.1/24');
+    const l2 = lab.topo.addHost('l2', '198.18.40.2/24');
+    await c.links.connect({ link: { a: l1.hostIf, b: l2.hostIf, direction: 0 } });
+    try {
+      await until('health SERVING', async () => (await health()) === SERVING, 5000);
+      const subject = esc(`our XDP program on ${l1.hostIf}`);
+      const warned = async () =>
+        (await lab.linkStatus(l1.hostIf)).warnings.filter((w) => new RegExp(`${subject} keeps being undone`).test(w));
+      const done = background(loop(`ip link set dev ${l1.hostIf} xdp off`));
+      await until('the link directions warned', async () => (await warned()).length === 2, 8000);
+      assert.match(
+        (await warned()).join('\n'),
+        new RegExp(`^${esc(l1.hostIf)} -> ${esc(l2.hostIf)}: ${subject} keeps being undone`, 'm'),
+      );
+      await until('health NOT_SERVING', async () => (await health()) === NOT_SERVING, 3000);
+      await done;
+      await until('the warnings gone', async () => (await warned()).length === 0, 20_000);
+      await until('health SERVING again', async () => (await health()) === SERVING);
+      assert.equal(lab.topo.ping('l1', l2.ip!), true, 'l1 reaches l2 through the link');
+    } finally {
+      await c.links.disconnect({ a: l1.hostIf, b: l2.hostIf });
     }
   });
 });
