@@ -161,7 +161,7 @@ export interface DaemonOptions {
   resyncMs?: number;
   /** Where audit records go (default: log.child({audit: true})). */
   audit?: Logger;
-  /** The sink the log writes to (main.ts: stdout, bounded): its drops and backlog as metrics. */
+  /** The sink the log writes to (main.ts: stdout, bounded): its drops and backlog as metrics, its refused writes in GetStatus. */
   logSink?: LogSinkState;
   /**
    * The OpenTelemetry SDK started before the daemon (telemetry/sdk.ts
@@ -508,6 +508,7 @@ export class Daemon {
         configFile: () => config?.report(),
         tls: tlsSet ? () => tlsSet.provider.status() : undefined,
         telemetryExports: () => opts.telemetry?.exports?.() ?? [],
+        logWriteProblem: () => opts.logSink?.writeProblem?.(),
       }),
       health: HealthServiceImpl(health),
     };

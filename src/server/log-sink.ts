@@ -15,10 +15,22 @@
  * A stream that fails (EPIPE: its reader is gone) takes nothing more: every line from then on is dropped
  * and counted, said once on stderr. At exit, {@link LogSink.flush} waits a bounded time for what waits.
  *
+ * A file (stdout redirected to one: `fd`) is written here with writeSync, each line's write on its own: a line the
+ * file system refuses (ENOSPC: a full disk, EFBIG: the file size limit, EIO) is dropped and counted by its errno
+ * (`failures`), the first refusal said once on stderr and kept for GetStatus ({@link LogSink.writeProblem}), and
+ * the next line tries again; the first one written after refusals is followed by one log line saying how many were
+ * dropped, from when to when and why. A line cut short by the refusal is ended by a newline before the next one, so
+ * the lines after it stay whole. Before, the first refused write failed the stream for good (nothing more was
+ * written after the disk had room again), and with stderr on the same disk the daemon died of an unhandled 'error'.
+ *
  * It must not: block (no synchronous write to a pipe or socket); grow without bound; drop a line while
  * nothing waits (a single line larger than the bound is written when the stream is idle).
  */
+import { fstatSync, writeSync } from 'node:fs';
 import type { Writable } from 'node:stream';
+import { isatty } from 'node:tty';
+
+import { efbigText } from './core/file-size-limit.js';
 
 /** What a line is, for the counts: an ordinary log line or an audit record. */
 export type LogLineKind = 'log' | 'audit';
@@ -32,11 +44,30 @@ export interface DropEpisode {
   lines: number;
   audit: number;
   bytes: number;
+  /** Why the lines were dropped when the stream refused them ("the disk is full (ENOSPC)"); undefined: its reader stalled. */
+  cause?: string;
+}
+
+/** The writes the stream refuses now (a file: ENOSPC, EFBIG, EIO; a pipe: EPIPE, for good). */
+export interface WriteProblem {
+  /** Its errno name, e.g. "ENOSPC". */
+  code: string;
+  /** What it means, e.g. "the disk is full (ENOSPC)". */
+  cause: string;
+  /** Since when (ms since the epoch). */
+  since: number;
+  /** Lines dropped since then. */
+  lines: number;
 }
 
 export interface LogSinkOptions {
   /** The stream (process.stdout): a pipe or socket (net.Socket), a file (SyncWriteStream) or a TTY. */
   out: Writable;
+  /**
+   * The stream is a file (or a character device that is no terminal) on this descriptor: lines are written to it
+   * with writeSync, not through `out`, so that a refused write drops that line only.
+   */
+  fd?: number;
   /** Its name in what is said ("stdout"). */
   name: string;
   /** Bytes that may wait to be written; a line beyond is dropped and counted. */
@@ -53,7 +84,13 @@ export interface LogSinkOptions {
 export class LogSink {
   /** Lines dropped since the start, by kind. */
   readonly dropped: Record<LogLineKind, number> = { log: 0, audit: 0 };
+  /** Lines dropped since the start because a write was refused, by its errno name (ENOSPC, EFBIG, EIO, EPIPE). */
+  readonly failures: Record<string, number> = {};
   private episode: DropEpisode | undefined;
+  /** The writes to the file refused now: since when and why (`fd` only). */
+  private refusing: WriteProblem | undefined;
+  /** Part of a line is in the file without its newline (a write cut short): the next line starts a new one. */
+  private torn = false;
   /** Lines handed to the stream whose write has not completed, by kind. */
   private readonly pending: Record<LogLineKind, number> = { log: 0, audit: 0 };
   /** The stream failed (its error's code): nothing more is written. */
@@ -81,7 +118,13 @@ export class LogSink {
   /** Hand one line (with its newline) to the stream, or drop and count it. */
   write(line: string, kind: LogLineKind = 'log'): void {
     if (this.failed !== undefined) {
+      this.failures[this.failed] = (this.failures[this.failed] ?? 0) + 1;
+      this.refusing!.lines++;
       this.drop(line, kind);
+      return;
+    }
+    if (this.o.fd !== undefined) {
+      this.writeFile(this.o.fd, line, kind);
       return;
     }
     const waiting = this.o.out.writableLength;
@@ -98,6 +141,55 @@ export class LogSink {
       this.drop(line, kind);
       this.o.notice(`cannot write a log line to ${this.o.name}: ${(err as Error).message}`);
     }
+  }
+
+  /** The writes refused now (a file that refuses them, a pipe whose reader is gone); undefined while lines are written. */
+  writeProblem(): WriteProblem | undefined {
+    if (this.refusing) return { ...this.refusing };
+    return undefined;
+  }
+
+  /** One line to the file, whole, or dropped and counted with the errno that refused it. */
+  private writeFile(fd: number, line: string, kind: LogLineKind): void {
+    const buf = Buffer.from(this.torn ? `\n${line}` : line);
+    let off = 0;
+    try {
+      // A write cut short (the limit or the disk reached mid-line) is followed by one for the rest: it fails with the cause.
+      while (off < buf.length) off += writeSync(fd, buf, off);
+    } catch (err) {
+      if (off > 0) this.torn = true;
+      this.refused(err as NodeJS.ErrnoException, line, kind);
+      return;
+    }
+    this.torn = false;
+    const r = this.refusing;
+    if (r && this.episode) {
+      const e = this.episode;
+      this.refusing = this.episode = undefined;
+      this.o.notice(`${this.o.name} is written again: ${dropText(e)} (${e.cause})`);
+      this.o.recovered(e);
+    }
+  }
+
+  private refused(err: NodeJS.ErrnoException, line: string, kind: LogLineKind): void {
+    const code = err.code ?? 'EUNKNOWN';
+    this.failures[code] = (this.failures[code] ?? 0) + 1;
+    const cause = writeCause(err);
+    const t = this.now();
+    if (!this.refusing) {
+      this.refusing = { code, cause, since: t, lines: 0 };
+      this.o.notice(
+        `cannot write log lines to ${this.o.name}: ${cause}; they are dropped and counted ` +
+          '(xdpctl_log_lines_dropped_total, xdpctl_log_write_errors_total) until it takes them again',
+      );
+    } else {
+      // What is said now is the latest cause (a full disk that became a size limit, say).
+      this.refusing.code = code;
+      this.refusing.cause = cause;
+    }
+    this.refusing.lines++;
+    this.drop(line, kind);
+    this.episode!.cause = cause;
   }
 
   /**
@@ -137,7 +229,7 @@ export class LogSink {
     const t = this.now();
     if (!this.episode) {
       this.episode = { from: t, to: t, lines: 0, audit: 0, bytes: 0 };
-      if (this.failed === undefined) {
+      if (this.failed === undefined && this.refusing === undefined) {
         this.o.notice(
           `${this.o.name} takes no more log lines: ${this.o.out.writableLength} bytes wait to be written ` +
             `(--log-buffer-bytes ${this.o.maxBytes}); is its reader stalled? Lines are dropped and counted ` +
@@ -170,7 +262,10 @@ export class LogSink {
   private fail(err: NodeJS.ErrnoException): void {
     if (this.failed !== undefined) return;
     this.failed = err.code ?? err.message;
+    const lost = this.pending.log + this.pending.audit;
+    this.refusing = { code: this.failed, cause: writeCause(err), since: this.now(), lines: lost };
     // What was handed to the stream and not written is lost with it.
+    this.failures[this.failed] = (this.failures[this.failed] ?? 0) + lost;
     this.dropped.log += this.pending.log;
     this.dropped.audit += this.pending.audit;
     this.pending.log = this.pending.audit = 0;
@@ -185,10 +280,66 @@ export class LogSink {
   }
 }
 
+/** What a refused write's error means: "the disk is full (ENOSPC)", "the file size limit (RLIMIT_FSIZE N bytes) is reached (EFBIG)". */
+export function writeCause(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ENOSPC':
+      return 'the disk is full (ENOSPC)';
+    case 'EDQUOT':
+      return 'the disk quota is exhausted (EDQUOT)';
+    case 'EFBIG':
+      return efbigText();
+    case 'EPIPE':
+      return 'its reader is gone (EPIPE)';
+    case 'EIO':
+      return 'the device reported an I/O error (EIO)';
+    default: {
+      // "EBADF: bad file descriptor, write" -> "bad file descriptor (EBADF)"
+      const m = /^([A-Z0-9]+): (.*?)(?:, write)?$/.exec(err.message);
+      return m ? `${m[2]} (${m[1]})` : err.code ? `${err.message} (${err.code})` : err.message;
+    }
+  }
+}
+
 /** "N log lines (M audit records) were dropped from T1 to T2" */
 export function dropText(e: DropEpisode): string {
   return (
     `${e.lines} log line(s)${e.audit ? ` (${e.audit} audit record(s))` : ''} were dropped from ` +
     `${new Date(e.from).toISOString()} to ${new Date(e.to).toISOString()}`
   );
+}
+
+/**
+ * Whether Node writes `fd` as a file (synchronously, a SyncWriteStream, as libuv's guess says): a regular file or
+ * a character device that is no terminal. Such a stream fails for good at its first refused write.
+ */
+export function isFileFd(fd: number): boolean {
+  try {
+    const st = fstatSync(fd);
+    return st.isFile() || (st.isCharacterDevice() && !isatty(fd));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A notice writer for stderr that never takes the daemon down: a file is written with writeSync and a refused write
+ * (the same full disk as stdout) is passed over; a pipe that failed (EPIPE) is written no more, and one whose reader
+ * stalled gets a few lines at most (stderr may be the same stalled pipe as stdout: docker, 2>&1).
+ */
+export function stderrNotice(stream: Writable = process.stderr, fd = 2): (text: string) => void {
+  const file = isFileFd(fd);
+  let gone = false;
+  // Without a listener a refused write (EPIPE, ENOSPC, EFBIG) is an unhandled 'error': the end of the process.
+  stream.on('error', () => (gone = true));
+  return (text: string) => {
+    const line = `xdpctld: ${text}\n`;
+    if (file) {
+      try {
+        writeSync(fd, line);
+      } catch {
+        /* stderr refuses too: what was to be said is in GetStatus and the metrics */
+      }
+    } else if (!gone && stream.writableLength < 65536) stream.write(line);
+  };
 }

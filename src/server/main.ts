@@ -24,7 +24,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode }
 import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
-import { dropText, LogSink } from './log-sink.js';
+import { dropText, isFileFd, LogSink, stderrNotice } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -342,28 +342,44 @@ const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 102
 // write waited for it: gRPC, health, the reconciler and SIGTERM with it): what it has not read waits up to
 // --log-buffer-bytes, beyond that lines are dropped and counted (xdpctl_log_lines_dropped_total), said once
 // on stderr and, once it reads again, in one log line.
-const notice = (text: string) => {
-  // stderr may be the same stalled pipe (docker, 2>&1): a few lines at most, never a backlog.
-  if (process.stderr.writableLength < 65536) process.stderr.write(`xdpctld: ${text}\n`);
-};
+// A file (stdout redirected to one) is written line by line: a line the disk refuses (full: ENOSPC, the file size
+// limit: EFBIG, EIO) is dropped and counted (xdpctl_log_write_errors_total by errno), said once on stderr and in
+// GetStatus, and the next line tries again. stderr is written so that a refusal there is passed over too (it may be
+// the same full disk): before, the first refused write on a stderr file was an unhandled 'error' that ended the
+// daemon.
+const notice = stderrNotice();
 const sink: LogSink = new LogSink({
   out: process.stdout,
+  fd: isFileFd(1) ? 1 : undefined,
   name: 'stdout',
   maxBytes: logBufferBytes,
   notice,
   recovered: (e) =>
-    log.warn(
-      {
-        sink: 'stdout',
-        dropped: e.lines,
-        droppedAudit: e.audit,
-        droppedBytes: e.bytes,
-        from: new Date(e.from).toISOString(),
-        to: new Date(e.to).toISOString(),
-      },
-      `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
-        'its reader); it is read again',
-    ),
+    e.cause !== undefined
+      ? log.warn(
+          {
+            sink: 'stdout',
+            dropped: e.lines,
+            droppedAudit: e.audit,
+            droppedBytes: e.bytes,
+            from: new Date(e.from).toISOString(),
+            to: new Date(e.to).toISOString(),
+            cause: e.cause,
+          },
+          `${dropText(e)}: stdout refused them (${e.cause}); it takes them again`,
+        )
+      : log.warn(
+          {
+            sink: 'stdout',
+            dropped: e.lines,
+            droppedAudit: e.audit,
+            droppedBytes: e.bytes,
+            from: new Date(e.from).toISOString(),
+            to: new Date(e.to).toISOString(),
+          },
+          `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
+            'its reader); it is read again',
+        ),
 });
 const logOptions = { base: { service: 'xdpctld' }, mixin: traceLogFields };
 const log = pino({ ...logOptions, level: o.logLevel }, sink.log);

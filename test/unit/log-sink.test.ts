@@ -5,10 +5,13 @@
  * stream (EPIPE) counts every line from then on; the flush at exit is bounded and says what it left.
  */
 import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 
-import { LogSink, type DropEpisode } from '../../src/server/log-sink.js';
+import { LogSink, writeCause, type DropEpisode } from '../../src/server/log-sink.js';
 
 /** A stream that holds every write until release() (writableLength counts what it holds). */
 function heldStream() {
@@ -129,5 +132,82 @@ describe('log sink', () => {
       notices.at(-1)!,
       /^exiting with 2 log line\(s\) \(1 audit record\(s\)\) \(200 bytes\) not written: stdout took nothing for \d+ ms$/,
     );
+  });
+
+  it('a file that refuses writes (/dev/full: ENOSPC): each line dropped and counted by errno, said once; the first line written after says how many', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'xdpctl-log-sink-'));
+    const full = openSync('/dev/full', 'w');
+    const file = openSync(join(dir, 'out.log'), 'a');
+    try {
+      let fd = full;
+      let t = 1_000;
+      const notices: string[] = [];
+      const recovered: DropEpisode[] = [];
+      const sink = new LogSink({
+        out: new Writable({ write: () => assert.fail('a file is not written through the stream') }),
+        // The same descriptor, refusing, then taking lines again (a disk with room again).
+        get fd() {
+          return fd;
+        },
+        name: 'stdout',
+        maxBytes: 4096,
+        notice: (x) => notices.push(x),
+        recovered: (e) => recovered.push(e),
+        now: () => t,
+      });
+      sink.write(line(100));
+      t = 2_000;
+      sink.audit.write(line(100));
+      sink.write(line(100));
+      assert.deepEqual(sink.dropped, { log: 2, audit: 1 });
+      assert.deepEqual(sink.failures, { ENOSPC: 3 });
+      assert.equal(notices.length, 1, notices.join('\n'));
+      assert.match(
+        notices[0],
+        /^cannot write log lines to stdout: the disk is full \(ENOSPC\); they are dropped and counted/,
+      );
+      assert.deepEqual(sink.writeProblem(), {
+        code: 'ENOSPC',
+        cause: 'the disk is full (ENOSPC)',
+        since: 1_000,
+        lines: 3,
+      });
+      assert.equal(sink.waitingBytes(), 0);
+      fd = file;
+      t = 3_000;
+      sink.write(line(100));
+      assert.equal(sink.writeProblem(), undefined);
+      assert.equal(recovered.length, 1);
+      assert.deepEqual(recovered[0], {
+        from: 1_000,
+        to: 2_000,
+        lines: 3,
+        audit: 1,
+        bytes: 300,
+        cause: 'the disk is full (ENOSPC)',
+      });
+      assert.equal(notices.length, 2, notices.join('\n'));
+      assert.match(
+        notices[1],
+        /^stdout is written again: 3 log line\(s\) \(1 audit record\(s\)\) were dropped .*\(the disk is full \(ENOSPC\)\)$/,
+      );
+      sink.write(line(100));
+      assert.equal(readFileSync(join(dir, 'out.log'), 'utf8'), line(100) + line(100), 'whole lines, nothing more');
+      assert.deepEqual(sink.dropped, { log: 2, audit: 1 }, 'nothing more dropped');
+    } finally {
+      closeSync(full);
+      closeSync(file);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writeCause names the file size limit for EFBIG', () => {
+    const efbig = Object.assign(new Error('EFBIG: file too large, write'), { code: 'EFBIG' });
+    assert.match(
+      writeCause(efbig),
+      /^the file (size limit \(RLIMIT_FSIZE \d+ bytes\) is reached|is too large) \(EFBIG\)$/,
+    );
+    const ebadf = Object.assign(new Error('EBADF: bad file descriptor, write'), { code: 'EBADF' });
+    assert.equal(writeCause(ebadf), 'bad file descriptor (EBADF)');
   });
 });

@@ -4,6 +4,7 @@ import type { ServiceImplementation } from 'nice-grpc';
 import type { ConfigReport } from '../config-watcher.js';
 import type { Controller } from '../core/controller.js';
 import type { Dataplane } from '../core/dataplane.js';
+import type { WriteProblem } from '../log-sink.js';
 import type { ExportReport } from '../telemetry/export-health.js';
 import type { TlsCertificateStatus } from '../tls.js';
 import { ConditionStatus } from '../../gen/xdpctl/v1/common.js';
@@ -48,6 +49,8 @@ export function daemonService(
     tls?: () => TlsCertificateStatus;
     /** The telemetry exporters, as their exports last ended (telemetry/export-health.ts). */
     telemetryExports?: () => ExportReport[];
+    /** The log's refused writes (log-sink.ts), while they are refused. */
+    logWriteProblem?: () => WriteProblem | undefined;
   },
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
@@ -81,9 +84,16 @@ export function daemonService(
         stateStore: stateStoreStatus(ctl.stateStore()),
         tls: info.tls && tlsStatus(info.tls()),
         telemetryExports: (info.telemetryExports?.() ?? []).map(telemetryExportStatus),
+        logWriteProblem: logWriteProblem(info.logWriteProblem?.()),
       };
     },
   };
+}
+
+/** daemon.proto LogWriteProblem from the log sink's (undefined while lines are written). */
+function logWriteProblem(p: WriteProblem | undefined) {
+  if (!p) return undefined;
+  return { sink: 'stdout', code: p.code, cause: p.cause, since: new Date(p.since), linesDropped: BigInt(p.lines) };
 }
 
 /** daemon.proto StateStoreStatus from the controller's view of its store (undefined: --no-state). */

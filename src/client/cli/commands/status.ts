@@ -109,6 +109,17 @@ export function registerStatus(program: Command): void {
                   ],
                 ] as [string, string][])
               : []),
+            // The daemon's log, while it refuses writes (a full disk, the file size limit): lines are dropped.
+            ...(res.logWriteProblem
+              ? ([
+                  [
+                    'log',
+                    `${res.logWriteProblem.sink} cannot be written: ${res.logWriteProblem.cause}` +
+                      `${res.logWriteProblem.since ? ` (since ${res.logWriteProblem.since.toISOString()})` : ''}; ` +
+                      `${res.logWriteProblem.linesDropped} line(s) dropped`,
+                  ],
+                ] as [string, string][])
+              : []),
             // The TCP listeners' own certificate: until when clients accept it; once it expired, that they refuse it.
             ...(res.tls
               ? ([

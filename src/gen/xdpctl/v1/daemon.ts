@@ -133,6 +133,36 @@ export interface GetStatusResponse {
    * [SQLITE_FULL]". Empty while accepts_writes.
    */
   writesRefused: string;
+  /**
+   * The daemon's log (stdout, where its log lines and audit records go),
+   * while it refuses their writes: a file on a full disk (ENOSPC) or past
+   * the file size limit (EFBIG), an I/O error, a pipe whose reader is gone
+   * (EPIPE). Unset while lines are written. The dropped lines are counted on
+   * the metrics xdpctl.log.lines.dropped and xdpctl.log.write_errors.
+   */
+  logWriteProblem?: LogWriteProblem | undefined;
+}
+
+/**
+ * Why the daemon's log lines cannot be written now, as the last refused
+ * write said.
+ */
+export interface LogWriteProblem {
+  /** Where the lines go: "stdout". */
+  sink: string;
+  /** Its errno name, e.g. "ENOSPC", "EFBIG", "EIO", "EPIPE". */
+  code: string;
+  /**
+   * What it means, e.g. "the disk is full (ENOSPC)" or "the file size
+   * limit (RLIMIT_FSIZE 1048576 bytes) is reached (EFBIG)".
+   */
+  cause: string;
+  /** Since when writes are refused. */
+  since?:
+    | Date
+    | undefined;
+  /** Lines (audit records included) dropped since then. */
+  linesDropped: bigint;
 }
 
 /** One exporter of the daemon's own telemetry, as its exports last ended. */
@@ -428,6 +458,7 @@ function createBaseGetStatusResponse(): GetStatusResponse {
     telemetryExports: [],
     acceptsWrites: false,
     writesRefused: "",
+    logWriteProblem: undefined,
   };
 }
 
@@ -462,6 +493,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     }
     if (message.writesRefused !== "") {
       writer.uint32(82).string(message.writesRefused);
+    }
+    if (message.logWriteProblem !== undefined) {
+      LogWriteProblem.encode(message.logWriteProblem, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -559,6 +593,14 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
             message.writesRefused = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.logWriteProblem = LogWriteProblem.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -603,6 +645,11 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
         : isSet(object.writes_refused)
         ? globalThis.String(object.writes_refused)
         : "",
+      logWriteProblem: isSet(object.logWriteProblem)
+        ? LogWriteProblem.fromJSON(object.logWriteProblem)
+        : isSet(object.log_write_problem)
+        ? LogWriteProblem.fromJSON(object.log_write_problem)
+        : undefined,
     };
   },
 
@@ -638,6 +685,9 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     if (message.writesRefused !== "") {
       obj.writesRefused = message.writesRefused;
     }
+    if (message.logWriteProblem !== undefined) {
+      obj.logWriteProblem = LogWriteProblem.toJSON(message.logWriteProblem);
+    }
     return obj;
   },
 
@@ -664,6 +714,151 @@ export const GetStatusResponse: MessageFns<GetStatusResponse> = {
     message.telemetryExports = object.telemetryExports?.map((e) => TelemetryExportStatus.fromPartial(e)) || [];
     message.acceptsWrites = object.acceptsWrites ?? false;
     message.writesRefused = object.writesRefused ?? "";
+    message.logWriteProblem = (object.logWriteProblem !== undefined && object.logWriteProblem !== null)
+      ? LogWriteProblem.fromPartial(object.logWriteProblem)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLogWriteProblem(): LogWriteProblem {
+  return { sink: "", code: "", cause: "", since: undefined, linesDropped: 0n };
+}
+
+export const LogWriteProblem: MessageFns<LogWriteProblem> = {
+  encode(message: LogWriteProblem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sink !== "") {
+      writer.uint32(10).string(message.sink);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    if (message.cause !== "") {
+      writer.uint32(26).string(message.cause);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(34).fork()).join();
+    }
+    if (message.linesDropped !== 0n) {
+      if (BigInt.asUintN(64, message.linesDropped) !== message.linesDropped) {
+        throw new globalThis.Error("value provided for field message.linesDropped of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.linesDropped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogWriteProblem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogWriteProblem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sink = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cause = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.linesDropped = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogWriteProblem {
+    return {
+      sink: isSet(object.sink) ? globalThis.String(object.sink) : "",
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      cause: isSet(object.cause) ? globalThis.String(object.cause) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      linesDropped: isSet(object.linesDropped)
+        ? BigInt(object.linesDropped)
+        : isSet(object.lines_dropped)
+        ? BigInt(object.lines_dropped)
+        : 0n,
+    };
+  },
+
+  toJSON(message: LogWriteProblem): unknown {
+    const obj: any = {};
+    if (message.sink !== "") {
+      obj.sink = message.sink;
+    }
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.cause !== "") {
+      obj.cause = message.cause;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.linesDropped !== 0n) {
+      obj.linesDropped = message.linesDropped.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LogWriteProblem>): LogWriteProblem {
+    return LogWriteProblem.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LogWriteProblem>): LogWriteProblem {
+    const message = createBaseLogWriteProblem();
+    message.sink = object.sink ?? "";
+    message.code = object.code ?? "";
+    message.cause = object.cause ?? "";
+    message.since = object.since ?? undefined;
+    message.linesDropped = (object.linesDropped !== undefined && object.linesDropped !== null)
+      ? BigInt(object.linesDropped)
+      : 0n;
     return message;
   },
 };
