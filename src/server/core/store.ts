@@ -8,7 +8,8 @@
  * renamed to state.json.imported. See docs/state-store.md.
  *
  * Every failure names the database path and says what the disk did
- * (ENOSPC -> SQLITE_FULL, read-only, I/O error): {@link storeError}. When the
+ * (ENOSPC -> SQLITE_FULL, read-only, I/O error, the file size limit
+ * RLIMIT_FSIZE -> EFBIG -> SQLITE_IOERR_WRITE or SQLITE_FULL): {@link storeError}. When the
  * database cannot be opened for writing at start (a full or read-only disk),
  * it is read from a copy in memory and the store is not writable: reads and
  * the adopted datapath keep working, and every change is refused until the
@@ -28,6 +29,7 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
+  readSync,
   renameSync,
   rmSync,
   statfsSync,
@@ -41,6 +43,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 
 import { CoreError, storeReason, type CoreErrorKind } from './errors.js';
+import { efbigText, fileAtSizeLimit } from './file-size-limit.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 
 /** Version of the state.json format that is imported. */
@@ -175,15 +178,51 @@ export function storeError(e: unknown, path: string, what: string): CoreError {
   const code = (e as { code?: string }).code ?? '';
   const sqlite = SQLITE_DETAIL.find(([re]) => re.test(code));
   let [kind, detail] = sqlite ? [sqlite[1], sqlite[2]] : (ERRNO_DETAIL[code] ?? ['unavailable', 'unexpected error']);
-  // SQLite reports a read-only or full file system it cannot open a file on
-  // as CANTOPEN or an I/O error: ask the file system what it is.
-  if (/^SQLITE_(CANTOPEN|IOERR)/.test(code)) {
+  // A write past the file size limit (RLIMIT_FSIZE: Node ignores SIGXFSZ) fails with EFBIG, which SQLite reports
+  // as an I/O error (SQLITE_IOERR_WRITE), or is cut short at the limit, which it reports as a full disk
+  // (SQLITE_FULL): better-sqlite3 does not tell the errno SQLite saw, so the limit is compared with the files'
+  // sizes. One within a write of it is the file the write was refused on.
+  const atLimit = /^(SQLITE_(FULL|IOERR|CANTOPEN)|EFBIG)/.test(code)
+    ? fileAtSizeLimit([`${path}-wal`, path, `${path}-journal`], largestWrite(path))
+    : undefined;
+  if (atLimit) {
+    [kind, detail] = [
+      'exhausted',
+      `the file size limit (RLIMIT_FSIZE ${atLimit.limit} bytes) is reached writing ${atLimit.path} (EFBIG)`,
+    ];
+  } else if (code === 'EFBIG') {
+    [kind, detail] = ['exhausted', efbigText()];
+  } else if (/^SQLITE_(CANTOPEN|IOERR)/.test(code)) {
+    // SQLite reports a read-only or full file system it cannot open a file on
+    // as CANTOPEN or an I/O error: ask the file system what it is.
     const fs = diskState(dirname(path));
     if (fs) [kind, detail] = fs;
   }
   return new CoreError(kind, `${what}: state store ${path}: ${detail} [${code || (e as Error).message}]`, [], {
     cause: e,
   });
+}
+
+/**
+ * The largest single write SQLite makes to the database at `path`: a page (its size from the file's header,
+ * bytes 16-17; 1 means 65536) and a WAL frame's 24-byte header; a 64 KiB page when the header cannot be read.
+ */
+function largestWrite(path: string): number {
+  let page = 65536;
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const b = Buffer.alloc(2);
+    if (readSync(fd, b, 0, 2, 16) === 2) {
+      const n = b.readUInt16BE(0);
+      page = n === 1 ? 65536 : n >= 512 ? n : page;
+    }
+  } catch {
+    /* not there or unreadable: the largest page */
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  return page + 24;
 }
 
 /** What the file system holding `dir` says: read-only, or full; undefined when neither. */
@@ -206,7 +245,7 @@ function diskState(dir: string): [CoreErrorKind, string] | undefined {
  * them, or another process holding the write lock (SQLITE_BUSY past the busy timeout: a backup, an operator's
  * sqlite3 session). Each is reported as the store's refusal until a write works again.
  */
-const DISK_REFUSES = /^(SQLITE_(FULL|READONLY|IOERR|CANTOPEN|BUSY)|ENOSPC|EDQUOT|EROFS|EIO|EACCES|EPERM)/;
+const DISK_REFUSES = /^(SQLITE_(FULL|READONLY|IOERR|CANTOPEN|BUSY)|ENOSPC|EDQUOT|EFBIG|EROFS|EIO|EACCES|EPERM)/;
 
 /**
  * Who else holds a POSIX lock on `files` (the database and its WAL index, where SQLite takes its write lock:

@@ -265,8 +265,10 @@ export interface StateStoreStatus {
   writable: boolean;
   /**
    * Why not, as the disk said, e.g. "the disk is full (ENOSPC)
-   * [SQLITE_FULL]" or "the file system is read-only (EROFS)
-   * [SQLITE_CANTOPEN]". Empty while writable.
+   * [SQLITE_FULL]", "the file system is read-only (EROFS)
+   * [SQLITE_CANTOPEN]" or "the file size limit (RLIMIT_FSIZE 1048576 bytes)
+   * is reached writing /var/lib/xdpctl/state.db-wal (EFBIG)
+   * [SQLITE_IOERR_WRITE]". Empty while writable.
    */
   problem: string;
   /** Since when it refuses writes. Unset while writable. */
