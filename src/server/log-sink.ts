@@ -102,7 +102,10 @@ export class LogSink {
   constructor(private readonly o: LogSinkOptions) {
     this.now = o.now ?? Date.now;
     // An EPIPE is an 'error' event as well as the write's callback: without a listener it would end the process.
-    o.out.on('error', (err: NodeJS.ErrnoException) => this.fail(err));
+    // A file is not written through the stream: an error there (a stray write of another module) fails nothing.
+    o.out.on('error', (err: NodeJS.ErrnoException) => {
+      if (this.o.fd === undefined) this.fail(err);
+    });
   }
 
   /** The pino destination for ordinary log lines. */
