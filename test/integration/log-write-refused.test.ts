@@ -23,7 +23,7 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { promSample } from '../helpers/daemon.js';
+import { promSample, xdpctl } from '../helpers/daemon.js';
 import {
   DAEMON,
   DAEMON_NODE_FLAGS,
@@ -234,6 +234,10 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     assert.equal(p.code, code);
     assert.match(p.cause, cause);
     assert.ok(Number(p.linesDropped) > 0 && Number(p.linesDropped) <= errors, String(p.linesDropped));
+    const cli = await xdpctl(`unix:${sock}`, ['status']);
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, /^log: +stdout cannot be written: .*\(since \S+\); \d+ line\(s\) dropped$/m);
+    assert.ok(cli.stdout.includes(p.cause), cli.stdout);
     assert.equal(daemon!.exitCode, null, 'the daemon runs');
   };
 
