@@ -8,7 +8,15 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
-import type { BackendStats, Dataplane, HostChangeScope, InterfaceInfo, RuleStats, XdpModeName } from './dataplane.js';
+import type {
+  BackendStats,
+  Dataplane,
+  HostChangeScope,
+  InterfaceInfo,
+  LinkStats,
+  RuleStats,
+  XdpModeName,
+} from './dataplane.js';
 import { CoreError, storeReason, type FieldViolation } from './errors.js';
 import {
   adoptRules,
@@ -141,25 +149,9 @@ export interface CounterSnapshot {
    * read only while it is current. Absent: reusable by age alone.
    */
   version?: number;
-  rules: {
-    name: string;
-    matched: bigint;
-    matchedBytes: bigint;
-    redirected: bigint;
-    redirectedBytes: bigint;
-    filtered: bigint;
-    noBackend: bigint;
-    redirectErrors: bigint;
-  }[];
-  backends: {
-    rule: string;
-    ip: string;
-    interface: string;
-    packets: bigint;
-    bytes: bigint;
-    redirectErrors: bigint;
-  }[];
-  links: { from: string; to: string; packets: bigint; bytes: bigint; redirectErrors: bigint }[];
+  rules: ({ name: string } & RuleStats)[];
+  backends: ({ rule: string; ip: string; interface: string } & BackendStats)[];
+  links: ({ from: string; to: string } & LinkStats)[];
   global: bigint[];
 }
 

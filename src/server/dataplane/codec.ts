@@ -9,7 +9,15 @@
  */
 import { endianness } from 'node:os';
 
-import { GlobalStat } from '../core/dataplane.js';
+import {
+  GlobalStat,
+  type BackendEntry,
+  type BackendStats,
+  type LinkStats,
+  type MatchKey,
+  type RuleStats,
+  type SrcKey,
+} from '../core/dataplane.js';
 
 if (endianness() !== 'LE') throw new Error('xdpctl dataplane: only little-endian hosts are supported');
 
@@ -43,6 +51,8 @@ export const RULE_F_ONE_BACKEND = 0x8;
 /** enum xdpctl_stat: the core's port type (the dataplane implements the core's ports), checked
  * against the compiled object's BTF by test/unit/codec-layout.test.ts. */
 export { GlobalStat } from '../core/dataplane.js';
+// The types that cross the port are the core's (core/dataplane.ts): declared there once, encoded here.
+export type { BackendEntry, BackendStats, LinkStats, MatchKey, RuleStats, SrcKey } from '../core/dataplane.js';
 export const GLOBAL_STAT_COUNT = Object.keys(GlobalStat).length;
 
 /** A C struct's layout: what the BTF test compares. */
@@ -106,17 +116,7 @@ export const u64: Codec<bigint> = {
   decode: (b) => view(b).readBigUInt64LE(0),
 };
 
-/** struct xdpctl_match_key. */
-export interface MatchKey {
-  ifindex: number;
-  /** Host order; stored in network order. */
-  dport: number;
-  proto: number;
-  family: number;
-  /** 4 or 16 bytes; all-zero means any destination. */
-  daddr: Uint8Array;
-}
-
+/** struct xdpctl_match_key (`dport` stored in network order). */
 export const matchKey: Codec<MatchKey> = {
   layout: {
     cName: 'xdpctl_match_key',
@@ -164,13 +164,6 @@ export const ruleEntry: Codec<RuleEntry> = {
 };
 
 /** struct xdpctl_src_key: a source prefix of one rule slot. */
-export interface SrcKey {
-  slot: number;
-  /** Prefix length in address bits (0..32 for IPv4). */
-  length: number;
-  addr: Uint8Array;
-}
-
 export const srcKey: Codec<SrcKey> = {
   layout: { cName: 'xdpctl_src_key', size: 24, fields: { prefixlen: 0, slot: 4, addr: 8 } },
   encode(k, out = Buffer.alloc(24)) {
@@ -211,15 +204,6 @@ export const macKey: Codec<MacKey> = {
 };
 
 /** struct xdpctl_backend. */
-export interface BackendEntry {
-  dmac: Uint8Array;
-  smac: Uint8Array;
-  ifindex: number;
-  statsId: number;
-  family: number;
-  addr: Uint8Array;
-}
-
 export const backendEntry: Codec<BackendEntry> = {
   layout: {
     cName: 'xdpctl_backend',
@@ -270,29 +254,23 @@ function counters<K extends string>(
   };
 }
 
-export type LinkStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
-export const linkStats = counters('xdpctl_link_stats', ['packets', 'bytes', 'redirectErrors'] as const, [
-  'packets',
-  'bytes',
-  'redirect_errors',
-]);
+export const linkStats: Codec<LinkStats> = counters(
+  'xdpctl_link_stats',
+  ['packets', 'bytes', 'redirectErrors'] as const,
+  ['packets', 'bytes', 'redirect_errors'],
+);
 
-export type RuleStats = Record<
-  'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend' | 'redirectErrors',
-  bigint
->;
-export const ruleStats = counters(
+export const ruleStats: Codec<RuleStats> = counters(
   'xdpctl_rule_stats',
   ['matched', 'matchedBytes', 'redirected', 'redirectedBytes', 'filtered', 'noBackend', 'redirectErrors'] as const,
   ['matched', 'matched_bytes', 'redirected', 'redirected_bytes', 'filtered', 'no_backend', 'redirect_errors'],
 );
 
-export type BackendStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
-export const backendStats = counters('xdpctl_backend_stats', ['packets', 'bytes', 'redirectErrors'] as const, [
-  'packets',
-  'bytes',
-  'redirect_errors',
-]);
+export const backendStats: Codec<BackendStats> = counters(
+  'xdpctl_backend_stats',
+  ['packets', 'bytes', 'redirectErrors'] as const,
+  ['packets', 'bytes', 'redirect_errors'],
+);
 
 /**
  * Sum per-CPU copies of a counter struct field by field, modulo 2^64: the

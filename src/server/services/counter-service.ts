@@ -8,7 +8,7 @@ import { ServerError, Status, type NormalizedServiceDefinition, type ServiceImpl
 import type { CounterSnapshot } from '../core/controller.js';
 import type { CounterHub } from '../core/counter-hub.js';
 import { CoreError, type FieldViolation } from '../core/errors.js';
-import { GlobalStat } from '../core/dataplane.js';
+import { GlobalStat, type BackendStats, type LinkStats } from '../core/dataplane.js';
 import {
   CounterKind,
   type CounterFilter,
@@ -265,7 +265,7 @@ function* shapeOf(s: CounterSnapshot): Generator<void, number> {
 
 type RuleEntry = CounterSnapshot['rules'][number];
 type BackendEntry = CounterSnapshot['backends'][number];
-type PairEntry = { packets: bigint; bytes: bigint; redirectErrors: bigint };
+type PairEntry = BackendStats | LinkStats;
 const sameRule = (a: RuleEntry, b: RuleEntry) =>
   a.matched === b.matched &&
   a.matchedBytes === b.matchedBytes &&
