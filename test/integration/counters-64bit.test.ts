@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
+import { zeroBackendStats, zeroRuleStats } from '../../src/server/core/dataplane.js';
 import { openPinnedMap, type BpfMap } from '../../src/server/dataplane/bpf-map.js';
 import { backendStats, ruleStats, u32, type BackendStats, type RuleStats } from '../../src/server/dataplane/codec.js';
 import { possibleCpus } from '../../src/server/dataplane/libbpf.js';
@@ -156,20 +157,11 @@ describe('64-bit counters end to end', kernelOnly(), () => {
     assert.ok(ruleId !== undefined && backendId !== undefined, 'the first test found the entries');
     // CPU 0 at the top of its range, CPU 1 a little more: 2^64 + 4 -> 4; 2^63 + 2^63 -> 0.
     const per = <V>(a: V, b: V) => [a, b, ...Array<V>(possibleCpus() - 2).fill(b)];
-    const zeroRule = {
-      matched: 0n,
-      matchedBytes: 0n,
-      redirected: 0n,
-      redirectedBytes: 0n,
-      filtered: 0n,
-      noBackend: 0n,
-      redirectErrors: 0n,
-    };
     rs.putPerCpu(
       ruleId,
       per<RuleStats>(
         {
-          ...zeroRule,
+          ...zeroRuleStats(),
           matched: U64_MAX,
           matchedBytes: 2n ** 63n,
           redirected: 7n,
@@ -177,21 +169,21 @@ describe('64-bit counters end to end', kernelOnly(), () => {
           filtered: 2n ** 63n,
         },
         {
-          ...zeroRule,
+          ...zeroRuleStats(),
           matched: 5n,
           matchedBytes: 2n ** 63n,
           redirected: 1n,
           redirectedBytes: 1n,
           filtered: 2n ** 63n + 3n,
         },
-      ).map((v, i) => (i < 2 ? v : zeroRule)),
+      ).map((v, i) => (i < 2 ? v : zeroRuleStats())),
     );
     bs.putPerCpu(
       backendId,
       per<BackendStats>(
         { packets: U64_MAX, bytes: U64_MAX, redirectErrors: 0n },
         { packets: 2n, bytes: 10n, redirectErrors: 0n },
-      ).map((v, i) => (i < 2 ? v : { packets: 0n, bytes: 0n, redirectErrors: 0n })),
+      ).map((v, i) => (i < 2 ? v : zeroBackendStats())),
     );
     let rule;
     for (let i = 0; i < 50; i++) {

@@ -23,6 +23,7 @@ import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { applyChanges } from '../../src/client/pages.js';
+import { zeroRuleStats } from '../../src/server/core/dataplane.js';
 import { openPinnedMap, type BpfMap } from '../../src/server/dataplane/bpf-map.js';
 import { ruleStats, u32, type RuleStats } from '../../src/server/dataplane/codec.js';
 import { possibleCpus } from '../../src/server/dataplane/libbpf.js';
@@ -220,20 +221,8 @@ describe('WatchCounters changes_only on a real daemon', kernelOnly(), () => {
       await until('two empty samples after the traffic', () => quietSince(changes.got, trafficTo) >= 2, 15_000);
 
       // A counter reset: cold's per-CPU values written to zero (what a recreated map reads).
-      const zero: RuleStats = {
-        matched: 0n,
-        matchedBytes: 0n,
-        redirected: 0n,
-        redirectedBytes: 0n,
-        filtered: 0n,
-        noBackend: 0n,
-        redirectErrors: 0n,
-      };
       resetAt = Date.now();
-      rs.putPerCpu(
-        coldId!,
-        Array.from({ length: possibleCpus() }, () => zero),
-      );
+      rs.putPerCpu(coldId!, Array.from({ length: possibleCpus() }, zeroRuleStats));
       await coldAt(0n);
       // Every stream has seen the reset, and the changes stream is quiet again.
       const coldZero = (x: Counters | undefined) =>

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 
+import { zeroBackendStats } from '../../src/server/core/dataplane.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { KernelError } from '../../src/server/dataplane/errors.js';
@@ -223,12 +224,7 @@ describe('datapath load and attach', kernelOnly(), () => {
       stats.getManyPerCpu([4097]).get(4097),
       Array.from({ length: cpus }, (_, c) => value(4097, c)),
     );
-    const zero = { packets: 0n, bytes: 0n, redirectErrors: 0n };
-    for (const i of written)
-      stats.putPerCpu(
-        i,
-        Array.from({ length: cpus }, () => zero),
-      );
+    for (const i of written) stats.putPerCpu(i, Array.from({ length: cpus }, zeroBackendStats));
   });
   it('reports a missing interface as ENODEV naming it', () => {
     assert.throws(

@@ -15,6 +15,7 @@ import { MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 
 import { COUNTER_SLICE, Controller } from '../../src/server/core/controller.js';
 import { controllerHub } from '../../src/server/core/counter-hub.js';
+import { zeroBackendStats, zeroRuleStats } from '../../src/server/core/dataplane.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { capacityForRules } from '../../src/server/daemon.js';
 import {
@@ -160,17 +161,9 @@ describe('counter reads in slices', () => {
       await c.deleteRule(rule(7).name, 0);
       await c.createRule(rule(9999, 1, 19_999));
       const k = c['state'].ruleKernel.get(rule(3).name)!;
-      dp.dp.maps.ruleStats.put(k.statsId, {
-        matched: 777n,
-        matchedBytes: 0n,
-        redirected: 0n,
-        redirectedBytes: 0n,
-        filtered: 0n,
-        noBackend: 0n,
-        redirectErrors: 0n,
-      });
+      dp.dp.maps.ruleStats.put(k.statsId, { ...zeroRuleStats(), matched: 777n });
       for (const ids of k.backends.values()) {
-        dp.dp.maps.backendStats.put(ids.statsId, { packets: 7770n, bytes: 0n, redirectErrors: 0n });
+        dp.dp.maps.backendStats.put(ids.statsId, { ...zeroBackendStats(), packets: 7770n });
       }
     };
     const before = c.desiredVersion;

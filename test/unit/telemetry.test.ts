@@ -19,6 +19,7 @@ import { pino } from 'pino';
 
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
 import { CounterHub } from '../../src/server/core/counter-hub.js';
+import { zeroRuleStats } from '../../src/server/core/dataplane.js';
 import { errorMiddleware } from '../../src/server/services/status.js';
 import {
   DATAPATH_METRICS,
@@ -177,16 +178,7 @@ describe('Prometheus text written a slice at a time', () => {
     const hub = new CounterHub(
       () => ({
         time: Date.now(),
-        rules: big.map((name, i) => ({
-          name,
-          matched: BigInt(i),
-          matchedBytes: 0n,
-          redirected: 0n,
-          redirectedBytes: 0n,
-          filtered: 0n,
-          noBackend: 0n,
-          redirectErrors: 0n,
-        })),
+        rules: big.map((name, i) => ({ ...zeroRuleStats(), name, matched: BigInt(i) })),
         backends: [],
         links: [],
         global: [0n, 0n, 0n, 0n, 0n],

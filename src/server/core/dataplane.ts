@@ -68,6 +68,29 @@ export type BackendStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint
 /** Counters of one cross-connect direction, by ingress ifindex. */
 export type LinkStats = Record<'packets' | 'bytes' | 'redirectErrors', bigint>;
 
+/** A rule's counters all zero (a reset stats id). A fresh object each call: callers may hand it to a map writer. */
+export function zeroRuleStats(): RuleStats {
+  return {
+    matched: 0n,
+    matchedBytes: 0n,
+    redirected: 0n,
+    redirectedBytes: 0n,
+    filtered: 0n,
+    noBackend: 0n,
+    redirectErrors: 0n,
+  };
+}
+
+/** A backend's counters all zero. A fresh object each call. */
+export function zeroBackendStats(): BackendStats {
+  return { packets: 0n, bytes: 0n, redirectErrors: 0n };
+}
+
+/** A cross-connect direction's counters all zero. A fresh object each call. */
+export function zeroLinkStats(): LinkStats {
+  return { packets: 0n, bytes: 0n, redirectErrors: 0n };
+}
+
 /**
  * Index of each datapath-wide counter in {@link CounterRead.global}: the
  * order of `enum xdpctl_stat` in bpf/xdpctl.h (test/unit/codec-layout.test.ts

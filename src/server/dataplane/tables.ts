@@ -28,7 +28,7 @@ import {
   type SrcKey,
   sumCounters,
 } from './codec.js';
-import { emptyBackendEntry } from '../core/dataplane.js';
+import { emptyBackendEntry, zeroBackendStats, zeroLinkStats, zeroRuleStats } from '../core/dataplane.js';
 import type { DatapathMaps } from './datapath.js';
 import { KernelError } from './errors.js';
 
@@ -341,19 +341,11 @@ export async function checkPortUse(
 
 /** Reset a stats id's counters (before reusing it for a new rule or backend). */
 export function resetRuleStats(maps: DatapathMaps, statsId: number): void {
-  maps.ruleStats.put(statsId, {
-    matched: 0n,
-    matchedBytes: 0n,
-    redirected: 0n,
-    redirectedBytes: 0n,
-    filtered: 0n,
-    noBackend: 0n,
-    redirectErrors: 0n,
-  });
+  maps.ruleStats.put(statsId, zeroRuleStats());
 }
 
 export function resetBackendStats(maps: DatapathMaps, statsId: number): void {
-  maps.backendStats.put(statsId, { packets: 0n, bytes: 0n, redirectErrors: 0n });
+  maps.backendStats.put(statsId, zeroBackendStats());
 }
 
 /** An interface's if_flags word: the array below its size, if_flags_big above (0: none). */
@@ -422,7 +414,7 @@ function takeLinkIndex(maps: DatapathMaps, from: number): number {
   if (idx >= max) {
     throw new KernelError('update map xc_stats', 7, [], `all ${max} link counter entries are in use`);
   }
-  maps.xcStats.put(idx, { packets: 0n, bytes: 0n, redirectErrors: 0n });
+  maps.xcStats.put(idx, zeroLinkStats());
   used.set(idx, from);
   return idx;
 }
@@ -632,8 +624,7 @@ export function linkCountersMany(maps: DatapathMaps, froms: readonly number[]): 
     if (i !== undefined) idx.set(from, i);
   }
   const read = maps.xcStats.getManyPerCpu([...idx.values()]);
-  const zero = (): LinkStats => ({ packets: 0n, bytes: 0n, redirectErrors: 0n });
-  return new Map(froms.map((from) => [from, sumCounters(read.get(idx.get(from) ?? -1) ?? [zero()])]));
+  return new Map(froms.map((from) => [from, sumCounters(read.get(idx.get(from) ?? -1) ?? [zeroLinkStats()])]));
 }
 
 /** Global verdict/error counters, summed over CPUs modulo 2^64 (see sumCounters), indexed by enum xdpctl_stat. */
