@@ -16,6 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, OBJECT_NEXT, ROOT, runId, sh, sleep } from '../helpers/env.js';
+import { issue, makeCa, makeRequest } from '../helpers/pki.js';
 
 interface BpfObject {
   id: number;
@@ -113,35 +114,9 @@ describe('a refused start leaves the host as it found it', kernelOnly(), () => {
   let busyPort = 0;
 
   before(async () => {
-    sh(
-      'openssl',
-      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-keyout', f('ca.key')].concat([
-        '-out',
-        f('ca.pem'),
-        '-subj',
-        '/CN=test-ca',
-      ]),
-    );
-    sh(
-      'openssl',
-      ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('expired.key'), '-out', f('expired.csr')].concat([
-        '-subj',
-        '/CN=expired',
-      ]),
-    );
-    writeFileSync(f('expired.ext'), 'subjectAltName=IP:127.0.0.1\n');
-    sh(
-      'openssl',
-      ['x509', '-req', '-in', f('expired.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key')].concat([
-        '-CAcreateserial',
-        '-days',
-        '-1',
-        '-out',
-        f('expired.pem'),
-        '-extfile',
-        f('expired.ext'),
-      ]),
-    );
+    makeCa(dir);
+    makeRequest(dir, 'expired');
+    issue(dir, 'expired', { ext: 'subjectAltName=IP:127.0.0.1', days: -1 });
     busy = createServer();
     await new Promise<void>((r) => busy!.listen(0, '127.0.0.1', r));
     busyPort = (busy.address() as { port: number }).port;

@@ -8,21 +8,15 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess, metric } from '../helpers/daemon.js';
-import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
-
-/** openssl ca's date format (GeneralizedTime): YYYYMMDDHHMMSSZ. */
-const asn1 = (ms: number) =>
-  new Date(ms)
-    .toISOString()
-    .replace(/\.\d+Z$/, 'Z')
-    .replace(/[-:T]/g, '');
+import { CLI, kernelOnly, runId, sleep } from '../helpers/env.js';
+import { issue, makeCa, makeRequest } from '../helpers/pki.js';
 
 describe("the daemon's own TLS certificate expires", kernelOnly(), () => {
   const id = runId();
@@ -33,76 +27,14 @@ describe("the daemon's own TLS certificate expires", kernelOnly(), () => {
   let notAfter = 0;
 
   before(async () => {
-    sh('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      f('ca.key'),
-      '-out',
-      f('ca.pem'),
-      '-subj',
-      '/CN=own-expiry-ca',
-    ]);
-    sh('openssl', [
-      'req',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      f('server.key'),
-      '-out',
-      f('server.csr'),
-      '-subj',
-      '/CN=server',
-    ]);
-    writeFileSync(f('index.txt'), '');
-    writeFileSync(f('serial'), '01\n');
-    writeFileSync(
-      f('ca.cnf'),
-      [
-        '[ca]',
-        'default_ca = own',
-        '[own]',
-        `dir = ${dir}`,
-        'database = $dir/index.txt',
-        'new_certs_dir = $dir',
-        'serial = $dir/serial',
-        'default_md = sha256',
-        'policy = any',
-        'x509_extensions = ext',
-        '[any]',
-        'commonName = supplied',
-        '[ext]',
-        'subjectAltName = IP:127.0.0.1,DNS:localhost',
-        '',
-      ].join('\n'),
-    );
+    makeCa(dir, 'ca', 'own-expiry-ca');
+    makeRequest(dir, 'server');
     // Valid from an hour ago until 12 s from now (the daemon refuses an expired one at start).
     notAfter = Math.floor((Date.now() + 12_000) / 1000) * 1000;
-    sh('openssl', [
-      'ca',
-      '-batch',
-      '-notext',
-      '-config',
-      f('ca.cnf'),
-      '-cert',
-      f('ca.pem'),
-      '-keyfile',
-      f('ca.key'),
-      '-in',
-      f('server.csr'),
-      '-out',
-      f('server.pem'),
-      '-startdate',
-      asn1(Date.now() - 3_600_000),
-      '-enddate',
-      asn1(notAfter),
-    ]);
+    issue(dir, 'server', {
+      ext: 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      validity: { notBefore: Date.now() - 3_600_000, notAfter },
+    });
     d = await DaemonProcess.start(id, [
       '--tls-cert',
       f('server.pem'),

@@ -17,6 +17,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { HANDSHAKE_LOG_BURST, HANDSHAKE_LOG_WINDOW_MS } from '../../src/server/tls.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
+import { issue, makeCa, makeRequest } from '../helpers/pki.js';
 
 describe('TLS and mTLS', kernelOnly(), () => {
   const id = runId();
@@ -25,74 +26,20 @@ describe('TLS and mTLS', kernelOnly(), () => {
   let d: DaemonProcess | undefined;
 
   before(async () => {
-    const subj = (cn: string) => ['-subj', `/CN=${cn}`];
-    sh('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      f('ca.key'),
-      '-out',
-      f('ca.pem'),
-      ...subj('test-ca'),
-    ]);
+    makeCa(dir, 'ca', 'test-ca');
     // A second CA, unknown to the daemon.
-    sh('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      f('other-ca.key'),
-      '-out',
-      f('other-ca.pem'),
-      ...subj('other-ca'),
-    ]);
+    makeCa(dir, 'other-ca', 'other-ca');
     // [name, extensions, issuing CA, validity in days: -1 gives a certificate that expired yesterday]
     for (const [name, ext, ca, days] of [
-      ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '1'],
-      ['rotated', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '1'],
-      ['expired-server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', '-1'],
-      ['client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', '1'],
-      ['expired-client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', '-1'],
-      ['stranger', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'other-ca', '1'],
-    ]) {
-      sh('openssl', [
-        'req',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-keyout',
-        f(`${name}.key`),
-        '-out',
-        f(`${name}.csr`),
-        ...subj(name),
-      ]);
-      sh('bash', ['-c', `printf '%s' '${ext}' > ${f(`${name}.ext`)}`]);
-      sh('openssl', [
-        'x509',
-        '-req',
-        '-in',
-        f(`${name}.csr`),
-        '-CA',
-        f(`${ca}.pem`),
-        '-CAkey',
-        f(`${ca}.key`),
-        '-CAcreateserial',
-        '-days',
-        days,
-        '-out',
-        f(`${name}.pem`),
-        '-extfile',
-        f(`${name}.ext`),
-      ]);
+      ['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', 1],
+      ['rotated', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', 1],
+      ['expired-server', 'subjectAltName=IP:127.0.0.1,DNS:localhost', 'ca', -1],
+      ['client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', 1],
+      ['expired-client', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'ca', -1],
+      ['stranger', 'subjectAltName=URI:spiffe://example.org/ns/ops/sa/admin', 'other-ca', 1],
+    ] as const) {
+      makeRequest(dir, name);
+      issue(dir, name, { ca, ext, days });
     }
     d = await DaemonProcess.start(id, [
       '--tls-cert',
