@@ -206,10 +206,20 @@ export function arpSenderIp(
 /** At most this many such checks a second (beyond: each MAC is checked less often). */
 const CHECKS_PER_S = 500;
 
+/** A recorded device setting this daemon changed: GRO switched on, or offloads turned off. */
+type HostRecord = { kind: 'gro'; change: GroChange } | { kind: 'offloads'; change: OffloadChange };
+
 /** One device setting changed inside a {@link KernelDataplane.trackHostChanges} scope. */
 type HostJournalEntry =
   | { kind: 'gro'; change: GroChange; added: boolean; veth?: string }
   | { kind: 'offloads'; change: OffloadChange; added: string[] };
+
+/** A recorded device for messages: its name, and its namespace when not ours. */
+const whereOf = (c: GroChange): string => (c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname);
+
+/** Undo a recorded change (GRO off again, offloads on again) where it is still due: what was done, for the log. */
+const undoRecord = (r: HostRecord): Promise<string> =>
+  r.kind === 'gro' ? restoreGro(r.change) : restoreOffloads(r.change);
 
 export class KernelDataplane implements Dataplane {
   /** This namespace's IPv4 addresses as last read for {@link vethPeerMac} (ms since epoch). */
@@ -336,18 +346,13 @@ export class KernelDataplane implements Dataplane {
         const reverted: string[] = [];
         const failed: string[] = [];
         for (const j of journal.splice(0).reverse()) {
-          const c = j.change;
-          const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
+          const where = whereOf(j.change);
           try {
-            if (j.kind === 'gro') {
-              reverted.push(`${where}: ${await restoreGro(c)}`);
-              if (j.veth) this.vethVerified.delete(j.veth);
-            } else {
-              reverted.push(`${where}: ${await restoreOffloads(j.change as OffloadChange)}`);
-            }
+            reverted.push(`${where}: ${await undoRecord(j)}`);
+            if (j.kind === 'gro' && j.veth) this.vethVerified.delete(j.veth);
           } catch (e) {
             failed.push(
-              `${j.kind === 'gro' ? 'switch GRO off again' : `turn ${(c as OffloadChange).features.join(', ')} on again`} ` +
+              `${j.kind === 'gro' ? 'switch GRO off again' : `turn ${j.change.features.join(', ')} on again`} ` +
                 `on ${where}: ${(e as Error).message}`,
             );
             continue; // still changed: the record keeps it, for --cleanup-on-exit
@@ -558,31 +563,25 @@ export class KernelDataplane implements Dataplane {
       restored.push(...r.restored.map((x) => `${s.ifname} in ${r.where}: ${x}`));
       if (r.detached && r.error) failed.push(`${s.ifname} in ${r.where}: ${r.error}`);
     }
-    for (const c of this.groChanges.splice(0)) {
-      const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
-      try {
-        put(`${where}: ${await restoreGro(c)}`);
-      } catch (e) {
-        // Not undone (a namespace it may not enter, a command that failed): the record stays, for a later run.
-        failed.push(
-          e instanceof NamespaceUnreachable
-            ? `${where}: ${e.message}`
-            : `restore GRO on ${where}: ${(e as Error).message}`,
-        );
-        this.groChanges.push(c);
-      }
-    }
-    for (const c of this.offloadChanges.splice(0)) {
-      const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
-      try {
-        put(`${where}: ${await restoreOffloads(c)}`);
-      } catch (e) {
-        failed.push(
-          e instanceof NamespaceUnreachable
-            ? `${where}: ${e.message}`
-            : `turn ${c.features.join(', ')} on again on ${where}: ${(e as Error).message}`,
-        );
-        this.offloadChanges.push(c);
+    // Every recorded change, GRO's first, each list taken whole when its turn comes.
+    const recorded = { gro: this.groChanges, offloads: this.offloadChanges };
+    for (const kind of ['gro', 'offloads'] as const) {
+      for (const change of recorded[kind].splice(0)) {
+        const r = { kind, change } as HostRecord;
+        const where = whereOf(change);
+        try {
+          put(`${where}: ${await undoRecord(r)}`);
+        } catch (e) {
+          // Not undone (a namespace it may not enter, a command that failed): the record stays, for a later run.
+          failed.push(
+            e instanceof NamespaceUnreachable
+              ? `${where}: ${e.message}`
+              : `${r.kind === 'gro' ? 'restore GRO' : `turn ${r.change.features.join(', ')} on again`} on ${where}: ` +
+                  (e as Error).message,
+          );
+          if (r.kind === 'gro') this.groChanges.push(r.change);
+          else this.offloadChanges.push(r.change);
+        }
       }
     }
     this.saveHostChanges();
