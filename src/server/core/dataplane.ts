@@ -182,12 +182,17 @@ export interface StrayRemoval {
   command?: string;
 }
 
+/** Everything a rule slot holds ({@link Dataplane.writeRuleSlot}). */
 export interface RuleSlotWrite {
   slot: number;
   statsId: number;
+  /** RULE_F_* flags other than ACTIVE (set by the writer). */
   flags: number;
+  /** Source prefixes (empty: no filter). */
   srcPrefixes: { length: number; addr: Uint8Array }[];
+  /** Backend id per ring slot (RING_SIZE entries, NO_BACKEND for none). */
   ring: ArrayLike<number>;
+  /** Backend entries the ring refers to, by id. */
   backends: [number, BackendEntry][];
 }
 

@@ -17,7 +17,6 @@ import {
   RULE_F_ACTIVE,
   RULE_F_ONE_BACKEND,
   RULE_F_SRC_FILTER,
-  type BackendEntry,
   type BackendStats,
   type LinkStats,
   FOLD_SLOT_BITS,
@@ -28,30 +27,22 @@ import {
   type SrcKey,
   sumCounters,
 } from './codec.js';
-import { emptyBackendEntry, zeroBackendStats, zeroLinkStats, zeroRuleStats } from '../core/dataplane.js';
+import {
+  emptyBackendEntry,
+  zeroBackendStats,
+  zeroLinkStats,
+  zeroRuleStats,
+  type RuleSlotWrite,
+} from '../core/dataplane.js';
 import type { DatapathMaps } from './datapath.js';
 import { KernelError } from './errors.js';
-
-/** Everything a rule slot holds. */
-export interface RuleSlotContent {
-  slot: number;
-  statsId: number;
-  /** RULE_F_* flags other than ACTIVE (set by the writer). */
-  flags: number;
-  /** Source prefixes (empty: no filter). */
-  srcPrefixes: { length: number; addr: Uint8Array }[];
-  /** Backend id per ring slot (RING_SIZE entries, NO_BACKEND for none). */
-  ring: ArrayLike<number>;
-  /** Backend entries the ring refers to, by id. */
-  backends: [number, BackendEntry][];
-}
 
 /**
  * Write a complete rule into an unpublished slot: backends, ring, prefixes,
  * then the rule entry marked active last (with RULE_F_ONE_BACKEND when the
  * ring holds one backend id throughout).
  */
-export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotContent): void {
+export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotWrite): void {
   if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
   maps.backends.putMany(c.backends);
   const base = c.slot * RING_SIZE;
