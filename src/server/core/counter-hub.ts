@@ -59,21 +59,20 @@ export class CounterHub {
    * @param shareMs how old a snapshot unary reads may share (GetCounters, metric exports)
    * @param version the desired state's version now (Controller.desiredVersion): a snapshot whose `version`
    *   differs is not shared. Absent: snapshots are shared by age alone.
-   * @param now the clock ticks are due by and snapshot ages are measured on, in ms, on the same scale as the
-   *   reads' `time` (tests pass a mocked one)
+   * @param clock what ticks are due by, in ms (by default the wall clock); tests give their own
    */
   constructor(
     private readonly read: () => CounterSnapshot | Promise<CounterSnapshot>,
     readonly baseMs = 10,
     readonly shareMs = 100,
     private readonly version?: () => number,
-    private readonly now: () => number = () => Date.now(),
+    private readonly clock: () => number = () => Date.now(),
   ) {}
 
   /** Whether `s` may be shared: read at most `maxAgeMs` ago, of the desired state as it is now. */
   private current(s: CounterSnapshot | undefined, maxAgeMs: number, inclusive: boolean): s is CounterSnapshot {
     if (!s) return false;
-    const age = this.now() - s.time;
+    const age = Date.now() - s.time;
     if (inclusive ? age > maxAgeMs : age >= maxAgeMs) return false;
     return s.version === undefined || this.version === undefined || s.version === this.version();
   }
@@ -117,7 +116,7 @@ export class CounterHub {
     const version = this.version?.();
     if (this.inFlight && this.inFlight.version === version) return this.inFlight.done;
     this.reads++;
-    const started = this.now();
+    const started = Date.now();
     const flight = {
       version,
       done: (async () => {
@@ -144,12 +143,12 @@ export class CounterHub {
    */
   private schedule(): void {
     const at = this.t0 + (this.tick + 1) * this.baseMs;
-    this.timer = setTimeout(() => this.onTick(), Math.max(0, at - this.now()));
+    this.timer = setTimeout(() => this.onTick(), Math.max(0, at - this.clock()));
   }
 
   private onTick(): void {
     // The tick the clock is at; a tick more than a whole period late is skipped (its watchers are due now).
-    this.tick = Math.max(this.tick + 1, Math.floor((this.now() - this.t0) / this.baseMs));
+    this.tick = Math.max(this.tick + 1, Math.floor((this.clock() - this.t0) / this.baseMs));
     if (this.watchers.size > 0) this.schedule();
     else this.timer = undefined;
     const due: Watcher[] = [];
@@ -182,7 +181,7 @@ export class CounterHub {
     // of one interval fall on at most ten phases and still share their reads.
     const q = Math.max(1, Math.floor(every / 10));
     if (!this.timer) {
-      this.t0 = this.now() - this.tick * this.baseMs; // the ticks go on from now
+      this.t0 = this.clock() - this.tick * this.baseMs; // the ticks go on from now
       this.schedule();
     }
     const first = this.tick + every;
