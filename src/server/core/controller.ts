@@ -8,16 +8,9 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
-import type {
-  BackendStats,
-  Dataplane,
-  HostChangeScope,
-  InterfaceInfo,
-  LinkStats,
-  RuleStats,
-  XdpModeName,
-} from './dataplane.js';
+import type { BackendStats, Dataplane, HostChangeScope, InterfaceInfo, RuleStats, XdpModeName } from './dataplane.js';
 import { CoreError, storeReason, type FieldViolation } from './errors.js';
+import type { LinkStats } from './dataplane.js';
 import {
   adoptRules,
   allocateRules,
