@@ -47,6 +47,7 @@ import { readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, resolve } from 'node:path';
 
 import { ConfigError, isEmptyConfig, parseConfig, type FieldViolation } from '../shared/config-file.js';
+import { monotonicMs } from './core/clock.js';
 import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
 import { writersOf, type WritersSeen } from './dataplane/file-writers.js';
@@ -198,8 +199,11 @@ export class ConfigWatcher {
    * nothing new (the periodic look, another event of the same write), it is not applied again.
    */
   private hostRefused?: string;
-  /** A process holds the file open for writing: since when, who (in words), whether the wait was logged. */
-  private writing?: { since: number; who: string; logged: boolean };
+  /**
+   * A process holds the file open for writing: since when (`since`: monotonic, for the wait; `sinceWall`: the
+   * time said), who (in words), whether the wait was logged.
+   */
+  private writing?: { since: number; sinceWall: number; who: string; logged: boolean };
   /** A read that did not return within {@link READ_TIMEOUT_MS}: since when (no other read starts meanwhile). */
   private stalled?: { since: number };
   /** What made the writers' check less than complete (a lease refused, and why), said once each. */
@@ -469,7 +473,9 @@ export class ConfigWatcher {
    * the apply's log, that the writer is gone or (`late`) still holds the file after the bound.
    */
   private waitForWriter(seen: WritersSeen, text: string): { wait: boolean; note?: string; late?: boolean } {
-    const now = Date.now();
+    // The wait is measured on the monotonic clock (a wall-clock step neither ends it nor stretches it);
+    // the times said are the wall clock's.
+    const now = monotonicMs();
     const iso = (t: number) => new Date(t).toISOString();
     if (!seen.open) {
       if (!this.writing) return { wait: false };
@@ -481,12 +487,12 @@ export class ConfigWatcher {
       const who = seen.writers.length
         ? seen.writers.map((w) => `pid ${w.pid} (${w.command})`).join(', ')
         : `a process (${seen.limits})`;
-      this.writing = { since: now, who, logged: false };
+      this.writing = { since: now, sinceWall: Date.now(), who, logged: false };
     }
-    const { since, who } = this.writing;
+    const { since: began, sinceWall: since, who } = this.writing;
     const until = since + WRITER_WAIT_MS;
     const by = seen.how === 'lease' ? 'the kernel says so: it refuses a read lease' : `seen in /proc; ${seen.limits}`;
-    if (now >= until) {
+    if (now - began >= WRITER_WAIT_MS) {
       return {
         wait: false,
         late: true,

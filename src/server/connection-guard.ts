@@ -21,6 +21,7 @@
 import http2 from 'node:http2';
 import type { Server, Socket } from 'node:net';
 
+import { monotonicMs } from './core/clock.js';
 import { isLoopbackAddress } from './auth/identity.js';
 import { peerCred, tcpSocketUid } from './dataplane/peer-cred.js';
 import type { Logger } from './log.js';
@@ -47,7 +48,7 @@ function boundedLog(log: Logger): (kind: string, fields: object, msg: string) =>
   const logged = new Map<string, number>();
   let suppressed = 0;
   return (kind, fields, msg) => {
-    const now = Date.now();
+    const now = monotonicMs();
     if (now - windowStart >= LOG_WINDOW_MS) {
       if (suppressed)
         log.warn({ suppressed, windowMs: LOG_WINDOW_MS }, `${suppressed} more connection refusals not logged`);

@@ -55,6 +55,7 @@ import { Controller } from './core/controller.js';
 import { StateStore, stateDbPath, storeReason, type StoredState } from './core/store.js';
 import { controllerHub, type CounterHub } from './core/counter-hub.js';
 import { pacer } from './core/execute.js';
+import { monotonicMs } from './core/clock.js';
 import { LogDamper } from './core/log-damper.js';
 import type { XdpModeName } from './core/dataplane.js';
 import { KernelDataplane } from './dataplane/adapter.js';
@@ -477,7 +478,7 @@ export class Daemon {
       unregisterLog();
     };
     const ready = { value: false };
-    const startedAt = Date.now();
+    const startedAt = monotonicMs(); // uptime is an age: a wall-clock step is not time up
 
     // Until the datapath is reconciled, only health and reflection answer.
     const gate: ServerMiddleware = async function* (call, context) {
@@ -729,7 +730,7 @@ export class Daemon {
       if (!overdue) return;
       this.health.setStatus('unhealthy', DATAPATH_HEALTH);
       if (overdueSaid === undefined) {
-        overdueSaid = Date.now();
+        overdueSaid = monotonicMs();
         this.log.warn({ overdueMs }, overdue);
       }
     };
@@ -746,7 +747,7 @@ export class Daemon {
         .then(async (missing) => {
           if (overdueSaid !== undefined) {
             this.log.info(
-              { overdueSinceMs: Date.now() - overdueSaid },
+              { overdueSinceMs: monotonicMs() - overdueSaid },
               `the reconciler's overdue pass ended: statuses are current again`,
             );
             overdueSaid = undefined;
@@ -761,7 +762,7 @@ export class Daemon {
           this.health.setStatus(problems.length ? 'unhealthy' : 'healthy', DATAPATH_HEALTH);
           if (!(await sameLines(problems, reported, pace))) {
             // Said at each change; summarised while the problems flap (log-damper.ts).
-            const t = Date.now();
+            const t = monotonicMs();
             if (problems.length) {
               // At most LOGGED_PROBLEMS of them in the line, with their count: 10 000 rules not ACTIVE made one
               // line of ~2 MB, serialized and written in one turn (each log line is written at once while stdout is read).
@@ -792,7 +793,7 @@ export class Daemon {
             }
             reported = problems;
           }
-          damper.flush(Date.now());
+          damper.flush(monotonicMs());
         })
         .catch((err) => {
           overdueSaid = undefined;

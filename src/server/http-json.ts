@@ -50,6 +50,7 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
 
 import type { Identity } from './auth/identity.js';
+import { monotonicMs } from './core/clock.js';
 import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
 import { assertSocketNotLive, removeOwnSocket, socketIdentity } from './dataplane/instance-lock.js';
 import type { Logger } from './log.js';
@@ -236,7 +237,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
           const identity = ctx.values.get(kIdentity);
           if (identity) metadata.set(IDENTITY_KEY, sealIdentity(identity));
           const timeout = ctx.timeoutMs();
-          if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(Date.now() + timeout));
+          if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(monotonicMs() + timeout));
           const trailer = Metadata();
           const context: CallContext = {
             metadata,

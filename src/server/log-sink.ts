@@ -32,6 +32,8 @@ import { isatty } from 'node:tty';
 
 import { efbigText } from './core/file-size-limit.js';
 
+import { monotonicMs } from './core/clock.js';
+
 /** What a line is, for the counts: an ordinary log line or an audit record. */
 export type LogLineKind = 'log' | 'audit';
 
@@ -76,8 +78,10 @@ export interface LogSinkOptions {
   notice(text: string): void;
   /** Everything waiting was written after lines had been dropped: say so in the log (through this sink). */
   recovered(episode: DropEpisode): void;
-  /** The clock (tests). */
+  /** The wall clock, for the times said (when lines were dropped; tests). */
   now?: () => number;
+  /** The monotonic clock, for how long a flush waits (core/clock.ts). Default: `now` when a test gives one, else monotonic. */
+  mono?: () => number;
 }
 
 /** A bounded, non-blocking destination for pino (anything with write(line)). */
@@ -96,11 +100,13 @@ export class LogSink {
   /** The stream failed (its error's code): nothing more is written. */
   private failed: string | undefined;
   private readonly now: () => number;
+  private readonly mono: () => number;
   private readonly onLog = (err?: Error | null) => this.written('log', err);
   private readonly onAudit = (err?: Error | null) => this.written('audit', err);
 
   constructor(private readonly o: LogSinkOptions) {
     this.now = o.now ?? Date.now;
+    this.mono = o.mono ?? o.now ?? monotonicMs;
     // An EPIPE is an 'error' event as well as the write's callback: without a listener it would end the process.
     // A file is not written through the stream: an error there (a stray write of another module) fails nothing.
     o.out.on('error', (err: NodeJS.ErrnoException) => {
@@ -201,22 +207,22 @@ export class LogSink {
    * unwritten (0: all out); those are counted as dropped and said (notice).
    */
   async flush(idleMs = 1000, totalMs = 3000): Promise<number> {
-    const start = this.now();
+    const start = this.mono();
     let last = this.o.out.writableLength;
     let lastProgress = start;
     while (this.failed === undefined && this.o.out.writableLength > 0) {
-      const t = this.now();
+      const t = this.mono();
       if (t - lastProgress >= idleMs || t - start >= totalMs) break;
       await new Promise((r) => setTimeout(r, 20));
       const w = this.o.out.writableLength;
       if (w !== last) {
         last = w;
-        lastProgress = this.now();
+        lastProgress = this.mono();
       }
     }
     if (this.failed !== undefined || this.o.out.writableLength === 0) return 0;
     const left = this.pending.log + this.pending.audit;
-    const waited = this.now() - lastProgress;
+    const waited = this.mono() - lastProgress;
     this.dropped.log += this.pending.log;
     this.dropped.audit += this.pending.audit;
     this.o.notice(

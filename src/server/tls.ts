@@ -19,6 +19,7 @@ import { createSecureContext, type TLSSocket } from 'node:tls';
 
 import { experimental, type ServerCredentials } from '@grpc/grpc-js';
 
+import { monotonicMs } from './core/clock.js';
 import type { Logger } from './log.js';
 import { formatPeer } from './net/addr.js';
 import { readRegularFileSync } from './regular-file.js';
@@ -512,7 +513,7 @@ export function logRefusedHandshakes(log: Logger, ours: () => OwnCertificate = (
   const logged = new Map<string, number>();
   let suppressed = 0;
   handshakeLog = (err, socket) => {
-    const now = Date.now();
+    const now = monotonicMs(); // a window, not a time: a wall-clock step neither ends nor stretches it
     if (now - windowStart >= HANDSHAKE_LOG_WINDOW_MS) {
       if (suppressed) {
         log.warn(

@@ -8,6 +8,7 @@
  * resync.ts, status texts in rule-status.ts.
  */
 import { silentLogger, type Logger } from '../log.js';
+import { monotonicMs } from './clock.js';
 import type { BackendStats, Dataplane, HostChangeScope, InterfaceInfo, RuleStats, XdpModeName } from './dataplane.js';
 import { CoreError, storeReason, type FieldViolation } from './errors.js';
 import type { LinkStats } from './dataplane.js';
@@ -114,7 +115,13 @@ export interface ControllerOptions {
    * transaction per change); undefined: nothing persists (--no-state).
    */
   store?: StatePort;
+  /** The wall clock, for the times shown (condition transitions, create/update times, snapshot times); tests give their own. */
   now?: () => number;
+  /**
+   * The monotonic clock for ages, windows and retry times (core/clock.ts). Default: `now` when a test gives
+   * one (its clock drives both), else {@link monotonicMs}.
+   */
+  mono?: () => number;
 }
 
 /** Per-call options of a mutation. */
@@ -133,9 +140,14 @@ export interface DesiredState {
 }
 
 export interface CounterSnapshot {
-  /** When the read ended (every value was read at or before it). */
+  /** When the read ended (every value was read at or before it): wall clock, the time shown to clients. */
   time: number;
-  /** When the read began (every value was read at or after it); absent: at `time`. */
+  /**
+   * When the read ended by the monotonic clock (core/clock.ts): what rates divide by (a wall-clock step
+   * between two reads is not time that passed). Absent (fakes): `time`.
+   */
+  mono?: number;
+  /** When the read began (every value was read at or after it; wall clock); absent: at `time`. */
   started?: number;
   /**
    * The desired state's version when the read was made ({@link Controller.desiredVersion}): the hub reuses a
@@ -157,6 +169,7 @@ export class Controller {
   private owner?: string;
   private readonly log: Logger;
   private readonly now: () => number;
+  private readonly mono: () => number;
 
   constructor(
     private readonly dp: Dataplane,
@@ -164,6 +177,8 @@ export class Controller {
   ) {
     this.log = (opts.log ?? silentLogger).child({ component: 'controller' });
     this.now = opts.now ?? Date.now;
+    this.mono = opts.mono ?? opts.now ?? monotonicMs;
+    this.lastPassEnded = this.mono();
     this.state = new CoreState(dp.capacity);
     this.state.fights.log = this.log;
     dp.setRepairSink?.(this.state.fights);
@@ -176,6 +191,7 @@ export class Controller {
       fixVethPeers: opts.fixVethPeers,
       log: this.log,
       now: this.now,
+      mono: this.mono,
     };
     this.tx = {
       applyRuleOps: (ops, restoring, napi) => {
@@ -1115,7 +1131,7 @@ export class Controller {
           // Set by hand: asked like any other, unless no ARP request of ours can be sent (then followed).
           handSet: this.dp.neighbourHandSet?.(b.ip, b.interface) !== undefined && !!this.dp.arpUnavailable?.(),
           forwarding: mac,
-          now: this.now(),
+          now: this.mono(),
         });
         if (!h) continue;
         this.state.neighbourHolds.set(key, h);
@@ -1726,24 +1742,24 @@ export class Controller {
    * interfaces; {@link problems} has what it found wrong, with the rules not ACTIVE.
    */
   async resync(): Promise<string[]> {
-    this.passBegan = Date.now();
+    this.passBegan = this.mono();
     try {
       return await this.resyncPass();
     } finally {
       this.passBegan = undefined;
-      this.lastPassEnded = Date.now();
+      this.lastPassEnded = this.mono();
       this.overdue = undefined;
     }
   }
 
-  /** When the reconciler's pass under way began (undefined: none is), and when its last one ended (ms). */
+  /** When the reconciler's pass under way began (undefined: none is), and when its last one ended (ms, monotonic). */
   private passBegan?: number;
-  private lastPassEnded = Date.now();
+  private lastPassEnded: number;
   /** What {@link passOverdue} last found (undefined: no pass overdue). */
   private overdue?: string;
 
   /** Seconds since the reconciler's last pass ended (0 while none has run for long: see {@link passOverdue}). */
-  lastPassAge(now = Date.now()): number {
+  lastPassAge(now = this.mono()): number {
     return Math.max(0, Math.round((now - this.lastPassEnded) / 1000));
   }
 
@@ -1752,7 +1768,7 @@ export class Controller {
    * deadline; a wedged read): then the words that say so, kept for {@link problems} and GetStatus until the
    * pass ends. Undefined when no pass is overdue.
    */
-  passOverdue(limitMs: number, now = Date.now()): string | undefined {
+  passOverdue(limitMs: number, now = this.mono()): string | undefined {
     if (this.passBegan === undefined || now - this.passBegan < limitMs) {
       this.overdue = undefined;
       return undefined;
@@ -2153,7 +2169,7 @@ export class Controller {
       };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));
-    return { started, time: this.now(), version, rules, backends, links, global: linkRead.global };
+    return { started, time: this.now(), mono: this.mono(), version, rules, backends, links, global: linkRead.global };
   }
 
   /**

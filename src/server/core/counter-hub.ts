@@ -24,6 +24,7 @@
  * ends (one read per tick and per scrape, however many ask); a tick whose
  * watchers are due while a read is under way hands them that read.
  */
+import { monotonicMs, type Clock } from './clock.js';
 import type { CounterSnapshot } from './controller.js';
 import { pacer } from './execute.js';
 
@@ -48,6 +49,8 @@ export class CounterHub {
   /** When tick 0 was, by the clock: tick n is due at t0 + n * baseMs. */
   private t0 = 0;
   private latest?: CounterSnapshot;
+  /** When {@link latest}'s read began and ended, by the hub's clock (its age: a wall-clock step is no age). */
+  private latestAt?: { began: number; ended: number };
   /** The read under way, and the desired state's version when it began. */
   private inFlight?: { version?: number; done: Promise<CounterSnapshot> };
   private closed = false;
@@ -59,20 +62,20 @@ export class CounterHub {
    * @param shareMs how old a snapshot unary reads may share (GetCounters, metric exports)
    * @param version the desired state's version now (Controller.desiredVersion): a snapshot whose `version`
    *   differs is not shared. Absent: snapshots are shared by age alone.
-   * @param clock what ticks are due by, in ms (by default the wall clock); tests give their own
+   * @param clock what ages and ticks are measured by: the monotonic clock (core/clock.ts); tests give their own
    */
   constructor(
     private readonly read: () => CounterSnapshot | Promise<CounterSnapshot>,
     readonly baseMs = 10,
     readonly shareMs = 100,
     private readonly version?: () => number,
-    private readonly clock: () => number = () => Date.now(),
+    private readonly clock: Clock = monotonicMs,
   ) {}
 
   /** Whether `s` may be shared: read at most `maxAgeMs` ago, of the desired state as it is now. */
   private current(s: CounterSnapshot | undefined, maxAgeMs: number, inclusive: boolean): s is CounterSnapshot {
-    if (!s) return false;
-    const age = Date.now() - s.time;
+    if (!s || !this.latestAt) return false;
+    const age = this.clock() - this.latestAt.ended;
     if (inclusive ? age > maxAgeMs : age >= maxAgeMs) return false;
     return s.version === undefined || this.version === undefined || s.version === this.version();
   }
@@ -116,14 +119,15 @@ export class CounterHub {
     const version = this.version?.();
     if (this.inFlight && this.inFlight.version === version) return this.inFlight.done;
     this.reads++;
-    const started = Date.now();
+    const began = this.clock();
     const flight = {
       version,
       done: (async () => {
         const snap = await this.read();
         // A read that began after the kept one (reads overlap only across a change) replaces it.
-        if (!this.latest || (this.latest.started ?? this.latest.time) <= (snap.started ?? started)) {
+        if (!this.latestAt || this.latestAt.began <= began) {
           this.latest = snap;
+          this.latestAt = { began, ended: this.clock() };
         }
         return snap;
       })(),

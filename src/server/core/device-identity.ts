@@ -83,7 +83,7 @@ export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = fa
     if (state.egressMacs.delete(name)) c.forgot.push('its own MAC');
   }
   for (const key of state.staticMacEntries.keys()) if (changed.has(ifaceOf(key))) state.staticMacEntries.delete(key);
-  const t = ctx.now();
+  const t = ctx.mono();
   for (const c of changed.values()) {
     const forgot = [...new Set(c.forgot)];
     state.logDamper.line(

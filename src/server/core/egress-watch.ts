@@ -53,7 +53,7 @@ export interface EgressWatch {
   /** Frames taken and redirect errors since the window opened (the last frame taken, or the verdict). */
   taken: bigint;
   errors: bigint;
-  /** When the verdict was made (ms since epoch). */
+  /** When the verdict was made (ms, monotonic: core/clock.ts). */
   since: number;
   /** Failed trials in a row (the back-off's exponent). */
   ejections: number;

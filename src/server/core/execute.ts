@@ -41,7 +41,10 @@ export interface ExecContext {
   mode: XdpModeName;
   fixVethPeers: boolean;
   log: Logger;
+  /** The wall clock (ms since the epoch): for the times shown (condition transitions, create/update times). */
   now: () => number;
+  /** The monotonic clock (ms, core/clock.ts): for every age, window, interval and retry time. */
+  mono: () => number;
   /**
    * The egress checks {@link preflight} made in the running transaction (dry runs), reused by its later
    * checks; dropped when the transaction detaches a program (a native program gave a local veth peer NAPI).

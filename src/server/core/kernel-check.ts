@@ -105,10 +105,10 @@ export async function compareKernelEntries(
   }
   // The per-port index and the link flags follow the match and link entries (recounted, only differences written);
   // on a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
-  const all = !names && ctx.now() - state.portsSweptAt >= PORT_SWEEP_MS;
+  const all = !names && ctx.mono() - state.portsSweptAt >= PORT_SWEEP_MS;
   const sweep = performance.now();
   repaired.push(...((await dp.checkPortIndex?.(pace, all)) ?? []));
-  if (all) state.portsSweptAt = ctx.now();
+  if (all) state.portsSweptAt = ctx.mono();
   // The sweep's time is not the comparison's: every 30 s, it must not stretch the interval of the next ones.
   const swept = all ? performance.now() - sweep : 0;
   return { repaired, rules: plans.length, ms: Math.round(performance.now() - started - swept) };

@@ -90,7 +90,7 @@ export async function followMovedInterfaces(
   state.strayScanAge = 0;
   const strays = dp.strayAttachments();
   const seen = new Set<string>();
-  const t = Date.now();
+  const t = ctx.mono();
   for (const s of strays) {
     // A device of this namespace seen through an id it has for itself is not elsewhere (netns.ts peerNsids
     // leaves that id out; this is the check of last resort).

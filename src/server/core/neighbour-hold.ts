@@ -94,9 +94,9 @@ export interface NeighbourHold {
   candidate: string;
   /** The entry's MAC as the last pass read it; undefined: the entry failed (the candidate did not answer) or is gone. */
   entry?: string;
-  /** When it started (ctx.now() ms). */
+  /** When it started (ctx.mono() ms). */
   since: number;
-  /** When the kept MAC last answered an ARP request of ours during it (ctx.now() ms). */
+  /** When the kept MAC last answered an ARP request of ours during it (ctx.mono() ms). */
   keptAnswered?: number;
   /**
    * The kept MAC is the one the datapath forwarded with when this daemon started, which no probe of this
@@ -105,7 +105,7 @@ export interface NeighbourHold {
   unconfirmed?: true;
   /** The entry's states when it was set by hand (PERMANENT, NOARP), for the status. */
   handSet?: string;
-  /** Two or more MACs answer for the address at once (an address conflict): which, since when (ctx.now() ms). */
+  /** Two or more MACs answer for the address at once (an address conflict): which, since when (ctx.mono() ms). */
   conflict?: { macs: string[]; since: number };
 }
 

@@ -359,7 +359,7 @@ function markFailed(ctx: ExecContext, name: string, reason: string): void {
   k.status = failedStatus(reason, k.matchKeys.length > 0);
   k.written = undefined;
   state.touchRule(name);
-  state.failed.set(name, ctx.now() + FAILED_RETRY_MS);
+  state.failed.set(name, ctx.mono() + FAILED_RETRY_MS);
   // The same key and line as resync's report of a rule's state (resync.ts `transition`): one line per
   // transition, whichever of the two sees it first (was: both, alternately, at every retry).
   const key = `rule/${name}`;

@@ -23,6 +23,7 @@ import {
   STRAY_LOCAL_SCAN_MS,
   type ExecContext,
 } from './execute.js';
+import { wallAt } from './clock.js';
 import { forgetReplacedDevices } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
@@ -268,7 +269,7 @@ export async function resync(
       try {
         const st = dp.attach(name, ctx.mode);
         state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: st.mode });
-        state.ingressChecked.set(name, ctx.now()); // the attach set them
+        state.ingressChecked.set(name, ctx.mono()); // the attach set them
         // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
         if (st.mode === 'native') native.add(name);
         if (detached) {
@@ -364,7 +365,7 @@ export async function resync(
   judgeUnverifiedEgresses(ctx, facts.napi, transition);
   // Static MACs against what the host shows (static-mac.ts): contradicted ones leave their tables.
   const unverifiedMacs = await judgeStaticMacs(ctx, facts, transition, pace);
-  const t = ctx.now();
+  const t = ctx.mono();
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
   const why = new Map<string, string>();
@@ -868,7 +869,7 @@ export async function resync(
 
   // Our program where no rule or link needs it (attached by hand, or left by an earlier run): taken into the
   // attachments and said once, as a start does, then detached below.
-  const tScan = ctx.now();
+  const tScan = ctx.mono();
   if (tScan - state.strayLocalAt >= STRAY_LOCAL_SCAN_MS || tScan < state.strayLocalAt) {
     state.strayLocalAt = tScan;
     adoptStrayAttachments(ctx);
@@ -1026,7 +1027,7 @@ export async function resync(
     }
   }
   // Summaries of the subjects that flapped in a window that has ended (log-damper.ts).
-  state.logDamper.flush(ctx.now());
+  state.logDamper.flush(ctx.mono());
   state.maclessRound = undefined; // the next pass visits them all again
   const observed = [...changed];
   changed.clear();
@@ -1067,7 +1068,7 @@ function logRuleTransition(ctx: ExecContext, name: string, s: RuleStatus): void 
   // A rule that flaps (its egress renamed back and forth) is summarised, not logged at every flip (log-damper.ts).
   ctx.state.logDamper.line(
     key,
-    ctx.now(),
+    ctx.mono(),
     () => log.call(ctx.log, fields, text),
     (n, ms) =>
       log.call(
@@ -1165,7 +1166,7 @@ export async function observeWrittenRules(
   // The static MACs the last pass judged unverified, past their grace period now (not collected from every
   // kept verdict at every write: 40 000 with 10 000 rules).
   let unverifiedMacs: ReadonlyMap<string, string> = state.staticMacUnverified;
-  const t = ctx.now();
+  const t = ctx.mono();
   for (const [key, since] of state.staticMacGrace) {
     const m = state.staticMacs.get(key);
     if (m?.verdict !== 'unverified' || t - since < UNVERIFIED_GRACE_MS) continue;
@@ -1366,7 +1367,7 @@ function judgeUnverifiedEgresses(
     ctx.log.error({ err: e }, `cannot read the backend counters to judge ${watched.map(([i]) => i).join(', ')}`);
     return; // nothing observed: verdicts unchanged
   }
-  const now = ctx.now();
+  const now = ctx.mono();
   for (const [iface, r] of watched) {
     const w = stepEgress(
       state.egressWatch.get(iface),
@@ -1385,7 +1386,7 @@ function judgeUnverifiedEgresses(
       if (w.verdict === 'failing') {
         state.reconcilerEvents.egress_ejections++;
         ctx.log.warn(
-          { egress: iface, reason: w.why, retryAt: new Date(w.retryAt!).toISOString() },
+          { egress: iface, reason: w.why, retryAt: new Date(wallAt(w.retryAt!, ctx.mono, ctx.now())).toISOString() },
           `backend egress ${iface}: ${w.why}; its backends are out of their tables until then`,
         );
       } else if (w.verdict === 'verified') {
@@ -1455,7 +1456,7 @@ async function checkIngressSettings(
 ): Promise<void> {
   const { dp, state } = ctx;
   if (!dp.checkIngress || (mode !== 'native' && mode !== 'generic')) return;
-  const now = ctx.now();
+  const now = ctx.mono();
   if (now - (state.ingressChecked.get(name) ?? 0) < INGRESS_CHECK_MS) return;
   state.ingressChecked.set(name, now);
   let why: string | undefined;
@@ -1576,7 +1577,7 @@ async function judgeStaticMacs(
   }
   // The table this pass read with the MAC-less backends' entries (fetchRuleFacts), else a read of its own.
   const table = facts.neighbourTable ?? (await dp.neighbourTable());
-  const t = ctx.now();
+  const t = ctx.mono();
   const sweep = t - state.staticMacSweptAt >= STATIC_MAC_SWEEP_MS || t < state.staticMacSweptAt;
   // What to judge again, kept in the state until judged: a pass that gives its turn to a change (Preempted,
   // thrown by `pace`) leaves the rest to the next one.
@@ -1829,7 +1830,7 @@ async function checkKernel(
   transition: (key: string, line: string, log: (before: boolean) => void) => void,
 ): Promise<void> {
   const { state } = ctx;
-  const t = ctx.now();
+  const t = ctx.mono();
   if (t - state.kernelCheckedAt < kernelCheckInterval(state.kernelCheckMs)) return;
   state.kernelCheckedAt = t;
   try {
@@ -1872,7 +1873,7 @@ async function checkKernel(
 async function holdChangedNeighbours(ctx: ExecContext, facts: Facts, pace: () => Promise<void>): Promise<void> {
   const { dp, state } = ctx;
   if (!dp.neighbourAnswered) return;
-  const t = ctx.now();
+  const t = ctx.mono();
   // Without ARP requests of our own nothing can ask an entry set by hand: followed at once, as the operator's.
   const canAsk = !dp.arpUnavailable?.();
   let n = 0;

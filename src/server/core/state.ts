@@ -307,11 +307,11 @@ export class CoreState {
    * at this start would have dropped what they forward. Name -> why (their status says it).
    */
   readonly keepMode = new Map<string, string>();
-  /** When removing our program from each such device was last tried (by key, ms since the epoch). */
+  /** When removing our program from each such device was last tried (by key, ms, monotonic). */
   readonly strayTried = new Map<string, number>();
   /** Reconciler passes since the last look for our program in other namespaces. */
   strayScanAge = 0;
-  /** When the reconciler last looked for our program on interfaces of this namespace nothing uses (ctx.now() ms). */
+  /** When the reconciler last looked for our program on interfaces of this namespace nothing uses (ctx.mono() ms). */
   strayLocalAt = -Infinity;
   /** Last status logged per rule or interface ("state|message"), so each transition is logged once. */
   readonly logged = new Map<string, string>();
@@ -347,7 +347,7 @@ export class CoreState {
   readonly linkCountersSeen = new Map<number, { packets: bigint; bytes: bigint }>();
   /** Link directions (by ingress ifindex) whose counters went down while the link existed: when, and what was seen. */
   readonly linkCounterResets = new Map<number, string>();
-  /** When the reconciler last compared every rule's kernel entries with the desired state (ctx.now() ms). */
+  /** When the reconciler last compared every rule's kernel entries with the desired state (ctx.mono() ms). */
   kernelCheckedAt = -Infinity;
   /** How long the last comparison took (ms): the next one waits kernelCheckInterval(it). */
   kernelCheckMs = 0;
@@ -393,7 +393,7 @@ export class CoreState {
    * its egress's, so a change means the entries behind that egress are rewritten (resync.ts).
    */
   readonly egressMacs = new Map<string, string>();
-  /** Interface name -> when the reconciler last checked the device settings XDP relies on there (ms since epoch). */
+  /** Interface name -> when the reconciler last checked the device settings XDP relies on there (ms, monotonic). */
   readonly ingressChecked = new Map<string, number>();
   /**
    * Interface name -> the settings XDP relies on there that someone changed and the reconciler could not put
@@ -443,11 +443,11 @@ export class CoreState {
   readonly staticMacHeld = new Set<string>();
   /** The static MACs whose kept verdict is "cannot be verified", past UNVERIFIED_GRACE_MS: key -> why. */
   readonly staticMacUnverified = new Map<string, string>();
-  /** The same within UNVERIFIED_GRACE_MS of their first judgement: key -> since (ms since epoch). */
+  /** The same within UNVERIFIED_GRACE_MS of their first judgement: key -> since (ms, monotonic). */
   readonly staticMacGrace = new Map<string, number>();
-  /** When the reconciler last judged every static MAC from scratch (ms since epoch). */
+  /** When the reconciler last judged every static MAC from scratch (ms, monotonic). */
   staticMacSweptAt = -Infinity;
-  /** Rules the datapath refused at start or resync: when to try again (ms since epoch). */
+  /** Rules the datapath refused at start or resync: when to try again (ms, monotonic). */
   readonly failed = new Map<string, number>();
   /** Conditions of rules, links and interfaces with their transition times. */
   readonly conditions = new ConditionStore();
@@ -527,7 +527,7 @@ export class CoreState {
   judgeDirty = new Set<string>();
   /** Rules whose conditions' inputs the pass under way found changed (ResyncResult.changed), kept across its turns. */
   readonly passChanged = new Set<string>();
-  /** When the reconciler last put every rule in both sets (its periodic full sweep; ms since epoch). */
+  /** When the reconciler last put every rule in both sets (its periodic full sweep; ms, monotonic). */
   ruleSweptAt = -Infinity;
   /** What the last pass read of each interface the rules name ({@link IfaceFacts}). */
   readonly ifaceFacts = new Map<string, IfaceFacts>();

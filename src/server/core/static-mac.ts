@@ -193,10 +193,10 @@ export class StaticMacState {
     readonly mac: string,
     readonly verdict: StaticMacVerdict,
     readonly why: string,
-    /** When this static MAC was first judged (ms since epoch): {@link UNVERIFIED_GRACE_MS} counts from it. */
+    /** When this static MAC was first judged (ms, monotonic: core/clock.ts): {@link UNVERIFIED_GRACE_MS} counts from it. */
     readonly since?: number,
     /**
-     * A definitive verdict kept while nothing definitive is observed: since when (ms since epoch); it stands
+     * A definitive verdict kept while nothing definitive is observed: since when (ms, monotonic); it stands
      * for {@link STATIC_MAC_HOLD_MS} from then. Undefined: the last observation was this verdict's evidence.
      */
     readonly heldSince?: number,
@@ -210,7 +210,7 @@ export class StaticMacState {
  */
 export const STATIC_MAC_HOLD_MS = 8000;
 
-/** The next kept verdict from the last one and an observation (`now`: ms since epoch). */
+/** The next kept verdict from the last one and an observation (`now`: ms, monotonic). */
 export function stepStaticMac(
   prev: StaticMacState | undefined,
   mac: string,

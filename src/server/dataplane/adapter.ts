@@ -23,6 +23,7 @@ import type {
   XdpStatus,
 } from '../core/dataplane.js';
 import type { RepairSubject } from '../core/fights.js';
+import { monotonicMs, wallAt } from '../core/clock.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
@@ -138,7 +139,7 @@ export const TABLE_FULL_MS = 10_000;
 const TABLE_STATS_MS = 500;
 /** A spell of the kernel saying its neighbour table is full (KernelDataplane.tableFull). */
 interface TableFullSpell {
-  /** When it began and when the kernel last said so (ms since epoch). */
+  /** When it began and when the kernel last said so (ms, monotonic: core/clock.ts). */
   since: number;
   last: number;
   /** The table's counters when it began (said in the status, unchanged while it lasts). */
@@ -222,7 +223,7 @@ const undoRecord = (r: HostRecord): Promise<string> =>
   r.kind === 'gro' ? restoreGro(r.change) : restoreOffloads(r.change);
 
 export class KernelDataplane implements Dataplane {
-  /** This namespace's IPv4 addresses as last read for {@link vethPeerMac} (ms since epoch). */
+  /** This namespace's IPv4 addresses as last read for {@link vethPeerMac} (ms, monotonic: core/clock.ts). */
   private v4?: { at: number; ips: readonly string[] };
   readonly ringSize = RING_SIZE;
   readonly noBackend = NO_BACKEND;
@@ -631,7 +632,7 @@ export class KernelDataplane implements Dataplane {
    * looked up by for that name (a name can move to another device: two egresses renamed the other's way).
    */
   private readonly neighbourSeen = new Map<string, { entry: NeighbourEntry; at: number; ifindex: number }>();
-  /** When each neighbour ("ip#ifindex") was last set to NUD_PROBE by verifyNeighbour (ms since epoch). */
+  /** When each neighbour ("ip#ifindex") was last set to NUD_PROBE by verifyNeighbour (ms, monotonic: core/clock.ts). */
   private readonly reprobed = new Map<string, number>();
 
   /** Entries ("ip#ifindex") seen FAILED and not seen with a MAC since ({@link neighbourMissing}). */
@@ -640,14 +641,14 @@ export class KernelDataplane implements Dataplane {
   /**
    * What answered ARP requests of our own, read off the wire (arp.ts), by DEVICE ("ip#ifindex", never the
    * interface's name: a name that now names another device must not inherit what answered on the old one):
-   * each MAC that answered, and when (ms since epoch). A MAC is taken out when a later request of ours to it
+   * each MAC that answered, and when (ms, monotonic: core/clock.ts). A MAC is taken out when a later request of ours to it
    * went unanswered (arp.ts ARP_TRIES of them). A neighbour entry, whatever its state, never puts a MAC here:
    * any tool can write one.
    */
   private readonly wire = new Map<string, Map<string, number>>();
   /** When anything last answered an ARP request of ours for "ip#ifindex" (kept when that MAC is dropped from {@link wire}). */
   private readonly answeredAt = new Map<string, number>();
-  /** When each "ip#ifindex/mac" was last asked on the wire (ms since epoch): at most once per {@link ASK_EVERY_MS}. */
+  /** When each "ip#ifindex/mac" was last asked on the wire (ms, monotonic: core/clock.ts): at most once per {@link ASK_EVERY_MS}. */
   private readonly asked = new Map<string, number>();
   private arpProber?: ArpProber;
   /** Broadcasts for "ip#ifindex" nobody answered, in a row, and how long until the next one (ms). */
@@ -677,9 +678,9 @@ export class KernelDataplane implements Dataplane {
         }
         this.broadcastSilent.delete(key);
         if (this.answeredAt.size > 65536) this.answeredAt.clear();
-        this.answeredAt.set(key, Date.now());
+        this.answeredAt.set(key, monotonicMs());
         const fresh = !m.has(a.mac);
-        m.set(a.mac, Date.now());
+        m.set(a.mac, monotonicMs());
         if (fresh) this.onNeighbourAnswer?.();
       },
       (q) => {
@@ -699,7 +700,7 @@ export class KernelDataplane implements Dataplane {
         // A MAC that answered no longer does: a pass acts on it at once (a hold waiting for it to fall silent).
         if (was) this.onNeighbourAnswer?.();
       },
-      Date.now,
+      monotonicMs,
       (c) => {
         const key = `${c.ip}#${c.ifindex}`;
         if (!this.claimWatch.has(key)) return;
@@ -709,7 +710,7 @@ export class KernelDataplane implements Dataplane {
           this.claims.set(key, (m = new Map()));
         }
         if (m.size > 64) m.clear();
-        noteClaim(m, c.mac, Date.now());
+        noteClaim(m, c.mac, monotonicMs());
       },
     );
     return this.arpProber;
@@ -762,7 +763,7 @@ export class KernelDataplane implements Dataplane {
   neighbourAnswerAge(backend: string, iface: string, mac: string): number | undefined {
     const ip = this.nextHop(backend, iface);
     const at = this.answeredOn(ip, iface)?.get(mac.toLowerCase());
-    return at ? Math.max(0, Date.now() - at) : undefined;
+    return at ? Math.max(0, monotonicMs() - at) : undefined;
   }
 
   /**
@@ -774,7 +775,7 @@ export class KernelDataplane implements Dataplane {
     const ip = this.nextHop(backend, iface);
     const ifindex = this.deviceOf(ip, iface);
     const m = ifindex === undefined ? undefined : this.claims.get(`${ip}#${ifindex}`);
-    return m ? conflictingMacs(m, Date.now()) : undefined;
+    return m ? conflictingMacs(m, monotonicMs()) : undefined;
   }
 
   /**
@@ -796,7 +797,7 @@ export class KernelDataplane implements Dataplane {
     }
     // Rate and back-off per device: the name's previous device's silence says nothing of this one.
     const k = `${ip}#${own.ifindex}/${mac.toLowerCase()}`;
-    const t = Date.now();
+    const t = monotonicMs();
     // Less a little: the passes that ask come once a second, give or take the timer's jitter.
     const every = (mac === '' && this.broadcastSilent.get(`${ip}#${own.ifindex}`)?.wait) || ASK_EVERY_MS;
     if (!now && t - (this.asked.get(k) ?? 0) < every - 100) return false;
@@ -851,7 +852,7 @@ export class KernelDataplane implements Dataplane {
       states: [],
     };
     if (this.neighbourSeen.size > 65536) this.neighbourSeen.clear();
-    this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: Date.now(), ifindex });
+    this.neighbourSeen.set(`${ip}@${iface}`, { entry, at: monotonicMs(), ifindex });
     this.noteNeighbour(`${ip}#${ifindex}`, entry);
     return entry.mac;
   }
@@ -869,7 +870,7 @@ export class KernelDataplane implements Dataplane {
     whole = false,
   ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string>; table?: Map<string, NeighbourEntry> }> {
     const table = neighbourTableByIndex();
-    const t = Date.now();
+    const t = monotonicMs();
     const index = new Map<string, number | undefined>();
     const gone = new Set<string>();
     const macs = new Map<string, string | undefined>();
@@ -1003,13 +1004,13 @@ export class KernelDataplane implements Dataplane {
       // cannot make, is no word on the host, which may answer every request of ours.
       let full = this.tableFull();
       const last = this.lastAnswer(k);
-      const fresh = !!last && Date.now() - last[1] <= NEIGHBOUR_HOLD_MS;
-      if (!full && fresh && !this.kernelFailed.has(k) && (this.madeAsked.get(k) ?? 0) <= Date.now()) {
+      const fresh = !!last && monotonicMs() - last[1] <= NEIGHBOUR_HOLD_MS;
+      if (!full && fresh && !this.kernelFailed.has(k) && (this.madeAsked.get(k) ?? 0) <= monotonicMs()) {
         // A MAC answered ours and the kernel has no entry (evicted?): asked to make one now, as the pass that
         // finds it missing does (probeNeighbour; at most once a second): a refusal (ENOBUFS) is the kernel
         // saying its table is full, heard in this read rather than the next.
         if (this.madeAsked.size > 4096) this.madeAsked.clear();
-        this.madeAsked.set(k, Date.now() + 1000);
+        this.madeAsked.set(k, monotonicMs() + 1000);
         this.noteTableFull(probeNeighbour(ip, dev));
         full = this.tableFull();
       }
@@ -1026,14 +1027,14 @@ export class KernelDataplane implements Dataplane {
         // of ours unanswered, the spell at least that old): the evidence that the host does not receive, the
         // backend out, its status naming the table (a host on this same kernel cannot answer ARP either while
         // the table has no room for its entry of the asker: net/ipv4/arp.c replies only with one).
-        const t = Date.now();
+        const t = monotonicMs();
         if (full && t - full.since >= NEIGHBOUR_HOLD_MS && this.broadcastSilent.has(k)) {
           return {
             mac: undefined,
             states: ['FAILED'],
             via:
               `${TABLE_FULL}: ${this.tableSizeText(full)}; the kernel cannot hold an entry for ${ip} on ${dev}, and ` +
-              `no ARP request of ours has been answered since ${new Date(this.answeredAt.get(k) ?? full.since).toISOString()} (asking)`,
+              `no ARP request of ours has been answered since ${new Date(wallAt(this.answeredAt.get(k) ?? full.since)).toISOString()} (asking)`,
           };
         }
         return kernel;
@@ -1041,7 +1042,7 @@ export class KernelDataplane implements Dataplane {
       return {
         mac: last[0],
         states: ['REACHABLE'],
-        confirmed: Math.floor(Math.max(0, Date.now() - last[1]) / 1000),
+        confirmed: Math.floor(Math.max(0, monotonicMs() - last[1]) / 1000),
         via: full
           ? this.tableFullText(full, ip, dev, last[0])
           : `${KERNEL_FAILS} ${ip} on ${dev} failed (its requests unanswered as far as the kernel knows) ` +
@@ -1058,7 +1059,7 @@ export class KernelDataplane implements Dataplane {
     const key = `${ip}#${eg.ifindex}`;
     const last = this.lastAnswer(key);
     if (last) {
-      const confirmed = Math.floor(Math.max(0, Date.now() - last[1]) / 1000);
+      const confirmed = Math.floor(Math.max(0, monotonicMs() - last[1]) / 1000);
       return { mac: last[0], states: ['REACHABLE'], confirmed, via: why };
     }
     this.askOn(ip, iface, '');
@@ -1070,13 +1071,13 @@ export class KernelDataplane implements Dataplane {
     };
   }
 
-  /** When neighbourView may next ask the kernel to make a missing entry ("ip#ifindex"; ms since epoch). */
+  /** When neighbourView may next ask the kernel to make a missing entry ("ip#ifindex"; ms, monotonic). */
   private readonly madeAsked = new Map<string, number>();
 
   /** The kernel's entries ("ip#ifindex" of the egress) seen FAILED and not seen with a MAC since (neighbourView). */
   private readonly kernelFailed = new Set<string>();
 
-  /** The last read of the neighbour table's counters, and when (ms since epoch). */
+  /** The last read of the neighbour table's counters, and when (ms, monotonic: core/clock.ts). */
   private tableStats?: { at: number; stats: NeighbourTableStats };
   /**
    * The kernel's last word that its neighbour table is full (a new entry refused): when, and the counters read
@@ -1086,7 +1087,7 @@ export class KernelDataplane implements Dataplane {
 
   /** The kernel refused a new neighbour entry of ours with ENOBUFS (probeNeighbour): its table is full. */
   private noteTableFull(errno: number | undefined): void {
-    if (errno === ENOBUFS) this.tableFullSeen = this.tableFullSpell(Date.now());
+    if (errno === ENOBUFS) this.tableFullSeen = this.tableFullSpell(monotonicMs());
   }
 
   /** The spell the kernel's word at `t` that its table is full belongs to: the current one, or a new one. */
@@ -1107,7 +1108,7 @@ export class KernelDataplane implements Dataplane {
    * count in it but not against gc_thresh3). Undefined: not full as far as the kernel said.
    */
   private tableFull(): TableFullSpell | undefined {
-    const t = Date.now();
+    const t = monotonicMs();
     if (!this.tableStats || t - this.tableStats.at >= TABLE_STATS_MS || t < this.tableStats.at) {
       const stats = neighbourTableStats();
       const before = this.tableStats?.stats;
@@ -1133,12 +1134,12 @@ export class KernelDataplane implements Dataplane {
   private tableFullText(full: TableFullSpell, ip: string, dev: string, mac: string): string {
     return (
       `${TABLE_FULL}: ${this.tableSizeText(full)}; the kernel has refused new neighbour entries since ` +
-      `${new Date(full.since).toISOString()} (ENOBUFS, its table_fulls count rising) and cannot hold an entry ` +
+      `${new Date(wallAt(full.since)).toISOString()} (ENOBUFS, its table_fulls count rising) and cannot hold an entry ` +
       `for ${ip} on ${dev}: MAC from our own ARP answer (${ip} answers ARP requests of ours from ${mac})`
     );
   }
 
-  /** The MAC that answered an ARP request of ours for "ip#ifindex" last, and when (ms since epoch). */
+  /** The MAC that answered an ARP request of ours for "ip#ifindex" last, and when (ms, monotonic: core/clock.ts). */
   private lastAnswer(key: string): [string, number] | undefined {
     let last: [string, number] | undefined;
     for (const [mac, at] of this.wire.get(key) ?? []) if (!last || at > last[1]) last = [mac, at];
@@ -1151,13 +1152,13 @@ export class KernelDataplane implements Dataplane {
    * {@link routesChanged}, from `ip monitor`) and at least every {@link HOPS_MS} (a change the monitor missed).
    */
   private readonly hops = new Map<string, { via?: string; note?: string }>();
-  /** When {@link hops} was last cleared (ms since epoch). */
+  /** When {@link hops} was last cleared (ms, monotonic: core/clock.ts). */
   private hopsSince = 0;
 
   /** A route or address changed (link-monitor.ts): every next hop is looked up again. */
   routesChanged(): void {
     this.hops.clear();
-    this.hopsSince = Date.now();
+    this.hopsSince = monotonicMs();
   }
 
   /**
@@ -1171,7 +1172,7 @@ export class KernelDataplane implements Dataplane {
    * for it (not the default route) out of another device the note says so.
    */
   private hopOf(ip: string, iface: string): { via?: string; note?: string } {
-    const t = Date.now();
+    const t = monotonicMs();
     if (t - this.hopsSince >= HOPS_MS || t < this.hopsSince) this.routesChanged();
     let ifindex: number;
     try {
@@ -1270,7 +1271,7 @@ export class KernelDataplane implements Dataplane {
     const answer = this.wire.get(key)?.get(seen.entry.mac);
     const now = unanswered && !answer;
     // A MAC that answered is asked again once a second (at most CHECKS_PER_S a second in all): it still does.
-    const t0 = Date.now();
+    const t0 = monotonicMs();
     let asked = false;
     if (now) asked = this.askOn(ip, iface, seen.entry.mac);
     else if (unanswered && answer && t0 - answer >= ASK_EVERY_MS / 2) {
@@ -1282,7 +1283,7 @@ export class KernelDataplane implements Dataplane {
       }
     }
     const busy = ['PROBE', 'DELAY', 'INCOMPLETE'];
-    const t = Date.now();
+    const t = monotonicMs();
     if (seen.entry.via?.startsWith(KERNEL_FAILS) || seen.entry.via?.startsWith(TABLE_FULL)) {
       // The kernel's own entry has none (its requests unanswered as far as it knows, or its table full): asked
       // to resolve it again now and then, whose reply makes its entry the backend's again once its ARP input
@@ -1324,7 +1325,7 @@ export class KernelDataplane implements Dataplane {
       return new Map();
     }
     if (this.neighbourSeen.size + byIndex.size > 65536) this.neighbourSeen.clear();
-    return this.namedTable(byIndex, Date.now());
+    return this.namedTable(byIndex, monotonicMs());
   }
 
   /**
@@ -1377,7 +1378,7 @@ export class KernelDataplane implements Dataplane {
     const p = vethPeerMac(ifname);
     if (!p) return p;
     // The peer is in this namespace: the addresses held here (one read per pass, whatever the egress count).
-    const t = Date.now();
+    const t = monotonicMs();
     if (!this.v4 || t - this.v4.at > 200 || t < this.v4.at) {
       this.v4 = { at: t, ips: [...hostAddresses().owners.keys()].sort() };
     }
@@ -1449,7 +1450,7 @@ export class KernelDataplane implements Dataplane {
     const ip = this.nextHop(backend, iface);
     // At most once a second per device (not per name: a name now on another device is resolved there at once).
     const key = `${ip}#${this.deviceOf(ip, iface) ?? iface}`;
-    const t = Date.now();
+    const t = monotonicMs();
     if ((this.probed.get(key) ?? 0) > t) return;
     this.probed.set(key, t + 1000);
     if (this.probed.size > 4096) this.probed.clear();
@@ -1709,7 +1710,7 @@ export class KernelDataplane implements Dataplane {
     }
     const keyOf = (f: bigint | undefined) => id && `${ifindex}/${f}/${id.link}/${id.linkNetnsid}/${id.carrierChanges}`;
     const seen = this.vethVerified.get(ifname);
-    if (seen && seen.key === keyOf(features) && Date.now() - seen.at < VETH_RECHECK_MS) return seen.result;
+    if (seen && seen.key === keyOf(features) && monotonicMs() - seen.at < VETH_RECHECK_MS) return seen.result;
     this.vethVerified.delete(ifname);
 
     const s = await ensureVethPeerNapi(ifname, fix);
@@ -1753,7 +1754,7 @@ export class KernelDataplane implements Dataplane {
     const trust = (result: RedirectTarget & { ok: true }, f: bigint | undefined) => {
       const key = keyOf(f);
       if (!result.unverified && xmit(f)) this.groSettled.add(ifname);
-      if (key && xmit(f)) this.vethVerified.set(ifname, { key, at: Date.now(), result });
+      if (key && xmit(f)) this.vethVerified.set(ifname, { key, at: monotonicMs(), result });
       return result;
     };
     if (s.uninspectable) {

@@ -21,6 +21,7 @@
  */
 import koffi from 'koffi';
 
+import { monotonicMs } from '../core/clock.js';
 import { errnoName } from './errors.js';
 import { lastErrno } from './libbpf.js';
 
@@ -184,7 +185,8 @@ export class ArpProber {
   constructor(
     private readonly onAnswer: (a: ArpAnswer) => void,
     private readonly onSilent: (q: ArpQuestion) => void,
-    private readonly now: () => number = Date.now,
+    /** Ages and retry times: the monotonic clock (core/clock.ts); tests give their own. */
+    private readonly now: () => number = monotonicMs,
     /** Every ARP packet read whose sender claims an address ({@link ArpClaim}), answers or not. */
     private readonly onClaim?: (c: ArpClaim) => void,
   ) {}

@@ -19,6 +19,7 @@
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 
+import { monotonicMs } from '../core/clock.js';
 import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
 
 // <linux/rtnetlink.h>, <linux/net_namespace.h>
@@ -86,14 +87,14 @@ export function findNetns(nsid: number): NetnsWay | undefined {
   if (known && nsidOfPath(known.path) === nsid) return known;
   found.delete(nsid);
   const missed = notFound.get(nsid);
-  if (missed !== undefined && Date.now() - missed < NOT_FOUND_RETRY_MS) return undefined;
+  if (missed !== undefined && monotonicMs() - missed < NOT_FOUND_RETRY_MS) return undefined;
   const way = search(nsid);
   if (found.size >= 1024) found.clear();
   if (notFound.size >= 1024) notFound.clear();
   if (way) {
     found.set(nsid, way);
     notFound.delete(nsid);
-  } else notFound.set(nsid, Date.now());
+  } else notFound.set(nsid, monotonicMs());
   return way;
 }
 

@@ -37,6 +37,7 @@ import {
 } from '../auth/identity.js';
 import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
 import { roleForMethod } from '../auth/roles.js';
+import { monotonicMs } from '../core/clock.js';
 import type { Logger } from '../log.js';
 import { normalizePeer } from '../net/addr.js';
 import { lazyRules } from './apply-rules-codec.js';
@@ -45,7 +46,10 @@ import { AUDIT_OUTCOME, type OutcomeBox } from './audit-outcome.js';
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
 
-/** Internal metadata key carrying the call's deadline (ms since the epoch) from the interceptor to the middleware. */
+/**
+ * Internal metadata key carrying the call's deadline from the interceptor to the middleware, by the monotonic
+ * clock (core/clock.ts): a wall-clock step in between neither ends the call nor stretches its deadline.
+ */
 export const DEADLINE_KEY = 'x-xdpctl-deadline';
 
 /** What a listener is: decides where identities come from. */
@@ -219,9 +223,10 @@ export function identityInterceptor(kind: ListenerKind): ServerInterceptor {
             md.set(IDENTITY_KEY, seal(identify(kind, call)));
             // The call's deadline (grpc-js parsed grpc-timeout); nice-grpc does not expose it.
             md.remove(DEADLINE_KEY);
+            // grpc-js gives it by the wall clock, as it set it from grpc-timeout just now: turned into time left.
             const deadline = call.getDeadline();
             const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-            if (Number.isFinite(ms)) md.set(DEADLINE_KEY, String(ms));
+            if (Number.isFinite(ms)) md.set(DEADLINE_KEY, String(monotonicMs() + (ms - Date.now())));
             nextMd(md);
           },
         });
@@ -380,7 +385,7 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     context.metadata.delete(DEADLINE_KEY);
     let signal = context.signal;
     if (Number.isFinite(deadline)) {
-      const left = deadline - Date.now();
+      const left = deadline - monotonicMs();
       signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(left) : AbortSignal.abort()]);
     }
     // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.

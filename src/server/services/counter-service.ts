@@ -94,7 +94,8 @@ function* buildCounters(
   const ruleOk = (name: string) => !filter?.rules.length || filter.rules.includes(name);
   const ifOk = (a: string, b: string) =>
     !filter?.interfaces.length || filter.interfaces.includes(a) || filter.interfaces.includes(b);
-  const dt = prev ? (s.time - prev.time) / 1000 : 0;
+  // The time between the reads by the monotonic clock: a wall-clock step between them is not time that passed.
+  const dt = prev ? ((s.mono ?? s.time) - (prev.mono ?? prev.time)) / 1000 : 0;
   const out: Counters = {
     time: new Date(s.time),
     rules: [],

@@ -2,6 +2,7 @@
 import type { ServiceImplementation } from 'nice-grpc';
 
 import type { ConfigReport } from '../config-watcher.js';
+import { monotonicMs } from '../core/clock.js';
 import type { Controller } from '../core/controller.js';
 import type { Dataplane } from '../core/dataplane.js';
 import type { WriteProblem } from '../log-sink.js';
@@ -41,6 +42,7 @@ export function daemonService(
   dp: Dataplane,
   info: {
     version: string;
+    /** When the daemon started, by the monotonic clock (core/clock.ts): uptime is measured from it. */
     startedAt: number;
     serving: () => boolean;
     /** Config-file mode's report; undefined without --config. */
@@ -55,7 +57,7 @@ export function daemonService(
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
     async getStatus() {
-      const up = Date.now() - info.startedAt;
+      const up = Math.floor(monotonicMs() - info.startedAt);
       const state = ctl.desiredState();
       const config = info.configFile?.();
       const serving = info.serving();

@@ -22,6 +22,7 @@ import { suppressTracing, type ExportResult } from '@opentelemetry/core';
 import type { PushMetricExporter, ResourceMetrics } from '@opentelemetry/sdk-metrics';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 
+import { monotonicMs } from '../core/clock.js';
 import type { Logger } from '../log.js';
 
 /** The signals the daemon exports (logs stay JSON lines on stdout: no log exporter). */
@@ -223,7 +224,12 @@ function watchHttpAnswers(): void {
     const { request, response } = m as { request: ClientRequest; response: IncomingMessage };
     const key = `${String(request.getHeader('host') ?? request.host)}${request.path}`;
     if (!httpAnswers.has(key) && httpAnswers.size >= 32) return; // only a few exporter URLs matter
-    httpAnswers.set(key, { status: response.statusCode ?? 0, message: response.statusMessage ?? '', at: Date.now() });
+    // `at`: monotonic (core/clock.ts), compared with an export's start only.
+    httpAnswers.set(key, {
+      status: response.statusCode ?? 0,
+      message: response.statusMessage ?? '',
+      at: monotonicMs(),
+    });
   });
 }
 function httpKey(url: string): string | undefined {
@@ -241,11 +247,17 @@ export class ExportHealth {
   private readonly log: Logger;
   private readonly summaryMs: number;
   private readonly now: () => number;
+  private readonly mono: () => number;
 
-  constructor(log: Logger, opts: { summaryMs?: number; now?: () => number } = {}) {
+  /**
+   * `now`: the wall clock, for the times said (lastExportAt, failingSince); `mono`: the monotonic clock, for the
+   * summary interval (core/clock.ts), by default `now` when a test gives one.
+   */
+  constructor(log: Logger, opts: { summaryMs?: number; now?: () => number; mono?: () => number } = {}) {
     this.log = log.child({ component: 'otel' });
     this.summaryMs = opts.summaryMs ?? SUMMARY_MS;
     this.now = opts.now ?? Date.now;
+    this.mono = opts.mono ?? opts.now ?? monotonicMs;
   }
 
   /** Each exporter as its exports last ended. */
@@ -319,7 +331,7 @@ export class ExportHealth {
 
   /** Run one export outside any RPC's context, record its result, hand the SDK its result. */
   private run(s: State, items: number, exp: (cb: (r: ExportResult) => void) => void, done: (r: ExportResult) => void) {
-    const started = this.now();
+    const started = monotonicMs(); // the HTTP answers' clock
     let ended = false;
     const guardMs = s.info.guardMs ?? (s.info.timeoutMs === undefined ? undefined : s.info.timeoutMs + 1000);
     const finish = (r: ExportResult) => {
@@ -408,16 +420,17 @@ export class ExportHealth {
       failedExports: s.failingExports,
     };
     const every = `said again every ${Math.round(this.summaryMs / 1000)} s while it fails, and once when an export succeeds`;
+    const t = this.mono();
     if (first) {
-      s.lastLogAt = now;
+      s.lastLogAt = t;
       s.causesLogged = new Set([cause]);
       const lost =
         s.signal === 'traces'
           ? 'the spans of each failed export are dropped'
           : 'the points of each failed export are dropped (cumulative sums carry on in the next export that succeeds)';
       this.log.warn(fields, `telemetry export of ${s.signal} to ${s.exporter} failing: ${cause}; ${lost} (${every})`);
-    } else if (now - s.lastLogAt >= this.summaryMs) {
-      s.lastLogAt = now;
+    } else if (t - s.lastLogAt >= this.summaryMs) {
+      s.lastLogAt = t;
       s.causesLogged = new Set([cause]);
       this.log.warn(
         fields,

@@ -34,6 +34,7 @@ import { context, diag, DiagLogLevel, metrics, propagation, ROOT_CONTEXT, type D
 import type { IMetricReader, PushMetricExporter } from '@opentelemetry/sdk-metrics';
 import type { SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 
+import { monotonicMs } from '../core/clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { describeExportError, ExportHealth, isReported, SUMMARY_MS, type ExportReport } from './export-health.js';
 import { configMetrics } from './config-metrics.js';
@@ -245,7 +246,8 @@ export class Damper {
   private readonly seen = new Map<string, { lastLogAt: number; repeats: number }>();
   constructor(
     private readonly windowMs = SUMMARY_MS,
-    private readonly now: () => number = Date.now,
+    /** A window, not a time: the monotonic clock (core/clock.ts); tests give their own. */
+    private readonly now: () => number = monotonicMs,
   ) {}
 
   /** undefined: not to be logged now; otherwise how many repeats were held back since it was last logged. */

@@ -1,0 +1,30 @@
+/**
+ * The daemon's two clocks. Every age, interval, window, timeout and deadline is measured on the monotonic
+ * clock ({@link monotonicMs}): the wall clock steps (an NTP step, `date -s`, a VM resumed), and an age
+ * measured on it goes negative or jumps by the step, a window never ends or ends at once. The wall clock
+ * (`Date.now()`) is only for the times shown to people and clients: a condition's lastTransitionTime, a
+ * rule's createTime, a counter snapshot's time, a log line's time.
+ *
+ * A monotonic instant is never shown as a time: {@link wallAt} turns one into the wall time it was (now,
+ * minus its age), for a log line or message that says when.
+ */
+
+/**
+ * Monotonic milliseconds (CLOCK_MONOTONIC, as `performance.now()`), counted from the wall time of the
+ * process's start, so that 0 and -Infinity stay "long ago" for the windows that start from them. Only
+ * differences between two values mean anything.
+ */
+export function monotonicMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** A clock: ms, by the monotonic clock in the daemon; a test gives its own. */
+export type Clock = () => number;
+
+/**
+ * The wall time (ms since the epoch) at the monotonic instant `mono` of `clock`: now by the wall clock,
+ * minus how long ago it was. For saying when something observed on the monotonic clock happened.
+ */
+export function wallAt(mono: number, clock: Clock = monotonicMs, wallNow = Date.now()): number {
+  return wallNow - (clock() - mono);
+}
