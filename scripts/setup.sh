@@ -39,6 +39,8 @@ need sqlite3 sqlite3 # inspect the state store (docs/state-store.md)
 need python3-grpcio /usr/lib/python3/dist-packages/grpc/__init__.py
 need python3-protobuf /usr/lib/python3/dist-packages/google/protobuf/__init__.py
 need curl curl # the HTTP/JSON listener's test drives it with curl
+# The wall-clock step test moves one daemon's CLOCK_REALTIME (LD_PRELOAD), never the host's.
+need faketime /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

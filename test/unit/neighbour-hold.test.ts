@@ -365,6 +365,44 @@ describe('neighbour holds: the reconciler', () => {
     assert.ok(lines.some((l) => l.level === 'warn' && /no MAC answered within 8000 ms/.test(l.msg)));
   });
 
+  it('a hold lasts NEIGHBOUR_HOLD_MS by the monotonic clock, whatever the wall clock steps; condition times are the wall clock', async () => {
+    const dp = new Neighbours();
+    const wall = { t: Date.parse('2026-12-06T12:00:00Z') };
+    const mono = { t: 1_000_000 };
+    const c = new Controller(dp, {
+      mode: 'generic',
+      fixVethPeers: false,
+      log: logger([]),
+      now: () => wall.t,
+      mono: () => mono.t,
+    });
+    const inMaps = (mac: string) => dp.snapshot().backends.some((e) => e.includes(mac.replace(/:/g, '')));
+    dp.neighbours.set(KEY, A);
+    dp.answers.set(KEY, A);
+    await c.createRule(rule());
+    await c.resync();
+    dp.neighbours.set(KEY, W); // a new MAC nothing has answered: A held
+    dp.answers.delete(KEY);
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W), 'A held');
+    // The wall clock steps an hour forward (an NTP step): 100 ms passed, the hold goes on.
+    wall.t += 3_600_000 + 100;
+    mono.t += 100;
+    await c.resync();
+    assert.ok(inMaps(A) && !inMaps(W), 'A still held after a step forward');
+    // And two hours back: the hold still ends NEIGHBOUR_HOLD_MS after it began, not two hours later.
+    wall.t -= 7_200_000;
+    mono.t += NEIGHBOUR_HOLD_MS;
+    await c.resync();
+    assert.ok(inMaps(W) && !inMaps(A), 'the entry followed once the hold expired');
+    // What is shown as a time is the wall clock's: the create time and the conditions' first transitions.
+    const T0 = Date.parse('2026-12-06T12:00:00Z');
+    const r = c.getRule('r');
+    assert.equal(r.createTime, T0);
+    const times = r.status.conditions!.map((x) => x.lastTransitionTime);
+    assert.ok(times.includes(T0), `condition times ${times.join(', ')}: the wall clock's`);
+  });
+
   it('writes a never-resolved backend’s first MAC at once, unanswered (nothing better to keep)', async () => {
     const dp = new Neighbours();
     const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
