@@ -63,10 +63,30 @@ function valuesOf(c: Counters) {
 }
 
 type Rates = { pps: number; bps: number } | undefined;
-/** The rate the daemon documents: the difference over the interval, none when a counter went down. */
-function expectRate(cur: bigint, curBytes: bigint, prev: bigint, prevBytes: bigint, dt: number): Rates {
-  if (cur < prev || curBytes < prevBytes) return undefined;
-  return { pps: Number(cur - prev) / dt, bps: (Number(curBytes - prevBytes) * 8) / dt };
+/**
+ * The rate the daemon documents: the difference over the interval, none when a counter went down. The interval
+ * is the time that passed between the two reads, measured on the monotonic clock (docs/architecture.md, "Two
+ * clocks"); the samples' times are the wall clock's, in whole ms, read at the same instant: without a step of
+ * the wall clock the two intervals agree within `slackS` (2 ms).
+ */
+function assertRate(
+  got: Rates,
+  cur: bigint,
+  curBytes: bigint,
+  prev: bigint,
+  prevBytes: bigint,
+  dt: number,
+  what: string,
+) {
+  if (cur < prev || curBytes < prevBytes) return assert.equal(got, undefined, `${what}: none (a counter went down)`);
+  const slackS = 0.002;
+  const within = (v: number | undefined, delta: number) =>
+    v !== undefined && v >= delta / (dt + slackS) - 1e-9 && v <= delta / (dt - slackS) + 1e-9;
+  const [dp, db] = [Number(cur - prev), Number(curBytes - prevBytes) * 8];
+  assert.ok(
+    within(got?.pps, dp) && within(got?.bps, db),
+    `${what}: ${JSON.stringify(got)} for ${dp} packets, ${db} bits in ${dt} s (within ${slackS} s)`,
+  );
 }
 
 /** Each rebuilt sample's rates against the previous rebuilt sample (same entries in both). */
@@ -78,21 +98,36 @@ function assertSelfConsistent(samples: Counters[], label: string): void {
     const prevRules = new Map(p.rules.map((r) => [r.rule, r]));
     for (const r of s.rules) {
       const q = prevRules.get(r.rule)!;
-      assert.deepEqual(
-        { matched: r.matchedRates, redirected: r.redirectedRates },
-        {
-          matched: expectRate(r.matchedPackets, r.matchedBytes, q.matchedPackets, q.matchedBytes, dt),
-          redirected: expectRate(r.redirectedPackets, r.redirectedBytes, q.redirectedPackets, q.redirectedBytes, dt),
-        },
-        `${label} sample ${i}: rates of rule ${r.rule} from its counters`,
+      const what = `${label} sample ${i}: rates of rule ${r.rule} from its counters`;
+      assertRate(
+        r.matchedRates,
+        r.matchedPackets,
+        r.matchedBytes,
+        q.matchedPackets,
+        q.matchedBytes,
+        dt,
+        `${what} (matched)`,
+      );
+      assertRate(
+        r.redirectedRates,
+        r.redirectedPackets,
+        r.redirectedBytes,
+        q.redirectedPackets,
+        q.redirectedBytes,
+        dt,
+        `${what} (redirected)`,
       );
     }
     const prevBackends = new Map(p.backends.map((b) => [`${b.rule}|${b.ip}`, b]));
     for (const b of s.backends) {
       const q = prevBackends.get(`${b.rule}|${b.ip}`)!;
-      assert.deepEqual(
+      assertRate(
         b.rates,
-        expectRate(b.packets, b.bytes, q.packets, q.bytes, dt),
+        b.packets,
+        b.bytes,
+        q.packets,
+        q.bytes,
+        dt,
         `${label} sample ${i}: rates of backend ${b.ip} from its counters`,
       );
     }
