@@ -121,6 +121,7 @@ export function ruleConditions(
       message: string;
       unverified?: boolean;
       conflict?: boolean;
+      dropping?: string;
     }[];
   },
   weights: number[],
@@ -129,6 +130,7 @@ export function ruleConditions(
 ): ObservedCondition[] {
   const out = s.backends.filter((b, i) => !b.receiving && (weights[i] ?? 1) > 0);
   const unverified = s.backends.filter((b) => b.unverified);
+  const dropping = s.backends.filter((b, i) => b.dropping && b.receiving && (weights[i] ?? 1) > 0);
   const failed = s.state === 'failed';
   return [
     cond(
@@ -155,22 +157,30 @@ export function ruleConditions(
         ),
     failed
       ? { type: 'BackendsReceiving', status: 'Unknown', reason: 'Failed', message: s.message }
-      : out.length === 0 && unverified.length
+      : out.length === 0 && dropping.length
         ? {
+            // In the table, but the kernel drops what is redirected to them (a tap whose reader does not read).
             type: 'BackendsReceiving',
-            status: 'Unknown',
-            // Two MACs answer ARP for a backend's address: which host receives cannot be known.
-            reason: unverified.some((b) => b.conflict) ? 'AddressConflict' : 'BackendsUnverified',
-            message: unverified.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; '),
+            status: 'False',
+            reason: 'FramesDropped',
+            message: dropping.map((b) => `${b.ip}@${b.interface}: ${b.dropping}`).join('; '),
           }
-        : cond(
-            'BackendsReceiving',
-            out.length === 0,
-            out.length ? 'BackendsNotReceiving' : 'AllReceiving',
-            out.length
-              ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
-              : 'every backend with a non-zero weight is in the backend table',
-          ),
+        : out.length === 0 && unverified.length
+          ? {
+              type: 'BackendsReceiving',
+              status: 'Unknown',
+              // Two MACs answer ARP for a backend's address: which host receives cannot be known.
+              reason: unverified.some((b) => b.conflict) ? 'AddressConflict' : 'BackendsUnverified',
+              message: unverified.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; '),
+            }
+          : cond(
+              'BackendsReceiving',
+              out.length === 0,
+              out.length ? 'BackendsNotReceiving' : 'AllReceiving',
+              out.length
+                ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
+                : 'every backend with a non-zero weight is in the backend table',
+            ),
     failed
       ? { type: 'FramesFit', status: 'Unknown', reason: 'Failed', message: s.message }
       : framesFitCondition(s.warnings ?? []),

@@ -442,6 +442,12 @@ export interface Dataplane {
    */
   xdpTransmitStats?(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined>;
   /**
+   * The transmit drops of `ifname` when it is a tap (tx_dropped: frames the kernel could not queue to the process
+   * holding the tap, its queue full because that process does not read); undefined when it is not a tap, is gone
+   * or cannot be read. Read at every reconciler pass (core/tap-drops.ts). Optional (fakes).
+   */
+  tapTxDropped?(ifname: string): bigint | undefined;
+  /**
    * The device settings an attach makes for XDP on `ifname` (offloads turned off: VLAN tag offloads, and in
    * generic mode TSO/GSO of a veth's peer), checked again and made where they are not as needed: `done` says
    * what this daemon had made there before (its host-changes record) and found undone, made again; `set` what

@@ -74,6 +74,11 @@ export interface BackendStatus {
   /** With `unverified`: two MACs answer ARP for its address (an address conflict, core/neighbour-hold.ts). */
   conflict?: boolean;
   /**
+   * In the table, but the kernel drops the frames redirected to it: its egress is a tap whose tx_dropped rose
+   * lately (its reader is not reading; core/tap-drops.ts): what was counted. The rule is then DEGRADED.
+   */
+  dropping?: string;
+  /**
    * Why its egress interface cannot take the frames redirected to it, when that is why it is out of the
    * table (down, no carrier, no native XDP redirects, every redirected frame dropped, gone): a fact about
    * the interface, which its EgressReady condition states too (Controller.listInterfaces). Not set for a

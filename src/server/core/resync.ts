@@ -26,6 +26,7 @@ import {
 import { wallAt } from './clock.js';
 import { forgetReplacedDevices } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
+import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
@@ -947,6 +948,8 @@ export async function resync(
   }
   // Backend egresses another XDP program occupies: what the backends send passes through it first.
   const foreignEgress = foreignEgresses(dp, facts.links.keys());
+  // Tap backend egresses whose tx_dropped rose lately: their reader does not read (tap-drops.ts).
+  const tapDrops = observeTapDrops(ctx, facts.links.keys(), transition);
   const observation: RuleObservation = {
     ingressProblems,
     ingressDown,
@@ -961,6 +964,7 @@ export async function resync(
     via,
     foreignEgress,
     route,
+    tapDrops,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -972,6 +976,7 @@ export async function resync(
   touchChangedKeys(last.via, via, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.foreignEgress, foreignEgress, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.route, route, (key) => touchBackendJudged(state, key));
+  touchChangedKeys(last.tapDrops, tapDrops, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
   if (last.arpUnavailable !== observation.arpUnavailable)
     for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
@@ -983,6 +988,7 @@ export async function resync(
     via,
     foreignEgress,
     route,
+    tapDrops,
     arpUnavailable: observation.arpUnavailable,
   };
   // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
@@ -1078,6 +1084,53 @@ function logRuleTransition(ctx: ExecContext, name: string, s: RuleStatus): void 
           `the last of them: ${text}`,
       ),
   );
+}
+
+/**
+ * One read of the tx_dropped of every tap among the backend egresses `names` (each once; Dataplane.tapTxDropped),
+ * stepped into state.tapDrops (core/tap-drops.ts): egress name -> what was counted, for those whose count rose
+ * within TAP_DROP_WINDOW_MS. Each start and end of such a spell is logged once. Taps no rule names any more are
+ * forgotten.
+ */
+function observeTapDrops(
+  ctx: ExecContext,
+  names: Iterable<string>,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): Map<string, string> {
+  const { dp, state } = ctx;
+  const out = new Map<string, string>();
+  if (!dp.tapTxDropped) return out;
+  const t = ctx.now();
+  const seen = new Set<string>();
+  for (const name of names) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const dropped = dp.tapTxDropped(name);
+    if (dropped === undefined) {
+      state.tapDrops.delete(name);
+      continue;
+    }
+    const w = stepTapDrops(state.tapDrops.get(name), dropped, t);
+    state.tapDrops.set(name, w);
+    const why = tapDropText(name, w, t);
+    if (why) out.set(name, why);
+    transition(`tap-drops/${name}`, why ? 'dropping' : 'ok', (before) => {
+      if (why) ctx.log.warn({ egress: name, txDropped: String(dropped) }, `backend egress ${why}`);
+      else if (before) {
+        ctx.log.info(
+          { egress: name, txDropped: String(dropped) },
+          `backend egress tap ${name}: no frame dropped for ${TAP_DROP_WINDOW_MS / 1000} s: its reader reads again`,
+        );
+      }
+    });
+  }
+  for (const name of state.tapDrops.keys()) {
+    if (!seen.has(name)) {
+      state.tapDrops.delete(name);
+      state.logged.delete(`tap-drops/${name}`);
+    }
+  }
+  return out;
 }
 
 /**
@@ -1190,6 +1243,8 @@ export async function observeWrittenRules(
       rules.flatMap((name) => (ruleOf(name)?.backends ?? []).map((b) => b.interface)),
     ),
     route,
+    // As the last pass read them (a write reads no counters).
+    tapDrops: state.lastObservation.tapDrops,
   };
   // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
   // read that fails here never fails it; its rules are judged and logged by the next pass instead.

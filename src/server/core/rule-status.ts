@@ -603,6 +603,45 @@ export interface RuleObservation {
   route?: ReadonlyMap<string, string>;
   /** Interface -> a repair another tool keeps undoing there (core/fights.ts), as its status text says it. */
   fights?: ReadonlyMap<string, string>;
+  /** Tap egress name -> the frames its tx_dropped counted lately ({@link tapDropStatus}, core/tap-drops.ts). */
+  tapDrops?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The status with each backend in its table behind a tap whose tx_dropped rose lately (`tapDrops`: egress name
+ * -> what was counted, core/tap-drops.ts) saying so: the frames redirected to it are dropped by the kernel (the
+ * process holding the tap does not read), so it does not receive them. It stays in the table (the tap is up,
+ * and reading again takes them at once); the rule is DEGRADED, not ACTIVE, its message and warnings naming the
+ * tap. `s` itself when none applies.
+ */
+export function tapDropStatus(
+  s: RuleStatus,
+  rule: { backends: readonly { interface: string; weight?: number }[] },
+  tapDrops: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!tapDrops?.size || s.state === 'failed') return s;
+  const hit = new Set<string>();
+  let changed = false;
+  const backends = s.backends.map((b, i) => {
+    const egress = rule.backends[i]?.interface;
+    const why = egress === undefined || !b.receiving ? undefined : tapDrops.get(egress);
+    if (!why) return b;
+    changed = true;
+    // The rule's message and warnings name the tap without the count (which moves at every pass).
+    if ((rule.backends[i].weight ?? 1) > 0)
+      hit.add(`tap ${egress} drops the frames redirected to it (its tx_dropped rising): its reader is not reading`);
+    return { ...b, dropping: why, message: b.message ? `${b.message}; ${why}` : why };
+  });
+  if (!changed) return s;
+  if (!hit.size) return { ...s, backends };
+  const notes = [...hit];
+  return {
+    ...s,
+    state: s.state === 'active' ? 'degraded' : s.state,
+    message: `${s.message}; ${notes.join('; ')}`,
+    backends,
+    warnings: [...s.warnings, ...notes.filter((w) => !s.warnings.includes(w))],
+  };
 }
 
 /**
@@ -799,6 +838,7 @@ export function judgeRule(
     }
   }
   observed = foreignEgressStatus(observed, rule, o.foreignEgress);
+  observed = tapDropStatus(observed, rule, o.tapDrops);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;

@@ -13,6 +13,7 @@ import {
   type StaticMacState,
 } from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
+import type { TapDropWatch } from './tap-drops.js';
 import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
 import { RepairFights } from './fights.js';
@@ -366,6 +367,8 @@ export class CoreState {
   linkUnverified = new Map<string, string>();
   /** Backend egresses whose peer cannot be inspected, judged by their backends' redirect counters. */
   readonly egressWatch = new Map<string, EgressWatch>();
+  /** Tap backend egresses: their tx_dropped as the passes read it (core/tap-drops.ts). */
+  readonly tapDrops = new Map<string, TapDropWatch>();
   /**
    * Egress name -> the last verdict a check of it made (core/unchecked.ts): what a check that cannot be made
    * keeps, instead of a verdict from nothing.
@@ -540,6 +543,7 @@ export class CoreState {
     via: ReadonlyMap<string, string>;
     foreignEgress: ReadonlyMap<string, string>;
     route: ReadonlyMap<string, string>;
+    tapDrops: ReadonlyMap<string, string>;
     arpUnavailable?: string;
   } = {
     unverifiedEgress: new Map(),
@@ -549,6 +553,7 @@ export class CoreState {
     via: new Map(),
     foreignEgress: new Map(),
     route: new Map(),
+    tapDrops: new Map(),
   };
 
   /** A rule to check and judge again at the next pass (its record, kernel record or status changed). */

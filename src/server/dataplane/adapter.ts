@@ -58,6 +58,7 @@ import {
   routeGet,
   reannounceVethGro,
   xdpTransmitStats,
+  tapTxDropped,
   restoreGro,
   restoreOffloads,
   releaseOffloads,
@@ -1593,6 +1594,14 @@ export class KernelDataplane implements Dataplane {
    * by the kernel's NDO_XMIT alone, and the detail says so. On kernels without xdp-features (before 6.3)
    * the peer check alone answers.
    */
+  tapTxDropped(ifname: string): bigint | undefined {
+    try {
+      return tapTxDropped(ifindexOf(ifname));
+    } catch {
+      return undefined;
+    }
+  }
+
   async xdpTransmitStats(ifname: string): Promise<{ taken: bigint; dropped: bigint } | undefined> {
     try {
       return await xdpTransmitStats(ifname);

@@ -340,6 +340,42 @@ export interface LinkIdentity {
   carrierChanges: number;
 }
 
+const IFLA_STATS64 = 23;
+const IFLA_INFO_DATA = 2;
+const IFLA_TUN_TYPE = 3;
+/** IFF_TAP (linux/if_tun.h): a tun device that carries Ethernet frames. */
+const IFF_TAP = 0x0002;
+
+/**
+ * The transmit drops of a tap device (`tun` kind carrying Ethernet frames) with `ifindex`: rtnl_link_stats64
+ * tx_dropped (what `/sys/class/net/<tap>/statistics/tx_dropped` shows), which the kernel raises for every frame
+ * it could not queue to the process holding the tap (tun_net_xmit, tun_xdp_xmit: its queue full, or no
+ * process attached). One RTM_GETLINK with its stats; undefined when the device is gone or is not a tap.
+ */
+export function tapTxDropped(ifindex: number): bigint | undefined {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(ifindex, 4);
+  const body = nlRequest(
+    NETLINK_ROUTE,
+    RTM_GETLINK,
+    ifinfo,
+    Buffer.alloc(0),
+    `read the counters of ifindex ${ifindex}`,
+  );
+  if (!body) return undefined;
+  const a = nlAttrs(body, 16);
+  const info = a.get(IFLA_LINKINFO);
+  const infos = info && nlAttrs(info);
+  const kind = infos?.get(IFLA_INFO_KIND)?.toString('utf8').replace(/\0+$/, '');
+  if (kind !== 'tun') return undefined;
+  const data = infos?.get(IFLA_INFO_DATA);
+  const type = data && nlAttrs(data).get(IFLA_TUN_TYPE);
+  if (type && type.length >= 1 && type.readUInt8(0) !== IFF_TAP) return undefined;
+  const stats = a.get(IFLA_STATS64);
+  // struct rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped, tx_dropped.
+  return stats && stats.length >= 64 ? stats.readBigUInt64LE(56) : undefined;
+}
+
 /**
  * Kind, peer and carrier-change count of the device with `ifindex` in the daemon's network namespace:
  * one RTM_GETLINK (rtnetlink(7)), no process spawned. Undefined when the device is gone.

@@ -419,7 +419,11 @@ export interface BackendStatus {
    * not from the static 02:00:00:00:00:02 ..."); for an active backend
    * whose egress cannot be verified, why ("cannot be verified: ..."); for
    * one whose static MAC nothing confirms, "static MAC ... cannot be
-   * verified: ..." with why; otherwise empty.
+   * verified: ..." with why; for an active backend behind a tap whose
+   * tx_dropped rose within the last 5 s, "tap T: N frames dropped in the
+   * last S s (its tx_dropped counter): its reader is not reading ..." (its
+   * rule DEGRADED, BackendsReceiving False with reason FramesDropped, until
+   * nothing is dropped for 5 s); otherwise empty.
    */
   message: string;
 }
