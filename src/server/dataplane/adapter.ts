@@ -679,9 +679,10 @@ export class KernelDataplane implements Dataplane {
         }
         this.broadcastSilent.delete(key);
         if (this.answeredAt.size > 65536) this.answeredAt.clear();
-        this.answeredAt.set(key, monotonicMs());
+        // When it arrived (the kernel's receive time), not when a lagging loop got to it.
+        this.answeredAt.set(key, a.at);
         const fresh = !m.has(a.mac);
-        m.set(a.mac, monotonicMs());
+        m.set(a.mac, Math.max(a.at, m.get(a.mac) ?? 0));
         if (fresh) this.onNeighbourAnswer?.();
       },
       (q) => {
@@ -711,7 +712,16 @@ export class KernelDataplane implements Dataplane {
           this.claims.set(key, (m = new Map()));
         }
         if (m.size > 64) m.clear();
-        noteClaim(m, c.mac, monotonicMs());
+        noteClaim(m, c.mac, c.at);
+      },
+      (u) => {
+        // Whether the host answered cannot be told (the daemon's loop lagged past the window, the socket dropped
+        // frames, a request could not be sent): nothing concluded, what answered before stands; asked again at
+        // the next check.
+        this.log?.debug(
+          { backend: u.question.ip, ifindex: u.question.ifindex, mac: u.question.mac || 'broadcast', why: u.why },
+          `ARP request for ${u.question.ip}: cannot tell whether it was answered (${u.why})`,
+        );
       },
     );
     return this.arpProber;

@@ -18,6 +18,18 @@
  *
  * The socket is non-blocking and read on a timer every {@link ARP_READ_MS} while requests are outstanding:
  * nothing waits on the event loop.
+ *
+ * On a loaded machine the daemon's event loop lags (a long pass, GC, a CPU hog beside it, the process stopped):
+ * a backend is never called silent for the daemon's own lag. An answer is judged by when it arrived: each tick
+ * reads everything queued on the socket before any deadline is judged (a tick that could not drain it judges
+ * none), and each frame carries the kernel's receive time (SO_TIMESTAMP, SIOCGSTAMP), which is the time an
+ * answer or a claim is recorded with, not the time the daemon got to it. A deadline counts from the moment the
+ * request was sent (after sendto returned). A question is called silent only when its last window was watched
+ * by a loop that ran: when the loop lagged more than the question's window while it was outstanding
+ * ({@link ArpProber} `onUnknown`), or the kernel dropped frames for the socket in that time (its receive buffer
+ * full: PACKET_STATISTICS tp_drops; the answer may be among them), it is asked again (up to {@link ARP_TRIES}
+ * more requests), and when that cannot settle it either the verdict is "cannot tell", never "silent". A request
+ * that could not be sent is no silence either ("cannot tell": nothing was asked).
  */
 import koffi from 'koffi';
 
@@ -35,6 +47,9 @@ const recvfromFn = libc.func(
   'intptr_t recvfrom(int fd, _Out_ void *buf, size_t len, int flags, _Out_ void *addr, _Inout_ uint32_t *addrlen)',
 );
 const closeFn = libc.func('int close(int fd)');
+const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)');
+const getsockoptFn = libc.func('int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)');
+const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ void *arg)');
 
 const AF_PACKET = 17;
 const SOCK_DGRAM = 2;
@@ -49,6 +64,13 @@ const PACKET_OUTGOING = 4;
 const EAGAIN = 11;
 const EPERM = 1;
 const EACCES = 13;
+const SOL_SOCKET = 1;
+const SO_TIMESTAMP = 29;
+const SOL_PACKET = 263;
+const PACKET_STATISTICS = 6;
+const SIOCGSTAMP = 0x8906;
+/** Frames read per tick at most: a tick that reads this many without emptying the socket judges no deadline. */
+const READ_MAX = 4096;
 
 /** "errno 1 (EPERM)". */
 const errnoOf = (e: number) => `errno ${e} (${errnoName(e)})`;
@@ -95,6 +117,18 @@ export interface ArpAnswer {
   mac: string;
   /** Round trip from the first request (ms). */
   ms: number;
+  /** When the answer arrived (the kernel's receive time, ms since epoch; the read's time when it has none). */
+  at: number;
+}
+
+/**
+ * Why a question was given up without a verdict: the daemon cannot tell whether the host answered ({@link
+ * ArpProber} onUnknown): its loop lagged more than the window, the socket dropped frames, or a request could
+ * not be sent.
+ */
+export interface ArpUnknown {
+  question: ArpQuestion;
+  why: string;
 }
 
 /**
@@ -105,7 +139,68 @@ export interface ArpClaim {
   ifindex: number;
   ip: string;
   mac: string;
+  /** When it arrived (as {@link ArpAnswer.at}). */
+  at: number;
 }
+
+/** The socket calls the prober makes (the kernel's by default; a test's fake). */
+export interface ArpIo {
+  /** Open a non-blocking packet socket for ARP: its fd, or -errno. */
+  open(): number;
+  /** Send `frame` to `to` (struct sockaddr_ll): >= 0, or -errno. */
+  send(fd: number, frame: Buffer, to: Buffer): number;
+  /** Read one frame into `buf`, its sockaddr_ll into `from`: its length, or -errno (-EAGAIN: none queued). */
+  recv(fd: number, buf: Buffer, from: Buffer): number;
+  /** When the last frame read arrived (ms since epoch), if the kernel says. */
+  stamp(fd: number): number | undefined;
+  /** Frames the kernel dropped for the socket since the last call (its receive buffer full); undefined: unknown. */
+  drops(fd: number): number | undefined;
+  close(fd: number): void;
+}
+
+/** {@link ArpIo} on the kernel (libc through koffi). */
+export const kernelArpIo: ArpIo = {
+  open() {
+    const fd = Number(socketFn(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0x0608)); // htons(ETH_P_ARP)
+    if (fd < 0) return -(lastErrno() || EPERM);
+    const addr = sockaddrLl(0);
+    if (Number(bindFn(fd, addr, addr.length)) < 0) {
+      const e = lastErrno() || EPERM;
+      closeFn(fd);
+      return -e;
+    }
+    // The kernel's receive time on every frame (read back with SIOCGSTAMP); best effort.
+    const one = Buffer.alloc(4);
+    one.writeInt32LE(1);
+    setsockoptFn(fd, SOL_SOCKET, SO_TIMESTAMP, one, 4);
+    return fd;
+  },
+  send(fd, frame, to) {
+    return Number(sendtoFn(fd, frame, frame.length, 0, to, to.length)) < 0 ? -(lastErrno() || EPERM) : 0;
+  },
+  recv(fd, buf, from) {
+    const len = [from.length];
+    const got = Number(recvfromFn(fd, buf, buf.length, 0, from, len));
+    return got < 0 ? -(lastErrno() || EAGAIN) : got;
+  },
+  stamp(fd) {
+    const tv = STAMP;
+    if (Number(ioctlFn(fd, SIOCGSTAMP, tv)) < 0) return undefined;
+    const ms = Number(tv.readBigInt64LE(0)) * 1000 + Math.floor(Number(tv.readBigInt64LE(8)) / 1000);
+    return ms > 0 ? ms : undefined;
+  },
+  drops(fd) {
+    const st = STATS;
+    const len = [st.length];
+    if (Number(getsockoptFn(fd, SOL_PACKET, PACKET_STATISTICS, st, len)) < 0) return undefined;
+    return st.readUInt32LE(4); // struct tpacket_stats { tp_packets, tp_drops }: reset by the read
+  },
+  close(fd) {
+    closeFn(fd);
+  },
+};
+const STAMP = Buffer.alloc(16); // struct timeval
+const STATS = Buffer.alloc(8); // struct tpacket_stats
 
 interface Outstanding {
   q: ArpQuestion;
@@ -118,6 +213,13 @@ interface Outstanding {
   sent: number;
   /** Time between its requests (ms). */
   retry: number;
+  /** Requests sent again because a window could not be watched (the loop lagged, the socket dropped frames). */
+  again: number;
+  /**
+   * Why its current window cannot count as silence, if it cannot: the daemon's loop lagged more than the window,
+   * or the kernel dropped frames for the socket (the answer may be among them), while it was outstanding.
+   */
+  blind?: string;
 }
 
 const keyOf = (q: ArpQuestion) => `${q.ifindex}/${q.ip}/${q.mac}`;
@@ -172,6 +274,13 @@ export class ArpProber {
   private readonly ports = new Map<number, Set<number>>();
   private timer?: NodeJS.Timeout;
   private idleSince = 0;
+  /** When the last tick ran (this.now()): the loop's lag is the gap to the next one beyond ARP_READ_MS. */
+  private lastTick = 0;
+  /** Frames the kernel dropped for the socket since it was opened (PACKET_STATISTICS), for whoever reports it. */
+  dropped = 0;
+  /** Questions given up as "cannot tell" (onUnknown), and the longest loop lag seen (ms), for whoever reports it. */
+  unknown = 0;
+  maxLagMs = 0;
   private readonly buf = Buffer.alloc(1600);
   private readonly from = Buffer.alloc(20);
   /** Why the socket could not be opened or a request sent (the last time), for whoever reports it. */
@@ -189,6 +298,9 @@ export class ArpProber {
     private readonly now: () => number = monotonicMs,
     /** Every ARP packet read whose sender claims an address ({@link ArpClaim}), answers or not. */
     private readonly onClaim?: (c: ArpClaim) => void,
+    /** A question given up without a verdict: whether the host answered cannot be told ({@link ArpUnknown}). */
+    private readonly onUnknown?: (u: ArpUnknown) => void,
+    private readonly io: ArpIo = kernelArpIo,
   ) {}
 
   /** Whether a question is outstanding (requests sent, no answer yet, not given up). */
@@ -213,7 +325,7 @@ export class ArpProber {
     const ownIp = ipBytes(q.sender ?? '0.0.0.0');
     if (!own || !ownIp || !ipBytes(q.ip) || (q.mac !== '' && !macBytes(q.mac))) return false;
     const retry = soon ? ARP_RETRY_SOON_MS : ARP_RETRY_MS;
-    const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0, retry };
+    const o: Outstanding = { q, own, ownIp, first: this.now(), last: 0, sent: 0, retry, again: 0 };
     if (!this.send(o)) return false;
     this.outstanding.set(k, o);
     if (q.rx !== undefined && q.rx !== q.ifindex) {
@@ -231,21 +343,16 @@ export class ArpProber {
 
   private open(): boolean {
     if (this.fd >= 0) return true;
-    const fd = Number(socketFn(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0x0608)); // htons(ETH_P_ARP)
+    const fd = this.io.open();
     if (fd < 0) {
-      const e = lastErrno();
+      const e = -fd;
       this.lastError = `open a packet socket for ARP: ${errnoOf(e)}`;
       if (e === EPERM || e === EACCES) this.denied = true;
       return false;
     }
-    const addr = sockaddrLl(0);
-    if (Number(bindFn(fd, addr, addr.length)) < 0) {
-      this.lastError = `bind a packet socket for ARP: ${errnoOf(lastErrno())}`;
-      closeFn(fd);
-      return false;
-    }
     this.fd = fd;
     this.denied = false;
+    this.io.drops(fd); // counted from now
     return true;
   }
 
@@ -254,12 +361,15 @@ export class ArpProber {
     const target = o.q.mac ? macBytes(o.q.mac)! : undefined;
     const frame = arpRequest(o.own, o.ownIp, ipBytes(o.q.ip)!, target);
     const to = sockaddrLl(o.q.ifindex, target ?? Buffer.alloc(6, 0xff));
-    if (Number(sendtoFn(this.fd, frame, frame.length, 0, to, to.length)) < 0) {
-      this.lastError = `send an ARP request for ${o.q.ip} on ifindex ${o.q.ifindex}: ${errnoOf(lastErrno())}`;
+    const r = this.io.send(this.fd, frame, to);
+    if (r < 0) {
+      this.lastError = `send an ARP request for ${o.q.ip} on ifindex ${o.q.ifindex}: ${errnoOf(-r)}`;
       return false;
     }
     o.sent++;
+    // Its window counts from here: the request is on the wire once sendto has returned.
     o.last = this.now();
+    o.blind = undefined;
     return true;
   }
 
@@ -271,14 +381,43 @@ export class ArpProber {
 
   /** Read what came, resend or give up what is due; close the socket when idle. */
   tick(): void {
-    if (this.fd >= 0) this.read();
+    // Everything queued first: an answer that arrived before a deadline is read before that deadline is judged.
+    const drained = this.fd < 0 || this.read();
     const t = this.now();
+    // The loop's own lag since the last tick (beyond the timer's period), and frames the kernel dropped for us.
+    const lag = this.lastTick ? t - this.lastTick - ARP_READ_MS : 0;
+    this.lastTick = t;
+    if (lag > this.maxLagMs) this.maxLagMs = lag;
+    const dropped = this.fd >= 0 ? (this.io.drops(this.fd) ?? 0) : 0;
+    this.dropped += dropped;
+    for (const o of this.outstanding.values()) {
+      if (o.sent === 0) continue;
+      if (lag > o.retry && !o.blind)
+        o.blind = `the daemon's event loop lagged ${Math.round(lag)} ms (window ${o.retry} ms)`;
+      if (dropped > 0 && !o.blind)
+        o.blind = `the kernel dropped ${dropped} ARP frame(s) for our socket (its receive buffer full)`;
+    }
+    if (!drained) return; // more queued than one tick reads: no deadline judged before it is read
     for (const [k, o] of this.outstanding) {
       if (t - o.last < o.retry) continue;
-      if (o.sent >= ARP_TRIES || !this.send(o)) {
+      if (o.sent < ARP_TRIES) {
+        if (!this.send(o)) this.giveUp(k, o, `a request could not be sent (${this.lastError})`);
+        continue;
+      }
+      if (!o.blind) {
         this.outstanding.delete(k);
         this.onSilent(o.q);
+        continue;
       }
+      // A window the daemon could not watch: asked again, with a window of its own, a few times at most.
+      if (o.again >= ARP_TRIES) {
+        this.giveUp(k, o, o.blind);
+        continue;
+      }
+      o.again++;
+      o.sent--;
+      const why = o.blind;
+      if (!this.send(o)) this.giveUp(k, o, `${why}; a request could not be sent again (${this.lastError})`);
     }
     if (this.outstanding.size) {
       this.idleSince = 0;
@@ -288,21 +427,29 @@ export class ArpProber {
     else if (t - this.idleSince >= IDLE_CLOSE_MS) this.close();
   }
 
-  private read(): void {
-    const len = [this.from.length];
-    for (let n = 0; n < 256; n++) {
-      len[0] = this.from.length;
-      const got = Number(recvfromFn(this.fd, this.buf, this.buf.length, 0, this.from, len));
-      if (got < 0) {
-        const e = lastErrno();
-        if (e !== EAGAIN) this.lastError = `read ARP replies: ${errnoOf(e)}`;
-        return;
-      }
-      if (got >= 28 && (this.outstanding.size || this.onClaim)) this.frame(this.buf.subarray(0, got));
-    }
+  /** A question given up without a verdict: the host's answer cannot be told. */
+  private giveUp(k: string, o: Outstanding, why: string): void {
+    this.outstanding.delete(k);
+    this.unknown++;
+    this.onUnknown?.({ question: o.q, why });
   }
 
-  private frame(p: Buffer): void {
+  /** Read every frame queued (at most READ_MAX); whether the socket was emptied. */
+  private read(): boolean {
+    for (let n = 0; n < READ_MAX; n++) {
+      const got = this.io.recv(this.fd, this.buf, this.from);
+      if (got < 0) {
+        if (-got !== EAGAIN) this.lastError = `read ARP replies: ${errnoOf(-got)}`;
+        return true;
+      }
+      if (got >= 28 && (this.outstanding.size || this.onClaim)) {
+        this.frame(this.buf.subarray(0, got), this.io.stamp(this.fd) ?? this.now());
+      }
+    }
+    return false;
+  }
+
+  private frame(p: Buffer, at: number): void {
     const ifindex = this.from.readInt32LE(4);
     const pkttype = this.from.readUInt8(10);
     if (p.readUInt16BE(0) !== ARPHRD_ETHER || p.readUInt16BE(2) !== 0x0800 || p[4] !== 6 || p[5] !== 4) return;
@@ -314,7 +461,7 @@ export class ArpProber {
         const ip = `${p[14]}.${p[15]}.${p[16]}.${p[17]}`;
         // On a master: a claim on each port asked out of too (what their hosts send is delivered there).
         for (const dev of [ifindex, ...(this.ports.get(ifindex) ?? [])])
-          this.onClaim({ ifindex: dev, ip, mac: macText(sha) });
+          this.onClaim({ ifindex: dev, ip, mac: macText(sha), at });
       }
     }
     if (pkttype !== PACKET_HOST || op !== ARPOP_REPLY) return;
@@ -331,7 +478,7 @@ export class ArpProber {
       // The reply to our request: target MAC and IP the requests' sender MAC and IP.
       if (!o || !p.subarray(18, 24).equals(o.own) || !p.subarray(24, 28).equals(o.ownIp)) continue;
       this.outstanding.delete(k);
-      this.onAnswer({ question: o.q, mac, ms: this.now() - o.first });
+      this.onAnswer({ question: o.q, mac, ms: Math.max(0, at - o.first), at });
     }
   }
 
@@ -341,7 +488,8 @@ export class ArpProber {
     this.timer = undefined;
     this.outstanding.clear();
     this.idleSince = 0;
-    if (this.fd >= 0) closeFn(this.fd);
+    this.lastTick = 0;
+    if (this.fd >= 0) this.io.close(this.fd);
     this.fd = -1;
   }
 }
