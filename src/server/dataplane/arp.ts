@@ -22,7 +22,7 @@
  * On a loaded machine the daemon's event loop lags (a long pass, GC, a CPU hog beside it, the process stopped):
  * a backend is never called silent for the daemon's own lag. An answer is judged by when it arrived: each tick
  * reads everything queued on the socket before any deadline is judged (a tick that could not drain it judges
- * none), and each frame carries the kernel's receive time (SO_TIMESTAMP, SIOCGSTAMP), which is the time an
+ * none), and each frame carries the kernel's receive time (SIOCGSTAMP), which is the time an
  * answer or a claim is recorded with, not the time the daemon got to it. A deadline counts from the moment the
  * request was sent (after sendto returned). A question is called silent only when its last window was watched
  * by a loop that ran: when the loop lagged more than the question's window while it was outstanding
@@ -47,7 +47,6 @@ const recvfromFn = libc.func(
   'intptr_t recvfrom(int fd, _Out_ void *buf, size_t len, int flags, _Out_ void *addr, _Inout_ uint32_t *addrlen)',
 );
 const closeFn = libc.func('int close(int fd)');
-const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)');
 const getsockoptFn = libc.func('int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)');
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ void *arg)');
 
@@ -64,8 +63,6 @@ const PACKET_OUTGOING = 4;
 const EAGAIN = 11;
 const EPERM = 1;
 const EACCES = 13;
-const SOL_SOCKET = 1;
-const SO_TIMESTAMP = 29;
 const SOL_PACKET = 263;
 const PACKET_STATISTICS = 6;
 const SIOCGSTAMP = 0x8906;
@@ -169,10 +166,10 @@ export const kernelArpIo: ArpIo = {
       closeFn(fd);
       return -e;
     }
-    // The kernel's receive time on every frame (read back with SIOCGSTAMP); best effort.
-    const one = Buffer.alloc(4);
-    one.writeInt32LE(1);
-    setsockoptFn(fd, SOL_SOCKET, SO_TIMESTAMP, one, 4);
+    // The kernel's receive time on every frame, read back with SIOCGSTAMP: its first call turns the socket's
+    // timestamps on (SOCK_TIMESTAMP; it answers ENOENT, nothing received yet). Not SO_TIMESTAMP: with it the
+    // kernel puts the time in a control message of recvmsg and no longer in what SIOCGSTAMP reads.
+    ioctlFn(fd, SIOCGSTAMP, STAMP);
     return fd;
   },
   send(fd, frame, to) {
