@@ -1100,7 +1100,7 @@ function observeTapDrops(
   const { dp, state } = ctx;
   const out = new Map<string, string>();
   if (!dp.tapTxDropped) return out;
-  const t = ctx.now();
+  const t = ctx.mono();
   const seen = new Set<string>();
   for (const name of names) {
     if (seen.has(name)) continue;

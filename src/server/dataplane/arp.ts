@@ -66,6 +66,12 @@ const EACCES = 13;
 const SOL_PACKET = 263;
 const PACKET_STATISTICS = 6;
 const SIOCGSTAMP = 0x8906;
+/**
+ * The oldest a frame's kernel receive time is taken to be (ms): a frame queued longer than this (a loop stalled
+ * for seconds) is dated this much before its read, and a wall-clock step between the stamp and the read moves it
+ * by at most this much.
+ */
+const STAMP_AGE_MAX_MS = 10_000;
 /** Frames read per tick at most: a tick that reads this many without emptying the socket judges no deadline. */
 const READ_MAX = 4096;
 
@@ -114,7 +120,7 @@ export interface ArpAnswer {
   mac: string;
   /** Round trip from the first request (ms). */
   ms: number;
-  /** When the answer arrived (the kernel's receive time, ms since epoch; the read's time when it has none). */
+  /** When the answer arrived (the kernel's receive time on the monotonic clock, ms; the read's time when it has none). */
   at: number;
 }
 
@@ -148,7 +154,7 @@ export interface ArpIo {
   send(fd: number, frame: Buffer, to: Buffer): number;
   /** Read one frame into `buf`, its sockaddr_ll into `from`: its length, or -errno (-EAGAIN: none queued). */
   recv(fd: number, buf: Buffer, from: Buffer): number;
-  /** When the last frame read arrived (ms since epoch), if the kernel says. */
+  /** When the last frame read arrived (ms, monotonic: core/clock.ts), if the kernel says. */
   stamp(fd: number): number | undefined;
   /** Frames the kernel dropped for the socket since the last call (its receive buffer full); undefined: unknown. */
   drops(fd: number): number | undefined;
@@ -184,7 +190,11 @@ export const kernelArpIo: ArpIo = {
     const tv = STAMP;
     if (Number(ioctlFn(fd, SIOCGSTAMP, tv)) < 0) return undefined;
     const ms = Number(tv.readBigInt64LE(0)) * 1000 + Math.floor(Number(tv.readBigInt64LE(8)) / 1000);
-    return ms > 0 ? ms : undefined;
+    if (!(ms > 0)) return undefined;
+    // The kernel stamps by the wall clock; the prober's times are monotonic (core/clock.ts): the frame's age
+    // (now by the wall clock minus the stamp, read at once after the frame) taken from the monotonic now. A
+    // wall-clock step between the two cannot make it older than STAMP_AGE_MAX_MS or younger than now.
+    return monotonicMs() - Math.min(STAMP_AGE_MAX_MS, Math.max(0, Date.now() - ms));
   },
   drops(fd) {
     const st = STATS;
