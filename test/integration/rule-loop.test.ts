@@ -7,16 +7,25 @@
  * included) refuse it with FAILED_PRECONDITION naming backends[i].interface, also when the way back goes
  * through a link; a rule whose destination the rewritten datagram no longer matches is not a loop (accepted).
  * Real veths, a real daemon.
+ *
+ * Thirty-third review, finding 1: a loop across two rules (rule ra's backend on mc, whose peer md is rule rb's
+ * ingress; rb's backend on ma, whose peer mb is ra's ingress) was accepted, both ACTIVE, and one datagram into
+ * mb went around ra -> rb -> ra ... until its TTL ran out (counted ~32 times matched by each rule). Now the
+ * change that closes a cycle of rules of any length is refused naming the backend and the other rules, also
+ * when a link closes it; a chain that is no cycle, sources that no rule of the cycle shares, a destination the
+ * rewritten datagram no longer meets: accepted.
  */
 import assert from 'node:assert/strict';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { Status } from 'nice-grpc';
 
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
-import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
-import { backendOf, Lab } from '../helpers/lab.js';
+import { stopDaemon } from '../helpers/config-file.js';
+import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, esc, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
 const PORT = 7641;
@@ -126,5 +135,209 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
     await lab.c.rules.createRule({ rule });
     await until('dst ACTIVE', async () => (await lab.status('dst')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
     await lab.c.rules.deleteRule({ name: 'dst' });
+  });
+
+  describe('a loop across rules', () => {
+    // Pairs ma-mb, mc-md, me-mf: mb, md, mf are ingresses; a backend on ma (mc, me) sends to mb (md, mf).
+    const [ma, mb, mc, md, me, mf] = ['ma', 'mb', 'mc', 'md', 'me', 'mf'].map((x) => `x${lab.id}${x}`);
+    const ip = { mb: '198.18.41.2', md: '198.18.42.2', mf: '198.18.43.2' };
+    const mac: Record<string, string> = {};
+
+    before(() => {
+      lab.onDestroy(() => [ma, mc, me].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+      for (const [a, b, addr] of [
+        [ma, mb, ip.mb],
+        [mc, md, ip.md],
+        [me, mf, ip.mf],
+      ]) {
+        sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+        for (const x of [a, b]) {
+          sh('ip', ['link', 'set', x, 'up']);
+          sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
+        }
+        sh('ip', ['addr', 'add', `${addr}/24`, 'dev', b]);
+      }
+      for (const x of [ma, mb, md, mf]) mac[x] = JSON.parse(sh('ip', ['-j', 'link', 'show', x]))[0].address;
+    });
+
+    /** A backend at the far end of `egress` (its veth peer `peer`, holding `addr`). */
+    const to = (egress: string, peer: string, addr: string) => ({ ip: addr, mac: mac[peer], interface: egress });
+    const ra = () => lab.rule('ra', PORT, [to(mc, md, ip.md)], [mb]); // mb -> mc => md
+    const rb = () => lab.rule('rb', PORT, [to(ma, mb, ip.mb)], [md]); // md -> ma => mb
+    const clear = () => lab.c.rules.applyRules({ rules: [], validateOnly: false });
+    const loopOf = (field: string, peer: string, via: string[], start: string) => (e: Error & { code?: Status }) => {
+      assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
+      assert.match(
+        e.message,
+        new RegExp(
+          `${esc(field)}: its veth peer ${peer} is ingress of rule ${via[0]}, and the datagrams come back to this ` +
+            `rule through rules? ${esc(via.join(', '))}: a loop of rules ${esc([start, ...via, start].join(' -> '))} ` +
+            '\\(.*\\): every redirected datagram would come back and be redirected again until its TTL ran out',
+        ),
+      );
+      return true;
+    };
+    const matched = async () => {
+      const { counters } = await lab.c.counters.getCounters({});
+      const of = (r: string) => Number(counters!.rules.find((x) => x.rule === r)?.matchedPackets ?? 0n);
+      return { ra: of('ra'), rb: of('rb') };
+    };
+    /** Send `n` UDP datagrams (TTL 64) out of ma into mb, to rule ra's port. */
+    const blast = (n: number) =>
+      sh('python3', [
+        '-c',
+        `
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('${ma}', 0))
+m = lambda x: bytes(int(y, 16) for y in x.split(':'))
+for seq in range(${n}):
+    udp = struct.pack('!HHHH', 40000 + seq, ${PORT}, 8 + 16, 0) + bytes(16)
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq, 0x4000, 64, 17, 0,
+                    socket.inet_aton('198.18.41.9'), socket.inet_aton('${ip.mb}'))
+    h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    s.send(m('${mac[mb]}') + m('${mac[ma]}') + b'\\x08\\x00' + h + udp)
+`,
+      ]);
+
+    it('CreateRule closing a loop of two rules: refused naming rule.backends[0].interface and the other rule', async () => {
+      try {
+        await lab.c.rules.createRule({ rule: ra() });
+        await until('ra ACTIVE', async () => (await lab.status('ra')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+        await assert.rejects(
+          lab.c.rules.createRule({ rule: rb() }),
+          loopOf('rule.backends[0].interface', mb, ['ra'], 'rb'),
+        );
+        assert.deepEqual(await names(), ['ra']);
+      } finally {
+        // Whatever the verdict: 5 datagrams into mb are matched once each by ra, not around a loop (before: both
+        // rules ACTIVE and each datagram counted ~32 times by each).
+        const before = await matched();
+        blast(5);
+        await until('ra matched 5', async () => (await matched()).ra - before.ra >= 5, 10_000);
+        await sleep(300); // a datagram going around a loop would be counted again meanwhile
+        const now = await matched();
+        await clear();
+        assert.deepEqual({ ra: now.ra - before.ra, rb: now.rb - before.rb }, { ra: 5, rb: 0 });
+      }
+    });
+
+    it('UpdateRule closing the loop: refused, the rule unchanged', async () => {
+      try {
+        await lab.c.rules.createRule({ rule: ra() });
+        await lab.c.rules.createRule({ rule: lab.rule('rb', PORT, [backendOf(b1)], [md]) });
+        await assert.rejects(
+          lab.c.rules.updateRule({ rule: rb() }),
+          loopOf('rule.backends[0].interface', mb, ['ra'], 'rb'),
+        );
+        const r = (await lab.c.rules.getRule({ name: 'rb' })).rule!;
+        assert.deepEqual(
+          r.backends.map((b) => b.ip),
+          [b1.ip],
+        );
+      } finally {
+        await clear();
+      }
+    });
+
+    it('ApplyRules (and validate_only) with a loop of three rules: refused naming the backend and both others', async () => {
+      const rc = lab.rule('rc', PORT, [to(ma, mb, ip.mb)], [mf]); // mf -> ma => mb
+      const rb3 = lab.rule('rb', PORT, [backendOf(b1), to(me, mf, ip.mf)], [md]); // md -> me => mf
+      for (const validateOnly of [true, false]) {
+        await assert.rejects(
+          lab.c.rules.applyRules({ rules: [ra(), rb3, rc], validateOnly }),
+          loopOf('rules[0].backends[0].interface', md, ['rb', 'rc'], 'ra'),
+        );
+      }
+      assert.deepEqual(await names(), []);
+    });
+
+    it('a link that closes the loop: Connect refused naming the link', async () => {
+      // ra: mb -> mc => md; rb: md -> me => mf; a link mf -> ma would bring rb's datagrams to mb.
+      try {
+        await lab.c.rules.applyRules({
+          rules: [ra(), lab.rule('rb', PORT, [to(me, mf, ip.mf)], [md])],
+          validateOnly: false,
+        });
+        await assert.rejects(
+          lab.c.links.connect({ link: { a: mf, b: ma, direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
+          (e: Error & { code?: Status }) => {
+            assert.equal(e.code, Status.FAILED_PRECONDITION, e.message);
+            assert.match(
+              e.message,
+              new RegExp(`closes a loop of rule r[ab]'s backend .*a loop of rules r[ab] -> r[ab] -> r[ab]`),
+            );
+            return true;
+          },
+        );
+        assert.deepEqual((await lab.c.links.listLinks({})).links, []);
+      } finally {
+        await lab.c.links.applyLinks({ links: [] });
+        await clear();
+      }
+    });
+
+    it('no cycle: a chain, sources no two rules share, a destination the rewrite leaves: accepted', async () => {
+      const cases = {
+        chain: [ra(), lab.rule('rb', PORT, [backendOf(b1)], [md])],
+        sources: [ra(), rb()],
+        destination: [ra(), rb()],
+      };
+      cases.sources[0].match!.sourcePrefixes = ['198.18.60.0/24'];
+      cases.sources[1].match!.sourcePrefixes = ['198.18.61.0/24', '198.18.62.0/23'];
+      cases.destination[1].match!.destination = '198.18.9.9';
+      try {
+        for (const [what, rules] of Object.entries(cases)) {
+          await lab.c.rules.applyRules({ rules, validateOnly: false });
+          await until(
+            `${what}: both ACTIVE`,
+            async () =>
+              (await lab.status('ra')).state === RuleState.RULE_STATE_ACTIVE &&
+              (await lab.status('rb')).state === RuleState.RULE_STATE_ACTIVE,
+            10_000,
+          );
+        }
+        // Sources that overlap (198.18.60.0/24 within 198.18.0.0/16) make the cycle again.
+        const overlap = [ra(), rb()];
+        overlap[0].match!.sourcePrefixes = ['198.18.60.0/24'];
+        overlap[1].match!.sourcePrefixes = ['198.18.0.0/16'];
+        await assert.rejects(
+          lab.c.rules.applyRules({ rules: overlap, validateOnly: false }),
+          loopOf('rules[0].backends[0].interface', md, ['rb'], 'ra'),
+        );
+      } finally {
+        await clear();
+      }
+    });
+
+    it('a config file with a loop of two rules: refused (PreconditionFailed) naming the backend', async () => {
+      // Last: the gRPC daemon makes way for one in config-file mode (same pins and state dir, removed first).
+      await stopDaemon(lab.d, lab.id);
+      const dir = `/tmp/xdpctl-test-${lab.id}-loop`;
+      lab.onDestroy(() => rmSync(dir, { recursive: true, force: true }));
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const file = `${dir}/xdpctl.yaml`;
+      const yaml = (name: string, ingress: string, b: { ip: string; mac: string; interface: string }) =>
+        `  - name: ${name}\n    port: ${PORT}\n    ingress: [${ingress}]\n` +
+        `    backends:\n      - {ip: ${b.ip}, mac: "${b.mac}", interface: ${b.interface}}\n`;
+      writeFileSync(file, `rules:\n${yaml('ra', mb, to(mc, md, ip.md))}${yaml('rb', md, to(ma, mb, ip.mb))}`);
+      await lab.start(['--config', file, '--log-level', 'info']);
+      const status = async () => (await lab.c.daemon.getStatus({})).configFile!;
+      await until(
+        'the file refused',
+        async () => (await status()).inForceCondition?.reason === 'PreconditionFailed',
+        10_000,
+      );
+      const s = await status();
+      assert.equal(s.inForce, false);
+      assert.equal(s.inForceCondition?.reason, 'PreconditionFailed', s.inForceCondition?.message);
+      assert.equal(s.problems[0].field, 'rules[0].backends[0].interface');
+      assert.match(s.problems[0].description, /a loop of rules ra -> rb -> ra/);
+      assert.deepEqual(await names(), []);
+    });
   });
 });

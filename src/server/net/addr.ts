@@ -137,6 +137,16 @@ function mask(ip: IpBytes, length: number): Prefix {
   return { family: ip.family, bytes, length };
 }
 
+/** Whether every address of `inner` is in `outer` (same family, `outer` no longer and equal on its bits). */
+export function prefixCovers(outer: Prefix, inner: Prefix): boolean {
+  if (outer.family !== inner.family || outer.length > inner.length) return false;
+  for (let bit = 0; bit < outer.length; bit++) {
+    const m = 0x80 >> (bit & 7);
+    if ((outer.bytes[bit >> 3] & m) !== (inner.bytes[bit >> 3] & m)) return false;
+  }
+  return true;
+}
+
 /** Format a prefix as "a.b.c.d/len". */
 export function formatPrefix(p: Prefix): string {
   return `${formatIp(p.bytes, p.family)}/${p.length}`;

@@ -2561,13 +2561,17 @@ export const RuleChange: MessageFns<RuleChange> = {
  * fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure
  * whose description names both rules).
  *
- * A backend whose redirected datagrams would come back to an ingress of the
- * same rule is FAILED_PRECONDITION naming backends[i].interface: its egress
- * is a veth whose peer (in the daemon's network namespace) is an ingress of
- * the rule, directly or through links, and the rewritten datagram still
- * matches the rule (no destination, or the backend's address). Each datagram
- * would be redirected again until its TTL ran out. A peer in another network
- * namespace is not followed.
+ * A backend whose redirected datagrams would come back to the rule is
+ * FAILED_PRECONDITION naming backends[i].interface (and the other rules of
+ * the loop): its egress is a veth whose peer (in the daemon's network
+ * namespace), directly or through links, is an ingress where the rewritten
+ * datagram (destination the backend's address; source and port unchanged) is
+ * matched again, by this rule or by other rules whose backends lead back
+ * to it (rule a -> rule b -> rule a, a loop of any length; source prefixes
+ * that no two rules of the loop share make no loop). Each datagram would be
+ * redirected around the loop until its TTL ran out. A Connect or ApplyLinks
+ * whose new link direction closes such a loop is refused the same way, naming
+ * the link. A peer in another network namespace is not followed.
  *
  * A rule's datapath entries are replaced atomically: a packet sees either the
  * whole old rule or the whole new one.
