@@ -231,6 +231,16 @@ export interface CounterRead {
  */
 export type PeerMtu = { name: string; mtu: number; netns?: string; nsid?: number } | { unreadable: string };
 
+/**
+ * The XDP programs not ours attached to a veth egress's peer ({@link Dataplane.vethPeerXdp}): the peer in words
+ * ("eth0 in netns blue") and each program's id, attach mode and name (bpf_prog_info; absent when it cannot be
+ * read).
+ */
+export interface PeerXdp {
+  where: string;
+  programs: { id: number; mode: string; name?: string }[];
+}
+
 /** Whether native XDP redirects into an egress are delivered ({@link Dataplane.redirectTarget}). */
 export interface RedirectTarget {
   ok: boolean;
@@ -411,6 +421,12 @@ export interface Dataplane {
   vethPeerMtu?(ifname: string): PeerMtu | undefined;
   /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
   vethPeer?(ifname: string): string | undefined;
+  /**
+   * The XDP programs not ours attached to a veth's peer, wherever the peer is: what is redirected into the veth
+   * passes through them on the other side, where they may drop it unseen. Undefined when `ifname` is not a veth,
+   * its peer has none (or only ours), or the peer cannot be read. Optional (fakes).
+   */
+  vethPeerXdp?(ifname: string): PeerXdp | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
   xdpStatus(ifname: string): XdpStatus | undefined;

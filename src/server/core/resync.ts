@@ -79,6 +79,7 @@ import {
   handSetWhy,
   keptMacWhy,
   peerWhere,
+  peerXdpNote,
 } from './rule-status.js';
 
 /** What one pass found. */
@@ -950,6 +951,8 @@ export async function resync(
   const foreignEgress = foreignEgresses(dp, facts.links.keys());
   // Tap backend egresses whose tx_dropped rose lately: their reader does not read (tap-drops.ts).
   const tapDrops = observeTapDrops(ctx, facts.links.keys(), transition);
+  // Backend egresses whose veth peer runs an XDP program not ours: what is redirected to them passes through it.
+  const peerXdp = peerXdpPrograms(dp, facts.links.keys());
   const observation: RuleObservation = {
     ingressProblems,
     ingressDown,
@@ -963,6 +966,7 @@ export async function resync(
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress,
+    peerXdp,
     route,
     tapDrops,
   };
@@ -975,6 +979,7 @@ export async function resync(
   touchChangedKeys(last.handSet, handSet, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.via, via, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.foreignEgress, foreignEgress, (iface) => touchInterfaceJudged(state, iface));
+  touchChangedKeys(last.peerXdp, peerXdp, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.route, route, (key) => touchBackendJudged(state, key));
   touchChangedKeys(last.tapDrops, tapDrops, (iface) => touchInterfaceJudged(state, iface));
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
@@ -987,6 +992,7 @@ export async function resync(
     holds: new Map(state.neighbourHolds),
     via,
     foreignEgress,
+    peerXdp,
     route,
     tapDrops,
     arpUnavailable: observation.arpUnavailable,
@@ -1149,6 +1155,17 @@ function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<st
   return out;
 }
 
+/** The egresses among `names` whose veth peer runs an XDP program not ours (Dataplane.vethPeerXdp): what to say. */
+function peerXdpPrograms(dp: ExecContext['dp'], names: Iterable<string>): Map<string, string> {
+  const out = new Map<string, string>();
+  if (!dp.vethPeerXdp) return out;
+  for (const name of new Set(names)) {
+    const p = dp.vethPeerXdp(name);
+    if (p) out.set(name, peerXdpNote(p));
+  }
+  return out;
+}
+
 /** Why an ingress that another XDP program occupies receives nothing through ours (its problem line). */
 function foreignWhy(name: string, x: XdpStatus): string {
   return `${otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon)} is attached to ${name}; it is left alone`;
@@ -1239,6 +1256,10 @@ export async function observeWrittenRules(
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress: foreignEgresses(
+      dp,
+      rules.flatMap((name) => (ruleOf(name)?.backends ?? []).map((b) => b.interface)),
+    ),
+    peerXdp: peerXdpPrograms(
       dp,
       rules.flatMap((name) => (ruleOf(name)?.backends ?? []).map((b) => b.interface)),
     ),

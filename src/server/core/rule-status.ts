@@ -3,7 +3,7 @@
  * observed (interfaces, neighbour entries, weights) and what resync sees.
  * Pure functions; no I/O.
  */
-import type { LinkState, PeerMtu } from './dataplane.js';
+import type { LinkState, PeerMtu, PeerXdp } from './dataplane.js';
 import type { BackendStatus, RuleSpec, RuleStatus } from './model.js';
 import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
 
@@ -605,6 +605,8 @@ export interface RuleObservation {
   fights?: ReadonlyMap<string, string>;
   /** Tap egress name -> the frames its tx_dropped counted lately ({@link tapDropStatus}, core/tap-drops.ts). */
   tapDrops?: ReadonlyMap<string, string>;
+  /** Backend egress name -> the XDP programs not ours on its veth peer, said ({@link peerXdpStatus}); absent: none. */
+  peerXdp?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -668,6 +670,43 @@ export function foreignEgressStatus(
       'included, passes through that program before this host';
     warnings.push(note);
     return { ...b, message: `${b.message}; ${note}` };
+  });
+  if (!warnings.length) return s;
+  return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
+}
+
+/**
+ * What to say of the XDP programs not ours on a backend egress's veth peer (Dataplane.vethPeerXdp): "veth peer
+ * eth0 in netns blue runs XDP program id 42 (name): delivery past it cannot be verified".
+ */
+export function peerXdpNote(p: PeerXdp): string {
+  const progs = p.programs.map((x) => `id ${x.id} (${x.name || 'name unknown'}, ${x.mode} mode)`);
+  return (
+    `veth peer ${p.where} runs XDP ${progs.length > 1 ? 'programs' : 'program'} ${progs.join(', ')}: ` +
+    'delivery past it cannot be verified'
+  );
+}
+
+/**
+ * The status with each backend whose egress is a veth whose peer runs an XDP program not ours (`peerXdp`:
+ * egress name -> {@link peerXdpNote}) saying so, in its message and the rule's warnings: every frame
+ * redirected to it is that program's first on the other side, which may drop it while the counters here say
+ * redirected (the kernel took it into the veth). Said, not judged: what the program does is not known here.
+ */
+export function peerXdpStatus(
+  s: RuleStatus,
+  rule: { backends: readonly { interface: string }[] },
+  peerXdp: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!peerXdp?.size || s.state === 'failed') return s;
+  const warnings: string[] = [];
+  const backends = s.backends.map((b, i) => {
+    const egress = rule.backends[i]?.interface;
+    const note = egress === undefined ? undefined : peerXdp.get(egress);
+    if (!note) return b;
+    const said = `backend ${b.ip} on ${egress}: ${note}`;
+    if (!warnings.includes(said)) warnings.push(said);
+    return b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
   });
   if (!warnings.length) return s;
   return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
@@ -839,6 +878,7 @@ export function judgeRule(
   }
   observed = foreignEgressStatus(observed, rule, o.foreignEgress);
   observed = tapDropStatus(observed, rule, o.tapDrops);
+  observed = peerXdpStatus(observed, rule, o.peerXdp);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;

@@ -542,6 +542,7 @@ export class CoreState {
     holds: ReadonlyMap<string, NeighbourHold>;
     via: ReadonlyMap<string, string>;
     foreignEgress: ReadonlyMap<string, string>;
+    peerXdp: ReadonlyMap<string, string>;
     route: ReadonlyMap<string, string>;
     tapDrops: ReadonlyMap<string, string>;
     arpUnavailable?: string;
@@ -552,6 +553,7 @@ export class CoreState {
     holds: new Map(),
     via: new Map(),
     foreignEgress: new Map(),
+    peerXdp: new Map(),
     route: new Map(),
     tapDrops: new Map(),
   };

@@ -13,6 +13,7 @@ import type {
   LinkState,
   HostChangeScope,
   PeerMtu,
+  PeerXdp,
   RedirectTarget,
   RepairSink,
   RuleSlotState,
@@ -50,6 +51,7 @@ import {
   reprobeNeighbour,
   linkIdentity,
   vethPeerLink,
+  vethPeerXdp,
   probeNeighbour,
   neighbourTableStats,
   ENOBUFS,
@@ -1438,6 +1440,24 @@ export class KernelDataplane implements Dataplane {
     } catch {
       return undefined; // no such interface: reported as missing elsewhere
     }
+  }
+
+  vethPeerXdp(ifname: string): PeerXdp | undefined {
+    let p: ReturnType<typeof vethPeerXdp>;
+    try {
+      p = vethPeerXdp(ifname);
+    } catch {
+      return undefined; // no such interface: reported as missing elsewhere
+    }
+    if (!p) return undefined;
+    // Ours (an ingress of this daemon on the other side) forwards what its rules and links say, passes the rest.
+    const programs = p.programs
+      .filter((x) => this.dp.identify(x.id) !== 'ours')
+      .map((x) => {
+        const name = this.dp.programName(x.id);
+        return { ...x, ...(name !== undefined ? { name } : {}) };
+      });
+    return programs.length ? { where: p.where, programs } : undefined;
   }
 
   nameOf(ifindex: number): string | undefined {

@@ -1075,6 +1075,20 @@ export class XdpDatapath {
     return this.progInfoValue.id;
   }
 
+  /** The name of the BPF program with `progId` (bpf_prog_info), or undefined when it cannot be opened (EPERM, gone). */
+  programName(progId: number): string | undefined {
+    clearErrno();
+    const fd = lib.bpf_prog_get_fd_by_id(progId) as number;
+    if (fd < 0) return undefined;
+    try {
+      return progInfo(fd, `id ${progId}`).name;
+    } catch {
+      return undefined;
+    } finally {
+      closeFd(fd);
+    }
+  }
+
   /**
    * What a program attached to an interface is to this datapath, from what the daemon can observe:
    * 'ours' when it is the program in use or one pinned under this pin root (now or when this start

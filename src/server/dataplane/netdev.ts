@@ -533,10 +533,21 @@ const NETNSA_FD = 3;
 const IFLA_ADDRESS = 1;
 const IFLA_XDP = 43;
 const IFLA_XDP_ATTACHED = 2;
+const IFLA_XDP_PROG_ID = 4;
 const IFLA_XDP_DRV_PROG_ID = 5;
-/** IFLA_XDP_ATTACHED values (<linux/if_link.h>): a program in the driver, or several at once. */
+const IFLA_XDP_SKB_PROG_ID = 6;
+const IFLA_XDP_HW_PROG_ID = 7;
+/** IFLA_XDP_ATTACHED values (<linux/if_link.h>): a program in the driver, generic, offloaded, or several at once. */
 const XDP_ATTACHED_DRV = 1;
+const XDP_ATTACHED_SKB = 2;
+const XDP_ATTACHED_HW = 3;
 const XDP_ATTACHED_MULTI = 4;
+
+/** An XDP program attached to a device (IFLA_XDP): its id and the mode it is attached in. */
+export interface AttachedXdp {
+  id: number;
+  mode: 'native' | 'generic' | 'offload';
+}
 
 /** A device as one RTM_GETLINK describes it (what the veth-peer check reads). */
 export interface LinkView {
@@ -550,6 +561,8 @@ export interface LinkView {
   linkNetnsid?: number;
   /** A native-mode (driver) XDP program is attached: IFLA_XDP_ATTACHED DRV, or MULTI with a driver program. */
   nativeXdp: boolean;
+  /** Every XDP program attached to it (IFLA_XDP), any mode. */
+  xdp: AttachedXdp[];
   /** IFLA_ADDRESS as "aa:bb:cc:dd:ee:ff", when it has one. */
   mac?: string;
 }
@@ -580,6 +593,21 @@ export function linkView(ifindex: number, nsid?: number): LinkView | undefined {
   const xdp = xdpAttr && nlAttrs(xdpAttr);
   const attached = xdp?.get(IFLA_XDP_ATTACHED)?.readUInt8(0) ?? 0;
   const drvProg = xdp?.get(IFLA_XDP_DRV_PROG_ID)?.readUInt32LE(0) ?? 0;
+  const progs: AttachedXdp[] = [];
+  const modes = { [XDP_ATTACHED_DRV]: 'native', [XDP_ATTACHED_SKB]: 'generic', [XDP_ATTACHED_HW]: 'offload' } as const;
+  if (attached === XDP_ATTACHED_MULTI) {
+    for (const [attr, mode] of [
+      [IFLA_XDP_DRV_PROG_ID, 'native'],
+      [IFLA_XDP_SKB_PROG_ID, 'generic'],
+      [IFLA_XDP_HW_PROG_ID, 'offload'],
+    ] as const) {
+      const id = xdp?.get(attr)?.readUInt32LE(0) ?? 0;
+      if (id) progs.push({ id, mode });
+    }
+  } else if (attached in modes) {
+    const id = xdp?.get(IFLA_XDP_PROG_ID)?.readUInt32LE(0) ?? 0;
+    if (id) progs.push({ id, mode: modes[attached as keyof typeof modes] });
+  }
   const address = a.get(IFLA_ADDRESS);
   return {
     ifindex: body.readInt32LE(4),
@@ -589,6 +617,7 @@ export function linkView(ifindex: number, nsid?: number): LinkView | undefined {
     link: a.get(IFLA_LINK)?.readUInt32LE(0),
     linkNetnsid: a.get(IFLA_LINK_NETNSID)?.readInt32LE(0),
     nativeXdp: attached === XDP_ATTACHED_DRV || (attached === XDP_ATTACHED_MULTI && drvProg !== 0),
+    xdp: progs,
     mac:
       address && address.length > 0 ? Array.from(address, (x) => x.toString(16).padStart(2, '0')).join(':') : undefined,
   };
@@ -1302,6 +1331,37 @@ export async function releaseOffloads(
     turnedOn: off.filter((n) => settled.includes(n)),
     fixed: c.features.filter((n) => !settled.includes(n)),
   };
+}
+
+/**
+ * The XDP programs attached to a veth's peer, wherever the peer is (read by its nsid, IFLA_TARGET_NETNSID: one
+ * RTM_GETLINK, no process), with the peer in words ("eth0", "eth0 in netns blue", "eth0 in the unnamed network
+ * namespace with nsid 7 (...)"). Undefined when `name` is not a veth, when its peer has none, or when the peer
+ * cannot be read (that is said by the redirect-target check: ensureVethPeerNapi). Frames redirected into the
+ * veth are that program's first on the other side: it may drop them, which nothing on this side can see.
+ */
+export function vethPeerXdp(name: string): { where: string; programs: AttachedXdp[] } | undefined {
+  const dev = linkView(ifindexOf(name));
+  if (!dev || dev.kind !== 'veth' || !dev.link) return undefined;
+  let peer: LinkView | undefined;
+  try {
+    peer = linkView(dev.link, dev.linkNetnsid);
+  } catch {
+    return undefined;
+  }
+  if (!peer?.xdp.length) return undefined;
+  let where = peer.ifname;
+  if (dev.linkNetnsid !== undefined) {
+    const netns = namedNetns(dev.linkNetnsid);
+    const way = netns === undefined ? findNetns(dev.linkNetnsid) : undefined;
+    where +=
+      netns !== undefined
+        ? ` in netns ${netns}`
+        : way
+          ? ` in ${netnsWords(dev.linkNetnsid, way)}`
+          : ` in the network namespace with nsid ${dev.linkNetnsid}`;
+  }
+  return { where, programs: peer.xdp };
 }
 
 /**
