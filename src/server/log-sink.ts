@@ -34,6 +34,8 @@ import { efbigText } from './core/file-size-limit.js';
 
 import { monotonicMs } from './core/clock.js';
 
+import { jsonControls } from '../shared/visible.js';
+
 /** What a line is, for the counts: an ordinary log line or an audit record. */
 export type LogLineKind = 'log' | 'audit';
 
@@ -126,6 +128,8 @@ export class LogSink {
 
   /** Hand one line (with its newline) to the stream, or drop and count it. */
   write(line: string, kind: LogLineKind = 'log'): void {
+    // pino escapes C0 in its JSON but writes DEL and C1 (an interface name the host gave) raw.
+    line = jsonControls(line);
     if (this.failed !== undefined) {
       this.failures[this.failed] = (this.failures[this.failed] ?? 0) + 1;
       this.refusing!.lines++;

@@ -29,6 +29,7 @@ import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
 import { startTelemetry } from './telemetry/sdk.js';
+import { visible } from '../shared/visible.js';
 
 const program = new Command('xdpctld')
   .description(
@@ -328,7 +329,7 @@ let prometheus;
 try {
   prometheus = o.prometheus === undefined ? undefined : parsePrometheusAddress(o.prometheus);
 } catch (err) {
-  process.stderr.write(`xdpctld: ${(err as Error).message}\n`);
+  process.stderr.write(`xdpctld: ${visible((err as Error).message, true)}\n`);
   process.exit(2);
 }
 
@@ -347,7 +348,9 @@ const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 102
 // GetStatus, and the next line tries again. stderr is written so that a refusal there is passed over too (it may be
 // the same full disk): before, the first refused write on a stderr file was an unhandled 'error' that ended the
 // daemon.
-const notice = stderrNotice();
+// Control characters in what it says (a device's name) are shown visibly (\e, \xNN), never raw.
+const stderrLine = stderrNotice();
+const notice = (text: string) => stderrLine(visible(text, true));
 const sink: LogSink = new LogSink({
   out: process.stdout,
   fd: isFileFd(1) ? 1 : undefined,
@@ -497,6 +500,6 @@ try {
   if (stopSignal) stop(stopSignal);
 } catch (err) {
   log.error({ err }, 'start failed');
-  process.stderr.write(`xdpctld: ${(err as Error).message}\n`);
+  process.stderr.write(`xdpctld: ${visible((err as Error).message, true)}\n`);
   exit(1);
 }

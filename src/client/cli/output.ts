@@ -5,6 +5,8 @@
 import Table from 'cli-table3';
 import YAML from 'yaml';
 
+import { jsonControls, visible } from '../../shared/visible.js';
+
 import { ChangeAction, changeActionToJSON } from '../../gen/xdpctl/v1/common.js';
 import { GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
 import { effectiveXdpModeToJSON, xdpModeToJSON, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
@@ -37,18 +39,8 @@ export const NO_BORDER = {
   middle: '   ',
 };
 
-/**
- * `s` with its control characters made visible: ESC as `\e`, the other C0 controls (but tab, and newline when
- * `newlines`), DEL and the C1 controls as `\xNN`, as `ls` and `ip` show them. What the CLI prints comes partly
- * from whoever wrote the data (a label, an interface name, a text the daemon copied from the host): raw, an ESC
- * sequence in it could clear the terminal or rewrite the lines above it ("state: ACTIVE").
- */
-export function visible(s: string, newlines = false): string {
-  // eslint-disable-next-line no-control-regex -- the control characters are what is replaced
-  return s.replace(newlines ? /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g : /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g, (c) =>
-    c === '\x1b' ? '\\e' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  );
-}
+/** Control characters made visible (src/shared/visible.ts): the daemon escapes its own output the same way. */
+export { visible };
 
 /** A table cell; 64-bit counters stay bigints and print exactly. */
 export type Cell = string | number | bigint;
@@ -92,7 +84,7 @@ export function printData(format: OutputFormat, data: unknown): void {
 export function dataText(format: OutputFormat, data: unknown, indent = 2): string {
   const c1 = /[\x7f-\x9f]/g;
   const hex = (c: string, n: number) => c.charCodeAt(0).toString(16).padStart(n, '0');
-  if (format === 'json') return JSON.stringify(data ?? {}, null, indent).replace(c1, (c) => `\\u${hex(c, 4)}`);
+  if (format === 'json') return jsonControls(JSON.stringify(data ?? {}, null, indent));
   // The yaml library escapes C0 but writes DEL and C1 raw: where there are some, every string is double-quoted,
   // where `\xNN` is the same character.
   const text = c1.test(JSON.stringify(data ?? {}))

@@ -549,6 +549,17 @@ export interface AttachedXdp {
   mode: 'native' | 'generic' | 'offload';
 }
 
+/**
+ * The JSON `ip -j` prints: it writes a name's bytes as they are, so an interface named with a control character
+ * (`ip link add $'x\x1b[2J' ...`, which the kernel allows) gives a string JSON.parse refuses; such a character can
+ * only be inside a string (white space outside one is tab, newline and CR), where it is escaped first.
+ */
+function parseIpJson(text: string): unknown {
+  return JSON.parse(text.replace(RAW_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+}
+// eslint-disable-next-line no-control-regex -- the control characters are what is escaped
+const RAW_IN_JSON = /[\x00-\x08\x0b\x0c\x0e-\x1f]/g;
+
 /** A device as one RTM_GETLINK describes it (what the veth-peer check reads). */
 export interface LinkView {
   ifindex: number;
@@ -637,7 +648,7 @@ export function interfaceExists(name: string): boolean {
 async function ipJson(args: string[], netns?: string): Promise<unknown> {
   const argv = netns ? ['-n', netns, '-j', ...args] : ['-j', ...args];
   const { stdout } = await run('ip', argv, { maxBuffer: 16 << 20 });
-  return stdout.trim() === '' ? [] : JSON.parse(stdout);
+  return stdout.trim() === '' ? [] : parseIpJson(stdout);
 }
 
 interface IpLink {
@@ -1138,7 +1149,7 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
   const ipHere = async (args: string[]): Promise<IpLink[]> => {
     if (!byPath) return (await ipJson(args, c.netns)) as IpLink[];
     const { stdout } = await run('nsenter', [`--net=${path}`, 'ip', '-j', ...args], { maxBuffer: 16 << 20 });
-    return stdout.trim() === '' ? [] : (JSON.parse(stdout) as IpLink[]);
+    return stdout.trim() === '' ? [] : (parseIpJson(stdout) as IpLink[]);
   };
   let byName: IpLink | undefined;
   try {
@@ -1630,7 +1641,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
       ns && !ns.name
         ? { cmd: 'nsenter', args: [`--net=${ns.path}`, 'ip', '-j', ...args] }
         : { cmd: 'ip', args: [...(ns ? ['-n', ns.name!] : []), '-j', ...args] };
-    return JSON.parse((yield cmd) || '[]') as IpLink[];
+    return parseIpJson((yield cmd) || '[]') as IpLink[];
   }
   const ethtool = (ns: Place | undefined, argv: string[]): Command =>
     ns ? { cmd: 'nsenter', args: [`--net=${ns.path}`, 'ethtool', ...argv] } : { cmd: 'ethtool', args: argv };
@@ -1688,7 +1699,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (dev.link_netnsid === undefined) {
     peer = dev.link ? (yield* ip(['-d', 'link', 'show', 'dev', dev.link]))[0] : undefined;
   } else {
-    const ids = JSON.parse((yield { cmd: 'ip', args: ['-j', 'netns', 'list-id'] }) || '[]') as {
+    const ids = parseIpJson((yield { cmd: 'ip', args: ['-j', 'netns', 'list-id'] }) || '[]') as {
       nsid: number;
       name?: string;
     }[];

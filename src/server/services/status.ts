@@ -12,6 +12,7 @@ import type { Logger } from '../log.js';
 import { Any } from '../../gen/google/protobuf/any.js';
 import { BadRequest, ErrorInfo, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
 import { Status as RpcStatus } from '../../gen/google/rpc/status.js';
+import { visible } from '../../shared/visible.js';
 
 /** Error kind -> gRPC status code. */
 export const STATUS_BY_KIND: Record<CoreErrorKind, Status> = {
@@ -139,6 +140,9 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
   }
   const code = STATUS_BY_KIND[kind];
   if (code === Status.INTERNAL) message = 'internal error (see the daemon log)';
+  // A name the host gave (an interface's) may hold control characters: made visible, as the CLI shows them.
+  message = visible(message, true);
+  violations = violations.map((v) => ({ field: visible(v.field), description: visible(v.description, true) }));
   const { kept, omitted } = boundViolations(violations);
   violations = kept;
   const m = boundEncoded(message, ERROR_LIMITS.message, ERROR_LIMITS.messageEncoded);

@@ -21,6 +21,7 @@ import type { Writable } from 'node:stream';
 import type { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
 import type { MetricData, ResourceMetrics } from '@opentelemetry/sdk-metrics';
 
+import { hasControls, visibleEscaped } from '../../shared/visible.js';
 import { pacer } from '../core/execute.js';
 import { configMetrics } from './config-metrics.js';
 import { datapathMetrics, type DatapathMetricProducer } from './datapath-metrics.js';
@@ -155,6 +156,9 @@ export async function writeExposition(
     s.metrics.filter((m) => m.dataPoints.length > EXPOSITION_SLICE).map((metric) => ({ scope: s.scope, metric })),
   );
   const send = async (text: string) => {
+    // A label value from the host (an interface name) may hold control characters, which the format writes
+    // raw (it escapes only backslash, quote and newline): made visible, as the CLI shows them.
+    if (hasControls(text)) text = visibleEscaped(text);
     if (out.write(text)) return;
     await new Promise<void>((resolve) => {
       const done = () => {
