@@ -44,7 +44,9 @@ export class TwoControllers<H extends ModelDataplane> {
   ) {
     this.hosts = [host(), host()];
     [this.inc, this.full] = this.hosts.map(
-      (dp) => new Controller(dp, { mode, fixVethPeers: false, log: silentLogger, now: () => this.now }),
+      // A scripted host answers nothing while a change waits: no real-time wait for ARP answers (staticMacWaitMs).
+      (dp) =>
+        new Controller(dp, { mode, fixVethPeers: false, log: silentLogger, now: () => this.now, staticMacWaitMs: 0 }),
     ) as [Controller, Controller];
   }
 

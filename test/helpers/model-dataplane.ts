@@ -375,6 +375,7 @@ export class ModelDataplane extends KernelDataplane {
     }
     for (const [k, v] of prev.model.attached) next.model.attached.set(k, v);
     for (const [k, v] of prev.neighbours) next.neighbours.set(k, v);
+    for (const [k, v] of prev.vethPeers) next.vethPeers.set(k, v); // the same host's
     return next;
   }
 

@@ -53,6 +53,9 @@ const rule = (i: number, backends = 4, port = 10_000 + i): RuleSpec => ({
 /** A controller over the model dataplane with `n` rules; every kernel counter read is recorded. */
 async function setup(n: number) {
   const dp = new ModelDataplane(capacityForRules(n + 8), ['in0', 'b0', 'b1', 'b2', 'b3']);
+  // The backends' hosts behind veth peers of ours with their static MAC: confirmed, their rules ACTIVE.
+  for (let k = 0; k < 4; k++)
+    dp.vethPeers.set(`b${k}`, { name: `b${k}p`, mac: '02:00:00:00:01:01', takesOthers: false });
   const c = new Controller(dp, { mode: 'generic', fixVethPeers: false });
   await c.applyRules(
     Array.from({ length: n }, (_, i) => rule(i)),

@@ -25,6 +25,9 @@ const spec = (ingress: string[]): RuleSpec => ({
   labels: {},
 });
 
+/** The veth peer of b0 in our namespace, with the backend's static MAC (its host holds the address). */
+const PEER = { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false };
+
 describe('the written status of a rule whose ingress is missing', () => {
   for (const [what, ingress, state, lowered] of [
     ['its only ingress', ['in0'], 'inactive', /^not receiving on any ingress interface: interface in0 does not exist$/],
@@ -37,6 +40,7 @@ describe('the written status of a rule whose ingress is missing', () => {
   ] as const) {
     it(`${what} missing: ${state} from the write on`, async () => {
       const dp = new ModelDataplane();
+      dp.vethPeers.set('b0', PEER); // the backend's host confirms its static MAC
       const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
       await c.applyRules([spec([...ingress])], false);
       assert.equal(c.getRule('web').status.state, 'active');
@@ -76,6 +80,7 @@ describe('a change replies with the status a pass gives (one judgement, rule-sta
   ] as const) {
     it(`an ingress ${what}: CreateRule and UpdateRule say INACTIVE, as the pass after them`, async () => {
       const dp = new LinkModel();
+      dp.vethPeers.set('b0', PEER); // the backend's host confirms its static MAC
       dp.links.set('in0', link);
       const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
       const created = await c.createRule(spec(['in0']));

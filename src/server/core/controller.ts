@@ -51,7 +51,8 @@ import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rule
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { activeLinkSources, linkActive, shadowedStatus, shadowWarning } from './shadow.js';
-import { observeLinkDirections, observeWrittenRules, resync } from './resync.js';
+import { judgeChangeStaticMacs, observeLinkDirections, observeWrittenRules, resync } from './resync.js';
+import { STATIC_MAC_WAIT_MS } from './static-mac.js';
 import {
   egressProblem,
   failedStatus,
@@ -122,6 +123,11 @@ export interface ControllerOptions {
    * one (its clock drives both), else {@link monotonicMs}.
    */
   mono?: () => number;
+  /**
+   * How long a client's change waits for the ARP answers that confirm the static MACs it names for the first
+   * time before it replies (ms; static-mac.ts STATIC_MAC_WAIT_MS, the default; resync.ts judgeChangeStaticMacs).
+   */
+  staticMacWaitMs?: number;
 }
 
 /** Per-call options of a mutation. */
@@ -370,9 +376,13 @@ export class Controller {
       this.ctx.preflightTargets = undefined;
     }
     // Its rules judged as a pass judges them before they are recorded (what a read says, the reply too).
-    await finishRules(this.ctx, ops, alloc, pace, false, (pending) =>
-      observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, true, pending),
-    );
+    await finishRules(this.ctx, ops, alloc, pace, false, async (pending) => {
+      await this.judgeStaticMacs(
+        [...pending.values()].map((p) => p.rule),
+        pace,
+      );
+      await observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, true, pending);
+    });
     finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
     // Judged as a pass judges them (link directions), so that what it reports is what a read says.
@@ -382,6 +392,24 @@ export class Controller {
       await this.observeLinksAndInterfaces(at);
       await this.observeRules(opNames(ops), at);
     });
+  }
+
+  /**
+   * The static MACs of `rules` no judgement has seen yet (those a client's change names for the first time),
+   * judged as a pass judges them before the rules are judged for a reply or a read, waiting up to `waitMs`
+   * for the answers to the ARP requests it sends (resync.ts judgeChangeStaticMacs). Never fails the change
+   * (committed by now) or the start: what it could not judge, the next pass does.
+   */
+  private async judgeStaticMacs(
+    rules: Iterable<Pick<RuleSpec, 'backends'>>,
+    pace: () => Promise<void>,
+    waitMs = this.opts.staticMacWaitMs ?? STATIC_MAC_WAIT_MS,
+  ): Promise<void> {
+    try {
+      await judgeChangeStaticMacs(this.ctx, rules, waitMs, pace);
+    } catch (err) {
+      this.log.warn({ err }, 'static MACs could not be judged: the next reconciler pass judges them');
+    }
   }
 
   /**
@@ -1243,9 +1271,14 @@ export class Controller {
     // resolved" for a MAC no probe of ours had answered while a re-apply's pass went on. A client's change logs
     // their transitions; restore's and the reconciler's re-applies leave that to the pass that follows or runs
     // them, which judges them again.
-    await finishRules(this.ctx, ops, alloc, pace, true, (pending) =>
-      observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, !restoring, pending),
-    );
+    await finishRules(this.ctx, ops, alloc, pace, true, async (pending) => {
+      if (!restoring)
+        await this.judgeStaticMacs(
+          [...pending.values()].map((p) => p.rule),
+          pace,
+        );
+      await observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, !restoring, pending);
+    });
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
       // The ingresses it attached our program to or detached it from (as the plan found them: no lookup).
@@ -1721,8 +1754,10 @@ export class Controller {
       async () => {
         await restore(this.ctx, this.tx, stored);
         this.logStartMacChanges();
-        // Judged as a pass judges them (unconfirmed MACs, ingresses down, ...), so that a read before the first
-        // pass says no more than was observed; their transitions are the first pass's to log.
+        // Judged as a pass judges them (unconfirmed MACs, static MACs not confirmed yet, ingresses down, ...),
+        // so that a read before the first pass says no more than was observed; their transitions are the first
+        // pass's to log, and it asks what is to be asked (nothing is waited for here).
+        await this.judgeStaticMacs(this.state.rules.values(), pacer(), 0);
         await observeWrittenRules(
           this.ctx,
           [...this.state.ruleKernel.keys()].filter((n) => !this.state.failed.has(n)),

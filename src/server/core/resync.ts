@@ -58,9 +58,16 @@ import {
   sameEntry,
   samePeer,
   STATIC_MAC_SWEEP_MS,
+  STATIC_MAC_WAIT_MAX,
+  STATIC_MAC_WAIT_STEP_MS,
+  staticMacKey,
   stepStaticMac,
+  unconfirmedYetWhy,
   UNVERIFIED_GRACE_MS,
+  type NeighbourFact,
   type PeerMac,
+  type StaticMacBackend,
+  type StaticMacObservation,
 } from './static-mac.js';
 import {
   absentBackendStatus,
@@ -161,12 +168,7 @@ export async function resync(
     return ifindex;
   };
   /** Log once per transition of `key` to `line`; `log` gets whether it had a state before. */
-  const transition = (key: string, line: string, log: (before: boolean) => void) => {
-    const before = state.logged.get(key);
-    if (before === line) return;
-    state.logged.set(key, line);
-    log(before !== undefined);
-  };
+  const transition = loggedTransition(state);
   const users = state.interfaceUsersView();
   /** Devices we had attached that are not in this namespace any more (deleted, or moved to another). */
   const vanished: { name: string; ifindex: number }[] = [];
@@ -1614,20 +1616,7 @@ async function judgeStaticMacs(
   const { dp, state } = ctx;
   const unverified = state.staticMacUnverified;
   const grace = state.staticMacGrace;
-  // A verdict that changes what a rule's status or table says (contradicted, cannot be verified, why) touches
-  // the rules naming that backend: they are checked and judged again (nothing else is, for a static MAC).
-  const touch = (key: string) => state.touchBackend(key.slice(0, key.lastIndexOf('|')));
-  const forget = (key: string) => {
-    if (state.macConflicts.has(key) || unverified.has(key)) touch(key);
-    state.staticMacs.delete(key);
-    state.macConflicts.delete(key);
-    state.logged.delete(`mac/${key}`);
-    unverified.delete(key);
-    grace.delete(key);
-    state.staticMacReprobe.delete(key);
-    state.staticMacResolve.delete(key);
-    state.staticMacHeld.delete(key);
-  };
+  const forget = (key: string) => forgetStaticMac(state, key);
   // Backends no rule names any more (rules changed since the last pass).
   let n = 0;
   for (const key of state.staticMacGone) {
@@ -1688,16 +1677,11 @@ async function judgeStaticMacs(
     if (!state.staticMacsByEgress.has(iface)) state.staticMacEgresses.delete(iface);
   }
   // Neighbour entries: those that changed, appeared or went since the last pass.
-  const answeredOf = (nkey: string, e: { mac?: string }) => {
-    if (!e.mac || !dp.neighbourAnswered) return undefined;
-    const at = nkey.indexOf('@');
-    return dp.neighbourAnswered(nkey.slice(0, at), nkey.slice(at + 1)) === e.mac;
-  };
   for (const [nkey, e] of table) {
     if ((++n & 255) === 0) await pace();
     const keys = state.staticMacsByNeighbour.get(nkey);
     if (keys === undefined) continue;
-    const answered = answeredOf(nkey, e);
+    const answered = answeredOf(dp, nkey, e);
     const was = state.staticMacEntries.get(nkey);
     if (was && sameEntry(was, e, answered)) continue;
     state.staticMacEntries.set(nkey, { mac: e.mac, states: e.states, fresh: freshEntry(e), answered, via: e.via });
@@ -1712,50 +1696,16 @@ async function judgeStaticMacs(
   const judge = (key: string) => {
     const b = state.staticMacBackends.get(key);
     if (!b) return;
-    const { ip, iface, mac } = b;
-    if (!facts.interfaces.get(iface)) {
-      forget(key); // its egress is missing: judged afresh when it is back
-      return;
-    }
-    const e = table.get(b.neighbour);
-    const answered = e ? answeredOf(b.neighbour, e) : undefined;
-    const obs = observeStaticMac(ip, iface, mac, peers.get(iface), e && { ...e, answered });
-    if (obs.ask === 'reprobe') state.staticMacReprobe.add(key);
-    else state.staticMacReprobe.delete(key);
-    if (obs.ask === 'resolve') state.staticMacResolve.add(key);
-    else state.staticMacResolve.delete(key);
-    const next = stepStaticMac(state.staticMacs.get(key), mac, obs, t);
-    if (next.heldSince !== undefined) state.staticMacHeld.add(key);
-    else state.staticMacHeld.delete(key);
-    const conflictWas = state.macConflicts.get(key);
-    const unverifiedWas = unverified.get(key);
-    state.staticMacs.set(key, next);
-    if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
-    else state.macConflicts.delete(key);
-    if (next.verdict !== 'unverified') {
-      unverified.delete(key);
-      grace.delete(key);
-    } else if (t - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
-      unverified.set(key, next.why);
-      grace.delete(key);
-    } else {
-      unverified.delete(key);
-      grace.set(key, next.since ?? 0);
-    }
-    if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touch(key);
-    transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
-      if (next.verdict === 'contradicted') {
-        ctx.log.warn(
-          { backend: ip, interface: iface, mac, reason: next.why },
-          `backend ${ip} on ${iface}: ${next.why}: taken out of its rules' tables until they agree`,
-        );
-      } else if (before) {
-        ctx.log.info(
-          { backend: ip, interface: iface, mac },
-          `backend ${ip} on ${iface}: its static MAC ${mac.toLowerCase()} agrees with the host again (${next.why}): back in its rules' tables`,
-        );
-      }
-    });
+    judgeStaticMac(
+      ctx,
+      key,
+      b,
+      !!facts.interfaces.get(b.iface),
+      peers.get(b.iface),
+      table.get(b.neighbour),
+      t,
+      transition,
+    );
   };
   // A verdict kept without evidence: judged again until evidence comes or its hold ends.
   for (const key of state.staticMacHeld) {
@@ -1800,10 +1750,197 @@ async function judgeStaticMacs(
     const m = state.staticMacs.get(key);
     if (m?.verdict === 'unverified' && unverified.get(key) !== m.why) {
       unverified.set(key, m.why);
-      touch(key);
+      touchStaticMac(state, key);
     }
   }
   return unverified;
+}
+
+/** Log once per transition of a key (`state.logged`) to `line`; `log` gets whether it had a state before. */
+export function loggedTransition(
+  state: CoreState,
+): (key: string, line: string, log: (before: boolean) => void) => void {
+  return (key, line, log) => {
+    const before = state.logged.get(key);
+    if (before === line) return;
+    state.logged.set(key, line);
+    log(before !== undefined);
+  };
+}
+
+/**
+ * A static-MAC verdict that changes what a rule's status or table says (contradicted, not confirmed, why)
+ * touches the rules naming that backend ("ip@iface|mac"): they are checked and judged again (nothing else is,
+ * for a static MAC).
+ */
+function touchStaticMac(state: CoreState, key: string): void {
+  state.touchBackend(key.slice(0, key.lastIndexOf('|')));
+}
+
+/** Forget a static MAC's verdict and what it asked (no rule names it any more, or its egress is missing). */
+function forgetStaticMac(state: CoreState, key: string): void {
+  if (state.macConflicts.has(key) || state.staticMacUnverified.has(key)) touchStaticMac(state, key);
+  state.staticMacs.delete(key);
+  state.macConflicts.delete(key);
+  state.logged.delete(`mac/${key}`);
+  state.staticMacUnverified.delete(key);
+  state.staticMacGrace.delete(key);
+  state.staticMacReprobe.delete(key);
+  state.staticMacResolve.delete(key);
+  state.staticMacHeld.delete(key);
+}
+
+/** Whether the MAC of the neighbour entry `e` of `nkey` ("ip@iface") answered an ARP request of ours (undefined: not known). */
+function answeredOf(dp: Dataplane, nkey: string, e: { mac?: string }): boolean | undefined {
+  if (!e.mac || !dp.neighbourAnswered) return undefined;
+  const at = nkey.indexOf('@');
+  return dp.neighbourAnswered(nkey.slice(0, at), nkey.slice(at + 1)) === e.mac;
+}
+
+/**
+ * Judge one static-MAC backend (`key` "ip@iface|mac") from what the host shows — whether its egress exists,
+ * the egress's veth peer, the backend's neighbour entry (static-mac.ts observeStaticMac) — and record the
+ * verdict: kept (stepStaticMac), a contradiction in `state.macConflicts` (logged once per transition), what to
+ * ask the kernel (re-probe, resolve), and what its rules' statuses say of it (`state.staticMacUnverified`):
+ * "not confirmed yet" within UNVERIFIED_GRACE_MS of its first judgement, "cannot be verified" after. The one
+ * judgement of a static MAC: the reconciler's pass and a client's change ({@link judgeChangeStaticMacs}) both
+ * record with it, so that a change's reply says what a read says. Returns the observation (undefined: its
+ * egress is missing, the verdict forgotten until it is back).
+ */
+function judgeStaticMac(
+  ctx: ExecContext,
+  key: string,
+  b: StaticMacBackend,
+  exists: boolean,
+  peer: PeerMac | undefined,
+  e: NeighbourFact | undefined,
+  t: number,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): StaticMacObservation | undefined {
+  const { dp, state } = ctx;
+  const unverified = state.staticMacUnverified;
+  const grace = state.staticMacGrace;
+  const { ip, iface, mac } = b;
+  if (!exists) {
+    forgetStaticMac(state, key); // its egress is missing: judged afresh when it is back
+    return undefined;
+  }
+  const answered = e ? answeredOf(dp, b.neighbour, e) : undefined;
+  const obs = observeStaticMac(ip, iface, mac, peer, e && { ...e, answered });
+  if (obs.ask === 'reprobe') state.staticMacReprobe.add(key);
+  else state.staticMacReprobe.delete(key);
+  if (obs.ask === 'resolve') state.staticMacResolve.add(key);
+  else state.staticMacResolve.delete(key);
+  const next = stepStaticMac(state.staticMacs.get(key), mac, obs, t);
+  if (next.heldSince !== undefined) state.staticMacHeld.add(key);
+  else state.staticMacHeld.delete(key);
+  const conflictWas = state.macConflicts.get(key);
+  const unverifiedWas = unverified.get(key);
+  state.staticMacs.set(key, next);
+  if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
+  else state.macConflicts.delete(key);
+  if (next.verdict !== 'unverified') {
+    unverified.delete(key);
+    grace.delete(key);
+  } else if (t - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
+    unverified.set(key, next.why);
+    grace.delete(key);
+  } else {
+    // Not confirmed yet: nothing says it receives (its rules DEGRADED), and it is too early to say it cannot
+    // be verified (the first answers take a pass or two).
+    unverified.set(key, unconfirmedYetWhy(next.why));
+    grace.set(key, next.since ?? 0);
+  }
+  if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touchStaticMac(state, key);
+  transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
+    if (next.verdict === 'contradicted') {
+      ctx.log.warn(
+        { backend: ip, interface: iface, mac, reason: next.why },
+        `backend ${ip} on ${iface}: ${next.why}: taken out of its rules' tables until they agree`,
+      );
+    } else if (before) {
+      ctx.log.info(
+        { backend: ip, interface: iface, mac },
+        `backend ${ip} on ${iface}: its static MAC ${mac.toLowerCase()} agrees with the host again (${next.why}): back in its rules' tables`,
+      );
+    }
+  });
+  return obs;
+}
+
+/**
+ * The static MACs a client's change names that no judgement has seen yet, judged and recorded as the
+ * reconciler's pass judges them ({@link judgeStaticMac}), before the change's rules are judged for its reply
+ * (resync.ts observeWrittenRules): one the host confirms already (its veth peer, a freshly confirmed neighbour
+ * entry) is confirmed in the reply. Those it does not confirm yet, at most {@link STATIC_MAC_WAIT_MAX}, are
+ * asked as a pass asks them (a resolve, a re-probe of the entry) and judged again as the neighbour table
+ * changes, for at most `waitMs`: a host that answers within it is confirmed in the reply; any other is "not
+ * confirmed yet" (DEGRADED), as a read says then. One whose entry nothing asks (set by hand, an address of
+ * this host's) is not waited for. The rest of a larger change are judged without waiting (the passes ask them).
+ * Nothing when the dataplane cannot read the neighbour table (fakes: static MACs are not checked).
+ */
+export async function judgeChangeStaticMacs(
+  ctx: ExecContext,
+  rules: Iterable<Pick<RuleSpec, 'backends'>>,
+  waitMs: number,
+  pace: () => Promise<void> = async () => {},
+): Promise<void> {
+  const { dp, state } = ctx;
+  if (!dp.neighbourTable) return;
+  const fresh = new Map<string, StaticMacBackend>();
+  let n = 0;
+  for (const r of rules) {
+    for (const b of r.backends) {
+      if (b.mac === '') continue;
+      const key = staticMacKey(b.ip, b.interface, b.mac);
+      if (state.staticMacs.has(key) || fresh.has(key)) continue;
+      fresh.set(key, { ip: b.ip, iface: b.interface, mac: b.mac, neighbour: `${b.ip}@${b.interface}`, rules: 1 });
+    }
+    if ((++n & 63) === 0) await pace();
+  }
+  if (fresh.size === 0) return;
+  const transition = loggedTransition(state);
+  const egresses = new Map<string, { exists: boolean; peer?: PeerMac }>();
+  const egressOf = (iface: string) => {
+    let g = egresses.get(iface);
+    if (!g) {
+      const exists = !!dp.lookupInterface(iface);
+      g = { exists, peer: exists ? dp.vethPeerMac?.(iface) : undefined };
+      egresses.set(iface, g);
+    }
+    return g;
+  };
+  /** Judge `keys` from one read of the neighbour table; those still not confirmed that an answer may confirm. */
+  const judge = async (keys: Iterable<string>): Promise<string[]> => {
+    const table = await dp.neighbourTable!();
+    const t = ctx.now();
+    const open: string[] = [];
+    for (const key of keys) {
+      if ((++n & 63) === 0) await pace();
+      const b = fresh.get(key)!;
+      const { exists, peer } = egressOf(b.iface);
+      const e = table.get(b.neighbour);
+      const obs = judgeStaticMac(ctx, key, b, exists, peer, e, t, transition);
+      const asking = !!obs?.ask || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
+      if (obs?.verdict === 'unverified' && asking) open.push(key);
+    }
+    return open;
+  };
+  let open = (await judge(fresh.keys())).slice(0, STATIC_MAC_WAIT_MAX);
+  if (open.length === 0 || waitMs <= 0) return;
+  // Asked now, as a pass asks them: the answers are what the reply waits for.
+  for (const key of open) {
+    const b = fresh.get(key)!;
+    if (state.staticMacReprobe.has(key)) dp.verifyNeighbour?.(b.ip, b.iface, true);
+    else if (state.staticMacResolve.has(key)) dp.probeNeighbour?.(b.ip, b.iface);
+  }
+  const end = performance.now() + waitMs;
+  while (open.length) {
+    const left = end - performance.now();
+    if (left <= 0) break;
+    await new Promise((r) => setTimeout(r, Math.min(STATIC_MAC_WAIT_STEP_MS, left)));
+    open = await judge(open);
+  }
 }
 
 /**

@@ -6,6 +6,7 @@
 import type { LinkState, PeerMtu, PeerXdp } from './dataplane.js';
 import type { BackendStatus, RuleSpec, RuleStatus } from './model.js';
 import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
+import { isUnconfirmedYet } from './static-mac.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
 export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
@@ -532,7 +533,8 @@ export function lowerForMtu(k: { status: RuleStatus; written?: RuleStatus }): vo
 
 /**
  * The written status with the static MACs that cannot be verified (`unverified`: "ip@iface|mac" -> why;
- * static-mac.ts, past UNVERIFIED_GRACE_MS) said so: nothing the host shows confirms that its host takes
+ * static-mac.ts: "not confirmed yet" within UNVERIFIED_GRACE_MS of their first judgement, "cannot be
+ * verified" after) said so: nothing the host shows confirms that its host takes
  * frames to that MAC (no veth peer of ours has it, no freshly confirmed neighbour entry holds it), so
  * "receives" would say more than was observed (0 of 50 delivered to one such backend while its rule was
  * ACTIVE, before this was so). It stays in the table (nothing contradicts it either; a contradicted one is
@@ -549,22 +551,32 @@ export function staticMacStatus(
   if (unverified.size === 0 || written.state === 'failed') return written;
   let changed = false;
   let hit: string[] | undefined;
+  let yet: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     if (!b.receiving || !spec || spec.mac === '') return b;
     const why = unverified.get(`${spec.ip}@${spec.interface}|${spec.mac.toLowerCase()}`);
     if (!why) return b;
-    if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
+    if ((spec.weight ?? 1) > 0) {
+      if (isUnconfirmedYet(why)) (yet ??= []).push(`${spec.ip}@${spec.interface}`);
+      else (hit ??= []).push(`${spec.ip}@${spec.interface}`);
+    }
     if (b.message === why && b.unverified) return b;
     changed = true;
     return { ...b, unverified: true, message: why };
   });
-  if (hit) {
-    const note = `${hit.length} cannot be verified (${hit.join(', ')}: static MAC that nothing on the host confirms)`;
+  if (hit || yet) {
+    const notes: string[] = [];
+    if (hit)
+      notes.push(`${hit.length} cannot be verified (${hit.join(', ')}: static MAC that nothing on the host confirms)`);
+    if (yet)
+      notes.push(
+        `${yet.length} not confirmed yet (${yet.join(', ')}: static MAC that nothing on the host confirms yet)`,
+      );
     return {
       ...written,
       state: written.state === 'active' ? 'degraded' : written.state,
-      message: `${written.message}; ${note}`,
+      message: `${written.message}; ${notes.join('; ')}`,
       backends,
     };
   }

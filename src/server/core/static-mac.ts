@@ -28,9 +28,14 @@
  * host that stopped answering (it gave the address up) is not confirmed by
  * an answer it gave before; then the MAC cannot be verified. With none yet, the
  * backend stays in the table (nothing observed contradicts the operator)
- * and its status says the MAC cannot be verified: its BackendsReceiving is
- * Unknown and its rule DEGRADED, not ACTIVE (proto RuleState: whether a
- * backend receives cannot be verified; nothing observed says it receives).
+ * and its status says the MAC is not confirmed yet, for
+ * {@link UNVERIFIED_GRACE_MS} from its first judgement, then that it cannot be
+ * verified: either way its BackendsReceiving is Unknown and its rule DEGRADED,
+ * not ACTIVE (proto RuleState: whether a backend receives cannot be verified;
+ * nothing observed says it receives). A client's change judges the static MACs
+ * it names for the first time as a pass does, asks them and waits up to
+ * {@link STATIC_MAC_WAIT_MS} for the answers, so that its reply says what a
+ * read right after it says (resync.ts judgeChangeStaticMacs).
  * Pure: no I/O.
  */
 
@@ -236,10 +241,41 @@ export const staticMacKey = (ip: string, iface: string, mac: string) => `${ip}@$
 
 /**
  * How long a static MAC is watched before the status says it cannot be verified (ms): the first ARP answer
- * takes a pass or two, and a status that said "cannot be verified" for the moment after every CreateRule
- * would say more than was observed (nothing was asked yet).
+ * may take a pass or two, and a status that said "cannot be verified" for the moment after every CreateRule
+ * would say more than was observed (nothing was asked yet). Until then it says "not confirmed yet"
+ * ({@link unconfirmedYetWhy}): not ACTIVE either, nothing observed says the backend receives.
  */
 export const UNVERIFIED_GRACE_MS = 3000;
+
+const UNVERIFIED = / cannot be verified: /;
+const UNCONFIRMED = / not confirmed yet: /;
+
+/**
+ * What a rule's status says of a static MAC judged unverified within {@link UNVERIFIED_GRACE_MS} of its first
+ * judgement (`why`: the verdict's, "static MAC M cannot be verified: ..."): "static MAC M not confirmed yet:
+ * ...", the same reason.
+ */
+export function unconfirmedYetWhy(why: string): string {
+  return why.replace(UNVERIFIED, ' not confirmed yet: ');
+}
+
+/** Whether a static MAC's status text ({@link unconfirmedYetWhy}) says "not confirmed yet", not "cannot be verified". */
+export function isUnconfirmedYet(why: string): boolean {
+  return UNCONFIRMED.test(why) && !UNVERIFIED.test(why);
+}
+
+/**
+ * How long a client's change waits, before its reply, for the ARP answers that confirm the static MACs it names
+ * for the first time (ms; resync.ts judgeChangeStaticMacs): a host on the link answers within a millisecond or
+ * two; one that does not is "not confirmed yet" in the reply, as in a read.
+ */
+export const STATIC_MAC_WAIT_MS = 500;
+
+/** The static MACs a change asks and waits for at most (the others of a larger change: the passes ask them). */
+export const STATIC_MAC_WAIT_MAX = 64;
+
+/** How often a change waiting for answers reads the neighbour table again (ms). */
+export const STATIC_MAC_WAIT_STEP_MS = 20;
 
 /** Resolves (broadcast ARP requests, one process each) started per pass at most, whatever the backend count. */
 export const RESOLVES_PER_PASS = 8;
