@@ -43,6 +43,9 @@ describe('a rule that cannot be restored does not take the others down', kernelO
     sh('ip', ['link', 'add', local, 'type', 'veth', 'peer', 'name', `xo${id}b`]);
     sh('ip', ['link', 'set', local, 'up']);
     sh('ip', ['link', 'set', `xo${id}b`, 'up']);
+    // The other rule's backend 198.18.4.1 is held where the peer is (our namespace): the peer's own MAC, given as
+    // its static MAC, is confirmed by the peer (core/static-mac.ts), so that rule is ACTIVE, as it means.
+    sh('ip', ['addr', 'add', '198.18.4.1/32', 'dev', `xo${id}b`]);
   });
   after(async () => {
     listeners.forEach((l) => l.kill());

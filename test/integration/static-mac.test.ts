@@ -209,8 +209,11 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     const created = await c.rules.createRule({
       rule: rule('ghost', 7992, [{ ip: '198.18.2.9', mac, interface: b1.hostIf }]),
     });
-    // Said once the first ARP answers had time to come (UNVERIFIED_GRACE_MS), not the moment after the change.
-    assert.equal(created.rule!.status!.backendStatus[0].message, '', 'nothing asked yet: nothing said');
+    // The reply judges it as a read does: not confirmed yet (DEGRADED: nothing says it receives); "cannot be
+    // verified" once the first ARP answers had time to come (UNVERIFIED_GRACE_MS), not the moment after the change.
+    const first = created.rule!.status!;
+    assert.equal(first.state, RuleState.RULE_STATE_DEGRADED, first.message);
+    assert.match(first.backendStatus[0].message, new RegExp(`^static MAC ${mac} not confirmed yet: `));
     await until(
       'cannot be verified',
       async () => /cannot be verified/.test((await status('ghost')).backendStatus[0]?.message ?? ''),
@@ -250,8 +253,16 @@ describe('static MACs: checked against what the host shows', kernelOnly(), () =>
     // What the status says it cannot verify: nothing reaches a host that is not there.
     const r = await send(7992);
     assert.equal(r.total, 0, `0 of ${r.sent} delivered (${r.got})`);
+    // Each of its two states logged once: not confirmed yet (from the change on), then cannot be verified.
     assert.equal(
-      count(/"msg":"rule ghost is DEGRADED: .*static MAC that nothing on the host confirms/),
+      count(
+        /"msg":"rule ghost is DEGRADED: .*1 not confirmed yet \(.*static MAC that nothing on the host confirms yet\)/,
+      ),
+      1,
+      'logged once',
+    );
+    assert.equal(
+      count(/"msg":"rule ghost is DEGRADED: .*1 cannot be verified \(.*static MAC that nothing on the host confirms\)/),
       1,
       'logged once',
     );
