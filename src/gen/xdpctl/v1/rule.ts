@@ -347,8 +347,11 @@ export interface Backend {
    * takes the backend out of the table with
    * a message naming both MACs ("static MAC contradicted: ...") until they
    * agree again; without such evidence the backend stays in the table, its
-   * message says the MAC cannot be verified, and its rule is DEGRADED
-   * (condition BackendsReceiving Unknown, reason BackendsUnverified).
+   * message says the MAC is not confirmed yet (its first 3 s), then that it
+   * cannot be verified, and its rule is DEGRADED (condition
+   * BackendsReceiving Unknown, reason BackendsUnverified). A change waits up
+   * to 500 ms for the ARP answers to the static MACs it names first, so that
+   * its reply says what a read right after it says.
    */
   mac: string;
   /**
@@ -418,12 +421,13 @@ export interface BackendStatus {
    * contradicted: 10.0.0.2 answers ARP on eth1 from 02:00:00:00:00:99 ...,
    * not from the static 02:00:00:00:00:02 ..."); for an active backend
    * whose egress cannot be verified, why ("cannot be verified: ..."); for
-   * one whose static MAC nothing confirms, "static MAC ... cannot be
-   * verified: ..." with why; for an active backend behind a tap whose
-   * tx_dropped rose within the last 5 s, "tap T: N frames dropped in the
-   * last S s (its tx_dropped counter): its reader is not reading ..." (its
-   * rule DEGRADED, BackendsReceiving False with reason FramesDropped, until
-   * nothing is dropped for 5 s); otherwise empty.
+   * one whose static MAC nothing confirms, "static MAC ... not confirmed
+   * yet: ..." (its first 3 s), then "static MAC ... cannot be verified: ..."
+   * with why; for an active backend behind a tap whose tx_dropped rose
+   * within the last 5 s, "tap T: N frames dropped in the last S s (its
+   * tx_dropped counter): its reader is not reading ..." (its rule DEGRADED,
+   * BackendsReceiving False with reason FramesDropped, until nothing is
+   * dropped for 5 s); otherwise empty.
    */
   message: string;
 }
