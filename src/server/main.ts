@@ -24,6 +24,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode }
 import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
+import { missingHostTools } from './dataplane/host-tools.js';
 import { dropText, isFileFd, LogSink, stderrNotice } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
@@ -422,6 +423,13 @@ if (!guard.guarded) {
     `${guard.why}: a child process of xdpctld (ip monitor) may outlive it if it is killed (SIGKILL) ` +
       'instead of stopped',
   );
+}
+
+// The programs the daemon runs to observe the host (dataplane/host-tools.ts): each one missing named, with what
+// cannot be observed without it (also in GetStatus warnings).
+const missingTools = missingHostTools();
+if (missingTools.length) {
+  log.warn({ missing: missingTools.map((t) => t.name) }, missingTools.map((t) => t.text).join('; '));
 }
 
 // Every signal is handled from here on (signals.ts: SIGTERM, SIGINT, SIGQUIT and the other terminating

@@ -72,6 +72,7 @@ import {
   type LinkIdentity,
 } from './netdev.js';
 import { acceptedMacs, syncMacMap } from './ingress-macs.js';
+import { missingHostTools } from './host-tools.js';
 import { detachCommand, detachXdpIn, movedDevice, netnsOf } from './netns.js';
 import * as tables from './tables.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
@@ -231,9 +232,14 @@ export class KernelDataplane implements Dataplane {
   readonly ringSize = RING_SIZE;
   readonly noBackend = NO_BACKEND;
 
-  /** What the datapath cannot observe (the tracepoint programs did not attach). */
+  /**
+   * What the datapath cannot observe: the tracepoint programs did not attach; a program the daemon runs to
+   * observe the host (ip, ethtool, nsenter) is not in PATH (host-tools.ts).
+   */
   get warnings(): readonly string[] {
-    return this.dp.traceWarning ? [this.dp.traceWarning] : [];
+    const tools = missingHostTools();
+    if (!this.dp.traceWarning && tools.length === 0) return [];
+    return [...(this.dp.traceWarning ? [this.dp.traceWarning] : []), ...tools.map((t) => t.text)];
   }
   /**
    * Device settings this daemon (or an earlier one with the same file)

@@ -32,7 +32,7 @@ const CHECK = '[ "$PPID" = "$0" ] || exit 125; exec "$@"';
 const SH = '/bin/sh';
 
 /** The first executable `name` in PATH (or `name` itself when it has a slash), or undefined. */
-function which(name: string): string | undefined {
+export function which(name: string): string | undefined {
   const candidates = name.includes('/')
     ? [name]
     : (process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')
