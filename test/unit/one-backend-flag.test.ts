@@ -37,6 +37,9 @@ const rule = (name: string, port: number, backends: number, extra: Partial<RuleS
 
 async function installed() {
   const dp = new ModelDataplane();
+  // The backends' hosts behind veth peers of ours with their static MACs: confirmed, every rule ACTIVE.
+  dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
+  dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
   const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
   await c.applyRules(
     [rule('one', 5000, 1), rule('two', 5001, 2), rule('zero', 5002, 1, { udpChecksum: 'zero' })],

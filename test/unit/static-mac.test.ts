@@ -16,6 +16,7 @@ import {
   STATIC_MAC_HOLD_MS,
   staticMacKey,
   stepStaticMac,
+  unconfirmedYetWhy,
 } from '../../src/server/core/static-mac.js';
 
 const MAC = '02:00:00:00:00:01';
@@ -207,6 +208,37 @@ describe('static MACs: what a rule says about one that cannot be verified', () =
     assert.match(br.message, /10\.0\.0\.2@eth1: static MAC .* cannot be verified/);
     assert.equal(c.find((x) => x.type === 'Ready')!.status, 'False');
     assert.ok(k.written, 'the written status kept');
+  });
+
+  it('within its first 3 s: "not confirmed yet", DEGRADED and BackendsReceiving Unknown all the same', () => {
+    // Before: nothing said (ACTIVE) until UNVERIFIED_GRACE_MS, while nothing observed said it receives.
+    const yet = unconfirmedYetWhy(WHY);
+    assert.equal(
+      yet,
+      `static MAC ${MAC} not confirmed yet: no resolved neighbour entry for 10.0.0.2 on eth1 (ARP asked; no answer yet)`,
+    );
+    const k: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    judgeRule(k, rule, observe(new Map([[staticMacKey('10.0.0.2', 'eth1', MAC), yet]])));
+    assert.equal(k.status.state, 'degraded', k.status.message);
+    assert.match(
+      k.status.message,
+      /; 1 not confirmed yet \(10\.0\.0\.2@eth1: static MAC that nothing on the host confirms yet\)$/,
+    );
+    assert.equal(k.status.backends[0].unverified, true);
+    assert.equal(k.status.backends[0].message, yet);
+    const br = ruleConditions(k.status, [1, 1], []).find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], ['Unknown', 'BackendsUnverified']);
+    // One of each: both said.
+    const both = new Map([
+      [staticMacKey('10.0.0.2', 'eth1', MAC), yet],
+      [staticMacKey('10.0.0.3', 'eth1', OTHER), `static MAC ${OTHER} cannot be verified: x`],
+    ]);
+    const k2: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    judgeRule(k2, rule, observe(both));
+    assert.match(
+      k2.status.message,
+      /; 1 cannot be verified \(10\.0\.0\.3@eth1: .*; 1 not confirmed yet \(10\.0\.0\.2@eth1: /,
+    );
   });
 
   it('a confirmed static MAC (not in the map) stays ACTIVE; a contradicted one (out of the table) as it is', () => {

@@ -247,8 +247,8 @@ export const staticMacKey = (ip: string, iface: string, mac: string) => `${ip}@$
  */
 export const UNVERIFIED_GRACE_MS = 3000;
 
-const UNVERIFIED = / cannot be verified: /;
-const UNCONFIRMED = / not confirmed yet: /;
+const UNVERIFIED = /^(static MAC \S+) cannot be verified: /;
+const UNCONFIRMED = /^static MAC \S+ not confirmed yet: /;
 
 /**
  * What a rule's status says of a static MAC judged unverified within {@link UNVERIFIED_GRACE_MS} of its first
@@ -256,12 +256,12 @@ const UNCONFIRMED = / not confirmed yet: /;
  * ...", the same reason.
  */
 export function unconfirmedYetWhy(why: string): string {
-  return why.replace(UNVERIFIED, ' not confirmed yet: ');
+  return why.replace(UNVERIFIED, '$1 not confirmed yet: ');
 }
 
 /** Whether a static MAC's status text ({@link unconfirmedYetWhy}) says "not confirmed yet", not "cannot be verified". */
 export function isUnconfirmedYet(why: string): boolean {
-  return UNCONFIRMED.test(why) && !UNVERIFIED.test(why);
+  return UNCONFIRMED.test(why);
 }
 
 /**
