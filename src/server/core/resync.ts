@@ -1876,7 +1876,8 @@ function judgeStaticMac(
  * asked as a pass asks them (a resolve, a re-probe of the entry) and judged again as the neighbour table
  * changes, for at most `waitMs`: a host that answers within it is confirmed in the reply; any other is "not
  * confirmed yet" (DEGRADED), as a read says then. One whose entry nothing asks (set by hand, an address of
- * this host's) is not waited for. The rest of a larger change are judged without waiting (the passes ask them).
+ * this host's) is not waited for, nor one whose entry FAILED (the host left the kernel's last requests for the
+ * address unanswered; asked all the same). The rest of a larger change are judged without waiting (the passes ask them).
  * Nothing when the dataplane cannot read the neighbour table (fakes: static MACs are not checked).
  */
 export async function judgeChangeStaticMacs(
@@ -1910,6 +1911,8 @@ export async function judgeChangeStaticMacs(
     }
     return g;
   };
+  /** Those whose entry FAILED when first judged: the kernel's last requests for the address went unanswered. */
+  const failed = new Set<string>();
   /** Judge `keys` from one read of the neighbour table; those still not confirmed that an answer may confirm. */
   const judge = async (keys: Iterable<string>): Promise<string[]> => {
     const table = await dp.neighbourTable!();
@@ -1922,18 +1925,22 @@ export async function judgeChangeStaticMacs(
       const e = table.get(b.neighbour);
       const obs = judgeStaticMac(ctx, key, b, exists, peer, e, t, transition);
       const asking = !!obs?.ask || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
-      if (obs?.verdict === 'unverified' && asking) open.push(key);
+      if (obs?.verdict !== 'unverified' || !asking) continue;
+      open.push(key);
+      if (e?.states.includes('FAILED')) failed.add(key);
     }
     return open;
   };
-  let open = (await judge(fresh.keys())).slice(0, STATIC_MAC_WAIT_MAX);
-  if (open.length === 0 || waitMs <= 0) return;
-  // Asked now, as a pass asks them: the answers are what the reply waits for.
-  for (const key of open) {
+  const asked = (await judge(fresh.keys())).slice(0, STATIC_MAC_WAIT_MAX);
+  if (asked.length === 0 || waitMs <= 0) return;
+  // Asked now, as a pass asks them: the answers are what the reply waits for. Not for one whose entry FAILED (asked
+  // all the same): a host that left the last requests unanswered is not waited for at every change naming it.
+  for (const key of asked) {
     const b = fresh.get(key)!;
     if (state.staticMacReprobe.has(key)) dp.verifyNeighbour?.(b.ip, b.iface, true);
     else if (state.staticMacResolve.has(key)) dp.probeNeighbour?.(b.ip, b.iface);
   }
+  let open = asked.filter((key) => !failed.has(key));
   const end = performance.now() + waitMs;
   while (open.length) {
     const left = end - performance.now();
