@@ -1916,7 +1916,7 @@ export async function judgeChangeStaticMacs(
   /** Judge `keys` from one read of the neighbour table; those still not confirmed that an answer may confirm. */
   const judge = async (keys: Iterable<string>): Promise<string[]> => {
     const table = await dp.neighbourTable!();
-    const t = ctx.now();
+    const t = ctx.mono();
     const open: string[] = [];
     for (const key of keys) {
       if ((++n & 63) === 0) await pace();
