@@ -386,7 +386,8 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     let signal = context.signal;
     if (Number.isFinite(deadline)) {
       const left = deadline - monotonicMs();
-      signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(left) : AbortSignal.abort()]);
+      // AbortSignal.timeout takes whole ms only (a fraction is ERR_OUT_OF_RANGE): the monotonic clock has fractions.
+      signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(Math.ceil(left)) : AbortSignal.abort()]);
     }
     // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.
     const outcome: OutcomeBox = {};
