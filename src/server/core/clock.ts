@@ -15,7 +15,9 @@
  * differences between two values mean anything.
  */
 export function monotonicMs(): number {
-  return performance.timeOrigin + performance.now();
+  // Whole ms, as Date.now(): durations built from it are said and passed on as integers (a fraction in "took
+  // nothing for 1014.0083 ms", or in AbortSignal.timeout, which refuses one).
+  return Math.floor(performance.timeOrigin + performance.now());
 }
 
 /** A clock: ms, by the monotonic clock in the daemon; a test gives its own. */

@@ -3,7 +3,7 @@
  * `ip link set dev X xdp off`, of `ethtool -K PEER gro off`, a runtime re-applying its settings). Each repair
  * alone is logged as settling things; a fight is not settled, and saying "repaired" once a second while
  * statuses say ACTIVE hides it. Here every repair kind records "repaired <subject>" with a monotonic time
- * (`performance.now()`: a wall-clock step must not start or end a fight):
+ * (core/clock.ts monotonicMs: a wall-clock step must not start or end a fight):
  *  - the {@link FIGHT_REPAIRS}rd repair of one subject within {@link FIGHT_WINDOW_MS} is a fight: one warning
  *    naming the subject and what keeps undoing it when that is known; while it lasts the rules and links
  *    using the subject's interfaces are DEGRADED / warned with a message naming it (rule-status.ts
@@ -16,6 +16,7 @@
  * reconciler pass ({@link RepairFights.beginPass}): one observed undo is one repair.
  * Owns no kernel state and does no I/O but its log lines; the callers decide what a repair is.
  */
+import { monotonicMs } from './clock.js';
 import type { Logger } from '../log.js';
 
 /** The window (ms): repairs of one subject within it count toward a fight; a fight ends after one without any. */
@@ -68,7 +69,7 @@ export class RepairFights {
   /** Where the fight lines go (the controller's log; set when it starts). */
   log?: Logger;
 
-  constructor(private readonly now: () => number = () => performance.now()) {}
+  constructor(private readonly now: () => number = monotonicMs) {}
 
   /** A reconciler pass begins: a subject counts at most one repair per pass. */
   beginPass(): void {
