@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh Debian 12 machine, run by `npm test` (pretest)
 # and `npm start` (prestart). Quick when nothing is missing:
 #   1. Debian packages the datapath and the tests need (as root; else says what is missing);
-#   2. bpffs mounted at /sys/fs/bpf (mode 0700);
+#   2. bpffs mounted at /sys/fs/bpf (mode 0700), and tracefs at /sys/kernel/tracing where the kernel has it
+#      but nothing mounted it (a test counts the daemon's forks with a tracefs instance of its own);
 #   3. a Node that package.json's engines accept: the system's, else the version in .node-version
 #      fetched from the npm registry (scripts/node-runtime.sh); everything below runs on it;
 #   4. npm ci when node_modules is missing, was installed from another package-lock.json, or for another
@@ -59,6 +60,14 @@ fi
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf -o mode=0700 bpf /sys/fs/bpf
   echo "setup: mounted bpffs at /sys/fs/bpf (mode 0700)"
+fi
+# tracefs, as systemd mounts it at boot (mode 0700, root's): some machines boot without it (seen on a 6.18.44
+# VM, 2026-12-06). The daemon does not need it; test/integration/reconciler-forks.test.ts reads sched_process_fork
+# events through an instance of its own there.
+if [[ $(id -u) -eq 0 && -d /sys/kernel/tracing ]] && ! mountpoint -q /sys/kernel/tracing &&
+  grep -qw tracefs /proc/filesystems; then
+  mount -t tracefs -o mode=0700 tracefs /sys/kernel/tracing
+  echo "setup: mounted tracefs at /sys/kernel/tracing (mode 0700)"
 fi
 
 prefix=$(bash scripts/node-runtime.sh)
