@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { RuleState, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
 import { xdpctl, type Clients, type DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, sh, until } from '../helpers/env.js';
+import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
 import { backendOf, cond, esc, Lab, type BackendSpec } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -121,6 +121,28 @@ describe('a change replies with its static MACs judged as a read judges them', k
     const again = (await c.rules.updateRule({ rule: { ...late, labels: { x: '1' } }, expectedGeneration: 0n })).rule!;
     assert.deepEqual(said(again.status!), said(await status('late')));
     for (const name of ['yes', 'no', 'late']) await c.rules.deleteRule({ name, expectedGeneration: 0n });
+  });
+
+  it('a static MAC the host contradicts already (its veth peer has another MAC): out of the table in the reply, as in the read right after it', async (t) => {
+    // A veth pair of this namespace: the peer's MAC is the host's answer, read at once (a thirteenth-review
+    // finding: the reply said ACTIVE "forwarding to 1 backend(s)", a GetRule right after INACTIVE "contradicted").
+    const [a, b] = [`x${lab.id}pa`, `x${lab.id}pb`];
+    lab.onDestroy(() => shQuiet('ip', ['link', 'del', a]));
+    sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+    sh('ip', ['link', 'set', a, 'up']);
+    sh('ip', ['link', 'set', b, 'up']);
+    const spec: BackendSpec = { ip: '198.18.9.77', mac: lab.mac('7c'), interface: a };
+    const at = Date.now();
+    const s = (await c.rules.createRule({ rule: rule('contra', 7131, [spec]) })).rule!.status!;
+    t.diagnostic(`CreateRule: ${RuleState[s.state]}: ${s.message}`);
+    assert.notEqual(s.state, RuleState.RULE_STATE_ACTIVE, s.message);
+    assert.equal(s.backendStatus[0].active, false, s.backendStatus[0].message);
+    assert.match(
+      s.backendStatus[0].message,
+      new RegExp(`static MAC contradicted: the veth peer ${esc(b)} of ${esc(a)}`),
+    );
+    await agrees(t, 'contra', s, at);
+    await c.rules.deleteRule({ name: 'contra', expectedGeneration: 0n });
   });
 
   it('ApplyRules: each rule in the reply as the GetRule right after it says', async (t) => {

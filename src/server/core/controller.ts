@@ -51,7 +51,13 @@ import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rule
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { activeLinkSources, linkActive, shadowedStatus, shadowWarning } from './shadow.js';
-import { judgeChangeStaticMacs, observeLinkDirections, observeWrittenRules, resync } from './resync.js';
+import {
+  contradictedNewStaticMacs,
+  judgeChangeStaticMacs,
+  observeLinkDirections,
+  observeWrittenRules,
+  resync,
+} from './resync.js';
 import { STATIC_MAC_WAIT_MS } from './static-mac.js';
 import {
   egressProblem,
@@ -1068,7 +1074,14 @@ export class Controller {
       if (!b?.receiving || !b.mac) return undefined;
       return k!.ifindexes.get(b.interface) === facts.interfaces.get(b.interface)?.ifindex ? b.mac : undefined;
     });
-    facts.macConflicts = this.state.macConflicts; // static MACs the host contradicts (static-mac.ts)
+    // Static MACs the host contradicts (static-mac.ts): those judged, and those the change names for the first
+    // time that the host contradicts already (a veth peer or our ARP answers with another MAC), kept out of the
+    // table as a pass's re-apply would: the reply says what a read right after it says.
+    const fresh = await contradictedNewStaticMacs(
+      this.ctx,
+      ops.flatMap((o) => (o.next ? [o.next] : [])),
+    );
+    facts.macConflicts = fresh.size ? new Map([...this.state.macConflicts, ...fresh]) : this.state.macConflicts;
     facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
     return planRulesPaced(
       {

@@ -1869,6 +1869,48 @@ function judgeStaticMac(
 }
 
 /**
+ * The static MACs of `rules` no judgement has seen yet that the host contradicts already ("ip@iface|mac" ->
+ * why): a veth peer of the egress with another MAC, a neighbour entry our ARP requests found with another MAC
+ * (static-mac.ts observeStaticMac, the pass's own verdict). Nothing is recorded: a change plans with them
+ * (plan-rules.ts keeps a contradicted backend out of the table, as the pass's re-apply would), so that its
+ * reply says what a read right after it says; the judgement after the commit records them
+ * ({@link judgeChangeStaticMacs}). Empty when the dataplane cannot read the neighbour table.
+ */
+export async function contradictedNewStaticMacs(
+  ctx: ExecContext,
+  rules: Iterable<Pick<RuleSpec, 'backends'>>,
+): Promise<Map<string, string>> {
+  const { dp, state } = ctx;
+  const out = new Map<string, string>();
+  if (!dp.neighbourTable) return out;
+  const fresh: { key: string; ip: string; iface: string; mac: string }[] = [];
+  for (const r of rules)
+    for (const b of r.backends) {
+      if (b.mac === '') continue;
+      const key = staticMacKey(b.ip, b.interface, b.mac);
+      if (!state.staticMacs.has(key) && !state.macConflicts.has(key))
+        fresh.push({ key, ip: b.ip, iface: b.interface, mac: b.mac });
+    }
+  if (fresh.length === 0) return out;
+  const table = await dp.neighbourTable();
+  const egresses = new Map<string, { exists: boolean; peer?: PeerMac }>(); // each egress looked at once
+  for (const b of fresh) {
+    let g = egresses.get(b.iface);
+    if (!g) {
+      const exists = !!dp.lookupInterface(b.iface);
+      egresses.set(b.iface, (g = { exists, peer: exists ? dp.vethPeerMac?.(b.iface) : undefined }));
+    }
+    if (!g.exists) continue;
+    const nkey = `${b.ip}@${b.iface}`;
+    const e = table.get(nkey);
+    const answered = e ? answeredOf(dp, nkey, e) : undefined;
+    const obs = observeStaticMac(b.ip, b.iface, b.mac, g.peer, e && { ...e, answered });
+    if (obs.verdict === 'contradicted') out.set(b.key, obs.why);
+  }
+  return out;
+}
+
+/**
  * The static MACs a client's change names that no judgement has seen yet, judged and recorded as the
  * reconciler's pass judges them ({@link judgeStaticMac}), before the change's rules are judged for its reply
  * (resync.ts observeWrittenRules): one the host confirms already (its veth peer, a freshly confirmed neighbour
