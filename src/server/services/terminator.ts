@@ -27,7 +27,10 @@ export function createTerminator(): Terminator {
   const middleware: ServerMiddleware<TerminatorContext> = async function* terminator(call, context: CallContext) {
     const ac = new AbortController();
     const forward = () => ac.abort();
-    context.signal.addEventListener('abort', forward);
+    // A signal aborted before this call got here (a deadline already passed on arrival: services/access.ts)
+    // fires no 'abort' event any more: carried at once, or the handler would start a change its caller gave up.
+    if (context.signal.aborted) ac.abort();
+    else context.signal.addEventListener('abort', forward);
     let optedIn = false;
     const byShutdown = () => optedIn && ac.signal.aborted && !context.signal.aborted;
     try {
