@@ -80,6 +80,7 @@ import { GenerationPin, readPinnedGeneration, removeGenerationPin } from './data
 import { checkStoreBehind } from './store-behind.js';
 import { silentLogger, type Logger } from './log.js';
 import { lazyReflection } from './reflection-lazy.js';
+import { carryLongDeadlines } from './grpc-timeout.js';
 import { accessMiddleware, listenerCredentials, usePeerCredentials, type AccessMiddleware } from './services/access.js';
 import { peerCred, tcpSocketUid } from './dataplane/peer-cred.js';
 import { logRefusedHandshakes, reloadingServerCredentials, type TlsFiles } from './tls.js';
@@ -547,6 +548,8 @@ export class Daemon {
     daemon.policy = policy;
 
     guardConnections(opts.connectionLimits ?? DEFAULT_CONNECTION_LIMITS, log);
+    // grpc-js misreads a grpc-timeout past 2^31-1 ms (~24.8 days) as already passed: grpc-timeout.ts.
+    carryLongDeadlines();
     const tlsOf = () => tlsSet;
     // Refused handshakes on every TLS listener (gRPC and HTTP/JSON) are logged at a bounded rate.
     // A reason names what the daemon knows: its own certificate's validity, whether client certificates are asked.

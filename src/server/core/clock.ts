@@ -30,3 +30,31 @@ export type Clock = () => number;
 export function wallAt(mono: number, clock: Clock = monotonicMs, wallNow = Date.now()): number {
   return wallNow - (clock() - mono);
 }
+
+/** The longest delay a Node timer takes (2^31-1 ms, ~24.8 days): past it, setTimeout fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Run `fn` once, `ms` from now by the monotonic clock, for any `ms` (a deadline of 30 days included): a timer
+ * past {@link MAX_TIMER_MS} would fire at once, so the wait is made of timers of at most that length, each
+ * re-armed for what is left. Unref'd (a pending deadline keeps no process alive). Returns the cancel.
+ */
+export function setLongTimeout(fn: () => void, ms: number): () => void {
+  const at = monotonicMs() + ms;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    const left = at - monotonicMs();
+    if (left <= 0) {
+      timer = undefined;
+      fn();
+      return;
+    }
+    timer = setTimeout(arm, Math.min(Math.ceil(left), MAX_TIMER_MS));
+    timer.unref();
+  };
+  arm();
+  return () => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+  };
+}

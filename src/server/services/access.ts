@@ -37,7 +37,8 @@ import {
 } from '../auth/identity.js';
 import { roleSatisfies, type Policy, type Role } from '../auth/policy.js';
 import { roleForMethod } from '../auth/roles.js';
-import { monotonicMs } from '../core/clock.js';
+import { MAX_TIMER_MS, monotonicMs, setLongTimeout } from '../core/clock.js';
+import { longDeadlineOf } from '../grpc-timeout.js';
 import type { Logger } from '../log.js';
 import { normalizePeer } from '../net/addr.js';
 import { lazyRules } from './apply-rules-codec.js';
@@ -212,26 +213,56 @@ function identifySocketUncached(kind: ListenerKind, socket: Socket): Identity {
   return tcpIdentity(via, socket);
 }
 
-/** grpc-js interceptor: replace any client-sent identity entry with the proven one. */
+/** The HTTP/2 stream under a call (grpc-js keeps it on the innermost call). */
+function streamOf(call: ServerInterceptingCallInterface): object | undefined {
+  let c = call as unknown as { nextCall?: unknown; stream?: object };
+  while (c.nextCall) c = c.nextCall as typeof c;
+  return c.stream;
+}
+
+/**
+ * grpc-js interceptor: replace any client-sent identity entry with the proven one, and hand the call's
+ * deadline to the middleware. A deadline grpc-js would misread (past 2^31-1 ms: grpc-timeout.ts took its
+ * header off) is enforced here as grpc-js enforces the others: DEADLINE_EXCEEDED when it passes.
+ */
 export function identityInterceptor(kind: ListenerKind): ServerInterceptor {
-  return (_method, call) =>
-    new ServerInterceptingCall(call, {
+  return (_method, call) => {
+    const long = longDeadlineOf(streamOf(call));
+    let stopTimer: (() => void) | undefined;
+    const stop = () => stopTimer?.();
+    return new ServerInterceptingCall(call, {
       start(next) {
+        if (long !== undefined) {
+          stopTimer = setLongTimeout(
+            () => call.sendStatus({ code: Status.DEADLINE_EXCEEDED, details: 'Deadline exceeded', metadata: null }),
+            long - monotonicMs(),
+          );
+        }
         next({
           onReceiveMetadata(md, nextMd) {
             md.remove(IDENTITY_KEY);
             md.set(IDENTITY_KEY, seal(identify(kind, call)));
             // The call's deadline (grpc-js parsed grpc-timeout); nice-grpc does not expose it.
             md.remove(DEADLINE_KEY);
-            // grpc-js gives it by the wall clock, as it set it from grpc-timeout just now: turned into time left.
-            const deadline = call.getDeadline();
-            const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-            if (Number.isFinite(ms)) md.set(DEADLINE_KEY, String(monotonicMs() + (ms - Date.now())));
+            if (long !== undefined) {
+              md.set(DEADLINE_KEY, String(long));
+            } else {
+              // grpc-js gives it by the wall clock, as it set it from grpc-timeout just now: turned into time left.
+              const deadline = call.getDeadline();
+              const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+              if (Number.isFinite(ms)) md.set(DEADLINE_KEY, String(monotonicMs() + (ms - Date.now())));
+            }
             nextMd(md);
           },
+          onCancel: stop,
         });
       },
+      sendStatus(status, next) {
+        stop();
+        next(status);
+      },
     });
+  };
 }
 
 /** A listener's credentials with the identity interceptor bound to them (it then runs before any other). */
@@ -384,10 +415,20 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     const deadline = Number(context.metadata.get(DEADLINE_KEY) ?? NaN);
     context.metadata.delete(DEADLINE_KEY);
     let signal = context.signal;
+    let stopDeadline: (() => void) | undefined;
     if (Number.isFinite(deadline)) {
       const left = deadline - monotonicMs();
+      let atDeadline: AbortSignal;
+      if (left <= 0) atDeadline = AbortSignal.abort();
       // AbortSignal.timeout takes whole ms only (a fraction is ERR_OUT_OF_RANGE): the monotonic clock has fractions.
-      signal = AbortSignal.any([context.signal, left > 0 ? AbortSignal.timeout(Math.ceil(left)) : AbortSignal.abort()]);
+      else if (left <= MAX_TIMER_MS) atDeadline = AbortSignal.timeout(Math.ceil(left));
+      else {
+        // Past a Node timer's range AbortSignal.timeout would abort after 1 ms (or throw past 2^32-1 ms).
+        const ac = new AbortController();
+        stopDeadline = setLongTimeout(() => ac.abort(), left);
+        atDeadline = ac.signal;
+      }
+      signal = AbortSignal.any([context.signal, atDeadline]);
     }
     // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.
     const outcome: OutcomeBox = {};
@@ -413,6 +454,7 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
       throw err;
     } finally {
       release?.();
+      stopDeadline?.();
     }
   } satisfies ServerMiddleware;
   return Object.assign(access, { flush });
