@@ -22,7 +22,7 @@ import { registerRules } from './cli/commands/rules.js';
 import { registerStatus } from './cli/commands/status.js';
 import { registerWatch } from './cli/commands/watch.js';
 import { CliError, EXIT, EXIT_HELP, oneLine } from './cli/errors.js';
-import { examples, parseDuration } from './cli/flags.js';
+import { examples, parseTimeout } from './cli/flags.js';
 
 export { bashCompletion, completionScript, zshCompletion } from './cli/commands/completion.js';
 export { CliError, describeClientError, detailLines, EXIT } from './cli/errors.js';
@@ -46,9 +46,9 @@ export function buildProgram(version = '0.0.0'): Command {
     .addOption(
       new Option(
         '--timeout <duration>',
-        'deadline of each call (500ms, 10s, 2m); "rules apply" and "links apply" default to 2m',
+        'deadline of each call (500ms, 10s, 2m, 720h; at most 99999999h); "rules apply" and "links apply" default to 2m',
       )
-        .argParser(parseDuration)
+        .argParser(parseTimeout)
         .default(10_000, '10s'),
     )
     .option('--debug', 'print stack traces on errors')

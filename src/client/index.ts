@@ -5,7 +5,6 @@
 import { isIP } from 'node:net';
 
 import { ChannelCredentials, createChannel, createClientFactory, type Channel, type Client } from 'nice-grpc';
-import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
 import { retryMiddleware, type RetryOptions } from 'nice-grpc-client-middleware-retry';
 
 import { CounterServiceDefinition } from '../gen/xdpctl/v1/counters.js';
@@ -13,6 +12,7 @@ import { DaemonServiceDefinition } from '../gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../gen/xdpctl/v1/rule.js';
+import { deadlineMiddleware, type DeadlineOptions } from './deadline.js';
 
 export { ChangeAction } from '../gen/xdpctl/v1/common.js';
 export { CounterKind, type CounterFilter, type Counters } from '../gen/xdpctl/v1/counters.js';
@@ -50,7 +50,10 @@ export interface ClientOptions {
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
 }
 
-/** Call options every method takes: { deadline }, and for reads { retry, retryMaxAttempts }. */
+/**
+ * Call options every method takes: { deadline } (a Date or ms from now; any length: deadline.ts), and for reads
+ * { retry, retryMaxAttempts }.
+ */
 export type XdpctlCallOptions = DeadlineOptions & RetryOptions;
 
 export interface XdpctlClient {

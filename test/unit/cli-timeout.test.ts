@@ -47,6 +47,14 @@ describe('CLI deadlines', () => {
     near(d.bulk, 3_000, 'bulk');
   });
 
+  it('a deadline past 2^31-1 ms (30 days) is kept whole; one no gRPC call can carry is refused, not cut', async () => {
+    const d = await deadlines(['--timeout', '2592000s']);
+    near(d.plain, 2_592_000_000, 'plain');
+    near(d.bulk, 2_592_000_000, 'bulk');
+    near((await deadlines(['--timeout', '99999999h'])).plain, 99_999_999 * 3_600_000, 'the gRPC maximum');
+    await assert.rejects(deadlines(['--timeout', '100000000h']), /--timeout.*at most 99999999h/);
+  });
+
   it('says so in --help', () => {
     assert.match(
       buildProgram().helpInformation().replace(/\s+/g, ' '),

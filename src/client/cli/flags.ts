@@ -13,6 +13,18 @@ export function parseDuration(text: string): number {
   return Math.round(Number(m[1]) * unit);
 }
 
+/** The longest --timeout: what gRPC's grpc-timeout header can carry (8 digits of hours, ~11,400 years). */
+export const MAX_TIMEOUT_MS = 99_999_999 * 3_600_000;
+
+/** --timeout: a duration (parseDuration) no longer than {@link MAX_TIMEOUT_MS}; a longer one is refused, never cut. */
+export function parseTimeout(text: string): number {
+  const ms = parseDuration(text);
+  if (!(ms <= MAX_TIMEOUT_MS)) {
+    throw new InvalidArgumentError('at most 99999999h, the longest deadline a gRPC call can carry.');
+  }
+  return ms;
+}
+
 export function parseUint(text: string, max = 0xffff_ffff): number {
   if (!/^\d+$/.test(text) || Number(text) > max) throw new InvalidArgumentError('expected a non-negative integer.');
   return Number(text);

@@ -8,12 +8,12 @@ import { readFileSync } from 'node:fs';
 
 import type { Command } from 'commander';
 import { ClientError, createClientFactory, Status, type Metadata } from 'nice-grpc';
-import { deadlineMiddleware } from 'nice-grpc-client-middleware-deadline';
 
 import type { Link } from '../../gen/xdpctl/v1/link.js';
 import type { Rule } from '../../gen/xdpctl/v1/rule.js';
 import { ConfigError, parseConfig, type ConfigFile } from '../../shared/config-file.js';
 import { linkSpecToProto, ruleSpecToProto } from '../../shared/proto-convert.js';
+import { deadlineMiddleware } from '../deadline.js';
 import { HealthCheckDefinition } from '../health.js';
 import { createXdpctlClient, type XdpctlClient } from '../index.js';
 import { diagnoseTls } from '../tls-diagnose.js';
