@@ -50,7 +50,7 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
 
 import type { Identity } from './auth/identity.js';
-import { monotonicMs } from './core/clock.js';
+import { MAX_TIMER_MS, monotonicMs } from './core/clock.js';
 import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
 import { assertSocketNotLive, removeOwnSocket, socketIdentity } from './dataplane/instance-lock.js';
 import type { Logger } from './log.js';
@@ -221,6 +221,10 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     grpc: false,
     grpcWeb: false,
     readMaxBytes: o.maxMessageBytes,
+    // Connect-Timeout-Ms may carry 10 digits, but connect's own deadline timer (a plain setTimeout) fires after
+    // 1 ms past 2^31-1 ms, which would end a call it let start: a longer timeout is refused before anything
+    // runs (invalid_argument "timeout Nms must be <= 2147483647").
+    maxTimeoutMs: MAX_TIMER_MS,
     // A misspelt field is an error naming it, not a silently ignored part of the request.
     jsonOptions: { ignoreUnknownFields: false },
     contextValues: (req) => {
