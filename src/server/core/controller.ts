@@ -46,6 +46,7 @@ import {
   type RuleStatus,
 } from './model.js';
 import { forgetReplacedDevices } from './device-identity.js';
+import { hostLoopProblem } from './rule-loops.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
@@ -967,6 +968,7 @@ export class Controller {
       names.flatMap((n) => this.state.rules.get(n) ?? []),
     );
     holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
+    facts.hostLoops = this.state.hostLoops; // backends kept out for a loop the host made: compared as written
     const r = await compareKernelEntries(this.ctx, facts, names);
     if (r.repaired.length === 0) return out;
     this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
@@ -1055,7 +1057,7 @@ export class Controller {
   }
 
   /** Fetch the facts and compute the plan (no kernel change). */
-  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi'], pace = pacer()) {
+  private async planRuleOps(ops: RuleOp[], napi?: Facts['napi'], pace = pacer(), reapply = false) {
     const facts = await fetchRuleFacts(
       this.dp,
       ops.flatMap((o) => (o.next ? [o.next] : [])),
@@ -1083,6 +1085,10 @@ export class Controller {
     );
     facts.macConflicts = fresh.size ? new Map([...this.state.macConflicts, ...fresh]) : this.state.macConflicts;
     facts.movedEgresses = movedEgresses(this.state); // egresses moved to another namespace (moved.ts)
+    // A re-apply (the reconciler's, a start's) keeps out the backends that close a forwarding loop the host made
+    // (resync.ts judgeHostLoops). A client's change is checked for loops on the host as it is now (preflight):
+    // refused if it would make one, else none of its backends closes one.
+    if (reapply) facts.hostLoops = this.state.hostLoops;
     return planRulesPaced(
       {
         rules: this.state.rules,
@@ -1241,7 +1247,7 @@ export class Controller {
     if (!restoring) for (const op of ops) this.restoredKeys?.delete(`rule/${op.name}`);
     // Large changes yield to the event loop every 10 ms of work: reads are answered meanwhile (from the state before the change).
     const pace = pacer();
-    const plan = await this.planRuleOps(ops, napi, pace);
+    const plan = await this.planRuleOps(ops, napi, pace, restoring);
     // A client's change: what can be known without changing anything is checked before anything is written.
     if (!restoring) {
       await preflight(
@@ -1830,6 +1836,11 @@ export class Controller {
   /** The repairs another tool keeps undoing now (core/fights.ts), one text each. */
   repairFights(): string[] {
     return this.state.fights.current().map((f) => f.text);
+  }
+
+  /** The forwarding loops the host made that the reconciler keeps backends out for (rule-loops.ts), one text each. */
+  forwardingLoops(): string[] {
+    return [...this.state.hostLoopList.values()].map(hostLoopProblem);
   }
 
   /** The overdue pass's words ({@link passOverdue}), while it is overdue. */

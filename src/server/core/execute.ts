@@ -6,7 +6,8 @@
  * the kernel maps and the core state stay exactly as they were.
  */
 import { judgedEgress } from './egress-watch.js';
-import { formatIp, formatPrefix, parseIp, parseMac, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
+import { formatIp, parseIp, parseMac } from '../net/addr.js';
+import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, type LoopRule } from './rule-loops.js';
 import type { Logger } from '../log.js';
 import {
   emptyBackendEntry,
@@ -20,7 +21,7 @@ import {
 } from './dataplane.js';
 import { otherProgram } from './conditions.js';
 import { CoreError, PortError } from './errors.js';
-import type { BackendSpec, LinkSpec, RuleRecord, RuleSpec } from './model.js';
+import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import { directions, type LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds } from './ring.js';
@@ -431,21 +432,12 @@ function backendsBehindLinks(
 }
 
 /**
- * A rule's backend whose redirected datagrams come back to the rule: its egress is a veth whose peer (in this
- * namespace), directly or through links, is an ingress where the rewritten datagram (destination the backend's
- * address, source, protocol and port unchanged) is matched again, by the same rule or by another rule whose
- * backend leads on the same way, and so on around a cycle of any length (rule a -> rule b -> rule a). Each
- * such datagram would be redirected around the cycle again and again until its TTL ran out: 63 redirects and
- * 63 "matched" for one datagram, at 63 times the CPU. Loops of links are refused (plan-links.ts
+ * A rule's backend whose redirected datagrams come back to the rule, around a cycle of rules of any length
+ * (rule-loops.ts, the one implementation of that check). Loops of links are refused (plan-links.ts
  * forwardingLoop); this is the same refusal for rules, naming the backend of a changed rule that closes the
- * cycle and the other rules in it. The match is the datapath's (xdpctl.bpf.c find_rule): at an ingress the
- * rule with the datagram's destination wins, for the sources it allows, and the one with no destination takes
- * the others; sources are followed as prefixes, so two rules whose source prefixes share no address make no
- * cycle. A link direction runs before rules on its ingress. A change of links alone (`scope.links`, no rules)
- * is refused when a cycle goes through a direction it makes, naming the link. A peer in another network
- * namespace is not followed (where it leads is not this daemon's to see), the frame's destination MAC is not
- * judged (a backend's MAC is usually the peer's own, or resolved from it), and a loop the host makes after the
- * write (a veth moved or re-created) is not judged by the reconciler yet.
+ * cycle and the other rules in it. A change of links alone (`scope.links`, no rules) is refused when a cycle
+ * goes through a direction it makes, naming the link. A loop the host makes after the write (a veth renamed,
+ * made again or moved) is the reconciler's to find (resync.ts judgeHostLoops): it keeps those backends out.
  */
 export function backendsLoopingBack(
   dp: Pick<Dataplane, 'vethPeer'>,
@@ -467,120 +459,20 @@ export function backendsLoopingBack(
     return peers.get(name);
   };
   // The rules after the change, and the datapath's match keys (ingress, port, destination) -> rule.
-  interface Loopable {
-    name: string;
-    spec: RuleSpec;
-    sources: Sources;
-  }
-  const after = new Map<string, Loopable>();
-  const sourcesOf = (spec: RuleSpec): Sources =>
-    spec.sourcePrefixes.length ? spec.sourcePrefixes.map(parsePrefix) : null;
-  for (const r of state.rules.values()) {
-    if (!scope.rules.has(r.name)) after.set(r.name, { name: r.name, spec: r, sources: sourcesOf(r) });
-  }
-  for (const p of plans) after.set(p.name, { name: p.name, spec: p.spec, sources: sourcesOf(p.spec) });
-  const byKey = new Map<string, Loopable>();
+  const after = new Map<string, LoopRule>();
+  for (const r of state.rules.values()) if (!scope.rules.has(r.name)) after.set(r.name, loopRule(r.name, r));
+  for (const p of plans) after.set(p.name, loopRule(p.name, p.spec));
+  const byKey = new Map<string, LoopRule>();
   for (const r of after.values())
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
   if (!byKey.size) return;
-
-  /** Where a datagram sent out of `egress` arrives: the interfaces it crosses, the last the ingress it arrives on. */
-  const arrival = (egress: string): { path: string[]; newLink?: string } | undefined => {
-    const path = [egress];
-    let newLink: string | undefined;
-    for (const seen = new Set<string>(); !seen.has(egress);) {
-      seen.add(egress);
-      const peer = peerOf(egress);
-      if (peer === undefined) return undefined;
-      path.push(peer);
-      const next = linkTo.get(peer);
-      if (next === undefined) return { path, newLink };
-      if (inForce.get(peer) !== next) newLink ??= peer;
-      path.push(next);
-      egress = next;
-    }
-    return undefined; // a loop of links: refused as one (plan-links.ts)
-  };
-  /** The rules that match a datagram to `dst` on `port` from `sources` arriving on `ingress`, with the sources each takes. */
-  const matches = (ingress: string, port: number, dst: string, sources: Sources) => {
-    const out: { rule: Loopable; sources: Sources }[] = [];
-    let rest = sources;
-    const exact = byKey.get(`${ingress}|${port}|${dst}`);
-    if (exact) {
-      const taken = intersectSources(sources, exact.sources);
-      if (taken === null || taken.length) out.push({ rule: exact, sources: taken });
-      rest = subtractSources(sources, exact.sources);
-    }
-    const any = byKey.get(`${ingress}|${port}|`);
-    if (any && any !== exact && (rest === null || rest.length)) {
-      const taken = intersectSources(rest, any.sources);
-      if (taken === null || taken.length) out.push({ rule: any, sources: taken });
-    }
-    return out;
-  };
-  interface Step {
-    rule: string;
-    backend: string;
-    path: string[];
-  }
-  /** A cycle back to `start` from its backend `b`: the steps (each a rule's backend and where it arrives), or undefined. */
-  const cycleFrom = (start: Loopable, b: BackendSpec): { steps: Step[]; newLink?: string } | undefined => {
-    const visited = new Set<string>();
-    const go = (
-      rule: Loopable,
-      backend: BackendSpec,
-      sources: Sources,
-      steps: Step[],
-      newLink: string | undefined,
-    ): { steps: Step[]; newLink?: string } | undefined => {
-      const a = arrival(backend.interface);
-      if (!a) return undefined;
-      const here = [...steps, { rule: rule.name, backend: backend.ip, path: a.path }];
-      const viaNew = newLink ?? a.newLink;
-      for (const m of matches(a.path[a.path.length - 1], rule.spec.port, backend.ip, sources)) {
-        if (m.rule === start) return { steps: here, newLink: viaNew };
-        const key = `${m.rule.name}|${m.sources?.map(formatPrefix).join(',') ?? '*'}`;
-        if (visited.has(key)) continue;
-        visited.add(key);
-        for (const next of m.rule.spec.backends) {
-          const found = go(m.rule, next, m.sources, here, viaNew);
-          if (found) return found;
-        }
-      }
-      return undefined;
-    };
-    return go(start, b, start.sources, [], undefined);
-  };
-  const tail =
-    'every redirected datagram would come back and be redirected again until its TTL ran out ' +
-    '(up to 63 times each, each counted matched and redirected)';
-  const describe = (steps: Step[], start: string): string => {
-    const first = steps[0].path;
-    const peer = first[1];
-    if (steps.length === 1) {
-      return first.length > 2
-        ? `its veth peer ${peer} leads through links back to ${first[first.length - 1]} (${first.join(' -> ')}), an ingress of this rule`
-        : `its veth peer ${peer} is ingress of this rule`;
-    }
-    const via = steps.slice(1).map((s) => s.rule);
-    const where = first.length > 2 ? `leads through links to ${first[first.length - 1]}, an ingress` : 'is ingress';
-    const trail = steps
-      .map(
-        (s, k) =>
-          `${s.path.join(' -> ')} [${k + 1 < steps.length ? `rule ${steps[k + 1].rule}, backend ${steps[k + 1].backend}` : `rule ${start}`}]`,
-      )
-      .join(' -> ');
-    return (
-      `its veth peer ${peer} ${where} of rule ${via[0]}, and the datagrams come back to this rule through ` +
-      `${via.length > 1 ? 'rules' : 'rule'} ${via.join(', ')}: a loop of rules ${[start, ...via, start].join(' -> ')} (${trail})`
-    );
-  };
+  const loops = new RuleLoops({ peerOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;
     p.spec.backends.forEach((b, i) => {
-      const c = cycleFrom(start, b);
-      if (c) fail(`${p.field}.backends[${i}].interface`, `${describe(c.steps, p.name)}: ${tail}`);
+      const c = loops.cycleFrom(start, b);
+      if (c) fail(`${p.field}.backends[${i}].interface`, `${changeLoopText(c.steps, p.name)}: ${LOOP_TAIL}`);
     });
   }
   if (!scope.links) return;
@@ -588,39 +480,15 @@ export function backendsLoopingBack(
   for (const r of after.values()) {
     if (changed.has(r.name)) continue;
     for (const b of r.spec.backends) {
-      const c = cycleFrom(r, b);
+      const c = loops.cycleFrom(r, b);
       if (c?.newLink !== undefined) {
         fail(
           links.field(c.newLink),
-          `closes a loop of rule ${r.name}'s backend ${b.ip}: ${describe(c.steps, r.name)}: ${tail}`,
+          `closes a loop of rule ${r.name}'s backend ${b.ip}: ${changeLoopText(c.steps, r.name)}: ${LOOP_TAIL}`,
         );
       }
     }
   }
-}
-
-/** A set of source addresses: prefixes (none: no address), or null for every address. */
-type Sources = readonly Prefix[] | null;
-
-/** The addresses in both `a` and `b` (as prefixes: of two overlapping prefixes, the longer). */
-function intersectSources(a: Sources, b: Sources): Sources {
-  if (a === null) return b;
-  if (b === null) return a;
-  const out = new Map<string, Prefix>();
-  for (const x of a) {
-    for (const y of b) {
-      if (prefixCovers(x, y)) out.set(formatPrefix(y), y);
-      else if (prefixCovers(y, x)) out.set(formatPrefix(x), x);
-    }
-  }
-  return [...out.values()];
-}
-
-/** The addresses of `a` not in `b`, as far as prefixes tell: a prefix of `a` no prefix of `b` covers whole is kept whole. */
-function subtractSources(a: Sources, b: Sources): Sources {
-  if (b === null) return [];
-  if (a === null) return null;
-  return a.filter((x) => !b.some((y) => prefixCovers(y, x)));
 }
 
 /**

@@ -36,6 +36,11 @@ export interface Facts {
    */
   macConflicts: ReadonlyMap<string, string>;
   /**
+   * Backends that close a forwarding loop the host made ("rule|ip@iface" -> why; rule-loops.ts): the plan keeps
+   * them out of the table. The reconciler's (state.hostLoops), for its re-applies; absent: none.
+   */
+  hostLoops?: ReadonlyMap<string, string>;
+  /**
    * Backends given without a MAC whose neighbour entry is missing (not failed: Dataplane.neighbourMissing)
    * while the datapath forwards to them: "ip@iface" -> the MAC the datapath holds, kept (and probed) until the
    * entry is resolved again or fails (a start after the entries were flushed, a bounced egress). Absent: none.

@@ -13,6 +13,7 @@ import { CoreError, type FieldViolation } from './errors.js';
 import { neighbourKey, type Facts } from './facts.js';
 import type { BackendSpec, BackendStatus, RuleRecord, RuleSpec } from './model.js';
 import { absentBackendStatus, backendStatus, egressProblem, mtuWarnings } from './rule-status.js';
+import { loopBackendKey } from './rule-loops.js';
 import { staticMacKey } from './static-mac.js';
 import { backendKey, claimKey, matchId, type PrefixBytes } from './state.js';
 
@@ -273,11 +274,11 @@ function planRule(name: string, spec: RuleSpec, field: string, facts: Facts, len
     const egress =
       egressProblem(b.interface, facts.links.get(b.interface)) ?? (napi && !napi.ok ? napi.detail : undefined);
     const conflict =
-      b.mac !== ''
+      (b.mac !== ''
         ? facts.macConflicts.get(staticMacKey(b.ip, b.interface, b.mac))
         : mac
           ? nonUnicastNeighbour(b.ip, b.interface, mac, facts.answeredMacs?.get(nkey))
-          : undefined;
+          : undefined) ?? (facts.hostLoops?.size ? facts.hostLoops.get(loopBackendKey(name, b)) : undefined);
     const status = backendStatus({
       ip: b.ip,
       interface: b.interface,

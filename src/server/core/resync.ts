@@ -46,6 +46,16 @@ import {
 } from './neighbour-hold.js';
 import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
+import {
+  findHostLoops,
+  hostLoopProblem,
+  LOOP_TAIL,
+  loopBackendKey,
+  loopBackendsText,
+  loopRule,
+  type HostLoops,
+  type LoopRule,
+} from './rule-loops.js';
 import { applyEach, type Transactions } from './restore.js';
 import { otherProgram } from './conditions.js';
 import { reattachedText } from './reattach-text.js';
@@ -369,6 +379,9 @@ export async function resync(
   judgeUnverifiedEgresses(ctx, facts.napi, transition);
   // Static MACs against what the host shows (static-mac.ts): contradicted ones leave their tables.
   const unverifiedMacs = await judgeStaticMacs(ctx, facts, transition, pace);
+  // Forwarding loops the host made since the rules were accepted: the backends that close them leave their tables.
+  judgeHostLoops(ctx, facts, transition);
+  facts.hostLoops = state.hostLoops; // the kernel check below plans with them, as the re-applies do
   const t = ctx.mono();
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
@@ -502,7 +515,9 @@ export async function resync(
         const egressWhy =
           egressProblem(spec.interface, facts.links.get(spec.interface)) ??
           (napi?.ok === false ? napi.detail : undefined);
-        const conflict = spec.mac !== '' ? state.macConflicts.get(keys.staticMac) : undefined;
+        const conflict =
+          (spec.mac !== '' ? state.macConflicts.get(keys.staticMac) : undefined) ??
+          (state.hostLoops.size ? state.hostLoops.get(loopBackendKey(name, spec)) : undefined);
         const egress = egressWhy ?? conflict;
         const receiving = resolved && exists && !egress;
         if (receiving !== b.receiving) {
@@ -892,6 +907,7 @@ export async function resync(
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
   for (const f of state.fights.current()) problems.push(f.text);
+  for (const l of state.hostLoopList.values()) problems.push(hostLoopProblem(l));
   for (const why of linkWarnings.values()) if (isMtuWarning(why)) problems.push(`link ${why}`);
   for (const [name, progId] of state.foreign) {
     if (users.has(name)) {
@@ -1754,6 +1770,108 @@ async function judgeStaticMacs(
     }
   }
   return unverified;
+}
+
+/**
+ * Forwarding loops the host made after the rules were accepted (rule-loops.ts, the check a change is refused
+ * by): a veth renamed, made again or moved so that a backend's egress leads, through its veth peer in this
+ * namespace (and links), to an ingress where its datagrams are matched again, around a cycle of rules. The
+ * backends on such a cycle go into `state.hostLoops`: every re-apply (the reconciler's, a start's) keeps them
+ * out of their rules' tables, as backends that cannot receive are kept out (the rules touched are checked and
+ * judged again: DEGRADED, or INACTIVE with no backend left, naming the loop). Each loop is logged once when
+ * found and once when the host no longer makes it (its backends come back where they can receive).
+ *
+ * Cheap at every pass: only a backend egress whose veth peer is in this namespace and is an interface of a rule
+ * or a link's ingress can start a cycle (usually none: a backend's peer is in a container's namespace), read
+ * from the peers the pass read already; the check runs over those egresses' backends, and only when what it
+ * reads changed since it last ran (those peers, the links and their egresses' peers, the desired state).
+ */
+function judgeHostLoops(
+  ctx: ExecContext,
+  facts: Facts,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): void {
+  const { dp, state } = ctx;
+  const inForce = new Map<string, string>(); // ingress of a link direction in force -> its egress
+  for (const l of state.links.values()) for (const [from, to] of directions(l)) inForce.set(from, to);
+  /** A backend egress's veth peer when it is in this namespace, from what the pass read (facts.peers). */
+  const peerNow = (egress: string): string | undefined => {
+    const p = facts.peers.get(egress);
+    if (p && 'name' in p) return p.nsid === undefined && p.netns === undefined ? p.name : undefined;
+    if (p || !facts.peers.has(egress)) return dp.vethPeer?.(egress); // its MTU unreadable, or not read
+    return undefined; // not a veth
+  };
+  const candidates: string[] = [];
+  for (const egress of state.egressBackends.keys()) {
+    const peer = peerNow(egress);
+    if (peer !== undefined && (state.ifaceRules.has(peer) || inForce.has(peer))) candidates.push(`${egress}>${peer}`);
+  }
+  const peers = new Map<string, string | undefined>();
+  const peerOf = (name: string) => {
+    if (!peers.has(name)) peers.set(name, state.egressBackends.has(name) ? peerNow(name) : dp.vethPeer?.(name));
+    return peers.get(name);
+  };
+  let input = '';
+  if (candidates.length) {
+    const links = [...inForce].map(([from, to]) => `${from}>${to}>${peerOf(to) ?? ''}`);
+    input = `${state.desiredVersion}|${candidates.join(',')}|${links.join(',')}`;
+  }
+  if (input === (state.hostLoopInput ?? '')) return;
+  state.hostLoopInput = input;
+  let found: HostLoops = { backends: new Map(), loops: new Map() };
+  if (candidates.length) {
+    const rules = new Map<string, LoopRule | undefined>();
+    const ruleOf = (name: string) => {
+      if (!rules.has(name)) {
+        const r = state.rules.get(name);
+        rules.set(name, r && loopRule(name, r));
+      }
+      return rules.get(name);
+    };
+    const starts: [LoopRule, RuleSpec['backends'][number]][] = [];
+    for (const c of candidates) {
+      const egress = c.slice(0, c.indexOf('>'));
+      for (const user of state.egressRules.get(egress) ?? []) {
+        const r = ruleOf(user.slice('rule/'.length, -'/egress'.length));
+        if (r) for (const b of r.spec.backends) if (b.interface === egress) starts.push([r, b]);
+      }
+    }
+    found = findHostLoops(
+      {
+        peerOf,
+        linkTo: inForce,
+        inForce,
+        ruleAt: (key) => {
+          const name = state.claims.get(key);
+          return name === undefined ? undefined : ruleOf(name);
+        },
+      },
+      starts,
+    );
+  }
+  const touch = (key: string) => state.touchRule(key.slice(0, key.indexOf('|')));
+  for (const [key, why] of found.backends) if (state.hostLoops.get(key) !== why) touch(key);
+  for (const key of state.hostLoops.keys()) if (!found.backends.has(key)) touch(key);
+  const was = state.hostLoopList;
+  state.hostLoops = found.backends;
+  state.hostLoopList = found.loops;
+  for (const [id, l] of found.loops) {
+    transition(`loop/${id}`, 'found', () =>
+      ctx.log.warn(
+        { rules: l.rules, through: l.through, backends: l.backends },
+        `forwarding loop made by the host: rules ${l.rules} through ${l.through}: ${LOOP_TAIL}; the backends ` +
+          `that close it are kept out of their tables until the host no longer makes it: ${loopBackendsText(l)}`,
+      ),
+    );
+  }
+  for (const [id, l] of was) {
+    if (found.loops.has(id) || !state.logged.delete(`loop/${id}`)) continue;
+    ctx.log.info(
+      { rules: l.rules, through: l.through, backends: l.backends },
+      `forwarding loop of rules ${l.rules} through ${l.through} is gone (the host changed): its backends are no ` +
+        `longer kept out of their tables for it (${loopBackendsText(l)})`,
+    );
+  }
 }
 
 /** Log once per transition of a key (`state.logged`) to `line`; `log` gets whether it had a state before. */

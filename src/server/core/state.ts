@@ -13,6 +13,7 @@ import {
   type StaticMacState,
 } from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
+import type { HostLoop } from './rule-loops.js';
 import type { TapDropWatch } from './tap-drops.js';
 import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
@@ -412,6 +413,16 @@ export class CoreState {
   readonly staticMacs = new Map<string, StaticMacState>();
   /** The static-MAC backends contradicted now ("ip@iface|mac" -> why): out of every table until they agree. */
   readonly macConflicts = new Map<string, string>();
+  /**
+   * Backends that close a forwarding loop the host made after their rules were accepted (a veth renamed, made
+   * again or moved; rule-loops.ts, resync.ts judgeHostLoops): "rule|ip@iface" -> why; out of their tables
+   * until the host changes back.
+   */
+  hostLoops: ReadonlyMap<string, string> = new Map();
+  /** The loops those backends close, each once (rule-loops.ts HostLoops.loops). */
+  hostLoopList: ReadonlyMap<string, HostLoop> = new Map();
+  /** What the last loop check was made from (resync.ts judgeHostLoops): it runs again only when that changed. */
+  hostLoopInput?: string;
   /**
    * The static-MAC backends the rules name ("ip@iface|mac"), with how many rules name each: kept by
    * {@link setRecord}, {@link deleteRule} and {@link replaceMany}, so that the reconciler does not collect them

@@ -74,11 +74,13 @@ export function daemonService(
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
           // And the reconciler's pass that has not ended for long (statuses may be stale), while it has not.
-          // And the repairs another tool keeps undoing (core/fights.ts), while it does.
+          // And the repairs another tool keeps undoing (core/fights.ts), while it does. And the forwarding loops the
+          // host made, whose backends the reconciler keeps out of their tables (core/rule-loops.ts), while it does.
           warnings: [
             ...dp.warnings,
             ...(ctl.reconcilerOverdue?.() ? [ctl.reconcilerOverdue()!] : []),
             ...(ctl.repairFights?.() ?? []),
+            ...(ctl.forwardingLoops?.() ?? []),
           ],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },

@@ -390,7 +390,11 @@ export interface DatapathStatus {
    * each is killed at its deadline), "the reconciler's pass has not ended
    * for N s ...": statuses may be stale; and each repair another tool keeps
    * undoing (its third within 10 s, until 10 s pass without one), e.g.
-   * "GRO on eth0 in netns N, the veth peer of v1 keeps being undone ...".
+   * "GRO on eth0 in netns N, the veth peer of v1 keeps being undone ...";
+   * and each forwarding loop the host made after the rules were accepted (a
+   * veth renamed, made again or moved), while it makes it, e.g. "forwarding
+   * loop made by the host: rules ra -> rb -> ra through ...": the backends
+   * that close it are kept out of their tables.
    * Empty when all is observed.
    */
   warnings: string[];

@@ -1,0 +1,194 @@
+/**
+ * A forwarding loop the HOST makes after the rules were accepted (thirty-fourth review, HIGH): rule ra (ingresses
+ * vm's veth and mb) sends to b1 out of b1's veth E; rule rb (ingress md) sends out of ma, whose peer mb is ra's
+ * ingress: a chain, no loop, both accepted. Then the host renames veths (E away, mz -> E: E's peer is now md,
+ * rb's ingress), or moves b1's eth0 into the daemon's namespace as md: ra -> E -> md -> rb -> ma -> mb -> ra ...
+ * Before: nothing noticed it (rules ACTIVE, no "loop" in log, status or health) and 5 datagrams were counted
+ * ~160 times by ra and ~155 by rb. Now the reconciler runs the change-time loop check on the host as it is: the
+ * backends that close the loop are taken out of their tables (both rules INACTIVE naming the loop), one warning
+ * is logged, xdpctl.datapath is NOT_SERVING and GetStatus says it; when the host changes back the backends
+ * return (ACTIVE, 5/5 delivered) and the recovery is logged once. Real veths, a real daemon, real datagrams.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+
+import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
+import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { type Host } from '../helpers/topology.js';
+import { sendUdp } from '../helpers/udp.js';
+
+const PORT = 7643;
+const { NOT_SERVING } = HealthCheckResponse_ServingStatus;
+
+describe('a forwarding loop the host makes after the rules were accepted', kernelOnly(), () => {
+  const lab = new Lab();
+  let vm: Host;
+  let b1: Host;
+  const [ma, mb, mz, md, eo] = ['ma', 'mb', 'mz', 'md', 'eo'].map((x) => `x${lab.id}${x}`);
+  const rbIp = '198.18.41.2';
+  const mac: Record<string, string> = {};
+
+  const up = (x: string) => {
+    sh('ip', ['link', 'set', x, 'up']);
+    sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
+  };
+  /** The pair mz-md, md holding b1's MAC (a frame to ra's backend is taken by md once E leads there). */
+  const pairMd = () => {
+    sh('ip', ['link', 'add', mz, 'type', 'veth', 'peer', 'name', md, 'address', b1.mac]);
+    up(mz);
+    up(md);
+  };
+
+  before(async () => {
+    ({ vm, b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
+    lab.onDestroy(() => [ma, mz, md, eo].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', ma, 'type', 'veth', 'peer', 'name', mb]);
+    up(ma);
+    up(mb);
+    sh('ip', ['addr', 'add', `${rbIp}/24`, 'dev', mb]);
+    mac[mb] = JSON.parse(sh('ip', ['-j', 'link', 'show', mb]))[0].address;
+    pairMd();
+    await lab.start(['--log-level', 'info']);
+    // ra: vm's veth and mb -> b1 (out of E); rb: md -> mb's address out of ma (mb is ra's ingress): a chain.
+    await lab.c.rules.createRule({ rule: lab.rule('ra', PORT, [backendOf(b1)], [vm.hostIf, mb]) });
+    await lab.c.rules.createRule({
+      rule: lab.rule('rb', PORT, [{ ip: rbIp, mac: mac[mb], interface: ma }], [md]),
+    });
+    await bothActive('at start');
+  });
+  after(() => lab.destroy());
+
+  const bothActive = (what: string) =>
+    until(
+      `${what}: ra and rb ACTIVE`,
+      async () =>
+        (await lab.status('ra')).state === RuleState.RULE_STATE_ACTIVE &&
+        (await lab.status('rb')).state === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+  const matched = async () => {
+    const { counters } = await lab.c.counters.getCounters({});
+    const of = (r: string) => Number(counters!.rules.find((x) => x.rule === r)?.matchedPackets ?? 0n);
+    return { ra: of('ra'), rb: of('rb') };
+  };
+  const loopLine = /forwarding loop made by the host: rules r[ab] -> r[ab] -> r[ab] through .*until the host no longer/;
+  const goneLine = /forwarding loop of rules r[ab] -> r[ab] -> r[ab] through .* is gone \(the host changed\)/;
+  const linesSince = (from: number, re: RegExp) =>
+    lab
+      .d!.output.slice(from)
+      .split('\n')
+      .filter((l) => re.test(l)).length;
+
+  /** Five datagrams from vm into ra's ingress: each counted once by ra (dropped: no backend), none around a loop. */
+  const fiveAroundNoLoop = async () => {
+    const before = await matched();
+    await sendUdp(vm.netns, '198.18.9.9', PORT, 5).done;
+    await until('ra matched 5', async () => (await matched()).ra - before.ra >= 5, 10_000);
+    await sleep(300); // a datagram going around a loop would be counted again meanwhile
+    const now = await matched();
+    const grew = { ra: now.ra - before.ra, rb: now.rb - before.rb };
+    assert.ok(grew.ra + grew.rb <= 10, `matched grew by ${JSON.stringify(grew)} for 5 datagrams (a loop)`);
+    return grew;
+  };
+
+  /** The loop said: both rules INACTIVE naming it, health NOT_SERVING, GetStatus's warnings. */
+  const loopSaid = async () => {
+    const named = (start: string, other: string) =>
+      new RegExp(`in a forwarding loop the host made, of rules ${start} -> ${other} -> ${start} through `);
+    await until(
+      'ra and rb INACTIVE naming the loop',
+      async () => {
+        const [a, b] = [await lab.status('ra'), await lab.status('rb')];
+        return (
+          a.state === RuleState.RULE_STATE_INACTIVE &&
+          named('ra', 'rb').test(a.message) &&
+          b.state === RuleState.RULE_STATE_INACTIVE &&
+          named('rb', 'ra').test(b.message)
+        );
+      },
+      20_000,
+    );
+    const a = await lab.status('ra');
+    assert.match(a.backendStatus[0].message, /backend taken out of the table until it can receive/);
+    assert.match(a.message, new RegExp(`through ${b1.hostIf} -> ${md} \\[rule rb\\], ${ma} -> ${mb} \\[rule ra\\]`));
+    await until('xdpctl.datapath NOT_SERVING', async () => (await lab.health()) === NOT_SERVING, 10_000);
+    const warnings = (await lab.c.daemon.getStatus({})).datapath!.warnings;
+    assert.ok(
+      warnings.some((w) => /^forwarding loop made by the host: rules r[ab] -> r[ab] -> r[ab] through /.test(w)),
+      warnings.join('\n'),
+    );
+  };
+
+  /** Back: both ACTIVE, 5/5 to b1, the recovery logged once. */
+  const recovered = async (from: number) => {
+    await bothActive('after the host changed back');
+    const r = await lab.send(PORT, [b1], 5, 1);
+    assert.deepEqual(r.got, [5], 'delivered to b1');
+    await until('the recovery logged', async () => linesSince(from, goneLine) >= 1, 10_000);
+    assert.equal(linesSince(from, goneLine), 1, 'the recovery logged once');
+  };
+
+  it('a rename makes the loop (E away, mz renamed E): taken out, said once; renamed back: recovered', async () => {
+    const r0 = await lab.send(PORT, [b1], 5, 1);
+    assert.deepEqual(r0.got, [5], 'before: delivered to b1');
+    const from = lab.d!.output.length;
+    const rename = (a: string, b: string) => {
+      sh('ip', ['link', 'set', a, 'down']);
+      sh('ip', ['link', 'set', a, 'name', b]);
+      up(b);
+    };
+    rename(b1.hostIf, eo);
+    rename(mz, b1.hostIf); // E's peer is md now: ra -> E -> md (rb) -> ma -> mb (ra)
+    let back = false;
+    try {
+      await loopSaid();
+      const grew = await fiveAroundNoLoop();
+      assert.deepEqual(grew, { ra: 5, rb: 0 });
+      assert.equal(linesSince(from, loopLine), 1, 'one warning for the loop');
+      const mark = lab.d!.output.length;
+      rename(b1.hostIf, mz);
+      rename(eo, b1.hostIf);
+      back = true;
+      await recovered(mark);
+      assert.equal(linesSince(from, loopLine), 1, 'still one warning for the loop');
+    } finally {
+      if (!back) {
+        shQuiet('ip', ['link', 'set', b1.hostIf, 'name', mz]);
+        shQuiet('ip', ['link', 'set', eo, 'name', b1.hostIf]);
+        for (const x of [mz, b1.hostIf]) shQuiet('ip', ['link', 'set', x, 'up']);
+      }
+    }
+  });
+
+  it("a veth peer moved (b1's eth0 into this namespace as md): taken out, said once; moved back: recovered", async () => {
+    await bothActive('before');
+    const from = lab.d!.output.length;
+    shQuiet('ip', ['link', 'del', mz]); // rb's ingress md goes with it (rb waits for it)
+    sh('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'netns', String(process.pid), 'name', md]);
+    up(md); // E's peer is md, rb's ingress again: ra -> E -> md (rb) -> ma -> mb (ra)
+    let back = false;
+    try {
+      await loopSaid();
+      const grew = await fiveAroundNoLoop();
+      assert.deepEqual(grew, { ra: 5, rb: 0 });
+      assert.equal(linesSince(from, loopLine), 1, 'one warning for the loop');
+      const mark = lab.d!.output.length;
+      sh('ip', ['link', 'set', md, 'netns', b1.netns, 'name', 'eth0']);
+      sh('ip', ['-n', b1.netns, 'addr', 'add', `${b1.ip}/24`, 'dev', 'eth0']);
+      sh('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'up']);
+      pairMd();
+      back = true;
+      await recovered(mark);
+      assert.equal(linesSince(from, loopLine), 1, 'still one warning for the loop');
+    } finally {
+      if (!back) {
+        shQuiet('ip', ['link', 'set', md, 'netns', b1.netns, 'name', 'eth0']);
+        shQuiet('ip', ['-n', b1.netns, 'addr', 'add', `${b1.ip}/24`, 'dev', 'eth0']);
+        shQuiet('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'up']);
+      }
+    }
+  });
+});
