@@ -1,0 +1,117 @@
+/**
+ * core/rule-loops.ts findHostLoops, the reconciler's use of the change-time loop check: which backends close a
+ * cycle of rules on a host given as veth peers and links, and the words the statuses and the log say it in.
+ * Pure: no kernel (test/integration/rule-loop-host.test.ts drives it against real veths).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { RuleSpec } from '../../src/server/core/model.js';
+import {
+  findHostLoops,
+  hostLoopProblem,
+  loopRule,
+  type LoopGraph,
+  type LoopRule,
+} from '../../src/server/core/rule-loops.js';
+
+const rule = (name: string, ingress: string[], backends: [ip: string, iface: string][], sources: string[] = []) =>
+  loopRule(name, {
+    name,
+    port: 7000,
+    destination: '',
+    sourcePrefixes: sources,
+    ingressInterfaces: ingress,
+    backends: backends.map(([ip, iface]) => ({ ip, mac: '', interface: iface, weight: 1 })),
+    labels: {},
+    udpChecksum: 'update',
+  } as unknown as RuleSpec);
+
+/** A graph of `rules` over veth pairs `pairs` (both ways) and link directions `links`. */
+function graph(rules: LoopRule[], pairs: [string, string][], links: [string, string][] = []): LoopGraph {
+  const peer = new Map<string, string>();
+  for (const [a, b] of pairs) peer.set(a, b).set(b, a);
+  const byKey = new Map<string, LoopRule>();
+  for (const r of rules) for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|`, r);
+  const linkTo = new Map(links);
+  return { peerOf: (n) => peer.get(n), linkTo, inForce: linkTo, ruleAt: (k) => byKey.get(k) };
+}
+const startsOf = (rules: LoopRule[]) => rules.flatMap((r) => r.spec.backends.map((b) => [r, b] as const));
+
+describe('loops the host makes (rule-loops findHostLoops)', () => {
+  it('two rules around each other: both backends, one loop, named by rules and interfaces', () => {
+    const ra = rule('ra', ['vm', 'mb'], [['10.0.2.1', 'e']]);
+    const rb = rule('rb', ['md'], [['10.0.41.2', 'ma']]);
+    const f = findHostLoops(
+      graph(
+        [ra, rb],
+        [
+          ['e', 'md'],
+          ['ma', 'mb'],
+        ],
+      ),
+      startsOf([ra, rb]),
+    );
+    assert.deepEqual([...f.backends.keys()], ['ra|10.0.2.1@e', 'rb|10.0.41.2@ma']);
+    assert.match(
+      f.backends.get('ra|10.0.2.1@e')!,
+      /^in a forwarding loop the host made, of rules ra -> rb -> ra through e -> md \[rule rb\], ma -> mb \[rule ra\]: every redirected datagram would come back/,
+    );
+    assert.match(f.backends.get('rb|10.0.41.2@ma')!, /of rules rb -> ra -> rb through ma -> mb \[rule ra\], e -> md/);
+    assert.equal(f.loops.size, 1);
+    assert.match(
+      hostLoopProblem([...f.loops.values()][0]),
+      /^forwarding loop made by the host: rules ra -> rb -> ra .*\(rule ra's backend 10\.0\.2\.1 on e, rule rb's backend 10\.0\.41\.2 on ma\)$/,
+    );
+  });
+
+  it('a chain is no loop; a backend leading into a loop it is not on stays; disjoint sources make none', () => {
+    const ra = rule('ra', ['mb'], [['10.0.2.1', 'e']]); // e -> md: rb
+    const rb = rule('rb', ['md'], [['10.0.9.9', 'b1']]); // b1's peer elsewhere
+    assert.equal(findHostLoops(graph([ra, rb], [['e', 'md']]), startsOf([ra, rb])).backends.size, 0);
+    // rc loops on itself (f -> fp, its ingress); ra's backend leads into rc but ra is not on that loop.
+    const rc2 = rule('rc', ['md', 'fp'], [['10.0.3.3', 'f']]);
+    const f = findHostLoops(
+      graph(
+        [ra, rc2],
+        [
+          ['e', 'md'],
+          ['f', 'fp'],
+        ],
+      ),
+      startsOf([ra, rc2]),
+    );
+    assert.deepEqual([...f.backends.keys()], ['rc|10.0.3.3@f']);
+    assert.match(f.backends.get('rc|10.0.3.3@f')!, /of rules rc -> rc through f -> fp \[rule rc\]/);
+    const sa = rule('ra', ['mb'], [['10.0.2.1', 'e']], ['198.18.60.0/24']);
+    const sb = rule('rb', ['md'], [['10.0.41.2', 'ma']], ['198.18.61.0/24']);
+    const pairs: [string, string][] = [
+      ['e', 'md'],
+      ['ma', 'mb'],
+    ];
+    assert.equal(findHostLoops(graph([sa, sb], pairs), startsOf([sa, sb])).backends.size, 0);
+  });
+
+  it('through a link direction: followed as the datapath does, named on the way', () => {
+    const ra = rule('ra', ['mb'], [['10.0.2.1', 'e']]);
+    // e's peer p is a link ingress to q; q's peer is mb, ra's ingress.
+    const f = findHostLoops(
+      graph(
+        [ra],
+        [
+          ['e', 'p'],
+          ['q', 'mb'],
+        ],
+        [['p', 'q']],
+      ),
+      startsOf([ra]),
+    );
+    assert.match(f.backends.get('ra|10.0.2.1@e')!, /of rules ra -> ra through e -> p -> q -> mb \[rule ra\]/);
+  });
+
+  it('names the host gave are made visible', () => {
+    const ra = rule('ra', ['m\x1bb'], [['10.0.2.1', 'e']]);
+    const f = findHostLoops(graph([ra], [['e', 'm\x1bb']]), startsOf([ra]));
+    assert.match(f.backends.get('ra|10.0.2.1@e')!, /through e -> m\\eb \[rule ra\]/);
+  });
+});
