@@ -75,7 +75,8 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     return { ra: of('ra'), rb: of('rb') };
   };
   const loopLine = /forwarding loop made by the host: rules r[ab] -> r[ab] -> r[ab] through .*until the host no longer/;
-  const goneLine = /forwarding loop of rules r[ab] -> r[ab] -> r[ab] through .* is gone \(the host changed\)/;
+  const goneLine =
+    /forwarding loop of rules r[ab] -> r[ab] -> r[ab] through .* is gone \(the host or the rules changed\)/;
   const linesSince = (from: number, re: RegExp) =>
     lab
       .d!.output.slice(from)

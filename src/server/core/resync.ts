@@ -1868,7 +1868,7 @@ function judgeHostLoops(
     if (found.loops.has(id) || !state.logged.delete(`loop/${id}`)) continue;
     ctx.log.info(
       { rules: l.rules, through: l.through, backends: l.backends },
-      `forwarding loop of rules ${l.rules} through ${l.through} is gone (the host changed): its backends are no ` +
+      `forwarding loop of rules ${l.rules} through ${l.through} is gone (the host or the rules changed): its backends are no ` +
         `longer kept out of their tables for it (${loopBackendsText(l)})`,
     );
   }
