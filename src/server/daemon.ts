@@ -952,7 +952,10 @@ export class Daemon {
     if (now && now !== this.fileProblem) this.log.error({ problems }, now);
     this.fileProblem = now;
     // A store that refuses writes: logged once by checkStoreWrites (with the disk's error).
-    return dir ? [...problems, ...this.checkStoreWrites()] : problems;
+    if (dir) await this.checkLateCommits();
+    // Another writer's changes to the store (rows removed, changed, added): written back, said once each.
+    if (dir && this.store) await this.controller.checkStore();
+    return dir ? [...problems, ...(await this.checkStoreWrites())] : problems;
   }
 
   /**
@@ -992,10 +995,10 @@ export class Daemon {
    * xdpctl.datapath NOT_SERVING naming it; GetStatus state_store; the xdpctl.state_store.writable metric),
    * logged once, and its end is logged too.
    */
-  private checkStoreWrites(): string[] {
+  private async checkStoreWrites(): Promise<string[]> {
     const store = this.store;
     if (!store) return [];
-    store.probe();
+    await store.probe();
     const r = store.refusal();
     const problem = r
       ? `state store ${store.path} refuses writes: ${storeReason(r.error)}; every change is refused until it takes them`
@@ -1008,6 +1011,38 @@ export class Daemon {
     return problem ? [problem] : [];
   }
 
+  /** Generations committed after their change was refused (the disk answered late), not yet written over. */
+  private lateCommits: number[] = [];
+
+  /**
+   * Changes refused because their commit did not complete in time (a disk not answering) that the disk
+   * committed once it answered: the store holds what the daemon did not accept (and the kernel does not
+   * hold), so the whole desired state is written back over it, logged once; retried at the next pass
+   * while the store refuses it.
+   */
+  private async checkLateCommits(): Promise<void> {
+    const store = this.store;
+    if (!store) return;
+    this.lateCommits.push(...store.takeLateCommits());
+    if (!this.lateCommits.length || store.refusal()) return;
+    try {
+      await this.controller.rewriteStore();
+    } catch (e) {
+      this.log.warn(
+        { err: e, path: store.path, generations: this.lateCommits },
+        `state store ${store.path}: a refused change committed late could not be written over yet: retried at the next pass`,
+      );
+      return;
+    }
+    this.log.warn(
+      { path: store.path, generations: this.lateCommits },
+      `state store ${store.path}: the disk answered and completed the commit of ${this.lateCommits.length} ` +
+        'change(s) already refused (their commit had not completed in time; not applied in the kernel): the ' +
+        'desired state was written back over them in the store',
+    );
+    this.lateCommits = [];
+  }
+
   /** A fresh state store in the state directory made again, with the whole desired state; throws if not. */
   private async renewStore(
     dir: string,
@@ -1016,13 +1051,13 @@ export class Daemon {
   ): Promise<void> {
     let fresh: StateStore | undefined;
     try {
-      const old = await this.controller.replaceStore((state) => {
+      const old = await this.controller.replaceStore(async (state) => {
         fresh = StateStore.open(dir);
         if (fresh.problem) throw fresh.problem;
         // Its changes count on from the store it replaces, and each is written into the pins.
         fresh.continueFrom(this.store?.generation ?? 0);
         this.watchGeneration(fresh);
-        fresh.replaceAll(state);
+        await fresh.replaceAll(state);
         return fresh;
       });
       (old as StateStore | undefined)?.close();

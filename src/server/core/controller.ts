@@ -69,6 +69,7 @@ import {
   keptMacWhy,
 } from './rule-status.js';
 import { backendKey, CoreState, observedOf, type Attachment } from './state.js';
+import { storeDrift } from './store-drift.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
 import { EgressIndex, note, type EgressNotes } from './egress-notes.js';
@@ -357,7 +358,7 @@ export class Controller {
     let unverified: Map<string, string>;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
-      txn = this.begin(false, ops.length);
+      txn = await this.begin(false, ops.length);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -700,16 +701,80 @@ export class Controller {
     return this.state.stored();
   }
 
+  /** A repair of the state store that failed: compared again at the next pass, said once. */
+  private storeRecheck = '';
+
+  /**
+   * The state store observed as the kernel is, between two changes (a reconciler pass): when another writer
+   * has changed it (StateStore.readIfChanged: PRAGMA data_version), its rows are compared with the desired
+   * state this daemon accepted (store-drift.ts), and rows removed or changed are written back and rows added
+   * removed, in one transaction, said in one warning naming each ("rule X was removed from the state store by
+   * another writer; row restored"): a restart then has what the daemon holds and the kernel forwards. A
+   * repair the store refuses is said once and tried again each pass.
+   */
+  checkStore(): Promise<void> {
+    return this.serial(
+      async () => {
+        const store = this.opts.store;
+        if (!store?.readIfChanged) return;
+        const have = await store.readIfChanged(!!this.storeRecheck);
+        if (!have) return;
+        const d = storeDrift(this.state.stored(), have);
+        if (!d.said.length) {
+          this.storeRecheck = '';
+          return;
+        }
+        let txn: StoreTxn | undefined;
+        try {
+          txn = await store.begin(d.putRules.length + d.deleteRules.length + d.putLinks.length + d.deleteLinks.length);
+          for (const r of d.putRules) txn.putRule(r);
+          for (const n of d.deleteRules) txn.deleteRule(n);
+          for (const l of d.putLinks) txn.putLink(l);
+          for (const k of d.deleteLinks) txn.deleteLink(k);
+          await txn.commit();
+        } catch (e) {
+          await txn?.rollback();
+          const line =
+            `state store ${store.path} was changed by another writer (${d.said.join('; ').replaceAll('; row ', ': row to be ')}) ` +
+            `and could not be written back yet: ${(e as Error).message}; a restart now would not start with the ` +
+            'desired state this daemon holds; tried again at every pass';
+          if (line !== this.storeRecheck) this.log.error({ err: e, path: store.path, changed: d.said }, line);
+          this.storeRecheck = line;
+          return;
+        }
+        this.storeRecheck = '';
+        this.log.warn({ path: store.path, changed: d.said }, d.said.join('; '));
+      },
+      undefined,
+      true,
+    );
+  }
+
+  /**
+   * Write the whole desired state back into the state store, between two changes (one transaction): the
+   * store was found holding what the daemon did not accept (a change refused because its commit did not
+   * complete in time, committed once the disk answered). Throws what the store refused.
+   */
+  rewriteStore(): Promise<void> {
+    return this.serial(
+      async () => {
+        await this.opts.store?.replaceAll?.(this.state.stored());
+      },
+      undefined,
+      true,
+    );
+  }
+
   /**
    * Put another state store in place of this one, between two changes (the state directory was removed
    * under the running daemon): `open` gets the whole desired state to write into the new store before any
    * later change; if it throws, the store in use stays. Resolves with the store replaced.
    */
-  replaceStore(open: (state: StoredState) => StatePort): Promise<StatePort | undefined> {
+  replaceStore(open: (state: StoredState) => StatePort | Promise<StatePort>): Promise<StatePort | undefined> {
     return this.serial(
       async () => {
         const old = this.opts.store;
-        this.opts.store = open(this.state.stored());
+        this.opts.store = await open(this.state.stored());
         return old;
       },
       undefined,
@@ -1264,7 +1329,7 @@ export class Controller {
     let alloc: RuleAllocation;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
-      txn = this.begin(restoring, ops.length);
+      txn = await this.begin(restoring, ops.length);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -1412,10 +1477,10 @@ export class Controller {
   }
 
   /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */
-  private begin(restoring: boolean, rows?: number): StoreTxn | undefined {
+  private async begin(restoring: boolean, rows?: number): Promise<StoreTxn | undefined> {
     if (!this.opts.store) return undefined;
     try {
-      return this.opts.store.begin(rows);
+      return await this.opts.store.begin(rows);
     } catch (e) {
       if (!restoring) throw e;
       this.log.error(
@@ -1713,7 +1778,7 @@ export class Controller {
     let txn: StoreTxn | undefined;
     let unverified: Map<string, string>;
     try {
-      txn = this.begin(tolerant);
+      txn = await this.begin(tolerant);
       if (txn) {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
@@ -1722,8 +1787,9 @@ export class Controller {
       connectLinks(this.ctx, want, cur, undo);
       await this.commit(txn, tolerant);
     } catch (e) {
-      txn?.rollback();
+      const rolled = txn?.rollback();
       undo.rollback(this.log);
+      await rolled;
       await this.undoHostChanges(host, e);
       throw e;
     } finally {

@@ -45,6 +45,7 @@ import Database from 'better-sqlite3';
 import { CoreError, storeReason, type CoreErrorKind } from './errors.js';
 import { efbigText, fileAtSizeLimit } from './file-size-limit.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
+import type { StoreRows } from './store-drift.js';
 
 /** Version of the state.json format that is imported. */
 export const STATE_VERSION = 1;
@@ -112,9 +113,10 @@ export interface StoreTxn {
   putLink(link: LinkSpec): void;
   deleteLink(key: string): void;
   /**
-   * Make the change durable (fsync'd WAL); throws a CoreError naming the path when the disk refuses. A
-   * change of many rows ({@link WORKER_ROWS}) commits on the store's worker thread: a promise, settled once
-   * SQLite has committed (or refused and rolled back) there.
+   * Make the change durable (fsync'd WAL); throws a CoreError naming the path when the disk refuses, or when
+   * it does not complete the write within {@link STORE_WRITE_TIMEOUT_MS} (UNAVAILABLE: the disk is not
+   * answering). Every change commits on the store's worker thread: a promise, settled once SQLite has
+   * committed (or refused and rolled back) there, or once the bound has passed.
    */
   commit(): void | Promise<void>;
   /** Forget the change (idempotent; a no-op after commit); a promise when the change ran on the worker thread. */
@@ -122,26 +124,38 @@ export interface StoreTxn {
 }
 
 /**
- * From how many rows a change's transaction runs on the store's worker thread (its own connection to the
- * same database): the rows are sent there as they are made, and the INSERTs, the COMMIT with its fsync of
- * the WAL and the checkpoint SQLite runs when the WAL passes 1 000 pages happen off the event loop. On the
- * event loop the COMMIT of 10 000 rows held it 20-45 ms on an idle disk (and up to 116 ms), its rows
- * another ~1 ms per 256 (BENCHMARKS.md). Smaller changes commit on the event loop: a message to the
- * thread and back costs more than their COMMIT does besides the fsync.
+ * Every write of the running daemon runs on the store's worker thread (its own connection to the same
+ * database): a change's rows are sent there as they are made, and the INSERTs, the COMMIT with its fsync of
+ * the WAL and the checkpoint SQLite runs when the WAL passes 1 000 pages happen off the event loop. A disk
+ * that stops completing writes (a frozen file system, a hung NFS or iSCSI volume) then holds that thread,
+ * never the event loop: reads, health, metrics and signals are answered on (docs/state-store.md). Only the
+ * open at start (migrations, the import of a state.json, the meta the start records) writes on the event
+ * loop, before anything is served. The rows go to the thread 256 at a time.
  */
 export const WORKER_ROWS = 256;
+
+/**
+ * How long a write on the worker thread may take before the store says the disk is not answering (ms): a
+ * change whose BEGIN or COMMIT has not completed by then is refused UNAVAILABLE (and undone in the kernel),
+ * and every change is refused at once while that write is still pending; GetStatus and health say so.
+ */
+export const STORE_WRITE_TIMEOUT_MS = 5000;
 
 /** What the core needs to persist changes (a fake in unit tests). */
 export interface StatePort {
   /** The database path, for messages. */
   readonly path: string;
   /**
-   * Start a change: BEGIN IMMEDIATE. Throws a CoreError when the store cannot persist. `rows`: how many rows
-   * the change will write, when known (from {@link WORKER_ROWS} it runs on the worker thread).
+   * Start a change: BEGIN IMMEDIATE (on the worker thread: a promise). Throws (rejects) a CoreError when the
+   * store cannot persist, or when the disk does not answer within {@link STORE_WRITE_TIMEOUT_MS}.
    */
-  begin(rows?: number): StoreTxn;
+  begin(rows?: number): StoreTxn | Promise<StoreTxn>;
   /** Why the store cannot take writes now, as last observed, and since when (ms); undefined while it can. */
   refusal?(): { error: CoreError; since: number } | undefined;
+  /** Make the stored state exactly `state`, in one transaction (a store written back to the desired state). */
+  replaceAll?(state: StoredState): Promise<void>;
+  /** The store's rows when another writer has changed them since the last look (or `force`): {@link StateStore.readIfChanged}. */
+  readIfChanged?(force?: boolean): Promise<StoreRows | undefined>;
 }
 
 /** How long a write waits for another process's write lock before it is refused (SQLITE_BUSY), ms. */
@@ -689,6 +703,17 @@ export class StateStore implements StatePort {
         since: this.goneSince,
       };
     }
+    const pending = this.notAnswering();
+    if (pending !== undefined) {
+      return {
+        error: new CoreError(
+          'unavailable',
+          `write: state store ${this.path}: the disk has not completed a write sent to it at ` +
+            `${new Date(pending).toISOString()} (not answering for more than ${STORE_WRITE_TIMEOUT_MS / 1000} s)`,
+        ),
+        since: pending,
+      };
+    }
     const error = this.problem ?? this.writeFailure;
     return error ? { error, since: this.refusingSince ?? Date.now() } : undefined;
   }
@@ -699,41 +724,36 @@ export class StateStore implements StatePort {
   }
 
   /**
-   * A cheap write probe, for a reconciler pass: while the store refuses writes (or the file system says it
-   * is read-only or full), one small transaction (meta `write_probe`), so that a disk that takes writes
-   * again clears {@link refusal} without waiting for a change, and a disk that stopped taking them is
-   * reported before a change fails. Nothing is done while a change holds the connection.
+   * A cheap write probe, for a reconciler pass, on the worker thread (its answer is what {@link refusal} says
+   * from then on): while the store refuses writes (or the file system says it is read-only or full), one
+   * small transaction (meta `write_probe`), so that a disk that takes writes again clears {@link refusal}
+   * without waiting for a change, and a disk that stopped taking them is reported before a change fails;
+   * otherwise the write lock taken for an instant (another process holding it is said). Nothing is sent
+   * while a change holds the thread or a write there is still pending (a disk not answering: said by
+   * {@link refusal} from the pending write's age). Settles once answered, or after a second.
    */
-  probe(): void {
-    if (!this.db?.open || this.db.inTransaction || this.workerTxn || this.fileChanged()) return;
+  probe(): Promise<void> {
+    if (!this.db?.open || this.workerTxn || this.fileChanged()) return Promise.resolve();
     if (this.problem) {
       this.reopen();
-      return;
+      return Promise.resolve();
     }
-    // Never waits for another process's write lock (busy timeout 0): a held one is observed and said, and the
-    // event loop is not held for the busy timeout every pass.
-    this.db.pragma('busy_timeout = 0');
-    try {
-      if (!this.writeFailure && !diskState(dirname(this.path))) {
-        this.observeWriteLock();
-        return;
+    const t = this.thread();
+    if (t.waiting.length) return Promise.resolve();
+    const write = !!this.writeFailure || !!diskState(dirname(this.path));
+    const answered = (r: WorkerReply) => {
+      if (r.err) {
+        const e = Object.assign(new Error(r.err.message), { code: r.err.code });
+        this.noteFailure(this.withLockHolder(e, storeError(e, this.path, r.err.what)));
+      } else if (write) {
+        this.writeFailure = undefined;
+        if (!this.problem) this.refusingSince = undefined;
       }
-      this.db.exec('BEGIN IMMEDIATE');
-      try {
-        this.db
-          .prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)')
-          .run('write_probe', String(Date.now()));
-        this.db.exec('COMMIT');
-      } finally {
-        if (this.db.inTransaction) this.db.exec('ROLLBACK');
-      }
-      this.writeFailure = undefined;
-      this.refusingSince = undefined;
-    } catch (e) {
-      this.noteFailure(this.withLockHolder(e, storeError(e, this.path, 'write')));
-    } finally {
-      this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
-    }
+    };
+    // Awaited for a second at most (the pass then reports it); an answer that comes later is taken then.
+    return this.ask(t, { op: 'probe', path: this.path, write }, 1000, answered).then((r) => {
+      if (r !== TIMED_OUT) answered(r);
+    });
   }
 
   /** `err` with the holder of the write lock named when `e` is SQLITE_BUSY and /proc/locks tells who. */
@@ -744,24 +764,36 @@ export class StateStore implements StatePort {
   }
 
   /**
-   * Whether another process holds the write lock now, observed by taking it for an instant without waiting
-   * (BEGIN IMMEDIATE, busy timeout 0 as {@link probe} sets it, then ROLLBACK: nothing written): a held lock
-   * is the store's refusal (as a change would be refused after the busy timeout) until a probe's write works.
+   * Since when (ms) a write sent to the worker thread has waited for the disk longer than
+   * {@link STORE_WRITE_TIMEOUT_MS} (a frozen or hung file system); undefined while every write sent there is
+   * answered in time.
    */
-  private observeWriteLock(): void {
-    try {
-      this.db.exec('BEGIN IMMEDIATE');
-      this.db.exec('ROLLBACK');
-    } catch (e) {
-      if ((e as { code?: string }).code?.startsWith('SQLITE_BUSY')) {
-        this.noteFailure(this.withLockHolder(e, storeError(e, this.path, 'take the write lock')));
-      }
-    } finally {
-      if (this.db.inTransaction) this.db.exec('ROLLBACK');
-    }
+  private notAnswering(): number | undefined {
+    const first = this.worker?.waiting[0];
+    return first && Date.now() - first.at >= STORE_WRITE_TIMEOUT_MS ? first.at : undefined;
   }
 
-  begin(rows = 0): StoreTxn {
+  /** The refusal of a change while a write is still pending on a disk that does not answer. */
+  private notAnsweringError(what: string, outcome: string, since = this.notAnswering()): CoreError {
+    const when = since === undefined ? '' : ` (pending since ${new Date(since).toISOString()})`;
+    return new CoreError(
+      'unavailable',
+      `${what}: state store ${this.path}: the disk did not complete a write in ${STORE_WRITE_TIMEOUT_MS / 1000} s ` +
+        `(not answering)${when}: ${outcome}`,
+    );
+  }
+
+  /**
+   * Start a change on the worker thread (BEGIN IMMEDIATE there, answered before anything else of the change
+   * is done). Refused at once while the store's file is gone, the disk refuses writes, or a write sent to
+   * the thread before has not been answered within {@link STORE_WRITE_TIMEOUT_MS}; refused when this BEGIN
+   * is not answered within it.
+   */
+  begin(_rows?: number): Promise<StoreTxn> {
+    return this.beginTxn();
+  }
+
+  private async beginTxn(): Promise<StoreTxn & { clear(): void }> {
     // Before a reopen: one would make a new, empty database where the removed one was.
     this.assertSameFile();
     if (this.problem) this.reopen();
@@ -771,83 +803,138 @@ export class StateStore implements StatePort {
         cause: this.problem.cause,
       });
     }
-    if (rows >= WORKER_ROWS) return this.beginOnWorker();
-    const db = this.db;
+    const pending = this.notAnswering();
+    if (pending !== undefined) {
+      throw this.notAnsweringError('begin a change', 'the change is not made; every change is refused until it does');
+    }
+    const t = this.thread();
+    const w = t.w;
     const path = this.path;
     const generation = this.generation + 1;
-    try {
-      db.exec('BEGIN IMMEDIATE');
-    } catch (e) {
-      throw this.noteFailure(this.withLockHolder(e, storeError(e, path, 'begin a change')));
+    this.workerTxn = true;
+    w.ref(); // while a change is open there, its answer keeps the process alive
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      this.workerTxn = false;
+      w.unref();
+    };
+    const fail = (r: WorkerReply) => {
+      const e = Object.assign(new Error(r.err!.message), { code: r.err!.code });
+      return this.noteFailure(this.withLockHolder(e, storeError(e, path, r.err!.what)));
+    };
+    const begun = await this.ask(t, { op: 'begin', path, generation }, STORE_WRITE_TIMEOUT_MS);
+    if (begun === TIMED_OUT) {
+      void this.ask(t, { op: 'rollback' }); // a BEGIN that completes once the disk answers is rolled back there
+      release();
+      throw this.notAnsweringError('begin a change', 'the change is not made');
     }
-    try {
-      this.stmts.putMeta.run('generation', String(generation)); // the change's number, in its own transaction
-    } catch (e) {
-      if (db.inTransaction) db.exec('ROLLBACK');
-      throw this.noteFailure(storeError(e, path, 'begin a change'));
+    if (begun.err) {
+      release();
+      throw fail(begun);
     }
+    let rows: WorkerRow[] = [];
+    const flush = () => {
+      if (rows.length === 0) return;
+      w.postMessage({ op: 'rows', rows });
+      rows = [];
+    };
+    const add = (r: WorkerRow) => {
+      rows.push(r);
+      if (rows.length >= WORKER_ROWS) flush();
+    };
     let open = true;
-    const guard =
-      <A extends unknown[]>(what: string, f: (...a: A) => void) =>
-      (...a: A) => {
-        try {
-          f(...a);
-        } catch (e) {
-          throw this.noteFailure(storeError(e, path, what));
-        }
-      };
     return {
-      putRule: guard('write a rule', (r: StoredRule) => this.writeRule(r)),
-      deleteRule: guard('delete a rule', (name: string) => void this.stmts.deleteRule.run(name)),
-      putLink: guard('write a link', (l: LinkSpec) => void this.stmts.putLink.run(linkKey(l), l.a, l.b, l.direction)),
-      deleteLink: guard('delete a link', (key: string) => void this.stmts.deleteLink.run(key)),
-      commit: () => {
+      putRule: (r) => add(['r', ...ruleRow(r)]),
+      deleteRule: (name) => add(['d', name]),
+      putLink: (l) => add(['l', linkKey(l), l.a, l.b, l.direction]),
+      deleteLink: (key) => add(['x', key]),
+      clear: () => add(['c']),
+      commit: async () => {
         if (!open) return;
+        open = false;
         try {
           // Removed or replaced since BEGIN: acknowledged only once a disk holds it, so not at all.
           this.assertSameFile();
-          db.exec('COMMIT');
-          open = false;
-          this.writeFailure = undefined;
-          if (!this.problem) this.refusingSince = undefined;
         } catch (e) {
-          open = false;
-          if (db.inTransaction) {
-            try {
-              db.exec('ROLLBACK');
-            } catch {
-              /* the connection reports the first error */
-            }
-          }
-          throw this.noteFailure(storeError(e, path, 'commit'));
+          void this.ask(t, { op: 'rollback' });
+          release();
+          throw e;
         }
+        flush();
+        const r = await this.ask(t, { op: 'commit' }, STORE_WRITE_TIMEOUT_MS, (late) => {
+          // The disk answered after the change was refused: committed after all, or not.
+          if (late.err) fail(late);
+          else this.lateCommits.push(generation);
+        });
+        release();
+        if (r === TIMED_OUT) {
+          throw this.notAnsweringError(
+            'commit',
+            'the change is not applied (what it wrote in the kernel is undone); its commit is still pending on ' +
+              'the disk and may complete when the disk answers: the daemon then writes its desired state back ' +
+              'over it in the store (logged)',
+          );
+        }
+        if (r.err) throw fail(r);
+        this.writeFailure = undefined;
+        if (!this.problem) this.refusingSince = undefined;
         this.committed(generation);
       },
-      rollback: () => {
+      rollback: async () => {
         if (!open) return;
         open = false;
-        if (db.inTransaction) db.exec('ROLLBACK');
+        rows = [];
+        await this.ask(t, { op: 'rollback' }, STORE_WRITE_TIMEOUT_MS); // never waits past the bound
+        release();
       },
     };
+  }
+
+  /**
+   * The store's rows, read on the worker thread, when another connection (another process: the sqlite3 CLI, a
+   * script) has committed to the database since the last look (PRAGMA data_version of the thread's connection,
+   * which that connection's own commits leave as it is: one cheap read per reconciler pass), or when `force`.
+   * undefined when nothing changed since the thread's connection was opened (at the first write or look) or
+   * last looked, while a change or another request holds the thread, and when it does not answer within a
+   * second.
+   */
+  async readIfChanged(force = false): Promise<StoreRows | undefined> {
+    if (!this.db?.open || this.problem || this.workerTxn || this.fileChanged()) return undefined;
+    const t = this.thread();
+    if (t.waiting.length) return undefined;
+    const r = await this.ask(t, { op: 'read', path: this.path, force }, 1000);
+    if (r === TIMED_OUT || r.err || !r.rows) return undefined;
+    return r.rows;
+  }
+
+  /**
+   * Generations of changes refused because their commit did not complete in time that the disk then
+   * committed after all ({@link takeLateCommits}): the store holds a change the daemon did not accept.
+   */
+  private lateCommits: number[] = [];
+
+  /** The generations committed after their change was refused (see {@link lateCommits}), once each. */
+  takeLateCommits(): number[] {
+    const g = this.lateCommits.splice(0);
+    for (const x of g) if (x > this.generation) this.generation = x;
+    return g;
   }
 
   /**
    * Make the stored state exactly `state`, in one transaction (a state directory removed under the running
    * daemon gets its desired state back at once). Throws a CoreError naming the path when the disk refuses.
    */
-  replaceAll(state: StoredState): void {
-    const txn = this.begin();
+  async replaceAll(state: StoredState): Promise<void> {
+    const txn = await this.beginTxn();
     try {
-      try {
-        this.db.exec('DELETE FROM rules; DELETE FROM links');
-      } catch (e) {
-        throw storeError(e, this.path, 'clear the tables');
-      }
+      txn.clear();
       for (const r of state.rules) txn.putRule(r);
       for (const l of state.links) txn.putLink(l);
-      txn.commit();
+      await txn.commit();
     } finally {
-      txn.rollback(); // a no-op after commit
+      await txn.rollback(); // a no-op after commit
     }
   }
 
@@ -856,9 +943,16 @@ export class StateStore implements StatePort {
     return this.db.pragma('synchronous', { simple: true }) as number;
   }
 
-  /** The worker thread of large changes (started at the first one), and its replies' waiters, in order. */
-  private worker?: { w: Worker; gone?: string; waiting: ((r: WorkerReply) => void)[] };
-  /** A change runs on the worker thread (it holds the write lock): the connection here writes nothing. */
+  /**
+   * The worker thread (started at the first write), and its answers' waiters, in order: `at` when the
+   * request was sent, `late` told an answer that came after its waiter stopped waiting.
+   */
+  private worker?: {
+    w: Worker;
+    gone?: string;
+    waiting: { answer: (r: WorkerReply) => void; at: number; late?: (r: WorkerReply) => void; done: boolean }[];
+  };
+  /** A change runs on the worker thread (it holds the write lock): nothing else is sent there meanwhile. */
   private workerTxn = false;
 
   private thread(): NonNullable<StateStore['worker']> {
@@ -869,11 +963,17 @@ export class StateStore implements StatePort {
     });
     w.unref();
     const t: NonNullable<StateStore['worker']> = { w, waiting: [] };
+    const answer = (r: WorkerReply) => {
+      const e = t.waiting.shift();
+      if (!e) return;
+      if (e.done) e.late?.(r);
+      else e.answer(r);
+    };
     const gone = (why: string) => {
       t.gone ??= `the store's worker thread ${why}`;
-      for (const f of t.waiting.splice(0)) f({ err: { code: '', message: t.gone, what: 'commit' } });
+      while (t.waiting.length) answer({ err: { code: '', message: t.gone, what: 'write' } });
     };
-    w.on('message', (r: WorkerReply) => t.waiting.shift()?.(r));
+    w.on('message', answer);
     w.on('error', (e) => gone(`failed: ${e.message}`));
     w.on('exit', (code) => gone(`exited (${code})`));
     this.worker = t;
@@ -881,80 +981,52 @@ export class StateStore implements StatePort {
   }
 
   /**
-   * A change of many rows on the worker thread's own connection (BEGIN IMMEDIATE there): the rows go there
-   * 256 at a time as they are made; the first write that fails is reported by {@link StoreTxn.commit},
-   * which then rolls the change back, as SQLite's own refusals are. The order of a change is the same as
-   * on the event loop (rows, kernel, COMMIT, and only then anything the change replaced is cleared).
+   * Send `msg` to the worker thread; its answer, or {@link TIMED_OUT} once `timeoutMs` has passed without
+   * one (the request stays pending there: `late` is told its answer when it comes).
    */
-  private beginOnWorker(): StoreTxn {
-    const t = this.thread();
-    const w = t.w;
-    const path = this.path;
-    const generation = this.generation + 1;
-    this.workerTxn = true;
-    w.ref(); // while a change is open there, its answer keeps the process alive
-    w.postMessage({ op: 'begin', path, generation });
-    let rows: WorkerRow[] = [];
-    const flush = () => {
-      if (rows.length === 0) return;
-      w.postMessage({ op: 'rows', rows });
-      rows = [];
-    };
-    const add = (r: WorkerRow) => {
-      rows.push(r);
-      if (rows.length >= 256) flush();
-    };
-    const ask = (op: 'commit' | 'rollback') =>
-      new Promise<WorkerReply>((resolve) => {
-        if (t.gone) return resolve({ err: { code: '', message: t.gone, what: op } });
-        t.waiting.push(resolve);
-        w.postMessage({ op });
-      }).finally(() => {
-        this.workerTxn = false;
-        w.unref();
-      });
-    let open = true;
-    return {
-      putRule: (r) => add(['r', ...ruleRow(r)]),
-      deleteRule: (name) => add(['d', name]),
-      putLink: (l) => add(['l', linkKey(l), l.a, l.b, l.direction]),
-      deleteLink: (key) => add(['x', key]),
-      commit: async () => {
-        if (!open) return;
-        open = false;
-        try {
-          // Removed or replaced since BEGIN: acknowledged only once a disk holds it, so not at all.
-          this.assertSameFile();
-        } catch (e) {
-          await ask('rollback');
-          throw e;
-        }
-        flush();
-        const r = await ask('commit');
-        if (r.err) {
-          const e = Object.assign(new Error(r.err.message), { code: r.err.code });
-          throw this.noteFailure(storeError(e, path, r.err.what));
-        }
-        this.writeFailure = undefined;
-        if (!this.problem) this.refusingSince = undefined;
-        this.committed(generation);
-      },
-      rollback: async () => {
-        if (!open) return;
-        open = false;
-        rows = [];
-        await ask('rollback');
-      },
-    };
+  private ask(
+    t: NonNullable<StateStore['worker']>,
+    msg: object,
+    timeoutMs?: number,
+    late?: (r: WorkerReply) => void,
+  ): Promise<WorkerReply | typeof TIMED_OUT> {
+    if (t.gone) return Promise.resolve({ err: { code: '', message: t.gone, what: 'write' } });
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const entry = {
+        at: Date.now(),
+        late,
+        done: false,
+        answer: (r: WorkerReply) => {
+          entry.done = true;
+          if (timer) clearTimeout(timer);
+          resolve(r);
+        },
+      };
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          entry.done = true;
+          resolve(TIMED_OUT);
+        }, timeoutMs);
+        timer.unref();
+      }
+      t.waiting.push(entry);
+      t.w.postMessage(msg);
+    });
   }
 
-  /** Close the database (idempotent); a clean close checkpoints the WAL. */
+  /** Close the database (idempotent); a clean close checkpoints the WAL (on the worker thread). */
   close(): void {
+    // A write still pending on a disk that does not answer: the event loop's connection is left as it is
+    // (closing it could checkpoint); the process's exit closes it.
+    if (this.db?.open && !this.worker?.waiting.length) this.db.close();
     void this.worker?.w.terminate();
     this.worker = undefined;
-    if (this.db?.open) this.db.close();
   }
 }
+
+/** What {@link StateStore}'s ask resolves with when the worker thread did not answer in time. */
+const TIMED_OUT = Symbol('timed out');
 
 /** The statements that write a change (here and on the worker thread). */
 const SQL = {
@@ -977,56 +1049,75 @@ function ruleRow(r: StoredRule): [string, string, number, number, number, string
   return [name, JSON.stringify(spec), generation, createTime, updateTime, kernel ? JSON.stringify(kernel) : null];
 }
 
-/** A write sent to the worker thread: r(ule), d(elete rule), l(ink), x (delete link), then SQL.*'s values. */
+/**
+ * A write sent to the worker thread: r(ule), d(elete rule), l(ink), x (delete link), then SQL.*'s values;
+ * c: clear both tables.
+ */
 type WorkerRow =
-  ['r', ...ReturnType<typeof ruleRow>] | ['d', string] | ['l', string, string, string, string] | ['x', string];
-/** The worker's answer to a commit or rollback: the first failure of the change, if any. */
+  ['r', ...ReturnType<typeof ruleRow>] | ['d', string] | ['l', string, string, string, string] | ['x', string] | ['c'];
+/** The worker's answer to a begin, commit, rollback or probe: the first failure of the change, if any. */
 interface WorkerReply {
   err?: { code: string; message: string; what: string };
+  /** A read's rows (absent: nothing changed since the last look). */
+  rows?: StoreRows;
 }
 
 /**
- * The worker thread of large changes (CommonJS, evaluated): one connection per change, opened at its
- * begin and closed at its end (a database replaced under the daemon is never written through an old
- * connection; opening costs this thread ~1 ms). It answers each commit and rollback, in order.
+ * The worker thread that writes the store (CommonJS, evaluated): one connection, opened at the first
+ * request and opened again whenever the file at the path is another one (st_dev:st_ino: a database
+ * replaced under the daemon is never written through an old connection). It answers each begin, commit,
+ * rollback, probe and read, in order.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
+const { statSync } = require('node:fs');
 const Database = require(workerData.sqlite);
 const SQL = workerData.sql;
-let db, st, err;
+let db, ident, st, err, seen;
 const fail = (e, what) => ({ code: String((e && e.code) || ''), message: String((e && e.message) || e), what });
-const end = () => {
-  try { if (db && db.inTransaction) db.exec('ROLLBACK'); } catch {}
+const idOf = (p) => { try { const s = statSync(p); return s.dev + ':' + s.ino; } catch { return undefined; } };
+const end = () => { try { if (db && db.inTransaction) db.exec('ROLLBACK'); } catch {} };
+const connect = (path) => {
+  const now = idOf(path);
+  if (db && db.open && now === ident) return;
   try { if (db) db.close(); } catch {}
   db = undefined;
+  const c = new Database(path, { fileMustExist: true, timeout: 100 }); // BUSY_TIMEOUT_MS: this runs as source on the worker thread
+  c.pragma('synchronous = FULL');
+  st = { r: c.prepare(SQL.putRule), d: c.prepare(SQL.deleteRule), l: c.prepare(SQL.putLink), x: c.prepare(SQL.deleteLink), m: c.prepare(SQL.putMeta) };
+  db = c;
+  ident = now;
+  seen = c.pragma('data_version', { simple: true }); // what other connections commit from here on is seen
 };
-const WHAT = { r: 'write a rule', d: 'delete a rule', l: 'write a link', x: 'delete a link' };
+const WHAT = { r: 'write a rule', d: 'delete a rule', l: 'write a link', x: 'delete a link', c: 'clear the tables' };
 parentPort.on('message', (m) => {
   if (m.op === 'begin') {
     end();
     err = undefined;
     try {
-      db = new Database(m.path, { fileMustExist: true, timeout: 100 }); // BUSY_TIMEOUT_MS: this function runs as source on the worker thread
-      db.pragma('synchronous = FULL');
-      st = { r: db.prepare(SQL.putRule), d: db.prepare(SQL.deleteRule), l: db.prepare(SQL.putLink), x: db.prepare(SQL.deleteLink) };
+      connect(m.path);
       db.exec('BEGIN IMMEDIATE');
-      db.prepare(SQL.putMeta).run('generation', String(m.generation));
+      st.m.run('generation', String(m.generation));
     } catch (e) {
+      end();
       err = fail(e, 'begin a change');
     }
+    const r = err;
+    if (r) err = undefined;
+    parentPort.postMessage({ err: r });
   } else if (m.op === 'rows') {
-    if (err || !db) return;
+    if (err || !db || !db.inTransaction) return;
     for (const [k, ...v] of m.rows) {
       try {
-        st[k].run(...v);
+        if (k === 'c') db.exec('DELETE FROM rules; DELETE FROM links');
+        else st[k].run(...v);
       } catch (e) {
         err = fail(e, WHAT[k]);
         return;
       }
     }
   } else if (m.op === 'commit') {
-    if (!err && !db) err = fail(new Error('no change is open'), 'commit');
+    if (!err && !(db && db.inTransaction)) err = fail(new Error('no change is open'), 'commit');
     if (!err) {
       try {
         db.exec('COMMIT');
@@ -1035,11 +1126,47 @@ parentPort.on('message', (m) => {
       }
     }
     const r = err;
+    err = undefined;
     end();
     parentPort.postMessage({ err: r });
   } else if (m.op === 'rollback') {
     end();
+    err = undefined;
     parentPort.postMessage({});
+  } else if (m.op === 'probe') {
+    // Never waits for another process's write lock (busy timeout 0): a held one is observed and said.
+    let r;
+    try {
+      connect(m.path);
+      db.pragma('busy_timeout = 0');
+      try {
+        db.exec('BEGIN IMMEDIATE');
+        if (m.write) {
+          st.m.run('write_probe', String(Date.now()));
+          db.exec('COMMIT');
+        }
+      } finally {
+        end();
+        db.pragma('busy_timeout = 100');
+      }
+    } catch (e) {
+      const f = fail(e, m.write ? 'write' : 'take the write lock');
+      if (m.write || f.code.startsWith('SQLITE_BUSY')) r = f;
+    }
+    parentPort.postMessage({ err: r });
+  } else if (m.op === 'read') {
+    try {
+      connect(m.path);
+      const v = db.pragma('data_version', { simple: true });
+      const was = seen;
+      seen = v;
+      if (!m.force && v === was) return parentPort.postMessage({});
+      const rules = db.prepare('SELECT name, spec, generation, create_time, update_time, kernel FROM rules').all();
+      const links = db.prepare('SELECT key, a, b, direction FROM links').all();
+      parentPort.postMessage({ rows: { rules, links } });
+    } catch (e) {
+      parentPort.postMessage({ err: fail(e, 'read') });
+    }
   }
 });
 `;
