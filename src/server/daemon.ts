@@ -954,7 +954,13 @@ export class Daemon {
     // A store that refuses writes: logged once by checkStoreWrites (with the disk's error).
     if (dir) await this.checkLateCommits();
     // Another writer's changes to the store (rows removed, changed, added): written back, said once each.
-    if (dir && this.store) await this.controller.checkStore();
+    // Not awaited: it waits its turn behind a client's change, which the pass does not wait for.
+    if (dir && this.store && !this.storeCheck) {
+      this.storeCheck = this.controller
+        .checkStore()
+        .catch((err: unknown) => this.log.warn({ err }, 'the state store could not be compared with the desired state'))
+        .finally(() => (this.storeCheck = undefined));
+    }
     return dir ? [...problems, ...(await this.checkStoreWrites())] : problems;
   }
 
@@ -1010,6 +1016,9 @@ export class Daemon {
     this.storeRefusal = problem;
     return problem ? [problem] : [];
   }
+
+  /** The comparison of the state store with the desired state under way (Controller.checkStore), if any. */
+  private storeCheck?: Promise<unknown>;
 
   /** Generations committed after their change was refused (the disk answered late), not yet written over. */
   private lateCommits: number[] = [];

@@ -733,7 +733,7 @@ export class StateStore implements StatePort {
    * {@link refusal} from the pending write's age). Settles once answered, or after a second.
    */
   probe(): Promise<void> {
-    if (!this.db?.open || this.workerTxn || this.fileChanged()) return Promise.resolve();
+    if (this.closed || this.workerTxn || this.fileChanged()) return Promise.resolve();
     if (this.problem) {
       this.reopen();
       return Promise.resolve();
@@ -807,6 +807,8 @@ export class StateStore implements StatePort {
     if (pending !== undefined) {
       throw this.notAnsweringError('begin a change', 'the change is not made; every change is refused until it does');
     }
+    if (this.closed)
+      throw new CoreError('unavailable', `begin a change: state store ${this.path}: closed (the daemon stops)`);
     const t = this.thread();
     const w = t.w;
     const path = this.path;
@@ -901,7 +903,7 @@ export class StateStore implements StatePort {
    * second.
    */
   async readIfChanged(force = false): Promise<StoreRows | undefined> {
-    if (!this.db?.open || this.problem || this.workerTxn || this.fileChanged()) return undefined;
+    if (this.closed || this.problem || this.workerTxn || this.fileChanged()) return undefined;
     const t = this.thread();
     if (t.waiting.length) return undefined;
     const r = await this.ask(t, { op: 'read', path: this.path, force }, 1000);
@@ -952,6 +954,8 @@ export class StateStore implements StatePort {
     gone?: string;
     waiting: { answer: (r: WorkerReply) => void; at: number; late?: (r: WorkerReply) => void; done: boolean }[];
   };
+  /** Closed ({@link close}): no write is sent anywhere any more. */
+  private closed = false;
   /** A change runs on the worker thread (it holds the write lock): nothing else is sent there meanwhile. */
   private workerTxn = false;
 
@@ -1017,6 +1021,7 @@ export class StateStore implements StatePort {
 
   /** Close the database (idempotent); a clean close checkpoints the WAL (on the worker thread). */
   close(): void {
+    this.closed = true;
     // A write still pending on a disk that does not answer: the event loop's connection is left as it is
     // (closing it could checkpoint); the process's exit closes it.
     if (this.db?.open && !this.worker?.waiting.length) this.db.close();
