@@ -358,7 +358,8 @@ export class Controller {
     let unverified: Map<string, string>;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
-      txn = await this.begin(false, ops.length);
+      const b = this.begin(false, ops.length);
+      txn = b instanceof Promise ? await b : b;
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -1329,7 +1330,8 @@ export class Controller {
     let alloc: RuleAllocation;
     try {
       alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
-      txn = await this.begin(restoring, ops.length);
+      const b = this.begin(restoring, ops.length);
+      txn = b instanceof Promise ? await b : b;
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -1476,18 +1478,26 @@ export class Controller {
     return r.rest;
   }
 
-  /** BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). */
-  private async begin(restoring: boolean, rows?: number): Promise<StoreTxn | undefined> {
+  /**
+   * BEGIN a store transaction (restoring: a store that cannot persist is logged and skipped). A promise only
+   * when the store answers on its worker thread: without a store (or with a synchronous one) a change takes
+   * no extra turn of the event loop here.
+   */
+  private begin(restoring: boolean, rows?: number): StoreTxn | undefined | Promise<StoreTxn | undefined> {
     if (!this.opts.store) return undefined;
-    try {
-      return await this.opts.store.begin(rows);
-    } catch (e) {
+    const refused = (e: unknown) => {
       if (!restoring) throw e;
       this.log.error(
         { err: e },
         'the state store cannot persist: the kernel ids of rewritten rules were not saved (the desired state is unchanged)',
       );
       return undefined;
+    };
+    try {
+      const t = this.opts.store.begin(rows);
+      return t instanceof Promise ? t.catch(refused) : t;
+    } catch (e) {
+      return refused(e);
     }
   }
 
@@ -1778,7 +1788,8 @@ export class Controller {
     let txn: StoreTxn | undefined;
     let unverified: Map<string, string>;
     try {
-      txn = await this.begin(tolerant);
+      const b = this.begin(tolerant);
+      txn = b instanceof Promise ? await b : b;
       if (txn) {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
