@@ -729,8 +729,8 @@ export class StateStore implements StatePort {
    * small transaction (meta `write_probe`), so that a disk that takes writes again clears {@link refusal}
    * without waiting for a change, and a disk that stopped taking them is reported before a change fails;
    * otherwise the write lock taken for an instant (another process holding it is said). Nothing is sent
-   * while a change holds the thread or a write there is still pending (a disk not answering: said by
-   * {@link refusal} from the pending write's age). Settles once answered, or after a second.
+   * while a change holds the thread or a request there has waited past the bound (a disk not answering: said
+   * by {@link refusal} from its age). Settles once answered, or after a second.
    */
   probe(): Promise<void> {
     if (this.closed || this.workerTxn || this.fileChanged()) return Promise.resolve();
@@ -739,7 +739,7 @@ export class StateStore implements StatePort {
       return Promise.resolve();
     }
     const t = this.thread();
-    if (t.waiting.length) return Promise.resolve();
+    if (this.notAnswering() !== undefined) return Promise.resolve();
     const write = !!this.writeFailure || !!diskState(dirname(this.path));
     const answered = (r: WorkerReply) => {
       if (r.err) {
@@ -899,13 +899,13 @@ export class StateStore implements StatePort {
    * script) has committed to the database since the last look (PRAGMA data_version of the thread's connection,
    * which that connection's own commits leave as it is: one cheap read per reconciler pass), or when `force`.
    * undefined when nothing changed since the thread's connection was opened (at the first write or look) or
-   * last looked, while a change or another request holds the thread, and when it does not answer within a
-   * second.
+   * last looked, while a change holds the thread or a request there has waited past the bound, and when it
+   * does not answer within a second.
    */
   async readIfChanged(force = false): Promise<StoreRows | undefined> {
     if (this.closed || this.problem || this.workerTxn || this.fileChanged()) return undefined;
     const t = this.thread();
-    if (t.waiting.length) return undefined;
+    if (this.notAnswering() !== undefined) return undefined;
     const r = await this.ask(t, { op: 'read', path: this.path, force }, 1000);
     if (r === TIMED_OUT || r.err || !r.rows) return undefined;
     return r.rows;
