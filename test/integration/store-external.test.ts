@@ -28,7 +28,7 @@ describe('rows changed in the state store by another writer are observed and wri
   let c: Clients;
   let b1: Host;
   const rule = (name: string, port: number) => lab.apiRule(name, port, [backendOf(b1)]);
-  /** Another process writes the database: python3's sqlite3 module, one transaction. */
+  /** Another process writes the database: python3's sqlite3 module (executescript: BEGIN/COMMIT in `sql` make one transaction). */
   const otherWriter = (sql: string) =>
     sh('python3', [
       '-c',
@@ -71,9 +71,11 @@ describe('rows changed in the state store by another writer are observed and wri
     );
     assert.deepEqual(onDisk(), [`web:${PORT}`, `web2:${PORT2}`]);
     otherWriter(
-      `UPDATE rules SET spec = json_set(spec, '$.port', 9999) WHERE name = 'web';
+      `BEGIN;
+       UPDATE rules SET spec = json_set(spec, '$.port', 9999) WHERE name = 'web';
        INSERT INTO rules (name, spec, generation, create_time, update_time, kernel)
-         SELECT 'ghost', spec, generation, create_time, update_time, NULL FROM rules WHERE name = 'web2';`,
+         SELECT 'ghost', spec, generation, create_time, update_time, NULL FROM rules WHERE name = 'web2';
+       COMMIT;`,
     );
     await until(
       () => JSON.stringify(onDisk()),
