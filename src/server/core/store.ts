@@ -42,6 +42,7 @@ import { Worker } from 'node:worker_threads';
 
 import Database from 'better-sqlite3';
 
+import { monotonicMs } from './clock.js';
 import { CoreError, storeReason, type CoreErrorKind } from './errors.js';
 import { efbigText, fileAtSizeLimit } from './file-size-limit.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
@@ -770,7 +771,7 @@ export class StateStore implements StatePort {
    */
   private notAnswering(): number | undefined {
     const first = this.worker?.waiting[0];
-    return first && Date.now() - first.at >= STORE_WRITE_TIMEOUT_MS ? first.at : undefined;
+    return first && monotonicMs() - first.mono >= STORE_WRITE_TIMEOUT_MS ? first.at : undefined;
   }
 
   /** The refusal of a change while a write is still pending on a disk that does not answer. */
@@ -952,7 +953,14 @@ export class StateStore implements StatePort {
   private worker?: {
     w: Worker;
     gone?: string;
-    waiting: { answer: (r: WorkerReply) => void; at: number; late?: (r: WorkerReply) => void; done: boolean }[];
+    /** `at`: when it was sent, by the wall clock (said); `mono`: by the monotonic clock (its age, core/clock.ts). */
+    waiting: {
+      answer: (r: WorkerReply) => void;
+      at: number;
+      mono: number;
+      late?: (r: WorkerReply) => void;
+      done: boolean;
+    }[];
   };
   /** Closed ({@link close}): no write is sent anywhere any more. */
   private closed = false;
@@ -999,6 +1007,7 @@ export class StateStore implements StatePort {
       let timer: NodeJS.Timeout | undefined;
       const entry = {
         at: Date.now(),
+        mono: monotonicMs(),
         late,
         done: false,
         answer: (r: WorkerReply) => {
