@@ -1237,7 +1237,12 @@ export class Daemon {
    * The datapath keeps forwarding unless cleanupOnExit.
    */
   stop(): Promise<void> {
+    // The stop holds the process until it is done: its listeners closed, a step that waits on a handle that
+    // does not keep the event loop alive would otherwise let Node exit 0 half-way, the cleanup not done
+    // (every step is bounded: the grace period, the store's bounds, the telemetry flush's).
+    let hold: NodeJS.Timeout | undefined;
     this.stopping ??= (async () => {
+      hold = setInterval(() => undefined, 60_000);
       this.ready.value = false;
       clearInterval(this.resyncTimer);
       this.monitor?.close();
@@ -1314,7 +1319,7 @@ export class Daemon {
           `telemetry not flushed within ${TELEMETRY_FLUSH_MS} ms: exiting`,
         );
       }
-    })();
+    })().finally(() => clearInterval(hold));
     return this.stopping;
   }
 }

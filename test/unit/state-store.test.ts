@@ -7,6 +7,7 @@
  * in test/integration/state-faults.test.ts.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +17,7 @@ import Database from 'better-sqlite3';
 
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { SCHEMA_VERSION, StateStore, storeError, WORKER_ROWS, type StoredRule } from '../../src/server/core/store.js';
+import { ROOT } from '../helpers/env.js';
 
 const dirs: string[] = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -261,6 +263,42 @@ describe('state store (SQLite)', () => {
     await s.probe(); // writable, file system neither read-only nor full: nothing to do
     assert.equal(s.refusal(), undefined);
     s.close();
+  });
+
+  it('a request awaited on the worker thread holds the process until it is answered (the idle thread does not)', async () => {
+    // A process with nothing else alive: before, after a change had released the worker thread (unref), a
+    // probe or a read awaited there let the event loop run empty: Node exited (13 here, for the unsettled
+    // top-level await; 0 in the daemon, half-way through its stop) with the answer never taken.
+    const dir = tmp();
+    const code =
+      `import { StateStore } from '${ROOT}src/server/core/store.ts';` +
+      `const s = StateStore.open(${JSON.stringify(dir)});` +
+      `await s.probe(); console.log('probe');` +
+      `const t = await s.begin(); t.deleteRule('x'); await t.commit(); console.log('commit');` +
+      `await s.probe(); console.log('probe');` +
+      // Not closed: the idle worker thread must not hold the process either (the test's 20 s kill).
+      `console.log(JSON.stringify(await s.readIfChanged(true)));`;
+    // A file, not -e: --input-type=module would reach the worker thread's CommonJS source too.
+    const script = join(dir, '..', 'awaited.mts');
+    writeFileSync(script, code);
+    const child = spawn(process.execPath, ['--import', 'tsx', script], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const [exit, signal] = await new Promise<[number | null, string | null]>((r) =>
+      child.once('exit', (c, sig) => r([c, sig])),
+    );
+    clearTimeout(timer);
+    assert.equal(signal, null, `held the process (killed after 20 s): ${out}`);
+    assert.deepEqual(
+      [exit, out.trim().split('\n')],
+      [0, ['probe', 'commit', 'probe', JSON.stringify({ rules: [], links: [] })]],
+      out,
+    );
   });
 
   it("counts its commits (meta generation, in the change's own transaction), on the event loop and the worker thread", async () => {

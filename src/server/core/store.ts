@@ -973,7 +973,6 @@ export class StateStore implements StatePort {
       eval: true,
       workerData: { sqlite: createRequire(import.meta.url).resolve('better-sqlite3'), sql: SQL },
     });
-    w.unref();
     const t: NonNullable<StateStore['worker']> = { w, waiting: [] };
     const answer = (r: WorkerReply) => {
       const e = t.waiting.shift();
@@ -988,13 +987,20 @@ export class StateStore implements StatePort {
     w.on('message', answer);
     w.on('error', (e) => gone(`failed: ${e.message}`));
     w.on('exit', (code) => gone(`exited (${code})`));
+    // After its listeners: adding a 'message' listener refs the thread again. What keeps the process alive
+    // is an open change (begin) or a request awaited within its bound (ask), never the idle thread.
+    w.unref();
     this.worker = t;
     return t;
   }
 
   /**
    * Send `msg` to the worker thread; its answer, or {@link TIMED_OUT} once `timeoutMs` has passed without
-   * one (the request stays pending there: `late` is told its answer when it comes).
+   * one (the request stays pending there: `late` is told its answer when it comes). The bound's timer keeps
+   * the process alive until the promise settles: the worker thread does not (unref'd), so a request awaited
+   * with nothing else left (a stop that waits for a reconciler pass's probe, its listeners closed) would
+   * otherwise let the event loop run empty and Node exit 0 half-way through the stop (start-refused: pins
+   * left by --cleanup-on-exit).
    */
   private ask(
     t: NonNullable<StateStore['worker']>,
@@ -1021,7 +1027,6 @@ export class StateStore implements StatePort {
           entry.done = true;
           resolve(TIMED_OUT);
         }, timeoutMs);
-        timer.unref();
       }
       t.waiting.push(entry);
       t.w.postMessage(msg);
