@@ -395,7 +395,7 @@ export class Daemon {
         deferTrace: true, // pins and tracepoint links replaced once the start commits (below)
       });
     } catch (e) {
-      store?.close();
+      await store?.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
       undoCreated();
       lock.release();
@@ -435,7 +435,7 @@ export class Daemon {
         }
       }
     } catch (e) {
-      store?.close();
+      await store?.close();
       datapath.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
       undoCreated();
@@ -657,7 +657,7 @@ export class Daemon {
         // The old maps in maps/ still serve; the next start migrates again from them.
         XdpDatapath.removeNextMaps(opts.pinRoot);
       }
-      store?.close();
+      await store?.close();
       datapath.close();
       restorePinRoot(opts.pinRoot, pinRootBefore);
       for (const [path, ino] of daemon.socketInodes) removeOwnSocket(path, ino);
@@ -1069,9 +1069,10 @@ export class Daemon {
         await fresh.replaceAll(state);
         return fresh;
       });
-      (old as StateStore | undefined)?.close();
+      // Not awaited: its file is gone or replaced, and a pass is not held for a disk that does not answer.
+      void (old as StateStore | undefined)?.close();
     } catch (e) {
-      fresh?.close();
+      void fresh?.close();
       this.store?.noteNotRenewed(e as Error); // GetStatus, health and the metric say why no store holds the state
       this.storeLost = true;
       throw new Error(`a fresh state store could not be written: ${(e as Error).message}`, { cause: e });
@@ -1274,6 +1275,7 @@ export class Daemon {
       clearTimeout(forced);
       this.access?.flush(); // the audit records of the calls just drained
       await this.passInFlight; // no pass starts any more (not ready): the last one ends before the cleanup
+      await this.storeCheck; // a write-back of the store it started, bounded (StateStore's bounds): completed
       if (this.opts.cleanupOnExit) {
         const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
@@ -1293,7 +1295,7 @@ export class Daemon {
       }
       this.datapath.close();
       this.generationPin?.close();
-      this.store?.close();
+      await this.store?.close(); // the last connection closed: the WAL checkpointed into state.db
       if (this.opts.cleanupOnExit) {
         // Ours only: a pin root that is a bpffs mount's root keeps the kernel's own entries and the mount
         // point; pin root directories hidden by a mount are reached through the lock's descriptor.

@@ -301,6 +301,34 @@ describe('state store (SQLite)', () => {
     );
   });
 
+  it('closed, then the process exits at once (as the daemon does): one state.db, its WAL checkpointed and removed', async () => {
+    // Before, close() terminated the worker thread with its connection open and closed the one here first
+    // (not the last: no checkpoint): the process's exit left state.db-wal beside state.db, and a state.db
+    // damaged by hand then opened from the WAL's pages (start-refused: a corrupt store not refused).
+    const dir = tmp();
+    const code =
+      `import { StateStore } from '${ROOT}src/server/core/store.ts';` +
+      `const s = StateStore.open(${JSON.stringify(dir)});` +
+      `const t = await s.begin(); t.deleteRule('x'); await t.commit();` +
+      // A pass's probe still under way when the stop closes the store.
+      `void s.probe(); await s.close(); process.exit(0);`;
+    const script = join(dir, '..', 'close-exit.mts');
+    writeFileSync(script, code);
+    const child = spawn(process.execPath, ['--import', 'tsx', script], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    assert.equal(await new Promise((r) => child.once('exit', r)), 0, out);
+    const path = join(dir, 'state.db');
+    assert.deepEqual([existsSync(`${path}-wal`), existsSync(`${path}-shm`)], [false, false], 'WAL and shm left');
+    const s = StateStore.open(dir);
+    assert.equal(s.generation, 1, 'the change is in state.db');
+    await s.close();
+  });
+
   it("counts its commits (meta generation, in the change's own transaction), on the event loop and the worker thread", async () => {
     const dir = tmp();
     let s = StateStore.open(dir);

@@ -1033,14 +1033,33 @@ export class StateStore implements StatePort {
     });
   }
 
-  /** Close the database (idempotent); a clean close checkpoints the WAL (on the worker thread). */
-  close(): void {
+  /** The close under way ({@link close}). */
+  private closing?: Promise<void>;
+
+  /**
+   * Close the database (idempotent; nothing is sent to the worker thread from the call on). The worker
+   * thread's connection is closed first, after what was sent there before (answered in order), then the one
+   * here: the last connection to close checkpoints the WAL into the database file and removes it, so a
+   * stopped daemon leaves one self-contained state.db (before, with a request still pending there, a pass's
+   * probe, the connection here was left open and the thread terminated: the process exited with the WAL
+   * beside the file, and a state.db damaged by hand then opened from the WAL's pages, a corrupt store not
+   * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS}: a write still
+   * pending on a disk that does not answer leaves both connections to the process's exit (closing could
+   * checkpoint on that disk).
+   */
+  close(): Promise<void> {
     this.closed = true;
-    // A write still pending on a disk that does not answer: the event loop's connection is left as it is
-    // (closing it could checkpoint); the process's exit closes it.
-    if (this.db?.open && !this.worker?.waiting.length) this.db.close();
-    void this.worker?.w.terminate();
-    this.worker = undefined;
+    this.closing ??= (async () => {
+      const t = this.worker;
+      this.worker = undefined;
+      let answered = true;
+      if (t && !t.gone) {
+        answered = (await this.ask(t, { op: 'close' }, STORE_WRITE_TIMEOUT_MS)) !== TIMED_OUT;
+        void t.w.terminate();
+      }
+      if (this.db?.open && answered) this.db.close();
+    })();
+    return this.closing;
   }
 }
 
@@ -1173,6 +1192,12 @@ parentPort.on('message', (m) => {
       if (m.write || f.code.startsWith('SQLITE_BUSY')) r = f;
     }
     parentPort.postMessage({ err: r });
+  } else if (m.op === 'close') {
+    end();
+    try { if (db) db.close(); } catch {}
+    db = undefined;
+    ident = undefined;
+    parentPort.postMessage({});
   } else if (m.op === 'read') {
     try {
       connect(m.path);
