@@ -1043,20 +1043,21 @@ export class StateStore implements StatePort {
    * stopped daemon leaves one self-contained state.db (before, with a request still pending there, a pass's
    * probe, the connection here was left open and the thread terminated: the process exited with the WAL
    * beside the file, and a state.db damaged by hand then opened from the WAL's pages, a corrupt store not
-   * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS}: a write still
-   * pending on a disk that does not answer leaves both connections to the process's exit (closing could
-   * checkpoint on that disk).
+   * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS}, and not at all
+   * while a write is pending past it: a disk that does not answer leaves both connections to the process's
+   * exit (closing could checkpoint on that disk).
    */
   close(): Promise<void> {
     this.closed = true;
     this.closing ??= (async () => {
       const t = this.worker;
+      // A write already pending past the bound: not waited for again.
+      let answered = this.notAnswering() === undefined;
       this.worker = undefined;
-      let answered = true;
-      if (t && !t.gone) {
+      if (t && !t.gone && answered) {
         answered = (await this.ask(t, { op: 'close' }, STORE_WRITE_TIMEOUT_MS)) !== TIMED_OUT;
-        void t.w.terminate();
       }
+      void t?.w.terminate();
       if (this.db?.open && answered) this.db.close();
     })();
     return this.closing;
