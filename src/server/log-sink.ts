@@ -19,14 +19,19 @@
  * file system refuses (ENOSPC: a full disk, EFBIG: the file size limit, EIO) is dropped and counted by its errno
  * (`failures`), the first refusal said once on stderr and kept for GetStatus ({@link LogSink.writeProblem}), and
  * the next line tries again; the first one written after refusals is followed by one log line saying how many were
- * dropped, from when to when and why. A line cut short by the refusal is ended by a newline before the next one, so
- * the lines after it stay whole. Before, the first refused write failed the stream for good (nothing more was
+ * dropped, from when to when and why. Before, the first refused write failed the stream for good (nothing more was
  * written after the disk had room again), and with stderr on the same disk the daemon died of an unhandled 'error'.
+ * A line cut short by the refusal (part of it written before ENOSPC or EFBIG) is taken back out of the file, so that
+ * every line in it stays one JSON object: the file is truncated to where the line began (the cut bytes end it: nothing
+ * was written after them) and, opened without O_APPEND, its offset set back there (`seek`). Where that cannot be done
+ * (a device, no `seek`, something written after it) the cut part stays, is counted (`cut`) and said on stderr, and the
+ * next line starts on a new line, so that only that part is not JSON. Before, the cut part stayed in the file, the
+ * next line glued to it.
  *
  * It must not: block (no synchronous write to a pipe or socket); grow without bound; drop a line while
  * nothing waits (a single line larger than the bound is written when the stream is idle).
  */
-import { fstatSync, writeSync } from 'node:fs';
+import { constants, fstatSync, ftruncateSync, readFileSync, writeSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { isatty } from 'node:tty';
 
@@ -72,6 +77,11 @@ export interface LogSinkOptions {
    * with writeSync, not through `out`, so that a refused write drops that line only.
    */
   fd?: number;
+  /**
+   * Set `fd`'s file offset (lseek SEEK_SET; dataplane/fd-seek.ts): a line cut short in a file opened without O_APPEND
+   * is taken back out with it. Without it, such a line's cut part stays (counted).
+   */
+  seek?: (fd: number, pos: number) => void;
   /** Its name in what is said ("stdout"). */
   name: string;
   /** Bytes that may wait to be written; a line beyond is dropped and counted. */
@@ -92,11 +102,15 @@ export class LogSink {
   readonly dropped: Record<LogLineKind, number> = { log: 0, audit: 0 };
   /** Lines dropped since the start because a write was refused, by its errno name (ENOSPC, EFBIG, EIO, EPIPE). */
   readonly failures: Record<string, number> = {};
+  /** Lines cut short by a refused write whose written part stays in the file (it could not be taken back out). */
+  cut = 0;
   private episode: DropEpisode | undefined;
   /** The writes to the file refused now: since when and why (`fd` only). */
   private refusing: WriteProblem | undefined;
-  /** Part of a line is in the file without its newline (a write cut short): the next line starts a new one. */
+  /** Part of a line is in the file without its newline (a write cut short, left there): the next line starts a new one. */
   private torn = false;
+  /** The summary of the refused lines is being written (LogSinkOptions.recovered). */
+  private summing = false;
   /** Lines handed to the stream whose write has not completed, by kind. */
   private readonly pending: Record<LogLineKind, number> = { log: 0, audit: 0 };
   /** The stream failed (its error's code): nothing more is written. */
@@ -164,23 +178,67 @@ export class LogSink {
 
   /** One line to the file, whole, or dropped and counted with the errno that refused it. */
   private writeFile(fd: number, line: string, kind: LogLineKind): void {
-    const buf = Buffer.from(this.torn ? `\n${line}` : line);
+    const lead = this.torn ? 1 : 0;
+    const buf = Buffer.from(lead ? `\n${line}` : line);
     let off = 0;
     try {
       // A write cut short (the limit or the disk reached mid-line) is followed by one for the rest: it fails with the cause.
       while (off < buf.length) off += writeSync(fd, buf, off);
     } catch (err) {
-      if (off > 0) this.torn = true;
+      // What was written of the line is taken back out; if it cannot be, it stays (the next line starts a new one).
+      if (off > 0 && !this.takeBack(fd, off)) {
+        if (off > lead) {
+          this.torn = true;
+          this.cut++;
+          this.o.notice(
+            `a log line cut short in ${this.o.name} (${off - lead} of its ${buf.length - lead} bytes written) ` +
+              'could not be taken back out; the next line starts on a new line',
+          );
+        } else this.torn = false; // only the newline that ends the line cut before
+      }
       this.refused(err as NodeJS.ErrnoException, line, kind);
       return;
     }
     this.torn = false;
-    const r = this.refusing;
-    if (r && this.episode) {
-      const e = this.episode;
-      this.refusing = this.episode = undefined;
-      this.o.notice(`${this.o.name} is written again: ${dropText(e)} (${e.cause})`);
-      this.o.recovered(e);
+    const e = this.episode;
+    if (this.refusing && e && !this.summing) {
+      // The refusals end with their summary line written. Refused too (a line that fitted where the one cut short was
+      // taken back out, and the summary does not), it is counted with them and they go on: one summary says them all.
+      const lines = e.lines;
+      this.summing = true;
+      try {
+        this.o.recovered({ ...e });
+      } finally {
+        this.summing = false;
+      }
+      if (this.episode === e && e.lines === lines) {
+        this.refusing = this.episode = undefined;
+        this.o.notice(`${this.o.name} is written again: ${dropText(e)} (${e.cause})`);
+      }
+    }
+  }
+
+  /**
+   * Remove the last `n` bytes written to the file on `fd` (a line cut short): only when they end the file (its size is
+   * the descriptor's offset: nothing was written after them, by anyone), the file a regular one, and its offset can be
+   * set back (O_APPEND: the next write goes to the end anyway; else `seek`). Whether they were removed.
+   */
+  private takeBack(fd: number, n: number): boolean {
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) return false;
+      const info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+      const pos = Number(/^pos:\s+(\d+)$/m.exec(info)?.[1] ?? NaN);
+      const flags = parseInt(/^flags:\s+([0-7]+)$/m.exec(info)?.[1] ?? '', 8);
+      if (!Number.isSafeInteger(pos) || Number.isNaN(flags) || st.size !== pos || pos < n) return false;
+      const append = (flags & constants.O_APPEND) !== 0;
+      if (!append && !this.o.seek) return false;
+      ftruncateSync(fd, pos - n);
+      // Should this fail, the next write leaves a hole where the bytes were: the line after it starts a new one.
+      if (!append) this.o.seek!(fd, pos - n);
+      return true;
+    } catch {
+      return false;
     }
   }
 

@@ -24,6 +24,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WATCH_STREAMS, parseSocketMode }
 import { DEFAULT_CONNECTION_LIMITS } from './connection-guard.js';
 import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
+import { seekFd } from './dataplane/fd-seek.js';
 import { missingHostTools } from './dataplane/host-tools.js';
 import { dropText, isFileFd, LogSink, stderrNotice } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
@@ -346,7 +347,8 @@ const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 102
 // on stderr and, once it reads again, in one log line.
 // A file (stdout redirected to one) is written line by line: a line the disk refuses (full: ENOSPC, the file size
 // limit: EFBIG, EIO) is dropped and counted (xdpctl_log_write_errors_total by errno), said once on stderr and in
-// GetStatus, and the next line tries again. stderr is written so that a refusal there is passed over too (it may be
+// GetStatus, and the next line tries again; a line cut short by the refusal is taken back out of the file (every
+// line in it stays JSON). stderr is written so that a refusal there is passed over too (it may be
 // the same full disk): before, the first refused write on a stderr file was an unhandled 'error' that ended the
 // daemon.
 // Control characters in what it says (a device's name) are shown visibly (\e, \xNN), never raw.
@@ -355,6 +357,7 @@ const notice = (text: string) => stderrLine(visible(text, true));
 const sink: LogSink = new LogSink({
   out: process.stdout,
   fd: isFileFd(1) ? 1 : undefined,
+  seek: seekFd,
   name: 'stdout',
   maxBytes: logBufferBytes,
   notice,

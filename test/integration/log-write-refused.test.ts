@@ -8,13 +8,26 @@
  * log_write_problem says why; once the file takes lines again (the disk emptied, the file truncated), one log line
  * says how many were dropped, from when to when and why (the same number as the counter), stderr says it is
  * written again, GetStatus no longer has a problem, the lines after are whole JSON, and SIGTERM stops the daemon
- * with exit code 0.
+ * with exit code 0. Every line of the file is one JSON object: the line a refusal cut short (part of it fitted in the
+ * tmpfs page's slack, or below the size limit) is taken back out, with stdout opened O_APPEND (`>>`) or not (`>`:
+ * the offset set back too, no hole of NUL bytes), and xdpctl_log_lines_cut_total stays 0. Before: the cut part
+ * stayed, a fragment that is not JSON.
  * Before: the first refused write on stderr (the notice about stdout's) was an unhandled 'error': the daemon died
  * (exit 1) with its pins left as they were; with stderr elsewhere, stdout took no line ever again.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
 import { createChannel, createClient, type Channel } from 'nice-grpc';
@@ -83,13 +96,16 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     topo.destroy();
   });
 
-  /** xdpctld with stdout appended to `out` and stderr to `err` (`wrap` execs it: prlimit); waits for its 'ready' line. */
-  const start = async (out: string, err: string, wrap: string[] = []) => {
+  /**
+   * xdpctld with stdout appended to `out` and stderr to `err` (`wrap` execs it: prlimit; `redirect` '>': opened without
+   * O_APPEND); waits for its 'ready' line.
+   */
+  const start = async (out: string, err: string, wrap: string[] = [], redirect: '>>' | '>' = '>>') => {
     daemon = spawn(
       'sh',
       [
         '-c',
-        'o=$0 e=$1; shift; exec "$@" >>"$o" 2>>"$e"',
+        `o=$0 e=$1; shift; exec "$@" ${redirect}"$o" ${redirect === '>' ? '2>' : '2>>'}"$e"`,
         out,
         err,
         ...wrap,
@@ -137,6 +153,42 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
       .filter((l) => l.startsWith('{') && l.endsWith('}'))
       .map((l) => JSON.parse(l) as Line);
 
+  /**
+   * Every line of `f` from byte `from` on (the whole file: 0) is one JSON object, and the file ends with a newline: no
+   * part of a line cut short by a refused write stays (nor a hole of NUL bytes where one was).
+   */
+  const wholeJson = (t: TestContext, f: string, from = 0) => {
+    const fd = openSync(f, 'r');
+    const size = statSync(f).size;
+    const buf = Buffer.alloc(size - from);
+    try {
+      readSync(fd, buf, 0, buf.length, from);
+    } finally {
+      closeSync(fd);
+    }
+    const all = buf.toString('utf8');
+    const bad = all
+      .split('\n')
+      .slice(0, -1)
+      .filter((l) => {
+        try {
+          return typeof JSON.parse(l) !== 'object';
+        } catch {
+          return true;
+        }
+      });
+    t.diagnostic(`${f} from ${from}: ${all.split('\n').length - 1} lines, ${bad.length} not JSON`);
+    assert.deepEqual(
+      bad.map((l) => JSON.stringify(l.length > 300 ? `${l.slice(0, 150)}...${l.slice(-150)}` : l)),
+      [],
+      'every line is one JSON object',
+    );
+    assert.ok(
+      all === '' || all.endsWith('\n'),
+      `the file ends with a whole line: ...${JSON.stringify(all.slice(-200))}`,
+    );
+  };
+
   /** Rule creations and health checks while the file refuses writes: each answers within 2 s. */
   const busy = async (t: TestContext, d: Awaited<ReturnType<typeof start>>, from: number, n: number) => {
     for (let i = from; i < from + n; i++) {
@@ -157,6 +209,7 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     return {
       dropped: kind('log') + kind('audit'),
       audit: kind('audit'),
+      cut: promSample(text, 'xdpctl_log_lines_cut_total') ?? NaN,
       refused: promSample(text, 'xdpctl_log_write_errors_total', { xdpctl_log_error: code }) ?? NaN,
     };
   };
@@ -229,6 +282,7 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     assert.ok(errors > 0, `lines refused with ${code} are counted: ${errors}`);
     assert.ok(audit > 0, 'audit records apart');
     assert.equal(errors, dropped, 'every dropped line was refused');
+    assert.equal((await counts(d.prometheus, code)).cut, 0, 'no cut line left in the file');
     assert.ok(p, 'GetStatus says the log refuses writes');
     assert.equal(p.sink, 'stdout');
     assert.equal(p.code, code);
@@ -241,26 +295,31 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     assert.equal(daemon!.exitCode, null, 'the daemon runs');
   };
 
-  it('on a full disk (ENOSPC): keeps serving, counts and says it, and says when the disk takes lines again', async (t) => {
-    sh('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', disk]);
-    const out = `${disk}/xdpctld.log`;
-    const err = `${disk}/xdpctld.err`;
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    try {
-      const d = await start(out, err);
-      sh('ip', ['link', 'set', b1.hostIf, 'down']); // every rule INACTIVE: more lines per change
-      fillDisk(disk);
-      await busy(t, d, 0, 20);
-      await refusing(t, d, /^the disk is full \(ENOSPC\)$/, 'ENOSPC');
-      const size = statSync(out).size;
-      emptyDisk(disk);
-      await recovers(t, d, out, err, /stdout refused them \(the disk is full \(ENOSPC\)\)/, 'ENOSPC', size);
-    } finally {
-      await kill();
-      unmount();
-    }
-  });
+  for (const [redirect, n] of [
+    ['>>', 1],
+    ['>', 5],
+  ] as const)
+    it(`on a full disk (ENOSPC), stdout ${redirect}: keeps serving, counts and says it, says when the disk takes lines again, every line whole`, async (t) => {
+      sh('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', disk]);
+      const out = `${disk}/xdpctld.log`;
+      const err = `${disk}/xdpctld.err`;
+      vm = topo.addHost(`vm${n}`, `198.18.${n}.1/24`);
+      b1 = topo.addHost(`b${n}`, `198.18.${n + 1}.1/24`);
+      try {
+        const d = await start(out, err, [], redirect);
+        sh('ip', ['link', 'set', b1.hostIf, 'down']); // every rule INACTIVE: more lines per change
+        fillDisk(disk);
+        await busy(t, d, 0, 20);
+        await refusing(t, d, /^the disk is full \(ENOSPC\)$/, 'ENOSPC');
+        const size = statSync(out).size;
+        emptyDisk(disk);
+        await recovers(t, d, out, err, /stdout refused them \(the disk is full \(ENOSPC\)\)/, 'ENOSPC', size);
+        wholeJson(t, out);
+      } finally {
+        await kill();
+        unmount();
+      }
+    });
 
   it('past the file size limit (EFBIG): keeps serving, names the limit, and says when the file takes lines again', async (t) => {
     vm = topo.addHost('vm2', '198.18.3.1/24');
@@ -271,12 +330,24 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
     const limit = 64 * 1024 * 1024;
     try {
       const d = await start(out, err, ['prlimit', `--fsize=${limit}`, '--']);
-      // The log file reaches the limit (a sparse file: the test's own writes are not limited).
-      sh('truncate', ['-s', String(limit), out]);
+      // The log file gets 40 bytes short of the limit (a JSON line of padding: the test's own writes are not limited),
+      // so that the next line is cut short by it; stderr reaches it (a sparse file).
+      const pad = (n: number) => `{"pad":"${'x'.repeat(n - 11)}"}\n`;
+      let before = 0;
+      for (let i = 0; ; i++) {
+        before = statSync(out).size;
+        appendFileSync(out, pad(limit - 40 - before));
+        if (statSync(out).size === limit - 40) break;
+        // A line of the daemon's came in between: the padding out again (the daemon appends), and once more.
+        assert.ok(i < 20, 'the log file never got still');
+        sh('truncate', ['-s', String(before), out]);
+      }
       sh('truncate', ['-s', String(limit), err]);
       await busy(t, d, 0, 20);
       const cause = new RegExp(`^the file size limit \\(RLIMIT_FSIZE ${limit} bytes\\) is reached \\(EFBIG\\)$`);
       await refusing(t, d, cause, 'EFBIG');
+      wholeJson(t, out, before);
+      assert.ok(statSync(out).size < limit, 'the cut line is not in the file');
       // Rotated as logrotate's copytruncate does: the file is empty again.
       sh('truncate', ['-s', '0', out]);
       sh('truncate', ['-s', '0', err]);

@@ -201,6 +201,58 @@ describe('log sink', () => {
     }
   });
 
+  it('a summary of refused lines refused in its turn: counted with them, the refusal goes on, one summary says them all', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'xdpctl-log-sink-'));
+    const full = openSync('/dev/full', 'w');
+    const file = openSync(join(dir, 'out.log'), 'a');
+    try {
+      let fd = full;
+      const notices: string[] = [];
+      const recovered: DropEpisode[] = [];
+      const summary = (e: DropEpisode) => `${JSON.stringify({ msg: `dropped ${e.lines}` })}\n`;
+      const sink: LogSink = new LogSink({
+        out: new Writable({ write: () => assert.fail('a file is not written through the stream') }),
+        get fd() {
+          return fd;
+        },
+        name: 'stdout',
+        maxBytes: 4096,
+        notice: (x) => notices.push(x),
+        // Written through the sink, as xdpctld does; the first one the disk refuses (a line fitted, the summary not).
+        recovered: (e) => {
+          recovered.push(e);
+          if (recovered.length === 1) fd = full;
+          sink.write(summary(e));
+        },
+      });
+      sink.write(line(100));
+      sink.write(line(100));
+      fd = file;
+      sink.write(line(50));
+      assert.equal(recovered.length, 1);
+      assert.equal(recovered[0].lines, 2);
+      assert.deepEqual(sink.failures, { ENOSPC: 3 }, 'the summary refused, counted');
+      assert.equal(sink.writeProblem()?.lines, 3, 'the refusal goes on');
+      assert.equal(notices.length, 1, notices.join('\n'));
+      fd = file;
+      sink.write(line(60));
+      assert.equal(recovered.length, 2);
+      assert.equal(recovered[1].lines, 3, 'the second summary says every line dropped');
+      assert.equal(sink.writeProblem(), undefined);
+      assert.equal(notices.length, 2, notices.join('\n'));
+      assert.match(notices[1], /^stdout is written again: 3 log line\(s\) were dropped/);
+      assert.equal(
+        readFileSync(join(dir, 'out.log'), 'utf8'),
+        line(50) + line(60) + summary(recovered[1]),
+        'whole lines, one summary',
+      );
+    } finally {
+      closeSync(full);
+      closeSync(file);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('writeCause names the file size limit for EFBIG', () => {
     const efbig = Object.assign(new Error('EFBIG: file too large, write'), { code: 'EFBIG' });
     assert.match(

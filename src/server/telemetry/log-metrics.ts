@@ -8,6 +8,8 @@
  *  - `xdpctl.log.write_errors` (Prometheus `xdpctl_log_write_errors_total`): of those, the lines dropped because the
  *    stream refused their write, by `xdpctl.log.error`, its errno name (ENOSPC: a full disk, EFBIG: the file size
  *    limit, EIO, EPIPE); a series appears with the first such line;
+ *  - `xdpctl.log.lines.cut` (Prometheus `xdpctl_log_lines_cut_total`): lines a refused write cut short whose written
+ *    part stays in the file, not JSON (it could not be taken back out: a device, something written after it); 0 reported;
  *  - `xdpctl.log.bytes_waiting` (gauge): bytes handed to stdout and not written yet (0 while its reader keeps up).
  */
 import type { Meter } from '@opentelemetry/api';
@@ -16,6 +18,7 @@ import type { LogLineKind, WriteProblem } from '../log-sink.js';
 
 export const LOG_METRICS = {
   dropped: 'xdpctl.log.lines.dropped',
+  cut: 'xdpctl.log.lines.cut',
   waiting: 'xdpctl.log.bytes_waiting',
   writeErrors: 'xdpctl.log.write_errors',
 } as const;
@@ -31,6 +34,8 @@ export interface LogSinkState {
   readonly dropped: Readonly<Record<LogLineKind, number>>;
   /** Lines dropped because a write was refused, by errno name. */
   readonly failures?: Readonly<Record<string, number>>;
+  /** Lines cut short by a refused write whose written part stays in the file. */
+  readonly cut?: number;
   /** The writes refused now (GetStatus log_write_problem); undefined while lines are written. */
   writeProblem?(): WriteProblem | undefined;
   waitingBytes(): number;
@@ -59,11 +64,19 @@ export function registerLogMetrics(meter: Meter, sink: LogSinkState): () => void
   const observeErrors = (r: { observe(v: number, a?: Record<string, string>): void }) => {
     for (const [code, n] of Object.entries(sink.failures ?? {})) r.observe(n, { [LOG_ERROR_ATTR]: code });
   };
+  const cut = meter.createObservableCounter(LOG_METRICS.cut, {
+    description:
+      'Log lines a refused write (ENOSPC, EFBIG) cut short whose written part stays in the file, not JSON: it could not be taken back out (a device, something written after it)',
+    unit: '{line}',
+  });
+  const observeCut = (r: { observe(v: number): void }) => r.observe(sink.cut ?? 0);
   dropped.addCallback(observeDropped);
+  cut.addCallback(observeCut);
   waiting.addCallback(observeWaiting);
   writeErrors.addCallback(observeErrors);
   return () => {
     dropped.removeCallback(observeDropped);
+    cut.removeCallback(observeCut);
     waiting.removeCallback(observeWaiting);
     writeErrors.removeCallback(observeErrors);
   };
