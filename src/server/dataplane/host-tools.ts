@@ -16,7 +16,12 @@ export const HOST_TOOLS: Readonly<Record<'ip' | 'ethtool' | 'nsenter', string>> 
   ethtool:
     'veth GRO/offload state cannot be read or changed (GRO on a veth peer for native redirects, the offloads ' +
     "XDP needs off on an ingress), nor a veth's XDP transmit counters",
-  nsenter: "veth peers in network namespaces without a name (a container's) cannot be inspected or prepared",
+  nsenter:
+    "nothing can be read or changed from inside another network namespace, named (/run/netns) or not (a container's): " +
+    "there a veth peer's GRO and offloads cannot be read or changed (ethtool runs inside it), so a native-mode " +
+    "backend egress whose peer is there cannot be verified nor GRO switched on for it, an ingress's peer there " +
+    'cannot have its offloads checked or turned off (nor turned on again), and our XDP program cannot be detached ' +
+    'from a device moved into another namespace',
 };
 
 /** One missing program, as said at start and in GetStatus. */
