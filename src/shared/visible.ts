@@ -47,3 +47,30 @@ const DEL_C1 = /[\x7f-\x9f]/g;
 export function jsonControls(text: string): string {
   return text.replace(DEL_C1, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A Linux interface name (bytes: the kernel takes any byte but NUL, '/', ':' and white space) as text: what is
+ * UTF-8 as it is, each byte that is not part of a valid UTF-8 sequence as `\xNN`, as `ip` prints it where the
+ * terminal cannot. A plain decode would put U+FFFD in its place, and that text names no device.
+ */
+export function nameText(bytes: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < bytes.length;) {
+    const c = bytes[i];
+    const n = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (n > 0 && i + n <= bytes.length) {
+      try {
+        out += strictUtf8.decode(bytes.subarray(i, i + n));
+        i += n;
+        continue;
+      } catch {
+        // not a valid sequence (a stray continuation byte, an overlong form, a surrogate): its first byte escaped
+      }
+    }
+    out += `\\x${c.toString(16).padStart(2, '0')}`;
+    i++;
+  }
+  return out;
+}

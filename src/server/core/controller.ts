@@ -11,6 +11,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { monotonicMs } from './clock.js';
 import type { BackendStats, Dataplane, HostChangeScope, InterfaceInfo, RuleStats, XdpModeName } from './dataplane.js';
 import { CoreError, storeReason, type FieldViolation } from './errors.js';
+import { nonUtf8Meant, nonUtf8Text } from './non-utf8.js';
 import type { LinkStats } from './dataplane.js';
 import {
   adoptRules,
@@ -1522,6 +1523,14 @@ export class Controller {
    */
   private deviceNameOf(given: string, field: string, renamed: string[]): string {
     const dev = this.dp.deviceName?.(given);
+    if (!dev) {
+      // No device has that name; a device whose name is not UTF-8 may be what it means (core/non-utf8.ts).
+      const meant = this.dp.deviceName && nonUtf8Meant(given, this.dp.nonUtf8Interfaces?.() ?? []);
+      if (meant) {
+        const description = nonUtf8Text(given, meant);
+        throw new CoreError('precondition', `${field ? `${field}: ` : ''}${description}`, [{ field, description }]);
+      }
+    }
     if (!dev || dev.name === given) return given;
     const line = `${field ? `${field}: ` : ''}interface ${given} is an alternative name of ${dev.name} (ifindex ${dev.ifindex}): ${dev.name} is stored`;
     if (!renamed.includes(line)) renamed.push(line);

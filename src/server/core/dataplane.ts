@@ -7,6 +7,7 @@
  * transaction step by step. Nothing here imports from dataplane/.
  */
 import type { RepairSubject } from './fights.js';
+import type { NonUtf8Interface } from './non-utf8.js';
 import type { NeighbourFact, PeerMac } from './static-mac.js';
 
 /** A match entry's key: (ingress ifindex, UDP destination port, protocol, destination address). */
@@ -304,6 +305,11 @@ export interface Dataplane {
    */
   deviceName?(name: string): { name: string; ifindex: number } | undefined;
   /**
+   * The devices of the daemon's namespace whose name is not UTF-8 (bytes no request can give: core/non-utf8.ts),
+   * read when a name given names no device. Optional (fakes): without it a name that names no device is missing.
+   */
+  nonUtf8Interfaces?(): readonly NonUtf8Interface[];
+  /**
    * The MAC of `ip`'s neighbour entry on `iface`; undefined when it has none. Throws a PortError of kind
    * 'not-found' when `iface` does not exist (any more: deleted or renamed since it was looked up).
    */
@@ -321,7 +327,11 @@ export interface Dataplane {
     whole?: boolean,
   ): Promise<{ macs: Map<string, string | undefined>; gone: Set<string>; table?: Map<string, NeighbourFact> }>;
   attach(ifname: string, mode: XdpModeName): XdpStatus;
-  detach(ifname: string): void;
+  /**
+   * Detach our program from `ifname`; given `ifindex`, from that device, `ifname` only naming it (a device renamed to
+   * a name that is not UTF-8 cannot be looked up by the text of its name).
+   */
+  detach(ifname: string, ifindex?: number): void;
   /**
    * Devices directly below `ifname` (a bridge's ports, a bond's slaves). The
    * kernel refuses any XDP change on a device while a device above it has a

@@ -199,7 +199,8 @@ export async function resync(
     if (renamed === undefined) vanished.push({ name, ifindex: a.ifindex });
     if (renamed === undefined || renamed === name || users.has(renamed)) continue;
     try {
-      dp.detach(renamed);
+      // By its ifindex: a name that is not UTF-8 (shown \xNN) cannot be looked up by its text.
+      dp.detach(renamed, a.ifindex);
       ctx.log.warn(
         { ifname: name, renamed, ifindex: a.ifindex },
         `${name} was renamed to ${renamed}: our XDP program is detached from it (rules and links name ${name}, which is missing now)`,

@@ -24,6 +24,7 @@ import type {
   XdpStatus,
 } from '../core/dataplane.js';
 import type { RepairSubject } from '../core/fights.js';
+import type { NonUtf8Interface } from '../core/non-utf8.js';
 import { monotonicMs, wallAt } from '../core/clock.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
@@ -44,6 +45,7 @@ import {
   lowerDevices,
   upperDevices,
   nameOf,
+  nonUtf8Links,
   neighbourEntry,
   neighbourTableByIndex,
   type NeighbourEntry,
@@ -75,6 +77,7 @@ import { acceptedMacs, syncMacMap } from './ingress-macs.js';
 import { missingHostTools } from './host-tools.js';
 import { detachCommand, detachXdpIn, movedDevice, netnsOf } from './netns.js';
 import * as tables from './tables.js';
+import { nameText } from '../../shared/visible.js';
 import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 /**
@@ -623,6 +626,10 @@ export class KernelDataplane implements Dataplane {
       if (e instanceof KernelError && e.kind === 'not-found') return undefined;
       throw e;
     }
+  }
+
+  nonUtf8Interfaces(): NonUtf8Interface[] {
+    return nonUtf8Links().map((l) => ({ ifindex: l.ifindex, bytes: l.bytes, name: nameText(l.bytes) }));
   }
 
   deviceName(name: string): { name: string; ifindex: number } | undefined {
@@ -1426,8 +1433,8 @@ export class KernelDataplane implements Dataplane {
     return { mode: r.mode, progId: r.progId, ours: true, warnings: [why] };
   }
 
-  detach(ifname: string): void {
-    this.dp.detach(ifname);
+  detach(ifname: string, ifindex?: number): void {
+    this.dp.detach(ifname, ifindex);
   }
 
   lowerDevices(ifname: string): string[] {

@@ -1333,16 +1333,17 @@ export class XdpDatapath {
   }
 
   /** Detach our program from an interface; a foreign program is left alone. */
-  detach(ifname: string): void {
+  /** Detach our program from `ifname` (given `ifindex`: from that device, `ifname` naming it in what is said). */
+  detach(ifname: string, ifindex?: number): void {
     dataplaneSpan(
       'xdp.detach',
       () => ({ [DP_ATTR.iface]: ifname }),
-      () => this.detachNow(ifname),
+      () => this.detachNow(ifname, ifindex),
     );
   }
 
-  private detachNow(ifname: string): void {
-    const ifindex = ifindexOf(ifname);
+  private detachNow(ifname: string, given?: number): void {
+    const ifindex = given ?? ifindexOf(ifname);
     const state = queryXdp(ifindex, ifname);
     if (state.mode === 'none') return;
     if (!this.isOurs(state.progId)) {

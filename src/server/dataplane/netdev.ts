@@ -14,6 +14,8 @@
  */
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
+import { isUtf8 } from 'node:buffer';
+
 import koffi from 'koffi';
 
 import { checkOwnCapabilities } from '../auth/capabilities.js';
@@ -32,6 +34,7 @@ import {
 } from './netlink.js';
 import { movedDevice, netnsOf } from './netns.js';
 import { findNetns, netnsWords, unreachableNetns } from './netns-find.js';
+import { nameText } from '../../shared/visible.js';
 
 /** Every command runs as a child that cannot outlive the daemon (children.ts). */
 const run = runGuarded;
@@ -59,7 +62,30 @@ export function nameOf(ifindex: number): string | undefined {
   IFR.writeInt32LE(ifindex, 16);
   if ((ioctlFn(ioctlSocket(), SIOCGIFNAME, 'uint8_t *', IFR) as number) < 0) return undefined;
   const end = IFR.indexOf(0);
-  return IFR.subarray(0, end < 0 || end > 16 ? 16 : end).toString();
+  // A name that is not UTF-8 (bytes): its other bytes escaped as \xNN, not made U+FFFD (nameText).
+  return nameText(IFR.subarray(0, end < 0 || end > 16 ? 16 : end));
+}
+
+/** A device of the daemon's namespace whose name is not UTF-8: no request (UTF-8 strings) can name it. */
+export interface NonUtf8Link {
+  ifindex: number;
+  /** Its name's bytes. */
+  bytes: Buffer;
+}
+
+/** The devices of the daemon's network namespace whose name is not UTF-8: one RTM_GETLINK dump (no stats). */
+export function nonUtf8Links(): NonUtf8Link[] {
+  const mask = Buffer.alloc(4);
+  mask.writeUInt32LE(RTEXT_FILTER_SKIP_STATS);
+  const out: NonUtf8Link[] = [];
+  for (const m of nlDump(NETLINK_ROUTE, RTM_GETLINK, Buffer.alloc(16), nlAttr(IFLA_EXT_MASK, mask), 'list links')) {
+    const raw = nlAttrs(m, 16).get(IFLA_IFNAME);
+    if (!raw) continue;
+    const end = raw.indexOf(0);
+    const bytes = Buffer.from(raw.subarray(0, end < 0 ? raw.length : end));
+    if (!isUtf8(bytes)) out.push({ ifindex: m.readInt32LE(4), bytes });
+  }
+  return out;
 }
 
 const libc = koffi.load('libc.so.6');

@@ -1255,7 +1255,9 @@ export const LinkServiceDefinition = {
   methods: {
     /**
      * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
-     * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+     * that interface does not exist (FAILED_PRECONDITION if it can only mean a
+     * device whose name is not UTF-8, which no request can name), with
+     * INVALID_ARGUMENT naming it if it has
      * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
      * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
      * and with ALREADY_EXISTS if they are already linked (in either order); use
@@ -1335,7 +1337,9 @@ export const LinkServiceDefinition = {
 export interface LinkServiceImplementation<CallContextExt = {}> {
   /**
    * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
-   * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+   * that interface does not exist (FAILED_PRECONDITION if it can only mean a
+   * device whose name is not UTF-8, which no request can name), with
+   * INVALID_ARGUMENT naming it if it has
    * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
    * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
    * and with ALREADY_EXISTS if they are already linked (in either order); use
@@ -1392,7 +1396,9 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
 export interface LinkServiceClient<CallOptionsExt = {}> {
   /**
    * Connects two interfaces. Fails with NOT_FOUND naming link.a or link.b if
-   * that interface does not exist, with INVALID_ARGUMENT naming it if it has
+   * that interface does not exist (FAILED_PRECONDITION if it can only mean a
+   * device whose name is not UTF-8, which no request can name), with
+   * INVALID_ARGUMENT naming it if it has
    * no Ethernet address (lo, a tun or WireGuard device: MAC all zeros; a link
    * forwards Ethernet frames as they are; ApplyLinks: links[i].a, links[i].b),
    * and with ALREADY_EXISTS if they are already linked (in either order); use

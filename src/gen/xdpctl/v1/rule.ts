@@ -215,7 +215,11 @@ export interface Rule {
    * one entry of the match table, of 4 x --max-rules entries in all:
    * RESOURCE_EXHAUSTED "match table full" beyond); no duplicates. An
    * interface that is also the source of a link (see LinkService) never
-   * reaches the rules: cross-connected traffic is redirected first.
+   * reaches the rules: cross-connected traffic is redirected first. A device
+   * whose name is not UTF-8 (Linux names are bytes) cannot be named here: a
+   * name that can only mean one (its name with \xNN escapes, or decoded with
+   * U+FFFD or as Latin-1) fails with FAILED_PRECONDITION naming the field, the
+   * device's ifindex and its name escaped; so does such a backend interface.
    */
   ingressInterfaces: string[];
   /**
