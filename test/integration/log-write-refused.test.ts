@@ -349,8 +349,9 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
       wholeJson(t, out, before);
       assert.ok(statSync(out).size < limit, 'the cut line is not in the file');
       // Rotated as logrotate's copytruncate does: the file is empty again.
-      sh('truncate', ['-s', '0', out]);
+      // stderr first: the notice that stdout is written again goes there as soon as stdout takes a line.
       sh('truncate', ['-s', '0', err]);
+      sh('truncate', ['-s', '0', out]);
       await recovers(
         t,
         d,
