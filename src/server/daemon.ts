@@ -76,6 +76,7 @@ import {
   type InstanceLock,
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
+import { linkNames } from './dataplane/netdev.js';
 import { GenerationPin, readPinnedGeneration, removeGenerationPin } from './dataplane/store-generation.js';
 import { checkStoreBehind } from './store-behind.js';
 import { silentLogger, type Logger } from './log.js';
@@ -1515,9 +1516,9 @@ function resetDatapath(opts: DaemonOptions, dp: KernelDataplane, log: Logger, wh
   log.warn({ pinRoot: opts.pinRoot }, `${what}: --reset-datapath: clearing them`);
   let names: string[] = [];
   try {
-    names = readdirSync('/sys/class/net');
-  } catch {
-    /* no sysfs: nothing to detach from */
+    names = linkNames(); // rtnetlink, this namespace's (never /sys: another namespace's under nsenter --net)
+  } catch (err) {
+    log.warn({ err }, '--reset-datapath: cannot list the network devices: nothing detached');
   }
   for (const name of names) {
     try {

@@ -6,11 +6,11 @@
  * instead of removing rules it never knew (and reusing their ids). --reset-datapath takes the store as the
  * truth: it then continues above the pins' generation, so that the store they were written from is behind.
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 import { describeMatch } from './core/restore.js';
 import type { StateStore, StoredState } from './core/store.js';
+import { linkTable } from './dataplane/netdev.js';
 import { readPinnedGeneration, readPinnedMatches } from './dataplane/store-generation.js';
 import type { Logger } from './log.js';
 
@@ -19,19 +19,16 @@ function some(items: string[], max = 8): string {
   return items.length <= max ? items.join('; ') : `${items.slice(0, max).join('; ')}; and ${items.length - max} more`;
 }
 
-/** ifindex -> name of the interfaces of this network namespace (sysfs), for messages. */
+/**
+ * ifindex -> name of the interfaces of this network namespace (one rtnetlink dump; never /sys, which under
+ * `nsenter --net` is the namespace of whoever mounted it), for messages.
+ */
 function ifnamesByIndex(): Map<number, string> {
   const out = new Map<number, string>();
   try {
-    for (const name of readdirSync('/sys/class/net')) {
-      try {
-        out.set(Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8')), name);
-      } catch {
-        /* gone meanwhile */
-      }
-    }
+    for (const r of linkTable()) out.set(r.ifindex, r.ifname);
   } catch {
-    /* no sysfs */
+    /* not readable: messages give ifindexes */
   }
   return out;
 }

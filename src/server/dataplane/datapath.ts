@@ -75,7 +75,7 @@ import {
   sizeOf,
 } from './libbpf.js';
 import { preparePinRoot } from './instance-lock.js';
-import { ifindexOf, prepareIngressSync, type OffloadChange } from './netdev.js';
+import { ifindexOf, linkNames, prepareIngressSync, type OffloadChange } from './netdev.js';
 import { peerNsids, xdpDevicesIn, type XdpElsewhere } from './netns.js';
 import { programMapIds } from './prog-maps.js';
 import { setGenericMode } from './tables.js';
@@ -277,7 +277,7 @@ function pinnedPrograms(progsDir: string): Map<number, number> {
 /** Every interface of this network namespace, by name, with what XDP program it runs (none skipped). */
 function attachedPrograms(): Map<string, XdpState & { ifindex: number }> {
   const out = new Map<string, XdpState & { ifindex: number }>();
-  for (const ifname of readdirSync('/sys/class/net')) {
+  for (const ifname of linkNames()) {
     try {
       const ifindex = ifindexOf(ifname);
       const s = queryXdp(ifindex, ifname);
@@ -1366,7 +1366,7 @@ export class XdpDatapath {
    */
   detachEverywhere(): { detached: string[]; failed: { ifname: string; error: string }[] } {
     const ours = new Map<string, number>();
-    for (const ifname of readdirSync('/sys/class/net')) {
+    for (const ifname of linkNames()) {
       try {
         const ifindex = ifindexOf(ifname);
         const s = queryXdp(ifindex, ifname);

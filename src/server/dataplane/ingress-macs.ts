@@ -14,11 +14,10 @@
  * read: a bridge's own secondary unicast addresses (a macvlan on the bridge itself): the bridge's dump is
  * its whole forwarding table; frames to those MACs arriving on a port are passed, counted not_for_us.
  */
-import { existsSync } from 'node:fs';
 
 import type { MacKey } from './codec.js';
 import type { BpfMap } from './bpf-map.js';
-import { lowerDevices, macOf, masterOf } from './netdev.js';
+import { linkRowNamed, lowerDevices, macOf, masterOf } from './netdev.js';
 import { nlAttrs, nlDump, NETLINK_ROUTE } from './netlink.js';
 
 const AF_BRIDGE = 7;
@@ -89,7 +88,7 @@ export function acceptedMacs(name: string, ifindex: number): AcceptedMacs {
     );
   }
   const master = masterOf(name);
-  if (master && existsSync(`/sys/class/net/${master}/bridge`)) {
+  if (master && isBridge(master)) {
     for (const dev of [master, ...lowerDevices(master)]) {
       try {
         const mac = macOf(dev);
@@ -140,4 +139,13 @@ export function syncMacMap(
   }
   for (const k of put) map.put(k, 1);
   return left;
+}
+
+/** Whether `name` is a bridge of the daemon's namespace (rtnetlink's kind; never /sys, another namespace's). */
+function isBridge(name: string): boolean {
+  try {
+    return linkRowNamed(name)?.kind === 'bridge';
+  } catch {
+    return false;
+  }
 }

@@ -7,12 +7,13 @@
  * flags, carrier) come from ioctls on a socket of the daemon's own network
  * namespace, never from /sys: under `nsenter --net=/run/netns/X` the sysfs
  * mounted at /sys still belongs to the namespace that mounted it, and would
- * give another namespace's interfaces and MACs (lowerDevices still reads
- * sysfs). Neighbours come from iproute2's JSON output (run in the same
+ * give another namespace's interfaces and MACs. A device's master, the devices
+ * stacked on it and its carrier come from rtnetlink (RTM_GETLINK) on a socket
+ * of that namespace, for the same reason. Neighbours come from iproute2's JSON output (run in the same
  * namespace); nothing here changes a device except {@link ensureVethPeerNapi}
  * and {@link restoreGro}, which undoes it.
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 
 import { isUtf8 } from 'node:buffer';
 
@@ -173,35 +174,177 @@ function ioctlSocket(): number {
   return ioctlFd;
 }
 
-/** Devices directly below an interface (sysfs lower_* links: a bridge's ports, a bond's slaves). */
-export function lowerDevices(name: string): string[] {
-  return adjacentDevices(name, 'lower_');
+// <linux/if_link.h>, <linux/if.h>: what a device's place and link state are read from.
+const IFLA_MASTER = 10;
+const IFLA_OPERSTATE = 16;
+const IFLA_CARRIER = 33;
+/** IF_OPER_* (linux/if.h, RFC 2863): the operstates with carrier but not forwarding. */
+const IF_OPER_TESTING = 4;
+const IF_OPER_DORMANT = 5;
+
+/**
+ * One device of the daemon's network namespace as rtnetlink gives it (RTM_GETLINK, statistics left out):
+ * what its place among the other devices and its link state are read from, in the namespace the daemon's
+ * netlink socket belongs to. Never sysfs: /sys/class/net is the namespace of whoever mounted /sys (under
+ * `nsenter --net=...` the host's), and a device of the same name there is another device.
+ */
+export interface LinkRow {
+  ifindex: number;
+  ifname: string;
+  /** ifi_flags: IFF_* (IFF_UP 0x1, IFF_PROMISC 0x100, IFF_LOWER_UP 0x10000, ...). */
+  flags: number;
+  /** IFLA_INFO_KIND ("veth", "bridge", "vlan", ...); undefined for a device without one. */
+  kind?: string;
+  /** IFLA_MASTER: the ifindex of the bridge, bond or VRF it is enslaved to. */
+  master?: number;
+  /** IFLA_LINK: the device it is stacked on (vlan, macvlan), a veth's peer; in `linkNetnsid`'s namespace if set. */
+  link?: number;
+  linkNetnsid?: number;
+  /** IFLA_CARRIER. */
+  carrier?: boolean;
+  /** IFLA_OPERSTATE (IF_OPER_*). */
+  operstate?: number;
 }
 
-/** Devices directly above `name` (its bridge or bond), from sysfs; [] when it does not exist. */
-export function upperDevices(name: string): string[] {
-  return adjacentDevices(name, 'upper_');
+function linkRowOf(m: Buffer): LinkRow | undefined {
+  if (m.length < 16) return undefined;
+  const a = nlAttrs(m, 16);
+  const info = a.get(IFLA_LINKINFO);
+  const kind = info && nlAttrs(info).get(IFLA_INFO_KIND);
+  const u32 = (t: number) => {
+    const b = a.get(t);
+    return b && b.length >= 4 ? b.readUInt32LE(0) : undefined;
+  };
+  const u8 = (t: number) => {
+    const b = a.get(t);
+    return b && b.length >= 1 ? b.readUInt8(0) : undefined;
+  };
+  const master = u32(IFLA_MASTER);
+  const link = u32(IFLA_LINK);
+  const nsid = a.get(IFLA_LINK_NETNSID);
+  const carrier = u8(IFLA_CARRIER);
+  return {
+    ifindex: m.readInt32LE(4),
+    ifname: a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? '',
+    flags: m.readUInt32LE(8),
+    ...(kind ? { kind: kind.toString('utf8').replace(/\0+$/, '') } : {}),
+    ...(master ? { master } : {}),
+    ...(link ? { link } : {}),
+    ...(nsid && nsid.length >= 4 ? { linkNetnsid: nsid.readInt32LE(0) } : {}),
+    ...(carrier !== undefined ? { carrier: carrier !== 0 } : {}),
+    ...(u8(IFLA_OPERSTATE) !== undefined ? { operstate: u8(IFLA_OPERSTATE) } : {}),
+  };
 }
 
-function adjacentDevices(name: string, prefix: 'lower_' | 'upper_'): string[] {
+/** The RTM_GETLINK request header and attributes (statistics left out) for `ifindex` (0: a dump). */
+function getlinkRequest(ifindex: number): { ifinfo: Buffer; attrs: Buffer } {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(ifindex, 4);
+  const mask = Buffer.alloc(4);
+  mask.writeUInt32LE(RTEXT_FILTER_SKIP_STATS);
+  return { ifinfo, attrs: nlAttr(IFLA_EXT_MASK, mask) };
+}
+
+/** The device `name` of the daemon's namespace (SIOCGIFINDEX, then one RTM_GETLINK); undefined when there is none. */
+export function linkRowNamed(name: string): LinkRow | undefined {
+  let ifindex: number;
   try {
-    return readdirSync(`/sys/class/net/${name}`)
-      .filter((e) => e.startsWith(prefix))
-      .map((e) => e.slice(prefix.length));
+    ifindex = ifindexOf(name);
   } catch {
-    return [];
+    return undefined;
   }
+  const { ifinfo, attrs } = getlinkRequest(ifindex);
+  const body = nlRequest(NETLINK_ROUTE, RTM_GETLINK, ifinfo, attrs, `read link ${name}`);
+  return body && linkRowOf(body);
+}
+
+/** The last dump of {@link linkTable}, kept until the synchronous code that read it has run. */
+let linkTableNow: LinkRow[] | undefined;
+
+/**
+ * Every device of the daemon's network namespace: one RTM_GETLINK dump (what `ip -d link show` reads, no
+ * process). The dump is shared by every caller until the current synchronous stretch of code ends (a
+ * microtask drops it), so a pass asking about each of many interfaces dumps once, and the next await reads
+ * the kernel again. Throws KernelError when the kernel refuses the dump.
+ */
+export function linkTable(): LinkRow[] {
+  if (linkTableNow) return linkTableNow;
+  const { ifinfo, attrs } = getlinkRequest(0);
+  const rows: LinkRow[] = [];
+  for (const m of nlDump(NETLINK_ROUTE, RTM_GETLINK, ifinfo, attrs, 'list the network devices')) {
+    const r = linkRowOf(m);
+    if (r) rows.push(r);
+  }
+  linkTableNow = rows;
+  queueMicrotask(() => {
+    linkTableNow = undefined;
+  });
+  return rows;
+}
+
+/** The names of every device of the daemon's network namespace ({@link linkTable}). */
+export function linkNames(): string[] {
+  return linkTable().map((r) => r.ifname);
 }
 
 /**
- * The device `name` is enslaved to (a bridge or a bond: sysfs `master`), or undefined. Such a port's neighbours
- * are the master's: the kernel routes through the master, keeps their entries on it and hands every frame
- * received on the port (ARP replies too) to the master before any protocol handler sees it.
+ * Kinds of device the kernel stacks over another one as its upper device (netdev_upper_dev_link without a
+ * master: vlan, macvlan, ipvlan, macsec register_*): IFLA_LINK names the device below. A veth's or a
+ * tunnel's IFLA_LINK is not that (its peer; the device it sends through).
+ */
+const STACKED_KINDS = new Set(['vlan', 'macvlan', 'macvtap', 'ipvlan', 'ipvtap', 'macsec']);
+
+/**
+ * Devices directly below an interface (a bridge's ports, a bond's slaves: devices whose IFLA_MASTER it is;
+ * for a vlan or macvlan, the device it is stacked on), from rtnetlink in the daemon's namespace ({@link
+ * linkTable}); [] when it does not exist.
+ */
+export function lowerDevices(name: string): string[] {
+  return adjacentDevices(name, 'lower');
+}
+
+/**
+ * Devices directly above `name` (its bridge or bond: its IFLA_MASTER; a vlan, macvlan... stacked on it), from
+ * rtnetlink in the daemon's namespace ({@link linkTable}); [] when it does not exist.
+ */
+export function upperDevices(name: string): string[] {
+  return adjacentDevices(name, 'upper');
+}
+
+function adjacentDevices(name: string, side: 'lower' | 'upper'): string[] {
+  let rows: LinkRow[];
+  try {
+    rows = linkTable();
+  } catch {
+    return [];
+  }
+  const me = rows.find((r) => r.ifname === name);
+  if (!me) return [];
+  /** The ifindex of the device `r` is stacked on in this namespace, if it is a stacked kind. */
+  const stackedOn = (r: LinkRow) =>
+    STACKED_KINDS.has(r.kind ?? '') && r.linkNetnsid === undefined ? r.link : undefined;
+  const out: string[] = [];
+  for (const r of rows) {
+    if (r === me) continue;
+    const above =
+      side === 'upper'
+        ? r.ifindex === me.master || stackedOn(r) === me.ifindex
+        : r.master === me.ifindex || stackedOn(me) === r.ifindex;
+    if (above) out.push(r.ifname);
+  }
+  return out;
+}
+
+/**
+ * The device `name` is enslaved to (a bridge or a bond: IFLA_MASTER, read in the daemon's namespace), or
+ * undefined. Such a port's neighbours are the master's: the kernel routes through the master, keeps their
+ * entries on it and hands every frame received on the port (ARP replies too) to the master before any
+ * protocol handler sees it.
  */
 export function masterOf(name: string): string | undefined {
   try {
-    const t = readlinkSync(`/sys/class/net/${name}/master`);
-    return t.slice(t.lastIndexOf('/') + 1) || undefined;
+    const m = linkRowNamed(name)?.master;
+    return m ? nameOf(m) : undefined;
   } catch {
     return undefined;
   }
@@ -213,12 +356,15 @@ export const IFF_NOARP = 0x80;
 /** IFF_UP and IFF_RUNNING (linux/if.h; RUNNING: operationally up, i.e. carrier, RFC 2863). */
 const IFF_UP = 0x1;
 const IFF_RUNNING = 0x40;
+/** IFF_LOWER_UP (linux/if.h): the driver signals carrier (ifi_flags only: SIOCGIFFLAGS has 16 bits). */
+const IFF_LOWER_UP = 0x10000;
 
 /**
  * Up, carrier and MTU of an interface of the daemon's namespace (ioctls); undefined when it does not exist.
  * IFF_RUNNING is "operationally up" (RFC 2863): off without carrier, and also while userspace holds the
  * device DORMANT or TESTING with carrier on. SIOCGIFFLAGS returns 16 bits (no IFF_LOWER_UP), so only then
- * sysfs `carrier` and `operstate` tell the two apart (Documentation/networking/operstates.rst).
+ * one RTM_GETLINK's IFLA_CARRIER and IFLA_OPERSTATE tell the two apart (Documentation/networking/operstates.rst),
+ * read in the daemon's namespace (sysfs `carrier` would be the same-named device of whoever mounted /sys).
  */
 export function linkState(
   name: string,
@@ -231,14 +377,17 @@ export function linkState(
   }
   const up = (f.flags & IFF_UP) !== 0;
   if (!up || (f.flags & IFF_RUNNING) !== 0) return { up, carrier: up, mtu: f.mtu };
+  let row: LinkRow | undefined;
   try {
-    const carrier = readFileSync(`/sys/class/net/${name}/carrier`, 'utf8').trim() === '1';
-    const oper = readFileSync(`/sys/class/net/${name}/operstate`, 'utf8').trim();
-    const operstate = carrier && (oper === 'dormant' || oper === 'testing') ? oper : undefined;
-    return { up, carrier, mtu: f.mtu, ...(operstate ? { operstate } : {}) };
+    row = linkRowNamed(name);
   } catch {
-    return { up, carrier: false, mtu: f.mtu }; // sysfs not telling (another namespace's sysfs mounted): as before
+    row = undefined;
   }
+  if (!row) return { up, carrier: false, mtu: f.mtu }; // gone meanwhile, or rtnetlink not telling: as before
+  const carrier = row.carrier ?? (row.flags & IFF_LOWER_UP) !== 0;
+  const oper =
+    row.operstate === IF_OPER_DORMANT ? 'dormant' : row.operstate === IF_OPER_TESTING ? 'testing' : undefined;
+  return { up, carrier, mtu: f.mtu, ...(carrier && oper ? { operstate: oper } : {}) };
 }
 
 /** NTF_USE (linux/neighbour.h): "use" the entry, as a packet to it would: the kernel starts resolving it. */

@@ -1,0 +1,197 @@
+/**
+ * A daemon started in a network namespace with `nsenter --net=/run/netns/D` (what its bpffs error recommends)
+ * sees the /sys of whoever mounted it: nsenter does not remount /sys, so /sys/class/net/NAME is the host's
+ * device of that name, or none. Every per-device fact the daemon used from sysfs (carrier, a port's bridge, the
+ * devices above a device) was then another namespace's (a review found, newcomer HIGH):
+ *  a) a tap in D named like the host's default-route device, with no reader (NO-CARRIER) as a backend's egress:
+ *     the backend stayed in (the host's device of that name has carrier); every frame redirected into it lost;
+ *  b) a backend behind a bridge port (`IP,,port`): the port's bridge not found, the backend out ("no neighbour
+ *     entry") while the bridge holds its entry REACHABLE;
+ *  c) a static MAC behind a veth whose peer is a bridge port: the peer's bridge not seen, the MAC taken for
+ *     contradicted (the peer "takes no other MAC"), the backend out.
+ * Now each fact comes from rtnetlink in the daemon's namespace: (a) out, "no carrier"; (b) and (c) in, and the
+ * datagrams arrive. Everything runs in namespaces this test makes (the daemon's too).
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import { Protocol, RuleState, UdpChecksumMode, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
+import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { sendUdp, UdpListener } from '../helpers/udp.js';
+
+const NOWHERE = '198.18.9.9';
+
+/** The root namespace's default-route device (this test's namespace is the host's), if it has one with carrier. */
+function hostDefaultDevice(): string | undefined {
+  try {
+    const routes = JSON.parse(sh('ip', ['-j', 'route', 'show', 'default'])) as { dev?: string }[];
+    for (const r of routes) {
+      if (!r.dev) continue;
+      const [l] = JSON.parse(sh('ip', ['-j', 'link', 'show', 'dev', r.dev])) as { flags?: string[] }[];
+      if (l?.flags?.includes('LOWER_UP')) return r.dev;
+    }
+  } catch {
+    /* none */
+  }
+  return undefined;
+}
+
+describe(
+  'a daemon in a network namespace entered with nsenter --net reads its own devices, not /sys',
+  kernelOnly(),
+  () => {
+    const id = runId();
+    const n = 64 + (parseInt(id.slice(0, 2), 16) % 64);
+    const ns = (r: string) => `xdpt-${id}-${r}`;
+    const D = ns('d');
+    const S = ns('s');
+    const B1 = ns('b1');
+    const B2 = ns('b2');
+    const all = [D, S, B1, B2];
+    const ipd = (...a: string[]) => sh('ip', ['-n', D, ...a]);
+    const mac = (netns: string, dev: string) =>
+      (JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', dev])) as { address: string }[])[0].address;
+    const hostDev = hostDefaultDevice();
+    let d: DaemonProcess | undefined;
+    let c: Clients;
+    const listeners: UdpListener[] = [];
+    const status = async (name: string) => (await c.rules.getRule({ name })).rule!.status! as RuleStatus;
+    const words = (s: RuleStatus) =>
+      `${s.state} ${s.message} | ${s.backendStatus.map((b) => `${b.active} ${b.message}`).join(' | ')}`;
+    const rule = (name: string, port: number, backend: { ip: string; mac: string; interface: string }) => ({
+      rule: {
+        name,
+        match: { protocol: Protocol.PROTOCOL_UDP, port, destination: '', sourcePrefixes: [] },
+        ingressInterfaces: ['in'],
+        backends: [{ ...backend, weight: 1 }],
+        udpChecksum: UdpChecksumMode.UDP_CHECKSUM_MODE_ZERO,
+        labels: {},
+        generation: 0n,
+      },
+    });
+    /** 20 datagrams from S over 20 flows; how many `netns` received on (ip, port). */
+    const send = async (netns: string, ip: string, port: number) => {
+      const l = await UdpListener.start(netns, ip, port);
+      listeners.push(l);
+      const { sent } = await sendUdp(S, NOWHERE, port, 20, { flows: 20 }).done;
+      await sleep(300);
+      return { sent, got: (await l.stop()).unique };
+    };
+    /** A veth `here` in D whose peer is eth0 in `there`, addressed `ip`/24, up on both sides. */
+    const backendHost = (there: string, here: string, ip: string) => {
+      ipd('link', 'add', here, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', there);
+      ipd('link', 'set', here, 'up');
+      sh('ip', ['-n', there, 'link', 'set', 'lo', 'up']);
+      sh('ip', ['-n', there, 'link', 'set', 'eth0', 'up']);
+      sh('ip', ['-n', there, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    };
+
+    before(async () => {
+      for (const x of all) sh('ip', ['netns', 'add', x]);
+      ipd('link', 'set', 'lo', 'up');
+      // Sender -> ingress "in" of the daemon's namespace.
+      ipd('link', 'add', 'in', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', S);
+      ipd('link', 'set', 'in', 'up');
+      sh('ip', ['-n', S, 'link', 'set', 'eth0', 'up']);
+      sh('ip', ['-n', S, 'addr', 'add', '198.18.1.1/24', 'dev', 'eth0']);
+      sh('ip', [
+        '-n',
+        S,
+        'neigh',
+        'replace',
+        '198.18.1.254',
+        'lladdr',
+        mac(D, 'in'),
+        'dev',
+        'eth0',
+        'nud',
+        'permanent',
+      ]);
+      sh('ip', ['-n', S, 'route', 'replace', 'default', 'via', '198.18.1.254', 'dev', 'eth0', 'onlink']);
+      d = await DaemonProcess.start(id, ['--log-level', 'info'], {}, ['nsenter', `--net=/run/netns/${D}`, '--']);
+      c = d.clients(d.unix);
+    });
+
+    after(async () => {
+      listeners.forEach((l) => l.kill());
+      await d?.destroy();
+      for (const x of all) shQuiet('ip', ['netns', 'del', x]);
+      XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+      rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+      removeIproute2BpffsDirs();
+    });
+
+    it(
+      "a) an egress without carrier named like a host device with carrier: out, 'no carrier'",
+      { skip: hostDev ? false : 'the host has no default-route device with carrier to borrow the name of' },
+      async () => {
+        const tap = hostDev!;
+        // A tap no process holds: up, NO-CARRIER. The host's device of that name has carrier.
+        ipd('tuntap', 'add', 'mode', 'tap', 'name', tap);
+        ipd('link', 'set', tap, 'up');
+        const [l] = JSON.parse(ipd('-j', 'link', 'show', 'dev', tap)) as { flags: string[] }[];
+        assert.ok(l.flags.includes('NO-CARRIER'), `premise: ${tap} in D has no carrier (${l.flags})`);
+        await c.rules.createRule(rule('tap', 7441, { ip: `10.${n}.3.2`, mac: '02:00:00:00:33:02', interface: tap }));
+        let s = await status('tap');
+        await until(
+          () => words(s),
+          async () => /has no carrier/.test((s = await status('tap')).backendStatus[0]?.message ?? ''),
+          10_000,
+        );
+        assert.equal(s.backendStatus[0].active, false, words(s));
+        assert.match(s.backendStatus[0].message, new RegExp(`egress ${tap} has no carrier`));
+        assert.notEqual(s.state, RuleState.RULE_STATE_ACTIVE, words(s));
+        await c.rules.deleteRule({ name: 'tap', expectedGeneration: 0n });
+      },
+    );
+
+    it('b) a backend behind a bridge port: resolved on the bridge, in, every datagram delivered', async () => {
+      const bip = `10.${n}.4.2`;
+      backendHost(B1, 'bp', bip);
+      ipd('link', 'add', 'br0', 'type', 'bridge');
+      ipd('link', 'set', 'bp', 'master', 'br0');
+      ipd('link', 'set', 'br0', 'up');
+      ipd('addr', 'add', `10.${n}.4.1/24`, 'dev', 'br0');
+      await c.rules.createRule(rule('port', 7442, { ip: bip, mac: '', interface: 'bp' }));
+      let s = await status('port');
+      await until(
+        () => `${words(s)}; ${ipd('neigh', 'show', bip)}`,
+        async () => (s = await status('port')).state === RuleState.RULE_STATE_ACTIVE && !!s.backendStatus[0]?.active,
+        15_000,
+      );
+      assert.match(ipd('neigh', 'show', bip), /dev br0 lladdr/, 'the entry is on the bridge');
+      const r = await send(B1, bip, 7442);
+      assert.equal(r.got, r.sent, `every datagram delivered (${JSON.stringify(r)}; ${words(await status('port'))})`);
+      await c.rules.deleteRule({ name: 'port', expectedGeneration: 0n });
+    });
+
+    it("c) a static MAC behind a veth whose peer is a bridge port: not 'contradicted', in, every datagram delivered", async () => {
+      const bip = `10.${n}.5.2`;
+      backendHost(B2, 'bq', bip);
+      ipd('link', 'add', 'br1', 'type', 'bridge');
+      ipd('link', 'add', 'v3', 'type', 'veth', 'peer', 'name', 'v3p');
+      ipd('link', 'set', 'bq', 'master', 'br1');
+      ipd('link', 'set', 'v3p', 'master', 'br1');
+      for (const x of ['br1', 'v3p', 'v3']) ipd('link', 'set', x, 'up');
+      const bmac = mac(B2, 'eth0');
+      await c.rules.createRule(rule('peer', 7443, { ip: bip, mac: bmac, interface: 'v3' }));
+      let s = await status('peer');
+      await until(
+        () => words(s),
+        async () => (s = await status('peer')).state === RuleState.RULE_STATE_ACTIVE && !!s.backendStatus[0]?.active,
+        15_000,
+      );
+      // Several passes later it is still in (a contradiction was said within a pass).
+      await sleep(1500);
+      s = await status('peer');
+      assert.equal(s.state, RuleState.RULE_STATE_ACTIVE, words(s));
+      assert.doesNotMatch(s.backendStatus[0].message, /contradicted/);
+      const r = await send(B2, bip, 7443);
+      assert.equal(r.got, r.sent, `every datagram delivered (${JSON.stringify(r)}; ${words(await status('peer'))})`);
+      await c.rules.deleteRule({ name: 'peer', expectedGeneration: 0n });
+    });
+  },
+);
