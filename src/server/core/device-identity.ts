@@ -69,14 +69,7 @@ export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = fa
     // Static MACs: their verdicts judged afresh (this pass: dirty), from the new device's peer and entries.
     for (const key of state.staticMacsByEgress.get(name) ?? []) {
       if (state.staticMacs.has(key)) c.forgot.push(`the verdict on static MAC ${key.slice(key.indexOf('|') + 1)}`);
-      state.staticMacs.delete(key);
-      state.macConflicts.delete(key);
-      state.logged.delete(`mac/${key}`);
-      state.staticMacUnverified.delete(key);
-      state.staticMacGrace.delete(key);
-      state.staticMacReprobe.delete(key);
-      state.staticMacResolve.delete(key);
-      state.staticMacHeld.delete(key);
+      state.forgetStaticMacVerdict(key);
       state.staticMacDirty.add(key);
     }
     state.staticMacEgresses.delete(name);

@@ -1899,14 +1899,7 @@ function touchStaticMac(state: CoreState, key: string): void {
 /** Forget a static MAC's verdict and what it asked (no rule names it any more, or its egress is missing). */
 function forgetStaticMac(state: CoreState, key: string): void {
   if (state.macConflicts.has(key) || state.staticMacUnverified.has(key)) touchStaticMac(state, key);
-  state.staticMacs.delete(key);
-  state.macConflicts.delete(key);
-  state.logged.delete(`mac/${key}`);
-  state.staticMacUnverified.delete(key);
-  state.staticMacGrace.delete(key);
-  state.staticMacReprobe.delete(key);
-  state.staticMacResolve.delete(key);
-  state.staticMacHeld.delete(key);
+  state.forgetStaticMacVerdict(key);
 }
 
 /** Whether the MAC of the neighbour entry `e` of `nkey` ("ip@iface") answered an ARP request of ours (undefined: not known). */

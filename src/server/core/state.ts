@@ -590,6 +590,22 @@ export class CoreState {
     else for (const n of at) this.touchRule(n);
   }
 
+  /**
+   * Forget what the reconciler judged and asked about the static-MAC backend `key` ("ip@iface|mac"): its verdict,
+   * its contradiction and the line logged for it, its "cannot be verified" and grace, the probes it asked for and
+   * its held verdict. What else that calls for (touching its rules, judging it again) is the caller's.
+   */
+  forgetStaticMacVerdict(key: string): void {
+    this.staticMacs.delete(key);
+    this.macConflicts.delete(key);
+    this.logged.delete(`mac/${key}`);
+    this.staticMacUnverified.delete(key);
+    this.staticMacGrace.delete(key);
+    this.staticMacReprobe.delete(key);
+    this.staticMacResolve.delete(key);
+    this.staticMacHeld.delete(key);
+  }
+
   constructor(capacity: Dataplane['capacity']) {
     this.slots = new IdPool(1, capacity.ruleSlots);
     this.ruleStatsIds = new IdPool(1, capacity.statsIds);
