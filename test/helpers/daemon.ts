@@ -2,7 +2,7 @@
  * A real xdpctld process for end-to-end tests, on a unique pin root and
  * socket, with generated nice-grpc clients.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { rmSync } from 'node:fs';
 
 import type { ChannelCredentials } from '@grpc/grpc-js';
@@ -178,6 +178,52 @@ export class DaemonProcess {
     }
     return out;
   }
+}
+
+/**
+ * xdpctld started by `sh -c script`, so that the shell's redirections give it a stdout (and stderr) that is a FIFO
+ * or a file, as a supervisor or a shell's `>`/`>>` does, and not a pipe of the test's. `shArgs` are the script's
+ * $0, $1, …; after them come `wrap` (a command that execs the daemon, e.g. prlimit) and the daemon's command
+ * line, which the script runs with `exec "$@"` (after shifting its own arguments past $0). The daemon listens on
+ * `unix:sock` only, logs at debug with --max-rules 128 and a Prometheus endpoint on 127.0.0.1:0, plus `extra`.
+ * Returns at once: the caller waits for its 'ready' line where it sent stdout.
+ */
+export function spawnRedirectedDaemon(o: {
+  script: string;
+  shArgs: string[];
+  wrap?: string[];
+  sock: string;
+  pinRoot: string;
+  stateDir: string;
+  extra?: string[];
+  stdio: StdioOptions;
+}): ChildProcess {
+  return spawn(
+    'sh',
+    [
+      '-c',
+      o.script,
+      ...o.shArgs,
+      ...(o.wrap ?? []),
+      process.execPath,
+      ...DAEMON_NODE_FLAGS,
+      DAEMON,
+      '--listen',
+      `unix:${o.sock}`,
+      '--pin-root',
+      o.pinRoot,
+      '--state-dir',
+      o.stateDir,
+      '--max-rules',
+      '128',
+      '--log-level',
+      'debug',
+      ...(o.extra ?? []),
+      '--prometheus',
+      '127.0.0.1:0',
+    ],
+    { cwd: ROOT, stdio: o.stdio },
+  );
 }
 
 /** Run the CLI against `server`; its exit code and output. */

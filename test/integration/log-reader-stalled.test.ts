@@ -19,8 +19,8 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { metric } from '../helpers/daemon.js';
-import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, ROOT, runId, sh, sleep, until, within } from '../helpers/env.js';
+import { metric, spawnRedirectedDaemon } from '../helpers/daemon.js';
+import { kernelOnly, runId, sh, sleep, until, within } from '../helpers/env.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
@@ -72,32 +72,15 @@ describe('a log reader that stops reading', kernelOnly(), () => {
     reader = spawn('cat', [fifo], { stdio: ['ignore', 'pipe', 'ignore'] });
     reader.stdout!.on('data', (d) => (got += d));
     let err = '';
-    daemon = spawn(
-      'sh',
-      [
-        '-c',
-        'exec "$@" > "$0"',
-        fifo,
-        process.execPath,
-        ...DAEMON_NODE_FLAGS,
-        DAEMON,
-        '--listen',
-        `unix:${sock}`,
-        '--pin-root',
-        pinRoot,
-        '--state-dir',
-        stateDir,
-        '--max-rules',
-        '128',
-        '--log-level',
-        'debug',
-        '--log-buffer-bytes',
-        '16384',
-        '--prometheus',
-        '127.0.0.1:0',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] },
-    );
+    daemon = spawnRedirectedDaemon({
+      script: 'exec "$@" > "$0"',
+      shArgs: [fifo],
+      sock,
+      pinRoot,
+      stateDir,
+      extra: ['--log-buffer-bytes', '16384'],
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     daemon.stderr!.on('data', (d) => (err += d));
     const lines = () =>
       got

@@ -16,7 +16,7 @@
  * (exit 1) with its pins left as they were; with stderr elsewhere, stdout took no line ever again.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import {
   appendFileSync,
   closeSync,
@@ -36,19 +36,8 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { promSample, xdpctl } from '../helpers/daemon.js';
-import {
-  DAEMON,
-  DAEMON_NODE_FLAGS,
-  emptyDisk,
-  fillDisk,
-  kernelOnly,
-  ROOT,
-  runId,
-  sh,
-  until,
-  within,
-} from '../helpers/env.js';
+import { promSample, spawnRedirectedDaemon, xdpctl } from '../helpers/daemon.js';
+import { emptyDisk, fillDisk, kernelOnly, runId, sh, until, within } from '../helpers/env.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
@@ -101,32 +90,15 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
    * O_APPEND); waits for its 'ready' line.
    */
   const start = async (out: string, err: string, wrap: string[] = [], redirect: '>>' | '>' = '>>') => {
-    daemon = spawn(
-      'sh',
-      [
-        '-c',
-        `o=$0 e=$1; shift; exec "$@" ${redirect}"$o" ${redirect === '>' ? '2>' : '2>>'}"$e"`,
-        out,
-        err,
-        ...wrap,
-        process.execPath,
-        ...DAEMON_NODE_FLAGS,
-        DAEMON,
-        '--listen',
-        `unix:${sock}`,
-        '--pin-root',
-        pinRoot,
-        '--state-dir',
-        stateDir,
-        '--max-rules',
-        '128',
-        '--log-level',
-        'debug',
-        '--prometheus',
-        '127.0.0.1:0',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'ignore', 'ignore'] },
-    );
+    daemon = spawnRedirectedDaemon({
+      script: `o=$0 e=$1; shift; exec "$@" ${redirect}"$o" ${redirect === '>' ? '2>' : '2>>'}"$e"`,
+      shArgs: [out, err],
+      wrap,
+      sock,
+      pinRoot,
+      stateDir,
+      stdio: ['ignore', 'ignore', 'ignore'],
+    });
     const exit = new Promise<number | null>((r) => daemon!.once('exit', (code) => r(code)));
     await until(
       () => `no ready line: ${tail(out)} ${tail(err)}`,
