@@ -29,7 +29,6 @@ import {
   ruleRows,
   writeRules,
   type ExecContext,
-  type RuleAllocation,
 } from './execute.js';
 import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
 import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
@@ -352,15 +351,10 @@ export class Controller {
     const want = planLinks(this.plannable(next, facts.interfaces), facts.interfaces, 'links');
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
     await preflight(this.ctx, plan.plans, { want, field: fieldOf }, { rules: opNames(ops), links: next });
-    const undo = new UndoLog();
-    const host = this.dp.trackHostChanges?.();
-    let txn: StoreTxn | undefined;
-    let alloc: RuleAllocation;
-    let unverified: Map<string, string>;
-    try {
-      alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
+    const { alloc, unverified } = await this.transact(async (undo, t) => {
+      const alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
       const b = this.begin(false, ops.length);
-      txn = b instanceof Promise ? await b : b;
+      const txn = (t.txn = b instanceof Promise ? await b : b);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -371,20 +365,12 @@ export class Controller {
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
       const ruleUnverified = await prepareRules(this.ctx, ops, plan, undo, pace);
-      unverified = await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
+      const unverified = await prepareLinks(this.ctx, next, want, 'links', undo, false, fieldOf);
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, false, ruleUnverified);
       connectLinks(this.ctx, want, cur, undo);
       await this.commit(txn, false);
-    } catch (e) {
-      const rolled = txn?.rollback(); // on the store's worker thread for a large change: settled below
-      undo.rollback(this.log);
-      await rolled;
-      await this.undoHostChanges(host, e);
-      throw e;
-    } finally {
-      host?.close();
-      this.ctx.preflightTargets = undefined;
-    }
+      return { alloc, unverified };
+    });
     // Its rules judged as a pass judges them before they are recorded (what a read says, the reply too).
     await finishRules(this.ctx, ops, alloc, pace, false, async (pending) => {
       await this.judgeStaticMacs(
@@ -419,6 +405,31 @@ export class Controller {
       await judgeChangeStaticMacs(this.ctx, rules, waitMs, pace);
     } catch (err) {
       this.log.warn({ err }, 'static MACs could not be judged: the next reconciler pass judges them');
+    }
+  }
+
+  /**
+   * One transaction's writes, `write` (its rows in the store transaction it sets as `t.txn`, its kernel steps over
+   * `undo`, COMMIT), made all or nothing: when it throws, the rows are rolled back (on the store's worker thread
+   * for a large change, while the kernel is undone here), `undo` is undone in reverse order and the device
+   * settings the change made are put back ({@link undoHostChanges}), then its error is thrown. Either way the
+   * scope that tracked those settings is closed and the preflight's targets forgotten.
+   */
+  private async transact<T>(write: (undo: UndoLog, t: { txn?: StoreTxn }) => Promise<T>): Promise<T> {
+    const undo = new UndoLog();
+    const host = this.dp.trackHostChanges?.();
+    const t: { txn?: StoreTxn } = {};
+    try {
+      return await write(undo, t);
+    } catch (e) {
+      const rolled = t.txn?.rollback(); // settled after the kernel is undone
+      undo.rollback(this.log);
+      await rolled;
+      await this.undoHostChanges(host, e);
+      throw e;
+    } finally {
+      host?.close();
+      this.ctx.preflightTargets = undefined;
     }
   }
 
@@ -1325,14 +1336,10 @@ export class Controller {
         { restoring },
       );
     }
-    const undo = new UndoLog();
-    const host = this.dp.trackHostChanges?.();
-    let txn: StoreTxn | undefined;
-    let alloc: RuleAllocation;
-    try {
-      alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
+    const alloc = await this.transact(async (undo, t) => {
+      const alloc = await allocateRules(this.ctx, ops, plan, restoring, undo, pace);
       const b = this.begin(restoring, ops.length);
-      txn = b instanceof Promise ? await b : b;
+      const txn = (t.txn = b instanceof Promise ? await b : b);
       if (txn) {
         for (const row of ruleRows(ops, alloc)) {
           if (typeof row === 'string') txn.deleteRule(row);
@@ -1342,17 +1349,8 @@ export class Controller {
       }
       await writeRules(this.ctx, ops, plan, alloc, undo, pace, restoring);
       await this.commit(txn, restoring);
-    } catch (e) {
-      // A change on the store's worker thread rolls back there while the kernel is undone here.
-      const rolled = txn?.rollback();
-      undo.rollback(this.log);
-      await rolled;
-      await this.undoHostChanges(host, e);
-      throw e;
-    } finally {
-      host?.close();
-      this.ctx.preflightTargets = undefined;
-    }
+      return alloc;
+    });
     // Durable and in the kernel: from here nothing undoes the change. Its rules are judged as a pass judges
     // them before they are recorded, so that no read (nor the reply) sees a status as planned: one said "MAC
     // resolved" for a MAC no probe of ours had answered while a re-apply's pass went on. A client's change logs
@@ -1792,30 +1790,18 @@ export class Controller {
     // A client's change: what can be known without changing anything is checked before anything is written.
     if (!tolerant)
       await preflight(this.ctx, [], { want, field: fieldOf ?? (() => field) }, { rules: new Set(), links: next });
-    const undo = new UndoLog();
-    const host = this.dp.trackHostChanges?.();
-    let txn: StoreTxn | undefined;
-    let unverified: Map<string, string>;
-    try {
+    const unverified = await this.transact(async (undo, t) => {
       const b = this.begin(tolerant);
-      txn = b instanceof Promise ? await b : b;
+      const txn = (t.txn = b instanceof Promise ? await b : b);
       if (txn) {
         for (const [key, l] of next) if (this.state.links.get(key) !== l) txn.putLink(l);
         for (const key of this.state.links.keys()) if (!next.has(key)) txn.deleteLink(key);
       }
-      unverified = await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
+      const unverified = await prepareLinks(this.ctx, next, want, field, undo, tolerant, fieldOf);
       connectLinks(this.ctx, want, cur, undo);
       await this.commit(txn, tolerant);
-    } catch (e) {
-      const rolled = txn?.rollback();
-      undo.rollback(this.log);
-      await rolled;
-      await this.undoHostChanges(host, e);
-      throw e;
-    } finally {
-      host?.close();
-      this.ctx.preflightTargets = undefined;
-    }
+      return unverified;
+    });
     finishLinks(this.ctx, next, want, unverified);
     if (!tolerant) observeLinkDirections(this.ctx, want);
     // The write observed: the links, their interfaces, and the rules on an ingress a link now shadows or
