@@ -434,16 +434,11 @@ export class KernelDataplane implements Dataplane {
   private saveHostChanges(what?: object, change?: string): boolean {
     if (!this.hostChangesFile) return true;
     if (this.keepAside) return false; // an unreadable record kept in place: logged at start
-    const tmp = `${this.hostChangesFile}.tmp`;
     try {
-      writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
-        mode: 0o600,
-      });
-      renameSync(tmp, this.hostChangesFile);
+      this.writeHostChanges(this.hostChangesFile);
       this.hostChangesPending = false;
       return true;
     } catch (e) {
-      rmSync(tmp, { force: true });
       this.hostChangesPending = true;
       this.log?.warn(
         { err: e, file: this.hostChangesFile, ...what },
@@ -452,6 +447,23 @@ export class KernelDataplane implements Dataplane {
           'written: tried again at every reconciler pass)',
       );
       return false;
+    }
+  }
+
+  /**
+   * The host-changes record as this daemon holds it, written to `file` atomically (a temporary file, mode 0600,
+   * renamed over it). On failure the temporary file is removed and the error thrown.
+   */
+  private writeHostChanges(file: string): void {
+    const tmp = `${file}.tmp`;
+    try {
+      writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
+        mode: 0o600,
+      });
+      renameSync(tmp, file);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
     }
   }
 
@@ -465,19 +477,15 @@ export class KernelDataplane implements Dataplane {
    */
   saveHostChangesPending(): void {
     if (!this.hostChangesPending || !this.hostChangesFile || this.keepAside) return;
-    const tmp = `${this.hostChangesFile}.tmp`;
     try {
-      writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
-        mode: 0o600,
-      });
-      renameSync(tmp, this.hostChangesFile);
+      this.writeHostChanges(this.hostChangesFile);
       this.hostChangesPending = false;
       this.log?.info(
         { file: this.hostChangesFile, gro: this.groChanges.length, offloads: this.offloadChanges.length },
         `host changes not recorded earlier (the disk refused writes) are now recorded in ${this.hostChangesFile}`,
       );
     } catch {
-      rmSync(tmp, { force: true }); // still refused: said when the change was made; tried again next pass
+      // still refused: said when the change was made; tried again next pass
     }
   }
 
