@@ -3,8 +3,9 @@
  * certificate issued from the request. Every file is `<dir>/<name>.<ext>`: `ca.key` + `ca.pem` for a CA named
  * "ca", `server.key` + `server.csr` for a request named "server", then `server.pem` for its certificate.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from 'node:tls';
 
 import { sh } from './env.js';
 
@@ -118,4 +119,28 @@ export function makePki(dir: string, certs: Record<string, [string, string]>): v
     makeRequest(dir, name, cn);
     issue(dir, name, { ext: san ? `subjectAltName=${san}` : '' });
   }
+}
+
+/**
+ * The subject CN of the certificate the TLS server at `address` ("host:port") presents to a new connection (ALPN
+ * h2, server name "localhost"), trusting the CA in the file `ca`; with `client`, the files of the certificate and
+ * key it presents in turn. The files are read at each call.
+ */
+export function servedCnAt(address: string, ca: string, client?: { cert: string; key: string }): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const at = address.lastIndexOf(':');
+    const s = connect({
+      host: address.slice(0, at),
+      port: Number(address.slice(at + 1)),
+      ca: readFileSync(ca),
+      ...(client ? { cert: readFileSync(client.cert), key: readFileSync(client.key) } : {}),
+      ALPNProtocols: ['h2'],
+      servername: 'localhost',
+    });
+    s.once('secureConnect', () => {
+      resolve(String(s.getPeerCertificate().subject.CN));
+      s.destroy();
+    });
+    s.once('error', reject);
+  });
 }

@@ -17,14 +17,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, UdpChecksumMode, type Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, sleep, until, within } from '../helpers/env.js';
-import { makePki } from '../helpers/pki.js';
+import { makePki, servedCnAt } from '../helpers/pki.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 /** Every signal xdpctld stops on (signals.ts SIGNAL_ACTIONS 'stop'; SIGPOLL is SIGIO on Linux). */
@@ -269,22 +268,7 @@ describe('daemon signals', kernelOnly(), () => {
     copyFileSync(`${dir}/server.pem`, `${dir}/tls.pem`);
     copyFileSync(`${dir}/server.key`, `${dir}/tls.key`);
     const d = await start(['--tls-cert', `${dir}/tls.pem`, '--tls-key', `${dir}/tls.key`]);
-    const servedCn = () =>
-      new Promise<string>((resolve, reject) => {
-        const at = d.tcp.lastIndexOf(':');
-        const s = connect({
-          host: d.tcp.slice(0, at),
-          port: Number(d.tcp.slice(at + 1)),
-          ca: readFileSync(`${dir}/ca.pem`),
-          ALPNProtocols: ['h2'],
-          servername: 'localhost',
-        });
-        s.once('secureConnect', () => {
-          resolve(String(s.getPeerCertificate().subject.CN));
-          s.destroy();
-        });
-        s.once('error', reject);
-      });
+    const servedCn = () => servedCnAt(d.tcp, `${dir}/ca.pem`);
     assert.equal(await servedCn(), 'server');
     copyFileSync(`${dir}/rotated.key`, `${dir}/tls.key`);
     copyFileSync(`${dir}/rotated.pem`, `${dir}/tls.pem`);

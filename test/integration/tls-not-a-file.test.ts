@@ -9,8 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:tls';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,7 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { DAEMON, DAEMON_NODE_FLAGS, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
-import { makePki } from '../helpers/pki.js';
+import { makePki, servedCnAt } from '../helpers/pki.js';
 
 describe('TLS files: a FIFO or a device at the path is refused, never waited on', kernelOnly(), () => {
   const id = runId();
@@ -40,22 +39,7 @@ describe('TLS files: a FIFO or a device at the path is refused, never waited on'
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const servedCn = () =>
-    new Promise<string>((resolve, reject) => {
-      const at = d!.tcp.lastIndexOf(':');
-      const s = connect({
-        host: d!.tcp.slice(0, at),
-        port: Number(d!.tcp.slice(at + 1)),
-        ca: readFileSync(f('ca.pem')),
-        ALPNProtocols: ['h2'],
-        servername: 'localhost',
-      });
-      s.once('secureConnect', () => {
-        resolve(String(s.getPeerCertificate().subject.CN));
-        s.destroy();
-      });
-      s.once('error', reject);
-    });
+  const servedCn = () => servedCnAt(d!.tcp, f('ca.pem'));
 
   it('a FIFO at the certificate path while running: refused and said once, still serving, SIGTERM ends it', async () => {
     const args = ['--tls-cert', f('tls.pem'), '--tls-key', f('tls.key'), '--tls-refresh-seconds', '1'];

@@ -17,7 +17,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { HANDSHAKE_LOG_BURST, HANDSHAKE_LOG_WINDOW_MS } from '../../src/server/tls.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, sh, sleep } from '../helpers/env.js';
-import { issue, makeCa, makeRequest } from '../helpers/pki.js';
+import { issue, makeCa, makeRequest, servedCnAt } from '../helpers/pki.js';
 
 describe('TLS and mTLS', kernelOnly(), () => {
   const id = runId();
@@ -80,27 +80,7 @@ describe('TLS and mTLS', kernelOnly(), () => {
   });
 
   /** The CN of the certificate the daemon presents to a new connection. */
-  const servedCn = () =>
-    new Promise<string>((resolve, reject) => {
-      const [host, port] = [
-        d!.tcp.slice(0, d!.tcp.lastIndexOf(':')),
-        Number(d!.tcp.slice(d!.tcp.lastIndexOf(':') + 1)),
-      ];
-      const s = connect({
-        host,
-        port,
-        ca: sh('cat', [f('ca.pem')]),
-        cert: sh('cat', [f('client.pem')]),
-        key: sh('cat', [f('client.key')]),
-        ALPNProtocols: ['h2'],
-        servername: 'localhost',
-      });
-      s.once('secureConnect', () => {
-        resolve(String(s.getPeerCertificate().subject.CN));
-        s.destroy();
-      });
-      s.once('error', reject);
-    });
+  const servedCn = () => servedCnAt(d!.tcp, f('ca.pem'), { cert: f('client.pem'), key: f('client.key') });
 
   it('follows certificates rotated in place, and keeps the last good set over a half-written one', async () => {
     assert.equal(await servedCn(), 'server');
