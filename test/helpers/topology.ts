@@ -91,6 +91,27 @@ export class Topology {
   }
 
   /**
+   * Send three raw frames out of a host's eth0 (broadcast, ethertype 0x88b5 for local experiments, 100 bytes of
+   * payload) and count those that come back to it unchanged, until none comes for 1 s: what python3 printed.
+   */
+  reflectedFrames(role: string): string {
+    return this.exec(role, 'python3', [
+      '-c',
+      [
+        'import socket, select',
+        's = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); s.bind(("eth0", 0))',
+        'f = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x09\\x88\\xb5" + bytes(range(100))',
+        'for i in range(3): s.send(f)',
+        'n = 0',
+        'while select.select([s], [], [], 1)[0]:',
+        '    d, addr = s.recvfrom(2048)',
+        '    if addr[2] != socket.PACKET_OUTGOING and d == f: n += 1',
+        'print(n)',
+      ].join('\n'),
+    ]);
+  }
+
+  /**
    * Route everything from a host to a gateway MAC without any address on
    * our side: a static neighbour entry for a made-up gateway IP.
    */
