@@ -365,3 +365,21 @@ export const INTERVALS: [{ seconds: bigint; nanos: number } | undefined, boolean
   [{ seconds: 0n, nanos: 2e9 }, false],
   [{ seconds: 100000n, nanos: 0 }, false],
 ];
+
+/**
+ * A mutation of a protobuf encoding: a field appended, numbered 1..2000, of any wire type (0..7: a field of the
+ * wrong wire type or an unknown one), its tag followed by up to 12 bytes (its value, or one cut short).
+ */
+export const appendedField: fc.Arbitrary<(base: Uint8Array) => Uint8Array> = fc
+  .tuple(fc.integer({ min: 1, max: 2000 }), fc.nat(7), fc.uint8Array({ maxLength: 12 }))
+  .map(([field, wire, tail]) => (base: Uint8Array) => {
+    const tag = [];
+    for (let v = (field << 3) | wire; ; v >>>= 7) {
+      if (v < 0x80) {
+        tag.push(v);
+        break;
+      }
+      tag.push((v & 0x7f) | 0x80);
+    }
+    return Uint8Array.from([...base, ...tag, ...tail]);
+  });

@@ -50,6 +50,7 @@ import {
   type Rule,
 } from '../../src/gen/xdpctl/v1/rule.js';
 import {
+  appendedField,
   BAD_ENUMS,
   BAD_NAMES,
   breakLink,
@@ -794,19 +795,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
         return b;
       }),
       // a field of the wrong wire type or an unknown field appended
-      fc
-        .tuple(fc.integer({ min: 1, max: 2000 }), fc.nat(7), fc.uint8Array({ maxLength: 12 }))
-        .map(([field, wire, tail]) => (base: Uint8Array) => {
-          const tag = [];
-          for (let v = (field << 3) | wire; ; v >>>= 7) {
-            if (v < 0x80) {
-              tag.push(v);
-              break;
-            }
-            tag.push((v & 0x7f) | 0x80);
-          }
-          return Uint8Array.from([...base, ...tag, ...tail]);
-        }),
+      appendedField,
       // varints that never end
       fc.integer({ min: 1, max: 12 }).map((n) => () => Uint8Array.from([0x08, ...Array<number>(n).fill(0xff)])),
     );

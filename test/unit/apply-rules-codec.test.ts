@@ -33,6 +33,7 @@ import { ruleService, updateRuleReply } from '../../src/server/services/rule-ser
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { capacityForRules } from '../../src/server/daemon.js';
+import { appendedField } from '../helpers/arbitraries.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 import { resourcesOf } from '../../src/server/services/access.js';
 
@@ -110,19 +111,7 @@ const mutate = fc.oneof(
     }
     return b;
   }),
-  fc
-    .tuple(fc.integer({ min: 1, max: 2000 }), fc.nat(7), fc.uint8Array({ maxLength: 12 }))
-    .map(([field, wire, tail]) => (base: Uint8Array) => {
-      const tag = [];
-      for (let v = (field << 3) | wire; ; v >>>= 7) {
-        if (v < 0x80) {
-          tag.push(v);
-          break;
-        }
-        tag.push((v & 0x7f) | 0x80);
-      }
-      return Uint8Array.from([...base, ...tag, ...tail]);
-    }),
+  appendedField,
 );
 
 describe('ApplyRules decoded and encoded a chunk at a time', () => {
