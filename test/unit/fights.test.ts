@@ -131,4 +131,36 @@ describe('repair fights', () => {
       ['gro|5|2@ns|0'],
     );
   });
+
+  it("a subject's owners (rules, link directions) are told at both ends, apart from its interfaces", () => {
+    const { f, repair, pass } = setup();
+    const entry: RepairSubject = {
+      key: 'entry|port index (map rule_ports, port 7813)',
+      what: 'the kernel entry port index (map rule_ports, port 7813)',
+      interfaces: [],
+      rules: ['web'],
+      links: ['v9'],
+    };
+    repair(0, entry);
+    repair(500, entry);
+    assert.equal(f.byRule().size, 0);
+    repair(500, entry);
+    assert.match(
+      f.byRule().get('web')!,
+      /^the kernel entry port index \(map rule_ports, port 7813\) keeps being undone/,
+    );
+    assert.match(f.byLink().get('v9')!, /keeps being undone/);
+    assert.equal(f.linkFighting('v9'), true);
+    assert.equal(f.byInterface().size, 0, 'no interface named');
+    assert.deepEqual([...f.takeChangedRules()], ['web']);
+    assert.deepEqual([...f.takeChangedRules()], []);
+    // A rule that comes to own it during the fight is judged again, as the one that stops owning it.
+    repair(500, { ...entry, rules: ['api'] });
+    assert.deepEqual([...f.takeChangedRules()].sort(), ['api', 'web']);
+    assert.equal(f.byRule().has('web'), false);
+    pass(FIGHT_WINDOW_MS);
+    assert.equal(f.byRule().size, 0);
+    assert.equal(f.linkFighting('v9'), false);
+    assert.deepEqual([...f.takeChangedRules()], ['api']);
+  });
 });

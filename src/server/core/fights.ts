@@ -6,14 +6,17 @@
  * (core/clock.ts monotonicMs: a wall-clock step must not start or end a fight):
  *  - the {@link FIGHT_REPAIRS}rd repair of one subject within {@link FIGHT_WINDOW_MS} is a fight: one warning
  *    naming the subject and what keeps undoing it when that is known; while it lasts the rules and links
- *    using the subject's interfaces are DEGRADED / warned with a message naming it (rule-status.ts
- *    judgeRule, resync.ts linkDirectionWarning), it is a datapath problem (`xdpctl.datapath` NOT_SERVING,
+ *    using the subject's interfaces, and those that own it (a map entry's rules and link directions), are
+ *    DEGRADED / warned with a message naming it (rule-status.ts judgeRule, resync.ts linkDirectionWarning),
+ *    it is a datapath problem (`xdpctl.datapath` NOT_SERVING,
  *    GetStatus warnings), and its repairs are not logged one by one: one line per {@link FIGHT_WINDOW_MS}
  *    gives their count;
  *  - it ends when {@link FIGHT_WINDOW_MS} pass with no repair of the subject: one line says so (with the
  *    repairs not said yet), statuses come back.
  * A repair is recorded only where the kernel state was observed wrong and then written, once per subject per
- * reconciler pass ({@link RepairFights.beginPass}): one observed undo is one repair.
+ * reconciler pass ({@link RepairFights.beginPass}): one observed undo is one repair. The daemon sees the state
+ * only when it looks (a pass, about once a second), so undos between two looks are one repair, and what is
+ * said counts repairs, never undos.
  * Owns no kernel state and does no I/O but its log lines; the callers decide what a repair is.
  */
 import { monotonicMs } from './clock.js';
@@ -32,6 +35,10 @@ export interface RepairSubject {
   what: string;
   /** The interfaces whose rules and links the fight touches (may be empty: a datapath problem only). */
   interfaces: readonly string[];
+  /** The rules that own the subject (a kernel entry of theirs), DEGRADED while the fight lasts. */
+  rules?: readonly string[];
+  /** The link directions that own the subject, by ingress name (their devmap entry, flags): warned while it lasts. */
+  links?: readonly string[];
   /** What keeps undoing it, when the daemon can know it. */
   by?: string;
 }
@@ -65,6 +72,8 @@ export class RepairFights {
   private pass = 0;
   /** Interfaces whose fight started or ended since {@link takeChanged}. */
   private changed = new Set<string>();
+  /** Rules whose fight (as owners of its subject) started or ended since {@link takeChangedRules}. */
+  private changedRules = new Set<string>();
 
   /** Where the fight lines go (the controller's log; set when it starts). */
   log?: Logger;
@@ -92,6 +101,11 @@ export class RepairFights {
       e = { subject, times: [], pass: this.pass, last: t };
       this.entries.set(subject.key, e);
     }
+    if (e.fight && !sameOwners(e.subject, subject)) {
+      // Its owners changed during the fight (a rule added or removed): both the old and the new judged again.
+      this.touch(e.subject);
+      this.touch(subject);
+    }
     e.subject = subject;
     e.pass = this.pass;
     e.last = t;
@@ -114,12 +128,13 @@ export class RepairFights {
     const span = t - e.times[0];
     e.fight = { since: t, repairs: e.times.length, unsaid: 0, saidAt: t };
     e.times = [];
-    for (const i of subject.interfaces) this.changed.add(i);
+    this.touch(subject);
     this.log?.warn(
       { subject: subject.what, repairs: e.fight.repairs, withinMs: Math.round(span), by: subject.by ?? 'unknown' },
       `${subject.what}: repaired ${e.fight.repairs} times in ${(span / 1000).toFixed(1)} s: something keeps ` +
-        `undoing it (${subject.by ?? 'what, the kernel does not say'}); the daemon repairs it each time, and ` +
-        `repairs of it are counted, not logged one by one, until ${FIGHT_WINDOW_MS / 1000} s pass without one`,
+        `undoing it (${subject.by ?? 'what, the kernel does not say'}); the daemon repairs it each time it finds ` +
+        'it undone (it looks about once a second: undos in between are not seen), and repairs of it are ' +
+        `counted, not logged one by one, until ${FIGHT_WINDOW_MS / 1000} s pass without one`,
     );
   }
 
@@ -140,7 +155,7 @@ export class RepairFights {
       }
       const f = e.fight;
       this.entries.delete(key);
-      for (const i of e.subject.interfaces) this.changed.add(i);
+      this.touch(e.subject);
       this.log?.info(
         { subject: e.subject.what, repairs: f.repairs, unsaid: f.unsaid, lastedMs: Math.round(e.last - f.since) },
         `${e.subject.what}: no repair needed for ${FIGHT_WINDOW_MS / 1000} s: the fight is over after ` +
@@ -162,18 +177,21 @@ export class RepairFights {
     f.saidAt = t;
   }
 
+  /** A fight's status text: stable while it lasts (a status that changed at every repair would be a transition each time). */
+  private textOf(e: Entry): string {
+    return (
+      `${e.subject.what} keeps being undone (${e.subject.by ?? 'not by this daemon'}): found undone and ` +
+      `repaired ${FIGHT_REPAIRS} times or more within ${FIGHT_WINDOW_MS / 1000} s, each repair holding only ` +
+      'until the next undo'
+    );
+  }
+
   /** The fights going on now, with their status texts. */
   current(): Fight[] {
     const out: Fight[] = [];
     for (const e of this.entries.values()) {
       if (!e.fight) continue;
-      out.push({
-        subject: e.subject,
-        // Stable while the fight lasts (a status that changed at every repair would be a transition each time).
-        text:
-          `${e.subject.what} keeps being undone (${e.subject.by ?? 'not by this daemon'}): repaired ` +
-          `${FIGHT_REPAIRS} times or more within ${FIGHT_WINDOW_MS / 1000} s, each repair holding only until the next undo`,
-      });
+      out.push({ subject: e.subject, text: this.textOf(e) });
     }
     return out;
   }
@@ -187,9 +205,35 @@ export class RepairFights {
     return m;
   }
 
+  /** Rule -> the fights over what it owns now (their texts, joined), for rule statuses. */
+  byRule(): ReadonlyMap<string, string> {
+    return this.byOwner((s) => s.rules);
+  }
+
+  /** Link direction (by ingress name) -> the fights over what it owns now (their texts, joined). */
+  byLink(): ReadonlyMap<string, string> {
+    return this.byOwner((s) => s.links);
+  }
+
+  private byOwner(owners: (s: RepairSubject) => readonly string[] | undefined): ReadonlyMap<string, string> {
+    const m = new Map<string, string>();
+    for (const e of this.entries.values()) {
+      if (!e.fight || !owners(e.subject)?.length) continue;
+      const text = this.textOf(e);
+      for (const o of owners(e.subject)!) m.set(o, m.has(o) ? `${m.get(o)}; ${text}` : text);
+    }
+    return m;
+  }
+
   /** Whether `iface` is in a fight now (no text built). */
   fighting(iface: string): boolean {
     for (const e of this.entries.values()) if (e.fight && e.subject.interfaces.includes(iface)) return true;
+    return false;
+  }
+
+  /** Whether the link direction from `from` owns a subject in a fight now (no text built). */
+  linkFighting(from: string): boolean {
+    for (const e of this.entries.values()) if (e.fight && e.subject.links?.includes(from)) return true;
     return false;
   }
 
@@ -199,4 +243,23 @@ export class RepairFights {
     this.changed = new Set();
     return c;
   }
+
+  /** The rules whose fight (as owners) began or ended since the last call (judged again). */
+  takeChangedRules(): Set<string> {
+    const c = this.changedRules;
+    this.changedRules = new Set();
+    return c;
+  }
+
+  private touch(s: RepairSubject): void {
+    for (const i of s.interfaces) this.changed.add(i);
+    for (const r of s.rules ?? []) this.changedRules.add(r);
+  }
+}
+
+const sameList = (a: readonly string[] | undefined, b: readonly string[] | undefined) =>
+  (a?.length ?? 0) === (b?.length ?? 0) && (a ?? []).every((x, i) => x === b![i]);
+
+function sameOwners(a: RepairSubject, b: RepairSubject): boolean {
+  return sameList(a.interfaces, b.interfaces) && sameList(a.rules, b.rules) && sameList(a.links, b.links);
 }

@@ -29,6 +29,7 @@ import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
+import { entrySubject } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
@@ -714,7 +715,9 @@ export async function resync(
     try {
       dp.disconnect(f);
       state.reconcilerEvents.kernel_repairs++;
-      state.fights.repaired({ key: 'link-entries', what: 'the link entries (map xc_links)', interfaces: [] }, () =>
+      // No link holds it: a datapath problem only (no link's direction to warn).
+      const subject = { key: `link|${f}`, what: `the link entry from ifindex ${f} (map xc_links)`, interfaces: [] };
+      state.fights.repaired(subject, () =>
         ctx.log.warn(
           { ifindex: f, to },
           `kernel entries differed from the desired state (this daemon wrote no such entry): link direction from ifindex ${f} ` +
@@ -757,13 +760,28 @@ export async function resync(
     }
     // Undone (a repair, fights.ts): a direction the devmap held as wanted at an earlier pass (same ingress and
     // egress ifindex) that it holds no more; one whose interface was made again (another ifindex) is no undo.
-    const undone = [...wanted].some(([f, t]) => kernelLinks.get(f) !== t && state.linkSeen.get(f) === t);
+    // Each undone direction is a subject of its own, owned by its link direction (warned while a fight lasts).
+    const undone = [...wanted].filter(([f, t]) => kernelLinks.get(f) !== t && state.linkSeen.get(f) === t);
     const line = () =>
       ctx.log.warn({ differed }, 'link entries in the kernel differ from the desired state: re-applying links');
     if (differed.length) {
       state.reconcilerEvents.kernel_repairs += differed.length;
-      if (undone) {
-        state.fights.repaired({ key: 'link-entries', what: 'the link entries (map xc_links)', interfaces: [] }, line);
+      if (undone.length) {
+        let say = false;
+        for (const [f, t] of undone) {
+          const from = state.linkDirs.get(f)?.from ?? dp.nameOf?.(f);
+          const to = state.linkDirs.get(f)?.to ?? dp.nameOf?.(t);
+          const subject = {
+            key: `link|${f}`,
+            what: `the link entry ${from ?? `ifindex ${f}`} -> ${to ?? `ifindex ${t}`} (map xc_links, ifindex ${f})`,
+            interfaces: [],
+            ...(from ? { links: [from] } : {}),
+          };
+          state.fights.repaired(subject, () => {
+            say = true;
+          });
+        }
+        if (say) line();
       } else line();
     } else ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
@@ -982,6 +1000,7 @@ export async function resync(
     handSet,
     ingressSettings: state.ingressSettings,
     fights: state.fights.byInterface(),
+    ruleFights: state.fights.byRule(),
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress,
@@ -1272,6 +1291,7 @@ export async function observeWrittenRules(
     handSet,
     ingressSettings: state.ingressSettings,
     fights: state.fights.byInterface(),
+    ruleFights: state.fights.byRule(),
     arpUnavailable: ctx.dp.arpUnavailable?.(),
     via,
     foreignEgress: foreignEgresses(
@@ -1364,9 +1384,11 @@ export function linkDirectionWarning(ctx: ExecContext, from: string, to: string)
   const { dp, state } = ctx;
   const drift = state.ingressSettings.get(from);
   if (drift) return `${from} -> ${to}: ${drift}`;
-  if (state.fights.fighting(from) || state.fights.fighting(to)) {
+  if (state.fights.fighting(from) || state.fights.fighting(to) || state.fights.linkFighting(from)) {
     const f = state.fights.byInterface();
-    return `${from} -> ${to}: ${[f.get(from), f.get(to)].filter((x) => x).join('; ')}`;
+    const own = state.fights.byLink().get(from);
+    const texts = [...new Set([own, f.get(from), f.get(to)].filter((x) => x))];
+    return `${from} -> ${to}: ${texts.join('; ')}`;
   }
   const mIn = dp.linkState?.(from)?.mtu;
   const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
@@ -2186,9 +2208,8 @@ function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>
 function repairedEntries(ctx: ExecContext, repaired: readonly string[], line: () => void): void {
   let say = false;
   for (const r of repaired) {
-    const at = r.indexOf(': kernel ');
-    const entry = at > 0 ? r.slice(0, at) : r;
-    ctx.state.fights.repaired({ key: `entry|${entry}`, what: `the kernel entry ${entry}`, interfaces: [] }, () => {
+    // Its owners (entry-owners.ts): the rules and link directions a fight over it makes DEGRADED / warned.
+    ctx.state.fights.repaired(entrySubject(r, ctx.state), () => {
       say = true;
     });
   }
@@ -2442,6 +2463,7 @@ function touchChangedInterfaces(
   const fights = state.fights.byInterface();
   // Interfaces whose fight began or ended (their rules judged again even when no other fact changed).
   for (const iface of state.fights.takeChanged()) state.touchInterface(iface);
+  for (const name of state.fights.takeChangedRules()) if (state.rules.has(name)) state.touchRule(name);
   for (const [iface, info] of facts.interfaces) {
     const link = facts.links.get(iface);
     const p = facts.peers.get(iface);

@@ -615,6 +615,8 @@ export interface RuleObservation {
   route?: ReadonlyMap<string, string>;
   /** Interface -> a repair another tool keeps undoing there (core/fights.ts), as its status text says it. */
   fights?: ReadonlyMap<string, string>;
+  /** Rule name -> a repair of a kernel entry it owns that another tool keeps undoing (core/fights.ts byRule). */
+  ruleFights?: ReadonlyMap<string, string>;
   /** Tap egress name -> the frames its tx_dropped counted lately ({@link tapDropStatus}, core/tap-drops.ts). */
   tapDrops?: ReadonlyMap<string, string>;
   /** Backend egress name -> the XDP programs not ours on its veth peer, said ({@link peerXdpStatus}); absent: none. */
@@ -812,7 +814,7 @@ export function cannotProbeStatus(s: RuleStatus, why: string): RuleStatus {
  */
 export function judgeRule(
   k: { status: RuleStatus; written?: RuleStatus; ingressProblems?: string[]; ingressDown?: string[] },
-  rule: Pick<RuleSpec, 'ingressInterfaces' | 'backends'>,
+  rule: Pick<RuleSpec, 'ingressInterfaces' | 'backends'> & { name?: string },
   o: RuleObservation,
 ): void {
   k.ingressProblems = rule.ingressInterfaces.flatMap((i) =>
@@ -869,16 +871,19 @@ export function judgeRule(
   }
   // A repair another tool keeps undoing on one of its interfaces (core/fights.ts): each repair holds only until
   // the next undo, so what the rule forwards comes and goes: DEGRADED, named, while the fight lasts.
-  if (o.fights?.size && observed.state !== 'inactive') {
+  // So does one over a kernel entry the rule owns (its port index, match, source, table or backend entries).
+  const own = rule.name === undefined ? undefined : o.ruleFights?.get(rule.name);
+  if ((o.fights?.size || own) && observed.state !== 'inactive') {
     const seen = new Set<string>();
     const fights: string[] = [];
-    for (const i of [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)]) {
-      const f = o.fights.get(i);
+    const add = (f: string | undefined) => {
       if (f && !seen.has(f)) {
         seen.add(f);
         fights.push(f);
       }
-    }
+    };
+    add(own);
+    for (const i of [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)]) add(o.fights?.get(i));
     if (fights.length) {
       observed = {
         ...observed,

@@ -1629,6 +1629,13 @@ export class KernelDataplane implements Dataplane {
   private readonly groSettled = new Set<string>();
 
   /**
+   * Veths whose peer's GRO this daemon switched on (first or again), by name: the veth's carrier-change count
+   * (IFLA_CARRIER_CHANGES, which moves when the peer goes down or up) then. A GRO lost again tells whether the
+   * peer went down and up since (a repair subject of its own: core/fights.ts).
+   */
+  private readonly groCarrier = new Map<string, number | undefined>();
+
+  /**
    * Whether frames redirected into `ifname` by native XDP are transmitted.
    * A device other than a veth: its xdp-features (netdev netlink family) decide: NDO_XMIT is set when the
    * driver has ndo_xdp_xmit, which a bridge never has. A veth transmits into its peer, and the peer
@@ -1774,10 +1781,15 @@ export class KernelDataplane implements Dataplane {
     this.vethVerified.delete(ifname);
 
     const s = await ensureVethPeerNapi(ifname, fix);
-    // The repair's subject (core/fights.ts): the device pair, and the veth's carrier changes (a peer that went
-    // down and came back, a container restarted, starts a new count: its runtime sets it up afresh).
+    // The repair's subject (core/fights.ts): the device pair (a peer made again, a new container's, is another
+    // device: a new count), and how GRO was lost: while the peer stayed up, or across a down and up of the peer
+    // (the veth's carrier changes moved since this daemon last switched it on). The same device going down and
+    // up each time is the same subject, so a loop of down, GRO off, up is a fight; a GRO switched off while up
+    // and one lost across a down/up are two different undos, counted apart.
+    const was = this.groCarrier.get(ifname);
+    const cycled = id !== undefined && was !== undefined && id.carrierChanges !== was;
     const subject = (): RepairSubject => ({
-      key: `gro|${ifindex}|${s.peerIfindex ?? s.peer}@${s.netns ?? s.nsid ?? ''}|${id?.carrierChanges ?? ''}`,
+      key: `gro|${ifindex}|${s.peerIfindex ?? s.peer}@${s.netns ?? s.nsid ?? ''}|${cycled ? 'down-up' : 'up'}`,
       what: `GRO on ${s.where ?? s.peer}, the veth peer of ${ifname}`,
       interfaces: [ifname],
     });
@@ -1798,6 +1810,7 @@ export class KernelDataplane implements Dataplane {
       if (this.repairs && this.groChanges.some((x) => sameDevice(x, change))) this.repairs.repaired(subject(), line);
       else line();
       this.groSettled.delete(ifname);
+      this.groCarrier.set(ifname, id?.carrierChanges);
       this.recordGro(change, ifname);
     }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
@@ -1870,6 +1883,7 @@ export class KernelDataplane implements Dataplane {
         );
       }
       this.groSettled.delete(ifname);
+      this.groCarrier.set(ifname, id?.carrierChanges);
       now = xdpFeatures(ifindexOf(ifname));
     }
     if (now === undefined || xmit(now))
