@@ -1986,7 +1986,12 @@ function judgeStaticMac(
     grace.set(key, next.since ?? 0);
   }
   if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touchStaticMac(state, key);
-  transition(`mac/${key}`, next.verdict === 'contradicted' ? `out|${next.why}` : 'in', (before) => {
+  // Only a contradiction, and the end of one, is kept in state.logged: a MAC that agrees and never did not has
+  // nothing to log (40 000 entries "in" with 10 000 rules of 4 static-MAC backends, ~5 MB of heap).
+  const logKey = `mac/${key}`;
+  const contradicted = next.verdict === 'contradicted';
+  if (!contradicted && !state.logged.has(logKey)) return obs;
+  transition(logKey, contradicted ? `out|${next.why}` : 'in', (before) => {
     if (next.verdict === 'contradicted') {
       ctx.log.warn(
         { backend: ip, interface: iface, mac, reason: next.why },
@@ -1999,6 +2004,7 @@ function judgeStaticMac(
       );
     }
   });
+  if (!contradicted) state.logged.delete(logKey);
   return obs;
 }
 
