@@ -6,6 +6,7 @@
  */
 import type { Dataplane, InterfaceInfo, LinkState, PeerMtu, RedirectTarget } from './dataplane.js';
 import { PortError } from './errors.js';
+import { flat } from './flat.js';
 import type { RuleSpec } from './model.js';
 import { staticMacKey, type NeighbourFact } from './static-mac.js';
 
@@ -85,8 +86,8 @@ export function backendKeys(b: { ip: string; interface: string; mac: string }): 
     ip: b.ip,
     iface: b.interface,
     mac: b.mac,
-    neighbour: neighbourKey(b.ip, b.interface),
-    staticMac: b.mac === '' ? '' : staticMacKey(b.ip, b.interface, b.mac),
+    neighbour: flat(neighbourKey(b.ip, b.interface)),
+    staticMac: b.mac === '' ? '' : flat(staticMacKey(b.ip, b.interface, b.mac)),
   };
   backendKeysOf.set(b, made);
   return made;

@@ -5,18 +5,13 @@
  * execute step is the only writer during a transaction.
  */
 import type { EgressWatch } from './egress-watch.js';
-import {
-  staticMacKey,
-  type PeerMac,
-  type StaticMacBackend,
-  type StaticMacEntry,
-  type StaticMacState,
-} from './static-mac.js';
+import { type PeerMac, type StaticMacBackend, type StaticMacEntry, type StaticMacState } from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
 import type { HostLoop } from './rule-loops.js';
 import type { TapDropWatch } from './tap-drops.js';
 import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
+import { backendKeys } from './facts.js';
 import { RepairFights } from './fights.js';
 import { IdPool } from './ids.js';
 import { LogDamper } from './log-damper.js';
@@ -789,14 +784,15 @@ export class CoreState {
     const live = into === this.staticMacBackends;
     for (const b of rec.backends) {
       if (b.mac === '') continue;
-      const key = staticMacKey(b.ip, b.interface, b.mac);
+      const keys = backendKeys(b); // flat strings, made once per backend spec and shared (flat.ts)
+      const key = keys.staticMac;
       const e = into.get(key);
       if (by > 0) {
         if (e) {
           e.rules++;
           e.mac = b.mac; // the last rule's spelling, as a pass that collects them in rule order
         } else {
-          const n = { ip: b.ip, iface: b.interface, mac: b.mac, neighbour: `${b.ip}@${b.interface}`, rules: 1 };
+          const n = { ip: b.ip, iface: b.interface, mac: b.mac, neighbour: keys.neighbour, rules: 1 };
           into.set(key, n);
           if (live) this.indexStaticMac(key, n, true);
         }
