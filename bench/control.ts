@@ -20,7 +20,10 @@
  * XDPCTL_BENCH_CPU_PROF_INTERVAL µs, default 10 000); XDPCTL_BENCH_NODE_ARGS adds
  * Node flags to the daemon's (space-separated, e.g. --trace-gc);
  * XDPCTL_BENCH_HEAP_SNAPSHOT=<dir> writes a heap snapshot of the daemon at
- * rest (section 4) into <dir>. XDPCTL_BENCH_ID names the run's namespaces,
+ * rest (section 4) into <dir>. XDPCTL_BENCH_BEFORE=<checkout> (built) adds to section 4 the same starts of
+ * that tree's daemon on the same state, row by row against this tree's (a change's before/after in one run:
+ * `git archive main | tar -x -C <dir>`, node_modules and build/ beside, `npm run build` there).
+ * XDPCTL_BENCH_ID names the run's namespaces,
  * veths, pins and state directories (default: 4 random hex digits).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -197,6 +200,12 @@ function versus(f: ControlFigure, base: ControlFigure, target?: number, note?: s
   };
 }
 
+/** The Node flags of a checkout's daemon (the first line of its src/server/main.ts), as DAEMON_NODE_FLAGS. */
+function shebangFlags(tree: string): string[] {
+  const line = readFileSync(`${tree}/src/server/main.ts`, 'utf8').split('\n')[0];
+  return line.split(/\s+/).filter((w) => w.startsWith('--'));
+}
+
 /** utime+stime (seconds) and RSS (MB) of a process. */
 function procUsage(pid: number): { cpu: number; rssMb: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -233,8 +242,10 @@ export class BenchDaemon {
      * `tsx`: run src/server/main.ts through the tsx loader, as the daemon ran before it shipped compiled
      * (the start baseline); otherwise dist/server/main.js as the package, the image and `npm start` run it.
      * `defaults`: no --prometheus (the daemon on its defaults, for the start and RSS rows).
+     * `tree`: run another checkout's dist/server/main.js with the Node flags of its own shebang (the "before"
+     * rows of section 4, XDPCTL_BENCH_BEFORE).
      */
-    public how: { tsx?: boolean; defaults?: boolean; loopProbe?: boolean } = {},
+    public how: { tsx?: boolean; defaults?: boolean; loopProbe?: boolean; tree?: string } = {},
   ) {}
 
   /** `how.loopProbe`: the file bench/loop-probe.mjs answers in. */
@@ -273,7 +284,9 @@ export class BenchDaemon {
         ...nodeArgs,
         ...(this.how.tsx
           ? ['--import', 'tsx', `${ROOT}src/server/main.ts`]
-          : [...DAEMON_NODE_FLAGS, `${ROOT}dist/server/main.js`]),
+          : this.how.tree
+            ? [...shebangFlags(this.how.tree), `${this.how.tree}/dist/server/main.js`]
+            : [...DAEMON_NODE_FLAGS, `${ROOT}dist/server/main.js`]),
         '--listen',
         '127.0.0.1:0',
         this.unix,
@@ -1059,7 +1072,14 @@ async function section4(
   };
   const b = await measure(before, 0);
   await before.stop();
+  // XDPCTL_BENCH_BEFORE=<checkout> (built: dist/, build/): the same starts of that tree's daemon, on the same
+  // state, just before this tree's (e.g. main in a temp directory, for a change's before/after in one run).
+  const tree = process.env.XDPCTL_BENCH_BEFORE;
+  const be = tree ? await measure(Object.assign(empty, { how: { ...empty.how, tree } }), 0) : undefined;
+  empty.how = { ...empty.how, tree: undefined };
   const e = await measure(empty, 0);
+  const bf = tree ? await measure(Object.assign(d, { how: { ...d.how, tree } }), n.startRules) : undefined;
+  d.how = { ...d.how, tree: undefined };
   const f = await measure(d, n.startRules);
   const earlyAt = `${n.restMs / 1000} s after SERVING`;
   const restAt = `at rest (${n.settleMs / 1000} s after SERVING)`;
@@ -1078,7 +1098,22 @@ async function section4(
   const r = versus(figure(`RSS ${restAt}, ${n.startRules} rules`, 'MB', f.rest, 1), r0);
   r.targetText = '≤ 150 MB';
   r.met = r.median <= 150;
-  return [tsxT, baseT, t, baseE, early, tsxR, r0, r];
+  const out = [tsxT, baseT, t, baseE, early, tsxR, r0, r];
+  if (be && bf) {
+    // This tree against the other one's daemon, row by row (ratio < 1: this tree is lower).
+    const rows: [string, string, number[], number[]][] = [
+      ['start to SERVING, 0 rules', 'ms', be.ts, e.ts],
+      ['RSS at rest, 0 rules', 'MB', be.rest, e.rest],
+      [`start to SERVING, ${n.startRules} rules to adopt`, 'ms', bf.ts, f.ts],
+      [`RSS ${earlyAt}, ${n.startRules} rules`, 'MB', bf.early, f.early],
+      [`RSS at rest, ${n.startRules} rules`, 'MB', bf.rest, f.rest],
+    ];
+    for (const [name, unit, was, now] of rows) {
+      const w = figure(`before: ${name} (${tree})`, unit, was, 1);
+      out.push(w, versus(figure(`${name}, this tree`, unit, now, 1), w));
+    }
+  }
+  return out;
 }
 
 /** A rule of the scale set: ports repeat every 50 000 rules with another destination. */
