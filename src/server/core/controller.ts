@@ -31,6 +31,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
+import { linkWhat } from './counter-resets.js';
 import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
 import { holdNeighbours, startHold, startHoldText } from './neighbour-hold.js';
 import { formatMac } from '../net/addr.js';
@@ -68,7 +69,7 @@ import {
   isMtuWarning,
   keptMacWhy,
 } from './rule-status.js';
-import { backendKey, CoreState, observedOf, type Attachment } from './state.js';
+import { backendKey, CoreState, observedOf, type Attachment, type RuleKernel } from './state.js';
 import { storeDrift } from './store-drift.js';
 import type { StatePort, StoredState, StoreTxn } from './store.js';
 import { UndoLog } from './undo-log.js';
@@ -168,9 +169,13 @@ export interface CounterSnapshot {
    * read only while it is current. Absent: reusable by age alone.
    */
   version?: number;
-  rules: ({ name: string } & RuleStats)[];
-  backends: ({ rule: string; ip: string; interface: string } & BackendStats)[];
-  links: ({ from: string; to: string } & LinkStats)[];
+  /**
+   * `resetAt`: when (wall clock, ms) the object's counters were last seen to go down (reset by another tool,
+   * counter-resets.ts); absent: never while this daemon ran.
+   */
+  rules: ({ name: string; resetAt?: number } & RuleStats)[];
+  backends: ({ rule: string; ip: string; interface: string; resetAt?: number } & BackendStats)[];
+  links: ({ from: string; to: string; resetAt?: number } & LinkStats)[];
   global: bigint[];
 }
 
@@ -487,11 +492,13 @@ export class Controller {
     if (!r) throw new CoreError('not-found', `rule "${name}" does not exist`);
     // A rule with no kernel record is FAILED, never a read that fails for every rule (ListRules).
     const k = this.state.ruleKernel.get(name);
-    const status = shadowedStatus(
+    let status = shadowedStatus(
       r,
       k?.status ?? failedStatus('the daemon holds no datapath entries for this rule (not in the datapath)', false),
       shadows,
     );
+    const resets = this.resetWarnings(k);
+    if (resets.length) status = { ...status, warnings: [...status.warnings, ...resets] };
     const key = `rule/${name}`;
     const conditions = this.state.conditions.set(
       key,
@@ -504,6 +511,20 @@ export class Controller {
       this.stamp(key, at),
     );
     return { ...r, status: { ...status, conditions } };
+  }
+
+  /** The counter resets of a rule and its backends seen in the last hour (counter-resets.ts), as warnings. */
+  private resetWarnings(k: RuleKernel | undefined): string[] {
+    if (!k) return [];
+    const mono = this.mono();
+    const out: string[] = [];
+    const r = this.state.counterResets.warning('rule', k.statsId, mono);
+    if (r) out.push(r);
+    for (const b of k.backends.values()) {
+      const w = this.state.counterResets.warning('backend', b.statsId, mono);
+      if (w) out.push(w);
+    }
+    return out;
   }
 
   // ---- conditions: recorded when observed ----------------------------------
@@ -686,9 +707,9 @@ export class Controller {
             `${more} more rule ingress(es) are shadowed by link ${l.a}:${l.b} (each rule's status names it)`,
           );
         }
-        // Counters that went down while the link existed (written by another tool): said while the direction lasts.
+        // Counters that went down while the link existed (written by another tool): said for an hour (counter-resets.ts).
         const resets = [ia, l.direction === 'both' ? ib : undefined].flatMap((i) =>
-          i && this.state.linkCounterResets.has(i.ifindex) ? [this.state.linkCounterResets.get(i.ifindex)!] : [],
+          i ? [this.state.counterResets.warning('link', i.ifindex, this.mono()) ?? []].flat() : [],
         );
         const warnings = [...problems, ...unknown, ...linkWarnings, ...resets, ...shadows];
         return { ...l, active, warnings, conditions };
@@ -2069,7 +2090,12 @@ export class Controller {
 
   /** What the reconciler did since the start, by kind (state.ts reconcilerEvents). */
   reconcilerEvents(): Readonly<Record<string, number>> {
-    return this.state.reconcilerEvents;
+    return { ...this.state.reconcilerEvents, counter_resets: this.state.counterResets.total };
+  }
+
+  /** Counter resets seen since the start (counters gone down: written by another tool), by object kind. */
+  counterResets(): Readonly<Record<string, number>> {
+    return this.state.counterResets.counts;
   }
 
   /** How many rules are in each state now (their status as last written or observed). */
@@ -2138,6 +2164,7 @@ export class Controller {
   ): Promise<CounterSnapshot> {
     const started = this.now();
     const version = this.state.desiredVersion;
+    const readEpoch = this.state.counterResets.begin();
     const { ruleKernel, rules: specs } = this.state;
     // 1. Who is read: names in order (kept by the state between changes), each rule's kernel record as now.
     const names = this.state.ruleNames();
@@ -2181,6 +2208,9 @@ export class Controller {
     const ruleGone = new Uint8Array(ruleName.length);
     const bVals: (BackendStats | undefined)[] = new Array(bRule.length);
     const bGone = new Uint8Array(bRule.length);
+    /** The stats id each value was read at (the kernel entry a reset is said of). */
+    const ruleAt: number[] = new Array(ruleName.length);
+    const bAt: number[] = new Array(bRule.length);
     const byId = (ids: number[]) => {
       let top = -1;
       for (const id of ids) if (id > top) top = id;
@@ -2202,14 +2232,20 @@ export class Controller {
         else moved.push([r, now]);
       }
       const read = this.dp.readCounters(want, [], []).rules;
-      for (const id of want) ruleVals[ruleOwner[id]] = read.get(id);
+      for (const id of want) {
+        ruleVals[ruleOwner[id]] = read.get(id);
+        ruleAt[ruleOwner[id]] = id;
+      }
       if (moved.length) {
         const again = this.dp.readCounters(
           moved.map(([, id]) => id),
           [],
           [],
         ).rules;
-        for (const [r, id] of moved) ruleVals[r] = again.get(id);
+        for (const [r, id] of moved) {
+          ruleVals[r] = again.get(id);
+          ruleAt[r] = id;
+        }
       }
     }
     const bOwner = byId(bId);
@@ -2226,14 +2262,20 @@ export class Controller {
         else moved.push([b, now]);
       }
       const read = this.dp.readCounters([], want, []).backends;
-      for (const id of want) bVals[bOwner[id]] = read.get(id);
+      for (const id of want) {
+        bVals[bOwner[id]] = read.get(id);
+        bAt[bOwner[id]] = id;
+      }
       if (moved.length) {
         const again = this.dp.readCounters(
           [],
           moved.map(([, id]) => id),
           [],
         ).backends;
-        for (const [b, id] of moved) bVals[b] = again.get(id);
+        for (const [b, id] of moved) {
+          bVals[b] = again.get(id);
+          bAt[b] = id;
+        }
       }
     }
     // Objects no range covered (a backend its rule had no kernel id for when the read began, an id two
@@ -2243,16 +2285,25 @@ export class Controller {
       if (ruleVals[r] || ruleGone[r]) continue;
       const id = ruleKernel.get(ruleName[r])?.statsId;
       if (id === undefined) ruleGone[r] = 1;
-      else ruleVals[r] = this.dp.readCounters([id], [], []).rules.get(id);
+      else {
+        ruleVals[r] = this.dp.readCounters([id], [], []).rules.get(id);
+        ruleAt[r] = id;
+      }
     }
     for (let b = 0; b < bRule.length; b++) {
       if (bVals[b] || bGone[b]) continue;
       const id = ruleKernel.get(ruleName[bRule[b]])?.backends.get(bKey[b])?.statsId;
-      if (id !== undefined) bVals[b] = this.dp.readCounters([], [id], []).backends.get(id);
+      if (id !== undefined) {
+        bVals[b] = this.dp.readCounters([], [id], []).backends.get(id);
+        bAt[b] = id;
+      }
     }
     // 3. The snapshot, in name order; links and the global counters (a few entries) in the last turn.
     const rules: CounterSnapshot['rules'] = [];
     const backends: CounterSnapshot['backends'] = [];
+    // Every value read is compared with the one seen last: one that went down is a reset (counter-resets.ts).
+    const resets = this.state.counterResets;
+    const env = { log: this.log, now: this.now(), mono: this.mono(), readEpoch };
     let made = 0; // rules and backends since the last pace
     for (let r = 0; r < ruleName.length; r++) {
       const end = r + 1 < ruleName.length ? firstBackend[r + 1] : bRule.length;
@@ -2264,7 +2315,7 @@ export class Controller {
       if (ruleGone[r]) continue;
       const c = ruleVals[r];
       const name = ruleName[r];
-      rules.push({
+      const entry = {
         name,
         matched: c?.matched ?? 0n,
         matchedBytes: c?.matchedBytes ?? 0n,
@@ -2273,17 +2324,28 @@ export class Controller {
         filtered: c?.filtered ?? 0n,
         noBackend: c?.noBackend ?? 0n,
         redirectErrors: c?.redirectErrors ?? 0n,
-      });
+      };
+      if (c && ruleAt[r] !== undefined) {
+        const { name: _, ...values } = entry;
+        resets.observe('rule', ruleAt[r], `rule "${name}"`, `map rule_stats, key ${ruleAt[r]}`, values, env);
+      }
+      const rAt = ruleAt[r] !== undefined ? resets.resetAt('rule', ruleAt[r]) : undefined;
+      rules.push(rAt === undefined ? entry : { ...entry, resetAt: rAt });
       for (let b = firstBackend[r]; b < end; b++) {
         if (bGone[b]) continue;
         const v = bVals[b];
+        const values = { packets: v?.packets ?? 0n, bytes: v?.bytes ?? 0n, redirectErrors: v?.redirectErrors ?? 0n };
+        if (v && bAt[b] !== undefined) {
+          const what = `backend ${bIp[b]} on ${bIface[b]} of rule "${name}"`;
+          resets.observe('backend', bAt[b], what, `map backend_stats, key ${bAt[b]}`, values, env);
+        }
+        const bReset = bAt[b] !== undefined ? resets.resetAt('backend', bAt[b]) : undefined;
         backends.push({
           rule: name,
           ip: bIp[b],
           interface: bIface[b],
-          packets: v?.packets ?? 0n,
-          bytes: v?.bytes ?? 0n,
-          redirectErrors: v?.redirectErrors ?? 0n,
+          ...values,
+          ...(bReset === undefined ? {} : { resetAt: bReset }),
         });
       }
     }
@@ -2291,12 +2353,18 @@ export class Controller {
     const linkRead = this.dp.readCounters([], [], [...this.state.linkDirs.keys()]);
     const links = [...this.state.linkDirs.entries()].map(([ifindex, d]) => {
       const c = linkRead.links.get(ifindex);
+      if (c) {
+        const values = { packets: c.packets, bytes: c.bytes };
+        resets.observe('link', ifindex, linkWhat(d), 'map xc_stats', values, { ...env, now: this.now() });
+      }
+      const lReset = resets.resetAt('link', ifindex);
       return {
         from: d.from,
         to: d.to,
         packets: c?.packets ?? 0n,
         bytes: c?.bytes ?? 0n,
         redirectErrors: c?.redirectErrors ?? 0n,
+        ...(lReset === undefined ? {} : { resetAt: lReset }),
       };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));

@@ -706,12 +706,18 @@ export async function writeRules(
   // 3. Write each new or changed rule into its fresh slot (unpublished).
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
-    if (alloc.freshRuleStats.has(k.statsId)) dp.resetRuleStats(k.statsId);
+    if (alloc.freshRuleStats.has(k.statsId)) {
+      dp.resetRuleStats(k.statsId);
+      ctx.state.counterResets.forget('rule', k.statsId); // zeroed by us for this rule: no reset
+    }
     const entries: [number, BackendEntry][] = [];
     const members: { key: string; weight: number; value: number }[] = [];
     for (const b of p.backends) {
       const ids = k.backends.get(b.key)!;
-      if (alloc.freshBackendStats.has(ids.statsId)) dp.resetBackendStats(ids.statsId);
+      if (alloc.freshBackendStats.has(ids.statsId)) {
+        dp.resetBackendStats(ids.statsId);
+        ctx.state.counterResets.forget('backend', ids.statsId);
+      }
       if (!b.receiving) continue; // out of the table: its flows go to the others
       entries.push([ids.id, backendOf(b, ids.statsId)]);
       members.push({ key: b.key, weight: b.spec.weight, value: ids.id });
@@ -1005,6 +1011,7 @@ export function finishLinks(
   const kept = new Set([...want.values()].map((d) => d.from));
   for (const from of state.linkDirs.keys()) {
     if (kept.has(from)) continue;
+    state.counterResets.forget('link', from); // a direction gone takes its reset warning with it
     try {
       dp.resetLinkStats(from);
     } catch (e) {
@@ -1015,9 +1022,8 @@ export function finishLinks(
   for (const [k, l] of next) state.links.set(k, l);
   state.linkDirs.clear();
   for (const [from, d] of want) state.linkDirs.set(d.from, { from, to: d.toName });
-  // A direction written anew starts from 0: the next pass reads the counters afresh (resync.ts watchLinkCounters).
-  state.linkCountersSeen.clear();
-  for (const from of state.linkCounterResets.keys()) if (!kept.has(from)) state.linkCounterResets.delete(from);
+  // A direction written anew starts from 0: the next read sees the counters afresh (counter-resets.ts).
+  state.counterResets.forgetSeen('link');
   state.desiredVersion++; // a counter read made before shows the old links (CounterHub)
   if (release) releaseUnusedInterfaces(ctx);
 }

@@ -62,6 +62,7 @@ import { otherProgram } from './conditions.js';
 import { reattachedText } from './reattach-text.js';
 import { inspectTarget, isUnchecked } from './unchecked.js';
 import { observedOf, sameObserved, type CoreState, type IfaceFacts, type RuleKernel } from './state.js';
+import { linkWhat } from './counter-resets.js';
 import {
   freshEntry,
   observeStaticMac,
@@ -2173,36 +2174,34 @@ function checkInterfaceFlags(
 /**
  * Link counters only go up while their link exists (counters.proto); another tool can write their kernel entry
  * (`bpftool map update pinned PIN/maps/xc_stats key I value ...`), which nothing could repair (the counts it
- * replaced are gone). Each pass reads every link direction's counters (one batch read) and says a decrease
- * once: logged, counted (`counter_resets`), and among the link's warnings while the direction lasts, so that a
- * reader of the counters knows they restarted lower at that time.
+ * replaced are gone). Each pass reads every link direction's counters (one batch read) and hands them to the
+ * one detector of every served counter (counter-resets.ts: logged, counted, among the link's warnings), so
+ * that a decrease is said even when nobody reads the counters.
  */
 function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>): void {
   const { dp, state } = ctx;
   const froms = [...wanted.keys()].filter((f) => state.linkDirs.has(f));
-  for (const f of state.linkCountersSeen.keys()) if (!wanted.has(f)) state.linkCountersSeen.delete(f);
   if (!froms.length) return;
+  const readEpoch = state.counterResets.begin();
   let read: ReadonlyMap<number, { packets: bigint; bytes: bigint }>;
   try {
     read = dp.readCounters([], [], froms).links;
   } catch {
     return; // read again at the next pass; the counter service reports a read that fails
   }
+  const env = { log: ctx.log, now: ctx.now(), mono: ctx.mono(), readEpoch };
   for (const from of froms) {
     const now = read.get(from);
-    if (!now) continue;
-    const was = state.linkCountersSeen.get(from);
-    state.linkCountersSeen.set(from, { packets: now.packets, bytes: now.bytes });
-    if (!was || (now.packets >= was.packets && now.bytes >= was.bytes)) continue;
-    const d = state.linkDirs.get(from)!;
-    const at = new Date(ctx.now()).toISOString();
-    const text =
-      `the counters of link direction ${d.from} -> ${d.to} went down at ${at} (packets ${was.packets} -> ` +
-      `${now.packets}, bytes ${was.bytes} -> ${now.bytes}): their kernel entry (map xc_stats) was written by ` +
-      'another tool; they count on from there';
-    state.linkCounterResets.set(from, text);
-    state.reconcilerEvents.counter_resets++;
-    ctx.log.warn({ from: d.from, to: d.to, packets: [String(was.packets), String(now.packets)] }, text);
+    const d = state.linkDirs.get(from);
+    if (!now || !d) continue;
+    state.counterResets.observe(
+      'link',
+      from,
+      linkWhat(d),
+      'map xc_stats',
+      { packets: now.packets, bytes: now.bytes },
+      env,
+    );
   }
 }
 

@@ -11,6 +11,7 @@ import type { HostLoop } from './rule-loops.js';
 import type { TapDropWatch } from './tap-drops.js';
 import type { Dataplane, MatchKey, RedirectTarget, XdpStatus } from './dataplane.js';
 import { ConditionStore } from './conditions.js';
+import { CounterResets } from './counter-resets.js';
 import { backendKeys } from './facts.js';
 import { RepairFights } from './fights.js';
 import { IdPool } from './ids.js';
@@ -334,16 +335,14 @@ export class CoreState {
     egress_ejections: 0,
     egress_mac_changes: 0,
     kernel_repairs: 0,
+    /** Unused: the sum of counterResets.counts is shown under this name (Controller.reconcilerEvents). */
     counter_resets: 0,
   };
   /**
-   * Each link direction's counters as the last pass read them (by ingress ifindex), to see them go down: they
-   * only go up while the link exists, unless another tool writes their kernel entry (resync.ts
-   * watchLinkCounters). Forgotten at every link write (a direction written anew starts from 0).
+   * Every served counter (rules, backends, link directions) as last read, to see one go down: a reset by
+   * another tool, said once (counter-resets.ts). Its sum is `counter_resets` among the reconciler's events.
    */
-  readonly linkCountersSeen = new Map<number, { packets: bigint; bytes: bigint }>();
-  /** Link directions (by ingress ifindex) whose counters went down while the link existed: when, and what was seen. */
-  readonly linkCounterResets = new Map<number, string>();
+  readonly counterResets = new CounterResets();
   /** When the reconciler last compared every rule's kernel entries with the desired state (ctx.mono() ms). */
   kernelCheckedAt = -Infinity;
   /** How long the last comparison took (ms): the next one waits kernelCheckInterval(it). */

@@ -21,8 +21,9 @@
  * fraction of that (test/unit/telemetry.test.ts; BENCHMARKS.md).
  *
  * Must not read the kernel itself. The only state kept per series is its start
- * time (when this daemon first reported it: the start of a cumulative sum),
- * pruned to the series of the latest collection.
+ * time (when this daemon first reported it, or when its counters were last seen
+ * reset by another tool: the start of a cumulative sum), pruned to the series
+ * of the latest collection.
  */
 import { ValueType, type HrTime, type Meter } from '@opentelemetry/api';
 import type {
@@ -229,10 +230,15 @@ export class DatapathMetricProducer implements MetricProducer {
     const end = hrTime(Date.now());
     const prev = this.starts;
     const next = new Map<string, HrTime>();
-    const startOf = (key: string): HrTime => {
+    // A series whose counters were seen to go down (reset by another tool, core/counter-resets.ts) starts
+    // again when they did: under cumulative temporality a decrease with the same start time would say counts
+    // were lost from one sum; a new start time says a new sum began (the OTLP data model's reset).
+    const ms = (t: HrTime) => t[0] * 1000 + t[1] / 1e6;
+    const startOf = (key: string, resetAt?: number): HrTime => {
       let t = next.get(key);
       if (t) return t;
       t = prev.get(key) ?? end;
+      if (resetAt !== undefined && resetAt > ms(t)) t = hrTime(resetAt);
       next.set(key, t);
       return t;
     };
@@ -256,7 +262,7 @@ export class DatapathMetricProducer implements MetricProducer {
     const yieldNow = () => new Promise((r) => setImmediate(r));
     for (const x of snap.rules) {
       if (++n % BUILD_SLICE === 0) await yieldNow();
-      const s = startOf(`r\0${x.name}`);
+      const s = startOf(`r\0${x.name}`, x.resetAt);
       const out = (o: string) => ({ [A.rule]: x.name, [A.outcome]: o });
       point(sums.rulePackets, s, out('matched'), x.matched);
       point(sums.rulePackets, s, out('redirected'), x.redirected);
@@ -268,14 +274,14 @@ export class DatapathMetricProducer implements MetricProducer {
     }
     for (const b of snap.backends) {
       if (++n % BUILD_SLICE === 0) await yieldNow();
-      const s = startOf(`b\0${b.rule}\0${b.ip}\0${b.interface}`);
+      const s = startOf(`b\0${b.rule}\0${b.ip}\0${b.interface}`, b.resetAt);
       const attrs = { [A.rule]: b.rule, [A.backendIp]: b.ip, [A.backendInterface]: b.interface };
       point(sums.backendPackets, s, attrs, b.packets);
       point(sums.backendBytes, s, attrs, b.bytes);
       point(sums.backendRedirectErrors, s, attrs, b.redirectErrors);
     }
     for (const l of snap.links) {
-      const s = startOf(`l\0${l.from}\0${l.to}`);
+      const s = startOf(`l\0${l.from}\0${l.to}`, l.resetAt);
       const attrs = { [A.linkFrom]: l.from, [A.linkTo]: l.to };
       point(sums.linkPackets, s, attrs, l.packets);
       point(sums.linkBytes, s, attrs, l.bytes);

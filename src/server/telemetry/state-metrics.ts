@@ -16,6 +16,9 @@
  *  - `xdpctl.reconciler.events`: what the reconciler did to keep the datapath
  *    true, by `xdpctl.event` (neighbour_probes, neighbour_mac_changes, neighbour_changes_held, neighbour_conflicts, egress_mac_changes, kernel_repairs, counter_resets,
  *    egress_ejections), counted since the start;
+ *  - `xdpctl.counter_resets` (Prometheus `xdpctl_counter_resets_total{xdpctl_counter_kind}`): served counters
+ *    seen to go down, by `xdpctl.counter.kind` (rule, backend, link): their kernel entry written by another
+ *    tool (core/counter-resets.ts), counted since the start;
  *  - `xdpctl.reconciler.last_pass_age`: seconds since the reconciler's last pass ended (a pass runs each
  *    second: a value that keeps growing is a pass that does not end, its statuses stale).
  * Both are read from the core at collection time: no per-rule state here.
@@ -31,7 +34,11 @@ export const STATE_METRICS = {
   events: 'xdpctl.reconciler.events',
   storeWritable: 'xdpctl.state_store.writable',
   lastPassAge: 'xdpctl.reconciler.last_pass_age',
+  counterResets: 'xdpctl.counter_resets',
 } as const;
+
+/** The attribute naming the kind of object on `xdpctl.counter_resets`: rule, backend, link. */
+export const COUNTER_KIND_ATTR = 'xdpctl.counter.kind';
 
 /** The attributes of `xdpctl.state_store.writable`: the database path, and why it refuses writes (0 only). */
 export const STORE_PATH_ATTR = 'xdpctl.state_store.path';
@@ -58,6 +65,8 @@ export interface StateSource {
   reconcilerEvents(): Readonly<Record<string, number>>;
   /** Seconds since the reconciler's last pass ended. */
   lastPassAge?(): number;
+  /** Counters seen to go down (reset by another tool) since the start, by object kind. */
+  counterResets?(): Readonly<Record<string, number>>;
 }
 
 /** The state store as observed: its path, and why it refuses writes while it does. */
@@ -104,7 +113,7 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
   });
   const events = meter.createObservableCounter(STATE_METRICS.events, {
     description:
-      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE, or its MAC asked by an ARP request of our own), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), neighbour_changes_held (a neighbour entry that changed to a MAC no ARP probe of ours had answered: the answered MAC kept in the datapath until the new one answers), neighbour_conflicts (two MACs answering ARP for one backend address at once, an address conflict: the MAC in the datapath kept, the backend unverified while both answer), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC), kernel_repairs (map entries that differed from the desired state, e.g. written by another tool, rewritten), counter_resets (link counters seen to go down while the link existed: their kernel entry written by another tool)',
+      'What the reconciler did to keep the datapath true, by xdpctl.event: neighbour_probes (a neighbour entry a backend relies on set to NUD_PROBE, or its MAC asked by an ARP request of our own), neighbour_mac_changes (a backend rewritten with a new neighbour MAC), neighbour_changes_held (a neighbour entry that changed to a MAC no ARP probe of ours had answered: the answered MAC kept in the datapath until the new one answers), neighbour_conflicts (two MACs answering ARP for one backend address at once, an address conflict: the MAC in the datapath kept, the backend unverified while both answer), egress_ejections (backends taken out because the kernel dropped every frame redirected to their egress), egress_mac_changes (an egress whose own MAC changed: its backends rewritten with it as the source MAC), kernel_repairs (map entries that differed from the desired state, e.g. written by another tool, rewritten), counter_resets (rule, backend or link counters seen to go down while their object existed: their kernel entry written by another tool; by kind in xdpctl.counter_resets)',
     unit: '{event}',
   });
   const observeEvents = (r: { observe(v: number, a?: Record<string, string>): void }) => {
@@ -125,12 +134,23 @@ export function registerStateMetrics(meter: Meter, source: StateSource): () => v
     const a = source.lastPassAge?.();
     if (a !== undefined) r.observe(a);
   };
+  const resets = meter.createObservableCounter(STATE_METRICS.counterResets, {
+    description:
+      'Served counters seen to go down while their object existed, by xdpctl.counter.kind (rule, backend, link): their kernel entry was written by another tool (a reset; logged and among the object warnings for an hour; the object series continue from the new, lower value)',
+    unit: '{reset}',
+  });
+  const observeResets = (r: { observe(v: number, a?: Record<string, string>): void }) => {
+    const c = source.counterResets?.();
+    if (c) for (const [k, v] of Object.entries(c)) r.observe(v, { [COUNTER_KIND_ATTR]: k });
+  };
+  resets.addCallback(observeResets);
   age.addCallback(observeAge);
   rules.addCallback(observeRules);
   problems.addCallback(observeProblems);
   events.addCallback(observeEvents);
   return () => {
     age.removeCallback(observeAge);
+    resets.removeCallback(observeResets);
     events.removeCallback(observeEvents);
     rules.removeCallback(observeRules);
     problems.removeCallback(observeProblems);
