@@ -160,3 +160,21 @@ export async function datagramSizes(
     .filter((l) => /^\d+$/.test(l))
     .map(Number);
 }
+
+/** A python3 program sending `n` UDP datagrams (TTL 64, from 198.18.44.9) out of `dev` to `dstIp`:`port` at `dstMac`. */
+export const rawUdpFrames = (dev: string, srcMac: string, dstMac: string, dstIp: string, port: number, n: number) => `
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('${dev}', 0))
+m = lambda x: bytes(int(y, 16) for y in x.split(':'))
+for seq in range(${n}):
+    udp = struct.pack('!HHHH', 40000 + seq, ${port}, 8 + 16, 0) + bytes(16)
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq, 0x4000, 64, 17, 0,
+                    socket.inet_aton('198.18.44.9'), socket.inet_aton('${dstIp}'))
+    h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+    s.send(m('${dstMac}') + m('${srcMac}') + b'\\x08\\x00' + h + udp)
+`;

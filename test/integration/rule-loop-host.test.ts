@@ -18,7 +18,7 @@ import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
-import { sendUdp } from '../helpers/udp.js';
+import { rawUdpFrames, sendUdp } from '../helpers/udp.js';
 
 const PORT = 7643;
 const { NOT_SERVING } = HealthCheckResponse_ServingStatus;
@@ -191,5 +191,80 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
         shQuiet('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'up']);
       }
     }
+  });
+
+  it('a port enslaved to the ingress bridge makes the loop: rc INACTIVE naming it; out of the bridge: recovered', async () => {
+    // rc: ingress bridge br -> br's address out of ga, whose peer gb is no ingress: accepted. Then gb is made a
+    // port of br: what rc sends to br's MAC comes up on br again. Before: rc stayed ACTIVE and 5 frames into br
+    // were counted 315 times. gc-gd is a port pair to inject frames into br.
+    const [ga, gb, gc, gd, br] = ['ga', 'gb', 'gc', 'gd', 'br'].map((x) => `x${lab.id}${x}`);
+    const brIp = '198.18.45.1';
+    lab.onDestroy(() => [ga, gc, br].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', br, 'type', 'bridge']);
+    // gb holds br's MAC (set on both): rc's backend is gb's own MAC before gb joins br, and br's after.
+    const brMac = '02:5e:00:45:00:01';
+    sh('ip', ['link', 'set', br, 'address', brMac]);
+    sh('ip', ['link', 'add', ga, 'type', 'veth', 'peer', 'name', gb, 'address', brMac]);
+    sh('ip', ['link', 'add', gc, 'type', 'veth', 'peer', 'name', gd]);
+    sh('ip', ['link', 'set', gc, 'master', br]);
+    for (const x of [br, ga, gb, gc, gd]) up(x);
+    sh('ip', ['addr', 'add', `${brIp}/24`, 'dev', br]);
+    const gdMac = JSON.parse(sh('ip', ['-j', 'link', 'show', gd]))[0].address;
+    await lab.c.rules.createRule({ rule: lab.rule('rc', PORT, [{ ip: brIp, mac: brMac, interface: ga }], [br]) });
+    const state = async () => (await lab.status('rc')).state;
+    const said = async (what: string) => {
+      const r = await lab.status('rc');
+      return `${what}: rc ${RuleState[r.state]}: ${r.message}`;
+    };
+    await until(
+      () => said('rc ACTIVE'),
+      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+    const rcMatched = async () =>
+      Number((await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === 'rc')?.matchedPackets ?? 0n);
+    const from = lab.d!.output.length;
+    sh('ip', ['link', 'set', gb, 'master', br]); // ga -> gb -> br (rc)
+    try {
+      const named = new RegExp(
+        `in a forwarding loop the host made, of rules rc -> rc through ${ga} -> ${gb} -> ${br} \\[rule rc\\]`,
+      );
+      await until(
+        async () => {
+          // Not within the time (the old code): what 5 frames into br are counted as meanwhile.
+          const m0 = await rcMatched();
+          sh('python3', ['-c', rawUdpFrames(gd, gdMac, brMac, brIp, PORT, 5)]);
+          await sleep(1000);
+          return `rc INACTIVE naming the loop: rc ${RuleState[await state()]}; 5 frames into ${br} matched ${(await rcMatched()) - m0} times`;
+        },
+        async () => {
+          const r = await lab.status('rc');
+          return r.state === RuleState.RULE_STATE_INACTIVE && named.test(r.message);
+        },
+        20_000,
+      );
+      const m0 = await rcMatched();
+      sh('python3', ['-c', rawUdpFrames(gd, gdMac, brMac, brIp, PORT, 5)]);
+      await until('rc matched 5', async () => (await rcMatched()) - m0 >= 5, 10_000);
+      await sleep(300); // a frame going around a loop would be counted again meanwhile
+      assert.equal((await rcMatched()) - m0, 5, '5 frames into the bridge matched once each');
+      assert.equal(
+        lab
+          .d!.output.slice(from)
+          .split('\n')
+          .filter((l) => /forwarding loop made by the host: rules rc -> rc through .*until the host no longer/.test(l))
+          .length,
+        1,
+        'one warning for the loop',
+      );
+    } finally {
+      shQuiet('ip', ['link', 'set', gb, 'nomaster']);
+    }
+    await until(
+      () => said('rc ACTIVE again'),
+      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+    await lab.c.rules.deleteRule({ name: 'rc' });
   });
 });

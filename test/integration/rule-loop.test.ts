@@ -27,6 +27,7 @@ import { stopDaemon } from '../helpers/config-file.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, esc, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
+import { rawUdpFrames } from '../helpers/udp.js';
 
 const PORT = 7641;
 
@@ -135,6 +136,60 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
     await lab.c.rules.createRule({ rule });
     await until('dst ACTIVE', async () => (await lab.status('dst')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
     await lab.c.rules.deleteRule({ name: 'dst' });
+  });
+
+  it('the way back through a bridge (ba -> bb, bb a port of bridge br, ingress br): refused naming the bridge', async () => {
+    // Before: created ACTIVE, and 5 frames to the bridge's MAC were matched 315 times (63 each, until the TTL ran
+    // out): the bridge hands a frame to its own MAC up, where its XDP program runs on it again.
+    const [ba, bb, bc, bd, br] = ['ba', 'bb', 'bc', 'bd', 'br'].map((x) => `x${lab.id}${x}`);
+    const brIp = '198.18.44.1';
+    lab.onDestroy(() => [ba, bc, br].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', br, 'type', 'bridge']);
+    for (const [a, b] of [
+      [ba, bb],
+      [bc, bd],
+    ]) {
+      sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+      for (const x of [a, b]) sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
+    }
+    sh('ip', ['link', 'set', bb, 'master', br]);
+    sh('ip', ['link', 'set', bc, 'master', br]);
+    for (const x of [br, ba, bb, bc, bd]) sh('ip', ['link', 'set', x, 'up']);
+    sh('sysctl', ['-qw', `net.ipv4.conf.${br}.forwarding=0`]);
+    sh('ip', ['addr', 'add', `${brIp}/24`, 'dev', br]);
+    const brMac = JSON.parse(sh('ip', ['-j', 'link', 'show', br]))[0].address;
+    const bdMac = JSON.parse(sh('ip', ['-j', 'link', 'show', bd]))[0].address;
+    const rule = lab.rule('brl', PORT, [{ ip: brIp, mac: brMac, interface: ba }], [br]);
+    let err: (Error & { code?: Status }) | undefined;
+    try {
+      await lab.c.rules.createRule({ rule });
+    } catch (e) {
+      err = e as Error;
+    }
+    if (!err) {
+      // The old verdict: what 5 frames into the bridge are counted as.
+      const of = async () =>
+        Number(
+          (await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === 'brl')?.matchedPackets ?? 0n,
+        );
+      await until('brl ACTIVE', async () => (await lab.status('brl')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+      const m0 = await of();
+      sh('python3', ['-c', rawUdpFrames(bd, bdMac, brMac, brIp, PORT, 5)]);
+      await sleep(1000);
+      const grew = (await of()) - m0;
+      await lab.c.rules.deleteRule({ name: 'brl' });
+      assert.fail(`created; 5 frames into ${br} matched ${grew} times`);
+    }
+    assert.equal(err.code, Status.FAILED_PRECONDITION, err.message);
+    assert.match(
+      err.message,
+      new RegExp(
+        `${esc('rule.backends[0].interface')}: its veth peer ${bb} is a port of bridge ${br}: a datagram no rule ` +
+          `takes on the port goes up to ${br}, an ingress of this rule \\(${ba} -> ${bb} -> ${br}\\): every ` +
+          'redirected datagram would come back',
+      ),
+    );
+    assert.deepEqual(await names(), []);
   });
 
   describe('a loop across rules', () => {

@@ -432,6 +432,11 @@ export interface Dataplane {
   /** The name of a veth's peer when it is in this network namespace; undefined otherwise. Optional (fakes). */
   vethPeer?(ifname: string): string | undefined;
   /**
+   * The device `ifname` is enslaved to (netlink IFLA_MASTER) with its kind ("bridge", "bond", "team", ...), or
+   * undefined (none, or `ifname` is gone). What a frame received on `ifname` goes up to (rule-loops.ts). Optional (fakes).
+   */
+  masterLink?(ifname: string): { name: string; kind?: string } | undefined;
+  /**
    * The XDP programs not ours attached to a veth's peer, wherever the peer is: what is redirected into the veth
    * passes through them on the other side, where they may drop it unseen. Undefined when `ifname` is not a veth,
    * its peer has none (or only ours), or the peer cannot be read. Optional (fakes).

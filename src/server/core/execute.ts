@@ -440,7 +440,7 @@ function backendsBehindLinks(
  * made again or moved) is the reconciler's to find (resync.ts judgeHostLoops): it keeps those backends out.
  */
 export function backendsLoopingBack(
-  dp: Pick<Dataplane, 'vethPeer'>,
+  dp: Pick<Dataplane, 'vethPeer' | 'masterLink'>,
   state: CoreState,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
@@ -458,6 +458,11 @@ export function backendsLoopingBack(
     if (!peers.has(name)) peers.set(name, dp.vethPeer!(name));
     return peers.get(name);
   };
+  const masters = new Map<string, { name: string; kind?: string } | undefined>();
+  const masterOf = (name: string) => {
+    if (!masters.has(name)) masters.set(name, dp.masterLink?.(name));
+    return masters.get(name);
+  };
   // The rules after the change, and the datapath's match keys (ingress, port, destination) -> rule.
   const after = new Map<string, LoopRule>();
   for (const r of state.rules.values()) if (!scope.rules.has(r.name)) after.set(r.name, loopRule(r.name, r));
@@ -466,7 +471,7 @@ export function backendsLoopingBack(
   for (const r of after.values())
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
   if (!byKey.size) return;
-  const loops = new RuleLoops({ peerOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
+  const loops = new RuleLoops({ peerOf, masterOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;

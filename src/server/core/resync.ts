@@ -54,6 +54,7 @@ import {
   loopBackendKey,
   loopBackendsText,
   loopRule,
+  RECEIVING_MASTERS,
   type HostLoops,
   type LoopRule,
 } from './rule-loops.js';
@@ -1825,10 +1826,29 @@ function judgeHostLoops(
     if (p || !facts.peers.has(egress)) return dp.vethPeer?.(egress); // its MTU unreadable, or not read
     return undefined; // not a veth
   };
+  // The masters (bridge, bond, team) a local peer's received frames go up to, read by netlink (IFLA_MASTER).
+  const masters = new Map<string, { name: string; kind?: string } | undefined>();
+  const masterOf = (name: string) => {
+    if (!masters.has(name)) masters.set(name, dp.masterLink?.(name));
+    return masters.get(name);
+  };
+  const uppers = (name: string): string[] => {
+    const out: string[] = [];
+    for (
+      let m = masterOf(name);
+      m && RECEIVING_MASTERS.has(m.kind ?? '') && !out.includes(m.name);
+      m = masterOf(m.name)
+    )
+      out.push(m.name);
+    return out;
+  };
   const candidates: string[] = [];
   for (const egress of state.egressBackends.keys()) {
     const peer = peerNow(egress);
-    if (peer !== undefined && (state.ifaceRules.has(peer) || inForce.has(peer))) candidates.push(`${egress}>${peer}`);
+    if (peer === undefined) continue;
+    const up = uppers(peer);
+    if (state.ifaceRules.has(peer) || inForce.has(peer) || up.some((m) => state.ifaceRules.has(m)))
+      candidates.push(`${egress}>${[peer, ...up].join('>')}`);
   }
   const peers = new Map<string, string | undefined>();
   const peerOf = (name: string) => {
@@ -1837,7 +1857,10 @@ function judgeHostLoops(
   };
   let input = '';
   if (candidates.length) {
-    const links = [...inForce].map(([from, to]) => `${from}>${to}>${peerOf(to) ?? ''}`);
+    const links = [...inForce].map(([from, to]) => {
+      const p = peerOf(to);
+      return `${from}>${to}>${p === undefined ? '' : [p, ...uppers(p)].join('>')}`;
+    });
     input = `${state.desiredVersion}|${candidates.join(',')}|${links.join(',')}`;
   }
   if (input === (state.hostLoopInput ?? '')) return;
@@ -1863,6 +1886,7 @@ function judgeHostLoops(
     found = findHostLoops(
       {
         peerOf,
+        masterOf,
         linkTo: inForce,
         inForce,
         ruleAt: (key) => {

@@ -14,8 +14,17 @@
  * destination takes the others; sources are followed as prefixes, so two rules whose source prefixes share no
  * address make no cycle. A link direction runs before rules on its ingress. A peer in another network
  * namespace is not followed (where it leads is not this daemon's to see), and the frame's destination MAC is
- * not judged (a backend's MAC is usually the peer's own, or resolved from it). Pure: the veth peers come from
- * the caller.
+ * not judged (a backend's MAC is usually the peer's own, or resolved from it).
+ *
+ * A peer that is a port of a bridge, a bond or a team (its IFLA_MASTER, of kind bridge/bond/team) hands what its
+ * own XDP program passes to that master, where the master's XDP program runs on it again (__netif_receive_skb_core
+ * runs generic XDP on the skb's device: br_pass_frame_up gives the bridge a new receive for a frame to its own
+ * MAC, bond/team rx handlers make the master the skb's device for another round): so the datagrams that no rule
+ * on the peer takes arrive on the master too, then on the master's master, and are matched there. A bridge takes
+ * only frames to its own MAC up; a backend's MAC resolved by ARP on the bridge is that, and at change time it is
+ * not known yet, so the bridge is followed whatever the MAC. What a bridge forwards out of its other ports is
+ * transmitted there (no XDP program runs on a transmit) and is not followed further; nor is a link direction
+ * whose ingress is a master. Pure: the veth peers and masters come from the caller.
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
@@ -42,6 +51,8 @@ export const loopRule = (name: string, spec: RuleSpec): LoopRule => ({
 export interface LoopGraph {
   /** The veth peer of an interface when it is in this namespace; undefined otherwise (or not a veth). */
   peerOf(name: string): string | undefined;
+  /** The device `name` is a port of and its kind (netlink IFLA_MASTER), in this namespace; undefined: none. */
+  masterOf?(name: string): { name: string; kind?: string } | undefined;
   /** Link directions (ingress -> egress) as they are after the change (the reconciler: in force). */
   linkTo: ReadonlyMap<string, string>;
   /** Link directions in force now: one in `linkTo` that differs is a direction the change makes. */
@@ -56,9 +67,24 @@ export interface LoopStep {
   backend: string;
   iface: string;
   path: string[];
+  /** The masters at the end of `path` the datagram went up to from the peer, in words ("bridge br0"). */
+  masters?: string[];
 }
 
 /** A cycle back to a rule: its steps, and the first link direction on it that the change makes (if any). */
+/** The kinds of master a port's received frames go up to, where XDP runs on them again. */
+export const RECEIVING_MASTERS: ReadonlySet<string> = new Set(['bridge', 'bond', 'team']);
+
+/** Where a datagram sent out of an egress arrives: the interfaces crossed to the veth peer, then its masters. */
+export interface Arrival {
+  path: string[];
+  newLink?: string;
+  /** The masters (bridge, bond, team) above the last of `path`, in the order the datagram goes up to them. */
+  uppers: string[];
+  /** `uppers` in words: "bridge br0". */
+  upperWords: string[];
+}
+
 export interface RuleCycle {
   steps: LoopStep[];
   newLink?: string;
@@ -87,19 +113,19 @@ function subtractSources(a: Sources, b: Sources): Sources {
 
 /** Cycles of rules over one {@link LoopGraph}; where each egress leads is followed once. */
 export class RuleLoops {
-  private readonly arrivals = new Map<string, { path: string[]; newLink?: string } | undefined>();
+  private readonly arrivals = new Map<string, Arrival | undefined>();
 
   constructor(private readonly g: LoopGraph) {}
 
   /** Where a datagram sent out of `egress` arrives: the interfaces it crosses, the last the ingress it arrives on. */
-  arrival(egress: string): { path: string[]; newLink?: string } | undefined {
+  arrival(egress: string): Arrival | undefined {
     if (this.arrivals.has(egress)) return this.arrivals.get(egress);
     const out = this.follow(egress);
     this.arrivals.set(egress, out);
     return out;
   }
 
-  private follow(egress: string): { path: string[]; newLink?: string } | undefined {
+  private follow(egress: string): Arrival | undefined {
     const path = [egress];
     let newLink: string | undefined;
     for (const seen = new Set<string>(); !seen.has(egress);) {
@@ -108,7 +134,10 @@ export class RuleLoops {
       if (peer === undefined) return undefined;
       path.push(peer);
       const next = this.g.linkTo.get(peer);
-      if (next === undefined) return { path, newLink };
+      if (next === undefined) {
+        const up = this.uppers(peer);
+        return { path, newLink, uppers: up.map((m) => m.name), upperWords: up.map((m) => `${m.kind} ${m.name}`) };
+      }
       if (this.g.inForce.get(peer) !== next) newLink ??= peer;
       path.push(next);
       egress = next;
@@ -116,21 +145,39 @@ export class RuleLoops {
     return undefined; // a loop of links: refused as one (plan-links.ts)
   }
 
-  /** The rules that match a datagram to `dst` on `port` from `sources` arriving on `ingress`, with the sources each takes. */
-  private matches(ingress: string, port: number, dst: string, sources: Sources) {
-    const out: { rule: LoopRule; sources: Sources }[] = [];
+  /** The masters a frame received on `name` goes up to (bridge, bond, team), each once, nearest first. */
+  private uppers(name: string): { name: string; kind?: string }[] {
+    const out: { name: string; kind?: string }[] = [];
+    for (let m = this.g.masterOf?.(name); m && RECEIVING_MASTERS.has(m.kind ?? ''); m = this.g.masterOf?.(m.name)) {
+      if (m.name === name || out.some((x) => x.name === m!.name)) break;
+      out.push(m);
+    }
+    return out;
+  }
+
+  /**
+   * The rules that match a datagram to `dst` on `port` from `sources` arriving on the devices `at` in turn (a
+   * peer, then its masters: what no rule takes on one goes up to the next), with the sources each takes and the
+   * index in `at` of the device it is matched on.
+   */
+  private matches(at: readonly string[], port: number, dst: string, sources: Sources) {
+    const out: { rule: LoopRule; sources: Sources; on: number }[] = [];
     let rest = sources;
-    const exact = this.g.ruleAt(`${ingress}|${port}|${dst}`);
-    if (exact) {
-      const taken = intersectSources(sources, exact.sources);
-      if (taken === null || taken.length) out.push({ rule: exact, sources: taken });
-      rest = subtractSources(sources, exact.sources);
-    }
-    const any = this.g.ruleAt(`${ingress}|${port}|`);
-    if (any && any !== exact && (rest === null || rest.length)) {
-      const taken = intersectSources(rest, any.sources);
-      if (taken === null || taken.length) out.push({ rule: any, sources: taken });
-    }
+    at.forEach((ingress, on) => {
+      if (rest !== null && !rest.length) return;
+      const exact = this.g.ruleAt(`${ingress}|${port}|${dst}`);
+      if (exact) {
+        const taken = intersectSources(rest, exact.sources);
+        if (taken === null || taken.length) out.push({ rule: exact, sources: taken, on });
+        rest = subtractSources(rest, exact.sources);
+      }
+      const any = this.g.ruleAt(`${ingress}|${port}|`);
+      if (any && any !== exact && (rest === null || rest.length)) {
+        const taken = intersectSources(rest, any.sources);
+        if (taken === null || taken.length) out.push({ rule: any, sources: taken, on });
+        rest = subtractSources(rest, any.sources);
+      }
+    });
     return out;
   }
 
@@ -146,9 +193,13 @@ export class RuleLoops {
     ): RuleCycle | undefined => {
       const a = this.arrival(backend.interface);
       if (!a) return undefined;
-      const here = [...steps, { rule: rule.name, backend: backend.ip, iface: backend.interface, path: a.path }];
       const viaNew = newLink ?? a.newLink;
-      for (const m of this.matches(a.path[a.path.length - 1], rule.spec.port, backend.ip, sources)) {
+      const at = [a.path[a.path.length - 1], ...a.uppers];
+      for (const m of this.matches(at, rule.spec.port, backend.ip, sources)) {
+        const path = [...a.path, ...a.uppers.slice(0, m.on)];
+        const step: LoopStep = { rule: rule.name, backend: backend.ip, iface: backend.interface, path };
+        if (m.on) step.masters = a.upperWords.slice(0, m.on);
+        const here = [...steps, step];
         if (m.rule.name === start.name) return { steps: here, newLink: viaNew };
         const key = `${m.rule.name}|${m.sources?.map(formatPrefix).join(',') ?? '*'}`;
         if (visited.has(key)) continue;
@@ -173,13 +224,24 @@ export const LOOP_TAIL =
 export function changeLoopText(steps: readonly LoopStep[], start: string): string {
   const first = steps[0].path;
   const peer = first[1];
+  const masters = steps[0].masters ?? [];
+  const links = first.length - masters.length > 2;
+  const last = first[first.length - 1];
+  // Where the first step's datagrams arrive, up to the ingress that matches them ("..., an ingress").
+  let reach = links ? `its veth peer ${peer} leads through links to ${first[first.length - 1 - masters.length]}` : '';
+  if (masters.length) {
+    reach =
+      `${reach ? `${reach}, which` : `its veth peer ${peer}`} is a port of ${masters.join(', itself a port of ')}: ` +
+      `a datagram no rule takes on the port goes up to ${last}, an ingress`;
+  } else if (links) reach += ', an ingress';
   if (steps.length === 1) {
-    return first.length > 2
-      ? `its veth peer ${peer} leads through links back to ${first[first.length - 1]} (${first.join(' -> ')}), an ingress of this rule`
+    if (masters.length) return `${reach} of this rule (${first.join(' -> ')})`;
+    return links
+      ? `its veth peer ${peer} leads through links back to ${last} (${first.join(' -> ')}), an ingress of this rule`
       : `its veth peer ${peer} is ingress of this rule`;
   }
   const via = steps.slice(1).map((s) => s.rule);
-  const where = first.length > 2 ? `leads through links to ${first[first.length - 1]}, an ingress` : 'is ingress';
+  const where = reach || `its veth peer ${peer} is ingress`;
   const trail = steps
     .map(
       (s, k) =>
@@ -187,7 +249,7 @@ export function changeLoopText(steps: readonly LoopStep[], start: string): strin
     )
     .join(' -> ');
   return (
-    `its veth peer ${peer} ${where} of rule ${via[0]}, and the datagrams come back to this rule through ` +
+    `${where} of rule ${via[0]}, and the datagrams come back to this rule through ` +
     `${via.length > 1 ? 'rules' : 'rule'} ${via.join(', ')}: a loop of rules ${[start, ...via, start].join(' -> ')} (${trail})`
   );
 }

@@ -1463,6 +1463,18 @@ export class KernelDataplane implements Dataplane {
     }
   }
 
+  masterLink(ifname: string): { name: string; kind?: string } | undefined {
+    try {
+      const m = linkIdentity(ifindexOf(ifname))?.master;
+      const name = m === undefined ? undefined : nameOf(m);
+      if (m === undefined || name === undefined) return undefined;
+      const kind = linkIdentity(m)?.kind;
+      return kind === undefined ? { name } : { name, kind };
+    } catch {
+      return undefined; // no such interface: reported as missing elsewhere
+    }
+  }
+
   vethPeerXdp(ifname: string): PeerXdp | undefined {
     let p: ReturnType<typeof vethPeerXdp>;
     try {

@@ -493,6 +493,7 @@ export function macOf(name: string): string {
 // <linux/rtnetlink.h>, <linux/if_link.h>
 const RTM_GETLINK = 18;
 const IFLA_LINK = 5;
+const IFLA_MASTER = 10;
 const IFLA_LINKINFO = 18;
 const IFLA_INFO_KIND = 1;
 const IFLA_EXT_MASK = 29;
@@ -513,6 +514,8 @@ export interface LinkIdentity {
    * follows its peer's up/down state, so every time the peer goes down and up this count moves.
    */
   carrierChanges: number;
+  /** IFLA_MASTER: the ifindex of the device this one is enslaved to (a bridge, a bond, a team), in this namespace. */
+  master?: number;
 }
 
 const IFLA_STATS64 = 23;
@@ -576,6 +579,7 @@ export function linkIdentity(ifindex: number): LinkIdentity | undefined {
     link: a.get(IFLA_LINK)?.readUInt32LE(0),
     linkNetnsid: a.get(IFLA_LINK_NETNSID)?.readInt32LE(0),
     carrierChanges: a.get(IFLA_CARRIER_CHANGES)?.readUInt32LE(0) ?? 0,
+    master: a.get(IFLA_MASTER)?.readUInt32LE(0) || undefined,
   };
 }
 
