@@ -8,11 +8,13 @@ import { describe, it } from 'node:test';
 
 import type { RuleSpec } from '../../src/server/core/model.js';
 import {
+  changeLoopText,
   findHostLoops,
   hostLoopProblem,
   loopRule,
   type LoopGraph,
   type LoopRule,
+  RuleLoops,
 } from '../../src/server/core/rule-loops.js';
 
 const rule = (name: string, ingress: string[], backends: [ip: string, iface: string][], sources: string[] = []) =>
@@ -113,5 +115,63 @@ describe('loops the host makes (rule-loops findHostLoops)', () => {
     const ra = rule('ra', ['m\x1bb'], [['10.0.2.1', 'e']]);
     const f = findHostLoops(graph([ra], [['e', 'm\x1bb']]), startsOf([ra]));
     assert.match(f.backends.get('ra|10.0.2.1@e')!, /through e -> m\\eb \[rule ra\]/);
+  });
+});
+
+describe('loops through a bridge, a bond, a team (a veth peer that is a port: its master)', () => {
+  /** `graph` with masters: port -> [master, kind]. */
+  const withMasters = (g: LoopGraph, masters: Record<string, [string, string]>): LoopGraph => ({
+    ...g,
+    masterOf: (n) => (masters[n] ? { name: masters[n][0], kind: masters[n][1] } : undefined),
+  });
+
+  it('a peer that is a port of the ingress bridge: the loop, said with the bridge', () => {
+    const r = rule('brl', ['br'], [['10.77.9.1', 'la']]);
+    const g = withMasters(graph([r], [['la', 'lb']]), { lb: ['br', 'bridge'] });
+    const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+    assert.ok(c);
+    assert.deepEqual(c.steps[0].path, ['la', 'lb', 'br']);
+    assert.equal(
+      changeLoopText(c.steps, 'brl'),
+      'its veth peer lb is a port of bridge br: a datagram no rule takes on the port goes up to br, an ingress of ' +
+        'this rule (la -> lb -> br)',
+    );
+    const f = findHostLoops(g, startsOf([r]));
+    assert.match(f.backends.get('brl|10.77.9.1@la')!, /of rules brl -> brl through la -> lb -> br \[rule brl\]/);
+  });
+
+  it('no master, or a master that is no bridge, bond or team (a vrf): no loop', () => {
+    const r = rule('brl', ['br'], [['10.77.9.1', 'la']]);
+    assert.equal(new RuleLoops(graph([r], [['la', 'lb']])).cycleFrom(r, r.spec.backends[0]), undefined);
+    const vrf = withMasters(graph([r], [['la', 'lb']]), { lb: ['br', 'vrf'] });
+    assert.equal(new RuleLoops(vrf).cycleFrom(r, r.spec.backends[0]), undefined);
+  });
+
+  it('a bond port, the bond a port of the bridge: followed up both', () => {
+    const r = rule('brl', ['br'], [['10.77.9.1', 'la']]);
+    const g = withMasters(graph([r], [['la', 'lb']]), { lb: ['bo', 'bond'], bo: ['br', 'bridge'] });
+    const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+    assert.deepEqual(c?.steps[0].path, ['la', 'lb', 'bo', 'br']);
+    assert.match(
+      changeLoopText(c.steps, 'brl'),
+      /^its veth peer lb is a port of bond bo, itself a port of bridge br: /,
+    );
+  });
+
+  it('a rule on the port that takes the datagram first: it never goes up to the bridge (no loop)', () => {
+    const r = rule('brl', ['br'], [['10.77.9.1', 'la']]);
+    const port = rule('port', ['lb'], [['10.0.2.1', 'e']]);
+    const g = withMasters(graph([r, port], [['la', 'lb']]), { lb: ['br', 'bridge'] });
+    assert.equal(new RuleLoops(g).cycleFrom(r, r.spec.backends[0]), undefined);
+    // ... unless its sources leave some: those go up.
+    const some = rule('port', ['lb'], [['10.0.2.1', 'e']], ['10.1.0.0/16']);
+    const g2 = withMasters(graph([r, some], [['la', 'lb']]), { lb: ['br', 'bridge'] });
+    assert.ok(new RuleLoops(g2).cycleFrom(r, r.spec.backends[0]));
+  });
+
+  it('a master loop (a device its own master, as a bad read could say) ends', () => {
+    const r = rule('brl', ['x'], [['10.77.9.1', 'la']]);
+    const g = withMasters(graph([r], [['la', 'lb']]), { lb: ['br', 'bridge'], br: ['lb', 'bridge'] });
+    assert.equal(new RuleLoops(g).cycleFrom(r, r.spec.backends[0]), undefined);
   });
 });
