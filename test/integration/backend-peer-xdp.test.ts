@@ -4,17 +4,20 @@
  * first and may drop it, while the daemon said the rule ACTIVE, the backend receiving, with no word of it:
  * 0 of 20 datagrams arrived, nothing said. Now the rule's warnings and the backend's message name the peer,
  * its namespace and the program ("veth peer eth0 in netns N runs XDP program id P (base_sink, generic mode):
- * delivery past it cannot be verified"), said as the other program on a backend's egress is (not judged: the
- * rule stays ACTIVE), and the words go once the program is removed (20 of 20 arrive). Both XDP modes of the
+ * delivery past it cannot be verified"). Newcomer review (MED): said, but the rule stayed ACTIVE, AllReceiving.
+ * Now whether the backend receives cannot be verified: the rule is DEGRADED, BackendsReceiving Unknown
+ * (PeerXdpProgram) naming the program, the backend kept in its table; once the program is removed the words go
+ * and the rule is ACTIVE again (20 of 20 arrive). Both XDP modes of the
  * daemon; the peer's program native (xdpdrv) in one, generic (xdpgeneric) in the other. Real veths, namespaces,
  * a real daemon and real datagrams.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
+import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, ROOT, sh, until } from '../helpers/env.js';
-import { backendOf, esc, Lab } from '../helpers/lab.js';
+import { backendOf, cond, esc, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
 const PORT = 7651;
@@ -52,7 +55,14 @@ for (const [mode, peerMode, peerWords] of [
         );
         const s = await lab.status('web');
         assert.match(s.backendStatus[0].message, new RegExp(note), JSON.stringify(s.backendStatus[0]));
-        assert.equal(s.state, RuleState.RULE_STATE_ACTIVE, 'said, not judged');
+        // Whether it receives cannot be verified: DEGRADED, not ACTIVE, the backend kept in its table.
+        assert.equal(s.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(s));
+        assert.equal(s.backendStatus[0].active, true, 'kept in its table: what the program does is not known');
+        assert.match(s.message, new RegExp(note), s.message);
+        const br = cond(s, 'BackendsReceiving');
+        assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'PeerXdpProgram']);
+        assert.match(br.message, new RegExp(`^${esc(b1.ip!)}@${b1.hostIf}: ${note}$`), br.message);
+        assert.equal(cond(s, 'Ready').status, ConditionStatus.CONDITION_STATUS_FALSE);
         // What the warning is about: the program drops what is redirected to the backend.
         const r = await lab.send(PORT, [b1], 20, 4);
         assert.equal(r.got[0], 0, JSON.stringify(r));
@@ -63,6 +73,10 @@ for (const [mode, peerMode, peerWords] of [
           async () => !/runs XDP program/.test(JSON.stringify(await lab.status('web'))),
           15_000,
         );
+        const s2 = await lab.status('web');
+        assert.equal(s2.state, RuleState.RULE_STATE_ACTIVE, JSON.stringify(s2));
+        const br2 = cond(s2, 'BackendsReceiving');
+        assert.deepEqual([br2.status, br2.reason], [ConditionStatus.CONDITION_STATUS_TRUE, 'AllReceiving']);
       } finally {
         if (!detached) sh('ip', ['-n', b1.netns, 'link', 'set', 'dev', 'eth0', peerMode, 'off']);
       }

@@ -134,6 +134,7 @@ export function ruleConditions(
       unverified?: boolean;
       conflict?: boolean;
       dropping?: string;
+      peerXdp?: string;
     }[];
   },
   weights: number[],
@@ -143,6 +144,7 @@ export function ruleConditions(
   const out = s.backends.filter((b, i) => !b.receiving && (weights[i] ?? 1) > 0);
   const unverified = s.backends.filter((b) => b.unverified);
   const dropping = s.backends.filter((b, i) => b.dropping && b.receiving && (weights[i] ?? 1) > 0);
+  const peerXdp = s.backends.filter((b, i) => b.peerXdp && b.receiving && (weights[i] ?? 1) > 0);
   const failed = s.state === 'failed';
   return [
     cond(
@@ -185,14 +187,22 @@ export function ruleConditions(
               reason: unverified.some((b) => b.conflict) ? 'AddressConflict' : 'BackendsUnverified',
               message: unverified.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; '),
             }
-          : cond(
-              'BackendsReceiving',
-              out.length === 0,
-              out.length ? 'BackendsNotReceiving' : 'AllReceiving',
-              out.length
-                ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
-                : 'every backend with a non-zero weight is in the backend table',
-            ),
+          : out.length === 0 && peerXdp.length
+            ? {
+                // In the table, but an XDP program not ours on its veth peer sees (and may drop) what we redirect.
+                type: 'BackendsReceiving',
+                status: 'Unknown',
+                reason: 'PeerXdpProgram',
+                message: peerXdp.map((b) => `${b.ip}@${b.interface}: ${b.peerXdp}`).join('; '),
+              }
+            : cond(
+                'BackendsReceiving',
+                out.length === 0,
+                out.length ? 'BackendsNotReceiving' : 'AllReceiving',
+                out.length
+                  ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
+                  : 'every backend with a non-zero weight is in the backend table',
+              ),
     failed
       ? { type: 'FramesFit', status: 'Unknown', reason: 'Failed', message: s.message }
       : framesFitCondition(s.warnings ?? []),

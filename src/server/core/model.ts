@@ -79,6 +79,13 @@ export interface BackendStatus {
    */
   dropping?: string;
   /**
+   * In the table, but an XDP program not ours runs on its egress's veth peer (core/rule-status.ts
+   * peerXdpStatus): what is said of it (the program's id, name, mode). Every frame redirected to it is that
+   * program's first, which may drop it while our counters say redirected: whether it receives cannot be
+   * verified. The rule is then DEGRADED, its BackendsReceiving Unknown (PeerXdpProgram).
+   */
+  peerXdp?: string;
+  /**
    * Why its egress interface cannot take the frames redirected to it, when that is why it is out of the
    * table (down, no carrier, no native XDP redirects, every redirected frame dropped, gone): a fact about
    * the interface, which its EgressReady condition states too (Controller.listInterfaces). Not set for a

@@ -705,25 +705,40 @@ export function peerXdpNote(p: PeerXdp): string {
  * The status with each backend whose egress is a veth whose peer runs an XDP program not ours (`peerXdp`:
  * egress name -> {@link peerXdpNote}) saying so, in its message and the rule's warnings: every frame
  * redirected to it is that program's first on the other side, which may drop it while the counters here say
- * redirected (the kernel took it into the veth). Said, not judged: what the program does is not known here.
+ * redirected (the kernel took it into the veth). What the program does is not known here, so the backend
+ * stays in the table, but whether it receives cannot be verified: one in the table with a non-zero weight
+ * makes an ACTIVE rule DEGRADED (proto RuleState: ACTIVE is every backend receiving), its BackendsReceiving
+ * Unknown (PeerXdpProgram). ACTIVE again once the program is gone.
  */
 export function peerXdpStatus(
   s: RuleStatus,
-  rule: { backends: readonly { interface: string }[] },
+  rule: { backends: readonly { interface: string; weight?: number }[] },
   peerXdp: ReadonlyMap<string, string> | undefined,
 ): RuleStatus {
   if (!peerXdp?.size || s.state === 'failed') return s;
   const warnings: string[] = [];
+  let judged = false;
   const backends = s.backends.map((b, i) => {
     const egress = rule.backends[i]?.interface;
     const note = egress === undefined ? undefined : peerXdp.get(egress);
     if (!note) return b;
     const said = `backend ${b.ip} on ${egress}: ${note}`;
     if (!warnings.includes(said)) warnings.push(said);
-    return b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
+    // Only one in the table with a non-zero weight is meant to receive: it is the one not verified.
+    const counts = b.receiving && (rule.backends[i].weight ?? 1) > 0;
+    if (counts) judged = true;
+    const withNote = b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
+    return counts ? { ...withNote, peerXdp: note } : withNote;
   });
   if (!warnings.length) return s;
-  return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
+  const notes = judged ? warnings.filter((w) => !s.message.includes(w)) : [];
+  return {
+    ...s,
+    state: judged && s.state === 'active' ? 'degraded' : s.state,
+    message: notes.length ? `${s.message}; ${notes.join('; ')}` : s.message,
+    backends,
+    warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))],
+  };
 }
 
 /**

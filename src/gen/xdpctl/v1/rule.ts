@@ -127,7 +127,9 @@ export enum RuleState {
    * address conflict (RFC 5227: a duplicate host or a spoofer; the MAC in
    * the datapath is kept, BackendsReceiving reason AddressConflict); a
    * backend given with a static MAC that nothing on the host confirms, see
-   * Backend.mac; each
+   * Backend.mac; a backend whose egress's veth peer runs an XDP program
+   * not ours, which sees what is redirected first and may drop it,
+   * BackendsReceiving reason PeerXdpProgram; each
    * stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
@@ -431,7 +433,11 @@ export interface BackendStatus {
    * within the last 5 s, "tap T: N frames dropped in the last S s (its
    * tx_dropped counter): its reader is not reading ..." (its rule DEGRADED,
    * BackendsReceiving False with reason FramesDropped, until nothing is
-   * dropped for 5 s); otherwise empty.
+   * dropped for 5 s); for one whose egress's veth peer runs an XDP program
+   * not ours, "veth peer P in netns N runs XDP program id I (name, M mode):
+   * delivery past it cannot be verified" (it stays active; its rule
+   * DEGRADED, BackendsReceiving Unknown with reason PeerXdpProgram, until
+   * the program is gone); otherwise empty.
    */
   message: string;
 }
