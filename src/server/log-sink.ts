@@ -18,8 +18,9 @@
  * A file (stdout redirected to one: `fd`) is written here with writeSync, each line's write on its own: a line the
  * file system refuses (ENOSPC: a full disk, EFBIG: the file size limit, EIO) is dropped and counted by its errno
  * (`failures`), the first refusal said once on stderr and kept for GetStatus ({@link LogSink.writeProblem}), and
- * the next line tries again; the first one written after refusals is followed by one log line saying how many were
- * dropped, from when to when and why. Before, the first refused write failed the stream for good (nothing more was
+ * the next line tries again; once the file takes lines again, the first one written is one log line saying how many
+ * were dropped, from when to when and why (tried before each line while refused: a refused try is not counted, and
+ * the refusals end only once that summary is written). Before, the first refused write failed the stream for good (nothing more was
  * written after the disk had room again), and with stderr on the same disk the daemon died of an unhandled 'error'.
  * A line cut short by the refusal (part of it written before ENOSPC or EFBIG) is taken back out of the file, so that
  * every line in it stays one JSON object: the file is truncated to where the line began (the cut bytes end it: nothing
@@ -109,8 +110,10 @@ export class LogSink {
   private refusing: WriteProblem | undefined;
   /** Part of a line is in the file without its newline (a write cut short, left there): the next line starts a new one. */
   private torn = false;
-  /** The summary of the refused lines is being written (LogSinkOptions.recovered). */
+  /** The drop summary is being written (LogSinkOptions.recovered, from writeFile): not asked for again from within. */
   private summing = false;
+  /** A line reached writeFile while `summing`: the summary is logged at this level (it may still be refused). */
+  private summaryTried = false;
   /** Lines handed to the stream whose write has not completed, by kind. */
   private readonly pending: Record<LogLineKind, number> = { log: 0, audit: 0 };
   /** The stream failed (its error's code): nothing more is written. */
@@ -178,6 +181,10 @@ export class LogSink {
 
   /** One line to the file, whole, or dropped and counted with the errno that refused it. */
   private writeFile(fd: number, line: string, kind: LogLineKind): void {
+    // After refusals, the summary of what was dropped is the first line the file takes: tried before this one
+    // (recovered() logs it through this sink, back here; written, it ends the refusals below).
+    if (this.summing) this.summaryTried = true;
+    else if (this.refusing && this.episode) this.summarise(this.episode);
     const lead = this.torn ? 1 : 0;
     const buf = Buffer.from(lead ? `\n${line}` : line);
     let off = 0;
@@ -196,26 +203,41 @@ export class LogSink {
           );
         } else this.torn = false; // only the newline that ends the line cut before
       }
+      // A refused summary is no line lost: the refusals go on, and it is tried again before the next line.
+      if (this.summing) return;
       this.refused(err as NodeJS.ErrnoException, line, kind);
       return;
     }
     this.torn = false;
     const e = this.episode;
-    if (this.refusing && e && !this.summing) {
-      // The refusals end with their summary line written. Refused too (a line that fitted where the one cut short was
-      // taken back out, and the summary does not), it is counted with them and they go on: one summary says them all.
-      const lines = e.lines;
-      this.summing = true;
-      try {
-        this.o.recovered({ ...e });
-      } finally {
-        this.summing = false;
-      }
-      if (this.episode === e && e.lines === lines) {
+    if (this.refusing && e) {
+      if (this.summing) {
+        // The summary is written: the refusals end.
+        this.refusing = this.episode = undefined;
+        this.o.notice(`${this.o.name} is written again: ${dropText(e)} (${e.cause})`);
+      } else if (!this.summarise(e)) {
+        // The summary is not logged at this level at all: the refusals end with this line.
         this.refusing = this.episode = undefined;
         this.o.notice(`${this.o.name} is written again: ${dropText(e)} (${e.cause})`);
       }
+      // Else the summary was refused while this line fitted (where a line cut short was taken back out): the refusals
+      // go on, uncounted for it, and it is tried again before the next line.
     }
+  }
+
+  /**
+   * Log the summary of the refused lines through this sink (LogSinkOptions.recovered). Whether any line reached the
+   * file's write for it (false: not logged at this level).
+   */
+  private summarise(e: DropEpisode): boolean {
+    this.summing = true;
+    this.summaryTried = false;
+    try {
+      this.o.recovered({ ...e });
+    } finally {
+      this.summing = false;
+    }
+    return this.summaryTried;
   }
 
   /**

@@ -134,6 +134,8 @@ describe('log sink', () => {
     );
   });
 
+  const summary = (e: DropEpisode) => `{"msg":"${e.lines} log line(s) were dropped"}\n`;
+
   it('a file that refuses writes (/dev/full: ENOSPC): each line dropped and counted by errno, said once; the first line written after says how many', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xdpctl-log-sink-'));
     const full = openSync('/dev/full', 'w');
@@ -152,7 +154,11 @@ describe('log sink', () => {
         name: 'stdout',
         maxBytes: 4096,
         notice: (x) => notices.push(x),
-        recovered: (e) => recovered.push(e),
+        // As main.ts does: the summary is logged through the sink itself.
+        recovered: (e) => {
+          recovered.push({ ...e });
+          sink.write(summary(e));
+        },
         now: () => t,
       });
       sink.write(line(100));
@@ -177,8 +183,9 @@ describe('log sink', () => {
       t = 3_000;
       sink.write(line(100));
       assert.equal(sink.writeProblem(), undefined);
-      assert.equal(recovered.length, 1);
-      assert.deepEqual(recovered[0], {
+      // Asked before each line while refused (its line refused then, not counted), written before this one.
+      assert.equal(recovered.length, 3);
+      assert.deepEqual(recovered[2], {
         from: 1_000,
         to: 2_000,
         lines: 3,
@@ -192,7 +199,11 @@ describe('log sink', () => {
         /^stdout is written again: 3 log line\(s\) \(1 audit record\(s\)\) were dropped .*\(the disk is full \(ENOSPC\)\)$/,
       );
       sink.write(line(100));
-      assert.equal(readFileSync(join(dir, 'out.log'), 'utf8'), line(100) + line(100), 'whole lines, nothing more');
+      assert.equal(
+        readFileSync(join(dir, 'out.log'), 'utf8'),
+        summary(recovered[2]) + line(100) + line(100),
+        'the summary first, whole lines, nothing more',
+      );
       assert.deepEqual(sink.dropped, { log: 2, audit: 1 }, 'nothing more dropped');
     } finally {
       closeSync(full);
@@ -201,12 +212,13 @@ describe('log sink', () => {
     }
   });
 
-  it('a summary of refused lines refused in its turn: counted with them, the refusal goes on, one summary says them all', () => {
+  it('a summary of refused lines refused in its turn: not counted, the refusal goes on, tried again; one summary says them all', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xdpctl-log-sink-'));
     const full = openSync('/dev/full', 'w');
     const file = openSync(join(dir, 'out.log'), 'a');
     try {
       let fd = full;
+      let refuseSummaries = 0;
       const notices: string[] = [];
       const recovered: DropEpisode[] = [];
       const summary = (e: DropEpisode) => `${JSON.stringify({ msg: `dropped ${e.lines}` })}\n`;
@@ -218,33 +230,37 @@ describe('log sink', () => {
         name: 'stdout',
         maxBytes: 4096,
         notice: (x) => notices.push(x),
-        // Written through the sink, as xdpctld does; the first one the disk refuses (a line fitted, the summary not).
+        // Written through the sink, as xdpctld does; the disk refuses the summary `refuseSummaries` times more (a
+        // line fitted where the summary did not).
         recovered: (e) => {
           recovered.push(e);
-          if (recovered.length === 1) fd = full;
+          const keep = fd;
+          if (refuseSummaries > 0) {
+            refuseSummaries--;
+            fd = full;
+          }
           sink.write(summary(e));
+          fd = keep;
         },
       });
       sink.write(line(100));
       sink.write(line(100));
+      assert.deepEqual(sink.failures, { ENOSPC: 2 }, 'the summary tried before the second line: refused, not counted');
       fd = file;
+      refuseSummaries = 2; // before and after the next line
       sink.write(line(50));
-      assert.equal(recovered.length, 1);
-      assert.equal(recovered[0].lines, 2);
-      assert.deepEqual(sink.failures, { ENOSPC: 3 }, 'the summary refused, counted');
-      assert.equal(sink.writeProblem()?.lines, 3, 'the refusal goes on');
+      assert.deepEqual(sink.failures, { ENOSPC: 2 }, 'the refused summaries not counted');
+      assert.equal(sink.writeProblem()?.lines, 2, 'the refusal goes on until its summary is written');
       assert.equal(notices.length, 1, notices.join('\n'));
-      fd = file;
       sink.write(line(60));
-      assert.equal(recovered.length, 2);
-      assert.equal(recovered[1].lines, 3, 'the second summary says every line dropped');
+      assert.equal(recovered.at(-1)!.lines, 2, 'the summary says every line dropped');
       assert.equal(sink.writeProblem(), undefined);
       assert.equal(notices.length, 2, notices.join('\n'));
-      assert.match(notices[1], /^stdout is written again: 3 log line\(s\) were dropped/);
+      assert.match(notices[1], /^stdout is written again: 2 log line\(s\) were dropped/);
       assert.equal(
         readFileSync(join(dir, 'out.log'), 'utf8'),
-        line(50) + line(60) + summary(recovered[1]),
-        'whole lines, one summary',
+        line(50) + summary(recovered.at(-1)!) + line(60),
+        'whole lines, one summary, first of the lines after the one that fitted',
       );
     } finally {
       closeSync(full);
