@@ -493,7 +493,6 @@ export function macOf(name: string): string {
 // <linux/rtnetlink.h>, <linux/if_link.h>
 const RTM_GETLINK = 18;
 const IFLA_LINK = 5;
-const IFLA_MASTER = 10;
 const IFLA_LINKINFO = 18;
 const IFLA_INFO_KIND = 1;
 const IFLA_EXT_MASK = 29;
