@@ -36,8 +36,10 @@ import { isIP, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 
 import {
+  create,
   createFileRegistry,
   fromBinary,
+  fromJsonString,
   toBinary,
   type DescMessage,
   type DescMethodUnary,
@@ -51,6 +53,7 @@ import { Metadata, ServerError, type CallContext, type ServerMiddleware } from '
 
 import type { Identity } from './auth/identity.js';
 import { MAX_TIMER_MS, monotonicMs } from './core/clock.js';
+import { jsonDecodeProblem } from './json-decode-problem.js';
 import { connectionLimits, limitConnections, noteSilentClose } from './connection-guard.js';
 import { assertSocketNotLive, removeOwnSocket, socketIdentity } from './dataplane/instance-lock.js';
 import type { Logger } from './log.js';
@@ -162,6 +165,44 @@ function connectError(err: unknown, trailer: Metadata, registry: FileRegistry): 
   return new ConnectError(err.details, err.code as number as Code, undefined, details);
 }
 
+/**
+ * The text decoder Connect's JSON parse of `input` goes through, which first decodes the body itself:
+ * a body that does not decode is refused naming the field (json-decode-problem.ts), with a
+ * google.rpc.BadRequest field violation, as the gRPC validation names its fields; otherwise Connect
+ * decodes it as before.
+ */
+function namingDecoder(input: DescMessage, registry: FileRegistry): { decode(data?: Uint8Array): string } {
+  const text = new TextDecoder();
+  const badRequest = registry.getMessage('google.rpc.BadRequest');
+  return {
+    decode(data?: Uint8Array): string {
+      const json = text.decode(data);
+      try {
+        fromJsonString(input, json, { ignoreUnknownFields: false });
+      } catch (err) {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(json);
+        } catch {
+          throw err; // not JSON at all: the library's own message
+        }
+        const problem = jsonDecodeProblem(input, parsed as never);
+        if (!problem) throw err;
+        const details = badRequest
+          ? [{ desc: badRequest, value: create(badRequest, { fieldViolations: [problem] } as never) }]
+          : [];
+        throw new ConnectError(
+          `${problem.field}: ${problem.description}`,
+          Code.InvalidArgument,
+          undefined,
+          details as never,
+        );
+      }
+      return json;
+    },
+  };
+}
+
 function peerOf(kind: ListenerKind, socket: Socket, listen: string): string {
   if (kind === 'unix') return listen;
   // As every log line writes a peer: "127.0.0.1:40312", "[::1]:40312" (RFC 5952 section 6).
@@ -236,29 +277,43 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     routes(router) {
       for (const desc of rpcs) {
         const m = o.methods.get(`/${desc.parent.typeName}/${desc.name}`)!;
-        router.rpc(desc, async (req: Message, ctx: HandlerContext) => {
-          const metadata = Metadata();
-          const identity = ctx.values.get(kIdentity);
-          if (identity) metadata.set(IDENTITY_KEY, sealIdentity(identity));
-          const timeout = ctx.timeoutMs();
-          if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(monotonicMs() + timeout));
-          const trailer = Metadata();
-          const context: CallContext = {
-            metadata,
-            peer: ctx.values.get(kPeer),
-            header: Metadata(),
-            sendHeader() {},
-            trailer,
-            signal: ctx.signal,
-          };
-          let response: unknown;
-          try {
-            response = await m.run(m.requestType.decode(toBinary(desc.input, req)), context);
-          } catch (err) {
-            throw connectError(err, trailer, registry);
-          }
-          return fromBinary(desc.output, m.responseType.encode(response).finish());
-        });
+        router.rpc(
+          desc,
+          async (req: Message, ctx: HandlerContext) => {
+            const metadata = Metadata();
+            const identity = ctx.values.get(kIdentity);
+            if (identity) metadata.set(IDENTITY_KEY, sealIdentity(identity));
+            const timeout = ctx.timeoutMs();
+            if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(monotonicMs() + timeout));
+            const trailer = Metadata();
+            const context: CallContext = {
+              metadata,
+              peer: ctx.values.get(kPeer),
+              header: Metadata(),
+              sendHeader() {},
+              trailer,
+              signal: ctx.signal,
+            };
+            let response: unknown;
+            try {
+              response = await m.run(m.requestType.decode(toBinary(desc.input, req)), context);
+            } catch (err) {
+              throw connectError(err, trailer, registry);
+            }
+            return fromBinary(desc.output, m.responseType.encode(response).finish());
+          },
+          // The adapter's options again (per-method options replace its protocol choice: without
+          // grpc: false the method would answer gRPC here too), with a JSON decoder that names the field
+          // a body cannot be decoded at. Connect hands jsonOptions to its createJsonSerialization, whose
+          // options (JsonSerializationOptions) take a textDecoder; the handler options' type leaves
+          // that and the protocol switches out.
+          {
+            connect: true,
+            grpc: false,
+            grpcWeb: false,
+            jsonOptions: { ignoreUnknownFields: false, textDecoder: namingDecoder(desc.input, registry) },
+          } as object,
+        );
       }
     },
   });

@@ -265,6 +265,29 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     );
     assert.deepEqual((await grpc.rules.listRules({})).rules, [], 'nothing applied');
 
+    // A body that cannot be decoded names the field, with a field violation, as gRPC validation does.
+    for (const [match, field, description] of [
+      [{ protocol: 'PROTOCOL_NOPE' }, 'rule.match.protocol', /PROTOCOL_UDP.*"PROTOCOL_NOPE"/],
+      [{ protocol: 'PROTOCOL_TCP' }, 'rule.match.protocol', /PROTOCOL_UDP.*"PROTOCOL_TCP"/],
+      [{ protocol: 'PROTOCOL_UDP', port: 'abc' }, 'rule.match.port', /"abc"/],
+      [{ protocol: 'PROTOCOL_UDP', sourcePrefixes: ['192.0.2.0/24', 3] }, 'rule.match.source_prefixes[1]', /3/],
+    ] as const) {
+      const r = post('RuleService/CreateRule', { rule: rule('undecodable', { match }) });
+      assert.equal(r.status, 400, JSON.stringify(r.body));
+      assert.equal(r.body.code, 'invalid_argument');
+      assert.ok(String(r.body.message).startsWith(`${field}: `), JSON.stringify(r.body));
+      assert.deepEqual(
+        violationsOf(r.body).map((v) => v.field),
+        [field],
+      );
+      assert.match(violationsOf(r.body)[0].description, description);
+    }
+    // A protocol number that decodes reaches the same validation as over gRPC.
+    const seven = post('RuleService/CreateRule', { rule: rule('seven', { match: { protocol: 7 } }) });
+    assert.equal(seven.status, 400, JSON.stringify(seven.body));
+    assert.match(String(seven.body.message), /rule\.match\.protocol: must be UDP/);
+    assert.deepEqual((await grpc.rules.listRules({})).rules, [], 'nothing applied');
+
     // A misspelt field (the old API's "sourceAddr") is named, not ignored.
     const typo = post('RuleService/CreateRule', { rule: { ...rule('typo'), sourceAddr: '192.0.2.1' } });
     assert.equal(typo.status, 400);
