@@ -2088,8 +2088,11 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
 /**
  * Reads the datapath's counters, once or as a stream.
  *
- * Counters are cumulative and only go up while their object exists; they
- * survive rule and link updates but start again from zero when the object is
+ * Counters are cumulative and go up while their object exists, unless another
+ * tool writes their kernel entry (e.g. a bpftool map update): the kernel's value
+ * is served as it is; a decrease is said as a reset (logged, in the object's
+ * warnings for an hour, xdpctl_counter_resets_total), an increase cannot be
+ * told from traffic. They survive rule and link updates but start again from zero when the object is
  * deleted and re-created. Byte counts are frame lengths as seen by XDP (from
  * the Ethernet header, without the FCS). Each counter is a uint64: the sum of
  * the kernel's per-CPU __u64 counters modulo 2^64, so it wraps to 0 after
