@@ -44,7 +44,7 @@ describe('port index check in batches', kernelOnly(), () => {
     });
     assert.ok(yields >= Math.ceil(N / 1024), `yielded ${yields} times for ${N} match entries`);
     assert.equal(differed.length, 1);
-    assert.match(differed[0], /^port index \(map rule_ports, port 1007\): kernel /);
+    assert.match(differed[0].line, /^port index \(map rule_ports, port 1007\): kernel /);
     assert.deepEqual(dp.maps.rulePorts.get(1007), right);
     // The same tamper found by the check at once (no pacer).
     dp.maps.rulePorts.put(1007, { ...right, any: right.any + 1 });

@@ -1072,15 +1072,17 @@ export class Controller {
     if (r.repaired.length === 0) return out;
     this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
     this.log.warn(
-      { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+      { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
       'kernel entries differed from the desired state: rewritten',
     );
     const set = new Set(names);
-    for (const line of r.repaired) {
-      const m = /^rule (\S+): /.exec(line);
-      for (const n of m && set.has(m[1]) ? [m[1]] : names) {
+    for (const { line, owner } of r.repaired) {
+      // A rule's own entry goes to that rule, without the "rule NAME: " its line opens with; the others to all.
+      const own = owner.kind === 'rule' && set.has(owner.rule) ? owner.rule : undefined;
+      const prefix = own === undefined ? '' : `rule ${own}: `;
+      for (const n of own === undefined ? names : [own]) {
         if (!out.has(n)) out.set(n, []);
-        out.get(n)!.push(m ? line.slice(m[0].length) : line);
+        out.get(n)!.push(line.startsWith(prefix) ? line.slice(prefix.length) : line);
       }
     }
     return out;
@@ -1482,12 +1484,12 @@ export class Controller {
     const inKernel = this.dp.listMatches().filter(([, slot]) => slots.has(slot)).length;
     if (r.repaired.length && before === 0) {
       this.log.info(
-        { written: r.repaired.slice(0, 100), count: r.repaired.length },
+        { written: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
         `adopted rules written into empty tables (no rule entry in them at start): ${r.repaired.length} entries written`,
       );
     } else if (r.repaired.length) {
       this.log.warn(
-        { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+        { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
         `adopted rules: ${r.repaired.length} kernel entries differed from the stored state (compared one by one) and were rewritten`,
       );
     }

@@ -6,6 +6,7 @@
  * kernel is a single, small step so that the core can undo a failed
  * transaction step by step. Nothing here imports from dataplane/.
  */
+import type { EntryRepair } from './entry-owners.js';
 import type { RepairSubject } from './fights.js';
 import type { NonUtf8Interface } from './non-utf8.js';
 import type { NeighbourFact, PeerMac } from './static-mac.js';
@@ -521,19 +522,19 @@ export interface Dataplane {
   rebuildPortIndex(): void;
   /**
    * Check the per-port index entries of the ports in use and the link flags (the reconciler's cheaper
-   * form of rebuildPortIndex); rewrite and return what differed, one line each. `pace`: awaited between
+   * form of rebuildPortIndex); rewrite and return what differed, one record each (its line and owner). `pace`: awaited between
    * batches of match entries read (a long read yields to the event loop); nothing is written until all are.
    * `all`: every port's entry, those of ports no match entry uses included (they must hold zeros).
    */
-  checkPortIndex?(pace?: () => Promise<void>, all?: boolean): Promise<string[]>;
+  checkPortIndex?(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]>;
   /**
    * Compare the per-interface flags word (if_flags: cross-connect, link counters index, generic mode) of every
    * interface with a link, link counters or our program with what it must be: `generic` names each ifindex our
    * program runs on, true where the kernel reports generic mode; `links` the link directions wanted (ingress ->
    * egress ifindex), whose counters' egress entry (xc_egress) is compared too. Rewrite and return what
-   * differed, one line each.
+   * differed, one record each (its line and owner).
    */
-  checkInterfaceFlags?(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): string[];
+  checkInterfaceFlags?(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): EntryRepair[];
   /** Source-prefix entries of every slot. */
   listSrcPrefixes(): SrcKey[];
   deleteSrcPrefix(key: SrcKey): void;

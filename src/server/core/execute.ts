@@ -6,6 +6,7 @@
  * the kernel maps and the core state stay exactly as they were.
  */
 import { judgedEgress } from './egress-watch.js';
+import type { EntryRepair } from './entry-owners.js';
 import { formatIp, parseIp, parseMac } from '../net/addr.js';
 import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, type LoopRule } from './rule-loops.js';
 import type { Logger } from '../log.js';
@@ -1201,8 +1202,8 @@ export function releaseUnusedInterfaces(ctx: ExecContext): void {
  * to be promoted, then were collected again by full collections). Nothing is
  * written to the maps before every rule is compared.
  *
- * Returns each rule's kernel record and what was repaired ("rule web:
- * backends[7]"). Attachments are undone through `undo` on failure; repairs
+ * Returns each rule's kernel record and what was repaired (an EntryRepair
+ * each: its line, map, key and rule). Attachments are undone through `undo` on failure; repairs
  * are not (they only move entries towards the desired state).
  */
 export async function adoptRules(
@@ -1211,7 +1212,7 @@ export async function adoptRules(
   planOf: (op: RuleOp) => RulePlan | undefined,
   undo: UndoLog,
   pace: () => Promise<void> = pacer(),
-): Promise<{ kernel: Map<string, RuleKernel>; repaired: string[]; rest: RuleOp[] }> {
+): Promise<{ kernel: Map<string, RuleKernel>; repaired: EntryRepair[]; rest: RuleOp[] }> {
   const { state } = ctx;
   const adoptable: RuleOp[] = [];
   const rest: RuleOp[] = [];
@@ -1293,15 +1294,15 @@ const ADOPT_RULES_PER_CHUNK = 256;
  * What the kernel holds for each rule (its match entries, rule entry, backend table, backend entries,
  * source prefixes), compared with what it should hold (`plans`, at the slot and ids of `ks`), and only
  * what differs written. Used by the reconciler (another tool may have changed the maps: bpftool map
- * update/delete); a start compares the same way ({@link adoptRules}). Returns what differed, one line each:
- * which rule and entry, which field, the kernel's value and the desired one.
+ * update/delete); a start compares the same way ({@link adoptRules}). Returns what differed, one record each:
+ * its line (which rule and entry, which field, the kernel's value and the desired one), map, key and rule.
  */
 export async function repairRuleEntries(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   ks: readonly RuleKernel[],
   pace: () => Promise<void> = pacer(),
-): Promise<string[]> {
+): Promise<EntryRepair[]> {
   const view = readKernelView(ctx, ks);
   const found = newRepairs();
   await compareRules(ctx, view, plans, ks, found, pace);
@@ -1356,19 +1357,19 @@ function readKernelView(ctx: ExecContext, ks: readonly RuleKernel[]): KernelView
 
 /** What a comparison found to differ, rule by rule; {@link writeRepairs} writes it and says what it was. */
 interface Repairs {
-  /** Backend id -> its desired entry and who it is ("rule web: backend ip@iface"), for the ids that differ. */
-  backends: Map<number, { want: BackendEntry; who: string }>;
+  /** Backend id -> its desired entry, its rule and who it is ("rule web: backend ip@iface"), for the ids that differ. */
+  backends: Map<number, { want: BackendEntry; rule: string; who: string }>;
   /** Backend entries to compare at the end (a dataplane without backendComparer). */
-  pending: [id: number, want: BackendEntry, who: string][];
+  pending: [id: number, want: BackendEntry, rule: string, who: string][];
   addPrefixes: SrcKey[];
   delPrefixes: SrcKey[];
   ringWrites: [slot: number, start: number, ids: number[]][];
   cfgWrites: [slot: number, flags: number, statsId: number, srcFilter: boolean][];
   matchWrites: [MatchKey, number][];
   /** What each differing entry was, by kind (said in this order: backends first). */
-  slotLines: string[];
-  prefixLines: string[];
-  matchLines: string[];
+  slotLines: EntryRepair[];
+  prefixLines: EntryRepair[];
+  matchLines: EntryRepair[];
 }
 
 const newRepairs = (): Repairs => ({
@@ -1410,8 +1411,9 @@ async function compareRules(
       const want = b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND;
       if (view.same) {
         // The backend's identity (ip@interface): what a log names, not the id.
-        if (!view.same(ids.id, want)) found.backends.set(ids.id, { want, who: `rule ${p.name}: backend ${b.key}` });
-      } else found.pending.push([ids.id, want, `rule ${p.name}: backend ${b.key}`]);
+        if (!view.same(ids.id, want))
+          found.backends.set(ids.id, { want, rule: p.name, who: `rule ${p.name}: backend ${b.key}` });
+      } else found.pending.push([ids.id, want, p.name, `rule ${p.name}: backend ${b.key}`]);
     }
   }
   await pace();
@@ -1422,6 +1424,7 @@ async function compareRules(
     const i = bySlot.get(slot)!;
     const p = plans[i];
     const k = ks[i];
+    const owner = { kind: 'rule', rule: p.name } as const;
     const members: { key: string; weight: number; value: number }[] = [];
     for (const b of p.backends) {
       if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id });
@@ -1446,9 +1449,13 @@ async function compareRules(
       if (lo >= 0) {
         found.ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
         const at = lo === hi ? `position ${lo}` : `positions ${lo}-${hi}`;
-        found.slotLines.push(
-          `rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`,
-        );
+        found.slotLines.push({
+          line: `rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`,
+          map: 'rule_ring',
+          key: String(slot),
+          entry: `rule ${p.name}: backend table (map rule_ring, rule slot ${slot})`,
+          owner,
+        });
       }
     }
     const srcFilter = p.prefixes.length > 0;
@@ -1459,7 +1466,8 @@ async function compareRules(
       if (now.flags !== p.flags) d.push(`flags: kernel 0x${now.flags.toString(16)}, desired 0x${p.flags.toString(16)}`);
       if (now.statsId !== k.statsId) d.push(`stats id: kernel ${now.statsId}, desired ${k.statsId}`);
       if (now.srcFilter !== srcFilter) d.push(`source filter: kernel ${now.srcFilter}, desired ${srcFilter}`);
-      found.slotLines.push(`rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot}): ${d.join('; ')}`);
+      const entry = `rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot})`;
+      found.slotLines.push({ line: `${entry}: ${d.join('; ')}`, map: 'rule_cfg', key: String(slot), entry, owner });
     }
   };
   for (let i = 0; i < slots.length; i += ADOPT_SLOTS_PER_READ) {
@@ -1480,9 +1488,13 @@ async function compareRules(
     found.addPrefixes.push(...add);
     found.delPrefixes.push(...del);
     if (add.length + del.length)
-      found.prefixLines.push(
-        `rule ${p.name}: source prefixes (map src_allow, rule slot ${slot}: ${add.length} added, ${del.length} removed)`,
-      );
+      found.prefixLines.push({
+        line: `rule ${p.name}: source prefixes (map src_allow, rule slot ${slot}: ${add.length} added, ${del.length} removed)`,
+        map: 'src_allow',
+        key: String(slot),
+        entry: `rule ${p.name}: source prefixes (map src_allow, rule slot ${slot})`,
+        owner: { kind: 'rule', rule: p.name },
+      });
   }
   // Match entries: published last, each pointing at its rule's slot.
   for (const [i, p] of plans.entries()) {
@@ -1492,27 +1504,32 @@ async function compareRules(
       const now = view.matches.get(matchId(m));
       if (now === slot) continue;
       found.matchWrites.push([m, slot]);
-      found.matchLines.push(
-        `rule ${p.name}: ${matchText(m, p.ingress)}: kernel ${now === undefined ? 'absent' : `rule slot ${now}`}, desired rule slot ${slot}`,
-      );
+      const entry = `rule ${p.name}: ${matchText(m, p.ingress)}`;
+      found.matchLines.push({
+        line: `${entry}: kernel ${now === undefined ? 'absent' : `rule slot ${now}`}, desired rule slot ${slot}`,
+        map: 'rule_match',
+        key: matchId(m),
+        entry,
+        owner: { kind: 'rule', rule: p.name },
+      });
     }
   }
 }
 
 /**
  * Write what {@link compareRules} found to differ: what packets will be sent to first, then the tables, the
- * entries, and last what is published. Returns what differed, one line each (backends first, then rule
+ * entries, and last what is published. Returns what differed, one record each (backends first, then rule
  * entries and tables, source prefixes, match entries).
  */
-function writeRepairs(ctx: ExecContext, found: Repairs): string[] {
+function writeRepairs(ctx: ExecContext, found: Repairs): EntryRepair[] {
   const { dp } = ctx;
   if (found.pending.length) {
     const differ = new Set(
       dp.differingBackends(found.pending.map(([id, want]) => [id, want] as [number, BackendEntry])),
     );
-    for (const [id, want, who] of found.pending) if (differ.has(id)) found.backends.set(id, { want, who });
+    for (const [id, want, rule, who] of found.pending) if (differ.has(id)) found.backends.set(id, { want, rule, who });
   }
-  const repaired: string[] = [];
+  const repaired: EntryRepair[] = [];
   const backendWrites: [number, BackendEntry][] = [];
   const backendClears: [number, BackendEntry][] = [];
   for (const [id, { want }] of found.backends)
@@ -1521,9 +1538,16 @@ function writeRepairs(ctx: ExecContext, found: Repairs): string[] {
     // How each differs (read back only for the ids that differ: usually none).
     const ids = [...found.backends.keys()].slice(0, 100);
     const now = dp.readBackends?.(ids);
-    for (const [id, { want, who }] of found.backends) {
+    for (const [id, { want, rule, who }] of found.backends) {
       const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want) : '';
-      repaired.push(`${who} (map backends, entry ${id})${fields}`);
+      const entry = `${who} (map backends, entry ${id})`;
+      repaired.push({
+        line: `${entry}${fields}`,
+        map: 'backends',
+        key: String(id),
+        entry,
+        owner: { kind: 'rule', rule },
+      });
     }
   }
   repaired.push(...found.slotLines, ...found.prefixLines, ...found.matchLines);

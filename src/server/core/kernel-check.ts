@@ -10,6 +10,7 @@
  * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
  * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
  */
+import type { EntryRepair } from './entry-owners.js';
 import { matchText, pacer, repairRuleEntries, type ExecContext } from './execute.js';
 import type { Facts } from './facts.js';
 import type { RuleSpec } from './model.js';
@@ -39,7 +40,7 @@ export function kernelCheckInterval(lastMs: number): number {
 
 /** Result of one comparison: what differed (and was rewritten), and how long it took (a port sweep's time aside). */
 export interface KernelCheck {
-  repaired: string[];
+  repaired: EntryRepair[];
   rules: number;
   ms: number;
 }
@@ -100,7 +101,14 @@ export async function compareKernelEntries(
       if (state.matchHolders.has(id)) continue;
       dp.deleteMatch(key);
       const ingress = [{ name: dp.nameOf?.(key.ifindex) ?? 'an interface', ifindex: key.ifindex }];
-      repaired.push(`${matchText(key, ingress)}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`);
+      const entry = matchText(key, ingress);
+      repaired.push({
+        line: `${entry}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`,
+        map: 'rule_match',
+        key: id,
+        entry,
+        owner: { kind: 'none' },
+      });
     }
   }
   // The per-port index and the link flags follow the match and link entries (recounted, only differences written);

@@ -29,7 +29,7 @@ import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
-import { entrySubject } from './entry-owners.js';
+import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
@@ -2182,7 +2182,10 @@ function checkInterfaceFlags(
     if (repaired.length) {
       state.reconcilerEvents.kernel_repairs += repaired.length;
       repairedEntries(ctx, repaired, () =>
-        ctx.log.warn({ repaired, count: repaired.length }, 'kernel entries differed from the desired state: rewritten'),
+        ctx.log.warn(
+          { repaired: repaired.map((r) => r.line), count: repaired.length },
+          'kernel entries differed from the desired state: rewritten',
+        ),
       );
     }
     state.flagsDrift = undefined;
@@ -2230,11 +2233,11 @@ function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>
 }
 
 /**
- * Kernel entries rewritten (`repaired`: "<entry>: kernel X, desired Y ..." each): a repair of each entry (fights.ts;
+ * Kernel entries rewritten (`repaired`: each with its line, map, key and owner): a repair of each entry (fights.ts;
  * the entry is the subject, so that different entries changed in a row are no fight), `line` logged once when
  * any of them is not in a fight.
  */
-function repairedEntries(ctx: ExecContext, repaired: readonly string[], line: () => void): void {
+function repairedEntries(ctx: ExecContext, repaired: readonly EntryRepair[], line: () => void): void {
   let say = false;
   for (const r of repaired) {
     // Its owners (entry-owners.ts): the rules and link directions a fight over it makes DEGRADED / warned.
@@ -2268,7 +2271,7 @@ async function checkKernel(
       state.reconcilerEvents.kernel_repairs += r.repaired.length;
       repairedEntries(ctx, r.repaired, () =>
         ctx.log.warn(
-          { repaired: r.repaired.slice(0, 100), count: r.repaired.length },
+          { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
           'kernel entries differed from the desired state: rewritten',
         ),
       );

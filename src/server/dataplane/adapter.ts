@@ -23,6 +23,7 @@ import type {
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
+import type { EntryRepair } from '../core/entry-owners.js';
 import type { RepairSubject } from '../core/fights.js';
 import type { NonUtf8Interface } from '../core/non-utf8.js';
 import { monotonicMs, wallAt } from '../core/clock.js';
@@ -1935,11 +1936,11 @@ export class KernelDataplane implements Dataplane {
     tables.rebuildPortUse(this.dp.maps);
   }
 
-  checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<string[]> {
+  checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]> {
     return tables.checkPortUse(this.dp.maps, pace, nameOf, all);
   }
 
-  checkInterfaceFlags(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): string[] {
+  checkInterfaceFlags(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): EntryRepair[] {
     return tables.checkIfFlags(this.dp.maps, generic, nameOf, links);
   }
 

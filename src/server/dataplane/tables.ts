@@ -34,6 +34,7 @@ import {
   zeroRuleStats,
   type RuleSlotWrite,
 } from '../core/dataplane.js';
+import type { EntryRepair } from '../core/entry-owners.js';
 import type { DatapathMaps } from './datapath.js';
 import { KernelError } from './errors.js';
 
@@ -249,15 +250,15 @@ export function rebuildPortUse(maps: DatapathMaps): void {
  * every linked ingress its if_flags word ({@link checkIfFlags}); what differs is written. With `all`, every
  * port's entry is read (65 536 of them, 1 MiB: ~15-30 ms on the 2-vCPU CI machine, so the reconciler asks
  * for it every 30 s) and a port no entry uses must hold zeros: a count there is not only a lookup, as an
- * any-destination count of one is taken as the entry itself. Returns what differed, one line each (index,
- * kernel value, desired value).
+ * any-destination count of one is taken as the entry itself. Returns what differed, one record each (its line:
+ * index, kernel value, desired value; the port it is of).
  */
 export async function checkPortUse(
   maps: DatapathMaps,
   pace?: () => Promise<void>,
   nameOf?: (ifindex: number) => string | undefined,
   all = false,
-): Promise<string[]> {
+): Promise<EntryRepair[]> {
   const differed = checkIfFlags(maps, undefined, nameOf);
   let counts = new Map<number, PortUse>();
   let lo = Infinity;
@@ -310,9 +311,14 @@ export async function checkPortUse(
     if (want.compare(raw, at, at + vs) === 0) return;
     writes.push([port, use]);
     const now = portUse.decode(Buffer.from(raw.subarray(at, at + vs)));
-    differed.push(
-      `port index (map rule_ports, port ${port}): kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}${note}`,
-    );
+    const entry = `port index (map rule_ports, port ${port})`;
+    differed.push({
+      line: `${entry}: kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}${note}`,
+      map: 'rule_ports',
+      key: String(port),
+      entry,
+      owner: { kind: 'port', port },
+    });
   };
   for (const [port, use] of counts) compare(port, use);
   if (all) {
@@ -430,8 +436,8 @@ export function ifFlagsText(flags: number): string {
 
 /**
  * Compare the if_flags word of every interface this datapath has an entry for with what it must be, and
- * rewrite what differs; returns what differed, one line each (the map, the ifindex, the kernel's word and
- * the desired one). The interfaces: every ingress with a link direction (xc_links), every ingress whose
+ * rewrite what differs; returns what differed, one record each (its line: the map, the ifindex, the kernel's
+ * word and the desired one; the interface or link direction it is of). The interfaces: every ingress with a link direction (xc_links), every ingress whose
  * link counters hold an index (recorded by this module), and every interface in `generic` (where our
  * program runs, with whether it runs in generic mode, as the kernel last reported it). The word must hold:
  * - XDPCTL_IF_F_XCONNECT for an ingress with an xc_links entry (a flag left without one only costs the
@@ -452,8 +458,8 @@ export function checkIfFlags(
   generic?: ReadonlyMap<number, boolean>,
   nameOf: (ifindex: number) => string | undefined = () => undefined,
   wantLinks?: ReadonlyMap<number, number>,
-): string[] {
-  const differed: string[] = [];
+): EntryRepair[] {
+  const differed: EntryRepair[] = [];
   const links = new Map(maps.xcLinks.entries());
   const used = usedLinkIndexes(maps);
   const recorded = new Map<number, number>();
@@ -485,9 +491,14 @@ export function checkIfFlags(
       if (egressWas === -1) maps.xcEgress.put(idx!, to!);
       else if (egressWas !== undefined && egressWas !== to) {
         maps.xcEgress.put(idx!, to!);
-        differed.push(
-          `link counters' egress (map xc_egress, index ${idx}, link direction from${of} ifindex ${from}): kernel ifindex ${egressWas}, desired ifindex ${to}`,
-        );
+        const entry = `link counters' egress (map xc_egress, index ${idx}, link direction from${of} ifindex ${from})`;
+        differed.push({
+          line: `${entry}: kernel ifindex ${egressWas}, desired ifindex ${to}`,
+          map: 'xc_egress',
+          key: String(idx),
+          entry,
+          owner: { kind: 'link', ifindex: from },
+        });
       }
       if (want === cur) continue;
       writeIfFlags(maps, from, want);
@@ -503,10 +514,16 @@ export function checkIfFlags(
     else if (idx !== undefined && (cur & ~0xff & ~IF_F_LINK) !== (want & ~0xff & ~IF_F_LINK))
       why.push(`its link counters are at ${idx}`);
     else if (idx !== undefined && !(cur & IF_F_LINK)) why.push(`its link counters are at ${idx}`);
-    differed.push(
-      `interface flags${of} (map ${map}, ifindex ${from}): kernel ${ifFlagsText(cur)}, desired ${ifFlagsText(want)}` +
+    const entry = `interface flags${of} (map ${map}, ifindex ${from})`;
+    differed.push({
+      line:
+        `${entry}: kernel ${ifFlagsText(cur)}, desired ${ifFlagsText(want)}` +
         (why.length ? `: ${why.join('; ')}` : ''),
-    );
+      map,
+      key: String(from),
+      entry,
+      owner: { kind: 'interface', ifindex: from, ...(name ? { name } : {}) },
+    });
   }
   return differed;
 }
@@ -517,7 +534,7 @@ export function checkIfFlags(
  * gets one (its counters start at 0). Only those words are touched (a full rewrite of the 65 536-entry array
  * costs 30-45 ms, on every restore).
  */
-export function rebuildIfFlags(maps: DatapathMaps): string[] {
+export function rebuildIfFlags(maps: DatapathMaps): EntryRepair[] {
   return checkIfFlags(maps);
 }
 
