@@ -156,6 +156,17 @@ export class Topology {
     this.defaultRouteVia(role, '198.18.1.254', this.host(role).hostMac);
   }
 
+  /**
+   * The two hosts a rule test starts from: "vm" (198.18.1.1/24), a UDP client sending everything to our veth
+   * ({@link routeToXdp}), and "b1" (198.18.2.1/24), a backend.
+   */
+  clientAndBackend(): { vm: Host; b1: Host } {
+    const vm = this.addHost('vm', '198.18.1.1/24');
+    const b1 = this.addHost('b1', '198.18.2.1/24');
+    this.routeToXdp('vm');
+    return { vm, b1 };
+  }
+
   /** A counter of a host's /proc/net/snmp, e.g. ("Udp", "InCsumErrors"). */
   snmp(role: string, group: string, name: string): number {
     const lines = this.exec(role, 'cat', ['/proc/net/snmp'])

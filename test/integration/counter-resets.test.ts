@@ -25,9 +25,7 @@ describe('counters lowered by another tool: a reset, said', kernelOnly(), () => 
   let vm: Host, b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1 } = topo.clientAndBackend());
     d = await DaemonProcess.start(`crs${id}`, ['--prometheus', '127.0.0.1:0']);
     c = d.clients();
   });

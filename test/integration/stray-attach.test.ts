@@ -31,9 +31,7 @@ describe('our program attached by hand where nothing uses it', kernelOnly(), () 
   let vm: Host, b1: Host;
 
   before(async () => {
-    vm = topo.addHost('vm', '198.18.1.1/24');
-    b1 = topo.addHost('b1', '198.18.2.1/24');
-    topo.routeToXdp('vm');
+    ({ vm, b1 } = topo.clientAndBackend());
     sh('ip', ['link', 'add', stray, 'type', 'veth', 'peer', 'name', `x${id}sp`]);
     sh('ip', ['link', 'set', stray, 'up']);
     sh('ip', ['link', 'set', `x${id}sp`, 'up']);

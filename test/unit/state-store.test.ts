@@ -27,6 +27,33 @@ function tmp(): string {
   return join(d, 'state');
 }
 
+/**
+ * Run `code` (a TypeScript module) in a process of its own, from a file `name` beside `dir` (a file, not -e:
+ * --input-type=module would reach the worker thread's CommonJS source too); killed after 20 s. Its exit code,
+ * the signal that ended it, and what it wrote (stdout and stderr).
+ */
+async function runModule(
+  dir: string,
+  name: string,
+  code: string,
+): Promise<{ exit: number | null; signal: string | null; out: string }> {
+  const script = join(dir, '..', name);
+  writeFileSync(script, code);
+  const child = spawn(process.execPath, ['--import', 'tsx', script], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [exit, signal] = await new Promise<[number | null, string | null]>((r) =>
+    child.once('exit', (c, sig) => r([c, sig])),
+  );
+  clearTimeout(timer);
+  return { exit, signal, out };
+}
+
 const spec = (name: string, port = 7999): RuleSpec => ({
   name,
   protocol: 'udp',
@@ -278,21 +305,7 @@ describe('state store (SQLite)', () => {
       `await s.probe(); console.log('probe');` +
       // Not closed: the idle worker thread must not hold the process either (the test's 20 s kill).
       `console.log(JSON.stringify(await s.readIfChanged(true)));`;
-    // A file, not -e: --input-type=module would reach the worker thread's CommonJS source too.
-    const script = join(dir, '..', 'awaited.mts');
-    writeFileSync(script, code);
-    const child = spawn(process.execPath, ['--import', 'tsx', script], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    const [exit, signal] = await new Promise<[number | null, string | null]>((r) =>
-      child.once('exit', (c, sig) => r([c, sig])),
-    );
-    clearTimeout(timer);
+    const { exit, signal, out } = await runModule(dir, 'awaited.mts', code);
     assert.equal(signal, null, `held the process (killed after 20 s): ${out}`);
     assert.deepEqual(
       [exit, out.trim().split('\n')],
@@ -312,16 +325,8 @@ describe('state store (SQLite)', () => {
       `const t = await s.begin(); t.deleteRule('x'); await t.commit();` +
       // A pass's probe still under way when the stop closes the store.
       `void s.probe(); await s.close(); process.exit(0);`;
-    const script = join(dir, '..', 'close-exit.mts');
-    writeFileSync(script, code);
-    const child = spawn(process.execPath, ['--import', 'tsx', script], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    assert.equal(await new Promise((r) => child.once('exit', r)), 0, out);
+    const { exit, out } = await runModule(dir, 'close-exit.mts', code);
+    assert.equal(exit, 0, out);
     const path = join(dir, 'state.db');
     assert.deepEqual([existsSync(`${path}-wal`), existsSync(`${path}-shm`)], [false, false], 'WAL and shm left');
     const s = StateStore.open(dir);

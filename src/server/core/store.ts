@@ -46,7 +46,7 @@ import { monotonicMs } from './clock.js';
 import { CoreError, storeReason, type CoreErrorKind } from './errors.js';
 import { efbigText, fileAtSizeLimit } from './file-size-limit.js';
 import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
-import type { StoreRows } from './store-drift.js';
+import type { RuleRow, StoreRows } from './store-drift.js';
 
 /** Version of the state.json format that is imported. */
 export const STATE_VERSION = 1;
@@ -538,17 +538,9 @@ export class StateStore implements StatePort {
 
   private prepare() {
     return {
-      rules: this.db.prepare<
-        [],
-        {
-          name: string;
-          spec: string;
-          generation: number;
-          create_time: number;
-          update_time: number;
-          kernel: string | null;
-        }
-      >('SELECT name, spec, generation, create_time, update_time, kernel FROM rules ORDER BY name'),
+      rules: this.db.prepare<[], RuleRow>(
+        'SELECT name, spec, generation, create_time, update_time, kernel FROM rules ORDER BY name',
+      ),
       links: this.db.prepare<[], { a: string; b: string; direction: LinkSpec['direction'] }>(
         'SELECT a, b, direction FROM links ORDER BY key',
       ),
