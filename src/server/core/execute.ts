@@ -745,14 +745,18 @@ export async function writeRules(
         entries.map(([id]) => id),
       ),
     );
-    dp.writeRuleSlot({
-      slot: k.slot,
-      statsId: k.statsId,
-      flags: p.flags,
-      srcPrefixes: p.prefixes,
-      ring,
-      backends: entries,
-    });
+    try {
+      dp.writeRuleSlot({
+        slot: k.slot,
+        statsId: k.statsId,
+        flags: p.flags,
+        srcPrefixes: p.prefixes,
+        ring,
+        backends: entries,
+      });
+    } catch (e) {
+      throw whatFillsMap(ctx, e, alloc);
+    }
     await pace();
   }
   // 4. Publish: repoint match entries; remove the ones no longer wanted.
@@ -769,7 +773,11 @@ export async function writeRules(
     for (const k of next?.matchKeys ?? []) {
       const prev = holder.get(matchId(k));
       undo.push(() => (prev !== undefined ? dp.putMatch(k, prev) : dp.deleteMatch(k)));
-      dp.putMatch(k, next!.slot);
+      try {
+        dp.putMatch(k, next!.slot);
+      } catch (e) {
+        throw whatFillsMap(ctx, e, alloc);
+      }
     }
     for (const k of old?.matchKeys ?? []) {
       if (claimed.has(matchId(k))) continue;
@@ -778,6 +786,45 @@ export async function writeRules(
     }
     await pace(); // 10 000 rules publish in ~60 ms of syscalls
   }
+}
+
+/**
+ * A map-full refusal (ENOSPC) of map src_allow or rule_match during a change, with what fills the map when
+ * entries no rule holds take part of it (another tool's, written through the pins; the reconciler deletes them
+ * at its next full comparison: kernel-check.ts): "…: the map holds 65 536 entries: 6 of them this daemon's
+ * rules', 65 530 of no rule". A map our rules fill alone: the refusal as it was (the change's plan checked the
+ * room for our own entries, plan-rules.ts).
+ */
+function whatFillsMap(ctx: ExecContext, e: unknown, alloc: RuleAllocation): unknown {
+  if (!(e instanceof PortError) || e.kind !== 'exhausted') return e;
+  const map = /\bmap (src_allow|rule_match)\b/.exec(e.op)?.[1];
+  if (!map) return e;
+  const { dp, state } = ctx;
+  const records = [...state.ruleKernel.values(), ...alloc.kernel.values()];
+  let total = 0;
+  let ours = 0;
+  if (map === 'src_allow') {
+    const held = new Set(records.map((k) => k.slot));
+    for (const k of dp.listSrcPrefixes()) {
+      total++;
+      if (held.has(k.slot)) ours++;
+    }
+  } else {
+    const held = new Set(records.flatMap((k) => k.matchKeys.map(matchId)));
+    for (const [k] of dp.listMatches()) {
+      total++;
+      if (held.has(matchId(k))) ours++;
+    }
+  }
+  if (total === ours) return e;
+  return new CoreError(
+    'exhausted',
+    `${e.message}: the map holds ${total} entries: ${ours} of them this daemon's rules', ${total - ours} of no ` +
+      `rule (another tool's, through the pins; the reconciler deletes them at its next full comparison of the ` +
+      `kernel entries)`,
+    [],
+    { cause: e },
+  );
 }
 
 /**
@@ -1296,14 +1343,17 @@ const ADOPT_RULES_PER_CHUNK = 256;
  * what differs written. Used by the reconciler (another tool may have changed the maps: bpftool map
  * update/delete); a start compares the same way ({@link adoptRules}). Returns what differed, one record each:
  * its line (which rule and entry, which field, the kernel's value and the desired one), map, key and rule.
+ * `seen`: given every source-prefix entry the comparison read (all slots, by slot), before anything is written.
  */
 export async function repairRuleEntries(
   ctx: ExecContext,
   plans: readonly RulePlan[],
   ks: readonly RuleKernel[],
   pace: () => Promise<void> = pacer(),
+  seen?: (prefixes: ReadonlyMap<number, readonly SrcKey[]>) => void,
 ): Promise<EntryRepair[]> {
   const view = readKernelView(ctx, ks);
+  seen?.(view.prefixes);
   const found = newRepairs();
   await compareRules(ctx, view, plans, ks, found, pace);
   return writeRepairs(ctx, found);

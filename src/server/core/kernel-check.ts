@@ -10,6 +10,7 @@
  * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
  * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
  */
+import type { SrcKey } from './dataplane.js';
 import type { EntryRepair } from './entry-owners.js';
 import { matchText, pacer, repairRuleEntries, type ExecContext } from './execute.js';
 import type { Facts } from './facts.js';
@@ -91,7 +92,8 @@ export async function compareKernelEntries(
     plans.push(p);
     ks.push(k);
   }
-  const repaired = await repairRuleEntries(ctx, plans, ks, pace);
+  let prefixes: ReadonlyMap<number, readonly SrcKey[]> = new Map();
+  const repaired = await repairRuleEntries(ctx, plans, ks, pace, (p) => (prefixes = p));
   if (!names) {
     // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
     let m = 0;
@@ -110,6 +112,7 @@ export async function compareKernelEntries(
         owner: { kind: 'none' },
       });
     }
+    repaired.push(...(await sweepStrayPrefixes(ctx, prefixes, pace)));
   }
   // The per-port index and the link flags follow the match and link entries (recounted, only differences written);
   // on a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
@@ -120,4 +123,42 @@ export async function compareKernelEntries(
   // The sweep's time is not the comparison's: every 30 s, it must not stretch the interval of the next ones.
   const swept = all ? performance.now() - sweep : 0;
   return { repaired, rules: plans.length, ms: Math.round(performance.now() - started - swept) };
+}
+
+/**
+ * Delete the source-prefix entries (map src_allow) of rule slots no rule holds: another tool's (bpftool map
+ * update through our pins), or left by a crash. No packet reaches them (no match entry points at their slot),
+ * but they take room that a change of ours then misses: the change is refused ENOSPC while our rules hold a
+ * fraction of the map. `prefixes`: every entry by slot, as the comparison just read them. Returns one repair
+ * per slot, owned by no object ("source prefixes of no rule (map src_allow, rule slot 7: 65530 entries): kernel
+ * 65530, desired absent (no rule holds that slot): deleted"), as the reconciler's other repairs.
+ */
+export async function sweepStrayPrefixes(
+  ctx: ExecContext,
+  prefixes: ReadonlyMap<number, readonly SrcKey[]>,
+  pace: () => Promise<void>,
+): Promise<EntryRepair[]> {
+  const { dp, state } = ctx;
+  const held = new Set<number>();
+  for (const k of state.ruleKernel.values()) held.add(k.slot);
+  const out: EntryRepair[] = [];
+  let n = 0;
+  for (const [slot, keys] of prefixes) {
+    if (held.has(slot)) continue;
+    for (const k of keys) {
+      if ((++n & 1023) === 0) await pace();
+      dp.deleteSrcPrefix(k);
+    }
+    const entry = `source prefixes of no rule (map src_allow, rule slot ${slot})`;
+    out.push({
+      line:
+        `source prefixes of no rule (map src_allow, rule slot ${slot}: ${keys.length} entries): ` +
+        `kernel ${keys.length}, desired absent (no rule holds that slot): deleted`,
+      map: 'src_allow',
+      key: String(slot),
+      entry,
+      owner: { kind: 'none' },
+    });
+  }
+  return out;
 }
