@@ -723,6 +723,8 @@ export class Daemon {
     const damper = new LogDamper();
     /** When an overdue pass was said (undefined: none said), to say when it ends. */
     let overdueSaid: number | undefined;
+    /** The cause of the failed passes said last (a pass that completes again is said, and clears it). */
+    let failedSaid: string | undefined;
     // 10 s by default (twice a child's deadline when that is longer); XDPCTL_PASS_OVERDUE_MS sets it (tests).
     const setMs = Number(process.env.XDPCTL_PASS_OVERDUE_MS);
     const overdueMs = Number.isFinite(setMs) && setMs > 0 ? setMs : Math.max(10_000, 2 * childDeadlineMs());
@@ -749,6 +751,10 @@ export class Daemon {
       this.passInFlight = this.controller
         .resync()
         .then(async (missing) => {
+          if (failedSaid !== undefined) {
+            this.log.info({ failed: failedSaid }, 'resync: a pass completed again');
+            failedSaid = undefined;
+          }
           if (overdueSaid !== undefined) {
             this.log.info(
               { overdueSinceMs: monotonicMs() - overdueSaid },
@@ -801,7 +807,20 @@ export class Daemon {
         })
         .catch((err) => {
           overdueSaid = undefined;
-          this.log.error({ err }, 'resync failed');
+          // Said once per cause while passes keep failing (damped while it flaps), not a line per pass.
+          const why = (err as Error)?.message ?? String(err);
+          if (why === failedSaid) return;
+          failedSaid = why;
+          damper.line(
+            'resync-failed',
+            monotonicMs(),
+            () => this.log.error({ err }, 'resync failed'),
+            (n, ms) =>
+              this.log.error(
+                { err, notLogged: n, ms },
+                `resync failed: ${n} more changes of cause in ${Math.round(ms / 1000)} s not logged one by one; the last of them is this one`,
+              ),
+          );
         })
         .finally(() => {
           busy = false;

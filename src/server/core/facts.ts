@@ -53,6 +53,12 @@ export interface Facts {
    * ours for its address ("ip@iface" -> MAC; Dataplane.neighbourAnswered), which such an entry is asked by.
    */
   answeredMacs?: Map<string, string>;
+  /**
+   * Why the neighbour table could not be read for the backends given without a MAC (a reconciler pass's read that
+   * failed: EMFILE under an open-files limit, ENOBUFS, ...: fetchRuleFacts `noteUnread`): their entries are absent
+   * from `neighbours`, not known; absent: the read succeeded (or none was needed).
+   */
+  neighbourUnread?: string;
   /** Egresses moved to another network namespace: name -> where (core/moved.ts); absent: none known. */
   movedEgresses?: ReadonlyMap<string, string>;
   /**
@@ -129,6 +135,7 @@ export async function fetchRuleFacts(
   facts = emptyFacts(),
   pace?: () => Promise<void>,
   wholeTable = false,
+  noteUnread = false,
 ): Promise<Facts> {
   let n = 0;
   const wanted = new Map<string, { ip: string; iface: string }>();
@@ -154,7 +161,16 @@ export async function fetchRuleFacts(
   if (wanted.size === 0) return facts;
   if (dp.neighbourMacs) {
     // One read of the table for all of them (was one `ip` process per backend, every pass).
-    const { macs, gone, table } = await dp.neighbourMacs([...wanted.values()], wholeTable);
+    let read: Awaited<ReturnType<NonNullable<Dataplane['neighbourMacs']>>>;
+    try {
+      read = await dp.neighbourMacs([...wanted.values()], wholeTable);
+    } catch (e) {
+      // A reconciler pass: the table's entries are not known this time (said, not guessed); a change fails with it.
+      if (!noteUnread) throw e;
+      facts.neighbourUnread = (e as Error).message;
+      return facts;
+    }
+    const { macs, gone, table } = read;
     for (const [key, mac] of macs) {
       facts.neighbours.set(key, mac);
       if (mac && nonUnicast(mac)) {
@@ -227,6 +243,7 @@ export async function fetchAllRuleFacts(
     if (r) specs.push(r);
   }
   // Interfaces and links are read above: what is left is the neighbour entries of these rules' backends (and,
-  // with `wholeTable`, the whole table of that read, as fetchRuleFacts keeps it).
-  return fetchRuleFacts(dp, specs, facts, pace, wholeTable);
+  // with `wholeTable`, the whole table of that read, as fetchRuleFacts keeps it). A read that fails is noted
+  // (Facts.neighbourUnread), not the pass's end: what it would have judged cannot be verified meanwhile.
+  return fetchRuleFacts(dp, specs, facts, pace, wholeTable, true);
 }

@@ -159,6 +159,8 @@ export async function resync(
   const facts = await fetchAllRuleFacts(dp, state, undefined, pace, state.staticMacsByEgress.size > 0);
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
   forgetReplacedDevices(ctx, facts, true);
+  // A neighbour table that could not be read (EMFILE under an open-files limit, ...): said once and its end.
+  noteNeighbourRead(ctx, facts.neighbourUnread);
   await holdChangedNeighbours(ctx, facts, pace);
   // What follows keeps its progress in the state (a turn given to a change goes on from there): the facts above
   // are read again at each turn.
@@ -458,6 +460,9 @@ export async function resync(
     const k = state.ruleKernel.get(name);
     const rule = state.rules.get(name);
     if (!k || !rule) return false;
+    // Its backends' MACs come from a neighbour table this pass could not read: nothing is known against what
+    // the datapath has, so it stays as written (judged "cannot be verified": rule-status unreadNeighbourStatus).
+    if (facts.neighbourUnread !== undefined && state.maclessRules.has(name)) return false;
     const retry = state.failed.get(name);
     if (retry !== undefined) {
       if (retry <= t && [...rule.ingressInterfaces, ...rule.backends.map((b) => b.interface)].every((i) => now(i))) {
@@ -912,7 +917,23 @@ export async function resync(
   const tScan = ctx.mono();
   if (tScan - state.strayLocalAt >= STRAY_LOCAL_SCAN_MS || tScan < state.strayLocalAt) {
     state.strayLocalAt = tScan;
-    adoptStrayAttachments(ctx);
+    // A scan that cannot be made (the device list unreadable: EMFILE under an open-files limit) is said once
+    // and its end once; the rest of the pass goes on (it was "resync failed" every other pass).
+    let scanWhy: string | undefined;
+    try {
+      adoptStrayAttachments(ctx);
+    } catch (e) {
+      scanWhy = (e as Error).message;
+    }
+    transition('stray-scan', scanWhy ?? 'ok', (before) => {
+      if (scanWhy) {
+        ctx.log.warn(
+          { reason: scanWhy },
+          `looking for our XDP program on interfaces no rule or link uses failed: ${scanWhy}: cannot be verified ` +
+            'until the device list can be read',
+        );
+      } else if (before) ctx.log.info({}, 'looking for our XDP program on interfaces no rule or link uses works again');
+    });
   }
   // What we attached and no one uses any more, if a detach failed before (logged once per error).
   releaseUnusedInterfaces(ctx);
@@ -1009,6 +1030,7 @@ export async function resync(
     peerXdp,
     route,
     tapDrops,
+    neighbourUnread: facts.neighbourUnread,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -1025,6 +1047,8 @@ export async function resync(
   touchChangedKeys(last.holds, state.neighbourHolds, (key) => touchBackendJudged(state, key));
   if (last.arpUnavailable !== observation.arpUnavailable)
     for (const name of state.ruleKernel.keys()) state.judgeDirty.add(name);
+  if (last.neighbourUnread !== observation.neighbourUnread)
+    for (const name of state.maclessRules) state.judgeDirty.add(name);
   state.lastObservation = {
     unverifiedEgress: unverified,
     unanswered,
@@ -1036,6 +1060,7 @@ export async function resync(
     route,
     tapDrops,
     arpUnavailable: observation.arpUnavailable,
+    neighbourUnread: observation.neighbourUnread,
   };
   // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
   const shadows = activeLinkSources(ctx.dp, state);
@@ -1307,6 +1332,7 @@ export async function observeWrittenRules(
     route,
     // As the last pass read them (a write reads no counters).
     tapDrops: state.lastObservation.tapDrops,
+    neighbourUnread: state.lastObservation.neighbourUnread,
   };
   // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
   // read that fails here never fails it; its rules are judged and logged by the next pass instead.
@@ -1920,6 +1946,41 @@ function judgeHostLoops(
         `longer kept out of their tables for it (${loopBackendsText(l)})`,
     );
   }
+}
+
+/**
+ * The neighbour table's read this pass (`why`: why it failed; undefined: read, or not needed): a failure said once
+ * while it lasts and its end said once, both damped while it flaps (log-damper.ts), never a line per pass or per
+ * backend.
+ */
+function noteNeighbourRead(ctx: ExecContext, why: string | undefined): void {
+  const { state } = ctx;
+  const key = 'neigh-read';
+  const before = state.logged.get(key);
+  if (why === undefined && before === undefined) return;
+  const next = why ?? 'read';
+  if (before === next) return;
+  if (why === undefined) state.logged.delete(key);
+  else state.logged.set(key, next);
+  const rules = state.maclessRules.size;
+  state.logDamper.line(
+    key,
+    ctx.mono(),
+    () =>
+      why === undefined
+        ? ctx.log.info({ rules }, 'the neighbour table is read again: backends given without a MAC are judged from it')
+        : ctx.log.warn(
+            { reason: why, rules },
+            `reading the neighbour table failed: ${why}: whether the backends given without a MAC receive cannot be ` +
+              `verified (${rules} rule(s) left as written) until it can be read`,
+          ),
+    (n, ms) =>
+      ctx.log.warn(
+        { reason: why ?? null, rules, notLogged: n, ms },
+        `reading the neighbour table failed or succeeded again ${n} more times in ${Math.round(ms / 1000)} s, not ` +
+          `logged one by one; the last: ${why === undefined ? 'read' : `failed: ${why}`}`,
+      ),
+  );
 }
 
 /** Log once per transition of a key (`state.logged`) to `line`; `log` gets whether it had a state before. */

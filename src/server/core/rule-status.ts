@@ -607,6 +607,8 @@ export interface RuleObservation {
   ingressSettings: ReadonlyMap<string, string>;
   /** Why no ARP request of ours can be sent (Dataplane.arpUnavailable): nothing is "probing it". */
   arpUnavailable?: string;
+  /** Why the neighbour table could not be read (Facts.neighbourUnread): {@link unreadNeighbourStatus}. */
+  neighbourUnread?: string;
   /** "ip@iface" -> why its MAC is not the kernel's entry's ({@link viaNeighbourStatus}, Dataplane.neighbourVia). */
   via?: ReadonlyMap<string, string>;
   /** Backend egress name -> the program not ours attached to it ({@link foreignEgressStatus}); absent: none. */
@@ -820,6 +822,45 @@ export function cannotProbeStatus(s: RuleStatus, why: string): RuleStatus {
 }
 
 /**
+ * The status with each backend given without a MAC saying that whether it receives cannot be verified: the
+ * neighbour table its MAC comes from could not be read (`why`: the read's error, e.g. EMFILE under an open-files
+ * limit). Its place in the datapath is left as it was, and said as last read: in the table with the MAC it
+ * holds (BackendsReceiving Unknown, an ACTIVE rule DEGRADED), or out of it with the reason last checked. No
+ * verdict the read did not give.
+ */
+export function unreadNeighbourStatus(
+  s: RuleStatus,
+  rule: { backends: readonly { ip: string; interface: string; mac: string; weight?: number }[] },
+  why: string,
+): RuleStatus {
+  if (s.state === 'failed') return s;
+  let hit: string[] | undefined;
+  let changed = false;
+  const backends = s.backends.map((b, i) => {
+    const spec = rule.backends[i];
+    if (!spec || spec.mac !== '') return b;
+    changed = true;
+    if (!b.receiving) return { ...b, message: `${b.message} (as last checked; cannot be verified now: ${why})` };
+    if ((spec.weight ?? 1) > 0) (hit ??= []).push(`${spec.ip}@${spec.interface}`);
+    return {
+      ...b,
+      unverified: true,
+      message: `cannot be verified: ${why} (in the datapath with MAC ${b.mac}, as last read from the neighbour table)`,
+    };
+  });
+  if (!changed) return s;
+  if (!hit) return { ...s, backends };
+  const note = `${hit.length} cannot be verified (${hit.join(', ')}: ${why})`;
+  return {
+    ...s,
+    state: s.state === 'active' ? 'degraded' : s.state,
+    message: `${s.message}; ${note}`,
+    backends,
+    warnings: [...s.warnings, note],
+  };
+}
+
+/**
  * The one judgement of a rule's status from what was written and what is observed: the written status
  * lowered by every observation (static MACs, neighbour entries, MTUs, unverified egresses, its ingress
  * interfaces missing, occupied, down or without carrier, their device settings). Sets `k.status`,
@@ -911,6 +952,7 @@ export function judgeRule(
   observed = foreignEgressStatus(observed, rule, o.foreignEgress);
   observed = tapDropStatus(observed, rule, o.tapDrops);
   observed = peerXdpStatus(observed, rule, o.peerXdp);
+  if (o.neighbourUnread) observed = unreadNeighbourStatus(observed, rule, o.neighbourUnread);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;

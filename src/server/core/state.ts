@@ -551,6 +551,7 @@ export class CoreState {
     route: ReadonlyMap<string, string>;
     tapDrops: ReadonlyMap<string, string>;
     arpUnavailable?: string;
+    neighbourUnread?: string;
   } = {
     unverifiedEgress: new Map(),
     unanswered: new Map(),
