@@ -87,6 +87,7 @@ import {
   backendStatus,
   egressProblem,
   ingressDownProblem,
+  isMtuUnverified,
   isMtuWarning,
   largestPassing,
   missingInterfacesWarning,
@@ -817,6 +818,8 @@ export async function resync(
   const linkWarnings = new Map<string, string>();
   const linkUnverified = new Map<string, string>();
   const linkWatched = new Set<string>();
+  /** The link directions whose ends both exist now (a direction gone or missing is said by its own lines). */
+  const linkDirs = new Set<string>();
   for (const l of links) {
     for (const [from, to] of directions(l)) {
       if (now(from) === undefined || now(to) === undefined) continue; // reported as missing
@@ -873,6 +876,7 @@ export async function resync(
         }
       }
       const key = `link/${from}>${to}`;
+      linkDirs.add(`${from}>${to}`);
       if (why) linkEgress.set(`${from}>${to}`, why);
       else {
         const w = linkDirectionWarning(ctx, from, to);
@@ -1098,9 +1102,17 @@ export async function resync(
     if ((++n & 1023) === 0) await pace();
     if (!state.logged.has(key)) state.loggedLinkMtu.delete(key);
     else if (!linkWarnings.has(key.slice('link-mtu/'.length))) {
+      const dir = key.slice('link-mtu/'.length);
+      const was = state.logged.get(key)!;
       state.loggedLinkMtu.delete(key);
       state.logged.delete(key);
-      ctx.log.info({ link: key.slice('link-mtu/'.length).replace('>', ' -> ') }, 'link: no MTU warning any more');
+      // Not forwarding now (its own line says why), or gone: nothing is said of frames fitting. A warning that
+      // holds again once it forwards is said again.
+      if (!linkDirs.has(dir) || linkEgress.has(dir)) continue;
+      const at = dir.indexOf('>');
+      const from = dir.slice(0, at);
+      const to = dir.slice(at + 1);
+      ctx.log.info({ link: `${from} -> ${to}`, was }, linkWarningGoneText(ctx, from, to, was));
     }
   }
   // Summaries of the subjects that flapped in a window that has ended (log-damper.ts).
@@ -1433,6 +1445,27 @@ export function linkDirectionWarning(ctx: ExecContext, from: string, to: string)
     );
   }
   return undefined;
+}
+
+/**
+ * What is observed of a link direction whose warning (`was`, {@link linkDirectionWarning}) no longer holds: for an
+ * MTU warning, the MTUs now ("link a -> b: no MTU warning any more: b has MTU 1500 now, matching a's 1500"); for
+ * another, that it is gone, naming it.
+ */
+export function linkWarningGoneText(ctx: Pick<ExecContext, 'dp'>, from: string, to: string, was: string): string {
+  const { dp } = ctx;
+  const pre = `${from} -> ${to}: `;
+  const what = was.startsWith(pre) ? was.slice(pre.length) : was;
+  if (!isMtuWarning(was) && !isMtuUnverified(was)) return `link ${pre}no longer so: ${what}`;
+  const mIn = dp.linkState?.(from)?.mtu;
+  const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
+  if (mIn === undefined || !e || 'unverified' in e) return `link ${pre}no MTU warning any more (it was: ${what})`;
+  const peer = peerMtu(dp, to);
+  const both = peer && 'mtu' in peer && e.where === to ? ` (its veth peer ${peerWhere(peer)} ${peer.mtu})` : '';
+  return (
+    `link ${pre}no MTU warning any more: ${e.where} has MTU ${e.mtu} now${both}, ` +
+    `${e.mtu === mIn ? 'matching' : 'above'} ${from}'s ${mIn}`
+  );
 }
 
 /**
