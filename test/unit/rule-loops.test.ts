@@ -15,7 +15,9 @@ import {
   type LoopGraph,
   type LoopRule,
   RuleLoops,
+  upperReceives,
 } from '../../src/server/core/rule-loops.js';
+import type { UpperLink } from '../../src/server/core/dataplane.js';
 
 const rule = (name: string, ingress: string[], backends: [ip: string, iface: string][], sources: string[] = []) =>
   loopRule(name, {
@@ -173,5 +175,114 @@ describe('loops through a bridge, a bond, a team (a veth peer that is a port: it
     const r = rule('brl', ['x'], [['10.77.9.1', 'la']]);
     const g = withMasters(graph([r], [['la', 'lb']]), { lb: ['br', 'bridge'], br: ['lb', 'bridge'] });
     assert.equal(new RuleLoops(g).cycleFrom(r, r.spec.backends[0]), undefined);
+  });
+});
+
+describe('loops through devices stacked on a veth peer (macvlan, ipvlan, vlan: Dataplane.upperLinks)', () => {
+  /** `graph` with upper devices: lower -> its uppers. */
+  const withUppers = (g: LoopGraph, ups: Record<string, UpperLink[]>): LoopGraph => ({
+    ...g,
+    uppersOf: (n) => ups[n] ?? [],
+  });
+  const stacked = (name: string, kind: string, more: Partial<UpperLink> = {}): UpperLink => ({
+    name,
+    kind,
+    via: 'stacked',
+    ...more,
+  });
+
+  it('a macvlan on the peer, in every mode, is an ingress of the rule: the loop, said with the macvlan', () => {
+    const r = rule('mvl', ['mv'], [['10.77.9.1', 'la']]);
+    for (const mode of ['bridge', 'vepa', 'private', 'passthru', 'source']) {
+      const g = withUppers(graph([r], [['la', 'lb']]), { lb: [stacked('mv', 'macvlan', { mode })] });
+      const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+      assert.deepEqual(c?.steps[0].path, ['la', 'lb', 'mv'], mode);
+      assert.equal(
+        changeLoopText(c.steps, 'mvl'),
+        `its veth peer lb is the lower device of macvlan mv (mode ${mode}): a datagram no rule takes on lb goes ` +
+          'up to mv, an ingress of this rule (la -> lb -> mv)',
+      );
+    }
+    const f = findHostLoops(
+      withUppers(graph([r], [['la', 'lb']]), { lb: [stacked('mv', 'macvtap', { mode: 'bridge' })] }),
+      startsOf([r]),
+    );
+    assert.match(f.backends.get('mvl|10.77.9.1@la')!, /of rules mvl -> mvl through la -> lb -> mv \[rule mvl\]/);
+  });
+
+  it('recursively: a macvlan on a bridge whose port is the peer; one of two macvlans; ipvlan l2/l3 but not l3s', () => {
+    const r = rule('mvl', ['mv2'], [['10.77.9.1', 'la']]);
+    const g = withUppers(graph([r], [['la', 'lb']]), {
+      lb: [{ name: 'br', kind: 'bridge', via: 'master', vlanFiltering: false }],
+      br: [stacked('mv1', 'macvlan', { mode: 'bridge' }), stacked('mv2', 'macvlan', { mode: 'private' })],
+    });
+    const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+    assert.deepEqual(c?.steps[0].path, ['la', 'lb', 'br', 'mv2']);
+    assert.match(
+      changeLoopText(c.steps, 'mvl'),
+      /^its veth peer lb is a port of bridge br, itself the lower device of macvlan mv2 \(mode private\): a datagram no rule takes on the port goes up to mv2/,
+    );
+    const iv = rule('ivl', ['iv'], [['10.77.9.1', 'la']]);
+    for (const [mode, loops] of [
+      ['l2', true],
+      ['l3', true],
+      ['l3s', false],
+    ] as const) {
+      const gi = withUppers(graph([iv], [['la', 'lb']]), { lb: [stacked('iv', 'ipvlan', { mode })] });
+      assert.equal(new RuleLoops(gi).cycleFrom(iv, iv.spec.backends[0]) !== undefined, loops, mode);
+    }
+  });
+
+  it('a vlan gets only tagged frames: not on the peer (what a rule redirects is untagged), on a vlan-filtering bridge yes', () => {
+    const r = rule('vl', ['lb.10'], [['10.77.9.1', 'la']]);
+    const onPeer = withUppers(graph([r], [['la', 'lb']]), { lb: [stacked('lb.10', 'vlan', { vlan: '802.1Q 10' })] });
+    assert.equal(new RuleLoops(onPeer).cycleFrom(r, r.spec.backends[0]), undefined);
+    assert.deepEqual(new RuleLoops(onPeer).cannotTell(r, r.spec.backends[0]), []);
+    const rb = rule('vl', ['br.10'], [['10.77.9.1', 'la']]);
+    const bridge = (vlanFiltering: boolean) =>
+      withUppers(graph([rb], [['la', 'lb']]), {
+        lb: [{ name: 'br', kind: 'bridge', via: 'master', vlanFiltering }],
+        br: [stacked('br.10', 'vlan', { vlan: '802.1Q 10' })],
+      });
+    assert.equal(new RuleLoops(bridge(false)).cycleFrom(rb, rb.spec.backends[0]), undefined);
+    assert.deepEqual(new RuleLoops(bridge(true)).cycleFrom(rb, rb.spec.backends[0])?.steps[0].path, [
+      'la',
+      'lb',
+      'br',
+      'br.10',
+    ]);
+  });
+
+  it('an upper whose receive path is not known: no loop claimed, cannot be told, said', () => {
+    const r = rule('u', ['x'], [['10.77.9.1', 'la']]);
+    const g = withUppers(graph([r], [['la', 'lb']]), {
+      lb: [{ name: 'ovs', kind: 'openvswitch', via: 'master' }],
+    });
+    const loops = new RuleLoops(g);
+    assert.equal(loops.cycleFrom(r, r.spec.backends[0]), undefined);
+    assert.deepEqual(loops.cannotTell(r, r.spec.backends[0]), [
+      'lb is a port of openvswitch ovs: a kind of master whose receive path xdpctld does not follow',
+    ]);
+    const f = findHostLoops(g, startsOf([r]));
+    assert.equal(f.backends.size, 0);
+    assert.equal(
+      f.unknown.get('u|10.77.9.1@la'),
+      'backend 10.77.9.1 on la: whether its redirected datagrams come back to an ingress of a rule (a forwarding ' +
+        'loop) cannot be told: lb is a port of openvswitch ovs: a kind of master whose receive path xdpctld does not follow',
+    );
+    // A known kind that does not receive (a tunnel through it, an ipvlan in l3s): nothing to say.
+    const quiet = withUppers(graph([r], [['la', 'lb']]), {
+      lb: [stacked('t', 'gretap'), stacked('i', 'ipvlan', { mode: 'l3s' })],
+    });
+    assert.deepEqual(new RuleLoops(quiet).cannotTell(r, r.spec.backends[0]), []);
+  });
+
+  it('upperReceives: what each kind takes of what its lower receives', () => {
+    assert.deepEqual(upperReceives({ name: 'b', kind: 'bond', via: 'master' }, false), { receives: true, tagged: false });
+    assert.deepEqual(upperReceives({ name: 'v', kind: 'vrf', via: 'master' }, false), { receives: false });
+    assert.deepEqual(upperReceives(stacked('v', 'vlan'), true), { receives: true, tagged: false });
+    assert.ok('unknown' in upperReceives(stacked('m', 'macsec'), false));
+    assert.ok('unknown' in upperReceives(stacked('i', 'ipvlan'), false)); // mode not read
+    assert.ok('unknown' in upperReceives(stacked('w', 'wireguard'), false));
   });
 });

@@ -234,6 +234,26 @@ export interface CounterRead {
 export type PeerMtu = { name: string; mtu: number; netns?: string; nsid?: number } | { unreadable: string };
 
 /**
+ * A device directly above another one in the daemon's namespace, as rtnetlink gives it (Dataplane.upperLinks):
+ * the master the lower is enslaved to (IFLA_MASTER), or a device stacked on the lower (its IFLA_LINK is the
+ * lower: vlan, macvlan, macvtap, ipvlan, ipvtap, macsec, a tunnel sending through it). What of a frame received
+ * on the lower it receives too is judged by core/rule-loops.ts from these facts.
+ */
+export interface UpperLink {
+  name: string;
+  /** IFLA_INFO_KIND ("bridge", "macvlan", "vlan", ...); undefined for a device without one. */
+  kind?: string;
+  /** "master": the lower's IFLA_MASTER; "stacked": the upper's IFLA_LINK names the lower. */
+  via: 'master' | 'stacked';
+  /** ipvlan/ipvtap: the mode of the port ("l2", "l3", "l3s"; IFLA_IPVLAN_MODE), macvlan/macvtap: its mode (IFLA_MACVLAN_MODE). */
+  mode?: string;
+  /** A bridge: IFLA_BR_VLAN_FILTERING on (what it passes up to itself may carry the port's PVID as a tag). */
+  vlanFiltering?: boolean;
+  /** A vlan: its protocol and id ("802.1Q 10"; IFLA_VLAN_PROTOCOL, IFLA_VLAN_ID). */
+  vlan?: string;
+}
+
+/**
  * The XDP programs not ours attached to a veth egress's peer ({@link Dataplane.vethPeerXdp}): the peer in words
  * ("eth0 in netns blue") and each program's id, attach mode and name (bpf_prog_info; absent when it cannot be
  * read).
@@ -437,6 +457,12 @@ export interface Dataplane {
    * undefined (none, or `ifname` is gone). What a frame received on `ifname` goes up to (rule-loops.ts). Optional (fakes).
    */
   masterLink?(ifname: string): { name: string; kind?: string } | undefined;
+  /**
+   * The devices directly above `ifname` in this namespace (its master, the devices stacked on it; a veth's
+   * peer is not one), from one rtnetlink dump; [] when it is gone. What a frame received on `ifname` may go up to
+   * (rule-loops.ts). Optional (fakes: {@link masterLink} then).
+   */
+  upperLinks?(ifname: string): UpperLink[];
   /**
    * The XDP programs not ours attached to a veth's peer, wherever the peer is: what is redirected into the veth
    * passes through them on the other side, where they may drop it unseen. Undefined when `ifname` is not a veth,

@@ -18,6 +18,7 @@ import {
   type RedirectTarget,
   type RuleSlotState,
   type SrcKey,
+  type UpperLink,
   type XdpModeName,
 } from './dataplane.js';
 import { otherProgram } from './conditions.js';
@@ -438,10 +439,12 @@ function backendsBehindLinks(
  * forwardingLoop); this is the same refusal for rules, naming the backend of a changed rule that closes the
  * cycle and the other rules in it. A change of links alone (`scope.links`, no rules) is refused when a cycle
  * goes through a direction it makes, naming the link. A loop the host makes after the write (a veth renamed,
- * made again or moved) is the reconciler's to find (resync.ts judgeHostLoops): it keeps those backends out.
+ * made again or moved, a macvlan stacked on a peer) is the reconciler's to find (resync.ts judgeHostLoops): it
+ * keeps those backends out. An upper device whose receive path cannot be told does not refuse a change: the
+ * reconciler says it in the rule's warnings (rule-loops.ts cannotTell).
  */
 export function backendsLoopingBack(
-  dp: Pick<Dataplane, 'vethPeer' | 'masterLink'>,
+  dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks'>,
   state: CoreState,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
@@ -472,7 +475,14 @@ export function backendsLoopingBack(
   for (const r of after.values())
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
   if (!byKey.size) return;
-  const loops = new RuleLoops({ peerOf, masterOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
+  const ups = new Map<string, readonly UpperLink[]>();
+  const uppersOf = dp.upperLinks
+    ? (name: string) => {
+        if (!ups.has(name)) ups.set(name, dp.upperLinks!(name));
+        return ups.get(name)!;
+      }
+    : undefined;
+  const loops = new RuleLoops({ peerOf, masterOf, uppersOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;

@@ -31,7 +31,7 @@ import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } fro
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
-import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, UpperLink, XdpStatus } from './dataplane.js';
 import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
 import { activeLinkSources, shadowedStatus } from './shadow.js';
 import {
@@ -49,12 +49,12 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import {
   findHostLoops,
+  receivingUppers,
   hostLoopProblem,
   LOOP_TAIL,
   loopBackendKey,
   loopBackendsText,
   loopRule,
-  RECEIVING_MASTERS,
   type HostLoops,
   type LoopRule,
 } from './rule-loops.js';
@@ -1052,6 +1052,7 @@ export async function resync(
     route,
     tapDrops,
     neighbourUnread: facts.neighbourUnread,
+    loopUnknown: state.hostLoopsUnknown,
   };
   // The rules whose judgement's inputs changed since the last one are judged again (the ingress interfaces'
   // facts and the static MACs' verdicts marked them already): the per-backend observations compared with the
@@ -1362,6 +1363,7 @@ export async function observeWrittenRules(
     // As the last pass read them (a write reads no counters).
     tapDrops: state.lastObservation.tapDrops,
     neighbourUnread: state.lastObservation.neighbourUnread,
+    loopUnknown: state.hostLoopsUnknown,
   };
   // What a read serves (the links that shadow an ingress taken in). A client's change is committed by now: a
   // read that fails here never fails it; its rules are judged and logged by the next pass instead.
@@ -1902,29 +1904,53 @@ function judgeHostLoops(
     if (p || !facts.peers.has(egress)) return dp.vethPeer?.(egress); // its MTU unreadable, or not read
     return undefined; // not a veth
   };
-  // The masters (bridge, bond, team) a local peer's received frames go up to, read by netlink (IFLA_MASTER).
+  // The devices a local peer's received frames go up to (its master, a macvlan or ipvlan stacked on it, and theirs),
+  // read by rtnetlink (IFLA_MASTER, IFLA_LINK) in this namespace: rule-loops.ts receivingUppers judges which.
   const masters = new Map<string, { name: string; kind?: string } | undefined>();
   const masterOf = (name: string) => {
     if (!masters.has(name)) masters.set(name, dp.masterLink?.(name));
     return masters.get(name);
   };
-  const uppers = (name: string): string[] => {
-    const out: string[] = [];
-    for (
-      let m = masterOf(name);
-      m && RECEIVING_MASTERS.has(m.kind ?? '') && !out.includes(m.name);
-      m = masterOf(m.name)
-    )
-      out.push(m.name);
-    return out;
+  const upperRows = new Map<string, readonly UpperLink[]>();
+  const uppersOf = dp.upperLinks
+    ? (name: string) => {
+        if (!upperRows.has(name)) upperRows.set(name, dp.upperLinks!(name));
+        return upperRows.get(name)!;
+      }
+    : undefined;
+  const upperLists = new Map<string, ReturnType<typeof receivingUppers>>();
+  const uppers = (name: string) => {
+    let u = upperLists.get(name);
+    if (!u) {
+      u = receivingUppers(
+        name,
+        uppersOf ??
+          ((n) => {
+            const m = masterOf(n);
+            return m ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
+          }),
+      );
+      upperLists.set(name, u);
+    }
+    return u;
+  };
+  /** A peer and what it goes up to, for the pass's input: "p>br>mv", then "?" and what cannot be told. */
+  const reach = (peer: string) => {
+    const u = uppers(peer);
+    return [peer, ...u.nodes.map((n) => n.name), ...(u.unknown.length ? ['?', ...u.unknown] : [])].join('>');
   };
   const candidates: string[] = [];
   for (const egress of state.egressBackends.keys()) {
     const peer = peerNow(egress);
     if (peer === undefined) continue;
     const up = uppers(peer);
-    if (state.ifaceRules.has(peer) || inForce.has(peer) || up.some((m) => state.ifaceRules.has(m)))
-      candidates.push(`${egress}>${[peer, ...up].join('>')}`);
+    if (
+      state.ifaceRules.has(peer) ||
+      inForce.has(peer) ||
+      up.nodes.some((m) => state.ifaceRules.has(m.name)) ||
+      up.unknown.length
+    )
+      candidates.push(`${egress}>${reach(peer)}`);
   }
   const peers = new Map<string, string | undefined>();
   const peerOf = (name: string) => {
@@ -1935,13 +1961,13 @@ function judgeHostLoops(
   if (candidates.length) {
     const links = [...inForce].map(([from, to]) => {
       const p = peerOf(to);
-      return `${from}>${to}>${p === undefined ? '' : [p, ...uppers(p)].join('>')}`;
+      return `${from}>${to}>${p === undefined ? '' : reach(p)}`;
     });
     input = `${state.desiredVersion}|${candidates.join(',')}|${links.join(',')}`;
   }
   if (input === (state.hostLoopInput ?? '')) return;
   state.hostLoopInput = input;
-  let found: HostLoops = { backends: new Map(), loops: new Map() };
+  let found: HostLoops = { backends: new Map(), loops: new Map(), unknown: new Map() };
   if (candidates.length) {
     const rules = new Map<string, LoopRule | undefined>();
     const ruleOf = (name: string) => {
@@ -1963,6 +1989,7 @@ function judgeHostLoops(
       {
         peerOf,
         masterOf,
+        uppersOf,
         linkTo: inForce,
         inForce,
         ruleAt: (key) => {
@@ -1976,6 +2003,9 @@ function judgeHostLoops(
   const touch = (key: string) => state.touchRule(key.slice(0, key.indexOf('|')));
   for (const [key, why] of found.backends) if (state.hostLoops.get(key) !== why) touch(key);
   for (const key of state.hostLoops.keys()) if (!found.backends.has(key)) touch(key);
+  for (const [key, why] of found.unknown) if (state.hostLoopsUnknown.get(key) !== why) touch(key);
+  for (const key of state.hostLoopsUnknown.keys()) if (!found.unknown.has(key)) touch(key);
+  state.hostLoopsUnknown = found.unknown;
   const was = state.hostLoopList;
   state.hostLoops = found.backends;
   state.hostLoopList = found.loops;

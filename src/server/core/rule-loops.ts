@@ -28,6 +28,7 @@
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
+import type { UpperLink } from './dataplane.js';
 import type { BackendSpec, RuleSpec } from './model.js';
 
 /** A set of source addresses: prefixes (none: no address), or null for every address. */
@@ -53,6 +54,11 @@ export interface LoopGraph {
   peerOf(name: string): string | undefined;
   /** The device `name` is a port of and its kind (netlink IFLA_MASTER), in this namespace; undefined: none. */
   masterOf?(name: string): { name: string; kind?: string } | undefined;
+  /**
+   * The devices directly above `name` in this namespace (its master, the devices stacked on it: Dataplane.upperLinks);
+   * when given, `masterOf` is not asked.
+   */
+  uppersOf?(name: string): readonly UpperLink[];
   /** Link directions (ingress -> egress) as they are after the change (the reconciler: in force). */
   linkTo: ReadonlyMap<string, string>;
   /** Link directions in force now: one in `linkTo` that differs is a direction the change makes. */
@@ -67,24 +73,135 @@ export interface LoopStep {
   backend: string;
   iface: string;
   path: string[];
-  /** The masters at the end of `path` the datagram went up to from the peer, in words ("bridge br0"). */
+  /** The upper devices at the end of `path` the datagram went up to from the peer, each in words ({@link UpNode}). */
   masters?: string[];
 }
 
-/** A cycle back to a rule: its steps, and the first link direction on it that the change makes (if any). */
 /** The kinds of master a port's received frames go up to, where XDP runs on them again. */
 export const RECEIVING_MASTERS: ReadonlySet<string> = new Set(['bridge', 'bond', 'team']);
 
-/** Where a datagram sent out of an egress arrives: the interfaces crossed to the veth peer, then its masters. */
+/** Kinds that send through the device their IFLA_LINK names and receive only packets encapsulated for them. */
+const TUNNEL_KINDS: ReadonlySet<string> = new Set([
+  'ipip',
+  'ip6tnl',
+  'sit',
+  'gre',
+  'gretap',
+  'ip6gre',
+  'ip6gretap',
+  'erspan',
+  'ip6erspan',
+  'vti',
+  'vti6',
+]);
+
+/** An upper device a datagram received on the veth peer goes up to: its name, its lower, and how it is above it. */
+export interface UpNode {
+  name: string;
+  /** Index in the list of its lower (-1: the veth peer). */
+  parent: number;
+  /** How it is above its lower, in words: "a port of bridge br0", "the lower device of macvlan mv0 (mode bridge)". */
+  words: string;
+  /** Whether the datagram may carry a VLAN tag on arrival here (a vlan-filtering bridge passed it up). */
+  tagged: boolean;
+}
+
+/**
+ * Whether an upper device receives what its lower receives, again through __netif_receive_skb_core (where a
+ * generic XDP program runs on it): yes (with whether the datagram may carry a VLAN tag there), no, or "cannot
+ * tell" with why. The datagrams a rule redirects are the ones it matched untagged in the frame (tagged ones go to
+ * the stack: xdpctl.bpf.c), and neither a redirect nor a veth adds a tag.
+ */
+export function upperReceives(
+  u: UpperLink,
+  tagged: boolean,
+): { receives: true; tagged: boolean } | { receives: false } | { unknown: string } {
+  const kind = u.kind ?? '';
+  if (u.via === 'master') {
+    // A bridge takes up frames to its own MAC (br_pass_frame_up: a new receive on the bridge); a bond's or a
+    // team's rx handler makes the master the skb's device for another round. A vlan-filtering bridge may tag
+    // what it passes up with the port's PVID (when the bridge's own entry for it is not untagged).
+    if (kind === 'bridge') return { receives: true, tagged: tagged || u.vlanFiltering !== false };
+    if (kind === 'bond' || kind === 'team') return { receives: true, tagged };
+    // An L3 master: the IP layer hands it the packet (l3mdev), no receive round and no XDP program on it.
+    if (kind === 'vrf') return { receives: false };
+    return { unknown: `a kind of master whose receive path xdpctld does not follow` };
+  }
+  switch (kind) {
+    case 'macvlan':
+    case 'macvtap':
+      // Every mode: a unicast frame to its MAC goes up to it (macvlan_handle_frame: skb->dev = it, another round);
+      // source mode also takes copies of frames from its allowed sources (netif_rx).
+      return { receives: true, tagged };
+    case 'ipvlan':
+    case 'ipvtap':
+      // l2 and l3: a frame to one of its addresses goes up to it (ipvlan_rcv_frame); l3s: the IP layer's l3mdev
+      // hook moves the packet to it (ipvlan_l3_rcv), no receive round, no XDP on it.
+      if (u.mode === 'l2' || u.mode === 'l3') return { receives: true, tagged };
+      if (u.mode === 'l3s') return { receives: false };
+      return { unknown: `its mode (${u.mode ?? 'not read'}) is not one xdpctld knows` };
+    case 'vlan':
+      // Only a frame tagged with its VID (and protocol) goes up to it (vlan_do_receive), the tag taken off.
+      return tagged ? { receives: true, tagged: false } : { receives: false };
+    case 'macsec':
+      return { unknown: 'whether it takes frames MACsec did not protect (its validation mode) is not read' };
+    default:
+      if (TUNNEL_KINDS.has(kind)) return { receives: false }; // only packets encapsulated for it, by the IP layer
+      return { unknown: 'a kind of device whose receive path xdpctld does not follow' };
+  }
+}
+
+/** An upper device in words, as its lower sees it: "a port of bridge br0", "the lower device of vlan v (802.1Q 10)". */
+function upperWords(u: UpperLink): string {
+  const what = `${u.kind ?? 'device'} ${u.name}`;
+  if (u.via === 'master') return `a port of ${what}`;
+  const detail = u.vlan ?? (u.mode ? `mode ${u.mode}` : '');
+  return `the lower device of ${what}${detail ? ` (${detail})` : ''}`;
+}
+
+/**
+ * The upper devices a datagram received on `name` goes up to (its master, the devices stacked on it that
+ * receive what it receives: {@link upperReceives}), recursively, each once, in the order found (a device before
+ * its uppers); and the uppers met whose receive path cannot be told, in words. A device in another namespace is
+ * not in this namespace's dump: not here (no program of this daemon's runs there).
+ */
+export function receivingUppers(
+  name: string,
+  uppersOf: (name: string) => readonly UpperLink[],
+): { nodes: UpNode[]; unknown: string[] } {
+  const nodes: UpNode[] = [];
+  const unknown: string[] = [];
+  const seen = new Set<string>([name]);
+  const walk = (lower: string, parent: number, tagged: boolean) => {
+    for (const u of uppersOf(lower)) {
+      if (seen.has(u.name)) continue;
+      const r = upperReceives(u, tagged);
+      if ('unknown' in r) {
+        seen.add(u.name);
+        unknown.push(`${lower} is ${upperWords(u)}: ${r.unknown}`);
+        continue;
+      }
+      if (!r.receives) continue;
+      seen.add(u.name);
+      nodes.push({ name: u.name, parent, words: upperWords(u), tagged: r.tagged });
+      walk(u.name, nodes.length - 1, r.tagged);
+    }
+  };
+  walk(name, -1, false);
+  return { nodes, unknown };
+}
+
+/** Where a datagram sent out of an egress arrives: the interfaces crossed to the veth peer, then its uppers. */
 export interface Arrival {
   path: string[];
   newLink?: string;
-  /** The masters (bridge, bond, team) above the last of `path`, in the order the datagram goes up to them. */
-  uppers: string[];
-  /** `uppers` in words: "bridge br0". */
-  upperWords: string[];
+  /** The devices above the last of `path` the datagram may go up to ({@link receivingUppers}). */
+  ups: UpNode[];
+  /** The uppers met whose receive path cannot be told, in words: whether a loop goes through them is not known. */
+  unknown: string[];
 }
 
+/** A cycle back to a rule: its steps, and the first link direction on it that the change makes (if any). */
 export interface RuleCycle {
   steps: LoopStep[];
   newLink?: string;
@@ -135,8 +252,8 @@ export class RuleLoops {
       path.push(peer);
       const next = this.g.linkTo.get(peer);
       if (next === undefined) {
-        const up = this.uppers(peer);
-        return { path, newLink, uppers: up.map((m) => m.name), upperWords: up.map((m) => `${m.kind} ${m.name}`) };
+        const up = receivingUppers(peer, (n) => this.uppersOf(n));
+        return { path, newLink, ups: up.nodes, unknown: up.unknown };
       }
       if (this.g.inForce.get(peer) !== next) newLink ??= peer;
       path.push(next);
@@ -145,44 +262,65 @@ export class RuleLoops {
     return undefined; // a loop of links: refused as one (plan-links.ts)
   }
 
-  /** The masters a frame received on `name` goes up to (bridge, bond, team), each once, nearest first. */
-  private uppers(name: string): { name: string; kind?: string }[] {
-    const out: { name: string; kind?: string }[] = [];
-    for (let m = this.g.masterOf?.(name); m && RECEIVING_MASTERS.has(m.kind ?? ''); m = this.g.masterOf?.(m.name)) {
-      if (m.name === name || out.some((x) => x.name === m!.name)) break;
-      out.push(m);
-    }
-    return out;
+  /** The devices directly above `name`: the graph's uppersOf, or its master alone (masterOf). */
+  private uppersOf(name: string): readonly UpperLink[] {
+    if (this.g.uppersOf) return this.g.uppersOf(name);
+    const m = this.g.masterOf?.(name);
+    return m ? [{ name: m.name, via: 'master', ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
   }
 
   /**
-   * The rules that match a datagram to `dst` on `port` from `sources` arriving on the devices `at` in turn (a
-   * peer, then its masters: what no rule takes on one goes up to the next), with the sources each takes and the
-   * index in `at` of the device it is matched on.
+   * The rules that match a datagram to `dst` on `port` from `sources` arriving on the peer `peer` and going up
+   * its uppers `ups` (what no rule takes on a device goes up to each device above it), with the sources each
+   * takes and the uppers (indexes in `ups`, nearest first) it went up to before the device it is matched on.
    */
-  private matches(at: readonly string[], port: number, dst: string, sources: Sources) {
-    const out: { rule: LoopRule; sources: Sources; on: number }[] = [];
-    let rest = sources;
-    at.forEach((ingress, on) => {
-      if (rest !== null && !rest.length) return;
+  private matches(peer: string, ups: readonly UpNode[], port: number, dst: string, sources: Sources) {
+    const out: { rule: LoopRule; sources: Sources; chain: number[] }[] = [];
+    const at = (ingress: string, rest: Sources, chain: number[]): Sources => {
       const exact = this.g.ruleAt(`${ingress}|${port}|${dst}`);
       if (exact) {
         const taken = intersectSources(rest, exact.sources);
-        if (taken === null || taken.length) out.push({ rule: exact, sources: taken, on });
+        if (taken === null || taken.length) out.push({ rule: exact, sources: taken, chain });
         rest = subtractSources(rest, exact.sources);
       }
       const any = this.g.ruleAt(`${ingress}|${port}|`);
       if (any && any !== exact && (rest === null || rest.length)) {
         const taken = intersectSources(rest, any.sources);
-        if (taken === null || taken.length) out.push({ rule: any, sources: taken, on });
+        if (taken === null || taken.length) out.push({ rule: any, sources: taken, chain });
         rest = subtractSources(rest, any.sources);
       }
-    });
+      return rest;
+    };
+    const up = (parent: number, rest: Sources, chain: number[]) => {
+      if (rest !== null && !rest.length) return;
+      ups.forEach((n, k) => {
+        if (n.parent !== parent) return;
+        const here = [...chain, k];
+        up(k, at(n.name, rest, here), here);
+      });
+    };
+    up(-1, at(peer, sources, []), []);
     return out;
   }
 
   /** A cycle back to `start` from its backend `b`: the steps (each a rule's backend and where it arrives), or undefined. */
   cycleFrom(start: LoopRule, b: BackendSpec): RuleCycle | undefined {
+    return this.explore(start, b).cycle;
+  }
+
+  /**
+   * When no cycle back to `start` from its backend `b` is found: the upper devices met on the way whose receive
+   * path cannot be told ({@link upperReceives}), in words: whether a loop goes through them is not known. [] when
+   * a cycle is found (that is said instead) or none was met.
+   */
+  cannotTell(start: LoopRule, b: BackendSpec): string[] {
+    const r = this.explore(start, b);
+    return r.cycle ? [] : [...r.unknown];
+  }
+
+  /** {@link cycleFrom} and what {@link cannotTell} is told from, in one walk. */
+  explore(start: LoopRule, b: BackendSpec): { cycle?: RuleCycle; unknown: ReadonlySet<string> } {
+    const unknown = new Set<string>();
     const visited = new Set<string>();
     const go = (
       rule: LoopRule,
@@ -193,12 +331,12 @@ export class RuleLoops {
     ): RuleCycle | undefined => {
       const a = this.arrival(backend.interface);
       if (!a) return undefined;
+      for (const u of a.unknown) unknown.add(u);
       const viaNew = newLink ?? a.newLink;
-      const at = [a.path[a.path.length - 1], ...a.uppers];
-      for (const m of this.matches(at, rule.spec.port, backend.ip, sources)) {
-        const path = [...a.path, ...a.uppers.slice(0, m.on)];
+      for (const m of this.matches(a.path[a.path.length - 1], a.ups, rule.spec.port, backend.ip, sources)) {
+        const path = [...a.path, ...m.chain.map((k) => a.ups[k].name)];
         const step: LoopStep = { rule: rule.name, backend: backend.ip, iface: backend.interface, path };
-        if (m.on) step.masters = a.upperWords.slice(0, m.on);
+        if (m.chain.length) step.masters = m.chain.map((k) => a.ups[k].words);
         const here = [...steps, step];
         if (m.rule.name === start.name) return { steps: here, newLink: viaNew };
         const key = `${m.rule.name}|${m.sources?.map(formatPrefix).join(',') ?? '*'}`;
@@ -211,7 +349,8 @@ export class RuleLoops {
       }
       return undefined;
     };
-    return go(start, b, start.sources, [], undefined);
+    const cycle = go(start, b, start.sources, [], undefined);
+    return cycle ? { cycle, unknown } : { unknown };
   }
 }
 
@@ -228,11 +367,13 @@ export function changeLoopText(steps: readonly LoopStep[], start: string): strin
   const links = first.length - masters.length > 2;
   const last = first[first.length - 1];
   // Where the first step's datagrams arrive, up to the ingress that matches them ("..., an ingress").
-  let reach = links ? `its veth peer ${peer} leads through links to ${first[first.length - 1 - masters.length]}` : '';
+  const below = first[first.length - 1 - masters.length]; // the device the uppers are above
+  let reach = links ? `its veth peer ${peer} leads through links to ${below}` : '';
   if (masters.length) {
+    const on = masters[0].startsWith('a port of ') ? 'the port' : below;
     reach =
-      `${reach ? `${reach}, which` : `its veth peer ${peer}`} is a port of ${masters.join(', itself a port of ')}: ` +
-      `a datagram no rule takes on the port goes up to ${last}, an ingress`;
+      `${reach ? `${reach}, which` : `its veth peer ${peer}`} is ${masters.join(', itself ')}: ` +
+      `a datagram no rule takes on ${on} goes up to ${last}, an ingress`;
   } else if (links) reach += ', an ingress';
   if (steps.length === 1) {
     if (masters.length) return `${reach} of this rule (${first.join(' -> ')})`;
@@ -272,6 +413,8 @@ export interface HostLoops {
   backends: Map<string, string>;
   /** Each loop once, by its sorted backends joined with " ". */
   loops: Map<string, HostLoop>;
+  /** Backend ({@link loopBackendKey}) on no cycle found -> the upper devices met whose receive path cannot be told. */
+  unknown: Map<string, string>;
 }
 
 /**
@@ -280,12 +423,15 @@ export interface HostLoops {
  */
 export function findHostLoops(g: LoopGraph, starts: Iterable<readonly [LoopRule, BackendSpec]>): HostLoops {
   const finder = new RuleLoops(g);
-  const out: HostLoops = { backends: new Map(), loops: new Map() };
+  const out: HostLoops = { backends: new Map(), loops: new Map(), unknown: new Map() };
   for (const [rule, b] of starts) {
     const key = loopBackendKey(rule.name, b);
     if (out.backends.has(key)) continue;
-    const c = finder.cycleFrom(rule, b);
-    if (!c) continue;
+    const { cycle: c, unknown } = finder.explore(rule, b);
+    if (!c) {
+      if (unknown.size) out.unknown.set(key, loopUnknownText(b, [...unknown]));
+      continue;
+    }
     const members = [...new Set(c.steps.map((s) => loopBackendKey(s.rule, { ip: s.backend, interface: s.iface })))];
     const id = [...members].sort().join(' ');
     const rules = visible([rule.name, ...c.steps.slice(1).map((s) => s.rule), rule.name].join(' -> '));
@@ -298,6 +444,17 @@ export function findHostLoops(g: LoopGraph, starts: Iterable<readonly [LoopRule,
     out.backends.set(key, `in a forwarding loop the host made, of rules ${rules} through ${through}: ${LOOP_TAIL}`);
   }
   return out;
+}
+
+/**
+ * What is said of a backend whose way back cannot be told (`met`: {@link RuleLoops.cannotTell}), in its rule's
+ * warnings: "backend 10.0.0.2 on e0: whether its datagrams come back to a rule cannot be told: lb is ...".
+ */
+export function loopUnknownText(b: { ip: string; interface: string }, met: readonly string[]): string {
+  return visible(
+    `backend ${b.ip} on ${b.interface}: whether its redirected datagrams come back to an ingress of a rule (a ` +
+      `forwarding loop) cannot be told: ${met.join('; ')}`,
+  );
 }
 
 /** A loop's backends in words: "rule ra's backend 198.18.2.1 on E, rule rb's backend ...". */

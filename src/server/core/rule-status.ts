@@ -623,6 +623,26 @@ export interface RuleObservation {
   tapDrops?: ReadonlyMap<string, string>;
   /** Backend egress name -> the XDP programs not ours on its veth peer, said ({@link peerXdpStatus}); absent: none. */
   peerXdp?: ReadonlyMap<string, string>;
+  /** "rule|ip@iface" -> why whether it closes a forwarding loop cannot be told ({@link loopUnknownStatus}); absent: none. */
+  loopUnknown?: ReadonlyMap<string, string>;
+}
+
+/**
+ * The status with each backend whose way back cannot be told (`loopUnknown`: rule-loops.ts loopBackendKey ->
+ * loopUnknownText: an upper device above its veth peer whose receive path the loop check does not know) saying
+ * so in the rule's warnings: not a loop found (the backend stays in its table, the state is unchanged), and not
+ * "no loop" either.
+ */
+export function loopUnknownStatus(
+  s: RuleStatus,
+  rule: { name?: string; backends: readonly { ip: string; interface: string }[] },
+  loopUnknown: ReadonlyMap<string, string> | undefined,
+): RuleStatus {
+  if (!loopUnknown?.size || rule.name === undefined || s.state === 'failed') return s;
+  const notes = rule.backends
+    .map((b) => loopUnknown.get(`${rule.name}|${b.ip}@${b.interface}`))
+    .filter((n): n is string => n !== undefined && !s.warnings.includes(n));
+  return notes.length ? { ...s, warnings: [...s.warnings, ...new Set(notes)] } : s;
 }
 
 /**
@@ -953,6 +973,7 @@ export function judgeRule(
   observed = tapDropStatus(observed, rule, o.tapDrops);
   observed = peerXdpStatus(observed, rule, o.peerXdp);
   if (o.neighbourUnread) observed = unreadNeighbourStatus(observed, rule, o.neighbourUnread);
+  observed = loopUnknownStatus(observed, rule, o.loopUnknown);
   if (o.arpUnavailable) observed = cannotProbeStatus(observed, o.arpUnavailable);
   k.written = observed === written ? undefined : written;
   k.status = observed;

@@ -418,6 +418,12 @@ export class CoreState {
    * until the host changes back.
    */
   hostLoops: ReadonlyMap<string, string> = new Map();
+  /**
+   * Backends whose way back cannot be told (an upper device of a kind, or in a mode, whose receive path the loop
+   * check does not know, above their veth peer: rule-loops.ts cannotTell): "rule|ip@iface" -> what was met, said
+   * in their rules' warnings; they stay in their tables.
+   */
+  hostLoopsUnknown: ReadonlyMap<string, string> = new Map();
   /** The loops those backends close, each once (rule-loops.ts HostLoops.loops). */
   hostLoopList: ReadonlyMap<string, HostLoop> = new Map();
   /** What the last loop check was made from (resync.ts judgeHostLoops): it runs again only when that changed. */

@@ -20,6 +20,7 @@ import type {
   RuleSlotWrite,
   StrayAttachment,
   StrayRemoval,
+  UpperLink,
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
@@ -46,6 +47,7 @@ import {
   linkState,
   lowerDevices,
   upperDevices,
+  upperLinks,
   nameOf,
   nonUtf8Links,
   neighbourEntry,
@@ -1475,6 +1477,10 @@ export class KernelDataplane implements Dataplane {
     } catch {
       return undefined; // no such interface: reported as missing elsewhere
     }
+  }
+
+  upperLinks(ifname: string): UpperLink[] {
+    return upperLinks(ifname);
   }
 
   vethPeerXdp(ifname: string): PeerXdp | undefined {

@@ -21,6 +21,7 @@ import koffi from 'koffi';
 
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { runGuarded, runGuardedSync } from './children.js';
+import type { UpperLink } from '../core/dataplane.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 import {
@@ -204,13 +205,58 @@ export interface LinkRow {
   carrier?: boolean;
   /** IFLA_OPERSTATE (IF_OPER_*). */
   operstate?: number;
+  /** What IFLA_INFO_DATA says of how it receives: a macvlan's or ipvlan's mode, a vlan's tag, a bridge's vlan_filtering. */
+  mode?: string;
+  vlan?: string;
+  vlanFiltering?: boolean;
+}
+
+/** IFLA_MACVLAN_MODE values (linux/if_link.h MACVLAN_MODE_*). */
+const MACVLAN_MODES: Record<number, string> = { 1: 'private', 2: 'vepa', 4: 'bridge', 8: 'passthru', 16: 'source' };
+/** IFLA_IPVLAN_MODE values (linux/if_link.h IPVLAN_MODE_*). */
+const IPVLAN_MODES: Record<number, string> = { 0: 'l2', 1: 'l3', 2: 'l3s' };
+
+/** What IFLA_INFO_DATA (`data`) of a device of `kind` says of how it receives (LinkRow mode, vlan, vlanFiltering). */
+function receiveInfo(kind: string | undefined, data: Buffer | undefined): Pick<LinkRow, 'mode' | 'vlan' | 'vlanFiltering'> {
+  if (!data) return {};
+  const d = nlAttrs(data);
+  const at = (t: number, n: number) => {
+    const b = d.get(t);
+    return b && b.length >= n ? b : undefined;
+  };
+  switch (kind) {
+    case 'macvlan':
+    case 'macvtap': {
+      const m = at(1, 4)?.readUInt32LE(0); // IFLA_MACVLAN_MODE
+      return m === undefined ? {} : { mode: MACVLAN_MODES[m] ?? `mode ${m}` };
+    }
+    case 'ipvlan':
+    case 'ipvtap': {
+      const m = at(1, 2)?.readUInt16LE(0); // IFLA_IPVLAN_MODE
+      return m === undefined ? {} : { mode: IPVLAN_MODES[m] ?? `mode ${m}` };
+    }
+    case 'vlan': {
+      const id = at(1, 2)?.readUInt16LE(0); // IFLA_VLAN_ID
+      const proto = at(5, 2)?.readUInt16BE(0); // IFLA_VLAN_PROTOCOL (network order)
+      if (id === undefined) return {};
+      return { vlan: `${proto === 0x88a8 ? '802.1ad' : '802.1Q'} ${id}` };
+    }
+    case 'bridge': {
+      const f = at(7, 1)?.readUInt8(0); // IFLA_BR_VLAN_FILTERING
+      return f === undefined ? {} : { vlanFiltering: f !== 0 };
+    }
+    default:
+      return {};
+  }
 }
 
 function linkRowOf(m: Buffer): LinkRow | undefined {
   if (m.length < 16) return undefined;
   const a = nlAttrs(m, 16);
   const info = a.get(IFLA_LINKINFO);
-  const kind = info && nlAttrs(info).get(IFLA_INFO_KIND);
+  const infos = info && nlAttrs(info);
+  const kind = infos?.get(IFLA_INFO_KIND);
+  const kindName = kind?.toString('utf8').replace(/\0+$/, '');
   const u32 = (t: number) => {
     const b = a.get(t);
     return b && b.length >= 4 ? b.readUInt32LE(0) : undefined;
@@ -227,12 +273,13 @@ function linkRowOf(m: Buffer): LinkRow | undefined {
     ifindex: m.readInt32LE(4),
     ifname: a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? '',
     flags: m.readUInt32LE(8),
-    ...(kind ? { kind: kind.toString('utf8').replace(/\0+$/, '') } : {}),
+    ...(kindName ? { kind: kindName } : {}),
     ...(master ? { master } : {}),
     ...(link ? { link } : {}),
     ...(nsid && nsid.length >= 4 ? { linkNetnsid: nsid.readInt32LE(0) } : {}),
     ...(carrier !== undefined ? { carrier: carrier !== 0 } : {}),
     ...(u8(IFLA_OPERSTATE) !== undefined ? { operstate: u8(IFLA_OPERSTATE) } : {}),
+    ...receiveInfo(kindName, infos?.get(IFLA_INFO_DATA)),
   };
 }
 
@@ -331,6 +378,43 @@ function adjacentDevices(name: string, side: 'lower' | 'upper'): string[] {
         ? r.ifindex === me.master || stackedOn(r) === me.ifindex
         : r.master === me.ifindex || stackedOn(me) === r.ifindex;
     if (above) out.push(r.ifname);
+  }
+  return out;
+}
+
+/** Kinds whose IFLA_LINK names a peer, not a lower device (a veth pair, a vxcan pair, a netkit pair). */
+const PEER_KINDS = new Set(['veth', 'vxcan', 'netkit']);
+
+/**
+ * The devices directly above `name` in the daemon's namespace, from one rtnetlink dump ({@link linkTable}): its
+ * master (IFLA_MASTER) and every device whose IFLA_LINK names it here (a vlan, macvlan, macvtap, ipvlan,
+ * ipvtap, macsec, a tunnel sending through it; not a veth's peer), each with its kind and what IFLA_INFO_DATA
+ * says of how it receives. [] when `name` is gone or the dump is refused. A device stacked on `name` from
+ * another namespace is not in this namespace's dump, and so not here.
+ */
+export function upperLinks(name: string): UpperLink[] {
+  let rows: LinkRow[];
+  try {
+    rows = linkTable();
+  } catch {
+    return [];
+  }
+  const me = rows.find((r) => r.ifname === name);
+  if (!me) return [];
+  const out: UpperLink[] = [];
+  const of = (r: LinkRow, via: UpperLink['via']): UpperLink => ({
+    name: r.ifname,
+    via,
+    ...(r.kind !== undefined ? { kind: r.kind } : {}),
+    ...(r.mode !== undefined ? { mode: r.mode } : {}),
+    ...(r.vlan !== undefined ? { vlan: r.vlan } : {}),
+    ...(r.vlanFiltering !== undefined ? { vlanFiltering: r.vlanFiltering } : {}),
+  });
+  const master = me.master === undefined ? undefined : rows.find((r) => r.ifindex === me.master);
+  if (master && master !== me) out.push(of(master, 'master'));
+  for (const r of rows) {
+    if (r === me || r.link !== me.ifindex || r.linkNetnsid !== undefined || PEER_KINDS.has(r.kind ?? '')) continue;
+    out.push(of(r, 'stacked'));
   }
   return out;
 }
