@@ -161,8 +161,19 @@ export async function datagramSizes(
     .map(Number);
 }
 
-/** A python3 program sending `n` UDP datagrams (TTL 64, from 198.18.44.9) out of `dev` to `dstIp`:`port` at `dstMac`. */
-export const rawUdpFrames = (dev: string, srcMac: string, dstMac: string, dstIp: string, port: number, n: number) => `
+/**
+ * A python3 program sending `n` UDP datagrams (TTL 64, from `srcIp`, source ports 40000 + i) out of `dev` to
+ * `dstIp`:`port` at `dstMac`, as raw frames (no route, no neighbour entry needed).
+ */
+export const rawUdpFrames = (
+  dev: string,
+  srcMac: string,
+  dstMac: string,
+  dstIp: string,
+  port: number,
+  n: number,
+  srcIp = '198.18.44.9',
+) => `
 import socket, struct
 def csum(b):
     s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
@@ -174,7 +185,7 @@ m = lambda x: bytes(int(y, 16) for y in x.split(':'))
 for seq in range(${n}):
     udp = struct.pack('!HHHH', 40000 + seq, ${port}, 8 + 16, 0) + bytes(16)
     h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), seq, 0x4000, 64, 17, 0,
-                    socket.inet_aton('198.18.44.9'), socket.inet_aton('${dstIp}'))
+                    socket.inet_aton('${srcIp}'), socket.inet_aton('${dstIp}'))
     h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
     s.send(m('${dstMac}') + m('${srcMac}') + b'\\x08\\x00' + h + udp)
 `;
