@@ -226,13 +226,20 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
         Number(
           (await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === 'mvl')?.matchedPackets ?? 0n,
         );
-      await until('mvl ACTIVE', async () => (await lab.status('mvl')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
-      const m0 = await of();
-      sh('python3', ['-c', rawUdpFrames(va, vaMac, mvMac, mvIp, PORT, 5)]);
-      await sleep(1000);
-      const grew = (await of()) - m0;
-      await lab.c.rules.deleteRule({ name: 'mvl' });
-      assert.fail(`created; 5 frames into ${mv} matched ${grew} times`);
+      let said = '';
+      let grew = 0;
+      try {
+        await until('mvl ACTIVE', async () => (await lab.status('mvl')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+      } catch {
+        said = ` (not ACTIVE: ${(await lab.status('mvl')).message})`;
+      } finally {
+        const m0 = await of();
+        sh('python3', ['-c', rawUdpFrames(va, vaMac, mvMac, mvIp, PORT, 5)]);
+        await sleep(1000);
+        grew = (await of()) - m0;
+        await lab.c.rules.deleteRule({ name: 'mvl' });
+      }
+      assert.fail(`created${said}; 5 frames into ${mv} matched ${grew} times`);
     }
     assert.equal(err.code, Status.FAILED_PRECONDITION, err.message);
     assert.match(
