@@ -132,6 +132,79 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     assert.equal(linesSince(from, goneLine), 1, 'the recovery logged once');
   };
 
+  /**
+   * The loop of ra and rb the host made since `from` (an offset in the daemon's output): said, 5 datagrams counted
+   * once each, one warning; then `back` changes the host back: recovered, still one warning.
+   */
+  const loopSaidThenBack = async (from: number, back: () => void) => {
+    await loopSaid();
+    const grew = await fiveAroundNoLoop();
+    assert.deepEqual(grew, { ra: 5, rb: 0 });
+    assert.equal(linesSince(from, loopLine), 1, 'one warning for the loop');
+    const mark = lab.d!.output.length;
+    back();
+    await recovered(mark);
+    assert.equal(linesSince(from, loopLine), 1, 'still one warning for the loop');
+  };
+
+  /**
+   * Rule `name` (one backend, created by the caller) ACTIVE; then `make` changes the host so that the backend's
+   * datagrams come back to its ingress: INACTIVE naming the loop (`named`; until then, what 5 frames sent by
+   * `inject` are counted as), 5 frames matched once each, one warning; `undo` changes it back: ACTIVE again.
+   */
+  const selfLoopByHost = async (
+    name: string,
+    o: { named: RegExp; make: () => void; undo: () => void; inject: () => void; into: string },
+  ) => {
+    const state = async () => (await lab.status(name)).state;
+    const said = async (what: string) => {
+      const r = await lab.status(name);
+      return `${what}: ${name} ${RuleState[r.state]}: ${r.message}`;
+    };
+    await until(
+      () => said(`${name} ACTIVE`),
+      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+    const ruleMatched = async () =>
+      Number((await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === name)?.matchedPackets ?? 0n);
+    const from = lab.d!.output.length;
+    o.make();
+    try {
+      await until(
+        async () => {
+          // Not within the time (the old code): what 5 frames are counted as meanwhile.
+          const m0 = await ruleMatched();
+          o.inject();
+          await sleep(1000);
+          return `${name} INACTIVE naming the loop: ${name} ${RuleState[await state()]}; 5 frames into ${o.into} matched ${(await ruleMatched()) - m0} times`;
+        },
+        async () => {
+          const r = await lab.status(name);
+          return r.state === RuleState.RULE_STATE_INACTIVE && o.named.test(r.message);
+        },
+        20_000,
+      );
+      const m0 = await ruleMatched();
+      o.inject();
+      await until(`${name} matched 5`, async () => (await ruleMatched()) - m0 >= 5, 10_000);
+      await sleep(300); // a frame going around a loop would be counted again meanwhile
+      assert.equal((await ruleMatched()) - m0, 5, `5 frames into ${o.into} matched once each`);
+      const warned = new RegExp(
+        `forwarding loop made by the host: rules ${name} -> ${name} through .*until the host no longer`,
+      );
+      assert.equal(linesSince(from, warned), 1, 'one warning for the loop');
+    } finally {
+      o.undo();
+    }
+    await until(
+      () => said(`${name} ACTIVE again`),
+      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      20_000,
+    );
+    await lab.c.rules.deleteRule({ name });
+  };
+
   it('a rename makes the loop (E away, mz renamed E): taken out, said once; renamed back: recovered', async () => {
     const r0 = await lab.send(PORT, [b1], 5, 1);
     assert.deepEqual(r0.got, [5], 'before: delivered to b1');
@@ -145,16 +218,11 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     rename(mz, b1.hostIf); // E's peer is md now: ra -> E -> md (rb) -> ma -> mb (ra)
     let back = false;
     try {
-      await loopSaid();
-      const grew = await fiveAroundNoLoop();
-      assert.deepEqual(grew, { ra: 5, rb: 0 });
-      assert.equal(linesSince(from, loopLine), 1, 'one warning for the loop');
-      const mark = lab.d!.output.length;
-      rename(b1.hostIf, mz);
-      rename(eo, b1.hostIf);
-      back = true;
-      await recovered(mark);
-      assert.equal(linesSince(from, loopLine), 1, 'still one warning for the loop');
+      await loopSaidThenBack(from, () => {
+        rename(b1.hostIf, mz);
+        rename(eo, b1.hostIf);
+        back = true;
+      });
     } finally {
       if (!back) {
         shQuiet('ip', ['link', 'set', b1.hostIf, 'name', mz]);
@@ -172,18 +240,13 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     up(md); // E's peer is md, rb's ingress again: ra -> E -> md (rb) -> ma -> mb (ra)
     let back = false;
     try {
-      await loopSaid();
-      const grew = await fiveAroundNoLoop();
-      assert.deepEqual(grew, { ra: 5, rb: 0 });
-      assert.equal(linesSince(from, loopLine), 1, 'one warning for the loop');
-      const mark = lab.d!.output.length;
-      sh('ip', ['link', 'set', md, 'netns', b1.netns, 'name', 'eth0']);
-      sh('ip', ['-n', b1.netns, 'addr', 'add', `${b1.ip}/24`, 'dev', 'eth0']);
-      sh('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'up']);
-      pairMd();
-      back = true;
-      await recovered(mark);
-      assert.equal(linesSince(from, loopLine), 1, 'still one warning for the loop');
+      await loopSaidThenBack(from, () => {
+        sh('ip', ['link', 'set', md, 'netns', b1.netns, 'name', 'eth0']);
+        sh('ip', ['-n', b1.netns, 'addr', 'add', `${b1.ip}/24`, 'dev', 'eth0']);
+        sh('ip', ['-n', b1.netns, 'link', 'set', 'eth0', 'up']);
+        pairMd();
+        back = true;
+      });
     } finally {
       if (!back) {
         shQuiet('ip', ['link', 'set', md, 'netns', b1.netns, 'name', 'eth0']);
@@ -211,60 +274,46 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     sh('ip', ['addr', 'add', `${brIp}/24`, 'dev', br]);
     const gdMac = JSON.parse(sh('ip', ['-j', 'link', 'show', gd]))[0].address;
     await lab.c.rules.createRule({ rule: lab.rule('rc', PORT, [{ ip: brIp, mac: brMac, interface: ga }], [br]) });
-    const state = async () => (await lab.status('rc')).state;
-    const said = async (what: string) => {
-      const r = await lab.status('rc');
-      return `${what}: rc ${RuleState[r.state]}: ${r.message}`;
-    };
-    await until(
-      () => said('rc ACTIVE'),
-      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
-      20_000,
-    );
-    const rcMatched = async () =>
-      Number((await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === 'rc')?.matchedPackets ?? 0n);
-    const from = lab.d!.output.length;
-    sh('ip', ['link', 'set', gb, 'master', br]); // ga -> gb -> br (rc)
-    try {
-      const named = new RegExp(
+    await selfLoopByHost('rc', {
+      named: new RegExp(
         `in a forwarding loop the host made, of rules rc -> rc through ${ga} -> ${gb} -> ${br} \\[rule rc\\]`,
-      );
-      await until(
-        async () => {
-          // Not within the time (the old code): what 5 frames into br are counted as meanwhile.
-          const m0 = await rcMatched();
-          sh('python3', ['-c', rawUdpFrames(gd, gdMac, brMac, brIp, PORT, 5)]);
-          await sleep(1000);
-          return `rc INACTIVE naming the loop: rc ${RuleState[await state()]}; 5 frames into ${br} matched ${(await rcMatched()) - m0} times`;
-        },
-        async () => {
-          const r = await lab.status('rc');
-          return r.state === RuleState.RULE_STATE_INACTIVE && named.test(r.message);
-        },
-        20_000,
-      );
-      const m0 = await rcMatched();
-      sh('python3', ['-c', rawUdpFrames(gd, gdMac, brMac, brIp, PORT, 5)]);
-      await until('rc matched 5', async () => (await rcMatched()) - m0 >= 5, 10_000);
-      await sleep(300); // a frame going around a loop would be counted again meanwhile
-      assert.equal((await rcMatched()) - m0, 5, '5 frames into the bridge matched once each');
-      assert.equal(
-        lab
-          .d!.output.slice(from)
-          .split('\n')
-          .filter((l) => /forwarding loop made by the host: rules rc -> rc through .*until the host no longer/.test(l))
-          .length,
-        1,
-        'one warning for the loop',
-      );
-    } finally {
-      shQuiet('ip', ['link', 'set', gb, 'nomaster']);
-    }
-    await until(
-      () => said('rc ACTIVE again'),
-      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
-      20_000,
-    );
-    await lab.c.rules.deleteRule({ name: 'rc' });
+      ),
+      make: () => sh('ip', ['link', 'set', gb, 'master', br]), // ga -> gb -> br (rc)
+      undo: () => shQuiet('ip', ['link', 'set', gb, 'nomaster']),
+      inject: () => sh('python3', ['-c', rawUdpFrames(gd, gdMac, brMac, brIp, PORT, 5)]),
+      into: 'the bridge',
+    });
+  });
+
+  it("a macvlan made on the backend's veth peer after the rule, the rule's ingress: rm INACTIVE naming it; removed: recovered", async () => {
+    // rm: ingress macvlan mv (on hd, holding mvIp) -> mvIp out of ha, whose peer hb holds mv's MAC: accepted. Then mv is
+    // made again on hb (passthru: every frame hb receives goes up to mv): what rm sends out of ha comes up on mv.
+    // Before: rm stayed ACTIVE and frames into mv went around until their TTL ran out (a macvlan is an upper through
+    // IFLA_LINK, which the check did not follow).
+    const [ha, hb, hc, hd, mv] = ['ha', 'hb', 'hc', 'hd', 'hm'].map((x) => `x${lab.id}${x}`);
+    const mvIp = '198.18.47.1';
+    const mvMac = '02:5e:00:47:00:01';
+    lab.onDestroy(() => [mv, ha, hc].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', ha, 'type', 'veth', 'peer', 'name', hb, 'address', mvMac]);
+    sh('ip', ['link', 'add', hc, 'type', 'veth', 'peer', 'name', hd]);
+    const macvlanOn = (lower: string, mode: string) => {
+      shQuiet('ip', ['link', 'del', mv]);
+      sh('ip', ['link', 'add', mv, 'link', lower, 'address', mvMac, 'type', 'macvlan', 'mode', mode]);
+      up(mv);
+      sh('ip', ['addr', 'add', `${mvIp}/24`, 'dev', mv]);
+    };
+    for (const x of [ha, hb, hc, hd]) up(x);
+    macvlanOn(hd, 'bridge');
+    const haMac = JSON.parse(sh('ip', ['-j', 'link', 'show', ha]))[0].address;
+    await lab.c.rules.createRule({ rule: lab.rule('rm', PORT, [{ ip: mvIp, mac: mvMac, interface: ha }], [mv]) });
+    await selfLoopByHost('rm', {
+      named: new RegExp(
+        `in a forwarding loop the host made, of rules rm -> rm through ${ha} -> ${hb} -> ${mv} \\[rule rm\\]`,
+      ),
+      make: () => macvlanOn(hb, 'passthru'), // ha -> hb -> mv (rm)
+      undo: () => macvlanOn(hd, 'bridge'),
+      inject: () => sh('python3', ['-c', rawUdpFrames(ha, haMac, mvMac, mvIp, PORT, 5)]),
+      into: mv,
+    });
   });
 });
