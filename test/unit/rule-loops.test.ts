@@ -14,9 +14,12 @@ import {
   loopRule,
   type LoopGraph,
   type LoopRule,
+  loopUnknownText,
   RuleLoops,
   upperReceives,
 } from '../../src/server/core/rule-loops.js';
+import type { RuleStatus } from '../../src/server/core/model.js';
+import { loopUnknownStatus } from '../../src/server/core/rule-status.js';
 import type { UpperLink } from '../../src/server/core/dataplane.js';
 
 const rule = (name: string, ingress: string[], backends: [ip: string, iface: string][], sources: string[] = []) =>
@@ -278,11 +281,33 @@ describe('loops through devices stacked on a veth peer (macvlan, ipvlan, vlan: D
   });
 
   it('upperReceives: what each kind takes of what its lower receives', () => {
-    assert.deepEqual(upperReceives({ name: 'b', kind: 'bond', via: 'master' }, false), { receives: true, tagged: false });
+    assert.deepEqual(upperReceives({ name: 'b', kind: 'bond', via: 'master' }, false), {
+      receives: true,
+      tagged: false,
+    });
     assert.deepEqual(upperReceives({ name: 'v', kind: 'vrf', via: 'master' }, false), { receives: false });
     assert.deepEqual(upperReceives(stacked('v', 'vlan'), true), { receives: true, tagged: false });
     assert.ok('unknown' in upperReceives(stacked('m', 'macsec'), false));
     assert.ok('unknown' in upperReceives(stacked('i', 'ipvlan'), false)); // mode not read
     assert.ok('unknown' in upperReceives(stacked('w', 'wireguard'), false));
+  });
+});
+
+describe('a backend whose way back cannot be told, in its rule status (rule-status loopUnknownStatus)', () => {
+  it("said in the rule's warnings, the state unchanged; other rules' backends untouched", () => {
+    const s = {
+      state: 'active',
+      message: 'forwarding to 1 backend(s)',
+      backends: [],
+      warnings: [],
+    } as unknown as RuleStatus;
+    const b = { ip: '10.77.9.1', interface: 'la' };
+    const why = loopUnknownText(b, [
+      'lb is a port of openvswitch ovs: a kind of master whose receive path xdpctld does not follow',
+    ]);
+    const said = loopUnknownStatus(s, { name: 'u', backends: [b] }, new Map([['u|10.77.9.1@la', why]]));
+    assert.equal(said.state, 'active');
+    assert.deepEqual(said.warnings, [why]);
+    assert.equal(loopUnknownStatus(s, { name: 'other', backends: [b] }, new Map([['u|10.77.9.1@la', why]])), s);
   });
 });

@@ -1927,7 +1927,9 @@ function judgeHostLoops(
         uppersOf ??
           ((n) => {
             const m = masterOf(n);
-            return m ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
+            return m
+              ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }]
+              : [];
           }),
       );
       upperLists.set(name, u);

@@ -217,7 +217,10 @@ const MACVLAN_MODES: Record<number, string> = { 1: 'private', 2: 'vepa', 4: 'bri
 const IPVLAN_MODES: Record<number, string> = { 0: 'l2', 1: 'l3', 2: 'l3s' };
 
 /** What IFLA_INFO_DATA (`data`) of a device of `kind` says of how it receives (LinkRow mode, vlan, vlanFiltering). */
-function receiveInfo(kind: string | undefined, data: Buffer | undefined): Pick<LinkRow, 'mode' | 'vlan' | 'vlanFiltering'> {
+function receiveInfo(
+  kind: string | undefined,
+  data: Buffer | undefined,
+): Pick<LinkRow, 'mode' | 'vlan' | 'vlanFiltering'> {
   if (!data) return {};
   const d = nlAttrs(data);
   const at = (t: number, n: number) => {
