@@ -24,7 +24,14 @@
  * only frames to its own MAC up; a backend's MAC resolved by ARP on the bridge is that, and at change time it is
  * not known yet, so the bridge is followed whatever the MAC. What a bridge forwards out of its other ports is
  * transmitted there (no XDP program runs on a transmit) and is not followed further; nor is a link direction
- * whose ingress is a master. Pure: the veth peers and masters come from the caller.
+ * whose ingress is a master.
+ *
+ * Masters are one kind of upper device: a macvlan, macvtap, ipvlan, ipvtap or vlan is stacked on its lower (its
+ * IFLA_LINK names it) and gets what the lower receives by its own rules ({@link upperReceives}: a macvlan in every
+ * mode, an ipvlan in l2/l3, a vlan only a frame with its tag, which a rule's redirect never adds). Every upper is
+ * followed the same way, recursively (a macvlan on a bridge whose port is the peer), and one of a kind this module
+ * does not know is said as "cannot be told" ({@link RuleLoops.cannotTell}), never taken as no loop. Pure: the veth
+ * peers and upper devices come from the caller (Dataplane.vethPeer, Dataplane.upperLinks: rtnetlink).
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
