@@ -8,7 +8,7 @@
 import { judgedEgress } from './egress-watch.js';
 import type { EntryRepair } from './entry-owners.js';
 import { formatIp, parseIp, parseMac } from '../net/addr.js';
-import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, type LoopRule } from './rule-loops.js';
+import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, upperReader, type LoopRule } from './rule-loops.js';
 import type { Logger } from '../log.js';
 import {
   emptyBackendEntry,
@@ -18,7 +18,6 @@ import {
   type RedirectTarget,
   type RuleSlotState,
   type SrcKey,
-  type UpperLink,
   type XdpModeName,
 } from './dataplane.js';
 import { otherProgram } from './conditions.js';
@@ -462,11 +461,6 @@ export function backendsLoopingBack(
     if (!peers.has(name)) peers.set(name, dp.vethPeer!(name));
     return peers.get(name);
   };
-  const masters = new Map<string, { name: string; kind?: string } | undefined>();
-  const masterOf = (name: string) => {
-    if (!masters.has(name)) masters.set(name, dp.masterLink?.(name));
-    return masters.get(name);
-  };
   // The rules after the change, and the datapath's match keys (ingress, port, destination) -> rule.
   const after = new Map<string, LoopRule>();
   for (const r of state.rules.values()) if (!scope.rules.has(r.name)) after.set(r.name, loopRule(r.name, r));
@@ -475,14 +469,8 @@ export function backendsLoopingBack(
   for (const r of after.values())
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
   if (!byKey.size) return;
-  const ups = new Map<string, readonly UpperLink[]>();
-  const uppersOf = dp.upperLinks
-    ? (name: string) => {
-        if (!ups.has(name)) ups.set(name, dp.upperLinks!(name));
-        return ups.get(name)!;
-      }
-    : undefined;
-  const loops = new RuleLoops({ peerOf, masterOf, uppersOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
+  const uppersOf = upperReader(dp);
+  const loops = new RuleLoops({ peerOf, uppersOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;

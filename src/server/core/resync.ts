@@ -31,7 +31,7 @@ import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } fro
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
-import type { Dataplane, InterfaceInfo, UpperLink, XdpStatus } from './dataplane.js';
+import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
 import { activeLinkSources, shadowedStatus } from './shadow.js';
 import {
@@ -50,6 +50,7 @@ import type { RuleOp } from './plan-rules.js';
 import {
   findHostLoops,
   receivingUppers,
+  upperReader,
   hostLoopProblem,
   LOOP_TAIL,
   loopBackendKey,
@@ -1906,34 +1907,11 @@ function judgeHostLoops(
   };
   // The devices a local peer's received frames go up to (its master, a macvlan or ipvlan stacked on it, and theirs),
   // read by rtnetlink (IFLA_MASTER, IFLA_LINK) in this namespace: rule-loops.ts receivingUppers judges which.
-  const masters = new Map<string, { name: string; kind?: string } | undefined>();
-  const masterOf = (name: string) => {
-    if (!masters.has(name)) masters.set(name, dp.masterLink?.(name));
-    return masters.get(name);
-  };
-  const upperRows = new Map<string, readonly UpperLink[]>();
-  const uppersOf = dp.upperLinks
-    ? (name: string) => {
-        if (!upperRows.has(name)) upperRows.set(name, dp.upperLinks!(name));
-        return upperRows.get(name)!;
-      }
-    : undefined;
+  const uppersOf = upperReader(dp);
   const upperLists = new Map<string, ReturnType<typeof receivingUppers>>();
   const uppers = (name: string) => {
     let u = upperLists.get(name);
-    if (!u) {
-      u = receivingUppers(
-        name,
-        uppersOf ??
-          ((n) => {
-            const m = masterOf(n);
-            return m
-              ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }]
-              : [];
-          }),
-      );
-      upperLists.set(name, u);
-    }
+    if (!u) upperLists.set(name, (u = receivingUppers(name, uppersOf)));
     return u;
   };
   /** A peer and what it goes up to, for the pass's input: "p>br>mv", then "?" and what cannot be told. */
@@ -1990,7 +1968,6 @@ function judgeHostLoops(
     found = findHostLoops(
       {
         peerOf,
-        masterOf,
         uppersOf,
         linkTo: inForce,
         inForce,

@@ -35,7 +35,7 @@
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
-import type { UpperLink } from './dataplane.js';
+import type { Dataplane, UpperLink } from './dataplane.js';
 import type { BackendSpec, RuleSpec } from './model.js';
 
 /** A set of source addresses: prefixes (none: no address), or null for every address. */
@@ -158,6 +158,33 @@ export function upperReceives(
   }
 }
 
+/** A master (Dataplane.masterLink) as an upper device. */
+const masterAsUpper = (m: { name: string; kind?: string }): UpperLink => ({
+  name: m.name,
+  via: 'master',
+  ...(m.kind !== undefined ? { kind: m.kind } : {}),
+});
+
+/**
+ * The devices directly above a device as `dp` reads them (Dataplane.upperLinks; a fake with only masterLink: its
+ * master), each device read once for the life of the returned function (one change, one pass).
+ */
+export function upperReader(dp: Pick<Dataplane, 'upperLinks' | 'masterLink'>): (name: string) => readonly UpperLink[] {
+  const read = new Map<string, readonly UpperLink[]>();
+  return (name) => {
+    let u = read.get(name);
+    if (!u) {
+      if (dp.upperLinks) u = dp.upperLinks(name);
+      else {
+        const m = dp.masterLink?.(name);
+        u = m ? [masterAsUpper(m)] : [];
+      }
+      read.set(name, u);
+    }
+    return u;
+  };
+}
+
 /** An upper device in words, as its lower sees it: "a port of bridge br0", "the lower device of vlan v (802.1Q 10)". */
 function upperWords(u: UpperLink): string {
   const what = `${u.kind ?? 'device'} ${u.name}`;
@@ -273,7 +300,7 @@ export class RuleLoops {
   private uppersOf(name: string): readonly UpperLink[] {
     if (this.g.uppersOf) return this.g.uppersOf(name);
     const m = this.g.masterOf?.(name);
-    return m ? [{ name: m.name, via: 'master', ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
+    return m ? [masterAsUpper(m)] : [];
   }
 
   /**

@@ -361,15 +361,22 @@ export function upperDevices(name: string): string[] {
   return adjacentDevices(name, 'upper');
 }
 
-function adjacentDevices(name: string, side: 'lower' | 'upper'): string[] {
+/** This namespace's devices ({@link linkTable}) and the one named `name` among them; undefined: gone, or the dump refused. */
+function linkTableWith(name: string): { rows: LinkRow[]; me: LinkRow } | undefined {
   let rows: LinkRow[];
   try {
     rows = linkTable();
   } catch {
-    return [];
+    return undefined;
   }
   const me = rows.find((r) => r.ifname === name);
-  if (!me) return [];
+  return me && { rows, me };
+}
+
+function adjacentDevices(name: string, side: 'lower' | 'upper'): string[] {
+  const t = linkTableWith(name);
+  if (!t) return [];
+  const { rows, me } = t;
   /** The ifindex of the device `r` is stacked on in this namespace, if it is a stacked kind. */
   const stackedOn = (r: LinkRow) =>
     STACKED_KINDS.has(r.kind ?? '') && r.linkNetnsid === undefined ? r.link : undefined;
@@ -396,14 +403,9 @@ const PEER_KINDS = new Set(['veth', 'vxcan', 'netkit']);
  * another namespace is not in this namespace's dump, and so not here.
  */
 export function upperLinks(name: string): UpperLink[] {
-  let rows: LinkRow[];
-  try {
-    rows = linkTable();
-  } catch {
-    return [];
-  }
-  const me = rows.find((r) => r.ifname === name);
-  if (!me) return [];
+  const t = linkTableWith(name);
+  if (!t) return [];
+  const { rows, me } = t;
   const out: UpperLink[] = [];
   const of = (r: LinkRow, via: UpperLink['via']): UpperLink => ({
     name: r.ifname,
