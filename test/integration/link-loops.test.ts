@@ -13,7 +13,8 @@ import { Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet } from '../helpers/env.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { rawUdpFrames } from '../helpers/udp.js';
 
 describe('forwarding loops are refused', kernelOnly(), () => {
   const id = runId();
@@ -86,5 +87,59 @@ describe('forwarding loops are refused', kernelOnly(), () => {
       [[p1, q0]],
     );
     await c.links.applyLinks({ links: [] });
+  });
+
+  it('Connect of two interfaces whose veth peers are ports of one bridge (it forwards every frame back): refused', async () => {
+    // Before: accepted, and one broadcast frame went round sa -> sb -> sbp -> bridge -> sap -> sa ... (and the other
+    // way) until the bridge was taken down: a review counted 14 million frames a direction in 40 s.
+    const [sa, sap, sb, sbp, br] = ['sa', 'sap', 'sb', 'sbp', 'br'].map((n) => `xl${id}${n}`);
+    sh('ip', ['link', 'add', br, 'type', 'bridge']);
+    try {
+      for (const [x, y] of [
+        [sa, sap],
+        [sb, sbp],
+      ]) {
+        sh('ip', ['link', 'add', x, 'type', 'veth', 'peer', 'name', y]);
+        sh('ip', ['link', 'set', y, 'master', br]);
+      }
+      for (const n of [br, sa, sap, sb, sbp]) sh('ip', ['link', 'set', n, 'up']);
+      const link = { a: sa, b: sb, direction: LinkDirection.LINK_DIRECTION_BOTH };
+      let err: { code: Status; details: string } | undefined;
+      try {
+        await c.links.connect({ link });
+      } catch (e) {
+        err = e as typeof err;
+      }
+      if (!err) {
+        // The old verdict, bounded: one broadcast frame into sa, what sa receives in a second, then the bridge down.
+        const rx = () => Number(sh('cat', [`/sys/class/net/${sa}/statistics/rx_packets`]));
+        const r0 = rx();
+        sh('python3', ['-c', rawUdpFrames(sap, '02:5e:00:49:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
+        await sleep(1000);
+        const n = rx() - r0;
+        shQuiet('ip', ['link', 'del', br]);
+        await c.links.disconnect({ a: sa, b: sb });
+        assert.fail(`connected; one broadcast frame into ${sa} made it receive ${n} frames in 1 s`);
+      }
+      refused(
+        'link',
+        new RegExp(
+          `${sa} -> ${sb} \\(whose veth peer is ${sbp}, a port of bridge ${br}, which forwards frames out of its ` +
+            `port ${sap}, whose veth peer is ${sa}\\): back to ${sa}`,
+        ),
+      )(err);
+      await assert.rejects(
+        c.links.applyLinks({
+          links: [{ ...link, direction: LinkDirection.LINK_DIRECTION_A_TO_B }],
+          validateOnly: true,
+        }),
+        refused('links[0]', /back to/),
+      );
+      assert.deepEqual((await c.links.listLinks({})).links, [], 'no link stored');
+    } finally {
+      shQuiet('ip', ['link', 'del', br]);
+      shQuiet('ip', ['link', 'del', sa]);
+      shQuiet('ip', ['link', 'del', sb]);
+    }
   });
 });

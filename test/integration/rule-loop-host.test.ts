@@ -154,16 +154,17 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
    */
   const selfLoopByHost = async (
     name: string,
-    o: { named: RegExp; make: () => void; undo: () => void; inject: () => void; into: string },
+    o: { named: RegExp; make: () => void; undo: () => void; inject: () => void; into: string; settled?: RuleState },
   ) => {
+    const settled = o.settled ?? RuleState.RULE_STATE_ACTIVE;
     const state = async () => (await lab.status(name)).state;
     const said = async (what: string) => {
       const r = await lab.status(name);
-      return `${what}: ${name} ${RuleState[r.state]}: ${r.message}`;
+      return `${what}: ${name} ${RuleState[r.state]}: ${r.message} [${r.backendStatus.map((b) => b.message).join('; ')}]`;
     };
     await until(
-      () => said(`${name} ACTIVE`),
-      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      () => said(`${name} ${RuleState[settled]}`),
+      async () => (await state()) === settled,
       20_000,
     );
     const ruleMatched = async () =>
@@ -177,7 +178,7 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
           const m0 = await ruleMatched();
           o.inject();
           await sleep(1000);
-          return `${name} INACTIVE naming the loop: ${name} ${RuleState[await state()]}; 5 frames into ${o.into} matched ${(await ruleMatched()) - m0} times`;
+          return `${name} INACTIVE naming the loop: ${await said(name)}; 5 frames into ${o.into} matched ${(await ruleMatched()) - m0} times`;
         },
         async () => {
           const r = await lab.status(name);
@@ -198,8 +199,8 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
       o.undo();
     }
     await until(
-      () => said(`${name} ACTIVE again`),
-      async () => (await state()) === RuleState.RULE_STATE_ACTIVE,
+      () => said(`${name} ${RuleState[settled]} again`),
+      async () => (await state()) === settled,
       20_000,
     );
     await lab.c.rules.deleteRule({ name });
@@ -315,5 +316,39 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
       inject: () => sh('python3', ['-c', rawUdpFrames(ha, haMac, mvMac, mvIp, PORT, 5)]),
       into: mv,
     });
+  });
+
+  it("the ingress's veth peer made a port of the bridge the backend's peer is a port of: rf INACTIVE naming the bridge's forward; out: recovered", async () => {
+    // rf: ingress fa -> an address out of fb with fa's MAC, fb's peer fbp a port of bridge fr (which floods it: no
+    // other port): accepted (its static MAC nothing confirms: DEGRADED). Then fa's peer fap is made a port of fr:
+    // what rf sends out of fb is forwarded out of fap, a receive on fa again. Before: rf stayed DEGRADED and 5
+    // frames into fa were matched 315 times (what a bridge forwards out of a port was taken to leave the host: a
+    // transmit on a veth is a receive on its peer, where the program runs).
+    const [fa, fap, fb, fbp, fr] = ['fa', 'fap', 'fb', 'fbp', 'fr'].map((x) => `x${lab.id}${x}`);
+    const ip = '198.18.48.9';
+    lab.onDestroy(() => [fa, fb, fr].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', fr, 'type', 'bridge']);
+    sh('ip', ['link', 'add', fa, 'type', 'veth', 'peer', 'name', fap]);
+    sh('ip', ['link', 'add', fb, 'type', 'veth', 'peer', 'name', fbp]);
+    sh('ip', ['link', 'set', fbp, 'master', fr]);
+    for (const x of [fr, fa, fap, fb, fbp]) up(x);
+    const faMac = JSON.parse(sh('ip', ['-j', 'link', 'show', fa]))[0].address;
+    await lab.c.rules.createRule({ rule: lab.rule('rf', PORT, [{ ip, mac: faMac, interface: fb }], [fa]) });
+    try {
+      await selfLoopByHost('rf', {
+        named: new RegExp(
+          `in a forwarding loop the host made, of rules rf -> rf through ${fb} -> ${fbp} -> ${fr} -> ${fap} -> ${fa} ` +
+            '\\[rule rf\\]',
+        ),
+        make: () => sh('ip', ['link', 'set', fap, 'master', fr]), // fb -> fbp -> fr -> fap -> fa (rf)
+        undo: () => shQuiet('ip', ['link', 'set', fap, 'nomaster']),
+        inject: () => sh('python3', ['-c', rawUdpFrames(fap, '02:5e:00:48:00:09', faMac, ip, PORT, 5)]),
+        into: fa,
+        // Its static MAC nothing confirms: no host holds its address.
+        settled: RuleState.RULE_STATE_DEGRADED,
+      });
+    } finally {
+      shQuiet('ip', ['link', 'del', fr]);
+    }
   });
 });

@@ -205,6 +205,70 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
     assert.deepEqual(await names(), []);
   });
 
+  it("the way back through a bridge's forward (fb's peer and the ingress fa's peer ports of one bridge): refused", async () => {
+    // Before: created ACTIVE, and 5 frames to fa's MAC sent on the bridge were matched 315 times (63 each, until
+    // the TTL ran out): what the rule redirects out of fb arrives on its peer fbp, a port of bridge fr, which
+    // forwards it out of its port fap (a transmit on a veth is a receive on its peer): on fa again.
+    const [fa, fap, fb, fbp, fr] = ['fa', 'fap', 'fb', 'fbp', 'fr'].map((x) => `x${lab.id}${x}`);
+    const ip = '198.18.47.9';
+    lab.onDestroy(() => [fa, fb, fr].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', fr, 'type', 'bridge']);
+    for (const [a, b] of [
+      [fa, fap],
+      [fb, fbp],
+    ]) {
+      sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+      for (const x of [a, b]) sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
+      sh('ip', ['link', 'set', b, 'master', fr]);
+    }
+    for (const x of [fr, fa, fap, fb, fbp]) sh('ip', ['link', 'set', x, 'up']);
+    sh('sysctl', ['-qw', `net.ipv4.conf.${fr}.forwarding=0`]);
+    const faMac = JSON.parse(sh('ip', ['-j', 'link', 'show', fa]))[0].address;
+    const rule = lab.rule('fwl', PORT, [{ ip, mac: faMac, interface: fb }], [fa]);
+    let err: (Error & { code?: Status }) | undefined;
+    try {
+      await lab.c.rules.createRule({ rule });
+    } catch (e) {
+      err = e as Error;
+    }
+    if (!err) {
+      // The old verdict: what 5 frames to fa's MAC sent on the bridge are counted as.
+      const of = async () =>
+        Number(
+          (await lab.c.counters.getCounters({})).counters!.rules.find((x) => x.rule === 'fwl')?.matchedPackets ?? 0n,
+        );
+      let said = '';
+      let grew = 0;
+      try {
+        await until('fwl ACTIVE', async () => (await lab.status('fwl')).state === RuleState.RULE_STATE_ACTIVE, 5_000);
+      } catch {
+        said = ` (not ACTIVE: ${(await lab.status('fwl')).message})`;
+      }
+      try {
+        const m0 = await of();
+        sh('python3', ['-c', rawUdpFrames(fr, '02:5e:00:47:00:09', faMac, ip, PORT, 5)]);
+        await until('the frames counted', async () => (await of()) - m0 >= 5, 10_000).catch(() => {});
+        await sleep(500);
+        grew = (await of()) - m0;
+      } finally {
+        await lab.c.rules.deleteRule({ name: 'fwl' });
+        shQuiet('ip', ['link', 'del', fr]);
+      }
+      assert.fail(`created${said}; 5 frames to ${fa}'s MAC sent on ${fr} matched ${grew} times`);
+    }
+    assert.equal(err.code, Status.FAILED_PRECONDITION, err.message);
+    assert.match(
+      err.message,
+      new RegExp(
+        `${esc('rule.backends[0].interface')}: its veth peer ${fbp} is a port of bridge ${fr}, which forwards ` +
+          `frames out of its port ${fap}, whose veth peer is ${fa}: a datagram no rule takes on the port reaches ` +
+          `${fa}, an ingress of this rule \\(${fb} -> ${fbp} -> ${fr} -> ${fap} -> ${fa}\\): every redirected ` +
+          'datagram would come back',
+      ),
+    );
+    assert.deepEqual(await names(), []);
+  });
+
   it('the way back through a macvlan on the peer (va -> vb, macvlan mv on vb, ingress mv): refused naming it', async () => {
     // Before: created (DEGRADED only for its static MAC), and 5 frames to mv's MAC were matched 191 times (the 3 the
     // flow hash sent to mv 63 times each): a macvlan is an upper through

@@ -65,4 +65,27 @@ describe('forwarding loops of a link set', () => {
     );
     assert.match(loop!.path, /: back to x1$/);
   });
+
+  it("through a bridge: two links' egress peers ports of one bridge (it forwards every frame out of the other)", () => {
+    const ports: Record<string, string[]> = { br9: ['sap', 'sbp'] };
+    const host = {
+      uppersOf: (n: string) => (ports.br9.includes(n) ? [{ name: 'br9', kind: 'bridge', via: 'master' as const }] : []),
+      portsOf: (b: string) => ports[b] ?? [],
+    };
+    const l = link('sa', 'sb');
+    const loop = forwardingLoop(set(l), peers(['sa', 'sap'], ['sb', 'sbp']), host);
+    assert.equal(loop?.link, l);
+    assert.equal(
+      loop?.path,
+      'sa -> sb (whose veth peer is sbp, a port of bridge br9, which forwards frames out of its port sap, whose ' +
+        'veth peer is sa): back to sa',
+    );
+    // One way only: sa -> sb, and what comes back on sa is sent to sb again.
+    assert.ok(forwardingLoop(set(link('sa', 'sb', 'a_to_b')), peers(['sa', 'sap'], ['sb', 'sbp']), host));
+    // Not read (no ports): as before; one peer elsewhere: no loop.
+    assert.equal(forwardingLoop(set(l), peers(['sa', 'sap'], ['sb', 'sbp'])), undefined);
+    assert.equal(forwardingLoop(set(l), peers(['sb', 'sbp']), host), undefined);
+    // A reflector on a bridge port's peer: the bridge never sends a frame back out of the port it came in on.
+    assert.equal(forwardingLoop(set(link('sa', 'sa')), peers(['sa', 'sap'], ['sb', 'sbp']), host), undefined);
+  });
 });

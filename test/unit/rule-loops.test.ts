@@ -293,6 +293,110 @@ describe('loops through devices stacked on a veth peer (macvlan, ipvlan, vlan: D
   });
 });
 
+describe('loops through what a bridge forwards (its other ports whose veth peers are ingresses: receiveTree)', () => {
+  /** `graph` with bridges: bridge -> its ports (each port's master the bridge). */
+  const withBridges = (g: LoopGraph, bridges: Record<string, string[]>): LoopGraph => ({
+    ...g,
+    uppersOf: (n) =>
+      Object.entries(bridges)
+        .filter(([, ports]) => ports.includes(n))
+        .map(([br]) => ({ name: br, kind: 'bridge', via: 'master' as const })),
+    portsOf: (br) => bridges[br] ?? [],
+  });
+
+  it("the ingress's peer and the backend's peer ports of one bridge: the loop, said with the bridge's forward", () => {
+    const r = rule('loop', ['va'], [['10.9.9.9', 'vb']]);
+    const g = withBridges(
+      graph(
+        [r],
+        [
+          ['va', 'vap'],
+          ['vb', 'vbp'],
+        ],
+      ),
+      { br9: ['vap', 'vbp'] },
+    );
+    const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+    assert.deepEqual(c?.steps[0].path, ['vb', 'vbp', 'br9', 'vap', 'va']);
+    assert.equal(
+      changeLoopText(c.steps, 'loop'),
+      'its veth peer vbp is a port of bridge br9, which forwards frames out of its port vap, whose veth peer is ' +
+        'va: a datagram no rule takes on the port reaches va, an ingress of this rule (vb -> vbp -> br9 -> vap -> va)',
+    );
+    const f = findHostLoops(g, startsOf([r]));
+    assert.match(f.backends.get('loop|10.9.9.9@vb')!, /through vb -> vbp -> br9 -> vap -> va \[rule loop\]/);
+  });
+
+  it('no forward without the ports read (a fake), to a port that is no veth, or from a port whose peer is elsewhere', () => {
+    const r = rule('loop', ['va'], [['10.9.9.9', 'vb']]);
+    const g = withBridges(
+      graph(
+        [r],
+        [
+          ['va', 'vap'],
+          ['vb', 'vbp'],
+        ],
+      ),
+      { br9: ['vap', 'vbp'] },
+    );
+    assert.equal(new RuleLoops({ ...g, portsOf: undefined }).cycleFrom(r, r.spec.backends[0]), undefined);
+    const eth = withBridges(graph([r], [['vb', 'vbp']]), { br9: ['eth0', 'vbp'] });
+    assert.equal(new RuleLoops(eth).cycleFrom(r, r.spec.backends[0]), undefined);
+    const away = withBridges(graph([r], [['va', 'vap']]), { br9: ['vap', 'vbp'] });
+    assert.equal(new RuleLoops(away).cycleFrom(r, r.spec.backends[0]), undefined);
+  });
+
+  it('recursively: bridge to bridge through a veth pair, and through a link direction on a forwarded-to peer', () => {
+    const r = rule('loop', ['va'], [['10.9.9.9', 'vb']]);
+    const g = withBridges(
+      graph(
+        [r],
+        [
+          ['va', 'vap'],
+          ['vb', 'vbp'],
+          ['x1', 'x2'],
+        ],
+      ),
+      {
+        b1: ['vbp', 'x1'],
+        b2: ['x2', 'vap'],
+      },
+    );
+    assert.deepEqual(new RuleLoops(g).cycleFrom(r, r.spec.backends[0])?.steps[0].path, [
+      'vb',
+      'vbp',
+      'b1',
+      'x1',
+      'x2',
+      'b2',
+      'vap',
+      'va',
+    ]);
+    // b1 forwards out of y, whose peer yp is a link's ingress to z, whose peer zp is a port of b2.
+    const viaLink = withBridges(
+      graph(
+        [r],
+        [
+          ['va', 'vap'],
+          ['vb', 'vbp'],
+          ['y', 'yp'],
+          ['z', 'zp'],
+        ],
+        [['yp', 'z']],
+      ),
+      {
+        b1: ['vbp', 'y'],
+        b2: ['zp', 'vap'],
+      },
+    );
+    const c = new RuleLoops(viaLink).cycleFrom(r, r.spec.backends[0]);
+    assert.deepEqual(c?.steps[0].path, ['vb', 'vbp', 'b1', 'y', 'yp', 'z', 'zp', 'b2', 'vap', 'va']);
+    // As a change of that link: the link is named.
+    const before = { ...viaLink, inForce: new Map<string, string>() };
+    assert.equal(new RuleLoops(before).cycleFrom(r, r.spec.backends[0])?.newLink, 'yp');
+  });
+});
+
 describe('a backend whose way back cannot be told, in its rule status (rule-status loopUnknownStatus)', () => {
   it("said in the rule's warnings, the state unchanged; other rules' backends untouched", () => {
     const s = {

@@ -1741,7 +1741,15 @@ export class Controller {
   /** FAILED_PRECONDITION naming a link of a set that would forward frames in a loop (plan-links.ts forwardingLoop). */
   private refuseLoops(next: Map<string, LinkSpec>, fieldOf: (l: LinkSpec) => string): void {
     const peerOf = this.dp.vethPeer?.bind(this.dp);
-    const loop = peerOf && forwardingLoop(next, peerOf);
+    const dp = this.dp;
+    const uppersOf = dp.upperLinks
+      ? (n: string) => dp.upperLinks!(n)
+      : (n: string) => {
+          const m = dp.masterLink?.(n);
+          return m ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
+        };
+    const portsOf = dp.bridgePorts?.bind(dp);
+    const loop = peerOf && forwardingLoop(next, peerOf, { uppersOf, ...(portsOf ? { portsOf } : {}) });
     if (!loop) return;
     const field = fieldOf(loop.link);
     const description = `these links would forward frames in a loop forever: ${loop.path}`;

@@ -464,6 +464,11 @@ export interface Dataplane {
    */
   upperLinks?(ifname: string): UpperLink[];
   /**
+   * The ports of the bridge `ifname` in the daemon's namespace (devices whose IFLA_MASTER it is; rtnetlink): what
+   * it forwards out of them is followed for loops (rule-loops.ts receiveTree). Optional (fakes: not followed).
+   */
+  bridgePorts?(ifname: string): string[];
+  /**
    * The XDP programs not ours attached to a veth's peer, wherever the peer is: what is redirected into the veth
    * passes through them on the other side, where they may drop it unseen. Undefined when `ifname` is not a veth,
    * its peer has none (or only ours), or the peer cannot be read. Optional (fakes).

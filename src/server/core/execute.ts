@@ -443,7 +443,7 @@ function backendsBehindLinks(
  * reconciler says it in the rule's warnings (rule-loops.ts cannotTell).
  */
 export function backendsLoopingBack(
-  dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks'>,
+  dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks' | 'bridgePorts'>,
   state: CoreState,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
@@ -470,7 +470,14 @@ export function backendsLoopingBack(
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
   if (!byKey.size) return;
   const uppersOf = upperReader(dp);
-  const loops = new RuleLoops({ peerOf, uppersOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
+  const ports = new Map<string, readonly string[]>();
+  const portsOf = dp.bridgePorts
+    ? (name: string) => {
+        if (!ports.has(name)) ports.set(name, dp.bridgePorts!(name));
+        return ports.get(name)!;
+      }
+    : undefined;
+  const loops = new RuleLoops({ peerOf, uppersOf, portsOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;

@@ -3,9 +3,10 @@
  * link set wants, from the interface facts fetched before; no I/O. An
  * interface may forward to one other interface only.
  */
-import type { InterfaceInfo } from './dataplane.js';
+import type { InterfaceInfo, UpperLink } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import type { LinkSpec } from './model.js';
+import { receiveTree } from './rule-loops.js';
 
 /** One wanted direction: ingress ifindex -> egress ifindex, and the egress name. */
 export interface LinkDirection {
@@ -83,43 +84,88 @@ export function currentLinks(
   return out;
 }
 
+/** What a link walk reads of the host besides veth peers (rule-loops.ts ReceiveGraph): uppers, a bridge's ports. */
+export interface LinkWalkGraph {
+  uppersOf?(name: string): readonly UpperLink[];
+  portsOf?(name: string): readonly string[];
+}
+
 /**
- * A forwarding loop the link set would make, or undefined. A direction from -> to sends a frame out of
- * `to`; when `to` is a veth whose peer is in this namespace (`peerOf`), the frame arrives on that peer,
- * and if a link forwards from there too it goes on. Each interface forwards to one other at most, so
- * the chain from an ingress either ends or comes back to an interface it passed: then every frame that
- * enters it is redirected forever (in native mode a redirect is processed in the next NAPI poll: a
- * review saw 11.7 million redirects in 10 s from one frame). Returns the link that closes the loop (the
- * last one in `next`'s order among those on it) and the loop as text.
+ * A forwarding loop the link set would make, or undefined. A direction from -> to sends every frame out of
+ * `to`; when `to` is a veth whose peer is in this namespace (`peerOf`), the frame arrives on that peer, and
+ * from there it reaches what the layer-2 graph leads it to (rule-loops.ts receiveTree: the devices above the
+ * peer that receive it, and what a bridge the peer is a port of forwards out of its other ports to their veth
+ * peers, and so on). A link forwards every frame (broadcasts, every MAC): each ingress of a link so reached
+ * forwards it on. A chain that comes back to an ingress it passed makes every frame that enters it go round
+ * forever (in native mode a redirect is processed in the next NAPI poll: a review saw 11.7 million redirects in
+ * 10 s from one frame; through a bridge that floods, 14 million frames a direction in 40 s from one ARP
+ * broadcast). Returns the link that closes the loop (the last one in `next`'s order among those on it) and the
+ * loop as text.
  */
 export function forwardingLoop(
   next: ReadonlyMap<string, LinkSpec>,
   peerOf: (ifname: string) => string | undefined,
+  host: LinkWalkGraph = {},
 ): { link: LinkSpec; path: string } | undefined {
   const out = new Map<string, [string, LinkSpec]>();
   for (const l of next.values()) for (const [from, to] of directions(l)) out.set(from, [to, l]);
+  const linkTo = new Map([...out].map(([from, [to]]) => [from, to]));
   const order = [...next.values()];
+  /** The ingresses a frame sent by the direction from `from` reaches, each with how it gets there in words. */
+  const succ = new Map<string, { to: string; words: string }[]>();
+  const successors = (from: string) => {
+    let s = succ.get(from);
+    if (s) return s;
+    s = [];
+    const to = out.get(from)![0];
+    const peer = peerOf(to);
+    if (peer !== undefined) {
+      if (out.has(peer)) s.push({ to: peer, words: `whose veth peer is ${peer}` });
+      else {
+        const t = receiveTree(
+          peer,
+          { peerOf, portsOf: host.portsOf, uppersOf: host.uppersOf ?? (() => []), linkTo, inForce: linkTo },
+          true,
+        );
+        t.nodes.forEach((n, k) => {
+          if (!out.has(n.name)) return;
+          const words: string[] = [];
+          for (let i = k; i >= 0; i = t.nodes[i].parent) words.unshift(t.nodes[i].words);
+          s!.push({ to: n.name, words: `whose veth peer is ${peer}, ${words.join(', itself ')}` });
+        });
+      }
+    }
+    succ.set(from, s);
+    return s;
+  };
   const done = new Set<string>();
+  const onStack = new Map<string, number>(); // ingress -> its position on the chain followed now
+  const steps: { from: string; to: string; words: string; link: LinkSpec }[] = [];
+  const dfs = (cur: string): { link: LinkSpec; path: string } | undefined => {
+    onStack.set(cur, steps.length);
+    const [to, link] = out.get(cur)!;
+    for (const n of successors(cur)) {
+      steps.push({ from: cur, to, words: n.words, link });
+      if (onStack.has(n.to)) {
+        const loop = steps.slice(onStack.get(n.to));
+        const closing = loop.map((x) => x.link).sort((x, y) => order.indexOf(y) - order.indexOf(x))[0];
+        const path = loop.map((x) => `${x.from} -> ${x.to} (${x.words})`).join(', then ');
+        return { link: closing, path: `${path}: back to ${n.to}` };
+      }
+      if (!done.has(n.to)) {
+        const found = dfs(n.to);
+        if (found) return found;
+      }
+      steps.pop();
+    }
+    onStack.delete(cur);
+    done.add(cur);
+    return undefined;
+  };
   for (const start of out.keys()) {
     if (done.has(start)) continue;
-    const at = new Map<string, number>(); // ingress -> its position on this chain
-    const steps: { from: string; to: string; peer: string; link: LinkSpec }[] = [];
-    for (let cur: string | undefined = start; cur !== undefined && out.has(cur);) {
-      if (at.has(cur)) {
-        const loop = steps.slice(at.get(cur));
-        const link = loop.map((s) => s.link).sort((x, y) => order.indexOf(y) - order.indexOf(x))[0];
-        const path = loop.map((s) => `${s.from} -> ${s.to} (whose veth peer is ${s.peer})`).join(', then ');
-        return { link, path: `${path}: back to ${cur}` };
-      }
-      if (done.has(cur)) break; // a chain already followed, without a loop
-      at.set(cur, steps.length);
-      const [to, link] = out.get(cur)!;
-      const peer = peerOf(to);
-      if (peer === undefined) break;
-      steps.push({ from: cur, to, peer, link });
-      cur = peer;
-    }
-    for (const i of at.keys()) done.add(i);
+    const found = dfs(start);
+    if (found) return found;
   }
   return undefined;
 }

@@ -49,7 +49,7 @@ import { directions } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import {
   findHostLoops,
-  receivingUppers,
+  receiveTree,
   upperReader,
   hostLoopProblem,
   LOOP_TAIL,
@@ -1908,13 +1908,25 @@ function judgeHostLoops(
   // The devices a local peer's received frames go up to (its master, a macvlan or ipvlan stacked on it, and theirs),
   // read by rtnetlink (IFLA_MASTER, IFLA_LINK) in this namespace: rule-loops.ts receivingUppers judges which.
   const uppersOf = upperReader(dp);
-  const upperLists = new Map<string, ReturnType<typeof receivingUppers>>();
+  const portRows = new Map<string, readonly string[]>();
+  const portsOf = dp.bridgePorts
+    ? (name: string) => {
+        if (!portRows.has(name)) portRows.set(name, dp.bridgePorts!(name));
+        return portRows.get(name)!;
+      }
+    : undefined;
+  const peers = new Map<string, string | undefined>();
+  const peerOf = (name: string) => {
+    if (!peers.has(name)) peers.set(name, state.egressBackends.has(name) ? peerNow(name) : dp.vethPeer?.(name));
+    return peers.get(name);
+  };
+  const upperLists = new Map<string, ReturnType<typeof receiveTree>>();
   const uppers = (name: string) => {
     let u = upperLists.get(name);
-    if (!u) upperLists.set(name, (u = receivingUppers(name, uppersOf)));
+    if (!u) upperLists.set(name, (u = receiveTree(name, { peerOf, portsOf, linkTo: inForce, inForce, uppersOf })));
     return u;
   };
-  /** A peer and what it goes up to, for the pass's input: "p>br>mv", then "?" and what cannot be told. */
+  /** A peer and what it reaches (up, forwarded by a bridge, by a link), for the pass's input: "p>br>mv", then "?" and what cannot be told. */
   const reach = (peer: string) => {
     const u = uppers(peer);
     return [peer, ...u.nodes.map((n) => n.name), ...(u.unknown.length ? ['?', ...u.unknown] : [])].join('>');
@@ -1927,16 +1939,11 @@ function judgeHostLoops(
     if (
       state.ifaceRules.has(peer) ||
       inForce.has(peer) ||
-      up.nodes.some((m) => state.ifaceRules.has(m.name)) ||
+      up.nodes.some((m) => state.ifaceRules.has(m.name) || inForce.has(m.name)) ||
       up.unknown.length
     )
       candidates.push(`${egress}>${reach(peer)}`);
   }
-  const peers = new Map<string, string | undefined>();
-  const peerOf = (name: string) => {
-    if (!peers.has(name)) peers.set(name, state.egressBackends.has(name) ? peerNow(name) : dp.vethPeer?.(name));
-    return peers.get(name);
-  };
   let input = '';
   if (candidates.length) {
     const links = [...inForce].map(([from, to]) => {
@@ -1969,6 +1976,7 @@ function judgeHostLoops(
       {
         peerOf,
         uppersOf,
+        portsOf,
         linkTo: inForce,
         inForce,
         ruleAt: (key) => {

@@ -13,8 +13,8 @@
  * ingress the rule with the datagram's destination wins, for the sources it allows, and the one with no
  * destination takes the others; sources are followed as prefixes, so two rules whose source prefixes share no
  * address make no cycle. A link direction runs before rules on its ingress. A peer in another network
- * namespace is not followed (where it leads is not this daemon's to see), and the frame's destination MAC is
- * not judged (a backend's MAC is usually the peer's own, or resolved from it).
+ * namespace is not followed yet (a bridge there whose ports lead back here is not seen), and the frame's
+ * destination MAC is not judged (a backend's MAC is usually the peer's own, or resolved from it).
  *
  * A peer that is a port of a bridge, a bond or a team (its IFLA_MASTER, of kind bridge/bond/team) hands what its
  * own XDP program passes to that master, where the master's XDP program runs on it again (__netif_receive_skb_core
@@ -22,16 +22,20 @@
  * MAC, bond/team rx handlers make the master the skb's device for another round): so the datagrams that no rule
  * on the peer takes arrive on the master too, then on the master's master, and are matched there. A bridge takes
  * only frames to its own MAC up; a backend's MAC resolved by ARP on the bridge is that, and at change time it is
- * not known yet, so the bridge is followed whatever the MAC. What a bridge forwards out of its other ports is
- * transmitted there (no XDP program runs on a transmit) and is not followed further; nor is a link direction
- * whose ingress is a master.
+ * not known yet, so the bridge is followed whatever the MAC. What a bridge forwards out of its other ports is a
+ * transmit there, and a transmit on a port that is a veth is a receive on its peer (veth_xmit), where a program of
+ * ours may run: so every other port of a bridge the peer (or a device above it) is a port of is followed to its
+ * veth peer, whatever the MAC (the bridge forwards by its FDB: a frame to an ingress's MAC reaches the port that
+ * leads to it, and one it has not learnt is flooded), and on from there the same way, through link directions too
+ * ({@link receiveTree}: a reachability over the layer-2 graph). A port that is no veth sends off the host.
  *
  * Masters are one kind of upper device: a macvlan, macvtap, ipvlan, ipvtap or vlan is stacked on its lower (its
  * IFLA_LINK names it) and gets what the lower receives by its own rules ({@link upperReceives}: a macvlan in every
  * mode, an ipvlan in l2/l3, a vlan only a frame with its tag, which a rule's redirect never adds). Every upper is
  * followed the same way, recursively (a macvlan on a bridge whose port is the peer), and one of a kind this module
  * does not know is said as "cannot be told" ({@link RuleLoops.cannotTell}), never taken as no loop. Pure: the veth
- * peers and upper devices come from the caller (Dataplane.vethPeer, Dataplane.upperLinks: rtnetlink).
+ * peers, upper devices and a bridge's ports come from the caller (Dataplane.vethPeer, Dataplane.upperLinks,
+ * Dataplane.bridgePorts: rtnetlink). Link sets are walked the same way (plan-links.ts forwardingLoop).
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
@@ -66,6 +70,11 @@ export interface LoopGraph {
    * when given, `masterOf` is not asked.
    */
   uppersOf?(name: string): readonly UpperLink[];
+  /**
+   * The ports of the bridge `name` in this namespace (devices whose IFLA_MASTER it is: Dataplane.bridgePorts); when
+   * given, what a bridge forwards out of its ports is followed (a port that is a veth: a receive on its peer).
+   */
+  portsOf?(name: string): readonly string[];
   /** Link directions (ingress -> egress) as they are after the change (the reconciler: in force). */
   linkTo: ReadonlyMap<string, string>;
   /** Link directions in force now: one in `linkTo` that differs is a direction the change makes. */
@@ -80,8 +89,12 @@ export interface LoopStep {
   backend: string;
   iface: string;
   path: string[];
-  /** The upper devices at the end of `path` the datagram went up to from the peer, each in words ({@link UpNode}). */
+  /** The devices after the veth peer (and links) the datagram reached, each in words ({@link UpNode}). */
   masters?: string[];
+  /** How many of `path` lead to the veth peer (and through links from it): the rest are what `masters` says. */
+  base?: number;
+  /** Whether a bridge forwarded it or a link sent it on after the peer (not only up to devices above it). */
+  reached?: boolean;
 }
 
 /** The kinds of master a port's received frames go up to, where XDP runs on them again. */
@@ -111,6 +124,15 @@ export interface UpNode {
   words: string;
   /** Whether the datagram may carry a VLAN tag on arrival here (a vlan-filtering bridge passed it up). */
   tagged: boolean;
+  /**
+   * The devices crossed from its lower to here, itself last ([name] when absent: an upper): a bridge's forward
+   * [bridge, port, the port's veth peer], a link direction [its egress, the egress's veth peer].
+   */
+  hops?: string[];
+  /** How it was reached: up from its lower (absent), forwarded by a bridge out of a port, or by a link direction. */
+  via?: 'forward' | 'link';
+  /** A link direction (its ingress) on the way here that the change makes. */
+  newLink?: string;
 }
 
 /**
@@ -203,25 +225,87 @@ export function receivingUppers(
   name: string,
   uppersOf: (name: string) => readonly UpperLink[],
 ): { nodes: UpNode[]; unknown: string[] } {
+  const none = new Map<string, string>();
+  return receiveTree(name, { peerOf: () => undefined, uppersOf, linkTo: none, inForce: none });
+}
+
+/** What {@link receiveTree} reads of the host ({@link LoopGraph}'s, with the uppers given). */
+export type ReceiveGraph = Pick<LoopGraph, 'peerOf' | 'portsOf' | 'linkTo' | 'inForce'> & {
+  uppersOf(name: string): readonly UpperLink[];
+};
+
+/**
+ * The devices of this namespace a frame received on `root` (and passed by every program on the way) reaches where
+ * a receive runs again (and with it a generic XDP program), as a tree: each node's `parent` is its index (-1: the
+ * root), each device once, in the order found (a device before what it leads to). A walk of the layer-2 graph:
+ * - up: the devices above a device that receive what it receives ({@link upperReceives});
+ * - forward: a port of a bridge is forwarded out of every other port of that bridge (by its FDB, or flooded: the
+ *   frame's MAC is not judged, since a frame to an ingress's MAC reaches the port that leads to it), and what a
+ *   port that is a veth transmits is a receive on its peer (veth_xmit); a port that is no veth sends it off the
+ *   host, not followed;
+ * - link: a device (not the root) that is a link direction's ingress sends every frame out of the direction's
+ *   egress, a receive on its veth peer; nothing of it goes up or is forwarded (`stopAtLinks`: not followed on).
+ * A veth peer in another namespace is not followed (no program of this daemon's runs there). `unknown`: the uppers
+ * met whose receive path cannot be told, in words.
+ */
+export function receiveTree(
+  root: string,
+  g: ReceiveGraph,
+  stopAtLinks = false,
+): { nodes: UpNode[]; unknown: string[] } {
   const nodes: UpNode[] = [];
   const unknown: string[] = [];
-  const seen = new Set<string>([name]);
-  const walk = (lower: string, parent: number, tagged: boolean) => {
-    for (const u of uppersOf(lower)) {
+  const seen = new Set<string>([root]);
+  const add = (n: UpNode) => {
+    seen.add(n.name);
+    nodes.push(n);
+    return nodes.length - 1;
+  };
+  const visit = (dev: string, idx: number, tagged: boolean, newLink: string | undefined) => {
+    const to = g.linkTo.get(dev);
+    if (idx >= 0 && to !== undefined) {
+      if (stopAtLinks) return;
+      const p = g.peerOf(to);
+      if (p === undefined || seen.has(p)) return;
+      const nl = newLink ?? (g.inForce.get(dev) !== to ? dev : undefined);
+      const words = `the ingress of a link to ${to}, whose veth peer is ${p}`;
+      const k = add({
+        name: p,
+        parent: idx,
+        words,
+        tagged: false,
+        hops: [to, p],
+        via: 'link',
+        ...(nl ? { newLink: nl } : {}),
+      });
+      visit(p, k, false, nl);
+      return;
+    }
+    const nl = newLink ? { newLink } : {};
+    for (const u of g.uppersOf(dev)) {
+      if (u.via === 'master' && u.kind === 'bridge' && g.portsOf) {
+        for (const port of g.portsOf(u.name)) {
+          if (port === dev) continue;
+          const p = g.peerOf(port);
+          if (p === undefined || seen.has(p)) continue;
+          const words = `a port of bridge ${u.name}, which forwards frames out of its port ${port}, whose veth peer is ${p}`;
+          const k = add({ name: p, parent: idx, words, tagged, hops: [u.name, port, p], via: 'forward', ...nl });
+          visit(p, k, tagged, newLink);
+        }
+      }
       if (seen.has(u.name)) continue;
       const r = upperReceives(u, tagged);
       if ('unknown' in r) {
         seen.add(u.name);
-        unknown.push(`${lower} is ${upperWords(u)}: ${r.unknown}`);
+        unknown.push(`${dev} is ${upperWords(u)}: ${r.unknown}`);
         continue;
       }
       if (!r.receives) continue;
-      seen.add(u.name);
-      nodes.push({ name: u.name, parent, words: upperWords(u), tagged: r.tagged });
-      walk(u.name, nodes.length - 1, r.tagged);
+      const k = add({ name: u.name, parent: idx, words: upperWords(u), tagged: r.tagged, ...nl });
+      visit(u.name, k, r.tagged, newLink);
     }
   };
-  walk(name, -1, false);
+  visit(root, -1, false, undefined);
   return { nodes, unknown };
 }
 
@@ -286,7 +370,7 @@ export class RuleLoops {
       path.push(peer);
       const next = this.g.linkTo.get(peer);
       if (next === undefined) {
-        const up = receivingUppers(peer, (n) => this.uppersOf(n));
+        const up = receiveTree(peer, { ...this.g, uppersOf: (n) => this.uppersOf(n) });
         return { path, newLink, ups: up.nodes, unknown: up.unknown };
       }
       if (this.g.inForce.get(peer) !== next) newLink ??= peer;
@@ -330,7 +414,8 @@ export class RuleLoops {
       ups.forEach((n, k) => {
         if (n.parent !== parent) return;
         const here = [...chain, k];
-        up(k, at(n.name, rest, here), here);
+        // A link direction's ingress: the link takes every frame before a rule there (its only child: the link).
+        up(k, this.g.linkTo.has(n.name) ? rest : at(n.name, rest, here), here);
       });
     };
     up(-1, at(peer, sources, []), []);
@@ -366,11 +451,15 @@ export class RuleLoops {
       const a = this.arrival(backend.interface);
       if (!a) return undefined;
       for (const u of a.unknown) unknown.add(u);
-      const viaNew = newLink ?? a.newLink;
       for (const m of this.matches(a.path[a.path.length - 1], a.ups, rule.spec.port, backend.ip, sources)) {
-        const path = [...a.path, ...m.chain.map((k) => a.ups[k].name)];
+        const viaNew = newLink ?? a.newLink ?? m.chain.map((k) => a.ups[k].newLink).find((l) => l !== undefined);
+        const path = [...a.path, ...m.chain.flatMap((k) => a.ups[k].hops ?? [a.ups[k].name])];
         const step: LoopStep = { rule: rule.name, backend: backend.ip, iface: backend.interface, path };
-        if (m.chain.length) step.masters = m.chain.map((k) => a.ups[k].words);
+        if (m.chain.length) {
+          step.masters = m.chain.map((k) => a.ups[k].words);
+          step.base = a.path.length;
+          if (m.chain.some((k) => a.ups[k].via)) step.reached = true;
+        }
         const here = [...steps, step];
         if (m.rule.name === start.name) return { steps: here, newLink: viaNew };
         const key = `${m.rule.name}|${m.sources?.map(formatPrefix).join(',') ?? '*'}`;
@@ -398,16 +487,17 @@ export function changeLoopText(steps: readonly LoopStep[], start: string): strin
   const first = steps[0].path;
   const peer = first[1];
   const masters = steps[0].masters ?? [];
-  const links = first.length - masters.length > 2;
+  const base = steps[0].base ?? first.length - masters.length;
+  const links = base > 2;
   const last = first[first.length - 1];
   // Where the first step's datagrams arrive, up to the ingress that matches them ("..., an ingress").
-  const below = first[first.length - 1 - masters.length]; // the device the uppers are above
+  const below = first[base - 1]; // the device the uppers are above
   let reach = links ? `its veth peer ${peer} leads through links to ${below}` : '';
   if (masters.length) {
     const on = masters[0].startsWith('a port of ') ? 'the port' : below;
     reach =
       `${reach ? `${reach}, which` : `its veth peer ${peer}`} is ${masters.join(', itself ')}: ` +
-      `a datagram no rule takes on ${on} goes up to ${last}, an ingress`;
+      `a datagram no rule takes on ${on} ${steps[0].reached ? 'reaches' : 'goes up to'} ${last}, an ingress`;
   } else if (links) reach += ', an ingress';
   if (steps.length === 1) {
     if (masters.length) return `${reach} of this rule (${first.join(' -> ')})`;

@@ -48,6 +48,7 @@ import {
   lowerDevices,
   upperDevices,
   upperLinks,
+  portsOf,
   nameOf,
   nonUtf8Links,
   neighbourEntry,
@@ -1481,6 +1482,10 @@ export class KernelDataplane implements Dataplane {
 
   upperLinks(ifname: string): UpperLink[] {
     return upperLinks(ifname);
+  }
+
+  bridgePorts(ifname: string): string[] {
+    return portsOf(ifname);
   }
 
   vethPeerXdp(ifname: string): PeerXdp | undefined {

@@ -425,6 +425,20 @@ export function upperLinks(name: string): UpperLink[] {
 }
 
 /**
+ * The ports of `name` (a bridge's, a bond's: the devices whose IFLA_MASTER it is) in the daemon's namespace, from
+ * one rtnetlink dump ({@link linkTable}); [] when it is gone or the dump is refused.
+ */
+export function portsOf(name: string): string[] {
+  try {
+    const rows = linkTable();
+    const me = rows.find((r) => r.ifname === name);
+    return me ? rows.filter((r) => r !== me && r.master === me.ifindex).map((r) => r.ifname) : [];
+  } catch {
+    return [];
+  }
+}
+
+/**
  * The device `name` is enslaved to (a bridge or a bond: IFLA_MASTER, read in the daemon's namespace), or
  * undefined. Such a port's neighbours are the master's: the kernel routes through the master, keeps their
  * entries on it and hands every frame received on the port (ARP replies too) to the master before any

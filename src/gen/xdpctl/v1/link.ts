@@ -1263,9 +1263,13 @@ export const LinkServiceDefinition = {
      * and with ALREADY_EXISTS if they are already linked (in either order); use
      * ApplyLinks, or Disconnect then Connect, to change a link's direction.
      * Fails with FAILED_PRECONDITION naming the link when the links would
-     * forward frames in a loop forever (through veth pairs whose both ends are
-     * in the daemon's namespace: a frame sent out of one end arrives on the
-     * other and is forwarded again); nothing is applied. An egress of a
+     * forward frames in a loop forever, naming the way round (a frame sent out
+     * of a veth arrives on its peer when the peer is in the daemon's namespace;
+     * from there it goes up to the devices above the peer that receive it and
+     * is forwarded by a bridge the peer is a port of out of its other ports, a
+     * veth port's frames arriving on that port's peer, and so on; an interface
+     * it reaches that a link forwards from forwards it again; a peer in another
+     * namespace is not followed); nothing is applied. An egress of a
      * native-mode ingress that cannot take native XDP redirects (and that the
      * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
      * is not: the link is connected and the direction reported not forwarding
@@ -1345,9 +1349,13 @@ export interface LinkServiceImplementation<CallContextExt = {}> {
    * and with ALREADY_EXISTS if they are already linked (in either order); use
    * ApplyLinks, or Disconnect then Connect, to change a link's direction.
    * Fails with FAILED_PRECONDITION naming the link when the links would
-   * forward frames in a loop forever (through veth pairs whose both ends are
-   * in the daemon's namespace: a frame sent out of one end arrives on the
-   * other and is forwarded again); nothing is applied. An egress of a
+   * forward frames in a loop forever, naming the way round (a frame sent out
+   * of a veth arrives on its peer when the peer is in the daemon's namespace;
+   * from there it goes up to the devices above the peer that receive it and
+   * is forwarded by a bridge the peer is a port of out of its other ports, a
+   * veth port's frames arriving on that port's peer, and so on; an interface
+   * it reaches that a link forwards from forwards it again; a peer in another
+   * namespace is not followed); nothing is applied. An egress of a
    * native-mode ingress that cannot take native XDP redirects (and that the
    * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
    * is not: the link is connected and the direction reported not forwarding
@@ -1404,9 +1412,13 @@ export interface LinkServiceClient<CallOptionsExt = {}> {
    * and with ALREADY_EXISTS if they are already linked (in either order); use
    * ApplyLinks, or Disconnect then Connect, to change a link's direction.
    * Fails with FAILED_PRECONDITION naming the link when the links would
-   * forward frames in a loop forever (through veth pairs whose both ends are
-   * in the daemon's namespace: a frame sent out of one end arrives on the
-   * other and is forwarded again); nothing is applied. An egress of a
+   * forward frames in a loop forever, naming the way round (a frame sent out
+   * of a veth arrives on its peer when the peer is in the daemon's namespace;
+   * from there it goes up to the devices above the peer that receive it and
+   * is forwarded by a bridge the peer is a port of out of its other ports, a
+   * veth port's frames arriving on that port's peer, and so on; an interface
+   * it reaches that a link forwards from forwards it again; a peer in another
+   * namespace is not followed); nothing is applied. An egress of a
    * native-mode ingress that cannot take native XDP redirects (and that the
    * daemon cannot repair) is FAILED_PRECONDITION; a veth whose peer is down
    * is not: the link is connected and the direction reported not forwarding
