@@ -209,6 +209,12 @@ export const SERVICE_NAMES = [
 
 /** How long a shutdown lets calls finish before it closes every connection. */
 export const SHUTDOWN_GRACE_MS = 5000;
+/**
+ * At a stop, how long the host-changes record's write may take (ms) before the state directory's disk counts as
+ * not answering (a frozen file system): the stop then says it could not write the record and leaves the store's
+ * checkpoint to the next start, instead of waiting for the disk.
+ */
+const STOP_RECORD_WRITE_MS = 2000;
 /** How long a shutdown waits for the last telemetry export (spans of the calls just drained). */
 export const TELEMETRY_FLUSH_MS = 2000;
 
@@ -1315,7 +1321,10 @@ export class Daemon {
       }
       this.datapath.close();
       this.generationPin?.close();
-      await this.store?.close(); // the last connection closed: the WAL checkpointed into state.db
+      // The last connection closed: the WAL checkpointed into state.db, unless the state directory's disk did not
+      // complete a write of the host-changes record in time (frozen): that checkpoint would hold the stop.
+      const diskAnswers = this.store ? await (this.kernel?.recordAnswers(STOP_RECORD_WRITE_MS) ?? true) : true;
+      await this.store?.close({ diskAnswers });
       if (this.opts.cleanupOnExit) {
         // Ours only: a pin root that is a bpffs mount's root keeps the kernel's own entries and the mount
         // point; pin root directories hidden by a mount are reached through the lock's descriptor.
@@ -1326,7 +1335,7 @@ export class Daemon {
       }
       // Only the socket files we created: one that someone else has put there since is left alone.
       for (const [path, ino] of this.socketInodes) removeOwnSocket(path, ino);
-      this.lock?.release(); // after the socket files: only the holder removes them
+      this.lock?.release({ stateDirAnswers: diskAnswers }); // after the socket files: only the holder removes them
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
       // Last: flush the spans of the calls just drained.

@@ -423,6 +423,7 @@ export class Controller {
   private async transact<T>(write: (undo: UndoLog, t: { txn?: StoreTxn }) => Promise<T>): Promise<T> {
     const undo = new UndoLog();
     const host = this.dp.trackHostChanges?.();
+    this.hostScope = host;
     const t: { txn?: StoreTxn } = {};
     try {
       return await write(undo, t);
@@ -434,6 +435,7 @@ export class Controller {
       throw e;
     } finally {
       host?.close();
+      if (this.hostScope === host) this.hostScope = undefined;
       this.ctx.preflightTargets = undefined;
     }
   }
@@ -1523,7 +1525,21 @@ export class Controller {
     }
   }
 
+  /** The device settings the change under way has changed ({@link transact}). */
+  private hostScope?: HostChangeScope;
+
+  /**
+   * COMMIT a change: first the host-changes record of what it did to the host (its writes settled within
+   * their bound: a disk that did not complete one refuses the change, as a COMMIT that did not complete does),
+   * then the store, so that the host, the record and the store never disagree about an acknowledged change.
+   */
   private async commit(txn: StoreTxn | undefined, restoring: boolean): Promise<void> {
+    try {
+      await this.hostScope?.settle?.();
+    } catch (e) {
+      // A start or a pass: what it did to the host stays (said: not recorded; GetStatus warnings), its rows commit.
+      if (!restoring) throw e;
+    }
     try {
       await txn?.commit();
     } catch (e) {

@@ -295,6 +295,12 @@ export interface HostChangeScope {
   close(): void;
   /** Put back every setting changed since, newest first; what was put back, and what could not be. */
   revert(): Promise<{ reverted: string[]; failed: string[] }>;
+  /**
+   * Wait for the writes of the host-changes record made since (off the event loop, bounded); rejects with a
+   * CoreError (unavailable, naming the record) when the disk did not complete one within the bound: the change
+   * must then be refused and undone, as one whose store COMMIT did not complete.
+   */
+  settle?(): Promise<void>;
 }
 
 /** Records a repair: `subject` was observed wrong and written back; `line` logs it unless a fight summarises it. */

@@ -1037,9 +1037,12 @@ export class StateStore implements StatePort {
    * beside the file, and a state.db damaged by hand then opened from the WAL's pages, a corrupt store not
    * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS}, and not at all
    * while a write is pending past it: a disk that does not answer leaves both connections to the process's
-   * exit (closing could checkpoint on that disk).
+   * exit (closing could checkpoint on that disk). `diskAnswers` false (a stop found another write to the state
+   * directory not completed within its bound: a frozen disk): the daemon's own connection is left open too
+   * (the last connection's close checkpoints the WAL, a write that would hold the event loop and the exit
+   * until the disk answers); the WAL stays beside state.db and SQLite replays it at the next open.
    */
-  close(): Promise<void> {
+  close(opts: { diskAnswers?: boolean } = {}): Promise<void> {
     this.closed = true;
     this.closing ??= (async () => {
       const t = this.worker;
@@ -1050,7 +1053,7 @@ export class StateStore implements StatePort {
         answered = (await this.ask(t, { op: 'close' }, STORE_WRITE_TIMEOUT_MS)) !== TIMED_OUT;
       }
       void t?.w.terminate();
-      if (this.db?.open && answered) this.db.close();
+      if (this.db?.open && answered && opts.diskAnswers !== false) this.db.close();
     })();
     return this.closing;
   }

@@ -2,7 +2,7 @@
  * The real Dataplane for the core: XdpDatapath + tables + netdev behind the
  * interface in core/dataplane.ts.
  */
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 
 import type {
@@ -36,6 +36,8 @@ import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type S
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
+import { CoreError } from '../core/errors.js';
+import { RECORD_WRITE_TIMEOUT_MS, RecordNotAnswering, RecordWriter } from './record-writer.js';
 import {
   ensureVethPeerNapi,
   ifindexOf,
@@ -227,6 +229,9 @@ type HostJournalEntry =
   | { kind: 'gro'; change: GroChange; added: boolean; veth?: string }
   | { kind: 'offloads'; change: OffloadChange; added: string[] };
 
+/** The host-changes record's write bound, in seconds, for messages. */
+const RECORD_BOUND_S = RECORD_WRITE_TIMEOUT_MS / 1000;
+
 /** A recorded device for messages: its name, and its namespace when not ours. */
 const whereOf = (c: GroChange): string => (c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname);
 
@@ -246,8 +251,29 @@ export class KernelDataplane implements Dataplane {
    */
   get warnings(): readonly string[] {
     const tools = missingHostTools();
-    if (!this.dp.traceWarning && tools.length === 0) return [];
-    return [...(this.dp.traceWarning ? [this.dp.traceWarning] : []), ...tools.map((t) => t.text)];
+    const record = this.recordWarning();
+    if (!this.dp.traceWarning && tools.length === 0 && !record) return [];
+    return [
+      ...(this.dp.traceWarning ? [this.dp.traceWarning] : []),
+      ...tools.map((t) => t.text),
+      ...(record ? [record] : []),
+    ];
+  }
+
+  /**
+   * The host-changes record's disk not answering (a write pending past the bound: record-writer.ts): every
+   * change that changes a device setting is refused meanwhile, and what a reconciler pass changes is not
+   * recorded for a restart's --cleanup-on-exit (written once the disk answers).
+   */
+  private recordWarning(): string | undefined {
+    const since = this.record?.notAnswering();
+    if (since === undefined) return undefined;
+    return (
+      `host-changes record ${this.hostChangesFile}: the disk has not completed a write sent to it at ` +
+      `${new Date(since).toISOString()} (not answering for more than ${RECORD_BOUND_S} s): changes that switch ` +
+      'GRO on or offloads off are refused, and device settings a reconciler pass changes are not recorded for a ' +
+      "restart's --cleanup-on-exit until it does (this daemon's own --cleanup-on-exit still undoes them)"
+    );
   }
   /**
    * Device settings this daemon (or an earlier one with the same file)
@@ -265,6 +291,7 @@ export class KernelDataplane implements Dataplane {
     /** Where the device settings it changes are reported (each change, once). */
     private readonly log?: Logger,
   ) {
+    this.record = hostChangesFile ? new RecordWriter(hostChangesFile) : undefined;
     if (hostChangesFile && existsSync(hostChangesFile)) {
       try {
         const saved = JSON.parse(readFileSync(hostChangesFile, 'utf8')) as {
@@ -314,6 +341,9 @@ export class KernelDataplane implements Dataplane {
   /** An unreadable record that could not be moved aside: never written over (see {@link keepUnreadable}). */
   private keepAside?: string;
 
+  /** Writes the host-changes record off the event loop, bounded (record-writer.ts); undefined without a file. */
+  private readonly record?: RecordWriter;
+
   private recordOffloads(changes: OffloadChange[]): void {
     for (const c of changes) {
       const same = this.offloadChanges.find((x) => sameDevice(x, c));
@@ -322,7 +352,7 @@ export class KernelDataplane implements Dataplane {
       else this.offloadChanges.push({ ...c, features: [...c.features] });
       this.journal?.push({ kind: 'offloads', change: { ...c, features: [...c.features] }, added });
     }
-    this.saveHostChanges({ changes }, 'offloads turned off for XDP');
+    void this.saveHostChanges({ changes }, 'offloads turned off for XDP');
   }
 
   private recordGro(c: GroChange, vethName: string): void {
@@ -330,7 +360,7 @@ export class KernelDataplane implements Dataplane {
     this.journal?.push({ kind: 'gro', change: c, added: !known, veth: vethName });
     if (known) return;
     this.groChanges.push(c);
-    this.saveHostChanges({ change: c }, 'GRO switched on');
+    void this.saveHostChanges({ change: c }, 'GRO switched on');
   }
 
   /**
@@ -343,24 +373,41 @@ export class KernelDataplane implements Dataplane {
    * Follow the device settings this daemon changes from now on (GRO switched on on veth peers, offloads
    * turned off for XDP) until `close()`: `revert()` puts back those changed since, newest first, and takes
    * their entries out of the host-changes record, so that a transaction that failed leaves the host and
-   * the record as they were. One scope at a time (the core runs one change at a time); a second call
-   * starts a new journal.
+   * the record as they were. `settle()` waits for the record's writes made since (off the event loop,
+   * bounded: record-writer.ts) and refuses the change (UNAVAILABLE, naming the record) when the disk did not
+   * complete one within the bound: a change is acknowledged only once the record holds what it did to the
+   * host. One scope at a time (the core runs one change at a time); a second call starts a new journal.
    */
   trackHostChanges(): HostChangeScope {
     const journal: HostJournalEntry[] = [];
+    const writes: Promise<Error | undefined>[] = [];
     this.journal = journal;
+    this.scopeWrites = writes;
     let recordBefore: string | undefined;
     try {
+      // A read: answered by a frozen file system too (it holds writes only).
       recordBefore = this.hostChangesFile ? readFileSync(this.hostChangesFile, 'utf8') : undefined;
     } catch {
       recordBefore = undefined; // none yet (or unreadable: rewritten from memory below)
     }
+    const stop = () => {
+      if (this.journal === journal) this.journal = undefined;
+      if (this.scopeWrites === writes) this.scopeWrites = undefined;
+    };
     return {
-      close: () => {
-        if (this.journal === journal) this.journal = undefined;
+      close: stop,
+      settle: async () => {
+        const failed = (await Promise.all(writes.splice(0))).find((e) => e instanceof RecordNotAnswering);
+        if (!failed) return;
+        throw new CoreError(
+          'unavailable',
+          `record the device settings the change made: host-changes record ${failed.message}: the change is not ` +
+            'applied (what it did in the kernel and to the device settings is undone); every change that switches ' +
+            'GRO on or offloads off is refused until the disk answers',
+        );
       },
       revert: async () => {
-        if (this.journal === journal) this.journal = undefined;
+        stop();
         const reverted: string[] = [];
         const failed: string[] = [];
         for (const j of journal.splice(0).reverse()) {
@@ -377,40 +424,41 @@ export class KernelDataplane implements Dataplane {
           }
           this.forget(j);
         }
-        if (failed.length || !this.hostChangesFile) this.saveHostChanges();
-        else if (reverted.length) this.restoreRecord(recordBefore);
+        if (failed.length || !this.hostChangesFile) await this.saveHostChanges();
+        else if (reverted.length) await this.restoreRecord(recordBefore);
         return { reverted, failed };
       },
     };
   }
 
+  /** The record's writes made while a {@link trackHostChanges} scope is open (its error, if any, each). */
+  private scopeWrites?: Promise<Error | undefined>[];
+
   /**
    * Every change of a scope put back: the host-changes file as it was, byte for byte (or none, as there was
    * none). Written only when it differs (a record that could not be written, on a full disk, never changed
-   * it), and atomically (a temporary file renamed over it), so that a failing disk never leaves it cut.
+   * it) or a write of it is still under way (one the disk has not completed: this one follows it), and
+   * atomically (a temporary file renamed over it), so that a failing disk never leaves it cut.
    */
-  private restoreRecord(before: string | undefined): void {
+  private async restoreRecord(before: string | undefined): Promise<void> {
     const file = this.hostChangesFile!;
-    let now: string | undefined;
-    try {
-      now = readFileSync(file, 'utf8');
-    } catch {
-      now = undefined;
-    }
-    if (now === before) return;
-    const tmp = `${file}.tmp`;
-    try {
-      if (before === undefined) rmSync(file, { force: true });
-      else {
-        writeFileSync(tmp, before, { mode: 0o600 });
-        renameSync(tmp, file);
+    if (!this.record!.busy()) {
+      let now: string | undefined;
+      try {
+        now = readFileSync(file, 'utf8');
+      } catch {
+        now = undefined;
       }
+      if (now === before) return;
+    }
+    try {
+      await this.record!.write(before ?? null);
     } catch (e) {
-      rmSync(tmp, { force: true });
       this.log?.warn(
         { err: e, file },
-        `${file} could not be put back as it was: it may name device settings that were already put back ` +
-          '(--cleanup-on-exit finds them as they should be and leaves them)',
+        `${file} could not be put back as it was${e instanceof RecordNotAnswering ? ' yet (written once the disk answers)' : ''}: ` +
+          'it may name device settings that were already put back (--cleanup-on-exit finds them as they should be ' +
+          'and leaves them)',
       );
     }
   }
@@ -431,72 +479,100 @@ export class KernelDataplane implements Dataplane {
     if (rec.features.length === 0) this.offloadChanges.splice(i, 1);
   }
 
-  /**
-   * Write the host-changes file (atomically: a temporary file renamed over it). A write that fails (a full or
-   * read-only state dir) does not fail what changed the host: the change is kept in memory, so this
-   * daemon's --cleanup-on-exit still undoes it; the warning says a restarted daemon would not know of it.
-   */
-  private saveHostChanges(what?: object, change?: string): boolean {
-    if (!this.hostChangesFile) return true;
-    if (this.keepAside) return false; // an unreadable record kept in place: logged at start
-    try {
-      this.writeHostChanges(this.hostChangesFile);
-      this.hostChangesPending = false;
-      return true;
-    } catch (e) {
-      this.hostChangesPending = true;
-      this.log?.warn(
-        { err: e, file: this.hostChangesFile, ...what },
-        `${change ?? 'host changes'} not recorded in ${this.hostChangesFile}: ` +
-          `this daemon's --cleanup-on-exit still undoes it, a restarted daemon cannot (until the record is ` +
-          'written: tried again at every reconciler pass)',
-      );
-      return false;
-    }
+  /** The host-changes record as this daemon holds it. */
+  private recordText(): string {
+    return `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`;
   }
 
   /**
-   * The host-changes record as this daemon holds it, written to `file` atomically (a temporary file, mode 0600,
-   * renamed over it). On failure the temporary file is removed and the error thrown.
+   * Write the host-changes file (off the event loop, atomically, bounded: record-writer.ts). A write that
+   * fails (a full or read-only state dir) does not fail what changed the host: the change is kept in memory,
+   * so this daemon's --cleanup-on-exit still undoes it; the warning says a restarted daemon would not know of
+   * it. A write the disk does not complete within the bound is said the same way (and fails the change that
+   * made it: {@link trackHostChanges} settle). Resolves true once written (never rejects).
    */
-  private writeHostChanges(file: string): void {
-    const tmp = `${file}.tmp`;
-    try {
-      writeFileSync(tmp, `${JSON.stringify({ gro: this.groChanges, offloads: this.offloadChanges })}\n`, {
-        mode: 0o600,
-      });
-      renameSync(tmp, file);
-    } catch (e) {
-      rmSync(tmp, { force: true });
-      throw e;
-    }
+  private saveHostChanges(what?: object, change?: string, boundMs?: number): Promise<boolean> {
+    if (!this.hostChangesFile || !this.record) return Promise.resolve(true);
+    if (this.keepAside) return Promise.resolve(false); // an unreadable record kept in place: logged at start
+    const file = this.hostChangesFile;
+    const outcome = this.record.write(this.recordText(), boundMs).then(
+      () => {
+        this.hostChangesPending = false;
+        return undefined;
+      },
+      (e: Error) => {
+        this.hostChangesPending = true;
+        const late =
+          e instanceof RecordNotAnswering ? ' (written once the disk answers, if this daemon still runs)' : '';
+        this.log?.warn(
+          { err: e, file, ...what },
+          `${change ?? 'host changes'} not recorded in ${file}${late}: ` +
+            `this daemon's --cleanup-on-exit still undoes it, a restarted daemon cannot (until the record is ` +
+            'written: tried again at every reconciler pass)',
+        );
+        return e;
+      },
+    );
+    this.scopeWrites?.push(outcome);
+    return outcome.then((e) => e === undefined);
   }
 
   /** A host change the record could not be written for (a full or read-only state dir): written later. */
   private hostChangesPending = false;
 
   /**
-   * Write the host-changes record if a change was not recorded when it was made (its disk refused writes):
-   * called at every reconciler pass; once the disk takes writes, the record holds every change and that is
-   * logged. Quiet (nothing written, nothing logged) while nothing is pending or the disk still refuses.
+   * Write the host-changes record if a change was not recorded when it was made (its disk refused writes or
+   * did not answer): called at every reconciler pass (never waits: the write runs off the event loop, bounded);
+   * once the disk takes writes, the record holds every change and that is logged. Quiet (nothing logged) while
+   * nothing is pending or the disk still refuses; a disk not answering is in {@link warnings}.
    */
   saveHostChangesPending(): void {
-    if (!this.hostChangesPending || !this.hostChangesFile || this.keepAside) return;
-    try {
-      this.writeHostChanges(this.hostChangesFile);
-      this.hostChangesPending = false;
-      this.log?.info(
-        { file: this.hostChangesFile, gro: this.groChanges.length, offloads: this.offloadChanges.length },
-        `host changes not recorded earlier (the disk refused writes) are now recorded in ${this.hostChangesFile}`,
-      );
-    } catch {
-      // still refused: said when the change was made; tried again next pass
+    if (!this.hostChangesPending || !this.record || this.keepAside || this.record.notAnswering() !== undefined) {
+      return;
     }
+    this.record.write(this.recordText()).then(
+      () => {
+        if (!this.hostChangesPending) return;
+        this.hostChangesPending = false;
+        this.log?.info(
+          { file: this.hostChangesFile, gro: this.groChanges.length, offloads: this.offloadChanges.length },
+          `host changes not recorded earlier (the disk refused writes) are now recorded in ${this.hostChangesFile}`,
+        );
+      },
+      () => {
+        // still refused: said when the change was made; tried again next pass
+      },
+    );
   }
 
   /** Write the host-changes record again (its state directory was removed and made again). */
   rewriteHostChanges(): void {
-    this.saveHostChanges(undefined, 'the device settings this daemon changed were');
+    void this.saveHostChanges(undefined, 'the device settings this daemon changed were');
+  }
+
+  /**
+   * At a stop: whether the record's disk answers a write within `boundMs` (the record written again, as this
+   * daemon holds it, when there is one; nothing written without a record). Not answering is logged: the stop
+   * could not write the record, and leaves what else it would write there (the store's checkpoint) to the next
+   * start. A disk that refuses the write (full, read-only) answers.
+   */
+  async recordAnswers(boundMs: number): Promise<boolean> {
+    const file = this.hostChangesFile;
+    if (!this.record || !file || this.keepAside) return true;
+    if (!existsSync(file) && !this.groChanges.length && !this.offloadChanges.length) return true;
+    try {
+      await this.record.write(this.recordText(), boundMs);
+      this.hostChangesPending = false;
+      return true;
+    } catch (e) {
+      if (!(e instanceof RecordNotAnswering)) return true;
+      this.log?.error(
+        { err: e, file },
+        `stop: host-changes record ${e.message}: it could not be written; it holds what it held before ` +
+          '(the device settings changed since are not recorded for the next start)',
+      );
+      return false;
+    }
   }
 
   strayAttachments(): StrayAttachment[] {
@@ -564,7 +640,7 @@ export class KernelDataplane implements Dataplane {
         failed.push(`turn ${c.features.join(', ')} on again: ${(e as Error).message}`);
       }
     }
-    if (mine.length) this.saveHostChanges();
+    if (mine.length) await this.saveHostChanges();
     return { where, detached: true, restored, ...(failed.length ? { error: failed.join('; ') } : {}) };
   }
 
@@ -610,7 +686,7 @@ export class KernelDataplane implements Dataplane {
         }
       }
     }
-    this.saveHostChanges();
+    await this.saveHostChanges();
     return { detached: d.detached, restored, failed, leftAlone };
   }
 
@@ -1785,7 +1861,7 @@ export class KernelDataplane implements Dataplane {
         );
       }
     }
-    if (changed) this.saveHostChanges();
+    if (changed) await this.saveHostChanges();
     return out;
   }
 

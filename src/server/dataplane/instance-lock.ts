@@ -520,6 +520,8 @@ export function lockDirectory(path: string, what: string): DirectoryLock {
  */
 /** A lock on a lock file, which can tell whether that file is still the one at its path. */
 export interface FileLock extends HeldLock {
+  /** Release the lock; `leaveFile`: without removing its file (its disk does not answer). */
+  release(leaveFile?: boolean): void;
   /** Whether the locked file is still at its path (not removed, nor replaced by another file). */
   current(): boolean;
 }
@@ -595,11 +597,11 @@ export function lockFile(path: string, what: string, info: HolderInfo, shown = p
     return {
       path,
       current,
-      release() {
+      release(leaveFile = false) {
         if (!open) return;
         // Removed while the lock is held (a taker that opened it before finds another inode, or none, at
         // the path, and tries again), and only when the path still names the locked file.
-        if (current()) {
+        if (!leaveFile && current()) {
           try {
             unlinkSync(path);
           } catch {
@@ -740,6 +742,12 @@ export interface InstanceResources {
 /** Everything one daemon holds (see {@link lockInstance}). */
 export interface InstanceLock extends HeldLock {
   /**
+   * Release every lock (idempotent). `stateDirAnswers` false (a stop found the state directory's disk not
+   * completing writes: frozen): the state directory's lock file is left in place (its unlink would wait for
+   * the disk, holding the stop and the exit); its lock goes with the descriptor, and the next start takes it.
+   */
+  release(opts?: { stateDirAnswers?: boolean }): void;
+  /**
    * Whether the pin root locked at start is still the directory at its path; if it was removed
    * (`rm -rf PINROOT`) or replaced, it is created again (0700, see {@link preparePinRoot}) and locked
    * again, so that a second daemon on that pin root is refused as before. Returns 'held' (unchanged),
@@ -805,8 +813,9 @@ export function lockInstance(r: InstanceResources, created?: string[]): Instance
   /** Former pin root directories found hidden by a mount (a subset of `former`). */
   const hidden: DirectoryLock[] = [];
   let cover: string | undefined;
-  const releaseAll = () => {
-    for (const l of held.splice(0).reverse()) l.lock.release();
+  const releaseAll = (opts: { stateDirAnswers?: boolean } = {}) => {
+    for (const l of held.splice(0).reverse())
+      l.lock.release(l.what === 'state directory' && opts.stateDirAnswers === false);
     pinRootLock?.release();
     for (const l of former.splice(0)) l.release();
   };
