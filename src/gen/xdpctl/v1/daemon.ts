@@ -394,7 +394,12 @@ export interface DatapathStatus {
    * and each forwarding loop the host made after the rules were accepted (a
    * veth renamed, made again or moved), while it makes it, e.g. "forwarding
    * loop made by the host: rules ra -> rb -> ra through ...": the backends
-   * that close it are kept out of their tables.
+   * that close it are kept out of their tables; and, while the disk of the
+   * host-changes record (STATE_DIR/host-changes.json) has not completed a
+   * write for 5 s (a frozen file system), "host-changes record PATH: the
+   * disk has not completed a write sent to it at ... (not answering for
+   * more than 5 s) ...": changes that switch GRO on or offloads off are
+   * refused meanwhile.
    * Empty when all is observed.
    */
   warnings: string[];
