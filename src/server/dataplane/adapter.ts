@@ -355,12 +355,13 @@ export class KernelDataplane implements Dataplane {
     void this.saveHostChanges({ changes }, 'offloads turned off for XDP');
   }
 
-  private recordGro(c: GroChange, vethName: string): void {
+  /** Record a GRO switched on; settles once the record is written (or could not be: said), within the bound. */
+  private async recordGro(c: GroChange, vethName: string): Promise<void> {
     const known = this.groChanges.some((x) => sameDevice(x, c));
     this.journal?.push({ kind: 'gro', change: c, added: !known, veth: vethName });
     if (known) return;
     this.groChanges.push(c);
-    void this.saveHostChanges({ change: c }, 'GRO switched on');
+    await this.saveHostChanges({ change: c }, 'GRO switched on');
   }
 
   /**
@@ -1920,13 +1921,15 @@ export class KernelDataplane implements Dataplane {
             '(--fix-veth-peers)',
         );
       const change: GroChange = { ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex, ...s.peerIdentity };
+      const repeated = this.groChanges.some((x) => sameDevice(x, change));
+      // Recorded before it is said (off the event loop, bounded: a disk not answering is said by the record).
+      await this.recordGro(change, ifname);
       // A repair only when this daemon had switched it on there before (its record, same device) and found it
       // off: the first switch on a peer (a new rule's egress, a new container) undoes nobody's work.
-      if (this.repairs && this.groChanges.some((x) => sameDevice(x, change))) this.repairs.repaired(subject(), line);
+      if (this.repairs && repeated) this.repairs.repaired(subject(), line);
       else line();
       this.groSettled.delete(ifname);
       this.groCarrier.set(ifname, id?.carrierChanges);
-      this.recordGro(change, ifname);
     }
     const have = (f: bigint | undefined) => `xdp-features: ${xdpActNames(f ?? 0n).join(', ') || 'none'}`;
     if (!s.veth) {
