@@ -128,7 +128,8 @@ const ZERO = { pps: 0, bps: 0 };
 /**
  * A complete sample from the one held and a changes-only sample after it
  * (WatchCountersResponse.changes_only): entries in `changes` replace theirs,
- * every other entry keeps its counters with rates of 0, and the global
+ * every other entry keeps its counters and start time with rates of 0 and
+ * `reset` false (it did not restart since the held sample), and the global
  * counters are kept unless `changes` has them.
  */
 export function applyChanges(held: Counters, changes: Counters): Counters {
@@ -137,9 +138,15 @@ export function applyChanges(held: Counters, changes: Counters): Counters {
   const links = new Map(changes.links.map((l) => [`${l.fromInterface}|${l.toInterface}`, l]));
   return {
     time: changes.time,
-    rules: held.rules.map((r) => rules.get(r.rule) ?? { ...r, matchedRates: ZERO, redirectedRates: ZERO }),
-    backends: held.backends.map((b) => backends.get(`${b.rule}|${b.ip}|${b.interface}`) ?? { ...b, rates: ZERO }),
-    links: held.links.map((l) => links.get(`${l.fromInterface}|${l.toInterface}`) ?? { ...l, rates: ZERO }),
+    rules: held.rules.map(
+      (r) => rules.get(r.rule) ?? { ...r, matchedRates: ZERO, redirectedRates: ZERO, reset: false },
+    ),
+    backends: held.backends.map(
+      (b) => backends.get(`${b.rule}|${b.ip}|${b.interface}`) ?? { ...b, rates: ZERO, reset: false },
+    ),
+    links: held.links.map(
+      (l) => links.get(`${l.fromInterface}|${l.toInterface}`) ?? { ...l, rates: ZERO, reset: false },
+    ),
     global: changes.global ?? held.global,
   };
 }

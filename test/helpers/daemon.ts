@@ -150,9 +150,15 @@ export class DaemonProcess {
     return exited;
   }
 
+  /** Close the channels of every client made by {@link clients} (e.g. of a daemon stopped to start another). */
+  closeClients(): void {
+    this.channels.forEach((c) => c.close());
+    this.channels = [];
+  }
+
   /** Stop, close channels and remove the pins (test cleanup). */
   async destroy(): Promise<void> {
-    this.channels.forEach((c) => c.close());
+    this.closeClients();
     await this.stop('SIGKILL');
     XdpDatapath.unpinAll(this.pinRoot);
     rmSync(this.stateDir, { recursive: true, force: true });

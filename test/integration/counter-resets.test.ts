@@ -11,11 +11,10 @@ import { after, before, describe, it } from 'node:test';
 
 import { metric } from '../helpers/daemon.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, sleep, until } from '../helpers/env.js';
+import { counterEntryWith, zeroCounterEntry, type CounterEntry } from '../helpers/counter-write.js';
+import { kernelOnly, runId, sleep, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp } from '../helpers/udp.js';
-
-const u32 = (n: number) => [0, 8, 16, 24].map((s) => String((n >>> s) & 0xff));
 
 describe('counters lowered by another tool: a reset, said', kernelOnly(), () => {
   const id = runId();
@@ -35,31 +34,8 @@ describe('counters lowered by another tool: a reset, said', kernelOnly(), () => 
   });
 
   const counters = async () => (await c.counters.getCounters({ filter: { rules: ['web'] } })).counters!;
-  /** The id of the entry of `map` whose per-CPU sum of its first u64 is `n` (bpftool -j dump of a per-CPU map). */
-  const entryWith = (map: string, n: bigint): { key: number; size: number } => {
-    const path = `${d.pinRoot}/maps/${map}`;
-    const size = (JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', path])) as { bytes_value: number })
-      .bytes_value;
-    const dump = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path])) as {
-      key: string[];
-      values: { value: string[] }[];
-    }[];
-    const first = (v: string[]) => Buffer.from(v.slice(0, 8).map((b) => parseInt(b, 16))).readBigUInt64LE(0);
-    const hit = dump.filter((e) => e.values.reduce((s, x) => s + first(x.value), 0n) === n);
-    assert.equal(hit.length, 1, `one ${map} entry with ${n}`);
-    return { key: Buffer.from(hit[0].key.map((b) => parseInt(b, 16))).readUInt32LE(0), size };
-  };
-  const zero = (map: string, e: { key: number; size: number }) =>
-    sh('bpftool', [
-      'map',
-      'update',
-      'pinned',
-      `${d.pinRoot}/maps/${map}`,
-      'key',
-      ...u32(e.key),
-      'value',
-      ...Array<string>(e.size).fill('0'),
-    ]);
+  const entryWith = (map: string, n: bigint) => counterEntryWith(d.pinRoot, map, n);
+  const zero = (map: string, e: CounterEntry) => zeroCounterEntry(d.pinRoot, map, e);
 
   it('one log line per object, the warning, the metric, /metrics and WatchCounters true; counting on from 0', async () => {
     await c.rules.createRule({

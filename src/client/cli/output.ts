@@ -179,6 +179,7 @@ export function ruleDetails(r: Rule, counters?: Counters): string {
       ['redirect errors', `${rc.redirectErrorPackets} packets (dropped by the kernel after the redirect)`],
       ['filtered', `${rc.filteredPackets} packets (source not allowed)`],
       ['no backend', `${rc.noBackendPackets} packets`],
+      ['counting since', rc.startTime?.toISOString() ?? '-'],
     );
   } else {
     fields.push(['counters', 'none (the rule has no counters in the datapath)']);
@@ -261,6 +262,14 @@ export function bytes(count: bigint | number): string {
 export const pps = (r: Rates | undefined) => (r ? si(r.pps) : '-');
 export const bps = (r: Rates | undefined) => (r ? si(r.bps, 'b/s') : '-');
 
+/** A counter cell of `xdpctl watch`: marked when the entry's series restarted since the previous sample. */
+const counted = (n: bigint, reset: boolean) => (reset ? `${n} (reset)` : String(n));
+
+/** What "(reset)" means, under the tables of a sample that has one. */
+export const RESET_NOTE =
+  '(reset): counters that restarted since the previous sample (the object re-created, or its counters lowered ' +
+  "by another tool): rates count from the new start; '-' where that interval's counts cannot be known";
+
 export function countersText(c: Counters, header: string): string {
   const parts = [header];
   if (c.rules.length) {
@@ -269,7 +278,7 @@ export function countersText(c: Counters, header: string): string {
         ['RULE', 'PACKETS', 'BYTES', 'PPS', 'BPS', 'REDIRECTED', 'FILTERED', 'NO BACKEND', 'REDIRECT ERRORS'],
         c.rules.map((r) => [
           r.rule,
-          r.matchedPackets,
+          counted(r.matchedPackets, r.reset),
           bytes(r.matchedBytes),
           pps(r.matchedRates),
           bps(r.matchedRates),
@@ -288,7 +297,7 @@ export function countersText(c: Counters, header: string): string {
         c.backends.map((b) => [
           b.rule,
           `${b.ip}@${b.interface}`,
-          b.packets,
+          counted(b.packets, b.reset),
           bytes(b.bytes),
           pps(b.rates),
           bps(b.rates),
@@ -304,7 +313,7 @@ export function countersText(c: Counters, header: string): string {
         c.links.map((l) => [
           l.fromInterface,
           l.toInterface,
-          l.packets,
+          counted(l.packets, l.reset),
           bytes(l.bytes),
           pps(l.rates),
           bps(l.rates),
@@ -321,6 +330,7 @@ export function countersText(c: Counters, header: string): string {
     parts.push(`verdicts: ${kv(c.global.verdicts)}\nerrors:   ${kv(c.global.errors)}`);
   }
   if (parts.length === 1) parts.push('(no counters match)');
+  if ([...c.rules, ...c.backends, ...c.links].some((x) => x.reset)) parts.push(RESET_NOTE);
   return parts.join('\n\n');
 }
 

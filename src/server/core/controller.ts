@@ -31,7 +31,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { interfaceConditions, linkConditions, otherProgram, ruleConditions } from './conditions.js';
-import { linkWhat } from './counter-resets.js';
+import { linkWhat, type CounterSeries } from './counter-resets.js';
 import { fetchInterfaces, fetchRuleFacts, neighbourKey, type Facts } from './facts.js';
 import { holdNeighbours, startHold, startHoldText } from './neighbour-hold.js';
 import { formatMac } from '../net/addr.js';
@@ -154,6 +154,21 @@ export interface DesiredState {
   links: LinkSpec[];
 }
 
+/** Where a snapshot entry's series began, and its latest reset ({@link CounterSnapshot}). */
+export interface SeriesFields {
+  resetAt?: number;
+  start?: number;
+  fromZero?: boolean;
+}
+
+/** The fields of a series as a snapshot entry carries them (none when unknown). */
+function seriesFields(resetAt: number | undefined, s: CounterSeries | undefined): SeriesFields {
+  return {
+    ...(resetAt === undefined ? {} : { resetAt }),
+    ...(s ? { start: s.start, fromZero: s.fromZero } : {}),
+  };
+}
+
 export interface CounterSnapshot {
   /** When the read ended (every value was read at or before it): wall clock, the time shown to clients. */
   time: number;
@@ -171,11 +186,13 @@ export interface CounterSnapshot {
   version?: number;
   /**
    * `resetAt`: when (wall clock, ms) the object's counters were last seen to go down (reset by another tool,
-   * counter-resets.ts); absent: never while this daemon ran.
+   * counter-resets.ts); absent: never while this daemon ran. `start`, `fromZero`: where the object's series of
+   * counters began (counter-resets.ts, CounterResets.series): when the daemon zeroed them for the object (from 0),
+   * when a read first saw them go down, or this daemon's first read of them; absent: not known (not read).
    */
-  rules: ({ name: string; resetAt?: number } & RuleStats)[];
-  backends: ({ rule: string; ip: string; interface: string; resetAt?: number } & BackendStats)[];
-  links: ({ from: string; to: string; resetAt?: number } & LinkStats)[];
+  rules: ({ name: string } & SeriesFields & RuleStats)[];
+  backends: ({ rule: string; ip: string; interface: string } & SeriesFields & BackendStats)[];
+  links: ({ from: string; to: string } & SeriesFields & LinkStats)[];
   global: bigint[];
 }
 
@@ -2356,7 +2373,8 @@ export class Controller {
         resets.observe('rule', ruleAt[r], `rule "${name}"`, `map rule_stats, key ${ruleAt[r]}`, values, env);
       }
       const rAt = ruleAt[r] !== undefined ? resets.resetAt('rule', ruleAt[r]) : undefined;
-      rules.push(rAt === undefined ? entry : { ...entry, resetAt: rAt });
+      const rSeries = ruleAt[r] !== undefined ? resets.series('rule', ruleAt[r], readEpoch) : undefined;
+      rules.push({ ...entry, ...seriesFields(rAt, rSeries) });
       for (let b = firstBackend[r]; b < end; b++) {
         if (bGone[b]) continue;
         const v = bVals[b];
@@ -2366,12 +2384,13 @@ export class Controller {
           resets.observe('backend', bAt[b], what, `map backend_stats, key ${bAt[b]}`, values, env);
         }
         const bReset = bAt[b] !== undefined ? resets.resetAt('backend', bAt[b]) : undefined;
+        const bSeries = bAt[b] !== undefined ? resets.series('backend', bAt[b], readEpoch) : undefined;
         backends.push({
           rule: name,
           ip: bIp[b],
           interface: bIface[b],
           ...values,
-          ...(bReset === undefined ? {} : { resetAt: bReset }),
+          ...seriesFields(bReset, bSeries),
         });
       }
     }
@@ -2390,7 +2409,7 @@ export class Controller {
         packets: c?.packets ?? 0n,
         bytes: c?.bytes ?? 0n,
         redirectErrors: c?.redirectErrors ?? 0n,
-        ...(lReset === undefined ? {} : { resetAt: lReset }),
+        ...seriesFields(lReset, resets.series('link', ifindex, readEpoch)),
       };
     });
     links.sort((x, y) => x.from.localeCompare(y.from));

@@ -12,8 +12,16 @@
  *  - counted, by kind (`xdpctl.counter_resets`, Prometheus `xdpctl_counter_resets_total{xdpctl_counter_kind}`;
  *    their sum also under `xdpctl.reconciler.events{xdpctl.event="counter_resets"}`);
  *  - among the object's warnings (GetRule / ListRules, ListLinks) for {@link RESET_WARNING_MS}, with its time;
- *  - the start of a new cumulative series: the OpenTelemetry export gives the object's series a new start time
- *    ({@link CounterResets.resetAt}; a decrease under the same start time would say the sum lost counts).
+ *  - the start of a new cumulative series: the object's series gets a new start time ({@link CounterResets.series}),
+ *    which the OpenTelemetry export and every counters reply (RuleCounters.start_time, ...) carry, and from which
+ *    WatchCounters computes rates and says `reset` (a decrease under the same start time would say the sum lost
+ *    counts: the OTLP data model's cumulative sums, whose start time changes on a reset).
+ *
+ * Each series' start ({@link CounterResets.series}): when the daemon zeroed the entry for its object (its creation,
+ * a re-creation under the same name included: {@link CounterResets.forget}; the counts are from 0 then), when a
+ * read first saw it go down (a reset: the counts are from the value that read saw), or, for an entry this daemon
+ * found counting (kept in the pinned maps across a restart), its first read (the counts include what was counted
+ * before, which this daemon cannot date).
  *
  * Reads are observed from every served read (Controller.readCounters) and from the reconciler's pass (link
  * directions, resync.ts), so that a reset is said even when nobody reads the counters.
@@ -41,10 +49,19 @@ interface Reset {
   unsaid: number;
 }
 
+/** Where a series of counters began ({@link CounterResets.series}). */
+export interface CounterSeries {
+  /** Wall clock (ms). */
+  start: number;
+  /** The counters were 0 at `start` (the daemon zeroed them): counts since `start` are the values themselves. */
+  fromZero: boolean;
+}
+
 export class CounterResets {
   /** Resets seen since the start, by kind. */
   readonly counts: Record<CounterObjectKind, number> = { rule: 0, backend: 0, link: 0 };
   private readonly seen = new Map<string, Record<string, bigint>>();
+  private readonly starts = new Map<string, CounterSeries>();
   private readonly resets = new Map<string, Reset>();
   /** Bumped at every forget: a read that began before an entry was forgotten does not set what it saw. */
   private epoch = 0;
@@ -71,9 +88,11 @@ export class CounterResets {
     if (env.readEpoch !== undefined && (this.forgottenAt.get(key) ?? -1) > env.readEpoch) return false;
     const was = this.seen.get(key);
     this.seen.set(key, { ...values });
+    if (!this.starts.has(key)) this.starts.set(key, { start: env.now, fromZero: false });
     if (!was) return false;
     const down = Object.keys(values).filter((k) => was[k] !== undefined && values[k] < was[k]);
     if (!down.length) return false;
+    this.starts.set(key, { start: env.now, fromZero: false });
     // Only what went down is the evidence; the others are shown too (before -> after), so a reader sees the base.
     const at = new Date(env.now).toISOString();
     const changes = Object.keys(values)
@@ -106,13 +125,14 @@ export class CounterResets {
   }
 
   /**
-   * The entry was zeroed by the daemon or given to another object: what was seen, and its reset, no longer
-   * belong to it.
+   * The entry was zeroed by the daemon at `now` (wall clock, ms) or given to another object: what was seen, and
+   * its reset, no longer belong to it; its series starts anew at `now`, from 0.
    */
-  forget(kind: CounterObjectKind, id: string | number): void {
+  forget(kind: CounterObjectKind, id: string | number, now: number): void {
     const key = `${kind}|${id}`;
     this.seen.delete(key);
     this.resets.delete(key);
+    this.starts.set(key, { start: now, fromZero: true });
     this.forgottenAt.set(key, ++this.epoch);
   }
 
@@ -137,6 +157,18 @@ export class CounterResets {
       return undefined;
     }
     return r.text;
+  }
+
+  /**
+   * Where the entry's series began, if this daemon has read it or zeroed it (see the module's comment). For a
+   * read that began before the entry was last zeroed (`readEpoch`), `fromZero` is false: its values may be the
+   * previous object's.
+   */
+  series(kind: CounterObjectKind, id: string | number, readEpoch?: number): CounterSeries | undefined {
+    const key = `${kind}|${id}`;
+    const s = this.starts.get(key);
+    if (!s || !s.fromZero || readEpoch === undefined || (this.forgottenAt.get(key) ?? -1) <= readEpoch) return s;
+    return { start: s.start, fromZero: false };
   }
 
   /** When (wall clock, ms) the object's counters were last seen reset, if they were. */

@@ -32,17 +32,52 @@ const ERRORS = Object.entries(GlobalStat)
 
 type Rates = { pps: number; bps: number };
 
+/** A snapshot entry's series (controller.ts SeriesFields). */
+type Series = { start?: number; fromZero?: boolean };
+
+/**
+ * Whether an entry's series restarted between the stream's previous sample (`p`, absent: new to the stream) and
+ * this one: its start time changed, or one of its counters went down (a reset not yet dated, a wrap).
+ */
+function restarted(
+  cur: Series,
+  p: Series | undefined,
+  values: readonly (readonly [bigint, bigint | undefined])[],
+): boolean {
+  if (!p) return false;
+  if (cur.start !== undefined && p.start !== undefined && cur.start !== p.start) return true;
+  return values.some(([c, was]) => was !== undefined && c < was);
+}
+
+/**
+ * The rates of one pair of counters (packets, bytes) over the interval from the stream's previous sample (`prev`,
+ * its entry `p`; absent: the stream's first sample) to this one (`s`), never negative (counters.proto, Rates):
+ * the difference over the time that passed while the series is the same one; across a restart, counted from
+ * the new start when the series began at 0 then (its object created by the daemon since the previous read),
+ * else none for this interval (a reset by another tool, a wrap: as Prometheus's rate() skips a decrease it
+ * cannot account for, never a negative or made-up figure).
+ */
 function rate(
   cur: bigint,
   curBytes: bigint,
-  prev: bigint | undefined,
+  prevVal: bigint | undefined,
   prevBytes: bigint | undefined,
   dt: number,
+  series: { cur: Series; p: Series | undefined; reset: boolean; s: CounterSnapshot; prev?: CounterSnapshot },
 ): Rates | undefined {
-  // A counter that went down wrapped past 2^64 - 1 or was reset: no rate for this interval (as
-  // Prometheus's rate() treats a decrease), never a negative one.
-  if (prev === undefined || prevBytes === undefined || dt <= 0 || cur < prev || curBytes < prevBytes) return undefined;
-  return { pps: Number(cur - prev) / dt, bps: (Number(curBytes - prevBytes) * 8) / dt };
+  if (!series.prev || dt <= 0) return undefined;
+  const { cur: c, p, reset, s, prev } = series;
+  const same = p !== undefined && !reset;
+  if (same && prevVal !== undefined && prevBytes !== undefined) {
+    return { pps: Number(cur - prevVal) / dt, bps: (Number(curBytes - prevBytes) * 8) / dt };
+  }
+  // A series that began at 0 since the previous read (re-created, or new to the stream): from its start to the
+  // read's end, by the wall clock the start was taken on (the monotonic one has no instant for it).
+  if (c.fromZero && c.start !== undefined && c.start >= (prev.started ?? prev.time) && (reset || !p)) {
+    const since = (s.time - c.start) / 1000;
+    if (since > 0) return { pps: Number(cur) / since, bps: (Number(curBytes) * 8) / since };
+  }
+  return undefined;
 }
 
 /** Entries (rules, backends, links) a sample is built or compared over between two calls of its pacer. */
@@ -74,6 +109,9 @@ function* mapBy<T>(xs: readonly T[], key: (x: T) => string): Generator<void, Map
   }
   return m;
 }
+
+/** A series' start time as the message carries it (unset: not known). */
+const startTime = (x: Series) => (x.start === undefined ? undefined : new Date(x.start));
 
 /** Build the Counters message, filtered, with rates against `prev`. */
 export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined, prev?: CounterSnapshot): Counters {
@@ -115,6 +153,16 @@ function* buildCounters(
       if (++i % SAMPLE_SLICE === 0) yield;
       if (!ruleOk(r.name)) continue;
       const p = prevRules.get(r.name);
+      const reset = restarted(r, p, [
+        [r.matched, p?.matched],
+        [r.matchedBytes, p?.matchedBytes],
+        [r.redirected, p?.redirected],
+        [r.redirectedBytes, p?.redirectedBytes],
+        [r.filtered, p?.filtered],
+        [r.noBackend, p?.noBackend],
+        [r.redirectErrors, p?.redirectErrors],
+      ]);
+      const series = { cur: r, p, reset, s, prev };
       out.rules.push({
         rule: r.name,
         matchedPackets: r.matched,
@@ -124,8 +172,10 @@ function* buildCounters(
         filteredPackets: r.filtered,
         noBackendPackets: r.noBackend,
         redirectErrorPackets: r.redirectErrors,
-        matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt),
-        redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt),
+        matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt, series),
+        redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt, series),
+        startTime: startTime(r),
+        reset,
       });
     }
   }
@@ -136,29 +186,44 @@ function* buildCounters(
       if (++i % SAMPLE_SLICE === 0) yield;
       if (!ruleOk(b.rule)) continue;
       const p = prevBackends.get(backendKey(b));
+      const reset = restarted(b, p, [
+        [b.packets, p?.packets],
+        [b.bytes, p?.bytes],
+        [b.redirectErrors, p?.redirectErrors],
+      ]);
       out.backends.push({
         rule: b.rule,
         ip: b.ip,
         interface: b.interface,
         packets: b.packets,
         bytes: b.bytes,
-        rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt),
+        rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt, { cur: b, p, reset, s, prev }),
         redirectErrorPackets: b.redirectErrors,
+        startTime: startTime(b),
+        reset,
       });
     }
   }
   if (want(CounterKind.COUNTER_KIND_LINKS)) {
-    const prevLinks = new Map(prev?.links.map((l) => [l.from, l]));
+    // By direction (from, to), as a client keys them: a direction repointed to another interface is another entry.
+    const prevLinks = new Map(prev?.links.map((l) => [linkKey(l), l]));
     for (const l of s.links) {
       if (!ifOk(l.from, l.to)) continue;
-      const p = prevLinks.get(l.from);
+      const p = prevLinks.get(linkKey(l));
+      const reset = restarted(l, p, [
+        [l.packets, p?.packets],
+        [l.bytes, p?.bytes],
+        [l.redirectErrors, p?.redirectErrors],
+      ]);
       out.links.push({
         fromInterface: l.from,
         toInterface: l.to,
         packets: l.packets,
         bytes: l.bytes,
-        rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt),
+        rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt, { cur: l, p, reset, s, prev }),
         redirectErrorPackets: l.redirectErrors,
+        startTime: startTime(l),
+        reset,
       });
     }
   }
@@ -268,6 +333,7 @@ type RuleEntry = CounterSnapshot['rules'][number];
 type BackendEntry = CounterSnapshot['backends'][number];
 type PairEntry = BackendStats | LinkStats;
 const sameRule = (a: RuleEntry, b: RuleEntry) =>
+  a.start === b.start &&
   a.matched === b.matched &&
   a.matchedBytes === b.matchedBytes &&
   a.redirected === b.redirected &&
@@ -275,8 +341,8 @@ const sameRule = (a: RuleEntry, b: RuleEntry) =>
   a.filtered === b.filtered &&
   a.noBackend === b.noBackend &&
   a.redirectErrors === b.redirectErrors;
-const samePair = (a: PairEntry, b: PairEntry) =>
-  a.packets === b.packets && a.bytes === b.bytes && a.redirectErrors === b.redirectErrors;
+const samePair = (a: PairEntry & Series, b: PairEntry & Series) =>
+  a.start === b.start && a.packets === b.packets && a.bytes === b.bytes && a.redirectErrors === b.redirectErrors;
 
 /**
  * Keys of the entries a changes-only sample carries: those whose counters

@@ -234,11 +234,14 @@ export class DatapathMetricProducer implements MetricProducer {
     // again when they did: under cumulative temporality a decrease with the same start time would say counts
     // were lost from one sum; a new start time says a new sum began (the OTLP data model's reset).
     const ms = (t: HrTime) => t[0] * 1000 + t[1] / 1e6;
-    const startOf = (key: string, resetAt?: number): HrTime => {
+    // So does one whose object was deleted and re-created between two exports (its counters zeroed by the daemon:
+    // a start later than the one held).
+    const startOf = (key: string, x: { resetAt?: number; start?: number }): HrTime => {
       let t = next.get(key);
       if (t) return t;
       t = prev.get(key) ?? end;
-      if (resetAt !== undefined && resetAt > ms(t)) t = hrTime(resetAt);
+      const began = Math.max(x.resetAt ?? -Infinity, x.start ?? -Infinity);
+      if (began > ms(t)) t = hrTime(began);
       next.set(key, t);
       return t;
     };
@@ -262,7 +265,7 @@ export class DatapathMetricProducer implements MetricProducer {
     const yieldNow = () => new Promise((r) => setImmediate(r));
     for (const x of snap.rules) {
       if (++n % BUILD_SLICE === 0) await yieldNow();
-      const s = startOf(`r\0${x.name}`, x.resetAt);
+      const s = startOf(`r\0${x.name}`, x);
       const out = (o: string) => ({ [A.rule]: x.name, [A.outcome]: o });
       point(sums.rulePackets, s, out('matched'), x.matched);
       point(sums.rulePackets, s, out('redirected'), x.redirected);
@@ -274,14 +277,14 @@ export class DatapathMetricProducer implements MetricProducer {
     }
     for (const b of snap.backends) {
       if (++n % BUILD_SLICE === 0) await yieldNow();
-      const s = startOf(`b\0${b.rule}\0${b.ip}\0${b.interface}`, b.resetAt);
+      const s = startOf(`b\0${b.rule}\0${b.ip}\0${b.interface}`, b);
       const attrs = { [A.rule]: b.rule, [A.backendIp]: b.ip, [A.backendInterface]: b.interface };
       point(sums.backendPackets, s, attrs, b.packets);
       point(sums.backendBytes, s, attrs, b.bytes);
       point(sums.backendRedirectErrors, s, attrs, b.redirectErrors);
     }
     for (const l of snap.links) {
-      const s = startOf(`l\0${l.from}\0${l.to}`, l.resetAt);
+      const s = startOf(`l\0${l.from}\0${l.to}`, l);
       const attrs = { [A.linkFrom]: l.from, [A.linkTo]: l.to };
       point(sums.linkPackets, s, attrs, l.packets);
       point(sums.linkBytes, s, attrs, l.bytes);

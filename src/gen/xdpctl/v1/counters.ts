@@ -209,8 +209,13 @@ export interface Counters {
 
 /**
  * Per-second rates over the interval between the previous sample of the
- * stream and this one. A counter that went down (its object was re-created,
- * or it wrapped past 2^64 - 1) gives a rate of 0.
+ * stream and this one, never negative. Across a restart of the entry's series
+ * (`reset` set: its start_time changed or a counter went down) they count from
+ * the new start: over the time since start_time when the series began at 0
+ * then (its object created or re-created by the daemon since the previous
+ * sample); unset for the sample that first shows a reset by another tool or a
+ * wrap past 2^64 - 1 (the counts of that interval cannot be known), and from
+ * the next sample on the difference from that one.
  */
 export interface Rates {
   /** Packets per second. */
@@ -274,6 +279,29 @@ export interface RuleCounters {
    * redirected_packets of the rule that redirected it.
    */
   redirectErrorPackets: bigint;
+  /**
+   * When this series of counters began (see CounterService): when the daemon
+   * zeroed them for the rule (its creation or re-creation; they counted
+   * from 0), when a read of the daemon first saw one of them go down (a
+   * reset by another tool; they count on from the value that read saw), or,
+   * for counters the daemon found counting when it started (kept in the
+   * pinned maps across a restart), its first read of them (their values then
+   * include what was counted before, which it cannot date). Equal start times:
+   * the same series, whose counters only go up. Unset when not known (the
+   * entry could not be read).
+   */
+  startTime?:
+    | Date
+    | undefined;
+  /**
+   * WatchCounters only: true when this entry's series restarted since the
+   * stream's previous sample -- its start_time differs from the one that
+   * sample carried, or one of its counters is lower -- so that its counters
+   * must not be subtracted from that sample's (Rates says how the rates count
+   * then). False in the stream's first sample, for an entry new to the stream,
+   * and in GetCounters.
+   */
+  reset: boolean;
 }
 
 /** Counters of one backend of a rule: the packets redirected to it. */
@@ -297,6 +325,29 @@ export interface BackendCounters {
    * RuleCounters.redirect_error_packets); not in packets.
    */
   redirectErrorPackets: bigint;
+  /**
+   * When this series of counters began (see CounterService): when the daemon
+   * zeroed them for the backend (its creation or re-creation; they counted
+   * from 0), when a read of the daemon first saw one of them go down (a
+   * reset by another tool; they count on from the value that read saw), or,
+   * for counters the daemon found counting when it started (kept in the
+   * pinned maps across a restart), its first read of them (their values then
+   * include what was counted before, which it cannot date). Equal start times:
+   * the same series, whose counters only go up. Unset when not known (the
+   * entry could not be read).
+   */
+  startTime?:
+    | Date
+    | undefined;
+  /**
+   * WatchCounters only: true when this entry's series restarted since the
+   * stream's previous sample -- its start_time differs from the one that
+   * sample carried, or one of its counters is lower -- so that its counters
+   * must not be subtracted from that sample's (Rates says how the rates count
+   * then). False in the stream's first sample, for an entry new to the stream,
+   * and in GetCounters.
+   */
+  reset: boolean;
 }
 
 /** Counters of one direction of a link. */
@@ -321,6 +372,29 @@ export interface LinkCounters {
    * veth peer's drop is counted only in the veth's tx_dropped.
    */
   redirectErrorPackets: bigint;
+  /**
+   * When this series of counters began (see CounterService): when the daemon
+   * zeroed them for the link direction (its creation or re-creation; they counted
+   * from 0), when a read of the daemon first saw one of them go down (a
+   * reset by another tool; they count on from the value that read saw), or,
+   * for counters the daemon found counting when it started (kept in the
+   * pinned maps across a restart), its first read of them (their values then
+   * include what was counted before, which it cannot date). Equal start times:
+   * the same series, whose counters only go up. Unset when not known (the
+   * entry could not be read).
+   */
+  startTime?:
+    | Date
+    | undefined;
+  /**
+   * WatchCounters only: true when this entry's series restarted since the
+   * stream's previous sample -- its start_time differs from the one that
+   * sample carried, or one of its counters is lower -- so that its counters
+   * must not be subtracted from that sample's (Rates says how the rates count
+   * then). False in the stream's first sample, for an entry new to the stream,
+   * and in GetCounters.
+   */
+  reset: boolean;
 }
 
 /** Counters of the XDP program as a whole, over every interface. */
@@ -1125,6 +1199,8 @@ function createBaseRuleCounters(): RuleCounters {
     matchedRates: undefined,
     redirectedRates: undefined,
     redirectErrorPackets: 0n,
+    startTime: undefined,
+    reset: false,
   };
 }
 
@@ -1180,6 +1256,12 @@ export const RuleCounters: MessageFns<RuleCounters> = {
         throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
       }
       writer.uint32(80).uint64(message.redirectErrorPackets);
+    }
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(90).fork()).join();
+    }
+    if (message.reset !== false) {
+      writer.uint32(96).bool(message.reset);
     }
     return writer;
   },
@@ -1277,6 +1359,22 @@ export const RuleCounters: MessageFns<RuleCounters> = {
             message.redirectErrorPackets = reader.uint64() as bigint;
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1337,6 +1435,12 @@ export const RuleCounters: MessageFns<RuleCounters> = {
         : isSet(object.redirect_error_packets)
         ? BigInt(object.redirect_error_packets)
         : 0n,
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
     };
   },
 
@@ -1371,6 +1475,12 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     }
     if (message.redirectErrorPackets !== 0n) {
       obj.redirectErrorPackets = message.redirectErrorPackets.toString();
+    }
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.reset !== false) {
+      obj.reset = message.reset;
     }
     return obj;
   },
@@ -1408,12 +1518,24 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
       ? BigInt(object.redirectErrorPackets)
       : 0n;
+    message.startTime = object.startTime ?? undefined;
+    message.reset = object.reset ?? false;
     return message;
   },
 };
 
 function createBaseBackendCounters(): BackendCounters {
-  return { rule: "", ip: "", interface: "", packets: 0n, bytes: 0n, rates: undefined, redirectErrorPackets: 0n };
+  return {
+    rule: "",
+    ip: "",
+    interface: "",
+    packets: 0n,
+    bytes: 0n,
+    rates: undefined,
+    redirectErrorPackets: 0n,
+    startTime: undefined,
+    reset: false,
+  };
 }
 
 export const BackendCounters: MessageFns<BackendCounters> = {
@@ -1447,6 +1569,12 @@ export const BackendCounters: MessageFns<BackendCounters> = {
         throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
       }
       writer.uint32(56).uint64(message.redirectErrorPackets);
+    }
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(66).fork()).join();
+    }
+    if (message.reset !== false) {
+      writer.uint32(72).bool(message.reset);
     }
     return writer;
   },
@@ -1520,6 +1648,22 @@ export const BackendCounters: MessageFns<BackendCounters> = {
             message.redirectErrorPackets = reader.uint64() as bigint;
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1545,6 +1689,12 @@ export const BackendCounters: MessageFns<BackendCounters> = {
         : isSet(object.redirect_error_packets)
         ? BigInt(object.redirect_error_packets)
         : 0n,
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
     };
   },
 
@@ -1571,6 +1721,12 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     if (message.redirectErrorPackets !== 0n) {
       obj.redirectErrorPackets = message.redirectErrorPackets.toString();
     }
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.reset !== false) {
+      obj.reset = message.reset;
+    }
     return obj;
   },
 
@@ -1588,12 +1744,23 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
       ? BigInt(object.redirectErrorPackets)
       : 0n;
+    message.startTime = object.startTime ?? undefined;
+    message.reset = object.reset ?? false;
     return message;
   },
 };
 
 function createBaseLinkCounters(): LinkCounters {
-  return { fromInterface: "", toInterface: "", packets: 0n, bytes: 0n, rates: undefined, redirectErrorPackets: 0n };
+  return {
+    fromInterface: "",
+    toInterface: "",
+    packets: 0n,
+    bytes: 0n,
+    rates: undefined,
+    redirectErrorPackets: 0n,
+    startTime: undefined,
+    reset: false,
+  };
 }
 
 export const LinkCounters: MessageFns<LinkCounters> = {
@@ -1624,6 +1791,12 @@ export const LinkCounters: MessageFns<LinkCounters> = {
         throw new globalThis.Error("value provided for field message.redirectErrorPackets of type uint64 too large");
       }
       writer.uint32(48).uint64(message.redirectErrorPackets);
+    }
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(58).fork()).join();
+    }
+    if (message.reset !== false) {
+      writer.uint32(64).bool(message.reset);
     }
     return writer;
   },
@@ -1689,6 +1862,22 @@ export const LinkCounters: MessageFns<LinkCounters> = {
             message.redirectErrorPackets = reader.uint64() as bigint;
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1721,6 +1910,12 @@ export const LinkCounters: MessageFns<LinkCounters> = {
         : isSet(object.redirect_error_packets)
         ? BigInt(object.redirect_error_packets)
         : 0n,
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
     };
   },
 
@@ -1744,6 +1939,12 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     if (message.redirectErrorPackets !== 0n) {
       obj.redirectErrorPackets = message.redirectErrorPackets.toString();
     }
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.reset !== false) {
+      obj.reset = message.reset;
+    }
     return obj;
   },
 
@@ -1760,6 +1961,8 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     message.redirectErrorPackets = (object.redirectErrorPackets !== undefined && object.redirectErrorPackets !== null)
       ? BigInt(object.redirectErrorPackets)
       : 0n;
+    message.startTime = object.startTime ?? undefined;
+    message.reset = object.reset ?? false;
     return message;
   },
 };
@@ -2093,7 +2296,19 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
  * is served as it is; a decrease is said as a reset (logged, in the object's
  * warnings for an hour, xdpctl_counter_resets_total), an increase cannot be
  * told from traffic. They survive rule and link updates but start again from zero when the object is
- * deleted and re-created. Byte counts are frame lengths as seen by XDP (from
+ * deleted and re-created.
+ *
+ * Each rule's, backend's and link direction's counters are one cumulative
+ * series with a start time (RuleCounters.start_time, ...), as the OpenTelemetry
+ * metrics data model's cumulative sums are (OTLP NumberDataPoint
+ * start_time_unix_nano; opentelemetry-specification
+ * specification/metrics/data-model.md, "Sums" and "Resets and Gaps"; the
+ * `_created` sample of OpenMetrics 1.0 counters): the start time changes when
+ * the series restarts -- the object was deleted and re-created (under the same
+ * name too), or its counters went down (a reset by another tool) -- and two
+ * samples' counters may be subtracted only when their start times are equal.
+ * WatchCounters does so for its rates and marks each entry whose series
+ * restarted since the stream's previous sample (`reset`). Byte counts are frame lengths as seen by XDP (from
  * the Ethernet header, without the FCS). Each counter is a uint64: the sum of
  * the kernel's per-CPU __u64 counters modulo 2^64, so it wraps to 0 after
  * 2^64 - 1 as SNMP's Counter64 does (RFC 2578 section 7.1.10); a monitoring
@@ -2115,7 +2330,11 @@ export const CounterServiceDefinition = {
     },
     /**
      * Streams the counters: a first sample at once, then one every `interval`
-     * until the client cancels. Rates are set from the second message on.
+     * until the client cancels. Rates are set from the second message on. A
+     * stream is the unit of `reset` and rates: one that ends (the daemon
+     * restarted, UNAVAILABLE) has no successor; a new stream starts afresh with
+     * a first sample without rates, whose start times say which series are the
+     * ones seen before.
      */
     watchCounters: {
       name: "WatchCounters",
@@ -2136,7 +2355,11 @@ export interface CounterServiceImplementation<CallContextExt = {}> {
   ): Promise<DeepPartial<GetCountersResponse>>;
   /**
    * Streams the counters: a first sample at once, then one every `interval`
-   * until the client cancels. Rates are set from the second message on.
+   * until the client cancels. Rates are set from the second message on. A
+   * stream is the unit of `reset` and rates: one that ends (the daemon
+   * restarted, UNAVAILABLE) has no successor; a new stream starts afresh with
+   * a first sample without rates, whose start times say which series are the
+   * ones seen before.
    */
   watchCounters(
     request: WatchCountersRequest,
@@ -2152,7 +2375,11 @@ export interface CounterServiceClient<CallOptionsExt = {}> {
   ): Promise<GetCountersResponse>;
   /**
    * Streams the counters: a first sample at once, then one every `interval`
-   * until the client cancels. Rates are set from the second message on.
+   * until the client cancels. Rates are set from the second message on. A
+   * stream is the unit of `reset` and rates: one that ends (the daemon
+   * restarted, UNAVAILABLE) has no successor; a new stream starts afresh with
+   * a first sample without rates, whose start times say which series are the
+   * ones seen before.
    */
   watchCounters(
     request: DeepPartial<WatchCountersRequest>,
