@@ -60,7 +60,7 @@ describe('counter resets (one detector for every served counter)', () => {
     const env = { log, now: 0, mono: 0 };
     r.observe('backend', 7, 'b', 'e', { packets: 100n }, env);
     const readEpoch = r.begin(); // a read begins, then the id is given to a new backend and zeroed
-    r.forget('backend', 7, 0);
+    r.forget('backend', 7, 0, 0);
     assert.equal(r.observe('backend', 7, 'b', 'e', { packets: 100n }, { ...env, readEpoch }), false);
     assert.equal(r.observe('backend', 7, 'b', 'e', { packets: 0n }, { ...env, readEpoch: r.begin() }), false);
     r.observe('link', 2, 'l', 'e', { packets: 10n }, env);

@@ -159,13 +159,15 @@ export interface SeriesFields {
   resetAt?: number;
   start?: number;
   fromZero?: boolean;
+  /** `start` by the monotonic clock (core/clock.ts). */
+  startMono?: number;
 }
 
 /** The fields of a series as a snapshot entry carries them (none when unknown). */
 function seriesFields(resetAt: number | undefined, s: CounterSeries | undefined): SeriesFields {
   return {
     ...(resetAt === undefined ? {} : { resetAt }),
-    ...(s ? { start: s.start, fromZero: s.fromZero } : {}),
+    ...(s ? { start: s.start, fromZero: s.fromZero, startMono: s.mono } : {}),
   };
 }
 

@@ -55,6 +55,8 @@ export interface CounterSeries {
   start: number;
   /** The counters were 0 at `start` (the daemon zeroed them): counts since `start` are the values themselves. */
   fromZero: boolean;
+  /** `start` by the monotonic clock (what a rate divides by). */
+  mono: number;
 }
 
 export class CounterResets {
@@ -88,11 +90,11 @@ export class CounterResets {
     if (env.readEpoch !== undefined && (this.forgottenAt.get(key) ?? -1) > env.readEpoch) return false;
     const was = this.seen.get(key);
     this.seen.set(key, { ...values });
-    if (!this.starts.has(key)) this.starts.set(key, { start: env.now, fromZero: false });
+    if (!this.starts.has(key)) this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono });
     if (!was) return false;
     const down = Object.keys(values).filter((k) => was[k] !== undefined && values[k] < was[k]);
     if (!down.length) return false;
-    this.starts.set(key, { start: env.now, fromZero: false });
+    this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono });
     // Only what went down is the evidence; the others are shown too (before -> after), so a reader sees the base.
     const at = new Date(env.now).toISOString();
     const changes = Object.keys(values)
@@ -125,14 +127,14 @@ export class CounterResets {
   }
 
   /**
-   * The entry was zeroed by the daemon at `now` (wall clock, ms) or given to another object: what was seen, and
-   * its reset, no longer belong to it; its series starts anew at `now`, from 0.
+   * The entry was zeroed by the daemon at `now` (wall clock, ms; `mono` by the monotonic clock) or given to
+   * another object: what was seen, and its reset, no longer belong to it; its series starts anew then, from 0.
    */
-  forget(kind: CounterObjectKind, id: string | number, now: number): void {
+  forget(kind: CounterObjectKind, id: string | number, now: number, mono: number): void {
     const key = `${kind}|${id}`;
     this.seen.delete(key);
     this.resets.delete(key);
-    this.starts.set(key, { start: now, fromZero: true });
+    this.starts.set(key, { start: now, fromZero: true, mono });
     this.forgottenAt.set(key, ++this.epoch);
   }
 
@@ -168,7 +170,7 @@ export class CounterResets {
     const key = `${kind}|${id}`;
     const s = this.starts.get(key);
     if (!s || !s.fromZero || readEpoch === undefined || (this.forgottenAt.get(key) ?? -1) <= readEpoch) return s;
-    return { start: s.start, fromZero: false };
+    return { ...s, fromZero: false };
   }
 
   /** When (wall clock, ms) the object's counters were last seen reset, if they were. */

@@ -719,7 +719,7 @@ export async function writeRules(
     const k = alloc.kernel.get(p.name)!;
     if (alloc.freshRuleStats.has(k.statsId)) {
       dp.resetRuleStats(k.statsId);
-      ctx.state.counterResets.forget('rule', k.statsId, ctx.now()); // zeroed by us for this rule: no reset
+      ctx.state.counterResets.forget('rule', k.statsId, ctx.now(), ctx.mono()); // zeroed by us for this rule: no reset
     }
     const entries: [number, BackendEntry][] = [];
     const members: { key: string; weight: number; value: number }[] = [];
@@ -727,7 +727,7 @@ export async function writeRules(
       const ids = k.backends.get(b.key)!;
       if (alloc.freshBackendStats.has(ids.statsId)) {
         dp.resetBackendStats(ids.statsId);
-        ctx.state.counterResets.forget('backend', ids.statsId, ctx.now());
+        ctx.state.counterResets.forget('backend', ids.statsId, ctx.now(), ctx.mono());
       }
       if (!b.receiving) continue; // out of the table: its flows go to the others
       entries.push([ids.id, backendOf(b, ids.statsId)]);
@@ -1069,7 +1069,7 @@ export function finishLinks(
   const kept = new Set([...want.values()].map((d) => d.from));
   for (const from of state.linkDirs.keys()) {
     if (kept.has(from)) continue;
-    state.counterResets.forget('link', from, ctx.now()); // a direction gone takes its reset warning with it
+    state.counterResets.forget('link', from, ctx.now(), ctx.mono()); // a direction gone takes its reset warning with it
     try {
       dp.resetLinkStats(from);
     } catch (e) {

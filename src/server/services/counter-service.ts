@@ -33,7 +33,7 @@ const ERRORS = Object.entries(GlobalStat)
 type Rates = { pps: number; bps: number };
 
 /** A snapshot entry's series (controller.ts SeriesFields). */
-type Series = { start?: number; fromZero?: boolean };
+type Series = { start?: number; fromZero?: boolean; startMono?: number };
 
 /**
  * Whether an entry's series restarted between the stream's previous sample (`p`, absent: new to the stream) and
@@ -71,11 +71,13 @@ function rate(
   if (same && prevVal !== undefined && prevBytes !== undefined) {
     return { pps: Number(cur - prevVal) / dt, bps: (Number(curBytes - prevBytes) * 8) / dt };
   }
-  // A series that began at 0 since the previous read (re-created, or new to the stream): from its start to the
-  // read's end, by the wall clock the start was taken on (the monotonic one has no instant for it).
-  if (c.fromZero && c.start !== undefined && c.start >= (prev.started ?? prev.time) && (reset || !p)) {
-    const since = (s.time - c.start) / 1000;
-    if (since > 0) return { pps: Number(cur) / since, bps: (Number(curBytes) * 8) / since };
+  // A series that began at 0 since the previous read began (re-created, or new to the stream): from its start to
+  // the read's end, by the monotonic clock (a wall-clock step is not time that passed; fakes: the wall clock).
+  if (c.fromZero && c.start !== undefined && (reset || !p)) {
+    const began = c.startMono ?? c.start;
+    const prevBegan = (prev.mono ?? prev.time) - (prev.time - (prev.started ?? prev.time));
+    const since = ((s.mono ?? s.time) - began) / 1000;
+    if (began >= prevBegan && since > 0) return { pps: Number(cur) / since, bps: (Number(curBytes) * 8) / since };
   }
   return undefined;
 }
