@@ -424,9 +424,10 @@ function changesResponse(
 
 /**
  * Rule, backend and link entries per message at most. An entry encodes to
- * under ~200 bytes (names of up to 63 characters, an IPv6 address, two
- * counters and two rates), so a message stays near 1.5 MB, well under a
- * client's default 4 MiB receive limit.
+ * at most ~200 bytes (a rule of a 63-character name with seven counters at
+ * 2^64 - 1, two rates, a start time and `reset`: 198; a backend with an IPv6
+ * address: 192), so a message stays near 1.6 MB, well under a client's
+ * default 4 MiB receive limit.
  */
 export const MAX_COUNTER_ENTRIES = 8000;
 

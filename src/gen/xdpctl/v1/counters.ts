@@ -93,7 +93,7 @@ export interface GetCountersRequest {
 export interface GetCountersResponse {
   /**
    * The counters. At most 8000 rule, backend and link entries together (about
-   * 1.5 MB), so that no response exceeds a client's default 4 MiB limit;
+   * 1.6 MB), so that no response exceeds a client's default 4 MiB limit;
    * global counters come with the first page.
    */
   counters?:
