@@ -108,7 +108,7 @@ describe('WatchCounters says a restarted counter series (reset, start_time)', ke
     vm = topo.addHost('vm', '198.18.1.1/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
     topo.routeToXdp('vm');
-    d = await DaemonProcess.start(`wcr${id}`);
+    d = await DaemonProcess.start(`wcr${id}`, ['--http-listen', '127.0.0.1:0']);
     c = d.clients();
   });
   after(async () => {
@@ -236,6 +236,20 @@ describe('WatchCounters says a restarted counter series (reset, start_time)', ke
       assert.equal(first.rules[0].reset, false, 'GetCounters: no reset (no previous sample)');
       const now = await counters();
       assert.equal(now.rules[0].startTime?.getTime(), stream.got.at(-1)!.rules[0].startTime?.getTime());
+      // HTTP/JSON (GetCounters): the same start times, as RFC 3339 strings; no reset.
+      const res = await fetch(`http://${d.http[0]}/xdpctl.v1.CounterService/GetCounters`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ filter: { rules: ['web'] } }),
+      });
+      const json = (await res.json()) as {
+        counters: { rules: { startTime?: string; reset?: boolean }[]; backends: { startTime?: string }[] };
+      };
+      assert.equal(res.status, 200, JSON.stringify(json));
+      const at = (t?: string) => (t === undefined ? NaN : Date.parse(t));
+      assert.equal(at(json.counters.rules[0].startTime), now.rules[0].startTime!.getTime(), JSON.stringify(json));
+      assert.equal(at(json.counters.backends[0].startTime), now.backends[0].startTime!.getTime());
+      assert.equal(json.counters.rules[0].reset ?? false, false);
     } finally {
       ac.abort();
       cli.kill('SIGKILL');
