@@ -37,16 +37,11 @@ type Series = { start?: number; fromZero?: boolean; startMono?: number };
 
 /**
  * Whether an entry's series restarted between the stream's previous sample (`p`, absent: new to the stream) and
- * this one: its start time changed, or one of its counters went down (a reset not yet dated, a wrap).
+ * this one: its start time changed, or one of its counters went down (`down`: a reset not yet dated, a wrap).
  */
-function restarted(
-  cur: Series,
-  p: Series | undefined,
-  values: readonly (readonly [bigint, bigint | undefined])[],
-): boolean {
+function restarted(cur: Series, p: Series | undefined, down: boolean): boolean {
   if (!p) return false;
-  if (cur.start !== undefined && p.start !== undefined && cur.start !== p.start) return true;
-  return values.some(([c, was]) => was !== undefined && c < was);
+  return (cur.start !== undefined && p.start !== undefined && cur.start !== p.start) || down;
 }
 
 /**
@@ -112,6 +107,10 @@ function* mapBy<T>(xs: readonly T[], key: (x: T) => string): Generator<void, Map
   return m;
 }
 
+/** Whether one of a backend's or link direction's counters is lower than in `p`. */
+const pairDown = (x: BackendStats, p: BackendStats) =>
+  x.packets < p.packets || x.bytes < p.bytes || x.redirectErrors < p.redirectErrors;
+
 /** A series' start time as the message carries it (unset: not known). */
 const startTime = (x: Series) => (x.start === undefined ? undefined : new Date(x.start));
 
@@ -155,15 +154,18 @@ function* buildCounters(
       if (++i % SAMPLE_SLICE === 0) yield;
       if (!ruleOk(r.name)) continue;
       const p = prevRules.get(r.name);
-      const reset = restarted(r, p, [
-        [r.matched, p?.matched],
-        [r.matchedBytes, p?.matchedBytes],
-        [r.redirected, p?.redirected],
-        [r.redirectedBytes, p?.redirectedBytes],
-        [r.filtered, p?.filtered],
-        [r.noBackend, p?.noBackend],
-        [r.redirectErrors, p?.redirectErrors],
-      ]);
+      const reset = restarted(
+        r,
+        p,
+        p !== undefined &&
+          (r.matched < p.matched ||
+            r.matchedBytes < p.matchedBytes ||
+            r.redirected < p.redirected ||
+            r.redirectedBytes < p.redirectedBytes ||
+            r.filtered < p.filtered ||
+            r.noBackend < p.noBackend ||
+            r.redirectErrors < p.redirectErrors),
+      );
       const series = { cur: r, p, reset, s, prev };
       out.rules.push({
         rule: r.name,
@@ -188,11 +190,7 @@ function* buildCounters(
       if (++i % SAMPLE_SLICE === 0) yield;
       if (!ruleOk(b.rule)) continue;
       const p = prevBackends.get(backendKey(b));
-      const reset = restarted(b, p, [
-        [b.packets, p?.packets],
-        [b.bytes, p?.bytes],
-        [b.redirectErrors, p?.redirectErrors],
-      ]);
+      const reset = restarted(b, p, p !== undefined && pairDown(b, p));
       out.backends.push({
         rule: b.rule,
         ip: b.ip,
@@ -212,11 +210,7 @@ function* buildCounters(
     for (const l of s.links) {
       if (!ifOk(l.from, l.to)) continue;
       const p = prevLinks.get(linkKey(l));
-      const reset = restarted(l, p, [
-        [l.packets, p?.packets],
-        [l.bytes, p?.bytes],
-        [l.redirectErrors, p?.redirectErrors],
-      ]);
+      const reset = restarted(l, p, p !== undefined && pairDown(l, p));
       out.links.push({
         fromInterface: l.from,
         toInterface: l.to,
