@@ -151,9 +151,10 @@ export interface WatchCountersResponse {
    * True when this sample (with its continued parts) carries only the
    * entries that changed since the stream's previous sample: a rule, backend
    * or link entry is included when its counters changed or its rates did
-   * (they fall to 0 the sample after its counters stop); the global counters
-   * are set only when one of them changed. An entry that is not included has
-   * the counters it had in the previous sample and rates of 0. False: the
+   * (they fall to 0 the sample after its counters stop) or its start_time
+   * did; the global counters are set only when one of them changed. An entry
+   * that is not included has the counters and start_time it had in the
+   * previous sample, rates of 0 and reset false. False: the
    * sample is complete and replaces what the client holds. Only with
    * WatchCountersRequest.changes_only.
    */
