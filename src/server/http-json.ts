@@ -323,6 +323,15 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
     const refusal = browserRefusal(req.headers, loopbackTcp);
     if (refusal === undefined) {
       explainBareStatus(req, res);
+      const notJson = notJsonCall(req, o.methods);
+      if (notJson !== undefined) {
+        res.writeHead(415, {
+          'content-type': 'application/json',
+          'content-length': String(Buffer.byteLength(notJson)),
+        });
+        res.end(notJson);
+        return;
+      }
       nameOurLimit(res);
       return handler(req, res);
     }
@@ -414,6 +423,35 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
       if (kind === 'unix') removeOwnSocket(o.listen.slice(5), ino); // only the file we created
     },
   };
+}
+
+/**
+ * The body of a 415 for a call to one of our methods in any encoding but JSON, or undefined. connect-node
+ * also serves the Connect protocol's binary form (`Content-Type: application/proto`, GET
+ * `?encoding=proto`), where an unknown field is silently skipped (protobuf's binary rule) while the JSON
+ * form refuses it naming it: this listener is HTTP/JSON, as documented, and binary clients have gRPC, with
+ * the same services and the same validation. So anything but JSON is refused before any handler runs
+ * (nothing applied). Paths that are no method and wrong HTTP methods are left to connect-node (404, 405).
+ */
+function notJsonCall(req: IncomingMessage, methods: ReadonlyMap<string, unknown>): string | undefined {
+  const [path, query = ''] = (req.url ?? '').split('?', 2);
+  if (!methods.has(path)) return undefined;
+  let got: string | undefined;
+  if (req.method === 'POST') {
+    const type = req.headers['content-type'] ?? '';
+    if (/^application\/json\s*(;\s*charset=utf-?8\s*)?$/i.test(type)) return undefined;
+    got = `Content-Type ${type || '(none)'}`;
+  } else if (req.method === 'GET') {
+    const encoding = new URLSearchParams(query).get('encoding');
+    if (encoding === null || encoding === 'json') return undefined;
+    got = `encoding=${encoding}`;
+  } else return undefined;
+  return JSON.stringify({
+    code: 'invalid_argument',
+    message:
+      `${got} is not accepted: send Content-Type: application/json (the Connect protocol in JSON; curl --json; ` +
+      'GET with ?encoding=json); binary protobuf is served over gRPC',
+  });
 }
 
 /** How a call is made, for the messages of a request that is not one. */

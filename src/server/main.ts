@@ -190,7 +190,8 @@ HTTP/JSON (--http-listen): every unary RPC at POST /<service>/<method> with
 Content-Type: application/json, the request in the proto3 JSON mapping; Get
 and List methods also answer GET ...?encoding=json&message=<JSON>. Errors are
 Connect errors: {"code":"invalid_argument","message":...,"details":[...]},
-each detail with its JSON under "debug". For example:
+each detail with its JSON under "debug". Any other Content-Type (binary
+application/proto included: use gRPC) is 415, nothing applied. For example:
   curl -sS --json '{}' http://127.0.0.1:9092/xdpctl.v1.RuleService/ListRules
 
 Telemetry: nothing is exported unless asked. Traces go over OTLP when

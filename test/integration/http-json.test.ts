@@ -17,7 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import { ClientError, Metadata, Status } from 'nice-grpc';
 
 import { BadRequest } from '../../src/gen/google/rpc/error_details.js';
-import { Rule } from '../../src/gen/xdpctl/v1/rule.js';
+import { DeleteRuleRequest, GetRuleRequest, Rule } from '../../src/gen/xdpctl/v1/rule.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { decodeStatusDetails } from '../../src/server/services/status.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
@@ -148,6 +148,50 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.equal(del.status, 200);
     assert.deepEqual(del.body, {});
     assert.deepEqual((await grpc.rules.listRules({})).rules, []);
+  });
+
+  it('serves JSON only: binary protobuf (Content-Type: application/proto, GET ?encoding=proto) is 415 and applies nothing', async () => {
+    assert.equal(post('RuleService/CreateRule', { rule: rule('bin') }).status, 200);
+    const dir = mkdtempSync(join(tmpdir(), 'xdpctl-proto-'));
+    try {
+      const bodyOf = (name: string, bytes: Uint8Array) => {
+        const file = join(dir, name);
+        writeFileSync(file, bytes);
+        return `@${file}`;
+      };
+      // Before: GetRule 200 and DeleteRule 200 (the rule deleted), an unknown field skipped unseen.
+      const binary = (method: string, body: string, type = 'application/proto') =>
+        curl(['-H', `content-type: ${type}`, '--data-binary', body, `${base}/xdpctl.v1.RuleService/${method}`]);
+      const get = binary('GetRule', bodyOf('get', GetRuleRequest.encode({ name: 'bin' }).finish()));
+      assert.equal(get.status, 415, JSON.stringify(get));
+      assert.equal(get.body.code, 'invalid_argument');
+      assert.match(
+        String(get.body.message),
+        /^Content-Type application\/proto is not accepted: send Content-Type: application\/json .*binary protobuf is served over gRPC$/,
+      );
+      const del = bodyOf('del', DeleteRuleRequest.encode(DeleteRuleRequest.fromPartial({ name: 'bin' })).finish());
+      for (const type of ['application/proto', 'application/connect+proto', 'application/json+proto']) {
+        const r = binary('DeleteRule', del, type);
+        assert.equal(r.status, 415, `${type}: ${JSON.stringify(r)}`);
+      }
+      const viaGet = curl([
+        '-G',
+        `${base}/xdpctl.v1.RuleService/GetRule`,
+        '-d',
+        'encoding=proto',
+        '--data-urlencode',
+        `message=${Buffer.from(GetRuleRequest.encode({ name: 'bin' }).finish()).toString('latin1')}`,
+      ]);
+      assert.equal(viaGet.status, 415, JSON.stringify(viaGet));
+      assert.match(String(viaGet.body.message), /^encoding=proto is not accepted/);
+      // Nothing applied: the rule is still there; JSON with a charset is still served.
+      assert.equal((await grpc.rules.getRule({ name: 'bin' })).rule!.name, 'bin');
+      const charset = binary('GetRule', JSON.stringify({ name: 'bin' }), 'application/json; charset=utf-8');
+      assert.equal(charset.status, 200, JSON.stringify(charset));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      await grpc.rules.deleteRule({ name: 'bin' }).catch(() => undefined);
+    }
   });
 
   it('closes a TCP connection that sends nothing within the preface timeout, as the gRPC listeners do', async () => {
