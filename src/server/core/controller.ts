@@ -2053,9 +2053,36 @@ export class Controller {
   }
 
   problems(): string[] {
+    return [...this.hostProblems(), ...this.ruleProblems.lines(this.activeLinkSources())];
+  }
+
+  /**
+   * The one judgement of the datapath that every reader says: the health service `xdpctl.datapath` is NOT_SERVING
+   * exactly while it is non-empty, GetStatus `datapath.warnings` lists it, the `xdpctl.datapath.problems` gauge
+   * counts it. The first `limit` problems ({@link problems}' order: the host's first, then the rules not ACTIVE),
+   * and when there are more, a last line saying how many are not listed (each rule's status says its own).
+   */
+  problemReport(limit: number): { listed: string[]; count: number } {
+    const all = this.problems();
+    if (all.length <= limit) return { listed: all, count: all.length };
+    const rest = all.length - limit;
+    return {
+      listed: [
+        ...all.slice(0, limit),
+        `${rest} more problem(s) not listed here (rules not ACTIVE: each rule's status says why, xdpctl rules list)`,
+      ],
+      count: all.length,
+    };
+  }
+
+  /**
+   * The problems that are not one rule's: the overdue pass, what the daemon owns outside the maps, what the last
+   * pass found on the host (missing interfaces, foreign programs, links, repair fights, loops), the config file.
+   * Shared by {@link problems}, {@link problemCount} and {@link problemsPaced} so that they cannot disagree.
+   */
+  private hostProblems(): string[] {
     const out = [...(this.overdue ? [this.overdue] : []), ...this.ownFileProblems, ...this.lastProblems];
     if (this.configProblem) out.push(this.configProblem);
-    out.push(...this.ruleProblems.lines(this.activeLinkSources()));
     return out;
   }
 
@@ -2063,13 +2090,7 @@ export class Controller {
   problemCount(): number {
     const s = this.ruleStates();
     const rules = Object.entries(s).reduce((n, [state, count]) => (state === 'active' ? n : n + count), 0);
-    return (
-      (this.overdue ? 1 : 0) +
-      this.ownFileProblems.length +
-      this.lastProblems.length +
-      (this.configProblem ? 1 : 0) +
-      rules
-    );
+    return this.hostProblems().length + rules;
   }
 
   /**
@@ -2079,8 +2100,7 @@ export class Controller {
    * status as it is when its slice runs.
    */
   async problemsPaced(pace: () => Promise<void>): Promise<readonly string[]> {
-    const head = [...this.ownFileProblems, ...this.lastProblems];
-    if (this.configProblem) head.push(this.configProblem);
+    const head = this.hostProblems();
     const it = this.ruleProblems.update(this.activeLinkSources());
     let r = it.next();
     while (!r.done) {

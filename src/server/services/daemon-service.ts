@@ -37,6 +37,9 @@ export function configFileStatus(r: ConfigReport): ConfigFileStatus {
   };
 }
 
+/** Problems GetStatus lists one by one (10 000 rules not ACTIVE would make a reply of megabytes); the rest are counted. */
+export const LISTED_PROBLEMS = 100;
+
 export function daemonService(
   ctl: Controller,
   dp: Dataplane,
@@ -73,15 +76,12 @@ export function daemonService(
           ruleCount: state.rules.length,
           linkCount: state.links.length,
           interfaceCount: ctl.listInterfaces().length,
-          // And the reconciler's pass that has not ended for long (statuses may be stale), while it has not.
-          // And the repairs another tool keeps undoing (core/fights.ts), while it does. And the forwarding loops the
-          // host made, whose backends the reconciler keeps out of their tables (core/rule-loops.ts), while it does.
-          warnings: [
-            ...dp.warnings,
-            ...(ctl.reconcilerOverdue?.() ? [ctl.reconcilerOverdue()!] : []),
-            ...(ctl.repairFights?.() ?? []),
-            ...(ctl.forwardingLoops?.() ?? []),
-          ],
+          // What the datapath cannot observe, then every problem that keeps xdpctl.datapath NOT_SERVING, from
+          // the one judgement that health and the xdpctl.datapath.problems gauge say too (Controller.problemReport):
+          // the reconciler's overdue pass, missing interfaces, foreign programs, links not forwarding, the repairs
+          // another tool keeps undoing (core/fights.ts), the forwarding loops the host made (core/rule-loops.ts),
+          // each rule not ACTIVE with why; past LISTED_PROBLEMS, how many more.
+          warnings: [...dp.warnings, ...ctl.problemReport(LISTED_PROBLEMS).listed],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),

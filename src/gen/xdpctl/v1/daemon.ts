@@ -394,13 +394,20 @@ export interface DatapathStatus {
    * and each forwarding loop the host made after the rules were accepted (a
    * veth renamed, made again or moved), while it makes it, e.g. "forwarding
    * loop made by the host: rules ra -> rb -> ra through ...": the backends
-   * that close it are kept out of their tables; and, while the disk of the
+   * that close it are kept out of their tables; while the disk of the
    * host-changes record (STATE_DIR/host-changes.json) has not completed a
    * write for 5 s (a frozen file system), "host-changes record PATH: the
    * disk has not completed a write sent to it at ... (not answering for
    * more than 5 s) ...": changes that switch GRO on or offloads off are
-   * refused meanwhile.
-   * Empty when all is observed.
+   * refused meanwhile; and every other problem
+   * that keeps the health service xdpctl.datapath NOT_SERVING, from the one
+   * judgement that health and the xdpctl.datapath.problems gauge say too:
+   * a missing interface, a foreign program, a link not forwarding, each
+   * rule not ACTIVE with why ("rule web is DEGRADED: ..."); past 100, a
+   * last line says how many more (each rule's status says its own).
+   * xdpctl.datapath is NOT_SERVING exactly while this holds a problem; the
+   * lines of what cannot be observed (the first kinds above) do not make it
+   * NOT_SERVING. Empty when all is observed and as desired.
    */
   warnings: string[];
 }
