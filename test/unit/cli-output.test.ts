@@ -33,6 +33,20 @@ describe('CLI output: interfaces', () => {
     assert.equal(usedByCell({ usedBy: [], usedByOmitted: 0 }), '-');
   });
 
+  it('a long used_by: the first 3 and "and N more" (the daemon\'s cut counted in); --wide: every name', () => {
+    const usedBy = Array.from({ length: 3000 }, (_, i) => `rule/r${i}/egress`);
+    assert.equal(
+      usedByCell({ usedBy, usedByOmitted: 0 }),
+      'rule/r0/egress,rule/r1/egress,rule/r2/egress and 2997 more',
+    );
+    assert.equal(
+      usedByCell({ usedBy, usedByOmitted: 5 }),
+      'rule/r0/egress,rule/r1/egress,rule/r2/egress and 3002 more',
+    );
+    assert.equal(usedByCell({ usedBy, usedByOmitted: 0 }, true), usedBy.join(','));
+    assert.equal(usedByCell({ usedBy: usedBy.slice(0, 3), usedByOmitted: 0 }), usedBy.slice(0, 3).join(','));
+  });
+
   it('the table (interfaces list / get) shows the count', () => {
     const i = ManagedInterface.fromPartial({
       name: 'eth0',

@@ -212,23 +212,31 @@ export function linkName(l: { a: string; b: string; direction?: LinkDirection })
   return `${l.a} ${l.direction === LinkDirection.LINK_DIRECTION_A_TO_B ? '->' : '<->'} ${l.b}`;
 }
 
-export function interfaceRow(i: ManagedInterface): Cell[] {
+export function interfaceRow(i: ManagedInterface, wide = false): Cell[] {
   return [
     i.name,
     i.present ? i.ifindex : '-',
     strip(xdpModeToJSON(i.requestedMode), 'XDP_MODE_'),
     strip(effectiveXdpModeToJSON(i.effectiveMode), 'EFFECTIVE_XDP_MODE_'),
     orDash(i.programId),
-    usedByCell(i),
+    usedByCell(i, wide),
     i.warnings.join('; '),
   ];
 }
 
+/** Names the USED BY cell lists before "and N more" (`--wide`: every name the daemon sent). */
+export const USED_BY_LISTED = 3;
+
 /**
- * What uses an interface, as the table shows it: the names the daemon sent, then "+N more" when it
+ * What uses an interface, as the table shows it: the first {@link USED_BY_LISTED} names and "and N more" (an egress
+ * of 3000 rules printed every name on one line); `wide`: every name the daemon sent. Then "+N more" when the daemon
  * left N out to keep the message within 1 MiB (used_by_omitted), so that a cut list never reads whole.
  */
-export function usedByCell(i: Pick<ManagedInterface, 'usedBy' | 'usedByOmitted'>): string {
+export function usedByCell(i: Pick<ManagedInterface, 'usedBy' | 'usedByOmitted'>, wide = false): string {
+  if (!wide && i.usedBy.length > USED_BY_LISTED) {
+    const rest = i.usedBy.length - USED_BY_LISTED + i.usedByOmitted;
+    return `${i.usedBy.slice(0, USED_BY_LISTED).join(',')} and ${rest} more`;
+  }
   const more = i.usedByOmitted ? `+${i.usedByOmitted} more` : '';
   return [i.usedBy.join(','), more].filter(Boolean).join(' ') || '-';
 }

@@ -32,7 +32,7 @@ import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
-import { linkKey, type LinkSpec, type RuleSpec, type RuleStatus } from './model.js';
+import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
 import { activeLinkSources, shadowedStatus } from './shadow.js';
 import {
   CONFLICT_MS,
@@ -60,6 +60,7 @@ import {
   type LoopRule,
 } from './rule-loops.js';
 import { applyEach, type Transactions } from './restore.js';
+import { RuleTransitions } from './rule-transitions.js';
 import { otherProgram } from './conditions.js';
 import { reattachedText } from './reattach-text.js';
 import { inspectTarget, isUnchecked } from './unchecked.js';
@@ -1087,30 +1088,37 @@ export async function resync(
   };
   // What a read serves (the links that shadow an ingress taken in), read once for the transitions below.
   const shadows = activeLinkSources(ctx.dp, state);
-  // Judged, each once, and forgotten from the set (a pass that gives its turn to a change leaves the rest).
-  for (const name of state.judgeDirty) {
-    if ((++n & 15) === 0) await pace();
-    state.judgeDirty.delete(name);
-    const k = state.ruleKernel.get(name);
-    const rule = state.rules.get(name);
-    if (!k || !rule) continue;
-    const was = k.status;
-    judgeKept(k, rule, observation);
-    if (k.status !== was) state.markStatus(name); // what is kept from its status reads it again (egress-notes.ts)
-    // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time
-    // (Controller.observeRules records it too: a write's conditions are recorded with the write).
-    if (!sameObserved(k.observed, k.status, k.ingressProblems, k.ingressDown)) {
-      k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown);
-      changed.add(name);
+  // Judged, each once, and forgotten from the set (a pass that gives its turn to a change leaves the rest). Their
+  // transitions are said together (rule-transitions.ts): one host event seen by many rules is a few lines, not one
+  // a rule; also when the pass gives its turn half-way (what was judged is said).
+  const said = ruleTransitions(ctx);
+  try {
+    for (const name of state.judgeDirty) {
+      if ((++n & 15) === 0) await pace();
+      state.judgeDirty.delete(name);
+      const k = state.ruleKernel.get(name);
+      const rule = state.rules.get(name);
+      if (!k || !rule) continue;
+      const was = k.status;
+      judgeKept(k, rule, observation);
+      if (k.status !== was) state.markStatus(name); // what is kept from its status reads it again (egress-notes.ts)
+      // What the rule's conditions are made of, as observed by this pass: a change is recorded with its time
+      // (Controller.observeRules records it too: a write's conditions are recorded with the write).
+      if (!sameObserved(k.observed, k.status, k.ingressProblems, k.ingressDown)) {
+        k.observed = observedOf(k.status, k.ingressProblems, k.ingressDown);
+        changed.add(name);
+      }
+      said.add(name, shadowedStatus(rule, k.status, shadows));
     }
-    logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
-  }
-  // A link that starts or stops shadowing an ingress changes what is served for the rules there without
-  // changing their own judgement: their transitions are logged here, from the served status.
-  for (const name of shadowChanges(state, shadows)) {
-    const k = state.ruleKernel.get(name);
-    const rule = state.rules.get(name);
-    if (k && rule) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
+    // A link that starts or stops shadowing an ingress changes what is served for the rules there without
+    // changing their own judgement: their transitions are logged here, from the served status.
+    for (const name of shadowChanges(state, shadows)) {
+      const k = state.ruleKernel.get(name);
+      const rule = state.rules.get(name);
+      if (k && rule) said.add(name, shadowedStatus(rule, k.status, shadows));
+    }
+  } finally {
+    said.flush();
   }
   // The same for links.
   for (const [dir, w] of linkWarnings) {
@@ -1158,34 +1166,17 @@ function shadowChanges(state: CoreState, shadows: ReadonlyMap<string, LinkSpec>)
 }
 
 /**
- * Log a rule's status once per transition (a pass, or a client's write that judged it: so that a state the
- * host changes again before the next pass is still said once), as a read serves it: `s` is the judged status
- * with the links that shadow its ingresses taken in (shadow.ts), never the judgement alone. A first ACTIVE
- * says nothing.
+ * Rule transitions of one pass or one client's write that judged them (so that a state the host changes again
+ * before the next pass is still said once), as a read serves them: each status given is the judged one with the
+ * links that shadow its ingresses taken in (shadow.ts), never the judgement alone. Said at flush().
  */
-function logRuleTransition(ctx: ExecContext, name: string, s: RuleStatus): void {
-  const key = `rule/${name}`;
-  const line = `${s.state}|${s.message}`;
-  const before = ctx.state.logged.get(key);
-  if (before === line) return;
-  ctx.state.logged.set(key, line);
-  if (s.state === 'active' && before === undefined) return; // the usual start: nothing to report
-  const log = s.state === 'active' ? ctx.log.info : ctx.log.warn;
-  const fields = { rule: name, state: s.state.toUpperCase(), reason: s.message };
-  const text = `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`;
-  // A rule that flaps (its egress renamed back and forth) is summarised, not logged at every flip (log-damper.ts).
-  ctx.state.logDamper.line(
-    key,
-    ctx.mono(),
-    () => log.call(ctx.log, fields, text),
-    (n, ms) =>
-      log.call(
-        ctx.log,
-        { ...fields, notLogged: n, ms },
-        `rule ${name}: ${n} more state changes in ${Math.round(ms / 1000)} s not logged one by one (flapping); ` +
-          `the last of them: ${text}`,
-      ),
-  );
+function ruleTransitions(ctx: ExecContext): RuleTransitions {
+  return new RuleTransitions({
+    logged: ctx.state.logged,
+    damper: ctx.state.logDamper,
+    log: ctx.log,
+    now: () => ctx.mono(),
+  });
 }
 
 /**
@@ -1376,14 +1367,19 @@ export async function observeWrittenRules(
       ctx.log.warn({ err }, 'the link devmap could not be read after a change: the next pass logs its rules');
     }
   }
-  for (const name of rules) {
-    if ((++n & 63) === 0) await pace();
-    const k = kernelOf(name)!;
-    const rule = ruleOf(name)!;
-    judgeRule(k, rule, o);
-    state.markStatus(name); // (egress-notes.ts, rule-problems.ts)
-    if (shadows) logRuleTransition(ctx, name, shadowedStatus(rule, k.status, shadows));
-    else if (log) state.judgeDirty.add(name);
+  const said = ruleTransitions(ctx);
+  try {
+    for (const name of rules) {
+      if ((++n & 63) === 0) await pace();
+      const k = kernelOf(name)!;
+      const rule = ruleOf(name)!;
+      judgeRule(k, rule, o);
+      state.markStatus(name); // (egress-notes.ts, rule-problems.ts)
+      if (shadows) said.add(name, shadowedStatus(rule, k.status, shadows));
+      else if (log) state.judgeDirty.add(name);
+    }
+  } finally {
+    said.flush();
   }
 }
 

@@ -13,9 +13,10 @@ export function registerInterfaces(program: Command): void {
     .command('list')
     .alias('ls')
     .description('list the managed interfaces and their XDP program')
-    .addHelpText('after', examples('xdpctl interfaces list'))
+    .option('--wide', 'USED BY: every rule and link, not the first 3 and how many more')
+    .addHelpText('after', examples('xdpctl interfaces list\nxdpctl interfaces list --wide'))
     .action(
-      run(async (s, o) => {
+      run(async (s, o, _args, flags) => {
         const all = await listAllInterfaces(s.client.interfaces, s.call());
         if (o.output !== 'table') {
           return printList(
@@ -24,19 +25,24 @@ export function registerInterfaces(program: Command): void {
             ListInterfacesResponse.toJSON({ interfaces: all, nextPageToken: '' }),
           );
         }
-        printTable(INTERFACE_HEAD, all.map(interfaceRow), 'no interfaces');
+        printTable(
+          INTERFACE_HEAD,
+          all.map((i) => interfaceRow(i, flags.wide === true)),
+          'no interfaces',
+        );
       }),
     );
   interfaces
     .command('get')
     .description('show one managed interface')
     .argument('<name>', 'interface name')
+    .option('--wide', 'USED BY: every rule and link, not the first 3 and how many more')
     .addHelpText('after', examples('xdpctl interfaces get eth0'))
     .action(
-      run(async (s, o, [name]) => {
+      run(async (s, o, [name], flags) => {
         const res = await s.client.interfaces.getInterface({ name }, s.call());
         if (o.output !== 'table') return printData(o.output, GetInterfaceResponse.toJSON(res));
-        print(renderTable(INTERFACE_HEAD, [interfaceRow(res.interface!)]));
+        print(renderTable(INTERFACE_HEAD, [interfaceRow(res.interface!, flags.wide === true)]));
       }),
     );
 }
