@@ -10,7 +10,10 @@
  *  c) a static MAC behind a veth whose peer is a bridge port: the peer's bridge not seen, the MAC taken for
  *     contradicted (the peer "takes no other MAC"), the backend out.
  * Now each fact comes from rtnetlink in the daemon's namespace: (a) out, "no carrier"; (b) and (c) in, and the
- * datagrams arrive. Everything runs in namespaces this test makes (the daemon's too).
+ * datagrams arrive. And (newcomer review MED) d) a static MAC contradicted by a veth peer in another namespace
+ * (two egresses' static MACs swapped) said "cannot be verified (ARP asked; no answer yet)" for ever, the backend
+ * in, its flows lost: the peer is read in its namespace by rtnetlink now, "contradicted" as a peer here would be.
+ * Everything runs in namespaces this test makes (the daemon's too).
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -50,7 +53,9 @@ describe(
     const S = ns('s');
     const B1 = ns('b1');
     const B2 = ns('b2');
-    const all = [D, S, B1, B2];
+    const B3 = ns('b3');
+    const B4 = ns('b4');
+    const all = [D, S, B1, B2, B3, B4];
     const ipd = (...a: string[]) => sh('ip', ['-n', D, ...a]);
     const mac = (netns: string, dev: string) =>
       (JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', dev])) as { address: string }[])[0].address;
@@ -192,6 +197,46 @@ describe(
       const r = await send(B2, bip, 7443);
       assert.equal(r.got, r.sent, `every datagram delivered (${JSON.stringify(r)}; ${words(await status('peer'))})`);
       await c.rules.deleteRule({ name: 'peer', expectedGeneration: 0n });
+    });
+
+    it("d) a static MAC contradicted by a veth peer in another namespace: 'contradicted', out, nothing lost", async () => {
+      const ip3 = `10.${n}.6.2`;
+      const ip4 = `10.${n}.7.2`;
+      backendHost(B3, 'e3', ip3);
+      backendHost(B4, 'e4', ip4);
+      // B3 answers no ARP (arp_ignore, a firewall): only its veth peer can tell its MAC.
+      sh('ip', ['-n', B3, 'link', 'set', 'eth0', 'arp', 'off']);
+      const m3 = mac(B3, 'eth0');
+      const m4 = mac(B4, 'eth0');
+      // e3's static MAC is e4's peer's (as two egresses whose names were swapped would give).
+      await c.rules.createRule({
+        rule: {
+          ...rule('swap', 7444, { ip: ip3, mac: m4, interface: 'e3' }).rule,
+          backends: [
+            { ip: ip3, mac: m4, interface: 'e3', weight: 1 },
+            { ip: ip4, mac: m4, interface: 'e4', weight: 1 },
+          ],
+        },
+      });
+      let s = await status('swap');
+      await until(
+        () => words(s),
+        async () => /contradicted/.test((s = await status('swap')).backendStatus[0]?.message ?? ''),
+        15_000,
+      );
+      assert.equal(s.backendStatus[0].active, false, words(s));
+      assert.match(
+        s.backendStatus[0].message,
+        new RegExp(`^static MAC contradicted: the veth peer eth0 of e3 has MAC ${m3}, not the static ${m4}`),
+      );
+      await until(
+        () => words(s),
+        async () => (s = await status('swap')).backendStatus[1]?.active === true,
+        15_000,
+      );
+      const r = await send(B4, ip4, 7444);
+      assert.equal(r.got, r.sent, `every datagram to the backend that receives (${JSON.stringify(r)}; ${words(s)})`);
+      await c.rules.deleteRule({ name: 'swap', expectedGeneration: 0n });
     });
   },
 );

@@ -42,16 +42,16 @@
 /** A neighbour entry's age, in seconds since the kernel last confirmed it, below which it is evidence. */
 export const FRESH_S = 10;
 
-/** A veth peer in the daemon's namespace, as read for a static MAC check. */
+/** A veth egress's peer (in the daemon's namespace or another), as read for a static MAC check. */
 export interface PeerMac {
   name: string;
   mac: string;
   /** Promiscuous, or with an upper device (bridge, bond, macvlan): it may take frames for other MACs. */
   takesOthers: boolean;
   /**
-   * The IPv4 addresses of the daemon's namespace that the peer's host holds (read with the peer: the peer is in
-   * that namespace, so a frame it takes for one of them is delivered); undefined: not read (taken as holding
-   * the backend's). The peer's MAC confirms a static MAC only while the backend's address is among them: a
+   * The IPv4 addresses the peer's host holds: those of the namespace the peer is in (the daemon's, or the other
+   * one, read there with the peer), so a frame it takes for one of them is delivered; undefined: not read (taken
+   * as holding the backend's). The peer's MAC confirms a static MAC only while the backend's address is among them: a
    * peer that gave the address up drops the frames after taking them (the review's 0/50, ACTIVE).
    */
   ips?: readonly string[];

@@ -1493,6 +1493,7 @@ export class KernelDataplane implements Dataplane {
   vethPeerMac(ifname: string): PeerMac | undefined {
     const p = vethPeerMac(ifname);
     if (!p) return p;
+    if (p.ips) return p; // the peer is in another namespace: that namespace's addresses, read with it
     // The peer is in this namespace: the addresses held here (one read per pass, whatever the egress count).
     const t = monotonicMs();
     if (!this.v4 || t - this.v4.at > 200 || t < this.v4.at) {

@@ -1101,14 +1101,20 @@ function macText(b: Buffer): string {
 const IFF_PROMISC = 0x100;
 
 /**
- * The veth peer of `name` when the peer is in the daemon's namespace: its name, MAC and whether it may take
- * frames sent to another MAC than its own (promiscuous, or an upper device: a bridge, bond or macvlan on
- * it). Undefined for anything else (not a veth, a peer elsewhere, a device that is gone).
+ * The veth peer of `name`, wherever it is: its name, MAC and whether it may take frames sent to another MAC than
+ * its own (promiscuous, or an upper device: a bridge, bond or macvlan on it). A peer in the daemon's namespace is
+ * read here (ioctls, rtnetlink); one in another namespace by rtnetlink with that namespace's id
+ * (IFLA_TARGET_NETNSID, IFA_TARGET_NETNSID: Linux >= 5.0, CAP_NET_ADMIN over it, no setns): one dump of its
+ * devices and one of its IPv4 addresses, given as `ips` (the addresses of the peer's host). Undefined for
+ * anything else (not a veth, a device that is gone, a namespace that cannot be read).
  */
-export function vethPeerMac(name: string): { name: string; mac: string; takesOthers: boolean } | undefined {
+export function vethPeerMac(
+  name: string,
+): { name: string; mac: string; takesOthers: boolean; ips?: string[] } | undefined {
   try {
     const id = linkIdentity(ifindexOf(name));
-    if (id?.kind !== 'veth' || id.linkNetnsid !== undefined || !id.link) return undefined;
+    if (id?.kind !== 'veth' || !id.link) return undefined;
+    if (id.linkNetnsid !== undefined) return vethPeerMacAway(id.link, id.linkNetnsid);
     const peer = nameOf(id.link);
     if (!peer) return undefined;
     const f = interfaceFacts(peer);
@@ -1117,6 +1123,61 @@ export function vethPeerMac(name: string): { name: string; mac: string; takesOth
     return undefined;
   }
 }
+
+/** {@link vethPeerMac} for a peer with `ifindex` in the namespace our namespace gives id `nsid`. */
+function vethPeerMacAway(
+  ifindex: number,
+  nsid: number,
+): { name: string; mac: string; takesOthers: boolean; ips: string[] } | undefined {
+  const t = Buffer.alloc(4);
+  t.writeInt32LE(nsid);
+  const { ifinfo, attrs } = getlinkRequest(0);
+  const rows: LinkRow[] = [];
+  let mac: string | undefined;
+  for (const m of nlDump(
+    NETLINK_ROUTE,
+    RTM_GETLINK,
+    ifinfo,
+    Buffer.concat([attrs, nlAttr(IFLA_TARGET_NETNSID, t)]),
+    `list the devices of nsid ${nsid}`,
+  )) {
+    const r = linkRowOf(m);
+    if (!r) continue;
+    rows.push(r);
+    if (r.ifindex === ifindex) {
+      const address = nlAttrs(m, 16).get(IFLA_ADDRESS);
+      mac = address && address.length === 6 ? macText(address) : undefined;
+    }
+  }
+  const peer = rows.find((r) => r.ifindex === ifindex);
+  if (!peer || !mac) return undefined;
+  const stackedOnPeer = rows.some(
+    (r) => STACKED_KINDS.has(r.kind ?? '') && r.linkNetnsid === undefined && r.link === ifindex,
+  );
+  const takesOthers = (peer.flags & IFF_PROMISC) !== 0 || peer.master !== undefined || stackedOnPeer;
+  const ifa = Buffer.alloc(8); // struct ifaddrmsg: family, prefixlen, flags, scope, index
+  ifa.writeUInt8(AF_INET, 0);
+  const ips: string[] = [];
+  for (const m of nlDump(
+    NETLINK_ROUTE,
+    RTM_GETADDR,
+    ifa,
+    nlAttr(IFA_TARGET_NETNSID, t),
+    `list the addresses of nsid ${nsid}`,
+  )) {
+    if (m.length < 8 || m.readUInt8(0) !== AF_INET) continue;
+    const a = nlAttrs(m, 8);
+    const addr = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
+    if (addr && addr.length === 4) ips.push(`${addr[0]}.${addr[1]}.${addr[2]}.${addr[3]}`);
+  }
+  return { name: peer.ifname, mac, takesOthers, ips: [...new Set(ips)].sort() };
+}
+
+// <linux/rtnetlink.h>, <linux/if_addr.h>
+const RTM_GETADDR = 22;
+const IFA_ADDRESS = 1;
+const IFA_LOCAL = 2;
+const IFA_TARGET_NETNSID = 10;
 
 // <linux/rtnetlink.h>, <linux/neighbour.h>
 const RTM_NEWNEIGH = 28;
