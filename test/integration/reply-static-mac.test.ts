@@ -36,10 +36,14 @@ describe('a change replies with its static MACs judged as a read judges them', k
   });
   after(() => lab.destroy());
 
-  /** A backend behind `h`'s veth at an address nobody holds, with a MAC nobody has. */
+  /**
+   * A backend behind `h`'s veth at an address nobody holds, with the MAC of `h`'s eth0 (the veth peer, read in
+   * `h`'s namespace): the peer takes the frames, but its host does not hold the address, so nothing confirms
+   * the MAC (another MAC there would contradict it).
+   */
   const nobody = (h: Host, last: string): BackendSpec => ({
     ip: h.ip!.replace(/\.1$/, `.${parseInt(last, 16)}`),
-    mac: lab.mac(last),
+    mac: h.mac,
     interface: h.hostIf,
   });
   /** No neighbour entry on `h`'s veth: what confirms its MAC is the answer to the change's own request. */
@@ -76,6 +80,7 @@ describe('a change replies with its static MACs judged as a read judges them', k
     assert.equal(s.state, RuleState.RULE_STATE_DEGRADED, s.message);
     assert.match(s.message, new RegExp(`1 not confirmed yet \\(${esc(b.ip)}@${esc(b.interface)}: static MAC`));
     assert.match(s.backendStatus[0].message, NOT_YET(b));
+    assert.match(s.backendStatus[0].message, new RegExp(`has MAC ${esc(b.mac)}, but no address ${esc(b.ip)} is held`));
     assert.equal(s.backendStatus[0].active, true, 'nothing contradicts it: in the table');
     const br = cond(s, 'BackendsReceiving');
     assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
