@@ -39,6 +39,7 @@ import {
 import type { AttachResult, Capacity, DatapathMaps, XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { KernelError } from '../../src/server/dataplane/errors.js';
 import { GlobalStat, type InterfaceInfo, type XdpModeName, type XdpStatus } from '../../src/server/core/dataplane.js';
+import type { PeerRead } from '../../src/server/core/static-mac.js';
 
 const ENOENT = 2;
 const EINVAL = 22;
@@ -347,10 +348,11 @@ export class ModelDataplane extends KernelDataplane {
   readonly ifs = new Map<string, InterfaceInfo>();
   readonly neighbours = new Map<string, string>();
   /**
-   * Modelled veth peers in the daemon's namespace, by egress name (what vethPeerMac answers for it): a static
-   * MAC its peer has is confirmed (core/static-mac.ts); one nothing confirms makes its rule DEGRADED.
+   * Modelled veth peers, by egress name (what vethPeerMac answers for it): a static MAC its peer has is
+   * confirmed (core/static-mac.ts); one nothing confirms makes its rule DEGRADED. `{ unreadable }`: a peer in
+   * a namespace that cannot be read.
    */
-  readonly vethPeers = new Map<string, { name: string; mac: string; takesOthers: boolean }>();
+  readonly vethPeers = new Map<string, PeerRead>();
   readonly model: ModelDatapath;
 
   constructor(capacity: Capacity = MODEL_CAPACITY, interfaces: string[] = ['in0', 'in1', 'b0', 'b1', 'b2']) {
@@ -401,7 +403,7 @@ export class ModelDataplane extends KernelDataplane {
     return { macs, gone };
   }
 
-  override vethPeerMac(ifname: string): { name: string; mac: string; takesOthers: boolean } | undefined {
+  override vethPeerMac(ifname: string): PeerRead | undefined {
     return this.vethPeers.get(ifname) ?? super.vethPeerMac(ifname);
   }
 

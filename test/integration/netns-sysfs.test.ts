@@ -12,7 +12,8 @@
  * Now each fact comes from rtnetlink in the daemon's namespace: (a) out, "no carrier"; (b) and (c) in, and the
  * datagrams arrive. And (newcomer review MED) d) a static MAC contradicted by a veth peer in another namespace
  * (two egresses' static MACs swapped) said "cannot be verified (ARP asked; no answer yet)" for ever, the backend
- * in, its flows lost: the peer is read in its namespace by rtnetlink now, "contradicted" as a peer here would be.
+ * in, its flows lost: the peer is read in its namespace by rtnetlink now, "contradicted" as a peer here would be;
+ * e) one the peer there has, its host holding the address, is confirmed by it (its namespace's addresses read).
  * Everything runs in namespaces this test makes (the daemon's too).
  */
 import assert from 'node:assert/strict';
@@ -55,7 +56,8 @@ describe(
     const B2 = ns('b2');
     const B3 = ns('b3');
     const B4 = ns('b4');
-    const all = [D, S, B1, B2, B3, B4];
+    const B5 = ns('b5');
+    const all = [D, S, B1, B2, B3, B4, B5];
     const ipd = (...a: string[]) => sh('ip', ['-n', D, ...a]);
     const mac = (netns: string, dev: string) =>
       (JSON.parse(sh('ip', ['-n', netns, '-j', 'link', 'show', dev])) as { address: string }[])[0].address;
@@ -237,6 +239,28 @@ describe(
       const r = await send(B4, ip4, 7444);
       assert.equal(r.got, r.sent, `every datagram to the backend that receives (${JSON.stringify(r)}; ${words(s)})`);
       await c.rules.deleteRule({ name: 'swap', expectedGeneration: 0n });
+    });
+
+    it('e) a static MAC a veth peer in another namespace has, its host holding the address: confirmed by the peer', async () => {
+      // B5 answers no ARP: only its veth peer (read in B5) confirms the MAC, with B5's addresses (before: the
+      // daemon's namespace's, read by an RTM_GETADDR the kernel does not filter unless asked strictly: D does
+      // not hold ip5, so the peer confirmed nothing and the rule stayed DEGRADED, "cannot be verified").
+      const ip5 = `10.${n}.8.2`;
+      backendHost(B5, 'e5', ip5);
+      sh('ip', ['-n', B5, 'link', 'set', 'eth0', 'arp', 'off']);
+      const m5 = mac(B5, 'eth0');
+      await c.rules.createRule(rule('held', 7445, { ip: ip5, mac: m5, interface: 'e5' }));
+      let s = await status('held');
+      await until(
+        () => words(s),
+        async () => (s = await status('held')).state === RuleState.RULE_STATE_ACTIVE,
+        15_000,
+      );
+      assert.equal(s.backendStatus[0].message, '', words(s));
+      assert.equal(s.backendStatus[0].active, true, words(s));
+      const r = await send(B5, ip5, 7445);
+      assert.equal(r.got, r.sent, `every datagram delivered (${JSON.stringify(r)}; ${words(s)})`);
+      await c.rules.deleteRule({ name: 'held', expectedGeneration: 0n });
     });
   },
 );

@@ -70,6 +70,30 @@ describe('static MACs: observations', () => {
     );
   });
 
+  it('a veth peer whose namespace cannot be read: no evidence, "cannot be verified" with the reason', () => {
+    const why =
+      'the veth peer of va is in a network namespace (nsid 3) that cannot be read: permission denied (EACCES)';
+    const gone = { unreadable: why };
+    const u = observeStaticMac('10.0.0.2', 'va', MAC, gone, entry(undefined, ['INCOMPLETE']));
+    assert.deepEqual([u.verdict, u.ask], ['unverified', 'resolve']);
+    assert.equal(
+      u.why,
+      `static MAC ${MAC} cannot be verified: no resolved neighbour entry for 10.0.0.2 on va (ARP asked; no answer yet); ${why}`,
+    );
+    // The neighbour evidence still decides when there is some.
+    const answered = { ...entry(OTHER, ['REACHABLE'], 0), answered: true };
+    assert.equal(observeStaticMac('10.0.0.2', 'va', MAC, gone, answered).verdict, 'contradicted');
+    assert.equal(observeStaticMac('10.0.0.2', 'va', MAC, gone, entry(MAC, ['REACHABLE'], 0)).verdict, 'confirmed');
+    // A peer read again, or unreadable for another reason, is judged again.
+    assert.equal(samePeer(gone, { unreadable: why }), true);
+    assert.equal(
+      samePeer(gone, { unreadable: 'the veth peer of va (ifindex 4 in nsid 3) was not found there' }),
+      false,
+    );
+    assert.equal(samePeer(gone, peer(MAC)), false);
+    assert.equal(samePeer(peer(MAC), gone), false);
+  });
+
   it('a freshly confirmed neighbour entry decides; its MAC compared case-blind', () => {
     const ok = observeStaticMac('10.0.0.2', 'eth1', MAC.toUpperCase(), undefined, entry(MAC, ['REACHABLE'], FRESH_S));
     assert.deepEqual([ok.verdict, ok.ask], ['confirmed', 'reprobe']);

@@ -9,7 +9,7 @@
 import type { EntryRepair } from './entry-owners.js';
 import type { RepairSubject } from './fights.js';
 import type { NonUtf8Interface } from './non-utf8.js';
-import type { NeighbourFact, PeerMac } from './static-mac.js';
+import type { NeighbourFact, PeerRead } from './static-mac.js';
 
 /** A match entry's key: (ingress ifindex, UDP destination port, protocol, destination address). */
 export interface MatchKey {
@@ -417,8 +417,12 @@ export interface Dataplane {
    * confirmation). Empty when it cannot be read. Optional (fakes): without it static MACs are not checked.
    */
   neighbourTable?(): Promise<Map<string, NeighbourFact>>;
-  /** A veth's peer when it is in this network namespace, with its MAC (static-mac.ts); undefined otherwise. Optional. */
-  vethPeerMac?(ifname: string): PeerMac | undefined;
+  /**
+   * A veth's peer, in this network namespace or another (read there by its namespace id), with its MAC and the
+   * addresses its namespace holds (static-mac.ts); `{ unreadable }` (why) when its namespace cannot be read;
+   * undefined when the device is not a veth (or gone). Optional.
+   */
+  vethPeerMac?(ifname: string): PeerRead | undefined;
   /**
    * The states of the neighbour entry last read for `ip` on `iface` (by {@link neighbourMac} or {@link neighbourMacs}) when it was
    * set by hand, e.g. "PERMANENT" or "NOARP", and its MAC has not answered an ARP request of ours: the kernel

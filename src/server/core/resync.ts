@@ -80,7 +80,7 @@ import {
   unconfirmedYetWhy,
   UNVERIFIED_GRACE_MS,
   type NeighbourFact,
-  type PeerMac,
+  type PeerRead,
   type StaticMacBackend,
   type StaticMacObservation,
 } from './static-mac.js';
@@ -1776,7 +1776,7 @@ async function judgeStaticMacs(
   // Egresses: there or not, and their veth peers (each read once). An egress's backends (10 000 and more
   // behind one egress) are marked in slices, and the egress recorded once all are: a pass that gives its turn
   // to a change meanwhile marks them again at the next.
-  const peers = new Map<string, PeerMac | undefined>();
+  const peers = new Map<string, PeerRead | undefined>();
   for (const [iface, keys] of state.staticMacsByEgress) {
     const exists = !!facts.interfaces.get(iface);
     const peer = exists ? dp.vethPeerMac?.(iface) : undefined;
@@ -2095,7 +2095,7 @@ function judgeStaticMac(
   key: string,
   b: StaticMacBackend,
   exists: boolean,
-  peer: PeerMac | undefined,
+  peer: PeerRead | undefined,
   e: NeighbourFact | undefined,
   t: number,
   transition: (key: string, line: string, log: (before: boolean) => void) => void,
@@ -2182,7 +2182,7 @@ export async function contradictedNewStaticMacs(
     }
   if (fresh.length === 0) return out;
   const table = await dp.neighbourTable();
-  const egresses = new Map<string, { exists: boolean; peer?: PeerMac }>(); // each egress looked at once
+  const egresses = new Map<string, { exists: boolean; peer?: PeerRead }>(); // each egress looked at once
   for (const b of fresh) {
     let g = egresses.get(b.iface);
     if (!g) {
@@ -2232,7 +2232,7 @@ export async function judgeChangeStaticMacs(
   }
   if (fresh.size === 0) return;
   const transition = loggedTransition(state);
-  const egresses = new Map<string, { exists: boolean; peer?: PeerMac }>();
+  const egresses = new Map<string, { exists: boolean; peer?: PeerRead }>();
   const egressOf = (iface: string) => {
     let g = egresses.get(iface);
     if (!g) {

@@ -5,7 +5,7 @@
  * execute step is the only writer during a transaction.
  */
 import type { EgressWatch } from './egress-watch.js';
-import { type PeerMac, type StaticMacBackend, type StaticMacEntry, type StaticMacState } from './static-mac.js';
+import { type PeerRead, type StaticMacBackend, type StaticMacEntry, type StaticMacState } from './static-mac.js';
 import type { NeighbourHold } from './neighbour-hold.js';
 import type { HostLoop } from './rule-loops.js';
 import type { TapDropWatch } from './tap-drops.js';
@@ -448,7 +448,7 @@ export class CoreState {
   /** The same by neighbour entry ("ip@iface"; one key, or several MACs): judged again when the entry changed. */
   staticMacsByNeighbour = new Map<string, string | string[]>();
   /** Per egress of a static-MAC backend: whether it existed and its veth peer, as the last pass read them. */
-  readonly staticMacEgresses = new Map<string, { exists: boolean; peer?: PeerMac }>();
+  readonly staticMacEgresses = new Map<string, { exists: boolean; peer?: PeerRead }>();
   /** Per neighbour entry a static-MAC backend uses: what the last pass read of it (static-mac.ts StaticMacEntry). */
   readonly staticMacEntries = new Map<string, StaticMacEntry>();
   /** The static MACs whose last judgement asked for a re-probe of their entry (asked at every pass). */

@@ -5,13 +5,15 @@
  * xdpctld writes that MAC as given and never resolves it. It does not trust
  * it blindly either: each pass compares it with what the host shows, and
  * only definitive evidence counts:
- *  - the veth peer, when `iface` is a veth whose peer is in the daemon's
- *    network namespace and takes no frames for other MACs (not promiscuous,
- *    no upper device such as a bridge, bond or macvlan): a frame to another
- *    MAC than the peer's own is dropped there (PACKET_OTHERHOST), so another
- *    MAC contradicts; the peer's own MAC confirms only while the daemon's
- *    namespace holds `ip` (the frame is delivered there), else the neighbour
- *    evidence below decides;
+ *  - the veth peer, when `iface` is a veth (its peer in the daemon's network
+ *    namespace or another one, read there by its namespace id) whose peer
+ *    takes no frames for other MACs (not promiscuous, no upper device such
+ *    as a bridge, bond or macvlan): a frame to another MAC than the peer's
+ *    own is dropped there (PACKET_OTHERHOST), so another MAC contradicts; the
+ *    peer's own MAC confirms only while the peer's namespace holds `ip` (the
+ *    frame is delivered there), else the neighbour evidence below decides. A
+ *    peer whose namespace cannot be read (no permission, gone) is no
+ *    evidence: the reason is said with "cannot be verified";
  *  - a neighbour (ARP) entry for `ip` on `iface` that the kernel confirmed
  *    within {@link FRESH_S} seconds (REACHABLE: the host answered from that
  *    MAC). Entries set by hand (PERMANENT, NOARP) are not evidence of the
@@ -57,6 +59,17 @@ export interface PeerMac {
   ips?: readonly string[];
 }
 
+/**
+ * A veth egress whose peer is in another network namespace that could not be read (the kernel refused the
+ * dump: no permission over the namespace, or it is gone; the peer not found there): why, for "cannot be verified".
+ */
+export interface PeerUnreadable {
+  unreadable: string;
+}
+
+/** What a veth egress's peer read gives: the peer, or why it could not be read. */
+export type PeerRead = PeerMac | PeerUnreadable;
+
 /** A neighbour entry as read (ip -s neigh). */
 export interface NeighbourFact {
   mac?: string;
@@ -90,6 +103,20 @@ const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 
 /** Judge the static MAC `mac` of the backend `ip` behind `iface` from the peer and the neighbour entry. */
 export function observeStaticMac(
+  ip: string,
+  iface: string,
+  mac: string,
+  peerRead: PeerRead | undefined,
+  entry: NeighbourFact | undefined,
+): StaticMacObservation {
+  const unreadable = peerRead && 'unreadable' in peerRead ? peerRead.unreadable : undefined;
+  const peer = unreadable === undefined ? (peerRead as PeerMac | undefined) : undefined;
+  const obs = observeWithPeer(ip, iface, mac, peer, entry);
+  // The peer could not be read: no evidence either way, and the status says why.
+  return unreadable !== undefined && obs.verdict === 'unverified' ? { ...obs, why: `${obs.why}; ${unreadable}` } : obs;
+}
+
+function observeWithPeer(
   ip: string,
   iface: string,
   mac: string,
@@ -313,8 +340,11 @@ export interface StaticMacEntry {
 }
 
 /** Whether two reads of a veth peer are the same for {@link observeStaticMac}. */
-export function samePeer(a: PeerMac | undefined, b: PeerMac | undefined): boolean {
+export function samePeer(a: PeerRead | undefined, b: PeerRead | undefined): boolean {
   if (a === undefined || b === undefined) return a === b;
+  if ('unreadable' in a || 'unreadable' in b) {
+    return 'unreadable' in a && 'unreadable' in b && a.unreadable === b.unreadable;
+  }
   if (a.name !== b.name || a.mac !== b.mac || a.takesOthers !== b.takesOthers) return false;
   if (a.ips === undefined || b.ips === undefined) return a.ips === b.ips;
   return a.ips.length === b.ips.length && a.ips.every((x, i) => x === b.ips![i]);

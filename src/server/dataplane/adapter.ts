@@ -31,7 +31,7 @@ import { monotonicMs, wallAt } from '../core/clock.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
-import type { PeerMac } from '../core/static-mac.js';
+import type { PeerRead } from '../core/static-mac.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
@@ -1490,9 +1490,9 @@ export class KernelDataplane implements Dataplane {
     return table;
   }
 
-  vethPeerMac(ifname: string): PeerMac | undefined {
+  vethPeerMac(ifname: string): PeerRead | undefined {
     const p = vethPeerMac(ifname);
-    if (!p) return p;
+    if (!p || 'unreadable' in p) return p;
     if (p.ips) return p; // the peer is in another namespace: that namespace's addresses, read with it
     // The peer is in this namespace: the addresses held here (one read per pass, whatever the egress count).
     const t = monotonicMs();

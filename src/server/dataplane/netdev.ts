@@ -209,6 +209,8 @@ export interface LinkRow {
   mode?: string;
   vlan?: string;
   vlanFiltering?: boolean;
+  /** IFLA_ADDRESS as "aa:bb:cc:dd:ee:ff", for a device with an Ethernet (6-byte) address. */
+  mac?: string;
 }
 
 /** IFLA_MACVLAN_MODE values (linux/if_link.h MACVLAN_MODE_*). */
@@ -272,6 +274,7 @@ function linkRowOf(m: Buffer): LinkRow | undefined {
   const link = u32(IFLA_LINK);
   const nsid = a.get(IFLA_LINK_NETNSID);
   const carrier = u8(IFLA_CARRIER);
+  const address = a.get(IFLA_ADDRESS);
   return {
     ifindex: m.readInt32LE(4),
     ifname: a.get(IFLA_IFNAME)?.toString('utf8').replace(/\0+$/, '') ?? '',
@@ -283,6 +286,7 @@ function linkRowOf(m: Buffer): LinkRow | undefined {
     ...(carrier !== undefined ? { carrier: carrier !== 0 } : {}),
     ...(u8(IFLA_OPERSTATE) !== undefined ? { operstate: u8(IFLA_OPERSTATE) } : {}),
     ...receiveInfo(kindName, infos?.get(IFLA_INFO_DATA)),
+    ...(address && address.length === 6 ? { mac: macText(address) } : {}),
   };
 }
 
@@ -308,8 +312,48 @@ export function linkRowNamed(name: string): LinkRow | undefined {
   return body && linkRowOf(body);
 }
 
-/** The last dump of {@link linkTable}, kept until the synchronous code that read it has run. */
-let linkTableNow: LinkRow[] | undefined;
+/**
+ * The dumps of the current synchronous stretch of code, by what was dumped and where ("links" of the daemon's
+ * namespace, "links@NSID" and "v4@NSID" of another one): the rows read, or the error the kernel answered. Kept
+ * until that code has run (a microtask drops them all), so that a pass asking about each of many interfaces
+ * reads each namespace once, and the next await reads the kernel again.
+ */
+const stretchDumps = new Map<string, { rows: unknown } | { error: unknown }>();
+
+/** `read()`'s result (or its error, thrown again) shared under `key` by the current synchronous stretch. */
+function sharedDump<T>(key: string, read: () => T): T {
+  let d = stretchDumps.get(key);
+  if (!d) {
+    if (stretchDumps.size === 0) queueMicrotask(() => stretchDumps.clear());
+    try {
+      d = { rows: read() };
+    } catch (error) {
+      d = { error };
+    }
+    stretchDumps.set(key, d);
+  }
+  if ('error' in d) throw d.error;
+  return d.rows as T;
+}
+
+/** One RTM_GETLINK dump of the daemon's namespace, or (`nsid`) of the namespace it gives that id. */
+function dumpLinks(nsid?: number): LinkRow[] {
+  const { ifinfo, attrs } = getlinkRequest(0);
+  const where = nsid === undefined ? attrs : Buffer.concat([attrs, nlAttr(IFLA_TARGET_NETNSID, int32(nsid))]);
+  const rows: LinkRow[] = [];
+  const what = nsid === undefined ? 'list the network devices' : `list the network devices of nsid ${nsid}`;
+  for (const m of nlDump(NETLINK_ROUTE, RTM_GETLINK, ifinfo, where, what)) {
+    const r = linkRowOf(m);
+    if (r) rows.push(r);
+  }
+  return rows;
+}
+
+const int32 = (v: number) => {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  return b;
+};
 
 /**
  * Every device of the daemon's network namespace: one RTM_GETLINK dump (what `ip -d link show` reads, no
@@ -318,18 +362,42 @@ let linkTableNow: LinkRow[] | undefined;
  * the kernel again. Throws KernelError when the kernel refuses the dump.
  */
 export function linkTable(): LinkRow[] {
-  if (linkTableNow) return linkTableNow;
-  const { ifinfo, attrs } = getlinkRequest(0);
-  const rows: LinkRow[] = [];
-  for (const m of nlDump(NETLINK_ROUTE, RTM_GETLINK, ifinfo, attrs, 'list the network devices')) {
-    const r = linkRowOf(m);
-    if (r) rows.push(r);
-  }
-  linkTableNow = rows;
-  queueMicrotask(() => {
-    linkTableNow = undefined;
+  return sharedDump('links', () => dumpLinks());
+}
+
+/**
+ * Every device of the namespace the daemon's gives id `nsid` (IFLA_TARGET_NETNSID: Linux >= 4.20, CAP_NET_ADMIN
+ * over it, no setns), shared as {@link linkTable} is. Throws KernelError when the kernel refuses (EACCES: no
+ * permission over it; EINVAL: no namespace has that id any more).
+ */
+export function linkTableIn(nsid: number): LinkRow[] {
+  return sharedDump(`links@${nsid}`, () => dumpLinks(nsid));
+}
+
+/**
+ * The IPv4 addresses held in the namespace the daemon's gives id `nsid`, sorted: one RTM_GETADDR dump with
+ * IFA_TARGET_NETNSID (Linux >= 5.0), shared as {@link linkTable} is. Throws KernelError when the kernel refuses.
+ */
+export function addressesIn(nsid: number): string[] {
+  return sharedDump(`v4@${nsid}`, () => {
+    const ifa = Buffer.alloc(8); // struct ifaddrmsg: family, prefixlen, flags, scope, index
+    ifa.writeUInt8(AF_INET, 0);
+    const ips = new Set<string>();
+    for (const m of nlDump(
+      NETLINK_ROUTE,
+      RTM_GETADDR,
+      ifa,
+      nlAttr(IFA_TARGET_NETNSID, int32(nsid)),
+      `list the addresses of nsid ${nsid}`,
+      { strict: true }, // IFA_TARGET_NETNSID is read only from a strict request (else: the daemon's addresses)
+    )) {
+      if (m.length < 8 || m.readUInt8(0) !== AF_INET) continue;
+      const a = nlAttrs(m, 8);
+      const addr = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
+      if (addr && addr.length === 4) ips.add(`${addr[0]}.${addr[1]}.${addr[2]}.${addr[3]}`);
+    }
+    return [...ips].sort();
   });
-  return rows;
 }
 
 /** The names of every device of the daemon's network namespace ({@link linkTable}). */
@@ -1104,17 +1172,24 @@ const IFF_PROMISC = 0x100;
  * The veth peer of `name`, wherever it is: its name, MAC and whether it may take frames sent to another MAC than
  * its own (promiscuous, or an upper device: a bridge, bond or macvlan on it). A peer in the daemon's namespace is
  * read here (ioctls, rtnetlink); one in another namespace by rtnetlink with that namespace's id
- * (IFLA_TARGET_NETNSID, IFA_TARGET_NETNSID: Linux >= 5.0, CAP_NET_ADMIN over it, no setns): one dump of its
- * devices and one of its IPv4 addresses, given as `ips` (the addresses of the peer's host). Undefined for
- * anything else (not a veth, a device that is gone, a namespace that cannot be read).
+ * (IFLA_TARGET_NETNSID, IFA_TARGET_NETNSID: Linux >= 5.0, CAP_NET_ADMIN over it, no setns): its devices
+ * ({@link linkTableIn}) and its IPv4 addresses ({@link addressesIn}), given as `ips` (the addresses of the peer's
+ * host), each namespace read once per synchronous stretch whatever the number of egresses into it. `{ unreadable }`
+ * says why a peer in another namespace cannot be read (the kernel refused: no permission over the namespace, or
+ * it is gone; the peer not found there). Undefined for anything else (not a veth, a device that is gone).
  */
 export function vethPeerMac(
   name: string,
-): { name: string; mac: string; takesOthers: boolean; ips?: string[] } | undefined {
+): { name: string; mac: string; takesOthers: boolean; ips?: string[] } | { unreadable: string } | undefined {
+  let id: LinkIdentity | undefined;
   try {
-    const id = linkIdentity(ifindexOf(name));
-    if (id?.kind !== 'veth' || !id.link) return undefined;
-    if (id.linkNetnsid !== undefined) return vethPeerMacAway(id.link, id.linkNetnsid);
+    id = linkIdentity(ifindexOf(name));
+  } catch {
+    return undefined;
+  }
+  if (id?.kind !== 'veth' || !id.link) return undefined;
+  if (id.linkNetnsid !== undefined) return vethPeerMacAway(name, id.link, id.linkNetnsid);
+  try {
     const peer = nameOf(id.link);
     if (!peer) return undefined;
     const f = interfaceFacts(peer);
@@ -1124,53 +1199,35 @@ export function vethPeerMac(
   }
 }
 
-/** {@link vethPeerMac} for a peer with `ifindex` in the namespace our namespace gives id `nsid`. */
+/** {@link vethPeerMac} for the peer of `egress` with `ifindex` in the namespace our namespace gives id `nsid`. */
 function vethPeerMacAway(
+  egress: string,
   ifindex: number,
   nsid: number,
-): { name: string; mac: string; takesOthers: boolean; ips: string[] } | undefined {
-  const t = Buffer.alloc(4);
-  t.writeInt32LE(nsid);
-  const { ifinfo, attrs } = getlinkRequest(0);
-  const rows: LinkRow[] = [];
-  let mac: string | undefined;
-  for (const m of nlDump(
-    NETLINK_ROUTE,
-    RTM_GETLINK,
-    ifinfo,
-    Buffer.concat([attrs, nlAttr(IFLA_TARGET_NETNSID, t)]),
-    `list the devices of nsid ${nsid}`,
-  )) {
-    const r = linkRowOf(m);
-    if (!r) continue;
-    rows.push(r);
-    if (r.ifindex === ifindex) {
-      const address = nlAttrs(m, 16).get(IFLA_ADDRESS);
-      mac = address && address.length === 6 ? macText(address) : undefined;
-    }
+): { name: string; mac: string; takesOthers: boolean; ips: string[] } | { unreadable: string } {
+  let rows: LinkRow[];
+  let ips: string[];
+  try {
+    rows = linkTableIn(nsid);
+    ips = addressesIn(nsid);
+  } catch (e) {
+    return {
+      unreadable: `the veth peer of ${egress} is in a network namespace (nsid ${nsid}) that cannot be read: ${(e as Error).message}`,
+    };
   }
   const peer = rows.find((r) => r.ifindex === ifindex);
-  if (!peer || !mac) return undefined;
+  if (!peer?.mac) {
+    return {
+      unreadable: peer
+        ? `the veth peer ${peer.ifname} of ${egress} (in nsid ${nsid}) has no Ethernet address`
+        : `the veth peer of ${egress} (ifindex ${ifindex} in nsid ${nsid}) was not found there`,
+    };
+  }
   const stackedOnPeer = rows.some(
     (r) => STACKED_KINDS.has(r.kind ?? '') && r.linkNetnsid === undefined && r.link === ifindex,
   );
   const takesOthers = (peer.flags & IFF_PROMISC) !== 0 || peer.master !== undefined || stackedOnPeer;
-  const ifa = Buffer.alloc(8); // struct ifaddrmsg: family, prefixlen, flags, scope, index
-  ifa.writeUInt8(AF_INET, 0);
-  const ips: string[] = [];
-  for (const m of nlDump(
-    NETLINK_ROUTE,
-    RTM_GETADDR,
-    ifa,
-    nlAttr(IFA_TARGET_NETNSID, t),
-    `list the addresses of nsid ${nsid}`,
-  )) {
-    if (m.length < 8 || m.readUInt8(0) !== AF_INET) continue;
-    const a = nlAttrs(m, 8);
-    const addr = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
-    if (addr && addr.length === 4) ips.push(`${addr[0]}.${addr[1]}.${addr[2]}.${addr[3]}`);
-  }
-  return { name: peer.ifname, mac, takesOthers, ips: [...new Set(ips)].sort() };
+  return { name: peer.ifname, mac: peer.mac, takesOthers, ips };
 }
 
 // <linux/rtnetlink.h>, <linux/if_addr.h>

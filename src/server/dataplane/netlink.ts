@@ -18,6 +18,7 @@ const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
 const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
 const closeFn = libc.func('int close(int fd)');
+const setsockoptFn = libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)');
 
 // <linux/netlink.h>
 const AF_NETLINK = 16;
@@ -35,6 +36,9 @@ export const NLM_F_REPLACE = 0x100;
 export const NLM_F_CREATE = 0x400;
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
+// <linux/netlink.h>: socket options.
+const SOL_NETLINK = 270;
+const NETLINK_GET_STRICT_CHK = 12;
 
 let seq = 0;
 /** The request socket of each protocol (fd), while it works. */
@@ -139,12 +143,29 @@ const NLM_F_DUMP = 0x300;
 /**
  * A dump request (NLM_F_DUMP): every reply message's payload after its nlmsghdr, until NLMSG_DONE.
  * Throws KernelError when the kernel answers with an error (ENOENT and ENODEV included: a dump of a
- * namespace that is gone says so).
+ * namespace that is gone says so), as an NLMSG_ERROR or as the error an NLMSG_DONE carries (a dump that
+ * failed once started: an IFLA_TARGET_NETNSID the kernel refuses, EACCES or EINVAL). `strict`: the socket
+ * asks for strict checking (NETLINK_GET_STRICT_CHK), without which some dumps ignore their filter attributes
+ * (RTM_GETADDR reads IFA_TARGET_NETNSID only then, since Linux 5.0: else the daemon's own addresses).
  */
-export function nlDump(protocol: number, type: number, header: Buffer, attrs: Buffer, what: string): Buffer[] {
+export function nlDump(
+  protocol: number,
+  type: number,
+  header: Buffer,
+  attrs: Buffer,
+  what: string,
+  { strict = false } = {},
+): Buffer[] {
   const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
   if (fd < 0) throw new KernelError(`open a netlink socket to ${what}`, lastErrno() || 24, [], 'socket failed');
   try {
+    if (strict) {
+      const one = Buffer.alloc(4);
+      one.writeInt32LE(1);
+      if ((setsockoptFn(fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, one, 4) as number) < 0) {
+        throw new KernelError(`ask strict checking to ${what}`, lastErrno() || 92, [], 'setsockopt failed');
+      }
+    }
     const msg = Buffer.concat([Buffer.alloc(16), header, attrs]);
     msg.writeUInt32LE(msg.length, 0);
     msg.writeUInt16LE(type, 4);
@@ -163,7 +184,11 @@ export function nlDump(protocol: number, type: number, header: Buffer, attrs: Bu
         const len = buf.readUInt32LE(i);
         if (len < 16 || i + len > n) break;
         const t = buf.readUInt16LE(i + 4);
-        if (t === NLMSG_DONE) return out;
+        if (t === NLMSG_DONE) {
+          const err = len >= 20 ? -buf.readInt32LE(i + 16) : 0;
+          if (err > 0) throw new KernelError(what, err, [], 'netlink error');
+          return out;
+        }
         if (t === NLMSG_ERROR) {
           const err = -buf.readInt32LE(i + 16);
           if (err === 0) return out;
