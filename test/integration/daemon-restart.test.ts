@@ -99,7 +99,9 @@ describe('daemon restarts without loss', kernelOnly(), () => {
 
   it('a restart adopts the rules in place: intact maps are not rewritten, a tampered entry is repaired alone', async () => {
     const two = { ...rule('adopt', PORT + 1, b1), sourcePrefixes: [] };
-    two.backends = [...two.backends, { ip: '198.18.2.77', mac: '02:00:00:00:77:77', interface: b1.hostIf }];
+    // 198.18.2.77 with b1's own MAC: the veth peer (b1's eth0, read in b1's namespace) has it, but b1 does not hold
+    // the address, so nothing confirms it (a MAC the peer does not have would be contradicted).
+    two.backends = [...two.backends, { ip: '198.18.2.77', mac: b1.mac, interface: b1.hostIf }];
     await c.rules.createRule({ rule: two });
     assert.equal(await d!.stop('SIGTERM'), 0);
     const dir = XdpDatapath.mapPinDir(`/sys/fs/bpf/xdpctl-test-${id}`);

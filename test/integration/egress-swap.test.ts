@@ -11,8 +11,10 @@
  *    on the OTHER device kept in the datapath as "answered before", frames to b2 with b1's MAC, dropped);
  *  - rule `own`: .11,,A and .12,,B. After the swap nobody answers for .11 on the device now named A: the backend
  *    gets no traffic and no MAC is claimed (was: b1's MAC "kept from the datapath" on b2's device);
- *  - rule `static`: .21,M1,A and .22,M2,B, confirmed before the swap. After it nothing confirms either static MAC
- *    on its new device: each says it cannot be verified (was: the old device's verdict stood, silently);
+ *  - rule `static`: .21,M1,A and .22,M2,B, confirmed before the swap. After it each static MAC is judged afresh
+ *    on its new device, whose veth peer (the other host's eth0, read in that host's namespace) has the other
+ *    MAC: contradicted, both out of the table (was: the old device's verdict stood, silently; then, before the
+ *    peer was read in its namespace, "cannot be verified");
  *  - throughout, every backend entry of the datapath forwards to the MAC of the host behind ITS egress ifindex
  *    (sampled every 25 ms), and the log never says a MAC answered, or was kept, on a device where it did not.
  */
@@ -255,25 +257,42 @@ describe('two backend egresses whose names are swapped under a running daemon', 
         ['', false],
       ],
     );
-    // Rule `static`: each static MAC judged afresh on its new device, where nothing confirms it.
-    for (const b of stat)
-      assert.match(b.message, /^static MAC [0-9a-f:]+ cannot be verified/, `${b.ip}@${b.interface}: ${b.message}`);
-    // Whether they receive cannot be verified: DEGRADED (proto RuleState), in the same read (a review saw ACTIVE,
+    // Rule `static`: each static MAC judged afresh on its new device, whose veth peer (the other host's eth0) has
+    // the other MAC: contradicted, out of the table (the old device's verdict does not stand).
+    assert.deepEqual(
+      stat.map((b) => [b.interface, b.active]),
+      [
+        [A, false],
+        [B, false],
+      ],
+    );
+    for (const [b, peerMac, staticMac] of [
+      [stat[0], b2.mac, b1.mac],
+      [stat[1], b1.mac, b2.mac],
+    ] as const)
+      assert.match(
+        b.message,
+        new RegExp(
+          `^static MAC contradicted: the veth peer eth0 of ${esc(b.interface)} has MAC ${peerMac}, not the static ${staticMac}`,
+        ),
+        `${b.ip}@${b.interface}: ${b.message}`,
+      );
+    // No backend can take traffic: INACTIVE (proto RuleState), in the same read (a review saw ACTIVE,
     // BackendsReceiving True and health SERVING here while 0 of 50 were delivered).
-    assert.equal(staticNow.state, RuleState.RULE_STATE_DEGRADED, staticNow.message);
+    assert.equal(staticNow.state, RuleState.RULE_STATE_INACTIVE, staticNow.message);
     assert.match(
       staticNow.message,
-      /2 cannot be verified \(198\.18\.2\.21@\S+, 198\.18\.2\.22@\S+: static MAC that nothing on the host confirms\)/,
+      /no backend can take traffic .*198\.18\.2\.21@\S+: static MAC contradicted.*198\.18\.2\.22@\S+: static MAC contradicted/,
     );
     const br = staticNow.conditions.find((x) => x.type === 'BackendsReceiving')!;
-    assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'BackendsUnverified']);
+    assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_FALSE, 'BackendsNotReceiving']);
     assert.equal(
       (await c.health.check({ service: 'xdpctl.datapath' })).status,
       HealthCheckResponse_ServingStatus.NOT_SERVING,
     );
     const s1 = await sendStatic();
     console.log(`# rule static: ${s0.got} of ${s0.sent} delivered before the swap, ${s1.got} of ${s1.sent} after`);
-    assert.equal(s1.got[0] + s1.got[1], 0, `what the status cannot verify: ${s1.got} of ${s1.sent} delivered`);
+    assert.equal(s1.got[0] + s1.got[1], 0, `what the status says no backend takes: ${s1.got} of ${s1.sent} delivered`);
   });
 });
 

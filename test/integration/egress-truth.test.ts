@@ -116,7 +116,9 @@ describe('egress truth: MTU and unverifiable link egresses as observed', kernelO
 
   it('a link into a veth whose peer cannot be inspected says so from the Connect reply on', async () => {
     const if2 = `x${id}uv`;
-    const ns2 = await lab.addSealedHost(if2, '198.18.51.2/24');
+    // Its eth0 has the backend's static MAC: the veth peer (read by its namespace id) agrees, so what the status
+    // says cannot be verified is the egress itself (another MAC there would be a contradiction).
+    const ns2 = await lab.addSealedHost(if2, '198.18.51.2/24', '02:00:00:00:51:02');
     try {
       const l3 = topo.addHost('l3', '198.18.51.1/24');
       // A backend behind that veth: the CreateRule reply says so (DEGRADED), not ACTIVE until a pass. Before the

@@ -182,6 +182,9 @@ describe('a backend MAC is what was observed, whatever the egress ARP flag or ma
   });
 
   it('a static MAC behind a NOARP egress: confirmed by our requests, contradicted when the host changes its MAC', async () => {
+    // The case is about our ARP requests as the evidence: s's eth0 (the veth peer, read in s's namespace, which
+    // would decide alone) is promiscuous, so it may take frames for other MACs and is no evidence either way.
+    sh('ip', ['-n', s.netns, 'link', 'set', 'eth0', 'promisc', 'on']);
     await c.rules.createRule({ rule: rule('st', 7964, [{ ip: s.ip!, mac: s.mac, interface: s.hostIf }]) });
     await until('active', async () => (await status('st')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
     sh('ip', ['link', 'set', s.hostIf, 'arp', 'off']);
@@ -207,6 +210,7 @@ describe('a backend MAC is what was observed, whatever the egress ARP flag or ma
       assert.equal((await backend('st')).active, false);
     } finally {
       sh('ip', ['link', 'set', s.hostIf, 'arp', 'on']);
+      sh('ip', ['-n', s.netns, 'link', 'set', 'eth0', 'promisc', 'off']);
     }
     await c.rules.deleteRule({ name: 'st', expectedGeneration: 0n });
   });
