@@ -1746,7 +1746,11 @@ export class Controller {
     interfaces: ReadonlyMap<string, InterfaceInfo | undefined>,
     tolerant = false,
   ): Map<string, LinkSpec> {
-    const waits = (l: LinkSpec) => (!interfaces.get(l.a) || !interfaces.get(l.b)) && (tolerant || this.inForce(l));
+    // So does a link the host made into a forwarding loop after it was accepted (resync.ts judgeLinkLoops): out
+    // of the devmap until the host no longer makes the loop.
+    const waits = (l: LinkSpec) =>
+      (!interfaces.get(l.a) || !interfaces.get(l.b) || this.state.linkLoops.has(linkKey(l))) &&
+      (tolerant || this.inForce(l));
     return [...next.values()].some(waits) ? new Map([...next].filter(([, l]) => !waits(l))) : next;
   }
 

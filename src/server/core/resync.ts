@@ -33,6 +33,7 @@ import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
 import { linkKey, type LinkSpec, type RuleSpec } from './model.js';
+import { visible } from '../../shared/visible.js';
 import { activeLinkSources, shadowedStatus } from './shadow.js';
 import {
   CONFLICT_MS,
@@ -45,7 +46,7 @@ import {
   type HoldEnd,
   type NeighbourHold,
 } from './neighbour-hold.js';
-import { directions } from './plan-links.js';
+import { directions, forwardingLoop } from './plan-links.js';
 import type { RuleOp } from './plan-rules.js';
 import {
   findHostLoops,
@@ -707,6 +708,9 @@ export async function resync(
   // the desired state every second, or less often when that costs more than 5% of a CPU (kernel-check.ts); what differs rewritten and logged once (kernel-check.ts).
   await checkKernel(ctx, facts, new Set(ops.map((o) => o.name)), pace, transition);
 
+  // Link sets whose forwarding the host made into a loop since they were accepted: kept out of the devmap.
+  const loopChanged = judgeLinkLoops(ctx, transition);
+
   // Links: every wanted direction must be in the kernel's devmap, from today's ingress ifindex to today's
   // egress ifindex, and nothing else there (the kernel drops an entry whose egress is deleted; an entry
   // keyed by a deleted ingress stays). A re-apply that failed is not retried until something changes.
@@ -717,6 +721,7 @@ export async function resync(
   for (const l of links) {
     const dirs = directions(l).map(([from, to]) => [now(from), now(to)] as const);
     if (dirs.some(([f, t]) => f === undefined || t === undefined)) continue;
+    if (state.linkLoops.has(linkKey(l))) continue; // kept out of the devmap while the host makes it loop
     for (const [f, t] of dirs) wanted.set(f!, t!);
   }
   // Entries no link holds (put there by another tool): frames from that ingress were redirected.
@@ -756,14 +761,14 @@ export async function resync(
     const differed: string[] = [];
     for (const [f, t] of wanted) {
       const k = kernelLinks.get(f);
-      if (k !== t)
+      if (k !== t && !(k === undefined && loopChanged.has(f)))
         differed.push(
           `link direction ${dp.nameOf?.(f) ?? f} -> ${dp.nameOf?.(t) ?? t} (map xc_links, ifindex ${f}): ` +
             `kernel ${k === undefined ? 'absent' : `egress ifindex ${k}`}, desired egress ifindex ${t}`,
         );
     }
     for (const f of state.linkDirs.keys()) {
-      if (!wanted.has(f) && kernelLinks.has(f))
+      if (!wanted.has(f) && kernelLinks.has(f) && !loopChanged.has(f))
         differed.push(
           `link direction from ifindex ${f} (map xc_links): kernel egress ifindex ${kernelLinks.get(f)}, desired absent`,
         );
@@ -793,7 +798,7 @@ export async function resync(
         }
         if (say) line();
       } else line();
-    } else ctx.log.info({}, 'interfaces changed: re-applying links');
+    } else if (!loopChanged.size) ctx.log.info({}, 'interfaces changed: re-applying links');
     try {
       await tx.applyLinkSet(new Map(state.links), 'links', true);
       state.linkReapplyFailed = undefined;
@@ -828,7 +833,8 @@ export async function resync(
       // An ingress that is down or without carrier receives nothing to cross-connect.
       // So does one without our program (attaching it failed); a foreign program is reported by the listing.
       const unattached = state.foreign.has(from) ? undefined : ingressProblems.get(from);
-      let why = ingressDown.get(from) ?? unattached ?? egressProblem(to, dp.linkState?.(to));
+      const loopWhy = state.linkLoops.get(linkKey(l)); // said once for the link (judgeLinkLoops), not per direction
+      let why = loopWhy ?? ingressDown.get(from) ?? unattached ?? egressProblem(to, dp.linkState?.(to));
       if (!why && native.has(from)) {
         let r = facts.napi.get(to);
         if (!r) {
@@ -897,6 +903,8 @@ export async function resync(
             : 'unverified'
           : 'ok';
       transition(key, next, () => {
+        if (why !== undefined && why === loopWhy) return;
+        if (!why && was?.startsWith('out|') && isLinkLoopText(was.slice(4))) return; // the loop's end is said once
         if (why) ctx.log.warn({ from, to, reason: why }, `link ${from} -> ${to} is not forwarding: ${why}`);
         else if (next === 'unverified|out' && was?.startsWith('out|')) {
           ctx.log.info(
@@ -1992,6 +2000,92 @@ function judgeHostLoops(
         `longer kept out of their tables for it (${loopBackendsText(l)})`,
     );
   }
+}
+
+const LINK_LOOP_TEXT = 'in a forwarding loop the host made';
+
+/** Whether a link direction's "not forwarding" text is the loop's ({@link judgeLinkLoops}). */
+function isLinkLoopText(why: string): boolean {
+  return why.startsWith(LINK_LOOP_TEXT);
+}
+
+/**
+ * The link check a change is refused by (plan-links.ts forwardingLoop, walking the layer-2 graph as
+ * judgeHostLoops does: veth peers, a port's bridge and uppers, a bridge's other ports), made at every pass for
+ * loops the host made after the links were accepted (both veth peers of a link enslaved to one bridge: every
+ * broadcast frame goes round for ever). Each link that closes such a loop goes into `state.linkLoops`: the
+ * reconciler's re-apply and a client's change that leaves it as it is keep its directions out of the devmap
+ * (map xc_links), its directions are not forwarding, naming the loop (link status, GetStatus datapath warnings,
+ * health NOT_SERVING). One warning when a loop is found, one line when the host no longer makes it (the
+ * directions are written again).
+ */
+function judgeLinkLoops(
+  ctx: ExecContext,
+  transition: (key: string, line: string, log: (before: boolean) => void) => void,
+): Set<number> {
+  const { dp, state } = ctx;
+  const found = new Map<string, { link: LinkSpec; path: string }>();
+  const peerOf = dp.vethPeer?.bind(dp);
+  if (peerOf && state.links.size) {
+    const peers = new Map<string, string | undefined>();
+    const peer = (n: string) => {
+      if (!peers.has(n)) peers.set(n, peerOf(n));
+      return peers.get(n);
+    };
+    const portRows = new Map<string, readonly string[]>();
+    const portsOf = dp.bridgePorts
+      ? (name: string) => {
+          if (!portRows.has(name)) portRows.set(name, dp.bridgePorts!(name));
+          return portRows.get(name)!;
+        }
+      : undefined;
+    const host = { uppersOf: upperReader(dp), ...(portsOf ? { portsOf } : {}) };
+    // Each loop's closing link out, then the rest walked again: every link on a loop is found.
+    const rest = new Map(state.links);
+    for (let loop = forwardingLoop(rest, peer, host); loop; loop = forwardingLoop(rest, peer, host)) {
+      const key = linkKey(loop.link);
+      found.set(key, loop);
+      rest.delete(key);
+    }
+  }
+  const was = state.linkLoops;
+  const next = new Map<string, string>();
+  for (const [key, { link, path }] of found) {
+    const why = visible(
+      `${LINK_LOOP_TEXT}: ${path}: every frame it takes in would go round for ever: kept out of the datapath ` +
+        '(map xc_links) until the host no longer makes the loop',
+    );
+    next.set(key, why);
+    transition(`link-loop/${key}`, why, () =>
+      ctx.log.warn(
+        { a: link.a, b: link.b, loop: path },
+        `forwarding loop made by the host: link ${link.a} <-> ${link.b}: ${path}: every frame it takes in would go ` +
+          'round for ever: its directions are taken out of the datapath (map xc_links) until the host no longer makes it',
+      ),
+    );
+  }
+  state.linkLoops = next;
+  for (const key of was.keys()) {
+    if (next.has(key) || !state.logged.delete(`link-loop/${key}`)) continue;
+    const l = state.links.get(key);
+    ctx.log.info(
+      { link: key },
+      l
+        ? `forwarding loop of link ${l.a} <-> ${l.b} is gone (the host or the links changed): its directions are written to the datapath again`
+        : `forwarding loop of link ${key} is gone (the link was removed)`,
+    );
+  }
+  // The ingress ifindexes of the links taken out or put back now: their devmap change is the loop's, said above.
+  const changed = new Set<number>();
+  for (const key of new Set([...was.keys(), ...next.keys()])) {
+    const l = state.links.get(key);
+    if (!l || was.has(key) === next.has(key)) continue;
+    for (const [from] of directions(l)) {
+      const i = dp.lookupInterface(from)?.ifindex;
+      if (i !== undefined) changed.add(i);
+    }
+  }
+  return changed;
 }
 
 /**

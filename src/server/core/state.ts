@@ -424,6 +424,12 @@ export class CoreState {
   /** What the last loop check was made from (resync.ts judgeHostLoops): it runs again only when that changed. */
   hostLoopInput?: string;
   /**
+   * Links whose forwarding closes a loop the host made after they were accepted (both veth peers of a link enslaved
+   * to one bridge, ...; plan-links.ts forwardingLoop, resync.ts judgeHostLoops): link key -> why; their directions
+   * are kept out of the kernel's devmap (map xc_links) until the host no longer makes the loop.
+   */
+  linkLoops: ReadonlyMap<string, string> = new Map();
+  /**
    * The static-MAC backends the rules name ("ip@iface|mac"), with how many rules name each: kept by
    * {@link setRecord}, {@link deleteRule} and {@link replaceMany}, so that the reconciler does not collect them
    * from every rule at every pass (resync.ts judgeStaticMacs).
