@@ -70,7 +70,7 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
   const loopLine = new RegExp(`forwarding loop made by the host: link ${sa} <-> ${sb}: `);
   const goneLine = new RegExp(`forwarding loop of link ${sa} <-> ${sb} is gone`);
 
-  it('is taken out of the datapath while the host makes it, said once, and written again when it is undone', async () => {
+  it('is taken out of the datapath while the host makes it, said once, and written again when it is undone', async (t) => {
     try {
       await c.links.connect({ link: { a: sa, b: sb, direction: LinkDirection.LINK_DIRECTION_BOTH } });
       await until('the link forwarding both ways', async () => {
@@ -99,6 +99,7 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
         assert.fail(`the loop was not noticed; one broadcast frame into ${sa} made it receive ${n} frames in 1 s`);
       }
       const n = await oneFrame(2000);
+      t.diagnostic(`one broadcast frame into ${sa} after the loop was found: ${n} frame(s) received in 2 s`);
       assert.ok(n < 1000, `one broadcast frame into ${sa} after the loop was found: ${n} frames received in 2 s`);
       const l = await link();
       const path = new RegExp(
