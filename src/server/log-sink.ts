@@ -394,6 +394,30 @@ export function writeCause(err: NodeJS.ErrnoException): string {
   }
 }
 
+/** Log the one line that says what a stall or refusal of stdout dropped (LogSinkOptions.recovered), at warn. */
+export function logDropSummary(
+  log: { warn(obj: object, msg: string): void },
+  e: DropEpisode,
+  logBufferBytes: number,
+): void {
+  const fields = {
+    sink: 'stdout',
+    dropped: e.lines,
+    droppedAudit: e.audit,
+    droppedBytes: e.bytes,
+    from: new Date(e.from).toISOString(),
+    to: new Date(e.to).toISOString(),
+  };
+  if (e.cause !== undefined)
+    log.warn({ ...fields, cause: e.cause }, `${dropText(e)}: stdout refused them (${e.cause}); it takes them again`);
+  else
+    log.warn(
+      fields,
+      `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
+        'its reader); it is read again',
+    );
+}
+
 /** "N log lines (M audit records) were dropped from T1 to T2" */
 export function dropText(e: DropEpisode): string {
   return (

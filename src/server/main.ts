@@ -26,7 +26,8 @@ import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
 import { seekFd } from './dataplane/fd-seek.js';
 import { missingHostTools } from './dataplane/host-tools.js';
-import { dropText, isFileFd, LogSink, stderrNotice } from './log-sink.js';
+import { FileLogRelay } from './log-relay.js';
+import { isFileFd, LogSink, logDropSummary, stderrNotice, type DropEpisode } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -355,40 +356,24 @@ const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 102
 // Control characters in what it says (a device's name) are shown visibly (\e, \xNN), never raw.
 const stderrLine = stderrNotice();
 const notice = (text: string) => stderrLine(visible(text, true));
-const sink: LogSink = new LogSink({
+const sinkOptions = {
   out: process.stdout,
-  fd: isFileFd(1) ? 1 : undefined,
   seek: seekFd,
   name: 'stdout',
   maxBytes: logBufferBytes,
   notice,
-  recovered: (e) =>
-    e.cause !== undefined
-      ? log.warn(
-          {
-            sink: 'stdout',
-            dropped: e.lines,
-            droppedAudit: e.audit,
-            droppedBytes: e.bytes,
-            from: new Date(e.from).toISOString(),
-            to: new Date(e.to).toISOString(),
-            cause: e.cause,
-          },
-          `${dropText(e)}: stdout refused them (${e.cause}); it takes them again`,
-        )
-      : log.warn(
-          {
-            sink: 'stdout',
-            dropped: e.lines,
-            droppedAudit: e.audit,
-            droppedBytes: e.bytes,
-            from: new Date(e.from).toISOString(),
-            to: new Date(e.to).toISOString(),
-          },
-          `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
-            'its reader); it is read again',
-        ),
-});
+  recovered: (e: DropEpisode) => logDropSummary(log, e, logBufferBytes),
+};
+/** A file is written by a writer process (log-relay.ts); should it not start, here (a frozen disk holds the daemon then). */
+const fileSink = (): FileLogRelay | LogSink => {
+  try {
+    return new FileLogRelay({ level: o.logLevel, maxBytes: logBufferBytes, notice, recovered: sinkOptions.recovered });
+  } catch (err) {
+    notice(`cannot start the log writer process (${(err as Error).message}): stdout is written on the event loop`);
+    return new LogSink({ ...sinkOptions, fd: 1 });
+  }
+};
+const sink: FileLogRelay | LogSink = isFileFd(1) ? fileSink() : new LogSink(sinkOptions);
 const logOptions = { base: { service: 'xdpctld' }, mixin: traceLogFields };
 const log = pino({ ...logOptions, level: o.logLevel }, sink.log);
 /** Stop: wait (bounded: a reader that stopped must not hold the exit) for the lines still waiting. */
