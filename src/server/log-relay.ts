@@ -29,6 +29,9 @@ import { LogSink, type DropEpisode, type LogLineKind, type WriteProblem } from '
 /** How long a write may take before GetStatus says the log is not being written (ms): the state store's bound. */
 export const LOG_WRITE_TIMEOUT_MS = 5000;
 
+/** Who did not read, in the summary line of lines dropped by the pipe (logDropSummary). */
+export const RELAY_READER = 'the log writer process, held in a write its disk did not complete';
+
 /** What the writer reports after each chunk it handled. */
 interface WriterReport {
   handled: number;
@@ -78,8 +81,10 @@ export class FileLogRelay {
       out: this.child.stdin!,
       name: 'stdout',
       maxBytes: o.maxBytes,
+      stallQuestion: "is stdout's disk not completing writes (the log writer process is held in one)?",
       notice: o.notice,
-      recovered: o.recovered,
+      // The kind's one-character prefix of each line is no byte of the log.
+      recovered: (e) => o.recovered({ ...e, bytes: e.bytes - e.lines }),
     });
   }
 

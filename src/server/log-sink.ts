@@ -87,6 +87,8 @@ export interface LogSinkOptions {
   name: string;
   /** Bytes that may wait to be written; a line beyond is dropped and counted. */
   maxBytes: number;
+  /** What the notice of a stall asks ("is its reader stalled?", the default). */
+  stallQuestion?: string;
   /** Say something where an operator sees it when the sink is stuck (stderr): one line, no newline. */
   notice(text: string): void;
   /** Everything waiting was written after lines had been dropped: say so in the log (through this sink). */
@@ -325,7 +327,8 @@ export class LogSink {
       if (this.failed === undefined && this.refusing === undefined) {
         this.o.notice(
           `${this.o.name} takes no more log lines: ${this.o.out.writableLength} bytes wait to be written ` +
-            `(--log-buffer-bytes ${this.o.maxBytes}); is its reader stalled? Lines are dropped and counted ` +
+            `(--log-buffer-bytes ${this.o.maxBytes}); ${this.o.stallQuestion ?? 'is its reader stalled?'} ` +
+            'Lines are dropped and counted ' +
             `(xdpctl_log_lines_dropped_total) until it is read again`,
         );
       }
@@ -399,6 +402,7 @@ export function logDropSummary(
   log: { warn(obj: object, msg: string): void },
   e: DropEpisode,
   logBufferBytes: number,
+  reader = 'its reader',
 ): void {
   const fields = {
     sink: 'stdout',
@@ -414,7 +418,7 @@ export function logDropSummary(
     log.warn(
       fields,
       `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
-        'its reader); it is read again',
+        `${reader}); it is read again`,
     );
 }
 
@@ -434,6 +438,15 @@ export function isFileFd(fd: number): boolean {
   try {
     const st = fstatSync(fd);
     return st.isFile() || (st.isCharacterDevice() && !isatty(fd));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `fd` is a regular file (one whose file system may stop completing writes: log-relay.ts). */
+export function isRegularFd(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile();
   } catch {
     return false;
   }

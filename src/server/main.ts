@@ -26,8 +26,8 @@ import { capacityForRules, Daemon, DEFAULTS, VERSION } from './daemon.js';
 import { childGuard } from './dataplane/children.js';
 import { seekFd } from './dataplane/fd-seek.js';
 import { missingHostTools } from './dataplane/host-tools.js';
-import { FileLogRelay } from './log-relay.js';
-import { isFileFd, LogSink, logDropSummary, stderrNotice, type DropEpisode } from './log-sink.js';
+import { FileLogRelay, RELAY_READER } from './log-relay.js';
+import { isFileFd, isRegularFd, LogSink, logDropSummary, stderrNotice, type DropEpisode } from './log-sink.js';
 import { installSignalHandlers } from './signals.js';
 import { traceLogFields } from './telemetry/log-context.js';
 import { parsePrometheusAddress } from './telemetry/prometheus.js';
@@ -347,7 +347,9 @@ const logBufferBytes = intFlag('--log-buffer-bytes', o.logBufferBytes, 4096, 102
 // write waited for it: gRPC, health, the reconciler and SIGTERM with it): what it has not read waits up to
 // --log-buffer-bytes, beyond that lines are dropped and counted (xdpctl_log_lines_dropped_total), said once
 // on stderr and, once it reads again, in one log line.
-// A file (stdout redirected to one) is written line by line: a line the disk refuses (full: ENOSPC, the file size
+// A file (stdout redirected to one) is written by a writer process fed through a pipe (log-relay.ts), never on the
+// event loop: a disk that stops completing writes (fsfreeze) holds that process only (lines beyond the pipe and
+// --log-buffer-bytes dropped and counted as above; GetStatus: not answering after 5 s). It writes line by line: a line the disk refuses (full: ENOSPC, the file size
 // limit: EFBIG, EIO) is dropped and counted (xdpctl_log_write_errors_total by errno), said once on stderr and in
 // GetStatus, and the next line tries again; a line cut short by the refusal is taken back out of the file (every
 // line in it stays JSON). stderr is written so that a refusal there is passed over too (it may be
@@ -367,13 +369,21 @@ const sinkOptions = {
 /** A file is written by a writer process (log-relay.ts); should it not start, here (a frozen disk holds the daemon then). */
 const fileSink = (): FileLogRelay | LogSink => {
   try {
-    return new FileLogRelay({ level: o.logLevel, maxBytes: logBufferBytes, notice, recovered: sinkOptions.recovered });
+    return new FileLogRelay({
+      level: o.logLevel,
+      maxBytes: logBufferBytes,
+      notice,
+      recovered: (e) => logDropSummary(log, e, logBufferBytes, RELAY_READER),
+    });
   } catch (err) {
     notice(`cannot start the log writer process (${(err as Error).message}): stdout is written on the event loop`);
     return new LogSink({ ...sinkOptions, fd: 1 });
   }
 };
-const sink: FileLogRelay | LogSink = isFileFd(1) ? fileSink() : new LogSink(sinkOptions);
+// A character device that is no terminal (/dev/null) is written here, as before: no file system to freeze.
+const sink: FileLogRelay | LogSink = isRegularFd(1)
+  ? fileSink()
+  : new LogSink({ ...sinkOptions, fd: isFileFd(1) ? 1 : undefined });
 const logOptions = { base: { service: 'xdpctld' }, mixin: traceLogFields };
 const log = pino({ ...logOptions, level: o.logLevel }, sink.log);
 /** Stop: wait (bounded: a reader that stopped must not hold the exit) for the lines still waiting. */

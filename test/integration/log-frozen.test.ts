@@ -166,6 +166,7 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
     const p = (await status.getStatus({})).logWriteProblem!;
     t.diagnostic(`GetStatus while frozen: ${p.code} ${p.cause} dropped ${p.linesDropped}`);
     assert.match(p.cause, /did not complete a write in 5 s \(not answering\)/);
+    assert.ok(Number(p.linesDropped) > 0, 'GetStatus: lines dropped since');
     await soon(health.check({ service: '' }), 'Health/Check');
 
     thaw();
@@ -180,6 +181,9 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
     const s = summary()[0];
     t.diagnostic(`summary: ${s.msg}`);
     assert.equal(s.dropped, await dropped(), 'the summary and the counter agree');
+    assert.equal(s.level, 40);
+    assert.match(s.msg!, /waiting for the log writer process, held in a write its disk did not complete/);
+    assert.match(text(err), /xdpctld: stdout takes no more log lines: .*is stdout's disk not completing writes/);
     await until(
       'GetStatus clear after the thaw',
       async () => (await status.getStatus({})).logWriteProblem === undefined,
