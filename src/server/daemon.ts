@@ -1201,16 +1201,17 @@ export class Daemon {
       this.pinRootProblem = problem;
       return [problem];
     }
-    let r: { repinned: string[]; failed: string[] };
+    let r: { repinned: string[]; failed: string[]; unverified: string[] };
     try {
       r = this.datapath.repairPins();
     } catch (e) {
-      r = { repinned: [], failed: [(e as Error).message] };
+      r = { repinned: [], failed: [(e as Error).message], unverified: [] };
     }
     try {
       if (this.generationPin?.repair()) r.repinned.push(this.generationPin.path);
     } catch (e) {
-      r.failed.push(`${this.generationPin?.path}: ${(e as Error).message}`);
+      const m = (e as Error).message;
+      (/^open pin /.test(m) ? r.unverified : r.failed).push(`${this.generationPin?.path}: ${m}`);
     }
     if (r.repinned.length) {
       this.log.warn(
@@ -1218,7 +1219,11 @@ export class Daemon {
         `pins removed or replaced under the running daemon: re-pinned ${r.repinned.length} (maps, program and tracepoint links in use)`,
       );
     }
-    return r.failed.map((f) => `pin not restored: ${f}`);
+    // A pin that cannot be opened (EMFILE...) is neither ours nor missing: not re-pinned, said as not verified.
+    return [
+      ...r.failed.map((f) => `pin not restored: ${f}`),
+      ...r.unverified.map((f) => `pin cannot be verified: ${f} (left as it is)`),
+    ];
   }
 
   /** Interfaces the desired state names that do not exist now. */

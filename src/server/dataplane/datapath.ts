@@ -16,6 +16,7 @@
  * adopts it without loading and verifying the same code again.
  */
 import { createHash } from 'node:crypto';
+import { constants } from 'node:os';
 import {
   type Dirent,
   existsSync,
@@ -1648,15 +1649,22 @@ export class XdpDatapath {
    * was re-pinned, and what could not be (with the cause), is returned; the
    * caller reports it.
    */
-  repairPins(): { repinned: string[]; failed: string[] } {
+  repairPins(): { repinned: string[]; failed: string[]; unverified: string[] } {
     const repinned: string[] = [];
     const failed: string[] = [];
-    if (this.migration || !this.obj) return { repinned, failed };
+    const unverified: string[] = [];
+    if (this.migration || !this.obj) return { repinned, failed, unverified };
     const { pinRoot } = this.options;
-    const idAt = (path: string, info: (fd: number) => number | undefined): number | undefined => {
+    /** The id of what `path` holds; undefined: nothing, or not a map (program); null: it could not be opened. */
+    const idAt = (path: string, info: (fd: number) => number | undefined): number | undefined | null => {
       if (!existsSync(path)) return undefined;
       const fd = lib.bpf_obj_get(path) as number;
-      if (fd < 0) return undefined;
+      if (fd < 0) {
+        if (fd === -constants.errno.ENOENT) return undefined;
+        // EMFILE (the open-files limit), ENOMEM, EACCES...: what the pin holds is not known, so it is left as it is.
+        unverified.push(`${path}: ${new KernelError(`open pin ${path}`, -fd).message}`);
+        return null;
+      }
       try {
         return info(fd);
       } catch {
@@ -1681,10 +1689,12 @@ export class XdpDatapath {
       if (!(lib.bpf_map__is_pinned(m) as boolean) && !SELF_PINNED.includes(name)) continue; // .rodata and the like
       const fd = lib.bpf_map__fd(m) as number;
       const path = join(mapDir, name);
-      if (idAt(path, (x) => mapInfo(x, name).id) !== mapInfo(fd, name).id) repin(`map ${name}`, path, fd);
+      const at = idAt(path, (x) => mapInfo(x, name).id);
+      if (at !== null && at !== mapInfo(fd, name).id) repin(`map ${name}`, path, fd);
     }
     const progPin = XdpDatapath.progPinPath(pinRoot);
-    if (idAt(progPin, (x) => progInfo(x, progPin).id) !== this.progInfoValue.id) {
+    const progAt = idAt(progPin, (x) => progInfo(x, progPin).id);
+    if (progAt !== null && progAt !== this.progInfoValue.id) {
       repin(`program ${PROGRAM_NAME}`, progPin, this.progFdValue);
     }
     // The tracepoint programs' links (links/): pinned, they count failed redirects while no daemon runs;
@@ -1692,7 +1702,9 @@ export class XdpDatapath {
     this.traceLinks.forEach((link, i) => {
       const path = this.traceLinkPins[i];
       const fd = lib.bpf_link__fd(link) as number;
-      if (!path || fd < 0 || idAt(path, (x) => linkId(x, path)) === linkId(fd, path)) return;
+      if (!path || fd < 0) return;
+      const at = idAt(path, (x) => linkId(x, path));
+      if (at === null || at === linkId(fd, path)) return;
       const before = failed.length;
       repin(`tracepoint link ${basename(path)}`, path, fd);
       if (failed.length > before) {
@@ -1718,7 +1730,7 @@ export class XdpDatapath {
         failed.push(`${dirname(progPin)}/${LOADED_PREFIX}*: ${(e as Error).message}`);
       }
     }
-    return { repinned, failed };
+    return { repinned, failed, unverified };
   }
 
   /**

@@ -8,6 +8,7 @@
  * <pinRoot>/store_generation` shows it.
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 
 import { BpfMap, mapInfo, openPinnedMap } from './bpf-map.js';
@@ -92,12 +93,15 @@ export class GenerationPin {
 
   /**
    * Pin this daemon's map again when the path holds none or another object (`rm` of the pin, the pin root
-   * removed and made again): returns true when it re-pinned. Throws a KernelError when it cannot.
+   * removed and made again): returns true when it re-pinned. Throws a KernelError when it cannot, also when the
+   * pin cannot be opened for another reason than its absence (EMFILE: the open-files limit): what it holds is
+   * then not known, and it is left as it is.
    */
   repair(): boolean {
     if (!this.map) return false;
     const ours = this.map.info.id;
     const fd = lib.bpf_obj_get(this.path) as number;
+    if (fd < 0 && fd !== -constants.errno.ENOENT) throw new KernelError(`open pin ${this.path}`, -fd);
     if (fd >= 0) {
       try {
         if (mapInfo(fd, this.path).id === ours) return false;
