@@ -473,7 +473,12 @@ export interface Net {
   ingressIndex: number;
   /** The namespace of the ingress veth's peer (where the watch section's traffic comes from). */
   ingressNetns: string;
-  backends: { name: string; index: number; mac: string }[];
+  /**
+   * The backends' host-side veths (`name`, `index`, their own `mac`) and the MAC of each veth's peer (`peerMac`:
+   * the backend's own, what a static MAC must be for the daemon to keep the backend: a MAC the peer contradicts
+   * is taken out of the table).
+   */
+  backends: { name: string; index: number; mac: string; peerMac: string }[];
 }
 
 /** The benchmarks' hosts on `topo`: an ingress "in" and four backends b0-b3, made in that order; their Net. */
@@ -484,7 +489,12 @@ export function benchNet(topo: Topology): Net {
     ingress: ingress.hostIf,
     ingressIndex: ifindexOf(ingress.hostIf),
     ingressNetns: ingress.netns,
-    backends: hosts.map((h) => ({ name: h.hostIf, index: ifindexOf(h.hostIf), mac: macOf(h.hostIf) })),
+    backends: hosts.map((h) => ({
+      name: h.hostIf,
+      index: ifindexOf(h.hostIf),
+      mac: macOf(h.hostIf),
+      peerMac: h.mac,
+    })),
   };
 }
 
@@ -495,7 +505,7 @@ function ruleSpec(net: Net, i: number, variant = 0): Rule {
     ingressInterfaces: [net.ingress],
     backends: net.backends.map((b, k) => ({
       ip: `10.${100 + k + 4 * variant}.${Math.floor(i / 250)}.${(i % 250) + 1}`,
-      mac: `02:00:00:00:0${k}:01`,
+      mac: b.peerMac,
       interface: b.name,
     })),
     udpChecksum: 0,
@@ -645,7 +655,7 @@ function changeProbe(net: Net, view: LiveView, key: ReturnType<typeof matchOf>) 
     name: 'chg',
     match: { protocol: 0, port: 9000, destination: '', sourcePrefixes: [] },
     ingressInterfaces: [net.ingress],
-    backends: [{ ip, mac: '02:00:00:00:00:99', interface: net.backends[0].name }],
+    backends: [{ ip, mac: net.backends[0].peerMac, interface: net.backends[0].name }],
     udpChecksum: 0,
     labels: {},
     generation: 0n,
@@ -693,7 +703,7 @@ async function section1(d: BenchDaemon, net: Net, raw: XdpDatapath, n: Counts): 
     // written straight into a map of the same type and size.
     const id = 7;
     const entry = (ip: string): BackendEntry => ({
-      dmac: Uint8Array.of(2, 0, 0, 0, 0, 0x99),
+      dmac: Uint8Array.from(net.backends[0].peerMac.split(':').map((x) => parseInt(x, 16))),
       smac: Uint8Array.from(net.backends[0].mac.split(':').map((x) => parseInt(x, 16))),
       ifindex: net.backends[0].index,
       statsId: id,
