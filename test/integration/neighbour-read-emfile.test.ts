@@ -11,8 +11,9 @@ import { after, before, describe, it } from 'node:test';
 
 import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
-import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { kernelOnly, sleep, until } from '../helpers/env.js';
 import { backendOf, cond, Lab } from '../helpers/lab.js';
+import { openFilesLimit } from '../helpers/nofile.js';
 import type { Host } from '../helpers/topology.js';
 
 describe(
@@ -21,18 +22,16 @@ describe(
   () => {
     const lab = new Lab();
     let b1: Host;
-    let pid = 0;
-    let soft = '';
+    let limit: ReturnType<typeof openFilesLimit> | undefined;
     before(async () => {
       ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
       await lab.start(['--log-level', 'info']);
-      pid = lab.d!.child.pid!;
-      soft = sh('prlimit', ['--pid', String(pid), '--nofile', '-o', 'SOFT', '--noheadings']).trim();
+      limit = openFilesLimit(lab.d!.child.pid!);
       await lab.c.rules.createRule({ rule: lab.rule('web', 7999, [backendOf(b1, '')]) });
       await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 15_000);
     });
     after(async () => {
-      if (soft) sh('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+      limit?.restore();
       await lab.destroy();
     });
 
@@ -41,7 +40,7 @@ describe(
       assert.equal(r0.total, r0.sent, 'delivered before');
       // No descriptor above the standard three: every socket or pipe the daemon opens from now on fails (EMFILE);
       // the test's gRPC connection, open already, stays.
-      sh('prlimit', ['--pid', String(pid), '--nofile=3:']);
+      limit!.lower();
       try {
         await until(
           async () => `b1 said not verifiable; last: ${JSON.stringify((await lab.status('web')).backendStatus)}`,
@@ -64,7 +63,7 @@ describe(
         assert.equal(lab.count(/"msg":"reading the neighbour table failed: .*EMFILE/), 1, 'said once');
         assert.equal(lab.count(/"msg":"resync failed/), 0, 'the passes go on');
       } finally {
-        sh('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+        limit!.restore();
       }
       await until(
         'web ACTIVE again',

@@ -12,25 +12,24 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
-import { kernelOnly, sh, sleep, until } from '../helpers/env.js';
+import { kernelOnly, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
+import { openFilesLimit } from '../helpers/nofile.js';
 import type { Host } from '../helpers/topology.js';
 
 describe('pins that cannot be opened (EMFILE) are not re-pinned', kernelOnly(), () => {
   const lab = new Lab();
   let b1: Host;
-  let pid = 0;
-  let soft = '';
+  let limit: ReturnType<typeof openFilesLimit> | undefined;
   before(async () => {
     ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
     await lab.start(['--log-level', 'info']);
-    pid = lab.d!.child.pid!;
-    soft = sh('prlimit', ['--pid', String(pid), '--nofile', '-o', 'SOFT', '--noheadings']).trim();
+    limit = openFilesLimit(lab.d!.child.pid!);
     await lab.c.rules.createRule({ rule: lab.rule('web', 7999, [backendOf(b1)]) });
     await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 15_000);
   });
   after(async () => {
-    if (soft) sh('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+    limit?.restore();
     await lab.destroy();
   });
 
@@ -49,7 +48,7 @@ describe('pins that cannot be opened (EMFILE) are not re-pinned', kernelOnly(), 
   it('leaves the pins as they are, says they cannot be verified, and re-pins nothing', async () => {
     const before = pins();
     assert.ok(Object.keys(before).length > 5, `pins found: ${Object.keys(before).join(', ')}`);
-    sh('prlimit', ['--pid', String(pid), '--nofile=3:']);
+    limit!.lower();
     try {
       await until(
         async () => `"cannot be verified" in GetStatus; last: ${JSON.stringify(await warnings())}`,
@@ -60,7 +59,7 @@ describe('pins that cannot be opened (EMFILE) are not re-pinned', kernelOnly(), 
       assert.equal(repinned(), 0, 'nothing re-pinned under EMFILE');
       assert.deepEqual(pins(), before, 'every pin the same file');
     } finally {
-      sh('prlimit', ['--pid', String(pid), `--nofile=${soft}:`]);
+      limit!.restore();
     }
     await until(
       async () => `the warning gone; last: ${JSON.stringify(await warnings())}`,
