@@ -2,8 +2,9 @@
  * A real xdpctld process for end-to-end tests, on a unique pin root and
  * socket, with generated nice-grpc clients.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { createChannel, createClient, type Channel, type Client } from 'nice-grpc';
@@ -15,7 +16,7 @@ import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { InterfaceServiceDefinition } from '../../src/gen/xdpctl/v1/interface.js';
 import { LinkServiceDefinition } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { CLI, DAEMON, DAEMON_NODE_FLAGS, ROOT, sh } from './env.js';
+import { CLI, DAEMON, DAEMON_NODE_FLAGS, ROOT, sh, until } from './env.js';
 
 export interface Clients {
   rules: Client<typeof RuleServiceDefinition>;
@@ -230,6 +231,57 @@ export function spawnRedirectedDaemon(o: {
     ],
     { cwd: ROOT, stdio: o.stdio },
   );
+}
+
+/** A JSON line of xdpctld's log as read back from a file. */
+export type FileLogLine = { msg?: string; level?: number; [k: string]: unknown };
+
+/** The text of file `f` ('' while it does not exist). */
+export const fileText = (f: string): string => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+
+/** The whole JSON lines of log file `f` (a line cut short, e.g. by a refused write, is passed over). */
+export const fileLogLines = (f: string): FileLogLine[] =>
+  fileText(f)
+    .split('\n')
+    .filter((l) => l.startsWith('{') && l.endsWith('}'))
+    .map((l) => JSON.parse(l) as FileLogLine);
+
+/**
+ * xdpctld with stdout written to the file `out` and stderr to `err` by a shell's redirections (`>>`, or `>`: opened
+ * without O_APPEND), through spawnRedirectedDaemon (`wrap` execs it, e.g. prlimit); waits up to 20 s for its 'ready'
+ * line in `out` and asserts it still runs. Returns the child, a promise of its exit code and its Prometheus address.
+ */
+export async function startFileLoggedDaemon(o: {
+  out: string;
+  err: string;
+  redirect?: '>>' | '>';
+  wrap?: string[];
+  sock: string;
+  pinRoot: string;
+  stateDir: string;
+  extra?: string[];
+}): Promise<{ child: ChildProcess; exit: Promise<number | null>; prometheus: string }> {
+  const r = o.redirect ?? '>>';
+  const child = spawnRedirectedDaemon({
+    script: `o=$0 e=$1; shift; exec "$@" ${r}"$o" ${r === '>' ? '2>' : '2>>'}"$e"`,
+    shArgs: [o.out, o.err],
+    ...(o.wrap ? { wrap: o.wrap } : {}),
+    sock: o.sock,
+    pinRoot: o.pinRoot,
+    stateDir: o.stateDir,
+    ...(o.extra ? { extra: o.extra } : {}),
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
+  const exit = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  const tails = () => `${fileText(o.out).slice(-2000)} ${fileText(o.err).slice(-2000)}`;
+  await until(
+    () => `no ready line: ${tails()}`,
+    () => fileLogLines(o.out).some((l) => l.msg === 'ready') || child.exitCode !== null,
+    20_000,
+  );
+  assert.equal(child.exitCode, null, `xdpctld exited: ${tails()}`);
+  const prometheus = fileLogLines(o.out).find((l) => l.msg === 'ready')!.prometheus as string;
+  return { child, exit, prometheus };
 }
 
 /** Run the CLI against `server`; its exit code and output. */

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { createChannel, createClient, type Channel } from 'nice-grpc';
@@ -19,12 +19,10 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { promSample, spawnRedirectedDaemon } from '../helpers/daemon.js';
+import { fileLogLines, fileText, promSample, startFileLoggedDaemon } from '../helpers/daemon.js';
 import { kernelOnly, runId, sh, shQuiet, until, within } from '../helpers/env.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
-
-type Line = { msg?: string; level?: number; [k: string]: unknown };
 
 describe('a log file on a frozen disk', kernelOnly(), () => {
   const id = runId();
@@ -50,13 +48,9 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
     shQuiet('fsfreeze', ['-u', dir]);
     frozen = false;
   };
-  const text = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+  const text = fileText;
   const tail = (f: string) => text(f).slice(-2000);
-  const lines = (f: string) =>
-    text(f)
-      .split('\n')
-      .filter((l) => l.startsWith('{') && l.endsWith('}'))
-      .map((l) => JSON.parse(l) as Line);
+  const lines = fileLogLines;
   /** The writer processes of the daemon (children of its pid), found before it exits. */
   const writerPid = () => {
     const r = spawnSync('pgrep', ['-P', String(daemon!.pid)], { encoding: 'utf8' });
@@ -105,23 +99,9 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
   });
 
   it('frozen: answers within 1 s, changes OK, lines dropped and counted, GetStatus says so; thawed: summary, JSON; SIGTERM frozen: exits', async (t) => {
-    daemon = spawnRedirectedDaemon({
-      script: 'o=$0 e=$1; shift; exec "$@" >>"$o" 2>>"$e"',
-      shArgs: [out, err],
-      sock,
-      pinRoot,
-      stateDir,
-      extra: ['--log-buffer-bytes', '4096'],
-      stdio: ['ignore', 'ignore', 'ignore'],
-    });
-    const exit = new Promise<number | null>((r) => daemon!.once('exit', (code) => r(code)));
-    await until(
-      () => `no ready line: ${tail(out)} ${tail(err)}`,
-      () => lines(out).some((l) => l.msg === 'ready') || daemon?.exitCode !== null,
-      20_000,
-    );
-    assert.equal(daemon.exitCode, null, `xdpctld exited: ${tail(out)} ${tail(err)}`);
-    const prom = lines(out).find((l) => l.msg === 'ready')!.prometheus as string;
+    const d = await startFileLoggedDaemon({ out, err, sock, pinRoot, stateDir, extra: ['--log-buffer-bytes', '4096'] });
+    daemon = d.child;
+    const { exit, prometheus: prom } = d;
     channel = createChannel(`unix://${sock}`);
     const rules = createClient(RuleServiceDefinition, channel);
     const health = createClient(HealthDefinition, channel);

@@ -17,17 +17,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import {
-  appendFileSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  rmSync,
-  statSync,
-} from 'node:fs';
+import { appendFileSync, closeSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
 
 import { createChannel, createClient, type Channel } from 'nice-grpc';
@@ -36,12 +26,10 @@ import { HealthDefinition } from 'nice-grpc-server-health';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
-import { promSample, spawnRedirectedDaemon, xdpctl } from '../helpers/daemon.js';
+import { fileLogLines, fileText, promSample, startFileLoggedDaemon, xdpctl } from '../helpers/daemon.js';
 import { emptyDisk, fillDisk, kernelOnly, runId, sh, until, within } from '../helpers/env.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
-
-type Line = { msg?: string; level?: number; [k: string]: unknown };
 
 describe('a log file whose writes are refused', kernelOnly(), () => {
   const id = runId();
@@ -90,23 +78,9 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
    * O_APPEND); waits for its 'ready' line.
    */
   const start = async (out: string, err: string, wrap: string[] = [], redirect: '>>' | '>' = '>>') => {
-    daemon = spawnRedirectedDaemon({
-      script: `o=$0 e=$1; shift; exec "$@" ${redirect}"$o" ${redirect === '>' ? '2>' : '2>>'}"$e"`,
-      shArgs: [out, err],
-      wrap,
-      sock,
-      pinRoot,
-      stateDir,
-      stdio: ['ignore', 'ignore', 'ignore'],
-    });
-    const exit = new Promise<number | null>((r) => daemon!.once('exit', (code) => r(code)));
-    await until(
-      () => `no ready line: ${tail(out)} ${tail(err)}`,
-      () => lines(out).some((l) => l.msg === 'ready') || daemon?.exitCode !== null,
-      20_000,
-    );
-    assert.equal(daemon.exitCode, null, `xdpctld exited: ${tail(out)} ${tail(err)}`);
-    const prometheus = lines(out).find((l) => l.msg === 'ready')!.prometheus as string;
+    const d = await startFileLoggedDaemon({ out, err, redirect, wrap, sock, pinRoot, stateDir });
+    daemon = d.child;
+    const { exit, prometheus } = d;
     channel = createChannel(`unix://${sock}`);
     return {
       exit,
@@ -116,14 +90,9 @@ describe('a log file whose writes are refused', kernelOnly(), () => {
       status: createClient(DaemonServiceDefinition, channel),
     };
   };
-  const text = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+  const text = fileText;
   const tail = (f: string) => text(f).slice(-2000);
-  /** The file's whole JSON lines (a line cut short by the refusal is passed over: checked apart). */
-  const lines = (f: string) =>
-    text(f)
-      .split('\n')
-      .filter((l) => l.startsWith('{') && l.endsWith('}'))
-      .map((l) => JSON.parse(l) as Line);
+  const lines = fileLogLines;
 
   /**
    * Every line of `f` from byte `from` on (the whole file: 0) is one JSON object, and the file ends with a newline: no
