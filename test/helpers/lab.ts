@@ -15,9 +15,9 @@ import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
-import { Protocol, UdpChecksumMode, type Rule, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
+import { Protocol, RuleState, UdpChecksumMode, type Rule, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess, type Clients } from './daemon.js';
-import { removeIproute2BpffsDirs, runId, sh, shQuiet, sleep } from './env.js';
+import { removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from './env.js';
 import { Topology, type Host } from './topology.js';
 import { sendUdp, UdpListener } from './udp.js';
 
@@ -274,6 +274,9 @@ export class Lab {
     udpRule(name, port, ingress, backends);
 
   readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
+  /** Waits up to `ms` for rule `name` to be ACTIVE (GetRule's status). */
+  readonly untilActive = (name: string, ms = 10_000) =>
+    until(`${name} ACTIVE`, async () => (await this.status(name)).state === RuleState.RULE_STATE_ACTIVE, ms);
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
   /** A UDP rule on `port` from vm's veth to `backends` as the API's defaults take it: no weight, checksum mode unset. */
   readonly apiRule = (name: string, port: number, backends: BackendSpec[], labels: Record<string, string> = {}): Rule =>

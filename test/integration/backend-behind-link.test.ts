@@ -36,7 +36,7 @@ describe("a link from a rule's backend egress is refused, and a backend behind a
     ({ x, y } = lab.addHosts({ x: '198.18.8.1/24', y: '198.18.8.2/24' }));
     ({ c } = await lab.start(['--log-level', 'info']));
     await c.rules.createRule({ rule: lab.rule('web', PORT, [backendOf(b1), backendOf(b2)]) });
-    await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+    await lab.untilActive('web');
   });
   after(() => {
     lab.destroy();

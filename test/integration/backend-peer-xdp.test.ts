@@ -34,7 +34,7 @@ for (const [mode, peerMode, peerWords] of [
       ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
       await lab.start(['--xdp-mode', mode, '--log-level', 'info']);
       await lab.c.rules.createRule({ rule: lab.rule('web', PORT, [backendOf(b1)]) });
-      await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+      await lab.untilActive('web');
     });
     after(() => lab.destroy());
 

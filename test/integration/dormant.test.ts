@@ -15,7 +15,7 @@ import { HealthCheckResponse_ServingStatus as Serving } from 'nice-grpc-server-h
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { type Clients } from '../helpers/daemon.js';
-import { sh, shQuiet, sleep, kernelOnly, until } from '../helpers/env.js';
+import { sh, shQuiet, sleep, kernelOnly } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -41,7 +41,7 @@ describe('a DORMANT device with carrier is not taken as "no carrier"', kernelOnl
     ({ c } = await lab.start(['--log-level', 'info']));
     await c.rules.createRule({ rule: lab.rule('web', PORT, [backendOf(b1), backendOf(b2)]) });
     await c.links.connect({ link: { a: x.hostIf, b: y.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH } });
-    await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+    await lab.untilActive('web');
   });
   after(() => {
     for (const h of [vm, b1, b2, x, y]) if (h) awake(h.hostIf);

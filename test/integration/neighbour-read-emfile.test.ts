@@ -28,7 +28,7 @@ describe(
       await lab.start(['--log-level', 'info']);
       limit = openFilesLimit(lab.d!.child.pid!);
       await lab.c.rules.createRule({ rule: lab.rule('web', 7999, [backendOf(b1, '')]) });
-      await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 15_000);
+      await lab.untilActive('web', 15_000);
     });
     after(async () => {
       limit?.restore();

@@ -17,7 +17,6 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
-import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab, NOWHERE } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
@@ -63,7 +62,7 @@ for (const mode of ['native', 'generic'] as const) {
       await lab.start(['--xdp-mode', mode, '--log-level', 'info']);
       await lab.c.rules.createRule({ rule: lab.rule('web', PORT, [backendOf(b1)]) });
       await lab.c.links.connect({ link: { a: x.hostIf, b: y.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH } });
-      await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE, 10_000);
+      await lab.untilActive('web');
     });
     after(() => lab.destroy());
 
