@@ -7,11 +7,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
-import { CounterHub } from '../../src/server/core/counter-hub.js';
 import { CounterResets, RESET_LOG_MS, RESET_WARNING_MS } from '../../src/server/core/counter-resets.js';
 import { zeroRuleStats } from '../../src/server/core/dataplane.js';
 import type { Logger } from '../../src/server/log.js';
-import { DatapathMetricProducer } from '../../src/server/telemetry/datapath-metrics.js';
+import { otelRulePoints } from '../helpers/otel-points.js';
 
 function logger(): { log: Logger; lines: { o: Record<string, unknown>; msg: string }[] } {
   const lines: { o: Record<string, unknown>; msg: string }[] = [];
@@ -78,34 +77,20 @@ describe('counter resets (one detector for every served counter)', () => {
       links: [],
       global: [0n, 0n, 0n, 0n, 0n],
     };
-    let version = 0;
-    // A new version for each snapshot: the hub reads again rather than sharing the last read.
-    const hub = new CounterHub(
-      () => ({ ...snap, version }),
-      20,
-      0,
-      () => version,
-    );
-    const producer = new DatapathMetricProducer();
-    producer.attach(hub, { name: 'xdpctld' });
+    const o = otelRulePoints(() => snap);
     try {
-      const start = async () => {
-        const m = (await producer.build()).find((x) => x.descriptor.name === 'xdpctl.rule.packets')!;
-        const p = m.dataPoints[0];
-        return { start: p.startTime[0] * 1000 + p.startTime[1] / 1e6, value: p.value };
-      };
-      const first = await start();
+      const first = await o.rulePoint();
       const resetAt = first.start + 5000;
       snap = { ...snap, time: Date.now(), rules: [{ ...zeroRuleStats(), name: 'web', matched: 0n, resetAt }] };
-      version++;
-      const second = await start();
+      o.next();
+      const second = await o.rulePoint();
       assert.equal(second.value, 0);
       assert.equal(second.start, resetAt, 'a new start time: a new cumulative sum');
-      version++;
-      const third = await start();
+      o.next();
+      const third = await o.rulePoint();
       assert.equal(third.start, resetAt, 'kept');
     } finally {
-      hub.close();
+      o.close();
     }
   });
 });

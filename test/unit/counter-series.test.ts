@@ -12,12 +12,11 @@ import { describe, it } from 'node:test';
 import { applyChanges } from '../../src/client/pages.js';
 import { countersText, RESET_NOTE } from '../../src/client/cli/output.js';
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
-import { CounterHub } from '../../src/server/core/counter-hub.js';
 import { CounterResets } from '../../src/server/core/counter-resets.js';
 import { zeroBackendStats, zeroLinkStats, zeroRuleStats } from '../../src/server/core/dataplane.js';
 import type { Logger } from '../../src/server/log.js';
 import { toCounters } from '../../src/server/services/counter-service.js';
-import { DatapathMetricProducer } from '../../src/server/telemetry/datapath-metrics.js';
+import { otelRulePoints } from '../helpers/otel-points.js';
 
 const nop = () => undefined;
 const log = { warn: nop, info: nop, error: nop, debug: nop, trace: nop, fatal: nop } as unknown as Logger;
@@ -174,28 +173,15 @@ describe('counter series: start time, reset, rates never across a restart', () =
 
   it('the OpenTelemetry series of an object re-created between two exports starts again', async () => {
     let s: CounterSnapshot = { ...snap(1000, { matched: 100n, start: 500, fromZero: true }), time: Date.now() };
-    let version = 0;
-    const hub = new CounterHub(
-      () => ({ ...s, version }),
-      20,
-      0,
-      () => version,
-    );
-    const producer = new DatapathMetricProducer();
-    producer.attach(hub, { name: 'xdpctld' });
+    const o = otelRulePoints(() => s);
     try {
-      const start = async () => {
-        const m = (await producer.build()).find((x) => x.descriptor.name === 'xdpctl.rule.packets')!;
-        const p = m.dataPoints[0];
-        return p.startTime[0] * 1000 + p.startTime[1] / 1e6;
-      };
-      const first = await start();
+      const first = (await o.rulePoint()).start;
       const again = first + 5000;
       s = { ...s, time: Date.now(), rules: [{ ...s.rules[0], matched: 3n, start: again, fromZero: true }] };
-      version++;
-      assert.equal(await start(), again, 'a new start time: a new object');
+      o.next();
+      assert.equal((await o.rulePoint()).start, again, 'a new start time: a new object');
     } finally {
-      hub.close();
+      o.close();
     }
   });
 });
