@@ -211,4 +211,43 @@ describe('counter hub', () => {
       h.close();
     }
   });
+  it('never gives a watcher one read twice: a read longer than the interval, a consumer slower than it', async (t) => {
+    mockClock(t);
+    // Each kernel read takes 150 ms (a large table on a loaded machine); the watch asks for every 100 ms.
+    let n = 0n;
+    const slow = () =>
+      new Promise<CounterSnapshot>((resolve) => {
+        const v = (n += 1n);
+        setTimeout(
+          () =>
+            resolve({
+              time: Date.now(),
+              rules: [],
+              backends: [],
+              links: [],
+              global: [v],
+            } as unknown as CounterSnapshot),
+          150,
+        );
+      });
+    const h = new CounterHub(slow, 10, 100, undefined, () => Date.now());
+    const ac = new AbortController();
+    const it = h.watch(100, ac.signal)[Symbol.asyncIterator]();
+    try {
+      const got: CounterSnapshot[] = [];
+      for (let i = 0; i < 4; i++) {
+        got.push((await settle(t, it.next())).value as CounterSnapshot);
+        if (i === 1) await advance(t, 250); // a consumer busy with a sample for longer than the interval
+      }
+      const seen = got.map((s) => `${s.global[0]}@${s.time}`);
+      for (let i = 1; i < got.length; i++) {
+        assert.ok(got[i].global[0] > got[i - 1].global[0], `a read of its own each time: ${seen.join(', ')}`);
+        assert.ok(got[i].time > got[i - 1].time, `a time of its own each time: ${seen.join(', ')}`);
+      }
+      ac.abort();
+      await settle(t, it.return?.(undefined) ?? Promise.resolve());
+    } finally {
+      h.close();
+    }
+  });
 });

@@ -51,8 +51,10 @@ export class CounterHub {
   private latest?: CounterSnapshot;
   /** When {@link latest}'s read began and ended, by the hub's clock (its age: a wall-clock step is no age). */
   private latestAt?: { began: number; ended: number };
-  /** The read under way, and the desired state's version when it began. */
-  private inFlight?: { version?: number; done: Promise<CounterSnapshot> };
+  /** The read under way, the desired state's version and the clock when it began. */
+  private inFlight?: { version?: number; began: number; done: Promise<CounterSnapshot> };
+  /** When each snapshot's read ended, by the hub's clock (what a watcher must not be given twice: readAfter). */
+  private readonly endedAt = new WeakMap<CounterSnapshot, number>();
   private closed = false;
 
   /**
@@ -105,6 +107,15 @@ export class CounterHub {
     return this.readNow();
   }
 
+  /**
+   * A read that began after `s`'s had ended (the one under way if it did, else a new one): for a watcher that was
+   * given `s`, so that no watcher gets one read twice (two samples with one time: a slow consumer, or a read longer
+   * than the interval, found the last read still "recent" or still in flight when its next sample was due).
+   */
+  private readAfter(s: CounterSnapshot): Promise<CounterSnapshot> {
+    return this.readNow(this.endedAt.get(s) ?? this.clock());
+  }
+
   /** snapshot(), or undefined when the read fails (the next tick retries). */
   private async tryLatest(): Promise<CounterSnapshot | undefined> {
     try {
@@ -114,16 +125,22 @@ export class CounterHub {
     }
   }
 
-  /** A read: the one under way if it began at the desired state's current version, else a new one. */
-  private readNow(): Promise<CounterSnapshot> {
+  /**
+   * A read: the one under way if it began at the desired state's current version (and, given `after`, at or after
+   * that time by the hub's clock), else a new one.
+   */
+  private readNow(after?: number): Promise<CounterSnapshot> {
     const version = this.version?.();
-    if (this.inFlight && this.inFlight.version === version) return this.inFlight.done;
+    const f = this.inFlight;
+    if (f && f.version === version && (after === undefined || f.began >= after)) return f.done;
     this.reads++;
     const began = this.clock();
     const flight = {
       version,
+      began,
       done: (async () => {
         const snap = await this.read();
+        this.endedAt.set(snap, this.clock());
         // A read that began after the kept one (reads overlap only across a change) replaces it.
         if (!this.latestAt || this.latestAt.began <= began) {
           this.latest = snap;
@@ -193,23 +210,34 @@ export class CounterHub {
     this.watchers.add(w);
     const onAbort = () => w.wake?.();
     signal.addEventListener('abort', onAbort);
+    // The last snapshot given: never given again (a sample is a read of its own, with a time of its own).
+    let last: CounterSnapshot | undefined;
+    const newer = async (s: CounterSnapshot | undefined) => {
+      if (!s || s !== last) return s;
+      try {
+        return await this.readAfter(s);
+      } catch {
+        return undefined; // a failed read skips this tick; the next one retries
+      }
+    };
     try {
-      yield await this.snapshot();
+      yield (last = await this.snapshot());
       while (!signal.aborted && !this.closed) {
         if (w.missed) {
           // Due while its consumer was not reading: the latest snapshot now, no backlog.
           w.missed = false;
-          const latest = await this.tryLatest();
+          const latest = await newer(await this.tryLatest());
           if (latest) {
-            yield latest;
+            yield (last = latest);
             continue;
           }
         }
         await new Promise<void>((resolve) => (w.wake = resolve));
         w.wake = undefined;
-        const snap = w.pending;
+        const pending = w.pending;
         w.pending = undefined;
-        if (snap && !signal.aborted && !this.closed) yield snap;
+        const snap = pending && (await newer(pending));
+        if (snap && !signal.aborted && !this.closed) yield (last = snap);
       }
     } finally {
       signal.removeEventListener('abort', onAbort);
