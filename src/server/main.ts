@@ -386,8 +386,17 @@ const sink: FileLogRelay | LogSink = isRegularFd(1)
   : new LogSink({ ...sinkOptions, fd: isFileFd(1) ? 1 : undefined });
 const logOptions = { base: { service: 'xdpctld' }, mixin: traceLogFields };
 const log = pino({ ...logOptions, level: o.logLevel }, sink.log);
-/** Stop: wait (bounded: a reader that stopped must not hold the exit) for the lines still waiting. */
-const exit = (code: number) => void sink.flush().finally(() => process.exit(code));
+/**
+ * Stop with `code`: wait (bounded: a reader that stopped must not hold the exit) for the lines still waiting. The
+ * code is set first and a timer holds the event loop meanwhile: the log writer and its pipes are unref'd, so with
+ * nothing else left Node would end the process by itself, with code 0, before the flush returned (a refused start
+ * with stdout on a regular file exited 0).
+ */
+const exit = (code: number) => {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), 10_000);
+  void sink.flush().finally(() => process.exit(code));
+};
 
 // Name a missing capability here rather than let the kernel answer EPERM.
 const caps = checkOwnCapabilities();
