@@ -56,6 +56,9 @@ Exit codes:
   10  unavailable (xdpctld unreachable or shutting down)
   11  deadline exceeded (--timeout)
   12  any other error
+A change (create, update, delete, apply, connect, disconnect) that ends with 10 after reaching
+xdpctld, or with 11, may have been made all the same: xdpctld completes a change it has started
+and its audit log says which; the message names the command that reads it back.
 
 Environment:
   XDPCTL_SERVER   default for --server (else ${DEFAULT_SERVER})`;

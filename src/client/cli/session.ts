@@ -56,11 +56,21 @@ export class Session {
   timeoutMs: number;
 
   /**
+   * When the last call asked for a change: the command that reads back whether it was made (a call that ends
+   * without an answer may have been made all the same: {@link changeMayHaveLanded}).
+   */
+  readBack: string | undefined;
+
+  /**
    * Options for a unary call: the --timeout deadline (`bulk`: a whole-file transaction, {@link BULK_TIMEOUT_MS}
    * unless --timeout was given) and the trailer.
    */
-  call({ bulk = false } = {}): { deadline: Date; onTrailer: (md: Metadata) => void } {
+  call({ bulk = false, readBack }: { bulk?: boolean; readBack?: string } = {}): {
+    deadline: Date;
+    onTrailer: (md: Metadata) => void;
+  } {
     this.timeoutMs = bulk && this.opts.timeoutIsDefault ? BULK_TIMEOUT_MS : this.opts.timeout;
+    this.readBack = readBack;
     return { deadline: new Date(Date.now() + this.timeoutMs), onTrailer: (md) => (this.trailer = md) };
   }
 
@@ -129,6 +139,16 @@ export function loadConfig(
   return cfg;
 }
 
+/**
+ * Whether a change whose call failed with `code` may have been made: the call reached xdpctld and ended without its
+ * answer (deadline passed, cancelled, the connection dropped): the daemon completes a change once its transaction has
+ * started (README, Deadlines). Not when the call never reached it (cannot reach, TLS, permission) or was answered.
+ */
+export function changeMayHaveLanded(code: Status, message: string): boolean {
+  if (code === Status.DEADLINE_EXCEEDED || code === Status.CANCELLED) return true;
+  return code === Status.UNAVAILABLE && !/^(cannot reach xdpctld|TLS with xdpctld|permission denied)/.test(message);
+}
+
 export type Action = (s: Session, o: GlobalOptions, args: string[], flags: Record<string, unknown>) => Promise<void>;
 
 /**
@@ -158,6 +178,11 @@ export function run(fn: Action) {
       if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld|server's certificate/.test(message)) {
         const why = await diagnoseTls(o.server, loadTls(o)).catch(() => undefined);
         if (why) message = why;
+      }
+      if (s.readBack && changeMayHaveLanded(e.code, message)) {
+        message +=
+          '; the change may have been made all the same: xdpctld completes a change it has started whatever ' +
+          `becomes of the caller, and its audit log says which (read it back: ${s.readBack})`;
       }
       throw new CliError(message, described.exitCode, { cause: e });
     } finally {

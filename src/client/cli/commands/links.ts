@@ -63,7 +63,10 @@ export function registerLinks(program: Command): void {
     .action(
       run(async (s, o, [a, b], f) => {
         const dir = f.oneWay ? LinkDirection.LINK_DIRECTION_A_TO_B : LinkDirection.LINK_DIRECTION_BOTH;
-        const res = await s.client.links.connect({ link: { a, b, direction: dir } }, s.call());
+        const res = await s.client.links.connect(
+          { link: { a, b, direction: dir } },
+          s.call({ readBack: 'xdpctl links list' }),
+        );
         if (o.output !== 'table') return printData(o.output, ConnectResponse.toJSON(res));
         print(`link ${linkName(res.link ?? { a, b, direction: dir })} connected${res.link ? linkNote(res.link) : ''}`);
       }),
@@ -77,7 +80,7 @@ export function registerLinks(program: Command): void {
     .addHelpText('after', examples('xdpctl links disconnect eth0 tap0'))
     .action(
       run(async (s, o, [a, b]) => {
-        const res = await s.client.links.disconnect({ a, b }, s.call());
+        const res = await s.client.links.disconnect({ a, b }, s.call({ readBack: 'xdpctl links list' }));
         if (o.output !== 'table') return printData(o.output, DisconnectResponse.toJSON(res));
         print(`link ${a} ${b} disconnected`);
       }),
@@ -108,7 +111,7 @@ File format (only "links:" is used; "links: []" removes every link):
       run(async (s, o, _args, f) => {
         const res = await s.client.links.applyLinks(
           { links: loadLinks(f.file as string), validateOnly: Boolean(f.dryRun) },
-          s.call({ bulk: true }),
+          s.call({ bulk: true, ...(f.dryRun ? {} : { readBack: 'xdpctl links list' }) }),
         );
         if (o.output !== 'table') return printList(o.output, 'changes', ApplyLinksResponse.toJSON(res));
         printTable(

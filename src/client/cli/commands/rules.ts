@@ -173,7 +173,10 @@ export function registerRules(program: Command): void {
     )
     .action(
       run(async (s, o, [name], f) => {
-        const res = await s.client.rules.createRule({ rule: ruleFromFlags(name, f as RuleFlags) }, s.call());
+        const res = await s.client.rules.createRule(
+          { rule: ruleFromFlags(name, f as RuleFlags) },
+          s.call({ readBack: `xdpctl rules get ${name}` }),
+        );
         if (o.output !== 'table') return printData(o.output, CreateRuleResponse.toJSON(res));
         print(`rule ${res.rule!.name} created (generation ${res.rule!.generation})${stateNote(res.rule!)}`);
       }),
@@ -211,7 +214,7 @@ export function registerRules(program: Command): void {
         const cur = (await s.client.rules.getRule({ name }, s.call())).rule!;
         const res = await s.client.rules.updateRule(
           { rule: ruleWithFlags(cur, f), expectedGeneration: generation ?? cur.generation },
-          s.call(),
+          s.call({ readBack: `xdpctl rules get ${name}` }),
         );
         if (o.output !== 'table') return printData(o.output, UpdateRuleResponse.toJSON(res));
         const r = res.rule!;
@@ -239,7 +242,7 @@ export function registerRules(program: Command): void {
       run(async (s, o, [name], f) => {
         const res = await s.client.rules.deleteRule(
           { name, expectedGeneration: (f.generation as bigint | undefined) ?? 0n },
-          s.call(),
+          s.call({ readBack: `xdpctl rules get ${name}` }),
         );
         if (o.output !== 'table') return printData(o.output, DeleteRuleResponse.toJSON(res));
         print(`rule ${name} deleted`);
@@ -278,7 +281,7 @@ File format (only "rules:" is used; "rules: []" deletes every rule):
       run(async (s, o, _args, f) => {
         const res = await s.client.rules.applyRules(
           { rules: loadRules(f.file as string), validateOnly: Boolean(f.dryRun) },
-          s.call({ bulk: true }),
+          s.call({ bulk: true, ...(f.dryRun ? {} : { readBack: 'xdpctl rules list' }) }),
         );
         if (o.output !== 'table') return printList(o.output, 'changes', ApplyRulesResponse.toJSON(res));
         printTable(
