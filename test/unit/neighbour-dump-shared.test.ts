@@ -36,6 +36,11 @@ class CountingHost extends ModelDataplane {
   override neighbourAnswered(ip: string, iface: string): string | undefined {
     return this.table.get(`${ip}@${iface}`)?.mac;
   }
+  /** Only each entry's MAC answers our requests: a static MAC the entry does not hold is silent when asked. */
+  override neighbourAnswers(ip: string, iface: string, mac: string): { own?: 'answers' | 'silent'; others: string[] } {
+    const e = this.table.get(`${ip}@${iface}`)?.mac;
+    return e === mac.toLowerCase() ? { own: 'answers', others: [] } : { own: 'silent', others: e ? [e] : [] };
+  }
   override async neighbourTable(): Promise<Map<string, NeighbourEntry>> {
     this.reads.push('neighbourTable');
     return this.copy();

@@ -122,6 +122,55 @@ describe('static MACs: observations', () => {
     assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, same).verdict, 'confirmed');
   });
 
+  it('another MAC answering contradicts only when the static MAC, asked, does not: both answering is an address conflict', () => {
+    // A host with two interfaces on one link answers ARP for its address from both (arp_ignore=0): the entry
+    // holds one, the static MAC is the other. Before: "contradicted" from the entry alone.
+    const answered = { ...entry(OTHER, ['REACHABLE'], 0), answered: true };
+    const both = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered, { own: 'answers', others: [OTHER] });
+    assert.equal(both.verdict, 'conflict');
+    assert.match(
+      both.why,
+      new RegExp(
+        `^address conflict: 10\\.0\\.0\\.2 answers ARP on eth1 with ${MAC} \\(the static MAC: .*\\) and ${OTHER} \\(it answers ARP requests of ours on eth1\\): two MACs answer`,
+      ),
+    );
+    assert.deepEqual(both.askMacs, [MAC, OTHER], 'both asked, once a second');
+    // The same whichever MAC the kernel's entry holds now (it follows the last that answered).
+    const flipped = { ...entry(MAC, ['REACHABLE'], 0), answered: true };
+    const both2 = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, flipped, { own: 'answers', others: [OTHER] });
+    assert.deepEqual([both2.verdict, both2.why], ['conflict', both.why]);
+    // Asked and silent: contradicted, said so.
+    const silent = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered, { own: 'silent', others: [OTHER] });
+    assert.equal(silent.verdict, 'contradicted');
+    assert.match(
+      silent.why,
+      new RegExp(`^static MAC contradicted: .*; ${MAC} asked by ARP requests of ours: no answer$`),
+    );
+    assert.deepEqual(silent.askMacs, [MAC], 'still asked: an answer later is a conflict, not a contradiction');
+    // Not asked yet: not judged on the other's word alone.
+    const unasked = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered, { own: 'unasked', others: [] });
+    assert.deepEqual([unasked.verdict, unasked.askMacs], ['unverified', [MAC]]);
+    assert.match(unasked.why, new RegExp(`^static MAC ${MAC} cannot be verified: .*${MAC} has not been asked yet`));
+    // Nothing of ours can ask (no CAP_NET_RAW): the entry decides, as before.
+    assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered).verdict, 'contradicted');
+    // The same for what our own requests found (a NOARP egress: `via`).
+    const via = { mac: OTHER, states: ['REACHABLE'], via: 'eth1 has ARP off (NOARP)' };
+    const v = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, via, { own: 'answers', others: [] });
+    assert.equal(v.verdict, 'conflict');
+    assert.match(v.why, new RegExp(`and ${OTHER} \\(it answers ARP requests of ours on eth1: eth1 has ARP off`));
+    const vs = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, via, { own: 'silent', others: [] });
+    assert.equal(vs.verdict, 'contradicted');
+    // The static MAC alone answers: confirmed as before (the entry holds it).
+    const alone = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, flipped, { own: 'answers', others: [] });
+    assert.equal(alone.verdict, 'confirmed');
+    // A veth peer that takes no other MAC decides alone: frames to another MAC are dropped there.
+    const p = observeStaticMac('10.0.0.2', 'eth1', MAC, peer(OTHER), answered, { own: 'answers', others: [OTHER] });
+    assert.equal(p.verdict, 'contradicted');
+    // A conflict is definitive: it stands while nothing is, as any verdict.
+    const st = stepStaticMac(undefined, MAC, both, 0);
+    assert.equal(stepStaticMac(st, MAC, unasked, 1).verdict, 'conflict');
+  });
+
   it('anything else cannot be verified, and asks the kernel for fresh evidence', () => {
     const stale = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, entry(OTHER, ['STALE'], 100));
     assert.deepEqual([stale.verdict, stale.ask], ['unverified', 'reprobe']);
@@ -232,6 +281,25 @@ describe('static MACs: what a rule says about one that cannot be verified', () =
     assert.match(br.message, /10\.0\.0\.2@eth1: static MAC .* cannot be verified/);
     assert.equal(c.find((x) => x.type === 'Ready')!.status, 'False');
     assert.ok(k.written, 'the written status kept');
+  });
+
+  it('an address conflict: kept in the table, DEGRADED, BackendsReceiving Unknown (AddressConflict), both MACs named', () => {
+    const why = `address conflict: 10.0.0.2 answers ARP on eth1 with ${MAC} (the static MAC: x) and ${OTHER} (y): two MACs`;
+    const k: { status: RuleStatus; written?: RuleStatus } = { status: written() };
+    judgeRule(k, rule, observe(new Map([[staticMacKey('10.0.0.2', 'eth1', MAC), why]])));
+    assert.equal(k.status.state, 'degraded', k.status.message);
+    assert.match(
+      k.status.message,
+      new RegExp(`1 in an address conflict \\(10\\.0\\.0\\.2@eth1: static MAC ${MAC} and`),
+    );
+    assert.doesNotMatch(k.status.message, /cannot be verified/);
+    assert.deepEqual(
+      [k.status.backends[0].receiving, k.status.backends[0].unverified, k.status.backends[0].conflict],
+      [true, true, true],
+    );
+    assert.equal(k.status.backends[0].message, why);
+    const br = ruleConditions(k.status, [1, 1], []).find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual([br.status, br.reason], ['Unknown', 'AddressConflict']);
   });
 
   it('within its first 3 s: "not confirmed yet", DEGRADED and BackendsReceiving Unknown all the same', () => {

@@ -397,6 +397,14 @@ export interface Dataplane {
   /** How long ago (ms) `mac` last answered an ARP request of ours for `ip` on `iface`; undefined: never, or not since its last request. */
   neighbourAnswerAge?(ip: string, iface: string, mac: string): number | undefined;
   /**
+   * What ARP requests of our own for `ip` on `iface` found, read off the wire: of `mac`, 'answers' (lately:
+   * within NEIGHBOUR_HOLD_MS, none to it unanswered since) or 'silent' (the last one to it went unanswered),
+   * undefined when not asked (lately); `others`, the other MACs that answered one within CONFLICT_MS, none to them
+   * unanswered since. What tells a static MAC contradicted (only another MAC answers) from one in an address
+   * conflict (both do; static-mac.ts). Optional (fakes).
+   */
+  neighbourAnswers?(ip: string, iface: string, mac: string): { own?: 'answers' | 'silent'; others: string[] };
+  /**
    * Send an ARP request of our own for `ip` on `iface` to `mac` (at most once a second; `now`: whatever that
    * says, not twice while one is outstanding); true when sent. Optional (fakes).
    */

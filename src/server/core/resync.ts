@@ -83,6 +83,7 @@ import {
   type NeighbourFact,
   type PeerRead,
   type StaticMacBackend,
+  type StaticMacHeard,
   type StaticMacObservation,
 } from './static-mac.js';
 import {
@@ -1814,8 +1815,13 @@ async function judgeStaticMacs(
       transition,
     );
   };
-  // A verdict kept without evidence: judged again until evidence comes or its hold ends.
+  // A verdict kept without evidence: judged again until evidence comes or its hold ends. One whose static MAC is
+  // asked (another MAC answers for its address): judged again at every pass, from the answers to it.
   for (const key of state.staticMacHeld) {
+    if ((++n & 1023) === 0) await pace();
+    dirty.add(key);
+  }
+  for (const key of state.staticMacAsk.keys()) {
     if ((++n & 1023) === 0) await pace();
     dirty.add(key);
   }
@@ -1840,6 +1846,13 @@ async function judgeStaticMacs(
     if ((++n & 255) === 0) await pace();
     const b = state.staticMacBackends.get(key);
     if (b) dp.verifyNeighbour?.(b.ip, b.iface, true);
+  }
+  // Static MACs another MAC answers for: asked themselves (once a second: askNeighbour's rate): both answering
+  // is an address conflict, the static one silent a contradiction.
+  for (const [key, macs] of state.staticMacAsk) {
+    if ((++n & 255) === 0) await pace();
+    const b = state.staticMacBackends.get(key);
+    if (b) for (const mac of macs) dp.askNeighbour?.(b.ip, b.iface, mac);
   }
   let resolves = 0;
   for (const key of state.staticMacResolve) {
@@ -2157,6 +2170,19 @@ function answeredOf(dp: Dataplane, nkey: string, e: { mac?: string }): boolean |
   return dp.neighbourAnswered(nkey.slice(0, at), nkey.slice(at + 1)) === e.mac;
 }
 
+/** The MACs a text names, sorted, once each. */
+const macsIn = (text: string) => [...new Set(text.match(/\b[0-9a-f]{2}(?::[0-9a-f]{2}){5}\b/g) ?? [])].sort().join(',');
+
+/**
+ * What ARP requests of ours for the address of the static MAC `mac` found (static-mac.ts StaticMacHeard); undefined when
+ * none can be sent (no CAP_NET_RAW, a fake without them): another MAC's answer alone decides then.
+ */
+function staticMacHeard(dp: Dataplane, ip: string, iface: string, mac: string): StaticMacHeard | undefined {
+  if (!dp.neighbourAnswers || !dp.askNeighbour || dp.arpUnavailable?.()) return undefined;
+  const h = dp.neighbourAnswers(ip, iface, mac);
+  return { own: h.own ?? 'unasked', others: h.others };
+}
+
 /**
  * Judge one static-MAC backend (`key` "ip@iface|mac") from what the host shows — whether its egress exists,
  * the egress's veth peer, the backend's neighbour entry (static-mac.ts observeStaticMac) — and record the
@@ -2186,7 +2212,9 @@ function judgeStaticMac(
     return undefined;
   }
   const answered = e ? answeredOf(dp, b.neighbour, e) : undefined;
-  const obs = observeStaticMac(ip, iface, mac, peer, e && { ...e, answered });
+  const obs = observeStaticMac(ip, iface, mac, peer, e && { ...e, answered }, staticMacHeard(dp, ip, iface, mac));
+  if (obs.askMacs) state.staticMacAsk.set(key, obs.askMacs);
+  else state.staticMacAsk.delete(key);
   if (obs.ask === 'reprobe') state.staticMacReprobe.add(key);
   else state.staticMacReprobe.delete(key);
   if (obs.ask === 'resolve') state.staticMacResolve.add(key);
@@ -2199,7 +2227,12 @@ function judgeStaticMac(
   state.staticMacs.set(key, next);
   if (next.verdict === 'contradicted') state.macConflicts.set(key, next.why);
   else state.macConflicts.delete(key);
-  if (next.verdict !== 'unverified') {
+  if (next.verdict === 'conflict') {
+    // In the table (frames to the static MAC reach a host that answers for the address), but which host
+    // receives cannot be known: said as a MAC that cannot be verified is (rule-status.ts staticMacStatus).
+    unverified.set(key, next.why);
+    grace.delete(key);
+  } else if (next.verdict !== 'unverified') {
     unverified.delete(key);
     grace.delete(key);
   } else if (t - (next.since ?? 0) >= UNVERIFIED_GRACE_MS) {
@@ -2212,16 +2245,32 @@ function judgeStaticMac(
     grace.set(key, next.since ?? 0);
   }
   if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touchStaticMac(state, key);
-  // Only a contradiction, and the end of one, is kept in state.logged: a MAC that agrees and never did not has
-  // nothing to log (40 000 entries "in" with 10 000 rules of 4 static-MAC backends, ~5 MB of heap).
+  // Only a contradiction or an address conflict, and the end of one, is kept in state.logged: a MAC that agrees
+  // and never did not has nothing to log (40 000 entries "in" with 10 000 rules of 4 static-MAC backends, ~5 MB
+  // of heap).
   const logKey = `mac/${key}`;
   const contradicted = next.verdict === 'contradicted';
-  if (!contradicted && !state.logged.has(logKey)) return obs;
-  transition(logKey, contradicted ? `out|${next.why}` : 'in', (before) => {
-    if (next.verdict === 'contradicted') {
+  const conflict = next.verdict === 'conflict';
+  const was = state.logged.get(logKey);
+  if (!contradicted && !conflict && was === undefined) return obs;
+  // A conflict is logged once per set of MACs in it (where each was seen may change while it lasts).
+  const line = contradicted ? `out|${next.why}` : conflict ? `conflict|${macsIn(next.why)}` : 'in';
+  transition(logKey, line, (before) => {
+    if (contradicted) {
       ctx.log.warn(
         { backend: ip, interface: iface, mac, reason: next.why },
         `backend ${ip} on ${iface}: ${next.why}: taken out of its rules' tables until they agree`,
+      );
+    } else if (conflict) {
+      if (!was?.startsWith('conflict|')) state.reconcilerEvents.neighbour_conflicts++;
+      ctx.log.warn(
+        { backend: ip, interface: iface, mac, reason: next.why },
+        `backend ${ip} on ${iface}: ${next.why} (asking each once a second)`,
+      );
+    } else if (was?.startsWith('conflict|')) {
+      ctx.log.info(
+        { backend: ip, interface: iface, mac },
+        `backend ${ip} on ${iface}: the address conflict over its static MAC ${mac.toLowerCase()} is over (${next.verdict}: ${next.why})`,
       );
     } else if (before) {
       ctx.log.info(
@@ -2230,7 +2279,7 @@ function judgeStaticMac(
       );
     }
   });
-  if (!contradicted) state.logged.delete(logKey);
+  if (!contradicted && !conflict) state.logged.delete(logKey);
   return obs;
 }
 
@@ -2270,7 +2319,8 @@ export async function contradictedNewStaticMacs(
     const nkey = `${b.ip}@${b.iface}`;
     const e = table.get(nkey);
     const answered = e ? answeredOf(dp, nkey, e) : undefined;
-    const obs = observeStaticMac(b.ip, b.iface, b.mac, g.peer, e && { ...e, answered });
+    const heard = staticMacHeard(dp, b.ip, b.iface, b.mac);
+    const obs = observeStaticMac(b.ip, b.iface, b.mac, g.peer, e && { ...e, answered }, heard);
     if (obs.verdict === 'contradicted') out.set(b.key, obs.why);
   }
   return out;
@@ -2332,7 +2382,8 @@ export async function judgeChangeStaticMacs(
       const { exists, peer } = egressOf(b.iface);
       const e = table.get(b.neighbour);
       const obs = judgeStaticMac(ctx, key, b, exists, peer, e, t, transition);
-      const asking = !!obs?.ask || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
+      const asking =
+        !!obs?.ask || !!obs?.askMacs || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
       if (obs?.verdict !== 'unverified' || !asking) continue;
       open.push(key);
       if (e?.states.includes('FAILED')) failed.add(key);
@@ -2347,6 +2398,8 @@ export async function judgeChangeStaticMacs(
     const b = fresh.get(key)!;
     if (state.staticMacReprobe.has(key)) dp.verifyNeighbour?.(b.ip, b.iface, true);
     else if (state.staticMacResolve.has(key)) dp.probeNeighbour?.(b.ip, b.iface);
+    // Another MAC answers for the address: does the static one too (an address conflict) or not (contradicted)?
+    for (const mac of state.staticMacAsk.get(key) ?? []) dp.askNeighbour?.(b.ip, b.iface, mac, true);
   }
   let open = asked.filter((key) => !failed.has(key));
   const end = performance.now() + waitMs;

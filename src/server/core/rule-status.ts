@@ -6,7 +6,7 @@
 import type { LinkState, PeerMtu, PeerXdp } from './dataplane.js';
 import type { BackendStatus, RuleSpec, RuleStatus } from './model.js';
 import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
-import { isUnconfirmedYet } from './static-mac.js';
+import { isAddressConflict, isUnconfirmedYet } from './static-mac.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
 export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
@@ -552,21 +552,31 @@ export function staticMacStatus(
   let changed = false;
   let hit: string[] | undefined;
   let yet: string[] | undefined;
+  let conflicts: string[] | undefined;
   const backends = written.backends.map((b, i) => {
     const spec = rule.backends[i];
     if (!b.receiving || !spec || spec.mac === '') return b;
     const why = unverified.get(`${spec.ip}@${spec.interface}|${spec.mac.toLowerCase()}`);
     if (!why) return b;
+    const conflict = isAddressConflict(why);
     if ((spec.weight ?? 1) > 0) {
-      if (isUnconfirmedYet(why)) (yet ??= []).push(`${spec.ip}@${spec.interface}`);
+      if (conflict) (conflicts ??= []).push(`${spec.ip}@${spec.interface}: static MAC ${spec.mac.toLowerCase()}`);
+      else if (isUnconfirmedYet(why)) (yet ??= []).push(`${spec.ip}@${spec.interface}`);
       else (hit ??= []).push(`${spec.ip}@${spec.interface}`);
     }
-    if (b.message === why && b.unverified) return b;
+    if (b.message === why && b.unverified && !!b.conflict === conflict) return b;
     changed = true;
-    return { ...b, unverified: true, message: why };
+    return conflict
+      ? { ...b, unverified: true, conflict: true, message: why }
+      : { ...b, unverified: true, message: why };
   });
-  if (hit || yet) {
+  if (hit || yet || conflicts) {
     const notes: string[] = [];
+    if (conflicts)
+      notes.push(
+        `${conflicts.length} in an address conflict (${conflicts.join('; ')} and another MAC answer ARP for one ` +
+          'address; which host receives cannot be known)',
+      );
     if (hit)
       notes.push(`${hit.length} cannot be verified (${hit.join(', ')}: static MAC that nothing on the host confirms)`);
     if (yet)

@@ -457,6 +457,12 @@ export class CoreState {
   /** The same for a resolve (at most RESOLVES_PER_PASS asked per pass, the first ones in this set). */
   readonly staticMacResolve = new Set<string>();
   /**
+   * The static MACs another MAC answers for (static-mac.ts StaticMacObservation.askMacs) -> the MACs asked by an
+   * ARP request of ours at every pass (once a second: the static one, and in an address conflict every MAC of
+   * it); judged again at every pass.
+   */
+  readonly staticMacAsk = new Map<string, string[]>();
+  /**
    * The static MACs whose definitive verdict is kept while nothing definitive is observed (static-mac.ts
    * StaticMacState.heldSince): judged again at every pass, so that it ends when its hold does.
    */
@@ -610,6 +616,7 @@ export class CoreState {
     this.staticMacGrace.delete(key);
     this.staticMacReprobe.delete(key);
     this.staticMacResolve.delete(key);
+    this.staticMacAsk.delete(key);
     this.staticMacHeld.delete(key);
   }
 

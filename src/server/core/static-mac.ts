@@ -88,32 +88,116 @@ export interface NeighbourFact {
   via?: string;
 }
 
-export type StaticMacVerdict = 'confirmed' | 'contradicted' | 'unverified';
+/**
+ * 'conflict': the static MAC answers ARP requests of ours for the address while another MAC does too (an
+ * address conflict, RFC 5227: another interface of the same host, Linux answering on every interface for any
+ * address of its own with the default arp_ignore=0; a duplicate host; a spoofer). Frames to the static MAC
+ * reach a host that answers for the address, so it stays in the table; which host receives cannot be known,
+ * so its rule is DEGRADED (BackendsReceiving Unknown, AddressConflict), as for a MAC-less backend's conflict.
+ */
+export type StaticMacVerdict = 'confirmed' | 'contradicted' | 'conflict' | 'unverified';
 
 /** What one observation says about a static MAC, and what to ask the kernel for more. */
 export interface StaticMacObservation {
   verdict: StaticMacVerdict;
-  /** contradicted: the reason (both MACs); unverified: why it cannot be verified; confirmed: by what. */
+  /** contradicted, conflict: the reason (both MACs); unverified: why it cannot be verified; confirmed: by what. */
   why: string;
   /** 'reprobe': verify the entry the kernel holds; 'resolve': resolve a missing or failed entry. */
   ask?: 'reprobe' | 'resolve';
+  /**
+   * MACs to ask by ARP requests of ours (once a second), the static one first: another MAC answered for the
+   * address, and only the static MAC's own answer (or silence) tells a contradiction from an address conflict;
+   * in a conflict, every MAC of it (its end is one of them falling silent).
+   */
+  askMacs?: string[];
+}
+
+/**
+ * What ARP requests of ours for the backend's address found (Dataplane.neighbourAnswers). Undefined (no such
+ * request can be sent: no CAP_NET_RAW, a fake): another MAC's answer alone decides, as it did before.
+ */
+export interface StaticMacHeard {
+  /** Those to the static MAC: 'answers' (lately), 'silent' (the last one unanswered), 'unasked' (not lately). */
+  own: 'answers' | 'silent' | 'unasked';
+  /** The other MACs that answered one lately, none to them unanswered since (lower case). */
+  others: readonly string[];
 }
 
 const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 
-/** Judge the static MAC `mac` of the backend `ip` behind `iface` from the peer and the neighbour entry. */
+/**
+ * Judge the static MAC `mac` of the backend `ip` behind `iface` from the peer, the neighbour entry and what ARP
+ * requests of ours for the address found (`heard`). Another MAC that answered for the address (the entry's,
+ * REACHABLE and answered; one our requests found) contradicts the static MAC only when the static MAC, asked,
+ * does not answer: both answering is an address conflict (Linux answers ARP on every interface for any address
+ * of its own: a host with two interfaces on one link answers from both, and a frame to either is delivered),
+ * and one not asked yet is not judged on the other's word alone.
+ */
 export function observeStaticMac(
   ip: string,
   iface: string,
   mac: string,
   peerRead: PeerRead | undefined,
   entry: NeighbourFact | undefined,
+  heard?: StaticMacHeard,
 ): StaticMacObservation {
   const unreadable = peerRead && 'unreadable' in peerRead ? peerRead.unreadable : undefined;
   const peer = unreadable === undefined ? (peerRead as PeerMac | undefined) : undefined;
-  const obs = observeWithPeer(ip, iface, mac, peer, entry);
+  const obs = observeWithPeer(ip, iface, mac, peer, entry, heard);
   // The peer could not be read: no evidence either way, and the status says why.
   return unreadable !== undefined && obs.verdict === 'unverified' ? { ...obs, why: `${obs.why}; ${unreadable}` } : obs;
+}
+
+/** The text of an address conflict: the static `mac` and `others` (each with where it was seen) answer for `ip`. */
+export function staticConflictWhy(
+  ip: string,
+  iface: string,
+  mac: string,
+  others: readonly { mac: string; where: string }[],
+): string {
+  const m = mac.toLowerCase();
+  return (
+    `address conflict: ${ip} answers ARP on ${iface} with ${m} (the static MAC: it answers ARP requests of ours to ` +
+    `it on ${iface}) and ${others.map((o) => `${o.mac} (${o.where})`).join(' and ')}: two MACs answer for one ` +
+    "address (RFC 5227: another interface of the same host, with Linux's default arp_ignore=0, a duplicate host " +
+    `or a spoofer); frames go to the static ${m} as given (kept in the table), which host receives them cannot be known`
+  );
+}
+
+/**
+ * Another MAC (`other`, seen as `where` says) answered for `ip` on `iface`, and the static `mac` is not known to
+ * answer too (that is an address conflict, decided before): a contradiction (`contradicted`, the text of the
+ * evidence) only when `mac`, asked, does not answer (`heard.own` 'silent', or nothing of ours can ask); not
+ * judged while it has not been asked yet.
+ */
+function otherAnswered(
+  ip: string,
+  iface: string,
+  mac: string,
+  other: string,
+  where: string,
+  contradicted: string,
+  heard: StaticMacHeard | undefined,
+): StaticMacObservation {
+  const m = mac.toLowerCase();
+  if (heard === undefined) return { verdict: 'contradicted', why: contradicted, ask: 'reprobe' };
+  if (heard.own === 'silent') {
+    return {
+      verdict: 'contradicted',
+      why: `${contradicted}; ${m} asked by ARP requests of ours: no answer`,
+      ask: 'reprobe',
+      askMacs: [m],
+    };
+  }
+  return {
+    verdict: 'unverified',
+    why:
+      `static MAC ${m} cannot be verified: ${ip} answers ARP on ${iface} with ${other.toLowerCase()} (${where}), and ` +
+      `${m} has not been asked yet (asking it: an ARP request of ours; both answering is an address conflict, only ` +
+      'the other a contradiction)',
+    ask: 'reprobe',
+    askMacs: [m],
+  };
 }
 
 function observeWithPeer(
@@ -122,6 +206,7 @@ function observeWithPeer(
   mac: string,
   peer: PeerMac | undefined,
   entry: NeighbourFact | undefined,
+  heard: StaticMacHeard | undefined,
 ): StaticMacObservation {
   // The peer has the MAC but its host does not hold the address: the frames are taken and dropped there.
   const peerLacksIp = !!peer && !peer.takesOthers && same(peer.mac, mac) && !!peer.ips && !peer.ips.includes(ip);
@@ -136,6 +221,28 @@ function observeWithPeer(
         };
   }
   const states = entry?.states ?? [];
+  const fresh = freshEntry(entry);
+  if (heard?.own === 'answers') {
+    // The static MAC answers ARP requests of ours: does another MAC answer for the address too?
+    const others: { mac: string; where: string }[] = [];
+    // Said the same whichever of them the kernel's entry holds (it follows the last that answered): the status
+    // does not change at every answer.
+    const where = `it answers ARP requests of ours on ${iface}${entry?.via ? `: ${entry.via}` : ''}`;
+    if (entry?.mac && !same(entry.mac, mac) && (entry.via || (fresh && entry.answered !== false)))
+      others.push({ mac: entry.mac.toLowerCase(), where });
+    for (const o of heard.others) {
+      if (!same(o, mac) && !others.some((x) => same(x.mac, o))) others.push({ mac: o.toLowerCase(), where });
+    }
+    others.sort((a, b) => (a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0));
+    if (others.length) {
+      return {
+        verdict: 'conflict',
+        why: staticConflictWhy(ip, iface, mac, others),
+        ask: entry?.mac ? 'reprobe' : undefined,
+        askMacs: [mac.toLowerCase(), ...others.map((o) => o.mac)],
+      };
+    }
+  }
   if (entry?.via) {
     // Only what ARP requests of ours found counts: the kernel's entry is no evidence (or there is none).
     const m = mac.toLowerCase();
@@ -152,13 +259,16 @@ function observeWithPeer(
           why: `${m} answers ARP requests of ours for ${ip} on ${iface} (${entry.via})`,
           ask: 'reprobe',
         }
-      : {
-          verdict: 'contradicted',
-          why:
-            `static MAC contradicted: ${ip} answers ARP requests of ours on ${iface} from ` +
+      : otherAnswered(
+          ip,
+          iface,
+          mac,
+          entry.mac,
+          `it answers ARP requests of ours on ${iface}: ${entry.via}`,
+          `static MAC contradicted: ${ip} answers ARP requests of ours on ${iface} from ` +
             `${entry.mac.toLowerCase()}, not from the static ${m} (frames to ${m} do not reach it; ${entry.via})`,
-          ask: 'reprobe',
-        };
+          heard,
+        );
   }
   if (states.includes('PERMANENT') || states.includes('NOARP')) {
     return {
@@ -166,7 +276,6 @@ function observeWithPeer(
       why: `static MAC ${mac.toLowerCase()} cannot be verified: the neighbour entry for ${ip} on ${iface} was set by hand (${states.join(', ')})`,
     };
   }
-  const fresh = freshEntry(entry);
   if (fresh && entry!.answered === false && !same(entry!.mac!, mac)) {
     // Not evidence yet: nothing shows the host answers from that MAC (an entry written by another tool looks
     // the same). Probed now; a contradiction needs the answer.
@@ -185,14 +294,17 @@ function observeWithPeer(
           why: `the neighbour entry for ${ip} on ${iface} is REACHABLE with MAC ${mac}`,
           ask: 'reprobe',
         }
-      : {
-          verdict: 'contradicted',
-          why:
-            `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry!.mac!.toLowerCase()} (its ` +
+      : otherAnswered(
+          ip,
+          iface,
+          mac,
+          entry!.mac!,
+          `its neighbour entry on ${iface}, REACHABLE: it answered the kernel's request`,
+          `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry!.mac!.toLowerCase()} (its ` +
             `neighbour entry is REACHABLE), not from the static ${mac.toLowerCase()} ` +
             `(frames to ${mac.toLowerCase()} do not reach it)`,
-          ask: 'reprobe',
-        };
+          heard,
+        );
   }
   const unconfirmed = !entry?.mac || states.includes('FAILED') || states.includes('INCOMPLETE');
   return {
@@ -284,6 +396,11 @@ const UNCONFIRMED = /^static MAC \S+ not confirmed yet: /;
  */
 export function unconfirmedYetWhy(why: string): string {
   return why.replace(UNVERIFIED, '$1 not confirmed yet: ');
+}
+
+/** Whether a static MAC's status text is an address conflict's (verdict 'conflict'), not "cannot be verified". */
+export function isAddressConflict(why: string): boolean {
+  return why.startsWith('address conflict: ');
 }
 
 /** Whether a static MAC's status text ({@link unconfirmedYetWhy}) says "not confirmed yet", not "cannot be verified". */

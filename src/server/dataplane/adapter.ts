@@ -30,7 +30,7 @@ import type { NonUtf8Interface } from '../core/non-utf8.js';
 import { monotonicMs, wallAt } from '../core/clock.js';
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
-import { conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
+import { CONFLICT_MS, conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
 import type { PeerRead } from '../core/static-mac.js';
 import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
 import type { Logger } from '../log.js';
@@ -751,6 +751,11 @@ export class KernelDataplane implements Dataplane {
    * any tool can write one.
    */
   private readonly wire = new Map<string, Map<string, number>>();
+  /**
+   * The MACs whose last ARP request of ours went unanswered ("ip#ifindex/mac" -> when found silent; ms, monotonic),
+   * until they answer again ({@link neighbourMacAnswers}: asked and silent, not merely never asked).
+   */
+  private readonly silent = new Map<string, number>();
   /** When anything last answered an ARP request of ours for "ip#ifindex" (kept when that MAC is dropped from {@link wire}). */
   private readonly answeredAt = new Map<string, number>();
   /** When each "ip#ifindex/mac" was last asked on the wire (ms, monotonic: core/clock.ts): at most once per {@link ASK_EVERY_MS}. */
@@ -787,6 +792,7 @@ export class KernelDataplane implements Dataplane {
         this.answeredAt.set(key, a.at);
         const fresh = !m.has(a.mac);
         m.set(a.mac, Math.max(a.at, m.get(a.mac) ?? 0));
+        this.silent.delete(`${key}/${a.mac}`);
         if (fresh) this.onNeighbourAnswer?.();
       },
       (q) => {
@@ -801,6 +807,8 @@ export class KernelDataplane implements Dataplane {
           return;
         }
         const was = this.wire.get(key)?.delete(q.mac);
+        if (this.silent.size > 65536) this.silent.clear();
+        this.silent.set(`${key}/${q.mac}`, monotonicMs());
         // Whoever has it on that device (by its name now: asked only while the name still names it).
         if (this.deviceOf(q.ip, q.iface) === q.ifindex) this.askOn(q.ip, q.iface, '');
         // A MAC that answered no longer does: a pass acts on it at once (a hold waiting for it to fall silent).
@@ -879,6 +887,32 @@ export class KernelDataplane implements Dataplane {
     const ip = this.nextHop(backend, iface);
     const at = this.answeredOn(ip, iface)?.get(mac.toLowerCase());
     return at ? Math.max(0, monotonicMs() - at) : undefined;
+  }
+
+  /**
+   * What ARP requests of ours for `ip` on the device `iface` names found: of `mac`, 'answers' (it answered one
+   * within NEIGHBOUR_HOLD_MS, none to it unanswered since) or 'silent' (the last one to it went unanswered),
+   * undefined when not asked (lately); `others`, the other MACs that answered one within CONFLICT_MS, none to them
+   * unanswered since.
+   */
+  neighbourAnswers(backend: string, iface: string, mac: string): { own?: 'answers' | 'silent'; others: string[] } {
+    const ip = this.nextHop(backend, iface);
+    const ifindex = this.deviceOf(ip, iface);
+    if (ifindex === undefined) return { others: [] };
+    const key = `${ip}#${ifindex}`;
+    const m = mac.toLowerCase();
+    const t = monotonicMs();
+    const wire = this.wire.get(key);
+    const at = wire?.get(m);
+    const own =
+      at !== undefined && t - at <= NEIGHBOUR_HOLD_MS
+        ? 'answers'
+        : this.silent.has(`${key}/${m}`)
+          ? 'silent'
+          : undefined;
+    const others: string[] = [];
+    for (const [x, when] of wire ?? []) if (x !== m && t - when <= CONFLICT_MS) others.push(x);
+    return { own, others: others.sort() };
   }
 
   /**
