@@ -165,9 +165,10 @@ describe(
 
     it('a static MAC nobody has, behind the same two answering interfaces: still contradicted, out of the table', async (t) => {
       const nobody = lab.mac('99');
-      await c.rules.createRule({
-        rule: lab.rule('none', 7972, [{ ip: b1.ip!, mac: nobody, interface: b1.hostIf }]),
-      });
+      const reply = (
+        await c.rules.createRule({ rule: lab.rule('none', 7972, [{ ip: b1.ip!, mac: nobody, interface: b1.hostIf }]) })
+      ).rule!.status!;
+      t.diagnostic(`the reply: ${RuleState[reply.state]} ${JSON.stringify(reply.backendStatus[0])}`);
       const t0 = Date.now();
       await until(
         async () => `contradicted: ${JSON.stringify((await status('none')).backendStatus[0])}`,

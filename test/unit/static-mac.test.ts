@@ -150,7 +150,10 @@ describe('static MACs: observations', () => {
     // Not asked yet: not judged on the other's word alone.
     const unasked = observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered, { own: 'unasked', others: [] });
     assert.deepEqual([unasked.verdict, unasked.askMacs], ['unverified', [MAC]]);
-    assert.match(unasked.why, new RegExp(`^static MAC ${MAC} cannot be verified: .*${MAC} has not been asked yet`));
+    assert.match(
+      unasked.why,
+      new RegExp(`^static MAC ${MAC} cannot be verified: .*whether ${MAC} answers too is not known yet`),
+    );
     // Nothing of ours can ask (no CAP_NET_RAW): the entry decides, as before.
     assert.equal(observeStaticMac('10.0.0.2', 'eth1', MAC, undefined, answered).verdict, 'contradicted');
     // The same for what our own requests found (a NOARP egress: `via`).

@@ -192,9 +192,9 @@ function otherAnswered(
   return {
     verdict: 'unverified',
     why:
-      `static MAC ${m} cannot be verified: ${ip} answers ARP on ${iface} with ${other.toLowerCase()} (${where}), and ` +
-      `${m} has not been asked yet (asking it: an ARP request of ours; both answering is an address conflict, only ` +
-      'the other a contradiction)',
+      `static MAC ${m} cannot be verified: ${ip} answers ARP on ${iface} with ${other.toLowerCase()} (${where}); ` +
+      `whether ${m} answers too is not known yet (asking it: an ARP request of ours; both answering is an address ` +
+      'conflict, only the other a contradiction)',
     ask: 'reprobe',
     askMacs: [m],
   };
@@ -299,7 +299,7 @@ function observeWithPeer(
           iface,
           mac,
           entry!.mac!,
-          `its neighbour entry on ${iface}, REACHABLE: it answered the kernel's request`,
+          `its neighbour entry on ${iface}, REACHABLE, whose MAC answers ARP requests of ours`,
           `static MAC contradicted: ${ip} answers ARP on ${iface} from ${entry!.mac!.toLowerCase()} (its ` +
             `neighbour entry is REACHABLE), not from the static ${mac.toLowerCase()} ` +
             `(frames to ${mac.toLowerCase()} do not reach it)`,

@@ -125,7 +125,8 @@ export enum RuleState {
    * whose entry is missing while the datapath keeps the MAC it forwarded
    * with and probes it; or for whose address two MACs answer ARP at once, an
    * address conflict (RFC 5227: a duplicate host or a spoofer; the MAC in
-   * the datapath is kept, BackendsReceiving reason AddressConflict); a
+   * the datapath is kept, a static MAC that answers too stays in the table,
+   * BackendsReceiving reason AddressConflict); a
    * backend given with a static MAC that nothing on the host confirms, see
    * Backend.mac; a backend whose egress's veth peer runs an XDP program
    * not ours, which sees what is redirected first and may drop it,
@@ -350,9 +351,15 @@ export interface Backend {
    * other MACs; a neighbour entry for `ip` confirmed within 10 s, kept fresh
    * by ARP probes, whose MAC answered a probe of xdpctld's; the MAC that
    * answers xdpctld's own ARP requests while the kernel's entry failed): a contradiction
-   * takes the backend out of the table with
+   * (another MAC answers while the static MAC, asked by an ARP request of
+   * xdpctld's, does not; or the veth peer has another MAC) takes the
+   * backend out of the table with
    * a message naming both MACs ("static MAC contradicted: ...") until they
-   * agree again; without such evidence the backend stays in the table, its
+   * agree again. The static MAC answering too (e.g. a host with two
+   * interfaces on one link) is an address conflict: the backend stays in the
+   * table, its message says "address conflict: ..." naming both MACs, and
+   * its rule is DEGRADED (BackendsReceiving Unknown, reason AddressConflict)
+   * while both answer. Without such evidence the backend stays in the table, its
    * message says the MAC is not confirmed yet (its first 3 s), then that it
    * cannot be verified, and its rule is DEGRADED (condition
    * BackendsReceiving Unknown, reason BackendsUnverified). A change waits up
@@ -417,7 +424,8 @@ export interface BackendStatus {
   /**
    * Whether the backend receives traffic: resolved, its interface exists and
    * can transmit (administratively up, with carrier), its static MAC is not
-   * contradicted by its host (see Backend.mac), and its weight is not
+   * contradicted by its host (see Backend.mac; one in an address conflict is
+   * active, its message says so), and its weight is not
    * zero. A backend that cannot receive is out of the rule's backend table
    * (its flows go to the others) until it recovers.
    */
@@ -429,7 +437,11 @@ export interface BackendStatus {
    * whose egress cannot be verified, why ("cannot be verified: ..."); for
    * one whose static MAC nothing confirms, "static MAC ... not confirmed
    * yet: ..." (its first 3 s), then "static MAC ... cannot be verified: ..."
-   * with why; for an active backend behind a tap whose tx_dropped rose
+   * with why; for an active one whose static MAC answers ARP while another
+   * MAC does too, "address conflict: IP answers ARP on IFACE with M1 (the
+   * static MAC: ...) and M2 (...): ..." (its rule DEGRADED,
+   * BackendsReceiving Unknown with reason AddressConflict, while both
+   * answer); for an active backend behind a tap whose tx_dropped rose
    * within the last 5 s, "tap T: N frames dropped in the last S s (its
    * tx_dropped counter): its reader is not reading ..." (its rule DEGRADED,
    * BackendsReceiving False with reason FramesDropped, until nothing is
