@@ -163,7 +163,9 @@ export async function datagramSizes(
 
 /**
  * A python3 program sending `n` UDP datagrams (TTL 64, from `srcIp`, source ports 40000 + i) out of `dev` to
- * `dstIp`:`port` at `dstMac`, as raw frames (no route, no neighbour entry needed).
+ * `dstIp`:`port` at `dstMac`, as raw frames (no route, no neighbour entry needed). With `gapMs`, one every
+ * `gapMs` ms, each printed (its number, a line) once sent: a stream to stop with SIGTERM, the lines counting
+ * what was sent.
  */
 export const rawUdpFrames = (
   dev: string,
@@ -173,8 +175,9 @@ export const rawUdpFrames = (
   port: number,
   n: number,
   srcIp = '198.18.44.9',
+  gapMs?: number,
 ) => `
-import socket, struct
+import socket, struct, time
 def csum(b):
     s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
     while s >> 16: s = (s & 0xffff) + (s >> 16)
@@ -188,4 +191,10 @@ for seq in range(${n}):
                     socket.inet_aton('${srcIp}'), socket.inet_aton('${dstIp}'))
     h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
     s.send(m('${dstMac}') + m('${srcMac}') + b'\\x08\\x00' + h + udp)
-`;
+${
+  gapMs === undefined
+    ? ''
+    : `    print(seq, flush=True)
+    time.sleep(${gapMs / 1000})
+`
+}`;

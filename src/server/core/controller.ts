@@ -55,6 +55,7 @@ import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { activeLinkSources, linkActive, shadowedStatus, shadowWarning } from './shadow.js';
 import {
   contradictedNewStaticMacs,
+  judgeBeforeStartWrites,
   judgeChangeStaticMacs,
   observeLinkDirections,
   observeWrittenRules,
@@ -244,6 +245,7 @@ export class Controller {
         this.passWrote = true;
         return this.applyLinkSet(next, field, tolerant);
       },
+      judgeBackends: (links) => judgeBeforeStartWrites(this.ctx, links),
     };
   }
 
@@ -1089,6 +1091,7 @@ export class Controller {
     );
     holdNeighbours(facts.neighbours, this.state.neighbourHolds); // confirmed MACs kept (neighbour-hold.ts)
     facts.hostLoops = this.state.hostLoops; // backends kept out for a loop the host made: compared as written
+    facts.macConflicts = this.state.macConflicts; // and those whose static MAC the host contradicts
     const r = await compareKernelEntries(this.ctx, facts, names);
     if (r.repaired.length === 0) return out;
     this.state.reconcilerEvents.kernel_repairs += r.repaired.length;
@@ -1471,6 +1474,11 @@ export class Controller {
     // stopped): the MAC in its backend entry is kept, the entry's probed, and written only once it answers.
     this.holdAtStart(ops, facts, forwarding);
     holdNeighbours(facts.neighbours, this.state.neighbourHolds);
+    // What the start judged before writing (restore.ts: static MACs the host contradicts, backends closing a
+    // forwarding loop the host made) is kept out of the plans, as a pass's re-apply keeps it out: a backend the
+    // last run took out is compared as out, not written back (and said "differed ... rewritten").
+    facts.macConflicts = this.state.macConflicts;
+    facts.hostLoops = this.state.hostLoops;
     // A rule is adopted when it plans (a refused one is for the rewrite path, which reports it) and every backend
     // it plans has stored ids. Planned again chunk by chunk (adoptRules): the same facts give the same plan.
     const planOf = (op: RuleOp): RulePlan | undefined => {
@@ -1913,12 +1921,12 @@ export class Controller {
     this.restoredKeys = keys;
     return this.serial(
       async () => {
+        // Static MACs and forwarding loops the host made are judged inside, before anything is written.
         await restore(this.ctx, this.tx, stored);
         this.logStartMacChanges();
         // Judged as a pass judges them (unconfirmed MACs, static MACs not confirmed yet, ingresses down, ...),
         // so that a read before the first pass says no more than was observed; their transitions are the first
         // pass's to log, and it asks what is to be asked (nothing is waited for here).
-        await this.judgeStaticMacs(this.state.rules.values(), pacer(), 0);
         await observeWrittenRules(
           this.ctx,
           [...this.state.ruleKernel.keys()].filter((n) => !this.state.failed.has(n)),

@@ -22,6 +22,12 @@ export interface Transactions {
   adoptRuleOps(ops: RuleOp[]): Promise<RuleOp[]>;
   /** `tolerant`: an interface another XDP program occupies is reported, not fatal (restore, resync). */
   applyLinkSet(next: Map<string, LinkSpec>, field: string, tolerant?: boolean): Promise<void>;
+  /**
+   * A start's judgements of the backends (forwarding loops the host makes with the rules and these links, static
+   * MACs the host contradicts: resync.ts judgeBeforeStartWrites), recorded so that every plan after it keeps
+   * those backends out. Run by restore before it writes anything.
+   */
+  judgeBackends(links: readonly LinkSpec[]): Promise<void>;
 }
 
 /**
@@ -76,6 +82,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       status: restoringStatus(),
     });
   }
+  // What a pass would take out (a backend closing a forwarding loop the host made, a static MAC the host
+  // contradicts) is judged before anything is written: the plans below keep it out, so that the kernel never
+  // carries, even until the first pass, what the last run took out and the daemon would refuse.
+  await tx.judgeBackends(stored.links);
   // Slots in use that the state does not know (a crash after a kernel
   // change and before it was saved): keep them and their backends until
   // the switch is done.

@@ -27,7 +27,7 @@ import { wallAt } from './clock.js';
 import { forgetReplacedDevices } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
-import { backendKeys, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
+import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
 import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
@@ -393,6 +393,7 @@ export async function resync(
   // Forwarding loops the host made since the rules were accepted: the backends that close them leave their tables.
   judgeHostLoops(ctx, facts, transition);
   facts.hostLoops = state.hostLoops; // the kernel check below plans with them, as the re-applies do
+  facts.macConflicts = state.macConflicts; // and with the contradicted static MACs (compared as out, not skipped)
   const t = ctx.mono();
   const ops: RuleOp[] = [];
   /** Why each rule in `ops` is re-applied (the first change found), for the log. */
@@ -1894,10 +1895,11 @@ function judgeHostLoops(
   ctx: ExecContext,
   facts: Facts,
   transition: (key: string, line: string, log: (before: boolean) => void) => void,
+  links: Iterable<LinkSpec> = ctx.state.links.values(),
 ): void {
   const { dp, state } = ctx;
   const inForce = new Map<string, string>(); // ingress of a link direction in force -> its egress
-  for (const l of state.links.values()) for (const [from, to] of directions(l)) inForce.set(from, to);
+  for (const l of links) for (const [from, to] of directions(l)) inForce.set(from, to);
   /** A backend egress's veth peer when it is in this namespace, from what the pass read (facts.peers). */
   const peerNow = (egress: string): string | undefined => {
     const p = facts.peers.get(egress);
@@ -2015,6 +2017,39 @@ function judgeHostLoops(
   }
 }
 
+/**
+ * A start's judgements, made before it writes anything (restore.ts): the forwarding loops the host makes through
+ * the rules ({@link judgeHostLoops}, with the stored `links`, whose directions the pinned devmap may still forward)
+ * and through the links alone ({@link judgeLinkLoops}), and the static MACs the host contradicts
+ * ({@link judgeChangeStaticMacs}, without waiting for answers), recorded in `state.hostLoops`, `state.linkLoops` and
+ * `state.macConflicts` as a pass records them, so that the start's plans keep those backends out of their tables
+ * and those links out of the devmap: what the last run took out is not written back, even for the moment until
+ * the first pass (before: adopted in place as receiving, "kernel entries differed ... rewritten", and a loop the
+ * host made forwarded again until that pass). Each loop and contradiction found is logged once, as a pass logs
+ * it; the first pass judges them again from its own reads. Needs the records of the stored rules
+ * (state.setRecord) in place.
+ */
+export async function judgeBeforeStartWrites(ctx: ExecContext, links: readonly LinkSpec[]): Promise<void> {
+  try {
+    await judgeChangeStaticMacs(ctx, ctx.state.rules.values(), 0);
+  } catch (err) {
+    ctx.log.warn(
+      { err },
+      'static MACs could not be judged before the start writes: the first reconciler pass judges them',
+    );
+  }
+  try {
+    const transition = loggedTransition(ctx.state);
+    judgeHostLoops(ctx, emptyFacts(), transition, links);
+    judgeLinkLoops(ctx, transition, new Map(links.map((l) => [linkKey(l), l])));
+  } catch (err) {
+    ctx.log.warn(
+      { err },
+      'forwarding loops made by the host could not be looked for before the start writes: the first reconciler pass does',
+    );
+  }
+}
+
 const LINK_LOOP_TEXT = 'in a forwarding loop the host made';
 
 /** Whether a link direction's "not forwarding" text is the loop's ({@link judgeLinkLoops}). */
@@ -2035,11 +2070,12 @@ function isLinkLoopText(why: string): boolean {
 function judgeLinkLoops(
   ctx: ExecContext,
   transition: (key: string, line: string, log: (before: boolean) => void) => void,
+  links: ReadonlyMap<string, LinkSpec> = ctx.state.links,
 ): Set<number> {
   const { dp, state } = ctx;
   const found = new Map<string, { link: LinkSpec; path: string }>();
   const peerOf = dp.vethPeer?.bind(dp);
-  if (peerOf && state.links.size) {
+  if (peerOf && links.size) {
     const peers = new Map<string, string | undefined>();
     const peer = (n: string) => {
       if (!peers.has(n)) peers.set(n, peerOf(n));
@@ -2054,7 +2090,7 @@ function judgeLinkLoops(
       : undefined;
     const host = { uppersOf: upperReader(dp), ...(portsOf ? { portsOf } : {}) };
     // Each loop's closing link out, then the rest walked again: every link on a loop is found.
-    const rest = new Map(state.links);
+    const rest = new Map(links);
     for (let loop = forwardingLoop(rest, peer, host); loop; loop = forwardingLoop(rest, peer, host)) {
       const key = linkKey(loop.link);
       found.set(key, loop);
@@ -2080,7 +2116,7 @@ function judgeLinkLoops(
   state.linkLoops = next;
   for (const key of was.keys()) {
     if (next.has(key) || !state.logged.delete(`link-loop/${key}`)) continue;
-    const l = state.links.get(key);
+    const l = links.get(key);
     ctx.log.info(
       { link: key },
       l
@@ -2091,7 +2127,7 @@ function judgeLinkLoops(
   // The ingress ifindexes of the links taken out or put back now: their devmap change is the loop's, said above.
   const changed = new Set<number>();
   for (const key of new Set([...was.keys(), ...next.keys()])) {
-    const l = state.links.get(key);
+    const l = links.get(key);
     if (!l || was.has(key) === next.has(key)) continue;
     for (const [from] of directions(l)) {
       const i = dp.lookupInterface(from)?.ifindex;
