@@ -211,4 +211,27 @@ describe('restore: rules adopted in place', () => {
       assert.match(JSON.stringify(r.status), /no NAPI \(test\)/);
     }
   });
+  it('a backend the last run took out for a contradicted static MAC stays out: a restart writes nothing', async () => {
+    // Thirty-sixth review: the start judged static MACs only after adopting the rules, so it wrote the backend back
+    // ("kernel entries differed ... rewritten") and the first pass took it out again. Now judged before any write.
+    const { dp, c } = await installed();
+    dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:09:99', takesOthers: false }); // the host contradicts it
+    await c.resync();
+    for (const r of c.listRules()) assert.equal(r.status.backends[1].receiving, false, `${r.name}: b1 out`);
+    const stored = c.storedState(); // the pass re-applied the rules (new slots)
+    const before = ModelDataplane.adopt(dp).snapshot();
+    const dp2 = ModelDataplane.adopt(dp);
+    const writes = dp2.faults.writes;
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true });
+    await c2.restore(stored);
+    assert.equal(dp2.faults.writes - writes, 0, 'no map write: the backend is not written back');
+    assert.deepEqual(dp2.snapshot(), before);
+    for (const r of c2.listRules()) {
+      assert.equal(r.status.backends[1].receiving, false, r.name);
+      assert.match(
+        r.status.backends[1].message,
+        /^static MAC contradicted: the veth peer b1p of b1 has MAC 02:00:00:00:09:99/,
+      );
+    }
+  });
 });
