@@ -1,5 +1,5 @@
 /**
- * A restart must not write back into the kernel what the last run kept out (thirty-sixth review): the reconciler
+ * A restart must not write back into the kernel what the last run kept out (seventeenth review, MED): the reconciler
  * takes out of a rule's table a backend that closes a forwarding loop the host made (rule-loops.ts) or whose static
  * MAC the host contradicts (static-mac.ts), and the directions of a link the host made into a loop out of the
  * devmap. Before: a restart adopted the rule in place from a plan that knew neither (they are judged by the
