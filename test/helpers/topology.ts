@@ -69,6 +69,28 @@ export class Topology {
     const h = this.host(role);
     const peer = ['name', 'eth0', ...(mac ? ['address', mac] : []), 'netns', h.netns];
     sh('ip', ['link', 'add', h.hostIf, 'type', 'veth', 'peer', ...peer]);
+    return this.plugged(h, cidr, peerUp);
+  }
+
+  /**
+   * Delete a host's veth pair and make it again at once (one `ip -batch`) with the same names, ifindexes and MACs
+   * on both ends (eth0 keeps its ifindex in its namespace too), and its address: a new device pair that no name,
+   * ifindex or MAC tells from the old one.
+   */
+  remake(role: string, cidr?: string): Host {
+    const h = this.host(role);
+    const index = JSON.parse(sh('ip', ['-j', 'link', 'show', h.hostIf]))[0].ifindex as number;
+    const peerIndex = JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0].ifindex as number;
+    const input =
+      `link del ${h.hostIf}\n` +
+      `link add ${h.hostIf} index ${index} address ${h.hostMac} type veth ` +
+      `peer name eth0 index ${peerIndex} address ${h.mac} netns ${h.netns}\n`;
+    sh('ip', ['-batch', '-'], { input, stdio: ['pipe', 'pipe', 'pipe'] });
+    return this.plugged(h, cidr, true);
+  }
+
+  /** A veth pair just made for `h`: up, not forwarding, its address on eth0, its MACs read. */
+  private plugged(h: Host, cidr: string | undefined, peerUp: boolean): Host {
     sh('ip', ['link', 'set', h.hostIf, 'up']);
     sh('sysctl', ['-qw', `net.ipv4.conf.${h.hostIf}.forwarding=0`]);
     if (peerUp) sh('ip', ['-n', h.netns, 'link', 'set', 'eth0', 'up']);

@@ -494,6 +494,15 @@ export interface Dataplane {
   vethPeerXdp?(ifname: string): PeerXdp | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
+  /**
+   * What tells the device `name` names from one made again with its name and ifindex (devices have no generation
+   * number): its packets received and sent and its carrier changes, which only grow over a device's life (a lower
+   * value on the same ifindex is another device: core/device-identity.ts remadeDevices). Undefined when it is gone
+   * or cannot be read. Optional (fakes).
+   */
+  deviceCounters?(name: string): { ifindex: number; packets: bigint; carrierChanges: number } | undefined;
+  /** Forget what the dataplane keeps about the device `name` named (a device made again in its place). Optional. */
+  forgetDevice?(name: string): void;
   xdpStatus(ifname: string): XdpStatus | undefined;
   /**
    * Every interface of this network namespace that runs this datapath's program, or an earlier one

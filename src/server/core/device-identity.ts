@@ -29,6 +29,45 @@ export interface DeviceChange {
   was: number;
   now: number;
   forgot: string[];
+  /** The same ifindex, another device: what showed it ({@link remadeDevices}). */
+  remade?: string;
+}
+
+/**
+ * The interfaces `names` whose device was deleted and made again with the same name AND ifindex since the last
+ * pass (`ip link add X index N ...`): nothing keyed by name or ifindex tells them apart, so what only grows over a
+ * device's life is compared (its packets received and sent, its carrier changes: Dataplane.deviceCounters): a
+ * lower value than the last pass read on that ifindex. Name -> what was observed ("its packet count went from A
+ * to B"). Each name's counters are recorded for the next pass; a name not readable now is forgotten (never a
+ * verdict from a failed read). Empty without Dataplane.deviceCounters.
+ */
+export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<string, string> {
+  const { dp, state } = ctx;
+  const out = new Map<string, string>();
+  if (!dp.deviceCounters) return out;
+  const seen = new Set<string>();
+  for (const name of names) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const c = dp.deviceCounters(name);
+    const was = state.deviceCounters.get(name);
+    if (!c) {
+      state.deviceCounters.delete(name);
+      continue;
+    }
+    state.deviceCounters.set(name, c);
+    if (!was || was.ifindex !== c.ifindex) continue;
+    if (c.packets < was.packets) out.set(name, `its packet count went from ${was.packets} to ${c.packets}`);
+    else if (c.carrierChanges < was.carrierChanges)
+      out.set(name, `its carrier change count went from ${was.carrierChanges} to ${c.carrierChanges}`);
+  }
+  for (const name of state.deviceCounters.keys()) if (!seen.has(name)) state.deviceCounters.delete(name);
+  return out;
+}
+
+/** How a name's device change is said: "ifindex 7 -> 9", or the same ifindex made again and what showed it. */
+export function remadeText(name: string, ifindex: number, why: string): string {
+  return `${name} is another device with the same name and ifindex ${ifindex} (${why}; a device's own count only grows)`;
 }
 
 /** The interface of a key "ip@iface" or "ip@iface|mac". */
@@ -43,12 +82,22 @@ function ifaceOf(key: string): string {
  * those of every name that names another device now (logged once per change), and record the devices. Call it
  * before anything decides on those facts (a pass's holds, a plan's kept MACs).
  */
-export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = false): DeviceChange[] {
+export function forgetReplacedDevices(
+  ctx: ExecContext,
+  facts: Facts,
+  prune = false,
+  remade: ReadonlyMap<string, string> = new Map(),
+): DeviceChange[] {
   const { state } = ctx;
   const changed = new Map<string, DeviceChange>();
   for (const [name, info] of facts.interfaces) {
     if (!info) continue;
     const was = state.devices.get(name);
+    if (was === info.ifindex && remade.has(name)) {
+      changed.set(name, { name, was, now: was, forgot: [], remade: remade.get(name) });
+      ctx.dp.forgetDevice?.(name);
+      continue;
+    }
     if (was === info.ifindex) continue;
     state.devices.set(name, info.ifindex);
     if (was !== undefined) changed.set(name, { name, was, now: info.ifindex, forgot: [] });
@@ -78,16 +127,21 @@ export function forgetReplacedDevices(ctx: ExecContext, facts: Facts, prune = fa
   for (const key of state.staticMacEntries.keys()) if (changed.has(ifaceOf(key))) state.staticMacEntries.delete(key);
   const t = ctx.mono();
   for (const c of changed.values()) {
+    // One made again in place that runs our program: said where it is attached again (resync.ts), once.
+    if (c.remade && state.attached.has(c.name)) continue;
     const forgot = [...new Set(c.forgot)];
     state.logDamper.line(
       `device/${c.name}`,
       t,
       () =>
         ctx.log.info(
-          { interface: c.name, from: c.was, to: c.now, forgot },
-          `${c.name} names another device now (ifindex ${c.was} -> ${c.now}): what was observed on ifindex ` +
-            `${c.was} is not carried over${forgot.length ? ` (${forgot.join('; ')})` : ''}: judged afresh on ` +
-            'this one',
+          { interface: c.name, from: c.was, to: c.now, forgot, ...(c.remade ? { remade: c.remade } : {}) },
+          c.remade
+            ? `${remadeText(c.name, c.now, c.remade)}: what was observed on the old device is not carried ` +
+                `over${forgot.length ? ` (${forgot.join('; ')})` : ''}: judged afresh on this one`
+            : `${c.name} names another device now (ifindex ${c.was} -> ${c.now}): what was observed on ifindex ` +
+                `${c.was} is not carried over${forgot.length ? ` (${forgot.join('; ')})` : ''}: judged afresh on ` +
+                'this one',
         ),
       (n, ms) =>
         ctx.log.info(

@@ -24,7 +24,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
-import { forgetReplacedDevices } from './device-identity.js';
+import { forgetReplacedDevices, remadeDevices, remadeText } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
@@ -162,8 +162,17 @@ export async function resync(
   let n = 0;
   // With static-MAC backends to judge (judgeStaticMacs) the whole neighbour table is kept from the same read.
   const facts = await fetchAllRuleFacts(dp, state, undefined, pace, state.staticMacsByEgress.size > 0);
+  // Devices deleted and made again with the same name and ifindex since the last pass: what only grows over a
+  // device's life went back (device-identity.ts). Their attachments, checks and facts are the old device's.
+  const linkEnds: string[] = [];
+  for (const l of state.links.values()) linkEnds.push(l.a, l.b);
+  const remade = remadeDevices(ctx, [
+    ...state.interfaceUsersView().keys(),
+    ...state.egressBackends.keys(),
+    ...linkEnds,
+  ]);
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
-  forgetReplacedDevices(ctx, facts, true);
+  forgetReplacedDevices(ctx, facts, true, remade);
   // A neighbour table that could not be read (EMFILE under an open-files limit, ...): said once and its end.
   noteNeighbourRead(ctx, facts.neighbourUnread);
   await holdChangedNeighbours(ctx, facts, pace);
@@ -198,7 +207,9 @@ export async function resync(
   // missing and our program leaves the renamed device (nothing stays
   // attached that ListInterfaces does not show). Logged once per rename.
   for (const [name, a] of state.attached) {
-    if (now(name) === a.ifindex) continue;
+    if (now(name) === a.ifindex && !remade.has(name)) continue;
+    // Made again in place: our program went with the old device (said where it is attached again below).
+    if (remade.has(name)) ctx.dp.forgetDevice?.(name);
     state.attached.delete(name);
     // What was checked or kept on that device is not this name's any more (gone, or another device has it).
     state.ingressChecked.delete(name);
@@ -304,6 +315,12 @@ export async function resync(
               { ifname: name, found: 'none', was: lastMode, mode: st.mode },
               reattachedText(name, lastMode, st.mode),
             ),
+          );
+        } else if (remade.has(name)) {
+          ctx.log.warn(
+            { ifname: name, ifindex, mode: st.mode, remade: remade.get(name) },
+            `${remadeText(name, ifindex, remade.get(name)!)}: our XDP program went with the old one; attached to ` +
+              `this one in ${st.mode} mode`,
           );
         } else {
           ctx.log.info(

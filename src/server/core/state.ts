@@ -374,6 +374,11 @@ export class CoreState {
    * a name found on another device has them forgotten, not inherited.
    */
   readonly devices = new Map<string, number>();
+  /**
+   * Interface name -> what only grows over its device's life, as the last pass read it (Dataplane.deviceCounters):
+   * a lower value on the same ifindex is a device made again in its place (core/device-identity.ts remadeDevices).
+   */
+  readonly deviceCounters = new Map<string, { ifindex: number; packets: bigint; carrierChanges: number }>();
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
   /**

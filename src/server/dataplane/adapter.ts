@@ -41,6 +41,7 @@ import { RECORD_WRITE_TIMEOUT_MS, RecordNotAnswering, RecordWriter } from './rec
 import {
   ensureVethPeerNapi,
   ifindexOf,
+  linkCounters,
   interfaceAddress,
   interfaceFacts,
   IFF_NOARP,
@@ -1619,6 +1620,20 @@ export class KernelDataplane implements Dataplane {
 
   nameOf(ifindex: number): string | undefined {
     return nameOf(ifindex);
+  }
+
+  deviceCounters(name: string): { ifindex: number; packets: bigint; carrierChanges: number } | undefined {
+    try {
+      const ifindex = ifindexOf(name);
+      const c = linkCounters(ifindex);
+      return c && { ifindex, ...c };
+    } catch {
+      return undefined;
+    }
+  }
+
+  forgetDevice(name: string): void {
+    this.vethVerified.delete(name);
   }
 
   vethPeerMtu(ifname: string): PeerMtu | undefined {

@@ -725,6 +725,31 @@ export function tapTxDropped(ifindex: number): bigint | undefined {
 }
 
 /**
+ * What only grows over the life of the device with `ifindex` (no generation number exists, and a device made again
+ * may take its name, ifindex and MAC): its packets received and sent (rtnl_link_stats64 rx_packets + tx_packets)
+ * and its carrier changes (IFLA_CARRIER_CHANGES). A lower value than one read before on that ifindex is another
+ * device. One RTM_GETLINK with its stats; undefined when the device is gone.
+ */
+export function linkCounters(ifindex: number): { packets: bigint; carrierChanges: number } | undefined {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
+  ifinfo.writeInt32LE(ifindex, 4);
+  const body = nlRequest(
+    NETLINK_ROUTE,
+    RTM_GETLINK,
+    ifinfo,
+    Buffer.alloc(0),
+    `read the counters of ifindex ${ifindex}`,
+  );
+  if (!body) return undefined;
+  const a = nlAttrs(body, 16);
+  const stats = a.get(IFLA_STATS64);
+  return {
+    packets: stats && stats.length >= 16 ? stats.readBigUInt64LE(0) + stats.readBigUInt64LE(8) : 0n,
+    carrierChanges: a.get(IFLA_CARRIER_CHANGES)?.readUInt32LE(0) ?? 0,
+  };
+}
+
+/**
  * Kind, peer and carrier-change count of the device with `ifindex` in the daemon's network namespace:
  * one RTM_GETLINK (rtnetlink(7)), no process spawned. Undefined when the device is gone.
  */
