@@ -89,6 +89,23 @@ export class Topology {
     return this.plugged(h, cidr, true);
   }
 
+  /**
+   * As {@link remake}, with `meanwhile` awaited between the deletion and the new pair: the device is missing
+   * for as long as it takes (a reconciler pass can see it gone).
+   */
+  async remakeAfter(role: string, cidr: string | undefined, meanwhile: () => Promise<void>): Promise<Host> {
+    const h = this.host(role);
+    const index = JSON.parse(sh('ip', ['-j', 'link', 'show', h.hostIf]))[0].ifindex as number;
+    const peerIndex = JSON.parse(sh('ip', ['-n', h.netns, '-j', 'link', 'show', 'eth0']))[0].ifindex as number;
+    sh('ip', ['link', 'del', h.hostIf]);
+    await meanwhile();
+    sh('ip', [
+      ...['link', 'add', h.hostIf, 'index', String(index), 'address', h.hostMac, 'type', 'veth'],
+      ...['peer', 'name', 'eth0', 'index', String(peerIndex), 'address', h.mac, 'netns', h.netns],
+    ]);
+    return this.plugged(h, cidr, true);
+  }
+
   /** A veth pair just made for `h`: up, not forwarding, its address on eth0, its MACs read. */
   private plugged(h: Host, cidr: string | undefined, peerUp: boolean): Host {
     sh('ip', ['link', 'set', h.hostIf, 'up']);

@@ -54,9 +54,12 @@ for (const mode of ['native', 'generic'] as const) {
       return r.total === r.sent;
     };
 
-    /** Lines saying `dev` is another device with the same name and ifindex. */
+    /**
+     * Lines saying `dev` is another device with the same name and ifindex, as observed (the link monitor reported
+     * its ifindex deleted), not inferred from its counters.
+     */
     const remadeLines = (dev: string) =>
-      lab.count(new RegExp(`"msg":"${esc(dev)} is another device with the same name and ifindex \\d+ \\(its `));
+      lab.count(new RegExp(`"msg":"${esc(dev)} is another device with the same name and ifindex \\d+ \\(observed: `));
     /** Lines saying our program was detached by another tool from `dev` (not what happened). */
     const detachedLines = (dev: string) => lab.count(new RegExp(`"msg":"${esc(dev)}: found no XDP program`));
 
@@ -76,6 +79,24 @@ for (const mode of ['native', 'generic'] as const) {
       await sleep(1500);
       assert.deepEqual([remadeLines(vm.hostIf), detachedLines(vm.hostIf)], [1, 0], 'once, and not as a detach');
       assert.equal((await lab.status('web')).state, RuleState.RULE_STATE_ACTIVE);
+    });
+
+    it('as a rule ingress missing at a pass before it is made again: the same single line, not a detach', async () => {
+      const ours = (await lab.c.daemon.getStatus({})).datapath!.programId;
+      await until('our program on vm', () => progOn(vm.hostIf) === ours, 5000);
+      const index = ifindexOf(vm.hostIf);
+      const before = remadeLines(vm.hostIf);
+      await lab.topo.remakeAfter('vm', '198.18.1.1/24', () =>
+        until('a pass saw it missing', async () => (await lab.status('web')).state !== RuleState.RULE_STATE_ACTIVE),
+      );
+      assert.equal(ifindexOf(vm.hostIf), index, 'the same ifindex');
+      lab.topo.routeToXdp('vm');
+      await until('our program on the new vm veth', () => progOn(vm.hostIf) === ours, 5000);
+      await until('delivered again', delivered, 10_000);
+      await until('said', () => remadeLines(vm.hostIf) === before + 1);
+      await sleep(1500);
+      assert.deepEqual([remadeLines(vm.hostIf), detachedLines(vm.hostIf)], [before + 1, 0], 'once, not a detach');
+      await until('web ACTIVE', async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE);
     });
 
     it('as a backend egress: GRO on its new peer in native mode, traffic flows, said once as what it is', async () => {

@@ -35,11 +35,13 @@ export interface DeviceChange {
 
 /**
  * The interfaces `names` whose device was deleted and made again with the same name AND ifindex since the last
- * pass (`ip link add X index N ...`): nothing keyed by name or ifindex tells them apart, so what only grows over a
- * device's life is compared (its packets received and sent, its carrier changes: Dataplane.deviceCounters): a
- * lower value than the last pass read on that ifindex. Name -> what was observed ("its packet count went from A
- * to B"). Each name's counters are recorded for the next pass; a name not readable now is forgotten (never a
- * verdict from a failed read). Empty without Dataplane.deviceCounters.
+ * pass (`ip link add X index N ...`): nothing keyed by name or ifindex tells them apart. Observed: the link monitor
+ * reported that ifindex deleted (RTM_DELLINK: state.linkDeletions) after the last pass read the name on it, and a
+ * device has it again now; that holds when the name was missing at a pass in between. Inferred, for a deletion
+ * the monitor did not report (it was restarting): what only grows over a device's life (its packets received and
+ * sent, its carrier changes: Dataplane.deviceCounters) is lower than the last pass read on that ifindex. Name ->
+ * the evidence, for the log. Each name's counters are recorded for the next pass (kept while it is missing or
+ * not readable: never a verdict from a failed read). Empty without Dataplane.deviceCounters.
  */
 export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<string, string> {
   const { dp, state } = ctx;
@@ -51,23 +53,36 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<st
     seen.add(name);
     const c = dp.deviceCounters(name);
     const was = state.deviceCounters.get(name);
-    if (!c) {
-      state.deviceCounters.delete(name);
-      continue;
-    }
-    state.deviceCounters.set(name, c);
+    if (!c) continue;
+    state.deviceCounters.set(name, { ...c, deletions: state.deletions });
     if (!was || was.ifindex !== c.ifindex) continue;
-    if (c.packets < was.packets) out.set(name, `its packet count went from ${was.packets} to ${c.packets}`);
+    const del = state.linkDeletions.get(c.ifindex);
+    if (del && del.seq > was.deletions) {
+      const ago = Math.max(0, Math.round((ctx.mono() - del.at) / 100) / 10);
+      out.set(
+        name,
+        `observed: the link monitor reported ifindex ${c.ifindex} (${del.name}) deleted ${ago} s ago, and a ` +
+          'device has it again',
+      );
+    } else if (c.packets < was.packets)
+      out.set(
+        name,
+        `inferred: its packet count went from ${was.packets} to ${c.packets}, and a device's own only grows`,
+      );
     else if (c.carrierChanges < was.carrierChanges)
-      out.set(name, `its carrier change count went from ${was.carrierChanges} to ${c.carrierChanges}`);
+      out.set(
+        name,
+        `inferred: its carrier change count went from ${was.carrierChanges} to ${c.carrierChanges}, and a ` +
+          "device's own only grows",
+      );
   }
   for (const name of state.deviceCounters.keys()) if (!seen.has(name)) state.deviceCounters.delete(name);
   return out;
 }
 
-/** How a name's device change is said: "ifindex 7 -> 9", or the same ifindex made again and what showed it. */
+/** How a device made again in place is said, with what showed it ({@link remadeDevices}). */
 export function remadeText(name: string, ifindex: number, why: string): string {
-  return `${name} is another device with the same name and ifindex ${ifindex} (${why}; a device's own count only grows)`;
+  return `${name} is another device with the same name and ifindex ${ifindex} (${why})`;
 }
 
 /** The interface of a key "ip@iface" or "ip@iface|mac". */
@@ -126,9 +141,11 @@ export function forgetReplacedDevices(
   }
   for (const key of state.staticMacEntries.keys()) if (changed.has(ifaceOf(key))) state.staticMacEntries.delete(key);
   const t = ctx.mono();
+  const ingresses = state.interfaceUsersView();
   for (const c of changed.values()) {
-    // One made again in place that runs our program: said where it is attached again (resync.ts), once.
-    if (c.remade && state.attached.has(c.name)) continue;
+    // One made again in place that runs our program, or is to (it was missing at a pass in between): said where
+    // it is attached again (resync.ts), once.
+    if (c.remade && (state.attached.has(c.name) || ingresses.has(c.name))) continue;
     const forgot = [...new Set(c.forgot)];
     state.logDamper.line(
       `device/${c.name}`,

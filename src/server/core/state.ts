@@ -378,7 +378,28 @@ export class CoreState {
    * Interface name -> what only grows over its device's life, as the last pass read it (Dataplane.deviceCounters):
    * a lower value on the same ifindex is a device made again in its place (core/device-identity.ts remadeDevices).
    */
-  readonly deviceCounters = new Map<string, { ifindex: number; packets: bigint; carrierChanges: number }>();
+  readonly deviceCounters = new Map<
+    string,
+    { ifindex: number; packets: bigint; carrierChanges: number; deletions: number }
+  >();
+  /**
+   * Ifindex -> its last deletion the link monitor reported (RTM_DELLINK: dataplane/link-monitor.ts): the device's
+   * name, when (monotonic ms) and its number in {@link deletions}. A device found later on that ifindex is another
+   * one (core/device-identity.ts remadeDevices). At most 1024 of them, none older than 10 minutes.
+   */
+  readonly linkDeletions = new Map<number, { name: string; at: number; seq: number }>();
+  /** How many deletions the link monitor reported (the last one's seq). */
+  deletions = 0;
+
+  /** The link monitor reported ifindex `ifindex` (named `name`) deleted at `at` (monotonic ms). */
+  linkDeleted(ifindex: number, name: string, at: number): void {
+    this.linkDeletions.delete(ifindex);
+    this.linkDeletions.set(ifindex, { name, at, seq: ++this.deletions });
+    for (const [i, d] of this.linkDeletions) {
+      if (this.linkDeletions.size <= 1024 && at - d.at <= 600_000) break;
+      this.linkDeletions.delete(i);
+    }
+  }
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();
   /**
