@@ -57,14 +57,8 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<st
     state.deviceCounters.set(name, { ...c, deletions: state.deletions });
     if (!was || was.ifindex !== c.ifindex) continue;
     const del = state.linkDeletions.get(c.ifindex);
-    if (del && del.seq > was.deletions) {
-      const ago = Math.max(0, Math.round((ctx.mono() - del.at) / 100) / 10);
-      out.set(
-        name,
-        `observed: the link monitor reported ifindex ${c.ifindex} (${del.name}) deleted ${ago} s ago, and a ` +
-          'device has it again',
-      );
-    } else if (c.packets < was.packets)
+    if (del && del.seq > was.deletions) out.set(name, observedText(ctx, c.ifindex, del));
+    else if (c.packets < was.packets)
       out.set(
         name,
         `inferred: its packet count went from ${was.packets} to ${c.packets}, and a device's own only grows`,
@@ -78,6 +72,30 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<st
   }
   for (const name of state.deviceCounters.keys()) if (!seen.has(name)) state.deviceCounters.delete(name);
   return out;
+}
+
+/**
+ * How long a pass that finds our program gone from a device on the same ifindex waits for the link monitor's
+ * report of a deletion that came after its read (core/resync.ts).
+ */
+export const LATE_DELETION_MS = 150;
+
+/**
+ * The evidence that `name`'s device (on `ifindex`) was deleted after this pass read it on that ifindex: the link
+ * monitor's report came late (remadeDevices). Recorded as read, so that the next pass does not say it again.
+ */
+export function deletedSinceRead(ctx: ExecContext, name: string, ifindex: number): string | undefined {
+  const { state } = ctx;
+  const read = state.deviceCounters.get(name);
+  const del = state.linkDeletions.get(ifindex);
+  if (!read || read.ifindex !== ifindex || !del || del.seq <= read.deletions) return undefined;
+  read.deletions = state.deletions;
+  return observedText(ctx, ifindex, del);
+}
+
+function observedText(ctx: ExecContext, ifindex: number, del: { name: string; at: number }): string {
+  const ago = Math.max(0, Math.round((ctx.mono() - del.at) / 100) / 10);
+  return `observed: the link monitor reported ifindex ${ifindex} (${del.name}) deleted ${ago} s ago, and a device has it again`;
 }
 
 /** How a device made again in place is said, with what showed it ({@link remadeDevices}). */

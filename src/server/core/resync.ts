@@ -24,7 +24,13 @@ import {
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
-import { forgetReplacedDevices, remadeDevices, remadeText } from './device-identity.js';
+import {
+  deletedSinceRead,
+  forgetReplacedDevices,
+  LATE_DELETION_MS,
+  remadeDevices,
+  remadeText,
+} from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
@@ -298,6 +304,17 @@ export async function resync(
       // Someone detached it (ip link set dev X xdp off), a foreign program
       // left, or the interface is new or back: put ours there.
       const wasForeign = state.logged.get(`if/${name}`)?.startsWith('foreign|');
+      if (state.attached.has(name) && !remade.has(name)) {
+        // Made again in place just before this pass read it: the monitor's report of the deletion can come after
+        // the read (it is another process): given a moment before this is judged a detach by another tool.
+        await new Promise((r) => setTimeout(r, LATE_DELETION_MS));
+        const why = deletedSinceRead(ctx, name, ifindex);
+        if (why) {
+          remade.set(name, why);
+          ctx.dp.forgetDevice?.(name);
+          state.attached.delete(name);
+        }
+      }
       // Same ifindex as when we attached (or last saw ours there), and this daemon did not detach it (its own
       // detaches forget the attachment first): the mode ours ran in then.
       const detached = state.attached.has(name);

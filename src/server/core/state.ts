@@ -375,8 +375,10 @@ export class CoreState {
    */
   readonly devices = new Map<string, number>();
   /**
-   * Interface name -> what only grows over its device's life, as the last pass read it (Dataplane.deviceCounters):
-   * a lower value on the same ifindex is a device made again in its place (core/device-identity.ts remadeDevices).
+   * Interface name -> what only grows over its device's life, as the last pass read it (Dataplane.deviceCounters),
+   * and how many deletions the link monitor had reported then ({@link deletions}): a deletion of that ifindex
+   * reported since, or (one the monitor missed) a lower count on it, is a device made again in its place
+   * (core/device-identity.ts remadeDevices). Kept while the name is missing.
    */
   readonly deviceCounters = new Map<
     string,

@@ -48,7 +48,8 @@ export class LinkMonitor {
     }
     this.child = child;
     // A record is its "[LABEL]" line and the indented lines after it: one is complete when the next begins, or
-    // when the burst ends (the debounce below).
+    // at the end of a chunk that ends a line (ip monitor flushes each record whole), so that a pass that runs
+    // before the debounce below already knows of the deletion.
     let partial = '';
     let record = '';
     const flush = () => {
@@ -65,10 +66,10 @@ export class LinkMonitor {
         if (line.startsWith('[')) flush();
         record += line + '\n';
       }
+      if (!partial) flush();
       if (this.timer) return;
       this.timer = setTimeout(() => {
         this.timer = undefined;
-        if (!partial) flush();
         this.onChange();
       }, this.debounceMs);
     });
