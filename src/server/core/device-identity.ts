@@ -43,7 +43,7 @@ export interface DeviceChange {
  * the evidence, for the log. Each name's counters are recorded for the next pass (kept while it is missing or
  * not readable: never a verdict from a failed read). Empty without Dataplane.deviceCounters.
  */
-export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<string, string> {
+export function remadeDevices(ctx: ExecContext, names: Iterable<string>, facts?: Facts): Map<string, string> {
   const { dp, state } = ctx;
   const out = new Map<string, string>();
   if (!dp.deviceCounters) return out;
@@ -54,6 +54,9 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>): Map<st
     const c = dp.deviceCounters(name);
     const was = state.deviceCounters.get(name);
     if (!c) continue;
+    // The pass's facts were read before (a device made again in between: missing there, or the old one): judged
+    // at the next pass, whose facts will agree (its verdict would have nothing to act on in this one).
+    if (facts?.interfaces.has(name) && facts.interfaces.get(name)?.ifindex !== c.ifindex) continue;
     state.deviceCounters.set(name, { ...c, deletions: state.deletions });
     if (!was || was.ifindex !== c.ifindex) continue;
     const del = state.linkDeletions.get(c.ifindex);

@@ -172,11 +172,11 @@ export async function resync(
   // device's life went back (device-identity.ts). Their attachments, checks and facts are the old device's.
   const linkEnds: string[] = [];
   for (const l of state.links.values()) linkEnds.push(l.a, l.b);
-  const remade = remadeDevices(ctx, [
-    ...state.interfaceUsersView().keys(),
-    ...state.egressBackends.keys(),
-    ...linkEnds,
-  ]);
+  const remade = remadeDevices(
+    ctx,
+    [...state.interfaceUsersView().keys(), ...state.egressBackends.keys(), ...linkEnds],
+    facts,
+  );
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
   forgetReplacedDevices(ctx, facts, true, remade);
   // A neighbour table that could not be read (EMFILE under an open-files limit, ...): said once and its end.
