@@ -81,7 +81,7 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>, facts?:
  * How long a pass that finds our program gone from a device on the same ifindex waits for the link monitor's
  * report of a deletion that came after its read (core/resync.ts).
  */
-export const LATE_DELETION_MS = 150;
+export const LATE_DELETION_MS = 500;
 
 /**
  * The evidence that `name`'s device (on `ifindex`) was deleted after this pass read it on that ifindex: the link
