@@ -1337,6 +1337,15 @@ export interface DeviceIdentity {
    */
   linkIfname?: string;
   linkMac?: string;
+  /**
+   * That veth's packets received and sent (decimal) and its carrier changes (IFLA_CARRIER_CHANGES) when the
+   * change was made: they only grow over a device's life, so lower values now show that the veth at
+   * `linkIndex` was deleted and made again with that ifindex (`ip link add NAME index N type veth ...`: a
+   * namespace does hand out an ifindex again when asked for it) ({@link remadeVeth}). Absent in records
+   * written before.
+   */
+  linkPackets?: string;
+  linkCarrierChanges?: number;
 }
 
 /** _IOR(NSIO 0xb7, 13, __u64) (linux/nsfs.h, Linux >= 6.18): the namespace's id. */
@@ -1405,13 +1414,58 @@ function identityOfView(l: LinkView, netns: string | undefined): DeviceIdentity 
 function peerOfOurs(veth: string): DeviceIdentity {
   const ours = netnsId();
   let mac: string | undefined;
+  let counters: { packets: bigint; carrierChanges: number } | undefined;
   try {
     mac = interfaceAddress(veth).mac;
+    counters = linkCounters(ifindexOf(veth));
   } catch {
-    mac = undefined; // gone meanwhile: the record says less
+    // gone meanwhile: the record says less
   }
-  return { ...(ours !== undefined ? { linkNetnsId: ours } : {}), linkIfname: veth, ...(mac ? { linkMac: mac } : {}) };
+  return {
+    ...(ours !== undefined ? { linkNetnsId: ours } : {}),
+    linkIfname: veth,
+    ...(mac ? { linkMac: mac } : {}),
+    ...(counters ? { linkPackets: counters.packets.toString(), linkCarrierChanges: counters.carrierChanges } : {}),
+  };
 }
+
+/**
+ * Why the veth now at a record's `linkIndex` in the daemon's namespace (`veth`) is not shown to be the one the
+ * record names (the veth peer of one of the daemon's devices), or undefined when nothing read tells them apart.
+ * An ifindex alone does not identify it: a pair deleted and made again with `ip link add NAME index N type veth
+ * peer ...` has that veth's ifindex and name again, and its peer names it back. What is compared: its MAC
+ * address (a new veth gets a random one, unless given; a changed one is not proof either way, so the device is
+ * left alone and that is said) and what only grows over its life (its packets, its carrier changes).
+ */
+function remadeVeth(c: DeviceIdentity, veth: LinkView): string | undefined {
+  if (c.linkMac !== undefined && veth.mac !== undefined && veth.mac.toLowerCase() !== c.linkMac.toLowerCase()) {
+    return `its MAC address was ${c.linkMac} then, ${veth.mac} now`;
+  }
+  if (c.linkPackets === undefined && c.linkCarrierChanges === undefined) return undefined;
+  let now: { packets: bigint; carrierChanges: number } | undefined;
+  try {
+    now = linkCounters(veth.ifindex);
+  } catch {
+    now = undefined;
+  }
+  if (!now) return 'its counters could not be read to tell it from a veth made again with that ifindex';
+  if (c.linkPackets !== undefined && now.packets < BigInt(c.linkPackets)) {
+    return `its packet count was ${c.linkPackets} then, ${now.packets} now (a device's own count only grows)`;
+  }
+  if (c.linkCarrierChanges !== undefined && now.carrierChanges < c.linkCarrierChanges) {
+    return (
+      `its carrier change count was ${c.linkCarrierChanges} then, ${now.carrierChanges} now ` +
+      "(a device's own count only grows)"
+    );
+  }
+  return undefined;
+}
+
+/** The words for {@link remadeVeth}'s finding: the veth at the recorded ifindex is not shown to be the recorded one. */
+const remadeWords = (c: DeviceIdentity, veth: LinkView, why: string): string =>
+  `its veth peer then, ifindex ${c.linkIndex} in this daemon's network namespace ` +
+  `(${c.linkIfname ?? '?'} then, ${veth.ifname} now), is not shown to be the same veth: ${why}; a veth deleted ` +
+  'and made again with that ifindex cannot be told from it otherwise';
 
 /** A device setting xdpctld changed, to be put back by {@link restoreGro}. */
 export interface GroChange extends DeviceIdentity {
@@ -1608,6 +1662,15 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
   }
   const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
   if (replaced) return { head: 'replaced by another device', detail: replaced + via, leftAlone: true };
+  // The peer of one of the daemon's veths: that veth must be the recorded one too (a pair made again with both
+  // ifindexes asked for has the same name, ifindex and peer ifindex at both ends).
+  if (c.linkIndex !== undefined && c.linkNetnsId !== undefined && c.linkNetnsId === netnsId()) {
+    const veth = linkView(c.linkIndex);
+    const why = veth && remadeVeth(c, veth);
+    if (veth && why) {
+      return { head: 'replaced by another device', detail: remadeWords(c, veth, why) + via, leftAlone: true };
+    }
+  }
   const ifname = dev.ifname;
   const notes = [...(ifname === c.ifname ? [] : [`now named ${ifname}`]), ...(via ? [via.slice(2)] : [])];
   return {
@@ -1665,6 +1728,9 @@ function followedPeer(c: GroChange): FoundDevice | string | undefined {
   if (!peer || peer.link !== c.linkIndex) {
     return `${end}, names ifindex ${veth.link} as its peer, which does not name it back`;
   }
+  // The same ifindex is not the same veth (ip link add ... index N): not followed unless nothing tells them apart.
+  const remade = remadeVeth(c, veth);
+  if (remade) return `${remadeWords(c, veth, remade)}: not followed`;
   const before = peer.ifindex === c.ifindex ? '' : `, ${c.ifindex} before`;
   const named = peer.ifname === c.ifname ? '' : `, now named ${peer.ifname}`;
   const found = `ifindex ${peer.ifindex} there${before}${named}; found as the veth peer of ${veth.ifname}`;
