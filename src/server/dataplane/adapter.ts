@@ -89,8 +89,9 @@ import { XDP_ACT, xdpActNames, xdpFeatures } from './xdp-features.js';
 
 /**
  * Whether two host-change records name the same device: namespace, ifindex and, where both record them, the
- * namespace's id and the veth peer (netdev.ts DeviceIdentity). Not its name or MAC: settings its owner may
- * change (a device renamed since is still the one recorded).
+ * namespace's id and the veth peer (netdev.ts DeviceIdentity), and for the peer of one of our veths, that
+ * veth's MAC and counts (netdev.ts remadeVeth). Not the device's own name or MAC: settings its owner may change
+ * (a device renamed since is still the one recorded).
  */
 /** Why XDP needs these offloads off (the reasons prepareIngress gives: dataplane/netdev.ts). */
 function offloadWhy(features: readonly string[]): string {
@@ -102,7 +103,21 @@ function offloadWhy(features: readonly string[]): string {
 function sameDevice(a: GroChange, b: GroChange): boolean {
   if (a.netns !== b.netns || a.ifindex !== b.ifindex) return false;
   if (a.netnsId !== undefined && b.netnsId !== undefined && a.netnsId !== b.netnsId) return false;
-  return a.linkIndex === undefined || b.linkIndex === undefined || a.linkIndex === b.linkIndex;
+  if (a.linkIndex !== undefined && b.linkIndex !== undefined && a.linkIndex !== b.linkIndex) return false;
+  // `a` recorded, `b` seen since: a veth of ours made again with the same ifindex (and its peer's) shows by its
+  // MAC, or by counts lower than recorded (they only grow over a device's life): another device, recorded apart
+  // (the restore leaves the old record's device alone and puts back what was changed on this one).
+  if (a.linkMac !== undefined && b.linkMac !== undefined && a.linkMac.toLowerCase() !== b.linkMac.toLowerCase()) {
+    return false;
+  }
+  if (a.linkPackets !== undefined && b.linkPackets !== undefined && BigInt(b.linkPackets) < BigInt(a.linkPackets)) {
+    return false;
+  }
+  return !(
+    a.linkCarrierChanges !== undefined &&
+    b.linkCarrierChanges !== undefined &&
+    b.linkCarrierChanges < a.linkCarrierChanges
+  );
 }
 
 /**
