@@ -839,13 +839,7 @@ export class Daemon {
     const every = this.opts.resyncMs ?? 1000;
     if (every <= 0) return;
     this.resyncTimer = setInterval(pass, every);
-    this.monitor = new LinkMonitor(
-      pass,
-      this.log,
-      50,
-      () => this.kernel?.routesChanged(),
-      (ifindex, name) => this.controller.linkDeleted(ifindex, name),
-    );
+    this.monitor = new LinkMonitor(pass, this.log, 50, () => this.kernel?.routesChanged());
     // A MAC that answered an ARP request of ours (one not answered before): acted on at once.
     if (this.kernel) this.kernel.onNeighbourAnswer = pass;
     // The pin root removed or replaced (rm -rf PINROOT): a pass at once, not up to a period later, so that
@@ -1284,7 +1278,7 @@ export class Daemon {
       this.ready.value = false;
       clearInterval(this.resyncTimer);
       this.monitor?.close();
-      this.kernel?.closeArp();
+      this.kernel?.closeSockets();
       this.pinRootWatch?.close();
       this.stateDirWatch?.close();
       this.health.setStatus('unhealthy');

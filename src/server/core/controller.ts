@@ -201,11 +201,6 @@ export interface CounterSnapshot {
 
 export class Controller {
   private readonly state: CoreState;
-
-  /** The link monitor reported ifindex `ifindex` (`name`) deleted now (core/device-identity.ts remadeDevices). */
-  linkDeleted(ifindex: number, name: string): void {
-    this.state.linkDeleted(ifindex, name, this.mono());
-  }
   private readonly ctx: ExecContext;
   private readonly tx: Transactions;
   private queue: Promise<unknown> = Promise.resolve();

@@ -495,12 +495,19 @@ export interface Dataplane {
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
   /**
-   * What tells the device `name` names from one made again with its name and ifindex (devices have no generation
-   * number): its packets received and sent and its carrier changes, which only grow over a device's life (a lower
-   * value on the same ifindex is another device: core/device-identity.ts remadeDevices). Undefined when it is gone
-   * or cannot be read. Optional (fakes).
+   * The device `name` names now, read in order with the kernel's reports of deletions ({@link linkDeletions}):
+   * every deletion reported before this read is in the next linkDeletions() answer, none reported after it. Its
+   * ifindex, and what only grows over a device's life (packets received and sent, carrier changes: a lower value
+   * on the same ifindex is another device, the evidence used when reports were lost: core/device-identity.ts
+   * remadeDevices). Undefined when it is gone or cannot be read. Optional (fakes).
    */
   deviceCounters?(name: string): { ifindex: number; packets: bigint; carrierChanges: number } | undefined;
+  /**
+   * The devices the kernel reported deleted (RTM_DELLINK; not those moved to another namespace) before the last
+   * deviceCounters() read and not yet handed over, in its order, and whether some may be missing (reports lost
+   * to an overflowing queue, or none received: no socket for them). Optional (fakes).
+   */
+  linkDeletions?(): { deleted: { ifindex: number; name: string }[]; lost: boolean };
   /** Forget what the dataplane keeps about the device `name` named (a device made again in its place). Optional. */
   forgetDevice?(name: string): void;
   xdpStatus(ifname: string): XdpStatus | undefined;

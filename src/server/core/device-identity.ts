@@ -35,15 +35,22 @@ export interface DeviceChange {
 
 /**
  * The interfaces `names` whose device was deleted and made again with the same name AND ifindex since the last
- * pass (`ip link add X index N ...`): nothing keyed by name or ifindex tells them apart. Observed: the link monitor
- * reported that ifindex deleted (RTM_DELLINK: state.linkDeletions) after the last pass read the name on it, and a
- * device has it again now; that holds when the name was missing at a pass in between. Inferred, for a deletion
- * the monitor did not report (it was restarting): what only grows over a device's life (its packets received and
- * sent, its carrier changes: Dataplane.deviceCounters) is lower than the last pass read on that ifindex. Name ->
- * the evidence, for the log. Each name's counters are recorded for the next pass (kept while it is missing or
- * not readable: never a verdict from a failed read). Empty without Dataplane.deviceCounters.
+ * pass (`ip link add X index N ...`): nothing keyed by name or ifindex tells them apart. Observed: the kernel
+ * reported that ifindex deleted (RTM_DELLINK: Dataplane.linkDeletions, read in order with each device read, so
+ * a report is known to come before or after a read) after the last pass read the name on it, and a device has it
+ * again now; that holds when the name was missing at a pass in between. Inferred, only where reports were lost
+ * since that read (an overflowing queue, no socket for them): what only grows over a device's life (its packets
+ * received and sent, its carrier changes: Dataplane.deviceCounters) is lower than that read. Name -> the
+ * evidence, for the log; in `unknown`, those that cannot be told (reports lost, no count went back), why. Each
+ * name's read is recorded for the next pass (kept while it is missing or not readable: never a verdict from a
+ * failed read). Empty without Dataplane.deviceCounters.
  */
-export function remadeDevices(ctx: ExecContext, names: Iterable<string>, facts?: Facts): Map<string, string> {
+export function remadeDevices(
+  ctx: ExecContext,
+  names: Iterable<string>,
+  facts?: Facts,
+  unknown?: Map<string, string>,
+): Map<string, string> {
   const { dp, state } = ctx;
   const out = new Map<string, string>();
   if (!dp.deviceCounters) return out;
@@ -52,6 +59,7 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>, facts?:
     if (seen.has(name)) continue;
     seen.add(name);
     const c = dp.deviceCounters(name);
+    noteLinkDeletions(ctx);
     const was = state.deviceCounters.get(name);
     if (!c) continue;
     // The pass's facts were read before (a device made again in between: missing there, or the old one): judged
@@ -59,46 +67,80 @@ export function remadeDevices(ctx: ExecContext, names: Iterable<string>, facts?:
     if (facts?.interfaces.has(name) && facts.interfaces.get(name)?.ifindex !== c.ifindex) continue;
     state.deviceCounters.set(name, { ...c, deletions: state.deletions });
     if (!was || was.ifindex !== c.ifindex) continue;
-    const del = state.linkDeletions.get(c.ifindex);
-    if (del && del.seq > was.deletions) out.set(name, observedText(ctx, c.ifindex, del));
-    else if (c.packets < was.packets)
-      out.set(
-        name,
-        `inferred: its packet count went from ${was.packets} to ${c.packets}, and a device's own only grows`,
-      );
-    else if (c.carrierChanges < was.carrierChanges)
-      out.set(
-        name,
-        `inferred: its carrier change count went from ${was.carrierChanges} to ${c.carrierChanges}, and a ` +
-          "device's own only grows",
-      );
+    const v = sinceRead(ctx, was, c);
+    if (v?.remade) out.set(name, v.remade);
+    else if (v?.unknown) unknown?.set(name, v.unknown);
   }
   for (const name of state.deviceCounters.keys()) if (!seen.has(name)) state.deviceCounters.delete(name);
   return out;
 }
 
-/**
- * How long a pass that finds our program gone from a device on the same ifindex waits for the link monitor's
- * report of a deletion that came after its read (core/resync.ts).
- */
-export const LATE_DELETION_MS = 500;
-
-/**
- * The evidence that `name`'s device (on `ifindex`) was deleted after this pass read it on that ifindex: the link
- * monitor's report came late (remadeDevices). Recorded as read, so that the next pass does not say it again.
- */
-export function deletedSinceRead(ctx: ExecContext, name: string, ifindex: number): string | undefined {
-  const { state } = ctx;
-  const read = state.deviceCounters.get(name);
-  const del = state.linkDeletions.get(ifindex);
-  if (!read || read.ifindex !== ifindex || !del || del.seq <= read.deletions) return undefined;
-  read.deletions = state.deletions;
-  return observedText(ctx, ifindex, del);
+/** The deletions the kernel reported up to the last device read, taken into the state (numbered in order). */
+function noteLinkDeletions(ctx: ExecContext): void {
+  const r = ctx.dp.linkDeletions?.();
+  if (!r) return;
+  const t = ctx.mono();
+  for (const d of r.deleted) ctx.state.linkDeleted(d.ifindex, d.name, t);
+  if (r.lost) ctx.state.linkReportsLost();
 }
 
-function observedText(ctx: ExecContext, ifindex: number, del: { name: string; at: number }): string {
-  const ago = Math.max(0, Math.round((ctx.mono() - del.at) / 100) / 10);
-  return `observed: the link monitor reported ifindex ${ifindex} (${del.name}) deleted ${ago} s ago, and a device has it again`;
+/**
+ * Whether the device read as `c` is another than the one read as `was` (the same ifindex): `remade` with the
+ * evidence (a deletion of that ifindex reported after that read; or, with reports lost since, a count that went
+ * back), `unknown` with why it cannot be told (reports lost and no count went back), undefined when every report
+ * since was received and none deleted it (the same device).
+ */
+function sinceRead(
+  ctx: ExecContext,
+  was: { ifindex: number; packets: bigint; carrierChanges: number; deletions: number },
+  c: { ifindex: number; packets: bigint; carrierChanges: number } | undefined,
+): { remade?: string; unknown?: string } | undefined {
+  const { state } = ctx;
+  const del = state.linkDeletions.get(was.ifindex);
+  if (del && del.seq > was.deletions) {
+    return {
+      remade:
+        `observed: the kernel reported the device on ifindex ${was.ifindex} (${del.name}) deleted after the ` +
+        'last read of it, and a device has that ifindex again',
+    };
+  }
+  if (state.linkReportsLostAt <= was.deletions) return undefined;
+  const lost = 'reports of deleted devices were lost meanwhile';
+  if (c && c.packets < was.packets) {
+    return {
+      remade: `inferred (${lost}): its packet count went from ${was.packets} to ${c.packets}, and a device's own only grows`,
+    };
+  }
+  if (c && c.carrierChanges < was.carrierChanges) {
+    return {
+      remade:
+        `inferred (${lost}): its carrier change count went from ${was.carrierChanges} to ${c.carrierChanges}, and ` +
+        "a device's own only grows",
+    };
+  }
+  return { unknown: `${lost}, and its counts did not go back: which of the two cannot be told` };
+}
+
+/**
+ * For a device on `ifindex` found without our program where this daemon last saw it attached: whether it was
+ * deleted and made again in place after the last read of `name` (`remade`, with the evidence), or cannot be told
+ * (`unknown`, why), or neither (undefined: the same device, so detached by another tool). Reads the device again
+ * first: every deletion reported before that read (so before the read that found no program) is known then, with
+ * no wait. Records that read, so that the next pass does not say it again.
+ */
+export function remadeSinceRead(
+  ctx: ExecContext,
+  name: string,
+  ifindex: number,
+): { remade?: string; unknown?: string } | undefined {
+  const { dp, state } = ctx;
+  const read = state.deviceCounters.get(name);
+  if (!read || read.ifindex !== ifindex || !dp.deviceCounters) return undefined;
+  const c = dp.deviceCounters(name);
+  noteLinkDeletions(ctx);
+  const v = sinceRead(ctx, read, c && c.ifindex === ifindex ? c : undefined);
+  if (c) state.deviceCounters.set(name, { ...c, deletions: state.deletions });
+  return v;
 }
 
 /** How a device made again in place is said, with what showed it ({@link remadeDevices}). */

@@ -30,6 +30,7 @@ import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import { reattachedText } from './reattach-text.js';
+import { remadeSinceRead, remadeText } from './device-identity.js';
 import type { UndoLog } from './undo-log.js';
 import { handSetNeighbourStatus, lowerForMissingIngress, lowerForMtu, unverifiedRuleStatus } from './rule-status.js';
 import { inspectTarget } from './unchecked.js';
@@ -248,10 +249,25 @@ function attachIngress(
           state.foreign.set(i.name, x.progId);
           continue;
         }
+        // Made again in place since the last pass read it (the device read again now, after the read that found
+        // no program), or cannot be told: not said as a detach.
+        const since = remadeSinceRead(ctx, i.name, i.ifindex);
+        if (since?.remade) dp.forgetDevice?.(i.name);
         vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);
         attachOne(ctx, undo, i.name, i.ifindex, a.users, restoring, `${p.field}.ingress_interfaces`);
         const mode = state.attached.get(i.name)?.mode ?? 'none';
-        ctx.log.warn({ ifname: i.name, found: 'none', was: a.mode, mode }, reattachedText(i.name, a.mode, mode));
+        if (since?.remade) {
+          ctx.log.warn(
+            { ifname: i.name, ifindex: i.ifindex, mode, remade: since.remade },
+            `${remadeText(i.name, i.ifindex, since.remade)}: our XDP program went with the old one; attached to ` +
+              `this one in ${mode} mode`,
+          );
+        } else {
+          ctx.log.warn(
+            { ifname: i.name, found: 'none', was: a.mode, mode, ...(since?.unknown ? { unknown: since.unknown } : {}) },
+            reattachedText(i.name, a.mode, mode, since?.unknown),
+          );
+        }
         continue;
       }
       vacateAdjacentDevices(ctx, undo, i.name, usedAfter, `${p.field}.ingress_interfaces`);

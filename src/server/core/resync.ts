@@ -24,13 +24,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
-import {
-  deletedSinceRead,
-  forgetReplacedDevices,
-  LATE_DELETION_MS,
-  remadeDevices,
-  remadeText,
-} from './device-identity.js';
+import { forgetReplacedDevices, remadeDevices, remadeSinceRead, remadeText } from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
@@ -168,14 +162,18 @@ export async function resync(
   let n = 0;
   // With static-MAC backends to judge (judgeStaticMacs) the whole neighbour table is kept from the same read.
   const facts = await fetchAllRuleFacts(dp, state, undefined, pace, state.staticMacsByEgress.size > 0);
-  // Devices deleted and made again with the same name and ifindex since the last pass: what only grows over a
-  // device's life went back (device-identity.ts). Their attachments, checks and facts are the old device's.
+  // Devices deleted and made again with the same name and ifindex since the last pass: the kernel reported the
+  // deletion after the last pass's read (device-identity.ts). Their attachments, checks and facts are the old
+  // device's.
   const linkEnds: string[] = [];
   for (const l of state.links.values()) linkEnds.push(l.a, l.b);
+  /** Those that cannot be told from the device read before (reports of deletions lost): why. */
+  const unsure = new Map<string, string>();
   const remade = remadeDevices(
     ctx,
     [...state.interfaceUsersView().keys(), ...state.egressBackends.keys(), ...linkEnds],
     facts,
+    unsure,
   );
   // Facts kept under a name that names another device now are forgotten before anything decides on them.
   forgetReplacedDevices(ctx, facts, true, remade);
@@ -304,16 +302,14 @@ export async function resync(
       // Someone detached it (ip link set dev X xdp off), a foreign program
       // left, or the interface is new or back: put ours there.
       const wasForeign = state.logged.get(`if/${name}`)?.startsWith('foreign|');
-      if (state.attached.has(name) && !remade.has(name)) {
-        // Made again in place just before this pass read it: the monitor's report of the deletion can come after
-        // the read (it is another process): given a moment before this is judged a detach by another tool.
-        await new Promise((r) => setTimeout(r, LATE_DELETION_MS));
-        const why = deletedSinceRead(ctx, name, ifindex);
-        if (why) {
-          remade.set(name, why);
-          ctx.dp.forgetDevice?.(name);
-          state.attached.delete(name);
-        }
+      // Made again in place after this pass's first read of it (the device read again now: every deletion the
+      // kernel reported before the read that found no program is known then), or cannot be told.
+      let since = state.attached.has(name) && !remade.has(name) ? remadeSinceRead(ctx, name, ifindex) : undefined;
+      if (!since?.remade && unsure.has(name)) since = { unknown: unsure.get(name) };
+      if (since?.remade) {
+        remade.set(name, since.remade);
+        ctx.dp.forgetDevice?.(name);
+        state.attached.delete(name);
       }
       // Same ifindex as when we attached (or last saw ours there), and this daemon did not detach it (its own
       // detaches forget the attachment first): the mode ours ran in then.
@@ -325,7 +321,13 @@ export async function resync(
         state.ingressChecked.set(name, ctx.mono()); // the attach set them
         // Native from now on: its rules' backends are checked for native redirects below, as for one attached before.
         if (st.mode === 'native') native.add(name);
-        if (detached) {
+        if (detached && since?.unknown) {
+          // Detached by another tool or a device made again in place: not told apart, so not counted as a fight.
+          ctx.log.warn(
+            { ifname: name, found: 'none', was: lastMode, mode: st.mode, unknown: since.unknown },
+            reattachedText(name, lastMode, st.mode, since.unknown),
+          );
+        } else if (detached) {
           // Found detached (not by this daemon) and attached again: a repair (a fight when it keeps happening).
           state.fights.repaired({ key: `xdp|${ifindex}`, what: `our XDP program on ${name}`, interfaces: [name] }, () =>
             ctx.log.warn(

@@ -375,32 +375,45 @@ export class CoreState {
    */
   readonly devices = new Map<string, number>();
   /**
-   * Interface name -> what only grows over its device's life, as the last pass read it (Dataplane.deviceCounters),
-   * and how many deletions the link monitor had reported then ({@link deletions}): a deletion of that ifindex
-   * reported since, or (one the monitor missed) a lower count on it, is a device made again in its place
-   * (core/device-identity.ts remadeDevices). Kept while the name is missing.
+   * Interface name -> its device as the last pass read it (Dataplane.deviceCounters: ifindex, and what only grows
+   * over its life), and how many deletions had been reported before that read ({@link deletions}): a deletion of
+   * that ifindex reported since, or (where reports were lost since) a lower count on it, is a device made again
+   * in its place (core/device-identity.ts remadeDevices). Kept while the name is missing.
    */
   readonly deviceCounters = new Map<
     string,
     { ifindex: number; packets: bigint; carrierChanges: number; deletions: number }
   >();
   /**
-   * Ifindex -> its last deletion the link monitor reported (RTM_DELLINK: dataplane/link-monitor.ts): the device's
-   * name, when (monotonic ms) and its number in {@link deletions}. A device found later on that ifindex is another
-   * one (core/device-identity.ts remadeDevices). At most 1024 of them, none older than 10 minutes.
+   * Ifindex -> its last deletion the kernel reported (RTM_DELLINK: Dataplane.linkDeletions): the device's name,
+   * when it was taken in (monotonic ms) and its number in {@link deletions}. A device found on that ifindex by a
+   * later read is another one (core/device-identity.ts remadeDevices). At most 1024 of them, none older than 10
+   * minutes.
    */
   readonly linkDeletions = new Map<number, { name: string; at: number; seq: number }>();
-  /** How many deletions the link monitor reported (the last one's seq). */
+  /** How many deletions were reported (the last one's seq), reports found lost counted as one. */
   deletions = 0;
+  /**
+   * The seq ({@link deletions}) at which reports of deletions were last found lost, or the last one forgotten
+   * (0: never): a read recorded before it may have missed one.
+   */
+  linkReportsLostAt = 0;
 
-  /** The link monitor reported ifindex `ifindex` (named `name`) deleted at `at` (monotonic ms). */
+  /** The kernel reported ifindex `ifindex` (named `name`) deleted; taken in at `at` (monotonic ms). */
   linkDeleted(ifindex: number, name: string, at: number): void {
     this.linkDeletions.delete(ifindex);
     this.linkDeletions.set(ifindex, { name, at, seq: ++this.deletions });
     for (const [i, d] of this.linkDeletions) {
       if (this.linkDeletions.size <= 1024 && at - d.at <= 600_000) break;
       this.linkDeletions.delete(i);
+      // A read before it can no longer be shown to come after every deletion of its ifindex: as if lost.
+      this.linkReportsLostAt = Math.max(this.linkReportsLostAt, d.seq);
     }
+  }
+
+  /** Reports of deleted devices were lost (or none could be received) up to now. */
+  linkReportsLost(): void {
+    this.linkReportsLostAt = ++this.deletions;
   }
   /** "ip@iface" -> the MAC a backend given without MAC last received traffic with (the neighbour table's). */
   readonly neighbourMacs = new Map<string, string>();

@@ -37,6 +37,7 @@ import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import { CoreError } from '../core/errors.js';
+import { LinkEvents } from './link-events.js';
 import { RECORD_WRITE_TIMEOUT_MS, RecordNotAnswering, RecordWriter } from './record-writer.js';
 import {
   ensureVethPeerNapi,
@@ -999,9 +1000,10 @@ export class KernelDataplane implements Dataplane {
     return undefined;
   }
 
-  /** Close the ARP socket (daemon stop). */
-  closeArp(): void {
+  /** Close the ARP socket and the link event socket (daemon stop). */
+  closeSockets(): void {
     this.arpProber?.close();
+    this.linkEvents.close();
   }
 
   async neighbourMac(backend: string, iface: string): Promise<string | undefined> {
@@ -1639,6 +1641,13 @@ export class KernelDataplane implements Dataplane {
 
   deviceCounters(name: string): { ifindex: number; packets: bigint; carrierChanges: number } | undefined {
     try {
+      // On the link event socket: every deletion reported before this read is then in linkDeletions().
+      return this.linkEvents.read(name);
+    } catch {
+      if (!this.linkEvents.openError) return undefined;
+    }
+    // No link event socket (linkDeletions() says nothing was observed): read as any other device read.
+    try {
       const ifindex = ifindexOf(name);
       const c = linkCounters(ifindex);
       return c && { ifindex, ...c };
@@ -1646,6 +1655,11 @@ export class KernelDataplane implements Dataplane {
       return undefined;
     }
   }
+
+  linkDeletions(): { deleted: { ifindex: number; name: string }[]; lost: boolean } {
+    return this.linkEvents.take();
+  }
+  private readonly linkEvents = new LinkEvents();
 
   forgetDevice(name: string): void {
     this.vethVerified.delete(name);

@@ -7,9 +7,7 @@
  * their label: the reconciler is level-triggered and reads the facts itself, so
  * a lost or merged event only delays it to the next periodic pass. A burst with
  * a route line ("[ROUTE]") calls `onRoute` first (the backends' next hops are
- * looked up again: dataplane/adapter.ts hopOf). A deleted device ("[LINK]Deleted N: name...", RTM_DELLINK;
- * not one moved to another namespace, whose record says "new-netns") calls `onDeleted` with its ifindex and name:
- * a device with that ifindex later is another one (core/device-identity.ts). close() ends the monitor (idempotent).
+ * looked up again: dataplane/adapter.ts hopOf). close() ends the monitor (idempotent).
  * The child cannot outlive the daemon (children.ts: the kernel kills it when the daemon ends, SIGKILL
  * included).
  */
@@ -28,7 +26,6 @@ export class LinkMonitor {
     private readonly log: Logger,
     private readonly debounceMs = 50,
     private readonly onRoute?: () => void,
-    private readonly onDeleted?: (ifindex: number, name: string) => void,
   ) {
     this.start();
   }
@@ -47,26 +44,9 @@ export class LinkMonitor {
       return;
     }
     this.child = child;
-    // A record is its "[LABEL]" line and the indented lines after it: one is complete when the next begins, or
-    // at the end of a chunk that ends a line (ip monitor flushes each record whole), so that a pass that runs
-    // before the debounce below already knows of the deletion.
-    let partial = '';
-    let record = '';
-    const flush = () => {
-      const m = /^\[LINK\]Deleted (\d+): ([^:@\s]+)/.exec(record);
-      if (m && this.onDeleted && !/ new-netns/.test(record)) this.onDeleted(Number(m[1]), m[2]!);
-      record = '';
-    };
     // (No stdout when the fork was refused for want of descriptors: EMFILE.)
     child.stdout?.on('data', (chunk: Buffer) => {
       if (this.onRoute && chunk.includes('[ROUTE]')) this.onRoute();
-      const lines = (partial + chunk.toString()).split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) {
-        if (line.startsWith('[')) flush();
-        record += line + '\n';
-      }
-      if (!partial) flush();
       if (this.timer) return;
       this.timer = setTimeout(() => {
         this.timer = undefined;

@@ -1,0 +1,216 @@
+/**
+ * The deletions of devices the kernel reports (RTM_DELLINK to the rtnetlink group RTNLGRP_LINK), in the kernel's
+ * order with the reads of devices that are judged against them: one netlink socket, subscribed to link events,
+ * on which {@link LinkEvents.read} asks RTM_GETLINK for a device. Notifications and the replies to requests on
+ * one netlink socket are queued in the order the kernel made them, and a device's deletion is reported before
+ * its ifindex can be given to another device (the deletion sends it before it returns, under the RTNL lock), so
+ * a read takes off the socket every deletion reported before it and none after: what {@link LinkEvents.take}
+ * hands over after a read is exactly what came before that read. `ip monitor` (link-monitor.ts, another
+ * process, through a pipe) cannot give that order: its report of a deletion may come after a read of the device
+ * made again in its place. A queue that overflowed (ENOBUFS) lost reports: said by `take()`, as is a socket that
+ * could not be opened. Owns that socket and nothing else; close() is idempotent.
+ */
+import koffi from 'koffi';
+
+import { nameText } from '../../shared/visible.js';
+import { KernelError } from './errors.js';
+import { lastErrno } from './libbpf.js';
+import { nlAttr, nlAttrs } from './netlink.js';
+
+const libc = koffi.load('libc.so.6');
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)');
+const getsocknameFn = libc.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *len)');
+const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
+const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
+const closeFn = libc.func('int close(int fd)');
+const setsockoptFn = libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)');
+
+const AF_NETLINK = 16;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+const NETLINK_ROUTE = 0;
+/** The rtnetlink group of link events (RTNLGRP_LINK = 1), as a bind mask. */
+const RTMGRP_LINK = 1;
+const SOL_SOCKET = 1;
+const SO_RCVBUF = 8;
+const SO_RCVBUFFORCE = 33;
+const MSG_DONTWAIT = 0x40;
+const NLM_F_REQUEST = 1;
+const NLMSG_ERROR = 2;
+const RTM_NEWLINK = 16;
+const RTM_DELLINK = 17;
+const RTM_GETLINK = 18;
+const IFLA_IFNAME = 3;
+const IFLA_STATS64 = 23;
+const IFLA_CARRIER_CHANGES = 35;
+/** Present in the RTM_DELLINK of a device moved to another namespace (not deleted: `ip monitor` says new-netns). */
+const IFLA_NEW_NETNSID = 45;
+const EAGAIN = 11;
+const ENOBUFS = 105;
+/** Room for the reports that come between two reads (a pass reads every second): 4 MiB where root may set it. */
+const RCVBUF = 4 << 20;
+
+/** A device the kernel reported deleted. */
+export interface LinkDeletion {
+  ifindex: number;
+  name: string;
+}
+
+/** What {@link LinkEvents.read} reads of a device: its ifindex and what only grows over its life. */
+export interface LinkRead {
+  ifindex: number;
+  packets: bigint;
+  carrierChanges: number;
+}
+
+export class LinkEvents {
+  private fd = -1;
+  private port = 0;
+  private seq = 0;
+  private closed = false;
+  private readonly buf = Buffer.alloc(64 << 10);
+  private pending: LinkDeletion[] = [];
+  /** Reports were lost (ENOBUFS) or could not be received (no socket) since the last take(). */
+  private lost = false;
+  /** Why the socket could not be opened (said by the caller; tried again at the next read). */
+  openError?: string;
+
+  /**
+   * Deletions reported before the last read and not yet taken, in the kernel's order, and whether some may be
+   * missing from them (the queue overflowed, or the socket could not be opened: nothing was observed then).
+   */
+  take(): { deleted: LinkDeletion[]; lost: boolean } {
+    const out = { deleted: this.pending, lost: this.lost || this.fd < 0 };
+    this.pending = [];
+    this.lost = false;
+    return out;
+  }
+
+  /**
+   * The device named `name` as the kernel has it now (undefined when there is none), read after every deletion
+   * reported before it (kept for take()). Throws KernelError when it cannot be read.
+   */
+  read(name: string): LinkRead | undefined {
+    const fd = this.socket();
+    if (fd < 0) throw new KernelError(`read link ${name}`, 9, [], this.openError ?? 'no link event socket');
+    const ifinfo = Buffer.alloc(16); // struct ifinfomsg: AF_UNSPEC, by name
+    const attrs = nlAttr(IFLA_IFNAME, Buffer.from(`${name}\0`));
+    // A reply the kernel could not queue (the queue was full of reports: EAGAIN) is asked again once it is read.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const mySeq = (this.seq = (this.seq + 1) >>> 0 || 1);
+      const msg = Buffer.concat([Buffer.alloc(16), ifinfo, attrs]);
+      msg.writeUInt32LE(msg.length, 0);
+      msg.writeUInt16LE(RTM_GETLINK, 4);
+      msg.writeUInt16LE(NLM_F_REQUEST, 6);
+      msg.writeUInt32LE(mySeq, 8);
+      if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
+        const errno = lastErrno() || 5;
+        this.drop();
+        throw new KernelError(`read link ${name}`, errno, [], 'netlink send failed');
+      }
+      const r = this.receive(mySeq, name);
+      if (r !== 'again') return r;
+    }
+    throw new KernelError(`read link ${name}`, EAGAIN, [], 'no reply: the link event queue stays full');
+  }
+
+  /** Reports up to the reply to `mySeq` (kept), then that reply; 'again' when it never came (not queued). */
+  private receive(mySeq: number, name: string): LinkRead | undefined | 'again' {
+    const buf = this.buf;
+    for (;;) {
+      const n = Number(recvFn(this.fd, buf, buf.length, MSG_DONTWAIT));
+      if (n < 0) {
+        const errno = lastErrno();
+        if (errno === ENOBUFS) {
+          this.lost = true;
+          continue;
+        }
+        if (errno === EAGAIN) return 'again';
+        if (errno === 4) continue; // EINTR
+        this.drop();
+        throw new KernelError(`read link ${name}`, errno || 5, [], 'netlink recv failed');
+      }
+      for (let i = 0; i + 16 <= n;) {
+        const len = buf.readUInt32LE(i);
+        if (len < 16 || i + len > n) break;
+        const type = buf.readUInt16LE(i + 4);
+        const msg = buf.subarray(i, i + len);
+        i += (len + 3) & ~3;
+        // Ours: this socket's port and this request's number (a report carries those of whoever caused it).
+        if (msg.readUInt32LE(12) === this.port && msg.readUInt32LE(8) === mySeq) {
+          if (type === NLMSG_ERROR) {
+            const err = -msg.readInt32LE(16);
+            if (err === 19 || err === 2) return undefined; // ENODEV, ENOENT: no such device
+            if (err === EAGAIN || err === ENOBUFS) return 'again';
+            throw new KernelError(`read link ${name}`, err, [], 'netlink error');
+          }
+          if (type !== RTM_NEWLINK || len < 32) continue;
+          const a = nlAttrs(msg, 32);
+          const stats = a.get(IFLA_STATS64);
+          return {
+            ifindex: msg.readInt32LE(20),
+            packets: stats && stats.length >= 16 ? stats.readBigUInt64LE(0) + stats.readBigUInt64LE(8) : 0n,
+            carrierChanges: a.get(IFLA_CARRIER_CHANGES)?.readUInt32LE(0) ?? 0,
+          };
+        }
+        // A device deleted (AF_UNSPEC: not a bridge port's AF_BRIDGE record; not one moved to another namespace).
+        if (type !== RTM_DELLINK || len < 32 || msg.readUInt8(16) !== 0) continue;
+        const a = nlAttrs(msg, 32);
+        if (a.has(IFLA_NEW_NETNSID)) continue;
+        const raw = a.get(IFLA_IFNAME);
+        const end = raw ? raw.indexOf(0) : -1;
+        const gone = raw ? nameText(raw.subarray(0, end < 0 ? raw.length : end)) : '';
+        this.pending.push({ ifindex: msg.readInt32LE(20), name: gone });
+        if (this.pending.length > 4096) {
+          // Nobody takes them (no reads are judged): the oldest are dropped, and that is said as a loss.
+          this.pending.splice(0, this.pending.length - 4096);
+          this.lost = true;
+        }
+      }
+    }
+  }
+
+  private socket(): number {
+    if (this.fd >= 0 || this.closed) return this.fd;
+    const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
+    if (fd < 0) {
+      this.openError = `open a netlink socket for link events: errno ${lastErrno()}`;
+      return -1;
+    }
+    const size = Buffer.alloc(4);
+    size.writeInt32LE(RCVBUF);
+    if ((setsockoptFn(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4) as number) < 0) {
+      setsockoptFn(fd, SOL_SOCKET, SO_RCVBUF, size, 4); // without CAP_NET_ADMIN: as much as rmem_max allows
+    }
+    const sa = Buffer.alloc(12); // struct sockaddr_nl: family, pad, port (0: the kernel's), groups
+    sa.writeUInt16LE(AF_NETLINK, 0);
+    sa.writeUInt32LE(RTMGRP_LINK, 8);
+    const len = [12];
+    if ((bindFn(fd, sa, 12) as number) < 0 || (getsocknameFn(fd, sa, len) as number) < 0) {
+      this.openError = `subscribe to link events: errno ${lastErrno()}`;
+      closeFn(fd);
+      return -1;
+    }
+    this.openError = undefined;
+    this.port = sa.readUInt32LE(4);
+    this.fd = fd;
+    // Reports from before it was opened were never received: the first take() says so (a read made before, by
+    // another way, is not shown to be of the device there now).
+    this.lost = true;
+    return fd;
+  }
+
+  /** Close a socket that failed: its reports since are lost (the next read opens another). */
+  private drop(): void {
+    if (this.fd >= 0) closeFn(this.fd);
+    this.fd = -1;
+    this.lost = true;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.fd >= 0) closeFn(this.fd);
+    this.fd = -1;
+  }
+}
