@@ -143,6 +143,22 @@ export function remadeSinceRead(
   return v;
 }
 
+/**
+ * Whether the kernel reported `name`'s device (on `ifindex`) deleted after the last pass read it, up to now (the
+ * device read again first, so after any read of the caller's before this call), or reports were lost since, so
+ * that this cannot be told: what the kernel removed with that device (its devmap entries) was not undone by
+ * another tool. Records nothing: the pass after says what it is ({@link remadeDevices}).
+ */
+export function deletedSinceRead(ctx: ExecContext, name: string, ifindex: number): boolean {
+  const { dp, state } = ctx;
+  const read = state.deviceCounters.get(name);
+  if (!read || read.ifindex !== ifindex || !dp.deviceCounters) return false;
+  dp.deviceCounters(name);
+  noteLinkDeletions(ctx);
+  const del = state.linkDeletions.get(ifindex);
+  return (del !== undefined && del.seq > read.deletions) || state.linkReportsLostAt > read.deletions;
+}
+
 /** How a device made again in place is said, with what showed it ({@link remadeDevices}). */
 export function remadeText(name: string, ifindex: number, why: string): string {
   return `${name} is another device with the same name and ifindex ${ifindex} (${why})`;

@@ -24,7 +24,13 @@ import {
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
-import { forgetReplacedDevices, remadeDevices, remadeSinceRead, remadeText } from './device-identity.js';
+import {
+  deletedSinceRead,
+  forgetReplacedDevices,
+  remadeDevices,
+  remadeSinceRead,
+  remadeText,
+} from './device-identity.js';
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
@@ -371,6 +377,15 @@ export async function resync(
     }
     if (a) a.mode = x.mode;
     else state.attached.set(name, { ifindex, users: new Set(users.get(name)), mode: x.mode });
+    if (!a && remade.has(name)) {
+      // Made again in place, and ours already on the new device (a pass that found it missing meanwhile wrote its
+      // links again, which attached ours): said here, where no attach of this pass says it.
+      ctx.log.warn(
+        { ifname: name, ifindex, mode: x.mode, remade: remade.get(name) },
+        `${remadeText(name, ifindex, remade.get(name)!)}: our XDP program went with the old one; ours runs on ` +
+          `this one in ${x.mode} mode`,
+      );
+    }
     if (x.mode === 'native') native.add(name);
     transition(`if/${name}`, 'ok', (before) => {
       if (before) ctx.log.info({ ifname: name }, `${name} runs our XDP program again`);
@@ -814,7 +829,20 @@ export async function resync(
     // Undone (a repair, fights.ts): a direction the devmap held as wanted at an earlier pass (same ingress and
     // egress ifindex) that it holds no more; one whose interface was made again (another ifindex) is no undo.
     // Each undone direction is a subject of its own, owned by its link direction (warned while a fight lasts).
-    const undone = [...wanted].filter(([f, t]) => kernelLinks.get(f) !== t && state.linkSeen.get(f) === t);
+    // Nor is one whose egress was deleted and made again in place (the same ifindex): the kernel drops the entries
+    // of a deleted egress; found by this pass's first read of it or by a read after the devmap's.
+    const remadeEnd = (f: number, t: number) =>
+      links.some((l) =>
+        directions(l).some(
+          ([from, to]) =>
+            now(from) === f &&
+            now(to) === t &&
+            [from, to].some((n) => remade.has(n) || deletedSinceRead(ctx, n, now(n)!)),
+        ),
+      );
+    const undone = [...wanted].filter(
+      ([f, t]) => kernelLinks.get(f) !== t && state.linkSeen.get(f) === t && !remadeEnd(f, t),
+    );
     const line = () =>
       ctx.log.warn({ differed }, 'link entries in the kernel differ from the desired state: re-applying links');
     if (differed.length) {
