@@ -8,9 +8,10 @@ import { describe, it } from 'node:test';
 
 import { LogDamper } from '../../src/server/core/log-damper.js';
 import type { RuleStatus } from '../../src/server/core/model.js';
+import { backendStatus, egressProblem, messageHead, writtenRuleStatus } from '../../src/server/core/rule-status.js';
 import { RuleTransitions } from '../../src/server/core/rule-transitions.js';
 
-function setup() {
+function setup(damper = new LogDamper()) {
   const lines: { level: string; fields: Record<string, unknown>; msg: string }[] = [];
   const log = {
     info: (fields: Record<string, unknown>, msg: string) => lines.push({ level: 'info', fields, msg }),
@@ -18,7 +19,6 @@ function setup() {
   };
   let now = 0;
   const logged = new Map<string, string>();
-  const damper = new LogDamper();
   const make = () => new RuleTransitions({ logged, damper, log: log as never, now: () => (now += 1) });
   return { lines, make };
 }
@@ -68,5 +68,110 @@ describe('rule transitions: bounded lines for one event across many rules', () =
     assert.equal(lines.length, 3);
     assert.equal(lines[2].level, 'info');
     assert.match(lines[2].msg, /^500 rules are ACTIVE: r0, r1, r2, r3, r4 and 495 more \(each: ok\)/);
+  });
+});
+
+/** Whether every parenthesis of `s` is closed, in order. */
+function balanced(s: string): boolean {
+  let depth = 0;
+  for (const c of s) {
+    if (c === '(') depth++;
+    else if (c === ')' && --depth < 0) return false;
+  }
+  return depth === 0;
+}
+
+describe('rule transitions: every form of the line closes its parentheses', () => {
+  // The statuses the datapath gives rules whose only backend's egress has no carrier (its veth peer down) or is
+  // down: what a review read in the grouped line ("... (each: no backend can take traffic (all drained or unable
+  // to receive: 198.18.2.1@x8: egress x8 has no carrier (nothing at its other end): matching packets are dropped);
+  // ..." with one parenthesis never closed).
+  const out = (iface: string, up: boolean) =>
+    backendStatus({
+      ip: '198.18.2.1',
+      interface: iface,
+      givenMac: '',
+      mac: '02:00:00:00:00:01',
+      resolved: true,
+      egress: egressProblem(iface, { up, carrier: false, mtu: 1500 } as never),
+    });
+  const noCarrier = writtenRuleStatus([out('x8', true)], 0);
+  const down = writtenRuleStatus([out('x9', false)], 0);
+  const degraded = writtenRuleStatus([out('x8', true), { ...out('x7', true), receiving: true, message: '' }], 1);
+
+  it("a backend's message is cut after what it is, never inside a parenthesis or a MAC", () => {
+    assert.equal(
+      messageHead('egress x8 has no carrier (nothing at its other end: for a veth, its peer is down): backend out'),
+      'egress x8 has no carrier (nothing at its other end: for a veth, its peer is down)',
+    );
+    assert.equal(
+      messageHead('MAC 02:42:ac:11:00:02 not confirmed yet: why'),
+      'MAC 02:42:ac:11:00:02 not confirmed yet',
+    );
+    assert.equal(messageHead('no colon here'), 'no colon here');
+    for (const s of [noCarrier, down, degraded]) assert.ok(balanced(s.message), s.message);
+    assert.match(
+      noCarrier.message,
+      /^no backend can take traffic \(all drained or unable to receive: 198\.18\.2\.1@x8: egress x8 has no carrier \(nothing at its other end: for a veth, its peer is down\)\): matching packets are dropped$/,
+    );
+  });
+
+  const forms: { form: string; run: (t: RuleTransitions, flush: () => void) => void; count: number }[] = [
+    {
+      form: 'one rule',
+      count: 1,
+      run: (t) => t.add('a', noCarrier),
+    },
+    {
+      form: 'a few rules, each its own line',
+      count: 3,
+      run: (t) => ['a', 'b', 'c'].forEach((n) => t.add(n, noCarrier)),
+    },
+    {
+      form: 'many rules, one reason (each: ...)',
+      count: 1,
+      run: (t) => Array.from({ length: 7 }, (_, i) => t.add(`r${i}`, noCarrier)),
+    },
+    {
+      form: 'many rules, several reasons (e.g. ...; N different reasons)',
+      count: 1,
+      run: (t) => Array.from({ length: 7 }, (_, i) => t.add(`r${i}`, i % 2 ? down : noCarrier)),
+    },
+    {
+      form: 'many DEGRADED rules',
+      count: 1,
+      run: (t) => Array.from({ length: 6 }, (_, i) => t.add(`r${i}`, degraded)),
+    },
+  ];
+  for (const f of forms) {
+    it(`${f.form}: every line balanced`, () => {
+      const { lines, make } = setup();
+      const t = make();
+      f.run(t, () => t.flush());
+      t.flush();
+      assert.equal(lines.length, f.count, lines.map((l) => l.msg).join('\n'));
+      for (const l of lines) assert.ok(balanced(l.msg), l.msg);
+    });
+  }
+
+  it('the flapping summaries of one rule and of many: balanced', () => {
+    const damper = new LogDamper(1, 1_000_000);
+    const { lines, make } = setup(damper);
+    const t = make();
+    // Three flips each of one rule and of a group of 7, each in its own batch (the first of each is logged, the
+    // others counted into a summary when the window ends).
+    for (let k = 0; k < 3; k++) {
+      t.add('one', k % 2 ? down : noCarrier);
+      t.flush();
+      for (let i = 0; i < 7; i++) t.add(`r${i}`, k % 2 ? down : noCarrier);
+      t.flush();
+    }
+    damper.flush(2_000_000);
+    const summaries = lines.filter((l) => /not logged one by one/.test(l.msg));
+    assert.deepEqual(
+      summaries.map((l) => l.msg.slice(0, 40)),
+      ['rule one: 2 more state changes in 2000 s', 'rules: 2 more changes of many rules at o'],
+    );
+    for (const l of lines) assert.ok(balanced(l.msg), l.msg);
   });
 });

@@ -248,6 +248,23 @@ export function handSetWhy(ip: string, iface: string, mac: string, states: strin
 }
 
 /**
+ * A backend's message up to its first ": " outside parentheses (what it is, without why): "egress v1 has no
+ * carrier (nothing at its other end: for a veth, its peer is down): ..." is "egress v1 has no carrier (nothing at
+ * its other end: for a veth, its peer is down)". Cut at the first ':' it was "egress v1 has no carrier (nothing at
+ * its other end", whose parenthesis the rule's message then never closed; and "MAC 02:42:..." was "MAC 02".
+ */
+export function messageHead(message: string): string {
+  let depth = 0;
+  for (let i = 0; i < message.length; i++) {
+    const c = message[i];
+    if (c === '(') depth++;
+    else if (c === ')') depth = Math.max(0, depth - 1);
+    else if (c === ':' && depth === 0 && message[i + 1] === ' ') return message.slice(0, i);
+  }
+  return message;
+}
+
+/**
  * A written rule's status from its backends' statuses and how many are in
  * its table with a non-zero weight (proto RuleState: ACTIVE when every
  * backend with a non-zero weight receives, DEGRADED when some cannot,
@@ -255,7 +272,7 @@ export function handSetWhy(ip: string, iface: string, mac: string, states: strin
  */
 export function writtenRuleStatus(backends: BackendStatus[], live: number, weights?: number[]): RuleStatus {
   const out = backends.filter((b, i) => !b.receiving && (weights?.[i] ?? 1) > 0);
-  const why = out.map((b) => `${b.ip}@${b.interface}: ${b.message.split(':')[0]}`).join('; ');
+  const why = out.map((b) => `${b.ip}@${b.interface}: ${messageHead(b.message)}`).join('; ');
   // In the table with a MAC kept from the datapath (its neighbour entry missing): not confirmed to receive.
   const kept = backends.filter((b, i) => b.receiving && b.unverified && (weights?.[i] ?? 1) > 0);
   const keptNote = kept.length

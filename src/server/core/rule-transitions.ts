@@ -62,26 +62,19 @@ export class RuleTransitions {
 
   /** One rule's line; a rule that flaps (its egress renamed back and forth) is summarised (log-damper.ts). */
   private one(name: string, s: RuleStatus): void {
-    const log = s.state === 'active' ? this.o.log.info : this.o.log.warn;
-    const fields = { rule: name, state: s.state.toUpperCase(), reason: s.message };
     const text = `rule ${name} is ${s.state.toUpperCase()}: ${s.message}`;
-    this.o.damper.line(
+    this.say(
       `rule/${name}`,
-      this.o.now(),
-      () => log.call(this.o.log, fields, text),
+      s.state,
+      { rule: name, state: s.state.toUpperCase(), reason: s.message },
+      text,
       (n, ms) =>
-        log.call(
-          this.o.log,
-          { ...fields, notLogged: n, ms },
-          `rule ${name}: ${n} more state changes in ${Math.round(ms / 1000)} s not logged one by one (flapping); ` +
-            `the last of them: ${text}`,
-        ),
+        `rule ${name}: ${n} more state changes in ${ms} s not logged one by one (flapping); the last of them: ${text}`,
     );
   }
 
   /** Many rules that went to one state at once: one line, damped as one subject while it flaps. */
   private many(state: RuleState, group: { name: string; s: RuleStatus }[]): void {
-    const log = state === 'active' ? this.o.log.info : this.o.log.warn;
     const names = group.slice(0, NAMED_RULES).map((t) => t.name);
     const notListed = group.length - names.length;
     const reasons = new Set(group.map((t) => t.s.message)).size;
@@ -98,17 +91,34 @@ export class RuleTransitions {
       `${group.length} rules are ${state.toUpperCase()}: ${names.join(', ')}${notListed ? ` and ${notListed} more` : ''} ` +
       `(${reasons === 1 ? 'each' : `e.g. ${first.name}`}: ${first.s.message})` +
       `${reasons === 1 ? '' : `; ${reasons} different reasons`}; each rule's status says its own (xdpctl rules list)`;
-    this.o.damper.line(
+    this.say(
       `rules/${state}`,
+      state,
+      fields,
+      text,
+      (n, ms) =>
+        `rules: ${n} more changes of many rules at once to ${state.toUpperCase()} in ${ms} s not logged one by ` +
+        `one (flapping); the last of them: ${text}`,
+    );
+  }
+
+  /**
+   * A line about `subject` (info for ACTIVE, else a warning), damped while it flaps (log-damper.ts): `summary`
+   * gives the line that says how many were not logged in how many seconds.
+   */
+  private say(
+    subject: string,
+    state: RuleState,
+    fields: Record<string, unknown>,
+    text: string,
+    summary: (notLogged: number, seconds: number) => string,
+  ): void {
+    const log = state === 'active' ? this.o.log.info : this.o.log.warn;
+    this.o.damper.line(
+      subject,
       this.o.now(),
       () => log.call(this.o.log, fields, text),
-      (n, ms) =>
-        log.call(
-          this.o.log,
-          { ...fields, notLogged: n, ms },
-          `rules: ${n} more changes of many rules at once to ${state.toUpperCase()} in ${Math.round(ms / 1000)} s not ` +
-            `logged one by one (flapping); the last of them: ${text}`,
-        ),
+      (n, ms) => log.call(this.o.log, { ...fields, notLogged: n, ms }, summary(n, Math.round(ms / 1000))),
     );
   }
 }
