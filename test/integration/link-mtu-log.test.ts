@@ -82,4 +82,30 @@ describe('a link MTU warning comes and goes with the MTUs, one line each way say
     }
     await until('its end said', () => ended() === e0 + 1);
   });
+
+  it("a warning about the egress's veth peer ends naming the peer's MTU, not the link end's", async () => {
+    const e0 = ended();
+    const peerMtu = (n: number) => sh('ip', ['-n', h2.netns, 'link', 'set', 'eth0', 'mtu', String(n)]);
+    const peer = `${h2.hostIf}'s veth peer eth0 in netns ${h2.netns}`;
+    peerMtu(1280);
+    try {
+      await until('the warning', async () => (await mtuWarnings()).length === 1);
+      assert.match((await mtuWarnings())[0], new RegExp(`${esc(peer)} has MTU 1280, ${esc(h1.hostIf)} 1500`));
+    } finally {
+      peerMtu(1500);
+    }
+    await until('the warning gone', async () => (await mtuWarnings()).length === 0);
+    await until('its end said', () => ended() === e0 + 1);
+    const line = lab
+      .d!.output.split('\n')
+      .filter((l) => l.includes('no MTU warning any more'))
+      .at(-1)!;
+    // Before: "... no MTU warning any more: H2 has MTU 1500 now (its veth peer eth0 ... 1500), matching ..." (H2's MTU
+    // had not changed; its peer's had).
+    assert.equal(
+      JSON.parse(line).msg,
+      `link ${h1.hostIf} -> ${h2.hostIf}: no MTU warning any more: ${peer} has MTU 1500 now (${h2.hostIf} itself ` +
+        `1500), matching ${h1.hostIf}'s 1500`,
+    );
+  });
 });

@@ -1522,8 +1522,9 @@ export function linkDirectionWarning(ctx: ExecContext, from: string, to: string)
 
 /**
  * What is observed of a link direction whose warning (`was`, {@link linkDirectionWarning}) no longer holds: for an
- * MTU warning, the MTUs now ("link a -> b: no MTU warning any more: b has MTU 1500 now, matching a's 1500"); for
- * another, that it is gone, naming it.
+ * MTU warning, the MTUs now, naming the device the warning was about ("link a -> b: no MTU warning any more: b has
+ * MTU 1500 now, matching a's 1500"; "... b's veth peer eth0 in netns n has MTU 1500 now (b itself 1500), matching
+ * a's 1500"); for another, that it is gone, naming it.
  */
 export function linkWarningGoneText(ctx: Pick<ExecContext, 'dp'>, from: string, to: string, was: string): string {
   const { dp } = ctx;
@@ -1531,14 +1532,23 @@ export function linkWarningGoneText(ctx: Pick<ExecContext, 'dp'>, from: string, 
   const what = was.startsWith(pre) ? was.slice(pre.length) : was;
   if (!isMtuWarning(was) && !isMtuUnverified(was)) return `link ${pre}no longer so: ${what}`;
   const mIn = dp.linkState?.(from)?.mtu;
-  const e = egressMtu(to, dp.linkState?.(to)?.mtu, peerMtu(dp, to));
-  if (mIn === undefined || !e || 'unverified' in e) return `link ${pre}no MTU warning any more (it was: ${what})`;
+  const own = dp.linkState?.(to)?.mtu;
   const peer = peerMtu(dp, to);
+  const e = egressMtu(to, own, peer);
+  if (mIn === undefined || !e || 'unverified' in e) return `link ${pre}no MTU warning any more (it was: ${what})`;
+  const above = e.mtu === mIn ? 'matching' : 'above';
+  // The device the warning was about is the one said to have its MTU now: a warning about the veth peer's MTU
+  // ends when the peer's MTU changes, which "B has MTU 1500 now" said of B (whose MTU had not changed).
+  if (peer && 'mtu' in peer && was.includes(`${to}'s veth peer `)) {
+    const itself = own === undefined ? '' : ` (${to} itself ${own})`;
+    const bound = own !== undefined && own !== peer.mtu ? `the smaller, ${e.mtu}, ` : '';
+    return (
+      `link ${pre}no MTU warning any more: ${to}'s veth peer ${peerWhere(peer)} has MTU ${peer.mtu} now${itself}, ` +
+      `${bound}${above} ${from}'s ${mIn}`
+    );
+  }
   const both = peer && 'mtu' in peer && e.where === to ? ` (its veth peer ${peerWhere(peer)} ${peer.mtu})` : '';
-  return (
-    `link ${pre}no MTU warning any more: ${e.where} has MTU ${e.mtu} now${both}, ` +
-    `${e.mtu === mIn ? 'matching' : 'above'} ${from}'s ${mIn}`
-  );
+  return `link ${pre}no MTU warning any more: ${e.where} has MTU ${e.mtu} now${both}, ${above} ${from}'s ${mIn}`;
 }
 
 /**
