@@ -9,6 +9,8 @@
  * - the rule deleted and re-created under the same name between two samples (a new object: its counters from
  *   0, more than the old one had): `reset`, a later start time, rates over the time since it (not the
  *   difference from the old object's counters);
+ * - the rule deleted, a sample without it, then re-created: the sample it is back in says `reset` (its start time
+ *   differs from the last sample it was in; before, not: the previous sample did not have it);
  * - a daemon restart: the stream ends (UNAVAILABLE); a new stream starts afresh: no `reset`, no rates in its
  *   first sample, then rates that count on.
  * Before: no `reset` and no start time in any sample, a client's difference of the lowered counters negative,
@@ -304,6 +306,41 @@ describe('WatchCounters says a restarted counter series (reset, start_time)', ke
         ac.abort();
         await stream.done;
       }
+    }
+  });
+
+  it('deleted in one sample, re-created by a later one: reset against the last sample it was in', async () => {
+    const ac = new AbortController();
+    const stream = collect(ac, 300);
+    try {
+      await until('a sample with the rule', () => stream.got.some((x) => x.rules.length === 1), 10_000);
+      const last = entries(stream.got.at(-1)!);
+      await c.rules.deleteRule({ name: 'web' });
+      await until('a sample without it', () => stream.got.at(-1)!.rules.length === 0, 10_000);
+      const absentAt = stream.got.length - 1;
+      await c.rules.createRule({ rule: rule() });
+      assert.equal((await sendUdp(vm.netns, NOWHERE, PORT, 5).done).sent, 5);
+      await until(
+        'back, counting',
+        () => stream.got.slice(absentAt).some((x) => x.rules[0]?.matchedPackets === 5n && x.backends.length === 1),
+        10_000,
+      );
+      const dump = JSON.stringify(
+        stream.got.map((x) => entries(x)),
+        big,
+      );
+      const back = stream.got.slice(absentAt).findIndex((x) => x.rules.length === 1) + absentAt;
+      const e = entries(stream.got[back]);
+      assert.equal(e.length, 2, dump);
+      for (const x of e) {
+        const was = last.find((y) => y.what === x.what)!;
+        // Before: reset false (the previous sample did not have it: "new to the stream").
+        assert.equal(x.reset, true, `${x.what}: a new series, back after a sample without it: ${dump}`);
+        assert.ok(x.start! > was.start!, `${x.what}: a later start time: ${dump}`);
+      }
+    } finally {
+      ac.abort();
+      await stream.done;
     }
   });
 

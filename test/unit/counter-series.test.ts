@@ -12,10 +12,12 @@ import { describe, it } from 'node:test';
 import { applyChanges } from '../../src/client/pages.js';
 import { countersText, RESET_NOTE } from '../../src/client/cli/output.js';
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
+import { CounterHub } from '../../src/server/core/counter-hub.js';
 import { CounterResets } from '../../src/server/core/counter-resets.js';
 import { zeroBackendStats, zeroLinkStats, zeroRuleStats } from '../../src/server/core/dataplane.js';
 import type { Logger } from '../../src/server/log.js';
-import { toCounters } from '../../src/server/services/counter-service.js';
+import { ABSENT_REMEMBERED, counterService, toCounters } from '../../src/server/services/counter-service.js';
+import type { WatchCountersRequest, WatchCountersResponse } from '../../src/gen/xdpctl/v1/counters.js';
 import { otelRulePoints } from '../helpers/otel-points.js';
 
 const nop = () => undefined;
@@ -183,5 +185,46 @@ describe('counter series: start time, reset, rates never across a restart', () =
     } finally {
       o.close();
     }
+  });
+
+  it('absent from a sample, back re-created in a later one: reset against the last sample it was in', async () => {
+    // The stream's samples: web (start 500); web gone (deleted); web re-created (start 2500, from 0); gone (its
+    // counters not read, say); back with the same start: the same series, no reset.
+    const gone = (t: number) => ({ ...snap(t, { matched: 0n }), rules: [], backends: [], links: [] });
+    const script = [
+      snap(1000, { matched: 50n, start: 500, fromZero: true }),
+      gone(2000),
+      snap(3000, { matched: 20n, start: 2500, fromZero: true }),
+      gone(4000),
+      snap(5000, { matched: 30n, start: 2500, fromZero: true }),
+    ];
+    for (const changesOnly of [false, true]) {
+      let n = 0;
+      const hub = new CounterHub(() => ({ ...script[Math.min(n++, script.length - 1)], version: n }), 1, 0);
+      const svc = counterService(hub);
+      const ac = new AbortController();
+      const got: WatchCountersResponse[] = [];
+      const req = { interval: { seconds: 0n, nanos: 100_000_000 }, changesOnly } as WatchCountersRequest;
+      try {
+        for await (const r of svc.watchCounters(req, { signal: ac.signal } as never)) {
+          got.push(r as WatchCountersResponse);
+          if (got.length === script.length) break;
+        }
+      } finally {
+        ac.abort();
+        hub.close();
+      }
+      const at = (i: number) => got[i].counters!;
+      assert.equal(at(1).rules.length, 0);
+      for (const e of [at(2).rules[0], at(2).backends[0], at(2).links[0]]) {
+        assert.equal(e.startTime?.getTime(), T + 2500);
+        assert.equal(e.reset, true, `changesOnly ${changesOnly}: re-created while absent: reset`);
+      }
+      assert.deepEqual(at(2).rules[0].matchedRates, { pps: 40, bps: 40 * 800 }, 'the rate from its start');
+      for (const e of [at(4).rules[0], at(4).backends[0], at(4).links[0]]) {
+        assert.equal(e.reset, false, `changesOnly ${changesOnly}: back with the same start time: the same series`);
+      }
+    }
+    assert.ok(ABSENT_REMEMBERED >= 10_000);
   });
 });

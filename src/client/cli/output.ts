@@ -270,12 +270,12 @@ export function bytes(count: bigint | number): string {
 export const pps = (r: Rates | undefined) => (r ? si(r.pps) : '-');
 export const bps = (r: Rates | undefined) => (r ? si(r.bps, 'b/s') : '-');
 
-/** A counter cell of `xdpctl watch`: marked when the entry's series restarted since the previous sample. */
+/** A counter cell of `xdpctl watch`: marked when the entry's series restarted since the last sample that had it. */
 const counted = (n: bigint, reset: boolean) => (reset ? `${n} (reset)` : String(n));
 
 /** What "(reset)" means, under the tables of a sample that has one. */
 export const RESET_NOTE =
-  '(reset): counters that restarted since the previous sample (the object re-created, or its counters lowered ' +
+  '(reset): counters that restarted since the last sample that had them (the object re-created, or its counters lowered ' +
   "by another tool): rates count from the new start; '-' where that interval's counts cannot be known";
 
 export function countersText(c: Counters, header: string): string {

@@ -459,6 +459,95 @@ function counterPageToken(offset: number): string {
   return pageToken('entries', String(offset));
 }
 
+/**
+ * Entries of absent series a stream remembers at most: one deleted for good is remembered until this many others
+ * were absent after it (then, back, it is new to the stream: no `reset`).
+ */
+export const ABSENT_REMEMBERED = 65_536;
+
+/**
+ * What a stream remembers of the entries absent from its latest sample: the start time each had in the last sample
+ * it was in, so that one back in a later sample is compared with that (a rule deleted in one sample and re-created
+ * by the next is a new series, though absent from the sample between: counters.proto `reset`).
+ */
+export class AbsentSeries {
+  private readonly last = new Map<string, number | undefined>();
+
+  /**
+   * From the stream's previous sample `prev` to this one `snap` (with a different set of entries): the entries of
+   * `snap` back from absence with another start time than their last (keys as {@link seriesKeys} gives them), and
+   * those of `prev` now absent remembered.
+   */
+  *update(snap: CounterSnapshot, prev: CounterSnapshot): Generator<void, Set<string>> {
+    const now = yield* seriesKeys(snap);
+    const before = yield* seriesKeys(prev);
+    const back = new Set<string>();
+    let i = 0;
+    for (const [k, start] of now) {
+      if (++i % SAMPLE_SLICE === 0) yield;
+      if (before.has(k) || !this.last.has(k)) continue;
+      const was = this.last.get(k);
+      this.last.delete(k);
+      if (start !== undefined && was !== undefined && start !== was) back.add(k);
+    }
+    for (const [k, start] of before) {
+      if (++i % SAMPLE_SLICE === 0) yield;
+      if (now.has(k)) continue;
+      this.last.delete(k); // (to the end of the insertion order: the oldest go first)
+      this.last.set(k, start);
+    }
+    for (const k of this.last.keys()) {
+      if (this.last.size <= ABSENT_REMEMBERED) break;
+      this.last.delete(k);
+    }
+    return back;
+  }
+}
+
+/** Every entry of a snapshot by its key in a stream ("r|name", "b|rule|ip|interface", "l|from|to") with its start. */
+function* seriesKeys(s: CounterSnapshot): Generator<void, Map<string, number | undefined>> {
+  const m = new Map<string, number | undefined>();
+  let i = 0;
+  for (const r of s.rules) {
+    if (++i % SAMPLE_SLICE === 0) yield;
+    m.set(`r|${r.name}`, r.start);
+  }
+  for (const b of s.backends) {
+    if (++i % SAMPLE_SLICE === 0) yield;
+    m.set(`b|${backendKey(b)}`, b.start);
+  }
+  for (const l of s.links) {
+    if (++i % SAMPLE_SLICE === 0) yield;
+    m.set(`l|${linkKey(l)}`, l.start);
+  }
+  return m;
+}
+
+/**
+ * `parts` (shared between streams) with `reset` set on the entries of `back` ({@link AbsentSeries}): new part
+ * objects only where one changes.
+ */
+export function withResets(parts: WatchCountersResponse[], back: Set<string>): WatchCountersResponse[] {
+  if (!back.size) return parts;
+  return parts.map((m) => {
+    const c = m.counters;
+    if (!c) return m;
+    let changed = false;
+    const mark = <T extends { reset: boolean }>(x: T, key: string): T => {
+      if (x.reset || !back.has(key)) return x;
+      changed = true;
+      return { ...x, reset: true };
+    };
+    const counters: Counters = {
+      ...c,
+      rules: c.rules.map((r) => mark(r, `r|${r.rule}`)),
+      backends: c.backends.map((b) => mark(b, `b|${backendKey(b)}`)),
+      links: c.links.map((l) => mark(l, `l|${linkKey({ from: l.fromInterface, to: l.toInterface })}`)),
+    };
+    return changed ? { ...m, counters } : m;
+  });
+}
+
 /** A stable id per snapshot object (for the cache key of the previous one). */
 const snapshotIds = new WeakMap<CounterSnapshot, number>();
 let nextSnapshotId = 0;
@@ -509,16 +598,18 @@ export function counterService(hub: CounterHub): ServiceImplementation<typeof Co
       const filterKey = JSON.stringify(req.filter ?? null);
       let prev: CounterSnapshot | undefined;
       let before: CounterSnapshot | undefined;
+      const absent = new AbsentSeries();
       for await (const snap of hub.watch(ms, context.signal)) {
         idOf(snap);
         // Changes only when asked for, after a first complete sample, and while the set of entries stays.
         const pace = pacer();
-        const sameShape =
-          req.changesOnly && prev && (await runPaced(shapeOf(prev), pace)) === (await runPaced(shapeOf(snap), pace));
+        const sameShape = prev && (await runPaced(shapeOf(prev), pace)) === (await runPaced(shapeOf(snap), pace));
+        // Entries that came and went: one back with another start time than its last is a new series (reset).
+        const back = prev && !sameShape ? await runPaced(absent.update(snap, prev), pace) : undefined;
         const parts =
-          sameShape && prev
+          req.changesOnly && sameShape && prev
             ? await changesResponse(snap, req.filter, filterKey, prev, before)
-            : await watchResponse(snap, req.filter, filterKey, prev);
+            : withResets(await watchResponse(snap, req.filter, filterKey, prev), back ?? new Set());
         for (const part of parts) yield part;
         before = prev;
         prev = snap;

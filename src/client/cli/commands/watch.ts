@@ -15,7 +15,7 @@ export function registerWatch(program: Command): void {
     .description(
       'stream the datapath counters: a live table on a terminal; one JSON object per line (NDJSON) when stdout ' +
         'is not a terminal or with -o json. A count marked (reset) (JSON: "reset": true) restarted since the ' +
-        'previous sample: its object was re-created, or another tool lowered its counters (startTime says when); ' +
+        'last sample that had it: its object was re-created, or another tool lowered its counters (startTime says when); ' +
         'its rates count from the new start, never across it',
     )
     .addArgument(new Argument('[kind]', 'which counters (default: all)').choices(['rules', 'links', 'backends']))

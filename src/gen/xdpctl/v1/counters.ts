@@ -296,11 +296,14 @@ export interface RuleCounters {
     | undefined;
   /**
    * WatchCounters only: true when this entry's series restarted since the
-   * stream's previous sample -- its start_time differs from the one that
-   * sample carried, or one of its counters is lower -- so that its counters
-   * must not be subtracted from that sample's (Rates says how the rates count
-   * then). False in the stream's first sample, for an entry new to the stream,
-   * and in GetCounters.
+   * last sample of the stream that carried the entry -- its start_time
+   * differs from the one that sample carried (an entry absent from some
+   * samples, e.g. its object deleted and re-created meanwhile, is compared
+   * with the last one it was in), or one of its counters is lower -- so that
+   * its counters must not be subtracted from that sample's (Rates says how
+   * the rates count then). False in the stream's first sample, for an entry
+   * new to the stream (never in one of its samples, or absent since more
+   * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
 }
@@ -342,11 +345,14 @@ export interface BackendCounters {
     | undefined;
   /**
    * WatchCounters only: true when this entry's series restarted since the
-   * stream's previous sample -- its start_time differs from the one that
-   * sample carried, or one of its counters is lower -- so that its counters
-   * must not be subtracted from that sample's (Rates says how the rates count
-   * then). False in the stream's first sample, for an entry new to the stream,
-   * and in GetCounters.
+   * last sample of the stream that carried the entry -- its start_time
+   * differs from the one that sample carried (an entry absent from some
+   * samples, e.g. its object deleted and re-created meanwhile, is compared
+   * with the last one it was in), or one of its counters is lower -- so that
+   * its counters must not be subtracted from that sample's (Rates says how
+   * the rates count then). False in the stream's first sample, for an entry
+   * new to the stream (never in one of its samples, or absent since more
+   * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
 }
@@ -389,11 +395,14 @@ export interface LinkCounters {
     | undefined;
   /**
    * WatchCounters only: true when this entry's series restarted since the
-   * stream's previous sample -- its start_time differs from the one that
-   * sample carried, or one of its counters is lower -- so that its counters
-   * must not be subtracted from that sample's (Rates says how the rates count
-   * then). False in the stream's first sample, for an entry new to the stream,
-   * and in GetCounters.
+   * last sample of the stream that carried the entry -- its start_time
+   * differs from the one that sample carried (an entry absent from some
+   * samples, e.g. its object deleted and re-created meanwhile, is compared
+   * with the last one it was in), or one of its counters is lower -- so that
+   * its counters must not be subtracted from that sample's (Rates says how
+   * the rates count then). False in the stream's first sample, for an entry
+   * new to the stream (never in one of its samples, or absent since more
+   * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
 }
@@ -2309,7 +2318,7 @@ export const GlobalCounters_ErrorsEntry: MessageFns<GlobalCounters_ErrorsEntry> 
  * name too), or its counters went down (a reset by another tool) -- and two
  * samples' counters may be subtracted only when their start times are equal.
  * WatchCounters does so for its rates and marks each entry whose series
- * restarted since the stream's previous sample (`reset`). Byte counts are frame lengths as seen by XDP (from
+ * restarted since the last sample of the stream that carried it (`reset`). Byte counts are frame lengths as seen by XDP (from
  * the Ethernet header, without the FCS). Each counter is a uint64: the sum of
  * the kernel's per-CPU __u64 counters modulo 2^64, so it wraps to 0 after
  * 2^64 - 1 as SNMP's Counter64 does (RFC 2578 section 7.1.10); a monitoring
