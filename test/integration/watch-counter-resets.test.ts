@@ -12,7 +12,8 @@
  * - the rule deleted, a sample without it, then re-created: the sample it is back in says `reset` (its start time
  *   differs from the last sample it was in; before, not: the previous sample did not have it);
  * - a daemon restart: the stream ends (UNAVAILABLE); a new stream starts afresh: no `reset`, no rates in its
- *   first sample, then rates that count on.
+ *   first sample, then rates that count on; the counters, kept in the pinned maps, are FOUND (start_kind): counted
+ *   since at most the new daemon's first read, as `xdpctl rules get` says (before: "counting since" that read).
  * Before: no `reset` and no start time in any sample, a client's difference of the lowered counters negative,
  * and the re-created rule's rate the difference from the old object's counters.
  */
@@ -20,9 +21,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
-import { WatchCountersResponse, type Counters } from '../../src/gen/xdpctl/v1/counters.js';
+import { CounterStartKind, WatchCountersResponse, type Counters } from '../../src/gen/xdpctl/v1/counters.js';
 import { counterEntryWith, zeroCounterEntry } from '../helpers/counter-write.js';
-import { DaemonProcess, type Clients } from '../helpers/daemon.js';
+import { DaemonProcess, xdpctl, type Clients } from '../helpers/daemon.js';
 import { CLI, kernelOnly, runId, until } from '../helpers/env.js';
 import { Topology, type Host } from '../helpers/topology.js';
 import { sendUdp } from '../helpers/udp.js';
@@ -349,6 +350,16 @@ describe('WatchCounters says a restarted counter series (reset, start_time)', ke
     const stream = collect(ac, 200);
     await until('a first sample', () => stream.got.length >= 1, 10_000);
     const kept = stream.got[0].rules[0].matchedPackets;
+    // Made by this daemon (the case before re-created it): counted from 0 at its start time.
+    for (const x of [stream.got[0].rules[0], stream.got[0].backends[0]]) {
+      assert.equal(x.startKind, CounterStartKind.COUNTER_START_KIND_ZEROED);
+    }
+    const since = async () => {
+      const get = await xdpctl(d.unix, ['rules', 'get', 'web']);
+      assert.equal(get.code, 0, get.stderr);
+      return get.stdout.split('\n').find((l) => l.startsWith('counting since'))!;
+    };
+    assert.match(await since(), /^counting since:\s+\S+Z \(from 0\)$/);
     const started = Date.now();
     assert.equal(await d.stop('SIGTERM'), 0);
     await stream.done;
@@ -374,6 +385,14 @@ describe('WatchCounters says a restarted counter series (reset, start_time)', ke
         assert.ok(e.start !== undefined && e.start >= started, `${e.what}: its first read by this daemon: ${dump}`);
       }
       assert.equal(first[0].packets, kept, 'the counters kept across the restart');
+      // They include packets counted before this daemon started: its first read is not when they began. Before:
+      // `xdpctl rules get` said "counting since <first read>", and nothing in the reply told otherwise.
+      for (const x of [fresh.got[0].rules[0], fresh.got[0].backends[0]]) {
+        assert.equal(x.startKind, CounterStartKind.COUNTER_START_KIND_FOUND, dump);
+      }
+      const line = await since();
+      const t = fresh.got[0].rules[0].startTime!.toISOString();
+      assert.ok(line.includes(`at most ${t}: counted before this xdpctld started`), `${line} (the first read: ${t})`);
       assert.deepEqual(assertNoNegative(fresh.got, 'after the restart'), [], `no reset: ${dump}`);
     } finally {
       ac2.abort();

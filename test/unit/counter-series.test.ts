@@ -160,15 +160,20 @@ describe('counter series: start time, reset, rates never across a restart', () =
     const r = new CounterResets();
     const env = (t: number) => ({ log, now: T + t, mono: t });
     r.observe('rule', 3, 'w', 'e', { matched: 7n }, env(100));
-    assert.deepEqual(r.series('rule', 3), { start: T + 100, fromZero: false, mono: 100 }, 'found counting');
+    assert.deepEqual(
+      r.series('rule', 3),
+      { start: T + 100, fromZero: false, mono: 100, kind: 'found' },
+      'found counting',
+    );
     r.observe('rule', 3, 'w', 'e', { matched: 9n }, env(200));
     assert.equal(r.series('rule', 3)?.start, T + 100, 'counting on: the same series');
     r.observe('rule', 3, 'w', 'e', { matched: 1n }, env(300));
-    assert.deepEqual(r.series('rule', 3), { start: T + 300, fromZero: false, mono: 300 }, 'a reset');
+    assert.deepEqual(r.series('rule', 3), { start: T + 300, fromZero: false, mono: 300, kind: 'lowered' }, 'a reset');
     const readEpoch = r.begin(); // a read begins, then the id is zeroed for a new rule
     r.forget('rule', 3, T + 400, 400);
-    assert.deepEqual(r.series('rule', 3, r.begin()), { start: T + 400, fromZero: true, mono: 400 });
+    assert.deepEqual(r.series('rule', 3, r.begin()), { start: T + 400, fromZero: true, mono: 400, kind: 'zeroed' });
     assert.equal(r.series('rule', 3, readEpoch)?.fromZero, false, "a read from before: maybe the old rule's values");
+    assert.equal(r.series('rule', 3, readEpoch)?.kind, 'unknown');
     r.observe('rule', 3, 'w', 'e', { matched: 0n }, { ...env(500), readEpoch: r.begin() });
     assert.equal(r.series('rule', 3)?.start, T + 400, 'its first read keeps the start');
   });

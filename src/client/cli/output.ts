@@ -8,7 +8,7 @@ import YAML from 'yaml';
 import { jsonControls, visible } from '../../shared/visible.js';
 
 import { ChangeAction, changeActionToJSON } from '../../gen/xdpctl/v1/common.js';
-import { GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
+import { CounterStartKind, GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
 import { effectiveXdpModeToJSON, xdpModeToJSON, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
 import { LinkDirection, type Link, type LinkChange } from '../../gen/xdpctl/v1/link.js';
 import {
@@ -179,7 +179,7 @@ export function ruleDetails(r: Rule, counters?: Counters): string {
       ['redirect errors', `${rc.redirectErrorPackets} packets (dropped by the kernel after the redirect)`],
       ['filtered', `${rc.filteredPackets} packets (source not allowed)`],
       ['no backend', `${rc.noBackendPackets} packets`],
-      ['counting since', rc.startTime?.toISOString() ?? '-'],
+      ['counting since', countingSince(rc)],
     );
   } else {
     fields.push(['counters', 'none (the rule has no counters in the datapath)']);
@@ -270,6 +270,34 @@ export function bytes(count: bigint | number): string {
 export const pps = (r: Rates | undefined) => (r ? si(r.pps) : '-');
 export const bps = (r: Rates | undefined) => (r ? si(r.bps, 'b/s') : '-');
 
+/**
+ * Since when a series' counts are, as far as the daemon knows (counters.proto CounterStartKind): counters it found
+ * counting when it started (kept in the pinned maps across a restart) include packets from before, since a time it
+ * cannot know: "since at most T", never "since T".
+ */
+export function countingSince(x: { startTime?: Date; startKind: CounterStartKind }): string {
+  const t = x.startTime?.toISOString();
+  if (!t) return '-';
+  switch (x.startKind) {
+    case CounterStartKind.COUNTER_START_KIND_ZEROED:
+      return `${t} (from 0)`;
+    case CounterStartKind.COUNTER_START_KIND_FOUND:
+      return `at most ${t}: counted before this xdpctld started (kept in the pinned maps; ${t} is its first read)`;
+    case CounterStartKind.COUNTER_START_KIND_LOWERED:
+      return `${t}, on from the value another tool wrote then (not from 0)`;
+    default:
+      return `${t} (not known whether from 0)`;
+  }
+}
+
+/** Under `xdpctl watch`'s tables when some counts were found counting: they include packets from before. */
+export function foundNote(latest: Date): string {
+  return (
+    'counters found counting when this xdpctld started (kept in the pinned maps across a restart) include packets ' +
+    `from before it: counting since at most ${latest.toISOString()}`
+  );
+}
+
 /** A counter cell of `xdpctl watch`: marked when the entry's series restarted since the last sample that had it. */
 const counted = (n: bigint, reset: boolean) => (reset ? `${n} (reset)` : String(n));
 
@@ -338,7 +366,10 @@ export function countersText(c: Counters, header: string): string {
     parts.push(`verdicts: ${kv(c.global.verdicts)}\nerrors:   ${kv(c.global.errors)}`);
   }
   if (parts.length === 1) parts.push('(no counters match)');
-  if ([...c.rules, ...c.backends, ...c.links].some((x) => x.reset)) parts.push(RESET_NOTE);
+  const all = [...c.rules, ...c.backends, ...c.links];
+  if (all.some((x) => x.reset)) parts.push(RESET_NOTE);
+  const found = all.filter((x) => x.startKind === CounterStartKind.COUNTER_START_KIND_FOUND && x.startTime);
+  if (found.length) parts.push(foundNote(new Date(Math.max(...found.map((x) => x.startTime!.getTime())))));
   return parts.join('\n\n');
 }
 

@@ -162,13 +162,15 @@ export interface SeriesFields {
   fromZero?: boolean;
   /** `start` by the monotonic clock (core/clock.ts). */
   startMono?: number;
+  /** What `start` is (CounterSeries.kind). */
+  startKind?: CounterSeries['kind'];
 }
 
 /** The fields of a series as a snapshot entry carries them (none when unknown). */
 function seriesFields(resetAt: number | undefined, s: CounterSeries | undefined): SeriesFields {
   return {
     ...(resetAt === undefined ? {} : { resetAt }),
-    ...(s ? { start: s.start, fromZero: s.fromZero, startMono: s.mono } : {}),
+    ...(s ? { start: s.start, fromZero: s.fromZero, startMono: s.mono, startKind: s.kind } : {}),
   };
 }
 

@@ -57,6 +57,12 @@ export interface CounterSeries {
   fromZero: boolean;
   /** `start` by the monotonic clock (what a rate divides by). */
   mono: number;
+  /**
+   * What `start` is (counters.proto CounterStartKind): the daemon zeroed them then ('zeroed'), its first read of
+   * counters it found counting, which include what was counted before ('found'), a read that saw them go down
+   * ('lowered'); 'unknown' for a read that began before the entry was zeroed (maybe the previous object's values).
+   */
+  kind: 'zeroed' | 'found' | 'lowered' | 'unknown';
 }
 
 export class CounterResets {
@@ -90,11 +96,11 @@ export class CounterResets {
     if (env.readEpoch !== undefined && (this.forgottenAt.get(key) ?? -1) > env.readEpoch) return false;
     const was = this.seen.get(key);
     this.seen.set(key, { ...values });
-    if (!this.starts.has(key)) this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono });
+    if (!this.starts.has(key)) this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono, kind: 'found' });
     if (!was) return false;
     const down = Object.keys(values).filter((k) => was[k] !== undefined && values[k] < was[k]);
     if (!down.length) return false;
-    this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono });
+    this.starts.set(key, { start: env.now, fromZero: false, mono: env.mono, kind: 'lowered' });
     // Only what went down is the evidence; the others are shown too (before -> after), so a reader sees the base.
     const at = new Date(env.now).toISOString();
     const changes = Object.keys(values)
@@ -134,7 +140,7 @@ export class CounterResets {
     const key = `${kind}|${id}`;
     this.seen.delete(key);
     this.resets.delete(key);
-    this.starts.set(key, { start: now, fromZero: true, mono });
+    this.starts.set(key, { start: now, fromZero: true, mono, kind: 'zeroed' });
     this.forgottenAt.set(key, ++this.epoch);
   }
 
@@ -170,7 +176,7 @@ export class CounterResets {
     const key = `${kind}|${id}`;
     const s = this.starts.get(key);
     if (!s || !s.fromZero || readEpoch === undefined || (this.forgottenAt.get(key) ?? -1) <= readEpoch) return s;
-    return { ...s, fromZero: false };
+    return { ...s, fromZero: false, kind: 'unknown' };
   }
 
   /** When (wall clock, ms) the object's counters were last seen reset, if they were. */

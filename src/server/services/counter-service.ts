@@ -11,6 +11,7 @@ import { CoreError, type FieldViolation } from '../core/errors.js';
 import { GlobalStat, type BackendStats, type LinkStats } from '../core/dataplane.js';
 import {
   CounterKind,
+  CounterStartKind,
   type CounterFilter,
   type Counters,
   type CounterServiceDefinition,
@@ -33,7 +34,7 @@ const ERRORS = Object.entries(GlobalStat)
 type Rates = { pps: number; bps: number };
 
 /** A snapshot entry's series (controller.ts SeriesFields). */
-type Series = { start?: number; fromZero?: boolean; startMono?: number };
+type Series = { start?: number; fromZero?: boolean; startMono?: number; startKind?: string };
 
 /**
  * Whether an entry's series restarted between the stream's previous sample (`p`, absent: new to the stream) and
@@ -114,6 +115,15 @@ const pairDown = (x: BackendStats, p: BackendStats) =>
 /** A series' start time as the message carries it (unset: not known). */
 const startTime = (x: Series) => (x.start === undefined ? undefined : new Date(x.start));
 
+const START_KINDS: Record<string, CounterStartKind> = {
+  zeroed: CounterStartKind.COUNTER_START_KIND_ZEROED,
+  found: CounterStartKind.COUNTER_START_KIND_FOUND,
+  lowered: CounterStartKind.COUNTER_START_KIND_LOWERED,
+};
+/** What a series' start time is, as the message carries it (counters.proto CounterStartKind). */
+const startKind = (x: Series) =>
+  (x.start !== undefined && x.startKind && START_KINDS[x.startKind]) || CounterStartKind.COUNTER_START_KIND_UNSPECIFIED;
+
 /** Build the Counters message, filtered, with rates against `prev`. */
 export function toCounters(s: CounterSnapshot, filter: CounterFilter | undefined, prev?: CounterSnapshot): Counters {
   return runAll(buildCounters(s, filter, prev));
@@ -179,6 +189,7 @@ function* buildCounters(
         matchedRates: rate(r.matched, r.matchedBytes, p?.matched, p?.matchedBytes, dt, series),
         redirectedRates: rate(r.redirected, r.redirectedBytes, p?.redirected, p?.redirectedBytes, dt, series),
         startTime: startTime(r),
+        startKind: startKind(r),
         reset,
       });
     }
@@ -200,6 +211,7 @@ function* buildCounters(
         rates: rate(b.packets, b.bytes, p?.packets, p?.bytes, dt, { cur: b, p, reset, s, prev }),
         redirectErrorPackets: b.redirectErrors,
         startTime: startTime(b),
+        startKind: startKind(b),
         reset,
       });
     }
@@ -219,6 +231,7 @@ function* buildCounters(
         rates: rate(l.packets, l.bytes, p?.packets, p?.bytes, dt, { cur: l, p, reset, s, prev }),
         redirectErrorPackets: l.redirectErrors,
         startTime: startTime(l),
+        startKind: startKind(l),
         reset,
       });
     }

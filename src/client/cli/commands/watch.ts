@@ -15,8 +15,10 @@ export function registerWatch(program: Command): void {
     .description(
       'stream the datapath counters: a live table on a terminal; one JSON object per line (NDJSON) when stdout ' +
         'is not a terminal or with -o json. A count marked (reset) (JSON: "reset": true) restarted since the ' +
-        'last sample that had it: its object was re-created, or another tool lowered its counters (startTime says when); ' +
-        'its rates count from the new start, never across it',
+        'last sample that had it: its object was re-created, or another tool lowered its counters (startTime says ' +
+        'when); its rates count from the new start, never across it. startKind says what startTime is: ' +
+        'COUNTER_START_KIND_FOUND, counters this xdpctld found counting (kept across its restart), are counted ' +
+        'since at most startTime, packets from before it included (the table says so under it)',
     )
     .addArgument(new Argument('[kind]', 'which counters (default: all)').choices(['rules', 'links', 'backends']))
     .addOption(

@@ -73,6 +73,77 @@ export function counterKindToJSON(object: CounterKind): string {
   }
 }
 
+/**
+ * What a series' start_time is (RuleCounters.start_kind, ...): whether its
+ * counters count from that time, and from what.
+ */
+export enum CounterStartKind {
+  /**
+   * COUNTER_START_KIND_UNSPECIFIED - Not known: an older daemon, start_time unset, or a read that began
+   * before the daemon zeroed the entry (its values may be the previous
+   * object's).
+   */
+  COUNTER_START_KIND_UNSPECIFIED = 0,
+  /**
+   * COUNTER_START_KIND_ZEROED - The daemon zeroed the counters at start_time (the object's creation or
+   * re-creation): they are what was counted since start_time.
+   */
+  COUNTER_START_KIND_ZEROED = 1,
+  /**
+   * COUNTER_START_KIND_FOUND - The daemon found them counting (kept in the pinned maps across a daemon
+   * restart, or written before it started): start_time is its first read of
+   * them, and they include what was counted before, since a time it cannot
+   * know (before this daemon started). As OTLP does for a cumulative series
+   * whose start is unknown, start_time is the first observation: the counts
+   * are since at most start_time; subtract the first sample's to count from
+   * it.
+   */
+  COUNTER_START_KIND_FOUND = 2,
+  /**
+   * COUNTER_START_KIND_LOWERED - A read first saw one of them go down at start_time (another tool wrote
+   * the entry): they count on from the value that read saw, not from 0.
+   */
+  COUNTER_START_KIND_LOWERED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function counterStartKindFromJSON(object: any): CounterStartKind {
+  switch (object) {
+    case 0:
+    case "COUNTER_START_KIND_UNSPECIFIED":
+      return CounterStartKind.COUNTER_START_KIND_UNSPECIFIED;
+    case 1:
+    case "COUNTER_START_KIND_ZEROED":
+      return CounterStartKind.COUNTER_START_KIND_ZEROED;
+    case 2:
+    case "COUNTER_START_KIND_FOUND":
+      return CounterStartKind.COUNTER_START_KIND_FOUND;
+    case 3:
+    case "COUNTER_START_KIND_LOWERED":
+      return CounterStartKind.COUNTER_START_KIND_LOWERED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CounterStartKind.UNRECOGNIZED;
+  }
+}
+
+export function counterStartKindToJSON(object: CounterStartKind): string {
+  switch (object) {
+    case CounterStartKind.COUNTER_START_KIND_UNSPECIFIED:
+      return "COUNTER_START_KIND_UNSPECIFIED";
+    case CounterStartKind.COUNTER_START_KIND_ZEROED:
+      return "COUNTER_START_KIND_ZEROED";
+    case CounterStartKind.COUNTER_START_KIND_FOUND:
+      return "COUNTER_START_KIND_FOUND";
+    case CounterStartKind.COUNTER_START_KIND_LOWERED:
+      return "COUNTER_START_KIND_LOWERED";
+    case CounterStartKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Request of CounterService.GetCounters. */
 export interface GetCountersRequest {
   /** Which counters to return; unset returns all. */
@@ -287,9 +358,10 @@ export interface RuleCounters {
    * reset by another tool; they count on from the value that read saw), or,
    * for counters the daemon found counting when it started (kept in the
    * pinned maps across a restart), its first read of them (their values then
-   * include what was counted before, which it cannot date). Equal start times:
-   * the same series, whose counters only go up. Unset when not known (the
-   * entry could not be read).
+   * include what was counted before, which it cannot date: the series began
+   * at or before start_time, and before this daemon started). start_kind
+   * says which. Equal start times: the same series, whose counters only go
+   * up. Unset when not known (the entry could not be read).
    */
   startTime?:
     | Date
@@ -306,6 +378,13 @@ export interface RuleCounters {
    * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
+  /**
+   * What start_time is, and so whether the counters count from it: from 0
+   * (ZEROED), from before it (FOUND: kept across a daemon restart; after a
+   * restart the counts are since at most start_time), or on from the value
+   * another tool wrote (LOWERED). Unspecified when not known.
+   */
+  startKind: CounterStartKind;
 }
 
 /** Counters of one backend of a rule: the packets redirected to it. */
@@ -336,9 +415,10 @@ export interface BackendCounters {
    * reset by another tool; they count on from the value that read saw), or,
    * for counters the daemon found counting when it started (kept in the
    * pinned maps across a restart), its first read of them (their values then
-   * include what was counted before, which it cannot date). Equal start times:
-   * the same series, whose counters only go up. Unset when not known (the
-   * entry could not be read).
+   * include what was counted before, which it cannot date: the series began
+   * at or before start_time, and before this daemon started). start_kind
+   * says which. Equal start times: the same series, whose counters only go
+   * up. Unset when not known (the entry could not be read).
    */
   startTime?:
     | Date
@@ -355,6 +435,13 @@ export interface BackendCounters {
    * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
+  /**
+   * What start_time is, and so whether the counters count from it: from 0
+   * (ZEROED), from before it (FOUND: kept across a daemon restart; after a
+   * restart the counts are since at most start_time), or on from the value
+   * another tool wrote (LOWERED). Unspecified when not known.
+   */
+  startKind: CounterStartKind;
 }
 
 /** Counters of one direction of a link. */
@@ -386,9 +473,10 @@ export interface LinkCounters {
    * reset by another tool; they count on from the value that read saw), or,
    * for counters the daemon found counting when it started (kept in the
    * pinned maps across a restart), its first read of them (their values then
-   * include what was counted before, which it cannot date). Equal start times:
-   * the same series, whose counters only go up. Unset when not known (the
-   * entry could not be read).
+   * include what was counted before, which it cannot date: the series began
+   * at or before start_time, and before this daemon started). start_kind
+   * says which. Equal start times: the same series, whose counters only go
+   * up. Unset when not known (the entry could not be read).
    */
   startTime?:
     | Date
@@ -405,6 +493,13 @@ export interface LinkCounters {
    * than 65 536 other entries went absent), and in GetCounters.
    */
   reset: boolean;
+  /**
+   * What start_time is, and so whether the counters count from it: from 0
+   * (ZEROED), from before it (FOUND: kept across a daemon restart; after a
+   * restart the counts are since at most start_time), or on from the value
+   * another tool wrote (LOWERED). Unspecified when not known.
+   */
+  startKind: CounterStartKind;
 }
 
 /** Counters of the XDP program as a whole, over every interface. */
@@ -1211,6 +1306,7 @@ function createBaseRuleCounters(): RuleCounters {
     redirectErrorPackets: 0n,
     startTime: undefined,
     reset: false,
+    startKind: 0,
   };
 }
 
@@ -1272,6 +1368,9 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     }
     if (message.reset !== false) {
       writer.uint32(96).bool(message.reset);
+    }
+    if (message.startKind !== 0) {
+      writer.uint32(104).int32(message.startKind);
     }
     return writer;
   },
@@ -1385,6 +1484,14 @@ export const RuleCounters: MessageFns<RuleCounters> = {
             message.reset = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.startKind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1451,6 +1558,11 @@ export const RuleCounters: MessageFns<RuleCounters> = {
         ? fromJsonTimestamp(object.start_time)
         : undefined,
       reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
+      startKind: isSet(object.startKind)
+        ? counterStartKindFromJSON(object.startKind)
+        : isSet(object.start_kind)
+        ? counterStartKindFromJSON(object.start_kind)
+        : 0,
     };
   },
 
@@ -1492,6 +1604,9 @@ export const RuleCounters: MessageFns<RuleCounters> = {
     if (message.reset !== false) {
       obj.reset = message.reset;
     }
+    if (message.startKind !== 0) {
+      obj.startKind = counterStartKindToJSON(message.startKind);
+    }
     return obj;
   },
 
@@ -1530,6 +1645,7 @@ export const RuleCounters: MessageFns<RuleCounters> = {
       : 0n;
     message.startTime = object.startTime ?? undefined;
     message.reset = object.reset ?? false;
+    message.startKind = object.startKind ?? 0;
     return message;
   },
 };
@@ -1545,6 +1661,7 @@ function createBaseBackendCounters(): BackendCounters {
     redirectErrorPackets: 0n,
     startTime: undefined,
     reset: false,
+    startKind: 0,
   };
 }
 
@@ -1585,6 +1702,9 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     }
     if (message.reset !== false) {
       writer.uint32(72).bool(message.reset);
+    }
+    if (message.startKind !== 0) {
+      writer.uint32(80).int32(message.startKind);
     }
     return writer;
   },
@@ -1674,6 +1794,14 @@ export const BackendCounters: MessageFns<BackendCounters> = {
             message.reset = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.startKind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1705,6 +1833,11 @@ export const BackendCounters: MessageFns<BackendCounters> = {
         ? fromJsonTimestamp(object.start_time)
         : undefined,
       reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
+      startKind: isSet(object.startKind)
+        ? counterStartKindFromJSON(object.startKind)
+        : isSet(object.start_kind)
+        ? counterStartKindFromJSON(object.start_kind)
+        : 0,
     };
   },
 
@@ -1737,6 +1870,9 @@ export const BackendCounters: MessageFns<BackendCounters> = {
     if (message.reset !== false) {
       obj.reset = message.reset;
     }
+    if (message.startKind !== 0) {
+      obj.startKind = counterStartKindToJSON(message.startKind);
+    }
     return obj;
   },
 
@@ -1756,6 +1892,7 @@ export const BackendCounters: MessageFns<BackendCounters> = {
       : 0n;
     message.startTime = object.startTime ?? undefined;
     message.reset = object.reset ?? false;
+    message.startKind = object.startKind ?? 0;
     return message;
   },
 };
@@ -1770,6 +1907,7 @@ function createBaseLinkCounters(): LinkCounters {
     redirectErrorPackets: 0n,
     startTime: undefined,
     reset: false,
+    startKind: 0,
   };
 }
 
@@ -1807,6 +1945,9 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     }
     if (message.reset !== false) {
       writer.uint32(64).bool(message.reset);
+    }
+    if (message.startKind !== 0) {
+      writer.uint32(72).int32(message.startKind);
     }
     return writer;
   },
@@ -1888,6 +2029,14 @@ export const LinkCounters: MessageFns<LinkCounters> = {
             message.reset = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.startKind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1926,6 +2075,11 @@ export const LinkCounters: MessageFns<LinkCounters> = {
         ? fromJsonTimestamp(object.start_time)
         : undefined,
       reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
+      startKind: isSet(object.startKind)
+        ? counterStartKindFromJSON(object.startKind)
+        : isSet(object.start_kind)
+        ? counterStartKindFromJSON(object.start_kind)
+        : 0,
     };
   },
 
@@ -1955,6 +2109,9 @@ export const LinkCounters: MessageFns<LinkCounters> = {
     if (message.reset !== false) {
       obj.reset = message.reset;
     }
+    if (message.startKind !== 0) {
+      obj.startKind = counterStartKindToJSON(message.startKind);
+    }
     return obj;
   },
 
@@ -1973,6 +2130,7 @@ export const LinkCounters: MessageFns<LinkCounters> = {
       : 0n;
     message.startTime = object.startTime ?? undefined;
     message.reset = object.reset ?? false;
+    message.startKind = object.startKind ?? 0;
     return message;
   },
 };
