@@ -4,7 +4,8 @@
  * every rule). 500 rules (made at once with ApplyRules) share one backend; its peer's carrier goes down and up 3
  * times: the rules' state changes are said in a few lines naming how many rules and some of them, each rule's
  * status (GetRule) keeping its own detail; before, ~1000 lines (one per rule per change). A change that affects one
- * rule is still said in that rule's own line (reconciler, rules-*, ... expect it).
+ * rule is still said in that rule's own line (reconciler, rules-*, ... expect it). `xdpctl status` says the rules not
+ * ACTIVE for that one reason in one warning line (before: one line each, 100 alike), `--wide` naming every one.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -115,6 +116,53 @@ describe('one host event across many rules: a bounded number of log lines', kern
           .some((l) => /"msg":"rule solo is ACTIVE: /.test(l)),
       5000,
     );
+  });
+
+  it('xdpctl status: the rules not ACTIVE for one reason in one warning line; --wide all; -o json every line', async () => {
+    sh('ip', ['-n', be.netns, 'link', 'set', 'eth0', 'down']);
+    try {
+      await until(
+        'every rule not ACTIVE, in GetStatus',
+        async () =>
+          (await c.daemon.getStatus({})).datapath!.warnings.filter((w) => /^rule many\d+ is INACTIVE: /.test(w))
+            .length >= 99,
+        20_000,
+      );
+      const warnings = (out: string) =>
+        out
+          .split('\n')
+          .filter((l) => /^warning\b/.test(l))
+          .map((l) => l.replace(/^warning:?\s+/, ''));
+      const table = await xdpctl(d.unix, ['status']);
+      assert.equal(table.code, 0, table.stderr);
+      const lines = warnings(table.stdout);
+      // Before: one line per rule ("rule many0 is INACTIVE: ...", "rule many1 is INACTIVE: ...", ... 100 of them).
+      const perRule = lines.filter((l) => /^rule many\d+ is /.test(l));
+      assert.equal(perRule.length, 0, `${lines.length} warning lines:\n${lines.slice(0, 8).join('\n')}`);
+      const grouped = lines.filter((l) => / rules are INACTIVE: many\d+, /.test(l));
+      assert.equal(grouped.length, 1, lines.join('\n'));
+      assert.match(
+        grouped[0],
+        new RegExp(
+          `^(\\d+) rules are INACTIVE: many0, many1, many2, many3, many4 and \\d+ more \\(each: .*${be.hostIf}`,
+        ),
+      );
+      assert.ok(lines.length <= 5, lines.join('\n'));
+      const n = Number(/^(\d+) rules/.exec(grouped[0])![1]);
+      // --wide: every rule of the line named.
+      const wide = await xdpctl(d.unix, ['status', '--wide']);
+      assert.equal(wide.code, 0, wide.stderr);
+      const w = warnings(wide.stdout).find((l) => / rules are INACTIVE: /.test(l))!;
+      assert.equal(w.split(':')[1].split(',').length, n, w.slice(0, 200));
+      // -o json: the daemon's lines, one per rule.
+      const json = await xdpctl(d.unix, ['-o', 'json', 'status']);
+      assert.equal(json.code, 0, json.stderr);
+      const j = JSON.parse(json.stdout) as { datapath: { warnings: string[] } };
+      assert.equal(j.datapath.warnings.filter((l) => /^rule many\d+ is INACTIVE: /.test(l)).length, n);
+    } finally {
+      sh('ip', ['-n', be.netns, 'link', 'set', 'eth0', 'up']);
+    }
+    await until('every rule ACTIVE again', async () => allIn(RuleState.RULE_STATE_ACTIVE), 20_000);
   });
 
   it('interfaces list: USED BY names 3 rules and how many more; --wide and -o json all of them', async () => {

@@ -15,6 +15,7 @@ import {
   renderTable,
   ruleDetails,
   usedByCell,
+  groupWarnings,
 } from '../../src/client/cli/output.js';
 import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
 import { Counters } from '../../src/gen/xdpctl/v1/counters.js';
@@ -150,5 +151,41 @@ describe('CLI output: rules apply / links apply name what they created or update
     assert.equal(linkNote(res.links[0]), '', 'a one-way link forwarding its one direction: nothing to say');
     assert.deepEqual(appliedLinkNotes({ ...res, applied: false, links: [] }), [], 'a dry run: nothing written');
     assert.match(appliedLinkNotes({ ...res, links: [], linksOmitted: true }).join('\n'), /left out the links' states/);
+  });
+});
+
+describe('xdpctl status: warnings of many rules for one reason said together', () => {
+  const down = 'no backend can take traffic (all drained or unable to receive: 10.0.0.2@v1: egress v1 is down)';
+  const rules = (n: number, state = 'INACTIVE', why = down, from = 0) =>
+    Array.from({ length: n }, (_, i) => `rule r${from + i} is ${state}: ${why}`);
+  const host = 'failed redirects are not counted: tracepoints not attached';
+
+  it('up to 5 rules of one reason: one line each, as the daemon sent them', () => {
+    const w = [host, ...rules(5)];
+    assert.deepEqual(groupWarnings(w), w);
+  });
+
+  it('more: one line at the place of the first, naming 5 and how many more; --wide every one; others in place', () => {
+    const w = [host, ...rules(100), 'rule odd is DEGRADED: MTU', ...rules(7, 'DEGRADED', 'MTU', 200), 'tail'];
+    assert.deepEqual(groupWarnings(w), [
+      host,
+      `100 rules are INACTIVE: r0, r1, r2, r3, r4 and 95 more (each: ${down})`,
+      '8 rules are DEGRADED: odd, r200, r201, r202, r203 and 3 more (each: MTU)',
+      'tail',
+    ]);
+    const wide = groupWarnings(w, true);
+    assert.equal(
+      wide[1],
+      `100 rules are INACTIVE: ${rules(100)
+        .map((_, i) => `r${i}`)
+        .join(', ')} (each: ${down})`,
+    );
+    // Another reason is another line; the daemon's last line about what it left out stays as it is.
+    const two = groupWarnings([...rules(6), ...rules(6, 'INACTIVE', 'egress v2 is down', 10), '88 more problem(s)']);
+    assert.deepEqual(two, [
+      `6 rules are INACTIVE: r0, r1, r2, r3, r4 and 1 more (each: ${down})`,
+      '6 rules are INACTIVE: r10, r11, r12, r13, r14 and 1 more (each: egress v2 is down)',
+      '88 more problem(s)',
+    ]);
   });
 });

@@ -224,6 +224,50 @@ export function interfaceRow(i: ManagedInterface, wide = false): Cell[] {
   ];
 }
 
+/** Rules of one state and reason that `xdpctl status` lists each in its own warning line; more make one line. */
+export const WARNING_RULE_LINES = 5;
+
+/** A rule's line among GetStatus `datapath.warnings` (daemon.proto: "rule NAME is STATE: why"). */
+const RULE_WARNING = /^rule ([a-z0-9](?:[-a-z0-9]*[a-z0-9])?) is (ACTIVE|DEGRADED|INACTIVE): ([\s\S]*)$/;
+
+/**
+ * GetStatus `datapath.warnings` as `xdpctl status` prints them: the rules not ACTIVE for one reason (one host event,
+ * e.g. the egress 100 rules share is down: 100 lines alike) said together, as the daemon's log says their
+ * transitions (rule-transitions.ts): up to {@link WARNING_RULE_LINES} each in its own line, more in one line at the
+ * place of the first, naming how many and 5 of them ("100 rules are INACTIVE: a, b, c, d, e and 95 more (each:
+ * why)"); `wide`: every name. Every other line as it is, in its place.
+ */
+export function groupWarnings(warnings: readonly string[], wide = false): string[] {
+  const groups = new Map<string, { state: string; why: string; names: string[] }>();
+  const parsed = warnings.map((w) => {
+    const m = RULE_WARNING.exec(w);
+    if (!m) return undefined;
+    const key = `${m[2]}|${m[3]}`;
+    const g = groups.get(key);
+    if (g) g.names.push(m[1]);
+    else groups.set(key, { state: m[2], why: m[3], names: [m[1]] });
+    return key;
+  });
+  const out: string[] = [];
+  const said = new Set<string>();
+  warnings.forEach((w, i) => {
+    const key = parsed[i];
+    const g = key === undefined ? undefined : groups.get(key)!;
+    if (!g || g.names.length <= WARNING_RULE_LINES) {
+      out.push(w);
+      return;
+    }
+    if (said.has(key!)) return;
+    said.add(key!);
+    const listed = wide ? g.names : g.names.slice(0, WARNING_RULE_LINES);
+    const more = g.names.length - listed.length;
+    out.push(
+      `${g.names.length} rules are ${g.state}: ${listed.join(', ')}${more ? ` and ${more} more` : ''} (each: ${g.why})`,
+    );
+  });
+  return out;
+}
+
 /** Names the USED BY cell lists before "and N more" (`--wide`: every name the daemon sent). */
 export const USED_BY_LISTED = 3;
 

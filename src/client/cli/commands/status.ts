@@ -10,7 +10,7 @@ import {
 } from '../../../gen/xdpctl/v1/daemon.js';
 import { CliError, EXIT } from '../errors.js';
 import { examples } from '../flags.js';
-import { formatDuration, HEALTH, orDash, print, printData, renderFields, yesNo } from '../output.js';
+import { formatDuration, groupWarnings, HEALTH, orDash, print, printData, renderFields, yesNo } from '../output.js';
 import { run } from '../session.js';
 
 /** The status lines of config-file mode (daemon.proto ConfigFileStatus). */
@@ -53,9 +53,17 @@ export function registerStatus(program: Command): void {
     .description(
       "the daemon's version, health and datapath summary; with xdpctld --config, whether the file on disk is in force",
     )
-    .addHelpText('after', examples('xdpctl status\nxdpctl --server unix:/run/xdpctl/xdpctl.sock -o json status'))
+    .option(
+      '--wide',
+      'warnings: name every rule of a line that says many not ACTIVE for one reason, not the first 5 and how many more',
+    )
+    .addHelpText(
+      'after',
+      examples('xdpctl status\nxdpctl status --wide\nxdpctl --server unix:/run/xdpctl/xdpctl.sock -o json status'),
+    )
     .action(
-      run(async (s, o) => {
+      run(async (s, o, _args, flags) => {
+        const wide = flags.wide === true;
         const res = await s.client.daemon.getStatus({}, s.call());
         const health = s.health();
         const check = async (service: string): Promise<string> => {
@@ -95,8 +103,9 @@ export function registerStatus(program: Command): void {
             ['links', d?.linkCount ?? 0],
             ['interfaces', d?.interfaceCount ?? 0],
             ['uptime', res.uptime ? formatDuration(Number(res.uptime.seconds)) : '-'],
-            // What the datapath cannot do (e.g. failed redirects not counted): one line each.
-            ...(d?.warnings ?? []).map((w): [string, string] => ['warning', w]),
+            // What the datapath cannot do (e.g. failed redirects not counted) and what is wrong: one line each, the
+            // rules not ACTIVE for one reason together (--wide: naming every one; -o json: the daemon's lines).
+            ...groupWarnings(d?.warnings ?? [], wide).map((w): [string, string] => ['warning', w]),
             // The state store: whether it takes writes (changes are refused while it does not), and why not.
             ...(res.stateStore
               ? ([

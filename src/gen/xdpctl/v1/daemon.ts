@@ -403,8 +403,11 @@ export interface DatapathStatus {
    * that keeps the health service xdpctl.datapath NOT_SERVING, from the one
    * judgement that health and the xdpctl.datapath.problems gauge say too:
    * a missing interface, a foreign program, a link not forwarding, each
-   * rule not ACTIVE with why ("rule web is DEGRADED: ..."); past 100, a
-   * last line says how many more (each rule's status says its own).
+   * rule not ACTIVE in its own line with why ("rule NAME is STATE: why";
+   * `xdpctl status` says the rules of one state and reason together past 5:
+   * "100 rules are INACTIVE: a, b, c, d, e and 95 more (each: why)", its
+   * --wide naming every one); past 100 lines, a last line says how many
+   * more (each rule's status says its own).
    * xdpctl.datapath is NOT_SERVING exactly while this holds a problem; the
    * lines of what cannot be observed (the first kinds above) do not make it
    * NOT_SERVING. Empty when all is observed and as desired.
