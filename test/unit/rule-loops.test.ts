@@ -415,3 +415,204 @@ describe('a backend whose way back cannot be told, in its rule status (rule-stat
     assert.equal(loopUnknownStatus(s, { name: 'other', backends: [b] }, new Map([['u|10.77.9.1@la', why]])), s);
   });
 });
+
+describe('what transmitting on a device makes appear where (receiveTree transmit: macvlan, ipvlan, vlan, bond, a peer elsewhere)', () => {
+  /** A device of a fake host: its kind, mode, lower (stacked on), master, veth peer here, or peer elsewhere. */
+  interface Dev {
+    kind?: string;
+    mode?: string;
+    lower?: string;
+    master?: string;
+    peer?: string;
+    away?: { where: string; leadsOn?: string };
+  }
+  /** A LoopGraph of `rules` over a host of `devs` (veth peers both ways), as the adapter would read it. */
+  const host = (rules: LoopRule[], devs: Record<string, Dev>, links: [string, string][] = []): LoopGraph => {
+    const byKey = new Map<string, LoopRule>();
+    for (const r of rules) for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|`, r);
+    const d = (n: string) => devs[n];
+    const linkTo = new Map(links);
+    return {
+      peerOf: (n) => d(n)?.peer,
+      peerAway: (n) => d(n)?.away,
+      deviceOf: (n) =>
+        d(n) && {
+          ...(d(n).kind !== undefined ? { kind: d(n).kind } : {}),
+          ...(d(n).mode !== undefined ? { mode: d(n).mode } : {}),
+          ...(d(n).lower !== undefined ? { lower: d(n).lower } : {}),
+        },
+      uppersOf: (n) => [
+        ...(d(n)?.master ? [{ name: d(n).master!, kind: d(d(n).master!)?.kind, via: 'master' as const }] : []),
+        ...Object.entries(devs)
+          .filter(([, x]) => x.lower === n)
+          .map(([name, x]) => ({
+            name,
+            via: 'stacked' as const,
+            ...(x.kind ? { kind: x.kind } : {}),
+            ...(x.mode ? { mode: x.mode } : {}),
+          })),
+      ],
+      portsOf: (m) =>
+        Object.entries(devs)
+          .filter(([, x]) => x.master === m)
+          .map(([name]) => name),
+      linkTo,
+      inForce: linkTo,
+      ruleAt: (k) => byKey.get(k),
+    };
+  };
+  const veth = (a: string, b: string, more: Record<string, Dev> = {}): Record<string, Dev> => ({
+    [a]: { kind: 'veth', peer: b, ...more[a] },
+    [b]: { kind: 'veth', peer: a, ...more[b] },
+  });
+
+  it('a macvlan that is a bridge port: what the bridge forwards to it leaves through its lower, a veth whose peer is the ingress', () => {
+    // Review case 1: backend egress e (peer ep, a port of br), macvlan mv (on veth lo, peer lop) a port of br, ingress lop.
+    const r = rule('m1', ['lop'], [['10.1.1.1', 'e']]);
+    const g = host([r], {
+      ...veth('e', 'ep', { ep: { master: 'br' } }),
+      ...veth('lo', 'lop'),
+      br: { kind: 'bridge' },
+      mv: { kind: 'macvlan', mode: 'bridge', lower: 'lo', master: 'br' },
+    });
+    const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+    assert.deepEqual(c?.steps[0].path, ['e', 'ep', 'br', 'mv', 'lo', 'lop']);
+    assert.equal(
+      changeLoopText(c.steps, 'm1'),
+      'its veth peer ep is a port of bridge br, which forwards frames out of its port mv, a macvlan (mode bridge) ' +
+        'that sends them out of its lower device lo, whose veth peer is lop: a datagram no rule takes on the port ' +
+        'reaches lop, an ingress of this rule (e -> ep -> br -> mv -> lo -> lop)',
+    );
+  });
+
+  it('a backend egress that is a macvlan (every mode): sent out of its lower, whose veth peer is the ingress', () => {
+    const r = rule('m2', ['lop'], [['10.1.1.1', 'mv']]);
+    for (const mode of ['bridge', 'vepa', 'private', 'passthru', 'source']) {
+      const g = host([r], { ...veth('lo', 'lop'), mv: { kind: 'macvlan', mode, lower: 'lo' } });
+      const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+      assert.deepEqual(c?.steps[0].path, ['mv', 'lo', 'lop'], mode);
+      assert.equal(
+        changeLoopText(c.steps, 'm2'),
+        `its egress mv is a macvlan (mode ${mode}) that sends them out of its lower device lo, whose veth peer is ` +
+          'lop: a datagram no rule takes on the way reaches lop, an ingress of this rule (mv -> lo -> lop)',
+      );
+    }
+    // The lower's peer leads nowhere: no loop, nothing unknown.
+    const none = host([r], {
+      ...veth('lo', 'lx'),
+      lop: { kind: 'veth' },
+      mv: { kind: 'macvlan', mode: 'bridge', lower: 'lo' },
+    });
+    const e = new RuleLoops(none).explore(r, r.spec.backends[0]);
+    assert.equal(e.cycle, undefined);
+    assert.deepEqual([...e.unknown], []);
+  });
+
+  it('two macvlans on one lower: a bridge-mode sibling gets the frame (a receive on the lower, then up); private, vepa, passthru do not', () => {
+    const r = rule('m3', ['mb'], [['10.1.1.1', 'ma']]);
+    for (const [a, b, loops] of [
+      ['bridge', 'bridge', true],
+      ['bridge', 'private', false],
+      ['bridge', 'vepa', false],
+      ['private', 'bridge', false],
+      ['vepa', 'bridge', false],
+      ['vepa', 'vepa', false],
+    ] as const) {
+      const g = host([r], {
+        lo: { kind: 'veth' }, // its peer elsewhere, leading nowhere there
+        ma: { kind: 'macvlan', mode: a, lower: 'lo' },
+        mb: { kind: 'macvlan', mode: b, lower: 'lo' },
+      });
+      const c = new RuleLoops(g).cycleFrom(r, r.spec.backends[0]);
+      assert.equal(c !== undefined, loops, `${a} -> ${b}`);
+      if (!c) continue;
+      assert.deepEqual(c.steps[0].path, ['ma', 'lo', 'mb']);
+      assert.equal(
+        changeLoopText(c.steps, 'm3'),
+        'its egress ma is a macvlan (mode bridge) that hands a frame to a macvlan in bridge mode on its lower device ' +
+          'lo as a receive on lo, itself the lower device of macvlan mb (mode bridge): a datagram no rule takes on the ' +
+          'way reaches mb, an ingress of this rule (ma -> lo -> mb)',
+      );
+    }
+    // Host-made (the reconciler): found the same way.
+    const g = host([r], {
+      lo: { kind: 'veth' },
+      ma: { kind: 'macvlan', mode: 'bridge', lower: 'lo' },
+      mb: { kind: 'macvlan', mode: 'bridge', lower: 'lo' },
+    });
+    assert.match(findHostLoops(g, startsOf([r])).backends.get('m3|10.1.1.1@ma')!, /through ma -> lo -> mb \[rule m3\]/);
+  });
+
+  it('ipvlan: a sibling by address (every mode), the lower in l2; vlan: tagged on the lower (no rule there), untagged on a vlan above its peer', () => {
+    const r = rule('i1', ['ib'], [['10.1.1.1', 'ia']]);
+    for (const mode of ['l2', 'l3', 'l3s']) {
+      const g = host([r], {
+        lo: { kind: 'veth' },
+        ia: { kind: 'ipvlan', mode, lower: 'lo' },
+        ib: { kind: 'ipvlan', mode: 'l3s', lower: 'lo' },
+      });
+      assert.deepEqual(new RuleLoops(g).cycleFrom(r, r.spec.backends[0])?.steps[0].path, ['ia', 'ib'], mode);
+    }
+    const onLower = rule('i2', ['lo'], [['10.1.1.1', 'ia']]);
+    for (const [mode, loops] of [
+      ['l2', true],
+      ['l3', false],
+    ] as const) {
+      const g = host([onLower], { lo: { kind: 'veth' }, ia: { kind: 'ipvlan', mode, lower: 'lo' } });
+      assert.equal(new RuleLoops(g).cycleFrom(onLower, onLower.spec.backends[0]) !== undefined, loops, mode);
+    }
+    // ipvlan out of its lower, a veth whose peer is the ingress.
+    const out = rule('i3', ['lop'], [['10.1.1.1', 'ia']]);
+    const gi = host([out], { ...veth('lo', 'lop'), ia: { kind: 'ipvlan', mode: 'l3', lower: 'lo' } });
+    assert.deepEqual(new RuleLoops(gi).cycleFrom(out, out.spec.backends[0])?.steps[0].path, ['ia', 'lo', 'lop']);
+    // vlan: the peer gets it tagged (a rule there does not match it), a vlan on the peer untagged (a rule there does).
+    const devs = { ...veth('lo', 'lop'), v: { kind: 'vlan', lower: 'lo' }, 'lop.5': { kind: 'vlan', lower: 'lop' } };
+    const onPeer = rule('v1', ['lop'], [['10.1.1.1', 'v']]);
+    assert.equal(new RuleLoops(host([onPeer], devs)).cycleFrom(onPeer, onPeer.spec.backends[0]), undefined);
+    const onVlan = rule('v2', ['lop.5'], [['10.1.1.1', 'v']]);
+    assert.deepEqual(new RuleLoops(host([onVlan], devs)).cycleFrom(onVlan, onVlan.spec.backends[0])?.steps[0].path, [
+      'v',
+      'lo',
+      'lop',
+      'lop.5',
+    ]);
+  });
+
+  it('a bond egress: out of each slave; a kind not followed and a peer elsewhere that leads on: cannot be told, no loop', () => {
+    const r = rule('b1', ['s2p'], [['10.1.1.1', 'bo']]);
+    const g = host([r], {
+      bo: { kind: 'bond' },
+      ...veth('s1', 's1p', { s1: { master: 'bo' } }),
+      ...veth('s2', 's2p', { s2: { master: 'bo' } }),
+    });
+    assert.deepEqual(new RuleLoops(g).cycleFrom(r, r.spec.backends[0])?.steps[0].path, ['bo', 's2', 's2p']);
+    const u = rule(
+      'u1',
+      ['x'],
+      [
+        ['10.1.1.1', 'gre1'],
+        ['10.1.1.2', 'ev'],
+        ['10.1.1.3', 'ok'],
+      ],
+    );
+    const gu = host([u], {
+      gre1: { kind: 'gretap' },
+      ev: { kind: 'veth', away: { where: 'eth0 in netns blue', leadsOn: 'is a port of bridge br0 there' } },
+      ok: { kind: 'veth', away: { where: 'eth0 in netns red' } },
+    });
+    const loops = new RuleLoops(gu);
+    assert.deepEqual(loops.cannotTell(u, u.spec.backends[0]), [
+      'gre1 is a gretap: what it transmits goes where xdpctld does not follow',
+    ]);
+    assert.deepEqual(loops.cannotTell(u, u.spec.backends[1]), [
+      "ev's veth peer eth0 in netns blue is a port of bridge br0 there: xdpctld does not follow frames in another network namespace",
+    ]);
+    assert.deepEqual(loops.cannotTell(u, u.spec.backends[2]), [], 'a peer there that leads nowhere: the walk ends');
+    const f = findHostLoops(gu, startsOf([u]));
+    assert.equal(f.backends.size, 0);
+    assert.match(
+      f.unknown.get('u1|10.1.1.2@ev')!,
+      /backend 10\.1\.1\.2 on ev: .*cannot be told: ev's veth peer eth0 in netns blue/,
+    );
+  });
+});

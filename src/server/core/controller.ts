@@ -47,7 +47,7 @@ import {
   type RuleStatus,
 } from './model.js';
 import { forgetReplacedDevices } from './device-identity.js';
-import { hostLoopProblem } from './rule-loops.js';
+import { hostLoopProblem, txReaders } from './rule-loops.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
 import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
@@ -1798,7 +1798,8 @@ export class Controller {
           return m ? [{ name: m.name, via: 'master' as const, ...(m.kind !== undefined ? { kind: m.kind } : {}) }] : [];
         };
     const portsOf = dp.bridgePorts?.bind(dp);
-    const loop = peerOf && forwardingLoop(next, peerOf, { uppersOf, ...(portsOf ? { portsOf } : {}) });
+    const loop =
+      peerOf && forwardingLoop(next, peerOf, { uppersOf, ...(portsOf ? { portsOf } : {}), ...txReaders(dp) });
     if (!loop) return;
     const field = fieldOf(loop.link);
     const description = `these links would forward frames in a loop forever: ${loop.path}`;

@@ -254,6 +254,30 @@ export interface UpperLink {
 }
 
 /**
+ * How a device transmits, as the loop walk reads it (Dataplane.txLink; rule-loops.ts receiveTree): its kind
+ * (IFLA_INFO_KIND; undefined for a device without one: a NIC's driver), its mode (macvlan/macvtap, ipvlan/ipvtap),
+ * and the device it is stacked on (IFLA_LINK of a vlan, macvlan, macvtap, ipvlan, ipvtap) when that is in the
+ * daemon's namespace, or `lowerAway` when it is in another one.
+ */
+export interface TxLink {
+  kind?: string;
+  mode?: string;
+  lower?: string;
+  lowerAway?: boolean;
+}
+
+/**
+ * A veth whose peer is in another network namespace, as the loop walk reads it (Dataplane.vethPeerAway): the peer
+ * in words ("eth0 in netns blue"), and what there takes a frame it receives on at layer 2 (`leadsOn`, in words: "is
+ * a port of bridge br0 there", "cannot be read: ..."); undefined `leadsOn`: nothing does (no master, nothing
+ * stacked on it): a frame ends in that namespace's stack.
+ */
+export interface PeerAway {
+  where: string;
+  leadsOn?: string;
+}
+
+/**
  * The XDP programs not ours attached to a veth egress's peer ({@link Dataplane.vethPeerXdp}): the peer in words
  * ("eth0 in netns blue") and each program's id, attach mode and name (bpf_prog_info; absent when it cannot be
  * read).
@@ -481,6 +505,17 @@ export interface Dataplane {
    * (rule-loops.ts). Optional (fakes: {@link masterLink} then).
    */
   upperLinks?(ifname: string): UpperLink[];
+  /**
+   * How `ifname` transmits (its kind, mode and lower device: {@link TxLink}), from rtnetlink; undefined when it is
+   * gone. What a frame sent out of it makes appear where (rule-loops.ts). Optional (fakes: only veth peers followed).
+   */
+  txLink?(ifname: string): TxLink | undefined;
+  /**
+   * A veth whose peer is in another network namespace: the peer in words and what takes its frames there at layer 2
+   * ({@link PeerAway}, read by nsid: IFLA_TARGET_NETNSID); undefined when `ifname` is not a veth or its peer is here.
+   * Optional (fakes).
+   */
+  vethPeerAway?(ifname: string): PeerAway | undefined;
   /**
    * The ports of the bridge `ifname` in the daemon's namespace (devices whose IFLA_MASTER it is; rtnetlink): what
    * it forwards out of them is followed for loops (rule-loops.ts receiveTree). Optional (fakes: not followed).

@@ -8,7 +8,7 @@
 import { judgedEgress } from './egress-watch.js';
 import type { EntryRepair } from './entry-owners.js';
 import { formatIp, parseIp, parseMac } from '../net/addr.js';
-import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, upperReader, type LoopRule } from './rule-loops.js';
+import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, txReaders, upperReader, type LoopRule } from './rule-loops.js';
 import type { Logger } from '../log.js';
 import {
   emptyBackendEntry,
@@ -459,7 +459,7 @@ function backendsBehindLinks(
  * reconciler says it in the rule's warnings (rule-loops.ts cannotTell).
  */
 export function backendsLoopingBack(
-  dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks' | 'bridgePorts'>,
+  dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks' | 'bridgePorts' | 'txLink' | 'vethPeerAway'>,
   state: CoreState,
   plans: readonly RulePlan[],
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
@@ -493,7 +493,15 @@ export function backendsLoopingBack(
         return ports.get(name)!;
       }
     : undefined;
-  const loops = new RuleLoops({ peerOf, uppersOf, portsOf, linkTo, inForce, ruleAt: (key) => byKey.get(key) });
+  const loops = new RuleLoops({
+    peerOf,
+    uppersOf,
+    portsOf,
+    ...txReaders(dp),
+    linkTo,
+    inForce,
+    ruleAt: (key) => byKey.get(key),
+  });
   const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
     const start = after.get(p.name)!;

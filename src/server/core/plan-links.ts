@@ -3,7 +3,7 @@
  * link set wants, from the interface facts fetched before; no I/O. An
  * interface may forward to one other interface only.
  */
-import type { InterfaceInfo, UpperLink } from './dataplane.js';
+import type { InterfaceInfo, PeerAway, TxLink, UpperLink } from './dataplane.js';
 import { CoreError, type FieldViolation } from './errors.js';
 import type { LinkSpec } from './model.js';
 import { receiveTree } from './rule-loops.js';
@@ -88,6 +88,10 @@ export function currentLinks(
 export interface LinkWalkGraph {
   uppersOf?(name: string): readonly UpperLink[];
   portsOf?(name: string): readonly string[];
+  /** How a device transmits (rule-loops.ts LoopGraph.deviceOf): a link egress that is no veth is followed. */
+  deviceOf?(name: string): TxLink | undefined;
+  /** A veth whose peer is in another namespace (LoopGraph.peerAway). */
+  peerAway?(name: string): PeerAway | undefined;
 }
 
 /**
@@ -119,21 +123,28 @@ export function forwardingLoop(
     s = [];
     const to = out.get(from)![0];
     const peer = peerOf(to);
+    const g = {
+      peerOf,
+      portsOf: host.portsOf,
+      uppersOf: host.uppersOf ?? (() => []),
+      ...(host.deviceOf ? { deviceOf: host.deviceOf } : {}),
+      ...(host.peerAway ? { peerAway: host.peerAway } : {}),
+      linkTo,
+      inForce: linkTo,
+    };
+    const reached = (t: ReturnType<typeof receiveTree>, lead: string) =>
+      t.nodes.forEach((n, k) => {
+        if (!out.has(n.name)) return;
+        const words: string[] = [];
+        for (let i = k; i >= 0; i = t.nodes[i].parent) words.unshift(t.nodes[i].words);
+        s!.push({ to: n.name, words: `${lead}${words.join(', itself ')}` });
+      });
     if (peer !== undefined) {
       if (out.has(peer)) s.push({ to: peer, words: `whose veth peer is ${peer}` });
-      else {
-        const t = receiveTree(
-          peer,
-          { peerOf, portsOf: host.portsOf, uppersOf: host.uppersOf ?? (() => []), linkTo, inForce: linkTo },
-          true,
-        );
-        t.nodes.forEach((n, k) => {
-          if (!out.has(n.name)) return;
-          const words: string[] = [];
-          for (let i = k; i >= 0; i = t.nodes[i].parent) words.unshift(t.nodes[i].words);
-          s!.push({ to: n.name, words: `whose veth peer is ${peer}, ${words.join(', itself ')}` });
-        });
-      }
+      else reached(receiveTree(peer, g, true), `whose veth peer is ${peer}, `);
+    } else if (host.deviceOf || host.peerAway) {
+      // No veth with a peer here: what sending out of it reaches (a macvlan's lower device and its peer...).
+      reached(receiveTree(to, g, true, true), 'which is ');
     }
     succ.set(from, s);
     return s;

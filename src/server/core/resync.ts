@@ -57,6 +57,7 @@ import type { RuleOp } from './plan-rules.js';
 import {
   findHostLoops,
   receiveTree,
+  txReaders,
   upperReader,
   hostLoopProblem,
   LOOP_TAIL,
@@ -1996,21 +1997,34 @@ function judgeHostLoops(
     if (!peers.has(name)) peers.set(name, state.egressBackends.has(name) ? peerNow(name) : dp.vethPeer?.(name));
     return peers.get(name);
   };
+  const tx = txReaders(dp);
   const upperLists = new Map<string, ReturnType<typeof receiveTree>>();
-  const uppers = (name: string) => {
-    let u = upperLists.get(name);
-    if (!u) upperLists.set(name, (u = receiveTree(name, { peerOf, portsOf, linkTo: inForce, inForce, uppersOf })));
+  const uppers = (name: string, send = false) => {
+    const key = `${send ? '>' : ''}${name}`;
+    let u = upperLists.get(key);
+    if (!u) {
+      u = receiveTree(name, { peerOf, portsOf, ...tx, linkTo: inForce, inForce, uppersOf }, false, send);
+      upperLists.set(key, u);
+    }
     return u;
   };
   /** A peer and what it reaches (up, forwarded by a bridge, by a link), for the pass's input: "p>br>mv", then "?" and what cannot be told. */
-  const reach = (peer: string) => {
-    const u = uppers(peer);
+  const reach = (peer: string, send = false) => {
+    const u = uppers(peer, send);
     return [peer, ...u.nodes.map((n) => n.name), ...(u.unknown.length ? ['?', ...u.unknown] : [])].join('>');
   };
   const candidates: string[] = [];
   for (const egress of state.egressBackends.keys()) {
     const peer = peerNow(egress);
-    if (peer === undefined) continue;
+    if (peer === undefined) {
+      // No veth with a peer here: what sending out of it reaches (a macvlan's lower and its peer, a peer in
+      // another namespace that leads on there: cannot be told).
+      if (!tx.deviceOf && !tx.peerAway) continue;
+      const sent = uppers(egress, true);
+      if (sent.nodes.some((m) => state.ifaceRules.has(m.name) || inForce.has(m.name)) || sent.unknown.length)
+        candidates.push(`${egress}>!${reach(egress, true)}`);
+      continue;
+    }
     const up = uppers(peer);
     if (
       state.ifaceRules.has(peer) ||
@@ -2024,7 +2038,7 @@ function judgeHostLoops(
   if (candidates.length) {
     const links = [...inForce].map(([from, to]) => {
       const p = peerOf(to);
-      return `${from}>${to}>${p === undefined ? '' : reach(p)}`;
+      return `${from}>${to}>${p === undefined ? `!${reach(to, true)}` : reach(p)}`;
     });
     input = `${state.desiredVersion}|${candidates.join(',')}|${links.join(',')}`;
   }
@@ -2053,6 +2067,7 @@ function judgeHostLoops(
         peerOf,
         uppersOf,
         portsOf,
+        ...tx,
         linkTo: inForce,
         inForce,
         ruleAt: (key) => {
@@ -2162,7 +2177,7 @@ function judgeLinkLoops(
           return portRows.get(name)!;
         }
       : undefined;
-    const host = { uppersOf: upperReader(dp), ...(portsOf ? { portsOf } : {}) };
+    const host = { uppersOf: upperReader(dp), ...(portsOf ? { portsOf } : {}), ...txReaders(dp) };
     // Each loop's closing link out, then the rest walked again: every link on a loop is found.
     const rest = new Map(links);
     for (let loop = forwardingLoop(rest, peer, host); loop; loop = forwardingLoop(rest, peer, host)) {

@@ -39,7 +39,7 @@
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';
-import type { Dataplane, UpperLink } from './dataplane.js';
+import type { Dataplane, PeerAway, TxLink, UpperLink } from './dataplane.js';
 import type { BackendSpec, RuleSpec } from './model.js';
 
 /** A set of source addresses: prefixes (none: no address), or null for every address. */
@@ -75,6 +75,14 @@ export interface LoopGraph {
    * given, what a bridge forwards out of its ports is followed (a port that is a veth: a receive on its peer).
    */
   portsOf?(name: string): readonly string[];
+  /**
+   * How `name` transmits: its kind, mode and lower device (Dataplane.txLink); when given, what is sent out of a
+   * device that is no veth with a peer here is followed ({@link receiveTree}'s transmit); absent (a fake): only
+   * veth peers are.
+   */
+  deviceOf?(name: string): TxLink | undefined;
+  /** A veth whose peer is in another namespace: where, and what takes its frames there (Dataplane.vethPeerAway). */
+  peerAway?(name: string): PeerAway | undefined;
   /** Link directions (ingress -> egress) as they are after the change (the reconciler: in force). */
   linkTo: ReadonlyMap<string, string>;
   /** Link directions in force now: one in `linkTo` that differs is a direction the change makes. */
@@ -95,6 +103,8 @@ export interface LoopStep {
   base?: number;
   /** Whether a bridge forwarded it or a link sent it on after the peer (not only up to devices above it). */
   reached?: boolean;
+  /** The last of the first `base` of `path` is sent out of (an egress that is no veth with a peer here), not received. */
+  sent?: boolean;
 }
 
 /** The kinds of master a port's received frames go up to, where XDP runs on them again. */
@@ -129,8 +139,16 @@ export interface UpNode {
    * [bridge, port, the port's veth peer], a link direction [its egress, the egress's veth peer].
    */
   hops?: string[];
-  /** How it was reached: up from its lower (absent), forwarded by a bridge out of a port, or by a link direction. */
-  via?: 'forward' | 'link';
+  /**
+   * How it was reached: up from its lower (absent), forwarded by a bridge out of a port, by a link direction, or
+   * sent out of a device (a macvlan, ipvlan, vlan, bond...) by what it does with what it transmits.
+   */
+  via?: 'forward' | 'link' | 'send';
+  /**
+   * The datagram carries a VLAN tag here for sure (sent out of a vlan device): no rule matches it (the datapath
+   * passes tagged frames to the stack: xdpctl.bpf.c), a link forwards it, a vlan above takes it untagged.
+   */
+  tagOnly?: boolean;
   /** A link direction (its ingress) on the way here that the change makes. */
   newLink?: string;
 }
@@ -207,6 +225,29 @@ export function upperReader(dp: Pick<Dataplane, 'upperLinks' | 'masterLink'>): (
   };
 }
 
+/**
+ * How devices transmit and where veth peers elsewhere lead, as `dp` reads them (Dataplane.txLink, vethPeerAway),
+ * each device read once for the life of the returned functions (one change, one pass); {} for a fake without them.
+ */
+export function txReaders(dp: Pick<Dataplane, 'txLink' | 'vethPeerAway'>): Pick<LoopGraph, 'deviceOf' | 'peerAway'> {
+  const out: Pick<LoopGraph, 'deviceOf' | 'peerAway'> = {};
+  if (dp.txLink) {
+    const read = new Map<string, TxLink | undefined>();
+    out.deviceOf = (name) => {
+      if (!read.has(name)) read.set(name, dp.txLink!(name));
+      return read.get(name);
+    };
+  }
+  if (dp.vethPeerAway) {
+    const read = new Map<string, PeerAway | undefined>();
+    out.peerAway = (name) => {
+      if (!read.has(name)) read.set(name, dp.vethPeerAway!(name));
+      return read.get(name);
+    };
+  }
+  return out;
+}
+
 /** An upper device in words, as its lower sees it: "a port of bridge br0", "the lower device of vlan v (802.1Q 10)". */
 function upperWords(u: UpperLink): string {
   const what = `${u.kind ?? 'device'} ${u.name}`;
@@ -230,82 +271,214 @@ export function receivingUppers(
 }
 
 /** What {@link receiveTree} reads of the host ({@link LoopGraph}'s, with the uppers given). */
-export type ReceiveGraph = Pick<LoopGraph, 'peerOf' | 'portsOf' | 'linkTo' | 'inForce'> & {
+export type ReceiveGraph = Pick<LoopGraph, 'peerOf' | 'portsOf' | 'linkTo' | 'inForce' | 'deviceOf' | 'peerAway'> & {
   uppersOf(name: string): readonly UpperLink[];
 };
+
+/** Kinds whose transmit leaves the host or the kernel's forwarding (a NIC has no kind; a tap: its reader; dummy drops). */
+const SENDS_OFF: ReadonlySet<string> = new Set(['', 'tun', 'dummy']);
+/** Masters whose transmit goes out of their ports: a bridge by its FDB or flooded, a bond or team out of one slave. */
+const SENDING_MASTERS: ReadonlySet<string> = new Set(['bridge', 'bond', 'team']);
+/** macvlan modes whose transmit goes out of the lower device only (macvlan_queue_xmit: no local delivery). */
+const MACVLAN_OUT_ONLY: ReadonlySet<string> = new Set(['private', 'vepa', 'passthru', 'source']);
+
+/** A frame on its way, as the walk carries it. */
+interface Frame {
+  /** It may carry a VLAN tag. */
+  tagged: boolean;
+  /** It carries one for sure ({@link UpNode.tagOnly}). */
+  tagOnly: boolean;
+  /** A link direction the change makes on the way ({@link UpNode.newLink}). */
+  newLink?: string;
+}
 
 /**
  * The devices of this namespace a frame received on `root` (and passed by every program on the way) reaches where
  * a receive runs again (and with it a generic XDP program), as a tree: each node's `parent` is its index (-1: the
- * root), each device once, in the order found (a device before what it leads to). A walk of the layer-2 graph:
+ * root), each device once, in the order found (a device before what it leads to). `send`: the frame is sent out of
+ * `root` instead (an egress that is no veth with a peer here), and the tree is what that transmit reaches. A walk of
+ * the layer-2 graph:
  * - up: the devices above a device that receive what it receives ({@link upperReceives});
  * - forward: a port of a bridge is forwarded out of every other port of that bridge (by its FDB, or flooded: the
- *   frame's MAC is not judged, since a frame to an ingress's MAC reaches the port that leads to it), and what a
- *   port that is a veth transmits is a receive on its peer (veth_xmit); a port that is no veth sends it off the
- *   host, not followed;
+ *   frame's MAC is not judged, since a frame to an ingress's MAC reaches the port that leads to it): a transmit there;
  * - link: a device (not the root) that is a link direction's ingress sends every frame out of the direction's
- *   egress, a receive on its veth peer; nothing of it goes up or is forwarded (`stopAtLinks`: not followed on).
- * A veth peer in another namespace is not followed (no program of this daemon's runs there). `unknown`: the uppers
- * met whose receive path cannot be told, in words.
+ *   egress (a transmit); nothing of it goes up or is forwarded (`stopAtLinks`: not followed on);
+ * - transmit, by the kind of the device sent out of (drivers/net, as read for Linux 6.x):
+ *   - veth: a receive on its peer (veth_xmit). A peer in another namespace: not followed; when something there
+ *     takes its frames on at layer 2 (a master, a device stacked on it) or that namespace cannot be read, that is
+ *     said as "cannot be told" (`unknown`); a peer there with neither ends it (that namespace's stack);
+ *   - bridge, bond, team: out of each of its ports (br_dev_xmit's FDB or flood; a bond's or team's slave);
+ *   - macvlan, macvtap (macvlan_queue_xmit): in bridge mode, a frame to a bridge-mode macvlan on the same lower is
+ *     handed to the lower as a receive (dev_forward_skb), whose rx handler gives it to that macvlan; every mode
+ *     sends the rest out of the lower device (a transmit there). In vepa mode the frame goes out of the lower, and an
+ *     external switch in hairpin mode may send it back: off the host, not seen; a bridge of this host sends nothing
+ *     back out of the port it came in by (its port's hairpin flag is not read: taken as off, the default);
+ *   - ipvlan, ipvtap (ipvlan_queue_xmit): a frame to an address of another ipvlan on the same lower is a receive on
+ *     it (ipvlan_rcv_frame), whatever the mode (its private and vepa flags are not read: taken as not set); in l2
+ *     mode a frame to the lower's MAC that no ipvlan takes is a receive on the lower; the rest is sent out of the
+ *     lower (in l3 and l3s routed there by the IP layer);
+ *   - vlan: out of its lower device, tagged (vlan_dev_hard_start_xmit): no rule matches it there (tagged frames are
+ *     the stack's), a vlan above the receiver takes it untagged;
+ *   - a device with no kind (a NIC), a tun/tap, a dummy: off the host, to a reader, dropped: not followed;
+ *   - any other kind (a tunnel, vxlan, vrf, macsec...): "cannot be told", said in `unknown`.
+ * `unknown`: what the walk met and cannot follow, in words.
  */
 export function receiveTree(
   root: string,
   g: ReceiveGraph,
   stopAtLinks = false,
+  send = false,
 ): { nodes: UpNode[]; unknown: string[] } {
   const nodes: UpNode[] = [];
   const unknown: string[] = [];
-  const seen = new Set<string>([root]);
+  const seen = new Set<string>(send ? [] : [root]);
+  const sent = new Set<string>();
   const add = (n: UpNode) => {
     seen.add(n.name);
     nodes.push(n);
     return nodes.length - 1;
   };
-  const visit = (dev: string, idx: number, tagged: boolean, newLink: string | undefined) => {
+  const node = (name: string, parent: number, words: string, f: Frame, hops?: string[], via?: UpNode['via']) =>
+    add({
+      name,
+      parent,
+      words,
+      tagged: f.tagged,
+      ...(hops ? { hops } : {}),
+      ...(via ? { via } : {}),
+      ...(f.tagOnly ? { tagOnly: true } : {}),
+      ...(f.newLink ? { newLink: f.newLink } : {}),
+    });
+  /**
+   * A frame sent out of `dev`: what it reaches, as children of node `idx`. `hops`: the devices crossed since that
+   * node, `dev` last; `words`: how, in words (empty: the root is sent out of).
+   */
+  const transmit = (dev: string, idx: number, f: Frame, hops: string[], words: string, via: UpNode['via']) => {
+    if (sent.has(dev)) return;
+    sent.add(dev);
+    const join = (w: string) => (words ? `${words}, ${w}` : w);
+    const p = g.peerOf(dev);
+    if (p !== undefined) {
+      if (seen.has(p)) return;
+      const k = node(p, idx, join(`whose veth peer is ${p}`), f, [...hops, p], via);
+      visit(p, k, f);
+      return;
+    }
+    const away = g.peerAway?.(dev);
+    if (away) {
+      if (away.leadsOn !== undefined) {
+        unknown.push(
+          `${dev}'s veth peer ${away.where} ${away.leadsOn}: xdpctld does not follow frames in another network namespace`,
+        );
+      }
+      return;
+    }
+    const d = g.deviceOf?.(dev);
+    if (!d) return; // not said (a fake), or gone
+    const kind = d.kind ?? '';
+    if (kind === 'veth' || SENDS_OFF.has(kind)) return; // a veth whose peer is not read; off the host
+    if (SENDING_MASTERS.has(kind)) {
+      for (const port of g.portsOf?.(dev) ?? []) {
+        transmit(
+          port,
+          idx,
+          f,
+          [...hops, port],
+          join(`a ${kind} that sends them out of its port ${port}`),
+          via ?? 'send',
+        );
+      }
+      return;
+    }
+    const stackedOn =
+      kind === 'macvlan' || kind === 'macvtap' || kind === 'ipvlan' || kind === 'ipvtap' || kind === 'vlan';
+    if (!stackedOn) {
+      unknown.push(`${dev} is a ${kind}: what it transmits goes where xdpctld does not follow`);
+      return;
+    }
+    const lower = d.lower;
+    if (lower === undefined) {
+      unknown.push(`${dev} is a ${kind} whose lower device is in another network namespace: not followed there`);
+      return;
+    }
+    const mode = d.mode ? ` (mode ${d.mode})` : '';
+    const sibling = (u: UpperLink) => u.via === 'stacked' && u.name !== dev && (u.kind ?? '') === kind;
+    if (kind === 'macvlan' || kind === 'macvtap') {
+      if (!MACVLAN_OUT_ONLY.has(d.mode ?? '')) {
+        // Bridge mode (or a mode not read: taken as it): a frame to a bridge-mode macvlan beside it is a receive
+        // on the lower, whose rx handler (macvlan_handle_frame) hands it up to that macvlan.
+        const sibs = g.uppersOf(lower).filter((u) => sibling(u) && u.mode === 'bridge');
+        if (sibs.length && !seen.has(lower)) {
+          const w = join(
+            `a ${kind}${mode} that hands a frame to a ${kind} in bridge mode on its lower device ${lower} as a receive on ${lower}`,
+          );
+          const k = node(lower, idx, w, f, [...hops, lower], via ?? 'send');
+          for (const u of sibs) {
+            if (seen.has(u.name)) continue;
+            visit(u.name, node(u.name, k, upperWords(u), f), f);
+          }
+        }
+      }
+    } else if (kind === 'ipvlan' || kind === 'ipvtap') {
+      // A frame to an address of an ipvlan beside it: a receive on that one (ipvlan_rcv_frame, dev_forward_skb).
+      for (const u of g.uppersOf(lower).filter(sibling)) {
+        if (seen.has(u.name)) continue;
+        const w = join(
+          `an ${kind}${mode} that hands a frame to an address of ${u.name}, an ${kind} on its lower device ${lower}, as a receive there`,
+        );
+        visit(u.name, node(u.name, idx, w, f, [...hops, u.name], via ?? 'send'), f);
+      }
+      // l2: a frame to the lower's MAC no ipvlan address takes is a receive on the lower, passed to its stack.
+      if (d.mode !== 'l3' && d.mode !== 'l3s' && !seen.has(lower)) {
+        const w = join(
+          `an ${kind}${mode} that hands a frame to its lower device's MAC no ipvlan takes to ${lower} as a receive there`,
+        );
+        node(lower, idx, w, f, [...hops, lower], via ?? 'send');
+      }
+    }
+    const out =
+      kind === 'vlan'
+        ? join(`a vlan that sends them tagged out of its lower device ${lower}`)
+        : join(`a ${kind}${mode} that sends them out of its lower device ${lower}`);
+    const next = kind === 'vlan' ? { ...f, tagged: true, tagOnly: true } : f;
+    transmit(lower, idx, next, [...hops, lower], out, via ?? 'send');
+  };
+  const visit = (dev: string, idx: number, f: Frame) => {
     const to = g.linkTo.get(dev);
     if (idx >= 0 && to !== undefined) {
       if (stopAtLinks) return;
-      const p = g.peerOf(to);
-      if (p === undefined || seen.has(p)) return;
-      const nl = newLink ?? (g.inForce.get(dev) !== to ? dev : undefined);
-      const words = `the ingress of a link to ${to}, whose veth peer is ${p}`;
-      const k = add({
-        name: p,
-        parent: idx,
-        words,
-        tagged: false,
-        hops: [to, p],
-        via: 'link',
-        ...(nl ? { newLink: nl } : {}),
-      });
-      visit(p, k, false, nl);
+      const nl = f.newLink ?? (g.inForce.get(dev) !== to ? dev : undefined);
+      const t: Frame = { tagged: f.tagOnly, tagOnly: f.tagOnly, ...(nl ? { newLink: nl } : {}) };
+      transmit(to, idx, t, [to], `the ingress of a link to ${to}`, 'link');
       return;
     }
-    const nl = newLink ? { newLink } : {};
     for (const u of g.uppersOf(dev)) {
       if (u.via === 'master' && u.kind === 'bridge' && g.portsOf) {
         for (const port of g.portsOf(u.name)) {
           if (port === dev) continue;
-          const p = g.peerOf(port);
-          if (p === undefined || seen.has(p)) continue;
-          const words = `a port of bridge ${u.name}, which forwards frames out of its port ${port}, whose veth peer is ${p}`;
-          const k = add({ name: p, parent: idx, words, tagged, hops: [u.name, port, p], via: 'forward', ...nl });
-          visit(p, k, tagged, newLink);
+          const w = `a port of bridge ${u.name}, which forwards frames out of its port ${port}`;
+          transmit(port, idx, f, [u.name, port], w, 'forward');
         }
       }
       if (seen.has(u.name)) continue;
-      const r = upperReceives(u, tagged);
+      const r = upperReceives(u, f.tagged);
       if ('unknown' in r) {
         seen.add(u.name);
         unknown.push(`${dev} is ${upperWords(u)}: ${r.unknown}`);
         continue;
       }
       if (!r.receives) continue;
-      const k = add({ name: u.name, parent: idx, words: upperWords(u), tagged: r.tagged, ...nl });
-      visit(u.name, k, r.tagged, newLink);
+      const t: Frame = {
+        tagged: r.tagged,
+        tagOnly: f.tagOnly && r.tagged && u.kind !== 'vlan',
+        ...(f.newLink ? { newLink: f.newLink } : {}),
+      };
+      visit(u.name, node(u.name, idx, upperWords(u), t), t);
     }
   };
-  visit(root, -1, false, undefined);
+  const f0: Frame = { tagged: false, tagOnly: false };
+  if (send) transmit(root, -1, f0, [], '', undefined);
+  else visit(root, -1, f0);
   return { nodes, unknown };
 }
 
@@ -317,6 +490,8 @@ export interface Arrival {
   ups: UpNode[];
   /** The uppers met whose receive path cannot be told, in words: whether a loop goes through them is not known. */
   unknown: string[];
+  /** The last of `path` is sent out of (no veth with a peer here), not received: `ups` is what that transmit reaches. */
+  sent?: boolean;
 }
 
 /** A cycle back to a rule: its steps, and the first link direction on it that the change makes (if any). */
@@ -366,7 +541,12 @@ export class RuleLoops {
     for (const seen = new Set<string>(); !seen.has(egress);) {
       seen.add(egress);
       const peer = this.g.peerOf(egress);
-      if (peer === undefined) return undefined;
+      if (peer === undefined) {
+        // No veth with a peer here: what sending out of it reaches (a macvlan's lower, a peer elsewhere...).
+        if (!this.g.deviceOf && !this.g.peerAway) return undefined;
+        const t = receiveTree(egress, { ...this.g, uppersOf: (n) => this.uppersOf(n) }, false, true);
+        return { path, newLink, ups: t.nodes, unknown: t.unknown, sent: true };
+      }
       path.push(peer);
       const next = this.g.linkTo.get(peer);
       if (next === undefined) {
@@ -392,7 +572,7 @@ export class RuleLoops {
    * its uppers `ups` (what no rule takes on a device goes up to each device above it), with the sources each
    * takes and the uppers (indexes in `ups`, nearest first) it went up to before the device it is matched on.
    */
-  private matches(peer: string, ups: readonly UpNode[], port: number, dst: string, sources: Sources) {
+  private matches(peer: string, ups: readonly UpNode[], port: number, dst: string, sources: Sources, sent = false) {
     const out: { rule: LoopRule; sources: Sources; chain: number[] }[] = [];
     const at = (ingress: string, rest: Sources, chain: number[]): Sources => {
       const exact = this.g.ruleAt(`${ingress}|${port}|${dst}`);
@@ -415,10 +595,11 @@ export class RuleLoops {
         if (n.parent !== parent) return;
         const here = [...chain, k];
         // A link direction's ingress: the link takes every frame before a rule there (its only child: the link).
-        up(k, this.g.linkTo.has(n.name) ? rest : at(n.name, rest, here), here);
+        // A tagged datagram is the stack's, not a rule's (xdpctl.bpf.c): it goes on up (a vlan takes it untagged).
+        up(k, this.g.linkTo.has(n.name) || n.tagOnly ? rest : at(n.name, rest, here), here);
       });
     };
-    up(-1, at(peer, sources, []), []);
+    up(-1, sent ? sources : at(peer, sources, []), []);
     return out;
   }
 
@@ -451,7 +632,7 @@ export class RuleLoops {
       const a = this.arrival(backend.interface);
       if (!a) return undefined;
       for (const u of a.unknown) unknown.add(u);
-      for (const m of this.matches(a.path[a.path.length - 1], a.ups, rule.spec.port, backend.ip, sources)) {
+      for (const m of this.matches(a.path[a.path.length - 1], a.ups, rule.spec.port, backend.ip, sources, a.sent)) {
         const viaNew = newLink ?? a.newLink ?? m.chain.map((k) => a.ups[k].newLink).find((l) => l !== undefined);
         const path = [...a.path, ...m.chain.flatMap((k) => a.ups[k].hops ?? [a.ups[k].name])];
         const step: LoopStep = { rule: rule.name, backend: backend.ip, iface: backend.interface, path };
@@ -459,6 +640,7 @@ export class RuleLoops {
           step.masters = m.chain.map((k) => a.ups[k].words);
           step.base = a.path.length;
           if (m.chain.some((k) => a.ups[k].via)) step.reached = true;
+          if (a.sent) step.sent = true;
         }
         const here = [...steps, step];
         if (m.rule.name === start.name) return { steps: here, newLink: viaNew };
@@ -493,7 +675,12 @@ export function changeLoopText(steps: readonly LoopStep[], start: string): strin
   // Where the first step's datagrams arrive, up to the ingress that matches them ("..., an ingress").
   const below = first[base - 1]; // the device the uppers are above
   let reach = links ? `its veth peer ${peer} leads through links to ${below}` : '';
-  if (masters.length) {
+  if (steps[0].sent) {
+    // Sent out of `below` (the egress, or a link's egress): what that transmit reaches, up to the ingress.
+    reach =
+      `${base > 1 ? `its veth peer ${peer} leads through links out of ${below}, which` : `its egress ${below}`} is ` +
+      `${masters.join(', itself ')}: a datagram no rule takes on the way reaches ${last}, an ingress`;
+  } else if (masters.length) {
     const on = masters[0].startsWith('a port of ') ? 'the port' : below;
     reach =
       `${reach ? `${reach}, which` : `its veth peer ${peer}`} is ${masters.join(', itself ')}: ` +

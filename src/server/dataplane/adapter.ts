@@ -21,6 +21,8 @@ import type {
   StrayAttachment,
   StrayRemoval,
   UpperLink,
+  TxLink,
+  PeerAway,
   XdpModeName,
   XdpStatus,
 } from '../core/dataplane.js';
@@ -52,6 +54,8 @@ import {
   upperDevices,
   upperLinks,
   portsOf,
+  txLink,
+  vethPeerAway,
   nameOf,
   nonUtf8Links,
   neighbourEntry,
@@ -1615,6 +1619,18 @@ export class KernelDataplane implements Dataplane {
 
   bridgePorts(ifname: string): string[] {
     return portsOf(ifname);
+  }
+
+  txLink(ifname: string): TxLink | undefined {
+    return txLink(ifname);
+  }
+
+  vethPeerAway(ifname: string): PeerAway | undefined {
+    try {
+      return vethPeerAway(ifname);
+    } catch {
+      return undefined; // no such interface: reported as missing elsewhere
+    }
   }
 
   vethPeerXdp(ifname: string): PeerXdp | undefined {

@@ -21,7 +21,7 @@ import koffi from 'koffi';
 
 import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { runGuarded, runGuardedSync } from './children.js';
-import type { UpperLink } from '../core/dataplane.js';
+import type { PeerAway, TxLink, UpperLink } from '../core/dataplane.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 import {
@@ -490,6 +490,65 @@ export function upperLinks(name: string): UpperLink[] {
     out.push(of(r, 'stacked'));
   }
   return out;
+}
+
+/**
+ * How `name` transmits ({@link TxLink}): its kind and mode, and the device it is stacked on (a vlan's, macvlan's,
+ * macvtap's, ipvlan's or ipvtap's IFLA_LINK) by name when that is in the daemon's namespace, from one rtnetlink dump
+ * ({@link linkTable}). Undefined when `name` is gone or the dump is refused.
+ */
+export function txLink(name: string): TxLink | undefined {
+  const t = linkTableWith(name);
+  if (!t) return undefined;
+  const { rows, me } = t;
+  const out: TxLink = {
+    ...(me.kind !== undefined ? { kind: me.kind } : {}),
+    ...(me.mode !== undefined ? { mode: me.mode } : {}),
+  };
+  if (STACKED_KINDS.has(me.kind ?? '') && me.link) {
+    const lower = me.linkNetnsid === undefined ? rows.find((r) => r.ifindex === me.link) : undefined;
+    if (lower) out.lower = lower.ifname;
+    else out.lowerAway = true;
+  }
+  return out;
+}
+
+/**
+ * A veth of the daemon's namespace whose peer is in another one ({@link PeerAway}): the peer in words ("eth0 in netns
+ * blue") and what takes a frame it receives there at layer 2, from one RTM_GETLINK dump of that namespace by its
+ * nsid (IFLA_TARGET_NETNSID: Linux >= 4.20, CAP_NET_ADMIN over it, no setns): its master, a device stacked on it
+ * there (a macvlan, vlan, ...). Neither: `leadsOn` undefined (a frame ends in that namespace's stack). The dump
+ * refused: `leadsOn` says it cannot be read. Undefined when `name` is not a veth or its peer is here.
+ */
+export function vethPeerAway(name: string): PeerAway | undefined {
+  const dev = linkRowNamed(name);
+  if (!dev || dev.kind !== 'veth' || dev.linkNetnsid === undefined || !dev.link) return undefined;
+  const nsid = dev.linkNetnsid;
+  const netns = namedNetns(nsid);
+  const way = netns === undefined ? findNetns(nsid) : undefined;
+  const space =
+    netns !== undefined ? `netns ${netns}` : way ? netnsWords(nsid, way) : `the network namespace with nsid ${nsid}`;
+  let rows: LinkRow[];
+  try {
+    rows = linkTableIn(nsid);
+  } catch (e) {
+    return { where: `ifindex ${dev.link} in ${space}`, leadsOn: `cannot be read (${(e as Error).message})` };
+  }
+  const peer = rows.find((r) => r.ifindex === dev.link);
+  if (!peer) return { where: `ifindex ${dev.link} in ${space}`, leadsOn: 'is not in its device list (gone meanwhile)' };
+  const where = `${peer.ifname} in ${space}`;
+  const master = peer.master === undefined ? undefined : rows.find((r) => r.ifindex === peer.master);
+  if (peer.master !== undefined) {
+    return {
+      where,
+      leadsOn: `is a port of ${master ? `${master.kind ?? 'device'} ${master.ifname}` : `ifindex ${peer.master}`} there`,
+    };
+  }
+  const above = rows.find(
+    (r) => r !== peer && r.link === peer.ifindex && r.linkNetnsid === undefined && !PEER_KINDS.has(r.kind ?? ''),
+  );
+  if (above) return { where, leadsOn: `is the lower device of ${above.kind ?? 'device'} ${above.ifname} there` };
+  return { where };
 }
 
 /**
