@@ -375,23 +375,29 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
       assert.deepEqual(await names(), []);
     });
 
-    it('a backend egress that is a macvlan: sent out of its lower, a veth whose peer is the ingress', async () => {
-      const [lo, lop, mv] = ['ulo', 'ulp', 'umv'].map((x) => `x${lab.id}${x}`);
+    it('a backend egress that is a macvlan: sent out of its lower, a veth whose peer has the ingress (a macvlan) on it', async () => {
+      // The ingress is a macvlan mi on the lower's peer (generic XDP: a native ingress cannot redirect into a
+      // macvlan, which has no ndo_xdp_xmit, and is refused for that).
+      const [lo, lop, mv, mi] = ['ulo', 'ulp', 'umv', 'umi'].map((x) => `x${lab.id}${x}`);
       const ip = '198.18.52.9';
-      lab.onDestroy(() => [mv, lo].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+      lab.onDestroy(() => [mv, mi, lo].forEach((x) => shQuiet('ip', ['link', 'del', x])));
       sh('ip', ['link', 'add', lo, 'type', 'veth', 'peer', 'name', lop]);
       sh('ip', ['link', 'add', mv, 'link', lo, 'type', 'macvlan', 'mode', 'vepa']);
-      upAll(lo, lop, mv);
-      const rule = lab.rule('meg', PORT, [backendOf(b1), { ip, mac: mac(lop), interface: mv }], [lop]);
+      sh('ip', ['link', 'add', mi, 'link', lop, 'type', 'macvlan', 'mode', 'bridge']);
+      upAll(lo, lop, mv, mi);
+      const rule = lab.rule('meg', PORT, [backendOf(b1), { ip, mac: mac(mi), interface: mv }], [mi]);
       const err = await refusedOrCounted(
         rule,
-        () => sh('python3', ['-c', rawUdpFrames(lo, mac(lo), mac(lop), ip, PORT, 5)]),
-        lop,
+        () => sh('python3', ['-c', rawUdpFrames(lo, mac(lo), mac(mi), ip, PORT, 5)]),
+        mi,
       );
-      refusedAs(err, 'rule.backends[1].interface', `${mv} -> ${lo} -> ${lop}`);
+      refusedAs(err, 'rule.backends[1].interface', `${mv} -> ${lo} -> ${lop} -> ${mi}`);
       assert.match(
         err.message,
-        new RegExp(`its egress ${mv} is a macvlan \\(mode vepa\\) that sends them out of its lower device ${lo}`),
+        new RegExp(
+          `its egress ${mv} is a macvlan \\(mode vepa\\) that sends them out of its lower device ${lo}, whose veth ` +
+            `peer is ${lop}, itself the lower device of macvlan ${mi} \\(mode bridge\\)`,
+        ),
       );
       assert.deepEqual(await names(), []);
     });
