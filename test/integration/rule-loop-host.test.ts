@@ -351,4 +351,31 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
       shQuiet('ip', ['link', 'del', fr]);
     }
   });
+
+  it("a macvlan beside the backend's macvlan egress switched to bridge mode, the rule's ingress: ms INACTIVE naming it; private again: recovered", async () => {
+    // ms: ingress macvlan mb (private) -> an address with mb's MAC out of macvlan ma (bridge), both on veth lo:
+    // accepted (a private macvlan takes nothing its neighbours send: macvlan_queue_xmit). Then mb is switched to
+    // bridge mode: what ms sends out of ma is handed to the lower lo as a receive, and up to mb. Before: ms stayed
+    // DEGRADED and 5 frames into mb were matched 315 times (the walk followed only what a veth transmits).
+    const [lo, lop, ma, mb] = ['slo', 'slp', 'sma', 'smb'].map((x) => `x${lab.id}${x}`);
+    const ip = '198.18.54.9';
+    lab.onDestroy(() => [ma, mb, lo].forEach((x) => shQuiet('ip', ['link', 'del', x])));
+    sh('ip', ['link', 'add', lo, 'type', 'veth', 'peer', 'name', lop]);
+    sh('ip', ['link', 'add', ma, 'link', lo, 'type', 'macvlan', 'mode', 'bridge']);
+    sh('ip', ['link', 'add', mb, 'link', lo, 'type', 'macvlan', 'mode', 'private']);
+    for (const x of [lo, lop, ma, mb]) up(x);
+    const mac = (x: string) => JSON.parse(sh('ip', ['-j', 'link', 'show', x]))[0].address as string;
+    await lab.c.rules.createRule({ rule: lab.rule('ms', PORT, [{ ip, mac: mac(mb), interface: ma }], [mb]) });
+    await selfLoopByHost('ms', {
+      named: new RegExp(
+        `in a forwarding loop the host made, of rules ms -> ms through ${ma} -> ${lo} -> ${mb} \\[rule ms\\]`,
+      ),
+      make: () => sh('ip', ['link', 'set', mb, 'type', 'macvlan', 'mode', 'bridge']), // ma -> lo -> mb (ms)
+      undo: () => shQuiet('ip', ['link', 'set', mb, 'type', 'macvlan', 'mode', 'private']),
+      inject: () => sh('python3', ['-c', rawUdpFrames(lop, mac(lop), mac(mb), ip, PORT, 5)]),
+      into: mb,
+      // Its static MAC nothing confirms: no host holds its address.
+      settled: RuleState.RULE_STATE_DEGRADED,
+    });
+  });
 });
