@@ -142,4 +142,108 @@ describe('forwarding loops are refused', kernelOnly(), () => {
       shQuiet('ip', ['link', 'del', sb]);
     }
   });
+
+  it("Connect of a link whose egress's peer and a macvlan on the ingress's peer are ports of one bridge: refused", async () => {
+    // Before: accepted, and one broadcast frame went round ma -> mb -> mbp -> bridge -> mv (a macvlan: out of its
+    // lower mlo) -> ma ... (the walk followed a bridge's forward only to ports that are veths).
+    const [ma, mlo, mb, mbp, mv, br] = ['ma', 'mlo', 'mb', 'mbp', 'mv', 'mbr'].map((n) => `xl${id}${n}`);
+    sh('ip', ['link', 'add', br, 'type', 'bridge']);
+    try {
+      sh('ip', ['link', 'add', ma, 'type', 'veth', 'peer', 'name', mlo]);
+      sh('ip', ['link', 'add', mb, 'type', 'veth', 'peer', 'name', mbp]);
+      sh('ip', ['link', 'add', mv, 'link', mlo, 'type', 'macvlan', 'mode', 'bridge']);
+      sh('ip', ['link', 'set', mbp, 'master', br]);
+      sh('ip', ['link', 'set', mv, 'master', br]);
+      for (const n of [br, ma, mlo, mb, mbp, mv]) sh('ip', ['link', 'set', n, 'up']);
+      const link = { a: ma, b: mb, direction: LinkDirection.LINK_DIRECTION_A_TO_B };
+      let err: { code: Status; details: string } | undefined;
+      try {
+        await c.links.connect({ link });
+      } catch (e) {
+        err = e as typeof err;
+      }
+      if (!err) {
+        // The old verdict, bounded: one broadcast frame into ma, what ma receives in a second, then the bridge down.
+        const rx = () => Number(sh('cat', [`/sys/class/net/${ma}/statistics/rx_packets`]));
+        const r0 = rx();
+        sh('python3', ['-c', rawUdpFrames(mlo, '02:5e:00:4a:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
+        await sleep(1000);
+        const n = rx() - r0;
+        shQuiet('ip', ['link', 'del', br]);
+        await c.links.disconnect({ a: ma, b: mb });
+        assert.fail(`connected; one broadcast frame into ${ma} made it receive ${n} frames in 1 s`);
+      }
+      refused(
+        'link',
+        new RegExp(
+          `${ma} -> ${mb} \\(whose veth peer is ${mbp}, a port of bridge ${br}, which forwards frames out of its ` +
+            `port ${mv}, a macvlan \\(mode bridge\\) that sends them out of its lower device ${mlo}, whose veth ` +
+            `peer is ${ma}\\): back to ${ma}`,
+        ),
+      )(err);
+      assert.deepEqual((await c.links.listLinks({})).links, [], 'no link stored');
+    } finally {
+      shQuiet('ip', ['link', 'del', br]);
+      shQuiet('ip', ['link', 'del', ma]);
+      shQuiet('ip', ['link', 'del', mb]);
+    }
+  });
 });
+
+describe(
+  'forwarding loops through macvlans are refused (generic mode: a macvlan has no native XDP)',
+  kernelOnly(),
+  () => {
+    const id = runId();
+    const [lo, lop, ma, mb] = ['lo', 'lop', 'ma', 'mb'].map((n) => `xg${id}${n}`);
+    let d: DaemonProcess;
+    let c: Clients;
+
+    before(async () => {
+      sh('ip', ['link', 'add', lo, 'type', 'veth', 'peer', 'name', lop]);
+      sh('ip', ['link', 'add', ma, 'link', lo, 'type', 'macvlan', 'mode', 'bridge']);
+      sh('ip', ['link', 'add', mb, 'link', lo, 'type', 'macvlan', 'mode', 'bridge']);
+      for (const n of [lo, lop, ma, mb]) sh('ip', ['link', 'set', n, 'up']);
+      d = await DaemonProcess.start(id, ['--xdp-mode', 'generic']);
+      c = d.clients();
+    });
+    after(async () => {
+      shQuiet('ip', ['link', 'del', lo]); // first (its macvlans with it): a loop left would starve the machine
+      await d?.destroy();
+      XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
+      rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
+      removeIproute2BpffsDirs();
+    });
+
+    it('Connect of one bridge-mode macvlan to another on the same lower (it hands every frame back): refused', async () => {
+      // Before: accepted, and one broadcast frame went round mb -> ma -> (a receive on lo) -> mb ... for ever.
+      const link = { a: mb, b: ma, direction: LinkDirection.LINK_DIRECTION_A_TO_B };
+      let err: { code: Status; details: string } | undefined;
+      try {
+        await c.links.connect({ link });
+      } catch (e) {
+        err = e as typeof err;
+      }
+      if (!err) {
+        const rx = () => Number(sh('cat', [`/sys/class/net/${mb}/statistics/rx_packets`]));
+        const r0 = rx();
+        sh('python3', ['-c', rawUdpFrames(lop, '02:5e:00:4b:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
+        await sleep(1000);
+        const n = rx() - r0;
+        shQuiet('ip', ['link', 'del', lo]);
+        await c.links.disconnect({ a: mb, b: ma });
+        assert.fail(`connected; one broadcast frame into ${mb} made it receive ${n} frames in 1 s`);
+      }
+      assert.equal(err.code, Status.FAILED_PRECONDITION, err.details);
+      assert.match(
+        err.details,
+        new RegExp(
+          `^link: these links would forward frames in a loop forever: ${mb} -> ${ma} \\(which is a macvlan \\(mode ` +
+            `bridge\\) that hands a frame to a macvlan in bridge mode on its lower device ${lo} as a receive on ${lo}, ` +
+            `itself the lower device of macvlan ${mb} \\(mode bridge\\)\\): back to ${mb}`,
+        ),
+      );
+      assert.deepEqual((await c.links.listLinks({})).links, [], 'no link stored');
+    });
+  },
+);
