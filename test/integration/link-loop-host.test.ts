@@ -149,4 +149,67 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
       shQuiet('ip', ['link', 'del', br]);
     }
   });
+
+  it("a macvlan on the ingress's veth peer made a port of the bridge the egress's peer is a port of: taken out, said; out: written again", async () => {
+    // Connect ma -> mb while mb's peer mbp is a port of bridge mbr and the macvlan mv on ma's peer mlo is not:
+    // accepted. Then mv is made a port of mbr: what mbr forwards out of mv leaves out of its lower mlo, to ma. Before:
+    // the link stayed forwarding (the walk followed a bridge's forward only to ports that are veths).
+    const [ma, mlo, mb, mbp, mv, mbr] = ['ma', 'mlo', 'mb', 'mbp', 'mv', 'mbr'].map((n) => `xh${id}${n}`);
+    sh('ip', ['link', 'add', mbr, 'type', 'bridge']);
+    const ours = () => [mbr, ma, mb].forEach((n) => shQuiet('ip', ['link', 'del', n]));
+    try {
+      sh('ip', ['link', 'add', ma, 'type', 'veth', 'peer', 'name', mlo]);
+      sh('ip', ['link', 'add', mb, 'type', 'veth', 'peer', 'name', mbp]);
+      sh('ip', ['link', 'add', mv, 'link', mlo, 'type', 'macvlan', 'mode', 'bridge']);
+      for (const n of [mbr, ma, mlo, mb, mbp, mv]) shQuiet('sysctl', ['-qw', `net.ipv6.conf.${n}.disable_ipv6=1`]);
+      sh('ip', ['link', 'set', mbp, 'master', mbr]);
+      for (const n of [mbr, ma, mlo, mb, mbp, mv]) sh('ip', ['link', 'set', n, 'up']);
+      await c.links.connect({ link: { a: ma, b: mb, direction: LinkDirection.LINK_DIRECTION_A_TO_B } });
+      const mine = async () => (await c.links.listLinks({})).links.find((l) => l.a === ma)!;
+      await until('ma -> mb forwarding', async () => !!(await mine()).status?.aToBActive);
+      const from = d.output.length;
+      sh('ip', ['link', 'set', mv, 'master', mbr]); // the host closes the loop
+      try {
+        await until(
+          'ma -> mb not forwarding, naming the loop',
+          async () => {
+            const l = await mine();
+            return (
+              !l.status?.aToBActive && l.status!.warnings.some((w) => w.includes('in a forwarding loop the host made'))
+            );
+          },
+          15_000,
+        );
+      } catch {
+        const rxMa = () => Number(sh('cat', [`/sys/class/net/${ma}/statistics/rx_packets`]));
+        const r0 = rxMa();
+        sh('python3', ['-c', rawUdpFrames(mlo, '02:5e:00:4c:00:0a', 'ff:ff:ff:ff:ff:ff', '198.18.49.10', 9, 1)]);
+        await sleep(1000);
+        const n = rxMa() - r0;
+        ours();
+        assert.fail(`the loop was not noticed; one broadcast frame into ${ma} made it receive ${n} frames in 1 s`);
+      }
+      const l = await mine();
+      const path = new RegExp(
+        `${ma} -> ${mb}: in a forwarding loop the host made: ${ma} -> ${mb} \\(whose veth peer is ${mbp}, a port of ` +
+          `bridge ${mbr}, which forwards frames out of its port ${mv}, a macvlan \\(mode bridge\\) that sends them ` +
+          `out of its lower device ${mlo}, whose veth peer is ${ma}\\): back to ${ma}`,
+      );
+      assert.ok(
+        l.status!.warnings.some((w) => path.test(w)),
+        l.status!.warnings.join('\n'),
+      );
+      const warnings = (await c.daemon.getStatus({})).datapath!.warnings;
+      assert.ok(
+        warnings.some((w) => w.startsWith(`link ${ma} -> ${mb} is not forwarding: in a forwarding loop the host made`)),
+        warnings.join('\n'),
+      );
+      assert.equal(linesSince(from, new RegExp(`forwarding loop made by the host: link ${ma} <-> ${mb}: `)), 1);
+      sh('ip', ['link', 'set', mv, 'nomaster']);
+      await until('ma -> mb forwarding again', async () => !!(await mine()).status?.aToBActive);
+      await c.links.disconnect({ a: ma, b: mb });
+    } finally {
+      ours();
+    }
+  });
 });
