@@ -736,7 +736,8 @@ export class Controller {
         const resets = [ia, l.direction === 'both' ? ib : undefined].flatMap((i) =>
           i ? [this.state.counterResets.warning('link', i.ifindex, this.mono()) ?? []].flat() : [],
         );
-        const warnings = [...problems, ...unknown, ...linkWarnings, ...resets, ...shadows];
+        const untold = this.state.linkLoopsUnknown.get(linkKey(l));
+        const warnings = [...problems, ...unknown, ...(untold ? [untold] : []), ...linkWarnings, ...resets, ...shadows];
         return { ...l, active, warnings, conditions };
       });
   }
@@ -1994,6 +1995,23 @@ export class Controller {
   /** The forwarding loops the host made that the reconciler keeps backends out for (rule-loops.ts), one text each. */
   forwardingLoops(): string[] {
     return [...this.state.hostLoopList.values()].map(hostLoopProblem);
+  }
+
+  /**
+   * The rule backends and links on no forwarding loop found whose way back cannot be told (a veth peer in another
+   * namespace that leads on there, a device whose receive or transmit the loop walk does not follow: rule-loops.ts),
+   * one text each, at most `limit` then how many more: what the daemon cannot observe, not a problem.
+   */
+  loopsUntold(limit: number): string[] {
+    const out = [
+      ...[...this.state.hostLoopsUnknown].map(([key, why]) => `rule ${key.slice(0, key.indexOf('|'))}: ${why}`),
+      ...[...this.state.linkLoopsUnknown].map(([key, why]) => {
+        const l = this.state.links.get(key);
+        return `link ${l ? `${l.a} <-> ${l.b}` : key}: ${why}`;
+      }),
+    ];
+    if (out.length <= limit) return out;
+    return [...out.slice(0, limit), `${out.length - limit} more (each rule's and link's status says its own)`];
   }
 
   /** The overdue pass's words ({@link passOverdue}), while it is overdue. */

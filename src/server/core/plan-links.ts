@@ -104,12 +104,14 @@ export interface LinkWalkGraph {
  * forever (in native mode a redirect is processed in the next NAPI poll: a review saw 11.7 million redirects in
  * 10 s from one frame; through a bridge that floods, 14 million frames a direction in 40 s from one ARP
  * broadcast). Returns the link that closes the loop (the last one in `next`'s order among those on it) and the
- * loop as text.
+ * loop as text. `unknown`, when given, is filled with what the walk from each ingress met and cannot follow (a
+ * veth peer in another namespace that leads on there, a device whose transmit is not followed), in words.
  */
 export function forwardingLoop(
   next: ReadonlyMap<string, LinkSpec>,
   peerOf: (ifname: string) => string | undefined,
   host: LinkWalkGraph = {},
+  unknown?: Map<string, string[]>,
 ): { link: LinkSpec; path: string } | undefined {
   const out = new Map<string, [string, LinkSpec]>();
   for (const l of next.values()) for (const [from, to] of directions(l)) out.set(from, [to, l]);
@@ -132,13 +134,15 @@ export function forwardingLoop(
       linkTo,
       inForce: linkTo,
     };
-    const reached = (t: ReturnType<typeof receiveTree>, lead: string) =>
+    const reached = (t: ReturnType<typeof receiveTree>, lead: string) => {
+      if (t.unknown.length) unknown?.set(from, t.unknown);
       t.nodes.forEach((n, k) => {
         if (!out.has(n.name)) return;
         const words: string[] = [];
         for (let i = k; i >= 0; i = t.nodes[i].parent) words.unshift(t.nodes[i].words);
         s!.push({ to: n.name, words: `${lead}${words.join(', itself ')}` });
       });
+    };
     if (peer !== undefined) {
       if (out.has(peer)) s.push({ to: peer, words: `whose veth peer is ${peer}` });
       else reached(receiveTree(peer, g, true), `whose veth peer is ${peer}, `);

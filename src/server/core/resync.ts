@@ -2163,6 +2163,7 @@ function judgeLinkLoops(
 ): Set<number> {
   const { dp, state } = ctx;
   const found = new Map<string, { link: LinkSpec; path: string }>();
+  const untold = new Map<string, string>();
   const peerOf = dp.vethPeer?.bind(dp);
   if (peerOf && links.size) {
     const peers = new Map<string, string | undefined>();
@@ -2180,12 +2181,27 @@ function judgeLinkLoops(
     const host = { uppersOf: upperReader(dp), ...(portsOf ? { portsOf } : {}), ...txReaders(dp) };
     // Each loop's closing link out, then the rest walked again: every link on a loop is found.
     const rest = new Map(links);
-    for (let loop = forwardingLoop(rest, peer, host); loop; loop = forwardingLoop(rest, peer, host)) {
+    let met = new Map<string, string[]>();
+    for (let loop = forwardingLoop(rest, peer, host, met); loop; loop = forwardingLoop(rest, peer, host, met)) {
       const key = linkKey(loop.link);
       found.set(key, loop);
       rest.delete(key);
+      met = new Map();
+    }
+    // The links on no loop found whose way on cannot be told from an ingress: said, never taken as no loop.
+    for (const [key, l] of rest) {
+      const said = directions(l).flatMap(([from, to]) => {
+        const m = met.get(from);
+        return m
+          ? [
+              `${from} -> ${to}: whether the frames it forwards come back (a forwarding loop) cannot be told: ${m.join('; ')}`,
+            ]
+          : [];
+      });
+      if (said.length) untold.set(key, visible(said.join('; ')));
     }
   }
+  state.linkLoopsUnknown = untold;
   const was = state.linkLoops;
   const next = new Map<string, string>();
   for (const [key, { link, path }] of found) {

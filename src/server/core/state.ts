@@ -471,6 +471,12 @@ export class CoreState {
    */
   linkLoops: ReadonlyMap<string, string> = new Map();
   /**
+   * Link (linkKey) on no loop found -> whether its frames come back cannot be told, in words (a veth peer in another
+   * namespace that leads on there, a device whose transmit is not followed: rule-loops.ts receiveTree): said in its
+   * warnings and GetStatus's, never taken as no loop (resync.ts judgeLinkLoops).
+   */
+  linkLoopsUnknown: ReadonlyMap<string, string> = new Map();
+  /**
    * The static-MAC backends the rules name ("ip@iface|mac"), with how many rules name each: kept by
    * {@link setRecord}, {@link deleteRule} and {@link replaceMany}, so that the reconciler does not collect them
    * from every rule at every pass (resync.ts judgeStaticMacs).

@@ -80,8 +80,9 @@ export function daemonService(
           // the one judgement that health and the xdpctl.datapath.problems gauge say too (Controller.problemReport):
           // the reconciler's overdue pass, missing interfaces, foreign programs, links not forwarding, the repairs
           // another tool keeps undoing (core/fights.ts), the forwarding loops the host made (core/rule-loops.ts),
-          // each rule not ACTIVE with why; past LISTED_PROBLEMS, how many more.
-          warnings: [...dp.warnings, ...ctl.problemReport(LISTED_PROBLEMS).listed],
+          // each rule not ACTIVE with why; past LISTED_PROBLEMS, how many more. Before those, the rule backends
+          // and links whose way back cannot be told (Controller.loopsUntold): not observed, not a problem.
+          warnings: [...dp.warnings, ...ctl.loopsUntold(LISTED_PROBLEMS), ...ctl.problemReport(LISTED_PROBLEMS).listed],
         },
         uptime: { seconds: BigInt(Math.floor(up / 1000)), nanos: (up % 1000) * 1e6 },
         configFile: config && configFileStatus(config),
