@@ -430,6 +430,51 @@ describe('a rule whose backend leads back to its own ingress is refused', kernel
     });
   });
 
+  it('the way back through a bridge in another network namespace (pa -> pb there, a port of brn with qb, whose peer qa is the ingress): refused', async () => {
+    // Before: created, and 5 frames into qa were matched 315 times: the walk stopped at a veth peer in another
+    // namespace, silently. Now that namespace's devices are read by its nsid (IFLA_TARGET_NETNSID): a bridge there
+    // whose other port is a veth whose peer is here is followed back.
+    const ns = `x${lab.id}nsl`;
+    const [pa, pb, qa, qb, brn] = ['npa', 'npb', 'nqa', 'nqb', 'nbr'].map((x) => `x${lab.id}${x}`);
+    const ip = '198.18.55.9';
+    lab.onDestroy(() => {
+      shQuiet('ip', ['netns', 'del', ns]);
+      [pa, qa].forEach((x) => shQuiet('ip', ['link', 'del', x]));
+    });
+    sh('ip', ['netns', 'add', ns]);
+    sh('ip', ['-n', ns, 'link', 'add', brn, 'type', 'bridge']);
+    for (const [a, b] of [
+      [pa, pb],
+      [qa, qb],
+    ]) {
+      sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b, 'netns', ns]);
+      sh('ip', ['-n', ns, 'link', 'set', b, 'master', brn]);
+      sh('ip', ['-n', ns, 'link', 'set', b, 'up']);
+      sh('ip', ['link', 'set', a, 'up']);
+      sh('sysctl', ['-qw', `net.ipv4.conf.${a}.forwarding=0`]);
+    }
+    sh('ip', ['-n', ns, 'link', 'set', brn, 'up']);
+    const qaMac = JSON.parse(sh('ip', ['-j', 'link', 'show', qa]))[0].address;
+    const qbMac = JSON.parse(sh('ip', ['-n', ns, '-j', 'link', 'show', qb]))[0].address;
+    const rule = lab.rule('nsl', PORT, [{ ip, mac: qaMac, interface: pa }], [qa]);
+    const err = await refusedOrCounted(
+      rule,
+      () => sh('ip', ['netns', 'exec', ns, 'python3', '-c', rawUdpFrames(qb, qbMac, qaMac, ip, PORT, 5)]),
+      qa,
+    );
+    assert.equal(err.code, Status.FAILED_PRECONDITION, err.message);
+    assert.match(
+      err.message,
+      new RegExp(
+        `${esc('rule.backends[0].interface')}: its egress ${pa}, whose veth peer ${pb} in netns ${ns} is a port of ` +
+          `bridge ${brn} there, which forwards frames out of its port ${qb}, whose veth peer is ${qa}: a datagram no ` +
+          `rule takes on the way reaches ${qa}, an ingress of this rule \\(${pa} -> ${pb} in netns ${ns} -> ${brn} -> ` +
+          `${qb} -> ${qa}\\): every redirected datagram would come back`,
+      ),
+    );
+    assert.deepEqual(await names(), []);
+  });
+
   describe('a loop across rules', () => {
     // Pairs ma-mb, mc-md, me-mf: mb, md, mf are ingresses; a backend on ma (mc, me) sends to mb (md, mf).
     const [ma, mb, mc, md, me, mf] = ['ma', 'mb', 'mc', 'md', 'me', 'mf'].map((x) => `x${lab.id}${x}`);
