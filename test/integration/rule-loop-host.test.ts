@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
@@ -374,6 +375,86 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
       undo: () => shQuiet('ip', ['link', 'set', mb, 'type', 'macvlan', 'mode', 'private']),
       inject: () => sh('python3', ['-c', rawUdpFrames(lop, mac(lop), mac(mb), ip, PORT, 5)]),
       into: mb,
+      // Its static MAC nothing confirms: no host holds its address.
+      settled: RuleState.RULE_STATE_DEGRADED,
+    });
+  });
+
+  it('a veth peer in another namespace, a port of a bridge there: cannot be told while a port leads elsewhere; a port leading back makes the loop: nu INACTIVE naming it', async () => {
+    // nu: ingress qa -> an address with qa's MAC out of pa, whose peer pb is a port of bridge brn in netns ns, whose
+    // other port rb leads to rc (a veth pair inside ns): where rc's frames go is not followed: said as "cannot be
+    // told" in nu's warnings, a link's out of pa too, and GetStatus's. Then qa's peer qb is made a port of brn:
+    // what nu sends out of pa comes back to qa. Before: nothing was said (the walk stopped at pb silently), nu
+    // stayed DEGRADED, and 5 frames into qa were matched 315 times.
+    const ns = `x${lab.id}nsh`;
+    const [pa, pb, qa, qb, rb, rc, brn, la, lb] = ['hpa', 'hpb', 'hqa', 'hqb', 'hrb', 'hrc', 'hbr', 'hla', 'hlb'].map(
+      (x) => `x${lab.id}${x}`,
+    );
+    const ip = '198.18.56.9';
+    lab.onDestroy(() => {
+      shQuiet('ip', ['netns', 'del', ns]);
+      [pa, qa, la].forEach((x) => shQuiet('ip', ['link', 'del', x]));
+    });
+    sh('ip', ['netns', 'add', ns]);
+    const inNs = (...args: string[]) => sh('ip', ['-n', ns, ...args]);
+    inNs('link', 'add', brn, 'type', 'bridge');
+    inNs('link', 'add', rb, 'type', 'veth', 'peer', 'name', rc);
+    inNs('link', 'set', rb, 'master', brn);
+    for (const [a, b] of [
+      [pa, pb],
+      [qa, qb],
+    ]) {
+      sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b, 'netns', ns]);
+      inNs('link', 'set', b, 'up');
+      up(a);
+    }
+    sh('ip', ['link', 'add', la, 'type', 'veth', 'peer', 'name', lb]);
+    up(la);
+    up(lb);
+    inNs('link', 'set', pb, 'master', brn);
+    for (const x of [brn, rb, rc]) inNs('link', 'set', x, 'up');
+    const qaMac = JSON.parse(sh('ip', ['-j', 'link', 'show', qa]))[0].address;
+    const qbMac = JSON.parse(sh('ip', ['-n', ns, '-j', 'link', 'show', qb]))[0].address;
+    await lab.c.rules.createRule({ rule: lab.rule('nu', PORT, [{ ip, mac: qaMac, interface: pa }], [qa]) });
+    await lab.c.links.connect({ link: { a: la, b: pa, direction: LinkDirection.LINK_DIRECTION_A_TO_B } });
+    try {
+      const untold = `${pa}'s veth peer ${pb} in netns ${ns} is a port of bridge ${brn} there, where its port\\(s\\) ${rb} lead elsewhere`;
+      const ruleSays = new RegExp(
+        `^backend ${ip} on ${pa}: whether its redirected datagrams come back to an ingress of a rule \\(a forwarding loop\\) cannot be told: ${untold}`,
+      );
+      await until(
+        async () => `nu's warnings say it cannot be told: ${(await lab.status('nu')).warnings.join(' | ')}`,
+        async () => (await lab.status('nu')).warnings.some((w) => ruleSays.test(w)),
+        20_000,
+      );
+      const linkSays = new RegExp(
+        `^${la} -> ${pa}: whether the frames it forwards come back \\(a forwarding loop\\) cannot be told: ${untold}`,
+      );
+      await until(
+        async () => `the link's warnings say it cannot be told: ${(await lab.linkStatus(la)).warnings.join(' | ')}`,
+        async () => (await lab.linkStatus(la)).warnings.some((w) => linkSays.test(w)),
+        20_000,
+      );
+      const warnings = (await lab.c.daemon.getStatus({})).datapath!.warnings;
+      assert.ok(
+        warnings.some((w) => w.startsWith(`rule nu: backend ${ip} on ${pa}: `) && w.includes('cannot be told')),
+        warnings.join('\n'),
+      );
+      assert.ok(
+        warnings.some((w) => w.startsWith(`link ${la} <-> ${pa}: `) && w.includes('cannot be told')),
+        warnings.join('\n'),
+      );
+    } finally {
+      await lab.c.links.disconnect({ a: la, b: pa });
+    }
+    await selfLoopByHost('nu', {
+      named: new RegExp(
+        `in a forwarding loop the host made, of rules nu -> nu through ${pa} -> ${pb} in netns ${ns} -> ${brn} -> ${qb} -> ${qa} \\[rule nu\\]`,
+      ),
+      make: () => inNs('link', 'set', qb, 'master', brn), // pa -> pb -> brn -> qb -> qa (nu)
+      undo: () => shQuiet('ip', ['-n', ns, 'link', 'set', qb, 'nomaster']),
+      inject: () => sh('ip', ['netns', 'exec', ns, 'python3', '-c', rawUdpFrames(qb, qbMac, qaMac, ip, PORT, 5)]),
+      into: qa,
       // Its static MAC nothing confirms: no host holds its address.
       settled: RuleState.RULE_STATE_DEGRADED,
     });

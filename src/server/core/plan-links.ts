@@ -140,7 +140,8 @@ export function forwardingLoop(
         if (!out.has(n.name)) return;
         const words: string[] = [];
         for (let i = k; i >= 0; i = t.nodes[i].parent) words.unshift(t.nodes[i].words);
-        s!.push({ to: n.name, words: `${lead}${words.join(', itself ')}` });
+        const how = words.join(', itself ');
+        s!.push({ to: n.name, words: `${how.startsWith('whose ') ? '' : lead}${how}` });
       });
     };
     if (peer !== undefined) {

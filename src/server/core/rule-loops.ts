@@ -366,6 +366,16 @@ export function receiveTree(
     }
     const away = g.peerAway?.(dev);
     if (away) {
+      // A bridge there forwards out of its other ports; one that is a veth whose peer is here: a receive on it.
+      for (const b of away.back ?? []) {
+        if (seen.has(b.peer)) continue;
+        const w = join(
+          `whose veth peer ${away.where} is a port of bridge ${away.bridge} there, which forwards frames out of its ` +
+            `port ${b.port}, whose veth peer is ${b.peer}`,
+        );
+        const k = node(b.peer, idx, w, f, [...hops, away.where, away.bridge ?? '', b.port, b.peer], via ?? 'send');
+        visit(b.peer, k, f);
+      }
       if (away.leadsOn !== undefined) {
         unknown.push(
           `${dev}'s veth peer ${away.where} ${away.leadsOn}: xdpctld does not follow frames in another network namespace`,
@@ -678,8 +688,9 @@ export function changeLoopText(steps: readonly LoopStep[], start: string): strin
   if (steps[0].sent) {
     // Sent out of `below` (the egress, or a link's egress): what that transmit reaches, up to the ingress.
     reach =
-      `${base > 1 ? `its veth peer ${peer} leads through links out of ${below}, which` : `its egress ${below}`} is ` +
-      `${masters.join(', itself ')}: a datagram no rule takes on the way reaches ${last}, an ingress`;
+      `${base > 1 ? `its veth peer ${peer} leads through links out of ${below}, which` : `its egress ${below}`}` +
+      `${masters[0]?.startsWith('whose ') ? ',' : ' is'} ${masters.join(', itself ')}: a datagram no rule takes on ` +
+      `the way reaches ${last}, an ingress`;
   } else if (masters.length) {
     const on = masters[0].startsWith('a port of ') ? 'the port' : below;
     reach =

@@ -537,18 +537,49 @@ export function vethPeerAway(name: string): PeerAway | undefined {
   const peer = rows.find((r) => r.ifindex === dev.link);
   if (!peer) return { where: `ifindex ${dev.link} in ${space}`, leadsOn: 'is not in its device list (gone meanwhile)' };
   const where = `${peer.ifname} in ${space}`;
-  const master = peer.master === undefined ? undefined : rows.find((r) => r.ifindex === peer.master);
-  if (peer.master !== undefined) {
+  const stackedOn = (d: LinkRow) =>
+    rows.find((r) => r !== d && r.link === d.ifindex && r.linkNetnsid === undefined && !PEER_KINDS.has(r.kind ?? ''));
+  const above = stackedOn(peer);
+  if (above) return { where, leadsOn: `is the lower device of ${above.kind ?? 'device'} ${above.ifname} there` };
+  if (peer.master === undefined) return { where };
+  const master = rows.find((r) => r.ifindex === peer.master);
+  if (!master || master.kind !== 'bridge') {
+    const what = master ? `${master.kind ?? 'device'} ${master.ifname}` : `ifindex ${peer.master}`;
+    return { where, leadsOn: `is a port of ${what} there` };
+  }
+  // A bridge there: what it forwards out of a port that is a veth whose peer is here is a receive on that peer (the
+  // peer here is the veth of ours whose IFLA_LINK is that port, in the namespace with this nsid).
+  let here: LinkRow[];
+  try {
+    here = linkTable();
+  } catch (e) {
     return {
       where,
-      leadsOn: `is a port of ${master ? `${master.kind ?? 'device'} ${master.ifname}` : `ifindex ${peer.master}`} there`,
+      leadsOn: `is a port of bridge ${master.ifname} there, and this namespace's devices cannot be read (${(e as Error).message})`,
     };
   }
-  const above = rows.find(
-    (r) => r !== peer && r.link === peer.ifindex && r.linkNetnsid === undefined && !PEER_KINDS.has(r.kind ?? ''),
-  );
-  if (above) return { where, leadsOn: `is the lower device of ${above.kind ?? 'device'} ${above.ifname} there` };
-  return { where };
+  const back: { port: string; peer: string }[] = [];
+  const elsewhere: string[] = [];
+  for (const port of rows) {
+    if (port === peer || port.master !== master.ifindex) continue;
+    const mine =
+      port.kind === 'veth' && port.linkNetnsid !== undefined
+        ? here.find((r) => r.kind === 'veth' && r.linkNetnsid === nsid && r.link === port.ifindex)
+        : undefined;
+    if (mine) back.push({ port: port.ifname, peer: mine.ifname });
+    else elsewhere.push(port.ifname);
+  }
+  const top = stackedOn(master);
+  const untold = [
+    ...(elsewhere.length ? [`its port(s) ${elsewhere.join(', ')} lead elsewhere`] : []),
+    ...(top ? [`${top.kind ?? 'device'} ${top.ifname} is stacked on it`] : []),
+  ];
+  return {
+    where,
+    bridge: master.ifname,
+    back,
+    ...(untold.length ? { leadsOn: `is a port of bridge ${master.ifname} there, where ${untold.join(' and ')}` } : {}),
+  };
 }
 
 /**
