@@ -1961,9 +1961,11 @@ async function judgeStaticMacs(
  * judged again: DEGRADED, or INACTIVE with no backend left, naming the loop). Each loop is logged once when
  * found and once when the host no longer makes it (its backends come back where they can receive).
  *
- * Cheap at every pass: only a backend egress whose veth peer is in this namespace and is an interface of a rule
- * or a link's ingress can start a cycle (usually none: a backend's peer is in a container's namespace), read
- * from the peers the pass read already; the check runs over those egresses' backends, and only when what it
+ * Cheap at every pass: only a backend egress whose way on (its veth peer here and what that reaches; for an egress
+ * that is no veth with a peer here, what sending out of it reaches: a macvlan's lower, a peer in another namespace
+ * read by its nsid, one dump a namespace) touches an interface of a rule or a link's ingress, or meets what cannot
+ * be told, can start a cycle (usually none: a backend's peer is a container's eth0, which leads nowhere there),
+ * read from the peers the pass read already; the check runs over those egresses' backends, and only when what it
  * reads changed since it last ran (those peers, the links and their egresses' peers, the desired state).
  */
 function judgeHostLoops(

@@ -12,9 +12,8 @@
  * their tables until the host changes back. The match is the datapath's (xdpctl.bpf.c find_rule): at an
  * ingress the rule with the datagram's destination wins, for the sources it allows, and the one with no
  * destination takes the others; sources are followed as prefixes, so two rules whose source prefixes share no
- * address make no cycle. A link direction runs before rules on its ingress. A peer in another network
- * namespace is not followed yet (a bridge there whose ports lead back here is not seen), and the frame's
- * destination MAC is not judged (a backend's MAC is usually the peer's own, or resolved from it).
+ * address make no cycle. A link direction runs before rules on its ingress. The frame's destination MAC is not
+ * judged (a backend's MAC is usually the peer's own, or resolved from it).
  *
  * A peer that is a port of a bridge, a bond or a team (its IFLA_MASTER, of kind bridge/bond/team) hands what its
  * own XDP program passes to that master, where the master's XDP program runs on it again (__netif_receive_skb_core
@@ -33,9 +32,16 @@
  * IFLA_LINK names it) and gets what the lower receives by its own rules ({@link upperReceives}: a macvlan in every
  * mode, an ipvlan in l2/l3, a vlan only a frame with its tag, which a rule's redirect never adds). Every upper is
  * followed the same way, recursively (a macvlan on a bridge whose port is the peer), and one of a kind this module
- * does not know is said as "cannot be told" ({@link RuleLoops.cannotTell}), never taken as no loop. Pure: the veth
- * peers, upper devices and a bridge's ports come from the caller (Dataplane.vethPeer, Dataplane.upperLinks,
- * Dataplane.bridgePorts: rtnetlink). Link sets are walked the same way (plan-links.ts forwardingLoop).
+ * does not know is said as "cannot be told" ({@link RuleLoops.cannotTell}), never taken as no loop.
+ *
+ * Every transmit the walk meets (a backend's egress, a link's egress, a bridge's forward out of a port) is judged by
+ * the kind of the device sent out of, as its driver does it ({@link receiveTree}: a veth's peer, here or read in its
+ * namespace; a bridge's, bond's or team's ports; a macvlan's bridge-mode neighbours and its lower; an ipvlan's
+ * neighbours and its lower; a vlan's lower, tagged); what the walk cannot follow (a kind it does not know, a
+ * peer's namespace that cannot be read or leads elsewhere there) is said as "cannot be told" too. Pure: the veth
+ * peers, upper devices, a bridge's ports, how a device transmits and a peer elsewhere come from the caller
+ * (Dataplane.vethPeer, upperLinks, bridgePorts, txLink, vethPeerAway: rtnetlink). Link sets are walked the same way
+ * (plan-links.ts forwardingLoop).
  */
 import { formatPrefix, parsePrefix, prefixCovers, type Prefix } from '../net/addr.js';
 import { visible } from '../../shared/visible.js';

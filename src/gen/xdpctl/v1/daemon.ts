@@ -394,7 +394,10 @@ export interface DatapathStatus {
    * and each forwarding loop the host made after the rules were accepted (a
    * veth renamed, made again or moved), while it makes it, e.g. "forwarding
    * loop made by the host: rules ra -> rb -> ra through ...": the backends
-   * that close it are kept out of their tables; while the disk of the
+   * that close it are kept out of their tables; each rule backend and link
+   * whose way back the loop check cannot follow, "rule R: backend IP on E:
+   * whether its redirected datagrams come back ... cannot be told: ..." or
+   * "link A <-> B: ...", naming the device (not a problem); while the disk of the
    * host-changes record (STATE_DIR/host-changes.json) has not completed a
    * write for 5 s (a frozen file system), "host-changes record PATH: the
    * disk has not completed a write sent to it at ... (not answering for

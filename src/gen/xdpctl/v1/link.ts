@@ -109,7 +109,11 @@ export interface LinkStatus {
    * tap0: egress tap0 has no carrier", "eth0 -> tap0: tap0 has MTU 1280, eth0
    * 1500: frames ... are dropped" or "rule web on eth0 is shadowed by this
    * link". At most 16 shadowed rules are named one by one; a last warning
-   * counts the others (each such rule's own status says so too).
+   * counts the others (each such rule's own status says so too). When the
+   * loop check cannot follow where a direction's frames go (a veth peer in
+   * another namespace that leads on there, a device kind it does not
+   * follow), "a -> b: whether the frames it forwards come back (a
+   * forwarding loop) cannot be told: ..." naming the device.
    */
   warnings: string[];
   /**
