@@ -10,26 +10,28 @@
  * made again in its place. A queue that overflowed (ENOBUFS) lost reports: said by `take()`, as is a socket that
  * could not be opened. Owns that socket and nothing else; close() is idempotent.
  */
-import koffi from 'koffi';
 
 import { nameText } from '../../shared/visible.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
-import { nlAttr, nlAttrs } from './netlink.js';
+import {
+  AF_NETLINK,
+  closeFn,
+  libc,
+  nlAttr,
+  nlAttrs,
+  NETLINK_ROUTE,
+  recvFn,
+  sendFn,
+  setsockoptFn,
+  SOCK_CLOEXEC,
+  SOCK_RAW,
+  socketFn,
+} from './netlink.js';
 
-const libc = koffi.load('libc.so.6');
-const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)');
 const getsocknameFn = libc.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *len)');
-const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
-const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
-const closeFn = libc.func('int close(int fd)');
-const setsockoptFn = libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)');
 
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
-const NETLINK_ROUTE = 0;
 /** The rtnetlink group of link events (RTNLGRP_LINK = 1), as a bind mask. */
 const RTMGRP_LINK = 1;
 const SOL_SOCKET = 1;

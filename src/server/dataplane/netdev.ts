@@ -784,13 +784,8 @@ const IFLA_TUN_TYPE = 3;
 /** IFF_TAP (linux/if_tun.h): a tun device that carries Ethernet frames. */
 const IFF_TAP = 0x0002;
 
-/**
- * The transmit drops of a tap device (`tun` kind carrying Ethernet frames) with `ifindex`: rtnl_link_stats64
- * tx_dropped (what `/sys/class/net/<tap>/statistics/tx_dropped` shows), which the kernel raises for every frame
- * it could not queue to the process holding the tap (tun_net_xmit, tun_xdp_xmit: its queue full, or no
- * process attached). One RTM_GETLINK with its stats; undefined when the device is gone or is not a tap.
- */
-export function tapTxDropped(ifindex: number): bigint | undefined {
+/** The attributes of the device with `ifindex` (one RTM_GETLINK, its stats included); undefined when it is gone. */
+function linkAttrs(ifindex: number): Map<number, Buffer> | undefined {
   const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
   ifinfo.writeInt32LE(ifindex, 4);
   const body = nlRequest(
@@ -800,8 +795,18 @@ export function tapTxDropped(ifindex: number): bigint | undefined {
     Buffer.alloc(0),
     `read the counters of ifindex ${ifindex}`,
   );
-  if (!body) return undefined;
-  const a = nlAttrs(body, 16);
+  return body ? nlAttrs(body, 16) : undefined;
+}
+
+/**
+ * The transmit drops of a tap device (`tun` kind carrying Ethernet frames) with `ifindex`: rtnl_link_stats64
+ * tx_dropped (what `/sys/class/net/<tap>/statistics/tx_dropped` shows), which the kernel raises for every frame
+ * it could not queue to the process holding the tap (tun_net_xmit, tun_xdp_xmit: its queue full, or no
+ * process attached). One RTM_GETLINK with its stats; undefined when the device is gone or is not a tap.
+ */
+export function tapTxDropped(ifindex: number): bigint | undefined {
+  const a = linkAttrs(ifindex);
+  if (!a) return undefined;
   const info = a.get(IFLA_LINKINFO);
   const infos = info && nlAttrs(info);
   const kind = infos?.get(IFLA_INFO_KIND)?.toString('utf8').replace(/\0+$/, '');
@@ -821,17 +826,8 @@ export function tapTxDropped(ifindex: number): bigint | undefined {
  * device. One RTM_GETLINK with its stats; undefined when the device is gone.
  */
 export function linkCounters(ifindex: number): { packets: bigint; carrierChanges: number } | undefined {
-  const ifinfo = Buffer.alloc(16); // struct ifinfomsg: family AF_UNSPEC, index
-  ifinfo.writeInt32LE(ifindex, 4);
-  const body = nlRequest(
-    NETLINK_ROUTE,
-    RTM_GETLINK,
-    ifinfo,
-    Buffer.alloc(0),
-    `read the counters of ifindex ${ifindex}`,
-  );
-  if (!body) return undefined;
-  const a = nlAttrs(body, 16);
+  const a = linkAttrs(ifindex);
+  if (!a) return undefined;
   const stats = a.get(IFLA_STATS64);
   return {
     packets: stats && stats.length >= 16 ? stats.readBigUInt64LE(0) + stats.readBigUInt64LE(8) : 0n,

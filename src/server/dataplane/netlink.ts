@@ -13,17 +13,20 @@ import koffi from 'koffi';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 
-const libc = koffi.load('libc.so.6');
-const socketFn = libc.func('int socket(int domain, int type, int protocol)');
-const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
-const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
-const closeFn = libc.func('int close(int fd)');
-const setsockoptFn = libc.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)');
+/** libc's socket calls, through koffi (shared with link-events.ts, which holds a socket of its own). */
+export const libc = koffi.load('libc.so.6');
+export const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+export const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
+export const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
+export const closeFn = libc.func('int close(int fd)');
+export const setsockoptFn = libc.func(
+  'int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)',
+);
 
 // <linux/netlink.h>
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
+export const AF_NETLINK = 16;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
 /** Netlink protocol families used here. */
 export const NETLINK_ROUTE = 0;
 export const NETLINK_GENERIC = 16;
