@@ -31,5 +31,7 @@ build bpf/xdpctl.bpf.c build/bpf/xdpctl-next.bpf.o "${XDP_ISA[@]}" -DXDPCTL_BUIL
 build bpf/baseline.bpf.c build/bpf/baseline.bpf.o
 # A tc program for tests: pushes a VLAN tag the way a VLAN device does (test/integration/vlan.test.ts).
 build bpf/test-vlan.bpf.c build/bpf/test-vlan.bpf.o
+# A tc program for tests that drops every frame, as another tool's filter may (backend-peer-tc.test.ts).
+build bpf/test-tc-drop.bpf.c build/bpf/test-tc-drop.bpf.o
 # Tracepoint programs that count redirects the kernel dropped after XDP (loaded with the datapath).
 build bpf/xdpctl-trace.bpf.c build/bpf/xdpctl-trace.bpf.o

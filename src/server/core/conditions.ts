@@ -189,10 +189,13 @@ export function ruleConditions(
             }
           : out.length === 0 && peerXdp.length
             ? {
-                // In the table, but an XDP program not ours on its veth peer sees (and may drop) what we redirect.
+                // In the table, but an XDP program not ours or a tc filter on its veth peer sees (and may drop) what we redirect.
                 type: 'BackendsReceiving',
                 status: 'Unknown',
-                reason: 'PeerXdpProgram',
+                // PeerXdpProgram: an XDP program among them; PeerTcFilter: only tc (filters, tcx programs).
+                reason: peerXdp.some((b) => / runs XDP programs? id /.test(b.peerXdp!))
+                  ? 'PeerXdpProgram'
+                  : 'PeerTcFilter',
                 message: peerXdp.map((b) => `${b.ip}@${b.interface}: ${b.peerXdp}`).join('; '),
               }
             : cond(

@@ -287,11 +287,27 @@ export interface PeerAway {
 /**
  * The XDP programs not ours attached to a veth egress's peer ({@link Dataplane.vethPeerXdp}): the peer in words
  * ("eth0 in netns blue") and each program's id, attach mode and name (bpf_prog_info; absent when it cannot be
- * read).
+ * read); and what runs on the peer's ingress on tc (none of it ours: the daemon attaches nothing on tc).
  */
 export interface PeerXdp {
   where: string;
   programs: { id: number; mode: string; name?: string }[];
+  tc?: PeerTc;
+}
+
+/**
+ * The peer's tc ingress: the filters of its clsact/ingress qdisc (RTM_GETTFILTER; one per kind, priority,
+ * protocol and chain; a `bpf` filter with its programs) and its tcx programs (BPF_PROG_QUERY BPF_TCX_INGRESS).
+ */
+export interface PeerTc {
+  filters: {
+    kind: string;
+    pref: number;
+    /** Ethertype, host order (3: all). */
+    protocol: number;
+    programs: { id: number; name?: string; directAction: boolean }[];
+  }[];
+  tcx: { id: number; name?: string }[];
 }
 
 /** Whether native XDP redirects into an egress are delivered ({@link Dataplane.redirectTarget}). */
@@ -529,9 +545,10 @@ export interface Dataplane {
    */
   bridgePorts?(ifname: string): string[];
   /**
-   * The XDP programs not ours attached to a veth's peer, wherever the peer is: what is redirected into the veth
-   * passes through them on the other side, where they may drop it unseen. Undefined when `ifname` is not a veth,
-   * its peer has none (or only ours), or the peer cannot be read. Optional (fakes).
+   * The XDP programs not ours attached to a veth's peer, wherever the peer is, and the tc filters and tcx
+   * programs on the peer's ingress: what is redirected into the veth passes through them on the other side,
+   * where they may drop it unseen. Undefined when `ifname` is not a veth, its peer has none (or only our XDP
+   * program), or the peer cannot be read. Optional (fakes).
    */
   vethPeerXdp?(ifname: string): PeerXdp | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */

@@ -739,15 +739,44 @@ export function foreignEgressStatus(
 }
 
 /**
- * What to say of the XDP programs not ours on a backend egress's veth peer (Dataplane.vethPeerXdp): "veth peer
- * eth0 in netns blue runs XDP program id 42 (name): delivery past it cannot be verified".
+ * What to say of the XDP programs not ours on a backend egress's veth peer, and of the tc filters and tcx
+ * programs on its ingress (Dataplane.vethPeerXdp): "veth peer eth0 in netns blue runs XDP program id 42 (name,
+ * generic mode): delivery past it cannot be verified", "veth peer eth0 in netns blue has a tc ingress filter
+ * (bpf program id 43 (name, direct-action)): delivery past it cannot be verified".
  */
 export function peerXdpNote(p: PeerXdp): string {
-  const progs = p.programs.map((x) => `id ${x.id} (${x.name || 'name unknown'}, ${x.mode} mode)`);
-  return (
-    `veth peer ${p.where} runs XDP ${progs.length > 1 ? 'programs' : 'program'} ${progs.join(', ')}: ` +
-    'delivery past it cannot be verified'
+  const parts: string[] = [];
+  if (p.programs.length) {
+    const progs = p.programs.map((x) => `id ${x.id} (${x.name || 'name unknown'}, ${x.mode} mode)`);
+    parts.push(`runs XDP ${progs.length > 1 ? 'programs' : 'program'} ${progs.join(', ')}`);
+  }
+  const filters = (p.tc?.filters ?? []).map((f) =>
+    f.kind === 'bpf' && f.programs.length
+      ? f.programs
+          .map((x) => `bpf program id ${x.id} (${x.name || 'name unknown'}${x.directAction ? ', direct-action' : ''})`)
+          .join(', ')
+      : `${f.kind}, pref ${f.pref}, protocol ${ethertype(f.protocol)}`,
   );
+  if (filters.length) {
+    parts.push(`has ${filters.length > 1 ? 'tc ingress filters' : 'a tc ingress filter'} (${filters.join('; ')})`);
+  }
+  const tcx = (p.tc?.tcx ?? []).map((x) => `id ${x.id} (${x.name || 'name unknown'})`);
+  if (tcx.length)
+    parts.push(`has ${tcx.length > 1 ? 'tcx ingress programs' : 'a tcx ingress program'} ${tcx.join(', ')}`);
+  const said = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0];
+  return `veth peer ${p.where} ${said}: delivery past it cannot be verified`;
+}
+
+/** An ethertype as tc names it. */
+function ethertype(p: number): string {
+  const known: Record<number, string> = {
+    0x0003: 'all',
+    0x0800: 'ip',
+    0x86dd: 'ipv6',
+    0x0806: 'arp',
+    0x8100: '802.1Q',
+  };
+  return known[p] ?? `0x${p.toString(16).padStart(4, '0')}`;
 }
 
 /**

@@ -1641,14 +1641,23 @@ export class KernelDataplane implements Dataplane {
       return undefined; // no such interface: reported as missing elsewhere
     }
     if (!p) return undefined;
+    const named = <T extends { id: number }>(x: T): T & { name?: string } => {
+      const name = this.dp.programName(x.id);
+      return { ...x, ...(name !== undefined ? { name } : {}) };
+    };
     // Ours (an ingress of this daemon on the other side) forwards what its rules and links say, passes the rest.
-    const programs = p.programs
-      .filter((x) => this.dp.identify(x.id) !== 'ours')
-      .map((x) => {
-        const name = this.dp.programName(x.id);
-        return { ...x, ...(name !== undefined ? { name } : {}) };
-      });
-    return programs.length ? { where: p.where, programs } : undefined;
+    const programs = p.programs.filter((x) => this.dp.identify(x.id) !== 'ours').map(named);
+    // Nothing of ours is ever on tc: every filter and tcx program there is another tool's.
+    const tc = p.tc && {
+      filters: p.tc.filters.map((f) => ({
+        kind: f.kind,
+        pref: f.pref,
+        protocol: f.protocol,
+        programs: f.programs.map((x) => named({ id: x.id, directAction: x.directAction })),
+      })),
+      tcx: p.tc.tcx.map((id) => named({ id })),
+    };
+    return programs.length || tc ? { where: p.where, programs, ...(tc ? { tc } : {}) } : undefined;
   }
 
   nameOf(ifindex: number): string | undefined {

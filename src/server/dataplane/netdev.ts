@@ -36,6 +36,7 @@ import {
 } from './netlink.js';
 import { movedDevice, netnsOf } from './netns.js';
 import { findNetns, netnsWords, unreachableNetns } from './netns-find.js';
+import { tcIngress, type TcIngress } from './tc-filters.js';
 import { nameText } from '../../shared/visible.js';
 
 /** Every command runs as a child that cannot outlive the daemon (children.ts). */
@@ -1922,12 +1923,16 @@ export async function releaseOffloads(
 
 /**
  * The XDP programs attached to a veth's peer, wherever the peer is (read by its nsid, IFLA_TARGET_NETNSID: one
- * RTM_GETLINK, no process), with the peer in words ("eth0", "eth0 in netns blue", "eth0 in the unnamed network
- * namespace with nsid 7 (...)"). Undefined when `name` is not a veth, when its peer has none, or when the peer
- * cannot be read (that is said by the redirect-target check: ensureVethPeerNapi). Frames redirected into the
- * veth are that program's first on the other side: it may drop them, which nothing on this side can see.
+ * RTM_GETLINK, no process), and what runs on the peer's ingress on tc (tc-filters.ts: the clsact/ingress
+ * filters, RTM_GETTFILTER, and the tcx programs, BPF_PROG_QUERY, read from inside the peer's namespace), with
+ * the peer in words ("eth0", "eth0 in netns blue", "eth0 in the unnamed network namespace with nsid 7
+ * (...)"). Undefined when `name` is not a veth, when its peer has none of them, or when the peer cannot be read
+ * (that is said by the redirect-target check: ensureVethPeerNapi). Frames redirected into the veth are that
+ * program's first on the other side, then tc's: they may drop them, which nothing on this side can see.
+ * The tc ingress of a peer in a namespace the daemon cannot enter (setns refused: no CAP_SYS_ADMIN, as in
+ * the documented container) is not read, and nothing is said of it here: a known gap.
  */
-export function vethPeerXdp(name: string): { where: string; programs: AttachedXdp[] } | undefined {
+export function vethPeerXdp(name: string): { where: string; programs: AttachedXdp[]; tc?: TcIngress } | undefined {
   const dev = linkView(ifindexOf(name));
   if (!dev || dev.kind !== 'veth' || !dev.link) return undefined;
   let peer: LinkView | undefined;
@@ -1936,19 +1941,34 @@ export function vethPeerXdp(name: string): { where: string; programs: AttachedXd
   } catch {
     return undefined;
   }
-  if (!peer?.xdp.length) return undefined;
+  if (!peer) return undefined;
   let where = peer.ifname;
+  let netns: { path: string; nsid: number } | undefined;
+  let reachable = true;
   if (dev.linkNetnsid !== undefined) {
-    const netns = namedNetns(dev.linkNetnsid);
-    const way = netns === undefined ? findNetns(dev.linkNetnsid) : undefined;
+    const named = namedNetns(dev.linkNetnsid);
+    const way = named === undefined ? findNetns(dev.linkNetnsid) : undefined;
     where +=
-      netns !== undefined
-        ? ` in netns ${netns}`
+      named !== undefined
+        ? ` in netns ${named}`
         : way
           ? ` in ${netnsWords(dev.linkNetnsid, way)}`
           : ` in the network namespace with nsid ${dev.linkNetnsid}`;
+    const path = named !== undefined ? `/run/netns/${named}` : way?.path;
+    if (path !== undefined) netns = { path, nsid: dev.linkNetnsid };
+    else reachable = false; // said by the redirect-target check (ensureVethPeerNapi)
   }
-  return { where, programs: peer.xdp };
+  let tc: TcIngress | undefined;
+  if (reachable) {
+    try {
+      tc = tcIngress(peer.ifindex, netns);
+    } catch {
+      // Not enterable (EPERM without CAP_SYS_ADMIN) or gone meanwhile: see above.
+    }
+  }
+  const tcSome = !!tc && (tc.filters.length > 0 || tc.tcx.length > 0);
+  if (!peer.xdp.length && !tcSome) return undefined;
+  return { where, programs: peer.xdp, ...(tcSome ? { tc } : {}) };
 }
 
 /**

@@ -130,7 +130,8 @@ export enum RuleState {
    * backend given with a static MAC that nothing on the host confirms, see
    * Backend.mac; a backend whose egress's veth peer runs an XDP program
    * not ours, which sees what is redirected first and may drop it,
-   * BackendsReceiving reason PeerXdpProgram; each
+   * BackendsReceiving reason PeerXdpProgram, or has a tc filter or tcx
+   * program on its ingress (none is ours), reason PeerTcFilter; each
    * stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
@@ -447,9 +448,13 @@ export interface BackendStatus {
    * BackendsReceiving False with reason FramesDropped, until nothing is
    * dropped for 5 s); for one whose egress's veth peer runs an XDP program
    * not ours, "veth peer P in netns N runs XDP program id I (name, M mode):
-   * delivery past it cannot be verified" (it stays active; its rule
-   * DEGRADED, BackendsReceiving Unknown with reason PeerXdpProgram, until
-   * the program is gone); otherwise empty.
+   * delivery past it cannot be verified", or has tc on its ingress, "veth
+   * peer P in netns N has a tc ingress filter (bpf program id I (name,
+   * direct-action)): delivery past it cannot be verified" (a u32 or other
+   * filter by kind, pref and protocol; a tcx program "has a tcx ingress
+   * program id I (name)") (it stays active; its rule DEGRADED,
+   * BackendsReceiving Unknown with reason PeerXdpProgram, or PeerTcFilter
+   * when only tc is there, until they are gone); otherwise empty.
    */
   message: string;
 }
