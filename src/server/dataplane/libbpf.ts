@@ -51,6 +51,16 @@ export const TestRunOpts = koffi.struct('bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 
+/** struct bpf_prog_query_opts (libbpf 1.1: up to prog_attach_flags). */
+export const ProgQueryOpts = koffi.struct('bpf_prog_query_opts', {
+  sz: 'size_t',
+  query_flags: 'uint32_t',
+  attach_flags: 'uint32_t',
+  prog_ids: 'void *',
+  prog_cnt: 'uint32_t',
+  prog_attach_flags: 'void *',
+});
+
 /** struct bpf_xdp_query_opts. */
 export const XdpQueryOpts = koffi.struct('bpf_xdp_query_opts', {
   sz: 'size_t',
@@ -145,6 +155,10 @@ export const lib = {
   ) as Fn,
   bpf_xdp_detach: bpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const bpf_xdp_attach_opts *opts)') as Fn,
   bpf_xdp_query: bpf.func('int bpf_xdp_query(int ifindex, int flags, _Inout_ bpf_xdp_query_opts *opts)') as Fn,
+  // tc (tcx programs of a device: BPF_TCX_INGRESS/EGRESS, target = ifindex)
+  bpf_prog_query_opts: bpf.func(
+    'int bpf_prog_query_opts(int target, uint32_t type, _Inout_ bpf_prog_query_opts *opts)',
+  ) as Fn,
   bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)') as Fn,
   // misc
   libbpf_num_possible_cpus: bpf.func('int libbpf_num_possible_cpus(void)') as Fn,

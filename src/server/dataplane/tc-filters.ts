@@ -15,10 +15,8 @@
  */
 import { closeSync, openSync } from 'node:fs';
 
-import koffi from 'koffi';
-
 import { KernelError } from './errors.js';
-import { lastErrno, lib } from './libbpf.js';
+import { lastErrno, lib, ProgQueryOpts, sizeOf } from './libbpf.js';
 import { NETLINK_ROUTE, nlAttr, nlAttrs, nlDump, nlRequest } from './netlink.js';
 
 // <linux/rtnetlink.h>
@@ -39,19 +37,6 @@ const CLONE_NEWNET = 0x40000000;
 const RTM_GETNSID = 90;
 const NETNSA_NSID = 1;
 const NETNSA_FD = 3;
-
-/** struct bpf_prog_query_opts (libbpf 1.1). */
-const ProgQueryOpts = koffi.struct('bpf_prog_query_opts', {
-  sz: 'size_t',
-  query_flags: 'uint32_t',
-  attach_flags: 'uint32_t',
-  prog_ids: 'void *',
-  prog_cnt: 'uint32_t',
-  prog_attach_flags: 'void *',
-});
-const progQuery = koffi
-  .load('libbpf.so.1')
-  .func('int bpf_prog_query_opts(int target, uint32_t type, _Inout_ bpf_prog_query_opts *opts)');
 
 /** One filter (a tcf_proto: kind, priority, protocol, chain) on a device's ingress, with its BPF programs. */
 export interface TcFilter {
@@ -116,8 +101,8 @@ export function tcIngressFilters(ifindex: number): TcFilter[] {
 export function tcxIngressPrograms(ifindex: number): number[] {
   for (let cnt = 8; ; cnt *= 4) {
     const ids = new Uint32Array(cnt);
-    const opts = { sz: koffi.sizeof(ProgQueryOpts), query_flags: 0, attach_flags: 0, prog_ids: ids, prog_cnt: cnt };
-    const ret = progQuery(ifindex, BPF_TCX_INGRESS, opts) as number;
+    const opts = { sz: sizeOf(ProgQueryOpts), query_flags: 0, attach_flags: 0, prog_ids: ids, prog_cnt: cnt };
+    const ret = lib.bpf_prog_query_opts(ifindex, BPF_TCX_INGRESS, opts) as number;
     if (ret < 0) {
       const errno = ret === -1 ? lastErrno() : -ret;
       if (errno === 22) return []; // EINVAL: no tcx in this kernel
