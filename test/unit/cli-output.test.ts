@@ -188,4 +188,14 @@ describe('xdpctl status: warnings of many rules for one reason said together', (
       '88 more problem(s)',
     ]);
   });
+
+  it('when the daemon listed only its first problems, a count is a lower bound: "at least"', () => {
+    // The nineteenth review: 3 001 rules INACTIVE printed "100 rules are INACTIVE: … and 95 more" (the daemon's cap).
+    const cut =
+      "2901 more problem(s) not listed here (rules not ACTIVE: each rule's status says why, xdpctl rules list)";
+    assert.deepEqual(groupWarnings([...rules(100), cut]), [
+      `at least 100 rules are INACTIVE: r0, r1, r2, r3, r4 and 95 more (each: ${down})`,
+      cut,
+    ]);
+  });
 });

@@ -6,7 +6,7 @@ import { ClientError, Status, type Metadata } from 'nice-grpc';
 
 import { visible } from './output.js';
 
-import { BadRequest, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
+import { BadRequest, ErrorInfo, PreconditionFailure } from '../../gen/google/rpc/error_details.js';
 import { Status as RpcStatus } from '../../gen/google/rpc/status.js';
 import { socketAccessWhy } from '../../shared/socket-access.js';
 import { DEFAULT_SERVER } from '../index.js';
@@ -72,6 +72,23 @@ export class CliError extends Error {
     options?: { cause?: unknown },
   ) {
     super(message, options);
+  }
+}
+
+/**
+ * Whether xdpctld itself sent the failed call's status: its google.rpc.ErrorInfo reason XDPCTLD_ANSWERED on
+ * UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED (server services/status.ts ANSWERED_REASON). Without it such a code
+ * is the client library's own: the answer was lost (deadline, dropped connection).
+ */
+export function answeredByDaemon(trailer: Metadata | undefined): boolean {
+  const raw = trailer?.get('grpc-status-details-bin');
+  if (!(raw instanceof Uint8Array)) return false;
+  try {
+    return RpcStatus.decode(raw).details.some(
+      (d) => d.typeUrl.endsWith('/google.rpc.ErrorInfo') && ErrorInfo.decode(d.value).reason === 'XDPCTLD_ANSWERED',
+    );
+  } catch {
+    return false;
   }
 }
 

@@ -227,6 +227,9 @@ export function interfaceRow(i: ManagedInterface, wide = false): Cell[] {
 /** Rules of one state and reason that `xdpctl status` lists each in its own warning line; more make one line. */
 export const WARNING_RULE_LINES = 5;
 
+/** The daemon's last warning line when it listed only its first problems ("N more problem(s) not listed here …"). */
+const NOT_LISTED = /^\d+ more problem\(s\) not listed here/;
+
 /** A rule's line among GetStatus `datapath.warnings` (daemon.proto: "rule NAME is STATE: why"). */
 const RULE_WARNING = /^rule ([a-z0-9](?:[-a-z0-9]*[a-z0-9])?) is (ACTIVE|DEGRADED|INACTIVE): ([\s\S]*)$/;
 
@@ -235,7 +238,8 @@ const RULE_WARNING = /^rule ([a-z0-9](?:[-a-z0-9]*[a-z0-9])?) is (ACTIVE|DEGRADE
  * e.g. the egress 100 rules share is down: 100 lines alike) said together, as the daemon's log says their
  * transitions (rule-transitions.ts): up to {@link WARNING_RULE_LINES} each in its own line, more in one line at the
  * place of the first, naming how many and 5 of them ("100 rules are INACTIVE: a, b, c, d, e and 95 more (each:
- * why)"); `wide`: every name. Every other line as it is, in its place.
+ * why)"; "at least 100 …" when the daemon listed only its first problems); `wide`: every name. Every other line as it
+ * is, in its place.
  */
 export function groupWarnings(warnings: readonly string[], wide = false): string[] {
   const groups = new Map<string, { state: string; why: string; names: string[] }>();
@@ -248,6 +252,8 @@ export function groupWarnings(warnings: readonly string[], wide = false): string
     else groups.set(key, { state: m[2], why: m[3], names: [m[1]] });
     return key;
   });
+  // The daemon lists its first problems only (controller.ts hostProblems): then a group's count is a lower bound.
+  const cut = warnings.some((w) => NOT_LISTED.test(w)) ? 'at least ' : '';
   const out: string[] = [];
   const said = new Set<string>();
   warnings.forEach((w, i) => {
@@ -262,7 +268,7 @@ export function groupWarnings(warnings: readonly string[], wide = false): string
     const listed = wide ? g.names : g.names.slice(0, WARNING_RULE_LINES);
     const more = g.names.length - listed.length;
     out.push(
-      `${g.names.length} rules are ${g.state}: ${listed.join(', ')}${more ? ` and ${more} more` : ''} (each: ${g.why})`,
+      `${cut}${g.names.length} rules are ${g.state}: ${listed.join(', ')}${more ? ` and ${more} more` : ''} (each: ${g.why})`,
     );
   });
   return out;

@@ -17,7 +17,7 @@ import { deadlineMiddleware } from '../deadline.js';
 import { HealthCheckDefinition } from '../health.js';
 import { createXdpctlClient, type XdpctlClient } from '../index.js';
 import { diagnoseTls } from '../tls-diagnose.js';
-import { CliError, describeClientError, EXIT } from './errors.js';
+import { answeredByDaemon, CliError, describeClientError, EXIT } from './errors.js';
 import type { OutputFormat } from './output.js';
 
 export interface GlobalOptions {
@@ -71,6 +71,7 @@ export class Session {
   } {
     this.timeoutMs = bulk && this.opts.timeoutIsDefault ? BULK_TIMEOUT_MS : this.opts.timeout;
     this.readBack = readBack;
+    this.trailer = undefined; // this call's, not an earlier one's
     return { deadline: new Date(Date.now() + this.timeoutMs), onTrailer: (md) => (this.trailer = md) };
   }
 
@@ -142,7 +143,9 @@ export function loadConfig(
 /**
  * Whether a change whose call failed with `code` may have been made: the call reached xdpctld and ended without its
  * answer (deadline passed, cancelled, the connection dropped): the daemon completes a change once its transaction has
- * started (README, Deadlines). Not when the call never reached it (cannot reach, TLS, permission) or was answered.
+ * started (README, Deadlines). Not when the call never reached it (cannot reach, TLS, permission); nor when xdpctld
+ * answered (run() asks only when the status is not xdpctld's own, errors.ts answeredByDaemon: its message then says
+ * what became of the change).
  */
 export function changeMayHaveLanded(code: Status, message: string): boolean {
   if (code === Status.DEADLINE_EXCEEDED || code === Status.CANCELLED) return true;
@@ -179,7 +182,8 @@ export function run(fn: Action) {
         const why = await diagnoseTls(o.server, loadTls(o)).catch(() => undefined);
         if (why) message = why;
       }
-      if (s.readBack && changeMayHaveLanded(e.code, message)) {
+      // Only when xdpctld's answer was lost: a status it sent itself says what became of the change.
+      if (s.readBack && !answeredByDaemon(s.trailer) && changeMayHaveLanded(e.code, message)) {
         message +=
           '; the change may have been made all the same: xdpctld completes a change it has started whatever ' +
           `becomes of the caller, and its audit log says which (read it back: ${s.readBack})`;

@@ -32,6 +32,12 @@ export const STATUS_BY_KIND: Record<CoreErrorKind, Status> = {
 };
 
 const DOMAIN = 'xdpctl.io';
+/**
+ * google.rpc.ErrorInfo reason on an UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED that xdpctld sent itself (domain
+ * xdpctl.io): these codes also come from the client's own library when the answer was lost (its deadline, a dropped
+ * connection), and only then may a change have been made without the client hearing of it.
+ */
+export const ANSWERED_REASON = 'XDPCTLD_ANSWERED';
 
 /**
  * Bounds on what an error sends back. The message and the details travel in
@@ -177,6 +183,21 @@ export function toServerError(err: unknown): { error: ServerError; details?: Uin
   return { error: new ServerError(code, message), details: statusBytes, internal: kind === 'internal' };
 }
 
+/**
+ * The details of an UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED xdpctld sends itself: google.rpc.ErrorInfo reason
+ * {@link ANSWERED_REASON}. A client cannot otherwise tell these from its library's own (a lost answer: its deadline,
+ * a dropped connection), after which a change may have been made unheard; after this one the message says what
+ * became of it (the CLI then adds no "may have been made").
+ */
+function answeredDetails(e: ServerError): Uint8Array | undefined {
+  if (e.code !== Status.UNAVAILABLE && e.code !== Status.DEADLINE_EXCEEDED && e.code !== Status.CANCELLED) return;
+  const info = any(
+    'google.rpc.ErrorInfo',
+    ErrorInfo.encode({ reason: ANSWERED_REASON, domain: DOMAIN, metadata: {} }).finish(),
+  );
+  return RpcStatus.encode({ code: e.code, message: e.details, details: [info] }).finish();
+}
+
 /** Server middleware: every handler's errors go through toServerError. */
 export function errorMiddleware(log: Logger): ServerMiddleware {
   return async function* mapErrors(call, context: CallContext) {
@@ -187,7 +208,8 @@ export function errorMiddleware(log: Logger): ServerMiddleware {
       if (context.signal.aborted && (err as { name?: string } | null)?.name === 'AbortError') throw err;
       const { error, details, internal } = toServerError(err);
       if (internal) log.error({ err, method: call.method.path }, 'internal error');
-      if (details) context.trailer.set('grpc-status-details-bin', details);
+      const said = details ?? answeredDetails(error);
+      if (said) context.trailer.set('grpc-status-details-bin', said);
       throw error;
     }
   };

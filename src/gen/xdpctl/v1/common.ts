@@ -31,6 +31,13 @@ export const protobufFileName = "xdpctl/v1/common.proto";
  *     a veth peer without NAPI for native XDP redirects);
  *   - ABORTED (a stale expected_generation) carries a google.rpc.ErrorInfo
  *     with reason "GENERATION_MISMATCH" and domain "xdpctl.io";
+ *   - UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED that xdpctld sends itself
+ *     carry a google.rpc.ErrorInfo with reason "XDPCTLD_ANSWERED" and domain
+ *     "xdpctl.io", and their message says what became of a change; the same
+ *     codes without it come from the client's own gRPC library (its deadline,
+ *     a dropped connection): the answer was lost, and a change may have been
+ *     made all the same (xdpctld completes a change it has started; read it
+ *     back);
  *   - RESOURCE_EXHAUSTED means a datapath table is full (the message says
  *     which and how much room is left); nothing was changed;
  *   - when xdpctld runs with --config, the file owns the desired state and
