@@ -100,6 +100,17 @@ export function checkStoreBehind(
   const pin = pins.generation;
   if (have >= pin) {
     stored.pinsLevel = true;
+    if (have > pin) {
+      stored.ahead = { store: have, pins: pin };
+      log.warn(
+        { storeGeneration: have, pinsGeneration: pin },
+        `the state store ${store.path} is at generation ${have}, ahead of the pinned datapath under ${pinRoot}, ` +
+          `last written from generation ${pin}: ${have - pin} commit(s) the kernel does not reflect, either ` +
+          'committed as the daemon stopped before it wrote them into the pins, or a change the daemon undid in ' +
+          'the kernel and refused (the client was told it was not applied) whose commit was pending on the disk ' +
+          'and completed after the daemon stopped. This start applies what the store holds',
+      );
+    }
     return undefined;
   }
   const empty = stored.rules.length === 0 && stored.links.length === 0;

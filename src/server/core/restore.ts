@@ -162,13 +162,20 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       { slot, matchEntries: entries },
       `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
         `${entries.join('; ')}. ` +
-        (stored.pinsLevel
-          ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
-            'stopped before committing (it was never acknowledged)'
-          : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
-            'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
-            'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
-            'was written from'),
+        (stored.ahead
+          ? `The store is at generation ${stored.ahead.store}, ahead of the generation ${stored.ahead.pins} the ` +
+            'pins record (the one the kernel reflects): the store lacks this rule because a commit landed after ' +
+            'the kernel was last written from the store: either a change that was acknowledged and whose daemon ' +
+            'stopped before it cleared what the change replaced and wrote the pins, or one the daemon had undone in the kernel and refused (the client was told the ' +
+            'change was not applied) whose commit completed on the disk after the daemon stopped; the store ' +
+            'holds that change, so this start applies it (the kernel keeps no rule names)'
+          : stored.pinsLevel
+            ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
+              'stopped before committing (it was never acknowledged)'
+            : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
+              'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
+              'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
+              'was written from'),
     );
   }
   for (const slot of orphans) {

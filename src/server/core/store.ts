@@ -73,6 +73,11 @@ export interface StoredState {
    * between its kernel writes and its commit), not a later store's.
    */
   pinsLevel?: boolean;
+  /**
+   * Set at start when the store's generation is ahead of the one the pins record (the generation the kernel
+   * reflects): each, so that restore can say that a commit landed after the kernel was last written from it.
+   */
+  ahead?: { store: number; pins: number };
 }
 
 /**
@@ -868,8 +873,9 @@ export class StateStore implements StatePort {
           throw this.notAnsweringError(
             'commit',
             'the change is not applied (what it wrote in the kernel is undone); its commit is still pending on ' +
-              'the disk and may complete when the disk answers: the daemon then writes its desired state back ' +
-              'over it in the store (logged)',
+              'the disk and may complete when the disk answers: if the daemon is still running then, it writes ' +
+              'its desired state back over it in the store (logged); if the daemon stops before, the next start ' +
+              'applies whatever the store then holds, this change included if its commit completed (logged)',
           );
         }
         if (r.err) throw fail(r);
