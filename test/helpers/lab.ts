@@ -275,8 +275,16 @@ export class Lab {
 
   readonly status = async (name: string) => (await this.c.rules.getRule({ name })).rule!.status!;
   /** Waits up to `ms` for rule `name` to be ACTIVE (GetRule's status). */
+  /** Until rule `name` is ACTIVE; a timeout says the state, message and backend messages it had last. */
   readonly untilActive = (name: string, ms = 10_000) =>
-    until(`${name} ACTIVE`, async () => (await this.status(name)).state === RuleState.RULE_STATE_ACTIVE, ms);
+    until(
+      async () => {
+        const r = await this.status(name);
+        return `${name} ACTIVE; last ${RuleState[r.state]}: ${r.message} [${r.backendStatus.map((b) => b.message).join('; ')}]`;
+      },
+      async () => (await this.status(name)).state === RuleState.RULE_STATE_ACTIVE,
+      ms,
+    );
   readonly health = async (service = 'xdpctl.datapath') => (await this.c.health.check({ service })).status;
   /** A UDP rule on `port` from vm's veth to `backends` as the API's defaults take it: no weight, checksum mode unset. */
   readonly apiRule = (name: string, port: number, backends: BackendSpec[], labels: Record<string, string> = {}): Rule =>

@@ -16,8 +16,8 @@ import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/p
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
-import { rawUdpFrames } from '../helpers/udp.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, until } from '../helpers/env.js';
+import { deleteLinks, framesFromOneBroadcast, hostLoopLink } from '../helpers/loop-layouts.js';
 
 const { NOT_SERVING, SERVING } = HealthCheckResponse_ServingStatus;
 
@@ -26,27 +26,17 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
   const [sa, sap, sb, sbp, br] = ['sa', 'sap', 'sb', 'sbp', 'br'].map((n) => `xh${id}${n}`);
   let d: DaemonProcess;
   let c: Clients;
+  let made: string[] = [];
 
   before(async () => {
-    sh('ip', ['link', 'add', br, 'type', 'bridge']);
-    for (const [x, y] of [
-      [sa, sap],
-      [sb, sbp],
-    ])
-      sh('ip', ['link', 'add', x, 'type', 'veth', 'peer', 'name', y]);
-    // The test's own devices send nothing of their own (IPv6 DAD, router solicitations): the one frame counted is
-    // the test's. Only these devices are changed, no host default.
-    for (const n of [br, sa, sap, sb, sbp]) shQuiet('sysctl', ['-qw', `net.ipv6.conf.${n}.disable_ipv6=1`]);
-    sh('ip', ['link', 'set', sap, 'master', br]);
-    for (const n of [br, sa, sap, sb, sbp]) sh('ip', ['link', 'set', n, 'up']);
+    // The test's own devices send nothing of their own (IPv6 off on them): the one frame counted is the test's.
+    made = hostLoopLink(sa, sap, sb, sbp, br);
     d = await DaemonProcess.start(id, ['--xdp-mode', 'native', '--log-level', 'info']);
     c = d.clients();
   });
   after(async () => {
-    shQuiet('ip', ['link', 'del', br]); // first: a loop left would starve the machine
+    deleteLinks(made); // first (the bridge first): a loop left would starve the machine
     await d?.destroy();
-    shQuiet('ip', ['link', 'del', sa]);
-    shQuiet('ip', ['link', 'del', sb]);
     XdpDatapath.unpinAll(`/sys/fs/bpf/xdpctl-test-${id}`);
     rmSync(`/tmp/xdpctl-test-${id}-state`, { recursive: true, force: true });
     removeIproute2BpffsDirs();
@@ -57,14 +47,8 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
       .slice(from)
       .split('\n')
       .filter((l) => re.test(l)).length;
-  const rx = () => Number(sh('cat', [`/sys/class/net/${sa}/statistics/rx_packets`]));
   /** One broadcast frame into sa (sent out of its veth peer sap): how many frames sa receives in `ms`. */
-  const oneFrame = async (ms: number) => {
-    const r0 = rx();
-    sh('python3', ['-c', rawUdpFrames(sap, '02:5e:00:49:00:0a', 'ff:ff:ff:ff:ff:ff', '198.18.49.10', 9, 1)]);
-    await sleep(ms);
-    return rx() - r0;
-  };
+  const oneFrame = (ms: number) => framesFromOneBroadcast(sa, sap, '02:5e:00:49:00:0a', '198.18.49.10', ms);
   const link = async () => (await c.links.listLinks({})).links.find((l) => l.a === sa)!;
   const health = async () => (await c.health.check({ service: 'xdpctl.datapath' })).status;
   const loopLine = new RegExp(`forwarding loop made by the host: link ${sa} <-> ${sb}: `);
@@ -181,11 +165,7 @@ describe('a forwarding loop the host makes of an accepted link', kernelOnly(), (
           15_000,
         );
       } catch {
-        const rxMa = () => Number(sh('cat', [`/sys/class/net/${ma}/statistics/rx_packets`]));
-        const r0 = rxMa();
-        sh('python3', ['-c', rawUdpFrames(mlo, '02:5e:00:4c:00:0a', 'ff:ff:ff:ff:ff:ff', '198.18.49.10', 9, 1)]);
-        await sleep(1000);
-        const n = rxMa() - r0;
+        const n = await framesFromOneBroadcast(ma, mlo, '02:5e:00:4c:00:0a', '198.18.49.10', 1000);
         ours();
         assert.fail(`the loop was not noticed; one broadcast frame into ${ma} made it receive ${n} frames in 1 s`);
       }

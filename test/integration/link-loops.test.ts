@@ -13,8 +13,8 @@ import { Status } from 'nice-grpc';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { DaemonProcess, type Clients } from '../helpers/daemon.js';
-import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep } from '../helpers/env.js';
-import { rawUdpFrames } from '../helpers/udp.js';
+import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet } from '../helpers/env.js';
+import { deleteLinks, framesFromOneBroadcast, makeBridgeLayout } from '../helpers/loop-layouts.js';
 
 describe('forwarding loops are refused', kernelOnly(), () => {
   const id = runId();
@@ -93,16 +93,15 @@ describe('forwarding loops are refused', kernelOnly(), () => {
     // Before: accepted, and one broadcast frame went round sa -> sb -> sbp -> bridge -> sap -> sa ... (and the other
     // way) until the bridge was taken down: a review counted 14 million frames a direction in 40 s.
     const [sa, sap, sb, sbp, br] = ['sa', 'sap', 'sb', 'sbp', 'br'].map((n) => `xl${id}${n}`);
-    sh('ip', ['link', 'add', br, 'type', 'bridge']);
-    try {
-      for (const [x, y] of [
+    const made = makeBridgeLayout({
+      bridge: br,
+      pairs: [
         [sa, sap],
         [sb, sbp],
-      ]) {
-        sh('ip', ['link', 'add', x, 'type', 'veth', 'peer', 'name', y]);
-        sh('ip', ['link', 'set', y, 'master', br]);
-      }
-      for (const n of [br, sa, sap, sb, sbp]) sh('ip', ['link', 'set', n, 'up']);
+      ],
+      ports: [sap, sbp],
+    });
+    try {
       const link = { a: sa, b: sb, direction: LinkDirection.LINK_DIRECTION_BOTH };
       let err: { code: Status; details: string } | undefined;
       try {
@@ -112,12 +111,8 @@ describe('forwarding loops are refused', kernelOnly(), () => {
       }
       if (!err) {
         // The old verdict, bounded: one broadcast frame into sa, what sa receives in a second, then the bridge down.
-        const rx = () => Number(sh('cat', [`/sys/class/net/${sa}/statistics/rx_packets`]));
-        const r0 = rx();
-        sh('python3', ['-c', rawUdpFrames(sap, '02:5e:00:49:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
-        await sleep(1000);
-        const n = rx() - r0;
-        shQuiet('ip', ['link', 'del', br]);
+        const n = await framesFromOneBroadcast(sa, sap, '02:5e:00:49:00:09', '198.18.49.9', 1000);
+        deleteLinks(made);
         await c.links.disconnect({ a: sa, b: sb });
         assert.fail(`connected; one broadcast frame into ${sa} made it receive ${n} frames in 1 s`);
       }
@@ -137,9 +132,7 @@ describe('forwarding loops are refused', kernelOnly(), () => {
       );
       assert.deepEqual((await c.links.listLinks({})).links, [], 'no link stored');
     } finally {
-      shQuiet('ip', ['link', 'del', br]);
-      shQuiet('ip', ['link', 'del', sa]);
-      shQuiet('ip', ['link', 'del', sb]);
+      deleteLinks(made);
     }
   });
 
@@ -164,11 +157,7 @@ describe('forwarding loops are refused', kernelOnly(), () => {
       }
       if (!err) {
         // The old verdict, bounded: one broadcast frame into ma, what ma receives in a second, then the bridge down.
-        const rx = () => Number(sh('cat', [`/sys/class/net/${ma}/statistics/rx_packets`]));
-        const r0 = rx();
-        sh('python3', ['-c', rawUdpFrames(mlo, '02:5e:00:4a:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
-        await sleep(1000);
-        const n = rx() - r0;
+        const n = await framesFromOneBroadcast(ma, mlo, '02:5e:00:4a:00:09', '198.18.49.9', 1000);
         shQuiet('ip', ['link', 'del', br]);
         await c.links.disconnect({ a: ma, b: mb });
         assert.fail(`connected; one broadcast frame into ${ma} made it receive ${n} frames in 1 s`);
@@ -225,11 +214,7 @@ describe(
         err = e as typeof err;
       }
       if (!err) {
-        const rx = () => Number(sh('cat', [`/sys/class/net/${mb}/statistics/rx_packets`]));
-        const r0 = rx();
-        sh('python3', ['-c', rawUdpFrames(lop, '02:5e:00:4b:00:09', 'ff:ff:ff:ff:ff:ff', '198.18.49.9', 9, 1)]);
-        await sleep(1000);
-        const n = rx() - r0;
+        const n = await framesFromOneBroadcast(mb, lop, '02:5e:00:4b:00:09', '198.18.49.9', 1000);
         shQuiet('ip', ['link', 'del', lo]);
         await c.links.disconnect({ a: mb, b: ma });
         assert.fail(`connected; one broadcast frame into ${mb} made it receive ${n} frames in 1 s`);

@@ -18,6 +18,7 @@ import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
+import { deleteLinks, hostLoopBridge, hostLoopLink } from '../helpers/loop-layouts.js';
 import { type Host } from '../helpers/topology.js';
 import { rawUdpFrames, sendUdp } from '../helpers/udp.js';
 
@@ -33,10 +34,6 @@ describe('a restart keeps out what the last run kept out', kernelOnly(), () => {
   });
   after(() => lab.destroy());
 
-  const up = (x: string) => {
-    sh('ip', ['link', 'set', x, 'up']);
-    sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
-  };
   const said = async (name: string) => {
     const r = await lab.status(name);
     return `${name} ${RuleState[r.state]}: ${r.message} [${r.backendStatus.map((b) => b.message).join('; ')}]`;
@@ -79,24 +76,14 @@ describe('a restart keeps out what the last run kept out', kernelOnly(), () => {
   it('a backend closing a loop the host made stays out across a restart: each frame matched once, nothing rewritten', async (t) => {
     // rc: ingress bridge br -> br's address out of ga, whose peer gb holds br's MAC and is no ingress: accepted.
     // Then gb is made a port of br: what rc sends to br's MAC comes up on br again (rule-loop-host.test.ts).
-    const [ga, gb, gc, gd, br] = ['ga', 'gb', 'gc', 'gd', 'br'].map((x) => `x${lab.id}${x}`);
     const brIp = '198.18.45.1';
     const brMac = '02:5e:00:45:00:01';
-    lab.onDestroy(() => [ga, gc, br].forEach((x) => shQuiet('ip', ['link', 'del', x])));
-    sh('ip', ['link', 'add', br, 'type', 'bridge']);
-    sh('ip', ['link', 'set', br, 'address', brMac]);
-    sh('ip', ['link', 'add', ga, 'type', 'veth', 'peer', 'name', gb, 'address', brMac]);
-    sh('ip', ['link', 'add', gc, 'type', 'veth', 'peer', 'name', gd]);
-    sh('ip', ['link', 'set', gc, 'master', br]);
-    for (const x of [br, ga, gb, gc, gd]) up(x);
+    const { ga, gb, gd, br, made } = hostLoopBridge(lab.id, brMac);
+    lab.onDestroy(() => deleteLinks(made));
     sh('ip', ['addr', 'add', `${brIp}/24`, 'dev', br]);
     const gdMac = JSON.parse(sh('ip', ['-j', 'link', 'show', gd]))[0].address;
     await lab.c.rules.createRule({ rule: lab.rule('rc', PORT, [{ ip: brIp, mac: brMac, interface: ga }], [br]) });
-    await until(
-      () => said('rc'),
-      async () => (await lab.status('rc')).state === RuleState.RULE_STATE_ACTIVE,
-      20_000,
-    );
+    await lab.untilActive('rc', 20_000);
     const loopNamed = new RegExp(
       `in a forwarding loop the host made, of rules rc -> rc through ${ga} -> ${gb} -> ${br} \\[rule rc\\]`,
     );
@@ -155,11 +142,7 @@ describe('a restart keeps out what the last run kept out', kernelOnly(), () => {
     } finally {
       shQuiet('ip', ['link', 'set', gb, 'nomaster']);
     }
-    await until(
-      () => said('rc'),
-      async () => (await lab.status('rc')).state === RuleState.RULE_STATE_ACTIVE,
-      20_000,
-    );
+    await lab.untilActive('rc', 20_000);
     await lab.c.rules.deleteRule({ name: 'rc' });
   });
 
@@ -224,11 +207,7 @@ describe('a restart keeps out what the last run kept out', kernelOnly(), () => {
     } finally {
       lab.topo.exec('b2', 'ip', ['link', 'set', 'eth0', 'address', old]);
     }
-    await until(
-      () => said('web'),
-      async () => (await lab.status('web')).state === RuleState.RULE_STATE_ACTIVE,
-      30_000,
-    );
+    await lab.untilActive('web', 30_000);
     await lab.c.rules.deleteRule({ name: 'web' });
   });
 
@@ -237,13 +216,8 @@ describe('a restart keeps out what the last run kept out', kernelOnly(), () => {
     // go round sa -> sb -> sbp -> br -> sap -> sa for ever (link-loop-host.test.ts). Their own devices send
     // nothing of their own (IPv6 off on them): the frames counted are the test's.
     const [sa, sap, sb, sbp, br] = ['sa', 'sap', 'sb', 'sbp', 'lb'].map((x) => `x${lab.id}${x}`);
-    lab.onDestroy(() => [br, sa, sb].forEach((x) => shQuiet('ip', ['link', 'del', x])));
-    sh('ip', ['link', 'add', br, 'type', 'bridge']);
-    sh('ip', ['link', 'add', sa, 'type', 'veth', 'peer', 'name', sap]);
-    sh('ip', ['link', 'add', sb, 'type', 'veth', 'peer', 'name', sbp]);
-    for (const x of [br, sa, sap, sb, sbp]) shQuiet('sysctl', ['-qw', `net.ipv6.conf.${x}.disable_ipv6=1`]);
-    sh('ip', ['link', 'set', sap, 'master', br]);
-    for (const x of [br, sa, sap, sb, sbp]) sh('ip', ['link', 'set', x, 'up']);
+    const made = hostLoopLink(sa, sap, sb, sbp, br);
+    lab.onDestroy(() => deleteLinks(made));
     const link = async () => (await lab.c.links.listLinks({})).links.find((l) => l.a === sa)!;
     const rx = () => Number(sh('cat', [`/sys/class/net/${sa}/statistics/rx_packets`]));
     const frames = (n: number, gapMs?: number) =>

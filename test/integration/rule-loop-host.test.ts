@@ -18,6 +18,7 @@ import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
 import { backendOf, Lab } from '../helpers/lab.js';
+import { deleteLinks, hostLoopBridge } from '../helpers/loop-layouts.js';
 import { type Host } from '../helpers/topology.js';
 import { rawUdpFrames, sendUdp } from '../helpers/udp.js';
 
@@ -262,17 +263,11 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     // rc: ingress bridge br -> br's address out of ga, whose peer gb is no ingress: accepted. Then gb is made a
     // port of br: what rc sends to br's MAC comes up on br again. Before: rc stayed ACTIVE and 5 frames into br
     // were counted 315 times. gc-gd is a port pair to inject frames into br.
-    const [ga, gb, gc, gd, br] = ['ga', 'gb', 'gc', 'gd', 'br'].map((x) => `x${lab.id}${x}`);
     const brIp = '198.18.45.1';
-    lab.onDestroy(() => [ga, gc, br].forEach((x) => shQuiet('ip', ['link', 'del', x])));
-    sh('ip', ['link', 'add', br, 'type', 'bridge']);
     // gb holds br's MAC (set on both): rc's backend is gb's own MAC before gb joins br, and br's after.
     const brMac = '02:5e:00:45:00:01';
-    sh('ip', ['link', 'set', br, 'address', brMac]);
-    sh('ip', ['link', 'add', ga, 'type', 'veth', 'peer', 'name', gb, 'address', brMac]);
-    sh('ip', ['link', 'add', gc, 'type', 'veth', 'peer', 'name', gd]);
-    sh('ip', ['link', 'set', gc, 'master', br]);
-    for (const x of [br, ga, gb, gc, gd]) up(x);
+    const { ga, gb, gd, br, made } = hostLoopBridge(lab.id, brMac);
+    lab.onDestroy(() => deleteLinks(made));
     sh('ip', ['addr', 'add', `${brIp}/24`, 'dev', br]);
     const gdMac = JSON.parse(sh('ip', ['-j', 'link', 'show', gd]))[0].address;
     await lab.c.rules.createRule({ rule: lab.rule('rc', PORT, [{ ip: brIp, mac: brMac, interface: ga }], [br]) });
