@@ -32,7 +32,7 @@ need ethtool ethtool /usr/sbin/ethtool /sbin/ethtool
 need iputils-ping ping
 need util-linux nsenter
 need gcc gcc # for the multiarch include directory
-need nftables nft /usr/sbin/nft # the Linux-stack baseline in npm run bench (DNAT)
+need nftables nft /usr/sbin/nft # the Linux-stack baseline in npm run bench (DNAT); backend-peer-nft's chains
 need iptables iptables /usr/sbin/iptables
 need libcap2-bin capsh /usr/sbin/capsh # least-privilege tests run the daemon with a reduced capability set
 need sqlite3 sqlite3 # inspect the state store (docs/state-store.md)

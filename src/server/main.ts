@@ -411,8 +411,9 @@ if (!caps.canEnterNetns) {
   log.warn(
     { capability: 'CAP_SYS_ADMIN' },
     'without CAP_SYS_ADMIN, veth peers in other network namespaces cannot be inspected: native redirects ' +
-      'into such veths are refused (generic mode and other devices are not affected), and the tc filters and ' +
-      "tcx programs on such a peer's ingress are not read: one that drops what a rule redirects there is not seen",
+      'into such veths are refused (generic mode and other devices are not affected), and the tc filters, ' +
+      "tcx programs and nftables chains on such a peer's ingress are not read: one that drops what a rule " +
+      'redirects there is not seen',
   );
 }
 if (!caps.canSendArp) {

@@ -189,13 +189,17 @@ export function ruleConditions(
             }
           : out.length === 0 && peerXdp.length
             ? {
-                // In the table, but an XDP program not ours or a tc filter on its veth peer sees (and may drop) what we redirect.
+                // In the table, but an XDP program not ours, a tc filter or an nftables chain on its veth peer sees
+                // (and may drop) what we redirect.
                 type: 'BackendsReceiving',
                 status: 'Unknown',
-                // PeerXdpProgram: an XDP program among them; PeerTcFilter: only tc (filters, tcx programs).
+                // PeerXdpProgram: an XDP program among them; PeerTcFilter: tc (filters, tcx programs) and no XDP;
+                // PeerNftChain: only nftables ingress chains.
                 reason: peerXdp.some((b) => / runs XDP programs? id /.test(b.peerXdp!))
                   ? 'PeerXdpProgram'
-                  : 'PeerTcFilter',
+                  : peerXdp.some((b) => / has (a )?tcx? ingress (filters?|programs?) /.test(b.peerXdp!))
+                    ? 'PeerTcFilter'
+                    : 'PeerNftChain',
                 message: peerXdp.map((b) => `${b.ip}@${b.interface}: ${b.peerXdp}`).join('; '),
               }
             : cond(

@@ -287,12 +287,30 @@ export interface PeerAway {
 /**
  * The XDP programs not ours attached to a veth egress's peer ({@link Dataplane.vethPeerXdp}): the peer in words
  * ("eth0 in netns blue") and each program's id, attach mode and name (bpf_prog_info; absent when it cannot be
- * read); and what runs on the peer's ingress on tc (none of it ours: the daemon attaches nothing on tc).
+ * read); what runs on the peer's ingress on tc (none of it ours: the daemon attaches nothing on tc); and the
+ * nftables chains hooked on its ingress that may drop a frame (none of them ours either).
  */
 export interface PeerXdp {
   where: string;
   programs: { id: number; mode: string; name?: string }[];
   tc?: PeerTc;
+  nft?: PeerNftChain[];
+}
+
+/**
+ * An nftables base chain hooked on the peer's ingress (family `netdev` hook `ingress`, or `inet` hook `ingress`;
+ * NFT_MSG_GETCHAIN), as read: its rules are counted (NFT_MSG_GETRULE), never evaluated. One whose policy is
+ * accept and that holds no rule is not one of them (it passes every frame).
+ */
+export interface PeerNftChain {
+  family: string;
+  table: string;
+  chain: string;
+  priority: number;
+  /** `accept`, `drop`, or what else was read. */
+  policy: string;
+  /** How many rules it holds; absent when they could not be read. */
+  rules?: number;
 }
 
 /**
@@ -545,8 +563,9 @@ export interface Dataplane {
    */
   bridgePorts?(ifname: string): string[];
   /**
-   * The XDP programs not ours attached to a veth's peer, wherever the peer is, and the tc filters and tcx
-   * programs on the peer's ingress: what is redirected into the veth passes through them on the other side,
+   * The XDP programs not ours attached to a veth's peer, wherever the peer is, the tc filters and tcx programs
+   * on the peer's ingress and the nftables chains hooked there that may drop a frame (policy not accept, or a
+   * rule): what is redirected into the veth passes through them on the other side,
    * where they may drop it unseen. Undefined when `ifname` is not a veth, its peer has none (or only our XDP
    * program), or the peer cannot be read. Optional (fakes).
    */

@@ -7,6 +7,7 @@ import type { LinkState, PeerMtu, PeerXdp } from './dataplane.js';
 import type { BackendStatus, RuleSpec, RuleStatus } from './model.js';
 import { heldMessage, type NeighbourHold } from './neighbour-hold.js';
 import { isAddressConflict, isUnconfirmedYet } from './static-mac.js';
+import { visible } from '../../shared/visible.js';
 
 /** Why an egress interface cannot transmit, or undefined when it can (or is not known). */
 export function egressProblem(iface: string, link: LinkState | undefined): string | undefined {
@@ -742,7 +743,9 @@ export function foreignEgressStatus(
  * What to say of the XDP programs not ours on a backend egress's veth peer, and of the tc filters and tcx
  * programs on its ingress (Dataplane.vethPeerXdp): "veth peer eth0 in netns blue runs XDP program id 42 (name,
  * generic mode): delivery past it cannot be verified", "veth peer eth0 in netns blue has a tc ingress filter
- * (bpf program id 43 (name, direct-action)): delivery past it cannot be verified".
+ * (bpf program id 43 (name, direct-action)): delivery past it cannot be verified", "veth peer eth0 in netns blue
+ * has an nftables ingress chain netdev t c (priority 0, policy drop, no rules): delivery past it cannot be
+ * verified" (family, table and chain as `nft list chain` takes them; its rules counted, not evaluated).
  */
 export function peerXdpNote(p: PeerXdp): string {
   const parts: string[] = [];
@@ -763,6 +766,18 @@ export function peerXdpNote(p: PeerXdp): string {
   const tcx = (p.tc?.tcx ?? []).map((x) => `id ${x.id} (${x.name || 'name unknown'})`);
   if (tcx.length)
     parts.push(`has ${tcx.length > 1 ? 'tcx ingress programs' : 'a tcx ingress program'} ${tcx.join(', ')}`);
+  const nft = (p.nft ?? []).map((c) => {
+    const rules =
+      c.rules === undefined
+        ? 'rules not read'
+        : c.rules === 0
+          ? 'no rules'
+          : `${c.rules} ${c.rules === 1 ? 'rule' : 'rules'}`;
+    // Names another tool chose: made visible (rule-status text reaches terminals and logs).
+    return `${c.family} ${visible(c.table)} ${visible(c.chain)} (priority ${c.priority}, policy ${c.policy}, ${rules})`;
+  });
+  if (nft.length)
+    parts.push(`has ${nft.length > 1 ? 'nftables ingress chains' : 'an nftables ingress chain'} ${nft.join(', ')}`);
   const said = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0];
   return `veth peer ${p.where} ${said}: delivery past it cannot be verified`;
 }

@@ -1657,7 +1657,11 @@ export class KernelDataplane implements Dataplane {
       })),
       tcx: p.tc.tcx.map((id) => named({ id })),
     };
-    return programs.length || tc ? { where: p.where, programs, ...(tc ? { tc } : {}) } : undefined;
+    // Nor in nftables: every chain on the peer's ingress is another tool's.
+    const nft = p.nft?.map((c) => ({ ...c }));
+    return programs.length || tc || nft
+      ? { where: p.where, programs, ...(tc ? { tc } : {}), ...(nft ? { nft } : {}) }
+      : undefined;
   }
 
   nameOf(ifindex: number): string | undefined {

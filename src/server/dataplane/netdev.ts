@@ -36,7 +36,8 @@ import {
 } from './netlink.js';
 import { movedDevice, netnsOf } from './netns.js';
 import { findNetns, netnsWords, unreachableNetns } from './netns-find.js';
-import { tcIngress, type TcIngress } from './tc-filters.js';
+import { nftChainMayDrop, nftIngressChains, type NftChain } from './nft-chains.js';
+import { tcIngress, withNetns, type TcIngress } from './tc-filters.js';
 import { nameText } from '../../shared/visible.js';
 
 /** Every command runs as a child that cannot outlive the daemon (children.ts). */
@@ -1928,11 +1929,15 @@ export async function releaseOffloads(
  * the peer in words ("eth0", "eth0 in netns blue", "eth0 in the unnamed network namespace with nsid 7
  * (...)"). Undefined when `name` is not a veth, when its peer has none of them, or when the peer cannot be read
  * (that is said by the redirect-target check: ensureVethPeerNapi). Frames redirected into the veth are that
- * program's first on the other side, then tc's: they may drop them, which nothing on this side can see.
- * The tc ingress of a peer in a namespace the daemon cannot enter (setns refused: no CAP_SYS_ADMIN, as in
- * the documented container) is not read, and nothing is said of it here: a known gap.
+ * program's first on the other side, then tc's, then those of the nftables chains hooked on its ingress
+ * (nft-chains.ts: NFT_MSG_GETCHAIN, read inside the peer's namespace; a chain with policy accept and no rule is
+ * left out: it passes every frame): they may drop them, which nothing on this side can see.
+ * The tc ingress and nftables chains of a peer in a namespace the daemon cannot enter (setns refused: no
+ * CAP_SYS_ADMIN, as in the documented container) are not read, and nothing is said of them here: a known gap.
  */
-export function vethPeerXdp(name: string): { where: string; programs: AttachedXdp[]; tc?: TcIngress } | undefined {
+export function vethPeerXdp(
+  name: string,
+): { where: string; programs: AttachedXdp[]; tc?: TcIngress; nft?: NftChain[] } | undefined {
   const dev = linkView(ifindexOf(name));
   if (!dev || dev.kind !== 'veth' || !dev.link) return undefined;
   let peer: LinkView | undefined;
@@ -1959,16 +1964,33 @@ export function vethPeerXdp(name: string): { where: string; programs: AttachedXd
     else reachable = false; // said by the redirect-target check (ensureVethPeerNapi)
   }
   let tc: TcIngress | undefined;
+  let nft: NftChain[] | undefined;
   if (reachable) {
+    const { ifindex, ifname } = peer;
+    // Both read on one entry into the peer's namespace; one that fails leaves the other said.
+    const read = () => {
+      try {
+        tc = tcIngress(ifindex);
+      } catch {
+        // Gone meanwhile: see above.
+      }
+      try {
+        nft = nftIngressChains(ifname).filter(nftChainMayDrop);
+      } catch {
+        // Refused or gone meanwhile: see above.
+      }
+    };
     try {
-      tc = tcIngress(peer.ifindex, netns);
+      if (netns) withNetns(netns.path, netns.nsid, read);
+      else read();
     } catch {
       // Not enterable (EPERM without CAP_SYS_ADMIN) or gone meanwhile: see above.
     }
   }
   const tcSome = !!tc && (tc.filters.length > 0 || tc.tcx.length > 0);
-  if (!peer.xdp.length && !tcSome) return undefined;
-  return { where, programs: peer.xdp, ...(tcSome ? { tc } : {}) };
+  const nftSome = !!nft?.length;
+  if (!peer.xdp.length && !tcSome && !nftSome) return undefined;
+  return { where, programs: peer.xdp, ...(tcSome ? { tc } : {}), ...(nftSome ? { nft } : {}) };
 }
 
 /**

@@ -131,8 +131,10 @@ export enum RuleState {
    * Backend.mac; a backend whose egress's veth peer runs an XDP program
    * not ours, which sees what is redirected first and may drop it,
    * BackendsReceiving reason PeerXdpProgram, or has a tc filter or tcx
-   * program on its ingress (none is ours), reason PeerTcFilter; each
-   * stays in the table), or
+   * program on its ingress (none is ours), reason PeerTcFilter, or an
+   * nftables chain hooked on its ingress that may drop a frame (family
+   * netdev or inet, hook ingress; policy not accept, or a rule), reason
+   * PeerNftChain; each stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
@@ -452,9 +454,14 @@ export interface BackendStatus {
    * peer P in netns N has a tc ingress filter (bpf program id I (name,
    * direct-action)): delivery past it cannot be verified" (a u32 or other
    * filter by kind, pref and protocol; a tcx program "has a tcx ingress
-   * program id I (name)") (it stays active; its rule DEGRADED,
-   * BackendsReceiving Unknown with reason PeerXdpProgram, or PeerTcFilter
-   * when only tc is there, until they are gone); otherwise empty.
+   * program id I (name)"), or an nftables chain on its ingress, "veth peer
+   * P in netns N has an nftables ingress chain netdev T C (priority 0,
+   * policy drop, no rules): delivery past it cannot be verified" (its rules
+   * counted, not evaluated; one with policy accept and no rule is not
+   * said) (it stays active; its rule DEGRADED, BackendsReceiving Unknown
+   * with reason PeerXdpProgram, PeerTcFilter when tc is there and no XDP,
+   * PeerNftChain when only nftables is, until they are gone); otherwise
+   * empty.
    */
   message: string;
 }
