@@ -375,7 +375,7 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     });
   });
 
-  it('a veth peer in another namespace, a port of a bridge there: cannot be told while a port leads elsewhere; a port leading back makes the loop: nu INACTIVE naming it', async () => {
+  it('a veth peer in another namespace, a port of a bridge there: cannot be told (from the create reply on) while a port leads on there; a port leading back makes the loop: nu INACTIVE naming it', async () => {
     // nu: ingress qa -> an address with qa's MAC out of pa, whose peer pb is a port of bridge brn in netns ns, whose
     // other port rb leads to rc (a veth pair inside ns): where rc's frames go is not followed: said as "cannot be
     // told" in nu's warnings, a link's out of pa too, and GetStatus's. Then qa's peer qb is made a port of brn:
@@ -410,12 +410,21 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     for (const x of [brn, rb, rc]) inNs('link', 'set', x, 'up');
     const qaMac = JSON.parse(sh('ip', ['-j', 'link', 'show', qa]))[0].address;
     const qbMac = JSON.parse(sh('ip', ['-n', ns, '-j', 'link', 'show', qb]))[0].address;
-    await lab.c.rules.createRule({ rule: lab.rule('nu', PORT, [{ ip, mac: qaMac, interface: pa }], [qa]) });
+    const created = await lab.c.rules.createRule({
+      rule: lab.rule('nu', PORT, [{ ip, mac: qaMac, interface: pa }], [qa]),
+    });
     await lab.c.links.connect({ link: { a: la, b: pa, direction: LinkDirection.LINK_DIRECTION_A_TO_B } });
     try {
-      const untold = `${pa}'s veth peer ${pb} in netns ${ns} is a port of bridge ${brn} there, where its port\\(s\\) ${rb} lead elsewhere`;
+      // Where rb's frames go (its peer rc, there) is not followed: said as such, not as "elsewhere".
+      const untold = `${pa}'s veth peer ${pb} in netns ${ns} is a port of bridge ${brn} there, where it forwards frames out of its port\\(s\\) veth ${rb}: xdpctld does not follow frames in another network namespace`;
       const ruleSays = new RegExp(
         `^backend ${ip} on ${pa}: whether its redirected datagrams come back to an ingress of a rule \\(a forwarding loop\\) cannot be told: ${untold}`,
+      );
+      // The change's reply says it as a read after it does (before: only the reads from the next pass on).
+      const replied = created.rule!.status!.warnings;
+      assert.ok(
+        replied.some((w) => ruleSays.test(w)),
+        `CreateRule's reply: ${replied.join(' | ')}`,
       );
       await until(
         async () => `nu's warnings say it cannot be told: ${(await lab.status('nu')).warnings.join(' | ')}`,
@@ -455,3 +464,79 @@ describe('a forwarding loop the host makes after the rules were accepted', kerne
     });
   });
 });
+
+describe(
+  "a loop through a bridge in another namespace and a macvlan moved there: said from the change's reply on",
+  kernelOnly(),
+  () => {
+    // nm: ingress lb -> out of pa, whose peer pb is a port of bridge brn in netns ns; brn's other port is macvlan mv
+    // (mode bridge), made on la here and moved there: what brn forwards out of mv goes out of la, a receive on lb,
+    // nm's ingress again: a loop through two namespaces that the walk cannot follow (it does not follow frames in
+    // another namespace). Before: the ApplyRules and CreateRule replies said nothing of it (only the reads from the
+    // next pass on did), and what they said called mv a port that "leads elsewhere", which is not what was read.
+    const lab = new Lab();
+    after(() => lab.destroy());
+
+    it('ApplyRules and CreateRule replies say it cannot be told, naming the macvlan port as what it is', async () => {
+      const ns = `x${lab.id}nsm`;
+      const [pa, pb, la, lb, mv, brn] = ['mpa', 'mpb', 'mla', 'mlb', 'mmv', 'mbr'].map((x) => `x${lab.id}${x}`);
+      lab.onDestroy(() => {
+        shQuiet('ip', ['netns', 'del', ns]);
+        [pa, la].forEach((x) => shQuiet('ip', ['link', 'del', x]));
+      });
+      const here = (x: string) => {
+        sh('ip', ['link', 'set', x, 'up']);
+        sh('sysctl', ['-qw', `net.ipv4.conf.${x}.forwarding=0`]);
+      };
+      const inNs = (...args: string[]) => sh('ip', ['-n', ns, ...args]);
+      sh('ip', ['netns', 'add', ns]);
+      inNs('link', 'add', brn, 'type', 'bridge');
+      sh('ip', ['link', 'add', pa, 'type', 'veth', 'peer', 'name', pb, 'netns', ns]);
+      sh('ip', ['link', 'add', la, 'type', 'veth', 'peer', 'name', lb]);
+      sh('ip', ['link', 'add', mv, 'link', la, 'type', 'macvlan', 'mode', 'bridge']);
+      sh('ip', ['link', 'set', mv, 'netns', ns]);
+      for (const x of [pb, mv]) inNs('link', 'set', x, 'master', brn);
+      for (const x of [brn, pb, mv]) inNs('link', 'set', x, 'up');
+      [pa, la, lb].forEach(here);
+      const lbMac = JSON.parse(sh('ip', ['-j', 'link', 'show', lb]))[0].address;
+      const ip = '198.18.57.9';
+      await lab.start(['--log-level', 'info']);
+      const says = new RegExp(
+        `^backend ${ip} on ${pa}: whether its redirected datagrams come back to an ingress of a rule \\(a forwarding ` +
+          `loop\\) cannot be told: ${pa}'s veth peer ${pb} in netns ${ns} is a port of bridge ${brn} there, where it ` +
+          `forwards frames out of its port\\(s\\) macvlan ${mv} \\(mode bridge, on a lower device in another network ` +
+          `namespace\\): xdpctld does not follow frames in another network namespace`,
+      );
+      const backend = { ip, mac: lbMac, interface: pa };
+      const applied = await lab.c.rules.applyRules({
+        rules: [lab.rule('nm', PORT, [backend], [lb])],
+        validateOnly: false,
+      });
+      const nm = applied.rules.find((r) => r.name === 'nm');
+      assert.ok(
+        nm?.status?.warnings.some((w) => says.test(w)),
+        `ApplyRules's reply: ${nm?.status?.warnings.join(' | ')}`,
+      );
+      const created = await lab.c.rules.createRule({ rule: lab.rule('nn', PORT + 1, [backend], [lb]) });
+      assert.ok(
+        created.rule!.status!.warnings.some((w) => says.test(w)),
+        `CreateRule's reply: ${created.rule!.status!.warnings.join(' | ')}`,
+      );
+      // A read says the same, GetStatus's datapath warnings too.
+      for (const name of ['nm', 'nn'])
+        assert.ok(
+          (await lab.status(name)).warnings.some((w) => says.test(w)),
+          name,
+        );
+      const all = (await lab.c.daemon.getStatus({})).datapath!.warnings;
+      assert.ok(
+        all.some((w) => w.startsWith(`rule nn: backend ${ip} on ${pa}: `) && w.includes('cannot be told')),
+        all.join('\n'),
+      );
+      // Deleted: nothing is said of it any more.
+      await lab.c.rules.deleteRule({ name: 'nn' });
+      const left = (await lab.c.daemon.getStatus({})).datapath!.warnings;
+      assert.ok(!left.some((w) => w.startsWith('rule nn:')), left.join('\n'));
+    });
+  },
+);

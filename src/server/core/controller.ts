@@ -57,6 +57,7 @@ import {
   contradictedNewStaticMacs,
   judgeBeforeStartWrites,
   judgeChangeStaticMacs,
+  recordChangeLoopsUnknown,
   observeLinkDirections,
   observeWrittenRules,
   resync,
@@ -378,7 +379,12 @@ export class Controller {
     const facts = fetchInterfaces(this.dp, linkInterfaces(next.values()));
     const want = planLinks(this.plannable(next, facts.interfaces), facts.interfaces, 'links');
     const cur = currentLinks(this.state.linkDirs, new Map(this.dp.listLinks()));
-    await preflight(this.ctx, plan.plans, { want, field: fieldOf }, { rules: opNames(ops), links: next });
+    const checked = await preflight(
+      this.ctx,
+      plan.plans,
+      { want, field: fieldOf },
+      { rules: opNames(ops), links: next },
+    );
     const { alloc, unverified } = await this.transact(async (undo, t) => {
       const alloc = await allocateRules(this.ctx, ops, plan, false, undo, pace);
       const b = this.begin(false, ops.length);
@@ -405,8 +411,10 @@ export class Controller {
         [...pending.values()].map((p) => p.rule),
         pace,
       );
+      recordChangeLoopsUnknown(this.state, checked.loopsUnknown); // its reply says what cannot be told
       await observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, true, pending);
     });
+    recordChangeLoopsUnknown(this.state, checked.loopsUnknown); // a change that only deletes rules
     finishLinks(this.ctx, next, want, unverified, false);
     releaseUnusedInterfaces(this.ctx);
     // Judged as a pass judges them (link directions), so that what it reports is what a read says.
@@ -1377,8 +1385,9 @@ export class Controller {
     const pace = pacer();
     const plan = await this.planRuleOps(ops, napi, pace, restoring);
     // A client's change: what can be known without changing anything is checked before anything is written.
+    let checked: Awaited<ReturnType<typeof preflight>> = {};
     if (!restoring) {
-      await preflight(
+      checked = await preflight(
         this.ctx,
         plan.plans,
         { want: new Map(), field: () => 'links' },
@@ -1412,8 +1421,11 @@ export class Controller {
           [...pending.values()].map((p) => p.rule),
           pace,
         );
+      // What the loop check could not follow from its backends: its reply says it, as a read after it does.
+      recordChangeLoopsUnknown(this.state, checked.loopsUnknown);
       await observeWrittenRules(this.ctx, pending.keys(), alloc.unverified, pace, !restoring, pending);
     });
+    recordChangeLoopsUnknown(this.state, checked.loopsUnknown); // a change that only deletes rules
     // The write observed: its rules' (and their interfaces') conditions carry its time.
     await this.observed(async (at) => {
       // The ingresses it attached our program to or detached it from (as the plan found them: no lookup).

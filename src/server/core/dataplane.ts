@@ -277,8 +277,9 @@ export interface PeerAway {
   leadsOn?: string;
   /**
    * The peer is a port of a bridge there (`bridge`), and these of that bridge's other ports are veths whose peers are
-   * in the daemon's namespace (`peer`): what the bridge forwards out of `port` is a receive on `peer` here. A port
-   * that leads elsewhere, or a device stacked on the peer or the bridge there, is said in `leadsOn`.
+   * in the daemon's namespace (`peer`): what the bridge forwards out of `port` is a receive on `peer` here. Any
+   * other port (where its frames go is not followed there), or a device stacked on the peer or the bridge there, is
+   * said in `leadsOn`.
    */
   bridge?: string;
   back?: { port: string; peer: string }[];

@@ -8,7 +8,17 @@
 import { judgedEgress } from './egress-watch.js';
 import type { EntryRepair } from './entry-owners.js';
 import { formatIp, parseIp, parseMac } from '../net/addr.js';
-import { changeLoopText, LOOP_TAIL, loopRule, RuleLoops, txReaders, upperReader, type LoopRule } from './rule-loops.js';
+import {
+  changeLoopText,
+  LOOP_TAIL,
+  loopBackendKey,
+  loopRule,
+  loopUnknownText,
+  RuleLoops,
+  txReaders,
+  upperReader,
+  type LoopRule,
+} from './rule-loops.js';
 import type { Logger } from '../log.js';
 import {
   emptyBackendEntry,
@@ -455,8 +465,10 @@ function backendsBehindLinks(
  * cycle and the other rules in it. A change of links alone (`scope.links`, no rules) is refused when a cycle
  * goes through a direction it makes, naming the link. A loop the host makes after the write (a veth renamed,
  * made again or moved, a macvlan stacked on a peer) is the reconciler's to find (resync.ts judgeHostLoops): it
- * keeps those backends out. An upper device whose receive path cannot be told does not refuse a change: the
- * reconciler says it in the rule's warnings (rule-loops.ts cannotTell).
+ * keeps those backends out. What the walk cannot follow (an upper device whose receive path is not known, a
+ * veth peer in another namespace that leads on there) does not refuse a change: it is returned for each backend
+ * of a changed rule on no cycle found (rule-loops.ts loopBackendKey -> loopUnknownText, as the reconciler's
+ * judgeHostLoops says it), so that the change's reply says it in the rule's warnings as a read after it does.
  */
 export function backendsLoopingBack(
   dp: Pick<Dataplane, 'vethPeer' | 'masterLink' | 'upperLinks' | 'bridgePorts' | 'txLink' | 'vethPeerAway'>,
@@ -465,8 +477,9 @@ export function backendsLoopingBack(
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
   scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> },
   fail: (field: string, detail: string) => never,
-): void {
-  if (!dp.vethPeer || (!plans.length && !scope.links)) return;
+): Map<string, string> {
+  const untold = new Map<string, string>();
+  if (!dp.vethPeer || (!plans.length && !scope.links)) return untold;
   const inForce = new Map<string, string>(); // ingress of a direction in force -> its egress
   for (const l of state.links.values()) for (const [from, to] of directions(l)) inForce.set(from, to);
   const linkTo = new Map<string, string>(); // ... after the change
@@ -484,7 +497,7 @@ export function backendsLoopingBack(
   const byKey = new Map<string, LoopRule>();
   for (const r of after.values())
     for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
-  if (!byKey.size) return;
+  if (!byKey.size) return untold;
   const uppersOf = upperReader(dp);
   const ports = new Map<string, readonly string[]>();
   const portsOf = dp.bridgePorts
@@ -506,11 +519,12 @@ export function backendsLoopingBack(
   for (const p of plans) {
     const start = after.get(p.name)!;
     p.spec.backends.forEach((b, i) => {
-      const c = loops.cycleFrom(start, b);
+      const { cycle: c, unknown } = loops.explore(start, b);
       if (c) fail(`${p.field}.backends[${i}].interface`, `${changeLoopText(c.steps, p.name)}: ${LOOP_TAIL}`);
+      if (unknown.size) untold.set(loopBackendKey(p.name, b), loopUnknownText(b, [...unknown]));
     });
   }
-  if (!scope.links) return;
+  if (!scope.links) return untold;
   // A change of links: a cycle through a direction it makes, among rules it does not change.
   for (const r of after.values()) {
     if (changed.has(r.name)) continue;
@@ -524,6 +538,7 @@ export function backendsLoopingBack(
       }
     }
   }
+  return untold;
 }
 
 /**
@@ -539,7 +554,8 @@ export function backendsLoopingBack(
  * `predictAttach` (a re-evaluation: Controller.checkConfig) takes the mode the attach would choose from the
  * device's xdp-features. `occupied` (a dry run: validate_only) refuses an ingress another XDP program holds,
  * which the change itself learns from the attach. Throws FAILED_PRECONDITION naming the field and what was
- * observed.
+ * observed. Passed: `loopsUnknown`, what the loop check could not follow from the backends of the rules it changes
+ * (not at a restore), for the change to record before its rules are judged ({@link ChangeLoopsUnknown}).
  */
 export async function preflight(
   ctx: ExecContext,
@@ -547,7 +563,7 @@ export async function preflight(
   links: { want: ReadonlyMap<string, LinkDirection>; field: (from: string) => string },
   scope: { rules: ReadonlySet<string>; links?: ReadonlyMap<string, LinkSpec> } = { rules: new Set() },
   opts: { predictAttach?: boolean; restoring?: boolean; occupied?: boolean } = {},
-): Promise<void> {
+): Promise<{ loopsUnknown?: ChangeLoopsUnknown }> {
   const { dp, state } = ctx;
   // Bridge and port: the kernel refuses a program on a device while a device above it has one (EEXIST), so a
   // new ingress below a device that keeps ours after the change is refused here, as vacateAdjacentDevices would.
@@ -598,7 +614,7 @@ export async function preflight(
   }
   // Not at a restore: what an earlier daemon accepted is put back as it was (the statuses say what it does).
   if (!opts.restoring) backendsBehindLinks(state, plans, links, scope, fail);
-  if (!opts.restoring) backendsLoopingBack(dp, state, plans, links, scope, fail);
+  const untold = opts.restoring ? undefined : backendsLoopingBack(dp, state, plans, links, scope, fail);
   const modes = new Map<string, 'native' | 'generic' | 'unknown'>();
   const modeOf = (name: string, field: string) => {
     let m = modes.get(name);
@@ -663,6 +679,18 @@ export async function preflight(
   });
   // Passed: the transaction's later checks reuse these (the controller drops them when it ends).
   ctx.preflightTargets = new Map(names.map((name, i) => [name, checked[i]]));
+  // The rules it changes (deleted ones too), with what cannot be told of their backends' way back.
+  const rules = new Set([...scope.rules, ...plans.map((p) => p.name)]);
+  return untold && rules.size ? { loopsUnknown: { rules, unknown: untold } } : {};
+}
+
+/**
+ * Of a change's rules (`rules`, those it deletes included), the backends whose way back cannot be told
+ * (`unknown`: rule-loops.ts loopBackendKey -> loopUnknownText), as its preflight found them.
+ */
+export interface ChangeLoopsUnknown {
+  rules: ReadonlySet<string>;
+  unknown: ReadonlyMap<string, string>;
 }
 
 /** A planned rule's status as written: its backends' statuses, those in the table, the plan's warnings. */

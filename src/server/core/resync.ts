@@ -21,6 +21,7 @@ import {
   Preempted,
   releaseUnusedInterfaces,
   STRAY_LOCAL_SCAN_MS,
+  type ChangeLoopsUnknown,
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
@@ -2106,6 +2107,29 @@ function judgeHostLoops(
         `longer kept out of their tables for it (${loopBackendsText(l)})`,
     );
   }
+}
+
+/**
+ * What a client's change found of its rules' backends whose way back cannot be told (execute.ts preflight: the
+ * walk {@link judgeHostLoops} makes, on the host as it is now, with the rules and links after the change), put where
+ * rule statuses read it (`state.hostLoopsUnknown`, the changed rules' entries replaced, a deleted rule's dropped)
+ * before its rules are judged: its reply (CreateRule, UpdateRule, ApplyRules) then says it in the rule's warnings,
+ * as a read after it does (before: only from the next pass on). The next pass judges every backend again from its
+ * own reads. Idempotent.
+ */
+export function recordChangeLoopsUnknown(state: CoreState, told: ChangeLoopsUnknown | undefined): void {
+  if (!told) return;
+  const next = new Map<string, string>();
+  for (const [key, why] of state.hostLoopsUnknown) {
+    if (!told.rules.has(key.slice(0, key.indexOf('|')))) next.set(key, why);
+  }
+  for (const [key, why] of told.unknown) next.set(key, why);
+  const was = state.hostLoopsUnknown;
+  if (next.size === was.size && [...next].every(([key, why]) => was.get(key) === why)) return;
+  state.hostLoopsUnknown = next;
+  // Not what the last check was made from any more: the next pass runs it again (a computed input is '' or starts
+  // with the desired state's version), and replaces these with what it finds.
+  state.hostLoopInput = 'recorded by a change';
 }
 
 /**

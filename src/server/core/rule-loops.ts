@@ -38,7 +38,7 @@
  * the kind of the device sent out of, as its driver does it ({@link receiveTree}: a veth's peer, here or read in its
  * namespace; a bridge's, bond's or team's ports; a macvlan's bridge-mode neighbours and its lower; an ipvlan's
  * neighbours and its lower; a vlan's lower, tagged); what the walk cannot follow (a kind it does not know, a
- * peer's namespace that cannot be read or leads elsewhere there) is said as "cannot be told" too. Pure: the veth
+ * peer's namespace that cannot be read or leads on there) is said as "cannot be told" too. Pure: the veth
  * peers, upper devices, a bridge's ports, how a device transmits and a peer elsewhere come from the caller
  * (Dataplane.vethPeer, upperLinks, bridgePorts, txLink, vethPeerAway: rtnetlink). Link sets are walked the same way
  * (plan-links.ts forwardingLoop).

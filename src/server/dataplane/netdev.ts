@@ -516,6 +516,21 @@ export function txLink(name: string): TxLink | undefined {
 }
 
 /**
+ * A port of a bridge in another namespace in words, by what it is: "veth rb", "macvlan mv (mode bridge, on a lower
+ * device in another network namespace)", "eth1" (no kind: a NIC).
+ */
+function portWords(r: LinkRow): string {
+  if (r.kind === undefined) return r.ifname;
+  const detail = [
+    ...(r.mode !== undefined ? [`mode ${r.mode}`] : []),
+    ...(STACKED_KINDS.has(r.kind) && r.linkNetnsid !== undefined
+      ? ['on a lower device in another network namespace']
+      : []),
+  ];
+  return `${r.kind} ${r.ifname}${detail.length ? ` (${detail.join(', ')})` : ''}`;
+}
+
+/**
  * A veth of the daemon's namespace whose peer is in another one ({@link PeerAway}): the peer in words ("eth0 in netns
  * blue") and what takes a frame it receives there at layer 2, from one RTM_GETLINK dump of that namespace by its
  * nsid (IFLA_TARGET_NETNSID: Linux >= 4.20, CAP_NET_ADMIN over it, no setns): its master, a device stacked on it
@@ -569,11 +584,13 @@ export function vethPeerAway(name: string): PeerAway | undefined {
         ? here.find((r) => r.kind === 'veth' && r.linkNetnsid === nsid && r.link === port.ifindex)
         : undefined;
     if (mine) back.push({ port: port.ifname, peer: mine.ifname });
-    else elsewhere.push(port.ifname);
+    else elsewhere.push(portWords(port));
   }
   const top = stackedOn(master);
+  // Where what the bridge forwards out of its other ports goes is not followed there (a veth's peer there, a
+  // macvlan's lower device, which may be in this namespace again, a NIC...): not known, never said as elsewhere.
   const untold = [
-    ...(elsewhere.length ? [`its port(s) ${elsewhere.join(', ')} lead elsewhere`] : []),
+    ...(elsewhere.length ? [`it forwards frames out of its port(s) ${elsewhere.join(', ')}`] : []),
     ...(top ? [`${top.kind ?? 'device'} ${top.ifname} is stacked on it`] : []),
   ];
   return {
