@@ -22,6 +22,7 @@
  */
 import { nlAttr, nlAttrs, nlDump } from './netlink.js';
 import { KernelError } from './errors.js';
+import type { PeerNftChain } from '../core/dataplane.js';
 
 /** <linux/netlink.h> */
 const NETLINK_NETFILTER = 12;
@@ -57,19 +58,8 @@ const NF_ACCEPT = 1;
 
 const FAMILY_NAME: Record<number, string> = { [NFPROTO_INET]: 'inet', [NFPROTO_NETDEV]: 'netdev' };
 
-/** One nftables base chain hooked on a device's ingress, as read. */
-export interface NftChain {
-  /** `netdev` or `inet`. */
-  family: string;
-  table: string;
-  chain: string;
-  /** Its hook priority (NFTA_HOOK_PRIORITY). */
-  priority: number;
-  /** Its policy: what a frame no rule decides gets (`accept`, `drop`, or the number read). */
-  policy: string;
-  /** How many rules it holds (NFT_MSG_GETRULE); undefined when they could not be read. */
-  rules?: number;
-}
+/** One nftables base chain hooked on a device's ingress, as read (the core's type: the shape it reports). */
+export type NftChain = PeerNftChain;
 
 /** An nfnetlink message header: nfgenmsg (family, version NFNETLINK_V0, res_id 0). */
 function nfgen(family: number): Buffer {
