@@ -12,19 +12,15 @@
  * drop anything (policy accept, no rule) is not said, nor one on the peer's egress hook (it sees what the peer
  * sends, never what it receives): both stay there throughout. Real veths, namespaces, daemon, datagrams, nft.
  */
-import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
-
-import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
-import { backendOf, cond, esc, Lab } from '../helpers/lab.js';
+import { backendOf, esc, Lab } from '../helpers/lab.js';
+import { saidWhileOnPeer } from '../helpers/peer-note.js';
 import { type Host } from '../helpers/topology.js';
 
 const PORT = 7653;
-const { NOT_SERVING, SERVING } = HealthCheckResponse_ServingStatus;
 
 for (const mode of ['native', 'generic'] as const) {
   describe(`an nftables chain on a backend's veth peer is said (daemon ${mode})`, kernelOnly(), () => {
@@ -62,56 +58,18 @@ for (const mode of ['native', 'generic'] as const) {
     });
     after(() => lab.destroy());
 
-    /**
-     * With `add` done in b1's namespace: said as `words`, DEGRADED (`drops`: 0 of 20 arrive, else 20 of 20); ACTIVE
-     * again, 20 of 20, once `remove` is done (also when the test fails).
-     */
-    const saidWhileThere = async (words: string, drops: boolean, add: () => void, remove: () => void) => {
-      let removed = false;
-      try {
-        add();
-        // What the warning is about: a chain that drops what is redirected to the backend (or one that does not:
-        // the daemon cannot tell them apart). Before: 0 of 20 with the rule ACTIVE and nothing said.
-        const r = await lab.send(PORT, [b1], 20, 4);
-        assert.equal(r.got[0], drops ? 0 : 20, JSON.stringify(r));
-        const note = `veth peer eth0 in netns ${b1.netns} ${words}: delivery past it cannot be verified`;
-        const warning = new RegExp(`^backend ${esc(b1.ip!)} on ${esc(b1.hostIf)}: ${esc(note)}$`);
-        await until(
-          async () => `the warning names the chain: ${(await lab.status('web')).warnings.join(' | ')}`,
-          async () => (await lab.status('web')).warnings.some((w) => warning.test(w)),
-          15_000,
-        );
-        const s = await lab.status('web');
-        assert.match(s.backendStatus[0].message, new RegExp(esc(note)), JSON.stringify(s.backendStatus[0]));
-        assert.equal(s.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(s));
-        assert.equal(s.backendStatus[0].active, true, 'kept in its table: what the chain does is not known');
-        assert.match(s.message, new RegExp(esc(note)), s.message);
-        const br = cond(s, 'BackendsReceiving');
-        assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'PeerNftChain']);
-        assert.equal(br.message, `${b1.ip}@${b1.hostIf}: ${note}`);
-        assert.equal(cond(s, 'Ready').status, ConditionStatus.CONDITION_STATUS_FALSE);
-        // A rule not ACTIVE is a problem of the datapath (before: SERVING while the chain dropped everything).
-        assert.equal(await lab.health(), NOT_SERVING);
-        remove();
-        removed = true;
-        await until(
-          'the warning goes with the chain',
-          async () => !JSON.stringify(await lab.status('web')).includes(note),
-          15_000,
-        );
-        const s2 = await lab.status('web');
-        assert.equal(s2.state, RuleState.RULE_STATE_ACTIVE, JSON.stringify(s2));
-        const br2 = cond(s2, 'BackendsReceiving');
-        assert.deepEqual([br2.status, br2.reason], [ConditionStatus.CONDITION_STATUS_TRUE, 'AllReceiving']);
-        assert.equal(await lab.health(), SERVING);
-        assert.equal(lab.count(new RegExp(esc(note))), 2, 'one line when it appears, one when it goes');
-        assert.equal(lab.count(new RegExp(esc(harmless))), 0, 'the chains that drop nothing received are not said');
-      } finally {
-        if (!removed) remove();
-      }
-      const r = await lab.send(PORT, [b1], 20, 4);
-      assert.equal(r.got[0], 20, JSON.stringify(r));
-    };
+    /** With `add` done on b1's side of the veth: said, DEGRADED, then ACTIVE once `remove` is done (peer-note.ts). */
+    const saidWhileThere = (words: string, drops: boolean, add: () => void, remove: () => void) =>
+      saidWhileOnPeer(lab, b1, {
+        rule: 'web',
+        port: PORT,
+        reason: 'PeerNftChain',
+        words: () => words,
+        drops,
+        add,
+        remove,
+        neverSaid: new RegExp(esc(harmless)),
+      });
 
     it('a netdev ingress chain with policy drop on the peer', async () => {
       const t = `x${lab.id}drop`;

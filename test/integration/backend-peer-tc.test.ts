@@ -15,10 +15,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 
-import { ConditionStatus } from '../../src/gen/xdpctl/v1/common.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { kernelOnly, ROOT, sh, shQuiet, until } from '../helpers/env.js';
-import { backendOf, cond, esc, Lab } from '../helpers/lab.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import { saidWhileOnPeer } from '../helpers/peer-note.js';
 import { type Host } from '../helpers/topology.js';
 
 const PORT = 7652;
@@ -85,57 +85,13 @@ for (const mode of ['native', 'generic'] as const) {
     });
     after(() => lab.destroy());
 
-    /**
-     * With `add` done on b1's eth0: said as `words`, DEGRADED (`drops`: 0 of 20 arrive, else 20 of 20); ACTIVE
-     * again, 20 of 20, once `remove` is done (also when the test fails).
-     */
-    const saidWhileThere = async (
+    /** With `add` done on b1's side of the veth: said, DEGRADED, then ACTIVE once `remove` is done (peer-note.ts). */
+    const saidWhileThere = (
       words: () => string,
       drops: boolean,
       add: () => Promise<void> | void,
       remove: () => Promise<void> | void,
-    ) => {
-      let removed = false;
-      try {
-        await add();
-        const note = `veth peer eth0 in netns ${b1.netns} ${words()}: delivery past it cannot be verified`;
-        const warning = new RegExp(`^backend ${esc(b1.ip!)} on ${esc(b1.hostIf)}: ${esc(note)}$`);
-        await until(
-          'the warning names the filter on the peer',
-          async () => (await lab.status('web')).warnings.some((w) => warning.test(w)),
-          15_000,
-        );
-        const s = await lab.status('web');
-        assert.match(s.backendStatus[0].message, new RegExp(esc(note)), JSON.stringify(s.backendStatus[0]));
-        assert.equal(s.state, RuleState.RULE_STATE_DEGRADED, JSON.stringify(s));
-        assert.equal(s.backendStatus[0].active, true, 'kept in its table: what the filter does is not known');
-        assert.match(s.message, new RegExp(esc(note)), s.message);
-        const br = cond(s, 'BackendsReceiving');
-        assert.deepEqual([br.status, br.reason], [ConditionStatus.CONDITION_STATUS_UNKNOWN, 'PeerTcFilter']);
-        assert.equal(br.message, `${b1.ip}@${b1.hostIf}: ${note}`);
-        assert.equal(cond(s, 'Ready').status, ConditionStatus.CONDITION_STATUS_FALSE);
-        // What the warning is about: a filter that drops what is redirected to the backend (or one that does not:
-        // the daemon cannot tell them apart).
-        const r = await lab.send(PORT, [b1], 20, 4);
-        assert.equal(r.got[0], drops ? 0 : 20, JSON.stringify(r));
-        await remove();
-        removed = true;
-        await until(
-          'the warning goes with the filter',
-          async () => !JSON.stringify(await lab.status('web')).includes(note),
-          15_000,
-        );
-        const s2 = await lab.status('web');
-        assert.equal(s2.state, RuleState.RULE_STATE_ACTIVE, JSON.stringify(s2));
-        const br2 = cond(s2, 'BackendsReceiving');
-        assert.deepEqual([br2.status, br2.reason], [ConditionStatus.CONDITION_STATUS_TRUE, 'AllReceiving']);
-        assert.equal(lab.count(new RegExp(esc(note))), 2, 'one line when it appears, one when it goes');
-      } finally {
-        if (!removed) await remove();
-      }
-      const r = await lab.send(PORT, [b1], 20, 4);
-      assert.equal(r.got[0], 20, JSON.stringify(r));
-    };
+    ) => saidWhileOnPeer(lab, b1, { rule: 'web', port: PORT, reason: 'PeerTcFilter', words, drops, add, remove });
 
     it('a bpf filter (direct-action, TC_ACT_SHOT) on the peer’s clsact ingress', async () => {
       let id = 0;
