@@ -490,14 +490,31 @@ export function backendsLoopingBack(
     if (!peers.has(name)) peers.set(name, dp.vethPeer!(name));
     return peers.get(name);
   };
-  // The rules after the change, and the datapath's match keys (ingress, port, destination) -> rule.
-  const after = new Map<string, LoopRule>();
-  for (const r of state.rules.values()) if (!scope.rules.has(r.name)) after.set(r.name, loopRule(r.name, r));
-  for (const p of plans) after.set(p.name, loopRule(p.name, p.spec));
-  const byKey = new Map<string, LoopRule>();
-  for (const r of after.values())
-    for (const i of r.spec.ingressInterfaces) byKey.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
-  if (!byKey.size) return untold;
+  // The rules after the change by the datapath's match keys (ingress, port, destination): the planned rules',
+  // then those the change leaves alone, by who claims the key now (state.claims), each made a LoopRule when the
+  // walk reaches it. Not a map of every rule built at every change (10 000 rules: a third of an UpdateRule).
+  const planned = new Map<string, LoopRule>();
+  const plannedKeys = new Map<string, LoopRule>();
+  for (const p of plans) {
+    const r = loopRule(p.name, p.spec);
+    planned.set(p.name, r);
+    for (const i of r.spec.ingressInterfaces) plannedKeys.set(`${i}|${r.spec.port}|${r.spec.destination}`, r);
+  }
+  const kept = new Map<string, LoopRule | undefined>();
+  const keptRule = (name: string): LoopRule | undefined => {
+    if (!kept.has(name)) {
+      const r = scope.rules.has(name) ? undefined : state.rules.get(name); // replaced or deleted by this change
+      kept.set(name, r && loopRule(name, r));
+    }
+    return kept.get(name);
+  };
+  const ruleAt = (key: string): LoopRule | undefined => {
+    const p = plannedKeys.get(key);
+    if (p) return p;
+    const name = state.claims.get(key);
+    return name === undefined ? undefined : keptRule(name);
+  };
+  if (!plannedKeys.size && !state.claims.size) return untold;
   const uppersOf = upperReader(dp);
   const ports = new Map<string, readonly string[]>();
   const portsOf = dp.bridgePorts
@@ -513,11 +530,10 @@ export function backendsLoopingBack(
     ...txReaders(dp),
     linkTo,
     inForce,
-    ruleAt: (key) => byKey.get(key),
+    ruleAt,
   });
-  const changed = new Set(plans.map((p) => p.name));
   for (const p of plans) {
-    const start = after.get(p.name)!;
+    const start = planned.get(p.name)!;
     p.spec.backends.forEach((b, i) => {
       const { cycle: c, unknown } = loops.explore(start, b);
       if (c) fail(`${p.field}.backends[${i}].interface`, `${changeLoopText(c.steps, p.name)}: ${LOOP_TAIL}`);
@@ -526,8 +542,9 @@ export function backendsLoopingBack(
   }
   if (!scope.links) return untold;
   // A change of links: a cycle through a direction it makes, among rules it does not change.
-  for (const r of after.values()) {
-    if (changed.has(r.name)) continue;
+  for (const name of state.rules.keys()) {
+    const r = keptRule(name);
+    if (!r) continue;
     for (const b of r.spec.backends) {
       const c = loops.cycleFrom(r, b);
       if (c?.newLink !== undefined) {
