@@ -867,11 +867,25 @@ export class KernelDataplane implements Dataplane {
   private deviceOf(ip: string, iface: string): number | undefined {
     const seen = this.neighbourSeen.get(`${ip}@${iface}`);
     if (seen) return seen.ifindex;
-    try {
-      return ifindexOf(iface);
-    } catch {
-      return undefined;
+    return this.ifindexThisTurn(iface);
+  }
+
+  /**
+   * The ifindex `iface` names (undefined: none), read once per turn of the event loop ({@link hopTurn}): the
+   * same for every backend behind it that a pass or a change asks about in that turn.
+   */
+  private ifindexThisTurn(iface: string): number | undefined {
+    const turn = this.hopTurn();
+    let ifindex = turn.ifindex.get(iface);
+    if (ifindex === undefined) {
+      try {
+        ifindex = ifindexOf(iface);
+      } catch {
+        ifindex = -1;
+      }
+      turn.ifindex.set(iface, ifindex);
     }
+    return ifindex < 0 ? undefined : ifindex;
   }
 
   /** What answered for `ip` on the device `iface` names ({@link deviceOf}): MAC -> when. */
@@ -1348,17 +1362,9 @@ export class KernelDataplane implements Dataplane {
   private hopOf(ip: string, iface: string): { via?: string; note?: string } {
     const t = monotonicMs();
     if (t - this.hopsSince >= HOPS_MS || t < this.hopsSince) this.routesChanged();
+    const ifindex = this.ifindexThisTurn(iface);
+    if (ifindex === undefined) return {};
     const turn = this.hopTurn();
-    let ifindex = turn.ifindex.get(iface);
-    if (ifindex === undefined) {
-      try {
-        ifindex = ifindexOf(iface);
-      } catch {
-        ifindex = -1;
-      }
-      turn.ifindex.set(iface, ifindex);
-    }
-    if (ifindex < 0) return {};
     const key = `${ip}@${iface}#${ifindex}`;
     let h = this.hops.get(key);
     if (h) return h;
