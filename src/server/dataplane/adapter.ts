@@ -185,6 +185,23 @@ export const HOPS_MS = 30_000;
 /** 32-bit value of a dotted IPv4 address. */
 const ipv4Value = (ip: string) => ip.split('.').reduce((v, x) => v * 256 + Number(x), 0);
 
+/**
+ * What the adapter read of the egresses in one turn of the event loop (KernelDataplane hopTurn): the same for every
+ * backend behind an egress that a pass or a change asks about in that turn, read again in the next.
+ */
+interface TurnReads {
+  /** Name -> ifindex (-1: none). */
+  ifindex: Map<string, number>;
+  /** Name -> the egress and the device its neighbours live on (EgressView). */
+  egress: Map<string, EgressView | undefined>;
+  /** Name -> its ifindex and MAC for an ARP request of ours (null: none). */
+  own: Map<string, { ifindex: number; mac: string } | null>;
+  /** Name -> its master (a bridge port's) and the master's ifindex, where ARP replies are delivered. */
+  master: Map<string, { master?: string; rx?: number }>;
+  /** The host's addresses by device (os.networkInterfaces), for the sender address of an ARP request. */
+  addrs?: ReturnType<typeof networkInterfaces>;
+}
+
 /** How the neighbours behind an egress are found ({@link KernelDataplane.neighbourView}). */
 interface EgressView {
   /** The egress's own ifindex (what ARP requests of ours go out of, and what answers are recorded by). */
@@ -976,12 +993,17 @@ export class KernelDataplane implements Dataplane {
 
   /** {@link askNeighbour} for the address asked itself (a next hop already: {@link nextHop}). */
   private askOn(ip: string, iface: string, mac: string, now = false): boolean {
-    let own: { ifindex: number; mac: string };
-    try {
-      own = interfaceAddress(iface);
-    } catch {
-      return false; // gone: the next pass says so
+    const turn = this.hopTurn();
+    let own = turn.own.get(iface);
+    if (own === undefined) {
+      try {
+        own = interfaceAddress(iface);
+      } catch {
+        own = null;
+      }
+      turn.own.set(iface, own);
     }
+    if (!own) return false; // gone: the next pass says so
     // Rate and back-off per device: the name's previous device's silence says nothing of this one.
     const k = `${ip}#${own.ifindex}/${mac.toLowerCase()}`;
     const t = monotonicMs();
@@ -993,15 +1015,23 @@ export class KernelDataplane implements Dataplane {
     if (this.claimWatch.size > 65536) this.claimWatch.clear();
     this.claimWatch.add(`${ip}#${own.ifindex}`);
     // A bridge port has no address of its own: the sender IP is its master's, and the replies are delivered on
-    // the master (arp.ts ArpQuestion.rx), whose table holds the port's neighbours.
-    const master = masterOf(iface);
-    let rx: number | undefined;
-    try {
-      rx = master === undefined ? undefined : ifindexOf(master);
-    } catch {
-      rx = undefined;
+    // the master (arp.ts ArpQuestion.rx), whose table holds the port's neighbours. Read once per egress per turn
+    // (the same for every backend behind it), the host's addresses once per turn.
+    let port = turn.master.get(iface);
+    if (port === undefined) {
+      const master = masterOf(iface);
+      let rx: number | undefined;
+      try {
+        rx = master === undefined ? undefined : ifindexOf(master);
+      } catch {
+        rx = undefined;
+      }
+      port = { master, rx };
+      turn.master.set(iface, port);
     }
-    const sender = arpSenderIp(ip, networkInterfaces()[rx === undefined ? iface : master!]);
+    const { master, rx } = port;
+    turn.addrs ??= networkInterfaces();
+    const sender = arpSenderIp(ip, turn.addrs[rx === undefined ? iface : master!]);
     const q = { ip, iface, ifindex: own.ifindex, mac: mac.toLowerCase(), sender, ...(rx === undefined ? {} : { rx }) };
     const sent = this.arp.ask(q, own.mac, now);
     if (!sent && this.arp.lastError && this.arpError !== this.arp.lastError) {
@@ -1402,15 +1432,16 @@ export class KernelDataplane implements Dataplane {
   }
 
   /**
-   * The egresses' ifindexes and views ({@link egressView}) {@link hopOf} read in this turn of the event loop,
-   * read once a turn however many backends a pass or a change asks about (one read a backend before: 10 000
-   * backends behind one egress made 10 000 ioctls and netlink dumps of the same device in one turn).
+   * What {@link hopOf}, {@link deviceOf} and {@link askOn} read of the egresses in this turn of the event loop
+   * ({@link TurnReads}), read once a turn however many backends a pass or a change asks about (one read a backend
+   * before: 10 000 backends behind one egress made 10 000 ioctls and netlink requests of the same device in one
+   * turn, and each ARP request of ours a read of every address of the host).
    */
-  private hopReads?: { ifindex: Map<string, number>; egress: Map<string, EgressView | undefined> };
+  private hopReads?: TurnReads;
 
-  private hopTurn(): { ifindex: Map<string, number>; egress: Map<string, EgressView | undefined> } {
+  private hopTurn(): TurnReads {
     if (!this.hopReads) {
-      this.hopReads = { ifindex: new Map(), egress: new Map() };
+      this.hopReads = { ifindex: new Map(), egress: new Map(), own: new Map(), master: new Map() };
       setImmediate(() => (this.hopReads = undefined));
     }
     return this.hopReads;
