@@ -20,7 +20,7 @@ import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/p
 
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, until } from '../helpers/env.js';
+import { kernelOnly, sh, until } from '../helpers/env.js';
 import { backendOf, esc, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
@@ -195,6 +195,45 @@ describe('a repair another tool keeps undoing is a fight, said once and summaris
       assert.equal(r.total, r.sent, `all delivered after the fight (${r.got})`);
     } finally {
       await c.rules.deleteRule({ name: 'bystander', expectedGeneration: 0n });
+      await c.rules.deleteRule({ name: 'fight', expectedGeneration: 0n });
+    }
+  });
+
+  it("one rule's match entry (map rule_match) deleted by bpftool every 0.25 s: its fight said, none over the per-port index nobody wrote", async () => {
+    const port = 7816;
+    await c.rules.createRule({ rule: rule('fight', port, [backendOf(b1)]) });
+    try {
+      await until('ACTIVE', async () => (await status('fight')).state === RuleState.RULE_STATE_ACTIVE);
+      await until('health SERVING', async () => (await health()) === SERVING);
+      const pin = `${d.pinRoot}/maps`;
+      const dump = (map: string) =>
+        JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${pin}/${map}`])) as { key: string[] }[];
+      // The rule's entry: its destination port (network order) at bytes 4-5 of the key.
+      const entry = dump('rule_match').find((e) => parseInt(e.key[4], 16) * 256 + parseInt(e.key[5], 16) === port)!;
+      const from = d.output.length;
+      const ports = () =>
+        d
+          .logLines<{ msg: string; repaired?: string[] }>(from)
+          .flatMap((l) => [l.msg, ...(l.repaired ?? [])])
+          .filter((t) => t.includes(`rule_ports, port ${port}`));
+      const del = `bpftool map delete pinned ${pin}/rule_match key ${entry.key.join(' ')}`;
+      await fight(
+        'rule_match entry delete loop',
+        esc(`the kernel entry rule fight: match entry (map rule_match: ingress ${vm.hostIf} ifindex `) +
+          '\\d+' +
+          esc(`, UDP port ${port}, any destination)`),
+        esc('kernel entries differed from the desired state: rewritten'),
+        async () => {
+          await background(`for i in $(seq 40); do ${del} >/dev/null 2>&1; sleep 0.25; done`);
+          // Before: each repair also said `port index (map rule_ports, port 7816): kernel {"any":2,...}` (the
+          // repair's own +1), and that entry's fight was said too.
+          assert.deepEqual(ports(), [], 'no line names the per-port index: nothing but this daemon wrote it');
+        },
+      );
+      assert.deepEqual(ports(), [], 'no line names the per-port index');
+      const r = await lab.send(port, [b1], 100, 20);
+      assert.equal(r.total, r.sent, `all delivered after the fight (${r.got})`);
+    } finally {
       await c.rules.deleteRule({ name: 'fight', expectedGeneration: 0n });
     }
   });

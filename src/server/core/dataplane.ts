@@ -659,8 +659,13 @@ export interface Dataplane {
 
   writeRuleSlot(c: RuleSlotWrite): void;
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void;
-  putMatch(key: MatchKey, slot: number): void;
-  deleteMatch(key: MatchKey): void;
+  /**
+   * Write / delete a match entry, its per-port index entry (rule_ports) following. `index` false: the match
+   * entry only (the reconciler's repair of an entry another tool wrote or deleted, which did not change the
+   * index with it; checkPortIndex then recounts the index from the match entries).
+   */
+  putMatch(key: MatchKey, slot: number, index?: boolean): void;
+  deleteMatch(key: MatchKey, index?: boolean): void;
   listMatches(): [MatchKey, number][];
   /** Recount the per-port index of match entries from the entries themselves. */
   rebuildPortIndex(): void;

@@ -1681,7 +1681,10 @@ function writeRepairs(ctx: ExecContext, found: Repairs): EntryRepair[] {
   for (const [slot, flags, statsId, srcFilter] of found.cfgWrites) dp.writeRuleCfg(slot, flags, statsId, srcFilter);
   for (const x of found.delPrefixes) dp.deleteSrcPrefix(x);
   dp.writeBackends(backendClears);
-  for (const [m, slot] of found.matchWrites) dp.putMatch(m, slot);
+  // The match entry only: the per-port index is the caller's to recount from the match entries (kernel-check.ts).
+  // Another tool that changed a match entry did not change the index with it: a +1 (or refold) here would make
+  // the index wrong, and the recount would then report the daemon's own write as the kernel's value.
+  for (const [m, slot] of found.matchWrites) dp.putMatch(m, slot, false);
   return repaired;
 }
 

@@ -10,7 +10,7 @@
  * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
  * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
  */
-import type { SrcKey } from './dataplane.js';
+import type { MatchKey, SrcKey } from './dataplane.js';
 import type { EntryRepair } from './entry-owners.js';
 import { matchText, pacer, repairRuleEntries, type ExecContext } from './execute.js';
 import type { Facts } from './facts.js';
@@ -92,36 +92,44 @@ export async function compareKernelEntries(
     plans.push(p);
     ks.push(k);
   }
-  let prefixes: ReadonlyMap<number, readonly SrcKey[]> = new Map();
-  const repaired = await repairRuleEntries(ctx, plans, ks, pace, (p) => (prefixes = p));
+  // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
+  // Found before anything is written: from the first match entry written to the per-port index's recount
+  // below, nothing awaits (a pass preempted between the two would leave the index behind the entries).
+  const strays: [MatchKey, number][] = [];
   if (!names) {
-    // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
     let m = 0;
     for (const [key, slot] of dp.listMatches()) {
       if ((++m & 1023) === 0) await pace();
-      const id = matchId(key);
-      if (state.matchHolders.has(id)) continue;
-      dp.deleteMatch(key);
-      const ingress = [{ name: dp.nameOf?.(key.ifindex) ?? 'an interface', ifindex: key.ifindex }];
-      const entry = matchText(key, ingress);
-      repaired.push({
-        line: `${entry}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`,
-        map: 'rule_match',
-        key: id,
-        entry,
-        owner: { kind: 'none' },
-      });
+      if (!state.matchHolders.has(matchId(key))) strays.push([key, slot]);
     }
-    repaired.push(...(await sweepStrayPrefixes(ctx, prefixes, pace)));
   }
-  // The per-port index and the link flags follow the match and link entries (recounted, only differences written);
-  // on a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
+  let prefixes: ReadonlyMap<number, readonly SrcKey[]> = new Map();
+  const repaired = await repairRuleEntries(ctx, plans, ks, pace, (p) => (prefixes = p));
+  // The match entry only (the index is recounted below): the tool that wrote it did not count it in rule_ports.
+  for (const [key, slot] of strays) {
+    dp.deleteMatch(key, false);
+    const ingress = [{ name: dp.nameOf?.(key.ifindex) ?? 'an interface', ifindex: key.ifindex }];
+    const entry = matchText(key, ingress);
+    repaired.push({
+      line: `${entry}: kernel rule slot ${slot}, desired absent (no rule holds it): deleted`,
+      map: 'rule_match',
+      key: matchId(key),
+      entry,
+      owner: { kind: 'none' },
+    });
+  }
+  // The per-port index and the link flags follow the match and link entries (recounted from the match entries
+  // as they are now, compared with the index as read, only differences written): a match entry repaired above
+  // left rule_ports as the kernel held it, so a line here is a value read, never one this daemon just wrote.
+  // On a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
   const all = !names && ctx.mono() - state.portsSweptAt >= PORT_SWEEP_MS;
+  const wroteMatch = repaired.some((r) => r.map === 'rule_match');
   const sweep = performance.now();
-  repaired.push(...((await dp.checkPortIndex?.(pace, all)) ?? []));
+  repaired.push(...((await dp.checkPortIndex?.(wroteMatch ? undefined : pace, all)) ?? []));
   if (all) state.portsSweptAt = ctx.mono();
   // The sweep's time is not the comparison's: every 30 s, it must not stretch the interval of the next ones.
   const swept = all ? performance.now() - sweep : 0;
+  if (!names) repaired.push(...(await sweepStrayPrefixes(ctx, prefixes, pace)));
   return { repaired, rules: plans.length, ms: Math.round(performance.now() - started - swept) };
 }
 

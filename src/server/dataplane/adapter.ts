@@ -2179,12 +2179,12 @@ export class KernelDataplane implements Dataplane {
     tables.clearRuleSlot(this.dp.maps, slot, srcPrefixes, backendIds);
   }
 
-  putMatch(key: MatchKey, slot: number): void {
-    tables.publishMatches(this.dp.maps, [key], slot);
+  putMatch(key: MatchKey, slot: number, index = true): void {
+    tables.publishMatches(this.dp.maps, [key], slot, index);
   }
 
-  deleteMatch(key: MatchKey): void {
-    tables.removeMatches(this.dp.maps, [key]);
+  deleteMatch(key: MatchKey, index = true): void {
+    tables.removeMatches(this.dp.maps, [key], index);
   }
 
   listMatches(): [MatchKey, number][] {

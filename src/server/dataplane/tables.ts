@@ -184,13 +184,19 @@ function checkSlot(slot: number): void {
  * Point match keys at a slot (publish). A new key is counted (and folded) in
  * rule_ports first, so the datapath looks it up as soon as it exists; a key
  * that moves to another slot is refolded after the move. Each key is one
- * all-or-nothing step for the caller's undo log.
+ * all-or-nothing step for the caller's undo log. `index` false: rule_match only, rule_ports untouched (the
+ * reconciler's repair of an entry another tool changed: the index was not changed with it, so the +1/-1 and
+ * refold of the old value would make it wrong; checkPortUse recounts it from rule_match right after).
  */
-export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number): void {
+export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number, index = true): void {
   checkSlot(slot);
   for (const k of keys) {
     const old = maps.ruleMatch.get(k);
     if (old === slot) continue;
+    if (!index) {
+      maps.ruleMatch.put(k, slot, BPF_ANY);
+      continue;
+    }
     const before = portOf(maps, k.dport);
     if (old === undefined) {
       maps.rulePorts.put(k.dport, withEntry(before, k, slot, +1));
@@ -213,11 +219,14 @@ export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: numbe
   }
 }
 
-/** Remove match keys (unpublish); the port count and fold drop after the entry is gone. */
-export function removeMatches(maps: DatapathMaps, keys: MatchKey[]): void {
+/**
+ * Remove match keys (unpublish); the port count and fold drop after the entry is gone (`index` false: not,
+ * as {@link publishMatches}).
+ */
+export function removeMatches(maps: DatapathMaps, keys: MatchKey[], index = true): void {
   for (const k of keys) {
     const slot = maps.ruleMatch.get(k);
-    if (slot === undefined || !maps.ruleMatch.delete(k)) continue;
+    if (slot === undefined || !maps.ruleMatch.delete(k) || !index) continue;
     try {
       maps.rulePorts.put(k.dport, withEntry(portOf(maps, k.dport), k, slot, -1));
     } catch (e) {
