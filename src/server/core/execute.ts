@@ -1404,7 +1404,9 @@ export async function adoptRules(
     }
     await pace();
   }
-  const repaired = writeRepairs(ctx, found);
+  // The match entries with their per-port index: the start recounted the index from the match entries as read
+  // before anything was written (restore.ts), so a repaired match entry moves the index with it, as a change does.
+  const repaired = writeRepairs(ctx, found, true);
   return { kernel, repaired, rest };
 }
 
@@ -1430,7 +1432,7 @@ export async function repairRuleEntries(
   seen?.(view.prefixes);
   const found = newRepairs();
   await compareRules(ctx, view, plans, ks, found, pace);
-  return writeRepairs(ctx, found);
+  return writeRepairs(ctx, found, false);
 }
 
 /**
@@ -1644,8 +1646,15 @@ async function compareRules(
  * Write what {@link compareRules} found to differ: what packets will be sent to first, then the tables, the
  * entries, and last what is published. Returns what differed, one record each (backends first, then rule
  * entries and tables, source prefixes, match entries).
+ *
+ * `index`: whether a match entry written moves the per-port index (rule_ports) with it. True only where the
+ * index was just recounted from the match entries as read (a start: restore.ts recounts it before anything
+ * is written), so it counts the kernel's match entries and a +1 or refold keeps it exact. False for the
+ * reconciler: another tool that changed a match entry did not change the index with it, so a +1 (or refold)
+ * would make it wrong, and the recount that follows (kernel-check.ts) would report the daemon's own write as
+ * the kernel's value; the index is the caller's to recount from the match entries.
  */
-function writeRepairs(ctx: ExecContext, found: Repairs): EntryRepair[] {
+function writeRepairs(ctx: ExecContext, found: Repairs, index: boolean): EntryRepair[] {
   const { dp } = ctx;
   if (found.pending.length) {
     const differ = new Set(
@@ -1681,10 +1690,7 @@ function writeRepairs(ctx: ExecContext, found: Repairs): EntryRepair[] {
   for (const [slot, flags, statsId, srcFilter] of found.cfgWrites) dp.writeRuleCfg(slot, flags, statsId, srcFilter);
   for (const x of found.delPrefixes) dp.deleteSrcPrefix(x);
   dp.writeBackends(backendClears);
-  // The match entry only: the per-port index is the caller's to recount from the match entries (kernel-check.ts).
-  // Another tool that changed a match entry did not change the index with it: a +1 (or refold) here would make
-  // the index wrong, and the recount would then report the daemon's own write as the kernel's value.
-  for (const [m, slot] of found.matchWrites) dp.putMatch(m, slot, false);
+  for (const [m, slot] of found.matchWrites) dp.putMatch(m, slot, index);
   return repaired;
 }
 

@@ -186,7 +186,8 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   adoptStrayAttachments(ctx);
   releaseUnusedInterfaces(ctx);
   // No second recount of the port index: it was made exact before anything else, and every match entry
-  // written or removed since went through putMatch/deleteMatch, which keep it exact.
+  // written or removed since went through putMatch/deleteMatch with the index moved with it (the adoption's
+  // repairs too: execute.ts writeRepairs), which keep it exact.
   const seen = observedRestore(
     ctx,
     stored,
