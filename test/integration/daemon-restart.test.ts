@@ -192,6 +192,24 @@ describe('daemon restarts without loss', kernelOnly(), () => {
       assert.deepEqual((JSON.parse(ringLine) as { repaired: string[] }).repaired, [
         `rule adopt: backend table (map rule_ring, rule slot ${slot}, position ${at} of ${RING_SIZE})`,
       ]);
+      // Delete the rule's match entry while the daemon is stopped, as `bpftool map delete` does: rule_ports is
+      // left as it was (still counting the entry). The start recounts the port index from the match entries it
+      // reads (the port's count drops to 0, where the datapath skips the port), then puts the entry back with
+      // the index moved with it: every entry as before, and only the match entry named. Before (the repair wrote
+      // rule_match alone): the port's index stayed at 0 after the start (nothing forwarded), until the
+      // reconciler's recount said `port index (map rule_ports, ...): kernel {"any":0,...}`, a value the start
+      // itself had written.
+      const whole = snapshot();
+      assert.ok(maps.ruleMatch.delete(key), 'the match entry deleted');
+      await restart();
+      assert.deepEqual(snapshot(), whole, 'the match entry and the port index as before the delete');
+      const matchLine = d!.output.split('\n').find((l) => l.includes('differed from the stored state'));
+      assert.ok(matchLine, d!.output);
+      assert.deepEqual((JSON.parse(matchLine) as { repaired: string[] }).repaired, [
+        `rule adopt: match entry (map rule_match: ingress ${vm.hostIf} ifindex ${key.ifindex}, UDP port ${PORT + 1}, ` +
+          `any destination): kernel absent, desired rule slot ${slot}`,
+      ]);
+      assert.doesNotMatch(d!.output, /rule_ports/, 'no line names the port index: nothing but the start wrote it');
     } finally {
       Object.values(maps).forEach((m) => m.close());
       ({ d, c } = await lab.start([]));
