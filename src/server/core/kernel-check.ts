@@ -93,8 +93,7 @@ export async function compareKernelEntries(
     ks.push(k);
   }
   // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
-  // Found before anything is written: from the first match entry written to the per-port index's recount
-  // below, nothing awaits (a pass preempted between the two would leave the index behind the entries).
+  // Found before anything is written (the pass may still give its turn while it reads).
   const strays: [MatchKey, number][] = [];
   if (!names) {
     let m = 0;
@@ -122,14 +121,18 @@ export async function compareKernelEntries(
   // as they are now, compared with the index as read, only differences written): a match entry repaired above
   // left rule_ports as the kernel held it, so a line here is a value read, never one this daemon just wrote.
   // On a full check every PORT_SWEEP_MS, the entries of the ports no match entry uses too (they must be zero).
+  // From the first entry written on, the comparison keeps the pass's turn (`kept` only yields to the event loop):
+  // a reconciler pass that gives its turn to a change (controller.ts resyncPass, Preempted) logs nothing, so what
+  // was written here would never be said, counted or fought (the next comparison finds nothing differing). It
+  // also keeps the per-port index's recount right after the match entries written (no change writes between).
+  const kept = pacer();
   const all = !names && ctx.mono() - state.portsSweptAt >= PORT_SWEEP_MS;
-  const wroteMatch = repaired.some((r) => r.map === 'rule_match');
   const sweep = performance.now();
-  repaired.push(...((await dp.checkPortIndex?.(wroteMatch ? undefined : pace, all)) ?? []));
+  repaired.push(...((await dp.checkPortIndex?.(repaired.length ? kept : pace, all)) ?? []));
   if (all) state.portsSweptAt = ctx.mono();
   // The sweep's time is not the comparison's: every 30 s, it must not stretch the interval of the next ones.
   const swept = all ? performance.now() - sweep : 0;
-  if (!names) repaired.push(...(await sweepStrayPrefixes(ctx, prefixes, pace)));
+  if (!names) repaired.push(...(await sweepStrayPrefixes(ctx, prefixes, kept)));
   return { repaired, rules: plans.length, ms: Math.round(performance.now() - started - swept) };
 }
 
@@ -139,7 +142,8 @@ export async function compareKernelEntries(
  * but they take room that a change of ours then misses: the change is refused ENOSPC while our rules hold a
  * fraction of the map. `prefixes`: every entry by slot, as the comparison just read them. Returns one repair
  * per slot, owned by no object ("source prefixes of no rule (map src_allow, rule slot 7: 65530 entries): kernel
- * 65530, desired absent (no rule holds that slot): deleted"), as the reconciler's other repairs.
+ * 65530, desired absent (no rule holds that slot): deleted"), as the reconciler's other repairs. `pace` must not
+ * give the pass's turn away (it is awaited between deletes: the lines are returned after the last).
  */
 export async function sweepStrayPrefixes(
   ctx: ExecContext,

@@ -268,7 +268,6 @@ export async function checkPortUse(
   nameOf?: (ifindex: number) => string | undefined,
   all = false,
 ): Promise<EntryRepair[]> {
-  const differed = checkIfFlags(maps, undefined, nameOf);
   let counts = new Map<number, PortUse>();
   let lo = Infinity;
   let hi = -1;
@@ -305,6 +304,9 @@ export async function checkPortUse(
     await pace!();
   }
   if (!paced) count(maps.ruleMatch.entriesBatch()); // a bucket larger than a batch is read key by key there
+  // The flags after the last pace, as every write here: a pass that gives its turn at a pace (core Preempted)
+  // logs nothing, so a word written before it would be rewritten and never said.
+  const differed = checkIfFlags(maps, undefined, nameOf);
   if (all) {
     lo = 0;
     hi = maps.rulePorts.info.maxEntries - 1;
