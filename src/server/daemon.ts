@@ -77,6 +77,7 @@ import {
 } from './dataplane/instance-lock.js';
 import { LinkMonitor } from './dataplane/link-monitor.js';
 import { linkNames } from './dataplane/netdev.js';
+import { DiskProbe } from './dataplane/disk-probe.js';
 import { GenerationPin, readPinnedGeneration, removeGenerationPin } from './dataplane/store-generation.js';
 import { checkStoreBehind } from './store-behind.js';
 import { silentLogger, type Logger } from './log.js';
@@ -210,11 +211,13 @@ export const SERVICE_NAMES = [
 /** How long a shutdown lets calls finish before it closes every connection. */
 export const SHUTDOWN_GRACE_MS = 5000;
 /**
- * At a stop, how long the host-changes record's write may take (ms) before the state directory's disk counts as
- * not answering (a frozen file system): the stop then says it could not write the record and leaves the store's
- * checkpoint to the next start, instead of waiting for the disk.
+ * At a stop, how long every write to the state directory together may take (ms): the store's write-back under
+ * way, --cleanup-on-exit's write of the host-changes record, the stop's own write of it, the store's close. Past
+ * it (or at once when the disk probe already found the disk not answering: a frozen file system), the stop says
+ * what it could not write and leaves the store's checkpoint and the lock file's removal to the next start,
+ * instead of waiting for the disk.
  */
-const STOP_RECORD_WRITE_MS = 2000;
+export const STOP_DISK_MS = 1500;
 /** How long a shutdown waits for the last telemetry export (spans of the calls just drained). */
 export const TELEMETRY_FLUSH_MS = 2000;
 
@@ -551,6 +554,9 @@ export class Daemon {
     // Each commit of the store writes its generation into the pins (a later start compares the two).
     daemon.generationPin = new GenerationPin(opts.pinRoot);
     if (store) daemon.watchGeneration(store);
+    // The state directory's disk, probed each pass off the event loop (a frozen disk said before a change hits it).
+    if (opts.stateDir) daemon.diskProbe = new DiskProbe(opts.stateDir);
+    if (store) store.disk = daemon.diskProbe;
     daemon.tlsProvider = tlsSet ? tlsSet.provider : undefined;
     daemon.policy = policy;
 
@@ -702,6 +708,8 @@ export class Daemon {
 
   /** The state store (undefined with --no-state). */
   store?: StateStore;
+  /** Whether the state directory's disk completes a write (dataplane/disk-probe.ts); undefined with --no-state. */
+  diskProbe?: DiskProbe;
   private resyncTimer?: NodeJS.Timeout;
   private terminator?: Terminator;
   /** Its audit records wait a turn of the event loop (access.ts): written at once at stop. */
@@ -1030,6 +1038,7 @@ export class Daemon {
   private async checkStoreWrites(): Promise<string[]> {
     const store = this.store;
     if (!store) return [];
+    this.diskProbe?.probe(); // never waits: its answer (or its wait past the bound) is what later passes see
     await store.probe();
     const r = store.refusal();
     const problem = r
@@ -1092,6 +1101,7 @@ export class Daemon {
         // Its changes count on from the store it replaces, and each is written into the pins.
         fresh.continueFrom(this.store?.generation ?? 0);
         this.watchGeneration(fresh);
+        fresh.disk = this.diskProbe;
         await fresh.replaceAll(state);
         return fresh;
       });
@@ -1306,11 +1316,26 @@ export class Daemon {
       clearTimeout(forced);
       this.access?.flush(); // the audit records of the calls just drained
       await this.passInFlight; // no pass starts any more (not ready): the last one ends before the cleanup
-      await this.storeCheck; // a write-back of the store it started, bounded (StateStore's bounds): completed
+      // Every write to the state directory from here on shares one bound (STOP_DISK_MS); none at all when the
+      // disk is known not to answer (the disk probe's write, or the store's, pending past its bound).
+      const diskStart = monotonicMs();
+      const knownFrozen = this.store?.refusal()?.error.message.includes('not answering') ?? false;
+      const diskLeft = () => (knownFrozen ? 0 : Math.max(0, STOP_DISK_MS - (monotonicMs() - diskStart)));
+      // A write-back of the store a pass started (bounded by StateStore's 5 s): waited for within the bound only.
+      if (this.storeCheck) {
+        const done = await Promise.race([this.storeCheck.then(() => true), delay(diskLeft()).then(() => false)]);
+        if (!done) {
+          this.log.warn(
+            { path: this.store?.path, boundMs: STOP_DISK_MS },
+            `stop: the state store's write-back under way did not complete within ${STOP_DISK_MS / 1000} s ` +
+              '(the disk is not answering): not waited for; the next start reads what the disk holds',
+          );
+        }
+      }
       if (this.opts.cleanupOnExit) {
         const detached = this.controller.detachAll();
         // Whatever the state lost track of too: every interface with our program, every setting we changed.
-        const r = await this.kernel!.cleanupHost();
+        const r = await this.kernel!.cleanupHost(diskLeft());
         // Settings sorted: the same host gives the same line, whatever order the devices were visited in
         // (interfaces in the order they were detached: a bridge before its ports).
         const sorted = (xs: readonly string[]) => [...xs].sort();
@@ -1327,9 +1352,22 @@ export class Daemon {
       this.datapath.close();
       this.generationPin?.close();
       // The last connection closed: the WAL checkpointed into state.db, unless the state directory's disk did not
-      // complete a write of the host-changes record in time (frozen): that checkpoint would hold the stop.
-      const diskAnswers = this.store ? await (this.kernel?.recordAnswers(STOP_RECORD_WRITE_MS) ?? true) : true;
-      await this.store?.close({ diskAnswers });
+      // complete a write in time (frozen): that checkpoint would hold the stop. The record as this daemon holds it,
+      // then the disk probe: both answered within the bound, or the store's close is not tried on this disk.
+      const diskAnswers =
+        !knownFrozen &&
+        (this.store ? await (this.kernel?.recordAnswers(diskLeft(), STOP_DISK_MS) ?? true) : true) &&
+        (await (this.diskProbe?.answers(diskLeft()) ?? true));
+      if (knownFrozen) {
+        this.log.error(
+          { path: this.store?.path },
+          `stop: host-changes record and state store: the state directory's disk is not answering ` +
+            `(${this.store?.refusal()?.error.message ?? ''}): nothing written there (the record holds what it held ` +
+            "before; the store's checkpoint and the lock file's removal are left to the next start)",
+        );
+      }
+      // A disk that answered: the thread's close as before (answered in milliseconds); else within what is left.
+      await this.store?.close({ diskAnswers, boundMs: diskAnswers ? undefined : diskLeft() });
       if (this.opts.cleanupOnExit) {
         // Ours only: a pin root that is a bpffs mount's root keeps the kernel's own entries and the mount
         // point; pin root directories hidden by a mount are reached through the lock's descriptor.

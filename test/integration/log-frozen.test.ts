@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { createChannel, createClient, type Channel } from 'nice-grpc';
@@ -20,7 +20,8 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
 import { fileLogLines, fileText, promSample, startFileLoggedDaemon } from '../helpers/daemon.js';
-import { kernelOnly, runId, sh, shQuiet, until, within } from '../helpers/env.js';
+import { kernelOnly, runId, until, within } from '../helpers/env.js';
+import { FrozenDisk } from '../helpers/frozen-disk.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
@@ -36,18 +37,10 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
   const sock = `/tmp/xdpctl-test-${id}.sock`;
   let daemon: ChildProcess | undefined;
   let channel: Channel | undefined;
-  let mounted = false;
-  let frozen = false;
+  const disk = new FrozenDisk(dir, img, undefined);
   let vm: Host, b1: Host;
-  const freeze = () => {
-    sh('fsfreeze', ['-f', dir]);
-    frozen = true;
-  };
-  const thaw = () => {
-    if (!frozen) return;
-    shQuiet('fsfreeze', ['-u', dir]);
-    frozen = false;
-  };
+  const freeze = () => disk.freeze();
+  const thaw = () => disk.thaw();
   const text = fileText;
   const tail = (f: string) => text(f).slice(-2000);
   const lines = fileLogLines;
@@ -72,11 +65,7 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
   before(() => {
     vm = topo.addHost('vm', '198.18.1.1/24');
     b1 = topo.addHost('b1', '198.18.2.1/24');
-    mkdirSync(dir, { recursive: true });
-    sh('truncate', ['-s', '64M', img]);
-    sh('mkfs.ext4', ['-q', '-F', img]);
-    sh('mount', ['-o', 'loop', img, dir]);
-    mounted = true;
+    disk.mount();
   });
   after(async () => {
     thaw();
@@ -92,8 +81,7 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
     });
     XdpDatapath.unpinAll(pinRoot);
     for (const p of [stateDir, sock, `${sock}.lock`, err]) rmSync(p, { recursive: true, force: true });
-    if (mounted) shQuiet('umount', ['-l', dir]);
-    rmSync(img, { force: true });
+    disk.remove();
     rmSync(dir, { recursive: true, force: true });
     topo.destroy();
   });

@@ -11,14 +11,14 @@
  * The file system is always thawed and unmounted, even on failure (a frozen one left behind hangs tools).
  */
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { kernelOnly, sleep, until } from '../helpers/env.js';
+import { FrozenDisk } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -30,18 +30,12 @@ describe('a state disk that stops completing writes (fsfreeze) never holds the e
   const { id } = lab;
   const stateDir = `/tmp/xdpctl-test-${id}-state`;
   const db = `${stateDir}/state.db`;
-  const img = `/tmp/xdpctl-test-${id}-state.img`;
+  const disk = new FrozenDisk(stateDir, `/tmp/xdpctl-test-${id}-state.img`);
   let d: DaemonProcess | undefined;
   let c: Clients;
   let b1: Host;
-  let mounted = false;
-  let frozen = false;
   let lateCommit = false;
-  const thaw = () => {
-    if (!frozen) return;
-    shQuiet('fsfreeze', ['-u', stateDir]);
-    frozen = false;
-  };
+  const thaw = () => disk.thaw();
   /** A deadline for a call (a daemon whose event loop is held fails the test, not hangs it; cleanup thaws). */
   const soon = (ms = 3000) => ({ signal: AbortSignal.timeout(ms) });
   const rule = (name: string, port: number) => lab.apiRule(name, port, [backendOf(b1)]);
@@ -67,27 +61,17 @@ describe('a state disk that stops completing writes (fsfreeze) never holds the e
 
   before(async () => {
     ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
-    mkdirSync(stateDir, { recursive: true });
-    sh('truncate', ['-s', '64M', img]);
-    sh('mkfs.ext4', ['-q', '-F', img]);
-    sh('mount', ['-o', 'loop', img, stateDir]);
-    mounted = true;
-    chmodSync(stateDir, 0o700);
+    disk.mount();
     ({ d, c } = await lab.start(['--log-level', 'info']));
     await c.rules.createRule({ rule: rule('web', PORT) });
   });
   // Before the lab stops the daemon (its exit waits for a write pending on a frozen disk): thawed, unmounted.
-  after(() => {
-    thaw();
-    if (mounted) shQuiet('umount', ['-l', stateDir]);
-    rmSync(img, { force: true });
-  });
+  after(() => disk.remove());
   after(() => lab.destroy());
 
   it('frozen: health, reads and status answered at once, a change refused within the bound; thawed: writes again', async () => {
     assert.deepEqual(onDisk(), ['web']);
-    sh('fsfreeze', ['-f', stateDir]);
-    frozen = true;
+    disk.freeze();
     try {
       const health = await timed(c.health.check({ service: '' }, soon()));
       assert.ok(health.ms < 1000 && !health.error, `health answered in ${health.ms} ms`);

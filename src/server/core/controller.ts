@@ -2088,13 +2088,17 @@ export class Controller {
    */
   /**
    * The state store: its path and, while it refuses writes (as last observed: StateStore.refusal), why (as
-   * the disk said) and since when (ms). undefined without a store (--no-state).
+   * the disk said) and since when (ms); when the disk last answered a write (`lastAnswer`, ms: the disk probe
+   * each pass) and, when that is not recent and nothing refuses, why writability `unknown` (cannot be told).
+   * undefined without a store (--no-state).
    */
-  stateStore(): { path: string; problem?: string; since?: number } | undefined {
+  stateStore(): { path: string; problem?: string; since?: number; unknown?: string; lastAnswer?: number } | undefined {
     const s = this.opts.store;
     if (!s) return undefined;
     const r = s.refusal?.();
-    return r ? { path: s.path, problem: storeReason(r.error), since: r.since } : { path: s.path };
+    const o = s.observed?.();
+    const seen = o ? { lastAnswer: o.lastAnswer, ...(o.unknown ? { unknown: o.unknown } : {}) } : {};
+    return r ? { path: s.path, problem: storeReason(r.error), since: r.since, ...seen } : { path: s.path, ...seen };
   }
 
   problems(): string[] {

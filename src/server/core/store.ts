@@ -147,6 +147,27 @@ export const WORKER_ROWS = 256;
  */
 export const STORE_WRITE_TIMEOUT_MS = 5000;
 
+/**
+ * Whether the state directory's disk completes writes, observed off the event loop (a tiny write and fsync in a
+ * child process each reconciler pass: dataplane/disk-probe.ts), so that a disk that stopped completing writes (a
+ * frozen file system) is said before a change hits it, and a store is said writable only on a recent answer.
+ */
+export interface DiskAnswers {
+  /** Send a probe unless one waits for the disk (never waits). */
+  probe(): void;
+  /** The probe waiting for the disk: sent at `at` (ms since the epoch), `ageMs` ago; undefined while none waits. */
+  waitingSince(): { at: number; ageMs: number } | undefined;
+  /** When the disk last answered a probe (completed or refused it); undefined before the first answer. */
+  lastAnswer(): { at: number; ageMs: number } | undefined;
+}
+
+/**
+ * How old the disk's last answer to a write may be for the store to be said writable (ms): the probe is sent
+ * every reconciler pass (~1 s) and answered in milliseconds; older than this (and none waiting past
+ * {@link STORE_WRITE_TIMEOUT_MS}), whether the store takes writes cannot be told.
+ */
+export const STORE_OBSERVED_RECENT_MS = 3000;
+
 /** What the core needs to persist changes (a fake in unit tests). */
 export interface StatePort {
   /** The database path, for messages. */
@@ -158,6 +179,8 @@ export interface StatePort {
   begin(rows?: number): StoreTxn | Promise<StoreTxn>;
   /** Why the store cannot take writes now, as last observed, and since when (ms); undefined while it can. */
   refusal?(): { error: CoreError; since: number } | undefined;
+  /** When the disk last answered a write, and why writability cannot be told now: {@link StateStore.observed}. */
+  observed?(): { lastAnswer: number; unknown?: string };
   /** Make the stored state exactly `state`, in one transaction (a store written back to the desired state). */
   replaceAll?(state: StoredState): Promise<void>;
   /** The store's rows when another writer has changed them since the last look (or `force`): {@link StateStore.readIfChanged}. */
@@ -413,6 +436,10 @@ export class StateStore implements StatePort {
   generation = 0;
   /** Told the generation of each change once committed (the daemon writes it into the pins). */
   onCommitted?: (generation: number) => void;
+  /** The state directory's disk, probed each reconciler pass (the daemon sets it: dataplane/disk-probe.ts). */
+  disk?: DiskAnswers;
+  /** When the store was opened (ms, monotonic and wall clock): the open's writes are the first observation. */
+  private readonly openedAt = { at: Date.now(), mono: monotonicMs() };
 
   private constructor(readonly dir: string) {
     this.path = stateDbPath(dir);
@@ -712,8 +739,48 @@ export class StateStore implements StatePort {
         since: pending,
       };
     }
+    const probe = this.diskNotAnswering();
+    if (probe !== undefined) {
+      return {
+        error: new CoreError(
+          'unavailable',
+          `write: state store ${this.path}: the disk has not completed a write sent to it at ` +
+            `${new Date(probe.at).toISOString()} (not answering for more than ${STORE_WRITE_TIMEOUT_MS / 1000} s: ` +
+            `ETIMEDOUT, a write and fsync of ${this.dir}/.write-probe pending ${Math.floor(probe.ageMs / 1000)} s)`,
+        ),
+        since: probe.at,
+      };
+    }
     const error = this.problem ?? this.writeFailure;
     return error ? { error, since: this.refusingSince ?? Date.now() } : undefined;
+  }
+
+  /** The disk probe's write waiting past {@link STORE_WRITE_TIMEOUT_MS} (a frozen disk), if one is. */
+  private diskNotAnswering(): { at: number; ageMs: number } | undefined {
+    const w = this.disk?.waitingSince();
+    return w && w.ageMs >= STORE_WRITE_TIMEOUT_MS ? w : undefined;
+  }
+
+  /**
+   * When the disk last answered a write of this store's directory (the disk probe, or the open at start before
+   * its first answer), and, when that is older than {@link STORE_OBSERVED_RECENT_MS} while no {@link refusal}
+   * holds, why whether it takes writes cannot be told now (a probe waits for the disk, not yet past the bound;
+   * or none was answered since). Without a disk probe (unit tests): the open only, never "cannot be told".
+   */
+  observed(): { lastAnswer: number; unknown?: string } {
+    const last = this.disk?.lastAnswer() ?? { at: this.openedAt.at, ageMs: monotonicMs() - this.openedAt.mono };
+    if (!this.disk || last.ageMs < STORE_OBSERVED_RECENT_MS || this.refusal()) return { lastAnswer: last.at };
+    const w = this.disk.waitingSince();
+    const since = new Date(last.at).toISOString();
+    return {
+      lastAnswer: last.at,
+      unknown:
+        `cannot be told: the disk last answered a write at ${since} (${Math.floor(last.ageMs / 1000)} s ago)` +
+        (w
+          ? `; the write sent at ${new Date(w.at).toISOString()} is not answered yet (${Math.floor(w.ageMs / 1000)} s, ` +
+            `not answering once past ${STORE_WRITE_TIMEOUT_MS / 1000} s)`
+          : '; no write of it has been answered since'),
+    };
   }
 
   /** The daemon could not write a fresh store after this one's file was removed: {@link refusal} says why. */
@@ -737,7 +804,7 @@ export class StateStore implements StatePort {
       return Promise.resolve();
     }
     const t = this.thread();
-    if (this.notAnswering() !== undefined) return Promise.resolve();
+    if (this.notAnswering() !== undefined || this.diskNotAnswering()) return Promise.resolve();
     const write = !!this.writeFailure || !!diskState(dirname(this.path));
     const answered = (r: WorkerReply) => {
       if (r.err) {
@@ -804,6 +871,16 @@ export class StateStore implements StatePort {
     const pending = this.notAnswering();
     if (pending !== undefined) {
       throw this.notAnsweringError('begin a change', 'the change is not made; every change is refused until it does');
+    }
+    // The disk probe's write not completed in the bound (a frozen disk seen before a change hit it): refused at
+    // once, not sent to the worker thread (a thread inside a write to a frozen file system holds the exit).
+    const probe = this.diskNotAnswering();
+    if (probe !== undefined) {
+      throw this.notAnsweringError(
+        'begin a change',
+        'the change is not made; every change is refused until it does',
+        probe.at,
+      );
     }
     if (this.closed)
       throw new CoreError('unavailable', `begin a change: state store ${this.path}: closed (the daemon stops)`);
@@ -903,6 +980,9 @@ export class StateStore implements StatePort {
    */
   async readIfChanged(force = false): Promise<StoreRows | undefined> {
     if (this.closed || this.problem || this.workerTxn || this.fileChanged()) return undefined;
+    // Nothing sent to the thread while the disk probe's write waits (a frozen disk): a read there may write its
+    // read mark into state.db-shm and block in that page fault (docs/state-store.md).
+    if ((this.disk?.waitingSince()?.ageMs ?? 0) >= 1000) return undefined;
     const t = this.thread();
     if (this.notAnswering() !== undefined) return undefined;
     const r = await this.ask(t, { op: 'read', path: this.path, force }, 1000);
@@ -1041,14 +1121,15 @@ export class StateStore implements StatePort {
    * stopped daemon leaves one self-contained state.db (before, with a request still pending there, a pass's
    * probe, the connection here was left open and the thread terminated: the process exited with the WAL
    * beside the file, and a state.db damaged by hand then opened from the WAL's pages, a corrupt store not
-   * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS}, and not at all
+   * refused at the next start). Waits for the thread at most {@link STORE_WRITE_TIMEOUT_MS} (`boundMs` when less: a
+   * stop's share of its bound on the state directory's writes), and not at all
    * while a write is pending past it: a disk that does not answer leaves both connections to the process's
    * exit (closing could checkpoint on that disk). `diskAnswers` false (a stop found another write to the state
    * directory not completed within its bound: a frozen disk): the daemon's own connection is left open too
    * (the last connection's close checkpoints the WAL, a write that would hold the event loop and the exit
    * until the disk answers); the WAL stays beside state.db and SQLite replays it at the next open.
    */
-  close(opts: { diskAnswers?: boolean } = {}): Promise<void> {
+  close(opts: { diskAnswers?: boolean; boundMs?: number } = {}): Promise<void> {
     this.closed = true;
     this.closing ??= (async () => {
       const t = this.worker;
@@ -1056,7 +1137,8 @@ export class StateStore implements StatePort {
       let answered = this.notAnswering() === undefined;
       this.worker = undefined;
       if (t && !t.gone && answered) {
-        answered = (await this.ask(t, { op: 'close' }, STORE_WRITE_TIMEOUT_MS)) !== TIMED_OUT;
+        const bound = Math.min(opts.boundMs ?? STORE_WRITE_TIMEOUT_MS, STORE_WRITE_TIMEOUT_MS);
+        answered = (await this.ask(t, { op: 'close' }, bound)) !== TIMED_OUT;
       }
       void t?.w.terminate();
       if (this.db?.open && answered && opts.diskAnswers !== false) this.db.close();

@@ -2,7 +2,7 @@
  * The real Dataplane for the core: XdpDatapath + tables + netdev behind the
  * interface in core/dataplane.ts.
  */
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 
 import type {
@@ -266,6 +266,15 @@ type HostJournalEntry =
   | { kind: 'gro'; change: GroChange; added: boolean; veth?: string }
   | { kind: 'offloads'; change: OffloadChange; added: string[] };
 
+/**
+ * A recorded change read from a record that may not be current (its last write was never confirmed: a
+ * `FILE.tmp` left beside it): this daemon cannot prove it (or an earlier daemon) made it, or that it was not
+ * undone since. Such entries are kept with the flag (a later daemon knows it too), never undone nor made again,
+ * and said by --cleanup-on-exit as left as found; a change this daemon makes on that device replaces it.
+ */
+type MaybeStale = { unconfirmed?: boolean };
+const unconfirmed = (c: GroChange | OffloadChange): boolean => (c as MaybeStale).unconfirmed === true;
+
 /** The host-changes record's write bound, in seconds, for messages. */
 const RECORD_BOUND_S = RECORD_WRITE_TIMEOUT_MS / 1000;
 
@@ -329,6 +338,9 @@ export class KernelDataplane implements Dataplane {
     private readonly log?: Logger,
   ) {
     this.record = hostChangesFile ? new RecordWriter(hostChangesFile) : undefined;
+    // A write of the record never confirmed (its daemon stopped before the disk completed it: a frozen disk at a
+    // stop): the record beside it may not be current. The temporary file is removed, said.
+    const partial = hostChangesFile ? this.takePartial(hostChangesFile) : undefined;
     if (hostChangesFile && existsSync(hostChangesFile)) {
       try {
         const saved = JSON.parse(readFileSync(hostChangesFile, 'utf8')) as {
@@ -341,7 +353,53 @@ export class KernelDataplane implements Dataplane {
         this.keepUnreadable(hostChangesFile, err as Error);
       }
     }
+    if (hostChangesFile && partial) this.notCurrent(hostChangesFile, partial);
     dp.onOffloadsChanged = (changes) => this.recordOffloads(changes);
+  }
+
+  /**
+   * `FILE.tmp` removed if there is one (a write of the record never confirmed, 0 bytes or cut short): what it
+   * was, for the line that says the record may not be current; undefined when there was none.
+   */
+  private takePartial(file: string): string | undefined {
+    const tmp = `${file}.tmp`;
+    let size: number;
+    try {
+      size = statSync(tmp).size;
+    } catch {
+      return undefined;
+    }
+    let removed = 'removed';
+    try {
+      rmSync(tmp, { force: true });
+    } catch (e) {
+      removed = `could not be removed (${(e as Error).message})`;
+    }
+    return `${tmp} (${size} bytes, a write of it the disk never confirmed) ${removed}`;
+  }
+
+  /**
+   * The record's last write was not confirmed: every change it lists is flagged {@link MaybeStale} (left as
+   * found, never undone nor made again), said in one line, and the record written with the flags.
+   */
+  private notCurrent(file: string, partial: string): void {
+    const listed = [...this.groChanges, ...this.offloadChanges];
+    for (const c of listed) (c as MaybeStale).unconfirmed = true;
+    const what = [
+      ...this.groChanges.map((c) => `GRO on ${whereOf(c)}`),
+      ...this.offloadChanges.map((c) => `${c.features.join(', ')} off on ${whereOf(c)}`),
+    ];
+    this.log?.warn(
+      { file, partial, listed: what },
+      `host-changes record ${file} may not be current: ${partial}; the daemon that wrote it stopped before its ` +
+        'last write was confirmed, so what the record lists may have been undone since (and set again by someone ' +
+        'else). ' +
+        (what.length
+          ? `The ${what.length} device setting(s) it lists are left as they are found (not undone by ` +
+            `--cleanup-on-exit, not made again): ${what.join('; ')}`
+          : 'It lists no device setting'),
+    );
+    if (listed.length) void this.saveHostChanges(undefined, 'the record flagged as not known to be current');
   }
 
   /**
@@ -383,6 +441,9 @@ export class KernelDataplane implements Dataplane {
 
   private recordOffloads(changes: OffloadChange[]): void {
     for (const c of changes) {
+      // A change this daemon made replaces one a record not known to be current listed for that device.
+      const stale = this.offloadChanges.findIndex((x) => sameDevice(x, c) && unconfirmed(x));
+      if (stale >= 0) this.offloadChanges.splice(stale, 1);
       const same = this.offloadChanges.find((x) => sameDevice(x, c));
       const added = same ? c.features.filter((f) => !same.features.includes(f)) : [...c.features];
       if (same) same.features = [...new Set([...same.features, ...c.features])];
@@ -394,6 +455,9 @@ export class KernelDataplane implements Dataplane {
 
   /** Record a GRO switched on; settles once the record is written (or could not be: said), within the bound. */
   private async recordGro(c: GroChange, vethName: string): Promise<void> {
+    // This daemon switched it on itself: one a record not known to be current listed is replaced by this one.
+    const stale = this.groChanges.findIndex((x) => sameDevice(x, c) && unconfirmed(x));
+    if (stale >= 0) this.groChanges.splice(stale, 1);
     const known = this.groChanges.some((x) => sameDevice(x, c));
     this.journal?.push({ kind: 'gro', change: c, added: !known, veth: vethName });
     if (known) return;
@@ -529,7 +593,7 @@ export class KernelDataplane implements Dataplane {
    * it. A write the disk does not complete within the bound is said the same way (and fails the change that
    * made it: {@link trackHostChanges} settle). Resolves true once written (never rejects).
    */
-  private saveHostChanges(what?: object, change?: string, boundMs?: number): Promise<boolean> {
+  private saveHostChanges(what?: object, change?: string, boundMs?: number, quiet = false): Promise<boolean> {
     if (!this.hostChangesFile || !this.record) return Promise.resolve(true);
     if (this.keepAside) return Promise.resolve(false); // an unreadable record kept in place: logged at start
     const file = this.hostChangesFile;
@@ -540,6 +604,7 @@ export class KernelDataplane implements Dataplane {
       },
       (e: Error) => {
         this.hostChangesPending = true;
+        if (quiet) return e;
         const late =
           e instanceof RecordNotAnswering ? ' (written once the disk answers, if this daemon still runs)' : '';
         this.log?.warn(
@@ -590,14 +655,17 @@ export class KernelDataplane implements Dataplane {
 
   /**
    * At a stop: whether the record's disk answers a write within `boundMs` (the record written again, as this
-   * daemon holds it, when there is one; nothing written without a record). Not answering is logged: the stop
+   * daemon holds it, when there is one and the disk has not confirmed that content yet; nothing written without
+   * a record). Not answering is logged: the stop
    * could not write the record, and leaves what else it would write there (the store's checkpoint) to the next
    * start. A disk that refuses the write (full, read-only) answers.
    */
-  async recordAnswers(boundMs: number): Promise<boolean> {
+  async recordAnswers(boundMs: number, stopBoundMs = boundMs): Promise<boolean> {
     const file = this.hostChangesFile;
     if (!this.record || !file || this.keepAside) return true;
     if (!existsSync(file) && !this.groChanges.length && !this.offloadChanges.length) return true;
+    // Already on disk as this daemon holds it (the cleanup's write, confirmed): not written again.
+    if (!this.record.busy() && this.record.confirmed === this.recordText()) return true;
     try {
       await this.record.write(this.recordText(), boundMs);
       this.hostChangesPending = false;
@@ -605,9 +673,12 @@ export class KernelDataplane implements Dataplane {
     } catch (e) {
       if (!(e instanceof RecordNotAnswering)) return true;
       this.log?.error(
-        { err: e, file },
-        `stop: host-changes record ${e.message}: it could not be written; it holds what it held before ` +
-          '(the device settings changed since are not recorded for the next start)',
+        { err: e, file, boundMs: stopBoundMs },
+        `stop: host-changes record ${file}: the disk did not complete a write within the stop's ` +
+          `${stopBoundMs / 1000} s (not answering) (pending since ${new Date(e.since).toISOString()}): it could not ` +
+          'be written; it holds what it held before (what the stop and the changes since did to device settings is ' +
+          `not recorded: a next start that finds ${file}.tmp says the record may not be current, and leaves what ` +
+          'it lists as found)',
       );
       return false;
     }
@@ -659,7 +730,11 @@ export class KernelDataplane implements Dataplane {
     // too, by that namespace's id).
     const ours = netnsId();
     const mine = this.offloadChanges.filter(
-      (c) => c.netns === undefined && c.ifindex === s.ifindex && (c.netnsId === undefined || c.netnsId === ours),
+      (c) =>
+        !unconfirmed(c) &&
+        c.netns === undefined &&
+        c.ifindex === s.ifindex &&
+        (c.netnsId === undefined || c.netnsId === ours),
     );
     for (const c of mine) {
       if (!ns.name) {
@@ -685,9 +760,12 @@ export class KernelDataplane implements Dataplane {
   /**
    * --cleanup-on-exit: detach our program from every interface (uppers
    * before lowers) and put back every device setting we changed. Returns
-   * what could not be undone.
+   * what could not be undone. The record's write waits at most `recordBoundMs`
+   * (the stop's bound; RECORD_WRITE_TIMEOUT_MS when not given).
    */
-  async cleanupHost(): Promise<{ detached: string[]; restored: string[]; failed: string[]; leftAlone: string[] }> {
+  async cleanupHost(
+    recordBoundMs?: number,
+  ): Promise<{ detached: string[]; restored: string[]; failed: string[]; leftAlone: string[] }> {
     const d = this.dp.detachEverywhere();
     const restored: string[] = [];
     /** Recorded devices that are gone, not found, or were replaced by another with the same ifindex. */
@@ -709,6 +787,14 @@ export class KernelDataplane implements Dataplane {
       for (const change of recorded[kind].splice(0)) {
         const r = { kind, change } as HostRecord;
         const where = whereOf(change);
+        if (unconfirmed(change)) {
+          // Not known to be this daemon's (or an earlier one's) doing: left as found, and out of the record.
+          leftAlone.push(
+            `${where}: ${r.kind === 'gro' ? 'GRO' : r.change.features.join(', ')} left as found (the host-changes ` +
+              'record listing it may not be current: its last write was never confirmed)',
+          );
+          continue;
+        }
         try {
           put(`${where}: ${await undoRecord(r)}`);
         } catch (e) {
@@ -724,7 +810,9 @@ export class KernelDataplane implements Dataplane {
         }
       }
     }
-    await this.saveHostChanges();
+    // Within the stop's bound on the state directory's writes (a disk that does not answer: said, not waited for).
+    // Quiet: the stop's own write of the record follows, and says whether the disk took it (recordAnswers).
+    await this.saveHostChanges(undefined, undefined, recordBoundMs, recordBoundMs !== undefined);
     return { detached: d.detached, restored, failed, leftAlone };
   }
 
@@ -1949,7 +2037,7 @@ export class KernelDataplane implements Dataplane {
     const done: string[] = [];
     const set: string[] = [];
     prep.changed.forEach((c) => {
-      const rec = this.offloadChanges.find((x) => sameDevice(x, c));
+      const rec = this.offloadChanges.find((x) => sameDevice(x, c) && !unconfirmed(x));
       const again = c.features.filter((f) => rec?.features.includes(f));
       const first = c.features.filter((f) => !again.includes(f));
       const where = c.netns ? `${c.ifname} in netns ${c.netns}` : c.ifname;
@@ -1983,6 +2071,7 @@ export class KernelDataplane implements Dataplane {
     const out: string[] = [];
     let changed = false;
     for (const rec of [...this.offloadChanges]) {
+      if (unconfirmed(rec)) continue; // not known to be ours: left as found
       // By ifindex and namespace (its name may have changed since; releaseOffloads checks the rest of its identity).
       if (rec.ifindex !== peer.ifindex || rec.netns !== peer.netns) continue;
       if (rec.netns === undefined && peer.nsid !== undefined) continue; // a peer in an unnamed namespace
@@ -2075,7 +2164,7 @@ export class KernelDataplane implements Dataplane {
             '(--fix-veth-peers)',
         );
       const change: GroChange = { ifname: s.peer, netns: s.netns, ifindex: s.peerIfindex, ...s.peerIdentity };
-      const repeated = this.groChanges.some((x) => sameDevice(x, change));
+      const repeated = this.groChanges.some((x) => sameDevice(x, change) && !unconfirmed(x));
       // Recorded before it is said (off the event loop, bounded: a disk not answering is said by the record).
       await this.recordGro(change, ifname);
       // A repair only when this daemon had switched it on there before (its record, same device) and found it

@@ -3,7 +3,9 @@
  * and bounded as the state store's writes are (core/store.ts STORE_WRITE_TIMEOUT_MS).
  *
  * Each write runs in a short child process (this Node binary, guarded: children.ts), which writes a temporary
- * file (mode 0600), fsyncs it and renames it over the file (or removes the file). A disk that stops completing
+ * file `FILE.tmp` (mode 0600), fsyncs it, renames it over the file (or removes the file) and fsyncs the
+ * directory, so that a write confirmed is on disk whole. A `FILE.tmp` found later is a write never confirmed (its
+ * daemon gone before the disk completed it): the record may not be current (adapter.ts says so at start). A disk that stops completing
  * writes (a frozen file system, a hung NFS or iSCSI volume) then holds that child, never the daemon: not its
  * event loop (before, writeFileSync and renameSync on the event loop left gRPC, health, /metrics and SIGTERM
  * unanswered until the thaw), and not its exit either (the kernel does not end a thread inside a write to a
@@ -54,6 +56,9 @@ try {
     try { fs.writeFileSync(fd, data); fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
     fs.renameSync(tmp, file);
   }
+  // The rename (or removal) itself on disk: the directory's entry fsynced.
+  const dfd = fs.openSync(require('node:path').dirname(file), 'r');
+  try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
 } catch (e) {
   try { fs.rmSync(tmp, { force: true }); } catch {}
   process.stderr.write(JSON.stringify({ code: e.code, message: e.message }));
@@ -152,10 +157,14 @@ export class RecordWriter {
     });
   }
 
+  /** The content the disk last confirmed (null: the file removed); undefined before the first confirmed write. */
+  confirmed?: string | null;
+
   private start(job: Job): void {
     this.running = { mono: monotonicMs(), at: Date.now() };
     void runWrite(this.file, job.content).then((o) => {
       this.running = undefined;
+      if (!o.err) this.confirmed = job.content;
       for (const w of job.waiters) w(o);
       const n = this.next;
       this.next = undefined;

@@ -102,13 +102,19 @@ function logWriteProblem(p: WriteProblem | undefined) {
 }
 
 /** daemon.proto StateStoreStatus from the controller's view of its store (undefined: --no-state). */
-function stateStoreStatus(s: { path: string; problem?: string; since?: number } | undefined) {
+function stateStoreStatus(
+  s: { path: string; problem?: string; since?: number; unknown?: string; lastAnswer?: number } | undefined,
+) {
   if (!s) return undefined;
+  // Writable only on a recent answer of the disk: a refusal says why not; no recent answer cannot be told.
+  const cannotTell = s.problem === undefined && s.unknown !== undefined;
   return {
     path: s.path,
-    writable: s.problem === undefined,
-    problem: s.problem ?? '',
+    writable: s.problem === undefined && !cannotTell,
+    problem: s.problem ?? s.unknown ?? '',
     refusingSince: s.since === undefined ? undefined : new Date(s.since),
+    lastWriteAnswered: s.lastAnswer === undefined ? undefined : new Date(s.lastAnswer),
+    cannotTell,
   };
 }
 

@@ -113,8 +113,10 @@ export function registerStatus(program: Command): void {
                   [
                     'state store writable',
                     res.stateStore.writable
-                      ? 'yes'
-                      : `no: ${res.stateStore.problem}${res.stateStore.refusingSince ? ` (since ${res.stateStore.refusingSince.toISOString()})` : ''}; changes are refused`,
+                      ? `yes${res.stateStore.lastWriteAnswered ? ` (a write answered at ${res.stateStore.lastWriteAnswered.toISOString()})` : ''}`
+                      : res.stateStore.cannotTell
+                        ? `${res.stateStore.problem}; changes are tried (refused if the disk does not answer in 5 s)`
+                        : `no: ${res.stateStore.problem}${res.stateStore.refusingSince ? ` (since ${res.stateStore.refusingSince.toISOString()})` : ''}; changes are refused`,
                   ],
                 ] as [string, string][])
               : []),

@@ -244,9 +244,11 @@ export interface TlsStatus {
 
 /**
  * Whether the state store takes writes, as the daemon last observed it: at
- * start, by the last change, and by the reconciler's write probe (one small
+ * start, by the last change, by the reconciler's write probe (one small
  * transaction each second while it refuses writes, or while its file system
- * is read-only or full). While it refuses, every change is refused before
+ * is read-only or full), and by the disk probe (a tiny write and fsync in the
+ * state directory each second, in a child process: a disk that stops
+ * completing writes is said before a change hits it). While it refuses, every change is refused before
  * the kernel is touched (RESOURCE_EXHAUSTED for a full disk,
  * FAILED_PRECONDITION for a read-only one, UNAVAILABLE for an I/O error),
  * the health service "xdpctl.datapath" is NOT_SERVING naming it, and the
@@ -272,7 +274,29 @@ export interface StateStoreStatus {
    */
   problem: string;
   /** Since when it refuses writes. Unset while writable. */
-  refusingSince?: Date | undefined;
+  refusingSince?:
+    | Date
+    | undefined;
+  /**
+   * When the state directory's disk last answered a write: the daemon's
+   * write probe, a tiny write and fsync of <state dir>/.write-probe in a
+   * child process each second, off the event loop (before the first answer:
+   * the open at start). writable is true only when this is recent (3 s); a
+   * probe not answered within 5 s (a frozen file system, a hung NFS or iSCSI
+   * volume) makes writable false with problem "the disk has not completed a
+   * write sent to it at ... (not answering for more than 5 s: ETIMEDOUT,
+   * ...)", and every change is refused until it answers.
+   */
+  lastWriteAnswered?:
+    | Date
+    | undefined;
+  /**
+   * True while whether it takes writes cannot be told: no refusal is known,
+   * but the disk's last answer to a write is older than 3 s (a probe waits
+   * for it, not yet 5 s). writable is false then, problem says "cannot be
+   * told: ..."; changes are still tried (each bounded by 5 s).
+   */
+  cannotTell: boolean;
 }
 
 /**
@@ -1293,7 +1317,14 @@ export const TlsStatus: MessageFns<TlsStatus> = {
 };
 
 function createBaseStateStoreStatus(): StateStoreStatus {
-  return { path: "", writable: false, problem: "", refusingSince: undefined };
+  return {
+    path: "",
+    writable: false,
+    problem: "",
+    refusingSince: undefined,
+    lastWriteAnswered: undefined,
+    cannotTell: false,
+  };
 }
 
 export const StateStoreStatus: MessageFns<StateStoreStatus> = {
@@ -1309,6 +1340,12 @@ export const StateStoreStatus: MessageFns<StateStoreStatus> = {
     }
     if (message.refusingSince !== undefined) {
       Timestamp.encode(toTimestamp(message.refusingSince), writer.uint32(34).fork()).join();
+    }
+    if (message.lastWriteAnswered !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastWriteAnswered), writer.uint32(42).fork()).join();
+    }
+    if (message.cannotTell !== false) {
+      writer.uint32(48).bool(message.cannotTell);
     }
     return writer;
   },
@@ -1358,6 +1395,22 @@ export const StateStoreStatus: MessageFns<StateStoreStatus> = {
             message.refusingSince = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastWriteAnswered = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.cannotTell = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1380,6 +1433,16 @@ export const StateStoreStatus: MessageFns<StateStoreStatus> = {
         : isSet(object.refusing_since)
         ? fromJsonTimestamp(object.refusing_since)
         : undefined,
+      lastWriteAnswered: isSet(object.lastWriteAnswered)
+        ? fromJsonTimestamp(object.lastWriteAnswered)
+        : isSet(object.last_write_answered)
+        ? fromJsonTimestamp(object.last_write_answered)
+        : undefined,
+      cannotTell: isSet(object.cannotTell)
+        ? globalThis.Boolean(object.cannotTell)
+        : isSet(object.cannot_tell)
+        ? globalThis.Boolean(object.cannot_tell)
+        : false,
     };
   },
 
@@ -1397,6 +1460,12 @@ export const StateStoreStatus: MessageFns<StateStoreStatus> = {
     if (message.refusingSince !== undefined) {
       obj.refusingSince = message.refusingSince.toISOString();
     }
+    if (message.lastWriteAnswered !== undefined) {
+      obj.lastWriteAnswered = message.lastWriteAnswered.toISOString();
+    }
+    if (message.cannotTell !== false) {
+      obj.cannotTell = message.cannotTell;
+    }
     return obj;
   },
 
@@ -1409,6 +1478,8 @@ export const StateStoreStatus: MessageFns<StateStoreStatus> = {
     message.writable = object.writable ?? false;
     message.problem = object.problem ?? "";
     message.refusingSince = object.refusingSince ?? undefined;
+    message.lastWriteAnswered = object.lastWriteAnswered ?? undefined;
+    message.cannotTell = object.cannotTell ?? false;
     return message;
   },
 };

@@ -1,0 +1,104 @@
+/**
+ * Whether the state directory's disk completes a write, observed, not assumed: a tiny write and fsync of a file
+ * there (`.write-probe`: created, written, fsynced, removed), run in a short child process (children.ts, guarded),
+ * one at a time, each time the reconciler asks (every pass, ~1 s). What it tells is when the disk last answered
+ * one (completed it, or refused it: a full or read-only disk is an answer, said by the store's own probe), and
+ * since when one has waited for it. A disk that stops completing writes (a frozen file system, a hung NFS or iSCSI
+ * volume) holds that child only: never the event loop (the daemon never writes there itself for this), never a
+ * thread of the daemon (the kernel does not end a thread inside a write to a frozen file system, so one stuck
+ * there holds the process's exit until the thaw), never the exit (the child dies by its pdeathsig).
+ *
+ * It must not: write on the event loop or a thread of the daemon; run two probes at once; be awaited.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { monotonicMs } from '../core/clock.js';
+import type { DiskAnswers } from '../core/store.js';
+import { spawnGuarded } from './children.js';
+
+/** The probe's file in the state directory (removed again by each probe; one a killed probe left is overwritten). */
+export const PROBE_FILE = '.write-probe';
+
+/** The child: create, write, fsync (coreutils sync FILE: fsync(2) of that file), remove. */
+const SCRIPT = 'printf "%s\\n" "$2" > "$1" && sync "$1" && rm -f "$1"';
+
+export class DiskProbe implements DiskAnswers {
+  readonly file: string;
+  /** The probe waiting for the disk: since when (wall clock, said; monotonic, its age). */
+  private pending?: { at: number; mono: number };
+  private answered?: { at: number; mono: number };
+
+  constructor(readonly dir: string) {
+    this.file = join(dir, PROBE_FILE);
+    // One a probe killed half-way left (its daemon gone before the disk answered): ours, removed.
+    try {
+      rmSync(this.file, { force: true });
+    } catch {
+      // the disk refuses it: the next probe says so
+    }
+  }
+
+  /** Told each answer (the stop's {@link answers} waits for one). */
+  private readonly listeners = new Set<() => void>();
+
+  /**
+   * Whether the disk answers a probe within `boundMs` (one sent now, or the one already waiting): for a stop,
+   * before it writes there on the event loop (the store's last close checkpoints the WAL).
+   */
+  answers(boundMs: number): Promise<boolean> {
+    this.probe();
+    // No probe could be started (EMFILE): nothing observed, and nothing to wait for (as before there was a probe).
+    if (!this.pending) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const heard = () => {
+        clearTimeout(timer);
+        this.listeners.delete(heard);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.listeners.delete(heard);
+        resolve(false);
+      }, boundMs);
+      this.listeners.add(heard);
+    });
+  }
+
+  /** Send a probe unless one is waiting for the disk (never waits). */
+  probe(): void {
+    if (this.pending) return;
+    const started = { at: Date.now(), mono: monotonicMs() };
+    let child: ChildProcess;
+    try {
+      child = spawnGuarded('/bin/sh', ['-c', SCRIPT, 'probe', this.file, new Date(started.at).toISOString()], {
+        stdio: 'ignore',
+      });
+    } catch {
+      return; // no child could be started (EMFILE, EAGAIN): nothing observed
+    }
+    this.pending = started;
+    const done = () => {
+      if (this.pending !== started) return;
+      this.pending = undefined;
+      this.answered = { at: Date.now(), mono: monotonicMs() };
+      for (const l of [...this.listeners]) l();
+    };
+    child.once('error', () => {
+      if (this.pending === started) this.pending = undefined; // not started: nothing observed
+    });
+    child.once('exit', done);
+    // What keeps the process alive is never a probe.
+    child.unref();
+  }
+
+  waitingSince(): { at: number; ageMs: number } | undefined {
+    const p = this.pending;
+    return p && { at: p.at, ageMs: monotonicMs() - p.mono };
+  }
+
+  lastAnswer(): { at: number; ageMs: number } | undefined {
+    const a = this.answered;
+    return a && { at: a.at, ageMs: monotonicMs() - a.mono };
+  }
+}
