@@ -1354,16 +1354,25 @@ export class Daemon {
       // The last connection closed: the WAL checkpointed into state.db, unless the state directory's disk did not
       // complete a write in time (frozen): that checkpoint would hold the stop. The record as this daemon holds it,
       // then the disk probe: both answered within the bound, or the store's close is not tried on this disk.
-      const diskAnswers =
-        !knownFrozen &&
-        (this.store ? await (this.kernel?.recordAnswers(diskLeft(), STOP_DISK_MS) ?? true) : true) &&
-        (await (this.diskProbe?.answers(diskLeft()) ?? true));
-      if (knownFrozen) {
+      const recordOk =
+        !knownFrozen && (this.store ? await (this.kernel?.recordAnswers(diskLeft(), STOP_DISK_MS) ?? true) : true);
+      const diskAnswers = recordOk && (await (this.diskProbe?.answers(diskLeft()) ?? true));
+      if (recordOk && !diskAnswers) {
+        const record = join(this.opts.stateDir!, 'host-changes.json');
         this.log.error(
-          { path: this.store?.path },
-          `stop: host-changes record and state store: the state directory's disk is not answering ` +
-            `(${this.store?.refusal()?.error.message ?? ''}): nothing written there (the record holds what it held ` +
-            "before; the store's checkpoint and the lock file's removal are left to the next start)",
+          { path: this.store?.path, record, boundMs: STOP_DISK_MS },
+          `stop: host-changes record ${record} (as this daemon holds it: nothing to write) and state store ` +
+            `${this.store?.path}: the disk did not complete a write within the stop's ${STOP_DISK_MS / 1000} s ` +
+            "(not answering): the store's checkpoint and the lock file's removal are left to the next start",
+        );
+      }
+      if (knownFrozen) {
+        const record = join(this.opts.stateDir!, 'host-changes.json');
+        this.log.error(
+          { path: this.store?.path, record, err: this.store?.refusal()?.error },
+          `stop: host-changes record ${record} and state store ${this.store?.path}: the disk has not completed a ` +
+            'write sent to it for more than 5 s (not answering): nothing written there (the record holds what it ' +
+            "held before; the store's checkpoint and the lock file's removal are left to the next start)",
         );
       }
       // A disk that answered: the thread's close as before (answered in milliseconds); else within what is left.
