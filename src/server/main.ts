@@ -146,7 +146,9 @@ const program = new Command('xdpctld')
     'on SIGTERM, SIGINT, SIGQUIT or another stop signal (see Signals below) detach our program from every ' +
       'interface that runs it, switch GRO back off and ' +
       'offloads back on where xdpctld changed them (recorded in the state dir; a veth peer moved to another ' +
-      'network namespace since is found through its veth), and remove all pins',
+      'network namespace since is found through its veth), and remove all pins. A setting listed by a record ' +
+      'whose last write was never confirmed (a host-changes.json.tmp left by a stop on a frozen disk) is left ' +
+      'as found, and said',
     false,
   )
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
@@ -208,8 +210,10 @@ xdpctl status and xdpctl_telemetry_export_failures_total say it too.
 
 Signals: SIGTERM, SIGINT, SIGQUIT (and SIGALRM, SIGVTALRM, SIGXCPU, SIGPWR,
 SIGIO, SIGSTKFLT) are logged and stop the daemon in order (NOT_SERVING,
-streams ended, calls drained, --cleanup-on-exit); another one during the stop
-is logged and the stop goes on. SIGHUP is logged and reads the --config file,
+streams ended, calls drained, --cleanup-on-exit); its writes to the state
+dir share 1.5 s (none when its disk is known not to answer), so a stop on a
+frozen disk exits in about 2 s, saying what it did not write; another one
+during the stop is logged and the stop goes on. SIGHUP is logged and reads the --config file,
 the TLS files and the --auth-config file again at once (an invalid auth file
 is refused and the roles in force stay); the daemon keeps serving. SIGUSR2 is logged
 and ignored; SIGUSR1, SIGPIPE and SIGXFSZ are ignored (SIGUSR1 never opens
