@@ -1,6 +1,6 @@
 /**
  * Whether the state directory's disk completes a write, observed, not assumed: a tiny write and fsync of a file
- * there (`.write-probe`: created, written, fsynced, removed), run in a short child process (children.ts, guarded),
+ * there (`.write-probe`: one byte rewritten and fsynced), run in a short child process (children.ts, guarded),
  * one at a time, each time the reconciler asks (every pass, ~1 s). What it tells is when the disk last answered
  * one (completed it, or refused it: a full or read-only disk is an answer, said by the store's own probe), and
  * since when one has waited for it. A disk that stops completing writes (a frozen file system, a hung NFS or iSCSI
@@ -11,18 +11,21 @@
  * It must not: write on the event loop or a thread of the daemon; run two probes at once; be awaited.
  */
 import type { ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { monotonicMs } from '../core/clock.js';
 import type { DiskAnswers } from '../core/store.js';
 import { spawnGuarded } from './children.js';
 
-/** The probe's file in the state directory (removed again by each probe; one a killed probe left is overwritten). */
+/** The probe's file in the state directory (one byte, kept: created by the first probe, 0600). */
 export const PROBE_FILE = '.write-probe';
 
-/** The child: create, write, fsync (coreutils sync FILE: fsync(2) of that file), remove. */
-const SCRIPT = 'printf "%s\\n" "$2" > "$1" && sync "$1" && rm -f "$1"';
+/**
+ * The child: one byte written at offset 0 of the probe file and fsynced (GNU dd: conv=fsync), the file created
+ * (0600) only when it is missing. It is kept, not removed: a file made and removed each second raced an
+ * operator's `rm -rf` of the state directory (ENOTEMPTY when it was made between the unlinks and the rmdir).
+ */
+const SCRIPT = 'umask 077; exec dd if=/dev/zero of="$1" bs=1 count=1 conv=notrunc,fsync status=none';
 
 export class DiskProbe implements DiskAnswers {
   readonly file: string;
@@ -32,12 +35,6 @@ export class DiskProbe implements DiskAnswers {
 
   constructor(readonly dir: string) {
     this.file = join(dir, PROBE_FILE);
-    // One a probe killed half-way left (its daemon gone before the disk answered): ours, removed.
-    try {
-      rmSync(this.file, { force: true });
-    } catch {
-      // the disk refuses it: the next probe says so
-    }
   }
 
   /** Told each answer (the stop's {@link answers} waits for one). */
@@ -71,7 +68,7 @@ export class DiskProbe implements DiskAnswers {
     const started = { at: Date.now(), mono: monotonicMs() };
     let child: ChildProcess;
     try {
-      child = spawnGuarded('/bin/sh', ['-c', SCRIPT, 'probe', this.file, new Date(started.at).toISOString()], {
+      child = spawnGuarded('/bin/sh', ['-c', SCRIPT, 'probe', this.file], {
         stdio: 'ignore',
       });
     } catch {
