@@ -555,7 +555,7 @@ export class Daemon {
     daemon.generationPin = new GenerationPin(opts.pinRoot);
     if (store) daemon.watchGeneration(store);
     // The state directory's disk, probed each pass off the event loop (a frozen disk said before a change hits it).
-    if (opts.stateDir) daemon.diskProbe = new DiskProbe(opts.stateDir);
+    if (opts.stateDir) daemon.diskProbe = new DiskProbe(opts.stateDir, log);
     if (store) store.disk = daemon.diskProbe;
     daemon.tlsProvider = tlsSet ? tlsSet.provider : undefined;
     daemon.policy = policy;
@@ -1388,6 +1388,8 @@ export class Daemon {
       // Only the socket files we created: one that someone else has put there since is left alone.
       for (const [path, ino] of this.socketInodes) removeOwnSocket(path, ino);
       this.lock?.release({ stateDirAnswers: diskAnswers }); // after the socket files: only the holder removes them
+      // Its process told to end, not waited for (one held in a write on a frozen disk ends once the disk lets it go).
+      this.diskProbe?.close();
       this.unregisterMetrics?.();
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
       // Last: flush the spans of the calls just drained.

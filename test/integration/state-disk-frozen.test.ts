@@ -3,7 +3,7 @@
  * before any change hits it; a real daemon with --cleanup-on-exit whose rules switched GRO on on two backends'
  * veth peers (recorded in host-changes.json):
  *  1. the freeze is seen without a change: GetStatus (and `xdpctl status`) stop saying the store is writable within
- *     a few seconds (the disk probe: a write and fsync in a child process each pass, 5 s bound) and say it is not
+ *     a few seconds (the disk probe: a write and fsync by the probe process each pass, 5 s bound) and say it is not
  *     answering since when (ETIMEDOUT); it never says writable without a recent answer of the disk (3 s); health
  *     and GetStatus answer within 1 s throughout; a change is then refused at once. Was: "writable: yes" until a
  *     change hit the disk. Thawed: writable again;

@@ -148,8 +148,8 @@ export const WORKER_ROWS = 256;
 export const STORE_WRITE_TIMEOUT_MS = 5000;
 
 /**
- * Whether the state directory's disk completes writes, observed off the event loop (a tiny write and fsync in a
- * child process each reconciler pass: dataplane/disk-probe.ts), so that a disk that stopped completing writes (a
+ * Whether the state directory's disk completes writes, observed off the event loop (a tiny write and fsync each
+ * reconciler pass, by the daemon's one probe process: dataplane/disk-probe.ts), so that a disk that stopped completing writes (a
  * frozen file system) is said before a change hits it, and a store is said writable only on a recent answer.
  */
 export interface DiskAnswers {
