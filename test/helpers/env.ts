@@ -59,6 +59,16 @@ export function shQuiet(cmd: string, args: string[]): void {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Whether a process with this pid exists (signal 0: a zombie not yet reaped counts). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * `p`, or `late` if it has not settled within `ms`. The timer is cleared once `p` settles: a pending one
  * would keep the test file's process alive (the runner waits for it to exit) for the rest of `ms`.

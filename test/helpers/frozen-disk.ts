@@ -1,13 +1,16 @@
 /**
  * A small disk that can be made to stop completing writes: a 64 MB ext4 in a file, loop-mounted on `dir`,
  * frozen with `fsfreeze -f` (a hung NFS or iSCSI volume behaves alike: reads answered, writes held until the thaw).
- * One copy for every frozen-disk test (store-frozen, host-changes-frozen, log-frozen, stop-frozen).
+ * One copy for every frozen-disk test (store-frozen, store-frozen-stop, host-changes-frozen, log-frozen,
+ * state-disk-frozen), with what they time their calls with ({@link soon}, {@link timed}).
  *
  * `remove()` thaws, unmounts (lazily: a process may still hold a file there) and removes the image, whatever
  * happened before: call it in an `after` that runs before anything that could wait for the disk (a frozen file
  * system left behind hangs tools). `dir` itself is left (the caller's cleanup removes it).
  */
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+
+import type { Status } from 'nice-grpc';
 
 import { metric, type DaemonProcess } from './daemon.js';
 import { sh, shQuiet, until } from './env.js';
@@ -79,4 +82,21 @@ export async function twoPassesSince(d: DaemonProcess): Promise<void> {
     },
     15_000,
   );
+}
+
+/** A deadline for a call (a daemon whose event loop is held fails the test, not hangs it; cleanup thaws). */
+export const soon = (ms = 3000) => ({ signal: AbortSignal.timeout(ms) });
+
+/** How long `p` takes to settle, ms, and its outcome. */
+export async function timed<T>(
+  p: Promise<T>,
+): Promise<
+  { ms: number; value: T; error: undefined } | { ms: number; value: undefined; error: Error & { code?: Status } }
+> {
+  const t0 = Date.now();
+  const r = await p.then(
+    (value) => ({ value, error: undefined }),
+    (error: Error & { code?: Status }) => ({ value: undefined, error }),
+  );
+  return { ms: Date.now() - t0, ...r };
 }

@@ -21,7 +21,7 @@ import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sleep, until } from '../helpers/env.js';
-import { FrozenDisk, twoPassesSince } from '../helpers/frozen-disk.js';
+import { FrozenDisk, twoPassesSince, soon, timed } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -43,17 +43,6 @@ describe(
     let b2: Host;
     const freeze = () => disk.freeze();
     const thaw = () => disk.thaw();
-    /** A deadline for a call (a daemon whose event loop is held fails the test, not hangs it; cleanup thaws). */
-    const soon = (ms = 3000) => ({ signal: AbortSignal.timeout(ms) });
-    /** How long `p` takes to settle, ms, and its outcome. */
-    const timed = async <T>(p: Promise<T>) => {
-      const t0 = Date.now();
-      const r = await p.then(
-        (value) => ({ value, error: undefined }),
-        (error: Error & { code?: Status }) => ({ value: undefined, error }),
-      );
-      return { ms: Date.now() - t0, ...r };
-    };
     const gro = (h: Host) => /^generic-receive-offload: (\w+)/m.exec(topo.exec(h.role, 'ethtool', ['-k', 'eth0']))?.[1];
     const names = async () =>
       (await c.rules.listRules({ pageSize: 0, pageToken: '' }, soon())).rules.map((r) => r.name);

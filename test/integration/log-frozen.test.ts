@@ -20,7 +20,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { DaemonServiceDefinition } from '../../src/gen/xdpctl/v1/daemon.js';
 import { RuleServiceDefinition } from '../../src/gen/xdpctl/v1/rule.js';
 import { fileLogLines, fileText, promSample, startFileLoggedDaemon } from '../helpers/daemon.js';
-import { kernelOnly, runId, until, within } from '../helpers/env.js';
+import { alive, kernelOnly, runId, until, within } from '../helpers/env.js';
 import { FrozenDisk } from '../helpers/frozen-disk.js';
 import { backendOf, udpRule } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
@@ -53,14 +53,6 @@ describe('a log file on a frozen disk', kernelOnly(), () => {
       .map(Number);
   };
   let writers: number[] = [];
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
 
   before(() => {
     vm = topo.addHost('vm', '198.18.1.1/24');

@@ -24,7 +24,7 @@ import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess, xdpctl } from '../helpers/daemon.js';
 import { kernelOnly, sleep, until } from '../helpers/env.js';
-import { FrozenDisk, twoPassesSince } from '../helpers/frozen-disk.js';
+import { FrozenDisk, twoPassesSince, soon, timed } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -42,16 +42,6 @@ describe('a frozen state disk: seen before a change, a bounded stop, no stale re
   let c: Clients;
   let b1: Host;
   let b2: Host;
-  /** A deadline for a call (a daemon whose event loop is held fails the test, not hangs it; cleanup thaws). */
-  const soon = (ms = 3000) => ({ signal: AbortSignal.timeout(ms) });
-  const timed = async <T>(p: Promise<T>) => {
-    const t0 = Date.now();
-    const r = await p.then(
-      (value) => ({ value, error: undefined }),
-      (error: Error & { code?: Status }) => ({ value: undefined, error }),
-    );
-    return { ms: Date.now() - t0, ...r };
-  };
   const gro = (h: Host) => /^generic-receive-offload: (\w+)/m.exec(topo.exec(h.role, 'ethtool', ['-k', 'eth0']))?.[1];
   const recorded = () => (JSON.parse(readFileSync(record, 'utf8')) as { gro: { netns?: string }[] }).gro;
 

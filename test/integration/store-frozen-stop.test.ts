@@ -1,6 +1,6 @@
 /**
  * A change refused because its COMMIT did not complete in time (a frozen file system: `fsfreeze -f` on a small
- * ext4 on a loop device) whose commit lands on the disk after the daemon stopped: every line about it stays
+ * ext4 on a loop device: helpers/frozen-disk.ts) whose commit lands on the disk after the daemon stopped: every line about it stays
  * true.
  *  - the reply does not promise what a stop breaks: it says that if the daemon stops before the disk answers,
  *    the next start applies whatever the store then holds;
@@ -12,14 +12,14 @@
  * The file system is always thawed and unmounted, even on failure.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
-import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
+import { kernelOnly, until } from '../helpers/env.js';
+import { FrozenDisk } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -33,17 +33,11 @@ describe(
     const { id } = lab;
     const stateDir = `/tmp/xdpctl-test-${id}-state`;
     const db = `${stateDir}/state.db`;
-    const img = `/tmp/xdpctl-test-${id}-state.img`;
+    const disk = new FrozenDisk(stateDir, `/tmp/xdpctl-test-${id}-state.img`);
     let d: DaemonProcess | undefined;
     let c: Clients;
     let b1: Host;
-    let mounted = false;
-    let frozen = false;
-    const thaw = () => {
-      if (!frozen) return;
-      shQuiet('fsfreeze', ['-u', stateDir]);
-      frozen = false;
-    };
+    const thaw = () => disk.thaw();
     const onDisk = () => {
       const raw = new Database(db, { readonly: true, timeout: 1000 });
       try {
@@ -61,20 +55,12 @@ describe(
 
     before(async () => {
       ({ b1 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24' }));
-      mkdirSync(stateDir, { recursive: true });
-      sh('truncate', ['-s', '64M', img]);
-      sh('mkfs.ext4', ['-q', '-F', img]);
-      sh('mount', ['-o', 'loop', img, stateDir]);
-      mounted = true;
-      chmodSync(stateDir, 0o700);
+      disk.mount();
       ({ d, c } = await lab.start(['--log-level', 'info']));
       await c.rules.createRule({ rule: lab.apiRule('e1', PORT, [backendOf(b1)]) });
     });
-    after(() => {
-      thaw();
-      if (mounted) shQuiet('umount', ['-l', stateDir]);
-      rmSync(img, { force: true });
-    });
+    // Before the lab stops the daemon: thawed, unmounted.
+    after(() => disk.remove());
     after(() => lab.destroy());
 
     it('delete refused while frozen, SIGTERM, thaw, start: the reply and the restore lines are true', async () => {
@@ -82,8 +68,7 @@ describe(
       assert.equal((await lab.send(PORT, [b1], 20, 20)).total, 20);
       const first = d!;
       let stopping: Promise<number | null> | undefined;
-      sh('fsfreeze', ['-f', stateDir]);
-      frozen = true;
+      disk.freeze();
       try {
         const refused = await c.rules.deleteRule({ name: 'e1' }, { signal: AbortSignal.timeout(15_000) }).then(
           () => undefined,

@@ -18,7 +18,7 @@ import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sleep, until } from '../helpers/env.js';
-import { FrozenDisk } from '../helpers/frozen-disk.js';
+import { FrozenDisk, soon, timed } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -36,18 +36,7 @@ describe('a state disk that stops completing writes (fsfreeze) never holds the e
   let b1: Host;
   let lateCommit = false;
   const thaw = () => disk.thaw();
-  /** A deadline for a call (a daemon whose event loop is held fails the test, not hangs it; cleanup thaws). */
-  const soon = (ms = 3000) => ({ signal: AbortSignal.timeout(ms) });
   const rule = (name: string, port: number) => lab.apiRule(name, port, [backendOf(b1)]);
-  /** How long `p` takes to settle, ms, and its outcome. */
-  const timed = async <T>(p: Promise<T>) => {
-    const t0 = Date.now();
-    const r = await p.then(
-      (value) => ({ value, error: undefined }),
-      (error: Error & { code?: Status }) => ({ value: undefined, error }),
-    );
-    return { ms: Date.now() - t0, ...r };
-  };
   /** The rule names the store on disk holds, read by SQLite in this process. */
   const onDisk = () => {
     const raw = new Database(db, { readonly: true, timeout: 1000 });

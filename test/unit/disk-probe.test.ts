@@ -16,7 +16,7 @@ import { after, describe, it } from 'node:test';
 
 import { DiskProbe, PROBE_FILE } from '../../src/server/dataplane/disk-probe.js';
 import type { Logger } from '../../src/server/log.js';
-import { until } from '../helpers/env.js';
+import { alive, until } from '../helpers/env.js';
 
 const entry = fileURLToPath(new URL('../../src/server/dataplane/disk-probe-child.ts', import.meta.url));
 
@@ -35,15 +35,6 @@ function keeper(): Logger & { warnings: string[] } {
   };
   return l;
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe('disk probe: one long-lived process', () => {
   const dir = mkdtempSync(join(tmpdir(), 'xdpctl-disk-probe-'));
