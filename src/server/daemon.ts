@@ -1391,6 +1391,21 @@ export class Daemon {
       // Its process told to end, not waited for (one held in a write on a frozen disk ends once the disk lets it go).
       this.diskProbe?.close();
       this.unregisterMetrics?.();
+      // 'stopped' only once it is: a worker thread of the store held in a write its disk has not completed (frozen)
+      // cannot be ended (the kernel does not interrupt that write), and the process cannot exit before it ends.
+      const held = this.store?.heldAtClose();
+      if (held && !(await Promise.race([held.exited.then(() => true), delay(200).then(() => false)]))) {
+        const at = new Date(held.at).toISOString();
+        this.log.warn(
+          { path: this.store?.path, op: held.op, since: at },
+          `stop: all done but one thing: the state store's worker thread is held in its ${held.op} of ` +
+            `${this.store?.path}, sent at ${at}, which the disk has not completed (not answering; the kernel does ` +
+            'not interrupt a write to a file system that does not complete it, not even for SIGKILL): the process ' +
+            "cannot exit before the disk completes it, and exits then ('stopped'). What it writes then is what the " +
+            'next start reads',
+        );
+        await held.exited;
+      }
       this.log.info({ cleanup: this.opts.cleanupOnExit }, 'stopped');
       // Last: flush the spans of the calls just drained.
       // Bounded: an OTLP collector that never answers would hold the exit for the exporters' timeout (10 s).

@@ -2,6 +2,9 @@
  * A change refused because its COMMIT did not complete in time (a frozen file system: `fsfreeze -f` on a small
  * ext4 on a loop device: helpers/frozen-disk.ts) whose commit lands on the disk after the daemon stopped: every line about it stays
  * true.
+ *  - a SIGTERM meanwhile stops all but the store's worker thread, held in that commit (the kernel does not
+ *    interrupt it): the daemon says so and says "stopped" only once the thaw let the thread, and it, end (was:
+ *    "stopped" at once, and the process lived on until the thaw);
  *  - the reply does not promise what a stop breaks: it says that if the daemon stops before the disk answers,
  *    the next start applies whatever the store then holds;
  *  - the next start finds the store's generation ahead of the pins' (the generation the kernel reflects) and
@@ -88,15 +91,23 @@ describe(
         assert.equal((await lab.send(PORT, [b1], 20, 20)).total, 20, 'e1 still forwards');
         first.closeClients();
         stopping = first.stop();
+        // All but the store's worker thread stops; that thread is held in the delete's commit, which the kernel
+        // does not interrupt: the process cannot exit and says so, not "stopped" (was: "stopped", and the process
+        // lived on until the thaw).
+        const heldLine = /^stop: all done but one thing: the state store's worker thread is held in its commit of /;
         await until(
           () => first.output,
-          () => lines(first.output, /^stopped$/).length === 1,
+          () => lines(first.output, heldLine).length === 1,
           10_000,
         );
+        assert.equal(lines(first.output, /^stopped$/).length, 0, `"stopped" while it cannot exit\n${first.output}`);
+        assert.equal(first.child.exitCode, null, 'still running: held by the frozen disk');
       } finally {
         thaw();
       }
       await stopping;
+      // The disk completed the commit: the thread ended, the process said "stopped" and exited.
+      assert.equal(lines(first.output, /^stopped$/).length, 1, first.output);
       // The pending commit landed: the store no longer holds e1.
       assert.deepEqual(onDisk(), []);
       ({ d, c } = await lab.start(['--log-level', 'info']));

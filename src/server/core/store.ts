@@ -1031,9 +1031,13 @@ export class StateStore implements StatePort {
   private worker?: {
     w: Worker;
     gone?: string;
+    /** Settles when the thread has ended (its 'exit'). */
+    exited: Promise<void>;
     /** `at`: when it was sent, by the wall clock (said); `mono`: by the monotonic clock (its age, core/clock.ts). */
     waiting: {
       answer: (r: WorkerReply) => void;
+      /** What was asked (`begin`, `commit`, `read`, ...). */
+      op?: string;
       at: number;
       mono: number;
       late?: (r: WorkerReply) => void;
@@ -1051,7 +1055,11 @@ export class StateStore implements StatePort {
       eval: true,
       workerData: { sqlite: createRequire(import.meta.url).resolve('better-sqlite3'), sql: SQL },
     });
-    const t: NonNullable<StateStore['worker']> = { w, waiting: [] };
+    const t: NonNullable<StateStore['worker']> = {
+      w,
+      waiting: [],
+      exited: new Promise((resolve) => w.once('exit', () => resolve())),
+    };
     const answer = (r: WorkerReply) => {
       const e = t.waiting.shift();
       if (!e) return;
@@ -1092,6 +1100,7 @@ export class StateStore implements StatePort {
       const entry = {
         at: Date.now(),
         mono: monotonicMs(),
+        op: (msg as { op?: string }).op,
         late,
         done: false,
         answer: (r: WorkerReply) => {
@@ -1140,10 +1149,26 @@ export class StateStore implements StatePort {
         const bound = Math.min(opts.boundMs ?? STORE_WRITE_TIMEOUT_MS, STORE_WRITE_TIMEOUT_MS);
         answered = (await this.ask(t, { op: 'close' }, bound)) !== TIMED_OUT;
       }
+      // A request still unanswered there holds the thread in SQLite (in a write, or a page fault on state.db-shm,
+      // the disk has not completed): terminating it takes effect only once that returns.
+      const left = t && !t.gone ? t.waiting[0] : undefined;
+      if (t && left) this.held = { op: left.op ?? 'request', at: left.at, exited: t.exited };
       void t?.w.terminate();
       if (this.db?.open && answered && opts.diskAnswers !== false) this.db.close();
     })();
     return this.closing;
+  }
+
+  /** Set by {@link close}: the request its worker thread still held, and when that thread has ended. */
+  private held?: { op: string; at: number; exited: Promise<void> };
+
+  /**
+   * After {@link close}: the request the worker thread was still held in (sent at `at`, wall clock), whose end
+   * `exited` settles on. The kernel does not interrupt a write to a file system that does not complete it (a
+   * frozen one), and a process does not exit before all its threads have: the daemon's exit waits for it.
+   */
+  heldAtClose(): { op: string; at: number; exited: Promise<void> } | undefined {
+    return this.held;
   }
 }
 
