@@ -61,6 +61,8 @@ export class DiskProbe implements DiskAnswers {
   private pending?: { at: number; mono: number };
   private answered?: { at: number; mono: number };
   private closed = false;
+  /** Starts have failed since the last process that started (said once per such streak). */
+  private startFailing = false;
   /** Told each answer (the stop's {@link answers} waits for one). */
   private readonly listeners = new Set<() => void>();
 
@@ -161,6 +163,10 @@ export class DiskProbe implements DiskAnswers {
     if (this.proc !== p) return;
     if (line === 'ready') {
       p.ready = true;
+      if (this.startFailing) {
+        this.startFailing = false;
+        this.log.info({ pid: p.pid, file: this.file }, `disk probe: its process started (pid ${p.pid})`);
+      }
       if (this.wanted) {
         this.wanted = false;
         this.probe();
@@ -175,13 +181,14 @@ export class DiskProbe implements DiskAnswers {
 
   private notStarted(e: unknown, p?: ProbeProcess): void {
     if (p && this.proc === p) this.proc = undefined;
-    if (this.closed) return;
+    if (this.closed || this.startFailing) return;
+    this.startFailing = true;
     const limit = ownLimit(e);
     this.log.warn(
       { err: e, file: this.file },
       `disk probe: its process could not be started (${(e as Error).message ?? String(e)}` +
         `${limit ? `: ${limit}` : ''}): whether the state disk completes writes cannot be told until one is; ` +
-        `tried again at a pass at least ${this.restartMs / 1000} s after this try`,
+        `tried again at each pass at least ${this.restartMs / 1000} s after the last try (said again once one has started)`,
     );
   }
 
