@@ -212,7 +212,8 @@ Signals: SIGTERM, SIGINT, SIGQUIT (and SIGALRM, SIGVTALRM, SIGXCPU, SIGPWR,
 SIGIO, SIGSTKFLT) are logged and stop the daemon in order (NOT_SERVING,
 streams ended, calls drained, --cleanup-on-exit); its writes to the state
 dir share 1.5 s (none when its disk is known not to answer), so a stop on a
-frozen disk exits in about 2 s, saying what it did not write; another one
+frozen disk exits in about 2 s, saying what it did not write (with a commit
+held there, only once the disk completes it, said: "stopped" comes then); another one
 during the stop is logged and the stop goes on. SIGHUP is logged and reads the --config file,
 the TLS files and the --auth-config file again at once (an invalid auth file
 is refused and the roles in force stay); the daemon keeps serving. SIGUSR2 is logged
