@@ -120,6 +120,17 @@ export function framesFitCondition(mtuWarnings: readonly string[]): ObservedCond
   return cond('FramesFit', true, 'MTUFits', 'every egress MTU (and veth peer MTU) is at least the ingress MTU');
 }
 
+/**
+ * The reason of a condition made Unknown by what runs on a veth egress's peer (rule-status.ts peerXdpNote texts):
+ * PeerXdpProgram when an XDP program is among them, PeerTcFilter when tc (filters, tcx programs) is, else
+ * PeerNftChain (nftables chains only).
+ */
+export function peerReason(notes: readonly string[]): string {
+  if (notes.some((n) => / runs XDP programs? id /.test(n))) return 'PeerXdpProgram';
+  if (notes.some((n) => / has (a )?tcx? ingress (filters?|programs?) /.test(n))) return 'PeerTcFilter';
+  return 'PeerNftChain';
+}
+
 /** A rule's conditions from its status and the problems of its ingress interfaces. */
 export function ruleConditions(
   s: {
@@ -361,14 +372,25 @@ export function linkConditions(
   problems: string[],
   unverified: string[] = [],
   mtuWarnings: readonly string[] = [],
+  peers: readonly string[] = [],
 ): ObservedCondition[] {
-  return [linkActive(active, problems, unverified), framesFitCondition(mtuWarnings)];
+  return [linkActive(active, problems, unverified, peers), framesFitCondition(mtuWarnings)];
 }
 
-function linkActive(active: boolean[], problems: string[], unverified: string[]): ObservedCondition {
+function linkActive(
+  active: boolean[],
+  problems: string[],
+  unverified: string[],
+  peers: readonly string[],
+): ObservedCondition {
   if (problems.length) return cond('Active', false, ingressReason(problems[0]), problems.join('; '));
   if (active.every(Boolean) && unverified.length) {
     return { type: 'Active', status: 'Unknown', reason: 'EgressUnverified', message: unverified.join('; ') };
+  }
+  // In the datapath, the kernel takes its frames into the egress veth, but another tool's program or filter on the
+  // veth's peer sees them first and may drop them all: whether they are delivered is not known.
+  if (active.every(Boolean) && peers.length) {
+    return { type: 'Active', status: 'Unknown', reason: peerReason(peers), message: peers.join('; ') };
   }
   if (active.every(Boolean)) return cond('Active', true, 'Forwarding', 'every direction is in the datapath');
   return cond('Active', false, 'NotInDatapath', 'a direction is not in the datapath yet');

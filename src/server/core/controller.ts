@@ -712,6 +712,11 @@ export class Controller {
         const unverified = [this.state.linkUnverified.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') unverified.push(this.state.linkUnverified.get(`${l.b}>${l.a}`));
         const unknown = unverified.filter((w): w is string => w !== undefined);
+        // What its egress's veth peer runs that may drop what is redirected into it (another tool's XDP program,
+        // tc filters or tcx programs): forwarded into the veth, delivered past the peer or not (Active Unknown).
+        const peer = [this.state.linkPeer.get(`${l.a}>${l.b}`)];
+        if (l.direction === 'both') peer.push(this.state.linkPeer.get(`${l.b}>${l.a}`));
+        const peers = peer.filter((w): w is string => w !== undefined);
         const mtu = [this.state.linkWarnings.get(`${l.a}>${l.b}`)];
         if (l.direction === 'both') mtu.push(this.state.linkWarnings.get(`${l.b}>${l.a}`));
         const linkWarnings = mtu.filter((w): w is string => w !== undefined);
@@ -720,7 +725,7 @@ export class Controller {
         const key = `link/${linkKey(l)}`;
         const conditions = this.state.conditions.set(
           key,
-          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, frames),
+          linkConditions(l.direction === 'both' ? active : [active[0]], problems, unknown, frames, peers),
           this.stamp(key, at),
         );
         // The datapath cross-connects a frame before it looks for a rule: a rule whose ingress is an
@@ -745,7 +750,15 @@ export class Controller {
           i ? [this.state.counterResets.warning('link', i.ifindex, this.mono()) ?? []].flat() : [],
         );
         const untold = this.state.linkLoopsUnknown.get(linkKey(l));
-        const warnings = [...problems, ...unknown, ...(untold ? [untold] : []), ...linkWarnings, ...resets, ...shadows];
+        const warnings = [
+          ...problems,
+          ...unknown,
+          ...peers,
+          ...(untold ? [untold] : []),
+          ...linkWarnings,
+          ...resets,
+          ...shadows,
+        ];
         return { ...l, active, warnings, conditions };
       });
   }

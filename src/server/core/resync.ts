@@ -893,6 +893,7 @@ export async function resync(
   const linkWarnings = new Map<string, string>();
   const linkUnverified = new Map<string, string>();
   const linkWatched = new Set<string>();
+  const linkPeer = new Map<string, string>();
   /** The link directions whose ends both exist now (a direction gone or missing is said by its own lines). */
   const linkDirs = new Set<string>();
   for (const l of links) {
@@ -953,6 +954,8 @@ export async function resync(
       }
       const key = `link/${from}>${to}`;
       linkDirs.add(`${from}>${to}`);
+      const peer = linkPeerNote(dp, from, to);
+      if (peer) linkPeer.set(`${from}>${to}`, peer);
       if (why) linkEgress.set(`${from}>${to}`, why);
       else {
         const w = linkDirectionWarning(ctx, from, to);
@@ -987,6 +990,8 @@ export async function resync(
   state.linkEgress = linkEgress;
   state.linkWarnings = linkWarnings;
   state.linkUnverified = linkUnverified;
+  state.linkPeer = linkPeer;
+  sayLinkPeers(ctx, linkPeer, linkDirs);
   for (const dir of state.linkWatch.keys()) {
     if (!linkWatched.has(dir)) {
       state.linkWatch.delete(dir);
@@ -1029,6 +1034,7 @@ export async function resync(
   }
   for (const [dir, why] of linkEgress) problems.push(`link ${dir.replace('>', ' -> ')} is not forwarding: ${why}`);
   for (const why of linkUnverified.values()) problems.push(`link ${why}`);
+  for (const why of linkPeer.values()) problems.push(`link ${why}`);
   for (const [name, why] of state.ingressSettings) problems.push(`interface ${name}: ${why}`);
   for (const f of state.fights.current()) problems.push(f.text);
   for (const l of state.hostLoopList.values()) problems.push(hostLoopProblem(l));
@@ -1302,7 +1308,7 @@ function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<st
 }
 
 /** The egresses among `names` whose veth peer runs an XDP program not ours (Dataplane.vethPeerXdp): what to say. */
-function peerXdpPrograms(dp: ExecContext['dp'], names: Iterable<string>): Map<string, string> {
+function peerXdpPrograms(dp: Pick<Dataplane, 'vethPeerXdp'>, names: Iterable<string>): Map<string, string> {
   const out = new Map<string, string>();
   if (!dp.vethPeerXdp) return out;
   for (const name of new Set(names)) {
@@ -1310,6 +1316,50 @@ function peerXdpPrograms(dp: ExecContext['dp'], names: Iterable<string>): Map<st
     if (p) out.set(name, peerXdpNote(p));
   }
   return out;
+}
+
+/**
+ * What a link direction's egress `to`, a veth, has on its peer that may drop every frame the link redirects into it,
+ * none of it ours (Dataplane.vethPeerXdp, read as for a backend's egress: another tool's XDP program, tc filters or
+ * tcx programs on the peer's ingress): "from -> to: veth peer eth0 in netns n runs XDP program id 42 (name, native
+ * mode): delivery past it cannot be verified" (rule-status.ts peerXdpNote); undefined when none is seen. The link's
+ * counters count such a frame as forwarded: the kernel took it into the veth. Whether it gets past the peer is not
+ * known here, so the direction is not said to forward for sure (link.proto LinkStatus: Active Unknown).
+ *
+ * The ingress `from`'s own veth peer is not read: what runs there sees a frame before it is sent into `from`, on
+ * the sender's side of the veth; a frame it drops never reaches the link, and what the link counts and forwards is
+ * exactly what arrived (its counters say so). That is the sender's business, not the link's.
+ */
+export function linkPeerNote(dp: Pick<Dataplane, 'vethPeerXdp'>, from: string, to: string): string | undefined {
+  const note = peerXdpPrograms(dp, [to]).get(to);
+  return note && `${from} -> ${to}: ${note}`;
+}
+
+/**
+ * The log of what {@link linkPeerNote} found, each direction once as it appears (or changes) and once as it goes
+ * while the direction is still there (a link removed, or an end missing, is said by its own lines).
+ */
+function sayLinkPeers(ctx: ExecContext, now: ReadonlyMap<string, string>, dirs: ReadonlySet<string>): void {
+  const said = ctx.state.linkPeerSaid;
+  for (const [dir, note] of now) {
+    if (said.get(dir) === note) continue;
+    said.set(dir, note);
+    const at = dir.indexOf('>');
+    ctx.log.warn({ from: dir.slice(0, at), to: dir.slice(at + 1), peer: note }, `link ${note}`);
+  }
+  for (const [dir, was] of said) {
+    if (now.has(dir)) continue;
+    said.delete(dir);
+    if (!dirs.has(dir)) continue;
+    const at = dir.indexOf('>');
+    const from = dir.slice(0, at);
+    const to = dir.slice(at + 1);
+    ctx.log.info(
+      { from, to, was },
+      `link ${from} -> ${to}: nothing that may drop what the link redirects is seen on ${to}'s veth peer any more ` +
+        `(it was: ${was.slice(`${from} -> ${to}: `.length)})`,
+    );
+  }
 }
 
 /** Why an ingress that another XDP program occupies receives nothing through ours (its problem line). */
@@ -1558,18 +1608,23 @@ export function linkWarningGoneText(ctx: Pick<ExecContext, 'dp'>, from: string, 
  * judges it and with its words: an ingress or an egress that is down or without carrier makes it not
  * forwarding (`state.linkEgress`); a forwarding one has the pass's warning ({@link linkDirectionWarning}:
  * an egress MTU, or its veth peer's, below the ingress's; `state.linkWarnings`). So the reply, and a read
- * before the next pass, say what that pass will. What only a pass can judge (native redirect targets, the
+ * before the next pass, say what that pass will; so does what runs on each egress's veth peer that may drop what
+ * it is given ({@link linkPeerNote}; the pass logs it). What only a pass can judge (native redirect targets, the
  * egress watch) it leaves to the pass. Directions the write removed are forgotten (a read no longer lists
  * them, and their egress interfaces no longer carry their texts).
  */
 export function observeLinkDirections(ctx: ExecContext, want: ReadonlyMap<string, { toName: string }>): void {
   const { dp, state } = ctx;
   const dirs = new Set([...want].map(([from, d]) => `${from}>${d.toName}`));
-  for (const m of [state.linkEgress, state.linkWarnings, state.linkUnverified]) {
+  for (const m of [state.linkEgress, state.linkWarnings, state.linkUnverified, state.linkPeer]) {
     for (const dir of m.keys()) if (!dirs.has(dir)) m.delete(dir);
   }
   for (const [from, d] of want) {
     const dir = `${from}>${d.toName}`;
+    // What runs on its egress's veth peer, read as the pass reads it (the pass logs it).
+    const peer = linkPeerNote(dp, from, d.toName);
+    if (peer) state.linkPeer.set(dir, peer);
+    else state.linkPeer.delete(dir);
     const why = ingressDownProblem(from, dp.linkState?.(from)) ?? egressProblem(d.toName, dp.linkState?.(d.toName));
     if (why) state.linkEgress.set(dir, why);
     else if (isDownText(state.linkEgress.get(dir), from, d.toName)) state.linkEgress.delete(dir); // up again

@@ -546,6 +546,15 @@ export class CoreState {
   linkReapplyError?: string;
   /** Link directions (`from>to`) that forward, with a warning (an egress MTU below the ingress's). */
   linkWarnings = new Map<string, string>();
+  /**
+   * Link directions (`from>to`) whose egress is a veth whose peer runs what may drop every frame redirected into
+   * it, none of it ours (an XDP program, tc filters or tcx programs on its ingress: Dataplane.vethPeerXdp), with
+   * what is said ("a -> b: veth peer eth0 in netns n runs XDP program id 42 (...): delivery past it cannot be
+   * verified"), as the reconciler's last pass (or a links write right after it) found them.
+   */
+  linkPeer = new Map<string, string>();
+  /** What the log last said of each link direction's egress's veth peer ({@link linkPeer}): one line as it appears, one as it goes. */
+  readonly linkPeerSaid = new Map<string, string>();
   /** claimKey -> the rule that claims it. */
   claims = new Map<string, string>();
   /** matchId -> the slot the kernel's match entry points at. */

@@ -96,7 +96,18 @@ export interface LinkStatus {
    * counters: until the kernel has taken frames redirected to it, a warning
    * says it cannot be verified and the Active condition is Unknown (reason
    * EgressUnverified); when it drops all of them (redirect errors, none
-   * taken), the direction is not active, until a frame is taken again.
+   * taken), the direction is not active, until a frame is taken again. A
+   * veth b whose peer (wherever it lives) runs what may drop every frame
+   * redirected into it, none of it xdpctld's -- another tool's XDP program,
+   * a tc filter or tcx program on its ingress -- still forwards in this
+   * sense (the kernel takes the frames into b; the link's counters count
+   * them), but their delivery past it cannot be verified: a warning names
+   * it ("a -> b: veth peer eth0 in netns n runs XDP program id 42 (name,
+   * native mode): delivery past it cannot be verified"), the Active
+   * condition is Unknown (reason PeerXdpProgram, or PeerTcFilter when only
+   * tc is there) and xdpctl.datapath is NOT_SERVING, as for a backend's
+   * egress (RuleService). What runs on a's own veth peer is not read: it
+   * sees frames before they are sent into a, on the sender's side.
    */
   aToBActive: boolean;
   /**
@@ -113,7 +124,10 @@ export interface LinkStatus {
    * loop check cannot follow where a direction's frames go (a veth peer in
    * another namespace that leads on there, a device kind it does not
    * follow), "a -> b: whether the frames it forwards come back (a
-   * forwarding loop) cannot be told: ..." naming the device.
+   * forwarding loop) cannot be told: ..." naming the device. What runs on
+   * an egress's veth peer that may drop the frames: "a -> b: veth peer
+   * eth0 in netns n runs XDP program id 42 (...): delivery past it cannot
+   * be verified" (see a_to_b_active).
    */
   warnings: string[];
   /**
@@ -121,7 +135,8 @@ export interface LinkStatus {
    * program runs on each ingress side and each egress can transmit; Unknown,
    * reason EgressUnverified, from the Connect or ApplyLinks reply on while a
    * veth egress's peer cannot be inspected and no traffic showed it takes
-   * frames), "FramesFit" (each egress's MTU, and its veth peer's wherever
+   * frames; Unknown, reason PeerXdpProgram or PeerTcFilter, while a veth
+   * egress's peer runs what may drop them, see a_to_b_active), "FramesFit" (each egress's MTU, and its veth peer's wherever
    * the peer lives, is at least its ingress's; false, reason
    * EgressMTUTooSmall, names both MTUs and the largest frame that still
    * passes: the kernel drops larger ones, XDP does not fragment). A Connect
