@@ -18,7 +18,8 @@
  *    counts: the OTLP data model's cumulative sums, whose start time changes on a reset).
  *
  * Each series' start ({@link CounterResets.series}): when the daemon zeroed the entry for its object (its creation,
- * a re-creation under the same name included: {@link CounterResets.forget}; the counts are from 0 then), when a
+ * a re-creation under the same name included, and a link direction written anew, e.g. after an end was deleted and
+ * made again: {@link CounterResets.forget}; the counts are from 0 then), when a
  * read first saw it go down (a reset: the counts are from the value that read saw), or, for an entry this daemon
  * found counting (kept in the pinned maps across a restart), its first read (the counts include what was counted
  * before, which this daemon cannot date).
@@ -141,6 +142,19 @@ export class CounterResets {
     this.seen.delete(key);
     this.resets.delete(key);
     this.starts.set(key, { start: now, fromZero: true, mono, kind: 'zeroed' });
+    this.forgottenAt.set(key, ++this.epoch);
+  }
+
+  /**
+   * The object is gone (a link direction removed; its entry released): what was seen, its reset and its series
+   * go with it. An object made later on the same entry starts its own series: from 0 when the daemon zeroes the
+   * entry for it ({@link forget}), else as found by its first read. A read that began before this sets nothing.
+   */
+  drop(kind: CounterObjectKind, id: string | number): void {
+    const key = `${kind}|${id}`;
+    this.seen.delete(key);
+    this.resets.delete(key);
+    this.starts.delete(key);
     this.forgottenAt.set(key, ++this.epoch);
   }
 

@@ -1105,6 +1105,10 @@ export function connectLinks(
       if (created) dp.resetLinkStats(d.from);
     });
     created = dp.connect(d.from, d.to);
+    // Its counters entry was given out, zeroed, now: its series starts at 0 now (ZEROED), not at its first read as
+    // found counting (FOUND, which says they include what was counted before). One kept (a peer swap, an entry
+    // found in the pins at a start) goes on as it was.
+    if (created) ctx.state.counterResets.forget('link', d.from, ctx.now(), ctx.mono());
     if (c && c.from !== d.from) {
       // The ingress was recreated (new ifindex): the entry under its old ifindex goes, or a device that
       // gets that ifindex later would be cross-connected.
@@ -1138,7 +1142,9 @@ export function finishLinks(
   const kept = new Set([...want.values()].map((d) => d.from));
   for (const from of state.linkDirs.keys()) {
     if (kept.has(from)) continue;
-    state.counterResets.forget('link', from, ctx.now(), ctx.mono()); // a direction gone takes its reset warning with it
+    // A direction gone takes its reset warning and its series with it (not a series "zeroed" now: the next
+    // direction on this ingress gets its own when its entry is given out).
+    state.counterResets.drop('link', from);
     try {
       dp.resetLinkStats(from);
     } catch (e) {
