@@ -6,7 +6,8 @@
  * (backend-peer-xdp.test.ts); a link's was never read. Now the direction says it, as a backend does: a warning
  * "a -> b: veth peer eth0 in netns N runs XDP program id P (base_sink, generic mode): delivery past it cannot be
  * verified", Active Unknown (PeerXdpProgram), the same line among GetStatus's datapath warnings (NOT_SERVING), one
- * log line when it appears and one when it goes; the other direction says nothing of it. The same for a tc bpf
+ * log line when it appears and one when it goes; the other direction says nothing of it; a Connect's reply says it
+ * too. The same for a tc bpf
  * filter on the peer's ingress (PeerTcFilter). Once removed: no warning, Active True, SERVING, pings answered.
  * Both XDP modes of the daemon (the peer's program in the other mode); real veths, namespaces and packets, the
  * frames the program dropped counted by the program itself (its sink_rx map).
@@ -108,7 +109,7 @@ for (const [mode, peerMode, peerWords] of [
           const st = await lab.c.daemon.getStatus({});
           assert.ok(st.datapath!.warnings.includes(`link ${note}`), JSON.stringify(st.datapath!.warnings));
           assert.equal(await lab.health(), NOT_SERVING);
-          await until('said once in the log', () => lab.count(new RegExp(`"msg":"link ${esc(note)}"`)) === 1);
+          await until('said once in the log', () => lab.count(new RegExp(`"msg":"link ${esc(note)}"`)) === 1, 15_000);
 
           // What it is about: the frames the link redirects are dropped there, counted by the link as forwarded.
           const p0 = await packets();
@@ -117,6 +118,24 @@ for (const [mode, peerMode, peerWords] of [
           const p1 = await packets();
           assert.ok(p1 - p0 >= 5n, `the link counted them: ${p0} -> ${p1}`);
           if (dropped) assert.ok(dropped() - d0 >= 5, `the program dropped them: ${d0} -> ${dropped()}`);
+          // A Connect's reply says it too, judged by the write as a read right after it (before any pass).
+          await lab.c.links.disconnect({ a: h1.hostIf, b: h2.hostIf });
+          const reply = (
+            await lab.c.links.connect({
+              link: { a: h1.hostIf, b: h2.hostIf, direction: LinkDirection.LINK_DIRECTION_BOTH, status: undefined },
+            })
+          ).link!.status!;
+          assert.ok(reply.warnings.includes(note), JSON.stringify(reply));
+          // A new link: said again by the pass that sees it (the removed one was not said to lose it).
+          await until(
+            'said again for the new link',
+            () => lab.count(new RegExp(`"msg":"link ${esc(note)}"`)) === 2,
+            15_000,
+          );
+          assert.deepEqual(
+            [active(reply).status, active(reply).reason],
+            [ConditionStatus.CONDITION_STATUS_UNKNOWN, reason],
+          );
 
           remove();
           removed = true;
@@ -133,7 +152,7 @@ for (const [mode, peerMode, peerWords] of [
             `"msg":"link ${esc(dir)}: nothing that may drop what the link redirects is seen on ${esc(h2.hostIf)}'s ` +
               `veth peer any more \\(it was: ${esc(note.slice(dir.length + 2))}\\)"`,
           );
-          await until('its end said once', () => lab.count(gone) === 1);
+          await until('its end said once', () => lab.count(gone) === 1, 15_000);
         } finally {
           if (!removed) remove();
         }

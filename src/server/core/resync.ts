@@ -1619,6 +1619,8 @@ export function observeLinkDirections(ctx: ExecContext, want: ReadonlyMap<string
   for (const m of [state.linkEgress, state.linkWarnings, state.linkUnverified, state.linkPeer]) {
     for (const dir of m.keys()) if (!dirs.has(dir)) m.delete(dir);
   }
+  // A direction removed is not said to lose what ran on its egress's peer; one made again is said anew.
+  for (const dir of state.linkPeerSaid.keys()) if (!dirs.has(dir)) state.linkPeerSaid.delete(dir);
   for (const [from, d] of want) {
     const dir = `${from}>${d.toName}`;
     // What runs on its egress's veth peer, read as the pass reads it (the pass logs it).
