@@ -19,7 +19,8 @@
  * comes from the connection exactly as on gRPC (services/access.ts identifySocket): SO_PEERCRED on a
  * Unix socket (`curl --unix-socket`), the verified client certificate with the daemon's TLS files
  * (the same certificate, key, client CA and rotation as the gRPC TCP listeners), the kernel's socket
- * table on loopback TCP; anything else is anonymous. Streaming methods (WatchCounters) and the
+ * table on loopback TCP; anything else is anonymous. The trace context headers the gRPC chain reads
+ * (W3C traceparent/tracestate, and what else OTEL_PROPAGATORS names) are carried into the call. Streaming methods (WatchCounters) and the
  * grpc.health.v1 service (probes use gRPC: xdpctl-health) are not served here.
  */
 import { once } from 'node:events';
@@ -49,6 +50,7 @@ import {
 import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { Code, ConnectError, createContextKey, createContextValues, type HandlerContext } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
+import { propagation } from '@opentelemetry/api';
 import { Metadata, ServerError, type CallContext, type ServerMiddleware } from 'nice-grpc-common';
 
 import type { Identity } from './auth/identity.js';
@@ -163,6 +165,20 @@ function connectError(err: unknown, trailer: Metadata, registry: FileRegistry): 
     }
   }
   return new ConnectError(err.details, err.code as number as Code, undefined, details);
+}
+
+/**
+ * The headers the daemon's propagator reads on gRPC (W3C `traceparent` and `tracestate`; `baggage` when
+ * the SDK runs, B3 or Jaeger with OTEL_PROPAGATORS), copied from the HTTP request into the call's metadata,
+ * where the telemetry middleware (nice-grpc-opentelemetry) extracts them as on the gRPC listeners: an
+ * HTTP/JSON call runs in the client's trace, and its log lines and audit record carry that trace id.
+ * Only those headers: the rest of the metadata is the daemon's own (identity, deadline).
+ */
+export function carryPropagation(headers: Headers, metadata: Metadata): void {
+  for (const field of propagation.fields()) {
+    const value = headers.get(field);
+    if (value !== null && !field.endsWith('-bin')) metadata.set(field, value);
+  }
 }
 
 /**
@@ -285,6 +301,7 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
             if (identity) metadata.set(IDENTITY_KEY, sealIdentity(identity));
             const timeout = ctx.timeoutMs();
             if (timeout !== undefined) metadata.set(DEADLINE_KEY, String(monotonicMs() + timeout));
+            carryPropagation(ctx.requestHeader, metadata);
             const trailer = Metadata();
             const context: CallContext = {
               metadata,

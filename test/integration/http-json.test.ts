@@ -437,6 +437,40 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.equal((await grpc.rules.getRule({ name: 'audited' })).rule!.name, 'audited', 'still there');
     await grpc.rules.deleteRule({ name: 'audited' });
   });
+  it("a client's W3C traceparent is honoured as on gRPC: the audit record and log lines carry its trace id", async () => {
+    // Before: the call ran in a fresh trace (no trace_id, or another one): the header was not carried.
+    const traceId = `4bf92f3577b34da6a3ce929d${id
+      .replace(/[^0-9a-f]/g, '')
+      .padStart(8, '0')
+      .slice(-8)}`;
+    const r = post('LinkService/Disconnect', { a: 'nope1', b: 'nope2' }, [
+      '-H',
+      `traceparent: 00-${traceId}-00f067aa0ba902b7-01`,
+      '-H',
+      'tracestate: xdpctl=t1',
+    ]);
+    assert.notEqual(r.status, 200, JSON.stringify(r));
+    const rec = await audited(
+      d,
+      (x) => x.method === '/xdpctl.v1.LinkService/Disconnect' && x.trace_id === traceId,
+      `the Disconnect in trace ${traceId}`,
+    ).catch((err: Error) => {
+      const seen = auditRecords(d)
+        .filter((x) => x.method === '/xdpctl.v1.LinkService/Disconnect')
+        .map((x) => x.trace_id);
+      throw new Error(`${err.message}; Disconnect audit records had trace_id ${JSON.stringify(seen)}`);
+    });
+    assert.equal(rec.trace_id, traceId);
+    // Without the header: no trace of the client (the daemon exports nothing here, so no trace at all).
+    post('LinkService/Disconnect', { a: 'nope3', b: 'nope4' });
+    const plain = await audited(
+      d,
+      (x) => x.method === '/xdpctl.v1.LinkService/Disconnect' && JSON.stringify(x).includes('nope3'),
+      'the Disconnect without traceparent',
+    );
+    assert.notEqual(plain.trace_id, traceId);
+  });
+
   it("the TCP listeners' connection bounds hold here too: a fifth connection from one peer (a loopback uid) is refused", async () => {
     const [host, port] = [base.slice(7, base.lastIndexOf(':')), Number(base.slice(base.lastIndexOf(':') + 1))];
     const idle = await Promise.all(
