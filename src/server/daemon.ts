@@ -512,7 +512,7 @@ export class Daemon {
       rules: ruleService(controller),
       links: linkService(controller),
       interfaces: interfaceService(controller),
-      counters: counterService(hub),
+      counters: counterService(hub, (name) => controller.hasRule(name)),
       daemon: daemonService(controller, dp, {
         version: VERSION,
         startedAt,

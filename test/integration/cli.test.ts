@@ -377,6 +377,36 @@ describe('xdpctl command line', kernelOnly(), () => {
     }
   });
 
+  it('watch --rule of a rule that does not exist says so and exits 4 when it never appears; a bad name is exit 3', async () => {
+    // Before: empty samples, nothing said, exit 0.
+    const r = await cli('watch', 'rules', '--rule', 'web', '--rule', 'nonexist', '--count', '2', '--interval', '100ms');
+    assert.equal(r.code, 4, `exit code (stderr: ${r.stderr})`);
+    const lines = r.stdout.split('\n').filter((l) => l !== '');
+    assert.equal(lines.length, 2, 'the samples are printed all the same');
+    for (const l of lines) {
+      const msg = JSON.parse(l) as { counters: { rules: { rule: string }[] } };
+      assert.deepEqual(
+        msg.counters.rules.map((x) => x.rule),
+        ['web'],
+      );
+    }
+    assert.deepEqual(
+      r.stderr.split('\n').filter((l) => l !== ''),
+      [
+        'xdpctl: rule "nonexist" does not exist (yet): watching for it',
+        'xdpctl: no rule named "nonexist" appeared in any of the 2 samples watched',
+      ],
+    );
+    // Every rule named exists: as before.
+    assertOk(await cli('watch', 'rules', '--rule', 'web', '--count', '1', '--interval', '100ms'));
+    // A name no rule can have: refused naming the field, nothing watched.
+    const bad = await cli('watch', 'rules', '--rule', 'Bad Name!', '--count', '1');
+    assertFails(bad, 3, /^xdpctl: filter\.rules\[0\]: must be 1-63 lowercase letters/);
+    assert.equal(bad.stdout, '');
+    const longIf = await cli('watch', 'links', '--interface', 'this-is-way-too-long-name', '--count', '1');
+    assertFails(longIf, 3, /^xdpctl: filter\.interfaces\[0\]: is not a valid interface name/);
+  });
+
   it('status reports SERVING', async () => {
     const out = assertOk(await cli('status'));
     assert.match(out, /^health:\s+SERVING$/m);

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 
 import type { CounterSnapshot } from '../../src/server/core/controller.js';
 import { CounterHub } from '../../src/server/core/counter-hub.js';
+import type { CoreError } from '../../src/server/core/errors.js';
 import { counterService, sharedEncoding } from '../../src/server/services/counter-service.js';
 import {
   CounterKind,
@@ -70,6 +71,61 @@ describe('WatchCounters sharing', () => {
       assert.equal(def.watchCounters.responseSerialize(b[1]), bytes, 'encoded once');
       assert.deepEqual(WatchCountersResponse.decode(bytes), a[1], 'the bytes are the message');
       assert.notEqual(def.watchCounters.responseSerialize(a[2]), bytes);
+    } finally {
+      hub.close();
+    }
+  });
+});
+
+describe('CounterFilter names', () => {
+  const call = (svc: ReturnType<typeof counterService>, filter: object) =>
+    svc.getCounters(
+      { filter: { kinds: [], rules: [], interfaces: [], ...filter }, pageToken: '' },
+      {} as Parameters<typeof svc.getCounters>[1],
+    );
+  it('a rule or interface name no rule or interface can have is INVALID_ARGUMENT naming the field', async () => {
+    // Before: both answered OK with no counters.
+    const hub = new CounterHub(fakeRead(), 100);
+    try {
+      const svc = counterService(hub, () => true);
+      await assert.rejects(call(svc, { rules: ['web', 'Bad Name!'] }), (e: CoreError) => {
+        assert.equal(e.kind, 'invalid');
+        assert.deepEqual(
+          e.violations.map((v) => v.field),
+          ['filter.rules[1]'],
+        );
+        assert.match(e.message, /^filter\.rules\[1\]: must be 1-63 lowercase letters/);
+        return true;
+      });
+      await assert.rejects(call(svc, { interfaces: ['this-is-way-too-long-name'] }), (e: CoreError) => {
+        assert.equal(e.kind, 'invalid');
+        assert.match(e.message, /^filter\.interfaces\[0\]: is not a valid interface name/);
+        return true;
+      });
+      // WatchCounters validates the same way, before its first sample.
+      await assert.rejects(
+        take(hub, { filter: { kinds: [], rules: ['Bad'], interfaces: [] } }, 1),
+        /filter\.rules\[0\]/,
+      );
+    } finally {
+      hub.close();
+    }
+  });
+  it('GetCounters names a rule of its filter that does not exist: NOT_FOUND, not an empty answer', async () => {
+    const hub = new CounterHub(fakeRead(), 100);
+    try {
+      const svc = counterService(hub, (name) => name === 'web');
+      await assert.rejects(call(svc, { rules: ['web', 'nonexist'] }), (e: CoreError) => {
+        assert.equal(e.kind, 'not-found');
+        assert.equal(e.message, 'filter.rules[1]: rule "nonexist" does not exist');
+        assert.deepEqual(e.violations, [{ field: 'filter.rules[1]', description: 'rule "nonexist" does not exist' }]);
+        return true;
+      });
+      const ok = await call(svc, { rules: ['web'] });
+      assert.deepEqual(
+        ok.counters?.rules?.map((r) => r?.rule),
+        ['web'],
+      );
     } finally {
       hub.close();
     }

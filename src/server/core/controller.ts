@@ -515,6 +515,11 @@ export class Controller {
 
   // ---- reads ------------------------------------------------------------
 
+  /** Whether a rule of this name exists (in the desired state). */
+  hasRule(name: string): boolean {
+    return this.state.rules.has(name);
+  }
+
   /**
    * A rule with its status and conditions. `at`: when what it shows was observed (a read: now; a write or a
    * reconciler pass that records the conditions: its time); a condition that changed takes it as its

@@ -19,6 +19,7 @@ import {
   type WatchCountersResponse,
 } from '../../gen/xdpctl/v1/counters.js';
 import { pacer } from '../core/execute.js';
+import { validateInterfaceName, validateName } from '../core/validate.js';
 import { fromTsProto } from './definition.js';
 import { pageToken, pageTokenKey } from './paging.js';
 
@@ -244,6 +245,26 @@ function filterViolations(f: CounterFilter | undefined, field: string, out: Fiel
     if (!Object.values(CounterKind).includes(k) || k === CounterKind.UNRECOGNIZED || k === 0) {
       out.push({ field: `${field}.kinds[${i}]`, description: `unknown counter kind ${k}` });
     }
+  }
+  // The names rules and interfaces are created with (validate.ts): any other name can never match.
+  for (const [i, name] of (f?.rules ?? []).entries()) validateName(name, `${field}.rules[${i}]`, out);
+  for (const [i, name] of (f?.interfaces ?? []).entries()) {
+    validateInterfaceName(name, `${field}.interfaces[${i}]`, out);
+  }
+}
+
+/**
+ * GetCounters names the rules of its filter that do not exist (NOT_FOUND, each as a field violation): a
+ * one-off read that answered them with no counters would look like rules that saw no traffic.
+ */
+function requireRules(f: CounterFilter | undefined, field: string, ruleExists: (name: string) => boolean): void {
+  const missing: FieldViolation[] = [];
+  for (const [i, name] of (f?.rules ?? []).entries()) {
+    if (!ruleExists(name))
+      missing.push({ field: `${field}.rules[${i}]`, description: `rule "${name}" does not exist` });
+  }
+  if (missing.length) {
+    throw new CoreError('not-found', missing.map((v) => `${v.field}: ${v.description}`).join('; '), missing);
   }
 }
 
@@ -594,10 +615,18 @@ export function sharedEncoding(
   };
 }
 
-export function counterService(hub: CounterHub): ServiceImplementation<typeof CounterServiceDefinition> {
+/**
+ * @param ruleExists whether a rule of that name exists (Controller.hasRule): GetCounters answers NOT_FOUND for a
+ *   filter naming one that does not. Absent (tests): not checked.
+ */
+export function counterService(
+  hub: CounterHub,
+  ruleExists?: (name: string) => boolean,
+): ServiceImplementation<typeof CounterServiceDefinition> {
   return {
     async getCounters(req) {
       validateFilter(req.filter, 'filter');
+      if (ruleExists) requireRules(req.filter, 'filter', ruleExists);
       const from = req.pageToken ? counterPageOffset(req.pageToken) : 0;
       const all = await runPaced(buildCounters(await hub.snapshot(), req.filter), pacer());
       const total = all.rules.length + all.backends.length + all.links.length;

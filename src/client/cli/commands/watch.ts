@@ -1,13 +1,13 @@
 /** `xdpctl watch`: stream the datapath counters (live table, NDJSON or YAML documents). */
 import { Argument, Option, type Command } from 'commander';
-import type { Metadata } from 'nice-grpc';
+import { ClientError, Status, type Metadata } from 'nice-grpc';
 
 import { CounterKind, WatchCountersResponse } from '../../../gen/xdpctl/v1/counters.js';
 import { watchCounterSamples } from '../../index.js';
-import { isAbort } from '../errors.js';
+import { CliError, EXIT, isAbort } from '../errors.js';
 import { collectList, examples, parseDuration, parsePositive } from '../flags.js';
 import { countersText, dataText, visible } from '../output.js';
-import { run } from '../session.js';
+import { run, type Session } from '../session.js';
 
 export function registerWatch(program: Command): void {
   program
@@ -26,7 +26,13 @@ export function registerWatch(program: Command): void {
         .argParser(parseDuration)
         .default(1000, '1s'),
     )
-    .addOption(new Option('--rule <name>', 'only these rules; repeatable').argParser(collectList))
+    .addOption(
+      new Option(
+        '--rule <name>',
+        'only these rules; repeatable. A rule that does not exist is said on stderr and watched for; one that ' +
+          'never appears in a sample ends the watch with exit 4 (not found)',
+      ).argParser(collectList),
+    )
     .addOption(
       new Option('--interface <iface>', 'only links from or to these interfaces; repeatable').argParser(collectList),
     )
@@ -55,6 +61,14 @@ export function registerWatch(program: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
         let n = 0;
+        const ruleNames = (f.rule as string[] | undefined) ?? [];
+        // The rules named that do not exist as the watch starts (the stream itself cannot say: a rule may be
+        // created later, and WatchCounters filters by name), each said once; one never seen ends with exit 4.
+        const missing = kind === 'links' ? [] : await absentRules(s, ruleNames);
+        for (const name of missing) {
+          process.stderr.write(`xdpctl: rule "${visible(name)}" does not exist (yet): watching for it\n`);
+        }
+        const unseen = new Set(missing);
         try {
           const stream = watchCounterSamples(
             s.client.counters,
@@ -69,6 +83,8 @@ export function registerWatch(program: Command): void {
           );
           // Each sample is printed whole: its parts (continued) joined, its changes applied to the last one.
           for await (const sample of stream) {
+            for (const r of sample.rules) unseen.delete(r.rule);
+            for (const b of sample.backends) unseen.delete(b.rule);
             const msg: WatchCountersResponse = { counters: sample, continued: false, changesOnly: false };
             if (live) {
               const when = msg.counters?.time?.toLocaleTimeString() ?? '';
@@ -79,7 +95,8 @@ export function registerWatch(program: Command): void {
             } else {
               process.stdout.write(`${dataText('json', WatchCountersResponse.toJSON(msg), 0)}\n`);
             }
-            if (count !== undefined && ++n >= count) break;
+            n++;
+            if (count !== undefined && n >= count) break;
           }
         } catch (e) {
           if (!(isAbort(e) && ac.signal.aborted)) throw e;
@@ -87,6 +104,33 @@ export function registerWatch(program: Command): void {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);
         }
+        if (unseen.size) {
+          const names = [...unseen].map((x) => `"${visible(x)}"`).join(', ');
+          throw new CliError(
+            `no rule named ${names} appeared in ${n === 1 ? 'the 1 sample' : `any of the ${n} samples`} watched`,
+            EXIT.NOT_FOUND,
+          );
+        }
       }),
     );
+}
+
+/**
+ * Which of `names` name no rule now: GetCounters answers NOT_FOUND naming each ("filter.rules[1]: rule \"x\" does
+ * not exist", counters.proto CounterFilter); a name no rule can have fails here with INVALID_ARGUMENT naming it
+ * (exit 3), before anything is watched.
+ */
+async function absentRules(s: Session, names: string[]): Promise<string[]> {
+  if (names.length === 0) return [];
+  try {
+    await s.client.counters.getCounters(
+      { filter: { kinds: [CounterKind.COUNTER_KIND_RULES], rules: names, interfaces: [] } },
+      { onTrailer: (md: Metadata) => (s.trailer = md) },
+    );
+    return [];
+  } catch (e) {
+    if (!(e instanceof ClientError && e.code === Status.NOT_FOUND)) throw e;
+    const at = [...e.details.matchAll(/filter\.rules\[(\d+)\]/g)].map((m) => names[Number(m[1])]);
+    return [...new Set(at.filter((x) => x !== undefined))];
+  }
 }

@@ -234,8 +234,15 @@ export interface WatchCountersResponse {
 
 /**
  * Selects counters. Every condition must hold; an empty list puts no
- * condition. Names that match nothing are not an error (the object may appear
- * later).
+ * condition. A name that no rule or interface can have (rule names as
+ * Rule.name, interface names of 1-15 bytes without "/", ":" or spaces) fails
+ * with INVALID_ARGUMENT naming the field ("filter.rules[0]"). GetCounters
+ * answers NOT_FOUND naming each entry of `rules` that names no rule
+ * ("filter.rules[1]: rule \"x\" does not exist"), not an empty answer that
+ * would look like a rule without traffic; WatchCounters accepts it (the rule
+ * may be created later: its counters appear in the first sample after), and
+ * `xdpctl watch --rule` says so on stderr and exits 4 if it never appears.
+ * An interface in no link is not an error: no link counters match it.
  */
 export interface CounterFilter {
   /** Kinds of counters to return; empty means all kinds. */
