@@ -20,8 +20,9 @@
  * Unix socket (`curl --unix-socket`), the verified client certificate with the daemon's TLS files
  * (the same certificate, key, client CA and rotation as the gRPC TCP listeners), the kernel's socket
  * table on loopback TCP; anything else is anonymous. The trace context headers the gRPC chain reads
- * (W3C traceparent/tracestate, and what else OTEL_PROPAGATORS names) are carried into the call. Streaming methods (WatchCounters) and the
- * grpc.health.v1 service (probes use gRPC: xdpctl-health) are not served here.
+ * (W3C traceparent/tracestate, and what else OTEL_PROPAGATORS names) are carried into the call. Streaming
+ * methods (WatchCounters), the grpc.health.v1 service (probes use gRPC: xdpctl-health) and server reflection
+ * are not served here: a call of one is answered 501 unimplemented saying so (grpcOnly), not 404.
  */
 import { once } from 'node:events';
 import { chmodSync, chownSync, mkdirSync, rmSync } from 'node:fs';
@@ -339,6 +340,13 @@ export async function startHttpJson(o: HttpJsonOptions): Promise<HttpJsonListene
   const guarded = (req: IncomingMessage, res: ServerResponse) => {
     const refusal = browserRefusal(req.headers, loopbackTcp);
     if (refusal === undefined) {
+      const onlyGrpc = grpcOnly((req.url ?? '').split('?', 1)[0], registry, o.methods);
+      if (onlyGrpc !== undefined) {
+        const body = JSON.stringify({ code: 'unimplemented', message: onlyGrpc });
+        res.writeHead(501, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
+        res.end(body);
+        return;
+      }
       explainBareStatus(req, res);
       const notJson = notJsonCall(req, o.methods);
       if (notJson !== undefined) {
@@ -469,6 +477,49 @@ function notJsonCall(req: IncomingMessage, methods: ReadonlyMap<string, unknown>
       `${got} is not accepted: send Content-Type: application/json (the Connect protocol in JSON; curl --json; ` +
       'GET with ?encoding=json); binary protobuf is served over gRPC',
   });
+}
+
+/** The methods of grpc.health.v1.Health (served by nice-grpc-server-health on the gRPC listeners). */
+const HEALTH_METHODS = new Set(['Check', 'Watch', 'List']);
+
+/**
+ * Why a path that names a method of the daemon's is not served here, or undefined: a stream of ours
+ * (WatchCounters; this listener serves the Connect protocol's unary form), the gRPC health service or server
+ * reflection. Answered 501 unimplemented with this message, not the 404 "no method" of a path that names
+ * nothing: the method exists, on gRPC.
+ */
+export function grpcOnly(
+  path: string,
+  registry: FileRegistry,
+  methods: ReadonlyMap<string, unknown>,
+): string | undefined {
+  if (methods.has(path)) return undefined;
+  const m = /^\/([A-Za-z0-9_.]+)\/([A-Za-z0-9_]+)$/.exec(path);
+  if (!m) return undefined;
+  const [, service, name] = m;
+  if (service === 'grpc.health.v1.Health' && HEALTH_METHODS.has(name)) {
+    return (
+      `${service}/${name} is served on gRPC only (probes: xdpctl-health, grpc_health_probe, a Kubernetes grpc ` +
+      'probe); here POST /xdpctl.v1.DaemonService/GetStatus with {} says whether xdpctld is serving'
+    );
+  }
+  if (/^grpc\.reflection\.v1(alpha)?\.ServerReflection$/.test(service) && name === 'ServerReflectionInfo') {
+    return `${service}/${name} is a bidirectional stream: served on gRPC only (grpcurl list, grpcurl describe)`;
+  }
+  const method = registry.getService(service)?.methods.find((x) => x.name === name);
+  if (method) {
+    const what = {
+      server_streaming: 'a server stream',
+      client_streaming: 'a client stream',
+      bidi_streaming: 'a bidirectional stream',
+      unary: 'a unary method of a service not served here',
+    }[method.methodKind];
+    return (
+      `${service}/${name} is ${what}: served on gRPC only (this HTTP/JSON listener serves the Connect ` +
+      `protocol's unary form of the xdpctl.v1 services' unary methods); use a gRPC client${name === 'WatchCounters' ? ' (xdpctl watch, grpcurl), or poll POST /xdpctl.v1.CounterService/GetCounters here' : ' (grpcurl)'}`
+    );
+  }
+  return undefined;
 }
 
 /** How a call is made, for the messages of a request that is not one. */

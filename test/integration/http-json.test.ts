@@ -349,6 +349,27 @@ describe('HTTP/JSON with curl (Connect protocol)', kernelOnly(), () => {
     assert.equal(noMethod.status, 404);
     assert.equal(noMethod.body.code, 'unimplemented');
     assert.match(String(noMethod.body.message), /no method at \/rules: calls are POST \/<package.Service>\/<Method>/);
+    // A method that exists but is served on gRPC only: 501 saying so (before: 404 "no method at ...").
+    const stream = post('CounterService/WatchCounters', {});
+    assert.equal(stream.status, 501, JSON.stringify(stream));
+    assert.equal(stream.body.code, 'unimplemented');
+    assert.match(
+      String(stream.body.message),
+      /^xdpctl\.v1\.CounterService\/WatchCounters is a server stream: served on gRPC only .*poll POST \/xdpctl\.v1\.CounterService\/GetCounters here$/,
+    );
+    for (const m of ['Check', 'Watch']) {
+      const health = curl(['--json', '{}', `${base}/grpc.health.v1.Health/${m}`]);
+      assert.equal(health.status, 501, JSON.stringify(health));
+      assert.equal(health.body.code, 'unimplemented');
+      assert.match(
+        String(health.body.message),
+        new RegExp(`^grpc\\.health\\.v1\\.Health/${m} is served on gRPC only .*DaemonService/GetStatus`),
+      );
+    }
+    const reflection = curl(['--json', '{}', `${base}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo`]);
+    assert.equal(reflection.status, 501, JSON.stringify(reflection));
+    // A method of no service: still 404.
+    assert.equal(post('CounterService/WatchCounter', {}).status, 404);
     const wrongVerb = curl(['-X', 'DELETE', `${base}/xdpctl.v1.RuleService/CreateRule`]);
     assert.equal(wrongVerb.status, 405);
     assert.match(
