@@ -45,7 +45,46 @@ export interface TlsCertificateStatus {
   problem?: string;
   /** What the last read of the files found ("in use", "rejected ...", "unreadable: ..."). */
   filesState: string;
+  /** The client CA in use (--tls-client-ca): its file and each certificate in it. */
+  clientCa?: { file: string; certificates: CaCertificateFacts[] };
 }
+
+/** One certificate of a client CA file, as the status and the reload log line say it. */
+export interface CaCertificateFacts {
+  /** The subject, one line: "CN=test-ca, O=Example". */
+  subject: string;
+  /** SHA-256 fingerprint of the DER, colon-separated hex ("AB:CD:..."). */
+  sha256: string;
+  notBefore: number;
+  notAfter: number;
+}
+
+/** The certificates of a PEM bundle (a client CA file may hold several); one that does not parse is skipped. */
+export function caCertificates(pem: Buffer): CaCertificateFacts[] {
+  const out: CaCertificateFacts[] = [];
+  for (const block of pem.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ??
+    []) {
+    try {
+      const x = new X509Certificate(block);
+      out.push({
+        subject: x.subject.split('\n').join(', '),
+        sha256: x.fingerprint256,
+        notBefore: Date.parse(x.validFrom),
+        notAfter: Date.parse(x.validTo),
+      });
+    } catch {
+      /* createSecureContext accepted the file: a block it skipped is not one it trusts */
+    }
+  }
+  return out;
+}
+
+/** A CA certificate in a log line: subject, fingerprint, expiry. */
+const caLogFacts = (c: CaCertificateFacts) => ({
+  subject: c.subject,
+  sha256: c.sha256,
+  notAfter: new Date(c.notAfter).toISOString(),
+});
 
 type IdentityListener = experimental.IdentityCertificateUpdateListener;
 type CaListener = experimental.CaCertificateUpdateListener;
@@ -139,6 +178,8 @@ class CheckedProvider implements experimental.CertificateProvider {
         : now < notBefore
           ? `certificate is not valid before ${new Date(notBefore).toISOString()}`
           : undefined;
+    const ca = this.ca?.caCertificate;
+    if (ca && this.caFacts?.ca !== ca) this.caFacts = { ca, certificates: caCertificates(ca) };
     return {
       certFile: this.files.certFile,
       notBefore,
@@ -146,8 +187,14 @@ class CheckedProvider implements experimental.CertificateProvider {
       mutual: this.files.clientCaFile !== undefined,
       ...(problem ? { problem } : {}),
       filesState: this.filesState,
+      ...(this.files.clientCaFile && this.caFacts
+        ? { clientCa: { file: this.files.clientCaFile, certificates: this.caFacts.certificates } }
+        : {}),
     };
   }
+
+  /** The client CA in use's certificates, parsed once per set. */
+  private caFacts?: { ca: Buffer; certificates: CaCertificateFacts[] };
 
   constructor(
     private readonly files: TlsFiles,
@@ -205,10 +252,31 @@ class CheckedProvider implements experimental.CertificateProvider {
       );
       return;
     }
+    // Which files changed: the certificate (and key), the client CA (whom the daemon trusts), or both.
+    const identityChanged =
+      !identity.certificate.equals(this.identity.certificate) || !identity.privateKey.equals(this.identity.privateKey);
+    const caChanged = !!ca && (this.ca === undefined || !ca.caCertificate.equals(this.ca.caCertificate));
     this.identity = identity;
     if (ca) this.ca = ca;
     this.rotations++;
-    this.observe('in use', 'info', { rotations: this.rotations }, 'TLS certificate reloaded', true);
+    const what = [identityChanged ? 'certificate' : '', caChanged ? 'client CA' : ''].filter(Boolean).join(' and ');
+    this.observe(
+      'in use',
+      'info',
+      {
+        rotations: this.rotations,
+        changed: [...(identityChanged ? ['certificate'] : []), ...(caChanged ? ['client CA'] : [])],
+        ...(caChanged && ca
+          ? {
+              clientCa: this.files.clientCaFile,
+              clientCaCertificates: caCertificates(ca.caCertificate).map(caLogFacts),
+            }
+          : {}),
+      },
+      `TLS ${what} reloaded`,
+      true,
+      identityChanged,
+    );
     for (const l of this.identityListeners) l(this.identity);
     if (this.ca) for (const l of this.caListeners) l(this.ca);
   }
@@ -249,11 +317,19 @@ class CheckedProvider implements experimental.CertificateProvider {
    */
   private filesState = 'in use';
 
-  private observe(state: string, level: 'info' | 'warn', fields: object, msg: string, always = false): void {
+  /** `withCert`: the line names the certificate file (false: a reload of the client CA alone names that file). */
+  private observe(
+    state: string,
+    level: 'info' | 'warn',
+    fields: object,
+    msg: string,
+    always = false,
+    withCert = true,
+  ): void {
     const changed = state !== this.filesState;
     this.filesState = state;
     // Back to the set in use after a problem is a transition too; "in use" at start is not news.
-    if (changed || always) this.log[level]({ cert: this.files.certFile, ...fields }, msg);
+    if (changed || always) this.log[level]({ ...(withCert ? { cert: this.files.certFile } : {}), ...fields }, msg);
   }
 
   private watch(): void {

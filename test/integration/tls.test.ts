@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { tmpdir } from 'node:os';
@@ -50,6 +50,9 @@ describe('TLS and mTLS', kernelOnly(), () => {
       f('ca.pem'),
       '--tls-refresh-seconds',
       '1',
+      // The reload lines (info) too.
+      '--log-level',
+      'info',
     ]);
   });
   after(async () => {
@@ -351,5 +354,66 @@ describe('TLS and mTLS', kernelOnly(), () => {
   it('keeps the Unix socket usable without TLS', () => {
     const r = spawnSync(CLI, ['--server', d!.unix, 'status'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
+  });
+
+  it('a rotated client CA is logged as such (subject, fingerprint, expiry) and status shows the client CA in use', async () => {
+    // Before: "TLS certificate reloaded" {"cert": "server.pem"}, and status showed the server certificate only.
+    const status = () => {
+      const r = spawnSync(CLI, ['--server', d!.unix, 'status'], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout;
+    };
+    const caRows = (out: string) => out.split('\n').filter((l) => l.startsWith('tls client ca'));
+    const fingerprint = (pem: string) =>
+      sh('openssl', ['x509', '-in', pem, '-noout', '-fingerprint', '-sha256']).trim().replace(/^.*=/, '');
+    const rows = caRows(status());
+    assert.equal(rows.length, 2, rows.join('\n'));
+    assert.match(rows[0], new RegExp(`^tls client ca:?\\s+${f('ca.pem')}$`));
+    assert.match(
+      rows[1],
+      new RegExp(`^tls client ca cert:?\\s+CN=test-ca, sha256 ${fingerprint(f('ca.pem'))}, until 20`),
+    );
+    // The server's files back to the set in use (an earlier test left an expired set there, refused).
+    copyFileSync(f('rotated.pem'), f('server.pem'));
+    copyFileSync(f('rotated.key'), f('server.key'));
+    const settle = Date.now() + 10_000;
+    while (/^tls files/m.test(status()) && Date.now() < settle) await sleep(200);
+    assert.doesNotMatch(status(), /^tls files/m, 'the files hold the set in use');
+    copyFileSync(f('ca.pem'), f('ca.orig.pem'));
+    const from = d!.output.length;
+    try {
+      // The client CA alone rotated: a bundle of the old CA and another.
+      writeFileSync(`${f('ca.pem')}.new`, Buffer.concat([readFileSync(f('ca.pem')), readFileSync(f('other-ca.pem'))]));
+      renameSync(`${f('ca.pem')}.new`, f('ca.pem'));
+      const end = Date.now() + 10_000;
+      let line: Record<string, unknown> | undefined;
+      while (!line && Date.now() < end) {
+        const l = d!.output
+          .slice(from)
+          .split('\n')
+          .find((x) => x.includes('reloaded"'));
+        if (l) line = JSON.parse(l) as Record<string, unknown>;
+        else await sleep(100);
+      }
+      assert.ok(line, `a reload line in ${d!.output.slice(from)}`);
+      assert.equal(line.msg, 'TLS client CA reloaded');
+      assert.equal(line.cert, undefined, 'the server certificate did not change');
+      assert.deepEqual(line.changed, ['client CA']);
+      assert.equal(line.clientCa, f('ca.pem'));
+      const certs = line.clientCaCertificates as { subject: string; sha256: string; notAfter: string }[];
+      assert.deepEqual(
+        certs.map((c) => [c.subject, c.sha256]),
+        [
+          ['CN=test-ca', fingerprint(f('ca.orig.pem'))],
+          ['CN=other-ca', fingerprint(f('other-ca.pem'))],
+        ],
+      );
+      assert.match(certs[1].notAfter, /^\d{4}-\d\d-\d\dT/);
+      const after = caRows(status());
+      assert.equal(after.length, 3, after.join('\n'));
+      assert.match(after[2], new RegExp(`CN=other-ca, sha256 ${fingerprint(f('other-ca.pem'))}, until`));
+    } finally {
+      copyFileSync(f('ca.orig.pem'), f('ca.pem'));
+    }
   });
 });

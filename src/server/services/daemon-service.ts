@@ -128,6 +128,15 @@ function tlsStatus(t: TlsCertificateStatus) {
     problem: t.problem ?? '',
     clientCertificateRequired: t.mutual,
     files: t.filesState,
+    clientCa: t.clientCa && {
+      file: t.clientCa.file,
+      certificates: t.clientCa.certificates.map((c) => ({
+        subject: c.subject,
+        sha256Fingerprint: c.sha256,
+        notBefore: new Date(c.notBefore),
+        notAfter: new Date(c.notAfter),
+      })),
+    },
   };
 }
 

@@ -144,6 +144,22 @@ export function registerStatus(program: Command): void {
                   ...(res.tls.files && !res.tls.files.startsWith('in use')
                     ? ([['tls files', res.tls.files]] as [string, string][])
                     : []),
+                  // Whom it trusts to sign client certificates (--tls-client-ca), as rotated.
+                  ...(res.tls.clientCa
+                    ? ([
+                        ['tls client ca', res.tls.clientCa.file],
+                        ...res.tls.clientCa.certificates.map(
+                          (c) =>
+                            [
+                              'tls client ca cert',
+                              `${c.subject}, sha256 ${c.sha256Fingerprint}, ` +
+                                (c.notAfter && c.notAfter.getTime() < Date.now()
+                                  ? `expired on ${c.notAfter.toISOString()}`
+                                  : `until ${c.notAfter?.toISOString() ?? '-'}`),
+                            ] as [string, string],
+                        ),
+                      ] as [string, string][])
+                    : []),
                 ] as [string, string][])
               : []),
             // Config-file mode: whether the file on disk is in force; if not, since when, why, and what runs.

@@ -240,6 +240,41 @@ export interface TlsStatus {
    * "rejected <sha256> certificate expired on ...".
    */
   files: string;
+  /**
+   * The client CA in use (--tls-client-ca): whom the daemon trusts to sign
+   * client certificates. Rotated with the other files; a rotation that
+   * changes it is logged "TLS client CA reloaded" with its certificates.
+   * Unset without --tls-client-ca.
+   */
+  clientCa?: TlsClientCa | undefined;
+}
+
+/** The client CA file in use and the certificates it holds. */
+export interface TlsClientCa {
+  /** The file (--tls-client-ca), e.g. "/etc/xdpctl/tls/clients-ca.pem". */
+  file: string;
+  /** Each certificate in it, in file order (a bundle may hold several). */
+  certificates: TlsCaCertificate[];
+}
+
+/** One CA certificate the daemon trusts for client certificates. */
+export interface TlsCaCertificate {
+  /** Its subject, e.g. "CN=clients-ca, O=Example". */
+  subject: string;
+  /**
+   * SHA-256 fingerprint of its DER encoding, colon-separated hex
+   * ("AB:CD:..."), as `openssl x509 -fingerprint -sha256` prints it.
+   */
+  sha256Fingerprint: string;
+  /** Start of its validity period (notBefore). */
+  notBefore?:
+    | Date
+    | undefined;
+  /**
+   * End of its validity period (notAfter): client certificates it signed
+   * are refused after it.
+   */
+  notAfter?: Date | undefined;
 }
 
 /**
@@ -1136,6 +1171,7 @@ function createBaseTlsStatus(): TlsStatus {
     problem: "",
     clientCertificateRequired: false,
     files: "",
+    clientCa: undefined,
   };
 }
 
@@ -1161,6 +1197,9 @@ export const TlsStatus: MessageFns<TlsStatus> = {
     }
     if (message.files !== "") {
       writer.uint32(58).string(message.files);
+    }
+    if (message.clientCa !== undefined) {
+      TlsClientCa.encode(message.clientCa, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1234,6 +1273,14 @@ export const TlsStatus: MessageFns<TlsStatus> = {
             message.files = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.clientCa = TlsClientCa.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1271,6 +1318,11 @@ export const TlsStatus: MessageFns<TlsStatus> = {
         ? globalThis.Boolean(object.client_certificate_required)
         : false,
       files: isSet(object.files) ? globalThis.String(object.files) : "",
+      clientCa: isSet(object.clientCa)
+        ? TlsClientCa.fromJSON(object.clientCa)
+        : isSet(object.client_ca)
+        ? TlsClientCa.fromJSON(object.client_ca)
+        : undefined,
     };
   },
 
@@ -1297,6 +1349,9 @@ export const TlsStatus: MessageFns<TlsStatus> = {
     if (message.files !== "") {
       obj.files = message.files;
     }
+    if (message.clientCa !== undefined) {
+      obj.clientCa = TlsClientCa.toJSON(message.clientCa);
+    }
     return obj;
   },
 
@@ -1312,6 +1367,225 @@ export const TlsStatus: MessageFns<TlsStatus> = {
     message.problem = object.problem ?? "";
     message.clientCertificateRequired = object.clientCertificateRequired ?? false;
     message.files = object.files ?? "";
+    message.clientCa = (object.clientCa !== undefined && object.clientCa !== null)
+      ? TlsClientCa.fromPartial(object.clientCa)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTlsClientCa(): TlsClientCa {
+  return { file: "", certificates: [] };
+}
+
+export const TlsClientCa: MessageFns<TlsClientCa> = {
+  encode(message: TlsClientCa, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.file !== "") {
+      writer.uint32(10).string(message.file);
+    }
+    for (const v of message.certificates) {
+      TlsCaCertificate.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TlsClientCa {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTlsClientCa();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.file = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.certificates.push(TlsCaCertificate.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TlsClientCa {
+    return {
+      file: isSet(object.file) ? globalThis.String(object.file) : "",
+      certificates: globalThis.Array.isArray(object?.certificates)
+        ? object.certificates.map((e: any) => TlsCaCertificate.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TlsClientCa): unknown {
+    const obj: any = {};
+    if (message.file !== "") {
+      obj.file = message.file;
+    }
+    if (message.certificates?.length) {
+      obj.certificates = message.certificates.map((e) => TlsCaCertificate.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TlsClientCa>): TlsClientCa {
+    return TlsClientCa.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TlsClientCa>): TlsClientCa {
+    const message = createBaseTlsClientCa();
+    message.file = object.file ?? "";
+    message.certificates = object.certificates?.map((e) => TlsCaCertificate.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTlsCaCertificate(): TlsCaCertificate {
+  return { subject: "", sha256Fingerprint: "", notBefore: undefined, notAfter: undefined };
+}
+
+export const TlsCaCertificate: MessageFns<TlsCaCertificate> = {
+  encode(message: TlsCaCertificate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subject !== "") {
+      writer.uint32(10).string(message.subject);
+    }
+    if (message.sha256Fingerprint !== "") {
+      writer.uint32(18).string(message.sha256Fingerprint);
+    }
+    if (message.notBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.notBefore), writer.uint32(26).fork()).join();
+    }
+    if (message.notAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TlsCaCertificate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTlsCaCertificate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subject = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256Fingerprint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.notBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TlsCaCertificate {
+    return {
+      subject: isSet(object.subject) ? globalThis.String(object.subject) : "",
+      sha256Fingerprint: isSet(object.sha256Fingerprint)
+        ? globalThis.String(object.sha256Fingerprint)
+        : isSet(object.sha256_fingerprint)
+        ? globalThis.String(object.sha256_fingerprint)
+        : "",
+      notBefore: isSet(object.notBefore)
+        ? fromJsonTimestamp(object.notBefore)
+        : isSet(object.not_before)
+        ? fromJsonTimestamp(object.not_before)
+        : undefined,
+      notAfter: isSet(object.notAfter)
+        ? fromJsonTimestamp(object.notAfter)
+        : isSet(object.not_after)
+        ? fromJsonTimestamp(object.not_after)
+        : undefined,
+    };
+  },
+
+  toJSON(message: TlsCaCertificate): unknown {
+    const obj: any = {};
+    if (message.subject !== "") {
+      obj.subject = message.subject;
+    }
+    if (message.sha256Fingerprint !== "") {
+      obj.sha256Fingerprint = message.sha256Fingerprint;
+    }
+    if (message.notBefore !== undefined) {
+      obj.notBefore = message.notBefore.toISOString();
+    }
+    if (message.notAfter !== undefined) {
+      obj.notAfter = message.notAfter.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TlsCaCertificate>): TlsCaCertificate {
+    return TlsCaCertificate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TlsCaCertificate>): TlsCaCertificate {
+    const message = createBaseTlsCaCertificate();
+    message.subject = object.subject ?? "";
+    message.sha256Fingerprint = object.sha256Fingerprint ?? "";
+    message.notBefore = object.notBefore ?? undefined;
+    message.notAfter = object.notAfter ?? undefined;
     return message;
   },
 };
