@@ -76,6 +76,17 @@ function probe(host: string, port: number, files: TlsFiles | undefined, timeoutM
 }
 
 /**
+ * What {@link diagnoseTls} found: the one-line explanation, and whether the server refused this client's
+ * credentials (no client certificate, one expired or not yet valid, or not signed by a CA it trusts): the
+ * connection was refused for who the client is, not because xdpctld is unreachable, so the CLI exits as for
+ * UNAUTHENTICATED (9), not UNAVAILABLE (10).
+ */
+export interface TlsDiagnosis {
+  message: string;
+  clientRefused: boolean;
+}
+
+/**
  * A one-line explanation when TLS is why `host:port` refused the connection,
  * or undefined when it is not (or cannot tell): then the caller's own message
  * stands.
@@ -84,7 +95,16 @@ export async function diagnoseTls(
   address: string,
   files: TlsFiles | undefined,
   timeoutMs = 3000,
-): Promise<string | undefined> {
+): Promise<TlsDiagnosis | undefined> {
+  const d = await diagnose(address, files, timeoutMs);
+  return d === undefined ? undefined : typeof d === 'string' ? { message: d, clientRefused: false } : d;
+}
+
+async function diagnose(
+  address: string,
+  files: TlsFiles | undefined,
+  timeoutMs: number,
+): Promise<string | TlsDiagnosis | undefined> {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(address);
   if (!m || address.startsWith('unix:')) return undefined;
   const [host, port] = [m[1], Number(m[2])];
@@ -94,13 +114,15 @@ export async function diagnoseTls(
     return `xdpctld at ${address} speaks TLS and this client plaintext: give --tls-ca (and --tls-cert, --tls-key if it requires client certificates)`;
   }
   const local = clientCertProblem(files.cert);
-  if (local) return `TLS with xdpctld at ${address} failed: ${local}`;
+  if (local) return { message: `TLS with xdpctld at ${address} failed: ${local}`, clientRefused: true };
   const o = await probe(host, port, files, timeoutMs);
   if (o.kind === 'closed-after-handshake') {
-    return (
-      `TLS with xdpctld at ${address} failed: the server closed the connection after the handshake, refusing the ` +
-      `client certificate${files.cert ? ' (--tls-cert): it is not signed by a CA the server trusts (--tls-client-ca)' : ': it requires one (--tls-cert, --tls-key)'}`
-    );
+    return {
+      message:
+        `TLS with xdpctld at ${address} failed: the server closed the connection after the handshake, refusing the ` +
+        `client certificate${files.cert ? ' (--tls-cert): it is not signed by a CA the server trusts (--tls-client-ca)' : ': it requires one (--tls-cert, --tls-key)'}`,
+      clientRefused: true,
+    };
   }
   if (o.kind === 'handshake-failed' && /wrong version number|packet length too long/i.test(o.message)) {
     return `TLS with xdpctld at ${address} failed: the server does not speak TLS on this port (drop --tls-*)`;

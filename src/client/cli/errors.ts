@@ -52,7 +52,8 @@ Exit codes:
   7   aborted: the rule changed since you read it (--generation)
   8   resource exhausted (a datapath table is full, the state store's disk is full,
       or the request is over xdpctld's --max-message-bytes)
-  9   permission denied or unauthenticated
+  9   permission denied or unauthenticated (also: xdpctld refused this client's TLS
+      certificate, or requires one)
   10  unavailable (xdpctld unreachable or shutting down)
   11  deadline exceeded (--timeout)
   12  any other error
@@ -168,7 +169,9 @@ export function describeClientError(
                 : /wrong version number|packet length too long|http request/i.test(details)
                   ? 'the server does not speak TLS on this port (drop --tls-*)'
                   : (/error:[0-9A-F]+:SSL routines:[^:]*:([^:]+)/.exec(details)?.[1] ?? 'handshake failed');
-        return { message: `TLS with xdpctld at ${server} failed: ${why}`, exitCode };
+        // The server refused this client for want of a certificate: a refused identity (exit 9), not unreachable.
+        const refused = /alert certificate required/.test(details);
+        return { message: `TLS with xdpctld at ${server} failed: ${why}`, exitCode: refused ? EXIT.DENIED : exitCode };
       }
       // A Unix socket this user may not open: the daemon may well be running; a permission problem (exit 9).
       const unixPath = /^unix:(?:\/\/(?=\/))?(.*)$/.exec(server)?.[1];

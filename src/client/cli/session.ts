@@ -176,11 +176,14 @@ export function run(fn: Action) {
       if (!(e instanceof ClientError)) throw e;
       const described = describeClientError(e, o.server, s.trailer, s.timeoutMs);
       let message = described.message;
+      let exitCode = described.exitCode;
       // grpc-js says "Failed to connect" or "ECONNRESET" for a refused TLS handshake: ask TLS itself.
-      // An expired server certificate: TLS itself gives its date.
+      // An expired server certificate: TLS itself gives its date. The server refusing this client's certificate
+      // (or its absence) is a refused identity: exit 9 as UNAUTHENTICATED, not 10 (unreachable).
       if (e.code === Status.UNAVAILABLE && /cannot reach xdpctld|server's certificate/.test(message)) {
         const why = await diagnoseTls(o.server, loadTls(o)).catch(() => undefined);
-        if (why) message = why;
+        if (why) message = why.message;
+        if (why?.clientRefused) exitCode = EXIT.DENIED;
       }
       // Only when xdpctld's answer was lost: a status it sent itself says what became of the change.
       if (s.readBack && !answeredByDaemon(s.trailer) && changeMayHaveLanded(e.code, message)) {
@@ -188,7 +191,7 @@ export function run(fn: Action) {
           '; the change may have been made all the same: xdpctld completes a change it has started whatever ' +
           `becomes of the caller, and its audit log says which (read it back: ${s.readBack})`;
       }
-      throw new CliError(message, described.exitCode, { cause: e });
+      throw new CliError(message, exitCode, { cause: e });
     } finally {
       s.close();
     }
