@@ -587,6 +587,21 @@ describe('HTTP/JSON over mutual TLS (the gRPC listeners’ files)', kernelOnly()
     const plain = curl(['--json', '{}', `${base.replace('https:', 'http:')}/xdpctl.v1.LinkService/ListLinks`]);
     assert.notEqual(plain.status, 200);
   });
+
+  it("GetStatus's accepts_writes is the caller's: false for a read-only identity, naming its role", () => {
+    // Before: acceptsWrites true for the viewer, whose every change is PERMISSION_DENIED.
+    const ops = as('ops', 'DaemonService/GetStatus', {});
+    assert.equal(ops.body.acceptsWrites, true, JSON.stringify(ops.body));
+    assert.equal(ops.body.writesRefused, undefined);
+    const viewer = as('viewer', 'DaemonService/GetStatus', {});
+    assert.equal(viewer.status, 200, JSON.stringify(viewer));
+    assert.equal(viewer.body.serving, true);
+    assert.equal(viewer.body.acceptsWrites, undefined, 'false (proto3 JSON leaves it out)');
+    assert.equal(
+      viewer.body.writesRefused,
+      'x509-cn:viewer (mtls) has the read-only role: changes need the admin role',
+    );
+  });
 });
 
 describe('HTTP/JSON is opt-in and guarded', kernelOnly(), () => {

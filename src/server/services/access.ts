@@ -43,6 +43,7 @@ import type { Logger } from '../log.js';
 import { normalizePeer } from '../net/addr.js';
 import { lazyRules } from './apply-rules-codec.js';
 import { AUDIT_OUTCOME, type OutcomeBox } from './audit-outcome.js';
+import { CALLER } from './caller.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
@@ -432,7 +433,7 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     }
     // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.
     const outcome: OutcomeBox = {};
-    const ctx = { ...context, signal, [AUDIT_OUTCOME]: outcome };
+    const ctx = { ...context, signal, [AUDIT_OUTCOME]: outcome, [CALLER]: { identity, role, who: who(identity) } };
     try {
       const result = yield* call.next(call.request, ctx);
       // A change that started completes even if its caller has gone meanwhile: say so.

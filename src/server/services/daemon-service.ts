@@ -1,6 +1,7 @@
 /** DaemonService: version, readiness, a datapath summary and, with --config, whether the file is in force. */
 import type { ServiceImplementation } from 'nice-grpc';
 
+import { roleSatisfies } from '../auth/policy.js';
 import type { ConfigReport } from '../config-watcher.js';
 import { monotonicMs } from '../core/clock.js';
 import type { Controller } from '../core/controller.js';
@@ -8,6 +9,7 @@ import type { Dataplane } from '../core/dataplane.js';
 import type { WriteProblem } from '../log-sink.js';
 import type { ExportReport } from '../telemetry/export-health.js';
 import type { TlsCertificateStatus } from '../tls.js';
+import { callerOf } from './caller.js';
 import { ConditionStatus } from '../../gen/xdpctl/v1/common.js';
 import {
   TelemetryExportState,
@@ -59,12 +61,20 @@ export function daemonService(
   },
 ): ServiceImplementation<typeof DaemonServiceDefinition> {
   return {
-    async getStatus() {
+    async getStatus(_req, context) {
       const up = Math.floor(monotonicMs() - info.startedAt);
       const state = ctl.desiredState();
       const config = info.configFile?.();
       const serving = info.serving();
-      const refused = serving ? ctl.writesRefused() : 'the daemon is not serving (starting or stopping)';
+      // For this caller: what the daemon refuses for everyone, and a role that allows no change (read-only).
+      const caller = callerOf(context);
+      const refusals = [
+        serving ? ctl.writesRefused() : 'the daemon is not serving (starting or stopping)',
+        caller && !roleSatisfies(caller.role, 'admin')
+          ? `${caller.who} has ${caller.role ? `the ${caller.role} role` : 'no role'}: changes need the admin role`
+          : undefined,
+      ].filter((x): x is string => x !== undefined);
+      const refused = refusals.length ? refusals.join('; ') : undefined;
       return {
         version: info.version,
         serving,

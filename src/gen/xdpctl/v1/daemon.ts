@@ -123,14 +123,18 @@ export interface GetStatusResponse {
    */
   telemetryExports: TelemetryExportStatus[];
   /**
-   * Whether a client's change (CreateRule, ApplyLinks, ...) would be taken
-   * now: false while not serving, in config-file mode (the file is the
-   * desired state) and while the state store refuses writes.
+   * Whether a change (CreateRule, ApplyLinks, ...) by the caller of this
+   * GetStatus would be taken now: false while not serving, in config-file
+   * mode (the file is the desired state), while the state store refuses
+   * writes, and for a caller whose role allows no change (read-only, or no
+   * role: --auth-config). Another caller may get another answer.
    */
   acceptsWrites: boolean;
   /**
-   * Why not, e.g. "the state store refuses writes: the disk is full (ENOSPC)
-   * [SQLITE_FULL]". Empty while accepts_writes.
+   * Why not, each reason that holds joined by "; ", e.g. "the state store
+   * refuses writes: the disk is full (ENOSPC) [SQLITE_FULL]" or
+   * "x509-cn:viewer (mtls) has the read-only role: changes need the admin
+   * role". Empty while accepts_writes.
    */
   writesRefused: string;
   /**
