@@ -204,13 +204,7 @@ export function ruleConditions(
                 // (and may drop) what we redirect.
                 type: 'BackendsReceiving',
                 status: 'Unknown',
-                // PeerXdpProgram: an XDP program among them; PeerTcFilter: tc (filters, tcx programs) and no XDP;
-                // PeerNftChain: only nftables ingress chains.
-                reason: peerXdp.some((b) => / runs XDP programs? id /.test(b.peerXdp!))
-                  ? 'PeerXdpProgram'
-                  : peerXdp.some((b) => / has (a )?tcx? ingress (filters?|programs?) /.test(b.peerXdp!))
-                    ? 'PeerTcFilter'
-                    : 'PeerNftChain',
+                reason: peerReason(peerXdp.map((b) => b.peerXdp!)),
                 message: peerXdp.map((b) => `${b.ip}@${b.interface}: ${b.peerXdp}`).join('; '),
               }
             : cond(
