@@ -1814,7 +1814,7 @@ function followedPeer(c: GroChange): FoundDevice | string | undefined {
     if (!c.linkMac) return `${end}, is not here any more`;
     const moved = movedDevice(c.linkIfname, c.linkMac);
     if (moved) {
-      const ns = netnsOf(moved.nsid);
+      const ns = netnsOf(moved.nsid, true); // at exit: not an old miss (netns-find.ts findNetns)
       const where = ns?.name ? `netns ${ns.name}` : `the network namespace with nsid ${moved.nsid}`;
       return (
         `${end}, is not here any more: a device with its name and MAC address (${c.linkMac}) is in ${where} ` +
@@ -1846,7 +1846,7 @@ function followedPeer(c: GroChange): FoundDevice | string | undefined {
       ethtool: (args) => run('ethtool', args),
     };
   }
-  const ns = netnsOf(veth.linkNetnsid);
+  const ns = netnsOf(veth.linkNetnsid, true); // at exit: not an old miss of a reused nsid (findNetns)
   if (!ns) {
     throw new Error(
       `moved to the network namespace with nsid ${veth.linkNetnsid} (${found}), which has no name in /run/netns ` +

@@ -80,14 +80,18 @@ function comm(pid: string): string {
 
 /**
  * A file to enter the namespace with id `nsid` by (see the module's comment for where it is looked for), or
- * undefined when there is none (or `nsid` is this daemon's own namespace: nothing to enter).
+ * undefined when there is none (or `nsid` is this daemon's own namespace: nothing to enter). `fresh`: search
+ * even when a search for `nsid` found nothing less than {@link NOT_FOUND_RETRY_MS} ago — for a one-time act
+ * that must not act on an old miss (the cleanup at exit): the kernel gives a freed nsid to the next namespace
+ * it meets (a namespace deleted, then another with a device moved into it, gets the same id), so a miss cached
+ * for the deleted one says nothing of the new one.
  */
-export function findNetns(nsid: number): NetnsWay | undefined {
+export function findNetns(nsid: number, fresh = false): NetnsWay | undefined {
   const known = found.get(nsid);
   if (known && nsidOfPath(known.path) === nsid) return known;
   found.delete(nsid);
   const missed = notFound.get(nsid);
-  if (missed !== undefined && monotonicMs() - missed < NOT_FOUND_RETRY_MS) return undefined;
+  if (!fresh && missed !== undefined && monotonicMs() - missed < NOT_FOUND_RETRY_MS) return undefined;
   const way = search(nsid);
   if (found.size >= 1024) found.clear();
   if (notFound.size >= 1024) notFound.clear();

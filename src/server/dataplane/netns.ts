@@ -143,8 +143,8 @@ export interface NetnsRef {
  * (/proc/PID/ns/net: an unnamed namespace, a container's) or a process's open file of it (netns-find.ts).
  * Undefined when none is found.
  */
-export function netnsOf(nsid: number): NetnsRef | undefined {
-  const way = findNetns(nsid);
+export function netnsOf(nsid: number, fresh = false): NetnsRef | undefined {
+  const way = findNetns(nsid, fresh);
   return way && (way.name ? { name: way.name, path: way.path } : { path: way.path });
 }
 
