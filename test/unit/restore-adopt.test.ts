@@ -120,7 +120,7 @@ describe('restore: rules adopted in place', () => {
       `rule b: backend ${bBackend} (map backends, entry ${bId}): destination IP: kernel 203.0.113.9, desired ${bBackend.split('@')[0]}`,
       `rule b: match entry (map rule_match: ingress ${matchIngress} ifindex ${key.ifindex}, UDP port 5001, any destination): ` +
         `kernel rule slot ${a.slot}, desired rule slot ${b.slot}`,
-      `rule c: rule entry (map rule_cfg, rule slot ${c.slot}): flags: kernel 0x0, desired 0x4`,
+      `rule c: rule entry (map rule_cfg, rule slot ${c.slot}): flags: kernel 0x1, desired 0x5`,
     ]);
     for (const r of repaired!) assert.doesNotMatch(r, /\w\[\d+\]/, `${r}: no request-style index`);
     assert.deepEqual(

@@ -217,6 +217,13 @@ export interface RuleSlotState {
   ring: Uint32Array;
   /** Distance between slots in `ring`; absent: 1. */
   ringStride?: number;
+  /** The rule entry's flags word as the kernel holds it (every bit; absent: a reader without it), for what a log says. */
+  word?: number;
+  /**
+   * The flags word a rewrite of the entry with these writes: `flags` (as {@link flags} takes them), the ACTIVE
+   * bit, SRC_FILTER when `srcFilter`, ONE_BACKEND when the table holds one id throughout (`oneId`).
+   */
+  wordOf?: (flags: number, srcFilter: boolean, oneId: boolean) => number;
 }
 
 export interface CounterRead {

@@ -35,7 +35,7 @@ import { CoreError, PortError } from './errors.js';
 import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import { directions, type LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
-import { fillRing, idRingHolds } from './ring.js';
+import { fillRing, idRingHolds, oneIdOf } from './ring.js';
 import { backendStatus, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
@@ -1562,6 +1562,7 @@ async function compareRules(
       if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id });
     }
     const stride = now.ringStride ?? 1;
+    let one = oneIdOf(now.ring, dp.ringSize, stride);
     if (!idRingHolds(members, dp.ringSize, dp.noBackend, now.ring, stride)) {
       const ring = Array.from({ length: dp.ringSize }, (_, s) => now.ring[s * stride]);
       const keyOf = new Map([...k.backends].map(([key, v]) => [v.id, key]));
@@ -1571,6 +1572,7 @@ async function compareRules(
         dp.noBackend,
         ring.map((id) => keyOf.get(id)),
       );
+      one = oneIdOf(Uint32Array.from(want), want.length, 1);
       let lo = -1;
       let hi = -1;
       for (let s = 0; s < want.length; s++) {
@@ -1595,7 +1597,12 @@ async function compareRules(
       found.cfgWrites.push([slot, p.flags, k.statsId, srcFilter]);
       const d: string[] = [];
       if (!now.active) d.push('active: kernel false, desired true');
-      if (now.flags !== p.flags) d.push(`flags: kernel 0x${now.flags.toString(16)}, desired 0x${p.flags.toString(16)}`);
+      if (now.flags !== p.flags) {
+        // The word as read and as it would be written (every bit), not the bits the comparison looks at.
+        const kernel = now.word ?? now.flags;
+        const desired = now.wordOf?.(p.flags, srcFilter, one) ?? p.flags;
+        d.push(`flags: kernel 0x${kernel.toString(16)}, desired 0x${desired.toString(16)}`);
+      }
       if (now.statsId !== k.statsId) d.push(`stats id: kernel ${now.statsId}, desired ${k.statsId}`);
       if (now.srcFilter !== srcFilter) d.push(`source filter: kernel ${now.srcFilter}, desired ${srcFilter}`);
       const entry = `rule ${p.name}: rule entry (map rule_cfg, rule slot ${slot})`;

@@ -312,3 +312,9 @@ function withinQuotas(live: readonly RingMember<unknown>[], size: number, held: 
   for (let k = 0; k < held.length; k++) if (held[k] < lo[k] || held[k] > hi[k]) return false;
   return true;
 }
+
+/** Whether a table of `size` ids (every `stride`th of `ring`) holds one id throughout. */
+export function oneIdOf(ring: ArrayLike<number>, size: number, stride = 1): boolean {
+  for (let s = 1; s < size; s++) if (ring[s * stride] !== ring[0]) return false;
+  return true;
+}

@@ -101,13 +101,26 @@ export function writeRingPart(maps: DatapathMaps, slot: number, start: number, i
     maps.ruleCfg.put(slot, { ...cfg, flags: cfg.flags | RULE_F_ONE_BACKEND });
 }
 
+/** The flags word {@link writeRuleCfg} writes for these (`one`: the slot's table holds one id throughout). */
+const ruleWord = (flags: number, srcFilter: boolean, one: boolean): number =>
+  (flags & ~RULE_F_ONE_BACKEND) | RULE_F_ACTIVE | (srcFilter ? RULE_F_SRC_FILTER : 0) | (one ? RULE_F_ONE_BACKEND : 0);
+
 /** Read slots' rule entries and backend tables (one mapping of rule_ring for all of them). */
 export function readRuleSlots(
   maps: DatapathMaps,
   slots: readonly number[],
   visit: (
     slot: number,
-    s: { flags: number; active: boolean; srcFilter: boolean; statsId: number; ring: Uint32Array; ringStride: number },
+    s: {
+      flags: number;
+      active: boolean;
+      srcFilter: boolean;
+      statsId: number;
+      ring: Uint32Array;
+      ringStride: number;
+      word: number;
+      wordOf: (flags: number, srcFilter: boolean, oneId: boolean) => number;
+    },
   ) => void,
 ): void {
   if (slots.length === 0) return;
@@ -132,6 +145,8 @@ export function readRuleSlots(
         statsId: e.statsId,
         ring,
         ringStride,
+        word: e.flags,
+        wordOf: ruleWord,
       });
     },
     true, // read in place: 10 000 tables of 1 031 ids are not copied at a start
