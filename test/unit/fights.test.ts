@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { FIGHT_WINDOW_MS, RepairFights, type RepairSubject } from '../../src/server/core/fights.js';
+import { FIGHT_WINDOW_MS, fightWindow, RepairFights, type RepairSubject } from '../../src/server/core/fights.js';
 import type { Logger } from '../../src/server/log.js';
 
 function setup() {
@@ -68,6 +68,32 @@ describe('repair fights', () => {
     assert.equal(said(), 10);
     assert.equal(out.length, 0);
     assert.equal(f.current().length, 0);
+  });
+
+  it('a subject looked at every 6.8 s: three repairs 6.8 s apart are a fight in its window, which ends after it', () => {
+    // The full kernel comparison of 10 000 rules ran every ~6.8 s: three repairs 6.7-6.8 s apart never fell
+    // within 10 s, and another tool rewriting an entry in a loop was never said (a review found).
+    const plain = setup();
+    for (let i = 0; i < 4; i++) plain.repair(6800);
+    assert.equal(plain.out.length, 0, 'the usual window: no fight');
+    const window = fightWindow(6800);
+    assert.equal(window, 20_400);
+    assert.equal(fightWindow(1000), FIGHT_WINDOW_MS, 'a subject looked at each second: the usual window');
+    const run = setup();
+    for (let i = 0; i < 3; i++) {
+      run.pass(6800);
+      run.f.repaired(run.subject, () => undefined, window);
+    }
+    assert.equal(run.out.length, 1);
+    assert.match(run.out[0].msg, /repaired 3 times in 13\.6 s: something keeps undoing it/);
+    assert.match(run.out[0].msg, /until 20 s pass without one/);
+    assert.match(run.f.current()[0].text, /repaired 3 times or more within 20 s/);
+    // Over a window after the last repair (not 10 s).
+    run.pass(15_000);
+    assert.equal(run.f.current().length, 1, 'still a fight 15 s after the last repair');
+    run.pass(6000);
+    assert.equal(run.f.current().length, 0, 'over 21 s after it');
+    assert.match(run.out.at(-1)!.msg, /no repair needed for 20 s: the fight is over after 3 repairs/);
   });
 
   it('one subject counts one repair per pass', () => {

@@ -226,6 +226,17 @@ export interface RuleSlotState {
   wordOf?: (flags: number, srcFilter: boolean, oneId: boolean) => number;
 }
 
+/** What {@link Dataplane.watchSlots} saw move. */
+export interface MovedEntries {
+  slots: ReadonlySet<number>;
+  backends: ReadonlySet<number>;
+  coverMs: number;
+  /** Reads the watcher completed since the last call, and the longest recent one (ms). */
+  reads: number;
+  readMs: number;
+  error?: string;
+}
+
 export interface CounterRead {
   rules: Map<number, RuleStats>;
   backends: Map<number, BackendStats>;
@@ -711,6 +722,20 @@ export interface Dataplane {
    * which needs them all at once). Optional (fakes).
    */
   backendComparer?(lo: number, hi: number): (id: number, e: BackendEntry) => boolean;
+  /**
+   * The rule slots and backend ids whose kernel entries (rule_cfg, rule_ring, backends) moved since the last
+   * call, as a watcher off the event loop read them (dataplane/slot-watch.ts: every ~0.4 s plus one read of
+   * them all), ours included; from now on it reads slots 0..`slots`-1 and ids 0..`backends`-1 (one past the
+   * highest in use). `coverMs`: how long after a write its report can come at worst; `error`: why the
+   * watcher stopped (then nothing more is reported). Optional (fakes: the full comparison only).
+   */
+  watchSlots?(slots: number, backends: number): MovedEntries;
+  /**
+   * Have the watcher report these slots and backend ids at its next read whatever their bytes: we just rewrote
+   * them (a repair), and another tool writing its bytes back before that read would leave the bytes the
+   * watcher last saw (a fight over a table would look unmoved). Optional, with watchSlots.
+   */
+  rewatch?(slots: number[], backends: number[]): void;
   /** The backend entries the kernel holds at these ids (to say how an entry differs; a few ids at a time). */
   readBackends?(ids: readonly number[]): Map<number, BackendEntry>;
   /**

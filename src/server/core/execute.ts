@@ -1433,9 +1433,10 @@ export async function repairRuleEntries(
   ks: readonly RuleKernel[],
   pace: () => Promise<void> = pacer(),
   seen?: (prefixes: ReadonlyMap<number, readonly SrcKey[]>) => void,
+  slotsOnly = false,
 ): Promise<EntryRepair[]> {
-  const view = readKernelView(ctx, ks);
-  seen?.(view.prefixes);
+  const view = readKernelView(ctx, ks, slotsOnly);
+  if (view.prefixes) seen?.(view.prefixes);
   const found = newRepairs();
   await compareRules(ctx, view, plans, ks, found, pace);
   return writeRepairs(ctx, found, false);
@@ -1458,23 +1459,30 @@ const ADOPT_SLOTS_PER_READ = 1024;
 
 /** What the kernel holds that a comparison reads once for all the rules it compares. */
 interface KernelView {
-  /** Match entries: matchId -> slot. */
-  matches: Map<string, number>;
-  /** Source-prefix entries by slot. */
-  prefixes: Map<number, SrcKey[]>;
+  /** Match entries: matchId -> slot (undefined: not read, not compared). */
+  matches?: Map<string, number>;
+  /** Source-prefix entries by slot (undefined: not read, not compared). */
+  prefixes?: Map<number, SrcKey[]>;
   /** Whether the kernel holds exactly this backend entry (undefined: a dataplane without it, compared at the end). */
   same?: (id: number, e: BackendEntry) => boolean;
 }
 
-/** Match entries and source prefixes (one walk each), backend entries of the ids `ks` hold (one read). */
-function readKernelView(ctx: ExecContext, ks: readonly RuleKernel[]): KernelView {
+/**
+ * Match entries and source prefixes (one walk each; not with `slotsOnly`: a walk of every rule's, for a few rules),
+ * backend entries of the ids `ks` hold (one read).
+ */
+function readKernelView(ctx: ExecContext, ks: readonly RuleKernel[], slotsOnly = false): KernelView {
   const { dp } = ctx;
-  const matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
-  const prefixes = new Map<number, SrcKey[]>();
-  for (const k of dp.listSrcPrefixes()) {
-    let l = prefixes.get(k.slot);
-    if (!l) prefixes.set(k.slot, (l = []));
-    l.push(k);
+  let matches: Map<string, number> | undefined;
+  let prefixes: Map<number, SrcKey[]> | undefined;
+  if (!slotsOnly) {
+    matches = new Map(dp.listMatches().map(([k, slot]) => [matchId(k), slot]));
+    prefixes = new Map<number, SrcKey[]>();
+    for (const k of dp.listSrcPrefixes()) {
+      let l = prefixes.get(k.slot);
+      if (!l) prefixes.set(k.slot, (l = []));
+      l.push(k);
+    }
   }
   let lo = Infinity;
   let hi = -1;
@@ -1615,10 +1623,10 @@ async function compareRules(
   }
   // Source prefixes: add the missing ones before the entry says "filter", remove extra ones after.
   const prefixId = (x: { length: number; addr: Uint8Array }) => `${x.length}/${Array.from(x.addr).join('.')}`;
-  for (const [i, p] of plans.entries()) {
+  for (const [i, p] of view.prefixes ? plans.entries() : []) {
     if ((++n & 255) === 0) await pace();
     const slot = ks[i].slot;
-    const now = view.prefixes.get(slot) ?? [];
+    const now = view.prefixes!.get(slot) ?? [];
     if (now.length === 0 && p.prefixes.length === 0) continue; // most rules filter no source
     const nowIds = new Set(now.map(prefixId));
     const wantIds = new Set(p.prefixes.map(prefixId));
@@ -1636,11 +1644,11 @@ async function compareRules(
       });
   }
   // Match entries: published last, each pointing at its rule's slot.
-  for (const [i, p] of plans.entries()) {
+  for (const [i, p] of view.matches ? plans.entries() : []) {
     if ((++n & 255) === 0) await pace();
     const slot = ks[i].slot;
     for (const m of p.matchKeys) {
-      const now = view.matches.get(matchId(m));
+      const now = view.matches!.get(matchId(m));
       if (now === slot) continue;
       found.matchWrites.push([m, slot]);
       const entry = `rule ${p.name}: ${matchText(m, p.ingress)}`;

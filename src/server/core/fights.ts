@@ -27,6 +27,17 @@ export const FIGHT_WINDOW_MS = 10_000;
 /** The repair (within {@link FIGHT_WINDOW_MS} of the first counted) that makes a fight. */
 export const FIGHT_REPAIRS = 3;
 
+/**
+ * The window for a subject the daemon looks at every `intervalMs` (a repair of it can come no more often):
+ * {@link FIGHT_WINDOW_MS}, or longer when {@link FIGHT_REPAIRS} looks in a row do not fit in it (1.5 times
+ * their span: a look may come late on a loaded machine). So an undo repeated as often as the daemon looks is a
+ * fight whatever its cadence: what the full kernel comparison alone sees, every ~7 s with 10 000 rules, gets a
+ * window of ~21 s (before, three repairs 6.8 s apart never fell within 10 s).
+ */
+export function fightWindow(intervalMs: number): number {
+  return Math.max(FIGHT_WINDOW_MS, Math.ceil(1.5 * (FIGHT_REPAIRS - 1) * intervalMs));
+}
+
 /** What a repair repaired. */
 export interface RepairSubject {
   /** Unique per subject: the kind and the device(s), by ifindex (e.g. `gro|12|2@nsid 1|4`). */
@@ -51,6 +62,8 @@ interface Entry {
   pass: number;
   /** The last counted repair (monotonic ms). */
   last: number;
+  /** Its window (ms): {@link FIGHT_WINDOW_MS} or, for a subject looked at less often, {@link fightWindow}. */
+  window: number;
   fight?: {
     since: number;
     repairs: number;
@@ -89,7 +102,7 @@ export class RepairFights {
    * `subject` was observed wrong and written back. `line` logs the repair's own line: called unless the repair
    * is the one that makes a fight (its warning says it) or is one within a fight (counted, summarised).
    */
-  repaired(subject: RepairSubject, line: () => void): void {
+  repaired(subject: RepairSubject, line: () => void, windowMs = FIGHT_WINDOW_MS): void {
     const t = this.now();
     let e = this.entries.get(subject.key);
     if (e && e.pass === this.pass) {
@@ -98,7 +111,7 @@ export class RepairFights {
       return;
     }
     if (!e) {
-      e = { subject, times: [], pass: this.pass, last: t };
+      e = { subject, times: [], pass: this.pass, last: t, window: windowMs };
       this.entries.set(subject.key, e);
     }
     if (e.fight && !sameOwners(e.subject, subject)) {
@@ -109,13 +122,15 @@ export class RepairFights {
     e.subject = subject;
     e.pass = this.pass;
     e.last = t;
+    // (Kept for a fight going on: its status text names the window, and must not change at every repair.)
+    if (!e.fight) e.window = Math.max(FIGHT_WINDOW_MS, windowMs);
     if (e.fight) {
       e.fight.repairs++;
       e.fight.unsaid++;
       this.summarise(e, t);
       return;
     }
-    e.times = e.times.filter((x) => t - x < FIGHT_WINDOW_MS);
+    e.times = e.times.filter((x) => t - x < e.window);
     e.times.push(t);
     this.log?.debug(
       { subject: subject.what, key: subject.key, within: e.times.length },
@@ -134,7 +149,7 @@ export class RepairFights {
       `${subject.what}: repaired ${e.fight.repairs} times in ${(span / 1000).toFixed(1)} s: something keeps ` +
         `undoing it (${subject.by ?? 'what, the kernel does not say'}); the daemon repairs it each time it finds ` +
         'it undone (it looks about once a second: undos in between are not seen), and repairs of it are ' +
-        `counted, not logged one by one, until ${FIGHT_WINDOW_MS / 1000} s pass without one`,
+        `counted, not logged one by one, until ${seconds(e.window)} s pass without one`,
     );
   }
 
@@ -146,10 +161,10 @@ export class RepairFights {
     const t = this.now();
     for (const [key, e] of this.entries) {
       if (!e.fight) {
-        if (t - e.last >= FIGHT_WINDOW_MS) this.entries.delete(key);
+        if (t - e.last >= e.window) this.entries.delete(key);
         continue;
       }
-      if (t - e.last < FIGHT_WINDOW_MS) {
+      if (t - e.last < e.window) {
         this.summarise(e, t);
         continue;
       }
@@ -158,7 +173,7 @@ export class RepairFights {
       this.touch(e.subject);
       this.log?.info(
         { subject: e.subject.what, repairs: f.repairs, unsaid: f.unsaid, lastedMs: Math.round(e.last - f.since) },
-        `${e.subject.what}: no repair needed for ${FIGHT_WINDOW_MS / 1000} s: the fight is over after ` +
+        `${e.subject.what}: no repair needed for ${seconds(e.window)} s: the fight is over after ` +
           `${f.repairs} repairs in ${((e.last - f.since) / 1000).toFixed(1)} s` +
           (f.unsaid ? ` (${f.unsaid} since the last line)` : ''),
       );
@@ -167,7 +182,7 @@ export class RepairFights {
 
   private summarise(e: Entry, t: number): void {
     const f = e.fight!;
-    if (!f.unsaid || t - f.saidAt < FIGHT_WINDOW_MS) return;
+    if (!f.unsaid || t - f.saidAt < e.window) return;
     this.log?.warn(
       { subject: e.subject.what, repairs: f.unsaid, total: f.repairs },
       `${e.subject.what}: repaired ${f.unsaid} more times in the last ${((t - f.saidAt) / 1000).toFixed(0)} s ` +
@@ -181,7 +196,7 @@ export class RepairFights {
   private textOf(e: Entry): string {
     return (
       `${e.subject.what} keeps being undone (${e.subject.by ?? 'not by this daemon'}): found undone and ` +
-      `repaired ${FIGHT_REPAIRS} times or more within ${FIGHT_WINDOW_MS / 1000} s, each repair holding only ` +
+      `repaired ${FIGHT_REPAIRS} times or more within ${seconds(e.window)} s, each repair holding only ` +
       'until the next undo'
     );
   }
@@ -256,6 +271,8 @@ export class RepairFights {
     for (const r of s.rules ?? []) this.changedRules.add(r);
   }
 }
+
+const seconds = (ms: number) => String(Math.round(ms / 1000));
 
 const sameList = (a: readonly string[] | undefined, b: readonly string[] | undefined) =>
   (a?.length ?? 0) === (b?.length ?? 0) && (a ?? []).every((x, i) => x === b![i]);

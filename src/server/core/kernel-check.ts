@@ -46,11 +46,103 @@ export interface KernelCheck {
   ms: number;
 }
 
+/** The maps whose entries the slot watcher reads (Dataplane.watchSlots); the others: the full comparison's. */
+export const QUICK_MAPS: ReadonlySet<string> = new Set(['rule_cfg', 'rule_ring', 'backends']);
+
+/** Rules one comparison of a quick check takes at most (then the next run, each a comparison of its own). */
+const QUICK_RULES_PER_RUN = 1024;
+
+/** Result of one {@link quickCheck}. */
+export interface QuickCheck extends KernelCheck {
+  /** Slots and backend ids reported moved since the last pass. */
+  moved: number;
+  /** The watcher's reads since the last pass, and its longest recent read (ms). */
+  reads?: number;
+  readMs?: number;
+}
+
+/**
+ * At every pass between two full comparisons: the rules whose rule entry (rule_cfg), backend table
+ * (rule_ring) or backend entries (backends) the slot watcher saw move since the last pass
+ * (Dataplane.watchSlots: a thread of its own reads them all every ~0.4 s plus one read, 10 000 tables of
+ * 1 031 ids included, off the event loop) are compared ({@link compareKernelEntries} of those names:
+ * planned, rewritten where they differ). Another tool's write there is so rewritten within about a pass plus
+ * the watcher's cover, whatever the number of rules (the full comparison runs every kernelCheckInterval: ~7 s
+ * with 10 000 rules). Our own writes move them too: those rules are compared once and found right. A rule
+ * passed over because a change is working on it (`skip`) is compared at a later pass; one whose plan is not
+ * what was written is the reconciler's rule step's. Match entries, source prefixes and the per-port index are
+ * the full comparison's.
+ */
+export async function quickCheck(
+  ctx: ExecContext,
+  facts: Facts,
+  skip: ReadonlySet<string> = new Set(),
+  pace: () => Promise<void> = pacer(),
+): Promise<QuickCheck> {
+  const { state, dp } = ctx;
+  const started = performance.now();
+  let watched = {};
+  const none = (moved: number) => ({
+    repaired: [],
+    rules: 0,
+    moved,
+    ...watched,
+    ms: Math.round(performance.now() - started),
+  });
+  if (!dp.watchSlots) return none(0);
+  let slots = 0;
+  let ids = 0;
+  let n = 0;
+  for (const k of state.ruleKernel.values()) {
+    if ((++n & 4095) === 0) await pace();
+    if (k.slot >= slots) slots = k.slot + 1;
+    for (const { id } of k.backends.values()) if (id >= ids) ids = id + 1;
+  }
+  const m = dp.watchSlots(slots, ids);
+  state.watchCoverMs = m.error ? undefined : m.coverMs;
+  state.watchError = m.error;
+  watched = { reads: m.reads, readMs: Math.round(m.readMs) };
+  for (const s of m.slots) state.movedSlots.add(s);
+  for (const id of m.backends) state.movedBackends.add(id);
+  const moved = state.movedSlots.size + state.movedBackends.size;
+  if (!moved) return none(0);
+  const names: string[] = [];
+  for (const [name, k] of state.ruleKernel) {
+    if ((++n & 4095) === 0) await pace();
+    if (state.movedSlots.has(k.slot) || [...k.backends.values()].some((b) => state.movedBackends.has(b.id)))
+      names.push(name);
+  }
+  state.movedSlots.clear();
+  state.movedBackends.clear();
+  if (!names.length) return none(moved);
+  const repaired: EntryRepair[] = [];
+  let rules = 0;
+  let done = 0;
+  // In runs (an ApplyRules of 10 000 moves them all): a pass that gives its turn to a change keeps what it
+  // compared, and the rules not compared yet are looked at at the next pass.
+  try {
+    for (; done < names.length; done += QUICK_RULES_PER_RUN) {
+      const run = names.slice(done, done + QUICK_RULES_PER_RUN);
+      const r = await compareKernelEntries(ctx, facts, run, skip, pace, true);
+      repaired.push(...r.repaired);
+      rules += r.rules;
+    }
+  } finally {
+    for (const [i, name] of names.entries()) {
+      const k = state.ruleKernel.get(name);
+      // Not compared yet, or passed over while a change works on it: at the next pass.
+      if (k && (i >= done || skip.has(name))) state.movedSlots.add(k.slot);
+    }
+  }
+  return { repaired, rules, moved, ...watched, ms: Math.round(performance.now() - started) };
+}
+
 /**
  * Compare the kernel's entries of `names` (every rule with a kernel record when undefined) with the plans
  * from `facts`, rewrite what differs, and delete match entries no rule holds (full checks only). Rules
  * whose plan cannot be made now (an interface missing, a backend without kernel ids) are left to the
- * reconciler's other steps. Throws what the kernel refused.
+ * reconciler's other steps. `slotsOnly`: only their rule entries, backend tables and backend entries (a few
+ * rules' match entries and source prefixes would cost a walk of every rule's). Throws what the kernel refused.
  */
 export async function compareKernelEntries(
   ctx: ExecContext,
@@ -58,6 +150,7 @@ export async function compareKernelEntries(
   names?: readonly string[],
   skip: ReadonlySet<string> = new Set(),
   pace: () => Promise<void> = pacer(),
+  slotsOnly = false,
 ): Promise<KernelCheck> {
   const { state, dp } = ctx;
   const started = performance.now();
@@ -91,6 +184,10 @@ export async function compareKernelEntries(
     if (!same) continue;
     plans.push(p);
     ks.push(k);
+  }
+  if (slotsOnly) {
+    const repaired = await repairRuleEntries(ctx, plans, ks, pace, () => undefined, true);
+    return { repaired, rules: plans.length, ms: Math.round(performance.now() - started) };
   }
   // Match entries that no rule holds (put there by someone else): packets to that port went to a slot.
   // Found before anything is written (the pass may still give its turn while it reads).

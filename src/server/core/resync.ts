@@ -25,6 +25,7 @@ import {
   type ExecContext,
 } from './execute.js';
 import { wallAt } from './clock.js';
+import { FIGHT_WINDOW_MS, fightWindow } from './fights.js';
 import {
   deletedSinceRead,
   forgetReplacedDevices,
@@ -35,7 +36,14 @@ import {
 import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
-import { compareKernelEntries, kernelCheckInterval } from './kernel-check.js';
+import {
+  compareKernelEntries,
+  KERNEL_CHECK_MIN_MS,
+  kernelCheckInterval,
+  QUICK_MAPS,
+  quickCheck,
+  type KernelCheck,
+} from './kernel-check.js';
 import { entrySubject, type EntryRepair } from './entry-owners.js';
 import { followMovedEgresses, followMovedInterfaces, missingText, movedEgresses } from './moved.js';
 import type { Dataplane, InterfaceInfo, XdpStatus } from './dataplane.js';
@@ -2715,13 +2723,22 @@ function watchLinkCounters(ctx: ExecContext, wanted: ReadonlyMap<number, number>
  * the entry is the subject, so that different entries changed in a row are no fight), `line` logged once when
  * any of them is not in a fight.
  */
-function repairedEntries(ctx: ExecContext, repaired: readonly EntryRepair[], line: () => void): void {
+function repairedEntries(
+  ctx: ExecContext,
+  repaired: readonly EntryRepair[],
+  line: () => void,
+  windowOf: (r: EntryRepair) => number = () => FIGHT_WINDOW_MS,
+): void {
   let say = false;
   for (const r of repaired) {
     // Its owners (entry-owners.ts): the rules and link directions a fight over it makes DEGRADED / warned.
-    ctx.state.fights.repaired(entrySubject(r, ctx.state), () => {
-      say = true;
-    });
+    ctx.state.fights.repaired(
+      entrySubject(r, ctx.state),
+      () => {
+        say = true;
+      },
+      windowOf(r),
+    );
   }
   if (say) line();
 }
@@ -2736,24 +2753,64 @@ async function checkKernel(
 ): Promise<void> {
   const { state } = ctx;
   const t = ctx.mono();
-  if (t - state.kernelCheckedAt < kernelCheckInterval(state.kernelCheckMs)) return;
-  state.kernelCheckedAt = t;
+  const interval = kernelCheckInterval(state.kernelCheckMs);
+  const full = t - state.kernelCheckedAt >= interval;
+  if (full) state.kernelCheckedAt = t;
   try {
-    const r = await compareKernelEntries(ctx, facts, undefined, skip, pace);
-    state.kernelCheckMs = r.ms;
-    ctx.log.debug(
-      { rules: r.rules, ms: r.ms, differed: r.repaired.length },
-      'kernel entries compared with the desired state',
-    );
+    // Between two full comparisons, the rules whose entries, tables or backends the slot watcher saw move.
+    let r: KernelCheck;
+    if (full) {
+      r = await compareKernelEntries(ctx, facts, undefined, skip, pace);
+      state.kernelCheckMs = r.ms;
+      ctx.log.debug(
+        { rules: r.rules, ms: r.ms, differed: r.repaired.length },
+        'kernel entries compared with the desired state',
+      );
+    } else {
+      const was = state.watchError;
+      const q = await quickCheck(ctx, facts, skip, pace);
+      r = q;
+      if (state.watchError && state.watchError !== was)
+        ctx.log.warn(
+          { err: state.watchError },
+          `the watcher of rule entries, backend tables and backend entries stopped (${state.watchError}): another ` +
+            "tool's write there is found by the full comparison only, every " +
+            `${(interval / 1000).toFixed(1)} s`,
+        );
+      if (q.moved)
+        ctx.log.debug(
+          { moved: q.moved, reads: q.reads, readMs: q.readMs, rules: q.rules, ms: q.ms, differed: q.repaired.length },
+          'kernel entries seen to move compared with the desired state',
+        );
+    }
     if (r.repaired.length) {
       state.reconcilerEvents.kernel_repairs += r.repaired.length;
-      repairedEntries(ctx, r.repaired, () =>
-        ctx.log.warn(
-          { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
-          'kernel entries differed from the desired state: rewritten',
-        ),
+      // What was rewritten is looked at again after the watcher's next read (Dataplane.rewatch).
+      const again = { slots: [] as number[], backends: [] as number[] };
+      for (const x of r.repaired) {
+        if (x.map === 'rule_ring' || x.map === 'rule_cfg') again.slots.push(Number(x.key));
+        else if (x.map === 'backends') again.backends.push(Number(x.key));
+      }
+      ctx.dp.rewatch?.(again.slots, again.backends);
+      repairedEntries(
+        ctx,
+        r.repaired,
+        () =>
+          ctx.log.warn(
+            { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
+            'kernel entries differed from the desired state: rewritten',
+          ),
+        // What only the full comparison sees (match entries, source prefixes, the port index) is found undone once
+        // per its interval: the window of a fight over it scales with that interval. What the slot watcher reads
+        // (quickCheck) is found undone within a pass and the watcher's cover: the usual window unless that is long.
+        (x) =>
+          state.watchCoverMs !== undefined && QUICK_MAPS.has(x.map)
+            ? fightWindow(KERNEL_CHECK_MIN_MS + state.watchCoverMs)
+            : fightWindow(interval),
       );
     }
+    // A failure is a problem until a full comparison succeeds (a quick one does not look at every map).
+    if (!full) return;
     state.kernelDrift = undefined;
     transition('kernel-check', 'ok', (before) => {
       if (before) ctx.log.info({}, 'kernel entries compared and rewritten again');

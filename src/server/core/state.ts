@@ -349,6 +349,17 @@ export class CoreState {
   kernelCheckMs = 0;
   /** Why the kernel's entries could not be compared or rewritten at the last check (undefined: they were). */
   kernelDrift?: string;
+  /**
+   * Rule slots and backend ids whose kernel entries (rule_cfg, rule_ring, backends) the slot watcher saw move
+   * (Dataplane.watchSlots) and no comparison has looked at since: the rules holding them are compared at the
+   * next pass (kernel-check.ts quickCheck).
+   */
+  readonly movedSlots = new Set<number>();
+  readonly movedBackends = new Set<number>();
+  /** How long after a write the slot watcher reports it at worst (ms; undefined: no watcher, or it stopped). */
+  watchCoverMs?: number;
+  /** Why the slot watcher stopped (said once; the full comparison still runs). */
+  watchError?: string;
   /** When a kernel comparison last read the per-port index entries of every port (kernel-check.ts PORT_SWEEP_MS). */
   portsSweptAt = -Infinity;
   /** Why the interface flags (if_flags) could not be compared or rewritten at the last pass (undefined: they were). */

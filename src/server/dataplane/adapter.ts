@@ -11,6 +11,7 @@ import type {
   Dataplane,
   InterfaceInfo,
   LinkState,
+  MovedEntries,
   HostChangeScope,
   PeerMtu,
   PeerXdp,
@@ -40,6 +41,7 @@ import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import { CoreError } from '../core/errors.js';
 import { LinkEvents } from './link-events.js';
+import { SlotWatch } from './slot-watch.js';
 import { RECORD_WRITE_TIMEOUT_MS, RecordNotAnswering, RecordWriter } from './record-writer.js';
 import {
   ensureVethPeerNapi,
@@ -1139,8 +1141,9 @@ export class KernelDataplane implements Dataplane {
     return undefined;
   }
 
-  /** Close the ARP socket and the link event socket (daemon stop). */
+  /** Stop the slot watcher, close the ARP socket and the link event socket (daemon stop). */
   closeSockets(): void {
+    this.slotWatch?.close();
     this.arpProber?.close();
     this.linkEvents.close();
   }
@@ -2339,6 +2342,31 @@ export class KernelDataplane implements Dataplane {
       backendEntry.encode(e, buf);
       return buf.compare(raw, (id - lo) * vs, (id - lo + 1) * vs) === 0;
     };
+  }
+
+  /** The watcher of rule entries, tables and backend entries (slot-watch.ts), made at the first call. */
+  private slotWatch?: SlotWatch;
+
+  watchSlots(slots: number, backends: number): MovedEntries {
+    const maps = this.dp.maps;
+    if (this.slotWatch && !this.slotWatch.watches(maps)) {
+      this.slotWatch.close(); // maps opened again (pins replaced): a watcher of the new ones
+      this.slotWatch = undefined;
+    }
+    // (No thread while there is no rule: nothing to read.)
+    if (!this.slotWatch && slots === 0)
+      return { slots: new Set(), backends: new Set(), coverMs: 0, reads: 0, readMs: 0 };
+    try {
+      this.slotWatch ??= new SlotWatch(maps);
+    } catch (e) {
+      return { slots: new Set(), backends: new Set(), coverMs: 0, reads: 0, readMs: 0, error: (e as Error).message };
+    }
+    this.slotWatch.range(slots, backends);
+    return this.slotWatch.take();
+  }
+
+  rewatch(slots: number[], backends: number[]): void {
+    this.slotWatch?.again(slots, backends);
   }
 
   readBackends(ids: readonly number[]): Map<number, BackendEntry> {

@@ -168,6 +168,8 @@ export const lib = {
   if_nametoindex: libc.func('unsigned int if_nametoindex(const char *name)') as Fn,
   if_indextoname: libc.func('char *if_indextoname(unsigned int ifindex, _Out_ uint8_t *buf)') as Fn,
   close: libc.func('int close(int fd)') as Fn,
+  // fcntl(fd, F_DUPFD_CLOEXEC, 'int', 0): a descriptor of the same map for another thread (slot-watch.ts)
+  fcntl: libc.func('int fcntl(int fd, int cmd, ...)') as Fn,
   // BPF_F_MMAPABLE array maps (the kernel maps the array's pages; MAP_FAILED is (void *)-1)
   mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)') as Fn,
   munmap: libc.func('int munmap(void *addr, size_t len)') as Fn,
