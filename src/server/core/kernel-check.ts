@@ -49,8 +49,14 @@ export interface KernelCheck {
 /** The maps whose entries the slot watcher reads (Dataplane.watchSlots); the others: the full comparison's. */
 export const QUICK_MAPS: ReadonlySet<string> = new Set(['rule_cfg', 'rule_ring', 'backends']);
 
-/** Rules one comparison of a quick check takes at most (then the next run, each a comparison of its own). */
-const QUICK_RULES_PER_RUN = 1024;
+/**
+ * Rules one comparison of a quick check takes at most (then the next run, each a comparison of its own): small,
+ * so that a run completes within a reconciler slice (SLICE_MS) and a pass that gives its turn to a change keeps
+ * what it compared (with runs of 1 024, the 10 000 rules an ApplyRules moved were compared again from the start
+ * at every turn while UpdateRule calls came one after another: UpdateRule p50 with 10 000 rules 633 ms against
+ * 15.7 ms on main).
+ */
+const QUICK_RULES_PER_RUN = 64;
 
 /** Result of one {@link quickCheck}. */
 export interface QuickCheck extends KernelCheck {
