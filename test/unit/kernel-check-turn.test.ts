@@ -84,7 +84,7 @@ describe('kernel comparison: what it rewrote is said, even with changes waiting'
     const said = lines.filter((l) => l.msg === 'kernel entries differed from the desired state: rewritten');
     assert.deepEqual(
       said.flatMap((l) => l.repaired ?? []),
-      [`rule z: rule entry (map rule_cfg, rule slot ${slot}): flags: kernel 0x0, desired 0x4`],
+      [`rule z: rule entry (map rule_cfg, rule slot ${slot}): flags: kernel 0x1, desired 0x5`],
       'the rewrite is said',
     );
   });
