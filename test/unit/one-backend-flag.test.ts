@@ -99,6 +99,37 @@ describe('RULE_F_ONE_BACKEND: the table writer keeps it true', () => {
     assert.equal(flagsOf(dp, s), 0x1 | RULE_F_ONE_BACKEND);
   });
 
+  it('a table of one id rewritten by another tool: the table is repaired, the rule entry (its word right) is not said', async () => {
+    // A review found a ring-only rewrite said as "rule entry (map rule_cfg …): flags: kernel 0x9, desired 0x9" (the
+    // one-backend bit judged against the ring as read, which the same comparison repairs), and a loop of ring
+    // rewrites called a fight over rule_cfg, which nobody wrote.
+    const { dp, stored, slot } = await installed();
+    const dp2 = ModelDataplane.adopt(dp);
+    const m = dp2.model.maps;
+    const one = slot('one');
+    const id = m.ruleRing.get(one * RING_SIZE)!;
+    m.ruleRing.putRangeU32(one * RING_SIZE + 7, new Uint32Array(3).fill(id + 100)); // not through the table writer
+    assert.equal(m.ruleCfg.get(one)!.flags & RULE_F_ONE_BACKEND, RULE_F_ONE_BACKEND, 'the word kept its flag');
+    const lines: { msg: string; repaired?: string[] }[] = [];
+    const log = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk, _enc, done) {
+          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
+          done();
+        },
+      }),
+    );
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    await c2.restore(stored);
+    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
+    assert.deepEqual(repaired, [
+      `rule one: backend table (map rule_ring, rule slot ${one}, positions 7-9 of ${RING_SIZE})`,
+    ]);
+    assert.equal(m.ruleRing.get(one * RING_SIZE + 8), id, 'the table holds its one id again');
+    assert.equal(flagsOf(dp2, one) & RULE_F_ONE_BACKEND, RULE_F_ONE_BACKEND);
+  });
+
   it('a start finds the flag over a table of several ids and repairs it; a table of one id without it is left', async () => {
     const { dp, stored, slot } = await installed();
     const intact = ModelDataplane.adopt(dp).snapshot();

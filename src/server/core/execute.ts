@@ -1601,11 +1601,16 @@ async function compareRules(
       }
     }
     const srcFilter = p.prefixes.length > 0;
-    if (!now.active || now.flags !== p.flags || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
+    // The flags as read are judged against the ring as it will be: a ring another tool rewrote (repaired above)
+    // makes the one-backend bit look wrong while the word is what this daemon would write (kernel 0x9, desired
+    // 0x9 was said, and a loop of ring rewrites a fight over rule_cfg, which nobody wrote).
+    const wordRight = now.word !== undefined && now.wordOf?.(p.flags, srcFilter, one) === now.word;
+    const flagsDiffer = now.flags !== p.flags && !wordRight;
+    if (!now.active || flagsDiffer || now.statsId !== k.statsId || now.srcFilter !== srcFilter) {
       found.cfgWrites.push([slot, p.flags, k.statsId, srcFilter]);
       const d: string[] = [];
       if (!now.active) d.push('active: kernel false, desired true');
-      if (now.flags !== p.flags) {
+      if (flagsDiffer) {
         // The word as read and as it would be written (every bit), not the bits the comparison looks at.
         const kernel = now.word ?? now.flags;
         const desired = now.wordOf?.(p.flags, srcFilter, one) ?? p.flags;
