@@ -100,6 +100,8 @@ export interface SealedNetns {
   sh(cmd: string): string;
   /** A veth `here` in this namespace, its peer `there` in that one (down, as made). */
   addVeth(here: string, there: string): void;
+  /** Move device `dev` of the namespace named `from` (/run/netns; this one when omitted) into it. */
+  moveIn(dev: string, from?: string): void;
   /** Kill the holder: the namespace goes with it (idempotent). */
   kill(): void;
 }
@@ -118,6 +120,15 @@ export async function sealedNetns(): Promise<SealedNetns> {
   });
   const pid = String(holder.pid);
   const inNs = (cmd: string) => sh('python3', [SEALED, 'run', pid, fd, 'sh', '-c', cmd]);
+  const moveIn = (dev: string, from?: string) =>
+    sh(from === undefined ? 'python3' : 'ip', [
+      ...(from === undefined ? [] : ['netns', 'exec', from, 'python3']),
+      SEALED,
+      'move',
+      pid,
+      fd,
+      dev,
+    ]);
   return {
     netns: `sealed:${pid}:${fd}`,
     pid: holder.pid!,
@@ -125,10 +136,11 @@ export async function sealedNetns(): Promise<SealedNetns> {
     addVeth: (here, there) => {
       const tmp = `${here.slice(0, 11)}tmp`;
       sh('ip', ['link', 'add', here, 'type', 'veth', 'peer', 'name', tmp]);
-      sh('python3', [SEALED, 'move', pid, fd, tmp]);
+      moveIn(tmp);
       inNs(`ip link set ${tmp} name ${there}`);
       sh('ip', ['link', 'set', here, 'up']);
     },
+    moveIn,
     kill: () => {
       if (holder.exitCode === null && holder.signalCode === null) holder.kill();
     },

@@ -16,6 +16,7 @@ import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 import {
   AF_NETLINK,
+  bindFn,
   closeFn,
   libc,
   nlAttr,
@@ -29,7 +30,6 @@ import {
   socketFn,
 } from './netlink.js';
 
-const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)');
 const getsocknameFn = libc.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *len)');
 
 /** The rtnetlink group of link events (RTNLGRP_LINK = 1), as a bind mask. */

@@ -15,12 +15,15 @@
  *
  * The last two read /proc: one stat per process, and one readlink per open file for (4), which runs only
  * when (1)-(3) found nothing. What was found is kept and checked again (one RTM_GETNSID) at each use; a
- * namespace found nowhere is looked for again at most every {@link NOT_FOUND_RETRY_MS}.
+ * namespace found nowhere is looked for again at most every {@link NOT_FOUND_RETRY_MS}, and at once after the
+ * kernel reported its id given again or taken back (nsid-events.ts: RTM_NEWNSID, RTM_DELNSID, read at each use):
+ * a freed id goes to the next namespace the kernel meets, of which a miss of the old one says nothing.
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 
 import { monotonicMs } from '../core/clock.js';
 import { NETLINK_ROUTE, nlAttr, nlAttrs, nlRequest } from './netlink.js';
+import { NsidEvents } from './nsid-events.js';
 
 // <linux/rtnetlink.h>, <linux/net_namespace.h>
 const RTM_GETNSID = 90;
@@ -31,7 +34,9 @@ const NETNSA_FD = 3;
  * A namespace found nowhere is looked for again after this long (ms); found ones are checked at each use. The
  * search reads every process's open files (one readlink each, on the event loop): a host with many processes
  * pays that once per this period per such namespace, not at every pass. A process that enters the namespace
- * later is found within it (meanwhile such a peer is judged by its redirect counters).
+ * later is found within it (meanwhile such a peer is judged by its redirect counters). An id the kernel reported
+ * given or taken back since the miss is looked for at once (another namespace may hold it now); so is every id
+ * while those reports cannot be received (no socket: a miss is not kept then).
  */
 export const NOT_FOUND_RETRY_MS = 30_000;
 
@@ -68,6 +73,15 @@ export function nsidOfPath(nsPath: string): number | undefined {
 
 const found = new Map<number, NetnsWay>();
 const notFound = new Map<number, number>();
+/** The kernel's reports of ids given and taken back: each ends what a miss said of its id. */
+const nsidEvents = new NsidEvents();
+
+/** Forget the misses of every id the kernel reported given or taken back since the last look (all of them when reports were lost). */
+function forgetReassigned(): void {
+  const { ids, lost } = nsidEvents.take();
+  if (lost) notFound.clear();
+  else for (const id of ids) notFound.delete(id);
+}
 
 /** The name of process `pid` (/proc/PID/comm), for messages; '?' when it cannot be read. */
 function comm(pid: string): string {
@@ -80,16 +94,17 @@ function comm(pid: string): string {
 
 /**
  * A file to enter the namespace with id `nsid` by (see the module's comment for where it is looked for), or
- * undefined when there is none (or `nsid` is this daemon's own namespace: nothing to enter). `fresh`: search
- * even when a search for `nsid` found nothing less than {@link NOT_FOUND_RETRY_MS} ago — for a one-time act
- * that must not act on an old miss (the cleanup at exit): the kernel gives a freed nsid to the next namespace
- * it meets (a namespace deleted, then another with a device moved into it, gets the same id), so a miss cached
- * for the deleted one says nothing of the new one.
+ * undefined when there is none (or `nsid` is this daemon's own namespace: nothing to enter). A miss less than
+ * {@link NOT_FOUND_RETRY_MS} old is answered from memory unless the kernel reported `nsid` given again or taken
+ * back since (it gives a freed nsid to the next namespace it meets: a namespace deleted, then another with a
+ * device moved into it, gets the same id, and a miss of the deleted one says nothing of the new one). `fresh`:
+ * search even then — for a one-time act that must not act on any remembered miss (the cleanup at exit).
  */
 export function findNetns(nsid: number, fresh = false): NetnsWay | undefined {
   const known = found.get(nsid);
   if (known && nsidOfPath(known.path) === nsid) return known;
   found.delete(nsid);
+  forgetReassigned();
   const missed = notFound.get(nsid);
   if (!fresh && missed !== undefined && monotonicMs() - missed < NOT_FOUND_RETRY_MS) return undefined;
   const way = search(nsid);
