@@ -7,13 +7,11 @@
  * more than a pass's longest slice) and a change always waiting.
  */
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
-
-import { pino } from 'pino';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
+import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
@@ -56,17 +54,8 @@ describe('kernel comparison: what it rewrote is said, even with changes waiting'
     const dp = new SlowRepairs();
     dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
     dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
-    const lines: { msg: string; repaired?: string[] }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
-    const c = new Controller(dp, { mode: 'native', fixVethPeers: true, log });
+    const lines: LogLine[] = [];
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c.applyRules([rule('a', 5000), rule('z', 5002, { udpChecksum: 'zero' })], false);
     const slot = c.storedState().rules.find((r) => r.name === 'z')!.kernel!.slot;
     // Another tool clears the zero-checksum flag of z's rule entry.
@@ -83,7 +72,7 @@ describe('kernel comparison: what it rewrote is said, even with changes waiting'
     assert.equal(m.ruleCfg.get(slot)!.flags & 0x4, 0x4, 'premise: rewritten');
     const said = lines.filter((l) => l.msg === 'kernel entries differed from the desired state: rewritten');
     assert.deepEqual(
-      said.flatMap((l) => l.repaired ?? []),
+      said.flatMap((l) => (l.fields.repaired as string[] | undefined) ?? []),
       [`rule z: rule entry (map rule_cfg, rule slot ${slot}): flags: kernel 0x1, desired 0x5`],
       'the rewrite is said',
     );

@@ -7,14 +7,12 @@
  * modelled maps, with the real adapter and table writers.
  */
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
-
-import { pino } from 'pino';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { RING_SIZE, RULE_F_ONE_BACKEND } from '../../src/server/dataplane/codec.js';
+import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 const rule = (name: string, port: number, backends: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
@@ -110,19 +108,11 @@ describe('RULE_F_ONE_BACKEND: the table writer keeps it true', () => {
     const id = m.ruleRing.get(one * RING_SIZE)!;
     m.ruleRing.putRangeU32(one * RING_SIZE + 7, new Uint32Array(3).fill(id + 100)); // not through the table writer
     assert.equal(m.ruleCfg.get(one)!.flags & RULE_F_ONE_BACKEND, RULE_F_ONE_BACKEND, 'the word kept its flag');
-    const lines: { msg: string; repaired?: string[] }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
-    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    const lines: LogLine[] = [];
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c2.restore(stored);
-    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
+    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.fields.repaired as
+      string[] | undefined;
     assert.deepEqual(repaired, [
       `rule one: backend table (map rule_ring, rule slot ${one}, positions 7-9 of ${RING_SIZE})`,
     ]);
@@ -141,20 +131,12 @@ describe('RULE_F_ONE_BACKEND: the table writer keeps it true', () => {
     // Pins written before the flag existed: the rule keeps hashing, which sends its flows where the flag would.
     const one = slot('one');
     m.ruleCfg.put(one, { ...m.ruleCfg.get(one)!, flags: m.ruleCfg.get(one)!.flags & ~RULE_F_ONE_BACKEND });
-    const lines: { msg: string; repaired?: string[] }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
+    const lines: LogLine[] = [];
     const writes = dp2.faults.writes;
-    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c2.restore(stored);
-    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
+    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.fields.repaired as
+      string[] | undefined;
     // The words as the kernel holds them and as the rewrite writes them (ACTIVE | ONE_BACKEND, ACTIVE), every bit:
     // a review found "kernel 0x8, desired 0x0" said for the word 0x9 (the ACTIVE bit masked before printing).
     assert.deepEqual(repaired, [

@@ -9,14 +9,12 @@
  * proves the same against the kernel once.
  */
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
-
-import { pino } from 'pino';
 
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
+import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
@@ -91,17 +89,8 @@ describe('restore: rules adopted in place', () => {
     m.ruleMatch.put(key, a.slot);
     const tampered = 5;
     const writes = dp2.faults.writes;
-    const lines: { msg: string; repaired?: string[] }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
-    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    const lines: LogLine[] = [];
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c2.restore(stored);
     assert.deepEqual(dp2.snapshot(), intact, 'every map as an intact restart leaves it');
     assert.deepEqual(c2.storedState(), stored, 'same slots and ids');
@@ -113,7 +102,8 @@ describe('restore: rules adopted in place', () => {
     const bBackend = Object.keys(b.backends)[0];
     const ifindex = (n: string) => dp2.lookupInterface(n)!.ifindex;
     const matchIngress = key.ifindex === ifindex('in0') ? 'in0' : 'in1';
-    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.repaired;
+    const repaired = lines.find((l) => /differed from the stored state/.test(l.msg))?.fields.repaired as
+      string[] | undefined;
     assert.deepEqual(repaired?.sort(), [
       `rule a: source prefixes (map src_allow, rule slot ${a.slot}: 1 added, 1 removed)`,
       // With the field that differed, the kernel's value and the desired one.
