@@ -14,29 +14,11 @@
 import { nameText } from '../../shared/visible.js';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
-import {
-  AF_NETLINK,
-  bindFn,
-  closeFn,
-  libc,
-  nlAttr,
-  nlAttrs,
-  NETLINK_ROUTE,
-  recvFn,
-  sendFn,
-  setsockoptFn,
-  SOCK_CLOEXEC,
-  SOCK_RAW,
-  socketFn,
-} from './netlink.js';
-
-const getsocknameFn = libc.func('int getsockname(int fd, _Out_ void *addr, _Inout_ uint32_t *len)');
+import { nlAttr, nlAttrs, recvFn, sendFn } from './netlink.js';
+import { ReportSocket } from './report-socket.js';
 
 /** The rtnetlink group of link events (RTNLGRP_LINK = 1), as a bind mask. */
 const RTMGRP_LINK = 1;
-const SOL_SOCKET = 1;
-const SO_RCVBUF = 8;
-const SO_RCVBUFFORCE = 33;
 const MSG_DONTWAIT = 0x40;
 const NLM_F_REQUEST = 1;
 const NLMSG_ERROR = 2;
@@ -67,25 +49,26 @@ export interface LinkRead {
 }
 
 export class LinkEvents {
-  private fd = -1;
-  private port = 0;
+  private readonly sock = new ReportSocket(RTMGRP_LINK, 'link events', RCVBUF);
   private seq = 0;
-  private closed = false;
   private readonly buf = Buffer.alloc(64 << 10);
   private pending: LinkDeletion[] = [];
-  /** Reports were lost (ENOBUFS) or could not be received (no socket) since the last take(). */
-  private lost = false;
+
   /** Why the socket could not be opened (said by the caller; tried again at the next read). */
-  openError?: string;
+  get openError(): string | undefined {
+    return this.sock.openError;
+  }
 
   /**
    * Deletions reported before the last read and not yet taken, in the kernel's order, and whether some may be
    * missing from them (the queue overflowed, or the socket could not be opened: nothing was observed then).
    */
   take(): { deleted: LinkDeletion[]; lost: boolean } {
-    const out = { deleted: this.pending, lost: this.lost || this.fd < 0 };
+    // (Reports from before the socket was opened were never received: a read made before, by another way, is not
+    // shown to be of the device there now.)
+    const out = { deleted: this.pending, lost: this.sock.lost || this.sock.fd < 0 };
     this.pending = [];
-    this.lost = false;
+    this.sock.lost = false;
     return out;
   }
 
@@ -94,8 +77,8 @@ export class LinkEvents {
    * reported before it (kept for take()). Throws KernelError when it cannot be read.
    */
   read(name: string): LinkRead | undefined {
-    const fd = this.socket();
-    if (fd < 0) throw new KernelError(`read link ${name}`, 9, [], this.openError ?? 'no link event socket');
+    const fd = this.sock.open();
+    if (fd < 0) throw new KernelError(`read link ${name}`, 9, [], this.sock.openError ?? 'no link event socket');
     const ifinfo = Buffer.alloc(16); // struct ifinfomsg: AF_UNSPEC, by name
     const attrs = nlAttr(IFLA_IFNAME, Buffer.from(`${name}\0`));
     // A reply the kernel could not queue (the queue was full of reports: EAGAIN) is asked again once it is read.
@@ -108,7 +91,7 @@ export class LinkEvents {
       msg.writeUInt32LE(mySeq, 8);
       if (Number(sendFn(fd, msg, msg.length, 0)) < 0) {
         const errno = lastErrno() || 5;
-        this.drop();
+        this.sock.drop();
         throw new KernelError(`read link ${name}`, errno, [], 'netlink send failed');
       }
       const r = this.receive(mySeq, name);
@@ -121,16 +104,16 @@ export class LinkEvents {
   private receive(mySeq: number, name: string): LinkRead | undefined | 'again' {
     const buf = this.buf;
     for (;;) {
-      const n = Number(recvFn(this.fd, buf, buf.length, MSG_DONTWAIT));
+      const n = Number(recvFn(this.sock.fd, buf, buf.length, MSG_DONTWAIT));
       if (n < 0) {
         const errno = lastErrno();
         if (errno === ENOBUFS) {
-          this.lost = true;
+          this.sock.lost = true;
           continue;
         }
         if (errno === EAGAIN) return 'again';
         if (errno === 4) continue; // EINTR
-        this.drop();
+        this.sock.drop();
         throw new KernelError(`read link ${name}`, errno || 5, [], 'netlink recv failed');
       }
       for (let i = 0; i + 16 <= n;) {
@@ -140,7 +123,7 @@ export class LinkEvents {
         const msg = buf.subarray(i, i + len);
         i += (len + 3) & ~3;
         // Ours: this socket's port and this request's number (a report carries those of whoever caused it).
-        if (msg.readUInt32LE(12) === this.port && msg.readUInt32LE(8) === mySeq) {
+        if (msg.readUInt32LE(12) === this.sock.port && msg.readUInt32LE(8) === mySeq) {
           if (type === NLMSG_ERROR) {
             const err = -msg.readInt32LE(16);
             if (err === 19 || err === 2) return undefined; // ENODEV, ENOENT: no such device
@@ -167,52 +150,13 @@ export class LinkEvents {
         if (this.pending.length > 4096) {
           // Nobody takes them (no reads are judged): the oldest are dropped, and that is said as a loss.
           this.pending.splice(0, this.pending.length - 4096);
-          this.lost = true;
+          this.sock.lost = true;
         }
       }
     }
   }
 
-  private socket(): number {
-    if (this.fd >= 0 || this.closed) return this.fd;
-    const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
-    if (fd < 0) {
-      this.openError = `open a netlink socket for link events: errno ${lastErrno()}`;
-      return -1;
-    }
-    const size = Buffer.alloc(4);
-    size.writeInt32LE(RCVBUF);
-    if ((setsockoptFn(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4) as number) < 0) {
-      setsockoptFn(fd, SOL_SOCKET, SO_RCVBUF, size, 4); // without CAP_NET_ADMIN: as much as rmem_max allows
-    }
-    const sa = Buffer.alloc(12); // struct sockaddr_nl: family, pad, port (0: the kernel's), groups
-    sa.writeUInt16LE(AF_NETLINK, 0);
-    sa.writeUInt32LE(RTMGRP_LINK, 8);
-    const len = [12];
-    if ((bindFn(fd, sa, 12) as number) < 0 || (getsocknameFn(fd, sa, len) as number) < 0) {
-      this.openError = `subscribe to link events: errno ${lastErrno()}`;
-      closeFn(fd);
-      return -1;
-    }
-    this.openError = undefined;
-    this.port = sa.readUInt32LE(4);
-    this.fd = fd;
-    // Reports from before it was opened were never received: the first take() says so (a read made before, by
-    // another way, is not shown to be of the device there now).
-    this.lost = true;
-    return fd;
-  }
-
-  /** Close a socket that failed: its reports since are lost (the next read opens another). */
-  private drop(): void {
-    if (this.fd >= 0) closeFn(this.fd);
-    this.fd = -1;
-    this.lost = true;
-  }
-
   close(): void {
-    this.closed = true;
-    if (this.fd >= 0) closeFn(this.fd);
-    this.fd = -1;
+    this.sock.close();
   }
 }

@@ -13,14 +13,12 @@ import koffi from 'koffi';
 import { KernelError } from './errors.js';
 import { lastErrno } from './libbpf.js';
 
-/** libc's socket calls, through koffi (shared with link-events.ts and nsid-events.ts, which hold sockets of their own). */
+/** libc's socket calls, through koffi (shared with link-events.ts, which holds a socket of its own). */
 export const libc = koffi.load('libc.so.6');
 export const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 export const sendFn = libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)');
 export const recvFn = libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)');
 export const closeFn = libc.func('int close(int fd)');
-/** bind(2): a notification socket's groups (struct sockaddr_nl). */
-export const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)');
 export const setsockoptFn = libc.func(
   'int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)',
 );

@@ -5,22 +5,13 @@
  * or did not find, for an id holds only until such a report. One netlink socket, subscribed to that group, read
  * without waiting by {@link NsidEvents.take}: the kernel queues a report before the call that gave or took the id
  * returns (rtnl_net_notifyid), so a take() returns every change made before it, and a device that names an id can
- * only be seen after that id's report was queued. A queue that overflowed (ENOBUFS), a socket that failed or
- * could not be opened: said by take() as `lost` (anything may have changed). Owns that socket and nothing else;
- * close() is idempotent.
+ * only be seen after that id's report was queued. A queue that overflowed (ENOBUFS), a socket that failed, could
+ * not be opened or was opened only now (report-socket.ts): said by take() as `lost` (anything may have changed).
+ * Owns that socket and nothing else; close() is idempotent.
  */
 import { lastErrno } from './libbpf.js';
-import {
-  AF_NETLINK,
-  bindFn,
-  closeFn,
-  NETLINK_ROUTE,
-  nlAttrs,
-  recvFn,
-  SOCK_CLOEXEC,
-  SOCK_RAW,
-  socketFn,
-} from './netlink.js';
+import { nlAttrs, recvFn } from './netlink.js';
+import { ReportSocket } from './report-socket.js';
 
 // <linux/rtnetlink.h>, <linux/net_namespace.h>
 /** The rtnetlink group of namespace id reports (RTNLGRP_NSID = 28), as a bind mask. */
@@ -34,11 +25,8 @@ const EAGAIN = 11;
 const ENOBUFS = 105;
 
 export class NsidEvents {
-  private fd = -1;
-  private closed = false;
+  private readonly sock = new ReportSocket(RTMGRP_NSID, 'namespace id reports');
   private readonly buf = Buffer.alloc(16 << 10);
-  /** Reports were lost (ENOBUFS), or none could be received (no socket), since the last take(). */
-  private lost = false;
 
   /**
    * The ids reported given or taken back since the last take(), and whether reports may be missing from them (the
@@ -46,18 +34,18 @@ export class NsidEvents {
    */
   take(): { ids: Set<number>; lost: boolean } {
     const ids = new Set<number>();
-    const fd = this.socket();
-    while (fd >= 0 && this.fd === fd) {
+    const fd = this.sock.open();
+    while (fd >= 0 && this.sock.fd === fd) {
       const n = Number(recvFn(fd, this.buf, this.buf.length, MSG_DONTWAIT));
       if (n < 0) {
         const errno = lastErrno();
         if (errno === EAGAIN) break;
         if (errno === EINTR) continue;
         if (errno === ENOBUFS) {
-          this.lost = true;
+          this.sock.lost = true;
           continue;
         }
-        this.drop();
+        this.sock.drop();
         break;
       }
       for (let i = 0; i + 16 <= n;) {
@@ -71,38 +59,12 @@ export class NsidEvents {
         if (id !== undefined && id >= 0) ids.add(id);
       }
     }
-    const out = { ids, lost: this.lost || this.fd < 0 };
-    this.lost = false;
+    const out = { ids, lost: this.sock.lost || this.sock.fd < 0 };
+    this.sock.lost = false;
     return out;
   }
 
-  private socket(): number {
-    if (this.fd >= 0 || this.closed) return this.fd;
-    const fd = socketFn(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
-    if (fd < 0) return -1;
-    const sa = Buffer.alloc(12); // struct sockaddr_nl: family, pad, port (0: the kernel's), groups
-    sa.writeUInt16LE(AF_NETLINK, 0);
-    sa.writeUInt32LE(RTMGRP_NSID, 8);
-    if ((bindFn(fd, sa, 12) as number) < 0) {
-      closeFn(fd);
-      return -1;
-    }
-    this.fd = fd;
-    // Reports from before it was opened were never received: the first take() says so.
-    this.lost = true;
-    return fd;
-  }
-
-  /** Close a socket that failed: its reports since are lost (the next take() opens another). */
-  private drop(): void {
-    if (this.fd >= 0) closeFn(this.fd);
-    this.fd = -1;
-    this.lost = true;
-  }
-
   close(): void {
-    this.closed = true;
-    if (this.fd >= 0) closeFn(this.fd);
-    this.fd = -1;
+    this.sock.close();
   }
 }
