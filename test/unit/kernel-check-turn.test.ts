@@ -13,22 +13,10 @@ import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { confirmPeers, twoBackends, udpSpec } from '../helpers/rule-spec.js';
 
-const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
-  name,
-  protocol: 'udp',
-  port,
-  destination: '',
-  sourcePrefixes: [],
-  ingressInterfaces: ['in0'],
-  backends: [
-    { ip: `10.0.${port % 250}.1`, mac: '02:00:00:00:01:01', interface: 'b0', weight: 1 },
-    { ip: `10.0.${port % 250}.2`, mac: '02:00:00:00:01:02', interface: 'b1', weight: 3 },
-  ],
-  udpChecksum: 'update',
-  labels: {},
-  ...extra,
-});
+const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec =>
+  udpSpec(name, port, twoBackends(port), extra);
 
 /**
  * The rule entry's rewrite, while `slow`, queues a change (`during`) and busies the CPU for 20 ms (a pass's slice is
@@ -52,8 +40,7 @@ class SlowRepairs extends ModelDataplane {
 describe('kernel comparison: what it rewrote is said, even with changes waiting', () => {
   it('a pass that rewrote an entry does not give its turn before it logs the line', async () => {
     const dp = new SlowRepairs();
-    dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
-    dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
+    confirmPeers(dp);
     const lines: LogLine[] = [];
     const c = new Controller(dp, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c.applyRules([rule('a', 5000), rule('z', 5002, { udpChecksum: 'zero' })], false);

@@ -23,6 +23,7 @@ import {
   registerDatapathMetrics,
 } from '../../src/server/telemetry/datapath-metrics.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { udpSpec } from '../helpers/rule-spec.js';
 
 /** A metric reader that collects when asked (what a Prometheus scrape does). */
 class PullReader extends MetricReader {
@@ -30,17 +31,12 @@ class PullReader extends MetricReader {
   protected async onShutdown(): Promise<void> {}
 }
 
-const spec = (name: string, port: number, backends = ['b0']): RuleSpec => ({
-  name,
-  protocol: 'udp',
-  port,
-  destination: '',
-  sourcePrefixes: [],
-  ingressInterfaces: ['in0'],
-  backends: backends.map((b, i) => ({ ip: `10.0.0.${i + 1}`, mac: '02:00:00:00:01:01', interface: b, weight: 1 })),
-  udpChecksum: 'update',
-  labels: {},
-});
+const spec = (name: string, port: number, backends = ['b0']): RuleSpec =>
+  udpSpec(
+    name,
+    port,
+    backends.map((b, i) => ({ ip: `10.0.0.${i + 1}`, mac: '02:00:00:00:01:01', interface: b, weight: 1 })),
+  );
 
 /** The values of one attribute over the points of one metric. */
 function seen(rm: ResourceMetrics, metric: string, attr: string): string[] {

@@ -12,6 +12,7 @@ import type { RuleSpec } from '../../src/server/core/model.js';
 import type { NeighbourEntry } from '../../src/server/dataplane/netdev.js';
 import { silentLogger } from '../../src/server/log.js';
 import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
+import { udpSpec } from '../helpers/rule-spec.js';
 
 /** A host whose one neighbour table answers both reads; each read is counted. */
 class CountingHost extends ModelDataplane {
@@ -50,17 +51,6 @@ class CountingHost extends ModelDataplane {
   }
 }
 
-const rule = (name: string, port: number, backends: RuleSpec['backends']): RuleSpec => ({
-  name,
-  protocol: 'udp',
-  port,
-  destination: '',
-  sourcePrefixes: [],
-  ingressInterfaces: ['in0'],
-  backends,
-  udpChecksum: 'update',
-  labels: {},
-});
 const MAC_A = '02:00:00:00:01:01';
 const MAC_B = '02:00:00:00:01:02';
 const macless = { ip: '10.0.0.1', mac: '', interface: 'b0', weight: 1 };
@@ -72,7 +62,7 @@ async function passes(share: boolean, backends: RuleSpec['backends'][]) {
   dp.table.set('10.0.0.1@b0', { mac: MAC_A, states: ['REACHABLE'], confirmed: 1 });
   dp.table.set('10.0.0.2@b1', { mac: MAC_B, states: ['REACHABLE'], confirmed: 1 });
   const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: silentLogger, now: () => t });
-  for (const [i, b] of backends.entries()) await c.createRule(rule(`r${i}`, 5000 + i, b));
+  for (const [i, b] of backends.entries()) await c.createRule(udpSpec(`r${i}`, 5000 + i, b));
   const seen: { reads: string[]; rules: unknown }[] = [];
   for (let pass = 0; pass < 4; pass++) {
     // The static MAC contradicted by the host from the third pass on: judged from the shared read too.

@@ -14,30 +14,24 @@ import type { RuleSpec } from '../../src/server/core/model.js';
 import { RING_SIZE, RULE_F_ONE_BACKEND } from '../../src/server/dataplane/codec.js';
 import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { confirmPeers, udpSpec } from '../helpers/rule-spec.js';
 
-const rule = (name: string, port: number, backends: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
-  name,
-  protocol: 'udp',
-  port,
-  destination: '',
-  sourcePrefixes: [],
-  ingressInterfaces: ['in0'],
-  backends: Array.from({ length: backends }, (_, i) => ({
-    ip: `10.0.${port % 250}.${i + 1}`,
-    mac: `02:00:00:00:01:0${i + 1}`,
-    interface: `b${i}`,
-    weight: 1,
-  })),
-  udpChecksum: 'update',
-  labels: {},
-  ...extra,
-});
+const rule = (name: string, port: number, backends: number, extra: Partial<RuleSpec> = {}): RuleSpec =>
+  udpSpec(
+    name,
+    port,
+    Array.from({ length: backends }, (_, i) => ({
+      ip: `10.0.${port % 250}.${i + 1}`,
+      mac: `02:00:00:00:01:0${i + 1}`,
+      interface: `b${i}`,
+      weight: 1,
+    })),
+    extra,
+  );
 
 async function installed() {
   const dp = new ModelDataplane();
-  // The backends' hosts behind veth peers of ours with their static MACs: confirmed, every rule ACTIVE.
-  dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
-  dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
+  confirmPeers(dp);
   const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
   await c.applyRules(
     [rule('one', 5000, 1), rule('two', 5001, 2), rule('zero', 5002, 1, { udpChecksum: 'zero' })],

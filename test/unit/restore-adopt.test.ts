@@ -16,28 +16,14 @@ import type { RuleSpec } from '../../src/server/core/model.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { captureLog, type LogLine } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { confirmPeers, twoBackends, udpSpec } from '../helpers/rule-spec.js';
 
-const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec => ({
-  name,
-  protocol: 'udp',
-  port,
-  destination: '',
-  sourcePrefixes: [],
-  ingressInterfaces: ['in0'],
-  backends: [
-    { ip: `10.0.${port % 250}.1`, mac: '02:00:00:00:01:01', interface: 'b0', weight: 1 },
-    { ip: `10.0.${port % 250}.2`, mac: '02:00:00:00:01:02', interface: 'b1', weight: 3 },
-  ],
-  udpChecksum: 'update',
-  labels: {},
-  ...extra,
-});
+const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec =>
+  udpSpec(name, port, twoBackends(port), extra);
 
 async function installed() {
   const dp = new ModelDataplane();
-  // The backends' hosts behind veth peers of ours with their static MACs: confirmed, every rule ACTIVE.
-  dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
-  dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
+  confirmPeers(dp);
   const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
   await c.applyRules(
     [
