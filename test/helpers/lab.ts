@@ -11,8 +11,8 @@
  *   });
  *   after(() => lab.destroy());
  */
-import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, RuleState, UdpChecksumMode, type Rule, type RuleStatus } from '../../src/gen/xdpctl/v1/rule.js';
@@ -104,6 +104,27 @@ export interface SealedNetns {
   moveIn(dev: string, from?: string): void;
   /** Kill the holder: the namespace goes with it (idempotent). */
   kill(): void;
+}
+
+/**
+ * A process in a network namespace of its own, as a container runtime's (`unshare --net sleep SECONDS`), and a
+ * promise settled once it is in it and runs sleep (its /proc/PID/ns/net another namespace than ours). The caller
+ * kills it (the namespace goes with it unless something else keeps it).
+ */
+export function unsharedProcess(seconds = 600): { proc: ChildProcess; ready: Promise<void> } {
+  const proc = spawn('unshare', ['--net', 'sleep', String(seconds)], { stdio: 'ignore' });
+  const ownNs = readlinkSync('/proc/self/ns/net');
+  const ready = until(`unshare (pid ${proc.pid}) in a namespace of its own`, () => {
+    try {
+      return (
+        readlinkSync(`/proc/${proc.pid}/ns/net`) !== ownNs &&
+        readFileSync(`/proc/${proc.pid}/comm`, 'utf8').trim() === 'sleep'
+      );
+    } catch {
+      return false;
+    }
+  });
+  return { proc, ready };
 }
 
 /** A {@link SealedNetns}; the caller kills it (and deletes the veths it made). */
@@ -204,13 +225,13 @@ export class Lab {
    * before by its remove().
    */
   async addUnnamedHost(hostIf: string, cidr: string, mac = ''): Promise<UnnamedHost> {
-    const ns = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const { proc: ns, ready } = unsharedProcess();
     const remove = () => {
       ns.kill();
       shQuiet('ip', ['link', 'del', hostIf]);
     };
     this.cleanups.push(remove);
-    await sleep(200);
+    await ready;
     const pid = String(ns.pid);
     const inNs = (cmd: string) => sh('nsenter', ['-t', pid, '-n', 'sh', '-c', cmd]);
     sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pid]);

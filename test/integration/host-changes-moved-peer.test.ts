@@ -20,14 +20,15 @@
  * where b7's veth is.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readlinkSync, rmSync } from 'node:fs';
+import { type ChildProcess } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { Protocol, UdpChecksumMode } from '../../src/gen/xdpctl/v1/rule.js';
 import { DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, removeIproute2BpffsDirs, runId, sh, shQuiet, sleep, until } from '../helpers/env.js';
+import { unsharedProcess } from '../helpers/lab.js';
 import { Topology, type Host } from '../helpers/topology.js';
 
 describe('host changes: a veth peer moved to another network namespace is followed', kernelOnly(), () => {
@@ -106,16 +107,10 @@ describe('host changes: a veth peer moved to another network namespace is follow
     sh('ip', ['-n', b4.netns, 'link', 'set', 'eth0', 'up']);
     sh('ip', ['-n', b5.netns, 'link', 'set', 'eth0', 'netns', ns.D]);
     sh('ip', ['netns', 'del', ns.D]);
-    unnamed = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const u = unsharedProcess();
+    unnamed = u.proc;
     const nsPath = `/proc/${unnamed.pid}/ns/net`;
-    const ownNs = readlinkSync('/proc/self/ns/net');
-    await until('unshare in a namespace of its own', () => {
-      try {
-        return readlinkSync(nsPath) !== ownNs;
-      } catch {
-        return false;
-      }
-    });
+    await u.ready;
     sh('ip', ['-n', b6.netns, 'link', 'set', 'eth0', 'netns', String(unnamed.pid)]);
     const nsid = (JSON.parse(sh('ip', ['-j', '-d', 'link', 'show', b6.hostIf]))[0] as { link_netnsid: number })
       .link_netnsid;

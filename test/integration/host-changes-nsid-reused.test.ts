@@ -6,18 +6,18 @@
  * RTM_NEWNSID): its line names the new namespace and the process in it within seconds (was: for up to 30 s the
  * peer was said to be in a namespace with "no name in /run/netns, no bind mount, no process in it", the
  * deleted one's miss). Moves as in host-changes-moved-peer.test.ts (`ip -n X link set eth0 netns ...`), with
- * real namespaces and veths. The new namespace is given the freed id explicitly (`ip netns set`, through a
- * name taken away again at once), as the kernel gives it by itself when it is the lowest free one: other tests
- * running beside this one free and take ids meanwhile.
+ * real namespaces and veths. Both namespaces are given the id explicitly (`ip netns set`, through a name taken
+ * away again at once), a high one: the kernel gives a freed id again by itself when it is the lowest free one,
+ * but other tests running beside this one take and free low ids meanwhile.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readlinkSync } from 'node:fs';
+import { type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sh, shQuiet, until } from '../helpers/env.js';
-import { backendOf, esc, Lab, sealedNetns, type SealedNetns } from '../helpers/lab.js';
+import { backendOf, esc, Lab, sealedNetns, type SealedNetns, unsharedProcess } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
 const PORT = 7988;
@@ -29,6 +29,19 @@ describe('host changes: an nsid given again to another namespace is looked for a
   const lab = new Lab();
   const { id, count } = lab;
   const named = `xdpt-${id}-nsid`;
+  /**
+   * The id both namespaces get, one after the other: one the kernel gives no namespace by itself while this runs (it
+   * gives the lowest free id, and other tests beside this one take and free low ids the whole time).
+   */
+  const nsid = 20_000 + (parseInt(id, 16) % 10_000);
+  /** The namespace just attached as `named` given `nsid` in ours (`ip netns set`), and the name taken away again. */
+  const giveNsid = () => {
+    try {
+      sh('ip', ['netns', 'set', named, String(nsid)]);
+    } finally {
+      sh('ip', ['netns', 'del', named]);
+    }
+  };
   let d: DaemonProcess;
   let b1: Host, b2: Host;
   let sealed: SealedNetns | undefined;
@@ -48,12 +61,14 @@ describe('host changes: an nsid given again to another namespace is looked for a
   after(() => lab.destroy());
 
   it('a peer moved into the new namespace with the freed id is inspected there at once', async (t) => {
-    // b1's peer into a namespace only a socket keeps: the daemon finds no file to enter it by (a miss, kept).
+    // b1's peer into a namespace only a socket keeps, with id `nsid`: the daemon finds no file to enter it by (a
+    // miss, kept).
     sealed = await sealedNetns();
+    sealed.sh(`ip netns attach ${named} $$`);
+    giveNsid();
     sealed.moveIn('eth0', b1.netns);
     sealed.sh('ip link set eth0 up');
-    const nsid = peerNsid(b1.hostIf);
-    assert.ok(nsid !== undefined, `premise: ${b1.hostIf}'s peer is in another namespace`);
+    assert.equal(peerNsid(b1.hostIf), nsid, `premise: ${b1.hostIf}'s peer is in the namespace with id ${nsid}`);
     const noWay = `the network namespace with nsid ${nsid} has no name in /run/netns, no bind mount, no process in it`;
     const said = async (h: Host) => (await lab.status('web')).backendStatus.find((b) => b.ip === h.ip)?.message ?? '';
     await until(
@@ -68,20 +83,13 @@ describe('host changes: an nsid given again to another namespace is looked for a
     await until(`${b1.hostIf} deleted with its namespace`, () => !existsSync(`/sys/class/net/${b1.hostIf}`), 15_000);
 
     // A new unnamed namespace, a process in it, given the freed id; b2's peer moved there, GRO off, then up.
-    unnamed = spawn('unshare', ['--net', 'sleep', '600'], { stdio: 'ignore' });
+    const u = unsharedProcess();
+    unnamed = u.proc;
+    await u.ready;
     const pid = unnamed.pid!;
     const nsPath = `/proc/${pid}/ns/net`;
-    const ownNs = readlinkSync('/proc/self/ns/net');
-    await until('unshare in a namespace of its own', () => {
-      try {
-        return readlinkSync(nsPath) !== ownNs;
-      } catch {
-        return false;
-      }
-    });
     sh('ip', ['netns', 'attach', named, String(pid)]);
-    sh('ip', ['netns', 'set', named, String(nsid)]);
-    sh('ip', ['netns', 'del', named]);
+    giveNsid();
     sh('ip', ['-n', b2.netns, 'link', 'set', 'eth0', 'netns', String(pid)]);
     assert.equal(peerNsid(b2.hostIf), nsid, `premise: ${b2.hostIf}'s peer is in the namespace with the freed id`);
     sh('nsenter', ['-t', String(pid), '-n', 'sh', '-c', 'ethtool -K eth0 gro off && ip link set eth0 up']);

@@ -24,7 +24,7 @@ import { forgetNetns } from '../../src/server/dataplane/netns-find.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
 import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
-import { esc, sealedNetns } from '../helpers/lab.js';
+import { esc, sealedNetns, unsharedProcess } from '../helpers/lab.js';
 import { Topology } from '../helpers/topology.js';
 
 describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
@@ -146,9 +146,9 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     const held: ChildProcess[] = [];
     try {
       for (const how of ['process', 'file', 'mount'] as const) {
-        const proc = spawn('unshare', ['--net', 'sleep', '60'], { stdio: 'ignore' });
+        const { proc, ready } = unsharedProcess(60);
         held.push(proc);
-        await sleep(200);
+        await ready;
         const nsOf = `/proc/${proc.pid}/ns/net`;
         sh('ip', ['link', 'add', lone, 'type', 'veth', 'peer', 'name', 'eth9', 'netns', String(proc.pid)]);
         sh('ip', ['link', 'set', lone, 'up']);
