@@ -2,7 +2,8 @@
  * A small disk that can be made to stop completing writes: a 64 MB ext4 in a file, loop-mounted on `dir`,
  * frozen with `fsfreeze -f` (a hung NFS or iSCSI volume behaves alike: reads answered, writes held until the thaw).
  * One copy for every frozen-disk test (store-frozen, store-frozen-stop, host-changes-frozen, log-frozen,
- * state-disk-frozen), with what they time their calls with ({@link soon}, {@link timed}).
+ * state-disk-frozen), with what they time their calls with ({@link soon}, {@link timed}) and a lab's state directory
+ * on it ({@link stateOnFrozenDisk}).
  *
  * `remove()` thaws, unmounts (lazily: a process may still hold a file there) and removes the image, whatever
  * happened before: call it in an `after` that runs before anything that could wait for the disk (a frozen file
@@ -10,6 +11,7 @@
  */
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 
+import Database from 'better-sqlite3';
 import type { Status } from 'nice-grpc';
 
 import { metric, type DaemonProcess } from './daemon.js';
@@ -61,6 +63,30 @@ export class FrozenDisk {
     this.mounted = false;
     rmSync(this.img, { force: true });
   }
+}
+
+/**
+ * The state directory of the daemon a test starts on run id `id` (DaemonProcess.start: /tmp/xdpctl-test-ID-state)
+ * on a {@link FrozenDisk} (not mounted yet), its store's path, and the rule names that store holds on disk (read by
+ * SQLite in this process).
+ */
+export function stateOnFrozenDisk(id: string): {
+  stateDir: string;
+  db: string;
+  disk: FrozenDisk;
+  onDisk: () => string[];
+} {
+  const stateDir = `/tmp/xdpctl-test-${id}-state`;
+  const db = `${stateDir}/state.db`;
+  const onDisk = () => {
+    const raw = new Database(db, { readonly: true, timeout: 1000 });
+    try {
+      return (raw.prepare('SELECT name FROM rules ORDER BY name').all() as { name: string }[]).map((r) => r.name);
+    } finally {
+      raw.close();
+    }
+  };
+  return { stateDir, db, disk: new FrozenDisk(stateDir, `/tmp/xdpctl-test-${id}-state.img`), onDisk };
 }
 
 /**

@@ -17,12 +17,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, until } from '../helpers/env.js';
-import { FrozenDisk } from '../helpers/frozen-disk.js';
+import { stateOnFrozenDisk } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -34,21 +33,10 @@ describe(
   () => {
     const lab = new Lab();
     const { id } = lab;
-    const stateDir = `/tmp/xdpctl-test-${id}-state`;
-    const db = `${stateDir}/state.db`;
-    const disk = new FrozenDisk(stateDir, `/tmp/xdpctl-test-${id}-state.img`);
+    const { disk, onDisk } = stateOnFrozenDisk(id);
     let d: DaemonProcess | undefined;
     let c: Clients;
     let b1: Host;
-    const thaw = () => disk.thaw();
-    const onDisk = () => {
-      const raw = new Database(db, { readonly: true, timeout: 1000 });
-      try {
-        return (raw.prepare('SELECT name FROM rules ORDER BY name').all() as { name: string }[]).map((r) => r.name);
-      } finally {
-        raw.close();
-      }
-    };
     const lines = (out: string, re: RegExp) =>
       out
         .split('\n')
@@ -103,7 +91,7 @@ describe(
         assert.equal(lines(first.output, /^stopped$/).length, 0, `"stopped" while it cannot exit\n${first.output}`);
         assert.equal(first.child.exitCode, null, 'still running: held by the frozen disk');
       } finally {
-        thaw();
+        disk.thaw();
       }
       await stopping;
       // The disk completed the commit: the thread ended, the process said "stopped" and exited.

@@ -13,12 +13,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
 import { Status } from 'nice-grpc';
 
 import { type Clients, type DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sleep, until } from '../helpers/env.js';
-import { FrozenDisk, soon, timed } from '../helpers/frozen-disk.js';
+import { soon, stateOnFrozenDisk, timed } from '../helpers/frozen-disk.js';
 import { backendOf, Lab } from '../helpers/lab.js';
 import { type Host } from '../helpers/topology.js';
 
@@ -28,24 +27,12 @@ const PORT2 = 7452;
 describe('a state disk that stops completing writes (fsfreeze) never holds the event loop', kernelOnly(), () => {
   const lab = new Lab();
   const { id } = lab;
-  const stateDir = `/tmp/xdpctl-test-${id}-state`;
-  const db = `${stateDir}/state.db`;
-  const disk = new FrozenDisk(stateDir, `/tmp/xdpctl-test-${id}-state.img`);
+  const { db, disk, onDisk } = stateOnFrozenDisk(id);
   let d: DaemonProcess | undefined;
   let c: Clients;
   let b1: Host;
   let lateCommit = false;
-  const thaw = () => disk.thaw();
   const rule = (name: string, port: number) => lab.apiRule(name, port, [backendOf(b1)]);
-  /** The rule names the store on disk holds, read by SQLite in this process. */
-  const onDisk = () => {
-    const raw = new Database(db, { readonly: true, timeout: 1000 });
-    try {
-      return (raw.prepare('SELECT name FROM rules ORDER BY name').all() as { name: string }[]).map((r) => r.name);
-    } finally {
-      raw.close();
-    }
-  };
   const logged = (re: RegExp) => d!.output.split('\n').filter((l) => l.startsWith('{') && re.test(l)).length;
 
   before(async () => {
@@ -108,7 +95,7 @@ describe('a state disk that stops completing writes (fsfreeze) never holds the e
       assert.match(again.error!.message, /not answering/);
       assert.ok(again.ms < 1000, `refused at once: ${again.ms} ms`);
     } finally {
-      thaw();
+      disk.thaw();
     }
     await until(
       async () => JSON.stringify(await c.daemon.getStatus({})),
