@@ -9,23 +9,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { Controller } from '../../src/server/core/controller.js';
-import type { Logger } from '../../src/server/log.js';
+import { captureLog, type LogLine as Line } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 const A = '02:aa:00:00:00:01'; // the host behind b0 (ifindex 4)
 const B = '02:bb:00:00:00:02'; // the host behind b1 (ifindex 5)
-
-interface Line {
-  msg: string;
-}
-const logger = (lines: Line[]): Logger => {
-  const at =
-    () =>
-    (_o: object, msg = '') =>
-      lines.push({ msg });
-  const l: Logger = { debug: at(), info: at(), warn: at(), error: at(), child: () => l };
-  return l;
-};
 
 /** Neighbour entries by name (as the kernel's table reads after the names), ARP answers by device. */
 class Devices extends ModelDataplane {
@@ -81,7 +69,7 @@ async function setup() {
   const dp = new Devices();
   const lines: Line[] = [];
   const clock = { t: 1_000_000 };
-  const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+  const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog(lines), now: () => clock.t });
   assert.deepEqual([dp.ifs.get('b0')!.ifindex, dp.ifs.get('b1')!.ifindex], [4, 5]);
   dp.neighbours.set('10.0.0.1@b0', A);
   dp.neighbours.set('10.0.0.1@b1', B);
@@ -153,7 +141,12 @@ describe('facts kept per name belong to the device the name had', () => {
     // No entry for 10.0.0.2 on either name now: b0's is device 5's, where nobody has it.
     dp2.neighbours.delete('10.0.0.2@b0');
     const lines: Line[] = [];
-    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    const c2 = new Controller(dp2, {
+      mode: 'generic',
+      fixVethPeers: false,
+      log: captureLog(lines),
+      now: () => clock.t,
+    });
     await c2.restore(stored);
     const got = c2.getRule('r').status.backends.map((b) => `${b.ip}@${b.interface} ${b.mac || '-'} ${b.receiving}`);
     assert.deepEqual(got, [`10.0.0.1@b0 ${B} true`, `10.0.0.1@b1 ${A} true`, `10.0.0.2@b0 - false`]);

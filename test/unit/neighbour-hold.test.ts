@@ -19,7 +19,7 @@ import {
   stepNeighbourHold,
   type NeighbourHold,
 } from '../../src/server/core/neighbour-hold.js';
-import type { Logger } from '../../src/server/log.js';
+import { captureLog, type LogLine as Line } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
 
 const A = '02:00:00:00:0a:01';
@@ -189,20 +189,6 @@ describe('neighbour holds: at start', () => {
   });
 });
 
-interface Line {
-  level: string;
-  msg: string;
-}
-
-const logger = (lines: Line[]): Logger => {
-  const at =
-    (level: string) =>
-    (_o: object, msg = '') =>
-      lines.push({ level, msg });
-  const l: Logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => l };
-  return l;
-};
-
 /** Modelled maps with a neighbour table whose answers to our probes the test decides. */
 class Neighbours extends ModelDataplane {
   readonly answers = new Map<string, string>();
@@ -275,7 +261,7 @@ describe('neighbour holds: the reconciler', () => {
     const dp = new Neighbours();
     const lines: Line[] = [];
     const clock = { t: 1_000_000 };
-    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog(lines), now: () => clock.t });
     dp.neighbours.set(KEY, A);
     dp.answers.set(KEY, A);
     await c.createRule(rule());
@@ -372,7 +358,7 @@ describe('neighbour holds: the reconciler', () => {
     const c = new Controller(dp, {
       mode: 'generic',
       fixVethPeers: false,
-      log: logger([]),
+      log: captureLog([]),
       now: () => wall.t,
       mono: () => mono.t,
     });
@@ -405,7 +391,7 @@ describe('neighbour holds: the reconciler', () => {
 
   it('writes a never-resolved backend’s first MAC at once, unanswered (nothing better to keep)', async () => {
     const dp = new Neighbours();
-    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog([]), now: () => 1 });
     await c.createRule(rule());
     await c.resync();
     assert.equal(c.getRule('r').status.backends[0].receiving, false);
@@ -427,7 +413,12 @@ describe('neighbour holds: the reconciler', () => {
     const dp2 = ModelDataplane.adopt(dp, new Neighbours());
     write(dp2);
     const lines: Line[] = [];
-    const c2 = new Controller(dp2, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    const c2 = new Controller(dp2, {
+      mode: 'generic',
+      fixVethPeers: false,
+      log: captureLog(lines),
+      now: () => clock.t,
+    });
     await c2.restore(stored);
     const inMaps = (mac: string) => dp2.snapshot().backends.some((e) => e.includes(hex(mac)));
     const said = (re: RegExp) => lines.filter((l) => re.test(l.msg)).length;
@@ -617,7 +608,7 @@ describe('neighbour holds: the reconciler', () => {
 
   it('a read while a write or a re-applying pass goes on gets the status judged: never "resolved" for an unanswered MAC', async () => {
     const dp = new Neighbours();
-    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger([]), now: () => 1 });
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog([]), now: () => 1 });
     await c.createRule(rule());
     await c.resync();
     const reads: string[] = [];
@@ -647,7 +638,7 @@ describe('neighbour holds: the reconciler', () => {
     const dp = new Neighbours();
     const clock = { t: 1_000_000 };
     const lines: Line[] = [];
-    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: logger(lines), now: () => clock.t });
+    const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog(lines), now: () => clock.t });
     dp.neighbours.set(KEY, A);
     await c.createRule(rule());
     await c.resync();
