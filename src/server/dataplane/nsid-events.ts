@@ -25,7 +25,11 @@ const EAGAIN = 11;
 const ENOBUFS = 105;
 
 export class NsidEvents {
-  private readonly sock = new ReportSocket(RTMGRP_NSID, 'namespace id reports');
+  /**
+   * Room for 1 MiB of reports where root may set it: a host where containers come and go gives and frees ids all
+   * the time, and take() runs only when an id is looked up (an overflow costs every remembered miss).
+   */
+  private readonly sock = new ReportSocket(RTMGRP_NSID, 'namespace id reports', 1 << 20);
   private readonly buf = Buffer.alloc(16 << 10);
 
   /**
