@@ -120,7 +120,7 @@ describe("a link from a rule's backend egress is refused, and a backend behind a
       const prog = JSON.parse(sh('ip', ['-j', 'link', 'show', 'dev', b2.hostIf]))[0].xdp.prog.id as number;
       await c.rules.createRule({ rule: lab.rule('dropped', PORT + 2, [backendOf(b2, '')]) });
       const named = new RegExp(
-        `another XDP program \\(id ${prog}, native mode\\) is attached to ${b2.hostIf}: what arrives on it, ` +
+        `another XDP program \\(id ${prog}, name base_sink, native mode\\) is attached to ${b2.hostIf}: what arrives on it, ` +
           `backend ${b2.ip!.replace(/\./g, '\\.')}'s ARP replies and answers included, passes through that program`,
       );
       await until(

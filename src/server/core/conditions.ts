@@ -82,10 +82,17 @@ const cond = (type: string, ok: boolean, reason: string, message: string): Obser
 /**
  * An XDP program on an interface that is not ours, as the daemon knows it: another tool's ("another XDP
  * program (id 42)"), or one it cannot identify, with why ("an XDP program (id 42) that xdpctld cannot
- * identify (...)"). `mode`: the attach mode, when known.
+ * identify (...)"). `mode`: the attach mode, when known; `name`: the program's name (bpf_prog_info), when read.
  */
-export function otherProgram(progId: number, unidentified?: string, mode?: string, otherDaemon?: string): string {
-  const id = mode ? `id ${progId}, ${mode} mode` : `id ${progId}`;
+export function otherProgram(
+  progId: number,
+  unidentified?: string,
+  mode?: string,
+  otherDaemon?: string,
+  name?: string,
+): string {
+  const named = name ? `id ${progId}, name ${name}` : `id ${progId}`;
+  const id = mode ? `${named}, ${mode} mode` : named;
   return unidentified
     ? `an XDP program (${id}) that xdpctld cannot identify (${unidentified})`
     : `another XDP program (${id}${otherDaemon ? `: ${otherDaemon}` : ''})`;
@@ -146,6 +153,7 @@ export function ruleConditions(
       conflict?: boolean;
       dropping?: string;
       peerXdp?: string;
+      egressProgram?: string;
     }[];
   },
   weights: number[],
@@ -156,6 +164,7 @@ export function ruleConditions(
   const unverified = s.backends.filter((b) => b.unverified);
   const dropping = s.backends.filter((b, i) => b.dropping && b.receiving && (weights[i] ?? 1) > 0);
   const peerXdp = s.backends.filter((b, i) => b.peerXdp && b.receiving && (weights[i] ?? 1) > 0);
+  const egressProgram = s.backends.filter((b, i) => b.egressProgram && b.receiving && (weights[i] ?? 1) > 0);
   const failed = s.state === 'failed';
   return [
     cond(
@@ -207,14 +216,23 @@ export function ruleConditions(
                 reason: peerReason(peerXdp.map((b) => b.peerXdp!)),
                 message: peerXdp.map((b) => `${b.ip}@${b.interface}: ${b.peerXdp}`).join('; '),
               }
-            : cond(
-                'BackendsReceiving',
-                out.length === 0,
-                out.length ? 'BackendsNotReceiving' : 'AllReceiving',
-                out.length
-                  ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
-                  : 'every backend with a non-zero weight is in the backend table',
-              ),
+            : out.length === 0 && egressProgram.length
+              ? {
+                  // In the table, but an XDP program not ours on its egress takes what it sends back first (another
+                  // tool's, another xdpctld's cross-connect): whether its answers arrive is not known.
+                  type: 'BackendsReceiving',
+                  status: 'Unknown',
+                  reason: 'EgressForeignProgram',
+                  message: egressProgram.map((b) => `${b.ip}@${b.interface}: ${b.egressProgram}`).join('; '),
+                }
+              : cond(
+                  'BackendsReceiving',
+                  out.length === 0,
+                  out.length ? 'BackendsNotReceiving' : 'AllReceiving',
+                  out.length
+                    ? out.map((b) => `${b.ip}@${b.interface}: ${b.message}`).join('; ')
+                    : 'every backend with a non-zero weight is in the backend table',
+                ),
     failed
       ? { type: 'FramesFit', status: 'Unknown', reason: 'Failed', message: s.message }
       : framesFitCondition(s.warnings ?? []),

@@ -156,6 +156,8 @@ export interface XdpStatus {
    * code on maps that are not this datapath's, from another pin root): what it observed.
    */
   otherDaemon?: string;
+  /** Set when `ours` is false: the program's name (bpf_prog_info), when it can be read. */
+  name?: string;
   /** Why the mode differs from the one asked for (e.g. "native XDP refused (...); running in generic mode"). */
   warnings?: string[];
 }

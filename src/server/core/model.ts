@@ -86,6 +86,14 @@ export interface BackendStatus {
    */
   peerXdp?: string;
   /**
+   * In the table, but an XDP program not ours is attached to its egress itself (core/rule-status.ts
+   * foreignEgressStatus): what is said of it (the program's id, name, mode, whose). What the backend sends back,
+   * its answers and ARP replies included, passes through that program first, which may drop it or redirect it
+   * elsewhere (another xdpctld's cross-connect). The rule is then DEGRADED, its BackendsReceiving Unknown
+   * (EgressForeignProgram).
+   */
+  egressProgram?: string;
+  /**
    * Why its egress interface cannot take the frames redirected to it, when that is why it is out of the
    * table (down, no carrier, no native XDP redirects, every redirected frame dropped, gone): a fact about
    * the interface, which its EgressReady condition states too (Controller.listInterfaces). Not set for a

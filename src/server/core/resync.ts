@@ -1310,7 +1310,8 @@ function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<st
     if (seen.has(name)) continue;
     seen.add(name);
     const x = dp.xdpStatus(name);
-    if (x && x.mode !== 'none' && !x.ours) out.set(name, otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon));
+    if (x && x.mode !== 'none' && !x.ours)
+      out.set(name, otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon, x.name));
   }
   return out;
 }

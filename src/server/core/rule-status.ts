@@ -711,32 +711,51 @@ export function tapDropStatus(
 }
 
 /**
- * The status with each backend that is not known to receive (no MAC known, not confirmed, cannot be verified)
- * naming the XDP program not ours attached to its egress (`foreignEgress`: egress name -> that program,
- * another daemon's link included): every frame arriving on the egress, the backend's ARP replies and answers
- * included, passes through that program before this host sees it, so it may be why nothing answered. Said,
- * not judged: the verdict stays the one the neighbour table and our ARP requests gave.
+ * The status with each backend naming the XDP program not ours attached to its egress (`foreignEgress`: egress
+ * name -> that program, another tool's or another xdpctld's, e.g. a link of its cross-connecting the egress):
+ * that program runs on every frame arriving on the egress (XDP sees a device's receive side only), the backend's
+ * answers and ARP replies included, before this host sees them; it may drop them or redirect them elsewhere (a
+ * cross-connect sends every one of them out of another device). What is redirected to the backend is sent out of
+ * the egress past it, so the backend stays in its table; but what it sends back cannot be verified to arrive.
+ * One not known to receive (no MAC known, not confirmed) has the program named as a possible cause; one in the
+ * table with a non-zero weight has it named too, and makes an ACTIVE rule DEGRADED (proto RuleState), its
+ * BackendsReceiving Unknown (EgressForeignProgram); ACTIVE again once the program is gone.
  */
 export function foreignEgressStatus(
   s: RuleStatus,
-  rule: { backends: readonly { interface: string }[] },
+  rule: { backends: readonly { interface: string; weight?: number }[] },
   foreignEgress: ReadonlyMap<string, string> | undefined,
 ): RuleStatus {
   if (!foreignEgress?.size || s.state === 'failed') return s;
   const warnings: string[] = [];
+  let judged = false;
   const backends = s.backends.map((b, i) => {
     const egress = rule.backends[i]?.interface;
     const program = egress === undefined ? undefined : foreignEgress.get(egress);
-    // A backend known to receive needs no explanation; one already naming the program keeps its message.
-    if (!program || (b.receiving && !b.unverified) || b.message.includes(program)) return b;
-    const note =
-      `${program} is attached to ${egress}: what arrives on it, backend ${b.ip}'s ARP replies and answers ` +
-      'included, passes through that program before this host';
-    warnings.push(note);
-    return { ...b, message: `${b.message}; ${note}` };
+    if (!program) return b;
+    const counts = b.receiving && !b.unverified && (rule.backends[i].weight ?? 1) > 0;
+    // One not counted that already names the program (its neighbour message) keeps its message.
+    if (!counts && b.message.includes(program)) return b;
+    const note = counts
+      ? `${program} is attached to ${egress}: what backend ${b.ip} sends back, its answers and ARP replies ` +
+        'included, passes through that program before this host, which may drop it or redirect it elsewhere: ' +
+        'whether it arrives cannot be verified'
+      : `${program} is attached to ${egress}: what arrives on it, backend ${b.ip}'s ARP replies and answers ` +
+        'included, passes through that program before this host';
+    if (!warnings.includes(note)) warnings.push(note);
+    if (counts) judged = true;
+    const withNote = b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
+    return counts ? { ...withNote, egressProgram: note } : withNote;
   });
   if (!warnings.length) return s;
-  return { ...s, backends, warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))] };
+  const notes = judged ? warnings.filter((w) => !s.message.includes(w) && /whether it arrives/.test(w)) : [];
+  return {
+    ...s,
+    state: judged && s.state === 'active' ? 'degraded' : s.state,
+    message: notes.length ? `${s.message}; ${notes.join('; ')}` : s.message,
+    backends,
+    warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))],
+  };
 }
 
 /**

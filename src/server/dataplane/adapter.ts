@@ -1960,6 +1960,7 @@ export class KernelDataplane implements Dataplane {
         ours: s.ours,
         ...(s.identity === 'unknown' ? { unidentified: this.dp.unidentifiedReason } : {}),
         ...(s.identity === 'foreign' ? otherDaemon(this.dp.otherDaemon(s.progId)) : {}),
+        ...(s.identity === 'foreign' ? programName(this.dp.programName(s.progId)) : {}),
         warnings: w ?? [],
       };
     } catch (e) {
@@ -2428,6 +2429,11 @@ export class KernelDataplane implements Dataplane {
     const links = tables.linkCountersMany(m, linkFroms);
     return { rules, backends, links, global: tables.globalCounters(m) };
   }
+}
+
+/** The name field of an XdpStatus, when it was read. */
+function programName(name: string | undefined): { name?: string } {
+  return name ? { name } : {};
 }
 
 /** The otherDaemon field of an XdpStatus, when there is something to say. */

@@ -1,0 +1,84 @@
+/**
+ * An XDP program not ours on a backend's egress itself (rule-status.ts foreignEgressStatus, conditions.ts
+ * ruleConditions; twentieth review, LOW-9): what the backend sends back passes through it first. A backend in the
+ * table with a non-zero weight names it and makes an ACTIVE rule DEGRADED, BackendsReceiving Unknown
+ * (EgressForeignProgram); one not known to receive has it named as a possible cause, as before; a weight-0 one
+ * does not degrade the rule. The program said with its id, name and mode (conditions.ts otherProgram).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { otherProgram, ruleConditions } from '../../src/server/core/conditions.js';
+import type { RuleStatus } from '../../src/server/core/model.js';
+import { foreignEgressStatus } from '../../src/server/core/rule-status.js';
+
+const program = otherProgram(42, undefined, 'generic', undefined, 'base_sink');
+const foreign = new Map([['v1', program]]);
+const backend = (ip: string, iface: string, receiving = true) => ({
+  ip,
+  interface: iface,
+  mac: receiving ? '02:00:00:00:00:02' : '',
+  resolved: receiving,
+  receiving,
+  message: receiving ? '' : `no neighbour entry for ${ip} on ${iface}`,
+});
+const active = (backends: RuleStatus['backends']): RuleStatus => ({
+  state: 'active',
+  message: 'forwarding to 2 backend(s)',
+  backends,
+  warnings: [],
+});
+
+describe('foreignEgressStatus', () => {
+  it('names the program with its id, name and mode', () => {
+    assert.equal(program, 'another XDP program (id 42, name base_sink, generic mode)');
+    assert.equal(otherProgram(42, undefined, 'native'), 'another XDP program (id 42, native mode)');
+  });
+
+  it('a receiving backend behind it: DEGRADED, named, kept in the table, BackendsReceiving Unknown', () => {
+    const rule = { backends: [{ interface: 'v1' }, { interface: 'v2' }] };
+    const s = foreignEgressStatus(active([backend('10.0.0.2', 'v1'), backend('10.0.0.3', 'v2')]), rule, foreign);
+    const note =
+      `${program} is attached to v1: what backend 10.0.0.2 sends back, its answers and ARP replies included, ` +
+      'passes through that program before this host, which may drop it or redirect it elsewhere: whether it ' +
+      'arrives cannot be verified';
+    assert.equal(s.state, 'degraded');
+    assert.equal(s.message, `forwarding to 2 backend(s); ${note}`);
+    assert.deepEqual(s.warnings, [note]);
+    assert.equal(s.backends[0].receiving, true);
+    assert.equal(s.backends[0].egressProgram, note);
+    assert.equal(s.backends[0].message, note);
+    assert.equal(s.backends[1].egressProgram, undefined);
+    const c = ruleConditions(s, [1, 1], []).find((x) => x.type === 'BackendsReceiving')!;
+    assert.deepEqual(
+      { status: c.status, reason: c.reason, message: c.message },
+      { status: 'Unknown', reason: 'EgressForeignProgram', message: `10.0.0.2@v1: ${note}` },
+    );
+    // Judged again with the same facts: the same words, said once.
+    assert.deepEqual(foreignEgressStatus(s, rule, foreign), s);
+  });
+
+  it('one not known to receive: named as a possible cause, the verdict unchanged', () => {
+    const rule = { backends: [{ interface: 'v1' }, { interface: 'v2' }] };
+    const s = foreignEgressStatus(
+      { ...active([backend('10.0.0.2', 'v1', false), backend('10.0.0.3', 'v2')]), state: 'degraded' },
+      rule,
+      foreign,
+    );
+    assert.equal(s.backends[0].egressProgram, undefined);
+    assert.match(
+      s.backends[0].message,
+      /^no neighbour entry for 10\.0\.0\.2 on v1; another XDP program .* what arrives on it/,
+    );
+    assert.equal(s.message, 'forwarding to 2 backend(s)');
+    const c = ruleConditions(s, [1, 1], []).find((x) => x.type === 'BackendsReceiving')!;
+    assert.equal(c.reason, 'BackendsNotReceiving');
+  });
+
+  it('a weight-0 backend behind it does not degrade the rule', () => {
+    const rule = { backends: [{ interface: 'v1', weight: 0 }, { interface: 'v2' }] };
+    const s = foreignEgressStatus(active([backend('10.0.0.2', 'v1'), backend('10.0.0.3', 'v2')]), rule, foreign);
+    assert.equal(s.state, 'active');
+    assert.equal(s.backends[0].egressProgram, undefined);
+  });
+});
