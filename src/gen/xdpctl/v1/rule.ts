@@ -134,7 +134,11 @@ export enum RuleState {
    * program on its ingress (none is ours), reason PeerTcFilter, or an
    * nftables chain hooked on its ingress that may drop a frame (family
    * netdev or inet, hook ingress; policy not accept, or a rule), reason
-   * PeerNftChain; each stays in the table), or
+   * PeerNftChain; each stays in the table), a backend whose egress itself
+   * has an XDP program not ours attached (another tool's, or another
+   * xdpctld's link cross-connecting it), which takes everything the backend
+   * sends back first (its answers and ARP replies), BackendsReceiving reason
+   * EgressForeignProgram (it stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
@@ -460,8 +464,15 @@ export interface BackendStatus {
    * counted, not evaluated; one with policy accept and no rule is not
    * said) (it stays active; its rule DEGRADED, BackendsReceiving Unknown
    * with reason PeerXdpProgram, PeerTcFilter when tc is there and no XDP,
-   * PeerNftChain when only nftables is, until they are gone); otherwise
-   * empty.
+   * PeerNftChain when only nftables is, until they are gone); for an
+   * active one whose egress itself has an XDP program not ours attached,
+   * "another XDP program (id I, name N, M mode) is attached to E: what
+   * backend B sends back, its answers and ARP replies included, passes
+   * through that program before this host, which may drop it or redirect
+   * it elsewhere: whether it arrives cannot be verified" (another xdpctld's
+   * named so after the mode) (it stays active; its rule DEGRADED,
+   * BackendsReceiving Unknown with reason EgressForeignProgram, until the
+   * program is gone); otherwise empty.
    */
   message: string;
 }
