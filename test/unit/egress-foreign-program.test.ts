@@ -8,12 +8,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { otherProgram, ruleConditions } from '../../src/server/core/conditions.js';
+import { egressReason, otherProgram, ruleConditions } from '../../src/server/core/conditions.js';
 import type { RuleStatus } from '../../src/server/core/model.js';
-import { foreignEgressStatus } from '../../src/server/core/rule-status.js';
+import { egressHooksPhrase, foreignEgressStatus } from '../../src/server/core/rule-status.js';
 
 const program = otherProgram(42, undefined, 'generic', undefined, 'base_sink');
-const foreign = new Map([['v1', program]]);
+const foreign = new Map([['v1', egressHooksPhrase('v1', program, undefined)!]]);
 const backend = (ip: string, iface: string, receiving = true) => ({
   ip,
   interface: iface,
@@ -80,5 +80,34 @@ describe('foreignEgressStatus', () => {
     const s = foreignEgressStatus(active([backend('10.0.0.2', 'v1'), backend('10.0.0.3', 'v2')]), rule, foreign);
     assert.equal(s.state, 'active');
     assert.equal(s.backends[0].egressProgram, undefined);
+  });
+
+  it('tc filters and nftables chains on the egress ingress: said as the egress has them, their own reasons', () => {
+    const u32 = { kind: 'u32', pref: 49152, protocol: 0x0800, programs: [] };
+    const drop = { family: 'netdev', table: 't', chain: 'c', priority: 0, policy: 'drop', rules: 0 };
+    assert.equal(egressHooksPhrase('v1', undefined, undefined), undefined);
+    const tc = egressHooksPhrase('v1', undefined, { tc: { filters: [u32], tcx: [] } })!;
+    assert.equal(tc, 'v1 has a tc ingress filter (u32, pref 49152, protocol ip)');
+    const nft = egressHooksPhrase('v1', undefined, { nft: [drop] })!;
+    assert.equal(nft, 'v1 has an nftables ingress chain netdev t c (priority 0, policy drop, no rules)');
+    const both = egressHooksPhrase('v1', program, { tc: { filters: [u32], tcx: [] }, nft: [drop] })!;
+    assert.equal(
+      both,
+      `${program} is attached to v1, and v1 has a tc ingress filter (u32, pref 49152, protocol ip) and has an ` +
+        'nftables ingress chain netdev t c (priority 0, policy drop, no rules)',
+    );
+    const rule = { backends: [{ interface: 'v1' }] };
+    const s = foreignEgressStatus(active([backend('10.0.0.2', 'v1')]), rule, new Map([['v1', tc]]));
+    assert.equal(
+      s.backends[0].egressProgram,
+      `${tc}: what backend 10.0.0.2 sends back, its answers and ARP replies included, passes through them before ` +
+        'this host, which may drop it or redirect it elsewhere: whether it arrives cannot be verified',
+    );
+    assert.equal(s.state, 'degraded');
+    assert.equal(egressReason([s.backends[0].egressProgram!]), 'EgressTcFilter');
+    const n = foreignEgressStatus(active([backend('10.0.0.2', 'v1')]), rule, new Map([['v1', nft]]));
+    assert.equal(egressReason([n.backends[0].egressProgram!]), 'EgressNftChain');
+    const b = foreignEgressStatus(active([backend('10.0.0.2', 'v1')]), rule, new Map([['v1', both]]));
+    assert.equal(egressReason([b.backends[0].egressProgram!]), 'EgressForeignProgram');
   });
 });

@@ -138,6 +138,17 @@ export function peerReason(notes: readonly string[]): string {
   return 'PeerNftChain';
 }
 
+/**
+ * The reason of a BackendsReceiving made Unknown by what runs on a backend egress's own receive path (rule-status.ts
+ * foreignEgressStatus notes): EgressForeignProgram when an XDP program not ours is attached, EgressTcFilter when tc
+ * (filters, tcx programs) is, else EgressNftChain.
+ */
+export function egressReason(notes: readonly string[]): string {
+  if (notes.some((n) => /^(another|an) XDP program /.test(n))) return 'EgressForeignProgram';
+  if (notes.some((n) => / has (a )?tcx? ingress (filters?|programs?) /.test(n))) return 'EgressTcFilter';
+  return 'EgressNftChain';
+}
+
 /** A rule's conditions from its status and the problems of its ingress interfaces. */
 export function ruleConditions(
   s: {
@@ -222,7 +233,7 @@ export function ruleConditions(
                   // tool's, another xdpctld's cross-connect): whether its answers arrive is not known.
                   type: 'BackendsReceiving',
                   status: 'Unknown',
-                  reason: 'EgressForeignProgram',
+                  reason: egressReason(egressProgram.map((b) => b.egressProgram!)),
                   message: egressProgram.map((b) => `${b.ip}@${b.interface}: ${b.egressProgram}`).join('; '),
                 }
               : cond(

@@ -591,6 +591,12 @@ export interface Dataplane {
    * program), or the peer cannot be read. Optional (fakes).
    */
   vethPeerXdp?(ifname: string): PeerXdp | undefined;
+  /**
+   * The tc filters and tcx programs on the ingress of `ifname` itself and the nftables chains hooked there that may
+   * drop a frame (none of them ours), in the daemon's namespace: for a backend's egress, what the backend sends back
+   * passes through them before this host. Undefined when there are none or it cannot be read. Optional (fakes).
+   */
+  ingressHooks?(ifname: string): Omit<PeerXdp, 'where' | 'programs'> | undefined;
   /** The name an ifindex has now, or undefined when no device has it. Optional (fakes). */
   nameOf?(ifindex: number): string | undefined;
   /**

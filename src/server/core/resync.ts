@@ -121,6 +121,7 @@ import {
   keptMacWhy,
   peerWhere,
   peerXdpNote,
+  egressHooksPhrase,
 } from './rule-status.js';
 
 /** What one pass found. */
@@ -1300,8 +1301,9 @@ function observeTapDrops(
 }
 
 /**
- * Backend egresses (of `names`, each once) with an XDP program not ours attached: name -> that program
- * (conditions.ts otherProgram). Read from the dataplane's cached view of the host's XDP programs.
+ * Backend egresses (of `names`, each once) with an XDP program not ours attached, or tc filters, tcx programs or
+ * nftables chains that may drop a frame on their ingress (Dataplane.ingressHooks): name -> what, said
+ * (rule-status.ts egressHooksPhrase; the program as conditions.ts otherProgram says it).
  */
 function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<string, string> {
   const out = new Map<string, string>();
@@ -1310,8 +1312,12 @@ function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<st
     if (seen.has(name)) continue;
     seen.add(name);
     const x = dp.xdpStatus(name);
-    if (x && x.mode !== 'none' && !x.ours)
-      out.set(name, otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon, x.name));
+    const program =
+      x && x.mode !== 'none' && !x.ours
+        ? otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon, x.name)
+        : undefined;
+    const phrase = egressHooksPhrase(name, program, dp.ingressHooks?.(name));
+    if (phrase) out.set(name, phrase);
   }
   return out;
 }

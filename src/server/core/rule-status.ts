@@ -711,15 +711,17 @@ export function tapDropStatus(
 }
 
 /**
- * The status with each backend naming the XDP program not ours attached to its egress (`foreignEgress`: egress
- * name -> that program, another tool's or another xdpctld's, e.g. a link of its cross-connecting the egress):
+ * The status with each backend naming the XDP program not ours attached to its egress, or the tc filters, tcx
+ * programs or nftables chains on its ingress (`foreignEgress`: egress name -> {@link egressHooksPhrase}; the
+ * program another tool's or another xdpctld's, e.g. a link of its cross-connecting the egress):
  * that program runs on every frame arriving on the egress (XDP sees a device's receive side only), the backend's
  * answers and ARP replies included, before this host sees them; it may drop them or redirect them elsewhere (a
  * cross-connect sends every one of them out of another device). What is redirected to the backend is sent out of
  * the egress past it, so the backend stays in its table; but what it sends back cannot be verified to arrive.
  * One not known to receive (no MAC known, not confirmed) has the program named as a possible cause; one in the
  * table with a non-zero weight has it named too, and makes an ACTIVE rule DEGRADED (proto RuleState), its
- * BackendsReceiving Unknown (EgressForeignProgram); ACTIVE again once the program is gone.
+ * BackendsReceiving Unknown (EgressForeignProgram; EgressTcFilter, EgressNftChain when only those are there);
+ * ACTIVE again once they are gone. tc and nftables run on the receive path after XDP, on what it passed.
  */
 export function foreignEgressStatus(
   s: RuleStatus,
@@ -731,17 +733,19 @@ export function foreignEgressStatus(
   let judged = false;
   const backends = s.backends.map((b, i) => {
     const egress = rule.backends[i]?.interface;
-    const program = egress === undefined ? undefined : foreignEgress.get(egress);
-    if (!program) return b;
+    const phrase = egress === undefined ? undefined : foreignEgress.get(egress);
+    if (!phrase) return b;
+    // Its XDP program alone: "that program"; tc or nftables there too: "them".
+    const xdpOnly = !phrase.includes(`${egress} has `);
+    const through = xdpOnly ? 'that program' : 'them';
     const counts = b.receiving && !b.unverified && (rule.backends[i].weight ?? 1) > 0;
     // One not counted that already names the program (its neighbour message) keeps its message.
-    if (!counts && b.message.includes(program)) return b;
+    if (!counts && b.message.includes(phrase)) return b;
     const note = counts
-      ? `${program} is attached to ${egress}: what backend ${b.ip} sends back, its answers and ARP replies ` +
-        'included, passes through that program before this host, which may drop it or redirect it elsewhere: ' +
-        'whether it arrives cannot be verified'
-      : `${program} is attached to ${egress}: what arrives on it, backend ${b.ip}'s ARP replies and answers ` +
-        'included, passes through that program before this host';
+      ? `${phrase}: what backend ${b.ip} sends back, its answers and ARP replies included, passes through ` +
+        `${through} before this host, which may drop it or redirect it elsewhere: whether it arrives cannot be verified`
+      : `${phrase}: what arrives on it, backend ${b.ip}'s ARP replies and answers included, passes through ` +
+        `${through} before this host`;
     if (!warnings.includes(note)) warnings.push(note);
     if (counts) judged = true;
     const withNote = b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
@@ -772,6 +776,18 @@ export function peerXdpNote(p: PeerXdp): string {
     const progs = p.programs.map((x) => `id ${x.id} (${x.name || 'name unknown'}, ${x.mode} mode)`);
     parts.push(`runs XDP ${progs.length > 1 ? 'programs' : 'program'} ${progs.join(', ')}`);
   }
+  parts.push(...ingressHookParts(p));
+  const said = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0];
+  return `veth peer ${p.where} ${said}: delivery past it cannot be verified`;
+}
+
+/**
+ * What a device's ingress has besides XDP, said: "has a tc ingress filter (bpf program id 43 (name,
+ * direct-action))", "has a tcx ingress program id 44 (name)", "has an nftables ingress chain netdev t c (priority 0,
+ * policy drop, no rules)"; one part each, in that order (none when there is nothing).
+ */
+export function ingressHookParts(p: Omit<PeerXdp, 'where' | 'programs'>): string[] {
+  const parts: string[] = [];
   const filters = (p.tc?.filters ?? []).map((f) =>
     f.kind === 'bpf' && f.programs.length
       ? f.programs
@@ -797,8 +813,25 @@ export function peerXdpNote(p: PeerXdp): string {
   });
   if (nft.length)
     parts.push(`has ${nft.length > 1 ? 'nftables ingress chains' : 'an nftables ingress chain'} ${nft.join(', ')}`);
-  const said = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0];
-  return `veth peer ${p.where} ${said}: delivery past it cannot be verified`;
+  return parts;
+}
+
+/**
+ * What runs on a backend egress's own receive path that is not ours, said as the subject of a note
+ * ({@link foreignEgressStatus}): "another XDP program (id 42, name n, generic mode) is attached to E", "E has a tc
+ * ingress filter (...)", both joined by "; and". `program`: the XDP program (conditions.ts otherProgram), if any.
+ */
+export function egressHooksPhrase(
+  egress: string,
+  program: string | undefined,
+  hooks: Omit<PeerXdp, 'where' | 'programs'> | undefined,
+): string | undefined {
+  const parts = hooks ? ingressHookParts(hooks) : [];
+  const has = parts.length
+    ? `${egress} ${parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0]}`
+    : undefined;
+  const xdp = program && `${program} is attached to ${egress}`;
+  return xdp && has ? `${xdp}, and ${has}` : (xdp ?? has);
 }
 
 /** An ethertype as tc names it. */

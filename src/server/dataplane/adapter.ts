@@ -68,6 +68,7 @@ import {
   linkIdentity,
   vethPeerLink,
   vethPeerXdp,
+  ingressHooks,
   probeNeighbour,
   neighbourTableStats,
   ENOBUFS,
@@ -1814,6 +1815,32 @@ export class KernelDataplane implements Dataplane {
     return programs.length || tc || nft
       ? { where: p.where, programs, ...(tc ? { tc } : {}), ...(nft ? { nft } : {}) }
       : undefined;
+  }
+
+  ingressHooks(ifname: string): Omit<PeerXdp, 'where' | 'programs'> | undefined {
+    let h: ReturnType<typeof ingressHooks>;
+    try {
+      h = ingressHooks(ifname);
+    } catch {
+      return undefined; // no such interface: reported as missing elsewhere
+    }
+    if (!h) return undefined;
+    const named = <T extends { id: number }>(x: T): T & { name?: string } => {
+      const name = this.dp.programName(x.id);
+      return { ...x, ...(name !== undefined ? { name } : {}) };
+    };
+    // Nothing of ours is ever on tc or in nftables.
+    const tc = h.tc && {
+      filters: h.tc.filters.map((f) => ({
+        kind: f.kind,
+        pref: f.pref,
+        protocol: f.protocol,
+        programs: f.programs.map((x) => named({ id: x.id, directAction: x.directAction })),
+      })),
+      tcx: h.tc.tcx.map((id) => named({ id })),
+    };
+    const nft = h.nft?.map((c) => ({ ...c }));
+    return { ...(tc ? { tc } : {}), ...(nft ? { nft } : {}) };
   }
 
   nameOf(ifindex: number): string | undefined {

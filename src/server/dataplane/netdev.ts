@@ -2011,6 +2011,33 @@ export function vethPeerXdp(
 }
 
 /**
+ * What runs on the ingress of the device `name` itself, in the daemon's namespace, besides XDP: its tc filters and
+ * tcx programs (tc-filters.ts) and the nftables chains hooked there that may drop a frame (nft-chains.ts). For a
+ * backend's egress these see what the backend sends back (its answers, ARP replies) before this host's stack;
+ * what is redirected out of it never passes them. Undefined when there is none, or when the device is gone; a
+ * read that is refused leaves the other said.
+ */
+export function ingressHooks(name: string): { tc?: TcIngress; nft?: NftChain[] } | undefined {
+  const ifindex = ifindexOf(name);
+  let tc: TcIngress | undefined;
+  let nft: NftChain[] | undefined;
+  try {
+    tc = tcIngress(ifindex);
+  } catch {
+    // Gone meanwhile.
+  }
+  try {
+    nft = nftIngressChains(name).filter(nftChainMayDrop);
+  } catch {
+    // Refused or gone meanwhile.
+  }
+  const tcSome = !!tc && (tc.filters.length > 0 || tc.tcx.length > 0);
+  const nftSome = !!nft?.length;
+  if (!tcSome && !nftSome) return undefined;
+  return { ...(tcSome ? { tc } : {}), ...(nftSome ? { nft } : {}) };
+}
+
+/**
  * Check, and if `fix` is set satisfy, the veth precondition for native XDP
  * redirects into `name`: its peer must have an XDP program or GRO enabled
  * (either gives it NAPI), and be up. A peer in another namespace is read and changed from inside it: a named

@@ -138,7 +138,9 @@ export enum RuleState {
    * has an XDP program not ours attached (another tool's, or another
    * xdpctld's link cross-connecting it), which takes everything the backend
    * sends back first (its answers and ARP replies), BackendsReceiving reason
-   * EgressForeignProgram (it stays in the table), or
+   * EgressForeignProgram, or a tc filter or tcx program on that egress's
+   * ingress, reason EgressTcFilter, or an nftables ingress chain there that
+   * may drop a frame, reason EgressNftChain (it stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
@@ -470,9 +472,13 @@ export interface BackendStatus {
    * backend B sends back, its answers and ARP replies included, passes
    * through that program before this host, which may drop it or redirect
    * it elsewhere: whether it arrives cannot be verified" (another xdpctld's
-   * named so after the mode) (it stays active; its rule DEGRADED,
-   * BackendsReceiving Unknown with reason EgressForeignProgram, until the
-   * program is gone); otherwise empty.
+   * named so after the mode), or for tc or nftables on that egress's
+   * ingress "E has a tc ingress filter (...): what backend B sends back ...
+   * passes through them ..." (said as for a veth peer) (it stays active;
+   * its rule DEGRADED, BackendsReceiving Unknown with reason
+   * EgressForeignProgram, EgressTcFilter when tc is there and no XDP
+   * program, EgressNftChain when only nftables is, until they are gone);
+   * otherwise empty.
    */
   message: string;
 }
