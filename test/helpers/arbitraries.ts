@@ -311,10 +311,10 @@ export function validLink(env: Env): fc.Arbitrary<Link> {
     .filter((l) => l.a !== l.b);
 }
 
-// A link of an interface to itself is valid (a reflector), so it is no way to break one.
+// A link of an interface to itself is refused; the valid links above never have one (filter).
 const LINK_GROUPS = ['a', 'b', 'direction'] as const;
 
-/** Break a link (at path p). `_applying`: ApplyLinks (kept for callers; a self link is valid in both). */
+/** Break a link (at path p). `_applying`: ApplyLinks (kept for callers). */
 export function breakLink(env: Env, p: string, _applying: boolean): fc.Arbitrary<(l: Link) => Broken> {
   return fc
     .oneof(

@@ -926,8 +926,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
         else if (breaker === 'mac-short' && r) (r.backends as { mac: string }[])[0].mac = '02:00:00:00:07';
         else if (breaker === 'conflict' && r) rules.push({ ...r, name: 'cfg-twin' });
         else if (breaker === 'link-same' && l) {
-          l.b = l.a; // a link of an interface to itself is valid (a reflector): the file must apply
-          broken = false;
+          l.b = l.a; // a link of an interface to itself is refused (links[i].b: must differ from links[i].a)
         } else if (breaker === 'link-unknown' && l) l.b = env.missing[1];
         else broken = false;
         // A backend on an interface a link of the same file forwards from is cut off: refused (backend-behind-link).

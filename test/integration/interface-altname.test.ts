@@ -11,12 +11,16 @@
  *    of a stream across the delete arrives, nothing detached or re-attached;
  *  - the device renamed (its altname stays): both rules' interface is missing, our program leaves the renamed
  *    device once, no re-attach, no flap; renamed back, everything as before;
- *  - a link given altnames: stored under the device names, Disconnect by the altnames removes it.
+ *  - a link given altnames: stored under the device names, Disconnect by the altnames removes it;
+ *  - a link of a device to itself (one name twice, or a name and its altname) is refused naming link.b.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
+import { Status } from 'nice-grpc';
+
 import { ChangeAction } from '../../src/gen/xdpctl/v1/common.js';
+import { LinkDirection } from '../../src/gen/xdpctl/v1/link.js';
 import { RuleState } from '../../src/gen/xdpctl/v1/rule.js';
 import { type Clients } from '../helpers/daemon.js';
 import { kernelOnly, sh, shQuiet, sleep, until } from '../helpers/env.js';
@@ -146,5 +150,35 @@ describe('an alternative name of an interface is the same interface', kernelOnly
     await c.links.disconnect({ a: alt(h1), b: alt(h2) });
     assert.deepEqual((await c.links.listLinks({})).links, []);
     await until('our program off h1 and h2', () => !xdpOn(h1.hostIf) && !xdpOn(h2.hostIf), 4000);
+  });
+
+  // A review found `links connect X X`, and `--one-way X Y` with Y an altname of X, accepted ("connected"):
+  // every frame X took in went back out of it (pings to the host on X 100 % lost), listed as both directions.
+  it('a link of a device to itself is refused naming link.b, by its name or an altname; nothing applied', async () => {
+    const refused = async (call: Promise<unknown>, re: RegExp) =>
+      assert.rejects(call, (e: { code: number; details: string }) => {
+        assert.equal(e.code, Status.INVALID_ARGUMENT, e.details);
+        assert.match(e.details, re);
+        return true;
+      });
+    const mustDiffer = (f: string) => new RegExp(`^${esc(f)}\\.b: must differ from ${esc(f)}\\.a`);
+    await refused(c.links.connect({ link: { a: h1.hostIf, b: h1.hostIf } }), mustDiffer('link'));
+    await refused(
+      c.links.connect({ link: { a: h1.hostIf, b: alt(h1), direction: LinkDirection.LINK_DIRECTION_A_TO_B } }),
+      new RegExp(`^link\\.b: must differ from link\\.a: ${esc(h1.hostIf)} and ${esc(alt(h1))} name one device`),
+    );
+    await refused(
+      c.links.applyLinks({ links: [{ a: alt(h2), b: h2.hostIf, direction: 0 }], validateOnly: false }),
+      new RegExp(
+        `^links\\[0\\]\\.b: must differ from links\\[0\\]\\.a: ${esc(alt(h2))} and ${esc(h2.hostIf)} name one device`,
+      ),
+    );
+    await refused(
+      c.links.applyLinks({ links: [{ a: h2.hostIf, b: h2.hostIf, direction: 0 }], validateOnly: true }),
+      mustDiffer('links[0]'),
+    );
+    assert.deepEqual((await c.links.listLinks({})).links, [], 'nothing applied');
+    assert.ok(!xdpOn(h1.hostIf) && !xdpOn(h2.hostIf), 'no program attached');
+    assert.equal(lab.topo.ping('h1', h2.ip!), false, 'h1 and h2 are not linked');
   });
 });

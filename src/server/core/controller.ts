@@ -1652,6 +1652,11 @@ export class Controller {
     const renamed: string[] = [];
     const a = this.deviceNameOf(spec.a, field ? `${field}.a` : '', renamed);
     const b = this.deviceNameOf(spec.b, field ? `${field}.b` : '', renamed);
+    // Two names of one device (one an alternative name of the other): a link of the device to itself.
+    if (field && a === b && spec.a !== spec.b) {
+      const description = `must differ from ${field}.a: ${spec.a} and ${spec.b} name one device (${a})`;
+      throw CoreError.invalid([{ field: `${field}.b`, description }]);
+    }
     if (!renamed.length) return { spec, renamed };
     if (field) this.log.info({ link: `${a}-${b}`, renamed }, `link ${a}-${b}: ${renamed.join('; ')}`);
     return { spec: { ...spec, a, b }, renamed };
@@ -1735,7 +1740,7 @@ export class Controller {
       const key = linkKey(l);
       if (next.has(key)) violations.push({ field: `links[${i}]`, description: `${l.a}-${l.b} is listed twice` });
       next.set(key, l);
-      // A link of an interface to itself (a reflector) has one ingress.
+      // One ingress per link of an interface to itself (refused by validateLink; kept for a stored one).
       for (const from of new Set(l.direction === 'both' ? [l.a, l.b] : [l.a])) {
         if (usedIngress.has(from)) {
           violations.push({

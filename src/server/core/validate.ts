@@ -144,6 +144,15 @@ export function validateRule(r: RuleSpec, prefix: string, out: FieldViolation[] 
 export function validateLink(l: LinkSpec, prefix: string, out: FieldViolation[] = []): FieldViolation[] {
   validateInterfaceName(l.a, `${prefix}.a`, out);
   validateInterfaceName(l.b, `${prefix}.b`, out);
+  // A link from an interface to itself would reflect every frame it takes in back out of it (the host on it
+  // reaches nothing more): never a cross-connect. Names of one device (an alternative name) are caught where
+  // names are resolved (controller.ts linkByDeviceName).
+  if (l.a === l.b && l.a !== '') {
+    out.push({
+      field: `${prefix}.b`,
+      description: `must differ from ${prefix}.a (${l.a}): a link joins two interfaces`,
+    });
+  }
   if (l.direction !== 'both' && l.direction !== 'a-to-b') {
     out.push({ field: `${prefix}.direction`, description: 'must be BOTH or A_TO_B' });
   }

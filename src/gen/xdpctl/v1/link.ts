@@ -66,9 +66,9 @@ export interface Link {
   /** First interface, e.g. "eth0". Required. */
   a: string;
   /**
-   * Second interface, e.g. "tap0". Required. It may be a itself: a link of an
-   * interface to itself reflects every frame it receives back out of it
-   * (xdp-xconnect's reflector).
+   * Second interface, e.g. "tap0". Required. It must be another device than
+   * a: a link of an interface to itself, by the same name or an alternative
+   * name of it, is INVALID_ARGUMENT ("link.b: must differ from link.a").
    */
   b: string;
   /**
