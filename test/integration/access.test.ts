@@ -146,6 +146,20 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
       auditRecords(d!).find((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks'),
     );
     assert.deepEqual([noop.code, noop.applied, noop.outcome], ['OK', false, 'unchanged']);
+    assert.deepEqual([noop.resources, noop.requested], [{ links: [] }, { links: [`${a}-${b}`] }], 'nothing changed');
+    // An empty set deletes the link: the record names the link deleted, not what the request listed (a review
+    // found `"resources":{"links":[]},"applied":true` for it, the deleted link nowhere).
+    await as.admin.links.applyLinks({ links: [] });
+    const del = await waitFor(
+      'the audit record of the ApplyLinks that deleted',
+      () => auditRecords(d!).filter((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks')[1],
+    );
+    assert.deepEqual(
+      [del.applied, del.resources, del.changes, del.requested],
+      [true, { links: [`${a}-${b}`] }, { links: { delete: [`${a}-${b}`] } }, { links: [] }],
+    );
+    assert.deepEqual((await as.admin.links.listLinks({})).links, []);
+    await as.admin.links.connect({ link: { a, b } }); // as the tests after this one found it
   });
 
   it('lets a read-only identity list and watch, and denies it a change: PERMISSION_DENIED, audited', async () => {

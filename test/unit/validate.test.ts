@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { RuleSpec } from '../../src/server/core/model.js';
-import { validateRule } from '../../src/server/core/validate.js';
+import { AUDIT_OUTCOME, reportChanges, type OutcomeBox } from '../../src/server/services/audit-outcome.js';
+import { validateLink, validateRule } from '../../src/server/core/validate.js';
 
 function rule(over: Partial<RuleSpec> = {}): RuleSpec {
   return {
@@ -103,5 +104,36 @@ describe('validation of values that are well formed but cannot work', () => {
     assert.equal(fields(rule({ labels: many })).filter((f) => f.startsWith('rule.labels[')).length, 8);
     // Quotes in a key stay unambiguous (JSON string escaping).
     assert.deepEqual(fields(rule({ labels: { 'a"b': 'v'.repeat(257) } })), ['rule.labels["a\\"b"]']);
+  });
+});
+
+describe('a link of an interface to itself (twenty-second review, MED-1)', () => {
+  it('is refused naming link.b (links[i].b in a set); two interfaces are accepted', () => {
+    assert.deepEqual(validateLink({ a: 'eth0', b: 'eth0', direction: 'both' }, 'link'), [
+      { field: 'link.b', description: 'must differ from link.a (eth0): a link joins two interfaces' },
+    ]);
+    assert.deepEqual(
+      validateLink({ a: 'eth0', b: 'eth0', direction: 'a-to-b' }, 'links[3]').map((v) => v.field),
+      ['links[3].b'],
+    );
+    assert.deepEqual(validateLink({ a: 'eth0', b: 'tap0', direction: 'both' }, 'link'), []);
+  });
+});
+
+describe('what an ApplyRules or ApplyLinks changed, for its audit record (twenty-second review, MED-2)', () => {
+  it('groups the changed names by action; unchanged ones are left out, repaired ones named as such', () => {
+    const box: OutcomeBox = {};
+    reportChanges({ [AUDIT_OUTCOME]: box }, 'rules', [
+      { name: 'web', action: 'unchanged' },
+      { name: 'web2', action: 'create' },
+      { name: 'web3', action: 'unchanged', repaired: true },
+      { name: 'w7', action: 'delete' },
+      { name: 'w8', action: 'update' },
+    ]);
+    assert.deepEqual(box.changed, {
+      kind: 'rules',
+      changes: { create: ['web2'], repaired: ['web3'], delete: ['w7'], update: ['w8'] },
+    });
+    reportChanges({}, 'links', [{ name: 'a-b', action: 'delete' }]); // no box (a unit test's handler): nothing
   });
 });

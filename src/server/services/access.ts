@@ -274,7 +274,17 @@ export function listenerCredentials(kind: ListenerKind, base: ServerCredentials)
 const MAX_NAMES = 32;
 const MAX_NAME_LENGTH = 128;
 
-/** Names of the resources a mutation request touches, bounded for the log. */
+/** Names bounded for the log: the first 32, each cut to 128 characters, then how many more. */
+export function cutNames(xs: readonly (string | undefined)[]): string[] {
+  const out = xs.slice(0, MAX_NAMES).map((x) => String(x ?? '').slice(0, MAX_NAME_LENGTH));
+  if (xs.length > MAX_NAMES) out.push(`... ${xs.length - MAX_NAMES} more`);
+  return out;
+}
+
+/**
+ * Names of the resources a mutation request lists, bounded for the log. ApplyRules and ApplyLinks replace them
+ * in their record by what the change did (audit-outcome.ts reportChanges) and keep these as `requested`.
+ */
 export function resourcesOf(path: string, req: unknown): { rules?: string[]; links?: string[] } | undefined {
   if (typeof req !== 'object' || req === null) return undefined;
   const r = req as {
@@ -286,11 +296,7 @@ export function resourcesOf(path: string, req: unknown): { rules?: string[]; lin
     a?: string;
     b?: string;
   };
-  const cut = (xs: (string | undefined)[]) => {
-    const out = xs.slice(0, MAX_NAMES).map((x) => String(x ?? '').slice(0, MAX_NAME_LENGTH));
-    if (xs.length > MAX_NAMES) out.push(`... ${xs.length - MAX_NAMES} more`);
-    return out;
-  };
+  const cut = cutNames;
   const link = (l?: { a?: string; b?: string }) => `${l?.a ?? ''}-${l?.b ?? ''}`;
   const method = path.slice(path.lastIndexOf('/') + 1);
   switch (method) {
@@ -369,7 +375,7 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     const identity = unseal(raw) ?? anonymous('plaintext', 'no transport identity on this listener');
     const needed: Role = roleForMethod(method);
     const mutation = needed === 'admin';
-    const resources = mutation && !call.requestStream ? resourcesOf(method, call.request) : undefined;
+    let resources = mutation && !call.requestStream ? resourcesOf(method, call.request) : undefined;
     const record = (code: Status, extra: object = {}, now = false) => {
       const fields = {
         identity,
@@ -441,6 +447,15 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
         const validateOnly = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly === true;
         const applied = !validateOnly && outcome.value !== 'unchanged';
         const done = validateOnly ? {} : outcome.value ? { outcome: outcome.value } : {};
+        // ApplyRules, ApplyLinks: the resources the change created, updated, deleted or repaired (under validate_only:
+        // would), by action; what the request listed is `requested` (a rule left out of it is deleted).
+        if (outcome.changed) {
+          const { kind, changes } = outcome.changed;
+          const groups = Object.entries(changes).map(([action, names]) => [action, cutNames(names)] as const);
+          const changed = Object.values(changes).flat();
+          Object.assign(done, { requested: resources, changes: { [kind]: Object.fromEntries(groups) } });
+          resources = { [kind]: cutNames(changed) };
+        }
         record(
           Status.OK,
           signal.aborted

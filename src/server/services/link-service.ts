@@ -7,7 +7,7 @@ import { validateInterfaceName } from '../core/validate.js';
 import { linkKey } from '../core/model.js';
 import { Link, type LinkServiceDefinition } from '../../gen/xdpctl/v1/link.js';
 import { CHANGE_ACTION, linkFromProto, linkToProto } from './convert.js';
-import { reportOutcome } from './audit-outcome.js';
+import { reportChanges, reportOutcome } from './audit-outcome.js';
 import { MAX_PAGE_BYTES, pageTokenKey, takePage } from './paging.js';
 
 /** A link's place in (a, b) order as one string: interface names hold no NUL, which sorts first. */
@@ -52,6 +52,11 @@ export function linkService(ctl: Controller): ServiceImplementation<typeof LinkS
     },
     async applyLinks(req, context) {
       const changes = await ctl.applyLinks(req.links.map(linkFromProto), req.validateOnly, { signal: context.signal });
+      reportChanges(
+        context,
+        'links',
+        byAB(changes).map((c) => ({ name: `${c.a}-${c.b}`, action: c.action })),
+      );
       if (changes.every((c) => c.action === 'unchanged')) reportOutcome(context, 'unchanged');
       const renamedOf = new Map(changes.flatMap((c) => (c.renamed ? [[linkKey(c), c.renamed] as const] : [])));
       const links = req.validateOnly

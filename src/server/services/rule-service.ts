@@ -8,7 +8,7 @@ import type { RuleSpec } from '../core/model.js';
 import { validateName } from '../core/validate.js';
 import type { Rule, RuleServiceDefinition } from '../../gen/xdpctl/v1/rule.js';
 import { decodeApplyRulesLazily, encodeApplyRulesReply, lazyRules } from './apply-rules-codec.js';
-import { reportOutcome } from './audit-outcome.js';
+import { reportChanges, reportOutcome } from './audit-outcome.js';
 import { CHANGE_ACTION, ruleFromProto, ruleToProto } from './convert.js';
 import { fromTsProto } from './definition.js';
 import { encodeRule, fieldsMessage, ruleFieldsMessage, serializer, withBytes } from './encoded-reply.js';
@@ -134,6 +134,11 @@ export function ruleService(ctl: Controller): ServiceImplementation<typeof RuleS
         if ((i & 255) === 255) await tick();
       }
       const changes = await ctl.applyRules(specs, req.validateOnly, { signal });
+      reportChanges(
+        context,
+        'rules',
+        changes.map((c) => ({ name: c.name, action: c.action, repaired: !!c.repaired?.length })),
+      );
       if (changes.every((c) => c.action === 'unchanged')) {
         reportOutcome(context, changes.some((c) => c.repaired?.length) ? 'repaired' : 'unchanged');
       }
