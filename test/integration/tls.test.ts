@@ -180,6 +180,31 @@ describe('TLS and mTLS', kernelOnly(), () => {
       ),
       /the server certificate is not trusted \(--tls-ca\)/,
     );
+    // Files that hold the wrong thing are named with their flag before any connection (exit 1; twenty-second
+    // review, LOW-1: "the server certificate is not trusted (--tls-ca)", "key values mismatch", "PEM routines::no
+    // start line").
+    const client = ['--tls-cert', f('client.pem'), '--tls-key', f('client.key')];
+    assert.equal(
+      oneLine(cli(['--tls-ca', '/etc/hostname', ...client, 'status']), 1),
+      'xdpctl: --tls-ca /etc/hostname: no PEM certificate in it (-----BEGIN CERTIFICATE-----): it holds no PEM block',
+    );
+    assert.match(
+      oneLine(
+        cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('stranger.key'), 'status']),
+        1,
+      ),
+      new RegExp(
+        `^xdpctl: --tls-key ${f('stranger.key')}: the private key is not the key of the certificate in --tls-cert ${f('client.pem')} \\(CN=`,
+      ),
+    );
+    assert.equal(
+      oneLine(cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.key'), '--tls-key', f('client.key'), 'status']), 1),
+      `xdpctl: --tls-cert ${f('client.key')}: no PEM certificate in it (-----BEGIN CERTIFICATE-----): it holds a private key`,
+    );
+    assert.equal(
+      oneLine(cli(['--tls-ca', f('ca.pem'), '--tls-cert', f('client.pem'), '--tls-key', f('client.pem'), 'status']), 1),
+      `xdpctl: --tls-key ${f('client.pem')}: no PEM private key in it (-----BEGIN PRIVATE KEY-----): it holds a certificate`,
+    );
     await sleep(300); // spawnSync blocked this process: let the daemon's log lines in
     const refused = (reason: RegExp) =>
       d!.output

@@ -18,6 +18,7 @@ import { HealthCheckDefinition } from '../health.js';
 import { createXdpctlClient, type XdpctlClient } from '../index.js';
 import { diagnoseTls } from '../tls-diagnose.js';
 import { answeredByDaemon, CliError, describeClientError, EXIT } from './errors.js';
+import { checkTlsFiles } from './tls-files.js';
 import type { OutputFormat } from './output.js';
 
 export interface GlobalOptions {
@@ -96,11 +97,16 @@ export function readLocal(file: string, what: string): Buffer {
 export function loadTls(o: GlobalOptions): { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined {
   if (!o.tlsCa && !o.tlsCert && !o.tlsKey) return undefined;
   if (!o.tlsCert !== !o.tlsKey) throw new CliError('--tls-cert and --tls-key go together', EXIT.USAGE);
-  return {
-    ca: o.tlsCa ? readLocal(o.tlsCa, '--tls-ca') : undefined,
-    cert: o.tlsCert ? readLocal(o.tlsCert, '--tls-cert') : undefined,
-    key: o.tlsKey ? readLocal(o.tlsKey, '--tls-key') : undefined,
-  };
+  const ca = o.tlsCa ? readLocal(o.tlsCa, '--tls-ca') : undefined;
+  const cert = o.tlsCert ? readLocal(o.tlsCert, '--tls-cert') : undefined;
+  const key = o.tlsKey ? readLocal(o.tlsKey, '--tls-key') : undefined;
+  // Each file holds what its flag wants, and the key is the certificate's: said naming the flag and the file.
+  checkTlsFiles({
+    ...(ca ? { ca: { file: o.tlsCa!, buf: ca } } : {}),
+    ...(cert ? { cert: { file: o.tlsCert!, buf: cert } } : {}),
+    ...(key ? { key: { file: o.tlsKey!, buf: key } } : {}),
+  });
+  return { ca, cert, key };
 }
 
 /**
