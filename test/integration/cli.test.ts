@@ -342,6 +342,23 @@ describe('xdpctl command line', kernelOnly(), () => {
     const out = assertOk(await cli('interfaces', 'list'));
     assert.match(out, /^NAME\s+IFINDEX\s+REQUESTED\s+EFFECTIVE\s+PROGRAM\s+USED BY\s+WARNINGS$/m);
     assert.match(out, new RegExp(`^${vm.hostIf}\\s+\\d+\\s+\\S+\\s+NATIVE\\s+\\d+\\s+rule/web`, 'm'));
+    // An egress only (web's backend): no program is requested there, no mode said (twenty-second review, LOW-3:
+    // it showed the daemon's mode next to EFFECTIVE NONE).
+    assert.match(out, new RegExp(`^${b1.hostIf}\\s+\\d+\\s+-\\s+NONE\\s+-\\s+rule/web/egress`, 'm'));
+    const json = JSON.parse(assertOk(await cli('interfaces', 'get', b1.hostIf, '-o', 'json'))) as {
+      interface: { requestedMode?: string };
+    };
+    assert.equal(json.interface.requestedMode ?? 'XDP_MODE_UNSPECIFIED', 'XDP_MODE_UNSPECIFIED');
+  });
+
+  // Twenty-second review, LOW-2: both said "not managed by xdpctld".
+  it('interfaces get: no such device and a device no rule or link uses are said apart (exit 4)', async () => {
+    assertFails(await cli('interfaces', 'get', 'nosuchif0'), 4, /interface "nosuchif0" does not exist/);
+    assertFails(
+      await cli('interfaces', 'get', 'lo'),
+      4,
+      /interface "lo" exists but is not managed by xdpctld \(no rule or link uses it\)/,
+    );
   });
 
   it('watch | head -1: the closed pipe ends xdpctl with exit 0 and nothing on stderr (EPIPE)', async () => {

@@ -9,7 +9,12 @@ import { jsonControls, visible } from '../../shared/visible.js';
 
 import { ChangeAction, changeActionToJSON } from '../../gen/xdpctl/v1/common.js';
 import { CounterStartKind, GetCountersResponse, type Counters, type Rates } from '../../gen/xdpctl/v1/counters.js';
-import { effectiveXdpModeToJSON, xdpModeToJSON, type ManagedInterface } from '../../gen/xdpctl/v1/interface.js';
+import {
+  effectiveXdpModeToJSON,
+  XdpMode,
+  xdpModeToJSON,
+  type ManagedInterface,
+} from '../../gen/xdpctl/v1/interface.js';
 import { LinkDirection, type Link, type LinkChange } from '../../gen/xdpctl/v1/link.js';
 import {
   ruleStateToJSON,
@@ -216,7 +221,8 @@ export function interfaceRow(i: ManagedInterface, wide = false): Cell[] {
   return [
     i.name,
     i.present ? i.ifindex : '-',
-    strip(xdpModeToJSON(i.requestedMode), 'XDP_MODE_'),
+    // UNSPECIFIED: no program is requested on it (used only as an egress).
+    i.requestedMode === XdpMode.XDP_MODE_UNSPECIFIED ? '-' : strip(xdpModeToJSON(i.requestedMode), 'XDP_MODE_'),
     strip(effectiveXdpModeToJSON(i.effectiveMode), 'EFFECTIVE_XDP_MODE_'),
     orDash(i.programId),
     usedByCell(i, wide),

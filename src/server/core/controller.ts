@@ -109,7 +109,8 @@ export interface ManagedInterface {
   name: string;
   ifindex: number;
   present: boolean;
-  requestedMode: XdpModeName;
+  /** The attach mode asked of this interface; undefined when nothing needs the program on it (an egress only). */
+  requestedMode: XdpModeName | undefined;
   effectiveMode: string;
   progId: number;
   usedBy: string[];
@@ -874,6 +875,16 @@ export class Controller {
    * interface, the far end of a link, either end of a two-way link), as the
    * InterfaceService contract says. Egress uses are listed as "<user>/egress".
    */
+  /**
+   * What the host has under a name the daemon does not manage: a device (`device`), an alternative name of one
+   * (`altname`, with the device's name) or nothing (`none`), for GetInterface to say which.
+   */
+  unmanagedInterface(name: string): { kind: 'device' } | { kind: 'altname'; device: string } | { kind: 'none' } {
+    if (this.dp.lookupInterface(name)) return { kind: 'device' };
+    const dev = this.dp.deviceName?.(name);
+    return dev && dev.name !== name ? { kind: 'altname', device: dev.name } : { kind: 'none' };
+  }
+
   listInterfaces(at = this.now()): ManagedInterface[] {
     const programUsers = this.state.interfaceUsers(); // what needs the program on an interface
     const egress = this.egressUses();
@@ -892,7 +903,8 @@ export class Controller {
         name,
         ifindex: info?.ifindex ?? 0,
         present: !!info,
-        requestedMode: this.opts.mode,
+        // An interface only used as an egress has no program requested on it: no mode (was the daemon's mode).
+        requestedMode: programUsers.has(name) ? this.opts.mode : undefined,
         effectiveMode: x?.mode ?? 'none',
         progId: x?.progId ?? 0,
         usedBy: [...new Set([...(programUsers.get(name) ?? []), ...uses.for])].sort(),

@@ -119,7 +119,7 @@ export function interfaceToProto(i: CoreInterface): ManagedInterface {
   return {
     name: i.name,
     ifindex: i.ifindex,
-    requestedMode: MODE[i.requestedMode],
+    requestedMode: i.requestedMode ? MODE[i.requestedMode] : XdpMode.XDP_MODE_UNSPECIFIED,
     effectiveMode: EFFECTIVE[i.effectiveMode] ?? EffectiveXdpMode.EFFECTIVE_XDP_MODE_UNSPECIFIED,
     programId: i.progId,
     present: i.present,

@@ -44,7 +44,18 @@ export function interfaceService(ctl: Controller): ServiceImplementation<typeof 
       validateInterfaceName(req.name, 'name', v);
       if (v.length) throw CoreError.invalid(v);
       const i = ctl.listInterfaces().find((x) => x.name === req.name);
-      if (!i) throw new CoreError('not-found', `interface "${req.name}" is not managed by xdpctld`);
+      if (!i) {
+        // Both NOT_FOUND, but said apart: a device of the host no rule or link uses, or no device at all.
+        const host = ctl.unmanagedInterface(req.name);
+        throw new CoreError(
+          'not-found',
+          host.kind === 'device'
+            ? `interface "${req.name}" exists but is not managed by xdpctld (no rule or link uses it)`
+            : host.kind === 'altname'
+              ? `interface "${req.name}" is an alternative name of ${host.device}, not managed by xdpctld under that name`
+              : `interface "${req.name}" does not exist (in xdpctld's network namespace)`,
+        );
+      }
       return { interface: toProto(i) };
     },
   };

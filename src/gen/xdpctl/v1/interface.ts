@@ -135,7 +135,12 @@ export interface ManagedInterface {
   name: string;
   /** Kernel interface index; 0 when the interface does not exist. */
   ifindex: number;
-  /** The XDP attach mode the daemon is configured to use. */
+  /**
+   * The XDP attach mode the daemon asks of the interface (its configured
+   * mode) when a rule or link needs the program on it (an ingress);
+   * XDP_MODE_UNSPECIFIED when nothing does (an interface used only as an
+   * egress: no program is requested there).
+   */
   requestedMode: XdpMode;
   /**
    * The XDP attach mode the kernel reports for the interface.
@@ -835,7 +840,9 @@ export const InterfaceServiceDefinition = {
     },
     /**
      * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-     * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+     * names it, its message saying whether the host has such a device ("exists
+     * but is not managed by xdpctld"), an alternative name of one, or none
+     * ("does not exist"), and with INVALID_ARGUMENT on `name` if no interface can have
      * that name (1 to 15 bytes, no '/', ':' or whitespace).
      */
     getInterface: {
@@ -862,7 +869,9 @@ export interface InterfaceServiceImplementation<CallContextExt = {}> {
   ): Promise<DeepPartial<ListInterfacesResponse>>;
   /**
    * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-   * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+   * names it, its message saying whether the host has such a device ("exists
+   * but is not managed by xdpctld"), an alternative name of one, or none
+   * ("does not exist"), and with INVALID_ARGUMENT on `name` if no interface can have
    * that name (1 to 15 bytes, no '/', ':' or whitespace).
    */
   getInterface(
@@ -884,7 +893,9 @@ export interface InterfaceServiceClient<CallOptionsExt = {}> {
   ): Promise<ListInterfacesResponse>;
   /**
    * Returns one managed interface. Fails with NOT_FOUND if no rule or link
-   * names it, and with INVALID_ARGUMENT on `name` if no interface can have
+   * names it, its message saying whether the host has such a device ("exists
+   * but is not managed by xdpctld"), an alternative name of one, or none
+   * ("does not exist"), and with INVALID_ARGUMENT on `name` if no interface can have
    * that name (1 to 15 bytes, no '/', ':' or whitespace).
    */
   getInterface(
