@@ -1562,10 +1562,24 @@ export class Controller {
         `adopted rules written into empty tables (no rule entry in them at start): ${r.repaired.length} entries written`,
       );
     } else if (r.repaired.length) {
-      this.log.warn(
-        { repaired: r.repaired.slice(0, 100).map((x) => x.line), count: r.repaired.length },
-        `adopted rules: ${r.repaired.length} kernel entries differed from the stored state (compared one by one) and were rewritten`,
-      );
+      // Entries written to take out a backend that cannot receive now (its egress missing, down, ...: what the host
+      // shows, as a pass takes it out) are said as such; only the others differed from what was last written.
+      const out = r.repaired.filter((x) => x.takenOut);
+      const differed = out.length ? r.repaired.filter((x) => !x.takenOut) : r.repaired;
+      if (out.length) {
+        const why = [...new Set(out.flatMap((x) => x.takenOut!.split('; ')))];
+        this.log.info(
+          { written: out.slice(0, 100).map((x) => x.line), count: out.length, backends: why.slice(0, 100) },
+          `adopted rules: ${out.length} kernel entries written to take out backends that cannot receive now, as a ` +
+            `pass takes them out (${why.slice(0, 5).join('; ')}${why.length > 5 ? `; ${why.length - 5} more` : ''})`,
+        );
+      }
+      if (differed.length) {
+        this.log.warn(
+          { repaired: differed.slice(0, 100).map((x) => x.line), count: differed.length },
+          `adopted rules: ${differed.length} kernel entries differed from the stored state (compared one by one) and were rewritten`,
+        );
+      }
     }
     this.log.info(
       { adopted: r.kernel.size, written: r.repaired.length, inKernel },

@@ -38,6 +38,11 @@ export interface EntryRepair {
   /** The entry in words, as `line` names it: `rule web: backend table (map rule_ring, rule slot 3)`. */
   entry: string;
   owner: EntryOwner;
+  /**
+   * Set when the entry was written because a backend is out of its table for what the host shows now (its egress
+   * missing, down, ...: the backend's status message), not because it differed from what was last written.
+   */
+  takenOut?: string;
 }
 
 /** The subject of the rewritten entry `r`, with its owners as `state` holds them now (`r.line` is not read). */

@@ -36,7 +36,7 @@ import type { LinkSpec, RuleRecord, RuleSpec } from './model.js';
 import { directions, type LinkDirection } from './plan-links.js';
 import type { RuleOp, RulePlan, RulesPlan } from './plan-rules.js';
 import { fillRing, idRingHolds, oneIdOf } from './ring.js';
-import { backendStatus, writtenRuleStatus } from './rule-status.js';
+import { backendStatus, messageHead, writtenRuleStatus } from './rule-status.js';
 import { matchId, type CoreState, type RuleKernel } from './state.js';
 import type { StoredRule } from './store.js';
 import { reattachedText } from './reattach-text.js';
@@ -1497,10 +1497,13 @@ function readKernelView(ctx: ExecContext, ks: readonly RuleKernel[], slotsOnly =
 
 /** What a comparison found to differ, rule by rule; {@link writeRepairs} writes it and says what it was. */
 interface Repairs {
-  /** Backend id -> its desired entry, its rule and who it is ("rule web: backend ip@iface"), for the ids that differ. */
-  backends: Map<number, { want: BackendEntry; rule: string; who: string }>;
+  /**
+   * Backend id -> its desired entry, its rule, who it is ("rule web: backend ip@iface") and, for one out of its
+   * table, why (EntryRepair.takenOut), for the ids that differ.
+   */
+  backends: Map<number, { want: BackendEntry; rule: string; who: string; takenOut?: string }>;
   /** Backend entries to compare at the end (a dataplane without backendComparer). */
-  pending: [id: number, want: BackendEntry, rule: string, who: string][];
+  pending: [id: number, want: BackendEntry, rule: string, who: string, takenOut?: string][];
   addPrefixes: SrcKey[];
   delPrefixes: SrcKey[];
   ringWrites: [slot: number, start: number, ids: number[]][];
@@ -1549,11 +1552,12 @@ async function compareRules(
     for (const b of p.backends) {
       const ids = ks[i].backends.get(b.key)!;
       const want = b.receiving ? backendOf(b, ids.statsId, macs) : EMPTY_BACKEND;
+      const takenOut = b.receiving ? undefined : `backend ${b.key}: ${messageHead(b.status.message)}`;
       if (view.same) {
         // The backend's identity (ip@interface): what a log names, not the id.
         if (!view.same(ids.id, want))
-          found.backends.set(ids.id, { want, rule: p.name, who: `rule ${p.name}: backend ${b.key}` });
-      } else found.pending.push([ids.id, want, p.name, `rule ${p.name}: backend ${b.key}`]);
+          found.backends.set(ids.id, { want, rule: p.name, who: `rule ${p.name}: backend ${b.key}`, takenOut });
+      } else found.pending.push([ids.id, want, p.name, `rule ${p.name}: backend ${b.key}`, takenOut]);
     }
   }
   await pace();
@@ -1566,8 +1570,12 @@ async function compareRules(
     const k = ks[i];
     const owner = { kind: 'rule', rule: p.name } as const;
     const members: { key: string; weight: number; value: number }[] = [];
+    /** Backends out of the table (id -> why) that the kernel's table may still hold. */
+    let out: Map<number, string> | undefined;
     for (const b of p.backends) {
-      if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: k.backends.get(b.key)!.id });
+      const id = k.backends.get(b.key)!.id;
+      if (b.receiving) members.push({ key: b.key, weight: b.spec.weight, value: id });
+      else (out ??= new Map()).set(id, `backend ${b.key}: ${messageHead(b.status.message)}`);
     }
     const stride = now.ringStride ?? 1;
     let one = oneIdOf(now.ring, dp.ringSize, stride);
@@ -1591,12 +1599,15 @@ async function compareRules(
       if (lo >= 0) {
         found.ringWrites.push([slot, lo, want.slice(lo, hi + 1)]);
         const at = lo === hi ? `position ${lo}` : `positions ${lo}-${hi}`;
+        // The kernel's table holds backends now out of it: the write follows the host (said as such).
+        const held = out && [...new Set(ring)].flatMap((id) => (out.has(id) ? [out.get(id)!] : []));
         found.slotLines.push({
           line: `rule ${p.name}: backend table (map rule_ring, rule slot ${slot}, ${at} of ${dp.ringSize})`,
           map: 'rule_ring',
           key: String(slot),
           entry: `rule ${p.name}: backend table (map rule_ring, rule slot ${slot})`,
           owner,
+          ...(held?.length ? { takenOut: held.join('; ') } : {}),
         });
       }
     }
@@ -1686,7 +1697,8 @@ function writeRepairs(ctx: ExecContext, found: Repairs, index: boolean): EntryRe
     const differ = new Set(
       dp.differingBackends(found.pending.map(([id, want]) => [id, want] as [number, BackendEntry])),
     );
-    for (const [id, want, rule, who] of found.pending) if (differ.has(id)) found.backends.set(id, { want, rule, who });
+    for (const [id, want, rule, who, takenOut] of found.pending)
+      if (differ.has(id)) found.backends.set(id, { want, rule, who, takenOut });
   }
   const repaired: EntryRepair[] = [];
   const backendWrites: [number, BackendEntry][] = [];
@@ -1697,7 +1709,7 @@ function writeRepairs(ctx: ExecContext, found: Repairs, index: boolean): EntryRe
     // How each differs (read back only for the ids that differ: usually none).
     const ids = [...found.backends.keys()].slice(0, 100);
     const now = dp.readBackends?.(ids);
-    for (const [id, { want, rule, who }] of found.backends) {
+    for (const [id, { want, rule, who, takenOut }] of found.backends) {
       const fields = now && ids.includes(id) ? backendFieldDiff(now.get(id), want) : '';
       const entry = `${who} (map backends, entry ${id})`;
       repaired.push({
@@ -1706,6 +1718,7 @@ function writeRepairs(ctx: ExecContext, found: Repairs, index: boolean): EntryRe
         key: String(id),
         entry,
         owner: { kind: 'rule', rule },
+        ...(takenOut ? { takenOut } : {}),
       });
     }
   }

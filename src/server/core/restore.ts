@@ -94,8 +94,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     state.slots.take(slot);
     for (const id of dp.readRing(slot)) if (id !== dp.noBackend && id !== 0) state.backendIds.take(id);
   }
-  // Rules with an interface missing wait (reported); the reconciler's next pass writes them with what is there.
-  // Each interface is looked up once, however many rules name it.
+  // A rule is judged as a pass judges it (plan-rules.ts, lenient): an ingress missing now gets no match entry, a
+  // backend whose egress is missing stays out of the table (its flows go to the others), and the rest is adopted
+  // in place, forwarding as it did. Only a rule with no ingress or no backend egress there waits (reported); the
+  // reconciler's pass writes it once one is back. Each interface is looked up once, however many rules name it.
   const facts = fetchInterfaces(
     dp,
     stored.links.flatMap((l) => [l.a, l.b]),
@@ -105,7 +107,11 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     return facts.interfaces.get(i) !== undefined;
   };
   const ready = stored.rules.filter(
-    (r) => r.ingressInterfaces.every(exists) && r.backends.every((b) => exists(b.interface)),
+    (r) => r.ingressInterfaces.some(exists) && r.backends.some((b) => exists(b.interface)),
+  );
+  /** Rules written without some of their interfaces (missing now): named in the restore line. */
+  const partial = ready.filter(
+    (r) => !r.ingressInterfaces.every(exists) || !r.backends.every((b) => exists(b.interface)),
   );
   const isReady = new Set(ready);
   for (const r of stored.rules) {
@@ -129,7 +135,8 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     });
   }
   // The record restore set above is the spec (the rest of a record is not read by a plan; a rewrite copies it).
-  const opOf = (r: StoredRule): RuleOp => ({ name: r.name, next: state.rules.get(r.name)! });
+  // Lenient, as a pass's re-apply: a missing interface takes out its own part, not the rule.
+  const opOf = (r: StoredRule): RuleOp => ({ name: r.name, next: state.rules.get(r.name)!, lenient: true });
   // Rules whose stored slot the kernel may still hold are adopted in place:
   // every entry compared with the desired state, only differences written.
   const inPlace = ready.filter((r) => fitsNow.has(r) && known.has(r.kernel!.slot));
@@ -193,6 +200,12 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     stored,
     facts,
     new Set(stored.rules.filter((r) => !isReady.has(r)).map((r) => r.name)),
+    new Map(
+      partial.map((r) => [
+        r.name,
+        [...new Set([...r.ingressInterfaces, ...r.backends.map((b) => b.interface)])].filter((i) => !exists(i)),
+      ]),
+    ),
   );
   ctx.log.info({ ...seen.counts, orphans: orphans.length }, `restored: ${seen.text}`);
 }
@@ -208,9 +221,11 @@ export function observedRestore(
   stored: StoredState,
   facts: Facts,
   waitingRules: ReadonlySet<string>,
+  /** Rules written without some of their interfaces (missing now) -> those interfaces. */
+  partialRules: ReadonlyMap<string, readonly string[]> = new Map(),
 ): {
   counts: {
-    rules: { stored: number; inKernel: number; waiting: number; failed: number };
+    rules: { stored: number; inKernel: number; waiting: number; failed: number; partial: number };
     links: { stored: number; inKernel: number; waiting: number; failed: number };
   };
   text: string;
@@ -240,7 +255,13 @@ export function observedRestore(
     if (devmap.get(a) === b && (l.direction !== 'both' || devmap.get(b) === a)) linksIn++;
   }
   const counts = {
-    rules: { stored: stored.rules.length, inKernel: rulesIn, waiting: waitingRules.size, failed: ruleFailed },
+    rules: {
+      stored: stored.rules.length,
+      inKernel: rulesIn,
+      waiting: waitingRules.size,
+      failed: ruleFailed,
+      partial: partialRules.size,
+    },
     links: {
       stored: stored.links.length,
       inKernel: linksIn,
@@ -250,7 +271,14 @@ export function observedRestore(
   };
   const n = (x: number, what: string) => `${x} ${what}${x === 1 ? '' : 's'}`;
   const verb = (x: number) => (x === 1 ? 'waits for its' : 'wait for their');
+  // Named up to 5 (a start with 1 500 rules behind one missing egress names the first few).
+  const partialNames = [...partialRules].slice(0, 5).map(([r, is]) => `${r}: ${is.join(', ')} missing`);
+  if (partialRules.size > partialNames.length) partialNames.push(`${partialRules.size - partialNames.length} more`);
   const notes = [
+    counts.rules.partial
+      ? `${n(counts.rules.partial, 'rule')} written without ${counts.rules.partial === 1 ? 'its' : 'their'} ` +
+        `missing interfaces (${partialNames.join('; ')})`
+      : '',
     counts.rules.waiting ? `${n(counts.rules.waiting, 'rule')} ${verb(counts.rules.waiting)} interfaces` : '',
     counts.rules.failed ? `${n(counts.rules.failed, 'rule')} FAILED` : '',
     counts.links.waiting ? `${n(counts.links.waiting, 'link')} ${verb(counts.links.waiting)} interfaces` : '',
