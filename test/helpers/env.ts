@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, type ExecFileSyncOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
@@ -97,6 +97,35 @@ export async function until(
     await sleep(50);
   }
   throw new Error(`not within ${ms} ms: ${typeof what === 'string' ? what : await what()}`);
+}
+
+/**
+ * The number of the descriptor process `pid` holds open on a network namespace (its /proc/PID/fd link reads
+ * "net:[…]"), once it holds one: waits up to 15 s (a process just spawned may not have opened it yet; a fixed
+ * 300 ms wait raced a loaded machine).
+ */
+export async function netnsFdOf(pid: number): Promise<string> {
+  let fd = '';
+  await until(
+    `process ${pid} holding a network namespace open`,
+    () => {
+      try {
+        fd =
+          readdirSync(`/proc/${pid}/fd`).find((f) => {
+            try {
+              return readlinkSync(`/proc/${pid}/fd/${f}`).startsWith('net:');
+            } catch {
+              return false;
+            }
+          }) ?? '';
+      } catch {
+        fd = '';
+      }
+      return fd !== '';
+    },
+    15_000,
+  );
+  return fd;
 }
 
 /** Poll `cond` every 20 ms until it holds; throws `what` after `timeoutMs`. */

@@ -22,7 +22,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf } from '../../src/server/dataplane/netdev.js';
 import { forgetNetns } from '../../src/server/dataplane/netns-find.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
-import { kernelOnly, ROOT, runId, sh, shQuiet, sleep } from '../helpers/env.js';
+import { kernelOnly, netnsFdOf, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
 import { esc, sealedNetns, unsharedProcess } from '../helpers/lab.js';
 import { Topology } from '../helpers/topology.js';
@@ -160,8 +160,7 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
             stdio: 'ignore',
           });
           held.push(f);
-          await sleep(300);
-          const fd = sh('sh', ['-c', `ls -l /proc/${f.pid}/fd | grep -o '[0-9]* -> net:' | cut -d' ' -f1`]).trim();
+          const fd = await netnsFdOf(f.pid!);
           path = `/proc/${f.pid}/fd/${fd}`;
           via = `an open file of process ${f.pid} (python3)`;
         } else if (how === 'mount') {
