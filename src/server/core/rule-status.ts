@@ -564,7 +564,7 @@ export function lowerForMtu(k: { status: RuleStatus; written?: RuleStatus }): vo
 export function staticMacStatus(
   written: RuleStatus,
   rule: { backends: readonly { ip: string; interface: string; mac: string; weight?: number }[] },
-  unverified: ReadonlyMap<string, string>,
+  unverified: UnverifiedMacs,
 ): RuleStatus {
   if (unverified.size === 0 || written.state === 'failed') return written;
   let changed = false;
@@ -612,6 +612,15 @@ export function staticMacStatus(
 }
 
 /**
+ * The static MACs that cannot be verified, "ip@iface|mac" -> why ({@link staticMacStatus}): what it reads of a
+ * map (a change's judgement lays its own backends' verdicts over the kept ones without copying them).
+ */
+export interface UnverifiedMacs {
+  readonly size: number;
+  get(key: string): string | undefined;
+}
+
+/**
  * What a rule's status is judged from besides its written status, as observed on the host (by the
  * reconciler's pass, or right after a client's write: resync.ts observeWrittenRules). Each map is keyed as
  * the function that applies it says.
@@ -624,7 +633,7 @@ export interface RuleObservation {
   /** Egress name -> why its backends cannot be verified ({@link unverifiedRuleStatus}). */
   unverifiedEgress: ReadonlyMap<string, string>;
   /** "ip@iface|mac" -> why a static MAC cannot be verified ({@link staticMacStatus}). */
-  unverifiedMacs: ReadonlyMap<string, string>;
+  unverifiedMacs: UnverifiedMacs;
   /** "ip@iface" -> a neighbour MAC no probe of ours had answered ({@link unansweredNeighbourStatus}). */
   unanswered: ReadonlyMap<string, string>;
   /** "ip@iface" -> a confirmed MAC kept while its entry changed to an unanswered one ({@link heldNeighbourStatus}). */
