@@ -117,4 +117,22 @@ describe('the cost of one rule change', () => {
     await c.resync();
     assert.match(c.getRule('r1').status.message, /cannot be verified/);
   });
+
+  it('does not wait again for an address an earlier change waited for in vain (the kernel may have forgotten its FAILED entry)', async () => {
+    const dp = new SilentHost();
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true, staticMacWaitMs: 50 });
+    const opts = (c as unknown as { opts: { staticMacWaitMs: number } }).opts;
+    const a = rule(0);
+    const b = rule(0, 1);
+    await c.createRule(a); // waits 50 ms for a's addresses: nothing answers
+    await c.updateRule(b, 0); // the same for b's
+    await c.resync(); // a's static MACs forgotten (no rule names them): a change naming them judges them afresh
+    // Back to a's: the empty neighbour table says nothing (no FAILED entry), yet these addresses went unanswered
+    // 50 ms each just now. Before, this change waited the whole time again (here 60 s).
+    opts.staticMacWaitMs = 60_000;
+    const done = c.updateRule(a, 0).then(() => 'replied');
+    const late = new Promise<string>((r) => setTimeout(() => r('still waiting after 20 s'), 20_000).unref());
+    assert.equal(await Promise.race([done, late]), 'replied');
+    assert.match(c.getRule('r0').status.message, /not confirmed yet/, 'said as a read says it');
+  });
 });

@@ -92,6 +92,7 @@ import {
   STATIC_MAC_SWEEP_MS,
   STATIC_MAC_WAIT_MAX,
   STATIC_MAC_WAIT_STEP_MS,
+  STATIC_MAC_UNANSWERED_MS,
   staticMacKey,
   stepStaticMac,
   unconfirmedYetWhy,
@@ -2599,7 +2600,8 @@ export async function contradictedNewStaticMacs(
  * changes, for at most `waitMs`: a host that answers within it is confirmed in the reply; any other is "not
  * confirmed yet" (DEGRADED), as a read says then. One whose entry nothing asks (set by hand, an address of
  * this host's) is not waited for, nor one whose entry FAILED (the host left the kernel's last requests for the
- * address unanswered; asked all the same). The rest of a larger change are judged without waiting (the passes ask them).
+ * address unanswered; asked all the same), nor one an earlier change waited for in vain within
+ * STATIC_MAC_UNANSWERED_MS (state.staticMacUnanswered: the kernel forgets FAILED entries under table pressure). The rest of a larger change are judged without waiting (the passes ask them).
  * Nothing when the dataplane cannot read the neighbour table (fakes: static MACs are not checked).
  */
 export async function judgeChangeStaticMacs(
@@ -2648,6 +2650,7 @@ export async function judgeChangeStaticMacs(
       const obs = judgeStaticMac(ctx, key, b, exists, peer, e, t, transition);
       const asking =
         !!obs?.ask || !!obs?.askMacs || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
+      if (obs && obs.verdict !== 'unverified') state.staticMacUnanswered.delete(b.neighbour); // judged: answered
       if (obs?.verdict !== 'unverified' || !asking) continue;
       open.push(key);
       if (e?.states.includes('FAILED')) failed.add(key);
@@ -2665,7 +2668,15 @@ export async function judgeChangeStaticMacs(
     // Another MAC answers for the address: does the static one too (an address conflict) or not (contradicted)?
     for (const mac of state.staticMacAsk.get(key) ?? []) dp.askNeighbour?.(b.ip, b.iface, mac, true);
   }
-  let open = asked.filter((key) => !failed.has(key));
+  // Nor for an address an earlier change waited for in vain lately (state.staticMacUnanswered): the kernel's
+  // FAILED entry says the same, but is forgotten under table pressure, and every change then waited the whole time.
+  const now = ctx.mono();
+  const unanswered = state.staticMacUnanswered;
+  const lately = (key: string) => {
+    const at = unanswered.get(fresh.get(key)!.neighbour);
+    return at !== undefined && now - at >= 0 && now - at < STATIC_MAC_UNANSWERED_MS;
+  };
+  let open = asked.filter((key) => !failed.has(key) && !lately(key));
   const end = performance.now() + waitMs;
   while (open.length) {
     const left = end - performance.now();
@@ -2673,7 +2684,20 @@ export async function judgeChangeStaticMacs(
     await new Promise((r) => setTimeout(r, Math.min(STATIC_MAC_WAIT_STEP_MS, left)));
     open = await judge(open);
   }
+  // Those still unanswered are remembered (bounded: the expired ones are dropped first, then the oldest).
+  if (open.length === 0) return;
+  const t = ctx.mono();
+  for (const [k, at] of unanswered) if (t - at >= STATIC_MAC_UNANSWERED_MS || t < at) unanswered.delete(k);
+  for (const key of open) {
+    const nkey = fresh.get(key)!.neighbour;
+    unanswered.delete(nkey);
+    unanswered.set(nkey, t);
+  }
+  while (unanswered.size > STATIC_MAC_UNANSWERED_MAX) unanswered.delete(unanswered.keys().next().value!);
 }
+
+/** The addresses {@link judgeChangeStaticMacs} remembers as unanswered at most. */
+const STATIC_MAC_UNANSWERED_MAX = 4096;
 
 /**
  * The flags word (map if_flags) of every interface our program runs on, or with a link or link counters,

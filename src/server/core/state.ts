@@ -529,6 +529,13 @@ export class CoreState {
   readonly staticMacUnverified = new Map<string, string>();
   /** The same within UNVERIFIED_GRACE_MS of their first judgement: key -> since (ms, monotonic). */
   readonly staticMacGrace = new Map<string, number>();
+  /**
+   * Addresses ("ip@iface") a client's change asked about and waited the whole STATIC_MAC_WAIT_MS for, unanswered:
+   * when (ms, monotonic). A change naming one within STATIC_MAC_UNANSWERED_MS does not wait again (resync.ts
+   * judgeChangeStaticMacs), as for an entry the kernel marked FAILED: the kernel forgets those under table
+   * pressure (10 000 rules of 4 unanswered static MACs), and then every change waited the whole time.
+   */
+  readonly staticMacUnanswered = new Map<string, number>();
   /** When the reconciler last judged every static MAC from scratch (ms, monotonic). */
   staticMacSweptAt = -Infinity;
   /** Rules the datapath refused at start or resync: when to try again (ms, monotonic). */

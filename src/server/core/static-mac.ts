@@ -415,6 +415,12 @@ export function isUnconfirmedYet(why: string): boolean {
  */
 export const STATIC_MAC_WAIT_MS = 500;
 
+/**
+ * How long an address a change waited for in vain is not waited for again by later changes (ms; resync.ts
+ * judgeChangeStaticMacs): the reply says "not confirmed yet" at once, as a read does, and the passes keep asking.
+ */
+export const STATIC_MAC_UNANSWERED_MS = 30_000;
+
 /** The static MACs a change asks and waits for at most (the others of a larger change: the passes ask them). */
 export const STATIC_MAC_WAIT_MAX = 64;
 
