@@ -35,3 +35,6 @@ build bpf/test-vlan.bpf.c build/bpf/test-vlan.bpf.o
 build bpf/test-tc-drop.bpf.c build/bpf/test-tc-drop.bpf.o
 # Tracepoint programs that count redirects the kernel dropped after XDP (loaded with the datapath).
 build bpf/xdpctl-trace.bpf.c build/bpf/xdpctl-trace.bpf.o
+# Syscall tracepoint programs that tell the slot watcher of writes into rule_cfg, rule_ring and backends
+# (src/server/dataplane/slot-watch-probe.ts; loaded by the daemon with its first rule, never pinned).
+build bpf/xdpctl-watch.bpf.c build/bpf/xdpctl-watch.bpf.o "${XDP_ISA[@]}"

@@ -14,7 +14,25 @@ export interface WatchInit {
   backendSize: number;
   /** Pause between two reads (ms). */
   periodMs: number;
+  /**
+   * The counters of bpf/xdpctl-watch.bpf.c (watch_seen: a descriptor of the thread's own, `entries` u64 values;
+   * slot counters from WATCH_SLOT0, then `cfgSlots` on, backend counters): the thread reads those instead of every
+   * slot, and every slot only each `safetyMs` and while another process maps rule_ring writable. Absent: it reads
+   * every slot every `periodMs`.
+   */
+  seen?: { fd: number; entries: number; cfgSlots: number; pollMs: number; safetyMs: number };
 }
+
+/** watch_seen's counters (bpf/xdpctl-watch.bpf.c): the generation, bumped after any of the others. */
+export const WATCH_GEN = 0;
+/** Writes the programs could not name (a batch of too many keys): read everything. */
+export const WATCH_OVERFLOW = 1;
+/** Other processes' writable mappings of rule_ring seen, and the process ids of the last WATCH_MMAP_TGIDS. */
+export const WATCH_MMAP_GEN = 2;
+export const WATCH_MMAP_TGID = 3;
+export const WATCH_MMAP_TGIDS = 16;
+/** The first slot's counter. */
+export const WATCH_SLOT0 = WATCH_MMAP_TGID + WATCH_MMAP_TGIDS;
 
 /**
  * Main thread -> watcher: what to read (slots 0..slots-1, ids 0..backends-1); slots and ids to report at the next

@@ -1,12 +1,18 @@
 /**
  * Another tool's writes into a rule's rule entry (rule_cfg), backend table (rule_ring) or backend entries
- * (backends), seen off the event loop: a worker thread (slot-watch-worker.ts) reads those maps over and over
- * and posts the slots and ids whose bytes moved; the reconciler takes them at each pass (Dataplane
- * takeMovedSlots) and compares only the rules they belong to (core/kernel-check.ts quickCheck). Our own writes
- * move them too (compared once, found right). Reading every table on the event loop at each pass held it
- * ~180-480 ms with 10 000 rules; bounded reads there took ~18 s to cover them all.
+ * (backends), seen off the event loop: a worker thread (slot-watch-worker.ts) posts the slots and ids that moved;
+ * the reconciler takes them at each pass (Dataplane takeMovedSlots) and compares only the rules they belong to
+ * (core/kernel-check.ts quickCheck). Our own writes move them too (compared once, found right). Reading every
+ * table on the event loop at each pass held it ~180-480 ms with 10 000 rules; bounded reads there took ~18 s to
+ * cover them all.
  *
- * Owns the thread and the duplicates of the three descriptors it reads through (closed once it has exited).
+ * Two modes, said by `mode` and `why`: `told` when the tracepoint programs of bpf/xdpctl-watch.bpf.c
+ * (slot-watch-probe.ts) attached: writes through bpf() are told by counters, every slot is read every 30 s and
+ * while another process maps rule_ring writable; `reading` otherwise (the object missing, a kernel that refuses
+ * the programs): every slot read every ~0.4 s (with 10 000 rules ~9% of one CPU).
+ *
+ * Owns the thread, the programs (detached at close) and the duplicates of the descriptors it reads through
+ * (closed once the thread has exited).
  */
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,9 +22,13 @@ import { RING_SIZE } from './codec.js';
 import type { DatapathMaps } from './datapath.js';
 import { closeFd, lib } from './libbpf.js';
 import { pauseAfter, type WatchInit, type WatchReport, type WatchRequest } from './slot-watch-print.js';
+import { WatchProbe } from './slot-watch-probe.js';
 
 /** Pause between two reads of the watcher (ms; longer after a long read: pauseAfter): a write is seen within it plus one read. */
 export const WATCH_PERIOD_MS = 400;
+/** With the tracepoint programs: how often the thread looks at their counters, and reads every slot anyway (ms). */
+export const WATCH_POLL_MS = 100;
+export const WATCH_SAFETY_MS = 30_000;
 const F_DUPFD_CLOEXEC = 1030;
 
 /** What moved since the last take, and how long the watcher takes to read everything once. */
@@ -45,7 +55,16 @@ export class SlotWatch {
   private sent = '';
   private stopped = false;
 
-  constructor(readonly maps: Pick<DatapathMaps, 'ruleCfg' | 'ruleRing' | 'backends'>) {
+  /** `told`: the tracepoint programs tell of writes; `reading`: every slot is read every ~0.4 s (`why`). */
+  readonly mode: 'told' | 'reading';
+  readonly why?: string;
+  private probe?: WatchProbe;
+
+  /** `probePath`: bpf/xdpctl-watch.bpf.o as built (undefined: none, the thread reads every slot). */
+  constructor(
+    readonly maps: Pick<DatapathMaps, 'ruleCfg' | 'ruleRing' | 'backends'>,
+    probePath?: string,
+  ) {
     const dup = (fd: number, what: string) => {
       const r = lib.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 0) as number;
       if (r < 0) throw new Error(`duplicate the descriptor of map ${what}: fcntl failed`);
@@ -62,6 +81,19 @@ export class SlotWatch {
       for (const fd of this.fds) closeFd(fd);
       throw e;
     }
+    let why = probePath === undefined ? 'no tracepoint object given' : undefined;
+    if (probePath !== undefined) {
+      try {
+        this.probe = WatchProbe.open(probePath, maps);
+        this.fds.push(dup(this.probe.seenFd, 'watch_seen'));
+      } catch (e) {
+        this.probe?.close();
+        this.probe = undefined;
+        why = (e as Error).message;
+      }
+    }
+    this.mode = this.probe ? 'told' : 'reading';
+    this.why = why;
     const init: WatchInit = {
       ring: this.fds[0],
       cfg: this.fds[1],
@@ -70,6 +102,13 @@ export class SlotWatch {
       cfgSize: maps.ruleCfg.info.valueSize,
       backendSize: maps.backends.info.valueSize,
       periodMs: WATCH_PERIOD_MS,
+      seen: this.probe && {
+        fd: this.fds[3],
+        entries: this.probe.entries,
+        cfgSlots: maps.ruleCfg.info.maxEntries,
+        pollMs: WATCH_POLL_MS,
+        safetyMs: WATCH_SAFETY_MS,
+      },
     };
     // The compiled .js beside this one, or the .ts under tsx (tests that load the sources).
     const self = fileURLToPath(import.meta.url);
@@ -85,6 +124,7 @@ export class SlotWatch {
     this.worker.on('error', (e) => (this.error = `the thread failed: ${e.message}`));
     this.worker.on('exit', () => {
       this.error ??= 'the thread exited';
+      this.probe?.close();
       for (const fd of this.fds.splice(0)) closeFd(fd);
     });
     this.worker.unref();
@@ -127,10 +167,12 @@ export class SlotWatch {
     return out;
   }
 
-  /** Stop the thread (idempotent); its descriptors are closed once it has exited. */
+  /** Detach the programs and stop the thread (idempotent); its descriptors are closed once it has exited. */
   close(): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.probe?.close();
+    this.probe = undefined;
     this.worker.postMessage({ op: 'stop' } satisfies WatchRequest);
   }
 }
