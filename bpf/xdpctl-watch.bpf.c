@@ -311,10 +311,14 @@ int xdpctl_watch_mmap(struct sys_enter_args *ctx)
 	n = bpf_map_lookup_elem(&watch_seen, &k);
 	if (!n)
 		return 0;
-	k = WATCH_MMAP_TGID + (__sync_fetch_and_add(n, 1) % WATCH_MMAP_TGIDS);
+	/* The process id first, then the count that makes the watcher read it
+	 * (two mappings at once may name one of the two processes only: the
+	 * watcher reads every table for a while after each mapping anyway). */
+	k = WATCH_MMAP_TGID + (*n % WATCH_MMAP_TGIDS);
 	slot = bpf_map_lookup_elem(&watch_seen, &k);
 	if (slot)
 		*slot = ns.tgid;
+	__sync_fetch_and_add(n, 1);
 	bump(WATCH_GEN);
 	return 0;
 }

@@ -2,8 +2,8 @@
  * The thread of slot-watch.ts. With the tracepoint programs of bpf/xdpctl-watch.bpf.c (init.seen), it looks at
  * their counters through a read-only mapping every `pollMs` and posts the slots and ids whose counter moved (a
  * write through bpf(): bpftool map update, libbpf, ours), and reads every slot only at its first look, every
- * `safetyMs`, after writes the programs could not name, and every `periodMs` while another process that mapped
- * rule_ring writable lives (a store through a mapping cannot be told: only the mapping can). Without them it reads
+ * `safetyMs`, after writes the programs could not name, when slots or ids come in use, and every `periodMs` while
+ * another process that mapped rule_ring writable lives (a store through a mapping cannot be told: only the mapping can). Without them it reads
  * every slot every `periodMs`. A read: the rule entries (rule_cfg, one batch), backend tables (rule_ring, through
  * a read-only mapping of its pages) and backend entries (backends, one batch) of the slots and ids in use; it
  * keeps one print per slot and per backend id and posts those whose print moved since its last read. It decides
@@ -164,7 +164,11 @@ let backendCounts = new Uint32Array(0);
  * told; while one lives its tables are read every `periodMs` as without the programs.
  */
 const mappers = new Map<number, number>();
-/** A mapper of another pid namespace (not followed): read every table for this long after its mapping. */
+/**
+ * Every table is read for at least FOLLOWED_MS after a mapping (the process id read may be another mapping's when
+ * two came at once), and UNFOLLOWED_MS after one by a process of another pid namespace (not followed).
+ */
+const FOLLOWED_MS = 2_000;
 const UNFOLLOWED_MS = 30_000;
 let lastFull = -Infinity;
 let lastScan = -Infinity;
@@ -183,7 +187,8 @@ const alive = (pid: number): boolean => pid > 0 && existsSync(`/proc/${pid}`);
 /**
  * One look at the counters (with the programs): the slots and ids whose counter moved are posted; every slot is
  * read at the first look, each `safetyMs`, after a write the programs could not name, and every `periodMs` while
- * another process may hold a writable mapping of rule_ring. Returns the pause until the next look.
+ * another process may hold a writable mapping of rule_ring or slots or ids newly in use were not read yet.
+ * Returns the pause until the next look.
  */
 function look(opts: NonNullable<WatchInit['seen']>): number {
   const now = performance.now();
@@ -204,27 +209,29 @@ function look(opts: NonNullable<WatchInit['seen']>): number {
     const mg = seen[2 * WATCH_MMAP_GEN];
     for (let g = Math.max(lastMmapGen, mg - WATCH_MMAP_TGIDS); g < mg; g++) {
       const pid = seen[2 * (WATCH_MMAP_TGID + (g % WATCH_MMAP_TGIDS))];
-      mappers.set(pid, Math.max(mappers.get(pid) ?? 0, pid ? now : now + UNFOLLOWED_MS));
+      mappers.set(pid, Math.max(mappers.get(pid) ?? 0, now + (pid ? FOLLOWED_MS : UNFOLLOWED_MS)));
     }
     lastMmapGen = mg;
-    const n = Math.min(slots, slotCounts.length);
-    for (let s = 0; s < n; s++) {
+    // Every counter is taken (a slot not in use yet is read when it comes in use), those in use reported.
+    for (let s = 0; s < slotCounts.length; s++) {
       const v = seen[2 * (WATCH_SLOT0 + s)];
-      if (v !== slotCounts[s]) moved.push(s);
+      if (v !== slotCounts[s] && s < slots) moved.push(s);
       slotCounts[s] = v;
     }
-    const nb = Math.min(backends, backendCounts.length);
     const base = WATCH_SLOT0 + opts.cfgSlots;
-    for (let id = 0; id < nb; id++) {
+    for (let id = 0; id < backendCounts.length; id++) {
       const v = seen[2 * (base + id)];
-      if (v !== backendCounts[id]) movedIds.push(id);
+      if (v !== backendCounts[id] && id < backends) movedIds.push(id);
       backendCounts[id] = v;
     }
   }
   // Mappers gone (or past their time) are forgotten after one more read: it sees what they wrote last.
   const gone = [...mappers].filter(([pid, until]) => now >= until && !alive(pid)).map(([pid]) => pid);
-  const ringRead = mappers.size > 0 && now - lastScan >= pauseAfter(readMs, init.periodMs);
-  if (full || ringRead) {
+  // Slots or ids newly in use are read soon (as often as without the programs): their first prints are what a
+  // later read compares with, and a first read long after would take every one of them for moved.
+  const grown = slots > knownSlots || backends > knownBackends;
+  const due = (mappers.size > 0 || grown) && now - lastScan >= pauseAfter(readMs, init.periodMs);
+  if (full || due) {
     scan(moved, movedIds);
     lastScan = performance.now();
     if (full) lastFull = lastScan;
