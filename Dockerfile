@@ -39,7 +39,7 @@ WORKDIR /opt/xdpctl
 COPY --from=build /src/package.json /src/package-lock.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-COPY --from=build /src/build/bpf/xdpctl.bpf.o /src/build/bpf/xdpctl-trace.bpf.o ./build/bpf/
+COPY --from=build /src/build/bpf/xdpctl.bpf.o /src/build/bpf/xdpctl-trace.bpf.o /src/build/bpf/xdpctl-watch.bpf.o ./build/bpf/
 COPY --from=build /src/build/descriptor.binpb ./build/descriptor.binpb
 RUN ln -s /opt/xdpctl/dist/client/cli.js /usr/local/bin/xdpctl \
       && ln -s /opt/xdpctl/dist/client/health-probe.js /usr/local/bin/xdpctl-health

@@ -79,6 +79,7 @@ describe('the npm package, installed into an empty project', kernelOnly(), () =>
       'dist/client/index.d.ts',
       'build/bpf/xdpctl.bpf.o',
       'build/bpf/xdpctl-trace.bpf.o',
+      'build/bpf/xdpctl-watch.bpf.o',
       'build/descriptor.binpb',
       'LICENSE',
     ]) {

@@ -42,7 +42,7 @@ import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
 import { CoreError } from '../core/errors.js';
 import { LinkEvents } from './link-events.js';
-import { SlotWatch, WATCH_PERIOD_MS, WATCH_SAFETY_MS } from './slot-watch.js';
+import { SlotWatch, WATCH_PERIOD_MS, watchSafetyMs } from './slot-watch.js';
 import { RECORD_WRITE_TIMEOUT_MS, RecordNotAnswering, RecordWriter } from './record-writer.js';
 import {
   ensureVethPeerNapi,
@@ -2395,7 +2395,7 @@ export class KernelDataplane implements Dataplane {
           this.log?.info(
             { mode: 'told' },
             'slot watcher: writes into rule_cfg, rule_ring and backends through bpf() are told by tracepoint ' +
-              `programs; every slot is read every ${WATCH_SAFETY_MS / 1000} s, and every ${WATCH_PERIOD_MS} ms ` +
+              `programs; every slot is read every ${watchSafetyMs() / 1000} s, and every ${WATCH_PERIOD_MS} ms ` +
               'while another process maps rule_ring writable',
           );
         else this.log?.warn({ mode: 'reading', err: this.slotWatch.why }, `slot watcher: ${this.slotWatchWarning()}`);
@@ -2413,7 +2413,7 @@ export class KernelDataplane implements Dataplane {
     if (!w || w.mode === 'told') return undefined;
     return (
       `every rule entry, backend table and backend entry is read every ${WATCH_PERIOD_MS} ms to see other tools' ` +
-      `writes (~9% of one CPU with 10 000 rules): the tracepoint programs that tell of them did not attach: ${w.why}`
+      `writes (5-9% of one CPU with 10 000 rules): the tracepoint programs that tell of them did not attach: ${w.why}`
     );
   }
 

@@ -29,6 +29,8 @@ export const WATCH_PERIOD_MS = 400;
 /** With the tracepoint programs: how often the thread looks at their counters, and reads every slot anyway (ms). */
 export const WATCH_POLL_MS = 100;
 export const WATCH_SAFETY_MS = 30_000;
+/** WATCH_SAFETY_MS, or XDPCTL_WATCH_SAFETY_MS from the environment (tests that must see no read in a while). */
+export const watchSafetyMs = (): number => Number(process.env.XDPCTL_WATCH_SAFETY_MS) || WATCH_SAFETY_MS;
 const F_DUPFD_CLOEXEC = 1030;
 
 /** What moved since the last take, and how long the watcher takes to read everything once. */
@@ -107,7 +109,7 @@ export class SlotWatch {
         entries: this.probe.entries,
         cfgSlots: maps.ruleCfg.info.maxEntries,
         pollMs: WATCH_POLL_MS,
-        safetyMs: WATCH_SAFETY_MS,
+        safetyMs: watchSafetyMs(),
       },
     };
     // The compiled .js beside this one, or the .ts under tsx (tests that load the sources).
