@@ -9,7 +9,7 @@
  * Two modes, said by `mode` and `why`: `told` when the tracepoint programs of bpf/xdpctl-watch.bpf.c
  * (slot-watch-probe.ts) attached: writes through bpf() are told by counters, every slot is read every 30 s and
  * while another process maps rule_ring writable; `reading` otherwise (the object missing, a kernel that refuses
- * the programs): every slot read every ~0.4 s (with 10 000 rules ~9% of one CPU).
+ * the programs): every slot read every ~0.4 s (with 10 000 rules 5-9% of one CPU).
  *
  * Owns the thread, the programs (detached at close) and the duplicates of the descriptors it reads through
  * (closed once the thread has exited).
