@@ -85,21 +85,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ingress_macs SEC(".maps");
 
-/* (ingress, proto, port, [daddr]) -> rule slot. */
+/* The active rule generation (0 or 1; see XDPCTL_MATCH_GEN): one update of
+ * its one entry switches every rule of a many-rule change at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_gen SEC(".maps");
+
+/* (ingress, proto, port, [daddr], generation) -> rule slot. Room for two
+ * generations (the loader sets twice the match capacity). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, XDPCTL_MAX_MATCHES);
+	__uint(max_entries, 2 * XDPCTL_MAX_MATCHES);
 	__type(key, struct xdpctl_match_key);
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rule_match SEC(".maps");
 
-/* destination port (host order) -> how many match entries use it. A port
- * no rule uses costs one inlined array lookup instead of two hash lookups. */
+/* generation << 16 | destination port (host order) -> how many match entries
+ * of that generation use it. A port no rule uses costs one inlined array
+ * lookup instead of two hash lookups. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 2 * XDPCTL_PORTS_PER_GEN);
 	__type(key, __u32);
 	__type(value, struct xdpctl_port_use);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -612,10 +624,16 @@ static __always_inline struct xdpctl_rule *find_rule(struct xdp_md *ctx, struct 
 	struct xdpctl_rule_stats *rs;
 	struct xdpctl_port_use *pu;
 	struct xdpctl_rule *rule;
-	__u32 port = bpf_ntohs(dport_raw), *slotp, one_slot;
+	__u32 port = bpf_ntohs(dport_raw), *slotp, one_slot, zero = 0, *genp;
+	__u8 gen_bit;
 	__u64 fold;
 	int pass;
 
+	/* The generation is read once: both lookups below are of the same one. */
+	genp = bpf_map_lookup_elem(&rule_gen, &zero);
+	gen_bit = genp && (*genp & 1) ? XDPCTL_MATCH_GEN : 0;
+	if (gen_bit)
+		port += XDPCTL_PORTS_PER_GEN;
 	pu = bpf_map_lookup_elem(&rule_ports, &port);
 	if (!pu || (!pu->any && !pu->dst))
 		return NULL; /* no rule uses this port */
@@ -625,7 +643,7 @@ static __always_inline struct xdpctl_rule *find_rule(struct xdp_md *ctx, struct 
 	mk.ifindex = ctx->ingress_ifindex;
 	mk.dport = dport_raw;
 	mk.proto = IPPROTO_UDP;
-	mk.family = XDPCTL_AF_INET;
+	mk.family = XDPCTL_AF_INET | gen_bit;
 	/* Pass 0: exact destination; pass 1: any destination. */
 	for (pass = 0; pass < 2; pass++) {
 		if (pass == 0) {

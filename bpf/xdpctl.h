@@ -61,9 +61,22 @@ struct xdpctl_match_key {
 	__u32 ifindex; /* ingress interface */
 	__u16 dport;   /* destination port, network order */
 	__u8 proto;    /* IPPROTO_UDP (17); IPPROTO_TCP later */
-	__u8 family;   /* XDPCTL_AF_INET; XDPCTL_AF_INET6 later */
+	__u8 family;   /* XDPCTL_AF_INET; XDPCTL_AF_INET6 later; | XDPCTL_MATCH_GEN */
 	__u8 daddr[16];
 };
+
+/*
+ * Rule generations: a many-rule change is one kernel transaction. rule_gen
+ * holds the active generation G (0 or 1); the program looks up only the
+ * rule_match entries whose family byte carries G (XDPCTL_MATCH_GEN set for
+ * generation 1) and the rule_ports entries of G (index G << 16 | port). User
+ * space writes a change's whole match set under the other generation, then
+ * switches with one update of rule_gen (the commit point), then deletes the
+ * entries of the old generation. rule_match's max_entries is twice the match
+ * capacity: room for both.
+ */
+#define XDPCTL_MATCH_GEN 0x80
+#define XDPCTL_PORTS_PER_GEN 65536
 
 /* Value of rule_ports (array indexed by destination port, host order): how
  * many rule_match entries use the port, so that the datapath looks up only

@@ -33,6 +33,7 @@ import {
   u32,
   u64,
   u8,
+  PORTS_PER_GEN,
   RING_SIZE,
   type Codec,
 } from '../../src/server/dataplane/codec.js';
@@ -293,8 +294,10 @@ class ModelDatapath implements Pick<
       xcLinks: m('xc_links', 'hash', capacity.links, u32, u32),
       xcStats: m('xc_stats', 'array', capacity.links, u32, linkStats, true),
       xcEgress: m('xc_egress', 'array', capacity.links, u32, u32),
-      ruleMatch: m('rule_match', 'hash', capacity.matches, matchKey, u32),
-      rulePorts: m('rule_ports', 'array', 65536, u32, portUse),
+      ruleGen: m('rule_gen', 'array', 1, u32, u32),
+      // Room for two generations of match entries and port index entries, as the object sizes them.
+      ruleMatch: m('rule_match', 'hash', 2 * capacity.matches, matchKey, u32),
+      rulePorts: m('rule_ports', 'array', 2 * PORTS_PER_GEN, u32, portUse),
       ruleCfg: m('rule_cfg', 'array', capacity.ruleSlots, u32, ruleEntry),
       ruleRing: m('rule_ring', 'array', capacity.ruleSlots * RING_SIZE, u32, u32),
       srcAllow: m('src_allow', 'lpm', capacity.srcPrefixes, srcKey, u8),

@@ -686,13 +686,26 @@ export interface Dataplane {
   writeRuleSlot(c: RuleSlotWrite): void;
   clearRuleSlot(slot: number, srcPrefixes: { length: number; addr: Uint8Array }[], backendIds: number[]): void;
   /**
-   * Write / delete a match entry, its per-port index entry (rule_ports) following. `index` false: the match
-   * entry only (the reconciler's repair of an entry another tool wrote or deleted, which did not change the
-   * index with it; checkPortIndex then recounts the index from the match entries).
+   * Write / delete a match entry, its per-port index entry (rule_ports) following: in the active generation, or
+   * in the staged one while {@link beginMatches}'s transaction is open. `index` false: the match entry only (the
+   * reconciler's repair of an entry another tool wrote or deleted, which did not change the index with it;
+   * checkPortIndex then recounts the index from the match entries).
    */
   putMatch(key: MatchKey, slot: number, index?: boolean): void;
   deleteMatch(key: MatchKey, index?: boolean): void;
+  /** The match entries packets look up (the active generation's; not a staged transaction's). */
   listMatches(): [MatchKey, number][];
+  /**
+   * Begin a many-rule change as one kernel transaction: the active match entries are copied into a staged
+   * generation, which putMatch and deleteMatch write until {@link commitMatches} switches the datapath to it
+   * with one map update (the commit point; the old generation's entries are deleted after) or
+   * {@link abortMatches} deletes it. Optional (fakes: putMatch writes in place).
+   */
+  beginMatches?(): void;
+  /** Switch to the staged generation (no-op when no transaction is open). Throws only when the switch failed. */
+  commitMatches?(): void;
+  /** Delete the staged generation (no-op when no transaction is open). */
+  abortMatches?(): void;
   /** Recount the per-port index of match entries from the entries themselves. */
   rebuildPortIndex(): void;
   /**

@@ -840,6 +840,27 @@ export async function writeRules(
   const claimed = new Set<string>();
   for (const k of alloc.kernel.values()) for (const m of k.matchKeys) claimed.add(matchId(m));
   const holder = state.matchHolders;
+  // More than one match entry to switch: one kernel transaction (a staged generation of the match entries,
+  // switched to with one map update), so that packets see every rule of the change old or every rule new,
+  // also when the daemon dies while it writes. One entry switches in place (one update: as atomic already).
+  let writes = 0;
+  for (const op of ops) {
+    writes += alloc.kernel.get(op.name)?.matchKeys.length ?? 0;
+    for (const k of state.ruleKernel.get(op.name)?.matchKeys ?? []) if (!claimed.has(matchId(k))) writes++;
+  }
+  const txn = writes > 1 && dp.beginMatches !== undefined;
+  let switched = false;
+  if (txn) {
+    // Undo: before the switch, the staged generation is deleted (the entries' own undos below wrote only
+    // there); after it, the undos run in a transaction of their own (opened by the step pushed after the
+    // switch, which runs first) and this switches back to the entries as they were, at once.
+    undo.push(() => (switched ? dp.commitMatches?.() : dp.abortMatches?.()));
+    try {
+      dp.beginMatches!();
+    } catch (e) {
+      throw whatFillsMap(ctx, e, alloc);
+    }
+  }
   for (const op of ops) {
     await pace(); // a packet sees each rule switch whole (one match entry each); reads see the state before
     const old = state.ruleKernel.get(op.name);
@@ -859,6 +880,11 @@ export async function writeRules(
       dp.deleteMatch(k);
     }
     await pace(); // 10 000 rules publish in ~60 ms of syscalls
+  }
+  if (txn) {
+    dp.commitMatches?.(); // the commit point in the kernel: one update of the active generation
+    switched = true;
+    undo.push(() => dp.beginMatches?.());
   }
 }
 

@@ -2302,24 +2302,94 @@ export class KernelDataplane implements Dataplane {
     tables.clearRuleSlot(this.dp.maps, slot, srcPrefixes, backendIds);
   }
 
+  /** The open many-rule transaction ({@link beginMatches}). */
+  private matchTxn?: tables.GenerationTxn;
+  /** The inactive generation's port index entries are known to be zero (its match entries known gone). */
+  private inactiveClean = false;
+
+  private activeGen(): number {
+    return this.matchTxn ? this.matchTxn.active : tables.activeGeneration(this.dp.maps);
+  }
+
   putMatch(key: MatchKey, slot: number, index = true): void {
-    tables.publishMatches(this.dp.maps, [key], slot, index);
+    const t = this.matchTxn;
+    if (t) t.ports.add(key.dport);
+    tables.publishMatches(this.dp.maps, [key], slot, t ? t.next : this.activeGen(), index);
   }
 
   deleteMatch(key: MatchKey, index = true): void {
-    tables.removeMatches(this.dp.maps, [key], index);
+    const t = this.matchTxn;
+    tables.removeMatches(this.dp.maps, [key], t ? t.next : this.activeGen(), index);
   }
 
   listMatches(): [MatchKey, number][] {
-    return this.dp.maps.ruleMatch.entriesBatch();
+    return tables.activeMatches(this.dp.maps, this.activeGen());
+  }
+
+  beginMatches(): void {
+    if (this.matchTxn) throw new Error('a many-rule transaction is already open');
+    const active = tables.activeGeneration(this.dp.maps);
+    try {
+      this.matchTxn = tables.stageGeneration(this.dp.maps, active, this.inactiveClean);
+    } catch (e) {
+      this.inactiveClean = false; // part of a copy may be there: the next transaction or start clears it
+      throw e;
+    }
+    this.inactiveClean = false;
+  }
+
+  commitMatches(): void {
+    const t = this.matchTxn;
+    if (!t) return;
+    tables.switchGeneration(this.dp.maps, t); // throws: not switched, the transaction stays open for abortMatches
+    this.matchTxn = undefined;
+    try {
+      tables.dropGeneration(this.dp.maps, t.active, t.before, t.ports);
+      this.inactiveClean = true;
+    } catch (e) {
+      // Switched (the change holds); the old generation's entries are not looked up. The next transaction
+      // reads the whole range, the next start or full comparison deletes them.
+      this.log?.warn(
+        { err: e },
+        `deleting the replaced rule generation ${t.active}'s match entries failed: left until the next change or start`,
+      );
+    }
+  }
+
+  abortMatches(): void {
+    const t = this.matchTxn;
+    if (!t) return;
+    this.matchTxn = undefined;
+    tables.dropGeneration(this.dp.maps, t.next, tables.inactiveMatches(this.dp.maps, t.active), t.ports);
+    this.inactiveClean = true;
   }
 
   rebuildPortIndex(): void {
-    tables.rebuildPortUse(this.dp.maps);
+    const stale = tables.rebuildPortUse(this.dp.maps);
+    this.inactiveClean = true;
+    if (stale > 0) {
+      this.log?.info(
+        { entries: stale },
+        `deleted ${stale} match entries of the inactive rule generation (a many-rule change that did not finish switching, or finished it but not its cleanup)`,
+      );
+    }
   }
 
-  checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]> {
-    return tables.checkPortUse(this.dp.maps, pace, nameOf, all);
+  async checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]> {
+    const gen = this.activeGen();
+    const out = await tables.checkPortUse(this.dp.maps, pace, nameOf, all, gen);
+    if (all && !this.matchTxn) {
+      // Between changes the inactive generation holds nothing: its entries are leftovers (or another tool's).
+      const stale = tables.inactiveMatches(this.dp.maps, gen);
+      if (stale.length) {
+        this.dp.maps.ruleMatch.deleteMany(stale);
+        this.log?.warn(
+          { entries: stale.length },
+          `deleted ${stale.length} match entries of the inactive rule generation ${gen ^ 1} (not looked up; they would be after the next many-rule change)`,
+        );
+      }
+    }
+    return out;
   }
 
   checkInterfaceFlags(generic: ReadonlyMap<number, boolean>, links?: ReadonlyMap<number, number>): EntryRepair[] {

@@ -116,8 +116,18 @@ export const u64: Codec<bigint> = {
   decode: (b) => view(b).readBigUInt64LE(0),
 };
 
-/** struct xdpctl_match_key (`dport` stored in network order). */
-export const matchKey: Codec<MatchKey> = {
+/** XDPCTL_MATCH_GEN: the family byte's bit that marks a match entry of generation 1 (bpf/xdpctl.h). */
+export const MATCH_GEN = 0x80;
+/** rule_ports entries per generation (XDPCTL_PORTS_PER_GEN): generation g's port p is index g << 16 | p. */
+export const PORTS_PER_GEN = 65536;
+
+/** A match key with its generation (absent: 0), as rule_match holds it. */
+export interface GenMatchKey extends MatchKey {
+  gen?: number;
+}
+
+/** struct xdpctl_match_key (`dport` stored in network order; the generation in the family byte's top bit). */
+export const matchKey: Codec<GenMatchKey> = {
   layout: {
     cName: 'xdpctl_match_key',
     size: 24,
@@ -127,20 +137,22 @@ export const matchKey: Codec<MatchKey> = {
     out.writeUInt32LE(k.ifindex, 0);
     out.writeUInt16BE(k.dport, 4);
     out[6] = k.proto;
-    out[7] = k.family;
+    out[7] = k.family | (k.gen ? MATCH_GEN : 0);
     putBytes(out, 8, 16, k.daddr);
     return out;
   },
   decode(b) {
     const v = view(b);
-    const family = v[7];
-    return {
+    const family = v[7] & ~MATCH_GEN;
+    const k: GenMatchKey = {
       ifindex: v.readUInt32LE(0),
       dport: v.readUInt16BE(4),
       proto: v[6],
       family,
       daddr: bytesAt(v, 8, family === AF_INET ? 4 : 16),
     };
+    if (v[7] & MATCH_GEN) k.gen = 1;
+    return k;
   },
 };
 

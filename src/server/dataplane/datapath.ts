@@ -53,7 +53,7 @@ import {
   type BackendEntry,
   type BackendStats,
   type LinkStats,
-  type MatchKey,
+  type GenMatchKey,
   type PortUse,
   type RuleEntry,
   type RuleStats,
@@ -147,7 +147,8 @@ export interface DatapathMaps {
   xcLinks: BpfMap<number, number>;
   xcStats: BpfMap<number, LinkStats>;
   xcEgress: BpfMap<number, number>;
-  ruleMatch: BpfMap<MatchKey, number>;
+  ruleGen: BpfMap<number, number>;
+  ruleMatch: BpfMap<GenMatchKey, number>;
   rulePorts: BpfMap<number, PortUse>;
   ruleCfg: BpfMap<number, RuleEntry>;
   ruleRing: BpfMap<number, number>;
@@ -165,7 +166,8 @@ const MAP_DEFS: { [K in keyof DatapathMaps]: [string, unknown, unknown, keyof Ca
   xcLinks: ['xc_links', u32, u32, 'links'],
   xcStats: ['xc_stats', u32, linkStats, 'links'],
   xcEgress: ['xc_egress', u32, u32, 'links'],
-  ruleMatch: ['rule_match', matchKey, u32, 'matches'],
+  ruleGen: ['rule_gen', u32, u32, null],
+  ruleMatch: ['rule_match', matchKey, u32, 'matches'], // twice `matches`: room for two generations
   rulePorts: ['rule_ports', u32, portUse, null],
   ruleCfg: ['rule_cfg', u32, ruleEntry, 'ruleSlots'],
   ruleRing: ['rule_ring', u32, u32, null], // ruleSlots * RING_SIZE
@@ -365,7 +367,15 @@ function openObject(objectPath: string, pinDir: string, capacity: Capacity, line
   if (!obj) throw nullError(`open ${objectPath}`, lines);
   try {
     for (const [, [name, , , cap]] of Object.entries(MAP_DEFS)) {
-      const n = cap ? capacity[cap] : name === 'rule_ring' ? capacity.ruleSlots * RING_SIZE : 0;
+      // rule_match: room for a change's whole new generation beside the active one (bpf/xdpctl.h).
+      const n =
+        name === 'rule_match'
+          ? 2 * capacity.matches
+          : cap
+            ? capacity[cap]
+            : name === 'rule_ring'
+              ? capacity.ruleSlots * RING_SIZE
+              : 0;
       if (n === 0) continue;
       const m = lib.bpf_object__find_map_by_name(obj, name);
       if (!m) throw new KernelError(`open map ${name}`, 2, lines, 'not in the object');

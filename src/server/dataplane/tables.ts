@@ -20,7 +20,9 @@ import {
   type BackendStats,
   type LinkStats,
   FOLD_SLOT_BITS,
+  type GenMatchKey,
   type MatchKey,
+  PORTS_PER_GEN,
   type PortUse,
   portUse,
   type RuleStats,
@@ -189,43 +191,56 @@ function withEntry(p: PortUse, k: MatchKey, slot: number, delta: 1 | -1): PortUs
   };
 }
 
-const portOf = (maps: DatapathMaps, port: number): PortUse => maps.rulePorts.get(port) ?? { any: 0, dst: 0 };
+/** rule_ports' index of a port in a generation. */
+const portAt = (gen: number, port: number): number => gen * PORTS_PER_GEN + port;
+
+const portOf = (maps: DatapathMaps, gen: number, port: number): PortUse =>
+  maps.rulePorts.get(portAt(gen, port)) ?? { any: 0, dst: 0 };
+
+const genOf = (k: GenMatchKey): number => k.gen ?? 0;
 
 function checkSlot(slot: number): void {
   if (slot >= 2 ** FOLD_SLOT_BITS) throw new RangeError(`rule slot ${slot} does not fit rule_ports' any_fold`);
 }
 
+/** The active rule generation (rule_gen's one entry: 0 or 1; bpf/xdpctl.h XDPCTL_MATCH_GEN). */
+export function activeGeneration(maps: DatapathMaps): number {
+  return (maps.ruleGen.get(0) ?? 0) & 1;
+}
+
 /**
- * Point match keys at a slot (publish). A new key is counted (and folded) in
+ * Point match keys at a slot (publish) in generation `gen`. A new key is counted (and folded) in
  * rule_ports first, so the datapath looks it up as soon as it exists; a key
  * that moves to another slot is refolded after the move. Each key is one
  * all-or-nothing step for the caller's undo log. `index` false: rule_match only, rule_ports untouched (the
  * reconciler's repair of an entry another tool changed: the index was not changed with it, so the +1/-1 and
  * refold of the old value would make it wrong; checkPortUse recounts it from rule_match right after).
  */
-export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number, index = true): void {
+export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: number, gen = 0, index = true): void {
   checkSlot(slot);
-  for (const k of keys) {
+  for (const key of keys) {
+    const k: GenMatchKey = { ...key, gen };
     const old = maps.ruleMatch.get(k);
     if (old === slot) continue;
     if (!index) {
       maps.ruleMatch.put(k, slot, BPF_ANY);
       continue;
     }
-    const before = portOf(maps, k.dport);
+    const at = portAt(gen, k.dport);
+    const before = portOf(maps, gen, k.dport);
     if (old === undefined) {
-      maps.rulePorts.put(k.dport, withEntry(before, k, slot, +1));
+      maps.rulePorts.put(at, withEntry(before, k, slot, +1));
       try {
         maps.ruleMatch.put(k, slot, BPF_ANY);
       } catch (e) {
-        maps.rulePorts.put(k.dport, before);
+        maps.rulePorts.put(at, before);
         throw e;
       }
     } else {
       maps.ruleMatch.put(k, slot, BPF_ANY);
       if (!anyDest(k)) continue;
       try {
-        maps.rulePorts.put(k.dport, withEntry(withEntry(before, k, old, -1), k, slot, +1));
+        maps.rulePorts.put(at, withEntry(withEntry(before, k, old, -1), k, slot, +1));
       } catch (e) {
         maps.ruleMatch.put(k, old, BPF_ANY);
         throw e;
@@ -235,15 +250,16 @@ export function publishMatches(maps: DatapathMaps, keys: MatchKey[], slot: numbe
 }
 
 /**
- * Remove match keys (unpublish); the port count and fold drop after the entry is gone (`index` false: not,
- * as {@link publishMatches}).
+ * Remove match keys of generation `gen` (unpublish); the port count and fold drop after the entry is gone
+ * (`index` false: not, as {@link publishMatches}).
  */
-export function removeMatches(maps: DatapathMaps, keys: MatchKey[], index = true): void {
-  for (const k of keys) {
+export function removeMatches(maps: DatapathMaps, keys: MatchKey[], gen = 0, index = true): void {
+  for (const key of keys) {
+    const k: GenMatchKey = { ...key, gen };
     const slot = maps.ruleMatch.get(k);
     if (slot === undefined || !maps.ruleMatch.delete(k) || !index) continue;
     try {
-      maps.rulePorts.put(k.dport, withEntry(portOf(maps, k.dport), k, slot, -1));
+      maps.rulePorts.put(portAt(gen, k.dport), withEntry(portOf(maps, gen, k.dport), k, slot, -1));
     } catch (e) {
       // The count could not follow: put the entry back, so the step is all or nothing.
       maps.ruleMatch.put(k, slot, BPF_ANY);
@@ -252,20 +268,124 @@ export function removeMatches(maps: DatapathMaps, keys: MatchKey[], index = true
   }
 }
 
+/** A match key without its generation (what core/ names). */
+export function plainKey(k: GenMatchKey): MatchKey {
+  if (k.gen === undefined) return k;
+  const { gen: _gen, ...rest } = k;
+  return rest;
+}
+
+/** The match entries of the active generation (keys without their generation). */
+export function activeMatches(maps: DatapathMaps, gen: number): [MatchKey, number][] {
+  const out: [MatchKey, number][] = [];
+  for (const [k, slot] of maps.ruleMatch.entriesBatch()) if (genOf(k) === gen) out.push([plainKey(k), slot]);
+  return out;
+}
+
 /**
- * Recount (and refold) rule_ports from rule_match (after a crash between the
- * two writes a count may be high; this makes it exact again),
- * and set the if_flags of every xc_links entry (pins from before if_flags
- * existed have links but no flags; a flag left by a crash only costs a lookup).
+ * A many-rule change as one kernel transaction ({@link stageGeneration}): the active generation's match
+ * entries copied into the other one, the change's writes made there, then one update of rule_gen.
  */
-export function rebuildPortUse(maps: DatapathMaps): void {
-  rebuildIfFlags(maps);
+export interface GenerationTxn {
+  /** The active generation while the change is written (what packets see). */
+  readonly active: number;
+  /** The generation written (switched to at commit). */
+  readonly next: number;
+  /** The active generation's entries when the transaction began (deleted after the switch). */
+  readonly before: GenMatchKey[];
+  /** Ports the transaction's entries use, in either generation. */
+  readonly ports: Set<number>;
+}
+
+/**
+ * Begin a transaction: delete what is left of the inactive generation (match entries; its port index
+ * entries are zero when `clean`, else the whole range is read and zeroed), then copy the active generation's
+ * match entries and port index entries into it. Nothing a packet looks up changes.
+ */
+export function stageGeneration(maps: DatapathMaps, active: number, clean: boolean): GenerationTxn {
+  const next = active ^ 1;
+  const before: GenMatchKey[] = [];
+  const copies: [GenMatchKey, number][] = [];
+  const stale: GenMatchKey[] = [];
   const counts = new Map<number, PortUse>();
   for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
+    if (genOf(k) !== active) {
+      stale.push(k);
+      continue;
+    }
+    before.push(k);
+    copies.push([{ ...k, gen: next }, slot]);
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
+  maps.ruleMatch.deleteMany(stale);
+  if (!clean) zeroPortRange(maps, next);
+  maps.rulePorts.putMany([...counts].map(([port, use]) => [portAt(next, port), use] as [number, PortUse]));
+  maps.ruleMatch.putMany(copies);
+  return { active, next, before, ports: new Set(counts.keys()) };
+}
+
+/** Zero a generation's port index entries (read in batches, only the non-zero ones written). */
+function zeroPortRange(maps: DatapathMaps, gen: number): void {
+  const vs = maps.rulePorts.info.valueSize;
+  const raw = maps.rulePorts.getRangeRaw(portAt(gen, 0), PORTS_PER_GEN);
+  const zero = Buffer.alloc(vs);
+  const writes: [number, PortUse][] = [];
+  for (let port = 0; port < PORTS_PER_GEN; port++) {
+    if (zero.compare(raw, port * vs, (port + 1) * vs) !== 0) writes.push([portAt(gen, port), { any: 0, dst: 0 }]);
+  }
+  maps.rulePorts.putMany(writes);
+}
+
+/** The commit point: one update of rule_gen, after which packets look up the transaction's generation only. */
+export function switchGeneration(maps: DatapathMaps, t: GenerationTxn): void {
+  maps.ruleGen.put(0, t.next);
+}
+
+/**
+ * Delete a generation no packet looks up any more: the match entries `keys` (of it) and the port index
+ * entries of `ports` in it (zeroed).
+ */
+export function dropGeneration(
+  maps: DatapathMaps,
+  gen: number,
+  keys: readonly GenMatchKey[],
+  ports: Iterable<number>,
+): void {
+  maps.ruleMatch.deleteMany(keys.map((k) => ({ ...k, gen })));
+  maps.rulePorts.putMany([...ports].map((port) => [portAt(gen, port), { any: 0, dst: 0 }] as [number, PortUse]));
+}
+
+/** The inactive generation's match entries (a transaction's abandoned writes, or leftovers of a crash). */
+export function inactiveMatches(maps: DatapathMaps, active: number): GenMatchKey[] {
+  return maps.ruleMatch.entriesBatch().flatMap(([k]) => (genOf(k) !== active ? [k] : []));
+}
+
+/**
+ * Recount (and refold) rule_ports from rule_match (after a crash between the
+ * two writes a count may be high; this makes it exact again), after deleting the match entries of the
+ * inactive generation (a change a crash interrupted before or after its switch: what the datapath did not
+ * or no longer looks up) and zeroing its port index entries,
+ * and set the if_flags of every xc_links entry (pins from before if_flags
+ * existed have links but no flags; a flag left by a crash only costs a lookup).
+ * Returns how many inactive-generation match entries were deleted.
+ */
+export function rebuildPortUse(maps: DatapathMaps): number {
+  rebuildIfFlags(maps);
+  const gen = activeGeneration(maps);
+  const counts = new Map<number, PortUse>();
+  const stale: GenMatchKey[] = [];
+  for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
+    if (genOf(k) !== gen) {
+      stale.push(k);
+      continue;
+    }
+    const at = portAt(gen, k.dport);
+    counts.set(at, withEntry(counts.get(at) ?? { any: 0, dst: 0 }, k, slot, +1));
+  }
+  maps.ruleMatch.deleteMany(stale);
   // Read, compare, write only what differs (a start with the index right writes nothing).
-  maps.rulePorts.syncArray((port) => counts.get(port));
+  maps.rulePorts.syncArray((index) => counts.get(index));
+  return stale.length;
 }
 
 /**
@@ -282,12 +402,15 @@ export async function checkPortUse(
   pace?: () => Promise<void>,
   nameOf?: (ifindex: number) => string | undefined,
   all = false,
+  gen = 0,
 ): Promise<EntryRepair[]> {
+  const base = portAt(gen, 0);
   let counts = new Map<number, PortUse>();
   let lo = Infinity;
   let hi = -1;
-  const count = (entries: Iterable<[MatchKey, number]>) => {
+  const count = (entries: Iterable<[GenMatchKey, number]>) => {
     for (const [k, slot] of entries) {
+      if (genOf(k) !== gen) continue; // the other generation's: not what the datapath looks up
       counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
       lo = Math.min(lo, k.dport);
       hi = Math.max(hi, k.dport);
@@ -324,24 +447,24 @@ export async function checkPortUse(
   const differed = checkIfFlags(maps, undefined, nameOf);
   if (all) {
     lo = 0;
-    hi = maps.rulePorts.info.maxEntries - 1;
+    hi = Math.min(PORTS_PER_GEN, maps.rulePorts.info.maxEntries) - 1;
   }
   if (hi < 0) return differed;
   const vs = maps.rulePorts.info.valueSize;
-  const raw = maps.rulePorts.getRangeRaw(lo, hi - lo + 1);
+  const raw = maps.rulePorts.getRangeRaw(base + lo, hi - lo + 1);
   const want = Buffer.alloc(vs);
   const writes: [number, PortUse][] = [];
   const compare = (port: number, use: PortUse, note = '') => {
     portUse.encode(use, want);
     const at = (port - lo) * vs;
     if (want.compare(raw, at, at + vs) === 0) return;
-    writes.push([port, use]);
+    writes.push([base + port, use]);
     const now = portUse.decode(Buffer.from(raw.subarray(at, at + vs)));
-    const entry = `port index (map rule_ports, port ${port})`;
+    const entry = `port index (map rule_ports, port ${port}${gen ? `, generation ${gen}: index ${base + port}` : ''})`;
     differed.push({
       line: `${entry}: kernel ${JSON.stringify(now)}, desired ${JSON.stringify(use)}${note}`,
       map: 'rule_ports',
-      key: String(port),
+      key: String(base + port),
       entry,
       owner: { kind: 'port', port },
     });
@@ -356,6 +479,25 @@ export async function checkPortUse(
     for (let port = lo; port <= hi; port++) {
       if (counts.has(port) || zero.compare(raw, port * vs, (port + 1) * vs) === 0) continue;
       compare(port, none, ' (no match entry uses the port)');
+    }
+    // The other generation's entries are zero between changes (a change writes them, its switch makes them
+    // the ones looked up): a count left there would be looked up after the next switch.
+    const other = portAt(gen ^ 1, 0);
+    if (other + PORTS_PER_GEN <= maps.rulePorts.info.maxEntries) {
+      const rest = maps.rulePorts.getRangeRaw(other, PORTS_PER_GEN);
+      for (let port = 0; port < PORTS_PER_GEN; port++) {
+        if (zero.compare(rest, port * vs, (port + 1) * vs) === 0) continue;
+        const now = portUse.decode(Buffer.from(rest.subarray(port * vs, (port + 1) * vs)));
+        const entry = `port index (map rule_ports, port ${port}, inactive generation ${gen ^ 1}: index ${other + port})`;
+        writes.push([other + port, none]);
+        differed.push({
+          line: `${entry}: kernel ${JSON.stringify(now)}, desired ${JSON.stringify(none)} (not looked up until the next many-rule change, which would start from it)`,
+          map: 'rule_ports',
+          key: String(other + port),
+          entry,
+          owner: { kind: 'port', port },
+        });
+      }
     }
   }
   maps.rulePorts.putMany(writes);
