@@ -862,7 +862,7 @@ export async function writeRules(
     }
   }
   for (const op of ops) {
-    await pace(); // a packet sees each rule switch whole (one match entry each); reads see the state before
+    await pace(); // packets see the old entries until the switch below (or this one entry's update); reads see the state before
     const old = state.ruleKernel.get(op.name);
     const next = alloc.kernel.get(op.name);
     for (const k of next?.matchKeys ?? []) {

@@ -5,7 +5,11 @@
  * slots. A change is written into a free slot first (nothing points at it,
  * so nothing sees it half-written), then published by repointing the match
  * entries (one atomic hash update each), and only then is the old slot
- * cleared. The transaction logic (which slot, rollback) lives in core/.
+ * cleared. A change of many match entries is one kernel transaction: its
+ * entries are written as the generation the datapath does not look up
+ * (stageGeneration), switched to with one rule_gen update (switchGeneration),
+ * and the old generation is deleted after (dropGeneration). The transaction
+ * logic (which slot, rollback) lives in core/.
  */
 import { BPF_ANY } from './bpf-map.js';
 import {
