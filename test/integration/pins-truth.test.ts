@@ -165,7 +165,7 @@ describe('pins and state store: whose datapath, put back', kernelOnly(), () => {
       prog: progOn(vm.hostIf),
     });
     const before = kernel();
-    assert.match(before.maps, /"max_entries":64\b/, "the pins hold 16 rules' match entries (4 each)");
+    assert.match(before.maps, /"max_entries":128\b/, "the pins hold 16 rules' match entries (4 each), two generations");
 
     // A larger --max-rules with --no-state: it would migrate to new, empty maps and detach the program.
     let msg = await refused('m', ['--xdp-mode', 'generic', '--max-rules', '64', '--no-state', '--log-level', 'debug']);

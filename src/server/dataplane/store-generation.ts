@@ -12,7 +12,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 
 import { BpfMap, mapInfo, openPinnedMap } from './bpf-map.js';
-import { matchKey, u32, u64, type MatchKey } from './codec.js';
+import { matchKey, u32, u64, type GenMatchKey, type MatchKey } from './codec.js';
 import { KernelError } from './errors.js';
 import { check, closeFd, lib } from './libbpf.js';
 
@@ -47,18 +47,33 @@ export function readPinnedGeneration(pinRoot: string): PinnedGeneration {
   }
 }
 
-/** The pinned rule match entries (key -> slot), or undefined when they cannot be read with this layout. */
+/**
+ * The pinned rule match entries the datapath looks up (key -> slot: those of the active rule generation, map
+ * rule_gen; all of them for pins from before generations), or undefined when they cannot be read with this layout.
+ */
 export function readPinnedMatches(pinRoot: string): [MatchKey, number][] | undefined {
   const path = join(pinRoot, 'maps', 'rule_match');
   if (!existsSync(path)) return [];
-  let m: BpfMap<MatchKey, number> | undefined;
+  let m: BpfMap<GenMatchKey, number> | undefined;
+  let g: BpfMap<number, number> | undefined;
   try {
+    const genPath = join(pinRoot, 'maps', 'rule_gen');
+    let gen = 0;
+    if (existsSync(genPath)) {
+      g = openPinnedMap(genPath, u32, u32);
+      gen = (g.get(0) ?? 0) & 1;
+    }
     m = openPinnedMap(path, matchKey, u32);
-    return m.entriesBatch();
+    return m.entriesBatch().flatMap(([k, slot]) => {
+      if ((k.gen ?? 0) !== gen) return [];
+      const { gen: _gen, ...key } = k;
+      return [[key, slot] as [MatchKey, number]];
+    });
   } catch {
     return undefined;
   } finally {
     m?.close();
+    g?.close();
   }
 }
 
