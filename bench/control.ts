@@ -51,6 +51,7 @@ import {
   backendEntry,
   IPPROTO_UDP,
   matchKey,
+  type GenMatchKey,
   NO_BACKEND,
   RING_SIZE,
   RULE_F_ACTIVE,
@@ -529,13 +530,16 @@ const matchOf = (net: Net, port: number): MatchKey => ({
 
 /** The pinned maps the bench reads to see what is live. */
 class LiveView {
-  readonly match: BpfMap<MatchKey, number>;
+  readonly match: BpfMap<GenMatchKey, number>;
+  /** The active rule generation (the datapath looks up only that generation's match entries). */
+  readonly gen: BpfMap<number, number>;
   readonly cfg;
   readonly ring: BpfMap<number, number>;
   readonly backends: BpfMap<number, BackendEntry>;
 
   constructor(pinRoot: string) {
     this.match = openPinned(pinRoot, 'rule_match', matchKey, u32);
+    this.gen = openPinned(pinRoot, 'rule_gen', u32, u32);
     this.cfg = openPinned(pinRoot, 'rule_cfg', u32, ruleEntry);
     this.ring = openPinned(pinRoot, 'rule_ring', u32, u32);
     this.backends = openPinned(pinRoot, 'backends', u32, backendEntry);
@@ -543,7 +547,7 @@ class LiveView {
 
   /** The backend address the first ring slot of the rule on `key` sends to, if the rule is live. */
   firstBackend(key: MatchKey): Uint8Array | undefined {
-    const slot = this.match.get(key);
+    const slot = this.match.get({ ...key, gen: (this.gen.get(0) ?? 0) & 1 });
     if (slot === undefined || !((this.cfg.get(slot)?.flags ?? 0) & RULE_F_ACTIVE)) return undefined;
     const id = this.ring.get(slot * RING_SIZE);
     if (id === undefined || id === NO_BACKEND) return undefined;
@@ -552,7 +556,7 @@ class LiveView {
   }
 
   close(): void {
-    for (const m of [this.match, this.cfg, this.ring, this.backends]) m.close();
+    for (const m of [this.match, this.gen, this.cfg, this.ring, this.backends]) m.close();
   }
 }
 
