@@ -1,0 +1,108 @@
+/**
+ * Rule generations (bpf/xdpctl.h XDPCTL_MATCH_GEN, tables.ts stageGeneration/switchGeneration/dropGeneration):
+ * a many-rule change writes a copy of the active match entries as the other generation, changes it there, and
+ * one rule_gen update switches every packet to it. Until the switch the active generation is untouched; after
+ * it the old one is gone; a start (rebuildPortUse) deletes whatever generation is not active. And through the
+ * controller: an ApplyRules of several rules switches the generation, a CreateRule of one entry does not.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import {
+  AF_INET,
+  IPPROTO_UDP,
+  PORTS_PER_GEN,
+  type GenMatchKey,
+  type MatchKey,
+} from '../../src/server/dataplane/codec.js';
+import {
+  activeGeneration,
+  activeMatches,
+  dropGeneration,
+  publishMatches,
+  rebuildPortUse,
+  removeMatches,
+  stageGeneration,
+  switchGeneration,
+} from '../../src/server/dataplane/tables.js';
+import { Controller } from '../../src/server/core/controller.js';
+import type { RuleSpec } from '../../src/server/core/model.js';
+import { ModelDataplane } from '../helpers/model-dataplane.js';
+
+const key = (ifindex: number, port: number): MatchKey => ({
+  ifindex,
+  dport: port,
+  proto: IPPROTO_UDP,
+  family: AF_INET,
+  daddr: new Uint8Array(4),
+});
+
+const NONE = { any: 0, dst: 0 };
+const sorted = (xs: [MatchKey, number][]) => xs.map(([k, s]) => `${k.ifindex}:${k.dport}->${s}`).sort();
+const gens = (dp: ModelDataplane) => [...dp.model.maps.ruleMatch.entries()].map(([k]) => (k as GenMatchKey).gen ?? 0);
+
+describe('rule generations', () => {
+  it('staged writes are not looked up until the one switch; the old generation is deleted after it', () => {
+    const dp = new ModelDataplane();
+    const m = dp.model.maps;
+    publishMatches(m, [key(3, 7000)], 1);
+    publishMatches(m, [key(3, 7001)], 2);
+    const before = sorted(activeMatches(m, 0));
+    const t = stageGeneration(m, 0, true);
+    publishMatches(m, [key(3, 7000)], 5, t.next); // changed
+    removeMatches(m, [key(3, 7001)], t.next); // deleted
+    publishMatches(m, [key(3, 7002)], 6, t.next); // new
+    t.ports.add(7002);
+    assert.equal(activeGeneration(m), 0);
+    assert.deepEqual(sorted(activeMatches(m, 0)), before, 'what packets look up is unchanged before the switch');
+    assert.deepEqual(m.rulePorts.get(7002) ?? NONE, NONE, 'nor the active port index');
+    switchGeneration(m, t);
+    assert.equal(activeGeneration(m), 1, 'one update switched');
+    assert.deepEqual(sorted(activeMatches(m, 1)), ['3:7000->5', '3:7002->6']);
+    dropGeneration(m, t.active, t.before, t.ports);
+    assert.deepEqual(gens(dp), [1, 1], 'the old generation deleted');
+    for (const port of [7000, 7001, 7002])
+      assert.deepEqual(m.rulePorts.get(port) ?? NONE, NONE, `old port ${port} zeroed`);
+    assert.deepEqual(m.rulePorts.get(PORTS_PER_GEN + 7000), { any: 1, dst: 0, xorIfindex: 3, xorSlot: 5 });
+    assert.deepEqual(m.rulePorts.get(PORTS_PER_GEN + 7001) ?? NONE, NONE);
+  });
+
+  it('a crash before the switch: the start deletes the staged generation and keeps the active one whole', () => {
+    const dp = new ModelDataplane();
+    const m = dp.model.maps;
+    publishMatches(m, [key(3, 7000)], 1);
+    const t = stageGeneration(m, 0, true);
+    publishMatches(m, [key(3, 7000)], 5, t.next);
+    publishMatches(m, [key(4, 7003)], 6, t.next);
+    // (the daemon dies here: no switch, no cleanup)
+    assert.equal(rebuildPortUse(m), 2, 'both staged entries deleted');
+    assert.deepEqual(sorted(activeMatches(m, 0)), ['3:7000->1']);
+    assert.deepEqual(gens(dp), [0]);
+    assert.deepEqual(m.rulePorts.get(PORTS_PER_GEN + 7003) ?? NONE, NONE, 'the staged port index zeroed');
+  });
+
+  it('through the controller: ApplyRules of several rules switches the generation, one CreateRule switches in place', async () => {
+    const dp = new ModelDataplane();
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    const m = dp.model.maps;
+    const spec = (name: string, port: number, backend = 'b0'): RuleSpec => ({
+      name,
+      protocol: 'udp',
+      port,
+      destination: '',
+      sourcePrefixes: [],
+      ingressInterfaces: ['in0'],
+      backends: [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: backend, weight: 1 }],
+      udpChecksum: 'zero',
+      labels: {},
+    });
+    await c.createRule(spec('one', 7100));
+    assert.equal(activeGeneration(m), 0, 'one entry: in place');
+    await c.applyRules([spec('one', 7100, 'b1'), spec('two', 7101), spec('three', 7102)], false);
+    assert.equal(activeGeneration(m), 1, 'switched once');
+    assert.deepEqual(gens(dp), [1, 1, 1], 'only the active generation remains');
+    await c.applyRules([spec('two', 7101)], false);
+    assert.equal(activeGeneration(m), 0, 'and back');
+    assert.deepEqual(gens(dp), [0]);
+  });
+});
