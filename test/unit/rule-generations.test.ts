@@ -104,5 +104,11 @@ describe('rule generations', () => {
     await c.applyRules([spec('two', 7101)], false);
     assert.equal(activeGeneration(m), 0, 'and back');
     assert.deepEqual(gens(dp), [0]);
+    // One rule on two ingresses (two match entries) changed: in place, no staging copy of every entry.
+    const created = await c.createRule({ ...spec('multi', 7200), ingressInterfaces: ['in0', 'in1'] });
+    assert.equal(activeGeneration(m), 0, "one rule's entries created: in place");
+    await c.updateRule({ ...spec('multi', 7200, 'b1'), ingressInterfaces: ['in0', 'in1'] }, created.generation);
+    assert.equal(activeGeneration(m), 0, "one rule's entries changed: in place");
+    assert.deepEqual(gens(dp), [0, 0, 0], 'two, and multi on in0 and in1: one generation');
   });
 });

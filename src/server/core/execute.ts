@@ -840,15 +840,18 @@ export async function writeRules(
   const claimed = new Set<string>();
   for (const k of alloc.kernel.values()) for (const m of k.matchKeys) claimed.add(matchId(m));
   const holder = state.matchHolders;
-  // More than one match entry to switch: one kernel transaction (a staged generation of the match entries,
-  // switched to with one map update), so that packets see every rule of the change old or every rule new,
-  // also when the daemon dies while it writes. One entry switches in place (one update: as atomic already).
-  let writes = 0;
+  // Match entries of more than one rule to switch: one kernel transaction (a staged generation of the match
+  // entries, switched to with one map update), so that packets see every rule of the change old or every rule
+  // new, also when the daemon dies while it writes. One rule's entries switch in place: each entry is one update
+  // to a slot written whole before, so a packet sees that rule old or new whatever its ingress; the staging copy
+  // (every active entry) is not paid by a one-rule UpdateRule at 10 000 rules, even on several ingresses.
+  let rulesWriting = 0;
   for (const op of ops) {
-    writes += alloc.kernel.get(op.name)?.matchKeys.length ?? 0;
-    for (const k of state.ruleKernel.get(op.name)?.matchKeys ?? []) if (!claimed.has(matchId(k))) writes++;
+    const puts = alloc.kernel.get(op.name)?.matchKeys.length ?? 0;
+    const dels = (state.ruleKernel.get(op.name)?.matchKeys ?? []).filter((k) => !claimed.has(matchId(k))).length;
+    if (puts + dels > 0) rulesWriting++;
   }
-  const txn = writes > 1 && dp.beginMatches !== undefined;
+  const txn = rulesWriting > 1 && dp.beginMatches !== undefined;
   let switched = false;
   if (txn) {
     // Undo: before the switch, the staged generation is deleted (the entries' own undos below wrote only
