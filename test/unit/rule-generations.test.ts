@@ -48,7 +48,7 @@ describe('rule generations', () => {
     publishMatches(m, [key(3, 7000)], 1);
     publishMatches(m, [key(3, 7001)], 2);
     const before = sorted(activeMatches(m, 0));
-    const t = stageGeneration(m, 0, true);
+    const t = stageGeneration(m, 0);
     publishMatches(m, [key(3, 7000)], 5, t.next); // changed
     removeMatches(m, [key(3, 7001)], t.next); // deleted
     publishMatches(m, [key(3, 7002)], 6, t.next); // new
@@ -71,7 +71,7 @@ describe('rule generations', () => {
     const dp = new ModelDataplane();
     const m = dp.model.maps;
     publishMatches(m, [key(3, 7000)], 1);
-    const t = stageGeneration(m, 0, true);
+    const t = stageGeneration(m, 0);
     publishMatches(m, [key(3, 7000)], 5, t.next);
     publishMatches(m, [key(4, 7003)], 6, t.next);
     // (the daemon dies here: no switch, no cleanup)
@@ -79,6 +79,56 @@ describe('rule generations', () => {
     assert.deepEqual(sorted(activeMatches(m, 0)), ['3:7000->1']);
     assert.deepEqual(gens(dp), [0]);
     assert.deepEqual(m.rulePorts.get(PORTS_PER_GEN + 7003) ?? NONE, NONE, 'the staged port index zeroed');
+  });
+
+  it('staging trusts nothing in the inactive generation: a foreign port index entry and match entry there are zeroed/deleted, and said', async () => {
+    const dp = new ModelDataplane();
+    const lines: string[] = [];
+    const at = () => (_o: unknown, msg?: string) => void lines.push(String(msg ?? _o));
+    const log = { debug: at(), info: at(), warn: at(), error: at(), child: () => log };
+    (dp as unknown as { log: unknown }).log = log;
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    const m = dp.model.maps;
+    const spec = (name: string, port: number): RuleSpec => ({
+      name,
+      protocol: 'udp',
+      port,
+      destination: '',
+      sourcePrefixes: [],
+      ingressInterfaces: ['in0'],
+      backends: [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: 'b0', weight: 1 }],
+      udpChecksum: 'zero',
+      labels: {},
+    });
+    await c.applyRules([spec('one', 7100), spec('two', 7101)], false);
+    assert.equal(activeGeneration(m), 1, 'switched: generation 0 emptied by this daemon');
+    const slot = activeMatches(m, 1)[0][1];
+    // Another tool (bpftool) writes into the inactive generation 0: port 20000 (no rule) as an
+    // any-destination entry of one, folded to a live slot, and a match entry for port 20001.
+    const foreign = { any: 1, dst: 0, xorIfindex: 2, xorSlot: slot };
+    m.rulePorts.put(20000, foreign);
+    m.ruleMatch.put({ ...key(2, 20001), gen: 0 }, slot);
+    await c.applyRules([spec('one', 7100), spec('two', 7101), spec('three', 7102), spec('four', 7103)], false);
+    assert.equal(activeGeneration(m), 0, 'switched to generation 0');
+    assert.deepEqual(m.rulePorts.get(20000) ?? NONE, NONE, 'the foreign port index entry did not go live');
+    assert.deepEqual(
+      activeMatches(m, 0)
+        .map(([k]) => k.dport)
+        .sort(),
+      [7100, 7101, 7102, 7103],
+      'the foreign match entry did not go live',
+    );
+    const said = lines.find((l) => l.includes('rule generation 0 (inactive) held 2 entries'));
+    assert.ok(said, `a line says what was found: ${lines.join(' | ')}`);
+    assert.match(said, /another tool wrote them/);
+    assert.match(
+      said,
+      /map rule_ports, port 20000, inactive generation 0: index 20000\): kernel \{"any":1,"dst":0,"xorIfindex":2,"xorSlot":\d+\}, zeroed/,
+    );
+    assert.match(
+      said,
+      /map rule_match, generation 0: ifindex 2, UDP port 20001, any destination\): kernel rule slot \d+, deleted/,
+    );
   });
 
   it('through the controller: ApplyRules of several rules switches the generation, one CreateRule switches in place', async () => {

@@ -2304,7 +2304,7 @@ export class KernelDataplane implements Dataplane {
 
   /** The open many-rule transaction ({@link beginMatches}). */
   private matchTxn?: tables.GenerationTxn;
-  /** The inactive generation's port index entries are known to be zero (its match entries known gone). */
+  /** This daemon left the inactive generation empty (what staging finds there is another tool's: said so). */
   private inactiveClean = false;
 
   private activeGen(): number {
@@ -2329,13 +2329,20 @@ export class KernelDataplane implements Dataplane {
   beginMatches(): void {
     if (this.matchTxn) throw new Error('a many-rule transaction is already open');
     const active = tables.activeGeneration(this.dp.maps);
-    try {
-      this.matchTxn = tables.stageGeneration(this.dp.maps, active, this.inactiveClean);
-    } catch (e) {
-      this.inactiveClean = false; // part of a copy may be there: the next transaction or start clears it
-      throw e;
+    const clean = this.inactiveClean;
+    this.inactiveClean = false; // part of a copy may be there after a failure: the next transaction or start clears it
+    const t = tables.stageGeneration(this.dp.maps, active);
+    this.matchTxn = t;
+    if (t.found.length) {
+      // Staging reads the whole inactive generation, never trusting it: what was there is said, entry by entry.
+      const who = clean
+        ? 'this daemon left it empty: another tool wrote them'
+        : 'left by a change this daemon did not finish cleaning up, or written by another tool';
+      this.log?.warn(
+        { entries: t.found.length, generation: t.next },
+        `rule generation ${t.next} (inactive) held ${t.found.length} entries before a many-rule change (${who}); repaired: ${t.found.slice(0, 20).join('; ')}${t.found.length > 20 ? `; and ${t.found.length - 20} more` : ''}`,
+      );
     }
-    this.inactiveClean = false;
   }
 
   commitMatches(): void {

@@ -299,22 +299,30 @@ export interface GenerationTxn {
   readonly before: GenMatchKey[];
   /** Ports the transaction's entries use, in either generation. */
   readonly ports: Set<number>;
+  /**
+   * What staging found in the inactive generation and deleted or zeroed (match entries, non-zero port index
+   * entries), one line each naming the map, key and value read: the caller says it.
+   */
+  readonly found: string[];
 }
 
 /**
- * Begin a transaction: delete what is left of the inactive generation (match entries; its port index
- * entries are zero when `clean`, else the whole range is read and zeroed), then copy the active generation's
- * match entries and port index entries into it. Nothing a packet looks up changes.
+ * Begin a transaction: delete what is in the inactive generation (match entries) and zero its port index
+ * entries (the whole range read: nothing there is trusted, another tool may have written it, and a count there
+ * would be looked up after the switch), then copy the active generation's match entries and port index
+ * entries into it. Nothing a packet looks up changes. What was found there is returned (`found`).
  */
-export function stageGeneration(maps: DatapathMaps, active: number, clean: boolean): GenerationTxn {
+export function stageGeneration(maps: DatapathMaps, active: number): GenerationTxn {
   const next = active ^ 1;
   const before: GenMatchKey[] = [];
   const copies: [GenMatchKey, number][] = [];
   const stale: GenMatchKey[] = [];
+  const found: string[] = [];
   const counts = new Map<number, PortUse>();
   for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
     if (genOf(k) !== active) {
       stale.push(k);
+      found.push(`${genMatchText(k)}: kernel rule slot ${slot}, deleted (inactive generation ${genOf(k)})`);
       continue;
     }
     before.push(k);
@@ -322,22 +330,40 @@ export function stageGeneration(maps: DatapathMaps, active: number, clean: boole
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
   maps.ruleMatch.deleteMany(stale);
-  if (!clean) zeroPortRange(maps, next);
+  found.push(...zeroPortRange(maps, next, counts));
   maps.rulePorts.putMany([...counts].map(([port, use]) => [portAt(next, port), use] as [number, PortUse]));
   maps.ruleMatch.putMany(copies);
-  return { active, next, before, ports: new Set(counts.keys()) };
+  return { active, next, before, ports: new Set(counts.keys()), found };
 }
 
-/** Zero a generation's port index entries (read in batches, only the non-zero ones written). */
-function zeroPortRange(maps: DatapathMaps, gen: number): void {
+/** A generation's match key as a line names it (map, ingress ifindex, protocol, port, destination). */
+function genMatchText(k: GenMatchKey): string {
+  const proto = k.proto === 17 ? 'UDP' : k.proto === 6 ? 'TCP' : `IP protocol ${k.proto}`;
+  const dst = k.daddr.every((b) => b === 0) ? 'any destination' : `destination ${[...k.daddr].join('.')}`;
+  return `match entry (map rule_match, generation ${genOf(k)}: ifindex ${k.ifindex}, ${proto} port ${k.dport}, ${dst})`;
+}
+
+/**
+ * Zero a generation's port index entries (read in batches, only the non-zero ones written, except the ports
+ * of `keep`, which the caller writes next). Returns a line for each non-zero entry found.
+ */
+function zeroPortRange(maps: DatapathMaps, gen: number, keep?: Map<number, PortUse>): string[] {
   const vs = maps.rulePorts.info.valueSize;
   const raw = maps.rulePorts.getRangeRaw(portAt(gen, 0), PORTS_PER_GEN);
   const zero = Buffer.alloc(vs);
   const writes: [number, PortUse][] = [];
+  const found: string[] = [];
   for (let port = 0; port < PORTS_PER_GEN; port++) {
-    if (zero.compare(raw, port * vs, (port + 1) * vs) !== 0) writes.push([portAt(gen, port), { any: 0, dst: 0 }]);
+    if (zero.compare(raw, port * vs, (port + 1) * vs) === 0) continue;
+    const now = portUse.decode(Buffer.from(raw.subarray(port * vs, (port + 1) * vs)));
+    found.push(
+      `port index (map rule_ports, port ${port}, inactive generation ${gen}: index ${portAt(gen, port)}): ` +
+        `kernel ${JSON.stringify(now)}, ${keep?.has(port) ? `overwritten with ${JSON.stringify(keep.get(port))}` : 'zeroed'}`,
+    );
+    if (!keep?.has(port)) writes.push([portAt(gen, port), { any: 0, dst: 0 }]);
   }
   maps.rulePorts.putMany(writes);
+  return found;
 }
 
 /** The commit point: one update of rule_gen, after which packets look up the transaction's generation only. */
