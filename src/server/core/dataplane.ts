@@ -716,6 +716,12 @@ export interface Dataplane {
    */
   checkPortIndex?(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]>;
   /**
+   * Compare rule_gen (the active rule generation) with the generation this daemon made active (at its start or
+   * its last many-rule switch); when another tool flipped it, write it back (one update) and return the repair.
+   * The reconciler calls it at every pass. Undefined: they agree, or no generation is known yet.
+   */
+  checkGeneration?(): EntryRepair | undefined;
+  /**
    * Compare the per-interface flags word (if_flags: cross-connect, link counters index, generic mode) of every
    * interface with a link, link counters or our program with what it must be: `generic` names each ifindex our
    * program runs on, true where the kernel reports generic mode; `links` the link directions wanted (ingress ->

@@ -88,8 +88,14 @@ export async function quickCheck(
   const { state, dp } = ctx;
   const started = performance.now();
   let watched = {};
+  // rule_gen at every pass (another tool's flip switches every rule's match entries at once), after the last
+  // pace: a pass that gives its turn to a change logs nothing, so a write before it would never be said.
+  const generation = (): EntryRepair[] => {
+    const gen = dp.checkGeneration?.();
+    return gen ? [gen] : [];
+  };
   const none = (moved: number) => ({
-    repaired: [],
+    repaired: generation(),
     rules: 0,
     moved,
     ...watched,
@@ -140,6 +146,7 @@ export async function quickCheck(
       if (k && (i >= done || skip.has(name))) state.movedSlots.add(k.slot);
     }
   }
+  repaired.unshift(...generation());
   return { repaired, rules, moved, ...watched, ms: Math.round(performance.now() - started) };
 }
 
@@ -207,6 +214,10 @@ export async function compareKernelEntries(
   }
   let prefixes: ReadonlyMap<number, readonly SrcKey[]> = new Map();
   const repaired = await repairRuleEntries(ctx, plans, ks, pace, (p) => (prefixes = p));
+  // rule_gen (after the paced reads, as every write here): the match entries read and kept are those of the
+  // generation this daemon made active, never of the one another tool switched rule_gen to.
+  const gen = names ? undefined : dp.checkGeneration?.();
+  if (gen) repaired.unshift(gen);
   // The match entry only (the index is recounted below): the tool that wrote it did not count it in rule_ports.
   for (const [key, slot] of strays) {
     dp.deleteMatch(key, false);

@@ -2307,8 +2307,30 @@ export class KernelDataplane implements Dataplane {
   /** This daemon left the inactive generation empty (what staging finds there is another tool's: said so). */
   private inactiveClean = false;
 
+  /**
+   * The generation this daemon made active (read at the start's rebuildPortIndex, then set by each switch):
+   * what rule_gen must hold between changes. Another tool's flip of rule_gen is not adopted (checkGeneration).
+   */
+  private madeActive?: number;
+
   private activeGen(): number {
-    return this.matchTxn ? this.matchTxn.active : tables.activeGeneration(this.dp.maps);
+    return this.matchTxn ? this.matchTxn.active : (this.madeActive ?? tables.activeGeneration(this.dp.maps));
+  }
+
+  checkGeneration(): EntryRepair | undefined {
+    const want = this.activeGen();
+    if (this.madeActive === undefined) return undefined;
+    const now = this.dp.maps.ruleGen.get(0);
+    if (now === want) return undefined;
+    this.dp.maps.ruleGen.put(0, want);
+    const entry = 'rule_gen (the active rule generation)';
+    return {
+      line: `${entry}: kernel ${now ?? 'absent'}, desired ${want}: rewritten`,
+      map: 'rule_gen',
+      key: '0',
+      entry,
+      owner: { kind: 'none' },
+    };
   }
 
   putMatch(key: MatchKey, slot: number, index = true): void {
@@ -2328,7 +2350,10 @@ export class KernelDataplane implements Dataplane {
 
   beginMatches(): void {
     if (this.matchTxn) throw new Error('a many-rule transaction is already open');
-    const active = tables.activeGeneration(this.dp.maps);
+    // Staged from the generation this daemon made active: rule_gen flipped by another tool is put back first.
+    const flipped = this.checkGeneration();
+    if (flipped) this.log?.warn({ map: flipped.map, key: flipped.key }, flipped.line);
+    const active = this.activeGen();
     const clean = this.inactiveClean;
     this.inactiveClean = false; // part of a copy may be there after a failure: the next transaction or start clears it
     const t = tables.stageGeneration(this.dp.maps, active);
@@ -2350,6 +2375,7 @@ export class KernelDataplane implements Dataplane {
     if (!t) return;
     tables.switchGeneration(this.dp.maps, t); // throws: not switched, the transaction stays open for abortMatches
     this.matchTxn = undefined;
+    this.madeActive = t.next;
     try {
       tables.dropGeneration(this.dp.maps, t.active, t.before, t.ports);
       this.inactiveClean = true;
@@ -2374,6 +2400,7 @@ export class KernelDataplane implements Dataplane {
   rebuildPortIndex(): void {
     const stale = tables.rebuildPortUse(this.dp.maps);
     this.inactiveClean = true;
+    this.madeActive = tables.activeGeneration(this.dp.maps); // what the start found and kept (the pins' truth)
     if (stale > 0) {
       this.log?.info(
         { entries: stale },
