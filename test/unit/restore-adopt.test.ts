@@ -211,3 +211,63 @@ describe('restore: rules adopted in place', () => {
     }
   });
 });
+
+describe('restore: slots no stored rule holds', () => {
+  it('a crash between staging and the switch: the start clears the staged rules’ slots and counts them', async () => {
+    const { dp, c, stored } = await installed();
+    // The daemon dies at the commit point of a many-rule change adding d and e: their slots, tables and
+    // backends are written, their match entries staged in the inactive generation, rule_gen not switched.
+    dp.commitMatches = () => {
+      dp.faults.crashed = true;
+      throw new Error('killed at the switch');
+    };
+    await assert.rejects(
+      c.applyRules(
+        [
+          ...stored.rules.map((r) =>
+            rule(r.name, 5000 + 'abc'.indexOf(r.name), {
+              sourcePrefixes: r.sourcePrefixes,
+              ingressInterfaces: r.ingressInterfaces,
+              udpChecksum: r.udpChecksum,
+            }),
+          ),
+          rule('d', 5003),
+          rule('e', 5004),
+        ],
+        false,
+      ),
+    );
+    const storedSlots = new Set(stored.rules.map((r) => r.kernel!.slot));
+    const written = (m: ModelDataplane) =>
+      [...m.model.maps.ruleCfg.entries()]
+        .filter(([s, v]) => !storedSlots.has(s as number) && (v.flags || v.statsId))
+        .map(([s]) => s);
+    const dp2 = ModelDataplane.adopt(dp);
+    assert.equal(written(dp2).length, 2, 'premise: the staged rules d and e hold two slots');
+    const lines: { msg: string; orphans?: number; unheldSlots?: number }[] = [];
+    const log = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk, _enc, done) {
+          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
+          done();
+        },
+      }),
+    );
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    await c2.restore(stored);
+    assert.deepEqual(written(dp2), [], 'the staged slots are cleared');
+    for (const s of storedSlots) assert.ok(dp2.model.maps.ruleCfg.get(s)!.flags, `stored slot ${s} kept`);
+    const done = lines.find((l) => l.msg.startsWith('restored: '));
+    assert.equal(done?.orphans, 2, 'the start says how many');
+    assert.equal(done?.unheldSlots, 2);
+    assert.equal(lines.filter((l) => l.msg.startsWith('restore cleared rule slot ')).length, 2, 'each named');
+    assert.deepEqual(
+      c2.listRules().map((r) => [r.name, r.status.state]),
+      c
+        .listRules()
+        .filter((r) => 'abc'.includes(r.name))
+        .map((r) => [r.name, r.status.state]),
+    );
+  });
+});

@@ -90,10 +90,21 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // change and before it was saved): keep them and their backends until
   // the switch is done.
   const orphans = [...referenced].filter((s) => !known.has(s));
+  const heldIds = new Set<number>();
+  for (const k of state.ruleKernel.values()) for (const b of k.backends.values()) heldIds.add(b.id);
   for (const slot of orphans) {
     state.slots.take(slot);
-    for (const id of dp.readRing(slot)) if (id !== dp.noBackend && id !== 0) state.backendIds.take(id);
+    for (const id of dp.readRing(slot)) {
+      if (id === dp.noBackend || id === 0) continue;
+      state.backendIds.take(id);
+      heldIds.add(id);
+    }
   }
+  // Slots written that no stored rule holds and no active match entry points at, whatever generation's entries
+  // pointed there: a many-rule change's new rules when its daemon stopped before the switch (the start deleted
+  // its staged match entries above), or another tool's. No packet was looked up to them: cleared now, with the
+  // backend entries of their tables that no stored rule or orphan holds.
+  const unheld = clearUnheldSlots(ctx, known, referenced, heldIds);
   // A rule is judged as a pass judges it (plan-rules.ts, lenient): an ingress missing now gets no match entry, a
   // backend whose egress is missing stays out of the table (its flows go to the others), and the rest is adopted
   // in place, forwarding as it did. Only a rule with no ingress or no backend egress there waits (reported); the
@@ -207,7 +218,48 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       ]),
     ),
   );
-  ctx.log.info({ ...seen.counts, orphans: orphans.length }, `restored: ${seen.text}`);
+  ctx.log.info({ ...seen.counts, orphans: orphans.length + unheld, unheldSlots: unheld }, `restored: ${seen.text}`);
+}
+
+/**
+ * Clear the rule slots below the capacity that hold something (rule entry, backend table) while no stored rule
+ * (`known`) holds them and no active match entry (`referenced`) points at them, and the backend entries of their
+ * tables not in `heldIds`. Says each at error level (slot, rule entry word, ids). Returns how many.
+ */
+function clearUnheldSlots(
+  ctx: ExecContext,
+  known: ReadonlySet<number>,
+  referenced: ReadonlySet<number>,
+  heldIds: ReadonlySet<number>,
+): number {
+  const { dp } = ctx;
+  const slots: number[] = [];
+  for (let s = 0; s < dp.capacity.ruleSlots; s++) if (!known.has(s) && !referenced.has(s)) slots.push(s);
+  const found: { slot: number; word: number; statsId: number; ids: number[] }[] = [];
+  dp.readRuleSlots(slots, (slot, st) => {
+    const ids = new Set<number>();
+    const stride = st.ringStride ?? 1;
+    for (let i = 0; i * stride < st.ring.length; i++) {
+      const id = st.ring[i * stride];
+      if (id !== 0 && id !== dp.noBackend) ids.add(id);
+    }
+    const word = st.word ?? (st.active ? 1 : 0) | st.flags;
+    if (!ids.size && !st.active && !word && !st.statsId) return;
+    found.push({ slot, word, statsId: st.statsId, ids: [...ids] });
+  });
+  for (const f of found) {
+    const free = f.ids.filter((id) => !heldIds.has(id));
+    dp.clearRuleSlot(f.slot, [], free);
+    ctx.log.error(
+      { slot: f.slot, backendIds: f.ids },
+      `restore cleared rule slot ${f.slot} (map rule_cfg: kernel flags word 0x${f.word.toString(16)}, stats id ` +
+        `${f.statsId}; map rule_ring: ${f.ids.length} backend ids; map backends: ${free.length} entries emptied): ` +
+        'no stored rule holds it and no match entry of the active generation points at it, so no packet was ' +
+        'sent to it: the new rules of a many-rule change whose daemon stopped before its switch (never ' +
+        "acknowledged), or another tool's",
+    );
+  }
+  return found.length;
 }
 
 /**
