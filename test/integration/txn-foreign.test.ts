@@ -1,0 +1,329 @@
+/**
+ * The many-rule transaction (rule generations) against another tool and a kill, in the real kernel (twenty-first
+ * review; the fixes were unit-tested on model maps only). Real daemons, real `bpftool` writes into the pins, real
+ * datagrams through namespaces:
+ *  - a rule_ports entry (folded: it names a slot itself) and a rule_match entry written by bpftool into the inactive
+ *    generation are zeroed/deleted and said by the next many-rule ApplyRules before it switches: no datagram to
+ *    their ports is redirected (the backend receives none, the kernel counts none for the slot's rule). Before:
+ *    staging trusted a generation this daemon had left empty, and the foreign port went live at the switch;
+ *  - rule_gen flipped by bpftool is written back by the reconciler and said; the rules deliver again;
+ *  - kill -9 after a many-rule ApplyRules staged its match entries and before its switch: the next start clears the
+ *    rule slots no stored rule holds, names each and counts them; `rules list` is the stored set and an old rule
+ *    delivers. Before: the staged rules' slots (tables, backend entries) stayed written, unheld.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { setImmediate as tick } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+
+import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
+import { AF_INET, matchKey, portUse, PORTS_PER_GEN, ruleEntry, u32 } from '../../src/server/dataplane/codec.js';
+import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
+import type { Clients, DaemonProcess } from '../helpers/daemon.js';
+import { kernelOnly, sh, until } from '../helpers/env.js';
+import { backendOf, Lab } from '../helpers/lab.js';
+import type { Host } from '../helpers/topology.js';
+
+/** Rules of case (c): N old ones, then N new ones added by the change killed before its switch. */
+const N = 1500;
+const MAX_RULES = 2 * N;
+const OLD = 10000;
+const NEW = 30000;
+/** The ports another tool points at a slot in the inactive generation (case a). */
+const FOREIGN_FOLD = 20000;
+const FOREIGN_MATCH = 20001;
+
+const args = (b: Buffer) => [...b].map(String);
+const u32le = (n: number) => args(u32.encode(n));
+
+describe(
+  'the many-rule transaction against another tool and a kill (rule generations, real kernel)',
+  kernelOnly(),
+  () => {
+    const lab = new Lab();
+    let d: DaemonProcess;
+    let c: Clients;
+    let b1: Host, b2: Host;
+    let ifindex: number;
+
+    before(async () => {
+      ({ b1, b2 } = lab.addHosts({ vm: '198.18.1.1/24', b1: '198.18.2.1/24', b2: '198.18.3.1/24' }));
+      ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', String(MAX_RULES)]));
+      ifindex = Number(readFileSync(`/sys/class/net/${lab.vm.hostIf}/ifindex`, 'utf8'));
+    });
+    after(() => lab.destroy());
+
+    const maps = () => XdpDatapath.mapPinDir(d.pinRoot);
+    /** rule_gen's value (bpftool's view). */
+    const ruleGen = (): number => {
+      const [e] = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${maps()}/rule_gen`])) as {
+        value: string[];
+      }[];
+      return Buffer.from(e.value.map((x) => parseInt(x, 16))).readUInt32LE(0);
+    };
+    /** The active generation's match entries' slots by port. */
+    const slotsByPort = (): Map<number, number> => {
+      const gen = ruleGen() & 1;
+      const m = openPinnedMap(`${maps()}/rule_match`, matchKey, u32);
+      try {
+        return new Map(m.entriesBatch().flatMap(([k, s]) => ((k.gen ?? 0) === gen ? [[k.dport, s] as const] : [])));
+      } finally {
+        m.close();
+      }
+    };
+    /** How many of `n` datagrams to `port` each of `to` received. */
+    const delivered = async (port: number, to: Host[], n = 100) => (await lab.send(port, to, n, 10)).got;
+    const ruleCounters = async (name: string) => {
+      const { counters } = await c.counters.getCounters({ filter: { rules: [name] } });
+      const r = counters!.rules.find((x) => x.rule === name)!;
+      return { matched: r.matchedPackets, redirected: r.redirectedPackets };
+    };
+
+    it('(a) a rule_ports and a rule_match entry bpftool wrote into the inactive generation: zeroed and said before a many-rule switch; no datagram to their ports redirected', async () => {
+      await c.rules.applyRules({
+        rules: [lab.apiRule('a0', 7001, [backendOf(b1)]), lab.apiRule('a1', 7002, [backendOf(b1)])],
+        validateOnly: false,
+      });
+      await lab.untilActive('a0');
+      await lab.untilActive('a1');
+      assert.deepEqual(await delivered(7001, [b1]), [100], 'premise: a0 delivers');
+      const slot = slotsByPort().get(7001)!;
+      assert.ok(slot !== undefined, 'a0 has a match entry in the active generation');
+      const inactive = (ruleGen() & 1) ^ 1;
+
+      // Another tool: port FOREIGN_FOLD's index entry of the inactive generation names a0's slot itself (one
+      // any-destination entry on vm's ingress: the datapath takes the slot from the fold, no match lookup), and
+      // port FOREIGN_MATCH has an index entry counting one entry plus that entry in rule_match, pointing at a0's slot.
+      const at = d.output.length;
+      const fold = portUse.encode({ any: 1, dst: 0, xorIfindex: ifindex, xorSlot: slot });
+      sh('bpftool', [
+        'map',
+        'update',
+        'pinned',
+        `${maps()}/rule_ports`,
+        'key',
+        ...u32le(inactive * PORTS_PER_GEN + FOREIGN_FOLD),
+        'value',
+        ...args(fold),
+      ]);
+      const counted = portUse.encode({ any: 2, dst: 0 }); // a count of 2: no fold, the match entry is looked up
+      sh('bpftool', [
+        'map',
+        'update',
+        'pinned',
+        `${maps()}/rule_ports`,
+        'key',
+        ...u32le(inactive * PORTS_PER_GEN + FOREIGN_MATCH),
+        'value',
+        ...args(counted),
+      ]);
+      const key = matchKey.encode({
+        ifindex,
+        dport: FOREIGN_MATCH,
+        proto: 17,
+        family: AF_INET,
+        daddr: new Uint8Array(4),
+        gen: inactive,
+      });
+      sh('bpftool', ['map', 'update', 'pinned', `${maps()}/rule_match`, 'key', ...args(key), 'value', ...u32le(slot)]);
+
+      // A change of two rules: one kernel transaction, switched to the generation bpftool wrote into.
+      await c.rules.applyRules({
+        rules: [
+          lab.apiRule('a0', 7001, [backendOf(b1)]),
+          lab.apiRule('a1', 7002, [backendOf(b1)]),
+          lab.apiRule('a2', 7003, [backendOf(b1)]),
+          lab.apiRule('a3', 7004, [backendOf(b1)]),
+        ],
+        validateOnly: false,
+      });
+      assert.equal(ruleGen() & 1, inactive, 'premise: the change switched to the generation bpftool wrote into');
+      await lab.untilActive('a3');
+      assert.deepEqual(await delivered(7004, [b1]), [100], 'the change holds: a3 delivers');
+
+      const before = await ruleCounters('a0');
+      const got = [...(await delivered(FOREIGN_FOLD, [b1])), ...(await delivered(FOREIGN_MATCH, [b1]))];
+      const afterSend = await ruleCounters('a0');
+      assert.deepEqual(
+        got,
+        [0, 0],
+        `datagrams to ports ${FOREIGN_FOLD} and ${FOREIGN_MATCH} redirected to a0's backend`,
+      );
+      assert.deepEqual(afterSend, before, "the kernel counted none of them for a0's slot");
+      assert.deepEqual(await delivered(7001, [b1]), [100], 'a0 still delivers');
+
+      // Said: each entry found in the inactive generation, with the map, the key and the value read.
+      const text = d
+        .logLines(at)
+        .map((l) => l.msg)
+        .join('\n');
+      assert.match(
+        text,
+        new RegExp(
+          `port index \\(map rule_ports, port ${FOREIGN_FOLD}, inactive generation ${inactive}: index ${inactive * PORTS_PER_GEN + FOREIGN_FOLD}\\): ` +
+            `kernel \\{"any":1,"dst":0,"xorIfindex":${ifindex},"xorSlot":${slot}\\}, zeroed`,
+        ),
+      );
+      assert.match(
+        text,
+        new RegExp(
+          `port index \\(map rule_ports, port ${FOREIGN_MATCH}, inactive generation ${inactive}: [^)]*\\): kernel \\{"any":2,"dst":0\\}, zeroed`,
+        ),
+      );
+      // The match entry: deleted by the staging (named), or before it by a full comparison of the reconciler.
+      assert.match(
+        text,
+        new RegExp(
+          `match entry \\(map rule_match, generation ${inactive}: ifindex ${ifindex}, UDP port ${FOREIGN_MATCH}, any destination\\): kernel rule slot ${slot}, deleted|` +
+            `deleted \\d+ match entries of the inactive rule generation ${inactive}`,
+        ),
+      );
+      // Nothing of it is left in either generation's half of the index.
+      const ports = openPinnedMap(`${maps()}/rule_ports`, u32, portUse);
+      try {
+        for (const g of [0, 1])
+          for (const p of [FOREIGN_FOLD, FOREIGN_MATCH])
+            assert.deepEqual(
+              ports.get(g * PORTS_PER_GEN + p),
+              { any: 0, dst: 0 },
+              `rule_ports generation ${g} port ${p}`,
+            );
+      } finally {
+        ports.close();
+      }
+    });
+    it('(b) rule_gen flipped by bpftool: written back by the reconciler within 10 s and said; the rules deliver again', async (t) => {
+      assert.deepEqual(await delivered(7001, [b1]), [100], 'premise: a0 delivers');
+      const made = ruleGen();
+      const at = d.output.length;
+      sh('bpftool', ['map', 'update', 'pinned', `${maps()}/rule_gen`, 'key', ...u32le(0), 'value', ...u32le(made ^ 1)]);
+      const flippedAt = Date.now();
+      await until(
+        () => `rule_gen still ${ruleGen()}, not ${made}`,
+        () => ruleGen() === made,
+        10_000,
+      );
+      const backIn = Date.now() - flippedAt;
+      const line = `rule_gen (the active rule generation): kernel ${made ^ 1}, desired ${made}: rewritten`;
+      await until(`the daemon says "${line}"`, () => d.output.slice(at).includes(line), 5000);
+      const said = d
+        .logLines<{ level: number; msg: string; repaired?: string[] }>(at)
+        .find((l) => (l.repaired ?? []).includes(line));
+      assert.ok(said, `a line whose repaired list holds "${line}"`);
+      assert.equal(said.level, 40, "a warning, as every repair of another tool's write");
+      assert.deepEqual(await delivered(7001, [b1]), [100], 'a0 delivers again');
+      assert.deepEqual(await delivered(7004, [b1]), [100], 'a3 delivers again');
+      // The generation this daemon made active is kept whole: its entries are those looked up, nothing in the other.
+      assert.deepEqual([...slotsByPort().keys()].sort(), [7001, 7002, 7003, 7004]);
+      assert.equal(ruleGen(), made, 'and stays');
+      t.diagnostic(`rule_gen written back ${backIn} ms after bpftool flipped it`);
+    });
+    it('(c) kill -9 after a many-rule ApplyRules staged its match entries, before its switch: the start clears the slots no stored rule holds, names and counts them; the stored set forwards', async (t) => {
+      const old = Array.from({ length: N }, (_, i) => lab.apiRule(`o${i}`, OLD + i, [backendOf(b1)]));
+      const added = Array.from({ length: N }, (_, i) => lab.apiRule(`n${i}`, NEW + i, [backendOf(b2)]));
+      await c.rules.applyRules({ rules: old, validateOnly: false });
+      assert.deepEqual(await delivered(OLD, [b1]), [100], 'premise: o0 delivers');
+      const active = ruleGen() & 1;
+      const staged = active ^ 1;
+      const oldSlots = new Set(slotsByPort().values());
+      assert.equal(oldSlots.size, N, 'premise: one slot per old rule');
+
+      // The change adds N rules: their slots are written first, then their match entries staged in the inactive
+      // generation (with a yield between rules), then rule_gen switched. Killed as soon as a staged entry of a new
+      // rule is in the kernel: staging has begun, the switch (after the last of N rules) has not.
+      const match = openPinnedMap(`${maps()}/rule_match`, matchKey, u32);
+      const keys = added.map((r) => ({
+        ifindex,
+        dport: r.match!.port,
+        proto: 17,
+        family: AF_INET,
+        daddr: new Uint8Array(4),
+        gen: staged,
+      }));
+      let answer: string;
+      let stagedAtKill: number;
+      try {
+        const pending = c.rules.applyRules({ rules: [...old, ...added], validateOnly: false }).then(
+          () => 'acknowledged',
+          (e: Error) => `failed: ${e.message}`,
+        );
+        const deadline = Date.now() + 120_000;
+        while (!keys.some((k) => match.get(k) !== undefined)) {
+          assert.ok(Date.now() < deadline, 'no staged entry of a new rule in 120 s');
+          await tick();
+        }
+        d.child.kill('SIGKILL');
+        answer = await pending;
+        await d.stop('SIGKILL'); // reaped
+        stagedAtKill = keys.filter((k) => match.get(k) !== undefined).length;
+      } finally {
+        match.close();
+      }
+      t.diagnostic(`killed with ${stagedAtKill} of ${N} new rules staged; the client was told: ${answer}`);
+      assert.equal(ruleGen(), active, 'premise: killed before the switch (rule_gen not switched)');
+      assert.match(answer, /^failed/, 'premise: the change was not acknowledged');
+      // What the kill left: the new rules' slots written (rule entry active, backend table), held by no stored rule
+      // and looked up by no active match entry.
+      const cfg = openPinnedMap(`${maps()}/rule_cfg`, u32, ruleEntry);
+      const written = () => {
+        const out: number[] = [];
+        for (const [slot, v] of cfg.entriesBatch()) if ((v.flags || v.statsId) && !oldSlots.has(slot)) out.push(slot);
+        return out.sort((x, y) => x - y);
+      };
+      let left: number[];
+      try {
+        left = written();
+        assert.ok(left.length > 0, "premise: the kill left new rules' slots written");
+        t.diagnostic(`${left.length} slots written by the killed change, none looked up`);
+        // Before the start: the old rules deliver (the kernel never switched), the new ones do not.
+        assert.deepEqual(await delivered(OLD + N - 1, [b1]), [100], 'the last old rule delivers from the pins');
+        assert.deepEqual(await delivered(NEW, [b2]), [0], 'no new rule delivers: the change never switched');
+
+        ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', String(MAX_RULES)]));
+        const still = written();
+        assert.equal(
+          still.length,
+          0,
+          `${still.length} slots left written that no stored rule holds (${still.slice(0, 5).join(', ')}…)`,
+        );
+        const lines = d.logLines<{
+          level: number;
+          msg: string;
+          slot?: number;
+          orphans?: number;
+          unheldSlots?: number;
+        }>();
+        const cleared = lines.filter((l) => l.msg.startsWith('restore cleared rule slot '));
+        assert.deepEqual(
+          cleared.map((l) => l.slot).sort((x, y) => x! - y!),
+          left,
+          'each slot the kill left is named by the start',
+        );
+        for (const l of cleared) {
+          assert.equal(l.level, 50, 'at error level');
+          assert.match(
+            l.msg,
+            /^restore cleared rule slot \d+ \(map rule_cfg: kernel flags word 0x[0-9a-f]+, stats id \d+; map rule_ring: 1 backend ids; map backends: 1 entries emptied\)/,
+          );
+        }
+        const restored = lines.find((l) => l.msg.startsWith('restored: '));
+        assert.equal(restored?.unheldSlots, left.length, 'counted: unheldSlots');
+        assert.equal(restored?.orphans, left.length, 'counted with the orphans');
+      } finally {
+        cfg.close();
+      }
+      // The stored set is what runs: the old rules, all of them forwarding.
+      const names: string[] = [];
+      let pageToken = '';
+      do {
+        const page = await c.rules.listRules({ pageToken, pageSize: 1000 });
+        names.push(...page.rules.map((r) => r.name));
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+      assert.deepEqual(names.sort(), old.map((r) => r.name).sort(), 'rules list: the stored set');
+      assert.deepEqual(await delivered(OLD, [b1]), [100], 'o0 delivers after the start');
+      assert.deepEqual(await delivered(OLD + N - 1, [b1]), [100], `o${N - 1} delivers after the start`);
+      assert.deepEqual(await delivered(NEW, [b2]), [0], 'n0 does not');
+    });
+  },
+);
