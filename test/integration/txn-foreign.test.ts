@@ -17,7 +17,15 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 
 import { openPinnedMap } from '../../src/server/dataplane/bpf-map.js';
-import { AF_INET, matchKey, portUse, PORTS_PER_GEN, ruleEntry, u32 } from '../../src/server/dataplane/codec.js';
+import {
+  AF_INET,
+  backendEntry,
+  matchKey,
+  portUse,
+  PORTS_PER_GEN,
+  ruleEntry,
+  u32,
+} from '../../src/server/dataplane/codec.js';
 import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import type { Clients, DaemonProcess } from '../helpers/daemon.js';
 import { kernelOnly, sh, until } from '../helpers/env.js';
@@ -229,49 +237,59 @@ describe(
     it('(c) kill -9 after a many-rule ApplyRules staged its match entries, before its switch: the start clears the slots no stored rule holds, names and counts them; the stored set forwards', async (t) => {
       const old = Array.from({ length: N }, (_, i) => lab.apiRule(`o${i}`, OLD + i, [backendOf(b1)]));
       const added = Array.from({ length: ADDED }, (_, i) => lab.apiRule(`n${i}`, NEW + i, [backendOf(b2)]));
-      await c.rules.applyRules({ rules: old, validateOnly: false });
-      assert.deepEqual(await delivered(OLD, [b1]), [100], 'premise: o0 delivers');
-      const active = ruleGen() & 1;
-      const staged = active ^ 1;
-      const oldSlots = new Set(slotsByPort().values());
-      assert.equal(oldSlots.size, N, 'premise: one slot per old rule');
-
-      // The change adds ADDED rules: their slots are written first, then their match entries staged in the inactive
-      // generation (with a yield between rules), then rule_gen switched. Killed as soon as a staged entry of a new
-      // rule is in the kernel: staging has begun, the switch (after the last of ADDED rules) has not.
-      const match = openPinnedMap(`${maps()}/rule_match`, matchKey, u32);
-      const keys = added.map((r) => ({
-        ifindex,
-        dport: r.match!.port,
-        proto: 17,
-        family: AF_INET,
-        daddr: new Uint8Array(4),
-        gen: staged,
-      }));
+      let active: number;
+      let oldSlots: Set<number>;
       let answer: string;
-      let stagedAtKill: number;
-      try {
-        const pending = c.rules.applyRules({ rules: [...old, ...added], validateOnly: false }).then(
-          () => 'acknowledged',
-          (e: Error) => `failed: ${e.message}`,
-        );
-        // The change's rules are written in the request's order: its first new rules are staged first. A few key
-        // lookups per turn (not all N), so that the kill follows the first staged entry closely.
-        const first = keys.slice(0, 8);
-        const deadline = Date.now() + 120_000;
-        while (!first.some((k) => match.get(k) !== undefined)) {
-          assert.ok(Date.now() < deadline, 'no staged entry of a new rule in 120 s');
-          await tick();
+      for (let attempt = 1; ; attempt++) {
+        await c.rules.applyRules({ rules: old, validateOnly: false });
+        assert.deepEqual(await delivered(OLD, [b1]), [100], 'premise: o0 delivers');
+        active = ruleGen() & 1;
+        oldSlots = new Set(slotsByPort().values());
+        assert.equal(oldSlots.size, N, 'premise: one slot per old rule');
+
+        // The change adds ADDED rules: their slots are written first, then their match entries staged in the
+        // inactive generation (with a yield between slices), then rule_gen switched. Killed as soon as a staged entry
+        // of a new rule is in the kernel: staging has begun, the switch (after the last of ADDED rules) has not.
+        const match = openPinnedMap(`${maps()}/rule_match`, matchKey, u32);
+        const keys = added.map((r) => ({
+          ifindex,
+          dport: r.match!.port,
+          proto: 17,
+          family: AF_INET,
+          daddr: new Uint8Array(4),
+          gen: active ^ 1,
+        }));
+        let stagedAtKill: number;
+        try {
+          const pending = c.rules.applyRules({ rules: [...old, ...added], validateOnly: false }).then(
+            () => 'acknowledged',
+            (e: Error) => `failed: ${e.message}`,
+          );
+          // The change's rules are written in the request's order: its first new rules are staged first. A few key
+          // lookups per turn (not all of them), so that the kill follows the first staged entry closely.
+          const first = keys.slice(0, 8);
+          const deadline = Date.now() + 120_000;
+          while (!first.some((k) => match.get(k) !== undefined)) {
+            assert.ok(Date.now() < deadline, 'no staged entry of a new rule in 120 s');
+            await tick();
+          }
+          d.child.kill('SIGKILL');
+          answer = await pending;
+          await d.stop('SIGKILL'); // reaped
+          d.closeClients();
+          stagedAtKill = keys.filter((k) => match.get(k) !== undefined).length;
+        } finally {
+          match.close();
         }
-        d.child.kill('SIGKILL');
-        answer = await pending;
-        await d.stop('SIGKILL'); // reaped
-        stagedAtKill = keys.filter((k) => match.get(k) !== undefined).length;
-      } finally {
-        match.close();
+        t.diagnostic(
+          `attempt ${attempt}: killed with ${stagedAtKill} of ${ADDED} new rules staged; the client was told: ${answer}`,
+        );
+        if (ruleGen() === active) break;
+        // A loaded machine gave the daemon the whole window before the kill landed (seen once in 20 runs): the
+        // premise did not hold, so nothing is judged; the stored set is put back and the kill tried again.
+        assert.ok(attempt < 3, 'the kill landed after the switch 3 times: rule_gen switched');
+        ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', String(MAX_RULES)]));
       }
-      t.diagnostic(`killed with ${stagedAtKill} of ${ADDED} new rules staged; the client was told: ${answer}`);
-      assert.equal(ruleGen(), active, 'premise: killed before the switch (rule_gen not switched)');
       assert.match(answer, /^failed/, 'premise: the change was not acknowledged');
       // What the kill left: the new rules' slots written (rule entry active, backend table), held by no stored rule
       // and looked up by no active match entry.
@@ -281,11 +299,25 @@ describe(
         for (const [slot, v] of cfg.entriesBatch()) if ((v.flags || v.statsId) && !oldSlots.has(slot)) out.push(slot);
         return out.sort((x, y) => x - y);
       };
+      // Backend entries egressing to b2 (only the killed change's new rules have b2 as their backend).
+      const b2Index = Number(readFileSync(`/sys/class/net/${b2.hostIf}/ifindex`, 'utf8'));
+      const toB2 = () => {
+        const m = openPinnedMap(`${maps()}/backends`, u32, backendEntry);
+        try {
+          return m.entriesBatch().filter(([, e]) => e.ifindex === b2Index).length;
+        } finally {
+          m.close();
+        }
+      };
       let left: number[];
       try {
         left = written();
         assert.ok(left.length > 0, "premise: the kill left new rules' slots written");
-        t.diagnostic(`${left.length} slots written by the killed change, none looked up`);
+        const b2Entries = toB2();
+        assert.ok(b2Entries > 0, "premise: the kill left the new rules' backend entries written");
+        t.diagnostic(
+          `${left.length} slots and ${b2Entries} backend entries written by the killed change, none looked up`,
+        );
         // Before the start: the old rules deliver (the kernel never switched), the new ones do not.
         assert.deepEqual(await delivered(OLD + N - 1, [b1]), [100], 'the last old rule delivers from the pins');
         assert.deepEqual(await delivered(NEW, [b2]), [0], 'no new rule delivers: the change never switched');
@@ -306,6 +338,7 @@ describe(
           0,
           `${still.length} slots left written that no stored rule holds (${still.slice(0, 5).join(', ')}…)`,
         );
+        assert.equal(toB2(), 0, "the killed change's backend entries emptied");
         const lines = d.logLines<{
           level: number;
           msg: string;
