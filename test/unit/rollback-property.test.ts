@@ -181,7 +181,8 @@ function setup() {
 }
 
 describe('rollback property (modelled maps, byte for byte)', () => {
-  it(`a failed change leaves every map, the store and the controller as they were (${RUNS} runs)`, async () => {
+  /** The property, run with fast-check parameters `params` (a fixed seed and path: one counterexample replayed). */
+  const failedChangeProperty = (params: fc.Parameters<unknown>) => async () => {
     let failed = 0;
     let faulted = 0;
     await fc.assert(
@@ -230,10 +231,21 @@ describe('rollback property (modelled maps, byte for byte)', () => {
           c.listRules().map((r) => [r.name, r.status.state]),
         );
       }),
-      { numRuns: RUNS, endOnFailure: process.env.XDPCTL_PROPERTY_SHRINK !== '1' },
+      { ...params, endOnFailure: process.env.XDPCTL_PROPERTY_SHRINK !== '1' },
     );
     assert.ok(failed > 0 && faulted > 0, `faults were injected and refused (${faulted} of ${failed} failures)`);
-  });
+  };
+  it(
+    `a failed change leaves every map, the store and the controller as they were (${RUNS} runs)`,
+    failedChangeProperty({ numRuns: RUNS }),
+  );
+  // Regression: an ApplyRules whose staging of the inactive rule generation failed part-way (a write fault on
+  // its 4th map write) left the partial copy there (rule_match and rule_ports gen-0 entries): staging opened
+  // the transaction only after its last write, so abortMatches found none to delete.
+  it(
+    'a failed change leaves every map as it was: staging of the rule generation failed part-way (seed 1987865453, path 31)',
+    failedChangeProperty({ seed: 1987865453, path: '31', numRuns: 1 }),
+  );
 
   it("a failed change never widens another rule's source filter (the --max-rules 4 example)", async () => {
     const { dp, c } = setup();

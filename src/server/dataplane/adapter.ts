@@ -2356,8 +2356,9 @@ export class KernelDataplane implements Dataplane {
     const active = this.activeGen();
     const clean = this.inactiveClean;
     this.inactiveClean = false; // part of a copy may be there after a failure: the next transaction or start clears it
-    const t = tables.stageGeneration(this.dp.maps, active);
-    this.matchTxn = t;
+    // The transaction is open from before staging's first write: a write that fails part-way (an errno, a
+    // full map) leaves part of the copy in the inactive generation, which the caller's abortMatches deletes.
+    const t = tables.stageGeneration(this.dp.maps, active, (open) => (this.matchTxn = open));
     if (t.found.length) {
       // Staging reads the whole inactive generation, never trusting it: what was there is said, entry by entry.
       const who = clean

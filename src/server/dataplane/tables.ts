@@ -312,7 +312,7 @@ export interface GenerationTxn {
  * would be looked up after the switch), then copy the active generation's match entries and port index
  * entries into it. Nothing a packet looks up changes. What was found there is returned (`found`).
  */
-export function stageGeneration(maps: DatapathMaps, active: number): GenerationTxn {
+export function stageGeneration(maps: DatapathMaps, active: number, open?: (t: GenerationTxn) => void): GenerationTxn {
   const next = active ^ 1;
   const before: GenMatchKey[] = [];
   const copies: [GenMatchKey, number][] = [];
@@ -329,11 +329,15 @@ export function stageGeneration(maps: DatapathMaps, active: number): GenerationT
     copies.push([{ ...k, gen: next }, slot]);
     counts.set(k.dport, withEntry(counts.get(k.dport) ?? { any: 0, dst: 0 }, k, slot, +1));
   }
+  const t: GenerationTxn = { active, next, before, ports: new Set(counts.keys()), found };
+  // Known to the caller before the first write: a write that fails part-way leaves a partial copy, which the
+  // caller's abort ({@link dropGeneration} of the inactive generation) must delete.
+  open?.(t);
   maps.ruleMatch.deleteMany(stale);
   found.push(...zeroPortRange(maps, next, counts));
   maps.rulePorts.putMany([...counts].map(([port, use]) => [portAt(next, port), use] as [number, PortUse]));
   maps.ruleMatch.putMany(copies);
-  return { active, next, before, ports: new Set(counts.keys()), found };
+  return t;
 }
 
 /** A generation's match key as a line names it (map, ingress ifindex, protocol, port, destination). */
