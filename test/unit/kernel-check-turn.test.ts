@@ -69,17 +69,8 @@ describe('kernel comparison: what it rewrote is said, even with changes waiting'
     const dp = new ModelDataplane();
     dp.vethPeers.set('b0', { name: 'b0p', mac: '02:00:00:00:01:01', takesOthers: false });
     dp.vethPeers.set('b1', { name: 'b1p', mac: '02:00:00:00:01:02', takesOthers: false });
-    const lines: { msg: string; repaired?: string[] }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
-    const c = new Controller(dp, { mode: 'native', fixVethPeers: true, log });
+    const lines: LogLine[] = [];
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c.applyRules([rule('a', 5000), rule('z', 5002)], false);
     const m = dp.model.maps;
     assert.equal(m.ruleGen.get(0), 1, 'premise: the many-rule change switched to generation 1');
@@ -94,7 +85,7 @@ describe('kernel comparison: what it rewrote is said, even with changes waiting'
       await c.resync();
       assert.equal(m.ruleGen.get(0), 1, `pass ${pass}: rule_gen written back`);
       assert.deepEqual(entries(), before, `pass ${pass}: the generation this daemon made active is kept whole`);
-      const said = lines.flatMap((l) => l.repaired ?? []);
+      const said = lines.flatMap((l) => (l.fields.repaired as string[] | undefined) ?? []);
       assert.ok(
         said.includes('rule_gen (the active rule generation): kernel 0, desired 1: rewritten'),
         `pass ${pass}: said: ${JSON.stringify(lines.map((l) => l.msg))}`,

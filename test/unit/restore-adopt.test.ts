@@ -244,23 +244,14 @@ describe('restore: slots no stored rule holds', () => {
         .map(([s]) => s);
     const dp2 = ModelDataplane.adopt(dp);
     assert.equal(written(dp2).length, 2, 'premise: the staged rules d and e hold two slots');
-    const lines: { msg: string; orphans?: number; unheldSlots?: number }[] = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _enc, done) {
-          for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-          done();
-        },
-      }),
-    );
-    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log });
+    const lines: LogLine[] = [];
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
     await c2.restore(stored);
     assert.deepEqual(written(dp2), [], 'the staged slots are cleared');
     for (const s of storedSlots) assert.ok(dp2.model.maps.ruleCfg.get(s)!.flags, `stored slot ${s} kept`);
     const done = lines.find((l) => l.msg.startsWith('restored: '));
-    assert.equal(done?.orphans, 2, 'the start says how many');
-    assert.equal(done?.unheldSlots, 2);
+    assert.equal(done?.fields.orphans, 2, 'the start says how many');
+    assert.equal(done?.fields.unheldSlots, 2);
     assert.equal(lines.filter((l) => l.msg.startsWith('restore cleared rule slot ')).length, 2, 'each named');
     assert.deepEqual(
       c2.listRules().map((r) => [r.name, r.status.state]),
