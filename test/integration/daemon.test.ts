@@ -209,7 +209,7 @@ describe('xdpctld end to end', kernelOnly(), () => {
       Status.RESOURCE_EXHAUSTED,
     );
     // Links: no second interface, unknown interface. (An interface linked
-    // to itself is valid: a reflector.)
+    // to itself is refused too: interface-altname.test.ts.)
     const l = await fails((o) => c.links.connect({ link: { a: h1.hostIf, b: '', direction: 0 } }, o));
     assert.deepEqual(badFields(l.status), ['link.b']);
     assert.equal(
