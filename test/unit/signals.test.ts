@@ -10,7 +10,8 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { describe, it } from 'node:test';
 
-import { uncheckedTarget } from '../../src/server/core/unchecked.js';
+import { inspectTarget, uncheckedTarget } from '../../src/server/core/unchecked.js';
+import { KernelError } from '../../src/server/dataplane/errors.js';
 import {
   ChildTimedOut,
   childGuard,
@@ -136,6 +137,39 @@ describe('child processes (children.ts)', () => {
       detail: 'its peer b1p is down (as last checked; cannot check b1: spawn /usr/bin/setpriv EAGAIN)',
       waitsForPeer: true,
     });
+  });
+
+  it('an egress gone during its check (ENODEV looking it up, no such device after) is "does not exist", not unchecked', async () => {
+    // The CI run of stop 37 (interface-rename, "a backend's egress renamed and renamed back"): the pass read the
+    // interfaces, the egress was renamed before its check, and the rule said "could not be checked (… ENODEV)"
+    // for one pass before "does not exist".
+    const gone = new KernelError('look up interface b1', 19, [], 'no such interface');
+    const dp = (err: Error, there: boolean) => ({
+      redirectTarget: () => Promise.reject(err),
+      lookupInterface: (n: string) => (there && n === 'b1' ? { ifindex: 7, mac: '02:00:00:00:00:01' } : undefined),
+    });
+    assert.deepEqual(await inspectTarget(dp(gone, false), new Map(), 'b1', false), {
+      ok: false,
+      gone: true,
+      detail: 'egress b1 does not exist',
+    });
+    // Back by the time of the lookup (renamed back, re-created): nothing was learnt, still unchecked.
+    assert.equal((await inspectTarget(dp(gone, true), new Map(), 'b1', false)).unverified, true);
+    // ENODEV of another lookup (the peer's, in its namespace) says nothing about b1, there: unchecked.
+    const peer = new KernelError('look up interface b1p', 19, [], 'no such interface');
+    assert.equal((await inspectTarget(dp(peer, true), new Map(), 'b1', false)).key, 'unchecked');
+    // Any other failure with b1 there: unchecked as before; with no b1 now: gone, whatever the check's error.
+    const limit = new Error('spawn /usr/bin/setpriv EAGAIN');
+    assert.equal((await inspectTarget(dp(limit, true), new Map(), 'b1', false)).key, 'unchecked');
+    assert.equal((await inspectTarget(dp(limit, false), new Map(), 'b1', false)).gone, true);
+    // A lookup that fails itself (EMFILE) tells nothing: unchecked.
+    const failing = {
+      redirectTarget: () => Promise.reject(gone),
+      lookupInterface: () => {
+        throw new Error('EMFILE');
+      },
+    };
+    assert.equal((await inspectTarget(failing, new Map(), 'b1', false)).key, 'unchecked');
   });
 
   it('a guarded child dies with its parent, killed with SIGKILL', async () => {

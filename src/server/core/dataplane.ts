@@ -373,6 +373,11 @@ export interface RedirectTarget {
    * is not refused for it: it waits (not forwarding), and the reconciler checks it again then.
    */
   waitsForPeer?: boolean;
+  /**
+   * Not `ok` because the device went away during the check (ENODEV looking it up, no device of that name
+   * after): the caller treats the interface as missing (core/unchecked.ts inspectTarget).
+   */
+  gone?: boolean;
 }
 
 /** The device settings changed since {@link Dataplane.trackHostChanges}. */

@@ -434,6 +434,15 @@ export async function resync(
   // (a passed check is trusted for the adapter's TTL).
   // The rules on native-mode ingresses, until every egress is checked (the first few rules, usually: not
   // every rule at every pass).
+  /**
+   * Check one backend egress into the facts. One that went away during its check (deleted, renamed) is missing
+   * from here on, as the next pass will find it, not "could not be checked".
+   */
+  const inspectEgress = async (name: string): Promise<void> => {
+    const r = await inspectTarget(dp, state.redirectVerdicts, name, ctx.fixVethPeers);
+    if (r.gone) facts.interfaces.set(name, undefined);
+    else facts.napi.set(name, r);
+  };
   let unchecked = 0;
   for (const i of state.egressBackends.keys()) if (!facts.napi.has(i) && facts.interfaces.get(i)) unchecked++;
   for (const ingress of native) {
@@ -446,7 +455,7 @@ export async function resync(
       for (const b of r.backends) {
         if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
         unchecked--;
-        facts.napi.set(b.interface, await inspectTarget(dp, state.redirectVerdicts, b.interface, ctx.fixVethPeers));
+        await inspectEgress(b.interface);
       }
     }
   }
@@ -684,7 +693,7 @@ export async function resync(
     if (!rule.ingressInterfaces.some((i) => native.has(i))) continue;
     for (const b of rule.backends) {
       if (facts.napi.has(b.interface) || !dp.lookupInterface(b.interface)) continue;
-      facts.napi.set(b.interface, await inspectTarget(dp, state.redirectVerdicts, b.interface, ctx.fixVethPeers));
+      await inspectEgress(b.interface);
     }
   }
   for (const [iface, was] of macMoved) {

@@ -40,11 +40,32 @@ export function uncheckedTarget(name: string, e: unknown, last: RedirectTarget |
 }
 
 /**
+ * Whether `name` is no device now, asked after its check failed: it went away (deleted, renamed) between the
+ * pass's reading of the interfaces and the check (the check's own error is then ENODEV, or whatever the
+ * command it ran said of a device it could not find). That is an observation, not a check the daemon could
+ * not make: the verdict is "does not exist", as the next pass will find (before, one pass said "could not be
+ * checked (… ENODEV)" and the next "does not exist": two transitions for one rename). A lookup that fails
+ * itself (not "no such device") tells nothing: false.
+ */
+function vanished(name: string, lookup: ((name: string) => unknown) | undefined): boolean {
+  if (!lookup) return false;
+  try {
+    return lookup(name) === undefined;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * `dp.redirectTarget(name, fix)`, with a failed check made {@link uncheckedTarget} from the last verdict
- * (`verdicts`: name -> the last verdict a check made, kept here).
+ * (`verdicts`: name -> the last verdict a check made, kept here). A device gone during the check: `gone`,
+ * not ok, "egress X does not exist" (the caller treats it as missing).
  */
 export async function inspectTarget(
-  dp: { redirectTarget(name: string, fix: boolean): Promise<RedirectTarget> },
+  dp: {
+    redirectTarget(name: string, fix: boolean): Promise<RedirectTarget>;
+    lookupInterface?(name: string): unknown;
+  },
   verdicts: Map<string, RedirectTarget>,
   name: string,
   fix: boolean,
@@ -54,6 +75,9 @@ export async function inspectTarget(
     verdicts.set(name, r);
     return r;
   } catch (e) {
+    if (vanished(name, dp.lookupInterface?.bind(dp))) {
+      return { ok: false, gone: true, detail: `egress ${name} does not exist` };
+    }
     return uncheckedTarget(name, e, verdicts.get(name));
   }
 }
