@@ -67,6 +67,18 @@ describe(
     after(() => lab.destroy());
 
     const maps = () => XdpDatapath.mapPinDir(d.pinRoot);
+    /** `bpftool map update` of rule_ports[index] = value, as another tool writes it. */
+    const putPort = (index: number, value: Buffer) =>
+      sh('bpftool', [
+        'map',
+        'update',
+        'pinned',
+        `${maps()}/rule_ports`,
+        'key',
+        ...u32le(index),
+        'value',
+        ...args(value),
+      ]);
     /** rule_gen's value (bpftool's view). */
     const ruleGen = (): number => {
       const [e] = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${maps()}/rule_gen`])) as {
@@ -110,27 +122,9 @@ describe(
       // pointing at a0's slot.
       const at = d.output.length;
       const fold = portUse.encode({ any: 1, dst: 0, xorIfindex: ifindex, xorSlot: slot });
-      sh('bpftool', [
-        'map',
-        'update',
-        'pinned',
-        `${maps()}/rule_ports`,
-        'key',
-        ...u32le(inactive * PORTS_PER_GEN + FOREIGN_FOLD),
-        'value',
-        ...args(fold),
-      ]);
+      putPort(inactive * PORTS_PER_GEN + FOREIGN_FOLD, fold);
       const counted = portUse.encode({ any: 2, dst: 0 }); // a count of 2: no fold, the match entry is looked up
-      sh('bpftool', [
-        'map',
-        'update',
-        'pinned',
-        `${maps()}/rule_ports`,
-        'key',
-        ...u32le(inactive * PORTS_PER_GEN + FOREIGN_MATCH),
-        'value',
-        ...args(counted),
-      ]);
+      putPort(inactive * PORTS_PER_GEN + FOREIGN_MATCH, counted);
       const key = matchKey.encode({
         ifindex,
         dport: FOREIGN_MATCH,

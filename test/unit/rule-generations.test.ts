@@ -28,6 +28,13 @@ import {
 import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { udpSpec } from '../helpers/rule-spec.js';
+
+/** A rule on `port` with one backend, 172.16.0.2 on `backend`. */
+const spec = (name: string, port: number, backend = 'b0'): RuleSpec =>
+  udpSpec(name, port, [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: backend, weight: 1 }], {
+    udpChecksum: 'zero',
+  });
 
 const key = (ifindex: number, port: number): MatchKey => ({
   ifindex,
@@ -89,17 +96,6 @@ describe('rule generations', () => {
     (dp as unknown as { log: unknown }).log = log;
     const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
     const m = dp.model.maps;
-    const spec = (name: string, port: number): RuleSpec => ({
-      name,
-      protocol: 'udp',
-      port,
-      destination: '',
-      sourcePrefixes: [],
-      ingressInterfaces: ['in0'],
-      backends: [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: 'b0', weight: 1 }],
-      udpChecksum: 'zero',
-      labels: {},
-    });
     await c.applyRules([spec('one', 7100), spec('two', 7101)], false);
     assert.equal(activeGeneration(m), 1, 'switched: generation 0 emptied by this daemon');
     const slot = activeMatches(m, 1)[0][1];
@@ -135,17 +131,6 @@ describe('rule generations', () => {
     const dp = new ModelDataplane();
     const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
     const m = dp.model.maps;
-    const spec = (name: string, port: number, backend = 'b0'): RuleSpec => ({
-      name,
-      protocol: 'udp',
-      port,
-      destination: '',
-      sourcePrefixes: [],
-      ingressInterfaces: ['in0'],
-      backends: [{ ip: '172.16.0.2', mac: '02:42:ac:10:00:02', interface: backend, weight: 1 }],
-      udpChecksum: 'zero',
-      labels: {},
-    });
     await c.createRule(spec('one', 7100));
     assert.equal(activeGeneration(m), 0, 'one entry: in place');
     await c.applyRules([spec('one', 7100, 'b1'), spec('two', 7101), spec('three', 7102)], false);

@@ -761,14 +761,7 @@ export function foreignEgressStatus(
     return counts ? { ...withNote, egressProgram: note } : withNote;
   });
   if (!warnings.length) return s;
-  const notes = judged ? warnings.filter((w) => !s.message.includes(w) && /whether it arrives/.test(w)) : [];
-  return {
-    ...s,
-    state: judged && s.state === 'active' ? 'degraded' : s.state,
-    message: notes.length ? `${s.message}; ${notes.join('; ')}` : s.message,
-    backends,
-    warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))],
-  };
+  return noted(s, backends, warnings, judged ? warnings.filter((w) => /whether it arrives/.test(w)) : []);
 }
 
 /**
@@ -885,10 +878,19 @@ export function peerXdpStatus(
     return counts ? { ...withNote, peerXdp: note } : withNote;
   });
   if (!warnings.length) return s;
-  const notes = judged ? warnings.filter((w) => !s.message.includes(w)) : [];
+  return noted(s, backends, warnings, judged ? warnings : []);
+}
+
+/**
+ * `s` with its backends as noted (`backends`), `warnings` added to the rule's (once each), and, when `degrading`
+ * holds notes (a backend in the table with a non-zero weight is the one not verified), an ACTIVE rule DEGRADED
+ * with those notes its message does not say yet added to it.
+ */
+function noted(s: RuleStatus, backends: RuleStatus['backends'], warnings: string[], degrading: string[]): RuleStatus {
+  const notes = degrading.filter((w) => !s.message.includes(w));
   return {
     ...s,
-    state: judged && s.state === 'active' ? 'degraded' : s.state,
+    state: degrading.length && s.state === 'active' ? 'degraded' : s.state,
     message: notes.length ? `${s.message}; ${notes.join('; ')}` : s.message,
     backends,
     warnings: [...s.warnings, ...warnings.filter((w) => !s.warnings.includes(w))],

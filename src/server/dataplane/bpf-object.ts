@@ -6,7 +6,7 @@
 import { constants } from 'node:os';
 
 import { KernelError } from './errors.js';
-import { check, clearErrno, lib, nullError, ObjectOpenOpts, sizeOf, TestRunOpts } from './libbpf.js';
+import { check, lib, openObjectFile, sizeOf, TestRunOpts } from './libbpf.js';
 
 export class BpfObject {
   private obj: unknown;
@@ -19,14 +19,7 @@ export class BpfObject {
   }
 
   static load(path: string): BpfObject {
-    clearErrno();
-    const obj = lib.bpf_object__open_file(path, {
-      sz: sizeOf(ObjectOpenOpts),
-      object_name: null,
-      relaxed_maps: false,
-      pin_root_path: null,
-    });
-    if (!obj) throw nullError(`open ${path}`);
+    const obj = openObjectFile(path);
     const r = lib.bpf_object__load(obj) as number;
     if (r < 0) {
       lib.bpf_object__close(obj);

@@ -204,6 +204,23 @@ export function nullError(op: string, log?: readonly string[]): KernelError {
   return new KernelError(op, koffi.errno() || 22, log);
 }
 
+/**
+ * bpf_object__open_file(path) with no pin root (maps pinned by name are not pinned: the caller pins what it
+ * keeps) and strict map definitions: the opened object, or a KernelError naming `open PATH` with libbpf's
+ * `log` lines.
+ */
+export function openObjectFile(path: string, log?: readonly string[]): unknown {
+  clearErrno();
+  const obj = lib.bpf_object__open_file(path, {
+    sz: sizeOf(ObjectOpenOpts),
+    object_name: null,
+    relaxed_maps: false,
+    pin_root_path: null,
+  });
+  if (!obj) throw nullError(`open ${path}`, log);
+  return obj;
+}
+
 // ---- libbpf log capture -------------------------------------------------
 
 /** libbpf's log levels. */

@@ -12,7 +12,7 @@ import { statSync } from 'node:fs';
 import { mapInfo } from './bpf-map.js';
 import type { DatapathMaps } from './datapath.js';
 import { KernelError } from './errors.js';
-import { captureLibbpfLog, check, clearErrno, LIBBPF_DEBUG, lib, nullError, ObjectOpenOpts, sizeOf } from './libbpf.js';
+import { captureLibbpfLog, check, clearErrno, LIBBPF_DEBUG, lib, nullError, openObjectFile } from './libbpf.js';
 import { WATCH_SLOT0 } from './slot-watch-print.js';
 
 /** The programs of the object, each on its syscall tracepoint. */
@@ -43,14 +43,7 @@ export class WatchProbe {
     });
     let probe: WatchProbe | undefined;
     try {
-      clearErrno();
-      const obj = lib.bpf_object__open_file(path, {
-        sz: sizeOf(ObjectOpenOpts),
-        object_name: null,
-        relaxed_maps: false,
-        pin_root_path: null,
-      });
-      if (!obj) throw nullError(`open ${path}`, lines);
+      const obj = openObjectFile(path, lines);
       const slots = maps.ruleCfg.info.maxEntries;
       const backends = maps.backends.info.maxEntries;
       const entries = WATCH_SLOT0 + slots + backends;
