@@ -9,12 +9,12 @@
  * it was), a generic-mode program on the peer does not count (it gives the
  * peer no NAPI), a peer in an unnamed namespace is inspected and repaired there
  * when xdpctld has a file to enter it by (a process in it, an open file or a bind
- * mount of it), and one in a namespace it cannot enter is accepted when the
+ * mount of it, also one only in another process's private mount namespace), and one in a namespace it cannot enter is accepted when the
  * kernel says it can receive. Real veths and a bridge.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 
 import { KernelDataplane } from '../../src/server/dataplane/adapter.js';
@@ -22,7 +22,7 @@ import { XdpDatapath } from '../../src/server/dataplane/datapath.js';
 import { ifindexOf } from '../../src/server/dataplane/netdev.js';
 import { forgetNetns } from '../../src/server/dataplane/netns-find.js';
 import { XDP_ACT, xdpFeatures } from '../../src/server/dataplane/xdp-features.js';
-import { kernelOnly, netnsFdOf, ROOT, runId, sh, shQuiet } from '../helpers/env.js';
+import { kernelOnly, netnsFdOf, ROOT, runId, sh, shQuiet, until } from '../helpers/env.js';
 import { openDatapath } from '../helpers/fixture.js';
 import { esc, sealedNetns, unsharedProcess } from '../helpers/lab.js';
 import { Topology } from '../helpers/topology.js';
@@ -141,11 +141,11 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
     }
   });
 
-  it('a veth whose peer is in an unnamed namespace it can enter (a process in it, an open file or a bind mount of it): inspected and repaired there', async () => {
+  it("a veth whose peer is in an unnamed namespace it can enter (a process in it, an open file or a bind mount of it, in its mount namespace or only in another process's): inspected and repaired there", async () => {
     const bind = `/tmp/xdpctl-test-${id}-nsbind`;
     const held: ChildProcess[] = [];
     try {
-      for (const how of ['process', 'file', 'mount'] as const) {
+      for (const how of ['process', 'file', 'mount', 'private mount'] as const) {
         const { proc, ready } = unsharedProcess(60);
         held.push(proc);
         await ready;
@@ -168,6 +168,29 @@ describe('redirect target check (xdp-features NDO_XMIT)', kernelOnly(), () => {
           sh('mount', ['--bind', nsOf, bind]);
           path = bind;
           via = `a bind mount at ${bind}`;
+        } else if (how === 'private mount') {
+          // Mounted only in the private mount namespace of another process (`unshare -m`): not in xdpctld's.
+          writeFileSync(bind, '');
+          const m = spawn(
+            'unshare',
+            ['-m', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" "$1" && exec sleep 60', nsOf, bind],
+            { stdio: 'ignore' },
+          );
+          held.push(m);
+          const mounted = () => {
+            try {
+              return (
+                readFileSync(`/proc/${m.pid}/comm`, 'utf8').trim() === 'sleep' &&
+                readFileSync(`/proc/${m.pid}/mountinfo`, 'utf8').includes(` ${bind} `)
+              );
+            } catch {
+              return false;
+            }
+          };
+          await until(`${bind} mounted in the mount namespace of process ${m.pid}`, mounted, 10_000);
+          assert.doesNotMatch(readFileSync('/proc/self/mountinfo', 'utf8'), new RegExp(` ${esc(bind)} `), 'premise');
+          path = `/proc/${m.pid}/root${bind}`;
+          via = `a bind mount at ${bind} in the mount namespace of process ${m.pid} (sleep)`;
         }
         if (how !== 'process') {
           proc.kill();

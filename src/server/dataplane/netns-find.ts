@@ -5,7 +5,9 @@
  * order, by asking the kernel which nsid each candidate has (RTM_GETNSID with NETNSA_FD):
  *  1. a name: /run/netns/NAME (`ip netns add`);
  *  2. a bind mount of it elsewhere (/proc/self/mountinfo, file system nsfs: a container runtime's
- *     /run/docker/netns/ID, or a name whose /run/netns entry was deleted while another mount of it stays);
+ *     /run/docker/netns/ID, or a name whose /run/netns entry was deleted while another mount of it stays), or
+ *     one in another mount namespace only (a process's private one, `unshare -m`: /proc/PID/mountinfo, read
+ *     once per mount namespace, /proc/PID/ns/mnt), entered through that process's root: /proc/PID/root/PATH;
  *  3. a process in it: /proc/PID/ns/net (a container's, or `unshare -n`'s);
  *  4. an open namespace file of a process: /proc/PID/fd/N that is `net:[INODE]` (a process keeping it with
  *     an open file, not being in it).
@@ -13,8 +15,8 @@
  * its processes gone: there is no file to enter it by (a socket's namespace, SIOCGSKNS, is given only to
  * the socket's owner), and {@link unreachableNetns} says so in those words.
  *
- * The last two read /proc: one stat per process, and one readlink per open file for (4), which runs only
- * when (1)-(3) found nothing. What was found is kept and checked again (one RTM_GETNSID) at each use; a
+ * The last three read /proc: one stat per process for (2) and (3) each, one mountinfo per mount namespace
+ * other than the daemon's, and one readlink per open file for (4), which runs only when (1)-(3) found nothing. What was found is kept and checked again (one RTM_GETNSID) at each use; a
  * namespace found nowhere is looked for again at most every {@link NOT_FOUND_RETRY_MS}, and at once after the
  * kernel reported its id given again or taken back (nsid-events.ts: RTM_NEWNSID, RTM_DELNSID, read at each use):
  * a freed id goes to the next namespace the kernel meets, of which a miss of the old one says nothing.
@@ -46,7 +48,10 @@ export interface NetnsWay {
   name?: string;
   /** What `nsenter --net=` takes. */
   path: string;
-  /** How it was found: "its name", "a bind mount at PATH", "process PID (COMM)", "an open file of process PID (COMM)". */
+  /**
+   * How it was found: "its name", "a bind mount at PATH", "a bind mount at PATH in the mount namespace of process
+   * PID (COMM)", "process PID (COMM)", "an open file of process PID (COMM)".
+   */
   via: string;
 }
 
@@ -156,29 +161,41 @@ function search(nsid: number): NetnsWay | undefined {
   for (const name of names) {
     if (ask(`/run/netns/${name}`)) return { name, path: `/run/netns/${name}`, via: 'its name' };
   }
-  // 2. Bind mounts of nsfs elsewhere (mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE ...").
-  let mounts = '';
-  try {
-    mounts = readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    // no mountinfo: not looked at
+  // 2. Bind mounts of nsfs elsewhere: in this daemon's mount table, then in that of every other mount
+  // namespace (a process's private one: `unshare -m`), entered through /proc/PID/root.
+  for (const at of nsfsNetMounts(readText('/proc/self/mountinfo'))) {
+    if (ask(at)) return { path: at, via: `a bind mount at ${at}` };
   }
-  for (const line of mounts.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0 || !line.slice(sep + 3).startsWith('nsfs ')) continue;
-    const f = line.slice(0, sep).split(' ');
-    if (!f[3]?.startsWith('net:[')) continue;
-    // Octal escapes (\040 for a space) as the kernel writes them.
-    const at = (f[4] ?? '').replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (at && ask(at)) return { path: at, via: `a bind mount at ${at}` };
-  }
-  // 3. Processes in it.
   let pids: string[] = [];
   try {
     pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p));
   } catch {
     return undefined;
   }
+  /** Mount namespaces already read (this daemon's own: read above). */
+  const mntSeen = new Set<number>();
+  try {
+    mntSeen.add(statSync('/proc/self/ns/mnt').ino);
+  } catch {
+    // not known: its table is read again below, at most once
+  }
+  for (const pid of pids) {
+    let mnt: number;
+    try {
+      mnt = statSync(`/proc/${pid}/ns/mnt`).ino;
+    } catch {
+      continue;
+    }
+    if (mntSeen.has(mnt)) continue;
+    mntSeen.add(mnt);
+    for (const at of nsfsNetMounts(readText(`/proc/${pid}/mountinfo`))) {
+      const path = `/proc/${pid}/root${at}`;
+      if (ask(path)) {
+        return { path, via: `a bind mount at ${at} in the mount namespace of process ${pid} (${comm(pid)})` };
+      }
+    }
+  }
+  // 3. Processes in it.
   for (const pid of pids) {
     const path = `/proc/${pid}/ns/net`;
     if (ask(path)) return { path, via: `process ${pid} (${comm(pid)})` };
@@ -205,6 +222,33 @@ function search(nsid: number): NetnsWay | undefined {
     }
   }
   return undefined;
+}
+
+/** The text of `path` ('' when it cannot be read). */
+function readText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * The bind mounts of network namespaces in a mount table (mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ...
+ * - FSTYPE ..."; file system nsfs, root "net:[INODE]"): where each is mounted.
+ */
+function nsfsNetMounts(mountinfo: string): string[] {
+  const out: string[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0 || !line.slice(sep + 3).startsWith('nsfs ')) continue;
+    const f = line.slice(0, sep).split(' ');
+    if (!f[3]?.startsWith('net:[')) continue;
+    // Octal escapes (\040 for a space) as the kernel writes them.
+    const at = (f[4] ?? '').replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (at) out.push(at);
+  }
+  return out;
 }
 
 /** Why the namespace with id `nsid` cannot be entered ({@link findNetns} found no file of it), in words. */
