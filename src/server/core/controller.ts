@@ -1760,7 +1760,10 @@ export class Controller {
       if (violations.length > before) return given;
       const named = this.linkByDeviceName(given, say ? `links[${i}]` : '');
       if (named.renamed.length) renamedOf.set(linkKey(named.spec), named.renamed);
-      return named.spec;
+      // The same two-way link given with its ends the other way round is the stored one as it is stored:
+      // kept so (was: "unchanged" said while the ends were written swapped, A→B and B→A flipped in the list).
+      const cur = this.state.links.get(linkKey(named.spec));
+      return cur && sameLink(cur, named.spec) ? { a: cur.a, b: cur.b, direction: cur.direction } : named.spec;
     });
     specs.forEach((l, i) => {
       const key = linkKey(l);
