@@ -39,7 +39,10 @@ export function buildProgram(version = '0.0.0'): Command {
         .env('XDPCTL_SERVER')
         .default(DEFAULT_SERVER),
     )
-    .option('--tls-ca <file>', 'PEM CA certificate to trust (enables TLS)')
+    .option(
+      '--tls-ca <file>',
+      'PEM CA certificate to trust (enables TLS; TCP addresses only: a unix: socket is always plain)',
+    )
     .option('--tls-cert <file>', 'PEM client certificate (mutual TLS, with --tls-key)')
     .option('--tls-key <file>', 'PEM client key (mutual TLS, with --tls-cert)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))

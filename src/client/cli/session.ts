@@ -96,6 +96,11 @@ export function readLocal(file: string, what: string): Buffer {
 
 export function loadTls(o: GlobalOptions): { ca?: Buffer; cert?: Buffer; key?: Buffer } | undefined {
   if (!o.tlsCa && !o.tlsCert && !o.tlsKey) return undefined;
+  // A Unix socket is always plain (the daemon serves TLS on TCP only): refused as bad usage before anything is
+  // read (was: a connection tried, then "the server does not speak TLS on this port", exit 10).
+  if (/^unix(?:-abstract)?:/.test(o.server)) {
+    throw new CliError(`--tls-* apply to TCP addresses; ${o.server} is always plain (drop --tls-*)`, EXIT.USAGE);
+  }
   if (!o.tlsCert !== !o.tlsKey) throw new CliError('--tls-cert and --tls-key go together', EXIT.USAGE);
   const ca = o.tlsCa ? readLocal(o.tlsCa, '--tls-ca') : undefined;
   const cert = o.tlsCert ? readLocal(o.tlsCert, '--tls-cert') : undefined;

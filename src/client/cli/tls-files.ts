@@ -12,6 +12,8 @@ import { CliError, EXIT } from './errors.js';
 
 const CERT_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 const KEY_BEGIN = /-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----/;
+const ENCRYPTED_KEY = /-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type:[ \t]*4,[ \t]*ENCRYPTED/m;
+const ENCRYPTED_WHY = 'the private key is encrypted (a passphrase is not supported): give an unencrypted key';
 
 /** What a PEM file holds that is not what its flag wants, for the message. */
 function holds(pem: string): string {
@@ -54,14 +56,18 @@ export function checkTlsFiles(files: {
   const pem = buf.toString('latin1');
   if (!KEY_BEGIN.test(pem))
     throw fail('--tls-key', file, `no PEM private key in it (-----BEGIN PRIVATE KEY-----): ${holds(pem)}`);
+  // An encrypted key (PKCS#8 ENCRYPTED PRIVATE KEY, or a traditional one with Proc-Type: 4,ENCRYPTED) is said
+  // so before OpenSSL is asked: without a passphrase it answered "interrupted or cancelled".
+  if (ENCRYPTED_KEY.test(pem)) throw fail('--tls-key', file, ENCRYPTED_WHY);
   let key: KeyObject;
   try {
     key = createPrivateKey(buf);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    const why = /passphrase/i.test(err.message)
-      ? 'the private key is encrypted (xdpctl takes an unencrypted key)'
-      : `the private key does not parse: ${err.message}`;
+    const why =
+      /passphrase/i.test(err.message) || err.code === 'ERR_OSSL_CRYPTO_INTERRUPTED_OR_CANCELLED'
+        ? ENCRYPTED_WHY
+        : `the private key does not parse: ${err.message}`;
     throw fail('--tls-key', file, why);
   }
   if (leaf && files.cert && !leaf.checkPrivateKey(key)) {
