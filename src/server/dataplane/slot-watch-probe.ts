@@ -18,6 +18,46 @@ import { WATCH_SLOT0 } from './slot-watch-print.js';
 /** The programs of the object, each on its syscall tracepoint. */
 export const WATCH_PROGRAMS = ['xdpctl_watch_bpf_enter', 'xdpctl_watch_bpf_exit', 'xdpctl_watch_mmap'];
 
+/** Where libbpf reads a tracepoint's id: tracefs, or its old place under debugfs. */
+export const TRACEFS_ROOTS = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
+
+/** The errno code of a stat of `path` (undefined: it is there). */
+function statCode(path: string): string | undefined {
+  try {
+    statSync(path);
+    return undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? 'EIO';
+  }
+}
+
+/**
+ * Why the syscall tracepoints cannot be attached as far as tracefs shows, checked before attaching (was: only
+ * libbpf's "attach xdpctl_watch_bpf_enter: no such file or entry"): no `events` under either root (tracefs not
+ * mounted: its mount point is an empty directory), or a root this process may not read. Undefined when tracefs
+ * is there, or when what stat said is neither (the attach then says what failed).
+ */
+export function tracefsProblem(
+  stat: (path: string) => string | undefined = statCode,
+): { errno: number; why: string } | undefined {
+  const codes = TRACEFS_ROOTS.map((root) => [root, stat(`${root}/events`)] as const);
+  if (codes.some(([, code]) => code === undefined)) return undefined;
+  const denied = codes.find(([, code]) => code === 'EACCES' || code === 'EPERM');
+  if (denied) {
+    return {
+      errno: denied[1] === 'EPERM' ? 1 : 13,
+      why: `tracefs at ${denied[0]} cannot be read by this process (${denied[1]}): syscall tracepoints cannot be attached`,
+    };
+  }
+  if (codes.every(([, code]) => code === 'ENOENT' || code === 'ENOTDIR')) {
+    return {
+      errno: 2,
+      why: `tracefs is not mounted at ${TRACEFS_ROOTS[0]} (or ${TRACEFS_ROOTS[1]}): syscall tracepoints cannot be attached`,
+    };
+  }
+  return undefined;
+}
+
 export class WatchProbe {
   private obj: unknown;
   private links: unknown[] = [];
@@ -43,6 +83,9 @@ export class WatchProbe {
     });
     let probe: WatchProbe | undefined;
     try {
+      const tracefs = tracefsProblem();
+      if (tracefs)
+        throw new KernelError('attach the syscall tracepoint programs', tracefs.errno, [], tracefs.why, true);
       const obj = openObjectFile(path, lines);
       const slots = maps.ruleCfg.info.maxEntries;
       const backends = maps.backends.info.maxEntries;
