@@ -147,16 +147,26 @@ describe('access control over mTLS and the Unix socket', kernelOnly(), () => {
     );
     assert.deepEqual([noop.code, noop.applied, noop.outcome], ['OK', false, 'unchanged']);
     assert.deepEqual([noop.resources, noop.requested], [{ links: [] }, { links: [`${a}-${b}`] }], 'nothing changed');
+    assert.equal(noop.dryRun, undefined);
+    // A dry run of the empty set: its record lists the link it would delete, marked `dryRun: true` (twenty-third
+    // review: the same `changes` as a change's, told apart only by `applied: false`).
+    await as.admin.links.applyLinks({ links: [], validateOnly: true });
+    const dry = await waitFor(
+      'the audit record of the dry run',
+      () => auditRecords(d!).filter((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks')[1],
+    );
+    assert.deepEqual([dry.applied, dry.dryRun, dry.changes], [false, true, { links: { delete: [`${a}-${b}`] } }]);
+    assert.equal((await as.admin.links.listLinks({})).links.length, 1, 'the dry run deleted nothing');
     // An empty set deletes the link: the record names the link deleted, not what the request listed (a review
     // found `"resources":{"links":[]},"applied":true` for it, the deleted link nowhere).
     await as.admin.links.applyLinks({ links: [] });
     const del = await waitFor(
       'the audit record of the ApplyLinks that deleted',
-      () => auditRecords(d!).filter((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks')[1],
+      () => auditRecords(d!).filter((x) => x.method === '/xdpctl.v1.LinkService/ApplyLinks')[2],
     );
     assert.deepEqual(
-      [del.applied, del.resources, del.changes, del.requested],
-      [true, { links: [`${a}-${b}`] }, { links: { delete: [`${a}-${b}`] } }, { links: [] }],
+      [del.applied, del.dryRun, del.resources, del.changes, del.requested],
+      [true, undefined, { links: [`${a}-${b}`] }, { links: { delete: [`${a}-${b}`] } }, { links: [] }],
     );
     assert.deepEqual((await as.admin.links.listLinks({})).links, []);
     await as.admin.links.connect({ link: { a, b } }); // as the tests after this one found it

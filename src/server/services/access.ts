@@ -440,13 +440,20 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
     // What the change did, reported by its handler (audit-outcome.ts): a no-op is not audited as applied.
     const outcome: OutcomeBox = {};
     const ctx = { ...context, signal, [AUDIT_OUTCOME]: outcome, [CALLER]: { identity, role, who: who(identity) } };
+    // A dry run (validate_only) is marked `dryRun: true` in its record, OK or refused: its `changes` are what the
+    // change would do (was: listed with nothing but `applied: false` to tell them from a change's).
+    const validateOnly = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly === true;
+    const dry = validateOnly ? { dryRun: true } : {};
     try {
       const result = yield* call.next(call.request, ctx);
       // A change that started completes even if its caller has gone meanwhile: say so.
       if (mutation) {
-        const validateOnly = (call.request as { validateOnly?: boolean } | undefined)?.validateOnly === true;
         const applied = !validateOnly && outcome.value !== 'unchanged';
-        const done = validateOnly ? {} : outcome.value ? { outcome: outcome.value } : {};
+        const done: Record<string, unknown> = validateOnly
+          ? { ...dry }
+          : outcome.value
+            ? { outcome: outcome.value }
+            : {};
         // ApplyRules, ApplyLinks: the resources the change created, updated, deleted or repaired (under validate_only:
         // would), by action; what the request listed is `requested` (a rule left out of it is deleted).
         if (outcome.changed) {
@@ -466,7 +473,7 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
       return result;
     } catch (err) {
       // A failed change never half-applies (core/controller.ts); CANCELLED: not started.
-      if (mutation) record(codeOf(err), { applied: false });
+      if (mutation) record(codeOf(err), { applied: false, ...dry });
       throw err;
     } finally {
       release?.();
