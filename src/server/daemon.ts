@@ -415,6 +415,8 @@ export class Daemon {
     // Device settings we change (GRO on veth peers, offloads turned off for XDP) are recorded beside the
     // state, for --cleanup-on-exit.
     const dp = new KernelDataplane(datapath, opts.stateDir && join(opts.stateDir, 'host-changes.json'), log);
+    // Records of devices gone for good (deleted, or made again: another device) are said once and dropped.
+    await dp.dropGoneRecords();
     try {
       if (resetWhy) resetDatapath(opts, dp, log, resetWhy);
       if (opts.stateDir && !store) {

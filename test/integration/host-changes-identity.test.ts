@@ -8,7 +8,8 @@
  *  - both namespaces are deleted and made again with the same names; the new peers get the same ifindexes;
  *    their owner sets GRO on and tx VLAN offloads off by hand;
  *  - a daemon with --cleanup-on-exit starts on the same state and stops: it leaves both new devices as their
- *    owner set them, and logs each record it left alone and why: the namespace is another one (its id, which
+ *    owner set them, and logs at its start each record whose device is gone for good and why (dropped from
+ *    the record): the namespace is another one (its id, which
  *    the kernel never gives to another namespace; its nsfs inode number it does give back), or, for a record
  *    without the namespace's id (an earlier version's, or a kernel before 6.18), the veth peer is another one.
  *    Never the MAC: a setting (host-changes-same-device.test.ts).
@@ -68,10 +69,11 @@ describe('host changes: a device made again with the same name and ifindex is le
     const file = `/tmp/xdpctl-test-${id}-state/host-changes.json`;
     const record = JSON.parse(readFileSync(file, 'utf8')) as {
       gro: { netns: string; netnsId?: string; linkIndex?: number }[];
-      offloads: { netns: string; netnsId?: string }[];
+      offloads: { netns: string; netnsId?: string; features: string[] }[];
     };
     const gro = record.gro.find((c) => c.netns === b1.netns)!;
     const namespaceIds = { b1: gro.netnsId, vm: record.offloads.find((c) => c.netns === vm.netns)?.netnsId };
+    const vmFeatures = record.offloads.find((c) => c.netns === vm.netns)!.features.join(', ');
     assert.match(namespaceIds.vm ?? '', /^\d+$/, 'the namespace id is recorded (Linux >= 6.18: NS_GET_ID)');
     assert.equal(gro.linkIndex, before.b1.link_index, 'the veth peer is recorded');
     delete gro.netnsId;
@@ -115,16 +117,27 @@ describe('host changes: a device made again with the same name and ifindex is le
       `its veth peer then, ifindex ${before[h].link_index} in this daemon's network namespace (${ends[h].ifname} ` +
       `then), is gone too: no device has that ifindex here, nor its name and MAC address ${ends[h].mac} in any ` +
       'other namespace this one has an id for and could read; the veth pair no longer exists';
+    // Judged at the start, from the record alone: each said once, with why, and dropped (nothing left for the
+    // cleanup to leave alone).
+    const said = d.output
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as { msg: string }).msg)
+      .filter((m) => m.startsWith('host-changes record: '));
+    const dropped = '; nothing will be undone for it, and its record is dropped';
     assert.deepEqual(
-      done[0].leftAlone,
+      said,
       [
-        `eth0 in netns ${b1.netns}: replaced by another device (ifindex ${now.b1.ifindex}, but its veth peer was ` +
-          `ifindex ${before.b1.link_index} then, ifindex ${now.b1.link_index} now; ${pairGone('b1')}): left alone`,
-        `eth0 in netns ${vm.netns}: gone (/run/netns/${vm.netns} is another network namespace now: namespace ` +
-          `id ${namespaceIds.vm} then, ${netnsId(vm.netns)} now; ${pairGone('vm')}): left alone`,
+        `host-changes record: eth0 in netns ${b1.netns} (ifindex ${before.b1.ifindex}), GRO switched on by ` +
+          `xdpctld, is gone for good: replaced by another device (ifindex ${now.b1.ifindex}, but its veth peer was ` +
+          `ifindex ${before.b1.link_index} then, ifindex ${now.b1.link_index} now; ${pairGone('b1')})${dropped}`,
+        `host-changes record: eth0 in netns ${vm.netns} (ifindex ${before.vm.ifindex}), ${vmFeatures} turned off ` +
+          `by xdpctld, is gone for good: gone (/run/netns/${vm.netns} is another network namespace now: namespace ` +
+          `id ${namespaceIds.vm} then, ${netnsId(vm.netns)} now; ${pairGone('vm')})${dropped}`,
       ],
-      `each record left alone is logged, with why (namespace inode number the same as before: ${JSON.stringify(sameInode)})`,
+      `each record of a device gone for good is logged once, with why (namespace inode number the same as before: ${JSON.stringify(sameInode)})`,
     );
+    assert.deepEqual(done[0].leftAlone ?? [], [], 'nothing left for the cleanup to leave alone');
     d = undefined;
   });
 });

@@ -106,4 +106,68 @@ describe('host changes: a veth made again with the same ifindex is not the one r
       );
     }
   });
+
+  it('a peer whose namespace was deleted: the next start says so once and drops its records; the one after is quiet', async () => {
+    const c = topo.addHost('c', '198.18.61.3/24');
+    writeFileSync(file, `links:\n  ${c.hostIf}: ${b.hostIf}\n`);
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    const record = `/tmp/xdpctl-test-${id}-state/host-changes.json`;
+    const recorded = () => {
+      try {
+        return readFileSync(record, 'utf8').includes(c.netns);
+      } catch {
+        return false;
+      }
+    };
+    await until(`GRO switched on on ${c.hostIf}'s peer and recorded`, () => gro(c) === 'on' && recorded(), 15_000);
+    assert.equal(await d.stop('SIGTERM'), 0);
+    d = undefined;
+    assert.ok(recorded(), 'kept for a restart (no --cleanup-on-exit)');
+    const saved = JSON.parse(readFileSync(record, 'utf8')) as {
+      gro: { netns?: string }[];
+      offloads: { netns?: string }[];
+    };
+    const records = [...saved.gro, ...saved.offloads].filter((r) => r.netns === c.netns).length;
+    // The backend's namespace deleted: its eth0 and the veth pair with it, for good.
+    sh('ip', ['netns', 'del', c.netns]);
+    await until(`${c.hostIf} gone with its peer`, () => {
+      try {
+        sh('ip', ['link', 'show', c.hostIf]);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    writeFileSync(file, 'links: {}\n');
+    const gone = (out: string) =>
+      out
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { msg: string })
+        .filter((l) => l.msg.includes(`eth0 in netns ${c.netns}`));
+
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    const first = gone(d.output);
+    assert.equal(first.length, records, d.output.slice(-4000)); // one line for each record of that device
+    for (const l of first) {
+      assert.match(l.msg, /^host-changes record: eth0 in netns \S+ \(ifindex \d+\), .* by xdpctld, is gone for good: /);
+      assert.match(
+        l.msg,
+        /the veth pair no longer exists\); nothing will be undone for it, and its record is dropped$/,
+      );
+    }
+    assert.ok(
+      first.some((l) => l.msg.includes('GRO switched on by xdpctld')),
+      JSON.stringify(first),
+    );
+    await until('the record written without them', () => !recorded());
+    assert.equal(await d.stop('SIGTERM'), 0);
+    d = undefined;
+
+    d = await DaemonProcess.start(id, ['--config', file, '--log-level', 'info']);
+    assert.deepEqual(gone(d.output), [], 'said once: nothing at the next start');
+    assert.ok(!recorded(), 'not in the record any more');
+    assert.equal(await d.stop('SIGTERM'), 0);
+    d = undefined;
+  });
 });

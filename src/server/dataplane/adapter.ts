@@ -81,6 +81,7 @@ import {
   tapTxDropped,
   restoreGro,
   restoreOffloads,
+  recordedDeviceGone,
   releaseOffloads,
   NamespaceUnreachable,
   GENERIC_GSO_FEATURES,
@@ -585,6 +586,40 @@ export class KernelDataplane implements Dataplane {
     const rec = this.offloadChanges[i];
     rec.features = rec.features.filter((f) => !j.added.includes(f));
     if (rec.features.length === 0) this.offloadChanges.splice(i, 1);
+  }
+
+  /**
+   * At start: each record whose device is gone for good ({@link recordedDeviceGone}: the identity checks a
+   * restore makes) is said once (device, namespace, settings, and that nothing will be undone for it) and
+   * dropped from the record, written again. A record whose device cannot be checked now (a namespace this
+   * daemon may not enter or cannot see, a read that failed) or that is not known to be current is kept.
+   * Never throws.
+   */
+  async dropGoneRecords(): Promise<void> {
+    let dropped = 0;
+    for (const kind of ['gro', 'offloads'] as const) {
+      const list: GroChange[] = kind === 'gro' ? this.groChanges : this.offloadChanges;
+      for (const c of [...list]) {
+        if (unconfirmed(c)) continue;
+        let why: string | undefined;
+        try {
+          why = await recordedDeviceGone(c);
+        } catch {
+          why = undefined; // not checked: kept
+        }
+        const at = list.indexOf(c);
+        if (why === undefined || at < 0) continue;
+        list.splice(at, 1);
+        dropped++;
+        const settings = kind === 'gro' ? 'GRO switched on' : `${(c as OffloadChange).features.join(', ')} turned off`;
+        this.log?.info(
+          { ifname: c.ifname, ifindex: c.ifindex, netns: c.netns, kind, settings },
+          `host-changes record: ${whereOf(c)} (ifindex ${c.ifindex}), ${settings} by xdpctld, is gone for good: ` +
+            `${why}; nothing will be undone for it, and its record is dropped`,
+        );
+      }
+    }
+    if (dropped) await this.saveHostChanges(undefined, 'the record without the devices gone for good');
   }
 
   /** The host-changes record as this daemon holds it. */

@@ -1623,6 +1623,32 @@ async function recordedDevice(c: GroChange, change: RecordedChange): Promise<Fou
   return `${here.head} (${here.detail}${away ? `; ${away}` : ''})${here.leftAlone ? ': left alone' : ''}`;
 }
 
+/**
+ * Why the device a record names is gone for good, by the checks a restore makes ({@link recordedDevice}): not at
+ * its recorded place (no device with its ifindex in a namespace that was read, or another device there now: a
+ * device made again is not the one recorded) and, for the veth peer of one of our veths, that veth gone too or
+ * made again. Undefined when it is there, or cannot be checked now (a namespace this process may not enter or
+ * that is not visible, a read that failed): such a record is kept.
+ */
+export async function recordedDeviceGone(c: GroChange): Promise<string | undefined> {
+  if (c.netns !== undefined && !canEnterNetns()) return undefined;
+  const here = await atRecordedPlace(c);
+  if (!('head' in here) || here.unread) return undefined;
+  let away: FoundDevice | string | undefined;
+  try {
+    away = followedPeer(c);
+  } catch {
+    return undefined; // found, but no way into where it is now: not gone
+  }
+  if (away !== undefined && typeof away !== 'string') return undefined;
+  // A namespace not visible here (its name deleted, no process in it): gone only when its veth pair is.
+  if (here.head === 'not found' && !(away !== undefined && away.endsWith(PAIR_GONE))) return undefined;
+  return `${here.head} (${here.detail}${away ? `; ${away}` : ''})`;
+}
+
+/** The end of what {@link followedPeer} says when the recorded veth pair no longer exists. */
+const PAIR_GONE = 'the veth pair no longer exists';
+
 /** What a record changed, for the words of a refusal to undo it: what stays, and the ethtool -K arguments. */
 interface RecordedChange {
   left: string;
@@ -1661,6 +1687,8 @@ interface NotThere {
   detail: string;
   /** Another device (or namespace) is there now, and was left as it is. */
   leftAlone: boolean;
+  /** The namespace's device list could not be read: not known to be gone ({@link recordedDeviceGone}). */
+  unread?: boolean;
 }
 
 /**
@@ -1741,12 +1769,14 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
     byName = undefined;
   }
   let dev = byName;
+  let unread = false;
   if (dev?.ifindex !== c.ifindex) {
     // Renamed since (or another device took its name): found by its ifindex.
     try {
       dev = (await ipHere(['-d', 'link', 'show'])).find((l) => l.ifindex === c.ifindex);
     } catch {
       dev = undefined;
+      unread = true;
     }
   }
   if (!dev) {
@@ -1756,6 +1786,7 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
         head: 'replaced by another device',
         detail: replacedBy(c, { ifindex: byName.ifindex })! + via,
         leftAlone: true,
+        ...(unread ? { unread } : {}),
       };
     }
     const where = c.netns === undefined ? "this daemon's network namespace" : `netns ${c.netns}`;
@@ -1763,6 +1794,7 @@ async function atRecordedPlace(c: GroChange): Promise<FoundDevice | NotThere> {
       head: 'gone',
       detail: `no device with ifindex ${c.ifindex} in ${where} any more${via}`,
       leftAlone: false,
+      ...(unread ? { unread } : {}),
     };
   }
   const replaced = replacedBy(c, { ifindex: dev.ifindex, linkIndex: linkIndexOf(dev, c.netns) });
@@ -1823,7 +1855,7 @@ function followedPeer(c: GroChange): FoundDevice | string | undefined {
     }
     return (
       `${end}, is gone too: no device has that ifindex here, nor its name and MAC address ${c.linkMac} in any ` +
-      'other namespace this one has an id for and could read; the veth pair no longer exists'
+      `other namespace this one has an id for and could read; ${PAIR_GONE}`
     );
   }
   if (veth.kind !== 'veth' || veth.link === undefined) {
