@@ -666,7 +666,14 @@ export interface Dataplane {
   checkIngress?(
     ifname: string,
     generic: boolean,
-  ): Promise<{ done: string[]; set?: string[]; unrepaired: string[]; released?: string[] }>;
+  ): Promise<{
+    done: string[];
+    set?: string[];
+    unrepaired: string[];
+    /** Reads that could not be made (a command failed or did not answer): those settings are not known. */
+    unread?: string[];
+    released?: string[];
+  }>;
   /**
    * Whether the kernel would take a native-mode (driver) XDP program on `ifname`, from its xdp-features
    * (NETDEV_XDP_ACT_BASIC; a bridge has none) with the features as text; undefined when the kernel does

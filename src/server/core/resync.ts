@@ -1830,6 +1830,8 @@ async function checkIngressSettings(
   if (now - (state.ingressChecked.get(name) ?? 0) < INGRESS_CHECK_MS) return;
   state.ingressChecked.set(name, now);
   let why: string | undefined;
+  /** Why the check, or a read it needed, could not be made. */
+  let failed: string | undefined;
   try {
     const r = await dp.checkIngress(name, mode === 'generic');
     // Only what this daemon had set there itself (its host-changes record) is said to have been undone; what
@@ -1863,7 +1865,13 @@ async function checkIngressSettings(
     }
     if (r.unrepaired.length)
       why = `device settings XDP needs here are not as needed and could not be made: ${r.unrepaired.join('; ')}`;
+    // A read the check could not make (a child killed at its deadline, a namespace not entered): those settings
+    // are not known, said as a check that failed (before, it was dropped: the ingress was said to be as needed).
+    else if (r.unread?.length) failed = r.unread.join('; ');
   } catch (e) {
+    failed = (e as Error).message;
+  }
+  if (failed !== undefined) {
     // Not checked is not "not as needed": said as cannot be verified (the interface's rules DEGRADED, nothing
     // changed in the datapath); a problem the last check found is kept, with this.
     const was = state.ingressSettings.get(name);
@@ -1871,9 +1879,7 @@ async function checkIngressSettings(
       was && !was.startsWith(UNVERIFIED_SETTINGS)
         ? `${was.replace(/ \(as last checked; .*$/, '')} (as last checked; `
         : '';
-    why = kept
-      ? `${kept}cannot check again: ${(e as Error).message})`
-      : `${UNVERIFIED_SETTINGS}: ${(e as Error).message}`;
+    why = kept ? `${kept}cannot check again: ${failed})` : `${UNVERIFIED_SETTINGS}: ${failed}`;
   }
   if (why) state.ingressSettings.set(name, why);
   else state.ingressSettings.delete(name);

@@ -2098,7 +2098,7 @@ export class KernelDataplane implements Dataplane {
   async checkIngress(
     ifname: string,
     generic: boolean,
-  ): Promise<{ done: string[]; set?: string[]; unrepaired: string[]; released?: string[] }> {
+  ): Promise<{ done: string[]; set?: string[]; unrepaired: string[]; unread?: string[]; released?: string[] }> {
     const prep = await prepareIngress(ifname, generic);
     // What this daemon had turned off on that device before (its host-changes record, same device) and found
     // on again is "done" (made again); the rest it turns off for the first time there ("set": the mode changed,
@@ -2119,6 +2119,7 @@ export class KernelDataplane implements Dataplane {
       done,
       ...(set.length ? { set } : {}),
       unrepaired: prep.unrepaired ?? [],
+      ...(prep.unread?.length ? { unread: prep.unread } : {}),
       ...(released.length ? { released } : {}),
     };
   }

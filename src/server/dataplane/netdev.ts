@@ -2313,6 +2313,11 @@ export interface IngressPreparation {
   changed: OffloadChange[];
   /** Of `problems`, the settings found on that could not be turned off (not a fixed feature: a failed change). */
   unrepaired?: string[];
+  /**
+   * Of `problems`, the reads that could not be made (a command that failed or did not answer, a namespace that
+   * could not be entered): nothing was learnt about those settings (said as "cannot be verified").
+   */
+  unread?: string[];
 }
 
 /** One command a preparation step runs; its stdout is sent back into the generator (a failure thrown into it). */
@@ -2326,6 +2331,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   const done: string[] = [];
   const problems: string[] = [];
   const unrepaired: string[] = [];
+  const unread: string[] = [];
   const changed: OffloadChange[] = [];
   /** The peer's namespace when not ours: its name (a named one), the file it is entered by, in words. */
   type Place = { name?: string; path: string; words: string };
@@ -2354,7 +2360,9 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     try {
       text = yield ethtool(ns, ['-k', dev]);
     } catch (e) {
-      problems.push(`cannot read the offloads of ${where}: ${(e as Error).message}`);
+      const problem = `cannot read the offloads of ${where}: ${(e as Error).message}`;
+      problems.push(problem);
+      unread.push(problem);
       return;
     }
     const on = names.filter((n) => new RegExp(`^${n}: on(?! \\[fixed\\])`, 'm').test(text));
@@ -2386,7 +2394,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (!dev) return { done, problems: [`interface ${name} not found`], changed, unrepaired };
   if (dev.linkinfo?.info_kind !== 'veth') {
     yield* turnOff(dev, undefined, ['rx-vlan-offload', 'rx-vlan-stag-hw-parse'], vlanWhy);
-    return { done, problems, changed, unrepaired };
+    return { done, problems, changed, unrepaired, unread };
   }
   let place: Place | undefined;
   let peer: IpLink | undefined;
@@ -2415,8 +2423,10 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     try {
       peer = (yield* ip(['-d', 'link', 'show'], place)).find((l) => l.ifindex === dev.link_index);
     } catch (e) {
-      problems.push(`cannot enter ${place.words} to prepare the peer of ${name}: ${(e as Error).message}`);
-      return { done, problems, changed, unrepaired };
+      const problem = `cannot enter ${place.words} to prepare the peer of ${name}: ${(e as Error).message}`;
+      problems.push(problem);
+      unread.push(problem);
+      return { done, problems, changed, unrepaired, unread };
     }
   }
   if (!peer) return { done, problems: [`the peer of ${name} was not found`], changed, unrepaired };
@@ -2424,7 +2434,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
   if (generic) {
     yield* turnOff(peer, place, [...GENERIC_GSO_FEATURES], gsoWhy, name);
   }
-  return { done, problems, changed, unrepaired };
+  return { done, problems, changed, unrepaired, unread };
 }
 
 // <linux/rtnetlink.h>: routes
