@@ -13,6 +13,7 @@ import { Controller } from '../../src/server/core/controller.js';
 import { INGRESS_CHECK_MS } from '../../src/server/core/resync.js';
 import { captureLog, type LogLine as Line } from '../helpers/log-capture.js';
 import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { udpSpec } from '../helpers/rule-spec.js';
 
 describe('an ingress settings read that could not be made', () => {
   it('is said as cannot be verified (the rule DEGRADED), once, and as needed again once read', async () => {
@@ -25,17 +26,7 @@ describe('an ingress settings read that could not be made', () => {
     const lines: Line[] = [];
     let t = 1_000_000;
     const c = new Controller(dp, { mode: 'generic', fixVethPeers: false, log: captureLog(lines), now: () => t });
-    await c.createRule({
-      name: 'r',
-      protocol: 'udp',
-      port: 5000,
-      destination: '',
-      sourcePrefixes: [],
-      ingressInterfaces: ['in0'],
-      backends: [{ ip: '10.0.0.1', mac: '02:00:00:00:01:01', interface: 'b0', weight: 1 }],
-      udpChecksum: 'update',
-      labels: {},
-    });
+    await c.createRule(udpSpec('r', 5000, [{ ip: '10.0.0.1', mac: '02:00:00:00:01:01', interface: 'b0', weight: 1 }]));
     await c.resync();
     assert.equal(c.getRule('r').status.state, 'active');
 
