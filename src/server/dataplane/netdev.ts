@@ -2153,7 +2153,7 @@ export async function ensureVethPeerNapi(name: string, fix: boolean): Promise<Ve
     ({ stdout } = await ethtool(['-k', peer.ifname]));
   } catch (e) {
     // Entering another network namespace (setns) takes CAP_SYS_ADMIN.
-    if (!away || !/Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e))) throw e;
+    if (!away || !setnsRefused(e)) throw e;
     return {
       veth: true,
       ok: false,
@@ -2314,10 +2314,19 @@ export interface IngressPreparation {
   /** Of `problems`, the settings found on that could not be turned off (not a fixed feature: a failed change). */
   unrepaired?: string[];
   /**
-   * Of `problems`, the reads that could not be made (a command that failed or did not answer, a namespace that
-   * could not be entered): nothing was learnt about those settings (said as "cannot be verified").
+   * Of `problems`, the reads that could not be made this time (a command that failed or did not answer; not a
+   * namespace the kernel refuses to let the daemon enter, a standing condition): nothing was learnt about those
+   * settings (said as "cannot be verified").
    */
   unread?: string[];
+}
+
+/**
+ * Whether a command run in another network namespace (`ip -n`, `nsenter --net`) failed because the kernel
+ * refused to enter it (setns EPERM: CAP_SYS_ADMIN missing, a deployment's steady condition), as its stderr says.
+ */
+function setnsRefused(e: unknown): boolean {
+  return /Operation not permitted/.test(String((e as { stderr?: string }).stderr ?? e));
 }
 
 /** One command a preparation step runs; its stdout is sent back into the generator (a failure thrown into it). */
@@ -2362,7 +2371,9 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     } catch (e) {
       const problem = `cannot read the offloads of ${where}: ${(e as Error).message}`;
       problems.push(problem);
-      unread.push(problem);
+      // A namespace the daemon may not enter (no CAP_SYS_ADMIN) is a standing condition, said when our program
+      // is attached (the attach's warnings); any other failure is a read that could not be made this time.
+      if (!setnsRefused(e)) unread.push(problem);
       return;
     }
     const on = names.filter((n) => new RegExp(`^${n}: on(?! \\[fixed\\])`, 'm').test(text));
@@ -2425,7 +2436,7 @@ function* prepareIngressSteps(name: string, generic: boolean): Generator<Command
     } catch (e) {
       const problem = `cannot enter ${place.words} to prepare the peer of ${name}: ${(e as Error).message}`;
       problems.push(problem);
-      unread.push(problem);
+      if (!setnsRefused(e)) unread.push(problem);
       return { done, problems, changed, unrepaired, unread };
     }
   }
