@@ -141,12 +141,14 @@ export function peerReason(notes: readonly string[]): string {
 /**
  * The reason of a BackendsReceiving made Unknown by what runs on a backend egress's own receive path (rule-status.ts
  * foreignEgressStatus notes): EgressForeignProgram when an XDP program not ours is attached, EgressTcFilter when tc
- * (filters, tcx programs) is, else EgressNftChain.
+ * (filters, tcx programs) is, EgressNftChain when an nftables chain is, else EgressPassthruDevice (a macvlan or
+ * macvtap in passthru mode stacked on it, which takes every unicast frame arriving on it).
  */
 export function egressReason(notes: readonly string[]): string {
   if (notes.some((n) => /^(another|an) XDP program /.test(n))) return 'EgressForeignProgram';
   if (notes.some((n) => / has (a )?tcx? ingress (filters?|programs?) /.test(n))) return 'EgressTcFilter';
-  return 'EgressNftChain';
+  if (notes.some((n) => / has (an )?nftables ingress chains? /.test(n))) return 'EgressNftChain';
+  return 'EgressPassthruDevice';
 }
 
 /** A rule's conditions from its status and the problems of its ingress interfaces. */

@@ -64,6 +64,7 @@ import {
 } from './resync.js';
 import { STATIC_MAC_WAIT_MS } from './static-mac.js';
 import {
+  egressHooksNote,
   egressProblem,
   failedStatus,
   ingressDownProblem,
@@ -1035,6 +1036,11 @@ export class Controller {
           : `a foreign XDP program (id ${x.progId}${x.otherDaemon ? `: ${x.otherDaemon}` : ''}) is attached`,
       );
     }
+    // As a backend egress, what else it has on its receive path (tc, nftables, a passthru device on it), as the
+    // last pass read it for its rules and in their words (rule-status.ts egressHooksNote).
+    const own =
+      info && egress?.for.some((u) => u.startsWith('rule/')) && this.state.lastObservation.egressOwn.get(name);
+    if (own) warnings.push(egressHooksNote(name, own));
     if (info && used) {
       const down = ingressDownProblem(name, this.dp.linkState?.(name));
       if (down) warnings.push(down);

@@ -124,6 +124,8 @@ import {
   peerWhere,
   peerXdpNote,
   egressHooksPhrase,
+  egressOwnPhrase,
+  takerParts,
 } from './rule-status.js';
 
 /** What one pass found. */
@@ -1116,7 +1118,9 @@ export async function resync(
     state.loggedHandSet.delete(key);
   }
   // Backend egresses another XDP program occupies: what the backends send passes through it first.
-  const foreignEgress = foreignEgresses(dp, facts.links.keys());
+  // (And what each has besides a program, for its interface row: Controller.interfaceView.)
+  const egressOwn = new Map<string, string>();
+  const foreignEgress = foreignEgresses(dp, facts.links.keys(), egressOwn);
   // Tap backend egresses whose tx_dropped rose lately: their reader does not read (tap-drops.ts).
   const tapDrops = observeTapDrops(ctx, facts.links.keys(), transition);
   // Backend egresses whose veth peer runs an XDP program not ours: what is redirected to them passes through it.
@@ -1165,6 +1169,7 @@ export async function resync(
     holds: new Map(state.neighbourHolds),
     via,
     foreignEgress,
+    egressOwn,
     peerXdp,
     route,
     tapDrops,
@@ -1312,11 +1317,18 @@ function observeTapDrops(
 }
 
 /**
- * Backend egresses (of `names`, each once) with an XDP program not ours attached, or tc filters, tcx programs or
- * nftables chains that may drop a frame on their ingress (Dataplane.ingressHooks): name -> what, said
- * (rule-status.ts egressHooksPhrase; the program as conditions.ts otherProgram says it).
+ * Backend egresses (of `names`, each once) with an XDP program not ours attached, tc filters, tcx programs or
+ * nftables chains that may drop a frame on their ingress (Dataplane.ingressHooks), or a device stacked on them that
+ * takes every frame arriving on them (a passthru macvlan: Dataplane.upperLinks, rule-status.ts takerParts): name ->
+ * what, said (rule-status.ts egressHooksPhrase; the program as conditions.ts otherProgram says it). `own`, when
+ * given, gets what the egress itself has besides the program (rule-status.ts egressOwnPhrase): what its interface
+ * row says, from this same read.
  */
-function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<string, string> {
+function foreignEgresses(
+  dp: ExecContext['dp'],
+  names: Iterable<string>,
+  own?: Map<string, string>,
+): Map<string, string> {
   const out = new Map<string, string>();
   const seen = new Set<string>();
   for (const name of names) {
@@ -1327,8 +1339,12 @@ function foreignEgresses(dp: ExecContext['dp'], names: Iterable<string>): Map<st
       x && x.mode !== 'none' && !x.ours
         ? otherProgram(x.progId, x.unidentified, x.mode, x.otherDaemon, x.name)
         : undefined;
-    const phrase = egressHooksPhrase(name, program, dp.ingressHooks?.(name));
+    const hooks = dp.ingressHooks?.(name);
+    const takers = dp.upperLinks ? takerParts(dp.upperLinks(name)) : [];
+    const phrase = egressHooksPhrase(name, program, hooks, takers);
     if (phrase) out.set(name, phrase);
+    const has = own && egressOwnPhrase(name, hooks, takers);
+    if (has) own!.set(name, has);
   }
   return out;
 }

@@ -744,17 +744,10 @@ export function foreignEgressStatus(
     const egress = rule.backends[i]?.interface;
     const phrase = egress === undefined ? undefined : foreignEgress.get(egress);
     if (!phrase) return b;
-    // Its XDP program alone: "that program"; tc or nftables there too: "them".
-    const xdpOnly = !phrase.includes(`${egress} has `);
-    const through = xdpOnly ? 'that program' : 'them';
     const counts = b.receiving && !b.unverified && (rule.backends[i].weight ?? 1) > 0;
     // One not counted that already names the program (its neighbour message) keeps its message.
     if (!counts && b.message.includes(phrase)) return b;
-    const note = counts
-      ? `${phrase}: what backend ${b.ip} sends back, its answers and ARP replies included, passes through ` +
-        `${through} before this host, which may drop it or redirect it elsewhere: whether it arrives cannot be verified`
-      : `${phrase}: what arrives on it, backend ${b.ip}'s ARP replies and answers included, passes through ` +
-        `${through} before this host`;
+    const note = egressHooksNote(egress!, phrase, b.ip, counts);
     if (!warnings.includes(note)) warnings.push(note);
     if (counts) judged = true;
     const withNote = b.message.includes(note) ? b : { ...b, message: b.message ? `${b.message}; ${note}` : note };
@@ -819,21 +812,84 @@ export function ingressHookParts(p: Omit<PeerXdp, 'where' | 'programs'>): string
 }
 
 /**
+ * What of the devices stacked on a backend egress takes the frames arriving on it (Dataplane.upperLinks): a macvlan
+ * or macvtap in passthru mode receives every unicast frame that arrives on its lower device (drivers/net/macvlan.c
+ * macvlan_handle_frame), so what the backend sends back, its ARP replies included, goes to it, never to the egress:
+ * "has macvlan mv stacked on it in passthru mode", one part each (as {@link ingressHookParts} says its hooks). A
+ * macvlan in another mode, a vlan or an ipvlan takes only the frames for its own address or tag: what the backend
+ * sends to the egress still arrives there (nothing said).
+ */
+export function takerParts(uppers: readonly { name: string; kind?: string; via: string; mode?: string }[]): string[] {
+  return uppers
+    .filter((u) => u.via === 'stacked' && (u.kind === 'macvlan' || u.kind === 'macvtap') && u.mode === 'passthru')
+    .map((u) => `has ${u.kind} ${visible(u.name)} stacked on it in passthru mode`);
+}
+
+/**
+ * What an egress itself has that takes or sees what arrives on it before this host, besides an XDP program: "E has
+ * a tc ingress filter (...)", "E has an nftables ingress chain ...", "E has macvlan mv stacked on it in passthru
+ * mode" (their parts joined: "E has A, has B and has C"); undefined when nothing. The interface's own row says this
+ * (Controller.interfaceView), the rules of its backends say it after the program ({@link egressHooksPhrase}).
+ */
+export function egressOwnPhrase(
+  egress: string,
+  hooks: Omit<PeerXdp, 'where' | 'programs'> | undefined,
+  takers: readonly string[] = [],
+): string | undefined {
+  const parts = [...(hooks ? ingressHookParts(hooks) : []), ...takers];
+  if (!parts.length) return undefined;
+  return `${egress} ${parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0]}`;
+}
+
+/**
  * What runs on a backend egress's own receive path that is not ours, said as the subject of a note
  * ({@link foreignEgressStatus}): "another XDP program (id 42, name n, generic mode) is attached to E", "E has a tc
- * ingress filter (...)", both joined by "; and". `program`: the XDP program (conditions.ts otherProgram), if any.
+ * ingress filter (...)" ({@link egressOwnPhrase}), both joined by ", and ". `program`: the XDP program (conditions.ts
+ * otherProgram), if any.
  */
 export function egressHooksPhrase(
   egress: string,
   program: string | undefined,
   hooks: Omit<PeerXdp, 'where' | 'programs'> | undefined,
+  takers: readonly string[] = [],
 ): string | undefined {
-  const parts = hooks ? ingressHookParts(hooks) : [];
-  const has = parts.length
-    ? `${egress} ${parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts[parts.length - 1]}` : parts[0]}`
-    : undefined;
+  const has = egressOwnPhrase(egress, hooks, takers);
   const xdp = program && `${program} is attached to ${egress}`;
   return xdp && has ? `${xdp}, and ${has}` : (xdp ?? has);
+}
+
+/**
+ * The note on what an egress's receive path does with what backend `ip` sends back (no `ip`: the backends behind
+ * it, as the interface's row says it), from the phrase of what is there ({@link egressHooksPhrase}): "PHRASE: what
+ * backend B sends back, its answers and ARP replies included, passes through that program (them) before this host,
+ * which may drop it or redirect it elsewhere: whether it arrives cannot be verified"; a passthru device alone:
+ * "...goes to that device, not to E: whether it arrives cannot be verified". `counted` false (a backend not known to
+ * receive): what arrives on the egress, its ARP replies first, is said to pass there, without the verdict.
+ */
+export function egressHooksNote(egress: string, phrase: string, ip?: string, counted = true): string {
+  const sends =
+    ip === undefined
+      ? 'what the backends behind it send back, their answers and ARP replies included,'
+      : `what backend ${ip} sends back, its answers and ARP replies included,`;
+  const arriving = `backend ${ip}'s ARP replies and answers included`;
+  const taker = new RegExp(`^${escapeRe(egress)} has (\\S+) (\\S+) stacked on it in passthru mode$`).exec(phrase);
+  if (taker) {
+    const to = `goes to ${taker[1]} ${taker[2]}, not to ${egress}`;
+    return counted
+      ? `${phrase}: ${sends} ${to}: whether it arrives cannot be verified`
+      : `${phrase}: every unicast frame arriving on ${egress}, ${arriving}, ${to}`;
+  }
+  // Its XDP program alone: "that program"; tc, nftables or a passthru device there too: "them".
+  const through = phrase.includes(`${egress} has `) ? 'them' : 'that program';
+  return counted
+    ? `${phrase}: ${sends} passes through ${through} before this host, which may drop it or redirect it elsewhere: ` +
+        'whether it arrives cannot be verified'
+    : `${phrase}: what arrives on it, ${arriving}, passes through ${through} before this host`;
+}
+
+/** `x` as a regular expression matching it literally. */
+function escapeRe(x: string): string {
+  return x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** An ethertype as tc names it. */

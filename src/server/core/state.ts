@@ -639,6 +639,11 @@ export class CoreState {
     holds: ReadonlyMap<string, NeighbourHold>;
     via: ReadonlyMap<string, string>;
     foreignEgress: ReadonlyMap<string, string>;
+    /**
+     * Backend egress -> what it has on its receive path besides an XDP program (rule-status.ts egressOwnPhrase), read
+     * with foreignEgress: what its interface row says (Controller.interfaceView).
+     */
+    egressOwn: ReadonlyMap<string, string>;
     peerXdp: ReadonlyMap<string, string>;
     route: ReadonlyMap<string, string>;
     tapDrops: ReadonlyMap<string, string>;
@@ -651,6 +656,7 @@ export class CoreState {
     holds: new Map(),
     via: new Map(),
     foreignEgress: new Map(),
+    egressOwn: new Map(),
     peerXdp: new Map(),
     route: new Map(),
     tapDrops: new Map(),
