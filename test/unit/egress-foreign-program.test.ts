@@ -10,7 +10,13 @@ import { describe, it } from 'node:test';
 
 import { egressReason, otherProgram, ruleConditions } from '../../src/server/core/conditions.js';
 import type { RuleStatus } from '../../src/server/core/model.js';
-import { egressHooksPhrase, foreignEgressStatus } from '../../src/server/core/rule-status.js';
+import {
+  egressHooksNote,
+  egressHooksPhrase,
+  egressOwnPhrase,
+  foreignEgressStatus,
+  takerParts,
+} from '../../src/server/core/rule-status.js';
 
 const program = otherProgram(42, undefined, 'generic', undefined, 'base_sink');
 const foreign = new Map([['v1', egressHooksPhrase('v1', program, undefined)!]]);
@@ -109,5 +115,72 @@ describe('foreignEgressStatus', () => {
     assert.equal(egressReason([n.backends[0].egressProgram!]), 'EgressNftChain');
     const b = foreignEgressStatus(active([backend('10.0.0.2', 'v1')]), rule, new Map([['v1', both]]));
     assert.equal(egressReason([b.backends[0].egressProgram!]), 'EgressForeignProgram');
+  });
+
+  it('a passthru macvlan stacked on the egress (twenty-third review, LOW-3): said, EgressPassthruDevice', () => {
+    const uppers = [
+      { name: 'br0', kind: 'bridge', via: 'master' },
+      { name: 'mb', kind: 'macvlan', via: 'stacked', mode: 'bridge' },
+      { name: 'v10', kind: 'vlan', via: 'stacked' },
+      { name: 'iv', kind: 'ipvlan', via: 'stacked', mode: 'l2' },
+      { name: 'mp', kind: 'macvlan', via: 'stacked', mode: 'passthru' },
+    ];
+    // Only what takes every frame arriving on the egress.
+    const takers = takerParts(uppers);
+    assert.deepEqual(takers, ['has macvlan mp stacked on it in passthru mode']);
+    assert.deepEqual(takerParts(uppers.slice(0, 4)), []);
+    const phrase = egressHooksPhrase('v1', undefined, undefined, takers)!;
+    assert.equal(phrase, 'v1 has macvlan mp stacked on it in passthru mode');
+    const rule = { backends: [{ interface: 'v1' }, { interface: 'v1' }] };
+    const s = foreignEgressStatus(
+      active([backend('10.0.0.2', 'v1'), backend('10.0.0.3', 'v1', false)]),
+      rule,
+      new Map([['v1', phrase]]),
+    );
+    assert.equal(
+      s.backends[0].egressProgram,
+      `${phrase}: what backend 10.0.0.2 sends back, its answers and ARP replies included, goes to macvlan mp, not ` +
+        'to v1: whether it arrives cannot be verified',
+    );
+    assert.equal(s.state, 'degraded');
+    assert.equal(egressReason([s.backends[0].egressProgram!]), 'EgressPassthruDevice');
+    // One without a MAC: why it has none.
+    assert.equal(
+      s.backends[1].message,
+      `no neighbour entry for 10.0.0.3 on v1; ${phrase}: every unicast frame arriving on v1, backend 10.0.0.3's ARP ` +
+        'replies and answers included, goes to macvlan mp, not to v1',
+    );
+    // With tc there too: "them", the reason tc's.
+    const u32 = { kind: 'u32', pref: 1, protocol: 0x0800, programs: [] };
+    const mixed = egressHooksPhrase('v1', undefined, { tc: { filters: [u32], tcx: [] } }, takers)!;
+    assert.equal(
+      mixed,
+      'v1 has a tc ingress filter (u32, pref 1, protocol ip) and has macvlan mp stacked on it in passthru mode',
+    );
+    const m = foreignEgressStatus(
+      active([backend('10.0.0.2', 'v1')]),
+      { backends: [{ interface: 'v1' }] },
+      new Map([['v1', mixed]]),
+    );
+    assert.match(m.backends[0].egressProgram!, /passes through them before this host/);
+    assert.equal(egressReason([m.backends[0].egressProgram!]), 'EgressTcFilter');
+  });
+
+  it("the interface row's words (twenty-third review, LOW-2): what the egress has itself, its program left out", () => {
+    const u32 = { kind: 'u32', pref: 49152, protocol: 0x0800, programs: [] };
+    assert.equal(egressOwnPhrase('v1', undefined), undefined);
+    const own = egressOwnPhrase('v1', { tc: { filters: [u32], tcx: [] } })!;
+    assert.equal(own, 'v1 has a tc ingress filter (u32, pref 49152, protocol ip)');
+    assert.equal(
+      egressHooksNote('v1', own),
+      `${own}: what the backends behind it send back, their answers and ARP replies included, passes through them ` +
+        'before this host, which may drop it or redirect it elsewhere: whether it arrives cannot be verified',
+    );
+    const taker = egressOwnPhrase('v1', undefined, ['has macvtap t0 stacked on it in passthru mode'])!;
+    assert.equal(
+      egressHooksNote('v1', taker),
+      `${taker}: what the backends behind it send back, their answers and ARP replies included, goes to macvtap t0, ` +
+        'not to v1: whether it arrives cannot be verified',
+    );
   });
 });

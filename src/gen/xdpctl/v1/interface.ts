@@ -169,7 +169,14 @@ export interface ManagedInterface {
   usedBy: string[];
   /**
    * Human-readable problems, e.g. "interface does not exist", "another XDP
-   * program (id 42) is attached" or "native mode unsupported, using generic".
+   * program (id 42) is attached" or "native mode unsupported, using generic";
+   * for a backend egress, what else it has on its receive path, in the words
+   * of its rules (read by the same reconciler pass): "E has a tc ingress
+   * filter (...): what the backends behind it send back, their answers and
+   * ARP replies included, passes through them before this host, which may
+   * drop it or redirect it elsewhere: whether it arrives cannot be
+   * verified", an nftables ingress chain that may drop a frame, or a
+   * passthru macvlan stacked on it ("... goes to macvlan M, not to E: ...").
    */
   warnings: string[];
   /**

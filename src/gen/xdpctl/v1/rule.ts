@@ -140,7 +140,9 @@ export enum RuleState {
    * sends back first (its answers and ARP replies), BackendsReceiving reason
    * EgressForeignProgram, or a tc filter or tcx program on that egress's
    * ingress, reason EgressTcFilter, or an nftables ingress chain there that
-   * may drop a frame, reason EgressNftChain (it stays in the table), or
+   * may drop a frame, reason EgressNftChain, or a macvlan or macvtap in
+   * passthru mode stacked on that egress, which takes every unicast frame
+   * arriving on it, reason EgressPassthruDevice (it stays in the table), or
    * a backend's egress MTU is below an ingress's (datagrams larger than the
    * egress MTU are dropped by the kernel and counted as redirect errors;
    * condition FramesFit). See warnings and backend_status.
@@ -474,11 +476,17 @@ export interface BackendStatus {
    * it elsewhere: whether it arrives cannot be verified" (another xdpctld's
    * named so after the mode), or for tc or nftables on that egress's
    * ingress "E has a tc ingress filter (...): what backend B sends back ...
-   * passes through them ..." (said as for a veth peer) (it stays active;
-   * its rule DEGRADED, BackendsReceiving Unknown with reason
-   * EgressForeignProgram, EgressTcFilter when tc is there and no XDP
-   * program, EgressNftChain when only nftables is, until they are gone);
-   * otherwise empty.
+   * passes through them ..." (said as for a veth peer), or for a passthru
+   * macvlan stacked on that egress "E has macvlan M stacked on it in
+   * passthru mode: what backend B sends back, its answers and ARP replies
+   * included, goes to macvlan M, not to E: whether it arrives cannot be
+   * verified" (it stays active; its rule DEGRADED, BackendsReceiving
+   * Unknown with reason EgressForeignProgram, EgressTcFilter when tc is
+   * there and no XDP program, EgressNftChain when only nftables is,
+   * EgressPassthruDevice when only the passthru device is, until they are
+   * gone); for one not known to receive (no MAC known) the same devices
+   * are named after why (a passthru macvlan takes its ARP replies, so no
+   * neighbour entry on E is ever made); otherwise empty.
    */
   message: string;
 }
