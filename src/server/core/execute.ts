@@ -192,8 +192,9 @@ export function* ruleRows(ops: readonly RuleOp[], alloc: RuleAllocation): Genera
  * device with ndo_xdp_xmit). A client's change is refused naming the first
  * backend that fails it; with `restoring` (start, reconciler) that backend is
  * taken out of the table with the reason instead (its plan is changed in
- * place) and the rule written with the others. Returns the names of the
- * plans so changed.
+ * place) and the rule written with the others. A client's change also judges
+ * the egresses of its backends out of the table already, for their statuses
+ * (judgeOutEgresses). Returns the names of the plans so changed.
  */
 async function prepareIngress(
   ctx: ExecContext,
@@ -218,10 +219,18 @@ export async function prepareRules(
   { plans }: RulesPlan,
   undo: UndoLog,
   pace: () => Promise<void> = async () => {},
-): Promise<Map<string, string>> {
+): Promise<PreparedRules> {
   const unverified = new Map<string, string>();
-  await prepareIngress(ctx, ops, plans, undo, false, pace, unverified);
-  return unverified;
+  const changed = await prepareIngress(ctx, ops, plans, undo, false, pace, unverified);
+  return { unverified, changed };
+}
+
+/** What {@link prepareRules} found, for {@link writeRules}. */
+export interface PreparedRules {
+  /** The egresses it accepted unverified: egress name -> why. */
+  unverified: Map<string, string>;
+  /** The plans whose backends' statuses it changed (an egress out of the table judged: judgeOutEgresses). */
+  changed: Set<string>;
 }
 
 /** Step 1 of {@link prepareIngress}: our program on every ingress interface the plans need. */
@@ -320,7 +329,54 @@ async function checkRedirectTargets(
   }
   const demoted = new Set<string>();
   for (const p of plans) if (keepOutFailedEgresses(p, native, peers, restoring)) demoted.add(p.name);
+  if (!restoring) for (const name of await judgeOutEgresses(ctx, plans, isNative, peers)) demoted.add(name);
   return demoted;
+}
+
+/**
+ * A client's change, once its checks passed: the egresses of its backends that are out of the table already (a
+ * static MAC the host contradicts, a loop) and that no check has judged, checked as the reconciler's pass checks
+ * every backend egress of a rule on a native-mode ingress (resync.ts; `--fix-veth-peers` repairs as there), for
+ * their statuses alone: nothing is redirected into them, so none refuses the change. One that fails its check
+ * says so in its backend's status (the egress first, as plan-rules.ts and the pass say it): before, the reply said
+ * "static MAC contradicted" and a read after the next pass that the egress's peer cannot take redirects (a
+ * review finding). Returns the plans whose statuses changed.
+ */
+async function judgeOutEgresses(
+  ctx: ExecContext,
+  plans: readonly RulePlan[],
+  isNative: (p: RulePlan) => boolean,
+  checked: ReadonlyMap<string, RedirectTarget>,
+): Promise<Set<string>> {
+  const names = new Set<string>();
+  for (const p of plans) {
+    if (!isNative(p)) continue;
+    for (const b of p.backends) {
+      // Out for its egress already (down, no carrier): said as the pass says it, nothing more to check.
+      if (b.receiving || b.status.egress || checked.has(b.spec.interface)) continue;
+      names.add(b.spec.interface);
+    }
+  }
+  const changed = new Set<string>();
+  if (names.size === 0) return changed;
+  const peers = await checkTargets(ctx, [...names], true);
+  for (const p of plans) {
+    if (!isNative(p)) continue;
+    for (const b of p.backends) {
+      const r = peers.get(b.spec.interface);
+      if (b.receiving || b.status.egress || !r || r.ok) continue;
+      b.status = backendStatus({
+        ip: b.spec.ip,
+        interface: b.spec.interface,
+        givenMac: b.spec.mac,
+        mac: b.mac,
+        resolved: b.resolved,
+        egress: r.detail ?? 'cannot take native XDP redirects',
+      });
+      changed.add(p.name);
+    }
+  }
+  return changed;
 }
 
 /**
@@ -738,13 +794,13 @@ export async function writeRules(
   undo: UndoLog,
   pace: () => Promise<void> = async () => {},
   restoring = false,
-  prepared?: Map<string, string>,
+  prepared?: PreparedRules,
 ): Promise<void> {
   // `prepared`: the caller ran prepareRules itself (config-file mode prepares rules and links before either is
-  // written), which gave the egresses it accepted unverified.
-  const unverified = prepared ?? new Map<string, string>();
+  // written), which gave the egresses it accepted unverified and the plans whose statuses it changed.
+  const unverified = prepared?.unverified ?? new Map<string, string>();
   const demoted = prepared
-    ? new Set<string>()
+    ? prepared.changed
     : await prepareIngress(ctx, ops, plans, undo, restoring, pace, unverified);
   alloc.unverified = unverified;
   const { dp, state } = ctx;
