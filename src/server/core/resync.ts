@@ -81,7 +81,14 @@ import { RuleTransitions } from './rule-transitions.js';
 import { otherProgram } from './conditions.js';
 import { reattachedText } from './reattach-text.js';
 import { inspectTarget, isUnchecked } from './unchecked.js';
-import { observedOf, sameObserved, type CoreState, type IfaceFacts, type RuleKernel } from './state.js';
+import {
+  observedOf,
+  sameObserved,
+  type CoreState,
+  type IfaceFacts,
+  type RuleKernel,
+  type StaticMacUnanswered,
+} from './state.js';
 import { linkWhat } from './counter-resets.js';
 import {
   freshEntry,
@@ -2073,6 +2080,7 @@ async function judgeStaticMacs(
     if ((++n & 1023) === 0) await pace();
     if (t - since < UNVERIFIED_GRACE_MS) continue;
     grace.delete(key);
+    state.staticMacNotWaited.delete(key);
     const m = state.staticMacs.get(key);
     if (m?.verdict === 'unverified' && unverified.get(key) !== m.why) {
       unverified.set(key, m.why);
@@ -2536,10 +2544,11 @@ function judgeStaticMac(
     grace.delete(key);
   } else {
     // Not confirmed yet: nothing says it receives (its rules DEGRADED), and it is too early to say it cannot
-    // be verified (the first answers take a pass or two).
-    unverified.set(key, unconfirmedYetWhy(next.why));
+    // be verified (the first answers take a pass or two). A change that did not wait for it says so.
+    unverified.set(key, notConfirmedYet(state, key, next.why));
     grace.set(key, next.since ?? 0);
   }
+  if (next.verdict !== 'unverified' || !grace.has(key)) state.staticMacNotWaited.delete(key);
   if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touchStaticMac(state, key);
   // Only a contradiction or an address conflict, and the end of one, is kept in state.logged: a MAC that agrees
   // and never did not has nothing to log (40 000 entries "in" with 10 000 rules of 4 static-MAC backends, ~5 MB
@@ -2701,13 +2710,22 @@ export async function judgeChangeStaticMacs(
   }
   // Nor for an address an earlier change waited for in vain lately (state.staticMacUnanswered): the kernel's
   // FAILED entry says the same, but is forgotten under table pressure, and every change then waited the whole time.
+  // Its status says so (the reply and the reads after it): the wait it rests on, when, and that none was made now.
   const now = ctx.mono();
   const unanswered = state.staticMacUnanswered;
-  const lately = (key: string) => {
-    const at = unanswered.get(fresh.get(key)!.neighbour);
-    return at !== undefined && now - at >= 0 && now - at < STATIC_MAC_UNANSWERED_MS;
+  const notWaited = (key: string) => {
+    const b = fresh.get(key)!;
+    let u = unanswered.get(b.neighbour);
+    if (u !== undefined && (now - u.at < 0 || now - u.at >= STATIC_MAC_UNANSWERED_MS)) u = undefined;
+    if (u === undefined && !failed.has(key)) return false;
+    if (state.staticMacGrace.has(key)) {
+      state.staticMacNotWaited.set(key, notWaitedNote(b, u, now));
+      state.staticMacUnverified.set(key, notConfirmedYet(state, key, state.staticMacs.get(key)!.why));
+      touchStaticMac(state, key);
+    }
+    return true;
   };
-  let open = asked.filter((key) => !failed.has(key) && !lately(key));
+  let open = asked.filter((key) => !notWaited(key));
   const end = performance.now() + waitMs;
   while (open.length) {
     const left = end - performance.now();
@@ -2718,13 +2736,40 @@ export async function judgeChangeStaticMacs(
   // Those still unanswered are remembered (bounded: the expired ones are dropped first, then the oldest).
   if (open.length === 0) return;
   const t = ctx.mono();
-  for (const [k, at] of unanswered) if (t - at >= STATIC_MAC_UNANSWERED_MS || t < at) unanswered.delete(k);
+  for (const [k, u] of unanswered) if (t - u.at >= STATIC_MAC_UNANSWERED_MS || t < u.at) unanswered.delete(k);
+  const wall = ctx.now();
   for (const key of open) {
     const nkey = fresh.get(key)!.neighbour;
     unanswered.delete(nkey);
-    unanswered.set(nkey, t);
+    unanswered.set(nkey, { at: t, wall, waited: waitMs });
   }
   while (unanswered.size > STATIC_MAC_UNANSWERED_MAX) unanswered.delete(unanswered.keys().next().value!);
+}
+
+/**
+ * What the status of a static MAC says while it is "not confirmed yet" (`why`: its verdict's "cannot be verified"
+ * text), with the note of a change that did not wait for it (state.staticMacNotWaited), if one did not.
+ */
+function notConfirmedYet(state: CoreState, key: string, why: string): string {
+  const note = state.staticMacNotWaited.get(key);
+  return note === undefined ? unconfirmedYetWhy(why) : `${unconfirmedYetWhy(why)}; ${note}`;
+}
+
+/**
+ * The note of a change that did not wait for the answer about `b`: its address waited for in vain by an earlier
+ * change (`u`; `now` on the monotonic clock), else its neighbour entry FAILED. What was not done, what it rests on
+ * and when, what happens instead.
+ */
+export function notWaitedNote(
+  b: Pick<StaticMacBackend, 'ip' | 'iface'>,
+  u: StaticMacUnanswered | undefined,
+  now: number,
+): string {
+  const why = u
+    ? `ARP requests of ours for ${b.ip} on ${b.iface} went unanswered for ${u.waited} ms at ` +
+      `${new Date(u.wall).toISOString()} (${Math.round((now - u.at) / 1000)} s before it)`
+    : `the kernel's neighbour entry for ${b.ip} on ${b.iface} is FAILED (its own ARP requests went unanswered)`;
+  return `not waited for by the change that named it: ${why}; asked all the same, the reconciler's passes judge the answer`;
 }
 
 /** The addresses {@link judgeChangeStaticMacs} remembers as unanswered at most. */

@@ -535,7 +535,14 @@ export class CoreState {
    * judgeChangeStaticMacs), as for an entry the kernel marked FAILED: the kernel forgets those under table
    * pressure (10 000 rules of 4 unanswered static MACs), and then every change waited the whole time.
    */
-  readonly staticMacUnanswered = new Map<string, number>();
+  readonly staticMacUnanswered = new Map<string, StaticMacUnanswered>();
+  /**
+   * Static MACs ("ip@iface|mac") a client's change named but did not wait for, since its address is in
+   * {@link staticMacUnanswered}: what their status adds to "not confirmed yet" (resync.ts notWaitedNote), so that the
+   * reply and the reads after it say the wait was not made, and when the one it rests on was. Dropped with the
+   * grace (UNVERIFIED_GRACE_MS: then "cannot be verified", the passes' own asking) or a definitive verdict.
+   */
+  readonly staticMacNotWaited = new Map<string, string>();
   /** When the reconciler last judged every static MAC from scratch (ms, monotonic). */
   staticMacSweptAt = -Infinity;
   /** Rules the datapath refused at start or resync: when to try again (ms, monotonic). */
@@ -698,6 +705,7 @@ export class CoreState {
     this.staticMacResolve.delete(key);
     this.staticMacAsk.delete(key);
     this.staticMacHeld.delete(key);
+    this.staticMacNotWaited.delete(key);
   }
 
   constructor(capacity: Dataplane['capacity']) {
@@ -1022,4 +1030,14 @@ export class CoreState {
       links: [...this.links.values()],
     };
   }
+}
+
+/** An address a client's change waited for in vain (CoreState.staticMacUnanswered). */
+export interface StaticMacUnanswered {
+  /** When the wait ended (ms, monotonic). */
+  at: number;
+  /** The same by the wall clock (ms since the epoch): said in the status of a change that did not wait. */
+  wall: number;
+  /** How long it waited (ms). */
+  waited: number;
 }
