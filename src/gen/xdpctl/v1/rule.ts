@@ -375,7 +375,11 @@ export interface Backend {
    * cannot be verified, and its rule is DEGRADED (condition
    * BackendsReceiving Unknown, reason BackendsUnverified). A change waits up
    * to 500 ms for the ARP answers to the static MACs it names first, so that
-   * its reply says what a read right after it says.
+   * its reply says what a read right after it says; not for an address an
+   * earlier change waited for in vain within 30 s, nor for one whose
+   * neighbour entry FAILED: then the message says "not waited for by the
+   * change that named it: ..." (on what, and when) while the MAC is not
+   * confirmed yet.
    */
   mac: string;
   /**
