@@ -76,6 +76,13 @@ describe("a change's reply says what was done about its static MACs, as the read
     const st = await status('other');
     assert.match(st.backendStatus[0].message, new RegExp(`answers ARP .*not from the static ${esc(b.mac)}`));
     assert.equal(st.state, RuleState.RULE_STATE_INACTIVE, st.message);
+    // The address answers (another MAC): a change naming it again waits for the answers, and does not say that an
+    // earlier wait went unanswered (the first change's 500 ms ended before the answer to its static MAC was read).
+    const again = await create('other2', 7302, { ...b, mac: lab.mac('95') });
+    const m = again.s.backendStatus[0].message;
+    t.diagnostic(`a change naming the address again, reply after ${again.ms} ms: ${m}`);
+    assert.doesNotMatch(m, /not waited for/);
+    if (Date.now() - again.at < 2500) assert.deepEqual(said(await status('other2')), said(again.s));
   });
 
   it('nobody answers: the first change waits, a second one within 30 s says it did not, in the reply and the reads', async (t) => {
@@ -94,8 +101,9 @@ describe("a change's reply says what was done about its static MACs, as the read
     const m2 = second.s.backendStatus[0].message;
     t.diagnostic(`second reply after ${second.ms} ms: ${m2}`);
     const note = new RegExp(
-      `; not waited for by the change that named it: ARP requests of ours for ${esc(ip)} on ${esc(b1.hostIf)} went ` +
-        `unanswered for 500 ms at (\\S+) \\((\\d+) s before it\\); asked all the same, the reconciler's passes judge the answer$`,
+      `; not waited for by the change that named it: an earlier change waited 500 ms for ARP answers about ` +
+        `${esc(ip)} on ${esc(b1.hostIf)}, until (\\S+) \\((\\d+) s before it\\), and no static MAC for the address was ` +
+        "confirmed; asked all the same, the reconciler's passes judge the answer$",
     );
     const [, when, before] = note.exec(m2) ?? assert.fail(`the second reply says it did not wait: ${m2}`);
     // The first change's wait ended within its call.

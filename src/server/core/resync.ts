@@ -2549,6 +2549,8 @@ function judgeStaticMac(
     grace.set(key, next.since ?? 0);
   }
   if (next.verdict !== 'unverified' || !grace.has(key)) state.staticMacNotWaited.delete(key);
+  // Judged (the address answered, for or against it): a change naming the address waits for its answers again.
+  if (next.verdict !== 'unverified') state.staticMacUnanswered.delete(b.neighbour);
   if (state.macConflicts.get(key) !== conflictWas || unverified.get(key) !== unverifiedWas) touchStaticMac(state, key);
   // Only a contradiction or an address conflict, and the end of one, is kept in state.logged: a MAC that agrees
   // and never did not has nothing to log (40 000 entries "in" with 10 000 rules of 4 static-MAC backends, ~5 MB
@@ -2690,7 +2692,6 @@ export async function judgeChangeStaticMacs(
       const obs = judgeStaticMac(ctx, key, b, exists, peer, e, t, transition);
       const asking =
         !!obs?.ask || !!obs?.askMacs || !!e?.states.some((s) => s === 'PROBE' || s === 'DELAY' || s === 'INCOMPLETE');
-      if (obs && obs.verdict !== 'unverified') state.staticMacUnanswered.delete(b.neighbour); // judged: answered
       if (obs?.verdict !== 'unverified' || !asking) continue;
       open.push(key);
       if (e?.states.includes('FAILED')) failed.add(key);
@@ -2766,8 +2767,9 @@ export function notWaitedNote(
   now: number,
 ): string {
   const why = u
-    ? `ARP requests of ours for ${b.ip} on ${b.iface} went unanswered for ${u.waited} ms at ` +
-      `${new Date(u.wall).toISOString()} (${Math.round((now - u.at) / 1000)} s before it)`
+    ? `an earlier change waited ${u.waited} ms for ARP answers about ${b.ip} on ${b.iface}, until ` +
+      `${new Date(u.wall).toISOString()} (${Math.round((now - u.at) / 1000)} s before it), and no static MAC ` +
+      'for the address was confirmed'
     : `the kernel's neighbour entry for ${b.ip} on ${b.iface} is FAILED (its own ARP requests went unanswered)`;
   return `not waited for by the change that named it: ${why}; asked all the same, the reconciler's passes judge the answer`;
 }
