@@ -2643,7 +2643,10 @@ export async function contradictedNewStaticMacs(
  * confirmed yet" (DEGRADED), as a read says then. One whose entry nothing asks (set by hand, an address of
  * this host's) is not waited for, nor one whose entry FAILED (the host left the kernel's last requests for the
  * address unanswered; asked all the same), nor one an earlier change waited for in vain within
- * STATIC_MAC_UNANSWERED_MS (state.staticMacUnanswered: the kernel forgets FAILED entries under table pressure). The rest of a larger change are judged without waiting (the passes ask them).
+ * STATIC_MAC_UNANSWERED_MS (state.staticMacUnanswered: the kernel forgets FAILED entries under table pressure; a
+ * pass's definitive verdict on the address ends that), and the status of those two says so ("not waited for by the
+ * change that named it: ...", {@link notWaitedNote}) while they are not confirmed yet, in the reply and the reads
+ * after it. The rest of a larger change are judged without waiting (the passes ask them).
  * Nothing when the dataplane cannot read the neighbour table (fakes: static MACs are not checked).
  */
 export async function judgeChangeStaticMacs(
@@ -2761,7 +2764,7 @@ function notConfirmedYet(state: CoreState, key: string, why: string): string {
  * change (`u`; `now` on the monotonic clock), else its neighbour entry FAILED. What was not done, what it rests on
  * and when, what happens instead.
  */
-export function notWaitedNote(
+function notWaitedNote(
   b: Pick<StaticMacBackend, 'ip' | 'iface'>,
   u: StaticMacUnanswered | undefined,
   now: number,

@@ -537,10 +537,11 @@ export class CoreState {
    */
   readonly staticMacUnanswered = new Map<string, StaticMacUnanswered>();
   /**
-   * Static MACs ("ip@iface|mac") a client's change named but did not wait for, since its address is in
-   * {@link staticMacUnanswered}: what their status adds to "not confirmed yet" (resync.ts notWaitedNote), so that the
-   * reply and the reads after it say the wait was not made, and when the one it rests on was. Dropped with the
-   * grace (UNVERIFIED_GRACE_MS: then "cannot be verified", the passes' own asking) or a definitive verdict.
+   * Static MACs ("ip@iface|mac") a client's change named but did not wait for, since their address is in
+   * {@link staticMacUnanswered} or their neighbour entry FAILED: what their status adds to "not confirmed yet"
+   * (resync.ts notWaitedNote), so that the reply and the reads after it say the wait was not made, and what (and
+   * when) it rests on. Dropped with the grace (UNVERIFIED_GRACE_MS: then "cannot be verified", the passes' own
+   * asking) or a definitive verdict.
    */
   readonly staticMacNotWaited = new Map<string, string>();
   /** When the reconciler last judged every static MAC from scratch (ms, monotonic). */
