@@ -358,12 +358,11 @@ async function judgeOutEgresses(
     }
   }
   const changed = new Set<string>();
-  if (names.size === 0) return changed;
-  const peers = await checkTargets(ctx, [...names], true);
+  const peers = names.size ? await checkTargets(ctx, [...names], true) : new Map<string, RedirectTarget>();
   for (const p of plans) {
     if (!isNative(p)) continue;
     for (const b of p.backends) {
-      const r = peers.get(b.spec.interface);
+      const r = peers.get(b.spec.interface) ?? checked.get(b.spec.interface);
       if (b.receiving || b.status.egress || !r || r.ok) continue;
       b.status = backendStatus({
         ip: b.spec.ip,
