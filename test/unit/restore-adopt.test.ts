@@ -15,7 +15,7 @@ import { Controller } from '../../src/server/core/controller.js';
 import type { RuleSpec } from '../../src/server/core/model.js';
 import { RING_SIZE } from '../../src/server/dataplane/codec.js';
 import { captureLog, type LogLine } from '../helpers/log-capture.js';
-import { ModelDataplane } from '../helpers/model-dataplane.js';
+import { MODEL_CAPACITY, ModelDataplane } from '../helpers/model-dataplane.js';
 import { confirmPeers, twoBackends, udpSpec } from '../helpers/rule-spec.js';
 
 const rule = (name: string, port: number, extra: Partial<RuleSpec> = {}): RuleSpec =>
@@ -260,5 +260,98 @@ describe('restore: slots no stored rule holds', () => {
         .filter((r) => 'abc'.includes(r.name))
         .map((r) => [r.name, r.status.state]),
     );
+  });
+
+  it('30 slots left by a crash: the first 20 named at error level, the rest in one line with the exact count', async () => {
+    // Before: one error line per slot (3 000 after a kill in the middle of a 3 000-rule change: more than the default
+    // 1 MiB log buffer, lines dropped). Now 20 + 1, the other 10 at debug level.
+    const dp = new ModelDataplane({ ...MODEL_CAPACITY, ruleSlots: 129, statsIds: 129, matches: 256, backends: 257 });
+    confirmPeers(dp);
+    const c = new Controller(dp, { mode: 'native', fixVethPeers: true });
+    const old = [rule('a', 5000), rule('b', 5001)];
+    await c.applyRules(old, false);
+    const stored = c.storedState();
+    dp.commitMatches = () => {
+      dp.faults.crashed = true;
+      throw new Error('killed at the switch');
+    };
+    const added = Array.from({ length: 30 }, (_, i) => rule(`n${i}`, 6000 + i));
+    await assert.rejects(c.applyRules([...old, ...added], false));
+    const dp2 = ModelDataplane.adopt(dp);
+    const lines: LogLine[] = [];
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
+    await c2.restore(stored);
+    const named = lines.filter((l) => l.msg.startsWith('restore cleared rule slot '));
+    assert.equal(named.length, 30, 'each slot said once');
+    assert.deepEqual(
+      named.map((l) => l.level),
+      [...Array<string>(20).fill('error'), ...Array<string>(10).fill('debug')],
+      'the first 20 at error level, the rest at debug level',
+    );
+    const summary = lines.filter((l) => l.msg.startsWith('restore cleared 10 more rule slots (30 in all; 20 named'));
+    assert.equal(summary.length, 1, 'one summary line');
+    assert.equal(summary[0].level, 'error');
+    assert.equal(summary[0].fields.count, 10);
+    assert.equal(summary[0].fields.backendEntriesEmptied, 60, 'two backend entries per slot emptied');
+    const ranged = String(summary[0].fields.slots)
+      .split(', ')
+      .flatMap((r) => {
+        const [a, b = a] = r.split('-').map(Number);
+        return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+      });
+    assert.deepEqual(
+      ranged,
+      named
+        .slice(20)
+        .map((l) => l.fields.slot as number)
+        .sort((x, y) => x - y),
+    );
+    assert.equal(lines.filter((l) => l.level === 'error').length, 21, 'error lines: 20 + 1 (was 30)');
+    const done = lines.find((l) => l.msg.startsWith('restored: '));
+    assert.equal(done?.fields.unheldSlots, 30, 'the total stays exact');
+  });
+
+  it("another tool's bytes in a free slot (a table of NO_BACKEND ids) and in free backend entries: cleared and said at start", async () => {
+    const { dp, stored } = await installed();
+    const m = dp.model.maps;
+    const held = new Set(stored.rules.map((r) => r.kernel!.slot));
+    const heldIds = new Set(stored.rules.flatMap((r) => Object.values(r.kernel!.backends).map((b) => b.id)));
+    const slot = [...Array(dp.capacity.ruleSlots).keys()].find((s) => s > 0 && !held.has(s))!;
+    // A table of NO_BACKEND ids and a zero rule entry (before: not taken for written, left).
+    for (let i = 0; i < RING_SIZE; i++) m.ruleRing.put(slot * RING_SIZE + i, 0xffffffff);
+    const free = [...Array(dp.capacity.backends).keys()].filter((id) => id > 0 && !heldIds.has(id)).slice(-3);
+    const entry = {
+      dmac: Uint8Array.from([2, 0, 0, 0, 0, 0x99]),
+      smac: Uint8Array.from([2, 0, 0, 0, 0, 0x98]),
+      ifindex: 7,
+      statsId: 5,
+      family: 2,
+      addr: Uint8Array.from([10, 9, 9, 9]),
+    };
+    for (const id of free) m.backends.put(id, entry);
+    const dp2 = ModelDataplane.adopt(dp);
+    const lines: LogLine[] = [];
+    const c2 = new Controller(dp2, { mode: 'native', fixVethPeers: true, log: captureLog(lines) });
+    await c2.restore(stored);
+    const m2 = dp2.model.maps;
+    assert.equal(m2.ruleRing.get(slot * RING_SIZE), 0, 'the free slot’s table zeroed');
+    for (const id of free) assert.equal(m2.backends.get(id)!.ifindex, 0, `backend entry ${id} emptied`);
+    for (const r of stored.rules)
+      for (const b of Object.values(r.kernel!.backends)) assert.ok(m2.backends.get(b.id)!.ifindex, `${r.name}: kept`);
+    assert.ok(lines.some((l) => l.level === 'error' && l.msg.startsWith(`restore cleared rule slot ${slot} `)));
+    for (const id of free)
+      assert.ok(
+        lines.some(
+          (l) =>
+            l.level === 'error' &&
+            l.msg.startsWith(
+              `restore emptied backend entry ${id} (map backends: kernel ifindex 7, MAC 02:00:00:00:00:99`,
+            ),
+        ),
+        `backend entry ${id} named`,
+      );
+    const done = lines.find((l) => l.msg.startsWith('restored: '));
+    assert.equal(done?.fields.freeBackends, 3);
+    assert.equal(done?.fields.unheldSlots, 1);
   });
 });

@@ -60,6 +60,17 @@ export function emptyBackendEntry(): BackendEntry {
   };
 }
 
+/** A backend entry as a log line says it ("ifindex 7, MAC 02:..., address 10.0.0.2, stats id 3"). */
+export function backendText(e: BackendEntry | undefined): string {
+  if (!e) return 'not read';
+  const mac = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+  const addr = e.family === 2 ? [...e.addr.subarray(0, 4)].join('.') : Buffer.from(e.addr).toString('hex');
+  return (
+    `ifindex ${e.ifindex}, MAC ${mac(e.dmac)} from ${mac(e.smac)}, address ${addr} (family ${e.family}), ` +
+    `stats id ${e.statsId}`
+  );
+}
+
 /** Counters of one rule (packets and bytes, summed over CPUs). */
 export type RuleStats = Record<
   'matched' | 'matchedBytes' | 'redirected' | 'redirectedBytes' | 'filtered' | 'noBackend' | 'redirectErrors',
@@ -754,6 +765,12 @@ export interface Dataplane {
   readRuleSlots(slots: readonly number[], visit: (slot: number, s: RuleSlotState) => void): void;
   /** Of these backend entries, the ids whose entry the kernel holds differently (an unused id holds all zeros). */
   differingBackends(want: readonly [number, BackendEntry][]): number[];
+  /**
+   * The ids `lo`..`hi` whose backend entry holds any byte other than zero (one read of the range): a start looks
+   * for entries no rule holds that another tool or a killed change left written. Optional (fakes:
+   * {@link differingBackends} with empty entries).
+   */
+  nonEmptyBackends?(lo: number, hi: number): number[];
   /**
    * The kernel's backend entries of ids `lo`..`hi` read once, then compared one at a time: the returned
    * function says whether the kernel holds exactly `e` at `id` (false for an id outside the range). A start

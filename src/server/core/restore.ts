@@ -11,7 +11,8 @@ import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 import type { RuleOp } from './plan-rules.js';
 import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
 import { matchId } from './state.js';
-import type { MatchKey } from './dataplane.js';
+import { backendText, emptyBackendEntry, type BackendEntry, type MatchKey } from './dataplane.js';
+import { NAMED_FIRST, nameFirst } from './name-first.js';
 import type { StoredRule, StoredState } from './store.js';
 
 /** The transactions restore and resync run (the controller's, inside its serial queue). */
@@ -105,6 +106,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // its staged match entries above), or another tool's. No packet was looked up to them: cleared now, with the
   // backend entries of their tables that no stored rule or orphan holds.
   const unheld = clearUnheldSlots(ctx, known, referenced, heldIds);
+  // Backend entries no stored rule holds and no slot's table kept here points at: another tool's, or a killed
+  // change's whose slot was cleared before. Unreachable now; a new rule taking the id writes it whole, but a start
+  // leaves no foreign bytes in the three maps the slot watcher guards (rule_cfg, rule_ring, backends).
+  const freeBackends = clearFreeBackends(ctx, heldIds, [...known, ...orphans]);
   // A rule is judged as a pass judges it (plan-rules.ts, lenient): an ingress missing now gets no match entry, a
   // backend whose egress is missing stays out of the table (its flows go to the others), and the rest is adopted
   // in place, forwarding as it did. Only a rule with no ingress or no backend egress there waits (reported); the
@@ -174,28 +179,46 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   // older than the datapath (a previous --state-dir, a rolled-back volume). The daemon cannot tell which.
   const ifnames = new Map<number, string>();
   for (const [name, info] of facts.interfaces) if (info) ifnames.set(info.ifindex, name);
-  for (const slot of orphans) {
-    const entries = pinnedMatches.filter(([, s]) => s === slot).map(([k]) => describeMatch(k, ifnames.get(k.ifindex)));
-    ctx.log.error(
-      { slot, matchEntries: entries },
-      `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
-        `${entries.join('; ')}. ` +
-        (stored.ahead
-          ? `The store is at generation ${stored.ahead.store}, ahead of the generation ${stored.ahead.pins} the ` +
-            'pins record (the one the kernel reflects): the store lacks this rule because a commit landed after ' +
-            'the kernel was last written from the store: either a change that was acknowledged and whose daemon ' +
-            'stopped before it cleared what the change replaced and wrote the pins, or one the daemon had undone in the kernel and refused (the client was told the ' +
-            'change was not applied) whose commit completed on the disk after the daemon stopped; the store ' +
-            'holds that change, so this start applies it (the kernel keeps no rule names)'
-          : stored.pinsLevel
-            ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
-              'stopped before committing (it was never acknowledged)'
-            : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
-              'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
-              'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
-              'was written from'),
-    );
+  const orphanWhy = stored.ahead
+    ? `The store is at generation ${stored.ahead.store}, ahead of the generation ${stored.ahead.pins} the ` +
+      'pins record (the one the kernel reflects): the store lacks this rule because a commit landed after ' +
+      'the kernel was last written from the store: either a change that was acknowledged and whose daemon ' +
+      'stopped before it cleared what the change replaced and wrote the pins, or one the daemon had undone in the kernel and refused (the client was told the ' +
+      'change was not applied) whose commit completed on the disk after the daemon stopped; the store ' +
+      'holds that change, so this start applies it (the kernel keeps no rule names)'
+    : stored.pinsLevel
+      ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
+        'stopped before committing (it was never acknowledged)'
+      : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
+        'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
+        'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
+        'was written from';
+  // The first NAMED_FIRST each at error level, the rest in one line with their count and slots (each of them at
+  // debug level): a start after a crash may find thousands.
+  const bySlot = new Map<number, string[]>();
+  for (const [k, s] of pinnedMatches) {
+    if (!bySlot.has(s)) bySlot.set(s, []);
+    bySlot.get(s)!.push(describeMatch(k, ifnames.get(k.ifindex)));
   }
+  nameFirst(
+    orphans,
+    (slot) => slot,
+    (slot, named) => {
+      const entries = bySlot.get(slot) ?? [];
+      ctx.log[named ? 'error' : 'debug'](
+        { slot, matchEntries: entries },
+        `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
+          `${entries.join('; ')}. ${orphanWhy}`,
+      );
+    },
+    (left, ranges) =>
+      ctx.log.error(
+        { count: left.length, total: orphans.length, slots: ranges },
+        `restore removed ${left.length} more rules the state store does not know, which the pinned datapath ` +
+          `forwarded (${orphans.length} in all; ${NAMED_FIRST} named above; each at debug level): rule slots ` +
+          `${ranges}. ${orphanWhy}`,
+      ),
+  );
   for (const slot of orphans) {
     dp.clearRuleSlot(slot, [], []);
     state.slots.release(slot);
@@ -218,7 +241,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       ]),
     ),
   );
-  ctx.log.info({ ...seen.counts, orphans: orphans.length + unheld, unheldSlots: unheld }, `restored: ${seen.text}`);
+  ctx.log.info(
+    { ...seen.counts, orphans: orphans.length + unheld, unheldSlots: unheld, freeBackends },
+    `restored: ${seen.text}`,
+  );
 }
 
 /**
@@ -244,22 +270,94 @@ function clearUnheldSlots(
       if (id !== 0 && id !== dp.noBackend) ids.add(id);
     }
     const word = st.word ?? (st.active ? 1 : 0) | st.flags;
-    if (!ids.size && !st.active && !word && !st.statsId) return;
+    // Every byte: a table of NO_BACKEND ids (no backend id among them) is written too.
+    let table = ids.size > 0;
+    for (let i = 0; !table && i * stride < st.ring.length; i++) table = st.ring[i * stride] !== 0;
+    if (!table && !st.active && !word && !st.statsId) return;
     found.push({ slot, word, statsId: st.statsId, ids: [...ids] });
   });
+  const why =
+    'no stored rule holds it and no match entry of the active generation points at it, so no packet was ' +
+    'sent to it: the new rules of a many-rule change whose daemon stopped before its switch (never ' +
+    "acknowledged), or another tool's";
+  let emptied = 0;
+  const said = new Map<number, number>();
   for (const f of found) {
     const free = f.ids.filter((id) => !heldIds.has(id));
     dp.clearRuleSlot(f.slot, [], free);
-    ctx.log.error(
-      { slot: f.slot, backendIds: f.ids },
-      `restore cleared rule slot ${f.slot} (map rule_cfg: kernel flags word 0x${f.word.toString(16)}, stats id ` +
-        `${f.statsId}; map rule_ring: ${f.ids.length} backend ids; map backends: ${free.length} entries emptied): ` +
-        'no stored rule holds it and no match entry of the active generation points at it, so no packet was ' +
-        'sent to it: the new rules of a many-rule change whose daemon stopped before its switch (never ' +
-        "acknowledged), or another tool's",
-    );
+    said.set(f.slot, free.length);
+    emptied += free.length;
   }
+  // The first NAMED_FIRST each at error level, the rest in one line with their count (each at debug level): a
+  // kill in the middle of a 3 000-rule change leaves 3 000.
+  nameFirst(
+    found,
+    (f) => f.slot,
+    (f, named) =>
+      ctx.log[named ? 'error' : 'debug'](
+        { slot: f.slot, backendIds: f.ids },
+        `restore cleared rule slot ${f.slot} (map rule_cfg: kernel flags word 0x${f.word.toString(16)}, stats id ` +
+          `${f.statsId}; map rule_ring: ${f.ids.length} backend ids; map backends: ${said.get(f.slot)} entries ` +
+          `emptied): ${why}`,
+      ),
+    (left, ranges) => {
+      const ids = left.reduce((n, f) => n + f.ids.length, 0);
+      const empties = left.reduce((n, f) => n + said.get(f.slot)!, 0);
+      ctx.log.error(
+        { count: left.length, total: found.length, slots: ranges, backendEntriesEmptied: emptied },
+        `restore cleared ${left.length} more rule slots (${found.length} in all; ${NAMED_FIRST} named above; each ` +
+          `at debug level): rule slots ${ranges} (map rule_cfg: their entries; map rule_ring: ${ids} backend ids ` +
+          `in their tables; map backends: ${empties} entries emptied): ${why}`,
+      );
+    },
+  );
   return found.length;
+}
+
+/**
+ * Empty the backend entries below the capacity that hold any byte while no id of `heldIds` (stored rules', orphan
+ * slots') is theirs and no table of `slots` (the slots kept: stored rules' and orphans', as the kernel holds them)
+ * points at them. Says the first NAMED_FIRST at error level (id, what the entry held), the rest in one line. Returns
+ * how many.
+ */
+function clearFreeBackends(ctx: ExecContext, heldIds: ReadonlySet<number>, slots: readonly number[]): number {
+  const { dp } = ctx;
+  const hi = dp.capacity.backends - 1;
+  const written =
+    dp.nonEmptyBackends?.(0, hi) ??
+    dp.differingBackends(
+      Array.from({ length: hi + 1 }, (_, id) => [id, emptyBackendEntry()] as [number, BackendEntry]),
+    );
+  let free = written.filter((id) => !heldIds.has(id));
+  if (!free.length) return 0; // (the usual start: the tables of the slots kept are not read)
+  const pointed = new Set<number>();
+  dp.readRuleSlots(slots, (_slot, st) => {
+    const stride = st.ringStride ?? 1;
+    for (let i = 0; i * stride < st.ring.length; i++) pointed.add(st.ring[i * stride]);
+  });
+  free = free.filter((id) => !pointed.has(id));
+  if (!free.length) return 0;
+  const held = dp.readBackends?.(free) ?? new Map<number, BackendEntry>();
+  dp.writeBackends(free.map((id) => [id, emptyBackendEntry()]));
+  const why =
+    'no stored rule holds that backend id and no rule slot kept points at it, so no packet was sent to it: ' +
+    "another tool's write, or a killed change's";
+  nameFirst(
+    free,
+    (id) => id,
+    (id, named) =>
+      ctx.log[named ? 'error' : 'debug'](
+        { backendId: id },
+        `restore emptied backend entry ${id} (map backends: kernel ${backendText(held.get(id))}): ${why}`,
+      ),
+    (left, ranges) =>
+      ctx.log.error(
+        { count: left.length, total: free.length, backendIds: ranges },
+        `restore emptied ${left.length} more backend entries (${free.length} in all; ${NAMED_FIRST} named above; ` +
+          `each at debug level): backend ids ${ranges}: ${why}`,
+      ),
+  );
+  return free.length;
 }
 
 /**

@@ -2504,6 +2504,22 @@ export class KernelDataplane implements Dataplane {
     return out;
   }
 
+  nonEmptyBackends(lo: number, hi: number): number[] {
+    if (hi < lo) return [];
+    const vs = backendEntry.layout.size;
+    const raw = this.dp.maps.backends.getRangeRaw(lo, hi - lo + 1);
+    const out: number[] = [];
+    for (let i = 0; i <= hi - lo; i++) {
+      for (let b = i * vs; b < (i + 1) * vs; b++) {
+        if (raw[b] !== 0) {
+          out.push(lo + i);
+          break;
+        }
+      }
+    }
+    return out;
+  }
+
   backendComparer(lo: number, hi: number): (id: number, e: BackendEntry) => boolean {
     const vs = backendEntry.layout.size;
     // The raw bytes of the range in one batch read, compared with each entry encoded (no decoding).
