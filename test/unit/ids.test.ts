@@ -45,6 +45,8 @@ describe('IdPool', () => {
             used.add(o.id);
           }
           assert.equal(pool.available, END - FIRST - used.size);
+          // has(): exactly the ids in use (the slot watcher zeroes what is written into the others).
+          for (let id = FIRST - 2; id < END + 2; id++) assert.equal(pool.has(id), used.has(id), `has(${id})`);
         }
       }),
       { numRuns: 500 },

@@ -41,6 +41,11 @@ export class IdPool {
     this.free.push(id);
   }
 
+  /** Whether an id is in use: handed out or taken, and not released since (ids outside the pool: false). */
+  has(id: number): boolean {
+    return id >= this.first && id < this.end && id < this.next && !this.waiting.has(id);
+  }
+
   /** Mark an id as used (adopting kernel state). */
   take(id: number): void {
     if (this.waiting.delete(id)) return;

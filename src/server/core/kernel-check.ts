@@ -10,7 +10,7 @@
  * Owns no state of its own beyond CoreState.kernelCheckedAt / kernelDrift; writes only through the
  * Dataplane port. Links are compared by the reconciler's link step (resync.ts).
  */
-import type { MatchKey, SrcKey } from './dataplane.js';
+import { backendText, emptyBackendEntry, type MatchKey, type MovedEntries, type SrcKey } from './dataplane.js';
 import type { EntryRepair } from './entry-owners.js';
 import { matchText, pacer, repairRuleEntries, type ExecContext } from './execute.js';
 import type { Facts } from './facts.js';
@@ -101,32 +101,29 @@ export async function quickCheck(
     ...watched,
     ms: Math.round(performance.now() - started),
   });
-  if (!dp.watchSlots) return none(0);
-  let slots = 0;
-  let ids = 0;
-  let n = 0;
-  for (const k of state.ruleKernel.values()) {
-    if ((++n & 4095) === 0) await pace();
-    if (k.slot >= slots) slots = k.slot + 1;
-    for (const { id } of k.backends.values()) if (id >= ids) ids = id + 1;
-  }
-  const m = dp.watchSlots(slots, ids);
-  state.watchCoverMs = m.error ? undefined : m.coverMs;
-  state.watchError = m.error;
+  const m = await takeMoved(ctx, pace);
+  if (!m) return none(0);
   watched = { reads: m.reads, readMs: Math.round(m.readMs) };
-  for (const s of m.slots) state.movedSlots.add(s);
-  for (const id of m.backends) state.movedBackends.add(id);
   const moved = state.movedSlots.size + state.movedBackends.size;
   if (!moved) return none(0);
+  // Slots and ids no rule holds (not handed out by the pools, also not to a change under way): zero, or zeroed.
+  const freed = await clearFreeEntries(ctx, state.movedSlots, state.movedBackends, pace);
+  // Once something is zeroed the pass keeps its turn (a pass that gives it to a change logs nothing: never said).
+  if (freed.length) pace = pacer();
   const names: string[] = [];
-  for (const [name, k] of state.ruleKernel) {
+  let n = 0;
+  for (const [name, k] of state.movedSlots.size || state.movedBackends.size ? state.ruleKernel : []) {
     if ((++n & 4095) === 0) await pace();
     if (state.movedSlots.has(k.slot) || [...k.backends.values()].some((b) => state.movedBackends.has(b.id)))
       names.push(name);
   }
   state.movedSlots.clear();
   state.movedBackends.clear();
-  if (!names.length) return none(moved);
+  if (!names.length) {
+    const r = none(moved);
+    r.repaired.push(...freed);
+    return r;
+  }
   const repaired: EntryRepair[] = [];
   let rules = 0;
   let done = 0;
@@ -146,8 +143,129 @@ export async function quickCheck(
       if (k && (i >= done || skip.has(name))) state.movedSlots.add(k.slot);
     }
   }
-  repaired.unshift(...generation());
+  repaired.unshift(...generation(), ...freed);
   return { repaired, rules, moved, ...watched, ms: Math.round(performance.now() - started) };
+}
+
+/**
+ * Take what the slot watcher saw move since the last take into state.movedSlots / movedBackends (the watcher told
+ * to read up to the highest slot and id the rules hold); undefined without a watcher.
+ */
+async function takeMoved(ctx: ExecContext, pace: () => Promise<void>): Promise<MovedEntries | undefined> {
+  const { state, dp } = ctx;
+  if (!dp.watchSlots) return undefined;
+  let slots = 0;
+  let ids = 0;
+  let n = 0;
+  for (const k of state.ruleKernel.values()) {
+    if ((++n & 4095) === 0) await pace();
+    if (k.slot >= slots) slots = k.slot + 1;
+    for (const { id } of k.backends.values()) if (id >= ids) ids = id + 1;
+  }
+  const m = dp.watchSlots(slots, ids);
+  state.watchCoverMs = m.error ? undefined : m.coverMs;
+  state.watchError = m.error;
+  for (const s of m.slots) state.movedSlots.add(s);
+  for (const id of m.backends) state.movedBackends.add(id);
+  return m;
+}
+
+/**
+ * Before a full comparison: what the watcher saw move is taken, and the slots and ids no rule holds among it are
+ * zeroed where written ({@link clearFreeEntries}); the rules' are left for the next quick check (the full comparison
+ * that follows may pass some over). Without this, a pass of few rules (every pass a full comparison) would never
+ * look at a free slot another tool wrote.
+ */
+export async function clearFreeMoved(ctx: ExecContext, pace: () => Promise<void> = pacer()): Promise<EntryRepair[]> {
+  if (!(await takeMoved(ctx, pace))) return [];
+  return clearFreeEntries(ctx, ctx.state.movedSlots, ctx.state.movedBackends, pace);
+}
+
+/** Free slots or ids read and zeroed per turn at most (each slot's table: 1 031 ids). */
+const FREE_PER_TURN = 256;
+
+/**
+ * Of the slots and ids the watcher saw move, those no rule holds (neither pool has handed them out: a change under
+ * way holds the ones it writes) are read, and each that holds any byte is zeroed back: rule entry and backend table
+ * of a slot (rule_cfg, rule_ring), or backend entry of an id (backends). Such a write is another tool's (bpftool
+ * map update, libbpf): no match entry points there and no table of a rule names the id, so no packet used it; a
+ * rule that takes it later writes every byte of it (dataplane/tables.ts writeRuleSlot: the whole rule entry, the
+ * whole table, each backend entry of its table whole), so it would not go live either, but the daemon leaves no
+ * foreign bytes in the maps it guards. Our own writes into them (a slot cleared once its rule moved) read zero:
+ * nothing said. The slots and ids looked at are taken out of `slots` and `ids`. One repair (warning, counted,
+ * fights) per entry zeroed, owned by no object; the writer is not known (the tracepoint programs count writes per
+ * slot, not who made them).
+ */
+export async function clearFreeEntries(
+  ctx: ExecContext,
+  slots: Set<number>,
+  ids: Set<number>,
+  pace: () => Promise<void>,
+): Promise<EntryRepair[]> {
+  const { state, dp } = ctx;
+  const out: EntryRepair[] = [];
+  const why = 'no rule holds it: another tool wrote it (writer not known)';
+  const freeSlots = [...slots].filter((s) => !state.slots.has(s) && s < dp.capacity.ruleSlots);
+  for (const s of freeSlots) slots.delete(s);
+  // From the first entry zeroed on, only the event loop is given turns (see compareKernelEntries `kept`): a pass that
+  // gives its turn to a change logs nothing, so what was zeroed would never be said.
+  const kept = pacer();
+  const turn = () => (out.length ? kept() : pace());
+  for (let at = 0; at < freeSlots.length; at += FREE_PER_TURN) {
+    if (at) await turn();
+    // Judged again after the pause, and read, zeroed and said in one turn: a change that took a slot meanwhile owns it.
+    const part = freeSlots.slice(at, at + FREE_PER_TURN).filter((s) => !state.slots.has(s));
+    const found: { slot: number; word: number; statsId: number; set: number; ids: number[] }[] = [];
+    dp.readRuleSlots(part, (slot, st) => {
+      const stride = st.ringStride ?? 1;
+      let set = 0;
+      const named = new Set<number>();
+      for (let i = 0; i * stride < st.ring.length; i++) {
+        const id = st.ring[i * stride];
+        if (id === 0) continue;
+        set++;
+        if (named.size < 8) named.add(id);
+      }
+      const word = st.word ?? (st.active ? 1 : 0) | st.flags;
+      if (set || word || st.statsId) found.push({ slot, word, statsId: st.statsId, set, ids: [...named] });
+    });
+    for (const f of found) {
+      dp.clearRuleSlot(f.slot, [], []);
+      const entry = `rule slot ${f.slot} of no rule (maps rule_cfg, rule_ring)`;
+      out.push({
+        line:
+          `${entry}: kernel flags word 0x${f.word.toString(16)}, stats id ${f.statsId}, ${f.set} of ` +
+          `${dp.ringSize} table entries set${f.ids.length ? ` (ids ${f.ids.join(', ')}${f.set > f.ids.length ? ', …' : ''})` : ''}, ` +
+          `desired zero (${why}): zeroed`,
+        map: 'rule_cfg',
+        key: String(f.slot),
+        entry,
+        owner: { kind: 'none' },
+      });
+    }
+  }
+  const freeIds = [...ids].filter((id) => !state.backendIds.has(id) && id < dp.capacity.backends);
+  for (const id of freeIds) ids.delete(id);
+  for (let at = 0; at < freeIds.length; at += FREE_PER_TURN) {
+    if (at) await turn();
+    const part = freeIds.slice(at, at + FREE_PER_TURN).filter((id) => !state.backendIds.has(id));
+    if (!part.length) continue;
+    const written = dp.differingBackends(part.map((id) => [id, emptyBackendEntry()]));
+    if (!written.length) continue;
+    const held = dp.readBackends?.(written) ?? new Map();
+    dp.writeBackends(written.map((id) => [id, emptyBackendEntry()]));
+    for (const id of written) {
+      const entry = `backend entry ${id} of no rule (map backends)`;
+      out.push({
+        line: `${entry}: kernel ${backendText(held.get(id))}, desired empty (${why}): zeroed`,
+        map: 'backends',
+        key: String(id),
+        entry,
+        owner: { kind: 'none' },
+      });
+    }
+  }
+  return out;
 }
 
 /**

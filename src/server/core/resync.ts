@@ -37,6 +37,7 @@ import { judgedEgress, stepEgress } from './egress-watch.js';
 import { stepTapDrops, TAP_DROP_WINDOW_MS, tapDropText } from './tap-drops.js';
 import { backendKeys, emptyFacts, fetchAllRuleFacts, neighbourKey, peerMtu, type Facts } from './facts.js';
 import {
+  clearFreeMoved,
   compareKernelEntries,
   KERNEL_CHECK_MIN_MS,
   kernelCheckInterval,
@@ -2897,7 +2898,10 @@ async function checkKernel(
     // Between two full comparisons, the rules whose entries, tables or backends the slot watcher saw move.
     let r: KernelCheck;
     if (full) {
-      r = await compareKernelEntries(ctx, facts, undefined, skip, pace);
+      const freed = await clearFreeMoved(ctx, pace);
+      // Once something is zeroed the pass keeps its turn (given to a change, it would log nothing: never said).
+      r = await compareKernelEntries(ctx, facts, undefined, skip, freed.length ? pacer() : pace);
+      r.repaired.unshift(...freed);
       state.kernelCheckMs = r.ms;
       ctx.log.debug(
         { rules: r.rules, ms: r.ms, differed: r.repaired.length },

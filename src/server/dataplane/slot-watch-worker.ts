@@ -6,9 +6,10 @@
  * another process that mapped rule_ring writable lives (a store through a mapping cannot be told: only the mapping can). Without them it reads
  * every slot every `periodMs`. A read: the rule entries (rule_cfg, one batch), backend tables (rule_ring, through
  * a read-only mapping of its pages) and backend entries (backends, one batch) of the slots and ids in use; it
- * keeps one print per slot and per backend id and posts those whose print moved since its last read. It decides
- * nothing and writes nothing: the main thread compares the rules they belong to (core/kernel-check.ts
- * quickCheck). Reading 10 000 tables of 1 031 ids here keeps that work off the daemon's event loop (on it,
+ * keeps one print per slot and per backend id and posts those whose print moved since its last read (slots and ids
+ * below the highest in use, held or free; with the programs, a counter that moved is posted for any slot or id).
+ * It decides nothing and writes nothing: the main thread compares the rules they belong to, and zeroes what was
+ * written into a slot or id no rule holds (core/kernel-check.ts quickCheck, clearFreeEntries). Reading 10 000 tables of 1 031 ids here keeps that work off the daemon's event loop (on it,
  * UpdateRule p50 went from 14 ms to 546 ms with 10 000 rules); reading them every 0.4 s cost ~9% of one CPU.
  *
  * Owns the descriptors it is given (duplicates: closed by the main thread once this thread has exited) and
@@ -212,16 +213,17 @@ function look(opts: NonNullable<WatchInit['seen']>): number {
       mappers.set(pid, Math.max(mappers.get(pid) ?? 0, now + (pid ? FOLLOWED_MS : UNFOLLOWED_MS)));
     }
     lastMmapGen = mg;
-    // Every counter is taken (a slot not in use yet is read when it comes in use), those in use reported.
+    // Every counter that moved is reported, of slots and ids beyond those in use too: the main thread zeroes
+    // another tool's write into a slot or id no rule holds (core/kernel-check.ts clearFreeEntries).
     for (let s = 0; s < slotCounts.length; s++) {
       const v = seen[2 * (WATCH_SLOT0 + s)];
-      if (v !== slotCounts[s] && s < slots) moved.push(s);
+      if (v !== slotCounts[s]) moved.push(s);
       slotCounts[s] = v;
     }
     const base = WATCH_SLOT0 + opts.cfgSlots;
     for (let id = 0; id < backendCounts.length; id++) {
       const v = seen[2 * (base + id)];
-      if (v !== backendCounts[id] && id < backends) movedIds.push(id);
+      if (v !== backendCounts[id]) movedIds.push(id);
       backendCounts[id] = v;
     }
   }

@@ -1,8 +1,9 @@
 /**
  * Another tool's writes into a rule's rule entry (rule_cfg), backend table (rule_ring) or backend entries
  * (backends), seen off the event loop: a worker thread (slot-watch-worker.ts) posts the slots and ids that moved;
- * the reconciler takes them at each pass (Dataplane takeMovedSlots) and compares only the rules they belong to
- * (core/kernel-check.ts quickCheck). Our own writes move them too (compared once, found right). Reading every
+ * the reconciler takes them at each pass (Dataplane watchSlots) and compares only the rules they belong to
+ * (core/kernel-check.ts quickCheck), and zeroes what it finds in slots and ids no rule holds (clearFreeEntries). Our
+ * own writes move them too (compared once, found right). Reading every
  * table on the event loop at each pass held it ~180-480 ms with 10 000 rules; bounded reads there took ~18 s to
  * cover them all.
  *

@@ -47,7 +47,12 @@ import { KernelError } from './errors.js';
 /**
  * Write a complete rule into an unpublished slot: backends, ring, prefixes,
  * then the rule entry marked active last (with RULE_F_ONE_BACKEND when the
- * ring holds one backend id throughout).
+ * ring holds one backend id throughout). Every byte of the slot is written:
+ * each backend entry whole, all RING_SIZE table entries, the whole rule entry
+ * (flags and stats id), so whatever another tool left in a free slot or id
+ * never goes live with the rule that takes it (test/integration/
+ * slot-watch-free). Source prefixes are added, not replaced: src_allow entries
+ * of a slot no rule holds are swept (start, full comparison).
  */
 export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotWrite): void {
   if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
