@@ -685,6 +685,168 @@ function removePinDir(dir: string): void {
   rmdirSync(dir);
 }
 
+/**
+ * The pin (in progs/) of a migration's new program, made before its first attach and removed once the
+ * program pin has moved to it: while it exists, a start knows that program and its maps as this
+ * datapath's, whichever interfaces run it and wherever its maps are pinned (maps_next/ or maps/).
+ */
+const NEXT_PROG_PIN = 'next_xdpctl_main';
+
+/**
+ * Test hook: with XDPCTL_TEST_MIGRATION_KILL=<step>, the daemon kills itself (SIGKILL) at that step of
+ * finishMigration(), as a crash there would: `before-attach`, `between-attaches`, `after-attach`,
+ * `mid-rename`, `before-prog-pin`, `before-next-unpin`.
+ */
+function migrationStep(step: string, log: Logger): void {
+  if (process.env.XDPCTL_TEST_MIGRATION_KILL !== step) return;
+  log.warn({ step }, `test hook XDPCTL_TEST_MIGRATION_KILL: SIGKILL at migration step ${step}`);
+  process.kill(process.pid, 'SIGKILL');
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000); // nothing more runs
+}
+
+/** The maps pinned in `dir`, by pin name, with their kernel ids (pins that are no map skipped). */
+function pinnedMapsIn(dir: string): Map<string, number> {
+  const out = new Map<string, number>();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const f of names) {
+    const fd = lib.bpf_obj_get(join(dir, f)) as number;
+    if (fd < 0) continue;
+    try {
+      const id = mapInfo(fd, f).id;
+      if (id) out.set(f, id);
+    } catch {
+      // not a map
+    } finally {
+      closeFd(fd);
+    }
+  }
+  return out;
+}
+
+/** Pin the program pinned at `from` also at `to` (nothing when `from` holds none). */
+function pinAlso(from: string, to: string): void {
+  const fd = lib.bpf_obj_get(from) as number;
+  if (fd < 0) return;
+  try {
+    check(`pin program at ${to}`, lib.bpf_obj_pin(fd, to) as number);
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/**
+ * What a migration that a stopped daemon left unfinished becomes, from what the kernel and the pins show
+ * (open() calls it before anything else reads the pins). A migration's new program is pinned at
+ * progs/next_xdpctl_main before its first attach, its maps under maps_next/ until the switch moves them
+ * into maps/. When no interface runs that program and none of its maps is pinned in maps/ yet, the switch
+ * never began: its pins go, the maps in maps/ are the ones in use (rolled back). Otherwise some interface
+ * forwards through the new maps: the move is completed (rolled forward): every map in maps_next/ goes to
+ * maps/, the old program's pin becomes prev_<id> (known as ours while an interface still runs it, so that
+ * this start swaps it atomically), the new one takes progs/xdpctl_main. A migration of an earlier xdpctld
+ * (no next pin) is recognised by an xdpctl_main attached here that uses maps pinned under maps_next/
+ * (opened by id: CAP_SYS_ADMIN). What was found and done is logged.
+ */
+function settleUnfinishedMigration(pinRoot: string, log: Logger): void {
+  const mapDir = XdpDatapath.mapPinDir(pinRoot);
+  const nextDir = XdpDatapath.nextMapPinDir(pinRoot);
+  const progsDir = join(pinRoot, 'progs');
+  const nextPin = join(progsDir, NEXT_PROG_PIN);
+  const progPin = XdpDatapath.progPinPath(pinRoot);
+  const hasNextDir = existsSync(nextDir);
+  let nextId = pinnedProgId(nextPin);
+  if (!hasNextDir && nextId === undefined) {
+    if (existsSync(nextPin)) unlinkSync(nextPin); // not a program
+    return;
+  }
+  const inNext = pinnedMapsIn(nextDir);
+  const nextIds = new Set(inNext.values());
+  let nextMaps = nextId !== undefined ? (progMapIds(nextPin) ?? []) : [];
+  const attached = attachedPrograms();
+  if (nextId === undefined && nextIds.size) {
+    // No next pin: a migration of an earlier xdpctld. Its program, if it runs here, uses maps of maps_next/.
+    for (const [, s] of attached) {
+      clearErrno();
+      const fd = lib.bpf_prog_get_fd_by_id(s.progId) as number;
+      if (fd < 0) continue; // gone, or no CAP_SYS_ADMIN: cannot tell
+      try {
+        if (progInfo(fd, `id ${s.progId}`).name !== PROGRAM_NAME) continue;
+        const ids = programMapIds(fd, `id ${s.progId}`);
+        if (!ids.some((id) => nextIds.has(id))) continue;
+        check(`pin program at ${nextPin}`, lib.bpf_obj_pin(fd, nextPin) as number);
+        nextId = s.progId;
+        nextMaps = ids;
+        break;
+      } catch {
+        // cannot say: not known to be the migration's
+      } finally {
+        closeFd(fd);
+      }
+    }
+  }
+  const running = [...attached].filter(([, s]) => nextId !== undefined && s.progId === nextId).map(([n]) => n);
+  const inMaps = pinnedMapsIn(mapDir);
+  const mapsIds = new Set(inMaps.values());
+  const alreadyMoved = nextMaps.filter((id) => mapsIds.has(id)).length;
+  if (!running.length && !alreadyMoved) {
+    if (hasNextDir) removePinDir(nextDir);
+    if (existsSync(nextPin)) unlinkSync(nextPin);
+    log.warn(
+      { nextProgId: nextId, pinnedNext: inNext.size },
+      'a migration to new maps left unfinished by a stopped daemon had not switched any interface (none runs its ' +
+        'program, none of its maps is in maps/): its new maps are dropped; the maps in maps/ are the ones in use',
+    );
+    return;
+  }
+  // Rolled forward: the switch had begun, interfaces forward through the new maps.
+  const oldId = pinnedProgId(progPin);
+  const oldMaps = oldId !== undefined && oldId !== nextId ? (progMapIds(progPin) ?? []) : [];
+  const stillOld = [...attached].filter(([, s]) => oldId !== undefined && s.progId === oldId).map(([n]) => n);
+  if (oldId !== undefined && oldId !== nextId) {
+    const prev = join(progsDir, `${PREV_PREFIX}${oldId}`);
+    if (!existsSync(prev)) pinAlso(progPin, prev); // still ours to this start while it runs anywhere
+  }
+  for (const f of inNext.keys()) renameSync(join(nextDir, f), join(mapDir, f)); // replaces the old pin
+  const dropped: string[] = [];
+  for (const [f, id] of pinnedMapsIn(mapDir)) {
+    // A map of the old program the new one does not have (dropped by the object): not in use after the switch.
+    if (oldMaps.includes(id) && !nextMaps.includes(id)) {
+      unlinkSync(join(mapDir, f));
+      dropped.push(f);
+    }
+  }
+  if (hasNextDir) removePinDir(nextDir); // what is left there is no map
+  if (oldId !== nextId) {
+    if (existsSync(progPin)) unlinkSync(progPin);
+    pinAlso(nextPin, progPin);
+    // The load fingerprint pins named the old program: the next start loads and compares by tag.
+    for (const f of readdirSync(progsDir)) if (f.startsWith(LOADED_PREFIX)) unlinkSync(join(progsDir, f));
+  }
+  unlinkSync(nextPin);
+  log.warn(
+    {
+      progId: nextId,
+      runsOn: running,
+      movedNow: [...inNext.keys()],
+      movedBefore: alreadyMoved,
+      ...(stillOld.length ? { oldProgId: oldId, stillOld } : {}),
+      ...(dropped.length ? { dropped } : {}),
+    },
+    `a migration to new maps left unfinished by a stopped daemon had switched ${
+      running.length ? running.join(', ') : 'no interface'
+    } to its program (id ${nextId}): completed from the pins: its maps are pinned in maps/ in place of the old ` +
+      `ones and its program at ${progPin}` +
+      (stillOld.length
+        ? `; ${stillOld.join(', ')} still run${stillOld.length === 1 ? 's' : ''} the old program (id ${oldId}, on the old maps) until this start swaps it`
+        : '') +
+      "; what the old program counted between that daemon's counter copy and the switch is not in the counters",
+  );
+}
+
 /** What the kernel itself puts at the root of every bpffs mount (kernel/bpf/preload: the bpf_preload iterators). */
 const KERNEL_PRELOAD_PINS = new Set(['maps.debug', 'progs.debug']);
 
@@ -833,9 +995,9 @@ export class XdpDatapath {
     mkdirSync(join(options.pinRoot, 'progs'), { recursive: true, mode: 0o700 });
     const adopted = readdirSync(mapDir).length > 0;
     const nextDir = XdpDatapath.nextMapPinDir(options.pinRoot);
-    // A migration that did not finish (the daemon stopped before the switch): the
-    // pins in maps/ are still the ones in use; start it again from them.
-    if (existsSync(nextDir)) removePinDir(nextDir);
+    // A migration that a stopped daemon left unfinished: dropped when no interface had switched (the pins in
+    // maps/ are still the ones in use; this start migrates again from them if it must), completed when one had.
+    settleUnfinishedMigration(options.pinRoot, log);
     // This datapath's programs as its pins name them, before this start changes any pin: how an
     // interface running one of them is known to be ours, and the fd an atomic REPLACE of it needs.
     const known = pinnedPrograms(join(options.pinRoot, 'progs'));
@@ -1291,15 +1453,35 @@ export class XdpDatapath {
     const m = this.migration;
     if (!m) return [];
     this.migration = undefined;
+    const progsDir = join(this.options.pinRoot, 'progs');
+    const nextPin = join(progsDir, NEXT_PROG_PIN);
+    // Pinned before the first attach: a start after a crash from here on knows this program and its maps as
+    // this datapath's (settleUnfinishedMigration), takes it over and completes the move of the pins.
+    try {
+      if (existsSync(nextPin)) unlinkSync(nextPin);
+      check(`pin program at ${nextPin}`, lib.bpf_obj_pin(this.progFd, nextPin) as number);
+    } catch (e) {
+      this.log.error(
+        { err: e, nextPin },
+        'the new program could not be pinned before the switch: a start after a crash during it would not know it',
+      );
+    }
+    migrationStep('before-attach', this.log);
     const switched: string[] = [];
+    const failed: string[] = [];
     for (const [ifname, mode] of m.pending) {
       try {
         this.attach(ifname, mode);
         switched.push(ifname);
       } catch (e) {
+        failed.push(ifname);
         this.log.error({ err: e, ifname }, `${ifname} still runs the old program: switching it failed`);
       }
+      if (switched.length === 1 && m.pending.size > 1 && switched.length + failed.length < m.pending.size) {
+        migrationStep('between-attaches', this.log);
+      }
     }
+    migrationStep('after-attach', this.log);
     const mapDir = XdpDatapath.mapPinDir(this.options.pinRoot);
     const nextDir = XdpDatapath.nextMapPinDir(this.options.pinRoot);
     let countersAdded = 0;
@@ -1313,33 +1495,60 @@ export class XdpDatapath {
     } catch (e) {
       this.log.warn({ err: e }, 'what the old program counted during the migration was not added');
     }
+    let pinned = false;
     try {
-      const moved = new Set(readdirSync(nextDir));
-      for (const f of readdirSync(mapDir)) if (!moved.has(f)) unlinkSync(join(mapDir, f)); // maps the object dropped
-      for (const f of moved) renameSync(join(nextDir, f), join(mapDir, f)); // replaces the old pin
+      const moved = readdirSync(nextDir);
+      const keep = new Set(moved);
+      const dropped = readdirSync(mapDir).filter((f) => !keep.has(f)); // maps the object dropped
+      moved.forEach((f, i) => {
+        renameSync(join(nextDir, f), join(mapDir, f)); // replaces the old pin
+        if (i === Math.floor(moved.length / 2)) migrationStep('mid-rename', this.log);
+      });
+      for (const f of dropped) unlinkSync(join(mapDir, f));
       rmdirSync(nextDir);
+      migrationStep('before-prog-pin', this.log);
       const progPin = XdpDatapath.progPinPath(this.options.pinRoot);
+      // The old program stays known as ours (prev_<id>) while an interface still runs it; settlePrograms()
+      // lets it go once none does.
+      const oldId = pinnedProgId(progPin);
+      if (oldId !== undefined && oldId !== this.progId) {
+        const prev = join(progsDir, `${PREV_PREFIX}${oldId}`);
+        if (!existsSync(prev)) pinAlso(progPin, prev);
+      }
       if (existsSync(progPin)) unlinkSync(progPin);
       check(`pin program at ${progPin}`, lib.bpf_obj_pin(this.progFd, progPin) as number);
-      pinLoaded(dirname(progPin), loadFingerprint(this.options.objectPath), this.progFd);
+      pinLoaded(progsDir, loadFingerprint(this.options.objectPath), this.progFd);
+      migrationStep('before-next-unpin', this.log);
+      unlinkSync(nextPin);
+      pinned = true;
     } catch (e) {
-      // The interfaces run the new program; only the pins are behind: the next start migrates again.
-      this.log.error({ err: e, mapDir, nextDir }, 'the new maps could not be pinned in place of the old ones');
+      // The interfaces run the new program (pinned at progs/next_xdpctl_main); only the pins are behind: the
+      // next start completes the move (settleUnfinishedMigration).
+      this.log.error(
+        { err: e, mapDir, nextDir },
+        'the new maps could not be pinned in place of the old ones (the next start completes it)',
+      );
     }
     const still = this.settlePrograms();
-    this.log.info(
-      {
-        changes: m.changes,
-        countersCopied: Object.fromEntries([...(m.copied?.values ?? [])].map(([k, v]) => [k, v.size])),
-        countersAdded,
-        switched,
-        progId: this.progId,
-        ...(still.size ? { stillOld: Object.fromEntries(still) } : {}),
-      },
-      still.size
-        ? `migrated to the new maps; ${[...still.keys()].join(', ')} still run${still.size === 1 ? 's' : ''} the old program (on the old maps)`
-        : 'migrated to the new maps: every interface runs the new program',
-    );
+    const stillOld = [...still.keys()];
+    // Said as observed: which interfaces that ran the old program run the new one, which do not.
+    const what = !m.pending.size
+      ? 'no interface ran the old program'
+      : stillOld.length || failed.length
+        ? `${[...new Set([...stillOld, ...failed])].join(', ')} still run${stillOld.length + failed.length === 1 ? 's' : ''} the old program (on the old maps)`
+        : `every interface that ran the old program (${switched.join(', ')}) runs the new one`;
+    const fields = {
+      changes: m.changes,
+      countersCopied: Object.fromEntries([...(m.copied?.values ?? [])].map(([k, v]) => [k, v.size])),
+      countersAdded,
+      switched,
+      progId: this.progId,
+      ...(still.size ? { stillOld: Object.fromEntries(still) } : {}),
+      ...(failed.length ? { failed } : {}),
+    };
+    const sep = stillOld.length || failed.length ? ';' : ':';
+    if (pinned) this.log.info(fields, `migrated to the new maps${sep} ${what}`);
+    else this.log.error(fields, `the switch to the new maps is not complete (their pins are not in maps/): ${what}`);
     return switched;
   }
 
