@@ -74,16 +74,21 @@ describe(
         0n,
       );
 
-    for (const step of STEPS) {
-      it(`killed at ${step}: the restart takes its programs over, none lost, ACTIVE and SERVING`, async (t) => {
+    // Each step restarted with the killed run's --max-rules; one also with the one before it (a second migration).
+    const cases = [...STEPS.map((step) => ({ step, back: false })), { step: 'between-attaches', back: true }];
+    for (const { step, back } of cases) {
+      const how = back ? ', restarted with the --max-rules before it' : '';
+      it(`killed at ${step}${how}: the restart takes its programs over, none lost, ACTIVE and SERVING`, async (t) => {
         const target = size === SMALL ? LARGE : SMALL;
+        const restartSize = back ? size : target;
         const cfgBefore = ruleCfgMax();
         const l = await UdpListener.start(b1.netns, b1.ip!, PORT);
         listeners.push(l);
         const sender = sendUdp(vm.netns, NOWHERE, PORT, 200_000, { perTick: 4, tickMs: 4 });
-        t.after(() => {
-          if (sender.child.exitCode === null) sender.child.kill('SIGKILL');
-          l.kill();
+        t.after(async () => {
+          sender.stop();
+          await sender.done.catch(() => undefined);
+          await l.stop().catch(() => undefined);
         });
         await sleep(300);
         // The daemon that migrates, killed at the step (its datapath keeps forwarding: kill -9 first).
@@ -100,24 +105,16 @@ describe(
         assert.match(killed, /migrating to new maps/);
         const progs = [progOn(vm.hostIf), progOn(v2.hostIf)];
         t.diagnostic(`${step}: after the kill, ${vm.hostIf} runs ${progs[0]}, ${v2.hostIf} ${progs[1]}`);
-        ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', target]));
-        size = target;
-        const out = d.output;
-        assert.doesNotMatch(out, /another xdpctld|left alone/, 'its own programs are not another daemon');
-        if (SWITCHED.has(step)) {
-          // The switch had begun: the restart completes that migration (its --max-rules is the same) and adopts it.
-          assert.match(out, /left unfinished by a stopped daemon had switched .*completed from the pins/);
-          assert.doesNotMatch(out, /migrating to new maps/, 'nothing left to migrate');
-        } else {
-          assert.match(out, /left unfinished by a stopped daemon had not switched any interface/);
-          assert.match(out, /"msg":"migrated to the new maps: every interface that ran the old program/);
-        }
+        ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', restartSize]));
+        size = restartSize;
         await lab.untilActive('r0');
         await until('datapath SERVING', async () => (await lab.health()) === 1, 5000);
         const programId = (await c.daemon.getStatus({})).datapath!.programId;
         assert.equal(progOn(vm.hostIf), programId, `${vm.hostIf} runs the daemon's program`);
         assert.equal(progOn(v2.hostIf), programId, `${v2.hostIf} runs the daemon's program`);
-        if (target === LARGE) assert.ok(ruleCfgMax() > cfgBefore, `rule_cfg grew (${cfgBefore} -> ${ruleCfgMax()})`);
+        if (back) assert.equal(ruleCfgMax(), cfgBefore, 'rule_cfg back to its size');
+        else if (target === LARGE)
+          assert.ok(ruleCfgMax() > cfgBefore, `rule_cfg grew (${cfgBefore} -> ${ruleCfgMax()})`);
         else assert.ok(ruleCfgMax() < cfgBefore, `rule_cfg shrank (${cfgBefore} -> ${ruleCfgMax()})`);
         assert.ok(!existsSync(`${pinRoot}/maps_next`), 'no maps_next left');
         assert.deepEqual(
@@ -125,6 +122,21 @@ describe(
           ['xdpctl_main'],
           'one program pinned',
         );
+        // What it says it found and did.
+        const out = d.output;
+        assert.doesNotMatch(out, /another xdpctld|left alone/, 'its own programs are not another daemon');
+        if (SWITCHED.has(step)) {
+          // The switch had begun: the restart completes that migration (its --max-rules is the same) and adopts it.
+          assert.match(out, /left unfinished by a stopped daemon had switched .*completed from the pins/);
+          if (back) {
+            // Then migrated from the completed maps to the size asked for, both interfaces swapped.
+            assert.match(out, /migrating to new maps/);
+            assert.match(out, /"msg":"migrated to the new maps: every interface that ran the old program \(/);
+          } else assert.doesNotMatch(out, /migrating to new maps/, 'nothing left to migrate');
+        } else {
+          assert.match(out, /left unfinished by a stopped daemon had not switched any interface/);
+          assert.match(out, /"msg":"migrated to the new maps: every interface that ran the old program/);
+        }
         // The rule can be changed (it was EBUSY), and the program counts into the maps the daemon reads.
         const r0 = (await c.rules.getRule({ name: 'r0' })).rule!;
         await c.rules.updateRule({ rule: { ...r0, labels: { step } }, expectedGeneration: 0n });
