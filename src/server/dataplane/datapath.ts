@@ -1530,12 +1530,21 @@ export class XdpDatapath {
       );
     }
     const still = this.settlePrograms();
-    const stillOld = [...still.keys()];
+    const stillOld = [...still.keys()]; // observed: they run an earlier program of this datapath
+    const lost = failed.filter((f) => !still.has(f)); // the switch failed, and they run none of ours now
     // Said as observed: which interfaces that ran the old program run the new one, which do not.
+    const parts: string[] = [];
+    if (stillOld.length) {
+      parts.push(
+        `${stillOld.join(', ')} still run${stillOld.length === 1 ? 's' : ''} the old program (on the old maps)`,
+      );
+    }
+    if (lost.length)
+      parts.push(`switching ${lost.join(', ')} failed (no earlier program of this datapath runs there now)`);
     const what = !m.pending.size
       ? 'no interface ran the old program'
-      : stillOld.length || failed.length
-        ? `${[...new Set([...stillOld, ...failed])].join(', ')} still run${stillOld.length + failed.length === 1 ? 's' : ''} the old program (on the old maps)`
+      : parts.length
+        ? parts.join('; ')
         : `every interface that ran the old program (${switched.join(', ')}) runs the new one`;
     const fields = {
       changes: m.changes,
@@ -1546,7 +1555,7 @@ export class XdpDatapath {
       ...(still.size ? { stillOld: Object.fromEntries(still) } : {}),
       ...(failed.length ? { failed } : {}),
     };
-    const sep = stillOld.length || failed.length ? ';' : ':';
+    const sep = parts.length ? ';' : ':';
     if (pinned) this.log.info(fields, `migrated to the new maps${sep} ${what}`);
     else this.log.error(fields, `the switch to the new maps is not complete (their pins are not in maps/): ${what}`);
     return switched;
