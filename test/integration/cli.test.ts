@@ -306,6 +306,52 @@ describe('xdpctl command line', kernelOnly(), () => {
     assertFails(await cli('rules', 'apply', '-f', join(dir, 'missing.yaml')), 1, /cannot read/);
   });
 
+  it('two rules with the same match: in one file exit 3 naming both; against a stored rule exit 6 naming both', async () => {
+    const file = join(dir, 'twins.yaml');
+    const rule = (name: string, sources: string) =>
+      [
+        `  - name: ${name}`,
+        '    port: 7999',
+        `    sources: [${sources}]`,
+        `    ingress: [${vm.hostIf}]`,
+        `    backends: [{ip: ${b1.ip}, mac: "${b1.mac}", interface: ${b1.hostIf}}]`,
+      ].join('\n');
+    writeFileSync(file, `rules:\n${rule('web', '192.168.122.10')}\n${rule('web2', '192.168.122.10/32')}\n`);
+    const same = `xdpctl: rules[1].match: rule "web2" has the same match as rules[0] ("web"): UDP port 7999 on ${vm.hostIf}`;
+    assert.equal(assertFails(await cli('rules', 'apply', '-f', file), 3), same);
+    assert.equal(assertFails(await cli('rules', 'apply', '-f', file, '--dry-run'), 3), same);
+    writeFileSync(file, `rules:\n${rule('web', '192.168.122.10')}\n${rule('web2', '10.0.0.0/8')}\n`);
+    assert.equal(
+      assertFails(await cli('rules', 'apply', '-f', file), 3),
+      `xdpctl: rules[1].match: rule "web2" has the same protocol, port and destination as rules[0] ("web"): UDP port 7999 on ${vm.hostIf} ` +
+        '(source prefixes do not tell two rules apart: one rule per protocol, port, destination and ingress)',
+    );
+    // A new rule against the stored "web": a conflict with state.
+    assert.equal(
+      assertFails(
+        await cli(
+          'rules',
+          'add',
+          'web3',
+          '--port',
+          '7999',
+          '--backend',
+          `${b1.ip},,${b1.hostIf}`,
+          '--ingress',
+          vm.hostIf,
+        ),
+        6,
+      ),
+      `xdpctl: rule.match: rule "web3" and rule "web" both match UDP port 7999 on ${vm.hostIf}`,
+    );
+    const names = (JSON.parse(assertOk(await cli('-o', 'json', 'rules', 'list'))) as { rules: { name: string }[] })
+      .rules;
+    assert.deepEqual(
+      names.map((r) => r.name),
+      ['web'],
+    );
+  });
+
   it('rules list -o yaml (and -o json) is accepted by rules apply -f: list, edit, apply', async () => {
     for (const format of ['yaml', 'json']) {
       const file = join(dir, `listed.${format}`);

@@ -109,6 +109,21 @@ class Model {
     return false;
   }
 
+  /**
+   * The rules of one request that claim an (ingress, port, destination) an earlier rule of it claims: each is
+   * INVALID_ARGUMENT on rules[i].match (the request's own mistake; a clash with a stored rule is a conflict).
+   */
+  static clashes(rules: NormRule[]): string[] {
+    const claims = new Set<string>();
+    const out: string[] = [];
+    for (const [n, r] of rules.entries()) {
+      const keys = r.ingressInterfaces.map((i) => `${i}|${r.port}|${r.destination}`);
+      if (keys.some((k) => claims.has(k))) out.push(`rules[${n}].match`);
+      for (const k of keys) claims.add(k);
+    }
+    return out;
+  }
+
   /** One interface forwarding to two. */
   static linkConflicts(links: ModelLink[]): boolean {
     const to = new Map<string, string>();
@@ -511,7 +526,7 @@ describe('hostile input against a real daemon', kernelOnly(), () => {
           let want: Expect;
           const next = rs.map(norm);
           if (broken.fields.length) want = { code: Status.INVALID_ARGUMENT, fields: broken.fields };
-          else if (Model.conflicts(next)) want = { code: Status.FAILED_PRECONDITION };
+          else if (Model.clashes(next).length) want = { code: Status.INVALID_ARGUMENT, fields: Model.clashes(next) };
           else if (broken.unknown) want = { code: Status.NOT_FOUND, field: broken.unknown };
           else if (Model.cutOff(next, model.links.values())) want = { code: Status.FAILED_PRECONDITION };
           else {

@@ -49,7 +49,7 @@ import {
 import { forgetReplacedDevices } from './device-identity.js';
 import { hostLoopProblem, txReaders } from './rule-loops.js';
 import { currentLinks, forwardingLoop, linkInterfaces, planLinks, type LinkDirection } from './plan-links.js';
-import { planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
+import { matchClash, planOne, planRulesPaced, type RuleOp, type RulePlan } from './plan-rules.js';
 import { missingText, movedEgresses } from './moved.js';
 import { reconcileEntries, restore, type Transactions } from './restore.js';
 import { activeLinkSources, linkActive, shadowedStatus, shadowWarning } from './shadow.js';
@@ -1094,7 +1094,7 @@ export class Controller {
       throwIfInvalid(validateRule(spec, 'rule'));
       if (this.state.rules.has(spec.name)) throw new CoreError('exists', `rule "${spec.name}" already exists`);
       const named = this.ruleByDeviceName(spec);
-      await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
+      await this.applyRuleOps([{ name: spec.name, next: named.spec, field: 'rule' }]);
       return withRenamed(this.getRule(spec.name), named.renamed);
     }, opts.signal);
   }
@@ -1118,7 +1118,7 @@ export class Controller {
       const named = this.ruleByDeviceName(spec);
       let repaired: string[] = [];
       const changed = !sameSpec(cur, named.spec);
-      if (changed) await this.applyRuleOps([{ name: spec.name, next: named.spec }]);
+      if (changed) await this.applyRuleOps([{ name: spec.name, next: named.spec, field: 'rule' }]);
       else repaired = (await this.repairKernel([spec.name])).get(spec.name) ?? [];
       return { ...withRenamed(this.getRule(spec.name), named.renamed), repaired, changed };
     }, opts.signal);
@@ -1210,14 +1210,21 @@ export class Controller {
     throwIfInvalid(violations);
     const changes: RuleChange[] = [];
     const ops: RuleOp[] = [];
+    // Two rules of the set with the same match on one ingress: bad input, the request's own (matchClash).
+    const claimedBy = new Map<string, number>();
+    const named: RuleSpec[] = [];
     for (const [i, given] of specs.entries()) {
       const { spec: s, renamed } = this.ruleByDeviceName(given, `rules[${i}]`, say);
+      named.push(s);
+      const clash = matchClash(named, i, claimedBy);
+      if (clash) violations.push(clash);
       const cur = this.state.rules.get(s.name);
       const action: ChangeAction = !cur ? 'create' : sameSpec(cur, s) ? 'unchanged' : 'update';
       changes.push({ name: s.name, action, ...(renamed.length ? { renamed } : {}) });
       if (action !== 'unchanged') ops.push({ name: s.name, next: s, field: `rules[${i}]` });
       await pace();
     }
+    throwIfInvalid(violations);
     for (const name of this.state.rules.keys()) {
       if (!seen.has(name)) {
         changes.push({ name, action: 'delete' });

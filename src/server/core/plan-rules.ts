@@ -2,7 +2,8 @@
  * Plan step for rules: from the current desired state, the requested
  * operations and the facts fetched before (interfaces, neighbours), compute
  * everything a transaction writes — or the error that refuses it — with no
- * I/O. Checks: no two rules claim one (ingress, port, destination); every
+ * I/O. Checks: no rule claims an (ingress, port, destination) a stored rule
+ * holds (two rules of one request are refused before: matchClash); every
  * interface exists; the tables have room (rule slots, counters, backends,
  * match entries) before anything is written. Deterministic, so it is
  * unit-testable exhaustively.
@@ -128,10 +129,67 @@ export const planOne = (op: RuleOp, facts: Facts): RulePlan => planOp(op, facts)
 const planOp = (op: RuleOp, facts: Facts): RulePlan =>
   planRule(op.name, op.next!, op.field ?? 'rule', facts, op.lenient ?? false);
 
+/** What a rule matches on `ingress` ("UDP port 9100 to 192.0.2.1 on in0 and in1"), its sources aside. */
+function matchText(r: RuleSpec, ingress: readonly string[]): string {
+  const on = ingress.length > 1 ? `${ingress.slice(0, -1).join(', ')} and ${ingress.at(-1)}` : ingress[0];
+  return `${r.protocol.toUpperCase()} port ${r.port}${r.destination ? ` to ${r.destination}` : ''} on ${on}`;
+}
+
+/** A rule's source prefixes as a set of canonical texts ("192.0.2.1" and "192.0.2.1/32" are one). */
+function sourceSet(r: RuleSpec): string {
+  return r.sourcePrefixes
+    .map((t) => {
+      const p = parsePrefix(t);
+      return `${p.bytes.join('.')}/${p.length}`;
+    })
+    .sort()
+    .join(' ');
+}
+
+/**
+ * Rule `i` of one request's rule set (`specs[0..i]`, valid, interfaces by device name) against the rules
+ * before it: a rule per (ingress, protocol, port, destination), so one that claims a key an earlier rule of
+ * the set claims is the request's own mistake, INVALID_ARGUMENT on `rules[i].match` naming the first such rule
+ * by index and name, and every ingress they share. `claimedBy` (claimKey -> index of its first claimer) is kept
+ * across the calls for i = 0, 1, ... Source prefixes do not tell two rules apart (the datapath finds the rule
+ * by the key, then filters by its sources), which the description says when theirs differ.
+ */
+export function matchClash(
+  specs: readonly RuleSpec[],
+  i: number,
+  claimedBy: Map<string, number>,
+): FieldViolation | undefined {
+  const r = specs[i];
+  let first: number | undefined;
+  for (const iface of r.ingressInterfaces) {
+    const k = claimKey(iface, r.port, r.destination);
+    const j = claimedBy.get(k);
+    if (j === undefined) claimedBy.set(k, i);
+    else if (j !== i && (first === undefined || j < first)) first = j;
+  }
+  if (first === undefined) return undefined;
+  const o = specs[first];
+  const shared = r.ingressInterfaces.filter((x) => claimedBy.get(claimKey(x, r.port, r.destination)) === first);
+  const same = sourceSet(r) === sourceSet(o);
+  return {
+    field: `rules[${i}].match`,
+    description:
+      `rule "${r.name}" has the same ${same ? 'match' : 'protocol, port and destination'} as rules[${first}] ` +
+      `("${o.name}"): ${matchText(r, [...new Set(shared)])}` +
+      (same
+        ? ''
+        : ' (source prefixes do not tell two rules apart: one rule per protocol, port, destination and ingress)'),
+  };
+}
+
 /**
  * Two rules must not claim the same (ingress, port, destination) after the
- * change: PRECONDITION otherwise. The checks below are generators that yield
- * every 256 rules, so that a paced caller lets the event loop run between.
+ * change. Two rules of one request are the request's own clash, refused
+ * before (Controller.ruleSet, {@link matchClash}: INVALID_ARGUMENT); what is
+ * left is a rule that claims a key a stored rule the change leaves holds
+ * (CreateRule, UpdateRule): PRECONDITION, naming both rules and every shared
+ * ingress. The checks below are generators that yield every 256 rules, so
+ * that a paced caller lets the event loop run between.
  */
 function* checkClaims({ ops, claims }: PlanRulesInput): Generator<void> {
   let n = 0;
@@ -141,21 +199,26 @@ function* checkClaims({ ops, claims }: PlanRulesInput): Generator<void> {
   for (const op of ops) {
     const r = op.next;
     if (!r) continue;
+    const shared = new Map<string, string[]>();
     for (const i of r.ingressInterfaces) {
       const k = claimKey(i, r.port, r.destination);
       const held = claims.get(k);
       const other = newClaims.get(k) ?? (held !== undefined && !changing.has(held) ? held : undefined);
-      if (other && other !== op.name) {
-        violations.push({
-          field: `${op.field ?? `rule(${op.name})`}.match`,
-          description: `rule "${op.name}" and rule "${other}" both match UDP port ${r.port}${r.destination ? ` to ${r.destination}` : ''} on ${i}`,
-        });
-      }
+      if (other && other !== op.name) shared.set(other, [...(shared.get(other) ?? []), i]);
       newClaims.set(k, op.name);
+    }
+    for (const [other, on] of shared) {
+      violations.push({
+        field: `${op.field ?? `rule(${op.name})`}.match`,
+        description: `rule "${op.name}" and rule "${other}" both match ${matchText(r, on)}`,
+      });
     }
     if ((++n & 255) === 0) yield;
   }
-  if (violations.length) throw new CoreError('precondition', violations[0].description, violations);
+  if (violations.length) {
+    const v = violations[0];
+    throw new CoreError('precondition', `${v.field}: ${v.description}`, violations);
+  }
 }
 
 /** Capacity, before anything is written: EXHAUSTED naming the full table otherwise. */

@@ -2624,9 +2624,14 @@ export const RuleChange: MessageFns<RuleChange> = {
  * anything changes: an invalid request fails with INVALID_ARGUMENT (details:
  * google.rpc.BadRequest) and changes nothing. Two rules conflict when they
  * share an ingress interface, the protocol, the port and the destination
- * (empty counting as its own value); a write that would create a conflict
- * fails with FAILED_PRECONDITION (details: google.rpc.PreconditionFailure
- * whose description names both rules).
+ * (empty counting as its own value; source prefixes do not tell two rules
+ * apart). Two rules of one ApplyRules request that conflict are bad input:
+ * INVALID_ARGUMENT on the later one's match, e.g. `rules[1].match`, whose
+ * description names the earlier one by index and name and the shared
+ * ingresses. A CreateRule or UpdateRule whose rule would conflict with a
+ * stored rule fails with FAILED_PRECONDITION (details:
+ * google.rpc.PreconditionFailure on `rule.match` whose description names
+ * both rules).
  *
  * A backend whose redirected datagrams would come back to the rule is
  * FAILED_PRECONDITION naming backends[i].interface (and the other rules of
