@@ -52,7 +52,7 @@ import type { Controller } from './core/controller.js';
 import { CoreError } from './core/errors.js';
 import { writersOf, type WritersSeen } from './dataplane/file-writers.js';
 import type { Logger } from './log.js';
-import { MAX_CONFIG_BYTES, NotARegularFile, openRegular, readBounded } from './regular-file.js';
+import { BrokenSymlink, MAX_CONFIG_BYTES, NotARegularFile, openRegular, readBounded } from './regular-file.js';
 
 const DEBOUNCE_MS = 150;
 /** How often the path is stat'ed to see a change no watch reported (ms). */
@@ -529,8 +529,11 @@ export class ConfigWatcher {
       const final = e instanceof NotARegularFile || e instanceof ReadStalled;
       // Between an editor's unlink and rename the file may be missing.
       if (!retried && !final) return this.schedule(RETRY_MS, true);
+      // A symbolic link whose target is gone (or that loops) says so, as a missing file says ENOENT.
       const said =
-        e instanceof NotARegularFile ? `config ${e.message}` : `read ${this.status.path}: ${(e as Error).message}`;
+        e instanceof NotARegularFile || e instanceof BrokenSymlink
+          ? `config ${e.message}`
+          : `read ${this.status.path}: ${(e as Error).message}`;
       return this.fail(said, undefined, 'error', '', {
         reason: 'Unreadable',
         problems: [{ field: '', description: (e as Error).message }],

@@ -4,7 +4,9 @@
  * xdpctl.config SERVING; a good file moved into place afterwards was never applied; SIGTERM logged "stopped"
  * but the process never exited; a daemon started with the FIFO as --config never became ready for the
  * config). Each kind of non-file at the path: a FIFO, a symlink to /dev/zero (a read that never ends), a
- * directory, a Unix socket, and a file larger than the 64 MiB read at most (sparse): refused at once, unread,
+ * directory, a dangling symlink, a symlink loop, a symlink to a directory (each said as such: "X is a symbolic
+ * link to T, which does not exist", not ENOENT on X), a Unix socket, and a file larger than the 64 MiB read at
+ * most (sparse): refused (a dangling link after one retry, as a missing file), unread,
  * reason Unreadable with a message naming the path and what it is, one log line, xdpctl.config NOT_SERVING,
  * the last good configuration forwarding (ping); then the next good file is applied. With a FIFO in place
  * SIGTERM ends the daemon (exit 0), and a start with a FIFO as --config serves, says why, and applies the good
@@ -72,6 +74,28 @@ describe('config-file mode: a path that is not a regular file is refused, never 
         kind: /is a character device \(1:5\), not a regular file/,
       },
       { name: 'a directory', make: () => mkdirSync(file), kind: /is a directory, not a regular file/ },
+      {
+        name: 'a dangling symlink',
+        make: () => symlinkSync(`${dir}/gone/links.yaml`, file),
+        kind: new RegExp(`is a symbolic link to ${esc(dir)}/gone/links\\.yaml, which does not exist`),
+      },
+      {
+        name: 'a symlink loop',
+        make: () => {
+          rmSync(`${dir}/loop.yaml`, { force: true });
+          symlinkSync(file, `${dir}/loop.yaml`);
+          symlinkSync(`${dir}/loop.yaml`, file);
+        },
+        kind: /, which is a symbolic link to .*: a loop of symbolic links \(ELOOP\)/,
+      },
+      {
+        name: 'a symlink to a directory',
+        make: () => {
+          mkdirSync(`${dir}/conf.d`, { recursive: true });
+          symlinkSync(`${dir}/conf.d`, file);
+        },
+        kind: new RegExp(`is a symbolic link to ${esc(dir)}/conf\\.d, which is a directory, not a regular file`),
+      },
       {
         name: 'a Unix socket',
         make: () =>
