@@ -1046,11 +1046,13 @@ export class Daemon {
     const problem = r
       ? `state store ${store.path} refuses writes: ${storeReason(r.error)}; every change is refused until it takes them`
       : '';
-    if (problem && problem !== this.storeRefusal) this.log.error({ err: r!.error, path: store.path }, problem);
-    else if (!problem && this.storeRefusal) {
+    // Logged once per transition: a refusal whose message says what changes (the bytes a full disk has free) has a key.
+    const key = r ? (r.key ?? problem) : '';
+    if (key && key !== this.storeRefusal) this.log.error({ err: r!.error, path: store.path }, problem);
+    else if (!key && this.storeRefusal) {
       this.log.info({ path: store.path }, `state store ${store.path} takes writes again: changes are accepted`);
     }
-    this.storeRefusal = problem;
+    this.storeRefusal = key;
     return problem ? [problem] : [];
   }
 

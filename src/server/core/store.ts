@@ -178,7 +178,11 @@ export interface StatePort {
    */
   begin(rows?: number): StoreTxn | Promise<StoreTxn>;
   /** Why the store cannot take writes now, as last observed, and since when (ms); undefined while it can. */
-  refusal?(): { error: CoreError; since: number } | undefined;
+  /**
+   * Why the store cannot take writes now, as last observed, and since when (ms); undefined while it can. `key`: what
+   * stays the same while the refusal does (its message may carry what changes, the bytes free): a transition is a new key.
+   */
+  refusal?(): { error: CoreError; since: number; key?: string } | undefined;
   /** When the disk last answered a write, and why writability cannot be told now: {@link StateStore.observed}. */
   observed?(): { lastAnswer: number; unknown?: string };
   /** Make the stored state exactly `state`, in one transaction (a store written back to the desired state). */
@@ -282,6 +286,24 @@ function diskState(dir: string): [CoreErrorKind, string] | undefined {
   }
   return undefined;
 }
+
+/** The file system holding `dir`, as statvfs says: bytes free to this process (bavail) and its size; undefined when it cannot tell. */
+function diskSpace(dir: string): { free: number; size: number } | undefined {
+  try {
+    const f = statfsSync(dir);
+    return { free: f.bavail * f.bsize, size: f.blocks * f.bsize };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a store error is the disk being full (ENOSPC, EDQUOT; not the file size limit, which names itself). */
+function isDiskFull(e: CoreError): boolean {
+  return e.kind === 'exhausted' && /\((ENOSPC|EDQUOT)\)/.test(e.message);
+}
+
+/** HH:MM:SS UTC of `ms` (since the epoch). */
+const clockTime = (ms: number) => `${new Date(ms).toISOString().slice(11, 19)} UTC`;
 
 /**
  * Codes of a store that refuses writes for now (as opposed to a database that is wrong): a disk that refuses
@@ -422,6 +444,13 @@ export class StateStore implements StatePort {
   private identity?: string;
   /** The last write (a change, or {@link probe}) the disk refused; cleared by a write that works. */
   private writeFailure?: CoreError;
+  /**
+   * The last write the disk refused because it is full (with {@link writeFailure}): how many bytes it wrote (~: the
+   * rows' values; SQLite adds its pages' overhead), when, and what it was. A smaller write that works (a 1-byte probe
+   * into space the WAL already holds) does not clear it: only a change that commits, or a probe write of at least
+   * `bytes` (tried once statvfs says that much is free), does.
+   */
+  private full?: { bytes: number; at: number; what: 'the last change' | 'a write probe' };
   /** Since when the store refuses writes (ms since the epoch); undefined while it takes them. */
   private refusingSince?: number;
   /** Since when (ms) the database file was seen removed or replaced under the running daemon. */
@@ -664,8 +693,7 @@ export class StateStore implements StatePort {
       this.migrate();
       this.stmts = this.prepare();
       this.problem = undefined;
-      this.writeFailure = undefined;
-      this.refusingSince = undefined;
+      this.noteWritten();
     } catch (e) {
       this.problem = storeError(e, this.path, 'open for writing');
     }
@@ -696,19 +724,28 @@ export class StateStore implements StatePort {
   }
 
   /** Record a write the disk refused (full, read-only, I/O error): {@link refusal} reports it until one works. */
-  private noteFailure(e: CoreError): CoreError {
+  private noteFailure(e: CoreError, wrote?: { bytes: number; what: 'the last change' | 'a write probe' }): CoreError {
     if (diskRefuses(e)) {
       this.writeFailure = e;
       this.refusingSince ??= Date.now();
+      if (wrote && isDiskFull(e)) this.full = { ...wrote, at: Date.now() };
+      else if (!isDiskFull(e)) this.full = undefined;
     }
     return e;
+  }
+
+  /** The disk takes writes again (a change committed, or a write probe of the refused size did): nothing refused. */
+  private noteWritten(): void {
+    this.writeFailure = undefined;
+    this.full = undefined;
+    if (!this.problem) this.refusingSince = undefined;
   }
 
   /**
    * Why the store cannot take writes now, as last observed (the open at start, the last change, or the
    * last {@link probe}): undefined while it takes them. `since`: ms since the epoch.
    */
-  refusal(): { error: CoreError; since: number } | undefined {
+  refusal(): { error: CoreError; since: number; key?: string } | undefined {
     // No store holds the desired state while its file is removed or replaced: every change is refused
     // (begin), whatever the connection to the removed file could still write.
     const changed = this.fileChanged();
@@ -749,6 +786,24 @@ export class StateStore implements StatePort {
             `ETIMEDOUT, a write and fsync of ${this.dir}/.write-probe pending ${Math.floor(probe.ageMs / 1000)} s)`,
         ),
         since: probe.at,
+      };
+    }
+    if (!this.problem && this.writeFailure && this.full) {
+      // What was observed: the refused write and its size, and what statvfs says now (a few bytes free cannot hold it).
+      const f = this.full;
+      const space = diskSpace(this.dir);
+      const code = /\[([A-Z_]+)\]$/.exec(this.writeFailure.message)?.[1];
+      return {
+        error: new CoreError(
+          'exhausted',
+          `write: state store ${this.path}: the disk is full (ENOSPC): ` +
+            (space ? `${space.free} bytes free of ${space.size} (statvfs), ` : 'statvfs cannot tell what is free, ') +
+            `${f.what} (of ~${f.bytes} bytes) refused at ${clockTime(f.at)}${code ? ` [${code}]` : ''}`,
+          [],
+          { cause: this.writeFailure.cause },
+        ),
+        since: this.refusingSince ?? f.at,
+        key: storeReason(this.writeFailure),
       };
     }
     const error = this.problem ?? this.writeFailure;
@@ -806,17 +861,24 @@ export class StateStore implements StatePort {
     const t = this.thread();
     if (this.notAnswering() !== undefined || this.diskNotAnswering()) return Promise.resolve();
     const write = !!this.writeFailure || !!diskState(dirname(this.path));
+    // A full disk refused a write of `full.bytes`: a smaller write that works says nothing about it (it may go to
+    // space the WAL already holds), so the probe writes as much, and only once statvfs says that much is free.
+    const full = this.writeFailure ? this.full : undefined;
+    if (full && (diskSpace(this.dir)?.free ?? 0) < full.bytes) return Promise.resolve();
+    const pad = full?.bytes ?? 0;
     const answered = (r: WorkerReply) => {
       if (r.err) {
         const e = Object.assign(new Error(r.err.message), { code: r.err.code });
-        this.noteFailure(this.withLockHolder(e, storeError(e, this.path, r.err.what)));
+        const err = this.withLockHolder(e, storeError(e, this.path, r.err.what));
+        // A probe of the refused change's size refused again: that change's fact stands (its size, its time).
+        if (full && isDiskFull(err)) this.writeFailure = err;
+        else this.noteFailure(err, { bytes: largestWrite(this.path), what: 'a write probe' });
       } else if (write) {
-        this.writeFailure = undefined;
-        if (!this.problem) this.refusingSince = undefined;
+        this.noteWritten();
       }
     };
     // Awaited for a second at most (the pass then reports it); an answer that comes later is taken then.
-    return this.ask(t, { op: 'probe', path: this.path, write }, 1000, answered).then((r) => {
+    return this.ask(t, { op: 'probe', path: this.path, write, pad }, 1000, answered).then((r) => {
       if (r !== TIMED_OUT) answered(r);
     });
   }
@@ -897,9 +959,13 @@ export class StateStore implements StatePort {
       this.workerTxn = false;
       w.unref();
     };
+    let bytes = 0; // what the change writes (its rows' values), said when a full disk refuses it
     const fail = (r: WorkerReply) => {
       const e = Object.assign(new Error(r.err!.message), { code: r.err!.code });
-      return this.noteFailure(this.withLockHolder(e, storeError(e, path, r.err!.what)));
+      return this.noteFailure(this.withLockHolder(e, storeError(e, path, r.err!.what)), {
+        bytes,
+        what: 'the last change',
+      });
     };
     const begun = await this.ask(t, { op: 'begin', path, generation }, STORE_WRITE_TIMEOUT_MS);
     if (begun === TIMED_OUT) {
@@ -918,6 +984,7 @@ export class StateStore implements StatePort {
       rows = [];
     };
     const add = (r: WorkerRow) => {
+      for (const v of r) bytes += typeof v === 'string' ? Buffer.byteLength(v) : 8;
       rows.push(r);
       if (rows.length >= WORKER_ROWS) flush();
     };
@@ -956,8 +1023,7 @@ export class StateStore implements StatePort {
           );
         }
         if (r.err) throw fail(r);
-        this.writeFailure = undefined;
-        if (!this.problem) this.refusingSince = undefined;
+        this.noteWritten();
         this.committed(generation);
       },
       rollback: async () => {
@@ -1217,10 +1283,11 @@ interface WorkerReply {
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
-const { statSync } = require('node:fs');
+const { statSync, statfsSync } = require('node:fs');
+const { dirname } = require('node:path');
 const Database = require(workerData.sqlite);
 const SQL = workerData.sql;
-let db, ident, st, err, seen;
+let db, dbPath, ident, st, err, seen;
 const fail = (e, what) => ({ code: String((e && e.code) || ''), message: String((e && e.message) || e), what });
 const idOf = (p) => { try { const s = statSync(p); return s.dev + ':' + s.ino; } catch { return undefined; } };
 const end = () => { try { if (db && db.inTransaction) db.exec('ROLLBACK'); } catch {} };
@@ -1233,8 +1300,20 @@ const connect = (path) => {
   c.pragma('synchronous = FULL');
   st = { r: c.prepare(SQL.putRule), d: c.prepare(SQL.deleteRule), l: c.prepare(SQL.putLink), x: c.prepare(SQL.deleteLink), m: c.prepare(SQL.putMeta) };
   db = c;
+  dbPath = path;
   ident = now;
   seen = c.pragma('data_version', { simple: true }); // what other connections commit from here on is seen
+};
+// After a commit, the WAL is checkpointed into the database and truncated once it is as large as the space its disk
+// has left: else it grows (SQLite checkpoints at 1 000 pages, and a WAL file keeps its size) until it holds the disk,
+// with every change in it and none in the database file, and no checkpoint can run then (the database file cannot grow):
+// a 4 MB state disk was full after three 3000-rule changes, for good. So a disk needs room for the data and one change.
+const trimWal = () => {
+  try {
+    const wal = statSync(dbPath + '-wal').size;
+    const f = statfsSync(dirname(dbPath));
+    if (wal > 0 && wal >= f.bavail * f.bsize) db.pragma('wal_checkpoint(TRUNCATE)');
+  } catch {}
 };
 const WHAT = { r: 'write a rule', d: 'delete a rule', l: 'write a link', x: 'delete a link', c: 'clear the tables' };
 parentPort.on('message', (m) => {
@@ -1275,6 +1354,7 @@ parentPort.on('message', (m) => {
     const r = err;
     err = undefined;
     end();
+    if (!r) trimWal();
     parentPort.postMessage({ err: r });
   } else if (m.op === 'rollback') {
     end();
@@ -1289,8 +1369,16 @@ parentPort.on('message', (m) => {
       try {
         db.exec('BEGIN IMMEDIATE');
         if (m.write) {
-          st.m.run('write_probe', String(Date.now()));
+          // pad: the size of a write a full disk refused; as many bytes are written (then overwritten by a small
+          // value and the WAL truncated), so that only a disk with room for that write is said to take it.
+          st.m.run('write_probe', m.pad ? 'x'.repeat(m.pad) : String(Date.now()));
           db.exec('COMMIT');
+          if (m.pad) {
+            db.exec('BEGIN IMMEDIATE');
+            st.m.run('write_probe', String(Date.now()));
+            db.exec('COMMIT');
+            db.pragma('wal_checkpoint(TRUNCATE)');
+          }
         }
       } finally {
         end();

@@ -340,6 +340,12 @@ function codeOf(err: unknown): Status {
   return Status.UNKNOWN;
 }
 
+/** Why a change failed, for its audit record: what the caller was told (a ServerError's details), else the message. */
+function reasonOf(err: unknown): string {
+  if (err instanceof ServerError) return err.details;
+  return (err as Error | null)?.message ?? String(err);
+}
+
 const who = (id: Identity) => `${id.principal} (${id.via}${id.note ? `: ${id.note}` : ''})`;
 
 /** The access middleware, with `flush`: write the audit records still waiting (at once). */
@@ -473,7 +479,8 @@ export function accessMiddleware(o: AccessOptions): AccessMiddleware {
       return result;
     } catch (err) {
       // A failed change never half-applies (core/controller.ts); CANCELLED: not started.
-      if (mutation) record(codeOf(err), { applied: false, ...dry });
+      // Its reason: the error the caller was told (a full state disk, a bad field), not only its code.
+      if (mutation) record(codeOf(err), { applied: false, reason: reasonOf(err), ...dry });
       throw err;
     } finally {
       release?.();
