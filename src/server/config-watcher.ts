@@ -687,7 +687,7 @@ export class ConfigWatcher {
    */
   private async verdict(cfg: Parameters<Controller['checkConfig']>[0]): Promise<Verdict> {
     const v = await this.ctl.checkConfig(cfg);
-    return JSON.stringify([v.refusal ?? '', v.host, this.ctl.stateStore()?.problem ?? '']);
+    return JSON.stringify([v.refusal ?? '', v.host, this.ctl.stateStore()?.key ?? '']);
   }
 
   /** Say why the file is not in force: once per text and reason (every directory event re-reads it). */

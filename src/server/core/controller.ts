@@ -2154,16 +2154,21 @@ export class Controller {
   /**
    * The state store: its path and, while it refuses writes (as last observed: StateStore.refusal), why (as
    * the disk said) and since when (ms); when the disk last answered a write (`lastAnswer`, ms: the disk probe
-   * each pass) and, when that is not recent and nothing refuses, why writability `unknown` (cannot be told).
-   * undefined without a store (--no-state).
+   * each pass) and, when that is not recent and nothing refuses, why writability `unknown` (cannot be told);
+   * `key`: what stays the same while the refusal does (StateStore.refusal). undefined without a store (--no-state).
    */
-  stateStore(): { path: string; problem?: string; since?: number; unknown?: string; lastAnswer?: number } | undefined {
+  stateStore():
+    | { path: string; problem?: string; key?: string; since?: number; unknown?: string; lastAnswer?: number }
+    | undefined {
     const s = this.opts.store;
     if (!s) return undefined;
     const r = s.refusal?.();
     const o = s.observed?.();
     const seen = o ? { lastAnswer: o.lastAnswer, ...(o.unknown ? { unknown: o.unknown } : {}) } : {};
-    return r ? { path: s.path, problem: storeReason(r.error), since: r.since, ...seen } : { path: s.path, ...seen };
+    if (!r) return { path: s.path, ...seen };
+    const problem = storeReason(r.error);
+    // key: the same while the refusal is (a full disk's problem says its bytes free, which move).
+    return { path: s.path, problem, key: r.key ?? problem, since: r.since, ...seen };
   }
 
   problems(): string[] {
