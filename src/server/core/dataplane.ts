@@ -250,6 +250,14 @@ export interface MovedEntries {
   error?: string;
 }
 
+/** What a start's {@link Dataplane.rebuildPortIndex} found of the rule generations (map rule_gen, rule_match). */
+export interface StartGenerations {
+  /** The live generation (rule_gen): the one packets look up. */
+  live: number;
+  /** The inactive generation's match entries it deleted, each with the rule slot it pointed at. */
+  inactive: [MatchKey, number][];
+}
+
 export interface CounterRead {
   rules: Map<number, RuleStats>;
   backends: Map<number, BackendStats>;
@@ -729,8 +737,12 @@ export interface Dataplane {
   commitMatches?(): void;
   /** Delete the staged generation (no-op when no transaction is open). */
   abortMatches?(): void;
-  /** Recount the per-port index of match entries from the entries themselves. */
-  rebuildPortIndex(): void;
+  /**
+   * Recount the per-port index of match entries from the entries themselves, after deleting the inactive
+   * generation's entries; returns the live generation and what those entries were (the slot each pointed at), for
+   * what a start says of slots no stored rule holds. Fakes without generations return nothing.
+   */
+  rebuildPortIndex(): StartGenerations | void;
   /**
    * Check the per-port index entries of the ports in use and the link flags (the reconciler's cheaper
    * form of rebuildPortIndex); rewrite and return what differed, one record each (its line and owner). `pace`: awaited between

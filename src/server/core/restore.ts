@@ -11,7 +11,13 @@ import { linkKey, type LinkSpec, type RuleRecord } from './model.js';
 import type { RuleOp } from './plan-rules.js';
 import { failedStatus, restoringStatus, waitingStatus } from './rule-status.js';
 import { matchId } from './state.js';
-import { backendText, emptyBackendEntry, type BackendEntry, type MatchKey } from './dataplane.js';
+import {
+  backendText,
+  emptyBackendEntry,
+  type BackendEntry,
+  type MatchKey,
+  type StartGenerations,
+} from './dataplane.js';
 import { NAMED_FIRST, nameFirst } from './name-first.js';
 import type { StoredRule, StoredState } from './store.js';
 
@@ -44,7 +50,7 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   for (const [name, why] of await modesToKeep(ctx, stored)) state.keepMode.set(name, why);
   // A program from an older layout may have left the port index empty:
   // count first, so the datapath sees the existing entries before any attach.
-  dp.rebuildPortIndex();
+  const gens = dp.rebuildPortIndex() ?? undefined;
   const pinnedMatches = dp.listMatches();
   const referenced = new Set(pinnedMatches.map(([, slot]) => slot));
   // Source prefixes of dead slots would leak into a fresh slot: sweep them now.
@@ -101,11 +107,11 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
       heldIds.add(id);
     }
   }
-  // Slots written that no stored rule holds and no active match entry points at, whatever generation's entries
-  // pointed there: a many-rule change's new rules when its daemon stopped before the switch (the start deleted
-  // its staged match entries above), or another tool's. No packet was looked up to them: cleared now, with the
-  // backend entries of their tables that no stored rule or orphan holds.
-  const unheld = clearUnheldSlots(ctx, known, referenced, heldIds);
+  // Slots written that no stored rule holds and no match entry of the live generation points at: cleared now, with
+  // the backend entries of their tables that no stored rule or orphan holds. What each was is said from what the
+  // kernel shows of it (clearUnheldSlots): the inactive generation's entries pointing there, the counters of its
+  // stats ids, a stored rule's stats id in its rule entry.
+  const unheld = clearUnheldSlots(ctx, known, referenced, heldIds, gens);
   // Backend entries no stored rule holds and no slot's table kept here points at: another tool's, or a killed
   // change's whose slot was cleared before. Unreachable now; a new rule taking the id writes it whole, but a start
   // leaves no foreign bytes in the three maps the slot watcher guards (rule_cfg, rule_ring, backends).
@@ -249,19 +255,21 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
 
 /**
  * Clear the rule slots below the capacity that hold something (rule entry, backend table) while no stored rule
- * (`known`) holds them and no active match entry (`referenced`) points at them, and the backend entries of their
- * tables not in `heldIds`. Says each at error level (slot, rule entry word, ids). Returns how many.
+ * (`known`) holds them and no match entry of the live generation (`referenced`) points at them, and the backend
+ * entries of their tables not in `heldIds`. Says each at error level (slot, rule entry word, ids) with what the
+ * kernel shows of it ({@link unheldWhy}). Returns how many.
  */
 function clearUnheldSlots(
   ctx: ExecContext,
   known: ReadonlySet<number>,
   referenced: ReadonlySet<number>,
   heldIds: ReadonlySet<number>,
+  gens: StartGenerations | undefined,
 ): number {
   const { dp } = ctx;
   const slots: number[] = [];
   for (let s = 0; s < dp.capacity.ruleSlots; s++) if (!known.has(s) && !referenced.has(s)) slots.push(s);
-  const found: { slot: number; word: number; statsId: number; ids: number[] }[] = [];
+  const found: UnheldSlot[] = [];
   dp.readRuleSlots(slots, (slot, st) => {
     const ids = new Set<number>();
     const stride = st.ringStride ?? 1;
@@ -274,12 +282,9 @@ function clearUnheldSlots(
     let table = ids.size > 0;
     for (let i = 0; !table && i * stride < st.ring.length; i++) table = st.ring[i * stride] !== 0;
     if (!table && !st.active && !word && !st.statsId) return;
-    found.push({ slot, word, statsId: st.statsId, ids: [...ids] });
+    found.push({ slot, word, statsId: st.statsId, ids: [...ids], inactive: 0, sent: [] });
   });
-  const why =
-    'no stored rule holds it and no match entry of the active generation points at it, so no packet was ' +
-    'sent to it: the new rules of a many-rule change whose daemon stopped before its switch (never ' +
-    "acknowledged), or another tool's";
+  if (found.length) observeUnheld(ctx, found, gens);
   let emptied = 0;
   const said = new Map<number, number>();
   for (const f of found) {
@@ -288,6 +293,9 @@ function clearUnheldSlots(
     said.set(f.slot, free.length);
     emptied += free.length;
   }
+  const live = gens?.live;
+  const kinds = { sent: 0, inactiveGeneration: 0, otherVersion: 0, noRule: 0 };
+  for (const f of found) kinds[unheldKind(f)]++;
   // The first NAMED_FIRST each at error level, the rest in one line with their count (each at debug level): a
   // kill in the middle of a 3 000-rule change leaves 3 000.
   nameFirst(
@@ -295,23 +303,151 @@ function clearUnheldSlots(
     (f) => f.slot,
     (f, named) =>
       ctx.log[named ? 'error' : 'debug'](
-        { slot: f.slot, backendIds: f.ids },
+        { slot: f.slot, backendIds: f.ids, kind: unheldKind(f) },
         `restore cleared rule slot ${f.slot} (map rule_cfg: kernel flags word 0x${f.word.toString(16)}, stats id ` +
           `${f.statsId}; map rule_ring: ${f.ids.length} backend ids; map backends: ${said.get(f.slot)} entries ` +
-          `emptied): ${why}`,
+          `emptied): ${unheldWhy(f, live)}`,
       ),
     (left, ranges) => {
       const ids = left.reduce((n, f) => n + f.ids.length, 0);
       const empties = left.reduce((n, f) => n + said.get(f.slot)!, 0);
+      const rest = { sent: 0, inactiveGeneration: 0, otherVersion: 0, noRule: 0 };
+      for (const f of left) rest[unheldKind(f)]++;
       ctx.log.error(
-        { count: left.length, total: found.length, slots: ranges, backendEntriesEmptied: emptied },
+        { count: left.length, total: found.length, slots: ranges, backendEntriesEmptied: emptied, kinds: rest },
         `restore cleared ${left.length} more rule slots (${found.length} in all; ${NAMED_FIRST} named above; each ` +
-          `at debug level): rule slots ${ranges} (map rule_cfg: their entries; map rule_ring: ${ids} backend ids ` +
-          `in their tables; map backends: ${empties} entries emptied): ${why}`,
+          `at debug level with what the kernel showed of it): rule slots ${ranges} (map rule_cfg: their entries; ` +
+          `map rule_ring: ${ids} backend ids in their tables; map backends: ${empties} entries emptied). No stored ` +
+          `rule holds them and no match entry of the live generation points at them: ${kindsText(rest)}`,
       );
     },
   );
   return found.length;
+}
+
+/** A rule slot no stored rule holds and the live generation does not look up, as a start found it. */
+interface UnheldSlot {
+  slot: number;
+  word: number;
+  statsId: number;
+  ids: number[];
+  /** Match entries of the inactive generation (deleted by this start) that pointed at it. */
+  inactive: number;
+  /** Counters of its stats ids that no stored rule holds (so only this slot's rule counted there) that are not zero. */
+  sent: string[];
+  /** The stored rule whose stats id its rule entry carries, and the slot that rule holds now. */
+  version?: [string, number];
+}
+
+/**
+ * Read what the kernel shows of each slot beyond its bytes: the inactive generation's match entries that pointed at
+ * it (read by the start before it deleted them), and the counters of its stats ids (rule entry's, its backend
+ * entries') that no stored rule holds: a stored rule's are shared with its slot now and tell nothing of this one.
+ */
+function observeUnheld(ctx: ExecContext, found: UnheldSlot[], gens: StartGenerations | undefined): void {
+  const { dp, state } = ctx;
+  const inactive = new Map<number, number>();
+  for (const [, slot] of gens?.inactive ?? []) inactive.set(slot, (inactive.get(slot) ?? 0) + 1);
+  const ruleStats = new Map<number, [string, number]>();
+  const backendStats = new Set<number>();
+  for (const [name, k] of state.ruleKernel) {
+    ruleStats.set(k.statsId, [name, k.slot]);
+    for (const b of k.backends.values()) backendStats.add(b.statsId);
+  }
+  const entries = dp.readBackends?.([...new Set(found.flatMap((f) => f.ids))]) ?? new Map<number, BackendEntry>();
+  const ruleIds = [...new Set(found.map((f) => f.statsId).filter((id) => !ruleStats.has(id)))];
+  const backendIds = [
+    ...new Set(
+      found.flatMap((f) =>
+        f.ids.map((id) => entries.get(id)?.statsId ?? -1).filter((s) => s >= 0 && !backendStats.has(s)),
+      ),
+    ),
+  ].filter((s) => s < dp.capacity.backends);
+  const read = dp.readCounters(
+    ruleIds.filter((s) => s < dp.capacity.statsIds),
+    backendIds,
+    [],
+  );
+  for (const f of found) {
+    f.inactive = inactive.get(f.slot) ?? 0;
+    f.version = f.word ? ruleStats.get(f.statsId) : undefined;
+    const r = ruleStats.has(f.statsId) ? undefined : read.rules.get(f.statsId);
+    if (r && r.matched > 0n)
+      f.sent.push(`rule stats id ${f.statsId}: ${r.matched} packets matched, ${r.redirected} redirected`);
+    for (const id of f.ids) {
+      const s = entries.get(id)?.statsId;
+      const b = s === undefined || backendStats.has(s) ? undefined : read.backends.get(s);
+      if (b && b.packets > 0n) f.sent.push(`backend ${id} (stats id ${s}): ${b.packets} packets`);
+    }
+  }
+}
+
+type UnheldKind = 'sent' | 'inactiveGeneration' | 'otherVersion' | 'noRule';
+
+function unheldKind(f: UnheldSlot): UnheldKind {
+  if (f.sent.length) return 'sent';
+  if (f.inactive) return 'inactiveGeneration';
+  return f.version ? 'otherVersion' : 'noRule';
+}
+
+/** What the kernel showed of an unheld slot, and what it was, in the words of a restore line. */
+function unheldWhy(f: UnheldSlot, live: number | undefined): string {
+  const gen = live === undefined ? 'the live generation' : `the live generation ${live}`;
+  const other = live === undefined ? 'the inactive generation' : `the inactive generation ${live ^ 1}`;
+  const v = f.version;
+  const version = v
+    ? `its rule entry carries the stats id ${f.statsId} of rule ${v[0]}, which holds slot ${v[1]} now: `
+    : '';
+  const was = f.inactive
+    ? `${f.inactive} match entries of ${other} pointed at it (deleted by this start), none of ${gen}`
+    : `no match entry of either generation points at it`;
+  switch (unheldKind(f)) {
+    case 'sent':
+      return (
+        `no stored rule holds it and ${was}; it was sent packets, counted under stats ids no stored rule holds ` +
+        `(${f.sent.join('; ')}): ${version}the old rules a many-rule change replaced (its daemon stopped after its ` +
+        'switch, before freeing them)'
+      );
+    case 'inactiveGeneration':
+      return (
+        `no stored rule holds it and ${was}, and its stats ids that no stored rule holds counted no packet: ` +
+        `${version}the new rules of a many-rule change whose daemon stopped before its switch (never acknowledged): ` +
+        'no packet was sent to it'
+      );
+    case 'otherVersion':
+      return (
+        `no stored rule holds it and ${was}; ${version}another version of that rule: the old one a many-rule ` +
+        "change replaced (its daemon stopped after its switch, before freeing it: it was sent that rule's packets " +
+        `until the switch, counted with its current slot's under stats id ${f.statsId}), or a new one of a change ` +
+        'whose daemon stopped before publishing it (never looked up); its stats ids that no stored rule holds ' +
+        'counted no packet, so the kernel does not tell which'
+      );
+    case 'noRule':
+      return (
+        `written by no rule this daemon knows (no stored rule holds it or its stats ids, and ${was}; those stats ` +
+        'ids counted no packet): a rule of a many-rule change whose daemon stopped before publishing it, or ' +
+        "another tool's"
+      );
+  }
+}
+
+/** A summary line's kinds of unheld slots, counted. */
+function kindsText(k: Record<UnheldKind, number>): string {
+  const parts = [
+    k.sent
+      ? `${k.sent} were sent packets that stats ids no stored rule holds counted (old rules a many-rule change replaced)`
+      : '',
+    k.inactiveGeneration
+      ? `${k.inactiveGeneration} were pointed at by the inactive generation only and counted no packet (new rules staged by a change that stopped before its switch: no packet was sent to them)`
+      : '',
+    k.otherVersion
+      ? `${k.otherVersion} carry the stats id of a stored rule held in another slot (another version of it: the old one a change replaced after its switch, or a new one never published; the kernel does not tell which)`
+      : '',
+    k.noRule
+      ? `${k.noRule} written by no rule this daemon knows (a change's unpublished rules, or another tool's)`
+      : '',
+  ].filter(Boolean);
+  return parts.join('; ');
 }
 
 /**

@@ -20,6 +20,7 @@ import type {
   RepairSink,
   RuleSlotState,
   RuleSlotWrite,
+  StartGenerations,
   StrayAttachment,
   StrayRemoval,
   UpperLink,
@@ -36,7 +37,15 @@ import { checkOwnCapabilities } from '../auth/capabilities.js';
 import { ArpProber } from './arp.js';
 import { CONFLICT_MS, conflictingMacs, NEIGHBOUR_HOLD_MS, noteClaim, type ClaimRun } from '../core/neighbour-hold.js';
 import type { PeerRead } from '../core/static-mac.js';
-import { backendEntry, NO_BACKEND, RING_SIZE, sumCounters, type MatchKey, type SrcKey } from './codec.js';
+import {
+  backendEntry,
+  NO_BACKEND,
+  RING_SIZE,
+  sumCounters,
+  type GenMatchKey,
+  type MatchKey,
+  type SrcKey,
+} from './codec.js';
 import type { Logger } from '../log.js';
 import type { XdpDatapath } from './datapath.js';
 import { KernelError } from './errors.js';
@@ -2434,8 +2443,9 @@ export class KernelDataplane implements Dataplane {
     this.inactiveClean = true;
   }
 
-  rebuildPortIndex(): void {
-    const stale = tables.rebuildPortUse(this.dp.maps);
+  rebuildPortIndex(): StartGenerations {
+    const found: [GenMatchKey, number][] = [];
+    const stale = tables.rebuildPortUse(this.dp.maps, found);
     this.inactiveClean = true;
     this.madeActive = tables.activeGeneration(this.dp.maps); // what the start found and kept (the pins' truth)
     if (stale > 0) {
@@ -2444,6 +2454,7 @@ export class KernelDataplane implements Dataplane {
         `deleted ${stale} match entries of the inactive rule generation (a many-rule change that did not finish switching, or finished it but not its cleanup)`,
       );
     }
+    return { live: this.madeActive, inactive: found.map(([k, slot]) => [tables.plainKey(k), slot]) };
   }
 
   async checkPortIndex(pace?: () => Promise<void>, all?: boolean): Promise<EntryRepair[]> {

@@ -406,9 +406,10 @@ export function inactiveMatches(maps: DatapathMaps, active: number): GenMatchKey
  * or no longer looks up) and zeroing its port index entries,
  * and set the if_flags of every xc_links entry (pins from before if_flags
  * existed have links but no flags; a flag left by a crash only costs a lookup).
- * Returns how many inactive-generation match entries were deleted.
+ * Returns how many inactive-generation match entries were deleted; `found` receives each of them with the slot it
+ * pointed at (what a start says of the rule slots no stored rule holds: core/restore.ts).
  */
-export function rebuildPortUse(maps: DatapathMaps): number {
+export function rebuildPortUse(maps: DatapathMaps, found?: [GenMatchKey, number][]): number {
   rebuildIfFlags(maps);
   const gen = activeGeneration(maps);
   const counts = new Map<number, PortUse>();
@@ -416,6 +417,7 @@ export function rebuildPortUse(maps: DatapathMaps): number {
   for (const [k, slot] of maps.ruleMatch.entriesBatch()) {
     if (genOf(k) !== gen) {
       stale.push(k);
+      found?.push([k, slot]);
       continue;
     }
     const at = portAt(gen, k.dport);
