@@ -209,6 +209,12 @@ export interface RuleSlotWrite {
   ring: ArrayLike<number>;
   /** Backend entries the ring refers to, by id. */
   backends: [number, BackendEntry][];
+  /**
+   * src_allow entries keyed to this slot that are not among {@link srcPrefixes} (another tool's write into a free
+   * slot): deleted by this write before the rule's own are added, so that the rule taking the slot owns exactly its
+   * prefixes there (they would widen its filter).
+   */
+  foreignSrc?: SrcKey[];
 }
 
 /** A rule slot as the kernel holds it now ({@link Dataplane.readRuleSlots}). */

@@ -839,8 +839,29 @@ export async function writeRules(
     }
   }
   // 3. Write each new or changed rule into its fresh slot (unpublished).
+  // A rule with source prefixes owns exactly its own in src_allow at its slot: entries keyed to the slot that are
+  // not (another tool's write into a free slot) would widen its filter. Read once per change that writes a filter.
+  const srcBySlot = new Map<number, SrcKey[]>();
+  if (plans.some((p) => p.prefixes.length > 0)) {
+    for (const key of dp.listSrcPrefixes()) {
+      const at = srcBySlot.get(key.slot);
+      if (at) at.push(key);
+      else srcBySlot.set(key.slot, [key]);
+    }
+  }
   for (const p of plans) {
     const k = alloc.kernel.get(p.name)!;
+    const foreignSrc = (srcBySlot.get(k.slot) ?? []).filter(
+      (key) => !p.prefixes.some((q) => q.length === key.length && Buffer.compare(q.addr, key.addr) === 0),
+    );
+    if (foreignSrc.length) {
+      ctx.log.warn(
+        { rule: p.name, slot: k.slot, entries: foreignSrc.length },
+        `rule ${p.name} takes rule slot ${k.slot}: map src_allow held ${foreignSrc.length} source prefixes keyed to ` +
+          `it that are not the rule's (${foreignSrc.map(srcText).join(', ')}; no rule held the slot: another ` +
+          "tool's write): deleted, so that they do not widen its filter",
+      );
+    }
     if (alloc.freshRuleStats.has(k.statsId)) {
       dp.resetRuleStats(k.statsId);
       ctx.state.counterResets.forget('rule', k.statsId, ctx.now(), ctx.mono()); // zeroed by us for this rule: no reset
@@ -882,6 +903,7 @@ export async function writeRules(
         srcPrefixes: p.prefixes,
         ring,
         backends: entries,
+        foreignSrc,
       });
     } catch (e) {
       throw whatFillsMap(ctx, e, alloc);
@@ -1852,4 +1874,10 @@ function backendOf(b: RulePlan['backends'][number], statsId: number, macs?: Map<
     family: AF_INET,
     addr: parseIp(b.spec.ip).bytes,
   };
+}
+
+/** A src_allow key as a line names it: "10.9.0.0/16" (IPv4) or the address's hex and length. */
+function srcText(k: SrcKey): string {
+  const a = k.addr.length === 4 ? [...k.addr].join('.') : Buffer.from(k.addr).toString('hex');
+  return `${a}/${k.length}`;
 }

@@ -51,14 +51,16 @@ import { KernelError } from './errors.js';
  * each backend entry whole, all RING_SIZE table entries, the whole rule entry
  * (flags and stats id), so whatever another tool left in a free slot or id
  * never goes live with the rule that takes it (test/integration/
- * slot-watch-free). Source prefixes are added, not replaced: src_allow entries
- * of a slot no rule holds are swept (start, full comparison).
+ * slot-watch-free). Its source prefixes are exactly the rule's: the entries
+ * keyed to the slot that are not (`foreignSrc`, read by the caller) are
+ * deleted first (test/integration/src-allow-takeover).
  */
 export function writeRuleSlot(maps: DatapathMaps, c: RuleSlotWrite): void {
   if (c.ring.length !== RING_SIZE) throw new RangeError(`ring has ${c.ring.length} slots, not ${RING_SIZE}`);
   maps.backends.putMany(c.backends);
   const base = c.slot * RING_SIZE;
   maps.ruleRing.putRangeU32(base, c.ring);
+  for (const k of c.foreignSrc ?? []) if (k.slot === c.slot) maps.srcAllow.delete(k);
   for (const p of c.srcPrefixes) maps.srcAllow.put({ slot: c.slot, length: p.length, addr: p.addr }, 1);
   putRuleCfg(maps, c.slot, c.flags, c.statsId, c.srcPrefixes.length > 0, oneId(c.ring, 1));
 }
