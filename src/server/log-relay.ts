@@ -29,8 +29,12 @@ import { LogSink, type DropEpisode, type LogLineKind, type WriteProblem } from '
 /** How long a write may take before GetStatus says the log is not being written (ms): the state store's bound. */
 export const LOG_WRITE_TIMEOUT_MS = 5000;
 
-/** Who did not read, in the summary line of lines dropped by the pipe (logDropSummary). */
-export const RELAY_READER = 'the log writer process, held in a write its disk did not complete';
+/**
+ * Who reads the pipe, in the summary line of lines dropped by it (logDropSummary, with what was measured: that it
+ * handled nothing for a while, or that lines came faster than it wrote them). Before, this named it "held in a write
+ * its disk did not complete" whatever was measured: a burst of a start on a healthy disk was said as a frozen one.
+ */
+export const RELAY_READER = 'the log writer process';
 
 /** What the writer reports after each chunk it handled. */
 interface WriterReport {
@@ -81,7 +85,10 @@ export class FileLogRelay {
       out: this.child.stdin!,
       name: 'stdout',
       maxBytes: o.maxBytes,
+      // Asked only when the writer was seen to handle nothing for a while (LogSink.backlogFacts).
       stallQuestion: "is stdout's disk not completing writes (the log writer process is held in one)?",
+      // A stall is the writer handling none of the lines sent to it (its reports), not the pipe alone.
+      pendingSince: () => (this.sent > this.last.handled ? this.waiting?.mono : undefined),
       notice: o.notice,
       // The kind's one-character prefix of each line is no byte of the log.
       recovered: (e) => o.recovered({ ...e, bytes: e.bytes - e.lines }),

@@ -8,9 +8,12 @@
  * sidecar: the pipe's 64 KiB fill), the stream keeps what it could not write and Node writes it when the pipe
  * has room again (epoll); the event loop goes on. What waits is bounded: a line that would make more than
  * `maxBytes` wait is dropped and counted, and the first drop of a stall is said on stderr once, naming the
- * sink; once everything waiting has been written, one log line says how many lines were dropped and from
- * when to when. Before, the log wrote synchronously and a reader that stopped froze the daemon (gRPC,
- * health, the reconciler, even SIGTERM) with nothing said.
+ * sink and what was measured ({@link backlogText}): the reader took nothing for N ms while the event loop was free
+ * to write (seen only then: a write pending that long), or lines came faster than it took them (bytes in and out
+ * and their rates since something began to wait: a burst, such as a start that logs thousands of lines); once
+ * everything waiting has been written, one log line says how many lines were dropped, from when to when and that
+ * measure. Before, the log wrote synchronously and a reader that stopped froze the daemon (gRPC,
+ * health, the reconciler, even SIGTERM) with nothing said; and then, a burst was said as a stalled reader.
  *
  * A stream that fails (EPIPE: its reader is gone) takes nothing more: every line from then on is dropped
  * and counted, said once on stderr. At exit, {@link LogSink.flush} waits a bounded time for what waits.
@@ -54,9 +57,33 @@ export interface DropEpisode {
   lines: number;
   audit: number;
   bytes: number;
-  /** Why the lines were dropped when the stream refused them ("the disk is full (ENOSPC)"); undefined: its reader stalled. */
+  /** Why the lines were dropped when the stream refused them ("the disk is full (ENOSPC)"); undefined: it took no more. */
   cause?: string;
+  /** What was measured when the first line was dropped because too much waited (not for a refusal). */
+  backlog?: BacklogFacts;
 }
+
+/**
+ * What a sink measured when it first dropped a line because more than its bound waited: whether its reader took
+ * nothing for a while although the event loop was free to write (a write pending that long), and how many bytes came
+ * and went since something began to wait.
+ */
+export interface BacklogFacts {
+  /** ms since something began to wait (nothing waited before). */
+  ms: number;
+  /** Bytes handed to the sink in that time, the dropped line's included. */
+  inBytes: number;
+  /** Bytes the stream took in that time. */
+  outBytes: number;
+  /**
+   * ms nothing was taken although the event loop ran after the last take (the daemon was free to write): set only
+   * when that was seen for at least {@link STALL_SEEN_MS}. Undefined: not seen (a burst on the event loop, say).
+   */
+  stalledMs?: number;
+}
+
+/** How long a reader must have taken nothing, with the event loop free to write, to be said stalled (ms). */
+export const STALL_SEEN_MS = 100;
 
 /** The writes the stream refuses now (a file: ENOSPC, EFBIG, EIO; a pipe: EPIPE, for good). */
 export interface WriteProblem {
@@ -87,8 +114,13 @@ export interface LogSinkOptions {
   name: string;
   /** Bytes that may wait to be written; a line beyond is dropped and counted. */
   maxBytes: number;
-  /** What the notice of a stall asks ("is its reader stalled?", the default). */
+  /** What the notice of a stall asks ("is its reader stalled?", the default); asked only when a stall was seen. */
   stallQuestion?: string;
+  /**
+   * Since when (monotonic ms) a line handed on has been pending beyond the stream (log-relay.ts: lines the writer
+   * process has not handled), or undefined when none is: used instead of the stream's own takes to see a stall.
+   */
+  pendingSince?: () => number | undefined;
   /** Say something where an operator sees it when the sink is stuck (stderr): one line, no newline. */
   notice(text: string): void;
   /** Everything waiting was written after lines had been dropped: say so in the log (through this sink). */
@@ -122,6 +154,20 @@ export class LogSink {
   private failed: string | undefined;
   private readonly now: () => number;
   private readonly mono: () => number;
+  /** Bytes handed to the stream since the start (stream mode). */
+  private handed = 0;
+  /** Since something waits: when it began (monotonic), bytes handed and taken by then. */
+  private backlog: { at: number; handed: number } | undefined;
+  /** When the stream last took a line (monotonic), or the backlog began. */
+  private lastTaken = 0;
+  /** When the event loop last ran a tick while something waited (monotonic): it was free to write then. */
+  private loopAt = -Infinity;
+  private ticking = false;
+  private readonly tick = () => {
+    this.loopAt = this.mono();
+    if (this.o.out.writableLength > 0 && this.failed === undefined) setTimeout(this.tick, 50).unref();
+    else this.ticking = false;
+  };
   private readonly onLog = (err?: Error | null) => this.written('log', err);
   private readonly onAudit = (err?: Error | null) => this.written('audit', err);
 
@@ -160,19 +206,47 @@ export class LogSink {
       return;
     }
     const waiting = this.o.out.writableLength;
-    if (waiting > 0 && waiting + Buffer.byteLength(line) > this.o.maxBytes) {
+    const bytes = Buffer.byteLength(line);
+    if (waiting > 0 && waiting + bytes > this.o.maxBytes) {
       this.drop(line, kind);
       return;
     }
     this.pending[kind]++;
     try {
       this.o.out.write(line, kind === 'audit' ? this.onAudit : this.onLog);
+      this.handed += bytes;
+      if (waiting === 0 && this.o.out.writableLength > 0) this.backlogBegins(this.handed - bytes);
     } catch (err) {
       // A file stream's synchronous write can throw (EIO, ENOSPC): that line is lost; the next one tries again.
       this.pending[kind]--;
       this.drop(line, kind);
       this.o.notice(`cannot write a log line to ${this.o.name}: ${(err as Error).message}`);
     }
+  }
+
+  /** Something began to wait (nothing did before; `handed` bytes were handed, and taken, before it). */
+  private backlogBegins(handed: number): void {
+    this.backlog = { at: this.mono(), handed };
+    this.lastTaken = this.backlog.at;
+    if (!this.ticking) {
+      this.ticking = true;
+      setImmediate(this.tick).unref();
+    }
+  }
+
+  /** What was measured when a line is first dropped because too much waits (`bytes`: that line's). */
+  private backlogFacts(bytes: number): BacklogFacts {
+    const t = this.mono();
+    const b = this.backlog ?? { at: t, handed: this.handed };
+    const facts: BacklogFacts = {
+      ms: Math.max(0, Math.round(t - b.at)),
+      inBytes: this.handed - b.handed + bytes,
+      outBytes: Math.max(0, this.handed - this.o.out.writableLength - b.handed),
+    };
+    const since = this.o.pendingSince ? this.o.pendingSince() : this.lastTaken;
+    if (since !== undefined && this.loopAt > since && t - since >= STALL_SEEN_MS)
+      facts.stalledMs = Math.round(t - since);
+    return facts;
   }
 
   /** The writes refused now (a file that refuses them, a pipe whose reader is gone); undefined while lines are written. */
@@ -325,11 +399,14 @@ export class LogSink {
     if (!this.episode) {
       this.episode = { from: t, to: t, lines: 0, audit: 0, bytes: 0 };
       if (this.failed === undefined && this.refusing === undefined) {
+        const b = this.backlogFacts(Buffer.byteLength(line));
+        this.episode.backlog = b;
+        const what = backlogText(this.o.name, b, this.o.stallQuestion ?? 'is its reader stalled?');
         this.o.notice(
           `${this.o.name} takes no more log lines: ${this.o.out.writableLength} bytes wait to be written ` +
-            `(--log-buffer-bytes ${this.o.maxBytes}); ${this.o.stallQuestion ?? 'is its reader stalled?'} ` +
+            `(--log-buffer-bytes ${this.o.maxBytes}): ${what}${what.endsWith('?') ? ' ' : '. '}` +
             'Lines are dropped and counted ' +
-            `(xdpctl_log_lines_dropped_total) until it is read again`,
+            `(xdpctl_log_lines_dropped_total) until what waits is written`,
         );
       }
     }
@@ -347,6 +424,8 @@ export class LogSink {
       return;
     }
     this.pending[kind]--;
+    this.lastTaken = this.mono();
+    if (this.o.out.writableLength === 0) this.backlog = undefined;
     if (this.episode && this.o.out.writableLength === 0) {
       const e = this.episode;
       this.episode = undefined;
@@ -414,12 +493,45 @@ export function logDropSummary(
   };
   if (e.cause !== undefined)
     log.warn({ ...fields, cause: e.cause }, `${dropText(e)}: stdout refused them (${e.cause}); it takes them again`);
+  else if (e.backlog)
+    log.warn(
+      { ...fields, backlog: e.backlog },
+      `${dropText(e)}: stdout took no more (more than --log-buffer-bytes ${logBufferBytes} bytes would have ` +
+        `waited for ${reader}): ${backlogText(reader, e.backlog)}; what waited is written now`,
+    );
   else
     log.warn(
       fields,
-      `${dropText(e)}: stdout took no more (up to --log-buffer-bytes ${logBufferBytes} bytes were waiting for ` +
-        `${reader}); it is read again`,
+      `${dropText(e)}: stdout took no more (more than --log-buffer-bytes ${logBufferBytes} bytes would have ` +
+        `waited for ${reader}); what waited is written now`,
     );
+}
+
+/** 1536 -> "1.5 KiB", 1992294 -> "1.9 MiB". */
+function size(n: number): string {
+  if (n < 1024) return `${n} bytes`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/**
+ * What a sink's measure says, in words that claim only what it saw: "stdout has taken nothing for 2.4 s although the
+ * event loop was free to write (a write pending that long); is its reader stalled?", or "lines came faster than stdout
+ * took them: 1.9 MiB in 200 ms (9.5 MiB/s in), of which it took 64.0 KiB (320.0 KiB/s out)".
+ */
+export function backlogText(who: string, b: BacklogFacts, stallQuestion?: string): string {
+  if (b.stalledMs !== undefined) {
+    const s = b.stalledMs >= 1000 ? `${(b.stalledMs / 1000).toFixed(1)} s` : `${b.stalledMs} ms`;
+    return (
+      `${who} has taken nothing for ${s} although the event loop was free to write (a write pending that long)` +
+      (stallQuestion === undefined ? '' : `; ${stallQuestion}`)
+    );
+  }
+  const rate = (n: number, way: string) => (b.ms > 0 ? ` (${size(Math.round((n * 1000) / b.ms))}/s ${way})` : '');
+  return (
+    `lines came faster than ${who} took them: ${size(b.inBytes)} in ${b.ms} ms${rate(b.inBytes, 'in')}, of which ` +
+    `it took ${size(b.outBytes)}${rate(b.outBytes, 'out')}`
+  );
 }
 
 /** "N log lines (M audit records) were dropped from T1 to T2" */

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 
-import { LogSink, writeCause, type DropEpisode } from '../../src/server/log-sink.js';
+import { RELAY_READER } from '../../src/server/log-relay.js';
+import { backlogText, LogSink, logDropSummary, writeCause, type DropEpisode } from '../../src/server/log-sink.js';
 
 /** A stream that holds every write until release() (writableLength counts what it holds). */
 function heldStream() {
@@ -74,7 +75,10 @@ describe('log sink', () => {
     assert.deepEqual(recovered, []);
     await s.release();
     assert.equal(sink.waitingBytes(), 0);
-    assert.deepEqual(recovered, [{ from: 2_000, to: 3_000, lines: 3, audit: 1, bytes: 250 }]);
+    assert.deepEqual(recovered, [
+      // No turn of the event loop while they waited: a burst, not a stall (it came 1 000 ms after the others).
+      { from: 2_000, to: 3_000, lines: 3, audit: 1, bytes: 250, backlog: { ms: 1000, inBytes: 1100, outBytes: 0 } },
+    ]);
     assert.equal(notices.length, 2);
     assert.equal(
       notices[1],
@@ -277,5 +281,104 @@ describe('log sink', () => {
     );
     const ebadf = Object.assign(new Error('EBADF: bad file descriptor, write'), { code: 'EBADF' });
     assert.equal(writeCause(ebadf), 'bad file descriptor (EBADF)');
+  });
+
+  // MED-4 of the 24th review: a start's burst of ~1.9 MB in 200 ms against a 1 MiB buffer, on a healthy disk, was
+  // said as "held in a write its disk did not complete" / "is stdout's disk not completing writes?".
+  it('a burst (no turn of the event loop since lines began to wait): said as lines faster than it took them, with bytes and rates, no stall', () => {
+    const s = heldStream();
+    let t = 1_000;
+    const { sink, notices, recovered } = sinkOn(s.out, 1000, () => t);
+    for (let i = 0; i < 10; i++) {
+      sink.write(line(100));
+      t += 20; // 200 ms of one synchronous burst
+    }
+    sink.write(line(100));
+    assert.equal(notices.length, 1, notices.join('\n'));
+    assert.equal(
+      notices[0],
+      'stdout takes no more log lines: 1000 bytes wait to be written (--log-buffer-bytes 1000): lines came faster ' +
+        'than stdout took them: 1.1 KiB in 200 ms (5.4 KiB/s in), of which it took 0 bytes (0 bytes/s out). Lines ' +
+        'are dropped and counted (xdpctl_log_lines_dropped_total) until what waits is written',
+    );
+    assert.doesNotMatch(notices[0], /stalled|not completing|taken nothing|pending/);
+    return s.release().then(() => {
+      assert.equal(recovered.length, 1);
+      assert.deepEqual(recovered[0].backlog, { ms: 200, inBytes: 1100, outBytes: 0 });
+    });
+  });
+
+  it('a stall (the event loop ran, nothing was taken for 2 s): said as taken nothing for 2.0 s, with the question', async () => {
+    const s = heldStream();
+    let t = 1_000;
+    const { sink, notices, recovered } = sinkOn(s.out, 1000, () => t);
+    for (let i = 0; i < 10; i++) sink.write(line(100));
+    t = 3_000;
+    await new Promise((r) => setImmediate(r)); // the event loop turns: free to write, nothing taken
+    sink.write(line(100));
+    assert.equal(notices.length, 1, notices.join('\n'));
+    assert.equal(
+      notices[0],
+      'stdout takes no more log lines: 1000 bytes wait to be written (--log-buffer-bytes 1000): stdout has taken ' +
+        'nothing for 2.0 s although the event loop was free to write (a write pending that long); is its reader ' +
+        'stalled? Lines are dropped and counted (xdpctl_log_lines_dropped_total) until what waits is written',
+    );
+    await s.release();
+    assert.equal(recovered[0].backlog?.stalledMs, 2000);
+  });
+
+  it('pendingSince (the log relay): nothing pending beyond the stream is no stall, even with the event loop turned', async () => {
+    const s = heldStream();
+    let t = 1_000;
+    const notices: string[] = [];
+    const writer: { pendingSince?: number } = {};
+    const sink = new LogSink({
+      out: s.out,
+      name: 'stdout',
+      maxBytes: 1000,
+      pendingSince: () => writer.pendingSince,
+      notice: (x) => notices.push(x),
+      recovered: () => {},
+      now: () => t,
+    });
+    for (let i = 0; i < 10; i++) sink.write(line(100));
+    t = 3_000;
+    await new Promise((r) => setImmediate(r));
+    sink.write(line(100));
+    assert.match(notices[0], /lines came faster than stdout took them/);
+    await s.release();
+    for (let i = 0; i < 10; i++) sink.write(line(100));
+    writer.pendingSince = 3_500; // the writer has handled nothing since
+    t = 6_000;
+    await new Promise((r) => setTimeout(r, 120)); // the event loop turns (the sink's tick runs)
+    sink.write(line(100));
+    assert.match(notices.at(-1)!, /stdout has taken nothing for 2\.5 s although the event loop was free to write/);
+    await s.release();
+  });
+
+  it("the drop summary says what was measured, never a disk's stall it did not see", () => {
+    const logged: string[] = [];
+    const log = { warn: (_o: object, msg: string) => logged.push(msg) };
+    const e: DropEpisode = { from: 0, to: 200, lines: 1162, audit: 0, bytes: 900_000 };
+    logDropSummary(log, { ...e, backlog: { ms: 200, inBytes: 1_992_294, outBytes: 65_536 } }, 1_048_576, RELAY_READER);
+    logDropSummary(
+      log,
+      { ...e, backlog: { ms: 7000, inBytes: 70_000, outBytes: 0, stalledMs: 6400 } },
+      4096,
+      RELAY_READER,
+    );
+    assert.equal(
+      logged[0],
+      '1162 log line(s) were dropped from 1970-01-01T00:00:00.000Z to 1970-01-01T00:00:00.200Z: stdout took no more ' +
+        '(more than --log-buffer-bytes 1048576 bytes would have waited for the log writer process): lines came ' +
+        'faster than the log writer process took them: 1.9 MiB in 200 ms (9.5 MiB/s in), of which it took 64.0 KiB ' +
+        '(320.0 KiB/s out); what waited is written now',
+    );
+    assert.doesNotMatch(logged[0], /did not complete|not completing|stall|held in/);
+    assert.match(logged[1], /the log writer process has taken nothing for 6\.4 s although the event loop was free/);
+    assert.equal(
+      backlogText('stdout', { ms: 0, inBytes: 10, outBytes: 0 }),
+      'lines came faster than stdout took them: 10 bytes in 0 ms, of which it took 0 bytes',
+    );
   });
 });
