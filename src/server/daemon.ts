@@ -368,6 +368,8 @@ export class Daemon {
     let resetWhy: string | undefined;
     /** The store generation the pins record, read before anything is changed (undefined: none). */
     let pinGeneration: number | undefined;
+    /** Why it cannot be read (the pins hold one that is not readable). */
+    let pinGenerationUnreadable: string | undefined;
     try {
       // Each TCP address is bound once and closed (after the lock: a second daemon is named by it first).
       await probeListeners(listeners.filter(([, a]) => !a.startsWith('unix:')));
@@ -397,6 +399,7 @@ export class Daemon {
       }
       const pins = readPinnedGeneration(opts.pinRoot);
       if (pins.kind === 'generation') pinGeneration = pins.generation;
+      else if (pins.kind === 'unreadable') pinGenerationUnreadable = pins.why;
       datapath = XdpDatapath.open({
         objectPath: opts.objectPath,
         pinRoot: opts.pinRoot,
@@ -422,6 +425,12 @@ export class Daemon {
       if (opts.stateDir && !store) {
         store = StateStore.open(opts.stateDir);
         stored = store.load();
+      }
+      // What restore says of a rule the pins hold and the store lacks comes from these (a reset, a store older than
+      // the pins, a change not committed), read before the store's generation moves below.
+      if (stored && store) {
+        stored.reset = resetWhy;
+        stored.pins = { generation: pinGeneration, unreadable: pinGenerationUnreadable, store: store.generation };
       }
       // A store taken as the truth over pins of a later generation (--reset-datapath, or a store and pins that
       // both held nothing) continues above them: the store they were written from is behind from now on.

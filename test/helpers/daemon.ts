@@ -274,11 +274,20 @@ export async function startFileLoggedDaemon(o: {
   });
   const exit = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
   const tails = () => `${fileText(o.out).slice(-2000)} ${fileText(o.err).slice(-2000)}`;
-  await until(
-    () => `no ready line: ${tails()}`,
-    () => fileLogLines(o.out).some((l) => l.msg === 'ready') || child.exitCode !== null,
-    20_000,
-  );
+  try {
+    await until(
+      () => `no ready line: ${tails()}`,
+      () => fileLogLines(o.out).some((l) => l.msg === 'ready') || child.exitCode !== null,
+      20_000,
+    );
+  } catch (e) {
+    // Not ready: killed, so that a start that hangs leaves no daemon behind (the caller has no handle on it).
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exit;
+    }
+    throw e;
+  }
   assert.equal(child.exitCode, null, `xdpctld exited: ${tails()}`);
   const prometheus = fileLogLines(o.out).find((l) => l.msg === 'ready')!.prometheus as string;
   return { child, exit, prometheus };

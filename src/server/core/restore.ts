@@ -20,6 +20,7 @@ import {
 } from './dataplane.js';
 import { NAMED_FIRST, nameFirst } from './name-first.js';
 import type { StoredRule, StoredState } from './store.js';
+import { logFindings, NAMED_IN_SUMMARY } from './log-summary.js';
 
 /** The transactions restore and resync run (the controller's, inside its serial queue). */
 export interface Transactions {
@@ -180,51 +181,34 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   }
   if (linksFailed) for (const l of stored.links) state.links.set(linkKey(l), l);
   reconcileEntries(ctx, linksFailed);
-  // Each one removed is named at error level with what the kernel shows it forwarded: the store does not
-  // know it, because a change was not saved before a crash (never acknowledged), or because the store is
-  // older than the datapath (a previous --state-dir, a rolled-back volume). The daemon cannot tell which.
-  const ifnames = new Map<number, string>();
+  // Those removed are said in one line at error level, with the count and the first few named with what the kernel
+  // shows they forwarded (each of the others at debug: a reset over 3 000 rules wrote 3 000 error lines, ~1.9 MB in
+  // 200 ms, and a third of them were dropped), and why the store lacks them, from what the start read of the pins'
+  // store generation (orphanCause).
+  const ifnames = new Map<number, string | undefined>();
   for (const [name, info] of facts.interfaces) if (info) ifnames.set(info.ifindex, name);
-  const orphanWhy = stored.ahead
-    ? `The store is at generation ${stored.ahead.store}, ahead of the generation ${stored.ahead.pins} the ` +
-      'pins record (the one the kernel reflects): the store lacks this rule because a commit landed after ' +
-      'the kernel was last written from the store: either a change that was acknowledged and whose daemon ' +
-      'stopped before it cleared what the change replaced and wrote the pins, or one the daemon had undone in the kernel and refused (the client was told the ' +
-      'change was not applied) whose commit completed on the disk after the daemon stopped; the store ' +
-      'holds that change, so this start applies it (the kernel keeps no rule names)'
-    : stored.pinsLevel
-      ? "The pins record this store's generation: it is a change the daemon wrote into the kernel and " +
-        'stopped before committing (it was never acknowledged)'
-      : 'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
-        'state store is older than the datapath (a previous --state-dir, a restored copy; the pins record ' +
-        'no store generation to tell): then put that rule back, or restart on the store this datapath ' +
-        'was written from';
-  // The first NAMED_FIRST each at error level, the rest in one line with their count and slots (each of them at
-  // debug level): a start after a crash may find thousands.
-  const bySlot = new Map<number, string[]>();
-  for (const [k, s] of pinnedMatches) {
-    if (!bySlot.has(s)) bySlot.set(s, []);
-    bySlot.get(s)!.push(describeMatch(k, ifnames.get(k.ifindex)));
-  }
-  nameFirst(
-    orphans,
-    (slot) => slot,
-    (slot, named) => {
-      const entries = bySlot.get(slot) ?? [];
-      ctx.log[named ? 'error' : 'debug'](
-        { slot, matchEntries: entries },
-        `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
-          `${entries.join('; ')}. ${orphanWhy}`,
-      );
-    },
-    (left, ranges) =>
-      ctx.log.error(
-        { count: left.length, total: orphans.length, slots: ranges },
-        `restore removed ${left.length} more rules the state store does not know, which the pinned datapath ` +
-          `forwarded (${orphans.length} in all; ${NAMED_FIRST} named above; each at debug level): rule slots ` +
-          `${ranges}. ${orphanWhy}`,
-      ),
-  );
+  // An ingress no stored rule names (a reset with an empty store) is named by the kernel, once per ifindex.
+  const ifname = (i: number) => {
+    if (!ifnames.has(i)) ifnames.set(i, dp.nameOf?.(i));
+    return ifnames.get(i);
+  };
+  const cause = orphanCause(stored);
+  orphans.sort((a, b) => a - b); // named in slot order
+  const bySlot = new Map<number, string[]>(orphans.map((slot) => [slot, []]));
+  for (const [k, slot] of pinnedMatches) bySlot.get(slot)?.push(describeMatch(k, ifname(k.ifindex)));
+  const orphanEntries = (slot: number) => bySlot.get(slot)!;
+  logFindings(ctx.log, 'error', orphans, {
+    name: (slot) => `slot ${slot}: ${orphanEntries(slot).join(', ')}`,
+    text: (n, named) =>
+      `restore removed ${n === 1 ? 'a rule' : `${n} rules`} the state store does not know, which the pinned ` +
+      `datapath forwarded: ${named}. ${cause}`,
+    fields: { slots: orphans.slice(0, NAMED_IN_SUMMARY) },
+    detail: (slot) => [
+      { slot, matchEntries: orphanEntries(slot) },
+      `restore removed a rule the state store does not know, which the pinned datapath forwarded: slot ${slot}, ` +
+        `${orphanEntries(slot).join('; ')} (one of ${orphans.length}: see the error line above for why)`,
+    ],
+  });
   for (const slot of orphans) {
     dp.clearRuleSlot(slot, [], []);
     state.slots.release(slot);
@@ -250,6 +234,61 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   ctx.log.info(
     { ...seen.counts, orphans: orphans.length + unheld, unheldSlots: unheld, freeBackends },
     `restored: ${seen.text}`,
+  );
+}
+
+/**
+ * Why the state store lacks rules the pins hold, from what the start read (StoredState `reset`, `ahead`, `pinsLevel`,
+ * `pins`): a --reset-datapath that took the store as the truth, a commit that landed after the kernel was last
+ * written, a change written into the kernel and never committed, a store older than the pins (both generations), or,
+ * only when the pins record no store generation (or it cannot be read), either of the last two. Before, a reset
+ * with a new, empty store over pins that record generation 13 was said as "the pins record no store generation".
+ */
+export function orphanCause(stored: StoredState): string {
+  const p = stored.pins;
+  const gens =
+    p?.generation !== undefined
+      ? `the pins record store generation ${p.generation}; this store was at generation ${p.store}` +
+        (p.store === 0 ? ' (new)' : '')
+      : undefined;
+  if (stored.reset !== undefined) {
+    return (
+      `This start ran with --reset-datapath, which takes the state store as the truth and removes what the ` +
+      `datapath holds that it lacks: ${stored.reset}${gens ? ` (${gens})` : ''}`
+    );
+  }
+  if (stored.ahead) {
+    return (
+      `The store is at generation ${stored.ahead.store}, ahead of the generation ${stored.ahead.pins} the ` +
+      'pins record (the one the kernel reflects): the store lacks this rule because a commit landed after ' +
+      'the kernel was last written from the store: either a change that was acknowledged and whose daemon ' +
+      'stopped before it cleared what the change replaced and wrote the pins, or one the daemon had undone in the kernel and refused (the client was told the ' +
+      'change was not applied) whose commit completed on the disk after the daemon stopped; the store ' +
+      'holds that change, so this start applies it (the kernel keeps no rule names)'
+    );
+  }
+  if (stored.pinsLevel) {
+    return (
+      `The pins record this store's generation${p?.generation !== undefined ? ` (${p.generation})` : ''}: it is a ` +
+      'change the daemon wrote into the kernel and stopped before committing (it was never acknowledged)'
+    );
+  }
+  if (p?.generation !== undefined && p.generation > p.store) {
+    return (
+      `This state store is older than the datapath: ${gens} (a previous --state-dir, a restored copy): then put ` +
+      'that rule back, or restart on the store this datapath was written from'
+    );
+  }
+  const why =
+    p === undefined
+      ? ''
+      : p.unreadable !== undefined
+        ? ` (the pins' store generation cannot be read: ${p.unreadable})`
+        : ' (the pins record no store generation to tell)';
+  return (
+    'Either a change was not saved before the daemon stopped (it was never acknowledged), or this ' +
+    `state store is older than the datapath (a previous --state-dir, a restored copy)${why}: then put that rule ` +
+    'back, or restart on the store this datapath was written from'
   );
 }
 

@@ -78,6 +78,14 @@ export interface StoredState {
    * reflects): each, so that restore can say that a commit landed after the kernel was last written from it.
    */
   ahead?: { store: number; pins: number };
+  /**
+   * Set at start, read before anything changed: the store generation the pins record (`generation`; neither field:
+   * they record none; `unreadable`: why it cannot be read) and this store's generation then (`store`). Restore says
+   * from them why a rule the pins hold is not in the store.
+   */
+  pins?: { generation?: number; unreadable?: string; store: number };
+  /** Set at start under --reset-datapath over pins this store does not describe: why (what the start logged). */
+  reset?: string;
 }
 
 /**
