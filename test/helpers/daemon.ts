@@ -260,6 +260,8 @@ export async function startFileLoggedDaemon(o: {
   pinRoot: string;
   stateDir: string;
   extra?: string[];
+  /** How long to wait for its 'ready' line (ms; default 20 s). */
+  readyMs?: number;
 }): Promise<{ child: ChildProcess; exit: Promise<number | null>; prometheus: string }> {
   const r = o.redirect ?? '>>';
   const child = spawnRedirectedDaemon({
@@ -278,7 +280,7 @@ export async function startFileLoggedDaemon(o: {
     await until(
       () => `no ready line: ${tails()}`,
       () => fileLogLines(o.out).some((l) => l.msg === 'ready') || child.exitCode !== null,
-      20_000,
+      o.readyMs ?? 20_000,
     );
   } catch (e) {
     // Not ready: killed, so that a start that hangs leaves no daemon behind (the caller has no handle on it).

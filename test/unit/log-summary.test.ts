@@ -69,8 +69,8 @@ describe('why a start removed rules the store lacks (orphanCause)', () => {
     assert.equal(
       c,
       'This start ran with --reset-datapath, which takes the state store as the truth and removes what the ' +
-        `datapath holds that it lacks: ${reset} (the pins record store generation 13; this store was at ` +
-        'generation 0 (new))',
+        'datapath holds that it lacks (why: its warning "--reset-datapath: clearing them" above); the pins record ' +
+        'store generation 13; this store was at generation 0 (new)',
     );
     assert.doesNotMatch(c, /record no store generation|Either a change was not saved/);
   });

@@ -254,7 +254,7 @@ export function orphanCause(stored: StoredState): string {
   if (stored.reset !== undefined) {
     return (
       `This start ran with --reset-datapath, which takes the state store as the truth and removes what the ` +
-      `datapath holds that it lacks: ${stored.reset}${gens ? ` (${gens})` : ''}`
+      `datapath holds that it lacks (why: its warning "--reset-datapath: clearing them" above)${gens ? `; ${gens}` : ''}`
     );
   }
   if (stored.ahead) {
