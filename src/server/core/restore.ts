@@ -100,12 +100,15 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
   const orphans = [...referenced].filter((s) => !known.has(s));
   const heldIds = new Set<number>();
   for (const k of state.ruleKernel.values()) for (const b of k.backends.values()) heldIds.add(b.id);
+  /** The backend ids only orphans hold: emptied and freed with them (below), not left for the next start to find. */
+  const orphanIds = new Set<number>();
   for (const slot of orphans) {
     state.slots.take(slot);
     for (const id of dp.readRing(slot)) {
-      if (id === dp.noBackend || id === 0) continue;
+      if (id === dp.noBackend || id === 0 || heldIds.has(id)) continue;
       state.backendIds.take(id);
       heldIds.add(id);
+      orphanIds.add(id);
     }
   }
   // Slots written that no stored rule holds and no match entry of the live generation points at: cleared now, with
@@ -210,7 +213,10 @@ export async function restore(ctx: ExecContext, tx: Transactions, stored: Stored
     ],
   });
   for (const slot of orphans) {
-    dp.clearRuleSlot(slot, [], []);
+    // Its backend entries go with it (before, they stayed written and the next start said them as unheld).
+    const ids = dp.readRing(slot).filter((id) => orphanIds.delete(id));
+    dp.clearRuleSlot(slot, [], ids);
+    for (const id of ids) state.backendIds.release(id);
     state.slots.release(slot);
   }
   sweepSrcPrefixes(ctx, new Set([...state.ruleKernel.values()].map((k) => k.slot)));
