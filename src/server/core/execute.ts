@@ -859,7 +859,8 @@ export async function writeRules(
         { rule: p.name, slot: k.slot, entries: foreignSrc.length },
         `rule ${p.name} takes rule slot ${k.slot}: map src_allow held ${foreignSrc.length} source prefixes keyed to ` +
           `it that are not the rule's (${foreignSrc.map(srcText).join(', ')}; no rule held the slot: another ` +
-          "tool's write): deleted, so that they do not widen its filter",
+          "tool's write): deleted, " +
+          (p.prefixes.length ? 'so that they do not widen its filter' : 'the rule having no source filter there'),
       );
     }
     if (alloc.freshRuleStats.has(k.statsId)) {

@@ -431,8 +431,11 @@ type UnheldKind = 'sent' | 'inactiveGeneration' | 'otherVersion' | 'noRule';
 
 function unheldKind(f: UnheldSlot): UnheldKind {
   if (f.sent.length) return 'sent';
-  if (f.inactive) return 'inactiveGeneration';
-  return f.version ? 'otherVersion' : 'noRule';
+  // A slot carrying a stored rule's stats id is another version of that rule, whichever generation points at it:
+  // its packets were counted under that rule's id, so "no packet was sent to it" cannot be said (twenty-fifth
+  // review: an updated rule's old slot, left in the inactive generation after the switch, was said never sent).
+  if (f.version) return 'otherVersion';
+  return f.inactive ? 'inactiveGeneration' : 'noRule';
 }
 
 /** What the kernel showed of an unheld slot, and what it was, in the words of a restore line. */

@@ -445,12 +445,14 @@ export async function resync(
   // The rules on native-mode ingresses, until every egress is checked (the first few rules, usually: not
   // every rule at every pass).
   /**
-   * Check one backend egress into the facts. One that went away during its check (deleted, renamed) is missing
-   * from here on, as the next pass will find it, not "could not be checked".
+   * Check one backend egress into the facts. One that went away during its check (deleted, renamed) is said as
+   * missing, as the next pass will find it, not "could not be checked": before the rules are checked (`missing`),
+   * by the interface facts; after they are planned, by its verdict (not ok, "egress X does not exist": the
+   * backend stays out of the table), the facts the plan was made from being left as they were.
    */
-  const inspectEgress = async (name: string): Promise<void> => {
-    const r = await inspectTarget(dp, state.redirectVerdicts, name, ctx.fixVethPeers);
-    if (r.gone) facts.interfaces.set(name, undefined);
+  const inspectEgress = async (name: string, missing: boolean): Promise<void> => {
+    const r = await inspectTarget(dp, state.redirectVerdicts, name, ctx.fixVethPeers, (n) => dp.lookupInterface(n));
+    if (r.gone && missing) facts.interfaces.set(name, undefined);
     else facts.napi.set(name, r);
   };
   let unchecked = 0;
@@ -465,7 +467,7 @@ export async function resync(
       for (const b of r.backends) {
         if (facts.napi.has(b.interface) || !facts.interfaces.get(b.interface)) continue;
         unchecked--;
-        await inspectEgress(b.interface);
+        await inspectEgress(b.interface, true);
       }
     }
   }
@@ -703,11 +705,12 @@ export async function resync(
     if (!rule.ingressInterfaces.some((i) => native.has(i))) continue;
     for (const b of rule.backends) {
       if (facts.napi.has(b.interface) || !dp.lookupInterface(b.interface)) continue;
-      await inspectEgress(b.interface);
+      await inspectEgress(b.interface, false);
     }
   }
   for (const [iface, was] of macMoved) {
-    const to = facts.interfaces.get(iface)!.mac;
+    const to = facts.interfaces.get(iface)?.mac;
+    if (to === undefined) continue; // gone since (a check found it missing): said as missing, not as a new MAC
     const rules = ops.filter((o) => state.rules.get(o.name)?.backends.some((b) => b.interface === iface));
     if (rules.length) state.reconcilerEvents.egress_mac_changes++;
     ctx.log.info(

@@ -442,6 +442,13 @@ function diskRefuses(e: unknown): boolean {
   return false;
 }
 
+/**
+ * While a change refused for a full disk stands, a probe of its size is tried at least this often (ms) even when
+ * statvfs shows less free than its size: statvfs does not count space SQLite reuses or a root writer's reserved
+ * blocks.
+ */
+const FULL_PROBE_RETRY_MS = 30_000;
+
 export class StateStore implements StatePort {
   readonly path: string;
   private db!: Database.Database;
@@ -459,6 +466,8 @@ export class StateStore implements StatePort {
    * `bytes` (tried once statvfs says that much is free), does.
    */
   private full?: { bytes: number; at: number; what: 'the last change' | 'a write probe' };
+  /** When the last probe of a refused size was sent (Date.now()). */
+  private fullProbedAt = 0;
   /** Since when the store refuses writes (ms since the epoch); undefined while it takes them. */
   private refusingSince?: number;
   /** Since when (ms) the database file was seen removed or replaced under the running daemon. */
@@ -871,8 +880,13 @@ export class StateStore implements StatePort {
     const write = !!this.writeFailure || !!diskState(dirname(this.path));
     // A full disk refused a write of `full.bytes`: a smaller write that works says nothing about it (it may go to
     // space the WAL already holds), so the probe writes as much, and only once statvfs says that much is free.
+    // statvfs may say less than the disk takes (SQLite reuses space the WAL already holds; root writes into the
+    // reserved blocks; statvfs itself may fail): then the probe is still tried every FULL_PROBE_RETRY_MS, so that
+    // the refusal never outlives a disk that takes the change.
     const full = this.writeFailure ? this.full : undefined;
-    if (full && (diskSpace(this.dir)?.free ?? 0) < full.bytes) return Promise.resolve();
+    if (full && (diskSpace(this.dir)?.free ?? 0) < full.bytes && Date.now() - this.fullProbedAt < FULL_PROBE_RETRY_MS)
+      return Promise.resolve();
+    if (full) this.fullProbedAt = Date.now();
     const pad = full?.bytes ?? 0;
     const answered = (r: WorkerReply) => {
       if (r.err) {

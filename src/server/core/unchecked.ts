@@ -58,24 +58,24 @@ function vanished(name: string, lookup: ((name: string) => unknown) | undefined)
 
 /**
  * `dp.redirectTarget(name, fix)`, with a failed check made {@link uncheckedTarget} from the last verdict
- * (`verdicts`: name -> the last verdict a check made, kept here). A device gone during the check: `gone`,
- * not ok, "egress X does not exist" (the caller treats it as missing).
+ * (`verdicts`: name -> the last verdict a check made, kept here). With `lookup` (the reconciler's pass, which
+ * treats such an egress as missing as its next pass would): a device gone during the check is `gone`, not ok,
+ * "egress X does not exist". Without it (a change's checks: an egress missing at plan time is accepted and
+ * waits, so one that vanishes during the check is not refused either) it stays "cannot be verified".
  */
 export async function inspectTarget(
-  dp: {
-    redirectTarget(name: string, fix: boolean): Promise<RedirectTarget>;
-    lookupInterface?(name: string): unknown;
-  },
+  dp: { redirectTarget(name: string, fix: boolean): Promise<RedirectTarget> },
   verdicts: Map<string, RedirectTarget>,
   name: string,
   fix: boolean,
+  lookup?: (name: string) => unknown,
 ): Promise<RedirectTarget> {
   try {
     const r = await dp.redirectTarget(name, fix);
     verdicts.set(name, r);
     return r;
   } catch (e) {
-    if (vanished(name, dp.lookupInterface?.bind(dp))) {
+    if (vanished(name, lookup)) {
       return { ok: false, gone: true, detail: `egress ${name} does not exist` };
     }
     return uncheckedTarget(name, e, verdicts.get(name));

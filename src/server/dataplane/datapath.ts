@@ -25,6 +25,7 @@ import {
   readFileSync,
   renameSync,
   rmdirSync,
+  rmSync,
   statSync,
   unlinkSync,
 } from 'node:fs';
@@ -1148,6 +1149,22 @@ export class XdpDatapath {
         // Counters go on: copy them from the old maps (ids the new capacity holds).
         migration.copied = copyCounters(obj, mapDir, log);
         upgraded = true; // the program pin moves at finishMigration()
+        // Pinned now, before anything attaches it (restore attaches it at once to an ingress that runs no XDP
+        // program): a start after a crash from here on knows it as this datapath's, and settles the migration by
+        // what the kernel shows (settleUnfinishedMigration). Before, it was pinned at finishMigration only: a crash
+        // between left an interface forwarding through maps_next/ while the next start dropped them (the
+        // twenty-fifth review).
+        const nextPin = join(progsDir, NEXT_PROG_PIN);
+        try {
+          mkdirSync(progsDir, { recursive: true, mode: 0o700 });
+          if (existsSync(nextPin)) unlinkSync(nextPin);
+          check(`pin program at ${nextPin}`, lib.bpf_obj_pin(newFd, nextPin) as number);
+        } catch (e) {
+          log.error(
+            { err: e, nextPin },
+            'the new program could not be pinned before its first attach: a start after a crash would not know it',
+          );
+        }
       } else if (existsSync(progPin)) {
         const pinnedFd = check(`open pinned program ${progPin}`, lib.bpf_obj_get(progPin) as number);
         const pinned = progInfo(pinnedFd, progPin);
@@ -1519,7 +1536,8 @@ export class XdpDatapath {
       check(`pin program at ${progPin}`, lib.bpf_obj_pin(this.progFd, progPin) as number);
       pinLoaded(progsDir, loadFingerprint(this.options.objectPath), this.progFd);
       migrationStep('before-next-unpin', this.log);
-      unlinkSync(nextPin);
+      // Absent when pinning it failed (said then): the move is complete all the same.
+      rmSync(nextPin, { force: true });
       pinned = true;
     } catch (e) {
       // The interfaces run the new program (pinned at progs/next_xdpctl_main); only the pins are behind: the
