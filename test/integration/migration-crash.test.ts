@@ -156,5 +156,41 @@ describe(
         assert.ok(p1 > p0, `r0's counter goes on (${p0} -> ${p1})`);
       });
     }
+
+    it('killed before the switch, after restore attached the new program to an ingress that ran none: completed, not dropped', async (t) => {
+      // Restore attaches the migration's program at once to an ingress without an XDP program (the others wait for
+      // the switch). Its pin is made at load, so a start after a crash here knows it as this datapath's, without
+      // having to open programs by id (which needs CAP_SYS_ADMIN); before, it was pinned at the switch only.
+      const target = size === SMALL ? LARGE : SMALL;
+      await d.stop('SIGKILL');
+      for (const mode of ['xdpgeneric', 'xdpdrv']) {
+        try {
+          sh('ip', ['link', 'set', 'dev', v2.hostIf, mode, 'off']);
+        } catch {
+          // not attached in that mode
+        }
+      }
+      assert.equal(progOn(v2.hostIf), 0, `${v2.hostIf} runs no XDP program`);
+      const killed = await lab
+        .start(['--log-level', 'info', '--max-rules', target], { XDPCTL_TEST_MIGRATION_KILL: 'before-attach' })
+        .then(
+          () => assert.fail('the daemon was not killed at before-attach'),
+          (e: Error) => e.message,
+        );
+      assert.match(killed, /exited null/, 'killed, not exited');
+      const bare = progOn(v2.hostIf);
+      t.diagnostic(`after the kill: ${vm.hostIf} runs ${progOn(vm.hostIf)}, ${v2.hostIf} ${bare}`);
+      assert.ok(bare !== 0 && bare !== progOn(vm.hostIf), 'restore attached the new program to the bare ingress');
+      assert.ok(existsSync(`${pinRoot}/progs/next_xdpctl_main`), 'the new program pinned before its first attach');
+      ({ d, c } = await lab.start(['--log-level', 'info', '--max-rules', target]));
+      size = target;
+      await lab.untilActive('r0');
+      const programId = (await c.daemon.getStatus({})).datapath!.programId;
+      assert.equal(progOn(vm.hostIf), programId, `${vm.hostIf} runs the daemon's program`);
+      assert.equal(progOn(v2.hostIf), programId, `${v2.hostIf} runs the daemon's program`);
+      assert.match(d.output, /left unfinished by a stopped daemon had switched .*completed from the pins/);
+      assert.doesNotMatch(d.output, /another xdpctld|left alone/);
+      assert.ok(!existsSync(`${pinRoot}/maps_next`), 'no maps_next left');
+    });
   },
 );
