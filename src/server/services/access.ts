@@ -44,6 +44,7 @@ import { normalizePeer } from '../net/addr.js';
 import { lazyRules } from './apply-rules-codec.js';
 import { AUDIT_OUTCOME, type OutcomeBox } from './audit-outcome.js';
 import { CALLER } from './caller.js';
+import { visible } from '../../shared/visible.js';
 
 /** Internal metadata key carrying the sealed identity from the interceptor to the middleware. */
 export const IDENTITY_KEY = 'x-xdpctl-identity';
@@ -342,8 +343,11 @@ function codeOf(err: unknown): Status {
 
 /** Why a change failed, for its audit record: what the caller was told (a ServerError's details), else the message. */
 function reasonOf(err: unknown): string {
-  if (err instanceof ServerError) return err.details;
-  return (err as Error | null)?.message ?? String(err);
+  const text = err instanceof ServerError ? err.details : ((err as Error | null)?.message ?? String(err));
+  // Made safe for a log line: control characters visible, and a U+FFFD the request carried (a name the client
+  // decoded from bytes) written as its escape: in the log it would read as bytes the daemon failed to decode,
+  // while the daemon says a name that is not UTF-8 escaped (\xNN, core/non-utf8.ts).
+  return visible(text).replace(/\ufffd/g, '\\ufffd');
 }
 
 const who = (id: Identity) => `${id.principal} (${id.via}${id.note ? `: ${id.note}` : ''})`;
